@@ -1,0 +1,5 @@
+"""Automatic differentiation: `GradManager` and user-defined differentiable `Function`s."""
+from .function import Function
+from .grad_manager import GradManager, grad
+
+__all__ = ["GradManager", "Function", "grad"]

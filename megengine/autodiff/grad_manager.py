@@ -1,0 +1,209 @@
+"""`GradManager`: which tensors want gradients, when ops are recorded, and backward into `.grad`."""
+import weakref
+
+import numpy as np
+
+from ..core import dispatch
+from ..core.dispatch import Node
+from ..core.tensor import Tensor
+
+__all__ = ["GradManager", "grad"]
+
+
+def _leaf_node(t):
+    """Give ``t`` a graph node of its own if it has none, so ops on it are recorded."""
+    if t._node is None:
+        t._node = (Node(None, (), ((t.shape, t.dtype),)), 0)
+    return t._node
+
+
+class GradManager:
+    """Records the ops on attached tensors and computes their gradients (upstream's API).
+
+    >>> gm = GradManager().attach(model.parameters())
+    >>> with gm:
+    ...     loss = model(x).sum()
+    ...     gm.backward(loss)
+    """
+
+    def __init__(self):
+        self._attached = {}  # id(tensor) -> (weakref to tensor, [callbacks])
+        self._recording = False
+
+    def attach(self, tensors, callbacks=None):
+        """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
+
+        ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
+        order on the gradient before it is accumulated into ``tensor.grad``.
+        """
+        if isinstance(tensors, Tensor):
+            tensors = [tensors]
+        tensors = list(tensors)
+        for t in tensors:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"GradManager.attach: expected Tensors, got {type(t).__name__}")
+            if t.dtype.kind != "f":
+                raise TypeError(
+                    f"GradManager.attach: only float tensors have gradients, got dtype {t.dtype}"
+                )
+        if callbacks is None:
+            callbacks = []
+        elif callable(callbacks):
+            callbacks = [callbacks]
+        else:
+            callbacks = list(callbacks)
+            if not all(callable(c) for c in callbacks):
+                raise TypeError("GradManager.attach: callbacks must be callables cb(tensor, grad)")
+        for t in tensors:
+            entry = self._attached.get(id(t))
+            if entry is None or entry[0]() is not t:
+                self._attached[id(t)] = (weakref.ref(t, self._forget(id(t))), list(callbacks))
+            else:
+                entry[1].extend(callbacks)
+            _leaf_node(t)
+        return self
+
+    def _forget(self, key):
+        ref = weakref.ref(self)
+
+        def drop(_):
+            gm = ref()
+            if gm is not None:
+                gm._attached.pop(key, None)
+
+        return drop
+
+    def attached_tensors(self):
+        """The attached tensors that are still alive, in attach order."""
+        return [t for t in (r() for r, _ in self._attached.values()) if t is not None]
+
+    def detach(self, tensors):
+        """Stop computing gradients for these tensors."""
+        if isinstance(tensors, Tensor):
+            tensors = [tensors]
+        for t in tensors:
+            self._attached.pop(id(t), None)
+        return self
+
+    def is_attached(self, t):
+        entry = self._attached.get(id(t))
+        return entry is not None and entry[0]() is t
+
+    # ----- recording -----
+    def record(self):
+        """Start recording the ops on attached tensors."""
+        if self._recording:
+            raise RuntimeError("GradManager.record: already recording")
+        self._recording = True
+        dispatch._set_recording(+1)
+        for t in self.attached_tensors():
+            if t._node is not None and t._node[0].op is None and t._node[0].parents == ():
+                t._node[0].out_meta = ((t.shape, t.dtype),)  # a leaf whose value was replaced
+            _leaf_node(t)
+        return self
+
+    def release(self):
+        """Stop recording and drop the graph recorded so far."""
+        if self._recording:
+            self._recording = False
+            dispatch._set_recording(-1)
+
+    def __enter__(self):
+        self.record()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    # ----- backward -----
+    def backward(self, y=None, dy=None):
+        """Accumulate d(y)/d(attached) into each attached tensor's ``.grad``, then release.
+
+        ``y``: a tensor or a list of them; ``dy``: matching output gradients (default ones).
+        """
+        if y is None:
+            raise ValueError("GradManager.backward: give the tensor(s) to differentiate")
+        if not self._recording:
+            raise RuntimeError(
+                "GradManager.backward: not recording; compute y inside `with gm:` or after "
+                "gm.record()"
+            )
+        try:
+            ys, dys = _pair_outputs(y, dy, "GradManager.backward")
+            wanted = {}
+            for r, callbacks in self._attached.values():
+                t = r()
+                if t is not None and t._node is not None:
+                    node, idx = t._node
+                    wanted[(id(node), idx)] = (t, callbacks)
+            found = dispatch.run_backward(ys, dys, wanted)
+            for key, g in found.items():
+                t, callbacks = wanted[key]
+                _accumulate(t, g, callbacks)
+        finally:
+            self.release()
+
+
+def _pair_outputs(y, dy, what):
+    ys = list(y) if isinstance(y, (list, tuple)) else [y]
+    if dy is None:
+        dys = [None] * len(ys)
+    else:
+        dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
+    if len(dys) != len(ys):
+        raise ValueError(f"{what}: got {len(ys)} outputs but {len(dys)} output gradients")
+    arrays = []
+    for t, d in zip(ys, dys):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: expected Tensors to differentiate, got {type(t).__name__}")
+        xp = np if not t._device.startswith("gpu") else __import__("cupy")
+        if d is None:
+            arrays.append(xp.ones(t.shape, t.dtype))
+        else:
+            d = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            if d.shape != t.shape:
+                raise ValueError(
+                    f"{what}: output gradient of shape {d.shape} for an output of shape {t.shape}"
+                )
+            arrays.append(d.astype(t.dtype, copy=False))
+    return ys, arrays
+
+
+def _accumulate(t, g, callbacks):
+    if g.dtype != t.dtype:
+        g = g.astype(t.dtype)
+    if not g.flags.writeable or not g.flags.c_contiguous:
+        g = g.copy()  # broadcast views and strided views would surprise in-place grad edits
+    grad = Tensor._wrap(g, t._device)
+    for cb in callbacks:
+        grad = cb(t, grad)
+        if not isinstance(grad, Tensor):
+            raise TypeError(f"a GradManager callback must return a Tensor, got {type(grad).__name__}")
+    if t.grad is None:
+        t.grad = grad
+    else:
+        t.grad = Tensor._wrap(t.grad._data + grad._data, t._device)
+
+
+def grad(y, x, use_virtual_grad=None):
+    """0.x ``F.grad``: gradients of ``y`` with respect to ``x`` (a tensor or a list of them).
+
+    The ops from ``x`` to ``y`` must have been recorded (``x`` attached to a recording
+    GradManager). The graph is kept, and ``.grad`` is not touched.
+    """
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    wanted = {}
+    for t in xs:
+        if t._node is None:
+            raise RuntimeError(
+                "grad: x was not recorded; attach it to a GradManager and compute y while it records"
+            )
+        wanted[(id(t._node[0]), t._node[1])] = t
+    ys, dys = _pair_outputs(y, None, "grad")
+    found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+    out = []
+    for t in xs:
+        g = found.get((id(t._node[0]), t._node[1]))
+        xp = np if not t._device.startswith("gpu") else __import__("cupy")
+        out.append(Tensor._wrap(g if g is not None else xp.zeros(t.shape, t.dtype), t._device))
+    return out if isinstance(x, (list, tuple)) else out[0]

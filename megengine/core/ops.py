@@ -1,0 +1,477 @@
+"""The ops behind Tensor's operators and methods: elemwise arithmetic, shape, indexing, reductions.
+
+Each op keeps its forward and backward side by side and works on raw arrays through the array
+module of its inputs (numpy or CuPy), never importing a backend directly for computation.
+"""
+import numpy as np
+
+from .dispatch import Op
+
+__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index"]
+
+
+def xp_of(a):
+    """The array module of ``a`` (numpy, or CuPy for a GPU array)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the gradient of broadcasting an input of that shape."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
+    )
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def int_tuple(shape, what):
+    """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
+    if hasattr(shape, "_data"):
+        shape = shape._data.tolist()
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
+
+
+def _promote(a, b):
+    from .tensor import promote_types
+
+    return promote_types(a.dtype, b.dtype)
+
+
+class _Binary(Op):
+    """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
+
+    def forward(self, a, b):
+        dtype = _promote(a, b)
+        if a.dtype != dtype:
+            a = a.astype(dtype)
+        if b.dtype != dtype:
+            b = b.astype(dtype)
+        self.a, self.b = a, b
+        try:
+            return self.compute(a, b)
+        except ValueError as e:
+            raise ValueError(
+                f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast ({e})"
+            ) from None
+
+    def backward(self, g):
+        ga, gb = self.grads(g)
+        na, nb = self.needs_input_grad
+        return (unbroadcast(ga, self.a.shape) if na and ga is not None else None,
+                unbroadcast(gb, self.b.shape) if nb and gb is not None else None)
+
+    def grads(self, g):
+        return None, None
+
+
+class Add(_Binary):
+    def compute(self, a, b):
+        return a + b
+
+    def grads(self, g):
+        return g, g
+
+
+class Sub(_Binary):
+    def compute(self, a, b):
+        return a - b
+
+    def grads(self, g):
+        return g, -g
+
+
+class Mul(_Binary):
+    def compute(self, a, b):
+        return a * b
+
+    def grads(self, g):
+        return g * self.b, g * self.a
+
+
+class TrueDiv(_Binary):
+    def compute(self, a, b):
+        if a.dtype.kind != "f":
+            self.a = a = a.astype(np.float32)
+            self.b = b = b.astype(np.float32)
+        return a / b
+
+    def grads(self, g):
+        ga = g / self.b
+        return ga, -ga * self.a / self.b
+
+
+class FloorDiv(_Binary):
+    def compute(self, a, b):
+        return a // b
+
+    def grads(self, g):
+        return None, None  # piecewise constant: zero almost everywhere, like upstream
+
+
+class Mod(_Binary):
+    def compute(self, a, b):
+        return a % b
+
+    def grads(self, g):
+        xp = xp_of(g)
+        return g, -g * xp.floor(self.a / self.b)
+
+
+class Pow(_Binary):
+    def compute(self, a, b):
+        if a.dtype.kind in "iu" and (b < 0).any():
+            self.a = a = a.astype(np.float32)
+            self.b = b = b.astype(np.float32)
+        self.out = a ** b
+        return self.out
+
+    def grads(self, g):
+        xp = xp_of(g)
+        a, b = self.a, self.b
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = g * b * a ** (b - 1)
+        if self.needs_input_grad[1]:
+            safe = xp.where(a > 0, a, 1)
+            gb = g * self.out * xp.where(a > 0, xp.log(safe), 0)
+        return ga, gb
+
+
+class Maximum(_Binary):
+    def compute(self, a, b):
+        return xp_of(a).maximum(a, b)
+
+    def grads(self, g):
+        take_a = self.a >= self.b
+        return g * take_a, g * ~take_a
+
+
+class Minimum(_Binary):
+    def compute(self, a, b):
+        return xp_of(a).minimum(a, b)
+
+    def grads(self, g):
+        take_a = self.a <= self.b
+        return g * take_a, g * ~take_a
+
+
+class MatMul(Op):
+    """numpy.matmul semantics: 1-D operands are promoted, batch dims broadcast."""
+
+    def forward(self, a, b):
+        dtype = _promote(a, b)
+        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
+        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} do not match: the last dim of the "
+                "first must equal the second-to-last dim of the second"
+            )
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, g):
+        xp = xp_of(g)
+        a, b = self.a, self.b
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = xp.expand_dims(g, -2)
+        if b.ndim == 1:
+            g = xp.expand_dims(g, -1)
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+class _NoGradBinary(_Binary):
+    fn = None
+
+    def compute(self, a, b):
+        return getattr(xp_of(a), self.fn)(a, b)
+
+
+def _no_grad_binary(name, fn):
+    return type(name, (_NoGradBinary,), {"fn": fn})
+
+
+class _Compare(Op):
+    fn = None
+
+    def forward(self, a, b):
+        dtype = _promote(a, b)
+        return getattr(xp_of(a), self.fn)(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+
+    def backward(self, g):
+        return None, None
+
+
+def _compare(name, fn):
+    return type(name, (_Compare,), {"fn": fn})
+
+
+BINARY = {
+    "add": Add, "sub": Sub, "mul": Mul, "truediv": TrueDiv, "floordiv": FloorDiv,
+    "mod": Mod, "pow": Pow, "matmul": MatMul, "maximum": Maximum, "minimum": Minimum,
+    "and": _no_grad_binary("And", "bitwise_and"), "or": _no_grad_binary("Or", "bitwise_or"),
+    "xor": _no_grad_binary("Xor", "bitwise_xor"),
+    "lshift": _no_grad_binary("LShift", "left_shift"),
+    "rshift": _no_grad_binary("RShift", "right_shift"),
+    "eq": _compare("Equal", "equal"), "ne": _compare("NotEqual", "not_equal"),
+    "lt": _compare("Less", "less"), "le": _compare("LessEqual", "less_equal"),
+    "gt": _compare("Greater", "greater"), "ge": _compare("GreaterEqual", "greater_equal"),
+}
+
+
+class Neg(Op):
+    def forward(self, x):
+        return -x
+
+    def backward(self, g):
+        return -g
+
+
+class Abs(Op):
+    def forward(self, x):
+        self.x = x
+        return abs(x)
+
+    def backward(self, g):
+        return g * xp_of(g).sign(self.x)
+
+
+class Invert(Op):
+    def forward(self, x):
+        return ~x
+
+    def backward(self, g):
+        return None
+
+
+UNARY = {"neg": Neg, "abs": Abs, "invert": Invert}
+
+
+class AsType(Op):
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, g):
+        return g.astype(self.in_dtype) if self.in_dtype.kind == "f" else None
+
+
+class Copy(Op):
+    """Move to another device (or copy on the same one)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, x):
+        self.src = "gpu" if type(x).__module__.startswith("cupy") else "cpu"
+        return move_array(x, self.device)
+
+    def backward(self, g):
+        return move_array(g, self.src)
+
+
+def move_array(a, device):
+    """Copy ``a`` onto ``device`` (a canonical device name)."""
+    on_gpu = type(a).__module__.startswith("cupy")
+    if device.startswith("gpu"):
+        import cupy
+
+        with cupy.cuda.Device(int(device[3:] or 0)):
+            return cupy.array(a, copy=True)
+    return a.get() if on_gpu else a.copy()
+
+
+class Reshape(Op):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ValueError(
+                f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
+                f"into {self.shape}"
+            ) from None
+
+    def backward(self, g):
+        return g.reshape(self.in_shape)
+
+
+class Transpose(Op):
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, x):
+        if self.axes is not None and sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):
+            raise ValueError(
+                f"transpose: axes {self.axes} are not a permutation of the {x.ndim} dims of a "
+                f"tensor of shape {x.shape}"
+            )
+        return x.transpose(self.axes)
+
+    def backward(self, g):
+        if self.axes is None:
+            return g.transpose()
+        return g.transpose(np.argsort([a % g.ndim for a in self.axes]))
+
+
+def normalize_index(index, shape):
+    """An index with Tensors turned into arrays, ready for array indexing."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for i in index:
+        if hasattr(i, "_data"):
+            i = i._data
+            if i.dtype.kind == "f":
+                raise IndexError(f"tensor indices must be integer or bool, not {i.dtype}")
+        elif isinstance(i, list):
+            i = np.asarray(i)
+        out.append(i)
+    return tuple(out)
+
+
+def _is_basic(index):
+    return all(
+        i is None or i is Ellipsis or isinstance(i, (slice, int, np.integer)) for i in index
+    )
+
+
+class GetItem(Op):
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x):
+        self.in_shape, self.in_dtype = x.shape, x.dtype
+        try:
+            return x[self.index]
+        except IndexError as e:
+            raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gx = xp.zeros(self.in_shape, self.in_dtype)
+        if _is_basic(self.index):
+            gx[self.index] = g
+        else:
+            xp.add.at(gx, self.index, g)
+        return gx
+
+
+class SetItem(Op):
+    """``x[index] = v`` as a new value: the result is x with the indexed part replaced."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x, v):
+        out = x.copy()
+        try:
+            out[self.index] = v
+        except (IndexError, ValueError) as e:
+            raise type(e)(
+                f"setting a tensor of shape {x.shape} at an index with a value of shape "
+                f"{v.shape}: {e}"
+            ) from None
+        self.v_shape = v.shape
+        return out
+
+    def backward(self, g):
+        gx = gv = None
+        if self.needs_input_grad[0]:
+            gx = g.copy()
+            gx[self.index] = 0
+        if self.needs_input_grad[1]:
+            gv = unbroadcast(g[self.index], self.v_shape) if g[self.index].ndim >= len(self.v_shape) \
+                else g[self.index].reshape(self.v_shape)
+        return gx, gv
+
+
+def _norm_axes(axis, ndim, what):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
+        out.append(int(a) % max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+class Reduce(Op):
+    """sum / mean / prod / max / min over some axes."""
+
+    def __init__(self, mode, axis=None, keepdims=False):
+        self.mode, self.axis, self.keepdims = mode, axis, keepdims
+
+    def forward(self, x):
+        self.x = x
+        self.axes = axes = _norm_axes(self.axis, x.ndim, self.mode)
+        if self.mode in ("max", "min") and x.size == 0:
+            raise ValueError(f"{self.mode}: cannot reduce an empty tensor")
+        fn = getattr(x, self.mode)
+        out = fn(axis=axes, keepdims=True) if x.ndim else fn(keepdims=True)
+        if self.mode == "mean" and x.dtype.kind != "f":
+            out = out.astype(np.float32)
+        elif self.mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
+            out = out.astype(np.int32 if x.dtype.kind != "u" else x.dtype)
+        self.out_keep = out
+        return out if self.keepdims else out.reshape(
+            tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+    def backward(self, g):
+        xp = xp_of(g)
+        x, axes = self.x, self.axes
+        keep_shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+        g = g.reshape(keep_shape)
+        if self.mode == "sum":
+            return xp.broadcast_to(g, x.shape)
+        if self.mode == "mean":
+            count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
+            return xp.broadcast_to(g / count, x.shape)
+        if self.mode in ("max", "min"):
+            mask = (x == self.out_keep)
+            return g * mask / mask.sum(axis=axes, keepdims=True)
+        return g * _exclusive_prod(x, axes)
+
+
+def _exclusive_prod(x, axes):
+    """For each element, the product of the other elements in its reduction group (no division)."""
+    xp = xp_of(x)
+    if not axes:
+        return xp.ones_like(x)
+    rest = [i for i in range(x.ndim) if i not in axes]
+    perm = rest + list(axes)
+    moved = x.transpose(perm)
+    flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
+    ones = xp.ones(flat.shape[:-1] + (1,), x.dtype)
+    left = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+    right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(flat, -1)[..., :-1]], axis=-1), axis=-1), -1)
+    return (left * right).reshape(moved.shape).transpose(np.argsort(perm))

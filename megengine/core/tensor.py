@@ -1,0 +1,377 @@
+"""`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
+import numpy as np
+
+from .. import device as _device_mod
+from . import dispatch
+from . import ops as _ops
+
+__all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
+
+# Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
+_NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
+           np.dtype(np.uint64): np.dtype(np.int32)}
+_SUPPORTED_KINDS = "biuf"
+
+
+def _check_dtype(dtype, what):
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(
+            f"{what}: dtype {dtype} is not supported; use a bool, integer or float dtype "
+            "(e.g. 'float32', 'int32')"
+        )
+    return dtype
+
+
+def as_array(value, dtype=None, device=None, copy=True):
+    """Turn a scalar, (nested) list, array or Tensor into an engine array, upstream's dtype rules."""
+    device = _device_mod.canonical_device(device)
+    xp = _device_mod.get_array_module(device)
+    if isinstance(value, Tensor):
+        value = value._data
+    if dtype is not None:
+        dtype = _check_dtype(dtype, "tensor")
+        arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        return arr
+    try:
+        arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
+    narrow = _NARROW.get(arr.dtype)
+    if narrow is not None:
+        arr = arr.astype(narrow)
+    elif arr.dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(
+            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}); "
+            "give numbers, nested lists of numbers or a numeric array"
+        )
+    return arr
+
+
+_PROMOTE_CACHE = {}
+
+
+def promote_types(a, b):
+    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
+    key = (a, b)
+    r = _PROMOTE_CACHE.get(key)
+    if r is None:
+        if a.kind == "f" and b.kind != "f":
+            r = a
+        elif b.kind == "f" and a.kind != "f":
+            r = b
+        else:
+            r = np.promote_types(a, b)
+            if r == np.float64 and np.float64 not in (a, b):
+                r = np.dtype(np.float32)
+        _PROMOTE_CACHE[key] = r
+    return r
+
+
+class CompNode(str):
+    """A device name as upstream's ``Tensor.device`` reports it; compares equal to the name."""
+
+    @property
+    def logical_name(self):
+        return str(self)
+
+
+class Tensor:
+    """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
+
+    __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to our reflected operators
+    _node = None
+    _name = None
+
+    def __init__(self, data=None, dtype=None, device=None, is_const=False, no_cache=False,
+                 name=None):
+        if data is None:
+            data = []
+        if isinstance(data, Tensor) and device is None:
+            device = data._device
+        self._device = _device_mod.canonical_device(device)
+        self._data = as_array(data, dtype, self._device)
+        self.grad = None
+        self._name = name
+
+    @classmethod
+    def _wrap(cls, array, device):
+        """A tensor over ``array`` with no copy and no checks (the engine's internal constructor)."""
+        t = object.__new__(cls)
+        t._data = array
+        t._device = device
+        t.grad = None
+        return t
+
+    # ----- what a tensor is -----
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    @property
+    def size(self):
+        return self._data.size
+
+    @property
+    def device(self):
+        return CompNode(self._device)
+
+    @property
+    def name(self):
+        return self._name
+
+    @name.setter
+    def name(self, value):
+        self._name = value
+
+    @property
+    def requires_grad(self):
+        """True while the tensor is tracked by autodiff (attached, or computed from one)."""
+        return self._node is not None
+
+    def numpy(self):
+        """The value as a host numpy array (a copy: writing to it does not change the tensor)."""
+        data = self._data
+        if self._device.startswith("gpu"):
+            return data.get()
+        return np.array(data, copy=True)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def item(self, *args):
+        return self.numpy().item(*args)
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError(
+                f"the truth value of a tensor with {self.size} elements is ambiguous; "
+                "use F.logical_and/any/all or .item()"
+            )
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.kind not in "iub" or self.size != 1:
+            raise TypeError(f"only integer tensors with one element can be an index, not {self.dtype}")
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=" ", prefix="Tensor(")
+        extra = "" if self.dtype in (np.float32, np.int32) else f", dtype={self.dtype}"
+        return f"Tensor({body}{extra}, device={self._device_label()})"
+
+    def _device_label(self):
+        dev = str(self._device)
+        return dev if ":" in dev else dev + ":0"
+
+    def __getstate__(self):
+        return {"data": self.numpy(), "device": self._device, "name": self._name,
+                "grad": None}
+
+    def __setstate__(self, state):
+        self._device = state["device"]
+        self._data = as_array(state["data"], state["data"].dtype, self._device)
+        self._name = state.get("name")
+        self.grad = None
+
+    # ----- conversions that keep autodiff -----
+    def astype(self, dtype):
+        dtype = _check_dtype(dtype, "astype")
+        if dtype == self.dtype:
+            return self
+        return dispatch.apply(_ops.AsType(dtype), self)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
+            shape = shape[0]
+        return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = axes[0]
+        return dispatch.apply(_ops.Transpose(tuple(axes) if axes else None), self)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def flatten(self, start_axis=0, end_axis=-1):
+        shape = self.shape
+        nd = len(shape)
+        s, e = start_axis % max(nd, 1), end_axis % max(nd, 1)
+        new = shape[:s] + (int(np.prod(shape[s:e + 1], dtype=np.int64)),) + shape[e + 1:]
+        return self.reshape(new)
+
+    def detach(self):
+        """A tensor with the same storage, cut off from autodiff."""
+        return Tensor._wrap(self._data, self._device)
+
+    def to(self, device):
+        dev = _device_mod.canonical_device(device)
+        if dev == self._device:
+            return self
+        return dispatch.apply(_ops.Copy(dev), self)
+
+    def _to_device_array(self, dev):
+        return _ops.move_array(self._data, dev)
+
+    # ----- in-place value replacement -----
+    def _reset(self, other):
+        """Replace the value; writes into the existing storage when shape and dtype allow."""
+        value = other._data if isinstance(other, Tensor) else as_array(other, self.dtype, self._device)
+        if value.shape == self._data.shape and self._data.flags.writeable:
+            self._data[...] = value
+        else:
+            self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype else value.copy()
+            if self._node is not None and self._node[0].op is None:
+                self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
+        return self
+
+    def set_value(self, value):
+        """Set the value in place (upstream's ``set_value``): the storage is kept when it fits."""
+        return self._reset(value)
+
+    def _inplace(self, op_result):
+        """Result of an augmented operator: Parameters update their storage, others rebind."""
+        if (isinstance(self, Parameter) and not dispatch.is_recording()
+                and op_result.shape == self.shape and self._data.flags.writeable):
+            self._data[...] = op_result._data.astype(self.dtype, copy=False)
+            return self
+        self._data = op_result._data
+        self._node = op_result._node
+        return self
+
+    # ----- indexing -----
+    def __getitem__(self, index):
+        return dispatch.apply(_ops.GetItem(_ops.normalize_index(index, self.shape)), self)
+
+    def __setitem__(self, index, value):
+        idx = _ops.normalize_index(index, self.shape)
+        value = _operand(value, self)
+        if value.dtype != self.dtype:
+            value = value.astype(self.dtype)
+        result = dispatch.apply(_ops.SetItem(idx), self, value)
+        self._inplace(result)
+
+    # ----- reductions used as methods -----
+    def sum(self, axis=None, keepdims=False):
+        return dispatch.apply(_ops.Reduce("sum", axis, keepdims), self)
+
+    def mean(self, axis=None, keepdims=False):
+        return dispatch.apply(_ops.Reduce("mean", axis, keepdims), self)
+
+    def prod(self, axis=None, keepdims=False):
+        return dispatch.apply(_ops.Reduce("prod", axis, keepdims), self)
+
+    def max(self, axis=None, keepdims=False):
+        return dispatch.apply(_ops.Reduce("max", axis, keepdims), self)
+
+    def min(self, axis=None, keepdims=False):
+        return dispatch.apply(_ops.Reduce("min", axis, keepdims), self)
+
+
+def _operand(value, like):
+    """Turn the other side of an operator into a tensor with upstream's promotion rules.
+
+    Python scalars are weak: they take the tensor's dtype, except that a float meeting an
+    integer tensor gives float32 and an int meeting a bool tensor gives int32.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if type(value) in (bool, int, float):
+        if type(value) is float:
+            dtype = like.dtype if like.dtype.kind == "f" else np.float32
+        elif type(value) is int and like.dtype.kind == "b":
+            dtype = np.int32
+        else:
+            dtype = like.dtype
+        xp = _device_mod.get_array_module(like._device)
+        return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
+    return Tensor(value, device=like._device)
+
+
+def _binary(op_name, reflected=False):
+    op_cls = _ops.BINARY[op_name]
+
+    def method(self, other):
+        other = _operand(other, self)
+        a, b = (other, self) if reflected else (self, other)
+        return dispatch.apply(op_cls(), a, b)
+
+    method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
+    return method
+
+
+def _augmented(op_name):
+    op_cls = _ops.BINARY[op_name]
+
+    def method(self, other):
+        return self._inplace(dispatch.apply(op_cls(), self, _operand(other, self)))
+
+    method.__name__ = f"__i{op_name}__"
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+              "and", "or", "xor", "lshift", "rshift"):
+    setattr(Tensor, f"__{_name}__", _binary(_name))
+    setattr(Tensor, f"__r{_name}__", _binary(_name, reflected=True))
+    setattr(Tensor, f"__i{_name}__", _augmented(_name))
+for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
+    setattr(Tensor, f"__{_name}__", _binary(_name))
+
+
+def _unary(op_name):
+    op_cls = _ops.UNARY[op_name]
+
+    def method(self):
+        return dispatch.apply(op_cls(), self)
+
+    method.__name__ = f"__{op_name}__"
+    return method
+
+
+for _name in ("neg", "abs", "invert"):
+    setattr(Tensor, f"__{_name}__", _unary(_name))
+Tensor.__pos__ = lambda self: self
+
+
+class Parameter(Tensor):
+    """A tensor that is a module's learnable state; optimizers update it in place."""
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+def tensor(data=None, dtype=None, device=None, **kwargs):
+    """Make a Tensor (upstream's ``megengine.tensor``)."""
+    return Tensor(data, dtype=dtype, device=device, **kwargs)

@@ -1,0 +1,58 @@
+"""Collator: merges a list of samples into one batch of numpy arrays."""
+import collections.abc
+
+import numpy as np
+
+__all__ = ["Collator"]
+
+_ERR_FORMAT = (
+    "Collator: samples must contain numpy arrays, numbers, strings, bytes, dicts, "
+    "tuples or lists; found {}. Pass DataLoader(collator=...) to batch other types"
+)
+
+
+class Collator:
+    r"""Merges a list of samples into a mini-batch.
+
+    Arrays are stacked along a new first axis, numbers become 1-D arrays, strings stay
+    lists, and dicts, named tuples, tuples and lists are collated element by element
+    (tuples and lists come back as lists): ``[(CHW, label), ...]`` -> ``[NCHW, N]``.
+    """
+
+    def apply(self, inputs):
+        """Collate ``inputs``, a sequence of samples of the same structure."""
+        if len(inputs) == 0:
+            raise ValueError("Collator got an empty batch; check the sampler's batch_size and drop_last")
+        elem = inputs[0]
+        if isinstance(elem, np.ndarray):
+            if elem.dtype.kind in "OSUa":
+                raise TypeError(_ERR_FORMAT.format("an array of dtype {}".format(elem.dtype)))
+            shapes = {x.shape for x in inputs}
+            if len(shapes) > 1:
+                raise ValueError(
+                    "Collator cannot stack arrays of different shapes {} into one batch; "
+                    "make them equal with a transform (e.g. Resize or RandomCrop) or pass a "
+                    "custom collator".format(sorted(shapes))
+                )
+            return np.ascontiguousarray(np.stack(inputs))
+        if isinstance(elem, (str, bytes, np.str_, np.bytes_)):
+            return list(inputs)
+        if isinstance(elem, np.generic):  # numpy scalar
+            return np.array(inputs)
+        if isinstance(elem, float):
+            return np.array(inputs, dtype=np.float64)
+        if isinstance(elem, int):  # bool included
+            return np.array(inputs)
+        if isinstance(elem, collections.abc.Mapping):
+            return {key: self.apply([d[key] for d in inputs]) for key in elem}
+        if isinstance(elem, collections.abc.Sequence):
+            if any(len(x) != len(elem) for x in inputs):
+                raise ValueError(
+                    "Collator got samples with different numbers of elements {}; every sample "
+                    "of a batch must have the same structure".format(sorted({len(x) for x in inputs}))
+                )
+            columns = [self.apply(list(samples)) for samples in zip(*inputs)]
+            if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
+                return type(elem)(*columns)
+            return columns
+        raise TypeError(_ERR_FORMAT.format(type(elem)))
