@@ -92,6 +92,8 @@ class GradManager:
     # ----- recording -----
     def record(self):
         """Start recording the ops on attached tensors."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradManager.record, self)
         if self._recording:
             raise RuntimeError("GradManager.record: already recording")
         self._recording = True
@@ -104,6 +106,8 @@ class GradManager:
 
     def release(self):
         """Stop recording and drop the graph recorded so far."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradManager.release, self)
         if self._recording:
             self._recording = False
             dispatch._set_recording(-1)
@@ -121,6 +125,8 @@ class GradManager:
 
         ``y``: a tensor or a list of them; ``dy``: matching output gradients (default ones).
         """
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradManager.backward, self, y, dy)
         if y is None:
             raise ValueError("GradManager.backward: give the tensor(s) to differentiate")
         if not self._recording:

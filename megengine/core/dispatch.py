@@ -19,6 +19,9 @@ import numpy as np
 __all__ = ["Op", "apply", "Node", "is_recording", "run_backward"]
 
 _recording = 0  # how many GradManagers are recording right now
+# megengine.jit.trace: while a traced function records or is checked, every apply goes through
+# this hook (see megengine/jit/tracing.py); None otherwise, so untraced code pays one global read.
+_trace_hook = None
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 
 
@@ -70,6 +73,8 @@ def _is_float(dtype):
 
 def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
+    if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
+        return _trace_hook(op, inputs)
     from .tensor import Tensor  # noqa: cycle: tensor.py uses apply for its operators
 
     device = inputs[0]._device if inputs else None

@@ -247,6 +247,8 @@ class Tensor:
     # ----- in-place value replacement -----
     def _reset(self, other):
         """Replace the value; writes into the existing storage when shape and dtype allow."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
+            return dispatch._trace_hook.event(Tensor._reset, self, other)
         value = other._data if isinstance(other, Tensor) else as_array(other, self.dtype, self._device)
         if value.shape == self._data.shape and self._data.flags.writeable:
             self._data[...] = value
@@ -262,6 +264,8 @@ class Tensor:
 
     def _inplace(self, op_result):
         """Result of an augmented operator: Parameters update their storage, others rebind."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
+            return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         if (isinstance(self, Parameter) and not dispatch.is_recording()
                 and op_result.shape == self.shape and self._data.flags.writeable):
             self._data[...] = op_result._data.astype(self.dtype, copy=False)

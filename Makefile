@@ -1,0 +1,32 @@
+# One entry point for a new machine: each target creates .venv on its own if it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo docs bench clean-ext
+
+setup: $(STAMP)
+
+$(STAMP): requirements-dev.txt setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python examples/lenet_pytorch.py
+
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W -q -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_pytorch_module.py
+
+clean-ext: $(STAMP)
+	$(BIN)/python -c "import shutil, megengine.module.pytorch as p; d = p.cache_dir(); shutil.rmtree(d, ignore_errors=True); print('removed', d)"

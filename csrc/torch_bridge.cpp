@@ -1,0 +1,447 @@
+// Zero-copy views between engine arrays (numpy, CuPy) and torch tensors: the C++ half of the PyTorch bridge.
+//
+// Compiled on first use by megengine/module/pytorch/_bridge.py (torch.utils.cpp_extension.load), which
+// documents the semantics. Functions:
+//   to_torch(array) -> torch.Tensor                  view of a numpy array's memory; the tensor's storage
+//                                                    holds a reference to the array. Other objects with
+//                                                    __cuda_array_interface__ go to the Python CUDA handler.
+//   from_torch(tensor) -> numpy.ndarray              view of a CPU tensor's memory; the array's base holds
+//                                                    the tensor's storage. CUDA tensors go to the handler.
+//   cuda_to_torch(owner, cai, device) -> Tensor      view of a CUDA array from its __cuda_array_interface__
+//                                                    dict, for the handler; stream ordering is its job
+//   set_cuda_handlers(to_torch, from_torch)          registers the two Python CUDA handlers
+//
+// Why it is written against the plain CPython and numpy C APIs rather than pybind11 and torch's Python
+// headers: build time. torch/csrc/autograd/python_variable.h alone takes ~26 s to compile on a 2-core
+// machine and pybind11 ~12 s; this file, with only ATen's from_blob, builds in a fraction of that. The
+// price is three torch Python-binding names used without their header, the same ones torch's own
+// pybind11 caster uses: THPVariableClass (the torch.Tensor type), THPVariable_Wrap (at::Tensor ->
+// torch.Tensor) and the Tensor._cdata attribute (the address of its TensorImpl). If a torch release
+// renamed one, importing the module fails naming the symbol. The CUDA branch needs no CUDA header
+// (from_blob only needs a c10::Device), so the same source builds against CPU-only and CUDA torch.
+//
+// The hot functions are METH_O: no argument parsing at all on the call path.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/SmallVector.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+// From libtorch_python (declared in torch/csrc/autograd/python_variable.h, which we avoid including).
+extern PyObject* THPVariableClass;
+PyObject* THPVariable_Wrap(at::TensorBase&& var);
+
+#define MGE_STRINGIZE_IMPL(x) #x
+#define MGE_STRINGIZE(x) MGE_STRINGIZE_IMPL(x)
+
+namespace {
+
+using Dims = c10::SmallVector<int64_t, 8>;
+
+const char* const kSupported = "float16, float32, float64, int8, int16, int32, int64, uint8, bool";
+const char* const kCapsuleName = "megengine.torch_bridge.storage";
+PyObject* cdata_name = nullptr;  // interned "_cdata"
+PyObject* cai_name = nullptr;    // interned "__cuda_array_interface__"
+// Python callables for CUDA objects (array -> tensor, tensor -> array); the C++ side checks and
+// dispatches so the CPU path pays for no Python-level test. Set once by _bridge.py.
+PyObject* cuda_to_torch_handler = nullptr;
+PyObject* cuda_from_torch_handler = nullptr;
+
+// A Python exception to raise: thrown from anywhere below, turned into the Python error by `guarded`.
+struct PyError : std::runtime_error {
+  PyObject* type;
+  PyError(PyObject* type, const std::string& message) : std::runtime_error(message), type(type) {}
+};
+// The Python error indicator is already set (a C-API call failed).
+struct PyErrorSet {};
+
+std::string str_of(PyObject* obj) {
+  PyObject* s = PyObject_Str(obj);
+  if (s == nullptr) throw PyErrorSet{};
+  std::string out = PyUnicode_AsUTF8(s);
+  Py_DECREF(s);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// dtypes
+
+// numpy (kind, itemsize, byteorder) -> torch scalar type; `name()` names the dtype in error messages.
+template <class Name>
+at::ScalarType scalar_type_of(char kind, int64_t itemsize, char byteorder, Name&& name) {
+  // '=' native, '|' not applicable, '<' little-endian: torch runs on little-endian machines only
+  if (byteorder == '>') {
+    throw PyError(PyExc_TypeError, "megengine torch bridge: dtype " + name() +
+                                       " is big-endian, which torch cannot view; convert it first, e.g. "
+                                       "a.astype(a.dtype.newbyteorder('='))");
+  }
+  switch (kind) {
+    case 'b':
+      if (itemsize == 1) return at::kBool;
+      break;
+    case 'u':
+      if (itemsize == 1) return at::kByte;
+      break;
+    case 'i':
+      if (itemsize == 1) return at::kChar;
+      if (itemsize == 2) return at::kShort;
+      if (itemsize == 4) return at::kInt;
+      if (itemsize == 8) return at::kLong;
+      break;
+    case 'f':
+      if (itemsize == 2) return at::kHalf;
+      if (itemsize == 4) return at::kFloat;
+      if (itemsize == 8) return at::kDouble;
+      break;
+  }
+  throw PyError(PyExc_TypeError, "megengine torch bridge: dtype " + name() + " is not supported (supported: " +
+                                     kSupported + "); cast the array first, e.g. a.astype(numpy.float32)");
+}
+
+// torch scalar type -> numpy type number; `tensor` is only used to name its dtype in errors.
+int numpy_typenum_of(at::ScalarType st, PyObject* tensor) {
+  switch (st) {
+    case at::kBool: return NPY_BOOL;
+    case at::kByte: return NPY_UINT8;
+    case at::kChar: return NPY_INT8;
+    case at::kShort: return NPY_INT16;
+    case at::kInt: return NPY_INT32;
+    case at::kLong: return NPY_INT64;
+    case at::kHalf: return NPY_FLOAT16;
+    case at::kFloat: return NPY_FLOAT32;
+    case at::kDouble: return NPY_FLOAT64;
+    case at::kBFloat16:
+      throw PyError(PyExc_TypeError,
+                    "megengine torch bridge: torch.bfloat16 has no numpy dtype, so the tensor cannot be viewed "
+                    "as an engine array; cast it first, e.g. t.float() (or t.half())");
+    default: {
+      PyObject* dtype = PyObject_GetAttrString(tensor, "dtype");
+      std::string name = dtype ? str_of(dtype) : std::string(c10::toString(st));
+      Py_XDECREF(dtype);
+      throw PyError(PyExc_TypeError, "megengine torch bridge: " + name + " is not supported (supported: " +
+                                         kSupported + "); cast the tensor first, e.g. t.float()");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// array -> tensor
+
+// The strides (in elements) torch gets for a view of `sizes` given byte strides. Dimensions of size 1
+// carry no information and numpy leaves arbitrary values there (a fancy-indexed (N, 1, H, W) array can
+// look channels-last to torch); they get what torch's own contiguous layout would give them,
+// stride[d + 1] * size[d + 1], so torch sees the layout it would have made itself. An empty array gets
+// contiguous strides throughout. Returns false when a dimension of size > 1 has a negative stride, which
+// torch cannot represent (the caller copies).
+bool torch_strides(const Dims& sizes, const Py_ssize_t* byte_strides, int64_t itemsize, Dims& strides) {
+  const int64_t ndim = static_cast<int64_t>(sizes.size());
+  const bool empty = std::find(sizes.begin(), sizes.end(), 0) != sizes.end();
+  strides.resize(ndim);
+  int64_t contiguous = 1;  // torch's contiguous stride for dimension d
+  for (int64_t d = ndim - 1; d >= 0; --d) {
+    if (empty || sizes[d] == 1) {
+      strides[d] = contiguous;
+    } else {
+      if (byte_strides[d] < 0) return false;
+      if (byte_strides[d] % itemsize != 0) {
+        throw PyError(PyExc_ValueError, "megengine torch bridge: a stride of " + std::to_string(byte_strides[d]) +
+                                            " bytes is not a multiple of the item size " +
+                                            std::to_string(itemsize) + "; copy the array first (a.copy())");
+      }
+      strides[d] = byte_strides[d] / itemsize;
+    }
+    contiguous = strides[d] * std::max<int64_t>(sizes[d], 1);
+  }
+  return true;
+}
+
+// The tensor's storage holds one reference to `owner`; this drops it when torch frees the storage.
+// torch may free storage on any thread (autograd workers, DataLoader pin threads), with or without the
+// GIL, so take it. After the interpreter is gone (exit-time destructors) there is nothing left to drop.
+void release_owner(void* owner) {
+  if (!Py_IsInitialized()) return;
+  PyGILState_STATE gil = PyGILState_Ensure();
+  Py_DECREF(static_cast<PyObject*>(owner));
+  PyGILState_Release(gil);
+}
+
+at::Tensor view_as_tensor(void* data, const Dims& sizes, const Dims& strides, at::ScalarType st, at::Device device,
+                          PyObject* owner) {
+  // From .context() on, the reference taken here belongs to TensorMaker (a unique_ptr) and then to the
+  // storage's DataPtr; if make_tensor throws, whichever holds it drops it. A context with a plain
+  // function pointer rather than a std::function deleter saves a heap allocation per call.
+  Py_INCREF(owner);
+  return at::for_blob(data, sizes)
+      .strides(strides)
+      .context(owner, &release_owner)
+      .target_device(device)
+      .options(at::TensorOptions().dtype(st).device(device))
+      .make_tensor();
+}
+
+at::Tensor array_to_tensor(PyObject* obj) {
+  auto* array = reinterpret_cast<PyArrayObject*>(obj);
+  PyArray_Descr* descr = PyArray_DESCR(array);
+  const int64_t itemsize = PyArray_ITEMSIZE(array);
+  const at::ScalarType st = scalar_type_of(descr->kind, itemsize, descr->byteorder,
+                                           [&] { return str_of(reinterpret_cast<PyObject*>(descr)); });
+  if (!PyArray_ISALIGNED(array)) {
+    throw PyError(PyExc_ValueError, "megengine torch bridge: the array's data is not aligned to its item size, "
+                                    "which torch cannot view; copy the array first (a.copy())");
+  }
+  const int ndim = PyArray_NDIM(array);
+  Dims sizes(PyArray_DIMS(array), PyArray_DIMS(array) + ndim);
+  Dims strides;
+  if (!torch_strides(sizes, PyArray_STRIDES(array), itemsize, strides)) {
+    // Negative strides (a[::-1]): the one case where the bridge copies. The tensor owns a C-contiguous
+    // copy, so writes through it do not reach the original array.
+    PyObject* copy = PyArray_NewCopy(array, NPY_CORDER);
+    if (copy == nullptr) throw PyErrorSet{};
+    at::Tensor t;
+    try {
+      t = array_to_tensor(copy);
+    } catch (...) {
+      Py_DECREF(copy);
+      throw;
+    }
+    Py_DECREF(copy);  // the tensor holds its own reference
+    return t;
+  }
+  // Read-only arrays are viewed too: torch has no read-only flag (documented in _bridge.py).
+  return view_as_tensor(PyArray_DATA(array), sizes, strides, st, at::Device(at::kCPU), obj);
+}
+
+// Borrowed item of a __cuda_array_interface__ dict; nullptr when absent.
+PyObject* cai_item(PyObject* cai, const char* key) { return PyDict_GetItemString(cai, key); }
+
+int64_t as_int64(PyObject* obj) {
+  const long long v = PyLong_AsLongLong(obj);
+  if (v == -1 && PyErr_Occurred()) throw PyErrorSet{};
+  return v;
+}
+
+// `owner` is the CUDA array, `cai` its __cuda_array_interface__ dict (version 2 or 3), `device` the CUDA
+// device its memory lives on.
+at::Tensor cuda_array_to_tensor(PyObject* owner, PyObject* cai, int device) {
+  if (!PyDict_Check(cai)) throw PyError(PyExc_TypeError, "megengine torch bridge: cai must be a dict");
+  PyObject* mask = cai_item(cai, "mask");
+  if (mask != nullptr && mask != Py_None) {
+    throw PyError(PyExc_ValueError, "megengine torch bridge: masked CUDA arrays cannot be viewed by torch");
+  }
+  PyObject* typestr_obj = cai_item(cai, "typestr");
+  PyObject* shape_obj = cai_item(cai, "shape");
+  PyObject* data_obj = cai_item(cai, "data");
+  if (!typestr_obj || !shape_obj || !data_obj || !PyTuple_Check(shape_obj) || !PyTuple_Check(data_obj)) {
+    throw PyError(PyExc_ValueError, "megengine torch bridge: malformed __cuda_array_interface__");
+  }
+  const std::string typestr = str_of(typestr_obj);
+  if (typestr.size() < 3) throw PyError(PyExc_ValueError, "megengine torch bridge: bad typestr '" + typestr + "'");
+  const int64_t itemsize = std::stoll(typestr.substr(2));
+  const at::ScalarType st = scalar_type_of(typestr[1], itemsize, typestr[0], [&] { return "'" + typestr + "'"; });
+
+  const Py_ssize_t ndim = PyTuple_GET_SIZE(shape_obj);
+  Dims sizes(ndim);
+  for (Py_ssize_t d = 0; d < ndim; ++d) sizes[d] = as_int64(PyTuple_GET_ITEM(shape_obj, d));
+  c10::SmallVector<Py_ssize_t, 8> byte_strides(ndim);
+  PyObject* strides_obj = cai_item(cai, "strides");
+  if (strides_obj != nullptr && strides_obj != Py_None) {
+    if (!PyTuple_Check(strides_obj) || PyTuple_GET_SIZE(strides_obj) != ndim) {
+      throw PyError(PyExc_ValueError, "megengine torch bridge: malformed strides in __cuda_array_interface__");
+    }
+    for (Py_ssize_t d = 0; d < ndim; ++d) byte_strides[d] = as_int64(PyTuple_GET_ITEM(strides_obj, d));
+  } else {  // None: C-contiguous
+    Py_ssize_t step = itemsize;
+    for (Py_ssize_t d = ndim - 1; d >= 0; --d) {
+      byte_strides[d] = step;
+      step *= std::max<int64_t>(sizes[d], 1);
+    }
+  }
+  Dims strides;
+  if (!torch_strides(sizes, byte_strides.data(), itemsize, strides)) {
+    // The same single copy case as on the CPU. CuPy's copy() is C-ordered and runs on CuPy's current
+    // stream, the stream the caller then makes torch wait for.
+    PyObject* copy = PyObject_CallMethod(owner, "copy", nullptr);
+    if (copy == nullptr) throw PyErrorSet{};
+    PyObject* copy_cai = PyObject_GetAttrString(copy, "__cuda_array_interface__");
+    at::Tensor t;
+    try {
+      if (copy_cai == nullptr) throw PyErrorSet{};
+      t = cuda_array_to_tensor(copy, copy_cai, device);
+    } catch (...) {
+      Py_XDECREF(copy_cai);
+      Py_DECREF(copy);
+      throw;
+    }
+    Py_DECREF(copy_cai);
+    Py_DECREF(copy);
+    return t;
+  }
+  if (PyTuple_GET_SIZE(data_obj) < 1) throw PyError(PyExc_ValueError, "megengine torch bridge: malformed data");
+  void* data = PyLong_AsVoidPtr(PyTuple_GET_ITEM(data_obj, 0));
+  if (data == nullptr && PyErr_Occurred()) throw PyErrorSet{};
+  return view_as_tensor(data, sizes, strides, st, at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)),
+                        owner);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// tensor -> array
+
+void delete_storage(PyObject* capsule) {
+  delete static_cast<c10::Storage*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+}
+
+// The at::Tensor behind a torch.Tensor. Tensor._cdata is the address of its TensorImpl; this is what
+// THPVariable_Unpack returns, without torch's Python headers.
+at::Tensor unpack_tensor(PyObject* obj) {
+  if (THPVariableClass == nullptr || !PyObject_TypeCheck(obj, reinterpret_cast<PyTypeObject*>(THPVariableClass))) {
+    throw PyError(PyExc_TypeError, std::string("megengine torch bridge: from_torch expects a torch.Tensor, got ") +
+                                       Py_TYPE(obj)->tp_name);
+  }
+  PyObject* cdata = PyObject_GetAttr(obj, cdata_name);
+  if (cdata == nullptr) throw PyErrorSet{};
+  void* impl = PyLong_AsVoidPtr(cdata);
+  Py_DECREF(cdata);
+  if (impl == nullptr) {
+    if (PyErr_Occurred()) throw PyErrorSet{};
+    throw PyError(PyExc_ValueError, "megengine torch bridge: undefined tensor");
+  }
+  return at::Tensor(c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::unsafe_reclaim_from_nonowning(
+      static_cast<c10::TensorImpl*>(impl)));
+}
+
+PyObject* tensor_to_array(PyObject* obj) {
+  const at::Tensor t = unpack_tensor(obj);
+  if (t.layout() != at::kStrided) {
+    throw PyError(PyExc_TypeError, "megengine torch bridge: only strided (dense) tensors can be viewed; call "
+                                   ".to_dense() first");
+  }
+  const int typenum = numpy_typenum_of(t.scalar_type(), obj);
+  if (t.device().is_cuda() && cuda_from_torch_handler != nullptr) {
+    return PyObject_CallOneArg(cuda_from_torch_handler, obj);
+  }
+  if (!t.device().is_cpu()) {
+    throw PyError(PyExc_ValueError, "megengine torch bridge: only CPU and CUDA tensors can be viewed, got one on " +
+                                        t.device().str());
+  }
+  if (t.is_neg() || t.is_conj()) {
+    throw PyError(PyExc_ValueError, "megengine torch bridge: the tensor is a lazily negated/conjugated view; call "
+                                    ".resolve_neg() / .resolve_conj() first");
+  }
+  if (!t.has_storage()) {
+    throw PyError(PyExc_TypeError, "megengine torch bridge: the tensor has no storage (a tensor subclass or a "
+                                   "traced/fake tensor?), so there is no memory to view");
+  }
+  const int64_t itemsize = t.element_size();
+  const int64_t ndim = t.dim();
+  c10::SmallVector<npy_intp, 8> shape(ndim), byte_strides(ndim);
+  for (int64_t d = 0; d < ndim; ++d) {
+    shape[d] = t.sizes()[d];
+    byte_strides[d] = t.strides()[d] * itemsize;
+  }
+  // The array's base holds the storage, not the tensor, which would also keep its autograd graph alive.
+  // Tensors that require grad are viewed like .detach(). mutable_data_ptr: the array is writable, so a
+  // lazily-cloned (copy-on-write) storage must materialise now.
+  void* data = t.mutable_data_ptr();
+  PyObject* base = PyCapsule_New(new c10::Storage(t.storage()), kCapsuleName, &delete_storage);
+  if (base == nullptr) throw PyErrorSet{};  // (leaks one Storage handle on this out-of-memory path)
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, PyArray_DescrFromType(typenum), static_cast<int>(ndim),
+                                         shape.data(), byte_strides.data(), data, NPY_ARRAY_WRITEABLE, nullptr);
+  if (array == nullptr) {
+    Py_DECREF(base);
+    throw PyErrorSet{};
+  }
+  if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(array), base) < 0) {  // steals `base`
+    Py_DECREF(array);
+    throw PyErrorSet{};
+  }
+  return array;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Python entry points
+
+// Runs `body`, turning C++ exceptions into the matching Python exception.
+template <class F>
+PyObject* guarded(F&& body) {
+  try {
+    return body();
+  } catch (const PyErrorSet&) {
+  } catch (const PyError& e) {
+    PyErr_SetString(e.type, e.what());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyObject* to_torch_py(PyObject* /*module*/, PyObject* array) {
+  return guarded([&] {
+    if (PyArray_Check(array)) return THPVariable_Wrap(array_to_tensor(array));
+    if (cuda_to_torch_handler != nullptr && PyObject_HasAttr(array, cai_name)) {
+      return PyObject_CallOneArg(cuda_to_torch_handler, array);
+    }
+    throw PyError(PyExc_TypeError, std::string("megengine torch bridge: to_torch expects a numpy.ndarray or a CUDA "
+                                               "array with __cuda_array_interface__ (e.g. cupy.ndarray), got ") +
+                                       Py_TYPE(array)->tp_name);
+  });
+}
+
+PyObject* from_torch_py(PyObject* /*module*/, PyObject* tensor) {
+  return guarded([&] { return tensor_to_array(tensor); });
+}
+
+PyObject* cuda_to_torch_py(PyObject* /*module*/, PyObject* args) {
+  PyObject *owner, *cai;
+  int device;
+  if (!PyArg_ParseTuple(args, "OOi:cuda_to_torch", &owner, &cai, &device)) return nullptr;
+  return guarded([&] { return THPVariable_Wrap(cuda_array_to_tensor(owner, cai, device)); });
+}
+
+PyObject* set_cuda_handlers_py(PyObject* /*module*/, PyObject* args) {
+  PyObject *to_torch, *from_torch;
+  if (!PyArg_ParseTuple(args, "OO:set_cuda_handlers", &to_torch, &from_torch)) return nullptr;
+  Py_INCREF(to_torch);
+  Py_INCREF(from_torch);
+  Py_XSETREF(cuda_to_torch_handler, to_torch);
+  Py_XSETREF(cuda_from_torch_handler, from_torch);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"to_torch", to_torch_py, METH_O, "to_torch(ndarray) -> torch.Tensor viewing the array's memory"},
+    {"from_torch", from_torch_py, METH_O, "from_torch(tensor) -> numpy.ndarray viewing a CPU tensor's memory"},
+    {"cuda_to_torch", cuda_to_torch_py, METH_VARARGS,
+     "cuda_to_torch(owner, cai, device) -> torch.Tensor viewing a CUDA array (no stream ordering)"},
+    {"set_cuda_handlers", set_cuda_handlers_py, METH_VARARGS,
+     "set_cuda_handlers(to_torch, from_torch): Python callables for CUDA arrays / CUDA tensors"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, MGE_STRINGIZE(TORCH_EXTENSION_NAME),
+    "megengine: zero-copy views between numpy/CuPy arrays and torch tensors", -1, methods,
+};
+
+}  // namespace
+
+// PyInit_<TORCH_EXTENSION_NAME>, the name torch's loader imports
+#define MGE_PYINIT_IMPL(name) PyInit_##name
+#define MGE_PYINIT(name) MGE_PYINIT_IMPL(name)
+
+PyMODINIT_FUNC MGE_PYINIT(TORCH_EXTENSION_NAME)(void) {
+  import_array();  // numpy's C API table; returns nullptr with ImportError set on failure
+  cdata_name = PyUnicode_InternFromString("_cdata");
+  cai_name = PyUnicode_InternFromString("__cuda_array_interface__");
+  if (cdata_name == nullptr || cai_name == nullptr) return nullptr;
+  return PyModule_Create(&module_def);
+}

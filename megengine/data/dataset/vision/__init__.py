@@ -1,0 +1,3 @@
+"""Vision datasets."""
+from .meta_vision import VisionDataset
+from .mnist import MNIST

@@ -1,0 +1,7 @@
+"""`megengine.functional` (F): thin functions that build ops, upstream's 1.x namespace."""
+from . import elemwise, loss, math, nn, tensor  # noqa: F401  (F.nn.conv2d, F.loss.l1_loss, ...)
+from .elemwise import *  # noqa: F401,F403
+from .math import *  # noqa: F401,F403
+from .nn import *  # noqa: F401,F403
+from .tensor import *  # noqa: F401,F403
+from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)

@@ -1,0 +1,286 @@
+"""Element-wise math functions (F.add, F.exp, F.clip, ...): thin wrappers over elemwise ops."""
+import numpy as np
+
+from ..core.dispatch import Op, apply
+from ..core.ops import BINARY, UNARY, _Binary, xp_of
+from ..core.tensor import Tensor, _operand
+
+__all__ = [
+    "abs", "acos", "acosh", "add", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "clip",
+    "cos", "cosh", "div", "equal", "exp", "expm1", "floor", "floor_div", "greater",
+    "greater_equal", "left_shift", "less", "less_equal", "log", "log1p", "logaddexp",
+    "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "mod", "mul",
+    "neg", "not_equal", "pow", "right_shift", "round", "sin", "sinh", "sqrt", "square", "sub",
+    "tan", "tanh", "trunc",
+]
+
+
+def _tensor(x):
+    """``x`` as a Tensor: Tensors pass through, numbers and lists follow Tensor()'s dtype rules."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _pair(x, y):
+    """Two operands as Tensors; a Python scalar next to a tensor takes the operators' rules."""
+    if isinstance(x, Tensor):
+        return x, _operand(y, x)
+    if isinstance(y, Tensor):
+        return _operand(x, y), y
+    x = Tensor(x)
+    return x, _operand(y, x)
+
+
+# ----- binary functions: the ops behind Tensor's operators -----
+
+def _binary_fn(key, name, doc):
+    op_cls = BINARY[key]
+
+    def fn(x, y):
+        x, y = _pair(x, y)
+        return apply(op_cls(), x, y)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return fn
+
+
+add = _binary_fn("add", "add", "Element-wise ``x + y`` with broadcasting.")
+sub = _binary_fn("sub", "sub", "Element-wise ``x - y`` with broadcasting.")
+mul = _binary_fn("mul", "mul", "Element-wise ``x * y`` with broadcasting.")
+div = _binary_fn("truediv", "div", "Element-wise true division ``x / y`` (integers give float32).")
+floor_div = _binary_fn("floordiv", "floor_div", "Element-wise floor division ``x // y``.")
+mod = _binary_fn("mod", "mod", "Element-wise remainder ``x % y`` (sign of the divisor, as Python).")
+pow = _binary_fn("pow", "pow", "Element-wise power ``x ** y``.")
+maximum = _binary_fn("maximum", "maximum", "Element-wise maximum of ``x`` and ``y``.")
+minimum = _binary_fn("minimum", "minimum", "Element-wise minimum of ``x`` and ``y``.")
+left_shift = _binary_fn("lshift", "left_shift", "Element-wise ``x << y`` on integers.")
+right_shift = _binary_fn("rshift", "right_shift", "Element-wise arithmetic ``x >> y`` on integers.")
+equal = _binary_fn("eq", "equal", "Element-wise ``x == y`` (bool).")
+not_equal = _binary_fn("ne", "not_equal", "Element-wise ``x != y`` (bool).")
+less = _binary_fn("lt", "less", "Element-wise ``x < y`` (bool).")
+less_equal = _binary_fn("le", "less_equal", "Element-wise ``x <= y`` (bool).")
+greater = _binary_fn("gt", "greater", "Element-wise ``x > y`` (bool).")
+greater_equal = _binary_fn("ge", "greater_equal", "Element-wise ``x >= y`` (bool).")
+
+
+def _float_pair(op, a, b):
+    # atan2/logaddexp are float functions: integer operands compute in float32
+    if a.dtype.kind != "f":
+        op.a = a = a.astype(np.float32)
+        op.b = b = b.astype(np.float32)
+    return a, b
+
+
+class Atan2(_Binary):
+    def compute(self, y, x):
+        y, x = _float_pair(self, y, x)
+        return xp_of(y).arctan2(y, x)
+
+    def grads(self, g):
+        y, x = self.a, self.b
+        r = g / (x * x + y * y)
+        return r * x, -r * y
+
+
+class LogAddExp(_Binary):
+    def compute(self, a, b):
+        a, b = _float_pair(self, a, b)
+        self.out = xp_of(a).logaddexp(a, b)
+        return self.out
+
+    def grads(self, g):
+        xp = xp_of(g)
+        return g * xp.exp(self.a - self.out), g * xp.exp(self.b - self.out)
+
+
+def atan2(y, x):
+    """Element-wise angle of the point ``(x, y)``: arctan(y / x) in the right quadrant."""
+    y, x = _pair(y, x)
+    return apply(Atan2(), y, x)
+
+
+def logaddexp(x, y):
+    """Element-wise ``log(exp(x) + exp(y))``, computed without overflow."""
+    x, y = _pair(x, y)
+    return apply(LogAddExp(), x, y)
+
+
+class _Logical(Op):
+    fn = None
+
+    def forward(self, a, b=None):
+        xp = xp_of(a)
+        return getattr(xp, self.fn)(a) if b is None else getattr(xp, self.fn)(a, b)
+
+    def backward(self, g):
+        return (None,) * len(self.needs_input_grad)
+
+
+def _logical(name, fn, doc, unary=False):
+    op_cls = type(name, (_Logical,), {"fn": fn})
+
+    if unary:
+        def f(x):
+            return apply(op_cls(), _tensor(x))
+    else:
+        def f(x, y):
+            return apply(op_cls(), *_pair(x, y))
+
+    f.__name__ = f.__qualname__ = fn
+    f.__doc__ = doc
+    return f
+
+
+logical_and = _logical("LogicalAnd", "logical_and", "Element-wise logical AND (bool).")
+logical_or = _logical("LogicalOr", "logical_or", "Element-wise logical OR (bool).")
+logical_xor = _logical("LogicalXor", "logical_xor", "Element-wise logical XOR (bool).")
+logical_not = _logical("LogicalNot", "logical_not", "Element-wise logical NOT (bool).", unary=True)
+
+
+# ----- unary functions -----
+
+class _Unary(Op):
+    """``y = f(x)`` element-wise; subclasses give ``compute(xp, x)`` and ``grad(xp, x, y, g)``.
+
+    Float functions (``to_float``) compute integer inputs in float32, as upstream does.
+    """
+
+    to_float = True
+
+    def forward(self, x):
+        if self.to_float and x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        self.x = x
+        self.y = self.compute(xp_of(x), x)
+        return self.y
+
+    def backward(self, g):
+        return self.grad(xp_of(g), self.x, self.y, g)
+
+
+def _unary(name, compute, grad, to_float=True):
+    return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
+                                  "to_float": to_float})
+
+
+def _zero_grad(xp, x, y, g):
+    return xp.zeros_like(g)
+
+
+def _keep_ints(f):
+    # rounding an integer is the identity; numpy would hand some of them back as floats
+    return lambda xp, x: x.copy() if x.dtype.kind in "iub" else f(xp, x)
+
+
+def _round_half_away(xp, x):
+    # upstream rounds halves away from zero (C's round), not to even like numpy/torch
+    t = xp.trunc(x)
+    return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
+
+
+Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y)
+Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1))
+Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
+Log1p = _unary("Log1p", lambda xp, x: xp.log1p(x), lambda xp, x, y, g: g / (x + 1))
+Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y))
+Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False)
+Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.cos(x))
+Cos = _unary("Cos", lambda xp, x: xp.cos(x), lambda xp, x, y, g: -g * xp.sin(x))
+Tan = _unary("Tan", lambda xp, x: xp.tan(x), lambda xp, x, y, g: g * (1 + y * y))
+Asin = _unary("Asin", lambda xp, x: xp.arcsin(x), lambda xp, x, y, g: g / xp.sqrt(1 - x * x))
+Acos = _unary("Acos", lambda xp, x: xp.arccos(x), lambda xp, x, y, g: -g / xp.sqrt(1 - x * x))
+Atan = _unary("Atan", lambda xp, x: xp.arctan(x), lambda xp, x, y, g: g / (1 + x * x))
+Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(x))
+Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x))
+Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y))
+Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
+Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x), lambda xp, x, y, g: g / xp.sqrt(x * x - 1))
+Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
+Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False)
+Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _zero_grad, to_float=False)
+Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _zero_grad, to_float=False)
+Round = _unary("Round", _keep_ints(_round_half_away), _zero_grad, to_float=False)
+
+
+def _unary_fn(op_cls, name, doc):
+    def fn(x):
+        return apply(op_cls(), _tensor(x))
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return fn
+
+
+neg = _unary_fn(UNARY["neg"], "neg", "Element-wise ``-x``.")
+abs = _unary_fn(UNARY["abs"], "abs", "Element-wise absolute value (gradient sign(x), 0 at 0).")
+exp = _unary_fn(Exp, "exp", "Element-wise ``e ** x``.")
+expm1 = _unary_fn(Expm1, "expm1", "Element-wise ``exp(x) - 1``, accurate near 0.")
+log = _unary_fn(Log, "log", "Element-wise natural logarithm.")
+log1p = _unary_fn(Log1p, "log1p", "Element-wise ``log(1 + x)``, accurate near 0.")
+sqrt = _unary_fn(Sqrt, "sqrt", "Element-wise square root.")
+square = _unary_fn(Square, "square", "Element-wise ``x * x``.")
+sin = _unary_fn(Sin, "sin", "Element-wise sine.")
+cos = _unary_fn(Cos, "cos", "Element-wise cosine.")
+tan = _unary_fn(Tan, "tan", "Element-wise tangent.")
+asin = _unary_fn(Asin, "asin", "Element-wise inverse sine.")
+acos = _unary_fn(Acos, "acos", "Element-wise inverse cosine.")
+atan = _unary_fn(Atan, "atan", "Element-wise inverse tangent.")
+sinh = _unary_fn(Sinh, "sinh", "Element-wise hyperbolic sine.")
+cosh = _unary_fn(Cosh, "cosh", "Element-wise hyperbolic cosine.")
+tanh = _unary_fn(Tanh, "tanh", "Element-wise hyperbolic tangent.")
+asinh = _unary_fn(Asinh, "asinh", "Element-wise inverse hyperbolic sine.")
+acosh = _unary_fn(Acosh, "acosh", "Element-wise inverse hyperbolic cosine.")
+atanh = _unary_fn(Atanh, "atanh", "Element-wise inverse hyperbolic tangent.")
+floor = _unary_fn(Floor, "floor", "Element-wise floor (gradient 0).")
+ceil = _unary_fn(Ceil, "ceil", "Element-wise ceiling (gradient 0).")
+trunc = _unary_fn(Trunc, "trunc", "Element-wise rounding toward zero (gradient 0).")
+round = _unary_fn(Round, "round", "Element-wise rounding, halves away from zero (gradient 0).")
+
+
+class Clip(Op):
+    """``x`` limited to ``[lower, upper]``; gradient passes where x is inside (ends included)."""
+
+    def __init__(self, lower, upper):
+        self.lower, self.upper = lower, upper
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if self.needs_input_grad[0]:
+            inside = True
+            if self.lower is not None:
+                inside = x >= self.lower
+            if self.upper is not None:
+                inside = inside & (x <= self.upper)
+            self.inside = inside
+        if self.lower is None:
+            return xp.minimum(x, self.upper)
+        if self.upper is None:
+            return xp.maximum(x, self.lower)
+        # lower > upper gives upper everywhere, like min(max(x, lower), upper)
+        return xp.minimum(xp.maximum(x, self.lower), self.upper)
+
+    def backward(self, g):
+        return g * self.inside
+
+
+def clip(x, lower=None, upper=None):
+    """Limit each element of ``x`` to ``[lower, upper]``; either bound may be None (not both).
+
+    Bounds are numbers or Tensors; a float bound on an integer tensor gives a float32 result.
+    """
+    if lower is None and upper is None:
+        raise ValueError("clip: at least one of lower and upper must be given, got both None")
+    x = _tensor(x)
+    if isinstance(lower, Tensor) or isinstance(upper, Tensor):
+        out = x if lower is None else maximum(x, lower)
+        return out if upper is None else minimum(out, upper)
+    bounds = []
+    for b in (lower, upper):
+        if b is not None and not isinstance(b, (int, float, np.number)):
+            raise TypeError(f"clip: bounds must be numbers or Tensors, got {type(b).__name__}")
+        # Python scalars are weak in numpy: the result keeps x's dtype
+        bounds.append(b.item() if isinstance(b, np.generic) else b)
+    lower, upper = bounds
+    if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
+        x = x.astype(np.float32)
+    return apply(Clip(lower, upper), x)

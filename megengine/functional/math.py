@@ -1,0 +1,353 @@
+"""Reductions, statistics, sorting and linear algebra (F.sum, F.var, F.topk, F.matmul, ...)."""
+import math as _pymath
+
+import numpy as np
+
+from ..core.dispatch import Op, apply
+from ..core.ops import BINARY, _norm_axes, xp_of
+from ..core.tensor import Tensor
+from .elemwise import _pair, _tensor, clip, sqrt
+from .tensor import Take, _axis, _grid_index, swapaxes
+
+__all__ = [
+    "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
+    "matmul", "max", "mean", "min", "norm", "normalize", "prod", "sign", "sort", "std", "sum",
+    "topk", "var",
+]
+
+
+
+# ----- element-wise checks that upstream keeps here -----
+
+def isnan(inp):
+    """Element-wise test for NaN (bool)."""
+    inp = _tensor(inp)
+    return Tensor._wrap(xp_of(inp._data).isnan(inp._data), inp._device)
+
+
+def isinf(inp):
+    """Element-wise test for +-infinity (bool)."""
+    inp = _tensor(inp)
+    return Tensor._wrap(xp_of(inp._data).isinf(inp._data), inp._device)
+
+
+class Sign(Op):
+    def forward(self, x):
+        return xp_of(x).sign(x)
+
+    def backward(self, g):
+        return xp_of(g).zeros_like(g)
+
+
+def sign(x):
+    """Element-wise sign: -1, 0 or 1, in x's dtype (gradient 0)."""
+    return apply(Sign(), _tensor(x))
+
+
+# ----- reductions -----
+
+def sum(inp, axis=None, keepdims=False):
+    """Sum over ``axis`` (an int, a sequence, or None for all)."""
+    return _tensor(inp).sum(axis=axis, keepdims=keepdims)
+
+
+def mean(inp, axis=None, keepdims=False):
+    """Mean over ``axis`` (integers give float32)."""
+    return _tensor(inp).mean(axis=axis, keepdims=keepdims)
+
+
+def prod(inp, axis=None, keepdims=False):
+    """Product over ``axis``."""
+    return _tensor(inp).prod(axis=axis, keepdims=keepdims)
+
+
+def max(inp, axis=None, keepdims=False):
+    """Maximum over ``axis``; ties share the gradient."""
+    return _tensor(inp).max(axis=axis, keepdims=keepdims)
+
+
+def min(inp, axis=None, keepdims=False):
+    """Minimum over ``axis``; ties share the gradient."""
+    return _tensor(inp).min(axis=axis, keepdims=keepdims)
+
+
+def _arg_reduce(inp, axis, keepdims, fn, what):
+    inp = _tensor(inp)
+    x = inp._data
+    xp = xp_of(x)
+    if axis is None:
+        if keepdims:
+            raise ValueError(f"{what}: keepdims=True needs an axis, got axis=None")
+        if x.size == 0:
+            raise ValueError(f"{what}: the tensor is empty")
+        return Tensor._wrap(xp.asarray(getattr(xp, fn)(x), dtype=np.int32), inp._device)
+    # several axes: reduced one after another, highest first, as upstream does
+    for a in reversed(_norm_axes(axis, x.ndim, what)):
+        x = getattr(xp, fn)(x, axis=a, keepdims=True).astype(np.int32)
+        if not keepdims:
+            x = x.squeeze(a)
+    return Tensor._wrap(x, inp._device)
+
+
+def argmax(inp, axis=None, keepdims=False):
+    """Index (int32) of the maximum over ``axis``, or into the flattened tensor if None."""
+    return _arg_reduce(inp, axis, keepdims, "argmax", "argmax")
+
+
+def argmin(inp, axis=None, keepdims=False):
+    """Index (int32) of the minimum over ``axis``, or into the flattened tensor if None."""
+    return _arg_reduce(inp, axis, keepdims, "argmin", "argmin")
+
+
+def _keep_shape(shape, axes):
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _out_shape(shape, axes, keepdims):
+    return _keep_shape(shape, axes) if keepdims else tuple(
+        n for i, n in enumerate(shape) if i not in axes)
+
+
+class Var(Op):
+    """Population variance (divides by N) over some axes."""
+
+    def __init__(self, axis, keepdims):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x):
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
+        self.d = d = x - x.mean(axis=axes, keepdims=True)
+        self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
+        out = (d * d).mean(axis=axes, keepdims=True)
+        return out.reshape(_out_shape(x.shape, axes, self.keepdims))
+
+    def backward(self, g):
+        g = g.reshape(_keep_shape(self.d.shape, self.axes))
+        return g * (2.0 / self.count) * self.d
+
+
+def var(inp, axis=None, keepdims=False):
+    """Variance (divides by N, like upstream) over ``axis``."""
+    return apply(Var(axis, keepdims), _tensor(inp))
+
+
+def std(inp, axis=None, keepdims=False):
+    """Standard deviation: ``sqrt(var(inp, axis, keepdims))``."""
+    return sqrt(var(inp, axis, keepdims))
+
+
+class LogSumExp(Op):
+    def __init__(self, axis, keepdims):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        self.x = x
+        self.axes = axes = _norm_axes(self.axis, x.ndim, "logsumexp")
+        m = x.max(axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) rows: no shift, no NaN from inf-inf
+        self.out = out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
+        return out.reshape(_out_shape(x.shape, axes, self.keepdims))
+
+    def backward(self, g):
+        g = g.reshape(self.out.shape)
+        return g * xp_of(g).exp(self.x - self.out)
+
+
+def logsumexp(inp, axis, keepdims=False):
+    """``log(sum(exp(inp), axis))`` computed without overflow."""
+    return apply(LogSumExp(axis, keepdims), _tensor(inp))
+
+
+class PNorm(Op):
+    """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf)."""
+
+    def __init__(self, p, axis, keepdims):
+        self.p, self.axis, self.keepdims = p, axis, keepdims
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        self.x = x
+        self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
+        if self.p == 2:
+            out = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+        else:
+            out = (xp.abs(x) ** self.p).sum(axis=axes, keepdims=True) ** (1.0 / self.p)
+        self.out = out
+        return out.reshape(_out_shape(x.shape, axes, self.keepdims))
+
+    def backward(self, g):
+        xp = xp_of(g)
+        x, out, p = self.x, self.out, self.p
+        g = g.reshape(out.shape)
+        # a zero norm has gradient 0 (the subgradient torch picks), not 0/0
+        safe = xp.where(out == 0, 1, out)
+        if p == 2:
+            return xp.where(out == 0, 0, g / safe) * x
+        scale = xp.where(out == 0, 0, g * safe ** (1 - p))
+        return scale * xp.sign(x) * xp.abs(x) ** (p - 1)
+
+
+def norm(inp, ord=None, axis=None, keepdims=False):
+    """Vector ``ord``-norm over ``axis`` (default ord 2; None: over all elements).
+
+    ``ord``: any p > 0 (``sum(|x|**p) ** (1/p)``), 0 (number of non-zeros), ``inf`` (max |x|),
+    ``-inf`` (min |x|).
+    """
+    inp = _tensor(inp)
+    if ord is None:
+        ord = 2
+    if not isinstance(ord, (int, float)):
+        raise TypeError(f"norm: ord must be a number, got {type(ord).__name__}")
+    if ord == 0:
+        return sum(inp != 0, axis=axis, keepdims=keepdims)
+    if ord == _pymath.inf:
+        return max(abs(inp), axis=axis, keepdims=keepdims)
+    if ord == -_pymath.inf:
+        return min(abs(inp), axis=axis, keepdims=keepdims)
+    return apply(PNorm(ord, axis, keepdims), inp)
+
+
+def normalize(inp, ord=None, axis=None, eps=1e-12):
+    """``inp / max(norm(inp, ord, axis), eps)``: unit ``ord``-norm along ``axis`` (None: all)."""
+    inp = _tensor(inp)
+    return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
+
+
+class Cumsum(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        # keep x's dtype: numpy would widen int32 to int64
+        return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+
+
+def cumsum(inp, axis):
+    """Cumulative sum along ``axis``."""
+    inp = _tensor(inp)
+    return apply(Cumsum(_axis(axis, inp.ndim, "cumsum")), inp)
+
+
+# ----- sorting -----
+
+def _sort_key(x, descending):
+    """An array whose ascending order is the wanted order of ``x``."""
+    if not descending:
+        return x
+    if x.dtype.kind not in "fi":
+        x = x.astype(np.int64)  # unsigned and bool values cannot be negated in place
+    return -x
+
+
+def _check_sortable(inp, what):
+    if inp.ndim == 0:
+        raise ValueError(f"{what}: input must have at least 1 dim, got a scalar")
+
+
+def argsort(inp, descending=False):
+    """Indices (int32) that sort each row (the last axis) of ``inp``."""
+    inp = _tensor(inp)
+    _check_sortable(inp, "argsort")
+    key = _sort_key(inp._data, descending)
+    return Tensor._wrap(xp_of(key).argsort(key, axis=-1, kind="stable").astype(np.int32),
+                        inp._device)
+
+
+def _take_last(inp, idx):
+    """``inp`` picked at ``idx`` along the last axis, differentiable (idx unique per row)."""
+    return apply(Take(_grid_index(xp_of(idx), idx, idx.ndim - 1), True), inp)
+
+
+def sort(inp, descending=False):
+    """Sort each row (the last axis); returns ``(values, indices)`` with int32 indices."""
+    inp = _tensor(inp)
+    _check_sortable(inp, "sort")
+    idx = argsort(inp, descending)
+    return _take_last(inp, idx._data), idx
+
+
+def topk(inp, k, descending=False, kth_only=False, no_sort=False):
+    """The ``k`` smallest (``descending``: largest) elements of each row and their int32 indices.
+
+    ``kth_only``: just the k-th element of each row (and its index). ``no_sort``: the k elements
+    may come in any order (faster).
+    """
+    inp = _tensor(inp)
+    _check_sortable(inp, "topk")
+    k, n = int(k), inp.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"topk: k must be in [1, {n}] for rows of length {n}, got {k}")
+    x = inp._data
+    xp = xp_of(x)
+    key = _sort_key(x, descending)
+    if k < n:
+        # partial selection: O(n) per row instead of a full sort
+        idx = xp.argpartition(key, k - 1, axis=-1)[..., :k]
+    else:
+        idx = xp.broadcast_to(xp.arange(n), key.shape)
+    if kth_only:
+        kth = xp.take_along_axis(idx, xp.take_along_axis(key, idx, -1).argmax(-1)[..., None], -1)
+        return _take_last(inp, kth)[..., 0], Tensor._wrap(kth[..., 0].astype(np.int32), inp._device)
+    if not no_sort:
+        order = xp.take_along_axis(key, idx, -1).argsort(axis=-1, kind="stable")
+        idx = xp.take_along_axis(idx, order, -1)
+    idx = idx.astype(np.int32)
+    return _take_last(inp, idx), Tensor._wrap(idx, inp._device)
+
+
+# ----- linear algebra -----
+
+def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="default",
+           format="default"):
+    """Matrix product with numpy's rules: 1-D operands are vectors, batch dims broadcast.
+
+    ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
+    """
+    a, b = _pair(inp1, inp2)
+    if a.ndim == 1 and b.ndim == 1:
+        return dot(a, b)
+    if transpose_a and a.ndim >= 2:
+        a = swapaxes(a, -1, -2)
+    if transpose_b and b.ndim >= 2:
+        b = swapaxes(b, -1, -2)
+    return apply(BINARY["matmul"](), a, b)
+
+
+def dot(inp1, inp2):
+    """Dot product of two vectors (1-D or scalars; a scalar is broadcast)."""
+    a, b = _pair(inp1, inp2)
+    if a.ndim > 1 or b.ndim > 1:
+        raise ValueError(f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
+    if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
+        raise ValueError(f"dot: vectors must have one length, got shapes {a.shape} and {b.shape}")
+    # mul + sum rather than the core MatMul: its backward fails for two 1-D operands
+    return (a * b).sum()
+
+
+class MatInv(Op):
+    def forward(self, x):
+        if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
+        self.inv = xp_of(x).linalg.inv(x)
+        return self.inv
+
+    def backward(self, g):
+        xp = xp_of(g)
+        inv_t = xp.swapaxes(self.inv, -1, -2)
+        return -(inv_t @ g @ inv_t)
+
+
+def matinv(inp):
+    """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``."""
+    return apply(MatInv(), _tensor(inp))

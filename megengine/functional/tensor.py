@@ -1,0 +1,700 @@
+"""Tensor creation and manipulation functions (F.zeros, F.concat, F.gather, F.pad, ...)."""
+import numpy as np
+
+from .. import device as _device
+from ..core import ops as _ops
+from ..core.dispatch import Op, apply
+from ..core.ops import int_tuple, unbroadcast, xp_of
+from ..core.tensor import Tensor, _operand, as_array, promote_types
+from .elemwise import _tensor
+
+__all__ = [
+    "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
+    "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace", "meshgrid",
+    "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll", "scatter",
+    "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros", "zeros_like",
+]
+
+
+def _axis(axis, ndim, what):
+    """``axis`` as a non-negative int below ``ndim``."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{what}: axis {axis} is out of range for {ndim} dims")
+    return int(axis) % ndim
+
+
+def _axes(axis, ndim, what):
+    """One axis or a sequence of them, as sorted non-negative ints."""
+    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    out = sorted(_axis(a, ndim, what) for a in axes)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}: repeated axis in {axis}")
+    return out
+
+
+# ----- creation -----
+
+def _place(device):
+    dev = _device.canonical_device(device)
+    return dev, _device.get_array_module(dev)
+
+
+def _dtype(dtype):
+    # None means the default float, as upstream (np.dtype(None) would be float64)
+    return np.dtype(np.float32 if dtype is None else dtype)
+
+
+def _num(value):
+    return value.item() if isinstance(value, Tensor) else value
+
+
+def _shape(shape, what):
+    shape = int_tuple(shape, what)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: shape {shape} has a negative dimension")
+    return shape
+
+
+def zeros(shape, dtype="float32", device=None):
+    """A tensor of ``shape`` filled with zeros."""
+    dev, xp = _place(device)
+    return Tensor._wrap(xp.zeros(_shape(shape, "zeros"), _dtype(dtype)), dev)
+
+
+def ones(shape, dtype="float32", device=None):
+    """A tensor of ``shape`` filled with ones."""
+    dev, xp = _place(device)
+    return Tensor._wrap(xp.ones(_shape(shape, "ones"), _dtype(dtype)), dev)
+
+
+def full(shape, value, dtype=None, device=None):
+    """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
+    dev, xp = _place(device)
+    if dtype is None:
+        dtype = as_array(value, device="cpu0").dtype
+    return Tensor._wrap(xp.full(_shape(shape, "full"), value, np.dtype(dtype)), dev)
+
+
+def _like(inp, value):
+    inp = _tensor(inp)
+    return Tensor._wrap(xp_of(inp._data).full(inp.shape, value, inp.dtype), inp._device)
+
+
+def zeros_like(inp):
+    """Zeros with the shape, dtype and device of ``inp``."""
+    return _like(inp, 0)
+
+
+def ones_like(inp):
+    """Ones with the shape, dtype and device of ``inp``."""
+    return _like(inp, 1)
+
+
+def full_like(inp, value):
+    """``value`` (cast to inp's dtype) with the shape and device of ``inp``."""
+    return _like(inp, value)
+
+
+def arange(start=0, stop=None, step=1, dtype="float32", device=None):
+    """Evenly spaced values in ``[start, stop)``: ``arange(5)`` is 0..4; float32 by default."""
+    start, stop, step = _num(start), _num(stop), _num(step)
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise ValueError("arange: step must not be 0")
+    dev, xp = _place(device)
+    return Tensor._wrap(xp.arange(start, stop, step, dtype=np.float64).astype(_dtype(dtype)), dev)
+
+
+def linspace(start, stop, num, dtype="float32", device=None):
+    """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
+    num = int(num)
+    if num < 0:
+        raise ValueError(f"linspace: num must be >= 0, got {num}")
+    dev, xp = _place(device)
+    return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)), dev)
+
+
+def eye(N, M=None, dtype="float32", device=None):
+    """An ``N x M`` matrix (``M`` defaults to ``N``) with ones on the diagonal."""
+    dev, xp = _place(device)
+    return Tensor._wrap(xp.eye(int(N), None if M is None else int(M), dtype=_dtype(dtype)), dev)
+
+
+def copy(inp, device=None):
+    """A copy of ``inp`` on ``device`` (default: inp's device); gradients flow back."""
+    inp = _tensor(inp)
+    dev = inp._device if device is None else _device.canonical_device(device)
+    return apply(_ops.Copy(dev), inp)
+
+
+# ----- shapes -----
+
+def reshape(inp, target_shape):
+    """``inp`` with a new shape of the same size; one dimension may be -1 (inferred)."""
+    return _tensor(inp).reshape(target_shape)
+
+
+def flatten(inp, start_axis=0, end_axis=-1):
+    """Merge the dimensions ``start_axis..end_axis`` (inclusive) into one."""
+    return _tensor(inp).flatten(start_axis, end_axis)
+
+
+def transpose(inp, pattern):
+    """Permute dimensions by ``pattern``; an ``'x'`` entry inserts a new size-1 dimension.
+
+    Dimensions left out of ``pattern`` must have size 1 and are dropped.
+    """
+    inp = _tensor(inp)
+    pattern = tuple(pattern)
+    if "x" not in pattern and len(pattern) == inp.ndim:
+        return inp.transpose(pattern)
+    kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
+    dropped = [i for i in range(inp.ndim) if i not in kept]
+    if len(set(kept)) != len(kept) or any(inp.shape[i] != 1 for i in dropped):
+        raise ValueError(
+            f"transpose: pattern {pattern} must name each dim of shape {inp.shape} at most once "
+            "and may leave out only dims of size 1"
+        )
+    out = inp.transpose(kept + dropped) if kept + dropped != list(range(inp.ndim)) else inp
+    return out.reshape(tuple(1 if p == "x" else inp.shape[p] for p in pattern))
+
+
+def swapaxes(inp, axis1, axis2):
+    """``inp`` with dimensions ``axis1`` and ``axis2`` exchanged."""
+    inp = _tensor(inp)
+    perm = list(range(inp.ndim))
+    a, b = _axis(axis1, inp.ndim, "swapaxes"), _axis(axis2, inp.ndim, "swapaxes")
+    perm[a], perm[b] = perm[b], perm[a]
+    return inp.transpose(perm)
+
+
+def expand_dims(inp, axis):
+    """Insert size-1 dimensions at ``axis`` (an int or a sequence, positions in the result)."""
+    inp = _tensor(inp)
+    axes = _axes(axis, inp.ndim + (1 if isinstance(axis, (int, np.integer)) else len(axis)),
+                 "expand_dims")
+    shape = list(inp.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return inp.reshape(shape)
+
+
+def squeeze(inp, axis=None):
+    """Remove size-1 dimensions: all of them, or those at ``axis`` (an int or a sequence)."""
+    inp = _tensor(inp)
+    if axis is None:
+        axes = [i for i, n in enumerate(inp.shape) if n == 1]
+    else:
+        axes = _axes(axis, inp.ndim, "squeeze")
+        bad = [a for a in axes if inp.shape[a] != 1]
+        if bad:
+            raise ValueError(
+                f"squeeze: axis {bad[0]} of shape {inp.shape} has size {inp.shape[bad[0]]}, not 1"
+            )
+    return inp.reshape(tuple(n for i, n in enumerate(inp.shape) if i not in axes))
+
+
+class BroadcastTo(Op):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        try:
+            return xp_of(x).broadcast_to(x, self.shape)  # a read-only view: no copy
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {self.shape}") \
+                from None
+
+    def backward(self, g):
+        return unbroadcast(g, self.in_shape)
+
+
+def broadcast_to(inp, shape):
+    """``inp`` broadcast to ``shape`` (numpy rules); -1 keeps the input's size there."""
+    inp = _tensor(inp)
+    shape = list(int_tuple(shape, "broadcast_to"))
+    extra = len(shape) - inp.ndim
+    for i, s in enumerate(shape):
+        if s == -1:
+            if i < extra:
+                raise ValueError(f"broadcast_to: -1 at new leading dim {i} of {tuple(shape)}")
+            shape[i] = inp.shape[i - extra]
+    shape = tuple(shape)
+    if shape == inp.shape:
+        return inp
+    return apply(BroadcastTo(shape), inp)
+
+
+def _same_device(inps):
+    """Tensors from a list that may hold arrays too; those go to the first tensor's device."""
+    tensors = [t if isinstance(t, Tensor) else None for t in inps]
+    dev = next((t._device for t in tensors if t is not None), None)
+    return [t if t is not None else Tensor(x, device=dev) for t, x in zip(tensors, inps)]
+
+
+def _to(result, device):
+    if device is None or _device.canonical_device(device) == result._device:
+        return result
+    return copy(result, device)
+
+
+def _promote_all(arrays):
+    dtype = arrays[0].dtype
+    for a in arrays[1:]:
+        dtype = promote_types(dtype, a.dtype)
+    return [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+
+
+class Concat(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        self.ends = np.cumsum([x.shape[self.axis] for x in xs]).tolist()
+        try:
+            return xp_of(xs[0]).concatenate(_promote_all(xs), axis=self.axis)
+        except ValueError:
+            raise ValueError(
+                f"concat: shapes {[x.shape for x in xs]} differ outside axis {self.axis}"
+            ) from None
+
+    def backward(self, g):
+        pre = (slice(None),) * self.axis
+        starts = [0] + self.ends[:-1]
+        return tuple(g[pre + (slice(s, e),)] if need else None
+                     for s, e, need in zip(starts, self.ends, self.needs_input_grad))
+
+
+def concat(inps, axis=0, device=None):
+    """Join tensors along an existing ``axis``."""
+    inps = _same_device(list(inps))
+    if not inps:
+        raise ValueError("concat: got no tensors to join")
+    ndim = inps[0].ndim
+    if any(t.ndim != ndim for t in inps):
+        raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")
+    return _to(apply(Concat(_axis(axis, max(ndim, 1), "concat")), *inps), device)
+
+
+class Stack(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ValueError(f"stack: tensors must have one shape, got {[x.shape for x in xs]}")
+        return xp_of(xs[0]).stack(_promote_all(xs), axis=self.axis)
+
+    def backward(self, g):
+        pre = (slice(None),) * self.axis
+        return tuple(g[pre + (i,)] if need else None
+                     for i, need in enumerate(self.needs_input_grad))
+
+
+def stack(inps, axis=0, device=None):
+    """Join same-shape tensors along a new ``axis``."""
+    inps = _same_device(list(inps))
+    if not inps:
+        raise ValueError("stack: got no tensors to join")
+    return _to(apply(Stack(_axis(axis, inps[0].ndim + 1, "stack")), *inps), device)
+
+
+class Split(Op):
+    def __init__(self, bounds, axis):
+        self.bounds, self.axis = bounds, axis
+
+    def forward(self, x):
+        pre = (slice(None),) * self.axis
+        return tuple(x[pre + (slice(s, e),)] for s, e in zip(self.bounds, self.bounds[1:]))
+
+    def backward(self, *gs):
+        return xp_of(gs[0]).concatenate(gs, axis=self.axis)
+
+
+def split(inp, nsplits_or_sections, axis=0):
+    """Split ``inp`` along ``axis``: into N near-equal parts (the first ones one larger), or at
+    the indices of a list of sections. Returns a list of tensors."""
+    inp = _tensor(inp)
+    axis = _axis(axis, inp.ndim, "split")
+    size = inp.shape[axis]
+    if isinstance(nsplits_or_sections, (int, np.integer)):
+        n = int(nsplits_or_sections)
+        if not 0 < n <= max(size, 1):
+            raise ValueError(f"split: cannot split a dim of size {size} into {n} parts")
+        div, rest = divmod(size, n)
+        bounds = np.cumsum([0] + [div + 1] * rest + [div] * (n - rest)).tolist()
+    else:
+        points = [int(p) for p in nsplits_or_sections]
+        bounds = [0] + points + [size]
+        if any(b > c for b, c in zip(bounds, bounds[1:])):
+            raise ValueError(
+                f"split: sections {points} must be increasing and within the size {size} of axis "
+                f"{axis}"
+            )
+    return list(apply(Split(bounds, axis), inp))
+
+
+def repeat(inp, repeats, axis=None):
+    """Repeat each element ``repeats`` times along ``axis`` (None: of the flattened tensor)."""
+    inp = _tensor(inp)
+    repeats = int(repeats)
+    if repeats < 1:
+        raise ValueError(f"repeat: repeats must be >= 1, got {repeats}")
+    if axis is None:
+        inp, axis = inp.reshape(-1), 0
+    axis = _axis(axis, inp.ndim, "repeat")
+    s = inp.shape
+    wide = broadcast_to(inp.reshape(s[:axis + 1] + (1,) + s[axis + 1:]),
+                        s[:axis + 1] + (repeats,) + s[axis + 1:])
+    return wide.reshape(s[:axis] + (s[axis] * repeats,) + s[axis + 1:])
+
+
+def tile(inp, reps):
+    """Repeat the whole tensor ``reps[i]`` times along each dim (reps may add leading dims)."""
+    inp = _tensor(inp)
+    reps = int_tuple(reps, "tile")
+    if any(r < 1 for r in reps):
+        raise ValueError(f"tile: reps must be >= 1, got {reps}")
+    nd = max(len(reps), inp.ndim)
+    reps = (1,) * (nd - len(reps)) + reps
+    shape = (1,) * (nd - inp.ndim) + inp.shape
+    # (1, s0, 1, s1, ...) broadcast to (r0, s0, r1, s1, ...) then merged: one broadcast, no loop
+    inter = tuple(v for s in shape for v in (1, s))
+    wide = broadcast_to(inp.reshape(inter), tuple(v for r, s in zip(reps, shape) for v in (r, s)))
+    return wide.reshape(tuple(r * s for r, s in zip(reps, shape)))
+
+
+def meshgrid(*inputs, indexing="xy"):
+    """Coordinate grids from 1-D tensors; ``"xy"`` swaps the first two output dims (numpy)."""
+    if indexing not in ("xy", "ij"):
+        raise ValueError(f"meshgrid: indexing must be 'xy' or 'ij', got {indexing!r}")
+    inputs = [_tensor(t) for t in inputs]
+    if any(t.ndim != 1 for t in inputs):
+        raise ValueError(f"meshgrid: inputs must be 1-D, got shapes {[t.shape for t in inputs]}")
+    shape = [t.shape[0] for t in inputs]
+    order = list(range(len(inputs)))
+    if indexing == "xy" and len(inputs) > 1:
+        shape[0], shape[1] = shape[1], shape[0]
+        order[0], order[1] = 1, 0
+    out = []
+    for i, t in enumerate(inputs):
+        view = [1] * len(inputs)
+        view[order.index(i)] = t.shape[0]
+        out.append(broadcast_to(t.reshape(view), shape))
+    return out
+
+
+def flip(inp, axis):
+    """Reverse the order of elements along ``axis`` (an int or a sequence)."""
+    inp = _tensor(inp)
+    index = [slice(None)] * inp.ndim
+    for a in _axes(axis, inp.ndim, "flip"):
+        index[a] = slice(None, None, -1)
+    return inp[tuple(index)]
+
+
+class Roll(Op):
+    def __init__(self, shift, axis):
+        self.shift, self.axis = shift, axis
+
+    def forward(self, x):
+        return xp_of(x).roll(x, self.shift, self.axis)
+
+    def backward(self, g):
+        back = tuple(-s for s in self.shift) if isinstance(self.shift, tuple) else -self.shift
+        return xp_of(g).roll(g, back, self.axis)
+
+
+def roll(inp, shift, axis=None):
+    """Shift elements cyclically by ``shift`` along ``axis`` (None: over the flattened tensor)."""
+    inp = _tensor(inp)
+    if axis is None:
+        if not isinstance(shift, (int, np.integer)):
+            raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")
+        return apply(Roll(int(shift), None), inp)
+    if isinstance(shift, (int, np.integer)) != isinstance(axis, (int, np.integer)):
+        raise TypeError(f"roll: shift {shift!r} and axis {axis!r} must both be ints or sequences")
+    if isinstance(axis, (int, np.integer)):
+        return apply(Roll(int(shift), _axis(axis, inp.ndim, "roll")), inp)
+    shift, axis = tuple(int(s) for s in shift), tuple(_axis(a, inp.ndim, "roll") for a in axis)
+    if len(shift) != len(axis):
+        raise ValueError(f"roll: {len(shift)} shifts for {len(axis)} axes")
+    return apply(Roll(shift, axis), inp)
+
+
+class Diag(Op):
+    def __init__(self, k):
+        self.k = k
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return xp_of(x).diag(x, self.k).copy()
+
+    def backward(self, g):
+        xp = xp_of(g)
+        if len(self.in_shape) == 1:
+            return xp.diagonal(g, self.k).copy()
+        gx = xp.zeros(self.in_shape, g.dtype)
+        i = xp.arange(g.shape[0])
+        gx[i + max(-self.k, 0), i + max(self.k, 0)] = g
+        return gx
+
+
+def diag(inp, k=0):
+    """1-D input: a matrix with it on diagonal ``k``; 2-D input: its diagonal ``k``."""
+    inp = _tensor(inp)
+    if inp.ndim not in (1, 2):
+        raise ValueError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
+    return apply(Diag(int(k)), inp)
+
+
+# ----- indexing -----
+
+def _grid_index(xp, index, axis):
+    """Index tuple that picks ``x[..., index[...], ...]`` along ``axis`` for every position of
+    ``index``: open (broadcasting) aranges on the other dims, so nothing big is materialised."""
+    nd = index.ndim
+    out = []
+    for d in range(nd):
+        if d == axis:
+            out.append(index)
+        else:
+            out.append(xp.arange(index.shape[d]).reshape((-1,) + (1,) * (nd - d - 1)))
+    return tuple(out)
+
+
+class Take(Op):
+    """``x[index]`` for an advanced index; ``unique``: no position is picked twice, so the
+    backward can assign instead of accumulating (much faster)."""
+
+    def __init__(self, index, unique):
+        self.index, self.unique = index, unique
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x[self.index]
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gx = xp.zeros(self.in_shape, g.dtype)
+        if self.unique:
+            gx[self.index] = g
+        else:
+            xp.add.at(gx, self.index, g)
+        return gx
+
+
+def _int_index(index, what):
+    index = _tensor(index)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"{what}: index must be an integer tensor, got dtype {index.dtype}")
+    return index
+
+
+def _check_bounds(index, size, what):
+    xp = xp_of(index)
+    if index.size and (int(xp.min(index)) < 0 or int(xp.max(index)) >= size):
+        raise IndexError(
+            f"{what}: index values must be in [0, {size}), got min {int(xp.min(index))} "
+            f"and max {int(xp.max(index))}"
+        )
+
+
+def gather(inp, axis, index):
+    """``out[i][j][k] = inp[index[i][j][k]][j][k]`` for axis 0 (and likewise for other axes).
+
+    ``index`` has inp's ndim; its size on every other axis is at most inp's.
+    """
+    inp, index = _tensor(inp), _int_index(index, "gather")
+    if index.ndim != inp.ndim:
+        raise ValueError(
+            f"gather: index must have the same ndim as inp ({inp.ndim}), got shape {index.shape}"
+        )
+    axis = _axis(axis, inp.ndim, "gather")
+    if any(i > n for d, (i, n) in enumerate(zip(index.shape, inp.shape)) if d != axis):
+        raise ValueError(
+            f"gather: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
+        )
+    _check_bounds(index._data, inp.shape[axis], "gather")
+    return apply(Take(_grid_index(xp_of(index._data), index._data, axis), False), inp)
+
+
+class Scatter(Op):
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x, src):
+        out = x.copy()
+        out[self.index] = src
+        return out
+
+    def backward(self, g):
+        gx = gs = None
+        if self.needs_input_grad[0]:
+            gx = g.copy()
+            gx[self.index] = 0
+        if self.needs_input_grad[1]:
+            gs = g[self.index]
+        return gx, gs
+
+
+def scatter(inp, axis, index, source):
+    """Write ``source`` into ``inp`` at ``index`` along ``axis``:
+    ``inp[index[i][j][k]][j][k] = source[i][j][k]`` for axis 0. Like upstream, ``inp`` itself is
+    updated and returned. Where several sources hit one place, which one wins is unspecified."""
+    inp, index, source = _tensor(inp), _int_index(index, "scatter"), _tensor(source)
+    if not inp.ndim == index.ndim == source.ndim:
+        raise ValueError(
+            f"scatter: inp, index and source must have the same ndim, got shapes {inp.shape}, "
+            f"{index.shape} and {source.shape}"
+        )
+    axis = _axis(axis, inp.ndim, "scatter")
+    if index.shape != source.shape:
+        raise ValueError(
+            f"scatter: index shape {index.shape} must equal source shape {source.shape}"
+        )
+    if any(i > n for d, (i, n) in enumerate(zip(index.shape, inp.shape)) if d != axis):
+        raise ValueError(
+            f"scatter: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
+        )
+    _check_bounds(index._data, inp.shape[axis], "scatter")
+    if source.dtype != inp.dtype:
+        source = source.astype(inp.dtype)
+    result = apply(Scatter(_grid_index(xp_of(index._data), index._data, axis)), inp, source)
+    return inp._inplace(result)
+
+
+def indexing_one_hot(src, index, axis=1, keepdims=False):
+    """Pick one element along ``axis`` per position: ``out[i, ...] = src[i, index[i, ...], ...]``.
+
+    ``index`` has src's shape without ``axis``.
+    """
+    src, index = _tensor(src), _int_index(index, "indexing_one_hot")
+    axis = _axis(axis, src.ndim, "indexing_one_hot")
+    if index.shape != src.shape[:axis] + src.shape[axis + 1:]:
+        raise ValueError(
+            f"indexing_one_hot: index shape {index.shape} must be src shape {src.shape} without "
+            f"axis {axis}"
+        )
+    _check_bounds(index._data, src.shape[axis], "indexing_one_hot")
+    xp = xp_of(index._data)
+    idx = xp.expand_dims(index._data, axis)
+    out = apply(Take(_grid_index(xp, idx, axis), True), src)
+    return out if keepdims else squeeze(out, axis)
+
+
+def one_hot(inp, num_classes):
+    """One-hot encoding of an integer tensor: a new last dim of size ``num_classes``."""
+    inp = _int_index(inp, "one_hot")
+    xp = xp_of(inp._data)
+    out = (inp._data[..., None] == xp.arange(num_classes, dtype=inp.dtype)).astype(inp.dtype)
+    return Tensor._wrap(out, inp._device)
+
+
+class Where(Op):
+    def forward(self, mask, x, y):
+        self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
+        dtype = promote_types(x.dtype, y.dtype)
+        return xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+
+    def backward(self, g):
+        xp = xp_of(g)
+        _, nx, ny = self.needs_input_grad
+        gx = unbroadcast(xp.where(self.mask, g, 0), self.x_shape) if nx else None
+        gy = unbroadcast(xp.where(self.mask, 0, g), self.y_shape) if ny else None
+        return None, gx, gy
+
+
+def where(mask, x=None, y=None):
+    """``x`` where the bool ``mask`` is True, else ``y`` (broadcast). With only ``mask``:
+    the tuple of its non-zero indices, like ``non_zero(mask, as_tuple=True)``."""
+    mask = _tensor(mask)
+    if x is None and y is None:
+        return non_zero(mask, as_tuple=True)
+    if x is None or y is None:
+        raise ValueError("where: give both x and y, or neither")
+    if mask.dtype != np.bool_:
+        raise ValueError(f"where: mask must be bool, got dtype {mask.dtype}")
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+        x = Tensor(x, device=mask._device)
+    x, y = (x, _operand(y, x)) if isinstance(x, Tensor) else (_operand(x, y), y)
+    return apply(Where(), mask, x, y)
+
+
+def non_zero(condition, as_tuple=False):
+    """Indices (int32) of the non-zero elements: an ``(n, ndim)`` tensor, or a tuple of ``ndim``
+    1-D tensors with ``as_tuple``."""
+    condition = _tensor(condition)
+    xp = xp_of(condition._data)
+    idx = [i.astype(np.int32) for i in xp.nonzero(condition._data)]
+    if as_tuple:
+        return tuple(Tensor._wrap(i, condition._device) for i in idx)
+    return Tensor._wrap(xp.stack(idx, axis=1) if idx else xp.zeros((0, 0), np.int32),
+                        condition._device)
+
+
+def cond_take(mask, x):
+    """The elements of ``x`` where the bool ``mask`` is True, and their flat indices (int32)."""
+    mask, x = _tensor(mask), _tensor(x)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"cond_take: mask must be bool, got dtype {mask.dtype}")
+    if mask.shape != x.shape:
+        raise ValueError(f"cond_take: mask shape {mask.shape} must equal x shape {x.shape}")
+    flat_idx = xp_of(mask._data).flatnonzero(mask._data)
+    values = apply(Take((flat_idx,), True), x.reshape(-1))
+    return values, Tensor._wrap(flat_idx.astype(np.int32), x._device)
+
+
+# ----- padding -----
+
+_PAD_MODES = {"constant": "constant", "edge": "edge", "replicate": "edge", "reflect": "reflect"}
+
+
+class Pad(Op):
+    def __init__(self, pad_width, mode, value):
+        self.pad_width, self.mode, self.value = pad_width, mode, value
+
+    def forward(self, x):
+        xp = xp_of(x)
+        self.in_shape = x.shape
+        if self.mode == "constant":
+            return xp.pad(x, self.pad_width, mode="constant", constant_values=self.value)
+        return xp.pad(x, self.pad_width, mode=self.mode)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        if self.mode == "constant":
+            return g[tuple(slice(b, b + n) for (b, _), n in zip(self.pad_width, self.in_shape))]
+        # edge/reflect copy input elements to several places: pad the element numbers the same
+        # way and sum the gradient of every place back into its source element
+        size = int(np.prod(self.in_shape, dtype=np.int64))
+        src = xp.pad(xp.arange(size).reshape(self.in_shape), self.pad_width, mode=self.mode)
+        gx = xp.bincount(src.ravel(), weights=g.ravel(), minlength=size)
+        return gx.astype(g.dtype).reshape(self.in_shape)
+
+
+def pad(src, pad_width, mode="constant", constant_value=0.0):
+    """Pad ``src`` by ``pad_width``: ``(before, after)`` pairs for the leading dims (the rest are
+    not padded). ``mode``: "constant" (with ``constant_value``), "edge"/"replicate", "reflect"."""
+    src = _tensor(src)
+    if mode.lower() not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
+    mode = _PAD_MODES[mode.lower()]
+    try:
+        pairs = [(int(b), int(a)) for b, a in pad_width]
+    except (TypeError, ValueError):
+        raise TypeError(f"pad: pad_width must be (before, after) pairs, got {pad_width!r}") \
+            from None
+    if len(pairs) > src.ndim or any(b < 0 or a < 0 for b, a in pairs):
+        raise ValueError(
+            f"pad: pad_width {pad_width} needs at most {src.ndim} non-negative pairs for shape "
+            f"{src.shape}"
+        )
+    pairs += [(0, 0)] * (src.ndim - len(pairs))
+    if mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, src.shape) if max(p)):
+        raise ValueError(f"pad: reflect padding {pad_width} must be smaller than shape {src.shape}")
+    return apply(Pad(tuple(pairs), mode, constant_value), src)

@@ -1,0 +1,38 @@
+"""`megengine.jit`: `trace` records a function's ops once, then checks or replays them."""
+from .tracing import TraceError, TraceMismatchError, exclude_from_trace, is_tracing, trace
+
+__all__ = ["trace", "TraceError", "TraceMismatchError", "exclude_from_trace", "is_tracing",
+           "SublinearMemoryConfig", "DTRConfig", "GraphOptimizationConfig"]
+
+
+class _Config:
+    """Options of upstream's graph compiler: accepted for compatibility, without effect here."""
+
+    def __init__(self, **options):
+        self.__dict__.update(options)
+
+    def __repr__(self):
+        items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"{type(self).__name__}({items})"
+
+
+class SublinearMemoryConfig(_Config):
+    def __init__(self, thresh_nr_try=10, genetic_nr_iter=0, genetic_pool_size=20,
+                 lb_memory_mb=0, num_worker=None):
+        super().__init__(thresh_nr_try=thresh_nr_try, genetic_nr_iter=genetic_nr_iter,
+                         genetic_pool_size=genetic_pool_size, lb_memory_mb=lb_memory_mb,
+                         num_worker=num_worker)
+
+
+class DTRConfig(_Config):
+    def __init__(self, eviction_threshold=0, evictee_minimum_size=1 << 20,
+                 recomp_memory_factor=1, recomp_time_factor=1):
+        super().__init__(eviction_threshold=eviction_threshold,
+                         evictee_minimum_size=evictee_minimum_size,
+                         recomp_memory_factor=recomp_memory_factor,
+                         recomp_time_factor=recomp_time_factor)
+
+
+class GraphOptimizationConfig(_Config):
+    def __init__(self):
+        super().__init__(jit_fuse_dimshuffle=None, jit_fuse_reduce=None)

@@ -1,0 +1,103 @@
+"""Batch normalization layers: BatchNorm1d and BatchNorm2d, with running statistics as buffers."""
+import numpy as np
+
+from .. import functional as F
+from ..core.tensor import Parameter, Tensor
+from . import init
+from .module import Module
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+
+class _BatchNorm(Module):
+    """Normalizes each channel by its batch statistics (training) or running statistics (eval).
+
+    ``weight``/``bias`` (Parameters) and ``running_mean``/``running_var`` (buffers) are all
+    shaped (1, C, 1, 1) as upstream; ``state_dict`` saves them flattened to (C,).
+    Running statistics follow upstream's momentum convention:
+    ``running = momentum * running + (1 - momentum) * batch`` (momentum 0.9 here is
+    PyTorch's 0.1).
+    """
+
+    _flat_state = True
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True,
+                 track_running_stats=True, freeze=False, **kwargs):
+        super().__init__(**kwargs)
+        if freeze and not track_running_stats:
+            raise ValueError(f"{type(self).__name__}: freeze=True needs track_running_stats=True")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self._track_running_stats_saved = track_running_stats
+        self.freeze = freeze
+        shape = (1, num_features, 1, 1)
+        self.weight = Parameter(np.ones(shape, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(shape, np.float32)) if affine else None
+        self.running_mean = Tensor(np.zeros(shape, np.float32)) if track_running_stats else None
+        self.running_var = Tensor(np.ones(shape, np.float32)) if track_running_stats else None
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            init.zeros_(self.running_mean)
+            init.ones_(self.running_var)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def _as_4d(self, inp):
+        raise NotImplementedError
+
+    def forward(self, inp):
+        if not self._track_running_stats_saved and self.track_running_stats:
+            raise ValueError(f"{type(self).__name__}: track_running_stats was False at "
+                             "construction and cannot be turned on later")
+        shape = inp.shape
+        x = self._as_4d(inp)
+        weight, bias = self.weight, self.bias
+        if self.freeze:
+            # Frozen: a fixed affine map from the running statistics; nothing learns or updates.
+            scale = (self.running_var + self.eps) ** -0.5
+            if weight is not None:
+                scale = scale * weight.detach()
+            shift = -self.running_mean * scale
+            if bias is not None:
+                shift = shift + bias.detach()
+            out = x * scale + shift
+        else:
+            track = self.track_running_stats
+            out = F.batch_norm(
+                x, self.running_mean if track else None, self.running_var if track else None,
+                weight, bias,
+                training=self.training or not track,  # no running stats: batch stats always
+                momentum=self.momentum if self.training and track else 0.0,
+                eps=self.eps,
+            )
+        return out.reshape(shape) if out.shape != shape else out
+
+    def _module_info_string(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of (N, C) or (N, C, L) inputs over all but the channel axis."""
+
+    def _as_4d(self, inp):
+        if inp.ndim not in (2, 3):
+            raise ValueError(f"BatchNorm1d: expected a 2-d or 3-d input, got shape {inp.shape}")
+        return inp.reshape(inp.shape + (1,) * (4 - inp.ndim))
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of NCHW inputs over N, H and W for each channel."""
+
+    def _as_4d(self, inp):
+        if inp.ndim != 4:
+            raise ValueError(f"BatchNorm2d: expected a 4-d NCHW input, got shape {inp.shape}")
+        return inp

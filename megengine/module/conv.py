@@ -1,0 +1,193 @@
+"""Convolution layers: Conv1d, Conv2d and ConvTranspose2d, with upstream's weight layouts."""
+from typing import Tuple, Union
+
+import numpy as np
+
+from .. import functional as F
+from ..core.tensor import Parameter
+from . import init
+from .module import Module
+
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
+
+
+def _pair(value, what, allow_zero):
+    """An int or a pair of ints as a pair of non-negative (or positive) ints."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    lowest = 0 if allow_zero else 1
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= lowest for v in pair):
+        raise ValueError(f"{what} must be an int >= {lowest} or a pair of them, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def _single(value, what, allow_zero):
+    lowest = 0 if allow_zero else 1
+    if not isinstance(value, (int, np.integer)) or value < lowest:
+        raise ValueError(f"{what} must be an int >= {lowest}, got {value!r}")
+    return int(value)
+
+
+class _ConvNd(Module):
+    """Shared parameters and initialization of the convolution layers.
+
+    Weight layout (upstream's): ``(out, in, *k)``; with groups, ``(groups, out/groups,
+    in/groups, *k)``; transposed convolution swaps in and out. Bias is ``(1, out, 1, ...)``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                 groups, bias, conv_mode, compute_mode, **kwargs):
+        super().__init__(**kwargs)
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{type(self).__name__}: in_channels ({in_channels}) and out_channels "
+                f"({out_channels}) must both be divisible by groups ({groups})"
+            )
+        if conv_mode not in ("cross_correlation", "CROSS_CORRELATION"):
+            raise ValueError(f"{type(self).__name__}: conv_mode {conv_mode!r} is not supported; "
+                             "use 'cross_correlation'")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.conv_mode = conv_mode
+        self.compute_mode = compute_mode
+        self.weight = Parameter(np.zeros(self._infer_weight_shape(), dtype=np.float32))
+        self.bias = Parameter(np.zeros(self._infer_bias_shape(), dtype=np.float32)) if bias else None
+        self.reset_parameters()
+
+    def _set_padding_mode(self, padding_mode):
+        if padding_mode not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"{type(self).__name__}: padding_mode {padding_mode!r} is not "
+                             "'zeros', 'reflect' or 'replicate'")
+        self.padding_mode = padding_mode
+
+    def _padded(self, inp):
+        """(input, padding for the conv): non-zero padding modes pad the input explicitly."""
+        if self.padding_mode == "zeros":
+            return inp, self.padding
+        pads = self.padding if isinstance(self.padding, tuple) else (self.padding,)
+        width = ((0, 0), (0, 0)) + tuple((p, p) for p in pads)
+        return F.pad(inp, width, self.padding_mode), 0
+
+    def _kernel(self):
+        return self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,)
+
+    def _infer_weight_shape(self):
+        k = self._kernel()
+        i, o, g = self.in_channels, self.out_channels, self.groups
+        if self._transposed:
+            i, o = o, i
+        return (o, i) + k if g == 1 else (g, o // g, i // g) + k
+
+    def _infer_bias_shape(self):
+        return (1, self.out_channels) + (1,) * len(self._kernel())
+
+    def _get_fanin(self):
+        # Upstream counts all input channels (out channels for transposed), not per group.
+        channels = self.out_channels if self._transposed else self.in_channels
+        return channels * int(np.prod(self._kernel()))
+
+    def reset_parameters(self) -> None:
+        # Upstream 1.x: weight ~ N(0, 1 / fan_in), bias = 0.
+        init.normal_(self.weight, 0.0, float(np.sqrt(1.0 / self._get_fanin())))
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def _module_info_string(self):
+        def default(v, d):
+            return v == d or v == (d,) * len(self._kernel())
+
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if not default(self.stride, 1):
+            s += f", stride={self.stride}"
+        if not default(self.padding, 0):
+            s += f", padding={self.padding}"
+        if not default(self.dilation, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class Conv1d(_ConvNd):
+    """1-d convolution over (N, C, L) inputs; ``weight`` (out, in, k) or
+    (groups, out/groups, in/groups, k), ``bias`` (1, out, 1)."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = True,
+                 conv_mode: str = "cross_correlation", compute_mode: str = "default",
+                 padding_mode: str = "zeros", **kwargs):
+        super().__init__(
+            in_channels, out_channels, _single(kernel_size, "Conv1d kernel_size", False),
+            _single(stride, "Conv1d stride", False), _single(padding, "Conv1d padding", True),
+            _single(dilation, "Conv1d dilation", False), groups, bias, conv_mode, compute_mode,
+            **kwargs,
+        )
+        self._set_padding_mode(padding_mode)
+
+    def forward(self, inp):
+        inp, padding = self._padded(inp)
+        return F.conv1d(inp, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups, self.conv_mode, self.compute_mode)
+
+
+class Conv2d(_ConvNd):
+    """2-d convolution over NCHW inputs; ``weight`` (out, in, kh, kw) or
+    (groups, out/groups, in/groups, kh, kw), ``bias`` (1, out, 1, 1)."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
+                 conv_mode: str = "cross_correlation", compute_mode: str = "default",
+                 padding_mode: str = "zeros", **kwargs):
+        super().__init__(
+            in_channels, out_channels, _pair(kernel_size, "Conv2d kernel_size", False),
+            _pair(stride, "Conv2d stride", False), _pair(padding, "Conv2d padding", True),
+            _pair(dilation, "Conv2d dilation", False), groups, bias, conv_mode, compute_mode,
+            **kwargs,
+        )
+        self._set_padding_mode(padding_mode)
+
+    def forward(self, inp):
+        inp, padding = self._padded(inp)
+        return F.conv2d(inp, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups, self.conv_mode, self.compute_mode)
+
+
+class ConvTranspose2d(_ConvNd):
+    """Transposed 2-d convolution (the gradient of Conv2d w.r.t. its input); ``weight``
+    (in, out, kh, kw) or (groups, in/groups, out/groups, kh, kw), ``bias`` (1, out, 1, 1)."""
+
+    _transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 output_padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
+                 conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
+        self.output_padding = _pair(output_padding, "ConvTranspose2d output_padding", True)
+        super().__init__(
+            in_channels, out_channels, _pair(kernel_size, "ConvTranspose2d kernel_size", False),
+            _pair(stride, "ConvTranspose2d stride", False),
+            _pair(padding, "ConvTranspose2d padding", True),
+            _pair(dilation, "ConvTranspose2d dilation", False), groups, bias, conv_mode,
+            compute_mode, **kwargs,
+        )
+
+    def forward(self, inp):
+        return F.conv_transpose2d(inp, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.dilation, self.groups,
+                                  self.conv_mode, self.compute_mode)

@@ -1,0 +1,36 @@
+"""`Linear`: y = x W^T + b."""
+import numpy as np
+
+from .. import functional as F
+from ..core.tensor import Parameter
+from . import init
+from .module import Module
+
+__all__ = ["Linear"]
+
+
+class Linear(Module):
+    """Fully connected layer: ``weight`` (out_features, in_features), ``bias`` (out_features,)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 compute_mode: str = "default", **kwargs):
+        super().__init__(**kwargs)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.compute_mode = compute_mode
+        self.weight = Parameter(np.zeros((out_features, in_features), dtype=np.float32))
+        self.bias = Parameter(np.zeros((out_features,), dtype=np.float32)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Upstream 1.x: weight ~ N(0, 1 / in_features), bias = 0 (not PyTorch's kaiming-uniform).
+        init.normal_(self.weight, 0.0, float(np.sqrt(1.0 / self.in_features)))
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias, compute_mode=self.compute_mode)
+
+    def _module_info_string(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

@@ -1,0 +1,365 @@
+"""`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from itertools import count
+from typing import Any, Callable, Iterable, Optional, Tuple
+
+import numpy as np
+
+from ..core.tensor import Parameter, Tensor
+
+__all__ = ["Module", "HookHandler", "LoadStateDictError"]
+
+
+def _is_parameter(obj):
+    return isinstance(obj, Parameter)
+
+
+def _is_buffer(obj):
+    # Upstream's definition: every Tensor attribute that is not a Parameter is a buffer.
+    return isinstance(obj, Tensor) and not isinstance(obj, Parameter)
+
+
+def _is_tensor(obj):
+    return isinstance(obj, Tensor)
+
+
+def _is_module(obj):
+    return isinstance(obj, Module)
+
+
+def _is_state(obj):
+    return isinstance(obj, Tensor)
+
+
+def _sorted_keys(d):
+    try:
+        return sorted(d)
+    except TypeError:  # keys of mixed types: only str keys may hold state anyway
+        return list(d)
+
+
+def _expand_structure(key, obj):
+    """[(dotted key, leaf)] for the Tensors and Modules in ``obj``, looking inside lists,
+    tuples and dicts (dict keys sorted, as upstream, so names and order are deterministic)."""
+    if isinstance(obj, (Tensor, Module)):
+        return [(key, obj)]
+    if isinstance(obj, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(obj)]
+    elif isinstance(obj, dict):
+        items = [(k, obj[k]) for k in _sorted_keys(obj)]
+    else:
+        return []
+    out = []
+    for k, v in items:
+        sub = _expand_structure(k, v)
+        if sub and not isinstance(k, str):
+            raise TypeError(
+                f"attribute {key!r}: a dict that holds Tensors or Modules must have str keys, "
+                f"got the key {k!r} ({type(k).__name__})"
+            )
+        out.extend((key + "." + sk, leaf) for sk, leaf in sub)
+    return out
+
+
+class HookHandler:
+    """What ``register_forward_*_hook`` returns: ``remove()`` unregisters the hook."""
+
+    _ids = count()
+
+    def __init__(self, hooks: "OrderedDict", hook: Callable):
+        if not callable(hook):
+            raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
+        self.id = next(HookHandler._ids)
+        self._hooks = hooks
+        hooks[self.id] = hook
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+
+class LoadStateDictError(KeyError, ValueError):
+    """``load_state_dict`` found missing/unexpected keys or mismatched values.
+
+    Upstream raises KeyError for key problems and ValueError for shape problems; this error
+    reports all of them at once, so it is both.
+    """
+
+    def __str__(self):  # KeyError would repr() the message, quoting it onto one line
+        return str(self.args[0])
+
+
+class Module:
+    """Base class of layers: set Parameters, buffers (other Tensors) and submodules as
+    attributes (also inside lists, tuples and dicts) and define ``forward``.
+
+    Discovery follows upstream: attributes are scanned in sorted name order, dict keys in
+    sorted order, list items by index; a tensor or module reachable twice is reported once,
+    under its first name. This order is what ``parameters()`` and ``state_dict()`` give.
+    """
+
+    # As upstream, normalization layers save their tensors flattened to 1-d (BatchNorm keeps
+    # (1, C, 1, 1) tensors for speed) and load any same-size shape; they set this to True.
+    _flat_state = False
+
+    def __init__(self, name: Optional[str] = None):
+        if name is not None and not (isinstance(name, str) and name.strip()):
+            raise ValueError(f"Module name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.training = True
+        self._forward_pre_hooks = OrderedDict()
+        self._forward_hooks = OrderedDict()
+
+    def forward(self, *inputs, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __setattr__(self, name, value):
+        # Catch a forgotten super().__init__() at the assignment, not at the first call.
+        if isinstance(value, Module) and "training" not in self.__dict__:
+            raise AttributeError(
+                f"cannot assign the submodule {name!r} before Module.__init__() is called: "
+                f"call super().__init__() first in {type(self).__name__}.__init__"
+            )
+        object.__setattr__(self, name, value)
+
+    # ----- calling -----
+    def register_forward_pre_hook(self, hook: Callable) -> HookHandler:
+        """``hook(module, inputs)`` runs before forward; a non-None result replaces the inputs."""
+        return HookHandler(self._forward_pre_hooks, hook)
+
+    def register_forward_hook(self, hook: Callable) -> HookHandler:
+        """``hook(module, inputs, outputs)`` runs after forward; a non-None result replaces the outputs."""
+        return HookHandler(self._forward_hooks, hook)
+
+    def __call__(self, *inputs, **kwargs):
+        for hook in list(self._forward_pre_hooks.values()):
+            modified = hook(self, inputs)
+            if modified is not None:
+                inputs = modified if isinstance(modified, tuple) else (modified,)
+        outputs = self.forward(*inputs, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            modified = hook(self, inputs, outputs)
+            if modified is not None:
+                outputs = modified
+        return outputs
+
+    # ----- discovery -----
+    def _flatten(self, *, recursive=True, with_key=False, with_parent=False, prefix=None,
+                 predicate: Callable[[Any], bool] = lambda _: True, seen=None):
+        """Yield the Tensors and Modules under this module that satisfy ``predicate``
+        (with their dotted keys and/or owning module when asked), depth first."""
+        if seen is None:
+            seen = {id(self)}
+        head = "" if prefix is None else prefix + "."
+        attrs = vars(self)
+        for attr in sorted(attrs):
+            for key, leaf in _expand_structure(attr, attrs[attr]):
+                if id(leaf) in seen:
+                    continue
+                seen.add(id(leaf))
+                if predicate(leaf):
+                    if with_key and with_parent:
+                        yield head + key, leaf, self
+                    elif with_key:
+                        yield head + key, leaf
+                    elif with_parent:
+                        yield leaf, self
+                    else:
+                        yield leaf
+                if recursive and isinstance(leaf, Module):
+                    yield from leaf._flatten(
+                        recursive=True, with_key=with_key, with_parent=with_parent,
+                        prefix=head + key if with_key else None, predicate=predicate, seen=seen,
+                    )
+
+    @staticmethod
+    def _drop_requires_grad(kwargs):
+        # Upstream 1.x accepts and ignores it (tensors have no settable requires_grad).
+        if "requires_grad" in kwargs:
+            del kwargs["requires_grad"]
+            warnings.warn("the requires_grad argument is ignored: every Parameter is returned",
+                          DeprecationWarning, stacklevel=3)
+
+    def parameters(self, recursive: bool = True, **kwargs) -> Iterable[Parameter]:
+        """The Parameters of this module (and of its submodules when ``recursive``)."""
+        self._drop_requires_grad(kwargs)
+        yield from self._flatten(predicate=_is_parameter, recursive=recursive, **kwargs)
+
+    def named_parameters(self, prefix: Optional[str] = None, recursive: bool = True,
+                         **kwargs) -> Iterable[Tuple[str, Parameter]]:
+        """(dotted name, Parameter) pairs, e.g. ``("blocks.0.weight", p)``."""
+        self._drop_requires_grad(kwargs)
+        yield from self._flatten(with_key=True, prefix=prefix, predicate=_is_parameter,
+                                 recursive=recursive, **kwargs)
+
+    def buffers(self, recursive: bool = True, **kwargs) -> Iterable[Tensor]:
+        """The buffers: Tensor attributes that are not Parameters (e.g. BatchNorm's running stats)."""
+        yield from self._flatten(predicate=_is_buffer, recursive=recursive, **kwargs)
+
+    def named_buffers(self, prefix: Optional[str] = None, recursive: bool = True,
+                      **kwargs) -> Iterable[Tuple[str, Tensor]]:
+        yield from self._flatten(with_key=True, prefix=prefix, predicate=_is_buffer,
+                                 recursive=recursive, **kwargs)
+
+    def tensors(self, recursive: bool = True, **kwargs) -> Iterable[Tensor]:
+        """Parameters and buffers together."""
+        yield from self._flatten(predicate=_is_tensor, recursive=recursive, **kwargs)
+
+    def named_tensors(self, prefix: Optional[str] = None, recursive: bool = True,
+                      **kwargs) -> Iterable[Tuple[str, Tensor]]:
+        yield from self._flatten(with_key=True, prefix=prefix, predicate=_is_tensor,
+                                 recursive=recursive, **kwargs)
+
+    def children(self, **kwargs) -> "Iterable[Module]":
+        """The direct submodules."""
+        yield from self._flatten(predicate=_is_module, recursive=False, **kwargs)
+
+    def named_children(self, **kwargs) -> "Iterable[Tuple[str, Module]]":
+        yield from self._flatten(with_key=True, predicate=_is_module, recursive=False, **kwargs)
+
+    def modules(self, **kwargs) -> "Iterable[Module]":
+        """This module and every module under it."""
+        yield (self, None) if kwargs.get("with_parent") else self
+        yield from self._flatten(predicate=_is_module, **kwargs)
+
+    def named_modules(self, prefix: Optional[str] = None, **kwargs) -> "Iterable[Tuple[str, Module]]":
+        """(dotted name, module) pairs; this module comes first, named ``prefix`` or ``""``."""
+        name = "" if prefix is None else prefix
+        yield (name, self, None) if kwargs.get("with_parent") else (name, self)
+        yield from self._flatten(with_key=True, prefix=prefix, predicate=_is_module, **kwargs)
+
+    # ----- modes and gradients -----
+    def apply(self, fn: "Callable[[Module], Any]") -> None:
+        """Call ``fn(m)`` on this module and every module under it."""
+        for m in list(self.modules()):
+            fn(m)
+
+    def train(self, mode: bool = True, recursive: bool = True) -> None:
+        """Set ``training`` on this module and, when ``recursive``, on every module under it
+        (each gets ``m.train(mode, recursive=False)``, so subclasses may override train)."""
+        if not recursive:
+            self.training = bool(mode)
+            return
+        self.apply(lambda m: m.train(mode, recursive=False))
+
+    def eval(self) -> None:
+        """``train(False)``."""
+        self.train(False)
+
+    def zero_grad(self) -> None:
+        """Set every parameter's existing gradient to zeros (upstream's deprecated 1.x method)."""
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad._reset(np.zeros(p.grad.shape, p.grad.dtype))
+
+    # ----- state -----
+    def _state_entries(self, prefix=""):
+        """[(key, tensor, owning module)] for every parameter and buffer, in state_dict order:
+        a module's own tensors first, then each submodule's, recursively."""
+        entries = [(prefix + k, v, self)
+                   for k, v in self._flatten(recursive=False, with_key=True, predicate=_is_state)]
+        for k, sub in self._flatten(recursive=False, with_key=True, predicate=_is_module):
+            entries.extend(sub._state_entries(prefix + k + "."))
+        return entries
+
+    def state_dict(self, rst=None, prefix="", keep_var=False):
+        """OrderedDict of dotted name -> numpy array (the Tensors themselves with ``keep_var``)."""
+        if rst is None:
+            rst = OrderedDict()
+        for key, t, owner in self._state_entries(prefix):
+            if key in rst:
+                raise KeyError(f"state_dict: duplicated key {key!r}")
+            if keep_var:
+                rst[key] = t
+            else:
+                value = t.numpy()
+                rst[key] = value.reshape(-1) if owner._flat_state else value
+        return rst
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Write values from ``state_dict`` into this module's parameters and buffers, in place.
+
+        ``state_dict`` maps dotted names to numpy arrays or Tensors, or is a callable
+        ``closure(key, tensor) -> array or None`` (None skips the key). Everything is checked
+        before anything is written: on a shape/dtype mismatch, or with ``strict`` on a missing
+        or unexpected key, one LoadStateDictError lists every problem and nothing changes.
+        Without ``strict``, missing and unexpected keys only warn.
+        """
+        if isinstance(state_dict, Mapping):
+            def closure(key, _):
+                return state_dict.get(key)
+        elif callable(state_dict):
+            closure = state_dict
+        else:
+            raise TypeError(
+                f"load_state_dict: expected a dict of name -> array or a callable "
+                f"closure(key, tensor), got {type(state_dict).__name__}"
+            )
+        entries = self._state_entries()
+        writes, missing, mismatched = [], [], []
+        for key, var, owner in entries:
+            value = closure(key, var)
+            if value is None:
+                missing.append(key)
+                continue
+            value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            if value.shape != var.shape:
+                if owner._flat_state and value.size == var.size:
+                    value = value.reshape(var.shape)
+                else:
+                    mismatched.append(f"{key}: expected shape {var.shape}, got {value.shape}")
+                    continue
+            if not np.can_cast(value.dtype, var.dtype, "same_kind"):
+                mismatched.append(f"{key}: expected dtype {var.dtype}, got {value.dtype}")
+                continue
+            writes.append((var, value))
+        unexpected = []
+        if isinstance(state_dict, Mapping):
+            known = {key for key, _, _ in entries}
+            unexpected = [k for k in state_dict if k not in known]
+        problems = []
+        if mismatched:
+            problems.append("mismatched values:\n  " + "\n  ".join(mismatched))
+        if strict and missing:
+            problems.append(f"missing keys: {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {unexpected}")
+        if problems:
+            raise LoadStateDictError(
+                f"load_state_dict into {type(self).__name__} failed, nothing was loaded:\n"
+                + "\n".join(problems)
+            )
+        if missing:
+            warnings.warn(f"load_state_dict(strict=False): missing keys {missing}", stacklevel=2)
+        if unexpected:
+            warnings.warn(f"load_state_dict(strict=False): unexpected keys {unexpected}",
+                          stacklevel=2)
+        for var, value in writes:
+            var._reset(value)  # in place: the storage (and anyone sharing it) keeps its address
+
+    # ----- printing -----
+    def _module_info_string(self) -> str:
+        """The layer's own settings for repr (subclasses override)."""
+        return ""
+
+    def __repr__(self):
+        def indent(text):
+            return text.replace("\n", "\n  ")
+
+        extra = self._module_info_string()
+        extra_lines = extra.split("\n") if extra else []
+        # Children in assignment order (the attribute dict's order), as upstream prints them.
+        child_lines = [
+            f"({key}): {indent(repr(leaf))}"
+            for attr, value in vars(self).items()
+            for key, leaf in _expand_structure(attr, value)
+            if isinstance(leaf, Module)
+        ]
+        lines = extra_lines + child_lines
+        body = ""
+        if len(extra_lines) == 1 and not child_lines:
+            body = extra_lines[0]
+        elif lines:
+            body = "\n  " + "\n  ".join(lines) + "\n"
+        return f"{type(self).__name__}({body})"

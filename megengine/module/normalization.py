@@ -1,0 +1,93 @@
+"""Per-sample normalization layers: LayerNorm, GroupNorm and InstanceNorm."""
+import numpy as np
+
+from .. import functional as F
+from ..core.tensor import Parameter
+from . import init
+from .module import Module
+
+__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm"]
+
+
+class _ChannelNorm(Module):
+    """Shared by GroupNorm and InstanceNorm: per-channel ``weight``/``bias`` of shape (C,)."""
+
+    _flat_state = True
+
+    def __init__(self, num_channels, eps, affine, **kwargs):
+        super().__init__(**kwargs)
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.weight = Parameter(np.ones(num_channels, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, np.float32)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def _normalize(self, x, groups):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"{type(self).__name__}: expected an (N, {self.num_channels}, ...) "
+                             f"input, got shape {x.shape}")
+        return F.group_norm(x, groups, self.affine, self.weight, self.bias, self.eps)
+
+
+class GroupNorm(_ChannelNorm):
+    """Normalizes each sample over groups of ``num_channels / num_groups`` channels."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, **kwargs):
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
+                             f"num_groups ({num_groups})")
+        super().__init__(num_channels, eps, affine, **kwargs)
+        self.num_groups = num_groups
+
+    def forward(self, x):
+        return self._normalize(x, self.num_groups)
+
+    def _module_info_string(self) -> str:
+        return (f"groups={self.num_groups}, channels={self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}")
+
+
+class InstanceNorm(_ChannelNorm):
+    """Normalizes each channel of each sample on its own (GroupNorm with one channel per group)."""
+
+    def __init__(self, num_channels, eps=1e-5, affine=True, **kwargs):
+        super().__init__(num_channels, eps, affine, **kwargs)
+
+    def forward(self, x):
+        return self._normalize(x, self.num_channels)
+
+    def _module_info_string(self) -> str:
+        return f"channels={self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNorm(Module):
+    """Normalizes over the trailing ``normalized_shape`` dims; ``weight``/``bias`` have that shape."""
+
+    _flat_state = True
+
+    def __init__(self, normalized_shape, eps=1e-5, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = (int(normalized_shape),)
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.affine = affine
+        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, np.float32)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.affine, self.weight, self.bias,
+                            self.eps)
+
+    def _module_info_string(self) -> str:
+        return f"normalized_shape={self.normalized_shape}, eps={self.eps}, affine={self.affine}"

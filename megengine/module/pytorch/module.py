@@ -1,0 +1,309 @@
+"""`PyTorchModule`: a torch.nn.Module as one op in megengine's graph, sharing memory both ways.
+
+How it fits the engine (DESIGN.md, "The PyTorch bridge"):
+
+* Every torch parameter is a megengine `Parameter` and every torch buffer a megengine buffer
+  whose array *is* the torch tensor's storage (a zero-copy view made by the C++ operator). They
+  sit in a tree of small mirror modules shaped like the torch module's own tree, so megengine's
+  `named_parameters()` / `state_dict()` show the torch names (``conv1.weight``) under the
+  wrapper's attribute name. Optimizer updates and `load_state_dict` write in place, so torch
+  sees them at its next forward with no copying.
+* A call is one op (`_TorchCall`) whose inputs are the tensor arguments followed by the
+  parameters. Its forward runs the torch module on zero-copy views, building a torch autograd
+  graph only when megengine wants a gradient for an input or a parameter; its backward runs
+  `torch.autograd.grad` over that graph and hands the gradients back as views.
+"""
+import numbers
+
+import torch
+
+from ...core.dispatch import Op, apply
+from ...core.tensor import Parameter, Tensor
+from ...device import canonical_device
+from ..module import Module
+from . import _bridge
+
+__all__ = ["PyTorchModule"]
+
+
+def _torch_device(device):
+    """The torch device for a canonical megengine device name."""
+    return torch.device("cpu") if device.startswith("cpu") else torch.device("cuda", int(device[3:]))
+
+
+class _Mirror(Module):
+    """Holds one torch submodule's parameters and buffers under their torch names."""
+
+    def __init__(self):
+        super().__init__()
+
+
+def _check_attribute_name(owner, name, what):
+    if name in vars(owner) or hasattr(type(owner), name):
+        raise ValueError(
+            f"PyTorchModule: the torch {what} name {name!r} clashes with an attribute of "
+            f"{type(owner).__name__}; rename it in the torch module"
+        )
+
+
+class PyTorchModule(Module):
+    """Wrap a ``torch.nn.Module`` so it runs inside a megengine network and trains with it.
+
+    Args:
+        torch_module: the ``torch.nn.Module`` to embed. It is moved to ``device``; its parameters
+            and buffers become megengine parameters and buffers sharing its memory.
+        device: a megengine device name (``"cpu0"``, ``"xpux"``, ``"gpu0"``, ...); default: the
+            default device.
+        output_cnt: how many tensors the torch module returns (a tuple/list of that length, or
+            a dict with that many entries; 1 means a single tensor).
+        infer_shape: optional ``callable(*input_shapes) -> output shape(s)`` used by
+            `infer_output_shapes` instead of running the module on torch's meta device.
+    """
+
+    def __init__(self, torch_module, device=None, output_cnt=1, *, infer_shape=None):
+        if not isinstance(torch_module, torch.nn.Module):
+            raise TypeError(
+                f"PyTorchModule: expected a torch.nn.Module, got {type(torch_module).__name__}; "
+                "wrap functions in a small nn.Module first"
+            )
+        if isinstance(output_cnt, bool) or not isinstance(output_cnt, numbers.Integral) \
+                or output_cnt < 1:
+            raise ValueError(
+                f"PyTorchModule: output_cnt must be a positive int (how many tensors the torch "
+                f"module returns), got {output_cnt!r}"
+            )
+        if infer_shape is not None and not callable(infer_shape):
+            raise TypeError(
+                f"PyTorchModule: infer_shape must be callable(*input_shapes) -> shapes, got "
+                f"{type(infer_shape).__name__}"
+            )
+        device = canonical_device(device)  # unknown names raise a ValueError here
+        super().__init__()
+        _bridge.load_extension()  # compile (once) now rather than inside the first forward
+        torch_module.to(_torch_device(device))
+        self._torch_module = torch_module
+        self._device = device
+        self.output_cnt = int(output_cnt)
+        self._infer_shape = infer_shape
+        self._copy_inputs = None  # learned on the first call: does the module write its inputs?
+        self._params = []  # (megengine Parameter, torch Parameter), in torch's order
+        self._build_mirror(self, torch_module)
+        self.train(torch_module.training)
+
+    def _build_mirror(self, owner, tmod):
+        for name, p in tmod.named_parameters(recurse=False):
+            _check_attribute_name(owner, name, "parameter")
+            mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
+            self._params.append((mp, p))
+            setattr(owner, name, mp)
+        for name, b in tmod.named_buffers(recurse=False):
+            if b is None or name in tmod._non_persistent_buffers_set:
+                continue
+            _check_attribute_name(owner, name, "buffer")
+            setattr(owner, name, Tensor._wrap(_bridge.from_torch(b), self._device))
+        for name, child in tmod.named_children():
+            _check_attribute_name(owner, name, "submodule")
+            mirror = _Mirror()
+            setattr(owner, name, mirror)
+            self._build_mirror(mirror, child)
+
+    @property
+    def torch_module(self):
+        """The wrapped torch module (its tensors share memory with this module's)."""
+        return self._torch_module
+
+    def get_param_by_name(self, name):
+        """The megengine Parameter for a torch parameter name such as ``"conv1.weight"``."""
+        params = dict(self.named_parameters())
+        if name not in params:
+            raise KeyError(
+                f"PyTorchModule.get_param_by_name: no parameter {name!r}; have {sorted(params)}"
+            )
+        return params[name]
+
+    def train(self, mode=True, recursive=True):
+        super().train(mode, recursive)
+        self._torch_module.train(mode)
+        return self
+
+    def load_torch_state_dict(self, state_dict, strict=True):
+        """Load a plain torch ``state_dict`` (e.g. from ``torch.load``) into the shared storage."""
+        result = self._torch_module.load_state_dict(state_dict, strict=strict)
+        self._check_shared()
+        return result
+
+    def torch_state_dict(self):
+        """The wrapped module's state as a plain torch ``state_dict`` (for ``torch.save``)."""
+        return self._torch_module.state_dict()
+
+    def _check_shared(self):
+        for mp, tp in self._params:
+            if mp._data.__array_interface__["data"][0] != tp.data_ptr():
+                raise RuntimeError(
+                    "PyTorchModule: a torch parameter was replaced by a new tensor, so it no "
+                    "longer shares memory with megengine; update parameters in place "
+                    "(param.data.copy_(...)) or wrap the module again"
+                )
+
+    def forward(self, *args, **kwargs):
+        tensors, template = [], []
+        for a in args:
+            template.append(self._take_input(a, tensors))
+        kw_template = {k: self._take_input(v, tensors) for k, v in kwargs.items()}
+        op = _TorchCall(self, template, kw_template, len(tensors))
+        outs = apply(op, *tensors, *(mp for mp, _ in self._params))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        structure = op.structure
+        if structure is None:
+            return outs[0]
+        if structure in (tuple, list):
+            return structure(outs)
+        return dict(zip(structure, outs))
+
+    def _take_input(self, value, tensors):
+        """Replace a Tensor argument by a placeholder index; other values pass through."""
+        if isinstance(value, Tensor):
+            if value._device != self._device:
+                raise ValueError(
+                    f"PyTorchModule: an input is on {value._device} but the torch module is on "
+                    f"{self._device}; move it with .to({self._device!r})"
+                )
+            tensors.append(value)
+            return _Slot(len(tensors) - 1)
+        if isinstance(value, torch.Tensor):
+            raise TypeError(
+                "PyTorchModule: got a torch.Tensor argument; pass megengine tensors (mge.tensor) "
+                "so gradients flow through megengine"
+            )
+        return value
+
+    def infer_output_shapes(self, *input_shapes, dtype="float32"):
+        """Output shapes for inputs of these shapes, without computing (torch's meta device).
+
+        Uses ``infer_shape`` when one was given. Returns a list of shape tuples.
+        """
+        if self._infer_shape is not None:
+            shapes = self._infer_shape(*input_shapes)
+            return [tuple(s) for s in shapes] if shapes and isinstance(shapes[0], (tuple, list)) \
+                else [tuple(shapes)]
+        meta = {n: torch.empty_like(t, device="meta")
+                for n, t in list(self._torch_module.named_parameters())
+                + list(self._torch_module.named_buffers())}
+        inputs = [torch.empty(s, dtype=getattr(torch, str(dtype)), device="meta")
+                  for s in input_shapes]
+        with torch.no_grad():
+            out = torch.func.functional_call(self._torch_module, meta, tuple(inputs))
+        return [tuple(t.shape) for t in _flatten_outputs(out, self.output_cnt)[0]]
+
+    def _module_info_string(self):
+        return f"{type(self._torch_module).__name__}, device={self._device}"
+
+
+class _Slot:
+    """Stands for the i-th tensor input in an argument template."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
+def _fill(template, values):
+    return values[template.index] if isinstance(template, _Slot) else template
+
+
+def _flatten_outputs(out, expected):
+    """Torch outputs as a list of tensors plus the structure to rebuild (None: a single tensor)."""
+    if isinstance(out, torch.Tensor):
+        tensors, structure = [out], None
+    elif isinstance(out, (tuple, list)):
+        tensors, structure = list(out), (list if isinstance(out, list) else tuple)
+    elif isinstance(out, dict):
+        tensors, structure = list(out.values()), list(out.keys())
+    else:
+        raise TypeError(
+            f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
+            "tensor, a tuple/list of tensors or a dict of tensors"
+        )
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"PyTorchModule: the torch module returned a {type(t).__name__} among its "
+                "outputs; every output must be a tensor"
+            )
+    if len(tensors) != expected:
+        raise ValueError(
+            f"PyTorchModule: the torch module returned {len(tensors)} tensor(s) but "
+            f"output_cnt={expected}; pass output_cnt={len(tensors)}"
+        )
+    return tensors, structure
+
+
+class _TorchCall(Op):
+    """One call of the wrapped torch module: forward through torch, backward by torch.autograd."""
+
+    def __init__(self, wrapper, template, kw_template, n_inputs):
+        self.wrapper = wrapper
+        self.template, self.kw_template = template, kw_template
+        self.n_inputs = n_inputs
+        self.structure = None
+
+    def __repr__(self):
+        return f"PyTorchModule({type(self.wrapper._torch_module).__name__})"
+
+    def forward(self, *arrays):
+        w = self.wrapper
+        n = self.n_inputs
+        need = self.needs_input_grad
+        want_grad = any(need)
+        copy_inputs = w._copy_inputs is not False  # first call: protect inputs, then learn
+        inputs = []
+        for a, g in zip(arrays[:n], need[:n]):
+            t = _bridge.to_torch(a)
+            if copy_inputs:
+                t = t.clone()
+            inputs.append(t.requires_grad_(g) if t.is_floating_point() else t)
+        versions = [t._version for t in inputs]
+        args = [_fill(t, inputs) for t in self.template]
+        kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
+        with torch.set_grad_enabled(want_grad):
+            out = w._torch_module(*args, **kwargs)
+        outs, self.structure = _flatten_outputs(out, w.output_cnt)
+        written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
+        if w._copy_inputs is None:
+            # A module that writes into its inputs would corrupt megengine's tensors through
+            # the shared memory; such a module keeps getting copies, others get views.
+            w._copy_inputs = bool(written)
+        elif written and not copy_inputs:
+            raise RuntimeError(
+                f"{self!r} wrote into its input(s) {written} in place on this call, changing "
+                "megengine tensors that share that memory; avoid in-place ops on inputs "
+                "(e.g. nn.ReLU(inplace=True) as the first layer)"
+            )
+        if want_grad:
+            self.inputs = inputs
+            self.outs = outs
+            self.param_needs = need[n:]
+        return tuple(_bridge.from_torch(o.detach()) for o in outs) if len(outs) > 1 \
+            else _bridge.from_torch(outs[0].detach())
+
+    def backward(self, *grads):
+        n = self.n_inputs
+        need = self.needs_input_grad
+        params = self.wrapper._params
+        wrt = [t for t, g in zip(self.inputs, need[:n]) if g]
+        wrt += [tp for (_, tp), g in zip(params, self.param_needs) if g]
+        outs, out_grads = [], []
+        for o, g in zip(self.outs, grads):
+            if o.requires_grad:
+                outs.append(o)
+                out_grads.append(_bridge.to_torch(g))
+        result = [None] * len(need)
+        if outs and wrt:
+            got = torch.autograd.grad(outs, wrt, out_grads, allow_unused=True)
+            slots = [i for i, g in enumerate(need) if g]
+            for i, g in zip(slots, got):
+                if g is not None:
+                    result[i] = _bridge.from_torch(g)
+        self.inputs = self.outs = None  # drop the torch graph
+        return tuple(result)

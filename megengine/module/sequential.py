@@ -1,0 +1,60 @@
+"""`Sequential`: a container that feeds its input through its layers in order."""
+from collections import OrderedDict
+
+from .module import Module
+
+__all__ = ["Sequential"]
+
+
+class Sequential(Module):
+    """``Sequential(m0, m1, ...)`` names its layers "0", "1", ...;
+    ``Sequential(OrderedDict(name=module, ...))`` uses the given names.
+
+    Supports ``len``, iteration, ``seq[i]``, ``seq[i] = m``, ``del seq[i]`` and slicing
+    (``seq[1:]`` is a new Sequential over the same layer objects).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_keys = []
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            items = list(args[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(args)]
+        for key, module in items:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: layer {key!r} must be a Module, got "
+                                f"{type(module).__name__}")
+            setattr(self, key, module)
+            self.layer_keys.append(key)
+
+    @property
+    def layer_values(self):
+        return [getattr(self, key) for key in self.layer_keys]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return type(self)(OrderedDict(zip(self.layer_keys[idx], self.layer_values[idx])))
+        return getattr(self, self.layer_keys[idx])
+
+    def __setitem__(self, idx, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential: a layer must be a Module, got {type(module).__name__}")
+        setattr(self, self.layer_keys[idx], module)
+
+    def __delitem__(self, idx):
+        keys = self.layer_keys[idx] if isinstance(idx, slice) else [self.layer_keys[idx]]
+        for key in keys:
+            delattr(self, key)
+            self.layer_keys.remove(key)
+
+    def __len__(self):
+        return len(self.layer_keys)
+
+    def __iter__(self):
+        return iter(self.layer_values)
+
+    def forward(self, inp):
+        for layer in self.layer_values:
+            inp = layer(inp)
+        return inp

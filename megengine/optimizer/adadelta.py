@@ -1,0 +1,37 @@
+"""`Adadelta`: step sizes from running averages of squared gradients and squared updates."""
+from .optimizer import Optimizer
+
+__all__ = ["Adadelta"]
+
+
+class Adadelta(Optimizer):
+    """Adadelta ("ADADELTA: An Adaptive Learning Rate Method"), upstream's formulas.
+
+    With ``g = grad + weight_decay * param``: ``s = rho*s + (1-rho)*g*g``,
+    ``delta = sqrt(a + eps) / sqrt(s + eps) * g``, ``param -= lr * delta``,
+    ``a = rho*a + (1-rho)*delta*delta``.
+    """
+
+    def __init__(self, params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay))
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        rho = group["rho"]
+        if not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Adadelta: invalid rho {rho!r}; it must be in [0, 1]")
+
+    def _update(self, param, grad, state, group):
+        rho, eps = group["rho"], group["eps"]
+        data = param._data
+        if group["weight_decay"] != 0:
+            grad = grad + group["weight_decay"] * data
+        square_avg = self._buffer(state, "square_avg", param)
+        acc_delta = self._buffer(state, "acc_delta", param)
+        square_avg *= rho
+        square_avg += (1 - rho) * (grad * grad)
+        delta = (acc_delta + eps) ** 0.5 / (square_avg + eps) ** 0.5 * grad
+        data -= group["lr"] * delta
+        acc_delta *= rho
+        acc_delta += (1 - rho) * (delta * delta)

@@ -1,0 +1,51 @@
+"""`Adam`: adaptive moment estimation with bias correction and L2 weight decay."""
+from .optimizer import Optimizer
+
+__all__ = ["Adam"]
+
+
+def _check_betas(group, name):
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"{name}: invalid beta at index {i}: {b}; it must be in [0, 1)")
+
+
+def adam_direction(grad, state, group, param):
+    """Update the moments in ``state`` and return m_hat / (sqrt(v_hat) + eps)."""
+    beta1, beta2 = group["betas"]
+    m = Optimizer._buffer(state, "exp_avg", param)
+    v = Optimizer._buffer(state, "exp_avg_sq", param)
+    state["step"] = step = state.get("step", 0) + 1
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * (grad * grad)
+    # eps is added after the square root of the bias-corrected second moment, as upstream
+    return (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)) ** 0.5 + group["eps"])
+
+
+class Adam(Optimizer):
+    """Adam ("Adam: A Method for Stochastic Optimization"), upstream's formulas.
+
+    With ``g = grad + weight_decay * param`` (L2 penalty added to the gradient):
+    ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``, and the step is
+    ``lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        _check_betas(group, type(self).__name__)
+
+    def _update(self, param, grad, state, group):
+        data = param._data
+        if group["weight_decay"] != 0:
+            grad = grad + group["weight_decay"] * data
+        data -= group["lr"] * adam_direction(grad, state, group, param)

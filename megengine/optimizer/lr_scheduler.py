@@ -1,0 +1,58 @@
+"""`LRScheduler`: the base of learning-rate schedules that rewrite an optimizer's group lrs."""
+from .optimizer import Optimizer
+
+__all__ = ["LRScheduler"]
+
+
+class LRScheduler:
+    """Sets ``param_group["lr"]`` of ``optimizer`` from ``get_lr()`` at every ``step()``.
+
+    ``current_epoch=-1`` starts a schedule: each group's lr is remembered as ``initial_lr``.
+    Any other value resumes one, and the groups must already carry ``initial_lr`` (as they
+    do after ``optimizer.load_state_dict`` of an optimizer that had a scheduler).
+    The constructor calls ``step()`` once, so the first epoch's lr is set on creation.
+    """
+
+    def __init__(self, optimizer: Optimizer, current_epoch: int = -1):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}"
+            )
+        if not isinstance(current_epoch, int):
+            raise TypeError(f"current_epoch must be an int, got {type(current_epoch).__name__}")
+        self.optimizer = optimizer
+        self.current_epoch = current_epoch
+        for i, group in enumerate(optimizer.param_groups):
+            if current_epoch == -1:
+                group.setdefault("initial_lr", group["lr"])
+            elif "initial_lr" not in group:
+                raise KeyError(
+                    f"param_groups[{i}] has no 'initial_lr': resuming a schedule with "
+                    f"current_epoch={current_epoch} needs the optimizer state saved with it"
+                )
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.step()
+
+    def get_lr(self):
+        """The learning rate of each parameter group at ``self.current_epoch``."""
+        raise NotImplementedError(f"{type(self).__name__}.get_lr")
+
+    def step(self, epoch=None):
+        """Advance to the next epoch (or to ``epoch``) and write its lrs into the optimizer."""
+        self.current_epoch = self.current_epoch + 1 if epoch is None else epoch
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        """Every attribute except the optimizer (which has a state dict of its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore what ``state_dict`` returned; the optimizer's lrs are not rewritten."""
+        unknown = set(state_dict) - set(self.state_dict())
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: unknown keys {sorted(unknown)}; "
+                f"expected some of {sorted(self.state_dict())}"
+            )
+        self.__dict__.update(state_dict)

@@ -1,0 +1,260 @@
+"""`Optimizer`: parameter groups, per-parameter state, in-place steps, state dicts, the 0.x flow."""
+import copy
+import functools
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..autodiff import GradManager
+from ..core import dispatch
+from ..core.tensor import Parameter, Tensor
+from ..device import get_array_module
+
+__all__ = ["Optimizer"]
+
+
+def _trace_event(method):
+    """Let ``megengine.jit.trace`` record a call of ``method`` as one event that it replays by
+    calling the method again (the array updates inside are not ops, so it could not see them)."""
+
+    @functools.wraps(method)
+    def announced(*args, **kwargs):
+        hook = getattr(dispatch, "_trace_hook", None)  # set by megengine.jit while it traces
+        if hook is not None:
+            return hook.event(method, *args, **kwargs)
+        return method(*args, **kwargs)
+
+    return announced
+
+
+class Optimizer:
+    """Base class of all optimizers (upstream's API).
+
+    ``params``: a Parameter, an iterable of Parameters, or an iterable of dicts (parameter
+    groups), each with a ``"params"`` entry and optional hyperparameters that override
+    ``defaults``. ``param_groups`` may be edited between steps (learning-rate schedulers do).
+
+    Subclasses implement ``_update(param, grad, state, group)`` on raw arrays: it writes the new
+    value into ``param._data`` in place (the storage is shared, e.g. with torch through the
+    PyTorch bridge, so it must never be rebound) and keeps its buffers in the ``state`` dict.
+    Working on raw arrays also keeps the updates out of autodiff.
+
+    1.x flow: ``with gm: loss = f(); gm.backward(loss)`` then ``opt.step().clear_grad()``.
+    0.x flow: ``opt.zero_grad()``; forward; ``opt.backward(loss)``; ``opt.step()``. For it the
+    optimizer owns a GradManager, created on the first ``zero_grad()`` and attached to its
+    parameters; ``zero_grad()`` starts it recording and ``backward`` runs it (which stops the
+    recording; ``step()`` also stops it if no ``backward`` did). Code that only calls
+    ``clear_grad`` never creates it, so nothing is recorded.
+    """
+
+    def __init__(self, params, defaults: dict):
+        self._defaults = defaults
+        self._state = {}  # Parameter -> {buffer name: array or number}
+        self._gm = None  # the 0.x GradManager, made by zero_grad()
+        self.param_groups = []
+        if isinstance(params, (Parameter, dict)):
+            params = [params]
+        elif not isinstance(params, Iterable) or isinstance(params, (Tensor, str)):
+            raise TypeError(
+                f"{type(self).__name__}: params must be a Parameter, an iterable of Parameters "
+                f"or an iterable of dicts (parameter groups), got {type(params).__name__}"
+            )
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        for group in params:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group: dict):
+        """Add a group of parameters with its own hyperparameters (missing ones from defaults)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(
+                "add_param_group: expected a dict with a 'params' entry, got "
+                f"{type(param_group).__name__}"
+            )
+        group = dict(param_group)
+        params = group["params"]
+        if isinstance(params, set):
+            raise TypeError("add_param_group: give parameters as a list, not a set: a set's "
+                            "order changes between runs, and state dicts rely on the order")
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{type(self).__name__} can only optimize Parameters, got "
+                    f"{type(p).__name__}"
+                )
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in params}) != len(params) or seen & {id(p) for p in params}:
+            raise ValueError("add_param_group: some parameters appear more than once")
+        group["params"] = params
+        for name, default in self._defaults.items():
+            group.setdefault(name, default)
+        self._check_group(group)
+        self.param_groups.append(group)
+
+    def _check_group(self, group):
+        """Reject hyperparameters that make no sense; subclasses add their own checks."""
+        for name in ("lr", "weight_decay", "eps"):
+            if name in group:
+                _check_non_negative(group[name], name)
+
+    # ----- the step -----
+    @_trace_event
+    def step(self):
+        """Update each parameter that has a gradient; returns self (``opt.step().clear_grad()``)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not isinstance(p.grad, Tensor):
+                    raise TypeError(
+                        f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
+                        f"None, got {type(p.grad).__name__}"
+                    )
+                grad = p.grad._data
+                if grad.shape != p.shape:
+                    raise ValueError(
+                        f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
+                        f"parameter of shape {p.shape}"
+                    )
+                self._update(p, grad, self._state.setdefault(p, {}), group)
+        if self._gm is not None and self._gm._recording:
+            # zero_grad() was used as a synonym of clear_grad() next to the user's own
+            # GradManager (a PyTorch habit): stop the recording it started, which no
+            # backward() of ours will end
+            self._gm.release()
+        return self
+
+    def _update(self, param, grad, state, group):
+        raise NotImplementedError(f"{type(self).__name__}._update")
+
+    @staticmethod
+    def _buffer(state, name, param):
+        """The state buffer ``name`` of ``param``, made as zeros on first use."""
+        buf = state.get(name)
+        if buf is None:
+            buf = state[name] = get_array_module(param._device).zeros_like(param._data)
+        return buf
+
+    # ----- gradients -----
+    @_trace_event
+    def clear_grad(self):
+        """Set every parameter's ``.grad`` to None (the 1.x way to start a step)."""
+        for p in self._params():
+            p.grad = None
+
+    @_trace_event
+    def zero_grad(self):
+        """0.x: zero the gradients and start recording the forward pass for ``backward``.
+
+        Existing gradients are zeroed in place, as upstream's (deprecated) ``zero_grad``.
+        The optimizer's own GradManager, attached to its parameters, starts recording if it
+        is not already; ``backward(loss)`` then computes the gradients.
+        """
+        for p in self._params():
+            g = p.grad
+            # CuPy arrays have no `writeable` flag: they are always writable
+            if g is not None and getattr(g._data.flags, "writeable", True):
+                g._data[...] = 0
+            elif g is not None:
+                p.grad = Tensor._wrap(get_array_module(p._device).zeros_like(g._data), p._device)
+        if self._gm is None:
+            self._gm = GradManager()
+        self._gm.attach(self._params())  # also catches groups added since the last call
+        if not self._gm._recording:
+            self._gm.record()
+
+    def backward(self, loss):
+        """0.x: accumulate d(loss)/d(param) into each ``param.grad``; call ``zero_grad()`` first."""
+        if self._gm is None or not self._gm._recording:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: nothing was recorded; call "
+                "optimizer.zero_grad() before the forward pass (or use a GradManager)"
+            )
+        self._gm.backward(loss)
+
+    def _params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    # ----- state dicts -----
+    def state_dict(self) -> dict:
+        """The optimizer's state: hyperparameters per group and buffers per parameter.
+
+        Parameters are numbered in group order; buffers are host numpy arrays (copies), so the
+        result pickles with ``megengine.save`` and later steps do not change it.
+        """
+        index = {id(p): i for i, p in enumerate(self._params())}
+        groups = []
+        for group in self.param_groups:
+            g = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            g["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(g)
+        state = {
+            index[id(p)]: {k: _to_host(v) for k, v in st.items()}
+            for p, st in self._state.items() if st
+        }
+        return {"param_groups": groups, "state": state}
+
+    def load_state_dict(self, state: dict):
+        """Restore what ``state_dict`` returned (the parameters must be in the same order)."""
+        if not isinstance(state, dict) or set(state) != {"param_groups", "state"}:
+            raise ValueError(
+                "load_state_dict: expected a dict with 'param_groups' and 'state' as made by "
+                "Optimizer.state_dict()"
+            )
+        saved_groups = state["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"load_state_dict: the state has {len(saved_groups)} parameter groups, this "
+                f"optimizer has {len(self.param_groups)}"
+            )
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"load_state_dict: parameter group {i} has {len(saved['params'])} "
+                    f"parameters in the state, {len(group['params'])} here"
+                )
+        new_state = {}
+        for group, saved in zip(self.param_groups, saved_groups):
+            for p, idx in zip(group["params"], saved["params"]):
+                st = state["state"].get(idx)
+                if st is not None:
+                    new_state[p] = {k: _to_device(v, p, k) for k, v in st.items()}
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+            self._check_group(group)
+        self._state = new_state
+
+
+def _check_non_negative(value, name):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"invalid {name}: {value}; it must be >= 0")
+
+
+def _to_host(value):
+    if isinstance(value, Tensor):
+        return value.numpy()
+    if type(value).__module__.startswith("cupy"):
+        return value.get()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return copy.deepcopy(value)
+
+
+def _to_device(value, param, name):
+    if isinstance(value, Tensor):
+        value = value.numpy()
+    if not isinstance(value, np.ndarray):
+        return copy.deepcopy(value)
+    if value.shape != param.shape:
+        raise ValueError(
+            f"load_state_dict: state {name!r} has shape {value.shape}, but its parameter has "
+            f"shape {param.shape}"
+        )
+    return get_array_module(param._device).array(value, dtype=param.dtype)

@@ -1,0 +1,36 @@
+"""`SGD`: stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
+from .optimizer import Optimizer, _check_non_negative
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, upstream's formulas.
+
+    With ``g = grad + weight_decay * param``: ``v = momentum * v + g`` (no dampening); the
+    step is ``lr * v``, or ``lr * (g + momentum * v)`` with ``nesterov``. Nesterov momentum
+    follows "On the importance of initialization and momentum in deep learning".
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        _check_non_negative(group["momentum"], "momentum")
+        if group["nesterov"] and group["momentum"] <= 0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+
+    def _update(self, param, grad, state, group):
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        data = param._data
+        if weight_decay != 0:
+            grad = grad + weight_decay * data
+        if momentum != 0:
+            v = self._buffer(state, "momentum_buffer", param)
+            v *= momentum
+            v += grad
+            grad = grad + momentum * v if group["nesterov"] else v
+        data -= lr * grad  # in place: the parameter keeps its storage

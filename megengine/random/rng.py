@@ -1,0 +1,136 @@
+"""Random tensors: the global generator behind `megengine.random.*`, `seed`, and `RNG` objects."""
+import numpy as np
+
+from ..core.tensor import Tensor
+from ..device import canonical_device, get_default_device
+
+__all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "permutation",
+           "shuffle"]
+
+# megengine.random's own draws come from this generator; seed() replaces it.
+_global_generator = np.random.default_rng()
+
+
+def seed(seed: int):
+    """Make random draws reproducible: reseed megengine.random AND numpy's global RNG.
+
+    numpy's global RNG (``np.random``) is seeded too because module initialisers and dropout
+    draw from it, so one ``seed(n)`` call makes a whole training run repeatable.
+    """
+    global _global_generator
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
+    _global_generator = np.random.default_rng(int(seed))
+    np.random.seed(int(seed))
+
+
+def _shape(size, what):
+    """Upstream's size rule: None means (1,); an int n means (n,)."""
+    if size is None:
+        return (1,)
+    if isinstance(size, (int, np.integer)):
+        size = (size,)
+    if isinstance(size, Tensor):
+        size = size.tolist()
+    try:
+        items = None if isinstance(size, str) else list(size)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(s, (int, np.integer)) for s in items):
+        raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
+    shape = tuple(int(s) for s in items)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: size must not be negative, got {shape}")
+    return shape
+
+
+def _positive(value, name, what):
+    if isinstance(value, Tensor):
+        return value.numpy()
+    if not value > 0:
+        raise ValueError(f"{what}: {name} must be > 0, got {value!r}")
+    return value
+
+
+def _param_shape(size, *params):
+    """Output shape for Tensor-valued parameters: size + broadcast(params).shape (upstream)."""
+    base = np.broadcast_shapes(*(np.shape(p) for p in params))
+    if size is None or size == 0:
+        return base
+    return _shape(size, "random") + base
+
+
+class RNG:
+    """A random number source. ``RNG(seed)`` has its own generator; ``RNG()`` (no seed) draws
+    from the global one that ``megengine.random.seed`` controls. Tensors go to ``device``
+    (default: the default device at the time of each draw)."""
+
+    def __init__(self, seed: int = None, device: str = None):
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"RNG: seed must be a non-negative int or None, got {seed!r}")
+        self._generator = None if seed is None else np.random.default_rng(int(seed))
+        self._device = None if device is None else canonical_device(device)
+
+    def _gen(self):
+        return self._generator if self._generator is not None else _global_generator
+
+    def _tensor(self, array, dtype="float32"):
+        device = self._device if self._device is not None else get_default_device()
+        return Tensor(np.asarray(array, dtype=dtype), device=device)
+
+    def uniform(self, low: float = 0, high: float = 1, size=None):
+        """Samples of U(low, high), float32, shape ``size`` (None means (1,))."""
+        if not low < high:
+            raise ValueError(f"uniform: needs low < high, got low={low}, high={high}")
+        return self._tensor(self._gen().uniform(low, high, _shape(size, "uniform")))
+
+    def normal(self, mean: float = 0, std: float = 1, size=None):
+        """Samples of N(mean, std**2), float32, shape ``size`` (None means (1,))."""
+        if std < 0:
+            raise ValueError(f"normal: std must be >= 0, got {std}")
+        return self._tensor(self._gen().normal(mean, std, _shape(size, "normal")))
+
+    def gamma(self, shape, scale=1, size=None):
+        """Samples of Gamma(shape k, scale theta); Tensor parameters broadcast after ``size``."""
+        k, theta = _positive(shape, "shape", "gamma"), _positive(scale, "scale", "gamma")
+        return self._tensor(self._gen().gamma(k, theta, _param_shape(size, k, theta)))
+
+    def beta(self, alpha, beta, size=None):
+        """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``."""
+        a, b = _positive(alpha, "alpha", "beta"), _positive(beta, "beta", "beta")
+        return self._tensor(self._gen().beta(a, b, _param_shape(size, a, b)))
+
+    def poisson(self, lam, size=None):
+        """Samples of Poisson(lam) as float32; a Tensor ``lam`` broadcasts after ``size``."""
+        lam = _positive(lam, "lam", "poisson")
+        return self._tensor(self._gen().poisson(lam, _param_shape(size, lam)))
+
+    def permutation(self, n, *, dtype: str = "int32"):
+        """A random permutation of ``range(n)`` (int ``n``), or a shuffled copy of Tensor ``n``
+        (only its first axis is shuffled)."""
+        if isinstance(n, Tensor):
+            if n.ndim == 0:
+                raise ValueError("permutation: cannot shuffle a 0-d tensor")
+            order = self._gen().permutation(n.shape[0])
+            return Tensor(n.numpy()[order], dtype=n.dtype, device=n.device)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
+        if np.dtype(dtype) not in (np.int32, np.int16, np.float32):
+            raise TypeError(f"permutation: dtype must be int32, int16 or float32, got {dtype}")
+        return self._tensor(self._gen().permutation(int(n)), dtype=dtype)
+
+    def shuffle(self, inp: Tensor):
+        """Shuffle ``inp`` along its first axis in place (its storage is kept)."""
+        if not isinstance(inp, Tensor):
+            raise TypeError(f"shuffle: expected a Tensor, got {type(inp).__name__}")
+        inp._reset(self.permutation(inp))
+
+
+_default_rng = RNG()
+uniform = _default_rng.uniform
+normal = _default_rng.normal
+gamma = _default_rng.gamma
+beta = _default_rng.beta
+poisson = _default_rng.poisson
+permutation = _default_rng.permutation
+shuffle = _default_rng.shuffle

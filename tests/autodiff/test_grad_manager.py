@@ -1,0 +1,348 @@
+"""Tests of megengine/autodiff: GradManager (attach, record, backward, callbacks) and Function."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+import megengine.functional as F
+from megengine import Parameter, Tensor
+from megengine.autodiff import Function, GradManager
+
+
+def rand(*shape):
+    return np.asarray(np.random.randn(*shape), dtype=np.float32)
+
+
+def torch_grads(fn, *arrays):
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    fn(*ts).backward()
+    return [t.grad.numpy() for t in ts]
+
+
+def test_backward_matches_torch():
+    a, b = rand(3, 4), rand(4, 2)
+    x, w = Tensor(a), Parameter(b)
+    gm = GradManager().attach([x, w])
+    with gm:
+        loss = (F.exp(x @ w) * 0.5).sum()
+        gm.backward(loss)
+    ga, gb = torch_grads(lambda x, w: ((x @ w).exp() * 0.5).sum(), a, b)
+    np.testing.assert_allclose(x.grad.numpy(), ga, rtol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), gb, rtol=1e-5)
+
+
+def test_attach_one_tensor_or_a_list_and_attached_tensors_order():
+    a, b, c = Tensor([1.0]), Tensor([2.0]), Tensor([3.0])
+    gm = GradManager().attach(b).attach([c, a])
+    assert gm.attached_tensors() == [b, c, a]
+    gm.attach(b)  # attaching again neither duplicates nor reorders
+    assert gm.attached_tensors() == [b, c, a]
+    assert gm.is_attached(c)
+    gm.detach(c)
+    assert gm.attached_tensors() == [b, a] and not gm.is_attached(c)
+
+
+def test_attached_tensors_forgets_dead_tensors():
+    gm = GradManager()
+    keep = Tensor([1.0])
+    gm.attach([keep, Tensor([2.0])])
+    gc.collect()
+    assert gm.attached_tensors() == [keep]
+
+
+def test_attach_rejects_non_float_and_non_tensors():
+    with pytest.raises(TypeError, match="attach"):
+        GradManager().attach(Tensor([1, 2]))
+    with pytest.raises(TypeError, match="attach"):
+        GradManager().attach([np.ones(2)])
+    with pytest.raises(TypeError, match="callbacks"):
+        GradManager().attach(Tensor([1.0]), callbacks=[1])
+
+
+def test_callbacks_run_in_order_and_change_the_gradient():
+    x = Tensor([1.0, 2.0])
+    seen = []
+
+    def double(t, g):
+        seen.append(("double", t is x, g.numpy().tolist()))
+        return g * 2
+
+    def plus_one(t, g):
+        seen.append(("plus_one", t is x, g.numpy().tolist()))
+        return g + 1
+
+    gm = GradManager().attach(x, callbacks=[double])
+    gm.attach(x, callbacks=plus_one)  # a second attach adds its callbacks after the first ones
+    with gm:
+        gm.backward((x * 3).sum())
+    assert seen == [("double", True, [3.0, 3.0]), ("plus_one", True, [6.0, 6.0])]
+    np.testing.assert_array_equal(x.grad.numpy(), [7.0, 7.0])
+
+
+def test_callback_must_return_a_tensor():
+    x = Tensor([1.0])
+    gm = GradManager().attach(x, callbacks=lambda t, g: g.numpy())
+    with pytest.raises(TypeError, match="callback"):
+        with gm:
+            gm.backward(x * 2)
+
+
+def test_record_and_release_by_hand():
+    x = Tensor([1.0, 2.0])
+    gm = GradManager().attach(x)
+    gm.record()
+    with pytest.raises(RuntimeError, match="record"):
+        gm.record()
+    y = (x * x).sum()
+    assert y.requires_grad
+    gm.backward(y)  # backward releases
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
+    z = x * x
+    assert not z.requires_grad  # nothing is recorded after the release
+    gm.record()
+    gm.release()
+    gm.release()  # a second release is harmless
+    assert not (x * x).requires_grad
+
+
+def test_backward_outside_recording_raises():
+    x = Tensor([1.0])
+    gm = GradManager().attach(x)
+    with gm:
+        y = x * 2
+    with pytest.raises(RuntimeError, match="not recording"):
+        gm.backward(y)
+    with pytest.raises(ValueError, match="backward"):
+        with gm:
+            gm.backward()
+
+
+def test_context_manager_releases_on_error():
+    x = Tensor([1.0])
+    gm = GradManager().attach(x)
+    with pytest.raises(ZeroDivisionError):
+        with gm:
+            1 / 0
+    assert not (x * 2).requires_grad
+    with gm:  # and can record again
+        gm.backward(x * 2)
+    assert x.grad.item() == 2.0
+
+
+def test_backward_with_lists_of_outputs_and_output_gradients():
+    a = rand(3)
+    x = Tensor(a)
+    dy1, dy2 = rand(3), rand(2)
+    gm = GradManager().attach(x)
+    with gm:
+        y1 = F.exp(x)
+        y2 = x[:2] * x[1:]
+        gm.backward([y1, y2], [Tensor(dy1), dy2])
+    t = torch.tensor(a, requires_grad=True)
+    torch.autograd.backward([t.exp(), t[:2] * t[1:]], [torch.tensor(dy1), torch.tensor(dy2)])
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5)
+
+
+def test_backward_default_output_gradient_is_ones_and_checks_shapes():
+    x = Tensor(rand(2, 3))
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(x * 3)
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 3.0))
+    with pytest.raises(ValueError, match="shape"):
+        with gm:
+            gm.backward(x * 3, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="outputs"):
+        with gm:
+            gm.backward([x * 3], [None, None])
+
+
+def test_attach_an_intermediate_inside_recording():
+    a = rand(4)
+    x = Tensor(a)
+    gm = GradManager().attach(x)
+    with gm:
+        h = F.sin(x * 2)
+        gm.attach(h)
+        y = (h * h * x).sum()
+        gm.backward(y)
+    t = torch.tensor(a, requires_grad=True)
+    th = (t * 2).sin()
+    th.retain_grad()
+    (th * th * t).sum().backward()
+    np.testing.assert_allclose(h.grad.numpy(), th.grad.numpy(), rtol=1e-5)  # d y / d h
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5)  # all paths to x
+
+
+def test_grads_accumulate_over_two_backwards():
+    x = Tensor([1.0, 2.0])
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward((x * x).sum())
+    first = x.grad
+    with gm:
+        gm.backward((x * 3).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [5.0, 7.0])
+    np.testing.assert_array_equal(first.numpy(), [2.0, 4.0])  # the old grad tensor is untouched
+    x.grad = None
+    with gm:
+        gm.backward(x.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
+
+
+def test_unused_and_detached_tensors_get_no_gradient():
+    x, z = Tensor([1.0]), Tensor([2.0])
+    gm = GradManager().attach([x, z])
+    gm.detach(z)
+    with gm:
+        gm.backward(x * z)
+    assert x.grad.item() == 2.0 and z.grad is None
+    w = Tensor([1.0])
+    gm.attach(w)
+    with gm:
+        gm.backward(x * 1)
+    assert w.grad is None
+
+
+def test_integer_paths_carry_no_gradient():
+    x = Tensor([1.5, 2.5])
+    gm = GradManager().attach(x)
+    with gm:
+        y = x.astype("int32").astype("float32") * x
+        gm.backward(y.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 2.0])
+
+
+def test_graph_is_freed_after_backward():
+    x = Tensor(rand(100))
+    gm = GradManager().attach(x)
+    with gm:
+        h = x * 2
+        saved = weakref.ref(h._data)  # Mul below saves h's array for its backward
+        y = (h * h).sum()
+        del h
+        gc.collect()
+        assert saved() is not None  # the recorded graph keeps it alive...
+        gm.backward(y)
+    gc.collect()
+    assert saved() is None  # ...and backward lets it go
+    assert x.grad is not None
+
+
+def test_nothing_recorded_without_attached_inputs():
+    x = Tensor([1.0])
+    gm = GradManager().attach(Tensor([0.0]))
+    with gm:
+        y = x * 2
+    assert y._node is None and not y.requires_grad
+
+
+def test_parameter_updated_in_place_between_steps():
+    a = rand(3)
+    p = Parameter(a.copy())
+    gm = GradManager().attach(p)
+    for _ in range(3):
+        with gm:
+            gm.backward((p * p).sum())
+        p -= 0.1 * p.grad  # an optimizer step: in place, outside recording
+        p.grad = None
+    expect = a * 0.8 ** 3
+    np.testing.assert_allclose(p.numpy(), expect, rtol=1e-5)
+
+
+def test_parameter_set_value_with_new_shape_between_steps():
+    p = Parameter(np.ones(2, np.float32))
+    gm = GradManager().attach(p)
+    with gm:
+        gm.backward(p.sum())
+    p.set_value(np.ones(3, np.float32))
+    p.grad = None
+    with gm:
+        gm.backward((p * 2).sum())
+    np.testing.assert_array_equal(p.grad.numpy(), [2.0, 2.0, 2.0])
+
+
+# ----- user-defined ops -----
+
+class ScaledIdentity(Function):
+    """Forward: y = x; backward: 10 * dy, so that a test sees the custom backward is used."""
+
+    def forward(self, x):
+        self.seen = x.shape
+        return x * 1
+
+    def backward(self, dy):
+        assert self.seen == dy.shape  # what forward stored is there in backward
+        return dy * 10
+
+
+class MulAdd(Function):
+    """Two inputs, two outputs: (a * b, a + b)."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b, a + b
+
+    def backward(self, d_mul, d_add):
+        return d_mul * self.b + d_add, d_mul * self.a + d_add
+
+
+def test_function_uses_its_own_backward():
+    x = Tensor([1.0, 2.0])
+    gm = GradManager().attach(x)
+    with gm:
+        y = ScaledIdentity()(x)
+        np.testing.assert_array_equal(y.numpy(), [1.0, 2.0])
+        gm.backward((y * y).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [20.0, 40.0])
+
+
+def test_function_with_two_inputs_and_outputs_matches_torch():
+    a, b = rand(3), rand(3)
+    x, z = Tensor(a), Tensor(b)
+    gm = GradManager().attach([x, z])
+    with gm:
+        m, s = MulAdd()(x, z)
+        gm.backward((F.exp(m) + s * s).sum())
+    ga, gb = torch_grads(lambda x, z: ((x * z).exp() + (x + z) ** 2).sum(), a, b)
+    np.testing.assert_allclose(x.grad.numpy(), ga, rtol=1e-5)
+    np.testing.assert_allclose(z.grad.numpy(), gb, rtol=1e-5)
+
+
+def test_function_unused_output_gets_zero_gradient():
+    x, z = Tensor([2.0]), Tensor([3.0])
+    gm = GradManager().attach([x, z])
+    with gm:
+        m, _ = MulAdd()(x, z)
+        gm.backward(m)
+    assert x.grad.item() == 3.0 and z.grad.item() == 2.0
+
+
+def test_function_rejects_non_tensors():
+    with pytest.raises(TypeError, match="ScaledIdentity"):
+        ScaledIdentity()(np.ones(2))
+
+
+# ----- 0.x F.grad -----
+
+def test_functional_grad_keeps_graph_and_leaves_dot_grad_alone():
+    a = rand(3)
+    x = Tensor(a)
+    gm = GradManager().attach(x)
+    with gm:
+        y = (F.sin(x) * x).sum()
+        g1 = F.grad(y, x)
+        g2, = F.grad(y, [x])  # the graph is still there for a second call
+        assert x.grad is None
+        gm.backward(y)
+    expect, = torch_grads(lambda t: (t.sin() * t).sum(), a)
+    np.testing.assert_allclose(g1.numpy(), expect, rtol=1e-5)
+    np.testing.assert_allclose(g2.numpy(), expect, rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), expect, rtol=1e-5)
+
+
+def test_functional_grad_needs_a_recorded_x():
+    with pytest.raises(RuntimeError, match="grad"):
+        F.grad(Tensor([1.0]) * 2, Tensor([1.0]))

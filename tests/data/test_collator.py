@@ -1,0 +1,44 @@
+"""Tests of megengine/data/collator.py: stacking samples into batches."""
+import collections
+
+import numpy as np
+import pytest
+
+from megengine.data.collator import Collator
+
+
+def test_arrays_numbers_and_tuples():
+    samples = [(np.full((2, 3), i, dtype=np.uint8), i, float(i) / 2, "s{}".format(i)) for i in range(4)]
+    images, ints, floats, names = Collator().apply(samples)
+    assert images.shape == (4, 2, 3) and images.dtype == np.uint8 and images.flags.c_contiguous
+    np.testing.assert_array_equal(images[:, 0, 0], [0, 1, 2, 3])
+    assert ints.tolist() == [0, 1, 2, 3] and ints.dtype.kind == "i"
+    assert floats.dtype == np.float64 and floats.tolist() == [0.0, 0.5, 1.0, 1.5]
+    assert names == ["s0", "s1", "s2", "s3"]
+
+
+def test_numpy_scalars_dicts_and_namedtuples():
+    Point = collections.namedtuple("Point", "x y")
+    samples = [{"p": Point(np.float32(i), np.int32(-i)), "v": np.arange(2) + i} for i in range(3)]
+    out = Collator().apply(samples)
+    assert isinstance(out["p"], Point)
+    assert out["p"].x.dtype == np.float32 and out["p"].x.tolist() == [0, 1, 2]
+    assert out["p"].y.tolist() == [0, -1, -2]
+    np.testing.assert_array_equal(out["v"], [[0, 1], [1, 2], [2, 3]])
+
+
+def test_nested_lists():
+    out = Collator().apply([[np.zeros(1), [1, 2.5]], [np.ones(1), [3, 4.5]]])
+    np.testing.assert_array_equal(out[0], [[0.0], [1.0]])
+    assert out[1][0].tolist() == [1, 3] and out[1][1].tolist() == [2.5, 4.5]
+
+
+def test_errors_say_what_went_wrong():
+    with pytest.raises(ValueError, match="different shapes"):
+        Collator().apply([np.zeros((2, 2)), np.zeros((3, 2))])
+    with pytest.raises(ValueError, match="different numbers of elements"):
+        Collator().apply([(1, 2), (1,)])
+    with pytest.raises(TypeError, match="found"):
+        Collator().apply([object(), object()])
+    with pytest.raises(TypeError, match="dtype object"):
+        Collator().apply([np.array([None]), np.array([None])])

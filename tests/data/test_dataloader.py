@@ -1,0 +1,328 @@
+"""Tests of megengine/data/dataloader.py: serial and worker-process loading, streams,
+errors, timeouts and worker shutdown."""
+import gc
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+from megengine.data import (
+    ArrayDataset,
+    Collator,
+    DataLoader,
+    Infinite,
+    RandomSampler,
+    SequentialSampler,
+    StreamDataset,
+    StreamSampler,
+    get_worker_info,
+)
+from megengine.data.transform import Compose, Normalize, PseudoTransform, ToMode, Transform
+
+
+def make_dataset(n=20):
+    images = np.arange(n * 2 * 3 * 1, dtype=np.uint8).reshape(n, 2, 3, 1)
+    labels = np.arange(n, dtype=np.int32)
+    return ArrayDataset(images, labels)
+
+
+def assert_no_children():
+    deadline = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
+
+
+class AddOne(Transform):
+    def apply(self, input):
+        image, label = input
+        return image, label + 1
+
+
+class Numbers(StreamDataset):
+    """0, 1, ..., n-1 as (array([i, i]), i); finite."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield np.array([i, i], dtype=np.int64), i
+
+
+class Blocking(StreamDataset):
+    def __iter__(self):
+        while True:
+            time.sleep(10)
+            yield np.zeros(1), 0
+
+
+def test_defaults_and_len():
+    ds = make_dataset(100)
+    loader = DataLoader(ds)
+    assert isinstance(loader.sampler, SequentialSampler) and loader.sampler.batch_size == 1
+    assert isinstance(loader.transform, PseudoTransform)
+    assert isinstance(loader.collator, Collator)
+    assert len(loader) == 100
+    assert len(DataLoader(ds, RandomSampler(ds, batch_size=6, drop_last=False))) == 17
+    assert len(DataLoader(ds, RandomSampler(ds, batch_size=6, drop_last=True))) == 16
+
+
+def test_bad_arguments():
+    ds = make_dataset()
+    with pytest.raises(ValueError, match="num_workers"):
+        DataLoader(ds, num_workers=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        DataLoader(ds, timeout=-1)
+    with pytest.raises(ValueError, match="divide"):
+        DataLoader(ds, num_workers=0, divide=True)
+    with pytest.raises(ValueError, match="batch_size >= num_workers"):
+        DataLoader(ds, num_workers=2, divide=True)  # default batch_size 1 < 2 workers
+    with pytest.raises(TypeError, match="StreamSampler"):
+        DataLoader(Numbers(3), SequentialSampler(ds, batch_size=2))
+    with pytest.raises(TypeError, match="MapSampler"):
+        DataLoader(ds, StreamSampler(batch_size=2))
+    with pytest.raises(TypeError, match="dataset"):
+        DataLoader(object())
+    with pytest.raises(TypeError, match="timeout_event"):
+        DataLoader(ds, timeout_event=3)
+    with pytest.raises(TypeError, match="no length"):
+        len(DataLoader(Numbers(3)))
+
+
+def test_serial_batches_in_order_with_transform():
+    ds = make_dataset(7)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=3), transform=AddOne())
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert batches[0][0].shape == (3, 2, 3, 1)
+    np.testing.assert_array_equal(batches[2][0][0], ds.arrays[0][6])
+
+
+class SlowWorkerZeroAddOne(Transform):
+    """Worker 0 is slow, so worker 1's results always arrive first."""
+
+    def apply(self, input):
+        if get_worker_info().idx == 0:
+            time.sleep(0.02)
+        image, label = input
+        return image, label + 1
+
+
+@pytest.mark.parametrize("divide", [False, True])
+def test_workers_preserve_order(divide):
+    ds = make_dataset(23)
+    sampler = RandomSampler(ds, batch_size=4, seed=3)
+    expected = [[int(i) for i in idx] for idx in RandomSampler(ds, batch_size=4, seed=3)]
+    loader = DataLoader(ds, sampler, transform=SlowWorkerZeroAddOne(), num_workers=2, divide=divide)
+    got = list(loader)
+    assert [b[1].tolist() for b in got] == [[i + 1 for i in idx] for idx in expected]
+    for batch, idx in zip(got, expected):
+        np.testing.assert_array_equal(batch[0], ds.arrays[0][idx])
+    assert_no_children()
+
+
+def test_workers_match_serial_loading():
+    ds = make_dataset(10)
+    transform = Compose([Normalize(mean=1.0, std=2.0), ToMode("CHW")])
+    serial = list(DataLoader(ds, SequentialSampler(ds, batch_size=3), transform))
+    parallel = list(DataLoader(ds, SequentialSampler(ds, batch_size=3), transform, num_workers=2))
+    assert len(serial) == len(parallel) == 4
+    for a, b in zip(serial, parallel):
+        assert a[0].dtype == b[0].dtype == np.float32 and a[0].shape[1:] == (1, 2, 3)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+class FailOn(Transform):
+    def __init__(self, bad_label):
+        self.bad_label = bad_label
+
+    def apply(self, input):
+        if input[1] == self.bad_label:
+            raise KeyError("sample {} is broken".format(self.bad_label))
+        return input
+
+
+def test_worker_exception_is_reraised_with_traceback():
+    ds = make_dataset(12)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), transform=FailOn(5), num_workers=2)
+    it = iter(loader)
+    assert next(it)[1].tolist() == [0, 1]
+    assert next(it)[1].tolist() == [2, 3]
+    with pytest.raises(KeyError) as info:
+        next(it)
+    text = str(info.value)
+    assert "Caught KeyError in DataLoader worker process 0" in text
+    assert "sample 5 is broken" in text and "in apply" in text  # the worker's traceback
+    assert_no_children()
+
+
+def test_worker_exception_of_unpicklable_type_becomes_runtime_error():
+    class LocalError(Exception):
+        pass
+
+    class Fail(Transform):
+        def apply(self, input):
+            raise LocalError("boom")
+
+    ds = make_dataset(4)
+    with pytest.raises(RuntimeError, match="(?s)Caught LocalError.*boom"):
+        list(DataLoader(ds, transform=Fail(), num_workers=2))
+    assert_no_children()
+
+
+def test_early_break_leaves_no_children():
+    ds = make_dataset(40)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2)
+    it = iter(loader)
+    next(it)
+    assert len(multiprocessing.active_children()) == 2
+    del it
+    gc.collect()
+    assert_no_children()
+    for _ in loader:
+        break
+    assert_no_children()
+
+
+def test_dead_worker_is_reported():
+    class Die(Transform):
+        def apply(self, input):
+            os._exit(3)
+
+    ds = make_dataset(4)
+    with pytest.raises(RuntimeError, match="exited unexpectedly with exit code 3"):
+        list(DataLoader(ds, transform=Die(), num_workers=2))
+    assert_no_children()
+
+
+class Sleep(Transform):
+    def apply(self, input):
+        time.sleep(10)
+        return input
+
+
+def test_worker_timeout_raises():
+    ds = make_dataset(8)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), transform=Sleep(), num_workers=2, timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="timeout"):
+        next(iter(loader))
+    assert time.monotonic() - start < 5
+    assert_no_children()
+
+
+def test_timeout_event_replaces_the_late_batch():
+    ds = make_dataset(4)
+    replacement = [np.zeros(1), np.ones(1)]
+    loader = DataLoader(
+        ds, transform=Sleep(), num_workers=2, timeout=0.3, timeout_event=lambda: replacement
+    )
+    it = iter(loader)
+    assert next(it) is replacement
+    del it
+    gc.collect()
+    assert_no_children()
+
+
+class WorkerInfoTransform(Transform):
+    def apply(self, input):
+        info = get_worker_info()
+        return np.array([info.id, info.num_workers, info.seed % 1000, len(info.dataset)]), input[1]
+
+
+def test_get_worker_info():
+    assert get_worker_info() is None
+    ds = make_dataset(6)
+    batches = list(DataLoader(ds, SequentialSampler(ds, batch_size=1), WorkerInfoTransform(), num_workers=2))
+    infos = [b[0][0].tolist() for b in batches]
+    assert [i[0] for i in infos] == [0, 1, 0, 1, 0, 1]  # batches go round-robin
+    assert all(i[1] == 2 and i[3] == 6 for i in infos)
+    assert infos[0][2] != infos[1][2]  # workers get different seeds
+    assert get_worker_info() is None
+
+
+class RandomLabel(Transform):
+    def apply(self, input):
+        return input[0], np.random.randint(1 << 30)
+
+
+def test_worker_seeds_follow_numpy_global_seed():
+    ds = make_dataset(6)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), RandomLabel(), num_workers=2)
+    np.random.seed(7)
+    first = [b[1].tolist() for b in loader]
+    np.random.seed(7)
+    second = [b[1].tolist() for b in loader]
+    assert first == second
+    assert first[0] != first[1]
+
+
+def test_infinite_sampler_with_workers():
+    ds = make_dataset(3)
+    loader = DataLoader(ds, Infinite(SequentialSampler(ds, batch_size=2)), num_workers=2)
+    labels = []
+    for step, (_, label) in enumerate(loader):
+        labels.append(label.tolist())
+        if step == 4:
+            break
+    assert labels == [[0, 1], [2], [0, 1], [2], [0, 1]]
+    assert_no_children()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_batches(num_workers):
+    loader = DataLoader(Numbers(10), StreamSampler(batch_size=4), transform=AddOne(), num_workers=num_workers)
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    np.testing.assert_array_equal(batches[0][0], [[0, 0], [1, 1], [2, 2], [3, 3]])
+    assert_no_children()
+
+
+class OldFormat(StreamDataset):
+    """MegEngine's older stream items: (False, sample) or (True, batch of samples)."""
+
+    def __iter__(self):
+        yield False, (np.array([0.0]), 0)
+        yield True, (np.array([[1.0], [2.0], [3.0]]), [1, 2, 3])
+        yield False, (np.array([4.0]), 4)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_old_batched_format(num_workers):
+    loader = DataLoader(OldFormat(), StreamSampler(batch_size=2), num_workers=num_workers)
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    np.testing.assert_array_equal(batches[1][0], [[2.0], [3.0]])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_timeout(num_workers):
+    loader = DataLoader(Blocking(), StreamSampler(batch_size=2), num_workers=num_workers, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="timeout"):
+        next(iter(loader))
+    assert time.monotonic() - start < 5
+    assert_no_children()
+
+
+def test_stream_timeout_event_supplies_items():
+    def substitute():
+        return True, (np.full((2, 1), 7.0), [-1, -1])
+
+    loader = DataLoader(Blocking(), StreamSampler(batch_size=4), timeout=0.2, timeout_event=substitute)
+    batch = next(iter(loader))
+    np.testing.assert_array_equal(batch[0], np.full((4, 1), 7.0))
+    np.testing.assert_array_equal(batch[1], [-1, -1, -1, -1])
+
+
+def test_preload_gives_tensors():
+    import megengine
+
+    ds = make_dataset(4)
+    batch = next(iter(DataLoader(ds, SequentialSampler(ds, batch_size=2), preload=True)))
+    assert isinstance(batch[0], megengine.Tensor)
+    np.testing.assert_array_equal(batch[0].numpy(), ds.arrays[0][:2])

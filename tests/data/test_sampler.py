@@ -1,0 +1,128 @@
+"""Tests of megengine/data/sampler.py: batching, shuffling, replacement, ranks and Infinite."""
+import numpy as np
+import pytest
+
+from megengine.data.dataset import ArrayDataset
+from megengine.data.sampler import (
+    Infinite,
+    RandomSampler,
+    ReplacementSampler,
+    SequentialSampler,
+    StreamSampler,
+)
+
+
+def dataset(n):
+    return ArrayDataset(np.arange(n))
+
+
+def test_sequential_batches_and_len():
+    ds = dataset(10)
+    assert list(SequentialSampler(ds, batch_size=4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(SequentialSampler(ds, batch_size=4)) == 3
+    assert list(SequentialSampler(ds, batch_size=4, drop_last=True)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len(SequentialSampler(ds, batch_size=4, drop_last=True)) == 2
+    assert list(SequentialSampler(ds, batch_size=5, drop_last=True)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert list(SequentialSampler(ds)) == [[i] for i in range(10)]
+
+
+def test_sequential_with_indices():
+    sampler = SequentialSampler(dataset(10), batch_size=2, indices=[9, 3, 5])
+    assert list(sampler) == [[9, 3], [5]]
+    assert len(sampler) == 2
+
+
+def test_random_is_a_seeded_permutation():
+    ds = dataset(10)
+    sampler = RandomSampler(ds, batch_size=3, seed=42)
+    epoch1 = [i for batch in sampler for i in batch]
+    epoch2 = [i for batch in sampler for i in batch]
+    assert sorted(epoch1) == list(range(10)) and sorted(epoch2) == list(range(10))
+    rng = np.random.RandomState(42)  # the same generator, drawn independently
+    assert epoch1 == rng.permutation(10).tolist()
+    assert epoch2 == rng.permutation(10).tolist()
+    assert epoch1 != epoch2
+    assert [len(b) for b in RandomSampler(ds, batch_size=3, seed=42)] == [3, 3, 3, 1]
+    assert [len(b) for b in RandomSampler(ds, batch_size=3, drop_last=True)] == [3, 3, 3]
+    other = [i for batch in RandomSampler(ds, batch_size=3, seed=42) for i in batch]
+    assert other == epoch1
+
+
+def test_random_with_indices():
+    sampler = RandomSampler(dataset(100), batch_size=10, indices=[5, 6, 7], seed=0)
+    (batch,) = list(sampler)
+    assert sorted(batch) == [5, 6, 7]
+    assert len(sampler) == 1
+
+
+def test_replacement_sampler():
+    ds = dataset(5)
+    sampler = ReplacementSampler(ds, batch_size=4, num_samples=10, seed=1)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [4, 4, 2] and len(sampler) == 3
+    flat = [i for b in batches for i in b]
+    assert flat == np.random.RandomState(1).randint(5, size=10).tolist()
+    assert len([i for b in ReplacementSampler(ds) for i in b]) == 5
+
+
+def test_replacement_sampler_weights():
+    ds = dataset(4)
+    sampler = ReplacementSampler(ds, batch_size=1000, num_samples=4000, weights=[0, 1, 0, 3], seed=0)
+    flat = np.array([i for b in sampler for i in b])
+    assert set(flat.tolist()) <= {1, 3}
+    assert 0.7 < (flat == 3).mean() < 0.8  # 3 / 4 expected
+    with pytest.raises(ValueError, match="one weight per sample"):
+        ReplacementSampler(ds, weights=[1, 2])
+    with pytest.raises(ValueError, match="non-negative"):
+        ReplacementSampler(ds, weights=[1, -1, 1, 1])
+
+
+def test_ranks_split_the_epoch():
+    ds = dataset(10)
+    shares = [list(SequentialSampler(ds, batch_size=2, world_size=3, rank=r)) for r in range(3)]
+    # 10 indices padded to 12 by repeating the first ones, then dealt out round-robin
+    assert shares[0] == [[0, 3], [6, 9]]
+    assert shares[1] == [[1, 4], [7, 0]]
+    assert shares[2] == [[2, 5], [8, 1]]
+    assert len(SequentialSampler(ds, batch_size=2, world_size=3, rank=0)) == 2
+    # ranks shuffle with a shared default seed, so together they cover the dataset
+    flat = [i for r in range(3) for b in RandomSampler(ds, batch_size=2, world_size=3, rank=r) for i in b]
+    assert set(flat) == set(range(10)) and len(flat) == 12
+
+
+def test_infinite_restarts_epochs():
+    ds = dataset(3)
+    sampler = Infinite(SequentialSampler(ds, batch_size=2))
+    assert [next(sampler) for _ in range(5)] == [[0, 1], [2], [0, 1], [2], [0, 1]]
+    assert len(sampler) == np.iinfo(np.int64).max
+    assert sampler.batch_size == 2
+    with pytest.raises(TypeError, match="MapSampler"):
+        Infinite([[0]])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_bad_batch_size(bad):
+    with pytest.raises(ValueError, match="batch_size should be a positive integer"):
+        SequentialSampler(dataset(3), batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size"):
+        StreamSampler(batch_size=bad)
+
+
+def test_other_bad_arguments():
+    ds = dataset(3)
+    with pytest.raises(ValueError, match="drop_last"):
+        SequentialSampler(ds, drop_last="yes")
+    with pytest.raises(ValueError, match="rank"):
+        SequentialSampler(ds, world_size=2, rank=2)
+    with pytest.raises(ValueError, match="world_size"):
+        SequentialSampler(ds, world_size=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        ReplacementSampler(ds, num_samples=0)
+    with pytest.raises(ValueError, match="indices"):
+        RandomSampler(ds, indices=5)
+
+
+def test_stream_sampler():
+    sampler = StreamSampler(batch_size=3)
+    assert sampler.batch_size == 3
+    assert list(next(iter(sampler))) == [0, 1, 2]

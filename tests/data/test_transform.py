@@ -1,0 +1,303 @@
+"""Tests of megengine/data/transform: the numpy image functions (torch as the resize
+oracle) and the vision transforms on images, boxes, keypoints and masks."""
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+
+import megengine.data.transform as T
+from megengine.data.transform.vision import functional as F
+
+
+def torch_resize(image, size, mode):
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]).astype(np.float64))
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    y = torch.nn.functional.interpolate(x, size=size, mode=mode, **kwargs)
+    return y[0].numpy().transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("src,dst", [((5, 7), (11, 3)), ((4, 4), (8, 8)), ((9, 6), (4, 5)), ((3, 8), (3, 13))])
+def test_resize_linear_matches_half_pixel_oracle(src, dst):
+    rng = np.random.RandomState(0)
+    image = rng.rand(*src, 3).astype(np.float32)
+    out = F.resize(image, dst, F.INTER_LINEAR)
+    assert out.shape == (*dst, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, torch_resize(image, dst, "bilinear"), atol=1e-5)
+
+    image8 = rng.randint(0, 256, size=(*src, 2)).astype(np.uint8)
+    out8 = F.resize(image8, dst)
+    assert out8.dtype == np.uint8
+    assert np.abs(out8.astype(int) - np.rint(torch_resize(image8, dst, "bilinear"))).max() <= 1
+
+
+def test_resize_linear_by_hand():
+    row = np.array([[0.0, 10.0]], dtype=np.float32)[:, :, None]  # 1 x 2
+    # 4 output pixels: src x = (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamped
+    np.testing.assert_allclose(F.resize(row, (1, 4))[0, :, 0], [0.0, 2.5, 7.5, 10.0])
+
+
+@pytest.mark.parametrize("src,dst", [((4, 6), (8, 3)), ((5, 5), (2, 9)), ((7, 3), (7, 12))])
+def test_resize_nearest_matches_oracle(src, dst):
+    image = np.arange(np.prod(src)).reshape(*src, 1).astype(np.int32)
+    out = F.resize(image, dst, F.INTER_NEAREST)
+    np.testing.assert_array_equal(out, torch_resize(image, dst, "nearest").astype(np.int32))
+    assert out.dtype == np.int32
+
+
+def test_resize_keeps_2d_and_rejects_unknown_interpolation():
+    assert F.resize(np.zeros((4, 4), np.uint8), (2, 3)).shape == (2, 3)
+    with pytest.raises(NotImplementedError, match="INTER_LINEAR"):
+        F.resize(np.zeros((4, 4, 1)), (2, 2), F.INTER_CUBIC)
+    with pytest.raises(ValueError, match="height, width"):
+        F.resize(np.zeros((4, 4, 1)), (2,))
+
+
+def test_pad_and_flip_functions():
+    image = np.array([[1, 2], [3, 4]], dtype=np.uint8)[:, :, None]
+    out = F.pad(image, (1, 0, 2, 1), 9)  # top, bottom, left, right
+    np.testing.assert_array_equal(out[:, :, 0], [[9, 9, 9, 9, 9], [9, 9, 1, 2, 9], [9, 9, 3, 4, 9]])
+    out = F.pad(image, (1, 2), 0)  # bottom, right
+    assert out.shape == (3, 4, 1) and out[:2, :2, 0].tolist() == [[1, 2], [3, 4]] and out[2].sum() == 0
+    color = F.pad(np.zeros((1, 1, 3), np.uint8), 1, [5, 6, 7])
+    assert color[0, 0].tolist() == [5, 6, 7] and color[1, 1].tolist() == [0, 0, 0]
+    assert F.pad(image, 1, 0.5).dtype == np.float32
+    with pytest.raises(ValueError, match="non-negative"):
+        F.pad(image, -1, 0)
+    np.testing.assert_array_equal(F.flip(image, 1)[:, :, 0], [[2, 1], [4, 3]])
+    np.testing.assert_array_equal(F.flip(image, 0)[:, :, 0], [[3, 4], [1, 2]])
+    np.testing.assert_array_equal(F.flip(image, -1)[:, :, 0], [[4, 3], [2, 1]])
+
+
+def test_gray_and_hsv_against_colorsys():
+    bgr = np.array([[[10, 200, 30], [255, 0, 0], [0, 0, 255], [90, 90, 90]]], dtype=np.uint8)
+    gray = F.to_gray(bgr)
+    assert gray.shape == (1, 4, 1)
+    expected = np.rint(0.114 * bgr[..., 0] + 0.587 * bgr[..., 1] + 0.299 * bgr[..., 2])
+    np.testing.assert_array_equal(gray[..., 0], expected)
+    hsv = F.bgr_to_hsv(bgr)
+    for (b, g, r), (h, s, v) in zip(bgr[0].tolist(), hsv[0].tolist()):
+        eh, es, ev = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        assert abs(h - eh * 256) % 256 <= 1 and abs(s - es * 255) <= 1 and abs(v - ev * 255) <= 1
+    assert np.abs(F.hsv_to_bgr(hsv).astype(int) - bgr).max() <= 2
+
+
+def sample():
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    boxes = np.array([[1.0, 0.0, 3.0, 2.0]], dtype=np.float32)
+    mask = (np.arange(24).reshape(4, 6, 1) % 5).astype(np.uint8)
+    keypoints = np.array([[[1.0, 1.0, 2.0], [5.0, 3.0, 1.0]]], dtype=np.float32)
+    return image, boxes, mask, keypoints, 7
+
+
+ORDER = ("image", "boxes", "mask", "keypoints", "image_category")
+
+
+def test_horizontal_flip_moves_all_geometry():
+    image, boxes, mask, keypoints, cat = sample()
+    out = T.RandomHorizontalFlip(prob=1.0, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_array_equal(out[0], image[:, ::-1])
+    np.testing.assert_array_equal(out[1], [[3.0, 0.0, 5.0, 2.0]])  # x -> 6 - x
+    np.testing.assert_array_equal(out[2], mask[:, ::-1])
+    np.testing.assert_array_equal(out[3], [[[5.0, 1.0, 2.0], [1.0, 3.0, 1.0]]])
+    assert out[4] == 7
+    np.testing.assert_array_equal(boxes, [[1.0, 0.0, 3.0, 2.0]])  # inputs untouched
+    same = T.RandomHorizontalFlip(prob=0.0, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_array_equal(same[0], image)
+    np.testing.assert_array_equal(same[1], boxes)
+
+
+def test_vertical_flip():
+    image, boxes, mask, keypoints, cat = sample()
+    out = T.RandomVerticalFlip(prob=1.0, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_array_equal(out[0], image[::-1])
+    np.testing.assert_array_equal(out[1], [[1.0, 2.0, 3.0, 4.0]])  # y -> 4 - y
+    np.testing.assert_array_equal(out[3][0, :, 1], [3.0, 1.0])
+
+
+def test_pad_transform():
+    image, boxes, mask, keypoints, cat = sample()
+    out = T.Pad((1, 2, 3, 4), value=255, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    assert out[0].shape == (7, 13, 3) and out[0][0, 0].tolist() == [255] * 3
+    np.testing.assert_array_equal(out[0][1:5, 3:9], image)
+    np.testing.assert_array_equal(out[1], [[4.0, 1.0, 6.0, 3.0]])
+    assert out[2].shape == (7, 13, 1) and out[2][0, 0, 0] == 9
+    np.testing.assert_array_equal(out[3][0, :, :2], [[4.0, 2.0], [8.0, 4.0]])
+    with pytest.raises(ValueError, match="size"):
+        T.Pad((1, 2, 3))
+
+
+def test_center_crop():
+    image, boxes, mask, keypoints, cat = sample()
+    out = T.CenterCrop((2, 4), order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_array_equal(out[0], image[1:3, 1:5])
+    np.testing.assert_array_equal(out[1], [[0.0, -1.0, 2.0, 1.0]])
+    np.testing.assert_array_equal(out[2], mask[1:3, 1:5])
+    with pytest.raises(ValueError, match="bigger than the image"):
+        T.CenterCrop(5).apply(image)
+
+
+def test_random_crop_is_consistent_across_elements():
+    image = np.arange(10 * 10).reshape(10, 10, 1).astype(np.int32)
+    coords = np.array([[5.0, 5.0]])
+    np.random.seed(0)
+    offsets = set()
+    for _ in range(20):
+        out_image, out_mask, out_coords = T.RandomCrop(4, order=("image", "mask", "coords")).apply(
+            (image, image.copy(), coords)
+        )
+        assert out_image.shape == (4, 4, 1)
+        y, x = divmod(int(out_image[0, 0, 0]), 10)
+        np.testing.assert_array_equal(out_image, image[y : y + 4, x : x + 4])
+        np.testing.assert_array_equal(out_mask, out_image)
+        np.testing.assert_array_equal(out_coords, [[5.0 - x, 5.0 - y]])
+        offsets.add((x, y))
+    assert len(offsets) > 5
+
+
+def test_random_crop_pads_small_images():
+    image = np.ones((2, 3, 3), dtype=np.uint8)
+    out = T.RandomCrop((4, 5), padding_value=[7, 7, 7]).apply(image)
+    assert out.shape == (4, 5, 3)
+    assert (out[:2, :3] == 1).all() and (out[2:] == 7).all() and (out[:, 3:] == 7).all()
+    out = T.RandomCrop(4, padding_size=1).apply(image)  # 4 x 5 after padding
+    assert out.shape == (4, 4, 3)
+
+
+def test_resize_transform_scales_geometry():
+    image, boxes, mask, keypoints, cat = sample()
+    out = T.Resize((8, 12), order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_allclose(out[0], np.rint(torch_resize(image, (8, 12), "bilinear")), atol=1)
+    np.testing.assert_array_equal(out[1], [[2.0, 0.0, 6.0, 4.0]])
+    np.testing.assert_array_equal(out[2], mask.repeat(2, axis=0).repeat(2, axis=1))  # nearest
+    np.testing.assert_array_equal(out[3][0, :, :2], [[2.0, 2.0], [10.0, 6.0]])
+    # an int size is the shorter edge
+    assert T.Resize(8).apply(image).shape == (8, 12, 3)
+    assert T.Resize(3).apply(np.zeros((10, 5, 1))).shape == (6, 3, 1)
+
+
+def test_shortest_edge_and_random_resize():
+    image = np.zeros((4, 10, 3), np.uint8)
+    assert T.ShortestEdgeResize(8, max_size=100).apply(image).shape == (8, 20, 3)
+    assert T.ShortestEdgeResize(8, max_size=16).apply(image).shape == (6, 16, 3)  # 8x20 capped
+    assert T.ShortestEdgeResize((2, 3, 4), 100, sample_style="choice").apply(image).shape[0] in (2, 3, 4)
+    with pytest.raises(NotImplementedError):
+        T.ShortestEdgeResize(8, 16, sample_style="bogus")
+    out, coords = T.RandomResize((2.0, 2.0), order=("image", "coords")).apply((image, np.array([[1.0, 3.0]])))
+    assert out.shape == (8, 20, 3)
+    np.testing.assert_array_equal(coords, [[2.0, 6.0]])
+
+
+def test_random_resized_crop():
+    image = np.random.RandomState(0).rand(6, 8, 3).astype(np.float32)
+    # the whole image (area 1, its own aspect ratio) resized: equal to a plain resize
+    whole = T.RandomResizedCrop((3, 4), scale_range=(1.0, 1.0), ratio_range=(8 / 6, 8 / 6))
+    np.testing.assert_allclose(whole.apply(image), F.resize(image, (3, 4)), atol=1e-6)
+    np.random.seed(1)
+    for _ in range(10):
+        out, coords = T.RandomResizedCrop(5, order=("image", "coords")).apply((image, np.array([[0.0, 0.0]])))
+        assert out.shape == (5, 5, 3)
+        assert (coords <= 0).all()  # the origin can only move up-left of the crop
+
+
+def test_normalize_tomode_and_compose_order():
+    image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    mask = np.ones((2, 2, 1), np.uint8)
+    pipeline = T.Compose([T.Normalize(mean=[1, 2, 3], std=[2, 2, 2]), T.ToMode("CHW")], order=("image", "mask", "image_category"))
+    out_image, out_mask, label = pipeline.apply((image, mask, 3))
+    expected = ((image.astype(np.float32) - [1, 2, 3]) / 2).transpose(2, 0, 1)
+    assert out_image.dtype == np.float32 and out_image.shape == (3, 2, 2)
+    np.testing.assert_allclose(out_image, expected)
+    assert out_mask.shape == (1, 2, 2) and label == 3
+    batch = pipeline.apply_batch([(image, mask, 0), (image, mask, 1)])
+    assert len(batch) == 2 and batch[1][2] == 1
+    # a bare image in, a bare image out
+    assert T.ToMode().apply(image).shape == (3, 2, 2)
+
+
+class AddOne(T.VisionTransform):
+    def _apply_image(self, image):
+        return image + 1
+
+
+class Double(T.VisionTransform):
+    def _apply_image(self, image):
+        return image * 2
+
+
+def test_compose_shuffle_and_batch_compose():
+    np.random.seed(0)
+    shuffled = T.Compose([AddOne(), Double()], shuffle_indices=[(1, 2)])
+    results = {int(shuffled.apply(np.array([1]))[0]) for _ in range(30)}
+    assert results == {4, 3}  # (1 + 1) * 2 and 1 * 2 + 1
+    assert int(T.Compose([AddOne(), Double()]).apply(np.array([1]))[0]) == 4
+    with pytest.raises(ValueError, match="batch_compose"):
+        T.Compose([AddOne()], batch_compose=True, shuffle_indices=[(1,)])
+    with pytest.raises(ValueError, match="1-based"):
+        T.Compose([AddOne()], shuffle_indices=[(0, 1)])
+
+    class CountBatches(T.Transform):
+        calls = 0
+
+        def apply(self, input):
+            return input
+
+        def apply_batch(self, inputs):
+            CountBatches.calls += 1
+            return inputs
+
+    T.Compose([CountBatches(), CountBatches()], batch_compose=True).apply_batch([np.zeros(1)] * 3)
+    assert CountBatches.calls == 2
+
+
+def test_order_validation():
+    with pytest.raises(NotImplementedError, match="unsupported"):
+        T.Normalize(order=("image", "weird"))
+    with pytest.raises(ValueError, match="order"):
+        T.Normalize(order="image")
+    with pytest.raises(ValueError, match="'image'"):
+        T.RandomHorizontalFlip(order=("mask",)).apply(np.zeros((2, 2, 1)))
+
+
+def test_color_transforms():
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 256, size=(4, 5, 3)).astype(np.uint8)
+    out = T.BrightnessTransform((2.0, 2.0)).apply(image)  # factor exactly 2, clipped
+    np.testing.assert_array_equal(out, np.clip(image.astype(np.float32) * 2, 0, 255).astype(np.uint8))
+    assert T.BrightnessTransform(0).apply(image) is image
+    gray = F.to_gray(image.astype(np.float32))
+    out = T.ContrastTransform((0.0, 0.0)).apply(image)  # all pixels become the mean gray level
+    np.testing.assert_array_equal(out, np.full_like(image, gray.mean().astype(np.uint8)))
+    out = T.SaturationTransform((0.0, 0.0)).apply(image)  # fully desaturated
+    np.testing.assert_array_equal(out, np.repeat(gray, 3, axis=2).astype(np.uint8))
+    out = T.ColorJitter(brightness=(2.0, 2.0)).apply(image)
+    np.testing.assert_array_equal(out, np.clip(image.astype(np.float32) * 2, 0, 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="non-negative"):
+        T.BrightnessTransform(-1)
+    with pytest.raises(ValueError, match="hue"):
+        T.HueTransform(0.7)
+
+
+def test_hue_rotates_colors_and_keeps_grays():
+    bgr = np.array([[[0, 0, 255], [255, 0, 0], [90, 90, 90]]], dtype=np.uint8)  # red, blue, gray
+    out = T.HueTransform((0.25, 0.25)).apply(bgr)
+    for (b, g, r), (ob, og, orr) in zip(bgr[0].tolist(), out[0].tolist()):
+        h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        er, eg, eb = colorsys.hsv_to_rgb((h + int(0.25 * 255) / 256) % 1.0, s, v)
+        assert abs(ob - eb * 255) <= 3 and abs(og - eg * 255) <= 3 and abs(orr - er * 255) <= 3
+    assert out[0, 2].tolist() == [90, 90, 90]
+    assert T.HueTransform(0).apply(bgr) is bgr
+
+
+def test_noise_and_lighting():
+    image = np.full((8, 8, 3), 100.0, dtype=np.float32)
+    np.testing.assert_array_equal(T.GaussianNoise(mean=0.0, std=0.0).apply(image), image)
+    np.random.seed(0)
+    noisy = T.GaussianNoise(mean=0.0, std=0.01).apply(np.full((64, 64, 3), 100, dtype=np.uint8))
+    assert noisy.dtype == np.uint8 and 1.5 < noisy.astype(float).std() < 3.5  # 0.01 * 255
+    assert T.Lighting(0).apply(image) is image
+    lit = T.Lighting(0.1).apply(image)
+    shift = lit - image
+    assert lit.dtype == np.float32
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0, 0], shift.shape), atol=1e-5)
+    assert np.abs(shift).max() > 0

@@ -1,0 +1,206 @@
+"""Tests of megengine/functional/elemwise.py: values, dtypes and gradients against torch."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def run_with_grad(fn, arrays, dy_seed=1):
+    """fn on tensors made of ``arrays``; returns (output, dy, grads of the float inputs)."""
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([x for x in xs if x.dtype.kind == "f"])
+    with gm:
+        y = fn(*xs)
+        dy = np.asarray(np.random.RandomState(dy_seed).randn(*y.shape), dtype=y.dtype)
+        gm.backward(y, mge.tensor(dy))
+    return y, dy, [x.grad for x in xs]
+
+
+def check(fn, torch_fn, *arrays, rtol=1e-5, atol=1e-5):
+    """Compare value and input gradients of ``fn`` with ``torch_fn`` on the same inputs."""
+    y, dy, grads = run_with_grad(fn, arrays)
+    ts = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    ty = torch_fn(*ts)
+    assert y.shape == tuple(ty.shape)
+    assert y.dtype == np.dtype(str(ty.dtype).replace("torch.", ""))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    ty.backward(torch.tensor(dy))
+    for g, t in zip(grads, ts):
+        if t.requires_grad:
+            assert g is not None and g.shape == tuple(t.shape)
+            np.testing.assert_allclose(g.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+UNARY = [
+    ("exp", torch.exp, -2, 2), ("expm1", torch.expm1, -2, 2), ("log", torch.log, 0.1, 3),
+    ("log1p", torch.log1p, -0.9, 3), ("sqrt", torch.sqrt, 0.1, 3), ("square", torch.square, -2, 2),
+    ("sin", torch.sin, -3, 3), ("cos", torch.cos, -3, 3), ("tan", torch.tan, -1, 1),
+    ("asin", torch.asin, -0.9, 0.9), ("acos", torch.acos, -0.9, 0.9),
+    ("atan", torch.atan, -3, 3), ("sinh", torch.sinh, -2, 2), ("cosh", torch.cosh, -2, 2),
+    ("tanh", torch.tanh, -3, 3), ("asinh", torch.asinh, -3, 3), ("acosh", torch.acosh, 1.1, 4),
+    ("atanh", torch.atanh, -0.9, 0.9), ("abs", torch.abs, -2, 2), ("neg", torch.neg, -2, 2),
+    ("floor", torch.floor, -3, 3), ("ceil", torch.ceil, -3, 3), ("trunc", torch.trunc, -3, 3),
+]
+
+
+@pytest.mark.parametrize("name,torch_fn,low,high", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_value_and_grad(name, torch_fn, low, high):
+    check(getattr(F, name), torch_fn, rand(3, 4, low=low, high=high), rtol=2e-5, atol=2e-5)
+
+
+def test_round_halves_go_away_from_zero():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 0.49999997, -2.4, 3.7], np.float32)
+    expect = np.sign(x) * np.floor(np.abs(x) + np.float64(0.5))  # computed in float64: exact
+    np.testing.assert_array_equal(F.round(mge.tensor(x)).numpy(), expect.astype(np.float32))
+    # away from the halves it agrees with torch, and its gradient is zero like torch's
+    check(F.round, torch.round, np.array([0.2, -1.7, 2.4, 9.9], np.float32))
+
+
+@pytest.mark.parametrize("name", ["floor", "ceil", "round", "trunc", "abs", "square", "neg"])
+def test_integer_input_keeps_integer_dtype(name):
+    x = np.array([-3, 0, 2, 5], np.int32)
+    y = getattr(F, name)(mge.tensor(x))
+    assert y.dtype == np.int32
+    expect = {"floor": x, "ceil": x, "round": x, "trunc": x, "abs": np.abs(x), "square": x * x,
+              "neg": -x}[name]
+    np.testing.assert_array_equal(y.numpy(), expect)
+
+
+@pytest.mark.parametrize("name", ["exp", "log1p", "sqrt", "sin", "tanh"])
+def test_float_functions_of_integers_give_float32(name):
+    x = np.array([0, 1, 2, 3], np.int32)
+    y = getattr(F, name)(mge.tensor(x))
+    assert y.dtype == np.float32
+    ref = getattr(torch, name)(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-6)
+
+
+def test_unary_accepts_python_numbers():
+    y = F.exp(0)
+    assert isinstance(y, mge.Tensor) and y.dtype == np.float32 and y.item() == 1.0
+    assert F.sqrt([4.0, 9.0]).tolist() == [2.0, 3.0]
+
+
+BINARY = [
+    ("add", torch.add), ("sub", torch.sub), ("mul", torch.mul), ("div", torch.div),
+    ("maximum", torch.maximum), ("minimum", torch.minimum), ("atan2", torch.atan2),
+    ("logaddexp", torch.logaddexp), ("mod", torch.remainder),
+]
+SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3))]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+@pytest.mark.parametrize("name,torch_fn", BINARY, ids=[b[0] for b in BINARY])
+def test_binary_value_and_grad_with_broadcasting(name, torch_fn, shapes):
+    a, b = rand(*shapes[0]), rand(*shapes[1])
+    if name in ("div", "mod", "atan2"):
+        b = np.where(np.abs(b) < 0.3, 0.7, b).astype(np.float32)  # keep away from the poles
+    check(getattr(F, name), torch_fn, a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pow_value_and_grad():
+    check(F.pow, torch.pow, rand(3, 4, low=0.2, high=2), rand(4, low=-2, high=2), rtol=1e-4)
+    check(lambda x: F.pow(x, 3), lambda x: torch.pow(x, 3), rand(5))
+
+
+def test_floor_div_value():
+    a, b = rand(3, 4, low=-5, high=5), rand(3, 4, low=0.5, high=2)
+    np.testing.assert_allclose(F.floor_div(mge.tensor(a), mge.tensor(b)).numpy(),
+                               torch.floor_divide(torch.tensor(a), torch.tensor(b)).numpy())
+    ia, ib = np.array([7, -7, 9], np.int32), np.array([2, 2, -4], np.int32)
+    out = F.floor_div(mge.tensor(ia), mge.tensor(ib))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), ia // ib)
+
+
+def test_scalar_operands_follow_operator_rules():
+    x = mge.tensor([1, 2, 3])
+    assert F.add(x, 1).dtype == np.int32
+    assert F.add(x, 1.5).dtype == np.float32
+    assert F.mul(2, x).dtype == np.int32
+    assert F.div(x, 2).dtype == np.float32
+    np.testing.assert_allclose(F.div(x, 2).numpy(), [0.5, 1.0, 1.5])
+    y = F.add(1.0, 4.0)
+    assert isinstance(y, mge.Tensor) and y.dtype == np.float32 and y.item() == 5.0
+    np.testing.assert_array_equal(F.sub(10, x).numpy(), [9, 8, 7])
+    np.testing.assert_array_equal(F.left_shift([1, 2, 3], 1).numpy(), [2, 4, 6])
+    np.testing.assert_array_equal(F.right_shift(mge.tensor([10, 20, 40]), 2).numpy(), [2, 5, 10])
+
+
+@pytest.mark.parametrize("name,op", [
+    ("equal", np.equal), ("not_equal", np.not_equal), ("less", np.less),
+    ("less_equal", np.less_equal), ("greater", np.greater), ("greater_equal", np.greater_equal),
+])
+def test_comparisons(name, op):
+    a = np.random.randint(0, 3, (3, 4)).astype(np.float32)
+    b = np.random.randint(0, 3, (4,)).astype(np.float32)
+    out = getattr(F, name)(mge.tensor(a), mge.tensor(b))
+    assert out.dtype == np.bool_
+    np.testing.assert_array_equal(out.numpy(), op(a, b))
+    np.testing.assert_array_equal(getattr(F, name)(mge.tensor(a), 1).numpy(), op(a, 1))
+
+
+@pytest.mark.parametrize("name", ["logical_and", "logical_or", "logical_xor"])
+def test_logical_binary(name):
+    a, b = np.random.rand(3, 4) > 0.5, np.random.rand(4) > 0.5
+    out = getattr(F, name)(mge.tensor(a), mge.tensor(b))
+    assert out.dtype == np.bool_
+    np.testing.assert_array_equal(out.numpy(), getattr(np, name)(a, b))
+
+
+def test_logical_not():
+    a = np.random.rand(5) > 0.5
+    out = F.logical_not(mge.tensor(a))
+    assert out.dtype == np.bool_
+    np.testing.assert_array_equal(out.numpy(), ~a)
+
+
+def test_logaddexp_does_not_overflow():
+    x = mge.tensor([1000.0, -1000.0])
+    np.testing.assert_allclose(F.logaddexp(x, x).numpy(), [1000 + np.log(2), -1000 + np.log(2)],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("lower,upper", [(-0.5, 0.5), (None, 0.3), (-0.2, None), (1.0, -1.0)])
+def test_clip_value_and_grad(lower, upper):
+    x = rand(4, 5)
+    x[0, :3] = [-0.5, 0.5, 0.3]  # exactly on a bound: the gradient passes, as in torch
+    check(lambda t: F.clip(t, lower, upper), lambda t: torch.clamp(t, lower, upper), x)
+
+
+def test_clip_with_tensor_bounds():
+    x, lo, hi = rand(3, 4), rand(4, low=-1, high=0), rand(3, 1, low=0, high=1)
+    check(F.clip, torch.clamp, x, lo, hi)
+
+
+def test_clip_dtypes_and_errors():
+    a = mge.tensor(np.arange(5, dtype=np.int32))
+    out = F.clip(a, 2, 4)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), [2, 2, 2, 3, 4])
+    np.testing.assert_array_equal(F.clip(a, lower=3).numpy(), [3, 3, 3, 3, 4])
+    np.testing.assert_array_equal(F.clip(a, upper=3).numpy(), [0, 1, 2, 3, 3])
+    assert F.clip(a, 0.5, 2.5).dtype == np.float32
+    with pytest.raises(ValueError, match="clip"):
+        F.clip(a)
+    with pytest.raises(TypeError, match="clip"):
+        F.clip(a, "0")
+
+
+def test_binary_shape_mismatch_raises():
+    with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
+        F.add(mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.zeros(4, np.float32)))
+
+
+def test_no_activations_here():
+    # the nn module owns the activations; elemwise keeps to math functions
+    from megengine.functional import elemwise
+    for name in ("relu", "sigmoid", "gelu", "softplus", "softmax"):
+        assert name not in elemwise.__all__

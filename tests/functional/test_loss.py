@@ -1,0 +1,213 @@
+"""Tests of megengine/functional/loss.py: values and gradients against torch.nn.functional."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+def check(fn, torch_fn, *arrays, diff=None, rtol=1e-5, atol=1e-6):
+    """Compare value and gradients of ``fn`` with ``torch_fn`` (default: every float input)."""
+    if diff is None:
+        diff = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([xs[i] for i in diff])
+    with gm:
+        y = fn(*xs)
+        dy = np.asarray(np.random.RandomState(1).randn(*y.shape), dtype=np.float32)
+        gm.backward(y, mge.tensor(dy))
+    ts = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
+    ty = torch_fn(*ts)
+    assert y.shape == tuple(ty.shape) and y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    ty.backward(torch.tensor(dy))
+    for i in diff:
+        assert xs[i].grad is not None and xs[i].grad.dtype == np.float32
+        np.testing.assert_allclose(xs[i].grad.numpy(), ts[i].grad.numpy(), rtol=rtol, atol=atol)
+
+
+def labels(n, classes, *extra):
+    return np.random.randint(0, classes, (n,) + extra).astype(np.int32)
+
+
+# ----- cross entropy -----
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_logits(reduction):
+    pred, label = rand(16, 10, low=-5, high=5), labels(16, 10)
+    check(lambda p, y: F.nn.cross_entropy(p, y, reduction=reduction),
+          lambda p, y: TF.cross_entropy(p, y.long(), reduction=reduction), pred, label)
+
+
+@pytest.mark.parametrize("ls", [0.1, 0.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_label_smoothing_matches_torch(ls, reduction):
+    pred, label = rand(8, 6, low=-4, high=4), labels(8, 6)
+    check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=ls, reduction=reduction),
+          lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=ls, reduction=reduction),
+          pred, label)
+
+
+def test_cross_entropy_spatial_axis_1():
+    pred, label = rand(2, 5, 3, 4), labels(2, 5, 3, 4)
+    check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.2),
+          lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.2), pred, label)
+
+
+def test_cross_entropy_last_axis():
+    pred, label = rand(3, 4, 7), labels(3, 7, 4)
+    check(lambda p, y: F.nn.cross_entropy(p, y, axis=-1),
+          lambda p, y: TF.cross_entropy(p.permute(0, 2, 1), y.long()), pred, label)
+
+
+def test_cross_entropy_large_logits_are_stable():
+    pred = np.array([[1000.0, 0.0, -1000.0], [-500.0, 500.0, 0.0]], np.float32)
+    label = np.array([2, 1], np.int32)
+    check(lambda p, y: F.nn.cross_entropy(p, y),
+          lambda p, y: TF.cross_entropy(p, y.long()), pred, label, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("ls", [0, 0.3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_probabilities(ls, reduction):
+    pred = torch.softmax(torch.tensor(rand(6, 5)), 1).numpy()
+    label = labels(6, 5)
+
+    def expected(p, y):  # upstream's formula: -(1 - ls) log p_y - ls * mean(log p)
+        logp = torch.log(p)
+        loss = -(1 - ls) * logp.gather(1, y.long()[:, None])[:, 0] - ls * logp.mean(1)
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+    check(lambda p, y: F.nn.cross_entropy(p, y, with_logits=False, label_smooth=ls,
+                                          reduction=reduction), expected, pred, label)
+
+
+def test_cross_entropy_accepts_float_class_ids():
+    # upstream's documented example: float labels, value 0.57976407 (doctest-skipped upstream)
+    pred = np.array([[0.0, 1.0], [0.3, 0.7], [0.7, 0.3]], np.float32)
+    loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor([1.0, 1.0, 1.0]))
+    expect = TF.cross_entropy(torch.tensor(pred), torch.tensor([1, 1, 1]))
+    np.testing.assert_allclose(loss.numpy(), expect.numpy(), rtol=1e-6)
+
+
+def test_cross_entropy_with_softmax_is_the_mean_loss():
+    pred, label = rand(5, 4), labels(5, 4)
+    a = F.cross_entropy_with_softmax(mge.tensor(pred), mge.tensor(label), label_smooth=0.1)
+    b = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label), label_smooth=0.1)
+    np.testing.assert_allclose(a.numpy(), b.numpy())
+
+
+def test_cross_entropy_errors():
+    pred = mge.tensor(rand(4, 3))
+    with pytest.raises(ValueError, match=r"cross_entropy: label of shape \(5,\).*\(4, 3\)"):
+        F.nn.cross_entropy(pred, mge.tensor(labels(5, 3)))
+    with pytest.raises(ValueError, match="one dim less"):
+        F.nn.cross_entropy(pred, mge.tensor(labels(4, 3, 2)))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        F.nn.cross_entropy(pred, mge.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        F.nn.cross_entropy(pred, mge.tensor(labels(4, 3)), reduction="avg")
+
+
+# ----- binary cross entropy -----
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_cross_entropy_logits(reduction):
+    pred, label = rand(6, 5, low=-30, high=30), rand(6, 5, low=0, high=1)
+    check(lambda p, y: F.nn.binary_cross_entropy(p, y, reduction=reduction),
+          lambda p, y: TF.binary_cross_entropy_with_logits(p, y, reduction=reduction),
+          pred, label, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_cross_entropy_probabilities(reduction):
+    pred, label = rand(6, 5, low=0.05, high=0.95), rand(6, 5, low=0, high=1)
+
+    def expected(p, y):  # written out, so torch differentiates the label too
+        loss = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+    check(lambda p, y: F.nn.binary_cross_entropy(p, y, with_logits=False, reduction=reduction),
+          expected, pred, label, rtol=1e-5, atol=1e-5)
+
+
+def test_binary_cross_entropy_upstream_doc_example():
+    # upstream's documented value for logits [0.9, 0.7, 0.3] and labels 1
+    loss = F.nn.binary_cross_entropy(mge.tensor([0.9, 0.7, 0.3]), mge.tensor([1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(loss.numpy(), 0.4328984, rtol=1e-6)
+
+
+# ----- regression losses -----
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_l1_loss(reduction):
+    check(lambda p, y: F.nn.l1_loss(p, y, reduction=reduction),
+          lambda p, y: TF.l1_loss(p, y, reduction=reduction), rand(4, 5), rand(4, 5))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_square_loss(reduction):
+    check(lambda p, y: F.nn.square_loss(p, y, reduction=reduction),
+          lambda p, y: TF.mse_loss(p, y, reduction=reduction), rand(4, 5), rand(4, 5))
+    assert F.loss.mse_loss is F.loss.square_loss
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_smooth_l1_loss(beta, reduction):
+    check(lambda p, y: F.nn.smooth_l1_loss(p, y, beta=beta, reduction=reduction),
+          lambda p, y: TF.smooth_l1_loss(p, y, beta=beta, reduction=reduction),
+          rand(6, 5), rand(6, 5))
+
+
+def test_regression_losses_broadcast_label():
+    check(lambda p, y: F.nn.square_loss(p, y), lambda p, y: TF.mse_loss(p, y.expand(4, 5)),
+          rand(4, 5), rand(1, 5))
+
+
+def test_upstream_doc_examples_for_integer_inputs():
+    pred, label = mge.tensor([3, 3, 3, 3]), mge.tensor([2, 8, 6, 1])
+    assert F.nn.l1_loss(pred, label).item() == pytest.approx(2.75)
+    none = F.nn.l1_loss(pred, label, reduction="none")
+    assert none.dtype == np.int32 and none.numpy().tolist() == [1, 5, 3, 2]
+    assert F.nn.square_loss(pred, label).item() == pytest.approx(9.75)
+
+
+def test_pair_loss_errors():
+    with pytest.raises(ValueError, match=r"l1_loss: pred of shape \(3,\) and label of shape \(4,\)"):
+        F.nn.l1_loss(mge.tensor(rand(3)), mge.tensor(rand(4)))
+    with pytest.raises(ValueError, match="square_loss: reduction"):
+        F.nn.square_loss(mge.tensor(rand(3)), mge.tensor(rand(3)), reduction="max")
+
+
+# ----- hinge -----
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_hinge_loss(norm, reduction):
+    pred = rand(5, 4)
+    label = np.where(rand(5, 4) > 0, 1, -1).astype(np.float32)
+
+    def expected(p, y):
+        m = torch.clamp(1 - p * y, min=0)
+        loss = (m if norm == "L1" else m * m).sum(1)
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+    check(lambda p, y: F.nn.hinge_loss(p, y, norm, reduction), expected, pred, label, diff=[0])
+
+
+def test_hinge_loss_upstream_doc_example():
+    pred = mge.tensor([[0.5, -0.5, 0.1], [-0.6, 0.7, 0.8]])
+    label = mge.tensor([[1, -1, -1], [-1, 1, 1]])
+    np.testing.assert_allclose(F.nn.hinge_loss(pred, label).numpy(), 1.5, rtol=1e-6)
+    with pytest.raises(ValueError, match="hinge_loss: norm"):
+        F.nn.hinge_loss(pred, label, norm="L3")

@@ -1,0 +1,249 @@
+"""Tests of megengine/functional/math.py: reductions, statistics, sorting, linear algebra."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def check(fn, torch_fn, *arrays, rtol=1e-5, atol=1e-5, out_index=None):
+    """Compare value and gradients of ``fn`` with ``torch_fn``; ``out_index`` picks one output."""
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([x for x in xs if x.dtype.kind == "f"])
+    with gm:
+        y = fn(*xs)
+        y = y if out_index is None else y[out_index]
+        dy = np.asarray(np.random.RandomState(1).randn(*y.shape), dtype=y.dtype)
+        gm.backward(y, mge.tensor(dy))
+    ts = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    ty = torch_fn(*ts)
+    ty = ty if out_index is None else ty[out_index]
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    ty.backward(torch.tensor(dy))
+    for x, t in zip(xs, ts):
+        if t.requires_grad:
+            np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+AXES = [None, 0, 1, -1, (0, 2)]
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", AXES, ids=str)
+@pytest.mark.parametrize("name", ["sum", "mean", "prod", "max", "min"])
+def test_reductions(name, axis, keepdims):
+    x = rand(2, 3, 4, low=0.5, high=1.5)
+
+    def torch_fn(t):
+        dims = tuple(range(t.ndim)) if axis is None else axis
+        if name in ("max", "min"):
+            dims = (dims,) if isinstance(dims, int) else dims
+            fn = torch.amax if name == "max" else torch.amin
+            return fn(t, dim=dims, keepdim=keepdims)
+        if name == "prod":  # torch.prod takes one dim: reduce the highest first
+            out = t
+            dims = (dims,) if isinstance(dims, int) else dims
+            for d in sorted((d % t.ndim for d in dims), reverse=True):
+                out = torch.prod(out, dim=d, keepdim=keepdims)
+            return out
+        return getattr(torch, name)(t, dim=dims, keepdim=keepdims)
+
+    check(lambda t: getattr(F, name)(t, axis=axis, keepdims=keepdims), torch_fn, x)
+
+
+def test_reduction_dtypes():
+    x = mge.tensor([[1, 2, 3], [4, 5, 6]])
+    assert F.sum(x).dtype == np.int32 and F.sum(x).item() == 21
+    assert F.mean(x).dtype == np.float32 and F.mean(x).item() == 3.5
+    np.testing.assert_array_equal(F.prod(x, axis=1).numpy(), [6, 120])
+    np.testing.assert_array_equal(F.max(x, axis=0).numpy(), [4, 5, 6])
+
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+def test_argmax_argmin(name):
+    x = rand(3, 4, 5)
+    t = torch.tensor(x)
+    out = getattr(F, name)(mge.tensor(x))
+    assert out.dtype == np.int32 and out.ndim == 0
+    assert out.item() == getattr(torch, name)(t).item()
+    for axis in (0, 1, -1):
+        for keepdims in (False, True):
+            out = getattr(F, name)(mge.tensor(x), axis=axis, keepdims=keepdims)
+            assert out.dtype == np.int32
+            np.testing.assert_array_equal(
+                out.numpy(), getattr(torch, name)(t, dim=axis, keepdim=keepdims).numpy())
+    with pytest.raises(ValueError, match=name):
+        getattr(F, name)(mge.tensor(x), keepdims=True)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", AXES, ids=str)
+def test_var_std(axis, keepdims):
+    x = rand(2, 3, 4)
+    dims = None if axis is None else axis
+    check(lambda t: F.var(t, axis, keepdims),
+          lambda t: torch.var(t, dim=dims, unbiased=False, keepdim=keepdims), x)
+    check(lambda t: F.std(t, axis, keepdims),
+          lambda t: torch.std(t, dim=dims, unbiased=False, keepdim=keepdims), x, rtol=1e-4)
+
+
+def test_var_of_integers_is_float32():
+    out = F.var(mge.tensor([[1, 2], [3, 4]]))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.item(), 1.25)
+
+
+@pytest.mark.parametrize("ord", [None, 1, 2, 3, 0.5])
+@pytest.mark.parametrize("axis", [None, 0, 1], ids=str)
+def test_norm(ord, axis):
+    x = rand(3, 4)
+    p = 2 if ord is None else ord
+    check(lambda t: F.norm(t, ord, axis), lambda t: torch.linalg.vector_norm(t, p, dim=axis), x,
+          rtol=1e-4)
+    check(lambda t: F.norm(t, ord, axis, keepdims=True),
+          lambda t: torch.linalg.vector_norm(t, p, dim=axis, keepdim=True), x, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ord", [math.inf, -math.inf, 0])
+def test_norm_special_orders(ord):
+    x = rand(3, 4)
+    x[1, 2] = 0
+    if ord == 0:
+        out = F.norm(mge.tensor(x), 0, axis=1)
+        np.testing.assert_array_equal(out.numpy(), torch.linalg.vector_norm(
+            torch.tensor(x), 0, dim=1).numpy())
+        return
+    check(lambda t: F.norm(t, ord, axis=1), lambda t: torch.linalg.vector_norm(t, ord, dim=1), x)
+
+
+def test_norm_of_zero_vector_has_zero_gradient():
+    check(lambda t: F.norm(t, axis=1), lambda t: torch.linalg.vector_norm(t, dim=1),
+          np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("axis", [0, 1, None], ids=str)
+def test_normalize(axis):
+    x = rand(3, 4)
+    dims = axis if axis is not None else (0, 1)
+    check(lambda t: F.normalize(t, axis=axis),
+          lambda t: torch.nn.functional.normalize(t.reshape(-1) if axis is None else t,
+                                                  dim=0 if axis is None else dims).reshape(3, 4),
+          x, rtol=1e-4)
+    check(lambda t: F.normalize(t, ord=1, axis=1),
+          lambda t: torch.nn.functional.normalize(t, p=1, dim=1), x, rtol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_cumsum(axis):
+    check(lambda t: F.cumsum(t, axis), lambda t: torch.cumsum(t, axis), rand(3, 4, 5))
+    ints = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    out = F.cumsum(mge.tensor(ints), 1)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), [[1, 3, 6], [4, 9, 15]])
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("shape", [(7,), (3, 6)], ids=str)
+def test_sort_argsort(shape, descending):
+    x = np.random.permutation(np.prod(shape)).reshape(shape).astype(np.float32)  # distinct
+    check(lambda t: F.sort(t, descending)[0], lambda t: torch.sort(t, descending=descending)[0], x)
+    vals, idx = F.sort(mge.tensor(x), descending)
+    assert idx.dtype == np.int32
+    expect = torch.sort(torch.tensor(x), descending=descending)[1]
+    np.testing.assert_array_equal(idx.numpy(), expect.numpy())
+    np.testing.assert_array_equal(F.argsort(mge.tensor(x), descending).numpy(), idx.numpy())
+
+
+@pytest.mark.parametrize("no_sort", [False, True])
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("shape,k", [((8,), 3), ((3, 6), 2), ((3, 6), 6)], ids=str)
+def test_topk(shape, k, descending, no_sort):
+    x = np.random.permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+    vals, idx = F.topk(mge.tensor(x), k, descending=descending, no_sort=no_sort)
+    tv, ti = torch.topk(torch.tensor(x), k, largest=descending, sorted=True)
+    assert idx.dtype == np.int32 and vals.shape == tuple(tv.shape)
+    if no_sort:  # any order: compare as sets per row
+        np.testing.assert_array_equal(np.sort(vals.numpy(), -1), np.sort(tv.numpy(), -1))
+    else:
+        np.testing.assert_array_equal(vals.numpy(), tv.numpy())
+        np.testing.assert_array_equal(idx.numpy(), ti.numpy())
+    picked = np.take_along_axis(x, idx.numpy().astype(np.int64), -1)
+    np.testing.assert_array_equal(picked, vals.numpy())
+    # the gradient goes to the picked elements
+    check(lambda t: F.topk(t, k, descending=descending)[0],
+          lambda t: torch.topk(t, k, largest=descending)[0], x)
+
+
+def test_topk_kth_only_and_upstream_example():
+    x = np.array([2, 4, 6, 8, 7, 5, 3, 1], np.float32)
+    top, idx = F.topk(mge.tensor(x), 5)
+    np.testing.assert_array_equal(top.numpy(), [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(idx.numpy(), [7, 0, 6, 1, 5])
+    m = np.random.permutation(24).reshape(4, 6).astype(np.float32)
+    kth, kidx = F.topk(mge.tensor(m), 3, kth_only=True)
+    tv, ti = torch.kthvalue(torch.tensor(m), 3)
+    np.testing.assert_array_equal(kth.numpy(), tv.numpy())
+    np.testing.assert_array_equal(kidx.numpy(), ti.numpy())
+    check(lambda t: F.topk(t, 3, kth_only=True)[0], lambda t: torch.kthvalue(t, 3)[0], m)
+    with pytest.raises(ValueError, match="topk"):
+        F.topk(mge.tensor(x), 9)
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
+                                   ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))], ids=str)
+def test_matmul(sa, sb):
+    check(F.matmul, torch.matmul, rand(*sa), rand(*sb), rtol=1e-4)
+
+
+def test_matmul_transpose_flags():
+    a, b = rand(2, 4, 3), rand(2, 5, 4)
+    check(lambda x, y: F.matmul(x, y, transpose_a=True, transpose_b=True),
+          lambda x, y: torch.matmul(x.transpose(-1, -2), y.transpose(-1, -2)), a, b, rtol=1e-4)
+    with pytest.raises(ValueError, match="matmul"):
+        F.matmul(mge.tensor(rand(3, 4)), mge.tensor(rand(3, 4)))
+
+
+def test_dot():
+    check(F.dot, torch.dot, rand(6), rand(6))
+    assert F.dot(mge.tensor(np.arange(6, dtype=np.float32)),
+                 mge.tensor(np.arange(6, dtype=np.float32))).item() == 55.0
+    np.testing.assert_allclose(F.dot(mge.tensor([1.0, 2.0]), 3.0).item(), 9.0)
+    with pytest.raises(ValueError, match="dot"):
+        F.dot(mge.tensor(rand(2, 2)), mge.tensor(rand(2)))
+
+
+def test_matinv():
+    a = rand(2, 3, 3) + 3 * np.eye(3, dtype=np.float32)
+    check(F.matinv, torch.linalg.inv, a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="matinv"):
+        F.matinv(mge.tensor(rand(2, 3)))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [0, 1, (0, 1)], ids=str)
+def test_logsumexp(axis, keepdims):
+    check(lambda t: F.logsumexp(t, axis, keepdims),
+          lambda t: torch.logsumexp(t, axis, keepdim=keepdims), rand(3, 4, low=-5, high=5))
+    big = mge.tensor([[1000.0, 1000.0], [-1000.0, -1000.0]])
+    np.testing.assert_allclose(F.logsumexp(big, 1).numpy(), [1000 + np.log(2), -1000 + np.log(2)])
+
+
+def test_isnan_isinf_sign():
+    x = np.array([1.0, np.nan, -np.inf, 0.0, -2.0], np.float32)
+    assert F.isnan(mge.tensor(x)).dtype == np.bool_
+    np.testing.assert_array_equal(F.isnan(mge.tensor(x)).numpy(), np.isnan(x))
+    np.testing.assert_array_equal(F.isinf(mge.tensor(x)).numpy(), np.isinf(x))
+    np.testing.assert_array_equal(F.isnan(mge.tensor([1, 2])).numpy(), [False, False])
+    s = F.sign(mge.tensor([1, -1, 0]))
+    assert s.dtype == np.int32
+    np.testing.assert_array_equal(s.numpy(), [1, -1, 0])
+    check(F.sign, torch.sign, rand(3, 4))  # gradient zero, like torch

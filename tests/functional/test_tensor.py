@@ -1,0 +1,334 @@
+"""Tests of megengine/functional/tensor.py: creation, shapes, indexing and padding vs torch."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def check(fn, torch_fn, *arrays, rtol=1e-5, atol=1e-6):
+    """Compare value(s) and gradients of ``fn`` with ``torch_fn``; list outputs are compared
+    element by element, each with its own output gradient."""
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([x for x in xs if x.dtype.kind == "f"])
+    rs = np.random.RandomState(1)
+    with gm:
+        ys = fn(*xs)
+        ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
+        dys = [np.asarray(rs.randn(*y.shape), dtype=y.dtype) for y in ys]
+        gm.backward(ys, [mge.tensor(d) for d in dys])
+    ts = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    tys = torch_fn(*ts)
+    tys = list(tys) if isinstance(tys, (list, tuple)) else [tys]
+    assert len(ys) == len(tys)
+    for y, ty in zip(ys, tys):
+        assert y.shape == tuple(ty.shape)
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    torch.autograd.backward(tys, [torch.tensor(d) for d in dys])
+    for x, t in zip(xs, ts):
+        if t.requires_grad:
+            assert x.grad is not None
+            np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def rand(*shape):
+    return np.asarray(np.random.randn(*shape), dtype=np.float32)
+
+
+# ----- creation -----
+
+def test_zeros_ones_full():
+    z = F.zeros((2, 3))
+    assert z.dtype == np.float32 and z.shape == (2, 3) and not z.numpy().any()
+    o = F.ones(4, dtype="int32")
+    assert o.dtype == np.int32 and o.tolist() == [1, 1, 1, 1]
+    assert F.ones([2, 2]).numpy().sum() == 4
+    assert F.full((2, 3), 6).dtype == np.int32 and F.full((2, 3), 6).numpy().max() == 6
+    assert F.full((2,), 1.5).dtype == np.float32
+    assert F.full((2,), True).dtype == np.bool_
+    assert F.full((2,), 3, dtype="float32").dtype == np.float32
+    assert F.zeros((2,), device="cpu0").device == "cpu0"
+    with pytest.raises(ValueError, match="zeros"):
+        F.zeros((2, -1))
+
+
+def test_like_functions_keep_dtype_and_shape():
+    x = mge.tensor(np.arange(6, dtype=np.int32).reshape(2, 3))
+    for f, v in ((F.zeros_like, 0), (F.ones_like, 1)):
+        y = f(x)
+        assert y.dtype == np.int32 and y.shape == (2, 3) and (y.numpy() == v).all()
+    y = F.full_like(x, 2)
+    assert y.dtype == np.int32 and (y.numpy() == 2).all()
+    assert F.full_like(mge.tensor([1.0]), 0.5).tolist() == [0.5]
+
+
+def test_arange_linspace_eye():
+    a = F.arange(5)
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a.numpy(), np.arange(5))
+    np.testing.assert_array_equal(F.arange(1, 4).numpy(), [1, 2, 3])
+    np.testing.assert_allclose(F.arange(0, 1, 0.25).numpy(), torch.arange(0, 1, 0.25).numpy())
+    np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), [5, 3, 1])
+    assert F.arange(3, dtype="int32").dtype == np.int32
+    np.testing.assert_allclose(F.linspace(2.0, 3.0, 5).numpy(), torch.linspace(2, 3, 5).numpy())
+    assert F.linspace(1, 10, 10).dtype == np.float32
+    np.testing.assert_array_equal(F.eye(3).numpy(), torch.eye(3).numpy())
+    np.testing.assert_array_equal(F.eye(4, 6).numpy(), torch.eye(4, 6).numpy())
+    with pytest.raises(ValueError, match="arange"):
+        F.arange(0, 3, 0)
+
+
+def test_copy_is_differentiable():
+    check(lambda t: F.copy(t, "cpu0") * 2, lambda t: t.clone() * 2, rand(3))
+    x = mge.tensor([1.0, 2.0])
+    y = F.copy(x)
+    y[0] = 5.0
+    assert x.tolist() == [1.0, 2.0]
+
+
+# ----- shapes -----
+
+def test_reshape_flatten():
+    x = rand(2, 3, 4)
+    check(lambda t: F.reshape(t, (4, -1)), lambda t: t.reshape(4, -1), x)
+    check(lambda t: F.flatten(t, 1), lambda t: torch.flatten(t, 1), x)
+    check(lambda t: F.flatten(t, 0, 1), lambda t: torch.flatten(t, 0, 1), x)
+    with pytest.raises(ValueError, match="reshape"):
+        F.reshape(mge.tensor(x), (5, -1))
+
+
+def test_transpose_and_swapaxes():
+    x = rand(2, 3, 4)
+    check(lambda t: F.transpose(t, (2, 0, 1)), lambda t: t.permute(2, 0, 1), x)
+    check(lambda t: F.swapaxes(t, 0, 2), lambda t: t.transpose(0, 2), x)
+
+
+def test_transpose_with_x_and_dropped_dims():
+    x = rand(2, 1, 3)
+    check(lambda t: F.transpose(t, (2, "x", 0)), lambda t: t.permute(2, 1, 0), x)
+    check(lambda t: F.transpose(t, (0, "x", 2, "x")), lambda t: t[:, :, :, None], x)
+    with pytest.raises(ValueError, match="transpose"):
+        F.transpose(mge.tensor(x), (1, 0))  # drops dim 2 of size 3
+
+
+def test_expand_dims_squeeze():
+    x = rand(2, 3)
+    check(lambda t: F.expand_dims(t, 0), lambda t: t.unsqueeze(0), x)
+    check(lambda t: F.expand_dims(t, -1), lambda t: t.unsqueeze(-1), x)
+    assert F.expand_dims(mge.tensor(x), (0, 3)).shape == (1, 2, 3, 1)
+    y = rand(1, 2, 1, 3, 1)
+    check(lambda t: F.squeeze(t), lambda t: t.squeeze(), y)
+    check(lambda t: F.squeeze(t, 2), lambda t: t.squeeze(2), y)
+    assert F.squeeze(mge.tensor(y), (0, -1)).shape == (2, 1, 3)
+    with pytest.raises(ValueError, match="squeeze"):
+        F.squeeze(mge.tensor(y), 1)
+
+
+@pytest.mark.parametrize("src,dst", [((3,), (2, 3)), ((3, 1), (3, 4)), ((1,), (2, 2, 2)),
+                                     ((2, 1, 3), (4, 2, 5, 3))], ids=str)
+def test_broadcast_to(src, dst):
+    check(lambda t: F.broadcast_to(t, dst), lambda t: t.broadcast_to(dst), rand(*src))
+
+
+def test_broadcast_to_minus_one_and_errors():
+    assert F.broadcast_to(mge.tensor(rand(3, 1)), (2, -1, 4)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="broadcast_to"):
+        F.broadcast_to(mge.tensor(rand(3)), (4,))
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat(axis):
+    shapes = [[2, 3, 4] for _ in range(3)]
+    for s, n in zip(shapes, (1, 2, 3)):
+        s[axis] = n
+    arrays = [rand(*s) for s in shapes]
+    check(lambda *ts: F.concat(ts, axis), lambda *ts: torch.cat(ts, axis), *arrays)
+
+
+def test_concat_promotes_and_checks():
+    out = F.concat([mge.tensor([1, 2]), mge.tensor([0.5])])
+    assert out.dtype == np.float32 and out.tolist() == [1.0, 2.0, 0.5]
+    with pytest.raises(ValueError, match="concat"):
+        F.concat([mge.tensor(rand(2, 3)), mge.tensor(rand(2, 4))])
+    check(lambda t: F.concat([t]), lambda t: torch.cat([t]), rand(2))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_stack(axis):
+    arrays = [rand(2, 3) for _ in range(3)]
+    check(lambda *ts: F.stack(ts, axis), lambda *ts: torch.stack(ts, axis), *arrays)
+    with pytest.raises(ValueError, match="stack"):
+        F.stack([mge.tensor(rand(2)), mge.tensor(rand(3))])
+
+
+def test_split():
+    x = rand(10, 20)
+    check(lambda t: F.split(t, 3), lambda t: torch.tensor_split(t, 3), x)
+    check(lambda t: F.split(t, [6, 17], axis=1), lambda t: torch.tensor_split(t, [6, 17], 1), x)
+    assert [p.shape for p in F.split(mge.tensor(x), 3)] == [(4, 20), (3, 20), (3, 20)]
+    # an unused part gets zero gradient
+    check(lambda t: F.split(t, 2)[1] * 1, lambda t: torch.tensor_split(t, 2)[1] * 1, x)
+    with pytest.raises(ValueError, match="split"):
+        F.split(mge.tensor(x), 11)
+    with pytest.raises(ValueError, match="split"):
+        F.split(mge.tensor(x), [5, 3])
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_repeat(axis):
+    check(lambda t: F.repeat(t, 3, axis), lambda t: torch.repeat_interleave(t, 3, axis), rand(2, 3))
+
+
+@pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3)], ids=str)
+def test_tile(reps):
+    check(lambda t: F.tile(t, reps), lambda t: t.repeat(*reps), rand(2, 3))
+
+
+def test_meshgrid():
+    a, b = rand(3), rand(2)
+    for indexing in ("xy", "ij"):
+        check(lambda x, y: F.meshgrid(x, y, indexing=indexing),
+              lambda x, y: torch.meshgrid(x, y, indexing=indexing), a, b)
+
+
+def test_flip_roll():
+    x = rand(3, 4)
+    check(lambda t: F.flip(t, 1), lambda t: torch.flip(t, (1,)), x)
+    check(lambda t: F.flip(t, (0, 1)), lambda t: torch.flip(t, (0, 1)), x)
+    check(lambda t: F.roll(t, 1, 0), lambda t: torch.roll(t, 1, 0), x)
+    check(lambda t: F.roll(t, -2, 1), lambda t: torch.roll(t, -2, 1), x)
+    check(lambda t: F.roll(t, 5), lambda t: torch.roll(t, 5), x)
+    check(lambda t: F.roll(t, (1, 3), (0, 1)), lambda t: torch.roll(t, (1, 3), (0, 1)), x)
+    with pytest.raises(TypeError, match="roll"):
+        F.roll(mge.tensor(x), (1, 2), 0)
+
+
+@pytest.mark.parametrize("k", [0, 1, -2])
+def test_diag(k):
+    check(lambda t: F.diag(t, k), lambda t: torch.diag(t, k), rand(3))
+    check(lambda t: F.diag(t, k), lambda t: torch.diag(t, k), rand(3, 5))
+    with pytest.raises(ValueError, match="diag"):
+        F.diag(mge.tensor(rand(2, 2, 2)))
+
+
+# ----- indexing -----
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather(axis):
+    x = rand(3, 4, 5)
+    shape = [2, 3, 4]
+    shape[axis] = 6  # index may be longer than inp on the gathered axis, shorter elsewhere
+    index = np.random.randint(0, x.shape[axis], shape).astype(np.int32)
+    check(lambda t: F.gather(t, axis, mge.tensor(index)),
+          lambda t: torch.gather(t, axis, torch.tensor(index, dtype=torch.int64)), x)
+
+
+def test_gather_upstream_example_and_errors():
+    out = F.gather(mge.tensor([[1, 2], [3, 4], [5, 6]]), 0, mge.tensor([[0, 2], [1, 0]]))
+    np.testing.assert_array_equal(out.numpy(), [[1, 6], [3, 2]])
+    x = mge.tensor(rand(3, 4))
+    with pytest.raises(ValueError, match="gather"):
+        F.gather(x, 0, mge.tensor([0, 1]))
+    with pytest.raises(IndexError, match="gather"):
+        F.gather(x, 0, mge.tensor([[3]]))
+    with pytest.raises(TypeError, match="gather"):
+        F.gather(x, 0, mge.tensor([[0.0]]))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_scatter(axis):
+    x, src = rand(4, 5), rand(3, 4)
+    # distinct targets along axis so the result does not depend on write order
+    index = np.stack([np.random.permutation(x.shape[axis])[:3] for _ in range(4)], 1)
+    if axis == 1:
+        index = np.stack([np.random.permutation(5)[:4] for _ in range(3)], 0)
+    index = index.astype(np.int32)
+    # scatter updates its inp (upstream), so scatter into a copy to see the gradient reach x
+    check(lambda t, s: F.scatter(t * 1, axis, mge.tensor(index), s),
+          lambda t, s: torch.scatter(t, axis, torch.tensor(index, dtype=torch.int64), s), x, src)
+
+
+def test_scatter_updates_inp_like_upstream():
+    inp = mge.tensor(np.zeros((3, 5), np.float32))
+    source = mge.tensor([[0.9935, 0.9465, 0.2256, 0.8926, 0.4396],
+                         [0.7723, 0.0718, 0.5939, 0.357, 0.4576]])
+    index = mge.tensor([[0, 2, 0, 2, 1], [2, 0, 1, 1, 2]])
+    out = F.scatter(inp, 0, index, source)
+    assert out is inp
+    expect = np.zeros((3, 5), np.float32)
+    np.put_along_axis(expect, index.numpy().astype(np.int64), source.numpy(), 0)
+    np.testing.assert_allclose(inp.numpy(), expect)
+    with pytest.raises(ValueError, match="scatter"):
+        F.scatter(inp, 0, index, mge.tensor(rand(2, 4)))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_indexing_one_hot(axis, keepdims):
+    x = rand(3, 4, 5)
+    ishape = x.shape[:axis] + x.shape[axis + 1:]
+    index = np.random.randint(0, x.shape[axis], ishape).astype(np.int32)
+
+    def torch_fn(t):
+        out = torch.gather(t, axis, torch.tensor(index, dtype=torch.int64).unsqueeze(axis))
+        return out if keepdims else out.squeeze(axis)
+
+    check(lambda t: F.indexing_one_hot(t, mge.tensor(index), axis, keepdims), torch_fn, x)
+    with pytest.raises(ValueError, match="indexing_one_hot"):
+        F.indexing_one_hot(mge.tensor(x), mge.tensor(np.zeros((3,), np.int32)), axis)
+
+
+def test_one_hot():
+    labels = np.array([[0, 2], [1, 3]], np.int32)
+    out = F.one_hot(mge.tensor(labels), 4)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(
+        out.numpy(), torch.nn.functional.one_hot(torch.tensor(labels, dtype=torch.int64), 4))
+
+
+def test_where():
+    mask = np.random.rand(3, 4) > 0.5
+    check(lambda x, y: F.where(mge.tensor(mask), x, y),
+          lambda x, y: torch.where(torch.tensor(mask), x, y), rand(3, 4), rand(4))
+    out = F.where(mge.tensor([True, False]), mge.tensor([1.0, 2.0]), 0.0)
+    assert out.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="where"):
+        F.where(mge.tensor([1, 0]), mge.tensor([1.0, 2.0]), mge.tensor([3.0, 4.0]))
+    idx = F.where(mge.tensor([[True, False], [False, True]]))
+    assert [i.tolist() for i in idx] == [[0, 1], [0, 1]]
+
+
+def test_non_zero_and_cond_take():
+    c = np.array([[1, 0, 2], [0, 3, 0]], np.int32)
+    nz = F.non_zero(mge.tensor(c))
+    assert nz.dtype == np.int32
+    np.testing.assert_array_equal(nz.numpy(), torch.nonzero(torch.tensor(c)).numpy())
+    mask = c > 0
+    x = rand(2, 3)
+    check(lambda t: F.cond_take(mge.tensor(mask), t)[0], lambda t: t[torch.tensor(mask)], x)
+    v, i = F.cond_take(mge.tensor(mask), mge.tensor(x))
+    assert i.dtype == np.int32 and i.tolist() == [0, 2, 4]
+
+
+# ----- padding -----
+
+@pytest.mark.parametrize("mode,torch_mode", [("constant", "constant"), ("edge", "replicate"),
+                                             ("replicate", "replicate"), ("reflect", "reflect")])
+def test_pad(mode, torch_mode):
+    x = rand(2, 3, 4, 5)
+    width = ((0, 0), (0, 0), (1, 2), (2, 1))
+    torch_pad = (2, 1, 1, 2)
+    check(lambda t: F.pad(t, width, mode=mode),
+          lambda t: torch.nn.functional.pad(t, torch_pad, mode=torch_mode), x)
+
+
+def test_pad_constant_value_and_leading_pairs():
+    x = rand(2, 3)
+    check(lambda t: F.pad(t, ((1, 0),), constant_value=-1.5),
+          lambda t: torch.nn.functional.pad(t, (0, 0, 1, 0), value=-1.5), x)
+    with pytest.raises(ValueError, match="pad"):
+        F.pad(mge.tensor(x), ((1, 1),), mode="circular")
+    with pytest.raises(ValueError, match="pad"):
+        F.pad(mge.tensor(x), ((0, 0), (3, 0)), mode="reflect")

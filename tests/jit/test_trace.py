@@ -1,0 +1,590 @@
+"""Tests for megengine/jit/tracing.py: `trace` records once, then checks (symbolic=False) or
+replays (symbolic=True); traced results must equal eager ones, step for step."""
+import numpy as np
+import pytest
+
+import megengine as mge
+from megengine.autodiff import GradManager
+from megengine.core import dispatch, ops
+from megengine.core.dispatch import Op, apply
+from megengine.jit import TraceError, TraceMismatchError, exclude_from_trace, is_tracing, trace
+
+MODES = [False, True]
+
+
+def relu(x):
+    return apply(ops.Maximum(), x, mge.tensor(0.0))
+
+
+class MLP:
+    """A two-layer perceptron built from core Tensor ops and Parameters only."""
+
+    def __init__(self, sizes=(6, 16, 3), seed=0):
+        rng = np.random.RandomState(seed)
+        self.w1 = mge.Parameter(rng.randn(sizes[0], sizes[1]).astype("float32") * 0.3)
+        self.b1 = mge.Parameter(np.zeros(sizes[1], "float32"))
+        self.w2 = mge.Parameter(rng.randn(sizes[1], sizes[2]).astype("float32") * 0.3)
+        self.b2 = mge.Parameter(np.zeros(sizes[2], "float32"))
+
+    def params(self):
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    def __call__(self, x):
+        return relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+def mse(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def batches(n, shape_x=(8, 6), shape_y=(8, 3), seed=1):
+    rng = np.random.RandomState(seed)
+    return [(mge.tensor(rng.randn(*shape_x)), mge.tensor(rng.randn(*shape_y))) for _ in range(n)]
+
+
+def values(ts):
+    return [t.numpy() for t in ts]
+
+
+# ----- (1) inference ---------------------------------------------------------------------------
+@pytest.mark.parametrize("symbolic", MODES)
+def test_inference_matches_eager_on_new_inputs(symbolic):
+    net = MLP()
+    f = trace(net, symbolic=symbolic)
+    for x, _ in batches(4):
+        np.testing.assert_array_equal(f(x).numpy(), net(x).numpy())
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("form", ["value", "tuple", "list", "dict"])
+def test_output_structures(symbolic, form):
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = -x
+        return {"value": y, "tuple": (y, 3), "list": [y, x * 2], "dict": {"neg": y}}[form]
+
+    for v in ([1.0, 2.0], [3.0, -4.0], [0.5, 0.0]):
+        out = f(mge.tensor(v))
+        neg = out if form == "value" else out["neg"] if form == "dict" else out[0]
+        np.testing.assert_array_equal(neg.numpy(), -np.array(v, "float32"))
+        if form == "tuple":
+            assert type(out) is tuple and out[1] == 3
+        if form == "list":
+            assert type(out) is list
+            np.testing.assert_array_equal(out[1].numpy(), 2 * np.array(v, "float32"))
+
+
+def test_decorator_forms():
+    @trace
+    def a(x):
+        return x + 1
+
+    @trace(symbolic=True)
+    def b(x):
+        return x + 1
+
+    c = trace(lambda x: x + 1, symbolic=True)
+    for f in (a, b, c):
+        assert isinstance(f, trace)
+        for v in (1.0, 5.0):
+            assert f(mge.tensor([v])).numpy().tolist() == [v + 1]
+    assert a.__name__ == "a" and not a._symbolic and b._symbolic
+
+
+def test_method_decorator_binds_self():
+    class Model:
+        def __init__(self):
+            self.w = mge.Parameter([2.0])
+
+        @trace(symbolic=True)
+        def forward(self, x):
+            return x * self.w
+
+    m = Model()
+    assert m.forward(mge.tensor([3.0])).numpy().tolist() == [6.0]
+    assert m.forward(mge.tensor([4.0])).numpy().tolist() == [8.0]
+    with pytest.raises(TraceMismatchError, match="self"):
+        Model().forward(mge.tensor([4.0]))  # another instance: its parameters are not traced
+
+
+# ----- (2) training steps ----------------------------------------------------------------------
+def _manual_step(net, gm, lr=0.1):
+    def step(x, y):
+        with gm:
+            loss = mse(net(x), y)
+            gm.backward(loss)
+        for p in net.params():
+            p -= lr * p.grad  # an in-place write into the Parameter: an event of the trace
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_training_step_manual_update_matches_eager(symbolic):
+    data = batches(6)
+    runs = []
+    for traced in (False, True):
+        net = MLP()
+        gm = GradManager().attach(net.params())
+        step = _manual_step(net, gm)
+        if traced:
+            step = trace(step, symbolic=symbolic)
+        losses = []
+        params = []
+        for x, y in data:
+            losses.append(step(x, y).numpy())
+            for p in net.params():
+                p.grad = None
+            params.append(values(net.params()))
+        runs.append((losses, params))
+    (eager_losses, eager_params), (traced_losses, traced_params) = runs
+    assert eager_losses[-1] < eager_losses[0]  # it trains
+    for i in range(len(data)):
+        np.testing.assert_array_equal(traced_losses[i], eager_losses[i])
+        for a, b in zip(traced_params[i], eager_params[i]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_gradients_accumulate_like_eager(symbolic):
+    # no clearing of .grad: each backward adds to the gradient the last one left
+    runs = []
+    for traced in (False, True):
+        net = MLP()
+        gm = GradManager().attach(net.params())
+
+        def step(x, y):
+            with gm:
+                loss = mse(net(x), y)
+                gm.backward(loss)
+            return loss
+
+        f = trace(step, symbolic=symbolic) if traced else step
+        for x, y in batches(3):
+            f(x, y)
+        runs.append(values(p.grad for p in net.params()))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_training_with_optimizer_matches_eager(symbolic):
+    optim = pytest.importorskip("megengine.optimizer")
+    data = batches(6)
+    runs = []
+    for traced in (False, True):
+        net = MLP()
+        gm = GradManager().attach(net.params())
+        opt = optim.SGD(net.params(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            with gm:
+                loss = mse(net(x), y)
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+
+        f = trace(step, symbolic=symbolic) if traced else step
+        runs.append([(f(x, y).numpy(), values(net.params())) for x, y in data])
+    for (la, pa), (lb, pb) in zip(*runs):
+        np.testing.assert_array_equal(la, lb)
+        for a, b in zip(pa, pb):
+            np.testing.assert_array_equal(a, b)
+        assert all(p.grad is None for p in net.params())
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_module_training_matches_eager(symbolic):
+    M = pytest.importorskip("megengine.module")
+    F = pytest.importorskip("megengine.functional")
+    optim = pytest.importorskip("megengine.optimizer")
+    rng = np.random.RandomState(3)
+    data = [(mge.tensor(rng.randn(16, 10)), mge.tensor(rng.randint(0, 4, 16), dtype="int32"))
+            for _ in range(5)]
+    runs = []
+    for traced in (False, True):
+        np.random.seed(7)  # the layers' initial weights
+        net = M.Sequential(M.Linear(10, 32), M.ReLU(), M.Linear(32, 4))
+        gm = GradManager().attach(net.parameters())
+        opt = optim.SGD(net.parameters(), lr=0.05)
+
+        def step(x, label):
+            with gm:
+                loss = F.loss.cross_entropy(net(x), label)
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+
+        f = trace(step, symbolic=symbolic) if traced else step
+        runs.append([(f(x, y).numpy(), values(net.parameters())) for x, y in data])
+    for (la, pa), (lb, pb) in zip(*runs):
+        np.testing.assert_allclose(la, lb, rtol=1e-6)
+        for a, b in zip(pa, pb):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ----- (3) backward outside the traced function -----------------------------------------------
+@pytest.mark.parametrize("symbolic", MODES)
+def test_backward_outside_traced_forward(symbolic):
+    data = batches(4)
+    runs = []
+    for traced in (False, True):
+        net = MLP()
+        gm = GradManager().attach(net.params())
+        forward = trace(net, symbolic=symbolic) if traced else net
+        grads = []
+        for x, y in data:
+            with gm:
+                loss = mse(forward(x), y)
+                gm.backward(loss)
+            grads.append(values(p.grad for p in net.params()))
+            for p in net.params():
+                p -= 0.1 * p.grad
+                p.grad = None
+        runs.append(grads)
+    for ga, gb in zip(*runs):
+        for a, b in zip(ga, gb):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_input_gradient_through_replay(symbolic):
+    f = trace(lambda x: (x * x * 3).sum(), symbolic=symbolic)
+    for v in ([1.0, 2.0], [3.0, -1.0], [0.5, 4.0]):
+        x = mge.tensor(v)
+        gm = GradManager().attach(x)
+        with gm:
+            gm.backward(f(x))
+        np.testing.assert_allclose(x.grad.numpy(), 6 * np.array(v), rtol=1e-6)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_grad_returned_from_trace_is_fresh(symbolic):
+    # upstream's test_dump_backward_graph without the dump: x0.grad read inside the function
+    x0 = mge.Parameter(np.ones((2, 3), "float32"))
+    gm = GradManager().attach(x0)
+
+    @trace(symbolic=symbolic)
+    def f(x1):
+        with gm:
+            y = x0 * x1
+            gm.backward(y, mge.tensor(np.ones((2, 3), "float32")))
+        return y, x0.grad
+
+    for k in range(3):
+        x0.grad = None
+        x1 = mge.tensor(np.full((2, 3), k + 1.0))
+        _, g = f(x1)
+        np.testing.assert_array_equal(g.numpy(), x1.numpy())
+
+
+# ----- (4) symbolic=False checks every call ----------------------------------------------------
+def test_check_mode_raises_on_a_different_branch():
+    @trace(symbolic=False)
+    def f(x):
+        if x.sum().item() > 0:  # data-dependent Python control flow
+            return x * 2
+        return x - 1
+
+    f(mge.tensor([1.0, 2.0]))
+    f(mge.tensor([3.0, 2.0]))  # the same branch: fine
+    with pytest.raises(TraceMismatchError) as info:
+        f(mge.tensor([-1.0, -2.0]))
+    msg = str(info.value)
+    assert "op #1" in msg and "Mul" in msg and "Sub" in msg
+    assert isinstance(info.value, RuntimeError)
+    assert dispatch._trace_hook is None  # the hook is gone after a failed call
+    np.testing.assert_array_equal(f(mge.tensor([1.0, 1.0])).numpy(), [2.0, 2.0])
+
+
+@pytest.mark.parametrize("expr, changed, words", [
+    ("a + b + c", "a + b - c", ["op #1", "Add", "Sub"]),
+    ("a + b + 1", "a + b + 2", ["op #1", "constant"]),  # a constant's value changed
+    ("a + b + c", "c + (a + b)", ["op #1", "input 0", "argument"]),  # inputs from elsewhere
+    ("a + b + c", "a + b + c + c", ["ended after 2 ops"]),  # too many ops
+    ("(a + b) + c", "a + b", ["ended after 1 ops", "op #1"]),  # too few ops
+    ("(a + b).reshape(2, 2)", "(a + b).reshape(4, 1)", ["parameters differ", "shape"]),
+])
+def test_check_mode_mismatches(expr, changed, words):
+    a, b, c = (mge.tensor(np.arange(4) + k) for k in range(3))
+    state = {"expr": expr}
+
+    @trace(symbolic=False)
+    def f(a, b, c):
+        return eval(state["expr"])
+
+    f(a, b, c)
+    f(a, b, c)
+    state["expr"] = changed
+    with pytest.raises(TraceMismatchError) as info:
+        f(a, b, c)
+    for w in words:
+        assert w in str(info.value), str(info.value)
+    state["expr"] = expr
+    np.testing.assert_array_equal(f(a, b, c).numpy(), eval(expr).numpy())
+
+
+def test_check_mode_shape_change_is_reported_per_op():
+    f = trace(lambda x: x * 2, symbolic=False)
+    f(mge.tensor(np.ones((2, 3))))
+    with pytest.raises(TraceMismatchError, match=r"op #0 \(Mul\), input 0: .*\(2, 3\).*\(3, 3\)"):
+        f(mge.tensor(np.ones((3, 3))))
+
+
+def test_check_mode_runs_python_each_call():
+    seen = []
+
+    @trace(symbolic=False)
+    def f(x):
+        y = x * 2
+        seen.append(y.numpy().tolist())
+        return y
+
+    for v in (1.0, 2.0, 3.0):
+        f(mge.tensor([v]))
+    assert seen == [[2.0], [4.0], [6.0]]
+
+
+def test_check_mode_external_swapped_for_another_tensor():
+    state = {"w": mge.Parameter([1.0])}
+    f = trace(lambda x: x * state["w"], symbolic=False)
+    f(mge.tensor([2.0]))
+    state["w"] = mge.Parameter([1.0])
+    with pytest.raises(TraceMismatchError, match="external Parameter"):
+        f(mge.tensor([2.0]))
+
+
+# ----- (5) symbolic=True checks its inputs -----------------------------------------------------
+def test_symbolic_shape_change_raises_clearly():
+    net = MLP()
+    f = trace(lambda x: net(x), symbolic=True)
+    f(mge.tensor(np.ones((8, 6))))
+    with pytest.raises(TraceMismatchError) as info:
+        f(mge.tensor(np.ones((5, 6))))
+    msg = str(info.value)
+    assert "argument 'x'" in msg and "(8, 6)" in msg and "(5, 6)" in msg
+    assert "new trace" in msg
+    assert f(mge.tensor(np.ones((8, 6)))).shape == (8, 3)  # still usable with the old shape
+
+
+def test_symbolic_dtype_and_structure_changes_raise():
+    @trace(symbolic=True)
+    def f(xs, scale=1):
+        return xs[0] * scale + xs[1]
+
+    f([mge.tensor([1.0]), mge.tensor([2.0])])
+    with pytest.raises(TraceMismatchError, match=r"argument 'xs' \(at \[1\]\).*int32"):
+        f([mge.tensor([1.0]), mge.tensor([2])])
+    with pytest.raises(TraceMismatchError, match="argument 'xs'.*2 items.*3 items"):
+        f([mge.tensor([1.0]), mge.tensor([2.0]), mge.tensor([3.0])])
+    with pytest.raises(TraceMismatchError, match="keyword arguments"):
+        f([mge.tensor([1.0]), mge.tensor([2.0])], scale=3)
+
+
+def test_symbolic_non_tensor_argument_is_a_constant():
+    f = trace(lambda x, k: x * k, symbolic=True)
+    assert f(mge.tensor([1.0]), 3).numpy().tolist() == [3.0]
+    assert f(mge.tensor([2.0]), 3).numpy().tolist() == [6.0]
+    with pytest.raises(TraceMismatchError, match="argument 'k' was 3 .* is 4"):
+        f(mge.tensor([2.0]), 4)
+
+
+def test_symbolic_does_not_run_python_again():
+    seen = []
+
+    @trace(symbolic=True)
+    def f(x):
+        seen.append(1)
+        return x + 1
+
+    for v in range(4):
+        assert f(mge.tensor([float(v)])).numpy().tolist() == [v + 1.0]
+    assert seen == [1]
+
+
+# ----- (6) externals are read live --------------------------------------------------------------
+@pytest.mark.parametrize("symbolic", MODES)
+def test_parameters_are_read_live(symbolic):
+    net = MLP()
+    f = trace(net, symbolic=symbolic)
+    x = batches(1)[0][0]
+    before = f(x).numpy()
+    net.w2._reset(net.w2.numpy() * 2)  # in place, outside the trace
+    net.b2[...] = 1.0  # in place through __setitem__
+    after = f(x).numpy()
+    np.testing.assert_allclose(after, before * 2 + 1, rtol=1e-5)
+    np.testing.assert_array_equal(after, net(x).numpy())
+
+
+def test_capture_as_const_freezes_externals():
+    w = mge.Parameter([2.0])
+    f = trace(lambda x: x * w, symbolic=True, capture_as_const=True)
+    assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
+    w._reset([10.0])
+    assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
+
+
+# ----- values made inside the function ----------------------------------------------------------
+def test_constants_made_inside_are_captured():
+    @trace(symbolic=True)
+    def f(x):
+        return x + mge.tensor(np.random.rand(3))  # made from Python data: a constant
+
+    x = mge.tensor(np.zeros(3))
+    first = f(x).numpy()
+    np.testing.assert_array_equal(f(x).numpy(), first)
+
+    g = trace(f.__wrapped__, symbolic=False)
+    g(x)
+    with pytest.raises(TraceMismatchError, match="constant"):
+        g(x)  # a new random value: the check notices
+
+
+class _Noise(Op):
+    """An op that draws from numpy's RNG in forward, like dropout."""
+
+    def forward(self, x):
+        return x + np.random.rand(*x.shape).astype(x.dtype)
+
+
+def test_random_ops_draw_fresh_values_on_replay():
+    f = trace(lambda x: apply(_Noise(), x), symbolic=True)
+    x = mge.tensor(np.zeros(16))
+    outs = [f(x).numpy() for _ in range(3)]
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+
+
+def test_dropout_draws_fresh_masks_on_replay():
+    F = pytest.importorskip("megengine.functional")
+    f = trace(lambda x: F.dropout(x, 0.5), symbolic=True)
+    x = mge.tensor(np.ones(64))
+    masks = [f(x).numpy() != 0 for _ in range(3)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_detach_inside_trace_cuts_gradients(symbolic):
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager().attach(w)
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        with gm:
+            y = x * w
+            z = y.detach() ** 2 + y  # d z / d w = x (the detached part contributes nothing)
+            gm.backward(z.sum())
+        return z.detach()
+
+    for v in ([1.0, 1.0], [2.0, 3.0], [4.0, 0.5]):
+        w.grad = None
+        z = f(mge.tensor(v))
+        np.testing.assert_allclose(w.grad.numpy(), v)
+        y = np.array(v) * np.array([1.0, 2.0])
+        np.testing.assert_allclose(z.numpy(), y ** 2 + y)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_tensor_index_argument_is_an_input(symbolic):
+    f = trace(lambda x, idx: x[idx] * 1, symbolic=symbolic)
+    x = mge.tensor(np.arange(10.0))
+    for idx in ([1, 2, 3], [7, 0, 9], [5, 5, 5]):
+        np.testing.assert_array_equal(f(x, mge.tensor(idx)).numpy(), np.array(idx, "float32"))
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_inplace_on_internal_and_argument_tensors(symbolic):
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * 1
+        y += 1
+        y[0] = 10.0
+        return y * 2
+
+    for v in ([1.0, 2.0], [3.0, 4.0]):
+        np.testing.assert_array_equal(f(mge.tensor(v)).numpy(), [20.0, (v[1] + 1) * 2])
+
+
+# ----- the rest of the API ----------------------------------------------------------------------
+def test_exception_in_first_call_leaves_it_untraced():
+    state = {"fail": True}
+
+    @trace(symbolic=True)
+    def f(x):
+        y = x + 1
+        if state["fail"]:
+            raise KeyError("boom")
+        return y
+
+    with pytest.raises(KeyError):
+        f(mge.tensor([1.0]))
+    assert dispatch._trace_hook is None
+    state["fail"] = False
+    assert f(mge.tensor([1.0])).numpy().tolist() == [2.0]
+    assert f(mge.tensor([5.0])).numpy().tolist() == [6.0]
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_exclude_from_trace_and_is_tracing(symbolic):
+    flags = []
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        flags.append(is_tracing())
+        with exclude_from_trace():
+            flags.append(is_tracing())
+            _ = (x * 100).numpy()  # not recorded, not checked
+        return -x
+
+    for v in (1.0, 2.0):
+        assert f(mge.tensor([v])).numpy().tolist() == [-v]
+    assert flags[:2] == [True, False]
+    assert f._program.n_ops == 1
+    assert not is_tracing()
+
+
+def test_nested_recording_is_refused_but_replay_inside_is_fine():
+    inner = trace(lambda x: x * 2, symbolic=True)
+    outer = trace(lambda x: inner(x) + 1, symbolic=True)
+    with pytest.raises(NotImplementedError, match="nested"):
+        outer(mge.tensor([1.0]))
+    inner(mge.tensor([1.0]))  # recorded outside: replays inside the outer's recording
+    assert outer(mge.tensor([1.0])).numpy().tolist() == [3.0]
+    assert outer(mge.tensor([4.0])).numpy().tolist() == [9.0]
+
+
+def test_dump_and_record_only_are_not_supported():
+    f = trace(lambda x: x + 1, symbolic=True, capture_as_const=True)
+    f(mge.tensor([1.0]))
+    with pytest.raises(NotImplementedError, match="not supported in this fork"):
+        f.dump("model.mge")
+    with pytest.raises(NotImplementedError, match="not supported"):
+        trace(lambda x: x, record_only=True)
+
+
+def test_compiler_options_are_accepted():
+    from megengine.jit import DTRConfig, GraphOptimizationConfig, SublinearMemoryConfig
+
+    f = trace(lambda x: x + 1, symbolic=True, opt_level=0, symbolic_shape=False,
+              sublinear_memory_config=SublinearMemoryConfig(), dtr_config=DTRConfig(),
+              graph_opt_config=GraphOptimizationConfig())
+    assert f(mge.tensor([1.0])).numpy().tolist() == [2.0]
+
+
+def test_recording_without_grad_manager_hooks_is_detected():
+    # what the tracer sees when autodiff recording starts without an event telling it
+    def g(x):
+        dispatch._set_recording(+1)
+        return x + 1
+
+    try:
+        with pytest.raises(TraceError, match="trace hooks"):
+            trace(g, symbolic=True)(mge.tensor([1.0]))
+    finally:
+        dispatch._set_recording(-1)
+
+
+def test_untraced_apply_is_untouched():
+    assert dispatch._trace_hook is None
+    x = mge.tensor([1.0, 2.0])
+    assert (x + x).numpy().tolist() == [2.0, 4.0]

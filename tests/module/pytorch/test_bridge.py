@@ -1,0 +1,365 @@
+"""Tests for megengine/module/pytorch/_bridge.py: zero-copy views between numpy arrays and torch tensors."""
+import gc
+import os
+import subprocess
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from megengine.module.pytorch import _bridge as bridge  # noqa: E402
+
+DTYPES = [
+    (np.float16, torch.float16), (np.float32, torch.float32), (np.float64, torch.float64),
+    (np.int8, torch.int8), (np.int16, torch.int16), (np.int32, torch.int32), (np.int64, torch.int64),
+    (np.uint8, torch.uint8), (np.bool_, torch.bool),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _extension():
+    bridge.load_extension()  # compiles once per torch version (outside any test's timing)
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def element_strides(a):
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def contiguous_strides(shape):
+    return torch.empty(shape).stride()
+
+
+def torch_view_strides(a):
+    """numpy's strides in elements, except size-1 dims, which get what a contiguous tensor would have."""
+    strides, inner = [], 1
+    for n, s in reversed(list(zip(a.shape, element_strides(a)))):
+        strides.insert(0, inner if n == 1 else s)
+        inner = strides[0] * max(n, 1)
+    return tuple(strides)
+
+
+# ---------------------------------------------------------------------------------------------------
+# to_torch
+
+
+def test_to_torch_shares_memory_both_ways():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = bridge.to_torch(a)
+    assert t.data_ptr() == address(a)
+    assert t.shape == (3, 4) and t.dtype == torch.float32 and t.stride() == (4, 1)
+    a[1, 2] = -1.0
+    assert t[1, 2].item() == -1.0
+    t[2, 3] = 42.0
+    assert a[2, 3] == 42.0
+    t.add_(1)  # an in-place torch kernel, too
+    expected = np.arange(12, dtype=np.float32).reshape(3, 4)
+    expected[1, 2], expected[2, 3] = -1, 42
+    np.testing.assert_array_equal(a, expected + 1)
+
+
+@pytest.mark.parametrize("view", [
+    lambda x: x.T,                       # transposed
+    lambda x: x[::2, 1::3],              # sliced with steps
+    lambda x: x[:, 1:4],                 # offset view
+    lambda x: x.reshape(6, 4, 1)[:, ::2],  # trailing size-1 dim
+])
+def test_to_torch_views_strided_arrays(view):
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    a = view(base)
+    t = bridge.to_torch(a)
+    assert t.data_ptr() == address(a)
+    assert tuple(t.shape) == a.shape
+    assert t.stride() == torch_view_strides(a)
+    np.testing.assert_array_equal(t.numpy(), a)
+    t.mul_(-1)  # writes through the view land in the base array
+    np.testing.assert_array_equal(a, -view(np.arange(24, dtype=np.float64).reshape(4, 6)))
+
+
+def test_to_torch_strides_of_non_unit_dims_are_numpys():
+    a = np.zeros((5, 7, 3), np.int32).transpose(2, 0, 1)[:, ::2, 1:]
+    t = bridge.to_torch(a)
+    assert t.stride() == element_strides(a)
+    assert t.data_ptr() == address(a)
+
+
+def test_to_torch_broadcast_view_has_zero_strides():
+    row = np.arange(4, dtype=np.float32)
+    a = np.broadcast_to(row, (3, 4))  # read-only, stride 0 on dim 0
+    t = bridge.to_torch(a)
+    assert t.stride() == (0, 1)
+    assert t.data_ptr() == address(row)
+    np.testing.assert_array_equal(t.numpy(), a)
+    row[0] = 9  # read-only views are still views
+    assert (t[:, 0] == 9).all()
+
+
+def test_to_torch_zero_dim_and_empty():
+    a = np.array(3.5, np.float32)
+    t = bridge.to_torch(a)
+    assert t.shape == () and t.item() == 3.5 and t.data_ptr() == address(a)
+    e = np.zeros((0, 3, 2), np.float32)[:, ::2]
+    te = bridge.to_torch(e)
+    assert tuple(te.shape) == (0, 2, 2)
+    assert te.stride() == contiguous_strides((0, 2, 2))
+
+
+def test_to_torch_negative_strides_make_a_copy():
+    base = np.arange(6, dtype=np.float32)
+    a = base[::-1]
+    t = bridge.to_torch(a)
+    np.testing.assert_array_equal(t.numpy(), a)
+    assert t.is_contiguous()
+    t[0] = 100  # the one documented copy: writes do not reach the array
+    assert base[5] == 5
+    # a negative stride on a size-1 dimension is meaningless: still a view
+    b = np.arange(6, dtype=np.float32).reshape(1, 6)[::-1]
+    assert bridge.to_torch(b).data_ptr() == address(b)
+
+
+def test_size_one_strides_are_normalised():
+    x = np.random.rand(4, 3, 5, 6).astype(np.float32)
+    a = x[:, [1]]  # fancy indexing: numpy leaves stride 480 bytes on the size-1 channel dim
+    assert a.strides[1] != a.strides[0]  # the odd layout the bridge must hide from torch
+    t = bridge.to_torch(a)
+    assert t.data_ptr() == address(a)
+    assert t.stride() == contiguous_strides(a.shape)
+    assert t.is_contiguous()
+    # torch propagates input strides to outputs; with numpy's strides these would not be contiguous
+    assert (t + 1).stride() == contiguous_strides(a.shape)
+    assert torch.empty_like(t).stride() == contiguous_strides(a.shape)
+    weight = torch.randn(2, 1, 3, 3)
+    out = torch.nn.functional.conv2d(t, weight)
+    assert out.is_contiguous()
+    out.view(-1, 2)  # what user code does with the result
+    expected = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(a)), weight)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_to_torch_read_only_array_is_viewed():
+    a = np.arange(4, dtype=np.int64)
+    a.setflags(write=False)
+    t = bridge.to_torch(a)
+    assert t.data_ptr() == address(a)
+    assert t.tolist() == [0, 1, 2, 3]
+
+
+def test_to_torch_rejects_what_it_cannot_view():
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        bridge.to_torch([1.0, 2.0])
+    with pytest.raises(TypeError, match="complex64.*not supported"):
+        bridge.to_torch(np.zeros(3, np.complex64))
+    with pytest.raises(TypeError, match="uint16.*not supported"):
+        bridge.to_torch(np.zeros(3, np.uint16))
+    with pytest.raises(TypeError, match="big-endian"):
+        bridge.to_torch(np.zeros(3, ">f4"))
+    misaligned = np.frombuffer(bytearray(17), np.float32, count=4, offset=1)
+    assert not misaligned.flags.aligned
+    with pytest.raises(ValueError, match="aligned"):
+        bridge.to_torch(misaligned)
+
+
+def test_to_torch_cuda_array_without_cuda_torch_says_so():
+    class FakeCudaArray:  # what a CuPy array exposes
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 3,
+                                    "strides": None, "stream": 1}
+
+    if torch.cuda.is_available():
+        pytest.skip("torch has CUDA here")
+    with pytest.raises(RuntimeError, match="no usable CUDA"):
+        bridge.to_torch(FakeCudaArray())
+
+
+# ---------------------------------------------------------------------------------------------------
+# from_torch
+
+
+def test_from_torch_shares_memory_both_ways():
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    a = bridge.from_torch(t)
+    assert isinstance(a, np.ndarray)
+    assert address(a) == t.data_ptr()
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.writeable
+    t[0, 1] = -5
+    assert a[0, 1] == -5
+    a[2, 2] = 77
+    assert t[2, 2].item() == 77
+
+
+@pytest.mark.parametrize("view", [
+    lambda t: t.t(),
+    lambda t: t[::2, 1::3],
+    lambda t: t[1:, 2:],
+    lambda t: t[:1].expand(5, 6),  # zero stride
+    lambda t: t[2, 3],             # 0-d
+    lambda t: t[:0],               # empty
+])
+def test_from_torch_views_strided_tensors(view):
+    t = view(torch.arange(30, dtype=torch.int32).reshape(5, 6))
+    a = bridge.from_torch(t)
+    assert a.shape == tuple(t.shape)
+    if t.numel():  # (numpy 2 zeroes the strides of empty arrays; they carry no meaning)
+        assert element_strides(a) == t.stride()
+        assert address(a) == t.data_ptr()
+    np.testing.assert_array_equal(a, t.numpy())
+
+
+def test_from_torch_of_requires_grad_views_the_data():
+    p = torch.nn.Parameter(torch.ones(3))
+    a = bridge.from_torch(p)
+    assert address(a) == p.data_ptr()
+    a[1] = 4  # like an optimizer step writing the parameter
+    assert p.detach()[1].item() == 4
+
+
+def test_from_torch_bfloat16_says_to_cast():
+    with pytest.raises(TypeError, match=r"bfloat16 has no numpy dtype.*t\.float\(\)"):
+        bridge.from_torch(torch.zeros(2, dtype=torch.bfloat16))
+
+
+def test_from_torch_rejects_what_it_cannot_view():
+    with pytest.raises(TypeError, match=r"torch\.complex64 is not supported"):
+        bridge.from_torch(torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        bridge.from_torch(np.zeros(2))
+    with pytest.raises(TypeError, match="strided"):
+        bridge.from_torch(torch.eye(2).to_sparse())
+    with pytest.raises(ValueError, match="CPU"):
+        bridge.from_torch(torch.empty(2, device="meta"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# both directions
+
+
+@pytest.mark.parametrize("np_dtype, torch_dtype", DTYPES)
+def test_every_dtype_round_trips(np_dtype, torch_dtype):
+    a = (np.arange(-3, 9) % 5).astype(np_dtype).reshape(3, 4)
+    t = bridge.to_torch(a)
+    assert t.dtype == torch_dtype
+    np.testing.assert_array_equal(t.numpy(), a)
+    back = bridge.from_torch(t)
+    assert back.dtype == np.dtype(np_dtype)
+    assert address(back) == address(a)
+    np.testing.assert_array_equal(back, a)
+
+
+def test_numpy_owner_outlives_its_array_and_is_freed_after_both_sides():
+    a = np.arange(1000, dtype=np.float64)
+    owner = weakref.ref(a)
+    t = bridge.to_torch(a)
+    del a
+    gc.collect()
+    assert owner() is not None  # the tensor keeps it alive
+    b = bridge.from_torch(t[10:20])  # and an array viewing the tensor keeps the tensor's storage
+    del t
+    gc.collect()
+    np.testing.assert_array_equal(b, np.arange(10, 20, dtype=np.float64))
+    assert owner() is not None
+    del b
+    gc.collect()
+    assert owner() is None  # no reference leaked on either side
+
+
+def test_torch_storage_outlives_the_tensor():
+    t = torch.arange(100_000, dtype=torch.float32)
+    a = bridge.from_torch(t)
+    del t
+    gc.collect()
+    junk = [torch.full((100_000,), -1.0) for _ in range(8)]  # would reuse freed memory
+    np.testing.assert_array_equal(a[:5], [0, 1, 2, 3, 4])
+    assert a[-1] == 99_999
+    del junk
+
+
+def test_tensor_released_on_another_thread():
+    # torch may free the storage without the GIL (autograd / DataLoader threads)
+    import threading
+
+    a = np.ones(8, np.float32)
+    owner = weakref.ref(a)
+    box = [bridge.to_torch(a)]
+    del a
+    thread = threading.Thread(target=box.clear)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert owner() is None
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_round_trips_do_not_leak():
+    def round_trips(n):
+        for _ in range(n):
+            a = np.empty(1024, np.float32)  # 4 KiB: a leaked owner would show quickly
+            t = bridge.to_torch(a)
+            b = bridge.from_torch(t)
+            bridge.to_torch(bridge.from_torch(torch.empty(1024)))
+            del a, t, b
+
+    round_trips(2_000)  # warm up allocator pools
+    gc.collect()
+    before = _rss_bytes()
+    round_trips(100_000)
+    gc.collect()
+    assert _rss_bytes() - before < 16 * 2**20
+
+
+# ---------------------------------------------------------------------------------------------------
+# building
+
+
+def test_cache_dir_is_keyed_and_overridable(monkeypatch, tmp_path):
+    monkeypatch.setenv("MGE_TORCH_EXT_DIR", str(tmp_path))
+    directory = bridge.cache_dir()
+    assert directory.parent == tmp_path
+    assert directory.name.startswith(f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-")
+    monkeypatch.delenv("MGE_TORCH_EXT_DIR")
+    assert bridge.cache_dir().name == directory.name
+
+
+def test_loaded_extension_is_cached():
+    assert bridge.load_extension() is bridge.load_extension()
+    stats = bridge.load_stats()
+    assert stats["directory"] == str(bridge.cache_dir())
+
+
+def test_missing_toolchain_is_named(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(bridge.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bridge.sys, "executable", "/nonexistent/python")
+    with pytest.raises(RuntimeError, match="pip install ninja"):
+        bridge._check_toolchain()
+    monkeypatch.setattr(bridge.shutil, "which", lambda name: "/usr/bin/ninja" if name == "ninja" else None)
+    with pytest.raises(RuntimeError, match="install g\\+\\+"):
+        bridge._check_toolchain()
+    monkeypatch.setenv("CXX", "clang++-99 -O2")
+    with pytest.raises(RuntimeError, match="clang\\+\\+-99"):
+        bridge._check_toolchain()
+
+
+@pytest.mark.slow
+def test_first_build_says_so_once(tmp_path):
+    # a fresh cache root: the first process compiles and prints one line, the second prints nothing
+    script = "from megengine.module.pytorch import _bridge as b; b.load_extension(); print(b.load_stats()['compiled'])"
+    env = dict(os.environ, MGE_TORCH_EXT_DIR=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"
+    assert first.stderr.count("compiling the PyTorch bridge operator") == 1
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert second.stdout.strip() == "False"
+    assert "compiling" not in second.stderr

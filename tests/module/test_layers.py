@@ -1,0 +1,300 @@
+"""Tests for the layers in megengine/module/: values and gradients vs torch.nn with equal weights."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.module as M
+from megengine.autodiff import GradManager
+
+
+def run_both(mge_module, torch_module, x, dtype=np.float32, rtol=1e-5, atol=1e-5):
+    """Copy mge_module's parameters into torch_module (same names; reshaped to torch's layout),
+    run both on ``x`` with a random output gradient, and compare outputs and all gradients."""
+    torch_params = dict(torch_module.named_parameters())
+    mge_params = dict(mge_module.named_parameters())
+    assert set(torch_params) == set(mge_params), (set(torch_params), set(mge_params))
+    with torch.no_grad():
+        for name, p in mge_params.items():
+            torch_params[name].copy_(torch.from_numpy(p.numpy().reshape(torch_params[name].shape)))
+
+    float_input = np.issubdtype(x.dtype, np.floating)
+    xm = mge.tensor(x, dtype=x.dtype)
+    gm = GradManager().attach(list(mge_params.values()) + ([xm] if float_input else []))
+    with gm:
+        ym = mge_module(xm)
+        dy = np.random.randn(*ym.shape).astype(np.float32)
+        gm.backward(ym, mge.tensor(dy))
+
+    xt = torch.from_numpy(x.copy())
+    if float_input:
+        xt.requires_grad_(True)
+    yt = torch_module(xt)
+    yt.backward(torch.from_numpy(dy))
+
+    np.testing.assert_allclose(ym.numpy(), yt.detach().numpy(), rtol=rtol, atol=atol)
+    if float_input:
+        np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=rtol, atol=atol)
+    for name, p in mge_params.items():
+        tg = torch_params[name].grad.numpy()
+        np.testing.assert_allclose(p.grad.numpy().reshape(tg.shape), tg, rtol=rtol, atol=atol,
+                                   err_msg=name)
+    return ym, yt
+
+
+def randn(*shape):
+    return np.random.randn(*shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(bias):
+    m = M.Linear(5, 3, bias=bias)
+    assert m.weight.shape == (3, 5)
+    run_both(m, torch.nn.Linear(5, 3, bias=bias), randn(2, 4, 5))
+
+
+def test_conv1d():
+    m = M.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
+    assert m.weight.shape == (2, 3, 2, 3)
+    run_both(m, torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2), randn(2, 4, 9))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+    dict(kernel_size=3, padding=1, groups=2),
+    dict(kernel_size=1, groups=4, bias=False),  # depthwise
+])
+def test_conv2d(kwargs):
+    m = M.Conv2d(4, 8, **kwargs)
+    g = kwargs.get("groups", 1)
+    k = kwargs["kernel_size"]
+    k = (k, k) if isinstance(k, int) else k
+    assert m.weight.shape == ((8, 4) + k if g == 1 else (g, 8 // g, 4 // g) + k)
+    run_both(m, torch.nn.Conv2d(4, 8, **kwargs), randn(2, 4, 7, 6), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_conv_padding_modes(mode):
+    run_both(M.Conv2d(2, 3, 3, padding=(1, 2), padding_mode=mode),
+             torch.nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode=mode), randn(2, 2, 5, 6),
+             rtol=1e-4, atol=1e-4)
+    run_both(M.Conv1d(2, 3, 3, padding=2, padding_mode=mode),
+             torch.nn.Conv1d(2, 3, 3, padding=2, padding_mode=mode), randn(2, 2, 5),
+             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3),
+    dict(kernel_size=3, stride=2, padding=1, output_padding=1, groups=2),
+    dict(kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2), bias=False),
+])
+def test_conv_transpose2d(kwargs):
+    m = M.ConvTranspose2d(4, 6, **kwargs)
+    g = kwargs.get("groups", 1)
+    assert m.weight.shape[:-2] == ((4, 6) if g == 1 else (g, 2, 3))  # (in, out) swapped
+    run_both(m, torch.nn.ConvTranspose2d(4, 6, **kwargs), randn(2, 4, 5, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_rejects_bad_configuration():
+    with pytest.raises(ValueError, match=r"divisible by groups \(3\)"):
+        M.Conv2d(4, 6, 3, groups=3)
+    with pytest.raises(ValueError, match="kernel_size"):
+        M.Conv2d(4, 6, (3, 0))
+    with pytest.raises(ValueError, match="'circular'"):
+        M.Conv2d(4, 6, 3, padding_mode="circular")
+    assert repr(M.Conv2d(4, 6, 3, stride=2, bias=False)) == \
+        "Conv2d(4, 6, kernel_size=(3, 3), stride=(2, 2), bias=False)"
+
+
+def test_max_pool2d():
+    run_both(M.MaxPool2d(3, stride=2, padding=1), torch.nn.MaxPool2d(3, stride=2, padding=1),
+             randn(2, 3, 7, 8))
+    run_both(M.MaxPool2d(2), torch.nn.MaxPool2d(2), randn(1, 2, 6, 6))  # stride defaults to kernel
+
+
+@pytest.mark.parametrize("mode,include_pad", [("average", True),
+                                               ("average_count_exclude_padding", False)])
+def test_avg_pool2d(mode, include_pad):
+    run_both(M.AvgPool2d(3, stride=2, padding=1, mode=mode),
+             torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=include_pad),
+             randn(2, 3, 7, 8))
+
+
+def test_adaptive_pooling():
+    # upstream derives one window and stride from the sizes; that equals torch's adaptive
+    # windows when the input size is a multiple of the output size
+    run_both(M.AdaptiveAvgPool2d((2, 3)), torch.nn.AdaptiveAvgPool2d((2, 3)), randn(2, 3, 8, 9))
+    run_both(M.AdaptiveMaxPool2d(2), torch.nn.AdaptiveMaxPool2d(2), randn(2, 3, 6, 4))
+
+
+def _copy_running_stats_check(bn, tbn):
+    np.testing.assert_allclose(bn.running_mean.numpy().reshape(-1), tbn.running_mean.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var.numpy().reshape(-1), tbn.running_var.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm2d_train_then_eval_matches_torch_momentum():
+    bn = M.BatchNorm2d(3, momentum=0.8)
+    bn.weight._reset(randn(1, 3, 1, 1))
+    bn.bias._reset(randn(1, 3, 1, 1))
+    # upstream: running = momentum * running + (1 - momentum) * batch, i.e. torch's 1 - momentum
+    tbn = torch.nn.BatchNorm2d(3, momentum=0.2)
+    assert bn.running_mean.shape == (1, 3, 1, 1)
+    for step in range(2):
+        run_both(bn, tbn, randn(4, 3, 5, 5) * 2 + step, rtol=1e-4, atol=1e-4)
+        _copy_running_stats_check(bn, tbn)
+    bn.eval()
+    tbn.eval()
+    before = bn.running_mean.numpy()
+    run_both(bn, tbn, randn(4, 3, 5, 5), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(bn.running_mean.numpy(), before)  # eval: no update
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 4, 3)])
+def test_batchnorm1d(shape):
+    bn, tbn = M.BatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    ym, _ = run_both(bn, tbn, randn(*shape), rtol=1e-4, atol=1e-4)
+    assert ym.shape == shape
+    _copy_running_stats_check(bn, tbn)
+    with pytest.raises(ValueError, match="2-d or 3-d"):
+        bn(mge.tensor(randn(2, 4, 3, 3)))
+
+
+def test_batchnorm_without_running_stats_or_affine():
+    bn = M.BatchNorm2d(3, affine=False, track_running_stats=False)
+    assert bn.weight is None and bn.running_mean is None and list(bn.state_dict()) == []
+    bn.eval()  # no running stats: batch statistics even in eval
+    tbn = torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False).eval()
+    run_both(bn, tbn, randn(4, 3, 2, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_batchnorm_uses_running_stats_and_does_not_learn():
+    bn = M.BatchNorm2d(2, freeze=True)
+    bn.running_mean._reset(np.array([1.0, -1.0], np.float32).reshape(1, 2, 1, 1))
+    bn.running_var._reset(np.array([4.0, 0.25], np.float32).reshape(1, 2, 1, 1))
+    bn.weight._reset(np.full((1, 2, 1, 1), 2, np.float32))
+    x = randn(3, 2, 2, 2)
+    gm = GradManager().attach(bn.parameters())
+    with gm:
+        y = bn(mge.tensor(x))
+        gm.backward(y.sum())
+    scale = 2 / np.sqrt(np.array([4.0, 0.25]) + 1e-5).reshape(1, 2, 1, 1)
+    expected = (x - np.array([1.0, -1.0]).reshape(1, 2, 1, 1)) * scale
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert bn.weight.grad is None  # frozen: detached
+    np.testing.assert_array_equal(bn.running_mean.numpy().reshape(-1), [1.0, -1.0])
+
+
+def test_norm_layers_save_1d_state_and_load_either_shape():
+    bn = M.BatchNorm2d(3)
+    sd = bn.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {
+        "bias": (3,), "running_mean": (3,), "running_var": (3,), "weight": (3,)}
+    target = M.BatchNorm2d(3)
+    target.load_state_dict({k: np.arange(3, dtype=np.float32) + 1 for k in sd})
+    assert target.running_var.shape == (1, 3, 1, 1)
+    assert target.running_var.numpy().reshape(-1).tolist() == [1, 2, 3]
+    target.load_state_dict({k: np.full((1, 3, 1, 1), 5, np.float32) for k in sd})
+    assert (target.weight.numpy() == 5).all()
+    with pytest.raises(ValueError, match=r"running_mean: expected shape \(1, 3, 1, 1\), got \(4,\)"):
+        target.load_state_dict({k: np.zeros(4, np.float32) for k in sd})
+    assert M.LayerNorm((2, 3)).state_dict()["weight"].shape == (6,)  # upstream flattens it too
+    assert M.Linear(2, 3).state_dict()["weight"].shape == (3, 2)
+
+
+def test_layer_norm():
+    m = M.LayerNorm((4, 5))
+    m.weight._reset(randn(4, 5))
+    m.bias._reset(randn(4, 5))
+    run_both(m, torch.nn.LayerNorm((4, 5)), randn(3, 4, 5), rtol=1e-4, atol=1e-4)
+    run_both(M.LayerNorm(6, affine=False), torch.nn.LayerNorm(6, elementwise_affine=False),
+             randn(2, 3, 6), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_and_instance_norm():
+    m = M.GroupNorm(2, 6)
+    m.weight._reset(randn(6))
+    m.bias._reset(randn(6))
+    run_both(m, torch.nn.GroupNorm(2, 6), randn(3, 6, 4, 5), rtol=1e-4, atol=1e-4)
+    run_both(M.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6), randn(2, 6, 7), rtol=1e-4, atol=1e-4)
+    inorm = M.InstanceNorm(4)
+    inorm.weight._reset(randn(4))
+    run_both(inorm, torch.nn.InstanceNorm2d(4, affine=True), randn(2, 4, 3, 5), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="divisible"):
+        M.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"\(N, 6, \.\.\.\) input, got shape \(2, 5, 3\)"):
+        M.GroupNorm(2, 6)(mge.tensor(randn(2, 5, 3)))
+
+
+def test_embedding():
+    m = M.Embedding(7, 4)
+    idx = np.array([[0, 3, 3], [6, 0, 1]], np.int32)
+    run_both(m, torch.nn.Embedding(7, 4), idx)  # repeated indices accumulate in the grad
+    w = randn(5, 2)
+    pre = M.Embedding.from_pretrained(mge.tensor(w))
+    assert pre.freeze and np.array_equal(pre(mge.tensor([4, 1])).numpy(), w[[4, 1]])
+    gm = GradManager().attach(pre.parameters())
+    with gm:
+        gm.backward(pre(mge.tensor([4, 1])).sum())
+    assert pre.weight.grad is None  # frozen
+    with pytest.raises(ValueError, match=r"initial_weight has shape \(5, 2\), expected"):
+        M.Embedding(5, 3, initial_weight=w)
+    with pytest.raises(ValueError, match="padding_idx"):
+        M.Embedding(5, 2, padding_idx=0)
+
+
+def test_dropout_statistics_and_modes():
+    m = M.Dropout(0.3)
+    x = mge.tensor(np.ones((200, 200), np.float32))
+    gm = GradManager().attach([x])
+    with gm:
+        y = m(x)
+        gm.backward(y.sum())
+    out = y.numpy()
+    kept = out != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.01
+    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), out)  # grad = mask / (1 - p)
+    m.eval()
+    assert np.array_equal(m(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (M.ReLU(), torch.nn.ReLU()),
+    (M.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
+    (M.Sigmoid(), torch.nn.Sigmoid()),
+    (M.SiLU(), torch.nn.SiLU()),
+    (M.GELU(), torch.nn.GELU()),
+    (M.Softmax(axis=1), torch.nn.Softmax(dim=1)),
+    (M.Softmax(axis=-1), torch.nn.Softmax(dim=-1)),
+    (M.PReLU(), torch.nn.PReLU()),
+    (M.PReLU(3, init=0.1), torch.nn.PReLU(3, init=0.1)),
+])
+def test_activations(ours, theirs):
+    run_both(ours, theirs, randn(2, 3, 4, 5), rtol=1e-5, atol=1e-6)
+
+
+def test_identity_returns_a_copy_with_gradient():
+    run_both(M.Identity(), torch.nn.Identity(), randn(3, 2))
+    x = mge.tensor([1.0, 2.0])
+    y = M.Identity()(x)
+    y[0] = 5.0
+    assert x.numpy().tolist() == [1.0, 2.0]
+
+
+def test_sequential_network_matches_torch():
+    net = M.Sequential(OrderedDict([
+        ("conv", M.Conv2d(3, 4, 3, padding=1)), ("bn", M.BatchNorm2d(4)), ("relu", M.ReLU()),
+        ("pool", M.MaxPool2d(2)),
+    ]))
+    tnet = torch.nn.Sequential(OrderedDict([
+        ("conv", torch.nn.Conv2d(3, 4, 3, padding=1)), ("bn", torch.nn.BatchNorm2d(4)),
+        ("relu", torch.nn.ReLU()), ("pool", torch.nn.MaxPool2d(2)),
+    ]))
+    run_both(net, tnet, randn(2, 3, 6, 6), rtol=1e-4, atol=1e-4)
+    assert list(net.state_dict()) == [
+        "bn.bias", "bn.running_mean", "bn.running_var", "bn.weight", "conv.bias", "conv.weight"]

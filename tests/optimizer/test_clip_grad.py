@@ -1,0 +1,61 @@
+"""clip_grad_norm against torch.nn.utils.clip_grad_norm_, and clip_grad_value by hand."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+from megengine.optimizer import clip_grad_norm, clip_grad_value
+
+
+def _pairs(scale):
+    rng = np.random.RandomState(2)
+    grads = [np.asarray(rng.randn(*s) * scale, dtype=np.float32) for s in ((3, 4), (5,), ())]
+    params, tparams = [], []
+    for g in grads:
+        p = mge.Parameter(np.zeros(g.shape, np.float32))
+        p.grad = mge.Tensor(g)
+        tp = torch.nn.Parameter(torch.zeros(g.shape))
+        tp.grad = torch.tensor(g)
+        params.append(p)
+        tparams.append(tp)
+    return params, tparams
+
+
+@pytest.mark.parametrize("max_norm, ord", [(1.0, 2.0), (100.0, 2.0), (0.5, 1.0), (0.7, 3.0),
+                                           (0.5, float("inf")), (0.5, "inf")])
+def test_clip_grad_norm_matches_torch(max_norm, ord):
+    params, tparams = _pairs(scale=1.0)
+    addresses = [p.grad._data.__array_interface__["data"][0] for p in params]
+    total = clip_grad_norm(params, max_norm, ord=ord)
+    ttotal = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type=float(ord))
+    assert isinstance(total, mge.Tensor) and total.shape == ()
+    np.testing.assert_allclose(total.numpy(), ttotal.numpy(), rtol=1e-5)
+    for p, tp in zip(params, tparams):
+        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-5, atol=1e-7)
+    # gradients are changed in place
+    assert [p.grad._data.__array_interface__["data"][0] for p in params] == addresses
+
+
+def test_clip_grad_norm_edge_cases():
+    p = mge.Parameter([1.0])
+    assert clip_grad_norm([p], 1.0).item() == 0.0  # no gradients at all
+    q = mge.Parameter([0.0, 0.0])
+    q.grad = mge.Tensor([0.0, 4.0])
+    total = clip_grad_norm(q, 2.0)  # a single tensor is accepted
+    assert total.item() == pytest.approx(4.0)
+    np.testing.assert_allclose(q.grad.numpy(), [0.0, 2.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm([q], -1.0)
+    with pytest.raises(TypeError, match="ord"):
+        clip_grad_norm([q], 1.0, ord="fro")
+
+
+def test_clip_grad_value():
+    p, q, r = mge.Parameter([0.0, 0.0, 0.0]), mge.Parameter([0.0]), mge.Parameter([0.0])
+    p.grad, q.grad = mge.Tensor([-3.0, 0.5, 7.0]), mge.Tensor([-0.1])
+    grad = p.grad
+    clip_grad_value([p, q, r], lower=-1.0, upper=2.0)
+    assert p.grad is grad and p.grad.tolist() == [-1.0, 0.5, 2.0]
+    assert q.grad.numpy().tolist() == pytest.approx([-0.1]) and r.grad is None
+    with pytest.raises(ValueError, match="lower"):
+        clip_grad_value([p], 1.0, -1.0)

@@ -1,0 +1,75 @@
+"""MultiStepLR (and the LRScheduler base) against torch.optim.lr_scheduler.MultiStepLR."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+from megengine.optimizer import SGD, LRScheduler, MultiStepLR
+
+
+def _lrs(scheduler, optimizer, epochs):
+    out = []
+    for _ in range(epochs):
+        out.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()  # no gradients: nothing moves, but torch wants this order
+        scheduler.step()
+    return out
+
+
+def test_lr_sequence_matches_torch():
+    opt = SGD([{"params": [mge.Parameter([1.0])]}, {"params": [mge.Parameter([1.0])], "lr": 0.5}],
+              lr=0.1)
+    sched = MultiStepLR(opt, milestones=[2, 5, 6], gamma=0.3)
+    tp = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    topt = torch.optim.SGD([{"params": [tp[0]]}, {"params": [tp[1]], "lr": 0.5}], lr=0.1)
+    tsched = torch.optim.lr_scheduler.MultiStepLR(topt, milestones=[2, 5, 6], gamma=0.3)
+    got, want = _lrs(sched, opt, 9), _lrs(tsched, topt, 9)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] == [0.1, 0.5] and got[-1] == pytest.approx([0.1 * 0.3 ** 3, 0.5 * 0.3 ** 3])
+
+
+def test_step_with_explicit_epoch_and_initial_lr():
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    sched = MultiStepLR(opt, [3])
+    assert opt.param_groups[0]["initial_lr"] == 1.0 and sched.current_epoch == 0
+    sched.step(epoch=4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_resume_from_state_dicts():
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    sched = MultiStepLR(opt, [2, 4], gamma=0.5)
+    for _ in range(3):
+        sched.step()
+    f = io.BytesIO()
+    mge.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, f)
+    f.seek(0)
+    ckpt = mge.load(f)
+
+    opt2 = SGD([mge.Parameter([1.0])], lr=1.0)
+    opt2.load_state_dict(ckpt["opt"])
+    sched2 = MultiStepLR(opt2, [2, 4], gamma=0.5, current_epoch=ckpt["sched"]["current_epoch"] - 1)
+    sched2.load_state_dict(ckpt["sched"])
+    assert sched2.current_epoch == 3 and opt2.param_groups[0]["lr"] == 0.5
+    sched.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.25
+
+
+def test_errors():
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    with pytest.raises(ValueError, match="increasing"):
+        MultiStepLR(opt, [5, 2])
+    with pytest.raises(TypeError, match="ints"):
+        MultiStepLR(opt, [1.5])
+    with pytest.raises(TypeError, match="Optimizer"):
+        MultiStepLR(object(), [1])
+    with pytest.raises(KeyError, match="initial_lr"):
+        MultiStepLR(SGD([mge.Parameter([1.0])], lr=1.0), [1], current_epoch=3)
+    sched = MultiStepLR(opt, [1])
+    with pytest.raises(ValueError, match="unknown keys"):
+        sched.load_state_dict({"nonsense": 1})
+    with pytest.raises(NotImplementedError):
+        LRScheduler(SGD([mge.Parameter([1.0])], lr=1.0))

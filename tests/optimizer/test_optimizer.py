@@ -1,0 +1,267 @@
+"""The Optimizer base: groups, skipping, in-place steps, state dicts, the 0.x zero_grad/backward."""
+import io
+
+import numpy as np
+import pytest
+
+import megengine as mge
+from megengine.autodiff import GradManager
+from megengine.core import dispatch
+from megengine.optimizer import SGD, Adadelta, Adagrad, Adam, AdamW
+
+X = np.array([[1.0, 2.0, -1.0], [0.5, -0.3, 2.0]], dtype=np.float32)
+Y = np.array([[1.0], [-1.0]], dtype=np.float32)
+
+
+def _model():
+    rng = np.random.RandomState(3)
+    w = mge.Parameter(np.asarray(rng.randn(3, 1), dtype=np.float32))
+    b = mge.Parameter(np.zeros((1,), dtype=np.float32))
+    return w, b
+
+
+def _loss(w, b):
+    err = mge.Tensor(X) @ w + b - mge.Tensor(Y)
+    return (err * err).sum()
+
+
+def _address(p):
+    return p._data.__array_interface__["data"][0]
+
+
+def test_step_skips_parameters_without_grad():
+    p, q = mge.Parameter([1.0, 2.0]), mge.Parameter([3.0])
+    opt = SGD([p, q], lr=0.5, momentum=0.9)
+    p.grad = mge.Tensor([1.0, -1.0])
+    opt.step()
+    assert p.tolist() == [0.5, 2.5]
+    assert q.tolist() == [3.0]
+    assert set(opt.state_dict()["state"]) == {0}  # no buffer was made for q
+
+
+def test_step_checks_the_gradients():
+    p = mge.Parameter([1.0, 2.0])
+    opt = SGD([p], lr=0.1)
+    p.grad = mge.Tensor([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"gradient of shape \(3,\)"):
+        opt.step()
+    p.grad = np.ones(2, np.float32)
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        opt.step()
+
+
+def test_clear_grad_sets_grads_to_none_and_step_chains():
+    p = mge.Parameter([1.0])
+    opt = SGD(p, lr=1.0)
+    p.grad = mge.Tensor([2.0])
+    opt.step().clear_grad()
+    assert p.grad is None and p.tolist() == [-1.0]
+
+
+def test_param_groups_have_their_own_lr_and_can_be_changed_between_steps():
+    p, q = mge.Parameter([1.0]), mge.Parameter([1.0])
+    opt = SGD([{"params": [p]}, {"params": q, "lr": 0.1}], lr=1.0)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 0.1]
+    p.grad, q.grad = mge.Tensor([1.0]), mge.Tensor([1.0])
+    opt.step()
+    np.testing.assert_allclose([p.item(), q.item()], [0.0, 0.9], rtol=1e-6)
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step()
+    np.testing.assert_allclose([p.item(), q.item()], [-0.5, 0.8], rtol=1e-6)
+
+
+def test_add_param_group():
+    p, q = mge.Parameter([1.0]), mge.Parameter([1.0])
+    opt = SGD([p], lr=1.0, momentum=0.5)
+    opt.add_param_group({"params": [q], "lr": 0.25})
+    assert opt.param_groups[1]["momentum"] == 0.5  # missing hyperparameters come from defaults
+    q.grad = mge.Tensor([4.0])
+    opt.step()
+    assert q.tolist() == [0.0]
+    with pytest.raises(ValueError, match="more than once"):
+        opt.add_param_group({"params": [p]})
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [mge.Parameter([1.0])], "lr": -1.0})
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ([], ValueError, "empty"),
+    ([mge.Tensor([1.0])], TypeError, "only optimize Parameters"),
+    (3, TypeError, "params must be"),
+    ([{"params": {mge.Parameter([1.0])}}], TypeError, "not a set"),
+])
+def test_bad_params_are_rejected(params, error, match):
+    with pytest.raises(error, match=match):
+        SGD(params, lr=0.1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    lambda ps: Adam(ps, lr=0.05, weight_decay=1e-2),
+    lambda ps: AdamW(ps, lr=0.05),
+    lambda ps: Adagrad(ps, lr=0.1, lr_decay=0.01),
+    lambda ps: Adadelta(ps, lr=1.0),
+])
+def test_state_dict_round_trip_continues_training_identically(make):
+    grads = [[np.asarray(np.random.RandomState(s).randn(*shape), dtype=np.float32)
+              for shape in ((3, 1), (1,))] for s in range(6)]
+
+    def train(params, opt, steps):
+        for g in steps:
+            for p, gv in zip(params, g):
+                p.grad = mge.Tensor(gv)
+            opt.step()
+
+    # uninterrupted
+    params = list(_model())
+    opt = make(params)
+    train(params, opt, grads)
+    expected = [p.numpy() for p in params]
+
+    # interrupted after 3 steps: save, rebuild everything, load, continue
+    params = list(_model())
+    opt = make(params)
+    train(params, opt, grads[:3])
+    f = io.BytesIO()
+    mge.save({"params": [p.numpy() for p in params], "opt": opt.state_dict()}, f)
+    f.seek(0)
+    ckpt = mge.load(f)
+    params = [mge.Parameter(v) for v in ckpt["params"]]
+    opt = make(params)
+    opt.load_state_dict(ckpt["opt"])
+    addresses = [_address(p) for p in params]
+    train(params, opt, grads[3:])
+    for p, e in zip(params, expected):
+        np.testing.assert_array_equal(p.numpy(), e)
+    assert [_address(p) for p in params] == addresses
+
+
+def test_load_state_dict_restores_hyperparameters_and_checks_shapes():
+    p = mge.Parameter([1.0, 2.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = mge.Tensor([1.0, 1.0])
+    opt.step()
+    sd = opt.state_dict()
+    other = SGD([mge.Parameter([0.0, 0.0])], lr=0.5)
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="shape"):
+        SGD([mge.Parameter([0.0, 0.0, 0.0])], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="parameter groups"):
+        SGD([{"params": [mge.Parameter([0.0])]}, {"params": [mge.Parameter([0.0])]}],
+            lr=0.1).load_state_dict(sd)
+
+
+def test_state_dict_is_a_snapshot():
+    p = mge.Parameter([1.0, 2.0])
+    opt = Adam([p], lr=0.1)
+    p.grad = mge.Tensor([1.0, 1.0])
+    opt.step()
+    sd = opt.state_dict()
+    saved = {k: np.copy(v) for k, v in sd["state"][0].items()}
+    opt.step()  # later steps must not change what was exported
+    for k, v in saved.items():
+        np.testing.assert_array_equal(sd["state"][0][k], v)
+    assert sd["state"][0]["step"] == 1
+    assert isinstance(sd["state"][0]["exp_avg"], np.ndarray)
+
+
+def _train_1x(steps):
+    w, b = _model()
+    gm = GradManager().attach([w, b])
+    opt = SGD([w, b], lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        with gm:
+            gm.backward(_loss(w, b))
+        opt.step().clear_grad()
+    return w.numpy(), b.numpy()
+
+
+def _train_0x(steps):
+    w, b = _model()
+    opt = SGD([w, b], lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = _loss(w, b)
+        opt.backward(loss)
+        opt.step()
+    return w.numpy(), b.numpy()
+
+
+def test_0x_flow_gives_the_same_updates_as_the_1x_flow():
+    for got, want in zip(_train_0x(4), _train_1x(4)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # and it trained: the hand-computed first-step gradient of w is 2 X^T (X w + b - Y)
+    w, b = _model()
+    expected_w = w.numpy() - 0.05 * 2 * X.T @ (X @ w.numpy() + b.numpy() - Y)
+    np.testing.assert_allclose(_train_0x(1)[0], expected_w, rtol=1e-5)
+
+
+def test_0x_backward_releases_and_zero_grad_zeroes():
+    w, b = _model()
+    opt = SGD([w, b], lr=0.1)
+    opt.zero_grad()
+    assert dispatch.is_recording()
+    opt.backward(_loss(w, b))
+    assert not dispatch.is_recording()
+    grad = w.grad
+    opt.zero_grad()
+    assert w.grad is grad and not w.grad.numpy().any()  # zeroed in place, as upstream
+    opt.zero_grad()  # calling it twice keeps one recording going
+    opt.backward(_loss(w, b))
+    assert not dispatch.is_recording()
+
+
+def test_zero_grad_as_a_clear_grad_synonym_does_not_leave_recording_on():
+    w, b = _model()
+    gm = GradManager().attach([w, b])
+    opt = SGD([w, b], lr=0.05, momentum=0.9)
+    for _ in range(4):
+        opt.zero_grad()  # PyTorch habit, next to the user's own GradManager
+        with gm:
+            gm.backward(_loss(w, b))
+        opt.step()
+        assert not dispatch.is_recording()
+    for got, want in zip((w.numpy(), b.numpy()), _train_1x(4)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_backward_without_zero_grad_says_what_to_do():
+    w, b = _model()
+    opt = SGD([w, b], lr=0.1)
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        opt.backward(_loss(w, b))
+
+
+def test_1x_user_never_starts_recording():
+    w, b = _model()
+    opt = SGD([w, b], lr=0.1)
+    w.grad = mge.Tensor(np.ones((3, 1), np.float32))
+    opt.step().clear_grad()
+    assert not dispatch.is_recording()
+    assert opt._gm is None and not w.requires_grad
+
+
+def test_step_clear_grad_and_zero_grad_are_announced_to_a_tracer(monkeypatch):
+    calls = []
+
+    class Hook:  # stands in for megengine.jit's recorder
+        def event(self, fn, *args, **kwargs):
+            calls.append(fn.__name__)
+            monkeypatch.setattr(dispatch, "_trace_hook", None)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                monkeypatch.setattr(dispatch, "_trace_hook", self)
+
+    p = mge.Parameter([1.0])
+    opt = SGD([p], lr=1.0)
+    p.grad = mge.Tensor([1.0])
+    monkeypatch.setattr(dispatch, "_trace_hook", Hook(), raising=False)
+    assert opt.step() is opt
+    opt.clear_grad()
+    opt.zero_grad()
+    monkeypatch.setattr(dispatch, "_trace_hook", None)
+    opt._gm.release()
+    assert calls == ["step", "clear_grad", "zero_grad"]
+    assert p.tolist() == [0.0] and p.grad is None
