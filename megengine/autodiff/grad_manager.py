@@ -178,7 +178,7 @@ def _pair_outputs(y, dy, what):
 def _accumulate(t, g, callbacks):
     if g.dtype != t.dtype:
         g = g.astype(t.dtype)
-    if not g.flags.writeable or not g.flags.c_contiguous:
+    if not getattr(g.flags, "writeable", True) or not g.flags.c_contiguous:
         g = g.copy()  # broadcast views and strided views would surprise in-place grad edits
     grad = Tensor._wrap(g, t._device)
     for cb in callbacks:

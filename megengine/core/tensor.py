@@ -198,7 +198,7 @@ class Tensor:
                 "grad": None}
 
     def __setstate__(self, state):
-        self._device = state["device"]
+        self._device = _device_mod.canonical_device(state["device"])
         self._data = as_array(state["data"], state["data"].dtype, self._device)
         self._name = state.get("name")
         self.grad = None
@@ -250,7 +250,7 @@ class Tensor:
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._reset, self, other)
         value = other._data if isinstance(other, Tensor) else as_array(other, self.dtype, self._device)
-        if value.shape == self._data.shape and self._data.flags.writeable:
+        if value.shape == self._data.shape and _writeable(self._data):
             self._data[...] = value
         else:
             self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype else value.copy()
@@ -267,7 +267,7 @@ class Tensor:
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         if (isinstance(self, Parameter) and not dispatch.is_recording()
-                and op_result.shape == self.shape and self._data.flags.writeable):
+                and op_result.shape == self.shape and _writeable(self._data)):
             self._data[...] = op_result._data.astype(self.dtype, copy=False)
             return self
         self._data = op_result._data
@@ -301,6 +301,11 @@ class Tensor:
 
     def min(self, axis=None, keepdims=False):
         return dispatch.apply(_ops.Reduce("min", axis, keepdims), self)
+
+
+def _writeable(array):
+    # CuPy's flags have no "writeable": device arrays are always writeable.
+    return getattr(array.flags, "writeable", True)
 
 
 def _operand(value, like):

@@ -125,7 +125,7 @@ class Var(Op):
 
     def backward(self, g):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
-        return g * (2.0 / self.count) * self.d
+        return g * (1.0 / self.count) * self.d
 
 
 def var(inp, axis=None, keepdims=False):

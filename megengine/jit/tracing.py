@@ -551,6 +551,7 @@ class _Recorder:
         self.by_array[id(arr)] = slot
         self.slot_tensor[slot] = t
         self.keep.append(t)
+        self.keep.append(arr)  # a rebound tensor no longer holds it, but its id is a key
 
     def bind_args(self, leaves):
         if self.checking:

@@ -203,7 +203,9 @@ def test_random_resized_crop():
 def test_normalize_tomode_and_compose_order():
     image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     mask = np.ones((2, 2, 1), np.uint8)
-    pipeline = T.Compose([T.Normalize(mean=[1, 2, 3], std=[2, 2, 2]), T.ToMode("CHW")], order=("image", "mask", "image_category"))
+    pipeline = T.Compose(
+        [T.Normalize(mean=[1, 2, 3], std=[2, 2, 2]), T.ToMode("CHW")], order=("image", "mask", "image_category")
+    )
     out_image, out_mask, label = pipeline.apply((image, mask, 3))
     expected = ((image.astype(np.float32) - [1, 2, 3]) / 2).transpose(2, 0, 1)
     assert out_image.dtype == np.float32 and out_image.shape == (3, 2, 2)

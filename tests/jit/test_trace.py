@@ -37,9 +37,12 @@ def mse(out, y):
     return ((out - y) ** 2).mean()
 
 
-def batches(n, shape_x=(8, 6), shape_y=(8, 3), seed=1):
+def batches(n, batch=8, seed=1):
+    """(x, y) pairs of a learnable task: y is a fixed linear map of x."""
     rng = np.random.RandomState(seed)
-    return [(mge.tensor(rng.randn(*shape_x)), mge.tensor(rng.randn(*shape_y))) for _ in range(n)]
+    teacher = rng.randn(6, 3)
+    xs = [rng.randn(batch, 6) for _ in range(n)]
+    return [(mge.tensor(x), mge.tensor(x @ teacher)) for x in xs]
 
 
 def values(ts):

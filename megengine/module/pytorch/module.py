@@ -34,8 +34,24 @@ def _torch_device(device):
 class _Mirror(Module):
     """Holds one torch submodule's parameters and buffers under their torch names."""
 
-    def __init__(self):
+    def __init__(self, torch_module):
         super().__init__()
+        self._info = type(torch_module).__name__
+
+    def _module_info_string(self):
+        return "torch " + self._info
+
+
+class _Pairs:
+    """(megengine Parameter, torch Parameter) pairs, out of sight of Module's attribute scan."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self):
+        self.pairs = []
+
+    def __iter__(self):
+        return iter(self.pairs)
 
 
 def _check_attribute_name(owner, name, what):
@@ -86,7 +102,7 @@ class PyTorchModule(Module):
         self.output_cnt = int(output_cnt)
         self._infer_shape = infer_shape
         self._copy_inputs = None  # learned on the first call: does the module write its inputs?
-        self._params = []  # (megengine Parameter, torch Parameter), in torch's order
+        self._params = _Pairs()  # (megengine Parameter, torch Parameter), in torch's order
         self._build_mirror(self, torch_module)
         self.train(torch_module.training)
 
@@ -94,7 +110,7 @@ class PyTorchModule(Module):
         for name, p in tmod.named_parameters(recurse=False):
             _check_attribute_name(owner, name, "parameter")
             mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
-            self._params.append((mp, p))
+            self._params.pairs.append((mp, p))
             setattr(owner, name, mp)
         for name, b in tmod.named_buffers(recurse=False):
             if b is None or name in tmod._non_persistent_buffers_set:
@@ -102,8 +118,10 @@ class PyTorchModule(Module):
             _check_attribute_name(owner, name, "buffer")
             setattr(owner, name, Tensor._wrap(_bridge.from_torch(b), self._device))
         for name, child in tmod.named_children():
+            if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
+                continue  # stateless (ReLU, pooling): nothing to expose
             _check_attribute_name(owner, name, "submodule")
-            mirror = _Mirror()
+            mirror = _Mirror(child)
             setattr(owner, name, mirror)
             self._build_mirror(mirror, child)
 
