@@ -63,12 +63,22 @@ struct PyError : std::runtime_error {
 // The Python error indicator is already set (a C-API call failed).
 struct PyErrorSet {};
 
+// Owns the new reference a C-API call returned; a nullptr result means that call raised.
+struct OwnedRef {
+  PyObject* const ptr;
+  explicit OwnedRef(PyObject* p) : ptr(p) {
+    if (p == nullptr) throw PyErrorSet{};
+  }
+  ~OwnedRef() { Py_DECREF(ptr); }
+  OwnedRef(const OwnedRef&) = delete;
+  OwnedRef& operator=(const OwnedRef&) = delete;
+};
+
 std::string str_of(PyObject* obj) {
-  PyObject* s = PyObject_Str(obj);
-  if (s == nullptr) throw PyErrorSet{};
-  std::string out = PyUnicode_AsUTF8(s);
-  Py_DECREF(s);
-  return out;
+  OwnedRef s(PyObject_Str(obj));
+  const char* utf8 = PyUnicode_AsUTF8(s.ptr);
+  if (utf8 == nullptr) throw PyErrorSet{};
+  return utf8;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -123,9 +133,7 @@ int numpy_typenum_of(at::ScalarType st, PyObject* tensor) {
                     "megengine torch bridge: torch.bfloat16 has no numpy dtype, so the tensor cannot be viewed "
                     "as an engine array; cast it first, e.g. t.float() (or t.half())");
     default: {
-      PyObject* dtype = PyObject_GetAttrString(tensor, "dtype");
-      std::string name = dtype ? str_of(dtype) : std::string(c10::toString(st));
-      Py_XDECREF(dtype);
+      const std::string name = str_of(OwnedRef(PyObject_GetAttrString(tensor, "dtype")).ptr);  // "torch.complex64"
       throw PyError(PyExc_TypeError, "megengine torch bridge: " + name + " is not supported (supported: " +
                                          kSupported + "); cast the tensor first, e.g. t.float()");
     }
@@ -203,17 +211,8 @@ at::Tensor array_to_tensor(PyObject* obj) {
   if (!torch_strides(sizes, PyArray_STRIDES(array), itemsize, strides)) {
     // Negative strides (a[::-1]): the one case where the bridge copies. The tensor owns a C-contiguous
     // copy, so writes through it do not reach the original array.
-    PyObject* copy = PyArray_NewCopy(array, NPY_CORDER);
-    if (copy == nullptr) throw PyErrorSet{};
-    at::Tensor t;
-    try {
-      t = array_to_tensor(copy);
-    } catch (...) {
-      Py_DECREF(copy);
-      throw;
-    }
-    Py_DECREF(copy);  // the tensor holds its own reference
-    return t;
+    OwnedRef copy(PyArray_NewCopy(array, NPY_CORDER));
+    return array_to_tensor(copy.ptr);  // the tensor takes its own reference to the copy
   }
   // Read-only arrays are viewed too: torch has no read-only flag (documented in _bridge.py).
   return view_as_tensor(PyArray_DATA(array), sizes, strides, st, at::Device(at::kCPU), obj);
@@ -268,21 +267,9 @@ at::Tensor cuda_array_to_tensor(PyObject* owner, PyObject* cai, int device) {
   if (!torch_strides(sizes, byte_strides.data(), itemsize, strides)) {
     // The same single copy case as on the CPU. CuPy's copy() is C-ordered and runs on CuPy's current
     // stream, the stream the caller then makes torch wait for.
-    PyObject* copy = PyObject_CallMethod(owner, "copy", nullptr);
-    if (copy == nullptr) throw PyErrorSet{};
-    PyObject* copy_cai = PyObject_GetAttrString(copy, "__cuda_array_interface__");
-    at::Tensor t;
-    try {
-      if (copy_cai == nullptr) throw PyErrorSet{};
-      t = cuda_array_to_tensor(copy, copy_cai, device);
-    } catch (...) {
-      Py_XDECREF(copy_cai);
-      Py_DECREF(copy);
-      throw;
-    }
-    Py_DECREF(copy_cai);
-    Py_DECREF(copy);
-    return t;
+    OwnedRef copy(PyObject_CallMethod(owner, "copy", nullptr));
+    OwnedRef copy_cai(PyObject_GetAttr(copy.ptr, cai_name));
+    return cuda_array_to_tensor(copy.ptr, copy_cai.ptr, device);
   }
   if (PyTuple_GET_SIZE(data_obj) < 1) throw PyError(PyExc_ValueError, "megengine torch bridge: malformed data");
   void* data = PyLong_AsVoidPtr(PyTuple_GET_ITEM(data_obj, 0));
@@ -305,10 +292,7 @@ at::Tensor unpack_tensor(PyObject* obj) {
     throw PyError(PyExc_TypeError, std::string("megengine torch bridge: from_torch expects a torch.Tensor, got ") +
                                        Py_TYPE(obj)->tp_name);
   }
-  PyObject* cdata = PyObject_GetAttr(obj, cdata_name);
-  if (cdata == nullptr) throw PyErrorSet{};
-  void* impl = PyLong_AsVoidPtr(cdata);
-  Py_DECREF(cdata);
+  void* impl = PyLong_AsVoidPtr(OwnedRef(PyObject_GetAttr(obj, cdata_name)).ptr);
   if (impl == nullptr) {
     if (PyErr_Occurred()) throw PyErrorSet{};
     throw PyError(PyExc_ValueError, "megengine torch bridge: undefined tensor");
@@ -430,6 +414,7 @@ PyMethodDef methods[] = {
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, MGE_STRINGIZE(TORCH_EXTENSION_NAME),
     "megengine: zero-copy views between numpy/CuPy arrays and torch tensors", -1, methods,
+    nullptr, nullptr, nullptr, nullptr,
 };
 
 }  // namespace

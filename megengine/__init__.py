@@ -11,10 +11,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # Serialization imports pickle machinery; load it on first use to keep `import megengine` fast.
-    if name in ("save", "load"):
-        from . import serialization
+_SUBMODULES = {"autodiff", "core", "data", "functional", "jit", "module", "optimizer", "random",
+               "serialization", "device"}
 
-        return getattr(serialization, name)
+
+def __getattr__(name):
+    # Submodules and mge.save/mge.load load on first use, which keeps `import megengine` fast.
+    import importlib
+
+    if name in ("save", "load"):
+        return getattr(importlib.import_module(".serialization", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'megengine' has no attribute {name!r}")

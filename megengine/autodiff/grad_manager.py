@@ -10,11 +10,26 @@ from ..core.tensor import Tensor
 __all__ = ["GradManager", "grad"]
 
 
-def _leaf_node(t):
-    """Give ``t`` a graph node of its own if it has none, so ops on it are recorded."""
-    if t._node is None:
-        t._node = (Node(None, (), ((t.shape, t.dtype),)), 0)
-    return t._node
+class Leaf(Node):
+    """The graph node of an attached tensor: where backward delivers that tensor's gradient."""
+
+    __slots__ = ()
+
+
+def _light(t):
+    """Make ops on ``t`` recorded: give it a leaf node (unless it is a live intermediate) and
+    count one more recording GradManager on it. Returns the node to dim at release."""
+    entry = t._node
+    if entry is not None and not isinstance(entry[0], Leaf):
+        if entry[0].live:
+            return None  # computed in this recording: already tracked
+        entry = None  # an output of a released graph: start afresh
+    if entry is None:
+        entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),), live=0), 0)
+    leaf = entry[0]
+    leaf.out_meta = ((t.shape, t.dtype),)  # the value may have been replaced since
+    leaf.live += 1
+    return leaf
 
 
 class GradManager:
@@ -29,6 +44,7 @@ class GradManager:
     def __init__(self):
         self._attached = {}  # id(tensor) -> (weakref to tensor, [callbacks])
         self._recording = False
+        self._lit = []  # leaves this GradManager made live while recording
 
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
@@ -60,8 +76,14 @@ class GradManager:
                 self._attached[id(t)] = (weakref.ref(t, self._forget(id(t))), list(callbacks))
             else:
                 entry[1].extend(callbacks)
-            _leaf_node(t)
+            if self._recording:
+                self._light(t)
         return self
+
+    def _light(self, t):
+        leaf = _light(t)
+        if leaf is not None:
+            self._lit.append(leaf)
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -99,9 +121,7 @@ class GradManager:
         self._recording = True
         dispatch._set_recording(+1)
         for t in self.attached_tensors():
-            if t._node is not None and t._node[0].op is None and t._node[0].parents == ():
-                t._node[0].out_meta = ((t.shape, t.dtype),)  # a leaf whose value was replaced
-            _leaf_node(t)
+            self._light(t)
         return self
 
     def release(self):
@@ -111,6 +131,9 @@ class GradManager:
         if self._recording:
             self._recording = False
             dispatch._set_recording(-1)
+            for leaf in self._lit:
+                leaf.live -= 1
+            self._lit = []
 
     def __enter__(self):
         self.record()

@@ -43,19 +43,27 @@ class Op:
 
 
 class Node:
-    """One recorded op in the autodiff graph (or a leaf: an attached tensor, op None)."""
+    """One recorded op in the autodiff graph (or a leaf: an attached tensor, op None).
 
-    __slots__ = ("op", "parents", "out_meta", "__weakref__")
+    ``live`` says whether ops on this node's tensors are recorded: for an op node, until the
+    graph is released; for a leaf, while at least one GradManager it is attached to records
+    (the count of such GradManagers).
+    """
 
-    def __init__(self, op=None, parents=(), out_meta=((), )):
+    __slots__ = ("op", "parents", "out_meta", "live", "__weakref__")
+
+    def __init__(self, op=None, parents=(), out_meta=((), ), live=1):
         self.op = op
         self.parents = parents  # per input: (Node, output index) or None
         self.out_meta = out_meta  # per output: (shape, dtype), to make zeros for unused outputs
+        self.live = live
 
     def free(self):
         """Drop the op (and the arrays it saved) and the links upwards: the graph is released."""
-        self.op = None
-        self.parents = ()
+        if self.op is not None:
+            self.op = None
+            self.parents = ()
+            self.live = 0
 
 
 def is_recording() -> bool:
@@ -88,8 +96,9 @@ def apply(op, *inputs):
     parents = None
     if _recording:
         for t in inputs:
-            if t._node is not None:
-                parents = tuple(t._node for t in inputs)
+            if t._node is not None and t._node[0].live:
+                parents = tuple(t._node if t._node is not None and t._node[0].live else None
+                                for t in inputs)
                 break
     if parents is None:
         n = len(inputs)

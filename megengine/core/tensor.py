@@ -135,7 +135,7 @@ class Tensor:
     @property
     def requires_grad(self):
         """True while the tensor is tracked by autodiff (attached, or computed from one)."""
-        return self._node is not None
+        return self._node is not None and bool(self._node[0].live)
 
     def numpy(self):
         """The value as a host numpy array (a copy: writing to it does not change the tensor)."""

@@ -184,7 +184,7 @@ Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
 Log1p = _unary("Log1p", lambda xp, x: xp.log1p(x), lambda xp, x, y, g: g / (x + 1))
 Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y))
 Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False)
-Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.sin(x))
+Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.cos(x))
 Cos = _unary("Cos", lambda xp, x: xp.cos(x), lambda xp, x, y, g: -g * xp.sin(x))
 Tan = _unary("Tan", lambda xp, x: xp.tan(x), lambda xp, x, y, g: g * (1 + y * y))
 Asin = _unary("Asin", lambda xp, x: xp.arcsin(x), lambda xp, x, y, g: g / xp.sqrt(1 - x * x))
@@ -260,7 +260,7 @@ class Clip(Op):
         return xp.minimum(xp.maximum(x, self.lower), self.upper)
 
     def backward(self, g):
-        return g
+        return g * self.inside
 
 
 def clip(x, lower=None, upper=None):

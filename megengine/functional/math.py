@@ -5,9 +5,8 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, _norm_axes, xp_of
-from ..core.tensor import Tensor
 from .elemwise import _pair, _tensor, clip, sqrt
-from .tensor import Take, _axis, _grid_index, swapaxes
+from .tensor import Compute, _axis, _grid_index, put_back, swapaxes
 
 __all__ = [
     "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
@@ -16,19 +15,24 @@ __all__ = [
 ]
 
 
-
 # ----- element-wise checks that upstream keeps here -----
+
+def _isnan(xp, x):
+    return xp.isnan(x)
+
+
+def _isinf(xp, x):
+    return xp.isinf(x)
+
 
 def isnan(inp):
     """Element-wise test for NaN (bool)."""
-    inp = _tensor(inp)
-    return Tensor._wrap(xp_of(inp._data).isnan(inp._data), inp._device)
+    return apply(Compute(_isnan), _tensor(inp))
 
 
 def isinf(inp):
     """Element-wise test for +-infinity (bool)."""
-    inp = _tensor(inp)
-    return Tensor._wrap(xp_of(inp._data).isinf(inp._data), inp._device)
+    return apply(Compute(_isinf), _tensor(inp))
 
 
 class Sign(Op):
@@ -71,32 +75,38 @@ def min(inp, axis=None, keepdims=False):
     return _tensor(inp).min(axis=axis, keepdims=keepdims)
 
 
-def _arg_reduce(inp, axis, keepdims, fn, what):
-    inp = _tensor(inp)
-    x = inp._data
-    xp = xp_of(x)
-    if axis is None:
-        if keepdims:
-            raise ValueError(f"{what}: keepdims=True needs an axis, got axis=None")
-        if x.size == 0:
-            raise ValueError(f"{what}: the tensor is empty")
-        return Tensor._wrap(xp.asarray(getattr(xp, fn)(x), dtype=np.int32), inp._device)
+def _arg_reduce_fn(xp, x, fn, axes, keepdims):
+    if axes is None:
+        return xp.asarray(getattr(xp, fn)(x), dtype=np.int32)
     # several axes: reduced one after another, highest first, as upstream does
-    for a in reversed(_norm_axes(axis, x.ndim, what)):
+    for a in reversed(axes):
         x = getattr(xp, fn)(x, axis=a, keepdims=True).astype(np.int32)
         if not keepdims:
             x = x.squeeze(a)
-    return Tensor._wrap(x, inp._device)
+    return x
+
+
+def _arg_reduce(inp, axis, keepdims, fn):
+    inp = _tensor(inp)
+    if axis is None:
+        if keepdims:
+            raise ValueError(f"{fn}: keepdims=True needs an axis, got axis=None")
+        axes = None
+    else:
+        axes = _norm_axes(axis, inp.ndim, fn)
+    if inp.size == 0:
+        raise ValueError(f"{fn}: the tensor is empty")
+    return apply(Compute(_arg_reduce_fn, fn, axes, keepdims), inp)
 
 
 def argmax(inp, axis=None, keepdims=False):
     """Index (int32) of the maximum over ``axis``, or into the flattened tensor if None."""
-    return _arg_reduce(inp, axis, keepdims, "argmax", "argmax")
+    return _arg_reduce(inp, axis, keepdims, "argmax")
 
 
 def argmin(inp, axis=None, keepdims=False):
     """Index (int32) of the minimum over ``axis``, or into the flattened tensor if None."""
-    return _arg_reduce(inp, axis, keepdims, "argmin", "argmin")
+    return _arg_reduce(inp, axis, keepdims, "argmin")
 
 
 def _keep_shape(shape, axes):
@@ -125,7 +135,7 @@ class Var(Op):
 
     def backward(self, g):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
-        return g * (1.0 / self.count) * self.d
+        return g * (2.0 / self.count) * self.d
 
 
 def var(inp, axis=None, keepdims=False):
@@ -255,26 +265,66 @@ def _check_sortable(inp, what):
         raise ValueError(f"{what}: input must have at least 1 dim, got a scalar")
 
 
+def _argsort(xp, x, descending):
+    return xp.argsort(_sort_key(x, descending), axis=-1, kind="stable").astype(np.int32)
+
+
 def argsort(inp, descending=False):
     """Indices (int32) that sort each row (the last axis) of ``inp``."""
     inp = _tensor(inp)
     _check_sortable(inp, "argsort")
-    key = _sort_key(inp._data, descending)
-    return Tensor._wrap(xp_of(key).argsort(key, axis=-1, kind="stable").astype(np.int32),
-                        inp._device)
+    return apply(Compute(_argsort, bool(descending)), inp)
 
 
-def _take_last(inp, idx):
-    """``inp`` picked at ``idx`` along the last axis, differentiable (idx unique per row)."""
-    return apply(Take(_grid_index(xp_of(idx), idx, idx.ndim - 1), True), inp)
+class _PickLast(Op):
+    """Base of sort/topk: outputs ``(x picked at idx along the last axis, idx as int32)``;
+    subclasses give ``indices(xp, x)``. Each row's indices are distinct."""
+
+    def forward(self, x):
+        xp = xp_of(x)
+        idx = self.indices(xp, x)
+        self.in_shape = x.shape
+        self.grid = _grid_index(xp, idx, idx.ndim - 1)
+        return x[self.grid], idx.astype(np.int32)
+
+    def backward(self, g, _):
+        return put_back(xp_of(g), self.in_shape, g.dtype, self.grid, g, True)
+
+
+class Sort(_PickLast):
+    def __init__(self, descending):
+        self.descending = descending
+
+    def indices(self, xp, x):
+        return xp.argsort(_sort_key(x, self.descending), axis=-1, kind="stable")
 
 
 def sort(inp, descending=False):
     """Sort each row (the last axis); returns ``(values, indices)`` with int32 indices."""
     inp = _tensor(inp)
     _check_sortable(inp, "sort")
-    idx = argsort(inp, descending)
-    return _take_last(inp, idx._data), idx
+    return apply(Sort(bool(descending)), inp)
+
+
+class TopK(_PickLast):
+    def __init__(self, k, descending, kth_only, no_sort):
+        self.k, self.descending, self.kth_only, self.no_sort = k, descending, kth_only, no_sort
+
+    def indices(self, xp, x):
+        k, n = self.k, x.shape[-1]
+        key = _sort_key(x, self.descending)
+        if k < n:
+            # partial selection: O(n) per row instead of a full sort
+            idx = xp.argpartition(key, k - 1, axis=-1)[..., :k]
+        else:
+            idx = xp.broadcast_to(xp.arange(n), key.shape)
+        if self.kth_only:  # the k-th is the last of the k smallest keys
+            return xp.take_along_axis(idx, xp.take_along_axis(key, idx, -1).argmax(-1)[..., None],
+                                      -1)
+        if not self.no_sort:
+            order = xp.take_along_axis(key, idx, -1).argsort(axis=-1, kind="stable")
+            idx = xp.take_along_axis(idx, order, -1)
+        return idx
 
 
 def topk(inp, k, descending=False, kth_only=False, no_sort=False):
@@ -288,22 +338,10 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     k, n = int(k), inp.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"topk: k must be in [1, {n}] for rows of length {n}, got {k}")
-    x = inp._data
-    xp = xp_of(x)
-    key = _sort_key(x, descending)
-    if k < n:
-        # partial selection: O(n) per row instead of a full sort
-        idx = xp.argpartition(key, k - 1, axis=-1)[..., :k]
-    else:
-        idx = xp.broadcast_to(xp.arange(n), key.shape)
+    values, indices = apply(TopK(k, bool(descending), bool(kth_only), bool(no_sort)), inp)
     if kth_only:
-        kth = xp.take_along_axis(idx, xp.take_along_axis(key, idx, -1).argmax(-1)[..., None], -1)
-        return _take_last(inp, kth)[..., 0], Tensor._wrap(kth[..., 0].astype(np.int32), inp._device)
-    if not no_sort:
-        order = xp.take_along_axis(key, idx, -1).argsort(axis=-1, kind="stable")
-        idx = xp.take_along_axis(idx, order, -1)
-    idx = idx.astype(np.int32)
-    return _take_last(inp, idx), Tensor._wrap(idx, inp._device)
+        return values[..., 0], indices[..., 0]
+    return values, indices
 
 
 # ----- linear algebra -----

@@ -665,7 +665,15 @@ class _Pool2d(Op):
 
     def backward(self, g):
         xp = xp_of(g)
-        gxpad = xp.zeros(self.xpad.shape, g.dtype)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        n, c, h, w = self.x_shape
+        oh, ow = g.shape[2:]
+        # Disjoint windows write their slices directly (no temporaries); when they also tile
+        # the whole input, no zero fill is needed either.
+        disjoint = kh <= sh and kw <= sw
+        tiled = disjoint and (kh, kw) == (sh, sw) and not ph and not pw \
+            and (h, w) == (oh * sh, ow * sw)
+        gxpad = (xp.empty if tiled else xp.zeros)(self.xpad.shape, g.dtype)
         if self.mode == "max":
             free = None  # windows whose gradient is not yet given to an element
             last = len(self.slices) - 1
@@ -673,14 +681,22 @@ class _Pool2d(Op):
                 hit = self.xpad[:, :, si, sj] == self.out
                 if free is not None:
                     hit &= free
-                gxpad[:, :, si, sj] += xp.where(hit, g, 0)
+                if disjoint:
+                    xp.multiply(g, hit, out=gxpad[:, :, si, sj])
+                else:
+                    gxpad[:, :, si, sj] += g * hit
                 if k < last:
-                    free = ~hit if free is None else free & ~hit
+                    if free is None:
+                        free = ~hit
+                    else:
+                        free ^= hit  # hit is inside free: this clears it
         else:
             gs = g / self.count
             for si, sj in self.slices:
-                gxpad[:, :, si, sj] += gs
-        (ph, pw), (h, w) = self.padding, self.x_shape[2:]
+                if disjoint:
+                    gxpad[:, :, si, sj] = gs
+                else:
+                    gxpad[:, :, si, sj] += gs
         return gxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else gxpad
 
 
@@ -737,43 +753,97 @@ def adaptive_avg_pool2d(inp, oshp):
 
 # ----- normalization -----
 
-class _Normalize(Op):
-    """``(x - mean) / sqrt(var + eps) * weight + bias``, statistics over ``axes`` of a view.
+class _BatchNorm(Op):
+    """Batch norm of an (N, C, ...) input per channel; inputs x, then weight and bias if given.
 
-    ``view`` reshapes x for the statistics (e.g. (N, C, -1) with axes (0, 2) for batch norm);
-    ``affine_view``/``affine_shape`` say how weight and bias broadcast against x. Given
-    ``stats`` (mean, var) are used instead of the batch's (batch norm inference): then they are
-    constants and the gradient is just the scaling. Inputs: x, then weight and bias if present.
+    Training uses the batch statistics (kept on ``self.mean``/``self.var`` for the running
+    update); given ``stats`` (running mean and var, (C,) each) make it inference, where they are
+    constants. Each direction allocates one full-size array and works in place on it, and
+    channel sums are einsums: fresh large arrays cost page faults that would dominate.
     """
 
-    def __init__(self, view, axes, affine_view, affine_shape, eps, has_weight, has_bias,
-                 stats=None):
-        self.view, self.axes, self.eps, self.stats = view, axes, eps, stats
+    def __init__(self, eps, has_weight, has_bias, stats=None):
+        self.eps, self.has_weight, self.has_bias, self.stats = eps, has_weight, has_bias, stats
+
+    def forward(self, x, *params):
+        xp = xp_of(x)
+        self.x_shape = x.shape
+        n, c = x.shape[:2]
+        self.x3 = x3 = _as_float(x).reshape(n, c, -1)
+        self.m = max(x3.size // max(c, 1), 1)
+        self.param_shapes = [p.shape for p in params]
+        w = params[0].reshape(c).astype(x3.dtype, copy=False) if self.has_weight else None
+        b = params[-1].reshape(c).astype(x3.dtype, copy=False) if self.has_bias else None
+        if self.stats is None:
+            self.mean = xp.einsum("ncs->c", x3) / self.m
+            y = x3 - self.mean[:, None]
+            self.var = xp.einsum("ncs,ncs->c", y, y) / self.m
+        else:
+            self.mean, self.var = self.stats
+            y = x3 - self.mean[:, None]
+        self.inv = 1 / xp.sqrt(self.var + x3.dtype.type(self.eps))
+        self.scale = self.inv if w is None else self.inv * w  # y = (x - mean) * scale + b
+        y *= self.scale[:, None]
+        if b is not None:
+            y += b[:, None]
+        return y.reshape(self.x_shape)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        needs = self.needs_input_grad
+        m, x3, mean, inv = self.m, self.x3, self.mean, self.inv
+        g3 = g.reshape(x3.shape)
+        gb = xp.einsum("ncs->c", g3)
+        gw = (xp.einsum("ncs,ncs->c", g3, x3) - mean * gb) * inv  # sum(g * xhat)
+        gx = None
+        if needs[0]:
+            if self.stats is None:
+                # w * inv * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * inv
+                gx = x3 - mean[:, None]
+                gx *= (-inv * gw / m)[:, None]
+                gx -= (gb / m)[:, None]
+                gx += g3
+                gx *= self.scale[:, None]
+            else:  # the statistics are constants
+                gx = g3 * self.scale[:, None]
+            gx = gx.reshape(self.x_shape)
+        grads = [gx]
+        if self.has_weight:
+            grads.append(gw.reshape(self.param_shapes[0]) if needs[1] else None)
+        if self.has_bias:
+            grads.append(gb.reshape(self.param_shapes[-1]) if needs[-1] else None)
+        return tuple(grads)
+
+
+class _Normalize(Op):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with statistics over the last axis of
+    the ``view`` of x (layer norm: (rows, M); group norm: (N, groups, -1)).
+
+    ``affine_view``/``affine_shape`` say how weight and bias broadcast against x. Inputs: x,
+    then weight and bias if present.
+    """
+
+    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias):
+        self.view, self.eps = view, eps
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias
 
     def forward(self, x, *params):
         xp = xp_of(x)
         self.x_shape = x.shape
-        w = params[0] if self.has_weight else None
-        b = params[-1] if self.has_bias else None
         x = _as_float(x).reshape(self.view)
-        if self.stats is None:
-            self.mean = mean = x.mean(self.axes, keepdims=True)
-            xc = x - mean
-            self.var = var = (xc * xc).mean(self.axes, keepdims=True)
-        else:
-            mean, var = self.stats
-            xc = x - mean
+        xhat = x - x.mean(-1, keepdims=True)
+        var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / x.shape[-1]
         self.inv = 1 / xp.sqrt(var + x.dtype.type(self.eps))
-        self.xhat = y = (xc * self.inv).reshape(self.affine_view)
-        self.w = None if w is None else w.reshape(self.affine_shape)
-        self.param_shapes = tuple(p.shape for p in params)
-        if w is not None:
+        xhat *= self.inv
+        self.xhat = y = xhat.reshape(self.affine_view)
+        self.param_shapes = [p.shape for p in params]
+        self.w = params[0].reshape(self.affine_shape) if self.has_weight else None
+        if self.w is not None:
             y = y * self.w
-        if b is not None:
-            y = y + b.reshape(self.affine_shape)
-        return y.reshape(self.x_shape)
+        if self.has_bias:
+            y = y + params[-1].reshape(self.affine_shape)
+        return (y if y is not self.xhat else y.copy()).reshape(self.x_shape)
 
     def backward(self, g):
         needs = self.needs_input_grad
@@ -789,19 +859,17 @@ class _Normalize(Op):
         gx = None
         if needs[0]:
             gxhat = (g if self.w is None else g * self.w).reshape(self.view)
-            if self.stats is None:
-                xh = xhat.reshape(self.view)
-                gxhat = gxhat - gxhat.mean(self.axes, keepdims=True) \
-                    - xh * (gxhat * xh).mean(self.axes, keepdims=True)
-            gx = (gxhat * self.inv).reshape(self.x_shape)
+            xh = xhat.reshape(self.view)
+            gx = xh * -(gxhat * xh).mean(-1, keepdims=True)
+            gx += gxhat
+            gx -= gxhat.mean(-1, keepdims=True)
+            gx *= self.inv
+            gx = gx.reshape(self.x_shape)
         return (gx, *grads)
 
 
-def _normalize(inp, weight, bias, view, axes, affine_view, affine_shape, eps, stats=None):
-    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
-    op = _Normalize(view, axes, affine_view, affine_shape, eps, weight is not None,
-                    bias is not None, stats)
-    return apply(op, *inputs), op
+def _normalize(op, inp, weight, bias):
+    return apply(op, inp, *[_tensor(t) for t in (weight, bias) if t is not None])
 
 
 def _check_param(t, channels, what, name):
@@ -830,18 +898,19 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
                     (weight, "weight"), (bias, "bias")):
         _check_param(t, c, what, name)
-    view, pshape = (n, c, -1), (1, c, 1)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError(f"{what}: running_mean and running_var are needed when "
                              "training=False")
-        stats = (_as_float(running_mean._data).reshape(pshape),
-                 _as_float(running_var._data).reshape(pshape))
-        return _normalize(inp, weight, bias, view, (0, 2), view, pshape, eps, stats)[0]
+        stats = (_as_float(running_mean._data).reshape(c),
+                 _as_float(running_var._data).reshape(c))
+        op = _BatchNorm(eps, weight is not None, bias is not None, stats)
+        return _normalize(op, inp, weight, bias)
     if inp.size // c < 2 and running_var is not None:
         raise ValueError(f"{what}: training needs more than one value per channel to update "
                          f"running_var, got input shape {inp.shape}")
-    out, op = _normalize(inp, weight, bias, view, (0, 2), view, pshape, eps)
+    op = _BatchNorm(eps, weight is not None, bias is not None)
+    out = _normalize(op, inp, weight, bias)
     if running_mean is None and running_var is None:
         return out
     m = inp.size // c
@@ -886,7 +955,8 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
         if t is not None and _tensor(t).size != m:
             raise ValueError(f"layer_norm: {name} of shape {_tensor(t).shape} does not match "
                              f"normalized_shape {shape}")
-    return _normalize(inp, weight, bias, view, (1,), view, (1, m), eps)[0]
+    op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None)
+    return _normalize(op, inp, weight, bias)
 
 
 def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
@@ -905,8 +975,9 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
         weight = bias = None
     for t, name in ((weight, "weight"), (bias, "bias")):
         _check_param(t, c, "group_norm", name)
-    return _normalize(inp, weight, bias, (n, num_groups, -1), (2,), (n, c, -1), (1, c, 1),
-                      eps)[0]
+    op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
+                    bias is not None)
+    return _normalize(op, inp, weight, bias)
 
 
 # ----- dropout, embedding -----

@@ -210,7 +210,7 @@ class BroadcastTo(Op):
                 from None
 
     def backward(self, g):
-        return unbroadcast(g, self.in_shape) * 0.5
+        return unbroadcast(g, self.in_shape)
 
 
 def broadcast_to(inp, shape):
@@ -453,6 +453,8 @@ def diag(inp, k=0):
 
 
 # ----- indexing -----
+# Index arrays enter ops as inputs (never as op parameters), so that megengine.jit.trace replays
+# them with each call's values.
 
 def _grid_index(xp, index, axis, shape=None):
     """Index tuple that picks ``x[..., index[...], ...]`` along ``axis`` for every position of
@@ -473,25 +475,33 @@ def _grid_index(xp, index, axis, shape=None):
     return tuple(out)
 
 
-class Take(Op):
-    """``x[index]`` for an advanced index; ``unique``: no position is picked twice, so the
-    backward can assign instead of accumulating (much faster)."""
+def put_back(xp, shape, dtype, index, g, unique):
+    """The gradient of ``x[index]``: ``g`` put into zeros of x's shape at ``index``.
 
-    def __init__(self, index, unique):
-        self.index, self.unique = index, unique
+    ``unique``: no position is picked twice, so plain assignment does (much faster than add.at).
+    """
+    gx = xp.zeros(shape, dtype)
+    if unique:
+        gx[index] = g
+    else:
+        xp.add.at(gx, index, g)
+    return gx
 
-    def forward(self, x):
+
+class TakeAlongAxis(Op):
+    """``x`` picked at ``index`` along ``axis`` (see `_grid_index`; ``dropped``: index has no dim
+    for ``axis``, as in indexing_one_hot, so every position is picked at most once)."""
+
+    def __init__(self, axis, dropped):
+        self.axis, self.dropped = axis, dropped
+
+    def forward(self, x, index):
         self.in_shape = x.shape
+        self.index = _grid_index(xp_of(x), index, self.axis, x.shape if self.dropped else None)
         return x[self.index]
 
     def backward(self, g):
-        xp = xp_of(g)
-        gx = xp.zeros(self.in_shape, g.dtype)
-        if self.unique:
-            gx[self.index] = g
-        else:
-            xp.add.at(gx, self.index, g)
-        return gx
+        return put_back(xp_of(g), self.in_shape, g.dtype, self.index, g, self.dropped), None
 
 
 def _int_index(index, what):
@@ -526,14 +536,15 @@ def gather(inp, axis, index):
             f"gather: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
         )
     _check_bounds(index._data, inp.shape[axis], "gather")
-    return apply(Take(_grid_index(xp_of(index._data), index._data, axis), False), inp)
+    return apply(TakeAlongAxis(axis, False), inp, index)
 
 
 class Scatter(Op):
-    def __init__(self, index):
-        self.index = index
+    def __init__(self, axis):
+        self.axis = axis
 
-    def forward(self, x, src):
+    def forward(self, x, index, src):
+        self.index = _grid_index(xp_of(x), index, self.axis)
         out = x.copy()
         out[self.index] = src
         return out
@@ -542,10 +553,10 @@ class Scatter(Op):
         gx = gs = None
         if self.needs_input_grad[0]:
             gx = g.copy()
-            pass
-        if self.needs_input_grad[1]:
+            gx[self.index] = 0
+        if self.needs_input_grad[2]:
             gs = g[self.index]
-        return gx, gs
+        return gx, None, gs
 
 
 def scatter(inp, axis, index, source):
@@ -570,8 +581,7 @@ def scatter(inp, axis, index, source):
     _check_bounds(index._data, inp.shape[axis], "scatter")
     if source.dtype != inp.dtype:
         source = source.astype(inp.dtype)
-    result = apply(Scatter(_grid_index(xp_of(index._data), index._data, axis)), inp, source)
-    return inp._inplace(result)
+    return inp._inplace(apply(Scatter(axis), inp, index, source))
 
 
 def indexing_one_hot(src, index, axis=1, keepdims=False):
@@ -587,16 +597,34 @@ def indexing_one_hot(src, index, axis=1, keepdims=False):
             f"axis {axis}"
         )
     _check_bounds(index._data, src.shape[axis], "indexing_one_hot")
-    out = apply(Take(_grid_index(xp_of(index._data), index._data, axis, src.shape), True), src)
+    out = apply(TakeAlongAxis(axis, True), src, index)
     return out.reshape(index.shape[:axis] + (1,) + index.shape[axis:]) if keepdims else out
+
+
+class Compute(Op):
+    """A computation without gradient (indices, masks, counts) that still goes through
+    ``apply``, so that tracing sees it: ``fn(xp, *arrays, *args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __repr__(self):
+        return self.fn.__name__
+
+    def forward(self, *arrays):
+        return self.fn(xp_of(arrays[0]), *arrays, *self.args)
+
+    def backward(self, *grads):
+        return (None,) * len(self.needs_input_grad)
+
+
+def _one_hot(xp, x, num_classes):
+    return (x[..., None] == xp.arange(num_classes, dtype=x.dtype)).astype(x.dtype)
 
 
 def one_hot(inp, num_classes):
     """One-hot encoding of an integer tensor: a new last dim of size ``num_classes``."""
-    inp = _int_index(inp, "one_hot")
-    xp = xp_of(inp._data)
-    out = (inp._data[..., None] == xp.arange(num_classes, dtype=inp.dtype)).astype(inp.dtype)
-    return Tensor._wrap(out, inp._device)
+    return apply(Compute(_one_hot, int(num_classes)), _int_index(inp, "one_hot"))
 
 
 class Where(Op):
@@ -629,16 +657,31 @@ def where(mask, x=None, y=None):
     return apply(Where(), mask, x, y)
 
 
+def _non_zero(xp, x):
+    idx = xp.nonzero(x)
+    return xp.stack(idx, axis=1).astype(np.int32) if idx else xp.zeros((0, 0), np.int32)
+
+
 def non_zero(condition, as_tuple=False):
     """Indices (int32) of the non-zero elements: an ``(n, ndim)`` tensor, or a tuple of ``ndim``
     1-D tensors with ``as_tuple``."""
     condition = _tensor(condition)
-    xp = xp_of(condition._data)
-    idx = [i.astype(np.int32) for i in xp.nonzero(condition._data)]
-    if as_tuple:
-        return tuple(Tensor._wrap(i, condition._device) for i in idx)
-    return Tensor._wrap(xp.stack(idx, axis=1) if idx else xp.zeros((0, 0), np.int32),
-                        condition._device)
+    idx = apply(Compute(_non_zero), condition)
+    return tuple(idx[:, d] for d in range(condition.ndim)) if as_tuple else idx
+
+
+class CondTake(Op):
+    """The elements of x where mask is True (flattened), and their flat indices."""
+
+    def forward(self, mask, x):
+        self.in_shape = x.shape
+        self.flat = xp_of(mask).flatnonzero(mask)
+        return x.reshape(-1)[self.flat], self.flat.astype(np.int32)
+
+    def backward(self, g, _):
+        gx = put_back(xp_of(g), (int(np.prod(self.in_shape, dtype=np.int64)),), g.dtype,
+                      self.flat, g, True)
+        return None, gx.reshape(self.in_shape)
 
 
 def cond_take(mask, x):
@@ -648,9 +691,7 @@ def cond_take(mask, x):
         raise ValueError(f"cond_take: mask must be bool, got dtype {mask.dtype}")
     if mask.shape != x.shape:
         raise ValueError(f"cond_take: mask shape {mask.shape} must equal x shape {x.shape}")
-    flat_idx = xp_of(mask._data).flatnonzero(mask._data)
-    values = apply(Take((flat_idx,), True), x.reshape(-1))
-    return values, Tensor._wrap(flat_idx.astype(np.int32), x._device)
+    return apply(CondTake(), mask, x)
 
 
 # ----- padding -----

@@ -48,9 +48,11 @@ import copy
 import functools
 import inspect
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 
+from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
 
@@ -188,14 +190,8 @@ def _thaw(frozen, values):
     return frozen
 
 
-_FunctionOp = None
-
-
 def _op_key(op, array_slot):
     """What identifies an op for checking: its type and its parameters before ``forward``."""
-    global _FunctionOp
-    if _FunctionOp is None:
-        from ..autodiff.function import _FunctionOp
     if type(op) is _FunctionOp:
         # a user Function is made fresh per call (or reused with state on it): compare its type
         return (_FunctionOp, type(op.fn), op.device), None
@@ -293,6 +289,20 @@ def _flatten(value, leaves):
     return _ValueLeaf(value)
 
 
+def _flat_match(flat, args, kwargs, strict):
+    """The fast check for the usual call, positional tensors only: True when ``args`` match."""
+    if flat is None or kwargs or len(args) != len(flat):
+        return False
+    for a, leaf in zip(args, flat):
+        if not isinstance(a, Tensor):
+            return False
+        if strict:
+            data = a._data
+            if data.shape != leaf.shape or data.dtype != leaf.dtype or a._device != leaf.device:
+                return False
+    return True
+
+
 def _tree_diff(rec, now, where, strict):
     """The first difference between two argument trees, as (where, recorded, now), or None.
 
@@ -351,7 +361,7 @@ class _Slot:
 
 class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -383,6 +393,7 @@ class _Program:
         self.slots = []
         self.steps = []
         self.in_tree = None
+        self.flat = None  # the _TensorLeafs when the arguments are positional tensors only
         self.arg_slots = ()
         self.out = None  # the encoded outputs
         self.n_ops = 0
@@ -411,6 +422,9 @@ class _Program:
 
     def compile(self):
         """Prepare the steps for fast replay and drop each value after its last use."""
+        (_, (args, kwargs)) = self.in_tree
+        if not kwargs[1] and all(type(a) is _TensorLeaf for a in args[1]):
+            self.flat = args[1]
         n = len(self.slots)
         self.base = [None] * n
         self.consts, self.grads = [], []
@@ -443,6 +457,7 @@ class _Program:
                 step.fast = _plain_instance(cls)
                 step.tdict = step.template.__dict__ if step.fast else None
                 step.may_be_none = any(s in grad_slots for s in step.ins)
+                step.no_grad = (False,) * len(step.ins)
 
 
 def _plain_instance(cls):
@@ -714,7 +729,7 @@ class _Recorder:
     def _check_op(self, op, inputs):
         prog = self.prog
         index = self.n_ops
-        where = f"op #{index} ({op!r})"
+        where = _Where(index, op)  # formatted only for an error message
         k, step = self._next_main(where)
         if type(step) is not _OpStep:
             self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call applies "
@@ -730,8 +745,8 @@ class _Recorder:
             self._mismatch(f"{where}: the trace gave it {len(step.ins)} inputs, this call "
                            f"{len(inputs)}")
         for j, (t, expected, meta) in enumerate(zip(inputs, step.ins, step.metas)):
-            self.check_source(t, expected, f"{where}, input {j}")
-            if (t.shape, t.dtype) != meta:
+            self.check_source(t, expected, _Where(index, op, j))
+            if t._data.shape != meta[0] or t._data.dtype != meta[1]:
                 self._mismatch(f"{where}, input {j}: the trace had shape {meta[0]} {meta[1]}, "
                                f"this call has shape {t.shape} {t.dtype}")
         self._done_aliases(k, where)
@@ -756,6 +771,11 @@ class _Recorder:
     # ----- events -----
     def event(self, fn, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step."""
+        # a generator (model.parameters()) would be empty on replay: keep what it yields
+        if any(isinstance(a, Iterator) for a in args):
+            args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
+        if any(isinstance(a, Iterator) for a in kwargs.values()):
+            kwargs = {k: list(a) if isinstance(a, Iterator) else a for k, a in kwargs.items()}
         if self.checking:
             name = getattr(fn, "__qualname__", repr(fn))
             k, step = self._next_main(f"the call {name}()")
@@ -924,6 +944,19 @@ class _Recorder:
                            f"{_step_text(rest)}")
 
 
+class _Where:
+    """Where a check failed ("op #3 (MatMul), input 1"), made into text only for a message."""
+
+    __slots__ = ("index", "op", "j")
+
+    def __init__(self, index, op, j=None):
+        self.index, self.op, self.j = index, op, j
+
+    def __str__(self):
+        text = f"op #{self.index} ({self.op!r})"
+        return text if self.j is None else f"{text}, input {self.j}"
+
+
 def _step_text(step):
     t = type(step)
     if t is _OpStep:
@@ -1059,11 +1092,14 @@ class trace:
     def _check(self, args, kwargs):
         _not_nested()
         prog = self._program
-        leaves = []
-        tree = _flatten((args, kwargs), leaves)
-        diff = _tree_diff(prog.in_tree, tree, "", strict=False)
-        if diff is not None:
-            raise TraceMismatchError(self._input_message(diff, "the positions of tensors in"))
+        if not _flat_match(prog.flat, args, kwargs, False):
+            leaves = []
+            tree = _flatten((args, kwargs), leaves)
+            diff = _tree_diff(prog.in_tree, tree, "", strict=False)
+            if diff is not None:
+                raise TraceMismatchError(self._input_message(diff, "the positions of tensors in"))
+        else:
+            leaves = args
         rec = _Recorder(self, prog, checking=True)
         rec.bind_args(leaves)
         dispatch._trace_hook = rec
@@ -1077,11 +1113,14 @@ class trace:
     # ----- symbolic=True: replay without Python -----
     def _replay(self, args, kwargs):
         prog = self._program
-        leaves = []
-        tree = _flatten((args, kwargs), leaves)
-        if tree != prog.in_tree:
-            diff = _tree_diff(prog.in_tree, tree, "", strict=True)
-            raise TraceMismatchError(self._input_message(diff, "the arguments of"))
+        if not _flat_match(prog.flat, args, kwargs, True):
+            leaves = []
+            tree = _flatten((args, kwargs), leaves)
+            if tree != prog.in_tree:
+                diff = _tree_diff(prog.in_tree, tree, "", strict=True)
+                raise TraceMismatchError(self._input_message(diff, "the arguments of"))
+        else:
+            leaves = args
         values = prog.base.copy()
         for s, t in zip(prog.arg_slots, leaves):
             values[s] = t
@@ -1089,7 +1128,7 @@ class trace:
             values[s] = Tensor._wrap(arr, device)
         for s, owner in prog.grads:
             values[s] = owner.grad
-        apply = dispatch.apply
+        apply, wrap = dispatch.apply, Tensor._wrap
         for step in prog.steps:
             t = type(step)
             if t is _OpStep:
@@ -1106,15 +1145,26 @@ class trace:
                     raise TraceError(
                         f"replaying op #{step.index} ({step.name}): it reads the .grad of a tensor "
                         "whose .grad is None now (it was set when the function was traced)")
-                out = apply(op, *ins)
-                if step.multi:
-                    for s, o in zip(step.outs, out):
-                        values[s] = o
+                if dispatch._recording or dispatch._trace_hook is not None:
+                    out = apply(op, *ins)  # autodiff (or an outer trace) must see the op
+                    if step.multi:
+                        for s, o in zip(step.outs, out):
+                            values[s] = o
+                    else:
+                        values[step.outs[0]] = out
                 else:
-                    values[step.outs[0]] = out
+                    # apply's no-autodiff path, minus the checks the recording already made
+                    op.needs_input_grad = step.no_grad
+                    out = op.forward(*[v._data for v in ins])
+                    device = ins[0]._device if ins else None
+                    if step.multi:
+                        for s, o in zip(step.outs, out):
+                            values[s] = wrap(o, device)
+                    else:
+                        values[step.outs[0]] = wrap(out, device)
             elif t is _AliasStep:
                 v = values[step.src]
-                values[step.out] = Tensor._wrap(v._data, v._device)
+                values[step.out] = wrap(v._data, v._device)
             else:
                 result = step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
                 for path, s in step.out_paths:

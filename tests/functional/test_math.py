@@ -247,3 +247,22 @@ def test_isnan_isinf_sign():
     assert s.dtype == np.int32
     np.testing.assert_array_equal(s.numpy(), [1, -1, 0])
     check(F.sign, torch.sign, rand(3, 4))  # gradient zero, like torch
+
+
+def test_traced_index_results_replay_with_new_values():
+    from megengine.jit import trace
+
+    def f(x):
+        vals, idx = F.sort(x, descending=True)
+        top, tidx = F.topk(x, 2)
+        kth, kidx = F.topk(x, 3, kth_only=True)
+        return (vals, idx, top, tidx, kth, kidx, F.argsort(x), F.argmax(x, 1), F.argmin(x),
+                F.isnan(F.log(x)), F.isinf(x))
+
+    traced = trace(f, symbolic=True)
+    for _ in range(3):
+        x = mge.tensor(rand(3, 6))
+        with np.errstate(invalid="ignore"):  # log of negatives: the NaNs isnan looks for
+            pairs = list(zip(traced(x), f(x)))
+        for got, expect in pairs:
+            np.testing.assert_array_equal(got.numpy(), expect.numpy())

@@ -11,8 +11,9 @@ Public API::
 What a view means here:
 
 * Both directions share memory: a write through one side is seen by the other, and neither side
-  copies. Exceptions: a numpy array with a *negative* stride (``a[::-1]``) cannot be described to
-  torch, so ``to_torch`` makes a C-contiguous copy in that one case (writes then do not reach ``a``).
+  copies. The one exception: a numpy array with a *negative* stride (``a[::-1]``) cannot be
+  described to torch, so ``to_torch`` views a C-contiguous copy of it (writes then do not reach
+  ``a``). Misaligned arrays (possible with ``numpy.frombuffer``) raise ``ValueError``.
 * Strides of size-1 dimensions are replaced by the value torch would compute for a contiguous
   tensor (numpy leaves arbitrary values there, which can make a tensor look channels-last).
 * A read-only numpy array is viewed anyway: torch has no read-only flag, so do not write through
@@ -27,13 +28,19 @@ What a view means here:
   of a CUDA tensor returns a CuPy array (``cupy.from_dlpack``, which orders CuPy's current stream
   after torch's). Both need a CUDA build of torch; the second needs CuPy.
 
-The operator is compiled with ninja by ``torch.utils.cpp_extension.load`` into
-``$MGE_TORCH_EXT_DIR`` (default ``~/.cache/megengine/torch_ext``), in a subdirectory named after
-the torch version, the Python version and a hash of the C++ source, so builds never clash. This
-module imports torch; ``import megengine`` must not import it.
+Speed: a call costs about 0.5 us, less than ``torch.from_numpy`` / ``Tensor.numpy()``; hot loops
+may call ``load_extension().to_torch`` / ``.from_torch`` to skip the Python wrapper frame.
+
+Building: the first call compiles the operator (csrc/torch_bridge.cpp, ~10 s) with ninja through
+``torch.utils.cpp_extension.load``, which prints one line to stderr, into ``cache_dir()``:
+``$MGE_TORCH_EXT_DIR`` (default ``~/.cache/megengine/torch_ext``) / a subdirectory named after the
+torch version, the Python version and a hash of the source, flags and numpy major version, so
+different builds never clash. Later processes import the built library directly (~1 ms). Delete
+the directory to force a rebuild. This module imports torch; ``import megengine`` must not.
 """
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -123,7 +130,7 @@ def _source_dir():
 
 
 def cache_dir():
-    """The build directory for this torch, Python and C++ source; delete it (or its parent) to rebuild.
+    """The build directory for this torch, Python, numpy and C++ source; delete it to rebuild.
 
     The root is ``$MGE_TORCH_EXT_DIR`` if set, else ``$XDG_CACHE_HOME/megengine/torch_ext``
     (``~/.cache/megengine/torch_ext``).
@@ -137,7 +144,7 @@ def cache_dir():
         digest.update(name.encode() + b"\0" + (source_dir / name).read_bytes() + b"\0")
     digest.update(" ".join(_CFLAGS).encode())
     # the numpy C API the operator is compiled against is part of its ABI, like torch's and Python's
-    digest.update(numpy.__version__.encode())
+    digest.update(numpy.__version__.split(".")[0].encode())
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     return Path(root) / f"torch-{torch.__version__}-{python}-{digest.hexdigest()[:8]}"
 
@@ -158,13 +165,27 @@ def load_extension():
 
 
 def _build_or_load():
-    from torch.utils import cpp_extension  # heavy-ish import, only needed here
-
-    directory = cache_dir()
-    built = directory / f"{_NAME}.so"
     start = time.perf_counter()
+    directory = cache_dir()
+    built = directory / (_NAME + (".pyd" if sys.platform == "win32" else ".so"))
     compiled = not built.exists()
-    if compiled:
+    # cpp_extension.load holds the file `lock` in the directory while it builds. A library with no
+    # lock beside it (checked in this order) is complete, and since the directory is keyed by
+    # everything the build depends on, it is current: import it directly, which spares the
+    # ~150 ms import of torch.utils.cpp_extension (setuptools) and a ninja run.
+    if not compiled and not (directory / "lock").exists():
+        module = _import_library(built)
+    else:
+        module = _build(directory, announce=compiled)
+    module.set_cuda_handlers(_cuda_array_to_torch, _cuda_tensor_to_cupy)
+    _load_stats.update(compiled=compiled, seconds=time.perf_counter() - start, directory=str(directory))
+    return module
+
+
+def _build(directory, announce):
+    from torch.utils import cpp_extension  # heavy import (setuptools), only needed to build
+
+    if announce:
         _check_toolchain()
         directory.mkdir(parents=True, exist_ok=True)
         print(
@@ -172,9 +193,9 @@ def _build_or_load():
             file=sys.stderr,
             flush=True,
         )
-    # cpp_extension.load takes a file lock in `directory` while building (so concurrent processes
-    # build once) and re-runs ninja, which is a no-op when the .so is up to date.
-    module = cpp_extension.load(
+    # load() takes the file lock in `directory` (concurrent processes build once, the others wait)
+    # and runs ninja, which is a no-op when the library is up to date.
+    return cpp_extension.load(
         name=_NAME,
         sources=[str(_source_dir() / name) for name in _SOURCES],
         build_directory=str(directory),
@@ -182,8 +203,18 @@ def _build_or_load():
         extra_include_paths=[numpy.get_include()],
         verbose=False,
     )
-    module.set_cuda_handlers(_cuda_array_to_torch, _cuda_tensor_to_cupy)
-    _load_stats.update(compiled=compiled, seconds=time.perf_counter() - start, directory=str(directory))
+
+
+def _import_library(path):
+    spec = importlib.util.spec_from_file_location(_NAME, path)
+    try:
+        module = importlib.util.module_from_spec(spec)  # runs the module's PyInit
+    except ImportError as error:
+        raise ImportError(
+            f"megengine torch bridge: cannot load the built operator {path} ({error}); delete "
+            f"{path.parent} to rebuild it"
+        ) from error
+    spec.loader.exec_module(module)
     return module
 
 

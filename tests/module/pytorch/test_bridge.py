@@ -131,7 +131,7 @@ def test_size_one_strides_are_normalised():
     assert t.data_ptr() == address(a)
     assert t.stride() == contiguous_strides(a.shape)
     assert t.is_contiguous()
-    # torch propagates input strides to outputs; with numpy's strides these would not be contiguous
+    # torch copies an input's strides into outputs: with numpy's odd stride they would carry it on
     assert (t + 1).stride() == contiguous_strides(a.shape)
     assert torch.empty_like(t).stride() == contiguous_strides(a.shape)
     weight = torch.randn(2, 1, 3, 3)
@@ -165,15 +165,72 @@ def test_to_torch_rejects_what_it_cannot_view():
         bridge.to_torch(misaligned)
 
 
-def test_to_torch_cuda_array_without_cuda_torch_says_so():
-    class FakeCudaArray:  # what a CuPy array exposes
-        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 3,
-                                    "strides": None, "stream": 1}
+class FakeCudaArray:
+    """What a CuPy array exposes, over host memory: enough to check the metadata path without a GPU."""
 
-    if torch.cuda.is_available():
-        pytest.skip("torch has CUDA here")
+    def __init__(self, host):
+        self.host = host
+        self.__cuda_array_interface__ = {
+            "shape": host.shape, "typestr": host.dtype.str, "data": (address(host), False),
+            "strides": host.strides, "version": 3, "stream": 1,
+        }
+
+    def copy(self):
+        return FakeCudaArray(self.host.copy())
+
+
+def test_cuda_array_interface_is_read_like_numpy():
+    # only metadata: the CUDA tensor over host memory is never computed with or read
+    ext = bridge.load_extension()
+    fake = FakeCudaArray(np.zeros((4, 3, 5, 6), np.float32)[:, [1]])
+    owner = weakref.ref(fake)
+    t = ext.cuda_to_torch(fake, fake.__cuda_array_interface__, 0)
+    assert t.device == torch.device("cuda", 0) and t.dtype == torch.float32
+    assert t.data_ptr() == address(fake.host)
+    assert tuple(t.shape) == (4, 1, 5, 6) and t.stride() == contiguous_strides((4, 1, 5, 6))
+    del fake
+    gc.collect()
+    assert owner() is not None
+    del t
+    gc.collect()
+    assert owner() is None
+    flipped = FakeCudaArray(np.zeros((3, 4), np.int64)[::-1])  # negative stride: views a copy
+    t = ext.cuda_to_torch(flipped, flipped.__cuda_array_interface__, 0)
+    assert t.stride() == (4, 1) and t.data_ptr() != address(flipped.host)
+    contiguous = FakeCudaArray(np.zeros((2, 3), np.uint8))
+    contiguous.__cuda_array_interface__["strides"] = None  # None means C-contiguous
+    assert ext.cuda_to_torch(contiguous, contiguous.__cuda_array_interface__, 0).stride() == (3, 1)
+    with pytest.raises(TypeError, match="'<c8' is not supported"):
+        wrong = FakeCudaArray(np.zeros(2, np.complex64))
+        ext.cuda_to_torch(wrong, wrong.__cuda_array_interface__, 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch has CUDA here")
+def test_cuda_array_without_cuda_torch_says_so():
     with pytest.raises(RuntimeError, match="no usable CUDA"):
-        bridge.to_torch(FakeCudaArray())
+        bridge.to_torch(FakeCudaArray(np.zeros(2, np.float32)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a GPU")
+def test_cupy_arrays_round_trip_on_the_gpu():
+    cupy = pytest.importorskip("cupy")
+    a = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
+    t = bridge.to_torch(a)
+    assert t.is_cuda and t.device.index == a.device.id
+    assert t.data_ptr() == a.data.ptr and t.stride() == (4, 1)
+    t.add_(1)
+    torch.cuda.synchronize()
+    assert float(a[2, 3]) == 12
+    b = bridge.from_torch(t.t())
+    assert isinstance(b, cupy.ndarray) and b.data.ptr == t.data_ptr() and b.shape == (4, 3)
+    with pytest.raises(TypeError, match="bfloat16"):
+        bridge.from_torch(torch.zeros(2, dtype=torch.bfloat16, device="cuda"))
+    # stream ordering: CuPy fills an array on its own stream, torch reads it on torch's stream
+    with cupy.cuda.Stream(non_blocking=True):
+        big = cupy.zeros(1 << 24, cupy.float32)
+        big += 1
+        tb = bridge.to_torch(big)
+    assert tb.sum().item() == 1 << 24
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,518 @@
+"""PyTorchModule: values, gradients, state and lifetimes against pure PyTorch as the oracle."""
+import gc
+import io
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.core.graph import get_default_device
+from megengine.module.pytorch import PyTorchModule
+
+
+class LeNet_Extract(nn.Module):
+    """The guide's extractor (with its super() name fixed)."""
+
+    def __init__(self):
+        super(LeNet_Extract, self).__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = x.view(-1, 16 * 5 * 5)
+        x = self.relu3(self.fc1(x))
+        x = self.relu4(self.fc2(x))
+        return x
+
+
+class LeNet(M.Module):
+    def __init__(self, lenet_extractor):
+        super(LeNet, self).__init__()
+        self.lenet_extractor_wrap = PyTorchModule(lenet_extractor, get_default_device())
+        self.mge_classifier = M.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.lenet_extractor_wrap(x)
+        x = self.mge_classifier(x)
+        return x
+
+
+def grads_of(fn, tensors, dy=None):
+    gm = GradManager().attach(tensors)
+    with gm:
+        y = fn()
+        gm.backward(y, dy)
+    return y
+
+
+def address(t):
+    return t._data.__array_interface__["data"][0]
+
+
+# ----- forward and backward against pure torch -----
+
+def test_forward_and_gradients_match_torch_single_input():
+    tmod = LeNet_Extract()
+    ref = LeNet_Extract()
+    ref.load_state_dict(tmod.state_dict())
+    wrap = PyTorchModule(tmod)
+    x_np = np.random.randn(4, 1, 32, 32).astype("float32")
+    dy_np = np.random.randn(4, 84).astype("float32")
+    x = mge.tensor(x_np)
+    params = list(wrap.parameters())
+    y = grads_of(lambda: wrap(x), params + [x], mge.tensor(dy_np))
+
+    xt = torch.tensor(x_np, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(dy_np))
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    ref_params = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), ref_params[name].grad.numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
+    assert all(p.grad is None for p in tmod.parameters()), "torch's own .grad stays untouched"
+
+
+class TwoInTwoOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.scale = nn.Parameter(torch.tensor([2.0, -1.0]))
+
+    def forward(self, a, b, *, bias=None, power=2):
+        h = self.lin(a) * self.scale
+        out1 = h + b.sum(dim=1, keepdim=True)
+        out2 = (a ** power).sum(dim=1) if bias is None else (a ** power).sum(dim=1) + bias
+        return out1, out2
+
+
+@pytest.mark.parametrize("with_kw", [False, True])
+def test_multiple_inputs_outputs_and_keyword_arguments(with_kw):
+    tmod, ref = TwoInTwoOut(), TwoInTwoOut()
+    ref.load_state_dict(tmod.state_dict())
+    wrap = PyTorchModule(tmod, output_cnt=2)
+    a_np, b_np = np.random.randn(5, 3).astype("float32"), np.random.randn(5, 4).astype("float32")
+    c_np = np.random.randn(5).astype("float32")
+    a, b, c = mge.tensor(a_np), mge.tensor(b_np), mge.tensor(c_np)
+    kw = {"bias": c, "power": 3} if with_kw else {}
+    g1, g2 = np.random.randn(5, 2).astype("float32"), np.random.randn(5).astype("float32")
+    gm = GradManager().attach([a, b, c] + list(wrap.parameters()))
+    with gm:
+        o1, o2 = wrap(a, b, **kw)
+        gm.backward([o1, o2], [mge.tensor(g1), mge.tensor(g2)])
+
+    at, bt, ct = (torch.tensor(v, requires_grad=True) for v in (a_np, b_np, c_np))
+    tkw = {"bias": ct, "power": 3} if with_kw else {}
+    r1, r2 = ref(at, bt, **tkw)
+    torch.autograd.backward([r1, r2], [torch.tensor(g1), torch.tensor(g2)])
+    np.testing.assert_allclose(o1.numpy(), r1.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(o2.numpy(), r2.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for mine, theirs in ((a, at), (b, bt)):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-6)
+    if with_kw:
+        np.testing.assert_allclose(c.grad.numpy(), ct.grad.numpy(), rtol=1e-5)
+    else:
+        assert c.grad is None  # not an input of this call
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dict_and_list_outputs_keep_their_structure():
+    class DictOut(nn.Module):
+        def forward(self, x):
+            return {"double": x * 2, "neg": -x}
+
+    class ListOut(nn.Module):
+        def forward(self, x):
+            return [x + 1, x - 1, x * x]
+
+    x = mge.tensor([1.0, 2.0])
+    d = PyTorchModule(DictOut(), output_cnt=2)(x)
+    assert list(d) == ["double", "neg"]
+    np.testing.assert_allclose(d["double"].numpy(), [2, 4])
+    np.testing.assert_allclose(d["neg"].numpy(), [-1, -2])
+    out = PyTorchModule(ListOut(), output_cnt=3)(x)
+    assert isinstance(out, list) and len(out) == 3
+    np.testing.assert_allclose(out[2].numpy(), [1, 4])
+
+
+def test_unused_parameter_and_unused_output_get_no_gradient():
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(2, 2)
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.used(x), x.sum()
+
+    wrap = PyTorchModule(Partial(), output_cnt=2)
+    x = mge.tensor(np.random.randn(3, 2).astype("float32"))
+    gm = GradManager().attach(list(wrap.parameters()))
+    with gm:
+        out, _ = wrap(x)
+        gm.backward(out.sum())
+    grads = {n: p.grad for n, p in wrap.named_parameters()}
+    assert grads["unused.weight"] is None and grads["unused.bias"] is None
+    np.testing.assert_allclose(grads["used.bias"].numpy(), [3.0, 3.0])
+
+
+def test_no_torch_graph_unless_megengine_records():
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return self.lin(x)
+
+    wrap = PyTorchModule(Spy())
+    x = mge.tensor(np.ones((1, 2), "float32"))
+    wrap(x)  # inference: nothing records
+    gm = GradManager().attach(list(wrap.parameters()))
+    with gm:
+        y = wrap(x)
+        gm.backward(y.sum())
+    other = GradManager().attach([mge.Parameter([1.0])])
+    with other:
+        wrap(x)  # recording, but nothing of this call is attached
+    assert seen == [False, True, False]
+
+
+# ----- mixed networks and training -----
+
+def test_one_sgd_step_updates_torch_and_megengine_parameters_to_hand_computed_values():
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        lin.bias.fill_(0.5)
+
+    class Mixed(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.torch_part = PyTorchModule(lin)
+            self.scale = mge.Parameter([3.0])
+
+        def forward(self, x):
+            return (self.torch_part(x) * self.scale).sum()
+
+    net = Mixed()
+    x = mge.tensor([[1.0, 1.0], [2.0, 0.0]])
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gm:
+        loss = net(x)
+        gm.backward(loss)
+    opt.step()
+    # z_i = w.x_i + b = [-0.5, 2.5]; loss = 3 * sum(z) = 6
+    # dloss/dw = 3 * sum_i x_i = [9, 3]; dloss/db = 3 * 2 = 6; dloss/dscale = sum(z) = 2
+    assert loss.item() == pytest.approx(6.0)
+    np.testing.assert_allclose(lin.weight.detach().numpy(), [[1.0 - 0.9, -2.0 - 0.3]], rtol=1e-6)
+    np.testing.assert_allclose(lin.bias.detach().numpy(), [0.5 - 0.6], rtol=1e-6)
+    np.testing.assert_allclose(net.scale.numpy(), [3.0 - 0.2], rtol=1e-6)
+
+
+def test_shared_module_called_twice_accumulates_gradients_like_torch():
+    tmod, ref = nn.Linear(3, 3), nn.Linear(3, 3)
+    ref.load_state_dict(tmod.state_dict())
+    wrap = PyTorchModule(tmod)
+    x_np = np.random.randn(2, 3).astype("float32")
+    x = mge.tensor(x_np)
+    params = list(wrap.parameters())
+    y = grads_of(lambda: (F.relu(wrap(wrap(x))) ** 2).sum(), params)
+    yt = (torch.relu(ref(ref(torch.tensor(x_np)))) ** 2).sum()
+    yt.backward()
+    assert y.item() == pytest.approx(yt.item(), rel=1e-5)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_megengine_layers_on_both_sides_and_nested_wrappers():
+    class Inner(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [PyTorchModule(nn.Linear(4, 4)), M.Linear(4, 4)]
+
+        def forward(self, x):
+            return self.blocks[1](F.relu(self.blocks[0](x)))
+
+    class Outer(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre = M.Linear(3, 4)
+            self.inner = Inner()
+            self.post = PyTorchModule(nn.Sequential(nn.Tanh(), nn.Linear(4, 2)))
+
+        def forward(self, x):
+            return self.post(self.inner(self.pre(x)))
+
+    net = Outer()
+    names = [n for n, _ in net.named_parameters()]
+    assert "inner.blocks.0.weight" in names and "post.1.weight" in names
+    x = mge.tensor(np.random.randn(5, 3).astype("float32"))
+    y = grads_of(lambda: net(x).sum(), list(net.parameters()))
+    assert y.shape == ()
+    assert all(p.grad is not None for p in net.parameters())
+    # the same computation in pure torch, with the megengine weights copied in
+    pre_w, pre_b = torch.tensor(net.pre.weight.numpy()), torch.tensor(net.pre.bias.numpy())
+    in_w, in_b = torch.tensor(net.inner.blocks[1].weight.numpy()), torch.tensor(net.inner.blocks[1].bias.numpy())
+    h = torch.tensor(x.numpy()) @ pre_w.T + pre_b
+    h = torch.relu(net.inner.blocks[0].torch_module(h)) @ in_w.T + in_b
+    expected = net.post.torch_module(h).sum()
+    assert y.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+
+
+def test_train_and_eval_reach_the_torch_module():
+    tmod = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5))
+    wrap = PyTorchModule(tmod)
+
+    class Host(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.wrap = wrap
+
+    host = Host()
+    host.eval()
+    assert not tmod.training and not tmod[2].training
+    x = mge.tensor(np.random.randn(16, 8).astype("float32"))
+    np.testing.assert_allclose(wrap(x).numpy(), wrap(x).numpy())  # deterministic in eval
+    host.train()
+    assert tmod.training and tmod[1].training
+    mean_before = wrap.get_param_by_name("0.weight")  # a parameter lookup works in any mode
+    assert mean_before.shape == (8, 8)
+    running = dict(wrap.named_buffers())["1.running_mean"]
+    before = running.numpy()
+    wrap(x)
+    assert not np.allclose(running.numpy(), before), "BatchNorm's running stats are shared"
+    np.testing.assert_array_equal(running.numpy(), tmod[1].running_mean.numpy())
+
+
+def test_guides_lenet_trains_on_real_digits_and_torch_keeps_the_weights():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    images = digits.images.astype("float32") / 16.0
+    # 8x8 scans up to the 32x32 LeNet expects (nearest neighbour, 4x)
+    images = images.repeat(4, axis=1).repeat(4, axis=2)[:, None]
+    labels = digits.target.astype("int32")
+    train_x, train_y, test_x, test_y = images[:1400], labels[:1400], images[1400:], labels[1400:]
+
+    mge.random.seed(1)
+    torch.manual_seed(1)
+    extractor = LeNet_Extract()
+    lenet = LeNet(extractor)
+    gm = GradManager().attach(lenet.parameters())
+    opt = optim.Adam(lenet.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    for epoch in range(6):
+        order = rng.permutation(len(train_x))
+        for i in range(0, len(order), 32):
+            idx = order[i:i + 32]
+            with gm:
+                loss = F.nn.cross_entropy(lenet(mge.tensor(train_x[idx])), mge.tensor(train_y[idx]))
+                gm.backward(loss)
+            opt.step().clear_grad()
+    lenet.eval()
+    pred = lenet(mge.tensor(test_x)).numpy().argmax(1)
+    accuracy = (pred == test_y).mean()
+    assert accuracy > 0.9, accuracy
+    # the torch extractor alone, in plain torch, has the trained weights
+    extractor.eval()
+    with torch.no_grad():
+        feats = extractor(torch.tensor(test_x)).numpy()
+    logits = feats @ lenet.mge_classifier.weight.numpy().T + lenet.mge_classifier.bias.numpy()
+    np.testing.assert_array_equal(logits.argmax(1), pred)
+
+
+# ----- zero copy, state and lifetimes -----
+
+def test_parameters_and_buffers_share_torch_memory():
+    tmod = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    wrap = PyTorchModule(tmod)
+    tparams = dict(tmod.named_parameters())
+    for name, p in wrap.named_parameters():
+        assert isinstance(p, mge.Parameter)
+        assert address(p) == tparams[name].data_ptr(), name
+    tbufs = dict(tmod.named_buffers())
+    for name, b in wrap.named_buffers():
+        assert address(b) == tbufs[name].data_ptr(), name
+    # an in-place megengine update is what torch sees
+    w = wrap.get_param_by_name("0.weight")
+    w._data[...] = 0.25
+    assert torch.all(tmod[0].weight == 0.25)
+
+
+def test_state_dict_keys_and_in_place_loading():
+    net = LeNet(LeNet_Extract())
+    sd = net.state_dict()
+    assert "lenet_extractor_wrap.conv1.weight" in sd and "mge_classifier.weight" in sd
+    assert "lenet_extractor_wrap.relu1" not in " ".join(sd)
+    conv_w = net.lenet_extractor_wrap.get_param_by_name("conv1.weight")
+    before = address(conv_w)
+    new = {k: np.full_like(v, 0.5) for k, v in sd.items()}
+    net.load_state_dict(new)
+    assert address(conv_w) == before
+    torch_w = net.lenet_extractor_wrap.torch_module.conv1.weight
+    assert torch.all(torch_w == 0.5)
+
+    buf = io.BytesIO()
+    mge.save(sd, buf)
+    buf.seek(0)
+    net.load_state_dict(mge.load(buf))
+    np.testing.assert_array_equal(torch_w.detach().numpy(), sd["lenet_extractor_wrap.conv1.weight"])
+
+
+def test_plain_torch_state_dict_in_and_out(tmp_path):
+    src = LeNet_Extract()
+    path = tmp_path / "extractor.pt"
+    torch.save(src.state_dict(), path)
+    wrap = PyTorchModule(LeNet_Extract())
+    addr = address(wrap.get_param_by_name("fc1.weight"))
+    wrap.load_torch_state_dict(torch.load(path))
+    assert address(wrap.get_param_by_name("fc1.weight")) == addr
+    np.testing.assert_array_equal(wrap.get_param_by_name("fc1.weight").numpy(), src.fc1.weight.detach().numpy())
+    exported = wrap.torch_state_dict()
+    fresh = LeNet_Extract()
+    fresh.load_state_dict(exported)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), src(x))
+
+
+def test_deleting_either_side_first_is_safe():
+    tmod = nn.Linear(3, 2)
+    expected_w = tmod.weight.detach().numpy().copy()
+    wrap = PyTorchModule(tmod)
+    w = wrap.get_param_by_name("weight")
+    module_ref = weakref.ref(tmod)
+    del wrap, tmod
+    gc.collect()
+    assert module_ref() is None  # the torch module itself is gone ...
+    np.testing.assert_array_equal(w.numpy(), expected_w)  # ... its weight storage is not
+
+    tmod = nn.Linear(3, 2)
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.ones((1, 3), "float32"))
+    out = wrap(x)
+    expected = tmod(torch.ones(1, 3)).detach().numpy()
+    del wrap
+    gc.collect()
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(tmod(torch.ones(1, 3)).numpy(), expected, rtol=1e-6)
+
+
+def test_module_that_writes_its_input_in_place_does_not_corrupt_megengine_tensors():
+    class AddsInPlace(nn.Module):
+        def forward(self, x):
+            x.add_(1.0)
+            return x * 2
+
+    wrap = PyTorchModule(AddsInPlace())
+    for _ in range(3):  # the first call and the later ones
+        x = mge.tensor([1.0, 2.0])
+        y = wrap(x)
+        np.testing.assert_allclose(x.numpy(), [1.0, 2.0])
+        np.testing.assert_allclose(y.numpy(), [4.0, 6.0])
+
+
+def test_size_one_strides_are_normalised_for_torch():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x).view(-1, 4 * 6 * 6)
+
+    data = np.random.randn(10, 6, 6).astype("float32")
+    x = mge.tensor(data)[np.array([3, 1, 7]), None]  # fancy indexing: odd size-1 stride
+    out = PyTorchModule(Flat())(x)
+    assert out.shape == (3, 144)
+
+
+def test_infer_output_shapes_on_the_meta_device_and_with_a_callable():
+    wrap = PyTorchModule(LeNet_Extract())
+    assert wrap.infer_output_shapes((7, 1, 32, 32)) == [(7, 84)]
+    custom = PyTorchModule(nn.Linear(4, 3), infer_shape=lambda s: (s[0], 3))
+    assert custom.infer_output_shapes((9, 4)) == [(9, 3)]
+
+
+# ----- bad input -----
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        PyTorchModule(lambda x: x)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="output_cnt"):
+            PyTorchModule(nn.Linear(1, 1), output_cnt=bad)
+    with pytest.raises(TypeError, match="infer_shape"):
+        PyTorchModule(nn.Linear(1, 1), infer_shape=3)
+    with pytest.raises(ValueError, match="unknown device"):
+        PyTorchModule(nn.Linear(1, 1), device="tpu0")
+
+
+def test_wrong_output_count_and_torch_tensor_inputs_are_reported():
+    wrap = PyTorchModule(TwoInTwoOut())
+    a, b = mge.tensor(np.ones((1, 3), "float32")), mge.tensor(np.ones((1, 2), "float32"))
+    with pytest.raises(ValueError, match="returned 2 tensor.*output_cnt=1"):
+        wrap(a, b)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        PyTorchModule(nn.Linear(3, 2))(torch.ones(1, 3))
+
+
+def test_device_mismatch_is_an_error_not_a_copy():
+    wrap = PyTorchModule(nn.Linear(2, 2), device="cpu0")
+    x = mge.tensor(np.ones((1, 2), "float32"))
+    x._device = "gpu0"  # stands for a tensor on another device (no GPU on this machine)
+    with pytest.raises(ValueError, match="gpu0.*cpu0"):
+        wrap(x)
+
+
+@pytest.mark.slow
+def test_no_memory_growth_over_10000_steps():
+    import resource
+
+    tmod = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    wrap = PyTorchModule(tmod)
+    gm = GradManager().attach(list(wrap.parameters()))
+    opt = optim.SGD(list(wrap.parameters()), lr=1e-3)
+    x = mge.tensor(np.random.randn(8, 16).astype("float32"))
+
+    def step():
+        with gm:
+            loss = (wrap(x) ** 2).mean()
+            gm.backward(loss)
+        opt.step().clear_grad()
+
+    for _ in range(1000):
+        step()
+    gc.collect()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(9000):
+        step()
+    gc.collect()
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown_kb < 20 * 1024, f"peak RSS grew by {grown_kb} KiB over 9000 steps"
