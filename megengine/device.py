@@ -1,4 +1,5 @@
 """Device names, the default device, and the array module (numpy / CuPy) behind each device."""
+import functools
 import os
 import re
 
@@ -17,7 +18,9 @@ _DEVICE_RE = re.compile(r"^(cpu|gpu|xpu)(\d+|x)(?::(\d+))?$")
 _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
+@functools.lru_cache(maxsize=None)
 def _cupy():
+    # Looked up once: a failed import is slow, and every default-device tensor asks.
     try:
         import cupy  # optional extra: only present on CUDA machines
     except Exception:  # ImportError, or a CuPy that finds no driver
@@ -25,6 +28,7 @@ def _cupy():
     return cupy
 
 
+@functools.lru_cache(maxsize=None)
 def is_cuda_available() -> bool:
     """True when a CUDA device can serve arrays (CuPy installed and a GPU visible)."""
     cp = _cupy()

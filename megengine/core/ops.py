@@ -150,13 +150,18 @@ class Pow(_Binary):
         return ga, gb
 
 
+def _split_ties(g, a_wins, tie):
+    """Gradient of a max/min: to the winner, shared half and half on ties (as torch does)."""
+    share_a = a_wins + 0.5 * tie
+    return g * share_a, g * (1 - share_a)
+
+
 class Maximum(_Binary):
     def compute(self, a, b):
         return xp_of(a).maximum(a, b)
 
     def grads(self, g):
-        take_a = self.a >= self.b
-        return g * take_a, g * ~take_a
+        return _split_ties(g, (self.a > self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
 
 
 class Minimum(_Binary):
@@ -164,8 +169,7 @@ class Minimum(_Binary):
         return xp_of(a).minimum(a, b)
 
     def grads(self, g):
-        take_a = self.a <= self.b
-        return g * take_a, g * ~take_a
+        return _split_ties(g, (self.a < self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
 
 
 class MatMul(Op):
@@ -189,10 +193,11 @@ class MatMul(Op):
         a, b = self.a, self.b
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
+        # put back the dims numpy.matmul dropped for 1-D operands: g is then (..., n, m)
         if a.ndim == 1:
-            g = xp.expand_dims(g, -2)
+            g = g[..., None, :] if b.ndim > 1 else g[..., None]
         if b.ndim == 1:
-            g = xp.expand_dims(g, -1)
+            g = g[..., None]
         ga = gb = None
         if self.needs_input_grad[0]:
             ga = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)

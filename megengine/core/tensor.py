@@ -1,4 +1,6 @@
 """`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
+import math
+
 import numpy as np
 
 from .. import device as _device_mod
@@ -186,7 +188,7 @@ class Tensor:
 
     def __repr__(self):
         body = np.array2string(self.numpy(), separator=" ", prefix="Tensor(")
-        extra = "" if self.dtype in (np.float32, np.int32) else f", dtype={self.dtype}"
+        extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 
     def _device_label(self):
@@ -228,7 +230,7 @@ class Tensor:
         shape = self.shape
         nd = len(shape)
         s, e = start_axis % max(nd, 1), end_axis % max(nd, 1)
-        new = shape[:s] + (int(np.prod(shape[s:e + 1], dtype=np.int64)),) + shape[e + 1:]
+        new = shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
         return self.reshape(new)
 
     def detach(self):

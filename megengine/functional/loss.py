@@ -25,7 +25,9 @@ def _reduce(loss, reduction):
     xp = xp_of(loss)
     if reduction == "sum":
         return xp.asarray(loss.sum(), dtype=loss.dtype)
-    return xp.asarray(loss.mean(), dtype=loss.dtype if loss.dtype.kind == "f" else np.float32)
+    # sum / size: ndarray.mean goes through a slower Python-level wrapper
+    return xp.asarray(loss.sum() / max(loss.size, 1),
+                      dtype=loss.dtype if loss.dtype.kind == "f" else np.float32)
 
 
 def _spread(g, shape, reduction):
@@ -174,6 +176,20 @@ class _CrossEntropy(Op):
         self.axis, self.with_logits, self.ls, self.reduction = \
             axis, with_logits, label_smooth, reduction
 
+    def _at_label(self, xp, a):
+        """``a`` at each position's label class, keeping the class axis (size 1)."""
+        if self.rows is not None:
+            return a[self.rows, self.label][:, None]
+        return xp.take_along_axis(a, self.label_k, self.axis)
+
+    def _sub_at_label(self, xp, a, value):
+        """``a[label] -= value`` in place along the class axis."""
+        if self.rows is not None:
+            a[self.rows, self.label] -= value
+        else:
+            classes = xp.arange(a.shape[self.axis]).reshape((-1,) + (1,) * (a.ndim - self.axis - 1))
+            a -= (classes == self.label_k) * a.dtype.type(value)
+
     def forward(self, pred, label):
         xp = xp_of(pred)
         ax, ls = self.axis, self.ls
@@ -189,42 +205,44 @@ class _CrossEntropy(Op):
         if label.size and (label.min() < 0 or label.max() >= classes):
             raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
                              f"[{label.min()}, {label.max()}]")
-        self.lab = lab = xp.expand_dims(label, ax)
+        self.label = label
+        # (N, C) with classes on axis 1, the common case: plain fancy indexing is fastest
+        self.rows = xp.arange(pred.shape[0]) if pred.ndim == 2 and ax == 1 else None
+        self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
         if self.with_logits:
             m = pred.max(ax, keepdims=True)
             e = xp.exp(pred - m)
             s = e.sum(ax, keepdims=True)
-            loss = m + xp.log(s) - (1 - ls) * xp.take_along_axis(pred, lab, ax)
+            loss = m + xp.log(s) - (1 - ls) * self._at_label(xp, pred)
             if ls:
-                loss -= ls * pred.mean(ax, keepdims=True)
+                loss -= (ls / classes) * pred.sum(ax, keepdims=True)
             self.e, self.s = e, s
         else:
             self.pred = pred
-            loss = -(1 - ls) * xp.log(xp.take_along_axis(pred, lab, ax))
+            loss = -(1 - ls) * xp.log(self._at_label(xp, pred))
             if ls:
-                loss -= ls * xp.log(pred).mean(ax, keepdims=True)
+                loss -= (ls / classes) * xp.log(pred).sum(ax, keepdims=True)
         self.loss_shape = expected
         return _reduce(loss.reshape(expected), self.reduction)
 
     def backward(self, g):
         xp = xp_of(g)
         ax, ls = self.axis, self.ls
-        g = xp.expand_dims(_spread(g, self.loss_shape, self.reduction), ax)
-        shape = (self.e if self.with_logits else self.pred).shape
-        classes = shape[ax]
-        onehot = (xp.arange(classes).reshape((-1,) + (1,) * (len(shape) - ax - 1)) == self.lab)
-        onehot = onehot.astype(g.dtype)
+        g = _spread(g, self.loss_shape, self.reduction).reshape(self.label_k.shape)
         if self.with_logits:
             grad = self.e / self.s  # softmax
-            grad -= (1 - ls) * onehot if ls else onehot
+            self._sub_at_label(xp, grad, 1 - ls)
             if ls:
-                grad -= ls / classes
+                grad -= ls / grad.shape[ax]
         else:
             p = self.pred
-            grad = -(1 - ls) * onehot / xp.take_along_axis(p, self.lab, ax)
+            grad = xp.zeros_like(p)
+            self._sub_at_label(xp, grad, 1 - ls)
+            grad /= self._at_label(xp, p)
             if ls:
-                grad -= ls / classes / p
-        return grad * g, None
+                grad -= ls / p.shape[ax] / p
+        grad *= g
+        return grad, None
 
 
 def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reduction="mean"):

@@ -495,6 +495,9 @@ def _refs_in(enc):
     elif t is dict:
         for x in enc.values():
             yield from _refs_in(x)
+    elif t is _Struct:
+        for x in enc.items:
+            yield from _refs_in(x)
 
 
 def _tensor_text(t):

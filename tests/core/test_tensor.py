@@ -454,14 +454,14 @@ def test_max_ties_share_gradient():
     np.testing.assert_allclose(x.grad.numpy(), [0, 0.5, 0.5])
 
 
-# ----- known core bugs (strict xfail: the mark must go when the bug is fixed) -----
-
-@pytest.mark.xfail(strict=True, reason="core Tensor.__repr__ omits dtype=int32; upstream shows it")
 def test_repr_names_int32_like_upstream():
     assert "dtype=int32" in repr(Tensor([1, 2]))
 
 
-@pytest.mark.xfail(strict=True, raises=np.exceptions.AxisError,
-                   reason="core MatMul.backward expands a 0-d gradient when both operands are 1-D")
+@pytest.mark.parametrize("sa,sb", [((4,), (4,)), ((4,), (4, 3)), ((2, 4), (4,)), ((5, 2, 4), (4,))])
+def test_matmul_with_vectors_has_gradients(sa, sb):
+    check(operator.matmul, operator.matmul, rand(*sa), rand(*sb))
+
+
 def test_matmul_of_two_vectors_has_gradients():
     check(operator.matmul, operator.matmul, rand(4), rand(4))

@@ -77,6 +77,18 @@ def test_output_structures(symbolic, form):
             np.testing.assert_array_equal(out[1].numpy(), 2 * np.array(v, "float32"))
 
 
+@pytest.mark.parametrize("symbolic", MODES)
+def test_namedtuple_output(symbolic):
+    from collections import namedtuple
+
+    Out = namedtuple("Out", "double neg")
+    f = trace(lambda x: Out(x * 2, -x), symbolic=symbolic)
+    for v in (1.0, 3.0):
+        out = f(mge.tensor([v]))
+        assert type(out) is Out
+        assert out.double.numpy().tolist() == [2 * v] and out.neg.numpy().tolist() == [-v]
+
+
 def test_decorator_forms():
     @trace
     def a(x):
