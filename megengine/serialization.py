@@ -32,11 +32,13 @@ def load(f, map_location=None, pickle_module=pickle):
     """Unpickle an object written by ``save`` from ``f`` (a file name or a binary file object).
 
     ``map_location`` says where the loaded tensors go:
+
     - ``None``: the device each tensor was saved from;
     - a device name, e.g. ``"cpu0"``: every tensor goes there;
     - a dict ``{saved device: device}``, e.g. ``{"gpu0": "cpu0"}``: tensors from a listed
       device are moved, others stay (``"gpux"``/``"cpux"``/``"xpux"`` keys match any index);
     - a callable ``fn(saved device name) -> device name``.
+
     numpy arrays in the object load as numpy arrays.
     """
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):

@@ -1,4 +1,4 @@
-"""Automatic differentiation: `GradManager` and user-defined differentiable `Function`s."""
+"""Automatic differentiation: `GradManager` and user-defined differentiable ops (`Function`)."""
 from .function import Function
 from .grad_manager import GradManager, grad
 

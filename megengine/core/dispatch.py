@@ -75,6 +75,9 @@ def _set_recording(delta):
     _recording += delta
 
 
+Tensor = None  # megengine.core.tensor.Tensor, set when that module loads (it imports this one)
+
+
 def _is_float(dtype):
     return dtype.kind == "f"
 
@@ -83,8 +86,6 @@ def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
         return _trace_hook(op, inputs)
-    from .tensor import Tensor  # noqa: cycle: tensor.py uses apply for its operators
-
     device = inputs[0]._device if inputs else None
     for t in inputs:
         if t._device != device:

@@ -383,6 +383,9 @@ class Parameter(Tensor):
         return "Parameter" + super().__repr__()[len("Tensor"):]
 
 
+dispatch.Tensor = Tensor  # the dispatcher wraps its outputs in this class
+
+
 def tensor(data=None, dtype=None, device=None, **kwargs):
     """Make a Tensor (upstream's ``megengine.tensor``)."""
     return Tensor(data, dtype=dtype, device=device, **kwargs)

@@ -207,8 +207,8 @@ class PNorm(Op):
 def norm(inp, ord=None, axis=None, keepdims=False):
     """Vector ``ord``-norm over ``axis`` (default ord 2; None: over all elements).
 
-    ``ord``: any p > 0 (``sum(|x|**p) ** (1/p)``), 0 (number of non-zeros), ``inf`` (max |x|),
-    ``-inf`` (min |x|).
+    ``ord``: any p > 0 (``sum(|x|**p) ** (1/p)``), 0 (number of non-zeros), ``inf`` (``max |x|``),
+    ``-inf`` (``min |x|``).
     """
     inp = _tensor(inp)
     if ord is None:

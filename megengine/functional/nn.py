@@ -56,11 +56,12 @@ def _axes(axis, ndim, what):
 
 class _Relu(Op):
     def forward(self, x):
-        self.y = y = xp_of(x).maximum(x, 0)  # integers stay integers, as upstream
+        # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop
+        self.y = y = xp_of(x).maximum(x, x.dtype.type(0))
         return y
 
     def backward(self, g):
-        return g * (self.y > 0)
+        return xp_of(g).multiply(g, self.y > 0, dtype=g.dtype)
 
 
 class _Activation(Op):
@@ -94,7 +95,8 @@ _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
 def _normal_cdf(xp, x):
-    """Phi(x) = (1 + erf(x / sqrt 2)) / 2, computed as erfc on |x| so both tails stay accurate."""
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2, via erfc(|x| / sqrt 2): for negative x the small
+    value is computed directly instead of as the difference 1 - erf."""
     z = xp.abs(x) * x.dtype.type(1 / math.sqrt(2))
     t = 1 / (1 + _AS_P * z)
     a1, a2, a3, a4, a5 = _AS_A
@@ -517,9 +519,9 @@ class _ConvTranspose2d(Op):
         xg = x.reshape(n, g, ig, h * wd)
         cols = (wmat.transpose(0, 2, 1) @ xg).reshape(n, g * og, kh, kw, h, wd)
         ypad = _col2im(cols, (n, g * og, oh + 2 * ph, ow + 2 * pw), self.stride, self.dilation)
-        y = ypad[:, :, ph:ph + oh, pw:pw + ow] if ph or pw else ypad
+        y = xp_of(x).ascontiguousarray(ypad[:, :, ph:ph + oh, pw:pw + ow]) if ph or pw else ypad
         if b is not None:
-            y = y + _bias_view(b, g * og, what)
+            y += _bias_view(b, g * og, what)
             self.b_shape = b.shape
         self.xg = xg if self.needs_input_grad[1] else None
         self.wmat, self.w_shape, self.x_shape = wmat, w.shape, x.shape
@@ -990,7 +992,8 @@ class _Dropout(Op):
         xp = xp_of(x)
         # numpy's global RNG, which megengine.random.seed() also seeds
         keep = xp.random.random_sample(x.shape) >= self.p
-        self.mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
+        self.mask = keep.astype(x.dtype)
+        self.mask *= x.dtype.type(1 / (1 - self.p))
         return x * self.mask
 
     def backward(self, g):

@@ -87,7 +87,8 @@ def _host(a):
 
 
 class _Same:
-    """Compares by identity: an object (a module, a callable) the trace refers to."""
+    """Compares by identity: an object (a module, a callable) the trace refers to; objects whose
+    class defines its own ``__eq__`` (small value objects an op keeps) compare by value."""
 
     __slots__ = ("obj",)
 
@@ -95,7 +96,12 @@ class _Same:
         self.obj = obj
 
     def __eq__(self, other):
-        return type(other) is _Same and other.obj is self.obj
+        if type(other) is not _Same:
+            return False
+        a, b = self.obj, other.obj
+        if a is b:
+            return True
+        return type(a) is type(b) and type(a).__eq__ is not object.__eq__ and bool(a == b)
 
     def __repr__(self):
         return f"<{type(self.obj).__name__} object>"

@@ -1,6 +1,7 @@
 """Gradient clipping: `clip_grad_norm` (scale by the total norm) and `clip_grad_value`."""
 from ..core.tensor import Tensor
 from ..device import get_array_module
+from .optimizer import _trace_event
 
 __all__ = ["clip_grad_norm", "clip_grad_value"]
 
@@ -20,6 +21,7 @@ def _set_grad(t, value):
     t.grad._reset(Tensor._wrap(value.astype(t.grad.dtype, copy=False), t.grad._device))
 
 
+@_trace_event  # a traced training step replays the clipping itself, not its first result
 def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (upstream's name)
     """Scale the gradients so that their total ``ord``-norm is at most ``max_norm``.
 
@@ -47,6 +49,7 @@ def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (u
     return Tensor._wrap(xp.asarray(total, dtype=norms.dtype), tensors[0].grad._device)
 
 
+@_trace_event
 def clip_grad_value(tensors, lower: float, upper: float):
     """Clip every gradient element to ``[lower, upper]``, in place."""
     if lower > upper:

@@ -225,6 +225,15 @@ class _Slot:
     def __init__(self, index):
         self.index = index
 
+    def __eq__(self, other):  # jit.trace compares ops' arguments call by call
+        return type(other) is _Slot and other.index == self.index
+
+    def __hash__(self):
+        return hash(self.index)
+
+    def __repr__(self):
+        return f"<input {self.index}>"
+
 
 def _fill(template, values):
     return values[template.index] if isinstance(template, _Slot) else template

@@ -516,3 +516,38 @@ def test_no_memory_growth_over_10000_steps():
     gc.collect()
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kb < 20 * 1024, f"peak RSS grew by {grown_kb} KiB over 9000 steps"
+
+
+# ----- jit -----
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_traced_training_step_trains_identically(symbolic):
+    from megengine.jit import trace
+
+    def make():
+        torch.manual_seed(3)
+        np.random.seed(3)
+        return LeNet(LeNet_Extract())
+
+    data = [(np.random.randn(4, 1, 32, 32).astype("float32"), np.random.randint(0, 10, 4))
+            for _ in range(4)]
+    runs = []
+    for traced in (False, True):
+        net = make()
+        gm = GradManager().attach(net.parameters())
+        opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+
+        def train_step(x, y):
+            with gm:
+                loss = F.nn.cross_entropy(net(x), y)
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+
+        step = trace(train_step, symbolic=symbolic) if traced else train_step
+        losses = [step(mge.tensor(x), mge.tensor(y)).item() for x, y in data]
+        runs.append((losses, net.lenet_extractor_wrap.torch_module.conv1.weight.detach().clone()))
+    (eager_losses, eager_w), (traced_losses, traced_w) = runs
+    np.testing.assert_allclose(traced_losses, eager_losses, rtol=1e-6)
+    torch.testing.assert_close(traced_w, eager_w)
+    assert eager_losses[-1] != eager_losses[0]

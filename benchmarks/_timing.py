@@ -1,0 +1,100 @@
+"""Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line.
+
+Import this module *after* the script has pinned the thread counts (it imports numpy lazily, but
+the scripts import numpy themselves right after pinning).
+"""
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def parse_args(doc, steps, repeats, quick_steps, quick_repeats, extra=None):
+    """The common flags: --steps N (per repeat), --repeats R, --quick (a smoke run, seconds)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per timed repeat (default {steps}; --quick: {quick_steps})")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats; the median is reported (default {repeats}; --quick: {quick_repeats})")
+    parser.add_argument("--quick", action="store_true", help="few steps and repeats: checks that it runs, noisy figures")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = quick_steps if args.quick else steps
+    if args.repeats is None:
+        args.repeats = quick_repeats if args.quick else repeats
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be at least 1")
+    return args
+
+
+def time_steps(variants, steps, repeats, warmup=3):
+    """Median milliseconds per call of each zero-argument callable in ``variants`` (a dict).
+
+    Each variant is warmed up ``warmup`` calls, then the variants take turns, ``repeats`` rounds
+    of ``steps`` calls each, so that machine noise (other processes, frequency changes) hits them
+    alike; the median over the rounds is returned.
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / steps * 1e3)
+    return {name: statistics.median(ms) for name, ms in samples.items()}
+
+
+def time_call_us(fn, calls, repeats):
+    """Median microseconds per call of ``fn`` over ``repeats`` rounds of ``calls`` calls."""
+    fn()
+    rounds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def verdict(ratio, aim):
+    return f"aim <= {aim:.2f}x: {'met' if ratio <= aim else 'MISSED'}"
+
+
+def machine_line():
+    """nproc, CPU model, Python/torch/numpy versions and the date, for the README's figures."""
+    import numpy
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    threads = ", ".join(f"{k}={os.environ.get(k, 'unset')}"
+                        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+    return (f"machine: nproc={os.cpu_count()}, CPU {cpu}; Python {platform.python_version()}, "
+            f"torch {torch_version}, numpy {numpy.__version__}; {threads}; "
+            f"{datetime.date.today().isoformat()}")
+
+
+def flush():
+    sys.stdout.flush()

@@ -1,0 +1,203 @@
+"""Training-step time of this engine against the same network in pure PyTorch, same process.
+
+Two networks, batch 64, random data fixed in advance, CPU, one thread:
+
+* MLP: Linear 784-256, ReLU, Linear 256-10; SGD(lr 0.01, momentum 0.9); cross_entropy.
+* CNN: Conv2d 1->8 3x3 pad 1, BatchNorm2d, ReLU, max_pool2d 2, Linear 8*14*14 -> 10 on 1x28x28.
+
+For each it prints the ms per training step (forward, loss, backward, SGD update) of megengine
+eager, megengine under ``trace(symbolic=False)`` and ``trace(symbolic=True)`` (the whole step,
+``gm.backward`` and ``opt.step`` included), and torch; then the ratios megengine/torch (aims:
+MLP <= 1.5x, CNN <= 3x for eager) and traced/eager. Before timing it checks that the two
+frameworks do the same work: the torch copy starts from megengine's initial weights and both
+must print the same losses over a few steps.
+
+    python benchmarks/bench_engine.py [--steps N] [--repeats R] [--quick]
+
+Thread counts are pinned to 1 (OMP/OPENBLAS/MKL_NUM_THREADS, set below with setdefault before
+numpy is imported, and torch.set_num_threads(1)) so that both frameworks use one core.
+"""
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy/torch load their BLAS: one thread each
+
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as tnn  # noqa: E402
+import torch.nn.functional as TF  # noqa: E402
+
+import megengine as mge  # noqa: E402
+import megengine.functional as F  # noqa: E402
+import megengine.module as M  # noqa: E402
+import megengine.optimizer as optim  # noqa: E402
+from megengine.autodiff import GradManager  # noqa: E402
+from megengine.jit import trace  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
+
+torch.set_num_threads(1)
+
+BATCH = 64
+N_BATCHES = 4  # distinct pre-made batches, cycled
+LR, MOMENTUM = 0.01, 0.9
+AIMS = {"MLP": 1.5, "CNN": 3.0}
+
+
+# ----- the two networks, both frameworks ---------------------------------------------------------
+class MgeMLP(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = M.Linear(784, 256)
+        self.fc2 = M.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class MgeCNN(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(1, 8, 3, padding=1)
+        self.bn = M.BatchNorm2d(8)
+        self.fc = M.Linear(8 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(F.flatten(x, 1))
+
+
+class TorchMLP(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = tnn.Linear(784, 256)
+        self.fc2 = tnn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc2(TF.relu(self.fc1(x)))
+
+
+class TorchCNN(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = tnn.Conv2d(1, 8, 3, padding=1)
+        self.bn = tnn.BatchNorm2d(8)
+        self.fc = tnn.Linear(8 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = TF.max_pool2d(TF.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def copy_weights(mge_net, torch_net):
+    """torch_net starts from mge_net's initial weights (megengine keeps conv/bn biases as 1xCx1x1)."""
+    ours = dict(mge_net.named_parameters())
+    with torch.no_grad():
+        for name, p in torch_net.named_parameters():
+            p.copy_(torch.from_numpy(ours[name].numpy().reshape(p.shape)))
+
+
+# ----- one training step per variant ---------------------------------------------------------------
+def make_data(input_shape, seed=0):
+    rng = np.random.RandomState(seed)
+    xs = [rng.randn(BATCH, *input_shape).astype("float32") for _ in range(N_BATCHES)]
+    ys = [rng.randint(0, 10, BATCH).astype("int32") for _ in range(N_BATCHES)]
+    return xs, ys
+
+
+def mge_stepper(net_cls, data, mode):
+    """A zero-argument callable running the next training step; returns (step, net, last loss)."""
+    np.random.seed(0)  # the same initial weights in every variant
+    net = net_cls()
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def train_step(x, label):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), label)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    fn = train_step if mode == "eager" else trace(train_step, symbolic=(mode == "symbolic"))
+    batches = [(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)]
+    state = {"i": 0}
+
+    def step():
+        x, y = batches[state["i"] % N_BATCHES]
+        state["i"] += 1
+        return fn(x, y)
+
+    return step, net
+
+
+def torch_stepper(net_cls, data, init_from):
+    net = net_cls()
+    copy_weights(init_from, net)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)]
+    state = {"i": 0}
+
+    def step():
+        x, y = batches[state["i"] % N_BATCHES]
+        state["i"] += 1
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, net
+
+
+def check_same_work(name, mge_cls, torch_cls, data, steps=8):
+    """Both frameworks from the same weights on the same batches: the losses must agree."""
+    mstep, mnet = mge_stepper(mge_cls, data, "eager")
+    tstep, _ = torch_stepper(torch_cls, data, mnet)
+    ml = [float(mstep().numpy()) for _ in range(steps)]
+    tl = [float(tstep().detach()) for _ in range(steps)]
+    worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ml, tl))
+    ok = worst < 1e-3
+    print(f"  same work: losses over {steps} steps, megengine {ml[0]:.4f} -> {ml[-1]:.4f}, "
+          f"torch {tl[0]:.4f} -> {tl[-1]:.4f}; largest relative difference {worst:.1e} "
+          f"({'ok' if ok else 'MISMATCH: the variants do not do the same work'})")
+    return ok
+
+
+def run_case(name, mge_cls, torch_cls, input_shape, args):
+    data = make_data(input_shape)
+    print(f"{name}, batch {BATCH}, input {input_shape}, SGD momentum {MOMENTUM}, cross_entropy:")
+    ok = check_same_work(name, mge_cls, torch_cls, data)
+    variants = {}
+    variants["megengine eager"], mnet = mge_stepper(mge_cls, data, "eager")
+    variants["megengine trace(symbolic=False)"], _ = mge_stepper(mge_cls, data, "check")
+    variants["megengine trace(symbolic=True)"], _ = mge_stepper(mge_cls, data, "symbolic")
+    variants["torch"], _ = torch_stepper(torch_cls, data, mnet)
+    ms = _timing.time_steps(variants, args.steps, args.repeats)
+    torch_ms, eager_ms = ms["torch"], ms["megengine eager"]
+    for label, t in ms.items():
+        line = f"  {label:33s} {t:8.3f} ms/step"
+        if label != "torch":
+            line += f"   x{t / torch_ms:5.2f} of torch   x{t / eager_ms:5.2f} of eager"
+        print(line)
+    print(f"  megengine eager / torch = {eager_ms / torch_ms:.2f}x  "
+          f"({_timing.verdict(eager_ms / torch_ms, AIMS[name])})")
+    _timing.flush()
+    return ok, eager_ms / torch_ms
+
+
+def main():
+    args = _timing.parse_args(__doc__, steps=50, repeats=5, quick_steps=5, quick_repeats=2)
+    print(_timing.machine_line())
+    print(f"median of {args.repeats} repeats of {args.steps} steps, after 3 warm-up steps, variants interleaved")
+    results = [run_case("MLP", MgeMLP, TorchMLP, (784,), args),
+               run_case("CNN", MgeCNN, TorchCNN, (1, 28, 28), args)]
+    if not all(ok for ok, _ in results):
+        sys.exit("bench_engine: the megengine and torch variants disagree; the figures compare different work")
+
+
+if __name__ == "__main__":
+    main()
