@@ -86,7 +86,7 @@ def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
         return _trace_hook(op, inputs)
-    device = inputs[0]._device if inputs else None
+    device = inputs[0]._device if inputs else op.device  # an op with no inputs names its device
     for t in inputs:
         if t._device != device:
             raise ValueError(

@@ -1,6 +1,8 @@
 """Random tensors: the global generator behind `megengine.random.*`, `seed`, and `RNG` objects."""
 import numpy as np
 
+from ..core.dispatch import Op, apply
+from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device, get_default_device
 
@@ -74,36 +76,38 @@ class RNG:
     def _gen(self):
         return self._generator if self._generator is not None else _global_generator
 
-    def _tensor(self, array, dtype="float32"):
-        device = self._device if self._device is not None else get_default_device()
-        return Tensor(np.asarray(array, dtype=dtype), device=device)
+    def _draw(self, method, *args, dtype="float32"):
+        """A tensor of ``generator.method(*args)``: an op, so a traced function draws anew on
+        every replay instead of repeating the first call's numbers."""
+        device = canonical_device(self._device if self._device is not None else get_default_device())
+        return apply(_Draw(self, method, args, np.dtype(dtype), device))
 
     def uniform(self, low: float = 0, high: float = 1, size=None):
         """Samples of U(low, high), float32, shape ``size`` (None means (1,))."""
         if not low < high:
             raise ValueError(f"uniform: needs low < high, got low={low}, high={high}")
-        return self._tensor(self._gen().uniform(low, high, _shape(size, "uniform")))
+        return self._draw("uniform", low, high, _shape(size, "uniform"))
 
     def normal(self, mean: float = 0, std: float = 1, size=None):
         """Samples of N(mean, std**2), float32, shape ``size`` (None means (1,))."""
         if std < 0:
             raise ValueError(f"normal: std must be >= 0, got {std}")
-        return self._tensor(self._gen().normal(mean, std, _shape(size, "normal")))
+        return self._draw("normal", mean, std, _shape(size, "normal"))
 
     def gamma(self, shape, scale=1, size=None):
         """Samples of Gamma(shape k, scale theta); Tensor parameters broadcast after ``size``."""
         k, theta = _positive(shape, "shape", "gamma"), _positive(scale, "scale", "gamma")
-        return self._tensor(self._gen().gamma(k, theta, _param_shape(size, k, theta)))
+        return self._draw("gamma", k, theta, _param_shape(size, k, theta))
 
     def beta(self, alpha, beta, size=None):
         """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``."""
         a, b = _positive(alpha, "alpha", "beta"), _positive(beta, "beta", "beta")
-        return self._tensor(self._gen().beta(a, b, _param_shape(size, a, b)))
+        return self._draw("beta", a, b, _param_shape(size, a, b))
 
     def poisson(self, lam, size=None):
         """Samples of Poisson(lam) as float32; a Tensor ``lam`` broadcasts after ``size``."""
         lam = _positive(lam, "lam", "poisson")
-        return self._tensor(self._gen().poisson(lam, _param_shape(size, lam)))
+        return self._draw("poisson", lam, _param_shape(size, lam))
 
     def permutation(self, n, *, dtype: str = "int32"):
         """A random permutation of ``range(n)`` (int ``n``), or a shuffled copy of Tensor ``n``
@@ -111,19 +115,45 @@ class RNG:
         if isinstance(n, Tensor):
             if n.ndim == 0:
                 raise ValueError("permutation: cannot shuffle a 0-d tensor")
-            order = self._gen().permutation(n.shape[0])
-            return Tensor(n.numpy()[order], dtype=n.dtype, device=n.device)
+            return apply(_Shuffled(self), n)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
             raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
         if np.dtype(dtype) not in (np.int32, np.int16, np.float32):
             raise TypeError(f"permutation: dtype must be int32, int16 or float32, got {dtype}")
-        return self._tensor(self._gen().permutation(int(n)), dtype=dtype)
+        return self._draw("permutation", int(n), dtype=dtype)
 
     def shuffle(self, inp: Tensor):
         """Shuffle ``inp`` along its first axis in place (its storage is kept)."""
         if not isinstance(inp, Tensor):
             raise TypeError(f"shuffle: expected a Tensor, got {type(inp).__name__}")
         inp._reset(self.permutation(inp))
+
+
+class _Draw(Op):
+    """Random samples from an RNG's generator, drawn when the op runs (no inputs, no gradient)."""
+
+    def __init__(self, rng, method, args, dtype, device):
+        self.rng, self.method, self.args, self.dtype, self.device = rng, method, args, dtype, device
+
+    def __repr__(self):
+        return f"random.{self.method}"
+
+    def forward(self):
+        sample = np.asarray(getattr(self.rng._gen(), self.method)(*self.args), dtype=self.dtype)
+        return sample if self.device.startswith("cpu") else move_array(sample, self.device)
+
+
+class _Shuffled(Op):
+    """A copy of the input with its first axis in a random order."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def forward(self, x):
+        return x[self.rng._gen().permutation(x.shape[0])]
+
+    def backward(self, g):
+        return None  # upstream's permutation has no gradient
 
 
 _default_rng = RNG()

@@ -603,3 +603,21 @@ def test_untraced_apply_is_untouched():
     assert dispatch._trace_hook is None
     x = mge.tensor([1.0, 2.0])
     assert (x + x).numpy().tolist() == [2.0, 4.0]
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_random_draws_are_fresh_on_every_replay(symbolic):
+    import megengine.random as mrandom
+
+    @trace(symbolic=symbolic)
+    def noisy(x):
+        return x + mrandom.normal(size=(3,)) + mrandom.permutation(3).astype("float32")
+
+    x = mge.tensor(np.zeros(3, "float32"))
+    mrandom.seed(5)
+    outs = [noisy(x).numpy() for _ in range(3)]
+    assert not np.allclose(outs[1], outs[2]), "a replay must not repeat the first call's draws"
+    mrandom.seed(5)
+    expected = [(mrandom.normal(size=(3,)) + mrandom.permutation(3).astype("float32")).numpy()
+                for _ in range(3)]
+    np.testing.assert_allclose(outs, expected)
