@@ -657,7 +657,7 @@ class _Pool2d(Op):
             self.out = out
             return out
         if self.mode == "average":  # the padding counts: always kh*kw
-            self.count = out.dtype.type(kh * kw + 1)
+            self.count = out.dtype.type(kh * kw)
         else:  # average_count_exclude_padding: only real elements count (separable per axis)
             rows = xp.minimum(xp.arange(oh) * sh - ph + kh, h) - xp.maximum(xp.arange(oh) * sh - ph, 0)
             cols = xp.minimum(xp.arange(ow) * sw - pw + kw, w) - xp.maximum(xp.arange(ow) * sw - pw, 0)

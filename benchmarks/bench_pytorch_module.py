@@ -1,0 +1,400 @@
+"""Cost of hosting a PyTorch module in megengine (`PyTorchModule`) against pure PyTorch, same process.
+
+What it prints:
+
+1. One training step of the guide's LeNet (torch ``LeNet_Extract``: conv 1->6 5x5, relu,
+   maxpool 2, conv 6->16 5x5, relu, maxpool 2, view(-1, 400), fc 400->120 relu, fc 120->84 relu)
+   plus a 84->10 classifier, cross entropy and plain SGD (lr 0.05), on 1x32x32 inputs at batch 8
+   and 64, in ms per step:
+
+   * pure PyTorch: extractor + nn.Linear + F.cross_entropy + torch.optim.SGD;
+   * this fork: the extractor in ``PyTorchModule`` + megengine ``M.Linear`` + megengine
+     cross_entropy, GradManager and ``optimizer.SGD`` (which updates the torch weights in place
+     through the shared memory);
+   * Thinc (only when ``thinc`` is installed; it is optional): ``chain(PyTorchWrapper(extractor),
+     Linear(10, 84))``, softmax cross entropy in numpy, ``thinc.api.SGD`` (no clipping, no L2, no
+     averages: the same update).
+
+   with the ratios to pure PyTorch (aims for the fork: <= 1.15x at batch 8, <= 1.05x at batch 64).
+   Before timing, all variants start from the same weights and run the same batches: their losses
+   must agree step by step (so each does forward, loss, backward and an update of all parameters).
+2. The bridge's overhead per call in microseconds: a ``PyTorchModule`` around a one-parameter torch
+   module (``x * w``), called without and with gradients, against the same torch call made directly;
+   a native megengine ``x * w`` for comparison; and ``to_torch`` / ``from_torch`` against
+   ``torch.from_numpy`` / ``Tensor.numpy()``.
+3. The C++ operator's first compile (a subprocess building into a fresh ``MGE_TORCH_EXT_DIR``) and
+   cached load (a second subprocess on the same directory), as ``_bridge.load_stats()`` reports
+   them. ``--skip-compile`` (implied by ``--quick``) skips the ~30-45 s compile and times a cached
+   load from the normal cache directory instead.
+
+    python benchmarks/bench_pytorch_module.py [--steps N] [--repeats R] [--quick] [--skip-compile]
+
+Thread counts are pinned to 1 (OMP/OPENBLAS/MKL/BLIS_NUM_THREADS, set below with setdefault before
+numpy is imported, and torch.set_num_threads(1)), so every variant uses one core.
+"""
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy/torch (and thinc's blis) load: one thread each
+
+import copy  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as TF  # noqa: E402
+
+import megengine as mge  # noqa: E402
+import megengine.functional as F  # noqa: E402
+import megengine.module as M  # noqa: E402
+import megengine.optimizer as optim  # noqa: E402
+from megengine.autodiff import GradManager  # noqa: E402
+from megengine.module.pytorch import PyTorchModule, _bridge  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
+
+try:
+    import thinc
+    import thinc.api as thinc_api
+except ImportError:  # optional: the Thinc column is left out
+    thinc = thinc_api = None
+
+torch.set_num_threads(1)
+
+LR = 0.05
+N_BATCHES = 4  # distinct pre-made batches, cycled
+AIMS = {8: 1.15, 64: 1.05}
+
+
+# ----- the guide's network -------------------------------------------------------------------------
+class LeNet_Extract(nn.Module):
+    """The guide's torch feature extractor (LeNet without its classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = x.view(-1, 16 * 5 * 5)
+        x = self.relu3(self.fc1(x))
+        x = self.relu4(self.fc2(x))
+        return x
+
+
+class LeNet(M.Module):
+    """The guide's megengine LeNet: the wrapped extractor and a megengine classifier."""
+
+    def __init__(self, lenet_extractor):
+        super().__init__()
+        self.lenet_extractor_wrap = PyTorchModule(lenet_extractor)
+        self.mge_classifier = M.Linear(84, 10)
+
+    def forward(self, x):
+        return self.mge_classifier(self.lenet_extractor_wrap(x))
+
+
+def initial_weights():
+    """One set of initial weights for every variant: the extractor and the classifier (W, b)."""
+    torch.manual_seed(0)
+    extractor = LeNet_Extract()
+    rng = np.random.RandomState(0)
+    bound = 1 / np.sqrt(84)
+    w = rng.uniform(-bound, bound, (10, 84)).astype("float32")
+    b = rng.uniform(-bound, bound, (10,)).astype("float32")
+    return extractor, w, b
+
+
+def make_data(batch, seed=1):
+    rng = np.random.RandomState(seed)
+    xs = [rng.randn(batch, 1, 32, 32).astype("float32") for _ in range(N_BATCHES)]
+    ys = [rng.randint(0, 10, batch).astype("int32") for _ in range(N_BATCHES)]
+    return xs, ys
+
+
+def cycle(batches):
+    state = [0]
+
+    def next_batch():
+        i = state[0]
+        state[0] = i + 1
+        return batches[i % len(batches)]
+
+    return next_batch
+
+
+# ----- the three variants of one training step ---------------------------------------------------
+def torch_variant(init, data):
+    extractor, w, b = init
+    extractor = copy.deepcopy(extractor)
+    classifier = nn.Linear(84, 10)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(w))
+        classifier.bias.copy_(torch.from_numpy(b))
+    params = list(extractor.parameters()) + list(classifier.parameters())
+    opt = torch.optim.SGD(params, lr=LR)
+    next_batch = cycle([(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)])
+
+    def step():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(classifier(extractor(x)), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def fork_variant(init, data):
+    extractor, w, b = init
+    net = LeNet(copy.deepcopy(extractor))
+    net.mge_classifier.weight._data[...] = w
+    net.mge_classifier.bias._data[...] = b
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=LR)
+    next_batch = cycle([(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)])
+
+    def step():
+        x, y = next_batch()
+        with gm:
+            loss = F.loss.cross_entropy(net(x), y)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return float(loss.numpy())
+
+    return step
+
+
+def thinc_variant(init, data):
+    extractor, w, b = init
+
+    def inputs_without_grad(model, X, is_train):
+        # The data needs no gradient (the other variants do not compute one either).
+        return thinc_api.ArgsKwargs(args=(thinc_api.xp2torch(X),), kwargs={}), lambda dX: None
+
+    model = thinc_api.chain(
+        thinc_api.PyTorchWrapper(copy.deepcopy(extractor), convert_inputs=inputs_without_grad),
+        thinc_api.Linear(10, 84),
+    )
+    model.initialize()
+    linear = model.layers[1]
+    linear.set_param("W", w.copy())
+    linear.set_param("b", b.copy())
+    # plain SGD like the others: thinc's SGD clips gradients at 1.0 and keeps averages by default
+    opt = thinc_api.SGD(LR, L2=0.0, grad_clip=0.0, use_averages=False)
+    onehots = [np.eye(10, dtype="float32")[y] for y in data[1]]
+    next_batch = cycle(list(zip(data[0], onehots)))
+
+    def step():
+        x, onehot = next_batch()
+        logits, backprop = model.begin_update(x)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        loss = float(-(onehot * (shifted - np.log(total))).sum() / len(x))
+        backprop((exp / total - onehot) / len(x))
+        model.finish_update(opt)
+        return loss
+
+    return step
+
+
+def lenet_section(args):
+    init = initial_weights()
+    makers = {"pure PyTorch": torch_variant, "megengine PyTorchModule": fork_variant}
+    if thinc_api is not None:
+        makers["Thinc PyTorchWrapper"] = thinc_variant
+    else:
+        print("(thinc is not installed: the Thinc column is left out; `pip install thinc` to add it)")
+    ok = True
+    ratios = {}
+    for batch in (8, 64):
+        data = make_data(batch)
+        print(f"LeNet training step, batch {batch}, 1x32x32, SGD lr {LR}, cross entropy:")
+        # the same work: same weights, same batches -> the same losses, step by step
+        losses = {}
+        for name, make in makers.items():
+            step = make(init, data)
+            losses[name] = [step() for _ in range(12)]
+        ref = losses["pure PyTorch"]
+        for name, ls in losses.items():
+            worst = max(abs(a - r) / abs(r) for a, r in zip(ls, ref))
+            good = worst < 1e-4
+            ok &= good
+            print(f"  same work, {name:24s} loss {ls[0]:.4f} -> {ls[-1]:.4f} over {len(ls)} steps; "
+                  f"largest relative difference to PyTorch {worst:.1e} {'ok' if good else 'MISMATCH'}")
+        variants = {name: make(init, data) for name, make in makers.items()}
+        steps = args.steps if batch == 64 else args.steps * 3
+        ms = _timing.time_steps(variants, steps, args.repeats)
+        base = ms["pure PyTorch"]
+        for name, t in ms.items():
+            line = f"  {name:24s} {t:8.3f} ms/step   x{t / base:5.3f} of pure PyTorch"
+            if name == "megengine PyTorchModule":
+                ratios[batch] = t / base
+                line += f"   ({_timing.verdict(t / base, AIMS[batch])})"
+            print(line)
+        _timing.flush()
+    return ok, ratios
+
+
+# ----- bridge overhead per call --------------------------------------------------------------------
+class Scale(nn.Module):
+    """The smallest module with a parameter: y = x * w."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((16,), 0.5))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def overhead_section(args):
+    calls = 200 if args.quick else 2000
+    reps = max(3, args.repeats)
+    x_np = np.random.RandomState(0).randn(8, 16).astype("float32")
+    dy_np = np.ones((8, 16), "float32")
+    print(f"Bridge overhead per call, (8, 16) float32, median of {reps} rounds of {calls} calls:")
+
+    # forward only, nothing records
+    tiny = Scale()
+    wrapped = PyTorchModule(copy.deepcopy(tiny))
+    x, xt = mge.tensor(x_np), torch.from_numpy(x_np)
+
+    def torch_forward():
+        with torch.no_grad():
+            return tiny(xt)
+
+    fwd_fork = _timing.time_call_us(lambda: wrapped(x), calls, reps)
+    fwd_torch = _timing.time_call_us(torch_forward, calls, reps)
+
+    # forward + backward of the module, gradients for its parameter
+    gm = GradManager().attach(wrapped.parameters())
+    dy, dyt = mge.tensor(dy_np), torch.from_numpy(dy_np)
+    w_mge = wrapped.w
+
+    def fork_train():
+        with gm:
+            gm.backward(wrapped(x), dy)
+        w_mge.grad = None
+
+    def torch_train():
+        tiny(xt).backward(dyt)
+        tiny.w.grad = None
+
+    native_w = mge.Parameter(np.full((16,), 0.5, "float32"))
+    gm_native = GradManager().attach([native_w])
+
+    def native_train():
+        with gm_native:
+            gm_native.backward(x * native_w, dy)
+        native_w.grad = None
+
+    fb_fork = _timing.time_call_us(fork_train, calls, reps)
+    fb_torch = _timing.time_call_us(torch_train, calls, reps)
+    fb_native = _timing.time_call_us(native_train, calls, reps)
+
+    print(f"  forward, no grad:   PyTorchModule {fwd_fork:7.1f} us   torch direct {fwd_torch:6.1f} us   "
+          f"overhead {fwd_fork - fwd_torch:6.1f} us/call")
+    print(f"  forward + backward: PyTorchModule {fb_fork:7.1f} us   torch direct {fb_torch:6.1f} us   "
+          f"overhead {fb_fork - fb_torch:6.1f} us/call")
+    print(f"  (reference: megengine's own x * w forward + backward under GradManager {fb_native:6.1f} us)")
+
+    # the zero-copy views themselves
+    ext = _bridge.load_extension()
+    t = torch.from_numpy(x_np.copy())
+    us = {
+        "_bridge.to_torch(ndarray)": _timing.time_call_us(lambda: _bridge.to_torch(x_np), calls * 5, reps),
+        "ext.to_torch(ndarray) (no wrapper)": _timing.time_call_us(lambda: ext.to_torch(x_np), calls * 5, reps),
+        "torch.from_numpy(ndarray)": _timing.time_call_us(lambda: torch.from_numpy(x_np), calls * 5, reps),
+        "_bridge.from_torch(tensor)": _timing.time_call_us(lambda: _bridge.from_torch(t), calls * 5, reps),
+        "ext.from_torch(tensor) (no wrapper)": _timing.time_call_us(lambda: ext.from_torch(t), calls * 5, reps),
+        "tensor.numpy()": _timing.time_call_us(lambda: t.numpy(), calls * 5, reps),
+    }
+    for name, v in us.items():
+        print(f"  {name:36s} {v:6.2f} us/call")
+    _timing.flush()
+
+
+# ----- building and loading the C++ operator -------------------------------------------------------
+_LOAD_SNIPPET = """
+import json, time
+t0 = time.perf_counter()
+from megengine.module.pytorch import _bridge
+t1 = time.perf_counter()
+_bridge.load_extension()
+print(json.dumps(dict(_bridge.load_stats(), import_seconds=t1 - t0)))
+"""
+
+
+def _load_in_subprocess(ext_dir):
+    env = dict(os.environ)
+    if ext_dir is not None:
+        env["MGE_TORCH_EXT_DIR"] = ext_dir
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _LOAD_SNIPPET], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"loading the operator failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def _describe(stats, wall):
+    how = "compiled" if stats["compiled"] else "loaded from cache"
+    return (f"{how} in {stats['seconds']:.3f} s (load_stats); importing torch + the bridge "
+            f"{stats['import_seconds']:.2f} s; whole subprocess {wall:.1f} s")
+
+
+def compile_section(args):
+    print("C++ operator (csrc/torch_bridge.cpp), each in a fresh Python subprocess:")
+    if args.skip_compile:
+        stats, wall = _load_in_subprocess(None)
+        print(f"  first compile: skipped (--skip-compile / --quick)")
+        print(f"  cached load from {stats['directory']}: {_describe(stats, wall)}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="mge_torch_ext_") as ext_dir:
+            first, wall1 = _load_in_subprocess(ext_dir)
+            cached, wall2 = _load_in_subprocess(ext_dir)
+        print(f"  first compile into a fresh MGE_TORCH_EXT_DIR: {_describe(first, wall1)}")
+        print(f"  cached load, same directory:                  {_describe(cached, wall2)}")
+    _timing.flush()
+
+
+def main():
+    def extra(parser):
+        parser.add_argument("--skip-compile", action="store_true",
+                            help="do not time the operator's first compile (~30-45 s); time a cached load only")
+
+    args = _timing.parse_args(__doc__, steps=40, repeats=5, quick_steps=4, quick_repeats=2, extra=extra)
+    args.skip_compile = args.skip_compile or args.quick
+    if torch.get_num_threads() != 1:  # something (thinc) changed it: pin it again
+        torch.set_num_threads(1)
+    print(_timing.machine_line() + (f"; thinc {thinc.__version__}" if thinc else "; thinc not installed"))
+    print(f"median of {args.repeats} repeats of {args.steps} steps at batch 64, {args.steps * 3} at batch 8, "
+          "after 3 warm-up steps, variants interleaved")
+    ok, _ = lenet_section(args)
+    overhead_section(args)
+    compile_section(args)
+    if not ok:
+        sys.exit("bench_pytorch_module: the variants' losses disagree; the figures compare different work")
+
+
+if __name__ == "__main__":
+    main()
