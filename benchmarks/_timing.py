@@ -36,21 +36,31 @@ def parse_args(doc, steps, repeats, quick_steps, quick_repeats, extra=None):
 def time_steps(variants, steps, repeats, warmup=3):
     """Median milliseconds per call of each zero-argument callable in ``variants`` (a dict).
 
-    Each variant is warmed up ``warmup`` calls, then the variants take turns, ``repeats`` rounds
-    of ``steps`` calls each, so that machine noise (other processes, frequency changes) hits them
-    alike; the median over the rounds is returned.
+    Each variant is warmed up ``warmup`` calls. Then ``repeats`` times: every variant runs
+    ``steps`` calls, the variants taking turns call by call (in a rotating order), and each
+    variant's mean time per call in that repeat is noted; the median over the repeats is
+    returned. Taking turns call by call makes load from other processes (the benchmark machines
+    are shared 2-core boxes) hit all variants alike, where timing one variant's block after the
+    other's lets a burst land on one of them only.
     """
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    samples = {name: [] for name in variants}
+    names = list(variants)
+    fns = [variants[n] for n in names]
+    samples = {name: [] for name in names}
+    clock = time.perf_counter
     for _ in range(repeats):
-        for name, fn in variants.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / steps * 1e3)
+        gc.collect()
+        totals = [0.0] * len(fns)
+        for i in range(steps):
+            for k in range(len(fns)):
+                j = (i + k) % len(fns)
+                t0 = clock()
+                fns[j]()
+                totals[j] += clock() - t0
+        for name, total in zip(names, totals):
+            samples[name].append(total / steps * 1e3)
     return {name: statistics.median(ms) for name, ms in samples.items()}
 
 

@@ -192,7 +192,7 @@ def run_case(name, mge_cls, torch_cls, input_shape, args):
 def main():
     args = _timing.parse_args(__doc__, steps=50, repeats=5, quick_steps=5, quick_repeats=2)
     print(_timing.machine_line())
-    print(f"median of {args.repeats} repeats of {args.steps} steps, after 3 warm-up steps, variants interleaved")
+    print(f"median of {args.repeats} repeats of {args.steps} steps, after 3 warm-up steps, variants taking turns step by step")
     results = [run_case("MLP", MgeMLP, TorchMLP, (784,), args),
                run_case("CNN", MgeCNN, TorchCNN, (1, 28, 28), args)]
     if not all(ok for ok, _ in results):

@@ -43,6 +43,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -66,6 +67,8 @@ except ImportError:  # optional: the Thinc column is left out
     thinc = thinc_api = None
 
 torch.set_num_threads(1)
+# thinc's shim calls the deprecated torch.cuda.amp.autocast on every step (a no-op on CPU)
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*autocast")
 
 LR = 0.05
 N_BATCHES = 4  # distinct pre-made batches, cycled
@@ -282,9 +285,6 @@ def overhead_section(args):
         with torch.no_grad():
             return tiny(xt)
 
-    fwd_fork = _timing.time_call_us(lambda: wrapped(x), calls, reps)
-    fwd_torch = _timing.time_call_us(torch_forward, calls, reps)
-
     # forward + backward of the module, gradients for its parameter
     gm = GradManager().attach(wrapped.parameters())
     dy, dyt = mge.tensor(dy_np), torch.from_numpy(dy_np)
@@ -307,9 +307,13 @@ def overhead_section(args):
             gm_native.backward(x * native_w, dy)
         native_w.grad = None
 
-    fb_fork = _timing.time_call_us(fork_train, calls, reps)
-    fb_torch = _timing.time_call_us(torch_train, calls, reps)
-    fb_native = _timing.time_call_us(native_train, calls, reps)
+    def us(variants):  # taking turns call by call, like the step timings
+        return {k: v * 1e3 for k, v in _timing.time_steps(variants, calls, reps).items()}
+
+    fwd = us({"fork": lambda: wrapped(x), "torch": torch_forward})
+    fwd_fork, fwd_torch = fwd["fork"], fwd["torch"]
+    fb = us({"fork": fork_train, "torch": torch_train, "native": native_train})
+    fb_fork, fb_torch, fb_native = fb["fork"], fb["torch"], fb["native"]
 
     print(f"  forward, no grad:   PyTorchModule {fwd_fork:7.1f} us   torch direct {fwd_torch:6.1f} us   "
           f"overhead {fwd_fork - fwd_torch:6.1f} us/call")
@@ -320,7 +324,7 @@ def overhead_section(args):
     # the zero-copy views themselves
     ext = _bridge.load_extension()
     t = torch.from_numpy(x_np.copy())
-    us = {
+    views = {
         "_bridge.to_torch(ndarray)": _timing.time_call_us(lambda: _bridge.to_torch(x_np), calls * 5, reps),
         "ext.to_torch(ndarray) (no wrapper)": _timing.time_call_us(lambda: ext.to_torch(x_np), calls * 5, reps),
         "torch.from_numpy(ndarray)": _timing.time_call_us(lambda: torch.from_numpy(x_np), calls * 5, reps),
@@ -328,7 +332,7 @@ def overhead_section(args):
         "ext.from_torch(tensor) (no wrapper)": _timing.time_call_us(lambda: ext.from_torch(t), calls * 5, reps),
         "tensor.numpy()": _timing.time_call_us(lambda: t.numpy(), calls * 5, reps),
     }
-    for name, v in us.items():
+    for name, v in views.items():
         print(f"  {name:36s} {v:6.2f} us/call")
     _timing.flush()
 
@@ -388,7 +392,7 @@ def main():
         torch.set_num_threads(1)
     print(_timing.machine_line() + (f"; thinc {thinc.__version__}" if thinc else "; thinc not installed"))
     print(f"median of {args.repeats} repeats of {args.steps} steps at batch 64, {args.steps * 3} at batch 8, "
-          "after 3 warm-up steps, variants interleaved")
+          "after 3 warm-up steps, variants taking turns step by step")
     ok, _ = lenet_section(args)
     overhead_section(args)
     compile_section(args)

@@ -659,8 +659,9 @@ class _Pool2d(Op):
         if self.mode == "average":  # the padding counts: always kh*kw
             self.count = out.dtype.type(kh * kw)
         else:  # average_count_exclude_padding: only real elements count (separable per axis)
-            rows = xp.minimum(xp.arange(oh) * sh - ph + kh, h) - xp.maximum(xp.arange(oh) * sh - ph, 0)
-            cols = xp.minimum(xp.arange(ow) * sw - pw + kw, w) - xp.maximum(xp.arange(ow) * sw - pw, 0)
+            top, left = xp.arange(oh) * sh - ph, xp.arange(ow) * sw - pw
+            rows = xp.minimum(top + kh, h) - xp.maximum(top, 0)
+            cols = xp.minimum(left + kw, w) - xp.maximum(left, 0)
             self.count = (rows[:, None] * cols[None, :]).astype(out.dtype)
         out /= self.count
         return out
@@ -756,41 +757,54 @@ def adaptive_avg_pool2d(inp, oshp):
 # ----- normalization -----
 
 class _BatchNorm(Op):
-    """Batch norm of an (N, C, ...) input per channel; inputs x, then weight and bias if given.
+    """Batch norm of an (N, C, ...) input per channel.
 
-    Training uses the batch statistics (kept on ``self.mean``/``self.var`` for the running
-    update); given ``stats`` (running mean and var, (C,) each) make it inference, where they are
-    constants. Each direction allocates one full-size array and works in place on it, and
-    channel sums are einsums: fresh large arrays cost page faults that would dominate.
+    Inputs: x, then weight and bias if given, then running mean and var if given. Training
+    normalizes with the batch statistics and, with running stats, also returns their updates
+    ``momentum * running + (1 - momentum) * batch`` (unbiased batch variance) as two more
+    outputs; inference normalizes with the running stats, which are constants. Each direction
+    allocates one full-size array and works in place on it, and channel sums are einsums: fresh
+    large arrays cost page faults that would dominate.
     """
 
-    def __init__(self, eps, has_weight, has_bias, stats=None):
-        self.eps, self.has_weight, self.has_bias, self.stats = eps, has_weight, has_bias, stats
+    def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
+        self.eps, self.momentum, self.training = eps, momentum, training
+        self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
 
     def forward(self, x, *params):
         xp = xp_of(x)
         self.x_shape = x.shape
         n, c = x.shape[:2]
         self.x3 = x3 = _as_float(x).reshape(n, c, -1)
-        self.m = max(x3.size // max(c, 1), 1)
+        self.m = m = max(x3.size // max(c, 1), 1)
         self.param_shapes = [p.shape for p in params]
         w = params[0].reshape(c).astype(x3.dtype, copy=False) if self.has_weight else None
-        b = params[-1].reshape(c).astype(x3.dtype, copy=False) if self.has_bias else None
-        if self.stats is None:
-            self.mean = xp.einsum("ncs->c", x3) / self.m
+        b = params[int(self.has_weight)].reshape(c).astype(x3.dtype, copy=False) \
+            if self.has_bias else None
+        if self.training:
+            self.mean = xp.einsum("ncs->c", x3) / m
             y = x3 - self.mean[:, None]
-            self.var = xp.einsum("ncs,ncs->c", y, y) / self.m
+            self.var = xp.einsum("ncs,ncs->c", y, y) / m
         else:
-            self.mean, self.var = self.stats
+            rm, rv = params[-2:]
+            self.mean = _as_float(rm).reshape(c)
+            self.var = _as_float(rv).reshape(c)
             y = x3 - self.mean[:, None]
         self.inv = 1 / xp.sqrt(self.var + x3.dtype.type(self.eps))
         self.scale = self.inv if w is None else self.inv * w  # y = (x - mean) * scale + b
         y *= self.scale[:, None]
         if b is not None:
             y += b[:, None]
-        return y.reshape(self.x_shape)
+        y = y.reshape(self.x_shape)
+        if not (self.training and self.has_stats):
+            return y
+        rm, rv = params[-2:]
+        mom = self.momentum
+        new_mean = mom * rm + (1 - mom) * self.mean.reshape(rm.shape)
+        new_var = mom * rv + (1 - mom) * (self.var * (m / max(m - 1, 1))).reshape(rv.shape)
+        return y, new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
 
-    def backward(self, g):
+    def backward(self, g, *stat_grads):  # the running-stat outputs have no gradient
         xp = xp_of(g)
         needs = self.needs_input_grad
         m, x3, mean, inv = self.m, self.x3, self.mean, self.inv
@@ -799,7 +813,7 @@ class _BatchNorm(Op):
         gw = (xp.einsum("ncs,ncs->c", g3, x3) - mean * gb) * inv  # sum(g * xhat)
         gx = None
         if needs[0]:
-            if self.stats is None:
+            if self.training:
                 # w * inv * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * inv
                 gx = x3 - mean[:, None]
                 gx *= (-inv * gw / m)[:, None]
@@ -813,7 +827,10 @@ class _BatchNorm(Op):
         if self.has_weight:
             grads.append(gw.reshape(self.param_shapes[0]) if needs[1] else None)
         if self.has_bias:
-            grads.append(gb.reshape(self.param_shapes[-1]) if needs[-1] else None)
+            grads.append(gb.reshape(self.param_shapes[int(self.has_weight)])
+                         if needs[1 + self.has_weight] else None)
+        if self.has_stats:
+            grads += [None, None]
         return tuple(grads)
 
 
@@ -896,44 +913,44 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "
                          f"got shape {inp.shape}")
-    n, c = inp.shape[:2]
+    c = inp.shape[1]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
                     (weight, "weight"), (bias, "bias")):
         _check_param(t, c, what, name)
-    if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError(f"{what}: running_mean and running_var are needed when "
-                             "training=False")
-        stats = (_as_float(running_mean._data).reshape(c),
-                 _as_float(running_var._data).reshape(c))
-        op = _BatchNorm(eps, weight is not None, bias is not None, stats)
-        return _normalize(op, inp, weight, bias)
-    if inp.size // c < 2 and running_var is not None:
+    has_mean, has_var = running_mean is not None, running_var is not None
+    if not training and not (has_mean and has_var):
+        raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
+    if training and has_var and inp.size // max(c, 1) < 2:
         raise ValueError(f"{what}: training needs more than one value per channel to update "
                          f"running_var, got input shape {inp.shape}")
-    op = _BatchNorm(eps, weight is not None, bias is not None)
-    out = _normalize(op, inp, weight, bias)
-    if running_mean is None and running_var is None:
+    if training and inplace:
+        for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"{what}: {name} must be a Tensor to be updated in place, "
+                                f"got {type(t).__name__}")
+    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
+    has_stats = has_mean or has_var
+    if has_stats:
+        # a missing one of the pair is stood in for by its initial value; its update is dropped
+        shape = _tensor(running_mean if has_mean else running_var).shape
+        for t, fill in ((running_mean, 0.0), (running_var, 1.0)):
+            inputs.append(_tensor(t) if t is not None
+                          else Tensor(np.full(shape, fill, np.float32), device=inp._device))
+    op = _BatchNorm(eps, float(momentum), bool(training), weight is not None, bias is not None,
+                    has_stats)
+    out = apply(op, *inputs)
+    if not (training and has_stats):
         return out
-    m = inp.size // c
-    new_mean = new_var = None
-    if running_mean is not None:
-        rm = running_mean._data
-        new_mean = (momentum * rm + (1 - momentum) * op.mean.reshape(rm.shape)).astype(rm.dtype)
-    if running_var is not None:
-        rv = running_var._data
-        unbiased = op.var.reshape(rv.shape) * (m / (m - 1))
-        new_var = (momentum * rv + (1 - momentum) * unbiased).astype(rv.dtype)
-    if inplace:
-        # write into the buffers' own storage, so modules and optimizers keep seeing them
-        if new_mean is not None:
-            running_mean._data[...] = new_mean
-        if new_var is not None:
-            running_var._data[...] = new_var
-        return out
-    dev = inp._device
-    return (out, None if new_mean is None else Tensor._wrap(new_mean, dev),
-            None if new_var is None else Tensor._wrap(new_var, dev))
+    out, new_mean, new_var = out
+    new_mean, new_var = (new_mean if has_mean else None), (new_var if has_var else None)
+    if not inplace:
+        return out, new_mean, new_var
+    # written into the buffers' own storage; _reset is also what jit.trace replays
+    if has_mean:
+        running_mean._reset(new_mean)
+    if has_var:
+        running_var._reset(new_var)
+    return out
 
 
 def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1e-5):

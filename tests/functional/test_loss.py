@@ -183,7 +183,8 @@ def test_upstream_doc_examples_for_integer_inputs():
 
 
 def test_pair_loss_errors():
-    with pytest.raises(ValueError, match=r"l1_loss: pred of shape \(3,\) and label of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"l1_loss: pred of shape \(3,\) and label of shape "
+                                         r"\(4,\)"):
         F.nn.l1_loss(mge.tensor(rand(3)), mge.tensor(rand(4)))
     with pytest.raises(ValueError, match="square_loss: reduction"):
         F.nn.square_loss(mge.tensor(rand(3)), mge.tensor(rand(3)), reduction="max")

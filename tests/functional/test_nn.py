@@ -402,12 +402,42 @@ def test_batch_norm_not_inplace_returns_new_stats():
     np.testing.assert_array_equal(rv.numpy(), 1)
 
 
+def test_batch_norm_with_only_a_running_mean():
+    x = rand(8, 3, 4, 4)
+    rm = mge.tensor(np.ones((1, 3, 1, 1), np.float32))
+    out = F.batch_norm(mge.tensor(x), rm, None, training=True, momentum=0.5)
+    trm, trv = torch.ones(3), torch.ones(3)
+    expect = TF.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=0.5)
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_batch_norm_running_stats_update_on_every_traced_call(symbolic):
+    from megengine.jit import trace
+
+    rm, rv = mge.tensor(np.zeros((1, 3, 1, 1), np.float32)), mge.tensor(np.ones((1, 3, 1, 1),
+                                                                                np.float32))
+    step = trace(lambda a: F.batch_norm(a, rm, rv, training=True), symbolic=symbolic)
+    trm, trv = torch.zeros(3), torch.ones(3)
+    for _ in range(3):
+        x = rand(4, 3, 2, 2)
+        out = step(mge.tensor(x))
+        expect = TF.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=0.1)
+        np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.numpy().reshape(-1), trv.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_batch_norm_errors():
     x = mge.tensor(rand(4, 3, 2, 2))
     with pytest.raises(ValueError, match="running_mean and running_var are needed"):
         F.batch_norm(x)
     with pytest.raises(ValueError, match=r"batch_norm: weight of shape \(4,\) does not match 3"):
         F.batch_norm(x, weight=mge.tensor(rand(4)), training=True)
+    with pytest.raises(TypeError, match="running_mean must be a Tensor"):
+        F.batch_norm(x, np.zeros(3, np.float32), mge.tensor(np.ones(3, np.float32)),
+                     training=True)
 
 
 @pytest.mark.parametrize("shape,normalized_shape,affine", [
