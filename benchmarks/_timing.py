@@ -33,15 +33,27 @@ def parse_args(doc, steps, repeats, quick_steps, quick_repeats, extra=None):
     return args
 
 
+class Timing:
+    """One variant's figures: ``median`` ms/step (the median over repeats of the mean of
+    ``steps`` steps: the headline figure) and ``best`` (the fastest single step: what the code
+    costs when nothing else competes for the core; ratios of bests are a check on the medians
+    when the machine is shared)."""
+
+    __slots__ = ("median", "best")
+
+    def __init__(self, median, best):
+        self.median, self.best = median, best
+
+
 def time_steps(variants, steps, repeats, warmup=3):
-    """Median milliseconds per call of each zero-argument callable in ``variants`` (a dict).
+    """Time each zero-argument callable in ``variants`` (a dict); returns {name: Timing} in ms.
 
     Each variant is warmed up ``warmup`` calls. Then ``repeats`` times: every variant runs
     ``steps`` calls, the variants taking turns call by call (in a rotating order), and each
-    variant's mean time per call in that repeat is noted; the median over the repeats is
-    returned. Taking turns call by call makes load from other processes (the benchmark machines
-    are shared 2-core boxes) hit all variants alike, where timing one variant's block after the
-    other's lets a burst land on one of them only.
+    variant's mean time per call in that repeat is noted; the median over the repeats is the
+    headline figure. Taking turns call by call makes load from other processes (the benchmark
+    machines are shared 2-core boxes) hit all variants alike, where timing one variant's block
+    after the other's lets a burst land on one of them only.
     """
     for fn in variants.values():
         for _ in range(warmup):
@@ -49,6 +61,7 @@ def time_steps(variants, steps, repeats, warmup=3):
     names = list(variants)
     fns = [variants[n] for n in names]
     samples = {name: [] for name in names}
+    best = [float("inf")] * len(fns)
     clock = time.perf_counter
     for _ in range(repeats):
         gc.collect()
@@ -58,10 +71,13 @@ def time_steps(variants, steps, repeats, warmup=3):
                 j = (i + k) % len(fns)
                 t0 = clock()
                 fns[j]()
-                totals[j] += clock() - t0
+                dt = clock() - t0
+                totals[j] += dt
+                if dt < best[j]:
+                    best[j] = dt
         for name, total in zip(names, totals):
             samples[name].append(total / steps * 1e3)
-    return {name: statistics.median(ms) for name, ms in samples.items()}
+    return {name: Timing(statistics.median(samples[name]), b * 1e3) for name, b in zip(names, best)}
 
 
 def time_call_us(fn, calls, repeats):

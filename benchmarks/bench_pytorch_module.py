@@ -247,11 +247,14 @@ def lenet_section(args):
         steps = args.steps if batch == 64 else args.steps * 3
         ms = _timing.time_steps(variants, steps, args.repeats)
         base = ms["pure PyTorch"]
+        print(f"  {'':24s} {'median':>8s}          {'best':>8s}          median (best) ratio to pure PyTorch")
         for name, t in ms.items():
-            line = f"  {name:24s} {t:8.3f} ms/step   x{t / base:5.3f} of pure PyTorch"
+            ratio = t.median / base.median
+            line = (f"  {name:24s} {t.median:8.3f} ms/step {t.best:8.3f} ms/step   x{ratio:5.3f} "
+                    f"(x{t.best / base.best:5.3f})")
             if name == "megengine PyTorchModule":
-                ratios[batch] = t / base
-                line += f"   ({_timing.verdict(t / base, AIMS[batch])})"
+                ratios[batch] = ratio
+                line += f"   {_timing.verdict(ratio, AIMS[batch])}"
             print(line)
         _timing.flush()
     return ok, ratios
@@ -308,7 +311,7 @@ def overhead_section(args):
         native_w.grad = None
 
     def us(variants):  # taking turns call by call, like the step timings
-        return {k: v * 1e3 for k, v in _timing.time_steps(variants, calls, reps).items()}
+        return {k: v.median * 1e3 for k, v in _timing.time_steps(variants, calls, reps).items()}
 
     fwd = us({"fork": lambda: wrapped(x), "torch": torch_forward})
     fwd_fork, fwd_torch = fwd["fork"], fwd["torch"]

@@ -18,7 +18,7 @@ here they are trained and checked end to end:
    PyTorch plus the classifier's weights in numpy must predict exactly what the network does.
 
 Run ``python examples/lenet_pytorch.py --help`` for the options. The default run (scikit-learn
-digits, SGD, 12 epochs) reaches about 98% test accuracy in well under a minute on 2 CPU cores.
+digits, SGD, 15 epochs) reaches about 99% test accuracy in well under a minute on 2 CPU cores.
 """
 import argparse
 import pathlib
@@ -98,7 +98,8 @@ def load_digits_datasets(seed):
     """scikit-learn's 1,797 real 8x8 digit scans, split 80/20 per class (stratified, seeded).
 
     Returns the two ArrayDatasets of (8, 8, 1) float32 images in [0, 1] with int32 labels, and
-    the transform that brings an image to LeNet's input: resized to 32x32, normalised, CHW.
+    the training and test transforms that bring an image to LeNet's input: 32x32, normalised,
+    CHW (the training one also shifts the digit at random).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -111,17 +112,32 @@ def load_digits_datasets(seed):
     )
     # Normalise with the training split's statistics only: the test split stays unseen.
     mean, std = float(x_train.mean()), float(x_train.std())
-    transform = T.Compose(
+    # Upsample (bilinear, the default): the guide's extractor hard-codes 16*5*5 features,
+    # which is what two 5x5 convs and two 2x2 pools leave of a 32x32 input.
+    resize = T.Resize((32, 32))
+    train_transform, test_transform = _transforms(resize, mean, std)
+    return (ArrayDataset(x_train, y_train), ArrayDataset(x_test, y_test),
+            train_transform, test_transform)
+
+
+def _transforms(to_32x32, mean, std):
+    """Training and test transforms: the same steps, plus random shifts for training."""
+    common = dict(order=("image", "image_category"))  # the label passes through untouched
+    test_transform = T.Compose(
+        [to_32x32, T.Normalize(mean=mean, std=std), T.ToMode("CHW")], **common
+    )
+    train_transform = T.Compose(
         [
-            # Upsample (bilinear, the default): the guide's extractor hard-codes 16*5*5 features,
-            # which is what two 5x5 convs and two 2x2 pools leave of a 32x32 input.
-            T.Resize((32, 32)),
+            to_32x32,
+            # Shift the digit by up to 2 pixels each way (pad with background, crop 32x32 at
+            # random): with 1,437 training images this is worth about a point of accuracy.
+            T.RandomCrop(32, padding_size=2, padding_value=0),
             T.Normalize(mean=mean, std=std),
             T.ToMode("CHW"),  # HWC -> CHW, the layout conv layers expect
         ],
-        order=("image", "image_category"),  # the label passes through untouched
+        **common,
     )
-    return ArrayDataset(x_train, y_train), ArrayDataset(x_test, y_test), transform
+    return train_transform, test_transform
 
 
 def load_mnist_datasets(root):
@@ -130,26 +146,20 @@ def load_mnist_datasets(root):
 
     train = MNIST(root=root, train=True, download=False)
     test = MNIST(root=root, train=False, download=False)
-    transform = T.Compose(
-        [
-            # Zero padding by 2 is how LeNet-5 met MNIST: the digit stays centred, unscaled.
-            T.Pad(2),
-            T.Normalize(mean=0.1307 * 255, std=0.3081 * 255),  # MNIST's usual statistics
-            T.ToMode("CHW"),
-        ],
-        order=("image", "image_category"),
-    )
-    return train, test, transform
+    # Zero padding by 2 is how LeNet-5 met MNIST: the digit stays centred and unscaled.
+    pad = T.Pad(2)
+    train_transform, test_transform = _transforms(pad, 0.1307 * 255, 0.3081 * 255)
+    return train, test, train_transform, test_transform
 
 
-def make_loaders(train_set, test_set, transform, batch_size, seed):
+def make_loaders(train_set, test_set, train_transform, test_transform, batch_size, seed):
     # RandomSampler reshuffles every epoch (seeded: the same order on every run); the test set
     # is read in order so that predictions line up with the plain-torch check below.
     train_loader = DataLoader(
-        train_set, RandomSampler(train_set, batch_size=batch_size, seed=seed), transform
+        train_set, RandomSampler(train_set, batch_size=batch_size, seed=seed), train_transform
     )
     test_loader = DataLoader(
-        test_set, SequentialSampler(test_set, batch_size=256), transform
+        test_set, SequentialSampler(test_set, batch_size=256), test_transform
     )
     return train_loader, test_loader
 
@@ -264,10 +274,12 @@ def parse_args(argv=None):
         "on real handwritten digits: scikit-learn's digits by default, MNIST with --mnist DIR.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--epochs", type=int, default=12, help="passes over the training set")
+    p.add_argument("--epochs", type=int, default=15,
+                   help="passes over the training set (the learning rate drops 10x for the "
+                   "last third)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 0.05 for sgd, 0.002 for adam)")
+                   help="initial learning rate (default: 0.02 for sgd, 0.002 for adam)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="sgd: megengine SGD with momentum 0.9; adam: megengine Adam")
     p.add_argument("--device", default=None,
@@ -283,7 +295,7 @@ def parse_args(argv=None):
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
     if args.lr is None:
-        args.lr = 0.05 if args.optimizer == "sgd" else 0.002
+        args.lr = 0.02 if args.optimizer == "sgd" else 0.002
     return args
 
 
@@ -300,13 +312,13 @@ def main(argv=None):
     mge.random.seed(args.seed)
 
     if args.mnist:
-        train_set, test_set, transform = load_mnist_datasets(args.mnist)
+        train_set, test_set, *transforms = load_mnist_datasets(args.mnist)
         dataset_name = "MNIST"
     else:
-        train_set, test_set, transform = load_digits_datasets(args.seed)
+        train_set, test_set, *transforms = load_digits_datasets(args.seed)
         dataset_name = "scikit-learn digits (8x8 -> 32x32)"
     train_loader, test_loader = make_loaders(
-        train_set, test_set, transform, args.batch_size, args.seed
+        train_set, test_set, *transforms, args.batch_size, args.seed
     )
     print(f"data: {dataset_name}, {len(train_set)} train / {len(test_set)} test images; "
           f"device {get_default_device()}")
@@ -322,11 +334,15 @@ def main(argv=None):
         opt = optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     else:
         opt = optim.Adam(net.parameters(), lr=args.lr)
+    # Divide the learning rate by 10 for the last third of the epochs: the test accuracy stops
+    # wobbling from epoch to epoch and settles at its best.
+    scheduler = optim.MultiStepLR(opt, milestones=[max(1, round(args.epochs * 2 / 3))])
 
     history = {"step_loss": [], "epoch_loss": [], "test_acc": [], "dataset": dataset_name,
                "steps_per_epoch": len(train_loader)}
     for epoch in range(1, args.epochs + 1):
         losses = train_one_epoch(net, train_loader, gm, opt, epoch, args.epochs)
+        scheduler.step()
         preds, truth = predict(net, test_loader)
         acc = float((preds == truth).mean())
         history["step_loss"] += losses

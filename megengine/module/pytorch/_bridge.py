@@ -155,7 +155,7 @@ def load_stats():
 
 
 def load_extension():
-    """The compiled operator module; compiles it the first time for this torch version (~10 s)."""
+    """The compiled operator module; compiles it the first time for this torch version (~15 s)."""
     global _ext
     if _ext is None:
         with _load_lock:
@@ -173,13 +173,32 @@ def _build_or_load():
     # lock beside it (checked in this order) is complete, and since the directory is keyed by
     # everything the build depends on, it is current: import it directly, which spares the
     # ~150 ms import of torch.utils.cpp_extension (setuptools) and a ninja run.
-    if not compiled and not (directory / "lock").exists():
+    lock = directory / "lock"
+    if lock.exists():
+        _clear_stale_lock(lock)
+    if not compiled and not lock.exists():
         module = _import_library(built)
     else:
         module = _build(directory, announce=compiled)
     module.set_cuda_handlers(_cuda_array_to_torch, _cuda_tensor_to_cupy)
     _load_stats.update(compiled=compiled, seconds=time.perf_counter() - start, directory=str(directory))
     return module
+
+
+_STALE_LOCK_SECONDS = 600  # a build takes ~15 s; a lock this old was left by a killed build
+
+
+def _clear_stale_lock(lock):
+    """torch's build lock has no timeout: a build killed midway would make every later process
+    wait forever. Remove a lock far older than any build; otherwise say who we are waiting for."""
+    age = time.time() - lock.stat().st_mtime
+    if age > _STALE_LOCK_SECONDS:
+        print(f"megengine: removing a stale build lock {lock} ({age:.0f} s old, left by an "
+              "interrupted build)", file=sys.stderr, flush=True)
+        lock.unlink(missing_ok=True)
+    else:
+        print(f"megengine: waiting for another process that is building the PyTorch bridge "
+              f"operator (lock {lock}; delete it if no build is running)", file=sys.stderr, flush=True)
 
 
 def _build(directory, announce):
@@ -189,7 +208,7 @@ def _build(directory, announce):
         _check_toolchain()
         directory.mkdir(parents=True, exist_ok=True)
         print(
-            f"megengine: compiling the PyTorch bridge operator (once per torch version, ~10 s) into {directory} ...",
+            f"megengine: compiling the PyTorch bridge operator (once per torch version, ~15 s) into {directory} ...",
             file=sys.stderr,
             flush=True,
         )

@@ -15,6 +15,7 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
 """
 import numbers
 
+import numpy as np
 import torch
 
 from ...core.dispatch import Op, apply
@@ -43,7 +44,7 @@ class _Mirror(Module):
 
 
 class _Pairs:
-    """(megengine Parameter, torch Parameter) pairs, out of sight of Module's attribute scan."""
+    """(megengine tensor, torch tensor) pairs, out of sight of Module's attribute scan."""
 
     __slots__ = ("pairs",)
 
@@ -101,8 +102,9 @@ class PyTorchModule(Module):
         self._device = device
         self.output_cnt = int(output_cnt)
         self._infer_shape = infer_shape
-        self._copy_inputs = None  # learned on the first call: does the module write its inputs?
-        self._params = _Pairs()  # (megengine Parameter, torch Parameter), in torch's order
+        self._copy_inputs = {}  # per train/eval mode, learned on the first call: does the module write its inputs?
+        self._params = _Pairs()  # (megengine Parameter, torch owner module, name), torch's order
+        self._shared_buffers = _Pairs()  # (megengine buffer, torch owner module, name)
         self._build_mirror(self, torch_module)
         self.train(torch_module.training)
 
@@ -110,13 +112,15 @@ class PyTorchModule(Module):
         for name, p in tmod.named_parameters(recurse=False):
             _check_attribute_name(owner, name, "parameter")
             mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
-            self._params.pairs.append((mp, p))
+            self._params.pairs.append((mp, tmod, name))
             setattr(owner, name, mp)
         for name, b in tmod.named_buffers(recurse=False):
             if b is None or name in tmod._non_persistent_buffers_set:
                 continue
             _check_attribute_name(owner, name, "buffer")
-            setattr(owner, name, Tensor._wrap(_bridge.from_torch(b), self._device))
+            mb = Tensor._wrap(_bridge.from_torch(b), self._device)
+            self._shared_buffers.pairs.append((mb, tmod, name))
+            setattr(owner, name, mb)
         for name, child in tmod.named_children():
             if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
                 continue  # stateless (ReLU, pooling): nothing to expose
@@ -155,10 +159,11 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
-        for mp, tp in self._params:
-            if mp._data.__array_interface__["data"][0] != tp.data_ptr():
+        for mt, owner, name in list(self._params) + list(self._shared_buffers):
+            current = getattr(owner, name)
+            if current is None or mt._data.__array_interface__["data"][0] != current.data_ptr():
                 raise RuntimeError(
-                    "PyTorchModule: a torch parameter was replaced by a new tensor, so it no "
+                    "PyTorchModule: a torch parameter or buffer was replaced by a new tensor, so it no "
                     "longer shares memory with megengine; update parameters in place "
                     "(param.data.copy_(...)) or wrap the module again"
                 )
@@ -169,7 +174,7 @@ class PyTorchModule(Module):
             template.append(self._take_input(a, tensors))
         kw_template = {k: self._take_input(v, tensors) for k, v in kwargs.items()}
         op = _TorchCall(self, template, kw_template, len(tensors))
-        outs = apply(op, *tensors, *(mp for mp, _ in self._params))
+        outs = apply(op, *tensors, *(mp for mp, _, _ in self._params))
         outs = outs if isinstance(outs, tuple) else (outs,)
         structure = op.structure
         if structure is None:
@@ -179,7 +184,11 @@ class PyTorchModule(Module):
         return dict(zip(structure, outs))
 
     def _take_input(self, value, tensors):
-        """Replace a Tensor argument by a placeholder index; other values pass through."""
+        """Replace Tensor arguments (also inside lists, tuples and dicts) by placeholders."""
+        if type(value) in (list, tuple):
+            return _Nested(type(value), [self._take_input(v, tensors) for v in value])
+        if type(value) is dict:
+            return _Nested(dict, {k: self._take_input(v, tensors) for k, v in value.items()})
         if isinstance(value, Tensor):
             if value._device != self._device:
                 raise ValueError(
@@ -207,8 +216,8 @@ class PyTorchModule(Module):
         meta = {n: torch.empty_like(t, device="meta")
                 for n, t in list(self._torch_module.named_parameters())
                 + list(self._torch_module.named_buffers())}
-        inputs = [torch.empty(s, dtype=getattr(torch, str(dtype)), device="meta")
-                  for s in input_shapes]
+        torch_dtype = getattr(torch, np.dtype(dtype).name)
+        inputs = [torch.empty(s, dtype=torch_dtype, device="meta") for s in input_shapes]
         with torch.no_grad():
             out = torch.func.functional_call(self._torch_module, meta, tuple(inputs))
         return [tuple(t.shape) for t in _flatten_outputs(out, self.output_cnt)[0]]
@@ -235,8 +244,29 @@ class _Slot:
         return f"<input {self.index}>"
 
 
+class _Nested:
+    """A list, tuple or dict argument that holds tensor inputs somewhere inside."""
+
+    __slots__ = ("kind", "items")
+
+    def __init__(self, kind, items):
+        self.kind, self.items = kind, items
+
+    def __eq__(self, other):
+        return type(other) is _Nested and other.kind is self.kind and other.items == self.items
+
+    def __hash__(self):
+        return hash(self.kind)
+
+
 def _fill(template, values):
-    return values[template.index] if isinstance(template, _Slot) else template
+    if isinstance(template, _Slot):
+        return values[template.index]
+    if isinstance(template, _Nested):
+        if template.kind is dict:
+            return {k: _fill(v, values) for k, v in template.items.items()}
+        return template.kind(_fill(v, values) for v in template.items)
+    return template
 
 
 def _flatten_outputs(out, expected):
@@ -283,7 +313,9 @@ class _TorchCall(Op):
         n = self.n_inputs
         need = self.needs_input_grad
         want_grad = any(need)
-        copy_inputs = w._copy_inputs is not False  # first call: protect inputs, then learn
+        mode = w._torch_module.training
+        learned = w._copy_inputs.get(mode)
+        copy_inputs = learned is not False  # first call in each mode: protect inputs, then learn
         inputs = []
         for a, g in zip(arrays[:n], need[:n]):
             t = _bridge.to_torch(a)
@@ -297,10 +329,11 @@ class _TorchCall(Op):
             out = w._torch_module(*args, **kwargs)
         outs, self.structure = _flatten_outputs(out, w.output_cnt)
         written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
-        if w._copy_inputs is None:
+        if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
-            # the shared memory; such a module keeps getting copies, others get views.
-            w._copy_inputs = bool(written)
+            # the shared memory; such a module keeps getting copies, others get views. Learned
+            # per mode: train and eval often run different code.
+            w._copy_inputs[mode] = bool(written)
         elif written and not copy_inputs:
             raise RuntimeError(
                 f"{self!r} wrote into its input(s) {written} in place on this call, changing "
@@ -310,16 +343,17 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
-            self.param_needs = need[n:]
         return tuple(_bridge.from_torch(o.detach()) for o in outs) if len(outs) > 1 \
             else _bridge.from_torch(outs[0].detach())
 
     def backward(self, *grads):
         n = self.n_inputs
         need = self.needs_input_grad
-        params = self.wrapper._params
+        params = [owner._parameters[name] for _, owner, name in self.wrapper._params]
+        # a frozen torch parameter (requires_grad=False) gets no gradient, even when attached
+        need = list(need[:n]) + [g and tp.requires_grad for tp, g in zip(params, need[n:])]
         wrt = [t for t, g in zip(self.inputs, need[:n]) if g]
-        wrt += [tp for (_, tp), g in zip(params, self.param_needs) if g]
+        wrt += [tp for tp, g in zip(params, need[n:]) if g]
         outs, out_grads = [], []
         for o, g in zip(self.outs, grads):
             if o.requires_grad:

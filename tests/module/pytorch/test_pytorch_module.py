@@ -551,3 +551,53 @@ def test_traced_training_step_trains_identically(symbolic):
     np.testing.assert_allclose(traced_losses, eager_losses, rtol=1e-6)
     torch.testing.assert_close(traced_w, eager_w)
     assert eager_losses[-1] != eager_losses[0]
+
+
+def test_frozen_torch_parameter_gets_no_gradient_even_when_attached():
+    tmod, ref = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    ref.load_state_dict(tmod.state_dict())
+    for m in (tmod, ref):
+        m[0].weight.requires_grad_(False)
+    wrap = PyTorchModule(tmod)
+    x_np = np.random.randn(4, 3).astype("float32")
+    grads_of(lambda: wrap(mge.tensor(x_np)).sum(), list(wrap.parameters()))
+    ref(torch.tensor(x_np)).sum().backward()
+    assert wrap.get_param_by_name("0.weight").grad is None
+    np.testing.assert_allclose(wrap.get_param_by_name("0.bias").grad.numpy(), ref[0].bias.grad.numpy(), rtol=1e-5)
+
+
+def test_tensors_inside_list_and_dict_arguments_are_inputs_with_gradients():
+    class Pair(nn.Module):
+        def forward(self, xs, extra):
+            return xs[0] * xs[1] + extra["shift"]
+
+    a_np, b_np = np.random.randn(3).astype("float32"), np.random.randn(3).astype("float32")
+    a, b, c = mge.tensor(a_np), mge.tensor(b_np), mge.tensor([1.0, 2.0, 3.0])
+    y = grads_of(lambda: PyTorchModule(Pair())([a, b], {"shift": c}).sum(), [a, b, c])
+    np.testing.assert_allclose(y.item(), (a_np * b_np).sum() + 6.0, rtol=1e-5)
+    np.testing.assert_allclose(a.grad.numpy(), b_np, rtol=1e-6)
+    np.testing.assert_allclose(c.grad.numpy(), np.ones(3), rtol=1e-6)
+
+
+def test_input_writes_are_learned_per_mode():
+    class WritesInEval(nn.Module):
+        def forward(self, x):
+            if not self.training:
+                x.mul_(10.0)
+            return x + 1
+
+    wrap = PyTorchModule(WritesInEval())
+    x = mge.tensor([1.0, 2.0])
+    np.testing.assert_allclose(wrap(x).numpy(), [2.0, 3.0])  # train: learns "no writes"
+    wrap.eval()
+    for _ in range(2):
+        np.testing.assert_allclose(wrap(x).numpy(), [11.0, 21.0])
+        np.testing.assert_allclose(x.numpy(), [1.0, 2.0])
+
+
+def test_replacing_a_torch_buffer_breaks_sharing_loudly():
+    tmod = nn.BatchNorm1d(2)
+    wrap = PyTorchModule(tmod)
+    tmod.running_mean = torch.zeros(2)
+    with pytest.raises(RuntimeError, match="replaced"):
+        wrap.load_torch_state_dict(tmod.state_dict())
