@@ -286,6 +286,8 @@ def parse_args(argv=None):
                    help="megengine device, e.g. cpu0, gpu0, xpux (default: megengine's default "
                    "device)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, split and shuffling")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch's intra-op threads (0: torch's default, one per core)")
     p.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("out"),
                    help="where the plot (PNG) and the weights (lenet.pkl) go")
     p.add_argument("--mnist", metavar="DIR", default=None,
@@ -294,6 +296,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
+    if args.torch_threads < 0:
+        p.error("--torch-threads must be >= 0")
     if args.lr is None:
         args.lr = 0.02 if args.optimizer == "sgd" else 0.002
     return args
@@ -303,6 +307,10 @@ def main(argv=None):
     """Train, evaluate, save, check; returns the final test accuracy (a float in [0, 1])."""
     args = parse_args(argv)
     start = time.perf_counter()
+    if args.torch_threads > 0:
+        # LeNet's layers are too small to gain from several threads, and torch's OpenMP
+        # threads spin-wait: on a busy 2-core machine two threads made this run 8x slower.
+        torch.set_num_threads(args.torch_threads)
     if args.device is not None:
         # The guide's LeNet asks get_default_device(), and mge.tensor() uses it too.
         mge.set_default_device(args.device)
