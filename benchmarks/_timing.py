@@ -102,11 +102,13 @@ def machine_line():
 
     cpu = platform.processor() or "unknown CPU"
     try:
+        info = {}
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+        if "model name" in info:  # a VM's model name can be as vague as "AMD EPYC": add family/model
+            cpu = f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     except OSError:
         pass
     try:

@@ -1,14 +1,17 @@
 """Step time of a traced training step against eager: MLP 784-256-10, batch 64 (and a tiny MLP,
 where Python overhead dominates). Prints ms per step and ratios against eager, same process.
 
-    python benchmarks/bench_jit_trace.py [--steps N]
-"""
-import argparse
-import os
-import time
+    python benchmarks/bench_jit_trace.py [--steps N] [--repeats R] [--quick]
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # steadier timings on a shared machine
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+Thread counts are pinned to 1 (OMP/OPENBLAS/MKL_NUM_THREADS, set below with setdefault before
+numpy is imported). The figures are medians over repeats, the modes taking turns step by step
+(see _timing.py).
+"""
+import os
+import sys
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads its BLAS: one thread
 
 import numpy as np  # noqa: E402
 
@@ -18,6 +21,9 @@ import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
 from megengine.autodiff import GradManager  # noqa: E402
 from megengine.jit import trace  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
 
 
 def make_step(sizes, batch, mode, train=True):
@@ -48,38 +54,24 @@ def make_step(sizes, batch, mode, train=True):
     return lambda: fn(x, label)
 
 
-def bench(steps_by_mode, steps, repeats=7):
-    """Best ms/step per mode; the modes take turns so that machine noise hits them alike."""
-    for step in steps_by_mode.values():
-        step()  # the first call records
-        step()
-    best = {mode: float("inf") for mode in steps_by_mode}
-    for _ in range(repeats):
-        for mode, step in steps_by_mode.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            best[mode] = min(best[mode], (time.perf_counter() - t0) / steps * 1e3)
-    return best
-
-
 LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace(symbolic=True)"}
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+    args = _timing.parse_args(__doc__, steps=30, repeats=7, quick_steps=5, quick_repeats=2)
+    print(_timing.machine_line())
     cases = [("MLP 784-256-10, batch 64", (784, 256, 10), 64, args.steps),
              ("MLP 32-32-32-10, batch 8", (32, 32, 32, 10), 8, args.steps * 10)]
     for title, sizes, batch, steps in cases:
         for train in (True, False):
             print(f"{title}, {'training step (SGD + GradManager)' if train else 'inference'}:")
             fns = {mode: make_step(sizes, batch, mode, train) for mode in LABELS}
-            best = bench(fns, steps)
-            for mode, ms in best.items():
-                print(f"  {LABELS[mode]:24s} {ms:8.3f} ms/step   "
-                      f"x{best['eager'] / ms:5.2f} speed vs eager")
+            for step in fns.values():
+                step()  # the first call records
+            ms = {mode: t.median for mode, t in _timing.time_steps(fns, steps, args.repeats).items()}
+            for mode, t in ms.items():
+                print(f"  {LABELS[mode]:24s} {t:8.3f} ms/step   "
+                      f"x{ms['eager'] / t:5.2f} speed vs eager")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,11 @@ class _Mirror(Module):
 class _Pairs:
     """(megengine tensor, torch tensor) pairs, out of sight of Module's attribute scan."""
 
-    __slots__ = ("pairs",)
+    __slots__ = ("pairs", "torch")
 
     def __init__(self):
         self.pairs = []
+        self.torch = []  # the torch tensors themselves, in the same order (the hot path's list)
 
     def __iter__(self):
         return iter(self.pairs)
@@ -113,6 +114,7 @@ class PyTorchModule(Module):
             _check_attribute_name(owner, name, "parameter")
             mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
             self._params.pairs.append((mp, tmod, name))
+            self._params.torch.append(p)
             setattr(owner, name, mp)
         for name, b in tmod.named_buffers(recurse=False):
             if b is None or name in tmod._non_persistent_buffers_set:
@@ -349,7 +351,7 @@ class _TorchCall(Op):
     def backward(self, *grads):
         n = self.n_inputs
         need = self.needs_input_grad
-        params = [owner._parameters[name] for _, owner, name in self.wrapper._params]
+        params = self.wrapper._params.torch
         # a frozen torch parameter (requires_grad=False) gets no gradient, even when attached
         need = list(need[:n]) + [g and tp.requires_grad for tp, g in zip(params, need[n:])]
         wrt = [t for t, g in zip(self.inputs, need[:n]) if g]
