@@ -420,3 +420,16 @@ def test_first_build_says_so_once(tmp_path):
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert second.stdout.strip() == "False"
     assert "compiling" not in second.stderr
+
+
+def test_stale_build_lock_is_removed_and_a_fresh_one_is_waited_for(tmp_path, capsys):
+    import time as _time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    bridge._clear_stale_lock(lock)  # fresh: another process may be building right now
+    assert lock.exists() and "waiting for another process" in capsys.readouterr().err
+    old = _time.time() - 2 * bridge._STALE_LOCK_SECONDS
+    os.utime(lock, (old, old))
+    bridge._clear_stale_lock(lock)  # left by a killed build: would block every later process
+    assert not lock.exists() and "stale build lock" in capsys.readouterr().err
