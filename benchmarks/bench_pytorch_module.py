@@ -53,7 +53,6 @@ import torch.nn.functional as TF  # noqa: E402
 
 import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
-import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
 from megengine.autodiff import GradManager  # noqa: E402
 from megengine.module.pytorch import PyTorchModule, _bridge  # noqa: E402
@@ -77,43 +76,9 @@ CHECK_STEPS = 16  # steps of the same-work check
 AIMS = {8: 1.15, 64: 1.05}
 
 
-# ----- the guide's network -------------------------------------------------------------------------
-class LeNet_Extract(nn.Module):
-    """The guide's torch feature extractor (LeNet without its classifier)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(120, 84)
-        self.relu4 = nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = x.view(-1, 16 * 5 * 5)
-        x = self.relu3(self.fc1(x))
-        x = self.relu4(self.fc2(x))
-        return x
-
-
-class LeNet(M.Module):
-    """The guide's megengine LeNet: the wrapped extractor and a megengine classifier."""
-
-    def __init__(self, lenet_extractor):
-        super().__init__()
-        self.lenet_extractor_wrap = PyTorchModule(lenet_extractor)
-        self.mge_classifier = M.Linear(84, 10)
-
-    def forward(self, x):
-        return self.mge_classifier(self.lenet_extractor_wrap(x))
-
+# ----- the guide's network: the example's classes, so every script times the same code --------
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples"))
+from lenet_pytorch import LeNet, LeNet_Extract  # noqa: E402
 
 def initial_weights():
     """One set of initial weights for every variant: the extractor and the classifier (W, b)."""

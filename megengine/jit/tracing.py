@@ -736,7 +736,6 @@ class _Recorder:
         return out
 
     def _check_op(self, op, inputs):
-        prog = self.prog
         index = self.n_ops
         where = _Where(index, op)  # formatted only for an error message
         k, step = self._next_main(where)

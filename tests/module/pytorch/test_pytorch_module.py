@@ -1,7 +1,9 @@
 """PyTorchModule: values, gradients, state and lifetimes against pure PyTorch as the oracle."""
 import gc
+import importlib.util
 import io
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,45 +15,20 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
-from megengine.core.graph import get_default_device
 from megengine.module.pytorch import PyTorchModule
 
 
-class LeNet_Extract(nn.Module):
-    """The guide's extractor (with its super() name fixed)."""
-
-    def __init__(self):
-        super(LeNet_Extract, self).__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(120, 84)
-        self.relu4 = nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = x.view(-1, 16 * 5 * 5)
-        x = self.relu3(self.fc1(x))
-        x = self.relu4(self.fc2(x))
-        return x
+def _load_guide_example():
+    """The guide's two classes as examples/lenet_pytorch.py ships them (one copy in the repo)."""
+    path = Path(__file__).resolve().parents[3] / "examples" / "lenet_pytorch.py"
+    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class LeNet(M.Module):
-    def __init__(self, lenet_extractor):
-        super(LeNet, self).__init__()
-        self.lenet_extractor_wrap = PyTorchModule(lenet_extractor, get_default_device())
-        self.mge_classifier = M.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.lenet_extractor_wrap(x)
-        x = self.mge_classifier(x)
-        return x
+_guide = _load_guide_example()
+LeNet_Extract, LeNet = _guide.LeNet_Extract, _guide.LeNet
 
 
 def grads_of(fn, tensors, dy=None):
