@@ -529,60 +529,51 @@ class CenterCrop(VisionTransform):
         return int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
 
 
-class RandomHorizontalFlip(VisionTransform):
+class _RandomFlip(VisionTransform):
+    """Flip with probability ``prob`` along one image axis (cv2's flip code), coordinates too."""
+
+    _flip_code = None  # 1: left-right (x against the width), 0: top-bottom (y against the height)
+
+    def __init__(self, prob: float = 0.5, *, order=None):
+        super().__init__(order)
+        self.prob = prob
+
+    def apply(self, input: Tuple):
+        self._flipped = np.random.random() < self.prob
+        self._extent = self._get_image(input).shape[self._flip_code]  # HWC: width is dim 1
+        return super().apply(input)
+
+    def _apply_image(self, image):
+        return F.flip(image, flipCode=self._flip_code) if self._flipped else image
+
+    def _apply_coords(self, coords):
+        coords = np.array(coords)
+        if self._flipped:
+            column = 1 - self._flip_code  # x is column 0, y column 1
+            coords[:, column] = self._extent - coords[:, column]
+        return coords
+
+    _apply_mask = _apply_image
+
+
+class RandomHorizontalFlip(_RandomFlip):
     r"""Flip left-right with probability ``prob``; x becomes ``width - x``.
 
     Args:
         prob: probability of flipping. Default: 0.5
     """
 
-    def __init__(self, prob: float = 0.5, *, order=None):
-        super().__init__(order)
-        self.prob = prob
-
-    def apply(self, input: Tuple):
-        self._flipped = np.random.random() < self.prob
-        self._w = self._get_image(input).shape[1]
-        return super().apply(input)
-
-    def _apply_image(self, image):
-        return F.flip(image, flipCode=1) if self._flipped else image
-
-    def _apply_coords(self, coords):
-        coords = np.array(coords)
-        if self._flipped:
-            coords[:, 0] = self._w - coords[:, 0]
-        return coords
-
-    _apply_mask = _apply_image
+    _flip_code = 1
 
 
-class RandomVerticalFlip(VisionTransform):
+class RandomVerticalFlip(_RandomFlip):
     r"""Flip top-bottom with probability ``prob``; y becomes ``height - y``.
 
     Args:
         prob: probability of flipping. Default: 0.5
     """
 
-    def __init__(self, prob: float = 0.5, *, order=None):
-        super().__init__(order)
-        self.prob = prob
-
-    def apply(self, input: Tuple):
-        self._flipped = np.random.random() < self.prob
-        self._h = self._get_image(input).shape[0]
-        return super().apply(input)
-
-    def _apply_image(self, image):
-        return F.flip(image, flipCode=0) if self._flipped else image
-
-    def _apply_coords(self, coords):
-        coords = np.array(coords)
-        if self._flipped:
-            coords[:, 1] = self._h - coords[:, 1]
-        return coords
-
-    _apply_mask = _apply_image
+    _flip_code = 0
 
 
 class Normalize(_ColorTransform):
