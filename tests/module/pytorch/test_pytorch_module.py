@@ -578,3 +578,29 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
     tmod.running_mean = torch.zeros(2)
     with pytest.raises(RuntimeError, match="replaced"):
         wrap.load_torch_state_dict(tmod.state_dict())
+
+
+def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
+    """The guide's era: opt.zero_grad(); loss = net(x); opt.backward(loss); opt.step()."""
+    data = [(np.random.randn(4, 1, 32, 32).astype("float32"), np.random.randint(0, 10, 4))
+            for _ in range(3)]
+    weights = []
+    for old_style in (False, True):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        net = LeNet(LeNet_Extract())
+        opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        gm = GradManager().attach(net.parameters())
+        for x, y in data:
+            if old_style:
+                opt.zero_grad()
+                loss = F.nn.cross_entropy(net(mge.tensor(x)), mge.tensor(y))
+                opt.backward(loss)
+                opt.step()
+            else:
+                with gm:
+                    loss = F.nn.cross_entropy(net(mge.tensor(x)), mge.tensor(y))
+                    gm.backward(loss)
+                opt.step().clear_grad()
+        weights.append(net.lenet_extractor_wrap.torch_module.fc1.weight.detach().clone())
+    torch.testing.assert_close(weights[1], weights[0])
