@@ -29,10 +29,6 @@ def _is_module(obj):
     return isinstance(obj, Module)
 
 
-def _is_state(obj):
-    return isinstance(obj, Tensor)
-
-
 def _sorted_keys(d):
     try:
         return sorted(d)
@@ -258,7 +254,7 @@ class Module:
         """[(key, tensor, owning module)] for every parameter and buffer, in state_dict order:
         a module's own tensors first, then each submodule's, recursively."""
         entries = [(prefix + k, v, self)
-                   for k, v in self._flatten(recursive=False, with_key=True, predicate=_is_state)]
+                   for k, v in self._flatten(recursive=False, with_key=True, predicate=_is_tensor)]
         for k, sub in self._flatten(recursive=False, with_key=True, predicate=_is_module):
             entries.extend(sub._state_entries(prefix + k + "."))
         return entries
