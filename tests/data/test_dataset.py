@@ -88,7 +88,7 @@ def test_mnist_reads_idx_files(tmp_path, compress):
 
 def test_mnist_missing_files_say_where(tmp_path):
     with pytest.raises(ValueError) as info:
-        MNIST(str(tmp_path), train=True, download=False)
+        MNIST(str(tmp_path), train=True)  # download=False by default: no network touched
     message = str(info.value)
     assert str(tmp_path) in message
     assert "train-images-idx3-ubyte.gz" in message and "train-labels-idx1-ubyte.gz" in message

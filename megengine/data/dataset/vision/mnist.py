@@ -27,7 +27,8 @@ class MNIST(VisionDataset):
         root: directory of the files; default ``~/.cache/megengine/MNIST``.
         train: the training set (60000 items) if True, else the test set (10000).
         download: fetch missing files from :attr:`mirrors` (md5-checked) if True;
-            if False, missing files raise ``ValueError``.
+            if False (the default here; upstream's is True), missing files raise
+            ``ValueError`` and nothing touches the network.
         timeout: seconds to wait for a download connection or read.
     """
 
@@ -49,7 +50,8 @@ class MNIST(VisionDataset):
         "ec29112dd5afa0611ce80d1b7f02629c",
     ]
 
-    def __init__(self, root: str = None, train: bool = True, download: bool = True, timeout: int = 500):
+    def __init__(self, root: str = None, train: bool = True, download: bool = False,
+                 timeout: int = 500):
         super().__init__(root, order=("image", "image_category"))
         self.timeout = timeout
         if self.root is None:
