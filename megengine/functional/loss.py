@@ -1,4 +1,6 @@
 """Loss functions (F.loss, also spelled F.nn.<name>): cross entropy, BCE, L1, square, hinge."""
+import math
+
 import numpy as np
 
 from ..core.dispatch import Op, apply
@@ -35,7 +37,7 @@ def _spread(g, shape, reduction):
     if reduction == "none":
         return g
     if reduction == "mean":
-        g = g / max(int(np.prod(shape)), 1)
+        g = g / max(math.prod(shape), 1)
     return xp_of(g).broadcast_to(g, shape)
 
 
