@@ -103,7 +103,8 @@ class PyTorchModule(Module):
         self._device = device
         self.output_cnt = int(output_cnt)
         self._infer_shape = infer_shape
-        self._copy_inputs = {}  # per train/eval mode, learned on the first call: does the module write its inputs?
+        # per train/eval mode, learned on the first call: does the module write its inputs?
+        self._copy_inputs = {}
         self._params = _Pairs()  # (megengine Parameter, torch owner module, name), torch's order
         self._shared_buffers = _Pairs()  # (megengine buffer, torch owner module, name)
         self._build_mirror(self, torch_module)
