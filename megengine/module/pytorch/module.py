@@ -106,7 +106,9 @@ class PyTorchModule(Module):
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
         self._params = _Pairs()  # (megengine Parameter, torch owner module, name), torch's order
-        self._shared_buffers = _Pairs()  # (megengine buffer, torch owner module, name)
+        # (the torch module's parameter or buffer table, name, address megengine views): what
+        # every call checks, so a replaced tensor can never silently stop the sharing
+        self._shared = _Pairs()
         self._build_mirror(self, torch_module)
         self.train(torch_module.training)
 
@@ -116,13 +118,14 @@ class PyTorchModule(Module):
             mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
             self._params.pairs.append((mp, tmod, name))
             self._params.torch.append(p)
+            self._shared.pairs.append((tmod._parameters, name, p.data_ptr()))
             setattr(owner, name, mp)
         for name, b in tmod.named_buffers(recurse=False):
             if b is None or name in tmod._non_persistent_buffers_set:
                 continue
             _check_attribute_name(owner, name, "buffer")
             mb = Tensor._wrap(_bridge.from_torch(b), self._device)
-            self._shared_buffers.pairs.append((mb, tmod, name))
+            self._shared.pairs.append((tmod._buffers, name, b.data_ptr()))
             setattr(owner, name, mb)
         for name, child in tmod.named_children():
             if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
@@ -162,16 +165,18 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
-        for mt, owner, name in list(self._params) + list(self._shared_buffers):
-            current = getattr(owner, name)
-            if current is None or mt._data.__array_interface__["data"][0] != current.data_ptr():
+        for table, name, address in self._shared:
+            current = table.get(name)
+            if current is None or current.data_ptr() != address:
                 raise RuntimeError(
-                    "PyTorchModule: a torch parameter or buffer was replaced by a new tensor, so it no "
-                    "longer shares memory with megengine; update parameters in place "
-                    "(param.data.copy_(...)) or wrap the module again"
+                    f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
+                    "tensor (assigned anew, or moved by .to()/.half()), so it no longer shares "
+                    "memory with megengine; update tensors in place (param.data.copy_(...)) or "
+                    "wrap the module again"
                 )
 
     def forward(self, *args, **kwargs):
+        self._check_shared()
         tensors, template = [], []
         for a in args:
             template.append(self._take_input(a, tensors))

@@ -604,3 +604,17 @@ def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
                 opt.step().clear_grad()
         weights.append(net.lenet_extractor_wrap.torch_module.fc1.weight.detach().clone())
     torch.testing.assert_close(weights[1], weights[0])
+
+
+@pytest.mark.parametrize("replace", ["assign", "to_double"])
+def test_a_call_after_a_torch_tensor_was_replaced_is_an_error_not_a_silent_split(replace):
+    tmod = nn.Linear(2, 2)
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.ones((1, 2), "float32"))
+    wrap(x)
+    if replace == "assign":
+        tmod.weight = nn.Parameter(torch.zeros(2, 2))
+    else:
+        tmod.to(torch.float64)  # new storage behind the same Parameter objects
+    with pytest.raises(RuntimeError, match="'weight' was replaced"):
+        wrap(x)
