@@ -1,37 +1,17 @@
 """Tests of megengine/functional/elemwise.py: values, dtypes and gradients against torch."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
 import megengine as mge
 import megengine.functional as F
-from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
 
 
-def run_with_grad(fn, arrays, dy_seed=1):
-    """fn on tensors made of ``arrays``; returns (output, dy, grads of the float inputs)."""
-    xs = [mge.tensor(a) for a in arrays]
-    gm = GradManager().attach([x for x in xs if x.dtype.kind == "f"])
-    with gm:
-        y = fn(*xs)
-        dy = np.asarray(np.random.RandomState(dy_seed).randn(*y.shape), dtype=y.dtype)
-        gm.backward(y, mge.tensor(dy))
-    return y, dy, [x.grad for x in xs]
-
-
-def check(fn, torch_fn, *arrays, rtol=1e-5, atol=1e-5):
-    """Compare value and input gradients of ``fn`` with ``torch_fn`` on the same inputs."""
-    y, dy, grads = run_with_grad(fn, arrays)
-    ts = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
-    ty = torch_fn(*ts)
-    assert y.shape == tuple(ty.shape)
-    assert y.dtype == np.dtype(str(ty.dtype).replace("torch.", ""))
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
-    ty.backward(torch.tensor(dy))
-    for g, t in zip(grads, ts):
-        if t.requires_grad:
-            assert g is not None and g.shape == tuple(t.shape)
-            np.testing.assert_allclose(g.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
 
 
 def rand(*shape, low=-2.0, high=2.0):

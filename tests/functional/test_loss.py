@@ -1,4 +1,6 @@
 """Tests of megengine/functional/loss.py: values and gradients against torch.nn.functional."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,8 @@ import torch.nn.functional as TF
 
 import megengine as mge
 import megengine.functional as F
-from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -15,24 +18,7 @@ def rand(*shape, low=-2.0, high=2.0):
     return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
 
 
-def check(fn, torch_fn, *arrays, diff=None, rtol=1e-5, atol=1e-6):
-    """Compare value and gradients of ``fn`` with ``torch_fn`` (default: every float input)."""
-    if diff is None:
-        diff = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
-    xs = [mge.tensor(a) for a in arrays]
-    gm = GradManager().attach([xs[i] for i in diff])
-    with gm:
-        y = fn(*xs)
-        dy = np.asarray(np.random.RandomState(1).randn(*y.shape), dtype=np.float32)
-        gm.backward(y, mge.tensor(dy))
-    ts = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
-    ty = torch_fn(*ts)
-    assert y.shape == tuple(ty.shape) and y.dtype == np.float32
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
-    ty.backward(torch.tensor(dy))
-    for i in diff:
-        assert xs[i].grad is not None and xs[i].grad.dtype == np.float32
-        np.testing.assert_allclose(xs[i].grad.numpy(), ts[i].grad.numpy(), rtol=rtol, atol=atol)
+check = partial(check_against_torch, atol=1e-6, check_dtype=True)
 
 
 def labels(n, classes, *extra):

@@ -1,4 +1,6 @@
 """Tests of megengine/functional/nn.py: values and gradients against torch.nn.functional."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -8,45 +10,14 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
+from oracle import check_against_torch
+
 
 def rand(*shape, low=-2.0, high=2.0):
     return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
 
 
-def run_with_grad(fn, arrays, diff):
-    """fn on tensors made of ``arrays``; returns (output, dy, tensors) with grads of ``diff``."""
-    xs = [mge.tensor(a) for a in arrays]
-    gm = GradManager().attach([xs[i] for i in diff])
-    with gm:
-        y = fn(*xs)
-        dy = np.asarray(np.random.RandomState(1).randn(*y.shape), dtype=y.dtype)
-        gm.backward(y, mge.tensor(dy))
-    return y, dy, xs
-
-
-def check(fn, torch_fn, *arrays, diff=None, rtol=1e-5, atol=1e-5, grad_shape=None):
-    """Compare value and gradients of ``fn`` with ``torch_fn`` on the same inputs.
-
-    ``diff``: indices of the inputs to differentiate (default: every float input).
-    ``grad_shape``: {index: fn(torch_grad) -> array in megengine's layout} for layout changes.
-    """
-    if diff is None:
-        diff = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
-    y, dy, xs = run_with_grad(fn, arrays, diff)
-    ts = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
-    ty = torch_fn(*ts)
-    assert y.shape == tuple(ty.shape)
-    assert y.dtype == np.dtype(str(ty.dtype).replace("torch.", ""))
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
-    ty.backward(torch.tensor(dy))
-    for i in diff:
-        expect = ts[i].grad.numpy()
-        if grad_shape and i in grad_shape:
-            expect = grad_shape[i](expect)
-        got = xs[i].grad
-        assert got is not None and got.shape == expect.shape and got.dtype == np.float32
-        np.testing.assert_allclose(got.numpy(), expect, rtol=rtol, atol=atol)
-    return y
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
 
 
 # ----- activations -----

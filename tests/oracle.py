@@ -1,0 +1,57 @@
+"""PyTorch as the oracle: run a function in megengine and in torch on the same inputs and compare
+values, dtypes and gradients (shared by the core and functional tests)."""
+import numpy as np
+import torch
+
+import megengine as mge
+from megengine.autodiff import GradManager
+
+
+def _outputs(out, index):
+    if index is not None:
+        return [out[index]]
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _numpy_dtype(t):
+    return np.dtype(str(t.dtype).replace("torch.", ""))
+
+
+def check_against_torch(fn, torch_fn, *arrays, diff=None, rtol=1e-5, atol=1e-5,
+                        check_dtype=False, out_index=None, grad_shape=None):
+    """Compare ``fn`` (megengine) with ``torch_fn`` on tensors made of ``arrays``.
+
+    Every output's shape and value is compared (a list/tuple output element by element, or
+    only ``out[out_index]``), and so is the gradient of each input in ``diff`` (default: every
+    float input) for random output gradients. ``check_dtype`` also compares output dtypes.
+    ``grad_shape``: {input index: fn(torch_grad) -> array in megengine's layout}. Returns
+    megengine's output.
+    """
+    if diff is None:
+        diff = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([xs[i] for i in diff])
+    rs = np.random.RandomState(1)
+    with gm:
+        out = fn(*xs)
+        ys = _outputs(out, out_index)
+        dys = [np.asarray(rs.randn(*y.shape), dtype=y.dtype) for y in ys]
+        gm.backward(ys, [mge.tensor(d) for d in dys])
+    ts = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
+    tys = _outputs(torch_fn(*ts), out_index)
+    assert len(ys) == len(tys)
+    for y, ty in zip(ys, tys):
+        assert y.shape == tuple(ty.shape)
+        if check_dtype:
+            assert y.dtype == _numpy_dtype(ty)
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    torch.autograd.backward(tys, [torch.tensor(d) for d in dys])
+    for i in diff:
+        expect = ts[i].grad.numpy()
+        if grad_shape and i in grad_shape:
+            expect = grad_shape[i](expect)
+        got = xs[i].grad
+        assert got is not None, f"no gradient reached input {i}, which torch differentiates"
+        assert got.shape == expect.shape and got.dtype == xs[i].dtype
+        np.testing.assert_allclose(got.numpy(), expect, rtol=rtol, atol=atol)
+    return out
