@@ -43,17 +43,16 @@ class _Mirror(Module):
         return "torch " + self._info
 
 
-class _Pairs:
-    """(megengine tensor, torch tensor) pairs, out of sight of Module's attribute scan."""
+class _Hidden:
+    """A list kept out of sight of Module's attribute scan (which looks inside plain lists)."""
 
-    __slots__ = ("pairs", "torch")
+    __slots__ = ("items",)
 
     def __init__(self):
-        self.pairs = []
-        self.torch = []  # the torch tensors themselves, in the same order (the hot path's list)
+        self.items = []
 
     def __iter__(self):
-        return iter(self.pairs)
+        return iter(self.items)
 
 
 def _check_attribute_name(owner, name, what):
@@ -105,10 +104,11 @@ class PyTorchModule(Module):
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
-        self._params = _Pairs()  # (megengine Parameter, torch owner module, name), torch's order
+        # the parameters in torch's order, as megengine Parameters and as torch's own tensors
+        self._mge_params, self._torch_params = _Hidden(), _Hidden()
         # (the torch module's parameter or buffer table, name, address megengine views): what
         # every call checks, so a replaced tensor can never silently stop the sharing
-        self._shared = _Pairs()
+        self._shared = _Hidden()
         self._build_mirror(self, torch_module)
         self.train(torch_module.training)
 
@@ -116,16 +116,16 @@ class PyTorchModule(Module):
         for name, p in tmod.named_parameters(recurse=False):
             _check_attribute_name(owner, name, "parameter")
             mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
-            self._params.pairs.append((mp, tmod, name))
-            self._params.torch.append(p)
-            self._shared.pairs.append((tmod._parameters, name, p.data_ptr()))
+            self._mge_params.items.append(mp)
+            self._torch_params.items.append(p)
+            self._shared.items.append((tmod._parameters, name, p.data_ptr()))
             setattr(owner, name, mp)
         for name, b in tmod.named_buffers(recurse=False):
             if b is None or name in tmod._non_persistent_buffers_set:
                 continue
             _check_attribute_name(owner, name, "buffer")
             mb = Tensor._wrap(_bridge.from_torch(b), self._device)
-            self._shared.pairs.append((tmod._buffers, name, b.data_ptr()))
+            self._shared.items.append((tmod._buffers, name, b.data_ptr()))
             setattr(owner, name, mb)
         for name, child in tmod.named_children():
             if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
@@ -182,7 +182,7 @@ class PyTorchModule(Module):
             template.append(self._take_input(a, tensors))
         kw_template = {k: self._take_input(v, tensors) for k, v in kwargs.items()}
         op = _TorchCall(self, template, kw_template, len(tensors))
-        outs = apply(op, *tensors, *(mp for mp, _, _ in self._params))
+        outs = apply(op, *tensors, *self._mge_params)
         outs = outs if isinstance(outs, tuple) else (outs,)
         structure = op.structure
         if structure is None:
@@ -357,7 +357,7 @@ class _TorchCall(Op):
     def backward(self, *grads):
         n = self.n_inputs
         need = self.needs_input_grad
-        params = self.wrapper._params.torch
+        params = self.wrapper._torch_params.items
         # a frozen torch parameter (requires_grad=False) gets no gradient, even when attached
         need = list(need[:n]) + [g and tp.requires_grad for tp, g in zip(params, need[n:])]
         wrt = [t for t, g in zip(self.inputs, need[:n]) if g]
