@@ -1,11 +1,10 @@
 """`GradManager`: which tensors want gradients, when ops are recorded, and backward into `.grad`."""
 import weakref
 
-import numpy as np
-
 from ..core import dispatch
 from ..core.dispatch import Node
 from ..core.tensor import Tensor
+from ..device import get_array_module
 
 __all__ = ["GradManager", "grad"]
 
@@ -185,7 +184,7 @@ def _pair_outputs(y, dy, what):
     for t, d in zip(ys, dys):
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: expected Tensors to differentiate, got {type(t).__name__}")
-        xp = np if not t._device.startswith("gpu") else __import__("cupy")
+        xp = get_array_module(t._device)
         if d is None:
             arrays.append(xp.ones(t.shape, t.dtype))
         else:
@@ -233,6 +232,6 @@ def grad(y, x, use_virtual_grad=None):
     out = []
     for t in xs:
         g = found.get((id(t._node[0]), t._node[1]))
-        xp = np if not t._device.startswith("gpu") else __import__("cupy")
+        xp = get_array_module(t._device)
         out.append(Tensor._wrap(g if g is not None else xp.zeros(t.shape, t.dtype), t._device))
     return out if isinstance(x, (list, tuple)) else out[0]

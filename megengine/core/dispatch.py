@@ -214,15 +214,16 @@ def run_backward(ys, dys, wanted, free_graph=True):
 
 
 def _zeros_like_meta(meta, slot):
+    """Zeros for an output nobody used, on the device of the output gradients that exist."""
     shape, dtype = meta
-    xp = _array_module_of(slot)
-    return xp.zeros(shape, dtype)
+    present = next(g for g in slot if g is not None)  # backward only visits nodes with one
+    return xp_of(present).zeros(shape, dtype)
 
 
-def _array_module_of(arrays):
-    for a in arrays:
-        if a is not None and type(a).__module__.startswith("cupy"):
-            import cupy
+def xp_of(a):
+    """The array module of ``a`` (numpy, or CuPy for a GPU array)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
 
-            return cupy
+        return cupy
     return np

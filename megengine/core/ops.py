@@ -5,18 +5,9 @@ module of its inputs (numpy or CuPy), never importing a backend directly for com
 """
 import numpy as np
 
-from .dispatch import Op
+from .dispatch import Op, xp_of
 
-__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index"]
-
-
-def xp_of(a):
-    """The array module of ``a`` (numpy, or CuPy for a GPU array)."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of"]
 
 
 def unbroadcast(grad, shape):
