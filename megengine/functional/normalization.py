@@ -1,0 +1,254 @@
+"""Normalization (F.nn.batch_norm/layer_norm/group_norm): forward and backward per op."""
+import numpy as np
+
+from ..core.dispatch import Op, apply
+from ..core.ops import unbroadcast, xp_of
+from ..core.tensor import Tensor
+from ._args import _as_float, _tensor
+
+__all__ = ["batch_norm", "group_norm", "layer_norm"]
+
+
+# ----- normalization -----
+
+class _BatchNorm(Op):
+    """Batch norm of an (N, C, ...) input per channel.
+
+    Inputs: x, then weight and bias if given, then running mean and var if given. Training
+    normalizes with the batch statistics and, with running stats, also returns their updates
+    ``momentum * running + (1 - momentum) * batch`` (unbiased batch variance) as two more
+    outputs; inference normalizes with the running stats, which are constants. Each direction
+    allocates one full-size array and works in place on it, and channel sums are einsums: fresh
+    large arrays cost page faults that would dominate.
+    """
+
+    def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
+        self.eps, self.momentum, self.training = eps, momentum, training
+        self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
+
+    def forward(self, x, *params):
+        xp = xp_of(x)
+        self.x_shape = x.shape
+        n, c = x.shape[:2]
+        self.x3 = x3 = _as_float(x).reshape(n, c, -1)
+        self.m = m = max(x3.size // max(c, 1), 1)
+        self.param_shapes = [p.shape for p in params]
+        w = params[0].reshape(c).astype(x3.dtype, copy=False) if self.has_weight else None
+        b = params[int(self.has_weight)].reshape(c).astype(x3.dtype, copy=False) \
+            if self.has_bias else None
+        if self.training:
+            self.mean = xp.einsum("ncs->c", x3) / m
+            y = x3 - self.mean[:, None]
+            self.var = xp.einsum("ncs,ncs->c", y, y) / m
+        else:
+            rm, rv = params[-2:]
+            self.mean = _as_float(rm).reshape(c)
+            self.var = _as_float(rv).reshape(c)
+            y = x3 - self.mean[:, None]
+        self.inv = 1 / xp.sqrt(self.var + x3.dtype.type(self.eps))
+        self.scale = self.inv if w is None else self.inv * w  # y = (x - mean) * scale + b
+        y *= self.scale[:, None]
+        if b is not None:
+            y += b[:, None]
+        y = y.reshape(self.x_shape)
+        if not (self.training and self.has_stats):
+            return y
+        rm, rv = params[-2:]
+        mom = self.momentum
+        new_mean = mom * rm + (1 - mom) * self.mean.reshape(rm.shape)
+        new_var = mom * rv + (1 - mom) * (self.var * (m / max(m - 1, 1))).reshape(rv.shape)
+        return y, new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
+
+    def backward(self, g, *stat_grads):  # the running-stat outputs have no gradient
+        xp = xp_of(g)
+        needs = self.needs_input_grad
+        m, x3, mean, inv = self.m, self.x3, self.mean, self.inv
+        g3 = g.reshape(x3.shape)
+        gb = xp.einsum("ncs->c", g3)
+        gw = (xp.einsum("ncs,ncs->c", g3, x3) - mean * gb) * inv  # sum(g * xhat)
+        gx = None
+        if needs[0]:
+            if self.training:
+                # w * inv * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * inv
+                gx = x3 - mean[:, None]
+                gx *= (-inv * gw / m)[:, None]
+                gx -= (gb / m)[:, None]
+                gx += g3
+                gx *= self.scale[:, None]
+            else:  # the statistics are constants
+                gx = g3 * self.scale[:, None]
+            gx = gx.reshape(self.x_shape)
+        grads = [gx]
+        if self.has_weight:
+            grads.append(gw.reshape(self.param_shapes[0]) if needs[1] else None)
+        if self.has_bias:
+            grads.append(gb.reshape(self.param_shapes[int(self.has_weight)])
+                         if needs[1 + self.has_weight] else None)
+        if self.has_stats:
+            grads += [None, None]
+        return tuple(grads)
+
+
+class _Normalize(Op):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with statistics over the last axis of
+    the ``view`` of x (layer norm: (rows, M); group norm: (N, groups, -1)).
+
+    ``affine_view``/``affine_shape`` say how weight and bias broadcast against x. Inputs: x,
+    then weight and bias if present.
+    """
+
+    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias):
+        self.view, self.eps = view, eps
+        self.affine_view, self.affine_shape = affine_view, affine_shape
+        self.has_weight, self.has_bias = has_weight, has_bias
+
+    def forward(self, x, *params):
+        xp = xp_of(x)
+        self.x_shape = x.shape
+        x = _as_float(x).reshape(self.view)
+        xhat = x - x.mean(-1, keepdims=True)
+        var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / x.shape[-1]
+        self.inv = 1 / xp.sqrt(var + x.dtype.type(self.eps))
+        xhat *= self.inv
+        self.xhat = y = xhat.reshape(self.affine_view)
+        self.param_shapes = [p.shape for p in params]
+        self.w = params[0].reshape(self.affine_shape) if self.has_weight else None
+        if self.w is not None:
+            y = y * self.w
+        if self.has_bias:
+            y = y + params[-1].reshape(self.affine_shape)
+        return (y if y is not self.xhat else y.copy()).reshape(self.x_shape)
+
+    def backward(self, g):
+        needs = self.needs_input_grad
+        g = g.reshape(self.affine_view)
+        xhat = self.xhat
+        grads = []
+        if self.has_weight:
+            grads.append(unbroadcast(g * xhat, self.affine_shape).reshape(self.param_shapes[0])
+                         if needs[1] else None)
+        if self.has_bias:
+            grads.append(unbroadcast(g, self.affine_shape).reshape(self.param_shapes[-1])
+                         if needs[-1] else None)
+        gx = None
+        if needs[0]:
+            gxhat = (g if self.w is None else g * self.w).reshape(self.view)
+            xh = xhat.reshape(self.view)
+            gx = xh * -(gxhat * xh).mean(-1, keepdims=True)
+            gx += gxhat
+            gx -= gxhat.mean(-1, keepdims=True)
+            gx *= self.inv
+            gx = gx.reshape(self.x_shape)
+        return (gx, *grads)
+
+
+def _normalize(op, inp, weight, bias):
+    return apply(op, inp, *[_tensor(t) for t in (weight, bias) if t is not None])
+
+
+def _check_param(t, channels, what, name):
+    if t is not None and _tensor(t).size != channels:
+        raise ValueError(f"{what}: {name} of shape {_tensor(t).shape} does not match "
+                         f"{channels} channels")
+
+
+def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None, *,
+               training=False, momentum=0.9, eps=1e-5, inplace=True, compute_mode="default",
+               param_dim="dim_1c11"):
+    """Batch normalization over every axis but 1 (the channels) of ``inp``.
+
+    Training normalizes with the batch statistics and, given running stats, updates them as
+    upstream: ``running = momentum * running + (1 - momentum) * batch`` with the unbiased batch
+    variance, written into the running tensors' own storage when ``inplace`` (else returned:
+    ``(out, new_mean, new_var)``). Inference normalizes with the running statistics.
+    Parameters and running stats hold C elements ((1, C, 1, 1) or (C,)).
+    """
+    inp = _tensor(inp)
+    what = "batch_norm"
+    if inp.ndim < 2:
+        raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "
+                         f"got shape {inp.shape}")
+    c = inp.shape[1]
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_param(t, c, what, name)
+    has_mean, has_var = running_mean is not None, running_var is not None
+    if not training and not (has_mean and has_var):
+        raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
+    if training and has_var and inp.size // max(c, 1) < 2:
+        raise ValueError(f"{what}: training needs more than one value per channel to update "
+                         f"running_var, got input shape {inp.shape}")
+    if training and inplace:
+        for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"{what}: {name} must be a Tensor to be updated in place, "
+                                f"got {type(t).__name__}")
+    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
+    has_stats = has_mean or has_var
+    if has_stats:
+        # a missing one of the pair is stood in for by its initial value; its update is dropped
+        shape = _tensor(running_mean if has_mean else running_var).shape
+        for t, fill in ((running_mean, 0.0), (running_var, 1.0)):
+            inputs.append(_tensor(t) if t is not None
+                          else Tensor(np.full(shape, fill, np.float32), device=inp._device))
+    op = _BatchNorm(eps, float(momentum), bool(training), weight is not None, bias is not None,
+                    has_stats)
+    out = apply(op, *inputs)
+    if not (training and has_stats):
+        return out
+    out, new_mean, new_var = out
+    new_mean, new_var = (new_mean if has_mean else None), (new_var if has_var else None)
+    if not inplace:
+        return out, new_mean, new_var
+    # written into the buffers' own storage; _reset is also what jit.trace replays
+    if has_mean:
+        running_mean._reset(new_mean)
+    if has_var:
+        running_var._reset(new_var)
+    return out
+
+
+def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1e-5):
+    """Normalize over the trailing ``normalized_shape`` dims of ``inp`` (biased variance).
+
+    With ``affine``, ``weight`` and ``bias`` (of ``normalized_shape``) scale and shift; a
+    missing one is left out.
+    """
+    inp = _tensor(inp)
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
+        else tuple(int(s) for s in normalized_shape)
+    k = len(shape)
+    if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
+        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing "
+                         f"dims of the input of shape {inp.shape}")
+    m = int(np.prod(shape))
+    view = (-1, m)
+    if not affine:
+        weight = bias = None
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        if t is not None and _tensor(t).size != m:
+            raise ValueError(f"layer_norm: {name} of shape {_tensor(t).shape} does not match "
+                             f"normalized_shape {shape}")
+    op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None)
+    return _normalize(op, inp, weight, bias)
+
+
+def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
+    """Normalize each sample over groups of C / ``num_groups`` channels (biased variance).
+
+    With ``affine``, per-channel ``weight`` and ``bias`` (C elements) scale and shift.
+    """
+    inp = _tensor(inp)
+    if inp.ndim < 2:
+        raise ValueError(f"group_norm: expected an input (N, C, ...), got shape {inp.shape}")
+    n, c = inp.shape[:2]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(f"group_norm: {c} channels (input shape {inp.shape}) are not divisible "
+                         f"into num_groups={num_groups}")
+    if not affine:
+        weight = bias = None
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        _check_param(t, c, "group_norm", name)
+    op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
+                    bias is not None)
+    return _normalize(op, inp, weight, bias)
