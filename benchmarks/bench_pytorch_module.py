@@ -55,7 +55,8 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
 from megengine.autodiff import GradManager  # noqa: E402
-from megengine.module.pytorch import PyTorchModule, _bridge  # noqa: E402
+from megengine.core import torch_bridge as _bridge  # noqa: E402
+from megengine.module.pytorch import PyTorchModule  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
@@ -315,7 +316,7 @@ def overhead_section(args):
 _LOAD_SNIPPET = """
 import json, time
 t0 = time.perf_counter()
-from megengine.module.pytorch import _bridge
+from megengine.core import torch_bridge as _bridge
 t1 = time.perf_counter()
 _bridge.load_extension()
 print(json.dumps(dict(_bridge.load_stats(), import_seconds=t1 - t0)))

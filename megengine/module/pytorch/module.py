@@ -22,7 +22,7 @@ from ...core.dispatch import Op, apply
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from . import _bridge
+from ...core import torch_bridge as _bridge
 
 __all__ = ["PyTorchModule"]
 

@@ -1,5 +1,8 @@
 """Zero-copy views between engine arrays (numpy, CuPy) and torch tensors, through a C++ operator built on first use.
 
+Importing this module imports torch; `import megengine` does not import it. Users of the bridge: the
+engine's ATen-backed kernels, `megengine.module.pytorch` and `megengine.distributed`.
+
 Public API::
 
     to_torch(array) -> torch.Tensor        # same memory, shape, strides, dtype; keeps `array` alive
@@ -118,7 +121,7 @@ def _cuda_tensor_to_cupy(tensor):
 
 def _source_dir():
     """The C++ sources: megengine/_csrc/ in an installed wheel, <repo>/csrc/ in a checkout."""
-    package = Path(__file__).resolve().parents[2]  # .../megengine
+    package = Path(__file__).resolve().parents[1]  # .../megengine
     candidates = (package / "_csrc", package.parent / "csrc")
     for directory in candidates:
         if all((directory / name).is_file() for name in _SOURCES):

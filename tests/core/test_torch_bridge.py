@@ -1,4 +1,4 @@
-"""Tests for megengine/module/pytorch/_bridge.py: zero-copy views between numpy arrays and torch tensors."""
+"""Tests for megengine/core/torch_bridge.py: zero-copy views between numpy arrays and torch tensors."""
 import gc
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from megengine.module.pytorch import _bridge as bridge  # noqa: E402
+from megengine.core import torch_bridge as bridge  # noqa: E402
 
 DTYPES = [
     (np.float16, torch.float16), (np.float32, torch.float32), (np.float64, torch.float64),
@@ -410,7 +410,7 @@ def test_missing_toolchain_is_named(monkeypatch):
 @pytest.mark.slow
 def test_first_build_says_so_once(tmp_path):
     # a fresh cache root: the first process compiles and prints one line, the second prints nothing
-    script = "from megengine.module.pytorch import _bridge as b; b.load_extension(); print(b.load_stats()['compiled'])"
+    script = "from megengine.core import torch_bridge as b; b.load_extension(); print(b.load_stats()['compiled'])"
     env = dict(os.environ, MGE_TORCH_EXT_DIR=str(tmp_path))
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
