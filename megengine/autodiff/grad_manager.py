@@ -6,7 +6,27 @@ from ..core.dispatch import Node
 from ..core.tensor import Tensor
 from ..device import get_array_module
 
-__all__ = ["GradManager", "grad"]
+__all__ = ["GradManager", "grad", "get_backwarding_grad_manager"]
+
+# Distributed collectives need two things from the GradManagers (megengine.distributed):
+# an output no loss uses whose op must still run its backward (a remote_send, the non-root side
+# of reduce_sum/gather: its peers wait for it) is kept by every recording GradManager and
+# backpropagated with a zero gradient; and a gradient callback that buckets gradients must run
+# once more after the last gradient of a backward pass, before any is accumulated.
+_recording_managers = []  # GradManagers recording now, in record() order
+_backwarding = None  # the GradManager whose backward is running its callbacks
+
+
+def get_backwarding_grad_manager():
+    """The GradManager whose ``backward`` is running gradient callbacks now (None otherwise)."""
+    return _backwarding
+
+
+def _keep_for_backward(tensor):
+    """Make every recording GradManager backpropagate from ``tensor`` (with a zero gradient)
+    at its next ``backward``, whether or not the loss depends on it."""
+    for gm in _recording_managers:
+        gm._kept.append(tensor)
 
 
 class Leaf(Node):
@@ -44,6 +64,8 @@ class GradManager:
         self._attached = {}  # id(tensor) -> (weakref to tensor, [callbacks])
         self._recording = False
         self._lit = []  # leaves this GradManager made live while recording
+        self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
+        self._after_backward_callbacks = []
 
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
@@ -119,6 +141,7 @@ class GradManager:
             raise RuntimeError("GradManager.record: already recording")
         self._recording = True
         dispatch._set_recording(+1)
+        _recording_managers.append(self)
         for t in self.attached_tensors():
             self._light(t)
         return self
@@ -130,6 +153,8 @@ class GradManager:
         if self._recording:
             self._recording = False
             dispatch._set_recording(-1)
+            _recording_managers.remove(self)
+            self._kept = []
             for leaf in self._lit:
                 leaf.live -= 1
             self._lit = []
@@ -141,15 +166,23 @@ class GradManager:
     def __exit__(self, *exc):
         self.release()
 
+    def _register_after_backward_callback(self, callback):
+        """Run ``callback()`` in every backward, after the gradient callbacks of all tensors
+        and before the gradients are accumulated into ``.grad``."""
+        self._after_backward_callbacks.append(callback)
+        return self
+
     # ----- backward -----
     def backward(self, y=None, dy=None):
         """Accumulate d(y)/d(attached) into each attached tensor's ``.grad``, then release.
 
         ``y``: a tensor or a list of them; ``dy``: matching output gradients (default ones).
+        ``y`` may be omitted when only outputs kept by distributed ops are differentiated
+        (the sending side of ``remote_send``).
         """
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradManager.backward, self, y, dy)
-        if y is None:
+        if y is None and not self._kept:
             raise ValueError("GradManager.backward: give the tensor(s) to differentiate")
         if not self._recording:
             raise RuntimeError(
@@ -157,7 +190,11 @@ class GradManager:
                 "gm.record()"
             )
         try:
-            ys, dys = _pair_outputs(y, dy, "GradManager.backward")
+            ys, dys = _pair_outputs(y, dy, "GradManager.backward") if y is not None else ([], [])
+            for t in self._kept:
+                if t._node is not None and t._node[0].live:
+                    ys.append(t)
+                    dys.append(get_array_module(t._device).zeros(t.shape, t.dtype))
             wanted = {}
             for r, callbacks in self._attached.values():
                 t = r()
@@ -165,9 +202,16 @@ class GradManager:
                     node, idx = t._node
                     wanted[(id(node), idx)] = (t, callbacks)
             found = dispatch.run_backward(ys, dys, wanted)
-            for key, g in found.items():
-                t, callbacks = wanted[key]
-                _accumulate(t, g, callbacks)
+            global _backwarding
+            _backwarding = self
+            try:
+                ready = [(wanted[key][0], _run_callbacks(*wanted[key], g)) for key, g in found.items()]
+                for callback in self._after_backward_callbacks:
+                    callback()
+            finally:
+                _backwarding = None
+            for t, grad in ready:
+                _add_grad(t, grad)
         finally:
             self.release()
 
@@ -197,7 +241,7 @@ def _pair_outputs(y, dy, what):
     return ys, arrays
 
 
-def _accumulate(t, g, callbacks):
+def _run_callbacks(t, callbacks, g):
     if g.dtype != t.dtype:
         g = g.astype(t.dtype)
     if not getattr(g.flags, "writeable", True) or not g.flags.c_contiguous:
@@ -207,6 +251,10 @@ def _accumulate(t, g, callbacks):
         grad = cb(t, grad)
         if not isinstance(grad, Tensor):
             raise TypeError(f"a GradManager callback must return a Tensor, got {type(grad).__name__}")
+    return grad
+
+
+def _add_grad(t, grad):
     if t.grad is None:
         t.grad = grad
     else:

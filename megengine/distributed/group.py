@@ -1,0 +1,336 @@
+"""The process group: `init_process_group`, ranks, `Group`/`WORLD`, `new_group`, barriers, on torch.distributed.
+
+Importing this module does not import torch; ``init_process_group`` does. Every collective runs
+on a torch.distributed process group (gloo for CPU processes, NCCL for GPUs); rank 0 hosts the
+rendezvous (torch's TCPStore) at ``master_ip:port``, so no separate server process is needed.
+"""
+import datetime
+import os
+import time
+from typing import List, Optional
+
+__all__ = [
+    "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
+    "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",
+    "DEFAULT_TIMEOUT",
+]
+
+DEFAULT_TIMEOUT = 300.0  # seconds a collective or the rendezvous waits for a peer before raising
+_BACKENDS = ("gloo", "nccl")
+_ALIASES = {None: None, "auto": None, "shm": "gloo"}  # upstream's names for "pick one" / one machine
+
+
+class _State:
+    """What init_process_group decided, for the life of the process group."""
+
+    def __init__(self, master_ip, port, world_size, rank, device, backend, timeout, local):
+        self.master_ip = master_ip
+        self.port = port
+        self.world_size = world_size
+        self.rank = rank
+        self.device = device  # GPU index (NCCL) or the local process index (gloo)
+        self.backend = backend
+        self.timeout = timeout
+        self.local = local  # True when started by torchrun (its agent owns the rendezvous)
+
+
+_sd = None  # the _State once init_process_group has run
+
+
+def _not_initialized(what):
+    return RuntimeError(
+        f"megengine.distributed.{what}: the process group is not initialized; call "
+        "dist.init_process_group(...) first (or run the function under @dist.launcher)"
+    )
+
+
+class Group:
+    """An ordered set of ranks that run collectives together; the first rank is the root.
+
+    ``Group([1, 0])`` has root 1: ``broadcast`` sends rank 1's tensor and ``all_gather``
+    concatenates rank 1's part first. ``WORLD`` (all ranks, root 0) is the default group of every
+    collective. Only the member ranks construct a group (as upstream); every collective on it
+    must be called by all of its members in the same order.
+    """
+
+    def __init__(self, proc_ranks):
+        self.proc_ranks = None
+        self._pg = None  # the torch ProcessGroup; None for WORLD (torch's default group)
+        if len(proc_ranks) > 0:
+            self.reset(proc_ranks)
+
+    def reset(self, proc_ranks, pg=None):
+        self.check(proc_ranks)
+        self.proc_ranks = [int(r) for r in proc_ranks]
+        # torch orders a group's members by global rank; our order is proc_ranks' (root first).
+        # _slot[i] is the position in proc_ranks of torch's group rank i.
+        ordered = sorted(self.proc_ranks)
+        self._slot = [self.proc_ranks.index(r) for r in ordered]
+        self._pg = pg
+        if pg is None and self.proc_ranks != list(range(_sd.world_size)):
+            import torch.distributed as dist
+
+            # only the members call this (upstream's contract), which torch allows with
+            # use_local_synchronization; a group of all ranks in another order reuses WORLD's
+            if len(self.proc_ranks) < _sd.world_size:
+                self._pg = dist.new_group(ordered, timeout=_timedelta(_sd.timeout),
+                                          use_local_synchronization=True)
+
+    def check(self, proc_ranks):
+        if _sd is None:
+            raise _not_initialized("Group")
+        ranks = list(proc_ranks)
+        for r in ranks:
+            if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < _sd.world_size:
+                raise ValueError(f"Group: ranks must be ints in [0, world_size={_sd.world_size}), "
+                                 f"got {ranks}")
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(f"Group: ranks must be distinct, got {ranks}")
+        if _sd.rank not in ranks:
+            raise ValueError(f"Group: this process (rank {_sd.rank}) is not in {ranks}; only the "
+                             "members of a group construct it")
+
+    def _ranks(self):
+        if self.proc_ranks is None:
+            raise _not_initialized("Group")
+        return self.proc_ranks
+
+    @property
+    def size(self) -> int:
+        return len(self._ranks())
+
+    @property
+    def rank(self) -> int:
+        """This process's index in the group (0 is the root)."""
+        return self._ranks().index(_sd.rank)
+
+    @property
+    def root(self) -> int:
+        """The global rank of the group's root."""
+        return self._ranks()[0]
+
+    @property
+    def key(self) -> str:
+        return ",".join(map(str, self._ranks()))
+
+    @property
+    def comp_node(self) -> str:
+        self._ranks()
+        return f"gpu{_sd.device}" if _sd.backend == "nccl" else "cpu0"
+
+    def __repr__(self):
+        return f"Group({self.proc_ranks})"
+
+
+WORLD = Group([])
+
+
+def _timedelta(seconds):
+    return datetime.timedelta(seconds=float(seconds))
+
+
+def _check_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"init_process_group: {name} must be an int, got {type(value).__name__} "
+                        f"{value!r}")
+
+
+def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = None,
+                       world_size: Optional[int] = None, rank: Optional[int] = None,
+                       device: Optional[int] = None, backend: Optional[str] = None,
+                       device_type: str = "xpu", timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Join the process group of ``world_size`` processes as ``rank``.
+
+    Args:
+        master_ip: address of the machine of rank 0, which hosts the rendezvous.
+        port: a free TCP port on that machine, the same for every rank.
+        world_size: number of processes in the job (over all machines).
+        rank: this process's rank in ``[0, world_size)``.
+        device: the GPU index this process uses (NCCL); on CPUs, any int (its local index).
+        backend: ``"gloo"`` (CPUs) or ``"nccl"`` (GPUs); ``None``/``"auto"`` picks NCCL when
+            ``device_type`` is a GPU and CUDA is usable, else gloo. ``"shm"`` means gloo.
+        device_type: ``"xpu"`` (a GPU when there is one), ``"gpu"`` or ``"cpu"``.
+        timeout: seconds the rendezvous and every collective wait for the other ranks before
+            raising (a peer that died or never started gives an error, not a hang).
+
+    Called with no arguments under ``torchrun``, it reads ``MASTER_ADDR``, ``MASTER_PORT``,
+    ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` from the environment.
+    """
+    global _sd
+    if _sd is not None:
+        raise RuntimeError("init_process_group: already initialized; it is called once per process")
+    from_env = master_ip is None and port is None and world_size is None and rank is None
+    if from_env:
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK") if v not in os.environ]
+        if missing:
+            raise ValueError(
+                "init_process_group() without arguments reads the environment torchrun sets, "
+                f"but {', '.join(missing)} is not set; run under torchrun or pass master_ip, port, "
+                "world_size, rank and device")
+        master_ip = os.environ["MASTER_ADDR"]
+        port, world_size, rank = (int(os.environ[v]) for v in ("MASTER_PORT", "WORLD_SIZE", "RANK"))
+        if device is None:
+            device = int(os.environ.get("LOCAL_RANK", 0))
+    elif None in (master_ip, port, world_size, rank):
+        raise ValueError("init_process_group: give master_ip, port, world_size and rank (or none "
+                         "of them under torchrun)")
+    if device is None:
+        device = 0
+    if not isinstance(master_ip, str):
+        raise TypeError(f"init_process_group: master_ip must be a str, got {type(master_ip).__name__}")
+    for name, value in (("port", port), ("world_size", world_size), ("rank", rank), ("device", device)):
+        _check_int(name, value)
+    if world_size < 1:
+        raise ValueError(f"init_process_group: world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"init_process_group: rank must be in [0, world_size={world_size}), "
+                         f"got rank={rank}")
+    if not 0 < port < 65536:
+        raise ValueError(f"init_process_group: port must be in [1, 65535], got {port}")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"init_process_group: timeout must be a positive number of seconds, "
+                         f"got {timeout!r}")
+    backend = _pick_backend(backend, device_type)
+
+    import torch
+    import torch.distributed as dist
+
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    kwargs = dict(backend=backend, world_size=world_size, rank=rank, timeout=_timedelta(timeout))
+    if from_env:
+        kwargs["init_method"] = "env://"
+    else:
+        kwargs["init_method"] = f"tcp://{master_ip}:{port}"
+    try:
+        dist.init_process_group(**kwargs)
+    except Exception as error:  # torch's errors name neither the cause nor the fix
+        raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
+    _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env)
+    WORLD.reset(list(range(world_size)))
+
+    from .. import random
+    from ..device import set_default_device
+
+    if backend == "nccl":
+        set_default_device(f"gpu{device}")
+    # as upstream: each rank draws its own random numbers (data augmentation, dropout);
+    # parameters are made equal with bcast_list_
+    random.seed(int(time.time()) + rank)
+
+
+def _pick_backend(backend, device_type):
+    if backend in _ALIASES:
+        backend = _ALIASES[backend]
+    elif backend not in _BACKENDS:
+        raise ValueError(f"init_process_group: backend must be one of 'gloo', 'nccl', 'auto' "
+                         f"(or 'shm' for gloo), got {backend!r}")
+    if device_type not in ("xpu", "gpu", "cuda", "cpu"):
+        raise ValueError(f"init_process_group: device_type must be 'xpu', 'gpu' or 'cpu', "
+                         f"got {device_type!r}")
+    if backend is None:
+        if device_type == "cpu":
+            return "gloo"
+        from ..device import is_cuda_available
+
+        if is_cuda_available():
+            return "nccl"
+        if device_type in ("gpu", "cuda"):
+            raise RuntimeError("init_process_group: device_type='gpu' but CUDA is not usable "
+                               "here (megengine needs CuPy and a GPU); use device_type='cpu'")
+        return "gloo"
+    return backend
+
+
+def _rendezvous_error(error, master_ip, port, world_size, rank, timeout):
+    text = str(error)
+    where = f"rank {rank} of {world_size} at {master_ip}:{port}"
+    if "address already in use" in text.lower() or "EADDRINUSE" in text:
+        return RuntimeError(
+            f"init_process_group ({where}): port {port} is already in use on {master_ip}; "
+            "pick a free port (the launcher picks one itself with port=0)")
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return TimeoutError(
+            f"init_process_group ({where}): not all {world_size} processes arrived within "
+            f"{timeout:g} s; start every rank with the same master_ip, port and world_size "
+            f"(torch said: {text.splitlines()[0] if text else type(error).__name__})")
+    return RuntimeError(f"init_process_group ({where}) failed: {type(error).__name__}: {text}")
+
+
+def destroy_process_group() -> None:
+    """Leave the process group (a later init_process_group may join a new one)."""
+    global _sd
+    if _sd is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _sd = None
+    WORLD.proc_ranks = None
+    WORLD._pg = None
+
+
+def is_distributed() -> bool:
+    """True once init_process_group has run in this process."""
+    return _sd is not None
+
+
+def get_rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return _sd.rank if _sd is not None else 0
+
+
+def get_world_size() -> int:
+    """The number of processes in the job (1 when not distributed)."""
+    return _sd.world_size if _sd is not None else 1
+
+
+def get_backend() -> Optional[str]:
+    """``"gloo"`` or ``"nccl"``; None when not distributed."""
+    return _sd.backend if _sd is not None else None
+
+
+def _state(what):
+    if _sd is None:
+        raise _not_initialized(what)
+    return _sd
+
+
+class override_backend:
+    """Upstream's context manager to switch the collective backend; one torch backend serves
+    every collective here, so only the backend already in use is accepted."""
+
+    def __init__(self, new_backend):
+        self.new_backend = _ALIASES.get(new_backend, new_backend)
+
+    def __enter__(self):
+        sd = _state("override_backend")
+        if self.new_backend not in (None, sd.backend):
+            raise ValueError(f"override_backend: the process group runs on {sd.backend}; "
+                             f"{self.new_backend!r} would need a second process group")
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def new_group(proc_ranks: List[int]) -> Group:
+    """A group of some ranks (the first is its root); called by each member."""
+    return Group(proc_ranks)
+
+
+def group_barrier(group: Group = WORLD) -> None:
+    """Wait until every rank of ``group`` reaches this call (nothing to wait for when not
+    distributed)."""
+    if _sd is None:
+        return
+    if not isinstance(group, Group):
+        raise TypeError(f"group_barrier: expected a Group, got {type(group).__name__}")
+    import torch.distributed as dist
+
+    group._ranks()
+    if _sd.backend == "nccl":
+        dist.barrier(group=group._pg, device_ids=[_sd.device])
+    else:
+        dist.barrier(group=group._pg)

@@ -1,0 +1,199 @@
+"""`launcher`: run a function in N processes of one process group on this machine and collect their results.
+
+A worker that raises is reported with its rank and traceback, one that dies (a signal, an
+``os._exit``) with its rank and exit code; either way the other workers are stopped at once and
+``launcher`` raises. With ``timeout`` the whole run is bounded too. Nothing here can hang.
+"""
+import functools
+import multiprocessing
+import os
+import queue as _queue
+import signal
+import socket
+import sys
+import time
+import traceback
+
+from .group import DEFAULT_TIMEOUT, destroy_process_group, init_process_group
+
+__all__ = ["launcher", "WorkerError"]
+
+
+class WorkerError(RuntimeError):
+    """A launched worker failed: ``rank`` says which, the message holds its traceback."""
+
+    def __init__(self, message, rank):
+        super().__init__(message)
+        self.rank = rank
+
+
+def _free_port(host):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("" if host in ("localhost", "127.0.0.1") else host, 0))
+        return s.getsockname()[1]
+
+
+def _worker(func, args, kwargs, rank, local_rank, options, results):
+    """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
+    status = 0
+    try:
+        init_process_group(rank=rank, device=local_rank, **options)
+        try:
+            value = func(*args, **kwargs)
+        finally:
+            destroy_process_group()
+        results.put((rank, True, value))
+    except BaseException:  # noqa: BLE001  (KeyboardInterrupt and SystemExit are failures too)
+        results.put((rank, False, traceback.format_exc()))
+        status = 1
+    # flush the queue's feeder thread, then leave without running the parent's atexit handlers
+    # (a forked child inherits pytest's and torch's)
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+class launcher:
+    """Decorator: calling the decorated function runs it in ``n_gpus`` processes, each a rank
+    of one process group, and returns the list of their return values (by local rank).
+
+    Args:
+        func: the function (``@launcher`` or ``@launcher(n_gpus=2, ...)``).
+        n_gpus: processes on this machine; default the number of GPUs, or of CPU cores when
+            there is no GPU.
+        world_size: processes over all machines (default ``n_gpus``).
+        rank_start: the global rank of this machine's first process.
+        master_ip: address of the machine of rank 0.
+        port: the rendezvous port; 0 picks a free one (single machine only).
+        device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``.
+        backend: ``"gloo"``, ``"nccl"`` or None (picked from the device).
+        timeout: seconds for the whole run (None: no limit); collectives and the rendezvous
+            time out after ``collective_timeout`` seconds.
+        start_method: ``"fork"`` (default where available: fast, and ``func`` may be a local
+            function) or ``"spawn"`` (``func`` and its arguments must be picklable).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if not args:
+            return functools.partial(cls, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, func, n_gpus=None, world_size=None, rank_start=0, master_ip="localhost",
+                 port=0, device_type="xpu", backend=None, timeout=None,
+                 collective_timeout=DEFAULT_TIMEOUT, start_method=None):
+        from ..device import get_device_count, is_cuda_available
+
+        if n_gpus is None:
+            gpus = device_type != "cpu" and is_cuda_available()
+            n_gpus = get_device_count("gpu") if gpus else get_device_count("cpu")
+        if not isinstance(n_gpus, int) or n_gpus < 1:
+            raise ValueError(f"launcher: n_gpus must be a positive int, got {n_gpus!r}")
+        world_size = n_gpus if world_size is None else world_size
+        if rank_start + n_gpus > world_size:
+            raise ValueError(f"launcher: ranks {rank_start}..{rank_start + n_gpus - 1} do not fit "
+                             f"in world_size={world_size}")
+        if port == 0 and world_size > n_gpus:
+            raise ValueError("launcher: a job over several machines needs an explicit port, the "
+                             "same on every machine")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"launcher: timeout must be positive seconds or None, got {timeout!r}")
+        if start_method is None:
+            start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.n_gpus = n_gpus
+        self.world_size = world_size
+        self.rank_start = rank_start
+        self.master_ip = master_ip
+        self.port = port
+        self.device_type = device_type
+        self.backend = backend
+        self.timeout = timeout
+        self.collective_timeout = collective_timeout
+        self.context = multiprocessing.get_context(start_method)
+
+    def __call__(self, *args, **kwargs):
+        port = self.port or _free_port(self.master_ip)
+        options = dict(master_ip=self.master_ip, port=port, world_size=self.world_size,
+                       backend=self.backend, device_type=self.device_type,
+                       timeout=self.collective_timeout)
+        if self.context.get_start_method() == "fork":
+            # Children would each compile/load the bridge; load it once here instead.
+            from ..core.torch_bridge import load_extension
+
+            load_extension()
+        results = self.context.Queue()
+        procs = {}
+        for local in range(self.n_gpus):
+            rank = self.rank_start + local
+            procs[rank] = self.context.Process(
+                target=_worker, args=(self.func, args, kwargs, rank, local, options, results),
+                name=f"megengine-dist-rank{rank}", daemon=True)
+            procs[rank].start()
+        try:
+            values = self._collect(procs, results)
+        finally:
+            _stop(procs.values())
+        return [values[self.rank_start + i] for i in range(self.n_gpus)]
+
+    def _collect(self, procs, results):
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        values, errors = {}, {}
+        while len(values) < len(procs):
+            try:
+                rank, ok, value = results.get(timeout=0.05)
+                (values if ok else errors)[rank] = value
+            except _queue.Empty:
+                pass
+            if errors:
+                rank = min(errors)  # the others usually fail because this one left
+                raise WorkerError(f"megengine.distributed.launcher: rank {rank} raised an exception "
+                                  f"(the other workers were stopped):\n{errors[rank]}", rank)
+            for rank, p in procs.items():
+                if p.exitcode is not None and rank not in values:
+                    self._drain(results, values, errors, rank)
+                    if rank in errors or rank in values:
+                        break
+                    raise WorkerError(f"megengine.distributed.launcher: rank {rank} died "
+                                      f"({_describe(p.exitcode)}) without returning; the other "
+                                      "workers were stopped", rank)
+            if deadline is not None and time.monotonic() > deadline:
+                waiting = sorted(r for r in procs if r not in values)
+                raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
+                                   f"within timeout={self.timeout:g} s; all workers were stopped")
+        return values
+
+    @staticmethod
+    def _drain(results, values, errors, rank):
+        """A worker exited: its report, if it sent one, is in the queue (give it a moment)."""
+        end = time.monotonic() + 1.0
+        while rank not in values and rank not in errors and time.monotonic() < end:
+            try:
+                r, ok, value = results.get(timeout=0.05)
+                (values if ok else errors)[r] = value
+            except _queue.Empty:
+                pass
+
+
+def _describe(code):
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _stop(procs):
+    """Terminate workers still running (SIGTERM, then SIGKILL after a grace period)."""
+    procs = [p for p in procs if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    end = time.monotonic() + 2.0
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)

@@ -1,0 +1,519 @@
+"""Collective communication as differentiable ops (`F.distributed`), carried by torch.distributed in place on engine memory.
+
+Each collective is an op of the one dispatcher: ``forward`` allocates the output array and lets
+torch.distributed (gloo on CPUs, NCCL on GPUs) write into it through the bridge's zero-copy views
+(``to_torch``), so no megengine array is copied to or from torch; ``backward`` is the adjoint
+collective, as upstream's: all_reduce_sum <-> all_reduce_sum, all_gather <-> reduce_scatter_sum,
+broadcast <-> reduce_sum, gather <-> scatter, all_to_all <-> all_to_all (axes swapped),
+remote_send <-> remote_recv.
+
+Rules every rank must follow (as upstream): all members of a group call the same collectives in
+the same order with the same shapes (``broadcast``/``scatter``/``remote_recv`` learn the shape
+and dtype from the sender), and, when gradients are recorded, all of them record and run
+``backward``. Ops whose result exists on the root only (``reduce_sum``, ``gather``) return None
+elsewhere; their backward still runs there, because the recording GradManager keeps the op's
+output (a ``remote_send`` likewise; call ``gm.backward()`` with no loss on a rank that only sends).
+A peer that never calls raises after the process group's timeout.
+
+Importing this module does not import torch; the first collective does (through the bridge).
+"""
+from typing import Optional
+
+import numpy as np
+
+from ..autodiff import grad_manager as _grad_manager
+from ..core import dispatch
+from ..core.dispatch import Node, Op, apply, xp_of
+from ..core.tensor import Tensor
+from ..distributed import group as _group
+from ..distributed.group import WORLD, Group, get_rank
+
+__all__ = [
+    "all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "reduce_scatter_sum",
+    "broadcast", "reduce_sum", "gather", "scatter", "all_to_all", "remote_send", "remote_recv",
+]
+
+# dtypes that cross the wire, by code (shape/dtype messages carry the code)
+_DTYPES = [np.dtype(t) for t in ("float32", "float16", "float64", "int32", "int64", "int8",
+                                 "int16", "uint8", "bool")]
+_MAX_NDIM = 16
+_torch = _dist = _to_torch = None  # imported on first use: megengine stays torch-free until then
+
+
+def _load():
+    global _torch, _dist, _to_torch
+    if _dist is None:
+        import torch
+        import torch.distributed as dist
+
+        from ..core.torch_bridge import load_extension
+
+        _to_torch = load_extension().to_torch  # the C++ entry point itself: no Python frame
+        _torch, _dist = torch, dist
+
+
+# --------------------------------------------------------------------------------------------------
+# raw-array collectives: torch.distributed writes into engine arrays through zero-copy views
+
+_group_cache = {}
+
+
+def _as_group(group, what):
+    if isinstance(group, Group):
+        group._ranks()  # raises a clear error before init_process_group
+        return group
+    if isinstance(group, (list, tuple)):  # upstream also takes a list of ranks
+        key = tuple(group)
+        if key not in _group_cache:
+            _group_cache[key] = Group(list(group))
+        return _group_cache[key]
+    raise TypeError(f"{what}: group must be a Group or a list of ranks, got {type(group).__name__}")
+
+
+def _after_gpu(array):
+    """CuPy work that follows must see what torch's stream wrote. Both libraries default to the
+    legacy stream, which orders everything; a user-chosen CuPy stream needs a wait."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        if cupy.cuda.get_current_stream().ptr != 0:
+            _torch.cuda.current_stream().synchronize()
+
+
+def _pg(group):
+    return group._pg
+
+
+def _reduce_op(mode):
+    return {"sum": _dist.ReduceOp.SUM, "max": _dist.ReduceOp.MAX, "min": _dist.ReduceOp.MIN}[mode]
+
+
+def _all_reduce(x, mode, group):
+    out = x.copy()  # C-contiguous; the collective reduces it in place
+    _dist.all_reduce(_to_torch(out), op=_reduce_op(mode), group=_pg(group))
+    _after_gpu(out)
+    return out
+
+
+def _chunks(x, n, axis, what):
+    if x.ndim == 0 or x.shape[axis] % n:
+        raise ValueError(f"{what}: axis {axis} of the input (shape {x.shape}) must split into "
+                         f"{n} equal parts, one per rank of the group")
+    parts = np.split(x, n, axis=axis) if xp_of(x) is np else xp_of(x).split(x, n, axis=axis)
+    return [p if p.flags.c_contiguous else xp_of(x).ascontiguousarray(p) for p in parts]
+
+
+def _by_torch_rank(items, group):
+    """Reorder per-member items from group order (root first) to torch's (sorted ranks)."""
+    return [items[s] for s in group._slot]
+
+
+def _all_gather(x, group, axis):
+    xp = xp_of(x)
+    n = group.size
+    buf = xp.empty((n,) + x.shape, x.dtype)
+    _dist.all_gather(_by_torch_rank([_to_torch(buf[i]) for i in range(n)], group),
+                     _to_torch(xp.ascontiguousarray(x)), group=_pg(group))
+    _after_gpu(buf)
+    return _join(buf, axis)
+
+
+def _join(buf, axis):
+    """(n, *shape) parts -> one array, concatenated along ``axis`` (free for axis 0)."""
+    n, shape = buf.shape[0], buf.shape[1:]
+    if axis == 0:
+        return buf.reshape((n * shape[0],) + shape[1:])
+    return xp_of(buf).concatenate(list(buf), axis=axis)
+
+
+def _reduce_scatter(x, group, axis, what="reduce_scatter_sum"):
+    parts = _chunks(x, group.size, axis, what)
+    out = xp_of(x).empty(parts[0].shape, x.dtype)
+    _dist.reduce_scatter(_to_torch(out), _by_torch_rank([_to_torch(p) for p in parts], group),
+                         op=_dist.ReduceOp.SUM, group=_pg(group))
+    _after_gpu(out)
+    return out
+
+
+def _broadcast(x, group):
+    """Root's ``x`` on every member; ``x`` elsewhere is the receiving buffer's template."""
+    out = x.copy() if group.rank == 0 else xp_of(x).empty(x.shape, x.dtype)
+    _dist.broadcast(_to_torch(out), src=group.root, group=_pg(group))
+    _after_gpu(out)
+    return out
+
+
+def _reduce(x, group):
+    out = x.copy()
+    _dist.reduce(_to_torch(out), dst=group.root, op=_dist.ReduceOp.SUM, group=_pg(group))
+    _after_gpu(out)
+    return out  # meaningful on the root only
+
+
+def _gather(x, group, axis):
+    x = xp_of(x).ascontiguousarray(x)
+    if group.rank == 0:
+        buf = xp_of(x).empty((group.size,) + x.shape, x.dtype)
+        targets = _by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group)
+    else:
+        buf, targets = None, None
+    _dist.gather(_to_torch(x), gather_list=targets, dst=group.root, group=_pg(group))
+    if buf is None:
+        return None
+    _after_gpu(buf)
+    return _join(buf, axis)
+
+
+def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
+    """Root's ``x`` split along ``axis``, one part per member; the others pass ``x=None`` and
+    receive a ``part_shape`` array of ``dtype`` (array module ``xp``)."""
+    if group.rank == 0:
+        sources = _by_torch_rank([_to_torch(p) for p in _chunks(x, group.size, axis, what)], group)
+    else:
+        sources = None
+    out = xp.empty(part_shape, dtype)
+    _dist.scatter(_to_torch(out), scatter_list=sources, src=group.root, group=_pg(group))
+    _after_gpu(out)
+    return out
+
+
+def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
+    parts = _chunks(x, group.size, split_axis, what)
+    xp = xp_of(x)
+    buf = xp.empty((group.size,) + parts[0].shape, x.dtype)
+    _dist.all_to_all(_by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group),
+                     _by_torch_rank([_to_torch(p) for p in parts], group), group=_pg(group))
+    _after_gpu(buf)
+    return _join(buf, concat_axis)
+
+
+# shape/dtype messages: [dtype code, ndim, flag, shape...] as one small int64 tensor
+
+def _meta_tensor(values=None):
+    device = f"cuda:{_group._sd.device}" if _group._sd.backend == "nccl" else "cpu"
+    t = _torch.zeros(3 + _MAX_NDIM, dtype=_torch.int64, device=device)
+    if values is not None:
+        t[: len(values)] = _torch.tensor(values, dtype=_torch.int64)
+    return t
+
+
+def _encode(x, flag=0):
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"megengine.functional.distributed: dtype {x.dtype} cannot be sent; "
+                        f"supported: {', '.join(map(str, _DTYPES))}")
+    if x.ndim > _MAX_NDIM:
+        raise ValueError(f"megengine.functional.distributed: at most {_MAX_NDIM} dims, got {x.ndim}")
+    return [_DTYPES.index(x.dtype), x.ndim, flag, *x.shape]
+
+
+def _decode(t):
+    values = t.cpu().tolist()
+    code, ndim, flag = values[:3]
+    return tuple(values[3: 3 + ndim]), _DTYPES[code], flag
+
+
+def _bcast_meta(x, group):
+    """The root's (shape, dtype) on every member of ``group``."""
+    t = _meta_tensor(_encode(x) if group.rank == 0 else None)
+    _dist.broadcast(t, src=group.root, group=_pg(group))
+    shape, dtype, _ = _decode(t)
+    return shape, dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# the ops
+
+class _Collective(Op):
+    def __init__(self, group, **options):
+        self.group = group
+        self.__dict__.update(options)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.group!r})"
+
+
+class AllReduce(_Collective):
+    """mode "sum" | "max" | "min". The gradient of a max/min reaches the ranks whose value is
+    the result (every tied rank gets it), summed over the ranks' output gradients."""
+
+    def forward(self, x):
+        out = _all_reduce(x, self.mode, self.group)
+        if self.mode != "sum" and any(self.needs_input_grad):
+            self.hit = x == out
+        return out
+
+    def backward(self, g):
+        total = _all_reduce(g, "sum", self.group)
+        return total if self.mode == "sum" else total * self.hit
+
+
+class AllGather(_Collective):
+    def forward(self, x):
+        return _all_gather(x, self.group, self.axis)
+
+    def backward(self, g):
+        return _reduce_scatter(g, self.group, self.axis)
+
+
+class ReduceScatterSum(_Collective):
+    def forward(self, x):
+        return _reduce_scatter(x, self.group, self.axis)
+
+    def backward(self, g):
+        return _all_gather(g, self.group, self.axis)
+
+
+class Broadcast(_Collective):
+    def forward(self, x):
+        return _broadcast(x, self.group)
+
+    def backward(self, g):
+        total = _reduce(g, self.group)
+        return total if self.group.rank == 0 else None  # other inputs only said the shape
+
+
+class ReduceSum(_Collective):
+    def forward(self, x):
+        return _reduce(x, self.group)
+
+    def backward(self, g):
+        return _broadcast(g, self.group)  # the root's output gradient; others' are unused
+
+
+class Gather(_Collective):
+    def forward(self, x):
+        self.part = x.shape
+        out = _gather(x, self.group, self.axis)
+        return out if out is not None else xp_of(x).empty((0,), x.dtype)  # non-root: no result
+
+    def backward(self, g):
+        return _scatter(g if self.group.rank == 0 else None, self.group, self.axis,
+                        self.part, g.dtype, xp_of(g))
+
+
+class Scatter(_Collective):
+    def forward(self, x):
+        return _scatter(x if self.group.rank == 0 else None, self.group, self.axis,
+                        self.part, self.dtype, xp_of(x))
+
+    def backward(self, g):
+        full = _gather(g, self.group, self.axis)
+        return full if self.group.rank == 0 else None
+
+
+class AllToAll(_Collective):
+    def forward(self, x):
+        return _all_to_all(x, self.group, self.split_axis, self.concat_axis)
+
+    def backward(self, g):
+        return _all_to_all(g, self.group, self.concat_axis, self.split_axis)
+
+
+class RemoteSend(Op):
+    """Sends its input to ``dest``; its output is a placeholder whose backward receives the
+    input's gradient from ``dest``."""
+
+    def __init__(self, dest):
+        self.dest = dest
+
+    def forward(self, x):
+        self.shape, self.dtype = x.shape, x.dtype
+        _dist.send(_to_torch(xp_of(x).ascontiguousarray(x)), dst=self.dest)
+        return xp_of(x).zeros((), np.float32)
+
+    def backward(self, g):
+        grad = xp_of(g).empty(self.shape, self.dtype)
+        _dist.recv(_to_torch(grad), src=self.dest)
+        _after_gpu(grad)
+        return grad
+
+
+class RemoteRecv(Op):
+    """Receives a tensor from ``src`` (its input is a placeholder that ties the op into the
+    recorded graph); its backward sends the output gradient back when the sender records."""
+
+    def __init__(self, src, shape, dtype, xp, send_grad):
+        self.src, self.shape, self.dtype, self.xp, self.send_grad = src, shape, dtype, xp, send_grad
+
+    def forward(self, placeholder):
+        out = self.xp.empty(self.shape, self.dtype)
+        _dist.recv(_to_torch(out), src=self.src)
+        _after_gpu(out)
+        return out
+
+    def backward(self, g):
+        if self.send_grad:
+            _dist.send(_to_torch(xp_of(g).ascontiguousarray(g)), dst=self.src)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# public functions (upstream's signatures)
+
+def _prepare(inp, group, what):
+    if not isinstance(inp, Tensor):
+        raise TypeError(f"{what}: expected a megengine Tensor, got {type(inp).__name__}")
+    _load()
+    return _as_group(group, what)
+
+
+def _place(out, device):
+    return out if device is None or out is None else out.to(device)
+
+
+def _axis_of(axis, ndim, what):
+    if not isinstance(axis, (int, np.integer)) or not -max(ndim, 1) <= axis < max(ndim, 1):
+        raise ValueError(f"{what}: axis {axis!r} is out of range for a {ndim}-d input")
+    return int(axis) % max(ndim, 1)
+
+
+def _tracked(t):
+    return dispatch.is_recording() and t._node is not None and t._node[0].live
+
+
+def _keep(out):
+    if out._node is not None:
+        _grad_manager._keep_for_backward(out)
+
+
+def all_reduce_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
+    """Elementwise sum of ``inp`` over the group's ranks, on every rank (same shape everywhere)."""
+    group = _prepare(inp, group, "all_reduce_sum")
+    return _place(apply(AllReduce(group, mode="sum"), inp), device)
+
+
+def all_reduce_max(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
+    """Elementwise max of ``inp`` over the group's ranks, on every rank."""
+    group = _prepare(inp, group, "all_reduce_max")
+    return _place(apply(AllReduce(group, mode="max"), inp), device)
+
+
+def all_reduce_min(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
+    """Elementwise min of ``inp`` over the group's ranks, on every rank."""
+    group = _prepare(inp, group, "all_reduce_min")
+    return _place(apply(AllReduce(group, mode="min"), inp), device)
+
+
+def all_gather(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
+               axis: int = 0) -> Tensor:
+    """The ranks' ``inp`` concatenated along ``axis`` in group order, on every rank."""
+    group = _prepare(inp, group, "all_gather")
+    if inp.ndim == 0:
+        raise ValueError("all_gather: the input must have at least one dim (reshape a scalar to (1,))")
+    axis = _axis_of(axis, inp.ndim, "all_gather")
+    return _place(apply(AllGather(group, axis=axis), inp), device)
+
+
+def reduce_scatter_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
+                       axis: int = 0) -> Tensor:
+    """Sum ``inp`` over the ranks, split the sum along ``axis`` into group-size parts; rank i
+    of the group gets part i."""
+    group = _prepare(inp, group, "reduce_scatter_sum")
+    axis = _axis_of(axis, inp.ndim, "reduce_scatter_sum")
+    return _place(apply(ReduceScatterSum(group, axis=axis), inp), device)
+
+
+def broadcast(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
+    """The root's ``inp`` on every rank. Other ranks' ``inp`` only say where the result lives
+    (its shape and dtype come from the root)."""
+    group = _prepare(inp, group, "broadcast")
+    shape, dtype = _bcast_meta(inp._data, group)
+    if group.rank != 0 and (inp.shape != shape or inp.dtype != dtype):
+        inp = Tensor._wrap(xp_of(inp._data).empty(shape, dtype), inp._device)
+    return _place(apply(Broadcast(group), inp), device)
+
+
+def reduce_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None):
+    """Elementwise sum over the ranks, on the root; None on the other ranks."""
+    group = _prepare(inp, group, "reduce_sum")
+    out = apply(ReduceSum(group), inp)
+    if group.rank == 0:
+        return _place(out, device)
+    _keep(out)
+    return None
+
+
+def gather(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
+           axis: int = 0):
+    """The ranks' ``inp`` concatenated along ``axis`` in group order, on the root; None elsewhere."""
+    group = _prepare(inp, group, "gather")
+    if inp.ndim == 0:
+        raise ValueError("gather: the input must have at least one dim (reshape a scalar to (1,))")
+    axis = _axis_of(axis, inp.ndim, "gather")
+    out = apply(Gather(group, axis=axis), inp)
+    if group.rank == 0:
+        return _place(out, device)
+    _keep(out)
+    return None
+
+
+def scatter(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
+            axis: int = 0) -> Tensor:
+    """Split the root's ``inp`` along ``axis`` into group-size parts; rank i gets part i.
+    Other ranks' ``inp`` only say where the result lives."""
+    group = _prepare(inp, group, "scatter")
+    shape, dtype = _bcast_meta(inp._data, group)
+    axis = _axis_of(axis, len(shape), "scatter")
+    if not shape or shape[axis] % group.size:
+        if group.rank == 0:
+            _chunks(inp._data, group.size, axis, "scatter")  # raises the clear error
+        raise ValueError(f"scatter: the root's input (shape {shape}) does not split along axis "
+                         f"{axis} into {group.size} parts")
+    part = shape[:axis] + (shape[axis] // group.size,) + shape[axis + 1:]
+    if group.rank != 0 and inp.dtype != dtype:
+        inp = Tensor._wrap(xp_of(inp._data).empty(inp.shape, dtype), inp._device)
+    return _place(apply(Scatter(group, axis=axis, part=part, dtype=dtype), inp), device)
+
+
+def all_to_all(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
+               split_axis: int = 0, concat_axis: int = 0) -> Tensor:
+    """Split ``inp`` along ``split_axis`` into group-size parts and send part j to rank j; return
+    the parts received, concatenated along ``concat_axis`` in group order."""
+    group = _prepare(inp, group, "all_to_all")
+    split_axis = _axis_of(split_axis, inp.ndim, "all_to_all")
+    concat_axis = _axis_of(concat_axis, inp.ndim, "all_to_all")
+    return _place(apply(AllToAll(group, split_axis=split_axis, concat_axis=concat_axis), inp), device)
+
+
+def _check_peer(rank, what):
+    world = _group._state(what).world_size
+    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world or rank == get_rank():
+        raise ValueError(f"{what}: the peer must be another rank in [0, {world}), got {rank!r} "
+                         f"(this is rank {get_rank()})")
+    return int(rank)
+
+
+def remote_send(inp: Tensor, dest_rank: int) -> None:
+    """Send ``inp`` to rank ``dest_rank`` (which calls ``remote_recv``). When ``inp`` is being
+    differentiated, the recording GradManager's ``backward`` receives its gradient back from
+    ``dest_rank``; a rank whose loss is elsewhere calls ``gm.backward()`` with no arguments."""
+    if not isinstance(inp, Tensor):
+        raise TypeError(f"remote_send: expected a megengine Tensor, got {type(inp).__name__}")
+    _load()
+    dest = _check_peer(dest_rank, "remote_send")
+    tracked = _tracked(inp) and inp.dtype.kind == "f"
+    _dist.send(_meta_tensor(_encode(inp._data, flag=int(tracked))), dst=dest)
+    _keep(apply(RemoteSend(dest), inp))
+
+
+def remote_recv(src_rank: int, device: Optional[str] = None, inp=None) -> Tensor:
+    """Receive the tensor rank ``src_rank`` sends with ``remote_send`` (shape and dtype come
+    with it). ``inp`` (optional) says the device, as upstream's dummy input does."""
+    _load()
+    src = _check_peer(src_rank, "remote_recv")
+    meta = _meta_tensor()
+    _dist.recv(meta, src=src)
+    shape, dtype, sender_records = _decode(meta)
+    if device is None:
+        device = inp._device if isinstance(inp, Tensor) else None
+    from ..device import canonical_device, get_array_module, get_default_device
+
+    device = canonical_device(device or get_default_device())
+    xp = get_array_module(device)
+    placeholder = Tensor._wrap(xp.zeros((), np.float32), device)
+    # Tie the receive into the recorded graph only when the sender waits for the gradient:
+    # a leaf node that is live makes the dispatcher record the op and track its output.
+    send_grad = bool(sender_records) and dispatch.is_recording()
+    if send_grad:
+        placeholder._node = (Node(None, (), (((), np.dtype(np.float32)),), live=1), 0)
+    return apply(RemoteRecv(src, shape, dtype, xp, send_grad), placeholder)
