@@ -136,8 +136,8 @@ def _reduce_scatter(x, group, axis, what="reduce_scatter_sum"):
 
 
 def _broadcast(x, group):
-    """Root's ``x`` on every member; ``x`` elsewhere is the receiving buffer's template."""
-    out = x.copy() if group.rank == 0 else xp_of(x).empty(x.shape, x.dtype)
+    """Root's ``x`` on every member; elsewhere ``x`` is the (uninitialized) receiving buffer."""
+    out = x.copy() if group.rank == 0 else x
     _dist.broadcast(_to_torch(out), src=group.root, group=_pg(group))
     _after_gpu(out)
     return out
@@ -212,12 +212,22 @@ def _decode(t):
     return tuple(values[3: 3 + ndim]), _DTYPES[code], flag
 
 
-def _bcast_meta(x, group):
-    """The root's (shape, dtype) on every member of ``group``."""
-    t = _meta_tensor(_encode(x) if group.rank == 0 else None)
+def _bcast_meta(x, group, flag):
+    """The root's (shape, dtype, flag) on every member of ``group``."""
+    t = _meta_tensor(_encode(x, flag) if group.rank == 0 else None)
     _dist.broadcast(t, src=group.root, group=_pg(group))
-    shape, dtype, _ = _decode(t)
-    return shape, dtype
+    return _decode(t)
+
+
+def _placeholder(device, tracked):
+    """A stand-in input (a non-root's broadcast/scatter input, remote_recv's): tracked, it is a
+    live leaf of the recorded graph, so the op is recorded and its backward runs here too."""
+    from ..device import get_array_module
+
+    t = Tensor._wrap(get_array_module(device).zeros((0,), np.float32), device)
+    if tracked and dispatch.is_recording():
+        t._node = (Node(None, (), (((0,), np.dtype(np.float32)),), live=1), 0)
+    return t
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +275,8 @@ class ReduceScatterSum(_Collective):
 
 class Broadcast(_Collective):
     def forward(self, x):
+        if self.group.rank != 0:
+            x = xp_of(x).empty(self.shape, self.dtype)  # x is a placeholder: receive here
         return _broadcast(x, self.group)
 
     def backward(self, g):
@@ -371,27 +383,30 @@ def _tracked(t):
     return dispatch.is_recording() and t._node is not None and t._node[0].live
 
 
-def _keep(out):
+def _recorded(out):
+    """Keep a recorded collective's output for backward even if no loss uses it here: its
+    backward is a collective too, and the peers wait for this rank to join it."""
     if out._node is not None:
         _grad_manager._keep_for_backward(out)
+    return out
 
 
 def all_reduce_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
     """Elementwise sum of ``inp`` over the group's ranks, on every rank (same shape everywhere)."""
     group = _prepare(inp, group, "all_reduce_sum")
-    return _place(apply(AllReduce(group, mode="sum"), inp), device)
+    return _place(_recorded(apply(AllReduce(group, mode="sum"), inp)), device)
 
 
 def all_reduce_max(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
     """Elementwise max of ``inp`` over the group's ranks, on every rank."""
     group = _prepare(inp, group, "all_reduce_max")
-    return _place(apply(AllReduce(group, mode="max"), inp), device)
+    return _place(_recorded(apply(AllReduce(group, mode="max"), inp)), device)
 
 
 def all_reduce_min(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
     """Elementwise min of ``inp`` over the group's ranks, on every rank."""
     group = _prepare(inp, group, "all_reduce_min")
-    return _place(apply(AllReduce(group, mode="min"), inp), device)
+    return _place(_recorded(apply(AllReduce(group, mode="min"), inp)), device)
 
 
 def all_gather(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
@@ -401,7 +416,7 @@ def all_gather(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str
     if inp.ndim == 0:
         raise ValueError("all_gather: the input must have at least one dim (reshape a scalar to (1,))")
     axis = _axis_of(axis, inp.ndim, "all_gather")
-    return _place(apply(AllGather(group, axis=axis), inp), device)
+    return _place(_recorded(apply(AllGather(group, axis=axis), inp)), device)
 
 
 def reduce_scatter_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
@@ -410,26 +425,26 @@ def reduce_scatter_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Opti
     of the group gets part i."""
     group = _prepare(inp, group, "reduce_scatter_sum")
     axis = _axis_of(axis, inp.ndim, "reduce_scatter_sum")
-    return _place(apply(ReduceScatterSum(group, axis=axis), inp), device)
+    return _place(_recorded(apply(ReduceScatterSum(group, axis=axis), inp)), device)
 
 
 def broadcast(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
-    """The root's ``inp`` on every rank. Other ranks' ``inp`` only say where the result lives
-    (its shape and dtype come from the root)."""
+    """The root's ``inp`` on every rank. Other ranks' ``inp`` only say the device (the shape and
+    dtype come from the root; the gradient of the broadcast reaches the root's ``inp``)."""
     group = _prepare(inp, group, "broadcast")
-    shape, dtype = _bcast_meta(inp._data, group)
-    if group.rank != 0 and (inp.shape != shape or inp.dtype != dtype):
-        inp = Tensor._wrap(xp_of(inp._data).empty(shape, dtype), inp._device)
-    return _place(apply(Broadcast(group), inp), device)
+    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)))
+    if group.rank != 0:
+        inp = _placeholder(inp._device, root_records)
+    return _place(_recorded(apply(Broadcast(group, shape=shape, dtype=dtype), inp)), device)
 
 
 def reduce_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None):
     """Elementwise sum over the ranks, on the root; None on the other ranks."""
     group = _prepare(inp, group, "reduce_sum")
-    out = apply(ReduceSum(group), inp)
+    out = _recorded(apply(ReduceSum(group), inp))
     if group.rank == 0:
         return _place(out, device)
-    _keep(out)
+    _recorded(out)
     return None
 
 
@@ -440,19 +455,19 @@ def gather(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = 
     if inp.ndim == 0:
         raise ValueError("gather: the input must have at least one dim (reshape a scalar to (1,))")
     axis = _axis_of(axis, inp.ndim, "gather")
-    out = apply(Gather(group, axis=axis), inp)
+    out = _recorded(apply(Gather(group, axis=axis), inp))
     if group.rank == 0:
         return _place(out, device)
-    _keep(out)
+    _recorded(out)
     return None
 
 
 def scatter(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
             axis: int = 0) -> Tensor:
     """Split the root's ``inp`` along ``axis`` into group-size parts; rank i gets part i.
-    Other ranks' ``inp`` only say where the result lives."""
+    Other ranks' ``inp`` only say the device (shape and dtype come from the root)."""
     group = _prepare(inp, group, "scatter")
-    shape, dtype = _bcast_meta(inp._data, group)
+    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)))
     axis = _axis_of(axis, len(shape), "scatter")
     if not shape or shape[axis] % group.size:
         if group.rank == 0:
@@ -460,9 +475,9 @@ def scatter(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] =
         raise ValueError(f"scatter: the root's input (shape {shape}) does not split along axis "
                          f"{axis} into {group.size} parts")
     part = shape[:axis] + (shape[axis] // group.size,) + shape[axis + 1:]
-    if group.rank != 0 and inp.dtype != dtype:
-        inp = Tensor._wrap(xp_of(inp._data).empty(inp.shape, dtype), inp._device)
-    return _place(apply(Scatter(group, axis=axis, part=part, dtype=dtype), inp), device)
+    if group.rank != 0:
+        inp = _placeholder(inp._device, root_records)
+    return _place(_recorded(apply(Scatter(group, axis=axis, part=part, dtype=dtype), inp)), device)
 
 
 def all_to_all(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None,
@@ -472,7 +487,7 @@ def all_to_all(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str
     group = _prepare(inp, group, "all_to_all")
     split_axis = _axis_of(split_axis, inp.ndim, "all_to_all")
     concat_axis = _axis_of(concat_axis, inp.ndim, "all_to_all")
-    return _place(apply(AllToAll(group, split_axis=split_axis, concat_axis=concat_axis), inp), device)
+    return _place(_recorded(apply(AllToAll(group, split_axis=split_axis, concat_axis=concat_axis), inp)), device)
 
 
 def _check_peer(rank, what):
@@ -493,7 +508,7 @@ def remote_send(inp: Tensor, dest_rank: int) -> None:
     dest = _check_peer(dest_rank, "remote_send")
     tracked = _tracked(inp) and inp.dtype.kind == "f"
     _dist.send(_meta_tensor(_encode(inp._data, flag=int(tracked))), dst=dest)
-    _keep(apply(RemoteSend(dest), inp))
+    _recorded(apply(RemoteSend(dest), inp))
 
 
 def remote_recv(src_rank: int, device: Optional[str] = None, inp=None) -> Tensor:
@@ -509,11 +524,8 @@ def remote_recv(src_rank: int, device: Optional[str] = None, inp=None) -> Tensor
     from ..device import canonical_device, get_array_module, get_default_device
 
     device = canonical_device(device or get_default_device())
-    xp = get_array_module(device)
-    placeholder = Tensor._wrap(xp.zeros((), np.float32), device)
-    # Tie the receive into the recorded graph only when the sender waits for the gradient:
-    # a leaf node that is live makes the dispatcher record the op and track its output.
+    # tie the receive into the recorded graph only when the sender waits for the gradient
     send_grad = bool(sender_records) and dispatch.is_recording()
-    if send_grad:
-        placeholder._node = (Node(None, (), (((), np.dtype(np.float32)),), live=1), 0)
-    return apply(RemoteRecv(src, shape, dtype, xp, send_grad), placeholder)
+    placeholder = _placeholder(device, send_grad)
+    op = RemoteRecv(src, shape, dtype, get_array_module(device), send_grad)
+    return _recorded(apply(op, placeholder))

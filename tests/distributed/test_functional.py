@@ -1,0 +1,221 @@
+"""Tests for megengine/functional/distributed.py: every collective's values and gradients against numpy, on 2 and 3 gloo ranks."""
+import zlib
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.distributed as dist
+import megengine.functional.distributed as fd
+from megengine.autodiff import GradManager
+
+DTYPES = ("float32", "int32")
+
+
+def _shape(n):
+    return (2 * n, 3, n)  # axes 0 and 2 split into n parts
+
+
+def _cases(n):
+    """(name, collective, kwargs). Each is run on a per-rank input of _shape(n)."""
+    return [
+        ("all_reduce_sum", fd.all_reduce_sum, {}),
+        ("all_reduce_max", fd.all_reduce_max, {}),
+        ("all_reduce_min", fd.all_reduce_min, {}),
+        ("all_gather", fd.all_gather, {}),
+        ("all_gather_axis1", fd.all_gather, {"axis": 1}),
+        ("reduce_scatter_sum", fd.reduce_scatter_sum, {}),
+        ("reduce_scatter_sum_axis2", fd.reduce_scatter_sum, {"axis": 2}),
+        ("broadcast", fd.broadcast, {}),
+        ("reduce_sum", fd.reduce_sum, {}),
+        ("gather", fd.gather, {}),
+        ("gather_axis2", fd.gather, {"axis": 2}),
+        ("scatter", fd.scatter, {}),
+        ("scatter_axis2", fd.scatter, {"axis": 2}),
+        ("all_to_all", fd.all_to_all, {}),
+        ("all_to_all_2_0", fd.all_to_all, {"split_axis": 2, "concat_axis": 0}),
+    ]
+
+
+def _input(name, rank, n, dtype):
+    # small integers: every sum is exact in float32 whatever order the ranks add in, and the
+    # max/min have ties across ranks (each tied rank gets the gradient)
+    rng = np.random.RandomState(zlib.crc32(f"{name}/{rank}/{n}/{dtype}".encode()))
+    shape = _shape(n)
+    if name == "broadcast" and rank != 0:
+        shape = (1,)  # only the root's input matters
+    return rng.randint(-4, 5, size=shape).astype(dtype)
+
+
+def _weight(name, rank, shape):
+    rng = np.random.RandomState(zlib.crc32(f"w/{name}/{rank}".encode()))
+    return rng.randint(-3, 4, size=shape).astype("float32")
+
+
+def _worker():
+    rank, n = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for name, collective, kwargs in _cases(n):
+        for dtype in DTYPES:
+            x = mge.Parameter(_input(name, rank, n, dtype)) if dtype == "float32" else \
+                mge.tensor(_input(name, rank, n, dtype), dtype=dtype)
+            if dtype == "int32":
+                out = collective(x, **kwargs)
+                results[name, dtype] = (None if out is None else (out.numpy(), str(out.dtype)), None)
+                continue
+            gm = GradManager().attach([x])
+            with gm:
+                out = collective(x, **kwargs)
+                if out is None:
+                    gm.backward()  # the non-root side of reduce_sum/gather: backward still runs
+                else:
+                    gm.backward((out * _weight(name, rank, out.shape)).sum())
+            grad = None if x.grad is None else x.grad.numpy()
+            results[name, dtype] = (None if out is None else (out.numpy(), str(out.dtype)), grad)
+    return results
+
+
+def _split(a, n, axis):
+    return np.split(a, n, axis=axis)
+
+
+def _expect(name, xs, ws, n):
+    """Per-rank (output or None, input gradient or None) that numpy says the collective gives."""
+    root = xs[0]
+    axis = {"all_gather_axis1": 1, "reduce_scatter_sum_axis2": 2, "gather_axis2": 2,
+            "scatter_axis2": 2}.get(name, 0)
+    base = name.split("_axis")[0]
+    if base == "all_reduce_sum":
+        out = sum(xs)
+        return [(out, sum(ws)) for _ in range(n)]
+    if base in ("all_reduce_max", "all_reduce_min"):
+        out = (np.maximum if base.endswith("max") else np.minimum).reduce(xs)
+        return [(out, sum(ws) * (x == out)) for x in xs]
+    if base == "all_gather":
+        out = np.concatenate(xs, axis=axis)
+        return [(out, sum(_split(w, n, axis)[r] for w in ws)) for r in range(n)]
+    if base == "reduce_scatter_sum":
+        parts = _split(sum(xs), n, axis)
+        return [(parts[r], np.concatenate(ws, axis=axis)) for r in range(n)]
+    if base == "broadcast":
+        return [(root, sum(ws) if r == 0 else None) for r in range(n)]
+    if base == "reduce_sum":
+        return [(sum(xs) if r == 0 else None, ws[0]) for r in range(n)]
+    if base == "gather":
+        return [(np.concatenate(xs, axis=axis) if r == 0 else None, _split(ws[0], n, axis)[r])
+                for r in range(n)]
+    if base == "scatter":
+        return [(_split(root, n, axis)[r], np.concatenate(ws, axis=axis) if r == 0 else None)
+                for r in range(n)]
+    if base.startswith("all_to_all"):
+        s, c = (2, 0) if name == "all_to_all_2_0" else (0, 0)
+        outs = [np.concatenate([_split(x, n, s)[r] for x in xs], axis=c) for r in range(n)]
+        grads = [np.concatenate([_split(w, n, c)[r] for w in ws], axis=s) for r in range(n)]
+        return list(zip(outs, grads))
+    raise AssertionError(name)
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def collective_results(request, run_ranks):
+    n = request.param
+    return n, run_ranks(_worker, n)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _cases(2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_collective_matches_numpy(collective_results, name, dtype):
+    n, results = collective_results
+    xs = [_input(name, r, n, dtype) for r in range(n)]
+    got = [results[r][name, dtype] for r in range(n)]
+    shapes = [g[0][0].shape if g[0] is not None else None for g in got]
+    ws = [_weight(name, r, s) if s is not None else np.zeros(0, np.float32)
+          for r, s in enumerate(shapes)]
+    expected = _expect(name, xs, ws, n)
+    for r in range(n):
+        (out, grad), (want_out, want_grad) = got[r], expected[r]
+        if want_out is None:
+            assert out is None, f"rank {r}: expected None"
+        else:
+            np.testing.assert_array_equal(out[0], want_out, err_msg=f"rank {r} value")
+            assert out[1] == dtype, f"rank {r}: dtype {out[1]}"
+        if dtype == "float32":
+            if want_grad is None:
+                assert grad is None, f"rank {r}: expected no gradient"
+            else:
+                np.testing.assert_array_equal(grad, want_grad, err_msg=f"rank {r} gradient")
+
+
+def _groups_and_p2p():
+    """On 3 ranks: subgroups with a root other than 0, and a 3-stage pipeline by send/recv."""
+    rank = dist.get_rank()
+    out = {}
+    x = mge.tensor(np.array([rank, 10 + rank], np.float32))
+    reversed_world = dist.new_group([2, 1, 0])  # every rank, root 2
+    out["gather_rev"] = fd.all_gather(x, group=reversed_world).numpy()
+    out["bcast_rev"] = fd.broadcast(x, group=reversed_world).numpy()
+    out["scatter_rev"] = fd.scatter(mge.tensor(np.arange(6, dtype=np.float32) + 100 * rank),
+                                    group=reversed_world).numpy()
+    if rank in (0, 2):
+        pair = dist.new_group([2, 0])  # a subgroup without rank 1, root 2
+        out["pair_gather"] = fd.all_gather(x, group=pair).numpy()
+        out["pair_reduce_scatter"] = fd.reduce_scatter_sum(
+            mge.tensor(np.array([1, 2], np.int32) * (rank + 1)), group=pair).numpy()
+        dist.group_barrier(pair)
+    out["list_group"] = fd.all_reduce_sum(x, group=[0, 1, 2]).numpy()  # upstream takes a list
+
+    # pipeline: rank 0 -> 1 -> 2, loss on rank 2; gradients travel back by remote_recv/send
+    w = mge.Parameter(np.full((2,), rank + 1.0, np.float32))
+    gm = GradManager().attach([w])
+    with gm:
+        if rank == 0:
+            fd.remote_send(w * 3.0, 1)
+            gm.backward()  # no loss here: the send's gradient arrives from rank 1
+        elif rank == 1:
+            fd.remote_send(fd.remote_recv(0) * w, 2)
+            gm.backward()
+        else:
+            h = fd.remote_recv(1)
+            out["pipeline_value"] = h.numpy()
+            gm.backward((h * w * np.array([1.0, -2.0], np.float32)).sum())
+    out["pipeline_grad"] = w.grad.numpy()
+    int_msg = mge.tensor(np.arange(6, dtype=np.int32).reshape(2, 3))
+    if rank == 0:
+        fd.remote_send(int_msg, 2)
+    elif rank == 2:
+        got = fd.remote_recv(0)
+        out["int_p2p"] = (got.numpy(), str(got.dtype))
+    return out
+
+
+@pytest.fixture(scope="module")
+def group_results(run_ranks):
+    return run_ranks(_groups_and_p2p, 3)
+
+
+def test_group_order_decides_root_and_concatenation(group_results):
+    for r in range(3):
+        got = group_results[r]
+        # upstream: the first rank of a group is its root and comes first in concatenations
+        np.testing.assert_array_equal(got["gather_rev"], [2, 12, 1, 11, 0, 10])
+        np.testing.assert_array_equal(got["bcast_rev"], [2, 12])
+        np.testing.assert_array_equal(got["scatter_rev"], np.arange(6).reshape(3, 2)[[2, 1, 0][r]] + 200)
+        np.testing.assert_array_equal(got["list_group"], [3, 33])
+    # group [2, 0]: rank 2 is its rank 0. The sum (1, 2) * 1 + (1, 2) * 3 = (4, 8) is split:
+    # part 0 to rank 2, part 1 to rank 0
+    for r, part in ((0, [8]), (2, [4])):
+        np.testing.assert_array_equal(group_results[r]["pair_gather"], [2, 12, 0, 10])
+        np.testing.assert_array_equal(group_results[r]["pair_reduce_scatter"], part)
+    assert "pair_gather" not in group_results[1]
+
+
+def test_remote_send_recv_pipeline_values_and_gradients(group_results):
+    # h = (w0 * 3) * w1 on rank 2; loss = sum(h * w2 * c), w_r = r + 1, c = (1, -2)
+    c = np.array([1.0, -2.0])
+    w0, w1, w2 = 1.0, 2.0, 3.0
+    np.testing.assert_array_equal(group_results[2]["pipeline_value"], [w0 * 3 * w1] * 2)
+    np.testing.assert_allclose(group_results[2]["pipeline_grad"], w0 * 3 * w1 * c)
+    np.testing.assert_allclose(group_results[1]["pipeline_grad"], w0 * 3 * w2 * c)
+    np.testing.assert_allclose(group_results[0]["pipeline_grad"], 3 * w1 * w2 * c)
+    value, dtype = group_results[2]["int_p2p"]
+    np.testing.assert_array_equal(value, np.arange(6).reshape(2, 3))
+    assert dtype == "int32"
