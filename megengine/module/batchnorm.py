@@ -6,7 +6,7 @@ from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
 
-__all__ = ["BatchNorm1d", "BatchNorm2d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "SyncBatchNorm"]
 
 
 class _BatchNorm(Module):
@@ -101,3 +101,65 @@ class BatchNorm2d(_BatchNorm):
         if inp.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected a 4-d NCHW input, got shape {inp.shape}")
         return inp
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalization whose training statistics are those of the whole batch over ``group``.
+
+    Each rank normalizes its own part of the batch (ranks may hold different batch sizes) with
+    the mean and variance of all parts together, so data-parallel training normalizes as one
+    process would on the concatenated batch; the gradient flows through the statistics' sums
+    (all_reduce_sum, whose backward all-reduces), and every rank updates its running statistics
+    with the same values. Inputs are (N, C), (N, C, L) or (N, C, H, W). Not distributed, in eval
+    mode, or frozen, it is a plain batch norm.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, affine=True,
+                 track_running_stats=True, freeze=False, group=None, **kwargs):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, freeze, **kwargs)
+        self.group = group  # None: WORLD
+
+    def _as_4d(self, inp):
+        if inp.ndim not in (2, 3, 4):
+            raise ValueError(f"SyncBatchNorm: expected a 2-d, 3-d or 4-d input (N, C, ...), got "
+                             f"shape {inp.shape}")
+        return inp.reshape(inp.shape + (1,) * (4 - inp.ndim))
+
+    def forward(self, inp):
+        from .. import distributed as dist
+
+        synced = self.training or not self.track_running_stats
+        if self.freeze or not synced or not dist.is_distributed():
+            return super().forward(inp)
+        from ..functional import distributed as fd
+
+        group = dist.WORLD if self.group is None else self.group
+        shape = inp.shape
+        x = self._as_4d(inp)
+        c = x.shape[1]
+        if c != self.num_features:
+            raise ValueError(f"SyncBatchNorm: expected {self.num_features} channels, got input "
+                             f"shape {shape}")
+        axes = (0, 2, 3)
+        local_count = x.shape[0] * x.shape[2] * x.shape[3]
+        # Two passes (mean, then the squared deviations from it) rather than E[x^2] - E[x]^2:
+        # one more small all-reduce, and the variance does not lose digits to cancellation.
+        count = Tensor(np.array([local_count], np.float32), device=x._device)
+        sums = fd.all_reduce_sum(F.concat([x.sum(axis=axes), count]), group=group)
+        total = sums[c:]
+        mean = (sums[:c] / total).reshape(1, c, 1, 1)
+        centered = x - mean
+        var = (fd.all_reduce_sum((centered * centered).sum(axis=axes), group=group)
+               / total).reshape(1, c, 1, 1)
+        out = centered * (var + self.eps) ** -0.5
+        if self.weight is not None:
+            out = out * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        if self.training and self.track_running_stats:
+            n = float(total.numpy()[0])
+            unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+            m = self.momentum
+            self.running_mean._reset(self.running_mean * m + mean.detach() * (1 - m))
+            self.running_var._reset(self.running_var * m + unbiased * (1 - m))
+        return out.reshape(shape) if out.shape != shape else out

@@ -1,0 +1,113 @@
+"""Data-parallel correctness (issue 13): N steps on 2 ranks with make_allreduce_cb("mean") equal one process on the concatenated batch."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.distributed as dist
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+
+STEPS = 3
+PER_RANK = 4  # samples per rank per step
+RANKS = 2
+
+
+class SmallCNN(M.Module):
+    """Two convolutions with SyncBatchNorm (a plain batch norm when not distributed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = M.Conv2d(1, 4, 3)
+        self.bn1 = M.SyncBatchNorm(4)
+        self.conv2 = M.Conv2d(4, 8, 3, stride=2)
+        self.bn2 = M.SyncBatchNorm(8)
+        self.fc = M.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def _guide_lenet():
+    """The guide's hybrid LeNet (torch extractor inside PyTorchModule + megengine classifier)."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "lenet_pytorch.py"
+    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LeNet(module.LeNet_Extract())
+
+
+def _build(kind):
+    return SmallCNN() if kind == "cnn" else _guide_lenet()
+
+
+def _batches(kind):
+    rng = np.random.RandomState(7)
+    side = 12 if kind == "cnn" else 32
+    total = PER_RANK * RANKS
+    return [(rng.randn(total, 1, side, side).astype("float32"), rng.randint(0, 10, total).astype("int32"))
+            for _ in range(STEPS)]
+
+
+def _state(net):
+    return {k: np.array(v) for k, v in net.state_dict().items()}
+
+
+def _train(kind, init, rank=None, bucket_size=None):
+    """STEPS of SGD; rank None: one process on the whole batches, else this rank's slices."""
+    net = _build(kind)
+    net.load_state_dict(init)
+    callbacks = []
+    if rank is not None:
+        if rank != 0:  # start from other weights: bcast_list_ must make every rank equal
+            for p in net.parameters():
+                p._reset(p + 1.0)
+        dist.bcast_list_(net.parameters())
+        callbacks = [dist.make_allreduce_cb("mean", bucket_size=bucket_size)]
+    gm = GradManager().attach(net.parameters(), callbacks=callbacks)
+    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    net.train()
+    for data, label in _batches(kind):
+        if rank is not None:
+            data, label = (a[rank * PER_RANK:(rank + 1) * PER_RANK] for a in (data, label))
+        with gm:
+            loss = F.nn.cross_entropy(net(mge.tensor(data)), mge.tensor(label))
+            gm.backward(loss)
+        opt.step()
+        opt.clear_grad()
+    state = _state(net)
+    if kind == "lenet":  # the torch module trained in place: its weights are megengine's
+        torch_state = net.lenet_extractor_wrap.torch_module.state_dict()
+        state["torch.conv1.weight"] = torch_state["conv1.weight"].numpy().copy()
+    return state
+
+
+@pytest.mark.parametrize("kind,bucket_size", [("cnn", 1024), ("lenet", 10 * 1024 * 1024)],
+                         ids=["cnn-syncbn-small-buckets", "guide-lenet-one-bucket"])
+def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, bucket_size):
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    init = _state(_build(kind))
+    reference = _train(kind, init)
+    results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size), RANKS)
+    assert set(results[0]) == set(reference)
+    if kind == "cnn":
+        assert {"bn1.running_mean", "bn2.running_var"} <= set(reference)
+    moved = max(np.abs(reference[k] - init[k]).max() for k in init)
+    assert moved > 1e-3  # training changed the weights, so equality below means something
+    for rank, state in enumerate(results):
+        for key, want in reference.items():
+            # parameters and, for the CNN, SyncBatchNorm's running statistics
+            np.testing.assert_allclose(state[key], want, rtol=0, atol=1e-6,
+                                       err_msg=f"rank {rank}: {key}")
+    if kind == "lenet":
+        np.testing.assert_array_equal(results[0]["torch.conv1.weight"],
+                                      results[0]["lenet_extractor_wrap.conv1.weight"])
