@@ -38,14 +38,15 @@ def _worker(func, args, kwargs, rank, local_rank, options, results):
     status = 0
     try:
         init_process_group(rank=rank, device=local_rank, **options)
-        try:
-            value = func(*args, **kwargs)
-        finally:
-            destroy_process_group()
-        results.put((rank, True, value))
+        value = func(*args, **kwargs)
     except BaseException:  # noqa: BLE001  (KeyboardInterrupt and SystemExit are failures too)
+        # report before leaving the group: the peers fail as soon as this process's sockets
+        # close, and the launcher names whichever failure it hears of first
         results.put((rank, False, traceback.format_exc()))
         status = 1
+    else:
+        destroy_process_group()
+        results.put((rank, True, value))
     # flush the queue's feeder thread, then leave without running the parent's atexit handlers
     # (a forked child inherits pytest's and torch's)
     results.close()
@@ -140,25 +141,26 @@ class launcher:
 
     def _collect(self, procs, results):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        values, errors = {}, {}
+        values, errors = {}, {}  # by rank, in the order the reports arrived
         while len(values) < len(procs):
             try:
                 rank, ok, value = results.get(timeout=0.05)
                 (values if ok else errors)[rank] = value
             except _queue.Empty:
                 pass
+            # A worker that died without a report (a signal, os._exit) is the cause of whatever
+            # its peers report afterwards (connection reset), so it is looked for first.
+            for rank, p in procs.items():
+                if p.exitcode is not None and rank not in values and rank not in errors:
+                    self._drain(results, values, errors, rank)
+                    if rank not in values and rank not in errors:
+                        raise WorkerError(f"megengine.distributed.launcher: rank {rank} died "
+                                          f"({_describe(p.exitcode)}) without returning; the other "
+                                          "workers were stopped", rank)
             if errors:
-                rank = min(errors)  # the others usually fail because this one left
+                rank = next(iter(errors))  # the first report: the others followed from it
                 raise WorkerError(f"megengine.distributed.launcher: rank {rank} raised an exception "
                                   f"(the other workers were stopped):\n{errors[rank]}", rank)
-            for rank, p in procs.items():
-                if p.exitcode is not None and rank not in values:
-                    self._drain(results, values, errors, rank)
-                    if rank in errors or rank in values:
-                        break
-                    raise WorkerError(f"megengine.distributed.launcher: rank {rank} died "
-                                      f"({_describe(p.exitcode)}) without returning; the other "
-                                      "workers were stopped", rank)
             if deadline is not None and time.monotonic() > deadline:
                 waiting = sorted(r for r in procs if r not in values)
                 raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
@@ -168,7 +170,7 @@ class launcher:
     @staticmethod
     def _drain(results, values, errors, rank):
         """A worker exited: its report, if it sent one, is in the queue (give it a moment)."""
-        end = time.monotonic() + 1.0
+        end = time.monotonic() + 0.5
         while rank not in values and rank not in errors and time.monotonic() < end:
             try:
                 r, ok, value = results.get(timeout=0.05)

@@ -1,0 +1,82 @@
+"""Tests for megengine/distributed/launcher.py: results by rank, and failures reported by rank, never a hang."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.distributed as dist
+import megengine.functional.distributed as fd
+
+
+def _who():
+    return dist.get_rank(), dist.get_world_size(), dist.get_backend(), dist.is_distributed()
+
+
+def test_results_come_back_in_rank_order():
+    run = dist.launcher(n_gpus=3, device_type="cpu", timeout=60)(_who)  # upstream's decorator form
+    assert run() == [(0, 3, "gloo", True), (1, 3, "gloo", True), (2, 3, "gloo", True)]
+    assert not dist.is_distributed()  # the parent never joins the group
+
+
+def _raise_on_rank_1():
+    x = mge.tensor(np.ones(3, np.float32))
+    if dist.get_rank() == 1:
+        raise ValueError("boom on rank 1")
+    fd.all_reduce_sum(x)  # rank 0 waits here for a peer that is gone
+    return "unreachable"
+
+
+def test_a_worker_that_raises_is_reported_with_rank_and_traceback():
+    start = time.monotonic()
+    with pytest.raises(dist.WorkerError, match="rank 1 raised") as info:
+        dist.launcher(_raise_on_rank_1, n_gpus=2, device_type="cpu", timeout=60)()
+    assert info.value.rank == 1
+    assert "ValueError: boom on rank 1" in str(info.value)
+    assert "_raise_on_rank_1" in str(info.value)  # the traceback names the function
+    assert time.monotonic() - start < 20  # the waiting rank was stopped, not waited for
+
+
+def _train_then_die():
+    from megengine.autodiff import GradManager
+
+    w = mge.Parameter(np.ones(1000, np.float32))
+    gm = GradManager().attach([w], callbacks=[dist.make_allreduce_cb("mean")])
+    for step in range(1000):
+        if step == 3 and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies mid-training, no chance to report
+        with gm:
+            gm.backward((w * w).sum())
+        w._reset(w - 0.01 * w.grad)
+        w.grad = None
+    return "finished"
+
+
+def test_a_killed_worker_makes_the_launcher_fail_naming_its_rank():
+    start = time.monotonic()
+    with pytest.raises(dist.WorkerError, match=r"rank 1 died \(killed by SIGKILL\)") as info:
+        dist.launcher(_train_then_die, n_gpus=2, device_type="cpu", timeout=60)()
+    assert info.value.rank == 1
+    assert time.monotonic() - start < 20
+
+
+def _sleep_forever():
+    time.sleep(600)
+
+
+def test_the_whole_run_is_bounded_by_timeout():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\] did not finish within timeout=1 s"):
+        dist.launcher(_sleep_forever, n_gpus=2, device_type="cpu", timeout=1)()
+    assert time.monotonic() - start < 10
+
+
+def test_bad_launcher_arguments_are_explained():
+    with pytest.raises(ValueError, match="n_gpus must be a positive int"):
+        dist.launcher(_who, n_gpus=0)
+    with pytest.raises(ValueError, match="do not fit in world_size=2"):
+        dist.launcher(_who, n_gpus=2, world_size=2, rank_start=1)
+    with pytest.raises(ValueError, match="needs an explicit port"):
+        dist.launcher(_who, n_gpus=2, world_size=4)
