@@ -1,0 +1,168 @@
+"""Tests for megengine/distributed/group.py: init_process_group's arguments, errors and torchrun mode; groups."""
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.distributed as dist
+import megengine.functional.distributed as fd
+
+
+def _child(func, **kwargs):
+    """Run ``func(**kwargs)`` in a forked process (the process group is per process); return
+    ("ok", value) or ("error", "ExceptionType: message")."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def target():
+        try:
+            queue.put(("ok", func(**kwargs)))
+        except BaseException as error:  # noqa: BLE001
+            queue.put(("error", f"{type(error).__name__}: {error}"))
+        queue.close()
+        queue.join_thread()
+        os._exit(0)
+
+    p = ctx.Process(target=target, daemon=True)
+    p.start()
+    try:
+        return queue.get(timeout=60)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_importing_megengine_distributed_does_not_import_torch():
+    code = ("import sys, megengine, megengine.distributed as d, megengine.functional.distributed; "
+            "import megengine.module; assert d.get_rank() == 0; print('torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_not_distributed_defaults_and_errors():
+    assert (dist.get_rank(), dist.get_world_size(), dist.is_distributed(), dist.get_backend()) == \
+        (0, 1, False, None)
+    dist.group_barrier()  # nothing to wait for
+    with pytest.raises(RuntimeError, match="not initialized; call dist.init_process_group"):
+        fd.all_reduce_sum(mge.tensor([1.0]))
+    with pytest.raises(RuntimeError, match="not initialized"):
+        dist.new_group([0])
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(world_size=2, rank=2), ValueError, r"rank must be in \[0, world_size=2\), got rank=2"),
+    (dict(world_size=2, rank=-1), ValueError, r"rank must be in \[0, world_size=2\)"),
+    (dict(world_size=0, rank=0), ValueError, "world_size must be >= 1"),
+    (dict(port=0), ValueError, r"port must be in \[1, 65535\]"),
+    (dict(port="23456"), TypeError, "port must be an int, got str"),
+    (dict(master_ip=127), TypeError, "master_ip must be a str"),
+    (dict(backend="mpi"), ValueError, "backend must be one of 'gloo', 'nccl', 'auto'"),
+    (dict(timeout=0), ValueError, "timeout must be a positive number"),
+    (dict(rank=None), ValueError, "give master_ip, port, world_size and rank"),
+])
+def test_bad_arguments_are_explained(kwargs, error, message):
+    args = dict(master_ip="127.0.0.1", port=23456, world_size=2, rank=0, device=0)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        dist.init_process_group(**args)
+    assert not dist.is_distributed()
+
+
+def _init(**kwargs):
+    dist.init_process_group(**kwargs)
+    return dist.get_rank()
+
+
+def test_a_port_in_use_is_named():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, text = _child(_init, master_ip="127.0.0.1", port=port, world_size=2, rank=0,
+                              device=0, timeout=5)
+    assert status == "error"
+    assert f"port {port} is already in use" in text
+
+
+def test_a_peer_that_never_arrives_times_out_with_a_clear_error():
+    start = time.monotonic()
+    status, text = _child(_init, master_ip="127.0.0.1", port=_free_port(), world_size=2, rank=0,
+                          device=0, timeout=1)
+    assert status == "error"
+    assert text.startswith("TimeoutError") and "not all 2 processes arrived within 1 s" in text
+    assert time.monotonic() - start < 15
+
+
+def _torchrun_worker(port, rank, queue):
+    # the variables torchrun sets for each worker
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group()
+    total = fd.all_reduce_sum(mge.tensor(np.array([rank + 1.0], np.float32))).numpy()
+    queue.put((rank, dist.get_world_size(), dist.get_backend(), total.tolist()))
+    dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_no_arguments_reads_torchruns_environment():
+    ctx = multiprocessing.get_context("fork")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_torchrun_worker, args=(port, r, queue), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        got = sorted(queue.get(timeout=60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(5)
+    assert got == [(0, 2, "gloo", [3.0]), (1, 2, "gloo", [3.0])]
+
+
+def test_no_arguments_outside_torchrun_says_what_is_missing(monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK is not set"):
+        dist.init_process_group()
+
+
+def _group_checks():
+    out = {"one_process": fd.all_reduce_sum(mge.tensor([2.0])).numpy().tolist()}
+    for ranks in ([1], [0, 0], [0, 1]):
+        try:
+            dist.new_group(ranks)
+        except ValueError as error:
+            out[str(ranks)] = str(error)
+    with dist.override_backend("gloo"):
+        pass
+    try:
+        with dist.override_backend("nccl"):
+            pass
+    except ValueError as error:
+        out["override"] = str(error)
+    return out
+
+
+def test_world_of_one_and_group_errors(run_ranks):
+    (got,) = run_ranks(_group_checks, 1)
+    assert got["one_process"] == [2.0]
+    assert "ranks must be ints in [0, world_size=1)" in got["[1]"]
+    assert "ranks must be distinct" in got["[0, 0]"]
+    assert "runs on gloo" in got["override"]

@@ -1,0 +1,108 @@
+"""Tests for megengine/distributed/helper.py: bucketed all-reduce callback, bcast_list_, synchronized."""
+import time
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.distributed as dist
+from megengine.autodiff import GradManager
+
+SHAPES = [(3, 4), (5,), (2, 2, 2), (7,)]  # 12, 5, 8 and 7 float32 values
+
+
+def _grads(rank):
+    rng = np.random.RandomState(rank)
+    return [rng.randn(*s).astype("float32") for s in SHAPES]
+
+
+def _reduce_with(method, bucket_size, backwards=1):
+    """Parameters whose gradient is _grads(rank) (loss = sum(p * g)), reduced by the callback."""
+    rank = dist.get_rank()
+    params = [mge.Parameter(np.zeros(s, np.float32)) for s in SHAPES]
+    cb = dist.make_allreduce_cb(method, bucket_size=bucket_size)
+    gm = GradManager().attach(params, callbacks=[cb])
+    for _ in range(backwards):  # no clear_grad in between: .grad accumulates reduced gradients
+        with gm:
+            loss = sum((p * mge.tensor(g)).sum() for p, g in zip(params, _grads(rank)))
+            gm.backward(loss)
+    buffers = [p.grad._data.base if p.grad._data.base is not None else p.grad._data for p in params]
+    shared = [[i for i, b in enumerate(buffers) if b is buffers[j]] for j in range(len(params))]
+    return [p.grad.numpy() for p in params], shared
+
+
+def _helper_checks():
+    rank = dist.get_rank()
+    out = {}
+    for method in ("mean", "sum"):
+        for bucket_size in (0, 40, 1 << 20):
+            out[method, bucket_size] = _reduce_with(method, bucket_size)
+    out["accumulated"] = _reduce_with("mean", 1 << 20, backwards=2)[0]
+
+    # bcast_list_ writes the root's values into each tensor's own storage
+    a = mge.Parameter(np.full((2, 3), rank + 1.0, np.float32))
+    b = mge.tensor(np.arange(4, dtype=np.int32) * (rank + 1))
+    storage = a._data.__array_interface__["data"][0]
+    dist.bcast_list_([a, b])
+    out["bcast"] = (a.numpy(), b.numpy(), a._data.__array_interface__["data"][0] == storage)
+
+    @dist.synchronized
+    def slow_on_rank_1():
+        if rank == 1:
+            time.sleep(0.5)
+        return rank * 10
+
+    start = time.monotonic()
+    out["synchronized"] = (slow_on_rank_1(), time.monotonic() - start)
+    return out
+
+
+@pytest.fixture(scope="module")
+def helper_results(run_ranks):
+    return run_ranks(_helper_checks, 2)
+
+
+@pytest.mark.parametrize("bucket_size", [0, 40, 1 << 20])
+@pytest.mark.parametrize("method", ["mean", "sum"])
+def test_allreduce_callback_sums_or_averages_over_ranks(helper_results, method, bucket_size):
+    total = [a + b for a, b in zip(_grads(0), _grads(1))]
+    want = [t / 2 for t in total] if method == "mean" else total
+    for rank in range(2):
+        got, shared = helper_results[rank][method, bucket_size]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+        # buckets: bytes are packed until a bucket holds bucket_size (48 + 20 >= 40, 32 + 28 >= 40)
+        buckets = {0: [[0], [1], [2], [3]], 40: [[0, 1], [0, 1], [2, 3], [2, 3]],
+                   1 << 20: [[0, 1, 2, 3]] * 4}[bucket_size]
+        assert shared == buckets
+
+
+def test_allreduce_callback_results_accumulate_into_grad(helper_results):
+    want = [a + b for a, b in zip(_grads(0), _grads(1))]  # two backwards of the mean
+    for rank in range(2):
+        for g, w in zip(helper_results[rank]["accumulated"], want):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_bcast_list_overwrites_in_place_with_the_roots_values(helper_results):
+    for rank in range(2):
+        a, b, same_storage = helper_results[rank]["bcast"]
+        np.testing.assert_array_equal(a, np.ones((2, 3)))
+        np.testing.assert_array_equal(b, np.arange(4))
+        assert same_storage
+
+
+def test_synchronized_waits_for_every_rank(helper_results):
+    assert helper_results[0]["synchronized"][0] == 0
+    assert helper_results[1]["synchronized"][0] == 10
+    assert helper_results[0]["synchronized"][1] >= 0.45  # rank 0 waited for rank 1's sleep
+
+
+def test_allreduce_callback_arguments_are_checked():
+    with pytest.raises(ValueError, match="reduce_method must be 'sum' or 'mean'"):
+        dist.make_allreduce_cb("max")
+    with pytest.raises(ValueError, match="bucket_size must be a non-negative int"):
+        dist.make_allreduce_cb("mean", bucket_size=-1)
+    cb = dist.make_allreduce_cb("MEAN")  # upstream lower-cases it
+    with pytest.raises(RuntimeError, match="runs inside GradManager.backward"):
+        cb(mge.Parameter([1.0]), mge.tensor([1.0]))
