@@ -42,8 +42,9 @@ class MapSampler(Sampler):
         batch_size: number of indices in each batch. Default: 1
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False
         num_samples: number of samples drawn in one epoch over all ranks; default ``len(dataset)``.
-        world_size: number of ranks (distributed processes) sharing the epoch. Default: 1
-        rank: this process's rank, in ``[0, world_size)``. Default: 0
+        world_size: number of ranks (distributed processes) sharing the epoch; default the
+            process group's (``megengine.distributed.get_world_size()``, 1 when not distributed).
+        rank: this process's rank, in ``[0, world_size)``; default the process group's.
         seed: seed of this sampler's own random generator (ranks must share it).
     """
 
@@ -62,8 +63,13 @@ class MapSampler(Sampler):
             raise ValueError("drop_last should be True or False, but got drop_last={!r}".format(drop_last))
         if num_samples is not None:
             num_samples = _check_positive_int("num_samples", num_samples)
-        world_size = 1 if world_size is None else _check_positive_int("world_size", world_size)
-        rank = 0 if rank is None else rank
+        if world_size is None or rank is None:
+            # as upstream: inside a process group every rank takes its own share by default
+            from ..distributed.group import get_rank, get_world_size
+
+            world_size = get_world_size() if world_size is None else world_size
+            rank = get_rank() if rank is None else rank
+        world_size = _check_positive_int("world_size", world_size)
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
             raise ValueError(
                 "rank should be an integer in [0, world_size={}), but got rank={!r}".format(world_size, rank)

@@ -126,3 +126,32 @@ def test_stream_sampler():
     sampler = StreamSampler(batch_size=3)
     assert sampler.batch_size == 3
     assert list(next(iter(sampler))) == [0, 1, 2]
+
+
+def _epochs_seen_by_this_rank():
+    """Two epochs of samplers built without world_size/rank inside a process group."""
+    import megengine.distributed as dist
+
+    ds = dataset(12)
+    random_sampler = RandomSampler(ds, batch_size=2)
+    return (dist.get_rank(), random_sampler.world_size, len(random_sampler),
+            [[i for b in random_sampler for i in b] for _ in range(2)],
+            [i for b in SequentialSampler(ds, batch_size=4) for i in b],
+            [len(b) for b in ReplacementSampler(ds, batch_size=2, num_samples=9)])
+
+
+def test_samplers_take_the_process_groups_ranks_by_default():
+    pytest.importorskip("torch")
+    import megengine.distributed as dist
+
+    results = dist.launcher(_epochs_seen_by_this_rank, n_gpus=3, device_type="cpu", timeout=60)()
+    for rank, (got_rank, world, length, _, _, _) in enumerate(results):
+        assert (got_rank, world, length) == (rank, 3, 2)  # 12 samples / 3 ranks / batch 2
+    for epoch in range(2):
+        shares = [r[3][epoch] for r in results]
+        # each rank sees a disjoint part of the epoch, together the whole dataset
+        assert sorted(i for share in shares for i in share) == list(range(12))
+    assert [r[3][0] for r in results] != [r[3][1] for r in results]  # a new order each epoch
+    assert [r[4] for r in results] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    assert all(r[5] == [2, 1] for r in results)  # 9 draws -> 3 per rank
+    assert SequentialSampler(dataset(4)).world_size == 1  # not distributed: one rank
