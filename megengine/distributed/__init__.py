@@ -1,8 +1,8 @@
 """`megengine.distributed`: upstream's data-parallel API on torch.distributed (gloo on CPUs, NCCL on GPUs).
 
 Importing it does not import torch; ``init_process_group`` (or a launched worker) does. The
-collectives themselves are in ``megengine.functional.distributed`` (also reachable here as
-``megengine.distributed.functional``).
+collectives themselves are in ``megengine.functional.distributed`` (``megengine.distributed.functional``
+re-exports them under upstream's older module name).
 """
 from . import group, helper  # noqa: F401
 from .group import (
@@ -25,15 +25,6 @@ __all__ = [
     "WORLD", "Group", "init_process_group", "destroy_process_group", "is_distributed", "get_rank",
     "get_world_size", "get_backend", "new_group", "group_barrier", "override_backend",
     "bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback", "launcher",
-    "WorkerError", "functional",
+    "WorkerError",
 ]
 
-
-def __getattr__(name):
-    # megengine.distributed.functional is upstream's older home of the collectives; loaded on
-    # first use because megengine.functional.distributed imports this package
-    if name == "functional":
-        from ..functional import distributed
-
-        return distributed
-    raise AttributeError(f"module 'megengine.distributed' has no attribute {name!r}")

@@ -90,7 +90,6 @@ class AllreduceCallback:
     def _reset(self):
         self._pending = defaultdict(list)  # dtype -> [(param, grad array)] not yet reduced
         self._pending_bytes = defaultdict(int)
-        self._outputs = []  # (grad Tensor handed back, its bucket slot) awaiting a reduction
 
     def __call__(self, param, grad):
         gm = get_backwarding_grad_manager()

@@ -121,6 +121,13 @@ class launcher:
                        backend=self.backend, device_type=self.device_type,
                        timeout=self.collective_timeout)
         if self.context.get_start_method() == "fork":
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                raise RuntimeError(
+                    "megengine.distributed.launcher: CUDA is already initialized in this process, "
+                    "and forked workers cannot use it; launch before any GPU work, or pass "
+                    "start_method='spawn' (with a picklable, module-level function)")
             # Children would each compile/load the bridge; load it once here instead.
             from ..core.torch_bridge import load_extension
 
