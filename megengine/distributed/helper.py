@@ -3,7 +3,8 @@
 ``make_allreduce_cb("mean")`` is a GradManager callback. Each gradient it is given is copied into
 a flat bucket of its dtype (upstream's param pack, torch DDP's buckets); a bucket is all-reduced
 in place, through a zero-copy view, as soon as it holds ``bucket_size`` bytes, and the rest when
-the backward pass has handed over its last gradient. Every parameter's ``.grad`` is then a view
+the backward pass has handed over its last gradient. For ``"mean"`` each gradient is scaled by
+1/size while it is packed, so the all-reduce sum is the mean. Every parameter's ``.grad`` is then a view
 into its bucket: one collective per bucket instead of one per parameter, and no further copy.
 """
 import functools
@@ -126,14 +127,19 @@ class AllreduceCallback:
         xp = xp_of(entries[0][1])
         total = sum(g.size for _, g in entries)
         bucket = xp.empty(total, entries[0][1].dtype)
+        # the mean's scaling rides on the packing copy (one pass over the gradients, not two);
+        # for a power-of-two group it is exact, so the result is bitwise the sum's scaled
+        scale = 1.0 / group.size if self.reduce_method == "mean" else None
         offset = 0
         for _, g in entries:
-            bucket[offset: offset + g.size] = g.reshape(-1)
+            part = bucket[offset: offset + g.size]
+            if scale is None:
+                part[...] = g.reshape(-1)
+            else:
+                xp.multiply(g.reshape(-1), part.dtype.type(scale), out=part)
             offset += g.size
         fd._dist.all_reduce(fd._to_torch(bucket), op=fd._dist.ReduceOp.SUM, group=group._pg)
         fd._after_gpu(bucket)
-        if self.reduce_method == "mean":
-            bucket /= group.size  # one division over the bucket, exact for power-of-two sizes
         offset = 0
         for out, g in entries:
             out._data = bucket[offset: offset + g.size].reshape(g.shape)
