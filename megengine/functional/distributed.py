@@ -17,6 +17,7 @@ A peer that never calls raises after the process group's timeout.
 
 Importing this module does not import torch; the first collective does (through the bridge).
 """
+import functools
 from typing import Optional
 
 import numpy as np
@@ -80,17 +81,34 @@ def _after_gpu(array):
             _torch.cuda.current_stream().synchronize()
 
 
-def _pg(group):
-    return group._pg
+def _peers(func):
+    """Name what went wrong when torch.distributed raises inside a collective (its messages speak
+    of sockets and buffers): which collective, which group, and the likely causes."""
+    name = func.__name__.lstrip("_")
+
+    @functools.wraps(func)
+    def wrapper(x, group, *args):
+        try:
+            return func(x, group, *args)
+        except RuntimeError as error:
+            text = str(error).strip().splitlines()
+            raise RuntimeError(
+                f"megengine.distributed: {name} on {group!r} failed on rank {get_rank()}: a peer "
+                "process died, or did not call the same collective within the process group's "
+                f"timeout ({_group._sd.timeout:g} s). torch.distributed said: "
+                f"{text[0] if text else type(error).__name__}") from error
+
+    return wrapper
 
 
 def _reduce_op(mode):
     return {"sum": _dist.ReduceOp.SUM, "max": _dist.ReduceOp.MAX, "min": _dist.ReduceOp.MIN}[mode]
 
 
-def _all_reduce(x, mode, group):
+@_peers
+def _all_reduce(x, group, mode):
     out = x.copy()  # C-contiguous; the collective reduces it in place
-    _dist.all_reduce(_to_torch(out), op=_reduce_op(mode), group=_pg(group))
+    _dist.all_reduce(_to_torch(out), op=_reduce_op(mode), group=group._pg)
     _after_gpu(out)
     return out
 
@@ -99,7 +117,7 @@ def _chunks(x, n, axis, what):
     if x.ndim == 0 or x.shape[axis] % n:
         raise ValueError(f"{what}: axis {axis} of the input (shape {x.shape}) must split into "
                          f"{n} equal parts, one per rank of the group")
-    parts = np.split(x, n, axis=axis) if xp_of(x) is np else xp_of(x).split(x, n, axis=axis)
+    parts = xp_of(x).split(x, n, axis=axis)
     return [p if p.flags.c_contiguous else xp_of(x).ascontiguousarray(p) for p in parts]
 
 
@@ -108,12 +126,13 @@ def _by_torch_rank(items, group):
     return [items[s] for s in group._slot]
 
 
+@_peers
 def _all_gather(x, group, axis):
     xp = xp_of(x)
     n = group.size
     buf = xp.empty((n,) + x.shape, x.dtype)
     _dist.all_gather(_by_torch_rank([_to_torch(buf[i]) for i in range(n)], group),
-                     _to_torch(xp.ascontiguousarray(x)), group=_pg(group))
+                     _to_torch(xp.ascontiguousarray(x)), group=group._pg)
     _after_gpu(buf)
     return _join(buf, axis)
 
@@ -126,30 +145,34 @@ def _join(buf, axis):
     return xp_of(buf).concatenate(list(buf), axis=axis)
 
 
+@_peers
 def _reduce_scatter(x, group, axis, what="reduce_scatter_sum"):
     parts = _chunks(x, group.size, axis, what)
     out = xp_of(x).empty(parts[0].shape, x.dtype)
     _dist.reduce_scatter(_to_torch(out), _by_torch_rank([_to_torch(p) for p in parts], group),
-                         op=_dist.ReduceOp.SUM, group=_pg(group))
+                         op=_dist.ReduceOp.SUM, group=group._pg)
     _after_gpu(out)
     return out
 
 
+@_peers
 def _broadcast(x, group):
     """Root's ``x`` on every member; elsewhere ``x`` is the (uninitialized) receiving buffer."""
     out = x.copy() if group.rank == 0 else x
-    _dist.broadcast(_to_torch(out), src=group.root, group=_pg(group))
+    _dist.broadcast(_to_torch(out), src=group.root, group=group._pg)
     _after_gpu(out)
     return out
 
 
+@_peers
 def _reduce(x, group):
     out = x.copy()
-    _dist.reduce(_to_torch(out), dst=group.root, op=_dist.ReduceOp.SUM, group=_pg(group))
+    _dist.reduce(_to_torch(out), dst=group.root, op=_dist.ReduceOp.SUM, group=group._pg)
     _after_gpu(out)
     return out  # meaningful on the root only
 
 
+@_peers
 def _gather(x, group, axis):
     x = xp_of(x).ascontiguousarray(x)
     if group.rank == 0:
@@ -157,13 +180,14 @@ def _gather(x, group, axis):
         targets = _by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group)
     else:
         buf, targets = None, None
-    _dist.gather(_to_torch(x), gather_list=targets, dst=group.root, group=_pg(group))
+    _dist.gather(_to_torch(x), gather_list=targets, dst=group.root, group=group._pg)
     if buf is None:
         return None
     _after_gpu(buf)
     return _join(buf, axis)
 
 
+@_peers
 def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
     """Root's ``x`` split along ``axis``, one part per member; the others pass ``x=None`` and
     receive a ``part_shape`` array of ``dtype`` (array module ``xp``)."""
@@ -172,17 +196,18 @@ def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
     else:
         sources = None
     out = xp.empty(part_shape, dtype)
-    _dist.scatter(_to_torch(out), scatter_list=sources, src=group.root, group=_pg(group))
+    _dist.scatter(_to_torch(out), scatter_list=sources, src=group.root, group=group._pg)
     _after_gpu(out)
     return out
 
 
+@_peers
 def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
     parts = _chunks(x, group.size, split_axis, what)
     xp = xp_of(x)
     buf = xp.empty((group.size,) + parts[0].shape, x.dtype)
     _dist.all_to_all(_by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group),
-                     _by_torch_rank([_to_torch(p) for p in parts], group), group=_pg(group))
+                     _by_torch_rank([_to_torch(p) for p in parts], group), group=group._pg)
     _after_gpu(buf)
     return _join(buf, concat_axis)
 
@@ -215,7 +240,7 @@ def _decode(t):
 def _bcast_meta(x, group, flag):
     """The root's (shape, dtype, flag) on every member of ``group``."""
     t = _meta_tensor(_encode(x, flag) if group.rank == 0 else None)
-    _dist.broadcast(t, src=group.root, group=_pg(group))
+    _dist.broadcast(t, src=group.root, group=group._pg)
     return _decode(t)
 
 
@@ -247,13 +272,13 @@ class AllReduce(_Collective):
     the result (every tied rank gets it), summed over the ranks' output gradients."""
 
     def forward(self, x):
-        out = _all_reduce(x, self.mode, self.group)
+        out = _all_reduce(x, self.group, self.mode)
         if self.mode != "sum" and any(self.needs_input_grad):
             self.hit = x == out
         return out
 
     def backward(self, g):
-        total = _all_reduce(g, "sum", self.group)
+        total = _all_reduce(g, self.group, "sum")
         return total if self.mode == "sum" else total * self.hit
 
 

@@ -80,3 +80,18 @@ def test_bad_launcher_arguments_are_explained():
         dist.launcher(_who, n_gpus=2, world_size=2, rank_start=1)
     with pytest.raises(ValueError, match="needs an explicit port"):
         dist.launcher(_who, n_gpus=2, world_size=4)
+
+
+def _rank_1_skips_the_collective():
+    if dist.get_rank() == 0:
+        fd.all_reduce_sum(mge.tensor(np.ones(3, np.float32)))
+    return "done"
+
+
+def test_a_collective_whose_peer_left_says_so():
+    with pytest.raises(dist.WorkerError) as info:
+        dist.launcher(_rank_1_skips_the_collective, n_gpus=2, device_type="cpu", timeout=60,
+                      collective_timeout=5)()
+    assert info.value.rank == 0
+    assert ("all_reduce on Group([0, 1]) failed on rank 0: a peer process died, or did not call "
+            "the same collective within the process group's timeout (5 s)") in str(info.value)
