@@ -49,32 +49,33 @@ class Group:
 
     ``Group([1, 0])`` has root 1: ``broadcast`` sends rank 1's tensor and ``all_gather``
     concatenates rank 1's part first. ``WORLD`` (all ranks, root 0) is the default group of every
-    collective. Only the member ranks construct a group (as upstream); every collective on it
-    must be called by all of its members in the same order.
+    collective, and any order of all ranks is free to make. A group of *some* ranks is a torch
+    process group, which every rank creates together: call ``new_group(ranks)`` on every rank,
+    members or not, in the same order (torch.distributed's rule); only members use it. Every
+    collective on a group is called by all of its members in the same order.
     """
 
     def __init__(self, proc_ranks):
         self.proc_ranks = None
-        self._pg = None  # the torch ProcessGroup; None for WORLD (torch's default group)
+        self._pg = None  # the torch ProcessGroup; None for orders of all ranks (torch's default)
         if len(proc_ranks) > 0:
             self.reset(proc_ranks)
 
-    def reset(self, proc_ranks, pg=None):
+    def reset(self, proc_ranks):
         self.check(proc_ranks)
         self.proc_ranks = [int(r) for r in proc_ranks]
         # torch orders a group's members by global rank; our order is proc_ranks' (root first).
         # _slot[i] is the position in proc_ranks of torch's group rank i.
         ordered = sorted(self.proc_ranks)
         self._slot = [self.proc_ranks.index(r) for r in ordered]
-        self._pg = pg
-        if pg is None and self.proc_ranks != list(range(_sd.world_size)):
+        self._pg = None
+        if len(ordered) < _sd.world_size:
             import torch.distributed as dist
 
-            # only the members call this (upstream's contract), which torch allows with
-            # use_local_synchronization; a group of all ranks in another order reuses WORLD's
-            if len(self.proc_ranks) < _sd.world_size:
-                self._pg = dist.new_group(ordered, timeout=_timedelta(_sd.timeout),
-                                          use_local_synchronization=True)
+            # Collective over all ranks. (torch's use_local_synchronization, which would let only
+            # the members call, hangs here once groups overlap: rank 1 in [0, 1] and then [1, 2].)
+            self._pg = dist.new_group(ordered, timeout=_timedelta(_sd.timeout))
+        _groups[tuple(self.proc_ranks)] = self
 
     def check(self, proc_ranks):
         if _sd is None:
@@ -86,18 +87,21 @@ class Group:
                                  f"got {ranks}")
         if len(set(ranks)) != len(ranks):
             raise ValueError(f"Group: ranks must be distinct, got {ranks}")
-        if _sd.rank not in ranks:
-            raise ValueError(f"Group: this process (rank {_sd.rank}) is not in {ranks}; only the "
-                             "members of a group construct it")
 
     def _ranks(self):
+        """The ranks, for a collective: raises unless this process is a member."""
         if self.proc_ranks is None:
             raise _not_initialized("Group")
+        if _sd.rank not in self.proc_ranks:
+            raise ValueError(f"{self!r}: this process (rank {_sd.rank}) is not a member; only the "
+                             "members call collectives on a group")
         return self.proc_ranks
 
     @property
     def size(self) -> int:
-        return len(self._ranks())
+        if self.proc_ranks is None:
+            raise _not_initialized("Group")
+        return len(self.proc_ranks)
 
     @property
     def rank(self) -> int:
@@ -111,7 +115,9 @@ class Group:
 
     @property
     def key(self) -> str:
-        return ",".join(map(str, self._ranks()))
+        if self.proc_ranks is None:
+            raise _not_initialized("Group")
+        return ",".join(map(str, self.proc_ranks))
 
     @property
     def comp_node(self) -> str:
@@ -120,6 +126,25 @@ class Group:
 
     def __repr__(self):
         return f"Group({self.proc_ranks})"
+
+
+_groups = {}  # tuple(proc_ranks) -> the Group made last with those ranks (for group=[...] lists)
+
+
+def _group_of(ranks, what):
+    """A collective's ``group=[ranks]`` (upstream also takes a list) as a Group: one made by
+    new_group, or any order of all ranks (which needs no torch group)."""
+    key = tuple(ranks)
+    group = _groups.get(key)
+    if group is None:
+        if _sd is None:
+            raise _not_initialized(what)
+        if sorted(key) != list(range(_sd.world_size)):
+            raise ValueError(f"{what}: group={list(ranks)} names some of the ranks; create it first "
+                             "with dist.new_group(ranks) on every rank (torch.distributed creates "
+                             "process groups together) and pass that Group")
+        group = Group(list(key))
+    return group
 
 
 WORLD = Group([])
@@ -267,6 +292,7 @@ def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _sd = None
+    _groups.clear()
     WORLD.proc_ranks = None
     WORLD._pg = None
 
@@ -316,7 +342,9 @@ class override_backend:
 
 
 def new_group(proc_ranks: List[int]) -> Group:
-    """A group of some ranks (the first is its root); called by each member."""
+    """A group of some ranks (the first is its root). When it leaves out some ranks, every rank
+    calls ``new_group`` with the same ranks, in the same order of calls (torch.distributed
+    creates process groups together); only the members use the group."""
     return Group(proc_ranks)
 
 

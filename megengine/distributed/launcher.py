@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from .group import DEFAULT_TIMEOUT, destroy_process_group, init_process_group
+from .group import DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group
 
 __all__ = ["launcher", "WorkerError"]
 
@@ -45,6 +45,9 @@ def _worker(func, args, kwargs, rank, local_rank, options, results):
         results.put((rank, False, traceback.format_exc()))
         status = 1
     else:
+        # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
+        # other ranks): nobody leaves before everybody is done
+        group_barrier()
         destroy_process_group()
         results.put((rank, True, value))
     # flush the queue's feeder thread, then leave without running the parent's atexit handlers

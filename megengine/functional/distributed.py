@@ -56,18 +56,14 @@ def _load():
 # --------------------------------------------------------------------------------------------------
 # raw-array collectives: torch.distributed writes into engine arrays through zero-copy views
 
-_group_cache = {}
-
-
 def _as_group(group, what):
     if isinstance(group, Group):
-        group._ranks()  # raises a clear error before init_process_group
+        group._ranks()  # raises a clear error before init_process_group, or for a non-member
         return group
-    if isinstance(group, (list, tuple)):  # upstream also takes a list of ranks
-        key = tuple(group)
-        if key not in _group_cache:
-            _group_cache[key] = Group(list(group))
-        return _group_cache[key]
+    if isinstance(group, (list, tuple)):
+        group = _group._group_of(group, what)
+        group._ranks()
+        return group
     raise TypeError(f"{what}: group must be a Group or a list of ranks, got {type(group).__name__}")
 
 

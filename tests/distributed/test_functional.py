@@ -155,13 +155,28 @@ def _groups_and_p2p():
     out["bcast_rev"] = fd.broadcast(x, group=reversed_world).numpy()
     out["scatter_rev"] = fd.scatter(mge.tensor(np.arange(6, dtype=np.float32) + 100 * rank),
                                     group=reversed_world).numpy()
+    # groups of some ranks: every rank creates them, in the same order (torch's rule)
+    pair = dist.new_group([2, 0])  # without rank 1, root 2
+    first, second = dist.new_group([0, 1]), dist.new_group([1, 2])  # overlapping at rank 1
     if rank in (0, 2):
-        pair = dist.new_group([2, 0])  # a subgroup without rank 1, root 2
         out["pair_gather"] = fd.all_gather(x, group=pair).numpy()
         out["pair_reduce_scatter"] = fd.reduce_scatter_sum(
-            mge.tensor(np.array([1, 2], np.int32) * (rank + 1)), group=pair).numpy()
+            mge.tensor(np.array([1, 2], np.int32) * (rank + 1)), group=[2, 0]).numpy()
         dist.group_barrier(pair)
+    else:
+        try:
+            fd.all_gather(x, group=pair)
+        except ValueError as error:
+            out["not_a_member"] = str(error)
+    if rank in (0, 1):
+        out["first"] = fd.all_reduce_sum(x, group=first).numpy()
+    if rank in (1, 2):
+        out["second"] = fd.all_reduce_max(x, group=second).numpy()
     out["list_group"] = fd.all_reduce_sum(x, group=[0, 1, 2]).numpy()  # upstream takes a list
+    try:
+        fd.all_reduce_sum(x, group=[1, 0])  # never made by new_group
+    except ValueError as error:
+        out["unknown_list"] = str(error)
 
     # pipeline: rank 0 -> 1 -> 2, loss on rank 2; gradients travel back by remote_recv/send
     w = mge.Parameter(np.full((2,), rank + 1.0, np.float32))
@@ -206,6 +221,14 @@ def test_group_order_decides_root_and_concatenation(group_results):
         np.testing.assert_array_equal(group_results[r]["pair_gather"], [2, 12, 0, 10])
         np.testing.assert_array_equal(group_results[r]["pair_reduce_scatter"], part)
     assert "pair_gather" not in group_results[1]
+    assert "this process (rank 1) is not a member" in group_results[1]["not_a_member"]
+    for r in (0, 1):
+        np.testing.assert_array_equal(group_results[r]["first"], [1, 21])
+    for r in (1, 2):
+        np.testing.assert_array_equal(group_results[r]["second"], [2, 12])
+    for r in range(3):  # a list naming some ranks must be a group made by new_group
+        assert "create it first with dist.new_group(ranks) on every rank" in \
+            group_results[r]["unknown_list"]
 
 
 def test_remote_send_recv_pipeline_values_and_gradients(group_results):
