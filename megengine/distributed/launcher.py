@@ -33,6 +33,19 @@ def _free_port(host):
         return s.getsockname()[1]
 
 
+def _gpu_count():
+    """GPUs the workers can use, counted without initializing CUDA here: CUDA cannot be used in
+    a process forked after its parent initialized it (torch counts through NVML; the engine's GPU
+    arrays need CuPy, only looked up, not imported)."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _worker(func, args, kwargs, rank, local_rank, options, results):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
     status = 0
@@ -87,11 +100,9 @@ class launcher:
     def __init__(self, func, n_gpus=None, world_size=None, rank_start=0, master_ip="localhost",
                  port=0, device_type="xpu", backend=None, timeout=None,
                  collective_timeout=DEFAULT_TIMEOUT, start_method=None):
-        from ..device import get_device_count, is_cuda_available
-
         if n_gpus is None:
-            gpus = device_type != "cpu" and is_cuda_available()
-            n_gpus = get_device_count("gpu") if gpus else get_device_count("cpu")
+            gpus = 0 if device_type == "cpu" else _gpu_count()
+            n_gpus = gpus or (os.cpu_count() or 1)
         if not isinstance(n_gpus, int) or n_gpus < 1:
             raise ValueError(f"launcher: n_gpus must be a positive int, got {n_gpus!r}")
         world_size = n_gpus if world_size is None else world_size
@@ -126,7 +137,7 @@ class launcher:
         if self.context.get_start_method() == "fork":
             import torch
 
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            if torch.cuda.is_initialized():
                 raise RuntimeError(
                     "megengine.distributed.launcher: CUDA is already initialized in this process, "
                     "and forked workers cannot use it; launch before any GPU work, or pass "
