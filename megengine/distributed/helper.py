@@ -12,7 +12,6 @@ import weakref
 from collections import defaultdict
 from typing import Callable
 
-import numpy as np
 
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
