@@ -6,7 +6,7 @@ from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "SyncBatchNorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
 
 
 class _BatchNorm(Module):
@@ -163,3 +163,6 @@ class SyncBatchNorm(_BatchNorm):
             self.running_mean._reset(self.running_mean * m + mean.detach() * (1 - m))
             self.running_var._reset(self.running_var * m + unbiased * (1 - m))
         return out.reshape(shape) if out.shape != shape else out
+
+
+__all__.append("SyncBatchNorm")  # appended with the class: the rest of the file is edited elsewhere
