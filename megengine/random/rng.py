@@ -138,8 +138,8 @@ class RNG:
         """A random permutation of ``range(n)`` (int ``n``), or a shuffled copy of Tensor ``n``
         (only its first axis is shuffled)."""
         if isinstance(n, Tensor):
-            if n.ndim == 0:
-                raise ValueError("permutation: cannot shuffle a 0-d tensor")
+            if n.ndim == 0:  # upstream: one element, shaped (1,)
+                n = n.reshape(1)
             return apply(_Shuffled(self), n)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
             raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
@@ -219,11 +219,17 @@ class _Multinomial(Op):
         self.rng, self.num_samples, self.replacement = rng, num_samples, replacement
 
     def forward(self, weights):
+        xp = xp_of(weights)
+        if weights.size == 0:  # as upstream: no rows, or no categories, gives an empty draw
+            if weights.ndim == 1:
+                return xp.zeros((0,), np.int32)
+            cols = self.num_samples if weights.shape[-1] else 0
+            return xp.zeros((weights.shape[0], cols), np.int32)
         host = weights.get() if hasattr(weights, "get") else weights  # CuPy -> host
         rows = np.asarray(host, dtype=np.float64).reshape(-1, weights.shape[-1])
         idx = _multinomial(self.rng._gen(), rows, self.num_samples, self.replacement)
         idx = idx.astype(np.int32).reshape(weights.shape[:-1] + (self.num_samples,))
-        return xp_of(weights).asarray(idx)  # back on the weights' device
+        return xp.asarray(idx)  # back on the weights' device
 
     def backward(self, g):
         return None  # sampling has no gradient

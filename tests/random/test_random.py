@@ -199,3 +199,20 @@ def test_rng_seed_governs_every_method_and_global_seed_governs_rng_without_seed(
          rand.multinomial(mge.tensor([1.0, 2.0, 3.0]), 2)]
     for x, y in zip(d, e):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_empty_draws_as_upstream():
+    rand.seed(1024)
+    for shape in [(0,), (0, 0, 0), (10, 0, 10)]:
+        outs = [rand.uniform(0, 1, shape), rand.normal(0, 1, shape), rand.gamma(2, 1, shape),
+                rand.beta(2, 1, shape), rand.poisson(2, shape), rand.exponential(1.5, shape)]
+        assert all(o.shape == shape for o in outs)
+    assert rand.permutation(n=0).shape == (0,)
+    for shape, expected in [((0,), (0,)), ((0, 0), (0, 0)), ((0, 10), (0, 2))]:
+        out = rand.multinomial(input=rand.normal(0, 1, shape), num_samples=2, replacement=True)
+        assert out.shape == expected and out.dtype == np.int32
+
+
+def test_permutation_of_a_0d_tensor_is_one_element():
+    out = rand.permutation(mge.tensor(7.0))
+    assert out.shape == (1,) and out.numpy().tolist() == [7.0]
