@@ -408,8 +408,15 @@ class _TorchCall(Op):
         if outs and wrt:
             got = torch.autograd.grad(outs, wrt, out_grads, allow_unused=True)
             slots = [i for i, g in enumerate(need) if g]
+            # torch may return one tensor (or the incoming gradient itself) for several inputs,
+            # e.g. through an add; megengine must never give two tensors one gradient array,
+            # or an in-place edit (clip_grad_norm) would apply twice
+            taken = {t.data_ptr() for t in out_grads}
             for i, g in zip(slots, got):
                 if g is not None:
+                    if g.numel() and g.data_ptr() in taken:
+                        g = g.clone()
+                    taken.add(g.data_ptr())
                     result[i] = _bridge.from_torch(g)
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
