@@ -570,7 +570,7 @@ def test_cache_root_follows_torch_extensions_dir_unless_mge_dir_is_set(monkeypat
     assert bridge.cache_dir().parent == tmp_path / "mge"
 
 
-def test_a_real_damaged_cache_is_rebuilt_in_a_fresh_process_and_cli_reports_it(tmp_path, built_library):
+def test_a_real_damaged_cache_is_rebuilt_in_a_fresh_process(tmp_path, built_library):
     # End to end, no fakes: a 4 KB zeroed library (SIGBUS/SIGSEGV if dlopen'ed) beside a stamp,
     # and torch's stale lock (which used to make the process wait forever).
     env = dict(os.environ, MGE_TORCH_EXT_DIR=str(tmp_path), MGE_TORCH_EXT_LOCK_TIMEOUT="60")
@@ -588,6 +588,18 @@ def test_a_real_damaged_cache_is_rebuilt_in_a_fresh_process_and_cli_reports_it(t
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True" and "built the PyTorch bridge operator in" in run.stderr
-    info = subprocess.run([sys.executable, "-m", "megengine.module.pytorch", "info"], env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
-    assert info.stdout.strip() == f"{directory}: built"
+
+
+def test_command_line_build_and_info(fake_cache, capsys):
+    directory = bridge.cache_dir()
+    assert bridge.main(["info"]) == 0
+    assert capsys.readouterr().out.strip() == f"{directory}: not built (the first use compiles it)"
+    assert bridge.main(["build"]) == 0 and fake_cache["built"] == 1
+    assert capsys.readouterr().out.startswith(f"{bridge.library_path(directory)} ready (")
+    assert bridge.main(["build"]) == 0 and fake_cache["built"] == 1  # valid: nothing to do
+    assert bridge.main(["build", "--force", "--verbose"]) == 0 and fake_cache["built"] == 2
+    assert fake_cache["verbose"] is True
+    capsys.readouterr()
+    assert bridge.main(["info"]) == 0
+    assert capsys.readouterr().out.strip() == f"{directory}: built"
+    assert bridge.main(["clean"]) == 0 and not directory.exists()
