@@ -2,7 +2,8 @@
 """The guide's LeNet: a PyTorch extractor inside a MegEngine network, trained on real digits.
 
 This is the complete version of the guide "Embedding PyTorch subgraphs in MegEngine"
-(shared/seed/, upstream's load_pytorch page). The guide shows only the two model classes;
+(docs/pytorch_embedding.rst, after upstream's load_pytorch page). The guide shows only the
+model classes and one step;
 here they are trained and checked end to end:
 
 1. ``LeNet_Extract``: the guide's PyTorch feature extractor (two conv blocks, two fc layers).
@@ -172,7 +173,10 @@ def make_loaders(train_set, test_set, train_transform, test_transform, batch_siz
 def train_one_epoch(net, loader, gm, opt, epoch, epochs):
     net.train()  # reaches the torch module too (PyTorchModule forwards train()/eval())
     losses = []
-    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
+    # A progress bar only on a terminal: in a log file tqdm's hundreds of \r updates are noise
+    # (the per-epoch summary line is printed either way).
+    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr,
+               disable=not sys.stderr.isatty())
     for images, labels in bar:
         images, labels = mge.tensor(images), mge.tensor(labels)
         # Inside `with gm:` every op on attached parameters is recorded -- the whole torch

@@ -20,7 +20,7 @@ import torch
 
 from ...core import torch_bridge as _bridge
 from ...core.dispatch import Op, apply
-from ...core.tensor import Tensor
+from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
 from .shared import mirror_of
@@ -163,8 +163,9 @@ class PyTorchModule(Module):
         return self._torch_module
 
     def get_param_by_name(self, name):
-        """The megengine Parameter for a torch parameter name such as ``"conv1.weight"``."""
-        params = dict(self.named_parameters())
+        """The megengine Parameter for a torch parameter name such as ``"conv1.weight"``
+        (a tied parameter answers to each of its names)."""
+        params = {key: t for key, t, _ in self._state_entries() if isinstance(t, Parameter)}
         if name not in params:
             raise KeyError(
                 f"PyTorchModule.get_param_by_name: no parameter {name!r}; have {sorted(params)}"

@@ -126,6 +126,7 @@ def test_tied_weight_is_one_parameter_named_once_and_saved_under_both_names():
     assert wrap.enc.weight is wrap.dec.weight
     names = [n for n, _ in wrap.named_parameters()]
     assert sorted(names) == ["dec.bias", "dec.weight", "enc.bias"]  # megengine's sorted walk
+    assert wrap.get_param_by_name("enc.weight") is wrap.get_param_by_name("dec.weight")
     state = wrap.state_dict()  # as torch's state_dict: every name, one value
     assert set(state) == set(wrap.torch_module.state_dict())
     np.testing.assert_array_equal(state["enc.weight"], state["dec.weight"])
