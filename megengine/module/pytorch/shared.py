@@ -21,7 +21,7 @@ from ...core.tensor import Parameter, Tensor
 __all__ = ["TorchParameter", "TorchBuffer", "mirror_of"]
 
 
-class _Mirror:
+class _TorchView:
     """What both kinds of mirror add: the torch tensor they view, and pickling as that tensor."""
 
     @property
@@ -33,11 +33,11 @@ class _Mirror:
         return mirror_of, (self.torch_tensor, self._device, isinstance(self, Parameter))
 
 
-class TorchParameter(_Mirror, Parameter):
+class TorchParameter(_TorchView, Parameter):
     """A `Parameter` whose memory is a torch parameter's."""
 
 
-class TorchBuffer(_Mirror, Tensor):
+class TorchBuffer(_TorchView, Tensor):
     """A buffer (e.g. BatchNorm's running mean) whose memory is a torch buffer's."""
 
 
