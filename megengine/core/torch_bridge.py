@@ -54,6 +54,9 @@ from pathlib import Path
 import numpy
 import torch
 
+from . import _config
+
+_config._sync_torch_backends(torch)  # cuDNN switches set in megengine.config before torch loaded
 __all__ = ["to_torch", "from_torch", "load_extension", "cache_dir", "load_stats"]
 
 _NAME = "megengine_torch_bridge"
