@@ -9,12 +9,13 @@ and applies it. What each switch does in this engine:
   ``torch.backends.cudnn.benchmark`` / ``.deterministic``, now if torch is loaded, else when the
   bridge loads it). The CPU kernels (oneDNN) have a single algorithm per call and are
   deterministic, so on CPUs neither switch changes anything.
-- ``_compute_mode``: checked (``"default"`` or ``"float32"``) and kept; ops read it through
-  ``_effective_compute_mode``. Model code also writes the module global directly
-  (``_config.__compute_mode = "float32"``); both spellings work. ``"float32"`` asks for float16
-  matmuls and convolutions to accumulate in float32, which this engine's kernels already do
-  in either mode (numpy's float16 matmul accumulates in float32: checked in
-  ``tests/test_config.py``), so both modes give upstream's ``"float32"`` result.
+- ``_compute_mode``: checked (``"default"`` or ``"float32"``) and kept;
+  ``_effective_compute_mode`` tells an op which mode applies (its own argument, unless the
+  switch says ``"float32"``). Model code also writes the module global directly
+  (``_config.__compute_mode = "float32"``); both spellings work. ``"float32"`` asks float16
+  matmuls to accumulate in float32, which this engine's matmul does in either mode (numpy's
+  float16 matmul accumulates in float32: ``tests/test_config.py`` checks it), so both modes
+  give upstream's ``"float32"`` result; float16 convolutions accumulate as ATen's kernels do.
 - ``async_level``: checked (0, 1 or 2) and kept. This engine runs every op when it is called,
   so errors are always raised at the call that caused them (upstream's level 0) whatever the
   level says.
