@@ -1,6 +1,6 @@
 """megengine: MegEngine's 1.x Python API on a numpy engine, with PyTorch modules embeddable inside."""
-from .device import (get_default_device, get_device_count, is_cuda_available,
-                     set_default_device)
+from .device import (_full_sync, _sync, get_default_device, get_device_count,
+                     is_cuda_available, set_default_device)
 from .logger import enable_debug_log, get_logger, set_log_file, set_log_level
 # Importing the submodule `megengine.tensor` sets this package's `tensor` attribute to the
 # module; importing its `tensor` name right after rebinds it to the class, as upstream does.

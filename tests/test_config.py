@@ -117,3 +117,21 @@ def test_star_import_and_no_torch():
             "print(sorted(n for n in c.__all__ if not hasattr(c, n)), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]", "False"]
+
+
+def test_runtime_options_share_the_switches():
+    from megengine.core import get_option, set_option
+
+    assert get_option("async_level") == 2 and get_option("disable_memory_forwarding") == 0
+    set_option("async_level", 0)
+    assert mge.config.async_level == 0  # one state with the config switch
+    with pytest.raises(ValueError, match="async_level"):
+        set_option("async_level", 5)
+    before = get_option("enable_dtr_auto_drop")
+    set_option("enable_dtr_auto_drop", 1)
+    assert get_option("enable_dtr_auto_drop") == 1
+    set_option("enable_dtr_auto_drop", before)
+    with pytest.raises(ValueError, match="unknown option 'no_such'.*async_level"):
+        get_option("no_such")
+    with pytest.raises(TypeError, match="int"):
+        set_option("max_recompute_time", "often")

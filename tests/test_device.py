@@ -153,3 +153,11 @@ def test_import_megengine_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_full_sync_waits_for_queued_work():
+    x = mge.tensor(np.arange(4.0, dtype=np.float32), device="xpux")
+    y = x * 2
+    mge._full_sync()
+    mge._sync()
+    np.testing.assert_array_equal(y.numpy(), [0.0, 2.0, 4.0, 6.0])

@@ -211,6 +211,43 @@ def _override(benchmark_kernel=None, deterministic_kernel=None, async_level=None
         _reset_execution_config(*previous)
 
 
+# Upstream's runtime options (`megengine.core.get_option` / `set_option`) and their defaults.
+# "async_level" and "disable_memory_forwarding" are the config switches above (one state);
+# the others tune upstream's C++ interpreter (DTR rematerialisation, host computation of
+# shapes, worker error capture) and are kept without effect here.
+_OPTIONS = {"enable_drop": 0, "max_recompute_time": 1, "catch_worker_execption": 1,
+            "enable_host_compute": 1, "record_computing_path": 0, "enable_dtr_auto_drop": 0,
+            "enable_dtr_sqrt_sampling": 0, "dtr_eviction_threshold": 0,
+            "dtr_evictee_minimum_size": 1 << 20, "enable_sqrt_sampling": 0, "buffer_length": 8}
+_SWITCH_OPTIONS = {"async_level": (_get_async_level, _set_async_level),
+                   "disable_memory_forwarding": (_get_disable_memory_forwarding,
+                                                 _set_disable_memory_forwarding)}
+
+
+def get_option(name: str) -> int:
+    """The value of runtime option ``name`` (upstream's ``megengine.core.get_option``)."""
+    mod = sys.modules[__name__]
+    if name in _SWITCH_OPTIONS:
+        return int(_SWITCH_OPTIONS[name][0](mod))
+    if name not in _OPTIONS:
+        raise ValueError(f"get_option: unknown option {name!r}; known: "
+                         f"{sorted([*_OPTIONS, *_SWITCH_OPTIONS])}")
+    return _OPTIONS[name]
+
+
+def set_option(name: str, value: int):
+    """Set runtime option ``name`` (an int); see ``get_option``."""
+    mod = sys.modules[__name__]
+    if name in _SWITCH_OPTIONS:
+        return _SWITCH_OPTIONS[name][1](mod, value)
+    if name not in _OPTIONS:
+        raise ValueError(f"set_option: unknown option {name!r}; known: "
+                         f"{sorted([*_OPTIONS, *_SWITCH_OPTIONS])}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"set_option: {name} takes an int >= 0, got {value!r}")
+    _OPTIONS[name] = value
+
+
 def _get_actual_op_param(function_param, config_param):
     """An op's own argument unless the global switch says something other than "default"."""
     return function_param if config_param == "default" else config_param
