@@ -135,3 +135,11 @@ def test_runtime_options_share_the_switches():
         get_option("no_such")
     with pytest.raises(TypeError, match="int"):
         set_option("max_recompute_time", "often")
+
+
+def test_auto_format_convert_functions():
+    from megengine.core._config import get_auto_format_convert, set_auto_format_convert
+
+    assert set_auto_format_convert(True) is False
+    assert get_auto_format_convert() is True and mge.config._auto_format_convert is True
+    assert set_auto_format_convert(False) is True and mge.config._auto_format_convert is False

@@ -152,6 +152,18 @@ def _set_auto_format_convert(mod, option):
     _auto_format_convert_flag = _check_bool("_auto_format_convert", option)
 
 
+def get_auto_format_convert() -> bool:
+    """The ``_auto_format_convert`` switch (upstream exports this function from here too)."""
+    return _auto_format_convert_flag
+
+
+def set_auto_format_convert(option: bool) -> bool:
+    """Set the ``_auto_format_convert`` switch; returns the previous value."""
+    previous = _auto_format_convert_flag
+    _set_auto_format_convert(None, option)
+    return previous
+
+
 class ConfigModule(types.ModuleType):
     """A module whose switches are properties (what upstream gets from ``mprop``)."""
 
