@@ -1,5 +1,5 @@
 """`megengine.tensor`, the module upstream code imports Tensor and Parameter from (and pickles name)."""
-from .core.tensor import Parameter, QParams, Tensor
+from .core.tensor import Parameter, Tensor
 
 __all__ = ["Tensor", "Parameter", "tensor"]
 
@@ -8,7 +8,6 @@ __all__ = ["Tensor", "Parameter", "tensor"]
 # engine's classes this public home makes files written here load on upstream and back.
 Tensor.__module__ = __name__
 Parameter.__module__ = __name__
-QParams.__module__ = __name__
 
 #: the Tensor class under its lower-case name: ``megengine.tensor([1, 2])`` makes a Tensor and
 #: ``isinstance(x, megengine.tensor)`` holds. ``megengine/__init__.py`` imports this name over

@@ -110,8 +110,8 @@ def test_load_a_state_dict_saved_by_upstream(tmp_path):
     assert Tensor.dmap_callback is None  # load leaves no mapping behind
 
 
-def test_plain_pickle_reads_upstream_tensors_and_qparams():
-    from megengine.tensor import QParams
+def test_plain_pickle_reads_upstream_tensors_and_their_qparams_state():
+    from megengine.core.tensor import QParams
 
     q = QParams(mode="symmetric", scale=0.25)
     data = _upstream_bytes(_UpstreamTensor(np.array([1, 2], np.int8), "cpu0:0",
