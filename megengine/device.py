@@ -44,7 +44,8 @@ class DeviceType(enum.Enum):
     ROCM = 4
     ATLAS = 5
 
-_DEVICE_RE = re.compile(r"^(cpu|gpu|xpu)(\d+|x)(?::(\d+))?$")
+# "multithreadN" is upstream's CPU device computing with N threads (for inference)
+_DEVICE_RE = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::(\d+))?$")
 _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
@@ -118,7 +119,9 @@ def canonical_device(device=None) -> str:
     """Validate a device name and return the device it means: "cpu0" or "gpu<N>".
 
     "xpux"/"xpuN" mean "the best device there is": a GPU when CUDA is available, else the CPU.
-    Every CPU name ("cpu0", "cpu1", "cpux") is the one host memory, so all map to "cpu0".
+    Every CPU name ("cpu0", "cpu1", "cpux") is the one host memory, so all map to "cpu0";
+    so does upstream's "multithreadN" (a CPU computing with N threads): the CPU kernels here
+    use their libraries' own thread pools.
     """
     if device is None:
         device = _default_device
@@ -131,7 +134,7 @@ def canonical_device(device=None) -> str:
     kind, index = m.group(1), m.group(2)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"
-    if kind == "cpu":
+    if kind in ("cpu", "multithread"):
         return "cpu0"
     if not is_cuda_available():
         raise RuntimeError(

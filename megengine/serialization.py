@@ -7,7 +7,7 @@ from .core.tensor import Tensor
 
 __all__ = ["save", "load"]
 
-_DEVICE_NAME = re.compile(r"^(cpu|gpu|xpu)(\d+|x)(?::\d+)?$")
+_DEVICE_NAME = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::\d+)?$")
 # Tensor.dmap_callback is one class attribute (upstream's design): loads in two threads at once
 # would see each other's map_location, so they take turns.
 _load_lock = threading.RLock()

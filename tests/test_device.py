@@ -161,3 +161,10 @@ def test_full_sync_waits_for_queued_work():
     mge._full_sync()
     mge._sync()
     np.testing.assert_array_equal(y.numpy(), [0.0, 2.0, 4.0, 6.0])
+
+
+def test_upstreams_multithread_device_is_the_cpu():
+    mge.set_default_device("multithread4")
+    assert mge.get_default_device() == "multithread4"
+    assert mge.tensor([1.0]).device == "cpu0"
+    assert dev.canonical_device("multithread2:0") == "cpu0"

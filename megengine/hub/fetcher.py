@@ -107,7 +107,13 @@ def fetch_git(git_host, repo_info, use_cache, commit, protocol, cache_dir, versi
                                        f"commit id:\n{p.stderr.strip()}")
         shutil.rmtree(os.path.join(target, ".git"), ignore_errors=True)
         shutil.rmtree(repo_dir, ignore_errors=True)
-        os.replace(target, repo_dir)
+        try:
+            os.replace(target, repo_dir)
+        except OSError:
+            # several processes (distributed ranks) fetching at once: one copy is as good as
+            # another, so the first to finish wins and the others use it
+            if not os.path.isdir(repo_dir):
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return repo_dir
