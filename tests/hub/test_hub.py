@@ -4,8 +4,10 @@ import http.server
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +65,7 @@ def test_local_directory(tmp_path):
     assert isinstance(model, M.Linear) and model.weight.shape == (2, 4)
     module = hub.import_module(repo)
     assert module.__doc__ == "a test repository" and callable(module.tiny)
-    assert str(tmp_path / "repo") not in __import__("sys").path  # only while hubconf ran
+    assert str(tmp_path / "repo") not in sys.path  # only while hubconf ran
 
 
 def test_missing_entry_and_dependencies(tmp_path):
@@ -226,3 +228,19 @@ def test_offline_error_names_the_url_and_where_to_put_the_file(tmp_path):
     with pytest.raises(hub.HTTPDownloadError, match="only http, https and file"):
         hub.load_serialized_obj_from_url("ftp://example.com/w.pkl", model_dir=str(tmp_path))
     assert urllib.parse.urlparse(url).port == port
+
+
+def test_a_fetch_that_loses_the_race_uses_the_winners_copy(git_host, monkeypatch):
+    """Distributed ranks fetch at once: the first complete copy wins, the others use it."""
+    from megengine.hub import fetcher
+
+    host, _, _ = git_host
+    real_replace = os.replace
+
+    def another_process_finished_first(src, dst):
+        write_repo(Path(dst), version="winner")  # dst now exists, non-empty
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fetcher.os, "replace", another_process_finished_first)
+    assert "winner linear" in hub.help("megengine/models", "tiny", git_host=str(host),
+                                       use_cache=False)
