@@ -185,7 +185,7 @@ def test_tensors_parameters_and_arrays_round_trip():
     np.testing.assert_array_equal(back["t"].numpy(), t.numpy())
     np.testing.assert_array_equal(back["p"].numpy(), p.numpy())
     assert back["t"].dtype == np.float32 and back["p"].dtype == np.int32
-    assert back["p"].name == "weight" and back["p"].grad is None and back["t"].name is None
+    assert back["p"].name == "weight" and back["p"].grad is None and back["t"].name == ""
     assert type(back["arr"]) is np.ndarray and back["arr"].dtype == np.float64
     np.testing.assert_array_equal(back["arr"], arr)
     assert back["nested"][0] is back["t"]  # shared objects stay shared

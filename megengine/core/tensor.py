@@ -223,7 +223,8 @@ class Tensor:
 
     @property
     def name(self):
-        return self._name
+        """The tensor's name; ``""`` when none was given, as upstream."""
+        return "" if self._name is None else self._name
 
     @name.setter
     def name(self, value):
@@ -300,7 +301,7 @@ class Tensor:
         state = {}
         if self._qparams is not None:
             state["qparams"] = self._qparams
-        if self._name is not None:
+        if self._name:
             state["name"] = self._name
         return state
 

@@ -473,7 +473,7 @@ def test_name_set_at_creation_or_later():
     x = Tensor([1.0], name="w")
     assert x.name == "w"
     x.name = "v"
-    assert x.name == "v" and Tensor([1.0]).name is None
+    assert x.name == "v" and Tensor([1.0]).name == ""
 
 
 def test_qparams_created_on_first_use_and_per_tensor():
