@@ -19,10 +19,13 @@ and applies it. What each switch does in this engine:
 - ``async_level``: checked (0, 1 or 2) and kept. This engine runs every op when it is called,
   so errors are always raised at the call that caused them (upstream's level 0) whatever the
   level says.
-- ``disable_memory_forwarding``, ``_bn_format``, ``_auto_format_convert`` and
-  ``benchmark_with_subprocess``: checked and kept; they steer optimisations of upstream's C++
-  runtime (storage sharing between tensors, NHWC parameter layouts and index reordering,
-  algorithm benchmarks in a child process) that this engine does not have.
+- ``disable_memory_forwarding`` and ``benchmark_with_subprocess``: checked and kept; they
+  steer optimisations of upstream's C++ runtime (storage sharing between tensors, algorithm
+  benchmarks in a child process) that users cannot observe and this engine does not have.
+- ``_bn_format`` and ``_auto_format_convert``: only their defaults (``"dim_1c11"``, False).
+  The other values change what programs compute on upstream (batch-norm parameters shaped
+  ``(1, 1, 1, C)`` for NHWC data; axis arguments reordered for ``"nhwc"`` tensors), which this
+  engine's operators do not do, so setting them raises instead of computing something else.
 """
 import sys
 import types
@@ -139,6 +142,9 @@ def _get_bn_format(mod):
 def _set_bn_format(mod, fmt):
     if fmt not in _BN_FORMATS:
         raise ValueError(f"megengine.config._bn_format must be one of {_BN_FORMATS}, got {fmt!r}")
+    if fmt != "dim_1c11":
+        raise ValueError("megengine.config._bn_format: only 'dim_1c11' (NCHW parameters) is "
+                         "supported here; this engine's batch norm has no NHWC layout")
     globals()["__bn_format"] = fmt
 
 
@@ -149,7 +155,12 @@ def _get_auto_format_convert(mod):
 
 def _set_auto_format_convert(mod, option):
     global _auto_format_convert_flag
-    _auto_format_convert_flag = _check_bool("_auto_format_convert", option)
+    option = _check_bool("_auto_format_convert", option)
+    if option:
+        raise ValueError("megengine.config._auto_format_convert: only False is supported here; "
+                         "this engine's operators do not reorder axes for 'nhwc' tensors, so "
+                         "keep data in NCHW order")
+    _auto_format_convert_flag = option
 
 
 def get_auto_format_convert() -> bool:
