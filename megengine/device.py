@@ -1,4 +1,4 @@
-"""Device names, the default device, the array module (numpy / CuPy) behind each device, device queries."""
+"""Device names, the default device, the array module (numpy / CuPy) per device, device queries."""
 import enum
 import functools
 import os
@@ -373,7 +373,8 @@ def set_prealloc_config(alignment: int = 1, min_req: int = 32 * 1024 * 1024,
     effect here: CPU arrays come from the C heap, and CuPy's pool on GPUs grows per request and
     has no such knobs."""
     if not (isinstance(alignment, int) and alignment > 0):
-        raise ValueError(f"set_prealloc_config: alignment must be a positive int, got {alignment!r}")
+        raise ValueError("set_prealloc_config: alignment must be a positive int, "
+                         f"got {alignment!r}")
     if not (isinstance(min_req, int) and min_req > 0):
         raise ValueError(f"set_prealloc_config: min_req must be a positive int, got {min_req!r}")
     if not (isinstance(max_overhead, int) and max_overhead >= 0):

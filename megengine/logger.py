@@ -1,4 +1,4 @@
-"""MegEngine's loggers on Python's `logging`: get_logger, set_log_level, set_log_file, enable_debug_log."""
+"""MegEngine's loggers on `logging`: get_logger, set_log_level, set_log_file, enable_debug_log."""
 import contextlib
 import logging
 import os

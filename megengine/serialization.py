@@ -1,4 +1,4 @@
-"""`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can place tensors on other devices."""
+"""`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can move tensors."""
 import pickle
 import re
 import threading

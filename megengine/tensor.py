@@ -1,4 +1,4 @@
-"""`megengine.tensor`, the module upstream code imports Tensor and Parameter from (and pickles name)."""
+"""`megengine.tensor`: the module upstream code (and pickles) take Tensor and Parameter from."""
 from .core.tensor import Parameter, Tensor
 
 __all__ = ["Tensor", "Parameter", "tensor"]

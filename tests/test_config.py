@@ -1,4 +1,4 @@
-"""megengine.config and megengine.core._config: switches as module properties, _override, compute mode."""
+"""megengine.config and megengine.core._config: switches as module properties, _override."""
 import subprocess
 import sys
 import types

@@ -1,4 +1,4 @@
-"""`megengine.tensor` (megengine/tensor.py): the Tensor class under that name, and a module to import from."""
+"""`megengine.tensor` (megengine/tensor.py): the Tensor class, and a module to import from."""
 import pickle
 import subprocess
 import sys

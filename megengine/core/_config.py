@@ -1,4 +1,4 @@
-"""Execution switches (upstream's `megengine.core._config`): module properties, `_override`, compute mode.
+"""Execution switches (upstream's `core._config`): module properties, `_override`, compute mode.
 
 ``megengine.config`` shows the same switches. They are module *properties*, as upstream makes
 them with ``mprop``: ``mge.config.benchmark_kernel = True`` runs a setter that checks the value

@@ -1,4 +1,4 @@
-"""`megengine.hub`'s functions: list/load/help/import_module over hubconf.py, pretrained weights by URL."""
+"""`megengine.hub`: list/load/help/import_module over hubconf.py, pretrained weights by URL."""
 import functools
 import hashlib
 import os
@@ -83,8 +83,10 @@ def list(repo_info: str, git_host: str = DEFAULT_GIT_HOST, use_cache: bool = Tru
 def _entry(hubmodule, entry):
     fn = getattr(hubmodule, entry, None)
     if not callable(fn):
+        offered = [n for n in dir(hubmodule)
+                   if not n.startswith("_") and callable(getattr(hubmodule, n))]
         raise RuntimeError(f"Cannot find callable {entry} in hubconf.py; the repository offers "
-                           f"{[n for n in dir(hubmodule) if not n.startswith('_') and callable(getattr(hubmodule, n))]}")
+                           f"{offered}")
     return fn
 
 
@@ -99,7 +101,8 @@ def load(repo_info: str, entry: str, *args, git_host: str = DEFAULT_GIT_HOST,
     """
     hubmodule = _init_hub(repo_info, git_host, use_cache, commit, protocol)
     fn = _entry(hubmodule, entry)
-    missing = [m for m in getattr(hubmodule, HUBDEPENDENCY, None) or () if not check_module_exists(m)]
+    missing = [m for m in getattr(hubmodule, HUBDEPENDENCY, None) or ()
+               if not check_module_exists(m)]
     if missing:
         raise RuntimeError(f"Missing dependencies: {', '.join(missing)} (needed by "
                            f"{repo_info}'s hubconf.py); install them first")

@@ -1,4 +1,4 @@
-"""megengine.hub (megengine/hub/): hubconf from a local directory or git repository, pretrained weights."""
+"""megengine.hub (megengine/hub/): hubconf from a local dir or git repo, pretrained weights."""
 import hashlib
 import http.server
 import os
