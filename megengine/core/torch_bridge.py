@@ -64,6 +64,10 @@ from pathlib import Path
 import numpy
 import torch
 
+from . import _config
+
+_config._sync_torch_backends(torch)  # cuDNN switches set in megengine.config before torch loaded
+
 __all__ = ["to_torch", "from_torch", "load_extension", "build", "cache_dir", "cache_root", "library_path",
            "load_stats"]
 
