@@ -22,6 +22,7 @@ from ...core.dispatch import Op, apply
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
+from ...core import amp as _amp
 from ...core import torch_bridge as _bridge
 
 __all__ = ["PyTorchModule"]
@@ -333,9 +334,12 @@ class _TorchCall(Op):
         versions = [t._version for t in inputs]
         args = [_fill(t, inputs) for t in self.template]
         kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
-        with torch.set_grad_enabled(want_grad):
+        # megengine.amp.autocast reaches torch as torch.autocast with the same dtype
+        with torch.set_grad_enabled(want_grad), _amp.torch_autocast(inputs[0].device.type
+                                                                    if inputs else "cpu"):
             out = w._torch_module(*args, **kwargs)
         outs, self.structure = _flatten_outputs(out, w.output_cnt)
+        outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
         written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
