@@ -15,7 +15,9 @@ import sys
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor
 
-_PERMUTATIONS = {4: ((0, 2, 3, 1), (0, 3, 1, 2)), 5: ((0, 2, 3, 4, 1), (0, 4, 1, 2, 3))}
+# (to channels-last, back). A 5-D tensor is a grouped conv weight (G, O/G, I/G, kh, kw), as
+# upstream treats it: its channel dim is 2, moved innermost
+_PERMUTATIONS = {4: ((0, 2, 3, 1), (0, 3, 1, 2)), 5: ((0, 1, 3, 4, 2), (0, 1, 4, 2, 3))}
 
 
 def _is_nchw_format(t):
