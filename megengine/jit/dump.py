@@ -178,13 +178,30 @@ def _importable(obj):
 def _import(path):
     module, _, qualname = path.partition(":")
     try:
-        obj = importlib.import_module(module)
+        mod = obj = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
+    except AttributeError as e:
+        obj = _in_table(mod, qualname)
+        if obj is None:
+            raise ValueError(f"load: the file names {path!r}, which cannot be imported here "
+                             f"({e}); was it dumped by another version of megengine?") from e
+    except ImportError as e:
         raise ValueError(f"load: the file names {path!r}, which cannot be imported here ({e}); "
                          "was it dumped by another version of megengine?") from e
     return obj
+
+
+def _in_table(module, qualname):
+    """A class a factory made and a module-level dict keeps (``megengine.core.ops.BINARY``
+    holds ``Greater``, made by ``type()``): found by its name among the dict's values."""
+    for table in list(vars(module).values()):
+        if type(table) is dict:
+            for v in table.values():
+                if isinstance(v, type) and v.__qualname__ == qualname \
+                        and v.__module__ == module.__name__:
+                    return v
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,11 +253,20 @@ def _output_slots(out):
         if not all(type(v) is _Ref for _, v in items):
             raise DumpError("dump: every value of a dict output must be a tensor")
         return [str(k) for k, _ in items], [v.slot for _, v in items]
-    seq = out.items if type(out) is _Struct else out
-    if type(seq) in (tuple, list) and all(type(v) is _Ref for v in seq):
-        return [f"output_{i}" for i in range(len(seq))], [v.slot for v in seq]
-    raise DumpError("dump: the traced function must return a tensor, or a tuple, list or dict "
-                    "of tensors")
+    leaves = []
+
+    def walk(v):  # nested tuples/lists (a namedtuple too), flattened in order
+        if type(v) is _Ref:
+            leaves.append(v.slot)
+        elif type(v) in (tuple, list) or (type(v) is _Struct and v.keys is None):
+            for x in (v.items if type(v) is _Struct else v):
+                walk(x)
+        else:
+            raise DumpError("dump: the traced function must return a tensor, or a tuple, list "
+                            f"or dict of tensors; it returned a {type(v).__name__} among them")
+
+    walk(out)
+    return [f"output_{i}" for i in range(len(leaves))], leaves
 
 
 def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None, **options):
