@@ -17,8 +17,9 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
          "Calls with new shapes, dtypes, structures or non-tensor values are traced anew; "
          "within one such signature the ops must not change.")
 
-# slot kinds made inside the call (the rest are read from outside: externals, constants, .grad)
-_INTERNAL = frozenset({"arg", "op", "alias", "event"})
+# slot kinds computed inside the call; arguments, externals, constants and .grad come from
+# outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
+_COMPUTED = frozenset({"op", "alias", "event"})
 
 class _Recorder:
     """``dispatch._trace_hook`` while a traced function runs (its first call, or a checked call)."""
@@ -122,11 +123,13 @@ class _Recorder:
                 self._register(t, step.out)
                 s = step.out
             if s != expected:
-                internal = prog.slots[expected].kind in _INTERNAL
+                was = prog.slots[expected].kind in _COMPUTED
+                now = prog.slots[s].kind in _COMPUTED
                 self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call "
                                f"used {prog.describe(s)}",
-                               "input id mismatch" if internal
-                               else "expect external node, got internal")
+                               "expect internal node, got external" if was and not now else
+                               "expect external node, got internal" if now and not was else
+                               "input id mismatch")
             return
         info = prog.slots[expected]
         kind = info.kind
@@ -147,7 +150,7 @@ class _Recorder:
             now = (f"a tensor made outside the traced ops ({_tensor_text(t)}"
                    + (f", value {_ArrayValue(t._data)!r}" if t.size <= 8 else "") + ")")
             self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call used "
-                           f"{now}", "expect internal node, got external" if kind in _INTERNAL
+                           f"{now}", "expect internal node, got external" if kind in _COMPUTED
                            else "tensors not equals")
 
     def _next_main(self, where):

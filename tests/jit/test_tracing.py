@@ -71,11 +71,15 @@ def test_keyword_arguments_reach_the_function_and_select_programs():
     ("a + b + c", "a + b - c", "operator mismatch"),
     ("a + b + 1", "a + b + 2", "tensors not equals"),
     ("((a + b), (b + c))[0]", "a + b", "mismature end"),
+    ("a + b + c", "c + (a + b)", "expect internal node, got external"),
+    ("c + (a + b)", "a + b + c", "expect external node, got internal"),
     ("a + b + c", "a + b + c + c", "too many instructions"),
+    ("((a + b), (b + c))[1]", "((a + b), (b + c))[0]", "data unreadable"),
     ("((a + b), (b + c))[1] + a", "((a + b), (b + c))[0] + a", "input id mismatch"),
 ])
 def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
-    # upstream's test_trace_mismatch, on the mode that reruns Python here (symbolic=False)
+    # upstream's test_trace_mismatch (all eight cases), on the mode that reruns Python here
+    # (symbolic=False)
     a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
     mismatch = False
 
