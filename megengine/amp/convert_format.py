@@ -4,7 +4,8 @@
 Upstream marks such tensors ``format="nhwc"`` and its kernels then run channels-last. Here the
 logical shape stays NCHW (as upstream shows it with auto format conversion on) and the storage
 becomes channels-last, which the ATen convolution kernels behind ``F.conv2d`` read without a
-copy (ATen picks the output layout from the input). Values do not change. ``tensor.format`` says ``"nhwc"`` afterwards.
+copy (ATen picks the output layout from the input). Values do not change. ``tensor.format``
+says ``"nhwc"`` afterwards.
 A PyTorchModule's parameters are left alone: they are the torch module's storage (zero copy);
 convert the torch module itself with ``module.to(memory_format=torch.channels_last)`` before
 wrapping it.

@@ -243,7 +243,8 @@ def _flatten(value, leaves):
     if isinstance(value, (tuple, list)):
         return (type(value), tuple(_flatten(v, leaves) for v in value))
     if isinstance(value, dict):
-        return (type(value), tuple(value.keys()), tuple(_flatten(v, leaves) for v in value.values()))
+        return (type(value), tuple(value.keys()),
+                tuple(_flatten(v, leaves) for v in value.values()))
     return _ValueLeaf(value)
 
 

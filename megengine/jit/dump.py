@@ -12,9 +12,9 @@ An op is written *by value*: its class as ``"module:QualName"`` and its construc
 ``__dict__`` the recording copied before ``forward`` ran), encoded as tagged JSON. Loading
 imports the class, checks it is a `megengine.core.dispatch.Op`, and rebuilds the instance with
 ``cls.__new__`` and that state. Classes and module-level functions in op state are written by
-name and imported on load (as pickle does); no other code comes from the file. State that is not a value (a torch
-module inside a ``PyTorchModule`` call, a user ``Function`` object, any other Python object)
-cannot be written: `dump` raises and names the op and the attribute.
+name and imported on load (as pickle does); no other code comes from the file. State that is
+not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function`` object, any
+other Python object) cannot be written: `dump` raises and names the op and the attribute.
 
 What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
 steps, in-place writes: calls on live Python objects) and values read live (a ``.grad``).

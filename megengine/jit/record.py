@@ -119,7 +119,7 @@ class _Recorder:
                 step = self._expect(_AliasStep, where)
                 if step.src != s:
                     self._mismatch(f"{where}: the trace detached {prog.describe(step.src)}, this "
-                                   f"call detached {prog.describe(s)}", 'input id mismatch')
+                                   f"call detached {prog.describe(s)}", "input id mismatch")
                 self._register(t, step.out)
                 s = step.out
             if s != expected:
@@ -161,7 +161,7 @@ class _Recorder:
             k += 1
         if k >= len(steps):
             self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this "
-                           "call goes on", 'too many instructions')
+                           "call goes on", "too many instructions")
         return k, steps[k]
 
     def _done_aliases(self, k, where):
@@ -169,18 +169,18 @@ class _Recorder:
         if self.pc != k:
             src = self.prog.describe(self.prog.steps[self.pc].src)
             self._mismatch(f"{where}: the trace detached {src} before this step; this call "
-                           "did not", 'operator mismatch')
+                           "did not", "operator mismatch")
         self.pc = k + 1
 
     def _expect(self, kind, where):
         steps = self.prog.steps
         if self.pc >= len(steps):
             self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this call "
-                           "goes on", 'too many instructions')
+                           "goes on", "too many instructions")
         step = steps[self.pc]
         if type(step) is not kind:
             self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call has "
-                           f"{_kind_text(kind)}", 'operator mismatch')
+                           f"{_kind_text(kind)}", "operator mismatch")
         self.pc += 1
         return step
 
@@ -223,22 +223,23 @@ class _Recorder:
         k, step = self._next_main(where)
         if type(step) is not _OpStep:
             self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call applies "
-                           "an op", 'operator mismatch')
+                           "an op", "operator mismatch")
         key, _ = _op_key(op, self._array_slot)
         if key[0] is not step.key[0] or (key[0] is _FunctionOp and key[1] is not step.key[1]):
             self._mismatch(f"op #{index}: the trace applied {step.name}, this call applies "
-                           f"{op!r}", 'operator mismatch')
+                           f"{op!r}", "operator mismatch")
         if key != step.key:
             self._mismatch(f"{where}: the parameters differ: the trace had "
-                           f"{_describe_params(step.key)}; this call has {_describe_params(key)}", 'operator mismatch')
+                           f"{_describe_params(step.key)}; this call has "
+                           f"{_describe_params(key)}", "operator mismatch")
         if len(inputs) != len(step.ins):
             self._mismatch(f"{where}: the trace gave it {len(step.ins)} inputs, this call "
-                           f"{len(inputs)}", 'operator mismatch')
+                           f"{len(inputs)}", "operator mismatch")
         for j, (t, expected, meta) in enumerate(zip(inputs, step.ins, step.metas)):
             self.check_source(t, expected, _Where(index, op, j))
             if t._data.shape != meta[0] or t._data.dtype != meta[1]:
                 self._mismatch(f"{where}, input {j}: the trace had shape {meta[0]} {meta[1]}, "
-                               f"this call has shape {t.shape} {t.dtype}", 'shape mismatch')
+                               f"this call has shape {t.shape} {t.dtype}", "shape mismatch")
         self._done_aliases(k, where)
         if self.profile is None:
             out = self._run(op, inputs)
@@ -250,7 +251,7 @@ class _Recorder:
         outs = out if isinstance(out, tuple) else (out,)
         if len(outs) != len(step.outs):
             self._mismatch(f"{where}: the trace had {len(step.outs)} outputs, this call has "
-                           f"{len(outs)}", 'operator mismatch')
+                           f"{len(outs)}", "operator mismatch")
         for o, s in zip(outs, step.outs):
             self._register(o, s)
         return out
@@ -276,7 +277,7 @@ class _Recorder:
             k, step = self._next_main(f"the call {name}()")
             if type(step) is not _EventStep or step.fn is not fn:
                 self._mismatch(f"after op #{self.n_ops - 1}: the trace has {_step_text(step)} "
-                               f"here, this call calls {name}()", 'operator mismatch')
+                               f"here, this call calls {name}()", "operator mismatch")
             self._match(args, step.args, f"the arguments of {step.name}()")
             self._match(kwargs, step.kwargs, f"the arguments of {step.name}()")
             self._done_aliases(k, f"the call {name}()")
@@ -321,7 +322,7 @@ class _Recorder:
         if self.checking:
             if len(fresh) != len(step.out_paths):
                 self._mismatch(f"{step.name}(): the trace got {len(step.out_paths)} new tensors "
-                               f"from it, this call {len(fresh)}", 'operator mismatch')
+                               f"from it, this call {len(fresh)}", "operator mismatch")
             for (_, t), (_, s) in zip(fresh, step.out_paths):
                 self._register(t, s)
             return
@@ -352,28 +353,31 @@ class _Recorder:
         if type(enc) is _Ref:
             if not isinstance(value, Tensor):
                 self._mismatch(f"{where}: the trace passed {self.prog.describe(enc.slot)}, this "
-                               f"call passes {type(value).__name__}", 'input id mismatch')
+                               f"call passes {type(value).__name__}", "input id mismatch")
             self.check_source(value, enc.slot, where)
             return
         if isinstance(value, Tensor):
-            self._mismatch(f"{where}: the trace passed {enc!r}, this call passes a Tensor", 'input id mismatch')
+            self._mismatch(f"{where}: the trace passed {enc!r}, this call passes a Tensor",
+                           "input id mismatch")
         t = type(enc)
         if t is _Struct:
             items = [value[k] for k in enc.keys] if enc.keys is not None else list(value)
             if type(value) is not enc.cls or len(items) != len(enc.items):
-                self._mismatch(f"{where}: the structure differs from the trace", 'input id mismatch')
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
             for v, e in zip(items, enc.items):
                 self._match(v, e, where)
         elif t is tuple or t is list or t is dict:
             if type(value) is not t or len(value) != len(enc) or (
                     t is dict and list(value) != list(enc)):
-                self._mismatch(f"{where}: the structure differs from the trace", 'input id mismatch')
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
             pairs = zip(value.values(), enc.values()) if t is dict else zip(value, enc)
             for v, e in pairs:
                 self._match(v, e, where)
         elif not (_ValueLeaf(value) == _ValueLeaf(enc)):
             self._mismatch(f"{where}: the trace passed {_ValueLeaf(enc)!r}, this call passes "
-                           f"{_ValueLeaf(value)!r}", 'tensors not equals')
+                           f"{_ValueLeaf(value)!r}", "tensors not equals")
 
     def _resolve_grads(self):
         """Recording: externals that are some tensor's ``.grad`` must be read live as such."""
@@ -430,13 +434,14 @@ class _Recorder:
             if alias:
                 step = self._expect(_AliasStep, "the outputs")
                 if step.src != s:
-                    self._mismatch(f"the outputs: the trace detached {self.prog.describe(step.src)}"
-                                   f", this call detached {self.prog.describe(s)}", 'data unreadable')
+                    self._mismatch(f"the outputs: the trace detached "
+                                   f"{self.prog.describe(step.src)}, this call detached "
+                                   f"{self.prog.describe(s)}", "data unreadable")
                 self._register(t, step.out)
         if self.pc != len(self.prog.steps):
             rest = self.prog.steps[self.pc]
             self._mismatch(f"the call ended after {self.n_ops} ops, but the trace goes on with "
-                           f"{_step_text(rest)}", 'mismature end')
+                           f"{_step_text(rest)}", "mismature end")
         recorded = list(_refs_in(self.prog.out))
         now = [self._internal(t)[0] for t in _tensors_in(outputs)]
         if len(now) != len(recorded) or any(

@@ -1,5 +1,6 @@
-"""`trace`: record a function's ops on its first call; later calls are checked against the record
-(``symbolic=False``) or replay it without running the Python function (``symbolic=True``).
+"""`trace`: record a function's ops on the first call of each signature; later calls are checked
+against the record (``symbolic=False``) or replay it without running the Python function
+(``symbolic=True`` or ``without_host=True``).
 
 How it works. While a traced function runs for the first time, ``dispatch._trace_hook`` is a
 `_Recorder`: every ``apply(op, *tensors)`` goes through it. It notes, per op, a pristine copy
@@ -31,14 +32,15 @@ each non-tensor argument. A call with a signature not seen before is recorded an
 upstream re-traces); the earlier programs stay and serve their signatures.
 
 Replay (``symbolic=True`` or ``without_host=True``, later calls of a known signature, see
-`replay`): each step runs on fresh op copies through ``apply`` (so a
-recording GradManager still builds the autodiff graph), events are called again, and the outputs
-are rebuilt. The Python function does not run: its Python side effects (prints, ``.numpy()``
-reads, appending to lists, data-dependent branches) happen on the first call only.
+`replay`): each step runs on fresh op copies through ``apply`` (so a recording GradManager still
+builds the autodiff graph), events are called again, and the outputs are rebuilt. The Python
+function does not run: its Python side effects (prints, ``.numpy()`` reads, appending to lists,
+data-dependent branches) happen when a signature is recorded only.
 
-Checking (``symbolic=False``, later calls of a known signature, see `record`): the function runs normally and each op and event
-is compared with the record (op type and parameters, input sources, input shapes and dtypes);
-the first difference raises `TraceMismatchError`. Its job is to prove a function traceable.
+Checking (``symbolic=False``, later calls of a known signature, see `record`): the function runs
+normally and each op and event is compared with the record (op type and parameters, input
+sources, input shapes and dtypes); the first difference raises `TraceMismatchError`. Its job is
+to prove a function traceable.
 
 Files: `_program` (the data), `record` (record and check), `replay`, `dump` (write a program
 to a file; `megengine.utils.comp_graph_tools` loads and runs it), this file (the public API).
