@@ -3,6 +3,7 @@ import math as _pymath
 
 import numpy as np
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, _norm_axes, xp_of
 from .elemwise import _pair, _tensor, clip, sqrt
@@ -352,7 +353,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
     ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
     """
-    a, b = _pair(inp1, inp2)
+    a, b = _amp.cast_for_compute(*_pair(inp1, inp2))  # megengine.amp.autocast: float16 compute
     if a.ndim == 1 and b.ndim == 1:
         return dot(a, b)
     if transpose_a and a.ndim >= 2:

@@ -5,6 +5,7 @@ vision.py; upstream spells them all F.nn.<name> (and F.<name>), so this module r
 """
 import math
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
@@ -314,10 +315,10 @@ class _Linear(Op):
 
 def linear(inp, weight, bias=None, compute_mode="default"):
     """``inp @ weight.T + bias``; ``weight`` is (out_features, in_features)."""
-    inp, weight = _tensor(inp), _tensor(weight)
+    inp, weight = _amp.cast_for_compute(_tensor(inp), _tensor(weight))  # megengine.amp
     if bias is None:
         return apply(_Linear(), inp, weight)
-    return apply(_Linear(), inp, weight, _tensor(bias))
+    return apply(_Linear(), inp, weight, *_amp.cast_for_compute(_tensor(bias)))
 
 
 # ----- dropout, embedding -----

@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 import torch
 
+from ...core import amp as _amp
 from ...core import torch_bridge as _bridge
 from ...core.dispatch import Op, apply
 from ...core.tensor import Parameter, Tensor
@@ -373,9 +374,11 @@ class _TorchCall(Op):
         versions = [t._version for t in inputs]
         args = [_fill(t, inputs) for t in self.template]
         kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
-        with torch.set_grad_enabled(want_grad):
+        # megengine.amp.autocast reaches torch as torch.autocast with the same dtype
+        with torch.set_grad_enabled(want_grad), _amp.torch_autocast(_torch_device(w._device).type):
             out = w._torch_module(*args, **kwargs)
         outs, self.structure = _flatten_outputs(out, w.output_cnt)
+        outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
         written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
