@@ -16,7 +16,7 @@ __all__ = [
 
 
 _SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "functional", "hub",
-               "jit", "logger", "module", "optimizer", "random", "serialization", "device"}
+               "jit", "logger", "module", "optimizer", "random", "serialization", "device", "utils"}
 
 
 def __getattr__(name):
