@@ -6,7 +6,7 @@ vision.py; upstream spells them all F.nn.<name> (and F.<name>), so this module r
 import math
 
 from ..core.dispatch import Op, apply
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from ._args import _as_float, _axes, _tensor
 
@@ -19,6 +19,19 @@ __all__ = [
 ]
 
 
+
+def _mask(a, like):
+    """A constant array (a mask or per-element factor) as a Tensor of ``like``'s dtype, for
+    grad_graph rules: piecewise-linear activations have constant slopes."""
+    from ..core.tensor import Tensor
+
+    return Tensor._wrap(xp_of(like._data).asarray(a, like.dtype), like._device)
+
+
+def _float_t(t):
+    return t if t.dtype.kind == "f" else t.astype("float32")
+
+
 # ----- element-wise activations -----
 
 class _Relu(Op):
@@ -29,6 +42,9 @@ class _Relu(Op):
 
     def backward(self, g):
         return xp_of(g).multiply(g, self.y > 0, dtype=g.dtype)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask(self.y > 0, grads[0]),)
 
 
 class _Activation(Op):
@@ -81,6 +97,10 @@ class _LeakyRelu(_Activation):
     def grad(self, xp, x, y, g):
         return xp.where(x > 0, g, g * g.dtype.type(self.slope))
 
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (g * _mask(xp_of(self.x).where(self.x > 0, 1, self.slope), g),)
+
 
 class _Relu6(_Activation):
     def compute(self, xp, x):
@@ -88,6 +108,9 @@ class _Relu6(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * ((x > 0) & (x < 6))
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask((self.x > 0) & (self.x < 6), grads[0]),)
 
 
 class _Sigmoid(_Activation):
@@ -97,6 +120,10 @@ class _Sigmoid(_Activation):
     def grad(self, xp, x, y, g):
         return g * y * (1 - y)
 
+    def grad_graph(self, inputs, outputs, grads):
+        y = outputs[0]
+        return (grads[0] * y * (1 - y),)
+
 
 class _HSigmoid(_Activation):
     def compute(self, xp, x):
@@ -104,6 +131,9 @@ class _HSigmoid(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * ((x > -3) & (x < 3)) / 6
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask((self.x > -3) & (self.x < 3), grads[0]) / 6,)
 
 
 class _HSwish(_Activation):
@@ -133,6 +163,11 @@ class _Silu(_Activation):
         s = self.s
         return g * (s * (1 + x * (1 - s)))
 
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        s = sigmoid(x)
+        return (grads[0] * (s * (1 + x * (1 - s))),)
+
 
 class _Softplus(_Activation):
     def compute(self, xp, x):
@@ -141,6 +176,9 @@ class _Softplus(_Activation):
     def grad(self, xp, x, y, g):
         return g * _sigmoid(xp, x)
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * sigmoid(_float_t(inputs[0])),)
+
 
 class _LogSigmoid(_Activation):
     def compute(self, xp, x):
@@ -148,6 +186,9 @@ class _LogSigmoid(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * _sigmoid(xp, -x)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * sigmoid(-_float_t(inputs[0])),)
 
 
 class _PRelu(Op):
@@ -167,6 +208,14 @@ class _PRelu(Op):
         gx = xp.where(pos, g, g * self.w) if self.needs_input_grad[0] else None
         gw = unbroadcast(xp.where(pos, 0, g * self.x), self.w.shape) \
             if self.needs_input_grad[1] else None
+        return gx, gw
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        x, w = inputs
+        pos = _mask(self.x > 0, g)
+        gx = g * pos + g * w * (1 - pos) if self.needs_input_grad[0] else None
+        gw = t_unbroadcast(g * x * (1 - pos), self.w.shape) if self.needs_input_grad[1] else None
         return gx, gw
 
 
@@ -243,6 +292,10 @@ class _Softmax(Op):
         y = self.y
         return y * (g - (g * y).sum(self.axes, keepdims=True))
 
+    def grad_graph(self, inputs, outputs, grads):
+        y, g = outputs[0], grads[0]
+        return (y * (g - (g * y).sum(self.axes, keepdims=True)),)
+
 
 class _LogSoftmax(Op):
     def __init__(self, axes):
@@ -257,6 +310,12 @@ class _LogSoftmax(Op):
 
     def backward(self, g):
         return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import exp
+
+        g = grads[0]
+        return (g - exp(outputs[0]) * g.sum(self.axes, keepdims=True),)
 
 
 def _get_softmax_axis(ndim):
@@ -306,6 +365,18 @@ class _Linear(Op):
         gx = g @ w if needs[0] else None
         g2 = g.reshape(-1, g.shape[-1])
         gw = g2.T @ x.reshape(-1, x.shape[-1]) if needs[1] else None
+        if len(needs) == 2:
+            return gx, gw
+        gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
+        return gx, gw, gb
+
+    def grad_graph(self, inputs, outputs, grads):
+        needs = self.needs_input_grad
+        x, w = inputs[0], inputs[1]
+        g = grads[0]
+        gx = g @ w if needs[0] else None
+        g2 = g.reshape(-1, g.shape[-1])
+        gw = g2.transpose(1, 0) @ x.reshape(-1, x.shape[-1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
