@@ -81,7 +81,6 @@ class TorchGrad(Op):
         return tuple(results) if len(results) != 1 else results[0]
 
     def backward(self, *ggs):
-        n_in = len(self.wanted)
         n = self.call.n_inputs
         # what the second backward differentiates with respect to: every tracked input
         targets = []
@@ -102,12 +101,13 @@ class TorchGrad(Op):
                 dys.append(_bridge.to_torch(gg))
         result = [None] * len(self.needs_input_grad)
         if ys and targets:
-            got = torch.autograd.grad(ys, [t for _, t in targets], dys, allow_unused=True)
+            # retain: the call's own backward may still run through the forward graph
+            got = torch.autograd.grad(ys, [t for _, t in targets], dys, allow_unused=True,
+                                      retain_graph=True)
             for (i, _), g in zip(targets, got):
                 if g is not None:
                     result[i] = _bridge.from_torch(g)
         self.got = None  # drop the torch graph of the gradient
-        del n_in
         return tuple(result)
 
 
