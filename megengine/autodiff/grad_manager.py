@@ -29,10 +29,11 @@ def _light(t, key, own):
     if entry is not None and not isinstance(entry[0], Leaf):
         node = entry[0]
         live = dispatch._alive(node.keys)
-        if live:  # computed in a live recording: it joins this one as it is
+        if live:  # computed in a live recording of another GradManager: it joins this one
             if key not in live:
                 node.keys = live + (key,)
-            return
+                return node  # ... as a leaf: this backward stops there
+            return None
         entry = None  # an output of a released graph: start afresh
     if entry is None:
         entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),)), 0)
@@ -43,6 +44,7 @@ def _light(t, key, own):
         leaf.keys = own
     elif key not in live:
         leaf.keys = live + (key,)
+    return None
 
 
 class GradManager:
@@ -71,6 +73,7 @@ class GradManager:
         self._recording = False
         self._key = None  # the dispatcher's Key of the current recording
         self._own = ()  # (self._key,)
+        self._joined = set()  # ids of intermediate nodes attached while recording: leaves here
 
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
@@ -107,8 +110,13 @@ class GradManager:
             else:
                 entry[1].extend(callbacks)
             if self._recording:
-                _light(t, self._key, self._own)
+                self._light(t)
         return self
+
+    def _light(self, t):
+        joined = _light(t, self._key, self._own)
+        if joined is not None:
+            self._joined.add(id(joined))
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -150,7 +158,7 @@ class GradManager:
         self._key = dispatch.open_key(level)
         self._own = (self._key,)
         for t in self.attached_tensors():
-            _light(t, self._key, self._own)
+            self._light(t)
         return self
 
     def release(self):
@@ -161,6 +169,7 @@ class GradManager:
             self._recording = False
             dispatch.close_key(self._key)
             self._key, self._own = None, ()
+            self._joined = set()
 
     def __enter__(self):
         self.record()
@@ -211,7 +220,7 @@ class GradManager:
                 dys = [d if isinstance(d, Tensor) else Tensor._wrap(d, t._device)
                        for d, t in zip(given, ys)]
             found = dispatch.run_backward(ys, dys, wanted, free_graph=False, key=key,
-                                          graph=graph, visited=visited)
+                                          graph=graph, visited=visited, stop=self._joined)
             # No two .grad share memory, nor share it with an output gradient the caller gave
             # (in-place grad edits such as clip_grad_norm would otherwise apply twice).
             claimed = {}

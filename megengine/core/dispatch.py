@@ -243,12 +243,14 @@ def _graph_order(roots):
     return order
 
 
-def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visited=None):
+def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visited=None,
+                 stop=()):
     """Backpropagate ``dys`` from tensors ``ys``; return {wanted (node, idx): gradient}.
 
     ``wanted`` is a set of (id(node), index) pairs whose total gradient the caller needs (the
     tensors it attached). ``key``: the recording being differentiated; nodes it did not record
-    are not entered (None: every node). With ``free_graph`` every visited node is released
+    are not entered (None: every node), nor are the nodes in ``stop`` (ids of intermediates
+    that were attached to it while recording: leaves for it). With ``free_graph`` every visited node is released
     afterwards; ``visited``, a list, receives the visited nodes instead (the caller frees them).
 
     ``graph`` False: gradients are raw arrays (``dys`` too). True: ``dys`` and the gradients
@@ -260,8 +262,8 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
         visited.extend(order)
     try:
         if graph:
-            return _backward(ys, dys, wanted, key, order, _graph_step, _add_tensors)
-        return _backward(ys, dys, wanted, key, order, _array_step, _add_arrays)
+            return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors)
+        return _backward(ys, dys, wanted, key, stop, order, _array_step, _add_arrays)
     finally:
         if free_graph:
             for node in order:
@@ -276,7 +278,7 @@ def _add_tensors(a, b):
     return a + b  # a Tensor operator: recorded when either gradient is tracked
 
 
-def _backward(ys, dys, wanted, key, order, step, add):
+def _backward(ys, dys, wanted, key, stop, order, step, add):
     grads = {}  # id(node) -> list of accumulated output gradients
     for y, dy in zip(ys, dys):
         if y._node is None:
@@ -297,6 +299,8 @@ def _backward(ys, dys, wanted, key, order, step, add):
             continue  # a leaf, or a graph that was already released
         if key is not None and key not in node.keys:
             continue  # recorded by other GradManagers only: nothing of this one lies above
+        if stop and id(node) in stop:
+            continue  # an intermediate attached while recording: a leaf for this backward
         if not any(op.needs_input_grad):
             continue
         in_grads = step(node, op, slot)

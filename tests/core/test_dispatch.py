@@ -126,3 +126,18 @@ def test_recording_is_per_grad_manager():
         gx.backward(w.grad + c)  # d(4*3x + 24x)/dx
     np.testing.assert_allclose(x.grad.numpy(), [36.0])
     assert not (x * 2).requires_grad
+
+
+def test_intermediate_attached_by_an_inner_grad_manager_is_a_leaf_for_it():
+    x = mge.Parameter([0.5, 2.0])
+    outer = GradManager().attach(x)
+    with outer:
+        y = F.sin(x)  # only outer records: its values are not kept for higher order
+        inner = GradManager()
+        with inner:
+            inner.attach(y)
+            inner.backward((y * y).sum())  # stops at y: never enters sin's node
+        np.testing.assert_allclose(y.grad.numpy(), 2 * np.sin([0.5, 2.0]), rtol=1e-6)
+        assert y.grad.requires_grad  # 2 y, recorded by outer through sin
+        outer.backward(y.grad.sum())
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos([0.5, 2.0]), rtol=1e-6)
