@@ -355,6 +355,11 @@ def _graph_step(node, op, slot):
         return tuple(None if g is None else Tensor._wrap(g, device) for g in out)
     grad_graph = getattr(op, "grad_graph", None)
     if grad_graph is None:
+        # an op whose raw backward gives no gradient at all (comparisons, indices, ...) has
+        # nothing to record; any other op without grad_graph would give a wrong derivative
+        out = _array_step(node, op, [None if g is None else g._data for g in slot])
+        if all(g is None for g in (out if isinstance(out, (tuple, list)) else (out,))):
+            return (None,) * len(node.parents)
         raise RuntimeError(
             f"{op!r} has no grad_graph: its gradient cannot be differentiated (a "
             "higher-order gradient through it would be silently wrong); avoid this op inside "

@@ -157,3 +157,31 @@ def test_third_order_through_three_nested_grad_managers():
     np.testing.assert_allclose(d1.numpy(), 2 * np.cos(2 * v), rtol=1e-5)
     np.testing.assert_allclose(d2.numpy(), -4 * np.sin(2 * v), rtol=1e-5)
     np.testing.assert_allclose(x.grad.numpy(), -8 * np.cos(2 * v), rtol=1e-5)
+
+
+def test_math_ops_second_order():
+    check_second_order(
+        lambda a: (F.var(a, axis=1) ** 2).sum() + F.logsumexp(a * a, axis=0).sum()
+        + (F.norm(a, axis=1) ** 3).sum() + F.norm(a, ord=3) * F.cumsum(a, axis=1)[:, -1].sum(),
+        lambda a: (a.var(1, unbiased=False) ** 2).sum() + torch.logsumexp(a * a, 0).sum()
+        + (a.norm(dim=1) ** 3).sum() + a.norm(p=3) * a.cumsum(1)[:, -1].sum(),
+        rand(3, 4))
+    m = rand(3, 3) + 3 * np.eye(3, dtype=np.float32)
+    check_second_order(lambda a: (F.matinv(a) ** 2).sum() + (F.sort(a)[0][:, :2] ** 3).sum(),
+                       lambda a: (torch.inverse(a) ** 2).sum() + (a.sort(-1)[0][:, :2] ** 3).sum(),
+                       m)
+
+
+def test_comparisons_inside_second_order_need_no_grad_graph():
+    check_second_order(lambda a: (a * a * (a > 0)).sum() + F.where(a > 0, a ** 3, -a).sum(),
+                       lambda a: (a * a * (a > 0)).sum() + torch.where(a > 0, a ** 3, -a).sum(),
+                       rand(3, 4))
+
+
+def test_tensor_manipulation_second_order():
+    check_second_order(
+        lambda a, b: (F.concat([a, b * b], axis=1) ** 2).sum() + (F.stack([a, b], 0) ** 3).sum()
+        + (F.broadcast_to(a[:1], (3, 4)) * b).sum() + (F.split(a * b, 2, axis=1)[1] ** 2).sum(),
+        lambda a, b: (torch.cat([a, b * b], 1) ** 2).sum() + (torch.stack([a, b], 0) ** 3).sum()
+        + (a[:1].expand(3, 4) * b).sum() + ((a * b).split(2, 1)[1] ** 2).sum(),
+        rand(3, 4), rand(3, 4))

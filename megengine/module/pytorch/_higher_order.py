@@ -5,7 +5,6 @@ When an outer GradManager records a backward that passes through a torch call, t
 create_graph=True)`` over the call's torch graph (so that graph, and the graph of the gradient,
 stay alive) and whose backward differentiates those gradients once more with torch.
 """
-import numpy as np
 import torch
 
 from ...core import torch_bridge as _bridge
@@ -74,8 +73,8 @@ class TorchGrad(Op):
                                                     create_graph=True, allow_unused=True))
         results = []
         for g, target in zip(self.got, self.wrt):
-            if g is None:
-                results.append(np.zeros(tuple(target.shape), _numpy_dtype(target)))
+            if g is None:  # not used by the outputs: a zero gradient, on the target's device
+                results.append(_bridge.from_torch(torch.zeros_like(target, requires_grad=False)))
             else:
                 results.append(_bridge.from_torch(g.detach()))
         return tuple(results) if len(results) != 1 else results[0]
@@ -109,7 +108,3 @@ class TorchGrad(Op):
                     result[i] = _bridge.from_torch(g)
         self.got = None  # drop the torch graph of the gradient
         return tuple(result)
-
-
-def _numpy_dtype(t):
-    return torch.empty((), dtype=t.dtype).numpy().dtype
