@@ -38,8 +38,13 @@ def _light(t, key, own):
     if entry is None:
         entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),)), 0)
     leaf = entry[0]
-    leaf.out_meta = ((t.shape, t.dtype),)  # the value may have been replaced since
-    live = dispatch._alive(leaf.keys)
+    data = t._data
+    leaf.out_meta = ((data.shape, data.dtype),)  # the value may have been replaced since
+    ks = leaf.keys
+    if not ks or (len(ks) == 1 and not ks[0].alive):  # the common case: a fresh recording
+        leaf.keys = own
+        return None
+    live = dispatch._alive(ks)
     if not live:
         leaf.keys = own
     elif key not in live:
@@ -157,8 +162,13 @@ class GradManager:
         self._recording = True
         self._key = dispatch.open_key(level)
         self._own = (self._key,)
-        for t in self.attached_tensors():
-            self._light(t)
+        key, own, joined = self._key, self._own, self._joined
+        for r, _ in self._attached.values():
+            t = r()
+            if t is not None:
+                node = _light(t, key, own)
+                if node is not None:
+                    joined.add(id(node))
         return self
 
     def release(self):
@@ -215,7 +225,7 @@ class GradManager:
                     wanted[(id(node), idx)] = (t, callbacks)
             key.alive = False  # this recording is consumed by its own backward
             hidden = dispatch.suspend_from(key.level)  # later GradManagers don't see it
-            graph = any(k.alive for k in dispatch._active)  # an earlier one records it
+            graph = dispatch.any_alive()  # an earlier GradManager records this backward
             if graph:
                 dys = [d if isinstance(d, Tensor) else Tensor._wrap(d, t._device)
                        for d, t in zip(given, ys)]
@@ -232,8 +242,12 @@ class GradManager:
         finally:
             dispatch.resume(hidden)
             self.release()
-            for node in visited:  # what no other live recording tracks is freed now
-                if not dispatch._alive(node.keys):
+            if dispatch._active:  # what no other live recording tracks is freed now
+                for node in visited:
+                    if not dispatch._alive(node.keys):
+                        node.free()
+            else:
+                for node in visited:
                     node.free()
 
 
@@ -321,7 +335,8 @@ def _claim(a, claimed):
 def _exclusive(g, claimed):
     """``g``, or a copy of it when its memory is claimed already (another .grad, an output
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
-    owner = _owner(g)
+    base = g.base  # inline _owner: this runs once per parameter per step
+    owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
     if (owner is None or id(owner) in claimed or not getattr(g.flags, "writeable", True)
             or not g.flags.c_contiguous):
         g = g.copy()

@@ -101,6 +101,14 @@ def suspend_from(level):
     return hidden
 
 
+def any_alive():
+    """Whether a recording is alive (not hidden by `suspend_from`)."""
+    for k in _active:
+        if k.alive:
+            return True
+    return False
+
+
 def resume(hidden):
     for k in hidden:
         k.alive = True
@@ -180,14 +188,17 @@ def apply(op, *inputs):
     if _recording:
         for t in inputs:
             e = t._node
-            if e is None:
-                continue
-            ks = e[0].keys
-            if ks is keys or not ks:
-                continue
-            ks = _alive(ks)
-            if ks:
-                keys = ks if keys is None else _union(keys, ks)
+            if e is not None:
+                ks = e[0].keys
+                if ks is not keys:
+                    if len(ks) == 1:  # the common case, one key, inline
+                        if not ks[0].alive:
+                            continue
+                    else:
+                        ks = _alive(ks)
+                        if not ks:
+                            continue
+                    keys = ks if keys is None else _union(keys, ks)
     if keys is None:
         n = len(inputs)
         needs = _NO_GRAD.get(n)
@@ -196,16 +207,16 @@ def apply(op, *inputs):
         op.needs_input_grad = needs
         out = op.forward(*arrays)
         if isinstance(out, tuple):
-            return tuple(Tensor._wrap(o, device) for o in out)
+            return tuple([Tensor._wrap(o, device) for o in out])
         return Tensor._wrap(out, device)
 
-    parents = tuple(
+    parents = tuple([
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
         for t in inputs
-    )
-    op.needs_input_grad = tuple(
-        p is not None and _is_float(a.dtype) for p, a in zip(parents, arrays)
-    )
+    ])
+    op.needs_input_grad = tuple([
+        p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
+    ])
     out = op.forward(*arrays)
     multi = isinstance(out, tuple)
     outs = out if multi else (out,)
@@ -263,7 +274,7 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
     try:
         if graph:
             return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors)
-        return _backward(ys, dys, wanted, key, stop, order, _array_step, _add_arrays)
+        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays)
     finally:
         if free_graph:
             for node in order:
@@ -303,7 +314,12 @@ def _backward(ys, dys, wanted, key, stop, order, step, add):
             continue  # an intermediate attached while recording: a leaf for this backward
         if not any(op.needs_input_grad):
             continue
-        in_grads = step(node, op, slot)
+        if step is not None:
+            in_grads = step(node, op, slot)
+        elif len(slot) == 1:  # the raw fast path, inline: one output, so its gradient exists
+            in_grads = op.backward(slot[0])
+        else:
+            in_grads = _array_step(node, op, slot)
         if not isinstance(in_grads, (tuple, list)):
             in_grads = (in_grads,)
         if len(in_grads) != len(node.parents):
