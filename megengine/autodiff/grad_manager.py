@@ -272,6 +272,20 @@ class GradManagerGroup:
     __ror__ = merge_with
 
     def __enter__(self):
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            dispatch._trace_hook.event(GradManagerGroup.record, self)
+        else:
+            self.record()
+        return self
+
+    def __exit__(self, *exc):
+        if dispatch._trace_hook is not None:
+            dispatch._trace_hook.event(GradManagerGroup.release, self)
+        else:
+            self.release()
+
+    def record(self):
+        """Start all members recording, at one level (what the ``with`` block does)."""
         level = dispatch.new_level()
         started = []
         try:
@@ -284,7 +298,7 @@ class GradManagerGroup:
             raise
         return self
 
-    def __exit__(self, *exc):
+    def release(self):
         for gm in reversed(self._gms):
             gm.release()
 

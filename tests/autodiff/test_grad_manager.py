@@ -518,3 +518,25 @@ def test_function_backward_is_differentiated_by_an_outer_grad_manager():
         outer.backward(x.grad.sum())
     np.testing.assert_allclose(x.grad.numpy(), np.array([1.0, 4.0]) * 3 * a ** 2, rtol=1e-6)
     np.testing.assert_allclose(dy.grad.numpy(), 2 * np.array([1.0, 2.0]) * 3 * a ** 2, rtol=1e-6)
+
+
+def test_group_inside_a_traced_function_replays():
+    from megengine.jit import trace
+
+    w1, w2 = Parameter([1.0, 2.0]), Parameter([3.0])
+    gm1, gm2 = GradManager().attach(w1), GradManager().attach(w2)
+
+    @trace(symbolic=True)
+    def step(x):
+        with gm1 | gm2:
+            y = (w1 * x).sum() * w2
+            gm1.backward(y)
+            gm2.backward(y)
+        return y
+
+    for i in range(3):
+        w1.grad = w2.grad = None
+        x = Tensor([1.0 + i, 2.0])
+        step(x)
+        np.testing.assert_allclose(w1.grad.numpy(), 3.0 * x.numpy())
+        np.testing.assert_allclose(w2.grad.numpy(), [1.0 + i + 4.0])
