@@ -143,6 +143,11 @@ class _HSwish(_Activation):
     def grad(self, xp, x, y, g):
         return g * xp.where(x < -3, 0, xp.where(x > 3, 1, (2 * x + 3) / 6))
 
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        mid = _mask((self.x >= -3) & (self.x <= 3), x)
+        return (grads[0] * (mid * (2 * x + 3) / 6 + _mask(self.x > 3, x)),)
+
 
 class _Gelu(_Activation):
     def compute(self, xp, x):
@@ -152,6 +157,27 @@ class _Gelu(_Activation):
     def grad(self, xp, x, y, g):
         pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
         return g * (self.cdf + x * pdf)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_GeluGrad(), _float_t(inputs[0]), grads[0]),)
+
+
+class _GeluGrad(Op):
+    """``g * gelu'(x)`` as an op, so that gelu has a second derivative:
+    gelu'(x) = Phi(x) + x phi(x), gelu''(x) = phi(x) (2 - x^2)."""
+
+    def forward(self, x, g):
+        xp = xp_of(x)
+        self.x, self.g = x, g
+        self.pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+        self.d1 = _normal_cdf(xp, x) + x * self.pdf
+        return g * self.d1
+
+    def backward(self, gg):
+        gx = gg * self.g * self.pdf * (2 - self.x * self.x) if self.needs_input_grad[0] else None
+        gg_ = gg * self.d1 if self.needs_input_grad[1] else None
+        return (unbroadcast(gx, self.x.shape) if gx is not None else None,
+                unbroadcast(gg_, self.g.shape) if gg_ is not None else None)
 
 
 class _Silu(_Activation):
@@ -408,6 +434,9 @@ class _Dropout(Op):
     def backward(self, g):
         return g * self.mask
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask(self.mask, grads[0]),)
+
 
 def dropout(inp, drop_prob, training=True):
     """Zero each element with probability ``drop_prob`` and scale the rest by 1/(1 - p).
@@ -449,6 +478,19 @@ class _Embedding(Op):
         xp.add.at(gw, self.idx.reshape(-1), g.reshape(-1, self.w_shape[1]))
         if self.padding_idx is not None:
             gw[self.padding_idx] = 0
+        return None, gw
+
+    def grad_graph(self, inputs, outputs, grads):
+        if not self.needs_input_grad[1]:
+            return None, None
+        from ..core.ops import IndexAdd
+
+        g = grads[0].reshape(-1, self.w_shape[1])
+        gw = apply(IndexAdd((self.idx.reshape(-1),), self.w_shape, g.dtype), g)
+        if self.padding_idx is not None:
+            keep = xp_of(self.idx).ones((self.w_shape[0], 1), g.dtype)
+            keep[self.padding_idx] = 0
+            gw = gw * _mask(keep, g)
         return None, gw
 
 

@@ -185,3 +185,28 @@ def test_tensor_manipulation_second_order():
         lambda a, b: (torch.cat([a, b * b], 1) ** 2).sum() + (torch.stack([a, b], 0) ** 3).sum()
         + (a[:1].expand(3, 4) * b).sum() + ((a * b).split(2, 1)[1] ** 2).sum(),
         rand(3, 4), rand(3, 4))
+
+
+def test_more_activations_dropout_and_embedding_second_order():
+    check_second_order(lambda a: (F.gelu(a) * F.hswish(a * 2)).sum(),
+                       lambda a: (torch.nn.functional.gelu(a)
+                                  * torch.nn.functional.hardswish(a * 2)).sum(),
+                       rand(3, 4))
+    idx = np.array([[0, 2], [2, 3]])
+    check_second_order(lambda w: (F.embedding(mge.tensor(idx), w, padding_idx=3) ** 3).sum(),
+                       lambda w: (torch.nn.functional.embedding(torch.tensor(idx), w,
+                                                                padding_idx=3) ** 3).sum(),
+                       rand(4, 3))
+    mge.random.seed(3)
+    x = mge.Parameter(rand(50))
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            out = F.dropout(x, 0.5)
+            inner.backward((out ** 2).sum())
+        kept = out.numpy() != 0
+        first = x.grad
+        x.grad = None
+        outer.backward(first.sum())
+    # d/dx sum(2 (m x) m) = 2 m^2 with m = 2 where kept
+    np.testing.assert_allclose(x.grad.numpy(), np.where(kept, 8.0, 0.0), rtol=1e-6)
