@@ -79,7 +79,9 @@ class _FunctionOp(Op):
 
     def backward(self, *grads):
         gs = self._gradients([None if g is None else Tensor._wrap(g, self.device) for g in grads])
-        return tuple(None if g is None else g._data for g in gs)
+        # copies: backward may return a tensor the Function (or the user) still holds, and a
+        # .grad must never share memory with anything else (in-place grad edits)
+        return tuple(None if g is None else g._data.copy() for g in gs)
 
     def grad_graph(self, inputs, outputs, grads):
         return self._gradients(grads)

@@ -401,7 +401,7 @@ def _graph_step(node, op, slot):
         outputs.append(t)
     if not getattr(op, "none_for_unused_grads", False):
         slot = [
-            g if g is not None else Tensor._wrap(_zeros_like_meta(meta, [a for a in out_arrays]), device)
+            g if g is not None else Tensor._wrap(_zeros_like_meta(meta, out_arrays), device)
             for g, meta in zip(slot, node.out_meta)
         ]
     return grad_graph(tuple(inputs), tuple(outputs), tuple(slot))

@@ -540,3 +540,26 @@ def test_group_inside_a_traced_function_replays():
         step(x)
         np.testing.assert_allclose(w1.grad.numpy(), 3.0 * x.numpy())
         np.testing.assert_allclose(w2.grad.numpy(), [1.0 + i + 4.0])
+
+
+def test_function_returning_a_held_tensor_does_not_alias_grads():
+    """upstream's test_skip_invalid_grad: backward returns one saved tensor for both inputs."""
+    c = rand(2, 3)
+    cookie = Tensor(c)
+
+    class FakeGrad(Function):
+        def forward(self, a, b):
+            return a + b
+
+        def backward(self, g):
+            return cookie, cookie
+
+    a, b = Parameter(rand(2, 3)), Parameter(rand(2, 3))
+    gm = GradManager().attach([a, b])
+    with gm:
+        gm.backward(FakeGrad()(a, b).sum())
+    np.testing.assert_array_equal(a.grad.numpy(), c)
+    np.testing.assert_array_equal(b.grad.numpy(), c)
+    a.grad._data *= 2  # an in-place edit touches a.grad only
+    np.testing.assert_array_equal(b.grad.numpy(), c)
+    np.testing.assert_array_equal(cookie.numpy(), c)
