@@ -48,7 +48,7 @@ def test_torch_gradient_shared_by_two_parameters_is_split():
             self.q = torch.nn.Parameter(torch.ones(3))
 
         def forward(self, x):
-            return x * self.p + x * self.q
+            return x * (self.p + self.q)
 
     m = PyTorchModule(Twice())
     ps = list(m.parameters())
@@ -57,6 +57,7 @@ def test_torch_gradient_shared_by_two_parameters_is_split():
         gm.backward(m(mge.tensor([1.0, 2.0, 3.0])).sum())
     assert not np.shares_memory(ps[0].grad._data, ps[1].grad._data)
     np.testing.assert_array_equal(ps[0].grad.numpy(), [1, 2, 3])
+    np.testing.assert_array_equal(ps[1].grad.numpy(), [1, 2, 3])
 
 
 class _NoGraph(Op):
