@@ -81,6 +81,10 @@ class Atan2(_Binary):
         r = g / (x * x + y * y)
         return r * x, -r * y
 
+    def grads_graph(self, y, x, out, g):
+        r = g / (x * x + y * y)
+        return r * x, -r * y
+
 
 class LogAddExp(_Binary):
     def compute(self, a, b):
@@ -91,6 +95,9 @@ class LogAddExp(_Binary):
     def grads(self, g):
         xp = xp_of(g)
         return g * xp.exp(self.a - self.out), g * xp.exp(self.b - self.out)
+
+    def grads_graph(self, a, b, out, g):
+        return g * exp(a - out), g * exp(b - out)
 
 
 def atan2(y, x):
@@ -156,6 +163,12 @@ class _Unary(Op):
 
     def backward(self, g):
         return self.grad(xp_of(g), self.x, self.y, g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the grad rules above use only x, y, g and xp functions: given Tensors and the
+        # namespace of differentiable functions below, the same rule records its own graph
+        x = inputs[0] if inputs[0].dtype.kind == "f" else inputs[0].astype(np.float32)
+        return (self.grad(_TENSOR_MATH, x, outputs[0], grads[0]),)
 
 
 def _unary(name, compute, grad, to_float=True):
@@ -262,6 +275,10 @@ class Clip(Op):
     def backward(self, g):
         return g * self.inside
 
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (g * Tensor._wrap(xp_of(g._data).asarray(self.inside, g.dtype), g._device),)
+
 
 def clip(x, lower=None, upper=None):
     """Limit each element of ``x`` to ``[lower, upper]``; either bound may be None (not both).
@@ -284,3 +301,18 @@ def clip(x, lower=None, upper=None):
     if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
         x = x.astype(np.float32)
     return apply(Clip(lower, upper), x)
+
+
+class _TENSOR_MATH:
+    """The xp functions the `_Unary` grad rules use, as differentiable Tensor functions."""
+
+    sin = staticmethod(sin)
+    cos = staticmethod(cos)
+    sqrt = staticmethod(sqrt)
+    sinh = staticmethod(sinh)
+    cosh = staticmethod(cosh)
+    exp = staticmethod(exp)
+
+    @staticmethod
+    def zeros_like(t):
+        return t * 0  # a zero gradient that stays in the graph (its own gradient is zero too)

@@ -246,6 +246,36 @@ class _CrossEntropy(Op):
         grad *= g
         return grad, None
 
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import exp
+
+        xp = xp_of(self.label_k)
+        pred, g = inputs[0], grads[0]
+        ax, ls = self.axis, self.ls
+        if pred.dtype.kind != "f":
+            pred = pred.astype("float32")
+        classes = pred.shape[ax]
+        # the target distribution: (1 - ls) at the label, plus ls spread over the classes
+        shape = pred.shape
+        onehot = (xp.arange(classes).reshape((-1,) + (1,) * (len(shape) - ax - 1))
+                  == self.label_k)
+        target = Tensor._wrap((onehot * (1 - ls) + ls / classes).astype(pred.dtype),
+                              pred._device)
+        if self.reduction == "none":
+            gk = g.reshape(self.label_k.shape)
+        else:
+            gk = g.reshape((1,) * len(shape))
+            if self.reduction == "mean":
+                gk = gk / max(math.prod(self.loss_shape), 1)
+        if self.with_logits:
+            m = Tensor._wrap(self.e.dtype.type(0) + pred._data.max(ax, keepdims=True),
+                             pred._device)  # a shift for stability: softmax does not change
+            e = exp(pred - m)
+            grad = e / e.sum(ax, keepdims=True) - target
+        else:
+            grad = -target / pred
+        return grad * gk, None
+
 
 def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reduction="mean"):
     """Multi-class cross entropy of ``pred`` (logits by default) and integer class ``label``.

@@ -5,7 +5,8 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
-from ..core.ops import BINARY, _norm_axes, xp_of
+from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
+from ..core.tensor import Tensor
 from .elemwise import _pair, _tensor, clip, sqrt
 from .tensor import Compute, _axis, _grid_index, put_back, swapaxes
 
@@ -42,6 +43,9 @@ class Sign(Op):
 
     def backward(self, g):
         return xp_of(g).zeros_like(g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * 0,)
 
 
 def sign(x):
@@ -138,6 +142,11 @@ class Var(Op):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
         return g * (2.0 / self.count) * self.d
 
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        g = grads[0].reshape(_keep_shape(x.shape, self.axes))
+        return (g * (2.0 / self.count) * (x - x.mean(axis=self.axes, keepdims=True)),)
+
 
 def var(inp, axis=None, keepdims=False):
     """Variance (divides by N, like upstream) over ``axis``."""
@@ -167,6 +176,12 @@ class LogSumExp(Op):
     def backward(self, g):
         g = g.reshape(self.out.shape)
         return g * xp_of(g).exp(self.x - self.out)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import exp
+
+        keep = self.out.shape
+        return (grads[0].reshape(keep) * exp(_float_t(inputs[0]) - outputs[0].reshape(keep)),)
 
 
 def logsumexp(inp, axis, keepdims=False):
@@ -203,6 +218,20 @@ class PNorm(Op):
             return xp.where(out == 0, 0, g / safe) * x
         scale = xp.where(out == 0, 0, g * safe ** (1 - p))
         return scale * xp.sign(x) * xp.abs(x) ** (p - 1)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import abs as abs_
+
+        x, p = _float_t(inputs[0]), self.p
+        keep = self.out.shape
+        xp = xp_of(self.out)
+        zero = Tensor._wrap((self.out == 0).astype(x.dtype), x._device)  # a zero norm: gradient 0
+        out = outputs[0].reshape(keep) + zero  # 1 where the norm is 0: no division by zero
+        g = grads[0].reshape(keep) * (1 - zero)
+        if p == 2:
+            return (g / out * x,)
+        sign = Tensor._wrap(xp.sign(self.x), x._device)
+        return (g * out ** (1 - p) * sign * abs_(x) ** (p - 1),)
 
 
 def norm(inp, ord=None, axis=None, keepdims=False):
@@ -242,6 +271,10 @@ class Cumsum(Op):
     def backward(self, g):
         xp = xp_of(g)
         return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):
+        rev = (slice(None),) * self.axis + (slice(None, None, -1),)
+        return (apply(Cumsum(self.axis), grads[0][rev])[rev],)
 
 
 def cumsum(inp, axis):
@@ -290,6 +323,10 @@ class _PickLast(Op):
 
     def backward(self, g, _):
         return put_back(xp_of(g), self.in_shape, g.dtype, self.grid, g, True)
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (apply(IndexAdd(self.grid, self.in_shape, g.dtype), g),)
 
 
 class Sort(_PickLast):
@@ -386,7 +423,16 @@ class MatInv(Op):
         inv_t = xp.swapaxes(self.inv, -1, -2)
         return -(inv_t @ g @ inv_t)
 
+    def grad_graph(self, inputs, outputs, grads):
+        inv_t = swapaxes(outputs[0], -1, -2)
+        return (-(inv_t @ grads[0] @ inv_t),)
+
 
 def matinv(inp):
     """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``."""
     return apply(MatInv(), _tensor(inp))
+
+
+def _float_t(t):
+    """``t`` as a float Tensor (integer inputs compute in float32, as the forwards do)."""
+    return t if t.dtype.kind == "f" else t.astype("float32")

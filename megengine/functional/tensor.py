@@ -212,6 +212,9 @@ class BroadcastTo(Op):
     def backward(self, g):
         return unbroadcast(g, self.in_shape)
 
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (_ops.t_unbroadcast(grads[0], self.in_shape),)
+
 
 def broadcast_to(inp, shape):
     """``inp`` broadcast to ``shape`` (numpy rules); -1 keeps the input's size there."""
@@ -268,6 +271,12 @@ class Concat(Op):
         return tuple(g[pre + (slice(s, e),)] if need else None
                      for s, e, need in zip(starts, self.ends, self.needs_input_grad))
 
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        pre = (slice(None),) * self.axis
+        starts = [0] + self.ends[:-1]
+        return tuple(grads[0][pre + (slice(s, e),)] if need else None
+                     for s, e, need in zip(starts, self.ends, self.needs_input_grad))
+
 
 def concat(inps, axis=0, device=None):
     """Join tensors along an existing ``axis``."""
@@ -294,6 +303,11 @@ class Stack(Op):
         return tuple(g[pre + (i,)] if need else None
                      for i, need in enumerate(self.needs_input_grad))
 
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        pre = (slice(None),) * self.axis
+        return tuple(grads[0][pre + (i,)] if need else None
+                     for i, need in enumerate(self.needs_input_grad))
+
 
 def stack(inps, axis=0, device=None):
     """Join same-shape tensors along a new ``axis``."""
@@ -313,6 +327,9 @@ class Split(Op):
 
     def backward(self, *gs):
         return xp_of(gs[0]).concatenate(gs, axis=self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (apply(Concat(self.axis), *grads),)
 
 
 def split(inp, nsplits_or_sections, axis=0):
@@ -638,6 +655,14 @@ class Where(Op):
         _, nx, ny = self.needs_input_grad
         gx = unbroadcast(xp.where(self.mask, g, 0), self.x_shape) if nx else None
         gy = unbroadcast(xp.where(self.mask, 0, g), self.y_shape) if ny else None
+        return None, gx, gy
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        g = grads[0]
+        _, nx, ny = self.needs_input_grad
+        pick = Tensor._wrap(xp_of(g._data).asarray(self.mask, g.dtype), g._device)
+        gx = _ops.t_unbroadcast(g * pick, self.x_shape) if nx else None
+        gy = _ops.t_unbroadcast(g * (1 - pick), self.y_shape) if ny else None
         return None, gx, gy
 
 

@@ -426,3 +426,9 @@ class _TorchCall(Op):
                     result[i] = _bridge.from_torch(g)
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
+
+    def grad_graph(self, inputs, outputs, grads):
+        """The backward as a recorded op, for higher-order gradients (see _higher_order)."""
+        from ._higher_order import grad_graph
+
+        return grad_graph(self, inputs, outputs, grads)
