@@ -389,3 +389,38 @@ class MatInv(Op):
 def matinv(inp):
     """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``."""
     return apply(MatInv(), _tensor(inp))
+
+
+# ----- vector products -----
+
+def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Cross product of 3-vectors along ``axisa`` of ``a`` and ``axisb`` of ``b`` (numpy's
+    arguments; ``axis`` sets all three); the other dims broadcast, the result's vectors lie along
+    ``axisc``. Differentiable in both inputs."""
+    from .tensor import stack
+
+    a, b = _pair(a, b)
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    for t, ax, name in ((a, axisa, "a"), (b, axisb, "b")):
+        if t.ndim == 0 or t.shape[_axis(ax, t.ndim, "cross")] != 3:
+            raise ValueError(f"cross: {name} must have size 3 along axis {ax}, got shape "
+                             f"{t.shape}")
+    a, b = _move_axis(a, axisa, -1), _move_axis(b, axisb, -1)
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    out = stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return _move_axis(out, -1, axisc)
+
+
+def _move_axis(x, src, dst):
+    """``x`` with axis ``src`` moved to position ``dst``, the others keeping their order."""
+    src, dst = _axis(src, x.ndim, "cross"), _axis(dst, x.ndim, "cross")
+    if src == dst:
+        return x
+    order = [i for i in range(x.ndim) if i != src]
+    order.insert(dst, src)
+    return x.transpose(order)
+
+
+__all__ += ["cross"]

@@ -50,8 +50,38 @@ def _num(value):
     return value.item() if isinstance(value, Tensor) else value
 
 
+def _shape_arg(shape, what):
+    """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
+    may be ints, numpy ints or one-element Tensors, e.g. pieces of ``x.shape``), a 1-D Tensor or
+    numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
+    if shape is None:
+        return ()
+    if isinstance(shape, Tensor):
+        shape = shape._data
+    if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
+        if shape.dtype.kind not in "iu":
+            raise TypeError(f"{what}: a shape array must hold integers, got dtype {shape.dtype}")
+        shape = shape.tolist()
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        return (int(shape),)
+    if not isinstance(shape, (list, tuple)):
+        raise TypeError(f"{what}: a shape must be an int, a sequence of ints, a 1-D integer "
+                        f"Tensor or None, got {type(shape).__name__}")
+    out = []
+    for s in shape:
+        if isinstance(s, Tensor):
+            if s.size != 1 or s.dtype.kind not in "iu":
+                raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
+                                f"{s.shape} and dtype {s.dtype}")
+            s = s.item()
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{what}: shape entries must be ints, got {s!r} in {shape!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
 def _shape(shape, what):
-    shape = int_tuple(shape, what)
+    shape = _shape_arg(shape, what)
     if any(s < 0 for s in shape):
         raise ValueError(f"{what}: shape {shape} has a negative dimension")
     return shape
@@ -118,9 +148,19 @@ def linspace(start, stop, num, dtype="float32", device=None):
 
 
 def eye(N, M=None, dtype="float32", device=None):
-    """An ``N x M`` matrix (``M`` defaults to ``N``) with ones on the diagonal."""
+    """An ``N x M`` matrix (``M`` defaults to ``N``) with ones on the diagonal.
+
+    As upstream, ``N`` may also be a whole shape ``(n, m)`` (a Tensor, array or tuple) when ``M``
+    is None."""
     dev, xp = _place(device)
-    return Tensor._wrap(xp.eye(int(N), None if M is None else int(M), dtype=_dtype(dtype)), dev)
+    if M is None and not isinstance(N, (int, np.integer)) and not (
+            isinstance(N, Tensor) and N.ndim == 0):
+        shape = _shape(N, "eye")
+        if len(shape) not in (1, 2):
+            raise ValueError(f"eye: a shape must be (n,) or (n, m), got {shape}")
+        N, M = shape[0], shape[-1]
+    n, m = _shape((N, N if M is None else M), "eye")
+    return Tensor._wrap(xp.eye(n, m, dtype=_dtype(dtype)), dev)
 
 
 def copy(inp, device=None):
@@ -133,8 +173,16 @@ def copy(inp, device=None):
 # ----- shapes -----
 
 def reshape(inp, target_shape):
-    """``inp`` with a new shape of the same size; one dimension may be -1 (inferred)."""
-    return _tensor(inp).reshape(target_shape)
+    """``inp`` with a new shape of the same size; one dimension may be -1 (inferred).
+
+    ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
+    ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
+    inp = _tensor(inp)
+    shape = _shape_arg(target_shape, "reshape")
+    if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
+        raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "
+                         "negative sizes")
+    return inp.reshape(shape)
 
 
 def flatten(inp, start_axis=0, end_axis=-1):
@@ -216,7 +264,7 @@ class BroadcastTo(Op):
 def broadcast_to(inp, shape):
     """``inp`` broadcast to ``shape`` (numpy rules); -1 keeps the input's size there."""
     inp = _tensor(inp)
-    shape = list(int_tuple(shape, "broadcast_to"))
+    shape = list(_shape_arg(shape, "broadcast_to"))
     extra = len(shape) - inp.ndim
     for i, s in enumerate(shape):
         if s == -1:
@@ -270,10 +318,15 @@ class Concat(Op):
 
 
 def concat(inps, axis=0, device=None):
-    """Join tensors along an existing ``axis``."""
+    """Join tensors along an existing ``axis``.
+
+    As upstream, items may also be tuples, lists, arrays or Python numbers, and a 0-d item counts
+    as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape."""
     inps = _same_device(list(inps))
     if not inps:
         raise ValueError("concat: got no tensors to join")
+    if any(t.ndim == 0 for t in inps):
+        inps = [t.reshape(1) if t.ndim == 0 else t for t in inps]
     ndim = inps[0].ndim
     if any(t.ndim != ndim for t in inps):
         raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")

@@ -184,3 +184,46 @@ def test_no_activations_here():
     from megengine.functional import elemwise
     for name in ("relu", "sigmoid", "gelu", "softplus", "softmax"):
         assert name not in elemwise.__all__
+
+
+# ----- error functions -----
+
+@pytest.mark.parametrize("name,torch_fn,low,high", [
+    ("erf", torch.erf, -4, 4), ("erfc", torch.erfc, -4, 4), ("erfinv", torch.erfinv, -0.99, 0.99),
+])
+def test_error_functions_against_torch(name, torch_fn, low, high):
+    check(getattr(F, name), torch_fn, rand(200, low=low, high=high), rtol=2e-5)
+
+
+def test_error_functions_precision_and_edges():
+    # relative precision near 0 and in erfc's tail, where naive formulas lose it
+    x = np.array([1e-8, -3e-5, 0.49, 0.51, 3.0, 5.0, 9.0], np.float32)
+    for f, t in ((F.erf, torch.erf), (F.erfc, torch.erfc)):
+        np.testing.assert_allclose(f(x).numpy(), t(torch.tensor(x)).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(F.erfinv(mge.tensor([1.0, -1.0])).numpy(), [np.inf, -np.inf])
+    assert np.isnan(F.erfinv(mge.tensor([1.5])).numpy()).all()
+    y = np.array([0.1, 1.0, 1.7], np.float32)
+    np.testing.assert_allclose(F.erfc(F.elemwise.erfcinv(y)).numpy(), y, rtol=1e-6)
+    assert F.erf(mge.tensor([1, 2])).dtype == np.float32  # integers compute in float32
+
+
+# ----- Elemwise, upstream's op named by mode -----
+
+def test_elemwise_modes_compare_as_their_names():
+    from megengine.functional.elemwise import Elemwise
+    members = {k: m for k, m in vars(Elemwise.Mode).items() if isinstance(m, Elemwise.Mode)}
+    assert "ADD" in members and "ERF" in members
+    for key, mode in members.items():
+        assert key == mode and Elemwise(mode=key) == Elemwise(mode=mode)
+    assert Elemwise("add") == Elemwise(Elemwise.Mode.ADD) != Elemwise("SUB")
+    with pytest.raises(ValueError, match="unknown mode"):
+        Elemwise("NO_SUCH_MODE")
+
+
+def test_elemwise_op_computes_and_differentiates():
+    from megengine.functional.elemwise import Elemwise, _elwise
+    x, y = rand(5), rand(5)
+    check(lambda a, b: Elemwise("FUSE_ADD_RELU")(a, b), lambda a, b: torch.relu(a + b), x, y)
+    check(lambda a, b: _elwise(a, b, mode=Elemwise.Mode.TRUE_DIV), torch.div, x, rand(5, low=1))
+    np.testing.assert_allclose(
+        _elwise(x, y, x, mode="FUSE_MUL_ADD3").numpy(), x * y + x, rtol=1e-6)

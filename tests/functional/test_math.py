@@ -251,3 +251,20 @@ def test_traced_index_results_replay_with_new_values():
             pairs = list(zip(traced(x), f(x)))
         for got, expect in pairs:
             np.testing.assert_array_equal(got.numpy(), expect.numpy())
+
+
+# ----- cross product -----
+
+def test_cross_against_torch_with_gradients():
+    check(F.cross, lambda a, b: torch.linalg.cross(a, b), rand(4, 3), rand(4, 3))
+    # broadcasting, vectors on another axis
+    check(lambda a, b: F.cross(a, b, axis=1), lambda a, b: torch.linalg.cross(a, b, dim=1),
+          rand(2, 3, 5), rand(1, 3, 5))
+
+
+def test_cross_axes_like_numpy():
+    a, b = rand(3, 4, 5), rand(5, 3)
+    np.testing.assert_allclose(F.cross(a, b, axisa=0, axisb=1, axisc=1).numpy(),
+                               np.cross(a, b, axisa=0, axisb=1, axisc=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="size 3"):
+        F.cross(rand(4, 2), rand(4, 2))
