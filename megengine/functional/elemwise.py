@@ -458,3 +458,61 @@ class Elemwise:
 def _elwise(*args, mode):
     """Apply the elemwise ``mode`` to ``args`` (upstream's helper of the same name)."""
     return Elemwise(mode)(*args)
+
+
+# ----- complex numbers (upstream's F.complex, F.polar, F.real, F.imag) -----
+# The engine's autodiff tracks float tensors only, so no gradient flows through a complex tensor.
+# Upstream lists them in functional/tensor.py, whose __all__ exports them from here.
+
+class _MakeComplex(Op):
+    def forward(self, re, im):
+        dtype = np.complex128 if np.float64 in (re.dtype, im.dtype) else np.complex64
+        out = xp_of(re).empty(np.broadcast_shapes(re.shape, im.shape), dtype)
+        out.real, out.imag = re, im
+        return out
+
+    def backward(self, g):
+        return None, None
+
+
+class _Part(Op):
+    def __init__(self, part):
+        self.part = part
+
+    def forward(self, z):
+        if z.dtype.kind != "c":
+            raise TypeError(f"{self.part}: input must be complex, got dtype {z.dtype}")
+        return getattr(z, self.part).copy()
+
+    def backward(self, g):
+        return None
+
+
+def _float_operand(x, what):
+    x = _tensor(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    return x
+
+
+def complex(real, imag):
+    """A complex tensor (complex64 from float32 parts) with the given real and imaginary parts."""
+    re, im = _pair(_float_operand(real, "complex"), _float_operand(imag, "complex"))
+    return apply(_MakeComplex(), re, im)
+
+
+def polar(abs, angle):
+    """The complex tensor ``abs * (cos(angle) + 1j * sin(angle))``."""
+    magnitude, angle = _float_operand(abs, "polar"), _float_operand(angle, "polar")
+    return complex(magnitude * cos(angle), magnitude * sin(angle))
+
+
+def real(complex):
+    """The real part of a complex tensor (float)."""
+    return apply(_Part("real"), _tensor(complex))
+
+
+def imag(complex):
+    """The imaginary part of a complex tensor (float)."""
+    return apply(_Part("imag"), _tensor(complex))
+

@@ -424,3 +424,73 @@ def _move_axis(x, src, dst):
 
 
 __all__ += ["cross"]
+
+
+# ----- singular value decomposition -----
+
+class SVD(Op):
+    """``x = U @ diag(S) @ Vh`` for (..., M, N) matrices; backward by the standard real SVD
+    rule (distinct singular values assumed, as in every framework)."""
+
+    def __init__(self, full_matrices, compute_uv):
+        self.full_matrices, self.compute_uv = full_matrices, compute_uv
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if x.ndim < 2:
+            raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
+        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        self.m, self.n = x.shape[-2:]
+        # the reduced factors are what the gradient needs, whatever the caller asked for
+        u, s, vh = xp.linalg.svd(x, full_matrices=False)
+        self.saved = (u, s, vh)
+        if not self.compute_uv:
+            return s
+        if self.full_matrices and self.m != self.n:
+            u, _, vh = xp.linalg.svd(x, full_matrices=True)
+        return u, s, vh
+
+    def backward(self, *grads):
+        u, s, vh = self.saved
+        xp = xp_of(s)
+        k = s.shape[-1]
+        if self.compute_uv:
+            gu, gs, gvh = grads
+            if self.full_matrices and self.m != self.n:
+                if xp.any(gu[..., k:] != 0) or xp.any(gvh[..., k:, :] != 0):
+                    raise RuntimeError(
+                        "svd: the extra singular vectors of full_matrices=True are not unique, so "
+                        "no gradient flows through them; use full_matrices=False")
+                gu, gvh = gu[..., :k], gvh[..., :k, :]
+        else:
+            gu, gs, gvh = None, grads[0], None
+        v = xp.swapaxes(vh, -1, -2)
+        inner = gs[..., None, :] * xp.eye(k, dtype=s.dtype)
+        inv_s = 1 / s
+        gx = 0
+        if gu is not None:
+            s2 = s * s
+            e = s2[..., None, :] - s2[..., :, None]
+            e = e + xp.eye(k, dtype=s.dtype)  # the skew parts below have zero diagonals
+            gv = xp.swapaxes(gvh, -1, -2)
+            utgu = xp.swapaxes(u, -1, -2) @ gu
+            vtgv = xp.swapaxes(v, -1, -2) @ gv
+            j = (utgu - xp.swapaxes(utgu, -1, -2)) / e
+            kk = (vtgv - xp.swapaxes(vtgv, -1, -2)) / e
+            inner = inner + j * s[..., None, :] + s[..., :, None] * kk
+            if self.m > k:  # the part of gU outside U's columns
+                gx = gx + ((gu - u @ utgu) * inv_s[..., None, :]) @ vh
+            if self.n > k:
+                gx = gx + (u * inv_s[..., None, :]) @ xp.swapaxes(gv - v @ vtgv, -1, -2)
+        return (u @ inner @ vh + gx).astype(s.dtype)
+
+
+def svd(inp, full_matrices=False, compute_uv=True):
+    """Singular value decomposition of (..., M, N) matrices: ``(U, S, Vh)`` with
+    ``inp = U @ diag(S) @ Vh``, S descending; only S when ``compute_uv`` is False.
+    ``full_matrices``: U is (..., M, M) and Vh (..., N, N) instead of K = min(M, N) columns/rows.
+    Differentiable (through the reduced factors)."""
+    return apply(SVD(bool(full_matrices), bool(compute_uv)), _tensor(inp))
+
+
+__all__ += ["svd"]

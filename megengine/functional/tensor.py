@@ -6,13 +6,14 @@ from ..core import ops as _ops
 from ..core.dispatch import Op, apply
 from ..core.ops import int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types
-from .elemwise import _tensor
+from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
     "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace", "meshgrid",
     "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll", "scatter",
     "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros", "zeros_like",
+    "complex", "imag", "polar", "real",
 ]
 
 
@@ -262,15 +263,23 @@ class BroadcastTo(Op):
 
 
 def broadcast_to(inp, shape):
-    """``inp`` broadcast to ``shape`` (numpy rules); -1 keeps the input's size there."""
+    """``inp`` broadcast to ``shape`` (numpy rules). As upstream, a None entry keeps the input's
+    size at that dim, and a negative size is an error."""
     inp = _tensor(inp)
+    keep = []
+    if isinstance(shape, (list, tuple)):
+        keep = [i for i, s in enumerate(shape) if s is None]
+        shape = [0 if s is None else s for s in shape]
     shape = list(_shape_arg(shape, "broadcast_to"))
+    if any(s < 0 for s in shape):
+        raise ValueError(f"broadcast_to: negative size in {tuple(shape)}; write None at a dim to "
+                         "keep the input's size there")
     extra = len(shape) - inp.ndim
-    for i, s in enumerate(shape):
-        if s == -1:
-            if i < extra:
-                raise ValueError(f"broadcast_to: -1 at new leading dim {i} of {tuple(shape)}")
-            shape[i] = inp.shape[i - extra]
+    for i in keep:
+        if i < extra:
+            raise ValueError(f"broadcast_to: None at dim {i} of a {len(shape)}-d target names no "
+                             f"dim of the input's shape {inp.shape}")
+        shape[i] = inp.shape[i - extra]
     shape = tuple(shape)
     if shape == inp.shape:
         return inp

@@ -402,7 +402,8 @@ class _ROIAlign(Op):
         self.wy = _linear_weights(xp, positions(start[:, 1], size[:, 1], ph, sh), h)
         self.wx = _linear_weights(xp, positions(start[:, 0], size[:, 0], pw, sw), w)
         wy, wx = self.wy.astype(img.dtype), self.wx.astype(img.dtype)
-        samples = xp.einsum("ksh,kchw,ktw->kcst", wy, img[batch], wx)
+        # (K, 1, S, H) @ (K, C, H, W) @ (K, 1, W, T): two batched BLAS products
+        samples = (wy[:, None] @ img[batch]) @ xp.swapaxes(wx, 1, 2)[:, None]
         k = rois.shape[0]
         samples = samples.reshape(k, c, ph, sh, pw, sw).transpose(0, 1, 2, 4, 3, 5)
         samples = samples.reshape(k, c, ph, pw, sh * sw)
@@ -421,8 +422,8 @@ class _ROIAlign(Op):
             gs = (self.arg[..., None] == xp.arange(sh * sw)) * g[..., None]
         gs = gs.reshape(k, c, ph, pw, sh, sw).transpose(0, 1, 2, 4, 3, 5)
         gs = gs.reshape(k, c, ph * sh, pw * sw)
-        per_roi = xp.einsum("ksh,kcst,ktw->kchw", self.wy.astype(g.dtype), gs,
-                            self.wx.astype(g.dtype))
+        wy, wx = self.wy.astype(g.dtype), self.wx.astype(g.dtype)
+        per_roi = (xp.swapaxes(wy, 1, 2)[:, None] @ gs) @ wx[:, None]  # (K, C, H, W)
         gimg = xp.zeros(self.img_shape, g.dtype)
         xp.add.at(gimg, self.batch, per_roi)  # rois of one image add up
         return gimg, None

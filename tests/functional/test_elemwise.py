@@ -227,3 +227,19 @@ def test_elemwise_op_computes_and_differentiates():
     check(lambda a, b: _elwise(a, b, mode=Elemwise.Mode.TRUE_DIV), torch.div, x, rand(5, low=1))
     np.testing.assert_allclose(
         _elwise(x, y, x, mode="FUSE_MUL_ADD3").numpy(), x * y + x, rtol=1e-6)
+
+
+# ----- complex numbers -----
+
+def test_polar_complex_real_imag_like_numpy():
+    mag, ang = rand(2, 3, low=0, high=2), rand(2, 3, low=-3, high=3)
+    z = F.polar(mag, ang)
+    assert z.dtype == np.complex64
+    np.testing.assert_allclose(z.numpy(), mag * np.cos(ang) + 1j * mag * np.sin(ang), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(F.real(z).numpy(), mag * np.cos(ang), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(F.imag(z).numpy(), mag * np.sin(ang), rtol=1e-6, atol=1e-6)
+    c = F.complex(mge.tensor([1.0, 2.0]), 3.0)
+    assert c.tolist() == [1 + 3j, 2 + 3j] and mge.tensor([1 + 2j]).dtype == np.complex64
+    with pytest.raises(TypeError, match="complex"):
+        F.real(mge.tensor([1.0]))

@@ -268,3 +268,32 @@ def test_cross_axes_like_numpy():
                                np.cross(a, b, axisa=0, axisb=1, axisc=1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="size 3"):
         F.cross(rand(4, 2), rand(4, 2))
+
+
+# ----- svd -----
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (2, 4, 4)], ids=str)
+def test_svd_against_torch_with_gradients(shape):
+    # squared singular vectors do not depend on the sign each library picks for a vector
+    def ours(a):
+        u, s, vh = F.svd(a)
+        return u * u, s, vh * vh
+
+    def theirs(a):
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        return u * u, s, vh * vh
+
+    check(ours, theirs, rand(*shape), rtol=1e-4, atol=1e-4)
+
+
+def test_svd_reconstructs_and_its_options():
+    a = rand(6, 4)
+    u, s, vh = F.svd(a)
+    assert u.shape == (6, 4) and s.shape == (4,) and vh.shape == (4, 4)
+    np.testing.assert_allclose((u.numpy() * s.numpy()) @ vh.numpy(), a, rtol=1e-4, atol=1e-5)
+    u, s, vh = F.svd(a, full_matrices=True)
+    assert u.shape == (6, 6) and vh.shape == (4, 4)
+    np.testing.assert_allclose(u.numpy().T @ u.numpy(), np.eye(6), atol=1e-5)
+    only_s = F.svd(a, compute_uv=False)
+    np.testing.assert_allclose(only_s.numpy(), np.linalg.svd(a, compute_uv=False), rtol=1e-5)
+    check(lambda t: F.svd(t, compute_uv=False), lambda t: torch.linalg.svdvals(t), a, rtol=1e-4)

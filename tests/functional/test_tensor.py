@@ -114,8 +114,16 @@ def test_broadcast_to(src, dst):
     check(lambda t: F.broadcast_to(t, dst), lambda t: t.broadcast_to(dst), rand(*src))
 
 
-def test_broadcast_to_minus_one_and_errors():
-    assert F.broadcast_to(mge.tensor(rand(3, 1)), (2, -1, 4)).shape == (2, 3, 4)
+def test_broadcast_to_none_keeps_a_dim_and_errors():
+    # upstream's test_broadcast_auto_infer
+    x = mge.tensor(rand(1, 2, 3))
+    assert F.broadcast_to(x, (1, None, 3)).shape == (1, 2, 3)
+    assert F.broadcast_to(x, (mge.tensor(2), None, 2, 3)).shape == (2, 1, 2, 3)
+    assert F.broadcast_to(mge.tensor(rand(3, 1)), (2, None, 4)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="None"):
+        F.broadcast_to(x, (1, -1, 3))
+    with pytest.raises(ValueError, match="None"):
+        F.broadcast_to(x, (None, 1, 2, 3))
     with pytest.raises(ValueError, match="broadcast_to"):
         F.broadcast_to(mge.tensor(rand(3)), (4,))
 
