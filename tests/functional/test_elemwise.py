@@ -243,3 +243,37 @@ def test_polar_complex_real_imag_like_numpy():
     assert c.tolist() == [1 + 3j, 2 + 3j] and mge.tensor([1 + 2j]).dtype == np.complex64
     with pytest.raises(TypeError, match="complex"):
         F.real(mge.tensor([1.0]))
+
+
+# ----- every public elemwise function on int32 and on empty inputs (upstream's checks) -----
+
+def _call_every_function(make):
+    import megengine.functional.elemwise as elemwise
+    results = {}
+    for name in elemwise.__all__:
+        fn = getattr(elemwise, name)
+        nargs = fn.__code__.co_argcount
+        if name == "clip":
+            args = (make("float32"), 0, 1)
+        elif name.endswith("_shift"):
+            args = (make("int32"), 1)
+        elif name.startswith("logical_"):
+            args = (make("bool"),) * nargs
+        else:
+            args = (make("float32"),) * nargs
+        results[name] = fn(*args)
+    return results
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # asin(5) and friends are NaN, as upstream
+def test_every_elemwise_function_takes_int32():
+    x = mge.tensor([1, 2, 3, 4, 5], dtype="int32")
+    out = _call_every_function(lambda dtype: x if dtype != "bool" else x > 2)
+    assert out["exp"].dtype == np.float32 and out["add"].dtype == np.int32
+    assert all(o.shape == (5,) for o in out.values())
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3)])
+def test_every_elemwise_function_keeps_empty_shapes(shape):
+    out = _call_every_function(lambda dtype: mge.tensor(np.zeros(shape), dtype=dtype))
+    assert {o.shape for o in out.values()} == {shape}
