@@ -146,7 +146,7 @@ class _Sample(Op):
     def forward(self, img, points):
         xp = xp_of(img)
         n, c, h, w = img.shape
-        self.img_shape, self.dtype = img.shape, img.dtype
+        self.img_shape, self.dtype, self.pts_dtype = img.shape, img.dtype, points.dtype
         batch = xp.arange(points.shape[0]) if self.batch is None else xp.asarray(self.batch)
         px, py = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
         if self.interp == "nearest":
@@ -181,11 +181,11 @@ class _Sample(Op):
         n, c, h, w = self.img_shape
         gimg = gpts = None
         if self.needs_input_grad[0]:
-            cidx = xp.arange(c).reshape(1, -1, 1, 1)
+            # flat index of (batch, channel) planes: (B, C, 1, 1)
+            base = self.batch_arr.reshape(-1, 1, 1, 1) * c + xp.arange(c).reshape(1, -1, 1, 1)
             flat, contrib = [], []
             for xi, yi, wgt, valid, _, _, _ in self.saved:
                 wk = wgt if valid is None else wgt * valid
-                base = (self.batch_arr.reshape(-1, 1, 1) * c)[:, None] + cidx
                 flat.append((((base * h) + yi[:, None]) * w + xi[:, None]).ravel())
                 contrib.append((g * wk[:, None]).ravel())
             gimg = xp.bincount(xp.concatenate(flat), weights=xp.concatenate(contrib),
@@ -253,9 +253,7 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     int_dtype = None if img.dtype.kind == "f" else img.dtype
     if int_dtype is not None:
         img = img.astype(np.float32)
-    op = _Sample(interp_mode, border_mode, float(border_val), batch)
-    op.pts_dtype = points.dtype
-    out = apply(op, img, points)
+    out = apply(_Sample(interp_mode, border_mode, float(border_val), batch), img, points)
     if int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
         out = apply(_RoundSaturate(int_dtype), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
@@ -365,6 +363,10 @@ def _check_rois(what, inp, rois):
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"{what}: rois must be (K, 5) rows of (batch, x1, y1, x2, y2), got "
                          f"shape {rois.shape}")
+    batch = rois.numpy()[:, 0].astype(np.int64)
+    if batch.size and (batch.min() < 0 or batch.max() >= inp.shape[0]):
+        raise ValueError(f"{what}: roi batch indices must be in [0, {inp.shape[0]}), got "
+                         f"{sorted(set(batch.tolist()))}")
 
 
 def _linear_weights(xp, pos, n):
@@ -508,11 +510,10 @@ class _ROIPooling(Op):
             arg = masked.argmax(axis=3)  # first maximum in row-major window order, as megdnn
             out = xp.take_along_axis(vals, arg[:, :, :, None], 3)[:, :, :, 0]
             out = xp.where(count > 0, out, 0)
-            ay, ax = arg // bw, arg % bw
-            src_y = xp.take_along_axis(xp.broadcast_to(yy[:, :, None, :, None], (k, ph, pw, bh, 1))
-                                       [..., 0], ay, 3)
-            src_x = xp.take_along_axis(xp.broadcast_to(xx[:, None, :, :, None], (k, ph, pw, bw, 1))
-                                       [..., 0], ax, 3)
+            # the source pixel of each output: (K, ph, pw, C) rows and columns
+            src_y = xp.take_along_axis(xp.broadcast_to(yy[:, :, None], (k, ph, pw, bh)),
+                                       arg // bw, 3)
+            src_x = xp.take_along_axis(xp.broadcast_to(xx[:, None], (k, ph, pw, bw)), arg % bw, 3)
             self.index = (batch, src_y, src_x, count > 0)
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
 
