@@ -6,7 +6,7 @@ import numpy as np
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, _norm_axes, xp_of
 from .elemwise import _pair, _tensor, clip, sqrt
-from .tensor import Compute, _axis, _grid_index, put_back, swapaxes
+from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 
 __all__ = [
     "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
@@ -397,8 +397,6 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
     """Cross product of 3-vectors along ``axisa`` of ``a`` and ``axisb`` of ``b`` (numpy's
     arguments; ``axis`` sets all three); the other dims broadcast, the result's vectors lie along
     ``axisc``. Differentiable in both inputs."""
-    from .tensor import stack
-
     a, b = _pair(a, b)
     if axis is not None:
         axisa = axisb = axisc = axis

@@ -8,6 +8,8 @@ from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
 from ._args import _as_float, _tensor
+from .math import matmul
+from .tensor import Compute, _shape_arg, concat, pad, stack
 
 __all__ = [
     "correlation", "cvt_color", "interpolate", "nms", "remap", "roi_align", "roi_pooling",
@@ -274,8 +276,6 @@ class _RoundSaturate(Op):
 
 
 def _out_hw(out_shape, what):
-    from .tensor import _shape_arg
-
     shape = _shape_arg(out_shape, what)
     if len(shape) == 1:
         shape = shape * 2
@@ -601,8 +601,6 @@ def nms(boxes, scores, iou_thresh, max_output=None):
                          f"{scores.shape}")
     if max_output is None:
         max_output = boxes.shape[0]
-    from .tensor import Compute
-
     return apply(Compute(_nms_keep, float(iou_thresh), int(max_output)), boxes, scores)
 
 
@@ -618,8 +616,6 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     patches of data1 and of data2 shifted by (dy, dx) are compared: mean over the patch and the
     channels of their product (``is_multiply``) or absolute difference. Differentiable in both.
     """
-    from .tensor import pad, stack
-
     data1, data2 = _tensor(data1), _tensor(data2)
     if data1.ndim != 4 or data1.shape != data2.shape:
         raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "
@@ -766,8 +762,6 @@ def cvt_color(inp, mode=""):
     frames ((N, 3H/2, W, 1) input) "YUV2GRAY_*", "YUV2RGB_*"/"YUV2BGR_*" for NV21, NV12, YV12,
     YU12, "YCrCb2RGB"/"YCrCb2BGR" and the "BT601_YUV2RGB_*"/"BT601_YUV2BGR_*" ones.
     """
-    from .tensor import Compute, concat
-
     inp = _tensor(inp)
     mode = str(mode) if "YCrCb" in str(mode) else str(mode).upper()
     if inp.ndim != 4:
@@ -800,8 +794,6 @@ def cvt_color(inp, mode=""):
     else:  # YUV2RGB
         mat = np.array([[1, 2.032, 0], [1, -0.395, -0.581], [1, 0, 1.140]])
         bias = -mat[:, 1:] @ np.array([0.5, 0.5])
-    from .math import matmul
-
     m = Tensor(mat.T.astype(inp.dtype), device=inp.device)
     return matmul(inp, m) + Tensor(bias.astype(inp.dtype), device=inp.device)
 
