@@ -140,7 +140,8 @@ def _border_index(xp, i, n, mode):
 
 class _Sample(Op):
     """``out[b, c, oh, ow] = img[batch[b], c]`` read at ``points[b, oh, ow] = (x, y)``; gradients
-    reach the image and (linear mode) the points."""
+    reach the image and (linear mode) the points. Works channels-last inside, so that every
+    gather and scatter moves whole pixel vectors."""
 
     def __init__(self, interp, border, border_val, batch):
         self.interp, self.border, self.border_val, self.batch = interp, border, border_val, batch
@@ -163,45 +164,44 @@ class _Sample(Op):
                        (0, 1, (1 - fx) * fy, -fy, 1 - fx),
                        (1, 1, fx * fy, fy, fx)]
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+        img_t = xp.ascontiguousarray(img.transpose(0, 2, 3, 1))  # (N, H, W, C)
         bsel = batch.reshape(-1, 1, 1)
         out = 0
         self.saved = []
         for dx, dy, wgt, dwx, dwy in corners:
             xi, vx = _border_index(xp, x0 + dx, w, self.border)
             yi, vy = _border_index(xp, y0 + dy, h, self.border)
-            vals = xp.moveaxis(img[bsel, :, yi, xi], -1, 1)  # (B, C, OH, OW)
-            valid = None if vx is None else (vx & vy)
-            if valid is not None:
-                vals = xp.where(valid[:, None], vals, img.dtype.type(self.border_val))
-            out = out + wgt[:, None].astype(img.dtype) * vals
-            self.saved.append((xi, yi, wgt, valid, vals, dwx, dwy))
-        self.batch_arr = batch
-        return out.astype(img.dtype, copy=False)
+            vals = img_t[bsel, yi, xi]  # (B, OH, OW, C)
+            wk = wgt
+            if vx is not None:  # constant border: outside corners read the border value
+                valid = vx & vy
+                vals = xp.where(valid[..., None], vals, img.dtype.type(self.border_val))
+                wk = wgt * valid  # ... and pass no gradient to the image
+            out = out + wgt[..., None].astype(img.dtype) * vals
+            self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def backward(self, g):
         xp = xp_of(g)
         n, c, h, w = self.img_shape
         gimg = gpts = None
         if self.needs_input_grad[0]:
-            # flat index of (batch, channel) planes: (B, C, 1, 1)
-            base = self.batch_arr.reshape(-1, 1, 1, 1) * c + xp.arange(c).reshape(1, -1, 1, 1)
-            flat, contrib = [], []
-            for xi, yi, wgt, valid, _, _, _ in self.saved:
-                wk = wgt if valid is None else wgt * valid
-                flat.append((((base * h) + yi[:, None]) * w + xi[:, None]).ravel())
-                contrib.append((g * wk[:, None]).ravel())
-            gimg = xp.bincount(xp.concatenate(flat), weights=xp.concatenate(contrib),
-                               minlength=n * c * h * w).astype(self.dtype).reshape(self.img_shape)
+            # scatter-add per channel: bincount over the (image, row, column) of every corner
+            flat = xp.concatenate([f.ravel() for f, _, _, _, _ in self.saved])
+            weights = xp.concatenate([wk.ravel() for _, wk, _, _, _ in self.saved])
+            reps = len(self.saved)
+            gimg = xp.empty(self.img_shape, self.dtype)
+            for ch in range(c):
+                gc = xp.tile(g[:, ch].ravel(), reps) * weights
+                gimg[:, ch] = xp.bincount(flat, weights=gc, minlength=n * h * w).reshape(n, h, w)
         if self.needs_input_grad[1]:
-            gx = gy = 0
+            gx = gy = xp.zeros(g.shape[:1] + g.shape[2:])
             if self.interp != "nearest":  # nearest is piecewise constant: zero gradient
-                for _, _, _, _, vals, dwx, dwy in self.saved:
-                    s = (g * vals).sum(axis=1)
+                g_t = g.transpose(0, 2, 3, 1)
+                for _, _, vals, dwx, dwy in self.saved:
+                    s = (g_t * vals).sum(axis=-1)
                     gx, gy = gx + dwx * s, gy + dwy * s
-            shape = g.shape[:1] + g.shape[2:]
-            gpts = xp.stack([xp.broadcast_to(xp.asarray(gx), shape),
-                             xp.broadcast_to(xp.asarray(gy), shape)], axis=-1)
-            gpts = gpts.astype(self.pts_dtype)
+            gpts = xp.stack([gx, gy], axis=-1).astype(self.pts_dtype)
         return gimg, gpts
 
 
