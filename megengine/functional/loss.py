@@ -300,17 +300,31 @@ class _CTC(Op):
     """Connectionist temporal classification: -log p(label | pred) by the alpha (forward)
     recursion over the blank-interleaved label in log space; backward by the beta recursion
     (each frame's posterior over label positions). Inputs: probabilities (T, N, C), the frame
-    counts (N,), the interleaved labels (N, 2S+1) and the label lengths (N,)."""
+    counts (N,), the labels ((N, S) padded, or 1-d packed) and the label lengths (N,); all of
+    them are op inputs, so that megengine.jit.trace replays each call's values."""
 
     def __init__(self, blank, reduction):
         self.blank, self.reduction = blank, reduction
 
-    def forward(self, pred, pred_lengths, ext, label_lengths):
+    def _interleave(self, xp, label, lengths, n):
+        """The labels as (N, 2S+1) rows: blank, l1, blank, l2, ..., blank (blank-padded)."""
+        label = label.astype(np.int64)
+        if label.ndim == 1:  # packed: sample k's labels start after those of samples < k
+            pos = xp.arange(int(lengths.max()))
+            idx = (xp.cumsum(lengths) - lengths)[:, None] + pos
+            label = xp.where(pos < lengths[:, None], label[xp.minimum(idx, label.size - 1)],
+                             self.blank)
+        ext = xp.full((n, 2 * label.shape[1] + 1), self.blank, np.int64)
+        ext[:, 1::2] = label
+        return ext
+
+    def forward(self, pred, pred_lengths, label, label_lengths):
         xp = xp_of(pred)
         t_max, n, _ = pred.shape
         tiny = np.finfo(pred.dtype).tiny  # as upstream: log of probabilities clamped at tiny
         logp = xp.log(xp.maximum(pred, tiny).astype(np.float64))
-        ext = ext.astype(np.int64)
+        label_lengths = label_lengths.astype(np.int64)
+        ext = self._interleave(xp, label, label_lengths, n)
         lp = xp.take_along_axis(logp, xp.broadcast_to(ext[None], (t_max,) + ext.shape), 2)
         prev2 = xp.concatenate([xp.full((n, 2), -1, np.int64), ext[:, :-2]], axis=1)
         self.skip = (ext != self.blank) & (ext != prev2)  # may jump over the blank before
@@ -400,11 +414,14 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
     if pred.ndim != 3:
         raise ValueError(f"ctc_loss: pred must be (T, N, C) probabilities, got shape {pred.shape}")
     t_max, n, c = pred.shape
-    lengths = np.asarray(Tensor(pred_lengths).numpy() if not isinstance(pred_lengths, Tensor)
-                         else pred_lengths.numpy()).astype(np.int64).reshape(-1)
-    lab_len = np.asarray(label_lengths.numpy() if isinstance(label_lengths, Tensor)
-                         else label_lengths).astype(np.int64).reshape(-1)
-    lab = np.asarray(label.numpy() if isinstance(label, Tensor) else label).astype(np.int64)
+
+    def as_ints(x):  # Tensors stay op inputs; numbers and arrays become int32 tensors
+        return x if isinstance(x, Tensor) else Tensor(np.asarray(x, np.int32), device=pred.device)
+
+    pred_lengths, label, label_lengths = as_ints(pred_lengths), as_ints(label), as_ints(label_lengths)
+    # argument checks on the host (values, not just shapes: as upstream's asserts)
+    lengths = pred_lengths.numpy().astype(np.int64).reshape(-1)
+    lab_len = label_lengths.numpy().astype(np.int64).reshape(-1)
     if lengths.size != n or lab_len.size != n:
         raise ValueError(f"ctc_loss: pred_lengths and label_lengths need one entry per sample "
                          f"({n}), got {lengths.size} and {lab_len.size}")
@@ -414,21 +431,14 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
         raise ValueError(f"ctc_loss: pred_lengths must be in [1, {t_max}], got {lengths.tolist()}")
     if lab_len.min() < 1:
         raise ValueError(f"ctc_loss: label_lengths must be positive, got {lab_len.tolist()}")
-    if lab.ndim == 1:  # concatenated labels: unpack into (N, max length) rows
-        if lab.size != lab_len.sum():
+    if label.ndim == 1:
+        if label.size != lab_len.sum():
             raise ValueError(f"ctc_loss: a 1-d label must hold sum(label_lengths) = "
-                             f"{lab_len.sum()} values, got {lab.size}")
-        rows = np.full((n, lab_len.max()), blank, np.int64)
-        rows[np.repeat(np.arange(n), lab_len), np.concatenate([np.arange(k) for k in lab_len])] = lab
-        lab = rows
-    elif lab.ndim != 2 or lab.shape[0] != n or lab_len.max() > lab.shape[1]:
+                             f"{lab_len.sum()} values, got {label.size}")
+    elif label.ndim != 2 or label.shape[0] != n or lab_len.max() > label.shape[1]:
         raise ValueError(f"ctc_loss: label must be (N, S) with S >= max(label_lengths) or 1-d, "
-                         f"got shape {lab.shape}")
-    ext = np.full((n, 2 * lab.shape[1] + 1), blank, np.int64)
-    ext[:, 1::2] = lab
-    dev = pred.device
-    return apply(_CTC(int(blank), reduction), pred, Tensor(lengths, dtype="int32", device=dev),
-                 Tensor(ext, dtype="int32", device=dev), Tensor(lab_len, dtype="int32", device=dev))
+                         f"got shape {label.shape}")
+    return apply(_CTC(int(blank), reduction), pred, pred_lengths, label, label_lengths)
 
 
 __all__ += ["ctc_loss"]

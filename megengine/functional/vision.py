@@ -140,17 +140,18 @@ def _border_index(xp, i, n, mode):
 
 class _Sample(Op):
     """``out[b, c, oh, ow] = img[batch[b], c]`` read at ``points[b, oh, ow] = (x, y)``; gradients
-    reach the image and (linear mode) the points. Works channels-last inside, so that every
-    gather and scatter moves whole pixel vectors."""
+    reach the image and (linear mode) the points. ``batch`` (an input, so that traces replay
+    it) picks the image of each point set; default one per image. Works channels-last inside,
+    so that every gather and scatter moves whole pixel vectors."""
 
-    def __init__(self, interp, border, border_val, batch):
-        self.interp, self.border, self.border_val, self.batch = interp, border, border_val, batch
+    def __init__(self, interp, border, border_val):
+        self.interp, self.border, self.border_val = interp, border, border_val
 
-    def forward(self, img, points):
+    def forward(self, img, points, batch=None):
         xp = xp_of(img)
         n, c, h, w = img.shape
         self.img_shape, self.dtype, self.pts_dtype = img.shape, img.dtype, points.dtype
-        batch = xp.arange(points.shape[0]) if self.batch is None else xp.asarray(self.batch)
+        batch = xp.arange(points.shape[0]) if batch is None else batch.astype(np.int64)
         px, py = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
         if self.interp == "nearest":
             x0, y0 = xp.floor(px + 0.5), xp.floor(py + 0.5)
@@ -202,7 +203,7 @@ class _Sample(Op):
                     s = (g_t * vals).sum(axis=-1)
                     gx, gy = gx + dwx * s, gy + dwy * s
             gpts = xp.stack([gx, gy], axis=-1).astype(self.pts_dtype)
-        return gimg, gpts
+        return (gimg, gpts, None)[:len(self.needs_input_grad)]
 
 
 class _PerspectivePoints(Op):
@@ -255,7 +256,8 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     int_dtype = None if img.dtype.kind == "f" else img.dtype
     if int_dtype is not None:
         img = img.astype(np.float32)
-    out = apply(_Sample(interp_mode, border_mode, float(border_val), batch), img, points)
+    extra = () if batch is None else (batch,)
+    out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
     if int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
         out = apply(_RoundSaturate(int_dtype), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
@@ -312,11 +314,12 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     n = inp.shape[0]
     batch = None
     if mat_idx is not None:
-        batch = np.asarray(mat_idx.numpy() if isinstance(mat_idx, Tensor) else mat_idx,
-                           np.int64).reshape(-1)
-        if batch.shape[0] != mat.shape[0] or (batch.size and (batch.min() < 0 or batch.max() >= n)):
+        batch = mat_idx if isinstance(mat_idx, Tensor) else Tensor(
+            np.asarray(mat_idx, np.int32).reshape(-1), device=inp.device)
+        idx = batch.numpy().reshape(-1)
+        if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
-                             f"({mat.shape[0]}), got {batch.tolist()}")
+                             f"({mat.shape[0]}), got {idx.tolist()}")
     elif mat.shape[0] != n:
         raise ValueError(f"{what}: {mat.shape[0]} matrices for {n} images; give mat_idx to "
                          "pair them")

@@ -269,3 +269,17 @@ def test_ctc_loss_concatenated_labels_blank_and_errors():
         F.nn.ctc_loss(p, lengths, packed[:-1], label_lengths)
     with pytest.raises(ValueError, match="reduction"):
         F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="avg")
+
+
+def test_traced_ctc_loss_replays_each_calls_labels():
+    from megengine.jit import trace
+
+    def f(p, lengths, label, label_lengths):
+        return F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="none")
+
+    traced = trace(f, symbolic=True)
+    for seed in range(3):
+        logits, lengths, label, label_lengths = _ctc_case(seed)
+        args = [mge.tensor(a) for a in (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
+                                         lengths, label, label_lengths)]
+        np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)

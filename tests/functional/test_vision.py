@@ -358,3 +358,18 @@ def test_cvt_color_yuv420_against_loop_reference(mode, layout):
     np.testing.assert_array_equal(out.numpy()[0], _yuv_loop(frame[0, ..., 0], *layout))
     np.testing.assert_array_equal(F.vision.cvt_color(frame, "YUV2GRAY_NV21").numpy(),
                                   frame[:, :4])
+
+
+def test_traced_warp_replays_each_calls_mat_idx():
+    from megengine.jit import trace
+
+    def f(img, mat, idx):
+        return F.vision.warp_perspective(img, mat, (3, 3), mat_idx=idx)
+
+    traced = trace(f, symbolic=True)
+    img = mge.tensor(rand(2, 1, 4, 4))
+    mat = mge.tensor(np.stack([np.eye(3)] * 3).astype(np.float32))
+    for idx in ([0, 1, 1], [1, 0, 0], [1, 1, 0]):
+        idx = mge.tensor(np.array(idx, np.int32))
+        np.testing.assert_array_equal(traced(img, mat, idx).numpy(), f(img, mat, idx).numpy())
+        np.testing.assert_array_equal(f(img, mat, idx).numpy(), img.numpy()[idx.numpy(), :, :3, :3])
