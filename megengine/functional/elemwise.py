@@ -394,6 +394,14 @@ def _nn(name):
     return call
 
 
+def _math(name):
+    def call(*args):
+        from . import math  # math imports this module: resolved at call time
+
+        return getattr(math, name)(*args)
+    return call
+
+
 def _fuse_add(then):
     return lambda x, y: then(add(x, y))
 
@@ -419,6 +427,11 @@ _MODES = {
     "SWITCH_GT0": lambda x, g: mul(greater(x, 0).astype(_tensor(g).dtype), g),
     "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
     "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
+    "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
+    # gradient modes: (forward input or output, incoming gradient) -> input gradient
+    "ABS_GRAD": lambda x, g: mul(_math("sign")(x), g),
+    "SIGMOID_GRAD": lambda y, g: mul(mul(y, sub(1, y)), g),
+    "TANH_GRAD": lambda y, g: mul(sub(1, mul(y, y)), g),
 }
 
 

@@ -277,3 +277,15 @@ def test_every_elemwise_function_takes_int32():
 def test_every_elemwise_function_keeps_empty_shapes(shape):
     out = _call_every_function(lambda dtype: mge.tensor(np.zeros(shape), dtype=dtype))
     assert {o.shape for o in out.values()} == {shape}
+
+
+def test_elemwise_gradient_and_check_modes():
+    from megengine.functional.elemwise import Elemwise
+    x, g = rand(6), rand(6)
+    s = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(Elemwise("SIGMOID_GRAD")(s, g).numpy(), s * (1 - s) * g,
+                               rtol=1e-5)
+    np.testing.assert_allclose(Elemwise("TANH_GRAD")(np.tanh(x), g).numpy(),
+                               (1 - np.tanh(x) ** 2) * g, rtol=1e-5)
+    np.testing.assert_allclose(Elemwise("ABS_GRAD")(x, g).numpy(), np.sign(x) * g)
+    assert Elemwise("ISNAN")(mge.tensor([1.0, np.nan])).tolist() == [False, True]
