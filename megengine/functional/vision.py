@@ -84,10 +84,13 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     what = "interpolate"
     if mode not in _INTERP_MODES:
         raise ValueError(f"{what}: mode must be one of {_INTERP_MODES}, got {mode!r}")
-    if mode in ("bilinear", "linear", "bicubic"):
+    if mode in ("bilinear", "linear"):
         align_corners = bool(align_corners)
-    elif align_corners is not None:
-        raise ValueError(f"{what}: align_corners can only be set in the linear modes")
+    elif align_corners is not None:  # as upstream: bicubic and nearest take no align_corners
+        raise ValueError(f"{what}: align_corners can only be set in the linear modes, not in "
+                         f"{mode!r}")
+    else:
+        align_corners = False
     spatial = 1 if mode == "linear" else 2
     if inp.ndim != spatial + 2:
         raise ValueError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "

@@ -373,3 +373,25 @@ def test_traced_warp_replays_each_calls_mat_idx():
         idx = mge.tensor(np.array(idx, np.int32))
         np.testing.assert_array_equal(traced(img, mat, idx).numpy(), f(img, mat, idx).numpy())
         np.testing.assert_array_equal(f(img, mat, idx).numpy(), img.numpy()[idx.numpy(), :, :3, :3])
+
+
+# ----- interpolate (values against torch are in test_nn.py) -----
+
+def test_interpolate_upstream_example_and_argument_rules():
+    x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    want = [[1., 1.25, 1.75, 2.], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
+            [3., 3.25, 3.75, 4.]]
+    np.testing.assert_allclose(F.vision.interpolate(x, [4, 4], align_corners=False).numpy()[0, 0],
+                               want)
+    np.testing.assert_allclose(F.vision.interpolate(x, scale_factor=2.0).numpy()[0, 0], want)
+    assert F.vision.interpolate(x, mge.tensor([3, 5])).shape == (1, 1, 3, 5)
+    line = np.arange(1, 3, dtype=np.float32).reshape(1, 1, 2)
+    np.testing.assert_allclose(F.nn.interpolate(line, 4, mode="LINEAR").numpy(),
+                               [[[1.0, 1.25, 1.75, 2.0]]])
+    for bad in (dict(mode="bicubic", align_corners=True), dict(mode="nearest", align_corners=False)):
+        with pytest.raises(ValueError, match="align_corners"):
+            F.vision.interpolate(x, [4, 4], **bad)
+    with pytest.raises(ValueError):
+        F.vision.interpolate(line, scale_factor=[2.0, 3.0], mode="linear")
+    with pytest.raises(ValueError):
+        F.vision.interpolate(x, scale_factor=2.0, mode="linear")
