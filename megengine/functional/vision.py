@@ -432,8 +432,9 @@ class _ROIAlign(Op):
         gs = gs.reshape(k, c, ph * sh, pw * sw)
         wy, wx = self.wy.astype(g.dtype), self.wx.astype(g.dtype)
         per_roi = (xp.swapaxes(wy, 1, 2)[:, None] @ gs) @ wx[:, None]  # (K, C, H, W)
-        gimg = xp.zeros(self.img_shape, g.dtype)
-        xp.add.at(gimg, self.batch, per_roi)  # rois of one image add up
+        # rois of one image add up: a (N, K) one-hot product instead of a scatter-add
+        onehot = (xp.arange(self.img_shape[0])[:, None] == self.batch).astype(g.dtype)
+        gimg = (onehot @ per_roi.reshape(k, -1)).reshape(self.img_shape)
         return gimg, None
 
 
@@ -640,7 +641,7 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     if out_h < 1 or out_w < 1:
         raise ValueError(f"correlation: an input of {h}x{w} with pad_size {pad_size} is too small "
                          f"for max_displacement {max_displacement} and kernel_size {kernel_size}")
-    data1, data2 = _as_float_tensor(data1), _as_float_tensor(data2)
+    data1, data2 = (d if d.dtype.kind == "f" else d.astype(np.float32) for d in (data1, data2))
     widths = ((0, 0), (0, 0), (pad_size, pad_size), (pad_size, pad_size))
     p1, p2 = (pad(d, widths) if pad_size else d for d in (data1, data2))
     p1h, p1w = p1.shape[2], p1.shape[3]
@@ -668,10 +669,6 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
                     total = total + d.sum(axis=1)
             channels.append(total / (kernel_size * kernel_size * c))
     return stack(channels, axis=1)
-
-
-def _as_float_tensor(t):
-    return t if t.dtype.kind == "f" else t.astype(np.float32)
 
 
 # ----- colour conversion (NHWC images) -----
