@@ -7,7 +7,7 @@ import numpy as np
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
-from ._args import _as_float, _tensor
+from ._args import _as_float, _pair, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 
@@ -438,11 +438,11 @@ class _ROIAlign(Op):
         return gimg, None
 
 
-def _int_pair(value, name, what):
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
-        raise ValueError(f"{what}: {name} must be a positive int or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
+def _positive_pair(value, name, what):
+    pair = _pair(value, name, what)
+    if min(pair) < 1:
+        raise ValueError(f"{what}: {name} must be positive, got {value!r}")
+    return pair
 
 
 def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample_points=2,
@@ -459,8 +459,8 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     mode = str(mode).lower()
     if mode not in ("average", "max"):
         raise ValueError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
-    pooled = _int_pair(output_shape, "output_shape", "roi_align")
-    samples = _int_pair(sample_points, "sample_points", "roi_align")
+    pooled = _positive_pair(output_shape, "output_shape", "roi_align")
+    samples = _positive_pair(sample_points, "sample_points", "roi_align")
     inp = inp if inp.dtype == np.float32 else inp.astype(np.float32)
     op = _ROIAlign(mode, float(spatial_scale), 0.5 if aligned else 0.0, pooled, samples)
     return apply(op, inp, rois)
@@ -560,7 +560,7 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     mode = str(mode).lower()
     if mode not in ("max", "average"):
         raise ValueError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
-    pooled = _int_pair(output_shape, "output_shape", "roi_pooling")
+    pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
     inp = _tensor(inp) if inp.dtype.kind == "f" else inp.astype(np.float32)
     return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
 
