@@ -331,7 +331,9 @@ def concat(inps, axis=0, device=None):
 
     As upstream, items may also be tuples, lists, arrays or Python numbers, and a 0-d item counts
     as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape."""
-    inps = _same_device(list(inps))
+    # an empty shape piece (x.shape[:0]) is an empty int32 vector, not numpy's float64 default
+    inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
+    inps = _same_device(inps)
     if not inps:
         raise ValueError("concat: got no tensors to join")
     if any(t.ndim == 0 for t in inps):

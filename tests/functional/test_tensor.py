@@ -377,6 +377,9 @@ def test_concat_of_shape_pieces_and_ints_reshapes():
     assert shape.dtype == np.int32 and shape.tolist() == [2, 3, 2, 4]
     np.testing.assert_array_equal(F.reshape(x, shape).numpy(), x.numpy().reshape(2, 3, 2, 4))
     assert x.reshape(F.concat([x.shape[:-2], 6, -1])).shape == (2, 6, 4)
+    flat = mge.tensor(rand(6))
+    assert F.concat([flat.shape[:-1], 2, 3]).dtype == np.int32  # an empty piece stays int
+    assert flat.reshape(F.concat([flat.shape[:-1], 2, 3])).shape == (2, 3)
     # 0-d tensors count as one-element vectors, as upstream's interpolate relies on
     assert F.concat([mge.tensor(3), mge.tensor(4)]).tolist() == [3, 4]
     check(lambda a, b: F.concat([a, b]), lambda a, b: torch.cat([a.reshape(1), b]),
