@@ -439,14 +439,12 @@ class SVD(Op):
             raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
         x = x if x.dtype.kind == "f" else x.astype(np.float32)
         self.m, self.n = x.shape[-2:]
-        # the reduced factors are what the gradient needs, whatever the caller asked for
-        u, s, vh = xp.linalg.svd(x, full_matrices=False)
-        self.saved = (u, s, vh)
-        if not self.compute_uv:
-            return s
-        if self.full_matrices and self.m != self.n:
-            u, _, vh = xp.linalg.svd(x, full_matrices=True)
-        return u, s, vh
+        full = self.full_matrices and self.compute_uv
+        u, s, vh = xp.linalg.svd(x, full_matrices=full)
+        k = s.shape[-1]
+        # the gradient needs the reduced factors: the leading columns/rows of the full ones
+        self.saved = (u[..., :k], s, vh[..., :k, :])
+        return (u, s, vh) if self.compute_uv else s
 
     def backward(self, *grads):
         u, s, vh = self.saved

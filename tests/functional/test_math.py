@@ -297,3 +297,18 @@ def test_svd_reconstructs_and_its_options():
     only_s = F.svd(a, compute_uv=False)
     np.testing.assert_allclose(only_s.numpy(), np.linalg.svd(a, compute_uv=False), rtol=1e-5)
     check(lambda t: F.svd(t, compute_uv=False), lambda t: torch.linalg.svdvals(t), a, rtol=1e-4)
+
+
+def test_svd_full_matrices_gradient_through_the_unique_part():
+    # the loss reads only U's first K columns: the same gradient as with reduced factors
+    a = rand(5, 3)
+
+    def ours(t):
+        u, s, vh = F.svd(t, full_matrices=True)
+        return (u[:, :3] * u[:, :3]) * s
+
+    def theirs(t):
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        return (u * u) * s
+
+    check(ours, theirs, a, rtol=1e-4, atol=1e-4)
