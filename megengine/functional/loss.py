@@ -367,7 +367,8 @@ class _CTC(Op):
         width = ext.shape[1]
         init = xp.full((n, width), -np.inf)
         init[xp.arange(n)[:, None], ends] = 0.0
-        beta = xp.full((t_max, n, width), -np.inf)  # paths from (t, s) to the end, emission at t excluded
+        # beta: log-sum of the paths from (t, s) to the end, the emission at t excluded
+        beta = xp.full((t_max, n, width), -np.inf)
         nxt = None
         skip_next = self._shift_left(xp, self.skip, 2, False)
         for t in range(t_max - 1, -1, -1):
@@ -418,7 +419,8 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
     def as_ints(x):  # Tensors stay op inputs; numbers and arrays become int32 tensors
         return x if isinstance(x, Tensor) else Tensor(np.asarray(x, np.int32), device=pred.device)
 
-    pred_lengths, label, label_lengths = as_ints(pred_lengths), as_ints(label), as_ints(label_lengths)
+    pred_lengths, label_lengths = as_ints(pred_lengths), as_ints(label_lengths)
+    label = as_ints(label)
     # argument checks on the host (values, not just shapes: as upstream's asserts)
     lengths = pred_lengths.numpy().astype(np.int64).reshape(-1)
     lab_len = label_lengths.numpy().astype(np.int64).reshape(-1)

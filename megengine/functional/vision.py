@@ -224,7 +224,8 @@ class _PerspectivePoints(Op):
         self.p = (ww, hh)
 
         def row(r):
-            return m[:, r, 0, None, None] * ww + m[:, r, 1, None, None] * hh + m[:, r, 2, None, None]
+            return (m[:, r, 0, None, None] * ww + m[:, r, 1, None, None] * hh
+                    + m[:, r, 2, None, None])
 
         self.u, self.v = row(0), row(1)
         self.d = xp.ones_like(self.u) if self.affine else row(2)
@@ -235,7 +236,8 @@ class _PerspectivePoints(Op):
         gx, gy = g[..., 0].astype(np.float64) / self.d, g[..., 1].astype(np.float64) / self.d
         ww, hh = self.p
         terms = (ww, hh, 1.0)
-        rows = [[(gx * t).sum(axis=(1, 2)) for t in terms], [(gy * t).sum(axis=(1, 2)) for t in terms]]
+        rows = [[(gx * t).sum(axis=(1, 2)) for t in terms],
+                [(gy * t).sum(axis=(1, 2)) for t in terms]]
         if not self.affine:
             gd = -(gx * self.u + gy * self.v) / self.d
             rows.append([(gd * t).sum(axis=(1, 2)) for t in terms])
@@ -628,7 +630,8 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
         raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "
                          f"{data1.shape} and {data2.shape}")
     for name, v, low in (("kernel_size", kernel_size, 1), ("max_displacement", max_displacement, 0),
-                         ("stride1", stride1, 1), ("stride2", stride2, 1), ("pad_size", pad_size, 0)):
+                         ("stride1", stride1, 1), ("stride2", stride2, 1),
+                         ("pad_size", pad_size, 0)):
         if not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"correlation: {name} must be an int >= {low}, got {v!r}")
     if kernel_size % 2 == 0:

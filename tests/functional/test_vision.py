@@ -337,7 +337,8 @@ def _yuv_loop(frame, to_rgb, planar, u_first):
                 q = (i // 2) * (w // 2) + j // 2
                 first, second = flat[h * w + q], flat[h * w + h * w // 4 + q]
             else:
-                first, second = flat[(h + i // 2) * w + j // 2 * 2], flat[(h + i // 2) * w + j // 2 * 2 + 1]
+                pair = (h + i // 2) * w + j // 2 * 2
+                first, second = flat[pair], flat[pair + 1]
             u, v = (first, second) if u_first else (second, first)
             y = flat[i * w + j]
             r = y + ((359 * (v - 128)) >> 8)
@@ -388,7 +389,8 @@ def test_interpolate_upstream_example_and_argument_rules():
     line = np.arange(1, 3, dtype=np.float32).reshape(1, 1, 2)
     np.testing.assert_allclose(F.nn.interpolate(line, 4, mode="LINEAR").numpy(),
                                [[[1.0, 1.25, 1.75, 2.0]]])
-    for bad in (dict(mode="bicubic", align_corners=True), dict(mode="nearest", align_corners=False)):
+    for bad in (dict(mode="bicubic", align_corners=True),
+                dict(mode="nearest", align_corners=False)):
         with pytest.raises(ValueError, match="align_corners"):
             F.vision.interpolate(x, [4, 4], **bad)
     with pytest.raises(ValueError):
