@@ -11,8 +11,9 @@ __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
 _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
-           np.dtype(np.uint64): np.dtype(np.int32)}
-_SUPPORTED_KINDS = "biuf"
+           np.dtype(np.uint64): np.dtype(np.int32),
+           np.dtype(np.complex128): np.dtype(np.complex64)}  # upstream's complex is complex64
+_SUPPORTED_KINDS = "biufc"
 
 
 def _check_dtype(dtype, what):

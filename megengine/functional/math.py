@@ -8,7 +8,7 @@ from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
 from .elemwise import _pair, _tensor, clip, sqrt
-from .tensor import Compute, _axis, _grid_index, put_back, swapaxes
+from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 
 __all__ = [
     "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
@@ -436,3 +436,104 @@ def matinv(inp):
 def _float_t(t):
     """``t`` as a float Tensor (integer inputs compute in float32, as the forwards do)."""
     return t if t.dtype.kind == "f" else t.astype("float32")
+
+
+# ----- vector products -----
+
+def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Cross product of 3-vectors along ``axisa`` of ``a`` and ``axisb`` of ``b`` (numpy's
+    arguments; ``axis`` sets all three); the other dims broadcast, the result's vectors lie along
+    ``axisc``. Differentiable in both inputs."""
+    a, b = _pair(a, b)
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    for t, ax, name in ((a, axisa, "a"), (b, axisb, "b")):
+        if t.ndim == 0 or t.shape[_axis(ax, t.ndim, "cross")] != 3:
+            raise ValueError(f"cross: {name} must have size 3 along axis {ax}, got shape "
+                             f"{t.shape}")
+    a, b = _move_axis(a, axisa, -1), _move_axis(b, axisb, -1)
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    out = stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return _move_axis(out, -1, axisc)
+
+
+def _move_axis(x, src, dst):
+    """``x`` with axis ``src`` moved to position ``dst``, the others keeping their order."""
+    src, dst = _axis(src, x.ndim, "cross"), _axis(dst, x.ndim, "cross")
+    if src == dst:
+        return x
+    order = [i for i in range(x.ndim) if i != src]
+    order.insert(dst, src)
+    return x.transpose(order)
+
+
+__all__ += ["cross"]
+
+
+# ----- singular value decomposition -----
+
+class SVD(Op):
+    """``x = U @ diag(S) @ Vh`` for (..., M, N) matrices; backward by the standard real SVD
+    rule (distinct singular values assumed, as in every framework)."""
+
+    def __init__(self, full_matrices, compute_uv):
+        self.full_matrices, self.compute_uv = full_matrices, compute_uv
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if x.ndim < 2:
+            raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
+        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        self.m, self.n = x.shape[-2:]
+        full = self.full_matrices and self.compute_uv
+        u, s, vh = xp.linalg.svd(x, full_matrices=full)
+        k = s.shape[-1]
+        # the gradient needs the reduced factors: the leading columns/rows of the full ones
+        self.saved = (u[..., :k], s, vh[..., :k, :])
+        return (u, s, vh) if self.compute_uv else s
+
+    def backward(self, *grads):
+        u, s, vh = self.saved
+        xp = xp_of(s)
+        k = s.shape[-1]
+        if self.compute_uv:
+            gu, gs, gvh = grads
+            if self.full_matrices and self.m != self.n:
+                if xp.any(gu[..., k:] != 0) or xp.any(gvh[..., k:, :] != 0):
+                    raise RuntimeError(
+                        "svd: the extra singular vectors of full_matrices=True are not unique, so "
+                        "no gradient flows through them; use full_matrices=False")
+                gu, gvh = gu[..., :k], gvh[..., :k, :]
+        else:
+            gu, gs, gvh = None, grads[0], None
+        v = xp.swapaxes(vh, -1, -2)
+        inner = gs[..., None, :] * xp.eye(k, dtype=s.dtype)
+        inv_s = 1 / s
+        gx = 0
+        if gu is not None:
+            s2 = s * s
+            e = s2[..., None, :] - s2[..., :, None]
+            e = e + xp.eye(k, dtype=s.dtype)  # the skew parts below have zero diagonals
+            gv = xp.swapaxes(gvh, -1, -2)
+            utgu = xp.swapaxes(u, -1, -2) @ gu
+            vtgv = xp.swapaxes(v, -1, -2) @ gv
+            j = (utgu - xp.swapaxes(utgu, -1, -2)) / e
+            kk = (vtgv - xp.swapaxes(vtgv, -1, -2)) / e
+            inner = inner + j * s[..., None, :] + s[..., :, None] * kk
+            if self.m > k:  # the part of gU outside U's columns
+                gx = gx + ((gu - u @ utgu) * inv_s[..., None, :]) @ vh
+            if self.n > k:
+                gx = gx + (u * inv_s[..., None, :]) @ xp.swapaxes(gv - v @ vtgv, -1, -2)
+        return (u @ inner @ vh + gx).astype(s.dtype)
+
+
+def svd(inp, full_matrices=False, compute_uv=True):
+    """Singular value decomposition of (..., M, N) matrices: ``(U, S, Vh)`` with
+    ``inp = U @ diag(S) @ Vh``, S descending; only S when ``compute_uv`` is False.
+    ``full_matrices``: U is (..., M, M) and Vh (..., N, N) instead of K = min(M, N) columns/rows.
+    Differentiable (through the reduced factors)."""
+    return apply(SVD(bool(full_matrices), bool(compute_uv)), _tensor(inp))
+
+
+__all__ += ["svd"]

@@ -528,6 +528,9 @@ from .conv import *  # noqa: E402,F401,F403
 from .normalization import *  # noqa: E402,F401,F403
 from .pooling import *  # noqa: E402,F401,F403
 from .vision import interpolate  # noqa: E402,F401
+from .vision import (  # noqa: E402,F401  (upstream also spells the vision ops F.nn.<name>)
+    correlation, cvt_color, nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective,
+)
 
 # ----- names that live elsewhere but upstream also spells F.nn.<name> -----
 

@@ -38,8 +38,9 @@ def test_explicit_dtype_wins():
     assert Tensor([1, 2], dtype="float32").dtype == np.float32
     assert Tensor(np.ones(2), dtype=np.float64).dtype == np.float64
     assert Tensor(1.7, dtype="int32").item() == 1
-    with pytest.raises(TypeError, match="complex"):
-        Tensor([1, 2], dtype="complex64")
+    assert Tensor([1, 2], dtype="complex64").dtype == np.complex64  # upstream has complex64
+    with pytest.raises(TypeError, match="datetime64"):
+        Tensor([1, 2], dtype="datetime64[s]")
 
 
 def test_creation_rejects_non_numbers():
@@ -106,7 +107,7 @@ def test_astype_and_its_gradient():
     check(lambda x: x.astype("float16").astype("float32") * 2,
           lambda x: x.half().float() * 2, rand(3), rtol=1e-3, atol=1e-3)
     with pytest.raises(TypeError, match="astype"):
-        t.astype("complex64")
+        t.astype("datetime64[s]")
 
 
 def test_reshape_transpose_flatten_and_gradients():
