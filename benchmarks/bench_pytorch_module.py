@@ -25,7 +25,7 @@ What it prints:
    ``torch.from_numpy`` / ``Tensor.numpy()``.
 3. The C++ operator's first compile (a subprocess building into a fresh ``MGE_TORCH_EXT_DIR``) and
    cached load (a second subprocess on the same directory), as ``_bridge.load_stats()`` reports
-   them. ``--skip-compile`` (implied by ``--quick``) skips the compile (~5-15 s here) and times a cached
+   them. ``--skip-compile`` (implied by ``--quick``) skips the compile (~3 s here) and times a cached
    load from the normal cache directory instead.
 
     python benchmarks/bench_pytorch_module.py [--steps N] [--repeats R] [--quick] [--skip-compile]
@@ -367,7 +367,7 @@ def _compile_and_load(args):
 def main():
     def extra(parser):
         parser.add_argument("--skip-compile", action="store_true",
-                            help="do not time the operator's first compile (~5-15 s); time a cached load only")
+                            help="do not time the operator's first compile (~3 s); time a cached load only")
 
     args = _timing.parse_args(__doc__, steps=40, repeats=5, quick_steps=4, quick_repeats=2, extra=extra)
     args.skip_compile = args.skip_compile or args.quick

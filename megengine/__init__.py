@@ -1,18 +1,22 @@
 """megengine: MegEngine's 1.x Python API on a numpy engine, with PyTorch modules embeddable inside."""
-from .core.tensor import Parameter, Tensor, tensor
-from .device import (get_default_device, get_device_count, is_cuda_available,
-                     set_default_device)
+from .device import (_full_sync, _sync, get_default_device, get_device_count,
+                     is_cuda_available, set_default_device)
+from .logger import enable_debug_log, get_logger, set_log_file, set_log_level
+# Importing the submodule `megengine.tensor` sets this package's `tensor` attribute to the
+# module; importing its `tensor` name right after rebinds it to the class, as upstream does.
+from .tensor import Parameter, Tensor, tensor
 
 __version__ = "1.13.0.dev0+fork"
 
 __all__ = [
     "Tensor", "Parameter", "tensor", "get_default_device", "set_default_device",
     "is_cuda_available", "get_device_count", "save", "load", "__version__",
+    "get_logger", "set_log_level", "set_log_file", "enable_debug_log",
 ]
 
 
-_SUBMODULES = {"autodiff", "core", "data", "functional", "jit", "module", "optimizer", "random",
-               "serialization", "device"}
+_SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "functional", "hub",
+               "jit", "logger", "module", "optimizer", "random", "serialization", "device", "utils"}
 
 
 def __getattr__(name):

@@ -1,4 +1,5 @@
-"""Device names, the default device, and the array module (numpy / CuPy) behind each device."""
+"""Device names, the default device, the array module (numpy / CuPy) per device, device queries."""
+import enum
 import functools
 import os
 import re
@@ -9,12 +10,42 @@ __all__ = [
     "get_default_device",
     "set_default_device",
     "is_cuda_available",
+    "is_cambricon_available",
+    "is_atlas_available",
+    "is_rocm_available",
     "get_device_count",
+    "get_mem_status_bytes",
+    "get_cuda_compute_capability",
+    "get_cuda_device_property",
+    "get_cuda_version",
+    "get_cudnn_version",
+    "get_tensorrt_version",
+    "get_allocated_memory",
+    "get_reserved_memory",
+    "get_max_reserved_memory",
+    "get_max_allocated_memory",
+    "reset_max_memory_stats",
+    "set_prealloc_config",
+    "coalesce_free_memory",
+    "what_is_xpu",
+    "DeviceType",
     "get_array_module",
     "canonical_device",
 ]
 
-_DEVICE_RE = re.compile(r"^(cpu|gpu|xpu)(\d+|x)(?::(\d+))?$")
+
+class DeviceType(enum.Enum):
+    """Kinds of device upstream knows; this engine serves CPU and CUDA (UNSPEC: "xpu")."""
+
+    UNSPEC = 0
+    CUDA = 1
+    CPU = 2
+    CAMBRICON = 3
+    ROCM = 4
+    ATLAS = 5
+
+# "multithreadN" is upstream's CPU device computing with N threads (for inference)
+_DEVICE_RE = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::(\d+))?$")
 _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
@@ -41,19 +72,56 @@ def is_cuda_available() -> bool:
 
 
 def get_device_count(device_type: str = "gpu") -> int:
-    """Number of devices of ``device_type`` ("gpu" or "cpu")."""
-    if device_type in ("cpu", "cpux"):
+    """Number of devices of ``device_type``: "gpu" (CUDA), "cpu" (cores), or "xpu" (the best
+    kind there is: the GPUs when CUDA is usable, else the CPU cores). "rocm" counts 0 here."""
+    kind = _device_kind(device_type, "get_device_count")
+    if kind == "xpu":
+        kind = "gpu" if is_cuda_available() else "cpu"
+    if kind == "cpu":
         return os.cpu_count() or 1
-    if device_type in ("gpu", "cuda"):
+    if kind == "gpu":
         return _cupy().cuda.runtime.getDeviceCount() if is_cuda_available() else 0
-    raise ValueError(f"get_device_count: unknown device type {device_type!r}; use 'gpu' or 'cpu'")
+    return 0  # ROCm, Cambricon, Atlas: no backend for them in this engine
+
+
+def _device_kind(device_type, what):
+    name = getattr(device_type, "name", device_type)  # a DeviceType member or a string
+    kind = {"cpu": "cpu", "cpux": "cpu", "gpu": "gpu", "cuda": "gpu", "xpu": "xpu",
+            "unspec": "xpu", "rocm": "rocm", "amdgpu": "rocm", "cambricon": "cambricon",
+            "atlas": "atlas"}.get(str(name).lower())
+    if kind is None:
+        raise ValueError(f"{what}: unknown device type {device_type!r}; use 'gpu', 'cpu' or "
+                         "'xpu'")
+    return kind
+
+
+def is_cambricon_available() -> bool:
+    """False: this engine has no Cambricon backend."""
+    return False
+
+
+def is_atlas_available() -> bool:
+    """False: this engine has no Atlas backend."""
+    return False
+
+
+def is_rocm_available() -> bool:
+    """False: this engine has no ROCm backend (its GPU arrays are CuPy's, on CUDA)."""
+    return False
+
+
+def what_is_xpu() -> str:
+    """What "xpux" means here: ``"cuda"`` when CUDA is usable, else ``"cpu"``."""
+    return "cuda" if is_cuda_available() else "cpu"
 
 
 def canonical_device(device=None) -> str:
     """Validate a device name and return the device it means: "cpu0" or "gpu<N>".
 
     "xpux"/"xpuN" mean "the best device there is": a GPU when CUDA is available, else the CPU.
-    Every CPU name ("cpu0", "cpu1", "cpux") is the one host memory, so all map to "cpu0".
+    Every CPU name ("cpu0", "cpu1", "cpux") is the one host memory, so all map to "cpu0";
+    so does upstream's "multithreadN" (a CPU computing with N threads): the CPU kernels here
+    use their libraries' own thread pools.
     """
     if device is None:
         device = _default_device
@@ -66,7 +134,7 @@ def canonical_device(device=None) -> str:
     kind, index = m.group(1), m.group(2)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"
-    if kind == "cpu":
+    if kind in ("cpu", "multithread"):
         return "cpu0"
     if not is_cuda_available():
         raise RuntimeError(
@@ -95,3 +163,256 @@ def get_array_module(device: str):
     if device.startswith("gpu"):
         return _cupy()
     return np
+
+
+# ----- device properties and memory -----
+
+def _need_cuda(what):
+    if not is_cuda_available():
+        raise RuntimeError(
+            f"{what}: no CUDA device is usable here (CuPy and an NVIDIA GPU are needed); "
+            "check megengine.is_cuda_available() first"
+        )
+    return _cupy()
+
+
+def _gpu_index(device, what):
+    """The CUDA index of ``device``: an int, or a device name such as "gpu1"."""
+    if isinstance(device, int):
+        index = device
+    else:
+        index = int(canonical_device(device)[3:])
+    count = get_device_count("gpu")
+    if not 0 <= index < count:
+        raise ValueError(f"{what}: no GPU {index}; {count} visible")
+    return index
+
+
+class CudaDeviceProperty:
+    """What upstream's ``get_cuda_device_property`` reports: name, compute capability, memory."""
+
+    def __init__(self, name, major, minor, total_memory, multi_processor_count):
+        self.name, self.major, self.minor = name, major, minor
+        self.total_memory, self.multi_processor_count = total_memory, multi_processor_count
+
+    def __repr__(self):
+        return (f"CudaDeviceProperty(name={self.name!r}, major={self.major}, minor={self.minor}, "
+                f"total_memory={self.total_memory // 2**20}MB, "
+                f"multi_processor_count={self.multi_processor_count})")
+
+
+def get_cuda_device_property(device: int, device_type=DeviceType.CUDA):
+    """Properties of CUDA device ``device`` (an index); raises when CUDA is not usable."""
+    cp = _need_cuda("get_cuda_device_property")
+    props = cp.cuda.runtime.getDeviceProperties(_gpu_index(device, "get_cuda_device_property"))
+    name = props["name"]
+    return CudaDeviceProperty(name.decode() if isinstance(name, bytes) else name,
+                              props["major"], props["minor"], props["totalGlobalMem"],
+                              props["multiProcessorCount"])
+
+
+def get_cuda_compute_capability(device: int, device_type=DeviceType.CUDA) -> int:
+    """Compute capability of CUDA device ``device`` as ``major * 10 + minor`` (e.g. 86)."""
+    prop = get_cuda_device_property(device, device_type)
+    return prop.major * 10 + prop.minor
+
+
+def get_cuda_version() -> int:
+    """The CUDA runtime version serving GPU arrays (CuPy's), as ``1000 * major + 10 * minor``.
+
+    Upstream reports the version it was compiled with; this engine has no CUDA code of its
+    own, so the runtime CuPy uses is the one that counts. Raises when CUDA is not usable.
+    """
+    return int(_need_cuda("get_cuda_version").cuda.runtime.runtimeGetVersion())
+
+
+def get_cudnn_version() -> int:
+    """The cuDNN version under the convolution kernels on GPUs (ATen's, so torch's cuDNN).
+
+    Raises when CUDA is not usable. Imports torch.
+    """
+    _need_cuda("get_cudnn_version")
+    import torch  # the convolutions run on ATen's cuDNN kernels through the bridge
+
+    version = torch.backends.cudnn.version()
+    if version is None:
+        raise RuntimeError("get_cudnn_version: the installed torch was built without cuDNN")
+    return int(version)
+
+
+def get_tensorrt_version() -> int:
+    """Upstream's TensorRT version; this engine does not use TensorRT, so this raises."""
+    raise RuntimeError(
+        "get_tensorrt_version: this engine does not use TensorRT (upstream links it for "
+        "inference of dumped graphs, which this engine does not run)"
+    )
+
+
+def _proc_status_kb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def get_mem_status_bytes(device=None):
+    """``(total, free)`` memory of ``device`` in bytes (default: the default device).
+
+    For the CPU these are the machine's physical memory and the memory available to new
+    allocations (``MemTotal``/``MemAvailable`` of ``/proc/meminfo``).
+    """
+    dev = canonical_device(device)
+    if dev.startswith("gpu"):
+        cp = _cupy()
+        with cp.cuda.Device(int(dev[3:])):
+            free, total = cp.cuda.runtime.memGetInfo()
+        return int(total), int(free)
+    info = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                info[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    if "MemTotal" in info:
+        return info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+# CuPy's memory pool keeps no peak statistics: the peaks below are the largest values seen
+# by these functions since the last reset (upstream's allocator tracks every allocation).
+_gpu_peaks = {}
+
+
+def _gpu_pool_bytes(dev):
+    cp = _cupy()
+    with cp.cuda.Device(int(dev[3:])):
+        pool = cp.get_default_memory_pool()
+        used, reserved = int(pool.used_bytes()), int(pool.total_bytes())
+    peak_used, peak_reserved = _gpu_peaks.get(dev, (0, 0))
+    _gpu_peaks[dev] = (max(peak_used, used), max(peak_reserved, reserved))
+    return used, reserved
+
+
+def _cpu_resident():
+    # numpy allocates from the C heap, so what tensors hold shows up as the process's resident
+    # memory (with everything else the process holds); there is no separate engine pool.
+    rss = _proc_status_kb("VmRSS")
+    if rss is None:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return rss
+
+
+def get_allocated_memory(device=None):
+    """Bytes held by arrays on ``device``: CuPy's pool in use on a GPU; on the CPU, the
+    process's resident memory (numpy allocates from the C heap, not from an engine pool)."""
+    dev = canonical_device(device)
+    return _gpu_pool_bytes(dev)[0] if dev.startswith("gpu") else _cpu_resident()
+
+
+def get_reserved_memory(device=None):
+    """Bytes the allocator holds for ``device``: CuPy's pool on a GPU (used and cached); on the
+    CPU, the process's resident memory, as :func:`get_allocated_memory`."""
+    dev = canonical_device(device)
+    return _gpu_pool_bytes(dev)[1] if dev.startswith("gpu") else _cpu_resident()
+
+
+def _cpu_peak():
+    peak = _proc_status_kb("VmHWM")
+    return peak if peak is not None else _cpu_resident()
+
+
+def get_max_allocated_memory(device=None):
+    """Peak of :func:`get_allocated_memory` since the last :func:`reset_max_memory_stats`.
+
+    CPU: the process's peak resident memory (``VmHWM``). GPU: the largest value these
+    functions have seen (CuPy keeps no peak statistics of its own)."""
+    dev = canonical_device(device)
+    if dev.startswith("gpu"):
+        _gpu_pool_bytes(dev)
+        return _gpu_peaks[dev][0]
+    return _cpu_peak()
+
+
+def get_max_reserved_memory(device=None):
+    """Peak of :func:`get_reserved_memory` since the last :func:`reset_max_memory_stats`."""
+    dev = canonical_device(device)
+    if dev.startswith("gpu"):
+        _gpu_pool_bytes(dev)
+        return _gpu_peaks[dev][1]
+    return _cpu_peak()
+
+
+def reset_max_memory_stats(device=None):
+    """Start the peaks over from the current values (on Linux CPUs by resetting ``VmHWM``)."""
+    dev = canonical_device(device)
+    if dev.startswith("gpu"):
+        _gpu_peaks.pop(dev, None)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # "5" resets the peak resident set size (VmHWM) of this process
+    except OSError:
+        pass  # not Linux, or not allowed: the peak keeps counting from process start
+
+
+_prealloc_config = {}
+
+
+def set_prealloc_config(alignment: int = 1, min_req: int = 32 * 1024 * 1024,
+                        max_overhead: int = 0, growth_factor=2.0, device_type=DeviceType.CUDA):
+    """How upstream's CUDA allocator grows its pool; checked as upstream, kept, and without
+    effect here: CPU arrays come from the C heap, and CuPy's pool on GPUs grows per request and
+    has no such knobs."""
+    if not (isinstance(alignment, int) and alignment > 0):
+        raise ValueError("set_prealloc_config: alignment must be a positive int, "
+                         f"got {alignment!r}")
+    if not (isinstance(min_req, int) and min_req > 0):
+        raise ValueError(f"set_prealloc_config: min_req must be a positive int, got {min_req!r}")
+    if not (isinstance(max_overhead, int) and max_overhead >= 0):
+        raise ValueError("set_prealloc_config: max_overhead must be an int >= 0, "
+                         f"got {max_overhead!r}")
+    if not growth_factor >= 1:
+        raise ValueError(f"set_prealloc_config: growth_factor must be >= 1, got {growth_factor!r}")
+    _prealloc_config[_device_kind(device_type, "set_prealloc_config")] = dict(
+        alignment=alignment, min_req=min_req, max_overhead=max_overhead,
+        growth_factor=growth_factor)
+
+
+def coalesce_free_memory():
+    """Give cached free memory back to the system: CuPy's free blocks on GPUs, and the C
+    heap's free pages on Linux CPUs (``malloc_trim``). Memory in use is never moved."""
+    import gc
+
+    gc.collect()  # arrays that only a reference cycle kept alive are freed first
+    if is_cuda_available():
+        _cupy().get_default_memory_pool().free_all_blocks()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
+
+
+def _full_sync():
+    """Wait until every device has finished its queued work (upstream's ``megengine._full_sync``).
+
+    CPU ops run when they are called, so only CUDA devices (CuPy streams) can have work left.
+    """
+    if is_cuda_available():
+        cp = _cupy()
+        for index in range(get_device_count("gpu")):
+            with cp.cuda.Device(index):
+                cp.cuda.Device(index).synchronize()
+
+
+_sync = _full_sync  # upstream's `_sync` waits for its interpreter queue: the same thing here

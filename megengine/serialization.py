@@ -1,22 +1,27 @@
-"""`save` and `load`: pickle objects holding Tensors; `load` can place tensors on other devices."""
+"""`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can move tensors."""
 import pickle
 import re
+import threading
 
 from .core.tensor import Tensor
-from .device import canonical_device
 
 __all__ = ["save", "load"]
 
-_DEVICE_NAME = re.compile(r"^(cpu|gpu|xpu)(\d+|x)(?::\d+)?$")
+_DEVICE_NAME = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::\d+)?$")
+# Tensor.dmap_callback is one class attribute (upstream's design): loads in two threads at once
+# would see each other's map_location, so they take turns.
+_load_lock = threading.RLock()
 
 
 def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
     """Pickle ``obj`` (a Module, a state dict, an Optimizer's state dict, ...) to ``f``.
 
-    ``f`` is a file name or a binary file object. Tensors are stored as their value (a numpy
-    array), device and name, so the file is a plain pickle that ``pickle.load`` also reads.
-    Different Python versions may default to different pickle protocols: pass
-    ``pickle_protocol`` explicitly to load the file with another Python.
+    ``f`` is a file name or a binary file object. The file is a plain pickle in upstream
+    MegEngine 1.x's format: a Tensor is ``megengine.tensor.Tensor`` (or ``Parameter``) rebuilt
+    from its value (a numpy array), dtype and device name (``"cpu0:0"``), so upstream's
+    ``mge.load`` reads it and ``pickle.load`` does too. Different Python versions may default to
+    different pickle protocols: pass ``pickle_protocol`` explicitly to load the file with
+    another Python.
     """
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
         with open(f, "wb") as fout:
@@ -29,17 +34,20 @@ def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
 
 
 def load(f, map_location=None, pickle_module=pickle):
-    """Unpickle an object written by ``save`` from ``f`` (a file name or a binary file object).
+    """Unpickle an object written by ``save`` (here or by upstream MegEngine 1.x) from ``f``.
 
-    ``map_location`` says where the loaded tensors go:
+    ``f`` is a file name or a binary file object. ``map_location`` says where the loaded tensors
+    go, as upstream:
 
     - ``None``: the device each tensor was saved from;
     - a device name, e.g. ``"cpu0"``: every tensor goes there;
-    - a dict ``{saved device: device}``, e.g. ``{"gpu0": "cpu0"}``: tensors from a listed
-      device are moved, others stay (``"gpux"``/``"cpux"``/``"xpux"`` keys match any index);
-    - a callable ``fn(saved device name) -> device name``.
+    - a dict ``{saved device: device}``, e.g. ``{"gpu0": "cpu0"}``: a tensor whose saved device
+      (the name before ``":"``) is a key goes to its value, others stay where they were saved;
+    - a callable ``fn(saved device) -> device``; it receives the saved logical name, such as
+      ``"gpu0:0"`` or ``"xpux:0"``.
 
-    numpy arrays in the object load as numpy arrays.
+    numpy arrays in the object load as numpy arrays. A tensor saved on a device this machine
+    lacks (a GPU) fails to load with a message that suggests ``map_location``.
     """
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
         with open(f, "rb") as fin:
@@ -49,15 +57,13 @@ def load(f, map_location=None, pickle_module=pickle):
             f"load: f must be a file name or a readable binary file, got {type(f).__name__}"
         )
     mapper = _device_mapper(map_location)
-    unpickler_base = getattr(pickle_module, "Unpickler", None)
-    if unpickler_base is None:
-        if map_location is not None:
-            raise TypeError(
-                f"load: pickle_module {getattr(pickle_module, '__name__', pickle_module)!r} has "
-                "no Unpickler class, which map_location needs"
-            )
-        return pickle_module.load(f)
-    return _unpickler(unpickler_base, mapper)(f).load()
+    with _load_lock:
+        previous = Tensor.dmap_callback
+        Tensor.dmap_callback = staticmethod(mapper)
+        try:
+            return pickle_module.load(f)
+        finally:
+            Tensor.dmap_callback = previous
 
 
 def _check_device_name(name, what):
@@ -79,69 +85,11 @@ def _device_mapper(map_location):
         for key, value in map_location.items():
             _check_device_name(key, "map_location's keys")
             _check_device_name(value, "map_location's values")
-
-        def mapped(dev):
-            for key, value in map_location.items():
-                if _matches(key, dev):
-                    return value
-            return dev
-
-        return mapped
+        table = {key.split(":")[0]: value for key, value in map_location.items()}
+        return lambda dev: table.get(dev.split(":")[0], dev)
     if callable(map_location):
         return map_location
     raise TypeError(
         "load: map_location must be None, a device name, a dict {saved device: device} or a "
         f"callable, got {type(map_location).__name__}"
     )
-
-
-def _matches(key, dev):
-    """Whether dict key ``key`` names saved device ``dev`` ("gpux" names every GPU)."""
-    key, dev = key.split(":")[0], dev.split(":")[0]
-    if key == dev:
-        return True
-    kind, index = key[:3], key[3:]
-    return index == "x" and (kind == "xpu" or kind == dev[:3])
-
-
-def _unpickler(base, mapper):
-    """An Unpickler class whose Tensors are placed by ``mapper``.
-
-    A pickled Tensor is rebuilt as ``cls.__new__(cls)`` then ``__setstate__(state)``, with
-    ``cls`` looked up by ``find_class``. To see the saved device before ``Tensor.__setstate__``
-    puts the data there (it may be a GPU this machine lacks), ``find_class`` hands out a
-    subclass of the Tensor class whose ``__setstate__`` rewrites the device, restores the real
-    class, and then runs the real ``__setstate__``. (A Tensor class pickled as a plain value,
-    not as an instance's class, therefore loads as that subclass.)
-    """
-    substitutes = {}
-
-    def substitute(cls):
-        sub = substitutes.get(cls)
-        if sub is None:
-            def __setstate__(self, state):
-                state = dict(state)
-                saved = str(state["device"])
-                target = mapper(saved)
-                try:
-                    state["device"] = canonical_device(target)
-                except RuntimeError as e:
-                    raise RuntimeError(
-                        f"load: a tensor saved on {saved!r} cannot be placed on {target!r} here "
-                        f"({e}); pass map_location, e.g. map_location='cpu0'"
-                    ) from None
-                self.__class__ = cls
-                cls.__setstate__(self, state)
-
-            sub = substitutes[cls] = type(cls.__name__, (cls,), {"__setstate__": __setstate__,
-                                                                 "__module__": cls.__module__})
-        return sub
-
-    class _Unpickler(base):
-        def find_class(self, module, name):
-            cls = super().find_class(module, name)
-            if isinstance(cls, type) and issubclass(cls, Tensor):
-                return substitute(cls)
-            return cls
-
-    return _Unpickler

@@ -1,4 +1,5 @@
 """Device names, the default device and the 0.x `megengine.core` names (megengine/device.py)."""
+import os
 import subprocess
 import sys
 
@@ -52,10 +53,90 @@ def test_set_default_device_applies_to_new_tensors_and_is_checked_first():
 
 
 def test_device_count_and_array_module():
-    assert mge.get_device_count("cpu") >= 1
+    assert mge.get_device_count("cpu") == (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="device type"):
         mge.get_device_count("tpu")
     assert dev.get_array_module("cpu0") is np
+
+
+def test_xpu_counts_the_best_kind_there_is():
+    best = "gpu" if mge.is_cuda_available() else "cpu"
+    assert mge.get_device_count("xpu") == mge.get_device_count(best) >= 1
+    assert dev.what_is_xpu() == ("cuda" if best == "gpu" else "cpu")
+    assert mge.get_device_count(dev.DeviceType.CPU) == mge.get_device_count("cpu")
+    assert mge.get_device_count("rocm") == 0
+    assert not (dev.is_rocm_available() or dev.is_cambricon_available()
+                or dev.is_atlas_available())
+
+
+def _meminfo(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads Linux's /proc/meminfo")
+def test_cpu_memory_status_is_the_machines():
+    total, free = dev.get_mem_status_bytes("cpu0")
+    assert total == _meminfo("MemTotal")
+    assert 0 < free <= total and abs(free - _meminfo("MemAvailable")) < 256 * 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_cpu_memory_grows_with_tensors_and_peaks_reset():
+    size = 48 * 2**20
+    before = dev.get_allocated_memory("cpu0")
+    big = mge.tensor(np.ones(size // 4, np.float32))  # written: the pages are resident
+    during = dev.get_allocated_memory("cpu0")
+    assert during - before > size * 0.8
+    assert dev.get_max_allocated_memory("cpu0") >= during
+    assert dev.get_reserved_memory("cpu0") >= during * 0.9
+    del big
+    dev.coalesce_free_memory()
+    dev.reset_max_memory_stats("cpu0")
+    peak = dev.get_max_reserved_memory("cpu0")
+    if peak >= during:
+        pytest.skip("this kernel does not let a process reset its peak (/proc/self/clear_refs)")
+    assert peak < during - size * 0.5
+
+
+def test_prealloc_config_is_checked():
+    dev.set_prealloc_config(alignment=256, min_req=1 << 20, max_overhead=0, growth_factor=1.5)
+    for bad in ({"alignment": 0}, {"min_req": -1}, {"max_overhead": -1},
+                {"growth_factor": 0.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dev.set_prealloc_config(**bad)
+
+
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the messages without CUDA")
+def test_cuda_queries_without_cuda_say_so():
+    for query in (dev.get_cuda_version, dev.get_cudnn_version,
+                  lambda: dev.get_cuda_compute_capability(0),
+                  lambda: dev.get_cuda_device_property(0)):
+        with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+            query()
+
+
+@pytest.mark.skipif(not mge.is_cuda_available(), reason="needs a CUDA device")
+def test_cuda_queries_match_cupy():
+    import cupy
+
+    cc = cupy.cuda.Device(0).compute_capability  # e.g. "90"
+    assert dev.get_cuda_compute_capability(0) == int(cc)
+    prop = dev.get_cuda_device_property(0)
+    assert prop.major * 10 + prop.minor == int(cc) and prop.total_memory > 0
+    assert dev.get_cuda_version() == cupy.cuda.runtime.runtimeGetVersion()
+    total, free = dev.get_mem_status_bytes("gpu0")
+    assert total == prop.total_memory and 0 < free <= total
+    x = mge.tensor(np.ones(1 << 20, np.float32), device="gpu0")
+    assert dev.get_allocated_memory("gpu0") >= x.size * 4
+    assert dev.get_max_allocated_memory("gpu0") >= dev.get_allocated_memory("gpu0")
+
+
+def test_tensorrt_is_not_part_of_this_engine():
+    with pytest.raises(RuntimeError, match="TensorRT"):
+        dev.get_tensorrt_version()
 
 
 def test_zero_x_names_used_by_the_guide():
@@ -72,3 +153,18 @@ def test_import_megengine_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_full_sync_waits_for_queued_work():
+    x = mge.tensor(np.arange(4.0, dtype=np.float32), device="xpux")
+    y = x * 2
+    mge._full_sync()
+    mge._sync()
+    np.testing.assert_array_equal(y.numpy(), [0.0, 2.0, 4.0, 6.0])
+
+
+def test_upstreams_multithread_device_is_the_cpu():
+    mge.set_default_device("multithread4")
+    assert mge.get_default_device() == "multithread4"
+    assert mge.tensor([1.0]).device == "cpu0"
+    assert dev.canonical_device("multithread2:0") == "cpu0"

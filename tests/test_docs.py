@@ -1,6 +1,8 @@
 """The embedding guide's code, English and Chinese pages, runs as written (docs stay honest)."""
 import doctest
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -14,21 +16,21 @@ def python_blocks(page):
 
 
 @pytest.mark.parametrize("page", ["pytorch_embedding.rst", "zh/pytorch_embedding.rst"])
-def test_guide_code_blocks_run(page):
+def test_guide_code_blocks_run(page, monkeypatch):
     blocks = python_blocks(DOCS / page)
-    assert len(blocks) >= 3, "the guide's model, extractor and training blocks"
-    wrapper, extractor, *rest = blocks
-    scope = {}
-    # The guide shows the megengine model first and defines the torch extractor (and
-    # `lenet_extractor`) after it, as the original does; run them in dependency order.
-    exec(extractor, scope)
-    exec(wrapper, scope)
-    assert "lenet" in scope, "the first block builds `lenet`"
-    for block in rest:
+    assert len(blocks) >= 4, "the extractor, the model, training, saving"
+    # a real module, as a reader's script is: the saving block pickles the page's classes by name
+    module = types.ModuleType("guide_page_" + page.replace("/", "_").replace(".", "_"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    scope = module.__dict__
+    for i, block in enumerate(blocks):  # in page order, as a reader runs them
         if block.lstrip().startswith(">>>"):
             test = doctest.DocTestParser().get_doctest(block, scope, page, page, 0)
             runner = doctest.DocTestRunner()
             runner.run(test)
-            assert runner.failures == 0, f"{page}: a doctest block failed"
+            assert runner.failures == 0, f"{page}: doctest block {i} failed"
         else:
-            exec(block, scope)
+            exec(compile(block, f"{page} block {i}", "exec"), scope)
+        if i == 1:
+            assert "lenet" in scope, "the second block builds `lenet`"
+    assert "restored" in scope and "twin" in scope, "the saving block ran"

@@ -1,6 +1,9 @@
-"""mge.save / mge.load: paths and files, Tensors and Parameters, numpy arrays, map_location."""
+"""mge.save / mge.load: upstream 1.x's pickle format both ways, paths and files, map_location."""
+import copy
+import copyreg
 import io
 import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -16,6 +19,161 @@ def _round_trip(obj, **load_kw):
     return mge.load(f, **load_kw)
 
 
+# ----- files written by upstream MegEngine 1.x -----
+#
+# Upstream's Tensor (megengine/tensor.py, 1.x) pickles through `__getnewargs__`, returning
+# (numpy value, numpy dtype, device logical name such as "gpu0:0" or "xpux:0"), and a
+# `__getstate__` dict holding only "qparams" when set; pickle writes NEWOBJ on the class
+# `megengine.tensor.Tensor` / `megengine.tensor.Parameter`, then BUILD with that dict. Upstream
+# wheels use numpy 1.x, whose arrays pickle through `numpy.core.multiarray._reconstruct`.
+# The stubs below are pickled under upstream's class paths to make exactly that stream.
+
+class _UpstreamTensor:
+    def __init__(self, value, device, state=None):
+        self.value, self.device, self.state = np.asarray(value), device, state or {}
+
+    def __getnewargs__(self):
+        return (self.value, self.value.dtype, self.device)
+
+    def __getstate__(self):
+        return self.state
+
+
+class _UpstreamParameter(_UpstreamTensor):
+    pass
+
+
+# upstream's class paths; pickle checks them against the module while _upstream_bytes runs
+_UpstreamTensor.__module__ = _UpstreamParameter.__module__ = "megengine.tensor"
+_UpstreamTensor.__qualname__, _UpstreamParameter.__qualname__ = "Tensor", "Parameter"
+
+
+class _Numpy1Pickler(pickle._Pickler):
+    """Names numpy's private module as numpy 1.x did (`numpy.core`, not `numpy._core`)."""
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "") or ""
+        if module.startswith("numpy._core"):
+            self.write(pickle.GLOBAL + ("numpy.core" + module[len("numpy._core"):]).encode()
+                       + b"\n" + obj.__qualname__.encode() + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def _upstream_bytes(obj, protocol=2):
+    import sys
+
+    f = io.BytesIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys.modules["megengine.tensor"], "Tensor", _UpstreamTensor)
+        mp.setattr(sys.modules["megengine.tensor"], "Parameter", _UpstreamParameter)
+        _Numpy1Pickler(f, protocol).dump(obj)
+    return f.getvalue()
+
+
+def test_the_fixture_stream_is_upstreams_format():
+    data = _upstream_bytes({"w": _UpstreamParameter(np.ones(2, np.float32), "gpu0:0")})
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    assert ("GLOBAL", "megengine.tensor Parameter") in ops
+    assert ("GLOBAL", "numpy.core.multiarray _reconstruct") in ops
+    assert ("NEWOBJ", None) in ops and ("BUILD", None) in ops
+    assert any(name.endswith("UNICODE") and arg == "gpu0:0" for name, arg in ops)
+    assert mge.tensor.__module__ == "megengine.tensor"  # pickle found the real class again
+
+
+def test_load_a_state_dict_saved_by_upstream(tmp_path):
+    w = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    mean = np.array([0.5, -1.25], np.float16)
+    idx = np.array([3, 1, 2], np.int32)
+    state = {"conv.weight": _UpstreamParameter(w, "gpu0:0"),
+             "bn.running_mean": _UpstreamTensor(mean, "xpux:0"),
+             "index": _UpstreamTensor(idx, "cpu0:0"),
+             "step": 7, "arr": np.linspace(0, 1, 3)}
+    path = tmp_path / "upstream.pkl"
+    path.write_bytes(_upstream_bytes(state))
+
+    back = mge.load(str(path), map_location={"gpu0": "cpu0"})
+    assert type(back["conv.weight"]) is mge.Parameter
+    assert type(back["bn.running_mean"]) is mge.Tensor and type(back["index"]) is mge.Tensor
+    np.testing.assert_array_equal(back["conv.weight"].numpy(), w)
+    np.testing.assert_array_equal(back["bn.running_mean"].numpy(), mean)
+    np.testing.assert_array_equal(back["index"].numpy(), idx)
+    assert back["bn.running_mean"].dtype == np.float16 and back["index"].dtype == np.int32
+    assert all(back[k].device == "cpu0" for k in ("conv.weight", "bn.running_mean", "index"))
+    assert back["step"] == 7 and type(back["arr"]) is np.ndarray
+    # the loaded parameter is a working one: it trains and takes gradients
+    gm = mge.autodiff.GradManager().attach([back["conv.weight"]])
+    with gm:
+        gm.backward((back["conv.weight"] * 2).sum())
+    np.testing.assert_array_equal(back["conv.weight"].grad.numpy(), np.full((2, 3), 2.0))
+    assert Tensor.dmap_callback is None  # load leaves no mapping behind
+
+
+def test_plain_pickle_reads_upstream_tensors_and_their_qparams_state():
+    from megengine.core.tensor import QParams
+
+    q = QParams(mode="symmetric", scale=0.25)
+    data = _upstream_bytes(_UpstreamTensor(np.array([1, 2], np.int8), "cpu0:0",
+                                           {"qparams": q}))
+    back = pickle.loads(data)  # upstream's own test uses pickle directly
+    assert type(back) is mge.Tensor and back.dtype == np.int8 and back.tolist() == [1, 2]
+    assert back.qparams == q and back.qparams.scale == 0.25
+
+
+def test_load_the_format_before_upstream_1_3(monkeypatch):
+    """Upstream before 1.3 kept value, device and dtype in the state dict, qparams as "qdict"."""
+    class OldTensor:
+        def __reduce_ex__(self, protocol):
+            return (copyreg.__newobj__, (type(self),),
+                    {"data": np.array([1.5, 2.5]), "device": "cpu0:0", "dtype": np.float32,
+                     "qdict": {"scale": 0.5}})
+
+    import sys
+    OldTensor.__module__, OldTensor.__qualname__ = "megengine.tensor", "Tensor"
+    monkeypatch.setattr(sys.modules["megengine.tensor"], "Tensor", OldTensor)
+    data = pickle.dumps(OldTensor(), 2)
+    monkeypatch.undo()
+    back = mge.load(io.BytesIO(data))
+    assert type(back) is mge.Tensor and back.dtype == np.float32 and back.tolist() == [1.5, 2.5]
+    assert back.qparams.scale == 0.5
+
+
+# ----- files written here load on upstream -----
+
+def test_saved_tensors_are_in_upstreams_format(monkeypatch):
+    p = mge.Parameter(np.arange(3, dtype=np.int32))
+    f = io.BytesIO()
+    mge.save({"p": p, "t": mge.Tensor([1.0, 2.0])}, f)
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(f.getvalue())]
+    globals_named = [arg for name, arg in ops if name in ("SHORT_BINUNICODE", "BINUNICODE")]
+    assert "megengine.tensor" in globals_named and "Parameter" in globals_named
+
+    # what upstream's classes receive when they unpickle the file: its __new__ arguments
+    seen = []
+
+    class Receiver:
+        def __new__(cls, value, dtype, device):
+            seen.append((cls.__name__, value, dtype, device))
+            return object.__new__(cls)
+
+        def __setstate__(self, state):
+            seen.append(state)
+
+    import sys
+    module = sys.modules["megengine.tensor"]
+    monkeypatch.setattr(module, "Tensor", type("Tensor", (Receiver,), {}))
+    monkeypatch.setattr(module, "Parameter", type("Parameter", (Receiver,), {}))
+    pickle.loads(f.getvalue())
+    (pname, pvalue, pdtype, pdev), pstate, (tname, tvalue, tdtype, tdev), tstate = seen
+    assert (pname, pdtype, pdev) == ("Parameter", np.dtype(np.int32), "cpu0:0")
+    assert (tname, tdtype, tdev) == ("Tensor", np.dtype(np.float32), "cpu0:0")
+    np.testing.assert_array_equal(pvalue, [0, 1, 2])
+    assert type(pvalue) is np.ndarray and pstate == {} and tstate == {}
+
+
+# ----- round trips -----
+
 def test_tensors_parameters_and_arrays_round_trip():
     t = mge.Tensor([[1.0, 2.0], [3.0, 4.0]])
     p = mge.Parameter(np.arange(3, dtype=np.int32))
@@ -27,7 +185,7 @@ def test_tensors_parameters_and_arrays_round_trip():
     np.testing.assert_array_equal(back["t"].numpy(), t.numpy())
     np.testing.assert_array_equal(back["p"].numpy(), p.numpy())
     assert back["t"].dtype == np.float32 and back["p"].dtype == np.int32
-    assert back["p"].name == "weight" and back["p"].grad is None
+    assert back["p"].name == "weight" and back["p"].grad is None and back["t"].name == ""
     assert type(back["arr"]) is np.ndarray and back["arr"].dtype == np.float64
     np.testing.assert_array_equal(back["arr"], arr)
     assert back["nested"][0] is back["t"]  # shared objects stay shared
@@ -36,6 +194,16 @@ def test_tensors_parameters_and_arrays_round_trip():
     # the loaded tensor is a working tensor with its own storage
     back["t"] += 1
     assert t.numpy()[0, 0] == 1.0 and back["t"].numpy()[0, 0] == 2.0
+
+
+def test_deepcopy_goes_through_the_same_path():
+    p = mge.Parameter([1.0, 2.0], dtype=np.float16)
+    p.qparams.scale = 0.5
+    c = copy.deepcopy(p)
+    assert type(c) is mge.Parameter and c.dtype == np.float16 and c.tolist() == [1.0, 2.0]
+    assert c.qparams.scale == 0.5 and c.qparams is not p.qparams
+    c += 1
+    assert p.tolist() == [1.0, 2.0]
 
 
 def test_save_and_load_with_paths(tmp_path):
@@ -50,12 +218,31 @@ def test_files_are_plain_pickles():
     mge.save(mge.Tensor([1.0, 2.0]), f, pickle_protocol=2)
     f.seek(0)
     np.testing.assert_array_equal(pickle.load(f).numpy(), [1.0, 2.0])
-    # and a plain pickle loads with mge.load
     back = mge.load(io.BytesIO(pickle.dumps(mge.Parameter([3.0]))))
     assert type(back) is mge.Parameter and back.tolist() == [3.0]
 
 
-@pytest.mark.parametrize("map_location", ["cpux", "cpu0", {"cpu0": "cpu1"}, {"cpux": "cpu0"},
+def test_files_of_this_fork_before_the_upstream_format_still_load(monkeypatch):
+    """This fork used to pickle a state dict (data, device, name, grad) with no newargs."""
+    import sys
+
+    class Old:
+        def __reduce_ex__(self, protocol):
+            return (copyreg.__newobj__, (type(self),),
+                    {"data": np.array([4, 5], np.int32), "device": "cpu0", "name": "n",
+                     "grad": None})
+
+    Old.__module__, Old.__qualname__ = "megengine.core.tensor", "Parameter"
+    monkeypatch.setattr(sys.modules["megengine.core.tensor"], "Parameter", Old)
+    data = pickle.dumps(Old(), 2)
+    monkeypatch.undo()
+    back = mge.load(io.BytesIO(data))
+    assert type(back) is mge.Parameter and back.tolist() == [4, 5] and back.name == "n"
+
+
+# ----- map_location -----
+
+@pytest.mark.parametrize("map_location", ["cpux", "cpu0", {"cpu0": "cpu1"}, {"cpu0:0": "cpux"},
                                           lambda dev: "cpu0"])
 def test_map_location_on_cpu(map_location):
     back = _round_trip({"t": mge.Tensor([1.0])}, map_location=map_location)
@@ -63,19 +250,15 @@ def test_map_location_on_cpu(map_location):
 
 
 @pytest.fixture
-def saved_on_gpu(monkeypatch):
-    """A file whose tensor says it was saved on gpu0 (this machine may have no GPU)."""
-    original = Tensor.__getstate__
-    monkeypatch.setattr(Tensor, "__getstate__", lambda self: {**original(self), "device": "gpu0"})
-    f = io.BytesIO()
-    mge.save({"w": mge.Parameter([1.0, 2.0]), "arr": np.ones(2)}, f)
-    monkeypatch.setattr(Tensor, "__getstate__", original)
-    f.seek(0)
-    return f
+def saved_on_gpu():
+    """A file in upstream's format whose tensor was saved on gpu0 (this machine may have none)."""
+    return io.BytesIO(_upstream_bytes({"w": _UpstreamParameter(np.array([1.0, 2.0], np.float32),
+                                                               "gpu0:0"),
+                                       "arr": np.ones(2)}, protocol=4))
 
 
-@pytest.mark.parametrize("map_location", ["cpu0", {"gpu0": "cpu0"}, {"gpux": "cpux"},
-                                          {"xpux": "cpu0"}])
+@pytest.mark.parametrize("map_location", ["cpu0", {"gpu0": "cpu0"}, {"gpu0:0": "cpux"},
+                                          lambda dev: "cpu0"])
 def test_map_location_moves_tensors_saved_on_a_gpu(saved_on_gpu, map_location):
     back = mge.load(saved_on_gpu, map_location=map_location)
     assert type(back["w"]) is mge.Parameter and back["w"].device == "cpu0"
@@ -83,20 +266,20 @@ def test_map_location_moves_tensors_saved_on_a_gpu(saved_on_gpu, map_location):
     assert type(back["arr"]) is np.ndarray
 
 
-def test_map_location_callable_sees_the_saved_device(saved_on_gpu):
+def test_map_location_callable_sees_the_saved_logical_name(saved_on_gpu):
     seen = []
     back = mge.load(saved_on_gpu, map_location=lambda dev: seen.append(dev) or "cpu0")
-    assert seen == ["gpu0"] and back["w"].device == "cpu0"
+    assert seen == ["gpu0:0"] and back["w"].device == "cpu0"
 
 
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the message on machines without CUDA")
 def test_unmatched_dict_keeps_the_saved_device(saved_on_gpu):
-    if mge.is_cuda_available():
-        pytest.skip("this machine can place tensors on gpu0")
-    with pytest.raises(RuntimeError, match="map_location"):
-        mge.load(saved_on_gpu, map_location={"gpu1": "cpu0"})
-    saved_on_gpu.seek(0)
-    with pytest.raises(RuntimeError, match="map_location"):
-        mge.load(saved_on_gpu)
+    # as upstream, dict keys name devices exactly: "gpux" is not gpu0, "gpu1" is not gpu0
+    for map_location in ({"gpu1": "cpu0"}, {"gpux": "cpu0"}, None):
+        saved_on_gpu.seek(0)
+        with pytest.raises(RuntimeError, match="'gpu0:0'.*map_location"):
+            mge.load(saved_on_gpu, map_location=map_location)
+        assert Tensor.dmap_callback is None
 
 
 def test_bad_arguments():

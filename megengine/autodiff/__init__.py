@@ -1,5 +1,5 @@
 """Automatic differentiation: `GradManager` and user-defined differentiable ops (`Function`)."""
 from .function import Function
-from .grad_manager import GradManager, grad
+from .grad_manager import GradManager, GradManagerGroup, grad
 
-__all__ = ["GradManager", "Function", "grad"]
+__all__ = ["GradManager", "GradManagerGroup", "Function", "grad"]

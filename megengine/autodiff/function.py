@@ -9,9 +9,14 @@ class Function:
     """Subclass and define ``forward(self, *inputs)`` and ``backward(self, *output_grads)``.
 
     Both take and return Tensors. ``forward`` runs outside autodiff (what it computes is not
-    recorded); ``backward`` returns one gradient per input (``None`` for none). Call an
-    instance on tensors: ``y = MyFunction()(x)``. Values ``forward`` stores on ``self`` are
-    there in ``backward``.
+    recorded); ``backward`` returns one gradient per input (``None`` for none) and receives
+    ``None`` for an output nobody used. Call an instance on tensors: ``y = MyFunction()(x)``.
+    Values ``forward`` stores on ``self`` (or passes to ``save_for_backward``) are there in
+    ``backward``.
+
+    Higher order: when an outer GradManager records the backward, ``backward`` is called on
+    recorded gradient Tensors, so what it computes from them is differentiated too; tensors
+    it saved during ``forward`` count as constants.
     """
 
     def forward(self, *inputs):
@@ -20,17 +25,24 @@ class Function:
     def backward(self, *output_grads):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def save_for_backward(self, *tensors):
+        """Keep tensors for ``backward`` (read them back as ``self.saved_tensors``)."""
+        self.saved_tensors = tensors
+
     def __call__(self, *inputs):
         for t in inputs:
             if not isinstance(t, Tensor):
                 raise TypeError(
-                    f"{type(self).__name__}: inputs must be Tensors, got {type(t).__name__}"
+                    f"op {type(self).__name__} expect type Tensor as inputs, got "
+                    f"{type(t).__name__}; wrap constants with megengine.tensor(...)"
                 )
         return apply(_FunctionOp(self, inputs[0]._device if inputs else None), *inputs)
 
 
 class _FunctionOp(Op):
     """Adapts a user Function (Tensor in, Tensor out) to the dispatcher's array-level op."""
+
+    none_for_unused_grads = True  # upstream hands None, not zeros, for an unused output
 
     def __init__(self, fn, device):
         self.fn, self.device = fn, device
@@ -50,12 +62,26 @@ class _FunctionOp(Op):
         arrays = tuple(o._data for o in outs)
         return arrays if self.multi else arrays[0]
 
-    def backward(self, *grads):
-        gs = self.fn.backward(*(Tensor._wrap(g, self.device) for g in grads))
+    def _gradients(self, grads):
+        gs = self.fn.backward(*grads)
         gs = tuple(gs) if isinstance(gs, (tuple, list)) else (gs,)
-        if len(gs) != len(self.needs_input_grad):
-            raise RuntimeError(
-                f"{self!r}.backward returned {len(gs)} gradients for "
-                f"{len(self.needs_input_grad)} inputs"
-            )
-        return tuple(None if g is None else g._data for g in gs)
+        n = len(self.needs_input_grad)
+        if len(gs) == 1 and gs[0] is None and n > 1:
+            gs = (None,) * n  # a bare None: no gradient for any input
+        if len(gs) != n:
+            raise RuntimeError(f"{self!r}.backward returned {len(gs)} gradients for {n} inputs")
+        for g in gs:
+            if g is not None and not isinstance(g, Tensor):
+                raise TypeError(
+                    f"{self!r}.backward must return Tensors (or None), got {type(g).__name__}"
+                )
+        return gs
+
+    def backward(self, *grads):
+        gs = self._gradients([None if g is None else Tensor._wrap(g, self.device) for g in grads])
+        # copies: backward may return a tensor the Function (or the user) still holds, and a
+        # .grad must never share memory with anything else (in-place grad edits)
+        return tuple(None if g is None else g._data.copy() for g in gs)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return self._gradients(grads)

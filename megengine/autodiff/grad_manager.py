@@ -1,12 +1,14 @@
-"""`GradManager`: which tensors want gradients, when ops are recorded, and backward into `.grad`."""
+"""`GradManager` (and `gm1 | gm2` groups): which tensors want gradients, when ops are recorded,
+and backward into `.grad`."""
 import weakref
 
 from ..core import dispatch
 from ..core.dispatch import Node
+from ..core.ops import Copy
 from ..core.tensor import Tensor
 from ..device import get_array_module
 
-__all__ = ["GradManager", "grad", "get_backwarding_grad_manager"]
+__all__ = ["GradManager", "GradManagerGroup", "grad", "get_backwarding_grad_manager"]
 
 # Distributed collectives need two things from the GradManagers (megengine.distributed):
 # an output no loss uses whose op must still run its backward (a remote_send, the non-root side
@@ -29,26 +31,45 @@ def _keep_for_backward(tensor):
         gm._kept.append(tensor)
 
 
+class AttachError(TypeError, AssertionError):
+    """A bad argument to attach. Upstream asserts here, so its tests expect AssertionError;
+    TypeError says what kind of mistake it is."""
+
+
 class Leaf(Node):
     """The graph node of an attached tensor: where backward delivers that tensor's gradient."""
 
     __slots__ = ()
 
 
-def _light(t):
-    """Make ops on ``t`` recorded: give it a leaf node (unless it is a live intermediate) and
-    count one more recording GradManager on it. Returns the node to dim at release."""
+def _light(t, key, own):
+    """Make ops on ``t`` recorded for ``key`` (``own`` is the tuple ``(key,)``, shared so that
+    single-recording graphs compare key tuples by identity)."""
     entry = t._node
     if entry is not None and not isinstance(entry[0], Leaf):
-        if entry[0].live:
-            return None  # computed in this recording: already tracked
+        node = entry[0]
+        live = dispatch._alive(node.keys)
+        if live:  # computed in a live recording of another GradManager: it joins this one
+            if key not in live:
+                node.keys = live + (key,)
+                return node  # ... as a leaf: this backward stops there
+            return None
         entry = None  # an output of a released graph: start afresh
     if entry is None:
-        entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),), live=0), 0)
+        entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),)), 0)
     leaf = entry[0]
-    leaf.out_meta = ((t.shape, t.dtype),)  # the value may have been replaced since
-    leaf.live += 1
-    return leaf
+    data = t._data
+    leaf.out_meta = ((data.shape, data.dtype),)  # the value may have been replaced since
+    ks = leaf.keys
+    if not ks or (len(ks) == 1 and not ks[0].alive):  # the common case: a fresh recording
+        leaf.keys = own
+        return None
+    live = dispatch._alive(ks)
+    if not live:
+        leaf.keys = own
+    elif key not in live:
+        leaf.keys = live + (key,)
+    return None
 
 
 class GradManager:
@@ -58,12 +79,26 @@ class GradManager:
     >>> with gm:
     ...     loss = model(x).sum()
     ...     gm.backward(loss)
+
+    Several GradManagers may record at once. Nested ones give higher-order gradients: the
+    backward of an inner one is recorded by the outer ones (those that started recording
+    earlier), so ``x.grad`` can itself be differentiated::
+
+        with gm_outer:
+            with gm_inner:
+                gm_inner.backward(f(x))      # x.grad = f'(x), recorded by gm_outer
+            gm_outer.backward(x.grad)        # x.grad += f''(x)
+
+    ``gm1 | gm2`` is a `GradManagerGroup`: its members record together and do not see each
+    other's backward.
     """
 
     def __init__(self):
         self._attached = {}  # id(tensor) -> (weakref to tensor, [callbacks])
         self._recording = False
-        self._lit = []  # leaves this GradManager made live while recording
+        self._key = None  # the dispatcher's Key of the current recording
+        self._own = ()  # (self._key,)
+        self._joined = set()  # ids of intermediate nodes attached while recording: leaves here
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
 
@@ -71,16 +106,20 @@ class GradManager:
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
 
         ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
-        order on the gradient before it is accumulated into ``tensor.grad``.
+        order on the gradient before it is accumulated into ``tensor.grad``. A callback that
+        returns None drops the gradient: ``.grad`` is left as it is (as upstream, which sets
+        a missing ``.grad`` to the None the callbacks returned).
         """
         if isinstance(tensors, Tensor):
             tensors = [tensors]
         tensors = list(tensors)
         for t in tensors:
             if not isinstance(t, Tensor):
-                raise TypeError(f"GradManager.attach: expected Tensors, got {type(t).__name__}")
+                raise AttachError(
+                    f"GradManager.attach: expected Tensors, got {type(t).__name__}"
+                )
             if t.dtype.kind != "f":
-                raise TypeError(
+                raise AttachError(
                     f"GradManager.attach: only float tensors have gradients, got dtype {t.dtype}"
                 )
         if callbacks is None:
@@ -102,9 +141,9 @@ class GradManager:
         return self
 
     def _light(self, t):
-        leaf = _light(t)
-        if leaf is not None:
-            self._lit.append(leaf)
+        joined = _light(t, self._key, self._own)
+        if joined is not None:
+            self._joined.add(id(joined))
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -137,13 +176,22 @@ class GradManager:
         """Start recording the ops on attached tensors."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradManager.record, self)
+        return self._record(None)
+
+    def _record(self, level):
         if self._recording:
             raise RuntimeError("GradManager.record: already recording")
         self._recording = True
-        dispatch._set_recording(+1)
+        self._key = dispatch.open_key(level)
         _recording_managers.append(self)
-        for t in self.attached_tensors():
-            self._light(t)
+        self._own = (self._key,)
+        key, own, joined = self._key, self._own, self._joined
+        for r, _ in self._attached.values():
+            t = r()
+            if t is not None:
+                node = _light(t, key, own)
+                if node is not None:
+                    joined.add(id(node))
         return self
 
     def release(self):
@@ -152,12 +200,11 @@ class GradManager:
             return dispatch._trace_hook.event(GradManager.release, self)
         if self._recording:
             self._recording = False
-            dispatch._set_recording(-1)
+            dispatch.close_key(self._key)
+            self._key, self._own = None, ()
+            self._joined = set()
             _recording_managers.remove(self)
             self._kept = []
-            for leaf in self._lit:
-                leaf.live -= 1
-            self._lit = []
 
     def __enter__(self):
         self.record()
@@ -165,6 +212,13 @@ class GradManager:
 
     def __exit__(self, *exc):
         self.release()
+
+    def __or__(self, other):
+        if isinstance(other, GradManager):
+            return GradManagerGroup([self, other])
+        return NotImplemented
+
+    __ror__ = __or__
 
     def _register_after_backward_callback(self, callback):
         """Run ``callback()`` in every backward, after the gradient callbacks of all tensors
@@ -177,6 +231,8 @@ class GradManager:
         """Accumulate d(y)/d(attached) into each attached tensor's ``.grad``, then release.
 
         ``y``: a tensor or a list of them; ``dy``: matching output gradients (default ones).
+        While a GradManager that started recording earlier still records, the gradients are
+        computed with recorded ops, so that GradManager can differentiate them again.
         ``y`` may be omitted when only outputs kept by distributed ops are differentiated
         (the sending side of ``remote_send``).
         """
@@ -189,23 +245,46 @@ class GradManager:
                 "GradManager.backward: not recording; compute y inside `with gm:` or after "
                 "gm.record()"
             )
+        key = self._key
+        visited = []
+        hidden = ()
         try:
-            ys, dys = _pair_outputs(y, dy, "GradManager.backward") if y is not None else ([], [])
+            ys, dys, given = (_pair_outputs(y, dy, "GradManager.backward") if y is not None
+                              else ([], [], []))
             for t in self._kept:
-                if t._node is not None and t._node[0].live:
+                if _tracked(t):
+                    zeros = get_array_module(t._device).zeros(t.shape, t.dtype)
                     ys.append(t)
-                    dys.append(get_array_module(t._device).zeros(t.shape, t.dtype))
+                    dys.append(zeros)
+                    given.append(zeros)
             wanted = {}
             for r, callbacks in self._attached.values():
                 t = r()
                 if t is not None and t._node is not None:
                     node, idx = t._node
                     wanted[(id(node), idx)] = (t, callbacks)
-            found = dispatch.run_backward(ys, dys, wanted)
+            key.alive = False  # this recording is consumed by its own backward
+            hidden = dispatch.suspend_from(key.level)  # later GradManagers don't see it
+            graph = dispatch.any_alive()  # an earlier GradManager records this backward
+            if graph:
+                dys = [d if isinstance(d, Tensor) else Tensor._wrap(d, t._device)
+                       for d, t in zip(given, ys)]
+            found = dispatch.run_backward(ys, dys, wanted, free_graph=False, key=key,
+                                          graph=graph, visited=visited, stop=self._joined)
+            # No two .grad share memory, nor share it with an output gradient the caller gave
+            # (in-place grad edits such as clip_grad_norm would otherwise apply twice).
+            claimed = {}
+            for d in dys:
+                _claim(d._data if isinstance(d, Tensor) else d, claimed)
             global _backwarding
             _backwarding = self
             try:
-                ready = [(wanted[key][0], _run_callbacks(*wanted[key], g)) for key, g in found.items()]
+                ready = []
+                for key_, g in found.items():
+                    t, callbacks = wanted[key_]
+                    grad = _run_callbacks(t, g, callbacks, claimed)
+                    if grad is not None:
+                        ready.append((t, grad))
                 for callback in self._after_backward_callbacks:
                     callback()
             finally:
@@ -213,10 +292,71 @@ class GradManager:
             for t, grad in ready:
                 _add_grad(t, grad)
         finally:
+            dispatch.resume(hidden)
             self.release()
+            if dispatch._active:  # what no other live recording tracks is freed now
+                for node in visited:
+                    if not dispatch._alive(node.keys):
+                        node.free()
+            else:
+                for node in visited:
+                    node.free()
+
+
+class GradManagerGroup:
+    """GradManagers that record together (``gm1 | gm2``): each one's backward is hidden from
+    the others, whatever order they backward in (upstream's group semantics)."""
+
+    def __init__(self, gms):
+        self._gms = list(gms)
+        for gm in self._gms:
+            if not isinstance(gm, GradManager):
+                raise TypeError(f"GradManagerGroup: expected GradManagers, got {type(gm).__name__}")
+
+    def merge_with(self, other):
+        if isinstance(other, GradManager):
+            other = GradManagerGroup([other])
+        elif not isinstance(other, GradManagerGroup):
+            return NotImplemented
+        return GradManagerGroup([*self._gms, *other._gms])
+
+    __or__ = merge_with
+    __ror__ = merge_with
+
+    def __enter__(self):
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            dispatch._trace_hook.event(GradManagerGroup.record, self)
+        else:
+            self.record()
+        return self
+
+    def __exit__(self, *exc):
+        if dispatch._trace_hook is not None:
+            dispatch._trace_hook.event(GradManagerGroup.release, self)
+        else:
+            self.release()
+
+    def record(self):
+        """Start all members recording, at one level (what the ``with`` block does)."""
+        level = dispatch.new_level()
+        started = []
+        try:
+            for gm in self._gms:
+                gm._record(level)
+                started.append(gm)
+        except BaseException:
+            for gm in reversed(started):
+                gm.release()
+            raise
+        return self
+
+    def release(self):
+        for gm in reversed(self._gms):
+            gm.release()
 
 
 def _pair_outputs(y, dy, what):
+    """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None)."""
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
         dys = [None] * len(ys)
@@ -224,41 +364,90 @@ def _pair_outputs(y, dy, what):
         dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
     if len(dys) != len(ys):
         raise ValueError(f"{what}: got {len(ys)} outputs but {len(dys)} output gradients")
-    arrays = []
+    arrays, given = [], []
     for t, d in zip(ys, dys):
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: expected Tensors to differentiate, got {type(t).__name__}")
         xp = get_array_module(t._device)
         if d is None:
-            arrays.append(xp.ones(t.shape, t.dtype))
+            a = xp.ones(t.shape, t.dtype)
+            given.append(a)
         else:
-            d = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
-            if d.shape != t.shape:
+            a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            if a.shape != t.shape:
                 raise ValueError(
-                    f"{what}: output gradient of shape {d.shape} for an output of shape {t.shape}"
+                    f"{what}: output gradient of shape {a.shape} for an output of shape {t.shape}"
                 )
-            arrays.append(d.astype(t.dtype, copy=False))
-    return ys, arrays
+            a = a.astype(t.dtype, copy=False)
+            given.append(d if isinstance(d, Tensor) and d.dtype == t.dtype else a)
+        arrays.append(a)
+    return ys, arrays, given
 
 
-def _run_callbacks(t, callbacks, g):
-    if g.dtype != t.dtype:
-        g = g.astype(t.dtype)
-    if not getattr(g.flags, "writeable", True) or not g.flags.c_contiguous:
-        g = g.copy()  # broadcast views and strided views would surprise in-place grad edits
-    grad = Tensor._wrap(g, t._device)
+def _owner(a):
+    """The array that owns ``a``'s memory, or None when it is foreign (e.g. torch's)."""
+    base = getattr(a, "base", None)
+    if base is None:
+        return a
+    return base if type(base) is type(a) and base.base is None else None
+
+
+def _claim(a, claimed):
+    owner = _owner(a)
+    if owner is not None:
+        claimed[id(owner)] = owner  # kept alive, so its id is not reused meanwhile
+
+
+def _exclusive(g, claimed):
+    """``g``, or a copy of it when its memory is claimed already (another .grad, an output
+    gradient the caller gave) or foreign, or when it is a read-only or strided view."""
+    base = g.base  # inline _owner: this runs once per parameter per step
+    owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
+    if (owner is None or id(owner) in claimed or not getattr(g.flags, "writeable", True)
+            or not g.flags.c_contiguous):
+        g = g.copy()
+        owner = g
+    claimed[id(owner)] = owner
+    return g
+
+
+def _run_callbacks(t, g, callbacks, claimed):
+    """The gradient ``.grad`` will receive: ``g`` made exclusive and of ``t``'s dtype, passed
+    through the callbacks (None when a callback dropped it)."""
+    if isinstance(g, Tensor):  # a recorded gradient (higher order): copies stay recorded
+        if g.dtype != t.dtype:
+            g = g.astype(t.dtype)
+        if _exclusive(g._data, claimed) is not g._data:
+            g = dispatch.apply(Copy(g._device), g)
+            _claim(g._data, claimed)
+        grad = g
+    else:
+        if g.dtype != t.dtype:
+            g = g.astype(t.dtype)
+        grad = Tensor._wrap(_exclusive(g, claimed), t._device)
     for cb in callbacks:
         grad = cb(t, grad)
+        if grad is None:
+            return None  # the callback dropped this gradient
         if not isinstance(grad, Tensor):
-            raise TypeError(f"a GradManager callback must return a Tensor, got {type(grad).__name__}")
+            raise TypeError(
+                f"a GradManager callback must return a Tensor (or None to drop the gradient), "
+                f"got {type(grad).__name__}"
+            )
     return grad
 
 
 def _add_grad(t, grad):
     if t.grad is None:
         t.grad = grad
+    elif _tracked(t.grad) or _tracked(grad):
+        t.grad = t.grad + grad  # recorded, so an outer GradManager sees the sum
     else:
         t.grad = Tensor._wrap(t.grad._data + grad._data, t._device)
+
+
+def _tracked(t):
+    return t._node is not None and t._node[0].live
 
 
 def grad(y, x, use_virtual_grad=None):
@@ -275,11 +464,12 @@ def grad(y, x, use_virtual_grad=None):
                 "grad: x was not recorded; attach it to a GradManager and compute y while it records"
             )
         wanted[(id(t._node[0]), t._node[1])] = t
-    ys, dys = _pair_outputs(y, None, "grad")
+    ys, dys, _ = _pair_outputs(y, None, "grad")
     found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
     out = []
     for t in xs:
         g = found.get((id(t._node[0]), t._node[1]))
         xp = get_array_module(t._device)
-        out.append(Tensor._wrap(g if g is not None else xp.zeros(t.shape, t.dtype), t._device))
+        out.append(Tensor._wrap(g.copy() if g is not None else xp.zeros(t.shape, t.dtype),
+                                t._device))
     return out if isinstance(x, (list, tuple)) else out[0]

@@ -10,15 +10,25 @@ being recorded), so expensive ops can skip work nobody will use.
 returns one gradient per input (a tuple, or a single array for a one-input op); ``None`` means
 "no gradient" (integer inputs, indices, ...).
 
-Recording: while at least one GradManager records, an op whose inputs include a tracked tensor
-(one attached to a GradManager, or computed from one) gets a graph `Node`; its outputs are
-tracked too. Nothing else is recorded, so inference costs no graph.
+Recording: each recording GradManager holds a `Key`. An op whose inputs include a tensor
+tracked by a live key (attached, or computed from one) gets a graph `Node` that remembers the
+live keys of its inputs; its outputs are tracked by those keys. Nothing else is recorded, so
+inference costs no graph.
+
+Higher-order gradients: an op may also define ``grad_graph(inputs, outputs, output_grads)``,
+its backward written with differentiable Tensor functions. A backward runs on raw arrays (the
+fast path) unless another GradManager that started recording earlier still records: then the
+nodes that GradManager tracks run ``grad_graph`` so that the gradient computation is itself
+recorded. For that a node keeps its input and output arrays, but only when more than one
+GradManager recorded at forward time, so single-level training keeps no extra memory.
 """
 import numpy as np
 
-__all__ = ["Op", "apply", "Node", "is_recording", "run_backward"]
+__all__ = ["Op", "apply", "Node", "Key", "is_recording", "run_backward"]
 
 _recording = 0  # how many GradManagers are recording right now
+_active = []  # their Keys, in the order they started
+_levels = [0]  # the last level handed out; a GradManagerGroup's members share one
 # megengine.jit.trace: while a traced function records or is checked, every apply goes through
 # this hook (see megengine/jit/tracing.py); None otherwise, so untraced code pays one global read.
 _trace_hook = None
@@ -42,28 +52,108 @@ class Op:
         return type(self).__name__
 
 
+class Key:
+    """One recording of one GradManager: alive from record() until release or backward.
+
+    ``level`` orders recordings: a backward is recorded only by keys of a lower level (the
+    GradManagers that started recording earlier), never by later ones nor by the members of
+    its own GradManagerGroup, which share its level (upstream's visibility rules).
+    """
+
+    __slots__ = ("alive", "level", "__weakref__")
+
+    def __init__(self, level):
+        self.alive = True
+        self.level = level
+
+
+def open_key(level=None):
+    """Start a recording; ``level`` None takes a new level (a group passes one it shares)."""
+    global _recording
+    if level is None:
+        level = new_level()
+    key = Key(level)
+    _active.append(key)
+    _recording += 1
+    return key
+
+
+def new_level():
+    _levels[0] += 1
+    return _levels[0]
+
+
+def close_key(key):
+    """End a recording: nothing it tracked is recorded for it any more."""
+    global _recording
+    key.alive = False
+    if key in _active:
+        _active.remove(key)
+        _recording -= 1
+
+
+def suspend_from(level):
+    """Hide the live keys of ``level`` and above (during a backward of that level); returns
+    them for `resume`."""
+    hidden = [k for k in _active if k.level >= level and k.alive]
+    for k in hidden:
+        k.alive = False
+    return hidden
+
+
+def any_alive():
+    """Whether a recording is alive (not hidden by `suspend_from`)."""
+    for k in _active:
+        if k.alive:
+            return True
+    return False
+
+
+def resume(hidden):
+    for k in hidden:
+        k.alive = True
+
+
+def _alive(keys):
+    """The live ones among ``keys`` (the same tuple when all of one key is alive)."""
+    if len(keys) == 1:
+        return keys if keys[0].alive else ()
+    return tuple(k for k in keys if k.alive)
+
+
+def _union(a, b):
+    extra = tuple(k for k in b if k not in a)
+    return a + extra if extra else a
+
+
 class Node:
     """One recorded op in the autodiff graph (or a leaf: an attached tensor, op None).
 
-    ``live`` says whether ops on this node's tensors are recorded: for an op node, until the
-    graph is released; for a leaf, while at least one GradManager it is attached to records
-    (the count of such GradManagers).
+    ``keys``: the recordings that track this node (it is live while one of them is alive).
+    ``saved``: (input arrays, output arrays, device) when more than one GradManager recorded
+    at forward time, so that ``grad_graph`` can be given Tensors; None otherwise.
     """
 
-    __slots__ = ("op", "parents", "out_meta", "live", "__weakref__")
+    __slots__ = ("op", "parents", "out_meta", "keys", "saved", "__weakref__")
 
-    def __init__(self, op=None, parents=(), out_meta=((), ), live=1):
+    def __init__(self, op=None, parents=(), out_meta=((), ), keys=()):
         self.op = op
         self.parents = parents  # per input: (Node, output index) or None
         self.out_meta = out_meta  # per output: (shape, dtype), to make zeros for unused outputs
-        self.live = live
+        self.keys = keys
+        self.saved = None
+
+    @property
+    def live(self):
+        return bool(_alive(self.keys))
 
     def free(self):
         """Drop the op (and the arrays it saved) and the links upwards: the graph is released."""
         if self.op is not None:
             self.op = None
             self.parents = ()
-            self.live = 0
+            self.keys = ()
+            self.saved = None
 
 
 def is_recording() -> bool:
@@ -94,14 +184,22 @@ def apply(op, *inputs):
                 "move them with .to(device) first"
             )
     arrays = [t._data for t in inputs]
-    parents = None
+    keys = None
     if _recording:
         for t in inputs:
-            if t._node is not None and t._node[0].live:
-                parents = tuple(t._node if t._node is not None and t._node[0].live else None
-                                for t in inputs)
-                break
-    if parents is None:
+            e = t._node
+            if e is not None:
+                ks = e[0].keys
+                if ks is not keys:
+                    if len(ks) == 1:  # the common case, one key, inline
+                        if not ks[0].alive:
+                            continue
+                    else:
+                        ks = _alive(ks)
+                        if not ks:
+                            continue
+                    keys = ks if keys is None else _union(keys, ks)
+    if keys is None:
         n = len(inputs)
         needs = _NO_GRAD.get(n)
         if needs is None:
@@ -109,16 +207,22 @@ def apply(op, *inputs):
         op.needs_input_grad = needs
         out = op.forward(*arrays)
         if isinstance(out, tuple):
-            return tuple(Tensor._wrap(o, device) for o in out)
+            return tuple([Tensor._wrap(o, device) for o in out])
         return Tensor._wrap(out, device)
 
-    op.needs_input_grad = tuple(
-        p is not None and _is_float(a.dtype) for p, a in zip(parents, arrays)
-    )
+    parents = tuple([
+        e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
+        for t in inputs
+    ])
+    op.needs_input_grad = tuple([
+        p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
+    ])
     out = op.forward(*arrays)
     multi = isinstance(out, tuple)
     outs = out if multi else (out,)
-    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs))
+    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys)
+    if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
+        node.saved = (tuple(arrays), outs, device)
     results = []
     for i, o in enumerate(outs):
         t = Tensor._wrap(o, device)
@@ -150,67 +254,157 @@ def _graph_order(roots):
     return order
 
 
-def run_backward(ys, dys, wanted, free_graph=True):
-    """Backpropagate ``dys`` from tensors ``ys``; return {wanted (node, idx): gradient array}.
+def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visited=None,
+                 stop=()):
+    """Backpropagate ``dys`` from tensors ``ys``; return {wanted (node, idx): gradient}.
 
     ``wanted`` is a set of (id(node), index) pairs whose total gradient the caller needs (the
-    tensors it attached). With ``free_graph`` every visited node is released afterwards.
+    tensors it attached). ``key``: the recording being differentiated; nodes it did not record
+    are not entered (None: every node), nor are the nodes in ``stop`` (ids of intermediates
+    that were attached to it while recording: leaves for it). With ``free_graph`` every visited node is released
+    afterwards; ``visited``, a list, receives the visited nodes instead (the caller frees them).
+
+    ``graph`` False: gradients are raw arrays (``dys`` too). True: ``dys`` and the gradients
+    are Tensors, and nodes that a live recording tracks (or that receive a tracked gradient)
+    run ``op.grad_graph`` so that the computation of the gradient is recorded.
     """
+    order = _graph_order([y._node[0] for y in ys if y._node is not None])
+    if visited is not None:
+        visited.extend(order)
+    try:
+        if graph:
+            return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors)
+        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays)
+    finally:
+        if free_graph:
+            for node in order:
+                node.free()
+
+
+def _add_arrays(a, b):
+    return a + b
+
+
+def _add_tensors(a, b):
+    return a + b  # a Tensor operator: recorded when either gradient is tracked
+
+
+def _backward(ys, dys, wanted, key, stop, order, step, add):
     grads = {}  # id(node) -> list of accumulated output gradients
-    roots = []
     for y, dy in zip(ys, dys):
         if y._node is None:
             continue
         node, idx = y._node
         slot = grads.setdefault(id(node), [None] * len(node.out_meta))
-        slot[idx] = dy if slot[idx] is None else slot[idx] + dy
-        roots.append(node)
+        slot[idx] = dy if slot[idx] is None else add(slot[idx], dy)
     found = {}
-    order = _graph_order(roots)
-    try:
-        for node in order:
-            slot = grads.pop(id(node), None)
-            if slot is None:
+    for node in order:
+        slot = grads.pop(id(node), None)
+        if slot is None:
+            continue
+        for i, g in enumerate(slot):
+            if g is not None and (id(node), i) in wanted:
+                found[(id(node), i)] = g
+        op = node.op
+        if op is None:
+            continue  # a leaf, or a graph that was already released
+        if key is not None and key not in node.keys:
+            continue  # recorded by other GradManagers only: nothing of this one lies above
+        if stop and id(node) in stop:
+            continue  # an intermediate attached while recording: a leaf for this backward
+        if not any(op.needs_input_grad):
+            continue
+        if step is not None:
+            in_grads = step(node, op, slot)
+        elif len(slot) == 1:  # the raw fast path, inline: one output, so its gradient exists
+            in_grads = op.backward(slot[0])
+        else:
+            in_grads = _array_step(node, op, slot)
+        if not isinstance(in_grads, (tuple, list)):
+            in_grads = (in_grads,)
+        if len(in_grads) != len(node.parents):
+            raise RuntimeError(
+                f"{op!r}.backward returned {len(in_grads)} gradients for "
+                f"{len(node.parents)} inputs"
+            )
+        for parent, g, needed in zip(node.parents, in_grads, op.needs_input_grad):
+            if parent is None or g is None or not needed:
                 continue
-            for i, g in enumerate(slot):
-                if g is not None and (id(node), i) in wanted:
-                    found[(id(node), i)] = g
-            op = node.op
-            if op is None:
-                continue  # a leaf, or a graph that was already released
-            if not any(op.needs_input_grad):
-                continue
-            full = [
-                g if g is not None else _zeros_like_meta(g_meta, slot)
-                for g, g_meta in zip(slot, node.out_meta)
-            ]
-            in_grads = op.backward(*full)
-            if not isinstance(in_grads, (tuple, list)):
-                in_grads = (in_grads,)
-            if len(in_grads) != len(node.parents):
+            pnode, pidx = parent
+            pslot = grads.get(id(pnode))
+            if pslot is None:
+                pslot = grads[id(pnode)] = [None] * len(pnode.out_meta)
+            shape = pnode.out_meta[pidx][0]
+            if g.shape != shape:
                 raise RuntimeError(
-                    f"{op!r}.backward returned {len(in_grads)} gradients for "
-                    f"{len(node.parents)} inputs"
+                    f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
+                    f"of shape {shape}"
                 )
-            for parent, g, needed in zip(node.parents, in_grads, op.needs_input_grad):
-                if parent is None or g is None or not needed:
-                    continue
-                pnode, pidx = parent
-                pslot = grads.get(id(pnode))
-                if pslot is None:
-                    pslot = grads[id(pnode)] = [None] * len(pnode.out_meta)
-                shape = pnode.out_meta[pidx][0]
-                if g.shape != shape:
-                    raise RuntimeError(
-                        f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
-                        f"of shape {shape}"
-                    )
-                pslot[pidx] = g if pslot[pidx] is None else pslot[pidx] + g
-    finally:
-        if free_graph:
-            for node in order:
-                node.free()
+            pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)
     return found
+
+
+def _array_step(node, op, slot):
+    if getattr(op, "none_for_unused_grads", False):
+        return op.backward(*slot)
+    full = [
+        g if g is not None else _zeros_like_meta(g_meta, slot)
+        for g, g_meta in zip(slot, node.out_meta)
+    ]
+    return op.backward(*full)
+
+
+def _tracked(t):
+    e = t._node
+    return e is not None and bool(_alive(e[0].keys))
+
+
+def _graph_step(node, op, slot):
+    """One node of a backward that an outer GradManager records (gradients are Tensors)."""
+    device = next(g for g in slot if g is not None)._device
+    if not _alive(node.keys) and not any(g is not None and _tracked(g) for g in slot):
+        # nobody records through this node: the raw backward gives the same values, faster
+        arrays = [None if g is None else g._data for g in slot]
+        out = _array_step(node, op, arrays)
+        if not isinstance(out, (tuple, list)):
+            out = (out,)
+        return tuple(None if g is None else Tensor._wrap(g, device) for g in out)
+    grad_graph = getattr(op, "grad_graph", None)
+    if grad_graph is None:
+        # an op whose raw backward gives no gradient at all (comparisons, indices, ...) has
+        # nothing to record; any other op without grad_graph would give a wrong derivative
+        out = _array_step(node, op, [None if g is None else g._data for g in slot])
+        if all(g is None for g in (out if isinstance(out, (tuple, list)) else (out,))):
+            return (None,) * len(node.parents)
+        raise RuntimeError(
+            f"{op!r} has no grad_graph: its gradient cannot be differentiated (a "
+            "higher-order gradient through it would be silently wrong); avoid this op inside "
+            "a higher-order computation, or give its class a grad_graph method"
+        )
+    if node.saved is None:
+        raise RuntimeError(
+            f"{op!r}: its gradient is to be differentiated, but the op ran while only one "
+            "GradManager recorded, so its inputs were not kept; start recording the outer "
+            "GradManager before the forward computation"
+        )
+    in_arrays, out_arrays, device = node.saved
+    inputs = []
+    for a, p in zip(in_arrays, node.parents):
+        t = Tensor._wrap(a, device)
+        t._node = p
+        inputs.append(t)
+    outputs = []
+    for i, a in enumerate(out_arrays):
+        t = Tensor._wrap(a, device)
+        if _is_float(a.dtype):
+            t._node = (node, i)
+        outputs.append(t)
+    if not getattr(op, "none_for_unused_grads", False):
+        slot = [
+            g if g is not None else Tensor._wrap(_zeros_like_meta(meta, out_arrays), device)
+            for g, meta in zip(slot, node.out_meta)
+        ]
+    return grad_graph(tuple(inputs), tuple(outputs), tuple(slot))
 
 
 def _zeros_like_meta(meta, slot):

@@ -5,9 +5,11 @@ module of its inputs (numpy or CuPy), never importing a backend directly for com
 """
 import numpy as np
 
+from . import dispatch
 from .dispatch import Op, xp_of
 
-__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of"]
+__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
+           "t_unbroadcast", "t_expand"]
 
 
 def unbroadcast(grad, shape):
@@ -70,12 +72,26 @@ class _Binary(Op):
     def grads(self, g):
         return None, None
 
+    def grad_graph(self, inputs, outputs, grads):
+        a, b = inputs
+        ga, gb = self.grads_graph(a, b, outputs[0], grads[0])
+        na, nb = self.needs_input_grad
+        return (t_unbroadcast(ga, a.shape) if na and ga is not None else None,
+                t_unbroadcast(gb, b.shape) if nb and gb is not None else None)
+
+    def grads_graph(self, a, b, out, g):
+        """``grads`` on Tensors, with differentiable ops (see `Op` grad_graph)."""
+        return None, None
+
 
 class Add(_Binary):
     def compute(self, a, b):
         return a + b
 
     def grads(self, g):
+        return g, g
+
+    def grads_graph(self, a, b, out, g):
         return g, g
 
 
@@ -86,6 +102,9 @@ class Sub(_Binary):
     def grads(self, g):
         return g, -g
 
+    def grads_graph(self, a, b, out, g):
+        return g, -g
+
 
 class Mul(_Binary):
     def compute(self, a, b):
@@ -93,6 +112,9 @@ class Mul(_Binary):
 
     def grads(self, g):
         return g * self.b, g * self.a
+
+    def grads_graph(self, a, b, out, g):
+        return g * b, g * a
 
 
 class TrueDiv(_Binary):
@@ -106,6 +128,10 @@ class TrueDiv(_Binary):
         ga = g / self.b
         return ga, -ga * self.a / self.b
 
+    def grads_graph(self, a, b, out, g):
+        ga = g / b
+        return ga, -ga * a / b
+
 
 class FloorDiv(_Binary):
     def compute(self, a, b):
@@ -113,6 +139,9 @@ class FloorDiv(_Binary):
 
     def grads(self, g):
         return None, None  # piecewise constant: zero almost everywhere, like upstream
+
+    def grads_graph(self, a, b, out, g):
+        return None, None
 
 
 class Mod(_Binary):
@@ -122,6 +151,9 @@ class Mod(_Binary):
     def grads(self, g):
         xp = xp_of(g)
         return g, -g * xp.floor(self.a / self.b)
+
+    def grads_graph(self, a, b, out, g):
+        return g, -g * (a // b)  # floor division: piecewise constant, no gradient of its own
 
 
 class Pow(_Binary):
@@ -143,6 +175,17 @@ class Pow(_Binary):
             gb = g * self.out * xp.where(a > 0, xp.log(safe), 0)
         return ga, gb
 
+    def grads_graph(self, a, b, out, g):
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = g * b * a ** (b - 1)
+        if self.needs_input_grad[1]:
+            from ..functional.elemwise import log  # functional sits above core: load on use
+
+            pos = _const(self.a > 0, a).astype(out.dtype)
+            gb = g * out * log(a * pos + (1 - pos)) * pos  # log(a) where a > 0, else 0
+        return ga, gb
+
 
 def _split_ties(g, a_wins, tie):
     """Gradient of a max/min: to the winner, shared half and half on ties (as torch does)."""
@@ -157,6 +200,11 @@ class Maximum(_Binary):
     def grads(self, g):
         return _split_ties(g, (self.a > self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
 
+    def grads_graph(self, a, b, out, g):
+        share = _const(_split_ties(1, (self.a > self.b).astype(g.dtype),
+                                   (self.a == self.b).astype(g.dtype))[0], g)
+        return g * share, g * (1 - share)
+
 
 class Minimum(_Binary):
     def compute(self, a, b):
@@ -164,6 +212,11 @@ class Minimum(_Binary):
 
     def grads(self, g):
         return _split_ties(g, (self.a < self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
+
+    def grads_graph(self, a, b, out, g):
+        share = _const(_split_ties(1, (self.a < self.b).astype(g.dtype),
+                                   (self.a == self.b).astype(g.dtype))[0], g)
+        return g * share, g * (1 - share)
 
 
 class MatMul(Op):
@@ -197,6 +250,22 @@ class MatMul(Op):
             ga = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
             gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape)
+        return ga, gb
+
+    def grad_graph(self, inputs, outputs, grads):
+        a, b = inputs
+        g = grads[0]
+        a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
+        b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g.reshape(g.shape[:-1] + (1, g.shape[-1])) if b.ndim > 1 else g.reshape(g.shape + (1,))
+        if b.ndim == 1:
+            g = g.reshape(g.shape + (1,))
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = t_unbroadcast(g @ _swap_last(b2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            gb = t_unbroadcast(_swap_last(a2) @ g, b2.shape).reshape(b.shape)
         return ga, gb
 
 
@@ -246,6 +315,9 @@ class Neg(Op):
     def backward(self, g):
         return -g
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (-grads[0],)
+
 
 class Abs(Op):
     def forward(self, x):
@@ -254,6 +326,9 @@ class Abs(Op):
 
     def backward(self, g):
         return g * xp_of(g).sign(self.x)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _const(xp_of(self.x).sign(self.x), grads[0]),)
 
 
 class Invert(Op):
@@ -278,6 +353,11 @@ class AsType(Op):
     def backward(self, g):
         return g.astype(self.in_dtype) if self.in_dtype.kind == "f" else None
 
+    def grad_graph(self, inputs, outputs, grads):
+        if self.in_dtype.kind != "f":
+            return (None,)
+        return (dispatch.apply(AsType(self.in_dtype), grads[0]),)
+
 
 class Copy(Op):
     """Move to another device (or copy on the same one)."""
@@ -291,6 +371,9 @@ class Copy(Op):
 
     def backward(self, g):
         return move_array(g, self.src)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(Copy(inputs[0]._device), grads[0]),)
 
 
 def move_array(a, device):
@@ -321,6 +404,9 @@ class Reshape(Op):
     def backward(self, g):
         return g.reshape(self.in_shape)
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(Reshape(self.in_shape), grads[0]),)
+
 
 class Transpose(Op):
     def __init__(self, axes):
@@ -338,6 +424,12 @@ class Transpose(Op):
         if self.axes is None:
             return g.transpose()
         return g.transpose(np.argsort([a % g.ndim for a in self.axes]))
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        inverse = None if self.axes is None else \
+            tuple(int(i) for i in np.argsort([a % g.ndim for a in self.axes]))
+        return (dispatch.apply(Transpose(inverse), g),)
 
 
 def normalize_index(index, shape):
@@ -382,6 +474,31 @@ class GetItem(Op):
             xp.add.at(gx, self.index, g)
         return gx
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(IndexAdd(self.index, self.in_shape, self.in_dtype), grads[0]),)
+
+
+class IndexAdd(Op):
+    """The gradient of ``x[index]``: zeros of x's shape with ``g`` added at ``index``."""
+
+    def __init__(self, index, shape, dtype):
+        self.index, self.shape, self.dtype = index, shape, dtype
+
+    def forward(self, g):
+        xp = xp_of(g)
+        out = xp.zeros(self.shape, self.dtype)
+        if _is_basic(self.index):
+            out[self.index] = g
+        else:
+            xp.add.at(out, self.index, g)
+        return out
+
+    def backward(self, gg):
+        return gg[self.index]
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(GetItem(self.index), grads[0]),)
+
 
 class SetItem(Op):
     """``x[index] = v`` as a new value: the result is x with the indexed part replaced."""
@@ -409,6 +526,17 @@ class SetItem(Op):
         if self.needs_input_grad[1]:
             gv = unbroadcast(g[self.index], self.v_shape) if g[self.index].ndim >= len(self.v_shape) \
                 else g[self.index].reshape(self.v_shape)
+        return gx, gv
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        gx = gv = None
+        if self.needs_input_grad[0]:
+            gx = dispatch.apply(SetItem(self.index), g, _const(xp_of(g._data).zeros((), g.dtype), g))
+        if self.needs_input_grad[1]:
+            part = dispatch.apply(GetItem(self.index), g)
+            gv = t_unbroadcast(part, self.v_shape) if part.ndim >= len(self.v_shape) \
+                else part.reshape(self.v_shape)
         return gx, gv
 
 
@@ -460,6 +588,25 @@ class Reduce(Op):
             return g * mask / mask.sum(axis=axes, keepdims=True)
         return g * _exclusive_prod(x, axes)
 
+    def grad_graph(self, inputs, outputs, grads):
+        x, axes = self.x, self.axes
+        keep_shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+        g = grads[0].reshape(keep_shape)
+        if self.mode == "sum":
+            return (t_expand(g, x.shape),)
+        if self.mode == "mean":
+            count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
+            return (t_expand(g / count, x.shape),)
+        if self.mode in ("max", "min"):
+            mask = (x == self.out_keep)
+            return (g * _const(mask / mask.sum(axis=axes, keepdims=True), g),)
+        if not (x != 0).all():
+            raise RuntimeError(
+                "prod: the gradient of a product over zeros cannot be differentiated here "
+                "(only products of nonzero elements support higher-order gradients)"
+            )
+        return (g * outputs[0].reshape(keep_shape) / inputs[0],)
+
 
 def _exclusive_prod(x, axes):
     """For each element, the product of the other elements in its reduction group (no division)."""
@@ -474,3 +621,35 @@ def _exclusive_prod(x, axes):
     left = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
     right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(flat, -1)[..., :-1]], axis=-1), axis=-1), -1)
     return (left * right).reshape(moved.shape).transpose(np.argsort(perm))
+
+
+# ----- Tensor-level helpers for grad_graph (differentiable, so a backward can be recorded) -----
+
+def _const(a, like):
+    """The array ``a`` as an untracked Tensor on ``like``'s device."""
+    return dispatch.Tensor._wrap(xp_of(like._data).asarray(a), like._device)
+
+
+def _swap_last(t):
+    axes = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
+    return dispatch.apply(Transpose(axes), t)
+
+
+def t_unbroadcast(g, shape):
+    """`unbroadcast` on Tensors: ``g`` summed down to ``shape`` with recorded ops."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, n in enumerate(shape) if n == 1 and g.shape[i + extra] != 1
+    )
+    if axes:
+        g = dispatch.apply(Reduce("sum", axes, keepdims=True), g)
+    return dispatch.apply(Reshape(shape), g)
+
+
+def t_expand(g, shape):
+    """``g`` broadcast to ``shape`` with a recorded op (adding zeros: its gradient sums back)."""
+    if g.shape == shape:
+        return g
+    return g + _const(xp_of(g._data).zeros(shape, g.dtype), g)

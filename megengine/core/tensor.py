@@ -11,8 +11,9 @@ __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
 _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
-           np.dtype(np.uint64): np.dtype(np.int32)}
-_SUPPORTED_KINDS = "biuf"
+           np.dtype(np.uint64): np.dtype(np.int32),
+           np.dtype(np.complex128): np.dtype(np.complex64)}  # upstream's complex is complex64
+_SUPPORTED_KINDS = "biufc"
 
 
 def _check_dtype(dtype, what):
@@ -75,7 +76,54 @@ class CompNode(str):
 
     @property
     def logical_name(self):
-        return str(self)
+        """The name with its stream, as upstream spells it: ``"cpu0:0"``, ``"gpu1:0"``."""
+        name = str(self)
+        return name if ":" in name else name + ":0"
+
+
+_FORMATS = ("default", "nchw", "nhwc")
+
+
+class QParams:
+    """Quantization parameters a tensor carries (upstream's ``Tensor.qparams``).
+
+    The engine has no quantized kernels, so these are data only: quantization code that reads
+    and writes ``mode``/``dtype_meta``/``scale``/``zero_point`` keeps working, and the values
+    travel with the tensor through ``mge.save``/``mge.load`` and ``copy.deepcopy``.
+    """
+
+    __slots__ = ("mode", "dtype_meta", "scale", "zero_point")
+
+    def __init__(self, mode=None, dtype_meta=None, scale=None, zero_point=None):
+        self.mode, self.dtype_meta, self.scale, self.zero_point = mode, dtype_meta, scale, zero_point
+
+    def update(self, qparams):
+        for name in self.__slots__:
+            setattr(self, name, getattr(qparams, name))
+
+    def __eq__(self, other):
+        if not isinstance(other, QParams):
+            return NotImplemented
+        return all(_same(getattr(self, n), getattr(other, n)) for n in self.__slots__)
+
+    __hash__ = None
+
+    def __getstate__(self):
+        return {n: getattr(self, n) for n in self.__slots__}
+
+    def __setstate__(self, state):
+        for n in self.__slots__:
+            setattr(self, n, state.get(n))
+
+    def __repr__(self):
+        return "QParams(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+
+def _same(a, b):
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+                and bool(np.array_equal(a.numpy(), b.numpy())))
+    return a == b
 
 
 class Tensor:
@@ -84,9 +132,26 @@ class Tensor:
     __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to our reflected operators
     _node = None
     _name = None
+    _format = "default"
+    _qparams = None
+    #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
+    dmap_callback = None
+
+    def __new__(cls, *args, **kwargs):
+        # Upstream pickles a tensor as `cls.__new__(cls, value, dtype, device_logical_name)`
+        # (from __getnewargs__) followed by __setstate__, without __init__; files written by
+        # upstream's mge.save are read through this path, mapping the device as mge.load asks.
+        self = object.__new__(cls)
+        if (len(args) == 3 and not kwargs and isinstance(args[0], np.ndarray)
+                and isinstance(args[1], np.dtype) and isinstance(args[2], str)):
+            value, dtype, device = args
+            self._device = _device_mod.canonical_device(_mapped_device(device))
+            self._data = as_array(value, dtype, self._device)
+            self.grad = None
+        return self
 
     def __init__(self, data=None, dtype=None, device=None, is_const=False, no_cache=False,
-                 name=None):
+                 name=None, format="default"):
         if data is None:
             data = []
         if isinstance(data, Tensor) and device is None:
@@ -95,6 +160,8 @@ class Tensor:
         self._data = as_array(data, dtype, self._device)
         self.grad = None
         self._name = name
+        if format != "default":
+            self.format = format
 
     @classmethod
     def _wrap(cls, array, device):
@@ -115,6 +182,35 @@ class Tensor:
         return self._data.shape
 
     @property
+    def _tuple_shape(self):
+        """The shape as a tuple of ints (upstream's ``shape`` can be a Tensor while tracing)."""
+        return self._data.shape
+
+    @property
+    def format(self):
+        """The memory format label: ``"default"``, ``"nchw"`` or ``"nhwc"``.
+
+        As upstream, the label does not change the memory order or strides. Upstream's
+        operators may reorder axes for an ``"nhwc"`` tensor when
+        ``megengine.config._auto_format_convert`` is on; this engine's operators do not read
+        the label (its arrays are always in the order their shape says).
+        """
+        return self._format
+
+    @format.setter
+    def format(self, value):
+        if value not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {value!r}")
+        self._format = value
+
+    @property
+    def qparams(self):
+        """Quantization parameters (a :class:`QParams`, created empty on first access)."""
+        if self._qparams is None:
+            self._qparams = QParams()
+        return self._qparams
+
+    @property
     def ndim(self):
         return self._data.ndim
 
@@ -128,7 +224,8 @@ class Tensor:
 
     @property
     def name(self):
-        return self._name
+        """The tensor's name; ``""`` when none was given, as upstream."""
+        return "" if self._name is None else self._name
 
     @name.setter
     def name(self, value):
@@ -195,15 +292,39 @@ class Tensor:
         dev = str(self._device)
         return dev if ":" in dev else dev + ":0"
 
+    # Pickling as upstream 1.x does, so files move between upstream and this engine both ways:
+    # `__getnewargs__` gives (value, dtype, device logical name) to `cls.__new__`, and the state
+    # holds only the optional extras. A "name" key is ours; upstream's __setstate__ ignores it.
+    def __getnewargs__(self):
+        return (self.numpy(), self.dtype, self.device.logical_name)
+
     def __getstate__(self):
-        return {"data": self.numpy(), "device": self._device, "name": self._name,
-                "grad": None}
+        state = {}
+        if self._qparams is not None:
+            state["qparams"] = self._qparams
+        if self._name:
+            state["name"] = self._name
+        return state
 
     def __setstate__(self, state):
-        self._device = _device_mod.canonical_device(state["device"])
-        self._data = as_array(state["data"], state["data"].dtype, self._device)
-        self._name = state.get("name")
-        self.grad = None
+        state = dict(state)
+        if "data" in state:
+            # older formats carried the value in the state: upstream before 1.3 (data, device,
+            # dtype, qdict) and this fork before it pickled as upstream (data, device, name, grad)
+            data = state.pop("data")
+            self._device = _device_mod.canonical_device(_mapped_device(str(state.pop("device"))))
+            dtype = state.pop("dtype", None)
+            self._data = as_array(data, np.dtype(dtype) if dtype is not None else data.dtype,
+                                  self._device)
+            self.grad = None
+        if "qdict" in state:  # upstream's name before "qparams"
+            qdict = state.pop("qdict")
+            qparams = QParams(**{k: v for k, v in qdict.items() if k in QParams.__slots__}) \
+                if isinstance(qdict, dict) else qdict
+        else:
+            qparams = state.pop("qparams", None)
+        self._qparams = qparams
+        self._name = state.pop("name", None)
 
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
@@ -305,6 +426,22 @@ class Tensor:
         return dispatch.apply(_ops.Reduce("min", axis, keepdims), self)
 
 
+def _mapped_device(saved):
+    """Where a tensor saved on ``saved`` goes: ``Tensor.dmap_callback`` decides while loading."""
+    callback = Tensor.dmap_callback
+    if callback is None:
+        return saved
+    target = callback(saved)
+    try:
+        _device_mod.canonical_device(target)
+    except (RuntimeError, ValueError) as e:
+        raise RuntimeError(
+            f"load: a tensor saved on {saved!r} cannot be placed on {target!r} here ({e}); "
+            "pass map_location to megengine.load, e.g. map_location='cpu0'"
+        ) from None
+    return target
+
+
 def _writeable(array):
     # CuPy's flags have no "writeable": device arrays are always writeable.
     return getattr(array.flags, "writeable", True)
@@ -386,6 +523,5 @@ class Parameter(Tensor):
 dispatch.Tensor = Tensor  # the dispatcher wraps its outputs in this class
 
 
-def tensor(data=None, dtype=None, device=None, **kwargs):
-    """Make a Tensor (upstream's ``megengine.tensor``)."""
-    return Tensor(data, dtype=dtype, device=device, **kwargs)
+#: upstream's ``megengine.tensor``: the Tensor class itself, so ``isinstance(x, tensor)`` holds
+tensor = Tensor

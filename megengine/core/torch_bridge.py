@@ -7,9 +7,10 @@ Public API::
 
     to_torch(array) -> torch.Tensor        # same memory, shape, strides, dtype; keeps `array` alive
     from_torch(tensor) -> ndarray          # same memory; keeps the tensor's storage alive
-    load_extension() -> module             # the compiled operator (built once per torch version)
+    load_extension(verbose=None) -> module # the compiled operator (built once per torch version)
+    build(force=False, verbose=None)       # build ahead of time; returns the library's path
     cache_dir() -> pathlib.Path            # where it is built; delete the directory to force a rebuild
-    load_stats() -> dict                   # {"compiled": bool, "seconds": float, "directory": str}
+    load_stats() -> dict                   # {"compiled", "waited", "seconds", "directory"}
 
 What a view means here:
 
@@ -34,17 +35,26 @@ What a view means here:
 Speed: a call costs about 0.5 us, less than ``torch.from_numpy`` / ``Tensor.numpy()``; hot loops
 may call ``load_extension().to_torch`` / ``.from_torch`` to skip the Python wrapper frame.
 
-Building: the first call compiles the operator (csrc/torch_bridge.cpp, ~10 s) with ninja through
-``torch.utils.cpp_extension.load``, which prints one line to stderr, into ``cache_dir()``:
-``$MGE_TORCH_EXT_DIR`` (default ``~/.cache/megengine/torch_ext``) / a subdirectory named after the
-torch version, the Python version and a hash of the source, flags and numpy major version, so
-different builds never clash. Later processes import the built library directly (~1 ms). Delete
-the directory to force a rebuild. This module imports torch; ``import megengine`` must not.
+Building: the first call compiles the operator (csrc/torch_bridge.cpp) with ninja through
+``torch.utils.cpp_extension.load`` into ``cache_dir()``: a subdirectory of ``cache_root()``
+(``$MGE_TORCH_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR/megengine_torch_bridge``, else
+``~/.cache/megengine/torch_ext``) named after the torch version, the Python version and a hash of
+the source, flags and numpy major version, so different builds never clash. A cold build takes
+about 3 s on 2 cores (measured 2.7-3.3 s; longer on a busy machine); later processes import the
+cached library after checking its checksum (a few ms). Notices ("compiling ...", "built in N s") go to the logger
+``megengine.core.torch_bridge`` (to stderr when the application configured no logging);
+``MGE_TORCH_EXT_VERBOSE=1`` or ``load_extension(verbose=True)`` shows the compiler's output. A
+damaged cached library is rebuilt, never loaded; a process waits for another's build at most
+``$MGE_TORCH_EXT_LOCK_TIMEOUT`` seconds (default 300). ``python -m megengine.module.pytorch build``
+compiles ahead of time. This module imports torch; ``import megengine`` must not.
 """
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -54,7 +64,12 @@ from pathlib import Path
 import numpy
 import torch
 
-__all__ = ["to_torch", "from_torch", "load_extension", "cache_dir", "load_stats"]
+from . import _config
+
+_config._sync_torch_backends(torch)  # cuDNN switches set in megengine.config before torch loaded
+
+__all__ = ["to_torch", "from_torch", "load_extension", "build", "cache_dir", "cache_root", "library_path",
+           "load_stats"]
 
 _NAME = "megengine_torch_bridge"
 _SOURCES = ("torch_bridge.cpp",)
@@ -117,6 +132,22 @@ def _cuda_tensor_to_cupy(tensor):
 
 # --------------------------------------------------------------------------------------------------
 # building and loading the operator
+#
+# The cache directory holds the library, the ninja build files, a stamp and a lock:
+#
+# * ``stamp.json`` is written after a successful build and records the library's size and SHA-256.
+#   A library is imported only when it matches its stamp, so a truncated or overwritten file is
+#   rebuilt instead of being handed to dlopen (which would kill the process with SIGBUS/SIGSEGV).
+# * ``build.lock`` is taken with an OS file lock (fcntl/msvcrt) by the one process that builds.
+#   The OS drops the lock when that process dies, so a killed build never leaves a lock behind;
+#   a process that waits for a live builder gives up after a bounded time with an error that names
+#   the lock file. torch's own ``lock`` file (cpp_extension's FileBaton, which waits forever) is only
+#   ever created under our lock, so one found while we hold ours is stale and is removed.
+
+_STAMP = "stamp.json"
+_LOCK = "build.lock"
+_LOCK_TIMEOUT = 300.0  # seconds to wait for another builder (a cold build takes ~3 s on 2 cores)
+_log = logging.getLogger(__name__)
 
 
 def _source_dir():
@@ -132,15 +163,21 @@ def _source_dir():
     )
 
 
-def cache_dir():
-    """The build directory for this torch, Python, numpy and C++ source; delete it to rebuild.
-
-    The root is ``$MGE_TORCH_EXT_DIR`` if set, else ``$XDG_CACHE_HOME/megengine/torch_ext``
-    (``~/.cache/megengine/torch_ext``).
-    """
+def cache_root():
+    """Where builds go: ``$MGE_TORCH_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR/megengine_torch_bridge``
+    (torch's convention for extension builds), else ``$XDG_CACHE_HOME/megengine/torch_ext``
+    (``~/.cache/megengine/torch_ext``)."""
     root = os.environ.get("MGE_TORCH_EXT_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "megengine" / "torch_ext"
+    if root:
+        return Path(root)
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root) / _NAME
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "megengine" / "torch_ext"
+
+
+def cache_dir():
+    """The build directory for this torch, Python, numpy and C++ source (under `cache_root`)."""
     digest = hashlib.sha256()
     source_dir = _source_dir()
     for name in _SOURCES:
@@ -148,83 +185,232 @@ def cache_dir():
     digest.update(" ".join(_CFLAGS).encode())
     # the numpy C API the operator is compiled against is part of its ABI, like torch's and Python's
     digest.update(numpy.__version__.split(".")[0].encode())
+    digest.update(b"stamped")  # directories from before stamps are never reused (their library is unchecked)
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return Path(root) / f"torch-{torch.__version__}-{python}-{digest.hexdigest()[:8]}"
+    return cache_root() / f"torch-{torch.__version__}-{python}-{digest.hexdigest()[:8]}"
+
+
+def library_path(directory=None):
+    """The compiled library's path in ``directory`` (default: `cache_dir`)."""
+    directory = cache_dir() if directory is None else Path(directory)
+    return directory / (_NAME + (".pyd" if sys.platform == "win32" else ".so"))
 
 
 def load_stats():
-    """How the operator was obtained in this process: compiled or loaded, how long it took, where."""
+    """How the operator was obtained in this process: ``compiled`` (this process ran the build),
+    ``waited`` (seconds spent waiting for another process's build), ``seconds`` (total),
+    ``directory``."""
     return dict(_load_stats)
 
 
-def load_extension():
-    """The compiled operator module; compiles it the first time for this torch version (~15 s)."""
+def _verbose_default():
+    return os.environ.get("MGE_TORCH_EXT_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_extension(verbose=None):
+    """The compiled operator module; the first call for this torch version compiles it (~3 s on
+    2 cores), later processes import the cached library (a few ms).
+
+    ``verbose`` (default: ``$MGE_TORCH_EXT_VERBOSE``) shows the compiler and ninja output and
+    logs each step; without it the only notices are "compiling ..." and "built in N s".
+    """
     global _ext
     if _ext is None:
         with _load_lock:
             if _ext is None:
-                _ext = _build_or_load()
+                _ext = _build_or_load(_verbose_default() if verbose is None else bool(verbose))
     return _ext
 
 
-def _build_or_load():
+def build(force=False, verbose=None):
+    """Build the operator ahead of time (Docker images, CI); returns the library's path.
+
+    ``force`` rebuilds even when a valid cached library exists. Used by
+    ``python -m megengine.module.pytorch build``.
+    """
+    verbose = _verbose_default() if verbose is None else bool(verbose)
+    directory = cache_dir()
+    if force or not _stamp_ok(directory):
+        _build_locked(directory, verbose, force=force)
+    return library_path(directory)
+
+
+def _notice(level, message):
+    """Log a notice. An application that configured logging gets it through its handlers (logger
+    ``megengine.core.torch_bridge``); one that did not still sees INFO notices on stderr, since a
+    silent pause on the first run looks like a hang."""
+    if _log.hasHandlers():
+        _log.log(level, message)
+    elif level >= logging.INFO:
+        print("megengine: " + message, file=sys.stderr, flush=True)
+
+
+def _build_or_load(verbose):
     start = time.perf_counter()
     directory = cache_dir()
-    built = directory / (_NAME + (".pyd" if sys.platform == "win32" else ".so"))
-    compiled = not built.exists()
-    # cpp_extension.load holds the file `lock` in the directory while it builds. A library with no
-    # lock beside it (checked in this order) is complete, and since the directory is keyed by
-    # everything the build depends on, it is current: import it directly, which spares the
-    # ~150 ms import of torch.utils.cpp_extension (setuptools) and a ninja run.
-    lock = directory / "lock"
-    if lock.exists():
-        _clear_stale_lock(lock)
-    if not compiled and not lock.exists():
-        module = _import_library(built)
+    if _stamp_ok(directory):
+        module, compiled, waited = _import_library(library_path(directory)), False, 0.0
+        _notice(logging.DEBUG if not verbose else logging.INFO,
+                f"loaded the PyTorch bridge operator from {directory}")
     else:
-        module = _build(directory, announce=compiled)
+        module, compiled, waited = _build_locked(directory, verbose)
     module.set_cuda_handlers(_cuda_array_to_torch, _cuda_tensor_to_cupy)
-    _load_stats.update(compiled=compiled, seconds=time.perf_counter() - start, directory=str(directory))
+    _load_stats.update(compiled=compiled, waited=waited, seconds=time.perf_counter() - start,
+                       directory=str(directory))
     return module
 
 
-_STALE_LOCK_SECONDS = 600  # a build takes ~15 s; a lock this old was left by a killed build
+def _stamp_ok(directory):
+    """Whether the library in ``directory`` is complete: it matches the stamp written after its build."""
+    library = library_path(directory)
+    try:
+        stamp = json.loads((Path(directory) / _STAMP).read_text())
+        size = library.stat().st_size
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stamp, dict) or stamp.get("size") != size:
+        return False
+    return stamp.get("sha256") == _sha256(library)
 
 
-def _clear_stale_lock(lock):
-    """torch's build lock has no timeout: a build killed midway would make every later process
-    wait forever. Remove a lock far older than any build; otherwise say who we are waiting for."""
-    age = time.time() - lock.stat().st_mtime
-    if age > _STALE_LOCK_SECONDS:
-        print(f"megengine: removing a stale build lock {lock} ({age:.0f} s old, left by an "
-              "interrupted build)", file=sys.stderr, flush=True)
-        lock.unlink(missing_ok=True)
-    else:
-        print(f"megengine: waiting for another process that is building the PyTorch bridge "
-              f"operator (lock {lock}; delete it if no build is running)", file=sys.stderr, flush=True)
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _build(directory, announce):
+def _write_stamp(directory):
+    library = library_path(directory)
+    stamp = {"library": library.name, "size": library.stat().st_size, "sha256": _sha256(library),
+             "torch": torch.__version__, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    partial = Path(directory) / (_STAMP + ".tmp")
+    partial.write_text(json.dumps(stamp, indent=1))
+    os.replace(partial, Path(directory) / _STAMP)  # atomic: readers see no stamp or a whole one
+
+
+def _lock_timeout():
+    value = os.environ.get("MGE_TORCH_EXT_LOCK_TIMEOUT")
+    if not value:
+        return _LOCK_TIMEOUT
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"MGE_TORCH_EXT_LOCK_TIMEOUT must be a number of seconds, got {value!r}"
+        ) from None
+
+
+def _build_locked(directory, verbose, force=False):
+    """Build under the directory's lock; returns (module, compiled, seconds waited).
+
+    While another process holds the lock, re-check every 0.1 s whether it finished (a valid
+    stamp appeared: import that) and give up after ``$MGE_TORCH_EXT_LOCK_TIMEOUT`` seconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_path = directory / _LOCK
+    timeout = _lock_timeout()
+    start = time.monotonic()
+    announced = False
+    with open(lock_path, "a+b") as lock_file:
+        while not _try_lock(lock_file):
+            waited = time.monotonic() - start
+            if not force and _stamp_ok(directory):
+                return _import_library(library_path(directory)), False, waited
+            if waited >= timeout:
+                raise TimeoutError(
+                    f"megengine torch bridge: waited {waited:.0f} s for another process ({_holder(lock_path)}) "
+                    f"that holds the build lock {lock_path}. If that process is stuck, stop it; or wait "
+                    "longer (MGE_TORCH_EXT_LOCK_TIMEOUT=seconds), or build into another directory "
+                    "(MGE_TORCH_EXT_DIR=...)"
+                )
+            if not announced:
+                _notice(logging.INFO, f"waiting for {_holder(lock_path)}, which is building the "
+                                      f"PyTorch bridge operator (lock {lock_path})")
+                announced = True
+            time.sleep(0.1)
+        try:
+            waited = time.monotonic() - start
+            if not force and _stamp_ok(directory):  # built by the process we waited for
+                return _import_library(library_path(directory)), False, waited
+            lock_file.seek(0)
+            lock_file.truncate()
+            lock_file.write(f"pid {os.getpid()} on {platform.node()}\n".encode())
+            lock_file.flush()
+            module = _build(directory, verbose, clean=force)
+            _write_stamp(directory)
+            return module, True, waited
+        finally:
+            _unlock(lock_file)
+
+
+def _holder(lock_path):
+    try:
+        holder = lock_path.read_text().strip()
+    except OSError:
+        holder = ""
+    return f"process {holder}" if holder.startswith("pid") else "another process"
+
+
+if os.name == "nt":
+    import msvcrt
+
+    def _try_lock(f):
+        try:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _unlock(f):
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _try_lock(f):
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(f):
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _build(directory, verbose, clean=False):
+    """Compile and import the operator; the caller holds the directory's lock. ``clean`` deletes
+    the objects and ninja's files too, so everything is compiled again."""
     from torch.utils import cpp_extension  # heavy import (setuptools), only needed to build
 
-    if announce:
-        _check_toolchain()
-        directory.mkdir(parents=True, exist_ok=True)
-        print(
-            f"megengine: compiling the PyTorch bridge operator (once per torch version, ~15 s) into {directory} ...",
-            file=sys.stderr,
-            flush=True,
-        )
-    # load() takes the file lock in `directory` (concurrent processes build once, the others wait)
-    # and runs ninja, which is a no-op when the library is up to date.
-    return cpp_extension.load(
+    _check_toolchain()
+    library = library_path(directory)
+    # Under our lock nobody else builds here, so whatever is left is from an interrupted or
+    # damaged build: the stamp and library go (ninja relinks from the objects), and so does
+    # torch's FileBaton `lock`, on which cpp_extension.load would otherwise wait forever.
+    leftovers = [directory / _STAMP, library, directory / "lock"]
+    if clean:
+        leftovers += [p for p in directory.iterdir() if p.is_file() and p.name != _LOCK]
+    for leftover in dict.fromkeys(leftovers):
+        if leftover.name == "lock" and leftover.exists():
+            _notice(logging.WARNING, f"removing a stale torch build lock {leftover}")
+        leftover.unlink(missing_ok=True)
+    _notice(logging.INFO, f"compiling the PyTorch bridge operator (once per torch version, "
+                          f"a few seconds) into {directory} ...")
+    start = time.perf_counter()
+    module = cpp_extension.load(
         name=_NAME,
         sources=[str(_source_dir() / name) for name in _SOURCES],
         build_directory=str(directory),
         extra_cflags=list(_CFLAGS),
         extra_include_paths=[numpy.get_include()],
-        verbose=False,
+        verbose=verbose,
     )
+    _notice(logging.INFO, f"built the PyTorch bridge operator in {time.perf_counter() - start:.1f} s")
+    return module
 
 
 def _import_library(path):
@@ -262,3 +448,32 @@ def _check_toolchain():
             f"megengine torch bridge: building the PyTorch bridge operator needs {wanted}, which was not "
             "found on PATH; install g++ (e.g. `apt-get install g++`, or the build-essential package)"
         )
+
+
+def main(argv=None):
+    """``python -m megengine.module.pytorch {build,info,clean}``: manage the compiled operator."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m megengine.module.pytorch",
+        description="Build the PyTorch bridge operator ahead of time (Docker images, CI), show "
+                    "where it is cached, or delete the cache.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_cmd = commands.add_parser("build", help="compile the operator now unless a valid build is cached")
+    build_cmd.add_argument("--force", action="store_true", help="rebuild even if a valid build is cached")
+    build_cmd.add_argument("-v", "--verbose", action="store_true", help="show the compiler's output")
+    commands.add_parser("info", help="print the cache directory and whether a valid build is there")
+    commands.add_parser("clean", help="delete this torch version's cached build")
+    args = parser.parse_args(argv)
+    directory = cache_dir()
+    if args.command == "build":
+        start = time.perf_counter()
+        path = build(force=args.force, verbose=args.verbose or None)
+        print(f"{path} ready ({time.perf_counter() - start:.1f} s)")
+    elif args.command == "info":
+        state = "built" if _stamp_ok(directory) else "not built (the first use compiles it)"
+        print(f"{directory}: {state}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"removed {directory}")
+    return 0

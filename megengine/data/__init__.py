@@ -1,7 +1,7 @@
 """megengine.data: datasets, samplers, transforms, collation and the DataLoader, on numpy."""
 from .collator import Collator
 from .dataloader import DataLoader, get_worker_info
-from .dataset import ArrayDataset, Dataset, MapDataset, StreamDataset
+from .dataset import ArrayDataset, ConcatDataset, Dataset, MapDataset, StreamDataset
 from .sampler import (
     Infinite,
     MapSampler,
@@ -17,6 +17,7 @@ __all__ = [
     "DataLoader",
     "get_worker_info",
     "ArrayDataset",
+    "ConcatDataset",
     "Dataset",
     "MapDataset",
     "StreamDataset",

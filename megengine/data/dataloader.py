@@ -61,6 +61,11 @@ class DataLoader:
         divide: with several workers, split each batch among all workers (collating in
             the main process) instead of giving each batch to one worker.
         preload: give batches as ``megengine.Tensor`` instead of numpy arrays.
+        parallel_stream: for a StreamDataset with workers, let every worker iterate the
+            dataset itself (``get_worker_info().idx`` tells them apart, e.g. to read
+            different shards) and take batches from the workers in turn; the iteration ends
+            when all of their streams have. Without it the main process reads the one
+            stream and hands its samples to the workers.
 
     A worker's exception is raised again in the main process with the worker's traceback
     in its message. Workers are shut down when the iteration ends, fails, or its iterator
@@ -79,6 +84,7 @@ class DataLoader:
         timeout_event: Callable = raise_timeout_error,
         divide: bool = False,
         preload: bool = False,
+        parallel_stream: bool = False,
     ):
         if not isinstance(num_workers, (int, np.integer)) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(
@@ -151,11 +157,16 @@ class DataLoader:
         self.timeout_event = timeout_event
         self.divide = divide
         self.preload = preload
+        # Stream + workers: each worker reads its own iterator of the dataset (telling them
+        # apart by get_worker_info().idx) instead of the main process reading one stream.
+        self.parallel_stream = bool(parallel_stream)
 
     def __iter__(self):
         if self.datakind == "stream":
             if self.num_workers == 0:
                 return _SerialStreamIter(self)
+            if self.parallel_stream:
+                return _ParallelStreamIter(self)
             return _ParallelIter(self, _stream_batches(_StreamReader(self), self.sampler.batch_size))
         if self.num_workers == 0:
             return _SerialMapIter(self)
@@ -421,7 +432,13 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
             return
         batch_id, piece, payload, collate = task
         try:
-            samples = payload if datakind == "stream" else [dataset[i] for i in payload]
+            if isinstance(payload, int):  # parallel_stream: up to `payload` samples of our own
+                samples = _own_stream_samples(dataset, payload)
+                if not samples:  # this worker's stream has ended
+                    results.put(pickle.dumps((batch_id, piece, None, worker_id)))
+                    continue
+            else:
+                samples = payload if datakind == "stream" else [dataset[i] for i in payload]
             out = transform.apply_batch(samples)
             if collate:
                 out = collator.apply(out)
@@ -429,6 +446,27 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
         except Exception:
             message = pickle.dumps((batch_id, piece, False, _WorkerError(worker_id)), pickle.HIGHEST_PROTOCOL)
         results.put(message)
+
+
+_own_stream = None  # a worker's iterator over the dataset and the samples it has unpacked
+
+
+def _own_stream_samples(dataset, count):
+    """The next ``count`` samples (fewer at the end) of this worker's own stream."""
+    global _own_stream
+    if _own_stream is None:
+        _own_stream = (iter(dataset), collections.deque())
+    items, pending = _own_stream
+    samples = []
+    while len(samples) < count:
+        if not pending:
+            try:
+                pending.extend(_unpack_stream_item(next(items)))
+            except StopIteration:
+                break
+            continue
+        samples.append(pending.popleft())
+    return samples
 
 
 def _mp_context():
@@ -643,3 +681,64 @@ class _ParallelIter:
 
     def __del__(self):
         self._close()
+
+
+class _ParallelStreamIter(_ParallelIter):
+    """parallel_stream: asks live workers in turn for a batch read from their own streams
+    and yields the answers in asking order; a worker whose stream ended is asked no more,
+    and the iteration ends when every worker's stream has."""
+
+    def __init__(self, loader):
+        self._live = list(range(loader.num_workers))
+        self._turn = 0
+        super().__init__(loader, iter(()))
+
+    def _dispatch(self):
+        if not self._live:
+            return
+        worker_id = self._live[self._turn % len(self._live)]
+        self._turn += 1
+        batch_id = self._sent
+        self._sent += 1
+        self._pending[batch_id] = [None]
+        self._pool.put(worker_id, (batch_id, 0, self._loader.sampler.batch_size, True))
+
+    def _next_batch(self):
+        while self._received < self._sent:
+            batch_id = self._received
+            pieces = self._pending[batch_id]
+            timeout = self._loader.timeout
+            deadline = time.monotonic() + timeout if timeout > 0 else None
+            while pieces[0] is None:
+                wait = _POLL_S
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        replacement = self._loader._on_timeout(
+                            "batch {} from the worker processes".format(batch_id))
+                        self._abandoned.add(batch_id)
+                        self._advance(batch_id)
+                        return replacement
+                    wait = min(wait, left)
+                result = self._pool.get(wait)
+                if result is None:
+                    continue
+                got_id, piece, ok, value = result
+                if got_id in self._abandoned:
+                    continue
+                if ok is None:  # that worker's stream has ended
+                    if value in self._live:
+                        self._live.remove(value)
+                    value = _ENDED
+                self._pending[got_id][piece] = value  # errors wait for their batch's turn
+            value = pieces[0]
+            self._advance(batch_id)
+            if value is _ENDED:
+                continue
+            if isinstance(value, _WorkerError):
+                raise value.to_exception()
+            return value
+        raise StopIteration
+
+
+_ENDED = object()  # the answer of a worker whose stream had ended

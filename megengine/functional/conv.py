@@ -3,6 +3,7 @@
 __all__ = ["conv1d", "conv2d", "conv_transpose2d"]
 
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import promote_types
@@ -213,7 +214,8 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 def _conv_inputs(inp, weight, bias):
     inputs = (_tensor(inp), _tensor(weight))
-    return inputs if bias is None else inputs + (_tensor(bias),)
+    inputs = inputs if bias is None else inputs + (_tensor(bias),)
+    return _amp.cast_for_compute(*inputs)  # megengine.amp.autocast: float16 compute
 
 
 def conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -248,7 +250,7 @@ def conv1d(inp, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     inputs = (inp.reshape(inp.shape + (1,)), weight.reshape(weight.shape + (1,)))
     if bias is not None:
         inputs += (_tensor(bias),)
-    out = apply(op, *inputs)
+    out = apply(op, *_amp.cast_for_compute(*inputs))  # megengine.amp.autocast
     return out.reshape(out.shape[:3])
 
 

@@ -247,7 +247,9 @@ def _placeholder(device, tracked):
 
     t = Tensor._wrap(get_array_module(device).zeros((0,), np.float32), device)
     if tracked and dispatch.is_recording():
-        t._node = (Node(None, (), (((0,), np.dtype(np.float32)),), live=1), 0)
+        # a leaf of every live recording, as if attached to each recording GradManager
+        live = tuple(k for k in dispatch._active if k.alive)
+        t._node = (Node(None, (), (((0,), np.dtype(np.float32)),), keys=live), 0)
     return t
 
 

@@ -81,6 +81,10 @@ class Atan2(_Binary):
         r = g / (x * x + y * y)
         return r * x, -r * y
 
+    def grads_graph(self, y, x, out, g):
+        r = g / (x * x + y * y)
+        return r * x, -r * y
+
 
 class LogAddExp(_Binary):
     def compute(self, a, b):
@@ -91,6 +95,9 @@ class LogAddExp(_Binary):
     def grads(self, g):
         xp = xp_of(g)
         return g * xp.exp(self.a - self.out), g * xp.exp(self.b - self.out)
+
+    def grads_graph(self, a, b, out, g):
+        return g * exp(a - out), g * exp(b - out)
 
 
 def atan2(y, x):
@@ -156,6 +163,12 @@ class _Unary(Op):
 
     def backward(self, g):
         return self.grad(xp_of(g), self.x, self.y, g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the grad rules above use only x, y, g and xp functions: given Tensors and the
+        # namespace of differentiable functions below, the same rule records its own graph
+        x = inputs[0] if inputs[0].dtype.kind == "f" else inputs[0].astype(np.float32)
+        return (self.grad(_TENSOR_MATH, x, outputs[0], grads[0]),)
 
 
 def _unary(name, compute, grad, to_float=True):
@@ -262,6 +275,10 @@ class Clip(Op):
     def backward(self, g):
         return g * self.inside
 
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (g * Tensor._wrap(xp_of(g._data).asarray(self.inside, g.dtype), g._device),)
+
 
 def clip(x, lower=None, upper=None):
     """Limit each element of ``x`` to ``[lower, upper]``; either bound may be None (not both).
@@ -284,3 +301,263 @@ def clip(x, lower=None, upper=None):
     if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
         x = x.astype(np.float32)
     return apply(Clip(lower, upper), x)
+
+
+class _TENSOR_MATH:
+    """The xp functions the `_Unary` grad rules use, as differentiable Tensor functions."""
+
+    sin = staticmethod(sin)
+    cos = staticmethod(cos)
+    sqrt = staticmethod(sqrt)
+    sinh = staticmethod(sinh)
+    cosh = staticmethod(cosh)
+    exp = staticmethod(exp)
+
+    @staticmethod
+    def zeros_like(t):
+        return t * 0  # a zero gradient that stays in the graph (its own gradient is zero too)
+
+
+# ----- error functions (upstream's ERF, ERFC, ERFINV, ERFCINV elemwise modes) -----
+# numpy has no erf, so it is computed here on xp arrays in float64: Numerical Recipes' Chebyshev
+# fit for erfc (fractional error < 1.2e-7 everywhere, so the tail keeps its relative precision)
+# and the Taylor series near 0, where 1 - erfc would lose erf's relative precision.
+
+_TWO_OVER_SQRT_PI = 2 / np.sqrt(np.pi)
+_ERFC_COEFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+               -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def _erfc_nonneg(xp, z):
+    t = 1 / (1 + 0.5 * z)
+    poly = 0.0
+    for c in reversed(_ERFC_COEFS[1:]):
+        poly = c + t * poly
+    return t * xp.exp(-z * z + _ERFC_COEFS[0] + t * poly)
+
+
+def _erf_series(z):
+    # sum_n (-1)^n z^(2n+1) / (n! (2n+1)); 12 terms reach 1e-16 for |z| <= 0.5
+    z2, term, total = z * z, z, z
+    for n in range(1, 12):
+        term = term * (-z2) / n
+        total = total + term / (2 * n + 1)
+    return _TWO_OVER_SQRT_PI * total
+
+
+def _erf64(xp, x):
+    x = x.astype(np.float64)
+    a = xp.abs(x)
+    far = xp.sign(x) * (1 - _erfc_nonneg(xp, a))
+    return xp.where(a < 0.5, _erf_series(xp.minimum(a, 0.5) * xp.sign(x)), far)
+
+
+def _erfc64(xp, x):
+    x = x.astype(np.float64)
+    a = xp.abs(x)
+    tail = _erfc_nonneg(xp, a)
+    near = 1 - _erf_series(xp.clip(x, -0.5, 0.5))
+    return xp.where(a < 0.5, near, xp.where(x > 0, tail, 2 - tail))
+
+
+def _erfinv64(xp, x):
+    """Giles' single-precision erfinv polynomial, then two Newton steps on erf in float64."""
+    x = x.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = -xp.log((1 - x) * (1 + x))
+        wc = w - 2.5
+        central = 2.81022636e-08
+        for c in (3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                  -0.00125372503, -0.00417768164, 0.246640727, 1.50140941):
+            central = c + central * wc
+        wt = xp.sqrt(w) - 3
+        tail = -0.000200214257
+        for c in (0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                  -0.0076224613, 0.00943887047, 1.00167406, 2.83297682):
+            tail = c + tail * wt
+        y = xp.where(w < 5, central, tail) * x
+        finite = xp.abs(x) < 1
+        ys = xp.where(finite, y, 0)
+        for _ in range(2):
+            ys = ys - (_erf64(xp, ys) - x) / (_TWO_OVER_SQRT_PI * xp.exp(-ys * ys))
+        ys = xp.where(finite, ys, 0)
+        # erfinv(+-1) = +-inf; outside [-1, 1] it is NaN
+        edge = xp.where(xp.abs(x) == 1, xp.sign(x) * np.inf, np.nan)
+    return xp.where(finite, ys, edge)
+
+
+def _cast_like(f):
+    return lambda xp, x: f(xp, x).astype(x.dtype)
+
+
+Erf = _unary("Erf", _cast_like(_erf64),
+             lambda xp, x, y, g: g * _TWO_OVER_SQRT_PI * xp.exp(-x * x))
+Erfc = _unary("Erfc", _cast_like(_erfc64),
+              lambda xp, x, y, g: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x))
+Erfinv = _unary("Erfinv", _cast_like(_erfinv64),
+                lambda xp, x, y, g: g * (np.sqrt(np.pi) / 2) * xp.exp(y * y))
+Erfcinv = _unary("Erfcinv", _cast_like(lambda xp, x: _erfinv64(xp, 1 - x.astype(np.float64))),
+                 lambda xp, x, y, g: -g * (np.sqrt(np.pi) / 2) * xp.exp(y * y))
+
+erf = _unary_fn(Erf, "erf", "Element-wise error function ``2/sqrt(pi) * int_0^x exp(-t^2) dt``.")
+erfc = _unary_fn(Erfc, "erfc", "Element-wise complementary error function ``1 - erf(x)``.")
+erfinv = _unary_fn(Erfinv, "erfinv", "Element-wise inverse error function (+-inf at +-1).")
+erfcinv = _unary_fn(Erfcinv, "erfcinv", "Element-wise inverse of erfc, on (0, 2).")
+__all__ += ["erf", "erfc", "erfinv", "erfcinv"]
+
+
+# ----- Elemwise: upstream's elemwise op named by its mode -----
+
+class _Mode(str):
+    """``Elemwise.Mode``: its members are instances that compare equal to their names, as
+    upstream's do."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return f"Elemwise.Mode.{str(self)}"
+
+
+def _nn(name):
+    def call(*args):
+        from . import nn  # nn imports this module: resolved at call time
+
+        return getattr(nn, name)(*args)
+    return call
+
+
+def _math(name):
+    def call(*args):
+        from . import math  # math imports this module: resolved at call time
+
+        return getattr(math, name)(*args)
+    return call
+
+
+def _fuse_add(then):
+    return lambda x, y: then(add(x, y))
+
+
+# mode -> the function that computes it (each one differentiable through its ops)
+_MODES = {
+    "RELU": _nn("relu"), "ABS": abs, "ACOS": acos, "ASIN": asin, "ATAN2": atan2, "CEIL": ceil,
+    "COS": cos, "EXP": exp, "EXPM1": expm1, "FLOOR": floor, "LOG": log, "LOG1P": log1p,
+    "NEGATE": neg, "SIGMOID": _nn("sigmoid"), "SIN": sin, "TANH": tanh, "ADD": add,
+    "FLOOR_DIV": floor_div, "MAX": maximum, "MIN": minimum, "MOD": mod, "MUL": mul, "POW": pow,
+    "SUB": sub, "TRUE_DIV": div, "LOG_SUM_EXP": logaddexp, "LT": less, "LEQ": less_equal,
+    "EQ": equal, "NEQ": not_equal, "SHL": left_shift, "SHR": right_shift, "ROUND": round,
+    "ERF": erf, "ERFINV": erfinv, "ERFC": erfc, "ERFCINV": erfcinv, "H_SWISH": _nn("hswish"),
+    "NOT": logical_not, "AND": logical_and, "OR": logical_or, "XOR": logical_xor,
+    "SILU": _nn("silu"), "GELU": _nn("gelu"), "SINH": sinh, "COSH": cosh, "ASINH": asinh,
+    "ACOSH": acosh, "ATANH": atanh, "TAN": tan, "SQRT": sqrt, "SQUARE": square,
+    "SOFTPLUS": _nn("softplus"), "RELU6": _nn("relu6"), "HSIGMOID": _nn("hsigmoid"),
+    "LOGSIGMOID": _nn("logsigmoid"),
+    "FUSE_ADD_RELU": _fuse_add(_nn("relu")), "FUSE_ADD_SIGMOID": _fuse_add(_nn("sigmoid")),
+    "FUSE_ADD_TANH": _fuse_add(tanh), "FUSE_ADD_H_SWISH": _fuse_add(_nn("hswish")),
+    "FUSE_MUL_ADD3": lambda x, y, z: add(mul(x, y), z),
+    "FUSE_MUL_ADD4": lambda a, b, c, d: add(mul(a, b), mul(c, d)),
+    "SWITCH_GT0": lambda x, g: mul(greater(x, 0).astype(_tensor(g).dtype), g),
+    "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
+    "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
+    "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
+    # gradient modes: (forward input or output, incoming gradient) -> input gradient
+    "ABS_GRAD": lambda x, g: mul(_math("sign")(x), g),
+    "SIGMOID_GRAD": lambda y, g: mul(mul(y, sub(1, y)), g),
+    "TANH_GRAD": lambda y, g: mul(sub(1, mul(y, y)), g),
+}
+
+
+for _name in _MODES:  # Elemwise.Mode.ADD is Mode("ADD"): isinstance works and == its name
+    setattr(_Mode, _name, _Mode(_name))
+
+
+class Elemwise:
+    """Upstream's element-wise op, named by ``mode`` (an ``Elemwise.Mode`` member or its name).
+
+    ``Elemwise(mode="ADD")(x, y)`` computes ``F.add(x, y)``; two instances with one mode compare
+    equal. Every mode runs through the same differentiable ops as the F functions.
+    """
+
+    Mode = _Mode
+
+    def __init__(self, mode):
+        name = str(mode).upper()
+        if name not in _MODES:
+            raise ValueError(f"Elemwise: unknown mode {mode!r}; supported modes are "
+                             f"{sorted(_MODES)}")
+        self.mode = getattr(Elemwise.Mode, name)
+
+    def __eq__(self, other):
+        return isinstance(other, Elemwise) and other.mode == self.mode
+
+    def __hash__(self):
+        return hash(("Elemwise", str(self.mode)))
+
+    def __repr__(self):
+        return f"Elemwise(mode={str(self.mode)!r})"
+
+    def __call__(self, *inputs):
+        return _MODES[self.mode](*inputs)
+
+
+def _elwise(*args, mode):
+    """Apply the elemwise ``mode`` to ``args`` (upstream's helper of the same name)."""
+    return Elemwise(mode)(*args)
+
+
+# ----- complex numbers (upstream's F.complex, F.polar, F.real, F.imag) -----
+# The engine's autodiff tracks float tensors only, so no gradient flows through a complex tensor.
+# Upstream lists them in functional/tensor.py, whose __all__ exports them from here.
+
+class _MakeComplex(Op):
+    def forward(self, re, im):
+        dtype = np.complex128 if np.float64 in (re.dtype, im.dtype) else np.complex64
+        out = xp_of(re).empty(np.broadcast_shapes(re.shape, im.shape), dtype)
+        out.real, out.imag = re, im
+        return out
+
+    def backward(self, g):
+        return None, None
+
+
+class _Part(Op):
+    def __init__(self, part):
+        self.part = part
+
+    def forward(self, z):
+        if z.dtype.kind != "c":
+            raise TypeError(f"{self.part}: input must be complex, got dtype {z.dtype}")
+        return getattr(z, self.part).copy()
+
+    def backward(self, g):
+        return None
+
+
+def _float_operand(x, what):
+    x = _tensor(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    return x
+
+
+def complex(real, imag):
+    """A complex tensor (complex64 from float32 parts) with the given real and imaginary parts."""
+    re, im = _pair(_float_operand(real, "complex"), _float_operand(imag, "complex"))
+    return apply(_MakeComplex(), re, im)
+
+
+def polar(abs, angle):
+    """The complex tensor ``abs * (cos(angle) + 1j * sin(angle))``."""
+    magnitude, angle = _float_operand(abs, "polar"), _float_operand(angle, "polar")
+    return complex(magnitude * cos(angle), magnitude * sin(angle))
+
+
+def real(complex):
+    """The real part of a complex tensor (float)."""
+    return apply(_Part("real"), _tensor(complex))
+
+
+def imag(complex):
+    """The imaginary part of a complex tensor (float)."""
+    return apply(_Part("imag"), _tensor(complex))
+

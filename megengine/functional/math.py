@@ -3,10 +3,12 @@ import math as _pymath
 
 import numpy as np
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
-from ..core.ops import BINARY, _norm_axes, xp_of
+from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
+from ..core.tensor import Tensor
 from .elemwise import _pair, _tensor, clip, sqrt
-from .tensor import Compute, _axis, _grid_index, put_back, swapaxes
+from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 
 __all__ = [
     "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
@@ -41,6 +43,9 @@ class Sign(Op):
 
     def backward(self, g):
         return xp_of(g).zeros_like(g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * 0,)
 
 
 def sign(x):
@@ -137,6 +142,11 @@ class Var(Op):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
         return g * (2.0 / self.count) * self.d
 
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        g = grads[0].reshape(_keep_shape(x.shape, self.axes))
+        return (g * (2.0 / self.count) * (x - x.mean(axis=self.axes, keepdims=True)),)
+
 
 def var(inp, axis=None, keepdims=False):
     """Variance (divides by N, like upstream) over ``axis``."""
@@ -166,6 +176,12 @@ class LogSumExp(Op):
     def backward(self, g):
         g = g.reshape(self.out.shape)
         return g * xp_of(g).exp(self.x - self.out)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import exp
+
+        keep = self.out.shape
+        return (grads[0].reshape(keep) * exp(_float_t(inputs[0]) - outputs[0].reshape(keep)),)
 
 
 def logsumexp(inp, axis, keepdims=False):
@@ -202,6 +218,20 @@ class PNorm(Op):
             return xp.where(out == 0, 0, g / safe) * x
         scale = xp.where(out == 0, 0, g * safe ** (1 - p))
         return scale * xp.sign(x) * xp.abs(x) ** (p - 1)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import abs as abs_
+
+        x, p = _float_t(inputs[0]), self.p
+        keep = self.out.shape
+        xp = xp_of(self.out)
+        zero = Tensor._wrap((self.out == 0).astype(x.dtype), x._device)  # a zero norm: gradient 0
+        out = outputs[0].reshape(keep) + zero  # 1 where the norm is 0: no division by zero
+        g = grads[0].reshape(keep) * (1 - zero)
+        if p == 2:
+            return (g / out * x,)
+        sign = Tensor._wrap(xp.sign(self.x), x._device)
+        return (g * out ** (1 - p) * sign * abs_(x) ** (p - 1),)
 
 
 def norm(inp, ord=None, axis=None, keepdims=False):
@@ -241,6 +271,10 @@ class Cumsum(Op):
     def backward(self, g):
         xp = xp_of(g)
         return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):
+        rev = (slice(None),) * self.axis + (slice(None, None, -1),)
+        return (apply(Cumsum(self.axis), grads[0][rev])[rev],)
 
 
 def cumsum(inp, axis):
@@ -289,6 +323,10 @@ class _PickLast(Op):
 
     def backward(self, g, _):
         return put_back(xp_of(g), self.in_shape, g.dtype, self.grid, g, True)
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (apply(IndexAdd(self.grid, self.in_shape, g.dtype), g),)
 
 
 class Sort(_PickLast):
@@ -352,7 +390,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
     ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
     """
-    a, b = _pair(inp1, inp2)
+    a, b = _amp.cast_for_compute(*_pair(inp1, inp2))  # megengine.amp.autocast: float16 compute
     if a.ndim == 1 and b.ndim == 1:
         return dot(a, b)
     if transpose_a and a.ndim >= 2:
@@ -385,7 +423,117 @@ class MatInv(Op):
         inv_t = xp.swapaxes(self.inv, -1, -2)
         return -(inv_t @ g @ inv_t)
 
+    def grad_graph(self, inputs, outputs, grads):
+        inv_t = swapaxes(outputs[0], -1, -2)
+        return (-(inv_t @ grads[0] @ inv_t),)
+
 
 def matinv(inp):
     """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``."""
     return apply(MatInv(), _tensor(inp))
+
+
+def _float_t(t):
+    """``t`` as a float Tensor (integer inputs compute in float32, as the forwards do)."""
+    return t if t.dtype.kind == "f" else t.astype("float32")
+
+
+# ----- vector products -----
+
+def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Cross product of 3-vectors along ``axisa`` of ``a`` and ``axisb`` of ``b`` (numpy's
+    arguments; ``axis`` sets all three); the other dims broadcast, the result's vectors lie along
+    ``axisc``. Differentiable in both inputs."""
+    a, b = _pair(a, b)
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    for t, ax, name in ((a, axisa, "a"), (b, axisb, "b")):
+        if t.ndim == 0 or t.shape[_axis(ax, t.ndim, "cross")] != 3:
+            raise ValueError(f"cross: {name} must have size 3 along axis {ax}, got shape "
+                             f"{t.shape}")
+    a, b = _move_axis(a, axisa, -1), _move_axis(b, axisb, -1)
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    out = stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return _move_axis(out, -1, axisc)
+
+
+def _move_axis(x, src, dst):
+    """``x`` with axis ``src`` moved to position ``dst``, the others keeping their order."""
+    src, dst = _axis(src, x.ndim, "cross"), _axis(dst, x.ndim, "cross")
+    if src == dst:
+        return x
+    order = [i for i in range(x.ndim) if i != src]
+    order.insert(dst, src)
+    return x.transpose(order)
+
+
+__all__ += ["cross"]
+
+
+# ----- singular value decomposition -----
+
+class SVD(Op):
+    """``x = U @ diag(S) @ Vh`` for (..., M, N) matrices; backward by the standard real SVD
+    rule (distinct singular values assumed, as in every framework)."""
+
+    def __init__(self, full_matrices, compute_uv):
+        self.full_matrices, self.compute_uv = full_matrices, compute_uv
+
+    def forward(self, x):
+        xp = xp_of(x)
+        if x.ndim < 2:
+            raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
+        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        self.m, self.n = x.shape[-2:]
+        full = self.full_matrices and self.compute_uv
+        u, s, vh = xp.linalg.svd(x, full_matrices=full)
+        k = s.shape[-1]
+        # the gradient needs the reduced factors: the leading columns/rows of the full ones
+        self.saved = (u[..., :k], s, vh[..., :k, :])
+        return (u, s, vh) if self.compute_uv else s
+
+    def backward(self, *grads):
+        u, s, vh = self.saved
+        xp = xp_of(s)
+        k = s.shape[-1]
+        if self.compute_uv:
+            gu, gs, gvh = grads
+            if self.full_matrices and self.m != self.n:
+                if xp.any(gu[..., k:] != 0) or xp.any(gvh[..., k:, :] != 0):
+                    raise RuntimeError(
+                        "svd: the extra singular vectors of full_matrices=True are not unique, so "
+                        "no gradient flows through them; use full_matrices=False")
+                gu, gvh = gu[..., :k], gvh[..., :k, :]
+        else:
+            gu, gs, gvh = None, grads[0], None
+        v = xp.swapaxes(vh, -1, -2)
+        inner = gs[..., None, :] * xp.eye(k, dtype=s.dtype)
+        inv_s = 1 / s
+        gx = 0
+        if gu is not None:
+            s2 = s * s
+            e = s2[..., None, :] - s2[..., :, None]
+            e = e + xp.eye(k, dtype=s.dtype)  # the skew parts below have zero diagonals
+            gv = xp.swapaxes(gvh, -1, -2)
+            utgu = xp.swapaxes(u, -1, -2) @ gu
+            vtgv = xp.swapaxes(v, -1, -2) @ gv
+            j = (utgu - xp.swapaxes(utgu, -1, -2)) / e
+            kk = (vtgv - xp.swapaxes(vtgv, -1, -2)) / e
+            inner = inner + j * s[..., None, :] + s[..., :, None] * kk
+            if self.m > k:  # the part of gU outside U's columns
+                gx = gx + ((gu - u @ utgu) * inv_s[..., None, :]) @ vh
+            if self.n > k:
+                gx = gx + (u * inv_s[..., None, :]) @ xp.swapaxes(gv - v @ vtgv, -1, -2)
+        return (u @ inner @ vh + gx).astype(s.dtype)
+
+
+def svd(inp, full_matrices=False, compute_uv=True):
+    """Singular value decomposition of (..., M, N) matrices: ``(U, S, Vh)`` with
+    ``inp = U @ diag(S) @ Vh``, S descending; only S when ``compute_uv`` is False.
+    ``full_matrices``: U is (..., M, M) and Vh (..., N, N) instead of K = min(M, N) columns/rows.
+    Differentiable (through the reduced factors)."""
+    return apply(SVD(bool(full_matrices), bool(compute_uv)), _tensor(inp))
+
+
+__all__ += ["svd"]

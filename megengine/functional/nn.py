@@ -5,8 +5,9 @@ vision.py; upstream spells them all F.nn.<name> (and F.<name>), so this module r
 """
 import math
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from ._args import _as_float, _axes, _tensor
 
@@ -19,6 +20,19 @@ __all__ = [
 ]
 
 
+
+def _mask(a, like):
+    """A constant array (a mask or per-element factor) as a Tensor of ``like``'s dtype, for
+    grad_graph rules: piecewise-linear activations have constant slopes."""
+    from ..core.tensor import Tensor
+
+    return Tensor._wrap(xp_of(like._data).asarray(a, like.dtype), like._device)
+
+
+def _float_t(t):
+    return t if t.dtype.kind == "f" else t.astype("float32")
+
+
 # ----- element-wise activations -----
 
 class _Relu(Op):
@@ -29,6 +43,9 @@ class _Relu(Op):
 
     def backward(self, g):
         return xp_of(g).multiply(g, self.y > 0, dtype=g.dtype)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask(self.y > 0, grads[0]),)
 
 
 class _Activation(Op):
@@ -81,6 +98,10 @@ class _LeakyRelu(_Activation):
     def grad(self, xp, x, y, g):
         return xp.where(x > 0, g, g * g.dtype.type(self.slope))
 
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        return (g * _mask(xp_of(self.x).where(self.x > 0, 1, self.slope), g),)
+
 
 class _Relu6(_Activation):
     def compute(self, xp, x):
@@ -88,6 +109,9 @@ class _Relu6(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * ((x > 0) & (x < 6))
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask((self.x > 0) & (self.x < 6), grads[0]),)
 
 
 class _Sigmoid(_Activation):
@@ -97,6 +121,10 @@ class _Sigmoid(_Activation):
     def grad(self, xp, x, y, g):
         return g * y * (1 - y)
 
+    def grad_graph(self, inputs, outputs, grads):
+        y = outputs[0]
+        return (grads[0] * y * (1 - y),)
+
 
 class _HSigmoid(_Activation):
     def compute(self, xp, x):
@@ -105,6 +133,9 @@ class _HSigmoid(_Activation):
     def grad(self, xp, x, y, g):
         return g * ((x > -3) & (x < 3)) / 6
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask((self.x > -3) & (self.x < 3), grads[0]) / 6,)
+
 
 class _HSwish(_Activation):
     def compute(self, xp, x):
@@ -112,6 +143,11 @@ class _HSwish(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * xp.where(x < -3, 0, xp.where(x > 3, 1, (2 * x + 3) / 6))
+
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        mid = _mask((self.x >= -3) & (self.x <= 3), x)
+        return (grads[0] * (mid * (2 * x + 3) / 6 + _mask(self.x > 3, x)),)
 
 
 class _Gelu(_Activation):
@@ -123,6 +159,27 @@ class _Gelu(_Activation):
         pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
         return g * (self.cdf + x * pdf)
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_GeluGrad(), _float_t(inputs[0]), grads[0]),)
+
+
+class _GeluGrad(Op):
+    """``g * gelu'(x)`` as an op, so that gelu has a second derivative:
+    gelu'(x) = Phi(x) + x phi(x), gelu''(x) = phi(x) (2 - x^2)."""
+
+    def forward(self, x, g):
+        xp = xp_of(x)
+        self.x, self.g = x, g
+        self.pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+        self.d1 = _normal_cdf(xp, x) + x * self.pdf
+        return g * self.d1
+
+    def backward(self, gg):
+        gx = gg * self.g * self.pdf * (2 - self.x * self.x) if self.needs_input_grad[0] else None
+        gg_ = gg * self.d1 if self.needs_input_grad[1] else None
+        return (unbroadcast(gx, self.x.shape) if gx is not None else None,
+                unbroadcast(gg_, self.g.shape) if gg_ is not None else None)
+
 
 class _Silu(_Activation):
     def compute(self, xp, x):
@@ -133,6 +190,11 @@ class _Silu(_Activation):
         s = self.s
         return g * (s * (1 + x * (1 - s)))
 
+    def grad_graph(self, inputs, outputs, grads):
+        x = _float_t(inputs[0])
+        s = sigmoid(x)
+        return (grads[0] * (s * (1 + x * (1 - s))),)
+
 
 class _Softplus(_Activation):
     def compute(self, xp, x):
@@ -141,6 +203,9 @@ class _Softplus(_Activation):
     def grad(self, xp, x, y, g):
         return g * _sigmoid(xp, x)
 
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * sigmoid(_float_t(inputs[0])),)
+
 
 class _LogSigmoid(_Activation):
     def compute(self, xp, x):
@@ -148,6 +213,9 @@ class _LogSigmoid(_Activation):
 
     def grad(self, xp, x, y, g):
         return g * _sigmoid(xp, -x)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * sigmoid(-_float_t(inputs[0])),)
 
 
 class _PRelu(Op):
@@ -167,6 +235,14 @@ class _PRelu(Op):
         gx = xp.where(pos, g, g * self.w) if self.needs_input_grad[0] else None
         gw = unbroadcast(xp.where(pos, 0, g * self.x), self.w.shape) \
             if self.needs_input_grad[1] else None
+        return gx, gw
+
+    def grad_graph(self, inputs, outputs, grads):
+        g = grads[0]
+        x, w = inputs
+        pos = _mask(self.x > 0, g)
+        gx = g * pos + g * w * (1 - pos) if self.needs_input_grad[0] else None
+        gw = t_unbroadcast(g * x * (1 - pos), self.w.shape) if self.needs_input_grad[1] else None
         return gx, gw
 
 
@@ -243,6 +319,10 @@ class _Softmax(Op):
         y = self.y
         return y * (g - (g * y).sum(self.axes, keepdims=True))
 
+    def grad_graph(self, inputs, outputs, grads):
+        y, g = outputs[0], grads[0]
+        return (y * (g - (g * y).sum(self.axes, keepdims=True)),)
+
 
 class _LogSoftmax(Op):
     def __init__(self, axes):
@@ -257,6 +337,12 @@ class _LogSoftmax(Op):
 
     def backward(self, g):
         return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .elemwise import exp
+
+        g = grads[0]
+        return (g - exp(outputs[0]) * g.sum(self.axes, keepdims=True),)
 
 
 def _get_softmax_axis(ndim):
@@ -311,13 +397,25 @@ class _Linear(Op):
         gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
         return gx, gw, gb
 
+    def grad_graph(self, inputs, outputs, grads):
+        needs = self.needs_input_grad
+        x, w = inputs[0], inputs[1]
+        g = grads[0]
+        gx = g @ w if needs[0] else None
+        g2 = g.reshape(-1, g.shape[-1])
+        gw = g2.transpose(1, 0) @ x.reshape(-1, x.shape[-1]) if needs[1] else None
+        if len(needs) == 2:
+            return gx, gw
+        gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
+        return gx, gw, gb
+
 
 def linear(inp, weight, bias=None, compute_mode="default"):
     """``inp @ weight.T + bias``; ``weight`` is (out_features, in_features)."""
-    inp, weight = _tensor(inp), _tensor(weight)
+    inp, weight = _amp.cast_for_compute(_tensor(inp), _tensor(weight))  # megengine.amp
     if bias is None:
         return apply(_Linear(), inp, weight)
-    return apply(_Linear(), inp, weight, _tensor(bias))
+    return apply(_Linear(), inp, weight, *_amp.cast_for_compute(_tensor(bias)))
 
 
 # ----- dropout, embedding -----
@@ -336,6 +434,9 @@ class _Dropout(Op):
 
     def backward(self, g):
         return g * self.mask
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (grads[0] * _mask(self.mask, grads[0]),)
 
 
 def dropout(inp, drop_prob, training=True):
@@ -380,6 +481,19 @@ class _Embedding(Op):
             gw[self.padding_idx] = 0
         return None, gw
 
+    def grad_graph(self, inputs, outputs, grads):
+        if not self.needs_input_grad[1]:
+            return None, None
+        from ..core.ops import IndexAdd
+
+        g = grads[0].reshape(-1, self.w_shape[1])
+        gw = apply(IndexAdd((self.idx.reshape(-1),), self.w_shape, g.dtype), g)
+        if self.padding_idx is not None:
+            keep = xp_of(self.idx).ones((self.w_shape[0], 1), g.dtype)
+            keep[self.padding_idx] = 0
+            gw = gw * _mask(keep, g)
+        return None, gw
+
 
 def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
     """Rows of ``weight`` (num_embeddings, dim) picked by the integer indices ``inp``.
@@ -414,6 +528,9 @@ from .conv import *  # noqa: E402,F401,F403
 from .normalization import *  # noqa: E402,F401,F403
 from .pooling import *  # noqa: E402,F401,F403
 from .vision import interpolate  # noqa: E402,F401
+from .vision import (  # noqa: E402,F401  (upstream also spells the vision ops F.nn.<name>)
+    correlation, cvt_color, nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective,
+)
 
 # ----- names that live elsewhere but upstream also spells F.nn.<name> -----
 

@@ -6,13 +6,14 @@ from ..core import ops as _ops
 from ..core.dispatch import Op, apply
 from ..core.ops import int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types
-from .elemwise import _tensor
+from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
     "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace", "meshgrid",
     "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll", "scatter",
     "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros", "zeros_like",
+    "complex", "imag", "polar", "real",
 ]
 
 
@@ -50,8 +51,38 @@ def _num(value):
     return value.item() if isinstance(value, Tensor) else value
 
 
+def _shape_arg(shape, what):
+    """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
+    may be ints, numpy ints or one-element Tensors, e.g. pieces of ``x.shape``), a 1-D Tensor or
+    numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
+    if shape is None:
+        return ()
+    if isinstance(shape, Tensor):
+        shape = shape._data
+    if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
+        if shape.dtype.kind not in "iu":
+            raise TypeError(f"{what}: a shape array must hold integers, got dtype {shape.dtype}")
+        shape = shape.tolist()
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        return (int(shape),)
+    if not isinstance(shape, (list, tuple)):
+        raise TypeError(f"{what}: a shape must be an int, a sequence of ints, a 1-D integer "
+                        f"Tensor or None, got {type(shape).__name__}")
+    out = []
+    for s in shape:
+        if isinstance(s, Tensor):
+            if s.size != 1 or s.dtype.kind not in "iu":
+                raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
+                                f"{s.shape} and dtype {s.dtype}")
+            s = s.item()
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{what}: shape entries must be ints, got {s!r} in {shape!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
 def _shape(shape, what):
-    shape = int_tuple(shape, what)
+    shape = _shape_arg(shape, what)
     if any(s < 0 for s in shape):
         raise ValueError(f"{what}: shape {shape} has a negative dimension")
     return shape
@@ -118,9 +149,19 @@ def linspace(start, stop, num, dtype="float32", device=None):
 
 
 def eye(N, M=None, dtype="float32", device=None):
-    """An ``N x M`` matrix (``M`` defaults to ``N``) with ones on the diagonal."""
+    """An ``N x M`` matrix (``M`` defaults to ``N``) with ones on the diagonal.
+
+    As upstream, ``N`` may also be a whole shape ``(n, m)`` (a Tensor, array or tuple) when ``M``
+    is None."""
     dev, xp = _place(device)
-    return Tensor._wrap(xp.eye(int(N), None if M is None else int(M), dtype=_dtype(dtype)), dev)
+    if M is None and not isinstance(N, (int, np.integer)) and not (
+            isinstance(N, Tensor) and N.ndim == 0):
+        shape = _shape(N, "eye")
+        if len(shape) not in (1, 2):
+            raise ValueError(f"eye: a shape must be (n,) or (n, m), got {shape}")
+        N, M = shape[0], shape[-1]
+    n, m = _shape((N, N if M is None else M), "eye")
+    return Tensor._wrap(xp.eye(n, m, dtype=_dtype(dtype)), dev)
 
 
 def copy(inp, device=None):
@@ -133,8 +174,16 @@ def copy(inp, device=None):
 # ----- shapes -----
 
 def reshape(inp, target_shape):
-    """``inp`` with a new shape of the same size; one dimension may be -1 (inferred)."""
-    return _tensor(inp).reshape(target_shape)
+    """``inp`` with a new shape of the same size; one dimension may be -1 (inferred).
+
+    ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
+    ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
+    inp = _tensor(inp)
+    shape = _shape_arg(target_shape, "reshape")
+    if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
+        raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "
+                         "negative sizes")
+    return inp.reshape(shape)
 
 
 def flatten(inp, start_axis=0, end_axis=-1):
@@ -212,17 +261,28 @@ class BroadcastTo(Op):
     def backward(self, g):
         return unbroadcast(g, self.in_shape)
 
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (_ops.t_unbroadcast(grads[0], self.in_shape),)
+
 
 def broadcast_to(inp, shape):
-    """``inp`` broadcast to ``shape`` (numpy rules); -1 keeps the input's size there."""
+    """``inp`` broadcast to ``shape`` (numpy rules). As upstream, a None entry keeps the input's
+    size at that dim, and a negative size is an error."""
     inp = _tensor(inp)
-    shape = list(int_tuple(shape, "broadcast_to"))
+    keep = []
+    if isinstance(shape, (list, tuple)):
+        keep = [i for i, s in enumerate(shape) if s is None]
+        shape = [0 if s is None else s for s in shape]
+    shape = list(_shape_arg(shape, "broadcast_to"))
+    if any(s < 0 for s in shape):
+        raise ValueError(f"broadcast_to: negative size in {tuple(shape)}; write None at a dim to "
+                         "keep the input's size there")
     extra = len(shape) - inp.ndim
-    for i, s in enumerate(shape):
-        if s == -1:
-            if i < extra:
-                raise ValueError(f"broadcast_to: -1 at new leading dim {i} of {tuple(shape)}")
-            shape[i] = inp.shape[i - extra]
+    for i in keep:
+        if i < extra:
+            raise ValueError(f"broadcast_to: None at dim {i} of a {len(shape)}-d target names no "
+                             f"dim of the input's shape {inp.shape}")
+        shape[i] = inp.shape[i - extra]
     shape = tuple(shape)
     if shape == inp.shape:
         return inp
@@ -268,12 +328,25 @@ class Concat(Op):
         return tuple(g[pre + (slice(s, e),)] if need else None
                      for s, e, need in zip(starts, self.ends, self.needs_input_grad))
 
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        pre = (slice(None),) * self.axis
+        starts = [0] + self.ends[:-1]
+        return tuple(grads[0][pre + (slice(s, e),)] if need else None
+                     for s, e, need in zip(starts, self.ends, self.needs_input_grad))
+
 
 def concat(inps, axis=0, device=None):
-    """Join tensors along an existing ``axis``."""
-    inps = _same_device(list(inps))
+    """Join tensors along an existing ``axis``.
+
+    As upstream, items may also be tuples, lists, arrays or Python numbers, and a 0-d item counts
+    as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape."""
+    # an empty shape piece (x.shape[:0]) is an empty int32 vector, not numpy's float64 default
+    inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
+    inps = _same_device(inps)
     if not inps:
         raise ValueError("concat: got no tensors to join")
+    if any(t.ndim == 0 for t in inps):
+        inps = [t.reshape(1) if t.ndim == 0 else t for t in inps]
     ndim = inps[0].ndim
     if any(t.ndim != ndim for t in inps):
         raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")
@@ -292,6 +365,11 @@ class Stack(Op):
     def backward(self, g):
         pre = (slice(None),) * self.axis
         return tuple(g[pre + (i,)] if need else None
+                     for i, need in enumerate(self.needs_input_grad))
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        pre = (slice(None),) * self.axis
+        return tuple(grads[0][pre + (i,)] if need else None
                      for i, need in enumerate(self.needs_input_grad))
 
 
@@ -313,6 +391,9 @@ class Split(Op):
 
     def backward(self, *gs):
         return xp_of(gs[0]).concatenate(gs, axis=self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (apply(Concat(self.axis), *grads),)
 
 
 def split(inp, nsplits_or_sections, axis=0):
@@ -638,6 +719,14 @@ class Where(Op):
         _, nx, ny = self.needs_input_grad
         gx = unbroadcast(xp.where(self.mask, g, 0), self.x_shape) if nx else None
         gy = unbroadcast(xp.where(self.mask, 0, g), self.y_shape) if ny else None
+        return None, gx, gy
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        g = grads[0]
+        _, nx, ny = self.needs_input_grad
+        pick = Tensor._wrap(xp_of(g._data).asarray(self.mask, g.dtype), g._device)
+        gx = _ops.t_unbroadcast(g * pick, self.x_shape) if nx else None
+        gy = _ops.t_unbroadcast(g * (1 - pick), self.y_shape) if ny else None
         return None, gx, gy
 
 

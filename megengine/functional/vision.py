@@ -1,13 +1,20 @@
-"""Image functions (F.vision): resizing (interpolate) and the other vision ops upstream has."""
+"""Image functions (F.vision): resizing, warping and remapping, ROI pooling/align, NMS,
+correlation and colour conversion, with upstream MegEngine's (megdnn's) semantics."""
 import math
 
 import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
-from ._args import _as_float, _tensor
+from ..core.tensor import Tensor
+from ._args import _as_float, _pair, _tensor
+from .math import matmul
+from .tensor import Compute, _shape_arg, concat, pad, stack
 
-__all__ = ["interpolate"]
+__all__ = [
+    "correlation", "cvt_color", "interpolate", "nms", "remap", "roi_align", "roi_pooling",
+    "warp_affine", "warp_perspective",
+]
 
 
 # ----- resizing -----
@@ -77,10 +84,13 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     what = "interpolate"
     if mode not in _INTERP_MODES:
         raise ValueError(f"{what}: mode must be one of {_INTERP_MODES}, got {mode!r}")
-    if mode in ("bilinear", "linear", "bicubic"):
+    if mode in ("bilinear", "linear"):
         align_corners = bool(align_corners)
-    elif align_corners is not None:
-        raise ValueError(f"{what}: align_corners can only be set in the linear modes")
+    elif align_corners is not None:  # as upstream: bicubic and nearest take no align_corners
+        raise ValueError(f"{what}: align_corners can only be set in the linear modes, not in "
+                         f"{mode!r}")
+    else:
+        align_corners = False
     spatial = 1 if mode == "linear" else 2
     if inp.ndim != spatial + 2:
         raise ValueError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "
@@ -102,3 +112,694 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     mats = [_interp_matrix(n_in, n_out, mode, align_corners)
             for n_in, n_out in zip(in_sizes, sizes)]
     return apply(_Resize(mats[0], mats[1] if spatial == 2 else None), inp)
+
+
+# ----- sampling at arbitrary points: remap, warp_perspective, warp_affine -----
+# Output pixel (h, w) reads the input at a source point (x, y) in pixel units (pixel centres at
+# integers, no half-pixel shift). "linear" blends the four neighbours, "nearest" takes the one at
+# floor(x + 0.5); neighbours outside the image follow OpenCV's border modes, as megdnn does.
+
+_BORDERS = ("replicate", "constant", "reflect", "reflect_101", "wrap")
+
+
+def _border_index(xp, i, n, mode):
+    """Integer positions ``i`` mapped into ``[0, n)`` by the border mode; and where they were
+    inside (only "constant" leaves positions outside, to be filled with the border value)."""
+    inside = (i >= 0) & (i < n)
+    if mode == "replicate":
+        return xp.clip(i, 0, n - 1), None
+    if mode == "constant":
+        return xp.clip(i, 0, n - 1), inside
+    if mode == "wrap":
+        return i % n, None
+    if n == 1:
+        return xp.zeros_like(i), None
+    if mode == "reflect":  # fedcba|abcdefgh|hgfedcb
+        m = i % (2 * n)
+        return xp.where(m >= n, 2 * n - 1 - m, m), None
+    m = i % (2 * n - 2)  # reflect_101: gfedcb|abcdefgh|gfedcba
+    return xp.where(m >= n, 2 * n - 2 - m, m), None
+
+
+class _Sample(Op):
+    """``out[b, c, oh, ow] = img[batch[b], c]`` read at ``points[b, oh, ow] = (x, y)``; gradients
+    reach the image and (linear mode) the points. ``batch`` (an input, so that traces replay
+    it) picks the image of each point set; default one per image. Works channels-last inside,
+    so that every gather and scatter moves whole pixel vectors."""
+
+    def __init__(self, interp, border, border_val):
+        self.interp, self.border, self.border_val = interp, border, border_val
+
+    def forward(self, img, points, batch=None):
+        xp = xp_of(img)
+        n, c, h, w = img.shape
+        self.img_shape, self.dtype, self.pts_dtype = img.shape, img.dtype, points.dtype
+        batch = xp.arange(points.shape[0]) if batch is None else batch.astype(np.int64)
+        px, py = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
+        if self.interp == "nearest":
+            x0, y0 = xp.floor(px + 0.5), xp.floor(py + 0.5)
+            corners = [(0, 0, xp.ones_like(px), None, None)]
+        else:
+            x0, y0 = xp.floor(px), xp.floor(py)
+            fx, fy = px - x0, py - y0
+            # (dx, dy, weight, d weight / d x, d weight / d y)
+            corners = [(0, 0, (1 - fx) * (1 - fy), fy - 1, fx - 1),
+                       (1, 0, fx * (1 - fy), 1 - fy, -fx),
+                       (0, 1, (1 - fx) * fy, -fy, 1 - fx),
+                       (1, 1, fx * fy, fy, fx)]
+        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+        img_t = xp.ascontiguousarray(img.transpose(0, 2, 3, 1))  # (N, H, W, C)
+        bsel = batch.reshape(-1, 1, 1)
+        out = 0
+        self.saved = []
+        for dx, dy, wgt, dwx, dwy in corners:
+            xi, vx = _border_index(xp, x0 + dx, w, self.border)
+            yi, vy = _border_index(xp, y0 + dy, h, self.border)
+            vals = img_t[bsel, yi, xi]  # (B, OH, OW, C)
+            wk = wgt
+            if vx is not None:  # constant border: outside corners read the border value
+                valid = vx & vy
+                vals = xp.where(valid[..., None], vals, img.dtype.type(self.border_val))
+                wk = wgt * valid  # ... and pass no gradient to the image
+            out = out + wgt[..., None].astype(img.dtype) * vals
+            self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def backward(self, g):
+        xp = xp_of(g)
+        n, c, h, w = self.img_shape
+        gimg = gpts = None
+        if self.needs_input_grad[0]:
+            # scatter-add per channel: bincount over the (image, row, column) of every corner
+            flat = xp.concatenate([f.ravel() for f, _, _, _, _ in self.saved])
+            weights = xp.concatenate([wk.ravel() for _, wk, _, _, _ in self.saved])
+            reps = len(self.saved)
+            gimg = xp.empty(self.img_shape, self.dtype)
+            for ch in range(c):
+                gc = xp.tile(g[:, ch].ravel(), reps) * weights
+                gimg[:, ch] = xp.bincount(flat, weights=gc, minlength=n * h * w).reshape(n, h, w)
+        if self.needs_input_grad[1]:
+            gx = gy = xp.zeros(g.shape[:1] + g.shape[2:])
+            if self.interp != "nearest":  # nearest is piecewise constant: zero gradient
+                g_t = g.transpose(0, 2, 3, 1)
+                for _, _, vals, dwx, dwy in self.saved:
+                    s = (g_t * vals).sum(axis=-1)
+                    gx, gy = gx + dwx * s, gy + dwy * s
+            gpts = xp.stack([gx, gy], axis=-1).astype(self.pts_dtype)
+        return (gimg, gpts, None)[:len(self.needs_input_grad)]
+
+
+class _PerspectivePoints(Op):
+    """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3))."""
+
+    def __init__(self, out_h, out_w):
+        self.out_h, self.out_w = out_h, out_w
+
+    def forward(self, mat):
+        xp = xp_of(mat)
+        m = mat.astype(np.float64)
+        self.mat_dtype, self.affine = mat.dtype, mat.shape[1] == 2
+        hh = xp.arange(self.out_h, dtype=np.float64).reshape(1, -1, 1)
+        ww = xp.arange(self.out_w, dtype=np.float64).reshape(1, 1, -1)
+        self.p = (ww, hh)
+
+        def row(r):
+            return (m[:, r, 0, None, None] * ww + m[:, r, 1, None, None] * hh
+                    + m[:, r, 2, None, None])
+
+        self.u, self.v = row(0), row(1)
+        self.d = xp.ones_like(self.u) if self.affine else row(2)
+        return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(mat.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gx, gy = g[..., 0].astype(np.float64) / self.d, g[..., 1].astype(np.float64) / self.d
+        ww, hh = self.p
+        terms = (ww, hh, 1.0)
+        rows = [[(gx * t).sum(axis=(1, 2)) for t in terms],
+                [(gy * t).sum(axis=(1, 2)) for t in terms]]
+        if not self.affine:
+            gd = -(gx * self.u + gy * self.v) / self.d
+            rows.append([(gd * t).sum(axis=(1, 2)) for t in terms])
+        return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=1).astype(self.mat_dtype)
+
+
+def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
+    border_mode, interp_mode = str(border_mode).lower(), str(interp_mode).lower()
+    if border_mode not in _BORDERS:
+        raise ValueError(f"{what}: border_mode must be one of {_BORDERS}, got {border_mode!r}")
+    if interp_mode not in interps:
+        raise ValueError(f"{what}: interp_mode must be one of {interps}, got {interp_mode!r}")
+    return border_mode, interp_mode
+
+
+def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, channels_last):
+    """Run `_Sample` on an NCHW (or NHWC) image; integer images are rounded back to their dtype."""
+    if inp.ndim != 4:
+        raise ValueError(f"{what}: inp must be a 4-d image batch, got shape {inp.shape}")
+    img = inp.transpose(0, 3, 1, 2) if channels_last else inp
+    int_dtype = None if img.dtype.kind == "f" else img.dtype
+    if int_dtype is not None:
+        img = img.astype(np.float32)
+    extra = () if batch is None else (batch,)
+    out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
+    if int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
+        out = apply(_RoundSaturate(int_dtype), out)
+    return out.transpose(0, 2, 3, 1) if channels_last else out
+
+
+class _RoundSaturate(Op):
+    """Float pixels back to an integer dtype: rounded to nearest, clipped to its range."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def forward(self, x):
+        info = np.iinfo(self.dtype)
+        return xp_of(x).clip(xp_of(x).rint(x), info.min, info.max).astype(self.dtype)
+
+    def backward(self, g):
+        return None
+
+
+def _out_hw(out_shape, what):
+    shape = _shape_arg(out_shape, what)
+    if len(shape) == 1:
+        shape = shape * 2
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"{what}: out_shape must be (h, w) with positive sizes, got {out_shape!r}")
+    return shape
+
+
+def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"):
+    """Sample NCHW ``inp`` at ``map_xy`` (N, OH, OW, 2), whose last axis is the source (x, y) of
+    each output pixel; the output is (N, C, OH, OW).
+
+    ``border_mode``: "replicate", "constant" (with ``scalar``), "reflect", "reflect_101", "wrap".
+    ``interp_mode``: "linear" or "nearest". Gradients reach ``inp`` and (linear) ``map_xy``.
+    """
+    inp, map_xy = _tensor(inp), _tensor(map_xy)
+    border_mode, interp_mode = _check_modes("remap", border_mode, interp_mode)
+    if map_xy.ndim != 4 or map_xy.shape[-1] != 2 or map_xy.shape[0] != inp.shape[0]:
+        raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
+                         f"shape {map_xy.shape}")
+    map_xy = map_xy if map_xy.dtype.kind == "f" else map_xy.astype(np.float32)
+    return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, False)
+
+
+def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, interp_mode,
+          rows):
+    inp, mat = _tensor(inp), _tensor(mat)
+    border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
+    format = str(format).upper()
+    if format not in ("NCHW", "NHWC"):
+        raise ValueError(f"{what}: format must be 'NCHW' or 'NHWC', got {format!r}")
+    if mat.ndim != 3 or mat.shape[1:] != (rows, 3):
+        raise ValueError(f"{what}: mat must be (B, {rows}, 3), got shape {mat.shape}")
+    n = inp.shape[0]
+    batch = None
+    if mat_idx is not None:
+        batch = mat_idx if isinstance(mat_idx, Tensor) else Tensor(
+            np.asarray(mat_idx, np.int32).reshape(-1), device=inp.device)
+        idx = batch.numpy().reshape(-1)
+        if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+            raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
+                             f"({mat.shape[0]}), got {idx.tolist()}")
+    elif mat.shape[0] != n:
+        raise ValueError(f"{what}: {mat.shape[0]} matrices for {n} images; give mat_idx to "
+                         "pair them")
+    if mat.dtype.kind != "f":
+        mat = mat.astype(np.float32)
+    oh, ow = _out_hw(out_shape, what)
+    points = apply(_PerspectivePoints(oh, ow), mat)
+    return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
+                   format == "NHWC")
+
+
+def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate", border_val=0.0,
+                     format="NCHW", interp_mode="linear"):
+    """Perspective-warp images: output pixel (h, w) reads the input at
+    ``((M00 w + M01 h + M02) / d, (M10 w + M11 h + M12) / d)``, ``d = M20 w + M21 h + M22``
+    (``mat`` maps output to input: the inverse of cv2.warpPerspective's matrix).
+
+    ``mat`` is (B, 3, 3); ``mat_idx`` (B,) picks the input image of each matrix (default: one
+    matrix per image). ``out_shape`` is (h, w). Border and interpolation modes as `remap`.
+    Gradients reach ``inp`` and ``mat``.
+    """
+    return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
+                 format, interp_mode, 3)
+
+
+def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, format="NHWC",
+                interp_mode="linear"):
+    """Affine-warp images: output pixel (h, w) reads the input at
+    ``(M00 w + M01 h + M02, M10 w + M11 h + M12)`` for ``mat`` (N, 2, 3).
+
+    The default ``format`` is "NHWC", as upstream. Border and interpolation modes as `remap`.
+    Differentiable in ``inp`` and ``mat`` (upstream's is forward-only).
+    """
+    return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
+                 interp_mode, 2)
+
+
+# ----- region pooling: roi_align, roi_pooling -----
+# ``rois`` is (K, 5): (batch index, x1, y1, x2, y2) in input pixels before ``scale``.
+
+def _check_rois(what, inp, rois):
+    if inp.ndim != 4:
+        raise ValueError(f"{what}: inp must be (N, C, H, W), got shape {inp.shape}")
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"{what}: rois must be (K, 5) rows of (batch, x1, y1, x2, y2), got "
+                         f"shape {rois.shape}")
+    batch = rois.numpy()[:, 0].astype(np.int64)
+    if batch.size and (batch.min() < 0 or batch.max() >= inp.shape[0]):
+        raise ValueError(f"{what}: roi batch indices must be in [0, {inp.shape[0]}), got "
+                         f"{sorted(set(batch.tolist()))}")
+
+
+def _linear_weights(xp, pos, n):
+    """(K, S, n): row s holds the weights that linearly interpolate position ``pos[k, s]``
+    along an axis of length ``n``; neighbours outside the axis count as zero (megdnn)."""
+    i0 = xp.floor(pos)
+    f = pos - i0
+    i0 = i0.astype(np.int64)
+    grid = xp.arange(n)
+    return ((i0[..., None] == grid) * (1 - f)[..., None]
+            + ((i0 + 1)[..., None] == grid) * f[..., None])
+
+
+class _ROIAlign(Op):
+    """Bilinear samples on a (sample_h, sample_w) grid in each of (ph, pw) bins of every roi,
+    averaged or maxed per bin. Sampling is separable: samples = Wy @ img @ Wx^T per roi."""
+
+    def __init__(self, mode, scale, offset, pooled, samples):
+        self.mode, self.scale, self.offset = mode, scale, offset
+        self.pooled, self.samples = pooled, samples
+
+    def forward(self, img, rois):
+        xp = xp_of(img)
+        n, c, h, w = self.img_shape = img.shape
+        (ph, pw), (sh, sw) = self.pooled, self.samples
+        r = rois.astype(np.float64)
+        self.batch = batch = r[:, 0].astype(np.int64)
+        start = r[:, 1:3] * self.scale - self.offset  # (x, y)
+        size = xp.maximum(r[:, 3:5] * self.scale - self.offset - start, 0)
+
+        def positions(k_start, k_size, bins, per_bin):
+            steps = (xp.arange(bins)[:, None] + (xp.arange(per_bin) + 0.5) / per_bin).ravel()
+            return k_start[:, None] + (k_size / bins)[:, None] * steps  # (K, bins * per_bin)
+
+        self.wy = _linear_weights(xp, positions(start[:, 1], size[:, 1], ph, sh), h)
+        self.wx = _linear_weights(xp, positions(start[:, 0], size[:, 0], pw, sw), w)
+        wy, wx = self.wy.astype(img.dtype), self.wx.astype(img.dtype)
+        # (K, 1, S, H) @ (K, C, H, W) @ (K, 1, W, T): two batched BLAS products
+        samples = (wy[:, None] @ img[batch]) @ xp.swapaxes(wx, 1, 2)[:, None]
+        k = rois.shape[0]
+        samples = samples.reshape(k, c, ph, sh, pw, sw).transpose(0, 1, 2, 4, 3, 5)
+        samples = samples.reshape(k, c, ph, pw, sh * sw)
+        if self.mode == "average":
+            return samples.mean(axis=-1)
+        self.arg = samples.argmax(axis=-1)
+        return xp.take_along_axis(samples, self.arg[..., None], -1)[..., 0]
+
+    def backward(self, g):
+        xp = xp_of(g)
+        k, c = g.shape[:2]
+        (ph, pw), (sh, sw) = self.pooled, self.samples
+        if self.mode == "average":
+            gs = xp.broadcast_to((g / (sh * sw))[..., None], g.shape + (sh * sw,))
+        else:
+            gs = (self.arg[..., None] == xp.arange(sh * sw)) * g[..., None]
+        gs = gs.reshape(k, c, ph, pw, sh, sw).transpose(0, 1, 2, 4, 3, 5)
+        gs = gs.reshape(k, c, ph * sh, pw * sw)
+        wy, wx = self.wy.astype(g.dtype), self.wx.astype(g.dtype)
+        per_roi = (xp.swapaxes(wy, 1, 2)[:, None] @ gs) @ wx[:, None]  # (K, C, H, W)
+        # rois of one image add up: a (N, K) one-hot product instead of a scatter-add
+        onehot = (xp.arange(self.img_shape[0])[:, None] == self.batch).astype(g.dtype)
+        gimg = (onehot @ per_roi.reshape(k, -1)).reshape(self.img_shape)
+        return gimg, None
+
+
+def _positive_pair(value, name, what):
+    pair = _pair(value, name, what)
+    if min(pair) < 1:
+        raise ValueError(f"{what}: {name} must be positive, got {value!r}")
+    return pair
+
+
+def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample_points=2,
+              aligned=True):
+    """RoIAlign: (K, C, ph, pw) features of the ``rois`` (K, 5) = (batch, x1, y1, x2, y2).
+
+    Each of the ph x pw bins of a roi (scaled by ``spatial_scale``; shifted by -0.5 when
+    ``aligned``) averages (``mode="average"``) or maxes (``"max"``) ``sample_points`` (an int
+    or (h, w)) bilinear samples on a regular grid; samples outside the image read zeros.
+    Differentiable in ``inp``.
+    """
+    inp, rois = _tensor(inp), _tensor(rois)
+    _check_rois("roi_align", inp, rois)
+    mode = str(mode).lower()
+    if mode not in ("average", "max"):
+        raise ValueError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
+    pooled = _positive_pair(output_shape, "output_shape", "roi_align")
+    samples = _positive_pair(sample_points, "sample_points", "roi_align")
+    inp = inp if inp.dtype == np.float32 else inp.astype(np.float32)
+    op = _ROIAlign(mode, float(spatial_scale), 0.5 if aligned else 0.0, pooled, samples)
+    return apply(op, inp, rois)
+
+
+def _round_half_away(xp, x):
+    return xp.sign(x) * xp.floor(xp.abs(x) + 0.5)
+
+
+class _ROIPooling(Op):
+    """Caffe/megdnn RoI pooling: integer roi corners, bins from floor/ceil of the bin size,
+    max or average over each bin's pixels (an empty bin gives 0)."""
+
+    def __init__(self, mode, scale, pooled):
+        self.mode, self.scale, self.pooled = mode, scale, pooled
+
+    def _bins(self, xp, lo, hi, bins, n):
+        """Start and end (K, bins) of each bin along one axis, clipped to [0, n)."""
+        size = xp.maximum(hi - lo + 1, 1).astype(np.float32)
+        bin_size = (size / np.float32(bins))[:, None]
+        idx = xp.arange(bins, dtype=np.float32)
+        start = xp.floor(idx * bin_size).astype(np.int64) + lo[:, None]
+        end = xp.ceil((idx + 1) * bin_size).astype(np.int64) + lo[:, None]
+        return xp.clip(start, 0, n), xp.clip(end, 0, n)
+
+    def forward(self, img, rois):
+        xp = xp_of(img)
+        n, c, h, w = self.img_shape = img.shape
+        ph, pw = self.pooled
+        r = rois.astype(np.float32)
+        batch = r[:, 0].astype(np.int64)
+        corner = _round_half_away(xp, r[:, 1:5] * np.float32(self.scale)).astype(np.int64)
+        hs, he = self._bins(xp, corner[:, 1], corner[:, 3], ph, h)
+        ws, we = self._bins(xp, corner[:, 0], corner[:, 2], pw, w)
+        # every bin gathered as a (bh, bw) window padded to the largest bin; pad slots masked
+        bh, bw = max(int((he - hs).max()), 1), max(int((we - ws).max()), 1)
+        yy = hs[:, :, None] + xp.arange(bh)  # (K, ph, bh)
+        xx = ws[:, :, None] + xp.arange(bw)  # (K, pw, bw)
+        vy, vx = yy < he[:, :, None], xx < we[:, :, None]
+        yy, xx = xp.minimum(yy, h - 1), xp.minimum(xx, w - 1)
+        k = rois.shape[0]
+        ysel = yy.reshape(k, ph, 1, bh, 1)
+        xsel = xx.reshape(k, 1, pw, 1, bw)
+        vals = img[batch.reshape(k, 1, 1, 1, 1), :, ysel, xsel]  # (K, ph, pw, bh, bw, C)
+        valid = (vy.reshape(k, ph, 1, bh, 1) & vx.reshape(k, 1, pw, 1, bw))[..., None]
+        vals = vals.reshape(k, ph, pw, bh * bw, c)
+        valid = valid.reshape(k, ph, pw, bh * bw, 1)
+        count = valid.sum(axis=3)  # (K, ph, pw, 1)
+        if self.mode == "average":
+            self.index = (batch, ysel, xsel, valid, count)
+            out = xp.where(valid, vals, 0).sum(axis=3) / xp.maximum(count, 1)
+        else:
+            masked = xp.where(valid, vals, -xp.inf)
+            arg = masked.argmax(axis=3)  # first maximum in row-major window order, as megdnn
+            out = xp.take_along_axis(vals, arg[:, :, :, None], 3)[:, :, :, 0]
+            out = xp.where(count > 0, out, 0)
+            # the source pixel of each output: (K, ph, pw, C) rows and columns
+            src_y = xp.take_along_axis(xp.broadcast_to(yy[:, :, None], (k, ph, pw, bh)),
+                                       arg // bw, 3)
+            src_x = xp.take_along_axis(xp.broadcast_to(xx[:, None], (k, ph, pw, bw)), arg % bw, 3)
+            self.index = (batch, src_y, src_x, count > 0)
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        n, c, h, w = self.img_shape
+        k, _, ph, pw = g.shape
+        gl = g.transpose(0, 2, 3, 1)  # (K, ph, pw, C)
+        cidx = xp.arange(c)
+        if self.mode == "average":
+            batch, ysel, xsel, valid, count = self.index
+            bh, bw = ysel.shape[3], xsel.shape[4]
+            share = (gl / xp.maximum(count, 1))[:, :, :, None, :] * valid  # (K,ph,pw,bh*bw,C)
+            share = share.reshape(k, ph, pw, bh, bw, c)
+            ys = xp.broadcast_to(ysel[..., None], (k, ph, pw, bh, bw, 1))
+            xs = xp.broadcast_to(xsel[..., None], (k, ph, pw, bh, bw, 1))
+            bs = batch.reshape(k, 1, 1, 1, 1, 1)
+        else:
+            batch, ys, xs, has = self.index
+            share = gl * has  # ys, xs: (K, ph, pw, C), the source pixel of each output
+            bs = batch.reshape(k, 1, 1, 1)
+        flat = ((bs * c + cidx) * h + ys) * w + xs
+        flat = xp.broadcast_to(flat, share.shape)
+        gimg = xp.bincount(flat.ravel(), weights=share.ravel(), minlength=n * c * h * w)
+        return gimg.astype(g.dtype).reshape(self.img_shape), None
+
+
+def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
+    """RoI pooling: (K, C, ph, pw) features of the ``rois`` (K, 5) = (batch, x1, y1, x2, y2).
+
+    Roi corners are scaled by ``scale`` and rounded; each of the ph x pw bins takes the max
+    (``mode="max"``) or mean (``"average"``) of its pixels, 0 for an empty bin.
+    Differentiable in ``inp``.
+    """
+    inp, rois = _tensor(inp), _tensor(rois)
+    _check_rois("roi_pooling", inp, rois)
+    mode = str(mode).lower()
+    if mode not in ("max", "average"):
+        raise ValueError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
+    pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
+    inp = _tensor(inp) if inp.dtype.kind == "f" else inp.astype(np.float32)
+    return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
+
+
+# ----- non-maximum suppression -----
+
+def _iou_matrix(xp, boxes):
+    """Pairwise intersection-over-union of (N, 4) xyxy boxes (areas without the +1 of pixels)."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    iw = xp.clip(xp.minimum(x2[:, None], x2) - xp.maximum(x1[:, None], x1), 0, None)
+    ih = xp.clip(xp.minimum(y2[:, None], y2) - xp.maximum(y1[:, None], y1), 0, None)
+    inter = iw * ih
+    union = area[:, None] + area - inter
+    return inter / xp.where(union > 0, union, 1)
+
+
+def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
+    order = xp.argsort(-scores, kind="stable")
+    iou = _iou_matrix(xp, boxes[order].astype(np.float64))
+    over = iou > iou_thresh
+    alive = np.ones(len(order), bool)
+    keep = []
+    over = over.get() if hasattr(over, "get") else over  # the greedy walk runs on the host
+    for i in range(len(order)):  # one step per kept box, each a vector operation
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_output:
+            break
+        alive &= ~over[i]
+    return order[xp.asarray(keep, np.int64)].astype(np.int32)
+
+
+def nms(boxes, scores, iou_thresh, max_output=None):
+    """Greedy non-maximum suppression: indices (int32) of the kept ``boxes`` (N, 4) = xyxy, by
+    descending ``scores`` (N,); a box is dropped when its IoU with a kept, higher-scoring box
+    exceeds ``iou_thresh``. ``max_output`` caps how many are kept. No gradient.
+    """
+    boxes, scores = _tensor(boxes), _tensor(scores)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
+                         f"{scores.shape}")
+    if max_output is None:
+        max_output = boxes.shape[0]
+    return apply(Compute(_nms_keep, float(iou_thresh), int(max_output)), boxes, scores)
+
+
+# ----- correlation (FlowNet's cost volume) -----
+
+def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stride2=1,
+                pad_size=0, is_multiply=True):
+    """Cost volume of two NCHW feature maps, as FlowNet's (and megdnn's) Correlation.
+
+    For each displacement (dy, dx) in ``stride2`` steps up to ``max_displacement`` (row-major:
+    ``(2 * (max_displacement // stride2) + 1) ** 2`` output channels) and each output pixel (every
+    ``stride1``-th position, ``pad_size`` zero padding), the ``kernel_size`` x ``kernel_size``
+    patches of data1 and of data2 shifted by (dy, dx) are compared: mean over the patch and the
+    channels of their product (``is_multiply``) or absolute difference. Differentiable in both.
+    """
+    data1, data2 = _tensor(data1), _tensor(data2)
+    if data1.ndim != 4 or data1.shape != data2.shape:
+        raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "
+                         f"{data1.shape} and {data2.shape}")
+    for name, v, low in (("kernel_size", kernel_size, 1), ("max_displacement", max_displacement, 0),
+                         ("stride1", stride1, 1), ("stride2", stride2, 1),
+                         ("pad_size", pad_size, 0)):
+        if not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"correlation: {name} must be an int >= {low}, got {v!r}")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"correlation: kernel_size must be odd, got {kernel_size}")
+    n, c, h, w = data1.shape
+    radius, grid_r = (kernel_size - 1) // 2, max_displacement // stride2
+    border = max_displacement + radius
+    out_h = -(-(h + 2 * pad_size - 2 * border) // stride1)
+    out_w = -(-(w + 2 * pad_size - 2 * border) // stride1)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"correlation: an input of {h}x{w} with pad_size {pad_size} is too small "
+                         f"for max_displacement {max_displacement} and kernel_size {kernel_size}")
+    data1, data2 = (d if d.dtype.kind == "f" else d.astype(np.float32) for d in (data1, data2))
+    widths = ((0, 0), (0, 0), (pad_size, pad_size), (pad_size, pad_size))
+    p1, p2 = (pad(d, widths) if pad_size else d for d in (data1, data2))
+    p1h, p1w = p1.shape[2], p1.shape[3]
+
+    def window(t, y0, x0):
+        # every stride1-th position from (y0, x0): (N, C, out_h, out_w); zeros past the edges
+        ys, xs = y0 + stride1 * (out_h - 1) + 1, x0 + stride1 * (out_w - 1) + 1
+        lo_y, lo_x = max(0, -y0), max(0, -x0)
+        hi_y, hi_x = max(0, ys - p1h), max(0, xs - p1w)
+        if lo_y or lo_x or hi_y or hi_x:  # displaced beyond the padding: read zeros there
+            t = pad(t, ((0, 0), (0, 0), (lo_y, hi_y), (lo_x, hi_x)))
+            y0, x0 = y0 + lo_y, x0 + lo_x
+        return t[:, :, y0:y0 + stride1 * (out_h - 1) + 1:stride1,
+                 x0:x0 + stride1 * (out_w - 1) + 1:stride1]
+
+    channels = []
+    for p in range(-grid_r, grid_r + 1):
+        for o in range(-grid_r, grid_r + 1):
+            total = 0
+            for j in range(-radius, radius + 1):
+                for i in range(-radius, radius + 1):
+                    a = window(p1, border + j, border + i)
+                    b = window(p2, border + j + p * stride2, border + i + o * stride2)
+                    d = a * b if is_multiply else abs(a - b)
+                    total = total + d.sum(axis=1)
+            channels.append(total / (kernel_size * kernel_size * c))
+    return stack(channels, axis=1)
+
+
+# ----- colour conversion (NHWC images) -----
+# float32 modes are linear maps (differentiable); uint8 modes use megdnn's fixed-point formulas.
+
+_GRAY = (0.299, 0.587, 0.114)  # R, G, B
+# megdnn's RGB2YUV reads the channels in B, G, R weight order and emits (Y, Cr, Cb) as coded
+_YUV_FROM = np.array([[0.114, 0.587, 0.299], [0.492 * 0.886, -0.492 * 0.587, -0.492 * 0.299],
+                      [-0.877 * 0.114, -0.877 * 0.587, 0.877 * 0.701]])
+_FLOAT_MODES = ("RGB2GRAY", "BGR2GRAY", "RGB2YUV", "YUV2RGB", "GRAY2RGB")
+_YUV420 = {  # mode -> (to rgb, planar, u before v, bt601)
+    "YUV2RGB_NV21": (True, False, False, False), "YUV2BGR_NV21": (False, False, False, False),
+    "YUV2RGB_NV12": (True, False, True, False), "YUV2BGR_NV12": (False, False, True, False),
+    "YUV2RGB_YV12": (True, True, False, False), "YUV2BGR_YV12": (False, True, False, False),
+    "YUV2RGB_YU12": (True, True, True, False), "YUV2BGR_YU12": (False, True, True, False),
+    "YCrCb2RGB": (True, False, False, False), "YCrCb2BGR": (False, False, False, False),
+}
+_YUV420.update({"BT601_" + k: v[:3] + (True,) for k, v in list(_YUV420.items())
+                if not k.startswith("YCrCb")})
+_UINT8_MODES = ("RGB2GRAY", "BGR2GRAY", "RGBA2GRAY", "RGB2YUV", "YUV2RGB", "GRAY2RGB",
+                "RGBA2RGB", "RGBA2BGR", "RGB2BGR", "BGR2RGB", "YUV2GRAY_NV21", "YUV2GRAY_NV12",
+                "YUV2GRAY_YV12", "YUV2GRAY_YU12") + tuple(_YUV420)
+_IN_CHANNELS = {"GRAY2RGB": 1, "RGBA2GRAY": 4, "RGBA2RGB": 4, "RGBA2BGR": 4}
+
+
+def _descale(x, bits):
+    return (x + (1 << (bits - 1))) >> bits
+
+
+def _yuv420_to_rgb(xp, src, to_rgb, planar, u_first, bt601):
+    """(N, 3H/2, W, 1) YUV 4:2:0 uint8 frames -> (N, H, W, 3)."""
+    n, rows, w = src.shape[:3]
+    h = rows * 2 // 3
+    s = src[..., 0].astype(np.int64)
+    y = s[:, :h]
+    if planar:  # Y plane, then two (H/2, W/2) chroma planes
+        flat = s[:, h:].reshape(n, -1)
+        q = (h // 2) * (w // 2)
+        first, second = flat[:, :q].reshape(n, h // 2, w // 2), flat[:, q:2 * q].reshape(
+            n, h // 2, w // 2)
+    else:  # interleaved chroma pairs
+        first, second = s[:, h:, 0::2], s[:, h:, 1::2]
+    u, v = (first, second) if u_first else (second, first)
+    u = xp.repeat(xp.repeat(u, 2, axis=1), 2, axis=2)[:, :h, :w]
+    v = xp.repeat(xp.repeat(v, 2, axis=1), 2, axis=2)[:, :h, :w]
+    if bt601:  # libyuv's BT.601 fixed point
+        yg, ygb, ub, ug, vg, vr = 18997, -1160, -128, 25, 52, -102
+        y1 = (y * 0x0101 * yg) >> 16
+        b = (-(u * ub) + y1 + ub * 128 + ygb) >> 6
+        g = (-(u * ug + v * vg) + y1 + ug * 128 + vg * 128 + ygb) >> 6
+        r = (-(v * vr) + y1 + vr * 128 + ygb) >> 6
+    else:  # JPEG YCrCb
+        r = y + ((359 * (v - 128)) >> 8)
+        g = y - ((88 * (u - 128) + 183 * (v - 128)) >> 8)
+        b = y + ((454 * (u - 128)) >> 8)
+    out = xp.stack([r, g, b] if to_rgb else [b, g, r], axis=-1)
+    return xp.clip(out, 0, 255).astype(np.uint8)
+
+
+def _cvt_uint8(xp, x, mode):
+    xi = x.astype(np.int64)
+    if mode in ("RGB2GRAY", "BGR2GRAY", "RGBA2GRAY"):
+        r, g, b = (xi[..., 2], xi[..., 1], xi[..., 0]) if mode == "BGR2GRAY" else \
+            (xi[..., 0], xi[..., 1], xi[..., 2])
+        return _descale(r * 4899 + g * 9617 + b * 1868, 14)[..., None].astype(np.uint8)
+    if mode == "GRAY2RGB":
+        return xp.repeat(x, 3, axis=-1)
+    if mode in ("RGBA2RGB",):
+        return x[..., :3].copy()
+    if mode in ("RGBA2BGR", "RGB2BGR", "BGR2RGB"):
+        return x[..., 2::-1].copy()
+    if mode == "RGB2YUV":
+        v0, v1, v2 = xi[..., 0], xi[..., 1], xi[..., 2]
+        yy = _descale(v0 * 1868 + v1 * 9617 + v2 * 4899, 14)
+        cr = _descale((v0 - yy) * 8061 + (128 << 14), 14)
+        cb = _descale((v2 - yy) * 14369 + (128 << 14), 14)
+        return xp.clip(xp.stack([yy, cr, cb], axis=-1), 0, 255).astype(np.uint8)
+    if mode == "YUV2RGB":
+        yy, cr, cb = xi[..., 0], xi[..., 1] - 128, xi[..., 2] - 128
+        out = xp.stack([yy + _descale(cr * 33292, 14),
+                        yy + _descale(cb * -9519 + cr * -6472, 14),
+                        yy + _descale(cb * 18678, 14)], axis=-1)
+        return xp.clip(out, 0, 255).astype(np.uint8)
+    if mode.startswith("YUV2GRAY_"):
+        return x[:, :x.shape[1] * 2 // 3].copy()
+    return _yuv420_to_rgb(xp, x, *_YUV420[mode])
+
+
+def cvt_color(inp, mode=""):
+    """Convert NHWC images between colour formats, as upstream's modes.
+
+    float32: "RGB2GRAY", "BGR2GRAY", "RGB2YUV", "YUV2RGB", "GRAY2RGB" (differentiable).
+    uint8: those and "RGBA2RGB", "RGBA2BGR", "RGBA2GRAY", "RGB2BGR", "BGR2RGB", the YUV 4:2:0
+    frames ((N, 3H/2, W, 1) input) "YUV2GRAY_*", "YUV2RGB_*"/"YUV2BGR_*" for NV21, NV12, YV12,
+    YU12, "YCrCb2RGB"/"YCrCb2BGR" and the "BT601_YUV2RGB_*"/"BT601_YUV2BGR_*" ones.
+    """
+    inp = _tensor(inp)
+    mode = str(mode) if "YCrCb" in str(mode) else str(mode).upper()
+    if inp.ndim != 4:
+        raise ValueError(f"cvt_color: inp must be NHWC images, got shape {inp.shape}")
+    floating = inp.dtype.kind == "f"
+    modes = _FLOAT_MODES if floating else _UINT8_MODES
+    if mode not in modes:
+        raise ValueError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "
+                         f"supported: {list(modes)}")
+    want = _IN_CHANNELS.get(mode, 1 if mode.startswith(("YUV2GRAY", "YUV2RGB_", "YUV2BGR_",
+                                                        "YCrCb", "BT601")) else 3)
+    if inp.shape[-1] != want:
+        raise ValueError(f"cvt_color: mode {mode} needs {want} channel(s) in the last axis, got "
+                         f"shape {inp.shape}")
+    if not floating:
+        if inp.dtype != np.uint8:
+            raise TypeError(f"cvt_color: integer images must be uint8, got {inp.dtype}")
+        if mode in _YUV420 or mode.startswith("YUV2GRAY"):
+            if inp.shape[1] % 3 or inp.shape[2] % 2:
+                raise ValueError(f"cvt_color: a YUV 4:2:0 frame must have 3H/2 rows (H even) and "
+                                 f"an even width, got shape {inp.shape}")
+        return apply(Compute(_cvt_uint8, mode), inp)
+    if mode == "GRAY2RGB":
+        return concat([inp, inp, inp], axis=-1)
+    if mode in ("RGB2GRAY", "BGR2GRAY"):
+        weights = _GRAY if mode == "RGB2GRAY" else _GRAY[::-1]
+        mat, bias = np.array([weights]), np.zeros(1)
+    elif mode == "RGB2YUV":
+        mat, bias = _YUV_FROM, np.array([0.0, 0.5, 0.5])
+    else:  # YUV2RGB
+        mat = np.array([[1, 2.032, 0], [1, -0.395, -0.581], [1, 0, 1.140]])
+        bias = -mat[:, 1:] @ np.array([0.5, 0.5])
+    m = Tensor(mat.T.astype(inp.dtype), device=inp.device)
+    return matmul(inp, m) + Tensor(bias.astype(inp.dtype), device=inp.device)
+

@@ -1,8 +1,12 @@
-"""`megengine.jit`: `trace` records a function's ops once, then checks or replays them."""
-from .tracing import TraceError, TraceMismatchError, exclude_from_trace, is_tracing, trace
+"""`megengine.jit`: `trace` records a function's ops once per call signature, then checks or
+replays them; `trace.dump` writes a recorded program for `megengine.utils.comp_graph_tools`."""
+from .partial_tracing import partial_trace
+from .tracing import (TraceError, TraceMismatchError, exclude_from_trace, is_tracing,
+                      set_symbolic_shape, trace)
 
 __all__ = ["trace", "TraceError", "TraceMismatchError", "exclude_from_trace", "is_tracing",
-           "SublinearMemoryConfig", "DTRConfig", "GraphOptimizationConfig"]
+           "partial_trace", "set_symbolic_shape", "SublinearMemoryConfig", "DTRConfig",
+           "GraphOptimizationConfig"]
 
 
 class _Config:

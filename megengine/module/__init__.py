@@ -6,21 +6,40 @@ megengine must never import torch.
 from . import init
 from .activation import GELU, LeakyReLU, PReLU, ReLU, Sigmoid, SiLU, Softmax
 from .adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
+from .batch_matmul_activation import BatchMatMulActivation
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .batchnorm import SyncBatchNorm  # statistics over a distributed group
+from .concat import Concat
 from .conv import Conv1d, Conv2d, ConvTranspose2d
 from .dropout import Dropout
+from .elemwise import Elemwise
 from .embedding import Embedding
 from .identity import Identity
 from .linear import Linear
+from .lrn import LocalResponseNorm
 from .module import Module
 from .normalization import GroupNorm, InstanceNorm, LayerNorm
+from .padding import Pad
+from .pixel_shuffle import PixelShuffle
 from .pooling import AvgPool2d, MaxPool2d
+from .rnn import LSTM, RNN, LSTMCell, RNNCell
 from .sequential import Sequential
+from .vision import (
+    AdditiveGaussianNoise,
+    AdditiveLaplaceNoise,
+    AdditivePoissonNoise,
+    Emboss,
+    LinearContrast,
+    Sharpen,
+)
 
 __all__ = [
     "Module", "init", "Sequential", "Identity", "Linear", "Conv1d", "Conv2d", "ConvTranspose2d",
     "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "Embedding", "ReLU",
     "LeakyReLU", "PReLU", "Sigmoid", "SiLU", "GELU", "Softmax",
+    "BatchMatMulActivation", "Concat", "Elemwise", "LocalResponseNorm", "Pad", "PixelShuffle",
+    "RNNCell", "LSTMCell", "RNN", "LSTM",
+    "AdditiveGaussianNoise", "AdditiveLaplaceNoise", "AdditivePoissonNoise", "Emboss", "Sharpen",
+    "LinearContrast",
 ]

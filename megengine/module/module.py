@@ -1,4 +1,5 @@
 """`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
+import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ import numpy as np
 from ..core.tensor import Parameter, Tensor
 
 __all__ = ["Module", "HookHandler", "LoadStateDictError"]
+
+logger = logging.getLogger(__name__)
 
 
 def _is_parameter(obj):
@@ -36,6 +39,47 @@ def _sorted_keys(d):
         return list(d)
 
 
+class StructureKeyError(AssertionError, TypeError):
+    """A dict attribute holds Tensors or Modules under a key that is not a str.
+
+    Upstream asserts (AssertionError); a TypeError is what the mistake is, so this is both.
+    """
+
+
+class _StateDictTypeError(TypeError, ValueError):
+    """``load_state_dict`` got neither a dict nor a callable (upstream raises ValueError)."""
+
+
+def _access_structure(obj, key: str, callback: Callable = None):
+    """Follow the dotted ``key`` (as ``named_*`` gives it: attributes, list/tuple indices,
+    dict keys) from ``obj`` and return ``callback(parent, last_key, leaf)``; list and tuple
+    steps give ``last_key`` as an int. Without ``callback`` the leaf itself is returned."""
+    parent, cur, k = None, obj, None
+    for k in key.split("."):
+        parent = cur
+        try:
+            if isinstance(cur, (list, tuple)):
+                k = int(k)
+                cur = cur[k]
+            elif isinstance(cur, dict):
+                cur = cur[k]
+            else:
+                cur = getattr(cur, k)
+        except (KeyError, IndexError, AttributeError, ValueError) as e:
+            raise type(e)(
+                f"_access_structure: cannot follow {key!r}: step {k!r} is not in "
+                f"{type(parent).__name__} ({e})"
+            ) from None
+    if callback is None:
+        return cur
+    return callback(parent, k, cur)
+
+
+def _is_module_like(obj):
+    # What upstream tracks in ``_modules`` for repr: modules and containers that may hold them.
+    return isinstance(obj, (Module, list, tuple, dict))
+
+
 def _expand_structure(key, obj):
     """[(dotted key, leaf)] for the Tensors and Modules in ``obj``, looking inside lists,
     tuples and dicts (dict keys sorted, as upstream, so names and order are deterministic)."""
@@ -49,11 +93,11 @@ def _expand_structure(key, obj):
         return []
     out = []
     for k, v in items:
-        sub = _expand_structure(k, v)
+        sub = _expand_structure(str(k), v)
         if sub and not isinstance(k, str):
-            raise TypeError(
-                f"attribute {key!r}: a dict that holds Tensors or Modules must have str keys, "
-                f"got the key {k!r} ({type(k).__name__})"
+            raise StructureKeyError(
+                f"keys for Tensor and Module must be str, error key: {k}; attribute {key!r} "
+                f"holds a Tensor or Module under the {type(k).__name__} key {k!r}: use str keys"
             )
         out.extend((key + "." + sk, leaf) for sk, leaf in sub)
     return out
@@ -93,6 +137,9 @@ class Module:
     Discovery follows upstream: attributes are scanned in sorted name order, dict keys in
     sorted order, list items by index; a tensor or module reachable twice is reported once,
     under its first name. This order is what ``parameters()`` and ``state_dict()`` give.
+
+    As upstream, assigning a Module (or a list, tuple or dict holding Modules or Tensors)
+    before ``Module.__init__`` ran is an error.
     """
 
     # As upstream, normalization layers save their tensors flattened to 1-d (BatchNorm keeps
@@ -100,24 +147,83 @@ class Module:
     _flat_state = False
 
     def __init__(self, name: Optional[str] = None):
+        # Assignment order of module-like attributes: what repr prints, in that order.
+        self._modules = []
         if name is not None and not (isinstance(name, str) and name.strip()):
             raise ValueError(f"Module name must be a non-empty string, got {name!r}")
         self.name = name
         self.training = True
+        self.quantize_disabled = False
         self._forward_pre_hooks = OrderedDict()
         self._forward_hooks = OrderedDict()
+        # The dotted name under the module that first took this one as an attribute
+        # (``_name``) and the last step of it (``_short_name``), as upstream records them.
+        self._name = None
+        self._short_name = None
 
     def forward(self, *inputs, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+        # Upstream makes this abstract (no instance without forward); here a forward-less
+        # Module (a state holder, a test's container) may exist and fails only when called.
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward(): define forward(self, ...) to call it"
+        )
 
     def __setattr__(self, name, value):
-        # Catch a forgotten super().__init__() at the assignment, not at the first call.
-        if isinstance(value, Module) and "training" not in self.__dict__:
-            raise AttributeError(
-                f"cannot assign the submodule {name!r} before Module.__init__() is called: "
-                f"call super().__init__() first in {type(self).__name__}.__init__"
-            )
+        if name != "_modules":
+            modules = self.__dict__.get("_modules")
+            if _is_module_like(value):
+                # Catch a forgotten super().__init__() at the assignment, not at the first call.
+                # Upstream refuses any list/tuple/dict here; a container without Modules or
+                # Tensors (a kernel-size tuple) is harmless, so only those that hold them are.
+                if modules is None and (isinstance(value, Module)
+                                        or _expand_structure(name, value)):
+                    raise AttributeError(
+                        f"cannot assign module before Module.__init__() call: {name!r} "
+                        f"(a {type(value).__name__}) was set before super().__init__(); "
+                        f"call super().__init__() first in {type(self).__name__}.__init__"
+                    )
+                if modules is not None and name not in modules:
+                    modules.append(name)
+            elif modules is not None and name in modules:
+                modules.remove(name)
+            if "_short_name" in self.__dict__:  # __init__ has run: name the subtree
+                prefix = self._name or self.name
+                for key, leaf in _expand_structure(name, value):
+                    if isinstance(leaf, Module):
+                        leaf._take_name(self, prefix, key)
         object.__setattr__(self, name, value)
+
+    def _take_name(self, parent, prefix, key):
+        """Record where this module sits (upstream's automatic naming); a module already
+        named under another attribute keeps its first name."""
+        if self.__dict__.get("_short_name") and self._short_name != key:
+            logger.warning(
+                "try setting the submodule `%s` to `%s`'s new attribute `%s`, its name `%s` "
+                "will remain unchanged", self._short_name, type(parent).__name__, key,
+                self._short_name,
+            )
+            return
+        full = key if not prefix else prefix + "." + key
+        object.__setattr__(self, "_short_name", key)
+        object.__setattr__(self, "_name", full)
+        for sub_key, leaf in self._flatten(recursive=False, with_key=True, predicate=_is_module):
+            leaf._take_name(self, full, sub_key)
+
+    def __delattr__(self, name):
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:
+            modules.remove(name)
+        object.__delattr__(self, name)
+
+    def __setstate__(self, state):
+        # Pickles of older modules lack the naming fields and the repr order list.
+        if "_short_name" not in state:
+            state["_short_name"] = state.get("_name")
+            state["_name"] = None
+        state.setdefault("quantize_disabled", False)
+        if "_modules" not in state:
+            state["_modules"] = [k for k, v in state.items() if _is_module_like(v)]
+        self.__dict__.update(state)
 
     # ----- calling -----
     def register_forward_pre_hook(self, hook: Callable) -> HookHandler:
@@ -244,10 +350,54 @@ class Module:
         self.train(False)
 
     def zero_grad(self) -> None:
-        """Set every parameter's existing gradient to zeros (upstream's deprecated 1.x method)."""
+        """Set every parameter's existing gradient to zeros (deprecated since 1.0, as upstream:
+        GradManager gives fresh gradients, or use ``optimizer.clear_grad()``)."""
+        warnings.warn("Module.zero_grad is deprecated since 1.0: use optimizer.clear_grad()",
+                      DeprecationWarning, stacklevel=2)
         for p in self.parameters():
             if p.grad is not None:
                 p.grad._reset(np.zeros(p.grad.shape, p.grad.dtype))
+
+    def disable_quantize(self, value: bool = True) -> "Module":
+        """Set ``quantize_disabled`` on this module and every module under it (quantization
+        passes skip such modules); returns the module, so it can wrap a construction."""
+        def fn(module):
+            module.quantize_disabled = value
+
+        self.apply(fn)
+        return self
+
+    def replace_param(self, params: dict, start_pos: int, seen=None) -> int:
+        """Replace Parameters by position (deprecated since 1.0, as upstream): the module's
+        direct Parameter attributes and those of its submodules are numbered from
+        ``start_pos`` in discovery order (sorted attribute names, depth first; only direct
+        attributes, not ones inside lists or dicts); ``params[i]``, when present, replaces
+        number ``i`` and must have its shape. Returns how many Parameters were numbered."""
+        if seen is None:
+            warnings.warn("Module.replace_param is deprecated since 1.0", DeprecationWarning,
+                          stacklevel=2)
+            seen = {id(self)}
+        offset = 0
+        attrs = vars(self)
+        for key in sorted(attrs):
+            value = attrs[key]
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, Parameter):
+                new = params.get(start_pos + offset)
+                if new is not None:
+                    if tuple(new.shape) != tuple(value.shape):
+                        raise ValueError(
+                            f"replace_param: parameter {key!r} (position {start_pos + offset}) "
+                            f"has shape {tuple(value.shape)}, the replacement has "
+                            f"{tuple(new.shape)}"
+                        )
+                    object.__setattr__(self, key, new)
+                offset += 1
+            elif isinstance(value, Module):
+                offset += value.replace_param(params, start_pos + offset, seen)
+        return offset
 
     # ----- state -----
     def _state_entries(self, prefix=""):
@@ -288,9 +438,9 @@ class Module:
         elif callable(state_dict):
             closure = state_dict
         else:
-            raise TypeError(
-                f"load_state_dict: expected a dict of name -> array or a callable "
-                f"closure(key, tensor), got {type(state_dict).__name__}"
+            raise _StateDictTypeError(
+                f"`state_dict` must load a dict or callable: expected a dict of name -> array "
+                f"or a callable closure(key, tensor), got {type(state_dict).__name__}"
             )
         entries = self._state_entries()
         writes, missing, mismatched = [], [], []
@@ -345,11 +495,14 @@ class Module:
 
         extra = self._module_info_string()
         extra_lines = extra.split("\n") if extra else []
-        # Children in assignment order (the attribute dict's order), as upstream prints them.
+        # Children in assignment order (upstream's ``_modules``: a reassigned attribute keeps
+        # its place, a deleted or overwritten-by-non-module one disappears).
+        attrs = vars(self)
+        order = attrs.get("_modules", [k for k, v in attrs.items() if _is_module_like(v)])
         child_lines = [
             f"({key}): {indent(repr(leaf))}"
-            for attr, value in vars(self).items()
-            for key, leaf in _expand_structure(attr, value)
+            for attr in order if attr in attrs
+            for key, leaf in _expand_structure(attr, attrs[attr])
             if isinstance(leaf, Module)
         ]
         lines = extra_lines + child_lines

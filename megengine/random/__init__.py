@@ -1,5 +1,17 @@
 """Random tensors (upstream's `megengine.random`): seed, distributions, permutations, RNG."""
-from .rng import RNG, beta, gamma, normal, permutation, poisson, seed, shuffle, uniform
+from .rng import (
+    RNG,
+    beta,
+    exponential,
+    gamma,
+    multinomial,
+    normal,
+    permutation,
+    poisson,
+    seed,
+    shuffle,
+    uniform,
+)
 
-__all__ = ["RNG", "seed", "uniform", "normal", "gamma", "beta", "poisson", "permutation",
-           "shuffle"]
+__all__ = ["RNG", "seed", "uniform", "normal", "gamma", "beta", "poisson", "exponential",
+           "multinomial", "permutation", "shuffle"]

@@ -1,13 +1,13 @@
 """Random tensors: the global generator behind `megengine.random.*`, `seed`, and `RNG` objects."""
 import numpy as np
 
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device, get_default_device
 
-__all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "permutation",
-           "shuffle"]
+__all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "exponential",
+           "multinomial", "permutation", "shuffle"]
 
 # megengine.random's own draws come from this generator; seed() replaces it.
 _global_generator = np.random.default_rng()
@@ -109,12 +109,37 @@ class RNG:
         lam = _positive(lam, "lam", "poisson")
         return self._draw("poisson", lam, _param_shape(size, lam))
 
+    def exponential(self, rate=1.0, size=None):
+        """Samples of Exp(rate) (density ``rate * exp(-rate * x)``, mean ``1 / rate``), float32;
+        a Tensor ``rate`` broadcasts after ``size``."""
+        rate = _positive(rate, "rate", "exponential")
+        return self._draw("exponential", rate, _param_shape(size, rate))
+
+    def multinomial(self, input: Tensor, num_samples: int, replacement: bool = False):
+        """Draw ``num_samples`` category indices (int32) per row of ``input``, a 1-d or 2-d
+        Tensor of non-negative weights (need not sum to 1). Without ``replacement`` a row never
+        repeats a category, so it needs at least ``num_samples`` non-zero weights. Output
+        shape: ``(num_samples,)`` or ``(rows, num_samples)``."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"multinomial: input must be a Tensor of weights, got "
+                            f"{type(input).__name__}")
+        if input.ndim not in (1, 2):
+            raise ValueError(f"multinomial: input must be 1-d or 2-d, got shape {input.shape}")
+        if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) \
+                or num_samples < 1:
+            raise ValueError(f"multinomial: num_samples must be an int >= 1, got {num_samples!r}")
+        if self._device is not None and canonical_device(input.device) != self._device:
+            raise ValueError(f"multinomial: input is on {input.device}, this RNG draws on "
+                             f"{self._device}")
+        # an op over the weights, so a traced function reads the weights of each call
+        return apply(_Multinomial(self, int(num_samples), bool(replacement)), input)
+
     def permutation(self, n, *, dtype: str = "int32"):
         """A random permutation of ``range(n)`` (int ``n``), or a shuffled copy of Tensor ``n``
         (only its first axis is shuffled)."""
         if isinstance(n, Tensor):
-            if n.ndim == 0:
-                raise ValueError("permutation: cannot shuffle a 0-d tensor")
+            if n.ndim == 0:  # upstream: one element, shaped (1,)
+                n = n.reshape(1)
             return apply(_Shuffled(self), n)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
             raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
@@ -139,8 +164,75 @@ class _Draw(Op):
         return f"random.{self.method}"
 
     def forward(self):
-        sample = np.asarray(getattr(self.rng._gen(), self.method)(*self.args), dtype=self.dtype)
+        gen = self.rng._gen()
+        if self.method in _SAMPLERS:  # ours, built on the generator
+            sample = _SAMPLERS[self.method](gen, *self.args)
+        else:  # numpy's own distribution method
+            sample = getattr(gen, self.method)(*self.args)
+        sample = np.asarray(sample, dtype=self.dtype)
         return sample if self.device.startswith("cpu") else move_array(sample, self.device)
+
+
+def _exponential(gen, rate, shape):
+    # numpy parametrises by scale = 1 / rate
+    return gen.exponential(1.0 / np.asarray(rate, dtype=np.float64), shape)
+
+
+def _multinomial(gen, weights, num_samples, replacement):
+    """Indices (rows, num_samples) drawn per row of ``weights`` (rows, categories)."""
+    nonzero = (weights > 0).sum(axis=1)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("multinomial: weights must be finite and >= 0")
+    if np.any(nonzero == 0):
+        raise ValueError("multinomial: every row needs at least one weight > 0")
+    if not replacement and np.any(nonzero < num_samples):
+        raise ValueError(
+            f"multinomial: without replacement a row with {int(nonzero.min())} non-zero "
+            f"weights cannot give {num_samples} distinct samples; pass replacement=True "
+            f"or ask for fewer"
+        )
+    p = weights / weights.sum(axis=1, keepdims=True)
+    rows = p.shape[0]
+    if replacement:
+        # inverse CDF: the first category whose cumulative probability exceeds u
+        cdf = np.cumsum(p, axis=1)
+        cdf[:, -1] = 1.0  # rounding must not let u fall past the last category
+        u = gen.random((rows, num_samples))
+        idx = np.stack([np.searchsorted(cdf[r], u[r], side="right") for r in range(rows)])
+        # a zero-weight category has a zero-width CDF step, so it is never hit
+    else:
+        # exponential race: the k smallest E_i / p_i (E_i ~ Exp(1)) are a weighted sample
+        # without replacement, in draw order; zero weights never win
+        with np.errstate(divide="ignore"):
+            keys = gen.exponential(1.0, p.shape) / p
+        idx = np.argsort(keys, axis=1, kind="stable")[:, :num_samples]
+    return idx
+
+
+_SAMPLERS = {"exponential": _exponential}
+
+
+class _Multinomial(Op):
+    """Category indices drawn from the input's weights (int32, no gradient)."""
+
+    def __init__(self, rng, num_samples, replacement):
+        self.rng, self.num_samples, self.replacement = rng, num_samples, replacement
+
+    def forward(self, weights):
+        xp = xp_of(weights)
+        if weights.size == 0:  # as upstream: no rows, or no categories, gives an empty draw
+            if weights.ndim == 1:
+                return xp.zeros((0,), np.int32)
+            cols = self.num_samples if weights.shape[-1] else 0
+            return xp.zeros((weights.shape[0], cols), np.int32)
+        host = weights.get() if hasattr(weights, "get") else weights  # CuPy -> host
+        rows = np.asarray(host, dtype=np.float64).reshape(-1, weights.shape[-1])
+        idx = _multinomial(self.rng._gen(), rows, self.num_samples, self.replacement)
+        idx = idx.astype(np.int32).reshape(weights.shape[:-1] + (self.num_samples,))
+        return xp.asarray(idx)  # back on the weights' device
+
+    def backward(self, g):
+        return None  # sampling has no gradient
 
 
 class _Shuffled(Op):
@@ -162,5 +254,7 @@ normal = _default_rng.normal
 gamma = _default_rng.gamma
 beta = _default_rng.beta
 poisson = _default_rng.poisson
+exponential = _default_rng.exponential
+multinomial = _default_rng.multinomial
 permutation = _default_rng.permutation
 shuffle = _default_rng.shuffle

@@ -286,6 +286,8 @@ class MulAdd(Function):
         return a * b, a + b
 
     def backward(self, d_mul, d_add):
+        if d_add is None:  # an output nobody used gets None, as upstream
+            return d_mul * self.b, d_mul * self.a
         return d_mul * self.b + d_add, d_mul * self.a + d_add
 
 
@@ -311,7 +313,7 @@ def test_function_with_two_inputs_and_outputs_matches_torch():
     np.testing.assert_allclose(z.grad.numpy(), gb, rtol=1e-5)
 
 
-def test_function_unused_output_gets_zero_gradient():
+def test_function_unused_output_gets_none():
     x, z = Tensor([2.0]), Tensor([3.0])
     gm = GradManager().attach([x, z])
     with gm:
@@ -346,3 +348,218 @@ def test_functional_grad_keeps_graph_and_leaves_dot_grad_alone():
 def test_functional_grad_needs_a_recorded_x():
     with pytest.raises(RuntimeError, match="grad"):
         F.grad(Tensor([1.0]) * 2, Tensor([1.0]))
+
+
+# ----- upstream 1.13 semantics (test_grad_manger.py / test_function.py, our own code) -----
+
+def _x():
+    a = np.random.rand(10).astype(np.float32)
+    return a, Tensor(a)
+
+
+def test_second_order_with_nested_grad_managers():
+    a, x = _x()
+    gm, gm2 = GradManager().attach([x]), GradManager().attach([x])
+    with gm:
+        with gm2:
+            gm2.backward(F.cos(x))
+        np.testing.assert_allclose(x.grad.numpy(), -np.sin(a), rtol=1e-5)
+        gm.backward(x.grad)  # accumulates d(sum -sin x)/dx into x.grad
+    np.testing.assert_allclose(x.grad.numpy(), -np.sin(a) - np.cos(a), rtol=1e-5, atol=1e-6)
+
+
+def test_group_members_share_the_graph_and_accumulate():
+    a, x = _x()
+    gm, gm2 = GradManager().attach([x]), GradManager().attach([x])
+    with gm | gm2:
+        y = F.cos(x)
+        gm.backward(y)
+        gm2.backward(y)  # gm's backward did not free what gm2 needs
+    np.testing.assert_allclose(x.grad.numpy(), -2 * np.sin(a), rtol=1e-5)
+
+
+def test_group_members_do_not_see_each_others_backward():
+    a, x = _x()
+    gm, gm2 = GradManager().attach([x]), GradManager().attach([x])
+    with gm | gm2:
+        gm2.backward(F.cos(x))
+        assert not x.grad.requires_grad
+        gm.backward(x.grad)  # nothing recorded for gm: x.grad stays
+        np.testing.assert_allclose(x.grad.numpy(), -np.sin(a), rtol=1e-5)
+
+
+def test_a_later_grad_manager_does_not_see_an_earlier_ones_backward():
+    a, x = _x()
+    gm, gm2 = GradManager().attach([x]), GradManager().attach([x])
+    with gm2:
+        with gm:
+            gm2.backward(F.cos(x))
+            gm.backward(x.grad)
+    np.testing.assert_allclose(x.grad.numpy(), -np.sin(a), rtol=1e-5)
+
+
+def test_group_of_groups_and_errors():
+    gms = [GradManager() for _ in range(3)]
+    group = gms[0] | gms[1] | gms[2]
+    assert group._gms == gms
+    assert (gms[2] | (gms[0] | gms[1]))._gms == [gms[0], gms[1], gms[2]]
+    with pytest.raises(TypeError):
+        gms[0] | 3
+    gms[1].record()
+    with pytest.raises(RuntimeError, match="already recording"):
+        with gms[0] | gms[1]:
+            pass
+    assert not gms[0]._recording  # a failed group start releases the members it started
+    gms[1].release()
+
+
+@pytest.mark.parametrize("target,torch_target", [
+    (F.cos, torch.cos), (F.sin, torch.sin), (lambda x: x * 2 + 1, lambda t: t * 2 + 1)])
+def test_forward_mode_emulated_with_reverse_mode(target, torch_target):
+    """upstream's jvp trick: the output gradient is attached to the outer GradManager."""
+    a, x = _x()
+    with GradManager() as gm:
+        with GradManager().attach([x]) as gm2:
+            out = target(x)
+            out_grad = F.zeros_like(out)
+            gm.attach(out_grad)
+            gm2.backward(out, out_grad)
+        gm.backward(x.grad)
+    _, expected = torch.autograd.functional.jvp(torch_target, torch.tensor(a), torch.ones(10))
+    np.testing.assert_allclose(out_grad.grad.numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_callback_returning_none_drops_the_gradient():
+    w = Parameter(2.0)
+    seen = []
+    gm = GradManager().attach(w)
+    for i in range(3):
+        with gm:
+            x = Tensor(float(i))
+            gm.attach(x, callbacks=lambda t, g: seen.append(g.item()))  # returns None
+            gm.backward(x * w)
+        assert x.grad is None
+    assert seen == [2.0, 2.0, 2.0]
+    np.testing.assert_allclose(w.grad.numpy(), 0.0 + 1.0 + 2.0)
+
+
+def test_attach_errors_are_assertion_errors_as_upstream():
+    with pytest.raises(AssertionError):
+        GradManager().attach(Tensor([1, 2]))
+    with pytest.raises(AssertionError):
+        GradManager().attach([np.ones(2)])
+
+
+def test_attach_while_recording_and_attach_intermediate():
+    a = Parameter([1.0])
+    gm = GradManager()
+    with gm:
+        b = a * 3  # a not attached: not recorded
+        gm.attach(b)
+        gm.backward(b + 1)
+    assert b.grad.item() == 1 and a.grad is None
+    w = Parameter([2.0])
+    gm = GradManager()
+    with gm:
+        y = w * 5  # before attach: ignored
+        gm.attach(w)
+        z = w * 7
+        gm.backward(y + z)
+    assert w.grad.item() == 7
+
+
+def test_function_gets_none_for_an_unused_output_and_may_return_none():
+    class Pair(Function):
+        def forward(self, a, b):
+            return a * 1, b * 1
+
+        def backward(self, ga, gb):
+            assert gb is None
+            return ga * 2, None
+
+    a, b = Parameter([1.0]), Parameter([2.0])
+    gm = GradManager().attach([a, b])
+    with gm:
+        out, _ = Pair()(a, b)
+        gm.backward(out)
+    assert a.grad.item() == 2.0 and b.grad is None
+
+    class Stop(Function):
+        def forward(self, x):
+            return x * 1
+
+        def backward(self, *_):
+            return None
+
+    with gm:
+        gm.backward(Stop()(a * 3) + a * 4)
+    assert a.grad.item() == 2.0 + 4.0
+    with pytest.raises(TypeError, match="expect type Tensor as inputs"):
+        Stop()(a, 1)
+
+
+def test_function_backward_is_differentiated_by_an_outer_grad_manager():
+    class Cube(Function):
+        def forward(self, x):
+            self.save_for_backward(x)
+            return x ** 3
+
+        def backward(self, g):
+            x, = self.saved_tensors
+            return g * g * 3 * x ** 2  # uses g twice: an outer GradManager differentiates it
+
+    a = np.array([0.5, -1.5], np.float32)
+    x = Tensor(a)
+    dy = Tensor([1.0, 2.0])
+    outer, inner = GradManager().attach(dy), GradManager().attach(x)
+    with outer:
+        with inner:
+            inner.backward(Cube()(x), dy)
+        outer.backward(x.grad.sum())
+    np.testing.assert_allclose(x.grad.numpy(), np.array([1.0, 4.0]) * 3 * a ** 2, rtol=1e-6)
+    np.testing.assert_allclose(dy.grad.numpy(), 2 * np.array([1.0, 2.0]) * 3 * a ** 2, rtol=1e-6)
+
+
+def test_group_inside_a_traced_function_replays():
+    from megengine.jit import trace
+
+    w1, w2 = Parameter([1.0, 2.0]), Parameter([3.0])
+    gm1, gm2 = GradManager().attach(w1), GradManager().attach(w2)
+
+    @trace(symbolic=True)
+    def step(x):
+        with gm1 | gm2:
+            y = (w1 * x).sum() * w2
+            gm1.backward(y)
+            gm2.backward(y)
+        return y
+
+    for i in range(3):
+        w1.grad = w2.grad = None
+        x = Tensor([1.0 + i, 2.0])
+        step(x)
+        np.testing.assert_allclose(w1.grad.numpy(), 3.0 * x.numpy())
+        np.testing.assert_allclose(w2.grad.numpy(), [1.0 + i + 4.0])
+
+
+def test_function_returning_a_held_tensor_does_not_alias_grads():
+    """upstream's test_skip_invalid_grad: backward returns one saved tensor for both inputs."""
+    c = rand(2, 3)
+    cookie = Tensor(c)
+
+    class FakeGrad(Function):
+        def forward(self, a, b):
+            return a + b
+
+        def backward(self, g):
+            return cookie, cookie
+
+    a, b = Parameter(rand(2, 3)), Parameter(rand(2, 3))
+    gm = GradManager().attach([a, b])
+    with gm:
+        gm.backward(FakeGrad()(a, b).sum())
+    np.testing.assert_array_equal(a.grad.numpy(), c)
+    np.testing.assert_array_equal(b.grad.numpy(), c)
+    a.grad._data *= 2  # an in-place edit touches a.grad only
+    np.testing.assert_array_equal(b.grad.numpy(), c)
+    np.testing.assert_array_equal(cookie.numpy(), c)

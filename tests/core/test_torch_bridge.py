@@ -1,9 +1,14 @@
 """Tests for megengine/core/torch_bridge.py: zero-copy views between numpy arrays and torch tensors."""
 import gc
+import logging
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from megengine.core import torch_bridge as bridge  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 DTYPES = [
     (np.float16, torch.float16), (np.float32, torch.float32), (np.float64, torch.float64),
@@ -407,29 +414,188 @@ def test_missing_toolchain_is_named(monkeypatch):
         bridge._check_toolchain()
 
 
+# ----- the build cache: damaged libraries, locks, settings (fake builds; one real one) -----
+
+@pytest.fixture
+def built_library():
+    """The bytes of this process's working library (built by the module fixture)."""
+    return bridge.library_path(bridge.cache_dir()).read_bytes()
+
+
+class _FakeModule:
+    def set_cuda_handlers(self, *handlers):
+        pass
+
+
+@pytest.fixture
+def fake_cache(monkeypatch, tmp_path, built_library):
+    """An empty cache root in tmp_path whose builds copy the working library (no compiler) and
+    whose imports record which bytes they were given (a damaged file would kill the process)."""
+    monkeypatch.setenv("MGE_TORCH_EXT_DIR", str(tmp_path))
+    monkeypatch.setattr(bridge, "_load_stats", {})
+    events = {"built": 0, "imported": []}
+
+    def fake_load(name, sources, build_directory, verbose, **kwargs):
+        assert not (Path(build_directory) / "lock").exists(), "torch's stale lock must be gone"
+        events["built"] += 1
+        events["verbose"] = verbose
+        bridge.library_path(build_directory).write_bytes(built_library)
+        return _FakeModule()
+
+    def fake_import(path):
+        events["imported"].append(Path(path).read_bytes() == built_library)
+        return _FakeModule()
+
+    from torch.utils import cpp_extension
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setattr(bridge, "_import_library", fake_import)
+    monkeypatch.setattr(bridge, "_check_toolchain", lambda: None)
+    return events
+
+
+def _damage(library, how):
+    data = bytearray(library.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "4 KB zeroed":
+        data[4096:8192] = bytes(4096)
+    library.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "4 KB zeroed", "no stamp"])
+def test_a_damaged_cached_library_is_rebuilt_never_imported(fake_cache, how):
+    directory = bridge.cache_dir()
+    bridge._build_or_load(verbose=False)  # first build: writes the library and its stamp
+    assert fake_cache["built"] == 1 and bridge._stamp_ok(directory)
+    bridge._build_or_load(verbose=False)  # a valid cache is imported, not rebuilt
+    assert fake_cache["built"] == 1 and fake_cache["imported"] == [True]
+    if how == "no stamp":  # e.g. a build killed between linking and stamping
+        (directory / "stamp.json").unlink()
+    else:
+        _damage(bridge.library_path(directory), how)
+    assert not bridge._stamp_ok(directory)
+    bridge._build_or_load(verbose=False)
+    assert fake_cache["built"] == 2, "the damaged library was rebuilt"
+    assert fake_cache["imported"] == [True], "and never handed to the dynamic loader"
+    assert bridge._stamp_ok(directory) and bridge.load_stats()["compiled"] is True
+
+
+def test_a_leftover_torch_lock_is_removed_not_waited_on(fake_cache):
+    directory = bridge.cache_dir()
+    directory.mkdir(parents=True)
+    (directory / "lock").write_text("")  # torch's FileBaton, left by a killed build
+    start = time.monotonic()
+    bridge._build_or_load(verbose=False)  # fake_load asserts the lock is gone before building
+    assert fake_cache["built"] == 1 and time.monotonic() - start < 5
+
+
+def _hold_build_lock(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    holder = open(directory / "build.lock", "a+b")
+    assert bridge._try_lock(holder)
+    holder.write(b"pid 4242 on testhost\n")
+    holder.flush()
+    return holder
+
+
+def test_the_wait_for_a_live_builder_is_bounded_and_names_the_lock(fake_cache, monkeypatch):
+    directory = bridge.cache_dir()
+    holder = _hold_build_lock(directory)
+    monkeypatch.setenv("MGE_TORCH_EXT_LOCK_TIMEOUT", "0.5")
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError) as info:
+            bridge._build_or_load(verbose=False)
+    finally:
+        holder.close()
+    assert time.monotonic() - start < 3
+    message = str(info.value)
+    assert str(directory / "build.lock") in message and "pid 4242" in message
+    assert "MGE_TORCH_EXT_LOCK_TIMEOUT" in message and fake_cache["built"] == 0
+    bridge._build_or_load(verbose=False)  # the holder is gone (its lock died with it): build
+    assert fake_cache["built"] == 1
+
+
+def test_a_waiting_process_loads_what_the_builder_finished(fake_cache, built_library):
+    directory = bridge.cache_dir()
+    holder = _hold_build_lock(directory)
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(got=bridge._build_locked(directory, False)))
+    waiter.start()
+    time.sleep(0.3)
+    bridge.library_path(directory).write_bytes(built_library)  # the other builder finishes...
+    bridge._write_stamp(directory)
+    waiter.join(10)  # ...and keeps its lock: the waiter re-checks the stamp instead of waiting on
+    holder.close()
+    module, compiled, waited = result["got"]
+    assert compiled is False and waited >= 0.2, "it waited, it did not compile"
+    assert fake_cache["built"] == 0 and fake_cache["imported"] == [True]
+
+
+def test_verbose_switch_and_notices_through_logging(fake_cache, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="megengine.core.torch_bridge")
+    bridge._build_or_load(verbose=True)
+    assert fake_cache["verbose"] is True
+    messages = [r.getMessage() for r in caplog.records if r.name == "megengine.core.torch_bridge"]
+    assert any(m.startswith("compiling the PyTorch bridge operator") for m in messages)
+    assert any(re.fullmatch(r"built the PyTorch bridge operator in \d+\.\d s", m) for m in messages)
+    monkeypatch.setenv("MGE_TORCH_EXT_VERBOSE", "1")
+    bridge.build(force=True)  # the environment switch, and an ahead-of-time rebuild
+    assert fake_cache["verbose"] is True and fake_cache["built"] == 2
+    monkeypatch.setenv("MGE_TORCH_EXT_VERBOSE", "0")
+    bridge.build(force=True)
+    assert fake_cache["verbose"] is False
+
+
+def test_cache_root_follows_torch_extensions_dir_unless_mge_dir_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("MGE_TORCH_EXT_DIR", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_ext"))
+    assert bridge.cache_dir().parent == tmp_path / "torch_ext" / "megengine_torch_bridge"
+    monkeypatch.setenv("MGE_TORCH_EXT_DIR", str(tmp_path / "mge"))
+    assert bridge.cache_dir().parent == tmp_path / "mge"
+
+
 @pytest.mark.slow
-def test_first_build_says_so_once(tmp_path):
-    # a fresh cache root: the first process compiles and prints one line, the second prints nothing
-    script = "from megengine.core import torch_bridge as b; b.load_extension(); print(b.load_stats()['compiled'])"
-    env = dict(os.environ, MGE_TORCH_EXT_DIR=str(tmp_path))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert first.stdout.strip() == "True"
-    assert first.stderr.count("compiling the PyTorch bridge operator") == 1
-    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert second.stdout.strip() == "False"
-    assert "compiling" not in second.stderr
+def test_build_load_and_heal_in_fresh_processes(tmp_path):
+    # End to end, no fakes, one cold compile: a fresh cache root is compiled once with two notices,
+    # then loaded silently; then its library is damaged (4 KB zeroed: SIGBUS/SIGSEGV if it were
+    # dlopen'ed) and torch's lock is left behind (which used to make every process wait forever):
+    # the next process rebuilds (ninja relinks) and works.
+    env = dict(os.environ, MGE_TORCH_EXT_DIR=str(tmp_path), MGE_TORCH_EXT_LOCK_TIMEOUT="60")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    script = ("from megengine.core import torch_bridge as b; import numpy as np; "
+              "assert b.to_torch(np.arange(3.0)).tolist() == [0.0, 1.0, 2.0]; "
+              "print(b.load_stats()['compiled'])")
 
+    def run():
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip(), done.stderr
 
-def test_stale_build_lock_is_removed_and_a_fresh_one_is_waited_for(tmp_path, capsys):
-    import time as _time
+    compiled, err = run()
+    assert compiled == "True"
+    assert err.count("compiling the PyTorch bridge operator") == 1
+    assert len(re.findall(r"built the PyTorch bridge operator in \d+\.\d s", err)) == 1
+    compiled, err = run()
+    assert compiled == "False" and err == ""
+    directory = tmp_path / bridge.cache_dir().name
+    _damage(bridge.library_path(directory), "4 KB zeroed")
+    (directory / "lock").write_text("")
+    compiled, err = run()
+    assert compiled == "True" and "built the PyTorch bridge operator in" in err
+    assert "removing a stale torch build lock" in err
 
-    lock = tmp_path / "lock"
-    lock.write_text("")
-    bridge._clear_stale_lock(lock)  # fresh: another process may be building right now
-    assert lock.exists() and "waiting for another process" in capsys.readouterr().err
-    old = _time.time() - 2 * bridge._STALE_LOCK_SECONDS
-    os.utime(lock, (old, old))
-    bridge._clear_stale_lock(lock)  # left by a killed build: would block every later process
-    assert not lock.exists() and "stale build lock" in capsys.readouterr().err
+def test_command_line_build_and_info(fake_cache, capsys):
+    directory = bridge.cache_dir()
+    assert bridge.main(["info"]) == 0
+    assert capsys.readouterr().out.strip() == f"{directory}: not built (the first use compiles it)"
+    assert bridge.main(["build"]) == 0 and fake_cache["built"] == 1
+    assert capsys.readouterr().out.startswith(f"{bridge.library_path(directory)} ready (")
+    assert bridge.main(["build"]) == 0 and fake_cache["built"] == 1  # valid: nothing to do
+    assert bridge.main(["build", "--force", "--verbose"]) == 0 and fake_cache["built"] == 2
+    assert fake_cache["verbose"] is True
+    capsys.readouterr()
+    assert bridge.main(["info"]) == 0
+    assert capsys.readouterr().out.strip() == f"{directory}: built"
+    assert bridge.main(["clean"]) == 0 and not directory.exists()

@@ -326,3 +326,48 @@ def test_preload_gives_tensors():
     batch = next(iter(DataLoader(ds, SequentialSampler(ds, batch_size=2), preload=True)))
     assert isinstance(batch[0], megengine.Tensor)
     np.testing.assert_array_equal(batch[0].numpy(), ds.arrays[0][:2])
+
+
+class Sharded(StreamDataset):
+    """Worker w of get_worker_info() streams (w * 100 + i) for i < lengths[w]; finite."""
+
+    def __init__(self, lengths):
+        self.lengths = lengths
+
+    def __iter__(self):
+        info = get_worker_info()
+        shard = info.idx if info is not None else 0
+        for i in range(self.lengths[shard]):
+            yield np.array([shard * 100 + i], dtype=np.int64), shard
+
+
+def test_parallel_stream_reads_one_stream_per_worker_in_turn():
+    loader = DataLoader(Sharded([5, 2, 4]), StreamSampler(batch_size=2), num_workers=3,
+                        parallel_stream=True)
+    batches = [b[0][:, 0].tolist() for b in loader]
+    # round robin over live workers; a short last batch, then that worker is skipped
+    assert batches == [[0, 1], [100, 101], [200, 201], [2, 3], [202, 203], [4]]
+    assert_no_children()
+
+
+def test_parallel_stream_surfaces_a_worker_error():
+    class Broken(StreamDataset):
+        def __iter__(self):
+            yield np.zeros(1), 0
+            raise ValueError("shard {} is corrupt".format(get_worker_info().idx))
+
+    loader = DataLoader(Broken(), StreamSampler(batch_size=2), num_workers=2,
+                        parallel_stream=True)
+    with pytest.raises(ValueError, match="(?s)Caught ValueError in DataLoader worker process 0.*corrupt"):
+        list(loader)
+    assert_no_children()
+
+
+def test_parallel_stream_timeout():
+    loader = DataLoader(Blocking(), StreamSampler(batch_size=1), num_workers=2,
+                        parallel_stream=True, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="timeout"):
+        next(iter(loader))
+    assert time.monotonic() - start < 5
+    assert_no_children()

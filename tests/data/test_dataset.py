@@ -11,7 +11,14 @@ import threading
 import numpy as np
 import pytest
 
-from megengine.data.dataset import MNIST, ArrayDataset, Dataset, MapDataset, StreamDataset
+from megengine.data.dataset import (
+    MNIST,
+    ArrayDataset,
+    ConcatDataset,
+    Dataset,
+    MapDataset,
+    StreamDataset,
+)
 
 
 def test_array_dataset():
@@ -31,14 +38,61 @@ def test_array_dataset():
 
 
 def test_abstract_datasets():
-    with pytest.raises(TypeError):
-        StreamDataset()
+    for abstract in (Dataset, MapDataset, StreamDataset):
+        with pytest.raises(TypeError, match="abstract"):
+            abstract()
+
+    class NoLen(Dataset):
+        def __getitem__(self, i):
+            return i
+
+    with pytest.raises(TypeError, match="__len__"):
+        NoLen()
 
     class Count(StreamDataset):
         def __iter__(self):
             return iter(range(3))
 
-    assert list(Count()) == [0, 1, 2]
+    stream = Count()
+    assert list(stream) == [0, 1, 2]
+    # as upstream, a stream has no index and no length (AssertionError; also a TypeError)
+    with pytest.raises(AssertionError, match="can not get item from StreamDataset"):
+        stream[0]
+    with pytest.raises(TypeError, match="does not have length"):
+        len(stream)
+    with pytest.raises(TypeError, match="streams"):
+        stream + stream
+    with pytest.raises(TypeError, match="StreamDataset"):
+        ConcatDataset([ArrayDataset([1]), stream])
+
+
+def test_concat_dataset_indexes_across_parts():
+    a = ArrayDataset(np.arange(3), np.array([10, 11, 12]))
+    b = ArrayDataset(np.arange(3, 5), np.array([13, 14]))
+    empty = ArrayDataset(np.zeros((0,)), np.zeros((0,)))
+    c = ArrayDataset(np.arange(5, 9), np.array([15, 16, 17, 18]))
+    cat = ConcatDataset([a, empty, b, c])
+    assert isinstance(cat, Dataset) and len(cat) == 9
+    expected = [(i, 10 + i) for i in range(9)]  # sample i holds (i, 10 + i) by construction
+    assert [tuple(int(v) for v in cat[i]) for i in range(9)] == expected
+    assert [tuple(int(v) for v in cat[i]) for i in range(-9, 0)] == expected
+    for bad in (9, -10):
+        with pytest.raises(IndexError, match="out of range"):
+            cat[bad]
+    both = a + c
+    assert isinstance(both, ConcatDataset) and len(both) == 7 and int(both[3][1]) == 15
+    with pytest.raises(ValueError, match="at least one"):
+        ConcatDataset([])
+
+
+def test_concat_dataset_through_the_dataloader():
+    from megengine.data import DataLoader, SequentialSampler
+
+    a = ArrayDataset(np.arange(4, dtype=np.float32).reshape(4, 1))
+    b = ArrayDataset(np.arange(4, 7, dtype=np.float32).reshape(3, 1))
+    loader = DataLoader(ConcatDataset([a, b]), SequentialSampler(a + b, batch_size=3))
+    batches = [batch[0][:, 0].tolist() for batch in loader]
+    assert batches == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def idx_images(images):

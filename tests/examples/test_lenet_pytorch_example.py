@@ -119,7 +119,7 @@ def _write_idx(path, array, magic, compress):
         path.write_bytes(data)
 
 
-def test_mnist_path_runs_on_idx_files(example, tmp_path):
+def test_mnist_path_runs_on_idx_files(example, tmp_path, capsys):
     """--mnist DIR reads IDX files through megengine.data.dataset.MNIST (tiny fake ones here)."""
     rng = np.random.default_rng(0)
     root = tmp_path / "mnist"
@@ -133,6 +133,11 @@ def test_mnist_path_runs_on_idx_files(example, tmp_path):
                         "--output-dir", str(out)])
     assert 0.0 <= acc <= 1.0
     assert (out / "lenet.pkl").is_file() and (out / "lenet_training.png").is_file()
+    # stderr is not a terminal here (a log file, CI): no progress bar's \r updates, and the
+    # per-epoch summary is still printed
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert "epoch 1/1: train loss" in captured.out
 
 
 def test_mnist_missing_files_say_where(example, tmp_path):

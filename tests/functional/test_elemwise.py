@@ -184,3 +184,108 @@ def test_no_activations_here():
     from megengine.functional import elemwise
     for name in ("relu", "sigmoid", "gelu", "softplus", "softmax"):
         assert name not in elemwise.__all__
+
+
+# ----- error functions -----
+
+@pytest.mark.parametrize("name,torch_fn,low,high", [
+    ("erf", torch.erf, -4, 4), ("erfc", torch.erfc, -4, 4), ("erfinv", torch.erfinv, -0.99, 0.99),
+])
+def test_error_functions_against_torch(name, torch_fn, low, high):
+    check(getattr(F, name), torch_fn, rand(200, low=low, high=high), rtol=2e-5)
+
+
+def test_error_functions_precision_and_edges():
+    # relative precision near 0 and in erfc's tail, where naive formulas lose it
+    x = np.array([1e-8, -3e-5, 0.49, 0.51, 3.0, 5.0, 9.0], np.float32)
+    for f, t in ((F.erf, torch.erf), (F.erfc, torch.erfc)):
+        np.testing.assert_allclose(f(x).numpy(), t(torch.tensor(x)).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(F.erfinv(mge.tensor([1.0, -1.0])).numpy(), [np.inf, -np.inf])
+    assert np.isnan(F.erfinv(mge.tensor([1.5])).numpy()).all()
+    y = np.array([0.1, 1.0, 1.7], np.float32)
+    np.testing.assert_allclose(F.erfc(F.elemwise.erfcinv(y)).numpy(), y, rtol=1e-6)
+    assert F.erf(mge.tensor([1, 2])).dtype == np.float32  # integers compute in float32
+
+
+# ----- Elemwise, upstream's op named by mode -----
+
+def test_elemwise_modes_compare_as_their_names():
+    from megengine.functional.elemwise import Elemwise
+    members = {k: m for k, m in vars(Elemwise.Mode).items() if isinstance(m, Elemwise.Mode)}
+    assert "ADD" in members and "ERF" in members
+    for key, mode in members.items():
+        assert key == mode and Elemwise(mode=key) == Elemwise(mode=mode)
+    assert Elemwise("add") == Elemwise(Elemwise.Mode.ADD) != Elemwise("SUB")
+    with pytest.raises(ValueError, match="unknown mode"):
+        Elemwise("NO_SUCH_MODE")
+
+
+def test_elemwise_op_computes_and_differentiates():
+    from megengine.functional.elemwise import Elemwise, _elwise
+    x, y = rand(5), rand(5)
+    check(lambda a, b: Elemwise("FUSE_ADD_RELU")(a, b), lambda a, b: torch.relu(a + b), x, y)
+    check(lambda a, b: _elwise(a, b, mode=Elemwise.Mode.TRUE_DIV), torch.div, x, rand(5, low=1))
+    np.testing.assert_allclose(
+        _elwise(x, y, x, mode="FUSE_MUL_ADD3").numpy(), x * y + x, rtol=1e-6)
+
+
+# ----- complex numbers -----
+
+def test_polar_complex_real_imag_like_numpy():
+    mag, ang = rand(2, 3, low=0, high=2), rand(2, 3, low=-3, high=3)
+    z = F.polar(mag, ang)
+    assert z.dtype == np.complex64
+    np.testing.assert_allclose(z.numpy(), mag * np.cos(ang) + 1j * mag * np.sin(ang), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(F.real(z).numpy(), mag * np.cos(ang), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(F.imag(z).numpy(), mag * np.sin(ang), rtol=1e-6, atol=1e-6)
+    c = F.complex(mge.tensor([1.0, 2.0]), 3.0)
+    assert c.tolist() == [1 + 3j, 2 + 3j] and mge.tensor([1 + 2j]).dtype == np.complex64
+    with pytest.raises(TypeError, match="complex"):
+        F.real(mge.tensor([1.0]))
+
+
+# ----- every public elemwise function on int32 and on empty inputs (upstream's checks) -----
+
+def _call_every_function(make):
+    import megengine.functional.elemwise as elemwise
+    results = {}
+    for name in elemwise.__all__:
+        fn = getattr(elemwise, name)
+        nargs = fn.__code__.co_argcount
+        if name == "clip":
+            args = (make("float32"), 0, 1)
+        elif name.endswith("_shift"):
+            args = (make("int32"), 1)
+        elif name.startswith("logical_"):
+            args = (make("bool"),) * nargs
+        else:
+            args = (make("float32"),) * nargs
+        results[name] = fn(*args)
+    return results
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # asin(5) and friends are NaN, as upstream
+def test_every_elemwise_function_takes_int32():
+    x = mge.tensor([1, 2, 3, 4, 5], dtype="int32")
+    out = _call_every_function(lambda dtype: x if dtype != "bool" else x > 2)
+    assert out["exp"].dtype == np.float32 and out["add"].dtype == np.int32
+    assert all(o.shape == (5,) for o in out.values())
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3)])
+def test_every_elemwise_function_keeps_empty_shapes(shape):
+    out = _call_every_function(lambda dtype: mge.tensor(np.zeros(shape), dtype=dtype))
+    assert {o.shape for o in out.values()} == {shape}
+
+
+def test_elemwise_gradient_and_check_modes():
+    from megengine.functional.elemwise import Elemwise
+    x, g = rand(6), rand(6)
+    s = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(Elemwise("SIGMOID_GRAD")(s, g).numpy(), s * (1 - s) * g,
+                               rtol=1e-5)
+    np.testing.assert_allclose(Elemwise("TANH_GRAD")(np.tanh(x), g).numpy(),
+                               (1 - np.tanh(x) ** 2) * g, rtol=1e-5)
+    np.testing.assert_allclose(Elemwise("ABS_GRAD")(x, g).numpy(), np.sign(x) * g)
+    assert Elemwise("ISNAN")(mge.tensor([1.0, np.nan])).tolist() == [False, True]

@@ -251,3 +251,64 @@ def test_traced_index_results_replay_with_new_values():
             pairs = list(zip(traced(x), f(x)))
         for got, expect in pairs:
             np.testing.assert_array_equal(got.numpy(), expect.numpy())
+
+
+# ----- cross product -----
+
+def test_cross_against_torch_with_gradients():
+    check(F.cross, lambda a, b: torch.linalg.cross(a, b), rand(4, 3), rand(4, 3))
+    # broadcasting, vectors on another axis
+    check(lambda a, b: F.cross(a, b, axis=1), lambda a, b: torch.linalg.cross(a, b, dim=1),
+          rand(2, 3, 5), rand(1, 3, 5))
+
+
+def test_cross_axes_like_numpy():
+    a, b = rand(3, 4, 5), rand(5, 3)
+    np.testing.assert_allclose(F.cross(a, b, axisa=0, axisb=1, axisc=1).numpy(),
+                               np.cross(a, b, axisa=0, axisb=1, axisc=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="size 3"):
+        F.cross(rand(4, 2), rand(4, 2))
+
+
+# ----- svd -----
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (2, 4, 4)], ids=str)
+def test_svd_against_torch_with_gradients(shape):
+    # squared singular vectors do not depend on the sign each library picks for a vector
+    def ours(a):
+        u, s, vh = F.svd(a)
+        return u * u, s, vh * vh
+
+    def theirs(a):
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        return u * u, s, vh * vh
+
+    check(ours, theirs, rand(*shape), rtol=1e-4, atol=1e-4)
+
+
+def test_svd_reconstructs_and_its_options():
+    a = rand(6, 4)
+    u, s, vh = F.svd(a)
+    assert u.shape == (6, 4) and s.shape == (4,) and vh.shape == (4, 4)
+    np.testing.assert_allclose((u.numpy() * s.numpy()) @ vh.numpy(), a, rtol=1e-4, atol=1e-5)
+    u, s, vh = F.svd(a, full_matrices=True)
+    assert u.shape == (6, 6) and vh.shape == (4, 4)
+    np.testing.assert_allclose(u.numpy().T @ u.numpy(), np.eye(6), atol=1e-5)
+    only_s = F.svd(a, compute_uv=False)
+    np.testing.assert_allclose(only_s.numpy(), np.linalg.svd(a, compute_uv=False), rtol=1e-5)
+    check(lambda t: F.svd(t, compute_uv=False), lambda t: torch.linalg.svdvals(t), a, rtol=1e-4)
+
+
+def test_svd_full_matrices_gradient_through_the_unique_part():
+    # the loss reads only U's first K columns: the same gradient as with reduced factors
+    a = rand(5, 3)
+
+    def ours(t):
+        u, s, vh = F.svd(t, full_matrices=True)
+        return (u[:, :3] * u[:, :3]) * s
+
+    def theirs(t):
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        return (u * u) * s
+
+    check(ours, theirs, a, rtol=1e-4, atol=1e-4)

@@ -114,8 +114,16 @@ def test_broadcast_to(src, dst):
     check(lambda t: F.broadcast_to(t, dst), lambda t: t.broadcast_to(dst), rand(*src))
 
 
-def test_broadcast_to_minus_one_and_errors():
-    assert F.broadcast_to(mge.tensor(rand(3, 1)), (2, -1, 4)).shape == (2, 3, 4)
+def test_broadcast_to_none_keeps_a_dim_and_errors():
+    # upstream's test_broadcast_auto_infer
+    x = mge.tensor(rand(1, 2, 3))
+    assert F.broadcast_to(x, (1, None, 3)).shape == (1, 2, 3)
+    assert F.broadcast_to(x, (mge.tensor(2), None, 2, 3)).shape == (2, 1, 2, 3)
+    assert F.broadcast_to(mge.tensor(rand(3, 1)), (2, None, 4)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="None"):
+        F.broadcast_to(x, (1, -1, 3))
+    with pytest.raises(ValueError, match="None"):
+        F.broadcast_to(x, (None, 1, 2, 3))
     with pytest.raises(ValueError, match="broadcast_to"):
         F.broadcast_to(mge.tensor(rand(3)), (4,))
 
@@ -359,3 +367,71 @@ def test_traced_training_step_uses_each_calls_labels():
         logits = torch.tensor(x) @ tw
         (-logits[torch.arange(4), torch.tensor(label, dtype=torch.int64)].mean()).backward()
         np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----- shape arithmetic and shape arguments, as upstream -----
+
+def test_concat_of_shape_pieces_and_ints_reshapes():
+    x = mge.tensor(rand(2, 3, 8))
+    shape = F.concat([x.shape[:-1], 2, 4])
+    assert shape.dtype == np.int32 and shape.tolist() == [2, 3, 2, 4]
+    np.testing.assert_array_equal(F.reshape(x, shape).numpy(), x.numpy().reshape(2, 3, 2, 4))
+    assert x.reshape(F.concat([x.shape[:-2], 6, -1])).shape == (2, 6, 4)
+    flat = mge.tensor(rand(6))
+    assert F.concat([flat.shape[:-1], 2, 3]).dtype == np.int32  # an empty piece stays int
+    assert flat.reshape(F.concat([flat.shape[:-1], 2, 3])).shape == (2, 3)
+    # 0-d tensors count as one-element vectors, as upstream's interpolate relies on
+    assert F.concat([mge.tensor(3), mge.tensor(4)]).tolist() == [3, 4]
+    check(lambda a, b: F.concat([a, b]), lambda a, b: torch.cat([a.reshape(1), b]),
+          np.float32(2.0), rand(3))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), [2, 3], np.array([2, 3]), mge.tensor([2, 3]),
+                                   (mge.tensor(2), np.int64(3))])
+def test_shape_arguments_of_every_form(shape):
+    assert F.zeros(shape).shape == (2, 3)
+    assert F.ones(shape, dtype="int32").shape == (2, 3)
+    assert F.full(shape, 1.5).shape == (2, 3)
+    assert F.broadcast_to(mge.tensor([1.0, 2.0, 3.0]), shape).shape == (2, 3)
+    assert F.reshape(F.arange(6), shape).shape == (2, 3)
+    assert F.eye(shape).shape == (2, 3)
+
+
+def test_none_shape_is_a_scalar_and_bad_shapes_say_so():
+    assert F.zeros(None).shape == () and F.full(None, 2).tolist() == 2
+    assert F.reshape(mge.tensor([5.0]), None).shape == ()
+    assert F.eye(mge.tensor(3)).shape == (3, 3)
+    with pytest.raises(TypeError, match="shape"):
+        F.zeros((2.5, 3))
+    with pytest.raises(TypeError, match="integers"):
+        F.ones(np.array([2.0]))
+    with pytest.raises(ValueError, match="at most one -1"):
+        F.reshape(F.arange(6), (-1, -1))
+
+
+def test_like_functions_take_arrays():
+    a = np.zeros((2, 2), np.int32)
+    assert F.ones_like(a).dtype == np.int32 and F.full_like(a, 3).numpy().sum() == 12
+
+
+# ----- empty tensors -----
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy warns on the mean of nothing
+def test_empty_tensor_reductions_and_indexing():
+    e = F.zeros((0, 3))
+    assert e.sum().item() == 0 and F.prod(e).item() == 1
+    np.testing.assert_array_equal(F.sum(e, axis=0).numpy(), np.zeros(3))
+    assert F.sum(e, axis=1).shape == (0,)
+    assert np.isnan(F.mean(F.zeros((0,))).item())
+    with pytest.raises(ValueError, match="empty"):
+        F.max(e)
+    with pytest.raises(ValueError, match="empty"):
+        F.argmin(e)
+    assert e[:0].shape == (0, 3) and e[mge.tensor([], dtype="int32")].shape == (0, 3)
+    x = mge.tensor(rand(4, 3))
+    assert x[mge.tensor([], dtype="int32")].shape == (0, 3)
+    assert x[x > 100].shape == (0,)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(x[2:2].sum())
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((4, 3)))

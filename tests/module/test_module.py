@@ -99,8 +99,15 @@ def test_children_and_modules():
 
 def test_dict_with_non_str_key_holding_a_module_is_rejected():
     net = Scale(1)
-    net.table = {1: Scale(1)}
-    with pytest.raises(TypeError, match="str keys"):
+    # upstream asserts (AssertionError) with this text; it is a TypeError too
+    with pytest.raises(AssertionError, match="keys for Tensor and Module must be str, error key: 1"):
+        net.table = {1: Scale(1)}
+    with pytest.raises(TypeError, match="use str keys"):
+        net.table = {"ok": [Scale(1)], True: {"a": mge.tensor([1.0])}}
+    assert not hasattr(net, "table")
+    net.plain = {True: 1, False: 0, 3: "x"}  # non-str keys without tensors are fine
+    vars(net)["sneaked"] = {2: Scale(1)}  # found at discovery time too
+    with pytest.raises(AssertionError, match="error key: 2"):
         list(net.parameters())
 
 
@@ -222,7 +229,8 @@ def test_zero_grad_and_gradients_through_a_module():
     with gm:
         gm.backward((net(x) * net(x)).sum())  # d/dw sum((w x)^2) = 2 w x^2
     np.testing.assert_allclose(net.w.grad.numpy(), 2 * np.array([1, 2, 3]) * np.array([1, 4, 9]))
-    net.zero_grad()
+    with pytest.warns(DeprecationWarning):
+        net.zero_grad()
     assert net.w.grad.numpy().tolist() == [0, 0, 0]
 
 
@@ -300,3 +308,269 @@ def test_importing_megengine_module_does_not_import_torch():
 
     code = "import sys, megengine.module; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----- upstream 1.13's Module internals (test_module.py there): structure, repr, naming -----
+class Holder(M.Module):
+    """upstream's MyModule2 shape: modules inside lists, dicts and tuples."""
+
+    class Inner(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = Scale(2)
+            self.flags = {True: 1, False: 0}  # non-str keys are fine without tensors
+
+        def forward(self, x):
+            return self.s(x)
+
+    def __init__(self):
+        super().__init__()
+        self.bn = Scale(4)
+        self.a = [Scale(4), {"x": Scale(4), "y": [Scale(4), self.Inner()], "z": 0},
+                  (self.Inner(),)]
+
+    def forward(self, x):
+        return x
+
+
+def test_expand_structure_names_and_parents_as_upstream():
+    m = Holder()
+    assert list(m.named_modules(with_parent=True)) == [
+        ("", m, None),
+        ("a.0", m.a[0], m),
+        ("a.1.x", m.a[1]["x"], m),
+        ("a.1.y.0", m.a[1]["y"][0], m),
+        ("a.1.y.1", m.a[1]["y"][1], m),
+        ("a.1.y.1.s", m.a[1]["y"][1].s, m.a[1]["y"][1]),
+        ("a.2.0", m.a[2][0], m),
+        ("a.2.0.s", m.a[2][0].s, m.a[2][0]),
+        ("bn", m.bn, m),
+    ]
+    assert [mod for mod, _ in m.modules(with_parent=True)] == list(m.modules())
+    # nothing but Tensors and Modules is ever yielded
+    assert list(m._flatten(with_key=True, predicate=lambda o: not isinstance(o, (Tensor, M.Module)))) == []
+
+
+def test_access_structure_follows_dotted_keys():
+    from megengine.module.module import _access_structure
+
+    m = Holder()
+    for key, leaf in list(m.named_modules())[1:] + list(m.named_parameters()):
+        assert _access_structure(m, key) is leaf
+        assert _access_structure(m, key, lambda parent, k, cur: cur) is leaf
+    parent, k, cur = _access_structure(m, "a.1.y.0.w", lambda *a: a)
+    assert parent is m.a[1]["y"][0] and k == "w" and cur is m.a[1]["y"][0].w
+    parent, k, cur = _access_structure(m, "a.2.0", lambda *a: a)
+    assert parent is m.a[2] and k == 0 and cur is m.a[2][0]
+
+    def replace(parent, k, cur):  # what set_expand_structure-style helpers do with it
+        parent[k] = Scale(7)
+
+    _access_structure(m, "a.1.y.0", replace)
+    assert m.a[1]["y"][0].w.shape == (7,)
+    assert "a.1.y.0.w" in dict(m.named_parameters())
+    with pytest.raises(KeyError, match="'q'"):
+        _access_structure(m, "a.1.q")
+    with pytest.raises(IndexError, match="step 9 is not in list"):
+        _access_structure(m, "a.9")
+
+
+def test_attribute_rules_before_init():
+    class ListFirst(M.Module):
+        def __init__(self):
+            self.layers = [Scale(1)]
+            super().__init__()
+
+    with pytest.raises(AttributeError, match="cannot assign module before Module.__init__"):
+        ListFirst()
+
+    class TensorDictFirst(M.Module):
+        def __init__(self):
+            self.table = {"w": Parameter([1.0])}
+            super().__init__()
+
+    with pytest.raises(AttributeError, match="'table'"):
+        TensorDictFirst()
+
+    class SettingsFirst(M.Module):  # plain values (and plain tuples) may come first
+        def __init__(self):
+            self.kernel = (3, 3)
+            self.w = Parameter([1.0])
+            super().__init__()
+
+        def forward(self, x):
+            return x * self.w
+
+    m = SettingsFirst()
+    assert m.kernel == (3, 3) and [k for k, _ in m.named_parameters()] == ["w"]
+
+
+def test_module_dict_keys_as_upstream():
+    class Empty(M.Module):
+        def forward(self):
+            pass
+
+    # the attributes pickles of upstream modules carry
+    assert set(vars(Empty())) == {
+        "_modules", "name", "training", "quantize_disabled", "_forward_pre_hooks",
+        "_forward_hooks", "_name", "_short_name",
+    }
+
+
+def test_forward_less_module_fails_when_called():
+    class NoForward(M.Module):
+        pass
+
+    with pytest.raises(NotImplementedError, match="NoForward has no forward"):
+        NoForward()(mge.tensor([1.0]))
+
+
+def test_submodules_are_named_where_first_assigned():
+    m = Holder()
+    assert m.bn._short_name == "bn" and m.bn._name == "bn"
+    assert m.a[1]["y"][1]._name == "a.1.y.1" and m.a[1]["y"][1].s._name == "a.1.y.1.s"
+    named = M.Sequential(M.Linear(2, 2), name="top")
+    assert named[0]._name == "top.0"
+    m.again = m.bn  # a second name does not rename it
+    assert m.bn._short_name == "bn"
+
+
+class Reprs(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc2 = M.Linear(4, 2)
+        self.drop = M.Dropout(drop_prob=0.1)
+        self.list1 = [M.Dropout(drop_prob=0.2), [M.Softmax(axis=1)]]
+        self.tuple1 = (M.Dropout(drop_prob=0.3), (M.Softmax(axis=0), M.Identity()))
+        self.dict1 = {"b": M.ReLU(), "a": M.Dropout(drop_prob=0.4)}
+        self.fc1 = M.Linear(3, 4, bias=False)
+
+    def forward(self, x):
+        return x
+
+
+def test_repr_lists_children_in_assignment_order():
+    assert repr(Reprs()) == (
+        "Reprs(\n"
+        "  (fc2): Linear(in_features=4, out_features=2, bias=True)\n"
+        "  (drop): Dropout(drop_prob=0.1)\n"
+        "  (list1.0): Dropout(drop_prob=0.2)\n"
+        "  (list1.1.0): Softmax(axis=1)\n"
+        "  (tuple1.0): Dropout(drop_prob=0.3)\n"
+        "  (tuple1.1.0): Softmax(axis=0)\n"
+        "  (tuple1.1.1): Identity()\n"
+        "  (dict1.a): Dropout(drop_prob=0.4)\n"
+        "  (dict1.b): ReLU()\n"
+        "  (fc1): Linear(in_features=3, out_features=4, bias=False)\n"
+        ")"
+    )
+
+
+def test_repr_after_reassign_rereference_delete_and_reset():
+    class Changing(M.Module):
+        def __init__(self, flag):
+            super().__init__()
+            self.first = M.Linear(1, 2)
+            self.second = M.Dropout(drop_prob=0.5)
+            self.first = M.Linear(1, 3)      # reassigned: keeps its place
+            self.third = self.second         # the same module printed under both names
+            self.gone = M.ReLU()
+            if flag:
+                self.reset = None
+                self.reset = M.Identity()
+            else:
+                self.reset = M.Identity()
+                self.reset = None            # no longer a child
+
+        def forward(self, x):
+            return x
+
+    m0, m1 = Changing(True), Changing(False)
+    del m0.gone
+    del m1.gone
+    common = (
+        "  (first): Linear(in_features=1, out_features=3, bias=True)\n"
+        "  (second): Dropout(drop_prob=0.5)\n"
+        "  (third): Dropout(drop_prob=0.5)\n"
+    )
+    assert repr(m0) == "Changing(\n" + common + "  (reset): Identity()\n)"
+    assert repr(m1) == "Changing(\n" + common + ")"
+
+
+def test_pickle_round_trip_keeps_structure_and_repr():
+    import pickle
+
+    m = Reprs()
+    m2 = pickle.loads(pickle.dumps(m))
+    assert repr(m2) == repr(m) and m2._modules == m._modules
+    # a pickle of an older module (no naming fields, no _modules) still loads and prints
+    state = dict(vars(m))
+    for k in ("_modules", "_short_name", "quantize_disabled"):
+        del state[k]
+    old = Reprs.__new__(Reprs)
+    old.__setstate__(state)
+    assert repr(old).splitlines()[1:] == repr(m).splitlines()[1:]
+    assert old._short_name is None and old.quantize_disabled is False
+
+
+def test_disable_quantize_reaches_every_module():
+    m = Holder()
+    assert m.disable_quantize() is m
+    assert all(sub.quantize_disabled for sub in m.modules())
+    m.a[0].disable_quantize(False)
+    assert not m.a[0].quantize_disabled and m.bn.quantize_disabled
+
+
+def test_replace_param_by_position():
+    class Two(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = Scale(2)
+            self.a = Parameter(np.zeros(3, np.float32))
+            self.c = Parameter(np.zeros(1, np.float32))
+
+        def forward(self, x):
+            return x
+
+    m = Two()
+    # numbering: a (0), b.w (1), c (2); b.count is a buffer, not numbered
+    new_bw, new_c = Parameter([5.0, 6.0]), Parameter([9.0])
+    with pytest.warns(DeprecationWarning, match="replace_param"):
+        assert m.replace_param({1: new_bw, 2: new_c}, 0) == 3
+    assert m.b.w is new_bw and m.c is new_c and m.a.shape == (3,)
+    with pytest.raises(ValueError, match="shape"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.replace_param({10: Parameter([1.0])}, 10)
+
+
+def test_zero_grad_is_deprecated_as_upstream():
+    net = Scale(2)
+    with pytest.warns(DeprecationWarning, match="zero_grad"):
+        net.zero_grad()
+
+
+def test_load_state_dict_strict_forms_as_upstream():
+    class MLP(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense0 = M.Linear(6, 5)
+            self.dense1 = M.Linear(5, 2)
+
+        def forward(self, x):
+            return self.dense1(mge.functional.relu(self.dense0(x)))
+
+    x = mge.tensor(np.random.RandomState(0).rand(2, 6).astype(np.float32))
+    src, dst = MLP(), MLP()
+    sd = src.state_dict()
+    sd["extra"] = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dst.load_state_dict(sd, strict=False)
+    np.testing.assert_allclose(dst(x).numpy(), src(x).numpy(), rtol=1e-6)
+    with pytest.raises(KeyError):
+        dst.load_state_dict(sd)  # an unexpected key
+    del sd["extra"], sd["dense0.bias"]
+    with pytest.raises(KeyError, match="dense0.bias"):
+        dst.load_state_dict(sd)  # a missing key
+    with pytest.raises(ValueError):
+        dst.load_state_dict(["not", "a", "dict"])

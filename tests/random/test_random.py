@@ -104,3 +104,115 @@ def test_rng_objects_have_their_own_stream():
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ----- exponential and multinomial (upstream 1.13), checked against hand-computed moments -----
+def test_exponential_moments_shapes_and_seed():
+    rand.seed(3)
+    x = rand.exponential(rate=4.0, size=(200000,))
+    assert x.dtype == np.float32 and x.shape == (200000,)
+    v = x.numpy().astype(np.float64)
+    assert v.min() >= 0
+    # mean 1/rate = 0.25, variance 1/rate^2: the standard error of the mean is 0.25/sqrt(2e5)
+    # = 5.6e-4, so 3e-3 is over 5 sigma; a rate-as-scale mix-up would give mean 4
+    assert abs(v.mean() - 0.25) < 3e-3 and abs(v.std() - 0.25) < 3e-3
+    # P(X > 1/rate) = e^-1 for an exponential (not for e.g. a half-normal of that mean)
+    assert abs((v > 0.25).mean() - np.exp(-1)) < 5e-3
+    rates = mge.tensor([[1.0], [10.0]])
+    y = rand.exponential(rate=rates, size=(3000, 2))
+    assert y.shape == (3000, 2, 2, 1)
+    means = y.numpy().reshape(-1, 2).mean(axis=0)
+    np.testing.assert_allclose(means, [1.0, 0.1], rtol=0.05)
+    assert rand.exponential(size=5).shape == (5,)
+    rand.seed(11)
+    a = rand.exponential(2.0, size=(4,)).numpy()
+    rand.seed(11)
+    np.testing.assert_array_equal(a, rand.exponential(2.0, size=(4,)).numpy())
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        rand.exponential(rate=0.0)
+
+
+def test_multinomial_with_replacement_frequencies():
+    rand.seed(5)
+    w = np.array([[1.0, 0.0, 3.0, 4.0], [5.0, 1.0, 1.0, 1.0]], np.float32)
+    out = rand.multinomial(mge.tensor(w), 40000, replacement=True)
+    assert out.dtype == np.int32 and out.shape == (2, 40000)
+    idx = out.numpy()
+    assert not np.any(idx[0] == 1)  # a zero weight is never drawn
+    for row in range(2):
+        freq = np.bincount(idx[row], minlength=4) / idx.shape[1]
+        # standard error <= 0.0025 at 40000 draws; 0.012 is ~5 sigma
+        np.testing.assert_allclose(freq, w[row] / w[row].sum(), atol=0.012)
+    one_d = rand.multinomial(mge.tensor([0.0, 2.0]), 7, replacement=True)
+    assert one_d.shape == (7,) and one_d.numpy().tolist() == [1] * 7
+
+
+def test_multinomial_without_replacement_follows_sequential_draws():
+    rand.seed(6)
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    rows = 20000
+    idx = rand.multinomial(mge.tensor(np.tile(p * 10, (rows, 1))), 2).numpy()
+    assert idx.shape == (rows, 2) and np.all(idx[:, 0] != idx[:, 1])
+    first = np.bincount(idx[:, 0], minlength=4) / rows
+    # second draw: P(j) = sum_{i != j} p_i * p_j / (1 - p_i), computed by hand
+    second_expected = np.array([sum(p[i] * p[j] / (1 - p[i]) for i in range(4) if i != j)
+                                for j in range(4)])
+    second = np.bincount(idx[:, 1], minlength=4) / rows
+    np.testing.assert_allclose(first, p, atol=0.015)
+    np.testing.assert_allclose(second, second_expected, atol=0.015)
+    # drawing every category is a permutation of them
+    full = rand.multinomial(mge.tensor([1.0, 1.0, 1.0]), 3).numpy()
+    assert sorted(full.tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: rand.multinomial(mge.tensor([1.0, 0.0]), 2), ValueError, "distinct"),
+    (lambda: rand.multinomial(mge.tensor([1.0, -1.0]), 1), ValueError, ">= 0"),
+    (lambda: rand.multinomial(mge.tensor([0.0, 0.0]), 1, True), ValueError, "weight > 0"),
+    (lambda: rand.multinomial(mge.tensor(np.ones((2, 2, 2))), 1), ValueError, "1-d or 2-d"),
+    (lambda: rand.multinomial(mge.tensor([1.0]), 0), ValueError, "num_samples"),
+    (lambda: rand.multinomial([0.5, 0.5], 1), TypeError, "Tensor"),
+])
+def test_multinomial_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_rng_seed_governs_every_method_and_global_seed_governs_rng_without_seed():
+    def draws(rng):
+        return [rng.uniform(size=(3,)), rng.normal(size=(3,)), rng.gamma(2.0, size=(3,)),
+                rng.beta(2.0, 3.0, size=(3,)), rng.poisson(3.0, size=(3,)),
+                rng.exponential(2.0, size=(3,)), rng.permutation(5),
+                rng.multinomial(mge.tensor([1.0, 2.0, 3.0]), 2)]
+
+    a, b = draws(rand.RNG(seed=123)), draws(rand.RNG(seed=123))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    c = draws(rand.RNG(seed=124))
+    assert not all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a, c))
+    rand.seed(77)
+    d = draws(rand.RNG())  # no seed: the global generator that seed() sets
+    rand.seed(77)
+    e = [rand.uniform(size=(3,)), rand.normal(size=(3,)), rand.gamma(2.0, size=(3,)),
+         rand.beta(2.0, 3.0, size=(3,)), rand.poisson(3.0, size=(3,)),
+         rand.exponential(2.0, size=(3,)), rand.permutation(5),
+         rand.multinomial(mge.tensor([1.0, 2.0, 3.0]), 2)]
+    for x, y in zip(d, e):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_empty_draws_as_upstream():
+    rand.seed(1024)
+    for shape in [(0,), (0, 0, 0), (10, 0, 10)]:
+        outs = [rand.uniform(0, 1, shape), rand.normal(0, 1, shape), rand.gamma(2, 1, shape),
+                rand.beta(2, 1, shape), rand.poisson(2, shape), rand.exponential(1.5, shape)]
+        assert all(o.shape == shape for o in outs)
+    assert rand.permutation(n=0).shape == (0,)
+    for shape, expected in [((0,), (0,)), ((0, 0), (0, 0)), ((0, 10), (0, 2))]:
+        out = rand.multinomial(input=rand.normal(0, 1, shape), num_samples=2, replacement=True)
+        assert out.shape == expected and out.dtype == np.int32
+
+
+def test_permutation_of_a_0d_tensor_is_one_element():
+    out = rand.permutation(mge.tensor(7.0))
+    assert out.shape == (1,) and out.numpy().tolist() == [7.0]

@@ -1,3 +1,3 @@
 """Datasets: the base classes and the ready-made ones."""
-from .meta_dataset import ArrayDataset, Dataset, MapDataset, StreamDataset
-from .vision import MNIST, VisionDataset
+from .meta_dataset import ArrayDataset, ConcatDataset, Dataset, MapDataset, StreamDataset
+from .vision import CIFAR10, CIFAR100, MNIST, ImageFolder, VisionDataset

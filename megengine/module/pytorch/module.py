@@ -7,7 +7,9 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
   sit in a tree of small mirror modules shaped like the torch module's own tree, so megengine's
   `named_parameters()` / `state_dict()` show the torch names (``conv1.weight``) under the
   wrapper's attribute name. Optimizer updates and `load_state_dict` write in place, so torch
-  sees them at its next forward with no copying.
+  sees them at its next forward with no copying. One torch tensor is one megengine tensor
+  (shared.py): tied weights and a module wrapped twice train each weight once, and a wrapper
+  pickles and deep-copies as its torch module, its mirrors rebuilt as views on load.
 * A call is one op (`_TorchCall`) whose inputs are the tensor arguments followed by the
   parameters. Its forward runs the torch module on zero-copy views, building a torch autograd
   graph only when megengine wants a gradient for an input or a parameter; its backward runs
@@ -18,11 +20,13 @@ import numbers
 import numpy as np
 import torch
 
+from ...core import amp as _amp
+from ...core import torch_bridge as _bridge
 from ...core.dispatch import Op, apply
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from ...core import torch_bridge as _bridge
+from .shared import mirror_of
 
 __all__ = ["PyTorchModule"]
 
@@ -94,6 +98,7 @@ class PyTorchModule(Module):
                 f"PyTorchModule: infer_shape must be callable(*input_shapes) -> shapes, got "
                 f"{type(infer_shape).__name__}"
             )
+        _refuse_unsupported(torch_module)
         device = canonical_device(device)  # unknown names raise a ValueError here
         super().__init__()
         _bridge.load_extension()  # compile (once) now rather than inside the first forward
@@ -104,28 +109,35 @@ class PyTorchModule(Module):
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
-        # the parameters in torch's order, as megengine Parameters and as torch's own tensors
+        # the distinct parameters in torch's order, as megengine Parameters and as torch's own
+        # tensors: a tied parameter is one op input, so torch sums its gradient once
         self._mge_params, self._torch_params = _Hidden(), _Hidden()
-        # (the torch module's parameter or buffer table, name, address megengine views): what
-        # every call checks, so a replaced tensor can never silently stop the sharing
+        # (torch module, name, address megengine views) per parameter and buffer: what every
+        # call checks, so a replaced tensor can never silently stop the sharing
         self._shared = _Hidden()
-        self._build_mirror(self, torch_module)
+        self._build_mirror(self, torch_module, set())
         self.train(torch_module.training)
 
-    def _build_mirror(self, owner, tmod):
+    def _build_mirror(self, owner, tmod, seen):
+        """Mirror ``tmod``'s parameters, buffers and stateful children onto ``owner``. A torch
+        tensor reachable twice (tied weights) is one megengine tensor (`mirror_of`), which
+        megengine's module walk lists once, under its first name, as torch does."""
         for name, p in tmod.named_parameters(recurse=False):
             _check_attribute_name(owner, name, "parameter")
-            mp = Parameter._wrap(_bridge.from_torch(p.data), self._device)
-            self._mge_params.items.append(mp)
-            self._torch_params.items.append(p)
-            self._shared.items.append((tmod._parameters, name, p.data_ptr()))
+            mp = mirror_of(p, self._device, parameter=True)
+            if id(p) not in seen:
+                seen.add(id(p))
+                self._mge_params.items.append(mp)
+                self._torch_params.items.append(p)
+            self._shared.items.append((tmod, name, p.data_ptr()))
             setattr(owner, name, mp)
+        non_persistent = getattr(tmod, "_non_persistent_buffers_set", ())
         for name, b in tmod.named_buffers(recurse=False):
-            if b is None or name in tmod._non_persistent_buffers_set:
+            if b is None or name in non_persistent:
                 continue
             _check_attribute_name(owner, name, "buffer")
-            mb = Tensor._wrap(_bridge.from_torch(b), self._device)
-            self._shared.items.append((tmod._buffers, name, b.data_ptr()))
+            mb = mirror_of(b, self._device, parameter=False)
+            self._shared.items.append((tmod, name, b.data_ptr()))
             setattr(owner, name, mb)
         for name, child in tmod.named_children():
             if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
@@ -133,7 +145,20 @@ class PyTorchModule(Module):
             _check_attribute_name(owner, name, "submodule")
             mirror = _Mirror(child)
             setattr(owner, name, mirror)
-            self._build_mirror(mirror, child)
+            self._build_mirror(mirror, child, seen)
+
+    def __setstate__(self, state):
+        # pickle / deepcopy: the mirrors came back as views of the loaded torch tensors (see
+        # shared.py); only the addresses the per-call check compares against are new
+        self.__dict__.update(state)
+        self._shared.items = [(tmod, name, getattr(tmod, name).data_ptr())
+                              for tmod, name, _ in self._shared.items]
+        for mp, tp in zip(self._mge_params, self._torch_params):
+            if mp.torch_tensor is not tp:
+                raise RuntimeError(
+                    "PyTorchModule: a loaded parameter does not view its torch tensor; this is a "
+                    "bug, please report it"
+                )
 
     @property
     def torch_module(self):
@@ -141,8 +166,9 @@ class PyTorchModule(Module):
         return self._torch_module
 
     def get_param_by_name(self, name):
-        """The megengine Parameter for a torch parameter name such as ``"conv1.weight"``."""
-        params = dict(self.named_parameters())
+        """The megengine Parameter for a torch parameter name such as ``"conv1.weight"``
+        (a tied parameter answers to each of its names)."""
+        params = {key: t for key, t, _ in self._state_entries() if isinstance(t, Parameter)}
         if name not in params:
             raise KeyError(
                 f"PyTorchModule.get_param_by_name: no parameter {name!r}; have {sorted(params)}"
@@ -165,9 +191,9 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
-        for table, name, address in self._shared:
-            current = table.get(name)
-            if current is None or current.data_ptr() != address:
+        for tmod, name, address in self._shared:
+            current = getattr(tmod, name, None)
+            if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
                     "tensor (assigned anew, or moved by .to()/.half()), so it no longer shares "
@@ -232,6 +258,20 @@ class PyTorchModule(Module):
 
     def _module_info_string(self):
         return f"{type(self._torch_module).__name__}, device={self._device}"
+
+
+def _refuse_unsupported(torch_module):
+    """Modules whose tensors cannot be mirrored at construction get a clear refusal here."""
+    lazy = [name for name, t in list(torch_module.named_parameters())
+            + list(torch_module.named_buffers())
+            if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    if lazy:
+        raise ValueError(
+            f"PyTorchModule: the torch module has uninitialized (lazy) parameters or buffers "
+            f"{lazy}, e.g. from nn.LazyLinear; megengine must share their memory from the start. "
+            "Run one forward pass in torch first to materialise them (e.g. "
+            "torch_module(example_input)), or use the non-lazy layers (nn.Linear, nn.Conv2d)"
+        )
 
 
 class _Slot:
@@ -312,6 +352,7 @@ class _TorchCall(Op):
         self.template, self.kw_template = template, kw_template
         self.n_inputs = n_inputs
         self.structure = None
+        self.device = wrapper._device  # the dispatcher's device for a call with no tensor inputs
 
     def __repr__(self):
         return f"PyTorchModule({type(self.wrapper._torch_module).__name__})"
@@ -333,9 +374,11 @@ class _TorchCall(Op):
         versions = [t._version for t in inputs]
         args = [_fill(t, inputs) for t in self.template]
         kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
-        with torch.set_grad_enabled(want_grad):
+        # megengine.amp.autocast reaches torch as torch.autocast with the same dtype
+        with torch.set_grad_enabled(want_grad), _amp.torch_autocast(_torch_device(w._device).type):
             out = w._torch_module(*args, **kwargs)
         outs, self.structure = _flatten_outputs(out, w.output_cnt)
+        outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
         written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
@@ -371,8 +414,21 @@ class _TorchCall(Op):
         if outs and wrt:
             got = torch.autograd.grad(outs, wrt, out_grads, allow_unused=True)
             slots = [i for i, g in enumerate(need) if g]
+            # torch may return one tensor (or the incoming gradient itself) for several inputs,
+            # e.g. through an add; megengine must never give two tensors one gradient array,
+            # or an in-place edit (clip_grad_norm) would apply twice
+            taken = {t.data_ptr() for t in out_grads}
             for i, g in zip(slots, got):
                 if g is not None:
+                    if g.numel() and g.data_ptr() in taken:
+                        g = g.clone()
+                    taken.add(g.data_ptr())
                     result[i] = _bridge.from_torch(g)
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
+
+    def grad_graph(self, inputs, outputs, grads):
+        """The backward as a recorded op, for higher-order gradients (see _higher_order)."""
+        from ._higher_order import grad_graph
+
+        return grad_graph(self, inputs, outputs, grads)

@@ -1,4 +1,5 @@
 """PyTorchModule: values, gradients, state and lifetimes against pure PyTorch as the oracle."""
+import copy
 import gc
 import importlib.util
 import io
@@ -618,3 +619,42 @@ def test_a_call_after_a_torch_tensor_was_replaced_is_an_error_not_a_silent_split
         tmod.to(torch.float64)  # new storage behind the same Parameter objects
     with pytest.raises(RuntimeError, match="'weight' was replaced"):
         wrap(x)
+
+
+def test_a_call_without_tensor_inputs_on_a_parameterless_module_runs_on_its_device():
+    class Constant(nn.Module):
+        def forward(self, n):
+            return torch.arange(float(n))
+
+    out = PyTorchModule(Constant())(3)  # no tensor inputs and no parameters: no op input at all
+    np.testing.assert_array_equal(out.numpy(), [0.0, 1.0, 2.0])
+    assert out.device == mge.tensor(0.0).device
+
+
+def test_lazy_modules_are_refused_with_the_fix_named():
+    with pytest.raises(ValueError, match=r"uninitialized \(lazy\).*\['0.weight', '0.bias'\].*forward pass"):
+        PyTorchModule(nn.Sequential(nn.LazyLinear(3)))
+    lazy = nn.LazyLinear(3)
+    lazy(torch.zeros(1, 4))  # materialised in torch: now it is an ordinary Linear
+    assert PyTorchModule(lazy).weight.shape == (3, 4)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_scripted_module_trains_like_torch():
+    torch.manual_seed(0)
+    eager = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Tanh())
+    reference = copy.deepcopy(eager)
+    wrap = PyTorchModule(torch.jit.script(eager))
+    assert [n for n, _ in wrap.named_parameters()] == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert "1.running_mean" in dict(wrap.named_buffers())
+    x_np = np.random.randn(5, 4).astype("float32")
+    params = list(wrap.parameters())
+    x = mge.tensor(x_np)
+    y = grads_of(lambda: (wrap(x) ** 2).sum(), params + [x])
+    xt = torch.tensor(x_np, requires_grad=True)
+    (reference(xt) ** 2).sum().backward()
+    np.testing.assert_allclose(y.numpy(), (reference(torch.tensor(x_np)) ** 2).sum().item(), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), reference.get_parameter(name).grad.numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)

@@ -1,0 +1,38 @@
+"""`megengine.amp`: automatic mixed precision as upstream has it: `autocast` (float16 compute in
+matmul, linear and convolutions, and in PyTorchModule calls through ``torch.autocast``, with
+float32 master weights), `GradScaler` (loss scaling with overflow detection) and
+`convert_module_format` (NHWC layout for 4-D/5-D parameters).
+
+``megengine.amp.enabled``, ``low_prec_dtype`` and ``high_prec_dtype`` read and set the global
+autocast state, as upstream's module properties do."""
+import sys
+import types
+
+from ..core import amp as _state
+from .autocast import autocast
+from .convert_format import convert_module_format, convert_tensor_format
+from .grad_scaler import GradScaler
+
+__all__ = ["autocast", "GradScaler", "convert_module_format", "convert_tensor_format",
+           "enabled", "low_prec_dtype", "high_prec_dtype"]
+
+
+def _state_property(name, doc):
+    def get(module):
+        return getattr(_state, name)
+
+    def set_(module, value):
+        setattr(_state, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+class _AmpModule(types.ModuleType):
+    enabled = _state_property("_enabled", "Whether autocast is on (global).")
+    low_prec_dtype = _state_property(
+        "_low_prec_dtype", "The dtype autocast computes matmul/linear/conv in (default float16).")
+    high_prec_dtype = _state_property(
+        "_high_prec_dtype", "The dtype autocast keeps for precision (default float32).")
+
+
+sys.modules[__name__].__class__ = _AmpModule

@@ -1,0 +1,46 @@
+"""`autocast`: a context manager and decorator that turns mixed precision on (or off) inside."""
+import functools
+
+from ..core import amp as _state
+
+
+class autocast:
+    """Run the ops upstream's amp covers in low precision inside a ``with`` block or a decorated
+    function (upstream's ``megengine.amp.autocast``).
+
+    ``enabled``: turn autocast on (or, with False, off inside an outer autocast).
+    ``low_prec_dtype``: the compute dtype of matmul, linear and convolutions, and the
+    ``torch.autocast`` dtype of PyTorchModule calls (default ``"float16"``; ``"bfloat16"`` works
+    for PyTorchModule calls only, numpy has no bfloat16).
+    ``high_prec_dtype``: the dtype kept for precision (default ``"float32"``).
+
+    Parameters stay float32: each covered op casts its inputs (an op, so gradients are cast
+    back), which makes float32 master weights with float16 compute. Use `GradScaler` against
+    float16 gradient underflow. The state is global (not per thread), as upstream's.
+    """
+
+    def __init__(self, enabled: bool = True, low_prec_dtype: str = "float16",
+                 high_prec_dtype: str = "float32"):
+        self.enabled = enabled
+        self.low_prec_dtype = low_prec_dtype
+        self.high_prec_dtype = high_prec_dtype
+        self._saved = []  # a stack: one autocast object may be entered again inside itself
+
+    def __enter__(self):
+        self._saved.append((_state._enabled, _state._low_prec_dtype, _state._high_prec_dtype))
+        _state._enabled = self.enabled
+        _state._low_prec_dtype = self.low_prec_dtype
+        _state._high_prec_dtype = self.high_prec_dtype
+        return self
+
+    def __exit__(self, *exc):
+        _state._enabled, _state._low_prec_dtype, _state._high_prec_dtype = self._saved.pop()
+        return False
+
+    def __call__(self, func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with self:
+                return func(*args, **kwargs)
+
+        return wrapper

@@ -1,0 +1,124 @@
+"""`GradScaler`: scale the loss's gradient up so float16 gradients do not underflow, unscale the
+parameters' gradients, and adapt the scale: back off on inf/nan, grow after a run of good steps."""
+from typing import Iterable
+
+from ..core.tensor import Tensor
+from ..core.dispatch import xp_of
+
+
+def _check_non_finite(grads) -> bool:
+    """True when any of ``grads`` (Tensors or None) holds an inf or a nan."""
+    for g in grads:
+        if g is None:
+            continue
+        xp = xp_of(g._data)
+        if not bool(xp.isfinite(g._data).all()):
+            return True
+    return False
+
+
+class GradScaler:
+    """Loss scaling for `megengine.amp.autocast` training (upstream's ``GradScaler``).
+
+    ``init_scale``: the first scale factor. ``growth_factor``: the factor the scale grows by
+    after ``growth_interval`` steps without inf/nan gradients (0 interval: a fixed scale, no
+    checks). ``backoff_factor``: the factor the scale shrinks by on a step with inf/nan
+    gradients; that step's gradients are dropped (set to None), so ``opt.step()`` skips them.
+
+    Usage::
+
+        scaler = GradScaler()
+        with gm:
+            loss = F.loss.cross_entropy(model(x), y)
+            scaler.backward(gm, loss)   # backward with dy = scale, unscale, update
+        opt.step().clear_grad()
+
+    or, to accumulate gradients over several batches, ``gm.backward(loss,
+    dy=mge.tensor(scaler.scale_factor))`` per batch, then ``scaler.unscale(gm.attached_tensors())``
+    and ``scaler.update()``. The decisions read gradient values on the host: inside
+    ``trace(symbolic=True)`` they would run at recording only, so keep the scaler's calls in a
+    ``symbolic=False`` trace or outside the traced function.
+    """
+
+    def __init__(self, init_scale: float = 2.0 ** 4, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000):
+        self.scale_factor = float(init_scale)
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
+        self.growth_interval = growth_interval
+        self._growth_tracker = 0
+        self._found_non_finite = False
+
+    def backward(self, gm, y=None, dy=None, *, unscale_grad: bool = True,
+                 update_scale="if_unscale_grad"):
+        """``gm.backward(y, dy * scale_factor)`` (``dy`` defaults to ones), then, with
+        ``unscale_grad``, `unscale` the attached tensors' gradients and, with ``update_scale``,
+        `update` the scale."""
+        ys = [] if y is None else list(y) if isinstance(y, (tuple, list)) else [y]
+        if dy is None:
+            dys = [_full_like(t, self.scale_factor) for t in ys]
+        elif isinstance(dy, (tuple, list)):
+            dys = [d * self.scale_factor for d in dy]
+        else:
+            dys = [dy * self.scale_factor]
+        gm.backward(y=ys, dy=dys)
+        if unscale_grad:
+            self.unscale(gm.attached_tensors())
+            if update_scale:
+                self.update()
+        return self
+
+    def unscale(self, grad_tensors: Iterable[Tensor]):
+        """Divide the ``.grad`` of ``grad_tensors`` by the scale; if any is inf/nan, set them all
+        to None instead (the step is skipped) and remember it for `update`."""
+        tensors = [t for t in grad_tensors if t is not None]
+        if self._check_gradients([getattr(t, "grad", None) for t in tensors]):
+            self._found_non_finite = True
+        if self._found_non_finite:
+            for t in tensors:
+                t.grad = None
+        else:
+            inv = 1.0 / self.scale_factor
+            for t in tensors:
+                if getattr(t, "grad", None) is not None:
+                    t.grad = t.grad * inv
+        return self
+
+    def _check_gradients(self, grads):
+        if self.growth_interval == 0:
+            return False
+        return _check_non_finite(grads)
+
+    def update(self, new_scale: float = None):
+        """Set the scale to ``new_scale``, or adapt it: back off after an overflow, grow after
+        ``growth_interval`` clean steps."""
+        if self.growth_interval == 0:
+            return
+        if new_scale is not None:
+            self.scale_factor = float(new_scale)
+        elif self._found_non_finite:
+            self.scale_factor *= self.backoff_factor
+            self._growth_tracker = 0
+        else:
+            self._growth_tracker += 1
+            if self._growth_tracker >= self.growth_interval:
+                self.scale_factor *= self.growth_factor
+                self._growth_tracker = 0
+        self._found_non_finite = False
+
+    def state_dict(self):
+        return {"scale_factor": self.scale_factor, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval,
+                "_growth_tracker": self._growth_tracker}
+
+    def load_state_dict(self, state):
+        self.scale_factor = state["scale_factor"]
+        self.growth_factor = state["growth_factor"]
+        self.backoff_factor = state["backoff_factor"]
+        self.growth_interval = state["growth_interval"]
+        self._growth_tracker = state["_growth_tracker"]
+
+
+def _full_like(t, value):
+    xp = xp_of(t._data)
+    return Tensor._wrap(xp.full(t._data.shape, value, dtype=t._data.dtype), t._device)

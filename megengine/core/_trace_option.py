@@ -1,0 +1,17 @@
+"""The default of ``trace(symbolic_shape=...)`` (upstream's ``set_symbolic_shape`` switch)."""
+_use_symbolic_shape = True
+
+
+def use_symbolic_shape() -> bool:
+    return _use_symbolic_shape
+
+
+def set_symbolic_shape(option: bool) -> bool:
+    """Set the default of ``trace(symbolic_shape=...)`` and return the previous one.
+
+    Upstream uses it to make ``x.shape`` a tensor while tracing; shapes are concrete tuples in
+    this engine (a new shape is a new traced signature), so the flag is kept for compatibility.
+    """
+    global _use_symbolic_shape
+    old, _use_symbolic_shape = _use_symbolic_shape, bool(option)
+    return old

@@ -1,0 +1,70 @@
+"""The autocast state (upstream's ``megengine.core.tensor.amp``) and the casts that the ops
+upstream's amp covers (matmul, linear, convolutions) apply under it; `megengine.amp` is the
+user-facing side. Kept in core so that functional code reads it without importing upward."""
+import contextlib
+
+import numpy as np
+
+_enabled = False
+_high_prec_dtype = "float32"
+_low_prec_dtype = "float16"
+
+
+def _engine_dtype(name, which):
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "f":
+        raise TypeError(
+            f"autocast: {which}={name!r} is not a floating dtype this engine computes in "
+            "(numpy has float16, float32 and float64, no bfloat16). A PyTorchModule alone can "
+            "run under low_prec_dtype='bfloat16'; megengine's own ops need 'float16'")
+    return dtype
+
+
+def cast_for_compute(*tensors):
+    """Under autocast, floating tensors cast to the low-precision dtype (for speed and memory);
+    ``None`` and integer tensors pass unchanged. Without autocast: the tensors as given.
+
+    The cast is an op, so gradients flow back through it and arrive at float32 parameters as
+    float32: the parameters stay float32 master weights.
+    """
+    if not _enabled:
+        return tensors
+    dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
+    return tuple(t if t is None or t.dtype.kind != "f" or t.dtype == dtype else t.astype(dtype)
+                 for t in tensors)
+
+
+def cast_for_precision(*tensors):
+    """Under autocast, floating tensors cast to the high-precision dtype (for ops that need
+    range: reductions, normalisation, losses)."""
+    if not _enabled:
+        return tensors
+    dtype = _engine_dtype(_high_prec_dtype, "high_prec_dtype")
+    return tuple(t if t is None or t.dtype.kind != "f" or t.dtype == dtype else t.astype(dtype)
+                 for t in tensors)
+
+
+def torch_autocast(device_type):
+    """A context that runs torch code under ``torch.autocast(device_type, low_prec_dtype)``
+    while megengine's autocast is on, or does nothing. Only the PyTorch bridge calls it (torch
+    is loaded there)."""
+    if not _enabled:
+        return contextlib.nullcontext()
+    import torch
+    dtype = getattr(torch, str(_low_prec_dtype), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"autocast: low_prec_dtype={_low_prec_dtype!r} is not a torch floating "
+                        "dtype (use 'float16' or 'bfloat16')")
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def torch_outputs(outs):
+    """Under autocast, torch outputs in a dtype numpy cannot hold (bfloat16) become float32,
+    through a differentiable torch cast, so they can cross into megengine."""
+    if not _enabled:
+        return outs
+    return [o.float() if o.dtype.is_floating_point and o.dtype.itemsize == 2
+            and str(o.dtype) == "torch.bfloat16" else o for o in outs]

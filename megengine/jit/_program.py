@@ -1,0 +1,483 @@
+"""The data of a trace: value snapshots that compare, argument trees, and the recorded program
+(its slots and steps) that `record` builds, `replay` runs and `dump` writes out."""
+import numpy as np
+
+from ..autodiff.function import _FunctionOp
+from ..core.tensor import Tensor
+
+
+class TraceError(RuntimeError):
+    """A function cannot be traced, or a traced function cannot run as asked."""
+
+
+class TraceMismatchError(TraceError):
+    """A call of a traced function does not match what its first call recorded.
+
+    ``str(error)`` is upstream's short form, ``"trace error because <reason>"`` (upstream's tests
+    compare it); ``error.detail`` says which op, input and value differ, and is attached as a
+    note, so tracebacks show it.
+    """
+
+    def __init__(self, detail, reason="operator mismatch"):
+        super().__init__(f"trace error because {reason}")
+        self.reason, self.detail = reason, detail
+        self.add_note(detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Comparable snapshots of op parameters and non-tensor arguments
+# --------------------------------------------------------------------------------------------
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis)})
+
+
+def _is_array(v):
+    return isinstance(v, np.ndarray) or type(v).__module__.startswith("cupy")
+
+
+def _host(a):
+    return a.get() if type(a).__module__.startswith("cupy") else a
+
+
+class _Same:
+    """Compares by identity: an object (a module, a callable) the trace refers to; objects whose
+    class defines its own ``__eq__`` (small value objects an op keeps) compare by value."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        if type(other) is not _Same:
+            return False
+        a, b = self.obj, other.obj
+        if a is b:
+            return True
+        return type(a) is type(b) and type(a).__eq__ is not object.__eq__ and bool(a == b)
+
+    def __repr__(self):
+        return f"<{type(self.obj).__name__} object>"
+
+
+class _ArrayValue:
+    """Compares by value: an array held as a constant (an index, a captured argument)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __eq__(self, other):
+        if type(other) is not _ArrayValue:
+            return False
+        a, b = self.array, other.array
+        return (a is b or (a.shape == b.shape and a.dtype == b.dtype
+                           and bool((_host(a) == _host(b)).all())))
+
+    def __repr__(self):
+        a = self.array
+        if a.size <= 8:
+            return repr(_host(a).tolist())
+        return f"<array {a.dtype} {a.shape}>"
+
+
+class _Ref:
+    """A traced value inside an encoded structure: slot ``slot`` (its array if ``raw``)."""
+
+    __slots__ = ("slot", "raw")
+
+    def __init__(self, slot, raw=False):
+        self.slot, self.raw = slot, raw
+
+    def __eq__(self, other):
+        return type(other) is _Ref and other.slot == self.slot and other.raw == self.raw
+
+    def __repr__(self):
+        return f"<traced value #{self.slot}>"
+
+
+def _freeze(v, array_slot):
+    """A snapshot of ``v`` that compares with ``==``, and can be rebuilt by `_thaw`.
+
+    Arrays that are the data of a traced tensor (``array_slot(a)`` gives its slot) become
+    `_Ref`s: ``x[idx_tensor]`` puts ``idx_tensor``'s array into the op, and a replay must use
+    that call's index, not the first one's.
+    """
+    t = type(v)
+    if t in _PLAIN or isinstance(v, (np.generic, np.dtype, type)):
+        return v
+    if t is tuple or t is list:
+        return (t, tuple(_freeze(x, array_slot) for x in v))
+    if t is dict:
+        return (dict, tuple((k, _freeze(x, array_slot)) for k, x in v.items()))
+    if t is slice:
+        return (slice, _freeze(v.start, array_slot), _freeze(v.stop, array_slot),
+                _freeze(v.step, array_slot))
+    if _is_array(v):
+        s = array_slot(v)
+        return _Ref(s, raw=True) if s is not None else _ArrayValue(v)
+    return _Same(v)
+
+
+def _has_ref(frozen):
+    if type(frozen) is _Ref:
+        return True
+    if type(frozen) is tuple:
+        return any(_has_ref(x) for x in frozen)
+    return False
+
+
+def _thaw(frozen, values):
+    """Rebuild a value `_freeze` made, with `_Ref`s read from this replay's ``values``."""
+    t = type(frozen)
+    if t is _Ref:
+        v = values[frozen.slot]
+        return v._data if frozen.raw else v
+    if t is _ArrayValue:
+        return frozen.array
+    if t is _Same:
+        return frozen.obj
+    if t is tuple:
+        kind = frozen[0]
+        if kind is tuple or kind is list:
+            return kind(_thaw(x, values) for x in frozen[1])
+        if kind is dict:
+            return {k: _thaw(x, values) for k, x in frozen[1]}
+        if kind is slice:
+            return slice(*(_thaw(x, values) for x in frozen[1:]))
+    return frozen
+
+
+def _op_key(op, array_slot):
+    """What identifies an op for checking: its type and its parameters before ``forward``."""
+    if type(op) is _FunctionOp:
+        # a user Function is made fresh per call (or reused with state on it): compare its type
+        return (_FunctionOp, type(op.fn), op.device), None
+    params = []
+    dyn = None
+    for k, v in op.__dict__.items():
+        if k == "needs_input_grad":
+            continue
+        f = _freeze(v, array_slot)
+        if type(f) is not _Same and _has_ref(f):
+            if dyn is None:
+                dyn = []
+            dyn.append((k, f))
+        params.append((k, f))
+    return (type(op), tuple(params)), dyn
+
+
+def _describe_params(key):
+    cls, params = key[0], key[1]
+    if cls is _FunctionOp:
+        return f"Function {key[1].__name__}"
+    return ", ".join(f"{k}={_short(v)}" for k, v in params) or "no parameters"
+
+
+def _short(frozen):
+    t = type(frozen)
+    if t is tuple and frozen and frozen[0] in (tuple, list):
+        inner = ", ".join(_short(x) for x in frozen[1])
+        return f"({inner})" if frozen[0] is tuple else f"[{inner}]"
+    if t is tuple and frozen and frozen[0] is slice:
+        return "slice(" + ", ".join(_short(x) for x in frozen[1:]) + ")"
+    if t is tuple and frozen and frozen[0] is dict:
+        return "{" + ", ".join(f"{k!r}: {_short(v)}" for k, v in frozen[1]) + "}"
+    return repr(frozen)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument trees
+# --------------------------------------------------------------------------------------------
+class _TensorLeaf:
+    """A tensor argument: what must stay the same for a replay (shape, dtype, device)."""
+
+    __slots__ = ("shape", "dtype", "device")
+
+    def __init__(self, t):
+        self.shape, self.dtype, self.device = t.shape, t.dtype, t._device
+
+    def __eq__(self, other):
+        return (type(other) is _TensorLeaf and self.shape == other.shape
+                and self.dtype == other.dtype and self.device == other.device)
+
+    def __repr__(self):
+        return f"a Tensor of shape {self.shape} {self.dtype} on {self.device}"
+
+
+class _ValueLeaf:
+    """A non-tensor argument: Python scalars and strings by value, arrays by value, others by
+    identity (a module passed in is the same module)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        if type(other) is not _ValueLeaf:
+            return False
+        a, b = self.value, other.value
+        if type(a) is not type(b):
+            return False
+        if type(a) in _PLAIN or isinstance(a, (np.generic, np.dtype)):
+            return bool(a == b) or a is b
+        if _is_array(a):
+            return _ArrayValue(a) == _ArrayValue(b)
+        return a is b
+
+    def __repr__(self):
+        v = self.value
+        if type(v) in _PLAIN or isinstance(v, np.generic):
+            return repr(v)
+        if _is_array(v):
+            return f"the array {_ArrayValue(v)!r}"
+        return f"a {type(v).__name__} object (compared by identity)"
+
+
+def _flatten(value, leaves):
+    """The structure of ``value`` with tensors (appended to ``leaves``) as `_TensorLeaf`s."""
+    if isinstance(value, Tensor):
+        leaves.append(value)
+        return _TensorLeaf(value)
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_flatten(v, leaves) for v in value))
+    if isinstance(value, dict):
+        return (type(value), tuple(value.keys()),
+                tuple(_flatten(v, leaves) for v in value.values()))
+    return _ValueLeaf(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The recorded program
+# --------------------------------------------------------------------------------------------
+class _Slot:
+    """Where one value of the program comes from (see the module docstring)."""
+
+    __slots__ = ("kind", "what", "tensor", "owner", "const", "device", "step")
+
+    def __init__(self, kind, what=None):
+        self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const"
+        self.what = what  # for messages: an argument path, or "output 0 of op #3 (MatMul)"
+        self.tensor = None  # "ext": the live tensor; "const" by capture_as_const: the tensor
+        self.owner = None  # "grad": the tensor whose .grad this is
+        self.const = None  # "const": the captured array
+        self.device = None
+        self.step = None  # index of the step that makes it ("op", "alias", "event")
+
+
+class _OpStep:
+    __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad")
+
+    def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
+        self.index, self.template, self.key, self.dyn = index, template, key, dyn
+        self.ins, self.metas, self.outs, self.multi, self.name = ins, metas, outs, multi, name
+        self.free = ()
+
+
+class _AliasStep:
+    """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
+
+    __slots__ = ("src", "out", "free")
+
+    def __init__(self, src, out):
+        self.src, self.out, self.free = src, out, ()
+
+
+class _EventStep:
+    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free")
+
+    def __init__(self, fn, args, kwargs):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.out_paths = []  # (path into the result, slot) for new tensors it returned
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.free = ()
+
+
+class _Program:
+    def __init__(self):
+        self.slots = []
+        self.steps = []
+        self.in_tree = None
+        self.arg_slots = ()
+        self.out = None  # the encoded outputs
+        self.n_ops = 0
+
+    def new_slot(self, kind, what=None):
+        self.slots.append(_Slot(kind, what))
+        return len(self.slots) - 1
+
+    def describe(self, s):
+        info = self.slots[s]
+        k = info.kind
+        if k == "arg":
+            return f"the argument {info.what}"
+        if k in ("op", "event"):
+            return info.what
+        if k == "alias":
+            return f"a detached copy of {self.describe(info.what)}"
+        if k == "grad":
+            return f"the .grad of {_tensor_text(info.owner)}"
+        if k == "ext":
+            return f"the external {_tensor_text(info.tensor)}"
+        if info.tensor is not None:
+            return f"the external {_tensor_text(info.tensor)} (captured as a constant)"
+        c = info.const
+        return f"a constant {c.dtype} {tuple(c.shape)} tensor {_ArrayValue(c)!r}"
+
+    def compile(self):
+        """Prepare the steps for fast replay and drop each value after its last use."""
+        n = len(self.slots)
+        self.base = [None] * n
+        self.consts, self.grads = [], []
+        for i, info in enumerate(self.slots):
+            if info.kind == "ext":
+                self.base[i] = info.tensor
+            elif info.kind == "const":
+                self.consts.append((i, info.const, info.device))
+            elif info.kind == "grad":
+                self.grads.append((i, info.owner))
+        grad_slots = {i for i, _ in self.grads}
+        last = {}
+        for k, step in enumerate(self.steps):
+            for s in _slots_used(step):
+                last[s] = k
+            made = (step.outs if type(step) is _OpStep else
+                    (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
+            for s in made:
+                last.setdefault(s, k)
+        kept = set(_refs_in(self.out))
+        frees = {}
+        for s, k in last.items():
+            if self.slots[s].kind in ("op", "alias", "event") and s not in kept:
+                frees.setdefault(k, []).append(s)
+        for k, step in enumerate(self.steps):
+            step.free = tuple(frees.get(k, ()))
+            if type(step) is _OpStep:
+                cls = type(step.template)
+                step.cls = cls
+                step.fast = _plain_instance(cls)
+                step.tdict = step.template.__dict__ if step.fast else None
+                step.may_be_none = any(s in grad_slots for s in step.ins)
+                step.no_grad = (False,) * len(step.ins)
+
+
+def _plain_instance(cls):
+    """True when ``cls.__new__(cls)`` plus a dict update is a correct copy of an instance."""
+    if cls.__new__ is not object.__new__:
+        return False
+    for c in cls.__mro__[:-1]:
+        d = c.__dict__
+        if "__slots__" in d or "__copy__" in d or "__reduce__" in d or "__reduce_ex__" in d \
+                or "__setstate__" in d:
+            return False
+    return True
+
+
+def _slots_used(step):
+    t = type(step)
+    if t is _OpStep:
+        yield from step.ins
+        for _, f in step.dyn or ():
+            yield from _refs_in(f)
+    elif t is _AliasStep:
+        yield step.src
+    else:
+        yield from _refs_in(step.args)
+        yield from _refs_in(step.kwargs)
+
+
+def _refs_in(enc):
+    t = type(enc)
+    if t is _Ref:
+        yield enc.slot
+    elif t is tuple or t is list:
+        for x in enc:
+            yield from _refs_in(x)
+    elif t is dict:
+        for x in enc.values():
+            yield from _refs_in(x)
+    elif t is _Struct:
+        for x in enc.items:
+            yield from _refs_in(x)
+
+
+def _tensor_text(t):
+    if t is None:
+        return "tensor"
+    name = f" {t.name!r}" if getattr(t, "_name", None) else ""
+    return f"{type(t).__name__}{name} of shape {tuple(t.shape)} {t.dtype}"
+
+
+def _decode(enc, values):
+    """An encoded structure (see `_Recorder._encode`) with this replay's values put in."""
+    t = type(enc)
+    if t is _Ref:
+        return values[enc.slot]
+    if t is tuple or t is list:
+        return t(_decode(x, values) for x in enc)
+    if t is dict:
+        return {k: _decode(x, values) for k, x in enc.items()}
+    if t is _Struct:
+        return enc.rebuild([_decode(x, values) for x in enc.items])
+    return enc
+
+
+class _Struct:
+    """A tuple/list/dict subclass (a namedtuple, an OrderedDict) in an encoded structure."""
+
+    __slots__ = ("cls", "keys", "items")
+
+    def __init__(self, cls, keys, items):
+        self.cls, self.keys, self.items = cls, keys, items
+
+    def rebuild(self, items):
+        if self.keys is not None:
+            return self.cls(zip(self.keys, items))
+        if hasattr(self.cls, "_make"):
+            return self.cls._make(items)
+        return self.cls(items)
+
+
+
+def _step_text(step):
+    t = type(step)
+    if t is _OpStep:
+        return f"op #{step.index} ({step.name})"
+    if t is _AliasStep:
+        return "a detach()"
+    return f"a call of {step.name}()"
+
+
+def _kind_text(kind):
+    return {_OpStep: "an op", _AliasStep: "a detach()", _EventStep: "an event"}[kind]
+
+
+def _tensors_in(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v)
+
+
+def _tensor_paths(value, path):
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from _tensor_paths(v, path + (i,))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensor_paths(v, path + (k,))
+
+
+def _at_path(value, path):
+    for p in path:
+        value = value[p]
+    return value
+

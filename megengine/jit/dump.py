@@ -1,0 +1,453 @@
+"""Writing a traced program to a file (`trace.dump`) and reading it back (`load`), so that it runs
+without the Python source that made it.
+
+The file is a zip archive:
+
+- ``graph.json``: the format name and version, the inputs (name, slot, shape, dtype, device),
+  the outputs (name, slot), the constants (slot, array entry, device), the steps and the
+  user's metadata;
+- ``arrays/<n>.npy``: every array (constants, captured parameters, arrays inside op state).
+
+An op is written *by value*: its class as ``"module:QualName"`` and its constructor state (the
+``__dict__`` the recording copied before ``forward`` ran), encoded as tagged JSON. Loading
+imports the class, checks it is a `megengine.core.dispatch.Op`, and rebuilds the instance with
+``cls.__new__`` and that state. Classes and module-level functions in op state are written by
+name and imported on load (as pickle does); no other code comes from the file. State that is
+not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function`` object, any
+other Python object) cannot be written: `dump` raises and names the op and the attribute.
+
+What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
+steps, in-place writes: calls on live Python objects) and values read live (a ``.grad``).
+Dump an inference function traced with ``capture_as_const=True``.
+"""
+import importlib
+import io
+import json
+import types
+import zipfile
+from collections import namedtuple
+
+import numpy as np
+
+from ..core.dispatch import Op
+from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
+                       _is_array)
+
+FORMAT, VERSION = "megengine-fork-traced-program", 1
+
+DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size", "file_size"])
+
+# upstream's dump options that shape its graph optimizer or its serialized graph: there is no
+# graph optimizer and no MegEngine Lite here, so they change nothing in this file format
+_NO_EFFECT = frozenset({
+    "append", "keep_var_name", "keep_opr_name", "keep_param_name", "keep_opr_priority",
+    "no_change_graph", "strip_info_file", "append_json", "optimize_for_inference",
+    "enable_metadata", "dump_format", "model_version", "enable_io16xc32", "enable_ioc16",
+    "enable_hwcd4", "enable_nchw4", "enable_nchw88", "enable_nchw44", "enable_nchw44_dot",
+    "enable_nchw32", "enable_chwn4", "enable_fuse_conv_bias_nonlinearity",
+    "enable_fuse_conv_bias_with_z", "enable_fuse_preprocess", "enable_fuse_grain",
+    "enable_weight_preprocess", "enable_nchw64"})
+# upstream's options that embed test cases for its load_and_run tool, absent here
+_TESTCASE = ("input_data", "repeat", "silent", "no_assert", "maxerr", "resize_input",
+             "input_transform")
+
+
+class DumpError(ValueError):
+    """A traced program, or a part of it, cannot be written to a file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Values <-> tagged JSON
+# --------------------------------------------------------------------------------------------
+class _Writer:
+    def __init__(self):
+        self.arrays = []
+
+    def array(self, a):
+        self.arrays.append(np.ascontiguousarray(_host(a)))
+        return len(self.arrays) - 1
+
+    def value(self, v, where):
+        """``v`` as JSON; ``where`` names it in an error ("op #3 (Conv2d), attribute 'stride'")."""
+        t = type(v)
+        if v is None or t is bool or t is int or t is str:
+            return v
+        if t is float:
+            return {"float": repr(v)}  # repr round-trips, and keeps nan/inf out of bare JSON
+        if t is complex:
+            return {"complex": [repr(v.real), repr(v.imag)]}
+        if t is tuple or t is list:
+            return {t.__name__: [self.value(x, where) for x in v]}
+        if t is dict:
+            return {"dict": [[self.value(k, where), self.value(x, where)] for k, x in v.items()]}
+        if t is slice:
+            return {"slice": [self.value(x, where) for x in (v.start, v.stop, v.step)]}
+        if v is Ellipsis:
+            return {"ellipsis": True}
+        if t is _Ref:
+            return {"ref": v.slot, "raw": v.raw}
+        if isinstance(v, np.dtype):
+            return {"dtype": v.str}
+        if isinstance(v, np.generic):
+            return {"scalar": self.array(np.asarray(v))}
+        if _is_array(v):
+            return {"array": self.array(v)}
+        if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)) \
+                and _importable(v):
+            return {"type": _class_path(v)}  # a class or module-level function, by its name
+        raise DumpError(
+            f"dump: {where} holds a {type(v).__module__}.{type(v).__qualname__} object, not a "
+            "value that a file can hold. Ops that call into Python objects (a PyTorchModule's "
+            "torch module, a user-defined Function) cannot be dumped; keep them out of the "
+            "dumped function, or replace them with megengine modules")
+
+    def frozen(self, f, where):
+        """A value in `_program._freeze`'s form (op state that refers to traced arrays)."""
+        t = type(f)
+        if t is _Ref:
+            return self.value(f, where)
+        if t is tuple and f and f[0] in (tuple, list):
+            return {f[0].__name__: [self.frozen(x, where) for x in f[1]]}
+        if t is tuple and f and f[0] is dict:
+            return {"dict": [[self.value(k, where), self.frozen(x, where)] for k, x in f[1]]}
+        if t is tuple and f and f[0] is slice:
+            return {"slice": [self.frozen(x, where) for x in f[1:]]}
+        return self.value(getattr(f, "array", getattr(f, "obj", f)), where)
+
+
+def _read(v, arrays):
+    if not isinstance(v, dict):
+        return v
+    (tag, x), = v.items()
+    if tag == "float":
+        return float(x)
+    if tag == "complex":
+        return complex(float(x[0]), float(x[1]))
+    if tag == "tuple":
+        return tuple(_read(e, arrays) for e in x)
+    if tag == "list":
+        return [_read(e, arrays) for e in x]
+    if tag == "dict":
+        return {_read(k, arrays): _read(e, arrays) for k, e in x}
+    if tag == "slice":
+        return slice(*(_read(e, arrays) for e in x))
+    if tag == "ellipsis":
+        return Ellipsis
+    if tag == "dtype":
+        return np.dtype(x)
+    if tag == "scalar":
+        return arrays[x][()]
+    if tag == "array":
+        return arrays[x]
+    if tag == "type":
+        return _import(x)
+    raise ValueError(f"load: unknown value tag {tag!r} in the file")
+
+
+def _read_frozen(v, arrays):
+    """Op state that refers to traced arrays, back in `_program._freeze`'s form for `_thaw`."""
+    if isinstance(v, dict):
+        (tag, x), = v.items()
+        if tag == "ref":
+            return _Ref(x, v["raw"])
+        if tag in ("tuple", "list"):
+            return (tuple if tag == "tuple" else list, tuple(_read_frozen(e, arrays) for e in x))
+        if tag == "dict":
+            return (dict, tuple((_read(k, arrays), _read_frozen(e, arrays)) for k, e in x))
+        if tag == "slice":
+            return (slice,) + tuple(_read_frozen(e, arrays) for e in x)
+    return _read(v, arrays)
+
+
+def _class_path(cls):
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _importable(obj):
+    """True when ``module:qualname`` names ``obj`` itself, so a loader can import it."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return False
+    try:
+        return _import(f"{module}:{qualname}") is obj
+    except ValueError:
+        return False
+
+
+def _import(path):
+    module, _, qualname = path.partition(":")
+    try:
+        mod = obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as e:
+        obj = _in_table(mod, qualname)
+        if obj is None:
+            raise ValueError(f"load: the file names {path!r}, which cannot be imported here "
+                             f"({e}); was it dumped by another version of megengine?") from e
+    except ImportError as e:
+        raise ValueError(f"load: the file names {path!r}, which cannot be imported here ({e}); "
+                         "was it dumped by another version of megengine?") from e
+    return obj
+
+
+def _in_table(module, qualname):
+    """A class a factory made and a module-level dict keeps (``megengine.core.ops.BINARY``
+    holds ``Greater``, made by ``type()``): found by its name among the dict's values."""
+    for table in list(vars(module).values()):
+        if type(table) is dict:
+            for v in table.values():
+                if isinstance(v, type) and v.__qualname__ == qualname \
+                        and v.__module__ == module.__name__:
+                    return v
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# dump
+# --------------------------------------------------------------------------------------------
+def _names(given, default, what):
+    if given is None:
+        return list(default)
+    if isinstance(given, str):
+        given = [given]
+    given = list(given)
+    if len(given) != len(default):
+        raise ValueError(f"wrong number of {what}, should be {len(default)} values")
+    if len(set(given)) != len(given):
+        raise ValueError(f"dump: {what} must be distinct, got {given}")
+    return given
+
+
+def _input_defaults(in_tree):
+    """Default input names, in `_flatten` order: ``arg_<i>`` (``arg_<i>_<j>`` nested), and
+    ``kwarg_<name>`` for keyword arguments, as upstream names them."""
+    names = []
+
+    def walk(node, prefix):
+        if type(node) is _TensorLeaf:
+            names.append(prefix)
+        elif type(node) is tuple and len(node) == 2:
+            for i, x in enumerate(node[1]):
+                walk(x, f"{prefix}_{i}")
+        elif type(node) is tuple and len(node) == 3:
+            for k, x in zip(node[1], node[2]):
+                walk(x, f"{prefix}_{k}")
+
+    (_, (args, kwargs)) = in_tree
+    for i, x in enumerate(args[1]):
+        walk(x, f"arg_{i}")
+    for k, x in zip(kwargs[1], kwargs[2]):
+        walk(x, f"kwarg_{k}")
+    return names
+
+
+def _output_slots(out):
+    """(default names, slots) of the traced outputs; a dict output is named by its sorted keys."""
+    if type(out) is _Ref:
+        return ["output_0"], [out.slot]
+    if type(out) is dict or (type(out) is _Struct and out.keys is not None):
+        items = out.items() if type(out) is dict else zip(out.keys, out.items)
+        items = sorted(items, key=lambda kv: str(kv[0]))
+        if not all(type(v) is _Ref for _, v in items):
+            raise DumpError("dump: every value of a dict output must be a tensor")
+        return [str(k) for k, _ in items], [v.slot for _, v in items]
+    leaves = []
+
+    def walk(v):  # nested tuples/lists (a namedtuple too), flattened in order
+        if type(v) is _Ref:
+            leaves.append(v.slot)
+        elif type(v) in (tuple, list) or (type(v) is _Struct and v.keys is None):
+            for x in (v.items if type(v) is _Struct else v):
+                walk(x)
+        else:
+            raise DumpError("dump: the traced function must return a tensor, or a tuple, list "
+                            f"or dict of tensors; it returned a {type(v).__name__} among them")
+
+    walk(out)
+    return [f"output_{i}" for i in range(len(leaves))], leaves
+
+
+def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None, **options):
+    """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring."""
+    for k in _TESTCASE:
+        if options.pop(k, None) is not None:
+            raise DumpError(f"dump({k}=...): upstream embeds test cases for its load_and_run "
+                            "tool, which this fork does not have; run the dumped file with "
+                            "megengine.utils.comp_graph_tools.GraphInference instead")
+    unknown = set(options) - _NO_EFFECT
+    if unknown:
+        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
+    in_names = _names(arg_names, _input_defaults(prog.in_tree), "arg_names")
+    default_out, out_slots = _output_slots(prog.out)
+    if output_names is not None and (type(prog.out) is dict or (
+            type(prog.out) is _Struct and prog.out.keys is not None)):
+        raise TypeError("cannot specify output_names when output is already in dict format")
+    out_names = _names(output_names, default_out, "output_names")
+
+    w = _Writer()
+    slots = prog.slots
+    consts = []
+    for s, info in enumerate(slots):
+        if info.kind == "grad":
+            raise DumpError(f"dump: the program reads {prog.describe(s)} live; gradients cannot "
+                            "be dumped. Dump an inference function")
+        if info.kind == "ext":
+            raise DumpError(f"dump: {prog.describe(s)} is read live; trace with "
+                            "capture_as_const=True to dump its value")
+        if info.kind == "const":
+            consts.append({"slot": s, "array": w.array(info.const), "device": info.device})
+    steps = []
+    for step in prog.steps:
+        t = type(step)
+        if t is _AliasStep:
+            steps.append({"alias": step.src, "out": step.out})
+            continue
+        if t is not _OpStep:
+            raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
+                            "in-place write, run on live Python objects), which a file cannot "
+                            "hold. Dump an inference function")
+        op = step.template
+        cls = type(op)
+        where = f"op #{step.index} ({step.name})"
+        if not _importable(cls):
+            raise DumpError(f"dump: {where}: its class {cls.__qualname__} is defined inside a "
+                            "function or in __main__, so a loader cannot import it")
+        dyn = dict(step.dyn or ())
+        state = {k: (w.frozen(dyn[k], f"{where}, attribute {k!r}") if k in dyn
+                     else w.value(v, f"{where}, attribute {k!r}"))
+                 for k, v in op.__dict__.items() if k != "needs_input_grad"}
+        steps.append({"op": _class_path(cls), "state": state, "dyn": sorted(dyn),
+                      "ins": list(step.ins), "outs": list(step.outs), "multi": step.multi,
+                      "name": step.name})
+    inputs = []
+    for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
+        inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
+                       "dtype": np.dtype(leaf.dtype).str, "device": leaf.device})
+    graph = {"format": FORMAT, "version": VERSION, "n_slots": len(slots), "inputs": inputs,
+             "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
+             "consts": consts, "steps": steps,
+             "metadata": {"user_info": w.value(user_info, "user_info")}}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("graph.json", json.dumps(graph))
+        for i, a in enumerate(w.arrays):
+            with z.open(f"arrays/{i}.npy", "w") as f:
+                np.save(f, a, allow_pickle=False)
+    data = buf.getvalue()
+    if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
+        with open(file, "wb") as f:
+            f.write(data)
+    else:
+        file.write(data)
+    n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
+    return DumpInfo(n_ops, in_names, out_names,
+                    sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+
+
+def _leaves(in_tree):
+    out = []
+
+    def walk(node):
+        if type(node) is _TensorLeaf:
+            out.append(node)
+        elif type(node) is tuple and len(node) == 2 and isinstance(node[0], type):
+            for x in node[1]:
+                walk(x)
+        elif type(node) is tuple and len(node) == 3:
+            for x in node[2]:
+                walk(x)
+
+    walk(in_tree)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------------------------
+class LoadedProgram:
+    """A dumped program read back: ``inputs`` and ``outputs`` are lists of (name, shape, dtype)
+    and names; `run` computes the outputs from input arrays."""
+
+    def __init__(self, graph, prog, device, metadata):
+        self.graph, self.prog, self.device = graph, prog, device
+        self.inputs = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"]))
+                       for i in graph["inputs"]]
+        self.outputs = [o["name"] for o in graph["outputs"]]
+        self.metadata = metadata
+
+    def run(self, feeds):
+        """``feeds``: {input name: array}; returns {output name: Tensor}."""
+        from ..core.tensor import Tensor
+        from .replay import replay
+        missing = [n for n, _, _ in self.inputs if n not in feeds]
+        if missing:
+            raise ValueError(f"run: no value for the inputs {missing}; the program's inputs are "
+                             f"{[n for n, _, _ in self.inputs]}")
+        extra = sorted(set(feeds) - {n for n, _, _ in self.inputs})
+        if extra:
+            raise ValueError(f"run: the program has no inputs named {extra}; its inputs are "
+                             f"{[n for n, _, _ in self.inputs]}")
+        leaves = []
+        for (name, shape, dtype), info in zip(self.inputs, self.graph["inputs"]):
+            v = feeds[name]
+            v = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+            if v.shape != shape:
+                raise ValueError(f"run: input {name!r} has shape {v.shape}, but the program was "
+                                 f"traced with shape {shape}; trace and dump the new shape")
+            leaves.append(Tensor(v.astype(dtype, copy=False), dtype=dtype,
+                                 device=self.device or info["device"]))
+        values = replay(self.prog, leaves)
+        return dict(zip(self.outputs, values))
+
+
+def load(file, device=None):
+    """Read a file `dump_program` wrote; ``device`` overrides the devices it was traced on."""
+    if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
+        with open(file, "rb") as f:
+            data = f.read()
+    else:
+        data = file.read()
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        graph = json.loads(z.read("graph.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise ValueError("load: not a program written by megengine.jit.trace.dump of this fork "
+                         f"({e}); upstream MegEngine's .mge graphs cannot be read here") from e
+    if graph.get("format") != FORMAT or graph.get("version") != VERSION:
+        raise ValueError(f"load: unsupported file format {graph.get('format')!r} version "
+                         f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")
+    arrays = {}
+    for name in z.namelist():
+        if name.startswith("arrays/"):
+            with z.open(name) as f:
+                arrays[int(name[7:-4])] = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    prog = _Program()
+    for _ in range(graph["n_slots"]):
+        prog.new_slot("op")
+    for c in graph["consts"]:
+        info = prog.slots[c["slot"]]
+        info.kind, info.const, info.device = "const", arrays[c["array"]], device or c["device"]
+    for i in graph["inputs"]:
+        prog.slots[i["slot"]].kind = "arg"
+    prog.arg_slots = tuple(i["slot"] for i in graph["inputs"])
+    for k, s in enumerate(graph["steps"]):
+        if "alias" in s:
+            prog.steps.append(_AliasStep(s["alias"], s["out"]))
+            prog.slots[s["out"]].kind = "alias"
+            continue
+        cls = _import(s["op"])
+        if not (isinstance(cls, type) and issubclass(cls, Op)):
+            raise ValueError(f"load: step {k} names {s['op']!r}, which is not a megengine op")
+        op = cls.__new__(cls)
+        dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
+        op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
+                            if name not in s["dyn"]})
+        step = _OpStep(len(prog.steps), op, None, dyn, tuple(s["ins"]), None, tuple(s["outs"]),
+                       s["multi"], s["name"])
+        prog.steps.append(step)
+    prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
+    prog.compile()
+    metadata = {k: _read(v, arrays) for k, v in graph["metadata"].items()}
+    return LoadedProgram(graph, prog, device, metadata)

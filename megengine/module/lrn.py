@@ -1,0 +1,49 @@
+"""`LocalResponseNorm`: each value divided by a power of the squares summed over nearby channels."""
+from .. import functional as F
+from .module import Module
+
+__all__ = ["LocalResponseNorm"]
+
+
+def _local_response_norm(x, kernel_size, k, alpha, beta):
+    """``x / (k + alpha * sum of x**2 over the kernel_size channels centred on each one)**beta``
+    for an (N, C, ...) input. Upstream's alpha multiplies the plain sum (PyTorch's divides it
+    by the window size first). Built from differentiable ops, so gradients come for free."""
+    if x.ndim < 3:
+        raise ValueError(f"LocalResponseNorm: input must be (N, C, ...), got shape {x.shape}")
+    half = kernel_size // 2
+    channels = x.shape[1]
+    # zero channels on both sides, then add the kernel_size shifted channel windows
+    sq = F.pad(F.square(x), ((0, 0), (half, kernel_size - 1 - half)))
+    window = sq[:, 0:channels]
+    for i in range(1, kernel_size):
+        window = window + sq[:, i:i + channels]
+    return x / (k + alpha * window) ** beta
+
+
+class LocalResponseNorm(Module):
+    """Local response normalization across channels (upstream 1.x).
+
+    Args:
+        kernel_size: how many neighbouring channels (centred on each channel) are summed.
+        k: the additive constant. Default: 2.0
+        alpha: the scale of the sum of squares. Default: 1e-4
+        beta: the exponent. Default: 0.75
+    """
+
+    def __init__(self, kernel_size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                 beta: float = 0.75, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"LocalResponseNorm: kernel_size must be an int >= 1, got "
+                             f"{kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.k = k
+        self.alpha = alpha
+        self.beta = beta
+
+    def forward(self, inp):
+        return _local_response_norm(inp, self.kernel_size, self.k, self.alpha, self.beta)
+
+    def _module_info_string(self) -> str:
+        return f"kernel_size={self.kernel_size}, k={self.k}, alpha={self.alpha}, beta={self.beta}"

@@ -1,0 +1,87 @@
+"""One torch tensor is one megengine tensor: the registry of zero-copy mirrors, and how they pickle.
+
+A torch parameter can be reachable in several ways: tied weights (``dec.weight = enc.weight``),
+one torch module wrapped by two `PyTorchModule`s, or a mirror set on a megengine module too. If
+each way made its own megengine `Parameter`, an optimizer would see several parameters over one
+memory, give each the full gradient and apply it several times. So `mirror_of` hands out one
+megengine tensor per torch tensor: megengine's module walk lists it once (it deduplicates by
+identity, as upstream and torch's ``named_parameters()`` do) and its gradient is summed once.
+
+The registry holds both sides weakly (a mirror keeps its torch tensor alive, not the other way
+round), so wrapping never leaks. A mirror pickles and deep-copies *as its torch tensor*: pickle's
+memo then maps every mirror of one torch tensor, and the torch module holding that tensor, to
+one copy, and loading rebuilds the zero-copy view from the loaded tensor.
+"""
+import threading
+import weakref
+
+from ...core import torch_bridge as _bridge
+from ...core.tensor import Parameter, Tensor
+
+__all__ = ["TorchParameter", "TorchBuffer", "mirror_of"]
+
+
+class _TorchView:
+    """What both kinds of mirror add: the torch tensor they view, and pickling as that tensor."""
+
+    @property
+    def torch_tensor(self):
+        """The torch tensor whose memory this tensor is."""
+        return self.__dict__["_torch_tensor"]
+
+    def __reduce_ex__(self, protocol):
+        return mirror_of, (self.torch_tensor, self._device, isinstance(self, Parameter))
+
+
+class TorchParameter(_TorchView, Parameter):
+    """A `Parameter` whose memory is a torch parameter's."""
+
+
+class TorchBuffer(_TorchView, Tensor):
+    """A buffer (e.g. BatchNorm's running mean) whose memory is a torch buffer's."""
+
+
+# id(torch tensor) -> (weakref to it, weakref to its mirror). Keyed by id, not by the tensor:
+# torch tensors compare elementwise, which a WeakKeyDictionary's lookup would trip over.
+_registry = {}
+_registry_lock = threading.Lock()
+
+
+def _forget(key, tensor_ref):
+    with _registry_lock:
+        entry = _registry.get(key)
+        if entry is not None and entry[0] is tensor_ref:
+            del _registry[key]
+
+
+def mirror_of(tensor, device, parameter=True):
+    """The megengine tensor sharing ``tensor``'s memory: the same object for the same torch tensor
+    (while it lives and still has that memory), a new `TorchParameter`/`TorchBuffer` otherwise."""
+    key = id(tensor)
+    with _registry_lock:
+        entry = _registry.get(key)
+        mirror = None
+        if entry is not None and entry[0]() is tensor:
+            mirror = entry[1]()
+        if mirror is not None and mirror._torch_address == tensor.data_ptr() \
+                and tuple(mirror.shape) == tuple(tensor.shape):
+            if isinstance(mirror, TorchParameter) != bool(parameter):
+                raise ValueError(
+                    "PyTorchModule: one torch tensor is a parameter in one place and a buffer in "
+                    "another; make it one or the other in the torch module"
+                )
+            if mirror._device != device:
+                raise ValueError(
+                    f"PyTorchModule: this torch tensor is already a megengine tensor on "
+                    f"{mirror._device}, it cannot also be one on {device}; wrap the torch module "
+                    f"on {mirror._device}"
+                )
+            return mirror
+        cls = TorchParameter if parameter else TorchBuffer
+        mirror = cls._wrap(_bridge.from_torch(tensor.detach()), device)
+        mirror._torch_tensor = tensor
+        mirror._torch_address = tensor.data_ptr()  # `tensor.data = ...` would move it
+        tensor_ref = weakref.ref(tensor, lambda ref, key=key: _forget(key, ref))
+        _registry[key] = (tensor_ref, weakref.ref(mirror))
+        return mirror
+

@@ -1,0 +1,249 @@
+"""Recurrent layers: RNNCell, LSTMCell, and the multi-layer (bidirectional) RNN and LSTM."""
+import math
+import numbers
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .. import functional as F
+from ..core.tensor import Parameter, Tensor
+from . import init
+from .module import Module
+
+__all__ = ["RNNCell", "LSTMCell", "RNN", "LSTM"]
+
+_NONLINEARITIES = {"tanh": F.tanh, "relu": F.relu}
+
+
+class RNNCellBase(Module):
+    """Weights of one recurrent step with ``num_chunks`` gates stacked along dim 0 (PyTorch's
+    layout): ``weight_ih`` (gates * hidden, input), ``weight_hh`` (gates * hidden, hidden),
+    ``bias_ih``/``bias_hh`` (gates * hidden,). Without ``bias`` the biases are zero buffers,
+    as upstream keeps them."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, **kwargs):
+        super().__init__(**kwargs)
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.gate_hidden_size = num_chunks * hidden_size
+        g = self.gate_hidden_size
+        self.weight_ih = Parameter(np.zeros((g, input_size), np.float32))
+        self.weight_hh = Parameter(np.zeros((g, hidden_size), np.float32))
+        if bias:
+            self.bias_ih = Parameter(np.zeros((g,), np.float32))
+            self.bias_hh = Parameter(np.zeros((g,), np.float32))
+        else:
+            self.bias_ih = Tensor(np.zeros((g,), np.float32))
+            self.bias_hh = Tensor(np.zeros((g,), np.float32))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def _gates(self, x, h):
+        return F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+
+    def _check_input(self, x):
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input must be (batch, input_size="
+                             f"{self.input_size}), got shape {x.shape}")
+
+    def _zeros(self, x):
+        return F.zeros((x.shape[0], self.hidden_size), dtype=x.dtype, device=x.device)
+
+    def _module_info_string(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+
+
+class RNNCell(RNNCellBase):
+    """One Elman step: ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, ``act`` tanh or relu.
+    ``forward(input (N, input_size), hx (N, hidden_size) or None = zeros) -> h'``."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", **kwargs):
+        if nonlinearity not in _NONLINEARITIES:
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got "
+                             f"{nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, **kwargs)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        self._check_input(input)
+        h = self._zeros(input) if hx is None else hx
+        return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
+
+
+class LSTMCell(RNNCellBase):
+    """One LSTM step with gates (input, forget, cell, output) stacked in that order:
+    ``c' = f * c + i * g``, ``h' = o * tanh(c')``.
+    ``forward(input (N, input_size), (h, c) or None = zeros) -> (h', c')``."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, **kwargs)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        self._check_input(input)
+        if hx is None:
+            h, c = self._zeros(input), self._zeros(input)
+        else:
+            h, c = hx
+        n = self.hidden_size
+        gates = self._gates(input, h)
+        i = F.sigmoid(gates[:, 0:n])
+        f = F.sigmoid(gates[:, n:2 * n])
+        g = F.tanh(gates[:, 2 * n:3 * n])
+        o = F.sigmoid(gates[:, 3 * n:4 * n])
+        c_next = f * c + i * g
+        return o * F.tanh(c_next), c_next
+
+
+class RNNBase(Module):
+    """Stacked, optionally bidirectional recurrent layers over (seq, batch, feature) input
+    (``batch_first``: (batch, seq, feature)). ``cells[layer][direction]`` holds the weights."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0, bidirectional: bool = False,
+                 proj_size: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) \
+                or not 0 <= dropout <= 1:
+            raise ValueError("Dropout should be a float in [0, 1], which indicates the "
+                             f"probability of an element to be zero, got {dropout!r}")
+        if proj_size != 0:
+            raise ValueError(f"{type(self).__name__}: proj_size={proj_size} is not supported "
+                             f"(the cells have no projection weights); use proj_size=0")
+        if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+            raise ValueError(f"{type(self).__name__}: num_layers must be an int >= 1, got "
+                             f"{num_layers!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.proj_size = proj_size
+        self.cells = [
+            [self.create_cell(layer) for _ in range(self.num_directions)]
+            for layer in range(num_layers)
+        ]
+
+    def _layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.num_directions * self.hidden_size
+
+    def reset_parameters(self) -> None:
+        for row in self.cells:
+            for cell in row:
+                cell.reset_parameters()
+
+    def _run(self, input, hx):
+        """Returns (output (L, N, D * H), final states per layer * direction)."""
+        if input.ndim != 3 or input.shape[2] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input must be (seq, batch, input_size="
+                             f"{self.input_size}) (batch first if batch_first), got shape "
+                             f"{input.shape}")
+        steps = input.shape[0]
+        layer_in = [input[t] for t in range(steps)]
+        finals = []
+        for layer in range(self.num_layers):
+            outs_per_dir = []
+            for d in range(self.num_directions):
+                cell = self.cells[layer][d]
+                state = self._state_at(hx, layer * self.num_directions + d)
+                order = range(steps) if d == 0 else range(steps - 1, -1, -1)
+                outs = [None] * steps
+                for t in order:
+                    state = cell(layer_in[t], state)
+                    outs[t] = self._hidden_of(state)
+                outs_per_dir.append(outs)
+                finals.append(state)
+            layer_in = [outs_per_dir[0][t] if self.num_directions == 1
+                        else F.concat([outs_per_dir[0][t], outs_per_dir[1][t]], axis=1)
+                        for t in range(steps)]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_in = [F.dropout(x, self.dropout, training=True) for x in layer_in]
+        return F.stack(layer_in, axis=0), finals
+
+    def forward(self, input: Tensor, hx=None):
+        if self.batch_first:
+            input = input.transpose((1, 0, 2))  # (seq, batch, feature)
+        if hx is None:
+            hx = self.init_hidden(input.shape[1], input)
+        output, finals = self._run(input, hx)
+        if self.batch_first:
+            output = output.transpose((1, 0, 2))
+        return output, self._pack_finals(finals)
+
+    def _module_info_string(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
+                f"bidirectional={self.bidirectional}")
+
+
+class RNN(RNNBase):
+    """Multi-layer Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)`` per layer.
+
+    ``forward(input, h_0=None) -> (output, h_n)``: input (L, N, input_size) (``batch_first``:
+    (N, L, input_size)), h_0 and h_n (num_directions * num_layers, N, hidden_size), output
+    (L, N, num_directions * hidden_size). ``nonlinearity``: "tanh" (default) or "relu".
+    """
+
+    def __init__(self, *args, nonlinearity: str = "tanh", **kwargs):
+        self.nonlinearity = nonlinearity
+        super().__init__(*args, **kwargs)
+
+    def create_cell(self, layer):
+        return RNNCell(self._layer_input_size(layer), self.hidden_size, self.bias,
+                       self.nonlinearity)
+
+    def init_hidden(self, batch_size, like):
+        return F.zeros((self.num_directions * self.num_layers, batch_size, self.hidden_size),
+                       dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def _state_at(hx, i):
+        return hx[i]
+
+    @staticmethod
+    def _hidden_of(state):
+        return state
+
+    @staticmethod
+    def _pack_finals(finals):
+        return F.stack(finals, axis=0)
+
+
+class LSTM(RNNBase):
+    """Multi-layer LSTM (gates as :class:`LSTMCell`).
+
+    ``forward(input, (h_0, c_0)=None) -> (output, (h_n, c_n))`` with the shapes of
+    :class:`RNN`; c_0 and c_n are shaped like h_0 and h_n.
+    """
+
+    def create_cell(self, layer):
+        return LSTMCell(self._layer_input_size(layer), self.hidden_size, self.bias)
+
+    def init_hidden(self, batch_size, like):
+        shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
+        zeros = F.zeros(shape, dtype=like.dtype, device=like.device)
+        return zeros, F.zeros(shape, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def _state_at(hx, i):
+        h, c = hx
+        return h[i], c[i]
+
+    @staticmethod
+    def _hidden_of(state):
+        return state[0]
+
+    @staticmethod
+    def _pack_finals(finals):
+        return F.stack([h for h, _ in finals], axis=0), F.stack([c for _, c in finals], axis=0)

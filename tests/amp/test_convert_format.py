@@ -1,0 +1,111 @@
+"""Tests for megengine/amp/convert_format.py: 4-D/5-D parameters and buffers get channels-last
+storage and format "nhwc", values and outputs unchanged, other tensors untouched, inplace=False
+leaves the original alone, PyTorchModule storage is not replaced."""
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.module as M
+from megengine import amp
+from megengine.core import torch_bridge
+
+
+class MyModule(M.Module):
+    # the module of upstream's test_convert_format.py
+    class InnerModule(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = M.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    def __init__(self):
+        super().__init__()
+        self.i = self.InnerModule()
+        self.conv = M.Conv2d(4, 4, 4, groups=2)
+        self.bn = M.BatchNorm2d(4)
+        self.param = mge.Parameter(np.random.rand(1, 3, 1, 1).astype(np.float32))
+        self.buff = mge.Tensor(np.random.rand(1, 3, 2, 2).astype(np.float32))
+
+    def forward(self, x):
+        return self.bn(self.i(self.conv(x)))
+
+
+def _channels_last(a):
+    """The channel dim (1 of NCHW; 2 of a grouped (G, O/G, I/G, kh, kw) weight) is innermost
+    and the rest is dense: the NHWC view is C-contiguous."""
+    to_last = (0, 2, 3, 1) if a.ndim == 4 else (0, 1, 3, 4, 2)
+    return a.transpose(to_last).flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_convert_module(inplace):
+    m = MyModule()
+    m.eval()
+    x = mge.tensor(np.random.rand(2, 4, 7, 7).astype(np.float32))
+    before = {k: v.numpy().copy() for k, v in m.named_tensors()}
+    y0 = m(x).numpy()
+    converted = amp.convert_module_format(m, inplace)
+    assert (converted is m) == inplace
+    for name, t in converted.named_tensors():
+        np.testing.assert_array_equal(t.numpy(), before[name])  # values kept, shape NCHW
+        if t.ndim in (4, 5):
+            assert t.format == "nhwc", name
+            assert _channels_last(t._data), (name, t._data.strides)
+        else:
+            assert getattr(t, "format", "default") != "nhwc", name
+    np.testing.assert_allclose(converted(x).numpy(), y0, rtol=1e-6, atol=1e-6)
+    if not inplace:  # the original keeps its layout
+        assert getattr(m.conv.weight, "format", "default") != "nhwc"
+        assert m.conv.weight._data.flags["C_CONTIGUOUS"]
+    assert converted.conv.weight.shape == (2, 2, 2, 4, 4)  # upstream's NHWC shape: (2, 2, 4, 4, 2)
+
+
+def test_optimizer_updates_keep_the_layout():
+    import megengine.functional as F
+    import megengine.optimizer as optim
+    from megengine.autodiff import GradManager
+
+    conv = M.Conv2d(3, 5, 3)
+    amp.convert_module_format(conv)
+    gm = GradManager().attach(conv.parameters())
+    opt = optim.SGD(conv.parameters(), lr=0.1)
+    w0 = conv.weight.numpy().copy()
+    with gm:
+        loss = F.sum(conv(mge.tensor(np.random.rand(2, 3, 6, 6).astype("float32"))))
+        gm.backward(loss)
+    g = conv.weight.grad.numpy().copy()
+    opt.step()
+    np.testing.assert_allclose(conv.weight.numpy(), w0 - 0.1 * g, rtol=1e-6, atol=1e-7)
+    assert _channels_last(conv.weight._data)
+    # ATen sees the weight as channels-last memory, without a copy
+    import torch
+    w = torch_bridge.to_torch(conv.weight._data)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    assert w.data_ptr() == conv.weight._data.__array_interface__["data"][0]
+
+
+def test_pytorch_module_storage_is_left_alone():
+    torch = pytest.importorskip("torch")
+    from megengine.module.pytorch import PyTorchModule
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = PyTorchModule(torch.nn.Conv2d(2, 3, 3))
+            self.conv = M.Conv2d(3, 3, 1)
+
+    net = Net()
+    shared = net.t.named_parameters().__next__()[1]
+    ptr = shared._data.__array_interface__["data"][0]
+    amp.convert_module_format(net)
+    assert shared._data.__array_interface__["data"][0] == ptr  # still the torch tensor's memory
+    assert net.conv.weight.format == "nhwc"
+
+
+def test_convert_tensor_format_rejects_non_tensors():
+    with pytest.raises(TypeError, match="expected a Tensor"):
+        amp.convert_tensor_format(np.ones((1, 2, 3, 4)))
+    t = mge.tensor(np.ones((2, 3)))
+    assert amp.convert_tensor_format(t) is t  # not 4-D/5-D: unchanged

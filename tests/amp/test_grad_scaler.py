@@ -1,0 +1,90 @@
+"""Tests for megengine/amp/grad_scaler.py: scaled backward and unscale against hand-computed
+gradients, dynamic scaling (back off on inf/nan, grow after clean steps), upstream's example
+test (eager and under trace), and state_dict."""
+import numpy as np
+import pytest
+
+import megengine as mge
+from megengine.amp import GradScaler
+from megengine.autodiff import GradManager
+from megengine.jit import trace
+
+
+def test_upstream_grad_scaler_example():
+    # upstream's test_grad_scaler.py: y.grad is the scale before unscale, 1 after
+    def f():
+        gm = GradManager()
+        scaler = GradScaler()
+        x = mge.tensor(1.0)
+        for _ in range(3):
+            with gm:
+                y = x + 1
+                gm.attach(y)
+                loss = y + 1
+                scaler.backward(gm, loss, unscale_grad=False)
+            np.testing.assert_equal(y.grad.numpy(), scaler.scale_factor)
+            scaler.unscale(gm.attached_tensors())
+            np.testing.assert_equal(y.grad.numpy(), 1)
+        scaler.unscale(gm.attached_tensors())  # tensors whose .grad is None are skipped
+
+    f()
+    trace(f)()
+
+
+def test_scaled_backward_gives_unscaled_gradients_and_skips_overflow():
+    w = mge.Parameter(np.array([1.0, 2.0, 3.0], "float32"))
+    gm = GradManager().attach(w)
+    scaler = GradScaler(init_scale=8.0, growth_factor=2.0, backoff_factor=0.25,
+                        growth_interval=2)
+    x = mge.tensor(np.array([0.5, -1.0, 2.0], "float32"))
+    scales = []
+    for step in range(5):
+        with gm:
+            # step 2 overflows: the loss's gradient is inf for every weight
+            loss = (w * x).sum() * (np.float32(np.inf) if step == 2 else 1.0)
+            scaler.backward(gm, loss)
+        scales.append(scaler.scale_factor)
+        if step == 2:
+            assert w.grad is None  # the overflowing step's gradients are dropped
+        else:
+            np.testing.assert_allclose(w.grad.numpy(), x.numpy())  # d(w.x)/dw = x, unscaled
+        w.grad = None
+    # clean, clean -> grow x2; overflow -> x0.25 and reset; clean, clean -> grow
+    assert scales == [8.0, 16.0, 4.0, 4.0, 8.0]
+
+
+def test_explicit_dy_accumulation_and_manual_update():
+    w = mge.Parameter(np.array([1.0, -1.0], "float32"))
+    gm = GradManager().attach(w)
+    scaler = GradScaler(init_scale=4.0)
+    for k in (1.0, 3.0):  # accumulate two batches, then unscale once
+        with gm:
+            loss = (w * k).sum()
+            scaler.backward(gm, loss, dy=mge.tensor(2.0), unscale_grad=False)
+    np.testing.assert_allclose(w.grad.numpy(), [4.0 * 2 * 4, 4.0 * 2 * 4])
+    scaler.unscale([w])
+    np.testing.assert_allclose(w.grad.numpy(), [8.0, 8.0])  # 2 * (1 + 3)
+    scaler.update(new_scale=1.0)
+    assert scaler.scale_factor == 1.0
+
+
+def test_growth_interval_zero_is_a_fixed_scale_without_checks():
+    scaler = GradScaler(init_scale=2.0, growth_interval=0)
+    t = mge.Parameter([1.0])
+    t.grad = mge.tensor([np.nan])
+    scaler.unscale([t])
+    assert np.isnan(t.grad.numpy()).all()  # not checked: scaled by 1/2 like any value
+    scaler.update()
+    assert scaler.scale_factor == 2.0
+
+
+def test_state_dict_round_trip():
+    a = GradScaler(init_scale=32.0, growth_interval=3)
+    a._growth_tracker = 2
+    b = GradScaler()
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict() == {
+        "scale_factor": 32.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+        "growth_interval": 3, "_growth_tracker": 2}
+    with pytest.raises(KeyError):
+        b.load_state_dict({"scale_factor": 1.0})

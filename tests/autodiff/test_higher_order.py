@@ -1,0 +1,212 @@
+"""Higher-order gradients (nested GradManagers) against torch.autograd.grad(create_graph=True)."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+RTOL, ATOL = 2e-4, 2e-5
+
+
+def rand(*shape, low=None):
+    a = np.random.randn(*shape).astype(np.float32)
+    return np.abs(a) + low if low is not None else a
+
+
+def check_second_order(mge_fn, torch_fn, *arrays):
+    """Compare d(loss)/dx and the Hessian-vector product d(sum_i <dx_i, v_i>)/dx."""
+    vs = [rand(*a.shape) for a in arrays]
+    xs = [mge.Parameter(a) for a in arrays]
+    outer, inner = GradManager().attach(xs), GradManager().attach(xs)
+    with outer:
+        with inner:
+            inner.backward(mge_fn(*xs))
+        firsts = [x.grad for x in xs]
+        assert all(g.requires_grad for g in firsts), "the gradient was not recorded"
+        for x in xs:
+            x.grad = None
+        outer.backward(sum((g * mge.tensor(v)).sum() for g, v in zip(firsts, vs)))
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tg = torch.autograd.grad(torch_fn(*ts), ts, create_graph=True)
+    hv = torch.autograd.grad(sum((g * torch.tensor(v)).sum() for g, v in zip(tg, vs)), ts,
+                             allow_unused=True)
+    for g, t in zip(firsts, tg):
+        np.testing.assert_allclose(g.numpy(), t.detach().numpy(), rtol=RTOL, atol=ATOL)
+    for x, h in zip(xs, hv):
+        expected = np.zeros(x.shape, np.float32) if h is None else h.numpy()
+        got = np.zeros(x.shape, np.float32) if x.grad is None else x.grad.numpy()
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+ELEMWISE = {
+    "mul_add_sub": (lambda a, b: ((a * b + a - b * b) * a).sum(),
+                    lambda a, b: ((a * b + a - b * b) * a).sum(), False),
+    "div": (lambda a, b: (a / b).sum(), lambda a, b: (a / b).sum(), True),
+    "pow": (lambda a, b: (a ** b).sum(), lambda a, b: (a ** b).sum(), True),
+    "exp_log": (lambda a, b: (F.exp(a * 0.3) * F.log(b)).sum(),
+                lambda a, b: ((a * 0.3).exp() * b.log()).sum(), True),
+    "sin_cos_tanh": (lambda a, b: (F.sin(a) * F.cos(b) + F.tanh(a * b)).sum(),
+                     lambda a, b: (a.sin() * b.cos() + (a * b).tanh()).sum(), False),
+    "sqrt_abs_neg": (lambda a, b: (F.sqrt(b) * F.abs(a) - (-a) ** 2).sum(),
+                     lambda a, b: (b.sqrt() * a.abs() - (-a) ** 2).sum(), True),
+    "max_min": (lambda a, b: (F.maximum(a, b) * F.minimum(a, b) ** 2).sum(),
+                lambda a, b: (torch.maximum(a, b) * torch.minimum(a, b) ** 2).sum(), False),
+    "broadcast": (lambda a, b: (a * b[0] + b[:1] ** 3).sum(),
+                  lambda a, b: (a * b[0] + b[:1] ** 3).sum(), False),
+    "activations": (lambda a, b: (F.sigmoid(a) * F.relu(b) + F.softplus(a) * F.silu(b)
+                                  + F.logsigmoid(b) * F.leaky_relu(a, 0.2)).sum(),
+                    lambda a, b: (torch.sigmoid(a) * torch.relu(b)
+                                  + torch.nn.functional.softplus(a) * torch.nn.functional.silu(b)
+                                  + torch.nn.functional.logsigmoid(b)
+                                  * torch.nn.functional.leaky_relu(a, 0.2)).sum(), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ELEMWISE))
+def test_elemwise_second_order(name):
+    f, tf, positive = ELEMWISE[name]
+    low = 0.5 if positive else None
+    check_second_order(f, tf, rand(3, 4, low=low), rand(3, 4, low=low))
+
+
+def test_matmul_and_linear_second_order():
+    check_second_order(lambda a, b: ((a @ b) ** 2).sum(), lambda a, b: ((a @ b) ** 2).sum(),
+                       rand(3, 4), rand(4, 2))
+    check_second_order(lambda a, b: (F.matmul(a, b) ** 3).sum(),
+                       lambda a, b: (torch.matmul(a, b) ** 3).sum(), rand(2, 3, 4), rand(4))
+    check_second_order(lambda x, w, b: (F.tanh(F.linear(x, w, b)) ** 2).sum(),
+                       lambda x, w, b: (torch.tanh(torch.nn.functional.linear(x, w, b)) ** 2).sum(),
+                       rand(5, 4), rand(3, 4), rand(3))
+
+
+def test_reductions_and_shapes_second_order():
+    check_second_order(
+        lambda a: (a.sum(axis=1) ** 2).sum() + (a.mean(axis=0) ** 3).sum()
+        + F.max(a * a, axis=1).sum() + (a.reshape(4, 3).transpose(1, 0)[1:, ::2] ** 3).sum(),
+        lambda a: (a.sum(1) ** 2).sum() + (a.mean(0) ** 3).sum()
+        + (a * a).max(1).values.sum() + (a.reshape(4, 3).T[1:, ::2] ** 3).sum(),
+        rand(3, 4))
+    check_second_order(lambda a: F.prod(a, axis=1).sum() * a.min(),
+                       lambda a: a.prod(1).sum() * a.min(), rand(2, 3, low=0.5))
+
+
+def test_softmax_logsoftmax_cross_entropy_second_order():
+    label = np.array([0, 3, 1, 2])
+    check_second_order(lambda x: (F.softmax(x, axis=1) ** 2).sum() + F.logsoftmax(x, 1)[:, 0].sum(),
+                       lambda x: (torch.softmax(x, 1) ** 2).sum() + torch.log_softmax(x, 1)[:, 0].sum(),
+                       rand(4, 5))
+    for smooth in (0.0, 0.2):
+        check_second_order(
+            lambda x: F.nn.cross_entropy(x * x, mge.tensor(label), label_smooth=smooth),
+            lambda x: torch.nn.functional.cross_entropy(x * x, torch.tensor(label),
+                                                         label_smoothing=smooth),
+            rand(4, 5))
+    probs = np.random.dirichlet(np.ones(5), size=4).astype(np.float32)
+    check_second_order(
+        lambda p: F.nn.cross_entropy(p * p, mge.tensor(label), with_logits=False, reduction="sum"),
+        lambda p: torch.nn.functional.nll_loss((p * p).log(), torch.tensor(label), reduction="sum"),
+        probs + 0.1)
+
+
+def test_conv2d_second_order():
+    from megengine.functional import conv as conv_mod
+
+    if not hasattr(conv_mod._Conv2d, "grad_graph"):
+        pytest.skip("conv2d has no grad_graph yet (the kernels branch adds it)")
+    check_second_order(
+        lambda x, w: (F.conv2d(x, w, padding=1) ** 2).sum(),
+        lambda x, w: (torch.nn.functional.conv2d(x, w, padding=1) ** 2).sum(),
+        rand(1, 2, 5, 5), rand(3, 2, 3, 3))
+
+
+def test_gradient_penalty_on_inputs_trains_weights():
+    """WGAN-GP style: the penalty on d(out)/d(input) is differentiated w.r.t. the weights."""
+    xa, wa, ba = rand(6, 4), rand(3, 4), rand(3)
+    x, w, b = mge.tensor(xa), mge.Parameter(wa), mge.Parameter(ba)
+    gm_in, gm_w = GradManager().attach(x), GradManager().attach([w, b])
+    with gm_w:
+        with gm_in:
+            gm_in.backward(F.sigmoid(F.linear(x, w, b)).sum())
+        penalty = ((F.sqrt((x.grad ** 2).sum(axis=1)) - 1) ** 2).mean()
+        gm_w.backward(penalty)
+    tx = torch.tensor(xa, requires_grad=True)
+    tw, tb = torch.tensor(wa, requires_grad=True), torch.tensor(ba, requires_grad=True)
+    gx, = torch.autograd.grad(torch.sigmoid(torch.nn.functional.linear(tx, tw, tb)).sum(), tx,
+                              create_graph=True)
+    gw, gb = torch.autograd.grad(((gx.pow(2).sum(1).sqrt() - 1) ** 2).mean(), [tw, tb])
+    np.testing.assert_allclose(w.grad.numpy(), gw.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(b.grad.numpy(), gb.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_third_order_through_three_nested_grad_managers():
+    x = mge.Parameter(np.array([0.3, -1.2], np.float32))
+    g1, g2, g3 = (GradManager().attach(x) for _ in range(3))
+    with g1:
+        with g2:
+            with g3:
+                g3.backward(F.sin(x * 2).sum())
+            d1 = x.grad
+            x.grad = None
+            g2.backward(d1.sum())
+        d2 = x.grad
+        x.grad = None
+        g1.backward(d2.sum())
+    v = np.array([0.3, -1.2])
+    np.testing.assert_allclose(d1.numpy(), 2 * np.cos(2 * v), rtol=1e-5)
+    np.testing.assert_allclose(d2.numpy(), -4 * np.sin(2 * v), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), -8 * np.cos(2 * v), rtol=1e-5)
+
+
+def test_math_ops_second_order():
+    check_second_order(
+        lambda a: (F.var(a, axis=1) ** 2).sum() + F.logsumexp(a * a, axis=0).sum()
+        + (F.norm(a, axis=1) ** 3).sum() + F.norm(a, ord=3) * F.cumsum(a, axis=1)[:, -1].sum(),
+        lambda a: (a.var(1, unbiased=False) ** 2).sum() + torch.logsumexp(a * a, 0).sum()
+        + (a.norm(dim=1) ** 3).sum() + a.norm(p=3) * a.cumsum(1)[:, -1].sum(),
+        rand(3, 4))
+    m = rand(3, 3) + 3 * np.eye(3, dtype=np.float32)
+    check_second_order(lambda a: (F.matinv(a) ** 2).sum() + (F.sort(a)[0][:, :2] ** 3).sum(),
+                       lambda a: (torch.inverse(a) ** 2).sum() + (a.sort(-1)[0][:, :2] ** 3).sum(),
+                       m)
+
+
+def test_comparisons_inside_second_order_need_no_grad_graph():
+    check_second_order(lambda a: (a * a * (a > 0)).sum() + F.where(a > 0, a ** 3, -a).sum(),
+                       lambda a: (a * a * (a > 0)).sum() + torch.where(a > 0, a ** 3, -a).sum(),
+                       rand(3, 4))
+
+
+def test_tensor_manipulation_second_order():
+    check_second_order(
+        lambda a, b: (F.concat([a, b * b], axis=1) ** 2).sum() + (F.stack([a, b], 0) ** 3).sum()
+        + (F.broadcast_to(a[:1], (3, 4)) * b).sum() + (F.split(a * b, 2, axis=1)[1] ** 2).sum(),
+        lambda a, b: (torch.cat([a, b * b], 1) ** 2).sum() + (torch.stack([a, b], 0) ** 3).sum()
+        + (a[:1].expand(3, 4) * b).sum() + ((a * b).split(2, 1)[1] ** 2).sum(),
+        rand(3, 4), rand(3, 4))
+
+
+def test_more_activations_dropout_and_embedding_second_order():
+    check_second_order(lambda a: (F.gelu(a) * F.hswish(a * 2)).sum(),
+                       lambda a: (torch.nn.functional.gelu(a)
+                                  * torch.nn.functional.hardswish(a * 2)).sum(),
+                       rand(3, 4))
+    idx = np.array([[0, 2], [2, 3]])
+    check_second_order(lambda w: (F.embedding(mge.tensor(idx), w, padding_idx=3) ** 3).sum(),
+                       lambda w: (torch.nn.functional.embedding(torch.tensor(idx), w,
+                                                                padding_idx=3) ** 3).sum(),
+                       rand(4, 3))
+    mge.random.seed(3)
+    x = mge.Parameter(rand(50))
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            out = F.dropout(x, 0.5)
+            inner.backward((out ** 2).sum())
+        kept = out.numpy() != 0
+        first = x.grad
+        x.grad = None
+        outer.backward(first.sum())
+    # d/dx sum(2 (m x) m) = 2 m^2 with m = 2 where kept
+    np.testing.assert_allclose(x.grad.numpy(), np.where(kept, 8.0, 0.0), rtol=1e-6)

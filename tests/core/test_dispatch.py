@@ -1,0 +1,144 @@
+"""Tests of megengine/core/dispatch.py: recording keys, the higher-order switch, gradient ownership."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+from megengine.core.dispatch import Op, apply
+from megengine.optimizer import clip_grad_norm
+
+
+def test_two_parameters_never_share_a_gradient_array():
+    # issue 10: ((a + b) * c).sum() used to give a.grad and b.grad one array, so an in-place
+    # edit (clip_grad_norm) scaled it twice
+    va, vb, vc = [1.0, 2.0, 0.0], [3.0, 1.0, 0.0], [0.3, 0.4, 0.0]
+    a, b, c = (mge.Parameter(v) for v in (va, vb, vc))
+    gm = GradManager().attach([a, b, c])
+    with gm:
+        gm.backward(((a + b) * c).sum())
+    assert not np.shares_memory(a.grad._data, b.grad._data)
+    clip_grad_norm([a, b, c], max_norm=0.5)
+    ta, tb, tc = (torch.tensor(v, requires_grad=True) for v in (va, vb, vc))
+    ((ta + tb) * tc).sum().backward()
+    torch.nn.utils.clip_grad_norm_([ta, tb, tc], max_norm=0.5)
+    for p, t in zip((a, b, c), (ta, tb, tc)):
+        np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_is_not_the_callers_output_gradient_nor_a_view_of_it():
+    x = mge.Parameter(np.ones((2, 3), np.float32))
+    dy = mge.tensor(np.full((2, 3), 2.0, np.float32))
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(x.reshape(6).reshape(2, 3), dy)
+    assert not np.shares_memory(x.grad._data, dy._data)
+    x.grad._data *= 0  # an in-place grad edit must not change the caller's tensor
+    np.testing.assert_array_equal(dy.numpy(), np.full((2, 3), 2.0))
+
+
+def test_torch_gradient_shared_by_two_parameters_is_split():
+    from megengine.module.pytorch import PyTorchModule
+
+    class Twice(torch.nn.Module):  # torch hands back one gradient tensor object for both
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(3))
+            self.q = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * (self.p + self.q)
+
+    m = PyTorchModule(Twice())
+    ps = list(m.parameters())
+    gm = GradManager().attach(ps)
+    with gm:
+        gm.backward(m(mge.tensor([1.0, 2.0, 3.0])).sum())
+    assert not np.shares_memory(ps[0].grad._data, ps[1].grad._data)
+    np.testing.assert_array_equal(ps[0].grad.numpy(), [1, 2, 3])
+    np.testing.assert_array_equal(ps[1].grad.numpy(), [1, 2, 3])
+
+
+class _NoGraph(Op):
+    """A differentiable op with only a raw backward: no grad_graph."""
+
+    def forward(self, x):
+        return x * 3
+
+    def backward(self, g):
+        return g * 3
+
+
+def test_op_without_grad_graph_in_second_order_raises_naming_it():
+    x = mge.Parameter([1.0, 2.0])
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with pytest.raises(RuntimeError, match="_NoGraph has no grad_graph"):
+        with outer:
+            with inner:
+                inner.backward((apply(_NoGraph(), x) ** 2).sum())
+    # first order through the same op works, and so does an unrelated outer recording
+    gm = GradManager().attach(x)
+    other = GradManager().attach(mge.Parameter([5.0]))
+    x.grad = None
+    with other:
+        with gm:
+            gm.backward(apply(_NoGraph(), x).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    assert not x.grad.requires_grad
+
+
+def test_a_grad_manager_started_after_the_forward_does_not_record_the_backward():
+    x = mge.Parameter([1.0, 2.0])
+    inner, later = GradManager().attach(x), GradManager().attach(x)
+    inner.record()
+    y = (F.sin(x) * x).sum()
+    later.record()  # a later level: upstream hides an earlier GradManager's backward from it
+    inner.backward(y)
+    assert not x.grad.requires_grad
+    v = np.array([1.0, 2.0])
+    np.testing.assert_allclose(x.grad.numpy(), np.cos(v) * v + np.sin(v), rtol=1e-6)
+    later.release()
+
+
+def test_single_recording_keeps_no_tensors_and_frees_the_graph():
+    x = mge.Parameter(np.ones(3, np.float32))
+    gm = GradManager().attach(x)
+    with gm:
+        y = F.exp(x) * 2
+        node = y._node[0]
+        assert node.saved is None
+        gm.backward(y.sum())
+    assert node.op is None and not y.requires_grad
+
+
+def test_recording_is_per_grad_manager():
+    x, w = mge.Parameter([1.0]), mge.Parameter([2.0])
+    gx, gw = GradManager().attach(x), GradManager().attach(w)
+    with gx:
+        with gw:
+            a = x * 3  # recorded for gx only
+            b = w * 4  # for gw only
+            c = a * b  # for both
+            gw.backward(c)
+        assert a.requires_grad and c.requires_grad and not b.requires_grad
+        np.testing.assert_allclose(w.grad.numpy(), [12.0])
+        assert w.grad.requires_grad  # d c/d w = 4 a, recorded for gx
+        gx.backward(w.grad + c)  # d(4*3x + 24x)/dx
+    np.testing.assert_allclose(x.grad.numpy(), [36.0])
+    assert not (x * 2).requires_grad
+
+
+def test_intermediate_attached_by_an_inner_grad_manager_is_a_leaf_for_it():
+    x = mge.Parameter([0.5, 2.0])
+    outer = GradManager().attach(x)
+    with outer:
+        y = F.sin(x)  # only outer records: its values are not kept for higher order
+        inner = GradManager()
+        with inner:
+            inner.attach(y)
+            inner.backward((y * y).sum())  # stops at y: never enters sin's node
+        np.testing.assert_allclose(y.grad.numpy(), 2 * np.sin([0.5, 2.0]), rtol=1e-6)
+        assert y.grad.requires_grad  # 2 y, recorded by outer through sin
+        outer.backward(y.grad.sum())
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos([0.5, 2.0]), rtol=1e-6)

@@ -1,0 +1,399 @@
+"""Tests of megengine/functional/vision.py: warping/remapping against torch's grid_sample, ROI
+ops, NMS, correlation and cvt_color against upstream's documented outputs and loop references."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
+
+check = partial(check_against_torch, rtol=1e-4, atol=1e-4)
+
+
+def rand(*shape, seed=0):
+    return np.asarray(np.random.RandomState(seed).randn(*shape), dtype=np.float32)
+
+
+def _grid_sample(img, x, y, mode="bilinear", padding="border"):
+    """torch's sampler at pixel coordinates (align_corners=True maps -1/1 to pixel 0/W-1)."""
+    h, w = img.shape[2:]
+    grid = torch.stack([x / (w - 1) * 2 - 1, y / (h - 1) * 2 - 1], dim=-1)
+    return torch.nn.functional.grid_sample(img, grid, mode=mode, padding_mode=padding,
+                                           align_corners=True)
+
+
+def _directional_check(fn, x, seed=3, eps=1e-2, rtol=2e-3):
+    """Gradient of sum(fn(x) * g) along a random direction vs a central difference: exact for
+    functions that are linear (or piecewise linear, away from kinks) in x."""
+    rs = np.random.RandomState(seed)
+    t = mge.tensor(x)
+    gm = GradManager().attach([t])
+    with gm:
+        y = fn(t)
+        g = rs.randn(*y.shape).astype(np.float32)
+        gm.backward(y, mge.tensor(g))
+    v = rs.randn(*x.shape).astype(np.float32)
+    diff = ((fn(mge.tensor(x + eps * v)).numpy() - fn(mge.tensor(x - eps * v)).numpy())
+            * g).sum() / (2 * eps)
+    np.testing.assert_allclose((t.grad.numpy() * v).sum(), diff, rtol=rtol, atol=1e-3)
+
+
+# ----- remap, warp_perspective, warp_affine -----
+
+def test_remap_upstream_example():
+    inp = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    map_xy = np.array([[[1., 0.], [0., 1.]], [[0., 1.], [0., 1.]]], np.float32).reshape(1, 2, 2, 2)
+    np.testing.assert_array_equal(F.vision.remap(inp, map_xy).numpy(), [[[[1., 4.], [4., 4.]]]])
+
+
+@pytest.mark.parametrize("border,padding", [("replicate", "border"), ("constant", "zeros")])
+def test_remap_linear_against_grid_sample(border, padding):
+    img = rand(2, 3, 5, 6)
+    rs = np.random.RandomState(1)
+    pts = np.stack([rs.uniform(-2, 7, (2, 4, 3)), rs.uniform(-2, 6, (2, 4, 3))], -1)
+    check(lambda i, m: F.vision.remap(i, m, border_mode=border),
+          lambda i, m: _grid_sample(i, m[..., 0], m[..., 1], padding=padding),
+          img, pts.astype(np.float32))
+
+
+def test_remap_nearest_against_grid_sample():
+    img = rand(1, 2, 5, 6)
+    pts = np.random.RandomState(2).uniform(0, 4.4, (1, 3, 4, 2)).astype(np.float32)
+    check(lambda i, m: F.vision.remap(i, m, interp_mode="nearest"),
+          lambda i, m: _grid_sample(i, m[..., 0], m[..., 1], mode="nearest"), img, pts, diff=[0])
+
+
+@pytest.mark.parametrize("border,expect", [
+    ("reflect", [0, 1, 3, 2, 3]), ("reflect_101", [1, 2, 2, 1, 1]), ("wrap", [3, 2, 0, 1, 3]),
+    ("replicate", [0, 0, 3, 3, 0]), ("constant", [7, 7, 7, 7, 7]),
+])
+def test_remap_border_modes_by_hand(border, expect):
+    # x = -1, -2, 4, 5, -5 on the row [0, 1, 2, 3] (OpenCV's border definitions)
+    img = np.arange(4, dtype=np.float32).reshape(1, 1, 1, 4)
+    xs = np.array([-1, -2, 4, 5, -5], np.float32)
+    pts = np.stack([xs, np.zeros(5, np.float32)], -1).reshape(1, 1, 5, 2)
+    out = F.vision.remap(img, pts, border_mode=border, scalar=7.0, interp_mode="nearest")
+    np.testing.assert_array_equal(out.numpy().ravel(), expect)
+
+
+def test_warp_perspective_upstream_example_and_mat_idx():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    shift = np.array([[1., 0., 1.], [0., 1., 1.], [0., 0., 1.]], np.float32)
+    out = F.vision.warp_perspective(x, shift.reshape(1, 3, 3), (2, 2))
+    np.testing.assert_array_equal(out.numpy(), [[[[5., 6.], [9., 10.]]]])
+    both = F.vision.warp_perspective(x, np.stack([shift, np.eye(3, dtype=np.float32)]), (2, 2),
+                                     mat_idx=[0, 0])
+    np.testing.assert_array_equal(both.numpy()[:, 0], [[[5, 6], [9, 10]], [[0, 1], [4, 5]]])
+    with pytest.raises(ValueError, match="mat_idx"):
+        F.vision.warp_perspective(x, np.stack([shift, shift]), (2, 2))
+
+
+def _torch_perspective(img, mat, oh, ow):
+    hh, ww = torch.meshgrid(torch.arange(oh, dtype=img.dtype), torch.arange(ow, dtype=img.dtype),
+                            indexing="ij")
+    p = torch.stack([ww, hh, torch.ones_like(ww)], -1)  # (OH, OW, 3)
+    q = torch.einsum("bij,hwj->bhwi", mat, p)
+    return _grid_sample(img, q[..., 0] / q[..., 2], q[..., 1] / q[..., 2])
+
+
+def test_warp_perspective_against_torch_with_mat_gradients():
+    rs = np.random.RandomState(4)
+    mat = (np.eye(3) + rs.uniform(-0.05, 0.05, (2, 3, 3))).astype(np.float32)
+    mat[:, :2, 2] += rs.uniform(-1, 1, (2, 2))
+    check(lambda i, m: F.vision.warp_perspective(i, m, (4, 5)),
+          lambda i, m: _torch_perspective(i, m, 4, 5), rand(2, 2, 6, 7), mat)
+
+
+def test_warp_affine_is_warp_perspective_in_nhwc():
+    rs = np.random.RandomState(5)
+    mat = np.concatenate([np.eye(2), rs.uniform(0, 1, (2, 1))], 1)[None].astype(np.float32)
+    mat[:, :, :2] += rs.uniform(-0.1, 0.1, (1, 2, 2)).astype(np.float32)
+    img = rand(1, 6, 7, 3)  # NHWC, upstream's default for warp_affine
+    full = np.concatenate([mat, [[[0, 0, 1]]]], 1).astype(np.float32)
+    got = F.vision.warp_affine(img, mat, (4, 5))
+    want = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), full, (4, 5))
+    np.testing.assert_allclose(got.numpy(), want.numpy().transpose(0, 2, 3, 1), rtol=1e-5,
+                               atol=1e-5)
+    check(lambda i, m: F.vision.warp_affine(i, m, (4, 5), format="NCHW"),
+          lambda i, m: _torch_perspective(i, torch.cat([m, torch.tensor([[[0., 0., 1.]]])], 1),
+                                          4, 5),
+          img.transpose(0, 3, 1, 2).copy(), mat)
+
+
+def test_warp_of_uint8_rounds_and_bad_modes_say_so():
+    img = np.array([[[[0, 100], [200, 255]]]], np.uint8)
+    out = F.vision.remap(img, np.array([[[[0.5, 0.5]]]], np.float32))
+    assert out.dtype == np.uint8 and out.item() == 139  # 138.75 rounded
+    with pytest.raises(ValueError, match="border_mode"):
+        F.vision.remap(img, np.zeros((1, 1, 1, 2), np.float32), border_mode="mirror")
+
+
+# ----- roi_align, roi_pooling -----
+
+def _upstream_doc_inputs():
+    np.random.seed(42)
+    return mge.tensor(np.random.randn(1, 1, 128, 128)), mge.tensor(np.random.random((4, 5)))
+
+
+def test_roi_ops_match_upstream_documented_outputs():
+    inp, rois = _upstream_doc_inputs()
+    np.testing.assert_allclose(F.vision.roi_align(inp, rois, (2, 2)).numpy()[0].round(4),
+                               [[[0.175, 0.175], [0.1359, 0.1359]]])
+    np.testing.assert_allclose(F.vision.roi_pooling(inp, rois, (2, 2)).numpy()[0].round(4),
+                               [[[-0.1383, -0.1383], [-0.5035, -0.5035]]])
+
+
+def _roi_align_loop(img, rois, ph, pw, scale, offset, sh, sw, mode):
+    """megdnn's documented algorithm, one output element at a time."""
+    _, c, h, w = img.shape
+
+    def at(b, ch, y, x):
+        return img[b, ch, y, x] if 0 <= y < h and 0 <= x < w else 0.0
+
+    out = np.zeros((len(rois), c, ph, pw))
+    for k, r in enumerate(rois):
+        b = int(r[0])
+        x0, y0 = r[1] * scale - offset, r[2] * scale - offset
+        bw = max(r[3] * scale - offset - x0, 0) / pw
+        bh = max(r[4] * scale - offset - y0, 0) / ph
+        for ch in range(c):
+            for i in range(ph):
+                for j in range(pw):
+                    vals = []
+                    for si in range(sh):
+                        for sj in range(sw):
+                            y = y0 + bh * (i + (si + 0.5) / sh)
+                            x = x0 + bw * (j + (sj + 0.5) / sw)
+                            yl, xl = int(np.floor(y)), int(np.floor(x))
+                            fy, fx = y - yl, x - xl
+                            vals.append(at(b, ch, yl, xl) * (1 - fy) * (1 - fx)
+                                        + at(b, ch, yl, xl + 1) * (1 - fy) * fx
+                                        + at(b, ch, yl + 1, xl) * fy * (1 - fx)
+                                        + at(b, ch, yl + 1, xl + 1) * fy * fx)
+                    out[k, ch, i, j] = np.mean(vals) if mode == "average" else max(vals)
+    return out
+
+
+ROIS = np.array([[0, 1.2, 0.5, 6.3, 5.1], [1, -2.0, 3.0, 4.5, 9.5], [1, 2.5, 2.5, 2.5, 3.0]],
+                np.float32)
+
+
+@pytest.mark.parametrize("mode", ["average", "max"])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align_against_loop_reference_and_gradient(mode, aligned):
+    img = rand(2, 2, 8, 7)
+    out = F.vision.roi_align(img, ROIS, (3, 2), mode=mode, spatial_scale=0.9,
+                             sample_points=(2, 3), aligned=aligned)
+    want = _roi_align_loop(img, ROIS, 3, 2, 0.9, 0.5 if aligned else 0.0, 2, 3, mode)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    _directional_check(lambda x: F.vision.roi_align(x, ROIS, (3, 2), mode=mode,
+                                                    spatial_scale=0.9, aligned=aligned), img)
+
+
+def _roi_pool_loop(img, rois, ph, pw, scale, mode):
+    _, c, h, w = img.shape
+    out = np.zeros((len(rois), c, ph, pw), np.float32)
+    for k, r in enumerate(rois):
+        b = int(r[0])
+        x1, y1, x2, y2 = (int(np.sign(v) * np.floor(abs(v) + 0.5)) for v in r[1:] * scale)
+        bh, bw = max(y2 - y1 + 1, 1) / ph, max(x2 - x1 + 1, 1) / pw
+        for i in range(ph):
+            for j in range(pw):
+                hs = min(max(int(np.floor(i * bh)) + y1, 0), h)
+                he = min(max(int(np.ceil((i + 1) * bh)) + y1, 0), h)
+                ws = min(max(int(np.floor(j * bw)) + x1, 0), w)
+                we = min(max(int(np.ceil((j + 1) * bw)) + x1, 0), w)
+                win = img[b, :, hs:he, ws:we].reshape(c, -1)
+                if win.shape[1]:
+                    out[k, :, i, j] = win.max(1) if mode == "max" else win.mean(1)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_roi_pooling_against_loop_reference_and_gradient(mode):
+    img = rand(2, 2, 8, 7)
+    rois = np.concatenate([ROIS, [[0, 20, 20, 30, 30]]]).astype(np.float32)  # empty: zeros
+    out = F.vision.roi_pooling(img, rois, (3, 2), mode=mode, scale=0.9)
+    np.testing.assert_allclose(out.numpy(), _roi_pool_loop(img, rois, 3, 2, 0.9, mode),
+                               rtol=1e-6, atol=1e-6)
+    # a small step keeps each window's maximum where it is
+    _directional_check(lambda x: F.vision.roi_pooling(x, rois, (3, 2), mode=mode, scale=0.9), img,
+                       eps=1e-3)
+
+
+# ----- nms -----
+
+def test_nms_upstream_cases():
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 100, 100], [50, 50, 100, 100],
+                      [100, 100, 150, 150]], np.float32)
+    keep = F.vision.nms(boxes, np.array([0.5, 0.8, 0.9, 0.6], np.float32), iou_thresh=0.5)
+    assert keep.dtype == np.int32 and keep.tolist() == [2, 1, 3]
+    assert F.vision.nms(boxes, np.array([0.5, 0.8, 0.9, 0.6], np.float32), 0.5,
+                        max_output=2).tolist() == [2, 1]
+    x = np.zeros((100, 4))
+    np.random.seed(42)
+    x[:, :2] = np.random.rand(100, 2) * 20
+    x[:, 2:] = np.random.rand(100, 2) * 20 + 100
+    assert F.vision.nms(x, np.random.rand(100), iou_thresh=0.7).tolist() == [75, 69]
+    with pytest.raises(ValueError, match="scores"):
+        F.vision.nms(boxes, np.ones(3, np.float32), 0.5)
+
+
+# ----- correlation -----
+
+def _correlation_loop(d1, d2, k, md, s1, s2, pad, mul):
+    n, c, h, w = d1.shape
+    r, gr = (k - 1) // 2, md // s2
+    gw = 2 * gr + 1
+    oh, ow = -(-(h + 2 * pad - 2 * (md + r)) // s1), -(-(w + 2 * pad - 2 * (md + r)) // s1)
+    out = np.zeros((n, gw * gw, oh, ow))
+
+    def at(d, b, y, x):
+        return d[b, :, y, x] if 0 <= y < h and 0 <= x < w else np.zeros(c)
+
+    for b in range(n):
+        for ch in range(gw * gw):
+            for y in range(oh):
+                for x in range(ow):
+                    x1, y1 = x * s1 + r + md - pad, y * s1 + r + md - pad
+                    x2, y2 = x1 + (ch % gw - gr) * s2, y1 + (ch // gw - gr) * s2
+                    total = 0.0
+                    for i in range(-r, r + 1):
+                        for j in range(-r, r + 1):
+                            a, bb = at(d1, b, y1 + j, x1 + i), at(d2, b, y2 + j, x2 + i)
+                            total += (a * bb).sum() if mul else np.abs(a - bb).sum()
+                    out[b, ch, y, x] = total / (k * k * c)
+    return out
+
+
+@pytest.mark.parametrize("args", [(1, 1, 1, 1, 0, True), (3, 2, 1, 2, 1, True),
+                                  (1, 2, 2, 1, 2, False), (3, 1, 2, 1, 0, False)])
+def test_correlation_against_loop_reference(args):
+    d1, d2 = rand(1, 2, 6, 7, seed=1), rand(1, 2, 6, 7, seed=2)
+    out = F.vision.correlation(d1, d2, *args)
+    np.testing.assert_allclose(out.numpy(), _correlation_loop(d1, d2, *args), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_correlation_gradients_and_errors():
+    d1, d2 = rand(1, 2, 6, 7, seed=1), rand(1, 2, 6, 7, seed=2)
+    _directional_check(lambda a: F.vision.correlation(a, d2, 3, 2, 1, 1, 1), d1)
+    _directional_check(lambda b: F.vision.correlation(d1, b, 1, 2, 2, 1, 1), d2)
+    with pytest.raises(ValueError, match="odd"):
+        F.vision.correlation(d1, d2, kernel_size=2)
+
+
+# ----- cvt_color -----
+
+def test_cvt_color_float_modes():
+    x = np.array([[[[-0.58675045, 1.7526233, 0.10702174]]]], np.float32)
+    np.testing.assert_allclose(F.vision.cvt_color(x, mode="RGB2GRAY").numpy(), [[[[0.86555195]]]],
+                               rtol=1e-6)
+    img = rand(2, 3, 4, 3)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    np.testing.assert_allclose(F.vision.cvt_color(img, "BGR2GRAY").numpy()[..., 0],
+                               0.299 * b + 0.587 * g + 0.114 * r, rtol=1e-5, atol=1e-6)
+    # megdnn's float RGB2YUV, written out per channel
+    yy = r * 0.114 + g * 0.587 + b * 0.299
+    yuv = np.stack([yy, (r - yy) * 0.492 + 0.5, (b - yy) * 0.877 + 0.5], -1)
+    got = F.vision.cvt_color(img, "RGB2YUV")
+    np.testing.assert_allclose(got.numpy(), yuv, rtol=1e-5, atol=1e-5)
+    rgb = np.stack([yy + (yuv[..., 1] - 0.5) * 2.032,
+                    yy + (yuv[..., 2] - 0.5) * -0.581 + (yuv[..., 1] - 0.5) * -0.395,
+                    yy + (yuv[..., 2] - 0.5) * 1.140], -1)
+    np.testing.assert_allclose(F.vision.cvt_color(got, "YUV2RGB").numpy(), rgb, rtol=1e-4,
+                               atol=1e-5)
+    assert F.vision.cvt_color(img[..., :1], "GRAY2RGB").shape == (2, 3, 4, 3)
+    _directional_check(lambda t: F.vision.cvt_color(t, "RGB2YUV"), img)
+
+
+def test_cvt_color_uint8_modes_by_hand():
+    px = np.array([[[[255, 0, 0], [10, 200, 30]]]], np.uint8)
+    # (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14
+    assert F.vision.cvt_color(px, "RGB2GRAY").numpy().ravel().tolist() == [76, 124]
+    assert F.vision.cvt_color(px, "BGR2GRAY").numpy().ravel().tolist() == [29, 128]
+    assert F.vision.cvt_color(px, "RGB2BGR").numpy().tolist() == [[[[0, 0, 255], [30, 200, 10]]]]
+    rgba = np.concatenate([px, np.full((1, 1, 2, 1), 9, np.uint8)], -1)
+    assert F.vision.cvt_color(rgba, "RGBA2RGB").numpy().tolist() == px.tolist()
+    assert F.vision.cvt_color(rgba, "RGBA2GRAY").numpy().ravel().tolist() == [76, 124]
+    with pytest.raises(ValueError, match="not supported"):
+        F.vision.cvt_color(px.astype(np.float32), "RGB2BGR")
+
+
+def _yuv_loop(frame, to_rgb, planar, u_first):
+    """megdnn's JPEG YCrCb 4:2:0 conversion, one pixel at a time."""
+    rows, w = frame.shape[:2]
+    h = rows * 2 // 3
+    flat = frame.reshape(-1).astype(np.int64)
+    out = np.zeros((h, w, 3), np.int64)
+    for i in range(h):
+        for j in range(w):
+            if planar:
+                q = (i // 2) * (w // 2) + j // 2
+                first, second = flat[h * w + q], flat[h * w + h * w // 4 + q]
+            else:
+                pair = (h + i // 2) * w + j // 2 * 2
+                first, second = flat[pair], flat[pair + 1]
+            u, v = (first, second) if u_first else (second, first)
+            y = flat[i * w + j]
+            r = y + ((359 * (v - 128)) >> 8)
+            g = y - ((88 * (u - 128) + 183 * (v - 128)) >> 8)
+            b = y + ((454 * (u - 128)) >> 8)
+            out[i, j] = np.clip([r, g, b] if to_rgb else [b, g, r], 0, 255)
+    return out
+
+
+@pytest.mark.parametrize("mode,layout", [("YUV2RGB_NV21", (True, False, False)),
+                                         ("YUV2BGR_NV12", (False, False, True)),
+                                         ("YUV2RGB_YV12", (True, True, False)),
+                                         ("YUV2BGR_YU12", (False, True, True))])
+def test_cvt_color_yuv420_against_loop_reference(mode, layout):
+    frame = np.random.RandomState(7).randint(0, 256, (1, 6, 4, 1)).astype(np.uint8)
+    out = F.vision.cvt_color(frame, mode)
+    assert out.shape == (1, 4, 4, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out.numpy()[0], _yuv_loop(frame[0, ..., 0], *layout))
+    np.testing.assert_array_equal(F.vision.cvt_color(frame, "YUV2GRAY_NV21").numpy(),
+                                  frame[:, :4])
+
+
+def test_traced_warp_replays_each_calls_mat_idx():
+    from megengine.jit import trace
+
+    def f(img, mat, idx):
+        return F.vision.warp_perspective(img, mat, (3, 3), mat_idx=idx)
+
+    traced = trace(f, symbolic=True)
+    img = mge.tensor(rand(2, 1, 4, 4))
+    mat = mge.tensor(np.stack([np.eye(3)] * 3).astype(np.float32))
+    for idx in ([0, 1, 1], [1, 0, 0], [1, 1, 0]):
+        idx = mge.tensor(np.array(idx, np.int32))
+        np.testing.assert_array_equal(traced(img, mat, idx).numpy(), f(img, mat, idx).numpy())
+        np.testing.assert_array_equal(f(img, mat, idx).numpy(), img.numpy()[idx.numpy(), :, :3, :3])
+
+
+# ----- interpolate (values against torch are in test_nn.py) -----
+
+def test_interpolate_upstream_example_and_argument_rules():
+    x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    want = [[1., 1.25, 1.75, 2.], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
+            [3., 3.25, 3.75, 4.]]
+    np.testing.assert_allclose(F.vision.interpolate(x, [4, 4], align_corners=False).numpy()[0, 0],
+                               want)
+    np.testing.assert_allclose(F.vision.interpolate(x, scale_factor=2.0).numpy()[0, 0], want)
+    assert F.vision.interpolate(x, mge.tensor([3, 5])).shape == (1, 1, 3, 5)
+    line = np.arange(1, 3, dtype=np.float32).reshape(1, 1, 2)
+    np.testing.assert_allclose(F.nn.interpolate(line, 4, mode="LINEAR").numpy(),
+                               [[[1.0, 1.25, 1.75, 2.0]]])
+    for bad in (dict(mode="bicubic", align_corners=True),
+                dict(mode="nearest", align_corners=False)):
+        with pytest.raises(ValueError, match="align_corners"):
+            F.vision.interpolate(x, [4, 4], **bad)
+    with pytest.raises(ValueError):
+        F.vision.interpolate(line, scale_factor=[2.0, 3.0], mode="linear")
+    with pytest.raises(ValueError):
+        F.vision.interpolate(x, scale_factor=2.0, mode="linear")

@@ -1,0 +1,245 @@
+"""Tests for megengine/jit/dump.py and megengine/utils/comp_graph_tools.py: a dumped program,
+loaded in a fresh process without the source that made it, gives the traced outputs; what
+cannot be dumped fails at dump time with the op's name."""
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.autodiff import Function, GradManager
+from megengine.jit import trace
+from megengine.jit.dump import DumpError
+from megengine.utils.comp_graph_tools import GraphInference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SmallNet(M.Module):
+    """Conv, batch norm (eval), pooling, a tensor index, linear and softmax: a typical model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(1, 4, 3, padding=1)
+        self.bn = M.BatchNorm2d(4)
+        self.fc = M.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x, scale):
+        x = F.relu(self.bn(self.conv(x)))
+        x = F.flatten(F.max_pool2d(x, 2), 1)
+        logits = self.fc(x) * scale
+        return {"prob": F.softmax(logits, axis=1), "top": F.argmax(logits, axis=1),
+                "picked": logits[:, mge.tensor([0, 2])]}
+
+
+def _trained_net():
+    net = SmallNet()
+    # give batch norm non-trivial statistics, then freeze them for inference
+    net.train()
+    net(mge.tensor(np.random.rand(6, 1, 8, 8) * 3 + 1), mge.tensor(1.0))
+    net.eval()
+    return net
+
+
+def test_dumped_program_runs_in_a_fresh_process(tmp_path):
+    net = _trained_net()
+    f = trace(lambda x, scale: net(x, scale), symbolic=True, capture_as_const=True)
+    x = np.random.rand(3, 1, 8, 8).astype("float32")
+    s = np.array(0.5, "float32")
+    traced = f(mge.tensor(x), mge.tensor(s))
+    traced = {k: v.numpy() for k, v in traced.items()}
+    model = tmp_path / "model.mgf"
+    info = f.dump(str(model), arg_names=["data", "scale"])
+    assert info.inputs == ["data", "scale"]
+    assert info.outputs == ["picked", "prob", "top"]  # a dict output: its sorted keys
+    assert info.nr_opr > 5 and info.file_size == model.stat().st_size
+    np.save(tmp_path / "x.npy", x)
+    # the fresh process sees neither this file nor SmallNet: only the model file and megengine
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from megengine.utils.comp_graph_tools import GraphInference
+        net = GraphInference({str(model)!r})
+        assert net.input_names == ["data", "scale"], net.input_names
+        out = net.run(np.load({str(tmp_path / 'x.npy')!r}), inp_dict={{"scale": 0.5}})
+        for k, v in out.items():
+            np.save({str(tmp_path)!r} + "/out_" + k + ".npy", v)
+        print(sorted(out))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['picked', 'prob', 'top']"
+    for k, v in traced.items():
+        got = np.load(tmp_path / f"out_{k}.npy")
+        assert got.dtype == v.dtype and got.shape == v.shape
+        np.testing.assert_array_equal(got, v)  # the same ops on the same values: bit-equal
+
+
+def test_upstream_dump_and_capture_examples():
+    # upstream's test_dump: two inputs named arg_0, arg_1; GraphInference.run takes them in order
+    @trace(symbolic=True, capture_as_const=True)
+    def f(a, b):
+        return a + b
+
+    a, b = mge.tensor([2]), mge.tensor([4])
+    y = f(a, b).numpy()
+    file = io.BytesIO()
+    info = f.dump(file)
+    assert info.inputs == ["arg_0", "arg_1"] and info.outputs == ["output_0"]
+    file.seek(0)
+    result = list(GraphInference(file).run(a, b).values())[0]
+    np.testing.assert_equal(result, y)
+
+    # upstream's test_capture_dump: an external tensor is captured by value
+    k = mge.tensor([2])
+
+    @trace(symbolic=True, capture_as_const=True)
+    def g(x):
+        return x * k
+
+    x = mge.tensor([3])
+    y = g(x).numpy()
+    file = io.BytesIO()
+    g.dump(file)
+    k.set_value(mge.tensor([100]))  # later changes do not reach the dumped file
+    file.seek(0)
+    np.testing.assert_equal(GraphInference(file).run(x)["output_0"], y)
+
+
+def test_keyword_inputs_and_tuple_outputs_are_named():
+    f = trace(lambda x, *, bias: (x + bias, x * bias), symbolic=True, capture_as_const=True)
+    x, bias = mge.tensor([1.0, 2.0]), mge.tensor([3.0, 4.0])
+    outs = f(x, bias=bias)
+    file = io.BytesIO()
+    info = f.dump(file, output_names=["sum", "prod"], user_info={"author": "test"})
+    assert info.inputs == ["arg_0", "kwarg_bias"]
+    file.seek(0)
+    net = GraphInference(file, outputs=["prod"])
+    assert net.metadata == {"user_info": {"author": "test"}}
+    got = net.run(inp_dict={"arg_0": x.numpy(), "kwarg_bias": bias.numpy()})
+    assert list(got) == ["prod"]
+    np.testing.assert_array_equal(got["prod"], outs[1].numpy())
+
+
+def test_dump_errors_match_upstream():
+    f = trace(lambda a, b: a + b, symbolic=True)
+    f(mge.tensor([1.0]), mge.tensor([2.0]))
+    with pytest.raises(ValueError, match="capture_as_const=True"):
+        f.dump(io.BytesIO())
+    g = trace(lambda a, b: a + b, symbolic=True, capture_as_const=True)
+    with pytest.raises(RuntimeError, match="record first"):
+        g.dump(io.BytesIO())
+    g(mge.tensor([1.0]), mge.tensor([2.0]))
+    with pytest.raises(ValueError, match="wrong number of arg_names, should be 2 values"):
+        g.dump(io.BytesIO(), arg_names=["a"])
+    with pytest.raises(ValueError, match="wrong number of output_names, should be 1 values"):
+        g.dump(io.BytesIO(), output_names=["a", "b"])
+    h = trace(lambda a: {"y": a * 2}, symbolic=True, capture_as_const=True)
+    h(mge.tensor([1.0]))
+    with pytest.raises(TypeError, match="already in dict format"):
+        h.dump(io.BytesIO(), output_names=["z"])
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        g.dump(io.BytesIO(), no_such_option=1)
+    g.dump(io.BytesIO(), optimize_for_inference=True, keep_var_name=2)  # upstream's: accepted
+
+
+def test_loaded_program_checks_its_inputs():
+    f = trace(lambda a: a * 2, symbolic=True, capture_as_const=True)
+    f(mge.tensor(np.ones((2, 3), "float32")))
+    file = io.BytesIO()
+    f.dump(file, arg_names="data")
+    file.seek(0)
+    net = GraphInference(file)
+    with pytest.raises(ValueError, match=r"'data' has shape \(3, 3\).*\(2, 3\)"):
+        net.run(np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"no value for the inputs \['data'\]"):
+        net.run()
+    with pytest.raises(ValueError, match=r"no inputs named \['x'\]"):
+        net.run(np.ones((2, 3)), inp_dict={"x": 1})
+    with pytest.raises(ValueError, match="not a program written by"):
+        GraphInference(io.BytesIO(b"not a model"))
+
+
+class _Scale(Function):
+    def forward(self, x):
+        return x * 3
+
+    def backward(self, dy):
+        return dy * 3
+
+
+def test_ops_that_hold_python_objects_cannot_be_dumped():
+    f = trace(lambda x: _Scale()(x) + 1, symbolic=True, capture_as_const=True)
+    f(mge.tensor([1.0]))
+    with pytest.raises(DumpError, match=r"op #0 \(.*_Scale.*\), attribute 'fn'"):
+        f.dump(io.BytesIO())
+
+
+def test_pytorch_module_call_cannot_be_dumped():
+    torch = pytest.importorskip("torch")
+    from megengine.module.pytorch import PyTorchModule
+
+    wrapped = PyTorchModule(torch.nn.Linear(3, 2))
+    f = trace(lambda x: wrapped(x) * 2, symbolic=True, capture_as_const=True)
+    f(mge.tensor(np.ones((1, 3), "float32")))
+    with pytest.raises(DumpError, match=r"op #0 \(PyTorchModule\(Linear\)\).*PyTorchModule"):
+        f.dump(io.BytesIO())
+
+
+def test_training_steps_cannot_be_dumped():
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager().attach(w)
+
+    @trace(symbolic=True, capture_as_const=True)
+    def step(x):
+        with gm:
+            loss = (w * x).sum()
+            gm.backward(loss)
+        return loss
+
+    step(mge.tensor([1.0, 1.0]))
+    with pytest.raises(DumpError, match="GradManager"):
+        step.dump(io.BytesIO())
+
+
+_LABEL = np.array([0, 2], "int32")
+OP_FAMILIES = {
+    "elemwise": lambda x: F.exp(x) + F.log(x + 1) * F.tanh(x) - F.sigmoid(x) / 2 + F.sqrt(x) ** 2,
+    "reduce": lambda x: (F.sum(x, axis=1), F.mean(x), F.max(x, axis=(2, 3)), F.min(x, 0)),
+    "softmax_ce": lambda x: (F.softmax(x.reshape(2, -1), axis=1),
+                             F.loss.cross_entropy(x.reshape(2, -1)[:, :5], mge.tensor(_LABEL))),
+    "shape": lambda x: (F.concat([x, x], axis=1), F.stack([x, x]), x.transpose(0, 2, 3, 1),
+                        x[:, 1:, ::2], F.broadcast_to(x[:, :1], (2, 3, 8, 8))),
+    "index_compare": lambda x: (x[mge.tensor([1, 0])], F.where(x > 0.5, x, 0 * x),
+                                F.one_hot(mge.tensor(_LABEL), 4), F.topk(x.reshape(-1), 3)),
+    "pool_interp": lambda x: (F.avg_pool2d(x, 2), F.adaptive_avg_pool2d(x, 2),
+                              F.vision.interpolate(x, scale_factor=2)),
+    "misc": lambda x: (F.leaky_relu(x), F.gelu(x), F.maximum(x, 0.5), F.logsumexp(x, 1),
+                       F.matmul(x, x.transpose(0, 1, 3, 2))),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OP_FAMILIES))
+def test_op_families_round_trip_bit_equal(family):
+    x = mge.tensor(np.random.rand(2, 3, 8, 8).astype("float32"))
+    f = trace(OP_FAMILIES[family], symbolic=True, capture_as_const=True)
+    out = f(x)
+    flat = []
+    for o in (out if isinstance(out, tuple) else (out,)):
+        flat.extend(o if isinstance(o, (tuple, list)) else [o])
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    got = GraphInference(file).run(x)
+    assert list(got) == [f"output_{i}" for i in range(len(flat))]
+    for g, o in zip(got.values(), flat):
+        assert g.dtype == o.dtype
+        np.testing.assert_array_equal(g, o.numpy())

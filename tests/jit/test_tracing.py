@@ -1,0 +1,213 @@
+"""Tests for megengine/jit/tracing.py's public surface as upstream uses it: one program per call
+signature (a training step with changing batch sizes re-traces and matches eager), keyword
+arguments, upstream's options and their effects, get_profile, partial_trace, and upstream's
+``"trace error because <reason>"`` texts."""
+import random
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.core._trace_option import set_symbolic_shape as core_set_symbolic_shape
+from megengine.jit import TraceError, partial_trace, set_symbolic_shape, trace
+
+
+def _net_and_step(traced, **options):
+    np.random.seed(5)
+    net = M.Sequential(M.Linear(6, 12), M.ReLU(), M.Linear(12, 3))
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    runs = []
+
+    def step(x, label, *, weight=1.0):
+        runs.append(x.shape[0])
+        with gm:
+            loss = F.loss.cross_entropy(net(x), label) * weight
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    return net, (trace(step, **options) if traced else step), runs
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_training_step_with_changing_batch_sizes_retraces_and_matches_eager(options):
+    rng = np.random.RandomState(0)
+    sizes = [8, 8, 5, 8, 3, 5, 5, 8]  # a last partial batch, then new epochs
+    data = [(mge.tensor(rng.randn(n, 6)), mge.tensor(rng.randint(0, 3, n), dtype="int32"))
+            for n in sizes]
+    eager_net, eager_step, _ = _net_and_step(False)
+    net, step, runs = _net_and_step(True, **options)
+    for x, y in data:
+        expect = eager_step(x, y).numpy()
+        np.testing.assert_allclose(step(x, y).numpy(), expect, rtol=1e-6)
+        for a, b in zip(net.parameters(), eager_net.parameters()):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    if options.get("symbolic") or options.get("without_host"):
+        assert runs == [8, 5, 3]  # Python ran once per batch size; the rest were replays
+    else:
+        assert runs == sizes  # checking mode runs the function on every call
+    assert "3 traced signatures" in repr(step)
+
+
+def test_keyword_arguments_reach_the_function_and_select_programs():
+    eager_net, eager_step, _ = _net_and_step(False)
+    net, step, runs = _net_and_step(True, symbolic=True)
+    x = mge.tensor(np.random.RandomState(1).randn(4, 6))
+    y = mge.tensor([0, 1, 2, 0], dtype="int32")
+    for w in (1.0, 0.5, 1.0, mge.tensor(2.0), mge.tensor(3.0)):
+        np.testing.assert_allclose(step(x, y, weight=w).numpy(),
+                                   eager_step(x, y, weight=w).numpy(), rtol=1e-6)
+    # weight=1.0 twice shares one program; a tensor weight is an input: 3.0 reuses 2.0's program
+    assert len(runs) == 3
+
+
+@pytest.mark.parametrize("normal_expr, mismatch_expr, reason", [
+    ("a + b + c", "a + b - c", "operator mismatch"),
+    ("a + b + 1", "a + b + 2", "tensors not equals"),
+    ("((a + b), (b + c))[0]", "a + b", "mismature end"),
+    ("a + b + c", "c + (a + b)", "expect internal node, got external"),
+    ("c + (a + b)", "a + b + c", "expect external node, got internal"),
+    ("a + b + c", "a + b + c + c", "too many instructions"),
+    ("((a + b), (b + c))[1]", "((a + b), (b + c))[0]", "data unreadable"),
+    ("((a + b), (b + c))[1] + a", "((a + b), (b + c))[0] + a", "input id mismatch"),
+])
+def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
+    # upstream's test_trace_mismatch (all eight cases), on the mode that reruns Python here
+    # (symbolic=False)
+    a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
+    mismatch = False
+
+    @trace(symbolic=False)
+    def fn(a, b, c):
+        return eval(mismatch_expr if mismatch else normal_expr)
+
+    rnd = random.Random(0)
+    for i in range(20):
+        try:
+            d = fn(a, b, c)
+        except TraceError as e:
+            assert mismatch
+            assert str(e) == f"trace error because {reason}"
+        else:
+            assert not mismatch
+            np.testing.assert_equal(d.numpy(), eval(normal_expr).numpy())
+        mismatch = i > 0 and rnd.random() > 0.6
+
+
+def test_exception_in_traced_call_is_the_users_not_a_trace_error():
+    # upstream's test_exception_in_trace
+    a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
+    exc = Exception()
+    state = {"raise": False}
+
+    @trace(symbolic=False)
+    def fn(a, b, c):
+        result = a + b
+        if state["raise"]:
+            raise exc
+        return result + c
+
+    for k in range(6):
+        state["raise"] = k % 3 == 1
+        try:
+            d = fn(a, b, c)
+        except TraceError:
+            pytest.fail("unexpected trace error")
+        except Exception as e:
+            assert state["raise"] and e is exc
+        else:
+            np.testing.assert_equal(d.numpy(), (a + b + c).numpy())
+
+
+def test_imperative_runs_python_every_call_and_still_dumps():
+    runs = []
+
+    def f(x):
+        runs.append(1)
+        return x * 2
+
+    t = trace(f, imperative=True, capture_as_const=True)
+    for v in (1.0, 2.0, 3.0):
+        assert t(mge.tensor([v])).numpy().tolist() == [2 * v]
+    assert len(runs) == 3
+    import io
+    assert t.dump(io.BytesIO()).nr_opr == 1
+
+
+def test_record_only_records_for_dump_and_refuses_to_run_again():
+    import io
+    t = trace(lambda x: x + 1, record_only=True)
+    t(mge.tensor([1.0]))
+    assert t.dump(io.BytesIO()).outputs == ["output_0"]  # implies capture_as_const
+    with pytest.raises(TraceError, match="record_only"):
+        t(mge.tensor([1.0]))
+
+
+def test_profiling_and_get_profile():
+    for options in ({"symbolic": True}, {"symbolic": False}):
+        t = trace(lambda x: F.exp(-x) * 2, profiling=True, **options)
+        x = mge.tensor(np.ones(5))
+        for _ in range(3):
+            t(x)
+        prof = t.get_profile()["profiler"]
+        assert prof["calls"] == 2  # the recording call is not profiled
+        names = {op["name"]: op for op in prof["ops"]}
+        assert all(names[n]["count"] == 2 for n in names) and len(names) >= 2
+        assert prof["total_seconds"] == pytest.approx(sum(o["seconds"] for o in prof["ops"]))
+    with pytest.raises(RuntimeError, match="profiling=True"):
+        trace(lambda x: x).get_profile()
+
+
+def test_options_are_checked_or_documented_without_effect():
+    with pytest.raises(ValueError, match="opt_level"):
+        trace(lambda x: x, opt_level=7)
+    old = set_symbolic_shape(False)
+    try:
+        assert core_set_symbolic_shape(False) is False  # the same switch as upstream's core one
+        assert trace(lambda x: x)._symbolic_shape is False
+        assert trace(lambda x: x, symbolic_shape=True)._symbolic_shape is True
+    finally:
+        set_symbolic_shape(old)
+    t = trace(lambda x: x.reshape(x.shape[0], -1), symbolic=True, symbolic_shape=False,
+              opt_level=0)
+    for n in (2, 4, 2):
+        assert t(mge.tensor(np.ones((n, 3, 2)))).shape == (n, 6)
+
+
+def test_partial_trace_replays_forward_inside_an_eager_step():
+    np.random.seed(2)
+    eager = M.Sequential(M.Linear(4, 8), M.ReLU(), M.Linear(8, 2))
+    np.random.seed(2)
+    net = M.Sequential(M.Linear(4, 8), M.ReLU(), M.Linear(8, 2))
+    runs = []
+
+    @partial_trace
+    def fwd(x):
+        runs.append(1)
+        return net(x)
+
+    rng = np.random.RandomState(0)
+    for n in (3, 3, 5, 3):
+        x = mge.tensor(rng.randn(n, 4))
+        losses = []
+        for model, call in ((eager, eager), (net, fwd)):
+            gm = GradManager().attach(model.parameters())
+            with gm:
+                loss = (call(x) ** 2).mean()
+                gm.backward(loss)
+            losses.append(loss.numpy())
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+        for a, b in zip(net.parameters(), eager.parameters()):
+            np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-6)
+            a.grad = b.grad = None
+    assert len(runs) == 2  # one recording per batch size
+    with pytest.raises(ValueError, match="xla"):
+        partial_trace(lambda x: x, backend="xla")
+    with pytest.raises(AssertionError, match="without_host"):
+        partial_trace(lambda x: x, without_host=False)

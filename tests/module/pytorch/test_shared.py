@@ -1,0 +1,259 @@
+"""One torch tensor is one megengine tensor (megengine/module/pytorch/shared.py): tied and shared
+parameters train exactly like pure torch, and whole networks pickle and deep-copy."""
+import copy
+from collections import OrderedDict
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.module.pytorch import PyTorchModule
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class TiedPair(nn.Module):
+    """Two layers with one weight (``dec.weight is enc.weight``), as in tied embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(6, 6)
+        self.dec = nn.Linear(6, 6)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+class TwoWrappersOfOneModule(M.Module):
+    def __init__(self, tmod):
+        super().__init__()
+        self.first = PyTorchModule(tmod)
+        self.second = PyTorchModule(tmod)
+
+    def forward(self, x):
+        return self.second(F.tanh(self.first(x)))
+
+
+class MirrorAlsoInMegengine(M.Module):
+    """A megengine module that also uses the wrapped layer's weight (its output projection)."""
+
+    def __init__(self, tmod):
+        super().__init__()
+        self.wrap = PyTorchModule(tmod)
+        self.out_weight = self.wrap.weight
+
+    def forward(self, x):
+        return F.matmul(F.tanh(self.wrap(x)), self.out_weight, transpose_b=True)
+
+
+def _torch_forward(kind, tmod, x):
+    if kind == "tied":
+        return tmod(x)
+    if kind == "two wrappers":
+        return tmod(torch.tanh(tmod(x)))
+    return torch.tanh(tmod(x)) @ tmod.weight.T
+
+
+def _build(kind):
+    torch.manual_seed(1)
+    tmod = TiedPair() if kind == "tied" else nn.Linear(6, 6)
+    reference = copy.deepcopy(tmod)  # deepcopy keeps the tie
+    if kind == "tied":
+        net = PyTorchModule(tmod)
+    elif kind == "two wrappers":
+        net = TwoWrappersOfOneModule(tmod)
+    else:
+        net = MirrorAlsoInMegengine(tmod)
+    return net, tmod, reference
+
+
+OPTIMIZERS = {
+    "sgd momentum weight decay": (
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)),
+    "adam": (lambda ps: optim.Adam(ps, lr=0.05), lambda ps: torch.optim.Adam(ps, lr=0.05)),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("kind", ["tied", "two wrappers", "mirror also in megengine"])
+def test_shared_parameters_train_exactly_like_pure_torch(kind, optimizer):
+    net, tmod, reference = _build(kind)
+    params = list(net.parameters())
+    # listed once, as torch lists them
+    assert len(params) == len(list(reference.parameters()))
+    assert len({id(p) for p in params}) == len(params)
+    make_mge, make_torch = OPTIMIZERS[optimizer]
+    opt, topt = make_mge(params), make_torch(reference.parameters())
+    gm = GradManager().attach(params)
+    rng = np.random.RandomState(0)
+    for _ in range(5):
+        x, target = rng.randn(8, 6).astype("float32"), rng.randn(8, 6).astype("float32")
+        with gm:
+            loss = ((net(mge.tensor(x)) - mge.tensor(target)) ** 2).mean()
+            gm.backward(loss)
+        norm = optim.clip_grad_norm(params, max_norm=0.5)
+        opt.step()
+        opt.clear_grad()
+
+        tloss = ((_torch_forward(kind, reference, torch.tensor(x)) - torch.tensor(target)) ** 2).mean()
+        topt.zero_grad()
+        tloss.backward()
+        tnorm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.5)
+        topt.step()
+        np.testing.assert_allclose(loss.numpy(), tloss.item(), rtol=1e-5)
+        np.testing.assert_allclose(norm.numpy(), tnorm.item(), rtol=1e-5)
+    for (name, p), (tname, tp) in zip(tmod.named_parameters(), reference.named_parameters()):
+        assert name == tname
+        np.testing.assert_allclose(p.detach().numpy(), tp.detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_tied_weight_is_one_parameter_named_once_and_saved_under_both_names():
+    wrap = PyTorchModule(TiedPair())
+    assert wrap.enc.weight is wrap.dec.weight
+    names = [n for n, _ in wrap.named_parameters()]
+    assert sorted(names) == ["dec.bias", "dec.weight", "enc.bias"]  # megengine's sorted walk
+    assert wrap.get_param_by_name("enc.weight") is wrap.get_param_by_name("dec.weight")
+    state = wrap.state_dict()  # as torch's state_dict: every name, one value
+    assert set(state) == set(wrap.torch_module.state_dict())
+    np.testing.assert_array_equal(state["enc.weight"], state["dec.weight"])
+
+
+def test_gradients_of_shared_memory_are_separate_arrays():
+    # torch may hand one tensor back as the gradient of two inputs (an add passes its output
+    # gradient through); megengine must not give two parameters one array, or an in-place
+    # clip scales it twice
+    class Add(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor([3.0, 0.0, 0.0]))
+            self.b = nn.Parameter(torch.tensor([0.0, 4.0, 0.0]))
+
+        def forward(self, c):
+            return (self.a + self.b) * c
+
+    wrap = PyTorchModule(Add())
+    c = mge.tensor([0.1, 0.1, 0.0])
+    gm = GradManager().attach(wrap.parameters())
+    with gm:
+        gm.backward(wrap(c).sum())
+    a, b = wrap.a, wrap.b
+    assert not np.shares_memory(a.grad.numpy(), b.grad.numpy())
+    optim.clip_grad_norm([a, b], max_norm=0.1)
+    ta, tb = Add().a, Add().b
+    loss = ((ta + tb) * torch.tensor([0.1, 0.1, 0.0])).sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([ta, tb], max_norm=0.1)
+    np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-5)
+
+
+# ----- whole-network pickling and copying -----
+
+class Net(M.Module):
+    """A megengine network around a torch block with tied weights and BatchNorm buffers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        block = nn.Sequential(OrderedDict(fc1=nn.Linear(6, 6), bn=nn.BatchNorm1d(6),
+                                          act=nn.Tanh(), fc2=nn.Linear(6, 6)))
+        block.fc2.weight = block.fc1.weight
+        self.block = PyTorchModule(block)
+        self.head = M.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+def _train(net, opt, batches):
+    gm = GradManager().attach(net.parameters())
+    for x, y in batches:
+        with gm:
+            loss = ((net(mge.tensor(x)) - mge.tensor(y)) ** 2).mean()
+            gm.backward(loss)
+        optim.clip_grad_norm(net.parameters(), 1.0)
+        opt.step()
+        opt.clear_grad()
+    return {k: v for k, v in net.state_dict().items()}
+
+
+def _batches(seed, n=3):
+    rng = np.random.RandomState(seed)
+    return [(rng.randn(8, 6).astype("float32"), rng.randn(8, 3).astype("float32")) for _ in range(n)]
+
+
+def _assert_same_state(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_deepcopy_keeps_training_bit_identically():
+    net = Net()
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    _train(net, opt, _batches(0))
+    twin = copy.deepcopy(net)
+    assert twin.block.torch_module is not net.block.torch_module
+    assert twin.block.torch_module.fc1.weight is twin.block.torch_module.fc2.weight  # tie kept
+    assert twin.block.fc1.weight is twin.block.fc2.weight
+    twin_opt = optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    twin_opt.load_state_dict(opt.state_dict())
+    _assert_same_state(_train(twin, twin_opt, _batches(1)), _train(net, opt, _batches(1)))
+    # the copy's mirrors view the copy's torch tensors: training it left the original alone
+    assert not np.shares_memory(twin.block.fc1.weight.numpy(), net.block.fc1.weight.numpy())
+
+
+def test_save_and_load_in_a_fresh_process_keep_training_bit_identically(tmp_path):
+    net = Net()
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    _train(net, opt, _batches(0))
+    mge.save({"net": net, "opt": opt.state_dict()}, tmp_path / "ckpt.mge")
+    expected = _train(net, opt, _batches(1))
+    script = f"""
+import pickle, sys
+import torch
+torch.set_num_threads(1)  # as the test process (conftest): same kernels, same rounding
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import megengine as mge, megengine.optimizer as optim
+import test_shared as t
+ckpt = mge.load({str(tmp_path / "ckpt.mge")!r})
+net = ckpt["net"]
+opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+opt.load_state_dict(ckpt["opt"])
+assert net.block.fc1.weight is net.block.fc2.weight
+with open({str(tmp_path / "after.pkl")!r}, "wb") as f:
+    pickle.dump(t._train(net, opt, t._batches(1)), f)
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    with open(tmp_path / "after.pkl", "rb") as f:
+        _assert_same_state(pickle.load(f), expected)
+
+
+def test_loaded_network_shares_memory_with_its_loaded_torch_module():
+    net = pickle.loads(pickle.dumps(Net()))
+    tmod = net.block.torch_module
+    for name, p in net.block.named_parameters():
+        assert p._data.__array_interface__["data"][0] == tmod.get_parameter(name).data_ptr(), name
+    mean = net.block.bn.running_mean
+    assert mean._data.__array_interface__["data"][0] == tmod.bn.running_mean.data_ptr()
+    before = mean.numpy().copy()
+    net(mge.tensor(np.random.randn(4, 6).astype("float32")))  # training mode: stats move in place
+    assert not np.array_equal(before, mean.numpy())
+    np.testing.assert_array_equal(mean.numpy(), tmod.bn.running_mean.numpy())

@@ -1,0 +1,61 @@
+"""Tests for megengine/module/elemwise.py: each Elemwise mode against the torch expression it names."""
+import numpy as np
+import pytest
+import torch
+
+import megengine.module as M
+from tests.oracle import check_against_torch
+
+rs = np.random.RandomState(0)
+A = rs.uniform(0.5, 2.0, (3, 4)).astype(np.float32)
+B = rs.uniform(-1.5, 1.5, (3, 4)).astype(np.float32)
+C = rs.uniform(-1.0, 1.0, (3, 4)).astype(np.float32)
+D = rs.uniform(-1.0, 1.0, (4,)).astype(np.float32)  # broadcasts
+
+UNARY = [
+    ("RELU", torch.relu), ("abs", torch.abs), ("NEGATE", torch.neg), ("exp", torch.exp),
+    ("log", torch.log), ("log1p", torch.log1p), ("expm1", torch.expm1), ("sin", torch.sin),
+    ("cos", torch.cos), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
+    ("h_swish", torch.nn.functional.hardswish), ("silu", torch.nn.functional.silu),
+    ("sqrt", torch.sqrt), ("square", torch.square),
+]
+BINARY = [
+    ("ADD", torch.add), ("sub", torch.sub), ("mul", torch.mul), ("true_div", torch.div),
+    ("max", torch.maximum), ("min", torch.minimum), ("pow", torch.pow),
+    ("fuse_add_relu", lambda x, y: torch.relu(x + y)),
+    ("FUSE_ADD_SIGMOID", lambda x, y: torch.sigmoid(x + y)),
+    ("fuse_add_tanh", lambda x, y: torch.tanh(x + y)),
+    ("fuse_add_h_swish", lambda x, y: torch.nn.functional.hardswish(x + y)),
+    ("switch_gt0", lambda x, y: torch.where(x > 0, y, torch.zeros_like(y))),
+    ("log_sum_exp", torch.logaddexp),
+]
+
+
+@pytest.mark.parametrize("mode, torch_fn", UNARY)
+def test_unary_modes(mode, torch_fn):
+    check_against_torch(M.Elemwise(mode), torch_fn, A)
+
+
+@pytest.mark.parametrize("mode, torch_fn", BINARY)
+def test_binary_modes_broadcast(mode, torch_fn):
+    if mode == "switch_gt0":  # the condition input has no gradient
+        check_against_torch(M.Elemwise(mode), torch_fn, B, D, diff=[1])
+    else:
+        check_against_torch(M.Elemwise(mode), torch_fn, A, D)
+
+
+def test_ternary_and_quaternary_fused_modes():
+    check_against_torch(M.Elemwise("fuse_mul_add3"), lambda a, b, c: a * b + c, A, B, C)
+    check_against_torch(M.Elemwise("FUSE_MUL_ADD4"), lambda a, b, c, d: a * b + c * d, A, B, C, A)
+    check_against_torch(M.Elemwise("cond_leq_mov"),
+                        lambda a, b, c: torch.where(a <= b, c, torch.zeros_like(c)),
+                        B, C, A, diff=[2])
+
+
+def test_comparisons_and_unknown_mode():
+    out = M.Elemwise("lt")(A, B)
+    np.testing.assert_array_equal(out.numpy(), A < B)
+    assert M.Elemwise("eq")(A, A).numpy().all()
+    with pytest.raises(ValueError, match="unknown method 'fuse_nothing'"):
+        M.Elemwise("fuse_nothing")
+    assert repr(M.Elemwise("add")) == "Elemwise(method='add')"

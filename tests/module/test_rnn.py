@@ -1,0 +1,125 @@
+"""Tests for megengine/module/rnn.py: RNNCell, LSTMCell, RNN and LSTM against torch.nn with equal
+weights (outputs, final states, and gradients of the input, the initial state and every weight)."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.module as M
+from megengine.autodiff import GradManager
+
+
+def torch_name(mge_name):
+    """cells.<layer>.<direction>.weight_ih -> weight_ih_l<layer>[_reverse]."""
+    _, layer, direction, kind = mge_name.split(".")
+    return f"{kind}_l{layer}" + ("_reverse" if direction == "1" else "")
+
+
+def flat(out):
+    """out, (out, h), (h, c) or (out, (h, c)) as a flat list of tensors."""
+    if not isinstance(out, tuple):
+        return [out]
+    return [out[0]] + (list(out[1]) if isinstance(out[1], tuple) else [out[1]])
+
+
+def compare(mge_m, torch_m, x, hx, name_map, rtol=1e-5, atol=1e-5):
+    tparams = dict(torch_m.named_parameters())
+    mparams = dict(mge_m.named_parameters())
+    assert {name_map(k) for k in mparams} == set(tparams)
+    with torch.no_grad():
+        for k, p in mparams.items():
+            tparams[name_map(k)].copy_(torch.from_numpy(p.numpy()))
+    states = hx if isinstance(hx, tuple) else (hx,)
+    xm = mge.tensor(x)
+    hm = [mge.tensor(h) for h in states]
+    gm = GradManager().attach(list(mparams.values()) + [xm] + hm)
+    rs = np.random.RandomState(0)
+    with gm:
+        ys = flat(mge_m(xm, tuple(hm) if isinstance(hx, tuple) else hm[0]))
+        dys = [rs.randn(*y.shape).astype(np.float32) for y in ys]
+        gm.backward(ys, [mge.tensor(d) for d in dys])
+    xt = torch.tensor(x, requires_grad=True)
+    ht = [torch.tensor(h, requires_grad=True) for h in states]
+    tys = flat(torch_m(xt, tuple(ht) if isinstance(hx, tuple) else ht[0]))
+    assert len(ys) == len(tys)
+    for y, ty in zip(ys, tys):
+        assert y.shape == tuple(ty.shape)
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    torch.autograd.backward(tys, [torch.from_numpy(d) for d in dys])
+    np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=rtol, atol=atol)
+    for h, t in zip(hm, ht):
+        np.testing.assert_allclose(h.grad.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+    for k, p in mparams.items():
+        np.testing.assert_allclose(p.grad.numpy(), tparams[name_map(k)].grad.numpy(),
+                                   rtol=rtol, atol=atol, err_msg=k)
+
+
+@pytest.mark.parametrize("nonlinearity, bias", [("tanh", True), ("relu", False)])
+def test_rnn_cell(nonlinearity, bias):
+    rs = np.random.RandomState(1)
+    m = M.RNNCell(5, 4, bias=bias, nonlinearity=nonlinearity)
+    t = torch.nn.RNNCell(5, 4, bias=bias, nonlinearity=nonlinearity)
+    x, h = rs.randn(3, 5).astype(np.float32), rs.randn(3, 4).astype(np.float32)
+    compare(m, t, x, h, lambda k: k)
+    if not bias:  # as upstream, zero buffers stand in for the biases
+        assert [k for k, _ in m.named_buffers()] == ["bias_hh", "bias_ih"]
+    assert m(mge.tensor(x)).shape == (3, 4)  # hx defaults to zeros
+    np.testing.assert_allclose(
+        m(mge.tensor(x)).numpy(), m(mge.tensor(x), mge.tensor(np.zeros((3, 4), np.float32))).numpy())
+
+
+def test_lstm_cell():
+    rs = np.random.RandomState(2)
+    m, t = M.LSTMCell(5, 3), torch.nn.LSTMCell(5, 3)
+    x = rs.randn(4, 5).astype(np.float32)
+    hc = (rs.randn(4, 3).astype(np.float32), rs.randn(4, 3).astype(np.float32))
+    compare(m, t, x, hc, lambda k: k)
+    h, c = m(mge.tensor(x))
+    assert h.shape == c.shape == (4, 3)
+
+
+@pytest.mark.parametrize("num_layers, bidirectional, batch_first", [
+    (1, False, False), (2, True, False), (2, False, True),
+])
+def test_rnn_and_lstm_match_torch(num_layers, bidirectional, batch_first):
+    rs = np.random.RandomState(3)
+    d = 2 if bidirectional else 1
+    x = rs.randn(2, 4, 3) if batch_first else rs.randn(4, 2, 3)
+    x = x.astype(np.float32)
+    h0 = rs.randn(d * num_layers, 2, 5).astype(np.float32)
+    c0 = rs.randn(d * num_layers, 2, 5).astype(np.float32)
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    compare(M.RNN(3, 5, nonlinearity="relu", **kw),
+            torch.nn.RNN(3, 5, nonlinearity="relu", **kw), x, h0, torch_name)
+    compare(M.LSTM(3, 5, **kw), torch.nn.LSTM(3, 5, **kw), x, (h0, c0), torch_name)
+
+
+def test_rnn_shapes_defaults_and_errors():
+    m = M.RNN(10, 20, 2, bidirectional=True)
+    out, hn = m(mge.tensor(np.random.randn(6, 3, 10).astype(np.float32)))
+    assert out.shape == (6, 3, 40) and hn.shape == (4, 3, 20)
+    lstm = M.LSTM(10, 20, batch_first=True)
+    out, (h, c) = lstm(mge.tensor(np.random.randn(3, 6, 10).astype(np.float32)))
+    assert out.shape == (3, 6, 20) and h.shape == c.shape == (1, 3, 20)
+    # every weight starts in U(-1/sqrt(hidden), 1/sqrt(hidden)), as upstream and torch
+    bound = 1 / np.sqrt(20)
+    assert all(np.abs(p.numpy()).max() <= bound for p in lstm.parameters())
+    with pytest.raises(ValueError, match="Dropout"):
+        M.RNN(2, 2, dropout=1.5)
+    with pytest.raises(ValueError, match="proj_size"):
+        M.LSTM(2, 4, proj_size=2)
+    with pytest.raises(ValueError, match="input_size=10"):
+        m(mge.tensor(np.zeros((6, 3, 9), np.float32)))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        M.RNNCell(2, 2, nonlinearity="sigmoid")
+
+
+def test_dropout_between_layers_only_in_training():
+    m = M.LSTM(4, 4, num_layers=2, dropout=0.5)
+    x = mge.tensor(np.random.randn(3, 2, 4).astype(np.float32))
+    m.eval()
+    a, b = m(x)[0].numpy(), m(x)[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    m.train()
+    outs = [m(x)[0].numpy() for _ in range(3)]
+    assert not all(np.array_equal(outs[0], o) for o in outs[1:])
