@@ -4,7 +4,8 @@
 a flat bucket of its dtype (upstream's param pack, torch DDP's buckets); a bucket is all-reduced
 in place, through a zero-copy view, as soon as it holds ``bucket_size`` bytes, and the rest when
 the backward pass has handed over its last gradient. For ``"mean"`` each gradient is scaled by
-1/size while it is packed, so the all-reduce sum is the mean. Every parameter's ``.grad`` is then a view
+1/size while it is packed, so the all-reduce sum is the mean. A gradient that fills a bucket on
+its own is not packed: it is all-reduced where it is. Every parameter's ``.grad`` is then a view
 into its bucket: one collective per bucket instead of one per parameter, and no further copy.
 """
 import functools
@@ -124,11 +125,20 @@ class AllreduceCallback:
         if not entries:
             return
         xp = xp_of(entries[0][1])
+        scale = 1.0 / group.size if self.reduce_method == "mean" else None
+        if len(entries) == 1 and entries[0][1].flags.c_contiguous and entries[0][1].flags.writeable:
+            # A gradient that fills a bucket alone is reduced where it is: GradManager hands
+            # callbacks gradients whose memory no other gradient or tensor shares.
+            (out, g), = entries
+            if scale is not None:
+                xp.multiply(g, g.dtype.type(scale), out=g)
+            fd._dist.all_reduce(fd._to_torch(g), op=fd._dist.ReduceOp.SUM, group=group._pg)
+            fd._after_gpu(g)
+            return
         total = sum(g.size for _, g in entries)
         bucket = xp.empty(total, entries[0][1].dtype)
         # the mean's scaling rides on the packing copy (one pass over the gradients, not two);
         # for a power-of-two group it is exact, so the result is bitwise the sum's scaled
-        scale = 1.0 / group.size if self.reduce_method == "mean" else None
         offset = 0
         for _, g in entries:
             part = bucket[offset: offset + g.size]
