@@ -5,3 +5,12 @@ from .math import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
 from .tensor import *  # noqa: F401,F403
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)
+
+
+def __getattr__(name):
+    # F.distributed (upstream's collectives) loads on first use: it pulls in megengine.distributed
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module 'megengine.functional' has no attribute {name!r}")

@@ -7,8 +7,7 @@ from . import init
 from .activation import GELU, LeakyReLU, PReLU, ReLU, Sigmoid, SiLU, Softmax
 from .adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from .batch_matmul_activation import BatchMatMulActivation
-from .batchnorm import BatchNorm1d, BatchNorm2d
-from .batchnorm import SyncBatchNorm  # statistics over a distributed group
+from .batchnorm import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from .concat import Concat
 from .conv import Conv1d, Conv2d, ConvTranspose2d
 from .dropout import Dropout
@@ -41,5 +40,5 @@ __all__ = [
     "BatchMatMulActivation", "Concat", "Elemwise", "LocalResponseNorm", "Pad", "PixelShuffle",
     "RNNCell", "LSTMCell", "RNN", "LSTM",
     "AdditiveGaussianNoise", "AdditiveLaplaceNoise", "AdditivePoissonNoise", "Emboss", "Sharpen",
-    "LinearContrast",
+    "LinearContrast", "SyncBatchNorm",
 ]
