@@ -4,12 +4,9 @@ import pytest
 import torch
 
 import megengine as mge
+from devices import address
 
 SHAPES = [(3, 4), (5,), ()]
-
-
-def _address(p):
-    return p._data.__array_interface__["data"][0]
 
 
 def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, atol=1e-6):
@@ -22,7 +19,7 @@ def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, a
     rng = np.random.RandomState(1)
     init = [np.asarray(rng.randn(*s), dtype=np.float32) for s in SHAPES]
     params = [mge.Parameter(v) for v in init]
-    addresses = [_address(p) for p in params]
+    addresses = [address(p) for p in params]
     opt = make_mge(params)
     if reference is None:
         tparams = [torch.nn.Parameter(torch.tensor(v)) for v in init]
@@ -44,7 +41,7 @@ def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, a
             expected = values
         for p, e in zip(params, expected):
             np.testing.assert_allclose(p.numpy(), e, rtol=rtol, atol=atol, err_msg=f"step {t}")
-    assert [_address(p) for p in params] == addresses, "a parameter lost its storage"
+    assert [address(p) for p in params] == addresses, "a parameter lost its storage"
     for p in params:
         assert p.dtype == np.float32 and isinstance(p, mge.Parameter)
     return params
