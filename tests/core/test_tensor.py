@@ -11,7 +11,7 @@ from megengine import Parameter, Tensor
 from megengine.autodiff import GradManager
 from megengine.device import canonical_device
 
-from devices import host, requires_cuda
+from devices import address, host, requires_cuda
 from oracle import check_against_torch
 
 
@@ -138,10 +138,7 @@ def test_detach_shares_storage_and_stops_gradients():
     assert d._data is x._data
 
 
-def _address(t):
-    a = t._data
-    iface = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__  # numpy/CuPy
-    return iface["data"][0]
+_address = address
 
 
 def test_set_value_keeps_storage():
