@@ -121,7 +121,13 @@ class Optimizer:
                         f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
                         f"parameter of shape {p.shape}"
                     )
-                self._update(p, grad, self._state.setdefault(p, {}), group)
+                if type(grad) is np.ndarray:
+                    self._update(p, grad, self._state.setdefault(p, {}), group)
+                else:
+                    # CuPy allocates (state buffers) and launches kernels on its current device:
+                    # make it the parameter's (gpu1's parameters while gpu0 is current)
+                    with grad.device:
+                        self._update(p, grad, self._state.setdefault(p, {}), group)
         if self._gm is not None and self._gm._recording:
             # zero_grad() was used as a synonym of clear_grad() next to the user's own
             # GradManager (a PyTorch habit): stop the recording it started, which no
@@ -290,4 +296,7 @@ def _to_device(value, param, name):
             f"load_state_dict: state {name!r} has shape {value.shape}, but its parameter has "
             f"shape {param.shape}"
         )
-    return get_array_module(param._device).array(value, dtype=param.dtype)
+    if param._device.startswith("gpu"):
+        with get_array_module(param._device).cuda.Device(int(param._device[3:])):
+            return get_array_module(param._device).array(value, dtype=param.dtype)
+    return np.array(value, dtype=param.dtype)
