@@ -152,7 +152,7 @@ def test_gradients_of_shared_memory_are_separate_arrays():
     with gm:
         gm.backward(wrap(c).sum())
     a, b = wrap.a, wrap.b
-    assert not np.shares_memory(a.grad.numpy(), b.grad.numpy())
+    assert address(a.grad) != address(b.grad)  # (numpy() copies, so compare the storage itself)
     optim.clip_grad_norm([a, b], max_norm=0.1)
     ta, tb = Add().a, Add().b
     loss = ((ta + tb) * torch.tensor([0.1, 0.1, 0.0])).sum()
@@ -215,7 +215,7 @@ def test_deepcopy_keeps_training_bit_identically():
     twin_opt.load_state_dict(opt.state_dict())
     _assert_same_state(_train(twin, twin_opt, _batches(1)), _train(net, opt, _batches(1)))
     # the copy's mirrors view the copy's torch tensors: training it left the original alone
-    assert not np.shares_memory(twin.block.fc1.weight.numpy(), net.block.fc1.weight.numpy())
+    assert address(twin.block.fc1.weight) != address(net.block.fc1.weight)
 
 
 def test_save_and_load_in_a_fresh_process_keep_training_bit_identically(tmp_path):
