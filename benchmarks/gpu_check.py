@@ -20,14 +20,16 @@ Every step is timed with a device synchronisation at its end (``torch.cuda.synch
 waits for CuPy's streams too), the same for every variant. Before timing, each pair must do the
 same work: the same, falling losses from the same weights on the same batches.
 
-The full pytest output of each run goes to ``--log-dir`` (default ``$OUT`` when set, else a new
-temporary directory); the summary names the failing tests. Exit status: 0 when both runs pass
+The full pytest output of each run, the summary (``summary.txt``) and every figure
+(``results.json``) go to ``--log-dir`` (default ``$OUT`` when set, else a new temporary
+directory); the summary names the failing tests. Exit status: 0 when both runs pass
 and every benchmark did the same work as its PyTorch twin (a missed aim is reported, not an
 error), 1 otherwise, 2 when this machine has no usable CUDA (said at once, before anything runs).
 Only ``python3`` from PATH with PYTHONPATH at the checkout is needed (no .venv): torch with CUDA,
 CuPy, numpy, pytest, and pytest-xdist for ``-n`` (without it the runs are serial and slower).
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -335,7 +337,11 @@ def main(argv=None):
         suites.append(run_suite("on CUDA (default xpux)", {}, args, log_dir))
         suites.append(run_suite("MGE_DEFAULT_DEVICE=cpu0", {"MGE_DEFAULT_DEVICE": "cpu0"}, args, log_dir))
     benches = [] if args.skip_bench else run_benchmarks(args)
-    print(summary(suites, benches, time.perf_counter() - start), flush=True)
+    text = summary(suites, benches, time.perf_counter() - start)
+    print(text, flush=True)
+    (Path(log_dir) / "summary.txt").write_text(text + "\n")
+    (Path(log_dir) / "results.json").write_text(json.dumps(
+        {"suites": suites, "benchmarks": benches}, indent=1, default=str))
     ok = all(s["ok"] for s in suites) and all(b["ok"] for b in benches)
     return 0 if ok else 1
 
