@@ -79,3 +79,24 @@ def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkey
     text = gpu_check.summary([], results, 1.0)
     json.dumps(results, default=str)  # what main() writes to results.json
     assert "aim <= 1.15x" in text and "aim <= 1.20x" in text and "GROWS (cupy_held): MISSED" in text
+
+
+def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    runs = []
+
+    def fake_suite(label, env, args, log_dir):
+        runs.append(env)
+        failed = 1 if env else 0  # the cpu0 run fails one test
+        return dict(label=label, ok=not failed, counts=dict(passed=5, failed=failed, error=0, skipped=0),
+                    failures=["tests/x.py::test_y"] * failed, seconds=1.0, code=failed, log="log")
+
+    monkeypatch.setattr(gpu_check, "run_suite", fake_suite)
+    monkeypatch.setattr(gpu_check, "run_benchmarks", lambda args: [
+        dict(name="engine MLP 784-256-10, batch 64", ok=True, ratio=1.5, torch_ms=1.0, mge_ms=1.5)])
+    assert gpu_check.main(["--log-dir", str(tmp_path)]) == 1
+    assert runs == [{}, {"MGE_DEFAULT_DEVICE": "cpu0"}]
+    text = (tmp_path / "summary.txt").read_text()
+    assert "1.50x torch" in text and "aim <= 1.20x: MISSED" in text and "tests/x.py::test_y" in text
+    assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
+    assert text.strip() in capsys.readouterr().out
