@@ -11,8 +11,7 @@ import pytest
 import megengine as mge
 from megengine.device import canonical_device
 
-__all__ = ["address", "host", "torch_host", "torch_device", "on_gpu", "requires_cuda",
-           "requires_torch_cuda"]
+__all__ = ["address", "host", "torch_host", "torch_device", "requires_cuda", "requires_torch_cuda"]
 
 
 def _raw(x):
@@ -52,11 +51,6 @@ def torch_device(device=None) -> str:
     ``"cuda:N"`` for ``gpuN``, ``"cpu"`` for every CPU name."""
     dev = canonical_device(device)
     return "cuda:" + dev[3:] if dev.startswith("gpu") else "cpu"
-
-
-def on_gpu(device=None) -> bool:
-    """Whether ``device`` (default: the default device) is a GPU here."""
-    return canonical_device(device).startswith("gpu")
 
 
 requires_cuda = pytest.mark.skipif(

@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from megengine.core import torch_bridge as bridge  # noqa: E402
+from devices import address, requires_torch_cuda  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,10 +31,6 @@ DTYPES = [
 @pytest.fixture(scope="module", autouse=True)
 def _extension():
     bridge.load_extension()  # compiles once per torch version (outside any test's timing)
-
-
-def address(a):
-    return a.__array_interface__["data"][0]
 
 
 def element_strides(a):
@@ -250,12 +247,7 @@ def test_extent_of_a_strided_cuda_view_in_bytes():
     assert bridge._extent_bytes((0, 7), (7, 1), 4) == 0 and bridge._extent_bytes((), (), 4) == 4
 
 
-_needs_cuda_pair = pytest.mark.skipif(
-    not (torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None),
-    reason="needs a GPU with a CUDA build of torch and CuPy")
-
-
-@_needs_cuda_pair
+@requires_torch_cuda
 def test_from_torch_of_a_cuda_tensor_is_a_cupy_view_that_keeps_the_storage():
     import cupy
 
@@ -273,7 +265,7 @@ def test_from_torch_of_a_cuda_tensor_is_a_cupy_view_that_keeps_the_storage():
     assert bridge.from_torch(torch.zeros(0, 3, device="cuda")).shape == (0, 3)
 
 
-@_needs_cuda_pair
+@requires_torch_cuda
 def test_views_keep_stream_order_with_both_frameworks_on_side_streams():
     import cupy
 
