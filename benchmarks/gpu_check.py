@@ -202,6 +202,21 @@ def bench_mlp(hidden, batch, args, timing):
     return ok, worst, ms["pure PyTorch"].median, ms["megengine"].median
 
 
+def bench_bridge(timing, calls=2000):
+    """Microseconds per call of the CUDA views: from_torch (pointer-built CuPy view) against
+    CuPy's DLPack import of the same tensor, and to_torch of a CuPy array."""
+    import cupy
+    import torch
+
+    from megengine.core import torch_bridge as bridge
+
+    t = torch.ones(64, 84, device=DEVICES["torch"])
+    a = cupy.ones((64, 84), cupy.float32)
+    return {"from_torch": timing.time_call_us(lambda: bridge.from_torch(t), calls, 5),
+            "cupy.from_dlpack": timing.time_call_us(lambda: cupy.from_dlpack(t.detach()), calls, 5),
+            "to_torch": timing.time_call_us(lambda: bridge.to_torch(a), calls, 5)}
+
+
 def _memory_snapshot():
     import cupy
     import torch
@@ -264,6 +279,11 @@ def _run_benchmarks(args):
               f"ratio {ratio:.2f}x; same work: {'ok' if ok else 'MISMATCH'} "
               f"(largest relative loss difference {worst:.1e})", flush=True)
         results.append(dict(name=name, ok=ok, ratio=ratio, torch_ms=torch_ms, mge_ms=mge_ms))
+    if DEVICES["torch"].startswith("cuda"):
+        try:
+            results.append(dict(name="bridge per call (us)", ok=True, calls=bench_bridge(_timing)))
+        except Exception as e:
+            results.append(dict(name="bridge per call (us)", ok=False, error=f"{type(e).__name__}: {e}"))
     try:
         before, after = bench_memory(args.memory_steps)
         growth = {k: after[k] - before[k] for k in before}
@@ -291,6 +311,10 @@ def summary(suites, benches, seconds):
     for b in benches:
         if "error" in b:
             lines.append(f"bench, {b['name']:36s} ERROR {b['error']}")
+        elif "calls" in b:
+            figures = ", ".join(f"{k} {v:.1f} us" for k, v in b["calls"].items())
+            lines.append(f"bench, {b['name']:36s} {figures} (no aim; the issue measured ~115 us "
+                         "for from_torch through DLPack)")
         elif "memory" in b:
             before, after, growth = b["memory"]
             figures = ", ".join(f"{k} {before[k] / 2**20:.1f} -> {after[k] / 2**20:.1f} MiB" for k in before)

@@ -79,6 +79,9 @@ def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkey
     text = gpu_check.summary([], results, 1.0)
     json.dumps(results, default=str)  # what main() writes to results.json
     assert "aim <= 1.15x" in text and "aim <= 1.20x" in text and "GROWS (cupy_held): MISSED" in text
+    assert not any(r["name"].startswith("bridge") for r in results)  # CUDA views: GPU runs only
+    calls = dict(name="bridge per call (us)", ok=True, calls={"from_torch": 5.0, "to_torch": 4.25})
+    assert "from_torch 5.0 us, to_torch 4.2 us" in gpu_check.summary([], [calls], 1.0)
 
 
 def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
