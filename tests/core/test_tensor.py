@@ -138,18 +138,15 @@ def test_detach_shares_storage_and_stops_gradients():
     assert d._data is x._data
 
 
-_address = address
-
-
 def test_set_value_keeps_storage():
     t = Tensor(np.zeros((2, 3), np.float32))
-    addr = _address(t)
+    addr = address(t)
     t.set_value(np.ones((2, 3), np.float32))
-    assert _address(t) == addr and t.numpy().sum() == 6
+    assert address(t) == addr and t.numpy().sum() == 6
     t.set_value(Tensor(np.full((2, 3), 2, np.float32)))
-    assert _address(t) == addr and (t.numpy() == 2).all()
+    assert address(t) == addr and (t.numpy() == 2).all()
     t._reset(np.full((2, 3), 3, np.float32))
-    assert _address(t) == addr and (t.numpy() == 3).all()
+    assert address(t) == addr and (t.numpy() == 3).all()
 
 
 def test_set_value_with_new_shape_replaces_storage():
@@ -295,10 +292,10 @@ def test_inplace_values(op, iop):
 
 def test_inplace_on_parameter_keeps_storage():
     p = Parameter(np.ones((2, 2), np.float32))
-    addr = _address(p)
+    addr = address(p)
     p -= 0.5
     p *= Tensor([2.0, 4.0])
-    assert isinstance(p, Parameter) and _address(p) == addr
+    assert isinstance(p, Parameter) and address(p) == addr
     np.testing.assert_array_equal(p.numpy(), [[1.0, 2.0], [1.0, 2.0]])
 
 
