@@ -8,7 +8,8 @@ What it does, in this order (under 5 minutes on one H200):
 
 1. ``pytest -n 8 tests`` with the default device ``xpux`` (so ``gpu0``): the suite on CUDA.
 2. The same with ``MGE_DEFAULT_DEVICE=cpu0``: the suite on the CPU of a CUDA machine (CuPy and
-   CUDA torch present, but the tensors on the host).
+   CUDA torch present, but the tensors on the host). Runs 1 and 2 run at the same time
+   (``--serial``: one after the other).
 3. The GPU benchmarks, this process, ratios against pure PyTorch on the same GPU:
    the guide's hybrid LeNet step (``PyTorchModule`` + ``M.Linear`` + SGD; bench_pytorch_module's
    variants) at batch 64 and 1024; the engine MLP (bench_engine's, SGD momentum 0.9) 784-256-10
@@ -29,6 +30,7 @@ Only ``python3`` from PATH with PYTHONPATH at the checkout is needed (no .venv):
 CuPy, numpy, pytest, and pytest-xdist for ``-n`` (without it the runs are serial and slower).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -335,6 +337,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=8, help="pytest-xdist workers per run (default 8)")
     parser.add_argument("--skip-tests", action="store_true", help="benchmarks only")
+    parser.add_argument("--serial", action="store_true",
+                        help="run the two test runs one after the other (default: at the same time)")
     parser.add_argument("--skip-bench", action="store_true", help="the two test runs only")
     parser.add_argument("--quick", action="store_true", help="few timing steps and 500 memory steps")
     parser.add_argument("--log-dir", default=os.environ.get("OUT") or None,
@@ -357,9 +361,13 @@ def main(argv=None):
     suites = []
     if not args.skip_tests:
         if args.workers > 1 and not xdist_available():
-            print("[gpu-check] pytest-xdist is not installed: the runs are serial (slower)", flush=True)
-        suites.append(run_suite("on CUDA (default xpux)", {}, args, log_dir))
-        suites.append(run_suite("MGE_DEFAULT_DEVICE=cpu0", {"MGE_DEFAULT_DEVICE": "cpu0"}, args, log_dir))
+            print("[gpu-check] pytest-xdist is not installed: each run is one pytest process (slower)", flush=True)
+        runs = [("on CUDA (default xpux)", {}), ("MGE_DEFAULT_DEVICE=cpu0", {"MGE_DEFAULT_DEVICE": "cpu0"})]
+        if args.serial:
+            suites = [run_suite(label, env, args, log_dir) for label, env in runs]
+        else:  # both at once: 2 x 8 workers fit 16 cores, and it halves the wall time
+            with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+                suites = list(pool.map(lambda run: run_suite(*run, args, log_dir), runs))
     benches = [] if args.skip_bench else run_benchmarks(args)
     text = summary(suites, benches, time.perf_counter() - start)
     print(text, flush=True)
