@@ -119,10 +119,20 @@ def _cupy_stream_ptr(cupy, device):
             return cupy.cuda.get_current_stream().ptr
 
 
+_torch_cuda = None
+
+
+def _torch_has_cuda():
+    global _torch_cuda
+    if _torch_cuda is None:  # asked once: torch.cuda.is_available() queries the driver each time
+        _torch_cuda = torch.cuda.is_available()
+    return _torch_cuda
+
+
 def _cuda_array_to_torch(array):
     """to_torch for an array with __cuda_array_interface__ (called by the C++ to_torch)."""
     cai = array.__cuda_array_interface__
-    if not torch.cuda.is_available():
+    if not _torch_has_cuda():
         raise RuntimeError(
             f"megengine torch bridge: got a CUDA array ({type(array).__name__}) but torch "
             f"{torch.__version__} has no usable CUDA; install a CUDA build of torch"
