@@ -29,8 +29,9 @@ What a view means here:
   tensor's storage, so either side may be deleted first.
 * CUDA: ``to_torch`` takes any array with ``__cuda_array_interface__`` (CuPy) and, when the
   interface names the producer's stream, makes torch's current stream wait for it. ``from_torch``
-  of a CUDA tensor returns a CuPy array (``cupy.from_dlpack``, which orders CuPy's current stream
-  after torch's). Both need a CUDA build of torch; the second needs CuPy.
+  of a CUDA tensor returns a CuPy array built from its pointer, shape and strides, owning the
+  tensor's storage, on the tensor's device; CuPy's current stream waits for torch's (an event,
+  only when they are different streams). Both need a CUDA build of torch; the second needs CuPy.
 
 Speed: a call costs about 0.5 us, less than ``torch.from_numpy`` / ``Tensor.numpy()``; hot loops
 may call ``load_extension().to_torch`` / ``.from_torch`` to skip the Python wrapper frame.
