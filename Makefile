@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo docs bench clean-ext
+.PHONY: setup test demo docs bench clean-ext gpu-check
 
 setup: $(STAMP)
 
@@ -29,3 +29,8 @@ bench: $(STAMP)
 
 clean-ext: $(STAMP)
 	$(BIN)/python -c "import shutil, megengine.module.pytorch as p; d = p.cache_dir(); shutil.rmtree(d, ignore_errors=True); print('removed', d)"
+
+# On a machine with an NVIDIA GPU (no .venv there): the suite on CUDA and on cpu0, the GPU
+# benchmarks, one summary; exits 2 at once where CUDA is not usable. See benchmarks/gpu_check.py.
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python3 benchmarks/gpu_check.py

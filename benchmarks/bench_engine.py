@@ -52,10 +52,10 @@ LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace
 
 # ----- the two networks, both frameworks ---------------------------------------------------------
 class MgeMLP(M.Module):
-    def __init__(self):
+    def __init__(self, hidden=256):  # benchmarks/gpu_check.py also times 784-4096-10
         super().__init__()
-        self.fc1 = M.Linear(784, 256)
-        self.fc2 = M.Linear(256, 10)
+        self.fc1 = M.Linear(784, hidden)
+        self.fc2 = M.Linear(hidden, 10)
 
     def forward(self, x):
         return self.fc2(F.relu(self.fc1(x)))
@@ -74,10 +74,10 @@ class MgeCNN(M.Module):
 
 
 class TorchMLP(tnn.Module):
-    def __init__(self):
+    def __init__(self, hidden=256):
         super().__init__()
-        self.fc1 = tnn.Linear(784, 256)
-        self.fc2 = tnn.Linear(256, 10)
+        self.fc1 = tnn.Linear(784, hidden)
+        self.fc2 = tnn.Linear(hidden, 10)
 
     def forward(self, x):
         return self.fc2(TF.relu(self.fc1(x)))
@@ -104,13 +104,13 @@ def copy_weights(mge_net, torch_net):
 
 
 # ----- one training step per variant ---------------------------------------------------------------
-def make_data(input_shape, signal, seed=0):
+def make_data(input_shape, signal, seed=0, batch=BATCH):
     """Random batches fixed in advance; each class adds its own pattern to the noise, so that the
     loss falls over the check's few steps."""
     rng = np.random.RandomState(seed)
     patterns = rng.randn(10, *input_shape).astype("float32")
-    ys = [rng.randint(0, 10, BATCH).astype("int32") for _ in range(N_BATCHES)]
-    xs = [(rng.randn(BATCH, *input_shape) + signal * patterns[y]).astype("float32") for y in ys]
+    ys = [rng.randint(0, 10, batch).astype("int32") for _ in range(N_BATCHES)]
+    xs = [(rng.randn(batch, *input_shape) + signal * patterns[y]).astype("float32") for y in ys]
     return xs, ys
 
 
@@ -140,11 +140,13 @@ def mge_stepper(net_cls, data, mode):
     return step, net
 
 
-def torch_stepper(net_cls, data, init_from):
-    net = net_cls()
+def torch_stepper(net_cls, data, init_from, device="cpu"):
+    """``device``: the torch device ("cuda:0" for benchmarks/gpu_check.py)."""
+    net = net_cls().to(device)
     copy_weights(init_from, net)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)]
+    batches = [(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
+               for x, y in zip(*data)]
     state = {"i": 0}
 
     def step():
@@ -159,15 +161,15 @@ def torch_stepper(net_cls, data, init_from):
     return step, net
 
 
-def check_same_work(mge_cls, torch_cls, data, steps=8):
+def check_same_work(mge_cls, torch_cls, data, steps=8, modes=MODES, device="cpu"):
     """Every variant from the same weights on the same batches: the losses must agree, and the
     traced steps must leave the same parameters and buffers (BatchNorm statistics) as eager."""
     runs = {}
-    for mode in MODES:
+    for mode in modes:
         mstep, mnet = mge_stepper(mge_cls, data, mode)
         runs[mode] = ([float(mstep().numpy()) for _ in range(steps)],
                       {k: np.array(v, copy=True) for k, v in mnet.state_dict().items()})
-    tstep, _ = torch_stepper(torch_cls, data, mge_stepper(mge_cls, data, "eager")[1])
+    tstep, _ = torch_stepper(torch_cls, data, mge_stepper(mge_cls, data, "eager")[1], device)
     tl = [float(tstep().detach()) for _ in range(steps)]
     ml, eager_state = runs["eager"]
     ok = True

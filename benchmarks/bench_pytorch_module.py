@@ -114,16 +114,18 @@ def cycle(batches):
 
 
 # ----- the three variants of one training step ---------------------------------------------------
-def torch_variant(init, data):
+def torch_variant(init, data, device="cpu"):
+    """``device``: the torch device ("cuda:0" for benchmarks/gpu_check.py)."""
     extractor, w, b = init
-    extractor = copy.deepcopy(extractor)
-    classifier = nn.Linear(84, 10)
+    extractor = copy.deepcopy(extractor).to(device)
+    classifier = nn.Linear(84, 10).to(device)
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(w))
         classifier.bias.copy_(torch.from_numpy(b))
     params = list(extractor.parameters()) + list(classifier.parameters())
     opt = torch.optim.SGD(params, lr=LR)
-    next_batch = cycle([(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)])
+    next_batch = cycle([(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
+                        for x, y in zip(*data)])
 
     def step():
         x, y = next_batch()

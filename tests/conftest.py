@@ -1,4 +1,4 @@
-"""Shared test setup: deterministic seeds, one torch thread (the oracle), a temp cache for the bridge."""
+"""Shared test setup: deterministic seeds on every device, one torch thread (the oracle), the device in the header."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,22 @@ import pytest
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)
+    _seed_gpus(0)  # dropout on a GPU draws from CuPy's generator, not numpy's
     yield
+
+
+def _seed_gpus(value):
+    from megengine.random.rng import _seed_cuda_generators
+
+    _seed_cuda_generators(value)  # nothing to do (and no CuPy import) on a machine without CUDA
+
+
+def pytest_report_header(config):
+    import megengine as mge
+    from megengine.device import canonical_device
+
+    return (f"megengine default device: {mge.get_default_device()} -> "
+            f"{canonical_device(None)} (CUDA usable: {mge.is_cuda_available()})")
 
 
 def pytest_configure(config):

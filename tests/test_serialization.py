@@ -10,6 +10,8 @@ import pytest
 
 import megengine as mge
 from megengine.core.tensor import Tensor
+from megengine.device import canonical_device
+from devices import host, requires_cuda
 
 
 def _round_trip(obj, **load_kw):
@@ -100,7 +102,9 @@ def test_load_a_state_dict_saved_by_upstream(tmp_path):
     np.testing.assert_array_equal(back["bn.running_mean"].numpy(), mean)
     np.testing.assert_array_equal(back["index"].numpy(), idx)
     assert back["bn.running_mean"].dtype == np.float16 and back["index"].dtype == np.int32
-    assert all(back[k].device == "cpu0" for k in ("conv.weight", "bn.running_mean", "index"))
+    assert back["conv.weight"].device == "cpu0" and back["index"].device == "cpu0"
+    # "xpux" is not a key of the map: it stays the best device here (a GPU when there is one)
+    assert back["bn.running_mean"].device == canonical_device("xpux")
     assert back["step"] == 7 and type(back["arr"]) is np.ndarray
     # the loaded parameter is a working one: it trains and takes gradients
     gm = mge.autodiff.GradManager().attach([back["conv.weight"]])
@@ -190,7 +194,7 @@ def test_tensors_parameters_and_arrays_round_trip():
     np.testing.assert_array_equal(back["arr"], arr)
     assert back["nested"][0] is back["t"]  # shared objects stay shared
     assert back["nested"][1] == (1, "x") and back["scalar"] == 3.5
-    assert back["t"].device == "cpu0"
+    assert back["t"].device == t.device and back["p"].device == p.device  # where they were saved
     # the loaded tensor is a working tensor with its own storage
     back["t"] += 1
     assert t.numpy()[0, 0] == 1.0 and back["t"].numpy()[0, 0] == 2.0
@@ -245,7 +249,8 @@ def test_files_of_this_fork_before_the_upstream_format_still_load(monkeypatch):
 @pytest.mark.parametrize("map_location", ["cpux", "cpu0", {"cpu0": "cpu1"}, {"cpu0:0": "cpux"},
                                           lambda dev: "cpu0"])
 def test_map_location_on_cpu(map_location):
-    back = _round_trip({"t": mge.Tensor([1.0])}, map_location=map_location)
+    # saved from the CPU explicitly: the default device may be a GPU, which {"cpu0": ...} ignores
+    back = _round_trip({"t": mge.Tensor([1.0], device="cpu0")}, map_location=map_location)
     assert back["t"].device == "cpu0" and back["t"].tolist() == [1.0]
 
 
@@ -280,6 +285,20 @@ def test_unmatched_dict_keeps_the_saved_device(saved_on_gpu):
         with pytest.raises(RuntimeError, match="'gpu0:0'.*map_location"):
             mge.load(saved_on_gpu, map_location=map_location)
         assert Tensor.dmap_callback is None
+
+
+@requires_cuda
+def test_a_tensor_saved_on_a_gpu_loads_there_or_where_map_location_says():
+    f = io.BytesIO()
+    mge.save({"w": mge.Parameter([1.0, 2.0], device="gpu0")}, f)
+    f.seek(0)
+    back = mge.load(f)
+    assert back["w"].device == "gpu0" and type(back["w"]._data).__module__.startswith("cupy")
+    for map_location in ("cpu0", {"gpu0": "cpu0"}, {"gpu0:0": "cpu1"}):
+        f.seek(0)
+        back = mge.load(f, map_location=map_location)
+        assert back["w"].device == "cpu0" and isinstance(back["w"]._data, np.ndarray)
+        np.testing.assert_array_equal(host(back["w"]), [1.0, 2.0])
 
 
 def test_bad_arguments():

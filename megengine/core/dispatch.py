@@ -39,6 +39,7 @@ class Op:
     """Base class of every differentiable computation. Subclasses define forward and backward."""
 
     needs_input_grad = ()
+    out_device = None  # set by an op whose output lives elsewhere than its inputs (Copy)
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -184,6 +185,8 @@ def apply(op, *inputs):
                 "move them with .to(device) first"
             )
     arrays = [t._data for t in inputs]
+    if op.out_device is not None:  # Copy: the output lives on the op's target device
+        device = op.out_device
     keys = None
     if _recording:
         for t in inputs:

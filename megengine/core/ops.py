@@ -363,10 +363,11 @@ class Copy(Op):
     """Move to another device (or copy on the same one)."""
 
     def __init__(self, device):
-        self.device = device
+        self.device = self.out_device = device
 
     def forward(self, x):
-        self.src = "gpu" if type(x).__module__.startswith("cupy") else "cpu"
+        # backward sends the gradient back to the exact device (index included) it came from
+        self.src = f"gpu{x.device.id}" if type(x).__module__.startswith("cupy") else "cpu0"
         return move_array(x, self.device)
 
     def backward(self, g):

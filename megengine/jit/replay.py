@@ -49,7 +49,7 @@ def replay(prog, leaves, profile=None):
                 # apply's no-autodiff path, minus the checks the recording already made
                 op.needs_input_grad = step.no_grad
                 out = op.forward(*[v._data for v in ins])
-                device = ins[0]._device if ins else None
+                device = op.out_device or (ins[0]._device if ins else getattr(op, "device", None))
                 if step.multi:
                     for s, o in zip(step.outs, out):
                         values[s] = wrap(o, device)

@@ -1,5 +1,5 @@
 """`Adadelta`: step sizes from running averages of squared gradients and squared updates."""
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_kernel, use_fused
 
 __all__ = ["Adadelta"]
 
@@ -25,13 +25,31 @@ class Adadelta(Optimizer):
     def _update(self, param, grad, state, group):
         rho, eps = group["rho"], group["eps"]
         data = param._data
-        if group["weight_decay"] != 0:
-            grad = grad + group["weight_decay"] * data
         square_avg = self._buffer(state, "square_avg", param)
         acc_delta = self._buffer(state, "acc_delta", param)
+        if use_fused(data, grad):  # CUDA: one kernel per parameter
+            _adadelta_kernel()(grad, group["lr"], rho, 1 - rho, eps, group["weight_decay"],
+                               data, square_avg, acc_delta)
+            return
+        if group["weight_decay"] != 0:
+            grad = grad + group["weight_decay"] * data
         square_avg *= rho
         square_avg += (1 - rho) * (grad * grad)
         delta = (acc_delta + eps) ** 0.5 / (square_avg + eps) ** 0.5 * grad
         data -= group["lr"] * delta
         acc_delta *= rho
         acc_delta += (1 - rho) * (delta * delta)
+
+
+# The same update as `Adadelta._update`'s array code, one CUDA kernel per parameter.
+_adadelta_kernel = fused_kernel(
+    "T grad, T lr, T rho, T one_minus_rho, T eps, T weight_decay",
+    "T param, T square_avg, T acc_delta",
+    """
+    T g = weight_decay != 0 ? grad + weight_decay * param : grad;
+    square_avg = rho * square_avg + one_minus_rho * (g * g);
+    T delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g;
+    param -= lr * delta;
+    acc_delta = rho * acc_delta + one_minus_rho * (delta * delta);
+    """,
+    "megengine_adadelta")

@@ -1,5 +1,5 @@
 """`Adagrad`: per-element learning rates from the sum of squared gradients."""
-from .optimizer import Optimizer, _check_non_negative
+from .optimizer import Optimizer, _check_non_negative, fused_kernel, use_fused
 
 __all__ = ["Adagrad"]
 
@@ -23,10 +23,24 @@ class Adagrad(Optimizer):
 
     def _update(self, param, grad, state, group):
         data = param._data
-        if group["weight_decay"] != 0:
-            grad = grad + group["weight_decay"] * data
         state["step"] = step = state.get("step", 0) + 1
         square_sum = self._buffer(state, "square_avg", param)
-        square_sum += grad * grad
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+        if use_fused(data, grad):  # CUDA: one kernel per parameter
+            _adagrad_kernel()(grad, clr, group["eps"], group["weight_decay"], data, square_sum)
+            return
+        if group["weight_decay"] != 0:
+            grad = grad + group["weight_decay"] * data
+        square_sum += grad * grad
         data -= clr * (grad / (square_sum + group["eps"]) ** 0.5)
+
+
+# The same update as `Adagrad._update`'s array code (eps inside the square root, as upstream).
+_adagrad_kernel = fused_kernel(
+    "T grad, T clr, T eps, T weight_decay", "T param, T square_sum",
+    """
+    T g = weight_decay != 0 ? grad + weight_decay * param : grad;
+    square_sum += g * g;
+    param -= clr * (g / sqrt(square_sum + eps));
+    """,
+    "megengine_adagrad")

@@ -1,5 +1,5 @@
 """`Adam`: adaptive moment estimation with bias correction and L2 weight decay."""
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_kernel, use_fused
 
 __all__ = ["Adam"]
 
@@ -46,6 +46,41 @@ class Adam(Optimizer):
 
     def _update(self, param, grad, state, group):
         data = param._data
+        if use_fused(data, grad):  # CUDA: one kernel per parameter
+            adam_fused(param, grad, state, group, decoupled=False)
+            return
         if group["weight_decay"] != 0:
             grad = grad + group["weight_decay"] * data
         data -= group["lr"] * adam_direction(grad, state, group, param)
+
+
+def adam_fused(param, grad, state, group, decoupled):
+    """Adam's (``decoupled``: AdamW's) whole update of one CuPy parameter in one kernel."""
+    beta1, beta2 = group["betas"]
+    m = Optimizer._buffer(state, "exp_avg", param)
+    v = Optimizer._buffer(state, "exp_avg_sq", param)
+    state["step"] = step = state.get("step", 0) + 1
+    # the scalars are computed on the host in double, as the array code computes them
+    _adam_kernel()(grad, group["lr"], beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta1 ** step,
+                   1 - beta2 ** step, group["eps"], group["weight_decay"], bool(decoupled),
+                   param._data, m, v)
+
+
+# The same update as the array code of `Adam._update` / `AdamW._update` (with `adam_direction`):
+# L2 decay joins the gradient (Adam) or the step (AdamW, ``decoupled``); eps is added after the
+# square root of the bias-corrected second moment, as upstream.
+_adam_kernel = fused_kernel(
+    "T grad, T lr, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T bias1, T bias2, "
+    "T eps, T weight_decay, bool decoupled",
+    "T param, T m, T v",
+    """
+    T g = (!decoupled && weight_decay != 0) ? grad + weight_decay * param : grad;
+    m = beta1 * m + one_minus_beta1 * g;
+    v = beta2 * v + one_minus_beta2 * (g * g);
+    T delta = (m / bias1) / (sqrt(v / bias2) + eps);
+    if (decoupled && weight_decay != 0) {
+        delta += weight_decay * param;
+    }
+    param -= lr * delta;
+    """,
+    "megengine_adam")

@@ -1,5 +1,6 @@
 """`AdamW`: Adam with weight decay decoupled from the gradient."""
-from .adam import Adam, adam_direction
+from .adam import Adam, adam_direction, adam_fused
+from .optimizer import use_fused
 
 __all__ = ["AdamW"]
 
@@ -17,6 +18,9 @@ class AdamW(Adam):
 
     def _update(self, param, grad, state, group):
         data = param._data
+        if use_fused(data, grad):  # CUDA: one kernel per parameter
+            adam_fused(param, grad, state, group, decoupled=True)
+            return
         delta = adam_direction(grad, state, group, param)
         if group["weight_decay"] != 0:
             delta += group["weight_decay"] * data

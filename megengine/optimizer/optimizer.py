@@ -121,7 +121,13 @@ class Optimizer:
                         f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
                         f"parameter of shape {p.shape}"
                     )
-                self._update(p, grad, self._state.setdefault(p, {}), group)
+                if type(grad) is np.ndarray:
+                    self._update(p, grad, self._state.setdefault(p, {}), group)
+                else:
+                    # CuPy allocates (state buffers) and launches kernels on its current device:
+                    # make it the parameter's (gpu1's parameters while gpu0 is current)
+                    with grad.device:
+                        self._update(p, grad, self._state.setdefault(p, {}), group)
         if self._gm is not None and self._gm._recording:
             # zero_grad() was used as a synonym of clear_grad() next to the user's own
             # GradManager (a PyTorch habit): stop the recording it started, which no
@@ -230,6 +236,39 @@ class Optimizer:
         self._state = new_state
 
 
+# ----- fused CUDA updates -----
+# On a GPU each optimizer's update is one CuPy ElementwiseKernel per parameter (defined next to
+# its numpy code, in the optimizer's own file) instead of a chain of small kernels and
+# temporaries. The kernels are compiled on first use and cached (per process by CuPy's in-memory
+# cache, across processes by its on-disk cache).
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def fused_kernel(in_params, out_params, body, name):
+    """A function that returns the CuPy ElementwiseKernel, built once on its first call."""
+    kernel = None
+
+    def get():
+        nonlocal kernel
+        if kernel is None:
+            import cupy
+
+            kernel = cupy.ElementwiseKernel(in_params, out_params, body, name)
+        return kernel
+
+    # the source stays readable: tests compile the body as C++ on machines without a GPU
+    get.in_params, get.out_params, get.body, get.name = in_params, out_params, body, name
+    return get
+
+
+def use_fused(data, grad):
+    """Whether a parameter's update runs as a fused CUDA kernel: a CuPy parameter and gradient of
+    the same float32/float64 dtype. numpy arrays (and other dtypes, e.g. float16, on the GPU)
+    take the array-module code path, which works on either module."""
+    return (type(data) is not np.ndarray and data.dtype in _FUSED_DTYPES
+            and grad.dtype == data.dtype and type(grad) is type(data))
+
+
 def _check_non_negative(value, name):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -257,4 +296,7 @@ def _to_device(value, param, name):
             f"load_state_dict: state {name!r} has shape {value.shape}, but its parameter has "
             f"shape {param.shape}"
         )
-    return get_array_module(param._device).array(value, dtype=param.dtype)
+    if param._device.startswith("gpu"):
+        with get_array_module(param._device).cuda.Device(int(param._device[3:])):
+            return get_array_module(param._device).array(value, dtype=param.dtype)
+    return np.array(value, dtype=param.dtype)

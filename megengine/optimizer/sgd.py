@@ -1,5 +1,5 @@
 """`SGD`: stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
-from .optimizer import Optimizer, _check_non_negative
+from .optimizer import Optimizer, _check_non_negative, fused_kernel, use_fused
 
 __all__ = ["SGD"]
 
@@ -26,6 +26,14 @@ class SGD(Optimizer):
     def _update(self, param, grad, state, group):
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         data = param._data
+        if use_fused(data, grad):  # CUDA: one kernel per parameter
+            if momentum != 0:
+                v = self._buffer(state, "momentum_buffer", param)
+                _sgd_momentum_kernel()(grad, lr, weight_decay, momentum, bool(group["nesterov"]),
+                                       data, v)
+            else:
+                _sgd_kernel()(grad, lr, weight_decay, data)
+            return
         if weight_decay != 0:
             grad = grad + weight_decay * data
         if momentum != 0:
@@ -34,3 +42,19 @@ class SGD(Optimizer):
             v += grad
             grad = grad + momentum * v if group["nesterov"] else v
         data -= lr * grad  # in place: the parameter keeps its storage
+
+
+# The same update as `SGD._update`'s array code, one CUDA kernel per parameter. The weight-decay
+# term is skipped (not multiplied by 0) when it is 0, as there, so an inf parameter stays inf.
+_sgd_kernel = fused_kernel(
+    "T grad, T lr, T weight_decay", "T param",
+    "param -= lr * (weight_decay != 0 ? grad + weight_decay * param : grad);",
+    "megengine_sgd")
+_sgd_momentum_kernel = fused_kernel(
+    "T grad, T lr, T weight_decay, T momentum, bool nesterov", "T param, T buf",
+    """
+    T g = weight_decay != 0 ? grad + weight_decay * param : grad;
+    buf = momentum * buf + g;
+    param -= lr * (nesterov ? g + momentum * buf : buf);
+    """,
+    "megengine_sgd_momentum")

@@ -1,6 +1,7 @@
 """Random tensors: the global generator behind `megengine.random.*`, `seed`, and `RNG` objects."""
 import numpy as np
 
+from .. import device as _device
 from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
 from ..core.tensor import Tensor
@@ -14,16 +15,31 @@ _global_generator = np.random.default_rng()
 
 
 def seed(seed: int):
-    """Make random draws reproducible: reseed megengine.random AND numpy's global RNG.
+    """Make random draws reproducible on every device, as upstream's one seed does.
 
-    numpy's global RNG (``np.random``) is seeded too because module initialisers and dropout
-    draw from it, so one ``seed(n)`` call makes a whole training run repeatable.
+    Reseeds megengine.random's generator, numpy's global RNG (``np.random``: module
+    initialisers and dropout on the CPU draw from it) and, when CUDA is usable, CuPy's
+    generator on every visible GPU (dropout on a GPU draws there, on the device). So one
+    ``seed(n)`` makes a whole training run repeatable on any device. ``megengine.random``'s own
+    draws (``uniform``, ``normal``, ...) are made on the host and copied to their device, so
+    after the same seed they are the same numbers on a CPU and on a GPU.
     """
     global _global_generator
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
     _global_generator = np.random.default_rng(int(seed))
     np.random.seed(int(seed))
+    _seed_cuda_generators(int(seed))
+
+
+def _seed_cuda_generators(seed):
+    """Seed CuPy's per-device generators (each GPU has its own) from ``seed``."""
+    if not _device.is_cuda_available():
+        return
+    cp = _device._cupy()
+    for index in range(_device.get_device_count("gpu")):
+        with cp.cuda.Device(index):
+            cp.random.seed(seed)
 
 
 def _shape(size, what):
@@ -242,7 +258,9 @@ class _Shuffled(Op):
         self.rng = rng
 
     def forward(self, x):
-        return x[self.rng._gen().permutation(x.shape[0])]
+        # the order is drawn on the host (the seed governs it on every device), then indexes
+        # the array on its own device
+        return x[xp_of(x).asarray(self.rng._gen().permutation(x.shape[0]))]
 
     def backward(self, g):
         return None  # upstream's permutation has no gradient

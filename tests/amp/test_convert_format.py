@@ -8,6 +8,7 @@ import megengine as mge
 import megengine.module as M
 from megengine import amp
 from megengine.core import torch_bridge
+from devices import address
 
 
 class MyModule(M.Module):
@@ -83,7 +84,7 @@ def test_optimizer_updates_keep_the_layout():
     import torch
     w = torch_bridge.to_torch(conv.weight._data)
     assert w.is_contiguous(memory_format=torch.channels_last)
-    assert w.data_ptr() == conv.weight._data.__array_interface__["data"][0]
+    assert w.data_ptr() == address(conv.weight)
 
 
 def test_pytorch_module_storage_is_left_alone():
@@ -98,9 +99,9 @@ def test_pytorch_module_storage_is_left_alone():
 
     net = Net()
     shared = net.t.named_parameters().__next__()[1]
-    ptr = shared._data.__array_interface__["data"][0]
+    ptr = address(shared)
     amp.convert_module_format(net)
-    assert shared._data.__array_interface__["data"][0] == ptr  # still the torch tensor's memory
+    assert address(shared) == ptr  # still the torch tensor's memory
     assert net.conv.weight.format == "nhwc"
 
 

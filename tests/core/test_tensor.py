@@ -11,6 +11,7 @@ from megengine import Parameter, Tensor
 from megengine.autodiff import GradManager
 from megengine.device import canonical_device
 
+from devices import address, host, requires_cuda
 from oracle import check_against_torch
 
 
@@ -138,21 +139,15 @@ def test_detach_shares_storage_and_stops_gradients():
     assert d._data is x._data
 
 
-def _address(t):
-    a = t._data
-    iface = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__  # numpy/CuPy
-    return iface["data"][0]
-
-
 def test_set_value_keeps_storage():
     t = Tensor(np.zeros((2, 3), np.float32))
-    addr = _address(t)
+    addr = address(t)
     t.set_value(np.ones((2, 3), np.float32))
-    assert _address(t) == addr and t.numpy().sum() == 6
+    assert address(t) == addr and t.numpy().sum() == 6
     t.set_value(Tensor(np.full((2, 3), 2, np.float32)))
-    assert _address(t) == addr and (t.numpy() == 2).all()
+    assert address(t) == addr and (t.numpy() == 2).all()
     t._reset(np.full((2, 3), 3, np.float32))
-    assert _address(t) == addr and (t.numpy() == 3).all()
+    assert address(t) == addr and (t.numpy() == 3).all()
 
 
 def test_set_value_with_new_shape_replaces_storage():
@@ -298,10 +293,10 @@ def test_inplace_values(op, iop):
 
 def test_inplace_on_parameter_keeps_storage():
     p = Parameter(np.ones((2, 2), np.float32))
-    addr = _address(p)
+    addr = address(p)
     p -= 0.5
     p *= Tensor([2.0, 4.0])
-    assert isinstance(p, Parameter) and _address(p) == addr
+    assert isinstance(p, Parameter) and address(p) == addr
     np.testing.assert_array_equal(p.numpy(), [[1.0, 2.0], [1.0, 2.0]])
 
 
@@ -515,3 +510,40 @@ def test_dmap_callback_places_tensors_made_from_newargs():
     finally:
         Tensor.dmap_callback = None
     assert seen == ["gpu3:0"] and t.device == "cpu0"
+
+
+# ----- devices: an op's result lives where the op puts it; constants follow their tensor -----
+
+def test_an_op_that_names_its_output_device_labels_its_result_so():
+    # the dispatcher's rule, checked on labels alone (no GPU needed): Copy names its target
+    from megengine.core import dispatch
+
+    class MoveLabel(dispatch.Op):
+        out_device = "cpu0"
+
+        def forward(self, x):
+            return x.copy()
+
+    class SameDevice(MoveLabel):
+        out_device = None  # the default: the result is on its inputs' device
+
+    src = Tensor._wrap(np.ones(2, np.float32), "gpu0")
+    assert dispatch.apply(MoveLabel(), src).device == "cpu0"
+    assert dispatch.apply(SameDevice(), src).device == "gpu0"
+
+
+@requires_cuda
+def test_copy_to_the_cpu_and_back_keeps_devices_and_gradients():
+    import megengine.functional as F
+
+    t = Parameter([1.0, 2.0], device="gpu0")
+    gm = GradManager().attach([t])
+    with gm:
+        y = F.copy(t, "cpu0") * 2  # the scalar takes y's device (cpu0), not the default (gpu0)
+        assert y.device == "cpu0" and isinstance(y._data, np.ndarray)
+        z = (2 - t.to("cpu0")).to("gpu0")
+        assert z.device == "gpu0" and not isinstance(z._data, np.ndarray)
+        gm.backward(y.sum() + F.copy(z, "cpu0").sum())
+    assert t.grad.device == "gpu0" and host(t.grad).tolist() == [1.0, 1.0]
+    c = Tensor([1.0], device="cpu0")
+    assert (c * 3).device == "cpu0" and (3.0 + Tensor([1.0], device="gpu0")).device == "gpu0"

@@ -1,5 +1,6 @@
 """Tests for megengine/core/torch_bridge.py: zero-copy views between numpy arrays and torch tensors."""
 import gc
+import importlib.util
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from megengine.core import torch_bridge as bridge  # noqa: E402
+from devices import address, requires_torch_cuda  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,10 +31,6 @@ DTYPES = [
 @pytest.fixture(scope="module", autouse=True)
 def _extension():
     bridge.load_extension()  # compiles once per torch version (outside any test's timing)
-
-
-def address(a):
-    return a.__array_interface__["data"][0]
 
 
 def element_strides(a):
@@ -238,6 +236,74 @@ def test_cupy_arrays_round_trip_on_the_gpu():
         big += 1
         tb = bridge.to_torch(big)
     assert tb.sum().item() == 1 << 24
+
+
+def test_extent_of_a_strided_cuda_view_in_bytes():
+    # what UnownedMemory is told the view reaches: hand-computed cases
+    assert bridge._extent_bytes((3, 4), (4, 1), 4) == 48  # contiguous
+    assert bridge._extent_bytes((4, 3), (1, 4), 4) == 48  # transposed
+    assert bridge._extent_bytes((2, 3), (12, 2), 8) == (12 + 4 + 1) * 8  # every other column
+    assert bridge._extent_bytes((5,), (0,), 2) == 2  # expanded: one element
+    assert bridge._extent_bytes((0, 7), (7, 1), 4) == 0 and bridge._extent_bytes((), (), 4) == 4
+
+
+@requires_torch_cuda
+def test_from_torch_of_a_cuda_tensor_is_a_cupy_view_that_keeps_the_storage():
+    import cupy
+
+    t = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4).t()
+    a = bridge.from_torch(t)
+    assert isinstance(a, cupy.ndarray) and a.data.ptr == t.data_ptr() and a.device.id == t.device.index
+    assert a.shape == (4, 3) and a.strides == (4, 16) and a.dtype == np.float32
+    expected = t.cpu().numpy()
+    del t
+    torch.cuda.empty_cache()  # the storage must survive: the array owns a reference to it
+    np.testing.assert_array_equal(a.get(), expected)
+    for dtype in (torch.float16, torch.int64, torch.bool, torch.uint8):
+        assert bridge.from_torch(torch.zeros(2, dtype=dtype, device="cuda")).dtype == \
+            np.dtype(str(dtype).replace("torch.", ""))
+    assert bridge.from_torch(torch.zeros(0, 3, device="cuda")).shape == (0, 3)
+
+
+@requires_torch_cuda
+def test_views_keep_stream_order_with_both_frameworks_on_side_streams():
+    import cupy
+
+    n = 1 << 24
+    torch_side, cupy_side = torch.cuda.Stream(), cupy.cuda.Stream(non_blocking=True)
+    # torch writes on its side stream; CuPy reads the view on its own side stream
+    with torch.cuda.stream(torch_side):
+        t = torch.zeros(n, device="cuda")
+        for _ in range(4):
+            t.add_(1)
+        with cupy_side:
+            total = bridge.from_torch(t).sum()
+    cupy_side.synchronize()
+    assert float(total.get()) == 4 * n
+    # CuPy writes on its side stream; torch reads the view on its side stream
+    with cupy_side:
+        c = cupy.zeros(n, cupy.float32)
+        for _ in range(3):
+            c += 1
+        with torch.cuda.stream(torch_side):
+            s = bridge.to_torch(c).sum()
+    torch_side.synchronize()
+    assert s.item() == 3 * n
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.device_count() >= 2
+                         and importlib.util.find_spec("cupy") is not None),
+                    reason="needs two GPUs, a CUDA build of torch and CuPy")
+def test_views_honour_the_device_index():
+    import cupy
+
+    t = torch.ones(3, device="cuda:1")
+    a = bridge.from_torch(t)
+    assert a.device.id == 1 and a.data.ptr == t.data_ptr()
+    with cupy.cuda.Device(1):
+        c = cupy.full(3, 2.0, cupy.float32)
+    back = bridge.to_torch(c)
+    assert back.device == torch.device("cuda", 1) and back.data_ptr() == c.data.ptr
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,28 +1,30 @@
-"""Shared check for the optimizer tests: run a megengine and a torch optimizer side by side."""
+"""Shared check for the optimizer tests: a megengine and a torch optimizer side by side, on each device."""
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 import megengine as mge
+from devices import address, requires_cuda
+from megengine.optimizer.optimizer import use_fused
 
 SHAPES = [(3, 4), (5,), ()]
 
 
-def _address(p):
-    return p._data.__array_interface__["data"][0]
-
-
-def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, atol=1e-6):
+def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, atol=1e-6,
+                     device="cpu0"):
     """Feed both optimizers the same random gradients for ``steps`` steps; compare every step.
 
     ``make_mge(params)`` / ``make_torch(params)`` build the optimizers. ``reference``, if
     given, replaces torch: ``reference(values, grads, t)`` updates a list of float64 arrays.
-    Also checks that each parameter keeps its storage across steps.
+    The megengine parameters live on ``device``: on "cpu0" the numpy update runs, on "gpu0"
+    the fused CUDA kernel (checked). Also checks that each parameter keeps its storage.
     """
     rng = np.random.RandomState(1)
     init = [np.asarray(rng.randn(*s), dtype=np.float32) for s in SHAPES]
-    params = [mge.Parameter(v) for v in init]
-    addresses = [_address(p) for p in params]
+    params = [mge.Parameter(v, device=device) for v in init]
+    addresses = [address(p) for p in params]
     opt = make_mge(params)
     if reference is None:
         tparams = [torch.nn.Parameter(torch.tensor(v)) for v in init]
@@ -32,24 +34,32 @@ def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, a
     for t in range(1, steps + 1):
         grads = [np.asarray(rng.randn(*s), dtype=np.float32) for s in SHAPES]
         for p, g in zip(params, grads):
-            p.grad = mge.Tensor(g)
+            p.grad = mge.Tensor(g, device=device)
+            assert use_fused(p._data, p.grad._data) == device.startswith("gpu")
         assert opt.step() is opt
         if reference is None:
             for tp, g in zip(tparams, grads):
                 tp.grad = torch.tensor(g)
             topt.step()
-            expected = [tp.detach().numpy() for tp in tparams]
+            expected = [tp.detach().numpy() for tp in tparams]  # the oracle runs on the CPU
         else:
             reference(values, grads, t)
             expected = values
         for p, e in zip(params, expected):
             np.testing.assert_allclose(p.numpy(), e, rtol=rtol, atol=atol, err_msg=f"step {t}")
-    assert [_address(p) for p in params] == addresses, "a parameter lost its storage"
+    assert [address(p) for p in params] == addresses, "a parameter lost its storage"
     for p in params:
-        assert p.dtype == np.float32 and isinstance(p, mge.Parameter)
+        assert p.dtype == np.float32 and isinstance(p, mge.Parameter) and p.device == device
     return params
 
 
+@pytest.fixture(params=["cpu0", pytest.param("gpu0", marks=requires_cuda)])
+def side_by_side(request):
+    """`run_side_by_side` on the CPU (numpy updates) and on a GPU (fused CuPy kernels)."""
+    return functools.partial(run_side_by_side, device=request.param)
+
+
 @pytest.fixture
-def side_by_side():
+def side_by_side_on_cpu():
+    """`run_side_by_side` on the CPU only."""
     return run_side_by_side

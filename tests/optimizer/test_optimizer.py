@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import megengine as mge
+from devices import address
 from megengine.autodiff import GradManager
 from megengine.core import dispatch
 from megengine.optimizer import SGD, Adadelta, Adagrad, Adam, AdamW
@@ -23,10 +24,6 @@ def _model():
 def _loss(w, b):
     err = mge.Tensor(X) @ w + b - mge.Tensor(Y)
     return (err * err).sum()
-
-
-def _address(p):
-    return p._data.__array_interface__["data"][0]
 
 
 def test_step_skips_parameters_without_grad():
@@ -129,11 +126,11 @@ def test_state_dict_round_trip_continues_training_identically(make):
     params = [mge.Parameter(v) for v in ckpt["params"]]
     opt = make(params)
     opt.load_state_dict(ckpt["opt"])
-    addresses = [_address(p) for p in params]
+    addresses = [address(p) for p in params]
     train(params, opt, grads[3:])
     for p, e in zip(params, expected):
         np.testing.assert_array_equal(p.numpy(), e)
-    assert [_address(p) for p in params] == addresses
+    assert [address(p) for p in params] == addresses
 
 
 def test_load_state_dict_restores_hyperparameters_and_checks_shapes():

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 import megengine as mge
+import megengine.device as mge_device
 import megengine.random as rand
+from devices import address, host, requires_cuda
 
 
 def test_seed_makes_draws_reproducible_and_seeds_numpy():
@@ -59,11 +61,11 @@ def test_permutation_of_an_int_and_of_a_tensor():
 
 def test_shuffle_in_place():
     x = mge.tensor(np.arange(20))
-    address = x._data.__array_interface__["data"][0]
+    before = address(x)
     rand.seed(5)
     rand.shuffle(x)
     assert sorted(x.tolist()) == list(range(20)) and x.tolist() != list(range(20))
-    assert x._data.__array_interface__["data"][0] == address
+    assert address(x) == before
 
 
 def test_gamma_beta_poisson_moments_and_shapes():
@@ -216,3 +218,64 @@ def test_empty_draws_as_upstream():
 def test_permutation_of_a_0d_tensor_is_one_element():
     out = rand.permutation(mge.tensor(7.0))
     assert out.shape == (1,) and out.numpy().tolist() == [7.0]
+
+
+def test_seed_reseeds_cupys_generator_on_every_gpu(monkeypatch):
+    """The rule (upstream's): one seed governs every device; CuPy's per-GPU generators too."""
+    seeded = []
+
+    class FakeDevice:  # records which GPU is current while cupy.random.seed runs
+        current = None
+
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            FakeDevice.current = self.index
+
+        def __exit__(self, *exc):
+            FakeDevice.current = None
+
+    class FakeCupy:
+        class cuda:
+            Device = FakeDevice
+
+        class random:
+            @staticmethod
+            def seed(value):
+                seeded.append((FakeDevice.current, value))
+
+    monkeypatch.setattr(mge_device, "is_cuda_available", lambda: True)
+    monkeypatch.setattr(mge_device, "_cupy", lambda: FakeCupy)
+    monkeypatch.setattr(mge_device, "get_device_count", lambda kind="gpu": 2)
+    rand.seed(1234)
+    assert seeded == [(0, 1234), (1, 1234)]
+
+
+@requires_cuda
+def test_seed_governs_draws_on_the_gpu_and_they_match_the_cpus():
+    import cupy
+
+    rand.seed(9)
+    on_gpu = rand.RNG(device="gpu0").normal(size=(5,))
+    cupy_first = cupy.random.random(4)
+    rand.seed(9)
+    on_cpu = rand.RNG(device="cpu0").normal(size=(5,))
+    np.testing.assert_array_equal(host(cupy.random.random(4)), host(cupy_first))
+    assert on_gpu.device == "gpu0" and on_cpu.device == "cpu0"
+    np.testing.assert_array_equal(host(on_gpu), host(on_cpu))  # drawn on the host, then moved
+    rand.seed(10)
+    assert not np.array_equal(host(cupy.random.random(4)), host(cupy_first))
+
+
+@requires_cuda
+def test_dropout_on_the_gpu_follows_the_seed():
+    import megengine.functional as F
+
+    x = mge.tensor(np.ones((64, 64), np.float32), device="gpu0")
+    rand.seed(3)
+    a = host(F.dropout(x, 0.5, training=True))
+    rand.seed(3)
+    b = host(F.dropout(x, 0.5, training=True))
+    np.testing.assert_array_equal(a, b)
+    assert 0.3 < (a == 0).mean() < 0.7

@@ -17,6 +17,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
+from devices import address, torch_device, torch_host
 
 
 def _load_guide_example():
@@ -38,10 +39,6 @@ def grads_of(fn, tensors, dy=None):
         y = fn()
         gm.backward(y, dy)
     return y
-
-
-def address(t):
-    return t._data.__array_interface__["data"][0]
 
 
 # ----- forward and backward against pure torch -----
@@ -207,8 +204,8 @@ def test_one_sgd_step_updates_torch_and_megengine_parameters_to_hand_computed_va
     # z_i = w.x_i + b = [-0.5, 2.5]; loss = 3 * sum(z) = 6
     # dloss/dw = 3 * sum_i x_i = [9, 3]; dloss/db = 3 * 2 = 6; dloss/dscale = sum(z) = 2
     assert loss.item() == pytest.approx(6.0)
-    np.testing.assert_allclose(lin.weight.detach().numpy(), [[1.0 - 0.9, -2.0 - 0.3]], rtol=1e-6)
-    np.testing.assert_allclose(lin.bias.detach().numpy(), [0.5 - 0.6], rtol=1e-6)
+    np.testing.assert_allclose(torch_host(lin.weight), [[1.0 - 0.9, -2.0 - 0.3]], rtol=1e-6)
+    np.testing.assert_allclose(torch_host(lin.bias), [0.5 - 0.6], rtol=1e-6)
     np.testing.assert_allclose(net.scale.numpy(), [3.0 - 0.2], rtol=1e-6)
 
 
@@ -255,9 +252,12 @@ def test_megengine_layers_on_both_sides_and_nested_wrappers():
     assert y.shape == ()
     assert all(p.grad is not None for p in net.parameters())
     # the same computation in pure torch, with the megengine weights copied in
-    pre_w, pre_b = torch.tensor(net.pre.weight.numpy()), torch.tensor(net.pre.bias.numpy())
-    in_w, in_b = torch.tensor(net.inner.blocks[1].weight.numpy()), torch.tensor(net.inner.blocks[1].bias.numpy())
-    h = torch.tensor(x.numpy()) @ pre_w.T + pre_b
+    # (on the wrapped torch modules' device: the default device's)
+    dev = torch_device()
+    pre_w, pre_b = (torch.tensor(p.numpy(), device=dev) for p in (net.pre.weight, net.pre.bias))
+    in_w, in_b = (torch.tensor(p.numpy(), device=dev)
+                  for p in (net.inner.blocks[1].weight, net.inner.blocks[1].bias))
+    h = torch.tensor(x.numpy(), device=dev) @ pre_w.T + pre_b
     h = torch.relu(net.inner.blocks[0].torch_module(h)) @ in_w.T + in_b
     expected = net.post.torch_module(h).sum()
     assert y.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
@@ -285,7 +285,7 @@ def test_train_and_eval_reach_the_torch_module():
     before = running.numpy()
     wrap(x)
     assert not np.allclose(running.numpy(), before), "BatchNorm's running stats are shared"
-    np.testing.assert_array_equal(running.numpy(), tmod[1].running_mean.numpy())
+    np.testing.assert_array_equal(running.numpy(), torch_host(tmod[1].running_mean))
 
 
 def test_guides_lenet_trains_on_real_digits_and_torch_keeps_the_weights():
@@ -319,7 +319,7 @@ def test_guides_lenet_trains_on_real_digits_and_torch_keeps_the_weights():
     # the torch extractor alone, in plain torch, has the trained weights
     extractor.eval()
     with torch.no_grad():
-        feats = extractor(torch.tensor(test_x)).numpy()
+        feats = torch_host(extractor(torch.tensor(test_x, device=torch_device())))
     logits = feats @ lenet.mge_classifier.weight.numpy().T + lenet.mge_classifier.bias.numpy()
     np.testing.assert_array_equal(logits.argmax(1), pred)
 
@@ -359,7 +359,7 @@ def test_state_dict_keys_and_in_place_loading():
     mge.save(sd, buf)
     buf.seek(0)
     net.load_state_dict(mge.load(buf))
-    np.testing.assert_array_equal(torch_w.detach().numpy(), sd["lenet_extractor_wrap.conv1.weight"])
+    np.testing.assert_array_equal(torch_host(torch_w), sd["lenet_extractor_wrap.conv1.weight"])
 
 
 def test_plain_torch_state_dict_in_and_out(tmp_path):
@@ -394,12 +394,13 @@ def test_deleting_either_side_first_is_safe():
     wrap = PyTorchModule(tmod)
     x = mge.tensor(np.ones((1, 3), "float32"))
     out = wrap(x)
-    expected = tmod(torch.ones(1, 3)).detach().numpy()
+    ones = torch.ones(1, 3, device=torch_device())  # the wrapper put tmod on the default device
+    expected = torch_host(tmod(ones))
     del wrap
     gc.collect()
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
     with torch.no_grad():
-        np.testing.assert_allclose(tmod(torch.ones(1, 3)).numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(torch_host(tmod(ones)), expected, rtol=1e-6)
 
 
 def test_module_that_writes_its_input_in_place_does_not_corrupt_megengine_tensors():

@@ -1,0 +1,71 @@
+"""The tests' one way to ask a device for memory addresses and host copies (numpy or CuPy, torch CPU or CUDA).
+
+Tests run on the default device (``xpux``: a GPU when CUDA is usable, else the CPU; or whatever
+``MGE_DEFAULT_DEVICE`` names), so a tensor's storage may be a numpy array or a CuPy array, and a
+torch module wrapped by ``PyTorchModule`` may live on the GPU. Tests never read
+``__array_interface__``, ``.ctypes`` or ``torch.Tensor.numpy()`` themselves: they call these.
+"""
+import numpy as np
+import pytest
+
+import megengine as mge
+from megengine.device import canonical_device
+
+__all__ = ["address", "host", "torch_host", "torch_device", "requires_cuda", "requires_torch_cuda"]
+
+
+def _raw(x):
+    """The engine array behind a Tensor, or ``x`` itself."""
+    return x._data if isinstance(x, mge.Tensor) else x
+
+
+def address(x) -> int:
+    """Address of the first element of a Tensor's storage, an engine array, or a torch tensor."""
+    x = _raw(x)
+    if hasattr(x, "data_ptr"):  # torch.Tensor, on any device
+        return x.data_ptr()
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0]
+    if hasattr(x, "__cuda_array_interface__"):  # CuPy (or any CUDA array)
+        return x.__cuda_array_interface__["data"][0]
+    raise TypeError(f"address: expected a Tensor, an array or a torch tensor, got {type(x).__name__}")
+
+
+def host(x) -> np.ndarray:
+    """A numpy copy of a Tensor, an engine array (numpy/CuPy), a torch tensor, or a number."""
+    x = _raw(x)
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return torch_host(x)
+    if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):  # CuPy: copies to the host
+        return x.get()
+    return np.array(x)
+
+
+def torch_host(t) -> np.ndarray:
+    """A numpy copy of a torch tensor on any device (it may require grad)."""
+    return t.detach().cpu().numpy().copy()
+
+
+def torch_device(device=None) -> str:
+    """The torch device matching a megengine device (default: the default device):
+    ``"cuda:N"`` for ``gpuN``, ``"cpu"`` for every CPU name."""
+    dev = canonical_device(device)
+    return "cuda:" + dev[3:] if dev.startswith("gpu") else "cpu"
+
+
+requires_cuda = pytest.mark.skipif(
+    not mge.is_cuda_available(),
+    reason="needs a CUDA GPU and CuPy (megengine.is_cuda_available() is False here)")
+
+
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+requires_torch_cuda = pytest.mark.skipif(
+    not (mge.is_cuda_available() and _torch_cuda()),
+    reason="needs a CUDA GPU with both CuPy and a CUDA build of torch")

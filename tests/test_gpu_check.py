@@ -1,0 +1,106 @@
+"""benchmarks/gpu_check.py (`make gpu-check`): refuses quickly without CUDA; its parts work, checked on the CPU."""
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import megengine as mge
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the refusal on machines without CUDA")
+def test_without_cuda_it_says_so_and_exits_nonzero_quickly():
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "cannot run the GPU check" in run.stderr and "CuPy" in run.stderr
+    assert time.perf_counter() - start < 20
+    assert "passed" not in run.stdout  # nothing ran
+
+
+def test_parse_pytest_reads_counts_and_failed_ids(gpu_check):
+    output = "\n".join([
+        "..F.s",
+        "=========================== short test summary info ============================",
+        "FAILED tests/a.py::test_x - AssertionError: boom",
+        "ERROR tests/b.py::test_y",
+        "1 failed, 3 passed, 1 skipped, 1 error in 2.01s",
+    ])
+    counts, failures = gpu_check.parse_pytest(output)
+    assert counts == {"passed": 3, "failed": 1, "error": 1, "skipped": 1}
+    assert failures == ["tests/a.py::test_x", "tests/b.py::test_y"]
+
+
+def test_a_suite_run_counts_what_pytest_reports(gpu_check, tmp_path):
+    (tmp_path / "test_sample.py").write_text(
+        "def test_ok():\n    assert True\n\ndef test_bad():\n    assert 1 == 2\n")
+    args = argparse.Namespace(workers=1, test_timeout=60, tests=[str(tmp_path / "test_sample.py")])
+    result = gpu_check.run_suite("sample run", {"MGE_DEFAULT_DEVICE": "cpu0"}, args, tmp_path)
+    assert not result["ok"] and result["counts"]["passed"] == 1 and result["counts"]["failed"] == 1
+    assert len(result["failures"]) == 1 and result["failures"][0].endswith("test_sample.py::test_bad")
+    assert Path(result["log"]).read_text().count("test_bad") >= 1
+    text = gpu_check.summary([result], [], 1.0)
+    assert "FAIL: 1 passed, 1 failed" in text and "::test_bad" in text
+
+
+def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkeypatch):
+    # the same code the GPU run executes, on small sizes and on the CPU
+    monkeypatch.setattr(gpu_check, "DEVICES", {"torch": "cpu", "megengine": "cpu0"})
+    monkeypatch.setattr(gpu_check, "CASES", [("hybrid LeNet, batch 64", "hybrid", None, 8),
+                                             ("engine MLP 784-256-10, batch 64", "mlp", 32, 16)])
+    monkeypatch.setattr(gpu_check, "_sync", lambda: None)
+    held = iter([100, 100 + (2 << 20)])  # the second snapshot holds 2 MiB more: growth
+    monkeypatch.setattr(gpu_check, "_memory_snapshot", lambda: dict(
+        cupy_used=0, cupy_held=next(held), torch_allocated=0, torch_reserved=0))
+    default = mge.get_default_device()
+    args = argparse.Namespace(steps=2, repeats=1, memory_steps=4)
+    results = gpu_check.run_benchmarks(args)
+    assert mge.get_default_device() == default  # restored
+    timed = [r for r in results if "ratio" in r]
+    assert [r["name"] for r in timed] == ["hybrid LeNet, batch 64", "engine MLP 784-256-10, batch 64"]
+    assert all(r["ok"] and r["ratio"] > 0 for r in timed), results  # same work as torch
+    memory = results[-1]
+    assert memory["grew"] == ["cupy_held"]
+    text = gpu_check.summary([], results, 1.0)
+    json.dumps(results, default=str)  # what main() writes to results.json
+    assert "aim <= 1.15x" in text and "aim <= 1.20x" in text and "GROWS (cupy_held): MISSED" in text
+    assert not any(r["name"].startswith("bridge") for r in results)  # CUDA views: GPU runs only
+    calls = dict(name="bridge per call (us)", ok=True, calls={"from_torch": 5.0, "to_torch": 4.25})
+    assert "from_torch 5.0 us, to_torch 4.2 us" in gpu_check.summary([], [calls], 1.0)
+
+
+def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    runs = []
+
+    def fake_suite(label, env, args, log_dir):
+        runs.append(env)
+        failed = 1 if env else 0  # the cpu0 run fails one test
+        return dict(label=label, ok=not failed, counts=dict(passed=5, failed=failed, error=0, skipped=0),
+                    failures=["tests/x.py::test_y"] * failed, seconds=1.0, code=failed, log="log")
+
+    monkeypatch.setattr(gpu_check, "run_suite", fake_suite)
+    monkeypatch.setattr(gpu_check, "run_benchmarks", lambda args: [
+        dict(name="engine MLP 784-256-10, batch 64", ok=True, ratio=1.5, torch_ms=1.0, mge_ms=1.5)])
+    assert gpu_check.main(["--log-dir", str(tmp_path)]) == 1
+    assert sorted(runs, key=len) == [{}, {"MGE_DEFAULT_DEVICE": "cpu0"}]  # (run at the same time)
+    text = (tmp_path / "summary.txt").read_text()
+    assert text.index("on CUDA (default xpux)") < text.index("MGE_DEFAULT_DEVICE=cpu0")
+    assert "1.50x torch" in text and "aim <= 1.20x: MISSED" in text and "tests/x.py::test_y" in text
+    assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
+    assert text.strip() in capsys.readouterr().out
