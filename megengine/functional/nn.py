@@ -414,6 +414,9 @@ from .conv import *  # noqa: E402,F401,F403
 from .normalization import *  # noqa: E402,F401,F403
 from .pooling import *  # noqa: E402,F401,F403
 from .vision import interpolate  # noqa: E402,F401
+from . import conv as _conv, normalization as _norm, pooling as _pool  # noqa: E402
+# every public name of the split-out files is F.nn.<name> and F.<name> (conv3d, sliding_window, ...)
+__all__ += [n for m in (_conv, _norm, _pool) for n in m.__all__ if n not in __all__]
 
 # ----- names that live elsewhere but upstream also spells F.nn.<name> -----
 
