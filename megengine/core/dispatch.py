@@ -206,6 +206,8 @@ def run_backward(ys, dys, wanted, free_graph=True):
                         f"of shape {shape}"
                     )
                 pslot[pidx] = g if pslot[pidx] is None else pslot[pidx] + g
+            if free_graph:  # its saved arrays go now, not at the end (as torch frees them)
+                node.free()
     finally:
         if free_graph:
             for node in order:
