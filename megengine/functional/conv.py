@@ -322,9 +322,12 @@ class _Im2Col(Op):
         oh, ow = (_conv_out(size, *args, self.what, axis) for size, args, axis in zip(
             (h, w), zip(self.k, self.s, self.p, self.d), "HW"))
         self.hw = (h, w)
-        cols = _aten.aten().im2col(_aten.view(x), self.k, self.d, self.p, self.s)
+        exact = x.dtype.kind != "f"  # ATen's im2col is float-only: integers go through float64
+        cols = _aten.aten().im2col(_aten.view(x.astype(np.float64) if exact else x), self.k,
+                                   self.d, self.p, self.s)
         # (N, C*KH*KW, OH*OW) viewed as upstream's (N, C, OH, OW, KH, KW): no copy
-        return _aten.array(cols.view(n, c, *self.k, oh, ow).permute(0, 1, 4, 5, 2, 3))
+        out = _aten.array(cols.view(n, c, *self.k, oh, ow).permute(0, 1, 4, 5, 2, 3))
+        return out.astype(x.dtype) if exact else out
 
     def backward(self, g):
         n, c, oh, ow, kh, kw = g.shape
@@ -350,9 +353,11 @@ class _Col2Im(Op):
             raise ValueError(f"{what}: input of shape {x.shape} does not match output_size "
                              f"{self.size} with kernel {self.k}, padding {self.p}, stride "
                              f"{self.s}, dilation {self.d} (expected windows {expect} of {self.k})")
-        x = x.astype(_compute_dtype(x.dtype), copy=False)
-        tx = _aten.view(x).permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
-        return _aten.array(_aten.aten().col2im(tx, self.size, self.k, self.d, self.p, self.s))
+        exact = x.dtype.kind != "f"  # integers sum exactly in float64 and stay integers
+        tx = _aten.view(x.astype(np.float64) if exact else x)
+        tx = tx.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
+        out = _aten.array(_aten.aten().col2im(tx, self.size, self.k, self.d, self.p, self.s))
+        return out.astype(x.dtype) if exact else out
 
     def backward(self, g):
         n, c = g.shape[:2]

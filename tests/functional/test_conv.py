@@ -403,3 +403,16 @@ def test_deformable_conv2d_bad_offset_names_the_layout():
         F.deformable_conv2d(x, w, mge.tensor(rand(1, 9, 3, 3)), mge.tensor(rand(1, 9, 3, 3)))
     with pytest.raises(ValueError, match=r"mask of shape \(1, 8, 3, 3\) must be"):
         F.deformable_conv2d(x, w, mge.tensor(rand(1, 18, 3, 3)), mge.tensor(rand(1, 8, 3, 3)))
+
+
+def test_sliding_windows_keep_integers():
+    x = np.arange(2 * 5 * 4, dtype=np.int32).reshape(1, 2, 5, 4)
+    windows = F.sliding_window(mge.tensor(x), 2, stride=(2, 1))
+    assert windows.dtype == np.int32 and windows.shape == (1, 2, 2, 3, 2, 2)
+    # window (i, j) starts at row 2i, column j
+    np.testing.assert_array_equal(windows.numpy()[0, 1, 1, 2], x[0, 1, 2:4, 2:4])
+    back = F.sliding_window_transpose(windows, (5, 4), 2, stride=(2, 1))
+    assert back.dtype == np.int32
+    counts = np.array([1, 2, 2, 1])  # how many windows cover each column; rows 0-3 once, 4 never
+    np.testing.assert_array_equal(back.numpy()[0, :, :4], x[0, :, :4] * counts)
+    np.testing.assert_array_equal(back.numpy()[0, :, 4], 0)
