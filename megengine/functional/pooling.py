@@ -2,7 +2,9 @@
 
 The ops keep upstream's semantics (stride defaults to the window, max padding is -inf, the two
 average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
-``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays.
+``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. One
+measured exception: max pooling of non-overlapping windows on the CPU is faster as numpy slices
+(see `_Pool2d._disjoint_max`).
 """
 import numpy as np
 
@@ -11,6 +13,10 @@ from . import _aten
 from ._args import _as_float, _pair, _tensor
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
+
+
+def _has_nan(x):
+    return x.dtype.kind == "f" and bool(np.isnan(np.min(x)))
 
 
 class _Pool2d(Op):
@@ -26,6 +32,7 @@ class _Pool2d(Op):
     def __init__(self, mode, kernel, stride, padding, what):
         self.mode, self.kernel, self.stride, self.padding, self.what = \
             mode, kernel, stride, padding, what
+        self.slices = None  # the kernel taps, when disjoint max windows run as numpy slices
 
     def forward(self, x):
         what = self.what
@@ -56,6 +63,9 @@ class _Pool2d(Op):
             pad = (0, 0)
         self.tx, self.pad = tx, pad
         if is_max:
+            if kh <= sh and kw <= sw and not (ph or pw) and type(x) is np.ndarray \
+                    and not _has_nan(x):
+                return self._disjoint_max(x, oh, ow)
             y, self.indices = aten.max_pool2d_with_indices(tx, self.kernel, self.stride, pad,
                                                            (1, 1), False)
             return _aten.array(y)
@@ -76,7 +86,49 @@ class _Pool2d(Op):
             y = y.mul_(self.scale)
         return _aten.array(y)
 
+    def _disjoint_max(self, x, oh, ow):
+        """Max pooling of windows that do not overlap (kernel <= stride, no padding), on the
+        CPU: one strided slice per kernel tap, no window copies.
+
+        Measured with one thread: ATen's NCHW max pooling is not vectorised along a row; on the
+        benchmark CNN's (64, 8, 28, 28) 2x2 pooling its forward + backward take ~2.7 ms, these
+        slices ~0.8 ms. Overlapping windows (ResNet's 3x3 stride 2) stay on ATen, whose backward
+        scatters by index where slices would need a pass per tap.
+        """
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        self.slices = [(slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+                       for i in range(kh) for j in range(kw)]
+        out = x[(Ellipsis,) + self.slices[0]].copy()
+        for si, sj in self.slices[1:]:
+            np.maximum(out, x[:, :, si, sj], out=out)
+        self.x, self.out = x, out
+        return out
+
+    def _disjoint_max_backward(self, g):
+        """Each input element is in at most one window: the gradient is a masked copy of g into
+        the first maximum of each window (row-major, as torch routes ties)."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        x, out = self.x, self.out
+        oh, ow = out.shape[2:]
+        tiled = (kh, kw) == (sh, sw) and x.shape[2:] == (oh * sh, ow * sw)
+        gx = (np.empty if tiled else np.zeros)(x.shape, g.dtype)
+        free = None  # windows whose gradient is not yet given to an element
+        last = len(self.slices) - 1
+        for k, (si, sj) in enumerate(self.slices):
+            hit = x[:, :, si, sj] == out
+            if free is not None:
+                hit &= free
+            np.multiply(g, hit, out=gx[:, :, si, sj])
+            if k < last:
+                if free is None:
+                    free = ~hit
+                else:
+                    free ^= hit  # hit is inside free: this clears it
+        return gx
+
     def backward(self, g):
+        if self.mode == "max" and self.slices is not None:
+            return self._disjoint_max_backward(g)
         aten = _aten.aten()
         tg = _aten.view(g)
         if self.mode == "max":

@@ -122,8 +122,22 @@ def test_pooling_saves_a_view_of_the_input():
     with gm:
         y = F.max_pool2d(x, 2)
         assert y._node[0].op.tx.data_ptr() == x._data.__array_interface__["data"][0]
-        assert not y._data.flags.owndata  # ATen's output buffer, seen through numpy
         z = F.avg_pool2d(x, 3, 1, 1)
         assert z._node[0].op.tx.data_ptr() == x._data.__array_interface__["data"][0]
+        assert not z._data.flags.owndata  # ATen's output buffer, seen through numpy
         gm.backward([y.sum(), z.sum()])
     assert x.grad.shape == x.shape
+
+
+def test_max_pool2d_nan_and_infinite_inputs_like_torch():
+    # NaN propagates (those inputs take ATen's kernel); a window whose real elements are all
+    # -inf routes its gradient to its first real element, never to the padding
+    x = rand(2, 2, 6, 6)
+    x[0, 0, 1, 1] = np.nan
+    x[1, 1, :2, :2] = -np.inf
+    for args in ((2,), (3, 2, 1)):
+        y = F.max_pool2d(mge.tensor(x), *args)
+        expect = TF.max_pool2d(torch.tensor(x), *args)
+        np.testing.assert_array_equal(y.numpy(), expect.numpy())
+    x[0, 0, 1, 1] = 0.5
+    check(lambda a: F.max_pool2d(a, 3, 2, 1), lambda a: TF.max_pool2d(a, 3, 2, 1), x)
