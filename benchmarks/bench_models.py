@@ -6,7 +6,8 @@ shufflenet_v2_x1_0 with stages [4, 8, 4] of 116/232/464 channels). A step is for
 entropy, backward and an SGD (momentum 0.9) update of every parameter, batch 8 at 224x224.
 
 - Same work: torch starts from megengine's initial weights and both run the same batches; the
-  losses must agree step by step (else the script exits with an error).
+  first loss must agree to 1e-5 and the next ones to 2e-2 (float32 drift, see check_same_work),
+  else the script exits with an error.
 - Time: both sides in this process, one thread each (OMP/MKL/OpenBLAS = 1 and
   torch.set_num_threads(1), which is also the pool the engine's ATen kernels use), taking turns
   step by step; the median over repeats and the ratio megengine / torch.
@@ -328,11 +329,16 @@ def check_same_work(model, data, device, steps=3):
     tstep, _ = torch_stepper(model, data, device, init_from=mnet)
     ml = [mstep() for _ in range(steps)]
     tl = [tstep() for _ in range(steps)]
+    first = abs(ml[0] - tl[0]) / abs(tl[0])
     worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ml, tl))
-    ok = worst < 2e-3
+    # The first loss is the same forward pass. Later ones drift apart by float32 rounding:
+    # ShuffleNet's depthwise-conv + BatchNorm weight gradients cancel heavily at batch 8 (both
+    # sides measured ~0.5 % off a float64 reference, megengine slightly closer), and SGD
+    # carries the difference into the next losses (~1e-2 after 3 steps). ResNet agrees to 1e-6.
+    ok = first < 1e-5 and worst < 2e-2
     print(f"  same work: megengine losses {['%.4f' % v for v in ml]}, torch "
-          f"{['%.4f' % v for v in tl]}; largest relative difference {worst:.1e} "
-          f"{'ok' if ok else 'MISMATCH'}")
+          f"{['%.4f' % v for v in tl]}; first-step relative difference {first:.1e}, largest "
+          f"{worst:.1e} {'ok' if ok else 'MISMATCH'}")
     return ok
 
 

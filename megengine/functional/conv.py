@@ -17,6 +17,8 @@ from ..core.dispatch import Op, apply
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _tensor
+from .math import sum as _sum
+from .tensor import concat
 
 _DIMS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 _AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -188,8 +190,6 @@ def _conv_grads(op, inputs, gy):
     convolution is the data gradient of a convolution, so its gradients swap the roles:
     dx = conv(dy, w) and dw is that same correlation of dy with x.
     """
-    from .math import sum as _sum
-
     x, w = inputs[0], inputs[1]
     nd, g = op.nd, op.groups
     wf_shape = (w.shape[0] * w.shape[1],) + w.shape[2:] if w.ndim == nd + 3 else w.shape
@@ -220,8 +220,6 @@ def _conv_grads(op, inputs, gy):
             r = apply(corr, s, d)  # (cg, og, *k') with k' >= k: crop the kernel window
             r = r[(slice(None), slice(None)) + tuple(slice(0, kk) for kk in k)]
             parts.append(r.transpose((1, 0) + tuple(range(2, nd + 2))))
-        from .tensor import concat
-
         gwf = parts[0] if g == 1 else concat(parts, axis=0)  # (og or cg per group) stacked
         gw = gwf.reshape(w.shape)
     grads = (gx, gw)
