@@ -166,7 +166,6 @@ def test_batch_norm_saves_a_view_of_the_input():
         saved = y._node[0].op.saved
         assert saved[0].data_ptr() == x._data.__array_interface__["data"][0]
         assert saved[1].data_ptr() == w._data.__array_interface__["data"][0]
-        assert not y._data.flags.owndata
         gm.backward(y.sum())
     assert x.grad.shape == x.shape and w.grad.shape == w.shape
 
