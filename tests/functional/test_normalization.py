@@ -178,3 +178,27 @@ def test_batch_norm_inference_with_float64_statistics():
                            torch.tensor(rv), training=False)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _NotPlainNumpy(np.ndarray):
+    """An array the CPU fast path does not take: the op runs ATen's forward, as on CUDA."""
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (1, 3, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_aten_forward_matches_the_cpu_forward(shape, training):
+    from megengine.functional.normalization import _BatchNorm
+
+    x, w, b = _bn_inputs(shape)
+    rm, rv = rand(1, 3, 1, 1), rand(1, 3, 1, 1, low=0.5, high=2)
+    g = rand(*shape)
+    results = []
+    for wrap in (lambda a: a, lambda a: a.view(_NotPlainNumpy)):
+        op = _BatchNorm(1e-5, 0.8, training, True, True, True)
+        op.needs_input_grad = (True, True, True, False, False)
+        out = op.forward(wrap(x), w, b, rm, rv)
+        out = out if isinstance(out, tuple) else (out,)
+        grads = op.backward(g, *([np.zeros_like(rm)] * (len(out) - 1)))
+        results.append([np.asarray(o) for o in out] + [np.asarray(t) for t in grads[:3]])
+    for cpu, aten in zip(*results):
+        np.testing.assert_allclose(cpu, aten, rtol=1e-4, atol=1e-5)
