@@ -15,8 +15,9 @@ entropy, backward and an SGD (momentum 0.9) update of every parameter, batch 8 a
   and the batches, each side in a fresh subprocess (``--worker``), sampled every millisecond from
   /proc/self/statm: ru_maxrss would count the imports' peak and tracemalloc does not see torch's
   allocations.
-- CUDA: with ``--device gpu`` (when torch sees a GPU and CuPy is installed) the same on gpu0,
-  with synchronised timing and torch.cuda.max_memory_allocated / CuPy pool figures.
+- CUDA: with ``--device gpu0`` (when torch sees a GPU and CuPy is installed) the same on the
+  GPU, with synchronised timing, and memory as device bytes in use (torch's allocator plus
+  CuPy's pool) instead of RSS.
 
 Aims (issue 11): megengine / torch <= 1.1x step time and <= 1.2x peak memory growth.
 """
@@ -237,9 +238,8 @@ def copy_weights(mge_net, torch_net):
 
 def mge_stepper(model, data, device):
     np.random.seed(0)
+    mge.set_default_device(device)  # parameters are made on the default device
     net = MODELS[model][0]()
-    if not device.startswith("cpu"):
-        net.to(device)
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     batches = [(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
@@ -287,6 +287,19 @@ def _rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _gpu_bytes():
+    """Device memory in use: torch's caching allocator (which also holds the engine's ATen
+    outputs) plus CuPy's pool (the engine's own arrays; its blocks stay reserved once used)."""
+    used = torch.cuda.memory_allocated()
+    try:
+        import cupy
+
+        used += cupy.get_default_memory_pool().used_bytes()
+    except ImportError:
+        pass
+    return used
+
+
 def worker(side, model, device, steps):
     """One side's peak RSS growth (MB) over `steps` steps, printed as JSON (a fresh process)."""
     data = make_data()
@@ -294,13 +307,16 @@ def worker(side, model, device, steps):
     if side == "megengine":  # the first kernel call loads torch's bridge: not the model's memory
         F.conv2d(mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device),
                  mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device))
-    base = _rss()
+    measure = _rss if device.startswith("cpu") else _gpu_bytes
+    if not device.startswith("cpu"):
+        torch.cuda.synchronize()
+    base = measure()
     peak = [base]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
+            peak[0] = max(peak[0], measure())
             time.sleep(0.001)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -309,7 +325,9 @@ def worker(side, model, device, steps):
         step()
     done.set()
     sampler.join()
-    peak[0] = max(peak[0], _rss())
+    peak[0] = max(peak[0], measure())
+    if not device.startswith("cpu"):  # torch's own peak counter sees between-sample spikes
+        peak[0] = max(peak[0], torch.cuda.max_memory_allocated())
     print(json.dumps({"growth_mb": (peak[0] - base) / 2 ** 20}))
 
 
@@ -370,7 +388,8 @@ def run_model(model, args):
     mm = memory_growth("megengine", model, device, 3, args.memory_runs)
     tm = memory_growth("torch", model, device, 3, args.memory_runs)
     mratio = mm / max(tm, 1e-9)
-    print(f"  peak RSS growth over 3 steps (fresh process per side, median of "
+    what = "RSS" if device.startswith("cpu") else "device memory"
+    print(f"  peak {what} growth over 3 steps (fresh process per side, median of "
           f"{args.memory_runs}): megengine {mm:.0f} MB, torch {tm:.0f} MB: {mratio:.2f}x "
           f"({_timing.verdict(mratio, AIM_MEMORY)})")
     _timing.flush()
