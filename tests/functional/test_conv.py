@@ -416,3 +416,27 @@ def test_sliding_windows_keep_integers():
     counts = np.array([1, 2, 2, 1])  # how many windows cover each column; rows 0-3 once, 4 never
     np.testing.assert_array_equal(back.numpy()[0, :, :4], x[0, :, :4] * counts)
     np.testing.assert_array_equal(back.numpy()[0, :, 4], 0)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_grad_graph_is_recorded_for_a_second_derivative(transposed):
+    # d/dw <dx, v> through the recorded gradient, against torch's double backward
+    x0, v0 = rand(2, 4, 6, 6), None
+    w0 = rand(4, 3, 3, 3) if transposed else rand(6, 2, 3, 3)
+    conv_m = (lambda a, c: F.conv_transpose2d(a, c, stride=2, padding=1, groups=2)) \
+        if transposed else (lambda a, c: F.conv2d(a, c, stride=2, padding=1, groups=2))
+    conv_t = (lambda a, c: TF.conv_transpose2d(a, c, stride=2, padding=1, groups=2)) \
+        if transposed else (lambda a, c: TF.conv2d(a, c, stride=2, padding=1, groups=2))
+    x, w = mge.tensor(x0), mge.tensor(w0)
+    gm_outer, gm_inner = GradManager().attach([w]), GradManager().attach([x, w])
+    with gm_outer:
+        with gm_inner:
+            y = conv_m(x, w)
+        dy0 = rand(*y.shape)
+        v0 = rand(*x0.shape)
+        gx, _ = y._node[0].op.grad_graph((x, w), (y,), (mge.tensor(dy0),))
+        gm_outer.backward((gx * mge.tensor(v0)).sum())
+    tx, tw = torch.tensor(x0, requires_grad=True), torch.tensor(w0, requires_grad=True)
+    (tgx,) = torch.autograd.grad(conv_t(tx, tw), tx, torch.tensor(dy0), create_graph=True)
+    (tgx * torch.tensor(v0)).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
