@@ -270,7 +270,8 @@ class GradManager:
                 dys = [d if isinstance(d, Tensor) else Tensor._wrap(d, t._device)
                        for d, t in zip(given, ys)]
             found = dispatch.run_backward(ys, dys, wanted, free_graph=False, key=key,
-                                          graph=graph, visited=visited, stop=self._joined)
+                                          graph=graph, visited=visited, stop=self._joined,
+                                          free_early=not graph)
             # No two .grad share memory, nor share it with an output gradient the caller gave
             # (in-place grad edits such as clip_grad_norm would otherwise apply twice).
             claimed = {}

@@ -258,7 +258,7 @@ def _graph_order(roots):
 
 
 def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visited=None,
-                 stop=()):
+                 stop=(), free_early=None):
     """Backpropagate ``dys`` from tensors ``ys``; return {wanted (node, idx): gradient}.
 
     ``wanted`` is a set of (id(node), index) pairs whose total gradient the caller needs (the
@@ -266,6 +266,8 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
     are not entered (None: every node), nor are the nodes in ``stop`` (ids of intermediates
     that were attached to it while recording: leaves for it). With ``free_graph`` every visited node is released
     afterwards; ``visited``, a list, receives the visited nodes instead (the caller frees them).
+    ``free_early`` (default: ``free_graph``) frees each node as soon as its backward has run when
+    no recording but ``key`` tracks it, so peak memory stays what torch's would be.
 
     ``graph`` False: gradients are raw arrays (``dys`` too). True: ``dys`` and the gradients
     are Tensors, and nodes that a live recording tracks (or that receive a tracked gradient)
@@ -274,10 +276,13 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
     order = _graph_order([y._node[0] for y in ys if y._node is not None])
     if visited is not None:
         visited.extend(order)
+    if free_early is None:
+        free_early = free_graph
     try:
         if graph:
-            return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors)
-        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays)
+            return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors,
+                             free_early)
+        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays, free_early)
     finally:
         if free_graph:
             for node in order:
@@ -292,7 +297,7 @@ def _add_tensors(a, b):
     return a + b  # a Tensor operator: recorded when either gradient is tracked
 
 
-def _backward(ys, dys, wanted, key, stop, order, step, add):
+def _backward(ys, dys, wanted, key, stop, order, step, add, free_early):
     grads = {}  # id(node) -> list of accumulated output gradients
     for y, dy in zip(ys, dys):
         if y._node is None:
@@ -344,6 +349,8 @@ def _backward(ys, dys, wanted, key, stop, order, step, add):
                     f"of shape {shape}"
                 )
             pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)
+        if free_early and (key is None or node.keys == (key,)):
+            node.free()  # its saved arrays go now, not after the whole backward (as torch frees)
     return found
 
 

@@ -9,7 +9,8 @@ from .adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from .batch_matmul_activation import BatchMatMulActivation
 from .batchnorm import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from .concat import Concat
-from .conv import Conv1d, Conv2d, ConvTranspose2d
+from .conv import (Conv1d, Conv2d, Conv3d, ConvTranspose2d, ConvTranspose3d, DeformableConv2d,
+                   LocalConv2d)
 from .dropout import Dropout
 from .elemwise import Elemwise
 from .embedding import Embedding
@@ -33,7 +34,8 @@ from .vision import (
 )
 
 __all__ = [
-    "Module", "init", "Sequential", "Identity", "Linear", "Conv1d", "Conv2d", "ConvTranspose2d",
+    "Module", "init", "Sequential", "Identity", "Linear", "Conv1d", "Conv2d", "Conv3d",
+    "ConvTranspose2d", "ConvTranspose3d", "LocalConv2d", "DeformableConv2d",
     "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "Embedding", "ReLU",
     "LeakyReLU", "PReLU", "Sigmoid", "SiLU", "GELU", "Softmax",

@@ -1,4 +1,4 @@
-"""Convolution layers: Conv1d, Conv2d and ConvTranspose2d, with upstream's weight layouts."""
+"""Convolution layers (Conv1d/2d/3d, ConvTranspose2d/3d, LocalConv2d, DeformableConv2d), upstream's weight layouts."""
 from typing import Tuple, Union
 
 import numpy as np
@@ -8,7 +8,8 @@ from ..core.tensor import Parameter
 from . import init
 from .module import Module
 
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "DeformableConv2d",
+           "LocalConv2d"]
 
 
 def _pair(value, what, allow_zero):
@@ -18,6 +19,16 @@ def _pair(value, what, allow_zero):
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= lowest for v in pair):
         raise ValueError(f"{what} must be an int >= {lowest} or a pair of them, got {value!r}")
     return tuple(int(v) for v in pair)
+
+
+def _triple(value, what, allow_zero):
+    """An int or three ints as a triple of non-negative (or positive) ints."""
+    triple = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
+    lowest = 0 if allow_zero else 1
+    if len(triple) != 3 or not all(isinstance(v, (int, np.integer)) and v >= lowest
+                                   for v in triple):
+        raise ValueError(f"{what} must be an int >= {lowest} or three of them, got {value!r}")
+    return tuple(int(v) for v in triple)
 
 
 def _single(value, what, allow_zero):
@@ -191,3 +202,130 @@ class ConvTranspose2d(_ConvNd):
         return F.conv_transpose2d(inp, self.weight, self.bias, self.stride, self.padding,
                                   self.output_padding, self.dilation, self.groups,
                                   self.conv_mode, self.compute_mode)
+
+
+class Conv3d(_ConvNd):
+    """3-d convolution over (N, C, D, H, W) inputs; ``weight`` (out, in, kd, kh, kw) or
+    (groups, out/groups, in/groups, kd, kh, kw), ``bias`` (1, out, 1, 1, 1)."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int, int]],
+                 stride: Union[int, Tuple[int, int, int]] = 1,
+                 padding: Union[int, Tuple[int, int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int, int]] = 1, groups: int = 1,
+                 bias: bool = True, conv_mode: str = "cross_correlation", **kwargs):
+        super().__init__(
+            in_channels, out_channels, _triple(kernel_size, "Conv3d kernel_size", False),
+            _triple(stride, "Conv3d stride", False), _triple(padding, "Conv3d padding", True),
+            _triple(dilation, "Conv3d dilation", False), groups, bias, conv_mode, "default",
+            **kwargs,
+        )
+
+    def forward(self, inp):
+        return F.conv3d(inp, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups, self.conv_mode)
+
+
+class ConvTranspose3d(_ConvNd):
+    """Transposed 3-d convolution (the gradient of Conv3d w.r.t. its input); ``weight``
+    (in, out, kd, kh, kw) or (groups, in/groups, out/groups, kd, kh, kw), ``bias``
+    (1, out, 1, 1, 1)."""
+
+    _transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int, int]],
+                 stride: Union[int, Tuple[int, int, int]] = 1,
+                 padding: Union[int, Tuple[int, int, int]] = 0,
+                 output_padding: Union[int, Tuple[int, int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int, int]] = 1, groups: int = 1,
+                 bias: bool = True, **kwargs):
+        self.output_padding = _triple(output_padding, "ConvTranspose3d output_padding", True)
+        super().__init__(
+            in_channels, out_channels, _triple(kernel_size, "ConvTranspose3d kernel_size", False),
+            _triple(stride, "ConvTranspose3d stride", False),
+            _triple(padding, "ConvTranspose3d padding", True),
+            _triple(dilation, "ConvTranspose3d dilation", False), groups, bias,
+            "cross_correlation", "default", **kwargs,
+        )
+
+    def _get_fanin(self):
+        # upstream's ConvTranspose3d counts the input channels (ConvTranspose2d the output ones)
+        return self.in_channels * int(np.prod(self.kernel_size))
+
+    def forward(self, inp):
+        return F.conv_transpose3d(inp, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.dilation, self.groups)
+
+
+class LocalConv2d(_ConvNd):
+    """Convolution with untied kernels (a locally connected layer): every output position of an
+    ``input_height`` x ``input_width`` input has its own kernel. ``weight`` is
+    (groups, OH, OW, in/groups, kh, kw, out/groups); there is no bias."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int, input_height: int,
+                 input_width: int, kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1,
+                 conv_mode: str = "cross_correlation", **kwargs):
+        self.input_height, self.input_width = int(input_height), int(input_width)
+        super().__init__(
+            in_channels, out_channels, _pair(kernel_size, "LocalConv2d kernel_size", False),
+            _pair(stride, "LocalConv2d stride", False),
+            _pair(padding, "LocalConv2d padding", True),
+            _pair(dilation, "LocalConv2d dilation", False), groups, False, conv_mode, "default",
+            **kwargs,
+        )
+
+    def _infer_weight_shape(self):
+        # the output size counts the dilation (upstream's layer leaves it out, which makes
+        # its weight unusable with dilation > 1)
+        out = []
+        for size, k, s, p, d in zip((self.input_height, self.input_width), self.kernel_size,
+                                    self.stride, self.padding, self.dilation):
+            o = (size + 2 * p - d * (k - 1) - 1) // s + 1
+            if o < 1:
+                raise ValueError(f"LocalConv2d: an input of {self.input_height}x"
+                                 f"{self.input_width} is too small for kernel {self.kernel_size}"
+                                 f" (padding {self.padding}, dilation {self.dilation})")
+            out.append(o)
+        g = self.groups
+        return (g, out[0], out[1], self.in_channels // g) + self.kernel_size + \
+            (self.out_channels // g,)
+
+    def forward(self, inp):
+        return F.local_conv2d(inp, self.weight, None, self.stride, self.padding, self.dilation,
+                              self.conv_mode)
+
+
+class DeformableConv2d(_ConvNd):
+    """Deformable convolution (DCNv2): ``forward(inp, offset, mask)``, each kernel tap reading
+    the input at a learned offset, scaled by a learned mask (see F.deformable_conv2d).
+    ``weight`` (out, in, kh, kw) or (groups, out/groups, in/groups, kh, kw), ``bias``
+    (1, out, 1, 1)."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
+                 conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
+        super().__init__(
+            in_channels, out_channels, _pair(kernel_size, "DeformableConv2d kernel_size", False),
+            _pair(stride, "DeformableConv2d stride", False),
+            _pair(padding, "DeformableConv2d padding", True),
+            _pair(dilation, "DeformableConv2d dilation", False), groups, bias, conv_mode,
+            compute_mode, **kwargs,
+        )
+
+    def forward(self, inp, offset, mask):
+        return F.deformable_conv2d(inp, self.weight, offset, mask, self.bias, self.stride,
+                                   self.padding, self.dilation, self.groups, self.conv_mode,
+                                   self.compute_mode)

@@ -1,0 +1,82 @@
+"""The one place where engine arrays become torch tensors for ATen's kernels, and back, without copies.
+
+Convolution, pooling and batch norm run on ATen (oneDNN / its own vectorised kernels on the CPU,
+cuDNN on CUDA) through the bridge's zero-copy views (`megengine.core.torch_bridge`). The op
+around each kernel (its autodiff, dtype rules, errors) stays ours. torch is imported at the first
+kernel call, never by ``import megengine`` or ``import megengine.functional``.
+
+Threads: the kernels run on torch's intra-op thread pool, so they follow torch's own setting
+(``OMP_NUM_THREADS`` at start-up, ``torch.set_num_threads`` at run time), as upstream MegEngine's
+CPU kernels follow its device's thread count. `set_num_threads` / `get_num_threads` here set and
+read that one pool without the caller importing torch.
+"""
+import os
+
+__all__ = ["aten", "view", "array", "torch_module", "set_num_threads", "get_num_threads"]
+
+_torch = None
+_aten = None
+_to_torch = None
+_from_torch = None
+
+
+def _load():
+    """Import torch and the bridge once; afterwards every helper is a global read."""
+    global _torch, _aten, _to_torch, _from_torch
+    import torch
+
+    from ..core.torch_bridge import load_extension
+
+    ext = load_extension()
+    threads = os.environ.get("MGE_NUM_THREADS")
+    if threads:  # an explicit engine setting wins over torch's default (all cores)
+        torch.set_num_threads(_check_threads(threads, "MGE_NUM_THREADS"))
+    _aten, _to_torch, _from_torch = torch.ops.aten, ext.to_torch, ext.from_torch
+    _torch = torch
+    return torch
+
+
+def _check_threads(n, what):
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(f"{what}: the number of threads must be a positive integer, got {n!r}")
+    return n
+
+
+def torch_module():
+    """The torch module (imported on first use)."""
+    return _torch or _load()
+
+
+def aten():
+    """``torch.ops.aten``: the kernels' namespace (imports torch on first use)."""
+    if _aten is None:
+        _load()
+    return _aten
+
+
+def view(a):
+    """A torch tensor over engine array ``a``'s memory (numpy or CuPy): no copy."""
+    if _to_torch is None:
+        _load()
+    return _to_torch(a)
+
+
+def array(t):
+    """An engine array over torch tensor ``t``'s storage (numpy for CPU, CuPy for CUDA): no copy."""
+    if _from_torch is None:
+        _load()
+    return _from_torch(t)
+
+
+def set_num_threads(n):
+    """Set the number of CPU threads the engine's ATen kernels use (torch's intra-op pool)."""
+    torch_module().set_num_threads(_check_threads(n, "set_num_threads"))
+
+
+def get_num_threads():
+    """The number of CPU threads the engine's ATen kernels use."""
+    return torch_module().get_num_threads()

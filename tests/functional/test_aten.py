@@ -1,0 +1,42 @@
+"""Tests of megengine/functional/_aten.py: torch loads at the first kernel, and the thread setting."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megengine.functional import _aten
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(code, **env):
+    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_torch_loads_at_the_first_kernel_with_the_engine_thread_setting():
+    # one subprocess for both checks (a fresh interpreter importing torch takes seconds)
+    code = ("import sys, numpy as np, megengine as mge, megengine.functional as F\n"
+            "print('torch' in sys.modules)\n"
+            "x = mge.tensor(np.ones((1, 1, 4, 4), 'float32'))\n"
+            "y = F.max_pool2d(x, 2)\n"
+            "import torch\n"
+            "print('torch' in sys.modules, float(y.sum().numpy()), torch.get_num_threads())")
+    assert _run(code, MGE_NUM_THREADS="1", OMP_NUM_THREADS="2") == ["False", "True", "4.0", "1"]
+
+
+def test_engine_thread_setting_is_torchs_pool():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        _aten.set_num_threads(1)
+        assert torch.get_num_threads() == 1 and _aten.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="set_num_threads: the number of threads must be a "
+                                         "positive integer, got 0"):
+        _aten.set_num_threads(0)

@@ -1,0 +1,442 @@
+"""Tests of megengine/functional/conv.py: values and gradients against torch, memory shared with ATen."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
+
+
+# ----- convolution -----
+
+CONV_CASES = [
+    # (N, C, H, W), O, k, stride, padding, dilation, groups
+    ((2, 3, 9, 9), 4, 3, 1, 0, 1, 1),
+    ((2, 3, 9, 9), 4, 3, 1, 1, 1, 1),
+    ((2, 3, 10, 11), 5, 3, 2, 1, 1, 1),
+    ((2, 2, 12, 12), 3, 3, 1, 2, 2, 1),
+    ((1, 3, 11, 9), 2, (3, 2), (2, 1), (1, 2), (1, 2), 1),
+    ((2, 4, 8, 8), 6, 3, 1, 1, 1, 2),
+    ((2, 4, 9, 7), 8, (2, 3), 2, (0, 1), 1, 4),
+    ((3, 4, 6, 6), 5, 1, 1, 0, 1, 1),  # 1x1 fast path
+    ((16, 1, 28, 28), 8, 3, 1, 1, 1, 1),  # the benchmark CNN's layer (smaller batch)
+]
+
+
+def _kpair(k):
+    return (k, k) if isinstance(k, int) else k
+
+
+@pytest.mark.parametrize("shape,out,k,stride,padding,dilation,groups", CONV_CASES)
+def test_conv2d(shape, out, k, stride, padding, dilation, groups):
+    kh, kw = _kpair(k)
+    x = rand(*shape)
+    w = rand(out, shape[1] // groups, kh, kw)
+    b = rand(1, out, 1, 1)
+    check(lambda a, c, d: F.conv2d(a, c, d, stride, padding, dilation, groups),
+          lambda a, c, d: TF.conv2d(a, c, d.reshape(-1), stride, padding, dilation, groups),
+          x, w, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_upstream_grouped_weight_layout():
+    x = rand(2, 6, 7, 7)
+    w = rand(3, 4, 2, 3, 3)  # (groups, out/groups, in/groups, kh, kw)
+    check(lambda a, c: F.conv2d(a, c, padding=1, groups=3),
+          lambda a, c: TF.conv2d(a, c.reshape(12, 2, 3, 3), padding=1, groups=3),
+          x, w, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_without_bias_and_input_grad():
+    x, w = rand(2, 3, 6, 6), rand(4, 3, 3, 3)
+    check(lambda a, c: F.conv2d(a, c, stride=2), lambda a, c: TF.conv2d(a, c, stride=2),
+          x, w, diff=[1], rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_channel_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"conv2d.*\(2, 3, 8, 8\).*3 channels.*\(4, 2, 3, 3\)"):
+        F.conv2d(mge.tensor(rand(2, 3, 8, 8)), mge.tensor(rand(4, 2, 3, 3)))
+
+
+def test_conv2d_bad_arguments():
+    x = mge.tensor(rand(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="conv2d: expected a 4-d input"):
+        F.conv2d(mge.tensor(rand(4, 5, 5)), mge.tensor(rand(2, 4, 3, 3)))
+    with pytest.raises(ValueError, match="has 2 groups, but groups=4"):
+        F.conv2d(x, mge.tensor(rand(2, 3, 2, 3, 3)), groups=4)
+    with pytest.raises(ValueError, match="too small"):
+        F.conv2d(x, mge.tensor(rand(2, 4, 7, 7)))
+    with pytest.raises(ValueError, match="bias of shape"):
+        F.conv2d(x, mge.tensor(rand(2, 4, 3, 3)), mge.tensor(rand(1, 3, 1, 1)))
+    with pytest.raises(ValueError, match="conv_mode"):
+        F.conv2d(x, mge.tensor(rand(2, 4, 3, 3)), conv_mode="convolution")
+    with pytest.raises(TypeError, match="stride must be an int or a pair"):
+        F.conv2d(x, mge.tensor(rand(2, 4, 3, 3)), stride="2")
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (2, 1, 1, 2),
+])
+def test_conv1d(stride, padding, dilation, groups):
+    x, w, b = rand(2, 4, 15), rand(6, 4 // groups, 3), rand(1, 6, 1)
+    check(lambda a, c, d: F.conv1d(a, c, d, stride, padding, dilation, groups),
+          lambda a, c, d: TF.conv1d(a, c, d.reshape(-1), stride, padding, dilation, groups),
+          x, w, b, rtol=1e-4, atol=1e-4)
+
+
+CONV_T_CASES = [
+    # (N, Cin, H, W), Cout, k, stride, padding, output_padding, dilation, groups
+    ((2, 3, 5, 5), 4, 3, 1, 0, 0, 1, 1),
+    ((2, 3, 5, 6), 2, 3, 2, 1, 1, 1, 1),
+    ((1, 2, 4, 4), 3, (2, 3), (2, 1), (0, 1), (1, 0), 1, 1),
+    ((2, 2, 5, 5), 2, 3, 1, 2, 0, 2, 1),
+    ((2, 4, 5, 5), 6, 3, 2, 1, 0, 1, 2),
+]
+
+
+@pytest.mark.parametrize("shape,out,k,stride,padding,output_padding,dilation,groups",
+                         CONV_T_CASES)
+def test_conv_transpose2d(shape, out, k, stride, padding, output_padding, dilation, groups):
+    kh, kw = _kpair(k)
+    x, w, b = rand(*shape), rand(shape[1], out // groups, kh, kw), rand(1, out, 1, 1)
+    check(lambda a, c, d: F.conv_transpose2d(a, c, d, stride, padding, output_padding, dilation,
+                                             groups),
+          lambda a, c, d: TF.conv_transpose2d(a, c, d.reshape(-1), stride, padding,
+                                              output_padding, groups, dilation),
+          x, w, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose2d_upstream_grouped_weight_layout():
+    x, w = rand(2, 4, 5, 5), rand(2, 2, 3, 3, 3)  # (groups, in/groups, out/groups, kh, kw)
+    check(lambda a, c: F.conv_transpose2d(a, c, stride=2, groups=2),
+          lambda a, c: TF.conv_transpose2d(a, c.reshape(4, 3, 3, 3), stride=2, groups=2),
+          x, w, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose2d_channel_mismatch():
+    with pytest.raises(ValueError, match=r"conv_transpose2d.*\(1, 3, 4, 4\).*\(2, 5, 3, 3\)"):
+        F.conv_transpose2d(mge.tensor(rand(1, 3, 4, 4)), mge.tensor(rand(2, 5, 3, 3)))
+
+
+def test_conv1d_upstream_grouped_weight_layout():
+    x, w = rand(2, 4, 9), rand(2, 3, 2, 3)  # (groups, out/groups, in/groups, k)
+    check(lambda a, c: F.conv1d(a, c, padding=1, groups=2),
+          lambda a, c: TF.conv1d(a, c.reshape(6, 2, 3), padding=1, groups=2),
+          x, w, rtol=1e-4, atol=1e-4)
+
+
+CONV3D_CASES = [
+    # (N, C, D, H, W), O, k, stride, padding, dilation, groups
+    ((2, 3, 5, 6, 5), 4, 3, 1, 0, 1, 1),
+    ((1, 4, 6, 5, 7), 6, (2, 3, 1), (2, 1, 2), (1, 0, 1), 1, 2),
+    ((2, 2, 7, 7, 7), 2, 3, 1, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("shape,out,k,stride,padding,dilation,groups", CONV3D_CASES)
+def test_conv3d(shape, out, k, stride, padding, dilation, groups):
+    k3 = (k,) * 3 if isinstance(k, int) else k
+    x, w, b = rand(*shape), rand(out, shape[1] // groups, *k3), rand(1, out, 1, 1, 1)
+    check(lambda a, c, d: F.conv3d(a, c, d, stride, padding, dilation, groups),
+          lambda a, c, d: TF.conv3d(a, c, d.reshape(-1), stride, padding, dilation, groups),
+          x, w, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv3d_upstream_grouped_weight_layout_and_errors():
+    x, w = rand(1, 4, 4, 4, 4), rand(2, 3, 2, 2, 2, 2)
+    check(lambda a, c: F.conv3d(a, c, groups=2),
+          lambda a, c: TF.conv3d(a, c.reshape(6, 2, 2, 2, 2), groups=2), x, w,
+          rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"conv3d: expected a 5-d input \(N, C, D, H, W\)"):
+        F.conv3d(mge.tensor(rand(1, 4, 4, 4)), mge.tensor(w), groups=2)
+    with pytest.raises(TypeError, match="conv3d: stride must be an int or 3 ints"):
+        F.conv3d(mge.tensor(x), mge.tensor(w), stride=(1, 2), groups=2)
+
+
+@pytest.mark.parametrize("stride,padding,output_padding,dilation,groups", [
+    (1, 0, 0, 1, 1), (2, 1, 1, 1, 1), ((2, 1, 2), (0, 1, 1), (1, 0, 0), 1, 2), (1, 1, 0, 2, 1),
+])
+def test_conv_transpose3d(stride, padding, output_padding, dilation, groups):
+    x, w, b = rand(2, 4, 3, 4, 3), rand(4, 6 // groups, 3, 2, 3), rand(1, 6, 1, 1, 1)
+    check(lambda a, c, d: F.conv_transpose3d(a, c, d, stride, padding, output_padding,
+                                             dilation, groups),
+          lambda a, c, d: TF.conv_transpose3d(a, c, d.reshape(-1), stride, padding,
+                                              output_padding, groups, dilation),
+          x, w, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_integer_input_computes_in_float32():
+    x = np.arange(2 * 3 * 5 * 5, dtype=np.int32).reshape(2, 3, 5, 5) % 7
+    w = rand(4, 3, 3, 3)
+    y = F.conv2d(mge.tensor(x), mge.tensor(w))
+    assert y.dtype == np.float32
+    expect = TF.conv2d(torch.tensor(x, dtype=torch.float32), torch.tensor(w))
+    np.testing.assert_allclose(y.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ----- memory: ATen works on the engine's arrays, no copies -----
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_conv_saves_views_of_the_engine_arrays_and_returns_torch_memory():
+    x, w = mge.tensor(rand(2, 3, 8, 8)), mge.tensor(rand(4, 3, 3, 3))
+    gm = GradManager().attach([x, w])
+    with gm:
+        y = F.conv2d(x, w, padding=1)
+        op = y._node[0].op
+        # what backward keeps is the input and the weight themselves (as torch keeps them)
+        assert op.tx.data_ptr() == _address(x._data)
+        assert op.tw.data_ptr() == _address(w._data)
+        # the output is ATen's buffer seen through numpy, not a copy of it
+        assert not y._data.flags.owndata and y._data.base is not None
+        gm.backward(y, mge.tensor(np.ones(y.shape, np.float32)))
+    assert not x.grad._data.flags.owndata and not w.grad._data.flags.owndata
+
+
+def test_grouped_weight_is_viewed_not_copied():
+    x, w = mge.tensor(rand(1, 4, 6, 6)), mge.tensor(rand(2, 3, 2, 3, 3))
+    gm = GradManager().attach([w])
+    with gm:
+        y = F.conv2d(x, w, groups=2)
+        assert y._node[0].op.tw.data_ptr() == _address(w._data)
+        gm.backward(y.sum())
+    assert w.grad.shape == w.shape
+
+
+# ----- grad_graph: the gradients as recorded convolutions -----
+
+GRAPH_CASES = [
+    ("conv2d", lambda x, w, b: F.conv2d(x, w, b, 2, 1, 1, 1), (2, 3, 7, 8), (4, 3, 3, 3)),
+    ("conv2d_grouped_dilated", lambda x, w, b: F.conv2d(x, w, b, 1, 2, 2, 2), (2, 4, 9, 9),
+     (2, 3, 2, 3, 3)),
+    ("conv2d_stride_remainder", lambda x, w, b: F.conv2d(x, w, b, 3, 0, 1, 1), (1, 2, 10, 11),
+     (3, 2, 2, 2)),
+    ("conv1d", lambda x, w, b: F.conv1d(x, w, b, 2, 1, 1, 2), (2, 4, 11), (6, 2, 3)),
+    ("conv3d", lambda x, w, b: F.conv3d(x, w, b, 1, 1, 1, 1), (1, 2, 4, 5, 4), (3, 2, 2, 3, 2)),
+    ("conv_transpose2d", lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1, 1, 2),
+     (2, 4, 4, 5), (4, 3, 3, 3)),
+    ("conv_transpose3d", lambda x, w, b: F.conv_transpose3d(x, w, b, 2, 0, 1, 1, 1),
+     (1, 2, 3, 3, 2), (2, 3, 2, 2, 3)),
+]
+
+
+@pytest.mark.parametrize("name,fn,xshape,wshape", GRAPH_CASES, ids=[c[0] for c in GRAPH_CASES])
+def test_grad_graph_matches_backward(name, fn, xshape, wshape):
+    transposed = "transpose" in name
+    groups = 2 if name in ("conv2d_grouped_dilated", "conv1d", "conv_transpose2d") else 1
+    out = wshape[0] * (wshape[1] if len(wshape) > len(xshape) else 1)
+    if transposed:
+        out = wshape[1] * groups
+    b_shape = (1, out) + (1,) * (len(xshape) - 2)
+    x, w, b = mge.tensor(rand(*xshape)), mge.tensor(rand(*wshape)), mge.tensor(rand(*b_shape))
+    gm = GradManager().attach([x, w, b])
+    with gm:
+        y = fn(x, w, b)
+        op = y._node[0].op
+    dy = rand(*y.shape)
+    expect = op.backward(dy)
+    got = op.grad_graph((x, w, b), (y,), (mge.tensor(dy),))
+    for e, g in zip(expect, got):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-4)
+
+
+# ----- sliding windows -----
+
+@pytest.mark.parametrize("kernel,padding,stride,dilation", [
+    (3, 0, 1, 1), ((2, 3), (1, 0), (2, 1), 1), (2, 1, 1, 2),
+])
+def test_sliding_window(kernel, padding, stride, dilation):
+    x = rand(2, 3, 7, 6)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+
+    def torch_fn(a):
+        cols = TF.unfold(a, kernel, dilation, padding, stride)  # (N, C*kh*kw, L)
+        h = (7 + 2 * _kpair(padding)[0] - _kpair(dilation)[0] * (kh - 1) - 1) \
+            // _kpair(stride)[0] + 1
+        return cols.reshape(2, 3, kh, kw, h, -1).permute(0, 1, 4, 5, 2, 3)
+
+    check(lambda a: F.sliding_window(a, kernel, padding, stride, dilation), torch_fn, x)
+
+
+@pytest.mark.parametrize("kernel,padding,stride,dilation", [(3, 0, 1, 1), (2, 1, 2, 1),
+                                                            ((3, 2), 1, 1, (1, 2))])
+def test_sliding_window_transpose_is_fold(kernel, padding, stride, dilation):
+    size = (6, 7)
+    windows = F.sliding_window(mge.tensor(rand(2, 3, *size)), kernel, padding, stride, dilation)
+    x = rand(*windows.shape)
+    n, c, oh, ow, kh, kw = x.shape
+
+    def torch_fn(a):
+        cols = a.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
+        return TF.fold(cols, size, kernel, dilation, padding, stride)
+
+    check(lambda a: F.sliding_window_transpose(a, size, kernel, padding, stride, dilation),
+          torch_fn, x)
+
+
+def test_sliding_window_errors():
+    with pytest.raises(ValueError, match="sliding_window: expected a 4-d input"):
+        F.sliding_window(mge.tensor(rand(3, 4, 4)), 2)
+    with pytest.raises(ValueError, match="sliding_window_transpose: input of shape"):
+        F.sliding_window_transpose(mge.tensor(rand(1, 1, 3, 3, 2, 2)), (5, 5), 2)
+
+
+# ----- local (untied) convolution -----
+
+def _torch_local_conv(x, w, stride, padding, dilation):
+    """Reference: one einsum per output position over its own window (no unfold)."""
+    g, oh, ow, cg, kh, kw, og = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = _kpair(stride), _kpair(padding), _kpair(dilation)
+    xp = TF.pad(x, (pw, pw, ph, ph))
+    n = x.shape[0]
+    rows = []
+    for i in range(oh):
+        cols = []
+        for j in range(ow):
+            win = xp[:, :, i * sh:i * sh + dh * (kh - 1) + 1:dh, j * sw:j * sw + dw * (kw - 1) + 1:dw]
+            win = win.reshape(n, g, cg, kh, kw)
+            cols.append(torch.einsum("ngcij,gcijo->ngo", win, w[:, i, j]).reshape(n, g * og))
+        rows.append(torch.stack(cols, -1))
+    return torch.stack(rows, -2)
+
+
+@pytest.mark.parametrize("groups,stride,padding,dilation", [(1, 1, 0, 1), (2, 2, 1, 1),
+                                                            (1, 1, 1, 2)])
+def test_local_conv2d(groups, stride, padding, dilation):
+    x = rand(2, 4, 6, 7)
+    k = 3
+    oh = (6 + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    ow = (7 + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    w = rand(groups, oh, ow, 4 // groups, k, k, 6 // groups)
+    check(lambda a, c: F.local_conv2d(a, c, None, stride, padding, dilation),
+          lambda a, c: _torch_local_conv(a, c, stride, padding, dilation),
+          x, w, rtol=1e-4, atol=1e-4)
+
+
+def test_local_conv2d_six_dim_weight_and_bias():
+    x, w, b = rand(1, 3, 5, 5), rand(3, 3, 3, 3, 3, 2), rand(1, 2, 1, 1)
+    check(lambda a, c, d: F.local_conv2d(a, c, d),
+          lambda a, c, d: _torch_local_conv(a, c[None], 1, 0, 1) + d, x, w, b,
+          rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"local_conv2d: the weight .* 3x3 output positions.*4x4"):
+        F.local_conv2d(mge.tensor(rand(1, 3, 6, 6)), mge.tensor(w))
+
+
+# ----- deformable convolution -----
+
+def _torch_deformable(x, w, offset, mask, stride, padding, dilation, groups):
+    """Reference, tap by tap and position by position: DCNv2's bilinear sampling."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = _kpair(stride), _kpair(padding), _kpair(dilation)
+    oh, ow = offset.shape[2:]
+    taps = kh * kw
+    dg = offset.shape[1] // (2 * taps)
+    cols = []
+    for b in range(n):
+        per_b = []
+        for t in range(taps):
+            i, j = divmod(t, kw)
+            for gi in range(dg):
+                chans = slice(gi * c // dg, (gi + 1) * c // dg)
+                grid = []
+                for y in range(oh):
+                    for z in range(ow):
+                        py = y * sh - ph + i * dh + offset[b, 2 * (gi * taps + t), y, z]
+                        px = z * sw - pw + j * dw + offset[b, 2 * (gi * taps + t) + 1, y, z]
+                        val = torch.zeros(c // dg)
+                        if -1 < float(py.detach()) < h and -1 < float(px.detach()) < wd:
+                            y0, x0 = int(np.floor(float(py.detach()))), int(np.floor(float(px.detach())))
+                            for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+                                if 0 <= yy < h and 0 <= xx < wd:
+                                    wgt = (1 - (py - yy).abs()) * (1 - (px - xx).abs())
+                                    val = val + wgt * x[b, chans, yy, xx]
+                        grid.append(val * mask[b, gi * taps + t, y, z])
+                per_b.append(torch.stack(grid, -1))  # (c/dg, L)
+        # (taps, dg, c/dg, L) -> (c, taps, L)
+        stacked = torch.stack(per_b).reshape(taps, dg, c // dg, oh * ow)
+        cols.append(stacked.permute(1, 2, 0, 3).reshape(c, taps, oh * ow))
+    cols = torch.stack(cols).reshape(n, groups, cg * taps, oh * ow)
+    return torch.matmul(w.reshape(groups, o // groups, cg * taps), cols).reshape(n, o, oh, ow)
+
+
+@pytest.mark.parametrize("groups,dg,stride,padding,dilation", [(1, 1, 1, 1, 1), (2, 2, 2, 0, 1),
+                                                               (1, 2, 1, 1, 2)])
+def test_deformable_conv2d_against_a_direct_reference(groups, dg, stride, padding, dilation):
+    np.random.seed(3)
+    x, w = rand(1, 4, 5, 5), rand(4, 4 // groups, 3, 3)
+    oh = (5 + 2 * padding - dilation * 2 - 1) // stride + 1
+    offset = rand(1, 2 * dg * 9, oh, oh, low=-1.5, high=1.5)
+    mask = rand(1, dg * 9, oh, oh, low=0.0, high=1.0)
+    check(lambda a, c, d, e: F.deformable_conv2d(a, c, d, e, None, stride, padding, dilation,
+                                                 groups),
+          lambda a, c, d, e: _torch_deformable(a, c, d, e, stride, padding, dilation, groups),
+          x, w, offset, mask, rtol=1e-4, atol=1e-4)
+
+
+def test_deformable_conv2d_without_offsets_is_conv2d():
+    x, w, b = rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(1, 4, 1, 1)
+    offset, mask = np.zeros((2, 18, 6, 6), np.float32), np.ones((2, 9, 6, 6), np.float32)
+    check(lambda a, c, d, e, f: F.deformable_conv2d(a, c, d, e, f, padding=1),
+          lambda a, c, d, e, f: TF.conv2d(a, c, f.reshape(-1), padding=1), x, w, offset, mask, b,
+          diff=[0, 1, 4], rtol=1e-4, atol=1e-4)
+
+
+def test_deformable_conv2d_bad_offset_names_the_layout():
+    x, w = mge.tensor(rand(1, 2, 5, 5)), mge.tensor(rand(2, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"offset of shape \(1, 9, 3, 3\) must be"):
+        F.deformable_conv2d(x, w, mge.tensor(rand(1, 9, 3, 3)), mge.tensor(rand(1, 9, 3, 3)))
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 8, 3, 3\) must be"):
+        F.deformable_conv2d(x, w, mge.tensor(rand(1, 18, 3, 3)), mge.tensor(rand(1, 8, 3, 3)))
+
+
+def test_sliding_windows_keep_integers():
+    x = np.arange(2 * 5 * 4, dtype=np.int32).reshape(1, 2, 5, 4)
+    windows = F.sliding_window(mge.tensor(x), 2, stride=(2, 1))
+    assert windows.dtype == np.int32 and windows.shape == (1, 2, 2, 3, 2, 2)
+    # window (i, j) starts at row 2i, column j
+    np.testing.assert_array_equal(windows.numpy()[0, 1, 1, 2], x[0, 1, 2:4, 2:4])
+    back = F.sliding_window_transpose(windows, (5, 4), 2, stride=(2, 1))
+    assert back.dtype == np.int32
+    counts = np.array([1, 2, 2, 1])  # how many windows cover each column; rows 0-3 once, 4 never
+    np.testing.assert_array_equal(back.numpy()[0, :, :4], x[0, :, :4] * counts)
+    np.testing.assert_array_equal(back.numpy()[0, :, 4], 0)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_grad_graph_is_recorded_for_a_second_derivative(transposed):
+    # d/dw <dx, v> through the recorded gradient, against torch's double backward
+    x0, v0 = rand(2, 4, 6, 6), None
+    w0 = rand(4, 3, 3, 3) if transposed else rand(6, 2, 3, 3)
+    conv_m = (lambda a, c: F.conv_transpose2d(a, c, stride=2, padding=1, groups=2)) \
+        if transposed else (lambda a, c: F.conv2d(a, c, stride=2, padding=1, groups=2))
+    conv_t = (lambda a, c: TF.conv_transpose2d(a, c, stride=2, padding=1, groups=2)) \
+        if transposed else (lambda a, c: TF.conv2d(a, c, stride=2, padding=1, groups=2))
+    x, w = mge.tensor(x0), mge.tensor(w0)
+    gm_outer, gm_inner = GradManager().attach([w]), GradManager().attach([x, w])
+    with gm_outer:
+        with gm_inner:
+            y = conv_m(x, w)
+        dy0 = rand(*y.shape)
+        v0 = rand(*x0.shape)
+        gx, _ = y._node[0].op.grad_graph((x, w), (y,), (mge.tensor(dy0),))
+        gm_outer.backward((gx * mge.tensor(v0)).sum())
+    tx, tw = torch.tensor(x0, requires_grad=True), torch.tensor(w0, requires_grad=True)
+    (tgx,) = torch.autograd.grad(conv_t(tx, tw), tx, torch.tensor(dy0), create_graph=True)
+    (tgx * torch.tensor(v0)).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,204 @@
+"""Tests of megengine/functional/normalization.py: values, gradients and running statistics against torch."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
+
+
+# ----- normalization -----
+
+def _bn_inputs(shape):
+    c = shape[1]
+    return rand(*shape), rand(1, c, *([1] * (len(shape) - 2)), low=0.5, high=1.5), \
+        rand(1, c, *([1] * (len(shape) - 2)))
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 5), (16, 4), (6, 3, 7)])
+def test_batch_norm_training_values_grads_and_running_stats(shape):
+    x, w, b = _bn_inputs(shape)
+    c = shape[1]
+    rm0, rv0 = rand(1, c, 1, 1), rand(1, c, 1, 1, low=0.5, high=2)
+    rm, rv = mge.tensor(rm0), mge.tensor(rv0)
+    storage = (rm._data, rv._data)
+    trm, trv = torch.tensor(rm0.reshape(-1)), torch.tensor(rv0.reshape(-1))
+    momentum = 0.8
+    check(lambda a, c_, d: F.batch_norm(a, rm, rv, c_, d, training=True, momentum=momentum),
+          lambda a, c_, d: TF.batch_norm(a, trm, trv, c_.reshape(-1), d.reshape(-1),
+                                         training=True, momentum=1 - momentum),
+          x, w, b, rtol=1e-4, atol=1e-4)
+    # the running stats are updated in place, with torch's (unbiased) running variance
+    assert rm._data is storage[0] and rv._data is storage[1]
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.numpy().reshape(-1), trv.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_inference():
+    x, w, b = _bn_inputs((4, 3, 5, 5))
+    rm, rv = rand(3), rand(3, low=0.5, high=2)
+    check(lambda a, c, d, e, f: F.batch_norm(a, e, f, c, d, training=False),
+          lambda a, c, d, e, f: TF.batch_norm(a, e, f, c.reshape(-1), d.reshape(-1),
+                                              training=False),
+          x, w, b, rm, rv, diff=[0, 1, 2], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_without_affine_or_running_stats():
+    x = rand(6, 3, 4, 4)
+    check(lambda a: F.batch_norm(a, training=True),
+          lambda a: TF.batch_norm(a, None, None, training=True), x, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_not_inplace_returns_new_stats():
+    x = rand(8, 3, 4, 4)
+    rm, rv = mge.tensor(np.zeros((1, 3, 1, 1), np.float32)), mge.tensor(np.ones((1, 3, 1, 1),
+                                                                                np.float32))
+    out, new_mean, new_var = F.batch_norm(mge.tensor(x), rm, rv, training=True, inplace=False)
+    trm, trv = torch.zeros(3), torch.ones(3)
+    expect = TF.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=0.1)
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(new_mean.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_var.numpy().reshape(-1), trv.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rm.numpy(), 0)  # untouched
+    np.testing.assert_array_equal(rv.numpy(), 1)
+
+
+def test_batch_norm_with_only_a_running_mean():
+    x = rand(8, 3, 4, 4)
+    rm = mge.tensor(np.ones((1, 3, 1, 1), np.float32))
+    out = F.batch_norm(mge.tensor(x), rm, None, training=True, momentum=0.5)
+    trm, trv = torch.ones(3), torch.ones(3)
+    expect = TF.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=0.5)
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_batch_norm_running_stats_update_on_every_traced_call(symbolic):
+    from megengine.jit import trace
+
+    rm, rv = mge.tensor(np.zeros((1, 3, 1, 1), np.float32)), mge.tensor(np.ones((1, 3, 1, 1),
+                                                                                np.float32))
+    step = trace(lambda a: F.batch_norm(a, rm, rv, training=True), symbolic=symbolic)
+    trm, trv = torch.zeros(3), torch.ones(3)
+    for _ in range(3):
+        x = rand(4, 3, 2, 2)
+        out = step(mge.tensor(x))
+        expect = TF.batch_norm(torch.tensor(x), trm, trv, training=True, momentum=0.1)
+        np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.numpy().reshape(-1), trv.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_errors():
+    x = mge.tensor(rand(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="running_mean and running_var are needed"):
+        F.batch_norm(x)
+    with pytest.raises(ValueError, match=r"batch_norm: weight of shape \(4,\) does not match 3"):
+        F.batch_norm(x, weight=mge.tensor(rand(4)), training=True)
+    with pytest.raises(TypeError, match="running_mean must be a Tensor"):
+        F.batch_norm(x, np.zeros(3, np.float32), mge.tensor(np.ones(3, np.float32)),
+                     training=True)
+
+
+@pytest.mark.parametrize("shape,normalized_shape,affine", [
+    ((4, 6), 6, True), ((2, 3, 4, 5), (4, 5), True), ((3, 7), (7,), False),
+])
+def test_layer_norm(shape, normalized_shape, affine):
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+    x, w, b = rand(*shape), rand(*ns, low=0.5, high=1.5), rand(*ns)
+    if affine:
+        check(lambda a, c, d: F.layer_norm(a, normalized_shape, True, c, d),
+              lambda a, c, d: TF.layer_norm(a, ns, c, d), x, w, b, rtol=1e-4, atol=1e-4)
+    else:
+        check(lambda a: F.layer_norm(a, normalized_shape, False),
+              lambda a: TF.layer_norm(a, ns), x, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_shape_mismatch():
+    with pytest.raises(ValueError, match=r"layer_norm: normalized_shape \(5,\).*\(2, 4\)"):
+        F.layer_norm(mge.tensor(rand(2, 4)), 5)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_group_norm(groups):
+    x, w, b = rand(3, 4, 5, 6), rand(4, low=0.5, high=1.5), rand(4)
+    check(lambda a, c, d: F.group_norm(a, groups, True, c, d),
+          lambda a, c, d: TF.group_norm(a, groups, c, d), x, w, b, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_bad_groups():
+    with pytest.raises(ValueError, match="group_norm: 4 channels"):
+        F.group_norm(mge.tensor(rand(2, 4, 3)), 3, False)
+
+
+def test_batch_norm_training_with_one_value_per_channel():
+    # upstream trains on a (1, C, 1, 1) input; the running variance takes the biased batch
+    # variance (0) where the unbiased one is undefined
+    x = rand(1, 3, 1, 1)
+    rm, rv = mge.tensor(rand(1, 3, 1, 1)), mge.tensor(rand(1, 3, 1, 1, low=0.5, high=2))
+    rm0, rv0 = rm.numpy().copy(), rv.numpy().copy()
+    check(lambda a: F.batch_norm(a, rm, rv, training=True, momentum=0.9),
+          lambda a: a * 0, x, rtol=1e-4, atol=1e-4)  # x - mean(x) is 0 whatever x is
+    np.testing.assert_allclose(rm.numpy(), 0.9 * rm0 + 0.1 * x, rtol=1e-6)
+    np.testing.assert_allclose(rv.numpy(), 0.9 * rv0, rtol=1e-6)
+
+
+def test_batch_norm_saves_a_view_of_the_input():
+    x = mge.tensor(rand(4, 3, 5, 5))
+    w = mge.tensor(rand(1, 3, 1, 1))
+    gm = GradManager().attach([x, w])
+    with gm:
+        y = F.batch_norm(x, weight=w, training=True)
+        saved = y._node[0].op.saved
+        assert saved[0].data_ptr() == x._data.__array_interface__["data"][0]
+        assert saved[1].data_ptr() == w._data.__array_interface__["data"][0]
+        gm.backward(y.sum())
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+
+
+def test_batch_norm_inference_with_float64_statistics():
+    x, rm, rv = rand(2, 3, 4), rand(3).astype(np.float64), rand(3, low=0.5, high=2.0)
+    out = F.batch_norm(mge.tensor(x), mge.tensor(rm, dtype="float64"), mge.tensor(rv),
+                       training=False)
+    expect = TF.batch_norm(torch.tensor(x), torch.tensor(rm, dtype=torch.float32),
+                           torch.tensor(rv), training=False)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _NotPlainNumpy(np.ndarray):
+    """An array the CPU fast path does not take: the op runs ATen's forward, as on CUDA."""
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (1, 3, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_aten_forward_matches_the_cpu_forward(shape, training):
+    from megengine.functional.normalization import _BatchNorm
+
+    x, w, b = _bn_inputs(shape)
+    rm, rv = rand(1, 3, 1, 1), rand(1, 3, 1, 1, low=0.5, high=2)
+    g = rand(*shape)
+    results = []
+    for wrap in (lambda a: a, lambda a: a.view(_NotPlainNumpy)):
+        op = _BatchNorm(1e-5, 0.8, training, True, True, True)
+        op.needs_input_grad = (True, True, True, False, False)
+        out = op.forward(wrap(x), w, b, rm, rv)
+        out = out if isinstance(out, tuple) else (out,)
+        grads = op.backward(g, *([np.zeros_like(rm)] * (len(out) - 1)))
+        results.append([np.asarray(o) for o in out] + [np.asarray(t) for t in grads[:3]])
+    for cpu, aten in zip(*results):
+        np.testing.assert_allclose(cpu, aten, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,143 @@
+"""Tests of megengine/functional/pooling.py: values and gradients against torch, memory shared with ATen."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
+
+
+# ----- pooling -----
+
+POOL_CASES = [
+    # shape, kernel, stride, padding
+    ((2, 3, 8, 8), 2, None, 0),
+    ((2, 3, 7, 9), 2, None, 0),  # sizes not divisible: the last row/column is dropped
+    ((2, 2, 9, 9), 3, 2, 1),
+    ((1, 2, 8, 7), 3, 1, 1),
+    ((2, 2, 9, 10), (2, 3), (1, 2), (1, 1)),
+    ((64, 8, 28, 28), 2, 2, 0),  # the benchmark CNN's pooling
+]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", POOL_CASES)
+def test_max_pool2d(shape, kernel, stride, padding):
+    x = rand(*shape)
+    check(lambda a: F.max_pool2d(a, kernel, stride, padding),
+          lambda a: TF.max_pool2d(a, kernel, stride if stride is not None else kernel, padding),
+          x)
+
+
+def test_max_pool2d_ties_route_the_gradient_like_torch():
+    # after a relu most windows hold several equal zeros: one element gets the gradient
+    x = np.maximum(rand(2, 3, 8, 8), 0)
+    x[0, 0, :2, :2] = 1.5
+    check(lambda a: F.max_pool2d(a, 2), lambda a: TF.max_pool2d(a, 2), x)
+    check(lambda a: F.max_pool2d(a, 3, 1, 1), lambda a: TF.max_pool2d(a, 3, 1, 1), x)
+
+
+def test_max_pool2d_keeps_integers():
+    x = np.arange(16, dtype=np.int32).reshape(1, 1, 4, 4)
+    y = F.max_pool2d(mge.tensor(x), 2, padding=1)
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(
+        y.numpy(), TF.max_pool2d(torch.tensor(x, dtype=torch.float32), 2, padding=1).numpy())
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", POOL_CASES)
+@pytest.mark.parametrize("mode", ["average_count_exclude_padding", "average"])
+def test_avg_pool2d(shape, kernel, stride, padding, mode):
+    x = rand(*shape)
+    check(lambda a: F.avg_pool2d(a, kernel, stride, padding, mode),
+          lambda a: TF.avg_pool2d(a, kernel, stride if stride is not None else kernel, padding,
+                                  count_include_pad=mode == "average"),
+          x)
+
+
+def test_pool_errors():
+    with pytest.raises(ValueError, match="avg_pool2d: mode"):
+        F.avg_pool2d(mge.tensor(rand(1, 1, 4, 4)), 2, mode="sum")
+    with pytest.raises(ValueError, match=r"max_pool2d: input of shape \(1, 1, 2, 2\)"):
+        F.max_pool2d(mge.tensor(rand(1, 1, 2, 2)), 3)
+    with pytest.raises(ValueError, match="max_pool2d: expected a 4-d input"):
+        F.max_pool2d(mge.tensor(rand(4, 4)), 2)
+
+
+@pytest.mark.parametrize("oshp", [(4, 4), 2, (1, 3)])
+def test_adaptive_pools_match_torch_when_divisible(oshp):
+    x = rand(2, 3, 8, 12)
+    check(lambda a: F.adaptive_max_pool2d(a, oshp), lambda a: TF.adaptive_max_pool2d(a, oshp), x)
+    check(lambda a: F.adaptive_avg_pool2d(a, oshp), lambda a: TF.adaptive_avg_pool2d(a, oshp), x)
+
+
+def test_adaptive_pools_follow_upstreams_window_rule():
+    # upstream: stride = in // out, window = in - (out - 1) * stride (10 -> 3: stride 3, window 4)
+    x = rand(2, 3, 10, 7)
+    check(lambda a: F.adaptive_max_pool2d(a, (3, 2)),
+          lambda a: TF.max_pool2d(a, (4, 4), (3, 3)), x)
+    check(lambda a: F.adaptive_avg_pool2d(a, (3, 2)),
+          lambda a: TF.avg_pool2d(a, (4, 4), (3, 3)), x)
+
+
+@pytest.mark.parametrize("padding", [2, (2, 1)])
+def test_padding_wider_than_half_the_window(padding):
+    # upstream allows it; ATen's kernels do not, so the op pads explicitly
+    x = rand(2, 3, 7, 6)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    check(lambda a: F.max_pool2d(a, 2, 1, padding),
+          lambda a: TF.max_pool2d(TF.pad(a, (pw, pw, ph, ph), value=-float("inf")), 2, 1), x)
+    check(lambda a: F.avg_pool2d(a, 3, 1, padding, "average"),
+          lambda a: TF.avg_pool2d(TF.pad(a, (pw, pw, ph, ph)), 3, 1), x)
+
+    def exclude(a):  # the sum of each window over the number of real elements in it
+        ones = torch.ones_like(a)
+        sums = TF.avg_pool2d(TF.pad(a, (pw, pw, ph, ph)), 3, 1, divisor_override=1)
+        counts = TF.avg_pool2d(TF.pad(ones, (pw, pw, ph, ph)), 3, 1, divisor_override=1)
+        return sums / counts
+
+    check(lambda a: F.avg_pool2d(a, 3, 1, padding), exclude, x, rtol=1e-5)
+
+
+def test_windows_entirely_in_the_padding_cannot_be_averaged():
+    with pytest.raises(ValueError, match="avg_pool2d: padding .* leaves windows with no input"):
+        F.avg_pool2d(mge.tensor(rand(1, 1, 3, 3)), 2, 1, 3)
+
+
+def test_pooling_saves_a_view_of_the_input():
+    x = mge.tensor(rand(2, 3, 8, 8))
+    gm = GradManager().attach([x])
+    with gm:
+        y = F.max_pool2d(x, 2)
+        assert y._node[0].op.tx.data_ptr() == x._data.__array_interface__["data"][0]
+        z = F.avg_pool2d(x, 3, 1, 1)
+        assert z._node[0].op.tx.data_ptr() == x._data.__array_interface__["data"][0]
+        assert not z._data.flags.owndata  # ATen's output buffer, seen through numpy
+        gm.backward([y.sum(), z.sum()])
+    assert x.grad.shape == x.shape
+
+
+def test_max_pool2d_nan_and_infinite_inputs_like_torch():
+    # NaN propagates (those inputs take ATen's kernel); a window whose real elements are all
+    # -inf routes its gradient to its first real element, never to the padding
+    x = rand(2, 2, 6, 6)
+    x[0, 0, 1, 1] = np.nan
+    x[1, 1, :2, :2] = -np.inf
+    for args in ((2,), (3, 2, 1)):
+        y = F.max_pool2d(mge.tensor(x), *args)
+        expect = TF.max_pool2d(torch.tensor(x), *args)
+        np.testing.assert_array_equal(y.numpy(), expect.numpy())
+    x[0, 0, 1, 1] = 0.5
+    check(lambda a: F.max_pool2d(a, 3, 2, 1), lambda a: TF.max_pool2d(a, 3, 2, 1), x)

@@ -1,0 +1,106 @@
+"""Tests of megengine/module/conv.py's 3-d, local and deformable layers: upstream's parameter
+shapes and init, values and gradients against torch with equal weights."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.module as M
+from megengine.autodiff import GradManager
+
+
+def randn(*shape):
+    return np.random.randn(*shape).astype(np.float32)
+
+
+def run(module, torch_fn, *inputs, rtol=1e-4, atol=1e-4):
+    """``module(*inputs)`` against ``torch_fn(weight, bias, *inputs)`` (torch tensors holding the
+    module's parameters): outputs, input and parameter gradients."""
+    params = [module.weight] + ([module.bias] if module.bias is not None else [])
+    xs = [mge.tensor(a) for a in inputs]
+    gm = GradManager().attach(params + xs[:1])
+    with gm:
+        y = module(*xs)
+        dy = randn(*y.shape)
+        gm.backward(y, mge.tensor(dy))
+    tp = [torch.tensor(p.numpy(), requires_grad=True) for p in params]
+    tx = [torch.tensor(a, requires_grad=i == 0) for i, a in enumerate(inputs)]
+    ty = torch_fn(tp[0], tp[1] if len(tp) > 1 else None, *tx)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(xs[0].grad.numpy(), tx[0].grad.numpy(), rtol=rtol, atol=atol)
+    for p, t in zip(params, tp):
+        np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def _std_is(w, fan_in):
+    # upstream 1.x: weight ~ N(0, 1 / fan_in)
+    assert abs(float(w.numpy().std()) * np.sqrt(fan_in) - 1) < 0.1
+    assert abs(float(w.numpy().mean())) < 0.05 / np.sqrt(fan_in) * 10
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv3d(groups):
+    m = M.Conv3d(4, 6, (3, 2, 3), stride=(1, 2, 1), padding=1, dilation=(2, 1, 1), groups=groups)
+    k = (3, 2, 3)
+    assert m.weight.shape == ((6, 4) + k if groups == 1 else (2, 3, 2) + k)
+    assert m.bias.shape == (1, 6, 1, 1, 1) and not m.bias.numpy().any()
+    run(m, lambda w, b, x: TF.conv3d(x, w.reshape(6, 4 // groups, *k), b.reshape(-1),
+                                     (1, 2, 1), 1, (2, 1, 1), groups), randn(2, 4, 6, 5, 6))
+
+
+def test_conv3d_init():
+    _std_is(M.Conv3d(16, 32, 3).weight, 16 * 27)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose3d(groups):
+    m = M.ConvTranspose3d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=groups)
+    assert m.weight.shape == ((4, 6, 3, 3, 3) if groups == 1 else (2, 2, 3, 3, 3, 3))
+    run(m, lambda w, b, x: TF.conv_transpose3d(x, w.reshape(4, 6 // groups, 3, 3, 3),
+                                               b.reshape(-1), 2, 1, 1, groups),
+        randn(1, 4, 3, 4, 3))
+    _std_is(M.ConvTranspose3d(16, 8, 3).weight, 16 * 27)
+
+
+def test_local_conv2d():
+    m = M.LocalConv2d(4, 6, 7, 6, 3, stride=2, padding=1, groups=2)
+    assert m.weight.shape == (2, 4, 3, 2, 3, 3, 3) and m.bias is None
+    _std_is(M.LocalConv2d(8, 8, 12, 12, 3).weight, 8 * 9)
+
+    def torch_fn(w, b, x):  # each output position: its own kernel over its own window
+        xp = TF.pad(x, (1, 1, 1, 1))
+        out = torch.zeros(2, 6, 4, 3)
+        for i in range(4):
+            for j in range(3):
+                win = xp[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].reshape(2, 2, 2, 3, 3)
+                out[:, :, i, j] = torch.einsum("ngcij,gcijo->ngo", win, w[:, i, j]).reshape(2, 6)
+        return out
+
+    run(m, torch_fn, randn(2, 4, 7, 6))
+    with pytest.raises(ValueError, match="LocalConv2d: an input of 2x2 is too small"):
+        M.LocalConv2d(1, 1, 2, 2, 3)
+
+
+def test_deformable_conv2d_with_zero_offsets_and_unit_mask_is_conv2d():
+    m = M.DeformableConv2d(4, 6, 3, padding=1, groups=2)
+    assert m.weight.shape == (2, 3, 2, 3, 3) and m.bias.shape == (1, 6, 1, 1)
+    _std_is(M.DeformableConv2d(8, 16, 3).weight, 8 * 9)
+    offset, mask = np.zeros((2, 18, 5, 5), np.float32), np.ones((2, 9, 5, 5), np.float32)
+    run(m, lambda w, b, x, o, k: TF.conv2d(x, w.reshape(6, 2, 3, 3), b.reshape(-1), 1, 1, 1, 2),
+        randn(2, 4, 5, 5), offset, mask)
+
+
+def test_deformable_conv2d_integer_offsets_shift_the_taps():
+    # an offset of (+1, 0) on every tap reads one row lower: a conv2d of the input shifted up
+    m = M.DeformableConv2d(2, 3, 3, padding=1, bias=False)
+    offset = np.zeros((1, 18, 6, 6), np.float32)
+    offset[:, 0::2] = 1.0
+    mask = np.full((1, 9, 6, 6), 0.5, np.float32)
+
+    def torch_fn(w, b, x, o, k):
+        padded = TF.pad(x, (1, 1, 1, 1))  # the conv's own zero padding, then one row up
+        return 0.5 * TF.conv2d(TF.pad(padded[:, :, 1:], (0, 0, 0, 1)), w)
+
+    run(m, torch_fn, randn(1, 2, 6, 6), offset, mask)
