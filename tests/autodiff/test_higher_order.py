@@ -111,10 +111,6 @@ def test_softmax_logsoftmax_cross_entropy_second_order():
 
 
 def test_conv2d_second_order():
-    from megengine.functional import conv as conv_mod
-
-    if not hasattr(conv_mod._Conv2d, "grad_graph"):
-        pytest.skip("conv2d has no grad_graph yet (the kernels branch adds it)")
     check_second_order(
         lambda x, w: (F.conv2d(x, w, padding=1) ** 2).sum(),
         lambda x, w: (torch.nn.functional.conv2d(x, w, padding=1) ** 2).sum(),

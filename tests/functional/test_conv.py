@@ -203,8 +203,13 @@ def test_conv_saves_views_of_the_engine_arrays_and_returns_torch_memory():
         assert op.tw.data_ptr() == _address(w._data)
         # the output is ATen's buffer seen through numpy, not a copy of it
         assert not y._data.flags.owndata and y._data.base is not None
+        # so are the gradients the op hands back (GradManager then gives each .grad memory of
+        # its own: torch memory may alias, so .grad receives a copy of it)
+        gx, gw = op.backward(np.ones(y.shape, np.float32))
+        assert not gx.flags.owndata and not gw.flags.owndata
         gm.backward(y, mge.tensor(np.ones(y.shape, np.float32)))
-    assert not x.grad._data.flags.owndata and not w.grad._data.flags.owndata
+    np.testing.assert_array_equal(x.grad.numpy(), gx)
+    np.testing.assert_array_equal(w.grad.numpy(), gw)
 
 
 def test_grouped_weight_is_viewed_not_copied():
