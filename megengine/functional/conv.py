@@ -393,7 +393,7 @@ def sliding_window(inp, kernel_size, padding=0, stride=1, dilation=1):
 
 
 def sliding_window_transpose(inp, output_size, kernel_size, padding=0, stride=1, dilation=1):
-    """Sum (N, C, OH, OW, KH, KW) windows back into an (N, C, *output_size) image: the adjoint of
+    """Sum (N, C, OH, OW, KH, KW) windows back into an ``(N, C, *output_size)`` image: the adjoint of
     `sliding_window` (overlapping windows add up)."""
     what = "sliding_window_transpose"
     size = _ntuple(output_size, 2, "output_size", what)
