@@ -1,0 +1,181 @@
+"""F.einsum: Einstein summation over tensors, as one differentiable op."""
+import string
+
+from ..core.dispatch import Op, apply
+from ..core.ops import xp_of
+from ..core.tensor import Tensor
+from .elemwise import _tensor
+
+__all__ = ["einsum"]
+
+
+def _parse(equation, shapes):
+    """The equation in explicit form with every '...' spelled out as letters.
+
+    Returns (input subscripts, output subscripts, label -> size). The ellipsis letters are
+    letters the equation does not use; they are aligned to the right as numpy broadcasts them.
+    """
+    if not isinstance(equation, str):
+        raise TypeError(f"einsum: equation must be a str like 'ij,jk->ik', got {equation!r}")
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(
+            f"einsum: equation {equation!r} names {len(terms)} operand(s) but "
+            f"{len(shapes)} were given"
+        )
+    for part in terms + ([rhs] if arrow else []):
+        bad = set(part.replace("...", "")) - set(string.ascii_letters)
+        if bad or part.count("...") > 1:
+            raise ValueError(
+                f"einsum: bad subscripts {part!r} in {equation!r}: use letters and at most one "
+                "'...' per operand"
+            )
+    free = [c for c in string.ascii_letters if c not in eq]
+    n_ell = []
+    for term, shape in zip(terms, shapes):
+        named = len(term.replace("...", ""))
+        if "..." in term:
+            if named > len(shape):
+                raise ValueError(
+                    f"einsum: subscripts {term!r} name {named} dims but the operand has "
+                    f"shape {shape}"
+                )
+            n_ell.append(len(shape) - named)
+        elif named != len(shape):
+            raise ValueError(
+                f"einsum: subscripts {term!r} name {named} dims but the operand has shape {shape}"
+            )
+    ell = "".join(free[: max(n_ell, default=0)])
+    subs, k = [], 0
+    for term in terms:
+        if "..." in term:
+            e = n_ell[k]
+            k += 1
+            term = term.replace("...", ell[len(ell) - e:] if e else "")
+        subs.append(term)
+    if arrow:
+        out = rhs.replace("...", ell)
+        missing = set(out) - set("".join(subs))
+        if missing:
+            raise ValueError(
+                f"einsum: output labels {sorted(missing)} of {equation!r} appear in no input"
+            )
+        if len(set(out)) != len(out):
+            raise ValueError(f"einsum: output subscripts {rhs!r} repeat a label")
+    else:
+        # implicit mode, as numpy: broadcast dims first, then the labels seen once, sorted
+        joined = "".join(subs)
+        out = ell + "".join(sorted(c for c in set(joined) if c not in ell and joined.count(c) == 1))
+    sizes = {}
+    for term, shape in zip(subs, shapes):
+        for c, n in zip(term, shape):
+            have = sizes.get(c, 1)
+            if have != 1 and n != 1 and have != n:
+                raise ValueError(
+                    f"einsum: label {c!r} has size {have} in one operand and {n} in another "
+                    f"({equation!r} with shapes {list(shapes)})"
+                )
+            sizes[c] = max(have, n)
+    return subs, out, sizes
+
+
+class Einsum(Op):
+    def __init__(self, equation):
+        self.equation = equation
+
+    def forward(self, *xs):
+        self.subs, self.out, self.sizes = _parse(self.equation, [x.shape for x in xs])
+        self.shapes = [x.shape for x in xs]
+        self.dtypes = [x.dtype for x in xs]
+        self.xs = xs
+        eq = ",".join(self.subs) + "->" + self.out
+        # optimize picks a contraction order (and BLAS) for chains such as 'ik,jkl,il->ij'
+        return xp_of(xs[0]).einsum(eq, *xs, optimize=len(xs) > 2)
+
+    def _grad_plan(self, k):
+        """How d(out)/d(operand k) contracts: (equation, extra constant arrays spec).
+
+        The gradient is einsum(grad, other operands -> operand k's labels). A label repeated
+        in operand k (a diagonal, 'ii') gets a fresh name tied back by an identity matrix; a
+        label only operand k has (summed away in the forward) is spread by a ones vector.
+        """
+        sub = self.subs[k]
+        others = [s for j, s in enumerate(self.subs) if j != k]
+        used = set(self.equation) | set("".join(self.subs)) | set(self.out)
+        fresh = iter(c for c in string.ascii_letters if c not in used)
+        renamed, seen, extras = [], set(), []
+        for c in sub:
+            if c in seen:
+                f = next(fresh)
+                extras.append(("eye", c + f, self.sizes[c]))
+                renamed.append(f)
+            else:
+                seen.add(c)
+                renamed.append(c)
+        have = set(self.out).union(*others) | {c for _, s, _ in extras for c in s}
+        for c in dict.fromkeys(renamed):
+            if c not in have:
+                extras.append(("ones", c, self.sizes[c]))
+        eq = ",".join([self.out] + others + [s for _, s, _ in extras]) + "->" + "".join(renamed)
+        return eq, extras
+
+    def _full_shape(self, sub):
+        return tuple(self.sizes[c] for c in sub)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        grads = []
+        for k, need in enumerate(self.needs_input_grad):
+            if not need:
+                grads.append(None)
+                continue
+            eq, extras = self._grad_plan(k)
+            # size-1 dims broadcast in the forward: contract against the broadcast view
+            others = [xp.broadcast_to(x, self._full_shape(s))
+                      for j, (x, s) in enumerate(zip(self.xs, self.subs)) if j != k]
+            consts = [xp.eye(n, dtype=g.dtype) if kind == "eye" else xp.ones(n, g.dtype)
+                      for kind, _, n in extras]
+            gk = xp.einsum(eq, g, *others, *consts, optimize=True)
+            grads.append(self._unbroadcast(xp, gk, k).astype(self.dtypes[k], copy=False))
+        return tuple(grads)
+
+    def _unbroadcast(self, xp, gk, k):
+        axes = tuple(i for i, (n, full) in enumerate(zip(self.shapes[k], gk.shape)) if n != full)
+        return gk.sum(axis=axes, keepdims=True) if axes else gk
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the same contractions, built from tensors so an outer GradManager records them
+        from .tensor import broadcast_to
+
+        g = grads[0]
+        out = []
+        for k, need in enumerate(self.needs_input_grad):
+            if not need:
+                out.append(None)
+                continue
+            eq, extras = self._grad_plan(k)
+            others = [broadcast_to(x, self._full_shape(s))
+                      for j, (x, s) in enumerate(zip(inputs, self.subs)) if j != k]
+            xp = xp_of(g._data)
+            consts = [Tensor._wrap(xp.eye(n, dtype=g.dtype) if kind == "eye"
+                                   else xp.ones(n, g.dtype), g._device)
+                      for kind, _, n in extras]
+            gk = apply(Einsum(eq), g, *others, *consts)
+            axes = tuple(i for i, (n, full) in enumerate(zip(self.shapes[k], gk.shape))
+                         if n != full)
+            out.append(gk.sum(axis=axes, keepdims=True) if axes else gk)
+        return tuple(out)
+
+
+def einsum(equation, *operands):
+    """Einstein summation, as ``numpy.einsum``: ``F.einsum("ik,kj->ij", a, b)``.
+
+    Subscripts are letters; ``...`` stands for broadcast dimensions; a label repeated within
+    one operand takes its diagonal; without ``->`` the output holds the labels seen once, in
+    alphabetical order (after the ``...`` dimensions). Differentiable in every operand.
+    """
+    if not operands:
+        raise ValueError("einsum: give at least one operand after the equation")
+    return apply(Einsum(equation), *[_tensor(x) for x in operands])

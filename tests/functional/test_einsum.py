@@ -1,0 +1,79 @@
+"""F.einsum against torch.einsum: values, first-order and second-order gradients, errors."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from ..autodiff.test_higher_order import check_second_order
+from ..oracle import check_against_torch
+
+CASES = [
+    ("ij->ji", [(2, 3)]),
+    ("ij", [(2, 3)]),                                  # implicit: identity
+    ("ba", [(2, 3)]),                                  # implicit: sorted labels -> transpose
+    ("ik,kj->ij", [(2, 3), (3, 4)]),
+    ("ik,kj", [(2, 3), (3, 4)]),
+    ("i,j->ij", [(2,), (3,)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (1, 4, 5)]),     # ellipsis dims broadcast (1 vs 2)
+    ("i...,i...->...", [(3, 2, 4), (3, 1, 4)]),
+    ("ii->i", [(4, 4)]),                               # diagonal
+    ("ii", [(4, 4)]),                                  # trace
+    ("iij->ji", [(3, 3, 2)]),
+    ("ij->", [(2, 3)]),
+    ("ijk->i", [(2, 3, 4)]),                           # labels only this operand has
+    ("ik,jkl,il->ij", [(2, 3), (4, 3, 5), (2, 5)]),    # three operands
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ("i j , j k -> i k", [(2, 3), (3, 2)]),            # spaces are ignored
+]
+
+
+@pytest.mark.parametrize("eq,shapes", CASES, ids=[c[0] for c in CASES])
+def test_einsum_values_and_grads_match_torch(eq, shapes):
+    rs = np.random.RandomState(0)
+    arrays = [rs.randn(*s).astype(np.float32) for s in shapes]
+    torch_eq = eq.replace(" ", "")
+    check_against_torch(lambda *xs: F.einsum(eq, *xs),
+                        lambda *ts: torch.einsum(torch_eq, *ts), *arrays, check_dtype=True)
+
+
+def test_einsum_integer_operands_are_exact_like_numpy():
+    rs = np.random.RandomState(1)
+    a = rs.randint(0, 100, (3, 4, 5)).astype(np.int32)
+    b = rs.randint(0, 100, (5, 2)).astype(np.int32)
+    out = F.einsum("ijk,kl->jil", mge.tensor(a), mge.tensor(b))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), np.einsum("ijk,kl->jil", a, b))
+
+
+def test_einsum_second_order():
+    rs = np.random.RandomState(2)
+    a, b = rs.randn(3, 4).astype(np.float32), rs.randn(4, 4).astype(np.float32)
+    check_second_order(lambda x, y: (F.einsum("ij,jj->i", x, y) ** 2).sum(),
+                       lambda x, y: (torch.einsum("ij,jj->i", x, y) ** 2).sum(), a, b)
+
+
+def test_einsum_grad_only_for_attached_operand():
+    a = mge.tensor(np.ones((2, 3), np.float32))
+    b = mge.tensor(np.arange(3, dtype=np.float32))
+    gm = GradManager().attach([a])
+    with gm:
+        gm.backward(F.einsum("ij,j->", a, b))
+    np.testing.assert_array_equal(a.grad.numpy(), np.tile(np.arange(3, dtype=np.float32), (2, 1)))
+    assert b.grad is None
+
+
+@pytest.mark.parametrize("eq,shapes,match", [
+    ("ij,jk->ik", [(2, 3)], "names 2 operand"),
+    ("ijk->i", [(2, 3)], "name 3 dims"),
+    ("ij,jk->ik", [(2, 3), (4, 5)], "label 'j' has size 3"),
+    ("ij->k", [(2, 3)], "appear in no input"),
+    ("i1->i", [(2, 3)], "bad subscripts"),
+    ("ij->ii", [(2, 3)], "repeat a label"),
+])
+def test_einsum_bad_input_says_what_is_wrong(eq, shapes, match):
+    with pytest.raises(ValueError, match=match):
+        F.einsum(eq, *[mge.tensor(np.zeros(s, np.float32)) for s in shapes])
