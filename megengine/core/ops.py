@@ -445,6 +445,8 @@ def normalize_index(index, shape):
                 raise IndexError(f"tensor indices must be integer or bool, not {i.dtype}")
         elif isinstance(i, list):
             i = np.asarray(i)
+            if i.size == 0 and i.dtype.kind == "f":
+                i = i.astype(np.intp)  # `x[[]]` selects nothing (numpy reads [] as float)
         out.append(i)
     return tuple(out)
 

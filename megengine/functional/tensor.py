@@ -246,6 +246,11 @@ def squeeze(inp, axis=None):
     return inp.reshape(tuple(n for i, n in enumerate(inp.shape) if i not in axes))
 
 
+class BroadcastError(ValueError, RuntimeError):
+    """Shapes that do not broadcast. Upstream raises RuntimeError (its C++ graph's error);
+    numpy code expects ValueError: this is both, so either ``except`` catches it."""
+
+
 class BroadcastTo(Op):
     def __init__(self, shape):
         self.shape = shape
@@ -255,8 +260,10 @@ class BroadcastTo(Op):
         try:
             return xp_of(x).broadcast_to(x, self.shape)  # a read-only view: no copy
         except ValueError:
-            raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {self.shape}") \
-                from None
+            raise BroadcastError(
+                f"broadcast_to: cannot broadcast shape {x.shape} to {self.shape}: each dim "
+                "must equal the target's or be 1, and the target needs at least as many dims"
+            ) from None
 
     def backward(self, g):
         return unbroadcast(g, self.in_shape)

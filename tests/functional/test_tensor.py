@@ -128,6 +128,18 @@ def test_broadcast_to_none_keeps_a_dim_and_errors():
         F.broadcast_to(mge.tensor(rand(3)), (4,))
 
 
+@pytest.mark.parametrize("src,dst", [((2, 1, 3), (2, 3, 4)), ((2, 1, 3), (4, 1, 3)),
+                                     ((2, 1, 3), (1, 3))], ids=str)
+def test_broadcast_to_incompatible_raises_valueerror_and_runtimeerror(src, dst):
+    # torch is the oracle for which shapes do not broadcast; upstream raises RuntimeError,
+    # numpy-style code catches ValueError: both must work
+    with pytest.raises(RuntimeError):
+        torch.zeros(src).broadcast_to(dst)
+    for cls in (RuntimeError, ValueError):
+        with pytest.raises(cls, match=r"cannot broadcast shape \(2, 1, 3\)"):
+            F.broadcast_to(mge.tensor(rand(*src)), dst)
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_concat(axis):
     shapes = [[2, 3, 4] for _ in range(3)]
