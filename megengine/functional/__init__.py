@@ -5,6 +5,8 @@ from .elemwise import *  # noqa: F401,F403
 from .math import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
 from .tensor import *  # noqa: F401,F403
+# upstream 1.0-1.2 spelled the vision ops F.<name> (later F.vision.<name>); keep both working
+from .vision import nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective  # noqa: F401,E501
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)
 
 

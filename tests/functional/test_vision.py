@@ -397,3 +397,17 @@ def test_interpolate_upstream_example_and_argument_rules():
         F.vision.interpolate(line, scale_factor=[2.0, 3.0], mode="linear")
     with pytest.raises(ValueError):
         F.vision.interpolate(x, scale_factor=2.0, mode="linear")
+
+
+def test_vision_ops_keep_their_upstream_1_0_top_level_names():
+    # upstream 1.0-1.2 spelled these F.<name>; later F.vision.<name> (F.nn.<name> deprecated)
+    for name in ("nms", "remap", "roi_align", "roi_pooling", "warp_affine", "warp_perspective"):
+        assert getattr(F, name) is getattr(F.vision, name) is getattr(F.nn, name)
+    img = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    # hand-computed: map points (x, y) = (2, 0), (0, 1), (1.5, 1) -> 2, 4, midway of 5 and 6
+    pts = np.array([[[[2.0, 0.0], [0.0, 1.0], [1.5, 1.0]]]], np.float32)
+    np.testing.assert_allclose(F.remap(img, pts).numpy(), [[[[2.0, 4.0, 5.5]]]])
+    # a translation by 2 columns: dst(h, w) = src(h, w + 2)
+    mat = np.array([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], np.float32)
+    np.testing.assert_allclose(F.warp_perspective(img, mat, (2, 2)).numpy(),
+                               [[[[2.0, 3.0], [6.0, 7.0]]]])
