@@ -1,6 +1,7 @@
 """Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm): forward and backward per op."""
 import numpy as np
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor
@@ -203,7 +204,9 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     ``(out, new_mean, new_var)``). Inference normalizes with the running statistics.
     Parameters and running stats hold C elements ((1, C, 1, 1) or (C,)).
     """
-    inp = _tensor(inp)
+    # under autocast the input computes in float16 while parameters and running stats stay
+    # float32 (upstream's rule; the output takes the input's dtype)
+    (inp,) = _amp.cast_for_compute(_tensor(inp))
     what = "batch_norm"
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "

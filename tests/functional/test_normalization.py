@@ -202,3 +202,25 @@ def test_batch_norm_aten_forward_matches_the_cpu_forward(shape, training):
         results.append([np.asarray(o) for o in out] + [np.asarray(t) for t in grads[:3]])
     for cpu, aten in zip(*results):
         np.testing.assert_allclose(cpu, aten, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_under_autocast_computes_float16_with_float32_stats():
+    from megengine import amp
+
+    rs = np.random.RandomState(3)
+    x = rs.randn(2, 3, 5, 5).astype(np.float32)
+    w, b = rs.rand(1, 3, 1, 1).astype(np.float32) + 0.5, rs.randn(1, 3, 1, 1).astype(np.float32)
+    rm, rv = mge.tensor(np.zeros((1, 3, 1, 1), np.float32)), mge.tensor(np.ones((1, 3, 1, 1),
+                                                                                 np.float32))
+    with amp.autocast():
+        out = F.batch_norm(mge.tensor(x), rm, rv, weight=mge.tensor(w), bias=mge.tensor(b),
+                           training=True)
+    assert out.dtype == np.float16 and rm.dtype == rv.dtype == np.float32
+    # torch oracle on the float16-rounded input, computed in float32
+    x16 = torch.tensor(x.astype(np.float16).astype(np.float32))
+    trm, trv = torch.zeros(3), torch.ones(3)
+    ref = TF.batch_norm(x16, trm, trv, torch.tensor(w.ravel()), torch.tensor(b.ravel()),
+                        training=True, momentum=0.1)
+    np.testing.assert_allclose(out.numpy().astype(np.float32), ref.numpy(), atol=3e-3)
+    np.testing.assert_allclose(rm.numpy().ravel(), trm.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(rv.numpy().ravel(), trv.numpy(), rtol=1e-3, atol=1e-4)
