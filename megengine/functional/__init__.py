@@ -1,10 +1,11 @@
 """`megengine.functional` (F): thin functions that build ops, upstream's 1.x namespace."""
-from . import elemwise, loss, math, nn, tensor, vision  # noqa: F401  (F.nn.conv2d, F.vision.interpolate, ...)
+from . import elemwise, loss, math, nn, tensor, utils, vision  # noqa: F401  (F.nn.conv2d, F.vision.interpolate, ...)
 from .einsum import einsum  # noqa: F401
 from .elemwise import *  # noqa: F401,F403
 from .math import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
 from .tensor import *  # noqa: F401,F403
+from .utils import *  # noqa: F401,F403
 # upstream 1.0-1.2 spelled the vision ops F.<name> (later F.vision.<name>); keep both working
 from .vision import nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective  # noqa: F401,E501
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)
