@@ -543,6 +543,11 @@ class SetItem(Op):
         return gx, gv
 
 
+class DuplicateAxisError(ValueError, AssertionError):
+    """An axis named twice. numpy raises ValueError, upstream asserts (AssertionError): this is
+    both, so either ``except`` catches it."""
+
+
 def _norm_axes(axis, ndim, what):
     if axis is None:
         return tuple(range(ndim))
@@ -552,7 +557,9 @@ def _norm_axes(axis, ndim, what):
         if not -ndim <= a < max(ndim, 1):
             raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
-    return tuple(sorted(set(out)))
+    if len(set(out)) != len(out):
+        raise DuplicateAxisError(f"{what}: axis {axis} names the same dim twice")
+    return tuple(sorted(out))
 
 
 class Reduce(Op):

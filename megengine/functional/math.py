@@ -337,11 +337,24 @@ class Sort(_PickLast):
         return xp.argsort(_sort_key(x, self.descending), axis=-1, kind="stable")
 
 
-def sort(inp, descending=False):
-    """Sort each row (the last axis); returns ``(values, indices)`` with int32 indices."""
+def sort(inp, descending=False, axis=-1):
+    """Sort along ``axis`` (default the last), stably; returns ``(values, indices)`` with int32
+    indices along that axis."""
     inp = _tensor(inp)
     _check_sortable(inp, "sort")
-    return apply(Sort(bool(descending)), inp)
+    if inp.ndim == 0:
+        raise ValueError("sort: cannot sort a 0-d tensor; reshape it to (1,) first")
+    if isinstance(axis, Tensor):  # upstream takes its scalar parameters as 0-d tensors too
+        axis = int(axis.item())
+    if isinstance(descending, Tensor):
+        descending = bool(descending.item())
+    axis = _axis(axis, inp.ndim, "sort")
+    last = inp.ndim - 1
+    if axis == last:
+        return apply(Sort(bool(descending)), inp)
+    # the op sorts rows: move the axis last and back (swapaxes is its own inverse)
+    values, indices = apply(Sort(bool(descending)), swapaxes(inp, axis, last))
+    return swapaxes(values, axis, last), swapaxes(indices, axis, last)
 
 
 class TopK(_PickLast):
@@ -537,3 +550,16 @@ def svd(inp, full_matrices=False, compute_uv=True):
 
 
 __all__ += ["svd"]
+
+
+def _check_non_finite(inps, scale=1.0):
+    """Upstream's amp helper: multiply each tensor of ``inps`` by ``scale`` in place and return
+    an int32 Tensor of shape (1,) holding 1 when any value is inf or NaN, else 0."""
+    found = False
+    for t in inps:
+        xp = xp_of(t._data)
+        found = found or not bool(xp.isfinite(t._data).all())
+        if scale != 1.0:
+            t._reset(Tensor._wrap((t._data * scale).astype(t.dtype, copy=False), t._device))
+    dev = inps[0]._device if inps else None
+    return Tensor(np.array([int(found)], np.int32), device=dev)

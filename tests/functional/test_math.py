@@ -312,3 +312,48 @@ def test_svd_full_matrices_gradient_through_the_unique_part():
         return (u * u) * s
 
     check(ours, theirs, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -3, 2])
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_along_an_axis_matches_torch_stable_sort(axis, descending):
+    # integer-valued floats with ties: the indices pin down stability
+    x = np.random.RandomState(4).randint(-3, 4, (3, 4, 5)).astype(np.float32)
+    out = check_against_torch(
+        lambda t: F.sort(t, descending, axis),
+        lambda t: torch.sort(t, dim=axis, descending=descending, stable=True), x, out_index=0)
+    _, idx = F.sort(mge.tensor(x), descending=descending, axis=axis)
+    _, tidx = torch.sort(torch.tensor(x), dim=axis, descending=descending, stable=True)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    assert out[0].shape == x.shape
+
+
+def test_sort_takes_its_scalar_parameters_as_tensors():
+    x = np.random.RandomState(5).randn(4, 3).astype(np.float32)
+    v, i = F.sort(mge.tensor(x), mge.tensor(True), mge.tensor(0))
+    np.testing.assert_array_equal(v.numpy(), -np.sort(-x, axis=0))
+    np.testing.assert_array_equal(i.numpy(), np.argsort(-x, axis=0, kind="stable"))
+
+
+def test_reduction_with_a_repeated_axis_raises_valueerror_and_assertionerror():
+    x = mge.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError):  # numpy's answer to the same request
+        np.sum(np.ones((2, 3)), axis=(1, -1))
+    for cls in (ValueError, AssertionError):
+        with pytest.raises(cls, match="twice"):
+            F.sum(x, axis=(-1, 1))
+    np.testing.assert_array_equal(F.sum(x, axis=(-2, 1)).numpy(), 6.0)
+
+
+def test_check_non_finite_scales_in_place_and_flags_inf_nan():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    ts = [mge.tensor(a), mge.tensor(a + 1)]
+    flag = F.math._check_non_finite(ts, 0.5)
+    assert flag.dtype == np.int32 and flag.shape == (1,) and flag.numpy()[0] == 0
+    np.testing.assert_array_equal(ts[0].numpy(), a * 0.5)
+    np.testing.assert_array_equal(ts[1].numpy(), (a + 1) * 0.5)
+    for bad in (np.inf, -np.inf, np.nan):
+        b = a.copy()
+        b[1, 2] = bad
+        assert F.math._check_non_finite([mge.tensor(a), mge.tensor(b)]).numpy()[0] == 1
