@@ -1,9 +1,11 @@
 """`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
 import math
+from collections.abc import MutableMapping
 
 import numpy as np
 
 from .. import device as _device_mod
+from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
 from . import ops as _ops
 
@@ -126,6 +128,35 @@ def _same(a, b):
     return a == b
 
 
+class _QParamsDict(MutableMapping):
+    """`QParams` seen as a dict (upstream's ``Tensor.q_dict``); its keys are the fields."""
+
+    def __init__(self, qparams):
+        self._qparams = qparams
+
+    def _check(self, key):
+        if key not in QParams.__slots__:
+            raise KeyError(f"q_dict has the keys {QParams.__slots__}, not {key!r}")
+
+    def __getitem__(self, key):
+        self._check(key)
+        return getattr(self._qparams, key)
+
+    def __setitem__(self, key, value):
+        self._check(key)
+        setattr(self._qparams, key, value)
+
+    def __delitem__(self, key):
+        self._check(key)
+        setattr(self._qparams, key, None)
+
+    def __iter__(self):
+        return iter(QParams.__slots__)
+
+    def __len__(self):
+        return len(QParams.__slots__)
+
+
 class Tensor:
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -209,6 +240,12 @@ class Tensor:
         if self._qparams is None:
             self._qparams = QParams()
         return self._qparams
+
+    @property
+    def q_dict(self):
+        """The quantization parameters as upstream's older dict (keys ``mode``, ``dtype_meta``,
+        ``scale``, ``zero_point``): a live view of `qparams`, so it pickles with the tensor."""
+        return _QParamsDict(self.qparams)
 
     @property
     def ndim(self):

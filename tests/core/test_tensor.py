@@ -547,3 +547,28 @@ def test_copy_to_the_cpu_and_back_keeps_devices_and_gradients():
     assert t.grad.device == "gpu0" and host(t.grad).tolist() == [1.0, 1.0]
     c = Tensor([1.0], device="cpu0")
     assert (c * 3).device == "cpu0" and (3.0 + Tensor([1.0], device="gpu0")).device == "gpu0"
+
+
+def test_q_dict_is_a_view_of_qparams_and_pickles():
+    import pickle
+
+    t = Tensor([1.0, 2.0])
+    assert dict(t.q_dict) == {"mode": None, "dtype_meta": None, "scale": None,
+                              "zero_point": None}
+    t.q_dict["scale"] = Tensor(0.5)
+    assert t.qparams.scale is t.q_dict["scale"]
+    back = pickle.loads(pickle.dumps(t))
+    assert isinstance(back.q_dict["scale"], Tensor)
+    assert back.q_dict["scale"].item() == 0.5
+    with pytest.raises(KeyError, match="q_dict has the keys"):
+        t.q_dict["scales"] = 1
+
+
+def test_core_tensor_amp_is_the_autocast_state():
+    from megengine import amp
+    from megengine.core.tensor import amp as state
+
+    before = amp.enabled
+    with amp.autocast():
+        assert state._enabled is True
+    assert state._enabled == before
