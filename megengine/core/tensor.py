@@ -193,6 +193,8 @@ class Tensor:
         self._name = name
         if format != "default":
             self.format = format
+        elif isinstance(data, Tensor):
+            self._format = data._format  # a tensor made from a tensor keeps its format label
 
     @classmethod
     def _wrap(cls, array, device):
@@ -440,11 +442,15 @@ class Tensor:
 
     def __setitem__(self, index, value):
         idx = _ops.normalize_index(index, self.shape)
+        whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
+        label = value._format if whole else None
         value = _operand(value, self)
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
         result = dispatch.apply(_ops.SetItem(idx), self, value)
         self._inplace(result)
+        if whole:
+            self._format = label  # `t[...] = other` replaces all of t, its format label included
 
     # ----- reductions used as methods -----
     def sum(self, axis=None, keepdims=False):

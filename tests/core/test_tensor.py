@@ -465,6 +465,19 @@ def test_format_label_is_checked_and_kept():
         Tensor([1.0], format="NHWC!")
 
 
+def test_format_label_follows_a_tensor_into_tensor_and_whole_assignment():
+    a = Tensor(np.arange(24.0).reshape(1, 2, 3, 4), format="nhwc")
+    b = Tensor(a)
+    assert b.format == "nhwc"
+    np.testing.assert_array_equal(b.numpy(), a.numpy())
+    src = np.full((1, 2, 3, 4), 7.0, np.float32)
+    b[...] = Tensor(src, format="nchw")  # replaces all of b: value and label
+    assert b.format == "nchw"
+    np.testing.assert_array_equal(b.numpy(), src)
+    b[0] = Tensor(np.zeros((2, 3, 4), np.float32))  # a part: the label stays
+    assert b.format == "nchw" and (b.numpy() == 0).all()
+
+
 def test_name_set_at_creation_or_later():
     x = Tensor([1.0], name="w")
     assert x.name == "w"
