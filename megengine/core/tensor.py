@@ -286,6 +286,23 @@ class Tensor:
         a = self.numpy()
         return a if dtype is None else a.astype(dtype, copy=False)
 
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """numpy's operators and ufuncs on tensors, as upstream: ``np.add(t, array)``,
+        ``array + t``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on the
+        tensor's device (with autodiff). Other ufuncs, or calls with ``out=``/``where=``...,
+        run in numpy on the host values and give numpy results."""
+        name = _UFUNC_OPS.get(ufunc)
+        if method == "__call__" and not kwargs and name is not None:
+            if len(inputs) == 1:
+                return dispatch.apply(_ops.UNARY[name](), inputs[0])
+            a, b = inputs
+            like = a if isinstance(a, Tensor) else b
+            return dispatch.apply(_ops.BINARY[name](), _operand(a, like), _operand(b, like))
+        if any(isinstance(o, Tensor) for o in kwargs.get("out", ())):
+            return NotImplemented  # numpy then raises: a Tensor is not a numpy output buffer
+        arrays = [x.numpy() if isinstance(x, Tensor) else x for x in inputs]
+        return getattr(ufunc, method)(*arrays, **kwargs)
+
     def item(self, *args):
         return self.numpy().item(*args)
 
@@ -488,6 +505,18 @@ def _mapped_device(saved):
 def _writeable(array):
     # CuPy's flags have no "writeable": device arrays are always writeable.
     return getattr(array.flags, "writeable", True)
+
+
+# numpy ufunc -> this engine's op name (`_ops.BINARY` / `_ops.UNARY`), for __array_ufunc__
+_UFUNC_OPS = {
+    np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "truediv",
+    np.floor_divide: "floordiv", np.remainder: "mod", np.power: "pow", np.matmul: "matmul",
+    np.bitwise_and: "and", np.bitwise_or: "or", np.bitwise_xor: "xor",
+    np.left_shift: "lshift", np.right_shift: "rshift", np.equal: "eq", np.not_equal: "ne",
+    np.less: "lt", np.less_equal: "le", np.greater: "gt", np.greater_equal: "ge",
+    np.maximum: "maximum", np.minimum: "minimum",
+    np.negative: "neg", np.absolute: "abs", np.invert: "invert",
+}
 
 
 def _operand(value, like):

@@ -585,3 +585,26 @@ def test_core_tensor_amp_is_the_autocast_state():
     with amp.autocast():
         assert state._enabled is True
     assert state._enabled == before
+
+
+def test_numpy_ufuncs_on_tensors_give_tensors_on_the_tensors_device():
+    x_np = np.array([1.0, -2.0, 3.0], np.float32)
+    y = np.array([0.5, 4.0, 3.0], np.float32)
+    x = Parameter(x_np)
+    gm = GradManager().attach([x])
+    with gm:
+        out = np.add(x, y) * np.multiply(y, x)  # (x + y) * (y * x), both sides via numpy
+        gm.backward(out.sum())
+    assert isinstance(out, Tensor) and out.device == x.device
+    np.testing.assert_allclose(out.numpy(), (x_np + y) * (y * x_np), rtol=1e-6)
+    # d/dx[(x + y) * y * x] = y * x + (x + y) * y
+    np.testing.assert_allclose(x.grad.numpy(), y * x_np + (x_np + y) * y, rtol=1e-6)
+    for ufunc in (np.equal, np.less, np.greater_equal, np.maximum, np.subtract):
+        got = ufunc(y, x)  # the tensor on the right
+        assert isinstance(got, Tensor), ufunc
+        np.testing.assert_array_equal(got.numpy(), ufunc(y, x_np))
+    # ufuncs the engine has no op for, and numpy's out=, stay numpy on host values
+    assert type(np.exp(x)) is np.ndarray
+    buf = np.zeros(3, np.float32)
+    np.add(y, x, out=buf)
+    np.testing.assert_array_equal(buf, y + x_np)
