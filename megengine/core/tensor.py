@@ -1,9 +1,11 @@
 """`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
 import math
+from collections.abc import MutableMapping
 
 import numpy as np
 
 from .. import device as _device_mod
+from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
 from . import ops as _ops
 
@@ -126,6 +128,35 @@ def _same(a, b):
     return a == b
 
 
+class _QParamsDict(MutableMapping):
+    """`QParams` seen as a dict (upstream's ``Tensor.q_dict``); its keys are the fields."""
+
+    def __init__(self, qparams):
+        self._qparams = qparams
+
+    def _check(self, key):
+        if key not in QParams.__slots__:
+            raise KeyError(f"q_dict has the keys {QParams.__slots__}, not {key!r}")
+
+    def __getitem__(self, key):
+        self._check(key)
+        return getattr(self._qparams, key)
+
+    def __setitem__(self, key, value):
+        self._check(key)
+        setattr(self._qparams, key, value)
+
+    def __delitem__(self, key):
+        self._check(key)
+        setattr(self._qparams, key, None)
+
+    def __iter__(self):
+        return iter(QParams.__slots__)
+
+    def __len__(self):
+        return len(QParams.__slots__)
+
+
 class Tensor:
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -162,6 +193,8 @@ class Tensor:
         self._name = name
         if format != "default":
             self.format = format
+        elif isinstance(data, Tensor):
+            self._format = data._format  # a tensor made from a tensor keeps its format label
 
     @classmethod
     def _wrap(cls, array, device):
@@ -211,6 +244,12 @@ class Tensor:
         return self._qparams
 
     @property
+    def q_dict(self):
+        """The quantization parameters as upstream's older dict (keys ``mode``, ``dtype_meta``,
+        ``scale``, ``zero_point``): a live view of `qparams`, so it pickles with the tensor."""
+        return _QParamsDict(self.qparams)
+
+    @property
     def ndim(self):
         return self._data.ndim
 
@@ -246,6 +285,23 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
         return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """numpy's operators and ufuncs on tensors, as upstream: ``np.add(t, array)``,
+        ``array + t``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on the
+        tensor's device (with autodiff). Other ufuncs, or calls with ``out=``/``where=``...,
+        run in numpy on the host values and give numpy results."""
+        name = _UFUNC_OPS.get(ufunc)
+        if method == "__call__" and not kwargs and name is not None:
+            if len(inputs) == 1:
+                return dispatch.apply(_ops.UNARY[name](), inputs[0])
+            a, b = inputs
+            like = a if isinstance(a, Tensor) else b
+            return dispatch.apply(_ops.BINARY[name](), _operand(a, like), _operand(b, like))
+        if any(isinstance(o, Tensor) for o in kwargs.get("out", ())):
+            return NotImplemented  # numpy then raises: a Tensor is not a numpy output buffer
+        arrays = [x.numpy() if isinstance(x, Tensor) else x for x in inputs]
+        return getattr(ufunc, method)(*arrays, **kwargs)
 
     def item(self, *args):
         return self.numpy().item(*args)
@@ -403,11 +459,15 @@ class Tensor:
 
     def __setitem__(self, index, value):
         idx = _ops.normalize_index(index, self.shape)
+        whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
+        label = value._format if whole else None
         value = _operand(value, self)
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
         result = dispatch.apply(_ops.SetItem(idx), self, value)
         self._inplace(result)
+        if whole:
+            self._format = label  # `t[...] = other` replaces all of t, its format label included
 
     # ----- reductions used as methods -----
     def sum(self, axis=None, keepdims=False):
@@ -445,6 +505,18 @@ def _mapped_device(saved):
 def _writeable(array):
     # CuPy's flags have no "writeable": device arrays are always writeable.
     return getattr(array.flags, "writeable", True)
+
+
+# numpy ufunc -> this engine's op name (`_ops.BINARY` / `_ops.UNARY`), for __array_ufunc__
+_UFUNC_OPS = {
+    np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "truediv",
+    np.floor_divide: "floordiv", np.remainder: "mod", np.power: "pow", np.matmul: "matmul",
+    np.bitwise_and: "and", np.bitwise_or: "or", np.bitwise_xor: "xor",
+    np.left_shift: "lshift", np.right_shift: "rshift", np.equal: "eq", np.not_equal: "ne",
+    np.less: "lt", np.less_equal: "le", np.greater: "gt", np.greater_equal: "ge",
+    np.maximum: "maximum", np.minimum: "minimum",
+    np.negative: "neg", np.absolute: "abs", np.invert: "invert",
+}
 
 
 def _operand(value, like):

@@ -2,7 +2,9 @@
 
 Importing this module does not import torch; ``init_process_group`` does. Every collective runs
 on a torch.distributed process group (gloo for CPU processes, NCCL for GPUs); rank 0 hosts the
-rendezvous (torch's TCPStore) at ``master_ip:port``, so no separate server process is needed.
+rendezvous (torch's TCPStore) at ``master_ip:port``, so no separate server process is needed
+(a `megengine.distributed.Server` started first, as upstream's hand-started jobs do, hosts it
+instead).
 """
 import datetime
 import os
@@ -12,7 +14,7 @@ from typing import List, Optional
 __all__ = [
     "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
     "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",
-    "DEFAULT_TIMEOUT",
+    "DEFAULT_TIMEOUT", "get_py_server_addr",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective or the rendezvous waits for a peer before raising
@@ -223,11 +225,11 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     if backend == "nccl":
         torch.cuda.set_device(device)
     kwargs = dict(backend=backend, world_size=world_size, rank=rank, timeout=_timedelta(timeout))
-    if from_env:
-        kwargs["init_method"] = "env://"
-    else:
-        kwargs["init_method"] = f"tcp://{master_ip}:{port}"
     try:
+        if from_env:
+            kwargs["init_method"] = "env://"
+        else:
+            kwargs["store"] = _rendezvous_store(master_ip, port, world_size, rank, timeout)
         dist.init_process_group(**kwargs)
     except Exception as error:  # torch's errors name neither the cause nor the fix
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
@@ -242,6 +244,29 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     # as upstream: each rank draws its own random numbers (data augmentation, dropout);
     # parameters are made equal with bcast_list_
     random.seed(int(time.time()) + rank)
+
+
+def _rendezvous_store(master_ip, port, world_size, rank, timeout):
+    """The TCPStore the ranks meet in: rank 0 hosts it, unless a `Server` on rank 0's machine
+    already does on ``port`` (upstream's hand-started jobs create one first); then rank 0
+    joins it too."""
+    import torch.distributed as dist
+
+    limit = _timedelta(timeout)
+    if rank != 0:
+        return dist.TCPStore(master_ip, port, world_size, is_master=False, timeout=limit)
+    try:
+        return dist.TCPStore(master_ip, port, world_size, is_master=True, timeout=limit)
+    except Exception as error:
+        text = str(error)
+        if "address already in use" not in text.lower() and "EADDRINUSE" not in text:
+            raise
+        from .server import join_server
+
+        store = join_server(master_ip, port, timeout)
+        if store is None:
+            raise  # a program that is not a Server of this machine holds the port
+        return store
 
 
 def _pick_backend(backend, device_type):
@@ -315,6 +340,13 @@ def get_world_size() -> int:
 def get_backend() -> Optional[str]:
     """``"gloo"`` or ``"nccl"``; None when not distributed."""
     return _sd.backend if _sd is not None else None
+
+
+def get_py_server_addr():
+    """``(master_ip, port)`` of the rendezvous this process joined (upstream's Python server
+    address)."""
+    sd = _state("get_py_server_addr")
+    return sd.master_ip, sd.port
 
 
 def _state(what):

@@ -1,4 +1,5 @@
-"""Data-parallel helpers: `make_allreduce_cb` (bucketed gradient all-reduce), `bcast_list_`, `synchronized`.
+"""Data-parallel helpers: `make_allreduce_cb` (bucketed gradient all-reduce), `bcast_list_`, `synchronized`,
+parameter packing (`param_pack_split`/`param_pack_concat`) and `get_device_count_by_fork`.
 
 ``make_allreduce_cb("mean")`` is a GradManager callback. Each gradient it is given is copied into
 a flat bucket of its dtype (upstream's param pack, torch DDP's buckets); a bucket is all-reduced
@@ -9,10 +10,12 @@ its own is not packed: it is all-reduced where it is. Every parameter's ``.grad`
 into its bucket: one collective per bucket instead of one per parameter, and no further copy.
 """
 import functools
+import multiprocessing as mp
 import weakref
 from collections import defaultdict
 from typing import Callable
 
+import numpy as np
 
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
@@ -20,7 +23,8 @@ from ..core.tensor import Tensor
 from .group import WORLD, Group, group_barrier, is_distributed
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
-           "DEFAULT_BUCKET_SIZE"]
+           "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
+           "param_pack_concat"]
 
 DEFAULT_BUCKET_SIZE = 10 * 1024 * 1024  # bytes, as upstream's param-pack threshold
 
@@ -37,6 +41,95 @@ def synchronized(func: Callable):
         return result
 
     return wrapper
+
+
+def _count_devices_into(queue, device_type):
+    from ..device import get_device_count
+    queue.put(get_device_count(device_type))
+
+
+def get_device_count_by_fork(device_type: str) -> int:
+    """Number of devices of ``device_type`` ("gpu", "cpu", "xpu"), counted in a forked child
+    process, as upstream: asking CUDA in this process would initialise it here, and a CUDA
+    context does not survive the ``fork`` that `launcher` uses to start its workers."""
+    if "fork" not in mp.get_all_start_methods():  # Windows: no fork, count here
+        from ..device import get_device_count
+        return get_device_count(device_type)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_count_devices_into, args=(queue, device_type))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"get_device_count_by_fork({device_type!r}): the counting process "
+                           f"exited with code {child.exitcode}")
+    return queue.get()
+
+
+def _pack_ranges(offsets, what):
+    offsets = [int(o) for o in offsets]
+    if len(offsets) % 2:
+        raise ValueError(f"{what}: offsets must be [begin0, end0, begin1, end1, ...] pairs, "
+                         f"got {len(offsets)} numbers")
+    ranges = list(zip(offsets[0::2], offsets[1::2]))
+    last = 0
+    for begin, end in ranges:
+        if not last <= begin <= end:
+            raise ValueError(f"{what}: offsets must be increasing, non-overlapping "
+                             f"[begin, end) pairs, got {offsets}")
+        last = end
+    return ranges
+
+
+def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
+    """Split the flat tensor ``inp`` into tensors of ``shapes``: the i-th is
+    ``inp[offsets[2i]:offsets[2i+1]]`` reshaped to ``shapes[i]`` (``()`` makes a scalar).
+    The inverse of `param_pack_concat`; gradients flow back into ``inp``."""
+    ranges = _pack_ranges(offsets, "param_pack_split")
+    if len(ranges) != len(shapes):
+        raise ValueError(f"param_pack_split: {len(ranges)} offset pairs for {len(shapes)} shapes")
+    if inp.ndim != 1:
+        raise ValueError(f"param_pack_split: inp must be 1-D, got shape {inp.shape}")
+    outputs = []
+    for (begin, end), shape in zip(ranges, shapes):
+        shape = tuple(shape)
+        if end - begin != int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
+                             f"elements, shape {shape} needs {int(np.prod(shape))}")
+        outputs.append(inp[begin:end].reshape(shape))
+    return outputs
+
+
+def param_pack_concat(inps: list, offsets: Tensor, offsets_val: list) -> Tensor:
+    """Pack ``inps`` into one flat tensor of ``offsets_val[-1]`` elements: the i-th input,
+    flattened, fills ``[offsets_val[2i], offsets_val[2i+1])``; gaps between ranges (alignment)
+    are zeros. ``offsets`` is the same list as a Tensor (upstream's op takes both); it must
+    agree with ``offsets_val``. Gradients flow back into each input."""
+    from .. import functional as F
+
+    ranges = _pack_ranges(offsets_val, "param_pack_concat")
+    if len(ranges) != len(inps):
+        raise ValueError(f"param_pack_concat: {len(ranges)} offset pairs for {len(inps)} inputs")
+    if offsets is not None and list(np.asarray(
+            offsets.numpy() if isinstance(offsets, Tensor) else offsets).ravel()) != \
+            [int(o) for o in offsets_val]:
+        raise ValueError("param_pack_concat: offsets and offsets_val disagree")
+    if not inps:
+        raise ValueError("param_pack_concat: no inputs to pack")
+    dtype, device = inps[0].dtype, inps[0].device
+    pieces, last = [], 0
+    for t, (begin, end) in zip(inps, ranges):
+        if t.dtype != dtype:
+            raise TypeError(f"param_pack_concat: all inputs must share one dtype, got {dtype} "
+                            f"and {t.dtype}")
+        if t.size != end - begin:
+            raise ValueError(f"param_pack_concat: input of shape {t.shape} does not fill "
+                             f"[{begin}, {end})")
+        if begin > last:
+            pieces.append(F.zeros((begin - last,), dtype=dtype, device=device))
+        pieces.append(t.reshape(-1))
+        last = end
+    return F.concat(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def bcast_list_(inps: list, group: Group = WORLD):

@@ -43,6 +43,7 @@ class _Recorder:
         self.rec_level = dispatch._recording  # GradManagers recording; changes only in events
         self.rec_changed = False
         self.profile = None  # checking with profiling=True: the Profile to add op times to
+        self.excluded = set()  # checking: ids of tensors made by exclude_from_trace blocks
 
     # ----- values and where they come from -----
     def _register(self, t, slot):
@@ -130,6 +131,11 @@ class _Recorder:
                                "expect internal node, got external" if was and not now else
                                "expect external node, got internal" if now and not was else
                                "input id mismatch")
+            return
+        if id(t) in self.excluded:
+            # made by an exclude_from_trace block of this call: the block is the user's
+            # declared untraced side path, so its result may stand in for any recorded input
+            # (upstream accepts it; the op runs on it now, since checking runs eagerly)
             return
         info = prog.slots[expected]
         kind = info.kind
@@ -448,6 +454,35 @@ class _Recorder:
                 n is not None and n != r for n, r in zip(now, recorded)):
             self._mismatch("the outputs: this call returns other values than the traced call "
                            f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+class _ExcludedBlock:
+    """The hook while an `exclude_from_trace` block runs inside a checked call: ops and events
+    run untraced, and the tensors the ops make are noted so that the checker accepts them as
+    inputs of later traced ops."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        self.failed = False
+
+    def __call__(self, op, inputs):
+        dispatch._trace_hook = None
+        try:
+            out = dispatch.apply(op, *inputs)
+        finally:
+            dispatch._trace_hook = self
+        rec = self.recorder
+        for o in out if isinstance(out, tuple) else (out,):
+            rec.excluded.add(id(o))
+            rec.keep.append(o)  # alive until the call ends: its id stays unique
+        return out
+
+    def event(self, fn, *args, **kwargs):
+        dispatch._trace_hook = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dispatch._trace_hook = self
 
 
 class _Where:

@@ -60,7 +60,7 @@ import inspect
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ._program import TraceError, TraceMismatchError, _flatten, _Program
-from .record import _Recorder
+from .record import _ExcludedBlock, _Recorder
 from .replay import Profile, replay
 
 __all__ = ["trace", "TraceError", "TraceMismatchError", "exclude_from_trace", "is_tracing",
@@ -276,11 +276,14 @@ def exclude_from_trace():
     """Run a block without recording (first call) or checking (symbolic=False) its ops.
 
     For side work such as logging. Tensors it makes and the traced code then uses are treated
-    as constants. On a ``symbolic=True`` replay the Python function, this block included, does
+    as constants when the call is recorded; a checked call (``symbolic=False``) accepts them in
+    place of any recorded input, so the block may compute differently from call to call (as
+    upstream). On a ``symbolic=True`` replay the Python function, this block included, does
     not run.
     """
     hook = dispatch._trace_hook
-    dispatch._trace_hook = None
+    dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking
+                            else None)
     try:
         yield
     finally:

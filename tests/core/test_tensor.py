@@ -465,6 +465,19 @@ def test_format_label_is_checked_and_kept():
         Tensor([1.0], format="NHWC!")
 
 
+def test_format_label_follows_a_tensor_into_tensor_and_whole_assignment():
+    a = Tensor(np.arange(24.0).reshape(1, 2, 3, 4), format="nhwc")
+    b = Tensor(a)
+    assert b.format == "nhwc"
+    np.testing.assert_array_equal(b.numpy(), a.numpy())
+    src = np.full((1, 2, 3, 4), 7.0, np.float32)
+    b[...] = Tensor(src, format="nchw")  # replaces all of b: value and label
+    assert b.format == "nchw"
+    np.testing.assert_array_equal(b.numpy(), src)
+    b[0] = Tensor(np.zeros((2, 3, 4), np.float32))  # a part: the label stays
+    assert b.format == "nchw" and (b.numpy() == 0).all()
+
+
 def test_name_set_at_creation_or_later():
     x = Tensor([1.0], name="w")
     assert x.name == "w"
@@ -547,3 +560,51 @@ def test_copy_to_the_cpu_and_back_keeps_devices_and_gradients():
     assert t.grad.device == "gpu0" and host(t.grad).tolist() == [1.0, 1.0]
     c = Tensor([1.0], device="cpu0")
     assert (c * 3).device == "cpu0" and (3.0 + Tensor([1.0], device="gpu0")).device == "gpu0"
+
+
+def test_q_dict_is_a_view_of_qparams_and_pickles():
+    import pickle
+
+    t = Tensor([1.0, 2.0])
+    assert dict(t.q_dict) == {"mode": None, "dtype_meta": None, "scale": None,
+                              "zero_point": None}
+    t.q_dict["scale"] = Tensor(0.5)
+    assert t.qparams.scale is t.q_dict["scale"]
+    back = pickle.loads(pickle.dumps(t))
+    assert isinstance(back.q_dict["scale"], Tensor)
+    assert back.q_dict["scale"].item() == 0.5
+    with pytest.raises(KeyError, match="q_dict has the keys"):
+        t.q_dict["scales"] = 1
+
+
+def test_core_tensor_amp_is_the_autocast_state():
+    from megengine import amp
+    from megengine.core.tensor import amp as state
+
+    before = amp.enabled
+    with amp.autocast():
+        assert state._enabled is True
+    assert state._enabled == before
+
+
+def test_numpy_ufuncs_on_tensors_give_tensors_on_the_tensors_device():
+    x_np = np.array([1.0, -2.0, 3.0], np.float32)
+    y = np.array([0.5, 4.0, 3.0], np.float32)
+    x = Parameter(x_np)
+    gm = GradManager().attach([x])
+    with gm:
+        out = np.add(x, y) * np.multiply(y, x)  # (x + y) * (y * x), both sides via numpy
+        gm.backward(out.sum())
+    assert isinstance(out, Tensor) and out.device == x.device
+    np.testing.assert_allclose(out.numpy(), (x_np + y) * (y * x_np), rtol=1e-6)
+    # d/dx[(x + y) * y * x] = y * x + (x + y) * y
+    np.testing.assert_allclose(x.grad.numpy(), y * x_np + (x_np + y) * y, rtol=1e-6)
+    for ufunc in (np.equal, np.less, np.greater_equal, np.maximum, np.subtract):
+        got = ufunc(y, x)  # the tensor on the right
+        assert isinstance(got, Tensor), ufunc
+        np.testing.assert_array_equal(got.numpy(), ufunc(y, x_np))
+    # ufuncs the engine has no op for, and numpy's out=, stay numpy on host values
+    assert type(np.exp(x)) is np.ndarray
+    buf = np.zeros(3, np.float32)
+    np.add(y, x, out=buf)
+    np.testing.assert_array_equal(buf, y + x_np)

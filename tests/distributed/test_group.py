@@ -166,3 +166,52 @@ def test_world_of_one_and_group_errors(run_ranks):
     assert "ranks must be ints in [0, world_size=1)" in got["[1]"]
     assert "ranks must be distinct" in got["[0, 0]"]
     assert "runs on gloo" in got["override"]
+
+
+def _join_server_and_reduce(port, rank, queue):
+    import megengine as mge
+    import megengine.distributed as dist
+    from megengine.functional.distributed import all_reduce_sum
+
+    try:
+        dist.init_process_group("localhost", port, 2, rank, rank, "gloo", timeout=30)
+        out = all_reduce_sum(mge.tensor([float(rank + 1), 10.0 * rank]))
+        queue.put((rank, "ok", out.numpy().tolist(), dist.get_py_server_addr()))
+        dist.destroy_process_group()
+    except BaseException as error:  # noqa: BLE001
+        queue.put((rank, "error", f"{type(error).__name__}: {error}", None))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_ranks_join_a_server_started_first_as_upstreams_hand_started_jobs_do():
+    port = dist.get_free_ports(1)[0]
+    server = dist.Server(port)  # holds the port: rank 0 joins it instead of hosting
+    assert server.py_server_port == port
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_join_server_and_reduce, args=(port, r, queue), daemon=True)
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = sorted(queue.get(timeout=60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    # all_reduce_sum of [1, 0] and [2, 10], by hand
+    assert results == [(0, "ok", [3.0, 10.0], ("localhost", port)),
+                       (1, "ok", [3.0, 10.0], ("localhost", port))]
+
+
+def test_get_free_ports_gives_distinct_bindable_ports():
+    ports = dist.get_free_ports(3)
+    assert len(set(ports)) == 3
+    for p in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", p))  # free: binding succeeds
+    with pytest.raises(ValueError, match="num must be"):
+        dist.get_free_ports(-1)

@@ -106,3 +106,50 @@ def test_allreduce_callback_arguments_are_checked():
     cb = dist.make_allreduce_cb("MEAN")  # upstream lower-cases it
     with pytest.raises(RuntimeError, match="runs inside GradManager.backward"):
         cb(mge.Parameter([1.0]), mge.tensor([1.0]))
+
+
+def test_get_device_count_by_fork_matches_a_count_here():
+    from megengine.distributed.helper import get_device_count_by_fork
+
+    # counted in a forked child, it must agree with the count in this process
+    assert get_device_count_by_fork("cpu") == mge.get_device_count("cpu")
+    assert get_device_count_by_fork("gpu") == mge.get_device_count("gpu")
+
+
+def test_param_pack_split_and_concat_against_numpy():
+    from megengine.distributed.helper import param_pack_concat, param_pack_split
+
+    rng = np.random.RandomState(0)
+    a_np, b_np, s_np = rng.randn(2, 3), rng.randn(4), np.array(rng.randn())
+    # a at [0, 6), a gap of 2 (alignment), b at [8, 12), the scalar at [12, 13)
+    offsets = [0, 6, 8, 12, 12, 13]
+    a, b, s = (mge.Parameter(v.astype("float32")) for v in (a_np, b_np, s_np))
+    w_np = rng.randn(13).astype("float32")
+    gm = GradManager().attach([a, b, s])
+    with gm:
+        flat = param_pack_concat([a, b, s], mge.Tensor(offsets), offsets)
+        gm.backward((flat * mge.Tensor(w_np)).sum())
+    expected = np.zeros(13, "float32")
+    expected[0:6], expected[8:12], expected[12] = a_np.ravel(), b_np, s_np
+    np.testing.assert_allclose(flat.numpy(), expected, rtol=1e-6)
+    # d(sum(flat * w))/d(piece) is w over the piece's range
+    np.testing.assert_allclose(a.grad.numpy(), w_np[0:6].reshape(2, 3))
+    np.testing.assert_allclose(b.grad.numpy(), w_np[8:12])
+    np.testing.assert_allclose(s.grad.numpy(), w_np[12])
+
+    pa, pb, ps = param_pack_split(flat, offsets, [(2, 3), (4,), ()])
+    np.testing.assert_allclose(pa.numpy(), a_np, rtol=1e-6)
+    np.testing.assert_allclose(pb.numpy(), b_np, rtol=1e-6)
+    assert ps.shape == () and np.isclose(ps.item(), s_np, rtol=1e-6)
+
+
+def test_param_pack_rejects_bad_offsets():
+    from megengine.distributed.helper import param_pack_concat, param_pack_split
+
+    flat = mge.Tensor(np.arange(6, dtype="float32"))
+    with pytest.raises(ValueError, match="pairs"):
+        param_pack_split(flat, [0, 2, 4], [(2,)])
+    with pytest.raises(ValueError, match="needs 3"):
+        param_pack_split(flat, [0, 2], [(3,)])
+    with pytest.raises(ValueError, match="disagree"):
+        param_pack_concat([flat], mge.Tensor([0, 5]), [0, 6])

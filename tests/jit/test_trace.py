@@ -584,6 +584,41 @@ def test_exclude_from_trace_and_is_tracing(symbolic):
     assert not is_tracing()
 
 
+def test_checked_call_accepts_what_an_excluded_block_computed():
+    # upstream's contract: an exclude_from_trace block may compute differently from call to
+    # call (here it negates on odd calls) and the traced ops after it use its result. The
+    # oracle is the same arithmetic by hand: -(-x) when nothing is negated in the block.
+    state = {"flip": False}
+
+    @trace(symbolic=False)
+    def f(x):
+        x = -x
+        with exclude_from_trace():
+            if state["flip"]:
+                x = -x
+        return -x
+
+    for k, v in enumerate((1.0, 2.0, 3.0, 4.0)):
+        state["flip"] = k % 2 == 1
+        expected = -v if state["flip"] else v
+        assert f(mge.tensor([v])).numpy().tolist() == [expected]
+    assert f._program.n_ops == 2
+
+    # outside such a block a tensor from elsewhere is still a mismatch
+    other = mge.tensor([7.0])
+
+    @trace(symbolic=False)
+    def g(x):
+        y = -x
+        return -(other if state["flip"] else y)
+
+    state["flip"] = False
+    g(mge.tensor([1.0]))
+    state["flip"] = True
+    with pytest.raises(TraceMismatchError, match="expect internal node, got external"):
+        g(mge.tensor([1.0]))
+
+
 def test_nested_recording_is_refused_but_replay_inside_is_fine():
     inner = trace(lambda x: x * 2, symbolic=True)
     outer = trace(lambda x: inner(x) + 1, symbolic=True)

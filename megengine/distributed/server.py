@@ -1,0 +1,94 @@
+"""`Server`: upstream's rendezvous server for a hand-started job, and `get_free_ports`.
+
+Upstream's ``launcher`` starts a ``Server(port)`` on the master machine and each worker's
+``init_process_group(master_ip, port, ...)`` reaches it. Here rank 0's ``init_process_group``
+hosts the rendezvous (torch's TCPStore) itself, so a Server is optional; code written for
+upstream that starts one first still works: the Server hosts the TCPStore on ``port`` and
+every rank, rank 0 included, joins it as a client. The Server must run on rank 0's machine
+(upstream's master node).
+"""
+import datetime
+import os
+import socket
+import tempfile
+import weakref
+from typing import List
+
+__all__ = ["Server", "get_free_ports"]
+
+
+def _marker(port):
+    """The file by which a Server tells processes on its machine that it holds ``port``: a
+    foreign program on the port cannot be asked (a store client would wait on it forever)."""
+    return os.path.join(tempfile.gettempdir(), f"megengine-distributed-server-{port}")
+
+
+def _remove_marker(path, pid):
+    try:
+        with open(path) as f:
+            if f.read().strip() == str(pid):
+                os.remove(path)
+    except OSError:
+        pass
+
+
+class Server:
+    """Host the rendezvous of ``init_process_group`` on ``port`` of this machine (0: a free
+    port, read it back from ``py_server_port``). Keep the object alive until every rank has
+    joined; it serves until it is garbage collected."""
+
+    def __init__(self, port: int = 0):
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise ValueError(f"Server: port must be an int in [0, 65535], got {port!r}")
+        import torch.distributed as dist
+
+        try:
+            self._store = dist.TCPStore("localhost", port, is_master=True,
+                                        wait_for_workers=False,
+                                        timeout=datetime.timedelta(seconds=30))
+        except Exception as error:  # torch's text does not say which port
+            raise RuntimeError(f"Server: cannot listen on port {port}: {error}") from error
+        self.py_server_port = self._store.port
+        path = _marker(self.py_server_port)
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        weakref.finalize(self, _remove_marker, path, os.getpid())
+
+    @property
+    def port(self) -> int:
+        return self.py_server_port
+
+    def __repr__(self):
+        return f"<megengine.distributed.Server on port {self.py_server_port}>"
+
+
+def join_server(master_ip: str, port: int, timeout: float):
+    """A client store of the `Server` that holds ``port`` on this machine, or None when no
+    live Server of this machine does (another program holds the port)."""
+    try:
+        with open(_marker(port)) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)  # raises when that process is gone (a stale marker)
+    except (OSError, ValueError):
+        return None
+    import torch.distributed as dist
+
+    return dist.TCPStore(master_ip, port, is_master=False,
+                         timeout=datetime.timedelta(seconds=timeout))
+
+
+def get_free_ports(num: int) -> List[int]:
+    """``num`` distinct TCP ports that are free on this machine now (held together while they
+    are picked, so they differ)."""
+    if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+        raise ValueError(f"get_free_ports: num must be an int >= 0, got {num!r}")
+    sockets = []
+    try:
+        for _ in range(num):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
