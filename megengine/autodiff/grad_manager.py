@@ -358,6 +358,9 @@ class GradManagerGroup:
 
 def _pair_outputs(y, dy, what):
     """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None)."""
+    if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
+        a = get_array_module(y._device).ones(y.shape, y.dtype)
+        return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
         dys = [None] * len(ys)
