@@ -293,6 +293,7 @@ class GradManager:
             for t, grad in ready:
                 _add_grad(t, grad)
         finally:
+            dispatch.forget_fresh_gradients()
             dispatch.resume(hidden)
             self.release()
             if dispatch._active:  # what no other live recording tracks is freed now
@@ -407,6 +408,8 @@ def _exclusive(g, claimed):
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
+    if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
+        owner = dispatch.fresh_owner(g)
     if (owner is None or id(owner) in claimed or not getattr(g.flags, "writeable", True)
             or not g.flags.c_contiguous):
         g = g.copy()
@@ -469,7 +472,10 @@ def grad(y, x, use_virtual_grad=None):
             )
         wanted[(id(t._node[0]), t._node[1])] = t
     ys, dys, _ = _pair_outputs(y, None, "grad")
-    found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+    try:
+        found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+    finally:
+        dispatch.forget_fresh_gradients()  # the copies below do not need them
     out = []
     for t in xs:
         g = found.get((id(t._node[0]), t._node[1]))

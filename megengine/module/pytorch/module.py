@@ -22,7 +22,7 @@ import torch
 
 from ...core import amp as _amp
 from ...core import torch_bridge as _bridge
-from ...core.dispatch import Op, apply
+from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
@@ -327,6 +327,24 @@ def _fill(template, values):
     return template
 
 
+def _owns_its_storage(t):
+    """Whether ``t`` is the only tensor on a storage that it spans whole: then nothing else
+    (torch's graph, a parameter, another gradient, megengine's memory) can see its memory, and
+    megengine may keep it as a ``.grad`` without a copy. Storage use counts as torch's own
+    AccumulateGrad checks them before it steals a gradient: ``t``, the storage object made for
+    the question, and the tensor ``t`` views when it is a view (mm's weight gradient is a
+    transposed product made contiguous). A tensor that torch code keeps and returns as a
+    gradient unchanged cannot be told apart (torch.autograd.grad hands it out as is too)."""
+    storage = t.untyped_storage()
+    return (t.is_contiguous() and t.storage_offset() == 0
+            and storage.nbytes() == t.numel() * t.element_size()
+            and _storage_use_count(storage._cdata) == (2 if t._base is None else 3))
+
+
+_FRESH_MIN_NUMEL = 2048  # below this, GradManager's copy costs about what the check does
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  # 0: never fresh
+
+
 def _flatten_outputs(out, expected):
     """Torch outputs as a list of tensors plus the structure to rebuild (None: a single tensor)."""
     if isinstance(out, torch.Tensor):
@@ -454,6 +472,7 @@ class _TorchCall(Op):
             # e.g. through an add; megengine must never give two tensors one gradient array,
             # or an in-place edit (clip_grad_norm) would apply twice
             taken = {t.data_ptr() for t in out_grads}
+            taken.update(t.data_ptr() for t in inputs)
             from_torch = _bridge.from_torch
             for i, g in zip(slots, got):
                 if g is not None:
@@ -461,8 +480,12 @@ class _TorchCall(Op):
                     if address in taken and g.numel():
                         g = g.clone()
                         address = g.data_ptr()
+                        fresh = True
+                    else:  # small ones are copied (cheaper than asking)
+                        fresh = g.numel() >= _FRESH_MIN_NUMEL and _owns_its_storage(g)
                     taken.add(address)
-                    result[i] = from_torch(g)
+                    a = from_torch(g)
+                    result[i] = declare_fresh_gradient(a) if fresh else a
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
 
