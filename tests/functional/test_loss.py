@@ -101,6 +101,8 @@ def test_cross_entropy_errors():
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3, 2)))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         F.nn.cross_entropy(pred, mge.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[-1, 2\]"):
+        F.nn.cross_entropy(pred, mge.tensor([0, -1, 2, 1]))  # negatives, not wrapped around
     with pytest.raises(ValueError, match="reduction must be one of"):
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3)), reduction="avg")
 
