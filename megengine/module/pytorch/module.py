@@ -192,7 +192,17 @@ class PyTorchModule(Module):
 
     def _check_shared(self):
         for tmod, name, address in self._shared.items:
-            current = getattr(tmod, name, None)
+            # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
+            # there); reading them directly skips nn.Module.__getattr__, a Python call each.
+            # (A scripted module's are wrappers: getattr then.)
+            current = None
+            params, buffers = tmod._parameters, tmod._buffers
+            if type(params) is dict and type(buffers) is dict:
+                current = params.get(name)
+                if current is None:
+                    current = buffers.get(name)
+            if current is None:
+                current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
