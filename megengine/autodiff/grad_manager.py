@@ -188,10 +188,21 @@ class GradManager:
         key, own, joined = self._key, self._own, self._joined
         for r, _ in self._attached.values():
             t = r()
-            if t is not None:
-                node = _light(t, key, own)
-                if node is not None:
-                    joined.add(id(node))
+            if t is None:
+                continue
+            entry = t._node
+            if entry is not None and type(entry[0]) is Leaf:
+                leaf = entry[0]
+                ks = leaf.keys
+                if not ks or (len(ks) == 1 and not ks[0].alive):
+                    # the common case, inline (see _light): a leaf of an ended recording
+                    data = t._data
+                    leaf.out_meta = ((data.shape, data.dtype),)
+                    leaf.keys = own
+                    continue
+            node = _light(t, key, own)
+            if node is not None:
+                joined.add(id(node))
         return self
 
     def release(self):
@@ -410,8 +421,9 @@ def _exclusive(g, claimed):
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
     if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
         owner = dispatch.fresh_owner(g)
-    if (owner is None or id(owner) in claimed or not getattr(g.flags, "writeable", True)
-            or not g.flags.c_contiguous):
+    flags = g.flags  # a new object per access: read once
+    if (owner is None or id(owner) in claimed or not getattr(flags, "writeable", True)
+            or not flags.c_contiguous):
         g = g.copy()
         owner = g
     claimed[id(owner)] = owner
