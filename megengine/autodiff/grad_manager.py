@@ -313,7 +313,8 @@ class GradManager:
                         node.free()
             else:
                 for node in visited:
-                    node.free()
+                    if node.op is not None:  # most were freed as their backward ran
+                        node.free()
 
 
 class GradManagerGroup:

@@ -357,8 +357,12 @@ def _autograd_grad_public(outs, wrt, out_grads):
 
 def _autograd_grad_engine(outs, wrt, out_grads):
     # torch.autograd.grad minus its argument normalisation (about 13 us a call, as much as a
-    # small module's whole backward): the outputs are plain tensors and each out_grad was made
-    # from megengine's gradient of that output, so it has the output's shape and dtype already
+    # small module's whole backward): each out_grad was made from megengine's gradient of that
+    # output, so it has the output's shape already. Tensor subclasses (__torch_function__)
+    # take the public path, which dispatches them.
+    for o in outs:
+        if type(o) is not torch.Tensor:
+            return _autograd_grad_public(outs, wrt, out_grads)
     return _engine.run_backward(tuple(outs), tuple(out_grads), False, False, tuple(wrt), True,
                                 False)
 
