@@ -294,6 +294,10 @@ class GradManager:
                 ready = []
                 for key_, g in found.items():
                     t, callbacks = wanted[key_]
+                    if not callbacks and not isinstance(g, Tensor) and g.dtype == t._data.dtype:
+                        # the usual parameter gradient, inline (what _run_callbacks does)
+                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
+                        continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
