@@ -188,10 +188,21 @@ class GradManager:
         key, own, joined = self._key, self._own, self._joined
         for r, _ in self._attached.values():
             t = r()
-            if t is not None:
-                node = _light(t, key, own)
-                if node is not None:
-                    joined.add(id(node))
+            if t is None:
+                continue
+            entry = t._node
+            if entry is not None and type(entry[0]) is Leaf:
+                leaf = entry[0]
+                ks = leaf.keys
+                if not ks or (len(ks) == 1 and not ks[0].alive):
+                    # the common case, inline (see _light): a leaf of an ended recording
+                    data = t._data
+                    leaf.out_meta = ((data.shape, data.dtype),)
+                    leaf.keys = own
+                    continue
+            node = _light(t, key, own)
+            if node is not None:
+                joined.add(id(node))
         return self
 
     def release(self):
@@ -283,6 +294,10 @@ class GradManager:
                 ready = []
                 for key_, g in found.items():
                     t, callbacks = wanted[key_]
+                    if not callbacks and not isinstance(g, Tensor) and g.dtype == t._data.dtype:
+                        # the usual parameter gradient, inline (what _run_callbacks does)
+                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
+                        continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
@@ -293,6 +308,7 @@ class GradManager:
             for t, grad in ready:
                 _add_grad(t, grad)
         finally:
+            dispatch.forget_fresh_gradients()
             dispatch.resume(hidden)
             self.release()
             if dispatch._active:  # what no other live recording tracks is freed now
@@ -301,7 +317,8 @@ class GradManager:
                         node.free()
             else:
                 for node in visited:
-                    node.free()
+                    if node.op is not None:  # most were freed as their backward ran
+                        node.free()
 
 
 class GradManagerGroup:
@@ -358,6 +375,9 @@ class GradManagerGroup:
 
 def _pair_outputs(y, dy, what):
     """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None)."""
+    if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
+        a = get_array_module(y._device).ones(y.shape, y.dtype)
+        return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
         dys = [None] * len(ys)
@@ -404,8 +424,11 @@ def _exclusive(g, claimed):
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
-    if (owner is None or id(owner) in claimed or not getattr(g.flags, "writeable", True)
-            or not g.flags.c_contiguous):
+    if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
+        owner = dispatch.fresh_owner(g)
+    flags = g.flags  # a new object per access: read once
+    if (owner is None or id(owner) in claimed or not getattr(flags, "writeable", True)
+            or not flags.c_contiguous):
         g = g.copy()
         owner = g
     claimed[id(owner)] = owner
@@ -466,7 +489,10 @@ def grad(y, x, use_virtual_grad=None):
             )
         wanted[(id(t._node[0]), t._node[1])] = t
     ys, dys, _ = _pair_outputs(y, None, "grad")
-    found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+    try:
+        found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+    finally:
+        dispatch.forget_fresh_gradients()  # the copies below do not need them
     out = []
     for t in xs:
         g = found.get((id(t._node[0]), t._node[1]))

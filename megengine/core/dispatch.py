@@ -235,6 +235,34 @@ def apply(op, *inputs):
     return tuple(results) if multi else results[0]
 
 
+# Foreign buffers (another framework's memory seen through a view, e.g. torch's) that an op's
+# backward allocated for one gradient and that nothing else references: id(owner) -> owner.
+# A GradManager hands such a gradient to .grad as it is instead of copying it (memory it cannot
+# see the owner of might alias). Entries live until the backward pass that made them ends.
+_fresh_owners = {}
+
+
+def declare_fresh_gradient(a):
+    """Declare that gradient ``a``, a view of foreign memory (its ``base`` is not an array),
+    owns that memory alone for the rest of this backward pass; returns ``a``."""
+    base = a.base
+    if base is not None:
+        _fresh_owners[id(base)] = base
+    return a
+
+
+def fresh_owner(a):
+    """``a``'s foreign owner when an op declared it fresh (`declare_fresh_gradient`), else None."""
+    base = a.base
+    if base is not None and _fresh_owners.get(id(base)) is base:
+        return base
+    return None
+
+
+def forget_fresh_gradients():
+    _fresh_owners.clear()
+
+
 def _graph_order(roots):
     """Nodes reachable from ``roots``, children before parents (reverse topological order)."""
     order, visited = [], set()

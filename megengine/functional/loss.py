@@ -171,6 +171,23 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
     return _pair_loss(op, pred, label)
 
 
+_UNSIGNED = {np.dtype(f"int{b}"): np.dtype(f"uint{b}") for b in (8, 16, 32, 64)}
+_UNSIGNED.update({u: u for u in list(_UNSIGNED.values())})
+_ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
+
+
+def _rows(xp, n):
+    if xp is not np:
+        return xp.arange(n)
+    rows = _ROWS.get(n)
+    if rows is None:
+        if len(_ROWS) > 64:  # many batch sizes: keep the cache small
+            _ROWS.clear()
+        rows = _ROWS[n] = np.arange(n)
+        rows.flags.writeable = False
+    return rows
+
+
 class _CrossEntropy(Op):
     """Log-softmax and negative log-likelihood (with label smoothing) fused with the reduction."""
 
@@ -204,13 +221,19 @@ class _CrossEntropy(Op):
         if label.dtype.kind not in "iu":
             label = label.astype(np.int64)  # upstream takes float class ids too
         classes = pred.shape[ax]
-        if label.size and (label.min() < 0 or label.max() >= classes):
+        unsigned = _UNSIGNED.get(label.dtype)  # negatives wrap to huge: one reduction checks both
+        if label.size and (label.view(unsigned).max() >= classes if unsigned is not None
+                           else label.min() < 0 or label.max() >= classes):
             raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
                              f"[{label.min()}, {label.max()}]")
         self.label = label
         # (N, C) with classes on axis 1, the common case: plain fancy indexing is fastest
-        self.rows = xp.arange(pred.shape[0]) if pred.ndim == 2 and ax == 1 else None
+        self.rows = _rows(xp, pred.shape[0]) if pred.ndim == 2 and ax == 1 else None
         self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
+        self.loss_shape = expected
+        if self.rows is not None and self.with_logits and not ls and self.reduction == "mean" \
+                and pred.shape[0]:
+            return self._forward_mean_2d(xp, pred)
         if self.with_logits:
             m = pred.max(ax, keepdims=True)
             e = xp.exp(pred - m)
@@ -227,7 +250,32 @@ class _CrossEntropy(Op):
         self.loss_shape = expected
         return _reduce(loss.reshape(expected), self.reduction)
 
+    def _forward_mean_2d(self, xp, pred):
+        """The training case, (N, C) logits and mean reduction, in few array passes: the
+        per-row shift is kept in ``e``, which becomes exp(shifted) in place (what backward's
+        softmax needs)."""
+        rows, label = self.rows, self.label
+        e = pred - pred.max(1, keepdims=True)
+        at_label = e[rows, label]
+        xp.exp(e, out=e)
+        s = e.sum(1)
+        # mean over rows of log(s) - shifted[label]
+        loss = (xp.log(s).sum() - at_label.sum()) / pred.shape[0]
+        self.e, self.s, self.fused = e, s, True
+        return xp.asarray(loss, dtype=pred.dtype)
+
+    def _backward_mean_2d(self, g):
+        e = self.e
+        grad = e / self.s[:, None]  # softmax
+        grad[self.rows, self.label] -= 1
+        grad *= g / e.shape[0]  # g: the 0-d gradient of the mean
+        return grad, None
+
+    fused = False  # set by _forward_mean_2d
+
     def backward(self, g):
+        if self.fused:
+            return self._backward_mean_2d(g)
         xp = xp_of(g)
         ax, ls = self.axis, self.ls
         g = _spread(g, self.loss_shape, self.reduction).reshape(self.label_k.shape)

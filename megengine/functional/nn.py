@@ -375,15 +375,17 @@ class _Linear(Op):
                 f"linear: input of shape {x.shape} does not match weight of shape {w.shape}; "
                 "expected input (..., in_features) and weight (out_features, in_features)"
             )
-        dtype = promote_types(x.dtype, w.dtype)
-        self.x, self.w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
-        y = self.x @ self.w.T
+        if x.dtype != w.dtype:
+            dtype = promote_types(x.dtype, w.dtype)
+            x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
+        self.x, self.w = x, w
+        y = x @ w.T
         if b is not None:
             if b.size != w.shape[0]:
                 raise ValueError(f"linear: bias of shape {b.shape} does not match "
                                  f"{w.shape[0]} out_features")
             self.b_shape = b.shape
-            y += b.reshape(-1)
+            y += b if b.ndim == 1 else b.reshape(-1)
         return y
 
     def backward(self, g):

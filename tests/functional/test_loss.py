@@ -101,6 +101,8 @@ def test_cross_entropy_errors():
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3, 2)))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         F.nn.cross_entropy(pred, mge.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[-1, 2\]"):
+        F.nn.cross_entropy(pred, mge.tensor([0, -1, 2, 1]))  # negatives, not wrapped around
     with pytest.raises(ValueError, match="reduction must be one of"):
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3)), reduction="avg")
 
@@ -283,3 +285,17 @@ def test_traced_ctc_loss_replays_each_calls_labels():
         args = [mge.tensor(a) for a in (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
                                          lengths, label, label_lengths)]
         np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)
+
+
+def test_cross_entropy_mean_of_logits_scales_by_the_output_gradient():
+    # the fused (N, C) mean path: repeated labels, an output gradient other than one
+    pred, label = rand(6, 4), np.array([3, 3, 0, 1, 3, 2], np.int32)
+    p = mge.tensor(pred)
+    with GradManager().attach(p) as gm:
+        loss = F.nn.cross_entropy(p, mge.tensor(label))
+        gm.backward(loss, mge.tensor(np.float32(2.5)))
+    pt = torch.tensor(pred, requires_grad=True)
+    expect = TF.cross_entropy(pt, torch.tensor(label).long())
+    (expect * 2.5).backward()
+    np.testing.assert_allclose(loss.numpy(), expect.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=1e-5, atol=1e-7)

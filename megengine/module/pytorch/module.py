@@ -22,7 +22,7 @@ import torch
 
 from ...core import amp as _amp
 from ...core import torch_bridge as _bridge
-from ...core.dispatch import Op, apply
+from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
@@ -191,8 +191,18 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
-        for tmod, name, address in self._shared:
-            current = getattr(tmod, name, None)
+        for tmod, name, address in self._shared.items:
+            # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
+            # there); reading them directly skips nn.Module.__getattr__, a Python call each.
+            # (A scripted module's are wrappers: getattr then.)
+            current = None
+            params, buffers = tmod._parameters, tmod._buffers
+            if type(params) is dict and type(buffers) is dict:
+                current = params.get(name)
+                if current is None:
+                    current = buffers.get(name)
+            if current is None:
+                current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
@@ -203,12 +213,18 @@ class PyTorchModule(Module):
 
     def forward(self, *args, **kwargs):
         self._check_shared()
-        tensors, template = [], []
-        for a in args:
-            template.append(self._take_input(a, tensors))
-        kw_template = {k: self._take_input(v, tensors) for k, v in kwargs.items()}
-        op = _TorchCall(self, template, kw_template, len(tensors))
-        outs = apply(op, *tensors, *self._mge_params)
+        if not kwargs and len(args) == 1 and type(args[0]) is Tensor \
+                and args[0]._device == self._device:
+            # the common call, one tensor argument: the template is a constant, no walk
+            op = _TorchCall(self, _ONE_SLOT, _NO_KWARGS, 1)
+            outs = apply(op, args[0], *self._mge_params.items)
+        else:
+            tensors, template = [], []
+            for a in args:
+                template.append(self._take_input(a, tensors))
+            kw_template = {k: self._take_input(v, tensors) for k, v in kwargs.items()}
+            op = _TorchCall(self, template, kw_template, len(tensors))
+            outs = apply(op, *tensors, *self._mge_params.items)
         outs = outs if isinstance(outs, tuple) else (outs,)
         structure = op.structure
         if structure is None:
@@ -307,6 +323,10 @@ class _Nested:
         return hash(self.kind)
 
 
+_ONE_SLOT = (_Slot(0),)  # the template of a call with one tensor argument (shared, never changed)
+_NO_KWARGS = {}
+
+
 def _fill(template, values):
     if isinstance(template, _Slot):
         return values[template.index]
@@ -315,6 +335,44 @@ def _fill(template, values):
             return {k: _fill(v, values) for k, v in template.items.items()}
         return template.kind(_fill(v, values) for v in template.items)
     return template
+
+
+def _owns_its_storage(t):
+    """Whether ``t`` is the only tensor on a storage that it spans whole: then nothing else
+    (torch's graph, a parameter, another gradient, megengine's memory) can see its memory, and
+    megengine may keep it as a ``.grad`` without a copy. Storage use counts as torch's own
+    AccumulateGrad checks them before it steals a gradient: ``t``, the storage object made for
+    the question, and the tensor ``t`` views when it is a view (mm's weight gradient is a
+    transposed product made contiguous). A tensor that torch code keeps and returns as a
+    gradient unchanged cannot be told apart (torch.autograd.grad hands it out as is too)."""
+    storage = t.untyped_storage()
+    return (t.is_contiguous() and t.storage_offset() == 0
+            and storage.nbytes() == t.numel() * t.element_size()
+            and _storage_use_count(storage._cdata) == (2 if t._base is None else 3))
+
+
+def _autograd_grad_public(outs, wrt, out_grads):
+    return torch.autograd.grad(outs, wrt, out_grads, allow_unused=True)
+
+
+def _autograd_grad_engine(outs, wrt, out_grads):
+    # torch.autograd.grad minus its argument normalisation (about 13 us a call, as much as a
+    # small module's whole backward): each out_grad was made from megengine's gradient of that
+    # output, so it has the output's shape already. Tensor subclasses (__torch_function__)
+    # take the public path, which dispatches them.
+    for o in outs:
+        if type(o) is not torch.Tensor:
+            return _autograd_grad_public(outs, wrt, out_grads)
+    return _engine.run_backward(tuple(outs), tuple(out_grads), False, False, tuple(wrt), True,
+                                False)
+
+
+_engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+_autograd_grad = (_autograd_grad_engine if callable(getattr(_engine, "run_backward", None))
+                  else _autograd_grad_public)
+
+_FRESH_MIN_NUMEL = 2048  # below this, GradManager's copy costs about what the check does
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  # 0: never fresh
 
 
 def _flatten_outputs(out, expected):
@@ -366,20 +424,34 @@ class _TorchCall(Op):
         learned = w._copy_inputs.get(mode)
         copy_inputs = learned is not False  # first call in each mode: protect inputs, then learn
         inputs = []
-        for a, g in zip(arrays[:n], need[:n]):
-            t = _bridge.to_torch(a)
+        to_torch = _bridge.to_torch
+        for i in range(n):
+            t = to_torch(arrays[i])
             if copy_inputs:
                 t = t.clone()
-            inputs.append(t.requires_grad_(g) if t.is_floating_point() else t)
+            inputs.append(t.requires_grad_(need[i]) if t.is_floating_point() else t)
         versions = [t._version for t in inputs]
-        args = [_fill(t, inputs) for t in self.template]
-        kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
-        # megengine.amp.autocast reaches torch as torch.autocast with the same dtype
-        with torch.set_grad_enabled(want_grad), _amp.torch_autocast(_torch_device(w._device).type):
+        template = self.template
+        if template is _ONE_SLOT:
+            args, kwargs = inputs, _NO_KWARGS
+        else:
+            args = [_fill(t, inputs) for t in template]
+            kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
+        if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
+            with torch.set_grad_enabled(want_grad), \
+                    _amp.torch_autocast(_torch_device(w._device).type):
+                out = w._torch_module(*args, **kwargs)
+        elif torch.is_grad_enabled() == want_grad:  # the usual case: no mode switch to pay for
             out = w._torch_module(*args, **kwargs)
-        outs, self.structure = _flatten_outputs(out, w.output_cnt)
+        else:
+            with torch.set_grad_enabled(want_grad):
+                out = w._torch_module(*args, **kwargs)
+        if type(out) is torch.Tensor and w.output_cnt == 1:
+            outs, self.structure = [out], None
+        else:
+            outs, self.structure = _flatten_outputs(out, w.output_cnt)
         outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
-        written = [i for i, (t, v) in enumerate(zip(inputs, versions)) if t._version != v]
+        written = [i for i in range(n) if inputs[i]._version != versions[i]]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
             # the shared memory; such a module keeps getting copies, others get views. Learned
@@ -401,29 +473,49 @@ class _TorchCall(Op):
         n = self.n_inputs
         need = self.needs_input_grad
         params = self.wrapper._torch_params.items
-        # a frozen torch parameter (requires_grad=False) gets no gradient, even when attached
-        need = list(need[:n]) + [g and tp.requires_grad for tp, g in zip(params, need[n:])]
-        wrt = [t for t, g in zip(self.inputs, need[:n]) if g]
-        wrt += [tp for tp, g in zip(params, need[n:]) if g]
-        outs, out_grads = [], []
-        for o, g in zip(self.outs, grads):
-            if o.requires_grad:
-                outs.append(o)
-                out_grads.append(_bridge.to_torch(g))
+        inputs = self.inputs
+        # what torch differentiates, and the op input each gradient belongs to; a frozen torch
+        # parameter (requires_grad=False) gets no gradient, even when attached
+        wrt, slots = [], []
+        for i in range(n):
+            if need[i]:
+                wrt.append(inputs[i])
+                slots.append(i)
+        for i, tp in enumerate(params, n):
+            if need[i] and tp.requires_grad:
+                wrt.append(tp)
+                slots.append(i)
+        to_torch = _bridge.to_torch
+        if len(grads) == 1:  # one output (always used: backward only runs for used outputs)
+            o = self.outs[0]
+            outs, out_grads = ([o], [to_torch(grads[0])]) if o.requires_grad else ((), ())
+        else:
+            outs, out_grads = [], []
+            for o, g in zip(self.outs, grads):
+                if o.requires_grad:
+                    outs.append(o)
+                    out_grads.append(to_torch(g))
         result = [None] * len(need)
         if outs and wrt:
-            got = torch.autograd.grad(outs, wrt, out_grads, allow_unused=True)
-            slots = [i for i, g in enumerate(need) if g]
+            got = _autograd_grad(outs, wrt, out_grads)
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
             # e.g. through an add; megengine must never give two tensors one gradient array,
             # or an in-place edit (clip_grad_norm) would apply twice
             taken = {t.data_ptr() for t in out_grads}
+            taken.update(t.data_ptr() for t in inputs)
+            from_torch = _bridge.from_torch
             for i, g in zip(slots, got):
                 if g is not None:
-                    if g.numel() and g.data_ptr() in taken:
+                    address = g.data_ptr()
+                    if address in taken and g.numel():
                         g = g.clone()
-                    taken.add(g.data_ptr())
-                    result[i] = _bridge.from_torch(g)
+                        address = g.data_ptr()
+                        fresh = True
+                    else:  # small ones are copied (cheaper than asking)
+                        fresh = g.numel() >= _FRESH_MIN_NUMEL and _owns_its_storage(g)
+                    taken.add(address)
+                    a = from_torch(g)
+                    result[i] = declare_fresh_gradient(a) if fresh else a
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
 

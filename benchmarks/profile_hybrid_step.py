@@ -1,0 +1,145 @@
+"""Where the hybrid LeNet step's time goes: the fork's phases against pure PyTorch's, same process.
+
+Runs the step of bench_pytorch_module.py (the guide's LeNet extractor in ``PyTorchModule`` +
+megengine ``M.Linear`` + cross entropy + GradManager + SGD, against the same network in pure
+PyTorch) with a clock read between phases, the two variants taking turns step by step, and prints
+the median microseconds of each phase for both and their difference:
+
+* extractor: the torch extractor's forward (the fork: ``PyTorchModule`` call, GradManager's
+  ``record``; torch: ``zero_grad`` and the forward);
+* linear, cross entropy: the classifier and the loss;
+* backward: ``gm.backward`` against ``loss.backward()``;
+* step: ``opt.step().clear_grad()`` against ``opt.step()``; loss value: ``float(loss)``.
+
+A phase's figure includes the cold caches the previous phase left behind (right after the
+convolutions, a numpy matmul of 8x84 by 84x10 takes ~13 us, not its ~2 us in a warm loop): the
+per-op overheads count here as they do in training.
+
+    python benchmarks/profile_hybrid_step.py [--batch 8] [--steps 300] [--repeats 5]
+"""
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy/torch load: one thread each
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_pytorch_module as bench  # noqa: E402  (the same network, weights and data)
+
+PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
+
+
+def fork_phases(init, data):
+    import copy
+
+    import megengine as mge
+    import megengine.functional as F
+    import megengine.optimizer as optim
+    from megengine.autodiff import GradManager
+
+    extractor, w, b = init
+    net = bench.LeNet(copy.deepcopy(extractor))
+    net.mge_classifier.weight.set_value(w)
+    net.mge_classifier.bias.set_value(b)
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=bench.LR)
+    next_batch = bench.cycle([(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)])
+    clock = time.perf_counter
+
+    def step():
+        x, y = next_batch()
+        t = [clock()]
+        gm.record()
+        h = net.lenet_extractor_wrap(x)
+        t.append(clock())
+        logits = net.mge_classifier(h)
+        t.append(clock())
+        loss = F.loss.cross_entropy(logits, y)
+        t.append(clock())
+        gm.backward(loss)  # releases the recording, as `with gm:` would
+        t.append(clock())
+        opt.step().clear_grad()
+        t.append(clock())
+        float(loss.numpy())
+        t.append(clock())
+        return np.diff(t)
+
+    return step
+
+
+def torch_phases(init, data):
+    import copy
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as TF
+
+    extractor, w, b = init
+    extractor = copy.deepcopy(extractor)
+    classifier = nn.Linear(84, 10)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(w))
+        classifier.bias.copy_(torch.from_numpy(b))
+    opt = torch.optim.SGD(list(extractor.parameters()) + list(classifier.parameters()), lr=bench.LR)
+    next_batch = bench.cycle([(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)])
+    clock = time.perf_counter
+
+    def step():
+        x, y = next_batch()
+        t = [clock()]
+        opt.zero_grad(set_to_none=True)
+        h = extractor(x)
+        t.append(clock())
+        logits = classifier(h)
+        t.append(clock())
+        loss = TF.cross_entropy(logits, y)
+        t.append(clock())
+        loss.backward()
+        t.append(clock())
+        opt.step()
+        t.append(clock())
+        float(loss.detach())
+        t.append(clock())
+        return np.diff(t)
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300, help="steps per repeat (default 300)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    init, data = bench.initial_weights(), bench.make_data(args.batch)
+    fork, pure = fork_phases(init, data), torch_phases(init, data)
+    for _ in range(20):
+        fork(), pure()
+    samples = {"fork": [], "torch": []}
+    for _ in range(args.repeats):
+        gc.collect()
+        for i in range(args.steps):  # taking turns, in alternating order
+            for name, fn in (("fork", fork), ("torch", pure)) if i % 2 else (("torch", pure), ("fork", fork)):
+                samples[name].append(fn())
+    f = np.median(np.array(samples["fork"]), 0) * 1e6
+    t = np.median(np.array(samples["torch"]), 0) * 1e6
+    print(f"hybrid LeNet step, batch {args.batch}: median us per phase over "
+          f"{args.repeats * args.steps} steps, variants taking turns")
+    print(f"  {'phase':14s} {'fork':>8s} {'torch':>8s} {'fork - torch':>13s}")
+    for name, a, b in zip(PHASES, f, t):
+        print(f"  {name:14s} {a:8.1f} {b:8.1f} {a - b:13.1f}")
+    print(f"  {'sum':14s} {f.sum():8.1f} {t.sum():8.1f} {f.sum() - t.sum():13.1f}   "
+          f"ratio x{f.sum() / t.sum():.3f}")
+
+
+if __name__ == "__main__":
+    main()
