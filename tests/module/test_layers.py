@@ -164,6 +164,28 @@ def test_batchnorm1d(shape):
         bn(mge.tensor(randn(2, 4, 3, 3)))
 
 
+@pytest.mark.parametrize("cls, shape", [(M.BatchNorm1d, (0, 4, 0)), (M.BatchNorm1d, (0, 4)),
+                                        (M.BatchNorm2d, (0, 4, 0, 0)), (M.BatchNorm2d, (2, 4, 0, 3))])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_of_an_empty_batch_is_empty_and_leaves_the_statistics(cls, shape, training):
+    # An empty batch has no statistics to normalize with or to learn: the output is the empty
+    # input, the running statistics stay as they were, and weight/bias get zero gradients.
+    bn = cls(4)
+    bn.train(training)
+    mean, var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+    gm = GradManager().attach(bn.parameters())
+    with gm:
+        y = bn(mge.tensor(np.zeros(shape, np.float32)))
+        gm.backward(y.sum())
+    assert y.shape == shape
+    np.testing.assert_array_equal(bn.running_mean.numpy(), mean)
+    np.testing.assert_array_equal(bn.running_var.numpy(), var)
+    np.testing.assert_array_equal(bn.weight.grad.numpy(), np.zeros((1, 4, 1, 1), np.float32))
+    np.testing.assert_array_equal(bn.bias.grad.numpy(), np.zeros((1, 4, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        bn(mge.tensor(np.zeros((0, 3) + shape[2:], np.float32)))
+
+
 def test_batchnorm_without_running_stats_or_affine():
     bn = M.BatchNorm2d(3, affine=False, track_running_stats=False)
     assert bn.weight is None and bn.running_mean is None and list(bn.state_dict()) == []
