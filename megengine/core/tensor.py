@@ -82,6 +82,27 @@ class CompNode(str):
         name = str(self)
         return name if ":" in name else name + ":0"
 
+    # Upstream compares comp nodes by the device they resolve to, so on a machine without a
+    # GPU `tensor.device == "xpu0"` holds for a tensor on "cpu0". Equal text is the fast path;
+    # only differing names are resolved, and a name that does not resolve compares unequal.
+    def __eq__(self, other):
+        if not isinstance(other, str):
+            return NotImplemented
+        if str.__eq__(self, other):
+            return True
+        from ..device import canonical_device
+
+        try:
+            return canonical_device(str(self)) == canonical_device(other)
+        except (ValueError, RuntimeError):
+            return False
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = str.__hash__
+
 
 _FORMATS = ("default", "nchw", "nhwc")
 

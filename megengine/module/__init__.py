@@ -9,21 +9,26 @@ from .adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from .batch_matmul_activation import BatchMatMulActivation
 from .batchnorm import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from .concat import Concat
-from .conv import (Conv1d, Conv2d, Conv3d, ConvTranspose2d, ConvTranspose3d, DeformableConv2d,
-                   LocalConv2d)
+from .conv import (Conv1d, Conv2d, Conv3d, ConvRelu2d, ConvTranspose2d, ConvTranspose3d,
+                   ConvTransposeRelu2d, DeformableConv2d, LocalConv2d)
+from .conv_bn import ConvBn2d, ConvBnRelu2d
+from .conv_transpose_bn import ConvTransposeBn2d, ConvTransposeBnRelu2d
 from .dropout import Dropout
 from .elemwise import Elemwise
 from .embedding import Embedding
 from .identity import Identity
 from .linear import Linear
+from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .lrn import LocalResponseNorm
 from .module import Module
 from .normalization import GroupNorm, InstanceNorm, LayerNorm
 from .padding import Pad
 from .pixel_shuffle import PixelShuffle
 from .pooling import AvgPool2d, MaxPool2d
+from .quant_dequant import DequantStub, QuantStub
 from .rnn import LSTM, RNN, LSTMCell, RNNCell
 from .sequential import Sequential
+from .sliding_window import SlidingWindow, SlidingWindowTranspose
 from .vision import (
     AdditiveGaussianNoise,
     AdditiveLaplaceNoise,
@@ -43,4 +48,7 @@ __all__ = [
     "RNNCell", "LSTMCell", "RNN", "LSTM",
     "AdditiveGaussianNoise", "AdditiveLaplaceNoise", "AdditivePoissonNoise", "Emboss", "Sharpen",
     "LinearContrast", "SyncBatchNorm",
+    "ConvRelu2d", "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
+    "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "QuantStub", "DequantStub",
+    "SlidingWindow", "SlidingWindowTranspose",
 ]

@@ -60,6 +60,8 @@ class _BatchNorm(Module):
         shape = inp.shape
         x = self._as_4d(inp)
         weight, bias = self.weight, self.bias
+        if x.size == 0:
+            return self._empty_forward(x, shape)
         if self.freeze:
             # Frozen: a fixed affine map from the running statistics; nothing learns or updates.
             scale = (self.running_var + self.eps) ** -0.5
@@ -79,6 +81,18 @@ class _BatchNorm(Module):
                 eps=self.eps,
             )
         return out.reshape(shape) if out.shape != shape else out
+
+    def _empty_forward(self, x, shape):
+        # An empty batch has no statistics: upstream returns the (empty) input and leaves the
+        # running statistics alone. The affine map still runs, so weight and bias get their
+        # (zero) gradients as after any other step.
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, "
+                             f"got input shape {shape}")
+        out = x
+        if self.weight is not None:
+            out = out * self.weight + self.bias
+        return out.reshape(shape)
 
     def _module_info_string(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -9,7 +9,7 @@ from . import init
 from .module import Module
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "DeformableConv2d",
-           "LocalConv2d"]
+           "LocalConv2d", "ConvRelu2d", "ConvTransposeRelu2d"]
 
 
 def _pair(value, what, allow_zero):
@@ -329,3 +329,17 @@ class DeformableConv2d(_ConvNd):
         return F.deformable_conv2d(inp, self.weight, offset, mask, self.bias, self.stride,
                                    self.padding, self.dilation, self.groups, self.conv_mode,
                                    self.compute_mode)
+
+
+class ConvRelu2d(Conv2d):
+    """``relu(conv2d(x))``: a Conv2d with its relu fused (same parameters and state dict)."""
+
+    def forward(self, inp):
+        return F.relu(super().forward(inp))
+
+
+class ConvTransposeRelu2d(ConvTranspose2d):
+    """``relu(conv_transpose2d(x))``: a ConvTranspose2d with its relu fused."""
+
+    def forward(self, inp):
+        return F.relu(super().forward(inp))

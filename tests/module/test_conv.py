@@ -104,3 +104,18 @@ def test_deformable_conv2d_integer_offsets_shift_the_taps():
         return 0.5 * TF.conv2d(TF.pad(padded[:, :, 1:], (0, 0, 0, 1)), w)
 
     run(m, torch_fn, randn(1, 2, 6, 6), offset, mask)
+
+
+
+def test_conv_relu_modules_are_the_conv_then_relu():
+    # same parameters and state dict as the plain layer; the output is its relu
+    import megengine.module as M_
+    import megengine.functional as F_
+    x = mge.tensor(np.random.randn(2, 3, 6, 6).astype(np.float32))
+    for fused, plain in ((M_.ConvRelu2d(3, 4, 3, padding=1), M_.Conv2d(3, 4, 3, padding=1)),
+                         (M_.ConvTransposeRelu2d(3, 4, 3, stride=2),
+                          M_.ConvTranspose2d(3, 4, 3, stride=2))):
+        plain.load_state_dict(fused.state_dict())
+        y = fused(x)
+        np.testing.assert_allclose(y.numpy(), np.maximum(plain(x).numpy(), 0), rtol=1e-6)
+        assert (y.numpy() == 0).any() and (y.numpy() > 0).any()

@@ -8,44 +8,7 @@ import torch
 import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
-
-
-def run_both(mge_module, torch_module, x, dtype=np.float32, rtol=1e-5, atol=1e-5):
-    """Copy mge_module's parameters into torch_module (same names; reshaped to torch's layout),
-    run both on ``x`` with a random output gradient, and compare outputs and all gradients."""
-    torch_params = dict(torch_module.named_parameters())
-    mge_params = dict(mge_module.named_parameters())
-    assert set(torch_params) == set(mge_params), (set(torch_params), set(mge_params))
-    with torch.no_grad():
-        for name, p in mge_params.items():
-            torch_params[name].copy_(torch.from_numpy(p.numpy().reshape(torch_params[name].shape)))
-
-    float_input = np.issubdtype(x.dtype, np.floating)
-    xm = mge.tensor(x, dtype=x.dtype)
-    gm = GradManager().attach(list(mge_params.values()) + ([xm] if float_input else []))
-    with gm:
-        ym = mge_module(xm)
-        dy = np.random.randn(*ym.shape).astype(np.float32)
-        gm.backward(ym, mge.tensor(dy))
-
-    xt = torch.from_numpy(x.copy())
-    if float_input:
-        xt.requires_grad_(True)
-    yt = torch_module(xt)
-    yt.backward(torch.from_numpy(dy))
-
-    np.testing.assert_allclose(ym.numpy(), yt.detach().numpy(), rtol=rtol, atol=atol)
-    if float_input:
-        np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=rtol, atol=atol)
-    for name, p in mge_params.items():
-        tg = torch_params[name].grad.numpy()
-        np.testing.assert_allclose(p.grad.numpy().reshape(tg.shape), tg, rtol=rtol, atol=atol,
-                                   err_msg=name)
-    return ym, yt
-
-
-def randn(*shape):
-    return np.random.randn(*shape).astype(np.float32)
+from module_oracle import randn, run_both
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -162,6 +125,28 @@ def test_batchnorm1d(shape):
     _copy_running_stats_check(bn, tbn)
     with pytest.raises(ValueError, match="2-d or 3-d"):
         bn(mge.tensor(randn(2, 4, 3, 3)))
+
+
+@pytest.mark.parametrize("cls, shape", [(M.BatchNorm1d, (0, 4, 0)), (M.BatchNorm1d, (0, 4)),
+                                        (M.BatchNorm2d, (0, 4, 0, 0)), (M.BatchNorm2d, (2, 4, 0, 3))])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_of_an_empty_batch_is_empty_and_leaves_the_statistics(cls, shape, training):
+    # An empty batch has no statistics to normalize with or to learn: the output is the empty
+    # input, the running statistics stay as they were, and weight/bias get zero gradients.
+    bn = cls(4)
+    bn.train(training)
+    mean, var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+    gm = GradManager().attach(bn.parameters())
+    with gm:
+        y = bn(mge.tensor(np.zeros(shape, np.float32)))
+        gm.backward(y.sum())
+    assert y.shape == shape
+    np.testing.assert_array_equal(bn.running_mean.numpy(), mean)
+    np.testing.assert_array_equal(bn.running_var.numpy(), var)
+    np.testing.assert_array_equal(bn.weight.grad.numpy(), np.zeros((1, 4, 1, 1), np.float32))
+    np.testing.assert_array_equal(bn.bias.grad.numpy(), np.zeros((1, 4, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        bn(mge.tensor(np.zeros((0, 3) + shape[2:], np.float32)))
 
 
 def test_batchnorm_without_running_stats_or_affine():

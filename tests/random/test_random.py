@@ -279,3 +279,17 @@ def test_dropout_on_the_gpu_follows_the_seed():
     b = host(F.dropout(x, 0.5, training=True))
     np.testing.assert_array_equal(a, b)
     assert 0.3 < (a == 0).mean() < 0.7
+
+
+def test_rng_on_logical_device_names_reports_a_device_equal_to_them():
+    # Upstream compares devices by what they resolve to: an RNG built on "xpu0" (or "xpu1")
+    # on a machine without CUDA draws on the CPU, and its output's device equals "xpu0".
+    here = "gpu0" if mge_device.is_cuda_available() else "cpu0"
+    out0 = rand.RNG(seed=7, device="xpu0").uniform(size=(5,))
+    out1 = rand.RNG(seed=7, device="xpux").uniform(size=(5,))
+    np.testing.assert_array_equal(out0.numpy(), out1.numpy())  # same seed, same stream
+    assert out0.device == "xpu0" and out0.device == "xpux" and out0.device == here
+    assert not (out0.device != "xpu0")
+    assert out0.device != "cpu0" if here == "gpu0" else out0.device != "gpu0"
+    assert out0.device != "not-a-device" and out0.device != 0
+    assert hash(out0.device) == hash(here)  # still usable as a dict key under its own name

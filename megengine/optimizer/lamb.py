@@ -1,0 +1,77 @@
+"""`LAMB` (and `LAMBFp16`): Adam's direction scaled per parameter by a trust ratio ||w|| / ||update||."""
+import numpy as np
+
+from .adam import _check_betas
+from .optimizer import Optimizer
+
+__all__ = ["LAMB", "LAMBFp16"]
+
+
+class LAMB(Optimizer):
+    """LAMB ("Large Batch Optimization for Deep Learning: Training BERT in 76 minutes"),
+    upstream's formulas.
+
+    Per parameter, with ``t`` its step count:
+    ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``; with ``bias_correction`` these are
+    divided by ``1 - b1**t`` and ``1 - b2**t``; ``u = m / (sqrt(v) + eps) + weight_decay * w``.
+    The step is ``w -= lr * r * u`` with the trust ratio ``r = ||w|| / ||u||`` when
+    ``weight_decay > 0`` or ``always_adapt`` (and both norms are positive), else ``r = 1``.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 bias_correction: bool = True, weight_decay: float = 0.0,
+                 always_adapt: bool = False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+        self.bias_correction = bias_correction
+        self.always_adapt = always_adapt
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        _check_betas(group, type(self).__name__)
+
+    def _lamb_step(self, weight, grad, state, group, param):
+        """Update the moments in ``state`` and ``weight`` (an array, changed in place)."""
+        beta1, beta2 = group["betas"]
+        m = Optimizer._buffer(state, "exp_avg", param)
+        v = Optimizer._buffer(state, "exp_avg_sq", param)
+        if m.dtype != weight.dtype:  # LAMBFp16: the moments live in float32 with the master copy
+            m = state["exp_avg"] = m.astype(weight.dtype)
+            v = state["exp_avg_sq"] = v.astype(weight.dtype)
+        state["step"] = step = state.get("step", 0) + 1
+        grad = grad.astype(weight.dtype, copy=False)
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * (grad * grad)
+        if self.bias_correction:
+            update = (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)) ** 0.5 + group["eps"])
+        else:
+            update = m / (v ** 0.5 + group["eps"])
+        decay = group["weight_decay"]
+        if decay != 0:
+            update += decay * weight
+        ratio = 1.0
+        if self.always_adapt or decay > 0:
+            # norms in float64 on the host: a few scalars per parameter, no overflow in float16
+            w_norm = float(np.sqrt(float((weight.astype("float64") ** 2).sum())))
+            u_norm = float(np.sqrt(float((update.astype("float64") ** 2).sum())))
+            if w_norm > 0 and u_norm > 0:
+                ratio = w_norm / u_norm
+        weight -= (group["lr"] * ratio) * update
+
+    def _update(self, param, grad, state, group):
+        self._lamb_step(param._data, grad, state, group, param)
+
+
+class LAMBFp16(LAMB):
+    """LAMB for float16 parameters: the moments and a float32 master copy of each parameter
+    are kept in the optimizer's state; the update runs in float32 and the parameter receives
+    the master copy rounded to its own dtype."""
+
+    def _update(self, param, grad, state, group):
+        master = state.get("param_fp32")
+        if master is None:
+            master = state["param_fp32"] = param._data.astype("float32")
+        self._lamb_step(master, grad, state, group, param)
+        param._data[...] = master  # in place: the parameter's storage may be shared

@@ -1,0 +1,46 @@
+"""Helpers over a Module tree: read or replace the object at a dotted ``named_*`` key, and
+switch a tree's train/eval mode for the span of a ``with`` block."""
+import contextlib
+
+from ..module.module import Module, _access_structure
+
+__all__ = ["get_expand_structure", "set_expand_structure", "set_module_mode_safe"]
+
+
+def get_expand_structure(obj: Module, key: str):
+    """The object at ``key`` as :meth:`~.Module.named_modules` / ``named_parameters`` spell
+    it (``"a.1.x"``: attribute ``a``, its item 1, that item's ``"x"``), looking through lists,
+    tuples and dicts as well as attributes."""
+    return _access_structure(obj, key)
+
+
+def set_expand_structure(obj: Module, key: str, value):
+    """Replace the object at the dotted ``key`` (see :func:`get_expand_structure`) with ``value``:
+    an attribute of a Module (a Sequential's layer too), an item of a list or dict."""
+
+    def put(parent, last, _old):
+        if isinstance(parent, Module):
+            setattr(parent, str(last), value)
+        elif isinstance(parent, (list, dict)):
+            parent[last] = value
+        else:
+            raise TypeError(
+                f"set_expand_structure: cannot replace {key!r}: it sits in a "
+                f"{type(parent).__name__}, which cannot be changed in place (use a list)"
+            )
+
+    _access_structure(obj, key, callback=put)
+
+
+@contextlib.contextmanager
+def set_module_mode_safe(module: Module, training: bool = False):
+    """Within the block every module of ``module``'s tree has ``training`` set to the given
+    mode; on leaving (also by an exception) each gets back the mode it had."""
+    saved = [(m, m.training) for m in module.modules()]
+    for m, _ in saved:
+        m.train(training, recursive=False)
+    try:
+        yield module
+    finally:
+        for m, mode in saved:
+            m.training = mode
