@@ -224,3 +224,28 @@ def test_batch_norm_under_autocast_computes_float16_with_float32_stats():
     np.testing.assert_allclose(out.numpy().astype(np.float32), ref.numpy(), atol=3e-3)
     np.testing.assert_allclose(rm.numpy().ravel(), trm.numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(rv.numpy().ravel(), trv.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_batch_norm_of_float16_input_keeps_float32_statistics():
+    # upstream computes a float16 input's statistics in float32; float16 sums over N*H*W values
+    # would lose the weight gradient (in theory exactly 0 for an all-ones output gradient)
+    rng = np.random.RandomState(0)
+    xa = (rng.randn(8, 4, 13, 13) * 3 + 5).astype(np.float16)
+    wa, ba = rng.rand(4).astype(np.float32) + 0.5, rng.randn(4).astype(np.float32)
+    x, w, b = mge.tensor(xa), mge.Parameter(wa), mge.Parameter(ba)
+    rm, rv = mge.tensor(np.zeros(4, np.float32)), mge.tensor(np.ones(4, np.float32))
+    gm = GradManager().attach([x, w, b])
+    with gm:
+        y = F.batch_norm(x, rm, rv, w, b, training=True)
+        assert y.dtype == np.float16
+        gm.backward(y, mge.tensor(np.ones(y.shape, np.float16)))
+    tx = torch.tensor(xa.astype(np.float32), requires_grad=True)
+    tw, tb = torch.tensor(wa, requires_grad=True), torch.tensor(ba, requires_grad=True)
+    trm, trv = torch.zeros(4), torch.ones(4)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1)
+    ty.backward(torch.ones_like(ty))
+    np.testing.assert_allclose(y.numpy().astype(np.float32), ty.detach().numpy(), atol=1e-2)
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), atol=1e-3)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(rm.numpy(), trm.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-3, atol=1e-3)
