@@ -158,13 +158,15 @@ def test_dropout_off_is_identity_and_bad_prob_raises():
         F.dropout(x, 1.0)
 
 
-def test_dropout_follows_numpy_seed():
+def test_dropout_follows_the_megengine_seed():
+    # megengine.random.seed governs the draws on every device (numpy's RNG here, CuPy's on a GPU)
     x = mge.tensor(np.ones((50,), np.float32))
-    np.random.seed(3)
+    mge.random.seed(3)
     a = F.dropout(x, 0.5).numpy()
-    np.random.seed(3)
+    mge.random.seed(3)
     b = F.dropout(x, 0.5).numpy()
     np.testing.assert_array_equal(a, b)
+    assert 5 < (a == 0).sum() < 45  # it did drop, and not everything
 
 
 # ----- embedding -----

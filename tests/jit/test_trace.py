@@ -7,7 +7,7 @@ import pytest
 import megengine as mge
 from megengine.autodiff import GradManager
 from megengine.core import dispatch, ops
-from megengine.core.dispatch import Op, apply
+from megengine.core.dispatch import Op, apply, xp_of
 from megengine.jit import TraceError, TraceMismatchError, exclude_from_trace, is_tracing, trace
 
 MODES = [False, True]
@@ -486,7 +486,7 @@ class _Noise(Op):
     """An op that draws from numpy's RNG in forward, like dropout."""
 
     def forward(self, x):
-        return x + np.random.rand(*x.shape).astype(x.dtype)
+        return x + xp_of(x).random.rand(*x.shape).astype(x.dtype)  # on the input's device
 
 
 def test_random_ops_draw_fresh_values_on_replay():
