@@ -641,27 +641,8 @@ class _ParallelIter:
             raise StopIteration
         batch_id = self._received
         pieces = self._pending[batch_id]
-        timeout = self._loader.timeout
-        deadline = time.monotonic() + timeout if timeout > 0 else None
-        while any(p is None for p in pieces):
-            wait = _POLL_S
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    replacement = self._loader._on_timeout("batch {} from the worker processes".format(batch_id))
-                    self._abandoned.add(batch_id)
-                    self._advance(batch_id)
-                    return replacement
-                wait = min(wait, left)
-            result = self._pool.get(wait)
-            if result is None:
-                continue
-            got_id, piece, ok, value = result
-            if got_id in self._abandoned:
-                continue
-            if not ok and got_id == batch_id:
-                raise value.to_exception()
-            self._pending[got_id][piece] = value  # a later batch's error waits for its turn
+        if not self._wait(batch_id, lambda: all(p is not None for p in pieces)):
+            return self._timed_out(batch_id)
         errors = [p for p in pieces if isinstance(p, _WorkerError)]
         if errors:
             raise errors[0].to_exception()
@@ -669,6 +650,37 @@ class _ParallelIter:
         if self._loader.divide:
             return self._loader.collator.apply([sample for part in pieces for sample in part])
         return pieces[0]
+
+    def _wait(self, batch_id, ready):
+        """Store the workers' results until ``ready()``; False when the loader's timeout
+        (counted from now) ran out first."""
+        timeout = self._loader.timeout
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        while not ready():
+            wait = _POLL_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = min(wait, left)
+            result = self._pool.get(wait)
+            if result is None:
+                continue
+            got_id, piece, ok, value = result
+            if got_id not in self._abandoned:
+                self._store(batch_id, got_id, piece, ok, value)
+        return True
+
+    def _store(self, batch_id, got_id, piece, ok, value):
+        if not ok and got_id == batch_id:
+            raise value.to_exception()
+        self._pending[got_id][piece] = value  # a later batch's error waits for its turn
+
+    def _timed_out(self, batch_id):
+        replacement = self._loader._on_timeout("batch {} from the worker processes".format(batch_id))
+        self._abandoned.add(batch_id)
+        self._advance(batch_id)
+        return replacement
 
     def _advance(self, batch_id):
         del self._pending[batch_id]
@@ -707,30 +719,8 @@ class _ParallelStreamIter(_ParallelIter):
         while self._received < self._sent:
             batch_id = self._received
             pieces = self._pending[batch_id]
-            timeout = self._loader.timeout
-            deadline = time.monotonic() + timeout if timeout > 0 else None
-            while pieces[0] is None:
-                wait = _POLL_S
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        replacement = self._loader._on_timeout(
-                            "batch {} from the worker processes".format(batch_id))
-                        self._abandoned.add(batch_id)
-                        self._advance(batch_id)
-                        return replacement
-                    wait = min(wait, left)
-                result = self._pool.get(wait)
-                if result is None:
-                    continue
-                got_id, piece, ok, value = result
-                if got_id in self._abandoned:
-                    continue
-                if ok is None:  # that worker's stream has ended
-                    if value in self._live:
-                        self._live.remove(value)
-                    value = _ENDED
-                self._pending[got_id][piece] = value  # errors wait for their batch's turn
+            if not self._wait(batch_id, lambda: pieces[0] is not None):
+                return self._timed_out(batch_id)
             value = pieces[0]
             self._advance(batch_id)
             if value is _ENDED:
@@ -739,6 +729,13 @@ class _ParallelStreamIter(_ParallelIter):
                 raise value.to_exception()
             return value
         raise StopIteration
+
+    def _store(self, batch_id, got_id, piece, ok, value):
+        if ok is None:  # that worker's stream has ended
+            if value in self._live:
+                self._live.remove(value)
+            value = _ENDED
+        self._pending[got_id][piece] = value  # errors wait for their batch's turn
 
 
 _ENDED = object()  # the answer of a worker whose stream had ended
