@@ -211,5 +211,5 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     if mode not in ("max", "average"):
         raise ValueError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
-    inp = _tensor(inp) if inp.dtype.kind == "f" else inp.astype(np.float32)
+    inp = inp if inp.dtype.kind == "f" else inp.astype(np.float32)
     return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
