@@ -414,10 +414,11 @@ class _Linear(Op):
 
 def linear(inp, weight, bias=None, compute_mode="default"):
     """``inp @ weight.T + bias``; ``weight`` is (out_features, in_features)."""
-    inp, weight = _amp.cast_for_compute(_tensor(inp), _tensor(weight))  # megengine.amp
-    if bias is None:
-        return apply(_Linear(), inp, weight)
-    return apply(_Linear(), inp, weight, *_amp.cast_for_compute(_tensor(bias)))
+    inputs = (_tensor(inp), _tensor(weight)) if bias is None else \
+        (_tensor(inp), _tensor(weight), _tensor(bias))
+    if _amp._enabled:  # megengine.amp.autocast: float16 compute
+        inputs = _amp.cast_for_compute(*inputs)
+    return apply(_Linear(), *inputs)
 
 
 # ----- dropout, embedding -----

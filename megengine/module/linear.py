@@ -2,10 +2,7 @@
 import numpy as np
 
 from .. import functional as F
-from ..core import amp as _amp
-from ..core.dispatch import apply
-from ..core.tensor import Parameter, Tensor
-from ..functional.nn import _Linear
+from ..core.tensor import Parameter
 from . import init
 from .module import Module
 
@@ -32,11 +29,6 @@ class Linear(Module):
             init.zeros_(self.bias)
 
     def forward(self, x):
-        if isinstance(x, Tensor) and not _amp._enabled:
-            # the training hot path: the op itself, without F.linear's argument coercion
-            if self.bias is None:
-                return apply(_Linear(), x, self.weight)
-            return apply(_Linear(), x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias, compute_mode=self.compute_mode)
 
     def _module_info_string(self) -> str:
