@@ -190,16 +190,6 @@ class GradManager:
             t = r()
             if t is None:
                 continue
-            entry = t._node
-            if entry is not None and type(entry[0]) is Leaf:
-                leaf = entry[0]
-                ks = leaf.keys
-                if not ks or (len(ks) == 1 and not ks[0].alive):
-                    # the common case, inline (see _light): a leaf of an ended recording
-                    data = t._data
-                    leaf.out_meta = ((data.shape, data.dtype),)
-                    leaf.keys = own
-                    continue
             node = _light(t, key, own)
             if node is not None:
                 joined.add(id(node))
@@ -294,10 +284,6 @@ class GradManager:
                 ready = []
                 for key_, g in found.items():
                     t, callbacks = wanted[key_]
-                    if not callbacks and not isinstance(g, Tensor) and g.dtype == t._data.dtype:
-                        # the usual parameter gradient, inline (what _run_callbacks does)
-                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
-                        continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
