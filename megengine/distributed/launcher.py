@@ -52,16 +52,17 @@ def _worker(func, args, kwargs, rank, local_rank, options, results):
     try:
         init_process_group(rank=rank, device=local_rank, **options)
         value = func(*args, **kwargs)
+        # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
+        # other ranks): nobody leaves before everybody is done. A failure here (a peer still
+        # inside a collective this rank skipped) is reported like one in ``func``.
+        group_barrier()
+        destroy_process_group()
     except BaseException:  # noqa: BLE001  (KeyboardInterrupt and SystemExit are failures too)
         # report before leaving the group: the peers fail as soon as this process's sockets
         # close, and the launcher names whichever failure it hears of first
         results.put((rank, False, traceback.format_exc()))
         status = 1
     else:
-        # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
-        # other ranks): nobody leaves before everybody is done
-        group_barrier()
-        destroy_process_group()
         results.put((rank, True, value))
     # flush the queue's feeder thread, then leave without running the parent's atexit handlers
     # (a forked child inherits pytest's and torch's)
