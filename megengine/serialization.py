@@ -1,9 +1,12 @@
-"""`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can move tensors."""
+"""`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can move tensors, torch's too."""
+import functools
+import io
 import pickle
 import re
 import threading
 
 from .core.tensor import Tensor
+from .device import canonical_device
 
 __all__ = ["save", "load"]
 
@@ -48,6 +51,19 @@ def load(f, map_location=None, pickle_module=pickle):
 
     numpy arrays in the object load as numpy arrays. A tensor saved on a device this machine
     lacks (a GPU) fails to load with a message that suggests ``map_location``.
+
+    Torch tensors in the object (a `~megengine.module.pytorch.PyTorchModule`'s torch module, or
+    any other) follow the same mapping, under megengine's names: a torch tensor saved on
+    ``cuda:N`` is seen as saved on ``"gpuN:0"``, one saved on the CPU as ``"cpu0:0"``, and goes
+    to ``cuda:M`` for ``"gpuM"`` and to the CPU for every CPU name. So a hybrid network trained
+    on ``gpu0`` loads on a machine without a GPU with ``map_location="cpu0"``, and
+    ``map_location="gpu1"`` moves both halves; a wrapper's own device follows, and its
+    parameters are views of the loaded torch tensors again. (Torch tensors on other torch
+    devices, such as ``mps``, load where torch puts them. With a ``pickle_module`` that has no
+    ``Unpickler`` class, torch tensors load as torch would load them.)
+
+    ``map_location`` is checked before anything loads: a device name that is malformed, or a
+    single device this machine lacks (``"gpu0"`` without CUDA), raises a ``ValueError``.
     """
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
         with open(f, "rb") as fin:
@@ -57,10 +73,13 @@ def load(f, map_location=None, pickle_module=pickle):
             f"load: f must be a file name or a readable binary file, got {type(f).__name__}"
         )
     mapper = _device_mapper(map_location)
+    unpickler = getattr(pickle_module, "Unpickler", None)
     with _load_lock:
         previous = Tensor.dmap_callback
         Tensor.dmap_callback = staticmethod(mapper)
         try:
+            if isinstance(unpickler, type):
+                return _mapping_unpickler(unpickler)(f).load()
             return pickle_module.load(f)
         finally:
             Tensor.dmap_callback = previous
@@ -80,6 +99,11 @@ def _device_mapper(map_location):
         return lambda dev: dev
     if isinstance(map_location, str):
         _check_device_name(map_location, "map_location")
+        try:  # every tensor goes there: a device this machine lacks fails now, not midway
+            canonical_device(map_location)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"load: map_location={map_location!r} cannot be used here: {e}") \
+                from None
         return lambda dev: map_location
     if isinstance(map_location, dict):
         for key, value in map_location.items():
@@ -93,3 +117,64 @@ def _device_mapper(map_location):
         "load: map_location must be None, a device name, a dict {saved device: device} or a "
         f"callable, got {type(map_location).__name__}"
     )
+
+
+# ----- torch tensors inside the object -----
+#
+# A torch storage pickles as `torch.storage._load_from_bytes(bytes)`, the bytes being a
+# `torch.save` of the storage that carries its location tag ("cuda:0", "cpu"); torch's function
+# loads them where they were saved. While `load` runs, the unpickler hands out a replacement that
+# loads them through `torch.load(..., map_location=...)` with megengine's mapping instead, so the
+# torch side of a network moves with the megengine side (and a missing GPU is reported with the
+# megengine argument that fixes it). torch is imported only when the file holds torch objects.
+
+@functools.lru_cache(maxsize=None)
+def _mapping_unpickler(base):
+    """A subclass of the unpickler class ``base`` that loads torch storages through megengine's
+    device mapping (one class per ``base``)."""
+
+    class _MappingUnpickler(base):
+        def find_class(self, module, name):
+            if module == "torch.storage" and name == "_load_from_bytes":
+                return _load_torch_storage
+            return super().find_class(module, name)
+
+    return _MappingUnpickler
+
+
+def _load_torch_storage(data):
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location=_restore_torch_storage, weights_only=False)
+
+
+def _megengine_name(location):
+    """Megengine's logical name for a torch location tag, or None for devices it does not name."""
+    if location == "cpu":
+        return "cpu0:0"
+    m = re.fullmatch(r"cuda:(\d+)", location)
+    return f"gpu{m.group(1)}:0" if m else None
+
+
+def _restore_torch_storage(storage, location):
+    """torch.load's map_location while `load` runs: place one storage saved at ``location``."""
+    from torch.serialization import default_restore_location
+
+    saved = _megengine_name(location)
+    if saved is None:
+        return None  # mps, xpu, ...: torch restores it as it was saved
+    mapper = Tensor.dmap_callback
+    target = mapper(saved) if mapper is not None else saved
+    try:
+        device = canonical_device(target)
+    except (RuntimeError, ValueError, TypeError) as e:
+        example = "map_location='cpu0'"
+        if saved.startswith("gpu"):
+            example += f" or map_location={{{saved.split(':')[0]!r}: 'cpu0'}}"
+        raise RuntimeError(
+            f"load: a torch tensor saved on {location!r} (megengine's {saved!r}), e.g. inside a "
+            f"PyTorchModule, cannot be placed on {target!r} here ({e}); pass map_location to "
+            f"megengine.load, e.g. {example}"
+        ) from None
+    tag = "cpu" if device.startswith("cpu") else "cuda:" + device[3:]
+    return default_restore_location(storage, tag)

@@ -315,3 +315,76 @@ def test_bad_arguments():
         mge.save(1, 42)
     with pytest.raises(TypeError, match="file"):
         mge.load(42)
+
+
+# ----- torch tensors in the object follow map_location too -----
+
+def _torch_tensors_saved_on_cuda0():
+    """A file holding torch tensors tagged ``cuda:0`` by torch (made on any machine: torch's
+    location_tag is patched while saving)."""
+    torch = pytest.importorskip("torch")
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    obj = {"w": w, "b": torch.tensor([True, False]), "step": 3}
+    f = io.BytesIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        mge.save(obj, f)
+    assert b"cuda:0" in f.getvalue()
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("map_location", ["cpu0", "cpux", {"gpu0": "cpu0"}, {"gpu0:0": "cpu0"},
+                                          "callable"])
+def test_torch_tensors_follow_map_location(map_location):
+    data = _torch_tensors_saved_on_cuda0()
+    seen = []
+    if map_location == "callable":
+        map_location = lambda dev: seen.append(dev) or "cpu0"  # noqa: E731
+    back = mge.load(io.BytesIO(data), map_location=map_location)
+    assert back["w"].device.type == "cpu" and back["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back["b"].device.type == "cpu" and back["b"].tolist() == [True, False]
+    assert seen in ([], ["gpu0:0"] * 2)  # once per storage, with megengine's name for cuda:0
+    assert back["step"] == 3 and Tensor.dmap_callback is None
+
+
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the message on machines without CUDA")
+def test_torch_tensors_saved_on_a_gpu_name_map_location_when_it_is_missing():
+    data = _torch_tensors_saved_on_cuda0()
+    with pytest.raises(RuntimeError, match=r"torch tensor saved on 'cuda:0' \(megengine's "
+                                           r"'gpu0:0'\).*map_location=\{'gpu0': 'cpu0'\}"):
+        mge.load(io.BytesIO(data))
+    # plain pickle loads as torch would, with torch's own message
+    with pytest.raises(RuntimeError, match="CUDA"):
+        pickle.loads(data)
+
+
+def test_torch_tensors_saved_on_the_cpu_stay_there_without_map_location():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([1.5, -2.0])
+    back = _round_trip({"t": t})
+    assert back["t"].device.type == "cpu" and back["t"].tolist() == [1.5, -2.0]
+    assert back["t"].data_ptr() != t.data_ptr()
+
+
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the refusal on machines without CUDA")
+@pytest.mark.parametrize("map_location", ["gpu0", "gpux", "gpu1:0"])
+def test_a_missing_device_is_refused_before_anything_loads(map_location):
+    f = io.BytesIO()
+    mge.save({"t": mge.Tensor([1.0], device="cpu0")}, f)
+    f.seek(0)
+    with pytest.raises(ValueError, match=f"map_location={map_location!r} cannot be used here.*CUDA"):
+        mge.load(f, map_location=map_location)
+    assert f.tell() == 0 and Tensor.dmap_callback is None  # nothing was read
+
+
+def test_a_pickle_module_without_an_unpickler_class_still_loads():
+    class OnlyLoad:  # pickle_module may be any object with load(f) (upstream's signature)
+        @staticmethod
+        def load(f):
+            return pickle.load(f)
+
+    f = io.BytesIO()
+    mge.save({"t": mge.Tensor([1.0, 2.0], device="cpu0")}, f)
+    f.seek(0)
+    back = mge.load(f, map_location="cpux", pickle_module=OnlyLoad)
+    assert back["t"].device == "cpu0" and back["t"].tolist() == [1.0, 2.0]

@@ -26,14 +26,10 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from .shared import mirror_of
+from .shared import loaded_device, mirror_of
+from .shared import torch_device as _torch_device
 
 __all__ = ["PyTorchModule"]
-
-
-def _torch_device(device):
-    """The torch device for a canonical megengine device name."""
-    return torch.device("cpu") if device.startswith("cpu") else torch.device("cuda", int(device[3:]))
 
 
 class _Mirror(Module):
@@ -149,8 +145,19 @@ class PyTorchModule(Module):
 
     def __setstate__(self, state):
         # pickle / deepcopy: the mirrors came back as views of the loaded torch tensors (see
-        # shared.py); only the addresses the per-call check compares against are new
+        # shared.py); only the addresses the per-call check compares against are new, and
+        # mge.load's map_location may have moved everything (the torch tensors, the mirrors)
         self.__dict__.update(state)
+        self._device = loaded_device(self._device)
+        where = _torch_device(self._device)
+        for tmod, name, _ in self._shared.items:
+            t = getattr(tmod, name)
+            if t.device != where:
+                raise RuntimeError(
+                    f"PyTorchModule: loaded for {self._device}, but its torch tensor {name!r} "
+                    f"is on {t.device}; a map_location that sends the saved devices of one "
+                    "network to different places cannot keep it whole; map them to one device"
+                )
         self._shared.items = [(tmod, name, getattr(tmod, name).data_ptr())
                               for tmod, name, _ in self._shared.items]
         for mp, tp in zip(self._mge_params, self._torch_params):

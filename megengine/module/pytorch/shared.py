@@ -11,14 +11,36 @@ The registry holds both sides weakly (a mirror keeps its torch tensor alive, not
 round), so wrapping never leaks. A mirror pickles and deep-copies *as its torch tensor*: pickle's
 memo then maps every mirror of one torch tensor, and the torch module holding that tensor, to
 one copy, and loading rebuilds the zero-copy view from the loaded tensor.
+
+Devices. A megengine device and a torch device correspond one to one here (every CPU name is
+``cpu0``, i.e. torch's ``cpu``; ``gpuN`` is ``cuda:N``). While ``mge.load`` maps devices
+(``map_location``), it loads the torch tensors where the mapping sends them (serialization.py),
+and a loaded mirror, like a loaded wrapper, takes the mapped device too (`loaded_device`).
 """
 import threading
 import weakref
 
-from ...core import torch_bridge as _bridge
-from ...core.tensor import Parameter, Tensor
+import torch
 
-__all__ = ["TorchParameter", "TorchBuffer", "mirror_of"]
+from ...core import torch_bridge as _bridge
+from ...core.tensor import Parameter, Tensor, _mapped_device
+from ...device import canonical_device
+
+__all__ = ["TorchParameter", "TorchBuffer", "mirror_of", "torch_device", "loaded_device"]
+
+
+def torch_device(device):
+    """The torch device for a canonical megengine device name (``cpu0`` or ``gpuN``)."""
+    return torch.device("cpu") if device.startswith("cpu") else torch.device("cuda", int(device[3:]))
+
+
+def loaded_device(saved):
+    """The device for a wrapper or mirror that was saved on ``saved`` (a canonical name), as the
+    running ``mge.load`` maps it (``Tensor.dmap_callback``); ``saved`` itself outside a load
+    (``pickle.load``, ``copy.deepcopy``)."""
+    if Tensor.dmap_callback is None:
+        return saved
+    return canonical_device(_mapped_device(saved if ":" in saved else saved + ":0"))
 
 
 class _TorchView:
@@ -30,7 +52,7 @@ class _TorchView:
         return self.__dict__["_torch_tensor"]
 
     def __reduce_ex__(self, protocol):
-        return mirror_of, (self.torch_tensor, self._device, isinstance(self, Parameter))
+        return _load_mirror, (self.torch_tensor, self._device, isinstance(self, Parameter))
 
 
 class TorchParameter(_TorchView, Parameter):
@@ -77,6 +99,13 @@ def mirror_of(tensor, device, parameter=True):
                     f"on {mirror._device}"
                 )
             return mirror
+        if tensor.device != torch_device(device):
+            raise RuntimeError(
+                f"PyTorchModule: a torch tensor on {tensor.device} cannot be a megengine tensor "
+                f"on {device} (its memory is elsewhere); when loading, map both with "
+                "megengine.load(f, map_location=...), or re-save a file written before "
+                "map_location reached torch tensors"
+            )
         cls = TorchParameter if parameter else TorchBuffer
         mirror = cls._wrap(_bridge.from_torch(tensor.detach()), device)
         mirror._torch_tensor = tensor
@@ -85,3 +114,9 @@ def mirror_of(tensor, device, parameter=True):
         _registry[key] = (tensor_ref, weakref.ref(mirror))
         return mirror
 
+
+
+def _load_mirror(tensor, device, parameter):
+    """How a pickled mirror comes back: the mirror of its (already loaded) torch tensor, on the
+    device ``mge.load``'s ``map_location`` gives the saved one (where the tensor now is)."""
+    return mirror_of(tensor, loaded_device(device), parameter)

@@ -2,8 +2,10 @@
 parameters train exactly like pure torch, and whole networks pickle and deep-copy."""
 import copy
 from collections import OrderedDict
+import io
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
-from devices import address, torch_host
+from devices import address, host, requires_torch_cuda, torch_host
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -218,11 +220,22 @@ def test_deepcopy_keeps_training_bit_identically():
     assert address(twin.block.fc1.weight) != address(net.block.fc1.weight)
 
 
-def test_save_and_load_in_a_fresh_process_keep_training_bit_identically(tmp_path):
+@pytest.mark.parametrize("saved_on", ["this device", "gpu0"])
+def test_save_and_load_in_a_fresh_process_keep_training_bit_identically(tmp_path, saved_on,
+                                                                         request):
+    # "gpu0": the file says gpu0 (made here, see _saved_on_gpu0) and loads with map_location
+    if saved_on == "gpu0":
+        request.getfixturevalue("on_cpu")
     net = Net()
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     _train(net, opt, _batches(0))
-    mge.save({"net": net, "opt": opt.state_dict()}, tmp_path / "ckpt.mge")
+    ckpt = {"net": net, "opt": opt.state_dict()}
+    if saved_on == "gpu0":
+        (tmp_path / "ckpt.mge").write_bytes(_saved_on_gpu0(ckpt))
+        load_args, device = ", map_location={'gpu0': 'cpu0'}", "cpu0"
+    else:
+        mge.save(ckpt, tmp_path / "ckpt.mge")
+        load_args, device = "", mge.get_default_device()
     expected = _train(net, opt, _batches(1))
     script = f"""
 import pickle, sys
@@ -232,11 +245,14 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 sys.path.insert(0, {str(Path(__file__).parents[2])!r})  # tests/: devices.py
 import megengine as mge, megengine.optimizer as optim
 import test_shared as t
-ckpt = mge.load({str(tmp_path / "ckpt.mge")!r})
+mge.set_default_device({device!r})
+ckpt = mge.load({str(tmp_path / "ckpt.mge")!r}{load_args})
 net = ckpt["net"]
 opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
 opt.load_state_dict(ckpt["opt"])
 assert net.block.fc1.weight is net.block.fc2.weight
+if {saved_on == "gpu0"!r}:
+    t._assert_whole_on_cpu(net)
 with open({str(tmp_path / "after.pkl")!r}, "wb") as f:
     pickle.dump(t._train(net, opt, t._batches(1)), f)
 """
@@ -259,3 +275,118 @@ def test_loaded_network_shares_memory_with_its_loaded_torch_module():
     net(mge.tensor(np.random.randn(4, 6).astype("float32")))  # training mode: stats move in place
     assert not np.array_equal(before, mean.numpy())
     np.testing.assert_array_equal(mean.numpy(), torch_host(tmod.bn.running_mean))
+
+
+# ----- loading on another device: mge.load's map_location reaches the torch half -----
+
+@pytest.fixture
+def on_cpu():
+    """Networks built in the test live on cpu0, also on a machine with a GPU (the default device
+    there), so that the trained copies compare bit for bit."""
+    before = mge.get_default_device()
+    mge.set_default_device("cpu0")
+    yield
+    mge.set_default_device(before)
+
+
+def _saved_on_gpu0(obj):
+    """``mge.save(obj)`` as a machine whose network lived on gpu0 writes it, made on the CPU:
+    torch tags the storages ``cuda:0`` (its location_tag, patched while saving) and megengine's
+    device names say ``gpu0`` (the stream's ``cpu0`` strings rewritten in place, same length)."""
+    f = io.BytesIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        mge.save(obj, f)
+    data = bytearray(f.getvalue())
+    rewritten = 0
+    for _, arg, pos in pickletools.genops(bytes(data)):
+        if arg in ("cpu0", "cpu0:0"):
+            start = data.index(arg.encode(), pos)
+            data[start:start + 4] = b"gpu0"
+            rewritten += 1
+    assert rewritten and b"cuda:0" in data and not any(arg in ("cpu0", "cpu0:0") for _, arg, _ in
+                                         pickletools.genops(bytes(data)))
+    return bytes(data)
+
+
+def _assert_whole_on_cpu(net):
+    """Every part of a loaded Net is on the CPU, and the wrapper's mirrors view its torch module."""
+    wrap, tmod = net.block, net.block.torch_module
+    assert wrap._device == "cpu0" and net.head.weight.device == "cpu0"
+    for name, t in list(wrap.named_parameters()) + list(wrap.named_buffers()):
+        assert t.device == "cpu0", name
+        torch_t = tmod.get_parameter(name) if isinstance(t, mge.Parameter) else \
+            tmod.get_buffer(name)
+        assert torch_t.device.type == "cpu" and address(t) == address(torch_t), name
+    assert tmod.fc1.weight is tmod.fc2.weight and wrap.fc1.weight is wrap.fc2.weight
+
+
+@pytest.mark.skipif(mge.is_cuda_available(), reason="checks the message on machines without CUDA")
+def test_a_network_saved_on_gpu0_needs_map_location_on_a_cpu_machine(on_cpu):
+    data = _saved_on_gpu0(Net())
+    for map_location in (None, {"gpu1": "cpu0"}):
+        # torch's own message names torch.load's argument; this one names megengine's
+        with pytest.raises(RuntimeError, match=r"'cuda:0'.*'gpu0:0'.*map_location='cpu0'"):
+            mge.load(io.BytesIO(data), map_location=map_location)
+        assert mge.Tensor.dmap_callback is None
+
+
+@pytest.mark.parametrize("how", ["name", "dict", "callable"])
+def test_a_network_saved_on_gpu0_loads_and_trains_on_the_cpu(on_cpu, how):
+    net = Net()
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    _train(net, opt, _batches(0))
+    data = _saved_on_gpu0({"net": net, "opt": opt.state_dict()})
+    seen = set()
+    map_location = {"name": "cpu0", "dict": {"gpu0": "cpu0"},
+                    "callable": lambda saved: seen.add(saved) or "cpu0"}[how]
+    ckpt = mge.load(io.BytesIO(data), map_location=map_location)
+    if how == "callable":  # torch's storages, the wrapper and megengine's tensors: all "gpu0"
+        assert seen == {"gpu0:0"}
+    loaded = ckpt["net"]
+    _assert_whole_on_cpu(loaded)
+    loaded_opt = optim.SGD(loaded.parameters(), lr=0.1, momentum=0.9)
+    loaded_opt.load_state_dict(ckpt["opt"])
+    _assert_same_state(_train(loaded, loaded_opt, _batches(1)), _train(net, opt, _batches(1)))
+    _assert_whole_on_cpu(loaded)  # training wrote in place: still one memory
+
+
+def test_a_mirror_in_a_file_from_before_the_mapping_is_refused_clearly(on_cpu, monkeypatch):
+    # files written before this fork mapped torch tensors rebuild mirrors with `mirror_of` and
+    # the saved device: a mapped torch tensor must not become a mirror that lies about its device
+    from megengine.module.pytorch import shared
+
+    monkeypatch.setattr(shared._TorchView, "__reduce_ex__", lambda self, protocol: (
+        shared.mirror_of, (self.torch_tensor, self._device, isinstance(self, mge.Parameter))))
+    data = _saved_on_gpu0(PyTorchModule(nn.Linear(2, 2)))
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="torch tensor on cpu cannot be a megengine tensor on "
+                                           "gpu0.*re-save"):
+        mge.load(io.BytesIO(data), map_location="cpu0")
+
+
+@requires_torch_cuda
+def test_a_network_saved_on_a_real_gpu_loads_on_the_cpu_and_back(on_cpu):
+    x = np.random.RandomState(3).randn(8, 6).astype("float32")
+    mge.set_default_device("gpu0")  # (the fixture restores the default)
+    on_gpu = Net()
+    assert on_gpu.block.torch_module.fc1.weight.is_cuda
+    expected = host(on_gpu(mge.tensor(x)))
+    f = io.BytesIO()
+    mge.save(on_gpu, f)
+    mge.set_default_device("cpu0")
+    on_cpu = mge.load(io.BytesIO(f.getvalue()), map_location="cpu0")
+    _assert_whole_on_cpu(on_cpu)
+    np.testing.assert_allclose(on_cpu(mge.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+    g = io.BytesIO()
+    mge.save(on_cpu, g)
+    back = mge.load(io.BytesIO(g.getvalue()), map_location={"cpu0": "gpu0"})
+    wrap, tmod = back.block, back.block.torch_module
+    assert wrap._device == "gpu0" and back.head.weight.device == "gpu0"
+    for name, p in wrap.named_parameters():
+        assert p.device == "gpu0" and tmod.get_parameter(name).is_cuda, name
+        assert address(p) == address(tmod.get_parameter(name)), name
+    assert tmod.fc1.weight is tmod.fc2.weight and wrap.fc1.weight is wrap.fc2.weight
+    np.testing.assert_allclose(host(back(mge.tensor(x, device="gpu0"))), expected, rtol=1e-5,
+                               atol=1e-6)
