@@ -201,6 +201,9 @@ class _TensorLeaf:
         return (type(other) is _TensorLeaf and self.shape == other.shape
                 and self.dtype == other.dtype and self.device == other.device)
 
+    def __hash__(self):  # argument trees key a trace's program cache
+        return hash((self.shape, self.dtype, self.device))
+
     def __repr__(self):
         return f"a Tensor of shape {self.shape} {self.dtype} on {self.device}"
 
@@ -225,6 +228,17 @@ class _ValueLeaf:
         if _is_array(a):
             return _ArrayValue(a) == _ArrayValue(b)
         return a is b
+
+    def __hash__(self):  # consistent with __eq__: by value, arrays by shape, others by identity
+        v = self.value
+        if type(v) in _PLAIN or isinstance(v, (np.generic, np.dtype)):
+            try:
+                return hash(v)
+            except TypeError:  # an unhashable numpy scalar (np.void): equal values, same bucket
+                return hash(type(v))
+        if _is_array(v):
+            return hash((v.shape, str(v.dtype)))
+        return id(v)
 
     def __repr__(self):
         v = self.value

@@ -29,7 +29,11 @@ function on the same objects, with traced tensors substituted.
 Signatures. A trace keeps one program per call signature: the structure of the arguments
 (tuples, lists, dicts, keyword names), each tensor's shape, dtype and device, and the value of
 each non-tensor argument. A call with a signature not seen before is recorded anew (as
-upstream re-traces); the earlier programs stay and serve their signatures.
+upstream re-traces); the earlier programs stay and serve their signatures, up to
+``max_programs`` of them (least recently used dropped first: a program holds the parameters and
+constants it read, so an unbounded cache grows with every new shape). ``@trace`` on a method
+keys its programs by instance too, and holds the instances weakly: a deleted model is freed, and
+its programs (with the parameters they hold) are dropped when it goes.
 
 Replay (``symbolic=True`` or ``without_host=True``, later calls of a known signature, see
 `replay`): each step runs on fresh op copies through ``apply`` (so a recording GradManager still
@@ -53,15 +57,23 @@ checked in ``apply`` and at the start of each event method::
 
 Nothing is patched. Tracing is not thread-safe: one traced call runs at a time.
 """
+import collections
 import contextlib
 import functools
 import inspect
+import weakref
 
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
+from ..logger import get_logger
 from ._program import TraceError, TraceMismatchError, _flatten, _Program
 from .record import _ExcludedBlock, _Recorder
 from .replay import Profile, replay
+
+logger = get_logger(__name__)
+
+#: how many programs a `trace` keeps unless told otherwise (``trace(..., max_programs=N)``)
+DEFAULT_MAX_PROGRAMS = 64
 
 __all__ = ["trace", "TraceError", "TraceMismatchError", "exclude_from_trace", "is_tracing",
            "set_symbolic_shape"]
@@ -109,6 +121,18 @@ class trace:
 
     ``profiling=True``: replays and checked calls time each op; `get_profile` returns the sums.
 
+    ``max_programs`` (an extension; default `DEFAULT_MAX_PROGRAMS`, 64): how many programs the
+    trace keeps, over all signatures (and all instances, for a method). When a new signature
+    would exceed it, the least recently used program is dropped (with a warning the first
+    time); its signature is recorded again if it comes back. Settable later
+    (``traced.max_programs = 8``). Upstream keeps one compiled graph per trace.
+
+    ``@trace`` on a method: the instance is not part of the recorded program's arguments (a
+    dumped program's inputs are the method's own arguments), each instance gets its own programs,
+    and the trace holds instances weakly, so deleting a model frees it, and its programs go with
+    it. (An instance that cannot be weakly referenced is held, as any argument, until its
+    programs leave the cache.)
+
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``opt_level`` (0-3, checked),
     ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
@@ -128,7 +152,7 @@ class trace:
     def __init__(self, function, symbolic=False, capture_as_const=False, record_only=False,
                  sublinear_memory_config=None, dtr_config=None, profiling=False, opt_level=2,
                  graph_opt_config=None, symbolic_shape=None, without_host=False,
-                 imperative=False):
+                 imperative=False, *, max_programs=None):
         if not callable(function):
             raise TypeError(f"trace: expected a function to trace, got {type(function).__name__}")
         if not isinstance(opt_level, int) or isinstance(opt_level, bool) or \
@@ -147,58 +171,148 @@ class trace:
         self._symbolic_shape = (_trace_option.use_symbolic_shape() if symbolic_shape is None
                                 else bool(symbolic_shape))
         self._profile = Profile() if profiling else None
-        self._by_shapes = {}  # positional-tensor calls: ((shape, dtype, device), ...) -> program
-        self._by_tree = []  # other calls: (argument tree, program), compared with ==
+        # (owner, signature) -> program, least recently used first. owner: None for a function,
+        # id(instance) for a traced method; signature: ((shape, dtype, device), ...) for calls
+        # with tensors only, else the argument tree (a tuple that starts with a type: no clash)
+        self._programs = collections.OrderedDict()
+        self._instances = {}  # id(instance) -> weakref to it, for a traced method's instances
+        self._dead = []  # ids of instances gone whose programs are still to drop
+        self._busy = False  # the cache is being changed: a dying instance's drop waits
+        self.max_programs = DEFAULT_MAX_PROGRAMS if max_programs is None else max_programs
+        self._warned_full = False
         self._last = None  # the program of the latest call: what dump writes
+        self._last_owner = None
+
+    @property
+    def max_programs(self):
+        """How many programs this trace keeps (least recently used dropped first)."""
+        return self._max_programs
+
+    @max_programs.setter
+    def max_programs(self, n):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"trace: max_programs must be a positive int (how many call "
+                             f"signatures keep their program), got {n!r}")
+        self._max_programs = n
+        self._busy = True
+        try:
+            while len(self._programs) > n:
+                self._programs.popitem(last=False)
+        finally:
+            self._done()
 
     def __get__(self, obj, objtype=None):
-        # @trace on a method: bind the instance (the instance is part of the signature)
-        return self if obj is None else functools.partial(self, obj)
+        # @trace on a method: bind the instance, which keys its own programs (held weakly)
+        return self if obj is None else functools.partial(self._call_method, obj)
 
     def __repr__(self):
         name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
-        n = len(self._by_shapes) + len(self._by_tree)
-        return f"<trace of {name} (symbolic={self._symbolic}, {n} traced signatures)>"
+        return (f"<trace of {name} (symbolic={self._symbolic}, {len(self._programs)} traced "
+                f"signatures)>")
 
     @property
     def _program(self):
         return self._last
 
     def __call__(self, *args, **kwargs):
-        key = None
+        return self._run(None, (), args, kwargs)
+
+    def _call_method(self, obj, *args, **kwargs):
+        if self._dead:
+            self._done()  # an id of an instance gone may be the id of ``obj`` now
+        owner = id(obj)
+        ref = self._instances.get(owner)
+        if ref is None or ref() is not obj:
+            try:
+                ref = weakref.ref(obj, _forget_instance(self, owner))
+            except TypeError:  # no weak references (__slots__ without __weakref__): an argument
+                return self._run(None, (), (obj,) + args, kwargs)
+            self._busy = True
+            try:
+                self._instances[owner] = ref
+            finally:
+                self._done()
+        return self._run(owner, (obj,), args, kwargs)
+
+    def _run(self, owner, bound, args, kwargs):
+        """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
+        signature covers ``args`` and ``kwargs``."""
         if not kwargs and all(isinstance(a, Tensor) for a in args):
-            key = tuple((a._data.shape, a._data.dtype, a._device) for a in args)
-        if key is not None:
-            prog, leaves = self._by_shapes.get(key), args
+            key = (owner, tuple((a._data.shape, a._data.dtype, a._device) for a in args))
+            leaves = args
         else:
             leaves = []
-            tree = _flatten((args, kwargs), leaves)
-            prog = next((p for t, p in self._by_tree if t == tree), None)
+            key = (owner, _flatten((args, kwargs), leaves))
+        programs = self._programs
+        self._busy = True
+        try:
+            prog = programs.get(key)
+            if prog is not None:
+                programs.move_to_end(key)
+        finally:
+            self._busy = False
+            if self._dead:
+                self._done()
         if prog is None:
             if self._record_only and self._last is not None:
                 raise TraceError("trace(record_only=True): the function was recorded for dump(); "
                                  "it cannot run again. Call dump(), or trace without record_only.")
-            prog, outputs = self._record(args, kwargs, leaves)
-            if key is not None:
-                self._by_shapes[key] = prog
-            else:
-                self._by_tree.append((prog.in_tree, prog))
-            self._last = prog
+            prog, outputs = self._record(bound, args, kwargs, leaves)
+            self._keep(key, prog)
             return outputs
-        self._last = prog
+        self._last, self._last_owner = prog, owner
         if self._record_only:
             raise TraceError("trace(record_only=True): the function was recorded for dump(); it "
                              "cannot run again. Call dump(), or trace without record_only.")
         if self._imperative:
-            return self.__wrapped__(*args, **kwargs)
+            return self.__wrapped__(*bound, *args, **kwargs)
         if self._replays:
             if self._profile is not None:
                 self._profile.calls += 1
             return replay(prog, leaves, self._profile)
-        return self._check(prog, args, kwargs, leaves)
+        return self._check(prog, bound, args, kwargs, leaves)
+
+    # ----- the program cache -----
+    def _keep(self, key, prog):
+        self._busy = True
+        try:
+            programs = self._programs
+            programs[key] = prog
+            self._last, self._last_owner = prog, key[0]
+            if len(programs) > self._max_programs:
+                if not self._warned_full:
+                    self._warned_full = True
+                    name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
+                    logger.warning(
+                        "trace of %s: more than %d call signatures (shapes, dtypes, argument "
+                        "values); the least recently used program is dropped and recorded again "
+                        "if it comes back. Pad inputs to fewer shapes, or raise "
+                        "trace(max_programs=...)", name, self._max_programs)
+                while len(programs) > self._max_programs:
+                    programs.popitem(last=False)
+        finally:
+            self._done()
+
+    def _done(self):
+        """End a change of the cache: drop the programs of instances that died meanwhile."""
+        self._busy = False
+        if self._dead:
+            self._busy = True
+            try:
+                while self._dead:
+                    owner = self._dead.pop()
+                    ref = self._instances.get(owner)
+                    if ref is not None and ref() is None:
+                        del self._instances[owner]
+                    for key in [k for k in self._programs if k[0] == owner]:
+                        del self._programs[key]  # may free other instances: _dead grows
+                    if self._last_owner == owner:
+                        self._last = self._last_owner = None
+            finally:
+                self._busy = False
 
     # ----- first call of a signature -----
-    def _record(self, args, kwargs, leaves):
+    def _record(self, bound, args, kwargs, leaves):
         _not_nested()
         prog = _Program()
         if leaves is args:
@@ -210,7 +324,7 @@ class trace:
         rec.bind_args(leaves)
         dispatch._trace_hook = rec
         try:
-            outputs = self.__wrapped__(*args, **kwargs)
+            outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
         rec.finish_recording(outputs)
@@ -218,7 +332,7 @@ class trace:
         return prog, outputs
 
     # ----- symbolic=False: run again and compare -----
-    def _check(self, prog, args, kwargs, leaves):
+    def _check(self, prog, bound, args, kwargs, leaves):
         _not_nested()
         rec = _Recorder(self, prog, checking=True)
         rec.bind_args(leaves)
@@ -227,7 +341,7 @@ class trace:
             rec.profile = self._profile
         dispatch._trace_hook = rec
         try:
-            outputs = self.__wrapped__(*args, **kwargs)
+            outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
         rec.finish_checking(outputs)
@@ -261,6 +375,22 @@ class trace:
     def trace(self, *args, **kwargs):
         """Run the function once to record it (upstream's explicit tracing call)."""
         return self(*args, **kwargs)
+
+
+def _forget_instance(tr, owner):
+    """The callback of a weak reference to a traced method's instance: its programs go when it
+    does. It holds the trace weakly, and only notes the death while the cache is being changed
+    (garbage collection can run a callback in the middle of any allocation)."""
+    tr_ref = weakref.ref(tr)
+
+    def forget(ref):
+        tr = tr_ref()
+        if tr is not None:
+            tr._dead.append(owner)
+            if not tr._busy:
+                tr._done()
+
+    return forget
 
 
 def _not_nested():
