@@ -388,3 +388,10 @@ def test_a_pickle_module_without_an_unpickler_class_still_loads():
     f.seek(0)
     back = mge.load(f, map_location="cpux", pickle_module=OnlyLoad)
     assert back["t"].device == "cpu0" and back["t"].tolist() == [1.0, 2.0]
+
+
+def test_a_callable_map_location_that_answers_nonsense_is_named():
+    data = _torch_tensors_saved_on_cuda0()
+    with pytest.raises(RuntimeError, match=r"cannot be placed on 'nowhere' here.*map_location"):
+        mge.load(io.BytesIO(data), map_location=lambda saved: "nowhere")
+    assert Tensor.dmap_callback is None
