@@ -131,7 +131,8 @@ class trace:
     dumped program's inputs are the method's own arguments), each instance gets its own programs,
     and the trace holds instances weakly, so deleting a model frees it, and its programs go with
     it. (An instance that cannot be weakly referenced is held, as any argument, until its
-    programs leave the cache.)
+    programs leave the cache; so is one that a recorded op or event itself refers to, e.g. a
+    GradManager callback that is a bound method of the model.)
 
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``opt_level`` (0-3, checked),

@@ -390,3 +390,19 @@ def test_a_network_saved_on_a_real_gpu_loads_on_the_cpu_and_back(on_cpu):
     assert tmod.fc1.weight is tmod.fc2.weight and wrap.fc1.weight is wrap.fc2.weight
     np.testing.assert_allclose(host(back(mge.tensor(x, device="gpu0"))), expected, rtol=1e-5,
                                atol=1e-6)
+
+
+@requires_torch_cuda
+@pytest.mark.skipif(not mge.is_cuda_available() or mge.get_device_count("gpu") < 2,
+                    reason="needs two GPUs")
+def test_map_location_moves_the_torch_half_to_another_gpu_too(on_cpu):
+    mge.set_default_device("gpu0")  # (the fixture restores the default)
+    net = Net()
+    f = io.BytesIO()
+    mge.save(net, f)
+    moved = mge.load(io.BytesIO(f.getvalue()), map_location="gpu1")
+    assert moved.block._device == "gpu1" and moved.head.weight.device == "gpu1"
+    for name, p in moved.block.named_parameters():
+        tp = moved.block.torch_module.get_parameter(name)
+        assert p.device == "gpu1" and tp.device == torch.device("cuda", 1), name
+        assert address(p) == address(tp), name
