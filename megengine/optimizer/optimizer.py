@@ -106,6 +106,23 @@ class Optimizer:
     @_trace_event
     def step(self):
         """Update each parameter that has a gradient; returns self (``opt.step().clear_grad()``)."""
+        # CuPy allocates (state buffers) and launches kernels on its current device: with several
+        # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
+        # where the current device is always the right one)
+        scope = dispatch.device_scope()
+        try:
+            self._update_all(scope)
+        finally:
+            if scope is not None:
+                scope.close()
+        if self._gm is not None and self._gm._recording:
+            # zero_grad() was used as a synonym of clear_grad() next to the user's own
+            # GradManager (a PyTorch habit): stop the recording it started, which no
+            # backward() of ours will end
+            self._gm.release()
+        return self
+
+    def _update_all(self, scope):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -121,19 +138,9 @@ class Optimizer:
                         f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
                         f"parameter of shape {p.shape}"
                     )
-                if type(grad) is np.ndarray:
-                    self._update(p, grad, self._state.setdefault(p, {}), group)
-                else:
-                    # CuPy allocates (state buffers) and launches kernels on its current device:
-                    # make it the parameter's (gpu1's parameters while gpu0 is current)
-                    with grad.device:
-                        self._update(p, grad, self._state.setdefault(p, {}), group)
-        if self._gm is not None and self._gm._recording:
-            # zero_grad() was used as a synonym of clear_grad() next to the user's own
-            # GradManager (a PyTorch habit): stop the recording it started, which no
-            # backward() of ours will end
-            self._gm.release()
-        return self
+                if scope is not None:
+                    scope.enter(p._device)
+                self._update(p, grad, self._state.setdefault(p, {}), group)
 
     def _update(self, param, grad, state, group):
         raise NotImplementedError(f"{type(self).__name__}._update")
