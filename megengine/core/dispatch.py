@@ -313,7 +313,7 @@ def apply(op, *inputs):
         if needs is None:
             needs = _NO_GRAD[n] = (False,) * n
         op.needs_input_grad = needs
-        if _switcher is not None and run_on[0] == "g":
+        if _switcher is not None and run_on and run_on[0] == "g":
             out = _forward_on(run_on, op, arrays)
         else:
             out = op.forward(*arrays)
@@ -328,7 +328,7 @@ def apply(op, *inputs):
     op.needs_input_grad = tuple([
         p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
     ])
-    if _switcher is not None and run_on[0] == "g":
+    if _switcher is not None and run_on and run_on[0] == "g":
         out = _forward_on(run_on, op, arrays)
     else:
         out = op.forward(*arrays)

@@ -32,6 +32,10 @@ What a view means here:
   of a CUDA tensor returns a CuPy array built from its pointer, shape and strides, owning the
   tensor's storage, on the tensor's device; CuPy's current stream waits for torch's (an event,
   only when they are different streams). Both need a CUDA build of torch; the second needs CuPy.
+* One GPU memory pool: the first CUDA array or tensor through the bridge makes CuPy allocate
+  through torch's caching allocator (blocks requested on CuPy's current stream), so the two
+  frameworks share one pool; ``MGE_GPU_ALLOCATOR=cupy`` keeps CuPy's own pool (see
+  `TorchCudaAllocator` and `_decide_gpu_allocator`).
 
 Speed: a call costs about 0.5 us, less than ``torch.from_numpy`` / ``Tensor.numpy()``; hot loops
 may call ``load_extension().to_torch`` / ``.from_torch`` to skip the Python wrapper frame.
