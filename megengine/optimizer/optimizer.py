@@ -111,7 +111,24 @@ class Optimizer:
         # where the current device is always the right one)
         scope = dispatch.device_scope()
         try:
-            self._update_all(scope)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if not isinstance(p.grad, Tensor):
+                        raise TypeError(
+                            f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
+                            f"None, got {type(p.grad).__name__}"
+                        )
+                    grad = p.grad._data
+                    if grad.shape != p.shape:
+                        raise ValueError(
+                            f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
+                            f"parameter of shape {p.shape}"
+                        )
+                    if scope is not None:
+                        scope.enter(p._device)
+                    self._update(p, grad, self._state.setdefault(p, {}), group)
         finally:
             if scope is not None:
                 scope.close()
@@ -121,26 +138,6 @@ class Optimizer:
             # backward() of ours will end
             self._gm.release()
         return self
-
-    def _update_all(self, scope):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not isinstance(p.grad, Tensor):
-                    raise TypeError(
-                        f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
-                        f"None, got {type(p.grad).__name__}"
-                    )
-                grad = p.grad._data
-                if grad.shape != p.shape:
-                    raise ValueError(
-                        f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
-                        f"parameter of shape {p.shape}"
-                    )
-                if scope is not None:
-                    scope.enter(p._device)
-                self._update(p, grad, self._state.setdefault(p, {}), group)
 
     def _update(self, param, grad, state, group):
         raise NotImplementedError(f"{type(self).__name__}._update")
