@@ -167,10 +167,14 @@ def test_inside_using_allocator_the_choice_waits_for_the_next_crossing(undecided
 
 @pytest.fixture
 def torch_pool():
+    import os
+
     import cupy
 
-    if not bridge._decide_gpu_allocator():
-        pytest.skip("MGE_GPU_ALLOCATOR=cupy, or CuPy's allocator was set by someone else")
+    if os.environ.get("MGE_GPU_ALLOCATOR", "").strip().lower() == "cupy":
+        pytest.skip("MGE_GPU_ALLOCATOR=cupy: CuPy keeps its own pool here")
+    # nothing in the suite sets a CuPy allocator, so torch's must be the one in use
+    assert bridge._decide_gpu_allocator(), "CuPy did not take torch's caching allocator"
     torch.cuda.synchronize()
     return cupy
 
