@@ -212,11 +212,20 @@ def bench_bridge(timing, calls=2000):
 
     from megengine.core import torch_bridge as bridge
 
+    from megengine.device import get_gpu_allocator
+
     t = torch.ones(64, 84, device=DEVICES["torch"])
     a = cupy.ones((64, 84), cupy.float32)
-    return {"from_torch": timing.time_call_us(lambda: bridge.from_torch(t), calls, 5),
-            "cupy.from_dlpack": timing.time_call_us(lambda: cupy.from_dlpack(t.detach()), calls, 5),
-            "to_torch": timing.time_call_us(lambda: bridge.to_torch(a), calls, 5)}
+    figures = {"from_torch": timing.time_call_us(lambda: bridge.from_torch(t), calls, 5),
+               "cupy.from_dlpack": timing.time_call_us(lambda: cupy.from_dlpack(t.detach()), calls, 5),
+               "to_torch": timing.time_call_us(lambda: bridge.to_torch(a), calls, 5)}
+    # what one CuPy allocation costs through the allocator in use (torch's caching allocator once
+    # the bridge has met CUDA memory) against CuPy's own pool: the price of one shared pool
+    alloc = lambda: cupy.empty(256, cupy.float32)  # noqa: E731
+    figures[f"cupy.empty via {get_gpu_allocator()}"] = timing.time_call_us(alloc, calls, 5)
+    with cupy.cuda.using_allocator(cupy.get_default_memory_pool().malloc):
+        figures["cupy.empty via CuPy's pool"] = timing.time_call_us(alloc, calls, 5)
+    return figures
 
 
 def _memory_snapshot():

@@ -31,6 +31,8 @@ __all__ = [
     "DeviceType",
     "get_array_module",
     "canonical_device",
+    "get_gpu_allocator",
+    "CudaDeviceSwitcher",
 ]
 
 
@@ -66,9 +68,52 @@ def is_cuda_available() -> bool:
     if cp is None:
         return False
     try:
-        return cp.cuda.runtime.getDeviceCount() > 0
+        count = cp.cuda.runtime.getDeviceCount()
     except Exception:
         return False
+    if count > 1:  # ops on gpu1 must make gpu1 current (see CudaDeviceSwitcher)
+        _set_switcher(CudaDeviceSwitcher(cp.cuda.runtime))
+    return count > 0
+
+
+# ----- the current CUDA device -----
+#
+# CuPy allocates memory and launches kernels on the calling thread's *current* device (the CUDA
+# runtime's, which torch reads too), whatever device the arrays live on. With one GPU the
+# current device can only be 0, so nothing ever needs switching; with more, the dispatcher, the
+# GradManager and the optimizers make each op's device current through the switcher installed
+# here (megengine.core.dispatch holds it: ``dispatch.set_device_switcher``).
+
+class CudaDeviceSwitcher:
+    """Reads (``current() -> int``) and sets (``use(index)``) the calling thread's current CUDA
+    device through the CUDA runtime (cudaGetDevice / cudaSetDevice, CuPy's bindings); torch
+    reads the same runtime state, so one switch serves both frameworks."""
+
+    __slots__ = ("current", "use")
+
+    def __init__(self, runtime=None):
+        runtime = _cupy().cuda.runtime if runtime is None else runtime
+        # the bound functions themselves: no Python frame of ours per call
+        self.current = runtime.getDevice
+        self.use = runtime.setDevice
+
+
+_switcher = None  # a CudaDeviceSwitcher when more than one GPU is visible
+_switcher_listeners = []
+
+
+def _on_switcher_change(listener):
+    """Call ``listener(switcher)`` now and whenever the switcher changes (the dispatcher's hook:
+    this layer cannot import the core)."""
+    _switcher_listeners.append(listener)
+    listener(_switcher)
+
+
+def _set_switcher(switcher):
+    global _switcher
+    _switcher = switcher
+    for listener in _switcher_listeners:
+        listener(switcher)
 
 
 def get_device_count(device_type: str = "gpu") -> int:
@@ -285,19 +330,57 @@ def get_mem_status_bytes(device=None):
     return total, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+# Which pool serves CuPy's arrays. CuPy's own pool by default; once the PyTorch bridge has met
+# CUDA memory, torch's caching allocator (megengine.core.torch_bridge installs it unless
+# MGE_GPU_ALLOCATOR=cupy), so the two frameworks share one pool. ``_torch_pool`` is then
+# ``torch.cuda`` (its memory statistics); this module never imports torch itself.
+_torch_pool = None
+
+
+def _use_torch_pool(torch_cuda):
+    """Record that torch's caching allocator now serves CuPy (``torch_cuda``: ``torch.cuda``,
+    or None to go back to CuPy's pool); the memory queries below then report it."""
+    global _torch_pool
+    _torch_pool = torch_cuda
+
+
+def get_gpu_allocator() -> str:
+    """Which allocator new GPU arrays come from: ``"torch"`` (torch's caching allocator, shared
+    with the torch modules) or ``"cupy"`` (CuPy's memory pool)."""
+    return "cupy" if _torch_pool is None else "torch"
+
+
 # CuPy's memory pool keeps no peak statistics: the peaks below are the largest values seen
 # by these functions since the last reset (upstream's allocator tracks every allocation).
+# torch's allocator keeps its own peaks, which are used for its share.
 _gpu_peaks = {}
 
 
 def _gpu_pool_bytes(dev):
+    """(allocated, reserved) bytes of GPU ``dev``: CuPy's pool, plus torch's allocator while it
+    serves CuPy (arrays made before it took over stay in CuPy's pool until they die)."""
     cp = _cupy()
-    with cp.cuda.Device(int(dev[3:])):
+    index = int(dev[3:])
+    with cp.cuda.Device(index):
         pool = cp.get_default_memory_pool()
         used, reserved = int(pool.used_bytes()), int(pool.total_bytes())
     peak_used, peak_reserved = _gpu_peaks.get(dev, (0, 0))
     _gpu_peaks[dev] = (max(peak_used, used), max(peak_reserved, reserved))
+    if _torch_pool is not None:
+        used += int(_torch_pool.memory_allocated(index))
+        reserved += int(_torch_pool.memory_reserved(index))
     return used, reserved
+
+
+def _gpu_peak_bytes(dev):
+    """(peak allocated, peak reserved) of GPU ``dev`` since the last reset, same sources."""
+    _gpu_pool_bytes(dev)
+    peak_used, peak_reserved = _gpu_peaks[dev]
+    if _torch_pool is not None:
+        index = int(dev[3:])
+        peak_used += int(_torch_pool.max_memory_allocated(index))
+        peak_reserved += int(_torch_pool.max_memory_reserved(index))
+    return peak_used, peak_reserved
 
 
 def _cpu_resident():
@@ -312,15 +395,18 @@ def _cpu_resident():
 
 
 def get_allocated_memory(device=None):
-    """Bytes held by arrays on ``device``: CuPy's pool in use on a GPU; on the CPU, the
-    process's resident memory (numpy allocates from the C heap, not from an engine pool)."""
+    """Bytes held by arrays on ``device``. On a GPU: what the pool serving CuPy has handed out
+    (CuPy's pool; torch's caching allocator too once it serves CuPy, see `get_gpu_allocator`:
+    then torch's own tensors count as well, it is one pool). On the CPU, the process's resident
+    memory (numpy allocates from the C heap, not from an engine pool)."""
     dev = canonical_device(device)
     return _gpu_pool_bytes(dev)[0] if dev.startswith("gpu") else _cpu_resident()
 
 
 def get_reserved_memory(device=None):
-    """Bytes the allocator holds for ``device``: CuPy's pool on a GPU (used and cached); on the
-    CPU, the process's resident memory, as :func:`get_allocated_memory`."""
+    """Bytes the allocator holds for ``device``: on a GPU the pool serving CuPy, used and cached
+    (CuPy's, plus torch's caching allocator once it serves CuPy); on the CPU, the process's
+    resident memory, as :func:`get_allocated_memory`."""
     dev = canonical_device(device)
     return _gpu_pool_bytes(dev)[1] if dev.startswith("gpu") else _cpu_resident()
 
@@ -333,12 +419,12 @@ def _cpu_peak():
 def get_max_allocated_memory(device=None):
     """Peak of :func:`get_allocated_memory` since the last :func:`reset_max_memory_stats`.
 
-    CPU: the process's peak resident memory (``VmHWM``). GPU: the largest value these
-    functions have seen (CuPy keeps no peak statistics of its own)."""
+    CPU: the process's peak resident memory (``VmHWM``). GPU: for CuPy's pool the largest value
+    these functions have seen (it keeps no peak statistics), plus torch's own peak while its
+    allocator serves CuPy."""
     dev = canonical_device(device)
     if dev.startswith("gpu"):
-        _gpu_pool_bytes(dev)
-        return _gpu_peaks[dev][0]
+        return _gpu_peak_bytes(dev)[0]
     return _cpu_peak()
 
 
@@ -346,8 +432,7 @@ def get_max_reserved_memory(device=None):
     """Peak of :func:`get_reserved_memory` since the last :func:`reset_max_memory_stats`."""
     dev = canonical_device(device)
     if dev.startswith("gpu"):
-        _gpu_pool_bytes(dev)
-        return _gpu_peaks[dev][1]
+        return _gpu_peak_bytes(dev)[1]
     return _cpu_peak()
 
 
@@ -356,6 +441,8 @@ def reset_max_memory_stats(device=None):
     dev = canonical_device(device)
     if dev.startswith("gpu"):
         _gpu_peaks.pop(dev, None)
+        if _torch_pool is not None:
+            _torch_pool.reset_peak_memory_stats(int(dev[3:]))
         return
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -388,13 +475,16 @@ def set_prealloc_config(alignment: int = 1, min_req: int = 32 * 1024 * 1024,
 
 
 def coalesce_free_memory():
-    """Give cached free memory back to the system: CuPy's free blocks on GPUs, and the C
-    heap's free pages on Linux CPUs (``malloc_trim``). Memory in use is never moved."""
+    """Give cached free memory back to the system: on GPUs CuPy's free blocks and, while torch's
+    caching allocator serves CuPy, torch's (``torch.cuda.empty_cache``); the C heap's free pages
+    on Linux CPUs (``malloc_trim``). Memory in use is never moved."""
     import gc
 
     gc.collect()  # arrays that only a reference cycle kept alive are freed first
     if is_cuda_available():
         _cupy().get_default_memory_pool().free_all_blocks()
+        if _torch_pool is not None:
+            _torch_pool.empty_cache()
     try:
         import ctypes
 

@@ -169,3 +169,98 @@ def test_upstreams_multithread_device_is_the_cpu():
     assert mge.get_default_device() == "multithread4"
     assert mge.tensor([1.0]).device == "cpu0"
     assert dev.canonical_device("multithread2:0") == "cpu0"
+
+
+class _FakeCupyPool:
+    """CuPy's default memory pool and the runtime calls the GPU memory queries make."""
+
+    def __init__(self, used, total):
+        self.used, self.total, self.freed = used, total, 0
+        fake = self
+
+        class Device:
+            def __init__(self, index):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+        self.cuda = type("cuda", (), {"Device": Device, "runtime": type(
+            "runtime", (), {"getDeviceCount": staticmethod(lambda: 1)})})
+        self.get_default_memory_pool = lambda: fake
+
+    def used_bytes(self):
+        return self.used
+
+    def total_bytes(self):
+        return self.total
+
+    def free_all_blocks(self):
+        self.freed += 1
+
+
+class _FakeTorchCuda:
+    """torch.cuda's memory statistics for device 0."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _stat(name, value):
+        def stat(self, index):
+            assert index == 0
+            self.calls.append(name)
+            return value
+        return stat
+
+    memory_allocated = _stat("memory_allocated", 1000)
+    memory_reserved = _stat("memory_reserved", 4000)
+    max_memory_allocated = _stat("max_memory_allocated", 3000)
+    max_memory_reserved = _stat("max_memory_reserved", 8000)
+
+    def reset_peak_memory_stats(self, index):
+        self.calls.append(("reset", index))
+
+    def empty_cache(self):
+        self.calls.append("empty_cache")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    pool = _FakeCupyPool(used=10, total=40)
+    monkeypatch.setattr(dev, "_cupy", lambda: pool)
+    monkeypatch.setattr(dev, "is_cuda_available", lambda: True)
+    monkeypatch.setattr(dev, "_torch_pool", None)
+    monkeypatch.setattr(dev, "_gpu_peaks", {})
+    return pool
+
+
+def test_gpu_memory_queries_report_cupys_pool_by_default(fake_gpu):
+    assert dev.get_gpu_allocator() == "cupy"
+    assert dev.get_allocated_memory("gpu0") == 10
+    assert dev.get_reserved_memory("gpu0") == 40
+    fake_gpu.used = 25
+    dev.get_allocated_memory("gpu0")
+    fake_gpu.used = 5
+    assert dev.get_max_allocated_memory("gpu0") == 25  # the largest value seen
+    dev.reset_max_memory_stats("gpu0")
+    assert dev.get_max_allocated_memory("gpu0") == 5
+    dev.coalesce_free_memory()
+    assert fake_gpu.freed == 1
+
+
+def test_gpu_memory_queries_report_torchs_pool_while_it_serves_cupy(fake_gpu):
+    stats = _FakeTorchCuda()
+    dev._use_torch_pool(stats)
+    assert dev.get_gpu_allocator() == "torch"
+    # CuPy's pool keeps what was allocated before torch took over; the two are disjoint memory
+    assert dev.get_allocated_memory("gpu0") == 10 + 1000
+    assert dev.get_reserved_memory("gpu0") == 40 + 4000
+    assert dev.get_max_allocated_memory("gpu0") == 10 + 3000
+    assert dev.get_max_reserved_memory("gpu0") == 40 + 8000
+    dev.reset_max_memory_stats("gpu0")
+    assert ("reset", 0) in stats.calls
+    dev.coalesce_free_memory()
+    assert fake_gpu.freed == 1 and "empty_cache" in stats.calls

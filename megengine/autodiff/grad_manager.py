@@ -249,11 +249,16 @@ class GradManager:
         key = self._key
         visited = []
         hidden = ()
+        # several GPUs: the output gradients, the callbacks and the accumulation into .grad
+        # allocate on the current device, so each tensor's is made current (None: one GPU/CPU)
+        scope = dispatch.device_scope()
         try:
-            ys, dys, given = (_pair_outputs(y, dy, "GradManager.backward") if y is not None
-                              else ([], [], []))
+            ys, dys, given = (_pair_outputs(y, dy, "GradManager.backward", scope)
+                              if y is not None else ([], [], []))
             for t in self._kept:
                 if _tracked(t):
+                    if scope is not None:
+                        scope.enter(t._device)
                     zeros = get_array_module(t._device).zeros(t.shape, t.dtype)
                     ys.append(t)
                     dys.append(zeros)
@@ -284,6 +289,8 @@ class GradManager:
                 ready = []
                 for key_, g in found.items():
                     t, callbacks = wanted[key_]
+                    if scope is not None:
+                        scope.enter(t._device)
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
@@ -292,8 +299,12 @@ class GradManager:
             finally:
                 _backwarding = None
             for t, grad in ready:
+                if scope is not None:
+                    scope.enter(t._device)
                 _add_grad(t, grad)
         finally:
+            if scope is not None:
+                scope.close()  # the caller's current device again
             dispatch.forget_fresh_gradients()
             dispatch.resume(hidden)
             self.release()
@@ -359,9 +370,12 @@ class GradManagerGroup:
             gm.release()
 
 
-def _pair_outputs(y, dy, what):
-    """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None)."""
+def _pair_outputs(y, dy, what, scope=None):
+    """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None).
+    ``scope``: a dispatch.DeviceScope that makes each output's device current (several GPUs)."""
     if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
+        if scope is not None:
+            scope.enter(y._device)
         a = get_array_module(y._device).ones(y.shape, y.dtype)
         return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
@@ -376,6 +390,8 @@ def _pair_outputs(y, dy, what):
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: expected Tensors to differentiate, got {type(t).__name__}")
         xp = get_array_module(t._device)
+        if scope is not None:
+            scope.enter(t._device)
         if d is None:
             a = xp.ones(t.shape, t.dtype)
             given.append(a)
@@ -474,15 +490,22 @@ def grad(y, x, use_virtual_grad=None):
                 "grad: x was not recorded; attach it to a GradManager and compute y while it records"
             )
         wanted[(id(t._node[0]), t._node[1])] = t
-    ys, dys, _ = _pair_outputs(y, None, "grad")
+    scope = dispatch.device_scope()  # several GPUs: allocate on each tensor's device
     try:
-        found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+        ys, dys, _ = _pair_outputs(y, None, "grad", scope)
+        try:
+            found = dispatch.run_backward(ys, dys, wanted, free_graph=False)
+        finally:
+            dispatch.forget_fresh_gradients()  # the copies below do not need them
+        out = []
+        for t in xs:
+            if scope is not None:
+                scope.enter(t._device)
+            g = found.get((id(t._node[0]), t._node[1]))
+            xp = get_array_module(t._device)
+            out.append(Tensor._wrap(g.copy() if g is not None else xp.zeros(t.shape, t.dtype),
+                                    t._device))
     finally:
-        dispatch.forget_fresh_gradients()  # the copies below do not need them
-    out = []
-    for t in xs:
-        g = found.get((id(t._node[0]), t._node[1]))
-        xp = get_array_module(t._device)
-        out.append(Tensor._wrap(g.copy() if g is not None else xp.zeros(t.shape, t.dtype),
-                                t._device))
+        if scope is not None:
+            scope.close()
     return out if isinstance(x, (list, tuple)) else out[0]

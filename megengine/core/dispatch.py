@@ -21,10 +21,22 @@ fast path) unless another GradManager that started recording earlier still recor
 nodes that GradManager tracks run ``grad_graph`` so that the gradient computation is itself
 recorded. For that a node keeps its input and output arrays, but only when more than one
 GradManager recorded at forward time, so single-level training keeps no extra memory.
+
+Devices: CuPy allocates and launches kernels on the calling thread's *current* CUDA device, not
+on the device of the arrays it is given. So with more than one GPU, ``apply`` makes the op's
+device current while its forward runs, the graph ``Node`` remembers that device, and each
+node's device is current while its backward runs (switching only when it changes, restoring the
+caller's device afterwards, also when an exception escapes); GradManager and the optimizers do
+the same through `device_scope`. The switching is done by a *switcher* that
+``megengine.device`` installs when it finds more than one GPU; with one GPU (the current device
+can only be 0) or none there is no switcher and nothing of this costs more than one ``is None``.
 """
 import numpy as np
 
-__all__ = ["Op", "apply", "Node", "Key", "is_recording", "run_backward"]
+from .. import device as _device_mod
+
+__all__ = ["Op", "apply", "Node", "Key", "is_recording", "run_backward", "device_scope",
+           "on_device", "set_device_switcher"]
 
 _recording = 0  # how many GradManagers are recording right now
 _active = []  # their Keys, in the order they started
@@ -33,6 +45,96 @@ _levels = [0]  # the last level handed out; a GradManagerGroup's members share o
 # this hook (see megengine/jit/tracing.py); None otherwise, so untraced code pays one global read.
 _trace_hook = None
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
+# The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
+# is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
+# install fakes the same way.
+_switcher = None
+_GPU_INDEX = {}  # "gpu1" -> 1, parsed once per name
+
+
+def set_device_switcher(switcher):
+    """Install the object that reads and sets the current CUDA device (None: never switch);
+    returns the previous one."""
+    global _switcher
+    previous, _switcher = _switcher, switcher
+    return previous
+
+
+_device_mod._on_switcher_change(set_device_switcher)
+
+
+def _gpu_index(device):
+    index = _GPU_INDEX.get(device)
+    if index is None:
+        index = _GPU_INDEX[device] = int(device[3:])
+    return index
+
+
+class DeviceScope:
+    """Makes the devices of a sequence of steps current in turn (a backward pass, an optimizer
+    step): it switches only when the device changes, asks nothing for CPU devices, and `close`
+    gives the caller back the device that was current before the first switch."""
+
+    __slots__ = ("_switcher", "_previous", "_current")
+
+    def __init__(self, switcher):
+        self._switcher = switcher
+        self._previous = self._current = None  # read lazily: CPU-only work never asks
+
+    def enter(self, device):
+        if device is None or device[0] != "g":
+            return  # a CPU array: no current device matters
+        index = _gpu_index(device)
+        current = self._current
+        if current is None:
+            current = self._previous = self._current = self._switcher.current()
+        if index != current:
+            self._switcher.use(index)
+            self._current = index
+
+    def close(self):
+        if self._current is not None and self._current != self._previous:
+            self._switcher.use(self._previous)
+        self._previous = self._current = None
+
+
+def device_scope():
+    """A `DeviceScope` when device switching is needed (more than one GPU), else None."""
+    return None if _switcher is None else DeviceScope(_switcher)
+
+
+class on_device:
+    """``with on_device("gpu1"):`` makes that GPU current for the block (nothing for CPU
+    devices or when no switching is needed); the caller's device comes back afterwards."""
+
+    __slots__ = ("_scope", "_device")
+
+    def __init__(self, device):
+        self._scope = device_scope()
+        self._device = device
+
+    def __enter__(self):
+        if self._scope is not None:
+            self._scope.enter(self._device)
+        return self
+
+    def __exit__(self, *exc):
+        if self._scope is not None:
+            self._scope.close()
+
+
+def _forward_on(device, op, arrays):
+    """``op.forward`` with GPU ``device`` current (the multi-GPU path of `apply`)."""
+    switcher = _switcher
+    index = _gpu_index(device)
+    previous = switcher.current()
+    if previous == index:
+        return op.forward(*arrays)
+    switcher.use(index)
+    try:
+        return op.forward(*arrays)
+    finally:
+        switcher.use(previous)
 
 
 class Op:
@@ -133,16 +235,18 @@ class Node:
     ``keys``: the recordings that track this node (it is live while one of them is alive).
     ``saved``: (input arrays, output arrays, device) when more than one GradManager recorded
     at forward time, so that ``grad_graph`` can be given Tensors; None otherwise.
+    ``device``: the device the forward ran on (its inputs'), current while backward runs.
     """
 
-    __slots__ = ("op", "parents", "out_meta", "keys", "saved", "__weakref__")
+    __slots__ = ("op", "parents", "out_meta", "keys", "saved", "device", "__weakref__")
 
-    def __init__(self, op=None, parents=(), out_meta=((), ), keys=()):
+    def __init__(self, op=None, parents=(), out_meta=((), ), keys=(), device=None):
         self.op = op
         self.parents = parents  # per input: (Node, output index) or None
         self.out_meta = out_meta  # per output: (shape, dtype), to make zeros for unused outputs
         self.keys = keys
         self.saved = None
+        self.device = device
 
     @property
     def live(self):
@@ -185,6 +289,7 @@ def apply(op, *inputs):
                 "move them with .to(device) first"
             )
     arrays = [t._data for t in inputs]
+    run_on = device  # forward (and later backward) runs with this device current
     if op.out_device is not None:  # Copy: the output lives on the op's target device
         device = op.out_device
     keys = None
@@ -208,7 +313,10 @@ def apply(op, *inputs):
         if needs is None:
             needs = _NO_GRAD[n] = (False,) * n
         op.needs_input_grad = needs
-        out = op.forward(*arrays)
+        if _switcher is not None and run_on and run_on[0] == "g":
+            out = _forward_on(run_on, op, arrays)
+        else:
+            out = op.forward(*arrays)
         if isinstance(out, tuple):
             return tuple([Tensor._wrap(o, device) for o in out])
         return Tensor._wrap(out, device)
@@ -220,10 +328,13 @@ def apply(op, *inputs):
     op.needs_input_grad = tuple([
         p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
     ])
-    out = op.forward(*arrays)
+    if _switcher is not None and run_on and run_on[0] == "g":
+        out = _forward_on(run_on, op, arrays)
+    else:
+        out = op.forward(*arrays)
     multi = isinstance(out, tuple)
     outs = out if multi else (out,)
-    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys)
+    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys, run_on)
     if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
         node.saved = (tuple(arrays), outs, device)
     results = []
@@ -306,12 +417,16 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
         visited.extend(order)
     if free_early is None:
         free_early = free_graph
+    scope = None if _switcher is None else DeviceScope(_switcher)
     try:
         if graph:
             return _backward(ys, dys, wanted, key, stop, order, _graph_step, _add_tensors,
-                             free_early)
-        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays, free_early)
+                             free_early, scope)
+        return _backward(ys, dys, wanted, key, stop, order, None, _add_arrays, free_early,
+                         scope)
     finally:
+        if scope is not None:
+            scope.close()  # the caller's device is current again, whatever happened
         if free_graph:
             for node in order:
                 node.free()
@@ -325,12 +440,14 @@ def _add_tensors(a, b):
     return a + b  # a Tensor operator: recorded when either gradient is tracked
 
 
-def _backward(ys, dys, wanted, key, stop, order, step, add, free_early):
+def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
     grads = {}  # id(node) -> list of accumulated output gradients
     for y, dy in zip(ys, dys):
         if y._node is None:
             continue
         node, idx = y._node
+        if scope is not None:  # two outputs of one node are summed on their device
+            scope.enter(y._device)
         slot = grads.setdefault(id(node), [None] * len(node.out_meta))
         slot[idx] = dy if slot[idx] is None else add(slot[idx], dy)
     found = {}
@@ -350,6 +467,8 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early):
             continue  # an intermediate attached while recording: a leaf for this backward
         if not any(op.needs_input_grad):
             continue
+        if scope is not None:  # several GPUs: this node's backward allocates on its device
+            scope.enter(node.device)
         if step is not None:
             in_grads = step(node, op, slot)
         elif len(slot) == 1:  # the raw fast path, inline: one output, so its gradient exists

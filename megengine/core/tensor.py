@@ -31,6 +31,13 @@ def _check_dtype(dtype, what):
 def as_array(value, dtype=None, device=None, copy=True):
     """Turn a scalar, (nested) list, array or Tensor into an engine array, upstream's dtype rules."""
     device = _device_mod.canonical_device(device)
+    if dispatch._switcher is not None and device[0] == "g":  # several GPUs: CuPy allocates
+        with dispatch.on_device(device):  # on the current one, so make it the tensor's
+            return _as_array(value, dtype, device, copy)
+    return _as_array(value, dtype, device, copy)
+
+
+def _as_array(value, dtype, device, copy):
     xp = _device_mod.get_array_module(device)
     if isinstance(value, Tensor):
         value = value._data

@@ -32,6 +32,10 @@ What a view means here:
   of a CUDA tensor returns a CuPy array built from its pointer, shape and strides, owning the
   tensor's storage, on the tensor's device; CuPy's current stream waits for torch's (an event,
   only when they are different streams). Both need a CUDA build of torch; the second needs CuPy.
+* One GPU memory pool: the first CUDA array or tensor through the bridge makes CuPy allocate
+  through torch's caching allocator (blocks requested on CuPy's current stream), so the two
+  frameworks share one pool; ``MGE_GPU_ALLOCATOR=cupy`` keeps CuPy's own pool (see
+  `TorchCudaAllocator` and `_decide_gpu_allocator`).
 
 Speed: a call costs about 0.5 us, less than ``torch.from_numpy`` / ``Tensor.numpy()``; hot loops
 may call ``load_extension().to_torch`` / ``.from_torch`` to skip the Python wrapper frame.
@@ -66,6 +70,7 @@ import numpy
 import torch
 
 from . import _config
+from .. import device as _device
 
 _config._sync_torch_backends(torch)  # cuDNN switches set in megengine.config before torch loaded
 
@@ -138,6 +143,8 @@ def _cuda_array_to_torch(array):
             f"megengine torch bridge: got a CUDA array ({type(array).__name__}) but torch "
             f"{torch.__version__} has no usable CUDA; install a CUDA build of torch"
         )
+    if not _pool_decided:
+        _decide_gpu_allocator()
     device = getattr(getattr(array, "device", None), "id", None)
     if device is None:
         device = torch.cuda.current_device()
@@ -179,6 +186,8 @@ def _cuda_tensor_to_cupy(tensor):
     and no Stream objects per call.
     """
     cupy = _cupy()
+    if not _pool_decided:
+        _decide_gpu_allocator()
     device = tensor.device.index
     owner = tensor.detach()
     itemsize = owner.element_size()
@@ -195,6 +204,124 @@ def _cuda_tensor_to_cupy(tensor):
             event.record(cupy.cuda.ExternalStream(producer, device))
             cupy.cuda.ExternalStream(consumer, device).wait_event(event)
     return array
+
+
+# --------------------------------------------------------------------------------------------------
+# One GPU memory pool
+#
+# CuPy and torch each keep a caching pool; side by side, memory one of them cached after a peak is
+# invisible to the other, and a GPU that one pool would serve runs out. So once the bridge meets
+# CUDA memory (the first CUDA array or tensor through to_torch/from_torch: a PyTorchModule placed
+# on a GPU, or an ATen kernel on engine arrays), CuPy allocates through torch's caching allocator
+# (Thinc's PyTorchShim does the same) and megengine.device's memory queries report torch's pool.
+# MGE_GPU_ALLOCATOR=cupy keeps CuPy's own pool; an allocator the application set in CuPy itself
+# (cupy.cuda.set_allocator) is never replaced.
+
+_ALLOCATOR_VARIABLE = "MGE_GPU_ALLOCATOR"
+_pool_decided = False
+_pool_lock = threading.Lock()
+
+
+class TorchCudaAllocator:
+    """CuPy's memory from torch's caching allocator: ``malloc(size, device_id) -> pointer`` and
+    ``free(pointer, device_id)``, the pair ``cupy.cuda.memory.PythonFunctionAllocator`` takes
+    (CuPy calls ``free`` exactly once, when the last array using the memory dies).
+
+    Streams: torch's caching allocator ties every block to the stream it was requested for and,
+    once the block is freed, hands it out again only to requests for that same stream. Work on one
+    stream runs in order, so a kernel that still reads the freed block is finished before the next
+    owner's kernels on that stream start, without any synchronisation (CuPy's own pool keeps the
+    same rule with the same key). The kernels that use a CuPy array run on CuPy's current stream,
+    so that is the stream each block is requested for, not torch's current stream (which may be a
+    different one: a torch side stream would let torch reuse the block while CuPy's kernels still
+    run). As with CuPy's pool, an array later used on another stream must be ordered by the user.
+
+    ``raw_alloc(size, stream) -> pointer`` allocates on the current device (torch's
+    ``_cuda_cudaCachingAllocator_raw_alloc``); with more than one GPU ``alloc_on(size, device,
+    stream)`` (``torch.cuda.caching_allocator_alloc``) names the device CuPy asked for instead,
+    since torch keeps its own idea of the current device inside its device guards.
+    """
+
+    __slots__ = ("_raw_alloc", "_alloc_on", "_raw_delete", "_current_stream")
+
+    def __init__(self, raw_alloc, raw_delete, current_stream, alloc_on=None):
+        self._raw_alloc = raw_alloc
+        self._raw_delete = raw_delete
+        self._current_stream = current_stream  # () -> CuPy's current stream (has .ptr)
+        self._alloc_on = alloc_on
+
+    def malloc(self, size, device_id):
+        stream = self._current_stream().ptr
+        if self._alloc_on is None:
+            return self._raw_alloc(size, stream)
+        return self._alloc_on(size, device_id, stream)
+
+    def free(self, pointer, device_id):
+        try:
+            self._raw_delete(pointer)
+        except Exception:  # at interpreter exit torch may be gone; CuPy frees from a destructor
+            if not sys.is_finalizing():
+                raise
+
+
+def _torch_allocator_for(torch_module, cupy):
+    cuda = torch_module.cuda
+    raw_alloc = getattr(torch_module._C, "_cuda_cudaCachingAllocator_raw_alloc", None)
+    raw_delete = getattr(torch_module._C, "_cuda_cudaCachingAllocator_raw_delete", None)
+    if raw_delete is None:
+        raw_delete = cuda.caching_allocator_delete
+    # one GPU: the current device is 0 for torch and CuPy alike, so the direct call (no device
+    # guard, no Python frame of torch's) is right; more: name the device every time
+    alloc_on = None
+    if raw_alloc is None or cuda.device_count() > 1:
+        alloc_on = cuda.caching_allocator_alloc
+    return TorchCudaAllocator(raw_alloc, raw_delete, cupy.cuda.get_current_stream, alloc_on)
+
+
+def _decide_gpu_allocator(cupy=None, torch_module=None, environ=None):
+    """Make CuPy allocate through torch's caching allocator (once per process) unless
+    ``MGE_GPU_ALLOCATOR=cupy`` or the application set its own CuPy allocator; returns whether
+    torch's allocator now serves CuPy."""
+    global _pool_decided
+    with _pool_lock:
+        if _pool_decided:
+            return _device.get_gpu_allocator() == "torch"
+        environ = os.environ if environ is None else environ
+        choice = environ.get(_ALLOCATOR_VARIABLE, "torch").strip().lower() or "torch"
+        if choice not in ("torch", "cupy"):
+            raise ValueError(
+                f"{_ALLOCATOR_VARIABLE}={environ.get(_ALLOCATOR_VARIABLE)!r}: use 'torch' (CuPy "
+                "allocates from torch's caching allocator, one pool; the default) or 'cupy' "
+                "(CuPy keeps its own memory pool)"
+            )
+        _pool_decided = True
+        if choice == "cupy":
+            return False
+        if cupy is None:
+            try:
+                cupy = _cupy()
+            except RuntimeError:  # a CUDA array from elsewhere (not CuPy): no CuPy pool to share
+                return False
+        torch_module = torch if torch_module is None else torch_module
+        pool = cupy.get_default_memory_pool()
+        current = cupy.cuda.get_allocator()
+        if getattr(current, "__self__", None) is not pool:
+            _notice(logging.DEBUG, "CuPy has an allocator set by the application; it is kept "
+                                   "(GPU memory stays in two pools)")
+            return False
+        allocator = _torch_allocator_for(torch_module, cupy)
+        try:
+            cupy.cuda.set_allocator(
+                cupy.cuda.memory.PythonFunctionAllocator(allocator.malloc, allocator.free).malloc)
+        except ValueError as error:  # inside cupy.cuda.using_allocator(...) on this thread
+            _pool_decided = False  # try again at the next crossing, outside that block
+            _notice(logging.DEBUG, f"CuPy's allocator not replaced yet: {error}")
+            return False
+        # blocks CuPy cached so far go back to the driver, where torch's allocator can take them
+        pool.free_all_blocks()
+        _device._use_torch_pool(torch_module.cuda)
+        _notice(logging.DEBUG, "CuPy now allocates through torch's CUDA caching allocator")
+        return True
 
 
 _cupy_module = None

@@ -106,28 +106,32 @@ class Optimizer:
     @_trace_event
     def step(self):
         """Update each parameter that has a gradient; returns self (``opt.step().clear_grad()``)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not isinstance(p.grad, Tensor):
-                    raise TypeError(
-                        f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
-                        f"None, got {type(p.grad).__name__}"
-                    )
-                grad = p.grad._data
-                if grad.shape != p.shape:
-                    raise ValueError(
-                        f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
-                        f"parameter of shape {p.shape}"
-                    )
-                if type(grad) is np.ndarray:
+        # CuPy allocates (state buffers) and launches kernels on its current device: with several
+        # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
+        # where the current device is always the right one)
+        scope = dispatch.device_scope()
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if not isinstance(p.grad, Tensor):
+                        raise TypeError(
+                            f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
+                            f"None, got {type(p.grad).__name__}"
+                        )
+                    grad = p.grad._data
+                    if grad.shape != p.shape:
+                        raise ValueError(
+                            f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
+                            f"parameter of shape {p.shape}"
+                        )
+                    if scope is not None:
+                        scope.enter(p._device)
                     self._update(p, grad, self._state.setdefault(p, {}), group)
-                else:
-                    # CuPy allocates (state buffers) and launches kernels on its current device:
-                    # make it the parameter's (gpu1's parameters while gpu0 is current)
-                    with grad.device:
-                        self._update(p, grad, self._state.setdefault(p, {}), group)
+        finally:
+            if scope is not None:
+                scope.close()
         if self._gm is not None and self._gm._recording:
             # zero_grad() was used as a synonym of clear_grad() next to the user's own
             # GradManager (a PyTorch habit): stop the recording it started, which no
