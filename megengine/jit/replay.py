@@ -48,8 +48,12 @@ def replay(prog, leaves, profile=None):
             else:
                 # apply's no-autodiff path, minus the checks the recording already made
                 op.needs_input_grad = step.no_grad
-                out = op.forward(*[v._data for v in ins])
-                device = op.out_device or (ins[0]._device if ins else getattr(op, "device", None))
+                run_on = ins[0]._device if ins else getattr(op, "device", None)
+                if dispatch._switcher is not None and run_on and run_on[0] == "g":
+                    out = dispatch._forward_on(run_on, op, [v._data for v in ins])  # several GPUs
+                else:
+                    out = op.forward(*[v._data for v in ins])
+                device = op.out_device or run_on
                 if step.multi:
                     for s, o in zip(step.outs, out):
                         values[s] = wrap(o, device)

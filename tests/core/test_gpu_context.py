@@ -356,3 +356,17 @@ def test_pytorch_module_on_gpu1_trains_there():
     expected = sorted((tuple(p.shape), p.grad.detach().cpu().numpy()) for p in ref.parameters())
     for (_, g), (_, e) in zip(grads, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_a_traced_replay_runs_each_op_with_its_gpu_current(switcher):
+    from megengine.jit import trace
+
+    seen = []
+    f = trace(lambda x: apply(Scale(2.0, switcher, seen), x), symbolic=True)
+    f(on("gpu1", [1.0]))  # recorded through apply
+    seen.clear()
+    switcher.log.clear()
+    y = f(on("gpu1", [4.0]))  # replayed without autodiff: the replay's own fast path
+    assert seen == [("forward", 2.0, 1)]
+    assert switcher.device == 0 and switcher.uses() == [1, 0]
+    np.testing.assert_array_equal(y._data, [8.0])
