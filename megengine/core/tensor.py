@@ -458,7 +458,11 @@ class Tensor:
             return dispatch._trace_hook.event(Tensor._reset, self, other)
         value = other._data if isinstance(other, Tensor) else as_array(other, self.dtype, self._device)
         if value.shape == self._data.shape and _writeable(self._data):
-            self._data[...] = value
+            if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
+                with dispatch.on_device(self._device):
+                    self._data[...] = value
+            else:
+                self._data[...] = value
         else:
             self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype else value.copy()
             if self._node is not None and self._node[0].op is None:
@@ -475,7 +479,11 @@ class Tensor:
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         if (isinstance(self, Parameter) and not dispatch.is_recording()
                 and op_result.shape == self.shape and _writeable(self._data)):
-            self._data[...] = op_result._data.astype(self.dtype, copy=False)
+            if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
+                with dispatch.on_device(self._device):
+                    self._data[...] = op_result._data.astype(self.dtype, copy=False)
+            else:
+                self._data[...] = op_result._data.astype(self.dtype, copy=False)
             return self
         self._data = op_result._data
         self._node = op_result._node

@@ -370,3 +370,22 @@ def test_a_traced_replay_runs_each_op_with_its_gpu_current(switcher):
     assert seen == [("forward", 2.0, 1)]
     assert switcher.device == 0 and switcher.uses() == [1, 0]
     np.testing.assert_array_equal(y._data, [8.0])
+
+
+class _RecordsDevice(np.ndarray):
+    """A numpy array that notes the (fake) current device when something is written into it."""
+
+    def __setitem__(self, index, value):
+        self.writes.append(self.sw.device)
+        super().__setitem__(index, value)
+
+
+def test_in_place_writes_run_with_the_tensors_gpu_current(switcher):
+    data = np.zeros(2, np.float32).view(_RecordsDevice)
+    data.sw, data.writes = switcher, []
+    p = Parameter(np.zeros(2, np.float32))
+    p._data, p._device = data, "gpu1"
+    p.set_value(on("gpu1", [1.0, 2.0]))  # Tensor._reset: the optimizers' and load_state_dict's write
+    p += on("gpu1", [1.0, 1.0])  # an augmented operator on a Parameter: Tensor._inplace
+    assert data.writes == [1, 1] and switcher.device == 0
+    np.testing.assert_array_equal(np.asarray(p._data), [2.0, 3.0])
