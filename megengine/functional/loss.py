@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
@@ -333,7 +333,8 @@ class _CrossEntropy(Op):
             # path does (0 / p would be NaN where a non-label p is 0)
             at_label = tp.gather(1, self.target.unsqueeze(1))
             grad = glogp.div_(at_label)
-        return _aten.array(grad.reshape(self.pred_shape)), None
+        # a new buffer nothing else sees: .grad may take it without a copy
+        return declare_fresh_gradient(_aten.array(grad.reshape(self.pred_shape))), None
 
     fused = False  # set by _forward_mean_2d
     logp = None  # set by _forward_aten

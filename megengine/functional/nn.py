@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
@@ -360,8 +360,8 @@ class _Softmax(Op):
     def backward(self, g):
         if self.ty is not None:
             ty = self.ty
-            return _aten.array(_aten.aten()._softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
+            return declare_fresh_gradient(_aten.array(_aten.aten()._softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
         y = self.y
         return y * (g - (g * y).sum(self.axes, keepdims=True))
 
@@ -391,8 +391,8 @@ class _LogSoftmax(Op):
     def backward(self, g):
         if self.ty is not None:
             ty = self.ty
-            return _aten.array(_aten.aten()._log_softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
+            return declare_fresh_gradient(_aten.array(_aten.aten()._log_softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
         return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
 
     def grad_graph(self, inputs, outputs, grads):
