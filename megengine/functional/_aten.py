@@ -82,12 +82,27 @@ def array(t):
 # for the small batches the engine aims at. Tests force a family onto ATen for numpy arrays too,
 # so that the code the GPU runs is checked here against torch.
 _forced = set()
+_torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 
 
 def use_aten(a, family):
-    """Whether op family ``family`` takes its ATen path for engine array ``a``: always for CUDA
-    (CuPy) arrays, for numpy arrays only inside ``forced(family)``."""
-    return type(a) is not np.ndarray or family in _forced
+    """Whether op family ``family`` takes its ATen path for engine array ``a``: for CUDA (CuPy)
+    arrays whenever torch has CUDA (a CPU-only torch leaves them on CuPy's array code), for
+    numpy arrays only inside ``forced(family)``."""
+    if type(a) is np.ndarray:
+        return family in _forced
+    if _torch_cuda is None:
+        return _ask_torch_cuda()
+    return _torch_cuda
+
+
+def _ask_torch_cuda():
+    global _torch_cuda
+    try:
+        _torch_cuda = bool(torch_module().cuda.is_available())
+    except ImportError:  # no torch at all: CuPy's array code still serves
+        _torch_cuda = False
+    return _torch_cuda
 
 
 @contextlib.contextmanager

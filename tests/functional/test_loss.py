@@ -12,6 +12,7 @@ from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional.loss import _CrossEntropy
 
+from devices import host, requires_cuda, requires_torch_cuda
 from oracle import check_against_torch
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -209,6 +210,49 @@ def test_cross_entropy_second_order_matches_torch(ls, axis):
     (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
     np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _loss_and_grad_on(device, pred, label, **kwargs):
+    p = mge.tensor(pred, device=device)
+    with GradManager().attach(p) as gm:
+        loss = F.nn.cross_entropy(p, mge.tensor(label, device=device), **kwargs)
+        gm.backward(loss, mge.tensor(np.ones(loss.shape, np.float32), device=device))
+    return host(loss), host(p.grad)
+
+
+@requires_torch_cuda
+@pytest.mark.parametrize("kwargs", [{}, dict(label_smooth=0.1, reduction="none"),
+                                    dict(axis=0, with_logits=False, reduction="sum")])
+def test_cross_entropy_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, kwargs):
+    calls = []
+    forward = _CrossEntropy._forward_aten
+    monkeypatch.setattr(_CrossEntropy, "_forward_aten",
+                        lambda self, *a: calls.append(1) or forward(self, *a))
+    pred = rand(6, 5, 4, low=0.05, high=1)
+    label = labels(5, 6, 4) if kwargs.get("axis") == 0 else labels(6, 5, 4)[:, 0]
+    if kwargs.get("axis") != 0:
+        pred = pred[:, :, 0].copy()
+    on_gpu = _loss_and_grad_on("gpu0", pred, label, **kwargs)
+    assert calls, "cross_entropy did not take ATen's kernels on the GPU"
+    on_cpu = _loss_and_grad_on("cpu0", pred, label, **kwargs)  # the array code
+    for got, want in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a bad label is a ValueError before any kernel runs (no device-side assert), and the
+    # device still works afterwards
+    with pytest.raises(ValueError, match="labels must be in"):
+        _loss_and_grad_on("gpu0", pred, label + 10, **kwargs)
+    np.testing.assert_allclose(_loss_and_grad_on("gpu0", pred, label, **kwargs)[0], on_cpu[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_cross_entropy_on_a_gpu_without_torch_cuda_keeps_cupys_array_code(monkeypatch):
+    monkeypatch.setattr(_aten, "_torch_cuda", False)  # as with a CPU-only torch
+    pred, label = rand(8, 5), labels(8, 5)
+    on_gpu = _loss_and_grad_on("gpu0", pred, label, label_smooth=0.2)
+    on_cpu = _loss_and_grad_on("cpu0", pred, label, label_smooth=0.2)
+    for got, want in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ----- binary cross entropy -----

@@ -15,7 +15,7 @@ from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional import nn as nn_module
 
-from devices import requires_cuda
+from devices import host, requires_cuda, requires_torch_cuda
 from oracle import check_against_torch
 
 
@@ -280,6 +280,33 @@ def test_softmax_and_logsoftmax_second_order_match_torch():
     (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
     np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@requires_torch_cuda
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, log):
+    used, real = [], _aten.aten()
+
+    class Recorder:
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    x, w = rand(4, 6, 5), rand(4, 6, 5)
+
+    def run(device):
+        t = mge.tensor(x, device=device)
+        with GradManager().attach(t) as gm:
+            y = F.logsoftmax(t, 1) if log else F.softmax(t, 1)
+            gm.backward((y * mge.tensor(w, device=device)).sum())
+        return host(y), host(t.grad)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    on_gpu = run("gpu0")
+    name = "_log_softmax" if log else "_softmax"
+    assert {name, name + "_backward_data"} <= set(used)
+    for got, want in zip(on_gpu, run("cpu0")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_softmax_bad_axis():
