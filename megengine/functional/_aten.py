@@ -98,8 +98,10 @@ def use_aten(a, family):
 
 def _ask_torch_cuda():
     global _torch_cuda
-    try:
-        _torch_cuda = bool(torch_module().cuda.is_available())
+    try:  # torch alone (the bridge is loaded, and built if need be, by the first kernel)
+        import torch
+
+        _torch_cuda = bool(torch.cuda.is_available())
     except ImportError:  # no torch at all: CuPy's array code still serves
         _torch_cuda = False
     return _torch_cuda
