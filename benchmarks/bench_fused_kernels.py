@@ -1,4 +1,4 @@
-"""The fused CUDA paths of softmax, log_softmax, cross entropy and relu against their array code, per device.
+"""Fused paths (ATen softmax / cross entropy, relu's CUDA kernel) against the array code, per device.
 
 What it prints, per device (cpu0 always; gpu0 too when CUDA and CuPy are usable): one forward +
 backward (under a GradManager) of each op, in microseconds per call (median over repeats, the
@@ -58,7 +58,7 @@ CASES = [
 
 
 @contextlib.contextmanager
-def _path(family, fused, on_gpu):
+def _path(family, fused):
     """Pick the op family's path for one call: ``fused`` or its array code."""
     if family == "relu":
         saved = _nn._use_relu_kernel
@@ -102,7 +102,7 @@ def _variants(device, shape, fn, torch_fn, family):
     def engine(fused):
         def step():
             x.grad = None  # GradManager accumulates into .grad
-            with _path(family, fused, on_gpu), gm:
+            with _path(family, fused), gm:
                 out = fn(x, y)
                 gm.backward((out * w).sum() if elementwise else out)
             _sync(on_gpu)
