@@ -4,15 +4,20 @@ Convolution, pooling and batch norm run on ATen (oneDNN / its own vectorised ker
 cuDNN on CUDA) through the bridge's zero-copy views (`megengine.core.torch_bridge`). The op
 around each kernel (its autodiff, dtype rules, errors) stays ours. torch is imported at the first
 kernel call, never by ``import megengine`` or ``import megengine.functional``.
+Softmax, log_softmax and cross entropy run on ATen only for CUDA arrays (`use_aten`).
 
 Threads: the kernels run on torch's intra-op thread pool, so they follow torch's own setting
 (``OMP_NUM_THREADS`` at start-up, ``torch.set_num_threads`` at run time), as upstream MegEngine's
 CPU kernels follow its device's thread count. `set_num_threads` / `get_num_threads` here set and
 read that one pool without the caller importing torch.
 """
+import contextlib
 import os
 
-__all__ = ["aten", "view", "array", "torch_module", "set_num_threads", "get_num_threads"]
+import numpy as np
+
+__all__ = ["aten", "view", "array", "torch_module", "set_num_threads", "get_num_threads",
+           "use_aten", "forced"]
 
 _torch = None
 _aten = None
@@ -70,6 +75,47 @@ def array(t):
     if _from_torch is None:
         _load()
     return _from_torch(t)
+
+
+# Op families that run on ATen only on CUDA (softmax, log_softmax, cross entropy): there ATen's
+# fused, tuned kernels replace a chain of small CuPy kernels; on the CPU numpy is measured faster
+# for the small batches the engine aims at. Tests force a family onto ATen for numpy arrays too,
+# so that the code the GPU runs is checked here against torch.
+_forced = set()
+_torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
+
+
+def use_aten(a, family):
+    """Whether op family ``family`` takes its ATen path for engine array ``a``: for CUDA (CuPy)
+    arrays whenever torch has CUDA (a CPU-only torch leaves them on CuPy's array code), for
+    numpy arrays only inside ``forced(family)``."""
+    if type(a) is np.ndarray:
+        return family in _forced
+    if _torch_cuda is None:
+        return _ask_torch_cuda()
+    return _torch_cuda
+
+
+def _ask_torch_cuda():
+    global _torch_cuda
+    try:  # torch alone (the bridge is loaded, and built if need be, by the first kernel)
+        import torch
+
+        _torch_cuda = bool(torch.cuda.is_available())
+    except ImportError:  # no torch at all: CuPy's array code still serves
+        _torch_cuda = False
+    return _torch_cuda
+
+
+@contextlib.contextmanager
+def forced(*families):
+    """Run the named op families on their ATen path for numpy arrays too (tests, benchmarks)."""
+    added = [f for f in families if f not in _forced]
+    _forced.update(added)
+    try:
+        yield
+    finally:
+        _forced.difference_update(added)
 
 
 def set_num_threads(n):

@@ -3,9 +3,10 @@ import math
 
 import numpy as np
 
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
+from . import _aten
 
 __all__ = [
     "binary_cross_entropy", "cross_entropy", "cross_entropy_with_softmax", "hinge_loss",
@@ -221,16 +222,22 @@ class _CrossEntropy(Op):
         if label.dtype.kind not in "iu":
             label = label.astype(np.int64)  # upstream takes float class ids too
         classes = pred.shape[ax]
+        # The range check is kept on every device. On a GPU it costs one reduction kernel and a
+        # device-to-host sync (the host waits for the work queued before it, a few tens of us),
+        # but an out-of-range label would otherwise make ATen's nll_loss kernel fail a device-side
+        # assert, which poisons the CUDA context for the whole process instead of raising here.
         unsigned = _UNSIGNED.get(label.dtype)  # negatives wrap to huge: one reduction checks both
         if label.size and (label.view(unsigned).max() >= classes if unsigned is not None
                            else label.min() < 0 or label.max() >= classes):
             raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
                              f"[{label.min()}, {label.max()}]")
+        self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
+        self.loss_shape = expected
+        if pred.size and _aten.use_aten(pred, "cross_entropy"):
+            return self._forward_aten(pred, label)
         self.label = label
         # (N, C) with classes on axis 1, the common case: plain fancy indexing is fastest
         self.rows = _rows(xp, pred.shape[0]) if pred.ndim == 2 and ax == 1 else None
-        self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
-        self.loss_shape = expected
         if self.rows is not None and self.with_logits and not ls and self.reduction == "mean" \
                 and pred.shape[0]:
             return self._forward_mean_2d(xp, pred)
@@ -271,11 +278,72 @@ class _CrossEntropy(Op):
         grad *= g / e.shape[0]  # g: the 0-d gradient of the mean
         return grad, None
 
+    # ----- CUDA: ATen's kernels -----
+    # pred is seen as (A, C, B), C the classes (axis `axis`), A and B the dims before and after
+    # it: a reshape, never a transpose. B == 1 is nll_loss's (N, C) case; otherwise (A, C, B, 1)
+    # is nll_loss2d's (N, C, H, W). Forward: log_softmax (or log, for probabilities) and
+    # nll_loss, with its reduction; backward: nll_loss_backward and log_softmax's backward.
+    # Label smoothing adds -(ls / C) * sum_c(log p_c), a sum over the class axis.
+    _ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+
+    def _forward_aten(self, pred, label):
+        aten, ax, ls = _aten.aten(), self.axis, self.ls
+        classes = pred.shape[ax]
+        before, after = math.prod(pred.shape[:ax]), math.prod(pred.shape[ax + 1:])
+        shape = (before, classes) if after == 1 else (before, classes, after, 1)
+        tp = _aten.view(pred).reshape(shape)
+        # nll_loss takes int64 class ids only (one cast kernel for megengine's int32 labels)
+        target = _aten.view(label.astype(np.int64, copy=False)).reshape(
+            (before,) if after == 1 else (before, after, 1))
+        logp = aten._log_softmax(tp, 1, False) if self.with_logits else aten.log(tp)
+        nll = aten.nll_loss_forward if after == 1 else aten.nll_loss2d_forward
+        red = self._ATEN_REDUCTION[self.reduction]
+        # ignore_index -100 never matches: the labels were checked to be in [0, C)
+        loss, self.total_weight = nll(logp, target, None, red, -100)
+        if ls:
+            smooth = logp.sum(1)
+            if self.reduction != "none":
+                smooth = smooth.sum() if self.reduction == "sum" else smooth.mean()
+            loss = loss.mul(1 - ls).sub_(smooth, alpha=ls / classes)
+        self.target, self.logp, self.aten_shape = target, logp, shape
+        self.tp, self.pred_shape, self.pred_dtype = \
+            (None if self.with_logits else tp), pred.shape, pred.dtype
+        return _aten.array(loss.reshape(self.loss_shape if self.reduction == "none" else ()))
+
+    def _backward_aten(self, g):
+        aten, ls = _aten.aten(), self.ls
+        tp, logp, shape = self.tp, self.logp, self.aten_shape
+        tg = _aten.view(xp_of(g).asarray(g, self.pred_dtype))  # g may be a numpy scalar
+        if self.reduction == "none":
+            tg = tg.reshape(self.target.shape)
+        nll_back = aten.nll_loss_backward if len(shape) == 2 else aten.nll_loss2d_backward
+        # zeros with -g (divided by the count for "mean") at each label
+        glogp = nll_back(tg, logp, self.target, None, self._ATEN_REDUCTION[self.reduction], -100,
+                         self.total_weight)
+        if ls:  # d(loss)/d(log p_c) = (1 - ls) * nll's gradient - (ls / C) * g at every class
+            per_item = tg.reshape(shape[:1] + (1,) + shape[2:]) if self.reduction == "none" \
+                else tg / (math.prod(self.loss_shape) if self.reduction == "mean" else 1)
+            glogp = glogp.mul_(1 - ls).sub_(per_item, alpha=ls / shape[1])
+        if self.with_logits:
+            grad = aten._log_softmax_backward_data(glogp, logp, 1, logp.dtype)
+        elif ls:
+            grad = glogp.div_(tp)
+        else:
+            # nll's gradient is 0 off the label: divide by p at the label only, as the array
+            # path does (0 / p would be NaN where a non-label p is 0)
+            at_label = tp.gather(1, self.target.unsqueeze(1))
+            grad = glogp.div_(at_label)
+        # a new buffer nothing else sees: .grad may take it without a copy
+        return declare_fresh_gradient(_aten.array(grad.reshape(self.pred_shape))), None
+
     fused = False  # set by _forward_mean_2d
+    logp = None  # set by _forward_aten
 
     def backward(self, g):
         if self.fused:
             return self._backward_mean_2d(g)
+        if self.logp is not None:
+            return self._backward_aten(g)
         xp = xp_of(g)
         ax, ls = self.axis, self.ls
         g = _spread(g, self.loss_shape, self.reduction).reshape(self.label_k.shape)
@@ -316,7 +384,7 @@ class _CrossEntropy(Op):
             if self.reduction == "mean":
                 gk = gk / max(math.prod(self.loss_shape), 1)
         if self.with_logits:
-            m = Tensor._wrap(self.e.dtype.type(0) + pred._data.max(ax, keepdims=True),
+            m = Tensor._wrap(pred._data.max(ax, keepdims=True),
                              pred._device)  # a shift for stability: softmax does not change
             e = exp(pred - m)
             grad = e / e.sum(ax, keepdims=True) - target

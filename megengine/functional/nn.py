@@ -5,10 +5,13 @@ vision.py; upstream spells them all F.nn.<name> (and F.<name>), so this module r
 """
 import math
 
+import numpy as np
+
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
+from . import _aten
 from ._args import _as_float, _axes, _tensor
 
 __all__ = [
@@ -42,10 +45,41 @@ class _Relu(Op):
         return y
 
     def backward(self, g):
-        return xp_of(g).multiply(g, self.y > 0, dtype=g.dtype)
+        y = self.y
+        if _use_relu_kernel(y, g):  # CUDA: one kernel, no boolean temporary
+            return _relu_grad_kernel()(g, y)
+        return xp_of(g).multiply(g, y > 0, dtype=g.dtype)
 
     def grad_graph(self, inputs, outputs, grads):
         return (grads[0] * _mask(self.y > 0, grads[0]),)
+
+
+# ReLU's backward on CUDA as one CuPy ElementwiseKernel: the array code above launches a
+# comparison (a boolean temporary) and a multiply. The body is the same product, so a NaN or inf
+# gradient where y <= 0 gives NaN on both devices (numpy's multiply: np.where is ~3x slower on
+# the CPU). The kernel is built by the optimizer's helper, imported on first CUDA use only: the
+# functional layer does not load the optimizer package at import time.
+_RELU_GRAD = ("T g, T y", "T gx", "gx = g * (T)(y > (T)0);", "megengine_relu_grad")
+_relu_grad_getter = None
+
+
+def _relu_grad_kernel():
+    """The relu-backward kernel (``gx = g * (y > 0)``), compiled on its first call."""
+    global _relu_grad_getter
+    if _relu_grad_getter is None:
+        from ..optimizer.optimizer import fused_kernel
+
+        _relu_grad_getter = fused_kernel(*_RELU_GRAD)
+    return _relu_grad_getter()
+
+
+def _use_relu_kernel(y, g):
+    """A CuPy output and gradient of one float32/float64 dtype take the fused kernel."""
+    if type(g) is np.ndarray:
+        return False
+    from ..optimizer.optimizer import use_fused
+
+    return use_fused(y, g)
 
 
 class _Activation(Op):
@@ -305,17 +339,29 @@ def prelu(inp, weight):
 # ----- softmax family -----
 
 class _Softmax(Op):
+    """Softmax along ``axes``. On CUDA over one axis: ATen's fused kernels (`_aten.use_aten`);
+    else array code (numpy on the CPU, the measured fastest there)."""
+
     def __init__(self, axes):
         self.axes = axes
+        self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
         x = _as_float(x)
+        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+            self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
+            self.y = _aten.array(self.ty)
+            return self.y
         e = xp_of(x).exp(x - x.max(self.axes, keepdims=True))
         e /= e.sum(self.axes, keepdims=True)
         self.y = e
         return e
 
     def backward(self, g):
+        if self.ty is not None:
+            ty = self.ty
+            return declare_fresh_gradient(_aten.array(_aten.aten()._softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
         y = self.y
         return y * (g - (g * y).sum(self.axes, keepdims=True))
 
@@ -325,17 +371,28 @@ class _Softmax(Op):
 
 
 class _LogSoftmax(Op):
+    """``x - logsumexp(x)`` along ``axes``; on CUDA over one axis ATen's fused kernels."""
+
     def __init__(self, axes):
         self.axes = axes
+        self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
         x = _as_float(x)
+        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+            self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
+            self.y = _aten.array(self.ty)
+            return self.y
         xp = xp_of(x)
         shifted = x - x.max(self.axes, keepdims=True)
         self.y = shifted - xp.log(xp.exp(shifted).sum(self.axes, keepdims=True))
         return self.y
 
     def backward(self, g):
+        if self.ty is not None:
+            ty = self.ty
+            return declare_fresh_gradient(_aten.array(_aten.aten()._log_softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
         return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
 
     def grad_graph(self, inputs, outputs, grads):

@@ -40,3 +40,23 @@ def test_engine_thread_setting_is_torchs_pool():
     with pytest.raises(ValueError, match="set_num_threads: the number of threads must be a "
                                          "positive integer, got 0"):
         _aten.set_num_threads(0)
+
+
+def test_use_aten_takes_cuda_arrays_when_torch_has_cuda_and_numpy_only_when_forced():
+    import numpy as np
+    import torch
+
+    a = np.zeros(3, np.float32)
+
+    class CudaArray:  # what the switch sees of a CuPy array: not a numpy.ndarray
+        pass
+
+    assert not _aten.use_aten(a, "softmax")
+    # a CPU-only torch leaves CUDA arrays on CuPy's array code instead of failing in the bridge
+    assert _aten.use_aten(CudaArray(), "softmax") == torch.cuda.is_available()
+    with _aten.forced("softmax"):
+        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
+        with _aten.forced("softmax", "cross_entropy"):  # nested: the inner exit keeps "softmax"
+            assert _aten.use_aten(a, "cross_entropy")
+        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
+    assert not _aten.use_aten(a, "softmax")

@@ -9,7 +9,11 @@ import torch.nn.functional as TF
 import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
+from megengine.device import canonical_device
+from megengine.functional import _aten
+from megengine.functional.loss import _CrossEntropy
 
+from devices import host, requires_cuda, requires_torch_cuda
 from oracle import check_against_torch
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -27,7 +31,37 @@ def labels(n, classes, *extra):
 
 
 # ----- cross entropy -----
+# Every cross-entropy test runs on both of the op's paths: the array code (numpy on the CPU, the
+# default there) and ATen's kernels (what CUDA arrays take), forced here onto numpy arrays so
+# that the GPU's code is checked on the CPU. On a GPU both runs take the ATen path.
 
+
+def _skip_without_torch_cuda_on_a_gpu():
+    if canonical_device(None).startswith("gpu") and not torch.cuda.is_available():
+        pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
+                    "a CUDA build of torch, which this machine lacks")
+
+
+@pytest.fixture(params=["arrays", "aten"])
+def ce_path(request, monkeypatch):
+    """Run the test on one path; on "aten", fail if the ATen forward never ran."""
+    if request.param == "arrays":
+        yield request.param
+        return
+    _skip_without_torch_cuda_on_a_gpu()
+    calls = []
+    forward = _CrossEntropy._forward_aten
+
+    def spy(self, *args):
+        calls.append(self)
+        return forward(self, *args)
+
+    monkeypatch.setattr(_CrossEntropy, "_forward_aten", spy)
+    with _aten.forced("cross_entropy"):
+        yield request.param
+    assert calls, "the ATen path of cross_entropy did not run"
+
+@pytest.mark.usefixtures("ce_path")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_logits(reduction):
     pred, label = rand(16, 10, low=-5, high=5), labels(16, 10)
@@ -35,6 +69,7 @@ def test_cross_entropy_logits(reduction):
           lambda p, y: TF.cross_entropy(p, y.long(), reduction=reduction), pred, label)
 
 
+@pytest.mark.usefixtures("ce_path")
 @pytest.mark.parametrize("ls", [0.1, 0.5])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_label_smoothing_matches_torch(ls, reduction):
@@ -44,18 +79,21 @@ def test_cross_entropy_label_smoothing_matches_torch(ls, reduction):
           pred, label)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_spatial_axis_1():
     pred, label = rand(2, 5, 3, 4), labels(2, 5, 3, 4)
     check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.2),
           lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.2), pred, label)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_last_axis():
     pred, label = rand(3, 4, 7), labels(3, 7, 4)
     check(lambda p, y: F.nn.cross_entropy(p, y, axis=-1),
           lambda p, y: TF.cross_entropy(p.permute(0, 2, 1), y.long()), pred, label)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_large_logits_are_stable():
     pred = np.array([[1000.0, 0.0, -1000.0], [-500.0, 500.0, 0.0]], np.float32)
     label = np.array([2, 1], np.int32)
@@ -63,6 +101,7 @@ def test_cross_entropy_large_logits_are_stable():
           lambda p, y: TF.cross_entropy(p, y.long()), pred, label, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.usefixtures("ce_path")
 @pytest.mark.parametrize("ls", [0, 0.3])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_probabilities(ls, reduction):
@@ -78,6 +117,7 @@ def test_cross_entropy_probabilities(ls, reduction):
                                           reduction=reduction), expected, pred, label)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_accepts_float_class_ids():
     # upstream's documented example: float labels, value 0.57976407 (doctest-skipped upstream)
     pred = np.array([[0.0, 1.0], [0.3, 0.7], [0.7, 0.3]], np.float32)
@@ -86,6 +126,7 @@ def test_cross_entropy_accepts_float_class_ids():
     np.testing.assert_allclose(loss.numpy(), expect.numpy(), rtol=1e-6)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_with_softmax_is_the_mean_loss():
     pred, label = rand(5, 4), labels(5, 4)
     a = F.cross_entropy_with_softmax(mge.tensor(pred), mge.tensor(label), label_smooth=0.1)
@@ -93,6 +134,7 @@ def test_cross_entropy_with_softmax_is_the_mean_loss():
     np.testing.assert_allclose(a.numpy(), b.numpy())
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_errors():
     pred = mge.tensor(rand(4, 3))
     with pytest.raises(ValueError, match=r"cross_entropy: label of shape \(5,\).*\(4, 3\)"):
@@ -105,6 +147,120 @@ def test_cross_entropy_errors():
         F.nn.cross_entropy(pred, mge.tensor([0, -1, 2, 1]))  # negatives, not wrapped around
     with pytest.raises(ValueError, match="reduction must be one of"):
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3)), reduction="avg")
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[0, 3\]"):
+        F.nn.cross_entropy(pred, mge.tensor(np.array([0, 3, 2, 1], np.uint8)))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[0, 3\]"):
+        F.nn.cross_entropy(pred, mge.tensor(np.array([[0, 1], [3, 1]], np.int32)).reshape(4),
+                           with_logits=False, label_smooth=0.1)
+    # the checks come first and leave nothing behind: a valid call after them works
+    ok = F.nn.cross_entropy(pred, mge.tensor(np.array([2, 0, 1, 2], np.uint8)))
+    np.testing.assert_allclose(ok.numpy(), TF.cross_entropy(
+        torch.tensor(pred.numpy()), torch.tensor([2, 0, 1, 2])).numpy(), rtol=1e-6)
+
+
+@pytest.mark.usefixtures("ce_path")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_first_axis_of_3d_input(reduction):
+    # classes on axis 0: the ATen path sees (1, C, B, 1), nll_loss2d's layout
+    pred, label = rand(5, 3, 4), labels(3, 5, 4)
+    check(lambda p, y: F.nn.cross_entropy(p, y, axis=0, label_smooth=0.1, reduction=reduction),
+          lambda p, y: TF.cross_entropy(p[None], y.long()[None], label_smoothing=0.1,
+                                        reduction=reduction)[0 if reduction == "none" else ...],
+          pred, label)
+
+
+@pytest.mark.usefixtures("ce_path")
+@pytest.mark.parametrize("with_logits", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_cross_entropy_keeps_float16_and_float64(dtype, with_logits):
+    # value and gradient in pred's dtype, against torch in float64 on the same (rounded) input
+    logits = rand(6, 5).astype(dtype)
+    pred = logits if with_logits else (np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    pred = pred.astype(dtype)
+    label = labels(6, 5)
+    p = mge.tensor(pred, dtype=dtype)  # float64 input is stored as float32 unless asked
+    with GradManager().attach(p) as gm:
+        loss = F.nn.cross_entropy(p, mge.tensor(label), with_logits=with_logits,
+                                  label_smooth=0.2, reduction="sum")
+        gm.backward(loss)
+    pt = torch.tensor(pred.astype(np.float64), requires_grad=True)
+    logp = torch.log_softmax(pt, 1) if with_logits else torch.log(pt)
+    expect = (-(0.8 * logp.gather(1, torch.tensor(label).long()[:, None])[:, 0]
+                + 0.2 * logp.mean(1))).sum()
+    expect.backward()
+    tol = 2e-3 if dtype == "float16" else 1e-10
+    assert loss.dtype == np.dtype(dtype) and p.grad.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(loss.numpy(), expect.item(), rtol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol,
+                               atol=tol * np.abs(pt.grad.numpy()).max())
+
+
+@pytest.mark.usefixtures("ce_path")
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_cross_entropy_second_order_matches_torch(ls, axis):
+    # a gradient penalty: d/dx <dL/dx, v>, the gradient graph recorded by an outer manager
+    pred, v = rand(3, 4, 5), rand(3, 4, 5)
+    label = labels(3, 4, 5) if axis == 1 else labels(3, 5, 4)
+    x = mge.Parameter(pred)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            inner.backward(F.nn.cross_entropy(x * x, mge.tensor(label), axis=axis,
+                                              label_smooth=ls))
+        first = x.grad
+        x.grad = None
+        outer.backward((first * mge.tensor(v)).sum())
+    xt = torch.tensor(pred, requires_grad=True)
+    logits = (xt * xt).movedim(axis, 1)
+    (gt,) = torch.autograd.grad(TF.cross_entropy(logits, torch.tensor(label).long(),
+                                                 label_smoothing=ls), xt, create_graph=True)
+    (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
+    np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _loss_and_grad_on(device, pred, label, **kwargs):
+    p = mge.tensor(pred, device=device)
+    with GradManager().attach(p) as gm:
+        loss = F.nn.cross_entropy(p, mge.tensor(label, device=device), **kwargs)
+        gm.backward(loss, mge.tensor(np.ones(loss.shape, np.float32), device=device))
+    return host(loss), host(p.grad)
+
+
+@requires_torch_cuda
+@pytest.mark.parametrize("kwargs", [{}, dict(label_smooth=0.1, reduction="none"),
+                                    dict(axis=0, with_logits=False, reduction="sum")])
+def test_cross_entropy_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, kwargs):
+    calls = []
+    forward = _CrossEntropy._forward_aten
+    monkeypatch.setattr(_CrossEntropy, "_forward_aten",
+                        lambda self, *a: calls.append(1) or forward(self, *a))
+    pred = rand(6, 5, 4, low=0.05, high=1)
+    label = labels(5, 6, 4) if kwargs.get("axis") == 0 else labels(6, 5, 4)[:, 0]
+    if kwargs.get("axis") != 0:
+        pred = pred[:, :, 0].copy()
+    on_gpu = _loss_and_grad_on("gpu0", pred, label, **kwargs)
+    assert calls, "cross_entropy did not take ATen's kernels on the GPU"
+    on_cpu = _loss_and_grad_on("cpu0", pred, label, **kwargs)  # the array code
+    for got, want in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a bad label is a ValueError before any kernel runs (no device-side assert), and the
+    # device still works afterwards
+    with pytest.raises(ValueError, match="labels must be in"):
+        _loss_and_grad_on("gpu0", pred, label + 10, **kwargs)
+    np.testing.assert_allclose(_loss_and_grad_on("gpu0", pred, label, **kwargs)[0], on_cpu[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_cross_entropy_on_a_gpu_without_torch_cuda_keeps_cupys_array_code(monkeypatch):
+    monkeypatch.setattr(_aten, "_torch_cuda", False)  # as with a CPU-only torch
+    pred, label = rand(8, 5), labels(8, 5)
+    on_gpu = _loss_and_grad_on("gpu0", pred, label, label_smooth=0.2)
+    on_cpu = _loss_and_grad_on("cpu0", pred, label, label_smooth=0.2)
+    for got, want in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ----- binary cross entropy -----
@@ -287,6 +443,7 @@ def test_traced_ctc_loss_replays_each_calls_labels():
         np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)
 
 
+@pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_mean_of_logits_scales_by_the_output_gradient():
     # the fused (N, C) mean path: repeated labels, an output gradient other than one
     pred, label = rand(6, 4), np.array([3, 3, 0, 1, 3, 2], np.int32)

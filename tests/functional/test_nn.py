@@ -1,4 +1,7 @@
 """Tests of megengine/functional/nn.py: values and gradients against torch.nn.functional."""
+import ctypes
+import shutil
+import subprocess
 from functools import partial
 
 import numpy as np
@@ -9,7 +12,11 @@ import torch.nn.functional as TF
 import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
+from megengine.device import canonical_device
+from megengine.functional import _aten
+from megengine.functional import nn as nn_module
 
+from devices import host, requires_cuda, requires_torch_cuda
 from oracle import check_against_torch
 
 
@@ -61,6 +68,102 @@ def test_relu_keeps_integers():
     np.testing.assert_array_equal(y.numpy(), [0, 0, 3])
 
 
+# ReLU's backward on CUDA is one CuPy ElementwiseKernel. Without a GPU its body is compiled here
+# as C++ (for float and double, as CuPy instantiates T), put in the kernel's place, and checked
+# against torch and against the array code.
+_CXX = shutil.which("c++") or shutil.which("g++")
+
+
+def _array_kernel_source(name, in_params, out_params, body):
+    """C functions ``name_float`` / ``name_double`` running ``body`` once per element over
+    arrays only (every parameter of type T), as CuPy's ElementwiseKernel does."""
+    ins = [p.split()[1] for p in in_params.split(",")]
+    outs = [p.split()[1] for p in out_params.split(",")]
+    formal = ", ".join([f"T {n}" for n in ins] + [f"T& {n}" for n in outs])
+    src = f"template <typename T> static void {name}_body({formal}) {{\n{body}\n}}\n"
+    for c in ("float", "double"):
+        c_args = ", ".join([f"const {c}* {n}" for n in ins] + [f"{c}* {n}" for n in outs])
+        actual = ", ".join(f"{n}[k_]" for n in ins + outs)
+        src += (f'extern "C" void {name}_{c}(long n_, {c_args}) {{\n'
+                f"  for (long k_ = 0; k_ < n_; ++k_) {name}_body<{c}>({actual});\n}}\n")
+    return src
+
+
+@pytest.fixture(scope="module")
+def relu_kernel_on_cpu(tmp_path_factory):
+    """The relu-backward kernel body compiled as C++: a callable ``(g, y) -> gx`` on numpy."""
+    if _CXX is None:
+        pytest.skip("no C++ compiler on this machine")
+    in_params, out_params, body, _ = nn_module._RELU_GRAD
+    d = tmp_path_factory.mktemp("relu_kernel")
+    (d / "k.cpp").write_text(_array_kernel_source("relu_grad", in_params, out_params, body))
+    run = subprocess.run([_CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
+                          str(d / "k.so"), str(d / "k.cpp")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr  # the body is valid C++ for T = float and double
+    lib = ctypes.CDLL(str(d / "k.so"))
+
+    def call(g, y):
+        assert g.dtype == y.dtype and g.shape == y.shape
+        c = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[g.dtype]
+        fn = getattr(lib, f"relu_grad_{c.__name__[2:]}")
+        g, y = np.ascontiguousarray(g), np.ascontiguousarray(y)  # CuPy indexes any strides
+        gx = np.empty_like(g)
+        fn(ctypes.c_long(g.size), *(a.ctypes.data_as(ctypes.POINTER(c)) for a in (g, y, gx)))
+        return gx
+
+    return call
+
+
+@pytest.fixture
+def relu_kernel_used(relu_kernel_on_cpu, monkeypatch):
+    """Route F.relu's backward through the C++-compiled kernel body; returns the call count."""
+    used = []
+
+    def kernel():
+        used.append(1)
+        return relu_kernel_on_cpu
+
+    monkeypatch.setattr(nn_module, "_relu_grad_kernel", kernel)
+    monkeypatch.setattr(nn_module, "_use_relu_kernel", lambda y, g: True)
+    return used
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_backward_kernel_body_matches_torch(relu_kernel_used, dtype):
+    x, g = rand(5, 7).astype(dtype), np.random.randn(5, 7).astype(dtype)
+    x[0, :3] = 0  # relu'(0) = 0, as torch
+    t = mge.tensor(x, dtype=dtype)  # float64 is kept only when asked
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g, dtype=dtype))
+    xt = torch.tensor(x, requires_grad=True)
+    TF.relu(xt).backward(torch.tensor(g))
+    assert relu_kernel_used, "the kernel was not used"
+    assert t.grad.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(t.grad.numpy(), xt.grad.numpy())
+
+
+def test_relu_backward_kernel_body_propagates_nan_like_the_array_code(relu_kernel_on_cpu):
+    # g * (y > 0): a NaN gradient stays NaN where y == 0, as numpy's multiply on the CPU, so
+    # both devices agree
+    y = np.array([0.0, 0.0, 2.0, 3.0], np.float32)
+    g = np.array([np.nan, 1.0, np.nan, 4.0], np.float32)
+    np.testing.assert_array_equal(relu_kernel_on_cpu(g, y), np.multiply(g, y > 0))
+
+
+@requires_cuda
+def test_relu_backward_uses_the_cuda_kernel_on_a_gpu(monkeypatch):
+    used = []
+    kernel = nn_module._relu_grad_kernel
+    monkeypatch.setattr(nn_module, "_relu_grad_kernel", lambda: used.append(1) or kernel())
+    x = rand(64, 256)
+    t = mge.tensor(x, device="gpu0")
+    g = np.random.randn(64, 256).astype(np.float32)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g, device="gpu0"))
+    np.testing.assert_array_equal(t.grad.numpy(), g * (x > 0))
+    assert used
+
+
 def test_sigmoid_of_integers_is_float32():
     y = F.sigmoid(mge.tensor([0, 1]))
     assert y.dtype == np.float32
@@ -82,6 +185,38 @@ def test_prelu_bad_weight_shape_names_both():
 
 # ----- softmax family -----
 
+# Softmax and log_softmax tests run on both paths: array code (the CPU default) and ATen's
+# kernels (what CUDA arrays take), forced here onto numpy arrays; on a GPU both runs take ATen.
+
+
+def _skip_without_torch_cuda_on_a_gpu():
+    if canonical_device(None).startswith("gpu") and not torch.cuda.is_available():
+        pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
+                    "a CUDA build of torch, which this machine lacks")
+
+
+@pytest.fixture(params=["arrays", "aten"])
+def softmax_path(request, monkeypatch):
+    """Run the test on one path; yields the ATen kernels called (names), checked on "aten"."""
+    used = []
+    if request.param == "arrays":
+        yield used
+        return
+    _skip_without_torch_cuda_on_a_gpu()
+    real = _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    with _aten.forced("softmax"):
+        yield used
+    assert used, "the ATen path of softmax / log_softmax did not run"
+
+
+@pytest.mark.usefixtures("softmax_path")
 @pytest.mark.parametrize("shape,axis,torch_dim", [
     ((4, 7), None, 1), ((5,), None, 0), ((3, 4, 5), None, 0), ((2, 3, 4, 5), None, 1),
     ((3, 4, 5), -1, -1), ((3, 4, 5), 1, 1),
@@ -92,21 +227,94 @@ def test_softmax(shape, axis, torch_dim):
 
 
 def test_softmax_over_several_axes():
+    # ATen's softmax takes one dim: several axes stay on the array code on every device
     x = rand(2, 3, 4)
-    check(lambda t: F.softmax(t, (1, 2)),
-          lambda t: torch.exp(t - torch.logsumexp(t, dim=(1, 2), keepdim=True)), x)
+    with _aten.forced("softmax"):
+        check(lambda t: F.softmax(t, (1, 2)),
+              lambda t: torch.exp(t - torch.logsumexp(t, dim=(1, 2), keepdim=True)), x)
 
 
+@pytest.mark.usefixtures("softmax_path")
 def test_softmax_large_logits_are_stable():
     x = np.array([[1000.0, 0.0, -1000.0], [88.0, 89.0, 90.0]], np.float32)
     check(lambda t: F.softmax(t, 1), lambda t: torch.softmax(t, 1), x)
 
 
+@pytest.mark.usefixtures("softmax_path")
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_logsoftmax(axis):
     x = rand(4, 6, low=-50, high=50)
     check(lambda t: F.logsoftmax(t, axis), lambda t: torch.log_softmax(t, axis), x,
           rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_keeps_float16_and_float64(softmax_path, log, dtype):
+    x = rand(3, 5, 4, low=-4, high=4).astype(dtype)
+    t = mge.tensor(x, dtype=dtype)
+    with GradManager().attach(t) as gm:
+        y = F.logsoftmax(t, 1) if log else F.softmax(t, 1)
+        gm.backward(y.mean())  # the output gradient is one value broadcast: stride-0 views
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    yt = torch.log_softmax(xt, 1) if log else torch.softmax(xt, 1)
+    yt.mean().backward()
+    tol = 3e-3 if dtype == "float16" else 1e-12
+    assert y.dtype == np.dtype(dtype) and t.grad.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol * 0.1)
+    if softmax_path:  # on ATen: forward and backward were its kernels
+        name = "_log_softmax" if log else "_softmax"
+        assert {name, name + "_backward_data"} <= set(softmax_path)
+
+
+@pytest.mark.usefixtures("softmax_path")
+def test_softmax_and_logsoftmax_second_order_match_torch():
+    # the gradient graph (grad_graph) is the same on both paths: d/dx <dL/dx, v>
+    x0, v, w = rand(4, 5), rand(4, 5), rand(4, 5)
+    x = mge.Parameter(x0)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            inner.backward((F.softmax(x, 1) * mge.tensor(w)).sum()
+                           + (F.logsoftmax(x * x, 0) * mge.tensor(w)).sum())
+        first = x.grad
+        x.grad = None
+        outer.backward((first * mge.tensor(v)).sum())
+    xt = torch.tensor(x0, requires_grad=True)
+    loss = (torch.softmax(xt, 1) * torch.tensor(w)).sum() + \
+        (torch.log_softmax(xt * xt, 0) * torch.tensor(w)).sum()
+    (gt,) = torch.autograd.grad(loss, xt, create_graph=True)
+    (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
+    np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@requires_torch_cuda
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, log):
+    used, real = [], _aten.aten()
+
+    class Recorder:
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    x, w = rand(4, 6, 5), rand(4, 6, 5)
+
+    def run(device):
+        t = mge.tensor(x, device=device)
+        with GradManager().attach(t) as gm:
+            y = F.logsoftmax(t, 1) if log else F.softmax(t, 1)
+            gm.backward((y * mge.tensor(w, device=device)).sum())
+        return host(y), host(t.grad)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    on_gpu = run("gpu0")
+    name = "_log_softmax" if log else "_softmax"
+    assert {name, name + "_backward_data"} <= set(used)
+    for got, want in zip(on_gpu, run("cpu0")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_softmax_bad_axis():
