@@ -14,7 +14,9 @@ What it does, in this order (under 5 minutes on one H200):
    the guide's hybrid LeNet step (``PyTorchModule`` + ``M.Linear`` + SGD; bench_pytorch_module's
    variants) at batch 64 and 1024; the engine MLP (bench_engine's, SGD momentum 0.9) 784-256-10
    at batch 64 and 784-4096-10 at batch 4096; and the memory of CuPy's pool and torch's
-   allocator over 5,000 hybrid steps (it must not grow).
+   allocator over 5,000 hybrid steps (it must not grow); then, in a process of its own,
+   ``bench_fused_kernels.py --quick`` (softmax / cross entropy / relu: the fused CUDA paths
+   against the array code and torch; its gpu0 rows are shown, without aims).
 4. One summary block: passed/failed per run, each ratio against its aim (issue 12's aims).
 
 Every step is timed with a device synchronisation at its end (``torch.cuda.synchronize()``, which
@@ -307,6 +309,32 @@ def _run_benchmarks(args):
     return results
 
 
+def run_fused_bench(args, log_dir, timeout=240):
+    """bench_fused_kernels.py (the fused paths against the array code and torch, per device) in a
+    process of its own; its gpu0 rows go into the summary as they are (no aims: they are the
+    evidence for keeping or dropping the fused paths on CUDA)."""
+    name = "fused kernels (bench_fused_kernels.py)"
+    # --quick (20 calls x 2 repeats): enough to see a factor, and it keeps the check short
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_fused_kernels.py"), "--quick"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    log = Path(log_dir) / "bench_fused_kernels.log"
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                             cwd=REPO)
+    except subprocess.TimeoutExpired as e:
+        log.write_text((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
+                       else (e.stdout or ""))
+        return dict(name=name, ok=False, error=f"timed out after {timeout} s (log {log})")
+    log.write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        return dict(name=name, ok=False, error=f"exit {run.returncode}: {tail[0]} (log {log})")
+    lines = run.stdout.splitlines()
+    rows = lines[next((i for i, line in enumerate(lines) if line.startswith("gpu0")), len(lines)):]
+    return dict(name=name, ok=True, rows=rows or ["(no gpu0 rows: see the log)"], log=str(log))
+
+
 # ----- the summary --------------------------------------------------------------------------------
 def summary(suites, benches, seconds):
     lines = ["", "=" * 30 + " gpu-check summary " + "=" * 30]
@@ -326,6 +354,9 @@ def summary(suites, benches, seconds):
             figures = ", ".join(f"{k} {v:.1f} us" for k, v in b["calls"].items())
             lines.append(f"bench, {b['name']:36s} {figures} (no aim; the issue measured ~115 us "
                          "for from_torch through DLPack)")
+        elif "rows" in b:
+            lines.append(f"bench, {b['name']}: us per forward+backward, no aims (log {b['log']})")
+            lines.extend("    " + row for row in b["rows"])
         elif "memory" in b:
             before, after, growth = b["memory"]
             figures = ", ".join(f"{k} {before[k] / 2**20:.1f} -> {after[k] / 2**20:.1f} MiB" for k in before)
@@ -377,7 +408,7 @@ def main(argv=None):
         else:  # both at once: 2 x 8 workers fit 16 cores, and it halves the wall time
             with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
                 suites = list(pool.map(lambda run: run_suite(*run, args, log_dir), runs))
-    benches = [] if args.skip_bench else run_benchmarks(args)
+    benches = [] if args.skip_bench else run_benchmarks(args) + [run_fused_bench(args, log_dir)]
     text = summary(suites, benches, time.perf_counter() - start)
     print(text, flush=True)
     (Path(log_dir) / "summary.txt").write_text(text + "\n")

@@ -97,10 +97,36 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
     monkeypatch.setattr(gpu_check, "run_suite", fake_suite)
     monkeypatch.setattr(gpu_check, "run_benchmarks", lambda args: [
         dict(name="engine MLP 784-256-10, batch 64", ok=True, ratio=1.5, torch_ms=1.0, mge_ms=1.5)])
+    monkeypatch.setattr(gpu_check, "run_fused_bench", lambda args, log_dir: dict(
+        name="fused kernels", ok=True, rows=["gpu0:", "  softmax row"], log="log"))
     assert gpu_check.main(["--log-dir", str(tmp_path)]) == 1
     assert sorted(runs, key=len) == [{}, {"MGE_DEFAULT_DEVICE": "cpu0"}]  # (run at the same time)
     text = (tmp_path / "summary.txt").read_text()
     assert text.index("on CUDA (default xpux)") < text.index("MGE_DEFAULT_DEVICE=cpu0")
     assert "1.50x torch" in text and "aim <= 1.20x: MISSED" in text and "tests/x.py::test_y" in text
+    assert "    gpu0:\n      softmax row" in text
     assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
     assert text.strip() in capsys.readouterr().out
+
+
+def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypatch, tmp_path):
+    calls = []
+    output = "machine line\ncpu0:\n  cpu row\ngpu0:\n  op shape arrays fused torch\n  softmax 1 2 3\n"
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=output, stderr="")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    result = gpu_check.run_fused_bench(argparse.Namespace(quick=False), tmp_path)
+    assert calls[0][1].endswith("bench_fused_kernels.py") and calls[0][2:] == ["--quick"]
+    assert result["ok"] and result["rows"] == ["gpu0:", "  op shape arrays fused torch", "  softmax 1 2 3"]
+    assert (tmp_path / "bench_fused_kernels.log").read_text().startswith("machine line")
+
+    def failing_run(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr="Traceback\nValueError: no")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", failing_run)
+    result = gpu_check.run_fused_bench(argparse.Namespace(quick=False), tmp_path)
+    assert not result["ok"] and "exit 1: ValueError: no" in result["error"]
+    assert "ERROR exit 1" in gpu_check.summary([], [result], 1.0)
