@@ -11,7 +11,8 @@ import pytest
 import megengine as mge
 from megengine.device import canonical_device
 
-__all__ = ["address", "host", "torch_host", "torch_device", "requires_cuda", "requires_torch_cuda"]
+__all__ = ["address", "host", "torch_host", "torch_device", "requires_cuda", "requires_torch_cuda",
+           "skip_unless_aten_serves_the_default_device"]
 
 
 def _raw(x):
@@ -69,3 +70,11 @@ def _torch_cuda():
 requires_torch_cuda = pytest.mark.skipif(
     not (mge.is_cuda_available() and _torch_cuda()),
     reason="needs a CUDA GPU with both CuPy and a CUDA build of torch")
+
+
+def skip_unless_aten_serves_the_default_device():
+    """Skip when tensors live on a GPU but torch has no CUDA: CuPy arrays then stay on CuPy's
+    array code, so an op's ATen path cannot run (megengine/functional/_aten.py, `use_aten`)."""
+    if canonical_device(None).startswith("gpu") and not _torch_cuda():
+        pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
+                    "a CUDA build of torch, which this machine lacks")

@@ -9,11 +9,11 @@ import torch.nn.functional as TF
 import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
-from megengine.device import canonical_device
 from megengine.functional import _aten
 from megengine.functional.loss import _CrossEntropy
 
-from devices import host, requires_cuda, requires_torch_cuda
+from devices import (host, requires_cuda, requires_torch_cuda,
+                     skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -36,19 +36,13 @@ def labels(n, classes, *extra):
 # that the GPU's code is checked on the CPU. On a GPU both runs take the ATen path.
 
 
-def _skip_without_torch_cuda_on_a_gpu():
-    if canonical_device(None).startswith("gpu") and not torch.cuda.is_available():
-        pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
-                    "a CUDA build of torch, which this machine lacks")
-
-
 @pytest.fixture(params=["arrays", "aten"])
 def ce_path(request, monkeypatch):
     """Run the test on one path; on "aten", fail if the ATen forward never ran."""
     if request.param == "arrays":
         yield request.param
         return
-    _skip_without_torch_cuda_on_a_gpu()
+    skip_unless_aten_serves_the_default_device()
     calls = []
     forward = _CrossEntropy._forward_aten
 

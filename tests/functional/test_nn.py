@@ -12,11 +12,11 @@ import torch.nn.functional as TF
 import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
-from megengine.device import canonical_device
 from megengine.functional import _aten
 from megengine.functional import nn as nn_module
 
-from devices import host, requires_cuda, requires_torch_cuda
+from devices import (host, requires_cuda, requires_torch_cuda,
+                     skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 
 
@@ -189,12 +189,6 @@ def test_prelu_bad_weight_shape_names_both():
 # kernels (what CUDA arrays take), forced here onto numpy arrays; on a GPU both runs take ATen.
 
 
-def _skip_without_torch_cuda_on_a_gpu():
-    if canonical_device(None).startswith("gpu") and not torch.cuda.is_available():
-        pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
-                    "a CUDA build of torch, which this machine lacks")
-
-
 @pytest.fixture(params=["arrays", "aten"])
 def softmax_path(request, monkeypatch):
     """Run the test on one path; yields the ATen kernels called (names), checked on "aten"."""
@@ -202,7 +196,7 @@ def softmax_path(request, monkeypatch):
     if request.param == "arrays":
         yield used
         return
-    _skip_without_torch_cuda_on_a_gpu()
+    skip_unless_aten_serves_the_default_device()
     real = _aten.aten()
 
     class Recorder:  # torch.ops.aten, noting each kernel the op looks up
