@@ -1,4 +1,4 @@
-"""Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes."""
+"""Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes, index ranges."""
 import numpy as np
 
 from ..core.tensor import Tensor
@@ -36,3 +36,20 @@ def _axes(axis, ndim, what):
             raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.add(int(a) % ndim)
     return tuple(sorted(out))
+
+
+# signed integer dtype -> the unsigned one of its width (unsigned dtypes map to themselves)
+_UNSIGNED = {np.dtype(f"int{b}"): np.dtype(f"uint{b}") for b in (8, 16, 32, 64)}
+_UNSIGNED.update({u: u for u in list(_UNSIGNED.values())})
+
+
+def _out_of_range(indices, n):
+    """Whether any of the integer array ``indices`` lies outside [0, n), in one reduction: seen
+    as unsigned, negatives wrap to huge values, so a single max checks both ends (on a GPU that
+    is one kernel and one device-to-host sync instead of two)."""
+    if not indices.size:
+        return False
+    unsigned = _UNSIGNED.get(indices.dtype)
+    if unsigned is None:  # not a fixed-width integer: compare both ends
+        return bool(indices.min() < 0 or indices.max() >= n)
+    return bool(indices.view(unsigned).max() >= n)

@@ -7,6 +7,7 @@ from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
+from ._args import _out_of_range
 
 __all__ = [
     "binary_cross_entropy", "cross_entropy", "cross_entropy_with_softmax", "hinge_loss",
@@ -172,8 +173,6 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
     return _pair_loss(op, pred, label)
 
 
-_UNSIGNED = {np.dtype(f"int{b}"): np.dtype(f"uint{b}") for b in (8, 16, 32, 64)}
-_UNSIGNED.update({u: u for u in list(_UNSIGNED.values())})
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 
 
@@ -226,9 +225,7 @@ class _CrossEntropy(Op):
         # device-to-host sync (the host waits for the work queued before it, a few tens of us),
         # but an out-of-range label would otherwise make ATen's nll_loss kernel fail a device-side
         # assert, which poisons the CUDA context for the whole process instead of raising here.
-        unsigned = _UNSIGNED.get(label.dtype)  # negatives wrap to huge: one reduction checks both
-        if label.size and (label.view(unsigned).max() >= classes if unsigned is not None
-                           else label.min() < 0 or label.max() >= classes):
+        if _out_of_range(label, classes):
             raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
                              f"[{label.min()}, {label.max()}]")
         self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])

@@ -12,7 +12,7 @@ from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
-from ._args import _as_float, _axes, _tensor
+from ._args import _as_float, _axes, _out_of_range, _tensor
 
 __all__ = [
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
@@ -524,7 +524,7 @@ class _Embedding(Op):
         if w.ndim != 2:
             raise ValueError(f"embedding: weight must be 2-d (num_embeddings, dim), "
                              f"got shape {w.shape}")
-        if idx.size and (idx.min() < 0 or idx.max() >= w.shape[0]):
+        if _out_of_range(idx, w.shape[0]):
             raise ValueError(f"embedding: indices must be in [0, {w.shape[0]}), got values in "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         self.idx, self.w_shape = idx, w.shape

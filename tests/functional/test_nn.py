@@ -390,6 +390,11 @@ def test_embedding_errors():
     w = mge.tensor(rand(4, 3))
     with pytest.raises(ValueError, match=r"embedding: indices must be in \[0, 4\)"):
         F.embedding(mge.tensor([0, 4]), w)
+    for dtype in ("int8", "int32", "int64"):  # negatives: one unsigned reduction catches them
+        with pytest.raises(ValueError, match=r"indices must be in \[0, 4\), got values in \[-1, 3\]"):
+            F.embedding(mge.tensor(np.array([3, -1], dtype)), w)
+    np.testing.assert_array_equal(  # uint8 indices up to the last row are fine
+        F.embedding(mge.tensor(np.array([3, 0], "uint8")), w).numpy(), w.numpy()[[3, 0]])
     with pytest.raises(TypeError, match="embedding: indices must be integers"):
         F.embedding(mge.tensor([0.0, 1.0]), w)
     with pytest.raises(ValueError, match="max_norm"):
