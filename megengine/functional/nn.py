@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
@@ -57,29 +58,14 @@ class _Relu(Op):
 # ReLU's backward on CUDA as one CuPy ElementwiseKernel: the array code above launches a
 # comparison (a boolean temporary) and a multiply. The body is the same product, so a NaN or inf
 # gradient where y <= 0 gives NaN on both devices (numpy's multiply: np.where is ~3x slower on
-# the CPU). The kernel is built by the optimizer's helper, imported on first CUDA use only: the
-# functional layer does not load the optimizer package at import time.
+# the CPU). The kernel is compiled on its first use (CuPy is imported only then).
 _RELU_GRAD = ("T g, T y", "T gx", "gx = g * (T)(y > (T)0);", "megengine_relu_grad")
-_relu_grad_getter = None
-
-
-def _relu_grad_kernel():
-    """The relu-backward kernel (``gx = g * (y > 0)``), compiled on its first call."""
-    global _relu_grad_getter
-    if _relu_grad_getter is None:
-        from ..optimizer.optimizer import fused_kernel
-
-        _relu_grad_getter = fused_kernel(*_RELU_GRAD)
-    return _relu_grad_getter()
+_relu_grad_kernel = fused_kernel(*_RELU_GRAD)  # () -> the kernel ``gx = g * (y > 0)``
 
 
 def _use_relu_kernel(y, g):
     """A CuPy output and gradient of one float32/float64 dtype take the fused kernel."""
-    if type(g) is np.ndarray:
-        return False
-    from ..optimizer.optimizer import use_fused
-
-    return use_fused(y, g)
+    return type(g) is not np.ndarray and use_fused(y, g)
 
 
 class _Activation(Op):

@@ -1,5 +1,6 @@
 """`Adadelta`: step sizes from running averages of squared gradients and squared updates."""
-from .optimizer import Optimizer, fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused
+from .optimizer import Optimizer
 
 __all__ = ["Adadelta"]
 

@@ -1,5 +1,6 @@
 """`Adagrad`: per-element learning rates from the sum of squared gradients."""
-from .optimizer import Optimizer, _check_non_negative, fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused
+from .optimizer import Optimizer, _check_non_negative
 
 __all__ = ["Adagrad"]
 

@@ -1,5 +1,6 @@
 """`Adam`: adaptive moment estimation with bias correction and L2 weight decay."""
-from .optimizer import Optimizer, fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused
+from .optimizer import Optimizer
 
 __all__ = ["Adam"]
 

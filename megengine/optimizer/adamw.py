@@ -1,6 +1,6 @@
 """`AdamW`: Adam with weight decay decoupled from the gradient."""
+from ..core.fused import use_fused
 from .adam import Adam, adam_direction, adam_fused
-from .optimizer import use_fused
 
 __all__ = ["AdamW"]
 

@@ -240,37 +240,8 @@ class Optimizer:
         self._state = new_state
 
 
-# ----- fused CUDA updates -----
-# On a GPU each optimizer's update is one CuPy ElementwiseKernel per parameter (defined next to
-# its numpy code, in the optimizer's own file) instead of a chain of small kernels and
-# temporaries. The kernels are compiled on first use and cached (per process by CuPy's in-memory
-# cache, across processes by its on-disk cache).
-_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def fused_kernel(in_params, out_params, body, name):
-    """A function that returns the CuPy ElementwiseKernel, built once on its first call."""
-    kernel = None
-
-    def get():
-        nonlocal kernel
-        if kernel is None:
-            import cupy
-
-            kernel = cupy.ElementwiseKernel(in_params, out_params, body, name)
-        return kernel
-
-    # the source stays readable: tests compile the body as C++ on machines without a GPU
-    get.in_params, get.out_params, get.body, get.name = in_params, out_params, body, name
-    return get
-
-
-def use_fused(data, grad):
-    """Whether a parameter's update runs as a fused CUDA kernel: a CuPy parameter and gradient of
-    the same float32/float64 dtype. numpy arrays (and other dtypes, e.g. float16, on the GPU)
-    take the array-module code path, which works on either module."""
-    return (type(data) is not np.ndarray and data.dtype in _FUSED_DTYPES
-            and grad.dtype == data.dtype and type(grad) is type(data))
+# On a GPU each optimizer's update is one CuPy ElementwiseKernel per parameter, defined next to
+# its numpy code in the optimizer's own file (megengine/core/fused.py builds them).
 
 
 def _check_non_negative(value, name):

@@ -1,5 +1,6 @@
 """`SGD`: stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
-from .optimizer import Optimizer, _check_non_negative, fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused
+from .optimizer import Optimizer, _check_non_negative
 
 __all__ = ["SGD"]
 

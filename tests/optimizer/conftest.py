@@ -7,7 +7,7 @@ import torch
 
 import megengine as mge
 from devices import address, requires_cuda
-from megengine.optimizer.optimizer import use_fused
+from megengine.core.fused import use_fused
 
 SHAPES = [(3, 4), (5,), ()]
 
