@@ -207,6 +207,17 @@ def _table(rows, header):
     return "\n".join(lines + [rule])
 
 
+def _is_shapes(x):
+    """Whether ``x`` is a shape (a tuple of ints) or a list of shapes, not input data."""
+    def is_shape(s):
+        return (isinstance(s, tuple) and not hasattr(s, "_fields") and len(s) > 0
+                and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in s))
+
+    if is_shape(x):
+        return True
+    return isinstance(x, list) and len(x) > 0 and all(is_shape(s) for s in x)
+
+
 def _to_tensors(x):
     """Inputs as the model is to get them: arrays and numbers become Tensors, containers keep
     their type (dicts, named tuples, lists)."""
@@ -226,7 +237,8 @@ def _to_tensors(x):
 def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_shapes: list = None,
                  cal_params: bool = True, cal_flops: bool = True, cal_activations: bool = True,
                  logging_to_stdout: bool = True, bar_length_max: int = 20, *,
-                 log_params: bool = True, log_flops: bool = True, log_activations: bool = True):
+                 log_params: bool = True, log_flops: bool = True, log_activations: bool = True,
+                 input_size=None):
     """Run ``model`` once (in eval mode; its modes are restored) and count its parameters,
     FLOPs and activations.
 
@@ -235,6 +247,9 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         inputs: the model's inputs (one array or Tensor, or a list of them; dicts and named
             tuples are passed through), called as ``model(*inputs)``; or
         input_shapes: one shape or a list of shapes: float32 zeros of those shapes are the inputs.
+            Older upstream releases passed the shapes as the second positional argument, or
+            as ``input_size``: both still work (a tuple of ints, or a list of such tuples, in
+            place of ``inputs`` is taken as shapes).
         cal_params, cal_flops, cal_activations: which of the three to count.
         logging_to_stdout: log the tables and the summary (logger ``megengine.utils.module_stats``).
         bar_length_max: the width of the longest ``#`` bar in the tables.
@@ -246,6 +261,11 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         act_dims)`` (bytes, elements, ops) and ``stats_details(params, flops, activations)``,
         lists of per-module row dicts, each list ending with a ``"total"`` row.
     """
+    if input_size is not None and input_shapes is None:  # upstream 1.3's name
+        input_shapes = input_size
+    if inputs is not None and input_shapes is None and _is_shapes(inputs):
+        # upstream 1.4/1.5 took input_shapes as the second positional argument
+        inputs, input_shapes = None, inputs
     if inputs is not None:
         has_inputs = True
         if not isinstance(inputs, (tuple, list)) or (isinstance(inputs, tuple)

@@ -13,9 +13,9 @@ from megengine.utils import module_stats as ms
 from megengine.utils.module_stats import module_stats, sizeof_fmt
 
 
-def stats(net, **kw):
+def stats(net, *args, **kw):
     kw.setdefault("logging_to_stdout", False)
-    return module_stats(net, **kw)
+    return module_stats(net, *args, **kw)
 
 
 def flops_by_name(details):
@@ -206,6 +206,15 @@ def test_input_containers_reach_the_model():
     assert isinstance(seen[0], dict) and isinstance(seen[0]["a"], mge.Tensor)
     assert type(seen[1]).__name__ == "nt" and isinstance(seen[1].t, mge.Tensor)
     assert isinstance(seen[2], list) and isinstance(seen[2][1], mge.Tensor)
+
+
+def test_older_upstream_spellings_of_the_shapes():
+    net = M.Sequential(M.Linear(3, 2))
+    expected = stats(net, input_shapes=(4, 3))[0]
+    assert stats(net, (4, 3))[0] == expected  # 1.4/1.5: shapes as the second argument
+    assert stats(net, [(4, 3)])[0] == expected
+    assert stats(net, input_size=(4, 3))[0] == expected  # 1.3's keyword
+    assert expected.flops == 4 * 2 * 3 + 2
 
 
 def test_cal_switches_and_missing_inputs():
