@@ -13,7 +13,9 @@ __all__ = ["deprecated", "deprecated_func", "deprecated_kwargs_default"]
 def _note(doc, version, reason):
     """``doc`` with a Sphinx ``.. deprecated::`` directive appended (as deprecated.sphinx)."""
     doc = inspect.cleandoc(doc) if doc else ""
-    body = f".. deprecated:: {version}" + (("\n" + textwrap.indent(reason, "   ")) if reason else "")
+    body = f".. deprecated:: {version}"
+    if reason:
+        body += "\n" + textwrap.indent(reason, "   ")
     return (doc + "\n\n" + body + "\n") if doc else body + "\n"
 
 

@@ -1,4 +1,4 @@
-"""`module_stats`: run a model once and report its parameters, FLOPs and activation sizes per module.
+"""`module_stats`: run a model once; report parameters, FLOPs and activation sizes per layer.
 
 Counting follows upstream MegEngine 1.x: forward hooks on the layer types listed in
 `hook_modules` (convolutions, linear, batch matmul, normalizations, pooling) note each call's
