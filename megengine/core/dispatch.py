@@ -44,6 +44,10 @@ _levels = [0]  # the last level handed out; a GradManagerGroup's members share o
 # megengine.jit.trace: while a traced function records or is checked, every apply goes through
 # this hook (see megengine/jit/tracing.py); None otherwise, so untraced code pays one global read.
 _trace_hook = None
+# megengine.utils.profiler / tensor_sanity_check: while a Profiler or a TensorSanityCheck runs,
+# every apply goes through this hook (it clears itself, applies, notes the op, reinstalls itself);
+# None otherwise: one more global read per apply.
+_profile_hook = None
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 # The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
 # is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
@@ -281,6 +285,8 @@ def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
         return _trace_hook(op, inputs)
+    if _profile_hook is not None:  # a Profiler or TensorSanityCheck: it applies the op itself
+        return _profile_hook(op, inputs)
     device = inputs[0]._device if inputs else op.device  # an op with no inputs names its device
     for t in inputs:
         if t._device != device:

@@ -38,8 +38,9 @@ def replay(prog, leaves, profile=None):
                 raise TraceError(
                     f"replaying op #{step.index} ({step.name}): it reads the .grad of a tensor "
                     "whose .grad is None now (it was set when the function was traced)")
-            if dispatch._recording or dispatch._trace_hook is not None:
-                out = apply(op, *ins)  # autodiff (or an outer trace) must see the op
+            if (dispatch._recording or dispatch._trace_hook is not None
+                    or dispatch._profile_hook is not None):
+                out = apply(op, *ins)  # autodiff (or an outer trace, or a profiler) must see it
                 if step.multi:
                     for s, o in zip(step.outs, out):
                         values[s] = o

@@ -1,0 +1,147 @@
+"""Fold a BatchNorm2d into the convolution before it: `fuse_conv_bn_relu_module` turns a
+(Conv2d or ConvTranspose2d, BatchNorm2d, ReLU) triple into one fused module, and
+`fold_weight_bias` computes the folded weight and bias.
+
+In eval mode BN is an affine map per output channel, ``y = gamma * (x - mean) / sqrt(var +
+eps) + beta``, so it folds into the convolution's weight (scaled per output channel) and bias:
+the result is a plain ``Conv2d`` / ``ConvRelu2d`` (or the transposed ones) computing the same
+outputs. In training mode BN normalises with batch statistics and cannot be folded: the
+result is a ``ConvBn2d`` / ``ConvBnRelu2d`` (or the transposed ones) holding copies of both,
+as upstream's.
+"""
+from copy import deepcopy
+
+import numpy as np
+
+from ..core.tensor import Parameter, Tensor
+from ..module import (
+    BatchNorm2d,
+    Conv2d,
+    ConvBn2d,
+    ConvBnRelu2d,
+    ConvRelu2d,
+    ConvTranspose2d,
+    ConvTransposeBn2d,
+    ConvTransposeBnRelu2d,
+    ConvTransposeRelu2d,
+    ReLU,
+)
+
+__all__ = ["fold_weight_bias", "fuse_conv_bn_relu_module"]
+
+# (conv type, has bn, has relu, training) -> the fused module's type
+_FUSED = {
+    (Conv2d, True, True, False): ConvRelu2d,
+    (Conv2d, True, True, True): ConvBnRelu2d,
+    (Conv2d, True, False, False): Conv2d,
+    (Conv2d, True, False, True): ConvBn2d,
+    (ConvTranspose2d, True, True, False): ConvTransposeRelu2d,
+    (ConvTranspose2d, True, True, True): ConvTransposeBnRelu2d,
+    (ConvTranspose2d, True, False, False): ConvTranspose2d,
+    (ConvTranspose2d, True, False, True): ConvTransposeBn2d,
+}
+
+
+def _host(t, channels, fill):
+    """A per-channel parameter as a float64 host vector (``fill`` where it is None)."""
+    if t is None:
+        return np.full(channels, fill, np.float64)
+    a = t.numpy() if isinstance(t, Tensor) else np.asarray(t)
+    return a.astype(np.float64).reshape(channels)
+
+
+def fold_weight_bias(weight, bias, gamma, beta, bn_mean, bn_var, eps=1e-5, transpose=False):
+    """The (weight, bias) Tensors of a convolution followed by an eval-mode batch norm.
+
+    ``weight``: a Conv2d weight ``(O, I, kh, kw)`` or grouped ``(G, O/G, I/G, kh, kw)``; with
+    ``transpose`` a ConvTranspose2d weight ``(I, O, kh, kw)`` or ``(G, I/G, O/G, kh, kw)``.
+    ``bias``, ``gamma``, ``beta``, ``bn_mean``, ``bn_var``: per output channel (any shape with
+    O elements); None stands for no bias, gamma 1, beta 0, mean 0, var 1. The returned bias has
+    the convolution's bias shape ``(1, O, 1, 1)``. Computed in float64 on the host, returned in
+    the weight's dtype.
+    """
+    w = weight.numpy() if isinstance(weight, Tensor) else np.asarray(weight)
+    if w.ndim not in (4, 5):
+        raise ValueError(f"fold_weight_bias: expected a 4-d or grouped 5-d 2-d convolution "
+                         f"weight, got shape {w.shape}")
+    if w.ndim == 5:
+        groups, per_group = w.shape[0], (w.shape[2] if transpose else w.shape[1])
+    else:
+        groups, per_group = 1, (w.shape[1] if transpose else w.shape[0])
+    channels = groups * per_group
+    gamma_, beta_ = _host(gamma, channels, 1.0), _host(beta, channels, 0.0)
+    mean, var = _host(bn_mean, channels, 0.0), _host(bn_var, channels, 1.0)
+    b = _host(bias, channels, 0.0)
+    scale = gamma_ / np.sqrt(var + eps)  # what BN multiplies each channel by
+    # the scale broadcast over the output-channel axis of the weight's layout
+    if w.ndim == 4:
+        shape = (1, channels, 1, 1) if transpose else (channels, 1, 1, 1)
+    else:
+        shape = ((groups, 1, per_group, 1, 1) if transpose
+                 else (groups, per_group, 1, 1, 1))
+    w_fold = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
+    b_fold = (beta_ + (b - mean) * scale).reshape(1, channels, 1, 1).astype(w.dtype)
+    device = weight._device if isinstance(weight, Tensor) else None
+    return Tensor(w_fold, device=device), Tensor(b_fold, device=device)
+
+
+def fuse_conv_bn_relu_module(conv, bn, relu):
+    """One module computing ``relu(bn(conv(x)))`` (``bn`` or ``relu`` may be None).
+
+    ``conv``: a Conv2d or ConvTranspose2d; ``bn``: a BatchNorm2d over its output channels, in
+    the same train/eval mode; ``relu``: a ReLU or None. Eval mode folds BN into the weights
+    (`fold_weight_bias`); training mode keeps a copy of ``bn`` in a ConvBn module. The inputs
+    are not changed; the result has new Parameters and keeps ``conv``'s name and mode.
+    """
+    kind = ConvTranspose2d if isinstance(conv, ConvTranspose2d) else (
+        Conv2d if isinstance(conv, Conv2d) else None)
+    if kind is None or type(conv) not in (Conv2d, ConvTranspose2d):
+        raise TypeError(f"fuse_conv_bn_relu_module: conv must be a Conv2d or ConvTranspose2d, "
+                        f"got {type(conv).__name__}")
+    if bn is not None and not isinstance(bn, BatchNorm2d):
+        raise TypeError(f"fuse_conv_bn_relu_module: bn must be a BatchNorm2d or None, got "
+                        f"{type(bn).__name__}")
+    if relu is not None and not isinstance(relu, ReLU):
+        raise TypeError(f"fuse_conv_bn_relu_module: relu must be a ReLU or None, got "
+                        f"{type(relu).__name__}")
+    if bn is None:
+        fused_type = (ConvTransposeRelu2d if kind is ConvTranspose2d else ConvRelu2d) if relu \
+            else kind
+    else:
+        if conv.training != bn.training:
+            raise ValueError("fuse_conv_bn_relu_module: conv and bn must both be in training "
+                             "or both in eval mode (call .train() or .eval() on both)")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"fuse_conv_bn_relu_module: bn.num_features ({bn.num_features}) "
+                             f"must equal conv.out_channels ({conv.out_channels})")
+        fused_type = _FUSED[(kind, True, relu is not None, conv.training)]
+    options = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                   kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                   dilation=conv.dilation, groups=conv.groups,
+                   bias=conv.bias is not None or (bn is not None and not conv.training),
+                   conv_mode=conv.conv_mode, compute_mode=conv.compute_mode)
+    if kind is ConvTranspose2d:
+        options["output_padding"] = conv.output_padding
+    fused = fused_type(**options, name=conv.name)
+    folding = bn is not None and not conv.training
+    if bn is None or folding:
+        new_conv = fused
+    else:
+        new_conv = fused.conv_transpose2d if kind is ConvTranspose2d else fused.conv
+    if hasattr(conv, "padding_mode"):
+        new_conv.padding_mode = conv.padding_mode
+    if folding:
+        weight, bias = fold_weight_bias(conv.weight, conv.bias, bn.weight, bn.bias,
+                                        bn.running_mean, bn.running_var, bn.eps,
+                                        transpose=kind is ConvTranspose2d)
+    else:
+        weight = conv.weight
+        bias = conv.bias
+    new_conv.weight = Parameter(weight.numpy().copy(), device=weight._device)
+    if bias is not None:
+        new_conv.bias = Parameter(bias.numpy().copy().reshape(1, conv.out_channels, 1, 1),
+                                  device=bias._device)
+    if bn is not None and not folding:
+        fused.bn = deepcopy(bn)
+    fused.train(conv.training)
+    return fused

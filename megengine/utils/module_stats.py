@@ -1,0 +1,397 @@
+"""`module_stats`: run a model once; report parameters, FLOPs and activation sizes per layer.
+
+Counting follows upstream MegEngine 1.x: forward hooks on the layer types listed in
+`hook_modules` (convolutions, linear, batch matmul, normalizations, pooling) note each call's
+input and output shapes; a FLOP formula registered for the layer's type (`register_flops`)
+counts its multiply-adds the way upstream does (a convolution is ``N*Cout*H*W * (Cin/groups *
+prod(kernel) + bias)``, a normalization ``7 * numel(input)``, a pooling ``numel(output) *
+prod(kernel)``, a linear layer ``numel(output) * in_features + out_features``); each hooked
+layer's ``weight`` and ``bias`` are counted once however often they are used, also when a
+forward reads them without calling the layer (``self.conv.calc_conv(x, self.conv.weight, ...)``);
+an activation is a hooked layer's (first) output.
+
+Layers of other types (activations, elementwise ops, a `PyTorchModule`) are not counted, as
+upstream; `register_hook_module` and `register_flops` add types.
+"""
+import collections
+import functools
+from collections import namedtuple
+from typing import Iterable
+
+import numpy as np
+
+from .. import module as M
+from ..core.tensor import Tensor
+from ..logger import get_logger
+from .module_utils import set_module_mode_safe
+
+__all__ = ["module_stats", "sizeof_fmt", "register_flops", "register_hook_module", "hook_modules",
+           "get_param_stats", "get_activation_stats", "total_stats", "stats_details"]
+
+logger = get_logger(__name__)
+
+#: what `module_stats` returns first: totals (sizes in bytes, dims in elements, flops in ops)
+total_stats = namedtuple("total_stats", ["param_size", "param_dims", "flops", "act_size",
+                                         "act_dims"])
+#: what `module_stats` returns second: one list of row dicts per table (a "total" row last)
+stats_details = namedtuple("module_stats", ["params", "flops", "activations"])
+
+_flops_of_type = {}  # layer type -> flops(module, inputs, outputs)
+
+
+def register_flops(*module_types):
+    """Decorator: ``@register_flops(M.Conv2d)`` makes ``fn(module, inputs, outputs)`` the FLOP
+    count of those layer types (the most specific registered base class of a layer is used)."""
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, M.Module)):
+            raise TypeError(f"register_flops: {t!r} is not a Module subclass")
+
+    def register(fn):
+        for t in module_types:
+            _flops_of_type[t] = fn
+        return fn
+
+    return register
+
+
+def _numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+@register_flops(M.conv._ConvNd)
+def flops_conv(module, inputs, outputs):
+    # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
+    k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
+    bias = 1 if module.bias is not None else 0
+    return _numel(outputs[0].shape) * (module.in_channels // module.groups * _numel(k) + bias)
+
+
+@register_flops(M.ConvTranspose2d, M.ConvTranspose3d)
+def flops_conv_transpose(module, inputs, outputs):
+    # every input element is scattered to Cout/groups * prod(kernel) outputs; bias per output
+    k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
+    bias = 1 if module.bias is not None else 0
+    return (_numel(inputs[0].shape) * (module.out_channels // module.groups * _numel(k))
+            + _numel(outputs[0].shape) * bias)
+
+
+@register_flops(M.batchnorm._BatchNorm, M.GroupNorm, M.LayerNorm, M.InstanceNorm)
+def flops_norm(module, inputs, outputs):
+    return _numel(inputs[0].shape) * 7  # upstream's constant per element
+
+
+@register_flops(M.pooling._PoolNd)
+def flops_pool(module, inputs, outputs):
+    k = module.kernel_size
+    window = _numel(k) if isinstance(k, (tuple, list)) else k * k
+    return _numel(outputs[0].shape) * window
+
+
+@register_flops(M.adaptive_pooling._AdaptivePoolNd)
+def flops_adaptive_pool(module, inputs, outputs):
+    # the window of each output element, as the adaptive pooling ops choose it (stride
+    # floor(in / out), window in - (out - 1) * stride)
+    ih, iw = inputs[0].shape[2:4]
+    oh, ow = outputs[0].shape[2:4]
+    sh, sw = ih // oh, iw // ow
+    kh, kw = ih - (oh - 1) * sh, iw - (ow - 1) * sw
+    return _numel(outputs[0].shape) * kh * kw
+
+
+@register_flops(M.Linear)
+def flops_linear(module, inputs, outputs):
+    bias = module.out_features if module.bias is not None else 0
+    return _numel(outputs[0].shape) * module.in_features + bias
+
+
+@register_flops(M.BatchMatMulActivation)
+def flops_batch_matmul(module, inputs, outputs):
+    # weight (batch, out, in) @ x (batch, in, n): batch * out * n outputs of in multiply-adds
+    batch, out_features, in_features = module.weight.shape
+    n = inputs[0].shape[-1]
+    bias = 1 if module.bias is not None else 0
+    return batch * out_features * n * (in_features + bias)
+
+
+#: the layer types whose calls are counted (subclasses included)
+hook_modules = [
+    M.conv._ConvNd, M.Linear, M.BatchMatMulActivation, M.batchnorm._BatchNorm, M.LayerNorm,
+    M.GroupNorm, M.InstanceNorm, M.pooling._PoolNd, M.adaptive_pooling._AdaptivePoolNd,
+]
+
+
+def register_hook_module(module):
+    """Count the calls of another layer type (a Module subclass, an instance's type, or a list
+    of them) from now on; give it a FLOP formula with `register_flops`."""
+    if isinstance(module, (list, tuple)):
+        for m in module:
+            register_hook_module(m)
+        return
+    if isinstance(module, M.Module):
+        module = type(module)
+    if not (isinstance(module, type) and issubclass(module, M.Module)):
+        raise TypeError(f"register_hook_module: expected a Module subclass, an instance, or a "
+                        f"list of them, got {type(module).__name__}")
+    if module not in hook_modules:
+        hook_modules.append(module)
+
+
+def _flops_fn(module):
+    for cls in type(module).__mro__:
+        fn = _flops_of_type.get(cls)
+        if fn is not None:
+            return fn
+    return None
+
+
+def sizeof_fmt(num, suffix="B"):
+    """``num`` with a binary prefix for bytes (``"1.500 KiB"``), a decimal one otherwise
+    (``sizeof_fmt(2e9, suffix="OPs")`` is ``"2.000 GOPs"``)."""
+    scale, units = ((1024.0, ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"]) if suffix == "B"
+                    else (1000.0, ["", "K", "M", "G", "T", "P", "E", "Z", "Y"]))
+    for unit in units:
+        if abs(num) < scale or unit == units[-1]:
+            return f"{num:3.3f} {unit}{suffix}"
+        num /= scale
+
+
+def _nbits(dtype):
+    return np.dtype(dtype).itemsize * 8
+
+
+def _mean_std(t):
+    a = np.asarray(t.numpy(), dtype=np.float32)
+    return f"{a.mean():.3g}", f"{a.std():.3g}"
+
+
+def get_param_stats(param: Tensor):
+    """One parameter's row: dtype, shape, mean, std, param_dim (elements), nbits, size (bytes)."""
+    nbits = _nbits(param.dtype)
+    dim = _numel(param.shape)
+    mean, std = _mean_std(param)
+    return {"dtype": np.dtype(param.dtype), "shape": tuple(param.shape), "mean": mean, "std": std,
+            "param_dim": dim, "nbits": nbits, "size": dim * nbits // 8}
+
+
+def get_activation_stats(output: Tensor, has_input=False):
+    """One activation's row: dtype, shape, act_dim, nbits, size (and mean/std of real inputs)."""
+    nbits = _nbits(output.dtype)
+    dim = _numel(output.shape)
+    row = {"dtype": np.dtype(output.dtype), "shape": tuple(output.shape), "act_dim": dim,
+           "nbits": nbits, "size": dim * nbits // 8}
+    if has_input:  # statistics of zeros made from input_shapes would say nothing
+        row["mean"], row["std"] = _mean_std(output)
+    return row
+
+
+def _add_totals(rows, key, bar_length_max, fmt):
+    """Cumulative column, share and bar per row; a "total" row appended; returns the total."""
+    total = sum(int(r[key]) for r in rows)
+    largest = max([r[key] for r in rows] + [0])
+    running = 0
+    for r in rows:
+        running += int(r[key])
+        r[key + "_cum"] = fmt(running)
+        r["ratio"] = r[key] / total if total else 0.0
+        r["percentage"] = f"{r['ratio'] * 100:.2f}%"
+        r["bar"] = "#" * (int(r[key] / largest * bar_length_max) if largest else 0)
+    return total
+
+
+def _table(rows, header):
+    cells = [[str(h) for h in header]] + [[str(r.get(h, "")) for h in header] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(cells[0], widths)), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
+    return "\n".join(lines + [rule])
+
+
+def _is_shapes(x):
+    """Whether ``x`` is a shape (a tuple of ints) or a list of shapes, not input data."""
+    def is_shape(s):
+        return (isinstance(s, tuple) and not hasattr(s, "_fields") and len(s) > 0
+                and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in s))
+
+    if is_shape(x):
+        return True
+    return isinstance(x, list) and len(x) > 0 and all(is_shape(s) for s in x)
+
+
+def _to_tensors(x):
+    """Inputs as the model is to get them: arrays and numbers become Tensors, containers keep
+    their type (dicts, named tuples, lists)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return Tensor(x)
+    if isinstance(x, collections.abc.Mapping):
+        return {k: _to_tensors(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_to_tensors(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return [_to_tensors(v) for v in x]
+    return Tensor(x, dtype=np.float32)
+
+
+def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_shapes: list = None,
+                 cal_params: bool = True, cal_flops: bool = True, cal_activations: bool = True,
+                 logging_to_stdout: bool = True, bar_length_max: int = 20, *,
+                 log_params: bool = True, log_flops: bool = True, log_activations: bool = True,
+                 input_size=None):
+    """Run ``model`` once (in eval mode; its modes are restored) and count its parameters,
+    FLOPs and activations.
+
+    Args:
+        model: the Module to measure.
+        inputs: the model's inputs (one array or Tensor, or a list of them; dicts and named
+            tuples are passed through), called as ``model(*inputs)``; or
+        input_shapes: one shape or a list of shapes: float32 zeros of those shapes are the inputs.
+            Older upstream releases passed the shapes as the second positional argument, or
+            as ``input_size``: both still work (a tuple of ints, or a list of such tuples, in
+            place of ``inputs`` is taken as shapes).
+        cal_params, cal_flops, cal_activations: which of the three to count.
+        logging_to_stdout: log the tables and the summary (logger ``megengine.utils.module_stats``).
+        bar_length_max: the width of the longest ``#`` bar in the tables.
+        log_params, log_flops, log_activations: which tables to log (upstream's older
+            spelling; the summary is always logged when ``logging_to_stdout``).
+
+    Returns:
+        ``(total_stats, stats_details)``: ``total_stats(param_size, param_dims, flops, act_size,
+        act_dims)`` (bytes, elements, ops) and ``stats_details(params, flops, activations)``,
+        lists of per-module row dicts, each list ending with a ``"total"`` row.
+    """
+    if input_size is not None and input_shapes is None:  # upstream 1.3's name
+        input_shapes = input_size
+    if inputs is not None and input_shapes is None and _is_shapes(inputs):
+        # upstream 1.4/1.5 took input_shapes as the second positional argument
+        inputs, input_shapes = None, inputs
+    if inputs is not None:
+        has_inputs = True
+        if not isinstance(inputs, (tuple, list)) or (isinstance(inputs, tuple)
+                                                     and hasattr(inputs, "_fields")):
+            inputs = [inputs]
+        inputs = _to_tensors(list(inputs))
+    elif input_shapes:
+        has_inputs = False
+        if not isinstance(input_shapes[0], (tuple, list)):
+            input_shapes = [input_shapes]
+        inputs = [Tensor(np.zeros(tuple(s), np.float32)) for s in input_shapes]
+    else:
+        raise ValueError("module_stats: give the model's inputs (inputs=...) or their shapes "
+                         "(input_shapes=...) so that it can be run once")
+
+    params, flops, activations = [], [], []
+    recorded = set()  # ids of counted parameters: a shared one is counted once
+    names = {}  # id(hooked module) -> its dotted name
+
+    def note_param(module, attr, value):
+        if value is None or id(value) in recorded or not isinstance(value, Tensor):
+            return
+        recorded.add(id(value))
+        row = get_param_stats(value)
+        row["name"] = names[id(module)] + ("-w" if attr == "weight" else "-b")
+        params.append(row)
+
+    def hook(module, inps, outs, name=""):
+        class_name = type(module).__name__
+        outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        if cal_flops:
+            fn = _flops_fn(module)
+            if fn is not None:
+                flops.append({"name": name, "class_name": class_name,
+                              "input_shapes": [tuple(i.shape) for i in inps],
+                              "output_shapes": [tuple(o.shape) for o in outs_list],
+                              "flops_num": fn(module, inps, outs_list)})
+        if cal_params:
+            for attr in ("weight", "bias"):
+                note_param(module, attr, getattr(module, attr, None))
+        if cal_activations:
+            row = get_activation_stats(outs_list[0], has_inputs)
+            row["name"], row["class_name"] = name, class_name
+            activations.append(row)
+
+    handles = []
+    types = tuple(hook_modules)
+    for name, module in model.named_modules():
+        if isinstance(module, types) and id(module) not in names:
+            names[id(module)] = name
+            handles.append(module.register_forward_hook(functools.partial(hook, name=name)))
+
+    # A forward may read a layer's weight without calling the layer (``conv.calc_conv(x,
+    # conv.weight, conv.bias)``); upstream counts those too, so reads of ``weight``/``bias`` on
+    # hooked layers are watched while the model runs. Module defines no __getattribute__ of
+    # its own: the watcher is installed on the class and deleted afterwards.
+    def watching_getattribute(module, item):
+        value = object.__getattribute__(module, item)
+        if (cal_params and (item == "weight" or item == "bias")
+                and id(module) in names and value is not None):
+            note_param(module, item, value)
+        return value
+
+    had_own = "__getattribute__" in vars(M.Module)
+    previous = vars(M.Module).get("__getattribute__")
+    try:
+        M.Module.__getattribute__ = watching_getattribute
+        with set_module_mode_safe(model, training=False):
+            model(*inputs)
+    finally:
+        if had_own:
+            M.Module.__getattribute__ = previous
+        else:
+            del M.Module.__getattribute__
+        for h in handles:
+            h.remove()
+
+    summary = {"#params": len(params)}
+    total_flops = total_param_dims = total_param_size = total_act_dims = total_act_size = 0
+    if cal_params:
+        total_param_dims = sum(int(r["param_dim"]) for r in params)
+        total_param_size = _add_totals(params, "size", bar_length_max, sizeof_fmt)
+        for r in params:
+            r["size_bar"] = r.pop("bar")
+            r["size"] = sizeof_fmt(r["size"])
+        params.append({"name": "total", "param_dim": total_param_dims,
+                       "size": sizeof_fmt(total_param_size)})
+        summary["total_param_dims"] = sizeof_fmt(total_param_dims, suffix="")
+        summary["total_param_size"] = sizeof_fmt(total_param_size)
+        if logging_to_stdout and log_params:
+            logger.info("param stats: \n" + _table(params, [
+                "name", "dtype", "shape", "mean", "std", "param_dim", "nbits", "size", "size_cum",
+                "percentage", "size_bar"]))
+    if cal_flops:
+        total_flops = _add_totals(flops, "flops_num", bar_length_max,
+                                  lambda n: sizeof_fmt(n, suffix="OPs"))
+        for r in flops:
+            r["flops_cum"] = r.pop("flops_num_cum")
+            r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
+        flops.append({"name": "total", "flops": sizeof_fmt(total_flops, suffix="OPs")})
+        summary["total_flops"] = sizeof_fmt(total_flops, suffix="OPs")
+        if logging_to_stdout and log_flops:
+            logger.info("flops stats: \n" + _table(flops, [
+                "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
+                "percentage", "bar"]))
+    if cal_activations:
+        total_act_dims = sum(int(r["act_dim"]) for r in activations)
+        total_act_size = _add_totals(activations, "size", bar_length_max, sizeof_fmt)
+        for r in activations:
+            r["size_bar"] = r.pop("bar")
+            r["size"] = sizeof_fmt(r["size"])
+        activations.append({"name": "total", "act_dim": total_act_dims,
+                            "size": sizeof_fmt(total_act_size)})
+        summary["total_act_dims"] = sizeof_fmt(total_act_dims, suffix="")
+        summary["total_act_size"] = sizeof_fmt(total_act_size)
+        if logging_to_stdout and log_activations:
+            header = ["name", "class_name", "dtype", "shape", "nbits", "act_dim", "size",
+                      "size_cum", "percentage", "size_bar"]
+            if has_inputs:
+                header[4:4] = ["mean", "std"]
+            logger.info("activations stats: \n" + _table(activations, header))
+    if cal_flops and cal_params and total_param_size:
+        summary["flops/param_size"] = f"{total_flops / total_param_size:3.3f}"
+    if logging_to_stdout:
+        logger.info("summary\n" + _table([{"item": k, "value": v} for k, v in summary.items()],
+                                         ["item", "value"]))
+    return (total_stats(param_size=total_param_size, param_dims=total_param_dims,
+                        flops=total_flops, act_size=total_act_size, act_dims=total_act_dims),
+            stats_details(params=params, flops=flops, activations=activations))

@@ -1,0 +1,99 @@
+"""megengine.utils.bn_fusion: a fused module computes what the unfused conv -> bn -> relu
+computes (eval: BN folded into the weights; training: ConvBn with a copy of BN)."""
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.utils.bn_fusion import fold_weight_bias, fuse_conv_bn_relu_module
+
+rng = np.random.RandomState(0)
+
+
+def trained_bn(channels):
+    bn = M.BatchNorm2d(channels)
+    bn.weight.set_value(rng.uniform(0.5, 2, bn.weight.shape).astype("float32"))
+    bn.bias.set_value(rng.randn(*bn.bias.shape).astype("float32"))
+    bn.running_mean.set_value(rng.randn(*bn.running_mean.shape).astype("float32"))
+    bn.running_var.set_value(rng.uniform(0.5, 3, bn.running_var.shape).astype("float32"))
+    return bn
+
+
+def unfused(conv, bn, relu, x):
+    y = conv(x)
+    if bn is not None:
+        y = bn(y)
+    return relu(y) if relu is not None else y
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "transposed"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_relu", [True, False])
+def test_eval_mode_folds_into_the_weights(transpose, groups, bias, with_relu):
+    if transpose:
+        conv = M.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=groups,
+                                 bias=bias)
+    else:
+        conv = M.Conv2d(4, 6, 3, padding=1, groups=groups, bias=bias)
+    if bias:
+        conv.bias.set_value(rng.randn(*conv.bias.shape).astype("float32"))
+    bn, relu = trained_bn(6), (M.ReLU() if with_relu else None)
+    conv.eval()
+    bn.eval()
+    x = mge.tensor(rng.randn(2, 4, 5, 5).astype("float32"))
+    fused = fuse_conv_bn_relu_module(conv, bn, relu)
+    expected_type = {(False, True): M.ConvRelu2d, (False, False): M.Conv2d,
+                     (True, True): M.ConvTransposeRelu2d, (True, False): M.ConvTranspose2d}
+    assert type(fused) is expected_type[(transpose, with_relu)]
+    assert not fused.training
+    np.testing.assert_allclose(fused(x).numpy(), unfused(conv, bn, relu, x).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert fused.weight is not conv.weight  # new parameters; the inputs are untouched
+
+
+def test_training_mode_keeps_bn():
+    conv = M.Conv2d(3, 4, 3, padding=1)
+    bn = trained_bn(4)
+    fused = fuse_conv_bn_relu_module(conv, bn, M.ReLU())
+    assert isinstance(fused, M.ConvBnRelu2d) and fused.training
+    assert fused.bn is not bn
+    x = mge.tensor(rng.randn(3, 3, 4, 4).astype("float32"))
+    np.testing.assert_allclose(fused(x).numpy(), F.relu(bn(conv(x))).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    t = fuse_conv_bn_relu_module(M.ConvTranspose2d(3, 4, 2), trained_bn(4), None)
+    assert isinstance(t, M.ConvTransposeBn2d)
+
+
+def test_without_bn():
+    conv = M.Conv2d(2, 3, 1)
+    fused = fuse_conv_bn_relu_module(conv, None, M.ReLU())
+    assert isinstance(fused, M.ConvRelu2d)
+    x = mge.tensor(rng.randn(1, 2, 3, 3).astype("float32"))
+    np.testing.assert_allclose(fused(x).numpy(), F.relu(conv(x)).numpy(), rtol=1e-6)
+
+
+def test_fold_weight_bias_by_hand():
+    w = np.ones((2, 1, 1, 1), np.float32)
+    gamma, beta = np.array([2.0, 3.0]), np.array([1.0, -1.0])
+    mean, var = np.array([0.5, 1.0]), np.array([3.0, 0.0])
+    wf, bf = fold_weight_bias(mge.tensor(w), None, gamma, beta, mean, var, eps=1.0)
+    scale = gamma / np.sqrt(var + 1.0)  # [1, 3]
+    np.testing.assert_allclose(wf.numpy().ravel(), scale, rtol=1e-6)
+    np.testing.assert_allclose(bf.numpy().ravel(), beta - mean * scale, rtol=1e-6)
+    assert bf.shape == (1, 2, 1, 1)
+
+
+def test_bad_input_is_named():
+    conv, bn = M.Conv2d(2, 3, 1), trained_bn(3)
+    bn.eval()
+    with pytest.raises(ValueError, match="training"):
+        fuse_conv_bn_relu_module(conv, bn, None)
+    conv.eval()
+    wide = trained_bn(4)
+    wide.eval()
+    with pytest.raises(ValueError, match="num_features"):
+        fuse_conv_bn_relu_module(conv, wide, None)
+    with pytest.raises(TypeError, match="Conv2d or ConvTranspose2d"):
+        fuse_conv_bn_relu_module(M.Linear(2, 2), bn, None)

@@ -1,0 +1,275 @@
+"""megengine.utils.module_stats: FLOPs, parameters and activations against hand-computed counts
+(upstream's formulas) and parameter counts against an equivalent torch model."""
+import collections
+import logging
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.utils import module_stats as ms
+from megengine.utils.module_stats import module_stats, sizeof_fmt
+
+
+def stats(net, *args, **kw):
+    kw.setdefault("logging_to_stdout", False)
+    return module_stats(net, *args, **kw)
+
+
+def flops_by_name(details):
+    return {r["name"]: r["flops_num"] for r in details.flops if r["name"] != "total"}
+
+
+def test_conv_linear_norm_pool_flops_by_hand():
+    net = M.Sequential(
+        M.Conv2d(3, 8, 3, stride=1, padding=1),              # 0
+        M.BatchNorm2d(8),                                     # 1
+        M.ReLU(),                                             # 2: not counted
+        M.MaxPool2d(2),                                       # 3
+        M.Conv2d(8, 4, (3, 1), padding=(1, 0), groups=2, bias=False),  # 4
+        M.AvgPool2d((2, 2)),                                  # 5
+        M.AdaptiveAvgPool2d((1, 1)),                          # 6
+    )
+    total, details = stats(net, input_shapes=(2, 3, 8, 8))
+    got = flops_by_name(details)
+    n = 2
+    expected = {
+        "0": n * 8 * 8 * 8 * (3 * 3 * 3 + 1),  # out numel * (Cin * k + bias)
+        "1": n * 8 * 8 * 8 * 7,                # 7 per input element
+        "3": n * 8 * 4 * 4 * 2 * 2,            # out numel * window
+        "4": n * 4 * 4 * 4 * (8 // 2 * 3 * 1),  # groups=2, no bias
+        "5": n * 4 * 2 * 2 * 4,
+        "6": n * 4 * 1 * 1 * (2 * 2),           # window of a 2x2 -> 1x1 adaptive pool
+    }
+    assert got == expected
+    assert total.flops == sum(expected.values())
+    # activations: each counted layer's output
+    act = {"0": n * 8 * 64, "1": n * 8 * 64, "3": n * 8 * 16, "4": n * 4 * 16, "5": n * 4 * 4,
+           "6": n * 4}
+    assert total.act_dims == sum(act.values())
+    assert total.act_size == 4 * sum(act.values())
+    assert details.activations[-1]["name"] == "total"
+
+
+def test_linear_conv_transpose_and_batch_matmul_flops():
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = M.Linear(6, 5)
+            self.fc_nobias = M.Linear(5, 3, bias=False)
+            self.up = M.ConvTranspose2d(2, 4, 3, stride=2)
+            self.bmm = M.BatchMatMulActivation(2, 3, 4)
+
+        def forward(self, x, img, seq):
+            return self.fc_nobias(self.fc(x)), self.up(img), self.bmm(seq)
+
+    x = np.ones((7, 6), np.float32)
+    img = np.ones((1, 2, 3, 3), np.float32)
+    seq = np.ones((2, 3, 5), np.float32)
+    total, details = stats(Net(), inputs=[x, img, seq])
+    got = flops_by_name(details)
+    assert got["fc"] == 7 * 5 * 6 + 5             # out numel * in_features + out_features
+    assert got["fc_nobias"] == 7 * 3 * 5
+    # transposed: each input element scatters to Cout * k*k outputs, plus a bias per output
+    assert got["up"] == (1 * 2 * 3 * 3) * (4 * 9) + (1 * 4 * 7 * 7)
+    assert got["bmm"] == 2 * 4 * 5 * (3 + 1)      # batch * out * n multiply-adds of in, + bias
+    # activations carry mean/std when real inputs were given
+    assert {"mean", "std"} <= set(details.activations[0])
+
+
+def test_param_counts_match_torch_model():
+    torch = pytest.importorskip("torch")
+    net = M.Sequential(M.Conv2d(3, 6, 3, padding=1), M.BatchNorm2d(6), M.ReLU(),
+                       M.Conv2d(6, 6, 3, groups=3, bias=False), M.MaxPool2d(2),
+                       M.Flatten() if hasattr(M, "Flatten") else M.Identity())
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+                              torch.nn.ReLU(), torch.nn.Conv2d(6, 6, 3, groups=3, bias=False))
+    total, details = stats(net, input_shapes=[(1, 3, 8, 8)])
+    torch_params = sum(p.numel() for p in ref.parameters())
+    assert total.param_dims == torch_params
+    assert total.param_size == 4 * torch_params
+    assert details.params[-1] == {"name": "total", "param_dim": torch_params,
+                                  "size": sizeof_fmt(4 * torch_params)}
+    names = [r["name"] for r in details.params[:-1]]
+    assert names == ["0-w", "0-b", "1-w", "1-b", "3-w"]
+
+
+def test_linear_stack_params_match_torch():
+    torch = pytest.importorskip("torch")
+    net = M.Sequential(M.Linear(10, 20), M.ReLU(), M.Linear(20, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
+    total, _ = stats(net, inputs=np.zeros((4, 10), np.float32))
+    assert total.param_dims == sum(p.numel() for p in ref.parameters())
+    assert total.flops == 4 * 20 * 10 + 20 + 4 * 3 * 20 + 3
+
+
+class Shared0(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Shared1(Shared0):  # the same layer under two names, called twice
+    def __init__(self):
+        super().__init__()
+        self.conv1 = self.conv
+
+    def forward(self, x):
+        return self.conv1(self.conv(x))
+
+
+class Shared2(Shared0):  # two layers holding the same Parameters
+    def __init__(self):
+        super().__init__()
+        self.conv1 = M.Conv2d(3, 3, 3, padding=1)
+        self.conv1.weight = self.conv.weight
+        self.conv1.bias = self.conv.bias
+
+    def forward(self, x):
+        return self.conv1(self.conv(x))
+
+
+def test_shared_parameters_count_once():
+    base, _ = stats(Shared0(), input_shapes=(1, 3, 6, 6))
+    for cls in (Shared1, Shared2):
+        t, details = stats(cls(), input_shapes=(1, 3, 6, 6))
+        assert (t.param_dims, t.param_size) == (base.param_dims, base.param_size)
+        assert t.flops == 2 * base.flops  # but both calls cost
+
+
+def test_weights_read_without_calling_the_layer_are_counted():
+    class ConvBn(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = M.Conv2d(3, 4, 3, padding=1)
+            self.bn1 = M.BatchNorm2d(4)
+
+        def forward(self, x):
+            x = F.conv2d(x, self.conv1.weight, self.conv1.bias, padding=1)
+            return self.bn1(x)
+
+    total, details = stats(ConvBn(), input_shapes=(1, 3, 5, 5))
+    names = [r["name"] for r in details.params]
+    assert "conv1-w" in names and "conv1-b" in names
+    assert total.param_dims == 4 * 3 * 9 + 4 + 4 + 4
+    assert "__getattribute__" not in vars(M.Module)  # the watcher is gone afterwards
+
+
+def test_model_modes_and_class_restored_after_an_error():
+    class Broken(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = M.Linear(2, 2)
+
+        def forward(self, x):
+            assert not self.training  # module_stats runs in eval mode
+            self.fc(x)
+            raise RuntimeError("boom")
+
+    net = Broken()
+    net.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        stats(net, input_shapes=(1, 2))
+    assert net.training and net.fc.training
+    assert "__getattribute__" not in vars(M.Module)
+    assert not net.fc._forward_hooks  # hooks removed
+
+
+def test_input_containers_reach_the_model():
+    seen = []
+
+    class Probe(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = M.Linear(2, 1)
+
+        def forward(self, x):
+            seen.append(x)
+            if isinstance(x, dict):
+                x = x["a"]
+            elif isinstance(x, tuple) and hasattr(x, "_fields"):
+                x = x.n
+            elif isinstance(x, list):
+                x = x[0]
+            return self.fc(x)
+
+    nt = collections.namedtuple("nt", ["n", "t"])
+    arr = np.ones((1, 2), np.float32)
+    for inp in ({"a": arr}, nt(n=arr, t=arr), [[arr, arr]]):
+        total, _ = stats(Probe(), inputs=inp)
+        assert total.flops == 1 * 1 * 2 + 1
+    assert isinstance(seen[0], dict) and isinstance(seen[0]["a"], mge.Tensor)
+    assert type(seen[1]).__name__ == "nt" and isinstance(seen[1].t, mge.Tensor)
+    assert isinstance(seen[2], list) and isinstance(seen[2][1], mge.Tensor)
+
+
+def test_older_upstream_spellings_of_the_shapes():
+    net = M.Sequential(M.Linear(3, 2))
+    expected = stats(net, input_shapes=(4, 3))[0]
+    assert stats(net, (4, 3))[0] == expected  # 1.4/1.5: shapes as the second argument
+    assert stats(net, [(4, 3)])[0] == expected
+    assert stats(net, input_size=(4, 3))[0] == expected  # 1.3's keyword
+    assert expected.flops == 4 * 2 * 3 + 2
+
+
+def test_cal_switches_and_missing_inputs():
+    net = M.Sequential(M.Linear(3, 2))
+    total, details = stats(net, input_shapes=(1, 3), cal_params=False, cal_flops=False)
+    assert total.param_dims == 0 and total.flops == 0 and details.params == []
+    assert total.act_dims == 2
+    total, details = stats(net, input_shapes=(1, 3), cal_activations=False)
+    assert total.act_dims == 0 and details.activations == []
+    with pytest.raises(ValueError, match="input_shapes"):
+        module_stats(net)
+
+
+def test_logged_tables():
+    logger = logging.getLogger("megengine.utils.module_stats")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        module_stats(M.Sequential(M.Linear(3, 2)), input_shapes=(1, 3), log_params=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = "\n".join(r.getMessage() for r in records)
+    assert "flops stats" in text and "activations stats" in text and "summary" in text
+    assert "param stats" not in text  # log_params=False
+    assert "total_flops" in text and "8.000 OPs" in text  # 1*2*3 + 2
+
+
+def test_register_flops_for_a_new_layer_type():
+    class Scale(M.Module):
+        def forward(self, x):
+            return x * 2
+
+    ms.register_hook_module(Scale)
+    try:
+        @ms.register_flops(Scale)
+        def flops_scale(module, inputs, outputs):
+            return int(np.prod(outputs[0].shape))
+
+        total, details = stats(M.Sequential(Scale()), input_shapes=(2, 5))
+        assert total.flops == 10 and details.flops[0]["class_name"] == "Scale"
+    finally:
+        ms.hook_modules.remove(Scale)
+        ms._flops_of_type.pop(Scale, None)
+    with pytest.raises(TypeError, match="Module subclass"):
+        ms.register_hook_module(3)
+
+
+def test_sizeof_fmt():
+    assert sizeof_fmt(512) == "512.000 B"
+    assert sizeof_fmt(1536) == "1.500 KiB"
+    assert sizeof_fmt(3 * 1024 ** 3) == "3.000 GiB"
+    assert sizeof_fmt(2e9, suffix="OPs") == "2.000 GOPs"
+    assert sizeof_fmt(999, suffix="") == "999.000 "

@@ -1,0 +1,200 @@
+"""megengine.utils.profiler: every op the dispatcher runs (forward, backward, traced replays)
+lands in a Chrome trace file of upstream's layout; nothing is hooked once the profiler stops."""
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.autodiff import GradManager
+from megengine.core import dispatch
+from megengine.jit import trace
+from megengine.utils.profiler import Profiler, is_profiling, merge_trace_events, profile, scope
+
+
+def load(profiler):
+    with open(os.path.join(profiler.directory, f"{os.getpid()}.chrome_timeline.json")) as f:
+        content = json.load(f)
+    assert isinstance(content, dict) and "traceEvents" in content
+    return content["traceEvents"]
+
+
+def ops(events, cat="op"):
+    return [e for e in events if e.get("ph") == "X" and e["cat"] == cat]
+
+
+class Simple(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = mge.Parameter([1.23], dtype="float32")
+
+    def forward(self, x):
+        return x * self.a
+
+
+def test_forward_and_backward_ops_in_chrome_trace(tmp_path):
+    w = mge.Parameter(np.ones((3,), np.float32))
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    gm = GradManager().attach([w])
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        assert is_profiling()
+        with gm:
+            y = F.relu(x * w).sum()
+            gm.backward(y)
+    assert not is_profiling() and dispatch._profile_hook is None
+    np.testing.assert_allclose(w.grad.numpy(), [3, 5, 7])  # profiling changed no result
+    assert profiler.path == os.path.join(str(tmp_path), f"{os.getpid()}.chrome_timeline.json")
+    events = load(profiler)
+    assert events[0]["name"] == "Metadata" and "localTime" in events[0]["args"]
+    forward = ops(events)
+    assert [e["name"] for e in forward] == ["Mul", "Relu", "Reduce"]
+    assert forward[0]["args"]["inputs"] == [[2, 3], [3]]
+    assert forward[0]["args"]["outputs"] == [[2, 3]]
+    assert forward[0]["args"]["device"] == x._device  # the engine's device name ("cpu0")
+    assert forward[2]["args"]["params"] == {"mode": "sum", "keepdims": False}
+    # the backward runs in reverse order, after the forward
+    backward = ops(events, "backward")
+    assert [e["name"] for e in backward] == ["ReduceBackward", "ReluBackward", "MulBackward"]
+    timeline = forward + backward
+    for a, b in zip(timeline, timeline[1:]):  # one thread: spans follow each other
+        assert a["dur"] >= 0 and a["ts"] + a["dur"] <= b["ts"] + 1e-3
+    assert all(e["tid"] == threading.get_ident() for e in timeline)
+    names = [e for e in events if e["name"] == "thread_name"]
+    assert names and names[0]["args"]["name"] == threading.current_thread().name
+
+
+def test_every_applied_op_is_recorded(tmp_path):
+    # oracle: Python's own profiler sees each op's forward called from dispatch.apply
+    import sys
+
+    seen = []
+
+    def watch(frame, event, arg):
+        if (event == "call" and frame.f_code.co_name == "forward"
+                and frame.f_back is not None and frame.f_back.f_code is dispatch.apply.__code__):
+            seen.append(type(frame.f_locals["self"]).__name__.lstrip("_"))
+
+    x = mge.tensor(np.random.rand(4, 5).astype("float32"))
+    net = M.Sequential(M.Linear(5, 3), M.ReLU(), M.Linear(3, 2))
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        sys.setprofile(watch)
+        try:
+            net(x)
+        finally:
+            sys.setprofile(None)
+    assert len(seen) == 3  # each Linear is one op
+    assert [e["name"] for e in ops(profiler.trace_events())] == seen
+
+
+def test_scope_marks_a_span(tmp_path):
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        with scope("my_scope"):
+            out = Simple()(mge.tensor([1.23], dtype="float32"))
+    np.testing.assert_allclose(out.numpy(), [1.23 * 1.23], rtol=1e-6)
+    events = load(profiler)
+    marks = [e for e in events if e["name"] == "my_scope"]
+    assert [m["ph"] for m in marks] == ["B", "E"]
+    (mul,) = ops(events)
+    assert marks[0]["ts"] <= mul["ts"] and mul["ts"] + mul["dur"] <= marks[1]["ts"] + 1e-3
+    with scope("unprofiled"):  # no profiler: nothing to do, nothing fails
+        pass
+
+
+@pytest.mark.parametrize("symbolic", [True, False, None], ids=["symbolic", "checked", "eager"])
+def test_traced_functions_are_profiled(tmp_path, symbolic):
+    net = Simple()
+
+    def infer(x):
+        with scope("my_scope"):
+            return net(x) + 1
+
+    if symbolic is not None:
+        infer = trace(symbolic=symbolic)(infer)
+    x = mge.tensor([2.0], dtype="float32")
+    infer(x)  # first call records the trace
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        out = infer(x)  # a replay (symbolic), a checked run, or a plain call
+    np.testing.assert_allclose(out.numpy(), [2 * 1.23 + 1], rtol=1e-6)
+    events = load(profiler)
+    assert [e["name"] for e in ops(events)] == ["Mul", "Add"]
+    scope_count = sum(e["name"] == "my_scope" for e in events)
+    assert scope_count == (0 if symbolic else 2)  # a replay does not run the Python function
+
+
+def test_decorator_forms_and_alias(tmp_path):
+    prof = Profiler(str(tmp_path / "a"))
+
+    @prof
+    def step(x):
+        return x * 2
+
+    assert step.__profiler__ is prof
+    step(mge.tensor([1.0]))
+    assert [e["name"] for e in ops(load(prof))] == ["Mul"]
+
+    assert isinstance(profile(str(tmp_path / "b")), Profiler)
+
+    @profile
+    def bare(x):
+        return x + 1
+
+    assert isinstance(bare.__profiler__, Profiler)
+
+
+def test_only_the_latest_recording_is_kept_and_errors_unhook(tmp_path):
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        mge.tensor([1.0]) * 2
+    with profiler:
+        mge.tensor([1.0]) + 2
+    assert [e["name"] for e in ops(load(profiler))] == ["Add"]
+    with pytest.raises(ZeroDivisionError):
+        with profiler:
+            1 / 0
+    assert dispatch._profile_hook is None and not is_profiling()
+
+
+def test_argument_checks(tmp_path):
+    with pytest.raises(TypeError, match="unknown arguments"):
+        Profiler(str(tmp_path), colour=True)
+    with pytest.raises(ValueError, match="unsupported format"):
+        Profiler(str(tmp_path), format="trace.txt")
+    with pytest.raises(TypeError, match="list"):
+        Profiler(str(tmp_path), formats="chrome_timeline.json")
+    with pytest.warns(UserWarning, match="memory_flow.svg"):
+        Profiler(str(tmp_path), formats=["chrome_timeline.json", "memory_flow.svg"])
+    quiet = Profiler(str(tmp_path), sample_rate=3, num_tensor_watch=1, enable_cupti=1,
+                     profile_device=0, with_backtrace=True)
+    assert quiet.formats == ["chrome_timeline.json"]
+    with Profiler(str(tmp_path)):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            Profiler(str(tmp_path)).start()
+    with pytest.raises(RuntimeError, match="not running"):
+        Profiler(str(tmp_path)).stop()
+
+
+def test_merge_trace_events(tmp_path):
+    def write(pid, local_time, ts):
+        events = [{"name": "Metadata", "ph": "M", "pid": pid, "tid": 0,
+                   "args": {"localTime": local_time}},
+                  {"name": "Mul", "ph": "X", "ts": ts, "dur": 1.0, "pid": pid, "tid": 1}]
+        with open(tmp_path / f"{pid}.chrome_timeline.json", "w") as f:
+            json.dump({"traceEvents": events}, f)
+
+    write(11, 1000, 5.0)
+    write(12, 1500, 5.0)
+    path = merge_trace_events(str(tmp_path))
+    with open(path) as f:
+        merged = json.load(f)["traceEvents"]
+    assert sorted((e["pid"], e["ts"]) for e in merged) == [(11, 5.0), (12, 505.0)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="chrome_timeline"):
+        merge_trace_events(str(tmp_path / "empty"))
