@@ -16,7 +16,7 @@ __all__ = [
 
 
 _SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "functional", "hub",
-               "jit", "logger", "module", "optimizer", "random", "serialization", "device", "utils"}
+               "jit", "logger", "module", "optimizer", "random", "serialization", "device", "utils", "dtr"}
 
 
 def __getattr__(name):

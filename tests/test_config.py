@@ -138,6 +138,24 @@ def test_runtime_options_share_the_switches():
         set_option("max_recompute_time", "often")
 
 
+def test_option_context_sets_and_restores_even_on_error():
+    from megengine.core import get_option, option
+
+    before = get_option("enable_host_compute")
+    with option("enable_host_compute", 0):
+        assert get_option("enable_host_compute") == 0
+    assert get_option("enable_host_compute") == before
+    async_before = get_option("async_level")
+    with pytest.raises(KeyError):
+        with option("async_level", 1):  # a switch option goes through the same path
+            assert mge.config.async_level == 1
+            raise KeyError("inside")
+    assert get_option("async_level") == async_before
+    with pytest.raises(ValueError, match="unknown option"):
+        with option("no_such", 1):
+            pass
+
+
 def test_auto_format_convert_functions():
     from megengine.core._config import get_auto_format_convert, set_auto_format_convert
 

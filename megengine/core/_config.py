@@ -271,6 +271,19 @@ def set_option(name: str, value: int):
     _OPTIONS[name] = value
 
 
+@contextmanager
+def option(name: str, value: int):
+    """Set runtime option ``name`` inside a ``with`` block (upstream's
+    ``megengine.core.option``); the previous value comes back when the block ends, also when
+    it raises."""
+    old = get_option(name)
+    set_option(name, value)
+    try:
+        yield
+    finally:
+        set_option(name, old)
+
+
 def _get_actual_op_param(function_param, config_param):
     """An op's own argument unless the global switch says something other than "default"."""
     return function_param if config_param == "default" else config_param

@@ -15,3 +15,8 @@ def set_symbolic_shape(option: bool) -> bool:
     global _use_symbolic_shape
     old, _use_symbolic_shape = _use_symbolic_shape, bool(option)
     return old
+
+
+# upstream 1.0-1.1 names of the same switch (programs of that time import them)
+use_tensor_shape = use_symbolic_shape
+set_tensor_shape = set_symbolic_shape

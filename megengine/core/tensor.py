@@ -473,6 +473,23 @@ class Tensor:
         """Set the value in place (upstream's ``set_value``): the storage is kept when it fits."""
         return self._reset(value)
 
+    # ----- upstream's memory hints (DTR and swapping) -----
+    # Upstream's interpreter may free a tensor's device memory and rebuild the value when it is
+    # next read: recomputed from its producer after `_drop()` (only with the `enable_drop`
+    # option, or under `megengine.dtr`), copied back from the host after `_swap_out()`. The
+    # value a program sees never changes. This engine keeps every value resident (it has no
+    # recomputation or swapping), so the hints are accepted and the program runs unchanged
+    # with the same results; `megengine.core.get_option("enable_drop")` is kept for the same
+    # programs.
+    def _drop(self):
+        """Hint that the value may be evicted and recomputed later; the value stays here."""
+
+    def _swap_out(self):
+        """Hint that the value may move to host memory until it is needed; it stays here."""
+
+    def _swap_in(self):
+        """Hint that a swapped-out value is needed again on its device; it is already there."""
+
     def _inplace(self, op_result):
         """Result of an augmented operator: Parameters update their storage, others rebind."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event

@@ -52,8 +52,13 @@ _TESTCASE = ("input_data", "repeat", "silent", "no_assert", "maxerr", "resize_in
              "input_transform")
 
 
-class DumpError(ValueError):
-    """A traced program, or a part of it, cannot be written to a file."""
+class DumpError(ValueError, RuntimeError):
+    """A traced program, or a part of it, cannot be written to a file.
+
+    Also a RuntimeError: upstream raises one when a program cannot be dumped (e.g. batch norm
+    traced in training mode, which updates its running statistics in place), and programs
+    catch that.
+    """
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`LAMB` (and `LAMBFp16`): Adam's direction scaled per parameter by a trust ratio ||w|| / ||update||."""
 import numpy as np
 
+from ..core.tensor import Tensor
 from .adam import _check_betas
 from .optimizer import Optimizer
 
@@ -36,8 +37,9 @@ class LAMB(Optimizer):
         m = Optimizer._buffer(state, "exp_avg", param)
         v = Optimizer._buffer(state, "exp_avg_sq", param)
         if m.dtype != weight.dtype:  # LAMBFp16: the moments live in float32 with the master copy
-            m = state["exp_avg"] = m.astype(weight.dtype)
-            v = state["exp_avg_sq"] = v.astype(weight.dtype)
+            m, v = m.astype(weight.dtype), v.astype(weight.dtype)
+            state["exp_avg"] = Tensor._wrap(m, param._device)
+            state["exp_avg_sq"] = Tensor._wrap(v, param._device)
         state["step"] = step = state.get("step", 0) + 1
         grad = grad.astype(weight.dtype, copy=False)
         m *= beta1
@@ -70,8 +72,8 @@ class LAMBFp16(LAMB):
     the master copy rounded to its own dtype."""
 
     def _update(self, param, grad, state, group):
-        master = state.get("param_fp32")
-        if master is None:
-            master = state["param_fp32"] = param._data.astype("float32")
+        if state.get("param_fp32") is None:  # a Tensor in the state, as every buffer
+            state["param_fp32"] = Tensor._wrap(param._data.astype("float32"), param._device)
+        master = state["param_fp32"]._data
         self._lamb_step(master, grad, state, group, param)
         param._data[...] = master  # in place: the parameter's storage may be shared

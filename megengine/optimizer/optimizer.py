@@ -50,7 +50,7 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict):
         self._defaults = defaults
-        self._state = {}  # Parameter -> {buffer name: array or number}
+        self._state = {}  # Parameter -> {buffer name: Tensor, or a number such as "step"}
         self._gm = None  # the 0.x GradManager, made by zero_grad()
         self.param_groups = []
         if isinstance(params, (Parameter, dict)):
@@ -144,11 +144,17 @@ class Optimizer:
 
     @staticmethod
     def _buffer(state, name, param):
-        """The state buffer ``name`` of ``param``, made as zeros on first use."""
+        """The array of state buffer ``name`` of ``param``, made as zeros on first use.
+
+        The state holds each buffer as a Tensor, as upstream's does (programs read
+        ``opt._state[param]["momentum_buffer"].numpy()``); updates work in place on the array
+        inside, so the Tensor always shows the current value.
+        """
         buf = state.get(name)
         if buf is None:
-            buf = state[name] = get_array_module(param._device).zeros_like(param._data)
-        return buf
+            buf = state[name] = Tensor._wrap(
+                get_array_module(param._device).zeros_like(param._data), param._device)
+        return buf._data
 
     # ----- gradients -----
     @_trace_event
@@ -273,5 +279,7 @@ def _to_device(value, param, name):
         )
     if param._device.startswith("gpu"):
         with get_array_module(param._device).cuda.Device(int(param._device[3:])):
-            return get_array_module(param._device).array(value, dtype=param.dtype)
-    return np.array(value, dtype=param.dtype)
+            array = get_array_module(param._device).array(value, dtype=param.dtype)
+    else:
+        array = np.array(value, dtype=param.dtype)
+    return Tensor._wrap(array, param._device)  # buffers live in the state as Tensors

@@ -321,7 +321,7 @@ def test_training_on_gpu1_allocates_there_while_gpu0_is_current():
             gm.backward(loss)
         assert y._data.device.id == 1 and w.grad._data.device.id == 1
         opt.step()
-        assert opt._state[w]["momentum_buffer"].device.id == 1
+        assert opt._state[w]["momentum_buffer"]._data.device.id == 1
         assert cupy.cuda.runtime.getDevice() == 0  # the caller's device is current again
     # oracle: the same step in numpy
     xv, wv = np.array([[1.0, 2.0], [-3.0, 0.5]]), np.array([[0.5, -1.0], [2.0, 0.25]])

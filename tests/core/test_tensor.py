@@ -608,3 +608,30 @@ def test_numpy_ufuncs_on_tensors_give_tensors_on_the_tensors_device():
     buf = np.zeros(3, np.float32)
     np.add(y, x, out=buf)
     np.testing.assert_array_equal(buf, y + x_np)
+
+
+def test_drop_and_swap_hints_keep_values_and_gradients():
+    # upstream: `_drop()` (with the enable_drop option) and `_swap_out()` may evict a value,
+    # which is rebuilt when next read: a program sees the same values and gradients.
+    # Oracle: y = (2x + 2x) / 2 = 2x, d(sum(y * w))/dw = 2x, computed by hand.
+    from megengine.core import get_option, set_option
+
+    old = get_option("enable_drop")
+    set_option("enable_drop", 1)
+    try:
+        x = mge.tensor(np.array([1.0, -2.0, 3.0], np.float32))
+        w = mge.Parameter(np.array([0.5, 0.5, 0.5], np.float32))
+        gm = GradManager().attach([w])
+        with gm:
+            h = x * 2
+            h._swap_out()
+            y = (h + h) / 2
+            y._drop()
+            assert y._drop() is None and h._swap_in() is None
+            loss = (y * w).sum()
+            gm.backward(loss)
+        np.testing.assert_array_equal(y.numpy(), [2.0, -4.0, 6.0])
+        np.testing.assert_array_equal(w.grad.numpy(), [2.0, -4.0, 6.0])
+        np.testing.assert_allclose(loss.numpy(), 2.0)
+    finally:
+        set_option("enable_drop", old)

@@ -450,3 +450,16 @@ def test_cross_entropy_mean_of_logits_scales_by_the_output_gradient():
     (expect * 2.5).backward()
     np.testing.assert_allclose(loss.numpy(), expect.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_losses_keep_their_upstream_1_0_names_at_the_top_of_F():
+    # upstream 1.0-1.1 programs call F.cross_entropy / F.square_loss (later F.nn.<name> only)
+    for name in ("l1_loss", "square_loss", "cross_entropy", "binary_cross_entropy",
+                 "hinge_loss"):
+        assert getattr(F, name) is getattr(F.nn, name)
+    rng = np.random.RandomState(0)
+    logits = rng.randn(5, 3).astype(np.float32)
+    label = np.array([0, 2, 1, 1, 0], dtype=np.int32)
+    want = TF.cross_entropy(torch.from_numpy(logits), torch.from_numpy(label).long())
+    got = F.cross_entropy(mge.tensor(logits), mge.tensor(label))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)

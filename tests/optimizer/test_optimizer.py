@@ -163,6 +163,35 @@ def test_state_dict_is_a_snapshot():
     assert isinstance(sd["state"][0]["exp_avg"], np.ndarray)
 
 
+def test_state_buffers_are_tensors_that_show_the_current_value():
+    # upstream keeps each buffer as a Tensor in `opt._state[param]`; training programs read
+    # it, e.g. `opt._state[w]["momentum_buffer"].numpy()`. Oracle: v = 0.9 * v + g by hand.
+    w = mge.Parameter([1.0, -2.0])
+    opt = SGD([w], lr=0.5, momentum=0.9)
+    g1, g2 = np.array([0.5, 1.5], np.float32), np.array([-1.0, 2.0], np.float32)
+    w.grad = mge.Tensor(g1)
+    opt.step()
+    buf = opt._state[w]["momentum_buffer"]
+    assert isinstance(buf, mge.Tensor)
+    np.testing.assert_allclose(buf.numpy(), g1)
+    w.grad = mge.Tensor(g2)
+    opt.step()
+    assert opt._state[w]["momentum_buffer"] is buf  # the same Tensor, updated in place
+    np.testing.assert_allclose(buf.numpy(), 0.9 * g1 + g2, rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), [1.0, -2.0] - 0.5 * g1 - 0.5 * (0.9 * g1 + g2),
+                               rtol=1e-6)
+    # a state loaded from a state dict holds Tensors too, and training continues from it
+    other = SGD([mge.Parameter([0.0, 0.0])], lr=0.5, momentum=0.9)
+    other.load_state_dict(opt.state_dict())
+    (p,) = other.param_groups[0]["params"]
+    assert isinstance(other._state[p]["momentum_buffer"], mge.Tensor)
+    np.testing.assert_allclose(other._state[p]["momentum_buffer"].numpy(), buf.numpy())
+    p.grad = mge.Tensor(g1)
+    other.step()
+    np.testing.assert_allclose(other._state[p]["momentum_buffer"].numpy(),
+                               0.9 * (0.9 * g1 + g2) + g1, rtol=1e-6)
+
+
 def _train_1x(steps):
     w, b = _model()
     gm = GradManager().attach([w, b])
