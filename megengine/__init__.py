@@ -15,8 +15,21 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "functional", "hub",
-               "jit", "logger", "module", "optimizer", "random", "serialization", "device", "utils", "dtr"}
+_SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "dtr", "functional",
+               "hub", "jit", "logger", "module", "optimizer", "random", "serialization", "device",
+               "utils"}
+
+
+def _exit(code):
+    """End the process at once with exit status ``code`` once every device has finished its queued
+    work (upstream's ``megengine._exit``: no atexit handlers, no interpreter shutdown)."""
+    import os
+    import sys
+
+    _full_sync()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def __getattr__(name):

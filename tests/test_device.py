@@ -264,3 +264,14 @@ def test_gpu_memory_queries_report_torchs_pool_while_it_serves_cupy(fake_gpu):
     assert ("reset", 0) in stats.calls
     dev.coalesce_free_memory()
     assert fake_gpu.freed == 1 and "empty_cache" in stats.calls
+
+
+def test_exit_ends_the_process_at_once_with_the_code_after_flushing(tmp_path):
+    script = ("import atexit, megengine as mge\n"
+              "atexit.register(lambda: print('atexit ran'))\n"
+              "print('before', flush=False)\n"
+              "mge._exit(3)\n"
+              "print('after')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3
+    assert run.stdout == "before\n"  # flushed; nothing after it, and no atexit handler ran
