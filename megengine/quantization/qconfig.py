@@ -1,0 +1,99 @@
+"""QConfig: which observer and fake quantizer a QAT module builds for its weight and its
+activation, and upstream's preset configs."""
+from collections import namedtuple
+from functools import partial
+
+from ..module import Module
+from .fake_quant import TQT, FakeQuantize
+from .observer import (
+    ExponentialMovingAverageObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    PassiveObserver,
+    SyncExponentialMovingAverageObserver,
+    SyncMinMaxObserver,
+)
+
+__all__ = [
+    "QConfig", "min_max_fakequant_qconfig", "ema_fakequant_qconfig", "sync_ema_fakequant_qconfig",
+    "ema_lowbit_fakequant_qconfig", "calibration_qconfig", "tqt_qconfig", "passive_qconfig",
+    "easyquant_qconfig",
+]
+
+
+class QConfig(namedtuple("QConfig", ["weight_observer", "act_observer", "weight_fake_quant",
+                                     "act_fake_quant"])):
+    """Four factories (classes, usually ``functools.partial(Class, dtype=...)``, or None for
+    "none"): each QAT module calls them to build its own observers and fake quantizers (see
+    :meth:`~.QATModule.set_qconfig`). A namedtuple, so configs compare and print by value.
+
+    Weights usually take a narrow dtype (``"qint8_narrow"``, qmin -127): a sum of products of
+    -128s could overflow the int16 an integer kernel accumulates pairs in.
+    """
+
+    def __new__(cls, weight_observer, act_observer, weight_fake_quant, act_fake_quant):
+        for name, value in (("weight_observer", weight_observer), ("act_observer", act_observer),
+                            ("weight_fake_quant", weight_fake_quant),
+                            ("act_fake_quant", act_fake_quant)):
+            if isinstance(value, Module):
+                raise ValueError(
+                    f"QConfig must not receive observer instance ({name} is a "
+                    f"{type(value).__name__} object): please pass observer class generator "
+                    f"using `partial(Observer, ...)` instead, so each module builds its own")
+            if value is not None and not callable(value):
+                raise TypeError(f"QConfig: {name} must be a class or partial (or None), "
+                                f"got {value!r}")
+        return super().__new__(cls, weight_observer, act_observer, weight_fake_quant,
+                               act_fake_quant)
+
+
+min_max_fakequant_qconfig = QConfig(
+    weight_observer=partial(MinMaxObserver, dtype="qint8_narrow"),
+    act_observer=partial(MinMaxObserver, dtype="qint8"),
+    weight_fake_quant=partial(FakeQuantize, dtype="qint8_narrow"),
+    act_fake_quant=partial(FakeQuantize, dtype="qint8"),
+)
+
+ema_fakequant_qconfig = QConfig(
+    weight_observer=partial(MinMaxObserver, dtype="qint8_narrow"),
+    act_observer=partial(ExponentialMovingAverageObserver, dtype="qint8"),
+    weight_fake_quant=partial(FakeQuantize, dtype="qint8_narrow"),
+    act_fake_quant=partial(FakeQuantize, dtype="qint8"),
+)
+
+sync_ema_fakequant_qconfig = QConfig(
+    weight_observer=partial(SyncMinMaxObserver, dtype="qint8_narrow"),
+    act_observer=partial(SyncExponentialMovingAverageObserver, dtype="qint8"),
+    weight_fake_quant=partial(FakeQuantize, dtype="qint8_narrow"),
+    act_fake_quant=partial(FakeQuantize, dtype="qint8"),
+)
+
+ema_lowbit_fakequant_qconfig = QConfig(
+    weight_observer=partial(MinMaxObserver, dtype="qint4"),
+    act_observer=partial(ExponentialMovingAverageObserver, dtype="qint4"),
+    weight_fake_quant=partial(FakeQuantize, dtype="qint4"),
+    act_fake_quant=partial(FakeQuantize, dtype="qint4"),
+)
+
+calibration_qconfig = QConfig(
+    weight_observer=partial(MinMaxObserver, dtype="qint8_narrow"),
+    act_observer=partial(HistogramObserver, dtype="qint8"),
+    weight_fake_quant=None,
+    act_fake_quant=None,
+)
+
+tqt_qconfig = QConfig(
+    weight_observer=None,
+    act_observer=None,
+    weight_fake_quant=partial(TQT, dtype="qint8_narrow"),
+    act_fake_quant=partial(TQT, dtype="qint8"),
+)
+
+passive_qconfig = QConfig(
+    weight_observer=partial(PassiveObserver, dtype="qint8_narrow"),
+    act_observer=partial(PassiveObserver, dtype="qint8"),
+    weight_fake_quant=partial(FakeQuantize, dtype="qint8_narrow"),
+    act_fake_quant=partial(FakeQuantize, dtype="qint8"),
+)
+
+easyquant_qconfig = passive_qconfig

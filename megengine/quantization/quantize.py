@@ -1,0 +1,205 @@
+"""Passes over a module tree: convert float layers to QAT layers (`quantize_qat`), set or reset
+their qconfig, switch fake quantization and observers on and off, EasyQuant's scale search;
+`quantize` (to integer kernels) is the one step this engine cannot take."""
+from copy import copy, deepcopy
+from functools import partial
+from typing import Callable
+
+import numpy as np
+
+from .. import module as Float
+from ..functional import concat, norm
+from ..logger import get_logger
+from ..module import Module
+from ..module import qat as QAT
+from ..module.qat import QATModule
+from ..core.tensor import Tensor
+from ..utils.module_utils import set_expand_structure
+from .qconfig import QConfig, ema_fakequant_qconfig
+
+__all__ = [
+    "quantize", "quantize_qat", "reset_qconfig", "propagate_qconfig", "hook_qat_module",
+    "apply_easy_quant", "enable_fake_quant", "disable_fake_quant", "enable_observer",
+    "disable_observer",
+]
+
+logger = get_logger(__name__)
+
+# Upstream derives these pairs from the names its quantized-module package defines; this fork
+# has no quantized modules, so the quantizable layers are listed here (same names on each side).
+_quantable_module_names = (
+    "Linear", "Conv2d", "ConvRelu2d", "ConvBn2d", "ConvBnRelu2d", "Elemwise", "Concat",
+    "QuantStub", "DequantStub",
+)
+_float2qat_dict = {getattr(Float, name): getattr(QAT, name) for name in _quantable_module_names}
+
+
+def _get_quantable_module_names():
+    return list(_quantable_module_names)
+
+
+def quantize(module: Module, inplace: bool = True, mapping: dict = None):
+    """Upstream converts QAT modules to integer ``QuantizedModule``s here. This engine computes
+    in float only and has no quantized dtypes or kernels, so it raises: keep the QAT model (its
+    fake-quantized outputs are what the integer model computes, up to accumulation order), or
+    load its ``state_dict`` into upstream MegEngine's QAT model and call upstream's
+    ``quantize`` there to deploy."""
+    raise NotImplementedError(
+        "megengine.quantization.quantize: this engine has no quantized dtypes or integer "
+        "kernels, so QAT modules cannot become QuantizedModules. Keep the QAT model (it runs "
+        "in float with fake quantization, which is what the integer model computes), or save "
+        "its state_dict, load it into the same network built with upstream MegEngine, and run "
+        "upstream's quantize() and trace/dump there for deployment.")
+
+
+def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fakequant_qconfig,
+                 mapping: dict = None):
+    """Replace each quantizable float layer of ``module`` (the outermost one: a ConvBn2d's
+    inner Conv2d stays as it is) by its QAT version, sharing the parameters and buffers, and
+    give every QAT layer ``qconfig``. ``mapping`` adds or overrides ``{float class: QAT
+    class}`` pairs; layers with ``quantize_disabled`` (``Module.disable_quantize``) are kept.
+    ``inplace=False`` converts a deep copy. Returns the converted module (a new one when
+    ``module`` itself is quantizable, e.g. a lone ConvBn2d)."""
+    if not isinstance(qconfig, QConfig):
+        raise TypeError(f"quantize_qat: qconfig must be a QConfig, got {type(qconfig).__name__} "
+                        "(pass it by keyword: quantize_qat(net, qconfig=...))")
+    if not inplace:
+        module = deepcopy(module)
+    convert_dict = copy(_float2qat_dict)
+    if mapping is not None:
+        convert_dict.update(mapping)
+
+    def is_quantable(mod):
+        # exact types: a QAT Linear is a float Linear too, and must not be converted again
+        return type(mod) in convert_dict
+
+    if is_quantable(module) and not module.quantize_disabled:
+        # a quantizable root cannot replace itself in its caller's hands: the QAT version is
+        # returned (upstream returns the float root unchanged, which silently does nothing)
+        new_mod = convert_dict[type(module)].from_float_module(module)
+        new_mod.train(module.training)
+        propagate_qconfig(new_mod, qconfig)
+        return new_mod
+    # a list first: replacing while walking would change what the walk sees
+    for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
+                                                       predicate=is_quantable)):
+        if is_quantable(parent) or submodule.quantize_disabled:
+            continue
+        new_mod = convert_dict[type(submodule)].from_float_module(submodule)
+        new_mod.train(submodule.training)
+        set_expand_structure(module, key, new_mod)
+    propagate_qconfig(module, qconfig)
+    return module
+
+
+def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
+    """Give every QAT layer new observers and fake quantizers from ``qconfig``, starting
+    from the qparams its current ones give (those with ``set_qparams``: PassiveObserver, TQT,
+    LSQ). Returns the module (a deep copy when ``inplace=False``)."""
+    if not inplace:
+        module = deepcopy(module)
+
+    def build(factory, qparams):
+        inst = factory() if factory is not None else None
+        if inst is not None and getattr(inst, "set_qparams", None) is not None:
+            inst.set_qparams(qparams)
+        return inst
+
+    for m in list(module._flatten(predicate=lambda m: isinstance(m, QATModule))):
+        if m.with_weight:
+            weight_params = m.get_weight_qparams()
+            m.weight_observer = build(qconfig.weight_observer, weight_params)
+            m.weight_fake_quant = build(qconfig.weight_fake_quant, weight_params)
+        if m.with_act:
+            act_params = m.get_activation_qparams()
+            m.act_observer = build(qconfig.act_observer, act_params)
+            m.act_fake_quant = build(qconfig.act_fake_quant, act_params)
+    return module
+
+
+def _propagate(module: Module, func_str: str, *args, **kwargs):
+    def fn(mod):
+        if isinstance(mod, QATModule):
+            getattr(mod, func_str)(*args, **kwargs)
+
+    module.apply(fn)
+
+
+def propagate_qconfig(module: Module, qconfig: QConfig):
+    """Call ``set_qconfig(qconfig)`` on every QAT layer under ``module``."""
+    _propagate(module, "set_qconfig", qconfig)
+
+
+def hook_qat_module(module: Module, func: Callable):
+    """Register ``func`` as a forward hook on every QAT layer; returns the handles."""
+    return [m.register_forward_hook(func)
+            for m in list(module._flatten(predicate=lambda m: isinstance(m, QATModule)))]
+
+
+def enable_fake_quant(module: Module):
+    """Switch fake quantization on in every QAT layer."""
+    _propagate(module, "set_fake_quant", True)
+
+
+def disable_fake_quant(module: Module):
+    """Switch fake quantization off in every QAT layer (they compute in plain float)."""
+    _propagate(module, "set_fake_quant", False)
+
+
+def enable_observer(module: Module):
+    """Let every QAT layer's observers update their statistics."""
+    _propagate(module, "set_observer", True)
+
+
+def disable_observer(module: Module):
+    """Freeze every QAT layer's observers (their qparams stay as they are)."""
+    _propagate(module, "set_observer", False)
+
+
+def apply_easy_quant(module: Module, data: Tensor, start: float = 0.8, stop: float = 1.2,
+                     num: int = 40):
+    """EasyQuant (arXiv:2006.16669): for each QAT layer with PassiveObservers (see
+    ``passive_qconfig``), try ``num`` scales in ``[start, stop] * original`` for the weight and
+    then the activation and keep the one whose fake-quantized output is closest (cosine
+    similarity) to the float output on ``data``. Returns the module."""
+    batch_size = data.shape[0]
+
+    def get_cosine(x, y):
+        axis = tuple(range(1, x.ndim))
+        sim = (x * y).sum(axis=axis) / (norm(x, axis=axis) * norm(y, axis=axis))
+        return sim.mean(axis=0)
+
+    def search(mod, inputs, outputs, where):
+        mod._forward_hooks.clear()
+        # the batch is [data, data]: the first half runs in float, the second fake-quantized
+        normal_in = [t[:batch_size] for t in inputs]
+        fakequant_in = [t[batch_size:] for t in inputs]
+        disable_fake_quant(mod)
+        normal_out = mod(*normal_in)
+        enable_fake_quant(mod)
+        ob = getattr(mod, where)
+        if ob is None:
+            return None
+        if not hasattr(ob, "orig_scale"):
+            raise TypeError(f"apply_easy_quant needs PassiveObservers ({type(mod).__name__}."
+                            f"{where} is a {type(ob).__name__}): reset_qconfig(module, "
+                            "passive_qconfig) first")
+        orig_scale = ob.orig_scale
+        best_cosine, best_scale = 0.0, None
+        for scale in np.linspace(start * orig_scale, stop * orig_scale, num):
+            ob.scale = scale
+            cosine = float(get_cosine(normal_out, mod(*fakequant_in)).numpy())
+            if cosine > best_cosine:
+                best_cosine, best_scale = cosine, scale
+        if best_scale is None:
+            logger.warning("EasyQuant finds no better scale")
+        else:
+            ob.scale = best_scale
+        return concat([normal_out, outputs[batch_size:]])
+
+    data = concat([data, data])
+    hook_qat_module(module, partial(search, where="weight_observer"))
+    module(data)
+    hook_qat_module(module, partial(search, where="act_observer"))
+    module(data)
+    return module

@@ -1,0 +1,317 @@
+"""Quantization's vocabulary and its differentiable fake-quantize ops: QuantMode, the quantized
+dtype metas, QParams, and fake_quant_tensor / fake_quant_bias / tqt_forward / lsq_forward.
+
+Fake quantization runs in float: a value is quantized (``round(x / scale) + zero_point``,
+clipped to the dtype's ``[qmin, qmax]``) and dequantized at once, so a network trains with the
+rounding error it will meet as integers. Rounding is upstream's: halves away from zero (C's
+``round``), where PyTorch's fake_quantize rounds halves to even; the two agree everywhere else.
+"""
+import abc
+import math
+from collections import namedtuple
+from enum import Enum
+from functools import partial
+from typing import Union
+
+import numpy as np
+
+from ..core.dispatch import Op, apply, xp_of
+from ..core.ops import unbroadcast
+from ..core.tensor import QParams, Tensor
+
+__all__ = [
+    "QuantMode", "QParams", "LSQParams", "QParamsModuleMixin", "QuantDtypeMeta",
+    "create_qparams", "create_quantized_dtype", "fake_quant_tensor", "fake_quant_bias",
+    "tqt_forward", "lsq_forward", "get_quant_dtype_meta",
+]
+
+
+class QuantMode(Enum):
+    """How a float range maps to integers (upstream's spelling, kept for compatibility):
+    SYMMERTIC uses a scale only (zero maps to 0); ASYMMERTIC adds an integer zero point."""
+
+    SYMMERTIC = 1
+    ASYMMERTIC = 2
+
+
+class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
+                                ["name", "cname", "np_dtype_str", "qmin", "qmax", "is_unsigned"])):
+    """What a quantized dtype is: its integer range ``[qmin, qmax]``, the numpy storage type
+    and upstream's C name. The engine computes in float only, so this is metadata: observers
+    and fake quantizers read ``qmin``/``qmax`` from it. Upstream keeps these in
+    ``megengine.core.tensor.dtype``, a path this fork's engine does not have.
+
+    A custom one (e.g. ``QuantDtypeMeta("qint6", None, "int8", -32, 31)``) works for QAT.
+    Copies are the object itself, so ``is`` comparisons survive ``deepcopy``.
+    """
+
+    def __new__(cls, name: str, cname, np_dtype_str: str, qmin: int, qmax: int,
+                is_unsigned: bool = None):
+        if not isinstance(np_dtype_str, str):
+            raise TypeError(f"QuantDtypeMeta {name!r}: np_dtype_str must be a str such as "
+                            f"'int8', got {np_dtype_str!r}")
+        if qmin > qmax:
+            raise ValueError(f"QuantDtypeMeta {name!r}: qmin ({qmin}) exceeds qmax ({qmax})")
+        if is_unsigned is None:
+            is_unsigned = np_dtype_str[0] == "u"
+        return super().__new__(cls, name, cname, np_dtype_str, qmin, qmax, is_unsigned)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# Upstream's built-in quantized dtypes (the names qconfigs and observers accept as strings).
+_builtin_quant_dtypes = {
+    "quint8": QuantDtypeMeta("quint8", "Quantized8Asymm", "uint8", 0, 255),
+    "qint8": QuantDtypeMeta("qint8", "QuantizedS8", "int8", -128, 127),
+    "qint8_narrow": QuantDtypeMeta("qint8_narrow", "QuantizedS8", "int8", -127, 127),
+    "quint4": QuantDtypeMeta("quint4", "Quantized4Asymm", "uint8", 0, 15),
+    "qint4": QuantDtypeMeta("qint4", "QuantizedS4", "int8", -8, 7),
+    "qint1": QuantDtypeMeta("qint1", "QuantizedS1", "int8", 0, 1),
+    "qint32": QuantDtypeMeta("qint32", "QuantizedS32", "int32", -(2 ** 31), 2 ** 31 - 1),
+    "quint2": QuantDtypeMeta("quint2", None, "uint8", 0, 3),
+    "qint2": QuantDtypeMeta("qint2", None, "int8", -2, 1),
+}
+
+
+def get_quant_dtype_meta(dtype: Union[str, QuantDtypeMeta], what: str) -> QuantDtypeMeta:
+    """``dtype`` as a QuantDtypeMeta: a meta passes through, a name is looked up."""
+    if isinstance(dtype, QuantDtypeMeta):
+        return dtype
+    if isinstance(dtype, str) and dtype in _builtin_quant_dtypes:
+        return _builtin_quant_dtypes[dtype]
+    raise ValueError(f"{what}: unknown dtype: {dtype!r}, only support "
+                     f"{sorted(_builtin_quant_dtypes)} or a QuantDtypeMeta")
+
+
+def create_quantized_dtype(dtype_meta: QuantDtypeMeta, scale: float, zp: Union[int, None]):
+    """The numpy dtype upstream gives a quantized tensor: ``np_dtype_str`` with the scale (and,
+    for unsigned dtypes, the zero point) in its ``metadata["mgb_dtype"]``. Signed dtypes are
+    symmetric and refuse a zero point, unsigned ones need an integer one in range."""
+    if dtype_meta.cname is None:
+        raise ValueError(f"dtype {dtype_meta.name} has no cname: it cannot describe a "
+                         "quantized tensor, only drive fake quantization")
+    info = {"name": dtype_meta.cname, "scale": float(scale)}
+    if dtype_meta.is_unsigned:
+        if zp is None or int(zp) != zp:
+            raise ValueError(f"{dtype_meta.name}: zero_point should be an integer, got {zp!r}")
+        if not dtype_meta.qmin <= int(zp) <= dtype_meta.qmax:
+            raise ValueError(f"zero_point should be within [{dtype_meta.qmin}, "
+                             f"{dtype_meta.qmax}] for {dtype_meta.name}, got {zp}")
+        info["zero_point"] = int(zp)
+    elif zp is not None:
+        raise ValueError(f"'{dtype_meta.name}' only supports symmetric quantization, "
+                         f"zero_point should be None, but actually got '{zp}'")
+    return np.dtype(dtype_meta.np_dtype_str, metadata={"mgb_dtype": info})
+
+
+class LSQParams(QParams):
+    """QParams of :class:`~.LSQ`, with the gradient scale of its step size."""
+
+    # all five named (as upstream): update, ==, repr and pickling walk ``self.__slots__``
+    __slots__ = ("mode", "dtype_meta", "scale", "zero_point", "grad_scale")
+
+    def __init__(self, mode, dtype_meta, scale, zero_point, grad_scale):
+        super().__init__(mode, dtype_meta, scale, zero_point)
+        self.grad_scale = grad_scale
+
+
+class QParamsModuleMixin(abc.ABC):
+    """For observers and learnable fake quantizers: ``get_qparams()`` and the numpy quantized
+    dtype those parameters describe."""
+
+    def get_quantized_dtype(self):
+        qparams = self.get_qparams()
+        scale = None if qparams.scale is None else float(qparams.scale.numpy().reshape(-1)[0])
+        zp = None if qparams.zero_point is None else int(qparams.zero_point.numpy().reshape(-1)[0])
+        return create_quantized_dtype(qparams.dtype_meta, scale, zp)
+
+    @abc.abstractmethod
+    def get_qparams(self) -> QParams:
+        """The current quantization parameters."""
+
+
+_builtin_qparams = {
+    QuantMode.SYMMERTIC: partial(QParams, mode=QuantMode.SYMMERTIC),
+    QuantMode.ASYMMERTIC: partial(QParams, mode=QuantMode.ASYMMERTIC),
+}
+
+
+def create_qparams(mode: QuantMode = QuantMode.SYMMERTIC,
+                   dtype_meta: Union[str, QuantDtypeMeta] = None, scale: Tensor = None,
+                   zero_point: Tensor = None) -> QParams:
+    """A QParams; ``dtype_meta`` may be a built-in name ("qint8", ...)."""
+    if isinstance(dtype_meta, str):
+        dtype_meta = get_quant_dtype_meta(dtype_meta, "create_qparams")
+    if mode is None:
+        return QParams(mode, dtype_meta, scale, zero_point)
+    if not isinstance(mode, QuantMode):
+        raise TypeError(f"create_qparams: mode must be a QuantMode, got {mode!r}")
+    return _builtin_qparams[mode](dtype_meta=dtype_meta, scale=scale, zero_point=zero_point)
+
+
+def _round_half_away(xp, x):
+    # upstream's kernels use C's round (halves away from zero); numpy and torch round to even
+    t = xp.trunc(x)
+    return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
+
+
+def _as_operand(value, like, what):
+    """A scale or zero point as a Tensor on ``like``'s device, float32."""
+    if value is None:
+        raise ValueError(f"{what} is None: the qparams have no value yet (run the observer, "
+                         "or set the scale) before fake quantization")
+    if not isinstance(value, Tensor):
+        value = Tensor(np.asarray(value, dtype=np.float32), device=like.device)
+    if value.dtype != np.float32:
+        value = value.astype("float32")
+    return value
+
+
+class FakeQuant(Op):
+    """``(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with the straight-through
+    gradient for ``x`` inside the range (zero where it was clipped) and none for scale and zp
+    (they come from observers), as upstream's FakeQuant kernel."""
+
+    def __init__(self, qmin, qmax):
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x, scale, zero_point):
+        xp = xp_of(x)
+        q = _round_half_away(xp, x / scale) + zero_point
+        if self.needs_input_grad[0]:
+            self.mask = (q >= self.qmin) & (q <= self.qmax)
+        return ((xp.clip(q, self.qmin, self.qmax) - zero_point) * scale).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        return g * self.mask, None, None
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the mask is piecewise constant: the gradient is the output gradient times a constant
+        mask = Tensor._wrap(self.mask.astype(grads[0].dtype), grads[0]._device)
+        return grads[0] * mask, None, None
+
+
+def fake_quant_tensor(inp: Tensor, qparams: QParams) -> Tensor:
+    """Fake-quantize ``inp`` with ``qparams`` (scale, and zero_point in ASYMMERTIC mode; qmin and
+    qmax from its dtype_meta). Scale and zero point broadcast against ``inp``, so per-channel
+    parameters shaped e.g. (1, C, 1, 1) quantize each channel with its own."""
+    if qparams.dtype_meta is None:
+        raise ValueError("fake_quant_tensor: qparams.dtype_meta is None: give a "
+                         "QuantDtypeMeta (or a name such as 'qint8' to create_qparams)")
+    meta = qparams.dtype_meta
+    scale = _as_operand(qparams.scale, inp, "fake_quant_tensor: qparams.scale")
+    if qparams.mode == QuantMode.ASYMMERTIC:
+        zero_point = _as_operand(qparams.zero_point, inp, "fake_quant_tensor: qparams.zero_point")
+    else:
+        zero_point = Tensor(np.zeros((1,), np.float32), device=inp.device)
+    return apply(FakeQuant(meta.qmin, meta.qmax), inp, scale, zero_point)
+
+
+def fake_quant_bias(bias: Tensor, inp: Tensor, w_qat: Tensor) -> Tensor:
+    """Fake-quantize a bias to qint32 with scale ``inp_scale * weight_scale``, the scale an
+    integer kernel accumulates in. As upstream, only when input and weight are both symmetric
+    8-bit signed with known scales; otherwise the bias is returned unchanged."""
+    if bias is None or getattr(inp, "qparams", None) is None \
+            or getattr(w_qat, "qparams", None) is None:
+        return bias
+    inp_params, w_params = inp.qparams, w_qat.qparams
+    if inp_params.scale is None or w_params.scale is None:
+        return bias
+    if inp_params.mode != QuantMode.SYMMERTIC or inp_params.mode != w_params.mode:
+        return bias
+    for params in (inp_params, w_params):
+        if params.dtype_meta is None or params.dtype_meta.np_dtype_str != "int8":
+            return bias
+    b_params = create_qparams(w_params.mode, _builtin_quant_dtypes["qint32"],
+                              scale=inp_params.scale * w_params.scale)
+    b_qat = fake_quant_tensor(bias, b_params)
+    b_qat.qparams.update(b_params)
+    return b_qat
+
+
+class TQTOp(Op):
+    """Trained Quantization Thresholds (arXiv:1903.08066) with a power-of-two scale ``2**s``:
+    ``clip(round(x / 2**s), qmin, qmax) * 2**s``.
+
+    Gradients as the paper and upstream's reference test give them: for ``x`` whose scaled
+    value lies within half a step of the range, d/dx = 1 and d/ds adds ``round(x/t) - x/t``;
+    outside, d/dx = 0 and d/ds adds the clipped integer; d/ds is then ``* t * ln 2``.
+    (Upstream's C++ kernel tests ``scaled < qmin - 0.5 && scaled > qmax + 0.5``, which never
+    holds; its own unit test expects the formula here.)
+    """
+
+    def __init__(self, qmin, qmax):
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x, log2_scale):
+        xp = xp_of(x)
+        t = xp.exp2(log2_scale.astype(x.dtype, copy=False))
+        scaled = x / t
+        rounded = xp.clip(_round_half_away(xp, scaled), self.qmin, self.qmax)
+        if any(self.needs_input_grad):
+            self.scaled, self.rounded, self.t = scaled, rounded, t
+            self.scale_shape = log2_scale.shape
+        return (rounded * t).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        scaled, rounded = self.scaled, self.rounded
+        clipped = (scaled < self.qmin - 0.5) | (scaled > self.qmax + 0.5)
+        gx = xp.where(clipped, 0, g).astype(g.dtype, copy=False) if self.needs_input_grad[0] \
+            else None
+        gs = None
+        if self.needs_input_grad[1]:
+            per_elem = g * xp.where(clipped, rounded, rounded - scaled) * self.t * math.log(2.0)
+            gs = unbroadcast(per_elem, self.scale_shape).astype(g.dtype, copy=False)
+        return gx, gs
+
+
+def tqt_forward(qmin: int, qmax: int, inp: Tensor, scale: Tensor) -> Tensor:
+    """Fake-quantize ``inp`` with the learnable log2 scale ``scale`` (see :class:`TQTOp`)."""
+    scale = _as_operand(scale, inp, "tqt_forward: scale")
+    return apply(TQTOp(qmin, qmax), inp, scale)
+
+
+class LSQOp(Op):
+    """Learned Step size Quantization (arXiv:1902.08153), upstream's formula: with
+    ``v = x / s + zp``, output ``(round(clip(v, qmin, qmax)) - zp) * s`` (halves rounded up);
+    d/dx = 1 inside ``[qmin, qmax]``, 0 outside; d/ds per element is ``round(v) - v`` inside,
+    ``qmin`` below and ``qmax`` above, times ``grad_scale``."""
+
+    def __init__(self, qmin, qmax):
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x, step, zero_point, grad_scale):
+        xp = xp_of(x)
+        v = x / step + zero_point
+        rounded = xp.floor(xp.clip(v, self.qmin, self.qmax) + 0.5)
+        if any(self.needs_input_grad):
+            self.v, self.rounded, self.grad_scale = v, rounded, grad_scale
+            self.step_shape = step.shape
+        return ((rounded - zero_point) * step).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        v = self.v
+        small, big = v < self.qmin, v > self.qmax
+        inside = ~(small | big)
+        gx = (g * inside).astype(g.dtype, copy=False) if self.needs_input_grad[0] else None
+        gs = None
+        if self.needs_input_grad[1]:
+            per_elem = xp.where(small, self.qmin, xp.where(big, self.qmax, self.rounded - v))
+            gs = unbroadcast(per_elem * self.grad_scale * g, self.step_shape)
+            gs = gs.astype(g.dtype, copy=False)
+        return gx, gs, None, None
+
+
+def lsq_forward(qmin: int, qmax: int, inp: Tensor, step_size: Tensor, zero_point: Tensor = None,
+                scale_grad: Tensor = None) -> Tensor:
+    """Fake-quantize ``inp`` with the learnable step size (see :class:`LSQOp`)."""
+    step_size = _as_operand(step_size, inp, "lsq_forward: step_size")
+    zero_point = _as_operand(0.0 if zero_point is None else zero_point, inp, "lsq_forward: zero_point")
+    scale_grad = _as_operand(1.0 if scale_grad is None else scale_grad, inp, "lsq_forward: scale_grad")
+    return apply(LSQOp(qmin, qmax), inp, step_size, zero_point, scale_grad)
