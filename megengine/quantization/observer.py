@@ -143,7 +143,10 @@ class ExponentialMovingAverageObserver(MinMaxObserver):
         self.runtime_momentum = Tensor(0.0, dtype="float32")
 
     def set_momentum(self, momentum):
+        """Use ``momentum`` from the next batch on (upstream's waits one batch longer)."""
         self.momentum = Tensor(momentum, dtype="float32")
+        if float(self.runtime_momentum.numpy()) != 0.0:  # past the first batch
+            self.runtime_momentum._reset(self.momentum)
 
     def forward(self, x_orig):
         if self.enabled:

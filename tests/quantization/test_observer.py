@@ -1,0 +1,202 @@
+"""Tests for megengine.quantization.observer: running min/max and moving averages, scale and zero
+point by upstream's formulas (hand-computed), the synchronised observers on two gloo ranks, the
+histogram observer's outlier cut, the passive observer, enable/disable and train/eval."""
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.quantization.observer as ob
+from megengine.quantization.utils import QuantMode, _builtin_quant_dtypes, create_qparams
+
+
+def test_min_max_observer_records_the_running_range():
+    x = np.random.rand(3, 3, 3, 3).astype("float32")
+    m = ob.MinMaxObserver()
+    out = m(mge.tensor(x))
+    assert out.numpy() is not None and float(m.min_val.numpy()) == x.min()
+    assert float(m.max_val.numpy()) == x.max()
+    m(mge.tensor([-5.0, 0.5]))
+    assert float(m.min_val.numpy()) == -5.0 and float(m.max_val.numpy()) == x.max()
+
+
+def test_symmetric_scale_by_hand():
+    m = ob.MinMaxObserver(dtype="qint8")
+    m(mge.tensor([-3.0, 1.0, 2.0]))
+    qp = m.get_qparams()
+    # max(|-3|, 2) / ((127 - -128) / 2) = 3 / 127.5
+    np.testing.assert_allclose(qp.scale.numpy(), 3 / 127.5, rtol=1e-6)
+    assert qp.zero_point is None and qp.mode == QuantMode.SYMMERTIC
+    assert qp.dtype_meta is _builtin_quant_dtypes["qint8"]
+    narrow = ob.MinMaxObserver(dtype="qint8_narrow")
+    narrow(mge.tensor([0.5, 2.54]))
+    np.testing.assert_allclose(narrow.get_qparams().scale.numpy(), 2.54 / 127, rtol=1e-6)
+
+
+def test_asymmetric_scale_and_zero_point_by_hand():
+    m = ob.MinMaxObserver(mode=QuantMode.ASYMMERTIC, dtype="quint8")
+    m(mge.tensor([-1.0, 3.0]))
+    qp = m.get_qparams()
+    scale = 4.0 / 255
+    np.testing.assert_allclose(qp.scale.numpy(), scale, rtol=1e-6)
+    # qmin - round(min / scale) = 0 - round(-63.75) = 64
+    np.testing.assert_allclose(qp.zero_point.numpy(), 64)
+    # a range that excludes 0 is widened to include it: [0, 3] for [1, 3]
+    m2 = ob.MinMaxObserver(mode=QuantMode.ASYMMERTIC, dtype="quint8")
+    m2(mge.tensor([1.0, 3.0]))
+    np.testing.assert_allclose(m2.get_qparams().scale.numpy(), 3.0 / 255, rtol=1e-6)
+    np.testing.assert_allclose(m2.get_qparams().zero_point.numpy(), 0)
+
+
+def test_a_fresh_or_constant_observer_gives_the_eps_scale():
+    m = ob.MinMaxObserver(eps=1e-3)
+    np.testing.assert_allclose(m.get_qparams().scale.numpy(), 1e-3, rtol=1e-6)
+    m(mge.tensor([0.0, 0.0]))
+    np.testing.assert_allclose(m.get_qparams().scale.numpy(), 1e-3, rtol=1e-6)
+
+
+def test_ema_observer_starts_at_the_first_batch_then_averages():
+    m = ob.ExponentialMovingAverageObserver(momentum=0.8)
+    m(mge.tensor([-1.0, 2.0]))
+    np.testing.assert_allclose([m.min_val.numpy(), m.max_val.numpy()], [-1.0, 2.0])
+    m(mge.tensor([-3.0, 7.0]))
+    np.testing.assert_allclose([m.min_val.numpy(), m.max_val.numpy()],
+                               [0.8 * -1 + 0.2 * -3, 0.8 * 2 + 0.2 * 7], rtol=1e-6)
+    m.set_momentum(0.5)
+    m(mge.tensor([0.0, 0.0]))
+    np.testing.assert_allclose(m.max_val.numpy(), 0.5 * (0.8 * 2 + 0.2 * 7), rtol=1e-6)
+
+
+def test_disabled_and_eval_observers_do_not_update_and_pass_the_input_through():
+    m = ob.MinMaxObserver()
+    m(mge.tensor([1.0]))
+    m.disable()
+    x = mge.tensor([100.0])
+    assert m(x) is x and float(m.max_val.numpy()) == 1.0
+    m.train()
+    assert m.enabled
+    m.eval()
+    m(x)
+    assert not m.enabled and float(m.max_val.numpy()) == 1.0
+
+
+def test_sync_observers_without_a_process_group_equal_the_local_ones():
+    x = mge.tensor(np.random.randn(10).astype("float32"))
+    for sync, local in ((ob.SyncMinMaxObserver(), ob.MinMaxObserver()),
+                        (ob.SyncExponentialMovingAverageObserver(),
+                         ob.ExponentialMovingAverageObserver())):
+        sync(x), local(x), sync(x * 2), local(x * 2)
+        np.testing.assert_allclose(sync.get_qparams().scale.numpy(),
+                                   local.get_qparams().scale.numpy())
+
+
+def _sync_worker():
+    import megengine.distributed as dist
+
+    rank = dist.get_rank()
+    data = np.arange(12, dtype=np.float32).reshape(2, 6) - 4  # rank 0: -4..1, rank 1: 2..7
+    m = ob.SyncMinMaxObserver()
+    m(mge.tensor(data[rank]))
+    e = ob.SyncExponentialMovingAverageObserver(momentum=0.5)
+    e(mge.tensor(data[rank]))
+    e(mge.tensor(data[rank] * 3))
+    return [float(m.min_val.numpy()), float(m.max_val.numpy()),
+            float(e.min_val.numpy()), float(e.max_val.numpy())]
+
+
+def test_sync_observers_share_min_and_max_over_two_ranks():
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    import megengine.distributed as dist
+
+    run = dist.launcher(_sync_worker, n_gpus=2, device_type="cpu", timeout=90,
+                        collective_timeout=20)
+    results = run()
+    # both ranks see the global range; the EMA averages the global min/max of each step
+    assert results[0] == results[1] == [-4.0, 7.0, 0.5 * -4 + 0.5 * -12, 0.5 * 7 + 0.5 * 21]
+
+
+def test_histogram_observer_clips_a_sparse_tail_when_that_lowers_the_error():
+    from megengine.quantization.utils import fake_quant_tensor
+
+    x = np.random.RandomState(0).exponential(1.0, 6000).astype("float32")
+    h = ob.HistogramObserver(bins=256, mode=QuantMode.ASYMMERTIC, dtype="quint4")
+    m = ob.MinMaxObserver(mode=QuantMode.ASYMMERTIC, dtype="quint4")
+    data = mge.tensor(x)
+    h(data), m(data)
+    assert float(h.min_val.numpy()) == x.min() and float(h.max_val.numpy()) == x.max()
+    hq, mq = h.get_qparams(), m.get_qparams()
+    # with 16 levels the rare large values are not worth the resolution they cost: a smaller
+    # step, and a smaller quantization error on the data than min/max's
+    assert float(hq.scale.numpy()) < 0.8 * float(mq.scale.numpy())
+
+    def mse(qp):
+        return float(((fake_quant_tensor(data, qp) - data) ** 2).mean().numpy())
+
+    assert mse(hq) < 0.9 * mse(mq)
+
+
+def test_histogram_observer_rebins_its_history_when_the_range_grows():
+    x = np.random.RandomState(1).standard_normal(8000).astype("float32")
+    first, second = x[:4000] * 0.5, x[4000:]
+    h = ob.HistogramObserver(bins=64, upsample_rate=32)
+    h(mge.tensor(first))
+    h(mge.tensor(second))
+    lo, hi = float(h.min_val.numpy()), float(h.max_val.numpy())
+    # the combined range is widened to a whole number of the old histogram's fine bins
+    assert lo <= min(first.min(), second.min()) and hi >= max(first.max(), second.max())
+    assert hi - lo < 1.05 * (x.max() - min(first.min(), second.min()))
+    expected = np.histogram(np.concatenate([first, second]), 64, (lo, hi))[0]
+    got = h.histogram.numpy()
+    np.testing.assert_allclose(got.sum(), 8000, rtol=1e-5)
+    # re-binning spreads each old bin's count uniformly: close to the exact histogram
+    assert np.abs(got - expected).sum() < 0.05 * 8000
+
+
+def test_histogram_quantization_error_matches_numeric_integration():
+    h = ob.HistogramObserver(bins=8, dtype="qint2")  # 4 destination levels
+    hist = np.array([0, 1, 3, 2, 0, 5, 1, 0], np.float64)
+    width, start, end = 0.5, 1, 6
+    error = h._quantization_error(hist, width, start, end)
+    # brute force: mass spread uniformly over each source bin, quantized to the nearest of the
+    # 4 level centres spaced over bins start..end (values outside snap to the outer levels)
+    dst = width * (end - start + 1) / 4
+    centers = (np.arange(4) + 0.5) * dst
+    total = 0.0
+    for b, count in enumerate(hist):
+        xs = (b - start) * width + (np.arange(20000) + 0.5) / 20000 * width
+        idx = np.clip(np.floor(xs / dst), 0, 3).astype(int)
+        total += count / width * np.mean((xs - centers[idx]) ** 2) * width
+    np.testing.assert_allclose(error, total, rtol=1e-4)
+
+
+def test_passive_observer_holds_set_qparams_and_its_scale():
+    p = ob.PassiveObserver(dtype="qint8")
+    with pytest.raises(ValueError, match="set_qparams"):
+        p.scale
+    qp = create_qparams(QuantMode.SYMMERTIC, "qint8", mge.tensor(0.5))
+    p.set_qparams(qp)
+    assert p.get_qparams() == qp and p.get_qparams() is not qp
+    np.testing.assert_allclose(p.orig_scale, 0.5)
+    p.scale = 0.25
+    np.testing.assert_allclose(p.scale.numpy(), 0.25)
+    np.testing.assert_allclose(qp.scale.numpy(), 0.5)  # the caller's qparams are untouched
+    with pytest.raises(ValueError, match="positive"):
+        p.scale = -1.0
+    x = mge.tensor([3.0])
+    assert p(x) is x
+    with pytest.raises(ValueError, match="dtype"):
+        p.set_qparams(create_qparams(QuantMode.SYMMERTIC, "quint8", mge.tensor(0.5)))
+    with pytest.raises(ValueError, match="initialized scale"):
+        p.set_qparams(create_qparams(QuantMode.SYMMERTIC, "qint8", None))
+
+
+def test_observer_arguments_are_checked():
+    with pytest.raises(ValueError, match="unknown dtype"):
+        ob.MinMaxObserver(dtype="int8")
+    with pytest.raises(TypeError, match="QuantMode"):
+        ob.MinMaxObserver(mode="symmetric")
+    # upstream's older narrow_range flag is accepted and ignored
+    assert ob.MinMaxObserver(dtype="qint8", narrow_range=True).qmin == -128
+    dtype = ob.MinMaxObserver(dtype="qint8").get_quantized_dtype()
+    assert dtype == np.int8 and dtype.metadata["mgb_dtype"]["name"] == "QuantizedS8"
