@@ -25,7 +25,8 @@ class QConfig(namedtuple("QConfig", ["weight_observer", "act_observer", "weight_
                                      "act_fake_quant"])):
     """Four factories (classes, usually ``functools.partial(Class, dtype=...)``, or None for
     "none"): each QAT module calls them to build its own observers and fake quantizers (see
-    :meth:`~.QATModule.set_qconfig`). A namedtuple, so configs compare and print by value.
+    :meth:`~.QATModule.set_qconfig`). Configs compare by value (partials by their class and
+    arguments) and print as namedtuples.
 
     Weights usually take a narrow dtype (``"qint8_narrow"``, qmin -127): a sum of products of
     -128s could overflow the int16 an integer kernel accumulates pairs in.
@@ -45,6 +46,23 @@ class QConfig(namedtuple("QConfig", ["weight_observer", "act_observer", "weight_
                                 f"got {value!r}")
         return super().__new__(cls, weight_observer, act_observer, weight_fake_quant,
                                act_fake_quant)
+
+    def _key(self):
+        # functools.partial compares by identity; two configs built alike should be equal
+        return tuple((f.func, f.args, tuple(sorted(f.keywords.items())))
+                     if isinstance(f, partial) else f for f in self)
+
+    def __eq__(self, other):
+        if not isinstance(other, QConfig):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self):
+        return hash(self._key())
 
 
 min_max_fakequant_qconfig = QConfig(

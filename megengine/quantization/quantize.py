@@ -1,7 +1,7 @@
 """Passes over a module tree: convert float layers to QAT layers (`quantize_qat`), set or reset
 their qconfig, switch fake quantization and observers on and off, EasyQuant's scale search;
 `quantize` (to integer kernels) is the one step this engine cannot take."""
-from copy import copy, deepcopy
+from copy import deepcopy
 from functools import partial
 from typing import Callable
 
@@ -10,10 +10,8 @@ import numpy as np
 from .. import module as Float
 from ..functional import concat, norm
 from ..logger import get_logger
-from ..module import Module
-from ..module import qat as QAT
-from ..module.qat import QATModule
 from ..core.tensor import Tensor
+from ..module import Module
 from ..utils.module_utils import set_expand_structure
 from .qconfig import QConfig, ema_fakequant_qconfig
 
@@ -31,11 +29,27 @@ _quantable_module_names = (
     "Linear", "Conv2d", "ConvRelu2d", "ConvBn2d", "ConvBnRelu2d", "Elemwise", "Concat",
     "QuantStub", "DequantStub",
 )
-_float2qat_dict = {getattr(Float, name): getattr(QAT, name) for name in _quantable_module_names}
 
 
 def _get_quantable_module_names():
     return list(_quantable_module_names)
+
+
+def _qat():
+    # megengine.module.qat imports this package (observers, fake quantizers), so it is
+    # imported here on first use rather than at the top
+    from ..module import qat
+
+    return qat
+
+
+def _float2qat_dict():
+    qat = _qat()
+    return {getattr(Float, name): getattr(qat, name) for name in _quantable_module_names}
+
+
+def _is_qat(mod):
+    return isinstance(mod, _qat().QATModule)
 
 
 def quantize(module: Module, inplace: bool = True, mapping: dict = None):
@@ -65,7 +79,7 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
                         "(pass it by keyword: quantize_qat(net, qconfig=...))")
     if not inplace:
         module = deepcopy(module)
-    convert_dict = copy(_float2qat_dict)
+    convert_dict = _float2qat_dict()
     if mapping is not None:
         convert_dict.update(mapping)
 
@@ -105,7 +119,7 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
             inst.set_qparams(qparams)
         return inst
 
-    for m in list(module._flatten(predicate=lambda m: isinstance(m, QATModule))):
+    for m in list(module._flatten(predicate=_is_qat)):
         if m.with_weight:
             weight_params = m.get_weight_qparams()
             m.weight_observer = build(qconfig.weight_observer, weight_params)
@@ -118,8 +132,10 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
 
 
 def _propagate(module: Module, func_str: str, *args, **kwargs):
+    qat_module = _qat().QATModule
+
     def fn(mod):
-        if isinstance(mod, QATModule):
+        if isinstance(mod, qat_module):
             getattr(mod, func_str)(*args, **kwargs)
 
     module.apply(fn)
@@ -133,7 +149,7 @@ def propagate_qconfig(module: Module, qconfig: QConfig):
 def hook_qat_module(module: Module, func: Callable):
     """Register ``func`` as a forward hook on every QAT layer; returns the handles."""
     return [m.register_forward_hook(func)
-            for m in list(module._flatten(predicate=lambda m: isinstance(m, QATModule)))]
+            for m in list(module._flatten(predicate=_is_qat))]
 
 
 def enable_fake_quant(module: Module):

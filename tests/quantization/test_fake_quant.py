@@ -1,0 +1,95 @@
+"""Tests for megengine.quantization.fake_quant: FakeQuantize with an observer's qparams (torch's
+fake_quantize as oracle), enable/disable, TQT and LSQ learning their scale (gradient reaches the
+Parameter and an optimizer step changes it), set_qparams and get_qparams."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+from megengine.autodiff import GradManager
+from megengine.optimizer import SGD
+from megengine.quantization.fake_quant import LSQ, TQT, FakeQuantize
+from megengine.quantization.observer import MinMaxObserver
+from megengine.quantization.utils import LSQParams, QuantMode, create_qparams
+
+
+def test_fake_quantize_with_observer_qparams_matches_torch():
+    x = np.random.randn(4, 6).astype(np.float32) * 2
+    obs, fq = MinMaxObserver(mode=QuantMode.ASYMMERTIC, dtype="quint8"), FakeQuantize("quint8")
+    t = obs(mge.tensor(x))
+    qp = obs.get_qparams()
+    y = fq(t, qp).numpy()
+    scale, zp = float(qp.scale.numpy()), int(qp.zero_point.numpy())
+    ref = torch.fake_quantize_per_tensor_affine(torch.tensor(x), scale, zp, 0, 255).numpy()
+    # x / scale (ours) and x * (1 / scale) (torch's) may land on either side of a .5 edge
+    # for an inexact scale: at most one step apart, and almost everywhere equal
+    diff = np.abs(y - ref)
+    assert diff.max() <= scale * 1.001 and (diff > 1e-6).mean() < 0.05
+
+
+def test_disabled_fake_quantize_is_the_identity():
+    fq = FakeQuantize("qint8", enable=False)
+    x = mge.tensor([0.123, 4.56])
+    assert fq(x, None) is x
+    fq.enable()
+    with pytest.raises(ValueError, match="needs qparams"):
+        fq(x, None)
+    fq.disable()
+    assert not fq.enabled
+
+
+def test_fake_quantize_refuses_qparams_of_another_dtype():
+    fq = FakeQuantize("qint8_narrow")
+    with pytest.raises(ValueError, match="dtype"):
+        fq(mge.tensor([1.0]), create_qparams(QuantMode.SYMMERTIC, "qint8", mge.tensor(0.1)))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        FakeQuantize("int7")
+
+
+def test_tqt_learns_its_log2_scale():
+    tqt = TQT("qint8")
+    tqt.set_qparams(create_qparams(QuantMode.SYMMERTIC, "qint8", mge.tensor(0.25)))
+    np.testing.assert_allclose(tqt.scale.numpy(), -2.0)
+    np.testing.assert_allclose(tqt.get_qparams().scale.numpy(), 0.25)
+    x = mge.tensor(np.linspace(-50, 50, 101).astype(np.float32))
+    gm = GradManager().attach(tqt.parameters())
+    opt = SGD(tqt.parameters(), lr=1e-3)
+    with gm:
+        loss = ((tqt(x) - x) ** 2).mean()
+        gm.backward(loss)
+    # values beyond 127 * 0.25 = 31.75 are clipped: the loss wants a larger scale
+    assert float(tqt.scale.grad.numpy()) < 0
+    opt.step()
+    assert float(tqt.scale.numpy()) > -2.0
+    dtype = tqt.get_quantized_dtype()
+    assert dtype == np.int8 and dtype.metadata["mgb_dtype"]["scale"] > 0.25
+    with pytest.raises(ValueError, match="symmetric"):
+        tqt.set_qparams(create_qparams(QuantMode.ASYMMERTIC, "qint8", mge.tensor(1.0),
+                                       mge.tensor(0.0)))
+
+
+def test_tqt_disabled_passes_values_and_has_upstreams_qparams():
+    tqt = TQT("qint8_narrow", enable=False)
+    x = mge.tensor([0.3, 700.0])
+    assert tqt(x) is x
+    tqt.enable()
+    np.testing.assert_allclose(tqt(x).numpy(), [0.0, 127.0])  # 2 ** 0 = 1: round and clip
+    assert tqt.get_qparams().mode == QuantMode.SYMMERTIC
+
+
+def test_lsq_starts_from_an_observer_scale_and_learns_it():
+    lsq = LSQ("qint8", eps=1e-5)
+    qp = LSQParams(QuantMode.ASYMMERTIC, lsq.dtype, mge.tensor(0.05), mge.tensor(3.0),
+                   mge.tensor(0.5))
+    lsq.set_qparams(qp)
+    np.testing.assert_allclose(lsq.get_qparams().scale.numpy(), 0.05, rtol=1e-6)
+    assert lsq.get_qparams().mode == QuantMode.ASYMMERTIC
+    x = np.array([0.0123, 1.0, -9.0], np.float32)
+    # (floor(clip(x / 0.05 + 3, -128, 127) + 0.5) - 3) * 0.05
+    v = x / np.float32(0.05) + 3
+    np.testing.assert_allclose(lsq(mge.tensor(x)).numpy(),
+                               (np.floor(np.clip(v, -128, 127) + 0.5) - 3) * 0.05, atol=1e-6)
+    gm = GradManager().attach([lsq.step_size])
+    with gm:
+        gm.backward(((lsq(mge.tensor(x)) - mge.tensor(x)) ** 2).sum())
+    assert lsq.step_size.grad is not None and float(lsq.step_size.grad.numpy()) != 0

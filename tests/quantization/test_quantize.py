@@ -1,0 +1,299 @@
+"""Tests for megengine.quantization.quantize: quantize_qat (conversion, shared parameters, mapping,
+disabled modules), the qconfig passes, switching fake quantization and observers, EasyQuant,
+the clear refusal of quantize(), and a small CNN that trains with QAT and whose outputs equal
+the float layers' outputs fake-quantized by upstream's formulas (numpy) at every layer."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as Float
+from megengine.autodiff import GradManager
+from megengine.module import qat as QAT
+from megengine.optimizer import SGD
+from megengine.quantization import (
+    ema_fakequant_qconfig,
+    min_max_fakequant_qconfig,
+    passive_qconfig,
+    tqt_qconfig,
+)
+from megengine.quantization.fake_quant import TQT, FakeQuantize
+from megengine.quantization.observer import MinMaxObserver, PassiveObserver
+from megengine.quantization.quantize import (
+    _get_quantable_module_names,
+    apply_easy_quant,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+    hook_qat_module,
+    propagate_qconfig,
+    quantize,
+    quantize_qat,
+    reset_qconfig,
+)
+
+
+class Net(Float.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = Float.QuantStub()
+        self.linear = Float.Linear(3, 3)
+        self.dequant = Float.DequantStub()
+        self.linear.bias._reset(np.random.rand(3).astype(np.float32))
+
+    def forward(self, x):
+        return self.dequant(self.linear(self.quant(x)))
+
+
+def init_qat_net():
+    net = quantize_qat(Net(), qconfig=min_max_fakequant_qconfig)
+    net.linear.weight_observer.min_val._reset(np.float32(-50))
+    net.linear.weight_observer.max_val._reset(np.float32(30))
+    net.linear.act_observer.min_val._reset(np.float32(-20))
+    net.linear.act_observer.max_val._reset(np.float32(100))
+    return net
+
+
+def test_quantize_qat_converts_quantizable_layers_sharing_their_parameters():
+    net = Net()
+    weight = net.linear.weight
+    qat_net = quantize_qat(net, inplace=False, qconfig=min_max_fakequant_qconfig)
+    assert isinstance(qat_net.quant, QAT.QuantStub) and isinstance(qat_net.linear, QAT.Linear)
+    assert isinstance(qat_net.dequant, QAT.DequantStub)
+    assert isinstance(net.linear, Float.Linear) and not isinstance(net.linear, QAT.QATModule)
+    same = quantize_qat(net)
+    assert same is net and net.linear.weight is weight  # in place: the very same Parameter
+    assert [n for n, _ in net.named_parameters()] == ["linear.bias", "linear.weight"]
+    # converting again changes nothing (QAT layers are float subclasses, not float layers)
+    assert quantize_qat(net).linear is net.linear
+
+
+def test_propagate_qconfig_builds_what_each_layer_has():
+    net = Net()
+    net.quant, net.linear, net.dequant = QAT.QuantStub(), QAT.Linear(3, 3), QAT.DequantStub()
+    propagate_qconfig(net, min_max_fakequant_qconfig)
+    assert net.quant.weight_observer is None and net.quant.weight_fake_quant is None
+    assert isinstance(net.quant.act_observer, MinMaxObserver)
+    assert isinstance(net.quant.act_fake_quant, FakeQuantize)
+    assert isinstance(net.linear.weight_observer, MinMaxObserver)
+    assert isinstance(net.linear.weight_fake_quant, FakeQuantize)
+    assert net.dequant.act_observer is None and net.dequant.act_fake_quant is None
+    assert net.linear.weight_observer is not QAT.Linear(3, 3).weight_observer
+
+
+def test_reset_qconfig_carries_the_qparams_over():
+    qat_net = init_qat_net()
+    new_net = reset_qconfig(qat_net, passive_qconfig, inplace=False)
+    assert isinstance(new_net.linear.weight_observer, PassiveObserver)
+    assert new_net.linear.get_weight_qparams() == qat_net.linear.get_weight_qparams()
+    assert new_net.linear.get_activation_qparams() == qat_net.linear.get_activation_qparams()
+    tqt_net = reset_qconfig(qat_net, tqt_qconfig, inplace=False)
+    assert isinstance(tqt_net.linear.weight_fake_quant, TQT)
+    assert tqt_net.dequant.act_fake_quant is None
+    # TQT starts from log2 of the observer's scale: 50 / 127 for the narrow weight range
+    np.testing.assert_allclose(tqt_net.linear.weight_fake_quant.scale.numpy(),
+                               np.log2(50 / 127), rtol=1e-5)
+
+
+def test_enable_and_disable_observer_and_fake_quant():
+    net = init_qat_net()
+    disable_observer(net)
+    assert not any([net.quant.act_observer.enabled, net.linear.weight_observer.enabled,
+                    net.linear.act_observer.enabled])
+    enable_observer(net)
+    assert net.quant.act_observer.enabled and net.linear.act_observer.enabled
+    disable_fake_quant(net)
+    assert not net.linear.weight_fake_quant.enabled and not net.quant.act_fake_quant.enabled
+    enable_fake_quant(net)
+    assert net.linear.act_fake_quant.enabled
+
+
+def test_fake_quant_switch_changes_the_output_and_back():
+    x = mge.tensor(np.random.randint(1, 10, size=(3, 3)).astype(np.float32))
+    net = Net()
+    y1 = net(x).numpy()
+    net = quantize_qat(net, qconfig=min_max_fakequant_qconfig)
+    enable_observer(net), disable_fake_quant(net)
+    net(x)  # calibrate
+    disable_observer(net), enable_fake_quant(net)
+    y2 = net(x).numpy()
+    disable_fake_quant(net)
+    y3 = net(x).numpy()
+    enable_fake_quant(net)
+    y4 = net(x).numpy()
+    np.testing.assert_allclose(y1, y3)
+    np.testing.assert_allclose(y2, y4)
+    assert not np.allclose(y2, y3)
+
+
+def test_disabled_modules_and_custom_mappings():
+    class WithDisabled(Float.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = Float.ConvBnRelu2d(3, 3, 3)
+            self.conv.disable_quantize()
+
+        def forward(self, x):
+            return self.conv(x)
+
+    qat_net = quantize_qat(WithDisabled(), inplace=False)
+    assert type(qat_net.conv) is Float.ConvBnRelu2d and type(qat_net.conv.conv) is Float.Conv2d
+
+    class FloatExample(Float.Module):
+        def forward(self, x):
+            return x
+
+    class QATExample(QAT.QATModule):
+        def forward(self, x):
+            return x
+
+        @classmethod
+        def from_float_module(cls, float_module):
+            return cls()
+
+    class Holder(Float.Module):
+        def __init__(self):
+            super().__init__()
+            self.example = [FloatExample()]
+
+    qat_net = quantize_qat(Holder(), inplace=False, mapping={FloatExample: QATExample})
+    assert isinstance(qat_net.example[0], QATExample)
+
+
+def test_a_quantizable_root_is_returned_converted():
+    conv = Float.ConvBn2d(2, 2, 3)
+    conv.eval()
+    qat = quantize_qat(conv)
+    assert isinstance(qat, QAT.ConvBn2d) and not qat.training
+    assert qat.conv.weight is conv.conv.weight and qat.bn is conv.bn
+
+
+def test_quantize_qat_checks_its_qconfig():
+    with pytest.raises(TypeError, match="QConfig"):
+        quantize_qat(Net(), False, min_max_fakequant_qconfig.weight_observer)
+
+
+def test_quantize_refuses_with_the_way_forward():
+    with pytest.raises(NotImplementedError, match="no quantized dtypes.*upstream"):
+        quantize(init_qat_net())
+
+
+def test_quantable_names_exist_as_float_and_qat_layers():
+    for name in _get_quantable_module_names():
+        qat_cls, float_cls = getattr(QAT, name), getattr(Float, name)
+        assert issubclass(qat_cls, QAT.QATModule) and qat_cls is not QAT.QATModule
+        assert issubclass(float_cls, Float.Module) and not issubclass(float_cls, QAT.QATModule)
+
+
+def test_hook_qat_module_reaches_every_qat_layer():
+    net = init_qat_net()
+    seen = []
+    handles = hook_qat_module(net, lambda m, i, o: seen.append(type(m).__name__))
+    net(mge.tensor(np.ones((2, 3), np.float32)))
+    assert sorted(seen) == ["DequantStub", "Linear", "QuantStub"] and len(handles) == 3
+
+
+def test_apply_easy_quant_keeps_scales_in_the_search_range():
+    qat_net = init_qat_net()
+    eq_net = reset_qconfig(qat_net, passive_qconfig, inplace=False)
+    before = float(eq_net.linear.weight_observer.scale.numpy())
+    apply_easy_quant(eq_net, mge.tensor(np.random.rand(4, 3).astype(np.float32)), 0.9, 1.1, 5)
+    after = float(eq_net.linear.weight_observer.scale.numpy())
+    assert 0.9 * before - 1e-7 <= after <= 1.1 * before + 1e-7
+    assert isinstance(eq_net.quant.act_observer, PassiveObserver)
+    assert eq_net.dequant.act_observer is None
+    assert not eq_net.linear._forward_hooks  # the search removes its hooks
+
+
+class CNN(Float.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = Float.QuantStub()
+        self.conv1 = Float.ConvBnRelu2d(1, 4, 3, padding=1)
+        self.conv2 = Float.ConvRelu2d(4, 4, 3, stride=2)
+        self.fc = Float.Linear(16, 3)
+        self.dequant = Float.DequantStub()
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(self.quant(x)))
+        return self.dequant(self.fc(F.flatten(x, 1)))
+
+
+def _fq(a, qparams):
+    """Upstream's fake quantization in numpy: round halves away from zero, clip, dequantize."""
+    scale = qparams.scale.numpy()
+    zp = qparams.zero_point.numpy() if qparams.zero_point is not None else 0.0
+    v = a / scale
+    q = np.clip(np.trunc(v + np.copysign(0.5, v)) + zp, qparams.dtype_meta.qmin,
+                qparams.dtype_meta.qmax)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def _fq_bias(b, s_in, s_w):
+    step = s_in.scale.numpy() * s_w.scale.numpy()
+    v = b / step
+    return (np.trunc(v + np.copysign(0.5, v)) * step).astype(np.float32)
+
+
+def _conv(x, w, b, **kw):
+    return torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b.ravel()),
+                                      **kw).numpy()
+
+
+def _reference(net, x):
+    """The QAT network in eval mode, recomputed from its float parameters and its observers'
+    qparams with numpy and torch's float conv: each layer fake-quantizes its (folded) weight,
+    its qint32 bias and its output."""
+    a_q = net.quant.act_observer.get_qparams()
+    h = _fq(x, a_q)
+    c1 = net.conv1
+    istd = 1 / np.sqrt(c1.bn.running_var.numpy() + c1.bn.eps)
+    gamma, beta = c1.bn.weight.numpy(), c1.bn.bias.numpy()
+    w = c1.conv.weight.numpy() * (gamma * istd).reshape(-1, 1, 1, 1)
+    b = beta + gamma * (c1.conv.bias.numpy() - c1.bn.running_mean.numpy()) * istd
+    w_q = c1.weight_observer.get_qparams()
+    h_next = _conv(h, _fq(w, w_q), _fq_bias(b, a_q, w_q), padding=1)
+    a_q, h = c1.act_observer.get_qparams(), None
+    h = _fq(np.maximum(h_next, 0), a_q)
+    c2 = net.conv2
+    w_q = c2.weight_observer.get_qparams()
+    h_next = _conv(h, _fq(c2.weight.numpy(), w_q), _fq_bias(c2.bias.numpy(), a_q, w_q), stride=2)
+    a_q = c2.act_observer.get_qparams()
+    h = _fq(np.maximum(h_next, 0), a_q).reshape(len(x), -1)
+    fc = net.fc
+    w_q = fc.weight_observer.get_qparams()
+    out = h @ _fq(fc.weight.numpy(), w_q).T + _fq_bias(fc.bias.numpy(), a_q, w_q)
+    return _fq(out, fc.act_observer.get_qparams())
+
+
+def test_a_small_cnn_trains_with_qat_and_matches_fake_quantized_float_layers():
+    rng = np.random.RandomState(0)
+    x = rng.randn(32, 1, 6, 6).astype(np.float32)
+    teacher = rng.randn(36, 3).astype(np.float32)
+    labels = mge.tensor((x.reshape(32, -1) @ teacher).argmax(1).astype(np.int32))
+    net = quantize_qat(CNN(), qconfig=ema_fakequant_qconfig)
+    assert isinstance(net.conv1, QAT.ConvBnRelu2d) and isinstance(net.fc, QAT.Linear)
+    gm = GradManager().attach(net.parameters())
+    opt = SGD(net.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(40):
+        with gm:
+            loss = F.nn.cross_entropy(net(mge.tensor(x)), labels)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        losses.append(float(loss.numpy()))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+    net.eval()  # observers freeze, BatchNorm folds with its running statistics
+    got = net(mge.tensor(x)).numpy()
+    ref = _reference(net, x)
+    # the same formulas; float sums in another order may flip a value sitting on a rounding
+    # edge by one step of the output scale
+    step = float(net.fc.act_observer.get_qparams().scale.numpy())
+    diff = np.abs(got - ref)
+    assert diff.max() <= 2 * step + 1e-6 and (diff > 1e-5).mean() < 0.03
+    # and the outputs are on the output's quantization grid
+    q = got / step
+    np.testing.assert_allclose(q, np.round(q), atol=1e-3)
