@@ -62,6 +62,17 @@ class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
     def __deepcopy__(self, memo):
         return self
 
+    def __reduce__(self):
+        # a built-in meta unpickles as the built-in object itself, so the identity checks of
+        # FakeQuantize and PassiveObserver hold after mge.save / mge.load
+        if _builtin_quant_dtypes.get(self.name) == self:
+            return _builtin_quant_dtype, (self.name,)
+        return QuantDtypeMeta, tuple(self)
+
+
+def _builtin_quant_dtype(name):
+    return _builtin_quant_dtypes[name]
+
 
 # Upstream's built-in quantized dtypes (the names qconfigs and observers accept as strings).
 _builtin_quant_dtypes = {
