@@ -220,3 +220,19 @@ def test_from_float_module_shares_parameters_and_prints_as_qat():
     np.testing.assert_allclose(qconv(x).numpy(), conv(x).numpy(), atol=1e-6)
     with pytest.raises(TypeError, match="QConfig"):
         qconv.set_qconfig(None)
+
+
+def test_exact_folding_with_batch_statistics_equals_the_float_layer():
+    float_mod = Float.ConvBn2d(2, 4, 3, groups=2)
+    qat = QAT.ConvBn2d.from_float_module(Float.ConvBn2d(2, 4, 3, groups=2))
+    qat.conv.weight, qat.conv.bias = float_mod.conv.weight, float_mod.conv.bias
+    qat.set_qconfig(min_max_fakequant_qconfig)
+    disable_fake_quant(qat)
+    x = mge.tensor(np.random.randn(3, 2, 6, 6).astype(np.float32))
+    # upstream's approx=False: the conv weight is folded with this batch's statistics
+    got = qat.calc_conv_bn_qat(x, approx=False).numpy()
+    np.testing.assert_allclose(got, float_mod(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(qat.bn.running_mean.numpy(), float_mod.bn.running_mean.numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(qat.bn.running_var.numpy(), float_mod.bn.running_var.numpy(),
+                               rtol=1e-5)

@@ -47,8 +47,9 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, QATModule):
             return w * scale_factor.reshape(-1, 1, 1, 1)
         return w * scale_factor.reshape(self.conv.groups, -1, 1, 1, 1)
 
-    def fold_weight_bias(self, bn_mean, bn_var):
-        """(quantized folded weight, folded bias) for the given statistics (None: 0 and 1)."""
+    def _folded(self, bn_mean, bn_var):
+        """(gamma * istd, folded weight, folded bias) for the statistics given (None: the
+        identity, mean 0 and variance 1)."""
         like = self.conv.weight
         shape = (1, self.bn.num_features, 1, 1)
         gamma, beta = self._bn_affine(like)
@@ -58,9 +59,13 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, QATModule):
             else _constant(0.0, self.conv._infer_bias_shape(), like)
         bn_istd = 1.0 / F.sqrt(bn_var + self.bn.eps)
         scale_factor = gamma * bn_istd
-        w_fold = self.apply_quant_weight(self._fold_weight(scale_factor))
-        b_fold = beta + gamma * (conv_bias - bn_mean) * bn_istd
-        return w_fold, b_fold
+        return (scale_factor, self._fold_weight(scale_factor),
+                beta + gamma * (conv_bias - bn_mean) * bn_istd)
+
+    def fold_weight_bias(self, bn_mean, bn_var):
+        """(fake-quantized folded weight, folded bias) for the statistics given."""
+        _, w_fold, b_fold = self._folded(bn_mean, bn_var)
+        return self.apply_quant_weight(w_fold), b_fold
 
     def update_running_mean_and_running_var(self, bn_mean, bn_var, num_elements_per_channel):
         """Running statistics as BatchNorm updates them (unbiased variance, no gradient)."""
@@ -72,10 +77,7 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, QATModule):
         bn.running_var._reset(bn.running_var * bn.momentum + (1 - bn.momentum) * bn_var)
 
     def calc_conv_bn_qat(self, inp, approx=True):
-        like = self.conv.weight
-        shape = (1, self.bn.num_features, 1, 1)
-        exact_training = self.training and not approx
-        if exact_training:
+        if self.training and not approx:
             # fold with this batch's statistics: one extra float conv to measure them
             conv = conv2d_with(self.conv, inp, self.conv.weight, self.conv.bias)
             bn_mean, bn_var = self.get_batch_mean_var(conv)
@@ -83,24 +85,17 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, QATModule):
                 self.update_running_mean_and_running_var(bn_mean, bn_var,
                                                          conv.size / conv.shape[1])
         else:
+            # without running statistics (track_running_stats=False) the fold is the identity
             bn_mean, bn_var = self.bn.running_mean, self.bn.running_var
-        if bn_mean is None:  # no running statistics kept: fold as the identity
-            bn_mean, bn_var = _constant(0.0, shape, like), _constant(1.0, shape, like)
-        gamma, beta = self._bn_affine(like)
-        conv_bias = self.conv.bias if self.conv.bias is not None \
-            else _constant(0.0, self.conv._infer_bias_shape(), like)
-        bn_istd = 1.0 / F.sqrt(bn_var + self.bn.eps)
-        scale_factor = gamma * bn_istd
-        w_fold = self._fold_weight(scale_factor)
-        b_fold = None
-        if not (self.training and approx):
-            b_fold = beta + gamma * (conv_bias - bn_mean) * bn_istd
+        scale_factor, w_fold, b_fold = self._folded(bn_mean, bn_var)
+        rescale = self.training and approx
         w_qat = self.apply_quant_weight(w_fold)
-        b_qat = self.apply_quant_bias(b_fold, inp, w_qat)
+        b_qat = self.apply_quant_bias(None if rescale else b_fold, inp, w_qat)
         conv = conv2d_with(self.conv, inp, w_qat, b_qat)
-        if not (self.training and approx):
+        if not rescale:
             return conv
-        # undo the folded scale to recover the conv's own output, then normalize it
+        # undo the folded scale to recover the conv's own output, then normalize it with the
+        # batch statistics (BatchNorm also updates its running statistics)
         orig_conv = conv / scale_factor.reshape(1, -1, 1, 1)
         if self.conv.bias is not None:
             orig_conv = orig_conv + self.conv.bias
