@@ -236,3 +236,65 @@ def test_exact_folding_with_batch_statistics_equals_the_float_layer():
                                atol=1e-6)
     np.testing.assert_allclose(qat.bn.running_var.numpy(), float_mod.bn.running_var.numpy(),
                                rtol=1e-5)
+
+
+def _float_layers():
+    return {
+        "ConvTranspose2d": (lambda: Float.ConvTranspose2d(4, 6, 3, stride=2, output_padding=1,
+                                                          groups=2), (2, 4, 5, 5)),
+        "ConvTransposeRelu2d": (lambda: Float.ConvTransposeRelu2d(3, 2, 3, padding=1),
+                                (2, 3, 4, 4)),
+        "ConvTransposeBn2d": (lambda: Float.ConvTransposeBn2d(4, 6, 3, groups=2), (3, 4, 5, 5)),
+        "ConvTransposeBnRelu2d": (lambda: Float.ConvTransposeBnRelu2d(3, 4, 2, stride=2,
+                                                                      bias=False), (3, 3, 4, 4)),
+        "LinearBn1d": (lambda: Float.LinearBn1d(5, 4), (6, 5)),
+        "LinearBnRelu1d": (lambda: Float.LinearBnRelu1d(5, 4, bias=False), (6, 5)),
+        "BatchMatMulActivation": (lambda: Float.BatchMatMulActivation(
+            2, 3, 4, nonlinear_mode="relu"), (2, 3, 5)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_float_layers()))
+def test_every_other_qat_layer_without_fake_quant_equals_its_float_layer(name):
+    make, shape = _float_layers()[name]
+    module = make()
+    for p in module.parameters():  # non-trivial biases and affine parameters
+        p._reset(p.numpy() + np.random.randn(*p.shape).astype(np.float32) * 0.1)
+    qat = quantize_qat(module, inplace=False)
+    assert type(qat) is getattr(QAT, name)
+    disable_fake_quant(qat)
+    x = mge.tensor(np.random.randn(*shape).astype(np.float32))
+    np.testing.assert_allclose(qat(x).numpy(), module(x).numpy(), atol=1e-5)
+    if hasattr(module, "bn"):
+        np.testing.assert_allclose(qat.bn.running_mean.numpy(), module.bn.running_mean.numpy(),
+                                   atol=1e-6)
+        np.testing.assert_allclose(qat.bn.running_var.numpy(), module.bn.running_var.numpy(),
+                                   rtol=1e-5)
+    module.eval(), qat.eval()
+    np.testing.assert_allclose(qat(x).numpy(), module(x).numpy(), atol=1e-5)
+
+
+def test_qat_linearbnrelu1d_folded_evaluation_equals_torch_fake_quantize():
+    float_mod = Float.LinearBnRelu1d(4, 3)
+    float_mod.bn.running_mean._reset(np.random.randn(1, 3, 1, 1).astype(np.float32) * 0.2)
+    float_mod.bn.running_var._reset(np.random.rand(1, 3, 1, 1).astype(np.float32) + 0.5)
+    float_mod.bn.weight._reset(np.random.rand(1, 3, 1, 1).astype(np.float32) + 0.5)
+    float_mod.linear.bias._reset(np.random.randn(3).astype(np.float32) * 0.3)
+    mod = QAT.LinearBnRelu1d.from_float_module(float_mod)
+    mod.set_qconfig(min_max_fakequant_qconfig)
+    mod.eval()
+    _set_range(mod.weight_observer, -1.0, 127 / 16)  # scale 1/16
+    _set_range(mod.act_observer, -127.5 / 8, 0.0)  # scale 1/8
+    x_np = np.random.randn(6, 4).astype(np.float32)
+    out = mod(_quantized_input(x_np, 0.5)).numpy()
+    bn = mod.bn
+    gamma, beta = (torch.tensor(t.numpy().ravel()) for t in (bn.weight, bn.bias))
+    istd = 1 / torch.sqrt(torch.tensor(bn.running_var.numpy().ravel()) + bn.eps)
+    w_q = _torch_fq(torch.tensor(mod.linear.weight.numpy()) * (gamma * istd).reshape(-1, 1),
+                    1 / 16, -127, 127)
+    b = beta + gamma * (torch.tensor(mod.linear.bias.numpy())
+                        - torch.tensor(bn.running_mean.numpy().ravel())) * istd
+    ref = _torch_fq(torch.relu(TF.linear(torch.tensor(x_np), w_q,
+                                         _torch_fq(b, 0.5 / 16, -2 ** 31, QMAX32))), 1 / 8)
+    diff = np.abs(out - ref.numpy())
+    assert diff.max() <= 1 / 8 + 1e-6 and (diff > 1e-6).mean() < 0.1

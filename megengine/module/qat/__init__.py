@@ -1,14 +1,18 @@
 """`megengine.module.qat`: the quantization-aware-training versions of the quantizable float
 layers (fake quantization of weights and activations in float), as upstream's package."""
+from .batch_matmul_activation import BatchMatMulActivation
 from .concat import Concat
-from .conv import Conv2d, ConvRelu2d
+from .conv import Conv2d, ConvRelu2d, ConvTranspose2d, ConvTransposeRelu2d
 from .conv_bn import ConvBn2d, ConvBnRelu2d
+from .conv_transpose_bn import ConvTransposeBn2d, ConvTransposeBnRelu2d
 from .elemwise import Elemwise
 from .linear import Linear
+from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .module import QATModule
 from .quant_dequant import DequantStub, QuantStub
 
 __all__ = [
-    "QATModule", "Linear", "Conv2d", "ConvRelu2d", "ConvBn2d", "ConvBnRelu2d", "Elemwise",
-    "Concat", "QuantStub", "DequantStub",
+    "QATModule", "Linear", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d",
+    "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
+    "LinearBnRelu1d", "BatchMatMulActivation", "Elemwise", "Concat", "QuantStub", "DequantStub",
 ]

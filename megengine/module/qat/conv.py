@@ -1,9 +1,9 @@
-"""QAT `Conv2d` and `ConvRelu2d`: convolutions whose weight, bias and output are fake-quantized."""
+"""QAT `Conv2d`, `ConvRelu2d`, `ConvTranspose2d` and `ConvTransposeRelu2d`: convolutions whose weight, bias and output are fake-quantized."""
 from ... import functional as F
 from .. import conv as Float
 from .module import QATModule
 
-__all__ = ["Conv2d", "ConvRelu2d"]
+__all__ = ["Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d"]
 
 
 def conv2d_with(conv: Float.Conv2d, inp, weight, bias):
@@ -44,3 +44,40 @@ class ConvRelu2d(Conv2d):
 
     def forward(self, inp):
         return self.apply_quant_activation(F.relu(self.calc_conv_qat(inp)))
+
+
+def conv_transpose2d_with(conv: Float.ConvTranspose2d, inp, weight, bias):
+    """``conv``'s transposed convolution with the given weight and bias in place of its own."""
+    return F.conv_transpose2d(inp, weight, bias, conv.stride, conv.padding, conv.output_padding,
+                              conv.dilation, conv.groups, conv.conv_mode, conv.compute_mode)
+
+
+class ConvTranspose2d(Float.ConvTranspose2d, QATModule):
+    """``act_fq(conv_transpose2d(x, weight_fq(W), bias_fq(b)))``."""
+
+    def calc_conv_transpose2d_qat(self, inp):
+        w_qat = self.apply_quant_weight(self.weight)
+        b_qat = self.apply_quant_bias(self.bias, inp, w_qat)
+        return conv_transpose2d_with(self, inp, w_qat, b_qat)
+
+    def forward(self, inp):
+        return self.apply_quant_activation(self.calc_conv_transpose2d_qat(inp))
+
+    @classmethod
+    def from_float_module(cls, float_module: Float.ConvTranspose2d):
+        qat_module = cls(float_module.in_channels, float_module.out_channels,
+                         float_module.kernel_size, float_module.stride, float_module.padding,
+                         float_module.output_padding, float_module.dilation,
+                         float_module.groups, float_module.bias is not None,
+                         float_module.conv_mode, float_module.compute_mode,
+                         name=float_module.name)
+        qat_module.weight = float_module.weight
+        qat_module.bias = float_module.bias
+        return qat_module
+
+
+class ConvTransposeRelu2d(ConvTranspose2d):
+    """``act_fq(relu(conv_transpose2d(x, weight_fq(W), bias_fq(b))))``."""
+
+    def forward(self, inp):
+        return self.apply_quant_activation(F.relu(self.calc_conv_transpose2d_qat(inp)))
