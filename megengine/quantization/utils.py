@@ -16,6 +16,7 @@ from typing import Union
 import numpy as np
 
 from ..core.dispatch import Op, apply, xp_of
+from ..core.fused import fused_kernel, use_fused
 from ..core.ops import unbroadcast
 from ..core.tensor import QParams, Tensor
 
@@ -182,6 +183,32 @@ def _as_operand(value, like, what):
     return value
 
 
+# On CUDA the forward is one CuPy kernel (the array code below is about ten): the output and the
+# gradient mask (as T, so the backward is a single multiply) in one pass. Scale and zero point
+# broadcast as CuPy broadcasts kernel arguments. NaN stays NaN in y (no comparison holds) and
+# gets mask 0, as the array code. Compiled on first use; tests/quantization/test_utils.py runs
+# this body as C++ without a GPU.
+_FAKE_QUANT = (
+    "T x, T scale, T zp, T qmin, T qmax", "T y, T mask",
+    """
+    T v = x / scale;
+    T t = trunc(v);
+    T r = (fabs(v - t) >= (T)0.5) ? t + copysign((T)1, v) : t;  // halves away from zero
+    T q = r + zp;
+    mask = (q >= qmin && q <= qmax) ? (T)1 : (T)0;
+    T c = q < qmin ? qmin : (q > qmax ? qmax : q);
+    y = (c - zp) * scale;
+    """,
+    "megengine_fake_quant",
+)
+_fake_quant_kernel = fused_kernel(*_FAKE_QUANT)  # () -> the kernel (y, mask) = f(x, scale, ...)
+
+
+def _use_fake_quant_kernel(x):
+    """A CuPy float32/float64 input takes the fused kernel."""
+    return use_fused(x, x)
+
+
 class FakeQuant(Op):
     """``(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with the straight-through
     gradient for ``x`` inside the range (zero where it was clipped) and none for scale and zp
@@ -191,6 +218,12 @@ class FakeQuant(Op):
         self.qmin, self.qmax = qmin, qmax
 
     def forward(self, x, scale, zero_point):
+        if _use_fake_quant_kernel(x):
+            kind = x.dtype.type
+            y, self.mask = _fake_quant_kernel()(
+                x, scale.astype(x.dtype, copy=False), zero_point.astype(x.dtype, copy=False),
+                kind(self.qmin), kind(self.qmax))
+            return y
         xp = xp_of(x)
         q = _round_half_away(xp, x / scale) + zero_point
         if self.needs_input_grad[0]:
@@ -198,7 +231,7 @@ class FakeQuant(Op):
         return ((xp.clip(q, self.qmin, self.qmax) - zero_point) * scale).astype(x.dtype, copy=False)
 
     def backward(self, g):
-        return g * self.mask, None, None
+        return (g * self.mask).astype(g.dtype, copy=False), None, None
 
     def grad_graph(self, inputs, outputs, grads):
         # the mask is piecewise constant: the gradient is the output gradient times a constant

@@ -2,7 +2,10 @@
 and gradients, per tensor and per channel), upstream's rounding of halves, fake_quant_bias,
 tqt_forward and lsq_forward against their formulas written in torch / numpy, the dtype metas."""
 import copy
+import ctypes
 import pickle
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 import megengine as mge
 from megengine.autodiff import GradManager
+from megengine.quantization import utils as utils_module
 from megengine.quantization.utils import (
     LSQParams,
     QParams,
@@ -259,3 +263,84 @@ def test_qparams_is_the_tensor_attribute_class_and_lsqparams_carries_grad_scale(
         create_qparams("symmetric", "qint8")
     with pytest.raises(ValueError, match="unknown dtype"):
         create_qparams(QuantMode.SYMMERTIC, "qint9")
+
+
+# On CUDA fake quantization's forward is one CuPy ElementwiseKernel. Without a GPU its body is
+# compiled here as C++ (for float and double, as CuPy instantiates T), put in the kernel's place
+# (every argument broadcast to the input's shape, as CuPy broadcasts), and checked against torch
+# and the array code.
+_CXX = shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def fake_quant_kernel_on_cpu(tmp_path_factory):
+    if _CXX is None:
+        pytest.skip("no C++ compiler on this machine")
+    in_params, out_params, body, _ = utils_module._FAKE_QUANT
+    ins = [p.split()[1] for p in in_params.split(",")]
+    outs = [p.split()[1] for p in out_params.split(",")]
+    formal = ", ".join([f"T {n}" for n in ins] + [f"T& {n}" for n in outs])
+    src = ("#include <cmath>\nusing std::trunc; using std::fabs; using std::copysign;\n"
+           f"template <typename T> static void body({formal}) {{\n{body}\n}}\n")
+    for c in ("float", "double"):
+        c_args = ", ".join([f"const {c}* {n}" for n in ins] + [f"{c}* {n}" for n in outs])
+        actual = ", ".join(f"{n}[k_]" for n in ins + outs)
+        src += (f'extern "C" void fq_{c}(long n_, {c_args}) {{\n'
+                f"  for (long k_ = 0; k_ < n_; ++k_) body<{c}>({actual});\n}}\n")
+    d = tmp_path_factory.mktemp("fake_quant_kernel")
+    (d / "k.cpp").write_text(src)
+    run = subprocess.run([_CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
+                          str(d / "k.so"), str(d / "k.cpp")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lib = ctypes.CDLL(str(d / "k.so"))
+
+    def kernel(x, scale, zp, qmin, qmax):
+        c = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[x.dtype]
+        args = [np.ascontiguousarray(np.broadcast_to(np.asarray(a, x.dtype), x.shape))
+                for a in (x, scale, zp, qmin, qmax)]
+        y, mask = np.empty_like(args[0]), np.empty_like(args[0])
+        getattr(lib, f"fq_{c.__name__[2:]}")(
+            ctypes.c_long(x.size), *(a.ctypes.data_as(ctypes.POINTER(c)) for a in args + [y, mask]))
+        return y, mask
+
+    return kernel
+
+
+@pytest.fixture
+def fake_quant_kernel_used(fake_quant_kernel_on_cpu, monkeypatch):
+    used = []
+    monkeypatch.setattr(utils_module, "_fake_quant_kernel",
+                        lambda: used.append(1) or fake_quant_kernel_on_cpu)
+    monkeypatch.setattr(utils_module, "_use_fake_quant_kernel", lambda x: True)
+    return used
+
+
+def test_fake_quant_kernel_body_matches_torch_per_channel(fake_quant_kernel_used):
+    x = (np.random.randn(2, 3, 4, 4) * 3).astype(np.float32)
+    dy = np.random.randn(*x.shape).astype(np.float32)
+    scales = np.array([0.03125, 0.015625, 0.0078125], np.float32)
+    zps = np.array([100, 128, 30], np.float32)
+    qparams = create_qparams(QuantMode.ASYMMERTIC, "quint8", mge.tensor(scales.reshape(1, 3, 1, 1)),
+                             mge.tensor(zps.reshape(1, 3, 1, 1)))
+    y, dx = _grad_of(lambda t: fake_quant_tensor(t, qparams), x, dy)
+    assert fake_quant_kernel_used, "the kernel was not used"
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.fake_quantize_per_channel_affine(tx, torch.tensor(scales),
+                                                torch.tensor(zps, dtype=torch.int32), 1, 0, 255)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fake_quant_kernel_body_equals_the_array_code(fake_quant_kernel_on_cpu, dtype):
+    # halves, the range edges, NaN, and an inexact scale: the same values and mask
+    x = np.concatenate([np.array([0.5, 2.5, -0.5, -2.5, 127.4, 127.5, -128.5, np.nan]),
+                        np.random.randn(40) * 60]).astype(dtype)
+    scale, zp = np.asarray(0.37, dtype), np.asarray(3.0, dtype)
+    y, mask = fake_quant_kernel_on_cpu(x, scale, zp, -128, 127)
+    op = utils_module.FakeQuant(-128, 127)
+    op.needs_input_grad = (True, False, False)
+    ref = op.forward(x, scale, zp)
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(mask, op.mask.astype(dtype))
