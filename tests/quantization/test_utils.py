@@ -344,3 +344,18 @@ def test_fake_quant_kernel_body_equals_the_array_code(fake_quant_kernel_on_cpu, 
     ref = op.forward(x, scale, zp)
     np.testing.assert_array_equal(y, ref)
     np.testing.assert_array_equal(mask, op.mask.astype(dtype))
+
+
+def test_fake_quant_gradient_can_be_differentiated_again():
+    # d/dx sum(fq(x)^2) = 2 fq(x) * mask; its derivative (straight-through again) is 2 * mask
+    x = mge.Parameter(np.array([0.3, 1.7, 200.0, -3.2], np.float32))
+    qparams = create_qparams(QuantMode.SYMMERTIC, "qint8", mge.tensor(0.5))
+    gm2, gm1 = GradManager().attach(x), GradManager().attach(x)
+    with gm2:
+        with gm1:
+            gm1.backward((fake_quant_tensor(x, qparams) ** 2).sum())
+        first = x.grad
+        x.grad = None
+        gm2.backward(first.sum())
+    np.testing.assert_allclose(first.numpy(), [1.0, 3.0, 0.0, -6.0])  # fq: .5, 1.5, clipped, -3
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 2.0, 0.0, 2.0])
