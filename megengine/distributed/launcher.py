@@ -46,10 +46,16 @@ def _gpu_count():
     return torch.cuda.device_count()
 
 
-def _worker(func, args, kwargs, rank, local_rank, options, results):
+def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
     status = 0
     try:
+        if forked and options["device_type"] == "cpu":
+            # a CPU worker forked from a process that may have used CUDA (CuPy initialises it
+            # with the first GPU array): CUDA calls would fail here, so tensors stay on the CPU
+            from ..device import _forget_cuda
+
+            _forget_cuda()
         init_process_group(rank=rank, device=local_rank, **options)
         value = func(*args, **kwargs)
         # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
@@ -138,7 +144,7 @@ class launcher:
         if self.context.get_start_method() == "fork":
             import torch
 
-            if torch.cuda.is_initialized():
+            if torch.cuda.is_initialized() and self.device_type != "cpu":
                 raise RuntimeError(
                     "megengine.distributed.launcher: CUDA is already initialized in this process, "
                     "and forked workers cannot use it; launch before any GPU work, or pass "
@@ -152,7 +158,8 @@ class launcher:
         for local in range(self.n_gpus):
             rank = self.rank_start + local
             procs[rank] = self.context.Process(
-                target=_worker, args=(self.func, args, kwargs, rank, local, options, results),
+                target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
+                                      self.context.get_start_method() == "fork"),
                 name=f"megengine-dist-rank{rank}", daemon=True)
             procs[rank].start()
         try:
