@@ -154,6 +154,10 @@ def _run_suite(label, env_extra, args, log, start):
     env.pop("MGE_DEFAULT_DEVICE", None)
     env.update(env_extra)
     env["PYTHONUNBUFFERED"] = "1"  # a killed run's last lines must not die in a pipe buffer
+    # 2 runs x 8 workers fill the cores already: a BLAS/OpenMP pool per worker sized to the whole
+    # machine would put 16 threads on each core (the tests' torch runs one thread: conftest)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
     # -v: each test's result is printed as it ends, so a run killed by the timeout still says
     # what passed and what failed. A temporary directory of its own: two runs at once must not
     # share (or clean up) each other's tmp_path trees; not under the log directory, which the
