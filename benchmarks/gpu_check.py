@@ -120,7 +120,8 @@ def parse_pytest(output):
         if m is None:
             continue
         status, test = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
-        kind = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped"}.get(status)
+        kind = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error",
+                "SKIPPED": "skipped"}.get(status)
         if kind:
             counts[kind] += 1
         if kind in ("failed", "error"):
