@@ -91,7 +91,10 @@ class launcher:
         rank_start: the global rank of this machine's first process.
         master_ip: address of the machine of rank 0.
         port: the rendezvous port; 0 picks a free one (single machine only).
-        device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``.
+        device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``. Forked
+            ``"cpu"`` workers keep their tensors on the CPU and never touch CUDA (a CUDA
+            context does not survive ``fork``), so they may be launched from a process that
+            has used a GPU; GPU workers may not (use ``start_method="spawn"`` there).
         backend: ``"gloo"``, ``"nccl"`` or None (picked from the device).
         timeout: seconds for the whole run (None: no limit); collectives and the rendezvous
             time out after ``collective_timeout`` seconds.
