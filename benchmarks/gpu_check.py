@@ -23,6 +23,12 @@ Every step is timed with a device synchronisation at its end (``torch.cuda.synch
 waits for CuPy's streams too), the same for every variant. Before timing, each pair must do the
 same work: the same, falling losses from the same weights on the same batches.
 
+Each run has 200 s (``--test-timeout``): 16 workers on 16 cores, each starting torch and a
+CUDA context and compiling the CuPy kernels its tests meet (CuPy's on-disk kernel cache and the
+bridge's build lock are shared safely; each run has its own ``--basetemp``). A run that takes
+longer is stopped with all its workers and counted from the per-test lines ``pytest -v``
+printed so far; an error in any step still ends with the summary.
+
 The full pytest output of each run, the summary (``summary.txt``) and every figure
 (``results.json``) go to ``--log-dir`` (default ``$OUT`` when set, else a new temporary
 directory); the summary names the failing tests. Exit status: 0 when both runs pass
@@ -36,6 +42,8 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,18 +93,39 @@ def cuda_problem():
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")
 
 
+# one test's result as `pytest -v` prints it while running: "[gw3] [ 12%] PASSED tests/a.py::t"
+# (xdist) or "tests/a.py::t PASSED [ 12%]" (one process)
+_VERBOSE = re.compile(r"^(?:\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)"
+                      r"|(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b)")
+
+
 def parse_pytest(output):
-    """Counts from pytest's last summary line and the ids of the failed/erroring tests."""
+    """Counts from pytest's last summary line and the ids of the failed/erroring tests. A run
+    killed before its summary (a timeout) is counted from the per-test lines ``-v`` printed."""
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
-    summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed|error)", line)
+    lines = output.splitlines()
+    summary = [line for line in lines if re.search(r"\d+ (passed|failed|error)", line)
                and (" in " in line or line.startswith("="))]
     if summary:
         for number, kind in _COUNT.findall(summary[-1]):
             kind = "error" if kind.startswith("error") else kind
             if kind in counts:
                 counts[kind] = int(number)
-    failures = [line.split(" ", 1)[1].split(" - ")[0] for line in output.splitlines()
-                if line.startswith(("FAILED ", "ERROR "))]
+        failures = [line.split(" ", 1)[1].split(" - ")[0] for line in lines
+                    if line.startswith(("FAILED ", "ERROR "))]
+        return counts, failures
+    failures = []
+    for line in lines:
+        m = _VERBOSE.match(line)
+        if m is None:
+            continue
+        status, test = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        kind = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error",
+                "SKIPPED": "skipped"}.get(status)
+        if kind:
+            counts[kind] += 1
+        if kind in ("failed", "error"):
+            failures.append(test)
     return counts, failures
 
 
@@ -109,25 +138,53 @@ def xdist_available():
 
 
 def run_suite(label, env_extra, args, log_dir):
-    """Run the suite in a subprocess; returns a result dict for the summary."""
+    """Run the suite in a subprocess; returns a result dict for the summary (also when the run
+    itself could not be started or ran out of time: then with what it reported so far)."""
+    start = time.perf_counter()
+    log = Path(log_dir) / ("pytest-" + re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".log")
+    try:
+        return _run_suite(label, env_extra, args, log, start)
+    except Exception as e:  # noqa: BLE001  (the summary must still come)
+        return dict(label=label, ok=False, counts={"passed": 0, "failed": 0, "error": 0, "skipped": 0},
+                    failures=[f"(the run could not be made: {type(e).__name__}: {e})"],
+                    seconds=time.perf_counter() - start, code=None, log=str(log))
+
+
+def _run_suite(label, env_extra, args, log, start):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("MGE_DEFAULT_DEVICE", None)
     env.update(env_extra)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests]
+    env["PYTHONUNBUFFERED"] = "1"  # a killed run's last lines must not die in a pipe buffer
+    # 2 runs x 8 workers fill the cores already: a BLAS/OpenMP pool per worker sized to the whole
+    # machine would put 16 threads on each core (the tests' torch runs one thread: conftest)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
+    # -v: each test's result is printed as it ends, so a run killed by the timeout still says
+    # what passed and what failed. A temporary directory of its own: two runs at once must not
+    # share (or clean up) each other's tmp_path trees; not under the log directory, which the
+    # device machine sends back.
+    basetemp = tempfile.mkdtemp(prefix="gpu-check-tmp-")
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--basetemp", basetemp,
+           *args.tests]
     if args.workers > 1 and xdist_available():
         cmd[4:4] = ["-n", str(args.workers)]
-    log = Path(log_dir) / ("pytest-" + re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".log")
     print(f"[gpu-check] {label}: {' '.join(cmd[1:])} (log: {log})", flush=True)
-    start = time.perf_counter()
+    # its own session: on a timeout the whole process group goes, xdist's workers included
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=args.test_timeout)
-        output, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        output = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        output += f"\n[gpu-check] TIMEOUT after {args.test_timeout} s"
+        output, _ = proc.communicate(timeout=args.test_timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate()
+        output += f"\n[gpu-check] TIMEOUT after {args.test_timeout} s: counted from the tests that ended"
         code = -1
     seconds = time.perf_counter() - start
+    shutil.rmtree(basetemp, ignore_errors=True)
     log.write_text(output)
     counts, failures = parse_pytest(output)
     ok = code == 0 and counts["failed"] == 0 and counts["error"] == 0 and counts["passed"] > 0
@@ -383,7 +440,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="few timing steps and 500 memory steps")
     parser.add_argument("--log-dir", default=os.environ.get("OUT") or None,
                         help="where the pytest logs go (default: $OUT, else a new temporary directory)")
-    parser.add_argument("--test-timeout", type=int, default=150, help="seconds per test run (default 150)")
+    parser.add_argument("--test-timeout", type=int, default=200,
+                        help="seconds per test run (default 200); a run that takes longer is "
+                             "stopped (all its workers) and counted from the tests that ended")
     parser.add_argument("--tests", nargs="+", default=["tests"], help="what pytest runs (default: tests)")
     args = parser.parse_args(argv)
     args.steps, args.repeats = (5, 2) if args.quick else (30, 5)
@@ -408,7 +467,15 @@ def main(argv=None):
         else:  # both at once: 2 x 8 workers fit 16 cores, and it halves the wall time
             with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
                 suites = list(pool.map(lambda run: run_suite(*run, args, log_dir), runs))
-    benches = [] if args.skip_bench else run_benchmarks(args) + [run_fused_bench(args, log_dir)]
+    benches = []
+    if not args.skip_bench:
+        for name, stage in (("GPU benchmarks", lambda: run_benchmarks(args)),
+                            ("fused kernels (bench_fused_kernels.py)",
+                             lambda: [run_fused_bench(args, log_dir)])):
+            try:
+                benches += stage()
+            except Exception as e:  # noqa: BLE001  (the summary must still come)
+                benches.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"))
     text = summary(suites, benches, time.perf_counter() - start)
     print(text, flush=True)
     (Path(log_dir) / "summary.txt").write_text(text + "\n")

@@ -51,9 +51,14 @@ _DEVICE_RE = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::(\d+))?$")
 _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
+_cuda_forgotten = False  # set by _forget_cuda in a process that must not touch CUDA
+
+
 @functools.lru_cache(maxsize=None)
 def _cupy():
     # Looked up once: a failed import is slow, and every default-device tensor asks.
+    if _cuda_forgotten:
+        return None
     try:
         import cupy  # optional extra: only present on CUDA machines
     except Exception:  # ImportError, or a CuPy that finds no driver
@@ -114,6 +119,19 @@ def _set_switcher(switcher):
     _switcher = switcher
     for listener in _switcher_listeners:
         listener(switcher)
+
+
+def _forget_cuda():
+    """Make this process answer every device query as a machine without a GPU does, and put new
+    tensors on the CPU. For a process forked after its parent used CUDA (a CUDA context does not
+    survive ``fork``: any CUDA call in the child fails), e.g. `megengine.distributed.launcher`'s
+    CPU workers forked from a process that ran GPU work."""
+    global _cuda_forgotten, _default_device
+    _cuda_forgotten = True
+    _cupy.cache_clear()
+    is_cuda_available.cache_clear()
+    _set_switcher(None)
+    _default_device = "cpu0"
 
 
 def get_device_count(device_type: str = "gpu") -> int:

@@ -11,8 +11,8 @@ import pytest
 import megengine as mge
 from megengine.device import canonical_device
 
-__all__ = ["address", "host", "torch_host", "torch_device", "requires_cuda", "requires_torch_cuda",
-           "skip_unless_aten_serves_the_default_device"]
+__all__ = ["address", "host", "torch_host", "torch_device", "views_foreign_memory", "device_array",
+           "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
 def _raw(x):
@@ -40,6 +40,24 @@ def host(x) -> np.ndarray:
     if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):  # CuPy: copies to the host
         return x.get()
     return np.array(x)
+
+
+def views_foreign_memory(x) -> bool:
+    """Whether an engine array (or a Tensor's) views memory it did not allocate, such as a torch
+    tensor's seen through the bridge. numpy: not owning its data, with a base that holds it;
+    CuPy: built on ``UnownedMemory`` (the bridge's CUDA views; CuPy's ``flags.owndata`` is only
+    ``base is None``, true for them too)."""
+    x = _raw(x)
+    if isinstance(x, np.ndarray):
+        return not x.flags.owndata and x.base is not None
+    memory = getattr(getattr(x, "data", None), "mem", None)  # CuPy: MemoryPointer.mem
+    return type(memory).__name__ == "UnownedMemory"
+
+
+def device_array(a, like):
+    """``a`` (a numpy array) as an engine array on the device of ``like`` (a Tensor), for tests
+    that call an op's forward/backward on raw arrays."""
+    return mge.tensor(a, dtype=np.asarray(a).dtype, device=like.device)._data
 
 
 def torch_host(t) -> np.ndarray:

@@ -46,6 +46,33 @@ def test_parse_pytest_reads_counts_and_failed_ids(gpu_check):
     assert failures == ["tests/a.py::test_x", "tests/b.py::test_y"]
 
 
+def test_parse_pytest_counts_a_killed_run_from_its_per_test_lines(gpu_check):
+    output = "\n".join([
+        "[gw1] [  3%] PASSED tests/a.py::test_x",
+        "[gw0] [  6%] FAILED tests/a.py::test_y[cpu0-1] ",
+        "[gw2] [  9%] SKIPPED tests/b.py::test_z",
+        "tests/c.py::test_one PASSED                                [ 50%]",
+        "tests/c.py::test_two ERROR                                 [100%]",
+        "[gpu-check] TIMEOUT after 200 s: counted from the tests that ended",
+    ])
+    counts, failures = gpu_check.parse_pytest(output)
+    assert counts == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
+    assert failures == ["tests/a.py::test_y[cpu0-1]", "tests/c.py::test_two"]
+
+
+def test_a_run_past_its_timeout_is_stopped_and_counted_so_far(gpu_check, tmp_path):
+    (tmp_path / "test_slow.py").write_text(
+        "import time\n\ndef test_ok():\n    assert True\n\n"
+        "def test_hangs():\n    time.sleep(120)\n")
+    args = argparse.Namespace(workers=1, test_timeout=5, tests=[str(tmp_path / "test_slow.py")])
+    start = time.perf_counter()
+    result = gpu_check.run_suite("slow run", {"MGE_DEFAULT_DEVICE": "cpu0"}, args, tmp_path)
+    assert time.perf_counter() - start < 30
+    assert not result["ok"] and result["code"] == -1
+    assert result["counts"]["passed"] == 1  # test_ok ended before the timeout
+    assert "TIMEOUT after 5 s" in Path(result["log"]).read_text()
+
+
 def test_a_suite_run_counts_what_pytest_reports(gpu_check, tmp_path):
     (tmp_path / "test_sample.py").write_text(
         "def test_ok():\n    assert True\n\ndef test_bad():\n    assert 1 == 2\n")

@@ -2,6 +2,8 @@
 and backward into `.grad`."""
 import weakref
 
+import numpy as np
+
 from ..core import dispatch
 from ..core.dispatch import Node
 from ..core.ops import Copy
@@ -411,8 +413,13 @@ def _owner(a):
     """The array that owns ``a``'s memory, or None when it is foreign (e.g. torch's)."""
     base = getattr(a, "base", None)
     if base is None:
-        return a
-    return base if type(base) is type(a) and base.base is None else None
+        owner = a
+    else:
+        owner = base if type(base) is type(a) and base.base is None else None
+    if (owner is not None and type(owner) is not np.ndarray
+            and dispatch.foreign_memory(owner) is not None):
+        return None  # a CuPy view of torch memory: its base is None like an array of CuPy's own
+    return owner
 
 
 def _claim(a, claimed):
@@ -426,6 +433,9 @@ def _exclusive(g, claimed):
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
+    if (owner is not None and type(owner) is not np.ndarray
+            and dispatch.foreign_memory(owner) is not None):
+        owner = None  # CuPy: torch's memory through the bridge (see _owner)
     if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
         owner = dispatch.fresh_owner(g)
     flags = g.flags  # a new object per access: read once

@@ -359,20 +359,35 @@ def apply(op, *inputs):
 _fresh_owners = {}
 
 
+def foreign_memory(a):
+    """For a CuPy array: its memory object when CuPy does not own that memory (``UnownedMemory``:
+    a torch tensor's storage seen through the bridge), else None. numpy marks such views by a
+    ``base`` that is not an array; CuPy does not (their ``base`` is None, as for memory of
+    their own), so the memory object is what tells them apart."""
+    memory = getattr(a.data, "mem", None)  # numpy scalars (np.float32) have a memoryview there
+    return memory if type(memory).__name__ == "UnownedMemory" else None
+
+
+def _foreign_key(a):
+    """What identifies ``a``'s foreign memory: numpy's ``base``, CuPy's memory object."""
+    return a.base if type(a) is np.ndarray else foreign_memory(a)
+
+
 def declare_fresh_gradient(a):
-    """Declare that gradient ``a``, a view of foreign memory (its ``base`` is not an array),
-    owns that memory alone for the rest of this backward pass; returns ``a``."""
-    base = a.base
-    if base is not None:
-        _fresh_owners[id(base)] = base
+    """Declare that gradient ``a``, a view of foreign memory (numpy: its ``base`` is not an
+    array; CuPy: see `foreign_memory`), owns that memory alone for the rest of this backward
+    pass; returns ``a``."""
+    key = _foreign_key(a)
+    if key is not None:
+        _fresh_owners[id(key)] = key
     return a
 
 
 def fresh_owner(a):
     """``a``'s foreign owner when an op declared it fresh (`declare_fresh_gradient`), else None."""
-    base = a.base
-    if base is not None and _fresh_owners.get(id(base)) is base:
-        return base
+    key = _foreign_key(a)
+    if key is not None and _fresh_owners.get(id(key)) is key:
+        return key
     return None
 
 

@@ -309,6 +309,12 @@ def _decide_gpu_allocator(cupy=None, torch_module=None, environ=None):
             _notice(logging.DEBUG, "CuPy has an allocator set by the application; it is kept "
                                    "(GPU memory stays in two pools)")
             return False
+        # torch's caching allocator is set up by torch's lazy CUDA initialisation, which its raw
+        # entry point does not run ("Allocator not initialized for device 0"), and the first
+        # CuPy allocation may come before any torch tensor is made on the GPU
+        init = getattr(torch_module.cuda, "init", None)
+        if init is not None:
+            init()
         allocator = _torch_allocator_for(torch_module, cupy)
         try:
             cupy.cuda.set_allocator(

@@ -46,10 +46,16 @@ def _gpu_count():
     return torch.cuda.device_count()
 
 
-def _worker(func, args, kwargs, rank, local_rank, options, results):
+def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
     status = 0
     try:
+        if forked and options["device_type"] == "cpu":
+            # a CPU worker forked from a process that may have used CUDA (CuPy initialises it
+            # with the first GPU array): CUDA calls would fail here, so tensors stay on the CPU
+            from ..device import _forget_cuda
+
+            _forget_cuda()
         init_process_group(rank=rank, device=local_rank, **options)
         value = func(*args, **kwargs)
         # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
@@ -85,7 +91,10 @@ class launcher:
         rank_start: the global rank of this machine's first process.
         master_ip: address of the machine of rank 0.
         port: the rendezvous port; 0 picks a free one (single machine only).
-        device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``.
+        device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``. Forked
+            ``"cpu"`` workers keep their tensors on the CPU and never touch CUDA (a CUDA
+            context does not survive ``fork``), so they may be launched from a process that
+            has used a GPU; GPU workers may not (use ``start_method="spawn"`` there).
         backend: ``"gloo"``, ``"nccl"`` or None (picked from the device).
         timeout: seconds for the whole run (None: no limit); collectives and the rendezvous
             time out after ``collective_timeout`` seconds.
@@ -138,7 +147,7 @@ class launcher:
         if self.context.get_start_method() == "fork":
             import torch
 
-            if torch.cuda.is_initialized():
+            if torch.cuda.is_initialized() and self.device_type != "cpu":
                 raise RuntimeError(
                     "megengine.distributed.launcher: CUDA is already initialized in this process, "
                     "and forked workers cannot use it; launch before any GPU work, or pass "
@@ -152,7 +161,8 @@ class launcher:
         for local in range(self.n_gpus):
             rank = self.rank_start + local
             procs[rank] = self.context.Process(
-                target=_worker, args=(self.func, args, kwargs, rank, local, options, results),
+                target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
+                                      self.context.get_start_method() == "fork"),
                 name=f"megengine-dist-rank{rank}", daemon=True)
             procs[rank].start()
         try:

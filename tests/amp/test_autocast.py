@@ -17,6 +17,8 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.core import amp as origin_amp
 
+from devices import torch_device, torch_host
+
 
 def test_state_as_upstream_checks_it():
     # upstream's test_autocast.py, with the state module at megengine.core.amp
@@ -132,21 +134,23 @@ def test_pytorch_module_runs_under_torch_autocast(dtype):
         with amp.autocast(low_prec_dtype=dtype):
             y = wrapped(mge.tensor(x))
         gm.backward(y.astype("float32").sum())
-    # the oracle: the same torch module under torch.autocast with the same dtype
-    ref_block = _Block()
+    # the oracle: the same torch module under torch.autocast with the same dtype, on the device
+    # the wrapped one runs on (a GPU's float16 kernels do not round as the CPU's do)
+    where = torch_device()
+    ref_block = _Block().to(where)
     ref_block.load_state_dict(block.state_dict())
-    with torch.autocast("cpu", dtype=getattr(torch, dtype)):
-        ty = ref_block(torch.tensor(x))
+    with torch.autocast(torch.device(where).type, dtype=getattr(torch, dtype)):
+        ty = ref_block(torch.tensor(x, device=where))
     ty.float().sum().backward()
     # bfloat16 has no numpy dtype: it crosses into megengine as float32 (exact)
     assert y.dtype == (np.float16 if dtype == "float16" else np.float32)
     assert ty.dtype == getattr(torch, dtype)
-    np.testing.assert_array_equal(y.numpy(), ty.float().detach().numpy().astype(y.dtype))
+    np.testing.assert_array_equal(y.numpy(), torch_host(ty.float()).astype(y.dtype))
     ref_params = dict(ref_block.named_parameters())
     for name, p in wrapped.named_parameters():
         tp = ref_params[name]
         assert p.grad.dtype == np.float32, name
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(p.grad.numpy(), torch_host(tp.grad), rtol=1e-6, atol=1e-6)
     with torch.no_grad():  # outside autocast the module runs in float32 again
         assert wrapped(mge.tensor(x)).dtype == np.float32
 

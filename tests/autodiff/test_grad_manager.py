@@ -1,6 +1,7 @@
 """Tests of megengine/autodiff: GradManager (attach, record, backward, callbacks) and Function."""
 import gc
 import weakref
+import types
 
 import numpy as np
 import pytest
@@ -563,3 +564,42 @@ def test_function_returning_a_held_tensor_does_not_alias_grads():
     a.grad._data *= 2  # an in-place edit touches a.grad only
     np.testing.assert_array_equal(b.grad.numpy(), c)
     np.testing.assert_array_equal(cookie.numpy(), c)
+
+
+# ----- CuPy views of torch memory (a GPU's gradients from a PyTorchModule), shown on the CPU -----
+
+class UnownedMemory:  # named as CuPy's class for memory it does not own (the bridge's views)
+    pass
+
+
+class _FakeCupyArray:
+    """What _exclusive reads of a CuPy array: base (None for a view of torch memory, as for an
+    array of CuPy's own), data.mem, flags, copy()."""
+
+    def __init__(self, memory, base=None):
+        self.data = types.SimpleNamespace(mem=memory)
+        self.base = base
+        self.flags = types.SimpleNamespace(writeable=True, c_contiguous=True)
+
+    def copy(self):
+        return _FakeCupyArray(object())  # CuPy's own memory
+
+
+def test_cupy_views_of_one_torch_buffer_never_become_two_grads_on_it():
+    from megengine.autodiff.grad_manager import _exclusive
+    from megengine.core import dispatch
+
+    torch_buffer = UnownedMemory()
+    a, b = _FakeCupyArray(torch_buffer), _FakeCupyArray(torch_buffer)
+    claimed = {}
+    ga, gb = _exclusive(a, claimed), _exclusive(b, claimed)
+    # foreign memory nobody declared fresh is copied, as numpy views of torch memory are
+    assert ga is not a and gb is not b and ga.data.mem is not gb.data.mem
+    own = _FakeCupyArray(object())  # memory CuPy allocated: handed over as it is
+    assert _exclusive(own, claimed) is own
+    fresh = _FakeCupyArray(UnownedMemory())  # torch's buffer, declared this gradient's alone
+    try:
+        dispatch.declare_fresh_gradient(fresh)
+        assert _exclusive(fresh, claimed) is fresh
+    finally:
+        dispatch.forget_fresh_gradients()

@@ -232,8 +232,9 @@ def test_plain_sgd_step_on_a_labelled_gpu_parameter_restores_the_device(switcher
 
 
 def test_cpu_work_never_asks_the_switcher(switcher):
-    w = mge.Parameter(np.array([[0.5, -1.0], [2.0, 0.25]], np.float32))
-    x = mge.tensor(np.array([[1.0, 2.0]], np.float32))
+    # on cpu0 explicitly: the default device is a GPU on a CUDA machine
+    w = mge.Parameter(np.array([[0.5, -1.0], [2.0, 0.25]], np.float32), device="cpu0")
+    x = mge.tensor(np.array([[1.0, 2.0]], np.float32), device="cpu0")
     gm = GradManager().attach(w)
     opt = SGD([w], lr=0.1, momentum=0.9)
     for _ in range(2):

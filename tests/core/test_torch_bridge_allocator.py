@@ -98,7 +98,8 @@ class FakeTorch:
             _cuda_cudaCachingAllocator_raw_delete=lambda p: fake.calls.append(("delete", p)))
         self.cuda = types.SimpleNamespace(device_count=lambda: devices,
                                           caching_allocator_alloc=caching_allocator_alloc,
-                                          caching_allocator_delete=None)
+                                          caching_allocator_delete=None,
+                                          init=lambda: fake.calls.append(("init",)))
 
 
 @pytest.fixture
@@ -115,6 +116,9 @@ def test_cupy_allocates_from_torch_on_cupys_stream_and_frees_once(undecided):
     assert device_mod.get_gpu_allocator() == "torch"
     assert device_mod._torch_pool is fake_torch.cuda  # the memory queries now ask torch
     assert cupy.log == ["set_allocator", "free_all_blocks"]  # CuPy's cached blocks are let go
+    # torch's CUDA state (its allocator's per-device tables) is set up before CuPy can call it
+    assert fake_torch.calls == [("init",)]
+    del fake_torch.calls[:]
     memory = cupy.allocator(1000)  # what CuPy does for a new array
     assert fake_torch.calls == [("raw_alloc", 1000, 77)]  # CuPy's current stream, not torch's
     ptr = memory.ptr
@@ -132,7 +136,7 @@ def test_several_gpus_name_the_device_cupy_allocates_on(undecided):
     cupy, fake_torch = FakeCupy(stream_ptr=9, device=1), FakeTorch(devices=2)
     bridge._decide_gpu_allocator(cupy, fake_torch)
     keep = cupy.allocator(64)
-    assert fake_torch.calls == [("alloc_on", 64, 1, 9)]
+    assert fake_torch.calls == [("init",), ("alloc_on", 64, 1, 9)]
     del keep
 
 

@@ -95,8 +95,15 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, 
 
     torch.manual_seed(0)
     np.random.seed(0)
-    init = _state(_build(kind))
-    reference = _train(kind, init)
+    # the reference runs on the CPU like the ranks (CPU workers), so that 1e-6 means the same
+    # arithmetic; on a GPU machine the default device would give cuDNN's (TF32) convolutions
+    previous = mge.get_default_device()
+    mge.set_default_device("cpu0")
+    try:
+        init = _state(_build(kind))
+        reference = _train(kind, init)
+    finally:
+        mge.set_default_device(previous)
     results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size), RANKS)
     assert set(results[0]) == set(reference)
     if kind == "cnn":

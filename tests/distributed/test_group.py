@@ -14,6 +14,14 @@ import megengine.distributed as dist
 import megengine.functional.distributed as fd
 
 
+def _cpu_only():
+    """These children test the gloo path; forked from a pytest process that may have used CUDA
+    (on a GPU machine every test does), they cannot touch CUDA, so they keep to the CPU."""
+    from megengine.device import _forget_cuda
+
+    _forget_cuda()
+
+
 def _child(func, **kwargs):
     """Run ``func(**kwargs)`` in a forked process (the process group is per process); return
     ("ok", value) or ("error", "ExceptionType: message")."""
@@ -21,6 +29,7 @@ def _child(func, **kwargs):
     queue = ctx.Queue()
 
     def target():
+        _cpu_only()
         try:
             queue.put(("ok", func(**kwargs)))
         except BaseException as error:  # noqa: BLE001
@@ -110,6 +119,7 @@ def test_a_peer_that_never_arrives_times_out_with_a_clear_error():
 
 
 def _torchrun_worker(port, rank, queue):
+    _cpu_only()
     # the variables torchrun sets for each worker
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))
@@ -173,6 +183,7 @@ def _join_server_and_reduce(port, rank, queue):
     import megengine.distributed as dist
     from megengine.functional.distributed import all_reduce_sum
 
+    _cpu_only()
     try:
         dist.init_process_group("localhost", port, 2, rank, rank, "gloo", timeout=30)
         out = all_reduce_sum(mge.tensor([float(rank + 1), 10.0 * rank]))

@@ -99,3 +99,22 @@ def test_a_collective_whose_peer_left_says_so():
     assert info.value.rank == 0
     assert ("all_reduce on Group([0, 1]) failed on rank 0: a peer process died, or did not call "
             "the same collective within the process group's timeout (5 s)") in str(info.value)
+
+
+def _device_seen():
+    from megengine.device import canonical_device
+
+    return mge.get_default_device(), canonical_device(None), mge.is_cuda_available()
+
+
+def test_cpu_workers_launch_from_a_process_that_used_cuda(monkeypatch):
+    # on a GPU machine every pytest process has used CUDA before it launches CPU workers; they
+    # need no CUDA, so the launcher must not refuse, and the workers keep their tensors on the CPU
+    # (a forked child cannot use its parent's CUDA context)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    got = dist.launcher(_device_seen, n_gpus=2, device_type="cpu", timeout=60)()
+    assert got == [("cpu0", "cpu0", False)] * 2
+    with pytest.raises(RuntimeError, match="CUDA is already initialized"):
+        dist.launcher(_device_seen, n_gpus=1, device_type="gpu", timeout=60)()
