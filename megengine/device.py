@@ -3,6 +3,7 @@ import enum
 import functools
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -119,6 +120,19 @@ def _set_switcher(switcher):
     _switcher = switcher
     for listener in _switcher_listeners:
         listener(switcher)
+
+
+def _cuda_touched() -> bool:
+    """Whether this process has already called into CUDA (CuPy's runtime, or torch's CUDA state):
+    from then on a forked child cannot use CUDA, and asking here initialises nothing new."""
+    if is_cuda_available.cache_info().currsize and _cupy.cache_info().currsize and \
+            _cupy() is not None:
+        return True
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # a torch without the cuda module
+        return False
 
 
 def _forget_cuda():

@@ -51,9 +51,13 @@ def _count_devices_into(queue, device_type):
 def get_device_count_by_fork(device_type: str) -> int:
     """Number of devices of ``device_type`` ("gpu", "cpu", "xpu"), counted in a forked child
     process, as upstream: asking CUDA in this process would initialise it here, and a CUDA
-    context does not survive the ``fork`` that `launcher` uses to start its workers."""
-    if "fork" not in mp.get_all_start_methods():  # Windows: no fork, count here
-        from ..device import get_device_count
+    context does not survive the ``fork`` that `launcher` uses to start its workers. In a
+    process that has used CUDA already, it counts here (a forked child could not)."""
+    from ..device import _cuda_touched, get_device_count
+
+    # Windows: no fork. And a process that has used CUDA already loses nothing by counting
+    # itself, while its forked child could not call CUDA at all (the count would fail).
+    if "fork" not in mp.get_all_start_methods() or _cuda_touched():
         return get_device_count(device_type)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()

@@ -118,6 +118,22 @@ def test_get_device_count_by_fork_matches_a_count_here():
     assert get_device_count_by_fork("gpu") == mge.get_device_count("gpu")
 
 
+def test_get_device_count_by_fork_counts_here_once_this_process_used_cuda(monkeypatch):
+    import multiprocessing
+
+    from megengine import device
+    from megengine.distributed import helper
+
+    def no_fork(method=None):
+        raise AssertionError("a child forked after CUDA was used could not count the GPUs")
+
+    monkeypatch.setattr(device, "_cuda_touched", lambda: True)
+    monkeypatch.setattr(multiprocessing, "get_context", no_fork)
+    monkeypatch.setattr(helper.mp, "get_context", no_fork)
+    assert helper.get_device_count_by_fork("cpu") == mge.get_device_count("cpu")
+    assert helper.get_device_count_by_fork("gpu") == mge.get_device_count("gpu")
+
+
 def test_param_pack_split_and_concat_against_numpy():
     from megengine.distributed.helper import param_pack_concat, param_pack_split
 
