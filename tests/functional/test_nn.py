@@ -1,7 +1,4 @@
 """Tests of megengine/functional/nn.py: values and gradients against torch.nn.functional."""
-import ctypes
-import shutil
-import subprocess
 from functools import partial
 
 import numpy as np
@@ -15,6 +12,7 @@ from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional import nn as nn_module
 
+from cuda_kernels import emulate
 from devices import (host, requires_cuda, requires_torch_cuda,
                      skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
@@ -69,49 +67,12 @@ def test_relu_keeps_integers():
 
 
 # ReLU's backward on CUDA is one CuPy ElementwiseKernel. Without a GPU its body is compiled here
-# as C++ (for float and double, as CuPy instantiates T), put in the kernel's place, and checked
-# against torch and against the array code.
-_CXX = shutil.which("c++") or shutil.which("g++")
-
-
-def _array_kernel_source(name, in_params, out_params, body):
-    """C functions ``name_float`` / ``name_double`` running ``body`` once per element over
-    arrays only (every parameter of type T), as CuPy's ElementwiseKernel does."""
-    ins = [p.split()[1] for p in in_params.split(",")]
-    outs = [p.split()[1] for p in out_params.split(",")]
-    formal = ", ".join([f"T {n}" for n in ins] + [f"T& {n}" for n in outs])
-    src = f"template <typename T> static void {name}_body({formal}) {{\n{body}\n}}\n"
-    for c in ("float", "double"):
-        c_args = ", ".join([f"const {c}* {n}" for n in ins] + [f"{c}* {n}" for n in outs])
-        actual = ", ".join(f"{n}[k_]" for n in ins + outs)
-        src += (f'extern "C" void {name}_{c}(long n_, {c_args}) {{\n'
-                f"  for (long k_ = 0; k_ < n_; ++k_) {name}_body<{c}>({actual});\n}}\n")
-    return src
-
-
+# as C++ (tests/cuda_kernels.py), put in the kernel's place, and checked against torch and
+# against the array code.
 @pytest.fixture(scope="module")
 def relu_kernel_on_cpu(tmp_path_factory):
     """The relu-backward kernel body compiled as C++: a callable ``(g, y) -> gx`` on numpy."""
-    if _CXX is None:
-        pytest.skip("no C++ compiler on this machine")
-    in_params, out_params, body, _ = nn_module._RELU_GRAD
-    d = tmp_path_factory.mktemp("relu_kernel")
-    (d / "k.cpp").write_text(_array_kernel_source("relu_grad", in_params, out_params, body))
-    run = subprocess.run([_CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
-                          str(d / "k.so"), str(d / "k.cpp")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr  # the body is valid C++ for T = float and double
-    lib = ctypes.CDLL(str(d / "k.so"))
-
-    def call(g, y):
-        assert g.dtype == y.dtype and g.shape == y.shape
-        c = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[g.dtype]
-        fn = getattr(lib, f"relu_grad_{c.__name__[2:]}")
-        g, y = np.ascontiguousarray(g), np.ascontiguousarray(y)  # CuPy indexes any strides
-        gx = np.empty_like(g)
-        fn(ctypes.c_long(g.size), *(a.ctypes.data_as(ctypes.POINTER(c)) for a in (g, y, gx)))
-        return gx
-
-    return call
+    return emulate(nn_module._relu_grad_kernel, tmp_path_factory.mktemp("relu_kernel"))
 
 
 @pytest.fixture

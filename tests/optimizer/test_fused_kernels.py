@@ -1,15 +1,11 @@
 """The optimizers' fused CUDA kernels, checked without a GPU: their bodies compiled as C++ on the CPU, run against torch.
 
 CuPy's ElementwiseKernel runs its body once per element with the parameters as local variables
-(outputs by reference). This test compiles each body the same way with the host's C++ compiler,
-puts the result in place of the kernel, and runs the usual side-by-side check against torch:
-the kernel source the GPU will compile is what is checked (on a GPU, tests/optimizer/conftest.py
-runs the real kernels too).
+(outputs by reference). `tests/cuda_kernels.py` compiles each body the same way with the host's
+C++ compiler; this test puts the result in place of the kernel and runs the usual side-by-side
+check against torch: the kernel source the GPU will compile is what is checked (on a GPU,
+tests/optimizer/conftest.py runs the real kernels too).
 """
-import ctypes
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 import torch
@@ -17,73 +13,28 @@ import torch
 from megengine.optimizer import SGD, Adadelta, Adagrad, Adam, AdamW
 from megengine.optimizer import adadelta, adagrad, adam, adamw, sgd
 
+from cuda_kernels import emulate
+
 KERNELS = {"sgd": (sgd, "_sgd_kernel"), "sgd_momentum": (sgd, "_sgd_momentum_kernel"),
            "adam": (adam, "_adam_kernel"), "adagrad": (adagrad, "_adagrad_kernel"),
            "adadelta": (adadelta, "_adadelta_kernel")}
-_CXX = shutil.which("c++") or shutil.which("g++")
-
-
-def _params(spec):
-    return [tuple(p.split()) for p in spec.split(",")]
-
-
-def _cxx_source(key, kernel):
-    ins, outs = _params(kernel.in_params), _params(kernel.out_params)
-    # by CuPy's convention here: the first input (the gradient) is an array, the rest scalars
-    formal = [f"{t} {n}" for t, n in ins] + [f"{t}& {n}" for t, n in outs]
-    c_args = [f"const float* {ins[0][1]}"] + [
-        f"{'int' if t == 'bool' else 'double'} {n}" for t, n in ins[1:]] + [f"float* {n}" for _, n in outs]
-    actual = [f"{ins[0][1]}[k_]"] + [f"{n} != 0" if t == "bool" else f"(float){n}"
-                                      for t, n in ins[1:]] + [f"{n}[k_]" for _, n in outs]
-    return (f"template <typename T> static void {key}_body({', '.join(formal)}) {{\n{kernel.body}\n}}\n"
-            f'extern "C" void {key}(long n_, {", ".join(c_args)}) {{\n'
-            f"  for (long k_ = 0; k_ < n_; ++k_) {key}_body<float>({', '.join(actual)});\n}}\n")
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    if _CXX is None:
-        pytest.skip("no C++ compiler on this machine")
-    src = "#include <cmath>\nusing std::sqrt;\n" + "".join(
-        _cxx_source(key, getattr(module, name)) for key, (module, name) in KERNELS.items())
-    d = tmp_path_factory.mktemp("fused")
-    (d / "kernels.cpp").write_text(src)
-    lib = d / "kernels.so"
-    run = subprocess.run([_CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(lib),
-                          str(d / "kernels.cpp")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr  # the kernel bodies are valid C++ for T = float
-    return ctypes.CDLL(str(lib))
-
-
-def _emulated(lib, key, kernel):
-    """A stand-in for the CuPy kernel: same positional call, numpy float32 arrays."""
-    ins, outs = _params(kernel.in_params), _params(kernel.out_params)
-    fn = getattr(lib, key)
-    ptr = ctypes.POINTER(ctypes.c_float)
-    fn.argtypes = [ctypes.c_long, ptr] + [ctypes.c_int if t == "bool" else ctypes.c_double
-                                          for t, _ in ins[1:]] + [ptr] * len(outs)
-
-    def call(*args):
-        assert len(args) == len(ins) + len(outs)
-        arrays = [args[0]] + list(args[len(ins):])
-        for a in arrays:
-            assert a.dtype == np.float32 and a.flags.c_contiguous and a.shape == args[0].shape
-        fn(args[0].size, *[a.ctypes.data_as(ptr) if i == 0 else a for i, a in enumerate(args[:len(ins)])],
-           *[a.ctypes.data_as(ptr) for a in args[len(ins):]])
-
-    return call
+def emulated(tmp_path_factory):
+    """Each optimizer kernel as a numpy stand-in running its C++-compiled body."""
+    return {key: emulate(getattr(module, name), tmp_path_factory.mktemp(key))
+            for key, (module, name) in KERNELS.items()}
 
 
 @pytest.fixture
-def fused_on_cpu(compiled, monkeypatch):
+def fused_on_cpu(emulated, monkeypatch):
     """Route every optimizer update through the C++-compiled kernel bodies."""
     used = []
     for key, (module, name) in KERNELS.items():
-        emulated = _emulated(compiled, key, getattr(module, name))
-
-        def getter(emulated=emulated, key=key):
+        def getter(kernel=emulated[key], key=key):
             used.append(key)
-            return emulated
+            return kernel
 
         monkeypatch.setattr(module, name, getter)
     for module in (sgd, adam, adamw, adagrad, adadelta):

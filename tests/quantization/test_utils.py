@@ -2,10 +2,7 @@
 and gradients, per tensor and per channel), upstream's rounding of halves, fake_quant_bias,
 tqt_forward and lsq_forward against their formulas written in torch / numpy, the dtype metas."""
 import copy
-import ctypes
 import pickle
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -27,6 +24,8 @@ from megengine.quantization.utils import (
     lsq_forward,
     tqt_forward,
 )
+
+from cuda_kernels import emulate
 
 
 def _grad_of(fn, x_np, dy_np, *extra):
@@ -266,44 +265,12 @@ def test_qparams_is_the_tensor_attribute_class_and_lsqparams_carries_grad_scale(
 
 
 # On CUDA fake quantization's forward is one CuPy ElementwiseKernel. Without a GPU its body is
-# compiled here as C++ (for float and double, as CuPy instantiates T), put in the kernel's place
-# (every argument broadcast to the input's shape, as CuPy broadcasts), and checked against torch
-# and the array code.
-_CXX = shutil.which("c++") or shutil.which("g++")
-
-
+# compiled here as C++ (tests/cuda_kernels.py: every argument broadcast to the input's shape, as
+# CuPy broadcasts), put in the kernel's place, and checked against torch and the array code.
 @pytest.fixture(scope="module")
 def fake_quant_kernel_on_cpu(tmp_path_factory):
-    if _CXX is None:
-        pytest.skip("no C++ compiler on this machine")
-    in_params, out_params, body, _ = utils_module._FAKE_QUANT
-    ins = [p.split()[1] for p in in_params.split(",")]
-    outs = [p.split()[1] for p in out_params.split(",")]
-    formal = ", ".join([f"T {n}" for n in ins] + [f"T& {n}" for n in outs])
-    src = ("#include <cmath>\nusing std::trunc; using std::fabs; using std::copysign;\n"
-           f"template <typename T> static void body({formal}) {{\n{body}\n}}\n")
-    for c in ("float", "double"):
-        c_args = ", ".join([f"const {c}* {n}" for n in ins] + [f"{c}* {n}" for n in outs])
-        actual = ", ".join(f"{n}[k_]" for n in ins + outs)
-        src += (f'extern "C" void fq_{c}(long n_, {c_args}) {{\n'
-                f"  for (long k_ = 0; k_ < n_; ++k_) body<{c}>({actual});\n}}\n")
-    d = tmp_path_factory.mktemp("fake_quant_kernel")
-    (d / "k.cpp").write_text(src)
-    run = subprocess.run([_CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
-                          str(d / "k.so"), str(d / "k.cpp")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    lib = ctypes.CDLL(str(d / "k.so"))
-
-    def kernel(x, scale, zp, qmin, qmax):
-        c = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[x.dtype]
-        args = [np.ascontiguousarray(np.broadcast_to(np.asarray(a, x.dtype), x.shape))
-                for a in (x, scale, zp, qmin, qmax)]
-        y, mask = np.empty_like(args[0]), np.empty_like(args[0])
-        getattr(lib, f"fq_{c.__name__[2:]}")(
-            ctypes.c_long(x.size), *(a.ctypes.data_as(ctypes.POINTER(c)) for a in args + [y, mask]))
-        return y, mask
-
-    return kernel
+    """The fake-quant kernel body compiled as C++: ``(x, scale, zp, qmin, qmax) -> (y, mask)``."""
+    return emulate(utils_module._fake_quant_kernel, tmp_path_factory.mktemp("fake_quant_kernel"))
 
 
 @pytest.fixture

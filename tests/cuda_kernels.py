@@ -1,0 +1,100 @@
+"""The engine's CUDA ElementwiseKernels, run on the CPU: each kernel body compiled as C++ and called like CuPy calls it.
+
+The CUDA hot paths are CuPy ElementwiseKernels built by `megengine.core.fused.fused_kernel`
+(optimizer updates, ReLU's backward, fake quantization). On machines without a GPU, `emulate`
+compiles the *same body* with the host's C++ compiler (for ``T = float`` and ``T = double``, the
+two types the engine instantiates) and returns a callable with CuPy's calling convention on numpy
+arrays: the inputs, then optionally the outputs; array arguments broadcast to one shape; an
+output not given is allocated and returned. Tests put it in the kernel's place and compare
+against torch, so the kernel source the GPU will compile is what is checked.
+"""
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+__all__ = ["emulate", "CXX"]
+
+CXX = shutil.which("c++") or shutil.which("g++")
+_C_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_FIXED = {"bool": ("unsigned char", np.uint8), "float32": ("float", np.float32),
+          "float64": ("double", np.float64), "int32": ("int", np.int32),
+          "int64": ("long long", np.int64)}
+
+
+def _params(spec):
+    """``"T x, bool flag"`` -> [("T", "x"), ("bool", "flag")]."""
+    return [tuple(p.split()) for p in spec.split(",")]
+
+
+def _source(kernel):
+    ins, outs = _params(kernel.in_params), _params(kernel.out_params)
+
+    def c_type(t, c):
+        return c if t == "T" else _FIXED[t][0]
+
+    formal = [f"{'T' if t == 'T' else _FIXED[t][0]} {n}" for t, n in ins] + \
+        [f"{'T' if t == 'T' else _FIXED[t][0]}& {n}" for t, n in outs]
+    src = ("#include <cmath>\nusing std::sqrt; using std::trunc; using std::fabs; "
+           "using std::copysign; using std::exp; using std::log;\n"
+           f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n}}\n")
+    for c in ("float", "double"):
+        c_args = [f"const {c_type(t, c)}* {n}" for t, n in ins] + \
+            [f"{c_type(t, c)}* {n}" for t, n in outs]
+        actual = ", ".join(f"{n}[k_]" for _, n in ins + outs)
+        src += (f'extern "C" void run_{c}(long n_, {", ".join(c_args)}) {{\n'
+                f"  for (long k_ = 0; k_ < n_; ++k_) body<{c}>({actual});\n}}\n")
+    return src
+
+
+def emulate(kernel, tmp_path):
+    """A numpy stand-in for the CuPy kernel that ``kernel`` (a `fused_kernel` getter) builds.
+
+    ``tmp_path``: a directory for the C++ file and the library. Skips the test when the machine
+    has no C++ compiler; fails it when the body is not valid C++ for float and double
+    (``-Wall -Werror``).
+    """
+    if CXX is None:
+        pytest.skip("no C++ compiler on this machine")
+    (tmp_path / "kernel.cpp").write_text(_source(kernel))
+    run = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
+                          str(tmp_path / "kernel.so"), str(tmp_path / "kernel.cpp")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, f"{kernel.name}: the body is not valid C++:\n{run.stderr}"
+    lib = ctypes.CDLL(str(tmp_path / "kernel.so"))
+    ins, outs = _params(kernel.in_params), _params(kernel.out_params)
+
+    def call(*args):
+        if len(args) not in (len(ins), len(ins) + len(outs)):
+            raise TypeError(f"{kernel.name}: {len(ins)} inputs (and optionally {len(outs)} "
+                            f"outputs) expected, got {len(args)} arguments")
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        dtype = next(a.dtype for (t, _), a in zip(ins + outs, args)
+                     if t == "T" and isinstance(a, np.ndarray))
+        c_name = _C_NAMES[dtype]  # the engine's kernels serve float32 and float64 only
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+
+        def buffer(t, value):
+            np_type = dtype if t == "T" else _FIXED[t][1]
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(value, np_type), shape))
+
+        in_bufs = [buffer(t, a) for (t, _), a in zip(ins, args)]
+        given = args[len(ins):]
+        out_bufs = [buffer(t, given[i]) if given else np.empty(shape, dtype if t == "T"
+                                                                else _FIXED[t][1])
+                    for i, (t, _) in enumerate(outs)]
+        fn = getattr(lib, f"run_{c_name}")
+        fn(ctypes.c_long(int(np.prod(shape))),
+           *(b.ctypes.data_as(ctypes.c_void_p) for b in in_bufs + out_bufs))
+        if given:  # CuPy writes into the outputs it was given
+            for out, buf in zip(given, out_bufs):
+                assert out.shape == shape, f"{kernel.name}: an output of shape {out.shape}"
+                np.copyto(out, buf)
+            results = list(given)
+        else:
+            results = out_bufs
+        return results[0] if len(results) == 1 else tuple(results)
+
+    return call
