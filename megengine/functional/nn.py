@@ -472,10 +472,15 @@ class _Dropout(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        # numpy's global RNG, which megengine.random.seed() also seeds
+        scale = x.dtype.type(1 / (1 - self.p))
+        if _use_dropout_kernel(x):  # CUDA: one draw in x's dtype, mask and product in one kernel
+            u = _uniform(xp, x.shape, x.dtype)
+            y, self.mask = _dropout_kernel()(x, u, x.dtype.type(self.p), scale)
+            return y
+        # numpy's global RNG (CuPy's on a GPU), which megengine.random.seed() also seeds
         keep = xp.random.random_sample(x.shape) >= self.p
         self.mask = keep.astype(x.dtype)
-        self.mask *= x.dtype.type(1 / (1 - self.p))
+        self.mask *= scale
         return x * self.mask
 
     def backward(self, g):
@@ -483,6 +488,25 @@ class _Dropout(Op):
 
     def grad_graph(self, inputs, outputs, grads):
         return (grads[0] * _mask(self.mask, grads[0]),)
+
+
+# Dropout's forward on CUDA: the array code launches a comparison, a cast, a scaling and a product
+# (and draws float64 numbers); the kernel makes the mask and the output in one pass over a draw
+# in the input's dtype. The kept fraction is the same rule, ``u >= p``.
+_dropout_kernel = fused_kernel("T x, T u, T p, T scale", "T y, T mask",
+                               "mask = u >= p ? scale : (T)0; y = x * mask;", "megengine_dropout")
+
+
+def _use_dropout_kernel(x):
+    return type(x) is not np.ndarray and use_fused(x, x)
+
+
+def _uniform(xp, shape, dtype):
+    """Uniform draws in [0, 1) of ``dtype``: CuPy draws float32 directly, numpy's legacy
+    generator (the one megengine.random.seed seeds) only float64."""
+    if xp is np:
+        return np.random.random_sample(shape).astype(dtype)
+    return xp.random.random_sample(shape, dtype=dtype)
 
 
 def dropout(inp, drop_prob, training=True):

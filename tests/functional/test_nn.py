@@ -332,6 +332,44 @@ def test_dropout_follows_the_megengine_seed():
     assert 5 < (a == 0).sum() < 45  # it did drop, and not everything
 
 
+@pytest.fixture
+def dropout_kernel_used(tmp_path, monkeypatch):
+    """Route dropout's forward through its CUDA kernel's body compiled as C++."""
+    used, kernel = [], emulate(nn_module._dropout_kernel, tmp_path)
+    monkeypatch.setattr(nn_module, "_dropout_kernel", lambda: used.append(1) or kernel)
+    monkeypatch.setattr(nn_module, "_use_dropout_kernel", lambda x: True)
+    return used
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_kernel_body_keeps_where_the_draw_is_at_least_p(dropout_kernel_used, dtype):
+    p = 0.3
+    x_np = rand(40, 30, low=0.5, high=1.5).astype(dtype)
+    x = mge.tensor(x_np, dtype=dtype)
+    mge.random.seed(5)
+    u = np.random.random_sample(x_np.shape).astype(dtype)  # the draw the op makes next
+    mge.random.seed(5)
+    with GradManager().attach(x) as gm:
+        y = F.dropout(x, p)
+        gm.backward(y, mge.tensor(np.ones(x_np.shape, dtype), dtype=dtype))
+    assert dropout_kernel_used, "the kernel was not used"
+    mask = (u >= np.array(p, dtype)) * np.array(1 / (1 - p), dtype)  # by hand
+    np.testing.assert_array_equal(y.numpy(), x_np * mask)
+    np.testing.assert_array_equal(x.grad.numpy(), mask)
+    assert y.dtype == np.dtype(dtype)
+
+
+@requires_cuda
+def test_dropout_uses_the_cuda_kernel_on_a_gpu(monkeypatch):
+    used, kernel = [], nn_module._dropout_kernel
+    monkeypatch.setattr(nn_module, "_dropout_kernel", lambda: used.append(1) or kernel())
+    x = mge.tensor(rand(64, 256, low=0.5, high=1.5), device="gpu0")
+    y = F.dropout(x, 0.25).numpy()
+    kept = y != 0
+    assert used and abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(y[kept], x.numpy()[kept] / np.float32(0.75), rtol=1e-6)
+
+
 # ----- embedding -----
 
 def test_embedding_repeated_indices_accumulate():
