@@ -282,10 +282,14 @@ def fake_quant_bias(bias: Tensor, inp: Tensor, w_qat: Tensor) -> Tensor:
     inp_params, w_params = inp.qparams, w_qat.qparams
     if inp_params.scale is None or w_params.scale is None:
         return bias
-    if inp_params.mode != QuantMode.SYMMERTIC or inp_params.mode != w_params.mode:
+    # an input whose code set only its scale (upstream 1.3's ``x.q_dict["scale"] = s``) is taken
+    # in the weight's mode and dtype, as 1.3 did (1.4+ fails on the missing dtype there)
+    inp_mode = w_params.mode if inp_params.mode is None else inp_params.mode
+    inp_meta = w_params.dtype_meta if inp_params.dtype_meta is None else inp_params.dtype_meta
+    if inp_mode != QuantMode.SYMMERTIC or inp_mode != w_params.mode:
         return bias
-    for params in (inp_params, w_params):
-        if params.dtype_meta is None or params.dtype_meta.np_dtype_str != "int8":
+    for meta in (inp_meta, w_params.dtype_meta):
+        if meta is None or meta.np_dtype_str != "int8":
             return bias
     b_params = create_qparams(w_params.mode, _builtin_quant_dtypes["qint32"],
                               scale=inp_params.scale * w_params.scale)
