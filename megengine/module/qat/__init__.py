@@ -12,7 +12,8 @@ from .module import QATModule
 from .quant_dequant import DequantStub, QuantStub
 
 __all__ = [
-    "QATModule", "Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d",
-    "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
-    "LinearBnRelu1d", "BatchMatMulActivation", "Elemwise", "Concat", "QuantStub", "DequantStub",
+    "QATModule", "Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvTranspose2d",
+    "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
+    "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "BatchMatMulActivation",
+    "Elemwise", "Concat", "QuantStub", "DequantStub",
 ]
