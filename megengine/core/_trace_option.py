@@ -1,5 +1,9 @@
 """The default of ``trace(symbolic_shape=...)`` (upstream's ``set_symbolic_shape`` switch)."""
-_use_symbolic_shape = True
+import os
+
+# off unless MEGENGINE_USE_SYMBOLIC_SHAPE is set, as upstream: programs (and upstream's tests)
+# check use_symbolic_shape() to decide whether shapes are tuples they can compare
+_use_symbolic_shape = bool(os.environ.get("MEGENGINE_USE_SYMBOLIC_SHAPE"))
 
 
 def use_symbolic_shape() -> bool:

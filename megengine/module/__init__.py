@@ -17,7 +17,7 @@ from .dropout import Dropout
 from .elemwise import Elemwise
 from .embedding import Embedding
 from .identity import Identity
-from .linear import Linear
+from .linear import Linear, LinearRelu
 from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .lrn import LocalResponseNorm
 from .module import Module
@@ -39,7 +39,8 @@ from .vision import (
 )
 
 __all__ = [
-    "Module", "init", "Sequential", "Identity", "Linear", "Conv1d", "Conv2d", "Conv3d",
+    "Module", "init", "Sequential", "Identity", "Linear", "LinearRelu", "Conv1d", "Conv2d",
+    "Conv3d",
     "ConvTranspose2d", "ConvTranspose3d", "LocalConv2d", "DeformableConv2d",
     "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "Embedding", "ReLU",

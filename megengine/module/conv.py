@@ -143,10 +143,15 @@ class Conv1d(_ConvNd):
         )
         self._set_padding_mode(padding_mode)
 
-    def forward(self, inp):
+    def calc_conv(self, inp, weight, bias):
+        """This layer's convolution with the given ``weight`` and ``bias`` (upstream's hook:
+        QAT layers and user code pass a transformed weight)."""
         inp, padding = self._padded(inp)
-        return F.conv1d(inp, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups, self.conv_mode, self.compute_mode)
+        return F.conv1d(inp, weight, bias, self.stride, padding, self.dilation, self.groups,
+                        self.conv_mode, self.compute_mode)
+
+    def forward(self, inp):
+        return self.calc_conv(inp, self.weight, self.bias)
 
 
 class Conv2d(_ConvNd):
@@ -170,10 +175,15 @@ class Conv2d(_ConvNd):
         )
         self._set_padding_mode(padding_mode)
 
-    def forward(self, inp):
+    def calc_conv(self, inp, weight, bias):
+        """This layer's convolution with the given ``weight`` and ``bias`` (upstream's hook:
+        QAT layers and user code pass a transformed weight)."""
         inp, padding = self._padded(inp)
-        return F.conv2d(inp, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups, self.conv_mode, self.compute_mode)
+        return F.conv2d(inp, weight, bias, self.stride, padding, self.dilation, self.groups,
+                        self.conv_mode, self.compute_mode)
+
+    def forward(self, inp):
+        return self.calc_conv(inp, self.weight, self.bias)
 
 
 class ConvTranspose2d(_ConvNd):
@@ -223,9 +233,13 @@ class Conv3d(_ConvNd):
             **kwargs,
         )
 
+    def calc_conv(self, inp, weight, bias):
+        """This layer's convolution with the given ``weight`` and ``bias`` (upstream's hook)."""
+        return F.conv3d(inp, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                        self.conv_mode)
+
     def forward(self, inp):
-        return F.conv3d(inp, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups, self.conv_mode)
+        return self.calc_conv(inp, self.weight, self.bias)
 
 
 class ConvTranspose3d(_ConvNd):

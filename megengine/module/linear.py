@@ -1,4 +1,5 @@
-"""`Linear`: y = x W^T + b."""
+"""`Linear`: y = x W^T + b; `LinearRelu`: relu of it (what a Linear, BatchNorm1d, ReLU triple
+becomes once eval-mode BN is folded into the weights)."""
 import numpy as np
 
 from .. import functional as F
@@ -6,7 +7,7 @@ from ..core.tensor import Parameter
 from . import init
 from .module import Module
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "LinearRelu"]
 
 
 class Linear(Module):
@@ -34,3 +35,11 @@ class Linear(Module):
     def _module_info_string(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+class LinearRelu(Linear):
+    """``relu(x W^T + b)``: upstream's fused target of ``fuse_linear_bn_relu_module`` in eval
+    mode (the batch norm folded away)."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))

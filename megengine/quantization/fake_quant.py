@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import functional as F
 from ..core.tensor import Parameter, Tensor
-from ..logger import get_logger
 from ..module import Module
 from .utils import (
     LSQParams,
@@ -20,12 +19,11 @@ from .utils import (
     fake_quant_tensor,
     get_quant_dtype_meta,
     lsq_forward,
+    narrow_quant_dtype_meta,
     tqt_forward,
 )
 
 __all__ = ["FakeQuantize", "TQT", "LSQ"]
-
-logger = get_logger(__name__)
 
 
 class _FakeQuantize(Module):
@@ -34,12 +32,12 @@ class _FakeQuantize(Module):
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enable: bool = True, **kwargs):
-        if "narrow_range" in kwargs:
-            del kwargs["narrow_range"]
-            logger.warning("%s currently has no narrow_range param so it is ignored here "
-                           "(use a narrow dtype such as 'qint8_narrow')", type(self).__name__)
+        # upstream 1.2-1.3's narrow_range=True means qmin = -qmax (see the observers' note)
+        meta = get_quant_dtype_meta(dtype, type(self).__name__)
+        if kwargs.pop("narrow_range", False):
+            meta = narrow_quant_dtype_meta(meta, type(self).__name__)
         super().__init__(**kwargs)
-        self.dtype = get_quant_dtype_meta(dtype, type(self).__name__)
+        self.dtype = meta
         self.qmin = self.dtype.qmin
         self.qmax = self.dtype.qmax
         self.enabled = enable

@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import functional as F
 from ..core.tensor import Tensor
-from ..logger import get_logger
 from ..module import Module
 from .utils import (
     QParams,
@@ -17,6 +16,7 @@ from .utils import (
     QuantMode,
     create_qparams,
     get_quant_dtype_meta,
+    narrow_quant_dtype_meta,
 )
 
 __all__ = [
@@ -24,15 +24,18 @@ __all__ = [
     "SyncExponentialMovingAverageObserver", "HistogramObserver", "PassiveObserver",
 ]
 
-logger = get_logger(__name__)
 
+def _dtype_with_narrow_range(dtype, kwargs, what):
+    """The dtype meta, narrowed when ``kwargs`` has upstream 1.2-1.3's ``narrow_range=True``.
 
-def _drop_narrow_range(kwargs, what):
-    # upstream 1.x moved narrow ranges into the dtype ("qint8_narrow"); the old flag is ignored
-    if "narrow_range" in kwargs:
-        del kwargs["narrow_range"]
-        logger.warning("%s currently has no narrow_range param so it is ignored here "
-                       "(use a narrow dtype such as 'qint8_narrow')", what)
+    Upstream 1.4+ moved the narrow range into the dtype (``"qint8_narrow"``) and ignores the
+    flag with a warning; honouring it keeps what older programs ask for (weights in [-127,
+    127]) instead of silently quantizing them to [-128, 127].
+    """
+    meta = get_quant_dtype_meta(dtype, what)
+    if kwargs.pop("narrow_range", False):
+        meta = narrow_quant_dtype_meta(meta, what)
+    return meta
 
 
 class Observer(Module, QParamsModuleMixin):
@@ -41,9 +44,9 @@ class Observer(Module, QParamsModuleMixin):
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`. ``train()`` enables it, ``eval()`` disables it."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], **kwargs):
-        _drop_narrow_range(kwargs, type(self).__name__)
+        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
         super().__init__(**kwargs)
-        self.dtype = get_quant_dtype_meta(dtype, type(self).__name__)
+        self.dtype = meta
         self.qmin = self.dtype.qmin
         self.qmax = self.dtype.qmax
         self.enabled = True

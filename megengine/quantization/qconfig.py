@@ -1,10 +1,12 @@
 """QConfig: which observer and fake quantizer a QAT module builds for its weight and its
 activation, and upstream's preset configs."""
+import inspect
 from collections import namedtuple
 from functools import partial
 
 from ..module import Module
 from .fake_quant import TQT, FakeQuantize
+from .utils import get_quant_dtype_meta, narrow_quant_dtype_meta
 from .observer import (
     ExponentialMovingAverageObserver,
     HistogramObserver,
@@ -19,6 +21,29 @@ __all__ = [
     "ema_lowbit_fakequant_qconfig", "calibration_qconfig", "tqt_qconfig", "passive_qconfig",
     "easyquant_qconfig",
 ]
+
+
+def _canonical_keywords(factory: partial) -> dict:
+    """A partial's keywords with its dtype as a QuantDtypeMeta and ``narrow_range`` applied, so
+    ``partial(TQT, dtype="qint8", narrow_range=True)`` (upstream 1.2-1.3's spelling) equals
+    ``partial(TQT, dtype="qint8_narrow")`` (1.4+'s), as the two build the same quantizer."""
+    keywords = dict(factory.keywords)
+    if "dtype" not in keywords and "narrow_range" not in keywords:
+        return keywords
+    dtype = keywords.get("dtype")
+    if dtype is None:
+        try:
+            dtype = inspect.signature(factory.func).parameters["dtype"].default
+        except (TypeError, ValueError, KeyError):
+            return keywords
+    try:
+        meta = get_quant_dtype_meta(dtype, "QConfig")
+        if keywords.pop("narrow_range", False):
+            meta = narrow_quant_dtype_meta(meta, "QConfig")
+    except (TypeError, ValueError):
+        return dict(factory.keywords)  # not a dtype we know: compare as written
+    keywords["dtype"] = meta
+    return keywords
 
 
 class QConfig(namedtuple("QConfig", ["weight_observer", "act_observer", "weight_fake_quant",
@@ -49,7 +74,7 @@ class QConfig(namedtuple("QConfig", ["weight_observer", "act_observer", "weight_
 
     def _key(self):
         # functools.partial compares by identity; two configs built alike should be equal
-        return tuple((f.func, f.args, tuple(sorted(f.keywords.items())))
+        return tuple((f.func, f.args, tuple(sorted(_canonical_keywords(f).items())))
                      if isinstance(f, partial) else f for f in self)
 
     def __eq__(self, other):

@@ -26,8 +26,8 @@ logger = get_logger(__name__)
 # Upstream derives these pairs from the names its quantized-module package defines; this fork
 # has no quantized modules, so the quantizable layers are listed here (same names on each side).
 _quantable_module_names = (
-    "Linear", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d", "ConvBn2d",
-    "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
+    "Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d",
+    "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
     "LinearBnRelu1d", "BatchMatMulActivation", "Elemwise", "Concat", "QuantStub",
     "DequantStub",
 )

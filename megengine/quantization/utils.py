@@ -23,7 +23,7 @@ from ..core.tensor import QParams, Tensor
 __all__ = [
     "QuantMode", "QParams", "LSQParams", "QParamsModuleMixin", "QuantDtypeMeta",
     "create_qparams", "create_quantized_dtype", "fake_quant_tensor", "fake_quant_bias",
-    "tqt_forward", "lsq_forward", "get_quant_dtype_meta",
+    "tqt_forward", "lsq_forward", "get_quant_dtype_meta", "narrow_quant_dtype_meta",
 ]
 
 
@@ -97,6 +97,23 @@ def get_quant_dtype_meta(dtype: Union[str, QuantDtypeMeta], what: str) -> QuantD
         return _builtin_quant_dtypes[dtype]
     raise ValueError(f"{what}: unknown dtype: {dtype!r}, only support "
                      f"{sorted(_builtin_quant_dtypes)} or a QuantDtypeMeta")
+
+
+def narrow_quant_dtype_meta(meta: QuantDtypeMeta, what: str) -> QuantDtypeMeta:
+    """``meta`` with ``qmin = -qmax`` (upstream 1.2-1.3's ``narrow_range=True``): ``qint8``
+    becomes the built-in ``qint8_narrow``, another signed meta ``<name>_narrow``. An unsigned
+    meta has no narrow form (its qmin is 0), so asking for one is an error."""
+    if meta.qmin == -meta.qmax:
+        return meta
+    if meta.qmin >= 0:
+        raise ValueError(f"{what}: narrow_range=True makes qmin = -qmax, which needs a signed "
+                         f"dtype; {meta.name} is [{meta.qmin}, {meta.qmax}] (pass "
+                         f"narrow_range=False, or a signed dtype such as 'qint8')")
+    builtin = _builtin_quant_dtypes.get(meta.name + "_narrow")
+    if builtin is not None and (builtin.qmin, builtin.qmax) == (-meta.qmax, meta.qmax):
+        return builtin
+    return QuantDtypeMeta(meta.name + "_narrow", meta.cname, meta.np_dtype_str, -meta.qmax,
+                          meta.qmax, meta.is_unsigned)
 
 
 def create_quantized_dtype(dtype_meta: QuantDtypeMeta, scale: float, zp: Union[int, None]):
@@ -265,10 +282,14 @@ def fake_quant_bias(bias: Tensor, inp: Tensor, w_qat: Tensor) -> Tensor:
     inp_params, w_params = inp.qparams, w_qat.qparams
     if inp_params.scale is None or w_params.scale is None:
         return bias
-    if inp_params.mode != QuantMode.SYMMERTIC or inp_params.mode != w_params.mode:
+    # an input whose code set only its scale (upstream 1.3's ``x.q_dict["scale"] = s``) is taken
+    # in the weight's mode and dtype, as 1.3 did (1.4+ fails on the missing dtype there)
+    inp_mode = w_params.mode if inp_params.mode is None else inp_params.mode
+    inp_meta = w_params.dtype_meta if inp_params.dtype_meta is None else inp_params.dtype_meta
+    if inp_mode != QuantMode.SYMMERTIC or inp_mode != w_params.mode:
         return bias
-    for params in (inp_params, w_params):
-        if params.dtype_meta is None or params.dtype_meta.np_dtype_str != "int8":
+    for meta in (inp_meta, w_params.dtype_meta):
+        if meta is None or meta.np_dtype_str != "int8":
             return bias
     b_params = create_qparams(w_params.mode, _builtin_quant_dtypes["qint32"],
                               scale=inp_params.scale * w_params.scale)

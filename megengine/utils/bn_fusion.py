@@ -1,13 +1,14 @@
-"""Fold a BatchNorm2d into the convolution before it: `fuse_conv_bn_relu_module` turns a
-(Conv2d or ConvTranspose2d, BatchNorm2d, ReLU) triple into one fused module, and
-`fold_weight_bias` computes the folded weight and bias.
+"""Fold a batch norm into the layer before it: `fuse_conv_bn_relu_module` turns a (Conv2d or
+ConvTranspose2d, BatchNorm2d, ReLU) triple, `fuse_linear_bn_relu_module` a (Linear,
+BatchNorm1d, ReLU) triple, into one fused module; `fold_weight_bias` computes the folded weight
+and bias.
 
 In eval mode BN is an affine map per output channel, ``y = gamma * (x - mean) / sqrt(var +
 eps) + beta``, so it folds into the convolution's weight (scaled per output channel) and bias:
-the result is a plain ``Conv2d`` / ``ConvRelu2d`` (or the transposed ones) computing the same
-outputs. In training mode BN normalises with batch statistics and cannot be folded: the
-result is a ``ConvBn2d`` / ``ConvBnRelu2d`` (or the transposed ones) holding copies of both,
-as upstream's.
+the result is a plain ``Conv2d`` / ``ConvRelu2d`` (or the transposed ones, or ``Linear`` /
+``LinearRelu``) computing the same outputs. In training mode BN normalises with batch
+statistics and cannot be folded: the result is a ``ConvBn2d`` / ``ConvBnRelu2d`` (or the
+transposed ones, or ``LinearBn1d`` / ``LinearBnRelu1d``) holding copies of both, as upstream's.
 """
 from copy import deepcopy
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..core.tensor import Parameter, Tensor
 from ..module import (
+    BatchNorm1d,
     BatchNorm2d,
     Conv2d,
     ConvBn2d,
@@ -24,10 +26,14 @@ from ..module import (
     ConvTransposeBn2d,
     ConvTransposeBnRelu2d,
     ConvTransposeRelu2d,
+    Linear,
+    LinearBn1d,
+    LinearBnRelu1d,
+    LinearRelu,
     ReLU,
 )
 
-__all__ = ["fold_weight_bias", "fuse_conv_bn_relu_module"]
+__all__ = ["fold_weight_bias", "fuse_conv_bn_relu_module", "fuse_linear_bn_relu_module"]
 
 # (conv type, has bn, has relu, training) -> the fused module's type
 _FUSED = {
@@ -39,6 +45,10 @@ _FUSED = {
     (ConvTranspose2d, True, True, True): ConvTransposeBnRelu2d,
     (ConvTranspose2d, True, False, False): ConvTranspose2d,
     (ConvTranspose2d, True, False, True): ConvTransposeBn2d,
+    (Linear, True, True, False): LinearRelu,
+    (Linear, True, True, True): LinearBnRelu1d,
+    (Linear, True, False, False): Linear,
+    (Linear, True, False, True): LinearBn1d,
 }
 
 
@@ -54,17 +64,23 @@ def fold_weight_bias(weight, bias, gamma, beta, bn_mean, bn_var, eps=1e-5, trans
     """The (weight, bias) Tensors of a convolution followed by an eval-mode batch norm.
 
     ``weight``: a Conv2d weight ``(O, I, kh, kw)`` or grouped ``(G, O/G, I/G, kh, kw)``; with
-    ``transpose`` a ConvTranspose2d weight ``(I, O, kh, kw)`` or ``(G, I/G, O/G, kh, kw)``.
+    ``transpose`` a ConvTranspose2d weight ``(I, O, kh, kw)`` or ``(G, I/G, O/G, kh, kw)``; or a
+    Linear weight ``(O, I)`` (then the bias comes back as ``(O,)``, a Linear's bias shape).
     ``bias``, ``gamma``, ``beta``, ``bn_mean``, ``bn_var``: per output channel (any shape with
     O elements); None stands for no bias, gamma 1, beta 0, mean 0, var 1. The returned bias has
     the convolution's bias shape ``(1, O, 1, 1)``. Computed in float64 on the host, returned in
     the weight's dtype.
     """
     w = weight.numpy() if isinstance(weight, Tensor) else np.asarray(weight)
-    if w.ndim not in (4, 5):
-        raise ValueError(f"fold_weight_bias: expected a 4-d or grouped 5-d 2-d convolution "
-                         f"weight, got shape {w.shape}")
-    if w.ndim == 5:
+    if w.ndim not in (2, 4, 5):
+        raise ValueError(f"fold_weight_bias: expected a 2-d Linear weight or a 4-d (grouped: "
+                         f"5-d) 2-d convolution weight, got shape {w.shape}")
+    if w.ndim == 2:
+        if transpose:
+            raise ValueError("fold_weight_bias: transpose=True is for ConvTranspose2d weights, "
+                             "not a 2-d Linear weight")
+        groups, per_group = 1, w.shape[0]
+    elif w.ndim == 5:
         groups, per_group = w.shape[0], (w.shape[2] if transpose else w.shape[1])
     else:
         groups, per_group = 1, (w.shape[1] if transpose else w.shape[0])
@@ -74,13 +90,16 @@ def fold_weight_bias(weight, bias, gamma, beta, bn_mean, bn_var, eps=1e-5, trans
     b = _host(bias, channels, 0.0)
     scale = gamma_ / np.sqrt(var + eps)  # what BN multiplies each channel by
     # the scale broadcast over the output-channel axis of the weight's layout
-    if w.ndim == 4:
+    if w.ndim == 2:
+        shape = (channels, 1)
+    elif w.ndim == 4:
         shape = (1, channels, 1, 1) if transpose else (channels, 1, 1, 1)
     else:
         shape = ((groups, 1, per_group, 1, 1) if transpose
                  else (groups, per_group, 1, 1, 1))
     w_fold = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
-    b_fold = (beta_ + (b - mean) * scale).reshape(1, channels, 1, 1).astype(w.dtype)
+    b_shape = (channels,) if w.ndim == 2 else (1, channels, 1, 1)
+    b_fold = (beta_ + (b - mean) * scale).reshape(b_shape).astype(w.dtype)
     device = weight._device if isinstance(weight, Tensor) else None
     return Tensor(w_fold, device=device), Tensor(b_fold, device=device)
 
@@ -144,4 +163,51 @@ def fuse_conv_bn_relu_module(conv, bn, relu):
     if bn is not None and not folding:
         fused.bn = deepcopy(bn)
     fused.train(conv.training)
+    return fused
+
+
+def fuse_linear_bn_relu_module(linear, bn, relu):
+    """One module computing ``relu(bn(linear(x)))`` (``bn`` or ``relu`` may be None).
+
+    ``linear``: a Linear; ``bn``: a BatchNorm1d over its output features, in the same
+    train/eval mode; ``relu``: a ReLU or None. Eval mode folds BN into the weights (a Linear or
+    LinearRelu); training mode keeps a copy of ``bn`` in a LinearBn1d / LinearBnRelu1d. The
+    inputs are not changed; the result has new Parameters and keeps ``linear``'s name and mode.
+    """
+    if type(linear) is not Linear:
+        raise TypeError(f"fuse_linear_bn_relu_module: linear must be a Linear, got "
+                        f"{type(linear).__name__}")
+    if bn is not None and not isinstance(bn, BatchNorm1d):
+        raise TypeError(f"fuse_linear_bn_relu_module: bn must be a BatchNorm1d or None, got "
+                        f"{type(bn).__name__}")
+    if relu is not None and not isinstance(relu, ReLU):
+        raise TypeError(f"fuse_linear_bn_relu_module: relu must be a ReLU or None, got "
+                        f"{type(relu).__name__}")
+    if bn is None:
+        fused_type = LinearRelu if relu is not None else Linear
+    else:
+        if linear.training != bn.training:
+            raise ValueError("fuse_linear_bn_relu_module: linear and bn must both be in "
+                             "training or both in eval mode (call .train() or .eval() on both)")
+        if bn.num_features != linear.out_features:
+            raise ValueError(f"fuse_linear_bn_relu_module: bn.num_features ({bn.num_features})"
+                             f" must equal linear.out_features ({linear.out_features})")
+        fused_type = _FUSED[(Linear, True, relu is not None, linear.training)]
+    folding = bn is not None and not linear.training
+    fused = fused_type(in_features=linear.in_features, out_features=linear.out_features,
+                       bias=linear.bias is not None or folding,
+                       compute_mode=linear.compute_mode, name=linear.name)
+    new_linear = fused if bn is None or folding else fused.linear
+    if folding:
+        weight, bias = fold_weight_bias(linear.weight, linear.bias, bn.weight, bn.bias,
+                                        bn.running_mean, bn.running_var, bn.eps)
+    else:
+        weight, bias = linear.weight, linear.bias
+    new_linear.weight = Parameter(weight.numpy().copy(), device=weight._device)
+    if bias is not None:
+        new_linear.bias = Parameter(bias.numpy().copy().reshape(linear.out_features),
+                                    device=bias._device)
+    if bn is not None and not folding:
+        fused.bn = deepcopy(bn)
+    fused.train(linear.training)
     return fused

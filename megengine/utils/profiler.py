@@ -16,9 +16,16 @@ The file is the Chrome trace format upstream writes (``<path>/<pid>.chrome_timel
 https://ui.perfetto.dev. Each op is one complete event (``"ph": "X"``, ``ts``/``dur`` in µs);
 each `scope` is a begin/end pair.
 
-Differences from upstream: the file is written when the profiler stops (upstream writes it when
-the Profiler object dies or at exit; the last recording is kept either way, and `Profiler.dump`
-writes it again); ``memory_flow.svg`` is not produced (a warning says so); ``sample_rate``,
+``format="memory_flow.svg"`` (or both in ``formats``) draws ``<path>/<pid>.memory_flow.svg``:
+each array an op returned (backward passes' gradients are not drawn) is a rectangle spanning
+its lifetime (end of the op to the moment the array is freed) over its address range, the
+unused address gaps left out (see ``megengine.utils._memory_flow``). Upstream's picture comes
+from its C++ allocator; this one follows the arrays the ops return (a view counts as its own
+array).
+
+Differences from upstream: the files are written when the profiler stops (upstream writes them
+when the Profiler object dies or at exit; the last recording is kept either way, and
+`Profiler.dump` writes them again); ``sample_rate``,
 ``num_tensor_watch`` and ``enable_cupti`` are accepted and have no effect (there is no
 allocator sampling nor CUPTI here). A trace's ``symbolic=True`` replays are profiled too. Ops
 that an op's own forward applies are part of that op's time, not events of their own. The hook
@@ -29,7 +36,6 @@ import os
 import re
 import threading
 import time
-import warnings
 import weakref
 from contextlib import ContextDecorator, contextmanager
 from typing import List
@@ -65,7 +71,8 @@ class Profiler(ContextDecorator):
 
     Args:
         path: the directory the trace goes to, as ``<path>/<pid>.chrome_timeline.json``.
-        format: ``"chrome_timeline.json"`` (upstream's ``"memory_flow.svg"`` is not made here).
+        format: ``"chrome_timeline.json"`` (a Chrome trace) or ``"memory_flow.svg"`` (the
+            arrays' lifetimes over their addresses).
         formats: several formats (a list), instead of ``format``.
         profile_device: wait for a GPU after each op on it so its time is the op's own
             (default 1); 0 records launch times only.
@@ -85,6 +92,7 @@ class Profiler(ContextDecorator):
     """
 
     CHROME_TIMELINE = "chrome_timeline.json"
+    MEMORY_FLOW = "memory_flow.svg"
     valid_options = {"sample_rate": 0, "profile_device": 1, "num_tensor_watch": 10,
                      "enable_cupti": 0}
     valid_formats = {"chrome_timeline.json", "memory_flow.svg"}
@@ -102,9 +110,6 @@ class Profiler(ContextDecorator):
             if f not in Profiler.valid_formats:
                 raise ValueError(f"Profiler: unsupported format {f!r}; valid: "
                                  f"{sorted(Profiler.valid_formats)}")
-        if "memory_flow.svg" in formats:
-            warnings.warn("Profiler: the memory_flow.svg format is not produced by this engine; "
-                          "only chrome_timeline.json is written", stacklevel=2)
         self._path = os.fspath(path)
         self._formats = list(formats)
         self._options = {}
@@ -117,7 +122,9 @@ class Profiler(ContextDecorator):
                             f"format, formats and {sorted(Profiler.valid_options)}")
         self._pid = "<PID>"
         self._records = []  # (kind, name, tid, start_ns, end_ns, args)
-        self._start_ns = self._local_time_us = None
+        self._start_ns = self._local_time_us = self._stop_ns = None
+        self._blocks = []  # memory_flow.svg: one dict per array an op returned
+        self._finalizers = []
         self._hook = self._on_apply  # made once: installed again after every op
 
     # ----- properties as upstream -----
@@ -148,8 +155,11 @@ class Profiler(ContextDecorator):
             raise RuntimeError("Profiler.start: the dispatcher's profile hook is already taken")
         self._pid = os.getpid()
         self._records = []
+        self._blocks, self._finalizers = [], []
+        self._watch_memory = Profiler.MEMORY_FLOW in self._formats
         self._local_time_us = time.time_ns() // 1000
         self._start_ns = _clock()
+        self._stop_ns = None
         _running = self
         dispatch._profile_hook = self._hook
         return self
@@ -160,6 +170,10 @@ class Profiler(ContextDecorator):
             raise RuntimeError("Profiler.stop: this profiler is not running")
         _running = None
         dispatch._profile_hook = None
+        self._stop_ns = _clock()
+        for f in self._finalizers:  # arrays freed from now on are past the picture's end
+            f.detach()
+        self._finalizers = []
         self.dump()
 
     def __enter__(self):
@@ -194,9 +208,28 @@ class Profiler(ContextDecorator):
         attrs = _attrs(op)
         if attrs:
             args["params"] = attrs
-        self._records.append(("op", type(op).__name__.lstrip("_"), threading.get_ident(), start,
-                              end, args))
+        name = type(op).__name__.lstrip("_")
+        self._records.append(("op", name, threading.get_ident(), start, end, args))
+        if self._watch_memory:
+            for t in outs:
+                if t is not None:
+                    self._watch(name, t._data, end)
         return out
+
+    def _watch(self, name, array, alloc_ns):
+        """Note an op's output array for memory_flow.svg; its free time comes from a finalizer
+        (which holds the block, never the array)."""
+        ptr = getattr(getattr(array, "data", None), "ptr", None)  # CuPy device pointer
+        if ptr is None:
+            ptr = array.__array_interface__["data"][0]
+        block = {"name": name, "shape": tuple(array.shape), "dtype": str(array.dtype),
+                 "nbytes": int(array.nbytes), "addr": int(ptr), "alloc_ns": alloc_ns,
+                 "free_ns": None}
+        try:
+            self._finalizers.append(weakref.finalize(array, _mark_freed, block))
+        except TypeError:
+            return  # an array type without weak references: its lifetime is unknown
+        self._blocks.append(block)
 
     def _wrap_backward(self, op):
         # The wrapper reaches the op through a weak reference: a closure holding the op (or
@@ -259,21 +292,34 @@ class Profiler(ContextDecorator):
         return events
 
     def dump(self):
-        """Write the latest recording to ``<path>/<pid>.chrome_timeline.json``."""
+        """Write the latest recording in each requested format (``<path>/<pid>.<format>``)."""
         if self._start_ns is None:
             return  # never started: nothing to write
         os.makedirs(self._path, exist_ok=True)
         if not os.path.isdir(self._path):
             logger.warning(f"{self._path} is not a directory, cannot write profiling results")
             return
-        path = self.format_path(self._path, self._pid, Profiler.CHROME_TIMELINE)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"traceEvents": self.trace_events(), "displayTimeUnit": "ms"}, f,
-                      ensure_ascii=False, separators=(",", ":"))
-        logger.debug(f"profiling results written to {path}")
-        if os.path.getsize(path) > 64 * 1024 * 1024:
-            logger.warning("profiling results too large, maybe you are profiling multi iters, "
-                           "consider attach profiler in each iter separately")
+        if Profiler.CHROME_TIMELINE in self._formats:
+            path = self.format_path(self._path, self._pid, Profiler.CHROME_TIMELINE)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"traceEvents": self.trace_events(), "displayTimeUnit": "ms"}, f,
+                          ensure_ascii=False, separators=(",", ":"))
+            logger.debug(f"profiling results written to {path}")
+            if os.path.getsize(path) > 64 * 1024 * 1024:
+                logger.warning("profiling results too large, maybe you are profiling multi "
+                               "iters, consider attach profiler in each iter separately")
+        if Profiler.MEMORY_FLOW in self._formats:
+            from ._memory_flow import render
+
+            path = self.format_path(self._path, self._pid, Profiler.MEMORY_FLOW)
+            stop = self._stop_ns if self._stop_ns is not None else _clock()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(render(self._blocks, self._start_ns, stop))
+            logger.debug(f"memory flow written to {path}")
+
+
+def _mark_freed(block):
+    block["free_ns"] = _clock()
 
 
 def _synchronize():

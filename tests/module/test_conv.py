@@ -119,3 +119,27 @@ def test_conv_relu_modules_are_the_conv_then_relu():
         y = fused(x)
         np.testing.assert_allclose(y.numpy(), np.maximum(plain(x).numpy(), 0), rtol=1e-6)
         assert (y.numpy() == 0).any() and (y.numpy() > 0).any()
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_calc_conv_uses_the_given_weight_and_bias(dims):
+    # upstream's hook: QAT layers and user code convolve with a transformed weight through
+    # the layer's own stride/padding/dilation/groups (and padding mode)
+    cls = {1: M.Conv1d, 2: M.Conv2d, 3: M.Conv3d}[dims]
+    kw = dict(padding_mode="reflect") if dims == 2 else {}
+    conv = cls(4, 6, 3, stride=2, padding=1, dilation=1, groups=2, **kw)
+    x = randn(2, 4, *([7] * dims))
+    w = randn(*conv.weight.shape)
+    b = randn(*conv.bias.shape)
+    y = conv.calc_conv(mge.tensor(x), mge.tensor(w), mge.tensor(b)).numpy()
+    tw = torch.tensor(w.reshape(6, 2, *([3] * dims)))  # grouped (G, O/G, I/G, k..) -> (O, I/G, k..)
+    tx = torch.tensor(x)
+    if dims == 2:
+        tx, pad = TF.pad(tx, (1, 1, 1, 1), mode="reflect"), 0
+    else:
+        pad = 1
+    torch_conv = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}[dims]
+    ref = torch_conv(tx, tw, torch.tensor(b.reshape(-1)), stride=2, padding=pad, groups=2)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv(mge.tensor(x)).numpy(),
+                               conv.calc_conv(mge.tensor(x), conv.weight, conv.bias).numpy())

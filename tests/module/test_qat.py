@@ -134,6 +134,42 @@ def test_qat_linear_and_relu_conv_quantize_after_the_relu():
     assert out[0, 0, 0, 1] == 0 and out[0, 1, 0, 0] == 0 and out[0, 0, 0, 0] > 0
 
 
+def test_qat_linearrelu_quantizes_after_the_relu():
+    lin = quantize_qat(Float.LinearRelu(4, 3), qconfig=min_max_fakequant_qconfig)
+    assert type(lin) is QAT.LinearRelu
+    _set_range(lin.weight_observer, -1.0, 127 / 64)  # scale 1/64
+    _set_range(lin.act_observer, -127.5 / 8, 0.0)  # scale 1/8
+    disable_observer(lin)
+    x_np = np.random.randn(5, 4).astype(np.float32)
+    out = lin(_quantized_input(x_np, 2.0 ** -4)).numpy()
+    w_q = _torch_fq(torch.tensor(lin.weight.numpy()), 1 / 64, -127, 127)
+    b_q = _torch_fq(torch.tensor(lin.bias.numpy()), 2.0 ** -4 / 64, -2 ** 31, QMAX32)
+    ref = _torch_fq(TF.relu(TF.linear(torch.tensor(x_np), w_q, b_q)), 1 / 8)
+    np.testing.assert_array_equal(out, ref.numpy())
+    assert out.min() == 0
+
+
+def test_qat_linear_with_only_the_input_scale_set_quantizes_its_bias():
+    # upstream 1.3 code marks an input with x.q_dict["scale"] only; the bias is still
+    # fake-quantized to qint32 with input scale * weight scale (torch's fake_quantize oracle).
+    # Coarse steps (bias step 0.5 * 1, output step 1/8) make the bias rounding visible.
+    lin = QAT.Linear.from_float_module(Float.Linear(4, 3))
+    lin.set_qconfig(min_max_fakequant_qconfig)
+    lin.weight._reset((np.random.randn(3, 4) * 2).astype(np.float32))
+    lin.bias._reset(np.array([0.3, -0.7, 1.2], np.float32))
+    _set_range(lin.weight_observer, -0.5, 127.0)  # scale 1
+    _set_range(lin.act_observer, -127.5 / 8, 0.0)  # scale 1/8
+    disable_observer(lin)
+    x_np = np.random.randn(5, 4).astype(np.float32)
+    x = mge.tensor(x_np)
+    x.q_dict["scale"] = np.float32(0.5)
+    w_q = _torch_fq(torch.tensor(lin.weight.numpy()), 1.0, -127, 127)
+    b_q = _torch_fq(torch.tensor(lin.bias.numpy()), 0.5, -2 ** 31, QMAX32)
+    assert not np.allclose(b_q.numpy(), lin.bias.numpy())
+    ref = _torch_fq(TF.linear(torch.tensor(x_np), w_q, b_q), 1 / 8)
+    np.testing.assert_array_equal(lin(x).numpy(), ref.numpy())
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_qat_convbnrelu2d_folds_bn_into_the_fake_quantized_weight(training):
     float_mod = Float.ConvBnRelu2d(2, 3, 3, padding=1)
@@ -247,6 +283,7 @@ def _float_layers():
         "ConvTransposeBn2d": (lambda: Float.ConvTransposeBn2d(4, 6, 3, groups=2), (3, 4, 5, 5)),
         "ConvTransposeBnRelu2d": (lambda: Float.ConvTransposeBnRelu2d(3, 4, 2, stride=2,
                                                                       bias=False), (3, 3, 4, 4)),
+        "LinearRelu": (lambda: Float.LinearRelu(5, 4), (6, 5)),
         "LinearBn1d": (lambda: Float.LinearBn1d(5, 4), (6, 5)),
         "LinearBnRelu1d": (lambda: Float.LinearBnRelu1d(5, 4, bias=False), (6, 5)),
         "BatchMatMulActivation": (lambda: Float.BatchMatMulActivation(

@@ -93,3 +93,24 @@ def test_lsq_starts_from_an_observer_scale_and_learns_it():
     with gm:
         gm.backward(((lsq(mge.tensor(x)) - mge.tensor(x)) ** 2).sum())
     assert lsq.step_size.grad is not None and float(lsq.step_size.grad.numpy()) != 0
+
+
+@pytest.mark.parametrize("cls", [FakeQuantize, TQT, LSQ])
+def test_narrow_range_flag_clips_at_minus_qmax(cls):
+    # upstream 1.2-1.3's narrow_range=True is honoured: qint8 weights stay in [-127, 127]
+    fq = cls("qint8", narrow_range=True)
+    assert (fq.qmin, fq.qmax) == (-127, 127)
+    with pytest.raises(ValueError, match="signed dtype"):
+        cls("quint8", narrow_range=True)
+
+
+def test_narrow_range_fake_quantize_matches_torch():
+    # a power-of-two scale and x / scale never on a .5 tie (torch rounds ties to even,
+    # upstream away from zero), from below the clip point -127 * 0.25 to above 127 * 0.25
+    x = (np.arange(-140, 141, 7) * 0.25 + 0.05).astype(np.float32)
+    fq = FakeQuantize("qint8", narrow_range=True)
+    qp = create_qparams(QuantMode.SYMMERTIC, fq.dtype, mge.tensor(0.25))
+    y = fq(mge.tensor(x), qp).numpy()
+    ref = torch.fake_quantize_per_tensor_affine(torch.tensor(x), 0.25, 0, -127, 127).numpy()
+    np.testing.assert_allclose(y, ref, atol=1e-6)
+    assert y.min() == pytest.approx(-127 * 0.25)

@@ -196,7 +196,29 @@ def test_observer_arguments_are_checked():
         ob.MinMaxObserver(dtype="int8")
     with pytest.raises(TypeError, match="QuantMode"):
         ob.MinMaxObserver(mode="symmetric")
-    # upstream's older narrow_range flag is accepted and ignored
-    assert ob.MinMaxObserver(dtype="qint8", narrow_range=True).qmin == -128
+    with pytest.raises(ValueError, match="signed dtype"):
+        ob.MinMaxObserver(dtype="quint8", narrow_range=True)
     dtype = ob.MinMaxObserver(dtype="qint8").get_quantized_dtype()
     assert dtype == np.int8 and dtype.metadata["mgb_dtype"]["name"] == "QuantizedS8"
+
+
+@pytest.mark.parametrize("cls", [ob.MinMaxObserver, ob.ExponentialMovingAverageObserver,
+                                 ob.HistogramObserver, ob.PassiveObserver])
+def test_narrow_range_flag_narrows_the_dtype(cls):
+    # upstream 1.2-1.3's narrow_range=True: qmin = -qmax; qint8 becomes the built-in narrow meta
+    narrow = cls(dtype="qint8", narrow_range=True)
+    assert (narrow.qmin, narrow.qmax) == (-127, 127) and narrow.dtype.name == "qint8_narrow"
+    assert cls(dtype="qint8", narrow_range=False).qmin == -128
+    four = cls(dtype="qint4", narrow_range=True)
+    assert (four.qmin, four.qmax) == (-7, 7)
+
+
+def test_narrow_range_flag_gives_the_narrow_scale():
+    # hand-computed: symmetric scale = max|x| / ((qmax - qmin) / 2) = 2.54 / 127 narrow,
+    # 2.54 / 127.5 full range
+    x = mge.tensor([0.5, -2.54])
+    narrow, full = ob.MinMaxObserver(narrow_range=True), ob.MinMaxObserver()
+    narrow(x)
+    full(x)
+    np.testing.assert_allclose(narrow.get_qparams().scale.numpy(), 2.54 / 127, rtol=1e-6)
+    np.testing.assert_allclose(full.get_qparams().scale.numpy(), 2.54 / 127.5, rtol=1e-6)

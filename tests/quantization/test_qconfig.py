@@ -35,6 +35,23 @@ def test_qconfigs_compare_by_value():
     assert other != tqt_qconfig
 
 
+def test_narrow_range_spelling_equals_the_narrow_dtype():
+    # upstream 1.2-1.3 wrote narrow weights as dtype="qint8", narrow_range=True; 1.4+ as
+    # dtype="qint8_narrow": both build the same quantizer, so the configs are equal
+    old = QConfig(weight_observer=None, act_observer=None,
+                  weight_fake_quant=partial(TQT, dtype="qint8", narrow_range=True),
+                  act_fake_quant=partial(TQT, dtype="qint8", narrow_range=False))
+    assert old == tqt_qconfig and hash(old) == hash(tqt_qconfig)
+    # a default dtype is the class's ("qint8" for MinMaxObserver)
+    implicit = QConfig(partial(MinMaxObserver, narrow_range=True), None, None, None)
+    assert implicit == QConfig(partial(MinMaxObserver, dtype="qint8_narrow"), None, None, None)
+    wide = QConfig(None, None, partial(TQT, dtype="qint8", narrow_range=False),
+                   partial(TQT, dtype="qint8"))
+    assert wide != tqt_qconfig
+    built = old.weight_fake_quant()
+    assert (built.qmin, built.qmax) == (-127, 127)
+
+
 def test_qconfig_refuses_instances_and_non_callables():
     with pytest.raises(ValueError, match="partial"):
         QConfig(MinMaxObserver(), None, None, None)

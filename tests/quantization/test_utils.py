@@ -131,6 +131,20 @@ def test_fake_quant_bias_uses_qint32_with_input_times_weight_scale():
     np.testing.assert_allclose(b.qparams.scale.numpy(), step)
 
 
+def test_fake_quant_bias_with_only_the_input_scale_set():
+    # upstream 1.3 code sets just x.q_dict["scale"]; the bias is then quantized in the weight's
+    # mode and dtype: the same result as full qparams on the input
+    bias = mge.tensor([0.30001, -1.23456, 5.0])
+    w = mge.tensor([1.0])
+    w.qparams.update(create_qparams(QuantMode.SYMMERTIC, "qint8_narrow", mge.tensor(0.01)))
+    scale_only = mge.tensor([1.0])
+    scale_only.q_dict["scale"] = mge.tensor(0.5)
+    step = np.float32(0.5) * np.float32(0.01)
+    b = fake_quant_bias(bias, scale_only, w)
+    np.testing.assert_allclose(b.numpy(), np.round(bias.numpy() / step) * step, atol=1e-7)
+    assert scale_only.qparams.mode is None  # the input's own qparams are left as they were
+
+
 def test_fake_quant_bias_leaves_the_bias_alone_when_upstream_does():
     bias = mge.tensor([0.3, -1.2])
     w = mge.tensor([1.0])

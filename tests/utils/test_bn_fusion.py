@@ -1,12 +1,14 @@
-"""megengine.utils.bn_fusion: a fused module computes what the unfused conv -> bn -> relu
-computes (eval: BN folded into the weights; training: ConvBn with a copy of BN)."""
+"""megengine.utils.bn_fusion: a fused module computes what the unfused conv (or linear) -> bn
+-> relu computes (eval: BN folded into the weights; training: ConvBn/LinearBn with a copy of
+BN); the linear fold is checked against torch.nn.utils.fusion."""
 import numpy as np
 import pytest
 
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
-from megengine.utils.bn_fusion import fold_weight_bias, fuse_conv_bn_relu_module
+from megengine.utils.bn_fusion import (fold_weight_bias, fuse_conv_bn_relu_module,
+                                       fuse_linear_bn_relu_module)
 
 rng = np.random.RandomState(0)
 
@@ -97,3 +99,79 @@ def test_bad_input_is_named():
         fuse_conv_bn_relu_module(conv, wide, None)
     with pytest.raises(TypeError, match="Conv2d or ConvTranspose2d"):
         fuse_conv_bn_relu_module(M.Linear(2, 2), bn, None)
+
+
+def trained_bn1d(features):
+    bn = M.BatchNorm1d(features)
+    bn.weight.set_value(rng.uniform(0.5, 2, bn.weight.shape).astype("float32"))
+    bn.bias.set_value(rng.randn(*bn.bias.shape).astype("float32"))
+    bn.running_mean.set_value(rng.randn(*bn.running_mean.shape).astype("float32"))
+    bn.running_var.set_value(rng.uniform(0.5, 3, bn.running_var.shape).astype("float32"))
+    return bn
+
+
+def test_linear_fold_matches_torch():
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.fusion import fuse_linear_bn_weights
+
+    w, b = rng.randn(5, 3).astype("float32"), rng.randn(5).astype("float32")
+    bn = trained_bn1d(5)
+    wf, bf = fold_weight_bias(mge.tensor(w), mge.tensor(b), bn.weight, bn.bias,
+                              bn.running_mean, bn.running_var, bn.eps)
+    t = lambda p: torch.from_numpy(np.asarray(p.numpy() if hasattr(p, "numpy") else p)
+                                   .reshape(-1).copy())
+    tw, tb = fuse_linear_bn_weights(torch.from_numpy(w), torch.from_numpy(b),
+                                    t(bn.running_mean), t(bn.running_var), bn.eps,
+                                    t(bn.weight), t(bn.bias))
+    assert wf.shape == (5, 3) and bf.shape == (5,)
+    np.testing.assert_allclose(wf.numpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bf.numpy(), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_relu", [True, False])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_linear_bn_relu_fuses(bias, with_relu, training):
+    linear = M.Linear(4, 6, bias=bias)
+    if bias:
+        linear.bias.set_value(rng.randn(6).astype("float32"))
+    bn, relu = trained_bn1d(6), (M.ReLU() if with_relu else None)
+    linear.train(training)
+    bn.train(training)
+    fused = fuse_linear_bn_relu_module(linear, bn, relu)
+    expected_type = {(False, True): M.LinearRelu, (False, False): M.Linear,
+                     (True, True): M.LinearBnRelu1d, (True, False): M.LinearBn1d}
+    assert type(fused) is expected_type[(training, with_relu)]
+    assert fused.training == training and fused.name == linear.name
+    x = mge.tensor(rng.randn(8, 4).astype("float32"))
+    # the unfused layers are the oracle; in training mode run them on a copy of bn so the
+    # running statistics the fused module updates start from the same values
+    from copy import deepcopy
+    oracle_bn = deepcopy(bn)
+    np.testing.assert_allclose(fused(x).numpy(), unfused(linear, oracle_bn, relu, x).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    if training:
+        assert fused.bn is not bn
+        np.testing.assert_allclose(fused.bn.running_mean.numpy(),
+                                   oracle_bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_without_bn_and_bad_input():
+    linear = M.Linear(3, 2)
+    fused = fuse_linear_bn_relu_module(linear, None, M.ReLU())
+    assert type(fused) is M.LinearRelu
+    x = mge.tensor(rng.randn(4, 3).astype("float32"))
+    np.testing.assert_allclose(fused(x).numpy(), np.maximum(linear(x).numpy(), 0), rtol=1e-6)
+    bn = trained_bn1d(2)
+    with pytest.raises(ValueError, match="training"):
+        bn.eval()
+        fuse_linear_bn_relu_module(linear, bn, None)
+    linear.eval()
+    with pytest.raises(ValueError, match="num_features"):
+        wide = trained_bn1d(5)
+        wide.eval()
+        fuse_linear_bn_relu_module(linear, wide, None)
+    with pytest.raises(TypeError, match="Linear"):
+        fuse_linear_bn_relu_module(M.Conv2d(2, 2, 1), bn, None)
+    with pytest.raises(TypeError, match="BatchNorm1d"):
+        fuse_linear_bn_relu_module(linear, M.BatchNorm2d(2), None)

@@ -1,8 +1,11 @@
 """megengine.utils.profiler: every op the dispatcher runs (forward, backward, traced replays)
-lands in a Chrome trace file of upstream's layout; nothing is hooked once the profiler stops."""
+lands in a Chrome trace file of upstream's layout; memory_flow.svg draws the ops' arrays over
+their lifetimes and addresses (checked against a known program and hand-placed blocks);
+nothing is hooked once the profiler stops."""
 import json
 import os
 import threading
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -169,8 +172,8 @@ def test_argument_checks(tmp_path):
         Profiler(str(tmp_path), format="trace.txt")
     with pytest.raises(TypeError, match="list"):
         Profiler(str(tmp_path), formats="chrome_timeline.json")
-    with pytest.warns(UserWarning, match="memory_flow.svg"):
-        Profiler(str(tmp_path), formats=["chrome_timeline.json", "memory_flow.svg"])
+    both = Profiler(str(tmp_path), formats=["chrome_timeline.json", "memory_flow.svg"])
+    assert both.formats == ["chrome_timeline.json", "memory_flow.svg"]
     quiet = Profiler(str(tmp_path), sample_rate=3, num_tensor_watch=1, enable_cupti=1,
                      profile_device=0, with_backtrace=True)
     assert quiet.formats == ["chrome_timeline.json"]
@@ -198,3 +201,64 @@ def test_merge_trace_events(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="chrome_timeline"):
         merge_trace_events(str(tmp_path / "empty"))
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_rects(path):
+    root = ET.parse(path).getroot()
+    return [(r, r.find(SVG + "title").text) for r in root.iter(SVG + "rect")
+            if r.find(SVG + "title") is not None]
+
+
+def test_memory_flow_svg_follows_the_arrays_of_a_program(tmp_path):
+    x = mge.tensor(np.ones(1000, np.float32))
+    with Profiler(str(tmp_path), format="memory_flow.svg"):
+        y = F.exp(x)  # freed inside the profile
+        z = F.log(y)
+        del y
+        w = F.sqrt(z)  # alive when the profile stops
+    svg = tmp_path / f"{os.getpid()}.memory_flow.svg"
+    assert svg.exists()
+    assert not (tmp_path / f"{os.getpid()}.chrome_timeline.json").exists()  # not asked for
+    rects = svg_rects(svg)
+    titles = [t for _, t in rects if "(1000,) float32 4000 B" in t]
+    assert len(titles) == 3, titles  # exp, log, sqrt: one array each, in order
+    assert "alive at stop" not in titles[0]  # y was deleted
+    assert "alive at stop" in titles[1] and "alive at stop" in titles[2]
+    assert w.shape == (1000,)
+    # y's rectangle ends before the profile does, z's reaches its end
+    by_title = {t: r for r, t in rects}
+    y_rect, z_rect = by_title[titles[0]], by_title[titles[1]]
+    y_end = float(y_rect.get("x")) + float(y_rect.get("width"))
+    z_end = float(z_rect.get("x")) + float(z_rect.get("width"))
+    assert y_end < z_end
+
+
+def test_memory_flow_layout_by_hand():
+    from megengine.utils._memory_flow import render
+
+    # two arrays reusing one address at different times, one far away: the far one is
+    # stacked right after the first range (the gap is left out), heights by bytes
+    blocks = [
+        {"name": "A", "shape": (4,), "dtype": "float32", "nbytes": 300, "addr": 1000,
+         "alloc_ns": 0, "free_ns": 500},
+        {"name": "B", "shape": (4,), "dtype": "float32", "nbytes": 300, "addr": 1000,
+         "alloc_ns": 500, "free_ns": None},
+        {"name": "C", "shape": (2,), "dtype": "float32", "nbytes": 100, "addr": 10 ** 12,
+         "alloc_ns": 250, "free_ns": 750},
+    ]
+    root = ET.fromstring(render(blocks, 0, 1000))
+    rects = {r.find(SVG + "title").text.split()[0]: {k: float(r.get(k)) for k in
+                                                     ("x", "y", "width", "height")}
+             for r in root.iter(SVG + "rect") if r.find(SVG + "title") is not None}
+    top, height, left, width = 30, 500, 70, 1000  # the plot area
+    assert rects["A"]["y"] == rects["B"]["y"] == top
+    assert rects["A"]["height"] == pytest.approx(height * 300 / 400)
+    assert rects["C"]["y"] == pytest.approx(top + height * 300 / 400)
+    assert rects["C"]["height"] == pytest.approx(height * 100 / 400)
+    assert rects["A"]["x"] == left and rects["A"]["width"] == pytest.approx(width / 2)
+    assert rects["B"]["x"] == pytest.approx(left + width / 2)
+    assert rects["B"]["width"] == pytest.approx(width / 2)  # alive: drawn to the end
+    assert rects["C"]["x"] == pytest.approx(left + width / 4)

@@ -6,13 +6,14 @@ from .conv import Conv2d, ConvRelu2d, ConvTranspose2d, ConvTransposeRelu2d
 from .conv_bn import ConvBn2d, ConvBnRelu2d
 from .conv_transpose_bn import ConvTransposeBn2d, ConvTransposeBnRelu2d
 from .elemwise import Elemwise
-from .linear import Linear
+from .linear import Linear, LinearRelu
 from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .module import QATModule
 from .quant_dequant import DequantStub, QuantStub
 
 __all__ = [
-    "QATModule", "Linear", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d",
-    "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
-    "LinearBnRelu1d", "BatchMatMulActivation", "Elemwise", "Concat", "QuantStub", "DequantStub",
+    "QATModule", "Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvTranspose2d",
+    "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
+    "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "BatchMatMulActivation",
+    "Elemwise", "Concat", "QuantStub", "DequantStub",
 ]
