@@ -2,14 +2,12 @@
 their qconfig, switch fake quantization and observers on and off, EasyQuant's scale search;
 `quantize` (to integer kernels) is the one step this engine cannot take."""
 from copy import deepcopy
-from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from .. import module as Float
-from ..functional import concat, norm
-from ..logger import get_logger
+from ..functional import norm
 from ..core.tensor import Tensor
 from ..module import Module
 from ..utils.module_utils import set_expand_structure
@@ -20,8 +18,6 @@ __all__ = [
     "apply_easy_quant", "enable_fake_quant", "disable_fake_quant", "enable_observer",
     "disable_observer",
 ]
-
-logger = get_logger(__name__)
 
 # Upstream derives these pairs from the names its quantized-module package defines; this fork
 # has no quantized modules, so the quantizable layers are listed here (same names on each side).
@@ -176,48 +172,88 @@ def disable_observer(module: Module):
 
 def apply_easy_quant(module: Module, data: Tensor, start: float = 0.8, stop: float = 1.2,
                      num: int = 40):
-    """EasyQuant (arXiv:2006.16669): for each QAT layer with PassiveObservers (see
-    ``passive_qconfig``), try ``num`` scales in ``[start, stop] * original`` for the weight and
-    then the activation and keep the one whose fake-quantized output is closest (cosine
-    similarity) to the float output on ``data``. Returns the module."""
-    batch_size = data.shape[0]
+    """EasyQuant (Wu et al., arXiv:2006.16669): search each QAT layer's scales, one layer at a
+    time in the order the layers run, first every weight scale, then every activation scale.
 
-    def get_cosine(x, y):
-        axis = tuple(range(1, x.ndim))
-        sim = (x * y).sum(axis=axis) / (norm(x, axis=axis) * norm(y, axis=axis))
-        return sim.mean(axis=0)
-
-    def search(mod, inputs, outputs, where):
-        mod._forward_hooks.clear()
-        # the batch is [data, data]: the first half runs in float, the second fake-quantized
-        normal_in = [t[:batch_size] for t in inputs]
-        fakequant_in = [t[batch_size:] for t in inputs]
-        disable_fake_quant(mod)
-        normal_out = mod(*normal_in)
-        enable_fake_quant(mod)
-        ob = getattr(mod, where)
-        if ob is None:
-            return None
-        if not hasattr(ob, "orig_scale"):
-            raise TypeError(f"apply_easy_quant needs PassiveObservers ({type(mod).__name__}."
-                            f"{where} is a {type(ob).__name__}): reset_qconfig(module, "
-                            "passive_qconfig) first")
-        orig_scale = ob.orig_scale
-        best_cosine, best_scale = 0.0, None
-        for scale in np.linspace(start * orig_scale, stop * orig_scale, num):
-            ob.scale = scale
-            cosine = float(get_cosine(normal_out, mod(*fakequant_in)).numpy())
-            if cosine > best_cosine:
-                best_cosine, best_scale = cosine, scale
-        if best_scale is None:
-            logger.warning("EasyQuant finds no better scale")
-        else:
-            ob.scale = best_scale
-        return concat([normal_out, outputs[batch_size:]])
-
-    data = concat([data, data])
-    hook_qat_module(module, partial(search, where="weight_observer"))
-    module(data)
-    hook_qat_module(module, partial(search, where="act_observer"))
-    module(data)
+    The layers must hold PassiveObservers (``reset_qconfig(net, passive_qconfig)`` first). For a
+    layer, ``num`` scales evenly spaced in ``[start, stop] * its original scale`` are tried; the
+    one kept makes the layer's fake-quantized output on ``data`` closest, by cosine similarity
+    per sample averaged over the batch, to its float output. The float output comes from a pass
+    of the whole network with fake quantization off; the fake-quantized layer sees the inputs
+    of a pass with fake quantization on, so the scales already chosen for earlier layers count
+    (the sequential search of the paper). Fake quantization is on everywhere afterwards.
+    Returns the module.
+    """
+    if not stop >= start > 0 or int(num) < 1:
+        raise ValueError(f"apply_easy_quant: need 0 < start <= stop and num >= 1, got "
+                         f"start={start}, stop={stop}, num={num}")
+    layers = _qat_layers_in_call_order(module, data)
+    for where in ("weight_observer", "act_observer"):
+        for layer in layers:
+            observer = getattr(layer, where, None)
+            if observer is None:
+                continue
+            if not hasattr(observer, "orig_scale"):
+                raise TypeError(f"apply_easy_quant needs PassiveObservers ({type(layer).__name__}"
+                                f".{where} is a {type(observer).__name__}): reset_qconfig(module, "
+                                "passive_qconfig) first")
+            disable_fake_quant(module)
+            float_out = _output_of(layer, module, data)
+            enable_fake_quant(module)
+            quant_in = _inputs_of(layer, module, data)
+            best, best_scale = -np.inf, None
+            for scale in np.linspace(start, stop, int(num)) * observer.orig_scale:
+                observer.scale = scale
+                similarity = float(_mean_cosine(float_out, layer(*quant_in)).numpy())
+                if similarity > best:
+                    best, best_scale = similarity, scale
+            observer.scale = best_scale
+    enable_fake_quant(module)
     return module
+
+
+def _capture(layer, module, data, pick):
+    """Run ``module(data)`` once with a hook on ``layer``; return ``pick(inputs, outputs)`` of
+    the layer's first call in that pass."""
+    seen = []
+
+    def hook(mod, inputs, outputs):
+        if not seen:
+            seen.append(pick(inputs, outputs))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        module(data)
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"apply_easy_quant: {type(layer).__name__} did not run on data")
+    return seen[0]
+
+
+def _inputs_of(layer, module, data):
+    return _capture(layer, module, data, lambda inputs, outputs: tuple(inputs))
+
+
+def _output_of(layer, module, data):
+    return _capture(layer, module, data,
+                    lambda inputs, outputs: outputs[0] if isinstance(outputs, tuple) else outputs)
+
+
+def _qat_layers_in_call_order(module, data):
+    order, handles = [], []
+    for layer in module._flatten(predicate=_is_qat):
+        handles.append(layer.register_forward_hook(
+            lambda mod, inputs, outputs: order.append(mod) if mod not in order else None))
+    try:
+        module(data)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _mean_cosine(x, y):
+    """Cosine similarity of ``x`` and ``y`` per sample (over all but the first axis), averaged."""
+    axis = tuple(range(1, x.ndim))
+    return ((x * y).sum(axis=axis) / (norm(x, axis=axis) * norm(y, axis=axis))).mean()

@@ -207,6 +207,45 @@ def test_apply_easy_quant_keeps_scales_in_the_search_range():
     assert not eq_net.linear._forward_hooks  # the search removes its hooks
 
 
+def _cosine(a, b):
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def test_apply_easy_quant_keeps_the_candidate_closest_to_the_float_output():
+    np.random.seed(7)
+    x = mge.tensor(np.random.randn(6, 3).astype(np.float32))
+    net = quantize_qat(Net(), qconfig=min_max_fakequant_qconfig)
+    net(x)  # the min-max observers calibrate on the data
+    net = reset_qconfig(net, passive_qconfig, inplace=False)
+    layer, observer = net.linear, net.linear.weight_observer
+    original = observer.orig_scale.copy()
+    candidates = np.linspace(0.5, 1.5, 7) * original
+    # by hand: the float output (fake quantization off everywhere), the layer's input with it
+    # on (the QuantStub's fake-quantized x), then the cosine of each candidate's output
+    disable_fake_quant(net)
+    reference = layer(net.quant(x)).numpy()
+    enable_fake_quant(net)
+    quant_in = net.quant(x)
+    scores = []
+    for scale in candidates:
+        observer.scale = scale
+        scores.append(_cosine(reference, layer(quant_in).numpy()))
+    observer.scale = original
+    assert max(scores) > min(scores)  # the candidates differ, so the choice means something
+    apply_easy_quant(net, x, 0.5, 1.5, 7)
+    np.testing.assert_allclose(observer.scale.numpy(), candidates[int(np.argmax(scores))],
+                               rtol=1e-6)
+    assert layer.weight_fake_quant.enabled  # fake quantization is on afterwards
+
+
+def test_apply_easy_quant_refuses_bad_ranges_and_non_passive_observers():
+    with pytest.raises(ValueError, match="0 < start <= stop"):
+        apply_easy_quant(init_qat_net(), mge.tensor(np.ones((2, 3), np.float32)), 1.2, 0.8)
+    with pytest.raises(TypeError, match="needs PassiveObservers.*passive_qconfig"):
+        apply_easy_quant(init_qat_net(), mge.tensor(np.ones((2, 3), np.float32)))
+
+
 class CNN(Float.Module):
     def __init__(self):
         super().__init__()
