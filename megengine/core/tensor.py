@@ -456,7 +456,12 @@ class Tensor:
         """Replace the value; writes into the existing storage when shape and dtype allow."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._reset, self, other)
-        value = other._data if isinstance(other, Tensor) else as_array(other, self.dtype, self._device)
+        if isinstance(other, Tensor):
+            value = other._data
+            if other._device != self._device:  # the value comes over; the tensor stays where it is
+                value = _ops.move_array(value, self._device)
+        else:
+            value = as_array(other, self.dtype, self._device)
         if value.shape == self._data.shape and _writeable(self._data):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):

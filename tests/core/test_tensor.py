@@ -156,6 +156,18 @@ def test_set_value_with_new_shape_replaces_storage():
     assert t.shape == (5,) and t.dtype == np.float32
 
 
+@requires_cuda
+@pytest.mark.parametrize("home, other", [("cpu0", "gpu0"), ("gpu0", "cpu0")])
+def test_set_value_from_another_device_keeps_the_tensor_on_its_own(home, other):
+    for shape in ((2, 3), (5,)):  # written in place, and a new storage
+        t = Tensor(np.zeros((2, 3), np.float32), device=home)
+        value = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        t.set_value(Tensor(value, device=other))
+        assert t.device == canonical_device(home) and t.shape == shape
+        assert type(t._data).__module__.split(".")[0] == ("cupy" if home == "gpu0" else "numpy")
+        np.testing.assert_array_equal(t.numpy(), value)
+
+
 def test_repr():
     assert repr(Tensor([1.0, 2.0])).startswith("Tensor([1. 2.]")
     assert "device=" in repr(Tensor([1.0]))
