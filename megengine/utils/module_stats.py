@@ -234,6 +234,18 @@ def _to_tensors(x):
     return Tensor(x, dtype=np.float32)
 
 
+def _finish_size_rows(rows, dim_key, bar_length_max):
+    """Totals of a params or activations table, ``(dims, bytes)``; formats each row's size
+    (with its bar) and appends the "total" row."""
+    total_dims = sum(int(r[dim_key]) for r in rows)
+    total_size = _add_totals(rows, "size", bar_length_max, sizeof_fmt)
+    for r in rows:
+        r["size_bar"] = r.pop("bar")
+        r["size"] = sizeof_fmt(r["size"])
+    rows.append({"name": "total", dim_key: total_dims, "size": sizeof_fmt(total_size)})
+    return total_dims, total_size
+
+
 def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_shapes: list = None,
                  cal_params: bool = True, cal_flops: bool = True, cal_activations: bool = True,
                  logging_to_stdout: bool = True, bar_length_max: int = 20, *,
@@ -346,13 +358,8 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
     summary = {"#params": len(params)}
     total_flops = total_param_dims = total_param_size = total_act_dims = total_act_size = 0
     if cal_params:
-        total_param_dims = sum(int(r["param_dim"]) for r in params)
-        total_param_size = _add_totals(params, "size", bar_length_max, sizeof_fmt)
-        for r in params:
-            r["size_bar"] = r.pop("bar")
-            r["size"] = sizeof_fmt(r["size"])
-        params.append({"name": "total", "param_dim": total_param_dims,
-                       "size": sizeof_fmt(total_param_size)})
+        total_param_dims, total_param_size = _finish_size_rows(params, "param_dim",
+                                                               bar_length_max)
         summary["total_param_dims"] = sizeof_fmt(total_param_dims, suffix="")
         summary["total_param_size"] = sizeof_fmt(total_param_size)
         if logging_to_stdout and log_params:
@@ -372,13 +379,8 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
                 "percentage", "bar"]))
     if cal_activations:
-        total_act_dims = sum(int(r["act_dim"]) for r in activations)
-        total_act_size = _add_totals(activations, "size", bar_length_max, sizeof_fmt)
-        for r in activations:
-            r["size_bar"] = r.pop("bar")
-            r["size"] = sizeof_fmt(r["size"])
-        activations.append({"name": "total", "act_dim": total_act_dims,
-                            "size": sizeof_fmt(total_act_size)})
+        total_act_dims, total_act_size = _finish_size_rows(activations, "act_dim",
+                                                           bar_length_max)
         summary["total_act_dims"] = sizeof_fmt(total_act_dims, suffix="")
         summary["total_act_size"] = sizeof_fmt(total_act_size)
         if logging_to_stdout and log_activations:
