@@ -104,6 +104,14 @@ def fold_weight_bias(weight, bias, gamma, beta, bn_mean, bn_var, eps=1e-5, trans
     return Tensor(w_fold, device=device), Tensor(b_fold, device=device)
 
 
+def _check_optional(what, **args):
+    """``name=(value, cls)``: each value must be None or a ``cls``, else a TypeError naming it."""
+    for name, (value, cls) in args.items():
+        if value is not None and not isinstance(value, cls):
+            raise TypeError(f"{what}: {name} must be a {cls.__name__} or None, got "
+                            f"{type(value).__name__}")
+
+
 def fuse_conv_bn_relu_module(conv, bn, relu):
     """One module computing ``relu(bn(conv(x)))`` (``bn`` or ``relu`` may be None).
 
@@ -117,12 +125,7 @@ def fuse_conv_bn_relu_module(conv, bn, relu):
     if kind is None or type(conv) not in (Conv2d, ConvTranspose2d):
         raise TypeError(f"fuse_conv_bn_relu_module: conv must be a Conv2d or ConvTranspose2d, "
                         f"got {type(conv).__name__}")
-    if bn is not None and not isinstance(bn, BatchNorm2d):
-        raise TypeError(f"fuse_conv_bn_relu_module: bn must be a BatchNorm2d or None, got "
-                        f"{type(bn).__name__}")
-    if relu is not None and not isinstance(relu, ReLU):
-        raise TypeError(f"fuse_conv_bn_relu_module: relu must be a ReLU or None, got "
-                        f"{type(relu).__name__}")
+    _check_optional("fuse_conv_bn_relu_module", bn=(bn, BatchNorm2d), relu=(relu, ReLU))
     if bn is None:
         fused_type = (ConvTransposeRelu2d if kind is ConvTranspose2d else ConvRelu2d) if relu \
             else kind
@@ -177,12 +180,7 @@ def fuse_linear_bn_relu_module(linear, bn, relu):
     if type(linear) is not Linear:
         raise TypeError(f"fuse_linear_bn_relu_module: linear must be a Linear, got "
                         f"{type(linear).__name__}")
-    if bn is not None and not isinstance(bn, BatchNorm1d):
-        raise TypeError(f"fuse_linear_bn_relu_module: bn must be a BatchNorm1d or None, got "
-                        f"{type(bn).__name__}")
-    if relu is not None and not isinstance(relu, ReLU):
-        raise TypeError(f"fuse_linear_bn_relu_module: relu must be a ReLU or None, got "
-                        f"{type(relu).__name__}")
+    _check_optional("fuse_linear_bn_relu_module", bn=(bn, BatchNorm1d), relu=(relu, ReLU))
     if bn is None:
         fused_type = LinearRelu if relu is not None else Linear
     else:

@@ -175,3 +175,16 @@ def test_linear_without_bn_and_bad_input():
         fuse_linear_bn_relu_module(M.Conv2d(2, 2, 1), bn, None)
     with pytest.raises(TypeError, match="BatchNorm1d"):
         fuse_linear_bn_relu_module(linear, M.BatchNorm2d(2), None)
+
+
+@pytest.mark.parametrize("fuse, layer, bn_type", [
+    (fuse_conv_bn_relu_module, lambda: M.Conv2d(2, 2, 1), "BatchNorm2d"),
+    (fuse_linear_bn_relu_module, lambda: M.Linear(2, 2), "BatchNorm1d"),
+])
+def test_fusing_names_a_bn_or_relu_of_the_wrong_type(fuse, layer, bn_type):
+    with pytest.raises(TypeError, match=rf"{fuse.__name__}: bn must be a {bn_type} or None, "
+                                        r"got ReLU"):
+        fuse(layer(), M.ReLU(), None)
+    with pytest.raises(TypeError, match=rf"{fuse.__name__}: relu must be a ReLU or None, "
+                                        r"got Linear"):
+        fuse(layer(), None, M.Linear(1, 1))
