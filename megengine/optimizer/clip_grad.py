@@ -1,6 +1,9 @@
 """Gradient clipping: `clip_grad_norm` (scale by the total norm) and `clip_grad_value`."""
+import numpy as np
+
+from ..core import dispatch
+from ..core.dispatch import xp_of
 from ..core.tensor import Tensor
-from ..device import get_array_module
 from .optimizer import _trace_event
 
 __all__ = ["clip_grad_norm", "clip_grad_value"]
@@ -39,14 +42,40 @@ def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (u
     tensors = _with_grads(tensors, "clip_grad_norm")
     if not tensors:
         return Tensor(0.0)
-    xp = get_array_module(tensors[0].grad._device)
-    norms = xp.stack([xp.linalg.norm(t.grad._data.ravel(), ord) for t in tensors])
-    total = xp.linalg.norm(norms, ord)
-    scale = min(1.0, float(max_norm / (total + 1e-6)))
-    if scale < 1.0:
-        for t in tensors:
-            _set_grad(t, t.grad._data * scale)
-    return Tensor._wrap(xp.asarray(total, dtype=norms.dtype), tensors[0].grad._device)
+    # The total norm is the norm of the per-device norms (as of the per-tensor ones), so each
+    # device reduces its own gradients with its GPU current and only one number per device
+    # crosses over (CuPy cannot stack arrays that live on different GPUs).
+    groups = {}
+    for t in tensors:
+        groups.setdefault(t.grad._device, []).append(t)
+    scope = dispatch.device_scope()  # None unless there are several GPUs
+    try:
+        partial = []
+        for device, group in groups.items():
+            if scope is not None:
+                scope.enter(device)
+            xp = xp_of(group[0].grad._data)
+            norms = xp.stack([xp.linalg.norm(t.grad._data.ravel(), ord) for t in group])
+            partial.append(xp.linalg.norm(norms, ord))
+        first = tensors[0].grad  # its device's group came first: partial[0] lives there
+        if len(partial) == 1:
+            total = partial[0]
+        else:
+            total = np.linalg.norm(np.array([float(n) for n in partial]), ord)
+            if scope is not None:
+                scope.enter(first._device)
+            total = xp_of(first._data).asarray(total, dtype=partial[0].dtype)
+        scale = min(1.0, float(max_norm / (total + 1e-6)))
+        if scale < 1.0:
+            for device, group in groups.items():
+                if scope is not None:
+                    scope.enter(device)
+                for t in group:
+                    _set_grad(t, t.grad._data * scale)
+    finally:
+        if scope is not None:
+            scope.close()
+    return Tensor._wrap(total, first._device)
 
 
 @_trace_event
@@ -54,6 +83,12 @@ def clip_grad_value(tensors, lower: float, upper: float):
     """Clip every gradient element to ``[lower, upper]``, in place."""
     if lower > upper:
         raise ValueError(f"clip_grad_value: lower ({lower}) must not exceed upper ({upper})")
-    for t in _with_grads(tensors, "clip_grad_value"):
-        xp = get_array_module(t.grad._device)
-        _set_grad(t, xp.clip(t.grad._data, lower, upper))
+    scope = dispatch.device_scope()  # None unless there are several GPUs
+    try:
+        for t in _with_grads(tensors, "clip_grad_value"):
+            if scope is not None:
+                scope.enter(t.grad._device)
+            _set_grad(t, xp_of(t.grad._data).clip(t.grad._data, lower, upper))
+    finally:
+        if scope is not None:
+            scope.close()

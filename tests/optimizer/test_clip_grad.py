@@ -60,3 +60,47 @@ def test_clip_grad_value():
     assert q.grad.numpy().tolist() == pytest.approx([-0.1]) and r.grad is None
     with pytest.raises(ValueError, match="lower"):
         clip_grad_value([p], 1.0, -1.0)
+
+
+def test_gradients_on_two_gpus_are_clipped_each_with_its_gpu_current():
+    """With several GPUs each device reduces and scales its own gradients with its GPU current
+    (CuPy cannot stack arrays of two GPUs); the total is the norm over all of them. A fake
+    switcher and gpu-labelled numpy arrays check the bookkeeping without GPUs."""
+    from megengine.core import dispatch
+    from megengine.core.tensor import Tensor
+
+    class Switcher:
+        def __init__(self):
+            self.device, self.used = 0, []
+
+        def current(self):
+            return self.device
+
+        def use(self, index):
+            self.used.append(index)
+            self.device = index
+
+    def labelled(device, values):
+        p = mge.Parameter(np.zeros(len(values), np.float32), device="cpu0")
+        p._device = device
+        p.grad = Tensor._wrap(np.asarray(values, np.float32), device)
+        return p
+
+    fake = Switcher()
+    previous = dispatch.set_device_switcher(fake)
+    try:
+        a, b, c = (labelled("gpu1", [3.0, 0.0]), labelled("gpu0", [0.0, 4.0]),
+                   labelled("gpu1", [0.0, 12.0]))
+        total = clip_grad_norm([a, b, c], 6.5)
+        assert fake.device == 0 and 1 in fake.used  # gpu1 was made current, the caller's came back
+        assert total._device == "gpu1" and float(total._data) == pytest.approx(13.0)  # 3-4-12
+        scale = 6.5 / (13.0 + 1e-6)
+        for p, values in ((a, [3.0, 0.0]), (b, [0.0, 4.0]), (c, [0.0, 12.0])):
+            np.testing.assert_allclose(p.grad._data, np.asarray(values) * scale, rtol=1e-6)
+        fake.used.clear()
+        clip_grad_value([b, a], lower=-1.0, upper=1.5)
+        assert fake.used == [1, 0] and fake.device == 0
+        np.testing.assert_allclose(a.grad._data, [1.5, 0.0], rtol=1e-5)  # 3 * 0.5 stays
+        np.testing.assert_allclose(b.grad._data, [0.0, 1.5], rtol=1e-5)  # 4 * 0.5 -> 1.5
+    finally:
+        dispatch.set_device_switcher(previous)
