@@ -187,23 +187,22 @@ class Pow(_Binary):
         return ga, gb
 
 
-def _split_ties(g, a_wins, tie):
-    """Gradient of a max/min: to the winner, shared half and half on ties (as torch does)."""
-    share_a = a_wins + 0.5 * tie
-    return g * share_a, g * (1 - share_a)
-
+# Ties in max/min follow upstream MegEngine, not torch: the first operand takes the whole
+# gradient where the operands are equal (so F.clip with Tensor bounds passes the gradient at
+# the bounds, and maximum(x, x) has gradient 1), and a reduction gives every element equal to
+# the result the whole gradient (torch shares it out instead).
 
 class Maximum(_Binary):
     def compute(self, a, b):
         return xp_of(a).maximum(a, b)
 
     def grads(self, g):
-        return _split_ties(g, (self.a > self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
+        first = self.a >= self.b
+        return g * first, g * ~first
 
     def grads_graph(self, a, b, out, g):
-        share = _const(_split_ties(1, (self.a > self.b).astype(g.dtype),
-                                   (self.a == self.b).astype(g.dtype))[0], g)
-        return g * share, g * (1 - share)
+        first = _const((self.a >= self.b).astype(g.dtype), g)
+        return g * first, g * (1 - first)
 
 
 class Minimum(_Binary):
@@ -211,12 +210,12 @@ class Minimum(_Binary):
         return xp_of(a).minimum(a, b)
 
     def grads(self, g):
-        return _split_ties(g, (self.a < self.b).astype(g.dtype), (self.a == self.b).astype(g.dtype))
+        first = self.a <= self.b
+        return g * first, g * ~first
 
     def grads_graph(self, a, b, out, g):
-        share = _const(_split_ties(1, (self.a < self.b).astype(g.dtype),
-                                   (self.a == self.b).astype(g.dtype))[0], g)
-        return g * share, g * (1 - share)
+        first = _const((self.a <= self.b).astype(g.dtype), g)
+        return g * first, g * (1 - first)
 
 
 class MatMul(Op):
@@ -593,9 +592,8 @@ class Reduce(Op):
         if self.mode == "mean":
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
             return xp.broadcast_to(g / count, x.shape)
-        if self.mode in ("max", "min"):
-            mask = (x == self.out_keep)
-            return g * mask / mask.sum(axis=axes, keepdims=True)
+        if self.mode in ("max", "min"):  # every tied element gets all of g (upstream's rule)
+            return g * (x == self.out_keep)
         return g * _exclusive_prod(x, axes)
 
     def grad_graph(self, inputs, outputs, grads):
@@ -608,8 +606,7 @@ class Reduce(Op):
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
             return (t_expand(g / count, x.shape),)
         if self.mode in ("max", "min"):
-            mask = (x == self.out_keep)
-            return (g * _const(mask / mask.sum(axis=axes, keepdims=True), g),)
+            return (g * _const((x == self.out_keep).astype(g.dtype), g),)
         if not (x != 0).all():
             raise RuntimeError(
                 "prod: the gradient of a product over zeros cannot be differentiated here "

@@ -51,8 +51,10 @@ div = _binary_fn("truediv", "div", "Element-wise true division ``x / y`` (intege
 floor_div = _binary_fn("floordiv", "floor_div", "Element-wise floor division ``x // y``.")
 mod = _binary_fn("mod", "mod", "Element-wise remainder ``x % y`` (sign of the divisor, as Python).")
 pow = _binary_fn("pow", "pow", "Element-wise power ``x ** y``.")
-maximum = _binary_fn("maximum", "maximum", "Element-wise maximum of ``x`` and ``y``.")
-minimum = _binary_fn("minimum", "minimum", "Element-wise minimum of ``x`` and ``y``.")
+maximum = _binary_fn("maximum", "maximum", "Element-wise maximum of ``x`` and ``y`` (where they are "
+                     "equal, ``x`` gets the gradient, as upstream).")
+minimum = _binary_fn("minimum", "minimum", "Element-wise minimum of ``x`` and ``y`` (where they are "
+                     "equal, ``x`` gets the gradient, as upstream).")
 left_shift = _binary_fn("lshift", "left_shift", "Element-wise ``x << y`` on integers.")
 right_shift = _binary_fn("rshift", "right_shift", "Element-wise arithmetic ``x >> y`` on integers.")
 equal = _binary_fn("eq", "equal", "Element-wise ``x == y`` (bool).")

@@ -71,12 +71,14 @@ def prod(inp, axis=None, keepdims=False):
 
 
 def max(inp, axis=None, keepdims=False):
-    """Maximum over ``axis``; ties share the gradient."""
+    """Maximum over ``axis``; every element equal to the maximum gets the whole gradient
+    (upstream's rule; torch shares it among ties)."""
     return _tensor(inp).max(axis=axis, keepdims=keepdims)
 
 
 def min(inp, axis=None, keepdims=False):
-    """Minimum over ``axis``; ties share the gradient."""
+    """Minimum over ``axis``; every element equal to the minimum gets the whole gradient
+    (upstream's rule; torch shares it among ties)."""
     return _tensor(inp).min(axis=axis, keepdims=keepdims)
 
 

@@ -436,12 +436,14 @@ def test_reduction_methods(name):
           lambda x: getattr(torch, tname)(x, 1, keepdim=True), a, rtol=1e-4)
 
 
-def test_max_ties_share_gradient():
-    x = Tensor([1.0, 3.0, 3.0])
+def test_max_and_min_ties_each_get_the_whole_gradient_as_upstream():
+    # upstream's Reduce gradient is COND_LEQ_MOV(out, x, g): every element equal to the
+    # result gets all of g (torch.amax would give 0.5 to each of the two 3s)
+    x = Tensor([[1.0, 3.0, 3.0], [2.0, 2.0, -1.0]])
     gm = GradManager().attach(x)
     with gm:
-        gm.backward(x.max())
-    np.testing.assert_allclose(x.grad.numpy(), [0, 0.5, 0.5])
+        gm.backward(x.max(axis=1).sum() + 10 * x.min())
+    np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 1], [1, 1, 10]])
 
 
 def test_repr_names_int32_like_upstream():

@@ -7,6 +7,7 @@ import torch
 
 import megengine as mge
 import megengine.functional as F
+from megengine.autodiff import GradManager
 
 from oracle import check_against_torch
 
@@ -289,3 +290,39 @@ def test_elemwise_gradient_and_check_modes():
                                (1 - np.tanh(x) ** 2) * g, rtol=1e-5)
     np.testing.assert_allclose(Elemwise("ABS_GRAD")(x, g).numpy(), np.sign(x) * g)
     assert Elemwise("ISNAN")(mge.tensor([1.0, np.nan])).tolist() == [False, True]
+
+
+def test_maximum_and_minimum_give_ties_to_the_first_operand_as_upstream():
+    # upstream's Elemwise gradient: MAX sends g to x where x >= y and to y where x < y; MIN to
+    # x where x <= y (torch would split ties half and half)
+    x = mge.tensor([1.0, 2.0, 3.0])
+    y = mge.tensor([2.0, 2.0, 2.0])
+    gm = GradManager().attach([x, y])
+    with gm:
+        gm.backward(F.maximum(x, y).sum() + 10 * F.minimum(x, y).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [10, 11, 1])
+    np.testing.assert_array_equal(y.grad.numpy(), [1, 0, 10])
+
+
+def test_maximum_of_a_tensor_with_itself_has_gradient_one():
+    # upstream's test_maximum_grad_consistency
+    x = F.arange(10)
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(F.maximum(x, x))
+    np.testing.assert_array_equal(x.grad.numpy(), np.ones(10))
+
+
+def test_clip_with_tensor_bounds_passes_the_gradient_at_the_bounds():
+    # Tensor bounds go through maximum/minimum; the gradient must pass where x equals a bound,
+    # exactly as with number bounds (upstream's CLIP gradient is inclusive)
+    x = mge.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+    grads = []
+    for lower, upper in ((-1.0, 1.0), (mge.tensor(-1.0), mge.tensor(1.0))):
+        x.grad = None
+        gm = GradManager().attach(x)
+        with gm:
+            gm.backward(F.clip(x, lower, upper).sum())
+        grads.append(x.grad.numpy())
+    np.testing.assert_array_equal(grads[0], [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(grads[1], grads[0])
