@@ -282,7 +282,7 @@ class _Slot:
 
 class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -375,6 +375,11 @@ class _Program:
                 step.tdict = step.template.__dict__ if step.fast else None
                 step.may_be_none = any(s in grad_slots for s in step.ins)
                 step.no_grad = (False,) * len(step.ins)
+                # capture_as_const: a checked call runs the op on the value captured at trace
+                # time, not on the external tensor's value now (as a replay does)
+                step.captured = tuple(
+                    (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
+                    if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
 
 
 def _plain_instance(cls):

@@ -1,5 +1,5 @@
 """Recording a traced function's first call into a `_Program`, and checking a later call
-(``symbolic=False``) against it, as ``dispatch._trace_hook`` (see `tracing` for the design)."""
+(``symbolic=False`` or ``True``) against it, as ``dispatch._trace_hook`` (see `tracing`)."""
 import copy
 import time
 import weakref
@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
-from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
-                       _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _kind_text,
-                       _op_key, _refs_in, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from ._program import (_PLAIN, TraceError, TraceMismatchError, _AliasStep, _ArrayValue,
+                       _EventStep, _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host,
+                       _kind_text, _op_key, _refs_in, _step_text, _tensor_paths, _tensor_text,
+                       _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -247,6 +248,10 @@ class _Recorder:
                 self._mismatch(f"{where}, input {j}: the trace had shape {meta[0]} {meta[1]}, "
                                f"this call has shape {t.shape} {t.dtype}", "shape mismatch")
         self._done_aliases(k, where)
+        if step.captured:
+            inputs = list(inputs)
+            for j, value, device in step.captured:
+                inputs[j] = Tensor._wrap(value, device)
         if self.profile is None:
             out = self._run(op, inputs)
         else:
@@ -381,7 +386,7 @@ class _Recorder:
             pairs = zip(value.values(), enc.values()) if t is dict else zip(value, enc)
             for v, e in pairs:
                 self._match(v, e, where)
-        elif not (_ValueLeaf(value) == _ValueLeaf(enc)):
+        elif not (_ValueLeaf(value) == _ValueLeaf(enc)) and not _alike(value, enc):
             self._mismatch(f"{where}: the trace passed {_ValueLeaf(enc)!r}, this call passes "
                            f"{_ValueLeaf(value)!r}", "tensors not equals")
 
@@ -454,6 +459,31 @@ class _Recorder:
                 n is not None and n != r for n, r in zip(now, recorded)):
             self._mismatch("the outputs: this call returns other values than the traced call "
                            f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+def _alike(a, b):
+    """Whether ``a`` stands for ``b`` in an event's arguments though it is another object: one
+    the function makes afresh on every call (``with gm1 | gm2:`` builds a new group each time)
+    with the same class and attributes that are the same objects (lists of the same objects,
+    equal plain values)."""
+    if type(a) is not type(b) or type(a) in _PLAIN:
+        return False
+    da, db = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
+    if da is None or db is None or da.keys() != db.keys():
+        return False
+    for k, x in da.items():
+        y = db[k]
+        if x is y:
+            continue
+        t = type(x)
+        if t is not type(y):
+            return False
+        if t is list or t is tuple:
+            if len(x) != len(y) or any(p is not q for p, q in zip(x, y)):
+                return False
+        elif t not in _PLAIN or x != y:
+            return False
+    return True
 
 
 class _ExcludedBlock:

@@ -1,5 +1,5 @@
 """Replaying a recorded `_Program` on new arguments without running the traced Python function
-(``symbolic=True`` / ``without_host=True`` calls after the first)."""
+(``without_host=True`` calls after the first)."""
 import copy
 import time
 

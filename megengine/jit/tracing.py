@@ -1,6 +1,7 @@
-"""`trace`: record a function's ops on the first call of each signature; later calls are checked
-against the record (``symbolic=False``) or replay it without running the Python function
-(``symbolic=True`` or ``without_host=True``).
+"""`trace`: record a function's ops on the first call of each signature; later calls rerun the
+function and check it against the record (``symbolic=False`` and ``symbolic=True``, as upstream
+1.x always calls the function) or replay the record without running the Python function
+(``without_host=True``).
 
 How it works. While a traced function runs for the first time, ``dispatch._trace_hook`` is a
 `_Recorder`: every ``apply(op, *tensors)`` goes through it. It notes, per op, a pristine copy
@@ -35,16 +36,30 @@ constants it read, so an unbounded cache grows with every new shape). ``@trace``
 keys its programs by instance too, and holds the instances weakly: a deleted model is freed, and
 its programs (with the parameters they hold) are dropped when it goes.
 
-Replay (``symbolic=True`` or ``without_host=True``, later calls of a known signature, see
-`replay`): each step runs on fresh op copies through ``apply`` (so a recording GradManager still
-builds the autodiff graph), events are called again, and the outputs are rebuilt. The Python
-function does not run: its Python side effects (prints, ``.numpy()`` reads, appending to lists,
-data-dependent branches) happen when a signature is recorded only.
+Checking (``symbolic=False`` or ``symbolic=True``, later calls of a known signature, see
+`record`): the function runs normally, so its Python side effects (prints, counters, list
+appends, exceptions) happen on every call, and each op and event is compared with the record
+(op type and parameters, input sources, input shapes and dtypes); the first difference raises
+`TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
+user's function propagates unchanged. Either way the hook is removed and the next call is
+checked against the same record. (Ops run eagerly as they are checked, except that
+``capture_as_const`` inputs take their captured value.)
 
-Checking (``symbolic=False``, later calls of a known signature, see `record`): the function runs
-normally and each op and event is compared with the record (op type and parameters, input
-sources, input shapes and dtypes); the first difference raises `TraceMismatchError`. Its job is
-to prove a function traceable.
+Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
+fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
+events are called again, and the outputs are rebuilt. The Python function does not run: its
+Python side effects happen when a signature is recorded only.
+
+Host reads. A value read to the host while recording (``Tensor.numpy``, ``item``, ``int()``,
+``tolist``, a Tensor given as a shape, ``F.topk``'s ``k``...) is noted by the hook's ``read``
+(`megengine.core.tensor.Tensor.numpy` calls it): the Python code may have baked it into the
+ops. A read of an argument makes its value part of the signature: a later call whose argument
+holds another value records anew (``F.broadcast_to(x, shape_tensor)`` with a new shape). A read
+of any other value (an op's output, a parameter, a ``.grad``) is checked on replay
+(``without_host=True``) after the step that made it: another value raises `TraceMismatchError`
+instead of replaying ops built from the old one. Checked calls run the Python code, so a read
+value that changes the ops is caught by the op check. Reads inside `exclude_from_trace` (and the
+engine's own argument validation, ``Tensor._peek``) are not noted.
 
 Files: `_program` (the data), `record` (record and check), `replay`, `dump` (write a program
 to a file; `megengine.utils.comp_graph_tools` loads and runs it), this file (the public API).
@@ -95,20 +110,24 @@ class trace:
     device, each non-tensor argument's value): a call with a new signature (a new batch size,
     another keyword argument) runs the function and records it again, as upstream re-traces.
 
-    ``symbolic=False`` (upstream's default): later calls of a known signature run the function
-    again and check that it applies the same ops as the recorded call, to values from the same
-    places; the first difference raises `TraceMismatchError` (``str(e)`` is upstream's
-    ``"trace error because <reason>"``, ``e.detail`` names the op and the values). It runs at
-    eager speed and proves a function traceable.
+    ``symbolic=False`` (upstream's default) and ``symbolic=True``: later calls of a known
+    signature run the function again, as upstream's ``trace.__call__`` does, and check that it
+    applies the same ops as the recorded call, to values from the same places; the first
+    difference raises `TraceMismatchError` (``str(e)`` is upstream's ``"trace error because
+    <reason>"``, ``e.detail`` names the op and the values) and the trace stays usable. Python
+    side effects (prints, counters, exceptions) happen on every call. Upstream's two modes differ
+    in how its graph compiler builds the first call; this engine runs ops one by one either way,
+    so both cost about eager speed plus the check.
 
-    ``symbolic=True`` or ``without_host=True``: later calls of a known signature do not run the
-    Python function; they replay the recorded ops and events (GradManager record/backward/
-    release, optimizer steps, in-place writes) on the new arguments. Parameters and other tensors
-    from outside the function are read live, so optimizer updates are seen. Python code in the
-    function (prints, ``.numpy()`` reads, branches on values, tensors made from Python or numpy
-    data, ``megengine.random`` draws, which are such data) runs at recording only: what it made
-    is a constant of the program. Ops that draw random numbers in their forward (dropout) draw
-    fresh ones on every replay.
+    ``without_host=True`` (upstream: run the Python code on the first call only): later calls of
+    a known signature do not run the Python function; they replay the recorded ops and events
+    (GradManager record/backward/release, optimizer steps, in-place writes) on the new
+    arguments. Parameters and other tensors from outside the function are read live, so
+    optimizer updates are seen. Python code in the function (prints, branches on values,
+    tensors made from Python or numpy data, ``megengine.random`` draws, which are such data)
+    runs at recording only: what it made is a constant of the program. Values it read on the
+    host are checked on replay (see the module docstring, "Host reads"). Ops that draw random
+    numbers in their forward (dropout) draw fresh ones on every replay.
 
     ``capture_as_const=True``: tensors from outside the function are captured by value at trace
     time; later changes to them are not seen. `dump` needs it.
@@ -120,6 +139,10 @@ class trace:
     is still recorded, so `dump` works (upstream's debugging mode runs imperatively too).
 
     ``profiling=True``: replays and checked calls time each op; `get_profile` returns the sums.
+
+    Values read to the host (``.numpy()``, ``.item()``, a shape Tensor) while a signature is
+    recorded: an argument's value joins the signature (another value records anew); another
+    value is checked when a ``without_host`` replay reaches it (see the module docstring).
 
     ``max_programs`` (an extension; default `DEFAULT_MAX_PROGRAMS`, 64): how many programs the
     trace keeps, over all signatures (and all instances, for a method). When a new signature
@@ -139,10 +162,10 @@ class trace:
     ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
     (shapes are concrete tuples in this engine: each shape signature has its own program).
 
-    Differences from upstream, by design of this fork: ``symbolic=True`` replays without Python
-    (upstream reruns the Python function against its compiled graph; use ``symbolic=False`` for
-    that check); the first call of a signature runs eagerly, so values can be read in it; and
-    `exclude_from_trace` regions do not run on a replay.
+    Differences from upstream, by design of this fork: the first call of a signature runs
+    eagerly, so values can be read in it (upstream's symbolic first call cannot read them); a
+    call whose arguments were read on the host with other values records anew; and
+    `exclude_from_trace` regions do not run on a ``without_host`` replay.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -164,7 +187,7 @@ class trace:
             functools.update_wrapper(self, function, updated=())
         self._symbolic = bool(symbolic)
         self._without_host = bool(without_host)
-        self._replays = self._symbolic or self._without_host
+        self._replays = self._without_host  # symbolic=True reruns Python and checks, as upstream
         self._record_only = bool(record_only)
         self._capture_as_const = bool(capture_as_const) or self._record_only
         self._imperative = bool(imperative)
@@ -332,7 +355,7 @@ class trace:
         prog.compile()
         return prog, outputs
 
-    # ----- symbolic=False: run again and compare -----
+    # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
         _not_nested()
         rec = _Recorder(self, prog, checking=True)
@@ -398,19 +421,20 @@ def _not_nested():
     if dispatch._trace_hook is not None:
         raise NotImplementedError(
             "nested trace: a traced function cannot be traced while another traced function "
-            "is being recorded or checked (a symbolic=True trace that has already recorded can "
-            "be called inside one)")
+            "is being recorded or checked (a without_host=True trace that has already recorded "
+            "can be called inside one: it replays)")
 
 
 @contextlib.contextmanager
 def exclude_from_trace():
-    """Run a block without recording (first call) or checking (symbolic=False) its ops.
+    """Run a block without recording (first call) or checking (later calls) its ops.
 
     For side work such as logging. Tensors it makes and the traced code then uses are treated
-    as constants when the call is recorded; a checked call (``symbolic=False``) accepts them in
-    place of any recorded input, so the block may compute differently from call to call (as
-    upstream). On a ``symbolic=True`` replay the Python function, this block included, does
-    not run.
+    as constants when the call is recorded; a checked call (``symbolic=False`` or ``True``)
+    accepts them in place of any recorded input, so the block may compute differently from
+    call to call (as upstream). Values read inside it are not guarded (see "Host reads" in the module
+    docstring): log there. On a ``without_host=True`` replay the Python function, this block
+    included, does not run.
     """
     hook = dispatch._trace_hook
     dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking
@@ -423,5 +447,6 @@ def exclude_from_trace():
 
 
 def is_tracing() -> bool:
-    """True while a traced function runs its first (recording) call or a checked call."""
+    """True while a traced function runs its first (recording) call or a checked call
+    (``symbolic=False`` or ``True``)."""
     return isinstance(dispatch._trace_hook, _Recorder)

@@ -48,16 +48,16 @@ def test_training_step_with_changing_batch_sizes_retraces_and_matches_eager(opti
         np.testing.assert_allclose(step(x, y).numpy(), expect, rtol=1e-6)
         for a, b in zip(net.parameters(), eager_net.parameters()):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
-    if options.get("symbolic") or options.get("without_host"):
+    if options.get("without_host"):
         assert runs == [8, 5, 3]  # Python ran once per batch size; the rest were replays
     else:
-        assert runs == sizes  # checking mode runs the function on every call
+        assert runs == sizes  # symbolic True or False: the function runs (and is checked) on every call
     assert "3 traced signatures" in repr(step)
 
 
 def test_keyword_arguments_reach_the_function_and_select_programs():
     eager_net, eager_step, _ = _net_and_step(False)
-    net, step, runs = _net_and_step(True, symbolic=True)
+    net, step, runs = _net_and_step(True, without_host=True)
     x = mge.tensor(np.random.RandomState(1).randn(4, 6))
     y = mge.tensor([0, 1, 2, 0], dtype="int32")
     for w in (1.0, 0.5, 1.0, mge.tensor(2.0), mge.tensor(3.0)):
@@ -77,13 +77,14 @@ def test_keyword_arguments_reach_the_function_and_select_programs():
     ("((a + b), (b + c))[1]", "((a + b), (b + c))[0]", "data unreadable"),
     ("((a + b), (b + c))[1] + a", "((a + b), (b + c))[0] + a", "input id mismatch"),
 ])
-def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
-    # upstream's test_trace_mismatch (all eight cases), on the mode that reruns Python here
-    # (symbolic=False)
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason, symbolic):
+    # upstream's test_trace_mismatch (all eight cases; upstream runs it with symbolic=True):
+    # both modes rerun Python and check it, and the trace stays usable after a mismatch
     a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
     mismatch = False
 
-    @trace(symbolic=False)
+    @trace(symbolic=symbolic)
     def fn(a, b, c):
         return eval(mismatch_expr if mismatch else normal_expr)
 
@@ -100,13 +101,15 @@ def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
         mismatch = i > 0 and rnd.random() > 0.6
 
 
-def test_exception_in_traced_call_is_the_users_not_a_trace_error():
-    # upstream's test_exception_in_trace
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_exception_in_traced_call_is_the_users_not_a_trace_error(symbolic):
+    # upstream's test_exception_in_trace: the user's exception propagates unchanged, and the
+    # next call is checked against the same record
     a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
     exc = Exception()
     state = {"raise": False}
 
-    @trace(symbolic=False)
+    @trace(symbolic=symbolic)
     def fn(a, b, c):
         result = a + b
         if state["raise"]:
