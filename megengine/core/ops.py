@@ -28,7 +28,7 @@ def unbroadcast(grad, shape):
 def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
     if hasattr(shape, "_data"):
-        shape = shape._data.tolist()
+        shape = shape.numpy().tolist()  # Tensor.numpy: a trace notes this host read
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
     try:

@@ -58,7 +58,7 @@ def _shape_arg(shape, what):
     if shape is None:
         return ()
     if isinstance(shape, Tensor):
-        shape = shape._data
+        shape = shape.numpy()  # Tensor.numpy: a trace notes this host read
     if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
         if shape.dtype.kind not in "iu":
             raise TypeError(f"{what}: a shape array must hold integers, got dtype {shape.dtype}")

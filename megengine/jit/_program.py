@@ -178,6 +178,8 @@ def _short(frozen):
     t = type(frozen)
     if t is tuple and frozen and frozen[0] in (tuple, list):
         inner = ", ".join(_short(x) for x in frozen[1])
+        if frozen[0] is tuple and len(frozen[1]) == 1:
+            inner += ","  # (3,), as Python writes a 1-tuple
         return f"({inner})" if frozen[0] is tuple else f"[{inner}]"
     if t is tuple and frozen and frozen[0] is slice:
         return "slice(" + ", ".join(_short(x) for x in frozen[1:]) + ")"
@@ -287,26 +289,26 @@ class _OpStep:
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
         self.ins, self.metas, self.outs, self.multi, self.name = ins, metas, outs, multi, name
-        self.free = ()
+        self.free = self.reads = ()
 
 
 class _AliasStep:
     """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
 
-    __slots__ = ("src", "out", "free")
+    __slots__ = ("src", "out", "free", "reads")
 
     def __init__(self, src, out):
-        self.src, self.out, self.free = src, out, ()
+        self.src, self.out, self.free, self.reads = src, out, (), ()
 
 
 class _EventStep:
-    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free")
+    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free", "reads")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
         self.name = getattr(fn, "__qualname__", repr(fn))
-        self.free = ()
+        self.free = self.reads = ()
 
 
 class _Program:
@@ -317,6 +319,13 @@ class _Program:
         self.arg_slots = ()
         self.out = None  # the encoded outputs
         self.n_ops = 0
+        # values read to the host while recording (see `record._Recorder.read`): first as
+        # (steps before the read, slot, value); then sorted into the tensor arguments read
+        # ((leaf index, value), ...: part of the signature) and the guards a replay checks
+        self.reads = []
+        self.arg_reads = ()
+        self.guards = []
+        self.first_reads = ()  # guards read before the first step
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -361,6 +370,12 @@ class _Program:
                     (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
             for s in made:
                 last.setdefault(s, k)
+        by_pos = {}
+        for pos, s, value in self.guards:
+            by_pos.setdefault(pos, []).append((s, value))
+            if pos:  # checked after step pos - 1: its value lives until then
+                last[s] = max(last.get(s, pos - 1), pos - 1)
+        self.first_reads = tuple(by_pos.pop(0, ()))
         kept = set(_refs_in(self.out))
         frees = {}
         for s, k in last.items():
@@ -368,6 +383,7 @@ class _Program:
                 frees.setdefault(k, []).append(s)
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
+            step.reads = tuple(by_pos.get(k + 1, ()))
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls

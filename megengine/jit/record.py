@@ -5,13 +5,15 @@ import time
 import weakref
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
 from ._program import (_PLAIN, TraceError, TraceMismatchError, _AliasStep, _ArrayValue,
                        _EventStep, _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host,
-                       _kind_text, _op_key, _refs_in, _step_text, _tensor_paths, _tensor_text,
-                       _tensors_in)
+                       _is_array, _kind_text, _op_key, _refs_in, _step_text, _tensor_paths,
+                       _tensor_text, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -275,6 +277,19 @@ class _Recorder:
             if not self.failed:
                 dispatch._trace_hook = self
 
+    # ----- values read to the host -----
+    def read(self, t, value):
+        """``t.numpy()`` (or item, int(), a shape Tensor...) returned ``value`` while the function
+        ran. Recording notes the read (where the value came from, a copy of it, and how many
+        steps came before): the Python code may have baked it into the ops that follow. A
+        checked call runs that Python code, and the ops it makes are checked: nothing to do."""
+        if self.checking:
+            return
+        s, _ = self._internal(t)  # a detached alias reads its source's value
+        if s is None:
+            s = self.source(t)  # an external (or a constant made from Python data)
+        self.prog.reads.append((len(self.prog.steps), s, _host(value).copy()))
+
     # ----- events -----
     def event(self, fn, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step."""
@@ -438,6 +453,25 @@ class _Recorder:
                 info.kind = "const"
             else:
                 info.tensor, info.const = t, None
+        self._sort_reads()
+
+    def _sort_reads(self):
+        """Split the host reads: an argument's value joins the signature (``arg_reads``: leaf
+        index -> value), a constant's never changes, any other is checked on replay
+        (``guards``: (steps before it, slot, value))."""
+        prog = self.prog
+        leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
+        arg_reads, guards, seen = {}, [], set()
+        for pos, s, value in prog.reads:
+            i = leaf_of.get(s)
+            if i is not None:
+                arg_reads.setdefault(i, value)  # the first read: the value the call came with
+            elif prog.slots[s].kind != "const" and (pos, s) not in seen:
+                seen.add((pos, s))
+                guards.append((pos, s, value))
+        prog.arg_reads = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        prog.guards = guards
+        prog.reads = []
 
     def finish_checking(self, outputs):
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
@@ -462,28 +496,13 @@ class _Recorder:
 
 
 def _alike(a, b):
-    """Whether ``a`` stands for ``b`` in an event's arguments though it is another object: one
-    the function makes afresh on every call (``with gm1 | gm2:`` builds a new group each time)
-    with the same class and attributes that are the same objects (lists of the same objects,
-    equal plain values)."""
-    if type(a) is not type(b) or type(a) in _PLAIN:
-        return False
-    da, db = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
-    if da is None or db is None or da.keys() != db.keys():
-        return False
-    for k, x in da.items():
-        y = db[k]
-        if x is y:
-            continue
-        t = type(x)
-        if t is not type(y):
-            return False
-        if t is list or t is tuple:
-            if len(x) != len(y) or any(p is not q for p, q in zip(x, y)):
-                return False
-        elif t not in _PLAIN or x != y:
-            return False
-    return True
+    """Whether object ``a`` may stand for the recorded ``b`` in an event's arguments: an object
+    of the same class, as one the function makes afresh on every call (``with GradManager() as
+    gm:``, ``with gm1 | gm2:``; upstream records no such objects, only ops). A checked call runs
+    the event on ``a`` itself, so nothing is computed from ``b``. Plain values and arrays still
+    compare by value (`_ValueLeaf`)."""
+    return (type(a) is type(b) and type(a) not in _PLAIN and not _is_array(a)
+            and not isinstance(a, (np.generic, np.dtype, type)))
 
 
 class _ExcludedBlock:
@@ -513,6 +532,9 @@ class _ExcludedBlock:
             return fn(*args, **kwargs)
         finally:
             dispatch._trace_hook = self
+
+    def read(self, t, value):
+        pass  # reads inside an exclude_from_trace block are the user's side work: not guarded
 
 
 class _Where:

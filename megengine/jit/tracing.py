@@ -81,7 +81,7 @@ import weakref
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
-from ._program import TraceError, TraceMismatchError, _flatten, _Program
+from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
 from .record import _ExcludedBlock, _Recorder
 from .replay import Profile, replay
 
@@ -199,6 +199,9 @@ class trace:
         # id(instance) for a traced method; signature: ((shape, dtype, device), ...) for calls
         # with tensors only, else the argument tree (a tuple that starts with a type: no clash)
         self._programs = collections.OrderedDict()
+        # (owner, signature) -> indices of the tensor arguments whose values the programs of
+        # that signature read to the host: their values are part of the cache key
+        self._read_args = {}
         self._instances = {}  # id(instance) -> weakref to it, for a traced method's instances
         self._dead = []  # ids of instances gone whose programs are still to drop
         self._busy = False  # the cache is being changed: a dying instance's drop waits
@@ -268,6 +271,9 @@ class trace:
             leaves = []
             key = (owner, _flatten((args, kwargs), leaves))
         programs = self._programs
+        read = self._read_args.get(key)
+        if read is not None:  # the function read arguments' values: they select the program
+            key = (*key, _values_key(leaves, read, ()))
         self._busy = True
         try:
             prog = programs.get(key)
@@ -282,6 +288,8 @@ class trace:
                 raise TraceError("trace(record_only=True): the function was recorded for dump(); "
                                  "it cannot run again. Call dump(), or trace without record_only.")
             prog, outputs = self._record(bound, args, kwargs, leaves)
+            if prog.arg_reads or read is not None:
+                key = self._key_with_reads(key[:2], read, prog, leaves)
             self._keep(key, prog)
             return outputs
         self._last, self._last_owner = prog, owner
@@ -297,6 +305,22 @@ class trace:
         return self._check(prog, bound, args, kwargs, leaves)
 
     # ----- the program cache -----
+    def _key_with_reads(self, base, read, prog, leaves):
+        """The cache key of a program just recorded for signature ``base`` whose call read
+        arguments' values: ``base`` plus the values of the arguments that the programs of this
+        signature read (the recorded values where this call read them)."""
+        now = tuple(i for i, _ in prog.arg_reads)
+        if read is None or not set(now) <= set(read):
+            read = tuple(sorted(set(now) | set(read or ())))
+            self._busy = True
+            try:  # programs kept under fewer values would never be found again: drop them
+                for k in [k for k in self._programs if k[:2] == base]:
+                    del self._programs[k]
+                self._read_args[base] = read
+            finally:
+                self._done()
+        return (*base, _values_key(leaves, read, prog.arg_reads))
+
     def _keep(self, key, prog):
         self._busy = True
         try:
@@ -330,6 +354,8 @@ class trace:
                         del self._instances[owner]
                     for key in [k for k in self._programs if k[0] == owner]:
                         del self._programs[key]  # may free other instances: _dead grows
+                    for key in [k for k in self._read_args if k[0] == owner]:
+                        del self._read_args[key]
                     if self._last_owner == owner:
                         self._last = self._last_owner = None
             finally:
@@ -399,6 +425,20 @@ class trace:
     def trace(self, *args, **kwargs):
         """Run the function once to record it (upstream's explicit tracing call)."""
         return self(*args, **kwargs)
+
+
+def _values_key(leaves, read, recorded):
+    """The values of the tensor arguments ``leaves[i]`` for ``i`` in ``read`` as a hashable
+    key; ``recorded`` ((i, value), ...) gives the value to use instead where a recording read
+    it (an argument changed in place later in the call keys by the value the call read)."""
+    given = dict(recorded)
+    key = []
+    for i in read:
+        a = given.get(i)
+        if a is None:
+            a = _host(leaves[i]._data)
+        key.append((i, a.shape, a.dtype.str, a.tobytes()))
+    return tuple(key)
 
 
 def _forget_instance(tr, owner):
