@@ -214,3 +214,17 @@ def test_partial_trace_replays_forward_inside_an_eager_step():
         partial_trace(lambda x: x, backend="xla")
     with pytest.raises(AssertionError, match="without_host"):
         partial_trace(lambda x: x, without_host=False)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_shapes_that_do_not_broadcast_raise_upstreams_runtime_error(symbolic):
+    # upstream's test_graph_error: its graph raises RuntimeError; numpy code expects
+    # ValueError, and the engine's error is both. The trace is usable afterwards.
+    a = mge.tensor(np.arange(8).reshape(2, 4))
+    b = mge.tensor(np.arange(8).reshape(2, 4))
+    fn = trace(lambda a, b: a + b, symbolic=symbolic)
+    fn(a, b)
+    for expected in (RuntimeError, ValueError):
+        with pytest.raises(expected, match=r"shapes \(2, 4\) and \(4, 2\) do not broadcast"):
+            fn(a, b.transpose())
+    np.testing.assert_array_equal(fn(a, b).numpy(), np.arange(8).reshape(2, 4) * 2)
