@@ -376,7 +376,8 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self):
-        body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")  # printing bakes nothing
+        # _peek: printing decides no op, so a trace need not note the read
+        body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 

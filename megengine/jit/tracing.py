@@ -472,9 +472,9 @@ def exclude_from_trace():
     For side work such as logging. Tensors it makes and the traced code then uses are treated
     as constants when the call is recorded; a checked call (``symbolic=False`` or ``True``)
     accepts them in place of any recorded input, so the block may compute differently from
-    call to call (as upstream). Values read inside it are not guarded (see "Host reads" in the module
-    docstring): log there. On a ``without_host=True`` replay the Python function, this block
-    included, does not run.
+    call to call (as upstream). Values read inside it are not guarded (see "Host reads" in the
+    module docstring): log there. On a ``without_host=True`` replay the Python function, this
+    block included, does not run.
     """
     hook = dispatch._trace_hook
     dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking

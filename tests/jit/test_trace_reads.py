@@ -81,7 +81,8 @@ def test_a_changed_intermediate_read_raises_on_replay_and_the_trace_stays_usable
         f(mge.tensor([2.0, 2.0, 1.0]))  # loss 5: the recorded broadcast to (3,) would be wrong
     assert str(info.value) == "trace error because tensors not equals"
     detail = info.value.detail
-    assert "read output 0 of op #1" in detail and "value 3.0" in detail and "now it is 5.0" in detail
+    assert "read output 0 of op #1" in detail
+    assert "value 3.0" in detail and "now it is 5.0" in detail
     assert "exclude_from_trace" in detail and "symbolic=True" in detail
     assert not gm._recording and not dispatch.is_recording()  # the with block's release ran
     assert f(mge.tensor([0.0, 3.0, 0.0])).shape == (3,)  # usable: loss 3 again

@@ -51,7 +51,7 @@ def test_training_step_with_changing_batch_sizes_retraces_and_matches_eager(opti
     if options.get("without_host"):
         assert runs == [8, 5, 3]  # Python ran once per batch size; the rest were replays
     else:
-        assert runs == sizes  # symbolic True or False: the function runs (and is checked) on every call
+        assert runs == sizes  # symbolic True or False: the function runs (and is checked) each call
     assert "3 traced signatures" in repr(step)
 
 
