@@ -333,8 +333,10 @@ class trace:
                     name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
                     logger.warning(
                         "trace of %s: more than %d call signatures (shapes, dtypes, argument "
-                        "values); the least recently used program is dropped and recorded again "
-                        "if it comes back. Pad inputs to fewer shapes, or raise "
+                        "values, values of tensor arguments the function reads with .numpy(), "
+                        ".item() or as shapes); the least recently used program is dropped and "
+                        "recorded again if it comes back. Pad inputs to fewer shapes, read "
+                        "logged values inside exclude_from_trace(), or raise "
                         "trace(max_programs=...)", name, self._max_programs)
                 while len(programs) > self._max_programs:
                     programs.popitem(last=False)

@@ -177,3 +177,27 @@ def test_a_nan_read_replays_and_the_read_costs_nothing_untraced():
     a = t.numpy()
     a[0] = 7.0  # numpy() is still a copy
     assert t.item() == 1.0
+
+
+def test_arguments_read_only_on_some_calls_join_the_key_when_first_read():
+    # the count n is read from ``a``; only when n > 1 is ``b`` read too: once a recording has
+    # read ``b``, both values select programs (older programs, keyed by ``a`` alone, go)
+    runs = []
+
+    def fn(x, a, b):
+        runs.append((int(a._peek()), int(b._peek())))
+        n = int(a.item())
+        if n > 1:
+            n *= int(b.item())
+        return F.broadcast_to(x, (n, 2))
+
+    f = trace(fn, without_host=True)
+    x = mge.tensor([1.0, 2.0])
+    calls = [(1, 5), (1, 6), (2, 5), (2, 5), (2, 6), (1, 7), (1, 7)]
+    for a, b in calls:
+        out = f(x, mge.tensor(a), mge.tensor(b))
+        expect = fn(x, mge.tensor(a), mge.tensor(b))  # eager (appends to runs too)
+        runs.pop()
+        np.testing.assert_array_equal(out.numpy(), expect.numpy())
+    # (1, 6) reuses (1, 5)'s program (b unread); (2, 5) reads b; (2, 5) again replays
+    assert runs == [(1, 5), (2, 5), (2, 6), (1, 7)]
