@@ -17,8 +17,9 @@ from ._program import (_PLAIN, TraceError, TraceMismatchError, _AliasStep, _Arra
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
-         "Calls with new shapes, dtypes, structures or non-tensor values are traced anew; "
-         "within one such signature the ops must not change.")
+         "Calls with new shapes, dtypes, structures or non-tensor values, or new values in "
+         "tensor arguments the function read (.numpy(), .item(), a shape Tensor), are traced "
+         "anew; within one such signature the ops must not change.")
 
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
