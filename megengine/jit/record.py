@@ -323,7 +323,7 @@ class _Recorder:
         return result
 
     def _after_event(self, step, args, kwargs, result):
-        for obj in args:
+        for obj in () if self.checking else args:  # candidates serve _resolve_grads only
             attached = getattr(obj, "attached_tensors", None)
             if callable(attached):  # a GradManager: its tensors' .grad may be read later
                 for t in attached():
