@@ -270,13 +270,14 @@ def _flatten(value, leaves):
 class _Slot:
     """Where one value of the program comes from (see the module docstring)."""
 
-    __slots__ = ("kind", "what", "tensor", "owner", "const", "device", "step")
+    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step")
 
     def __init__(self, kind, what=None):
         self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const"
         self.what = what  # for messages: an argument path, or "output 0 of op #3 (MatMul)"
         self.tensor = None  # "ext": the live tensor; "const" by capture_as_const: the tensor
         self.owner = None  # "grad": the tensor whose .grad this is
+        self.owner_slot = None  # "grad" of an argument: the argument's slot (each call's own)
         self.const = None  # "const": the captured array
         self.device = None
         self.step = None  # index of the step that makes it ("op", "alias", "event")
@@ -341,6 +342,8 @@ class _Program:
         if k == "alias":
             return f"a detached copy of {self.describe(info.what)}"
         if k == "grad":
+            if info.owner_slot is not None:
+                return f"the .grad of {self.describe(info.owner_slot)}"
             return f"the .grad of {_tensor_text(info.owner)}"
         if k == "ext":
             return f"the external {_tensor_text(info.tensor)}"
@@ -360,8 +363,8 @@ class _Program:
             elif info.kind == "const":
                 self.consts.append((i, info.const, info.device))
             elif info.kind == "grad":
-                self.grads.append((i, info.owner))
-        grad_slots = {i for i, _ in self.grads}
+                self.grads.append((i, info.owner, info.owner_slot))
+        grad_slots = {i for i, _, _ in self.grads}
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):

@@ -44,6 +44,7 @@ class _Recorder:
         self.ext_seen = set()  # ids of the external tensors used so far (kept alive in keep)
         self.unresolved = []  # recording: "ext" slots that may turn out to be a .grad
         self.candidates = {}  # id -> tensor whose .grad a function may read
+        self.grads_seen = {}  # recording: id(a .grad after an event) -> (its owner, it)
         self.rec_level = dispatch._recording  # GradManagers recording; changes only in events
         self.rec_changed = False
         self.profile = None  # checking with profiling=True: the Profile to add op times to
@@ -109,6 +110,8 @@ class _Recorder:
                 info.const = t._data.copy()
             else:
                 self.unresolved.append(s)
+                # now, while it is one: the function may reset the .grad later (x.grad = None)
+                self._resolve_grads()
             self.ext_by_tensor[id(t)] = s
             self.ext_seen.add(id(t))
             self.keep.append(t)
@@ -146,7 +149,9 @@ class _Recorder:
         if kind == "ext" or (kind == "const" and info.tensor is not None):
             ok = t is info.tensor
         elif kind == "grad":
-            ok = t is info.owner.grad
+            owner = (info.owner if info.owner_slot is None
+                     else self.slot_tensor[info.owner_slot])  # an argument: this call's
+            ok = t is owner.grad
         elif kind == "const":
             c = info.const
             ok = (t._data.shape == c.shape and t._data.dtype == c.dtype
@@ -333,6 +338,13 @@ class _Recorder:
                 for g in groups:
                     for t in g.get("params", ()) if isinstance(g, dict) else ():
                         self.candidates[id(t)] = t
+        if not self.checking:
+            # the gradients as this event left them: ``dx = x.grad; x.grad = None`` returns dx,
+            # which is then no tensor's .grad any more, but a replay must read it afresh
+            for a in self.candidates.values():
+                g = getattr(a, "grad", None)
+                if isinstance(g, Tensor) and id(g) not in self.grads_seen:
+                    self.grads_seen[id(g)] = (a, g)  # g kept alive here: its id stays unique
         # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
         # value: later uses must come from its slot.
         for t in _tensors_in((args, kwargs)):
@@ -410,17 +422,21 @@ class _Recorder:
         """Recording: externals that are some tensor's ``.grad`` must be read live as such."""
         if not self.unresolved:
             return
-        owners = {}
+        owners = dict(self.grads_seen)
         for a in self.candidates.values():
             g = getattr(a, "grad", None)
             if isinstance(g, Tensor):
-                owners[id(g)] = a
+                owners[id(g)] = (a, g)
         still = []
         for s in self.unresolved:
             info = self.prog.slots[s]
-            a = owners.get(id(info.tensor))
-            if a is not None and a.grad is info.tensor:
+            a, g = owners.get(id(info.tensor), (None, None))
+            if a is not None and g is info.tensor:
                 info.kind, info.owner, info.tensor, info.const = "grad", a, None, None
+                e = self.by_tensor.get(id(a))
+                if e is not None and e[1] is a._data and self.prog.slots[e[0]].kind == "arg":
+                    # the .grad of an argument: each call reads its own argument's
+                    info.owner, info.owner_slot = None, e[0]
             else:
                 still.append(s)
         self.unresolved = still
@@ -447,6 +463,7 @@ class _Recorder:
         self.by_array.clear()
         self.slot_tensor.clear()
         self.candidates.clear()
+        self.grads_seen.clear()
         for s, ref in weak:
             info = prog.slots[s]
             t = ref()

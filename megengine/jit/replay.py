@@ -37,8 +37,8 @@ def _run(prog, leaves, profile):
         values[s] = t
     for s, arr, device in prog.consts:
         values[s] = Tensor._wrap(arr, device)
-    for s, owner in prog.grads:
-        values[s] = owner.grad
+    for s, owner, o in prog.grads:
+        values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
     clock = time.perf_counter if profile is not None else None
     if prog.first_reads:
@@ -90,8 +90,8 @@ def _run(prog, leaves, profile):
             result = step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
             for path, s in step.out_paths:
                 values[s] = _at_path(result, path)
-            for s, owner in prog.grads:
-                values[s] = owner.grad
+            for s, owner, o in prog.grads:
+                values[s] = (owner if o is None else values[o]).grad
         if step.reads:
             _check_reads(prog, step.reads, values)
         for s in step.free:

@@ -21,7 +21,7 @@ slots of the outputs. A value's source ("slot") is one of
 
 Besides ops, the record holds *events*: calls that change state without being ops. The engine
 announces them through ``dispatch._trace_hook.event(fn, *args)`` (see "Hooks" below):
-``GradManager.record/release/backward``, ``Optimizer.step/clear_grad/zero_grad`` and the
+``GradManager.attach/record/release/backward``, ``Optimizer.step/clear_grad/zero_grad`` and the
 in-place tensor writes ``Tensor._inplace`` (``p -= lr * g``, ``x[i] = v``) and ``Tensor._reset``
 (``set_value``). An event runs with the hook off (the ops inside a backward or an optimizer step
 are not recorded; they run again when the event is replayed) and is replayed by calling the same
@@ -48,7 +48,10 @@ checked against the same record. (Ops run eagerly as they are checked, except th
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
 events are called again, and the outputs are rebuilt. The Python function does not run: its
-Python side effects happen when a signature is recorded only.
+Python side effects (prints, attribute assignments such as ``x.grad = None``) happen when a
+signature is recorded only. The ``.grad`` of a tensor argument is read from each call's own
+argument (``GradManager.attach`` is an event, so a GradManager made inside the function
+attaches the new argument on replay).
 
 Host reads. A value read to the host while recording (``Tensor.numpy``, ``item``, ``int()``,
 ``tolist``, a Tensor given as a shape, ``F.topk``'s ``k``...) is noted by the hook's ``read``

@@ -228,3 +228,28 @@ def test_shapes_that_do_not_broadcast_raise_upstreams_runtime_error(symbolic):
         with pytest.raises(expected, match=r"shapes \(2, 4\) and \(4, 2\) do not broadcast"):
             fn(a, b.transpose())
     np.testing.assert_array_equal(fn(a, b).numpy(), np.arange(8).reshape(2, 4) * 2)
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_a_grad_manager_made_inside_each_call(options):
+    # upstream's test_maximum_grad_consistency: a new GradManager (and a new group) on every
+    # call, x.grad read and reset inside; the oracle is the function run eagerly
+    y = mge.Parameter([2.0])
+
+    def f(x):
+        with GradManager() as gm:
+            gm.attach(x)
+            gm.backward(F.maximum(x, x * y).sum())
+        with GradManager().attach(y) | GradManager():
+            pass
+        dx = x.grad
+        x.grad = None
+        return dx
+
+    traced = trace(f, **options)
+    for k in range(3):
+        data = np.arange(4.0) - 1.5 + k
+        got = traced(mge.tensor(data)).numpy()  # the .grad of this call's own argument
+        np.testing.assert_array_equal(got, f(mge.tensor(data)).numpy())
+        np.testing.assert_array_equal(got, np.where(data * 2 > data, 2.0, 1.0))
