@@ -1,5 +1,8 @@
 """Step time of a traced training step against eager: MLP 784-256-10, batch 64 (and a tiny MLP,
-where Python overhead dominates). Prints ms per step and ratios against eager, same process.
+where Python overhead dominates). Prints ms per step and ratios against eager, same process:
+``trace(symbolic=False)`` and ``trace(symbolic=True)`` rerun the Python function and check each
+op against the record (as upstream calls the function every time); ``trace(without_host=True)``
+replays the record without running Python.
 
     python benchmarks/bench_jit_trace.py [--steps N] [--repeats R] [--quick]
 
@@ -46,7 +49,9 @@ def make_step(sizes, batch, mode, train=True):
         return net(x)
 
     fn = train_step if train else infer
-    if mode != "eager":
+    if mode == "without_host":
+        fn = trace(fn, without_host=True)
+    elif mode != "eager":
         fn = trace(fn, symbolic=(mode == "symbolic"))
     rng = np.random.RandomState(1)
     x = mge.tensor(rng.randn(batch, sizes[0]).astype("float32"))
@@ -54,7 +59,8 @@ def make_step(sizes, batch, mode, train=True):
     return lambda: fn(x, label)
 
 
-LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace(symbolic=True)"}
+LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace(symbolic=True)",
+          "without_host": "trace(without_host=True)"}
 
 
 def main():

@@ -36,8 +36,8 @@ class GradScaler:
     or, to accumulate gradients over several batches, ``gm.backward(loss,
     dy=mge.tensor(scaler.scale_factor))`` per batch, then ``scaler.unscale(gm.attached_tensors())``
     and ``scaler.update()``. The decisions read gradient values on the host: inside
-    ``trace(symbolic=True)`` they would run at recording only, so keep the scaler's calls in a
-    ``symbolic=False`` trace or outside the traced function.
+    ``trace(without_host=True)`` they would run at recording only, so keep the scaler's calls in
+    a ``symbolic=False`` or ``True`` trace (both rerun Python) or outside the traced function.
     """
 
     def __init__(self, init_scale: float = 2.0 ** 4, growth_factor: float = 2.0,

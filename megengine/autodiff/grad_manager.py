@@ -112,6 +112,8 @@ class GradManager:
         returns None drops the gradient: ``.grad`` is left as it is (as upstream, which sets
         a missing ``.grad`` to the None the callbacks returned).
         """
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradManager.attach, self, tensors, callbacks)
         if isinstance(tensors, Tensor):
             tensors = [tensors]
         tensors = list(tensors)

@@ -42,7 +42,8 @@ _recording = 0  # how many GradManagers are recording right now
 _active = []  # their Keys, in the order they started
 _levels = [0]  # the last level handed out; a GradManagerGroup's members share one
 # megengine.jit.trace: while a traced function records or is checked, every apply goes through
-# this hook (see megengine/jit/tracing.py); None otherwise, so untraced code pays one global read.
+# this hook (see megengine/jit/tracing.py), state changes call its ``event`` and Tensor.numpy
+# calls its ``read``; None otherwise, so untraced code pays one global read.
 _trace_hook = None
 # megengine.utils.profiler / tensor_sanity_check: while a Profiler or a TensorSanityCheck runs,
 # every apply goes through this hook (it clears itself, applies, notes the op, reinstalls itself);

@@ -28,7 +28,7 @@ def unbroadcast(grad, shape):
 def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
     if hasattr(shape, "_data"):
-        shape = shape._data.tolist()
+        shape = shape.numpy().tolist()  # Tensor.numpy: a trace notes this host read
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
     try:
@@ -46,6 +46,11 @@ def _promote(a, b):
     return promote_types(a, b)
 
 
+class BroadcastError(ValueError, RuntimeError):
+    """Shapes that do not broadcast. Upstream raises RuntimeError (its C++ graph's error);
+    numpy code expects ValueError: this is both, so either ``except`` catches it."""
+
+
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
 
@@ -59,7 +64,7 @@ class _Binary(Op):
         try:
             return self.compute(a, b)
         except ValueError as e:
-            raise ValueError(
+            raise BroadcastError(
                 f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast ({e})"
             ) from None
 

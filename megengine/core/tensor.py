@@ -306,9 +306,17 @@ class Tensor:
     def numpy(self):
         """The value as a host numpy array (a copy: writing to it does not change the tensor)."""
         data = self._data
-        if self._device.startswith("gpu"):
-            return data.get()
-        return np.array(data, copy=True)
+        value = data.get() if self._device.startswith("gpu") else np.array(data, copy=True)
+        if dispatch._trace_hook is not None:  # megengine.jit.trace notes values read to the host
+            dispatch._trace_hook.read(self, value)  # (item, int(), tolist, shapes come here)
+        return value
+
+    def _peek(self):
+        """The value as a host numpy array, unseen by megengine.jit.trace: for argument checks
+        whose value decides no op and no op parameter (a traced call would otherwise treat the
+        value as baked into the program, see megengine/jit/tracing.py, "Host reads")."""
+        data = self._data
+        return data.get() if self._device.startswith("gpu") else np.array(data, copy=True)
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
@@ -368,7 +376,8 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self):
-        body = np.array2string(self.numpy(), separator=" ", prefix="Tensor(")
+        # _peek: printing decides no op, so a trace need not note the read
+        body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 

@@ -28,7 +28,7 @@ class Exponential(Distribution):
         self.rate = rate if isinstance(rate, Tensor) else Tensor(rate, dtype="float32")
         if not np.issubdtype(self.rate.dtype, np.floating):
             self.rate = self.rate.astype("float32")
-        if (self.rate.numpy() <= 0).any():
+        if (self.rate._peek() <= 0).any():  # a check only: unseen by jit.trace
             raise ValueError("Exponential: rate should be positive (it is 1 / scale), got "
                              f"{self.rate.numpy()!r}")
         super().__init__(batch_shape=self.rate.shape)

@@ -565,8 +565,8 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
     pred_lengths, label_lengths = as_ints(pred_lengths), as_ints(label_lengths)
     label = as_ints(label)
     # argument checks on the host (values, not just shapes: as upstream's asserts)
-    lengths = pred_lengths.numpy().astype(np.int64).reshape(-1)
-    lab_len = label_lengths.numpy().astype(np.int64).reshape(-1)
+    lengths = pred_lengths._peek().astype(np.int64).reshape(-1)  # checks only: unseen by
+    lab_len = label_lengths._peek().astype(np.int64).reshape(-1)  # jit.trace (op inputs)
     if lengths.size != n or lab_len.size != n:
         raise ValueError(f"ctc_loss: pred_lengths and label_lengths need one entry per sample "
                          f"({n}), got {lengths.size} and {lab_len.size}")

@@ -19,7 +19,7 @@ def _check_rois(what, inp, rois):
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"{what}: rois must be (K, 5) rows of (batch, x1, y1, x2, y2), got "
                          f"shape {rois.shape}")
-    batch = rois.numpy()[:, 0].astype(np.int64)
+    batch = rois._peek()[:, 0].astype(np.int64)  # a check only: unseen by jit.trace
     if batch.size and (batch.min() < 0 or batch.max() >= inp.shape[0]):
         raise ValueError(f"{what}: roi batch indices must be in [0, {inp.shape[0]}), got "
                          f"{sorted(set(batch.tolist()))}")

@@ -4,7 +4,7 @@ import numpy as np
 from .. import device as _device
 from ..core import ops as _ops
 from ..core.dispatch import Op, apply
-from ..core.ops import int_tuple, unbroadcast, xp_of
+from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 
@@ -58,7 +58,7 @@ def _shape_arg(shape, what):
     if shape is None:
         return ()
     if isinstance(shape, Tensor):
-        shape = shape._data
+        shape = shape.numpy()  # Tensor.numpy: a trace notes this host read
     if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
         if shape.dtype.kind not in "iu":
             raise TypeError(f"{what}: a shape array must hold integers, got dtype {shape.dtype}")
@@ -244,11 +244,6 @@ def squeeze(inp, axis=None):
                 f"squeeze: axis {bad[0]} of shape {inp.shape} has size {inp.shape[bad[0]]}, not 1"
             )
     return inp.reshape(tuple(n for i, n in enumerate(inp.shape) if i not in axes))
-
-
-class BroadcastError(ValueError, RuntimeError):
-    """Shapes that do not broadcast. Upstream raises RuntimeError (its C++ graph's error);
-    numpy code expects ValueError: this is both, so either ``except`` catches it."""
 
 
 class BroadcastTo(Op):

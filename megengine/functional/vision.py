@@ -322,7 +322,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     if mat_idx is not None:
         batch = mat_idx if isinstance(mat_idx, Tensor) else Tensor(
             np.asarray(mat_idx, np.int32).reshape(-1), device=inp.device)
-        idx = batch.numpy().reshape(-1)
+        idx = batch._peek().reshape(-1)  # a check only: unseen by jit.trace
         if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
                              f"({mat.shape[0]}), got {idx.tolist()}")

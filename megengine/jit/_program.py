@@ -178,6 +178,8 @@ def _short(frozen):
     t = type(frozen)
     if t is tuple and frozen and frozen[0] in (tuple, list):
         inner = ", ".join(_short(x) for x in frozen[1])
+        if frozen[0] is tuple and len(frozen[1]) == 1:
+            inner += ","  # (3,), as Python writes a 1-tuple
         return f"({inner})" if frozen[0] is tuple else f"[{inner}]"
     if t is tuple and frozen and frozen[0] is slice:
         return "slice(" + ", ".join(_short(x) for x in frozen[1:]) + ")"
@@ -268,13 +270,14 @@ def _flatten(value, leaves):
 class _Slot:
     """Where one value of the program comes from (see the module docstring)."""
 
-    __slots__ = ("kind", "what", "tensor", "owner", "const", "device", "step")
+    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step")
 
     def __init__(self, kind, what=None):
         self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const"
         self.what = what  # for messages: an argument path, or "output 0 of op #3 (MatMul)"
         self.tensor = None  # "ext": the live tensor; "const" by capture_as_const: the tensor
         self.owner = None  # "grad": the tensor whose .grad this is
+        self.owner_slot = None  # "grad" of an argument: the argument's slot (each call's own)
         self.const = None  # "const": the captured array
         self.device = None
         self.step = None  # index of the step that makes it ("op", "alias", "event")
@@ -282,31 +285,31 @@ class _Slot:
 
 class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
         self.ins, self.metas, self.outs, self.multi, self.name = ins, metas, outs, multi, name
-        self.free = ()
+        self.free = self.reads = ()
 
 
 class _AliasStep:
     """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
 
-    __slots__ = ("src", "out", "free")
+    __slots__ = ("src", "out", "free", "reads")
 
     def __init__(self, src, out):
-        self.src, self.out, self.free = src, out, ()
+        self.src, self.out, self.free, self.reads = src, out, (), ()
 
 
 class _EventStep:
-    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free")
+    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free", "reads")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
         self.name = getattr(fn, "__qualname__", repr(fn))
-        self.free = ()
+        self.free = self.reads = ()
 
 
 class _Program:
@@ -317,6 +320,13 @@ class _Program:
         self.arg_slots = ()
         self.out = None  # the encoded outputs
         self.n_ops = 0
+        # values read to the host while recording (see `record._Recorder.read`): first as
+        # (steps before the read, slot, value); then sorted into the tensor arguments read
+        # ((leaf index, value), ...: part of the signature) and the guards a replay checks
+        self.reads = []
+        self.arg_reads = ()
+        self.guards = []
+        self.first_reads = ()  # guards read before the first step
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -332,6 +342,8 @@ class _Program:
         if k == "alias":
             return f"a detached copy of {self.describe(info.what)}"
         if k == "grad":
+            if info.owner_slot is not None:
+                return f"the .grad of {self.describe(info.owner_slot)}"
             return f"the .grad of {_tensor_text(info.owner)}"
         if k == "ext":
             return f"the external {_tensor_text(info.tensor)}"
@@ -351,8 +363,8 @@ class _Program:
             elif info.kind == "const":
                 self.consts.append((i, info.const, info.device))
             elif info.kind == "grad":
-                self.grads.append((i, info.owner))
-        grad_slots = {i for i, _ in self.grads}
+                self.grads.append((i, info.owner, info.owner_slot))
+        grad_slots = {i for i, _, _ in self.grads}
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
@@ -361,6 +373,12 @@ class _Program:
                     (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
             for s in made:
                 last.setdefault(s, k)
+        by_pos = {}
+        for pos, s, value in self.guards:
+            by_pos.setdefault(pos, []).append((s, value))
+            if pos:  # checked after step pos - 1: its value lives until then
+                last[s] = max(last.get(s, pos - 1), pos - 1)
+        self.first_reads = tuple(by_pos.pop(0, ()))
         kept = set(_refs_in(self.out))
         frees = {}
         for s, k in last.items():
@@ -368,6 +386,7 @@ class _Program:
                 frees.setdefault(k, []).append(s)
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
+            step.reads = tuple(by_pos.get(k + 1, ()))
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls
@@ -375,6 +394,11 @@ class _Program:
                 step.tdict = step.template.__dict__ if step.fast else None
                 step.may_be_none = any(s in grad_slots for s in step.ins)
                 step.no_grad = (False,) * len(step.ins)
+                # capture_as_const: a checked call runs the op on the value captured at trace
+                # time, not on the external tensor's value now (as a replay does)
+                step.captured = tuple(
+                    (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
+                    if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
 
 
 def _plain_instance(cls):

@@ -291,6 +291,15 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("cannot specify output_names when output is already in dict format")
     out_names = _names(output_names, default_out, "output_names")
 
+    if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
+        i, _ = prog.arg_reads[0] if prog.arg_reads else (None, None)
+        what = (f"the tensor argument {in_names[i]!r}" if i is not None else
+                prog.describe(prog.guards[0][1]))
+        raise DumpError(f"dump: the traced function read the value of {what} to the host "
+                        "(.numpy(), .item(), int(), a Tensor given as a shape...) and its ops "
+                        "were built from that value; the file would keep it for every input. "
+                        "Compute with ops instead, give the value as a Python number, or read "
+                        "it inside exclude_from_trace() if it is only logged")
     w = _Writer()
     slots = prog.slots
     consts = []

@@ -1,21 +1,25 @@
 """Recording a traced function's first call into a `_Program`, and checking a later call
-(``symbolic=False``) against it, as ``dispatch._trace_hook`` (see `tracing` for the design)."""
+(``symbolic=False`` or ``True``) against it, as ``dispatch._trace_hook`` (see `tracing`)."""
 import copy
 import time
 import weakref
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
-from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
-                       _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _kind_text,
-                       _op_key, _refs_in, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from ._program import (_PLAIN, TraceError, TraceMismatchError, _AliasStep, _ArrayValue,
+                       _EventStep, _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host,
+                       _is_array, _kind_text, _op_key, _refs_in, _step_text, _tensor_paths,
+                       _tensor_text, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
-         "Calls with new shapes, dtypes, structures or non-tensor values are traced anew; "
-         "within one such signature the ops must not change.")
+         "Calls with new shapes, dtypes, structures or non-tensor values, or new values in "
+         "tensor arguments the function read (.numpy(), .item(), a shape Tensor), are traced "
+         "anew; within one such signature the ops must not change.")
 
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
@@ -40,6 +44,7 @@ class _Recorder:
         self.ext_seen = set()  # ids of the external tensors used so far (kept alive in keep)
         self.unresolved = []  # recording: "ext" slots that may turn out to be a .grad
         self.candidates = {}  # id -> tensor whose .grad a function may read
+        self.grads_seen = {}  # recording: id(a .grad after an event) -> (its owner, it)
         self.rec_level = dispatch._recording  # GradManagers recording; changes only in events
         self.rec_changed = False
         self.profile = None  # checking with profiling=True: the Profile to add op times to
@@ -105,6 +110,8 @@ class _Recorder:
                 info.const = t._data.copy()
             else:
                 self.unresolved.append(s)
+                # now, while it is one: the function may reset the .grad later (x.grad = None)
+                self._resolve_grads()
             self.ext_by_tensor[id(t)] = s
             self.ext_seen.add(id(t))
             self.keep.append(t)
@@ -142,7 +149,9 @@ class _Recorder:
         if kind == "ext" or (kind == "const" and info.tensor is not None):
             ok = t is info.tensor
         elif kind == "grad":
-            ok = t is info.owner.grad
+            owner = (info.owner if info.owner_slot is None
+                     else self.slot_tensor[info.owner_slot])  # an argument: this call's
+            ok = t is owner.grad
         elif kind == "const":
             c = info.const
             ok = (t._data.shape == c.shape and t._data.dtype == c.dtype
@@ -247,6 +256,10 @@ class _Recorder:
                 self._mismatch(f"{where}, input {j}: the trace had shape {meta[0]} {meta[1]}, "
                                f"this call has shape {t.shape} {t.dtype}", "shape mismatch")
         self._done_aliases(k, where)
+        if step.captured:
+            inputs = list(inputs)
+            for j, value, device in step.captured:
+                inputs[j] = Tensor._wrap(value, device)
         if self.profile is None:
             out = self._run(op, inputs)
         else:
@@ -269,6 +282,19 @@ class _Recorder:
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
+
+    # ----- values read to the host -----
+    def read(self, t, value):
+        """``t.numpy()`` (or item, int(), a shape Tensor...) returned ``value`` while the function
+        ran. Recording notes the read (where the value came from, a copy of it, and how many
+        steps came before): the Python code may have baked it into the ops that follow. A
+        checked call runs that Python code, and the ops it makes are checked: nothing to do."""
+        if self.checking:
+            return
+        s, _ = self._internal(t)  # a detached alias reads its source's value
+        if s is None:
+            s = self.source(t)  # an external (or a constant made from Python data)
+        self.prog.reads.append((len(self.prog.steps), s, _host(value).copy()))
 
     # ----- events -----
     def event(self, fn, *args, **kwargs):
@@ -302,7 +328,7 @@ class _Recorder:
         return result
 
     def _after_event(self, step, args, kwargs, result):
-        for obj in args:
+        for obj in () if self.checking else args:  # candidates serve _resolve_grads only
             attached = getattr(obj, "attached_tensors", None)
             if callable(attached):  # a GradManager: its tensors' .grad may be read later
                 for t in attached():
@@ -312,6 +338,13 @@ class _Recorder:
                 for g in groups:
                     for t in g.get("params", ()) if isinstance(g, dict) else ():
                         self.candidates[id(t)] = t
+        if not self.checking:
+            # the gradients as this event left them: ``dx = x.grad; x.grad = None`` returns dx,
+            # which is then no tensor's .grad any more, but a replay must read it afresh
+            for a in self.candidates.values():
+                g = getattr(a, "grad", None)
+                if isinstance(g, Tensor) and id(g) not in self.grads_seen:
+                    self.grads_seen[id(g)] = (a, g)  # g kept alive here: its id stays unique
         # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
         # value: later uses must come from its slot.
         for t in _tensors_in((args, kwargs)):
@@ -381,7 +414,7 @@ class _Recorder:
             pairs = zip(value.values(), enc.values()) if t is dict else zip(value, enc)
             for v, e in pairs:
                 self._match(v, e, where)
-        elif not (_ValueLeaf(value) == _ValueLeaf(enc)):
+        elif not (_ValueLeaf(value) == _ValueLeaf(enc)) and not _alike(value, enc):
             self._mismatch(f"{where}: the trace passed {_ValueLeaf(enc)!r}, this call passes "
                            f"{_ValueLeaf(value)!r}", "tensors not equals")
 
@@ -389,17 +422,21 @@ class _Recorder:
         """Recording: externals that are some tensor's ``.grad`` must be read live as such."""
         if not self.unresolved:
             return
-        owners = {}
+        owners = dict(self.grads_seen)
         for a in self.candidates.values():
             g = getattr(a, "grad", None)
             if isinstance(g, Tensor):
-                owners[id(g)] = a
+                owners[id(g)] = (a, g)
         still = []
         for s in self.unresolved:
             info = self.prog.slots[s]
-            a = owners.get(id(info.tensor))
-            if a is not None and a.grad is info.tensor:
+            a, g = owners.get(id(info.tensor), (None, None))
+            if a is not None and g is info.tensor:
                 info.kind, info.owner, info.tensor, info.const = "grad", a, None, None
+                e = self.by_tensor.get(id(a))
+                if e is not None and e[1] is a._data and self.prog.slots[e[0]].kind == "arg":
+                    # the .grad of an argument: each call reads its own argument's
+                    info.owner, info.owner_slot = None, e[0]
             else:
                 still.append(s)
         self.unresolved = still
@@ -426,6 +463,7 @@ class _Recorder:
         self.by_array.clear()
         self.slot_tensor.clear()
         self.candidates.clear()
+        self.grads_seen.clear()
         for s, ref in weak:
             info = prog.slots[s]
             t = ref()
@@ -433,6 +471,25 @@ class _Recorder:
                 info.kind = "const"
             else:
                 info.tensor, info.const = t, None
+        self._sort_reads()
+
+    def _sort_reads(self):
+        """Split the host reads: an argument's value joins the signature (``arg_reads``: leaf
+        index -> value), a constant's never changes, any other is checked on replay
+        (``guards``: (steps before it, slot, value))."""
+        prog = self.prog
+        leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
+        arg_reads, guards, seen = {}, [], set()
+        for pos, s, value in prog.reads:
+            i = leaf_of.get(s)
+            if i is not None:
+                arg_reads.setdefault(i, value)  # the first read: the value the call came with
+            elif prog.slots[s].kind != "const" and (pos, s) not in seen:
+                seen.add((pos, s))
+                guards.append((pos, s, value))
+        prog.arg_reads = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        prog.guards = guards
+        prog.reads = []
 
     def finish_checking(self, outputs):
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
@@ -454,6 +511,16 @@ class _Recorder:
                 n is not None and n != r for n, r in zip(now, recorded)):
             self._mismatch("the outputs: this call returns other values than the traced call "
                            f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+def _alike(a, b):
+    """Whether object ``a`` may stand for the recorded ``b`` in an event's arguments: an object
+    of the same class, as one the function makes afresh on every call (``with GradManager() as
+    gm:``, ``with gm1 | gm2:``; upstream records no such objects, only ops). A checked call runs
+    the event on ``a`` itself, so nothing is computed from ``b``. Plain values and arrays still
+    compare by value (`_ValueLeaf`)."""
+    return (type(a) is type(b) and type(a) not in _PLAIN and not _is_array(a)
+            and not isinstance(a, (np.generic, np.dtype, type)))
 
 
 class _ExcludedBlock:
@@ -483,6 +550,9 @@ class _ExcludedBlock:
             return fn(*args, **kwargs)
         finally:
             dispatch._trace_hook = self
+
+    def read(self, t, value):
+        pass  # reads inside an exclude_from_trace block are the user's side work: not guarded
 
 
 class _Where:

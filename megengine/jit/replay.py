@@ -1,25 +1,48 @@
 """Replaying a recorded `_Program` on new arguments without running the traced Python function
-(``symbolic=True`` / ``without_host=True`` calls after the first)."""
+(``without_host=True`` calls after the first)."""
 import copy
 import time
 
 from ..core import dispatch
 from ..core.tensor import Tensor
-from ._program import TraceError, _AliasStep, _OpStep, _at_path, _decode, _thaw
+import numpy as np
+
+from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
+                       _OpStep, _at_path, _decode, _host, _thaw)
 
 
 def replay(prog, leaves, profile=None):
     """Run ``prog`` with ``leaves`` (the call's tensor arguments, in `_flatten` order) and return
     the outputs, rebuilt in the traced structure. ``profile``: a `Profile` to add step times to."""
+    try:
+        return _run(prog, leaves, profile)
+    except BaseException:
+        _release_recordings(prog)
+        raise
+
+
+def _release_recordings(prog):
+    """After a replay stopped half-way: GradManagers whose recording a replayed ``record``
+    event started are released, as the ``with gm:`` block of the Python code would have done
+    (release is a no-op for one that is not recording)."""
+    for step in prog.steps:
+        if type(step) is _EventStep and getattr(step.fn, "__name__", "") == "record" \
+                and step.args and hasattr(step.args[0], "release"):
+            step.args[0].release()
+
+
+def _run(prog, leaves, profile):
     values = prog.base.copy()
     for s, t in zip(prog.arg_slots, leaves):
         values[s] = t
     for s, arr, device in prog.consts:
         values[s] = Tensor._wrap(arr, device)
-    for s, owner in prog.grads:
-        values[s] = owner.grad
+    for s, owner, o in prog.grads:
+        values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
     clock = time.perf_counter if profile is not None else None
+    if prog.first_reads:
+        _check_reads(prog, prog.first_reads, values)
     for step in prog.steps:
         if clock is not None:
             start = clock()
@@ -67,13 +90,42 @@ def replay(prog, leaves, profile=None):
             result = step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
             for path, s in step.out_paths:
                 values[s] = _at_path(result, path)
-            for s, owner in prog.grads:
-                values[s] = owner.grad
+            for s, owner, o in prog.grads:
+                values[s] = (owner if o is None else values[o]).grad
+        if step.reads:
+            _check_reads(prog, step.reads, values)
         for s in step.free:
             values[s] = None
         if clock is not None:
             profile.add(step, clock() - start)
     return _decode(prog.out, values)
+
+
+def _check_reads(prog, reads, values):
+    """Values the recorded call read to the host, read again now: another value means the ops
+    recorded after the read may have been built from the old one."""
+    for s, then in reads:
+        v = values[s]
+        now = None if v is None else _host(v._data)
+        if now is not None and _same_value(now, then):
+            continue
+        now_text = "None" if now is None else repr(_ArrayValue(now))
+        raise TraceMismatchError(
+            f"replaying: the traced function read {prog.describe(s)} to the host when it was "
+            f"recorded (value {_ArrayValue(then)!r}); now it is {now_text}. A without_host "
+            "replay does not run the Python code that used the value, so the ops recorded from "
+            "it may be wrong for this one. Read a value that is only logged inside "
+            "exclude_from_trace(), pass a value that shapes the ops as an argument (another "
+            "argument value records anew), or trace with symbolic=True (it reruns the Python "
+            "code on every call)", "tensors not equals")
+
+
+def _same_value(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fc":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool((a == b).all())
 
 
 class Profile:

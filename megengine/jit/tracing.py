@@ -1,6 +1,7 @@
-"""`trace`: record a function's ops on the first call of each signature; later calls are checked
-against the record (``symbolic=False``) or replay it without running the Python function
-(``symbolic=True`` or ``without_host=True``).
+"""`trace`: record a function's ops on the first call of each signature; later calls rerun the
+function and check it against the record (``symbolic=False`` and ``symbolic=True``, as upstream
+1.x always calls the function) or replay the record without running the Python function
+(``without_host=True``).
 
 How it works. While a traced function runs for the first time, ``dispatch._trace_hook`` is a
 `_Recorder`: every ``apply(op, *tensors)`` goes through it. It notes, per op, a pristine copy
@@ -20,7 +21,7 @@ slots of the outputs. A value's source ("slot") is one of
 
 Besides ops, the record holds *events*: calls that change state without being ops. The engine
 announces them through ``dispatch._trace_hook.event(fn, *args)`` (see "Hooks" below):
-``GradManager.record/release/backward``, ``Optimizer.step/clear_grad/zero_grad`` and the
+``GradManager.attach/record/release/backward``, ``Optimizer.step/clear_grad/zero_grad`` and the
 in-place tensor writes ``Tensor._inplace`` (``p -= lr * g``, ``x[i] = v``) and ``Tensor._reset``
 (``set_value``). An event runs with the hook off (the ops inside a backward or an optimizer step
 are not recorded; they run again when the event is replayed) and is replayed by calling the same
@@ -35,16 +36,33 @@ constants it read, so an unbounded cache grows with every new shape). ``@trace``
 keys its programs by instance too, and holds the instances weakly: a deleted model is freed, and
 its programs (with the parameters they hold) are dropped when it goes.
 
-Replay (``symbolic=True`` or ``without_host=True``, later calls of a known signature, see
-`replay`): each step runs on fresh op copies through ``apply`` (so a recording GradManager still
-builds the autodiff graph), events are called again, and the outputs are rebuilt. The Python
-function does not run: its Python side effects (prints, ``.numpy()`` reads, appending to lists,
-data-dependent branches) happen when a signature is recorded only.
+Checking (``symbolic=False`` or ``symbolic=True``, later calls of a known signature, see
+`record`): the function runs normally, so its Python side effects (prints, counters, list
+appends, exceptions) happen on every call, and each op and event is compared with the record
+(op type and parameters, input sources, input shapes and dtypes); the first difference raises
+`TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
+user's function propagates unchanged. Either way the hook is removed and the next call is
+checked against the same record. (Ops run eagerly as they are checked, except that
+``capture_as_const`` inputs take their captured value.)
 
-Checking (``symbolic=False``, later calls of a known signature, see `record`): the function runs
-normally and each op and event is compared with the record (op type and parameters, input
-sources, input shapes and dtypes); the first difference raises `TraceMismatchError`. Its job is
-to prove a function traceable.
+Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
+fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
+events are called again, and the outputs are rebuilt. The Python function does not run: its
+Python side effects (prints, attribute assignments such as ``x.grad = None``) happen when a
+signature is recorded only. The ``.grad`` of a tensor argument is read from each call's own
+argument (``GradManager.attach`` is an event, so a GradManager made inside the function
+attaches the new argument on replay).
+
+Host reads. A value read to the host while recording (``Tensor.numpy``, ``item``, ``int()``,
+``tolist``, a Tensor given as a shape, ``F.topk``'s ``k``...) is noted by the hook's ``read``
+(`megengine.core.tensor.Tensor.numpy` calls it): the Python code may have baked it into the
+ops. A read of an argument makes its value part of the signature: a later call whose argument
+holds another value records anew (``F.broadcast_to(x, shape_tensor)`` with a new shape). A read
+of any other value (an op's output, a parameter, a ``.grad``) is checked on replay
+(``without_host=True``) after the step that made it: another value raises `TraceMismatchError`
+instead of replaying ops built from the old one. Checked calls run the Python code, so a read
+value that changes the ops is caught by the op check. Reads inside `exclude_from_trace` (and the
+engine's own argument validation, ``Tensor._peek``) are not noted.
 
 Files: `_program` (the data), `record` (record and check), `replay`, `dump` (write a program
 to a file; `megengine.utils.comp_graph_tools` loads and runs it), this file (the public API).
@@ -66,7 +84,7 @@ import weakref
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
-from ._program import TraceError, TraceMismatchError, _flatten, _Program
+from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
 from .record import _ExcludedBlock, _Recorder
 from .replay import Profile, replay
 
@@ -95,20 +113,24 @@ class trace:
     device, each non-tensor argument's value): a call with a new signature (a new batch size,
     another keyword argument) runs the function and records it again, as upstream re-traces.
 
-    ``symbolic=False`` (upstream's default): later calls of a known signature run the function
-    again and check that it applies the same ops as the recorded call, to values from the same
-    places; the first difference raises `TraceMismatchError` (``str(e)`` is upstream's
-    ``"trace error because <reason>"``, ``e.detail`` names the op and the values). It runs at
-    eager speed and proves a function traceable.
+    ``symbolic=False`` (upstream's default) and ``symbolic=True``: later calls of a known
+    signature run the function again, as upstream's ``trace.__call__`` does, and check that it
+    applies the same ops as the recorded call, to values from the same places; the first
+    difference raises `TraceMismatchError` (``str(e)`` is upstream's ``"trace error because
+    <reason>"``, ``e.detail`` names the op and the values) and the trace stays usable. Python
+    side effects (prints, counters, exceptions) happen on every call. Upstream's two modes differ
+    in how its graph compiler builds the first call; this engine runs ops one by one either way,
+    so both cost about eager speed plus the check.
 
-    ``symbolic=True`` or ``without_host=True``: later calls of a known signature do not run the
-    Python function; they replay the recorded ops and events (GradManager record/backward/
-    release, optimizer steps, in-place writes) on the new arguments. Parameters and other tensors
-    from outside the function are read live, so optimizer updates are seen. Python code in the
-    function (prints, ``.numpy()`` reads, branches on values, tensors made from Python or numpy
-    data, ``megengine.random`` draws, which are such data) runs at recording only: what it made
-    is a constant of the program. Ops that draw random numbers in their forward (dropout) draw
-    fresh ones on every replay.
+    ``without_host=True`` (upstream: run the Python code on the first call only): later calls of
+    a known signature do not run the Python function; they replay the recorded ops and events
+    (GradManager record/backward/release, optimizer steps, in-place writes) on the new
+    arguments. Parameters and other tensors from outside the function are read live, so
+    optimizer updates are seen. Python code in the function (prints, branches on values,
+    tensors made from Python or numpy data, ``megengine.random`` draws, which are such data)
+    runs at recording only: what it made is a constant of the program. Values it read on the
+    host are checked on replay (see the module docstring, "Host reads"). Ops that draw random
+    numbers in their forward (dropout) draw fresh ones on every replay.
 
     ``capture_as_const=True``: tensors from outside the function are captured by value at trace
     time; later changes to them are not seen. `dump` needs it.
@@ -120,6 +142,10 @@ class trace:
     is still recorded, so `dump` works (upstream's debugging mode runs imperatively too).
 
     ``profiling=True``: replays and checked calls time each op; `get_profile` returns the sums.
+
+    Values read to the host (``.numpy()``, ``.item()``, a shape Tensor) while a signature is
+    recorded: an argument's value joins the signature (another value records anew); another
+    value is checked when a ``without_host`` replay reaches it (see the module docstring).
 
     ``max_programs`` (an extension; default `DEFAULT_MAX_PROGRAMS`, 64): how many programs the
     trace keeps, over all signatures (and all instances, for a method). When a new signature
@@ -139,10 +165,10 @@ class trace:
     ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
     (shapes are concrete tuples in this engine: each shape signature has its own program).
 
-    Differences from upstream, by design of this fork: ``symbolic=True`` replays without Python
-    (upstream reruns the Python function against its compiled graph; use ``symbolic=False`` for
-    that check); the first call of a signature runs eagerly, so values can be read in it; and
-    `exclude_from_trace` regions do not run on a replay.
+    Differences from upstream, by design of this fork: the first call of a signature runs
+    eagerly, so values can be read in it (upstream's symbolic first call cannot read them); a
+    call whose arguments were read on the host with other values records anew; and
+    `exclude_from_trace` regions do not run on a ``without_host`` replay.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -164,7 +190,7 @@ class trace:
             functools.update_wrapper(self, function, updated=())
         self._symbolic = bool(symbolic)
         self._without_host = bool(without_host)
-        self._replays = self._symbolic or self._without_host
+        self._replays = self._without_host  # symbolic=True reruns Python and checks, as upstream
         self._record_only = bool(record_only)
         self._capture_as_const = bool(capture_as_const) or self._record_only
         self._imperative = bool(imperative)
@@ -176,6 +202,9 @@ class trace:
         # id(instance) for a traced method; signature: ((shape, dtype, device), ...) for calls
         # with tensors only, else the argument tree (a tuple that starts with a type: no clash)
         self._programs = collections.OrderedDict()
+        # (owner, signature) -> indices of the tensor arguments whose values the programs of
+        # that signature read to the host: their values are part of the cache key
+        self._read_args = {}
         self._instances = {}  # id(instance) -> weakref to it, for a traced method's instances
         self._dead = []  # ids of instances gone whose programs are still to drop
         self._busy = False  # the cache is being changed: a dying instance's drop waits
@@ -245,6 +274,9 @@ class trace:
             leaves = []
             key = (owner, _flatten((args, kwargs), leaves))
         programs = self._programs
+        read = self._read_args.get(key)
+        if read is not None:  # the function read arguments' values: they select the program
+            key = (*key, _values_key(leaves, read, ()))
         self._busy = True
         try:
             prog = programs.get(key)
@@ -259,6 +291,8 @@ class trace:
                 raise TraceError("trace(record_only=True): the function was recorded for dump(); "
                                  "it cannot run again. Call dump(), or trace without record_only.")
             prog, outputs = self._record(bound, args, kwargs, leaves)
+            if prog.arg_reads or read is not None:
+                key = self._key_with_reads(key[:2], read, prog, leaves)
             self._keep(key, prog)
             return outputs
         self._last, self._last_owner = prog, owner
@@ -274,6 +308,22 @@ class trace:
         return self._check(prog, bound, args, kwargs, leaves)
 
     # ----- the program cache -----
+    def _key_with_reads(self, base, read, prog, leaves):
+        """The cache key of a program just recorded for signature ``base`` whose call read
+        arguments' values: ``base`` plus the values of the arguments that the programs of this
+        signature read (the recorded values where this call read them)."""
+        now = tuple(i for i, _ in prog.arg_reads)
+        if read is None or not set(now) <= set(read):
+            read = tuple(sorted(set(now) | set(read or ())))
+            self._busy = True
+            try:  # programs kept under fewer values would never be found again: drop them
+                for k in [k for k in self._programs if k[:2] == base]:
+                    del self._programs[k]
+                self._read_args[base] = read
+            finally:
+                self._done()
+        return (*base, _values_key(leaves, read, prog.arg_reads))
+
     def _keep(self, key, prog):
         self._busy = True
         try:
@@ -286,8 +336,10 @@ class trace:
                     name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
                     logger.warning(
                         "trace of %s: more than %d call signatures (shapes, dtypes, argument "
-                        "values); the least recently used program is dropped and recorded again "
-                        "if it comes back. Pad inputs to fewer shapes, or raise "
+                        "values, values of tensor arguments the function reads with .numpy(), "
+                        ".item() or as shapes); the least recently used program is dropped and "
+                        "recorded again if it comes back. Pad inputs to fewer shapes, read "
+                        "logged values inside exclude_from_trace(), or raise "
                         "trace(max_programs=...)", name, self._max_programs)
                 while len(programs) > self._max_programs:
                     programs.popitem(last=False)
@@ -307,6 +359,8 @@ class trace:
                         del self._instances[owner]
                     for key in [k for k in self._programs if k[0] == owner]:
                         del self._programs[key]  # may free other instances: _dead grows
+                    for key in [k for k in self._read_args if k[0] == owner]:
+                        del self._read_args[key]
                     if self._last_owner == owner:
                         self._last = self._last_owner = None
             finally:
@@ -332,7 +386,7 @@ class trace:
         prog.compile()
         return prog, outputs
 
-    # ----- symbolic=False: run again and compare -----
+    # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
         _not_nested()
         rec = _Recorder(self, prog, checking=True)
@@ -378,6 +432,20 @@ class trace:
         return self(*args, **kwargs)
 
 
+def _values_key(leaves, read, recorded):
+    """The values of the tensor arguments ``leaves[i]`` for ``i`` in ``read`` as a hashable
+    key; ``recorded`` ((i, value), ...) gives the value to use instead where a recording read
+    it (an argument changed in place later in the call keys by the value the call read)."""
+    given = dict(recorded)
+    key = []
+    for i in read:
+        a = given.get(i)
+        if a is None:
+            a = _host(leaves[i]._data)
+        key.append((i, a.shape, a.dtype.str, a.tobytes()))
+    return tuple(key)
+
+
 def _forget_instance(tr, owner):
     """The callback of a weak reference to a traced method's instance: its programs go when it
     does. It holds the trace weakly, and only notes the death while the cache is being changed
@@ -398,19 +466,20 @@ def _not_nested():
     if dispatch._trace_hook is not None:
         raise NotImplementedError(
             "nested trace: a traced function cannot be traced while another traced function "
-            "is being recorded or checked (a symbolic=True trace that has already recorded can "
-            "be called inside one)")
+            "is being recorded or checked (a without_host=True trace that has already recorded "
+            "can be called inside one: it replays)")
 
 
 @contextlib.contextmanager
 def exclude_from_trace():
-    """Run a block without recording (first call) or checking (symbolic=False) its ops.
+    """Run a block without recording (first call) or checking (later calls) its ops.
 
     For side work such as logging. Tensors it makes and the traced code then uses are treated
-    as constants when the call is recorded; a checked call (``symbolic=False``) accepts them in
-    place of any recorded input, so the block may compute differently from call to call (as
-    upstream). On a ``symbolic=True`` replay the Python function, this block included, does
-    not run.
+    as constants when the call is recorded; a checked call (``symbolic=False`` or ``True``)
+    accepts them in place of any recorded input, so the block may compute differently from
+    call to call (as upstream). Values read inside it are not guarded (see "Host reads" in the
+    module docstring): log there. On a ``without_host=True`` replay the Python function, this
+    block included, does not run.
     """
     hook = dispatch._trace_hook
     dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking
@@ -423,5 +492,6 @@ def exclude_from_trace():
 
 
 def is_tracing() -> bool:
-    """True while a traced function runs its first (recording) call or a checked call."""
+    """True while a traced function runs its first (recording) call or a checked call
+    (``symbolic=False`` or ``True``)."""
     return isinstance(dispatch._trace_hook, _Recorder)

@@ -27,7 +27,7 @@ Differences from upstream: the files are written when the profiler stops (upstre
 when the Profiler object dies or at exit; the last recording is kept either way, and
 `Profiler.dump` writes them again); ``sample_rate``,
 ``num_tensor_watch`` and ``enable_cupti`` are accepted and have no effect (there is no
-allocator sampling nor CUPTI here). A trace's ``symbolic=True`` replays are profiled too. Ops
+allocator sampling nor CUPTI here). A trace's ``without_host=True`` replays are profiled too. Ops
 that an op's own forward applies are part of that op's time, not events of their own. The hook
 is process-wide: ops of other threads are recorded with their thread id.
 """

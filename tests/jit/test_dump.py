@@ -15,7 +15,7 @@ import megengine as mge
 import megengine.functional as F
 import megengine.module as M
 from megengine.autodiff import Function, GradManager
-from megengine.jit import trace
+from megengine.jit import exclude_from_trace, trace
 from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
 
@@ -208,6 +208,35 @@ def test_training_steps_cannot_be_dumped():
     step(mge.tensor([1.0, 1.0]))
     with pytest.raises(DumpError, match="GradManager"):
         step.dump(io.BytesIO())
+
+
+def test_values_read_to_the_host_cannot_be_dumped_but_logged_ones_can():
+    # the ops were built from the read value: a file (no Python to rerun) would keep it
+    f = trace(lambda x, shape: F.broadcast_to(x, shape), symbolic=True, capture_as_const=True)
+    f(mge.tensor([1.0, 2.0]), mge.tensor([3, 2]))
+    with pytest.raises(DumpError, match="read the value of the tensor argument 'arg_1'"):
+        f.dump(io.BytesIO())
+    g = trace(lambda x: x.reshape(int(x.sum().item()), -1), symbolic=True, capture_as_const=True)
+    g(mge.tensor([1.0, 1.0]))
+    with pytest.raises(DumpError, match="output 0 of op #0"):
+        g.dump(io.BytesIO())
+
+    logged = []
+
+    @trace(symbolic=True, capture_as_const=True)
+    def h(x):
+        y = x * 2
+        with exclude_from_trace():
+            logged.append(y.numpy().tolist())
+        return y
+
+    x = mge.tensor([1.0, 2.0])
+    h(x)
+    file = io.BytesIO()
+    h.dump(file)
+    file.seek(0)
+    np.testing.assert_array_equal(GraphInference(file).run(x)["output_0"], [2.0, 4.0])
+    assert logged == [[2.0, 4.0]]
 
 
 def test_batch_norm_in_training_mode_cannot_be_dumped_and_raises_a_runtime_error():

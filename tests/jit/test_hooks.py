@@ -54,6 +54,20 @@ def test_grad_manager_announces_record_backward_release():
     np.testing.assert_array_equal(w.grad.numpy(), [2.0, 4.0])
 
 
+def test_grad_manager_announces_attach():
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager()
+
+    def run():
+        gm.attach(w)
+        with gm:
+            gm.backward((w * 3).sum())
+
+    assert _announced(run)[:2] == ["GradManager.attach", "GradManager.record"]
+    assert gm.attached_tensors() == [w]
+    np.testing.assert_array_equal(w.grad.numpy(), [3.0, 3.0])
+
+
 def test_tensor_in_place_writes_are_announced():
     p = mge.Parameter([1.0, 2.0])
 

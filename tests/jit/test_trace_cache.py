@@ -15,16 +15,16 @@ from megengine.jit import trace
 from megengine.jit import tracing
 
 
-def _counting(symbolic=True, **options):
+def _counting(**options):
     """A traced ``x * 2 + 1`` and the list of the shapes its Python body ran for: a replay
-    (symbolic) does not run the body, so the list shows which calls recorded."""
+    (without_host) does not run the body, so the list shows which calls recorded."""
     ran = []
 
     def fn(x):
         ran.append(tuple(x.shape))
         return x * 2 + 1
 
-    return trace(fn, symbolic=symbolic, **options), ran
+    return trace(fn, without_host=True, **options), ran
 
 
 def _call(f, n):
@@ -49,7 +49,7 @@ def test_the_least_recently_used_program_is_dropped_first():
 def test_argument_trees_are_cached_by_value_too():
     ran = []
 
-    @trace(symbolic=True, max_programs=2)
+    @trace(without_host=True, max_programs=2)
     def f(x, *, scale):
         ran.append(scale)
         return x * scale

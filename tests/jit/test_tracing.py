@@ -48,16 +48,16 @@ def test_training_step_with_changing_batch_sizes_retraces_and_matches_eager(opti
         np.testing.assert_allclose(step(x, y).numpy(), expect, rtol=1e-6)
         for a, b in zip(net.parameters(), eager_net.parameters()):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
-    if options.get("symbolic") or options.get("without_host"):
+    if options.get("without_host"):
         assert runs == [8, 5, 3]  # Python ran once per batch size; the rest were replays
     else:
-        assert runs == sizes  # checking mode runs the function on every call
+        assert runs == sizes  # symbolic True or False: the function runs (and is checked) each call
     assert "3 traced signatures" in repr(step)
 
 
 def test_keyword_arguments_reach_the_function_and_select_programs():
     eager_net, eager_step, _ = _net_and_step(False)
-    net, step, runs = _net_and_step(True, symbolic=True)
+    net, step, runs = _net_and_step(True, without_host=True)
     x = mge.tensor(np.random.RandomState(1).randn(4, 6))
     y = mge.tensor([0, 1, 2, 0], dtype="int32")
     for w in (1.0, 0.5, 1.0, mge.tensor(2.0), mge.tensor(3.0)):
@@ -77,13 +77,14 @@ def test_keyword_arguments_reach_the_function_and_select_programs():
     ("((a + b), (b + c))[1]", "((a + b), (b + c))[0]", "data unreadable"),
     ("((a + b), (b + c))[1] + a", "((a + b), (b + c))[0] + a", "input id mismatch"),
 ])
-def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
-    # upstream's test_trace_mismatch (all eight cases), on the mode that reruns Python here
-    # (symbolic=False)
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason, symbolic):
+    # upstream's test_trace_mismatch (all eight cases; upstream runs it with symbolic=True):
+    # both modes rerun Python and check it, and the trace stays usable after a mismatch
     a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
     mismatch = False
 
-    @trace(symbolic=False)
+    @trace(symbolic=symbolic)
     def fn(a, b, c):
         return eval(mismatch_expr if mismatch else normal_expr)
 
@@ -100,13 +101,15 @@ def test_upstream_trace_mismatch_texts(normal_expr, mismatch_expr, reason):
         mismatch = i > 0 and rnd.random() > 0.6
 
 
-def test_exception_in_traced_call_is_the_users_not_a_trace_error():
-    # upstream's test_exception_in_trace
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_exception_in_traced_call_is_the_users_not_a_trace_error(symbolic):
+    # upstream's test_exception_in_trace: the user's exception propagates unchanged, and the
+    # next call is checked against the same record
     a, b, c = mge.tensor([1, 2, 3, 4]), mge.tensor([5, 6, 7, 8]), mge.tensor([9, 0, 1, 2])
     exc = Exception()
     state = {"raise": False}
 
-    @trace(symbolic=False)
+    @trace(symbolic=symbolic)
     def fn(a, b, c):
         result = a + b
         if state["raise"]:
@@ -211,3 +214,42 @@ def test_partial_trace_replays_forward_inside_an_eager_step():
         partial_trace(lambda x: x, backend="xla")
     with pytest.raises(AssertionError, match="without_host"):
         partial_trace(lambda x: x, without_host=False)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_shapes_that_do_not_broadcast_raise_upstreams_runtime_error(symbolic):
+    # upstream's test_graph_error: its graph raises RuntimeError; numpy code expects
+    # ValueError, and the engine's error is both. The trace is usable afterwards.
+    a = mge.tensor(np.arange(8).reshape(2, 4))
+    b = mge.tensor(np.arange(8).reshape(2, 4))
+    fn = trace(lambda a, b: a + b, symbolic=symbolic)
+    fn(a, b)
+    for expected in (RuntimeError, ValueError):
+        with pytest.raises(expected, match=r"shapes \(2, 4\) and \(4, 2\) do not broadcast"):
+            fn(a, b.transpose())
+    np.testing.assert_array_equal(fn(a, b).numpy(), np.arange(8).reshape(2, 4) * 2)
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_a_grad_manager_made_inside_each_call(options):
+    # upstream's test_maximum_grad_consistency: a new GradManager (and a new group) on every
+    # call, x.grad read and reset inside; the oracle is the function run eagerly
+    y = mge.Parameter([2.0])
+
+    def f(x):
+        with GradManager() as gm:
+            gm.attach(x)
+            gm.backward(F.maximum(x, x * y).sum())
+        with GradManager().attach(y) | GradManager():
+            pass
+        dx = x.grad
+        x.grad = None
+        return dx
+
+    traced = trace(f, **options)
+    for k in range(3):
+        data = np.arange(4.0) - 1.5 + k
+        got = traced(mge.tensor(data)).numpy()  # the .grad of this call's own argument
+        np.testing.assert_array_equal(got, f(mge.tensor(data)).numpy())
+        np.testing.assert_array_equal(got, np.where(data * 2 > data, 2.0, 1.0))

@@ -110,26 +110,29 @@ def test_scope_marks_a_span(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("symbolic", [True, False, None], ids=["symbolic", "checked", "eager"])
-def test_traced_functions_are_profiled(tmp_path, symbolic):
+@pytest.mark.parametrize("options", [{"without_host": True}, {"symbolic": True},
+                                     {"symbolic": False}, None],
+                         ids=["replayed", "symbolic", "checked", "eager"])
+def test_traced_functions_are_profiled(tmp_path, options):
     net = Simple()
 
     def infer(x):
         with scope("my_scope"):
             return net(x) + 1
 
-    if symbolic is not None:
-        infer = trace(symbolic=symbolic)(infer)
+    if options is not None:
+        infer = trace(**options)(infer)
     x = mge.tensor([2.0], dtype="float32")
     infer(x)  # first call records the trace
     profiler = Profiler(str(tmp_path))
     with profiler:
-        out = infer(x)  # a replay (symbolic), a checked run, or a plain call
+        out = infer(x)  # a replay (without_host), a checked run (symbolic), or a plain call
     np.testing.assert_allclose(out.numpy(), [2 * 1.23 + 1], rtol=1e-6)
     events = load(profiler)
     assert [e["name"] for e in ops(events)] == ["Mul", "Add"]
     scope_count = sum(e["name"] == "my_scope" for e in events)
-    assert scope_count == (0 if symbolic else 2)  # a replay does not run the Python function
+    replayed = options is not None and options.get("without_host")
+    assert scope_count == (0 if replayed else 2)  # a replay does not run the Python function
 
 
 def test_decorator_forms_and_alias(tmp_path):
