@@ -443,6 +443,8 @@ class Tracer:
                 self.bind(value, expr.outputs[0])
             graph._inputs = scope_inputs
             self.patch_globals_of(forward)
+            # functions kept on the instance (``self.add = F.add``) are seen too
+            self._patch_namespace(vars(module), _wrapper_of)
             result = forward(*args, **kwargs)
             out_leaves, out_def = tree_flatten(result, lambda x: isinstance(x, Tensor))
             for leaf in _const_leaves(out_def):
