@@ -15,6 +15,8 @@ import inspect
 import sys
 from typing import List
 
+import numpy as np
+
 from ..core import dispatch
 from ..core.tensor import Tensor
 from ..module.module import Module, _access_structure
@@ -302,6 +304,11 @@ class CallMethod(Expr):
     def interpret(self, *values):
         args, kwargs = self.arg_def.unflatten(values)
         obj = args[0]
+        if self.method == "shape":  # the dims as 0-d int32 tensors, as while tracing
+            shape = obj.shape
+            if isinstance(shape, tuple) and shape and isinstance(shape[0], Tensor):
+                return list(shape)  # being traced again: already recorded tensors
+            return [Tensor(np.int32(d), device=obj._device) for d in shape]
         if self.method == "__call__":
             result = obj(*args[1:], **kwargs)
         else:
@@ -329,6 +336,8 @@ class CallMethod(Expr):
         rest = [_text(a) for a in args[1:]] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
         if self.method == "__call__":
             return f"{obj}({', '.join(rest)})"
+        if self.method == "shape":
+            return f"{obj}.shape"
         return f"{obj}.{self.method}({', '.join(rest)})"
 
 

@@ -217,6 +217,11 @@ class Tracer:
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
                   _module_call_wrapper(vars(Module)["__call__"]))
+        if not self.surgery:
+            shape = tensor_dict["shape"]
+            self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
+            self._set(Tensor, "__len__", tensor_dict["__len__"],
+                      _untraced_wrapper(tensor_dict["__len__"]))
         dispatch._trace_hook = _ApplyHook(self)
         _active = self
         return self
@@ -361,6 +366,24 @@ class Tracer:
         return self._record(CallMethod(None, name), args, kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
+    def record_shape(self, tensor, shape):
+        """``x.shape`` of a traced tensor: a tuple of 0-d int32 tensors, one recorded
+        CallMethod "shape" making them, so reshapes by it follow the input's shape."""
+        node = self.node_of(tensor)
+        self.depth += 1
+        try:
+            dims = tuple(Tensor(np.int32(d), device=tensor._device) for d in shape)
+        finally:
+            self.depth -= 1
+        expr = CallMethod(node, "shape")
+        expr.out_def = flat_outputs(dims)[1]
+        expr.outputs = [TensorNode(expr, shape=(), dtype=np.dtype(np.int32),
+                                   device=tensor._device) for _ in dims]
+        self.scope.emit(expr)
+        for t, n in zip(dims, expr.outputs):
+            self.bind(t, n)
+        return dims
+
     def record_tensor_init(self, tensor, args, kwargs):
         """``Tensor(traced, ...)``: a CallFunction of the class, whose output is ``tensor``."""
         leaves, arg_def = tree_flatten((args, kwargs), lambda x: isinstance(x, (Tensor, Module)))
@@ -454,6 +477,7 @@ class Tracer:
             graph._outputs = [self.node_of(t) for t in out_leaves]
         finally:
             self.scopes.pop()
+        _drop_dead_pure(graph)
         record = self.records.get(id(module))
         if record is None:
             record = self.records[id(module)] = _ModuleRecord(module)
@@ -461,6 +485,34 @@ class Tracer:
             record.graphs[key] = graph
             record.outdefs[key] = out_def
         return result
+
+
+def _is_pure(expr):
+    if isinstance(expr, (GetAttr, Constant)):
+        return True
+    if isinstance(expr, CallMethod) and not isinstance(expr.inputs[0], ModuleNode):
+        m = expr.method
+        return m != "__setitem__" and not (m.startswith("__i") and m not in ("__invert__",))
+    return False
+
+
+def _drop_dead_pure(graph):
+    """Drop the side-effect-free steps nobody uses (``x.shape`` read for an assert, a
+    comparison in an ``if``): what is left runs on every call. Module and function calls,
+    ops and in-place writes always stay."""
+    outputs = set(id(n) for n in graph._outputs)
+    changed = True
+    while changed:
+        changed = False
+        for expr in reversed(list(graph._exprs)):
+            if _is_pure(expr) and not any(n.users or id(n) in outputs for n in expr.outputs):
+                graph._exprs.remove(expr)
+                for n in expr.inputs:
+                    if expr in n.users:
+                        n.users.remove(expr)
+                for n in expr.outputs:
+                    graph._namespace.release(n)
+                changed = True
 
 
 def _const_leaves(tree):
@@ -546,6 +598,33 @@ def _tensor_method_wrapper(name, orig):
         return tracer.record_method(name, orig, self, args, kwargs)
 
     method.__name__ = name
+    method.__wrapped__ = orig
+    return method
+
+
+def _shape_wrapper(fget):
+    def shape(self):
+        tracer = _active
+        value = fget(self)
+        if tracer is None or tracer.depth or not tracer.scopes or not tracer.is_traced(self):
+            return value
+        return tracer.record_shape(self, value)
+
+    return shape
+
+
+def _untraced_wrapper(orig):
+    """A Tensor method that returns a Python value: what it does inside is not recorded."""
+    def method(self, *args, **kwargs):
+        tracer = _active
+        if tracer is None:
+            return orig(self, *args, **kwargs)
+        tracer.depth += 1
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            tracer.depth -= 1
+
     method.__wrapped__ = orig
     return method
 

@@ -173,3 +173,29 @@ def test_register_as_builtin_keeps_a_module_whole():
 def test_bad_input_is_refused():
     with pytest.raises(TypeError, match="megengine Module"):
         trace_module(lambda x: x, _inp(2))
+
+
+class ReshapesByShape(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(12, 2)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        assert x.shape == x.shape and x.shape[1] == 3 and len(x) == n  # Python checks
+        return self.fc(x.reshape(x.shape[0], -1)) + self.fc(x.reshape(n, c * h * w))
+
+
+def test_shape_is_traced_so_batch_size_may_change():
+    m = ReshapesByShape()
+    tm = trace_module(m, _inp(2, 3, 2, 2))
+    shape_reads = tm.graph.get_method_by_type("shape").as_list()
+    assert len(shape_reads) == 2  # the two that feed reshapes; the checks' steps are dropped
+    assert [type(e) for e in tm.graph._exprs].count(CallMethod) == 8
+    assert "x.shape" in str(tm.graph)
+    for n in (5, 1):
+        x = _inp(n, 3, 2, 2)
+        out = tm(x)
+        assert out.shape == (n, 2)
+        np.testing.assert_allclose(out.numpy(), m(x).numpy(), rtol=1e-6)
+    assert type(Tensor.shape.fget(x)) is tuple and isinstance(x.shape, tuple)
