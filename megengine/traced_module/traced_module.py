@@ -59,6 +59,7 @@ class TracedModule(Module):
         object.__setattr__(self, "_is_top", is_top)
         object.__setattr__(self, "argspec", None)
         object.__setattr__(self, "_spec", None)
+        object.__setattr__(self, "is_qat", False)
 
     @property
     def graph(self) -> InternalGraph:
@@ -138,6 +139,11 @@ def _build(tracer, module, is_top, memo):
     object.__setattr__(tm, "_is_top", is_top)
     object.__setattr__(tm, "_spec", spec)
     object.__setattr__(tm, "argspec", spec if is_top else None)
+    from ..module.qat.module import QATModule
+
+    # a traced QAT layer stays one call when the graph is flattened (as upstream)
+    object.__setattr__(tm, "is_qat", isinstance(module, QATModule) or
+                       bool(module.__dict__.get("is_qat", False)))
     return tm
 
 
@@ -270,7 +276,7 @@ def _inline(graph, owner):
     def copy_exprs(g, nmap):
         for expr in g._exprs:
             sub = expr.graph if is_call_module(expr) else None
-            if sub is not None:
+            if sub is not None and not getattr(expr.inputs[0].owner, "is_qat", False):
                 callee = expr.inputs[0].owner
                 args, kwargs = expr.arg_def.unflatten([nmap[i] for i in expr.inputs])
                 nargs, nkwargs = _normalize_args(callee.__dict__.get("_spec"), args[1:], kwargs)
@@ -294,8 +300,9 @@ def _inline(graph, owner):
             new.add_inputs(inputs)
             for o in expr.outputs:
                 n = copy.copy(o)
+                renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
                 n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
-                                  _name="" if isinstance(expr, GetAttr) else o._name)
+                                  _name="" if renamed else o._name)
                 Node._next_id[0] += 1
                 if isinstance(n, TensorNode):
                     n.value = None

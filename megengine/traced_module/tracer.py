@@ -72,6 +72,11 @@ def is_builtin(module) -> bool:
 
     if cls is Sequential:  # a container: traced into, as upstream
         return False
+    from ..quantization.fake_quant import _FakeQuantize
+    from ..quantization.observer import Observer
+
+    if isinstance(module, (Observer, _FakeQuantize)):  # user subclasses too, as upstream
+        return True
     # megengine's own layers (and quantization observers, PyTorchModule) are not user code;
     # a TracedModule (megengine.traced_module) is traced into
     return cls.__module__.startswith("megengine.") and not cls.__module__.startswith(

@@ -1,7 +1,18 @@
-"""Argument normalisation: calls by keyword and by position map to one argument structure."""
+"""Helpers: argument normalisation (calls by keyword and by position map to one argument
+structure) and dotted attribute lookup."""
 import inspect
 
-__all__ = ["_convert_kwargs_to_args"]
+__all__ = ["_convert_kwargs_to_args", "get_subattr"]
+
+
+def get_subattr(module, name: str):
+    """The attribute at dotted ``name`` under ``module`` (``""``: the module itself)."""
+    if name == "":
+        return module
+    for part in name.split("."):
+        module = module[int(part)] if isinstance(module, (list, tuple)) else (
+            module[part] if isinstance(module, dict) else getattr(module, part))
+    return module
 
 
 def _convert_kwargs_to_args(func, args, kwargs, is_bounded=False):
