@@ -17,7 +17,7 @@ from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
 from .graph import InternalGraph
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
-from .tracer import Tracer, _Scope
+from .tracer import Tracer, _Scope, _assert_same
 from .utils import _convert_kwargs_to_args
 
 __all__ = ["TracedModule", "trace_module"]
@@ -192,11 +192,15 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
         raise TypeError(f"trace_module expects a megengine Module, got {type(mod).__name__}")
     tracer = Tracer()
     with tracer:
-        tracer.trace_forward(mod, args, kwargs)
+        result = tracer.trace_forward(mod, args, kwargs)
     memo = {}
     tm = _build(tracer, mod, True, memo)
     _update_ref(tm, tracer, memo)
     tm.graph._reset_ids()
+    if tracer.values is not None:  # enable_expr_checker: the whole module, too
+        expected = tree_flatten(result, lambda x: isinstance(x, Tensor))[0]
+        got = tree_flatten(tm(*args, **kwargs), lambda x: isinstance(x, Tensor))[0]
+        _assert_same(f"the traced {type(mod).__name__}", got, expected)
     return tm
 
 

@@ -52,6 +52,7 @@ TENSOR_METHODS = tuple(
 )
 
 _builtin_types = set()  # registered by register_as_builtin
+_check_exprs = [False]  # enable_expr_checker
 _wrapper_of = {}  # original functional function -> its recording wrapper (made once)
 _wrappers = set()  # those wrappers, so a patched namespace is never wrapped twice
 
@@ -135,6 +136,36 @@ def wrap(func):
     return recorded
 
 
+def enable_expr_checker(enable: bool = True):
+    """Check every step while tracing (upstream's ``enable_expr_checker``): each recorded
+    expr is run again on copies of its recorded inputs and must give the values the traced
+    forward got, and the TracedModule must return what the traced forward returned; a step
+    that does not reproduce (it reads Python state the graph cannot see) raises ValueError
+    naming it. Costs a second run of every step, so it is off by default."""
+    _check_exprs[0] = bool(enable)
+
+
+def _copy_value(v):
+    if isinstance(v, Tensor) and type(v) is Tensor:
+        return Tensor._wrap(v._data.copy(), v._device)
+    return v
+
+
+def _assert_same(expr, got, expected):
+    for g, e in zip(got, expected):
+        if isinstance(e, Tensor):
+            g_np = np.asarray(g.numpy() if isinstance(g, Tensor) else g)
+            e_np = e.numpy()
+            if g_np.shape != e_np.shape or not np.allclose(g_np, e_np, rtol=1e-5, atol=1e-6,
+                                                            equal_nan=True):
+                raise ValueError(
+                    f"expr checker: {expr!r} gives other values when run again from its "
+                    "recorded inputs: the step depends on something the graph does not "
+                    "record (Python state, randomness); make it a module or function "
+                    "input, or keep it out of forward"
+                )
+
+
 def call_function(func, args, kwargs):
     """Run ``func`` for `CallFunction.interpret`: recorded when a tracer is active."""
     tracer = _active
@@ -199,6 +230,7 @@ class Tracer:
         self._patched = []  # (namespace dict, name, original)
         self._patched_globals = set()
         self._previous_hook = None
+        self.values = {} if _check_exprs[0] else None  # node -> value copy, for the checker
 
     # ----- activation -----
     def __enter__(self):
@@ -291,11 +323,28 @@ class Tracer:
             self.depth -= 1
         node = expr.outputs[0]
         scope.emit(expr)
-        scope.values[id(obj)] = (obj, node)
+        self.bind(obj, node)
         return node
 
     def bind(self, obj, node):
         self.scope.values[id(obj)] = (obj, node)
+        if self.values is not None:
+            self.values[node] = _copy_value(obj)
+
+    def check(self, expr, outputs):
+        """The checker: run ``expr`` again on copies of its inputs' recorded values."""
+        if self.values is None:
+            return
+        try:
+            inputs = [_copy_value(self.values[n]) for n in expr.inputs]
+        except KeyError:
+            return  # an input made outside this trace (insert_exprs): nothing to compare
+        self.depth += 1
+        try:
+            got = expr.interpret(*inputs)
+        finally:
+            self.depth -= 1
+        _assert_same(expr, got, outputs)
 
     def placeholder(self, node):
         """A tensor standing for ``node`` inside insert_exprs (its value, or zeros)."""
@@ -360,6 +409,7 @@ class Tracer:
         self.scope.emit(expr)
         for t, n in zip(out_leaves, expr.outputs):
             self.bind(t, n)
+        self.check(expr, out_leaves)
         return self._to_nodes(result) if surgery else result
 
     def record_function(self, func, args, kwargs, run=None):
@@ -400,6 +450,7 @@ class Tracer:
                                    device=tensor._device)]
         self.scope.emit(expr)
         self.bind(tensor, expr.outputs[0])
+        self.check(expr, [tensor])
 
     def call_module(self, module, args, kwargs, orig_call):
         if is_builtin(module):
@@ -583,6 +634,7 @@ class _ApplyHook:
             tracer.scope.emit(expr)
             for t, n in zip(outs, expr.outputs):
                 tracer.bind(t, n)
+            tracer.check(expr, outs)
             return out
         finally:
             dispatch._trace_hook = self

@@ -199,3 +199,33 @@ def test_shape_is_traced_so_batch_size_may_change():
         assert out.shape == (n, 2)
         np.testing.assert_allclose(out.numpy(), m(x).numpy(), rtol=1e-6)
     assert type(Tensor.shape.fget(x)) is tuple and isinstance(x.shape, tuple)
+
+
+_calls = [0]
+
+
+@wrap
+def _counting(x):
+    _calls[0] += 1  # Python state the graph cannot see
+    return x + _calls[0]
+
+
+class Counting(M.Module):
+    def forward(self, x):
+        return _counting(x) * 2
+
+
+def test_expr_checker():
+    from megengine.traced_module import enable_expr_checker
+
+    enable_expr_checker()
+    try:
+        m = Block()
+        tm = trace_module(m, _inp(2, 4))  # reproducible: passes
+        x = _inp(2, 4)
+        np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6)
+        with pytest.raises(ValueError, match="_counting"):
+            trace_module(Counting(), _inp(3))
+    finally:
+        enable_expr_checker(False)
+    trace_module(Counting(), _inp(3))  # off again: not checked
