@@ -118,6 +118,15 @@ class ModuleNode(Node):
             f"stands for are reached inside `with graph.insert_exprs():`)"
         )
 
+    def __getstate__(self):
+        # A class defined inside a function cannot be pickled by reference: such a node keeps
+        # the type of the module it stands for now (a TracedModule) in the pickle instead.
+        state = dict(self.__dict__)
+        if not _findable(state.get("module_type")):
+            owner_type = type(state.get("_owner"))
+            state["module_type"] = owner_type if _findable(owner_type) else None
+        return state
+
     def __call__(self, *args, **kwargs):
         from . import tracer
 
@@ -170,6 +179,18 @@ class TensorNode(Node):
         state = dict(self.__dict__)
         state["value"] = None
         return state
+
+
+def _findable(cls):
+    """Whether pickle can find ``cls`` again by its module and qualified name."""
+    import sys
+
+    if not isinstance(cls, type):
+        return False
+    obj = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
 
 
 def _surgery_method(name):

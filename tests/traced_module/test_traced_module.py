@@ -164,3 +164,20 @@ def test_shared_submodule_stays_shared():
     assert tm.alias is tm.shared
     back = pickle.loads(pickle.dumps(tm))
     assert back.alias is back.shared
+
+
+def test_pickle_of_a_module_class_defined_in_a_function():
+    class Local(M.Module):  # pickle cannot find this class again by name
+        def __init__(self):
+            super().__init__()
+            self.a = M.Elemwise("ADD")
+            self.b = self.a
+
+        def forward(self, x, y):
+            return self.b(self.a(x, y), y)
+
+    x, y = Tensor(1.0), Tensor(2.0)
+    back = pickle.loads(pickle.dumps(trace_module(Local(), x, y)))
+    assert back.a is back.b
+    assert back.graph.inputs[0].module_type is TracedModule  # what it stands for now
+    np.testing.assert_allclose(back(x, y).numpy(), 5.0)
