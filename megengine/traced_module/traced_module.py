@@ -105,6 +105,97 @@ class TracedModule(Module):
         return new
 
 
+class _ModuleList(TracedModule):
+    """A list of modules on a TracedModule (upstream turns such lists into module
+    containers): items are attributes ``"0"``, ``"1"``, ...; indexing, ``len``, iteration and
+    ``append`` work as on the list. It has no graph of its own."""
+
+    def __init__(self, items=()):
+        super().__init__()
+        for item in items:
+            self.append(item)
+
+    def __len__(self):
+        n = 0
+        while str(n) in self.__dict__:
+            n += 1
+        return n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"module list index {index} out of range ({n} items)")
+        return self.__dict__[str(index % n)]
+
+    def __setitem__(self, index, module):
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"module list index {index} out of range ({n} items)")
+        setattr(self, str(index % n), module)
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+    def append(self, module):
+        setattr(self, str(len(self)), module)
+
+
+class _ModuleDict(TracedModule):
+    """A dict of modules (str keys) on a TracedModule: the values are attributes named by
+    their keys; ``[key]``, ``keys()``, ``values()``, ``items()``, ``len``, ``in`` work as on
+    the dict, in the dict's order. It has no graph of its own."""
+
+    def __init__(self, items=None):
+        super().__init__()
+        object.__setattr__(self, "_keys", [])
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key, module):
+        if key not in self._keys:
+            self._keys.append(key)
+        setattr(self, key, module)
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self.__dict__[key]
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(list(self._keys))
+
+    def keys(self):
+        return list(self._keys)
+
+    def values(self):
+        return [self[k] for k in self._keys]
+
+    def items(self):
+        return [(k, self[k]) for k in self._keys]
+
+
+def _module_container(value):
+    """A `_ModuleList`/`_ModuleDict` for a list/dict holding only modules (nested lists and
+    dicts of modules included), else None."""
+    if isinstance(value, list) and value:
+        items = [v if isinstance(v, Module) else _module_container(v) for v in value]
+        return _ModuleList(items) if all(i is not None for i in items) else None
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isidentifier()
+                                                  for k in value):
+        items = {k: v if isinstance(v, Module) else _module_container(v)
+                 for k, v in value.items()}
+        return _ModuleDict(items) if all(i is not None for i in items.values()) else None
+    return None
+
+
 def _set_leaf(module, key, value):
     def put(parent, last, _):
         if isinstance(parent, Module):
@@ -131,6 +222,10 @@ def _build(tracer, module, is_top, memo):
             del state[k]  # as upstream: a tensor forward never reads is not kept
         else:
             state[k] = _replace_modules(tracer, v, memo)
+            if k != "_modules":
+                container = _module_container(state[k])
+                if container is not None:  # as upstream: lists/dicts of modules -> modules
+                    state[k] = container
     state["_modules"] = [k for k in state.get("_modules", []) if k in state]
     tm.__dict__.update(state)
     spec = _call_spec(module)

@@ -181,3 +181,30 @@ def test_pickle_of_a_module_class_defined_in_a_function():
     assert back.a is back.b
     assert back.graph.inputs[0].module_type is TracedModule  # what it stands for now
     np.testing.assert_allclose(back(x, y).numpy(), 5.0)
+
+
+class WithContainers(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = [M.Linear(2, 2), M.Linear(2, 2)]
+        self.heads = {"a": M.Linear(2, 1), "b": M.Linear(2, 1)}
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.heads["a"](x) - self.heads["b"](x)
+
+
+def test_lists_and_dicts_of_modules_become_containers():
+    m = WithContainers()
+    x = Tensor(np.random.randn(3, 2).astype(np.float32))
+    tm = trace_module(m, x)
+    assert isinstance(tm.layers, TracedModule) and len(tm.layers) == 2
+    assert tm.layers[1] is m.layers[1] and tm.layers.__dict__["0"] is m.layers[0]
+    assert list(tm.heads.keys()) == ["a", "b"] and tm.heads["b"] is m.heads["b"]
+    assert list(tm.state_dict()) == list(m.state_dict())  # the same keys as the lists had
+    np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6)
+    back = pickle.loads(pickle.dumps(tm))
+    np.testing.assert_allclose(back(x).numpy(), m(x).numpy(), rtol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        tm.layers[2]
