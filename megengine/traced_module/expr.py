@@ -44,6 +44,15 @@ def flat_outputs(result):
     return tree_flatten(result, lambda x: isinstance(x, Tensor))
 
 
+def _output_values(result):
+    """The tensors of a call's result, in order (the common cases without a tree walk)."""
+    if isinstance(result, Tensor):
+        return [result]
+    if type(result) is tuple and all(isinstance(r, Tensor) for r in result):
+        return list(result)
+    return flat_outputs(result)[0]
+
+
 class Expr:
     """One step of a graph. ``inputs``/``outputs`` are lists of nodes."""
 
@@ -161,7 +170,10 @@ class GetAttr(Expr):
         self.outputs = [node]
 
     def interpret(self, module):
-        return [_access_structure(module, self.name)]
+        name = self.name
+        if "." not in name:
+            return [getattr(module, name)]
+        return [_access_structure(module, name)]
 
     def _body_text(self):
         out = self.outputs[0]
@@ -232,7 +244,7 @@ class CallFunction(Expr):
         from . import tracer
 
         result = tracer.call_function(self.func, args, kwargs)
-        return flat_outputs(result)[0]
+        return _output_values(result)
 
     @property
     def named_args(self):
@@ -315,7 +327,7 @@ class CallMethod(Expr):
             result = getattr(obj, self.method)(*args[1:], **kwargs)
         if self.method == "__setitem__":
             result = obj  # the tensor, written in place, is the output
-        return flat_outputs(result)[0]
+        return _output_values(result)
 
     @property
     def graph(self):

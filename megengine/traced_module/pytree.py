@@ -53,7 +53,7 @@ def _const_equal(a, b):
 class TreeDef:
     """The shape of a nested value: containers, constants and where the leaves go."""
 
-    __slots__ = ("kind", "type", "aux", "children", "num_leaves")
+    __slots__ = ("kind", "type", "aux", "children", "num_leaves", "_hash", "_plain_args")
 
     def __init__(self, kind, type_=None, aux=None, children=()):
         self.kind = kind  # "leaf", "const" or "node"
@@ -61,9 +61,25 @@ class TreeDef:
         self.aux = aux  # a node: the container's aux data; a const: the value
         self.children = tuple(children)
         self.num_leaves = (1 if kind == _LEAF else 0) + sum(c.num_leaves for c in self.children)
+        self._finish()
+
+    def _finish(self):
+        # Constants are left out of the hash (they may be unhashable); equality compares them.
+        # Computed once from the children's: graphs are looked up by TreeDef on every call.
+        self._hash = hash((self.kind, self.type if self.kind != _CONST else type(self.aux),
+                           tuple(self.aux) if isinstance(self.aux, list) else None,
+                           tuple(c._hash for c in self.children)))
+        # ``((leaf, leaf, ...), {})``: the common argument structure, unflattened without a walk
+        self._plain_args = (
+            self.kind == "node" and self.type is tuple and len(self.children) == 2
+            and self.children[0].type is tuple and self.children[1].type is dict
+            and not self.children[1].children
+            and all(c.kind == _LEAF for c in self.children[0].children))
 
     def unflatten(self, leaves):
         """Rebuild the value with ``leaves`` in place of the original leaves."""
+        if self._plain_args and len(leaves) == self.num_leaves:
+            return tuple(leaves), {}
         leaves = list(leaves)
         if len(leaves) != self.num_leaves:
             raise ValueError(
@@ -83,7 +99,10 @@ class TreeDef:
         return _CONTAINERS[self.type][1](children, self.aux)
 
     def __eq__(self, other):
-        if not isinstance(other, TreeDef) or self.kind != other.kind or self.type != other.type:
+        if self is other:
+            return True
+        if not isinstance(other, TreeDef) or self._hash != other._hash or \
+                self.kind != other.kind or self.type != other.type:
             return False
         if self.kind == _CONST:
             return _const_equal(self.aux, other.aux)
@@ -92,17 +111,16 @@ class TreeDef:
         return all(a == b for a, b in zip(self.children, other.children))
 
     def __hash__(self):
-        # Constants are left out (they may be unhashable); equality still compares them.
-        return hash((self.kind, self.type if self.kind != _CONST else type(self.aux),
-                     tuple(self.aux) if isinstance(self.aux, list) else None,
-                     tuple(hash(c) for c in self.children)))
+        return self._hash
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in self.__slots__}
+        # the hash is not stored: hashes of types differ between processes
+        return {k: getattr(self, k) for k in ("kind", "type", "aux", "children", "num_leaves")}
 
     def __setstate__(self, state):
         for k, v in state.items():
             object.__setattr__(self, k, v)
+        self._finish()
 
     def __repr__(self):
         if self.kind == _LEAF:

@@ -75,6 +75,10 @@ class TracedModule(Module):
         return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])
 
     def forward(self, *args, **kwargs):
+        fast = self._plain_call(args, kwargs)
+        if fast is not None:  # tensors by position, one graph: no normalising, no lookup
+            graph, outdef = fast
+            return outdef.unflatten(graph.interpret(self, *args))
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         leaves, key = _graph_key(nargs, nkwargs)
         graph = self.argdef_graph_map.get(key)
@@ -86,6 +90,23 @@ class TracedModule(Module):
             )
         outs = graph.interpret(self, *leaves)
         return self.argdef_outdef_map[key].unflatten(outs)
+
+    def _plain_call(self, args, kwargs):
+        """(graph, output TreeDef) when the call is tensors by position that the single graph
+        takes as they are, else None (then the general path decides)."""
+        graphs = self.argdef_graph_map
+        if kwargs or len(graphs) != 1:
+            return None
+        for a in args:
+            if not isinstance(a, Tensor):
+                return None
+        ((key, graph),) = graphs.items()
+        if not key._plain_args or key.num_leaves != len(args):
+            return None
+        spec = self.__dict__.get("_spec")
+        if spec is not None and (spec.kwonlyargs or len(args) < len(spec.args) - 1):
+            return None  # defaults or keyword-only arguments would be filled in
+        return graph, self.argdef_outdef_map[key]
 
     def flatten(self) -> "TracedModule":
         """A TracedModule with the same attributes whose graph has every traced submodule's
@@ -113,7 +134,13 @@ class _ModuleList(TracedModule):
     def __init__(self, items=()):
         super().__init__()
         for item in items:
-            self.append(item)
+            self._put(str(len(self)), item)
+
+    def _put(self, key, module):
+        # the modules keep the names they had under the list (no renaming, no warning)
+        self.__dict__[key] = module
+        if key not in self._modules:
+            self._modules.append(key)
 
     def __len__(self):
         n = 0
@@ -151,7 +178,8 @@ class _ModuleDict(TracedModule):
         super().__init__()
         object.__setattr__(self, "_keys", [])
         for k, v in (items or {}).items():
-            self[k] = v
+            self._keys.append(k)
+            _ModuleList._put(self, k, v)
 
     def __setitem__(self, key, module):
         if key not in self._keys:
