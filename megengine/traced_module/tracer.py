@@ -121,18 +121,17 @@ def wrap(func):
     returned function (a module-level ``@wrap`` does that)."""
     if not callable(func):
         raise TypeError(f"wrap expects a function, got {type(func).__name__}")
-    holder = []
 
     def recorded(*args, **kwargs):
         tracer = _active
         if tracer is None or tracer.depth:
             return func(*args, **kwargs)
-        return tracer.record_function(holder[0], args, kwargs, run=func)
+        # the step calls this function (found again by name when a graph is unpickled)
+        return tracer.record_function(recorded, args, kwargs, run=func)
 
     for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
         setattr(recorded, attr, getattr(func, attr, None))
     recorded.__wrapped__ = func
-    holder.append(recorded)
     return recorded
 
 

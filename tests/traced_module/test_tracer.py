@@ -229,3 +229,24 @@ def test_expr_checker():
     finally:
         enable_expr_checker(False)
     trace_module(Counting(), _inp(3))  # off again: not checked
+
+
+class Fails(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = Block()
+
+    def forward(self, x):
+        y = self.inner(x)
+        raise RuntimeError("user error inside forward")
+
+
+def test_an_error_inside_forward_leaves_nothing_patched():
+    m = Fails()
+    originals = (F.relu, Tensor.__add__, Tensor.shape, Module.__call__)
+    with pytest.raises(RuntimeError, match="user error"):
+        trace_module(m, _inp(2, 4))
+    assert (F.relu, Tensor.__add__, Tensor.shape, Module.__call__) == originals
+    assert dispatch._trace_hook is None and "forward" not in vars(m.inner)
+    x = _inp(2, 4)
+    np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
