@@ -1,0 +1,403 @@
+"""Exprs: the steps of a traced graph, each reading input nodes and making output nodes.
+
+``Input`` (a graph argument), ``GetAttr`` (a parameter, buffer or submodule of a module),
+``Constant`` (a value captured while tracing), ``CallFunction`` (``F.relu(x)``, ``Tensor(x)``),
+``CallMethod`` (a tensor method or operator, or a module call ``self.conv(x)``) and ``Apply``
+(an engine op applied outside any of those, e.g. through a helper the tracer did not wrap).
+
+An expr keeps its arguments as input nodes plus ``arg_def``, the `TreeDef` of
+``(args, kwargs)`` whose leaves are the nodes (constants live in the TreeDef); ``interpret``
+runs the step on values and returns the flat list of output values.
+"""
+import copy
+import importlib
+import inspect
+import sys
+from typing import List
+
+import numpy as np
+
+from ..core import dispatch
+from ..core.tensor import Tensor
+from ..module.module import Module, _access_structure
+from .node import ModuleNode, Node, TensorNode
+from .pytree import TreeDef, tree_flatten
+
+__all__ = ["Expr", "Input", "GetAttr", "Constant", "CallFunction", "CallMethod", "Apply",
+           "is_call_module", "is_call_function", "is_call_tensor_method", "is_getattr",
+           "is_constant", "is_input", "is_apply_def"]
+
+#: the version written into pickles of traced modules (upstream stores one too)
+__version__ = "1.0"
+
+
+def _is_node(x):
+    return isinstance(x, Node)
+
+
+def _is_value_leaf(x):
+    return isinstance(x, (Tensor, Module))
+
+
+def flat_outputs(result):
+    """(tensor leaves, TreeDef) of a call's result: tensors are its outputs."""
+    return tree_flatten(result, lambda x: isinstance(x, Tensor))
+
+
+def _output_values(result):
+    """The tensors of a call's result, in order (the common cases without a tree walk)."""
+    if isinstance(result, Tensor):
+        return [result]
+    if type(result) is tuple and all(isinstance(r, Tensor) for r in result):
+        return list(result)
+    return flat_outputs(result)[0]
+
+
+class Expr:
+    """One step of a graph. ``inputs``/``outputs`` are lists of nodes."""
+
+    _next_id = [0]
+
+    def __init__(self):
+        self._id = Expr._next_id[0]
+        Expr._next_id[0] += 1
+        self.inputs: List[Node] = []
+        self.outputs: List[Node] = []
+        self.arg_def = None
+        self.out_def = None
+        self._top_graph = None
+        self._disable_remove = False
+
+    @classmethod
+    def _set_next_id(cls, i: int):
+        Expr._next_id[0] = int(i)
+
+    @classmethod
+    def _get_next_id(cls) -> int:
+        return Expr._next_id[0]
+
+    @property
+    def top_graph(self):
+        return self._top_graph
+
+    # ----- arguments -----
+    def add_inputs(self, nodes):
+        for n in nodes:
+            self.inputs.append(n)
+            n.users.append(self)
+
+    def set_args_kwargs(self, *args, **kwargs):
+        """Replace the arguments: node leaves become the inputs, the rest constants."""
+        for n in self.inputs:
+            if self in n.users:
+                n.users.remove(self)
+        self.inputs = []
+        leaves, self.arg_def = tree_flatten((args, kwargs), _is_node)
+        self.add_inputs(leaves)
+
+    @property
+    def args(self):
+        return self.arg_def.unflatten(self.inputs)[0] if self.arg_def is not None else ()
+
+    @property
+    def kwargs(self):
+        return self.arg_def.unflatten(self.inputs)[1] if self.arg_def is not None else {}
+
+    def unflatten_args(self, values):
+        """(args, kwargs) with ``values`` in place of the input nodes."""
+        return self.arg_def.unflatten(values)
+
+    def interpret(self, *values):
+        raise NotImplementedError(f"{type(self).__name__} is not run by interpret")
+
+    def _args_text(self):
+        args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((), {})
+        parts = [_text(a) for a in args] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
+        return ", ".join(parts)
+
+    def _outputs_text(self):
+        return ", ".join(str(o) for o in self.outputs)
+
+    def __repr__(self):
+        return f"%{self._id}:\t{self._outputs_text()} = {self._body_text()}"
+
+    def _body_text(self):
+        return type(self).__name__
+
+
+def _text(value):
+    if isinstance(value, Node):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_text(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_text(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+class Input(Expr):
+    """A graph argument: ``self`` (a ModuleNode) or a tensor."""
+
+    def __init__(self, name, node_type=TensorNode, qualname="", owner=None, **node_kwargs):
+        super().__init__()
+        self.name = name
+        if node_type is ModuleNode:
+            node = ModuleNode(self, name, qualname, owner=owner)
+        else:
+            node = TensorNode(self, name, qualname, **node_kwargs)
+        self.outputs = [node]
+
+    def _body_text(self):
+        return "Input"
+
+
+class GetAttr(Expr):
+    """``module.<name>``: a parameter, buffer or submodule (``name`` may be dotted:
+    ``"block.conv"``, ``"layers.0"``)."""
+
+    def __init__(self, module_node, name, value):
+        super().__init__()
+        self.name = name
+        self.add_inputs([module_node])
+        self.arg_def = tree_flatten(((module_node,), {}), _is_node)[1]
+        if isinstance(value, Module):
+            node = ModuleNode(self, owner=value)
+        else:
+            node = TensorNode(self, shape=value.shape, dtype=value.dtype,
+                              qparams=getattr(value, "_qparams", None),
+                              device=getattr(value, "_device", None))
+        self.outputs = [node]
+
+    def interpret(self, module):
+        name = self.name
+        if "." not in name:
+            return [getattr(module, name)]
+        return [_access_structure(module, name)]
+
+    def _body_text(self):
+        out = self.outputs[0]
+        kind = out.module_type.__name__ if isinstance(out, ModuleNode) else "Tensor"
+        return f'getattr({self.inputs[0]}, "{self.name}") -> ({kind})'
+
+
+class Constant(Expr):
+    """A value captured while tracing (a tensor made inside forward from Python data, a
+    global tensor, a module that is no attribute of the traced one)."""
+
+    def __init__(self, value, name=None):
+        super().__init__()
+        self.value = value
+        self.name = name
+        self.arg_def = TreeDef("node", tuple, None, [TreeDef("node", tuple, None, []),
+                                                      TreeDef("node", dict, [], [])])
+        if isinstance(value, Module):
+            node = ModuleNode(self, owner=value)
+        else:
+            node = TensorNode(self, shape=value.shape, dtype=value.dtype,
+                              qparams=getattr(value, "_qparams", None),
+                              device=getattr(value, "_device", None))
+        self.outputs = [node]
+
+    def interpret(self):
+        return [self.value]
+
+    def _body_text(self):
+        if isinstance(self.value, Tensor):
+            return f"Constant(Tensor{tuple(self.value.shape)} {self.value.dtype})"
+        return f"Constant({type(self.value).__name__})"
+
+
+def _function_ref(func):
+    """(module, qualified name) under which ``func`` can be found again, or None."""
+    mod, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if mod and name and "<" not in name:
+        target = sys.modules.get(mod)
+        obj = target
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is func:
+            return mod, name
+    # functions made by a factory (F.neg) are found by their public name
+    name = getattr(func, "__name__", None)
+    if mod and name and getattr(sys.modules.get(mod), name, None) is func:
+        return mod, name
+    return None
+
+
+def _resolve_ref(ref):
+    obj = importlib.import_module(ref[0])
+    for part in ref[1].split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class CallFunction(Expr):
+    """``func(*args, **kwargs)``: a functional call, or a Tensor made from traced tensors."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+
+    def interpret(self, *values):
+        args, kwargs = self.arg_def.unflatten(values)
+        from . import tracer
+
+        result = tracer.call_function(self.func, args, kwargs)
+        return _output_values(result)
+
+    @property
+    def named_args(self):
+        """The arguments by parameter name (defaults filled in)."""
+        args, kwargs = self.args, self.kwargs
+        try:
+            bound = inspect.signature(self.func).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return dict(kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def set_arg(self, name, value):
+        """Set the argument called ``name`` (by parameter name) to ``value``."""
+        named = self.named_args
+        if name not in named:
+            raise KeyError(f"{self.func.__name__} has no argument {name!r}")
+        named[name] = value
+        params = inspect.signature(self.func).parameters
+        args, kwargs = [], {}
+        for pname, p in params.items():
+            if pname not in named:
+                continue
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                args.append(named[pname])
+            elif p.kind == p.VAR_POSITIONAL:
+                args.extend(named[pname])
+            elif p.kind == p.VAR_KEYWORD:
+                kwargs.update(named[pname])
+            else:
+                kwargs[pname] = named[pname]
+        self.set_args_kwargs(*args, **kwargs)
+
+    def _body_text(self):
+        func = self.func
+        if isinstance(func, type):
+            fname = func.__name__
+        else:
+            mod = getattr(func, "__module__", "") or ""
+            short = mod.rsplit(".", 1)[-1] if mod.startswith("megengine.functional") else mod
+            fname = f"{short}.{func.__name__}" if short else func.__name__
+        return f"{fname}({self._args_text()})"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        ref = _function_ref(self.func)
+        if ref is not None:
+            state["func"] = ref
+            state["_func_is_ref"] = True
+        return state
+
+    def __setstate__(self, state):
+        if state.pop("_func_is_ref", False):
+            state["func"] = _resolve_ref(state["func"])
+        self.__dict__.update(state)
+
+
+class CallMethod(Expr):
+    """``obj.method(*args, **kwargs)``: ``inputs[0]`` is the object's node (a TensorNode for
+    a tensor method or operator, a ModuleNode with method ``"__call__"`` for a module call)."""
+
+    def __init__(self, node, method="__call__"):
+        super().__init__()
+        self.method = method
+        if node is not None:
+            self.add_inputs([node])
+            self.arg_def = tree_flatten(((node,), {}), _is_node)[1]
+
+    def interpret(self, *values):
+        args, kwargs = self.arg_def.unflatten(values)
+        obj = args[0]
+        if self.method == "shape":  # the dims as 0-d int32 tensors, as while tracing
+            shape = obj.shape
+            if isinstance(shape, tuple) and shape and isinstance(shape[0], Tensor):
+                return list(shape)  # being traced again: already recorded tensors
+            return [Tensor(np.int32(d), device=obj._device) for d in shape]
+        if self.method == "__call__":
+            result = obj(*args[1:], **kwargs)
+        else:
+            result = getattr(obj, self.method)(*args[1:], **kwargs)
+        if self.method == "__setitem__":
+            result = obj  # the tensor, written in place, is the output
+        return _output_values(result)
+
+    @property
+    def graph(self):
+        """The graph this call runs: the callee's graph for a traced module, else None."""
+        node = self.inputs[0] if self.inputs else None
+        if not isinstance(node, ModuleNode) or self.method != "__call__":
+            return None
+        owner = node.owner
+        graph_for = getattr(owner, "_graph_for", None)
+        if graph_for is None:
+            return None
+        args, kwargs = self.args, self.kwargs
+        return graph_for(args[1:], kwargs)
+
+    def _body_text(self):
+        obj = self.inputs[0] if self.inputs else "?"
+        args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((None,), {})
+        rest = [_text(a) for a in args[1:]] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
+        if self.method == "__call__":
+            return f"{obj}({', '.join(rest)})"
+        if self.method == "shape":
+            return f"{obj}.shape"
+        return f"{obj}.{self.method}({', '.join(rest)})"
+
+
+class Apply(Expr):
+    """An engine op applied to traced tensors outside any wrapped call; ``op`` is a copy of
+    the op taken before it ran (an op keeps what its backward needs on itself), and each
+    interpretation applies a fresh copy of it."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    @property
+    def opdef(self):
+        return self.op
+
+    def interpret(self, *values):
+        out = dispatch.apply(copy.copy(self.op), *values)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def _body_text(self):
+        return f"apply({type(self.op).__name__}, {', '.join(str(i) for i in self.inputs)})"
+
+
+def is_call_module(expr) -> bool:
+    return (isinstance(expr, CallMethod) and expr.method == "__call__"
+            and bool(expr.inputs) and isinstance(expr.inputs[0], ModuleNode))
+
+
+def is_call_tensor_method(expr) -> bool:
+    return isinstance(expr, CallMethod) and not is_call_module(expr)
+
+
+def is_call_function(expr) -> bool:
+    return isinstance(expr, CallFunction)
+
+
+def is_getattr(expr) -> bool:
+    return isinstance(expr, GetAttr)
+
+
+def is_constant(expr) -> bool:
+    return isinstance(expr, Constant)
+
+
+def is_input(expr) -> bool:
+    return isinstance(expr, Input)
+
+
+def is_apply_def(expr) -> bool:
+    return isinstance(expr, Apply)

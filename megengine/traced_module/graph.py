@@ -1,0 +1,438 @@
+"""`InternalGraph`: the exprs of one traced forward, and how to search, run and edit them.
+
+A graph's ``inputs`` are the ``self`` ModuleNode followed by the tensor arguments; its
+``outputs`` are the nodes returned (their nesting is the module's ``argdef_outdef_map``).
+``exprs()``/``nodes()`` look into the graphs of traced submodules too (``recursive``) and
+return filters (``as_list()``, ``as_unique()``, narrowing by type, id or name).
+Editing: ``insert_exprs()`` (record new calls on nodes), ``replace_node``, ``compile`` (drop
+unused exprs), ``add_input_node``/``add_output_node``/``reset_outputs`` (top graph only).
+"""
+import fnmatch
+import re
+from typing import Dict, List, Optional, Sequence
+
+from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input
+from .node import ModuleNode, Node, TensorNode
+from .pytree import tree_flatten
+
+__all__ = ["InternalGraph", "NameSpace", "ExprFilter", "NodeFilter"]
+
+_RESERVED = {"self", "None", "True", "False", "inf", "nan"}
+
+
+class NameSpace:
+    """The names used in one graph: each node's name is unique in its graph."""
+
+    def __init__(self, name, qualname):
+        self.name = name
+        self.qualname = qualname
+        self.used_names = {}  # name -> node (None: reserved but free)
+
+    def create_unique_name(self, name: str, node=None) -> str:
+        if name in self.used_names and self.used_names[name] is node and node is not None:
+            return name
+        name = re.sub(r"[^0-9a-zA-Z_]+", "_", name) or "node"
+        if name[0].isdigit():
+            name = "_" + name
+        base, n = name, 0
+        while self.used_names.get(name) is not None:
+            n += 1
+            name = f"{base}_{n}"
+        self.used_names[name] = node
+        return name
+
+    def rename(self, node, new_name):
+        if self.used_names.get(node._name) is node:
+            self.used_names[node._name] = None
+        node._name = self.create_unique_name(new_name, node)
+
+    def release(self, node):
+        if self.used_names.get(node._name) is node:
+            self.used_names[node._name] = None
+
+    def auto_name(self, expr):
+        """Name (and qualify) the outputs of ``expr`` as upstream does: ``conv1``,
+        ``conv1_out``, ``relu_out``, ``add_out``, ``const_tensor``."""
+        qual = None
+        if isinstance(expr, Input):
+            base = expr.name
+        elif isinstance(expr, GetAttr):
+            base = expr.name.replace(".", "_")
+            qual = f"{expr.inputs[0].qualname}.{expr.name}"
+        elif isinstance(expr, Constant):
+            base = expr.name or ("const_module" if isinstance(expr.outputs[0], ModuleNode)
+                                 else "const_tensor")
+        elif isinstance(expr, CallFunction):
+            base = getattr(expr.func, "__name__", "func").lower() + "_out"
+        elif isinstance(expr, CallMethod):
+            if isinstance(expr.inputs[0], ModuleNode) and expr.method == "__call__":
+                base = f"{expr.inputs[0].name}_out"
+                qual = f"{expr.inputs[0].qualname}.[out]"
+            else:
+                base = expr.method.strip("_") + "_out"
+        else:
+            base = type(getattr(expr, "op", expr)).__name__.lower() + "_out"
+        for node in expr.outputs:
+            node._name = self.create_unique_name(node._name or base, node)
+            if not node._qualname:
+                node._qualname = qual or f"{self.qualname}.[{node._name}]"
+
+
+class _Filter:
+    """A list of exprs or nodes, narrowed by chained calls."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def as_list(self) -> list:
+        return list(self._items)
+
+    def as_dict(self) -> dict:
+        return {x._id: x for x in self._items}
+
+    def as_unique(self):
+        if len(self._items) != 1:
+            raise ValueError(f"as_unique: {len(self._items)} elements match, expected exactly 1")
+        return self._items[0]
+
+
+class ExprFilter(_Filter):
+    def call_function(self, func=None) -> "ExprFilter":
+        return ExprFilter(e for e in self if isinstance(e, CallFunction)
+                          and (func is None or e.func == func
+                               or getattr(func, "__wrapped__", None) is e.func))
+
+    def call_method(self, method: Optional[str] = None) -> "ExprFilter":
+        return ExprFilter(e for e in self if isinstance(e, CallMethod)
+                          and (method is None or e.method == method))
+
+    def expr_id(self, expr_id: Sequence[int] = None) -> "ExprFilter":
+        ids = _as_ids(expr_id)
+        return ExprFilter(e for e in self if ids is None or e._id in ids)
+
+
+class NodeFilter(_Filter):
+    def type(self, owner_type) -> "NodeFilter":
+        return NodeFilter(n for n in self if isinstance(n, ModuleNode)
+                          and isinstance(n.module_type, type)
+                          and issubclass(n.module_type, owner_type))
+
+    def node_id(self, node_id: Sequence[int] = None) -> "NodeFilter":
+        ids = _as_ids(node_id)
+        return NodeFilter(n for n in self if ids is None or n._id in ids)
+
+    def name(self, name: str = None, ignorecase: bool = True) -> "NodeFilter":
+        if name is None:
+            return NodeFilter(self)
+
+        def full(n):
+            graph = n.top_graph
+            text = f"{graph.name}_{n._name}" if graph is not None else n._name
+            return text.lower() if ignorecase else text
+
+        pattern = name.lower() if ignorecase else name
+        return NodeFilter(n for n in self if fnmatch.fnmatchcase(full(n), pattern))
+
+
+def _as_ids(ids):
+    if ids is None:
+        return None
+    return set([ids] if isinstance(ids, int) else ids)
+
+
+def _sub_graphs(graph):
+    for expr in graph._exprs:
+        if isinstance(expr, CallMethod):
+            sub = expr.graph
+            if sub is not None:
+                yield expr, sub
+
+
+def _expr_iter(graph, recursive, seen):
+    for expr in graph._exprs:
+        yield expr
+        if recursive and isinstance(expr, CallMethod):
+            sub = expr.graph
+            if sub is not None and id(sub) not in seen:
+                seen.add(id(sub))
+                yield from _expr_iter(sub, True, seen)
+
+
+def _node_iter(graph, recursive, seen):
+    yield from graph._inputs
+    for expr in graph._exprs:
+        yield from expr.outputs
+        if recursive and isinstance(expr, CallMethod):
+            sub = expr.graph
+            if sub is not None and id(sub) not in seen:
+                seen.add(id(sub))
+                yield from _node_iter(sub, True, seen)
+
+
+class InternalGraph:
+    """The graph of one traced forward (see the module docstring)."""
+
+    def __init__(self, name: str, qualname: str):
+        self._exprs: List[Expr] = []
+        self._inputs: List[Node] = []
+        self._outputs: List[Node] = []
+        self._namespace = NameSpace(name, qualname)
+        self._name = name
+        self._qualname = qualname
+        self._top_graph = None
+        self._total_ids = None
+
+    # ----- what it is -----
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, new_name: str):
+        parent = self.top_graph
+        if parent is not None:
+            used = parent._namespace.used_names
+            assert used.get(new_name) is None, (
+                f"the name {new_name!r} is already used in graph {parent.name!r}"
+            )
+        self._name = new_name
+        self._namespace.name = new_name
+
+    @property
+    def qualname(self) -> str:
+        return self._qualname
+
+    @property
+    def inputs(self) -> List[Node]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> List[Node]:
+        return self._outputs
+
+    @property
+    def top_graph(self):
+        return self._top_graph
+
+    def _root(self):
+        g = self
+        while g._top_graph is not None:
+            g = g._top_graph
+        return g
+
+    # ----- search -----
+    def exprs(self, recursive=True) -> ExprFilter:
+        return ExprFilter(_expr_iter(self, recursive, {id(self)}))
+
+    def nodes(self, recursive=True) -> NodeFilter:
+        return NodeFilter(_node_iter(self, recursive, {id(self)}))
+
+    def get_function_by_type(self, func=None, recursive=True) -> ExprFilter:
+        return self.exprs(recursive).call_function(func)
+
+    def get_method_by_type(self, method: str = None, recursive=True) -> ExprFilter:
+        return self.exprs(recursive).call_method(method)
+
+    def get_expr_by_id(self, expr_id=None, recursive=True) -> ExprFilter:
+        return self.exprs(recursive).expr_id(expr_id)
+
+    def get_module_by_type(self, module_cls, recursive=True) -> NodeFilter:
+        return self.nodes(recursive).type(module_cls)
+
+    def get_node_by_id(self, node_id=None, recursive=True) -> NodeFilter:
+        return self.nodes(recursive).node_id(node_id)
+
+    def get_node_by_name(self, name: str = None, ignorecase: bool = True,
+                         recursive=True) -> NodeFilter:
+        """Nodes whose full name (``<graph name>_<node name>``) matches the glob ``name``."""
+        return self.nodes(recursive).name(name, ignorecase)
+
+    def get_dep_exprs(self, nodes) -> List[Expr]:
+        """The exprs that the values of ``nodes`` depend on (graph inputs excluded)."""
+        if isinstance(nodes, Node):
+            nodes = [nodes]
+        result, seen, stack = [], set(), list(nodes)
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            expr = node.expr
+            if expr not in result:
+                result.append(expr)
+            stack.extend(expr.inputs)
+        return result
+
+    # ----- running -----
+    def interpret(self, *inputs):
+        """Run the graph on ``inputs`` (the module first, then the tensors); returns the
+        flat list of output values."""
+        if len(inputs) != len(self._inputs):
+            raise TypeError(f"graph {self._name} takes {len(self._inputs)} inputs (self and "
+                            f"{len(self._inputs) - 1} tensors), got {len(inputs)}")
+        env = {}
+        for n, v in zip(self._inputs, inputs):
+            env[n] = v
+        for expr in self._exprs:
+            try:
+                values = expr.interpret(*[env[i] for i in expr.inputs])
+            except KeyError as e:
+                raise RuntimeError(f"graph {self._name}: {expr!r} reads {e.args[0]}, which no "
+                                   "earlier expr makes (edit the graph in order)") from None
+            if len(values) != len(expr.outputs):
+                raise RuntimeError(
+                    f"graph {self._name}: {expr!r} gave {len(values)} outputs, the graph "
+                    f"recorded {len(expr.outputs)} (the call returns a different structure "
+                    "than while tracing)"
+                )
+            for n, v in zip(expr.outputs, values):
+                env[n] = v
+        return [env[n] for n in self._outputs]
+
+    def eval(self, *inputs):
+        """Run the graph on the tensors for ``inputs[1:]`` (``self`` is the owner)."""
+        return self.interpret(self._inputs[0].owner, *inputs)
+
+    # ----- editing -----
+    def insert_exprs(self, expr: Optional[Expr] = None):
+        """``with graph.insert_exprs():`` records calls on this graph's nodes (``F.neg(node)``,
+        ``node + 1``, ``self_node.sub(node)``) and inserts them after ``expr`` (default:
+        after the last expr their inputs need)."""
+        if expr is not None and expr.top_graph is not self:
+            raise ValueError(f"{expr!r} is not in graph {self._name}")
+        from .traced_module import _InsertExprs
+
+        return _InsertExprs(self, expr)
+
+    def replace_node(self, repl_dict: Dict[Node, Node]):
+        """Let every user of each key node that comes after the value node's expr read the
+        value node instead (graph outputs included)."""
+        for node, repl in list(repl_dict.items()):
+            if type(node) is not type(repl):
+                raise TypeError(f"replace_node: {node} is a {type(node).__name__}, {repl} a "
+                                f"{type(repl).__name__}: replace a node by one of its kind")
+            if repl.top_graph is not self:
+                raise ValueError(f"replace_node: {repl} is not in graph {self._name}")
+            for i, n in enumerate(self._outputs):
+                if n is node:
+                    self._outputs[i] = repl
+            start = -1 if isinstance(repl.expr, Input) else self._exprs.index(repl.expr)
+            deps = self.get_dep_exprs(repl)
+            for user in list(node.users):
+                if user in self._exprs and self._exprs.index(user) <= start:
+                    continue  # before the replacement exists: keep the old value
+                if user in deps:
+                    continue  # the replacement is computed from this user: no loop
+                user.inputs = [repl if i is node else i for i in user.inputs]
+                node.users.remove(user)
+                repl.users.append(user)
+
+    def compile(self):
+        """Merge repeated getattrs and delete exprs nothing in the outputs depends on."""
+        self._merge_getattr_exprs()
+        needed = set(id(e) for e in self.get_dep_exprs(self._outputs))
+        kept = []
+        for expr in self._exprs:
+            if id(expr) in needed or expr._disable_remove:
+                kept.append(expr)
+                continue
+            for n in expr.inputs:
+                if expr in n.users:
+                    n.users.remove(expr)
+            for n in expr.outputs:
+                self._namespace.release(n)
+        self._exprs[:] = kept
+
+    def _merge_getattr_exprs(self):
+        first = {}
+        for expr in self._exprs:
+            if not isinstance(expr, GetAttr):
+                continue
+            key = (id(expr.inputs[0]), expr.name)
+            if key not in first:
+                first[key] = expr.outputs[0]
+                continue
+            keep, dup = first[key], expr.outputs[0]
+            for user in list(dup.users):
+                user.inputs = [keep if i is dup else i for i in user.inputs]
+                keep.users.append(user)
+            dup.users.clear()
+            self._outputs[:] = [keep if n is dup else n for n in self._outputs]
+
+    def _owner_and_key(self, what):
+        module = self._inputs[0].owner
+        if not getattr(module, "_is_top", False):
+            raise ValueError(f"{what} edits only the top graph of a traced module")
+        for key, graph in module.argdef_graph_map.items():
+            if graph is self:
+                return module, key
+        raise ValueError(f"{what}: this graph is not one of its module's graphs")
+
+    def add_input_node(self, shape, dtype="float32", name="args") -> TensorNode:
+        """Append a tensor input (the last positional argument) and return its node."""
+        module, key = self._owner_and_key("add_input_node")
+        expr = Input(name, TensorNode, shape=shape, dtype=dtype)
+        node = expr.outputs[0]
+        node._name = self._namespace.create_unique_name(name, node)
+        node._qualname = f"{self._qualname}.[{node._name}]"
+        expr._top_graph = node._top_graph = self
+        args, kwargs = key.unflatten(self._inputs[1:])
+        leaves, new_key = tree_flatten((tuple(args) + (node,), kwargs),
+                                       lambda x: isinstance(x, TensorNode))
+        self._inputs[1:] = leaves
+        module.argdef_graph_map[new_key] = module.argdef_graph_map.pop(key)
+        module.argdef_outdef_map[new_key] = module.argdef_outdef_map.pop(key)
+        self._set_total_ids()
+        return node
+
+    def reset_outputs(self, outputs):
+        """Make ``outputs`` (nodes, possibly nested in tuples, lists, dicts) the result."""
+        module, key = self._owner_and_key("reset_outputs")
+        leaves, out_def = tree_flatten(outputs, lambda x: isinstance(x, TensorNode))
+        self._outputs[:] = leaves
+        module.argdef_outdef_map[key] = out_def
+
+    def add_output_node(self, node: TensorNode):
+        """The result becomes ``(previous result, node)``."""
+        module, key = self._owner_and_key("add_output_node")
+        previous = module.argdef_outdef_map[key].unflatten(self._outputs)
+        self.reset_outputs((previous, node))
+
+    # ----- ids -----
+    def _reset_ids(self):
+        """Number exprs and nodes 0, 1, ... in iteration order (``_total_ids``: the next)."""
+        exprs, nodes = self.exprs().as_list(), self.nodes().as_list()
+        for i, e in enumerate(exprs):
+            e._id = i
+        seen, count = set(), 0
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                n._id = count
+                count += 1
+        self._total_ids = (count, len(exprs))
+
+    def _set_total_ids(self):
+        root = self._root()
+        root._total_ids = (Node._get_next_id(), Expr._get_next_id())
+
+    # ----- printing -----
+    def __format__(self, spec=""):
+        previous = Node._set_format_spec(spec)
+        try:
+            body = "\n\t".join(repr(e) for e in self._exprs)
+            head = f"{self._name}.Graph ({', '.join(format(i) for i in self._inputs)}) {{"
+            outs = ", ".join(format(o) for o in self._outputs)
+            return f"{head}\n\t{body}\n\treturn {outs}\n}}" if body else \
+                f"{head}\n\treturn {outs}\n}}"
+        finally:
+            Node._set_format_spec(previous)
+
+    def __repr__(self):
+        return self.__format__()

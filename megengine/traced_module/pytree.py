@@ -1,0 +1,155 @@
+"""Flattening of nested arguments and results (tuples, lists, dicts) into leaves and a `TreeDef`.
+
+A graph's inputs, an expr's arguments and a module's outputs are nested Python values. The
+traced graph sees only their *leaves* (tensors, modules, nodes); everything else (ints, strings,
+``None``, slices, dtypes) is a constant that the `TreeDef` keeps, so that ``unflatten`` rebuilds
+the same structure from new leaves. Two TreeDefs are equal when their structures and constants
+are: a traced module keeps one graph per argument structure (`TracedModule.argdef_graph_map`).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["TreeDef", "tree_flatten", "register_supported_type"]
+
+_LEAF = "leaf"
+_CONST = "const"
+# container type -> (children of a value, rebuild from children and aux data, aux data)
+_CONTAINERS = {}
+
+
+def register_supported_type(type_, flatten, unflatten):
+    """Let ``type_`` be looked inside: ``flatten(value) -> (children, aux)`` and
+    ``unflatten(children, aux) -> value``; ``aux`` must be picklable and comparable."""
+    _CONTAINERS[type_] = (flatten, unflatten)
+
+
+register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))
+register_supported_type(list, lambda v: (list(v), None), lambda c, _: list(c))
+register_supported_type(dict, lambda v: ([v[k] for k in v], list(v)),
+                        lambda c, keys: dict(zip(keys, c)))
+register_supported_type(OrderedDict, lambda v: ([v[k] for k in v], list(v)),
+                        lambda c, keys: OrderedDict(zip(keys, c)))
+
+
+def _namedtuple_type(value):
+    t = type(value)
+    return t if isinstance(value, tuple) and hasattr(t, "_fields") else None
+
+
+def _const_equal(a, b):
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # a constant whose == is not a plain truth value: identity decides
+        return False
+
+
+class TreeDef:
+    """The shape of a nested value: containers, constants and where the leaves go."""
+
+    __slots__ = ("kind", "type", "aux", "children", "num_leaves", "_hash", "_plain_args")
+
+    def __init__(self, kind, type_=None, aux=None, children=()):
+        self.kind = kind  # "leaf", "const" or "node"
+        self.type = type_
+        self.aux = aux  # a node: the container's aux data; a const: the value
+        self.children = tuple(children)
+        self.num_leaves = (1 if kind == _LEAF else 0) + sum(c.num_leaves for c in self.children)
+        self._finish()
+
+    def _finish(self):
+        # Constants are left out of the hash (they may be unhashable); equality compares them.
+        # Computed once from the children's: graphs are looked up by TreeDef on every call.
+        self._hash = hash((self.kind, self.type if self.kind != _CONST else type(self.aux),
+                           tuple(self.aux) if isinstance(self.aux, list) else None,
+                           tuple(c._hash for c in self.children)))
+        # ``((leaf, leaf, ...), {})``: the common argument structure, unflattened without a walk
+        self._plain_args = (
+            self.kind == "node" and self.type is tuple and len(self.children) == 2
+            and self.children[0].type is tuple and self.children[1].type is dict
+            and not self.children[1].children
+            and all(c.kind == _LEAF for c in self.children[0].children))
+
+    def unflatten(self, leaves):
+        """Rebuild the value with ``leaves`` in place of the original leaves."""
+        if self._plain_args and len(leaves) == self.num_leaves:
+            return tuple(leaves), {}
+        leaves = list(leaves)
+        if len(leaves) != self.num_leaves:
+            raise ValueError(
+                f"unflatten: this structure holds {self.num_leaves} leaves, got {len(leaves)}"
+            )
+        it = iter(leaves)
+        return self._build(it)
+
+    def _build(self, it):
+        if self.kind == _LEAF:
+            return next(it)
+        if self.kind == _CONST:
+            return self.aux
+        children = [c._build(it) for c in self.children]
+        if self.kind == "namedtuple":
+            return self.type(*children)
+        return _CONTAINERS[self.type][1](children, self.aux)
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, TreeDef) or self._hash != other._hash or \
+                self.kind != other.kind or self.type != other.type:
+            return False
+        if self.kind == _CONST:
+            return _const_equal(self.aux, other.aux)
+        if self.aux != other.aux or len(self.children) != len(other.children):
+            return False
+        return all(a == b for a, b in zip(self.children, other.children))
+
+    def __hash__(self):
+        return self._hash
+
+    def __getstate__(self):
+        # the hash is not stored: hashes of types differ between processes
+        return {k: getattr(self, k) for k in ("kind", "type", "aux", "children", "num_leaves")}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        self._finish()
+
+    def __repr__(self):
+        if self.kind == _LEAF:
+            return "*"
+        if self.kind == _CONST:
+            return repr(self.aux)
+        inner = ", ".join(repr(c) for c in self.children)
+        if self.aux is not None and self.kind != "namedtuple":
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.aux, self.children))
+        return f"{getattr(self.type, '__name__', self.type)}({inner})"
+
+
+def tree_flatten(value, is_leaf):
+    """(leaves, TreeDef) of ``value``: ``is_leaf(x)`` picks the leaves; other values that are
+    not supported containers become constants of the TreeDef."""
+    leaves = []
+
+    def walk(v):
+        if is_leaf(v):
+            leaves.append(v)
+            return TreeDef(_LEAF)
+        nt = _namedtuple_type(v)
+        if nt is not None:
+            return TreeDef("namedtuple", nt, None, [walk(c) for c in v])
+        entry = _CONTAINERS.get(type(v))
+        if entry is None:
+            return TreeDef(_CONST, None, v)
+        children, aux = entry[0](v)
+        return TreeDef("node", type(v), aux, [walk(c) for c in children])
+
+    tree = walk(value)
+    return leaves, tree

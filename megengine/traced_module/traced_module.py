@@ -1,0 +1,465 @@
+"""`trace_module` and `TracedModule`: a Module whose forward is a recorded graph.
+
+``trace_module(module, *args, **kwargs)`` runs ``module``'s forward once with a `Tracer`
+active and builds a `TracedModule` from what it saw: the same attributes (the same Parameter
+and buffer objects, so state dicts and optimizers carry over), user submodules that were
+called replaced by their own TracedModules, builtin layers kept as they are, and one graph per
+argument structure (``argdef_graph_map``, with the output structure in ``argdef_outdef_map``).
+Calling a TracedModule interprets its graph. As upstream, tensor attributes that forward never
+reads are left out of the TracedModule.
+"""
+import copy
+import inspect
+
+from ..core.tensor import Tensor
+from ..module.module import Module, _access_structure
+from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
+from .graph import InternalGraph
+from .node import ModuleNode, Node, TensorNode
+from .pytree import tree_flatten
+from .tracer import Tracer, _Scope, _assert_same
+from .utils import _convert_kwargs_to_args
+
+__all__ = ["TracedModule", "trace_module"]
+
+
+def _call_spec(module):
+    """The argument spec calls of ``module`` are normalised with (forward's, without self
+    bound), or None when forward takes anything (``*args, **kwargs`` only)."""
+    if isinstance(module, TracedModule):
+        return module.__dict__.get("_spec")
+    try:
+        spec = inspect.getfullargspec(type(module).forward)
+    except TypeError:
+        return None
+    if len(spec.args) <= 1 and not spec.kwonlyargs:
+        return None
+    return spec
+
+
+def _normalize_args(spec, args, kwargs):
+    if spec is None:
+        return tuple(args), dict(kwargs)
+    return _convert_kwargs_to_args(spec, args, kwargs, is_bounded=True)
+
+
+def _graph_key(args, kwargs):
+    """(tensor leaves, TreeDef) of normalised arguments: the TreeDef selects the graph."""
+    return tree_flatten((tuple(args), dict(kwargs)),
+                        lambda x: isinstance(x, (Tensor, TensorNode)))
+
+
+class TracedModule(Module):
+    """A Module whose forward interprets a traced graph (``self.graph``)."""
+
+    def __init__(self, is_top=False, argdef_graph_map=None, argdef_outdef_map=None):
+        super().__init__()
+        object.__setattr__(self, "argdef_graph_map", argdef_graph_map or {})
+        object.__setattr__(self, "argdef_outdef_map", argdef_outdef_map or {})
+        object.__setattr__(self, "_is_top", is_top)
+        object.__setattr__(self, "argspec", None)
+        object.__setattr__(self, "_spec", None)
+        object.__setattr__(self, "is_qat", False)
+
+    @property
+    def graph(self) -> InternalGraph:
+        """The graph, when the module was traced with one argument structure."""
+        graphs = list(self.argdef_graph_map.values())
+        if len(graphs) != 1:
+            raise ValueError(f"this TracedModule has {len(graphs)} graphs (one per argument "
+                             "structure it was called with): pick one from argdef_graph_map")
+        return graphs[0]
+
+    def _graph_for(self, args, kwargs):
+        nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
+        return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])
+
+    def forward(self, *args, **kwargs):
+        fast = self._plain_call(args, kwargs)
+        if fast is not None:  # tensors by position, one graph: no normalising, no lookup
+            graph, outdef = fast
+            return outdef.unflatten(graph.interpret(self, *args))
+        nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
+        leaves, key = _graph_key(nargs, nkwargs)
+        graph = self.argdef_graph_map.get(key)
+        if graph is None:
+            known = "; ".join(repr(k) for k in self.argdef_graph_map)
+            raise TypeError(
+                f"this TracedModule was traced with the argument structure(s) {known}; it was "
+                f"called with {key!r}: trace it again with arguments of this structure"
+            )
+        outs = graph.interpret(self, *leaves)
+        return self.argdef_outdef_map[key].unflatten(outs)
+
+    def _plain_call(self, args, kwargs):
+        """(graph, output TreeDef) when the call is tensors by position that the single graph
+        takes as they are, else None (then the general path decides)."""
+        graphs = self.argdef_graph_map
+        if kwargs or len(graphs) != 1:
+            return None
+        for a in args:
+            if not isinstance(a, Tensor):
+                return None
+        ((key, graph),) = graphs.items()
+        if not key._plain_args or key.num_leaves != len(args):
+            return None
+        spec = self.__dict__.get("_spec")
+        if spec is not None and (spec.kwonlyargs or len(args) < len(spec.args) - 1):
+            return None  # defaults or keyword-only arguments would be filled in
+        return graph, self.argdef_outdef_map[key]
+
+    def flatten(self) -> "TracedModule":
+        """A TracedModule with the same attributes whose graph has every traced submodule's
+        graph inlined (its getattrs read from the top: ``block0.conv1``)."""
+        new = TracedModule.__new__(TracedModule)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["_modules"] = list(self.__dict__.get("_modules", []))
+        graphs, outdefs = {}, {}
+        for key, graph in self.argdef_graph_map.items():
+            graphs[key] = _inline(graph, new)
+            outdefs[key] = self.argdef_outdef_map[key]
+        object.__setattr__(new, "argdef_graph_map", graphs)
+        object.__setattr__(new, "argdef_outdef_map", outdefs)
+        object.__setattr__(new, "_is_top", True)
+        for graph in graphs.values():
+            graph._reset_ids()
+        return new
+
+
+class _ModuleList(TracedModule):
+    """A list of modules on a TracedModule (upstream turns such lists into module
+    containers): items are attributes ``"0"``, ``"1"``, ...; indexing, ``len``, iteration and
+    ``append`` work as on the list. It has no graph of its own."""
+
+    def __init__(self, items=()):
+        super().__init__()
+        for item in items:
+            self._put(str(len(self)), item)
+
+    def _put(self, key, module):
+        # the modules keep the names they had under the list (no renaming, no warning)
+        self.__dict__[key] = module
+        if key not in self._modules:
+            self._modules.append(key)
+
+    def __len__(self):
+        n = 0
+        while str(n) in self.__dict__:
+            n += 1
+        return n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"module list index {index} out of range ({n} items)")
+        return self.__dict__[str(index % n)]
+
+    def __setitem__(self, index, module):
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"module list index {index} out of range ({n} items)")
+        setattr(self, str(index % n), module)
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+    def append(self, module):
+        setattr(self, str(len(self)), module)
+
+
+class _ModuleDict(TracedModule):
+    """A dict of modules (str keys) on a TracedModule: the values are attributes named by
+    their keys; ``[key]``, ``keys()``, ``values()``, ``items()``, ``len``, ``in`` work as on
+    the dict, in the dict's order. It has no graph of its own."""
+
+    def __init__(self, items=None):
+        super().__init__()
+        object.__setattr__(self, "_keys", [])
+        for k, v in (items or {}).items():
+            self._keys.append(k)
+            _ModuleList._put(self, k, v)
+
+    def __setitem__(self, key, module):
+        if key not in self._keys:
+            self._keys.append(key)
+        setattr(self, key, module)
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self.__dict__[key]
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(list(self._keys))
+
+    def keys(self):
+        return list(self._keys)
+
+    def values(self):
+        return [self[k] for k in self._keys]
+
+    def items(self):
+        return [(k, self[k]) for k in self._keys]
+
+
+def _module_container(value):
+    """A `_ModuleList`/`_ModuleDict` for a list/dict holding only modules (nested lists and
+    dicts of modules included), else None."""
+    if isinstance(value, list) and value:
+        items = [v if isinstance(v, Module) else _module_container(v) for v in value]
+        return _ModuleList(items) if all(i is not None for i in items) else None
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isidentifier()
+                                                  for k in value):
+        items = {k: v if isinstance(v, Module) else _module_container(v)
+                 for k, v in value.items()}
+        return _ModuleDict(items) if all(i is not None for i in items.values()) else None
+    return None
+
+
+def _set_leaf(module, key, value):
+    def put(parent, last, _):
+        if isinstance(parent, Module):
+            setattr(parent, last, value)
+        elif isinstance(parent, (list, dict)):
+            parent[last] = value
+        else:
+            raise TypeError(f"cannot replace {key!r} inside a {type(parent).__name__}")
+
+    _access_structure(module, key, put)
+
+
+def _build(tracer, module, is_top, memo):
+    """The TracedModule of a traced user module (shared modules give one TracedModule)."""
+    if id(module) in memo:
+        return memo[id(module)]
+    record = tracer.records[id(module)]
+    tm = TracedModule.__new__(TracedModule)
+    memo[id(module)] = tm
+    state = dict(vars(module))
+    state.pop("forward", None)
+    for k, v in list(state.items()):
+        if isinstance(v, Tensor) and id(v) not in tracer.read_attrs and k != "_modules":
+            del state[k]  # as upstream: a tensor forward never reads is not kept
+        else:
+            state[k] = _replace_modules(tracer, v, memo)
+            if k != "_modules":
+                container = _module_container(state[k])
+                if container is not None:  # as upstream: lists/dicts of modules -> modules
+                    state[k] = container
+    state["_modules"] = [k for k in state.get("_modules", []) if k in state]
+    tm.__dict__.update(state)
+    spec = _call_spec(module)
+    object.__setattr__(tm, "argdef_graph_map", record.graphs)
+    object.__setattr__(tm, "argdef_outdef_map", record.outdefs)
+    object.__setattr__(tm, "_is_top", is_top)
+    object.__setattr__(tm, "_spec", spec)
+    object.__setattr__(tm, "argspec", spec if is_top else None)
+    from ..module.qat.module import QATModule
+
+    # a traced QAT layer stays one call when the graph is flattened (as upstream)
+    object.__setattr__(tm, "is_qat", isinstance(module, QATModule) or
+                       bool(module.__dict__.get("is_qat", False)))
+    return tm
+
+
+def _replace_modules(tracer, value, memo):
+    if isinstance(value, Module):
+        return _build(tracer, value, False, memo) if id(value) in tracer.records else value
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (Module, list, tuple, dict))
+                                                for v in value):
+        items = [_replace_modules(tracer, v, memo) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
+    if isinstance(value, dict):
+        items = {k: _replace_modules(tracer, v, memo) for k, v in value.items()}
+        if all(items[k] is value[k] for k in value):
+            return value
+        out = type(value)()
+        out.update(items)
+        return out
+    return value
+
+
+def _update_ref(top, tracer=None, memo=None):
+    """Point every ModuleNode at the module it stands for now (after building or loading)."""
+    for module in Module.modules(top):  # (an attribute called "modules" may shadow it)
+        if not isinstance(module, TracedModule):
+            continue
+        for graph in module.argdef_graph_map.values():
+            graph._inputs[0]._owner = module
+            for expr in graph._exprs:
+                out = expr.outputs[0] if expr.outputs else None
+                if isinstance(expr, GetAttr) and isinstance(out, ModuleNode):
+                    try:
+                        out._owner = _access_structure(expr.inputs[0].owner, expr.name)
+                    except (AttributeError, KeyError, IndexError, ValueError, TypeError):
+                        pass
+                elif (isinstance(expr, Constant) and isinstance(expr.value, Module)
+                      and tracer is not None and id(expr.value) in tracer.records):
+                    expr.value = _build(tracer, expr.value, False, memo)
+                    out._owner = expr.value
+
+
+def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
+    """Trace ``mod``'s forward on ``args``/``kwargs`` into a `TracedModule`."""
+    if not isinstance(mod, Module):
+        raise TypeError(f"trace_module expects a megengine Module, got {type(mod).__name__}")
+    tracer = Tracer()
+    with tracer:
+        result = tracer.trace_forward(mod, args, kwargs)
+    memo = {}
+    tm = _build(tracer, mod, True, memo)
+    _update_ref(tm, tracer, memo)
+    tm.graph._reset_ids()
+    if tracer.values is not None:  # enable_expr_checker: the whole module, too
+        expected = tree_flatten(result, lambda x: isinstance(x, Tensor))[0]
+        got = tree_flatten(tm(*args, **kwargs), lambda x: isinstance(x, Tensor))[0]
+        _assert_same(f"the traced {type(mod).__name__}", got, expected)
+    return tm
+
+
+class _InsertExprs:
+    """What ``graph.insert_exprs()`` returns: records calls on nodes while open, and puts
+    the new exprs into the graph when it closes."""
+
+    def __init__(self, graph, expr=None):
+        self.graph = graph
+        self.expr = expr
+        self.tracer = None
+        self.pending = []
+
+    def __enter__(self):
+        root = self.graph._root()
+        if root._total_ids is not None:
+            Node._set_next_id(root._total_ids[0])
+            Expr._set_next_id(root._total_ids[1])
+        self.tracer = Tracer(surgery=True)
+        self.tracer.__enter__()
+        owner = self.graph._inputs[0].owner
+        self.tracer.scopes.append(_Scope(self.graph, owner, self.graph._inputs[0],
+                                         pending=self.pending))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        tracer = self.tracer
+        tracer.__exit__(exc_type, exc, tb)
+        graph = self.graph
+        if exc_type is not None:
+            for expr in self.pending:
+                for n in expr.inputs:
+                    if expr in n.users:
+                        n.users.remove(expr)
+                for n in expr.outputs:
+                    graph._namespace.release(n)
+            return False
+        memo = {}
+        for expr in self.pending:  # user modules called here become TracedModules
+            out = expr.outputs[0] if expr.outputs else None
+            if isinstance(expr, GetAttr) and isinstance(out, ModuleNode) \
+                    and id(out.owner) in tracer.records:
+                built = _build(tracer, out.owner, False, memo)
+                _set_leaf(expr.inputs[0].owner, expr.name, built)
+                out._owner = built
+        index = graph._exprs.index(self.expr) + 1 if self.expr is not None else 0
+        positions = {id(e): i for i, e in enumerate(graph._exprs)}
+        for expr in self.pending:
+            for n in expr.inputs:
+                if id(n.expr) in positions:
+                    index = max(index, positions[id(n.expr)] + 1)
+        graph._exprs[index:index] = self.pending
+        root_module = graph._root()._inputs[0].owner
+        _update_ref(root_module, tracer, memo)
+        graph._set_total_ids()
+        return False
+
+
+def _inline(graph, owner):
+    """A copy of ``graph`` (for ``owner``) with the graphs of traced submodules inlined."""
+    flat = InternalGraph(graph._name, graph._qualname)
+    self_expr = Input("self", ModuleNode, graph._qualname, owner=owner)
+    node_map = {graph._inputs[0]: self_expr.outputs[0]}
+    paths = {id(self_expr.outputs[0]): ""}
+    for expr_in in [self_expr]:
+        expr_in._top_graph = self_expr.outputs[0]._top_graph = flat
+        flat._namespace.auto_name(expr_in)
+    flat._inputs = [self_expr.outputs[0]]
+    for node in graph._inputs[1:]:
+        e = Input(node._name, TensorNode, node._qualname, shape=node.shape, dtype=node.dtype,
+                  device=node.device)
+        e._top_graph = e.outputs[0]._top_graph = flat
+        flat._namespace.auto_name(e)
+        flat._inputs.append(e.outputs[0])
+        node_map[node] = e.outputs[0]
+
+    def copy_exprs(g, nmap):
+        for expr in g._exprs:
+            sub = expr.graph if is_call_module(expr) else None
+            if sub is not None and not getattr(expr.inputs[0].owner, "is_qat", False):
+                callee = expr.inputs[0].owner
+                args, kwargs = expr.arg_def.unflatten([nmap[i] for i in expr.inputs])
+                nargs, nkwargs = _normalize_args(callee.__dict__.get("_spec"), args[1:], kwargs)
+                leaves = _graph_key(nargs, nkwargs)[0]
+                sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
+                sub_map.update(zip(sub._inputs[1:], leaves))
+                copy_exprs(sub, sub_map)
+                for o, so in zip(expr.outputs, sub._outputs):
+                    nmap[o] = sub_map[so]
+                continue
+            new = copy.copy(expr)
+            new._id = Expr._next_id[0]
+            Expr._next_id[0] += 1
+            new.inputs, new.outputs = [], []
+            new._top_graph = flat
+            inputs = [nmap[i] for i in expr.inputs]
+            if isinstance(expr, GetAttr) and id(inputs[0]) in paths:
+                base = paths[id(inputs[0])]
+                new.name = f"{base}.{expr.name}" if base else expr.name
+                inputs = [flat._inputs[0]]
+            new.add_inputs(inputs)
+            for o in expr.outputs:
+                n = copy.copy(o)
+                renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
+                n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
+                                  _name="" if renamed else o._name)
+                Node._next_id[0] += 1
+                if isinstance(n, TensorNode):
+                    n.value = None
+                new.outputs.append(n)
+                nmap[o] = n
+            if isinstance(expr, GetAttr) and isinstance(new.outputs[0], ModuleNode):
+                paths[id(new.outputs[0])] = new.name
+            flat._exprs.append(new)
+            flat._namespace.auto_name(new)
+
+    copy_exprs(graph, node_map)
+    flat._outputs = [node_map[o] for o in graph._outputs]
+    # getattrs of inlined modules are used by nothing now: drop them (only getattrs, so no
+    # call with side effects is ever removed)
+    outputs = set(id(o) for o in flat._outputs)
+    changed = True
+    while changed:
+        changed = False
+        for expr in list(flat._exprs):
+            if isinstance(expr, GetAttr) and not expr.outputs[0].users \
+                    and id(expr.outputs[0]) not in outputs:
+                flat._exprs.remove(expr)
+                expr.inputs[0].users.remove(expr)
+                flat._namespace.release(expr.outputs[0])
+                changed = True
+    flat._merge_getattr_exprs()
+    for expr in list(flat._exprs):
+        if isinstance(expr, GetAttr) and not expr.outputs[0].users \
+                and id(expr.outputs[0]) not in outputs:
+            flat._exprs.remove(expr)
+            expr.inputs[0].users.remove(expr)
+            flat._namespace.release(expr.outputs[0])
+    return flat

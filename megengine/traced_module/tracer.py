@@ -1,0 +1,748 @@
+"""The tracer: records a module's forward into graphs while `trace_module` or
+``graph.insert_exprs()`` runs.
+
+How calls are seen. While a `Tracer` is active (and only then) it patches:
+
+- the public functions of ``megengine.functional`` and its submodules, in those modules'
+  namespaces and in the globals of each traced ``forward`` (so ``from megengine.functional
+  import relu`` is seen too);
+- the operators and tensor-returning methods of `Tensor`, and ``Tensor.__init__`` (a tensor
+  made from traced tensors, ``Tensor([1, x, 1])``);
+- ``Module.__call__``;
+- the dispatcher's hook (``dispatch._trace_hook``): an op applied to traced tensors outside
+  any of the above is recorded as an `Apply`, so nothing computed from an input is silently
+  frozen into a constant.
+
+Each wrapper reads the module global ``_active`` and the tracer's ``depth`` once: only calls at
+depth 0 are recorded, and the original runs at depth 1, so the functions and ops *inside* a
+recorded call are not recorded again. When no tracer is active nothing is patched: untraced
+code pays nothing.
+
+Scopes. Each user module's forward is traced into a graph of its own (a `_Scope`): its inputs
+are ``self`` and the tensors it was given; a tensor the scope has not seen is a parameter or
+buffer of the module (a `GetAttr`, found by identity among the module's tensors) or else a
+`Constant`. A builtin module (the layers of ``megengine.module``, QAT layers, observers,
+`PyTorchModule`, classes given to `register_as_builtin`) is one ``CallMethod`` and is not
+looked into.
+"""
+import inspect
+import sys
+import types
+
+import numpy as np
+
+from ..core import dispatch
+from ..core.tensor import Tensor
+from ..module.module import Module
+from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input,
+                   flat_outputs)
+from .node import ModuleNode, Node, TensorNode
+from .pytree import tree_flatten
+
+_active = None  # the Tracer that records right now, or None
+
+# Tensor methods recorded as CallMethod: operators and the methods that return tensors.
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+           "xor", "lshift", "rshift")
+TENSOR_METHODS = tuple(
+    [f"__{p}{n}__" for n in _BINARY for p in ("", "r", "i")]
+    + [f"__{n}__" for n in ("eq", "ne", "lt", "le", "gt", "ge", "neg", "abs", "invert")]
+    + ["__getitem__", "__setitem__", "astype", "reshape", "transpose", "flatten", "sum",
+       "mean", "prod", "max", "min", "to", "detach"]
+)
+
+_builtin_types = set()  # registered by register_as_builtin
+_check_exprs = [False]  # enable_expr_checker
+_wrapper_of = {}  # original functional function -> its recording wrapper (made once)
+_wrappers = set()  # those wrappers, so a patched namespace is never wrapped twice
+
+
+def register_as_builtin(mod_cls):
+    """Trace calls of ``mod_cls`` modules as one step, without looking into their forward."""
+    if not (isinstance(mod_cls, type) and issubclass(mod_cls, Module)):
+        raise TypeError(f"register_as_builtin expects a Module subclass, got {mod_cls!r}")
+    _builtin_types.add(mod_cls)
+
+
+def is_builtin(module) -> bool:
+    """Whether calls of ``module`` are recorded as one step (not traced into)."""
+    cls = type(module)
+    if cls in _builtin_types:
+        return True
+    from ..module.sequential import Sequential
+
+    if cls is Sequential:  # a container: traced into, as upstream
+        return False
+    from ..quantization.fake_quant import _FakeQuantize
+    from ..quantization.observer import Observer
+
+    if isinstance(module, (Observer, _FakeQuantize)):  # user subclasses too, as upstream
+        return True
+    # megengine's own layers (and quantization observers, PyTorchModule) are not user code;
+    # a TracedModule (megengine.traced_module) is traced into
+    return cls.__module__.startswith("megengine.") and not cls.__module__.startswith(
+        "megengine.traced_module")
+
+
+def _functional_modules():
+    return [m for name, m in list(sys.modules.items())
+            if m is not None and (name == "megengine.functional"
+                                  or name.startswith("megengine.functional."))]
+
+
+def _make_wrapper(func):
+    def wrapper(*args, **kwargs):
+        tracer = _active
+        if tracer is None or tracer.depth:
+            return func(*args, **kwargs)
+        return tracer.record_function(func, args, kwargs)
+
+    wrapper.__wrapped__ = func
+    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+        setattr(wrapper, attr, getattr(func, attr, None))
+    return wrapper
+
+
+def _functional_wrappers():
+    """original -> wrapper for every public function of megengine.functional (cached)."""
+    for mod in _functional_modules():
+        for name, value in list(vars(mod).items()):
+            if (isinstance(value, types.FunctionType) and not name.startswith("_")
+                    and (value.__module__ or "").startswith("megengine.functional")
+                    and value not in _wrapper_of and value not in _wrappers):
+                _wrapper_of[value] = w = _make_wrapper(value)
+                _wrappers.add(w)
+    return _wrapper_of
+
+
+def wrap(func):
+    """``@wrap`` on a function of your own: calls of it inside a traced forward are recorded
+    as one CallFunction (its body is not looked into), as upstream's ``wrap``. Use the
+    returned function (a module-level ``@wrap`` does that)."""
+    if not callable(func):
+        raise TypeError(f"wrap expects a function, got {type(func).__name__}")
+
+    def recorded(*args, **kwargs):
+        tracer = _active
+        if tracer is None or tracer.depth:
+            return func(*args, **kwargs)
+        # the step calls this function (found again by name when a graph is unpickled)
+        return tracer.record_function(recorded, args, kwargs, run=func)
+
+    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+        setattr(recorded, attr, getattr(func, attr, None))
+    recorded.__wrapped__ = func
+    return recorded
+
+
+def enable_expr_checker(enable: bool = True):
+    """Check every step while tracing (upstream's ``enable_expr_checker``): each recorded
+    expr is run again on copies of its recorded inputs and must give the values the traced
+    forward got, and the TracedModule must return what the traced forward returned; a step
+    that does not reproduce (it reads Python state the graph cannot see) raises ValueError
+    naming it. Costs a second run of every step, so it is off by default."""
+    _check_exprs[0] = bool(enable)
+
+
+def _copy_value(v):
+    if isinstance(v, Tensor) and type(v) is Tensor:
+        return Tensor._wrap(v._data.copy(), v._device)
+    return v
+
+
+def _assert_same(expr, got, expected):
+    for g, e in zip(got, expected):
+        if isinstance(e, Tensor):
+            g_np = np.asarray(g.numpy() if isinstance(g, Tensor) else g)
+            e_np = e.numpy()
+            if g_np.shape != e_np.shape or not np.allclose(g_np, e_np, rtol=1e-5, atol=1e-6,
+                                                            equal_nan=True):
+                raise ValueError(
+                    f"expr checker: {expr!r} gives other values when run again from its "
+                    "recorded inputs: the step depends on something the graph does not "
+                    "record (Python state, randomness); make it a module or function "
+                    "input, or keep it out of forward"
+                )
+
+
+def call_function(func, args, kwargs):
+    """Run ``func`` for `CallFunction.interpret`: recorded when a tracer is active."""
+    tracer = _active
+    if tracer is None or tracer.depth:
+        return func(*args, **kwargs)
+    return tracer.record_function(func, args, kwargs)
+
+
+def in_surgery():
+    return _active is not None and _active.surgery and _active.depth == 0
+
+
+class _Scope:
+    """One graph being built: the module it belongs to and the nodes of the tensors seen."""
+
+    def __init__(self, graph, module, self_node, pending=None):
+        self.graph = graph
+        self.module = module
+        self.self_node = self_node
+        self.values = {id(module): (module, self_node)}  # id -> (object, node)
+        self._attr_keys = None
+        self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
+
+    def attr_key(self, obj):
+        if self._attr_keys is None:
+            keys = {}
+            for key, leaf in self.module._flatten(with_key=True, recursive=True):
+                keys.setdefault(id(leaf), (key, leaf))
+            self._attr_keys = keys
+        entry = self._attr_keys.get(id(obj))
+        return entry[0] if entry is not None and entry[1] is obj else None
+
+    def emit(self, expr):
+        expr._top_graph = self.graph
+        for n in expr.outputs:
+            n._top_graph = self.graph
+        if self.pending is not None:
+            self.pending.append(expr)
+        else:
+            self.graph._exprs.append(expr)
+        self.graph._namespace.auto_name(expr)
+
+
+class _ModuleRecord:
+    """What tracing learned about one user module: its graphs per argument structure."""
+
+    def __init__(self, module):
+        self.module = module
+        self.graphs = {}
+        self.outdefs = {}
+
+
+class Tracer:
+    """Records calls into graphs; activate with ``with tracer:``."""
+
+    def __init__(self, surgery=False):
+        self.depth = 0
+        self.scopes = []
+        self.records = {}  # id(module) -> _ModuleRecord
+        self.read_attrs = set()  # ids of the tensors some GetAttr reads
+        self.surgery = surgery
+        self._patched = []  # (namespace dict, name, original)
+        self._patched_globals = set()
+        self._previous_hook = None
+        self.values = {} if _check_exprs[0] else None  # node -> value copy, for the checker
+
+    # ----- activation -----
+    def __enter__(self):
+        global _active
+        if _active is not None:
+            raise RuntimeError("trace_module / insert_exprs cannot run inside another one")
+        if dispatch._trace_hook is not None:
+            raise RuntimeError(
+                "trace_module cannot run while megengine.jit.trace records: call trace_module "
+                "outside the traced function"
+            )
+        wrappers = _functional_wrappers()
+        for mod in _functional_modules():
+            self._patch_namespace(vars(mod), wrappers)
+        tensor_dict = vars(Tensor)
+        for name in TENSOR_METHODS:
+            orig = tensor_dict.get(name)
+            if orig is not None:
+                self._set(Tensor, name, orig, _tensor_method_wrapper(name, orig))
+        self._set(Tensor, "__init__", tensor_dict["__init__"],
+                  _tensor_init_wrapper(tensor_dict["__init__"]))
+        self._set(Module, "__call__", vars(Module)["__call__"],
+                  _module_call_wrapper(vars(Module)["__call__"]))
+        if not self.surgery:
+            shape = tensor_dict["shape"]
+            self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
+            self._set(Tensor, "__len__", tensor_dict["__len__"],
+                      _untraced_wrapper(tensor_dict["__len__"]))
+        dispatch._trace_hook = _ApplyHook(self)
+        _active = self
+        return self
+
+    def __exit__(self, *exc):
+        global _active
+        _active = None
+        dispatch._trace_hook = None
+        while self._patched:
+            target, name, orig = self._patched.pop()
+            if isinstance(target, dict):
+                target[name] = orig
+            else:
+                setattr(target, name, orig)
+        return False
+
+    def _set(self, cls, name, orig, new):
+        self._patched.append((cls, name, orig))
+        setattr(cls, name, new)
+
+    def _patch_namespace(self, namespace, wrappers):
+        for name, value in list(namespace.items()):
+            if isinstance(value, types.FunctionType):
+                w = wrappers.get(value)
+                if w is not None:
+                    self._patched.append((namespace, name, value))
+                    namespace[name] = w
+
+    def patch_globals_of(self, fn):
+        g = getattr(getattr(fn, "__func__", fn), "__globals__", None)
+        if g is not None and id(g) not in self._patched_globals:
+            self._patched_globals.add(id(g))
+            self._patch_namespace(g, _wrapper_of)
+
+    # ----- nodes of values -----
+    @property
+    def scope(self):
+        return self.scopes[-1]
+
+    def known(self, obj):
+        entry = self.scope.values.get(id(obj))
+        return entry is not None and entry[0] is obj
+
+    def is_traced(self, obj):
+        return self.known(obj) or self.scope.attr_key(obj) is not None
+
+    def node_of(self, obj):
+        """The node of a tensor or module in the current scope, made on first use."""
+        scope = self.scope
+        entry = scope.values.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        key = scope.attr_key(obj)
+        self.depth += 1
+        try:
+            if key is not None:
+                expr = GetAttr(scope.self_node, key, obj)
+                self.read_attrs.add(id(obj))
+            else:
+                expr = Constant(obj)
+        finally:
+            self.depth -= 1
+        node = expr.outputs[0]
+        scope.emit(expr)
+        self.bind(obj, node)
+        return node
+
+    def bind(self, obj, node):
+        self.scope.values[id(obj)] = (obj, node)
+        if self.values is not None:
+            self.values[node] = _copy_value(obj)
+
+    def check(self, expr, outputs):
+        """The checker: run ``expr`` again on copies of its inputs' recorded values."""
+        if self.values is None:
+            return
+        try:
+            inputs = [_copy_value(self.values[n]) for n in expr.inputs]
+        except KeyError:
+            return  # an input made outside this trace (insert_exprs): nothing to compare
+        self.depth += 1
+        try:
+            got = expr.interpret(*inputs)
+        finally:
+            self.depth -= 1
+        _assert_same(expr, got, outputs)
+
+    def placeholder(self, node):
+        """A tensor standing for ``node`` inside insert_exprs (its value, or zeros)."""
+        if node.value is not None:
+            value = node.value
+        else:
+            self.depth += 1
+            try:
+                if node.shape is None:
+                    raise ValueError(f"node {node} has no known shape: set node.shape first")
+                value = Tensor(np.zeros(node.shape, dtype=node.dtype or np.float32))
+            finally:
+                self.depth -= 1
+        self.bind(value, node)
+        return value
+
+    # ----- recording -----
+    def _to_values(self, args, kwargs):
+        """Inside insert_exprs: nodes in the arguments become tensors / modules."""
+        leaves, tree = tree_flatten((args, kwargs), lambda x: isinstance(x, Node))
+        if not leaves:
+            return args, kwargs
+        values = []
+        for n in leaves:
+            if isinstance(n, TensorNode):
+                values.append(self.placeholder(n))
+            else:
+                self.bind(n.owner, n)
+                values.append(n.owner)
+        return tree.unflatten(values)
+
+    def _to_nodes(self, result):
+        leaves, tree = flat_outputs(result)
+        return tree.unflatten([self.node_of(t) for t in leaves]) if leaves else result
+
+    def _record(self, expr, args, kwargs, run, self_obj=None):
+        """Record ``expr`` for ``run(*args, **kwargs)``: its inputs are the tensors and
+        modules among ``((self_obj,) + args, kwargs)``, its outputs the tensors returned."""
+        surgery = self.surgery and len(self.scopes) == 1
+        if surgery:
+            args, kwargs = self._to_values(args, kwargs)
+            if isinstance(self_obj, Node):
+                self_obj = self._to_values((self_obj,), {})[0][0]
+        full = ((self_obj,) + tuple(args) if self_obj is not None else tuple(args), kwargs)
+        leaves, arg_def = tree_flatten(full, lambda x: isinstance(x, (Tensor, Module)))
+        inputs = [self.node_of(x) for x in leaves]
+        self.depth += 1
+        try:
+            result = run(*args, **kwargs)
+        finally:
+            self.depth -= 1
+        outs = self_obj if getattr(expr, "method", None) == "__setitem__" else result
+        out_leaves, out_def = flat_outputs(outs)
+        if not out_leaves:
+            return result  # nothing tensor-valued came out: a Python value, not a step
+        expr.add_inputs(inputs)
+        expr.arg_def = arg_def
+        expr.out_def = out_def
+        expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype,
+                                   qparams=getattr(t, "_qparams", None), device=t._device)
+                        for t in out_leaves]
+        self.scope.emit(expr)
+        for t, n in zip(out_leaves, expr.outputs):
+            self.bind(t, n)
+        self.check(expr, out_leaves)
+        return self._to_nodes(result) if surgery else result
+
+    def record_function(self, func, args, kwargs, run=None):
+        return self._record(CallFunction(func), args, kwargs, run or func)
+
+    def record_method(self, name, orig, obj, args, kwargs):
+        if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):
+            obj = self._to_values((obj,), {})[0][0]
+        return self._record(CallMethod(None, name), args, kwargs,
+                            lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
+
+    def record_shape(self, tensor, shape):
+        """``x.shape`` of a traced tensor: a tuple of 0-d int32 tensors, one recorded
+        CallMethod "shape" making them, so reshapes by it follow the input's shape."""
+        node = self.node_of(tensor)
+        self.depth += 1
+        try:
+            dims = tuple(Tensor(np.int32(d), device=tensor._device) for d in shape)
+        finally:
+            self.depth -= 1
+        expr = CallMethod(node, "shape")
+        expr.out_def = flat_outputs(dims)[1]
+        expr.outputs = [TensorNode(expr, shape=(), dtype=np.dtype(np.int32),
+                                   device=tensor._device) for _ in dims]
+        self.scope.emit(expr)
+        for t, n in zip(dims, expr.outputs):
+            self.bind(t, n)
+        return dims
+
+    def record_tensor_init(self, tensor, args, kwargs):
+        """``Tensor(traced, ...)``: a CallFunction of the class, whose output is ``tensor``."""
+        leaves, arg_def = tree_flatten((args, kwargs), lambda x: isinstance(x, (Tensor, Module)))
+        expr = CallFunction(type(tensor))
+        expr.add_inputs([self.node_of(x) for x in leaves])
+        expr.arg_def = arg_def
+        expr.out_def = flat_outputs(tensor)[1]
+        expr.outputs = [TensorNode(expr, shape=tensor.shape, dtype=tensor.dtype,
+                                   device=tensor._device)]
+        self.scope.emit(expr)
+        self.bind(tensor, expr.outputs[0])
+        self.check(expr, [tensor])
+
+    def call_module(self, module, args, kwargs, orig_call):
+        if is_builtin(module):
+            return self._record(CallMethod(None, "__call__"), args, kwargs,
+                                lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
+        return self._record(CallMethod(None, "__call__"), args, kwargs,
+                            lambda *a, **k: self._trace_user_call(module, a, k, orig_call),
+                            self_obj=module)
+
+    def _trace_user_call(self, module, args, kwargs, orig_call):
+        """Run a user module's call (hooks included) with its forward traced into a graph
+        of its own; runs at depth 1 (called from `_record`), forward at depth 0."""
+        forward = module.forward
+
+        def traced_forward(*a, **k):
+            self.depth -= 1
+            try:
+                return self.trace_forward(module, a, k, forward=forward)
+            finally:
+                self.depth += 1
+
+        # Module.__call__ looks forward up on the instance: shadow it for this one call.
+        had_own = "forward" in module.__dict__
+        object.__setattr__(module, "forward", traced_forward)
+        try:
+            return orig_call(module, *args, **kwargs)
+        finally:
+            if had_own:
+                object.__setattr__(module, "forward", forward)
+            else:
+                object.__delattr__(module, "forward")
+
+    def trace_forward(self, module, args, kwargs, forward=None):
+        """Trace ``forward(*args, **kwargs)`` (default ``module.forward``) into a new graph of
+        ``module``; return its result."""
+        from .graph import InternalGraph
+        from .traced_module import _call_spec, _graph_key, _normalize_args
+
+        if forward is None:
+            forward = module.forward
+        spec = _call_spec(module)
+        nargs, nkwargs = _normalize_args(spec, args, kwargs)
+        leaves, key = _graph_key(nargs, nkwargs)
+        parent = self.scopes[-1] if self.scopes else None
+        if parent is None:
+            name = qualname = type(module).__name__
+        else:
+            attr = parent.attr_key(module) or type(module).__name__.lower()
+            name = f"{parent.graph._name}_{attr.replace('.', '_')}"
+            qualname = f"{parent.graph._qualname}.{attr}"
+        graph = InternalGraph(name, qualname)
+        graph._top_graph = parent.graph if parent is not None else None
+        self_expr = Input("self", ModuleNode, qualname, owner=module)
+        scope = _Scope(graph, module, self_expr.outputs[0])
+        self.scopes.append(scope)
+        try:
+            scope_inputs = [self_expr.outputs[0]]
+            self_expr._top_graph = graph
+            self_expr.outputs[0]._top_graph = graph
+            graph._namespace.auto_name(self_expr)
+            names = _input_names(spec, nargs, nkwargs, leaves)
+            for value, pname in zip(leaves, names):
+                expr = Input(pname, TensorNode, f"{qualname}.[{pname}]", shape=value.shape,
+                             dtype=value.dtype, device=value._device)
+                expr._top_graph = graph
+                expr.outputs[0]._top_graph = graph
+                graph._namespace.auto_name(expr)
+                scope_inputs.append(expr.outputs[0])
+                self.bind(value, expr.outputs[0])
+            graph._inputs = scope_inputs
+            self.patch_globals_of(forward)
+            # functions kept on the instance (``self.add = F.add``) are seen too
+            self._patch_namespace(vars(module), _wrapper_of)
+            result = forward(*args, **kwargs)
+            out_leaves, out_def = tree_flatten(result, lambda x: isinstance(x, Tensor))
+            for leaf in _const_leaves(out_def):
+                if isinstance(leaf, (Module, Node)):
+                    raise TypeError(f"{type(module).__name__}.forward returned a "
+                                    f"{type(leaf).__name__}: traced outputs are tensors")
+            graph._outputs = [self.node_of(t) for t in out_leaves]
+        finally:
+            self.scopes.pop()
+        _drop_dead_pure(graph)
+        record = self.records.get(id(module))
+        if record is None:
+            record = self.records[id(module)] = _ModuleRecord(module)
+        if key not in record.graphs:  # a second call with the same structure reuses the first
+            record.graphs[key] = graph
+            record.outdefs[key] = out_def
+        return result
+
+
+def _is_pure(expr):
+    if isinstance(expr, (GetAttr, Constant)):
+        return True
+    if isinstance(expr, CallMethod) and not isinstance(expr.inputs[0], ModuleNode):
+        m = expr.method
+        return m != "__setitem__" and not (m.startswith("__i") and m not in ("__invert__",))
+    return False
+
+
+def _drop_dead_pure(graph):
+    """Drop the side-effect-free steps nobody uses (``x.shape`` read for an assert, a
+    comparison in an ``if``): what is left runs on every call. Module and function calls,
+    ops and in-place writes always stay."""
+    outputs = set(id(n) for n in graph._outputs)
+    changed = True
+    while changed:
+        changed = False
+        for expr in reversed(list(graph._exprs)):
+            if _is_pure(expr) and not any(n.users or id(n) in outputs for n in expr.outputs):
+                graph._exprs.remove(expr)
+                for n in expr.inputs:
+                    if expr in n.users:
+                        n.users.remove(expr)
+                for n in expr.outputs:
+                    graph._namespace.release(n)
+                changed = True
+
+
+def _const_leaves(tree):
+    if tree.kind == "const":
+        yield tree.aux
+    for c in tree.children:
+        yield from _const_leaves(c)
+
+
+def _input_names(spec, args, kwargs, leaves):
+    """Names of the tensor inputs from forward's parameter names (``x``, ``xs_0``, ...)."""
+    params = list(spec.args[1:]) if spec is not None else []
+    names = []
+
+    def walk(value, name):
+        if isinstance(value, Tensor):
+            names.append(name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{name}_{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}_{i}")
+
+    for i, a in enumerate(args):
+        walk(a, params[i] if i < len(params) else f"args_{i}")
+    for k, v in kwargs.items():
+        walk(v, k)
+    if len(names) != len(leaves):  # structures the walk does not know (namedtuples): plain
+        names = [f"arg_{i}" for i in range(len(leaves))]
+    return names
+
+
+class _ApplyHook:
+    """``dispatch._trace_hook`` while tracing: ops on traced tensors outside any recorded
+    call become `Apply` exprs; events (GradManager, optimizer steps) just run."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+
+    def __call__(self, op, inputs):
+        import copy
+
+        tracer = self.tracer
+        dispatch._trace_hook = None
+        try:
+            if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
+                return dispatch.apply(op, *inputs)
+            template = copy.copy(op)  # before forward stores anything on it
+            tracer.depth += 1
+            try:
+                nodes = [tracer.node_of(t) for t in inputs]
+                out = dispatch.apply(op, *inputs)
+            finally:
+                tracer.depth -= 1
+            expr = Apply(template)
+            expr.add_inputs(nodes)
+            expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
+            outs = out if isinstance(out, tuple) else (out,)
+            expr.out_def = flat_outputs(out)[1]
+            expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype, device=t._device)
+                            for t in outs]
+            tracer.scope.emit(expr)
+            for t, n in zip(outs, expr.outputs):
+                tracer.bind(t, n)
+            tracer.check(expr, outs)
+            return out
+        finally:
+            dispatch._trace_hook = self
+
+    def event(self, fn, *args, **kwargs):
+        dispatch._trace_hook = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dispatch._trace_hook = self
+
+
+def _tensor_method_wrapper(name, orig):
+    def method(self, *args, **kwargs):
+        tracer = _active
+        if tracer is None or tracer.depth:
+            return orig(self, *args, **kwargs)
+        return tracer.record_method(name, orig, self, args, kwargs)
+
+    method.__name__ = name
+    method.__wrapped__ = orig
+    return method
+
+
+def _shape_wrapper(fget):
+    def shape(self):
+        tracer = _active
+        value = fget(self)
+        if tracer is None or tracer.depth or not tracer.scopes or not tracer.is_traced(self):
+            return value
+        return tracer.record_shape(self, value)
+
+    return shape
+
+
+def _untraced_wrapper(orig):
+    """A Tensor method that returns a Python value: what it does inside is not recorded."""
+    def method(self, *args, **kwargs):
+        tracer = _active
+        if tracer is None:
+            return orig(self, *args, **kwargs)
+        tracer.depth += 1
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            tracer.depth -= 1
+
+    method.__wrapped__ = orig
+    return method
+
+
+def _tensor_init_wrapper(orig):
+    def __init__(self, *args, **kwargs):
+        tracer = _active
+        if tracer is None or tracer.depth or not tracer.scopes:
+            return orig(self, *args, **kwargs)
+        leaves = tree_flatten((args, kwargs), lambda x: isinstance(x, Tensor))[0]
+        tracer.depth += 1
+        try:
+            orig(self, *args, **kwargs)
+        finally:
+            tracer.depth -= 1
+        if any(tracer.is_traced(t) for t in leaves):  # made from traced tensors: a step
+            tracer.record_tensor_init(self, args, kwargs)
+
+    __init__.__wrapped__ = orig
+    return __init__
+
+
+def _module_call_wrapper(orig):
+    def __call__(self, *args, **kwargs):
+        tracer = _active
+        if tracer is None or tracer.depth or not tracer.scopes:
+            return orig(self, *args, **kwargs)
+        return tracer.call_module(self, args, kwargs, orig)
+
+    __call__.__wrapped__ = orig
+    return __call__
+
+
+# ----- insert_exprs entry points (used by node.py) -----
+def surgery_call_method(name, node, args, kwargs):
+    orig = getattr(vars(Tensor)[name], "__wrapped__", vars(Tensor)[name])
+    return _active.record_method(name, orig, node, args, kwargs)
+
+
+def surgery_call_module(node, args, kwargs):
+    tracer = _active
+    tracer.bind(node.owner, node)
+    args, kwargs = tracer._to_values(args, kwargs)
+    result = node.owner(*args, **kwargs)  # the patched Module.__call__ records it
+    return tracer._to_nodes(result)
+
+
+def surgery_getattr(node, name):
+    tracer = _active
+    owner = node.owner
+    value = getattr(owner, name)
+    if not isinstance(value, (Tensor, Module)):
+        return value
+    tracer.depth += 1
+    try:
+        expr = GetAttr(node, name, value)
+    finally:
+        tracer.depth -= 1
+    tracer.scope.emit(expr)
+    out = expr.outputs[0]
+    if isinstance(value, Tensor):
+        out.value = value
+    tracer.read_attrs.add(id(value))
+    tracer.bind(value, out)
+    return out

@@ -1,0 +1,193 @@
+"""Tests of megengine/traced_module/graph.py: searching, printing, editing and flattening a traced graph."""
+import pickle
+
+import numpy as np
+import pytest
+
+import megengine.functional as F
+import megengine.module as M
+from megengine import Tensor
+from megengine.traced_module import trace_module
+from megengine.traced_module.expr import CallFunction, CallMethod, GetAttr
+from megengine.traced_module.node import ModuleNode, TensorNode
+
+
+class Block(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv(x)) + 1
+
+
+class Net(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.b0 = Block()
+        self.b1 = Block()
+
+    def forward(self, x):
+        return self.b1(self.b0(x))
+
+
+def _traced():
+    m = Net()
+    x = Tensor(np.random.randn(1, 2, 4, 4).astype(np.float32))
+    return m, trace_module(m, x), x
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def test_search_by_type_id_and_name():
+    _, tm, _ = _traced()
+    g = tm.graph
+    relus = g.get_function_by_type(F.relu).as_list()
+    assert len(relus) == 2 and all(isinstance(e, CallFunction) for e in relus)
+    assert g.get_function_by_type(F.relu, recursive=False).as_list() == []
+    convs = g.get_module_by_type(M.Conv2d).as_list()
+    assert len(convs) == 2 and all(isinstance(n, ModuleNode) for n in convs)
+    assert len(g.get_method_by_type("__add__").as_list()) == 2
+    node = g.get_node_by_name("Net_b0_conv").as_unique()  # "<graph name>_<node name>"
+    assert node.owner is tm.b0.conv
+    assert g.get_node_by_name("net_B0_*").as_list()  # glob, case ignored by default
+    assert g.get_node_by_id(node._id).as_unique() is node
+    expr = relus[0]
+    assert g.get_expr_by_id([expr._id]).as_unique() is expr
+    with pytest.raises(ValueError, match="2 elements"):
+        g.get_function_by_type(F.relu).as_unique()
+
+
+def test_users_and_producers_agree():
+    _, tm, _ = _traced()
+    for module in tm.modules():
+        for g in getattr(module, "argdef_graph_map", {}).values():
+            for expr in g._exprs:
+                for n in expr.inputs:
+                    assert expr in n.users
+                for n in expr.outputs:
+                    assert n.expr is expr and n.top_graph is g
+                    for user in n.users:
+                        assert n in user.inputs
+
+
+def test_printing_names_each_step():
+    _, tm, _ = _traced()
+    text = str(tm.b0.graph)
+    assert text.startswith("Net_b0.Graph (self, x) {")
+    assert 'conv = getattr(self, "conv") -> (Conv2d)' in text
+    assert "relu_out = nn.relu(conv_out)" in text and "return add_out" in text
+
+
+def test_insert_replace_compile():
+    m, tm, x = _traced()
+    g = tm.b1.graph
+    relu_out = g.get_function_by_type(F.relu).as_unique().outputs[0]
+    with g.insert_exprs():
+        neg = F.neg(relu_out) * 2
+    assert isinstance(neg, TensorNode)
+    g.replace_node({relu_out: neg})
+    g.compile()
+    steps = [getattr(e, "method", None) or getattr(e, "func", None) or e.name
+             for e in g._exprs]
+    assert steps == ["conv", "__call__", F.relu, F.neg, "__mul__", "__add__"]
+    h = m.b0(x).numpy()
+    conv = m.b1.conv(Tensor(h)).numpy()
+    np.testing.assert_allclose(tm(x).numpy(), -2 * _relu(conv) + 1, rtol=1e-5, atol=1e-6)
+
+
+def test_insert_a_module_call():
+    class Half(M.Module):
+        def forward(self, x):
+            return x / 2
+
+    m, tm, x = _traced()
+    g = tm.graph
+    out = g.outputs[0]
+    tm.half = Half()
+    with g.insert_exprs():
+        halved = g.inputs[0].half(out)
+    g.replace_node({out: halved})
+    g.compile()
+    assert len(tm.half.graph._exprs) == 1  # became a TracedModule
+    np.testing.assert_allclose(tm(x).numpy(), m(x).numpy() / 2, rtol=1e-6)
+
+
+def test_delete_by_replacing_with_the_input():
+    m, tm, x = _traced()
+    g = tm.b0.graph
+    relu = g.get_function_by_type(F.relu).as_unique()
+    g.replace_node({relu.outputs[0]: relu.inputs[0]})
+    g.compile()
+    h = m.b0.conv(x).numpy() + 1  # no relu in b0 any more
+    expect = _relu(m.b1.conv(Tensor(h)).numpy()) + 1
+    np.testing.assert_allclose(tm(x).numpy(), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_and_outputs_of_the_top_graph():
+    m, tm, x = _traced()
+    g = tm.graph
+    extra = g.add_input_node(shape=(1, 2, 4, 4), name="extra")
+    g.add_output_node(extra)
+    assert g.inputs[-1] is extra and extra.name == "extra"
+    y, e = tm(x, x * 3)
+    np.testing.assert_allclose(y.numpy(), m(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(e.numpy(), x.numpy() * 3)
+    g.reset_outputs({"main": g.outputs[0]})
+    assert list(tm(x, x)) == ["main"]
+    with pytest.raises(ValueError, match="top graph"):
+        tm.b0.graph.add_output_node(extra)
+
+
+def test_rename_refuses_a_used_name():
+    _, tm, _ = _traced()
+    out = tm.graph.outputs[0]
+    with pytest.raises(AssertionError, match="already used"):
+        out.name = "b0_out"
+    out.name = "result"
+    assert str(tm.graph.outputs[0]) == "result"
+    tm.graph.name = "Top"
+    assert tm.graph.get_node_by_name("Top_result").as_unique() is out
+
+
+def test_flatten_inlines_submodules():
+    m, tm, x = _traced()
+    flat = tm.flatten()
+    exprs = flat.graph._exprs
+    assert [type(e) for e in exprs] == [GetAttr, CallMethod, CallFunction, CallMethod] * 2
+    assert [e.name for e in exprs if isinstance(e, GetAttr)] == ["b0.conv", "b1.conv"]
+    np.testing.assert_allclose(flat(x).numpy(), m(x).numpy(), rtol=1e-6)
+    assert len(tm.graph._exprs) == 4  # the original is untouched
+    names = [n._name for n in flat.graph.nodes()]
+    assert len(set(names)) == len(names)
+
+
+def test_ids_stay_consistent_through_edits_and_pickle():
+    def check(tm):
+        nodes = [n._id for n in tm.graph.nodes()]
+        exprs = [e._id for e in tm.graph.exprs()]
+        assert len(set(nodes)) == len(nodes) and max(nodes) + 1 == tm.graph._total_ids[0]
+        assert len(set(exprs)) == len(exprs) and max(exprs) + 1 == tm.graph._total_ids[1]
+
+    _, tm, _ = _traced()
+    check(tm)
+    tm = pickle.loads(pickle.dumps(tm))
+    g = tm.b0.graph
+    relu_out = g.get_function_by_type(F.relu).as_unique().outputs[0]
+    with g.insert_exprs():
+        neg = F.neg(relu_out)
+    g.replace_node({relu_out: neg})
+    g.compile()
+    check(tm)
+    check(tm.flatten())
+
+
+def test_nodes_outside_insert_exprs_hold_no_value():
+    _, tm, _ = _traced()
+    node = tm.graph.outputs[0]
+    with pytest.raises(TypeError, match="insert_exprs"):
+        node + 1
+    with pytest.raises(TypeError, match="not callable"):
+        tm.graph.inputs[0](node)

@@ -1,0 +1,69 @@
+"""Tests of megengine/traced_module/_passes.py: FuseConvBn folds eval-mode batch norms into convolutions."""
+import numpy as np
+import pytest
+
+import megengine.functional as F
+import megengine.module as M
+from megengine import Tensor
+from megengine.traced_module import optimize, trace_module
+
+
+class SubConv(M.Conv2d):  # traced into: F.conv2d on getattrs
+    pass
+
+
+class SubBN(M.BatchNorm2d):  # traced into: F.batch_norm on getattrs
+    pass
+
+
+class Net(M.Module):
+    def __init__(self, conv_cls, bn_cls):
+        super().__init__()
+        self.conv = conv_cls(3, 4, 3, padding=1, bias=False)
+        self.bn = bn_cls(4)
+        self.tail = M.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.tail(F.relu(self.bn(self.conv(x))))
+
+
+def _net(conv_cls, bn_cls):
+    net = Net(conv_cls, bn_cls)
+    # statistics away from the defaults, so a fold that ignores them shows
+    x = Tensor(np.random.randn(8, 3, 5, 5).astype(np.float32) * 3 + 1)
+    for _ in range(3):
+        net(x)
+    net.bn.weight._reset(np.random.rand(1, 4, 1, 1).astype(np.float32) + 0.5)
+    net.bn.bias._reset(np.random.randn(1, 4, 1, 1).astype(np.float32))
+    net.eval()
+    return net
+
+
+@pytest.mark.parametrize("conv_cls", [M.Conv2d, SubConv])
+@pytest.mark.parametrize("bn_cls", [M.BatchNorm2d, SubBN])
+def test_fuse_conv_bn_matches_the_network(conv_cls, bn_cls):
+    net = _net(conv_cls, bn_cls)
+    x = Tensor(np.random.randn(2, 3, 5, 5).astype(np.float32))
+    expect = net(x).numpy()
+    traced = trace_module(net, x)
+    flat = traced.flatten()
+    weight_before = net.conv.weight.numpy().copy()
+    optimize(flat, "FuseConvBn")
+    assert flat.graph.get_function_by_type(F.batch_norm).as_list() == []
+    assert flat.graph.get_module_by_type(M.BatchNorm2d).as_list() == []
+    np.testing.assert_allclose(flat(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    # nothing shared was changed: the original layers and the unflattened trace still agree
+    np.testing.assert_array_equal(net.conv.weight.numpy(), weight_before)
+    np.testing.assert_allclose(traced(x).numpy(), expect, rtol=1e-6, atol=1e-6)
+
+
+def test_training_mode_and_unknown_passes_are_left_alone():
+    net = Net(M.Conv2d, M.BatchNorm2d)  # training mode: batch statistics, nothing to fold
+    x = Tensor(np.random.randn(2, 3, 5, 5).astype(np.float32))
+    flat = trace_module(net, x).flatten()
+    optimize(flat, ["FuseConvBn"])
+    assert len(flat.graph.get_module_by_type(M.BatchNorm2d).as_list()) == 1
+    with pytest.raises(ValueError, match="BackwardFoldScale"):
+        optimize(flat, "BackwardFoldScale")
+    with pytest.raises(TypeError, match="TracedModule"):
+        optimize(net)

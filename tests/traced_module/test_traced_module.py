@@ -1,0 +1,210 @@
+"""Tests of megengine/traced_module/traced_module.py: a TracedModule runs, trains and saves as the module it came from."""
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine import Tensor
+from megengine.autodiff import GradManager
+from megengine.traced_module import TracedModule, trace_module
+
+
+class SmallCNN(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(1, 4, 3, padding=1)
+        self.bn = M.BatchNorm2d(4)
+        self.fc = M.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(F.flatten(x, 1))
+
+
+def _x(n=2):
+    return Tensor(np.random.randn(n, 1, 8, 8).astype(np.float32))
+
+
+def test_cnn_matches_torch_and_the_original():
+    torch = pytest.importorskip("torch")
+    m = SmallCNN()
+    m.eval()
+    tm = trace_module(m, _x())
+    x = _x(3)  # another batch size than the traced one
+    t_conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    t_fc = torch.nn.Linear(64, 5)
+    with torch.no_grad():
+        t_conv.weight.copy_(torch.tensor(m.conv.weight.numpy()))
+        t_conv.bias.copy_(torch.tensor(m.conv.bias.numpy().reshape(-1)))
+        t_fc.weight.copy_(torch.tensor(m.fc.weight.numpy()))
+        t_fc.bias.copy_(torch.tensor(m.fc.bias.numpy()))
+        h = t_conv(torch.tensor(x.numpy())) / np.sqrt(1 + 1e-5)  # bn at init, eval mode
+        ref = t_fc(torch.nn.functional.max_pool2d(torch.relu(h), 2).flatten(1)).numpy()
+    np.testing.assert_allclose(tm(x).numpy(), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_equal_the_original():
+    m = SmallCNN()
+    tm = trace_module(m, _x())
+    x = _x()
+    grads = []
+    for model in (m, tm):
+        gm = GradManager().attach(model.parameters())
+        with gm:
+            loss = (model(x) ** 2).mean()
+            gm.backward(loss)
+        grads.append({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+        for p in model.parameters():
+            p.grad = None
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 6
+    for k in grads[0]:
+        np.testing.assert_allclose(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
+
+
+def test_module_api_carries_over():
+    m = SmallCNN()
+    tm = trace_module(m, _x())
+    assert isinstance(tm, TracedModule) and isinstance(tm, M.Module)
+    assert [k for k, _ in tm.named_parameters()] == [k for k, _ in m.named_parameters()]
+    for (_, a), (_, b) in zip(tm.named_parameters(), m.named_parameters()):
+        assert a is b  # the same Parameters: optimizers and state dicts carry over
+    assert list(tm.state_dict()) == list(m.state_dict())
+    tm.eval()
+    assert not tm.bn.training and not tm.training
+    x = _x()
+    m.eval()
+    np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6)
+    tm.train()
+    assert tm.bn.training
+
+
+class WithUnused(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = mge.Parameter(np.ones(2, dtype=np.float32))
+        self.unused = mge.Parameter(np.ones(2, dtype=np.float32))
+
+    def forward(self, x):
+        return x * self.used
+
+
+def test_tensors_forward_never_reads_are_left_out():
+    tm = trace_module(WithUnused(), Tensor(np.ones(2, dtype=np.float32)))
+    assert "used" in tm.__dict__ and "unused" not in tm.__dict__  # as upstream
+
+
+@pytest.mark.parametrize("how", ["pickle", "mge.save", "deepcopy"])
+def test_round_trips(how):
+    m = SmallCNN()
+    m.eval()
+    tm = trace_module(m, _x())
+    if how == "pickle":
+        back = pickle.loads(pickle.dumps(tm))
+    elif how == "deepcopy":
+        back = copy.deepcopy(tm)
+    else:
+        f = io.BytesIO()
+        mge.save(tm, f)
+        f.seek(0)
+        back = mge.load(f)
+    assert type(back) is TracedModule
+    assert str(back.graph) == str(tm.graph)
+    x = _x()
+    np.testing.assert_allclose(back(x).numpy(), m(x).numpy(), rtol=1e-6)
+    # the copy's graph points at the copy's own modules, not the original's
+    assert back.graph.inputs[0].owner is back
+    conv_node = back.graph.get_module_by_type(M.Conv2d).as_unique()
+    assert conv_node.owner is back.conv and back.conv is not m.conv
+
+
+class Outer(M.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x - 1) + 1
+
+
+def test_traced_module_inside_another_module_and_retraced():
+    m = SmallCNN()
+    m.eval()
+    tm = trace_module(m, _x())
+    outer = Outer(tm)
+    x = _x()
+    expect = m(x - 1) + 1
+    np.testing.assert_allclose(outer(x).numpy(), expect.numpy(), rtol=1e-6)
+    traced = trace_module(outer, x)
+    assert isinstance(traced.inner, TracedModule)
+    assert traced.inner.argspec is None and traced.inner._is_top is False
+    assert traced.argspec is not None and traced._is_top
+    np.testing.assert_allclose(traced(x).numpy(), expect.numpy(), rtol=1e-6)
+    again = trace_module(tm, x)  # a TracedModule traced again
+    np.testing.assert_allclose(again(x).numpy(), m(x).numpy(), rtol=1e-6)
+
+
+class Twice(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = M.Linear(3, 3)
+        self.alias = self.shared
+
+    def forward(self, x):
+        return self.alias(self.shared(x))
+
+
+def test_shared_submodule_stays_shared():
+    tm = trace_module(Twice(), Tensor(np.ones((1, 3), dtype=np.float32)))
+    assert tm.alias is tm.shared
+    back = pickle.loads(pickle.dumps(tm))
+    assert back.alias is back.shared
+
+
+def test_pickle_of_a_module_class_defined_in_a_function():
+    class Local(M.Module):  # pickle cannot find this class again by name
+        def __init__(self):
+            super().__init__()
+            self.a = M.Elemwise("ADD")
+            self.b = self.a
+
+        def forward(self, x, y):
+            return self.b(self.a(x, y), y)
+
+    x, y = Tensor(1.0), Tensor(2.0)
+    back = pickle.loads(pickle.dumps(trace_module(Local(), x, y)))
+    assert back.a is back.b
+    assert back.graph.inputs[0].module_type is TracedModule  # what it stands for now
+    np.testing.assert_allclose(back(x, y).numpy(), 5.0)
+
+
+class WithContainers(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = [M.Linear(2, 2), M.Linear(2, 2)]
+        self.heads = {"a": M.Linear(2, 1), "b": M.Linear(2, 1)}
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.heads["a"](x) - self.heads["b"](x)
+
+
+def test_lists_and_dicts_of_modules_become_containers():
+    m = WithContainers()
+    x = Tensor(np.random.randn(3, 2).astype(np.float32))
+    tm = trace_module(m, x)
+    assert isinstance(tm.layers, TracedModule) and len(tm.layers) == 2
+    assert tm.layers[1] is m.layers[1] and tm.layers.__dict__["0"] is m.layers[0]
+    assert list(tm.heads.keys()) == ["a", "b"] and tm.heads["b"] is m.heads["b"]
+    assert list(tm.state_dict()) == list(m.state_dict())  # the same keys as the lists had
+    np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6)
+    back = pickle.loads(pickle.dumps(tm))
+    np.testing.assert_allclose(back(x).numpy(), m(x).numpy(), rtol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        tm.layers[2]

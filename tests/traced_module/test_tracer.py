@@ -1,0 +1,252 @@
+"""Tests of megengine/traced_module/tracer.py: what tracing records, and that it leaves nothing patched."""
+import numpy as np
+import pytest
+
+import megengine.functional as F
+import megengine.module as M
+from megengine import Tensor
+from megengine.core import dispatch
+from megengine.core.ops import Mul
+from megengine.functional import relu as imported_relu
+from megengine.module.module import Module
+from megengine.traced_module import register_as_builtin, trace_module, wrap
+from megengine.traced_module.expr import (Apply, CallFunction, CallMethod, Constant, GetAttr,
+                                          Input)
+
+
+class Block(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = M.Linear(4, 3)
+        self.scale = Tensor(np.full((3,), 2.0, dtype=np.float32))
+
+    def forward(self, x):
+        return F.relu(self.linear(x)) * self.scale + 1
+
+
+def _inp(*shape):
+    return Tensor(np.random.randn(*shape).astype(np.float32))
+
+
+def test_recorded_structure_by_hand():
+    tm = trace_module(Block(), _inp(2, 4))
+    exprs = tm.graph._exprs
+    kinds = [(type(e).__name__, getattr(e, "method", None) or getattr(e, "name", None))
+             for e in exprs]
+    assert kinds == [("GetAttr", "linear"), ("CallMethod", "__call__"), ("CallFunction", None),
+                     ("GetAttr", "scale"), ("CallMethod", "__mul__"), ("CallMethod", "__add__")]
+    assert exprs[2].func is F.relu
+    assert [n.name for n in tm.graph.inputs] == ["self", "x"]
+    assert isinstance(tm.graph.inputs[1].expr, Input)
+    # the module call reads the getattr's node and the input; the add's constant is kept
+    assert exprs[1].inputs == [exprs[0].outputs[0], tm.graph.inputs[1]]
+    assert exprs[5].args[1] == 1 and exprs[5].outputs == tm.graph.outputs
+    assert tm.graph.outputs[0].shape == (2, 3)
+
+
+def test_nothing_stays_patched():
+    originals = (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__)
+    trace_module(Block(), _inp(2, 4))
+    assert (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__) == originals
+    assert dispatch._trace_hook is None
+    assert imported_relu is F.relu
+
+
+class UsesImportedName(M.Module):
+    def forward(self, x):
+        return imported_relu(x) - 1
+
+
+def test_directly_imported_function_is_recorded():
+    tm = trace_module(UsesImportedName(), _inp(3))
+    assert isinstance(tm.graph._exprs[0], CallFunction)
+    assert tm.graph._exprs[0].func is F.relu
+    x = _inp(3)
+    np.testing.assert_allclose(tm(x).numpy(), np.maximum(x.numpy(), 0) - 1)
+
+
+class RawOp(M.Module):
+    def forward(self, x):
+        return dispatch.apply(Mul(), x, x) + 1  # an op no wrapper sees
+
+
+def test_stray_op_becomes_apply_and_reruns():
+    tm = trace_module(RawOp(), _inp(3))
+    assert isinstance(tm.graph._exprs[0], Apply) and isinstance(tm.graph._exprs[0].op, Mul)
+    x = _inp(3)  # not the traced input: the op must run again, not be a frozen constant
+    np.testing.assert_allclose(tm(x).numpy(), x.numpy() ** 2 + 1, rtol=1e-6)
+
+
+class MadeTensors(M.Module):
+    def forward(self, x):
+        y = Tensor([1, x, 1])  # a tensor made from a traced one
+        y += 1
+        c = Tensor(np.arange(3, dtype=np.float32))  # from Python data: a constant
+        return x + 2, y + c
+
+
+def test_tensors_made_inside_forward():
+    m = MadeTensors()
+    tm = trace_module(m, Tensor(1.0))
+    kinds = [type(e) for e in tm.graph._exprs]
+    assert CallFunction in kinds and Constant in kinds
+    made = tm.graph.get_function_by_type(Tensor).as_unique()
+    assert made.inputs[0] is tm.graph.inputs[1]
+    for new in (Tensor(5.0), Tensor(-2.0)):
+        for a, b in zip(tm(new), m(new)):
+            np.testing.assert_allclose(a.numpy(), b.numpy())
+    np.testing.assert_allclose(tm(Tensor(5.0))[1].numpy(), [2, 7, 4])  # by hand
+
+
+class Structured(M.Module):
+    def forward(self, pair, table, scale=2.0):
+        a, b = pair
+        return {"sum": (a + b) * scale, "parts": [table["x"] - a, b]}
+
+
+def test_nested_arguments_and_outputs():
+    m = Structured()
+    pair, table = (_inp(2), _inp(2)), {"x": _inp(2)}
+    tm = trace_module(m, pair, table)
+    assert [n.name for n in tm.graph.inputs] == ["self", "pair_0", "pair_1", "table_x"]
+    new = (_inp(2), _inp(2)), {"x": _inp(2)}
+    out, ref = tm(*new), m(*new)
+    assert set(out) == {"sum", "parts"} and isinstance(out["parts"], list)
+    np.testing.assert_allclose(out["sum"].numpy(), ref["sum"].numpy())
+    for a, b in zip(out["parts"], ref["parts"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy())
+    # keyword and positional calls select the same graph
+    np.testing.assert_allclose(tm(pair=new[0], table=new[1])["sum"].numpy(),
+                               ref["sum"].numpy())
+    with pytest.raises(TypeError, match="argument structure"):
+        tm(*new, scale=3.0)  # a constant it was not traced with
+
+
+@wrap
+def _doubled_plus(x, k):
+    return x * 2 + k
+
+
+class UsesWrapped(M.Module):
+    def forward(self, x):
+        return _doubled_plus(x, 3)
+
+
+def test_wrap_records_one_call():
+    tm = trace_module(UsesWrapped(), _inp(3))
+    (expr,) = tm.graph._exprs
+    assert isinstance(expr, CallFunction) and expr.func is _doubled_plus
+    x = _inp(3)
+    np.testing.assert_allclose(tm(x).numpy(), x.numpy() * 2 + 3, rtol=1e-6)
+
+
+class Opaque(M.Module):
+    def forward(self, x):
+        return F.exp(x) - x
+
+
+class HasOpaque(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = Opaque()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_register_as_builtin_keeps_a_module_whole():
+    tm = trace_module(HasOpaque(), _inp(3))
+    assert tm.inner.graph is not None  # traced into by default
+    register_as_builtin(Opaque)
+    try:
+        tm = trace_module(HasOpaque(), _inp(3))
+    finally:
+        from megengine.traced_module import tracer
+        tracer._builtin_types.discard(Opaque)
+    assert type(tm.inner) is Opaque
+    call = tm.graph.get_method_by_type("__call__").as_unique()
+    assert call.graph is None
+    with pytest.raises(TypeError, match="Module subclass"):
+        register_as_builtin(len)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(TypeError, match="megengine Module"):
+        trace_module(lambda x: x, _inp(2))
+
+
+class ReshapesByShape(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(12, 2)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        assert x.shape == x.shape and x.shape[1] == 3 and len(x) == n  # Python checks
+        return self.fc(x.reshape(x.shape[0], -1)) + self.fc(x.reshape(n, c * h * w))
+
+
+def test_shape_is_traced_so_batch_size_may_change():
+    m = ReshapesByShape()
+    tm = trace_module(m, _inp(2, 3, 2, 2))
+    shape_reads = tm.graph.get_method_by_type("shape").as_list()
+    assert len(shape_reads) == 2  # the two that feed reshapes; the checks' steps are dropped
+    assert [type(e) for e in tm.graph._exprs].count(CallMethod) == 9  # 2 shape, 2 reshape, 2 mul, 2 fc, 1 add
+    assert "x.shape" in str(tm.graph)
+    for n in (5, 1):
+        x = _inp(n, 3, 2, 2)
+        out = tm(x)
+        assert out.shape == (n, 2)
+        np.testing.assert_allclose(out.numpy(), m(x).numpy(), rtol=1e-6)
+    assert type(Tensor.shape.fget(x)) is tuple and isinstance(x.shape, tuple)
+
+
+_calls = [0]
+
+
+@wrap
+def _counting(x):
+    _calls[0] += 1  # Python state the graph cannot see
+    return x + _calls[0]
+
+
+class Counting(M.Module):
+    def forward(self, x):
+        return _counting(x) * 2
+
+
+def test_expr_checker():
+    from megengine.traced_module import enable_expr_checker
+
+    enable_expr_checker()
+    try:
+        m = Block()
+        tm = trace_module(m, _inp(2, 4))  # reproducible: passes
+        x = _inp(2, 4)
+        np.testing.assert_allclose(tm(x).numpy(), m(x).numpy(), rtol=1e-6)
+        with pytest.raises(ValueError, match="_counting"):
+            trace_module(Counting(), _inp(3))
+    finally:
+        enable_expr_checker(False)
+    trace_module(Counting(), _inp(3))  # off again: not checked
+
+
+class Fails(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = Block()
+
+    def forward(self, x):
+        y = self.inner(x)
+        raise RuntimeError("user error inside forward")
+
+
+def test_an_error_inside_forward_leaves_nothing_patched():
+    m = Fails()
+    originals = (F.relu, Tensor.__add__, Tensor.shape, Module.__call__)
+    with pytest.raises(RuntimeError, match="user error"):
+        trace_module(m, _inp(2, 4))
+    assert (F.relu, Tensor.__add__, Tensor.shape, Module.__call__) == originals
+    assert dispatch._trace_hook is None and "forward" not in vars(m.inner)
+    x = _inp(2, 4)
+    np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
