@@ -645,6 +645,10 @@ class _ApplyHook:
         finally:
             dispatch._trace_hook = self
 
+    def read(self, t, value):
+        """A value read to the host (``.numpy()``, ``.item()``, a shape Tensor) while tracing:
+        what Python computes from it is a constant of the graph, as with upstream's tracer."""
+
 
 def _tensor_method_wrapper(name, orig):
     def method(self, *args, **kwargs):
