@@ -111,7 +111,9 @@ class Mul(_Binary):
         return a * b
 
     def grads(self, g):
-        return g * self.b, g * self.a
+        # only the gradients asked for: `x * 0.5` must not build g * x for the constant
+        na, nb = self.needs_input_grad
+        return g * self.b if na else None, g * self.a if nb else None
 
     def grads_graph(self, a, b, out, g):
         return g * b, g * a
@@ -125,8 +127,11 @@ class TrueDiv(_Binary):
         return a / b
 
     def grads(self, g):
+        # only the gradients asked for: `x / T` with a constant T must not compute -g*x/T**2
+        # (a wasted array, and NaN warnings where x is infinite and g is 0, as after a mask)
+        na, nb = self.needs_input_grad
         ga = g / self.b
-        return ga, -ga * self.a / self.b
+        return ga if na else None, -ga * self.a / self.b if nb else None
 
     def grads_graph(self, a, b, out, g):
         ga = g / b
