@@ -516,6 +516,9 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
                     f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
                     f"of shape {shape}"
                 )
+            dtype = pnode.out_meta[pidx][1]
+            if g.dtype != dtype:  # an input's gradient has its dtype (a float16 input of an op
+                g = g.astype(dtype)  # that computes in float32 under autocast gets float16)
             pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)
         if free_early and (key is None or node.keys == (key,)):
             node.free()  # its saved arrays go now, not after the whole backward (as torch frees)
