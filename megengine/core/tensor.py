@@ -516,6 +516,14 @@ class Tensor:
         return dispatch.apply(_ops.GetItem(_ops.normalize_index(index, self.shape)), self)
 
     def __setitem__(self, index, value):
+        if index is Ellipsis and isinstance(value, Tensor) and value.shape != self.shape:
+            # upstream: `t[...] = v` makes t the tensor v (its `_reset`), whatever v's shape, so
+            # a buffer made as Tensor(0.0) can be filled by `pe[...] = table` (ASR-Transformer)
+            if value._device != self._device:
+                value = value.to(self._device)
+            self._inplace(value)
+            self._format = value._format
+            return
         idx = _ops.normalize_index(index, self.shape)
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None

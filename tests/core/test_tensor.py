@@ -647,3 +647,27 @@ def test_drop_and_swap_hints_keep_values_and_gradients():
         np.testing.assert_allclose(loss.numpy(), 2.0)
     finally:
         set_option("enable_drop", old)
+
+
+def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstream():
+    # upstream's `t[...] = v` is `t._reset(v)`: t becomes v whatever its shape; found by
+    # MegEngine/End-to-end-ASR-Transformer, whose PositionalEncoding starts `self.pe` as
+    # Tensor(0.0) and fills it with `self.pe[...] = table`
+    pe = Tensor(0.0)
+    table = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    pe[...] = Tensor(table, format="nchw")
+    assert pe.shape == (1, 2, 3) and pe.format == "nchw"
+    np.testing.assert_array_equal(pe.numpy(), table)
+    # the new value keeps its gradient path, as upstream's reset keeps the value's
+    x = Parameter(np.array([1.0, 2.0], np.float32))
+    holder = Tensor(0.0)
+    gm = GradManager().attach(x)
+    with gm:
+        holder[...] = x * 3
+        gm.backward(holder.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    # a value of the same shape is still written in place (a Parameter keeps its storage)
+    p = Parameter(np.zeros(3, np.float32))
+    storage = p._data
+    p[...] = Tensor(np.ones(3, np.float32))
+    assert p._data is storage and (p.numpy() == 1).all()
