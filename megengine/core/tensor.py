@@ -308,7 +308,9 @@ class Tensor:
         data = self._data
         if self._device.startswith("gpu"):
             return data.get()
-        return np.array(data, copy=True)
+        # C order, as upstream's host copies are: a transposed or broadcast value handed on
+        # (torch.tensor, tobytes, ctypes) would otherwise keep a strided layout
+        return np.array(data, copy=True, order="C")
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()

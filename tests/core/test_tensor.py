@@ -671,3 +671,16 @@ def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstre
     storage = p._data
     p[...] = Tensor(np.ones(3, np.float32))
     assert p._data is storage and (p.numpy() == 1).all()
+
+
+def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
+    # MegEngine/NeRF hands `.numpy()` of a broadcast tensor to torch.searchsorted, which warned
+    # about (and copied) the strided layout
+    import megengine.functional as F
+
+    base = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for t, expected in ((Tensor(base).T, base.T),
+                        (F.broadcast_to(Tensor(base[0]), (4, 3)), np.broadcast_to(base[0], (4, 3)))):
+        a = t.numpy()
+        assert a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
+        np.testing.assert_array_equal(a, expected)
