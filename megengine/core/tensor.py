@@ -464,7 +464,8 @@ class Tensor:
                 value = _ops.move_array(value, self._device)
         else:
             value = as_array(other, self.dtype, self._device)
-        if value.shape == self._data.shape and _writeable(self._data):
+        if (value.shape == self._data.shape and _writeable(self._data)
+                and not _views_another_array(self._data)):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = value
@@ -568,6 +569,16 @@ def _mapped_device(saved):
             "pass map_location to megengine.load, e.g. map_location='cpu0'"
         ) from None
     return target
+
+
+def _views_another_array(array):
+    """Whether ``array`` is a view of another array of its kind: the output of a view op
+    (reshape, transpose, a slice) shares its input's memory. Upstream's tensors are values, so
+    ``w.reshape(...).set_value(v)`` must not write into ``w``; such a tensor gets its own copy.
+    Storage a foreign owner lends (a torch tensor's, whose base is a capsule) is this tensor's
+    own and is still written in place."""
+    base = getattr(array, "base", None)
+    return base is not None and type(base) is type(array)
 
 
 def _writeable(array):

@@ -684,3 +684,25 @@ def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
         a = t.numpy()
         assert a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
         np.testing.assert_array_equal(a, expected)
+
+
+def test_set_value_of_a_reshaped_tensor_leaves_the_original_as_upstream():
+    # upstream's tensors are values: `w.reshape(...)` is a new tensor and resetting it leaves
+    # w alone. Asthestarsfalll/MAE-MegEngine calls M.init.xavier_uniform_(w.reshape(...)),
+    # which here wrote through the numpy view into the convolution's weight.
+    import megengine.module as M
+
+    w = Parameter(np.zeros((4, 3, 2, 2), np.float32))
+    flat = w.reshape([4, -1])
+    M.init.xavier_uniform_(flat)
+    assert (w.numpy() == 0).all() and (flat.numpy() != 0).any()
+    e = Tensor(np.arange(6, dtype=np.float32))
+    view = e.T.reshape(2, 3)
+    view.set_value(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(e.numpy(), np.arange(6))
+    np.testing.assert_array_equal(view.numpy(), np.ones((2, 3)))
+    # a tensor's own storage is still written in place (the torch bridge relies on it)
+    p = Parameter(np.zeros(3, np.float32))
+    storage = p._data
+    p.set_value(np.ones(3, np.float32))
+    assert p._data is storage and (storage == 1).all()
