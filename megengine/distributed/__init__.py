@@ -4,7 +4,8 @@ Importing it does not import torch; ``init_process_group`` (or a launched worker
 collectives themselves are in ``megengine.functional.distributed`` (``megengine.distributed.functional``
 re-exports them under upstream's older module name).
 """
-from . import group, helper  # noqa: F401
+from . import functional, group, helper  # noqa: F401  (dist.functional.all_reduce_sum, as upstream's
+# package, whose helper imported it, offered without a separate import)
 from .group import (
     WORLD,
     Group,

@@ -64,6 +64,22 @@ def test_importing_megengine_distributed_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_dist_functional_is_reachable_from_the_package_alone():
+    # `import megengine.distributed as dist; dist.functional.all_to_all(...)`, as
+    # zhouyizhuang-megvii/MegEngineParallelTutorial and the official train scripts write it
+    # (upstream's package imported the submodule); a fresh interpreter, since this process has
+    # imported the submodule already
+    code = ("import sys, megengine.distributed as dist, megengine.functional as F; "
+            "assert dist.functional.all_to_all is F.distributed.all_to_all; "
+            "assert dist.functional.all_reduce_sum is F.distributed.all_reduce_sum; "
+            "print('torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"  # and still no torch at import
+
+
 def test_not_distributed_defaults_and_errors():
     assert (dist.get_rank(), dist.get_world_size(), dist.is_distributed(), dist.get_backend()) == \
         (0, 1, False, None)
