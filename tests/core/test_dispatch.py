@@ -172,3 +172,22 @@ def test_an_input_gradient_takes_the_inputs_dtype():
     # float16 activations: agreement to float16 precision
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=0.05, atol=0.05)
     np.testing.assert_allclose(conv.weight.grad.numpy(), tw.grad.numpy(), rtol=0.05, atol=0.05)
+
+
+def test_op_outputs_are_arrays_even_when_numpy_gives_a_scalar():
+    # numpy returns np.float32 (not a 0-d array) from a ufunc on a 0-d array or an index that
+    # picks one element; the torch bridge under the collectives refused it. Found by
+    # Magicalppj/LearnMegEngine, whose all_reduce_sum of a scalar loss failed on 2 ranks.
+    from megengine.core import torch_bridge
+
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    for t, value in ((-F.sum(x), -15.0), (F.sum(x) / 3, 5.0), (x[1, 2], 5.0), (F.exp(x[0, 0]), 1.0)):
+        assert type(t._data) is np.ndarray and t.shape == () and t.dtype == np.float32
+        assert t.item() == pytest.approx(value)
+        assert torch_bridge.to_torch(t._data).item() == pytest.approx(value)
+    gm = GradManager().attach(x)
+    with gm:
+        y = -F.sum(x)  # the recorded path too
+        assert type(y._data) is np.ndarray
+        gm.backward(y)
+    np.testing.assert_array_equal(x.grad.numpy(), -np.ones((2, 3)))
