@@ -242,3 +242,27 @@ def test_get_free_ports_gives_distinct_bindable_ports():
             s.bind(("", p))  # free: binding succeeds
     with pytest.raises(ValueError, match="num must be"):
         dist.get_free_ports(-1)
+
+
+def _share_through_the_client():
+    import time
+
+    client = dist.get_client()
+    assert client is dist.get_client()  # one per process group
+    if dist.get_rank() == 0:
+        time.sleep(0.5)  # rank 1 is already waiting in user_get
+        client.user_set("shape_of_src0", (2, 3))
+        client.user_set("dtype_of_src0", "float32")
+        return None
+    return client.user_get("shape_of_src0"), client.user_get("dtype_of_src0")
+
+
+def test_get_client_shares_values_and_user_get_waits_for_the_set(run_ranks):
+    # zhouyizhuang-megvii/MegEngineParallelTutorial's pipeline sends shapes and dtypes this way
+    # ahead of remote_recv; user_get on rank 1 must wait until rank 0 has set the key
+    assert run_ranks(_share_through_the_client, 2) == [None, ((2, 3), "float32")]
+
+
+def test_get_client_outside_a_process_group_says_so():
+    with pytest.raises(RuntimeError, match="not initialized"):
+        dist.get_client()
