@@ -254,7 +254,9 @@ def _share_through_the_client():
         client.user_set("shape_of_src0", (2, 3))
         client.user_set("dtype_of_src0", "float32")
         return None
-    return client.user_get("shape_of_src0"), client.user_get("dtype_of_src0")
+    # a Client made from the rendezvous address, as upstream's Client(master_ip, port), sees it too
+    direct = dist.Client(*dist.get_py_server_addr())
+    return client.user_get("shape_of_src0"), direct.user_get("dtype_of_src0")
 
 
 def test_get_client_shares_values_and_user_get_waits_for_the_set(run_ranks):
