@@ -525,6 +525,8 @@ class Tensor:
             if value._device != self._device:
                 value = value.to(self._device)
             self._inplace(value)
+            if self._data is value._data:  # its own array: in-place updates of one (an
+                self._data = self._data.copy()  # optimizer's) must not reach the other
             self._format = value._format
             return
         idx = _ops.normalize_index(index, self.shape)

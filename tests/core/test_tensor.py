@@ -666,6 +666,12 @@ def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstre
         holder[...] = x * 3
         gm.backward(holder.sum())
     np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    # the tensor gets its own array: a later in-place update of the value does not reach it
+    w = Parameter(np.zeros(1, np.float32))
+    src = Parameter(np.ones((2, 2), np.float32))
+    w[...] = src
+    src._data[...] = 5.0  # what an optimizer's in-place step does to a Parameter
+    np.testing.assert_array_equal(w.numpy(), np.ones((2, 2)))
     # a value of the same shape is still written in place (a Parameter keeps its storage)
     p = Parameter(np.zeros(3, np.float32))
     storage = p._data
