@@ -101,6 +101,10 @@ class GradManager:
         self._key = None  # the dispatcher's Key of the current recording
         self._own = ()  # (self._key,)
         self._joined = set()  # ids of intermediate nodes attached while recording: leaves here
+        # id(tensor) -> its graph entry when this recording started tracking it: an in-place op
+        # during the recording (`p[i] = v`, F.scatter, `+=`) rebinds the tensor to the op's
+        # output, but upstream still differentiates w.r.t. the value that was attached
+        self._entries = {}
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
 
@@ -148,6 +152,7 @@ class GradManager:
         joined = _light(t, self._key, self._own)
         if joined is not None:
             self._joined.add(id(joined))
+        self._entries[id(t)] = t._node
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -189,14 +194,15 @@ class GradManager:
         self._key = dispatch.open_key(level)
         _recording_managers.append(self)
         self._own = (self._key,)
-        key, own, joined = self._key, self._own, self._joined
-        for r, _ in self._attached.values():
+        key, own, joined, entries = self._key, self._own, self._joined, self._entries
+        for k, (r, _) in self._attached.items():
             t = r()
             if t is None:
                 continue
             node = _light(t, key, own)
             if node is not None:
                 joined.add(id(node))
+            entries[k] = t._node
         return self
 
     def release(self):
@@ -208,6 +214,7 @@ class GradManager:
             dispatch.close_key(self._key)
             self._key, self._own = None, ()
             self._joined = set()
+            self._entries = {}
             _recording_managers.remove(self)
             self._kept = []
 
@@ -268,10 +275,11 @@ class GradManager:
                     dys.append(zeros)
                     given.append(zeros)
             wanted = {}
-            for r, callbacks in self._attached.values():
+            for k, (r, callbacks) in self._attached.items():
                 t = r()
-                if t is not None and t._node is not None:
-                    node, idx = t._node
+                entry = self._entries.get(k, t._node) if t is not None else None
+                if entry is not None:
+                    node, idx = entry
                     wanted[(id(node), idx)] = (t, callbacks)
             key.alive = False  # this recording is consumed by its own backward
             hidden = dispatch.suspend_from(key.level)  # later GradManagers don't see it

@@ -282,6 +282,13 @@ def _is_float(dtype):
     return dtype.kind == "f"
 
 
+def _array(o):
+    """An op's output as an array: numpy hands back a scalar (np.float32), not a 0-d array, from a
+    ufunc on 0-d arrays or an index that picks one element; consumers that need an array (the
+    torch bridge under the collectives, in-place writes) would otherwise receive a scalar."""
+    return np.asarray(o) if isinstance(o, np.generic) else o
+
+
 def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
@@ -325,8 +332,8 @@ def apply(op, *inputs):
         else:
             out = op.forward(*arrays)
         if isinstance(out, tuple):
-            return tuple([Tensor._wrap(o, device) for o in out])
-        return Tensor._wrap(out, device)
+            return tuple([Tensor._wrap(_array(o), device) for o in out])
+        return Tensor._wrap(_array(out), device)
 
     parents = tuple([
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
@@ -340,7 +347,7 @@ def apply(op, *inputs):
     else:
         out = op.forward(*arrays)
     multi = isinstance(out, tuple)
-    outs = out if multi else (out,)
+    outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
     node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys, run_on)
     if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
         node.saved = (tuple(arrays), outs, device)
@@ -517,6 +524,9 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
                     f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
                     f"of shape {shape}"
                 )
+            dtype = pnode.out_meta[pidx][1]
+            if g.dtype != dtype:  # an input's gradient has its dtype (a float16 input of an op
+                g = g.astype(dtype)  # that computes in float32 under autocast gets float16)
             pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)
         if free_early and (key is None or node.keys == (key,)):
             node.free()  # its saved arrays go now, not after the whole backward (as torch frees)

@@ -116,7 +116,9 @@ class Mul(_Binary):
         return a * b
 
     def grads(self, g):
-        return g * self.b, g * self.a
+        # only the gradients asked for: `x * 0.5` must not build g * x for the constant
+        na, nb = self.needs_input_grad
+        return g * self.b if na else None, g * self.a if nb else None
 
     def grads_graph(self, a, b, out, g):
         return g * b, g * a
@@ -130,8 +132,11 @@ class TrueDiv(_Binary):
         return a / b
 
     def grads(self, g):
+        # only the gradients asked for: `x / T` with a constant T must not compute -g*x/T**2
+        # (a wasted array, and NaN warnings where x is infinite and g is 0, as after a mask)
+        na, nb = self.needs_input_grad
         ga = g / self.b
-        return ga, -ga * self.a / self.b
+        return ga if na else None, -ga * self.a / self.b if nb else None
 
     def grads_graph(self, a, b, out, g):
         ga = g / b
@@ -452,6 +457,35 @@ def normalize_index(index, shape):
             if i.size == 0 and i.dtype.kind == "f":
                 i = i.astype(np.intp)  # `x[[]]` selects nothing (numpy reads [] as float)
         out.append(i)
+    return _bool_masks_as_positions(tuple(out), shape)
+
+
+def _bool_masks_as_positions(index, shape):
+    """Upstream reads a 1-d bool index as the positions of its True entries (its CondTake),
+    without numpy's check that the mask is as long as its axis; a program can rely on that
+    (ASR-Transformer's ``kl[..., pad_mask] = 0``). A mask of the axis' length means the same in
+    both readings, so only a mismatched one is turned into positions; a position past the
+    axis still raises."""
+    if not any(getattr(i, "dtype", None) is not None and i.dtype == np.bool_ and i.ndim == 1
+               for i in index):
+        return index
+    used = sum(0 if i is None or i is Ellipsis else
+               (i.ndim if getattr(i, "dtype", None) is not None and i.dtype == np.bool_ else 1)
+               for i in index)
+    out, axis = [], 0
+    for i in index:
+        if i is None:
+            out.append(i)
+            continue
+        if i is Ellipsis:
+            axis += max(len(shape) - used, 0)
+            out.append(i)
+            continue
+        is_mask = getattr(i, "dtype", None) is not None and i.dtype == np.bool_
+        if is_mask and i.ndim == 1 and axis < len(shape) and i.shape[0] != shape[axis]:
+            i = i.nonzero()[0]
+        out.append(i)
+        axis += i.ndim if is_mask and i.dtype == np.bool_ else 1
     return tuple(out)
 
 

@@ -306,7 +306,12 @@ class Tensor:
     def numpy(self):
         """The value as a host numpy array (a copy: writing to it does not change the tensor)."""
         data = self._data
-        value = data.get() if self._device.startswith("gpu") else np.array(data, copy=True)
+        if self._device.startswith("gpu"):
+            value = data.get()
+        else:
+            # C order, as upstream's host copies are: a transposed or broadcast value handed on
+            # (torch.tensor, tobytes, ctypes) would otherwise keep a strided layout
+            value = np.array(data, copy=True, order="C")
         if dispatch._trace_hook is not None:  # megengine.jit.trace notes values read to the host
             dispatch._trace_hook.read(self, value)  # (item, int(), tolist, shapes come here)
         return value
@@ -471,7 +476,8 @@ class Tensor:
                 value = _ops.move_array(value, self._device)
         else:
             value = as_array(other, self.dtype, self._device)
-        if value.shape == self._data.shape and _writeable(self._data):
+        if (value.shape == self._data.shape and _writeable(self._data)
+                and not _views_another_array(self._data)):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = value
@@ -525,6 +531,16 @@ class Tensor:
         return dispatch.apply(_ops.GetItem(_ops.normalize_index(index, self.shape)), self)
 
     def __setitem__(self, index, value):
+        if index is Ellipsis and isinstance(value, Tensor) and value.shape != self.shape:
+            # upstream: `t[...] = v` makes t the tensor v (its `_reset`), whatever v's shape, so
+            # a buffer made as Tensor(0.0) can be filled by `pe[...] = table` (ASR-Transformer)
+            if value._device != self._device:
+                value = value.to(self._device)
+            self._inplace(value)
+            if self._data is value._data:  # its own array: in-place updates of one (an
+                self._data = self._data.copy()  # optimizer's) must not reach the other
+            self._format = value._format
+            return
         idx = _ops.normalize_index(index, self.shape)
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None
@@ -567,6 +583,16 @@ def _mapped_device(saved):
             "pass map_location to megengine.load, e.g. map_location='cpu0'"
         ) from None
     return target
+
+
+def _views_another_array(array):
+    """Whether ``array`` is a view of another array of its kind: the output of a view op
+    (reshape, transpose, a slice) shares its input's memory. Upstream's tensors are values, so
+    ``w.reshape(...).set_value(v)`` must not write into ``w``; such a tensor gets its own copy.
+    Storage a foreign owner lends (a torch tensor's, whose base is a capsule) is this tensor's
+    own and is still written in place."""
+    base = getattr(array, "base", None)
+    return base is not None and type(base) is type(array)
 
 
 def _writeable(array):

@@ -116,17 +116,35 @@ class MapSampler(Sampler):
                 indices = indices + indices[: total - len(indices)]
         return indices[self.rank : total : self.world_size]
 
+    def _epoch_indices(self):
+        """The indices of one epoch for `batch`: ``sample()``'s, or an equal array where a
+        sampler can give one (a Python list of a whole epoch costs seconds and gigabytes at
+        tens of millions of samples, and batch only slices it)."""
+        return self.sample()
+
     def batch(self) -> Iterator[List]:
         """Yield the lists of indices of one epoch."""
-        indices = list(self.sample())
+        indices = self._epoch_indices()
+        lazy = isinstance(indices, (np.ndarray, range))
+        if not lazy:
+            indices = list(indices)
         if self.world_size > 1:
-            indices = self.scatter(indices)
+            if lazy and type(self).scatter is MapSampler.scatter:
+                # scatter's rule on an array: repeat from the start up to world_size * num_samples
+                # indices, then every world_size-th one from this rank's position
+                total = self.num_samples * self.world_size
+                indices = np.asarray(indices)
+                if len(indices):
+                    indices = np.resize(indices, total)
+                indices = indices[self.rank: total: self.world_size]
+            else:
+                indices = self.scatter(list(indices))
         step = self.batch_size
         for start in range(0, len(indices), step):
-            chunk = indices[start : start + step]
+            chunk = indices[start: start + step]
             if self.drop_last and len(chunk) < step:
                 break
-            yield chunk
+            yield chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
 
 
 def _check_indices(indices):
@@ -178,9 +196,17 @@ class RandomSampler(MapSampler):
         return len(self.dataset) if self.indices is None else len(self.indices)
 
     def sample(self) -> List:
+        return self._permutation().tolist()
+
+    def _permutation(self):
         if self.indices is None:
-            return self.rng.permutation(len(self.dataset)).tolist()
-        return self.rng.permutation(np.asarray(self.indices)).tolist()
+            return self.rng.permutation(len(self.dataset))
+        return self.rng.permutation(np.asarray(self.indices))
+
+    def _epoch_indices(self):
+        if type(self).sample is not RandomSampler.sample:  # a subclass's own sample() decides
+            return self.sample()
+        return self._permutation()  # the same draw as sample(), left as an array
 
 
 class ReplacementSampler(MapSampler):

@@ -4,12 +4,14 @@ Importing it does not import torch; ``init_process_group`` (or a launched worker
 collectives themselves are in ``megengine.functional.distributed`` (``megengine.distributed.functional``
 re-exports them under upstream's older module name).
 """
-from . import group, helper  # noqa: F401
+from . import functional, group, helper  # noqa: F401  (dist.functional.all_reduce_sum, as upstream's
+# package, whose helper imported it, offered without a separate import)
 from .group import (
     WORLD,
     Group,
     destroy_process_group,
     get_backend,
+    get_client,
     get_py_server_addr,
     get_rank,
     get_world_size,
@@ -21,12 +23,12 @@ from .group import (
 )
 from .helper import AllreduceCallback, bcast_list_, make_allreduce_cb, synchronized
 from .launcher import WorkerError, launcher
-from .server import Server, get_free_ports
+from .server import Client, Server, get_free_ports
 
 __all__ = [
     "WORLD", "Group", "init_process_group", "destroy_process_group", "is_distributed", "get_rank",
     "get_world_size", "get_backend", "new_group", "group_barrier", "override_backend",
     "bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback", "launcher",
-    "WorkerError", "Server", "get_free_ports", "get_py_server_addr",
+    "WorkerError", "Server", "Client", "get_client", "get_free_ports", "get_py_server_addr",
 ]
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 __all__ = [
     "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
     "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",
-    "DEFAULT_TIMEOUT", "get_py_server_addr",
+    "DEFAULT_TIMEOUT", "get_py_server_addr", "get_client",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective or the rendezvous waits for a peer before raising
@@ -34,6 +34,8 @@ class _State:
         self.backend = backend
         self.timeout = timeout
         self.local = local  # True when started by torchrun (its agent owns the rendezvous)
+        self.store = None  # the rendezvous TCPStore, when this process made or joined it
+        self.client = None  # get_client()'s Client, made on first use
 
 
 _sd = None  # the _State once init_process_group has run
@@ -234,6 +236,7 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     except Exception as error:  # torch's errors name neither the cause nor the fix
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
     _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env)
+    _sd.store = kwargs.get("store")
     WORLD.reset(list(range(world_size)))
 
     from .. import random
@@ -340,6 +343,21 @@ def get_world_size() -> int:
 def get_backend() -> Optional[str]:
     """``"gloo"`` or ``"nccl"``; None when not distributed."""
     return _sd.backend if _sd is not None else None
+
+
+def get_client():
+    """The key-value `Client` of this process group's rendezvous (upstream's ``get_client``):
+    ``get_client().user_set(key, value)`` on one rank, ``get_client().user_get(key)`` on
+    another, as pipeline-parallel programs pass shapes and dtypes ahead of ``remote_recv``."""
+    sd = _state("get_client")
+    if sd.client is None:
+        import torch.distributed as dist
+
+        from .server import Client
+
+        store = sd.store if sd.store is not None else dist.distributed_c10d._get_default_store()
+        sd.client = Client._over(store, sd.timeout)
+    return sd.client
 
 
 def get_py_server_addr():

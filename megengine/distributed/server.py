@@ -9,12 +9,13 @@ every rank, rank 0 included, joins it as a client. The Server must run on rank 0
 """
 import datetime
 import os
+import pickle
 import socket
 import tempfile
 import weakref
 from typing import List
 
-__all__ = ["Server", "get_free_ports"]
+__all__ = ["Server", "Client", "get_free_ports"]
 
 
 def _marker(port):
@@ -92,3 +93,44 @@ def get_free_ports(num: int) -> List[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+_USER_PREFIX = "megengine/user/"  # keeps user keys apart from torch's own keys in the store
+
+
+class Client:
+    """Upstream's client of the rendezvous server, for the key-value pairs ranks share:
+    ``user_set(key, value)`` publishes a small picklable value (a shape, a dtype name, a flag),
+    ``user_get(key)`` waits until some rank has set ``key`` and returns its value.
+
+    ``Client(master_ip, port)`` connects to the rendezvous at that address, as upstream;
+    ``megengine.distributed.get_client()`` gives the one of the current process group. The
+    values live in the group's TCPStore (torch.distributed's rendezvous).
+    """
+
+    def __init__(self, master_ip: str, port: int, timeout: float = 30):
+        import torch.distributed as dist
+
+        self._timeout = timeout
+        self._store = dist.TCPStore(master_ip, port, is_master=False,
+                                    timeout=datetime.timedelta(seconds=timeout))
+
+    @classmethod
+    def _over(cls, store, timeout):
+        client = object.__new__(cls)
+        client._store, client._timeout = store, timeout
+        return client
+
+    def user_set(self, key, val):
+        """Publish ``val`` under ``key`` for every rank (a later set replaces it)."""
+        self._store.set(_USER_PREFIX + str(key), pickle.dumps(val))
+
+    def user_get(self, key):
+        """The value some rank set under ``key``, waiting until one has."""
+        try:
+            data = self._store.get(_USER_PREFIX + str(key))
+        except RuntimeError as error:  # torch says "Socket Timeout" and nothing of the key
+            raise RuntimeError(
+                f"Client.user_get: no rank set {key!r} within {self._timeout:g} s (or the "
+                f"rendezvous went away): {str(error).strip().splitlines()[0]}") from error
+        return pickle.loads(data)

@@ -534,14 +534,40 @@ def remote_send(inp: Tensor, dest_rank: int) -> None:
     _recorded(apply(RemoteSend(dest), inp))
 
 
-def remote_recv(src_rank: int, device: Optional[str] = None, inp=None) -> Tensor:
+def _unexpected(shape, dtype, sent_shape, sent_dtype, src):
+    """Why what rank ``src`` sent is not what ``remote_recv``'s caller said to expect (None:
+    it is)."""
+    if shape is not None and tuple(int(d) for d in shape) != tuple(sent_shape):
+        return (f"remote_recv: expected shape {tuple(shape)}, but rank {src} sent a tensor of "
+                f"shape {tuple(sent_shape)}")
+    if dtype is not None and np.dtype(dtype) != np.dtype(sent_dtype):
+        return (f"remote_recv: expected dtype {np.dtype(dtype)}, but rank {src} sent "
+                f"{np.dtype(sent_dtype)}")
+    return None
+
+
+def remote_recv(src_rank: int, device: Optional[str] = None, inp=None, *older, shape=None,
+                dtype=None) -> Tensor:
     """Receive the tensor rank ``src_rank`` sends with ``remote_send`` (shape and dtype come
-    with it). ``inp`` (optional) says the device, as upstream's dummy input does."""
+    with it). ``inp`` (optional) says the device, as upstream's dummy input does.
+
+    Upstream before 1.8 had the receiver name them: ``remote_recv(src_rank, shape, dtype,
+    device=None, inp=None)``; that form is accepted too, and the given shape and dtype are
+    checked against what the sender sent."""
+    if isinstance(device, (tuple, list)):  # the older positional form: (src, shape, dtype, ...)
+        shape, dtype = device, inp
+        device = older[0] if len(older) > 0 else None
+        inp = older[1] if len(older) > 1 else None
+    elif older:
+        raise TypeError("remote_recv(src_rank, device=None, inp=None): too many positional "
+                        "arguments (the older form is remote_recv(src_rank, shape, dtype, ...))")
     _load()
     src = _check_peer(src_rank, "remote_recv")
     meta = _meta_tensor()
     _dist.recv(meta, src=src)
-    shape, dtype, sender_records = _decode(meta)
+    sent_shape, sent_dtype, sender_records = _decode(meta)
+    problem = _unexpected(shape, dtype, sent_shape, sent_dtype, src)
+    shape, dtype = sent_shape, sent_dtype
     if device is None:
         device = inp._device if isinstance(inp, Tensor) else None
     from ..device import canonical_device, get_array_module, get_default_device
@@ -551,4 +577,7 @@ def remote_recv(src_rank: int, device: Optional[str] = None, inp=None) -> Tensor
     send_grad = bool(sender_records) and dispatch.is_recording()
     placeholder = _placeholder(device, send_grad)
     op = RemoteRecv(src, shape, dtype, get_array_module(device), send_grad)
-    return _recorded(apply(op, placeholder))
+    received = _recorded(apply(op, placeholder))
+    if problem is not None:  # raised after the payload is read: the channel stays in step
+        raise ValueError(problem)
+    return received

@@ -462,6 +462,8 @@ _MODES = {
     "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
     "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
     "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
+    # upstream's kernel is this rational approximation of tanh, not tanh itself
+    "FAST_TANH": lambda x: div(mul(x, add(27, mul(x, x))), add(27, mul(9, mul(x, x)))),
     # gradient modes: (forward input or output, incoming gradient) -> input gradient
     "ABS_GRAD": lambda x, g: mul(_math("sign")(x), g),
     "SIGMOID_GRAD": lambda y, g: mul(mul(y, sub(1, y)), g),

@@ -603,3 +603,39 @@ def test_cupy_views_of_one_torch_buffer_never_become_two_grads_on_it():
         assert _exclusive(fresh, claimed) is fresh
     finally:
         dispatch.forget_fresh_gradients()
+
+
+def test_in_place_write_to_an_attached_tensor_differentiates_the_attached_value():
+    # upstream differentiates w.r.t. the value that was attached; a write into the tensor
+    # during recording (F.scatter writes its inp, as upstream; `p[i] = v`) rebinds the
+    # tensor to the write's output, which must not take over its gradient. Found by
+    # MegEngine/Models big_sleep's differentiable_topk (a scatter into its Parameter).
+    a, w = rand(3, 6), rand(3, 6)
+    idx = np.array([[1], [3], [0]])
+    x = Parameter(a)
+    gm = GradManager().attach(x)
+    with gm:
+        first = F.softmax(x, axis=-1)  # uses the attached value
+        F.scatter(x, -1, Tensor(idx.astype(np.int32)), F.full((3, 1), -5.0))
+        loss = ((first + F.softmax(x, axis=-1)) * Tensor(w)).sum()  # x: the scattered value
+        gm.backward(loss)
+
+    def reference(t):
+        s = t.scatter(-1, torch.tensor(idx), torch.full((3, 1), -5.0))  # out of place
+        return ((torch.softmax(t, -1) + torch.softmax(s, -1)) * torch.tensor(w)).sum()
+
+    (expected,) = torch_grads(reference, a)
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the write itself stays, as upstream's scatter leaves it in inp
+    scattered = a.copy()
+    scattered[np.arange(3), idx[:, 0]] = -5.0
+    np.testing.assert_array_equal(x.numpy(), scattered)
+
+    y = Parameter(a)
+    gm = GradManager().attach(y)
+    with gm:
+        y[0] = 0.0
+        gm.backward((y * Tensor(w)).sum())
+    expected = w.copy()
+    expected[0] = 0  # the attached row 0 no longer reaches the loss
+    np.testing.assert_allclose(y.grad.numpy(), expected)

@@ -142,3 +142,52 @@ def test_intermediate_attached_by_an_inner_grad_manager_is_a_leaf_for_it():
         assert y.grad.requires_grad  # 2 y, recorded by outer through sin
         outer.backward(y.grad.sum())
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos([0.5, 2.0]), rtol=1e-6)
+
+
+def test_an_input_gradient_takes_the_inputs_dtype():
+    # under autocast a convolution gives float16 and layer_norm computes in float32 (float32
+    # weight): its gradient for the float16 input must arrive as float16, or the convolution's
+    # ATen backward refuses the mix. Found by MegEngine/swin-transformer's `--mode mp` step.
+    import megengine.amp as amp
+    import megengine.module as M
+
+    rs = np.random.RandomState(0)
+    a = rs.randn(2, 3, 8, 8).astype(np.float32)
+    w = rs.randn(2, 4, 4).astype(np.float32)
+    x = mge.Parameter(a)
+    conv, ln = M.Conv2d(3, 4, 4, stride=4), M.LayerNorm(4)
+    gm = GradManager().attach([x, conv.weight])
+    with amp.autocast():
+        with gm:
+            y = conv(x)
+            assert y.dtype == np.float16
+            z = ln(F.flatten(y, 2).transpose(0, 2, 1))
+            gm.backward((z.astype("float32") * mge.tensor(w)).sum())
+    assert x.grad.dtype == np.float32 and conv.weight.grad.dtype == np.float32
+    tx = torch.tensor(a, requires_grad=True)
+    tw = torch.tensor(conv.weight.numpy(), requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, torch.tensor(conv.bias.numpy().ravel()), stride=4)
+    tz = torch.nn.functional.layer_norm(ty.flatten(2).transpose(1, 2), (4,), eps=ln.eps)
+    (tz * torch.tensor(w)).sum().backward()
+    # float16 activations: agreement to float16 precision
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(conv.weight.grad.numpy(), tw.grad.numpy(), rtol=0.05, atol=0.05)
+
+
+def test_op_outputs_are_arrays_even_when_numpy_gives_a_scalar():
+    # numpy returns np.float32 (not a 0-d array) from a ufunc on a 0-d array or an index that
+    # picks one element; the torch bridge under the collectives refused it. Found by
+    # Magicalppj/LearnMegEngine, whose all_reduce_sum of a scalar loss failed on 2 ranks.
+    from megengine.core import torch_bridge
+
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    for t, value in ((-F.sum(x), -15.0), (F.sum(x) / 3, 5.0), (x[1, 2], 5.0), (F.exp(x[0, 0]), 1.0)):
+        assert type(t._data) is np.ndarray and t.shape == () and t.dtype == np.float32
+        assert t.item() == pytest.approx(value)
+        assert torch_bridge.to_torch(t._data).item() == pytest.approx(value)
+    gm = GradManager().attach(x)
+    with gm:
+        y = -F.sum(x)  # the recorded path too
+        assert type(y._data) is np.ndarray
+        gm.backward(y)
+    np.testing.assert_array_equal(x.grad.numpy(), -np.ones((2, 3)))

@@ -40,3 +40,32 @@ def test_set_with_empty_index_list_changes_nothing_and_grad_is_zero():
 def test_float_index_list_is_still_an_error():
     with pytest.raises(IndexError):
         mge.tensor(np.zeros((3, 3), np.float32))[[0.5, 1.0]]
+
+
+def test_a_1d_bool_index_of_another_length_selects_its_true_positions_as_upstream():
+    # upstream turns a 1-d bool index into the positions of its True entries without
+    # checking its length against the axis; MegEngine/End-to-end-ASR-Transformer's loss
+    # writes `kl[..., pad_mask] = 0` with a mask as long as the rows, not the columns
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    mask = np.array([True, False, True, False, False, False])
+    positions = np.nonzero(mask)[0]  # [0, 2]
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    with gm:
+        y = x[..., mge.tensor(mask)]
+        gm.backward((y * 2).sum())
+    np.testing.assert_array_equal(y.numpy(), a[:, positions])
+    expected = np.zeros_like(a)
+    expected[:, positions] = 2
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+    t = mge.tensor(a)
+    t[..., mge.tensor(mask)] = 0
+    written = a.copy()
+    written[:, positions] = 0
+    np.testing.assert_array_equal(t.numpy(), written)
+    # a mask of the axis' own length keeps numpy's meaning; a True past the axis still fails
+    np.testing.assert_array_equal(t[mge.tensor(np.array([True, False, True]))].numpy(),
+                                  written[[0, 2]])
+    with pytest.raises(IndexError, match="out of bounds for axis 1 with size 4"):
+        t[..., mge.tensor(np.array([False] * 5 + [True]))]

@@ -649,3 +649,68 @@ def test_drop_and_swap_hints_keep_values_and_gradients():
         np.testing.assert_allclose(loss.numpy(), 2.0)
     finally:
         set_option("enable_drop", old)
+
+
+def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstream():
+    # upstream's `t[...] = v` is `t._reset(v)`: t becomes v whatever its shape; found by
+    # MegEngine/End-to-end-ASR-Transformer, whose PositionalEncoding starts `self.pe` as
+    # Tensor(0.0) and fills it with `self.pe[...] = table`
+    pe = Tensor(0.0)
+    table = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    pe[...] = Tensor(table, format="nchw")
+    assert pe.shape == (1, 2, 3) and pe.format == "nchw"
+    np.testing.assert_array_equal(pe.numpy(), table)
+    # the new value keeps its gradient path, as upstream's reset keeps the value's
+    x = Parameter(np.array([1.0, 2.0], np.float32))
+    holder = Tensor(0.0)
+    gm = GradManager().attach(x)
+    with gm:
+        holder[...] = x * 3
+        gm.backward(holder.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    # the tensor gets its own array: a later in-place update of the value does not reach it
+    w = Parameter(np.zeros(1, np.float32))
+    src = Parameter(np.ones((2, 2), np.float32))
+    w[...] = src
+    src._data[...] = 5.0  # what an optimizer's in-place step does to a Parameter
+    np.testing.assert_array_equal(w.numpy(), np.ones((2, 2)))
+    # a value of the same shape is still written in place (a Parameter keeps its storage)
+    p = Parameter(np.zeros(3, np.float32))
+    storage = p._data
+    p[...] = Tensor(np.ones(3, np.float32))
+    assert p._data is storage and (p.numpy() == 1).all()
+
+
+def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
+    # MegEngine/NeRF hands `.numpy()` of a broadcast tensor to torch.searchsorted, which warned
+    # about (and copied) the strided layout
+    import megengine.functional as F
+
+    base = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for t, expected in ((Tensor(base).T, base.T),
+                        (F.broadcast_to(Tensor(base[0]), (4, 3)), np.broadcast_to(base[0], (4, 3)))):
+        a = t.numpy()
+        assert a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
+        np.testing.assert_array_equal(a, expected)
+
+
+def test_set_value_of_a_reshaped_tensor_leaves_the_original_as_upstream():
+    # upstream's tensors are values: `w.reshape(...)` is a new tensor and resetting it leaves
+    # w alone. Asthestarsfalll/MAE-MegEngine calls M.init.xavier_uniform_(w.reshape(...)),
+    # which here wrote through the numpy view into the convolution's weight.
+    import megengine.module as M
+
+    w = Parameter(np.zeros((4, 3, 2, 2), np.float32))
+    flat = w.reshape([4, -1])
+    M.init.xavier_uniform_(flat)
+    assert (w.numpy() == 0).all() and (flat.numpy() != 0).any()
+    e = Tensor(np.arange(6, dtype=np.float32))
+    view = e.T.reshape(2, 3)
+    view.set_value(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(e.numpy(), np.arange(6))
+    np.testing.assert_array_equal(view.numpy(), np.ones((2, 3)))
+    # a tensor's own storage is still written in place (the torch bridge relies on it)
+    p = Parameter(np.zeros(3, np.float32))
+    storage = p._data
+    p.set_value(np.ones(3, np.float32))
+    assert p._data is storage and (storage == 1).all()

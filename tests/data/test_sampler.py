@@ -155,3 +155,33 @@ def test_samplers_take_the_process_groups_ranks_by_default():
     assert [r[4] for r in results] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
     assert all(r[5] == [2, 1] for r in results)  # 9 draws -> 3 per rank
     assert SequentialSampler(dataset(4)).world_size == 1  # not distributed: one rank
+
+
+class _Sized:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_random_sampler_batches_are_its_sample_batched_without_listing_the_epoch():
+    # MegEngine/swin-transformer's loader samples a 60M-long dataset: a Python list of the whole
+    # permutation took 8 s and gigabytes before the first batch; batch() now slices the array
+    import tracemalloc
+
+    n = 2_000_000
+    expected = RandomSampler(_Sized(n), batch_size=3, seed=7).sample()
+    sampler = RandomSampler(_Sized(n), batch_size=3, seed=7)
+    tracemalloc.start()
+    first = next(iter(sampler.batch()))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert first == expected[:3] and all(type(i) is int for i in first)
+    assert peak < 40e6  # the 16 MB permutation array, not ~72 MB of Python ints
+    # sharded and with drop_last, batches equal scatter(sample()) cut by batch_size
+    for rank in (0, 1):
+        a = RandomSampler(_Sized(11), batch_size=2, drop_last=True, world_size=2, rank=rank, seed=3)
+        b = RandomSampler(_Sized(11), batch_size=2, drop_last=True, world_size=2, rank=rank, seed=3)
+        shard = b.scatter(b.sample())
+        assert list(a.batch()) == [shard[i:i + 2] for i in range(0, len(shard) - 1, 2)]

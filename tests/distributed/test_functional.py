@@ -242,3 +242,31 @@ def test_remote_send_recv_pipeline_values_and_gradients(group_results):
     value, dtype = group_results[2]["int_p2p"]
     np.testing.assert_array_equal(value, np.arange(6).reshape(2, 3))
     assert dtype == "int32"
+
+
+def _older_remote_recv_forms():
+    """Upstream before 1.8 named the shape and dtype on the receiving side."""
+    out = {}
+    if dist.get_rank() == 0:
+        for _ in range(4):
+            fd.remote_send(mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3)), 1)
+        return out
+    out["keywords"] = fd.remote_recv(0, shape=(2, 3), dtype="float32").numpy()
+    out["positional"] = fd.remote_recv(0, (2, 3), np.float32, "cpu0").numpy()
+    for name, kwargs in (("bad_shape", dict(shape=(3, 2))), ("bad_dtype", dict(dtype="int32"))):
+        try:
+            fd.remote_recv(0, **kwargs)
+        except ValueError as error:
+            out[name] = str(error)
+    return out
+
+
+def test_remote_recv_accepts_upstreams_older_shape_and_dtype_form(run_ranks):
+    # zhouyizhuang-megvii/MegEngineParallelTutorial: remote_recv(src_rank=, shape=, dtype=)
+    _, got = run_ranks(_older_remote_recv_forms, 2)
+    expected = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(got["keywords"], expected)
+    np.testing.assert_array_equal(got["positional"], expected)
+    assert got["bad_shape"] == ("remote_recv: expected shape (3, 2), but rank 0 sent a tensor "
+                                "of shape (2, 3)")
+    assert got["bad_dtype"] == "remote_recv: expected dtype int32, but rank 0 sent float32"

@@ -64,6 +64,22 @@ def test_importing_megengine_distributed_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_dist_functional_is_reachable_from_the_package_alone():
+    # `import megengine.distributed as dist; dist.functional.all_to_all(...)`, as
+    # zhouyizhuang-megvii/MegEngineParallelTutorial and the official train scripts write it
+    # (upstream's package imported the submodule); a fresh interpreter, since this process has
+    # imported the submodule already
+    code = ("import sys, megengine.distributed as dist, megengine.functional as F; "
+            "assert dist.functional.all_to_all is F.distributed.all_to_all; "
+            "assert dist.functional.all_reduce_sum is F.distributed.all_reduce_sum; "
+            "print('torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"  # and still no torch at import
+
+
 def test_not_distributed_defaults_and_errors():
     assert (dist.get_rank(), dist.get_world_size(), dist.is_distributed(), dist.get_backend()) == \
         (0, 1, False, None)
@@ -226,3 +242,29 @@ def test_get_free_ports_gives_distinct_bindable_ports():
             s.bind(("", p))  # free: binding succeeds
     with pytest.raises(ValueError, match="num must be"):
         dist.get_free_ports(-1)
+
+
+def _share_through_the_client():
+    import time
+
+    client = dist.get_client()
+    assert client is dist.get_client()  # one per process group
+    if dist.get_rank() == 0:
+        time.sleep(0.5)  # rank 1 is already waiting in user_get
+        client.user_set("shape_of_src0", (2, 3))
+        client.user_set("dtype_of_src0", "float32")
+        return None
+    # a Client made from the rendezvous address, as upstream's Client(master_ip, port), sees it too
+    direct = dist.Client(*dist.get_py_server_addr())
+    return client.user_get("shape_of_src0"), direct.user_get("dtype_of_src0")
+
+
+def test_get_client_shares_values_and_user_get_waits_for_the_set(run_ranks):
+    # zhouyizhuang-megvii/MegEngineParallelTutorial's pipeline sends shapes and dtypes this way
+    # ahead of remote_recv; user_get on rank 1 must wait until rank 0 has set the key
+    assert run_ranks(_share_through_the_client, 2) == [None, ((2, 3), "float32")]
+
+
+def test_get_client_outside_a_process_group_says_so():
+    with pytest.raises(RuntimeError, match="not initialized"):
+        dist.get_client()

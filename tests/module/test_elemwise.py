@@ -59,3 +59,16 @@ def test_comparisons_and_unknown_mode():
     with pytest.raises(ValueError, match="unknown method 'fuse_nothing'"):
         M.Elemwise("fuse_nothing")
     assert repr(M.Elemwise("add")) == "Elemwise(method='add')"
+
+
+def test_error_function_modes_and_fast_tanh():
+    # MegEngine/swin-transformer's trunc_normal_ calls M.Elemwise("erfinv"); the layer shares
+    # functional's mode table, so every upstream mode is there
+    u = rs.uniform(-0.9, 0.9, (3, 4)).astype(np.float32)
+    check_against_torch(M.Elemwise("erfinv"), torch.erfinv, u)
+    check_against_torch(M.Elemwise("ERF"), torch.erf, B)
+    check_against_torch(M.Elemwise("erfc"), torch.erfc, B)
+    check_against_torch(M.Elemwise("erfcinv"), lambda x: torch.erfinv(1 - x), A - 0.4)
+    # upstream's FAST_TANH is the rational approximation x (27 + x^2) / (27 + 9 x^2)
+    check_against_torch(M.Elemwise("fast_tanh"), lambda x: x * (27 + x * x) / (27 + 9 * x * x), B)
+    check_against_torch(M.Elemwise("neg"), torch.neg, B)  # the alias this layer always had

@@ -1,0 +1,41 @@
+"""Tests of megengine/core/ops.py: the elemwise op classes behind the Tensor operators."""
+import warnings
+
+import numpy as np
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def test_mul_and_div_compute_only_the_gradients_asked_for():
+    # a masked logit (-inf) scaled by a constant: its gradient is 0, and the constant's
+    # gradient, which nobody asked for, used to be computed as 0 * -inf (NaN warnings).
+    # Found by MegEngine/Models big_sleep (softmax(x / temperature) after a -inf scatter).
+    a = np.array([[0.5, -np.inf, 1.0], [2.0, 0.1, -np.inf]], np.float32)
+    w = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]], np.float32)
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        with gm:
+            y = F.softmax(x / 2.0, axis=-1) + F.softmax(x * 0.5, axis=-1)
+            gm.backward((y * mge.tensor(w)).sum())
+    t = torch.tensor(a, requires_grad=True)
+    ((torch.softmax(t / 2.0, -1) + torch.softmax(t * 0.5, -1)) * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_mul_and_div_still_give_both_gradients_when_both_are_attached():
+    a = np.array([1.0, -2.0, 3.0], np.float32)
+    b = np.array([0.5, 4.0, -1.5], np.float32)
+    x, y = mge.Parameter(a), mge.Parameter(b)
+    gm = GradManager().attach([x, y])
+    with gm:
+        gm.backward((x * y + x / y).sum())
+    tx, ty = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (tx * ty + tx / ty).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-6)
