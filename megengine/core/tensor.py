@@ -1,5 +1,6 @@
 """`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
 import math
+import sys
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -7,9 +8,14 @@ import numpy as np
 from .. import device as _device_mod
 from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
+from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
 from . import ops as _ops
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
+
+# `import megengine.core.tensor.dtype` (upstream's path) finds the module although this file is a
+# module, not a package (see also `_DtypeProperty`)
+sys.modules.setdefault(__name__ + ".dtype", dtype)
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
 _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
@@ -67,6 +73,8 @@ def promote_types(a, b):
     """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
     key = (a, b)
     r = _PROMOTE_CACHE.get(key)
+    if a.metadata is not None or b.metadata is not None:  # numpy's == ignores the metadata
+        _refuse_quantized(a, b)
     if r is None:
         if a.kind == "f" and b.kind != "f":
             r = a
@@ -78,6 +86,15 @@ def promote_types(a, b):
                 r = np.dtype(np.float32)
         _PROMOTE_CACHE[key] = r
     return r
+
+
+def _refuse_quantized(a, b):
+    if dtype.is_quantize(a) or dtype.is_quantize(b):
+        raise TypeError(
+            f"an op mixes a quantized tensor ({dtype.dtype_name(a)}) with a tensor of dtype "
+            f"{dtype.dtype_name(b)}; quantized tensors take part only in quantized ops "
+            "(megengine.functional.quantized, the modules of megengine.module.quantized): "
+            "convert first, x.astype('float32') to dequantize or x.astype(qdtype) to quantize")
 
 
 class CompNode(str):
@@ -185,6 +202,18 @@ class _QParamsDict(MutableMapping):
         return len(QParams.__slots__)
 
 
+class _DtypeProperty(property):
+    """``Tensor.dtype``: a tensor's numpy dtype; on the class itself, the module of quantized
+    dtypes. ``megengine.core.tensor`` is the Tensor class (the 0.x name), so upstream's
+    ``import megengine.core.tensor.dtype as dtype`` looks ``dtype`` up on the class and
+    must find the module there."""
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return dtype
+        return obj._data.dtype
+
+
 class Tensor:
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -234,7 +263,7 @@ class Tensor:
         return t
 
     # ----- what a tensor is -----
-    @property
+    @_DtypeProperty
     def dtype(self):
         return self._data.dtype
 
@@ -378,7 +407,9 @@ class Tensor:
     def __repr__(self):
         # _peek: printing decides no op, so a trace need not note the read
         body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
-        extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        dt = self._data.dtype
+        extra = "" if dt == np.float32 and dt.metadata is None else \
+            f", dtype={dtype.dtype_name(dt)}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 
     def _device_label(self):
@@ -422,9 +453,11 @@ class Tensor:
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
         dtype = _check_dtype(dtype, "astype")
-        if dtype == self.dtype:
-            return self
-        return dispatch.apply(_ops.AsType(dtype), self)
+        if dtype.metadata is None and self._data.dtype.metadata is None:
+            if dtype == self.dtype:
+                return self
+            return dispatch.apply(_ops.AsType(dtype), self)
+        return _astype_quantized(self, dtype)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
@@ -551,6 +584,15 @@ class Tensor:
 
     def min(self, axis=None, keepdims=False):
         return dispatch.apply(_ops.Reduce("min", axis, keepdims), self)
+
+
+def _astype_quantized(x, to):
+    """``astype`` where a side is quantized (numpy's == ignores the scale, so compare it)."""
+    if dtype.is_dtype_equal(to, x._data.dtype):
+        return x
+    if not (dtype.is_quantize(to) or dtype.is_quantize(x._data.dtype)):
+        return dispatch.apply(_ops.AsType(to), x)  # metadata that is not ours
+    return dispatch.apply(dtype.QuantizedCast(to), x)
 
 
 def _mapped_device(saved):
