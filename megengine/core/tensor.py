@@ -73,8 +73,8 @@ def promote_types(a, b):
     """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
     key = (a, b)
     r = _PROMOTE_CACHE.get(key)
-    if a.metadata is not None or b.metadata is not None:  # numpy's == ignores the metadata
-        _refuse_quantized(a, b)
+    if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
+        return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
     if r is None:
         if a.kind == "f" and b.kind != "f":
             r = a
@@ -88,13 +88,20 @@ def promote_types(a, b):
     return r
 
 
-def _refuse_quantized(a, b):
-    if dtype.is_quantize(a) or dtype.is_quantize(b):
-        raise TypeError(
-            f"an op mixes a quantized tensor ({dtype.dtype_name(a)}) with a tensor of dtype "
-            f"{dtype.dtype_name(b)}; quantized tensors take part only in quantized ops "
-            "(megengine.functional.quantized, the modules of megengine.module.quantized): "
-            "convert first, x.astype('float32') to dequantize or x.astype(qdtype) to quantize")
+def _quantized_pair(a, b):
+    """True for two equal quantized dtypes; an error for a quantized dtype meeting another
+    dtype (or the same kind with another scale); False when neither is quantized."""
+    if not (dtype.is_quantize(a) or dtype.is_quantize(b)):
+        return False
+    if dtype.is_dtype_equal(a, b):
+        return True
+    q, other = (a, b) if dtype.is_quantize(a) else (b, a)
+    raise TypeError(
+        f"an op mixes a quantized tensor ({dtype.dtype_name(q)}) with a tensor of dtype "
+        f"{dtype.dtype_name(other)}; quantized tensors take part only in quantized ops "
+        "(megengine.functional.quantized, the modules of megengine.module.quantized) and in "
+        "ops with tensors of the same quantized dtype: convert first, x.astype('float32') to "
+        "dequantize or x.astype(qdtype) to quantize")
 
 
 class CompNode(str):
