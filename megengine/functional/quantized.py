@@ -67,15 +67,20 @@ class _QuantizedConv(Op):
     """Quantized (transposed) convolution + qint32 bias + activation, requantized to ``dtype``
     (see the module docstring); not differentiable (inference only, as upstream)."""
 
-    def __init__(self, conv, dtype, nonlinear_mode, what):
-        self.conv, self.dtype, self.mode, self.what = conv, dtype, nonlinear_mode, what
+    def __init__(self, geometry, dtype, nonlinear_mode, what):
+        # geometry: (transposed, stride, padding, dilation, output_padding, groups), plain
+        # values, so that jit.trace compares and dumps this op's parameters
+        self.geometry, self.dtype, self.mode, self.what = geometry, dtype, nonlinear_mode, what
 
     def forward(self, x, w, b=None):
         what = self.what
         sx, zx = _scale_zp(x, what, "input")
         sw, zw = _scale_zp(w, what, "weight")
         acc_scale = float(np.float32(sx) * np.float32(sw))
-        acc = self.conv.forward(_centered(x, zx), _centered(w, zw))  # exact integers
+        transposed, stride, padding, dilation, output_padding, groups = self.geometry
+        conv = _Convolution(2, transposed, stride, padding, dilation, output_padding, groups,
+                            what)
+        acc = conv.forward(_centered(x, zx), _centered(w, zw))  # exact integers
         xp = xp_of(acc)
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
@@ -100,24 +105,23 @@ class _QuantizedConv(Op):
         return (None,) * len(self.needs_input_grad)
 
 
-def _conv_op(transposed, stride, padding, dilation, output_padding, groups, what):
-    return _Convolution(2, transposed, _ntuple(stride, 2, "stride", what),
-                        _ntuple(padding, 2, "padding", what),
-                        _ntuple(dilation, 2, "dilation", what),
-                        _ntuple(output_padding, 2, "output_padding", what), int(groups), what)
+def _geometry(transposed, stride, padding, dilation, output_padding, groups, what):
+    return (transposed, _ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
+            _ntuple(dilation, 2, "dilation", what),
+            _ntuple(output_padding, 2, "output_padding", what), int(groups))
 
 
 def _is_quantized(t):
     return _qd.is_quantize(t.dtype)
 
 
-def _float_conv_bias(inp, weight, bias, dtype, nonlinear_mode, conv_op):
+def _float_conv_bias(inp, weight, bias, dtype, nonlinear_mode, geometry, what):
     """Float inputs: the same convolution + bias + activation in float (upstream's ConvBias
     runs float too), cast to ``dtype`` when one is given."""
     from . import nn
 
     inputs = (inp, weight) if bias is None else (inp, weight, bias)
-    out = apply(conv_op, *inputs)
+    out = apply(_Convolution(2, *geometry, what), *inputs)
     if nonlinear_mode == "relu":
         out = nn.relu(out)
     elif nonlinear_mode == "sigmoid":
@@ -133,16 +137,16 @@ def _conv_bias(transposed, inp, weight, bias, dtype, stride, padding, dilation, 
     mode = _mode(nonlinear_mode, _NONLINEAR, "nonlinear_mode", what)
     inp, weight = _tensor(inp), _tensor(weight)
     bias = None if bias is None else _tensor(bias)
-    conv = _conv_op(transposed, stride, padding, dilation, output_padding, groups, what)
+    geometry = _geometry(transposed, stride, padding, dilation, output_padding, groups, what)
     if dtype is not None:
         dtype = np.dtype(dtype)
     quantized = _is_quantized(inp), _is_quantized(weight)
     if not any(quantized):
-        return _float_conv_bias(inp, weight, bias, dtype, mode, conv)
+        return _float_conv_bias(inp, weight, bias, dtype, mode, geometry, what)
     if not all(quantized):
         raise TypeError(f"{what}: input ({_qd.dtype_name(inp.dtype)}) and weight "
                         f"({_qd.dtype_name(weight.dtype)}) must both be quantized or both float")
-    op = _QuantizedConv(conv, dtype, mode, what)
+    op = _QuantizedConv(geometry, dtype, mode, what)
     return apply(op, inp, weight) if bias is None else apply(op, inp, weight, bias)
 
 
@@ -244,14 +248,16 @@ def _elemwise_multi_type(*args, mode, dtype=None):
     return apply(_Requantize(np.dtype(dtype)), real)
 
 
-def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None) -> Tensor:
-    """``inp @ weight.T + bias`` on quantized ``inp`` (N, in) and ``weight`` (out, in), with a
-    qint32 ``bias`` of scale ``inp scale * weight scale``, requantized to ``dtype`` (what
+def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None,
+            nonlinear_mode="identity") -> Tensor:
+    """``inp @ weight.T + bias`` on quantized ``inp`` (..., in) and ``weight`` (out, in), with a
+    qint32 ``bias`` of scale ``inp scale * weight scale``, activation fused, requantized to
+    ``dtype`` (what
     upstream's quantized Linear computes with F.linear on quantized tensors). Runs as a 1x1
     convolution, so the accumulation is the exact integer one of conv_bias_activation."""
     inp, weight = _tensor(inp), _tensor(weight)
     lead = inp.shape[:-1]
     x = inp.reshape(-1, inp.shape[-1], 1, 1)
     w = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
-    out = conv_bias_activation(x, w, bias, dtype=dtype)
+    out = conv_bias_activation(x, w, bias, dtype=dtype, nonlinear_mode=nonlinear_mode)
     return out.reshape(*lead, weight.shape[0])
