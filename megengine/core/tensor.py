@@ -50,6 +50,10 @@ def _as_array(value, dtype, device, copy):
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
         arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        if dtype.metadata is not None and arr.dtype.metadata is None:
+            # a quantized dtype (its scale is metadata): the values are the stored integers, and
+            # numpy keeps an input's own int8 dtype when only metadata differs
+            arr = arr.view(dtype)
         return arr
     try:
         arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
