@@ -153,3 +153,20 @@ def test_quantized_elemwise_errors():
         _elemwise_multi_type(q, q, mode="QADD", dtype="float32")
     with pytest.raises(TypeError, match="inputs must be quantized"):
         _elemwise_multi_type(q, mge.tensor([1.0, 2.0]), mode="QADD", dtype=dtype.qint8(0.1))
+
+
+def test_pooling_a_quantized_tensor_keeps_its_dtype_and_rounds_the_mean():
+    rng = np.random.RandomState(7)
+    ints = _ints(rng, (2, 3, 6, 6))
+    q = mge.tensor(ints.astype(np.int8), dtype=dtype.qint8(0.1))
+    t = torch.tensor(ints, dtype=torch.float64)
+    mx = F.max_pool2d(q, 3, 2, 1)
+    assert dtype.is_dtype_equal(mx.dtype, q.dtype)
+    np.testing.assert_array_equal(mx.numpy(), torch.nn.functional.max_pool2d(t, 3, 2, 1))
+    avg = F.avg_pool2d(q, 2)
+    assert dtype.is_dtype_equal(avg.dtype, q.dtype)
+    np.testing.assert_array_equal(avg.numpy(), _half_away(torch.nn.functional.avg_pool2d(t, 2)
+                                                          .numpy()))
+    u = mge.tensor((ints + 128).astype(np.uint8), dtype=dtype.quint8(0.1, 128))
+    np.testing.assert_array_equal(F.avg_pool2d(u, 2).numpy().astype(np.int64) - 128,
+                                  avg.numpy())

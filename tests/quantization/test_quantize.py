@@ -474,3 +474,57 @@ def test_a_qat_network_survives_save_and_load(tmp_path):
     reset_qconfig(loaded, passive_qconfig)  # PassiveObserver compares dtype metas by identity
     np.testing.assert_allclose(loaded(x).numpy(), before)
     assert loaded.linear.get_weight_qparams() == net.linear.get_weight_qparams()
+
+
+class Block(Float.Module):
+    """The basic block of MegEngine/Models' quantization ResNet: relu on a quantized sum."""
+
+    def __init__(self, cin, c, stride):
+        super().__init__()
+        self.conv_bn_relu1 = Float.ConvBnRelu2d(cin, c, 3, stride, padding=1, bias=False)
+        self.conv_bn2 = Float.ConvBn2d(c, c, 3, 1, padding=1, bias=False)
+        self.downsample = Float.Identity() if cin == c and stride == 1 else \
+            Float.ConvBn2d(cin, c, 1, stride, bias=False)
+        self.add = Float.Elemwise("ADD")
+
+    def forward(self, x):
+        y = self.conv_bn2(self.conv_bn_relu1(x))
+        return F.relu(self.add(y, self.downsample(x)))
+
+
+class TinyResNet(Float.Module):
+    """Models' quantization ResNet in small: max pooling and average pooling of quantized
+    tensors, a float classifier after the DequantStub (``disable_quantize``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = Float.QuantStub(), Float.DequantStub()
+        self.stem = Float.ConvBnRelu2d(3, 4, 3, 2, padding=1, bias=False)
+        self.maxpool = Float.MaxPool2d(3, 2, 1)
+        self.layer = Float.Sequential(Block(4, 4, 1), Block(4, 8, 2))
+        self.fc = Float.Linear(8, 5)
+        self.fc.disable_quantize()
+
+    def forward(self, x):
+        x = self.layer(self.maxpool(self.stem(self.quant(x))))
+        return self.fc(self.dequant(F.flatten(F.avg_pool2d(x, x.shape[2]), 1)))
+
+
+def test_models_resnet_shape_quantizes_with_pooling_and_a_float_head():
+    assert isinstance(quantize(quantize_qat(TinyResNet())).stem, Q.ConvBnRelu2d)  # uncalibrated
+    x = mge.tensor(np.random.RandomState(3).randn(4, 3, 16, 16).astype(np.float32))
+    net = quantize_qat(TinyResNet())
+    for _ in range(3):
+        net(x)
+    net.eval()
+    q_net = quantize(net, inplace=False)
+    assert type(q_net.fc) is Float.Linear
+    feats = {}
+    for name, model in (("qat", net), ("q", q_net)):
+        model.fc.register_forward_hook(lambda m, i, o, name=name: feats.setdefault(name,
+                                                                                  i[0].numpy()))
+        model(x)
+    # up to the average pooling both compute the same integers; the quantized pooling then
+    # rounds the mean to the grid, which QAT's float pooling does not: half a step apart
+    step = float(net.layer[1].add.act_observer.get_qparams().scale.numpy())
+    np.testing.assert_allclose(feats["q"], feats["qat"], rtol=0, atol=0.5 * step + 1e-6)
