@@ -14,7 +14,7 @@ from . import ops as _ops
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
 
 # `import megengine.core.tensor.dtype` (upstream's path) finds the module although this file is a
-# module, not a package (see also `_DtypeProperty`)
+# module, not a package (see also `_TensorType`)
 sys.modules.setdefault(__name__ + ".dtype", dtype)
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
@@ -213,19 +213,19 @@ class _QParamsDict(MutableMapping):
         return len(QParams.__slots__)
 
 
-class _DtypeProperty(property):
-    """``Tensor.dtype``: a tensor's numpy dtype; on the class itself, the module of quantized
-    dtypes. ``megengine.core.tensor`` is the Tensor class (the 0.x name), so upstream's
-    ``import megengine.core.tensor.dtype as dtype`` looks ``dtype`` up on the class and
-    must find the module there."""
+class _TensorType(type):
+    """Tensor's metaclass, for one name: ``Tensor.dtype`` on the class is the module of
+    quantized dtypes. ``megengine.core.tensor`` is the Tensor class (the 0.x name), so
+    upstream's ``import megengine.core.tensor.dtype as dtype`` looks ``dtype`` up on the class.
+    A data descriptor of the metaclass wins over the class's own ``dtype`` property for class
+    attribute lookups only; tensors still read their dtype through that plain property."""
 
-    def __get__(self, obj, cls=None):
-        if obj is None:
-            return dtype
-        return obj._data.dtype
+    @property
+    def dtype(cls):
+        return dtype
 
 
-class Tensor:
+class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
     __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to our reflected operators
@@ -274,7 +274,7 @@ class Tensor:
         return t
 
     # ----- what a tensor is -----
-    @_DtypeProperty
+    @property
     def dtype(self):
         return self._data.dtype
 
@@ -464,8 +464,11 @@ class Tensor:
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
         dtype = _check_dtype(dtype, "astype")
-        if dtype.metadata is None and self._data.dtype.metadata is None:
-            if dtype == self.dtype:
+        own = self._data.dtype
+        if dtype is own:  # numpy's builtin dtypes are singletons: same object, same metadata
+            return self
+        if dtype.metadata is None and own.metadata is None:  # no quantized dtype on either side
+            if dtype == own:
                 return self
             return dispatch.apply(_ops.AsType(dtype), self)
         return _astype_quantized(self, dtype)
