@@ -145,9 +145,10 @@ _FORMATS = ("default", "nchw", "nhwc")
 class QParams:
     """Quantization parameters a tensor carries (upstream's ``Tensor.qparams``).
 
-    The engine has no quantized kernels, so these are data only: quantization code that reads
-    and writes ``mode``/``dtype_meta``/``scale``/``zero_point`` keeps working, and the values
-    travel with the tensor through ``mge.save``/``mge.load`` and ``copy.deepcopy``.
+    Data only, for fake quantization: quantization code that reads and writes
+    ``mode``/``dtype_meta``/``scale``/``zero_point`` keeps working, and the values travel with
+    the tensor through ``mge.save``/``mge.load`` and ``copy.deepcopy``. (A quantized tensor
+    carries its scale in its dtype instead: ``megengine.core.tensor.dtype``.)
     """
 
     __slots__ = ("mode", "dtype_meta", "scale", "zero_point")
