@@ -517,8 +517,15 @@ class Tensor(metaclass=_TensorType):
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
                 value = _ops.move_array(value, self._device)
+        elif getattr(getattr(other, "dtype", None), "metadata", None) is not None:
+            value = as_array(other, other.dtype, self._device)  # a quantized value keeps its scale
         else:
             value = as_array(other, self.dtype, self._device)
+        if value.dtype.metadata is not None or self._data.dtype.metadata is not None:
+            if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
+                # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
+                self._data = value.copy()
+                return self
         if value.shape == self._data.shape and _writeable(self._data):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):

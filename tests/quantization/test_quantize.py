@@ -528,3 +528,21 @@ def test_models_resnet_shape_quantizes_with_pooling_and_a_float_head():
     # rounds the mean to the grid, which QAT's float pooling does not: half a step apart
     step = float(net.layer[1].add.act_observer.get_qparams().scale.numpy())
     np.testing.assert_allclose(feats["q"], feats["qat"], rtol=0, atol=0.5 * step + 1e-6)
+
+
+def test_a_quantized_state_dict_loads_into_a_fresh_quantized_network_with_its_scales():
+    # upstream's hub recipe: quantize_qat + quantize an uncalibrated network, then load the
+    # quantized checkpoint, whose integer weights carry their own scales
+    x = mge.tensor(np.random.RandomState(4).randn(4, 2, 5, 5).astype(np.float32))
+    q_net = quantize(_calibrated_mixed(x))
+    fresh = quantize(quantize_qat(Mixed(), qconfig=ema_fakequant_qconfig))
+    fresh.eval()
+    assert not dtype.is_dtype_equal(fresh.conv1.weight.dtype, q_net.conv1.weight.dtype)
+    fresh.load_state_dict(q_net.state_dict())
+    assert dtype.is_dtype_equal(fresh.conv1.weight.dtype, q_net.conv1.weight.dtype)
+    # the output dtypes are the layers' configuration, not state: copy them as a checkpoint's
+    # loader would rebuild the network from the same QAT calibration
+    for mine, theirs in zip(fresh.modules(), q_net.modules()):
+        if hasattr(theirs, "output_dtype"):
+            mine.output_dtype = theirs.output_dtype
+    np.testing.assert_array_equal(fresh(x).numpy(), q_net(x).numpy())
