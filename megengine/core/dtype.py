@@ -271,8 +271,18 @@ def round_half_away(xp, x):
     return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
 
 
+def require_host(a, what):
+    """Quantized arrays are numpy arrays: their scale is the numpy dtype's metadata, which this
+    fork has not verified CuPy to keep. A CUDA array gets an error naming the fix."""
+    if type(a) is not np.ndarray:
+        raise TypeError(f"{what}: quantized tensors are supported on CPU devices only here (the "
+                        "scale lives in the numpy dtype's metadata); run the quantized network "
+                        "on 'cpu0' (tensor.to('cpu0'), or load it with map_location='cpu0')")
+
+
 def dequantize_array(a):
     """float32 real values of a quantized array: ``(q - zero_point) * scale``, in float32."""
+    require_host(a, "dequantize")
     info = _info(a.dtype)
     zp = info.get("zero_point", 0)
     f = a.astype(np.float32)
@@ -286,6 +296,7 @@ def quantize_array(x, dtype):
     in float32, halves away from zero, saturated to the dtype's range."""
     meta = quant_meta(dtype)
     info = _info(dtype)
+    require_host(x, f"quantize to {dtype_name(dtype)}")
     xp = xp_of(x)
     if x.dtype != np.float32 and x.dtype != np.float64:
         x = x.astype(np.float32)

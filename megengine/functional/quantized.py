@@ -74,6 +74,7 @@ class _QuantizedConv(Op):
 
     def forward(self, x, w, b=None):
         what = self.what
+        _qd.require_host(x, what)
         sx, zx = _scale_zp(x, what, "input")
         sw, zw = _scale_zp(w, what, "weight")
         acc_scale = float(np.float32(sx) * np.float32(sw))

@@ -141,3 +141,10 @@ def test_quantized_tensors_survive_save_and_load():
     loaded = mge.load(buf)["q"]
     assert dtype.is_dtype_equal(loaded.dtype, q.dtype)
     np.testing.assert_array_equal(loaded.numpy(), q.numpy())
+
+
+def test_quantized_arrays_off_the_host_are_refused_with_the_fix():
+    # a CUDA (CuPy) array is not a numpy ndarray; any such array gets the same answer
+    not_numpy = np.ma.masked_array(np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="CPU devices only.*cpu0"):
+        dtype.quantize_array(not_numpy, dtype.qint8(0.1))
