@@ -85,8 +85,9 @@ class _QuantizedConv(Op):
         xp = xp_of(acc)
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
-            sb, zb = _scale_zp(b, what, "bias")
-            if _qd.quant_meta(b.dtype).cname != "QuantizedS32" or zb or \
+            meta = _qd.quant_meta(b.dtype)
+            sb, zb = _scale_zp(b, what, "bias") if meta is not None else (None, 0)
+            if meta is None or meta.cname != "QuantizedS32" or zb or \
                     not np.isclose(sb, acc_scale, rtol=1e-6, atol=0):
                 raise TypeError(
                     f"{what}: the bias must be qint32 with scale input scale * weight scale "
@@ -247,6 +248,35 @@ def _elemwise_multi_type(*args, mode, dtype=None):
                             f"got dtype {t.dtype}")
     real = _elwise(*[t.astype("float32") for t in tensors], mode=name[1:])
     return apply(_Requantize(np.dtype(dtype)), real)
+
+
+class _QuantizedMatmul(Op):
+    """Matrix product of two quantized tensors: the exact integer products summed (in float64,
+    exact as in the convolution), returned as the qint32 accumulator of scale ``sa * sb``."""
+
+    def forward(self, a, b):
+        _qd.require_host(a, "matmul")
+        sa, za = _scale_zp(a, "matmul", "first operand")
+        sb, zb = _scale_zp(b, "matmul", "second operand")
+        acc = np.rint(np.matmul(_centered(a, za), _centered(b, zb))).astype(np.int64)
+        return _qd.requantize_array(acc, float(np.float32(sa) * np.float32(sb)), None)
+
+    def backward(self, g):
+        return None, None
+
+
+def _matmul(a: Tensor, b: Tensor, transpose_a=False, transpose_b=False) -> Tensor:
+    """``F.matmul`` of quantized tensors (upstream's MatrixMul on QuantizedS8): the qint32
+    accumulator with scale ``a scale * b scale``."""
+    a, b = _tensor(a), _tensor(b)
+    if not (_is_quantized(a) and _is_quantized(b)):
+        raise TypeError(f"matmul: operands of dtypes {_qd.dtype_name(a.dtype)} and "
+                        f"{_qd.dtype_name(b.dtype)}: both must be quantized or both not")
+    if transpose_a and a.ndim >= 2:
+        a = a.transpose(*range(a.ndim - 2), a.ndim - 1, a.ndim - 2)
+    if transpose_b and b.ndim >= 2:
+        b = b.transpose(*range(b.ndim - 2), b.ndim - 1, b.ndim - 2)
+    return apply(_QuantizedMatmul(), a, b)
 
 
 def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None,

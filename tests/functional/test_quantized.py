@@ -170,3 +170,29 @@ def test_pooling_a_quantized_tensor_keeps_its_dtype_and_rounds_the_mean():
     u = mge.tensor((ints + 128).astype(np.uint8), dtype=dtype.quint8(0.1, 128))
     np.testing.assert_array_equal(F.avg_pool2d(u, 2).numpy().astype(np.int64) - 128,
                                   avg.numpy())
+
+
+def test_plain_conv_linear_and_matmul_of_quantized_tensors_give_the_qint32_accumulator():
+    rng = np.random.RandomState(8)
+    x, w = _ints(rng, (2, 3, 5, 5)), _ints(rng, (4, 3, 3, 3))
+    qx = mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN))
+    qw = mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W))
+    out = F.conv2d(qx, qw, padding=1)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(out.numpy(), _torch_acc(x, w, padding=1))
+    a, b = _ints(rng, (2, 3, 6)), _ints(rng, (5, 6))
+    qa = mge.tensor(a.astype(np.int8), dtype=dtype.qint8(S_IN))
+    qb = mge.tensor(b.astype(np.int8), dtype=dtype.qint8(S_W))
+    bias = _ints(rng, (5,), -999, 999)
+    lin = F.linear(qa, qb, mge.tensor(bias.astype(np.int32), dtype=dtype.qint32(S_ACC)))
+    assert dtype.is_dtype_equal(lin.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(lin.numpy(), a @ b.T + bias)
+    mm = F.matmul(qa, qb, transpose_b=True)
+    np.testing.assert_array_equal(mm.numpy(), a @ b.T)
+    with pytest.raises(TypeError, match="bias must be qint32"):
+        F.linear(qa, qb, mge.tensor(bias.astype(np.float32)))
+    with pytest.raises(TypeError, match="both must be quantized"):
+        F.matmul(qa, mge.tensor(b.T.astype(np.float32)))
+    with pytest.raises(TypeError, match="2-d convolutions"):
+        F.conv1d(mge.tensor(np.ones((1, 1, 4), np.int8), dtype=dtype.qint8(1.0)),
+                 mge.tensor(np.ones((1, 1, 2), np.int8), dtype=dtype.qint8(1.0)))
