@@ -1,5 +1,6 @@
 """`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
 import math
+import sys
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -7,9 +8,14 @@ import numpy as np
 from .. import device as _device_mod
 from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
+from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
 from . import ops as _ops
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
+
+# `import megengine.core.tensor.dtype` (upstream's path) finds the module although this file is a
+# module, not a package (see also `_TensorType`)
+sys.modules.setdefault(__name__ + ".dtype", dtype)
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
 _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
@@ -44,6 +50,10 @@ def _as_array(value, dtype, device, copy):
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
         arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        if dtype.metadata is not None and arr.dtype.metadata is None:
+            # a quantized dtype (its scale is metadata): the values are the stored integers, and
+            # numpy keeps an input's own int8 dtype when only metadata differs
+            arr = arr.view(dtype)
         return arr
     try:
         arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
@@ -67,6 +77,8 @@ def promote_types(a, b):
     """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
     key = (a, b)
     r = _PROMOTE_CACHE.get(key)
+    if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
+        return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
     if r is None:
         if a.kind == "f" and b.kind != "f":
             r = a
@@ -78,6 +90,22 @@ def promote_types(a, b):
                 r = np.dtype(np.float32)
         _PROMOTE_CACHE[key] = r
     return r
+
+
+def _quantized_pair(a, b):
+    """True for two equal quantized dtypes; an error for a quantized dtype meeting another
+    dtype (or the same kind with another scale); False when neither is quantized."""
+    if not (dtype.is_quantize(a) or dtype.is_quantize(b)):
+        return False
+    if dtype.is_dtype_equal(a, b):
+        return True
+    q, other = (a, b) if dtype.is_quantize(a) else (b, a)
+    raise TypeError(
+        f"an op mixes a quantized tensor ({dtype.dtype_name(q)}) with a tensor of dtype "
+        f"{dtype.dtype_name(other)}; quantized tensors take part only in quantized ops "
+        "(megengine.functional.quantized, the modules of megengine.module.quantized) and in "
+        "ops with tensors of the same quantized dtype: convert first, x.astype('float32') to "
+        "dequantize or x.astype(qdtype) to quantize")
 
 
 class CompNode(str):
@@ -117,9 +145,10 @@ _FORMATS = ("default", "nchw", "nhwc")
 class QParams:
     """Quantization parameters a tensor carries (upstream's ``Tensor.qparams``).
 
-    The engine has no quantized kernels, so these are data only: quantization code that reads
-    and writes ``mode``/``dtype_meta``/``scale``/``zero_point`` keeps working, and the values
-    travel with the tensor through ``mge.save``/``mge.load`` and ``copy.deepcopy``.
+    Data only, for fake quantization: quantization code that reads and writes
+    ``mode``/``dtype_meta``/``scale``/``zero_point`` keeps working, and the values travel with
+    the tensor through ``mge.save``/``mge.load`` and ``copy.deepcopy``. (A quantized tensor
+    carries its scale in its dtype instead: ``megengine.core.tensor.dtype``.)
     """
 
     __slots__ = ("mode", "dtype_meta", "scale", "zero_point")
@@ -185,7 +214,19 @@ class _QParamsDict(MutableMapping):
         return len(QParams.__slots__)
 
 
-class Tensor:
+class _TensorType(type):
+    """Tensor's metaclass, for one name: ``Tensor.dtype`` on the class is the module of
+    quantized dtypes. ``megengine.core.tensor`` is the Tensor class (the 0.x name), so
+    upstream's ``import megengine.core.tensor.dtype as dtype`` looks ``dtype`` up on the class.
+    A data descriptor of the metaclass wins over the class's own ``dtype`` property for class
+    attribute lookups only; tensors still read their dtype through that plain property."""
+
+    @property
+    def dtype(cls):
+        return dtype
+
+
+class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
     __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to our reflected operators
@@ -383,7 +424,9 @@ class Tensor:
     def __repr__(self):
         # _peek: printing decides no op, so a trace need not note the read
         body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
-        extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        dt = self._data.dtype
+        extra = "" if dt == np.float32 and dt.metadata is None else \
+            f", dtype={dtype.dtype_name(dt)}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 
     def _device_label(self):
@@ -427,9 +470,14 @@ class Tensor:
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
         dtype = _check_dtype(dtype, "astype")
-        if dtype == self.dtype:
+        own = self._data.dtype
+        if dtype is own:  # numpy's builtin dtypes are singletons: same object, same metadata
             return self
-        return dispatch.apply(_ops.AsType(dtype), self)
+        if dtype.metadata is None and own.metadata is None:  # no quantized dtype on either side
+            if dtype == own:
+                return self
+            return dispatch.apply(_ops.AsType(dtype), self)
+        return _astype_quantized(self, dtype)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
@@ -474,8 +522,15 @@ class Tensor:
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
                 value = _ops.move_array(value, self._device)
+        elif getattr(getattr(other, "dtype", None), "metadata", None) is not None:
+            value = as_array(other, other.dtype, self._device)  # a quantized value keeps its scale
         else:
             value = as_array(other, self.dtype, self._device)
+        if value.dtype.metadata is not None or self._data.dtype.metadata is not None:
+            if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
+                # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
+                self._data = value.copy()
+                return self
         if (value.shape == self._data.shape and _writeable(self._data)
                 and not _views_another_array(self._data)):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -567,6 +622,15 @@ class Tensor:
 
     def min(self, axis=None, keepdims=False):
         return dispatch.apply(_ops.Reduce("min", axis, keepdims), self)
+
+
+def _astype_quantized(x, to):
+    """``astype`` where a side is quantized (numpy's == ignores the scale, so compare it)."""
+    if dtype.is_dtype_equal(to, x._data.dtype):
+        return x
+    if not (dtype.is_quantize(to) or dtype.is_quantize(x._data.dtype)):
+        return dispatch.apply(_ops.AsType(to), x)  # metadata that is not ours
+    return dispatch.apply(dtype.QuantizedCast(to), x)
 
 
 def _mapped_device(saved):

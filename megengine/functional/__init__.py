@@ -11,6 +11,7 @@ from .vision import nms, remap, roi_align, roi_pooling, warp_affine, warp_perspe
 # upstream 1.0-1.1 also exported the losses as F.<name> (F.cross_entropy; later only F.nn.<name>)
 from .loss import *  # noqa: F401,F403
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)
+from . import quantized  # noqa: F401,E402  (F.quantized.conv_bias_activation, ...)
 
 
 def __getattr__(name):

@@ -251,7 +251,25 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
     inputs = (_tensor(inp), _tensor(weight))
     if bias is not None:
         inputs += (_tensor(bias),)
+    if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator
+        return _quantized_conv(nd, transposed, what, inputs, op)
     return apply(op, *_amp.cast_for_compute(*inputs))  # megengine.amp.autocast: float16 compute
+
+
+def _quantized_conv(nd, transposed, what, inputs, op):
+    """Upstream's convolution of quantized tensors gives the qint32 accumulator (scale input
+    scale * weight scale): F.quantized's exact integer convolution, 2-d only."""
+    from . import quantized
+
+    if nd != 2:
+        raise TypeError(f"{what}: quantized tensors are supported by the 2-d convolutions; "
+                        "dequantize first (x.astype('float32'))")
+    bias = inputs[2] if len(inputs) > 2 else None
+    if transposed:
+        return quantized.conv_transpose2d(inputs[0], inputs[1], bias, None, op.stride,
+                                          op.padding, op.output_padding, op.dilation, op.groups)
+    return quantized.conv_bias_activation(inputs[0], inputs[1], bias, None, op.stride,
+                                          op.padding, op.dilation, op.groups)
 
 
 def conv1d(inp, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,

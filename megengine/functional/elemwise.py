@@ -509,6 +509,14 @@ def _elwise(*args, mode):
     return Elemwise(mode)(*args)
 
 
+def _elemwise_multi_type(*args, mode, dtype=None):
+    """Upstream's quantized element-wise op ("QADD", ... on quantized tensors); it lives in
+    `megengine.functional.quantized` (imported here on use: that module imports this one)."""
+    from .quantized import _elemwise_multi_type as quantized_elemwise
+
+    return quantized_elemwise(*args, mode=mode, dtype=dtype)
+
+
 # ----- complex numbers (upstream's F.complex, F.polar, F.real, F.imag) -----
 # The engine's autodiff tracks float tensors only, so no gradient flows through a complex tensor.
 # Upstream lists them in functional/tensor.py, whose __all__ exports them from here.

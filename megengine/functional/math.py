@@ -406,6 +406,10 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
     ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
     """
     a, b = _amp.cast_for_compute(*_pair(inp1, inp2))  # megengine.amp.autocast: float16 compute
+    if a._data.dtype.metadata is not None or b._data.dtype.metadata is not None:
+        from .quantized import _matmul  # quantized operands: the exact qint32 accumulator
+
+        return _matmul(a, b, transpose_a, transpose_b)
     if a.ndim == 1 and b.ndim == 1:
         return dot(a, b)
     if transpose_a and a.ndim >= 2:

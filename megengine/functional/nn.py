@@ -459,6 +459,10 @@ def linear(inp, weight, bias=None, compute_mode="default"):
     """``inp @ weight.T + bias``; ``weight`` is (out_features, in_features)."""
     inputs = (_tensor(inp), _tensor(weight)) if bias is None else \
         (_tensor(inp), _tensor(weight), _tensor(bias))
+    if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator
+        from .quantized import _linear
+
+        return _linear(*inputs)
     if _amp._enabled:  # megengine.amp.autocast: float16 compute
         inputs = _amp.cast_for_compute(*inputs)
     return apply(_Linear(), *inputs)

@@ -35,6 +35,8 @@ class _Pool2d(Op):
         self.slices = None  # the kernel taps, when disjoint max windows run as numpy slices
 
     def forward(self, x):
+        if x.dtype.metadata is not None:  # a quantized tensor (megengine.core.tensor.dtype)
+            return self._quantized(x)
         what = self.what
         if x.ndim != 4:
             raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
@@ -85,6 +87,20 @@ class _Pool2d(Op):
             self.scale = tx.new_tensor((kh * kw) / count)
             y = y.mul_(self.scale)
         return _aten.array(y)
+
+    def _quantized(self, x):
+        """Pooling of quantized integers (inference): max, or the average of the integers
+        rounded half away from zero (upstream's integer pooling), in the input's dtype."""
+        from ..core import dtype as qdtype
+        from ..core.dispatch import xp_of
+
+        meta = qdtype.quant_meta(x.dtype)
+        if meta is None:
+            return self.forward(x.view(np.dtype(x.dtype.str)))
+        zp = x.dtype.metadata["mgb_dtype"].get("zero_point", 0)
+        y = self.forward(x.astype(np.float32) - np.float32(zp))
+        q = qdtype.round_half_away(xp_of(y), y) + zp
+        return q.clip(meta.qmin, meta.qmax).astype(x.dtype)
 
     def _disjoint_max(self, x, oh, ow):
         """Max pooling of windows that do not overlap (kernel <= stride, no padding), on the

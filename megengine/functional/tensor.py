@@ -318,11 +318,13 @@ class Concat(Op):
     def forward(self, *xs):
         self.ends = np.cumsum([x.shape[self.axis] for x in xs]).tolist()
         try:
-            return xp_of(xs[0]).concatenate(_promote_all(xs), axis=self.axis)
+            out = xp_of(xs[0]).concatenate(_promote_all(xs), axis=self.axis)
         except ValueError:
             raise ValueError(
                 f"concat: shapes {[x.shape for x in xs]} differ outside axis {self.axis}"
             ) from None
+        # numpy drops a quantized dtype's scale (its metadata) when it joins arrays
+        return out if xs[0].dtype.metadata is None else out.view(xs[0].dtype)
 
     def backward(self, g):
         pre = (slice(None),) * self.axis

@@ -67,9 +67,15 @@ class DumpError(ValueError, RuntimeError):
 class _Writer:
     def __init__(self):
         self.arrays = []
+        self.qdtypes = []  # [index, scale info] of quantized arrays (.npy drops dtype metadata)
 
     def array(self, a):
-        self.arrays.append(np.ascontiguousarray(_host(a)))
+        a = np.ascontiguousarray(_host(a))
+        info = _qinfo(a.dtype)
+        if info is not None:
+            self.qdtypes.append([len(self.arrays), self.value(info, "a quantized array")])
+            a = a.view(np.dtype(a.dtype.str))
+        self.arrays.append(a)
         return len(self.arrays) - 1
 
     def value(self, v, where):
@@ -92,6 +98,9 @@ class _Writer:
         if t is _Ref:
             return {"ref": v.slot, "raw": v.raw}
         if isinstance(v, np.dtype):
+            info = _qinfo(v)
+            if info is not None:  # a quantized dtype: its scale (zero point) lives in metadata
+                return {"qdtype": [v.str, self.value(info, where)]}
             return {"dtype": v.str}
         if isinstance(v, np.generic):
             return {"scalar": self.array(np.asarray(v))}
@@ -120,6 +129,11 @@ class _Writer:
         return self.value(getattr(f, "array", getattr(f, "obj", f)), where)
 
 
+def _qinfo(dtype):
+    """The scale information of a quantized dtype (megengine.core.tensor.dtype), else None."""
+    return (dtype.metadata or {}).get("mgb_dtype")
+
+
 def _read(v, arrays):
     if not isinstance(v, dict):
         return v
@@ -140,6 +154,8 @@ def _read(v, arrays):
         return Ellipsis
     if tag == "dtype":
         return np.dtype(x)
+    if tag == "qdtype":
+        return np.dtype(x[0], metadata={"mgb_dtype": _read(x[1], arrays)})
     if tag == "scalar":
         return arrays[x][()]
     if tag == "array":
@@ -343,6 +359,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
              "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
              "consts": consts, "steps": steps,
              "metadata": {"user_info": w.value(user_info, "user_info")}}
+    if w.qdtypes:
+        graph["quantized_arrays"] = w.qdtypes
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("graph.json", json.dumps(graph))
@@ -437,6 +455,9 @@ def load(file, device=None):
         if name.startswith("arrays/"):
             with z.open(name) as f:
                 arrays[int(name[7:-4])] = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    for i, info in graph.get("quantized_arrays", ()):
+        arrays[i] = arrays[i].view(np.dtype(arrays[i].dtype, metadata={"mgb_dtype": _read(info,
+                                                                                          arrays)}))
     prog = _Program()
     for _ in range(graph["n_slots"]):
         prog.new_slot("op")

@@ -1,8 +1,6 @@
 """`megengine.quantization`: quantization-aware training (fake quantization in float) as
-upstream's package: observers, fake quantizers, qconfigs and the passes over a module tree.
-
-Conversion to integer kernels (`quantize`) needs quantized dtypes, which this engine does not
-have: it raises and says what to do instead.
+upstream's package: observers, fake quantizers, qconfigs and the passes over a module tree,
+including `quantize`, the conversion to quantized (integer) inference layers.
 """
 from .utils import (
     QParams,

@@ -1,6 +1,6 @@
-"""Passes over a module tree: convert float layers to QAT layers (`quantize_qat`), set or reset
-their qconfig, switch fake quantization and observers on and off, EasyQuant's scale search;
-`quantize` (to integer kernels) is the one step this engine cannot take."""
+"""Passes over a module tree: convert float layers to QAT layers (`quantize_qat`) and QAT layers
+to quantized inference layers (`quantize`), set or reset their qconfig, switch fake quantization
+and observers on and off, EasyQuant's scale search."""
 from copy import deepcopy
 from typing import Callable
 
@@ -19,8 +19,9 @@ __all__ = [
     "disable_observer",
 ]
 
-# Upstream derives these pairs from the names its quantized-module package defines; this fork
-# has no quantized modules, so the quantizable layers are listed here (same names on each side).
+# The quantizable layers (same names in megengine.module, .qat and .quantized). Upstream
+# derives the list from its quantized package; it is spelled out here so that quantize_qat
+# does not import megengine.module.quantized.
 _quantable_module_names = (
     "Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d",
     "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "LinearBn1d",
@@ -50,18 +51,46 @@ def _is_qat(mod):
     return isinstance(mod, _qat().QATModule)
 
 
+def _qat2quantized_dict():
+    from ..module import quantized as Q
+
+    qat = _qat()
+    return {getattr(qat, name): getattr(Q, name) for name in _quantable_module_names}
+
+
 def quantize(module: Module, inplace: bool = True, mapping: dict = None):
-    """Upstream converts QAT modules to integer ``QuantizedModule``s here. This engine computes
-    in float only and has no quantized dtypes or kernels, so it raises: keep the QAT model (its
-    fake-quantized outputs are what the integer model computes, up to accumulation order), or
-    load its ``state_dict`` into upstream MegEngine's QAT model and call upstream's
-    ``quantize`` there to deploy."""
-    raise NotImplementedError(
-        "megengine.quantization.quantize: this engine has no quantized dtypes or integer "
-        "kernels, so QAT modules cannot become QuantizedModules. Keep the QAT model (it runs "
-        "in float with fake quantization, which is what the integer model computes), or save "
-        "its state_dict, load it into the same network built with upstream MegEngine, and run "
-        "upstream's quantize() and trace/dump there for deployment.")
+    """Replace each QAT layer of ``module`` by its quantized inference layer
+    (``megengine.module.quantized``: integer weights, quantized inputs and outputs), built by
+    its ``from_qat_module`` from the QAT layer's observers and fake quantizers. ``mapping``
+    adds or overrides ``{QAT class: quantized class}`` pairs. ``inplace=False`` converts a deep
+    copy. Returns the converted module (a new one when ``module`` itself is a QAT layer).
+
+    The new layers take the training mode of the QAT layers they replace; quantized layers
+    run only in evaluation mode, so call ``.eval()`` first (or on the result).
+    """
+    if not inplace:
+        module = deepcopy(module)
+    convert_dict = _qat2quantized_dict()
+    if mapping is not None:
+        convert_dict.update(mapping)
+
+    def convert(qat_module):
+        cls = convert_dict.get(type(qat_module))
+        if cls is None:
+            raise TypeError(f"quantize: no quantized layer for {type(qat_module).__name__}; "
+                            "pass mapping={QATClass: QuantizedClass}")
+        new_mod = cls.from_qat_module(qat_module)
+        new_mod.train(qat_module.training)
+        return new_mod
+
+    if _is_qat(module):
+        return convert(module)
+    for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
+                                                       predicate=_is_qat)):
+        if _is_qat(parent):
+            continue
+        set_expand_structure(module, key, convert(submodule))
+    return module
 
 
 def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fakequant_qconfig,

@@ -18,6 +18,8 @@ import numpy as np
 from ..core.dispatch import Op, apply, xp_of
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import unbroadcast
+from ..core.dtype import (  # noqa: F401  (_builtin_quant_dtype: what older pickles name)
+    QuantDtypeMeta, _builtin_quant_dtype, _builtin_quant_dtypes, create_quantized_dtype)
 from ..core.tensor import QParams, Tensor
 
 __all__ = [
@@ -33,60 +35,6 @@ class QuantMode(Enum):
 
     SYMMERTIC = 1
     ASYMMERTIC = 2
-
-
-class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
-                                ["name", "cname", "np_dtype_str", "qmin", "qmax", "is_unsigned"])):
-    """What a quantized dtype is: its integer range ``[qmin, qmax]``, the numpy storage type
-    and upstream's C name. The engine computes in float only, so this is metadata: observers
-    and fake quantizers read ``qmin``/``qmax`` from it. Upstream keeps these in
-    ``megengine.core.tensor.dtype``, a path this fork's engine does not have.
-
-    A custom one (e.g. ``QuantDtypeMeta("qint6", None, "int8", -32, 31)``) works for QAT.
-    Copies are the object itself, so ``is`` comparisons survive ``deepcopy``.
-    """
-
-    def __new__(cls, name: str, cname, np_dtype_str: str, qmin: int, qmax: int,
-                is_unsigned: bool = None):
-        if not isinstance(np_dtype_str, str):
-            raise TypeError(f"QuantDtypeMeta {name!r}: np_dtype_str must be a str such as "
-                            f"'int8', got {np_dtype_str!r}")
-        if qmin > qmax:
-            raise ValueError(f"QuantDtypeMeta {name!r}: qmin ({qmin}) exceeds qmax ({qmax})")
-        if is_unsigned is None:
-            is_unsigned = np_dtype_str[0] == "u"
-        return super().__new__(cls, name, cname, np_dtype_str, qmin, qmax, is_unsigned)
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __reduce__(self):
-        # a built-in meta unpickles as the built-in object itself, so the identity checks of
-        # FakeQuantize and PassiveObserver hold after mge.save / mge.load
-        if _builtin_quant_dtypes.get(self.name) == self:
-            return _builtin_quant_dtype, (self.name,)
-        return QuantDtypeMeta, tuple(self)
-
-
-def _builtin_quant_dtype(name):
-    return _builtin_quant_dtypes[name]
-
-
-# Upstream's built-in quantized dtypes (the names qconfigs and observers accept as strings).
-_builtin_quant_dtypes = {
-    "quint8": QuantDtypeMeta("quint8", "Quantized8Asymm", "uint8", 0, 255),
-    "qint8": QuantDtypeMeta("qint8", "QuantizedS8", "int8", -128, 127),
-    "qint8_narrow": QuantDtypeMeta("qint8_narrow", "QuantizedS8", "int8", -127, 127),
-    "quint4": QuantDtypeMeta("quint4", "Quantized4Asymm", "uint8", 0, 15),
-    "qint4": QuantDtypeMeta("qint4", "QuantizedS4", "int8", -8, 7),
-    "qint1": QuantDtypeMeta("qint1", "QuantizedS1", "int8", 0, 1),
-    "qint32": QuantDtypeMeta("qint32", "QuantizedS32", "int32", -(2 ** 31), 2 ** 31 - 1),
-    "quint2": QuantDtypeMeta("quint2", None, "uint8", 0, 3),
-    "qint2": QuantDtypeMeta("qint2", None, "int8", -2, 1),
-}
 
 
 def get_quant_dtype_meta(dtype: Union[str, QuantDtypeMeta], what: str) -> QuantDtypeMeta:
@@ -114,27 +62,6 @@ def narrow_quant_dtype_meta(meta: QuantDtypeMeta, what: str) -> QuantDtypeMeta:
         return builtin
     return QuantDtypeMeta(meta.name + "_narrow", meta.cname, meta.np_dtype_str, -meta.qmax,
                           meta.qmax, meta.is_unsigned)
-
-
-def create_quantized_dtype(dtype_meta: QuantDtypeMeta, scale: float, zp: Union[int, None]):
-    """The numpy dtype upstream gives a quantized tensor: ``np_dtype_str`` with the scale (and,
-    for unsigned dtypes, the zero point) in its ``metadata["mgb_dtype"]``. Signed dtypes are
-    symmetric and refuse a zero point, unsigned ones need an integer one in range."""
-    if dtype_meta.cname is None:
-        raise ValueError(f"dtype {dtype_meta.name} has no cname: it cannot describe a "
-                         "quantized tensor, only drive fake quantization")
-    info = {"name": dtype_meta.cname, "scale": float(scale)}
-    if dtype_meta.is_unsigned:
-        if zp is None or int(zp) != zp:
-            raise ValueError(f"{dtype_meta.name}: zero_point should be an integer, got {zp!r}")
-        if not dtype_meta.qmin <= int(zp) <= dtype_meta.qmax:
-            raise ValueError(f"zero_point should be within [{dtype_meta.qmin}, "
-                             f"{dtype_meta.qmax}] for {dtype_meta.name}, got {zp}")
-        info["zero_point"] = int(zp)
-    elif zp is not None:
-        raise ValueError(f"'{dtype_meta.name}' only supports symmetric quantization, "
-                         f"zero_point should be None, but actually got '{zp}'")
-    return np.dtype(dtype_meta.np_dtype_str, metadata={"mgb_dtype": info})
 
 
 class LSQParams(QParams):

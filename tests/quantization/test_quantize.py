@@ -1,7 +1,9 @@
 """Tests for megengine.quantization.quantize: quantize_qat (conversion, shared parameters, mapping,
 disabled modules), the qconfig passes, switching fake quantization and observers, EasyQuant,
-the clear refusal of quantize(), and a small CNN that trains with QAT and whose outputs equal
-the float layers' outputs fake-quantized by upstream's formulas (numpy) at every layer."""
+a small CNN that trains with QAT and whose outputs equal the float layers' outputs
+fake-quantized by upstream's formulas (numpy) at every layer, and quantize(): a QAT network
+with conv-bn-relu, elemwise, concat and linear layers becomes an integer network whose outputs
+equal the QAT network's, also after save/load and through trace/dump."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,9 @@ import megengine as mge
 import megengine.functional as F
 import megengine.module as Float
 from megengine.autodiff import GradManager
+from megengine.core.tensor import dtype
 from megengine.module import qat as QAT
+from megengine.module import quantized as Q
 from megengine.optimizer import SGD
 from megengine.quantization import (
     ema_fakequant_qconfig,
@@ -175,9 +179,128 @@ def test_quantize_qat_checks_its_qconfig():
         quantize_qat(Net(), False, min_max_fakequant_qconfig.weight_observer)
 
 
-def test_quantize_refuses_with_the_way_forward():
-    with pytest.raises(NotImplementedError, match="no quantized dtypes.*upstream"):
-        quantize(init_qat_net())
+def test_quantize_converts_every_qat_layer_in_place_or_on_a_copy():
+    qat_net = init_qat_net()
+    qat_net.eval()
+    q_net = quantize(qat_net, inplace=False)
+    assert isinstance(qat_net.linear, QAT.Linear)  # the original is untouched
+    assert isinstance(q_net.quant, Q.QuantStub) and isinstance(q_net.linear, Q.Linear)
+    assert isinstance(q_net.dequant, Q.DequantStub)
+    assert not q_net.linear.training  # the QAT layer's mode is kept
+    # the weight holds integers in the weight observer's dtype (qint8_narrow, [-127, 127]):
+    # scale max(|min|, |max|) / 127
+    w_scale = dtype.get_scale(q_net.linear.weight.dtype)
+    np.testing.assert_allclose(w_scale, 50 / 127, rtol=1e-6)
+    np.testing.assert_array_equal(
+        q_net.linear.weight.numpy(),
+        np.clip(_round_half_away(qat_net.linear.weight.numpy() / np.float32(w_scale)), -128,
+                127))
+    assert quantize(qat_net) is qat_net and isinstance(qat_net.linear, Q.Linear)
+
+
+def _round_half_away(v):
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+def test_quantize_with_a_mapping_a_qat_root_and_an_unknown_layer():
+    class QLinearExample(Q.Linear):
+        pass
+
+    qat_net = init_qat_net()
+    q_net = quantize(qat_net, inplace=False, mapping={QAT.Linear: QLinearExample})
+    assert type(q_net.linear) is QLinearExample
+    assert isinstance(quantize(qat_net.linear), Q.Linear)  # a QAT root is returned converted
+
+    class QATExample(QAT.Linear):
+        pass
+
+    qat_net.linear = QATExample(3, 3)
+    qat_net.linear.set_qconfig(min_max_fakequant_qconfig)
+    with pytest.raises(TypeError, match="no quantized layer for QATExample.*mapping"):
+        quantize(qat_net)
+
+
+def test_quantized_layers_refuse_training_and_qat_layers_without_observers():
+    q_net = quantize(init_qat_net(), inplace=False)
+    q_net.train()
+    with pytest.raises(ValueError, match="only support inference.*eval"):
+        q_net(mge.tensor(np.ones((2, 3), np.float32)))
+    bare = QAT.Linear(3, 3)  # no qconfig: no observer gives an output dtype
+    with pytest.raises(ValueError, match="no activation observer.*qconfig"):
+        Q.Linear.from_qat_module(bare)
+
+
+class Mixed(Float.Module):
+    """conv-bn-relu and conv-relu branches joined by a fused add-relu and a concat, then
+    linear-relu and linear, between the stubs."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = Float.QuantStub()
+        self.conv1 = Float.ConvBnRelu2d(2, 4, 3, padding=1)
+        self.conv2 = Float.ConvRelu2d(2, 4, 3, padding=1)
+        self.add = Float.Elemwise("FUSE_ADD_RELU")
+        self.cat = Float.Concat()
+        self.fc1 = Float.LinearRelu(8 * 5 * 5, 6)
+        self.fc2 = Float.Linear(6, 3)
+        self.dequant = Float.DequantStub()
+
+    def forward(self, x):
+        x = self.quant(x)
+        a, b = self.conv1(x), self.conv2(x)
+        y = self.cat([self.add(a, b), a], axis=1)
+        return self.dequant(self.fc2(self.fc1(F.flatten(y, 1))))
+
+
+def _calibrated_mixed(x):
+    net = quantize_qat(Mixed(), qconfig=ema_fakequant_qconfig)
+    for _ in range(3):  # the observers and BatchNorm statistics see some batches
+        net(x)
+    net.eval()
+    return net
+
+
+def test_a_quantized_network_computes_what_the_qat_network_does():
+    x = mge.tensor(np.random.RandomState(1).randn(8, 2, 5, 5).astype(np.float32))
+    qat_net = _calibrated_mixed(x)
+    expected = qat_net(x).numpy()
+    q_net = quantize(qat_net, inplace=False)
+    got = q_net(x)
+    assert got.dtype == np.float32
+    # same formulas in integers: at most one step of the output scale apart (float sums in
+    # another order may move a value sitting on a rounding edge); here they agree exactly
+    step = float(qat_net.fc2.act_observer.get_qparams().scale.numpy())
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=step + 1e-6)
+    assert np.mean(np.abs(got.numpy() - expected) > 1e-6) < 0.05
+    # inside, the tensors are integers of each QAT layer's activation dtype
+    inner = q_net.conv1(q_net.quant(x))
+    assert dtype.is_quantize(inner.dtype) and inner.dtype == np.int8
+    assert dtype.get_scale(inner.dtype) == pytest.approx(
+        float(qat_net.conv1.act_observer.get_qparams().scale.numpy()), rel=1e-6)
+    assert inner.numpy().min() >= 0  # the fused relu
+
+
+def test_a_quantized_network_survives_save_load_and_trace_dump(tmp_path):
+    from megengine.jit import trace
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    x = mge.tensor(np.random.RandomState(2).randn(4, 2, 5, 5).astype(np.float32))
+    q_net = quantize(_calibrated_mixed(x))
+    expected = q_net(x).numpy()
+    mge.save(q_net, tmp_path / "q.pkl")
+    loaded = mge.load(tmp_path / "q.pkl")
+    assert dtype.is_dtype_equal(loaded.conv1.weight.dtype, q_net.conv1.weight.dtype)
+    np.testing.assert_array_equal(loaded(x).numpy(), expected)
+
+    @trace(symbolic=True, capture_as_const=True)
+    def infer(inp):
+        return q_net(inp)
+
+    np.testing.assert_array_equal(infer(x).numpy(), expected)
+    np.testing.assert_array_equal(infer(x).numpy(), expected)  # the replay
+    infer.dump(str(tmp_path / "q.mge"), arg_names=["x"])
+    (out,) = GraphInference(str(tmp_path / "q.mge")).run(x.numpy()).values()
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_quantable_names_exist_as_float_and_qat_layers():
@@ -351,3 +474,75 @@ def test_a_qat_network_survives_save_and_load(tmp_path):
     reset_qconfig(loaded, passive_qconfig)  # PassiveObserver compares dtype metas by identity
     np.testing.assert_allclose(loaded(x).numpy(), before)
     assert loaded.linear.get_weight_qparams() == net.linear.get_weight_qparams()
+
+
+class Block(Float.Module):
+    """The basic block of MegEngine/Models' quantization ResNet: relu on a quantized sum."""
+
+    def __init__(self, cin, c, stride):
+        super().__init__()
+        self.conv_bn_relu1 = Float.ConvBnRelu2d(cin, c, 3, stride, padding=1, bias=False)
+        self.conv_bn2 = Float.ConvBn2d(c, c, 3, 1, padding=1, bias=False)
+        self.downsample = Float.Identity() if cin == c and stride == 1 else \
+            Float.ConvBn2d(cin, c, 1, stride, bias=False)
+        self.add = Float.Elemwise("ADD")
+
+    def forward(self, x):
+        y = self.conv_bn2(self.conv_bn_relu1(x))
+        return F.relu(self.add(y, self.downsample(x)))
+
+
+class TinyResNet(Float.Module):
+    """Models' quantization ResNet in small: max pooling and average pooling of quantized
+    tensors, a float classifier after the DequantStub (``disable_quantize``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = Float.QuantStub(), Float.DequantStub()
+        self.stem = Float.ConvBnRelu2d(3, 4, 3, 2, padding=1, bias=False)
+        self.maxpool = Float.MaxPool2d(3, 2, 1)
+        self.layer = Float.Sequential(Block(4, 4, 1), Block(4, 8, 2))
+        self.fc = Float.Linear(8, 5)
+        self.fc.disable_quantize()
+
+    def forward(self, x):
+        x = self.layer(self.maxpool(self.stem(self.quant(x))))
+        return self.fc(self.dequant(F.flatten(F.avg_pool2d(x, x.shape[2]), 1)))
+
+
+def test_models_resnet_shape_quantizes_with_pooling_and_a_float_head():
+    assert isinstance(quantize(quantize_qat(TinyResNet())).stem, Q.ConvBnRelu2d)  # uncalibrated
+    x = mge.tensor(np.random.RandomState(3).randn(4, 3, 16, 16).astype(np.float32))
+    net = quantize_qat(TinyResNet())
+    for _ in range(3):
+        net(x)
+    net.eval()
+    q_net = quantize(net, inplace=False)
+    assert type(q_net.fc) is Float.Linear
+    feats = {}
+    for name, model in (("qat", net), ("q", q_net)):
+        model.fc.register_forward_hook(lambda m, i, o, name=name: feats.setdefault(name,
+                                                                                  i[0].numpy()))
+        model(x)
+    # up to the average pooling both compute the same integers; the quantized pooling then
+    # rounds the mean to the grid, which QAT's float pooling does not: half a step apart
+    step = float(net.layer[1].add.act_observer.get_qparams().scale.numpy())
+    np.testing.assert_allclose(feats["q"], feats["qat"], rtol=0, atol=0.5 * step + 1e-6)
+
+
+def test_a_quantized_state_dict_loads_into_a_fresh_quantized_network_with_its_scales():
+    # upstream's hub recipe: quantize_qat + quantize an uncalibrated network, then load the
+    # quantized checkpoint, whose integer weights carry their own scales
+    x = mge.tensor(np.random.RandomState(4).randn(4, 2, 5, 5).astype(np.float32))
+    q_net = quantize(_calibrated_mixed(x))
+    fresh = quantize(quantize_qat(Mixed(), qconfig=ema_fakequant_qconfig))
+    fresh.eval()
+    assert not dtype.is_dtype_equal(fresh.conv1.weight.dtype, q_net.conv1.weight.dtype)
+    fresh.load_state_dict(q_net.state_dict())
+    assert dtype.is_dtype_equal(fresh.conv1.weight.dtype, q_net.conv1.weight.dtype)
+    # the output dtypes are the layers' configuration, not state: copy them as a checkpoint's
+    # loader would rebuild the network from the same QAT calibration
+    for mine, theirs in zip(fresh.modules(), q_net.modules()):
+        if hasattr(theirs, "output_dtype"):
+            mine.output_dtype = theirs.output_dtype
+    np.testing.assert_array_equal(fresh(x).numpy(), q_net(x).numpy())

@@ -1,0 +1,346 @@
+"""Quantized dtypes (upstream's ``megengine.core.tensor.dtype``): numpy integer dtypes that carry
+their scale (and zero point) as metadata, the conversions between them and float, and the op that
+casts a tensor to or from one.
+
+A quantized dtype is ``np.dtype("int8", metadata={"mgb_dtype": {"name": "QuantizedS8", "scale":
+s}})``, exactly as upstream builds it: ``qint8(s)``, ``quint8(s, zero_point)``, ``qint32(s)``,
+``qint4``/``quint4``/``qint1``. A tensor of such a dtype stores the integers; the real value of an
+element ``q`` is ``(q - zero_point) * scale``. numpy keeps the metadata through copies, views,
+reshapes, transposes and indexing, so those need no code here; numpy's equality ignores it
+(``qint8(0.5) == np.int8``), so code that compares dtypes must use :func:`is_dtype_equal`.
+
+Rounding: ``Tensor.astype(qdtype)`` rounds halves away from zero (C's ``round``, what upstream's
+kernels do) in float32, ``value / scale``; the numpy helpers ``convert_to_*`` use ``np.round``
+(halves to even), as upstream's Python helpers do.
+"""
+import re
+from collections import namedtuple
+from typing import Union
+
+import numpy as np
+
+from .dispatch import Op, xp_of
+
+__all__ = [
+    "QuantDtypeMeta", "create_quantized_dtype", "quint8", "qint8", "qint32", "quint4", "qint4",
+    "qint1", "get_scale", "get_zero_point", "is_quantize", "is_dtype_equal", "get_dtype_bit",
+    "is_differentible_dtype", "convert_to_quint8", "convert_from_quint8", "convert_to_qint8",
+    "convert_from_qint8", "convert_to_qint32", "convert_from_qint32", "convert_to_quint4",
+    "convert_from_quint4", "convert_to_qint4", "convert_from_qint4", "convert_to_qint1",
+    "convert_from_qint1", "dtype_name",
+]
+
+
+class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
+                                ["name", "cname", "np_dtype_str", "qmin", "qmax", "is_unsigned"])):
+    """What a quantized dtype is: its integer range ``[qmin, qmax]``, the numpy storage type
+    and upstream's C name (``cname``, the ``name`` in a quantized dtype's metadata; None for a
+    meta that only drives fake quantization). Observers and fake quantizers read
+    ``qmin``/``qmax`` from it; :func:`create_quantized_dtype` makes the numpy dtype.
+
+    A custom one (e.g. ``QuantDtypeMeta("qint6", None, "int8", -32, 31)``) works for QAT.
+    Copies are the object itself, so ``is`` comparisons survive ``deepcopy``.
+    """
+
+    def __new__(cls, name: str, cname, np_dtype_str: str, qmin: int, qmax: int,
+                is_unsigned: bool = None):
+        if not isinstance(np_dtype_str, str):
+            raise TypeError(f"QuantDtypeMeta {name!r}: np_dtype_str must be a str such as "
+                            f"'int8', got {np_dtype_str!r}")
+        if qmin > qmax:
+            raise ValueError(f"QuantDtypeMeta {name!r}: qmin ({qmin}) exceeds qmax ({qmax})")
+        if is_unsigned is None:
+            is_unsigned = np_dtype_str[0] == "u"
+        return super().__new__(cls, name, cname, np_dtype_str, qmin, qmax, is_unsigned)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        # a built-in meta unpickles as the built-in object itself, so the identity checks of
+        # FakeQuantize and PassiveObserver hold after mge.save / mge.load
+        if _builtin_quant_dtypes.get(self.name) == self:
+            return _builtin_quant_dtype, (self.name,)
+        return QuantDtypeMeta, tuple(self)
+
+
+def _builtin_quant_dtype(name):
+    return _builtin_quant_dtypes[name]
+
+
+# Upstream's built-in quantized dtypes (the names qconfigs and observers accept as strings).
+_builtin_quant_dtypes = {
+    "quint8": QuantDtypeMeta("quint8", "Quantized8Asymm", "uint8", 0, 255),
+    "qint8": QuantDtypeMeta("qint8", "QuantizedS8", "int8", -128, 127),
+    "qint8_narrow": QuantDtypeMeta("qint8_narrow", "QuantizedS8", "int8", -127, 127),
+    "quint4": QuantDtypeMeta("quint4", "Quantized4Asymm", "uint8", 0, 15),
+    "qint4": QuantDtypeMeta("qint4", "QuantizedS4", "int8", -8, 7),
+    "qint1": QuantDtypeMeta("qint1", "QuantizedS1", "int8", 0, 1),
+    "qint32": QuantDtypeMeta("qint32", "QuantizedS32", "int32", -(2 ** 31), 2 ** 31 - 1),
+    "quint2": QuantDtypeMeta("quint2", None, "uint8", 0, 3),
+    "qint2": QuantDtypeMeta("qint2", None, "int8", -2, 1),
+}
+
+# cname -> the meta a quantized dtype's metadata names (its full integer range)
+_meta_by_cname = {m.cname: m for k, m in _builtin_quant_dtypes.items()
+                  if m.cname is not None and not k.endswith("_narrow")}
+
+
+def create_quantized_dtype(dtype_meta: QuantDtypeMeta, scale: float, zp: Union[int, None]):
+    """The numpy dtype upstream gives a quantized tensor: ``np_dtype_str`` with the scale (and,
+    for unsigned dtypes, the zero point) in its ``metadata["mgb_dtype"]``. Signed dtypes are
+    symmetric and refuse a zero point, unsigned ones need an integer one in range."""
+    if dtype_meta.cname is None:
+        raise ValueError(f"dtype {dtype_meta.name} has no cname: it cannot describe a "
+                         "quantized tensor, only drive fake quantization")
+    if scale is None:
+        raise ValueError(f"{dtype_meta.name}: scale is None; a quantized dtype needs a scale "
+                         "(run the observer, or give the scale)")
+    info = {"name": dtype_meta.cname, "scale": float(scale)}
+    if dtype_meta.is_unsigned:
+        if zp is None or int(zp) != zp:
+            raise ValueError(f"{dtype_meta.name}: zero_point should be an integer, got {zp!r}")
+        if not dtype_meta.qmin <= int(zp) <= dtype_meta.qmax:
+            raise ValueError(f"zero_point should be within [{dtype_meta.qmin}, "
+                             f"{dtype_meta.qmax}] for {dtype_meta.name}, got {zp}")
+        info["zero_point"] = int(zp)
+    elif zp is not None:
+        raise ValueError(f"'{dtype_meta.name}' only supports symmetric quantization, "
+                         f"zero_point should be None, but actually got '{zp}'")
+    return np.dtype(dtype_meta.np_dtype_str, metadata={"mgb_dtype": info})
+
+
+def quint8(scale, zero_point):
+    """Unsigned 8-bit quantized dtype: real value ``scale * (q - zero_point)``."""
+    return create_quantized_dtype(_builtin_quant_dtypes["quint8"], scale, zero_point)
+
+
+def qint8(scale):
+    """Signed 8-bit quantized dtype: real value ``scale * q``."""
+    return create_quantized_dtype(_builtin_quant_dtypes["qint8"], scale, None)
+
+
+def qint32(scale):
+    """Signed 32-bit quantized dtype (accumulators, biases): real value ``scale * q``."""
+    return create_quantized_dtype(_builtin_quant_dtypes["qint32"], scale, None)
+
+
+def quint4(scale, zero_point):
+    """Unsigned 4-bit quantized dtype (stored in uint8, values 0..15)."""
+    return create_quantized_dtype(_builtin_quant_dtypes["quint4"], scale, zero_point)
+
+
+def qint4(scale):
+    """Signed 4-bit quantized dtype (stored in int8, values -8..7)."""
+    return create_quantized_dtype(_builtin_quant_dtypes["qint4"], scale, None)
+
+
+def qint1(scale):
+    """1-bit quantized dtype (stored in int8, values 0..1)."""
+    return create_quantized_dtype(_builtin_quant_dtypes["qint1"], scale, None)
+
+
+def _info(dtype):
+    md = getattr(dtype, "metadata", None)
+    return md.get("mgb_dtype") if md else None
+
+
+def is_quantize(dtype) -> bool:
+    """Whether ``dtype`` is a quantized dtype (carries a scale in its metadata)."""
+    info = _info(np.dtype(dtype)) if dtype is not None else None
+    return info is not None and info.get("name") in _meta_by_cname
+
+
+def quant_meta(dtype) -> QuantDtypeMeta:
+    """The built-in QuantDtypeMeta a quantized numpy dtype belongs to (None if not quantized)."""
+    info = _info(dtype)
+    return None if info is None else _meta_by_cname.get(info.get("name"))
+
+
+def get_scale(dtype) -> float:
+    """The scale of a quantized dtype; an error names the dtype when it has none."""
+    info = _info(np.dtype(dtype))
+    if info is None or "scale" not in info:
+        raise ValueError(f"get_scale: dtype {dtype} is not a quantized dtype (make one with "
+                         "megengine.core.tensor.dtype.qint8(scale) and x.astype(it))")
+    return info["scale"]
+
+
+def get_zero_point(dtype) -> int:
+    """The zero point of an asymmetric (unsigned) quantized dtype; an error for others."""
+    info = _info(np.dtype(dtype))
+    if info is None or "zero_point" not in info:
+        raise ValueError(f"get_zero_point: dtype {dtype} has no zero point (only quint8 and "
+                         "quint4 dtypes are asymmetric)")
+    return info["zero_point"]
+
+
+def _zero_point(dtype):
+    return _info(dtype).get("zero_point", 0)
+
+
+def is_dtype_equal(dt0, dt1) -> bool:
+    """Equality that sees the quantization parameters (numpy's ``==`` ignores them)."""
+    dt0, dt1 = np.dtype(dt0), np.dtype(dt1)
+    return dt0 == dt1 and _info(dt0) == _info(dt1)
+
+
+def get_dtype_bit(dtype_name: str) -> int:
+    """Bits of a dtype named like ``"int8"``/``"qint4"`` (``"bool"`` is 1)."""
+    if dtype_name == "bool":
+        return 1
+    numbers = re.findall(r"\d+", dtype_name)
+    if len(numbers) != 1:
+        raise ValueError(f"get_dtype_bit: cannot tell the bits of {dtype_name!r}")
+    return int(numbers[0])
+
+
+def is_differentible_dtype(dtype) -> bool:
+    """Whether gradients flow through a tensor of ``dtype`` (float16/float32)."""
+    return dtype == np.float32 or dtype == np.float16
+
+
+def dtype_name(dtype) -> str:
+    """``"qint8(0.5)"``, ``"quint8(0.1, 128)"``, or numpy's name for a plain dtype."""
+    meta = quant_meta(dtype)
+    if meta is None:
+        return str(dtype)
+    info = _info(dtype)
+    if meta.is_unsigned:
+        return f"{meta.name}({info['scale']:g}, {info['zero_point']})"
+    return f"{meta.name}({info['scale']:g})"
+
+
+# ----- numpy helpers (upstream's convert_to_* / convert_from_*: np.round, halves to even) -----
+
+def _check_kind(dtype, meta, what):
+    if quant_meta(dtype) is not meta:
+        raise ValueError(f"{what}: dtype should be a {meta.name} dtype "
+                         f"(megengine.core.tensor.dtype.{meta.name}(...)), got {dtype_name(dtype)}")
+
+
+def _convert_to(arr, dtype, meta, what):
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{what}: arr should be a numpy ndarray, got {type(arr).__name__}")
+    dtype = np.dtype(dtype)
+    _check_kind(dtype, meta, what)
+    info = _info(dtype)
+    q = np.round(arr / info["scale"]) + info.get("zero_point", 0)
+    return q.clip(meta.qmin, meta.qmax).astype(dtype)
+
+
+def _convert_from(arr, meta, what):
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{what}: arr should be a numpy ndarray, got {type(arr).__name__}")
+    _check_kind(arr.dtype, meta, what)
+    info = _info(arr.dtype)
+    return (arr.astype(np.float32) - info.get("zero_point", 0)) * info["scale"]
+
+
+def _converters(name):
+    meta = _builtin_quant_dtypes[name]
+
+    def to(arr: np.ndarray, q: np.dtype):
+        return _convert_to(arr, q, meta, f"convert_to_{name}")
+
+    def back(arr: np.ndarray):
+        return _convert_from(arr, meta, f"convert_from_{name}")
+
+    to.__name__, back.__name__ = f"convert_to_{name}", f"convert_from_{name}"
+    to.__doc__ = f"Quantize a float numpy array to a {name} one (``q`` gives the scale)."
+    back.__doc__ = f"Dequantize a {name} numpy array to float32."
+    return to, back
+
+
+convert_to_quint8, convert_from_quint8 = _converters("quint8")
+convert_to_qint8, convert_from_qint8 = _converters("qint8")
+convert_to_qint32, convert_from_qint32 = _converters("qint32")
+convert_to_quint4, convert_from_quint4 = _converters("quint4")
+convert_to_qint4, convert_from_qint4 = _converters("qint4")
+convert_to_qint1, convert_from_qint1 = _converters("qint1")
+
+
+# ----- arrays: what the kernels share -----
+
+def round_half_away(xp, x):
+    """C's ``round`` (halves away from zero), what upstream's quantizing kernels use."""
+    t = xp.trunc(x)
+    return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
+
+
+def require_host(a, what):
+    """Quantized arrays are numpy arrays: their scale is the numpy dtype's metadata, which this
+    fork has not verified CuPy to keep. A CUDA array gets an error naming the fix."""
+    if type(a) is not np.ndarray:
+        raise TypeError(f"{what}: quantized tensors are supported on CPU devices only here (the "
+                        "scale lives in the numpy dtype's metadata); run the quantized network "
+                        "on 'cpu0' (tensor.to('cpu0'), or load it with map_location='cpu0')")
+
+
+def dequantize_array(a):
+    """float32 real values of a quantized array: ``(q - zero_point) * scale``, in float32."""
+    require_host(a, "dequantize")
+    info = _info(a.dtype)
+    zp = info.get("zero_point", 0)
+    f = a.astype(np.float32)
+    if zp:
+        f = f - np.float32(zp)
+    return f * np.float32(info["scale"])
+
+
+def quantize_array(x, dtype):
+    """Float (or integer) array ``x`` quantized to ``dtype``: ``round(x / scale) + zero_point``
+    in float32, halves away from zero, saturated to the dtype's range."""
+    meta = quant_meta(dtype)
+    info = _info(dtype)
+    require_host(x, f"quantize to {dtype_name(dtype)}")
+    xp = xp_of(x)
+    if x.dtype != np.float32 and x.dtype != np.float64:
+        x = x.astype(np.float32)
+    q = round_half_away(xp, x / x.dtype.type(info["scale"]))
+    zp = info.get("zero_point", 0)
+    if zp:
+        q = q + zp
+    return xp.clip(q, meta.qmin, meta.qmax).astype(dtype)
+
+
+def requantize_array(acc, acc_scale, dtype, relu=False):
+    """Integer accumulator ``acc`` (real value ``acc * acc_scale``) as ``dtype``: the value is
+    formed in float32 (upstream's qint32 -> qint8 conversion dequantizes, then quantizes);
+    a qint32 target of the same scale keeps the integers exactly."""
+    xp = xp_of(acc)
+    if relu:
+        acc = xp.maximum(acc, 0)
+    if dtype is None:
+        return acc.astype(qint32(acc_scale))
+    dtype = np.dtype(dtype)
+    meta = quant_meta(dtype)
+    if meta is None:  # a float output: the real values
+        return (acc.astype(np.float32) * np.float32(acc_scale)).astype(dtype)
+    if meta.cname == "QuantizedS32" and _info(dtype)["scale"] == acc_scale:
+        return xp.clip(acc, meta.qmin, meta.qmax).astype(dtype)
+    return quantize_array(acc.astype(np.float32) * np.float32(acc_scale), dtype)
+
+
+class QuantizedCast(Op):
+    """``Tensor.astype`` where either side is quantized: float -> quantized rounds and
+    saturates, quantized -> float dequantizes, quantized -> quantized goes through the float
+    value (as upstream's TypeCvt). No gradient flows through it: quantized tensors are for
+    inference (upstream's quantized modules refuse training)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        src, dst = quant_meta(x.dtype), quant_meta(self.dtype)
+        if dst is None:
+            return dequantize_array(x).astype(self.dtype, copy=False)
+        if src is not None:
+            x = dequantize_array(x)
+        return quantize_array(x, self.dtype)
+
+    def backward(self, g):
+        return None

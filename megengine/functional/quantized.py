@@ -1,0 +1,294 @@
+"""Quantized inference kernels (upstream's ``F.quantized``): convolution + bias + activation on
+quantized tensors, its per-sample-weight and transposed forms, and the quantized element-wise
+modes (``_elemwise_multi_type``), with the integer arithmetic emulated exactly.
+
+How the integer arithmetic is emulated: int8 (or int4/uint8) values minus their zero points are
+convolved in float64 on ATen's kernels. Every product is an integer below 2**16 and every partial
+sum an integer far below 2**53, so the float64 result *is* the int32 accumulator upstream's
+kernels compute, whatever order ATen sums in. The qint32 bias (scale ``input scale * weight
+scale``) is added as an integer, the activation applied, and the accumulator requantized to the
+output dtype as upstream's qint32 -> qint8 conversion does: the float32 value
+``acc * acc_scale`` divided by the output scale, rounded half away from zero, saturated.
+
+Element-wise quantized modes (``QADD``, ``QFUSE_ADD_RELU``, ``QMUL``, ...) dequantize their
+inputs to float32, run the float mode and quantize the result, which is what upstream's
+ElemwiseMultiType kernels compute.
+"""
+import numpy as np
+
+from ..core import dtype as _qd
+from ..core.dispatch import Op, apply, xp_of
+from ..core.tensor import Tensor
+from ._args import _tensor
+from .conv import _Convolution, _ntuple
+
+__all__ = ["conv_bias_activation", "batch_conv_bias_activation", "conv_transpose2d"]
+
+_NONLINEAR = ("identity", "relu", "sigmoid", "h_swish")
+
+
+def _mode(value, allowed, name, what):
+    mode = str(getattr(value, "name", value)).lower()
+    if mode not in allowed:
+        raise ValueError(f"{what}: {name} must be one of {allowed}, got {value!r}")
+    return mode
+
+
+def _check_conv_mode(conv_mode, compute_mode, what):
+    _mode(conv_mode, ("cross_correlation",), "conv_mode", what)
+    _mode(compute_mode, ("default", "float32"), "compute_mode", what)
+
+
+def _scale_zp(a, what, role):
+    if not _qd.is_quantize(a.dtype):
+        raise TypeError(f"{what}: the {role} must be quantized (e.g. x.astype(dtype.qint8(s))), "
+                        f"got dtype {a.dtype}")
+    info = a.dtype.metadata["mgb_dtype"]
+    return info["scale"], info.get("zero_point", 0)
+
+
+def _centered(a, zp):
+    """The integers minus their zero point, as float64 (exact)."""
+    f = a.astype(np.float64)
+    return f - zp if zp else f
+
+
+def _activate_float(xp, v, mode):
+    if mode == "relu":
+        return xp.maximum(v, 0)
+    if mode == "sigmoid":
+        return 1 / (1 + xp.exp(-v))
+    if mode == "h_swish":
+        return v * xp.clip(v + 3, 0, 6) / 6
+    return v
+
+
+class _QuantizedConv(Op):
+    """Quantized (transposed) convolution + qint32 bias + activation, requantized to ``dtype``
+    (see the module docstring); not differentiable (inference only, as upstream)."""
+
+    def __init__(self, geometry, dtype, nonlinear_mode, what):
+        # geometry: (transposed, stride, padding, dilation, output_padding, groups), plain
+        # values, so that jit.trace compares and dumps this op's parameters
+        self.geometry, self.dtype, self.mode, self.what = geometry, dtype, nonlinear_mode, what
+
+    def forward(self, x, w, b=None):
+        what = self.what
+        _qd.require_host(x, what)
+        sx, zx = _scale_zp(x, what, "input")
+        sw, zw = _scale_zp(w, what, "weight")
+        acc_scale = float(np.float32(sx) * np.float32(sw))
+        transposed, stride, padding, dilation, output_padding, groups = self.geometry
+        conv = _Convolution(2, transposed, stride, padding, dilation, output_padding, groups,
+                            what)
+        acc = conv.forward(_centered(x, zx), _centered(w, zw))  # exact integers
+        xp = xp_of(acc)
+        acc = xp.rint(acc).astype(np.int64)
+        if b is not None:
+            meta = _qd.quant_meta(b.dtype)
+            sb, zb = _scale_zp(b, what, "bias") if meta is not None else (None, 0)
+            if meta is None or meta.cname != "QuantizedS32" or zb or \
+                    not np.isclose(sb, acc_scale, rtol=1e-6, atol=0):
+                raise TypeError(
+                    f"{what}: the bias must be qint32 with scale input scale * weight scale "
+                    f"({acc_scale:g}), got {_qd.dtype_name(b.dtype)}; pass "
+                    f"bias.astype(dtype.qint32(input_scale * weight_scale))")
+            acc = acc + b.reshape(1, -1, *([1] * (acc.ndim - 2))).astype(np.int64)
+        if self.mode in ("identity", "relu"):
+            return _qd.requantize_array(acc, acc_scale, self.dtype, relu=self.mode == "relu")
+        value = _activate_float(xp, acc.astype(np.float32) * np.float32(acc_scale), self.mode)
+        if self.dtype is None:
+            raise ValueError(f"{what}: nonlinear_mode {self.mode!r} needs an output dtype")
+        if not _qd.is_quantize(self.dtype):
+            return value.astype(self.dtype)
+        return _qd.quantize_array(value, self.dtype)
+
+    def backward(self, *grads):
+        return (None,) * len(self.needs_input_grad)
+
+
+def _geometry(transposed, stride, padding, dilation, output_padding, groups, what):
+    return (transposed, _ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
+            _ntuple(dilation, 2, "dilation", what),
+            _ntuple(output_padding, 2, "output_padding", what), int(groups))
+
+
+def _is_quantized(t):
+    return _qd.is_quantize(t.dtype)
+
+
+def _float_conv_bias(inp, weight, bias, dtype, nonlinear_mode, geometry, what):
+    """Float inputs: the same convolution + bias + activation in float (upstream's ConvBias
+    runs float too), cast to ``dtype`` when one is given."""
+    from . import nn
+
+    inputs = (inp, weight) if bias is None else (inp, weight, bias)
+    out = apply(_Convolution(2, *geometry, what), *inputs)
+    if nonlinear_mode == "relu":
+        out = nn.relu(out)
+    elif nonlinear_mode == "sigmoid":
+        out = nn.sigmoid(out)
+    elif nonlinear_mode == "h_swish":
+        out = nn.hswish(out)
+    return out if dtype is None else out.astype(dtype)
+
+
+def _conv_bias(transposed, inp, weight, bias, dtype, stride, padding, dilation, groups,
+               nonlinear_mode, conv_mode, compute_mode, what, output_padding=0):
+    _check_conv_mode(conv_mode, compute_mode, what)
+    mode = _mode(nonlinear_mode, _NONLINEAR, "nonlinear_mode", what)
+    inp, weight = _tensor(inp), _tensor(weight)
+    bias = None if bias is None else _tensor(bias)
+    geometry = _geometry(transposed, stride, padding, dilation, output_padding, groups, what)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+    quantized = _is_quantized(inp), _is_quantized(weight)
+    if not any(quantized):
+        return _float_conv_bias(inp, weight, bias, dtype, mode, geometry, what)
+    if not all(quantized):
+        raise TypeError(f"{what}: input ({_qd.dtype_name(inp.dtype)}) and weight "
+                        f"({_qd.dtype_name(weight.dtype)}) must both be quantized or both float")
+    op = _QuantizedConv(geometry, dtype, mode, what)
+    return apply(op, inp, weight) if bias is None else apply(op, inp, weight, bias)
+
+
+def conv_bias_activation(inp: Tensor, weight: Tensor, bias: Tensor, dtype=None, stride=1,
+                         padding=0, dilation=1, groups: int = 1, nonlinear_mode="identity",
+                         conv_mode="cross_correlation", compute_mode="default") -> Tensor:
+    """``activation(conv2d(inp, weight) + bias)`` for inference, output as ``dtype``.
+
+    On quantized tensors (as upstream's ConvBias): ``inp`` and ``weight`` quantized (qint8,
+    quint8, qint4, ...), ``bias`` qint32 with scale ``inp scale * weight scale`` (or None),
+    ``dtype`` the output's quantized dtype (None: the qint32 accumulator itself) or a float
+    dtype. The integer arithmetic is exact (see the module docstring). On float tensors the
+    same computation runs in float. ``nonlinear_mode``: "identity", "relu", "sigmoid",
+    "h_swish"; the weight is (out, in/groups, kh, kw) or upstream's grouped
+    (groups, out/groups, in/groups, kh, kw).
+    """
+    return _conv_bias(False, inp, weight, bias, dtype, stride, padding, dilation, groups,
+                      nonlinear_mode, conv_mode, compute_mode, "conv_bias_activation")
+
+
+def conv_transpose2d(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None, stride=1,
+                     padding=0, output_padding=0, dilation=1, groups: int = 1,
+                     conv_mode="cross_correlation", compute_mode="default") -> Tensor:
+    """Transposed 2-d convolution of quantized tensors, requantized to ``dtype`` (upstream's
+    quantized ``conv_transpose2d``). ``weight`` is (in, out/groups, kh, kw); ``bias`` qint32
+    with scale ``inp scale * weight scale``, or None."""
+    return _conv_bias(True, inp, weight, bias, dtype, stride, padding, dilation, groups,
+                      "identity", conv_mode, compute_mode, "conv_transpose2d",
+                      output_padding=output_padding)
+
+
+def batch_conv_bias_activation(inp: Tensor, weight: Tensor, bias: Tensor, dtype=None, stride=1,
+                               padding=0, dilation=1, groups: int = 1, nonlinear_mode="identity",
+                               conv_mode="cross_correlation",
+                               compute_mode="default") -> Tensor:
+    """``conv_bias_activation`` with one weight per sample: ``inp`` (N, C, H, W), ``weight``
+    (N, out, C, kh, kw); sample ``n`` is convolved with ``weight[n]`` (upstream's
+    BatchConvBias). Runs as one grouped convolution with the batch as the groups."""
+    what = "batch_conv_bias_activation"
+    inp, weight = _tensor(inp), _tensor(weight)
+    if int(groups) != 1:
+        raise ValueError(f"{what}: groups must be 1 (upstream's BatchConvBias is dense), "
+                         f"got {groups}")
+    if inp.ndim != 4 or weight.ndim != 5 or weight.shape[0] != inp.shape[0] \
+            or weight.shape[2] != inp.shape[1]:
+        raise ValueError(f"{what}: expected inp (N, C, H, W) and weight (N, out, C, kh, kw) "
+                         f"with the same N and C, got {inp.shape} and {weight.shape}")
+    n, c, h, w = inp.shape
+    out = _conv_bias(False, inp.reshape(1, n * c, h, w),
+                     weight.reshape(n * weight.shape[1], *weight.shape[2:]),
+                     None if bias is None else _tile_bias(_tensor(bias), n), dtype, stride,
+                     padding, dilation, n, nonlinear_mode, conv_mode, compute_mode, what)
+    return out.reshape(n, -1, *out.shape[2:])
+
+
+def _tile_bias(bias, n):
+    """A (1, out, 1, 1) bias repeated for each of ``n`` groups of the batched convolution."""
+    from .tensor import concat
+
+    flat = bias.reshape(1, -1, 1, 1)
+    return concat([flat] * n, axis=1)
+
+
+# ----- quantized element-wise modes (upstream's ElemwiseMultiType "Q..." modes) -----
+
+class _Requantize(Op):
+    """Float array -> quantized ``dtype`` (no gradient)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        return _qd.quantize_array(x, self.dtype)
+
+    def backward(self, g):
+        return None
+
+
+def _elemwise_multi_type(*args, mode, dtype=None):
+    """Upstream's quantized element-wise op: ``mode`` is a quantized mode name ("QADD",
+    "QFUSE_ADD_RELU", "QMUL", "QABS", ...: "Q" + a float Elemwise mode), the inputs quantized
+    tensors, ``dtype`` the output's quantized dtype. Computes the float mode on the dequantized
+    inputs and quantizes the result (half away from zero, saturated)."""
+    from .elemwise import _elwise
+
+    name = str(getattr(mode, "name", mode)).upper()
+    if not name.startswith("Q"):
+        raise ValueError(f"_elemwise_multi_type: only the quantized modes ('Q' + an Elemwise "
+                         f"mode, e.g. 'QADD') are supported, got {mode!r}")
+    if dtype is None or not _qd.is_quantize(dtype):
+        raise TypeError(f"_elemwise_multi_type: dtype must be the output's quantized dtype "
+                        f"(e.g. dtype.qint8(scale)), got {dtype!r}")
+    tensors = [_tensor(a) for a in args]
+    for t in tensors:
+        if not _is_quantized(t):
+            raise TypeError(f"_elemwise_multi_type({name}): inputs must be quantized tensors, "
+                            f"got dtype {t.dtype}")
+    real = _elwise(*[t.astype("float32") for t in tensors], mode=name[1:])
+    return apply(_Requantize(np.dtype(dtype)), real)
+
+
+class _QuantizedMatmul(Op):
+    """Matrix product of two quantized tensors: the exact integer products summed (in float64,
+    exact as in the convolution), returned as the qint32 accumulator of scale ``sa * sb``."""
+
+    def forward(self, a, b):
+        _qd.require_host(a, "matmul")
+        sa, za = _scale_zp(a, "matmul", "first operand")
+        sb, zb = _scale_zp(b, "matmul", "second operand")
+        acc = np.rint(np.matmul(_centered(a, za), _centered(b, zb))).astype(np.int64)
+        return _qd.requantize_array(acc, float(np.float32(sa) * np.float32(sb)), None)
+
+    def backward(self, g):
+        return None, None
+
+
+def _matmul(a: Tensor, b: Tensor, transpose_a=False, transpose_b=False) -> Tensor:
+    """``F.matmul`` of quantized tensors (upstream's MatrixMul on QuantizedS8): the qint32
+    accumulator with scale ``a scale * b scale``."""
+    a, b = _tensor(a), _tensor(b)
+    if not (_is_quantized(a) and _is_quantized(b)):
+        raise TypeError(f"matmul: operands of dtypes {_qd.dtype_name(a.dtype)} and "
+                        f"{_qd.dtype_name(b.dtype)}: both must be quantized or both not")
+    if transpose_a and a.ndim >= 2:
+        a = a.transpose(*range(a.ndim - 2), a.ndim - 1, a.ndim - 2)
+    if transpose_b and b.ndim >= 2:
+        b = b.transpose(*range(b.ndim - 2), b.ndim - 1, b.ndim - 2)
+    return apply(_QuantizedMatmul(), a, b)
+
+
+def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None,
+            nonlinear_mode="identity") -> Tensor:
+    """``inp @ weight.T + bias`` on quantized ``inp`` (..., in) and ``weight`` (out, in), with a
+    qint32 ``bias`` of scale ``inp scale * weight scale``, activation fused, requantized to
+    ``dtype`` (what
+    upstream's quantized Linear computes with F.linear on quantized tensors). Runs as a 1x1
+    convolution, so the accumulation is the exact integer one of conv_bias_activation."""
+    inp, weight = _tensor(inp), _tensor(weight)
+    lead = inp.shape[:-1]
+    x = inp.reshape(-1, inp.shape[-1], 1, 1)
+    w = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
+    out = conv_bias_activation(x, w, bias, dtype=dtype, nonlinear_mode=nonlinear_mode)
+    return out.reshape(*lead, weight.shape[0])

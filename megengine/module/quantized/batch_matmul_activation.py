@@ -1,0 +1,43 @@
+"""Quantized `BatchMatMulActivation`: per-batch integer weight matrices times a quantized input,
+plus a qint32 bias, activation fused, requantized."""
+from ...functional.quantized import batch_conv_bias_activation
+from .. import batch_matmul_activation as Float
+from ..qat import batch_matmul_activation as QAT
+from ...core.tensor import Parameter
+from .conv import bias_as_qint32, quantized_weight
+from .module import QuantizedModule, output_dtype_of
+
+__all__ = ["BatchMatMulActivation"]
+
+
+class BatchMatMulActivation(Float.BatchMatMulActivation, QuantizedModule):
+    """Quantized :class:`~.qat.BatchMatMulActivation`: ``weight[b] @ x[b] + bias`` for
+    ``x`` (batch, in_features, n), with int32 accumulation, as one batched 1x1 convolution
+    (``batch_conv_bias_activation``), output in ``dtype``."""
+
+    def __init__(self, batch, in_features, out_features, bias=True, nonlinear_mode="identity",
+                 dtype=None, **kwargs):
+        super().__init__(batch, in_features, out_features, bias, nonlinear_mode, **kwargs)
+        self.output_dtype = dtype
+
+    def forward(self, inp):
+        if inp.ndim != 3 or inp.shape[0] != self.batch or inp.shape[1] != self.in_features:
+            raise ValueError(f"BatchMatMulActivation: input must be (batch={self.batch}, "
+                             f"in_features={self.in_features}, n), got shape {inp.shape}")
+        bias = None if self.bias is None else bias_as_qint32(self.bias, inp, self.weight)
+        weight = self.weight.reshape(*self.weight.shape, 1, 1)  # (batch, out, in, 1, 1)
+        out = batch_conv_bias_activation(inp.reshape(*inp.shape, 1), weight, bias,
+                                         dtype=self.output_dtype,
+                                         nonlinear_mode=self.nonlinear_mode)
+        return out.reshape(out.shape[:3])
+
+    @classmethod
+    def from_qat_module(cls, qat_module: QAT.BatchMatMulActivation):
+        what = cls.__name__
+        qmod = cls(qat_module.batch, qat_module.in_features, qat_module.out_features,
+                   qat_module.bias is not None, qat_module.nonlinear_mode,
+                   dtype=output_dtype_of(qat_module, what), name=qat_module.name)
+        qmod.weight = quantized_weight(qat_module, qat_module.weight, what)
+        if qat_module.bias is not None:
+            qmod.bias = Parameter(qat_module.bias.numpy())
+        return qmod

@@ -1,0 +1,35 @@
+"""Quantized `ConvBn2d` and `ConvBnRelu2d`: the BatchNorm folded (with its running statistics)
+into an integer conv weight and a bias, as the QAT layer computes in evaluation."""
+from ..qat import conv_bn as QAT
+from .conv import Conv2d, float_bias, quantized_weight
+from .module import output_dtype_of
+
+__all__ = ["ConvBn2d", "ConvBnRelu2d"]
+
+
+class _ConvBnActivation2d(Conv2d):
+    @classmethod
+    def from_qat_module(cls, qat_module: QAT._ConvBnActivation2d):
+        what = cls.__name__
+        conv = qat_module.conv
+        qconv = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.conv_mode, conv.compute_mode,
+                    dtype=output_dtype_of(qat_module, what), padding_mode=conv.padding_mode,
+                    name=qat_module.name)
+        w_fold, b_fold = qat_module.fold_weight_bias(qat_module.bn.running_mean,
+                                                     qat_module.bn.running_var)
+        qconv.weight = quantized_weight(qat_module, w_fold, what)
+        qconv.bias = float_bias(b_fold, qconv._infer_bias_shape())
+        return qconv
+
+
+class ConvBn2d(_ConvBnActivation2d):
+    """Quantized :class:`~.qat.ConvBn2d`."""
+
+    _nonlinear_mode = "identity"
+
+
+class ConvBnRelu2d(_ConvBnActivation2d):
+    """Quantized :class:`~.qat.ConvBnRelu2d` (relu fused before requantization)."""
+
+    _nonlinear_mode = "relu"

@@ -1,0 +1,150 @@
+"""Tests of megengine/core/dtype.py (upstream's megengine.core.tensor.dtype): quantized dtypes as
+numpy dtypes with metadata, numpy conversions, Tensor.astype / tensor(x, dtype=q) / .numpy() on
+quantized tensors, their refusal to mix with other dtypes, and save/load."""
+import io
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+from megengine.core.tensor import dtype
+
+
+def _half_away(v):
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+def test_both_upstream_import_paths_reach_the_module():
+    import megengine.core.tensor.dtype as by_import
+
+    from megengine.core.tensor import dtype as by_from
+
+    assert by_import is by_from is dtype
+    assert mge.tensor([1.0]).dtype == np.float32  # the property still works on tensors
+
+
+def test_quantized_dtypes_carry_upstream_metadata():
+    dt = dtype.quint8(0.01, 135)
+    assert isinstance(dt, np.dtype) and dt == np.uint8
+    assert dict(dt.metadata["mgb_dtype"]) == {"name": "Quantized8Asymm", "scale": 0.01,
+                                              "zero_point": 135}
+    assert dtype.is_quantize(dt) and dtype.get_scale(dt) == 0.01
+    assert dtype.get_zero_point(dt) == 135
+    q = dtype.qint8(0.5)
+    assert q == np.int8 and dict(q.metadata["mgb_dtype"]) == {"name": "QuantizedS8",
+                                                              "scale": 0.5}
+    assert dtype.qint32(2.0).metadata["mgb_dtype"]["name"] == "QuantizedS32"
+    assert dtype.qint4(0.1) == np.int8 and dtype.quint4(0.1, 8) == np.uint8
+    assert not dtype.is_quantize(np.int8) and not dtype.is_quantize(np.float32)
+    # numpy's == ignores the scale; is_dtype_equal does not
+    assert dtype.qint8(0.5) == dtype.qint8(0.25)
+    assert not dtype.is_dtype_equal(dtype.qint8(0.5), dtype.qint8(0.25))
+    assert dtype.is_dtype_equal(dtype.qint8(0.5), dtype.qint8(0.5))
+    assert dtype.get_dtype_bit("qint4") == 4 and dtype.get_dtype_bit("bool") == 1
+
+
+@pytest.mark.parametrize("bad", [lambda: dtype.quint8(0.05, 0.233),
+                                 lambda: dtype.quint8(0.02, 777),
+                                 lambda: dtype.quint8(0.02, -1), lambda: dtype.quint4(0.02, 18),
+                                 lambda: dtype.quint8(0.02, None)])
+def test_bad_zero_points_are_refused(bad):
+    with pytest.raises(ValueError, match="zero_point"):
+        bad()
+
+
+def test_signed_dtypes_refuse_a_zero_point_and_a_missing_scale_is_named():
+    meta = dtype._builtin_quant_dtypes["qint8"]
+    with pytest.raises(ValueError, match="only supports symmetric"):
+        dtype.create_quantized_dtype(meta, 0.1, 3)
+    with pytest.raises(ValueError, match="scale is None"):
+        dtype.create_quantized_dtype(meta, None, None)
+    with pytest.raises(ValueError, match="no cname"):
+        dtype.create_quantized_dtype(dtype._builtin_quant_dtypes["qint2"], 0.1, None)
+    with pytest.raises(ValueError, match="not a quantized dtype"):
+        dtype.get_scale(np.int8)
+
+
+def test_numpy_conversions_round_half_to_even_as_upstreams_helpers():
+    data = np.array([0.25, -0.25, 0.75, 1.3, -100.0, 100.0], np.float32)
+    q = dtype.convert_to_qint8(data, dtype.qint8(0.5))
+    np.testing.assert_array_equal(q, [0, -0, 2, 3, -128, 127])  # np.round: 0.5 -> 0, 1.5 -> 2
+    assert dtype.is_dtype_equal(q.dtype, dtype.qint8(0.5))
+    np.testing.assert_array_equal(dtype.convert_from_qint8(q),
+                                  np.array([0, 0, 1, 1.5, -64, 63.5], np.float32))
+    u = dtype.convert_to_quint8(data, dtype.quint8(0.5, 128))
+    np.testing.assert_array_equal(u, [128, 128, 130, 131, 0, 255])
+    np.testing.assert_array_equal(dtype.convert_from_quint8(u),
+                                  (u.astype(np.float32) - 128) * 0.5)
+    with pytest.raises(ValueError, match="should be a qint8 dtype"):
+        dtype.convert_to_qint8(data, dtype.quint8(0.5, 1))
+    with pytest.raises(ValueError, match="numpy ndarray"):
+        dtype.convert_to_qint8([1.0], dtype.qint8(0.5))
+
+
+@pytest.mark.parametrize("qdt, qmin, qmax, zp", [(dtype.qint8(0.37), -128, 127, 0),
+                                                 (dtype.quint8(0.37, 100), 0, 255, 100),
+                                                 (dtype.qint4(0.37), -8, 7, 0),
+                                                 (dtype.qint32(0.37), -2 ** 31, 2 ** 31 - 1, 0)])
+def test_astype_quantizes_half_away_from_zero_and_dequantizes(qdt, qmin, qmax, zp):
+    x = np.array([[0.185, -0.185, 0.555, 1.0], [-1.0, 200.0, -200.0, 0.0]], np.float32)
+    q = mge.tensor(x).astype(qdt)
+    assert dtype.is_dtype_equal(q.dtype, qdt)
+    # upstream's kernels: round(x / scale) (C's round, halves away from zero) + zp, saturated
+    expect = np.clip(_half_away(x / np.float32(0.37)) + zp, qmin, qmax)
+    np.testing.assert_array_equal(q.numpy(), expect)
+    assert dtype.is_dtype_equal(q.numpy().dtype, qdt)  # .numpy() keeps the scale
+    back = q.astype("float32")
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back.numpy(), ((expect - zp) * np.float32(0.37))
+                                  .astype(np.float32))
+
+
+def test_requantizing_goes_through_the_real_value():
+    q = mge.tensor([1.0, -2.5, 3.0]).astype(dtype.qint8(0.5))
+    r = q.astype(dtype.qint8(0.25))
+    np.testing.assert_array_equal(r.numpy(), [4, -10, 12])
+    assert q.astype(dtype.qint8(0.5)) is q  # same dtype, scale included: nothing to do
+
+
+def test_a_tensor_made_with_a_quantized_dtype_stores_the_integers():
+    ints = np.array([3, -4, 127], np.int8)
+    t = mge.tensor(ints, dtype=dtype.qint8(0.1))
+    assert dtype.is_dtype_equal(t.dtype, dtype.qint8(0.1))
+    np.testing.assert_array_equal(t.numpy(), ints)
+    np.testing.assert_allclose(t.astype("float32").numpy(), ints * np.float32(0.1))
+    p = mge.Parameter(dtype.convert_to_qint8(np.ones(3, np.float32), dtype.qint8(0.5)))
+    assert dtype.get_scale(p.dtype) == 0.5 and "qint8(0.5)" in repr(p)
+
+
+def test_layout_ops_keep_the_scale_and_concat_too():
+    q = mge.tensor(np.arange(12, dtype=np.float32).reshape(3, 4)).astype(dtype.qint8(0.5))
+    for out in (q.reshape(4, 3), F.flatten(q), q.transpose(1, 0), q[1:], F.relu(q),
+                F.concat([q, q], axis=1)):
+        assert dtype.is_dtype_equal(out.dtype, q.dtype)
+    np.testing.assert_array_equal(F.concat([q, q]).numpy(), np.concatenate([q.numpy()] * 2))
+
+
+def test_mixing_a_quantized_tensor_with_another_dtype_is_refused():
+    q = mge.tensor([1.0, 2.0]).astype(dtype.qint8(0.5))
+    with pytest.raises(TypeError, match=r"quantized tensor \(qint8\(0.5\)\).*float32.*astype"):
+        q + mge.tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"qint8\(0.25\)"):
+        F.concat([q, mge.tensor([1.0]).astype(dtype.qint8(0.25))])
+
+
+def test_quantized_tensors_survive_save_and_load():
+    q = mge.tensor([0.3, -1.2]).astype(dtype.quint8(0.1, 7))
+    buf = io.BytesIO()
+    mge.save({"q": q}, buf)
+    buf.seek(0)
+    loaded = mge.load(buf)["q"]
+    assert dtype.is_dtype_equal(loaded.dtype, q.dtype)
+    np.testing.assert_array_equal(loaded.numpy(), q.numpy())
+
+
+def test_quantized_arrays_off_the_host_are_refused_with_the_fix():
+    # a CUDA (CuPy) array is not a numpy ndarray; any such array gets the same answer
+    not_numpy = np.ma.masked_array(np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="CPU devices only.*cpu0"):
+        dtype.quantize_array(not_numpy, dtype.qint8(0.1))

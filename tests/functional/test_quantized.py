@@ -1,0 +1,198 @@
+"""Tests of megengine/functional/quantized.py: quantized convolution + bias + activation (plain,
+per-sample weights, transposed) against torch's convolution of the same integers in float64
+(exact) and upstream's requantization; the quantized element-wise modes; the errors."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.core.tensor import dtype
+from megengine.functional.elemwise import _elemwise_multi_type
+
+S_IN, S_W, S_OUT = np.float32(0.05), np.float32(0.02), np.float32(0.1)
+S_ACC = float(S_IN * S_W)
+
+
+def _half_away(v):
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+def _ints(rng, shape, lo=-128, hi=128):
+    return rng.randint(lo, hi, shape)
+
+
+def _requantize(acc, out_scale, relu=False, qmin=-128, qmax=127):
+    """Upstream's qint32 -> qint8: the float32 value acc * acc scale over the output scale,
+    rounded half away from zero, saturated."""
+    if relu:
+        acc = np.maximum(acc, 0)
+    v = (acc.astype(np.float32) * np.float32(S_ACC)) / np.float32(out_scale)
+    return np.clip(_half_away(v), qmin, qmax)
+
+
+def _torch_acc(x, w, b=None, transposed=False, **kw):
+    fn = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+    acc = fn(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), **kw)
+    acc = acc.numpy().round().astype(np.int64)
+    return acc if b is None else acc + b.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("mode", ["identity", "relu"])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, dilation=2),
+                                dict(groups=2, padding=(1, 0))])
+def test_conv_bias_activation_is_the_exact_integer_convolution(mode, kw):
+    rng = np.random.RandomState(0)
+    groups = kw.get("groups", 1)
+    x, w = _ints(rng, (2, 4, 7, 6)), _ints(rng, (6, 4 // groups, 3, 3))
+    b = _ints(rng, (1, 6, 1, 1), -5000, 5000)
+    out = F.quantized.conv_bias_activation(
+        mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN)),
+        mge.Parameter(w.astype(np.int8), dtype=dtype.qint8(S_W)),
+        mge.Parameter(b.astype(np.int32), dtype=dtype.qint32(S_ACC)),
+        dtype=dtype.qint8(S_OUT), nonlinear_mode=mode, **kw)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(S_OUT))
+    expect = _requantize(_torch_acc(x, w, b, **kw), S_OUT, relu=mode == "relu")
+    np.testing.assert_array_equal(out.numpy(), expect)
+
+
+def test_without_an_output_dtype_the_qint32_accumulator_comes_back():
+    rng = np.random.RandomState(1)
+    x, w = _ints(rng, (1, 3, 5, 5)), _ints(rng, (2, 3, 3, 3))
+    out = F.quantized.conv_bias_activation(
+        mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN)),
+        mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W)), None)
+    assert dtype.get_scale(out.dtype) == pytest.approx(S_ACC) and out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), _torch_acc(x, w))
+
+
+def test_zero_points_of_asymmetric_inputs_are_subtracted_before_the_products():
+    rng = np.random.RandomState(2)
+    x, w = _ints(rng, (1, 2, 6, 6), 0, 256), _ints(rng, (3, 2, 3, 3))
+    out = F.quantized.conv_bias_activation(
+        mge.tensor(x.astype(np.uint8), dtype=dtype.quint8(S_IN, 120)),
+        mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W)), None,
+        dtype=dtype.quint8(S_OUT, 10), padding=1)
+    # zero padding is a real 0, i.e. the zero point: pad after subtracting it
+    acc = _torch_acc(x - 120, w, padding=1)
+    np.testing.assert_array_equal(out.numpy(), _requantize(acc, S_OUT, qmin=-10, qmax=245) + 10)
+
+
+def test_float_inputs_compute_the_same_thing_in_float():
+    rng = np.random.RandomState(3)
+    x, w, b = (rng.randn(2, 3, 6, 6).astype(np.float32), rng.randn(4, 3, 3, 3).astype(np.float32),
+               rng.randn(1, 4, 1, 1).astype(np.float32))
+    out = F.quantized.conv_bias_activation(mge.tensor(x), mge.tensor(w), mge.tensor(b),
+                                           nonlinear_mode="relu", padding=1)
+    expect = torch.relu(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w),
+                                                   torch.tensor(b.ravel()), padding=1))
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_conv_bias_activation_uses_one_weight_per_sample():
+    rng = np.random.RandomState(4)
+    x, w = _ints(rng, (3, 2, 5, 5)), _ints(rng, (3, 4, 2, 2, 2))
+    b = _ints(rng, (1, 4, 1, 1), -3000, 3000)
+    out = F.quantized.batch_conv_bias_activation(
+        mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN)),
+        mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W)),
+        mge.tensor(b.astype(np.int32), dtype=dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT),
+        stride=1, padding=1)
+    for n in range(3):
+        expect = _requantize(_torch_acc(x[n:n + 1], w[n], b, padding=1), S_OUT)
+        np.testing.assert_array_equal(out.numpy()[n:n + 1], expect)
+
+
+def test_quantized_conv_transpose2d():
+    rng = np.random.RandomState(5)
+    x, w = _ints(rng, (2, 4, 4, 4)), _ints(rng, (4, 3, 3, 3))
+    b = _ints(rng, (1, 3, 1, 1), -3000, 3000)
+    out = F.quantized.conv_transpose2d(
+        mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN)),
+        mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W)),
+        mge.tensor(b.astype(np.int32), dtype=dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT),
+        stride=2, padding=1, output_padding=1)
+    acc = _torch_acc(x, w, b, transposed=True, stride=2, padding=1, output_padding=1)
+    np.testing.assert_array_equal(out.numpy(), _requantize(acc, S_OUT))
+
+
+def test_quantized_conv_errors_name_the_fix():
+    x = mge.tensor(np.ones((1, 1, 3, 3), np.int8), dtype=dtype.qint8(S_IN))
+    w = mge.tensor(np.ones((1, 1, 1, 1), np.int8), dtype=dtype.qint8(S_W))
+    bad_bias = mge.tensor(np.ones((1, 1, 1, 1), np.int32), dtype=dtype.qint32(0.5))
+    with pytest.raises(TypeError, match=r"bias must be qint32 with scale.*astype"):
+        F.quantized.conv_bias_activation(x, w, bad_bias, dtype=dtype.qint8(S_OUT))
+    with pytest.raises(TypeError, match="both be quantized or both float"):
+        F.quantized.conv_bias_activation(x, mge.tensor(np.ones((1, 1, 1, 1), np.float32)), None)
+    with pytest.raises(ValueError, match="nonlinear_mode must be one of"):
+        F.quantized.conv_bias_activation(x, w, None, nonlinear_mode="tanh")
+
+
+@pytest.mark.parametrize("mode, fn", [
+    ("QADD", lambda a, b: a + b), ("QMUL", lambda a, b: a * b),
+    ("QFUSE_ADD_RELU", lambda a, b: np.maximum(a + b, 0)), ("QSUB", lambda a, b: a - b),
+    ("QABS", lambda a, b: np.abs(a)), ("QRELU", lambda a, b: np.maximum(a, 0))])
+def test_quantized_elemwise_modes_dequantize_compute_and_requantize(mode, fn):
+    rng = np.random.RandomState(6)
+    a, b = _ints(rng, (3, 4)), _ints(rng, (3, 4))
+    qa = mge.tensor(a.astype(np.int8), dtype=dtype.qint8(0.03))
+    qb = mge.tensor(b.astype(np.int8), dtype=dtype.qint8(0.07))
+    args = (qa,) if mode in ("QABS", "QRELU") else (qa, qb)
+    out = _elemwise_multi_type(*args, mode=mode, dtype=dtype.qint8(0.2))
+    real = fn(a.astype(np.float32) * np.float32(0.03), b.astype(np.float32) * np.float32(0.07))
+    expect = np.clip(_half_away(real.astype(np.float32) / np.float32(0.2)), -128, 127)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.2))
+    np.testing.assert_array_equal(out.numpy(), expect)
+
+
+def test_quantized_elemwise_errors():
+    q = mge.tensor(np.ones(2, np.int8), dtype=dtype.qint8(0.1))
+    with pytest.raises(ValueError, match="only the quantized modes"):
+        _elemwise_multi_type(q, q, mode="ADD", dtype=dtype.qint8(0.1))
+    with pytest.raises(TypeError, match="output's quantized dtype"):
+        _elemwise_multi_type(q, q, mode="QADD", dtype="float32")
+    with pytest.raises(TypeError, match="inputs must be quantized"):
+        _elemwise_multi_type(q, mge.tensor([1.0, 2.0]), mode="QADD", dtype=dtype.qint8(0.1))
+
+
+def test_pooling_a_quantized_tensor_keeps_its_dtype_and_rounds_the_mean():
+    rng = np.random.RandomState(7)
+    ints = _ints(rng, (2, 3, 6, 6))
+    q = mge.tensor(ints.astype(np.int8), dtype=dtype.qint8(0.1))
+    t = torch.tensor(ints, dtype=torch.float64)
+    mx = F.max_pool2d(q, 3, 2, 1)
+    assert dtype.is_dtype_equal(mx.dtype, q.dtype)
+    np.testing.assert_array_equal(mx.numpy(), torch.nn.functional.max_pool2d(t, 3, 2, 1))
+    avg = F.avg_pool2d(q, 2)
+    assert dtype.is_dtype_equal(avg.dtype, q.dtype)
+    np.testing.assert_array_equal(avg.numpy(), _half_away(torch.nn.functional.avg_pool2d(t, 2)
+                                                          .numpy()))
+    u = mge.tensor((ints + 128).astype(np.uint8), dtype=dtype.quint8(0.1, 128))
+    np.testing.assert_array_equal(F.avg_pool2d(u, 2).numpy().astype(np.int64) - 128,
+                                  avg.numpy())
+
+
+def test_plain_conv_linear_and_matmul_of_quantized_tensors_give_the_qint32_accumulator():
+    rng = np.random.RandomState(8)
+    x, w = _ints(rng, (2, 3, 5, 5)), _ints(rng, (4, 3, 3, 3))
+    qx = mge.tensor(x.astype(np.int8), dtype=dtype.qint8(S_IN))
+    qw = mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W))
+    out = F.conv2d(qx, qw, padding=1)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(out.numpy(), _torch_acc(x, w, padding=1))
+    a, b = _ints(rng, (2, 3, 6)), _ints(rng, (5, 6))
+    qa = mge.tensor(a.astype(np.int8), dtype=dtype.qint8(S_IN))
+    qb = mge.tensor(b.astype(np.int8), dtype=dtype.qint8(S_W))
+    bias = _ints(rng, (5,), -999, 999)
+    lin = F.linear(qa, qb, mge.tensor(bias.astype(np.int32), dtype=dtype.qint32(S_ACC)))
+    assert dtype.is_dtype_equal(lin.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(lin.numpy(), a @ b.T + bias)
+    mm = F.matmul(qa, qb, transpose_b=True)
+    np.testing.assert_array_equal(mm.numpy(), a @ b.T)
+    with pytest.raises(TypeError, match="bias must be qint32"):
+        F.linear(qa, qb, mge.tensor(bias.astype(np.float32)))
+    with pytest.raises(TypeError, match="both must be quantized"):
+        F.matmul(qa, mge.tensor(b.T.astype(np.float32)))
+    with pytest.raises(TypeError, match="2-d convolutions"):
+        F.conv1d(mge.tensor(np.ones((1, 1, 4), np.int8), dtype=dtype.qint8(1.0)),
+                 mge.tensor(np.ones((1, 1, 2), np.int8), dtype=dtype.qint8(1.0)))
