@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..core import amp as _amp
+from ..core import dtype as _dtype
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
@@ -41,8 +42,10 @@ def _float_t(t):
 
 class _Relu(Op):
     def forward(self, x):
-        # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop
-        self.y = y = xp_of(x).maximum(x, x.dtype.type(0))
+        # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop. A
+        # quantized value's zero is its zero point (quint8 stores real 0 as zero_point)
+        zero = 0 if x.dtype.metadata is None else _dtype._zero_point(x.dtype)
+        self.y = y = xp_of(x).maximum(x, x.dtype.type(zero))
         return y
 
     def backward(self, g):

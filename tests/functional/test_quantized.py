@@ -196,3 +196,13 @@ def test_plain_conv_linear_and_matmul_of_quantized_tensors_give_the_qint32_accum
     with pytest.raises(TypeError, match="2-d convolutions"):
         F.conv1d(mge.tensor(np.ones((1, 1, 4), np.int8), dtype=dtype.qint8(1.0)),
                  mge.tensor(np.ones((1, 1, 2), np.int8), dtype=dtype.qint8(1.0)))
+
+
+@pytest.mark.parametrize("qdtype", [dtype.qint8(0.25), dtype.quint8(0.25, 128)])
+def test_relu_of_a_quantized_tensor_clamps_at_the_real_zero(qdtype):
+    # quint8 stores the real 0 as its zero point: relu must keep values >= zero_point, not >= 0
+    x = np.array([-2.0, -0.25, 0.0, 0.5, 3.0], np.float32)
+    q = mge.tensor(x).astype(qdtype)
+    y = F.relu(q)
+    assert dtype.is_dtype_equal(y.dtype, qdtype)
+    np.testing.assert_array_equal(y.astype("float32").numpy(), np.maximum(x, 0))
