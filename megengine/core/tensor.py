@@ -340,9 +340,20 @@ class Tensor(metaclass=_TensorType):
         self._name = value
 
     @property
-    def requires_grad(self):
+    def _tracked(self):
         """True while the tensor is tracked by autodiff (attached, or computed from one)."""
         return self._node is not None and bool(self._node[0].live)
+
+    def _no_requires_grad(self, value=None):
+        # Upstream 1.x reserves the name and raises: a program written for it never relies on
+        # a value, and 0.x-era code that reads it (filtering parameters on it) fails loudly here
+        # as there, instead of silently getting False for every parameter nothing attached yet
+        raise AttributeError(
+            "Tensor.requires_grad is reserved for future use (as in upstream MegEngine 1.x): a "
+            "tensor is differentiated when a GradManager attaches it (gm.attach(params)); every "
+            "Parameter of module.parameters() can be trained")
+
+    requires_grad = property(_no_requires_grad, _no_requires_grad, _no_requires_grad)
 
     def numpy(self):
         """The value as a host numpy array (a copy: writing to it does not change the tensor)."""

@@ -97,15 +97,15 @@ def test_record_and_release_by_hand():
     with pytest.raises(RuntimeError, match="record"):
         gm.record()
     y = (x * x).sum()
-    assert y.requires_grad
+    assert y._tracked
     gm.backward(y)  # backward releases
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
     z = x * x
-    assert not z.requires_grad  # nothing is recorded after the release
+    assert not z._tracked  # nothing is recorded after the release
     gm.record()
     gm.release()
     gm.release()  # a second release is harmless
-    assert not (x * x).requires_grad
+    assert not (x * x)._tracked
 
 
 def test_backward_outside_recording_raises():
@@ -126,7 +126,7 @@ def test_context_manager_releases_on_error():
     with pytest.raises(ZeroDivisionError):
         with gm:
             1 / 0
-    assert not (x * 2).requires_grad
+    assert not (x * 2)._tracked
     with gm:  # and can record again
         gm.backward(x * 2)
     assert x.grad.item() == 2.0
@@ -237,7 +237,7 @@ def test_nothing_recorded_without_attached_inputs():
     gm = GradManager().attach(Tensor([0.0]))
     with gm:
         y = x * 2
-    assert y._node is None and not y.requires_grad
+    assert y._node is None and not y._tracked
 
 
 def test_parameter_updated_in_place_between_steps():
@@ -384,7 +384,7 @@ def test_group_members_do_not_see_each_others_backward():
     gm, gm2 = GradManager().attach([x]), GradManager().attach([x])
     with gm | gm2:
         gm2.backward(F.cos(x))
-        assert not x.grad.requires_grad
+        assert not x.grad._tracked
         gm.backward(x.grad)  # nothing recorded for gm: x.grad stays
         np.testing.assert_allclose(x.grad.numpy(), -np.sin(a), rtol=1e-5)
 

@@ -85,7 +85,7 @@ def test_op_without_grad_graph_in_second_order_raises_naming_it():
         with gm:
             gm.backward(apply(_NoGraph(), x).sum())
     np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
-    assert not x.grad.requires_grad
+    assert not x.grad._tracked
 
 
 def test_a_grad_manager_started_after_the_forward_does_not_record_the_backward():
@@ -95,7 +95,7 @@ def test_a_grad_manager_started_after_the_forward_does_not_record_the_backward()
     y = (F.sin(x) * x).sum()
     later.record()  # a later level: upstream hides an earlier GradManager's backward from it
     inner.backward(y)
-    assert not x.grad.requires_grad
+    assert not x.grad._tracked
     v = np.array([1.0, 2.0])
     np.testing.assert_allclose(x.grad.numpy(), np.cos(v) * v + np.sin(v), rtol=1e-6)
     later.release()
@@ -109,7 +109,7 @@ def test_single_recording_keeps_no_tensors_and_frees_the_graph():
         node = y._node[0]
         assert node.saved is None
         gm.backward(y.sum())
-    assert node.op is None and not y.requires_grad
+    assert node.op is None and not y._tracked
 
 
 def test_recording_is_per_grad_manager():
@@ -121,12 +121,12 @@ def test_recording_is_per_grad_manager():
             b = w * 4  # for gw only
             c = a * b  # for both
             gw.backward(c)
-        assert a.requires_grad and c.requires_grad and not b.requires_grad
+        assert a._tracked and c._tracked and not b._tracked
         np.testing.assert_allclose(w.grad.numpy(), [12.0])
-        assert w.grad.requires_grad  # d c/d w = 4 a, recorded for gx
+        assert w.grad._tracked  # d c/d w = 4 a, recorded for gx
         gx.backward(w.grad + c)  # d(4*3x + 24x)/dx
     np.testing.assert_allclose(x.grad.numpy(), [36.0])
-    assert not (x * 2).requires_grad
+    assert not (x * 2)._tracked
 
 
 def test_intermediate_attached_by_an_inner_grad_manager_is_a_leaf_for_it():
@@ -139,7 +139,7 @@ def test_intermediate_attached_by_an_inner_grad_manager_is_a_leaf_for_it():
             inner.attach(y)
             inner.backward((y * y).sum())  # stops at y: never enters sin's node
         np.testing.assert_allclose(y.grad.numpy(), 2 * np.sin([0.5, 2.0]), rtol=1e-6)
-        assert y.grad.requires_grad  # 2 y, recorded by outer through sin
+        assert y.grad._tracked  # 2 y, recorded by outer through sin
         outer.backward(y.grad.sum())
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos([0.5, 2.0]), rtol=1e-6)
 

@@ -132,7 +132,7 @@ def test_detach_shares_storage_and_stops_gradients():
     gm = GradManager().attach(x)
     with gm:
         d = x.detach()
-        assert not d.requires_grad and x.requires_grad
+        assert not d._tracked and x._tracked
         y = (x * d).sum()
         gm.backward(y)
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 2.0])  # d treated as a constant
@@ -714,3 +714,14 @@ def test_set_value_of_a_reshaped_tensor_leaves_the_original_as_upstream():
     storage = p._data
     p.set_value(np.ones(3, np.float32))
     assert p._data is storage and (storage == 1).all()
+
+
+def test_requires_grad_is_reserved_as_upstream():
+    # upstream 1.x raises AttributeError on reading, setting and deleting it; 0.x-era code that
+    # filters parameters on it must fail loudly, not get False for every parameter
+    p = mge.Parameter([1.0])
+    for action in (lambda: p.requires_grad, lambda: setattr(p, "requires_grad", False),
+                   lambda: delattr(p, "requires_grad")):
+        with pytest.raises(AttributeError, match="reserved for future use.*GradManager"):
+            action()
+    assert getattr(p, "requires_grad", "absent") == "absent"  # so hasattr/getattr see no value

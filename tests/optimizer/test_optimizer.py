@@ -265,7 +265,7 @@ def test_1x_user_never_starts_recording():
     w.grad = mge.Tensor(np.ones((3, 1), np.float32))
     opt.step().clear_grad()
     assert not dispatch.is_recording()
-    assert opt._gm is None and not w.requires_grad
+    assert opt._gm is None and not w._tracked
 
 
 def test_step_clear_grad_and_zero_grad_are_announced_to_a_tracer(monkeypatch):
