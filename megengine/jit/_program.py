@@ -285,7 +285,8 @@ class _Slot:
 
 class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
+                 "pdict", "checks")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -303,12 +304,15 @@ class _AliasStep:
 
 
 class _EventStep:
-    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free", "reads")
+    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
+                 "ref_pos")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
-        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+        self.args_text = f"the arguments of {self.name}()"  # for a checked call's messages
+        self.ref_pos = None  # set by `_Program.compile`
         self.free = self.reads = ()
 
 
@@ -327,6 +331,7 @@ class _Program:
         self.arg_reads = ()
         self.guards = []
         self.first_reads = ()  # guards read before the first step
+        self.out_refs = ()  # the slots of the output tensors, in `_tensors_in` order
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -379,7 +384,8 @@ class _Program:
             if pos:  # checked after step pos - 1: its value lives until then
                 last[s] = max(last.get(s, pos - 1), pos - 1)
         self.first_reads = tuple(by_pos.pop(0, ()))
-        kept = set(_refs_in(self.out))
+        self.out_refs = tuple(_refs_in(self.out))
+        kept = set(self.out_refs)
         frees = {}
         for s, k in last.items():
             if self.slots[s].kind in ("op", "alias", "event") and s not in kept:
@@ -387,6 +393,12 @@ class _Program:
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
             step.reads = tuple(by_pos.get(k + 1, ()))
+            if type(step) is _EventStep:
+                # a checked call's fast path (see `check`): events called with positional
+                # arguments only, none of them a structure, and where the tensors are
+                if type(step.args) is tuple and not step.kwargs and not any(
+                        isinstance(e, (tuple, list, dict, _Struct)) for e in step.args):
+                    step.ref_pos = tuple(j for j, e in enumerate(step.args) if type(e) is _Ref)
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls
@@ -399,6 +411,16 @@ class _Program:
                 step.captured = tuple(
                     (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
                     if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
+                # a checked call's fast path (see `check`): the parameters as one dict to
+                # compare with the op's, when they are plain immutable values (else None: the
+                # full comparison); per input its slot, the external tensor the trace used
+                # (if any), its shape and dtype
+                # (a program loaded by `dump.load` has no input metas: it is only replayed)
+                step.pdict = (_plain_params(step.template.__dict__) if step.metas is not None
+                              else None)
+                step.checks = tuple(
+                    (s, self.slots[s].tensor if self.slots[s].kind in ("ext", "const") else None,
+                     shape, dtype) for s, (shape, dtype) in zip(step.ins, step.metas or ()))
 
 
 def _plain_instance(cls):
@@ -411,6 +433,26 @@ def _plain_instance(cls):
                 or "__setstate__" in d:
             return False
     return True
+
+
+def _plain_params(params):
+    """``params`` (an op's ``__dict__``) as a dict that ``==`` compares exactly as `_op_key`
+    would, or None where it would not: array values (compared by value or by the slot they
+    come from), objects compared by identity, a stored ``needs_input_grad`` (left out of keys)."""
+    if "needs_input_grad" in params:
+        return None
+    for v in params.values():
+        if not _immutable(v):
+            return None
+    return dict(params)
+
+
+def _immutable(v):
+    if type(v) in _PLAIN or isinstance(v, (np.generic, np.dtype, type)):
+        return True
+    if type(v) is tuple:
+        return all(_immutable(x) for x in v)
+    return False
 
 
 def _slots_used(step):

@@ -85,7 +85,8 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
-from .record import _ExcludedBlock, _Recorder
+from .check import _Checker, _ExcludedBlock
+from .record import _Hook, _Recorder
 from .replay import Profile, replay
 
 logger = get_logger(__name__)
@@ -267,20 +268,28 @@ class trace:
     def _run(self, owner, bound, args, kwargs):
         """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
         signature covers ``args`` and ``kwargs``."""
-        if not kwargs and all(isinstance(a, Tensor) for a in args):
-            key = (owner, tuple((a._data.shape, a._data.dtype, a._device) for a in args))
-            leaves = args
-        else:
+        key = None
+        if not kwargs:  # the common call: tensors only, keyed without building a tree
+            sig = []
+            for a in args:
+                if not isinstance(a, Tensor):
+                    break
+                d = a._data
+                sig.append((d.shape, d.dtype, a._device))
+            else:
+                key = (owner, tuple(sig))
+                leaves = args
+        if key is None:
             leaves = []
             key = (owner, _flatten((args, kwargs), leaves))
         programs = self._programs
-        read = self._read_args.get(key)
+        read = self._read_args.get(key) if self._read_args else None
         if read is not None:  # the function read arguments' values: they select the program
             key = (*key, _values_key(leaves, read, ()))
         self._busy = True
         try:
             prog = programs.get(key)
-            if prog is not None:
+            if prog is not None and len(programs) > 1:
                 programs.move_to_end(key)
         finally:
             self._busy = False
@@ -375,7 +384,7 @@ class trace:
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
             prog.in_tree = _flatten((args, kwargs), [])
-        rec = _Recorder(self, prog, checking=False)
+        rec = _Recorder(self, prog)
         rec.bind_args(leaves)
         dispatch._trace_hook = rec
         try:
@@ -388,18 +397,19 @@ class trace:
 
     # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
-        _not_nested()
-        rec = _Recorder(self, prog, checking=True)
-        rec.bind_args(leaves)
+        if dispatch._trace_hook is not None:
+            _not_nested()
+        checker = _Checker(prog)
+        checker.bind_args(leaves)
         if self._profile is not None:
             self._profile.calls += 1
-            rec.profile = self._profile
-        dispatch._trace_hook = rec
+            checker.profile = self._profile
+        dispatch._trace_hook = checker
         try:
             outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
-        rec.finish_checking(outputs)
+        checker.finish(outputs)
         return outputs
 
     # ----- upstream's other methods -----
@@ -482,8 +492,7 @@ def exclude_from_trace():
     block included, does not run.
     """
     hook = dispatch._trace_hook
-    dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking
-                            else None)
+    dispatch._trace_hook = _ExcludedBlock(hook) if isinstance(hook, _Checker) else None
     try:
         yield
     finally:
@@ -494,4 +503,4 @@ def exclude_from_trace():
 def is_tracing() -> bool:
     """True while a traced function runs its first (recording) call or a checked call
     (``symbolic=False`` or ``True``)."""
-    return isinstance(dispatch._trace_hook, _Recorder)
+    return isinstance(dispatch._trace_hook, _Hook)

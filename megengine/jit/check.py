@@ -1,0 +1,428 @@
+"""Checking a later call of a traced function (``symbolic=False`` or ``True``) against its
+record, as ``dispatch._trace_hook`` (see `tracing`): each op and event is compared with the
+recorded step as it runs.
+
+A checked call should cost what an eager call costs, so each op and event first takes a fast
+path built from what `_Program.compile` prepared: the op's type and its parameters compared
+as one dict (``step.pdict``, for ops whose parameters are plain immutable values), each input
+found by the ``id`` of its tensor (a value of this call, in the expected slot, still holding
+the same array) or by identity with the expected external tensor (``step.ext``). Anything the
+fast path does not accept (a detach(), a constant, a ``.grad``, an op with array parameters,
+or a real difference) goes through the slow path, which makes the full comparison and, on a
+difference, raises `TraceMismatchError` naming the op, the input and the values.
+"""
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..autodiff.function import _FunctionOp
+from ..core import dispatch
+from ..core.tensor import Tensor
+from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
+                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
+                       _refs_in, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from .record import _COMPUTED, _Hook, _is_iterator
+
+
+class _Checker(_Hook):
+    """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls)."""
+
+    checking = True
+
+    def __init__(self, program):
+        # `_Hook.__init__`, inlined: this runs on every call
+        self.prog = program
+        self.n_ops = 0
+        self.failed = False
+        self.by_tensor = {}
+        self.by_array = {}
+        self.slot_tensor = {}
+        self.keep = []
+        self.ext_seen = set()
+        self.profile = None
+        self.steps = program.steps
+        self.pc = 0  # the next step to compare with
+        self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+
+    def bind_args(self, leaves):
+        by_tensor, by_array, slot_tensor = self.by_tensor, self.by_array, self.slot_tensor
+        for s, t in zip(self.prog.arg_slots, leaves):  # _register, inlined: the caller holds t
+            a = t._data
+            by_tensor[id(t)] = (s, a)
+            by_array[id(a)] = s
+            slot_tensor[s] = t
+
+    def read(self, t, value):
+        """A checked call runs the Python code that used a value read to the host, and the ops
+        it makes are checked: nothing to do (see `record._Recorder.read`)."""
+
+    # ----- ops -----
+    def __call__(self, op, inputs):
+        steps, pc = self.steps, self.pc
+        step = steps[pc] if pc < len(steps) else None
+        if (type(step) is _OpStep and type(op) is step.cls and len(inputs) == len(step.ins)
+                and step.pdict is not None and op.__dict__ == step.pdict):
+            # the op and its parameters are the recorded ones; now where its inputs come from
+            by_tensor = self.by_tensor
+            j = 0
+            for t, (s, ext, shape, dtype) in zip(inputs, step.checks):
+                a = t._data
+                e = by_tensor.get(id(t))
+                if e is not None and e[1] is a:
+                    if e[0] != s:
+                        self.check_source(t, s, _Where(self.n_ops, op, j))  # raises
+                elif ext is t and id(a) not in self.by_array:
+                    self.ext_seen.add(id(t))  # the external tensor the trace used here
+                else:
+                    self.check_source(t, s, _Where(self.n_ops, op, j))
+                if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
+                    self._shape_mismatch(op, j, t, (shape, dtype))
+                j += 1
+            self.pc = pc + 1
+        else:
+            self._check_slowly(op, inputs)
+            step = steps[self.pc - 1]
+        if step.captured:
+            # capture_as_const: the op runs on the value captured at trace time, not on the
+            # external tensor's value now (as a replay does)
+            inputs = list(inputs)
+            for j, value, device in step.captured:
+                inputs[j] = Tensor._wrap(value, device)
+        dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
+        try:
+            if self.profile is None:
+                out = dispatch.apply(op, *inputs)
+            else:
+                start = time.perf_counter()
+                out = dispatch.apply(op, *inputs)
+                self.profile.add(step, time.perf_counter() - start)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        self.n_ops += 1
+        by_tensor, by_array, slot_tensor = self.by_tensor, self.by_array, self.slot_tensor
+        if step.multi or type(out) is tuple:
+            outs = out if type(out) is tuple else (out,)
+            if len(outs) != len(step.outs):
+                self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
+                               f"outputs, this call has {len(outs)}", "operator mismatch")
+            for o, s in zip(outs, step.outs):
+                self._register(o, s)
+        else:  # one output: _register, inlined (this runs for nearly every op); slot_tensor
+            # keeps ``out`` alive and by_tensor its array (no slot is made twice in a call)
+            s = step.outs[0]
+            a = out._data
+            by_tensor[id(out)] = (s, a)
+            by_array[id(a)] = s
+            slot_tensor[s] = out
+        return out
+
+    def _check_slowly(self, op, inputs):
+        """Compare op ``op`` on ``inputs`` with the next recorded op step (past detach()
+        steps), raising on the first difference; on success, move past it."""
+        index = self.n_ops
+        where = _Where(index, op)  # formatted only for an error message
+        k, step = self._next_main(where)
+        if type(step) is not _OpStep:
+            self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call applies "
+                           "an op", "operator mismatch")
+        key, _ = _op_key(op, self._array_slot)
+        if key[0] is not step.key[0] or (key[0] is _FunctionOp and key[1] is not step.key[1]):
+            self._mismatch(f"op #{index}: the trace applied {step.name}, this call applies "
+                           f"{op!r}", "operator mismatch")
+        if key != step.key:
+            self._mismatch(f"{where}: the parameters differ: the trace had "
+                           f"{_describe_params(step.key)}; this call has "
+                           f"{_describe_params(key)}", "operator mismatch")
+        if len(inputs) != len(step.ins):
+            self._mismatch(f"{where}: the trace gave it {len(step.ins)} inputs, this call "
+                           f"{len(inputs)}", "operator mismatch")
+        for j, (t, expected, meta) in enumerate(zip(inputs, step.ins, step.metas)):
+            self.check_source(t, expected, _Where(index, op, j))
+            if t._data.shape != meta[0] or t._data.dtype != meta[1]:
+                self._shape_mismatch(op, j, t, meta)
+        self._done_aliases(k, where)
+
+    def _shape_mismatch(self, op, j, t, meta):
+        self._mismatch(f"{_Where(self.n_ops, op)}, input {j}: the trace had shape {meta[0]} "
+                       f"{meta[1]}, this call has shape {t.shape} {t.dtype}", "shape mismatch")
+
+    def _array_slot(self, arr):
+        return self.by_array.get(id(arr))
+
+    def check_source(self, t, expected, where):
+        """Raise unless ``t`` comes from where the recorded ``expected`` slot did."""
+        prog = self.prog
+        s, alias = self._internal(t)
+        if s is not None:
+            if alias:
+                step = self._expect(_AliasStep, where)
+                if step.src != s:
+                    self._mismatch(f"{where}: the trace detached {prog.describe(step.src)}, this "
+                                   f"call detached {prog.describe(s)}", "input id mismatch")
+                self._register(t, step.out)
+                s = step.out
+            if s != expected:
+                was = prog.slots[expected].kind in _COMPUTED
+                now = prog.slots[s].kind in _COMPUTED
+                self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call "
+                               f"used {prog.describe(s)}",
+                               "expect internal node, got external" if was and not now else
+                               "expect external node, got internal" if now and not was else
+                               "input id mismatch")
+            return
+        if id(t) in self.excluded:
+            # made by an exclude_from_trace block of this call: the block is the user's
+            # declared untraced side path, so its result may stand in for any recorded input
+            # (upstream accepts it; the op runs on it now, since checking runs eagerly)
+            return
+        info = prog.slots[expected]
+        kind = info.kind
+        if kind == "ext" or (kind == "const" and info.tensor is not None):
+            ok = t is info.tensor
+        elif kind == "grad":
+            owner = (info.owner if info.owner_slot is None
+                     else self.slot_tensor[info.owner_slot])  # an argument: this call's
+            ok = t is owner.grad
+        elif kind == "const":
+            c = info.const
+            ok = (t._data.shape == c.shape and t._data.dtype == c.dtype
+                  and bool((_host(t._data) == _host(c)).all()))
+        else:
+            ok = False
+        if ok:
+            self.ext_seen.add(id(t))
+            self.keep.append(t)
+        else:
+            now = (f"a tensor made outside the traced ops ({_tensor_text(t)}"
+                   + (f", value {_ArrayValue(t._data)!r}" if t.size <= 8 else "") + ")")
+            self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call used "
+                           f"{now}", "expect internal node, got external" if kind in _COMPUTED
+                           else "tensors not equals")
+
+    def _next_main(self, where):
+        """(index, step) of the next op or event step, past detach() steps."""
+        steps = self.steps
+        k = self.pc
+        while k < len(steps) and type(steps[k]) is _AliasStep:
+            k += 1
+        if k >= len(steps):
+            self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this "
+                           "call goes on", "too many instructions")
+        return k, steps[k]
+
+    def _done_aliases(self, k, where):
+        """The detach() steps before step ``k`` were all matched; move past ``k``."""
+        if self.pc != k:
+            src = self.prog.describe(self.steps[self.pc].src)
+            self._mismatch(f"{where}: the trace detached {src} before this step; this call "
+                           "did not", "operator mismatch")
+        self.pc = k + 1
+
+    def _expect(self, kind, where):
+        steps = self.steps
+        if self.pc >= len(steps):
+            self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this call "
+                           "goes on", "too many instructions")
+        step = steps[self.pc]
+        if type(step) is not kind:
+            self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call has "
+                           f"{_kind_text(kind)}", "operator mismatch")
+        self.pc += 1
+        return step
+
+    # ----- events -----
+    def event(self, fn, *args, **kwargs):
+        """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
+        with tracing off."""
+        steps, pc = self.steps, self.pc
+        step = steps[pc] if pc < len(steps) else None
+        if (type(step) is _EventStep and step.fn is fn and step.ref_pos is not None
+                and not kwargs and len(args) == len(step.args)):
+            # the recorded event, with positional arguments that are objects or tensors
+            by_tensor = self.by_tensor
+            for v, e in zip(args, step.args):
+                if v is e:
+                    continue  # the same object (a GradManager, an optimizer, None)
+                if type(e) is _Ref and isinstance(v, Tensor):
+                    h = by_tensor.get(id(v))
+                    if h is not None and h[0] == e.slot and h[1] is v._data:
+                        continue  # the value of this call the trace passed
+                self._match(v, e, step.args_text)
+            self.pc = pc + 1
+        else:
+            args, kwargs, step = self._check_event_slowly(fn, args, kwargs)
+        dispatch._trace_hook = None
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        self._after_event(step, args, kwargs, result)
+        return result
+
+    def _check_event_slowly(self, fn, args, kwargs):
+        """Compare the call ``fn(*args, **kwargs)`` with the next recorded event step (past
+        detach() steps), raising on the first difference; return the arguments (generators
+        listed, as when recorded) and the step."""
+        for a in args:
+            if _is_iterator(a):
+                args = tuple(list(a) if _is_iterator(a) else a for a in args)
+                break
+        if kwargs and any(_is_iterator(a) for a in kwargs.values()):
+            kwargs = {k: list(a) if _is_iterator(a) else a for k, a in kwargs.items()}
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        k, step = self._next_main(f"the call {name}()")
+        if type(step) is not _EventStep or step.fn is not fn:
+            self._mismatch(f"after op #{self.n_ops - 1}: the trace has {_step_text(step)} "
+                           f"here, this call calls {name}()", "operator mismatch")
+        self._match(args, step.args, step.args_text)
+        self._match(kwargs, step.kwargs, step.args_text)
+        self._done_aliases(k, f"the call {name}()")
+        return args, kwargs, step
+
+    def _after_event(self, step, args, kwargs, result):
+        # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
+        # value: later uses must come from its slot.
+        if step.ref_pos is not None and not kwargs:
+            for j in step.ref_pos:
+                self._rebound(args[j])
+        else:
+            for t in _tensors_in((args, kwargs)):
+                self._rebound(t)
+        # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
+        if isinstance(result, (Tensor, tuple, list, dict)):
+            fresh = [(path, t) for path, t in _tensor_paths(result, ())
+                     if self._internal(t)[0] is None and id(t) not in self.ext_seen]
+        else:
+            fresh = ()
+        if len(fresh) != len(step.out_paths):
+            self._mismatch(f"{step.name}(): the trace got {len(step.out_paths)} new tensors "
+                           f"from it, this call {len(fresh)}", "operator mismatch")
+        for (_, t), (_, s) in zip(fresh, step.out_paths):
+            self._register(t, s)
+
+    def _rebound(self, t):
+        e = self.by_tensor.get(id(t))
+        if e is not None and e[1] is t._data:
+            return
+        s = self.by_array.get(id(t._data))
+        if s is not None:
+            if e is not None:
+                self.keep.append(e)  # its array's id stays a key of by_array
+            self.by_tensor[id(t)] = (s, t._data)
+            self.keep.append(t)
+
+    def _match(self, value, enc, where):
+        """Raise unless ``value`` encodes to the recorded ``enc`` (see `_Recorder._encode`)."""
+        if type(enc) is _Ref:
+            if not isinstance(value, Tensor):
+                self._mismatch(f"{where}: the trace passed {self.prog.describe(enc.slot)}, this "
+                               f"call passes {type(value).__name__}", "input id mismatch")
+            self.check_source(value, enc.slot, where)
+            return
+        if isinstance(value, Tensor):
+            self._mismatch(f"{where}: the trace passed {enc!r}, this call passes a Tensor",
+                           "input id mismatch")
+        t = type(enc)
+        if t is _Struct:
+            items = [value[k] for k in enc.keys] if enc.keys is not None else list(value)
+            if type(value) is not enc.cls or len(items) != len(enc.items):
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
+            for v, e in zip(items, enc.items):
+                self._match(v, e, where)
+        elif t is tuple or t is list or t is dict:
+            if type(value) is not t or len(value) != len(enc) or (
+                    t is dict and list(value) != list(enc)):
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
+            pairs = zip(value.values(), enc.values()) if t is dict else zip(value, enc)
+            for v, e in pairs:
+                self._match(v, e, where)
+        elif not (_ValueLeaf(value) == _ValueLeaf(enc)) and not _alike(value, enc):
+            self._mismatch(f"{where}: the trace passed {_ValueLeaf(enc)!r}, this call passes "
+                           f"{_ValueLeaf(value)!r}", "tensors not equals")
+
+    # ----- the end of a call -----
+    def finish(self, outputs):
+        prog = self.prog
+        if type(outputs) is Tensor and self.pc == len(self.steps):
+            e = self.by_tensor.get(id(outputs))
+            if e is not None and e[1] is outputs._data and prog.out_refs == (e[0],):
+                return  # one output, the recorded value
+        for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
+            s, alias = self._internal(t)
+            if alias:
+                step = self._expect(_AliasStep, "the outputs")
+                if step.src != s:
+                    self._mismatch(f"the outputs: the trace detached "
+                                   f"{prog.describe(step.src)}, this call detached "
+                                   f"{prog.describe(s)}", "data unreadable")
+                self._register(t, step.out)
+        if self.pc != len(self.steps):
+            rest = self.steps[self.pc]
+            self._mismatch(f"the call ended after {self.n_ops} ops, but the trace goes on with "
+                           f"{_step_text(rest)}", "mismature end")
+        recorded = prog.out_refs
+        now = [self._internal(t)[0] for t in _tensors_in(outputs)]
+        if len(now) != len(recorded) or any(
+                n is not None and n != r for n, r in zip(now, recorded)):
+            self._mismatch("the outputs: this call returns other values than the traced call "
+                           f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+def _alike(a, b):
+    """Whether object ``a`` may stand for the recorded ``b`` in an event's arguments: an object
+    of the same class, as one the function makes afresh on every call (``with GradManager() as
+    gm:``, ``with gm1 | gm2:``; upstream records no such objects, only ops). A checked call runs
+    the event on ``a`` itself, so nothing is computed from ``b``. Plain values and arrays still
+    compare by value (`_ValueLeaf`)."""
+    return (type(a) is type(b) and type(a) not in _PLAIN and not _is_array(a)
+            and not isinstance(a, (np.generic, np.dtype, type)))
+
+
+class _ExcludedBlock:
+    """The hook while an `exclude_from_trace` block runs inside a checked call: ops and events
+    run untraced, and the tensors the ops make are noted so that the checker accepts them as
+    inputs of later traced ops."""
+
+    def __init__(self, checker):
+        self.checker = checker
+        self.failed = False
+
+    def __call__(self, op, inputs):
+        dispatch._trace_hook = None
+        try:
+            out = dispatch.apply(op, *inputs)
+        finally:
+            dispatch._trace_hook = self
+        checker = self.checker
+        for o in out if isinstance(out, tuple) else (out,):
+            checker.excluded.add(id(o))
+            checker.keep.append(o)  # alive until the call ends: its id stays unique
+        return out
+
+    def event(self, fn, *args, **kwargs):
+        dispatch._trace_hook = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dispatch._trace_hook = self
+
+    def read(self, t, value):
+        pass  # reads inside an exclude_from_trace block are the user's side work: not guarded
+
+
+class _Where:
+    """Where a check failed ("op #3 (MatMul), input 1"), made into text only for a message."""
+
+    __slots__ = ("index", "op", "j")
+
+    def __init__(self, index, op, j=None):
+        self.index, self.op, self.j = index, op, j
+
+    def __str__(self):
+        text = f"op #{self.index} ({self.op!r})"
+        return text if self.j is None else f"{text}, input {self.j}"
