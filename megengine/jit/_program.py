@@ -286,7 +286,7 @@ class _Slot:
 class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
-                 "pdict", "checks")
+                 "pdict", "checks", "n_in")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -297,6 +297,8 @@ class _OpStep:
 class _AliasStep:
     """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
 
+    cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
+
     __slots__ = ("src", "out", "free", "reads")
 
     def __init__(self, src, out):
@@ -304,6 +306,8 @@ class _AliasStep:
 
 
 class _EventStep:
+    cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
+
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
                  "ref_pos")
 
@@ -418,6 +422,7 @@ class _Program:
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
                 step.pdict = (_plain_params(step.template.__dict__) if step.metas is not None
                               else None)
+                step.n_in = len(step.ins)
                 step.checks = tuple(
                     (s, self.slots[s].tensor if self.slots[s].kind in ("ext", "const") else None,
                      shape, dtype) for s, (shape, dtype) in zip(step.ins, step.metas or ()))

@@ -59,9 +59,13 @@ class _Checker(_Hook):
 
     # ----- ops -----
     def __call__(self, op, inputs):
-        steps, pc = self.steps, self.pc
-        step = steps[pc] if pc < len(steps) else None
-        if (type(step) is _OpStep and type(op) is step.cls and len(inputs) == len(step.ins)
+        pc = self.pc
+        try:
+            step = self.steps[pc]
+        except IndexError:
+            step = None
+        # (detach() and event steps have cls None)
+        if (step is not None and type(op) is step.cls and len(inputs) == step.n_in
                 and step.pdict is not None and op.__dict__ == step.pdict):
             # the op and its parameters are the recorded ones; now where its inputs come from
             by_tensor = self.by_tensor
@@ -72,9 +76,8 @@ class _Checker(_Hook):
                 if e is not None and e[1] is a:
                     if e[0] != s:
                         self.check_source(t, s, _Where(self.n_ops, op, j))  # raises
-                elif ext is t and id(a) not in self.by_array:
-                    self.ext_seen.add(id(t))  # the external tensor the trace used here
-                else:
+                elif ext is not t or id(a) in self.by_array:
+                    # not the external tensor the trace used here (see `_ext_used` for those)
                     self.check_source(t, s, _Where(self.n_ops, op, j))
                 if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
                     self._shape_mismatch(op, j, t, (shape, dtype))
@@ -82,7 +85,7 @@ class _Checker(_Hook):
             self.pc = pc + 1
         else:
             self._check_slowly(op, inputs)
-            step = steps[self.pc - 1]
+            step = self.steps[self.pc - 1]
         if step.captured:
             # capture_as_const: the op runs on the value captured at trace time, not on the
             # external tensor's value now (as a replay does)
@@ -294,14 +297,25 @@ class _Checker(_Hook):
         # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
         if isinstance(result, (Tensor, tuple, list, dict)):
             fresh = [(path, t) for path, t in _tensor_paths(result, ())
-                     if self._internal(t)[0] is None and id(t) not in self.ext_seen]
+                     if self._internal(t)[0] is None and id(t) not in self.ext_seen
+                     and not self._ext_used(t)]
         else:
             fresh = ()
-        if len(fresh) != len(step.out_paths):
-            self._mismatch(f"{step.name}(): the trace got {len(step.out_paths)} new tensors "
-                           f"from it, this call {len(fresh)}", "operator mismatch")
-        for (_, t), (_, s) in zip(fresh, step.out_paths):
-            self._register(t, s)
+        if fresh or step.out_paths:
+            if len(fresh) != len(step.out_paths):
+                self._mismatch(f"{step.name}(): the trace got {len(step.out_paths)} new "
+                               f"tensors from it, this call {len(fresh)}", "operator mismatch")
+            for (_, t), (_, s) in zip(fresh, step.out_paths):
+                self._register(t, s)
+
+    def _ext_used(self, t):
+        """Whether an op step already checked has ``t`` as the external tensor of an input
+        (the fast path of `__call__` accepts those without noting them in ``ext_seen``)."""
+        for k in range(self.pc):
+            step = self.steps[k]
+            if type(step) is _OpStep and any(c[1] is t for c in step.checks):
+                return True
+        return False
 
     def _rebound(self, t):
         e = self.by_tensor.get(id(t))
