@@ -374,6 +374,10 @@ class _Program:
             elif info.kind == "grad":
                 self.grads.append((i, info.owner, info.owner_slot))
         grad_slots = {i for i, _, _ in self.grads}
+        # a checked call's start (see `check._Checker`): the tensor each external slot must be
+        # (captured constants included: a checked call uses the same tensor, its value captured)
+        self.check_base = [info.tensor if info.kind in ("ext", "const") else None
+                           for info in self.slots]
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
@@ -417,15 +421,15 @@ class _Program:
                     if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
                 # a checked call's fast path (see `check`): the parameters as one dict to
                 # compare with the op's, when they are plain immutable values (else None: the
-                # full comparison); per input its slot, the external tensor the trace used
-                # (if any), its shape and dtype
+                # full comparison); per input its slot, whether the slot is a value of the
+                # call (else an external, compared by identity), its shape and dtype
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
                 step.pdict = (_plain_params(step.template.__dict__) if step.metas is not None
                               else None)
                 step.n_in = len(step.ins)
                 step.checks = tuple(
-                    (s, self.slots[s].tensor if self.slots[s].kind in ("ext", "const") else None,
-                     shape, dtype) for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+                    (s, self.slots[s].kind not in ("ext", "const"), shape, dtype)
+                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
 
 
 def _plain_instance(cls):

@@ -26,36 +26,66 @@ from .record import _COMPUTED, _Hook, _is_iterator
 
 
 class _Checker(_Hook):
-    """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls)."""
+    """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls).
+
+    Where values are: ``values[s]`` is the tensor that holds slot ``s``'s value in this call
+    (arguments and outputs as they are made; the external tensors of the record from the
+    start) and ``arrays[s]`` the array it held then (None for externals, which are compared by
+    identity only). The fast paths ask only these lists. The maps of `_Hook` (by ``id`` of a
+    tensor or an array: which slot it holds) are built from them when a slow path first needs
+    them, and kept up to date from then on.
+    """
 
     checking = True
 
     def __init__(self, program):
-        # `_Hook.__init__`, inlined: this runs on every call
         self.prog = program
+        self.steps = program.steps
+        self.values = program.check_base.copy()
+        self.arrays = [None] * len(self.values)
+        self.pc = 0  # the next step to compare with
         self.n_ops = 0
         self.failed = False
-        self.by_tensor = {}
-        self.by_array = {}
-        self.slot_tensor = {}
-        self.keep = []
-        self.ext_seen = set()
-        self.profile = None
-        self.steps = program.steps
-        self.pc = 0  # the next step to compare with
+        self.indexed = False  # whether by_tensor and by_array are built (see `_index`)
+        self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
+        self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+        self.profile = None
 
     def bind_args(self, leaves):
-        by_tensor, by_array, slot_tensor = self.by_tensor, self.by_array, self.slot_tensor
-        for s, t in zip(self.prog.arg_slots, leaves):  # _register, inlined: the caller holds t
-            a = t._data
-            by_tensor[id(t)] = (s, a)
-            by_array[id(a)] = s
-            slot_tensor[s] = t
+        values, arrays = self.values, self.arrays
+        for s, t in zip(self.prog.arg_slots, leaves):
+            values[s] = t
+            arrays[s] = t._data
 
     def read(self, t, value):
         """A checked call runs the Python code that used a value read to the host, and the ops
         it makes are checked: nothing to do (see `record._Recorder.read`)."""
+
+    # ----- where this call's values are -----
+    def _index(self):
+        """Build the maps of `_Hook` from ``values``/``arrays``: slots are registered in
+        ascending order (the order the recording made them), so a later slot wins where two
+        hold the same array, as it does when registered one by one."""
+        self.by_tensor, self.by_array, self.slot_tensor = {}, {}, {}
+        self.indexed = True
+        for s, a in enumerate(self.arrays):
+            if a is not None:
+                t = self.values[s]
+                self.by_tensor[id(t)] = (s, a)
+                self.by_array[id(a)] = s
+                self.slot_tensor[s] = t
+
+    def _register(self, t, slot):
+        self.values[slot] = t
+        self.arrays[slot] = t._data
+        if self.indexed:
+            _Hook._register(self, t, slot)
+
+    def _internal(self, t):
+        if not self.indexed:
+            self._index()
+        return _Hook._internal(self, t)
 
     # ----- ops -----
     def __call__(self, op, inputs):
@@ -64,20 +94,16 @@ class _Checker(_Hook):
             step = self.steps[pc]
         except IndexError:
             step = None
-        # (detach() and event steps have cls None)
-        if (step is not None and type(op) is step.cls and len(inputs) == step.n_in
-                and step.pdict is not None and op.__dict__ == step.pdict):
+        # (detach() and event steps have cls None; an op whose parameters are not plain has
+        # pdict None, which no __dict__ equals)
+        if (step is not None and type(op) is step.cls and op.__dict__ == step.pdict
+                and len(inputs) == step.n_in):
             # the op and its parameters are the recorded ones; now where its inputs come from
-            by_tensor = self.by_tensor
+            values, arrays = self.values, self.arrays
             j = 0
-            for t, (s, ext, shape, dtype) in zip(inputs, step.checks):
+            for t, (s, internal, shape, dtype) in zip(inputs, step.checks):
                 a = t._data
-                e = by_tensor.get(id(t))
-                if e is not None and e[1] is a:
-                    if e[0] != s:
-                        self.check_source(t, s, _Where(self.n_ops, op, j))  # raises
-                elif ext is not t or id(a) in self.by_array:
-                    # not the external tensor the trace used here (see `_ext_used` for those)
+                if t is not values[s] or (internal and a is not arrays[s]):
                     self.check_source(t, s, _Where(self.n_ops, op, j))
                 if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
                     self._shape_mismatch(op, j, t, (shape, dtype))
@@ -104,21 +130,17 @@ class _Checker(_Hook):
             if not self.failed:
                 dispatch._trace_hook = self
         self.n_ops += 1
-        by_tensor, by_array, slot_tensor = self.by_tensor, self.by_array, self.slot_tensor
-        if step.multi or type(out) is tuple:
+        if step.multi or type(out) is tuple or self.indexed:
             outs = out if type(out) is tuple else (out,)
             if len(outs) != len(step.outs):
                 self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
                                f"outputs, this call has {len(outs)}", "operator mismatch")
             for o, s in zip(outs, step.outs):
                 self._register(o, s)
-        else:  # one output: _register, inlined (this runs for nearly every op); slot_tensor
-            # keeps ``out`` alive and by_tensor its array (no slot is made twice in a call)
+        else:  # one output: _register, inlined (this runs for nearly every op)
             s = step.outs[0]
-            a = out._data
-            by_tensor[id(out)] = (s, a)
-            by_array[id(a)] = s
-            slot_tensor[s] = out
+            self.values[s] = out
+            self.arrays[s] = out._data
         return out
 
     def _check_slowly(self, op, inputs):
@@ -152,6 +174,8 @@ class _Checker(_Hook):
                        f"{meta[1]}, this call has shape {t.shape} {t.dtype}", "shape mismatch")
 
     def _array_slot(self, arr):
+        if not self.indexed:
+            self._index()
         return self.by_array.get(id(arr))
 
     def check_source(self, t, expected, where):
@@ -186,7 +210,7 @@ class _Checker(_Hook):
             ok = t is info.tensor
         elif kind == "grad":
             owner = (info.owner if info.owner_slot is None
-                     else self.slot_tensor[info.owner_slot])  # an argument: this call's
+                     else self.values[info.owner_slot])  # an argument: this call's
             ok = t is owner.grad
         elif kind == "const":
             c = info.const
@@ -244,14 +268,13 @@ class _Checker(_Hook):
         if (type(step) is _EventStep and step.fn is fn and step.ref_pos is not None
                 and not kwargs and len(args) == len(step.args)):
             # the recorded event, with positional arguments that are objects or tensors
-            by_tensor = self.by_tensor
+            values, arrays = self.values, self.arrays
             for v, e in zip(args, step.args):
                 if v is e:
                     continue  # the same object (a GradManager, an optimizer, None)
-                if type(e) is _Ref and isinstance(v, Tensor):
-                    h = by_tensor.get(id(v))
-                    if h is not None and h[0] == e.slot and h[1] is v._data:
-                        continue  # the value of this call the trace passed
+                if (type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor)
+                        and v._data is arrays[e.slot]):
+                    continue  # the value of this call the trace passed
                 self._match(v, e, step.args_text)
             self.pc = pc + 1
         else:
@@ -289,8 +312,12 @@ class _Checker(_Hook):
         # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
         # value: later uses must come from its slot.
         if step.ref_pos is not None and not kwargs:
+            values, arrays = self.values, self.arrays
             for j in step.ref_pos:
-                self._rebound(args[j])
+                t = args[j]
+                s = step.args[j].slot
+                if not (t is values[s] and t._data is arrays[s]):
+                    self._rebound(t)
         else:
             for t in _tensors_in((args, kwargs)):
                 self._rebound(t)
@@ -311,13 +338,19 @@ class _Checker(_Hook):
     def _ext_used(self, t):
         """Whether an op step already checked has ``t`` as the external tensor of an input
         (the fast path of `__call__` accepts those without noting them in ``ext_seen``)."""
+        base = self.prog.check_base
         for k in range(self.pc):
             step = self.steps[k]
-            if type(step) is _OpStep and any(c[1] is t for c in step.checks):
+            if type(step) is _OpStep and any(base[s] is t for s, *_ in step.checks):
                 return True
         return False
 
     def _rebound(self, t):
+        """After an event that got tensor ``t``: if ``t`` now holds another value of this call
+        (``Tensor._inplace`` rebinds a non-Parameter to the result), later uses of ``t`` come
+        from that value's slot."""
+        if not self.indexed:
+            self._index()
         e = self.by_tensor.get(id(t))
         if e is not None and e[1] is t._data:
             return
@@ -327,6 +360,9 @@ class _Checker(_Hook):
                 self.keep.append(e)  # its array's id stays a key of by_array
             self.by_tensor[id(t)] = (s, t._data)
             self.keep.append(t)
+            for k, v in enumerate(self.values):
+                if v is t and self.arrays[k] is None:
+                    self.values[k] = None  # no longer usable as the external it was
 
     def _match(self, value, enc, where):
         """Raise unless ``value`` encodes to the recorded ``enc`` (see `_Recorder._encode`)."""
@@ -362,9 +398,9 @@ class _Checker(_Hook):
     # ----- the end of a call -----
     def finish(self, outputs):
         prog = self.prog
-        if type(outputs) is Tensor and self.pc == len(self.steps):
-            e = self.by_tensor.get(id(outputs))
-            if e is not None and e[1] is outputs._data and prog.out_refs == (e[0],):
+        if type(outputs) is Tensor and self.pc == len(self.steps) and len(prog.out_refs) == 1:
+            s = prog.out_refs[0]
+            if outputs is self.values[s] and outputs._data is self.arrays[s]:
                 return  # one output, the recorded value
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
