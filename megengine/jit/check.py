@@ -25,6 +25,9 @@ from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Re
 from .record import _COMPUTED, _Hook, _is_iterator
 
 
+_MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
+
+
 class _Checker(_Hook):
     """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls).
 
@@ -285,7 +288,10 @@ class _Checker(_Hook):
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        self._after_event(step, args, kwargs, result)
+        if (step.ref_pos != () or kwargs or step.out_paths
+                or isinstance(result, _MAY_HOLD_TENSORS)):
+            self._after_event(step, args, kwargs, result)
+        # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
         return result
 
     def _check_event_slowly(self, fn, args, kwargs):
@@ -322,7 +328,7 @@ class _Checker(_Hook):
             for t in _tensors_in((args, kwargs)):
                 self._rebound(t)
         # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
-        if isinstance(result, (Tensor, tuple, list, dict)):
+        if isinstance(result, _MAY_HOLD_TENSORS):
             fresh = [(path, t) for path, t in _tensor_paths(result, ())
                      if self._internal(t)[0] is None and id(t) not in self.ext_seen
                      and not self._ext_used(t)]
