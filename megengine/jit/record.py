@@ -87,9 +87,10 @@ class _Hook:
 class _Recorder(_Hook):
     """``dispatch._trace_hook`` while a traced function runs its first call of a signature."""
 
-    def __init__(self, tr, program):
+    def __init__(self, tr, program, live=()):
         super().__init__(program)
         self.const_mode = tr._capture_as_const
+        self.live = live  # ids of tensors that stay live externals under capture_as_const
         self.ext_by_tensor = {}  # id(external tensor) -> slot
         self.unresolved = []  # "ext" slots that may turn out to be a .grad
         self.candidates = {}  # id -> tensor whose .grad a function may read
@@ -127,7 +128,7 @@ class _Recorder(_Hook):
             info = self.prog.slots[s]
             info.tensor, info.device = t, t._device
             info.const = t._data
-            if self.const_mode:
+            if self.const_mode and id(t) not in self.live:
                 info.kind = "const"
                 info.const = t._data.copy()
             else:

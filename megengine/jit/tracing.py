@@ -384,7 +384,8 @@ class trace:
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
             prog.in_tree = _flatten((args, kwargs), [])
-        rec = _Recorder(self, prog)
+        rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
+                        if self._capture_as_const else ())
         rec.bind_args(leaves)
         dispatch._trace_hook = rec
         try:
@@ -394,6 +395,11 @@ class trace:
         rec.finish_recording(outputs)
         prog.compile()
         return prog, outputs
+
+    def _live_externals(self, bound, args, kwargs):
+        """Ids of the tensors a ``capture_as_const`` recording reads live instead of capturing
+        (none here; `xla_backend.xla_trace` keeps those of Module and Optimizer arguments)."""
+        return ()
 
     # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
