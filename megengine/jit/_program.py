@@ -398,6 +398,15 @@ class _Program:
         for s, k in last.items():
             if self.slots[s].kind in ("op", "alias", "event") and s not in kept:
                 frees.setdefault(k, []).append(s)
+        # a checked call (see `check`): per step index k, how many op steps come before it,
+        # and a bound on the slots that the arguments and the steps before it made
+        self.ops_before = [0] * (len(self.steps) + 1)
+        self.made_before = [max(self.arg_slots, default=-1) + 1] * (len(self.steps) + 1)
+        for k, step in enumerate(self.steps):
+            made = (step.outs if type(step) is _OpStep else
+                    (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
+            self.ops_before[k + 1] = self.ops_before[k] + (type(step) is _OpStep)
+            self.made_before[k + 1] = max(self.made_before[k], max(made, default=-1) + 1)
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
             step.reads = tuple(by_pos.get(k + 1, ()))
@@ -420,16 +429,16 @@ class _Program:
                     (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
                     if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
                 # a checked call's fast path (see `check`): the parameters as one dict to
-                # compare with the op's, when they are plain immutable values (else None: the
-                # full comparison); per input its slot, whether the slot is a value of the
-                # call (else an external, compared by identity), its shape and dtype
+                # compare with the op's, when they are plain immutable values and the op has
+                # one output and no captured input (else None: the full path); per input its
+                # slot, shape and dtype
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
-                step.pdict = (_plain_params(step.template.__dict__) if step.metas is not None
+                step.pdict = (_plain_params(step.template.__dict__)
+                              if step.metas is not None and not step.multi and not step.captured
                               else None)
                 step.n_in = len(step.ins)
-                step.checks = tuple(
-                    (s, self.slots[s].kind not in ("ext", "const"), shape, dtype)
-                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+                step.checks = tuple((s, shape, dtype)
+                                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
 
 
 def _plain_instance(cls):

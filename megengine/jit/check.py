@@ -33,10 +33,12 @@ class _Checker(_Hook):
 
     Where values are: ``values[s]`` is the tensor that holds slot ``s``'s value in this call
     (arguments and outputs as they are made; the external tensors of the record from the
-    start) and ``arrays[s]`` the array it held then (None for externals, which are compared by
-    identity only). The fast paths ask only these lists. The maps of `_Hook` (by ``id`` of a
-    tensor or an array: which slot it holds) are built from them when a slow path first needs
-    them, and kept up to date from then on.
+    start) and ``arrays[s]`` the array it held then (None for externals). The fast paths ask
+    whether an input *is* ``values[s]``: an event that rebinds a tensor to another value
+    (``Tensor._inplace``) takes it out of ``values`` (see `_rebound`), so identity is enough.
+    The maps of `_Hook` (by ``id`` of a tensor or an array: which slot it holds) serve the slow
+    paths; they are built from the lists when first needed and extended as the call goes on
+    (see `_index`).
     """
 
     checking = True
@@ -47,13 +49,18 @@ class _Checker(_Hook):
         self.values = program.check_base.copy()
         self.arrays = [None] * len(self.values)
         self.pc = 0  # the next step to compare with
-        self.n_ops = 0
         self.failed = False
-        self.indexed = False  # whether by_tensor and by_array are built (see `_index`)
+        self.by_tensor = None  # the maps of _Hook, built when first needed (see `_index`)
+        self.indexed = 0  # the maps cover the slots below this
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
         self.profile = None
+
+    @property
+    def n_ops(self):
+        """How many op steps the call has been checked past (the index of the next op)."""
+        return self.prog.ops_before[self.pc]
 
     def bind_args(self, leaves):
         values, arrays = self.values, self.arrays
@@ -67,27 +74,30 @@ class _Checker(_Hook):
 
     # ----- where this call's values are -----
     def _index(self):
-        """Build the maps of `_Hook` from ``values``/``arrays``: slots are registered in
-        ascending order (the order the recording made them), so a later slot wins where two
-        hold the same array, as it does when registered one by one."""
-        self.by_tensor, self.by_array, self.slot_tensor = {}, {}, {}
-        self.indexed = True
-        for s, a in enumerate(self.arrays):
-            if a is not None:
-                t = self.values[s]
+        """Bring the maps of `_Hook` up to date with ``values``/``arrays``: the slots made by
+        the steps checked so far, in ascending order (the order in which the recording made
+        them, so a later slot wins where two hold the same array, as when registered one by
+        one). Slots registered by a slow path are added at once (`_register`)."""
+        if self.by_tensor is None:
+            self.by_tensor, self.by_array, self.slot_tensor = {}, {}, {}
+        end = self.prog.made_before[self.pc]
+        values, arrays = self.values, self.arrays
+        for s in range(self.indexed, end):
+            a, t = arrays[s], values[s]
+            if a is not None and t is not None:  # (externals have no array)
                 self.by_tensor[id(t)] = (s, a)
                 self.by_array[id(a)] = s
                 self.slot_tensor[s] = t
+        self.indexed = max(self.indexed, end)
 
     def _register(self, t, slot):
         self.values[slot] = t
         self.arrays[slot] = t._data
-        if self.indexed:
+        if self.by_tensor is not None:
             _Hook._register(self, t, slot)
 
     def _internal(self, t):
-        if not self.indexed:
-            self._index()
+        self._index()
         return _Hook._internal(self, t)
 
     # ----- ops -----
@@ -96,25 +106,39 @@ class _Checker(_Hook):
         try:
             step = self.steps[pc]
         except IndexError:
-            step = None
-        # (detach() and event steps have cls None; an op whose parameters are not plain has
-        # pdict None, which no __dict__ equals)
-        if (step is not None and type(op) is step.cls and op.__dict__ == step.pdict
-                and len(inputs) == step.n_in):
-            # the op and its parameters are the recorded ones; now where its inputs come from
-            values, arrays = self.values, self.arrays
-            j = 0
-            for t, (s, internal, shape, dtype) in zip(inputs, step.checks):
-                a = t._data
-                if t is not values[s] or (internal and a is not arrays[s]):
-                    self.check_source(t, s, _Where(self.n_ops, op, j))
-                if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
-                    self._shape_mismatch(op, j, t, (shape, dtype))
-                j += 1
-            self.pc = pc + 1
-        else:
-            self._check_slowly(op, inputs)
-            step = self.steps[self.pc - 1]
+            return self._call_slowly(op, inputs)
+        # (detach() and event steps have cls None; pdict is None for an op whose parameters are
+        # not plain values, with several outputs or with captured inputs: the slow path)
+        if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
+            return self._call_slowly(op, inputs)
+        # the op and its parameters are the recorded ones; now where its inputs come from
+        values = self.values
+        for t, (s, shape, dtype) in zip(inputs, step.checks):
+            if t is not values[s]:
+                self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
+            a = t._data
+            if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
+                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+        self.pc = pc + 1
+        dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
+        try:
+            out = dispatch.apply(op, *inputs)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        s = step.outs[0]
+        try:
+            self.arrays[s] = out._data
+        except AttributeError:  # several outputs where the trace had one
+            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had 1 output, this call "
+                           f"has {len(out)}", "operator mismatch")
+        values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
+        return out
+
+    def _call_slowly(self, op, inputs):
+        """`__call__` for what the fast path leaves: the full comparison, captured inputs,
+        several outputs, profiling."""
+        step = self._check_slowly(op, inputs)
         if step.captured:
             # capture_as_const: the op runs on the value captured at trace time, not on the
             # external tensor's value now (as a replay does)
@@ -132,23 +156,17 @@ class _Checker(_Hook):
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        self.n_ops += 1
-        if step.multi or type(out) is tuple or self.indexed:
-            outs = out if type(out) is tuple else (out,)
-            if len(outs) != len(step.outs):
-                self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
-                               f"outputs, this call has {len(outs)}", "operator mismatch")
-            for o, s in zip(outs, step.outs):
-                self._register(o, s)
-        else:  # one output: _register, inlined (this runs for nearly every op)
-            s = step.outs[0]
-            self.values[s] = out
-            self.arrays[s] = out._data
+        outs = out if type(out) is tuple else (out,)
+        if len(outs) != len(step.outs):
+            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
+                           f"outputs, this call has {len(outs)}", "operator mismatch")
+        for o, s in zip(outs, step.outs):
+            self._register(o, s)
         return out
 
     def _check_slowly(self, op, inputs):
         """Compare op ``op`` on ``inputs`` with the next recorded op step (past detach()
-        steps), raising on the first difference; on success, move past it."""
+        steps), raising on the first difference; on success, move past it and return it."""
         index = self.n_ops
         where = _Where(index, op)  # formatted only for an error message
         k, step = self._next_main(where)
@@ -171,14 +189,14 @@ class _Checker(_Hook):
             if t._data.shape != meta[0] or t._data.dtype != meta[1]:
                 self._shape_mismatch(op, j, t, meta)
         self._done_aliases(k, where)
+        return step
 
     def _shape_mismatch(self, op, j, t, meta):
         self._mismatch(f"{_Where(self.n_ops, op)}, input {j}: the trace had shape {meta[0]} "
                        f"{meta[1]}, this call has shape {t.shape} {t.dtype}", "shape mismatch")
 
     def _array_slot(self, arr):
-        if not self.indexed:
-            self._index()
+        self._index()
         return self.by_array.get(id(arr))
 
     def check_source(self, t, expected, where):
@@ -271,12 +289,11 @@ class _Checker(_Hook):
         if (type(step) is _EventStep and step.fn is fn and step.ref_pos is not None
                 and not kwargs and len(args) == len(step.args)):
             # the recorded event, with positional arguments that are objects or tensors
-            values, arrays = self.values, self.arrays
+            values = self.values
             for v, e in zip(args, step.args):
                 if v is e:
                     continue  # the same object (a GradManager, an optimizer, None)
-                if (type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor)
-                        and v._data is arrays[e.slot]):
+                if type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor):
                     continue  # the value of this call the trace passed
                 self._match(v, e, step.args_text)
             self.pc = pc + 1
@@ -354,9 +371,8 @@ class _Checker(_Hook):
     def _rebound(self, t):
         """After an event that got tensor ``t``: if ``t`` now holds another value of this call
         (``Tensor._inplace`` rebinds a non-Parameter to the result), later uses of ``t`` come
-        from that value's slot."""
-        if not self.indexed:
-            self._index()
+        from that value's slot; ``t`` no longer stands in ``values`` for what it held."""
+        self._index()
         e = self.by_tensor.get(id(t))
         if e is not None and e[1] is t._data:
             return
@@ -366,9 +382,10 @@ class _Checker(_Hook):
                 self.keep.append(e)  # its array's id stays a key of by_array
             self.by_tensor[id(t)] = (s, t._data)
             self.keep.append(t)
-            for k, v in enumerate(self.values):
-                if v is t and self.arrays[k] is None:
-                    self.values[k] = None  # no longer usable as the external it was
+        values = self.values
+        for k, v in enumerate(values):
+            if v is t and k != s:
+                values[k] = None  # the fast paths must not take it for that value any more
 
     def _match(self, value, enc, where):
         """Raise unless ``value`` encodes to the recorded ``enc`` (see `_Recorder._encode`)."""
@@ -405,8 +422,7 @@ class _Checker(_Hook):
     def finish(self, outputs):
         prog = self.prog
         if type(outputs) is Tensor and self.pc == len(self.steps) and len(prog.out_refs) == 1:
-            s = prog.out_refs[0]
-            if outputs is self.values[s] and outputs._data is self.arrays[s]:
+            if outputs is self.values[prog.out_refs[0]]:
                 return  # one output, the recorded value
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
@@ -427,6 +443,19 @@ class _Checker(_Hook):
                 n is not None and n != r for n, r in zip(now, recorded)):
             self._mismatch("the outputs: this call returns other values than the traced call "
                            f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+class _ProfilingChecker(_Checker):
+    """The checker of a trace made with ``profiling=True``: every op takes the full path, which
+    times its dispatch (``profile``)."""
+
+    def __call__(self, op, inputs):
+        return self._call_slowly(op, inputs)
+
+
+def _position(inputs, t):
+    """The position of tensor ``t`` among ``inputs`` (for a message; by identity)."""
+    return next(j for j, x in enumerate(inputs) if x is t)
 
 
 def _alike(a, b):

@@ -89,7 +89,7 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
-from .check import _Checker, _ExcludedBlock
+from .check import _Checker, _ExcludedBlock, _ProfilingChecker
 from .record import _Hook, _Recorder
 from .replay import Profile, replay
 
@@ -411,11 +411,13 @@ class trace:
     def _check(self, prog, bound, args, kwargs, leaves):
         if dispatch._trace_hook is not None:
             _not_nested()
-        checker = _Checker(prog)
-        checker.bind_args(leaves)
-        if self._profile is not None:
+        if self._profile is None:
+            checker = _Checker(prog)
+        else:
             self._profile.calls += 1
+            checker = _ProfilingChecker(prog)
             checker.profile = self._profile
+        checker.bind_args(leaves)
         dispatch._trace_hook = checker
         try:
             outputs = self.__wrapped__(*bound, *args, **kwargs)

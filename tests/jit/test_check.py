@@ -164,3 +164,31 @@ def test_detached_input_goes_through_the_full_comparison(slow_calls):
     f(x)
     np.testing.assert_array_equal(f(x).numpy(), [3.0, 5.0])
     assert slow_calls  # the detach() step is matched by the full path
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_tensor_rebound_in_place_no_longer_stands_for_its_old_value(symbolic):
+    # ``y += 1`` rebinds y to the sum; ``old`` (a detached view made before) still holds the
+    # product. Using y where the trace used the product is a mismatch, and the other way round
+    state = {"use_old": True}
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * 3
+        old = y.detach()
+        y += 1
+        return (old if state["use_old"] else y) * 2
+
+    x = mge.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])
+    state["use_old"] = False
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert "op #2" in info.value.detail  # the Mul by 2 (ops: Mul, Add, Mul)
+    g = trace(f.__wrapped__, symbolic=symbolic)  # recorded with y: the old value is refused
+    np.testing.assert_array_equal(g(x).numpy(), [8.0, 14.0])
+    np.testing.assert_array_equal(g(x).numpy(), [8.0, 14.0])
+    state["use_old"] = True
+    with pytest.raises(TraceMismatchError):
+        g(x)
