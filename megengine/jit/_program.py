@@ -284,6 +284,8 @@ class _Slot:
 
 
 class _OpStep:
+    fn = None  # not an event step (a checked call compares an event's function with ``fn``)
+
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
                  "pdict", "checks", "n_in")
@@ -297,7 +299,7 @@ class _OpStep:
 class _AliasStep:
     """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
 
-    cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
+    cls = fn = None  # neither an op nor an event (see the fast paths of `check`)
 
     __slots__ = ("src", "out", "free", "reads")
 
@@ -309,14 +311,16 @@ class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos")
+                 "ref_pos", "n_args", "quiet")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
         self.name = getattr(fn, "__qualname__", None) or repr(fn)
         self.args_text = f"the arguments of {self.name}()"  # for a checked call's messages
-        self.ref_pos = None  # set by `_Program.compile`
+        self.ref_pos = None  # these three are set by `_Program.compile`
+        self.n_args = -1
+        self.quiet = False
         self.free = self.reads = ()
 
 
@@ -416,6 +420,8 @@ class _Program:
                 if type(step.args) is tuple and not step.kwargs and not any(
                         isinstance(e, (tuple, list, dict, _Struct)) for e in step.args):
                     step.ref_pos = tuple(j for j, e in enumerate(step.args) if type(e) is _Ref)
+                    step.n_args = len(step.args)
+                    step.quiet = not step.ref_pos and not step.out_paths  # no tensor in or out
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls

@@ -28,6 +28,17 @@ from .record import _COMPUTED, _Hook, _is_iterator
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
 
 
+class _NoStep:
+    """Past the last step: what a step's fast-path fields say when there is no step."""
+
+    cls = fn = None
+    n_args = -1
+    pdict = None
+
+
+_NO_STEP = _NoStep()
+
+
 class _Checker(_Hook):
     """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls).
 
@@ -42,6 +53,11 @@ class _Checker(_Hook):
     """
 
     checking = True
+    # defaults an instance overrides when it needs to (fewer stores on every call)
+    failed = False
+    by_tensor = None  # the maps of _Hook, built when first needed (see `_index`)
+    indexed = 0  # the maps cover the slots below this
+    profile = None  # `_ProfilingChecker`: the Profile to add op times to
 
     def __init__(self, program):
         self.prog = program
@@ -49,13 +65,9 @@ class _Checker(_Hook):
         self.values = program.check_base.copy()
         self.arrays = [None] * len(self.values)
         self.pc = 0  # the next step to compare with
-        self.failed = False
-        self.by_tensor = None  # the maps of _Hook, built when first needed (see `_index`)
-        self.indexed = 0  # the maps cover the slots below this
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
-        self.profile = None
 
     @property
     def n_ops(self):
@@ -106,7 +118,7 @@ class _Checker(_Hook):
         try:
             step = self.steps[pc]
         except IndexError:
-            return self._call_slowly(op, inputs)
+            step = _NO_STEP
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values, with several outputs or with captured inputs: the slow path)
         if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
@@ -284,10 +296,13 @@ class _Checker(_Hook):
     def event(self, fn, *args, **kwargs):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
         with tracing off."""
-        steps, pc = self.steps, self.pc
-        step = steps[pc] if pc < len(steps) else None
-        if (type(step) is _EventStep and step.fn is fn and step.ref_pos is not None
-                and not kwargs and len(args) == len(step.args)):
+        pc = self.pc
+        try:
+            step = self.steps[pc]
+        except IndexError:
+            step = _NO_STEP
+        # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
+        if step.fn is fn and step.n_args == len(args) and not kwargs:
             # the recorded event, with positional arguments that are objects or tensors
             values = self.values
             for v, e in zip(args, step.args):
@@ -305,8 +320,7 @@ class _Checker(_Hook):
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        if (step.ref_pos != () or kwargs or step.out_paths
-                or isinstance(result, _MAY_HOLD_TENSORS)):
+        if not step.quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
         return result
