@@ -4,15 +4,16 @@ recorded step as it runs.
 
 A checked call should cost what an eager call costs, so each op and event first takes a fast
 path built from what `_Program.compile` prepared: the op's type and its parameters compared
-as one dict (``step.pdict``, for ops whose parameters are plain immutable values), each input
-found by the ``id`` of its tensor (a value of this call, in the expected slot, still holding
-the same array) or by identity with the expected external tensor (``step.ext``). Anything the
-fast path does not accept (a detach(), a constant, a ``.grad``, an op with array parameters,
-or a real difference) goes through the slow path, which makes the full comparison and, on a
-difference, raises `TraceMismatchError` naming the op, the input and the values.
+as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
+values), each input compared by identity with the tensor that holds the expected slot in this
+call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
+the start), then its shape and dtype; an event's function and arguments by identity. What the
+fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
+with array parameters or several outputs, or a real difference) goes through the full
+comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
+the values.
 """
 import time
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from ..core import dispatch
 from ..core.tensor import Tensor
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
                        _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _refs_in, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _Hook, _is_iterator
 
 
