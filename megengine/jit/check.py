@@ -397,10 +397,13 @@ class _Checker(_Hook):
                 self.keep.append(e)  # its array's id stays a key of by_array
             self.by_tensor[id(t)] = (s, t._data)
             self.keep.append(t)
-        values = self.values
+        # the fast paths must not take it for what it held any more: a value of this call, or
+        # an external if it now holds a value of this call (an external whose data was only
+        # replaced, as by set_value, is still itself: externals compare by identity)
+        values, arrays = self.values, self.arrays
         for k, v in enumerate(values):
-            if v is t and k != s:
-                values[k] = None  # the fast paths must not take it for that value any more
+            if v is t and k != s and (arrays[k] is not None or s is not None):
+                values[k] = None
 
     def _match(self, value, enc, where):
         """Raise unless ``value`` encodes to the recorded ``enc`` (see `_Recorder._encode`)."""

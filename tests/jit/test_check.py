@@ -192,3 +192,22 @@ def test_a_tensor_rebound_in_place_no_longer_stands_for_its_old_value(symbolic):
     state["use_old"] = True
     with pytest.raises(TraceMismatchError):
         g(x)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_set_value_inside_the_function_keeps_the_parameter_itself(symbolic, slow_calls):
+    # set_value replaces a Parameter's data (an event); the Parameter is still the external
+    # the trace used, so the ops after it keep the fast path and read the new value
+    w = mge.Parameter([1.0, 1.0])
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * w
+        w.set_value(y)
+        return x + w
+
+    x = mge.tensor([2.0, 3.0])
+    np.testing.assert_array_equal(f(x).numpy(), [4.0, 6.0])  # w = [2, 3]
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])  # w = [4, 9]
+    assert w.numpy().tolist() == [4.0, 9.0]
+    assert slow_calls == []
