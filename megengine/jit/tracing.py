@@ -127,7 +127,7 @@ class trace:
     in how its graph compiler builds the first call; this engine runs ops one by one either way,
     so both cost eager speed plus the check: a few percent for ops on arrays of some size
     (~3% on an MLP 784-256-10 training step at batch 64), more where each op is tiny
-    (~15% at MLP 32-32-32-10, batch 8; see ``benchmarks/README.md``).
+    (~10% on a training step of an MLP 32-32-32-10 at batch 8; see ``benchmarks/README.md``).
 
     ``without_host=True`` (upstream: run the Python code on the first call only): later calls of
     a known signature do not run the Python function; they replay the recorded ops and events
