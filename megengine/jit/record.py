@@ -46,7 +46,6 @@ class _Hook:
         self.slot_tensor = {}  # slot -> the tensor that holds its value in this call
         self.keep = []  # every tensor keyed above stays alive during the call: ids stay unique
         self.ext_seen = set()  # ids of the external tensors used so far (kept alive in keep)
-        self.profile = None  # checking with profiling=True: the Profile to add op times to
 
     def _register(self, t, slot):
         arr = t._data
