@@ -8,7 +8,8 @@ replays the record without running Python.
 
 Thread counts are pinned to 1 (OMP/OPENBLAS/MKL_NUM_THREADS, set below with setdefault before
 numpy is imported). The figures are medians over repeats, the modes taking turns step by step
-(see _timing.py).
+(see _timing.py); the fastest single step of each mode and its ratio follow in parentheses:
+on a loaded machine (other processes on the cores) they are the steadier figure.
 """
 import os
 import sys
@@ -74,10 +75,12 @@ def main():
             fns = {mode: make_step(sizes, batch, mode, train) for mode in LABELS}
             for step in fns.values():
                 step()  # the first call records
-            ms = {mode: t.median for mode, t in _timing.time_steps(fns, steps, args.repeats).items()}
-            for mode, t in ms.items():
-                print(f"  {LABELS[mode]:24s} {t:8.3f} ms/step   "
-                      f"x{ms['eager'] / t:5.2f} speed vs eager")
+            timings = _timing.time_steps(fns, steps, args.repeats)
+            eager = timings["eager"]
+            for mode, t in timings.items():
+                print(f"  {LABELS[mode]:24s} {t.median:8.3f} ms/step   "
+                      f"x{eager.median / t.median:5.2f} speed vs eager   "
+                      f"(best step {t.best:7.3f} ms, x{eager.best / t.best:5.2f})")
 
 
 if __name__ == "__main__":

@@ -495,6 +495,14 @@ class Tensor(metaclass=_TensorType):
             shape = shape[0]
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 
+    def _broadcast(self, *shape):
+        """Upstream's private ``Tensor._broadcast``: ``F.broadcast_to(self, shape)``, the shape
+        given as one tuple, list or Tensor, or as separate sizes (as `reshape` takes it)."""
+        from ..functional.tensor import broadcast_to  # functional sits above core: load on use
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
+            shape = shape[0]
+        return broadcast_to(self, shape)
+
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = axes[0]

@@ -284,8 +284,11 @@ class _Slot:
 
 
 class _OpStep:
+    fn = None  # not an event step (a checked call compares an event's function with ``fn``)
+
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
+                 "pdict", "checks", "n_in")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -296,6 +299,8 @@ class _OpStep:
 class _AliasStep:
     """``t.detach()`` (or another wrapper of the same array without its autodiff link)."""
 
+    cls = fn = None  # neither an op nor an event (see the fast paths of `check`)
+
     __slots__ = ("src", "out", "free", "reads")
 
     def __init__(self, src, out):
@@ -303,12 +308,19 @@ class _AliasStep:
 
 
 class _EventStep:
-    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "free", "reads")
+    cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
+
+    __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
+                 "ref_pos", "n_args", "quiet")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
-        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+        self.args_text = f"the arguments of {self.name}()"  # for a checked call's messages
+        self.ref_pos = None  # these three are set by `_Program.compile`
+        self.n_args = -1
+        self.quiet = False
         self.free = self.reads = ()
 
 
@@ -327,6 +339,7 @@ class _Program:
         self.arg_reads = ()
         self.guards = []
         self.first_reads = ()  # guards read before the first step
+        self.out_refs = ()  # the slots of the output tensors, in `_tensors_in` order
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -365,6 +378,10 @@ class _Program:
             elif info.kind == "grad":
                 self.grads.append((i, info.owner, info.owner_slot))
         grad_slots = {i for i, _, _ in self.grads}
+        # a checked call's start (see `check._Checker`): the tensor each external slot must be
+        # (captured constants included: a checked call uses the same tensor, its value captured)
+        self.check_base = [info.tensor if info.kind in ("ext", "const") else None
+                           for info in self.slots]
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
@@ -379,14 +396,32 @@ class _Program:
             if pos:  # checked after step pos - 1: its value lives until then
                 last[s] = max(last.get(s, pos - 1), pos - 1)
         self.first_reads = tuple(by_pos.pop(0, ()))
-        kept = set(_refs_in(self.out))
+        self.out_refs = tuple(_refs_in(self.out))
+        kept = set(self.out_refs)
         frees = {}
         for s, k in last.items():
             if self.slots[s].kind in ("op", "alias", "event") and s not in kept:
                 frees.setdefault(k, []).append(s)
+        # a checked call (see `check`): per step index k, how many op steps come before it,
+        # and a bound on the slots that the arguments and the steps before it made
+        self.ops_before = [0] * (len(self.steps) + 1)
+        self.made_before = [max(self.arg_slots, default=-1) + 1] * (len(self.steps) + 1)
+        for k, step in enumerate(self.steps):
+            made = (step.outs if type(step) is _OpStep else
+                    (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
+            self.ops_before[k + 1] = self.ops_before[k] + (type(step) is _OpStep)
+            self.made_before[k + 1] = max(self.made_before[k], max(made, default=-1) + 1)
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
             step.reads = tuple(by_pos.get(k + 1, ()))
+            if type(step) is _EventStep:
+                # a checked call's fast path (see `check`): events called with positional
+                # arguments only, none of them a structure, and where the tensors are
+                if type(step.args) is tuple and not step.kwargs and not any(
+                        isinstance(e, (tuple, list, dict, _Struct)) for e in step.args):
+                    step.ref_pos = tuple(j for j, e in enumerate(step.args) if type(e) is _Ref)
+                    step.n_args = len(step.args)
+                    step.quiet = not step.ref_pos and not step.out_paths  # no tensor in or out
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls
@@ -399,6 +434,17 @@ class _Program:
                 step.captured = tuple(
                     (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
                     if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
+                # a checked call's fast path (see `check`): the parameters as one dict to
+                # compare with the op's, when they are plain immutable values and the op has
+                # one output and no captured input (else None: the full path); per input its
+                # slot, shape and dtype
+                # (a program loaded by `dump.load` has no input metas: it is only replayed)
+                step.pdict = (_plain_params(step.template.__dict__)
+                              if step.metas is not None and not step.multi and not step.captured
+                              else None)
+                step.n_in = len(step.ins)
+                step.checks = tuple((s, shape, dtype)
+                                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
 
 
 def _plain_instance(cls):
@@ -411,6 +457,26 @@ def _plain_instance(cls):
                 or "__setstate__" in d:
             return False
     return True
+
+
+def _plain_params(params):
+    """``params`` (an op's ``__dict__``) as a dict that ``==`` compares exactly as `_op_key`
+    would, or None where it would not: array values (compared by value or by the slot they
+    come from), objects compared by identity, a stored ``needs_input_grad`` (left out of keys)."""
+    if "needs_input_grad" in params:
+        return None
+    for v in params.values():
+        if not _immutable(v):
+            return None
+    return dict(params)
+
+
+def _immutable(v):
+    if type(v) in _PLAIN or isinstance(v, (np.generic, np.dtype, type)):
+        return True
+    if type(v) is tuple:
+        return all(_immutable(x) for x in v)
+    return False
 
 
 def _slots_used(step):

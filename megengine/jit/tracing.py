@@ -4,8 +4,8 @@ function and check it against the record (``symbolic=False`` and ``symbolic=True
 (``without_host=True``).
 
 How it works. While a traced function runs for the first time, ``dispatch._trace_hook`` is a
-`_Recorder`: every ``apply(op, *tensors)`` goes through it. It notes, per op, a pristine copy
-of the op (taken before ``forward`` stores anything on it), where each input came from and the
+`record._Recorder`: every ``apply(op, *tensors)`` goes through it. It notes, per op, a pristine
+copy of the op (taken before ``forward`` stores anything on it), where each input came from and the
 slots of the outputs. A value's source ("slot") is one of
 
 - an argument: a Tensor found in the arguments (through tuples, lists and dicts);
@@ -37,13 +37,15 @@ keys its programs by instance too, and holds the instances weakly: a deleted mod
 its programs (with the parameters they hold) are dropped when it goes.
 
 Checking (``symbolic=False`` or ``symbolic=True``, later calls of a known signature, see
-`record`): the function runs normally, so its Python side effects (prints, counters, list
+`check`): the function runs normally, so its Python side effects (prints, counters, list
 appends, exceptions) happen on every call, and each op and event is compared with the record
 (op type and parameters, input sources, input shapes and dtypes); the first difference raises
 `TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
 user's function propagates unchanged. Either way the hook is removed and the next call is
 checked against the same record. (Ops run eagerly as they are checked, except that
-``capture_as_const`` inputs take their captured value.)
+``capture_as_const`` inputs take their captured value.) Plain ops and events are matched by
+comparisons prepared when the program was compiled (see `check`: ~1.3 us per op, ~0.8 us per
+event on the 2-core CI machine), the rest in full.
 
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
@@ -64,8 +66,10 @@ instead of replaying ops built from the old one. Checked calls run the Python co
 value that changes the ops is caught by the op check. Reads inside `exclude_from_trace` (and the
 engine's own argument validation, ``Tensor._peek``) are not noted.
 
-Files: `_program` (the data), `record` (record and check), `replay`, `dump` (write a program
-to a file; `megengine.utils.comp_graph_tools` loads and runs it), this file (the public API).
+Files: `_program` (the data), `record` (record), `check` (check a later call), `replay`,
+`dump` (write a program to a file; `megengine.utils.comp_graph_tools` loads and runs it),
+`xla_backend` (upstream's ``xla_trace``, a ``without_host`` trace here), this file (the
+public API).
 
 Hooks. The engine's side of the contract is one global read per call, ``dispatch._trace_hook``,
 checked in ``apply`` and at the start of each event method::
@@ -85,7 +89,8 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
-from .record import _ExcludedBlock, _Recorder
+from .check import _Checker, _ExcludedBlock, _ProfilingChecker
+from .record import _Hook, _Recorder
 from .replay import Profile, replay
 
 logger = get_logger(__name__)
@@ -120,7 +125,9 @@ class trace:
     <reason>"``, ``e.detail`` names the op and the values) and the trace stays usable. Python
     side effects (prints, counters, exceptions) happen on every call. Upstream's two modes differ
     in how its graph compiler builds the first call; this engine runs ops one by one either way,
-    so both cost about eager speed plus the check.
+    so both cost eager speed plus the check: a few percent for ops on arrays of some size
+    (~3% on an MLP 784-256-10 training step at batch 64), more where each op is tiny
+    (~10% on a training step of an MLP 32-32-32-10 at batch 8; see ``benchmarks/README.md``).
 
     ``without_host=True`` (upstream: run the Python code on the first call only): later calls of
     a known signature do not run the Python function; they replay the recorded ops and events
@@ -267,20 +274,28 @@ class trace:
     def _run(self, owner, bound, args, kwargs):
         """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
         signature covers ``args`` and ``kwargs``."""
-        if not kwargs and all(isinstance(a, Tensor) for a in args):
-            key = (owner, tuple((a._data.shape, a._data.dtype, a._device) for a in args))
-            leaves = args
-        else:
+        key = None
+        if not kwargs:  # the common call: tensors only, keyed without building a tree
+            sig = []
+            for a in args:
+                if not isinstance(a, Tensor):
+                    break
+                d = a._data
+                sig.append((d.shape, d.dtype, a._device))
+            else:
+                key = (owner, tuple(sig))
+                leaves = args
+        if key is None:
             leaves = []
             key = (owner, _flatten((args, kwargs), leaves))
         programs = self._programs
-        read = self._read_args.get(key)
+        read = self._read_args.get(key) if self._read_args else None
         if read is not None:  # the function read arguments' values: they select the program
             key = (*key, _values_key(leaves, read, ()))
         self._busy = True
         try:
             prog = programs.get(key)
-            if prog is not None:
+            if prog is not None and len(programs) > 1:
                 programs.move_to_end(key)
         finally:
             self._busy = False
@@ -375,7 +390,8 @@ class trace:
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
             prog.in_tree = _flatten((args, kwargs), [])
-        rec = _Recorder(self, prog, checking=False)
+        rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
+                        if self._capture_as_const else ())
         rec.bind_args(leaves)
         dispatch._trace_hook = rec
         try:
@@ -386,20 +402,28 @@ class trace:
         prog.compile()
         return prog, outputs
 
+    def _live_externals(self, bound, args, kwargs):
+        """Ids of the tensors a ``capture_as_const`` recording reads live instead of capturing
+        (none here; `xla_backend.xla_trace` keeps those of Module and Optimizer arguments)."""
+        return ()
+
     # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
-        _not_nested()
-        rec = _Recorder(self, prog, checking=True)
-        rec.bind_args(leaves)
-        if self._profile is not None:
+        if dispatch._trace_hook is not None:
+            _not_nested()
+        if self._profile is None:
+            checker = _Checker(prog)
+        else:
             self._profile.calls += 1
-            rec.profile = self._profile
-        dispatch._trace_hook = rec
+            checker = _ProfilingChecker(prog)
+            checker.profile = self._profile
+        checker.bind_args(leaves)
+        dispatch._trace_hook = checker
         try:
             outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
-        rec.finish_checking(outputs)
+        checker.finish(outputs)
         return outputs
 
     # ----- upstream's other methods -----
@@ -482,8 +506,7 @@ def exclude_from_trace():
     block included, does not run.
     """
     hook = dispatch._trace_hook
-    dispatch._trace_hook = (_ExcludedBlock(hook) if isinstance(hook, _Recorder) and hook.checking
-                            else None)
+    dispatch._trace_hook = _ExcludedBlock(hook) if isinstance(hook, _Checker) else None
     try:
         yield
     finally:
@@ -494,4 +517,4 @@ def exclude_from_trace():
 def is_tracing() -> bool:
     """True while a traced function runs its first (recording) call or a checked call
     (``symbolic=False`` or ``True``)."""
-    return isinstance(dispatch._trace_hook, _Recorder)
+    return isinstance(dispatch._trace_hook, _Hook)

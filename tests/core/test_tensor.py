@@ -725,3 +725,21 @@ def test_requires_grad_is_reserved_as_upstream():
         with pytest.raises(AttributeError, match="reserved for future use.*GradManager"):
             action()
     assert getattr(p, "requires_grad", "absent") == "absent"  # so hasattr/getattr see no value
+
+
+def test_private_broadcast_is_broadcast_to():
+    # upstream's Tensor._broadcast (used by upstream tests): the shape as a tuple, as separate
+    # sizes or as a Tensor; values and gradient as torch's expand
+    x = np.array([[1.0], [2.0]], np.float32)
+    want = torch.tensor(x).expand(2, 3)
+    for args in [((2, 3),), (2, 3), ([2, 3],), (mge.tensor([2, 3]),)]:
+        np.testing.assert_array_equal(mge.tensor(x)._broadcast(*args).numpy(), want.numpy())
+    w = mge.Parameter(x)
+    gm = GradManager().attach([w])
+    with gm:
+        gm.backward((w._broadcast(2, 3) * mge.tensor([1.0, 2.0, 3.0])).sum())
+    tw = torch.tensor(x, requires_grad=True)
+    (tw.expand(2, 3) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
+    with pytest.raises(ValueError):
+        mge.tensor(x)._broadcast(3, 3)

@@ -1,0 +1,531 @@
+"""Checking a later call of a traced function (``symbolic=False`` or ``True``) against its
+record, as ``dispatch._trace_hook`` (see `tracing`): each op and event is compared with the
+recorded step as it runs.
+
+A checked call should cost what an eager call costs, so each op and event first takes a fast
+path built from what `_Program.compile` prepared: the op's type and its parameters compared
+as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
+values), each input compared by identity with the tensor that holds the expected slot in this
+call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
+the start), then its shape and dtype; an event's function and arguments by identity. What the
+fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
+with array parameters or several outputs, or a real difference) goes through the full
+comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
+the values.
+"""
+import time
+
+import numpy as np
+
+from ..autodiff.function import _FunctionOp
+from ..core import dispatch
+from ..core.tensor import Tensor
+from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
+                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
+                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from .record import _COMPUTED, _Hook, _is_iterator
+
+
+_MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
+
+
+class _NoStep:
+    """Past the last step: what a step's fast-path fields say when there is no step."""
+
+    cls = fn = None
+    n_args = -1
+    pdict = None
+
+
+_NO_STEP = _NoStep()
+
+
+class _Checker(_Hook):
+    """``dispatch._trace_hook`` while a later call of a known signature runs (checked calls).
+
+    Where values are: ``values[s]`` is the tensor that holds slot ``s``'s value in this call
+    (arguments and outputs as they are made; the external tensors of the record from the
+    start) and ``arrays[s]`` the array it held then (None for externals). The fast paths ask
+    whether an input *is* ``values[s]``: an event that rebinds a tensor to another value
+    (``Tensor._inplace``) takes it out of ``values`` (see `_rebound`), so identity is enough.
+    The maps of `_Hook` (by ``id`` of a tensor or an array: which slot it holds) serve the slow
+    paths; they are built from the lists when first needed and extended as the call goes on
+    (see `_index`).
+    """
+
+    checking = True
+    # defaults an instance overrides when it needs to (fewer stores on every call)
+    failed = False
+    by_tensor = None  # the maps of _Hook, built when first needed (see `_index`)
+    indexed = 0  # the maps cover the slots below this
+    profile = None  # `_ProfilingChecker`: the Profile to add op times to
+
+    def __init__(self, program):
+        self.prog = program
+        self.steps = program.steps
+        self.values = program.check_base.copy()
+        self.arrays = [None] * len(self.values)
+        self.pc = 0  # the next step to compare with
+        self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
+        self.ext_seen = set()  # ids of externals accepted by the slow path
+        self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+
+    @property
+    def n_ops(self):
+        """How many op steps the call has been checked past (the index of the next op)."""
+        return self.prog.ops_before[self.pc]
+
+    def bind_args(self, leaves):
+        values, arrays = self.values, self.arrays
+        for s, t in zip(self.prog.arg_slots, leaves):
+            values[s] = t
+            arrays[s] = t._data
+
+    def read(self, t, value):
+        """A checked call runs the Python code that used a value read to the host, and the ops
+        it makes are checked: nothing to do (see `record._Recorder.read`)."""
+
+    # ----- where this call's values are -----
+    def _index(self):
+        """Bring the maps of `_Hook` up to date with ``values``/``arrays``: the slots made by
+        the steps checked so far, in ascending order (the order in which the recording made
+        them, so a later slot wins where two hold the same array, as when registered one by
+        one). Slots registered by a slow path are added at once (`_register`)."""
+        if self.by_tensor is None:
+            self.by_tensor, self.by_array, self.slot_tensor = {}, {}, {}
+        end = self.prog.made_before[self.pc]
+        values, arrays = self.values, self.arrays
+        for s in range(self.indexed, end):
+            a, t = arrays[s], values[s]
+            if a is not None and t is not None:  # (externals have no array)
+                self.by_tensor[id(t)] = (s, a)
+                self.by_array[id(a)] = s
+                self.slot_tensor[s] = t
+        self.indexed = max(self.indexed, end)
+
+    def _register(self, t, slot):
+        self.values[slot] = t
+        self.arrays[slot] = t._data
+        if self.by_tensor is not None:
+            _Hook._register(self, t, slot)
+
+    def _internal(self, t):
+        self._index()
+        return _Hook._internal(self, t)
+
+    # ----- ops -----
+    def __call__(self, op, inputs):
+        pc = self.pc
+        try:
+            step = self.steps[pc]
+        except IndexError:
+            step = _NO_STEP
+        # (detach() and event steps have cls None; pdict is None for an op whose parameters are
+        # not plain values, with several outputs or with captured inputs: the slow path)
+        if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
+            return self._call_slowly(op, inputs)
+        # the op and its parameters are the recorded ones; now where its inputs come from
+        values = self.values
+        for t, (s, shape, dtype) in zip(inputs, step.checks):
+            if t is not values[s]:
+                self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
+            a = t._data
+            if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
+                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+        self.pc = pc + 1
+        dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
+        try:
+            out = dispatch.apply(op, *inputs)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        s = step.outs[0]
+        try:
+            self.arrays[s] = out._data
+        except AttributeError:  # several outputs where the trace had one
+            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had 1 output, this call "
+                           f"has {len(out)}", "operator mismatch")
+        values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
+        return out
+
+    def _call_slowly(self, op, inputs):
+        """`__call__` for what the fast path leaves: the full comparison, captured inputs,
+        several outputs, profiling."""
+        step = self._check_slowly(op, inputs)
+        if step.captured:
+            # capture_as_const: the op runs on the value captured at trace time, not on the
+            # external tensor's value now (as a replay does)
+            inputs = list(inputs)
+            for j, value, device in step.captured:
+                inputs[j] = Tensor._wrap(value, device)
+        dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
+        try:
+            if self.profile is None:
+                out = dispatch.apply(op, *inputs)
+            else:
+                start = time.perf_counter()
+                out = dispatch.apply(op, *inputs)
+                self.profile.add(step, time.perf_counter() - start)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        outs = out if type(out) is tuple else (out,)
+        if len(outs) != len(step.outs):
+            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
+                           f"outputs, this call has {len(outs)}", "operator mismatch")
+        for o, s in zip(outs, step.outs):
+            self._register(o, s)
+        return out
+
+    def _check_slowly(self, op, inputs):
+        """Compare op ``op`` on ``inputs`` with the next recorded op step (past detach()
+        steps), raising on the first difference; on success, move past it and return it."""
+        index = self.n_ops
+        where = _Where(index, op)  # formatted only for an error message
+        k, step = self._next_main(where)
+        if type(step) is not _OpStep:
+            self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call applies "
+                           "an op", "operator mismatch")
+        key, _ = _op_key(op, self._array_slot)
+        if key[0] is not step.key[0] or (key[0] is _FunctionOp and key[1] is not step.key[1]):
+            self._mismatch(f"op #{index}: the trace applied {step.name}, this call applies "
+                           f"{op!r}", "operator mismatch")
+        if key != step.key:
+            self._mismatch(f"{where}: the parameters differ: the trace had "
+                           f"{_describe_params(step.key)}; this call has "
+                           f"{_describe_params(key)}", "operator mismatch")
+        if len(inputs) != len(step.ins):
+            self._mismatch(f"{where}: the trace gave it {len(step.ins)} inputs, this call "
+                           f"{len(inputs)}", "operator mismatch")
+        for j, (t, expected, meta) in enumerate(zip(inputs, step.ins, step.metas)):
+            self.check_source(t, expected, _Where(index, op, j))
+            if t._data.shape != meta[0] or t._data.dtype != meta[1]:
+                self._shape_mismatch(op, j, t, meta)
+        self._done_aliases(k, where)
+        return step
+
+    def _shape_mismatch(self, op, j, t, meta):
+        self._mismatch(f"{_Where(self.n_ops, op)}, input {j}: the trace had shape {meta[0]} "
+                       f"{meta[1]}, this call has shape {t.shape} {t.dtype}", "shape mismatch")
+
+    def _array_slot(self, arr):
+        self._index()
+        return self.by_array.get(id(arr))
+
+    def check_source(self, t, expected, where):
+        """Raise unless ``t`` comes from where the recorded ``expected`` slot did."""
+        prog = self.prog
+        s, alias = self._internal(t)
+        if s is not None:
+            if alias:
+                step = self._expect(_AliasStep, where)
+                if step.src != s:
+                    self._mismatch(f"{where}: the trace detached {prog.describe(step.src)}, this "
+                                   f"call detached {prog.describe(s)}", "input id mismatch")
+                self._register(t, step.out)
+                s = step.out
+            if s != expected:
+                was = prog.slots[expected].kind in _COMPUTED
+                now = prog.slots[s].kind in _COMPUTED
+                self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call "
+                               f"used {prog.describe(s)}",
+                               "expect internal node, got external" if was and not now else
+                               "expect external node, got internal" if now and not was else
+                               "input id mismatch")
+            return
+        if id(t) in self.excluded:
+            # made by an exclude_from_trace block of this call: the block is the user's
+            # declared untraced side path, so its result may stand in for any recorded input
+            # (upstream accepts it; the op runs on it now, since checking runs eagerly)
+            return
+        info = prog.slots[expected]
+        kind = info.kind
+        if kind == "ext" or (kind == "const" and info.tensor is not None):
+            ok = t is info.tensor
+        elif kind == "grad":
+            owner = (info.owner if info.owner_slot is None
+                     else self.values[info.owner_slot])  # an argument: this call's
+            ok = t is owner.grad
+        elif kind == "const":
+            c = info.const
+            ok = (t._data.shape == c.shape and t._data.dtype == c.dtype
+                  and bool((_host(t._data) == _host(c)).all()))
+        else:
+            ok = False
+        if ok:
+            self.ext_seen.add(id(t))
+            self.keep.append(t)
+        else:
+            now = (f"a tensor made outside the traced ops ({_tensor_text(t)}"
+                   + (f", value {_ArrayValue(t._data)!r}" if t.size <= 8 else "") + ")")
+            self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call used "
+                           f"{now}", "expect internal node, got external" if kind in _COMPUTED
+                           else "tensors not equals")
+
+    def _next_main(self, where):
+        """(index, step) of the next op or event step, past detach() steps."""
+        steps = self.steps
+        k = self.pc
+        while k < len(steps) and type(steps[k]) is _AliasStep:
+            k += 1
+        if k >= len(steps):
+            self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this "
+                           "call goes on", "too many instructions")
+        return k, steps[k]
+
+    def _done_aliases(self, k, where):
+        """The detach() steps before step ``k`` were all matched; move past ``k``."""
+        if self.pc != k:
+            src = self.prog.describe(self.steps[self.pc].src)
+            self._mismatch(f"{where}: the trace detached {src} before this step; this call "
+                           "did not", "operator mismatch")
+        self.pc = k + 1
+
+    def _expect(self, kind, where):
+        steps = self.steps
+        if self.pc >= len(steps):
+            self._mismatch(f"{where}: the trace ended after {self.prog.n_ops} ops, but this call "
+                           "goes on", "too many instructions")
+        step = steps[self.pc]
+        if type(step) is not kind:
+            self._mismatch(f"{where}: the trace has {_step_text(step)} here, this call has "
+                           f"{_kind_text(kind)}", "operator mismatch")
+        self.pc += 1
+        return step
+
+    # ----- events -----
+    def event(self, fn, *args, **kwargs):
+        """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
+        with tracing off."""
+        pc = self.pc
+        try:
+            step = self.steps[pc]
+        except IndexError:
+            step = _NO_STEP
+        # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
+        if step.fn is fn and step.n_args == len(args) and not kwargs:
+            # the recorded event, with positional arguments that are objects or tensors
+            values = self.values
+            for v, e in zip(args, step.args):
+                if v is e:
+                    continue  # the same object (a GradManager, an optimizer, None)
+                if type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor):
+                    continue  # the value of this call the trace passed
+                self._match(v, e, step.args_text)
+            self.pc = pc + 1
+        else:
+            args, kwargs, step = self._check_event_slowly(fn, args, kwargs)
+        dispatch._trace_hook = None
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+        if not step.quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
+            self._after_event(step, args, kwargs, result)
+        # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
+        return result
+
+    def _check_event_slowly(self, fn, args, kwargs):
+        """Compare the call ``fn(*args, **kwargs)`` with the next recorded event step (past
+        detach() steps), raising on the first difference; return the arguments (generators
+        listed, as when recorded) and the step."""
+        for a in args:
+            if _is_iterator(a):
+                args = tuple(list(a) if _is_iterator(a) else a for a in args)
+                break
+        if kwargs and any(_is_iterator(a) for a in kwargs.values()):
+            kwargs = {k: list(a) if _is_iterator(a) else a for k, a in kwargs.items()}
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        k, step = self._next_main(f"the call {name}()")
+        if type(step) is not _EventStep or step.fn is not fn:
+            self._mismatch(f"after op #{self.n_ops - 1}: the trace has {_step_text(step)} "
+                           f"here, this call calls {name}()", "operator mismatch")
+        self._match(args, step.args, step.args_text)
+        self._match(kwargs, step.kwargs, step.args_text)
+        self._done_aliases(k, f"the call {name}()")
+        return args, kwargs, step
+
+    def _after_event(self, step, args, kwargs, result):
+        # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
+        # value: later uses must come from its slot.
+        if step.ref_pos is not None and not kwargs:
+            values, arrays = self.values, self.arrays
+            for j in step.ref_pos:
+                t = args[j]
+                s = step.args[j].slot
+                if not (t is values[s] and t._data is arrays[s]):
+                    self._rebound(t)
+        else:
+            for t in _tensors_in((args, kwargs)):
+                self._rebound(t)
+        # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
+        if isinstance(result, _MAY_HOLD_TENSORS):
+            fresh = [(path, t) for path, t in _tensor_paths(result, ())
+                     if self._internal(t)[0] is None and id(t) not in self.ext_seen
+                     and not self._ext_used(t)]
+        else:
+            fresh = ()
+        if fresh or step.out_paths:
+            if len(fresh) != len(step.out_paths):
+                self._mismatch(f"{step.name}(): the trace got {len(step.out_paths)} new "
+                               f"tensors from it, this call {len(fresh)}", "operator mismatch")
+            for (_, t), (_, s) in zip(fresh, step.out_paths):
+                self._register(t, s)
+
+    def _ext_used(self, t):
+        """Whether an op step already checked has ``t`` as the external tensor of an input
+        (the fast path of `__call__` accepts those without noting them in ``ext_seen``)."""
+        base = self.prog.check_base
+        for k in range(self.pc):
+            step = self.steps[k]
+            if type(step) is _OpStep and any(base[s] is t for s, *_ in step.checks):
+                return True
+        return False
+
+    def _rebound(self, t):
+        """After an event that got tensor ``t``: if ``t`` now holds another value of this call
+        (``Tensor._inplace`` rebinds a non-Parameter to the result), later uses of ``t`` come
+        from that value's slot; ``t`` no longer stands in ``values`` for what it held."""
+        self._index()
+        e = self.by_tensor.get(id(t))
+        if e is not None and e[1] is t._data:
+            return
+        s = self.by_array.get(id(t._data))
+        if s is not None:
+            if e is not None:
+                self.keep.append(e)  # its array's id stays a key of by_array
+            self.by_tensor[id(t)] = (s, t._data)
+            self.keep.append(t)
+        # the fast paths must not take it for what it held any more: a value of this call, or
+        # an external if it now holds a value of this call (an external whose data was only
+        # replaced, as by set_value, is still itself: externals compare by identity)
+        values, arrays = self.values, self.arrays
+        for k, v in enumerate(values):
+            if v is t and k != s and (arrays[k] is not None or s is not None):
+                values[k] = None
+
+    def _match(self, value, enc, where):
+        """Raise unless ``value`` encodes to the recorded ``enc`` (see `_Recorder._encode`)."""
+        if type(enc) is _Ref:
+            if not isinstance(value, Tensor):
+                self._mismatch(f"{where}: the trace passed {self.prog.describe(enc.slot)}, this "
+                               f"call passes {type(value).__name__}", "input id mismatch")
+            self.check_source(value, enc.slot, where)
+            return
+        if isinstance(value, Tensor):
+            self._mismatch(f"{where}: the trace passed {enc!r}, this call passes a Tensor",
+                           "input id mismatch")
+        t = type(enc)
+        if t is _Struct:
+            items = [value[k] for k in enc.keys] if enc.keys is not None else list(value)
+            if type(value) is not enc.cls or len(items) != len(enc.items):
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
+            for v, e in zip(items, enc.items):
+                self._match(v, e, where)
+        elif t is tuple or t is list or t is dict:
+            if type(value) is not t or len(value) != len(enc) or (
+                    t is dict and list(value) != list(enc)):
+                self._mismatch(f"{where}: the structure differs from the trace",
+                               "input id mismatch")
+            pairs = zip(value.values(), enc.values()) if t is dict else zip(value, enc)
+            for v, e in pairs:
+                self._match(v, e, where)
+        elif not (_ValueLeaf(value) == _ValueLeaf(enc)) and not _alike(value, enc):
+            self._mismatch(f"{where}: the trace passed {_ValueLeaf(enc)!r}, this call passes "
+                           f"{_ValueLeaf(value)!r}", "tensors not equals")
+
+    # ----- the end of a call -----
+    def finish(self, outputs):
+        prog = self.prog
+        if type(outputs) is Tensor and self.pc == len(self.steps) and len(prog.out_refs) == 1:
+            if outputs is self.values[prog.out_refs[0]]:
+                return  # one output, the recorded value
+        for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
+            s, alias = self._internal(t)
+            if alias:
+                step = self._expect(_AliasStep, "the outputs")
+                if step.src != s:
+                    self._mismatch(f"the outputs: the trace detached "
+                                   f"{prog.describe(step.src)}, this call detached "
+                                   f"{prog.describe(s)}", "data unreadable")
+                self._register(t, step.out)
+        if self.pc != len(self.steps):
+            rest = self.steps[self.pc]
+            self._mismatch(f"the call ended after {self.n_ops} ops, but the trace goes on with "
+                           f"{_step_text(rest)}", "mismature end")
+        recorded = prog.out_refs
+        now = [self._internal(t)[0] for t in _tensors_in(outputs)]
+        if len(now) != len(recorded) or any(
+                n is not None and n != r for n, r in zip(now, recorded)):
+            self._mismatch("the outputs: this call returns other values than the traced call "
+                           f"({len(now)} tensors, the trace {len(recorded)})", "data unreadable")
+
+
+class _ProfilingChecker(_Checker):
+    """The checker of a trace made with ``profiling=True``: every op takes the full path, which
+    times its dispatch (``profile``)."""
+
+    def __call__(self, op, inputs):
+        return self._call_slowly(op, inputs)
+
+
+def _position(inputs, t):
+    """The position of tensor ``t`` among ``inputs`` (for a message; by identity)."""
+    return next(j for j, x in enumerate(inputs) if x is t)
+
+
+def _alike(a, b):
+    """Whether object ``a`` may stand for the recorded ``b`` in an event's arguments: an object
+    of the same class, as one the function makes afresh on every call (``with GradManager() as
+    gm:``, ``with gm1 | gm2:``; upstream records no such objects, only ops). A checked call runs
+    the event on ``a`` itself, so nothing is computed from ``b``. Plain values and arrays still
+    compare by value (`_ValueLeaf`)."""
+    return (type(a) is type(b) and type(a) not in _PLAIN and not _is_array(a)
+            and not isinstance(a, (np.generic, np.dtype, type)))
+
+
+class _ExcludedBlock:
+    """The hook while an `exclude_from_trace` block runs inside a checked call: ops and events
+    run untraced, and the tensors the ops make are noted so that the checker accepts them as
+    inputs of later traced ops."""
+
+    def __init__(self, checker):
+        self.checker = checker
+        self.failed = False
+
+    def __call__(self, op, inputs):
+        dispatch._trace_hook = None
+        try:
+            out = dispatch.apply(op, *inputs)
+        finally:
+            dispatch._trace_hook = self
+        checker = self.checker
+        for o in out if isinstance(out, tuple) else (out,):
+            checker.excluded.add(id(o))
+            checker.keep.append(o)  # alive until the call ends: its id stays unique
+        return out
+
+    def event(self, fn, *args, **kwargs):
+        dispatch._trace_hook = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dispatch._trace_hook = self
+
+    def read(self, t, value):
+        pass  # reads inside an exclude_from_trace block are the user's side work: not guarded
+
+
+class _Where:
+    """Where a check failed ("op #3 (MatMul), input 1"), made into text only for a message."""
+
+    __slots__ = ("index", "op", "j")
+
+    def __init__(self, index, op, j=None):
+        self.index, self.op, self.j = index, op, j
+
+    def __str__(self):
+        text = f"op #{self.index} ({self.op!r})"
+        return text if self.j is None else f"{text}, input {self.j}"

@@ -1,0 +1,213 @@
+"""Tests for megengine/jit/check.py: a checked call (symbolic=False or True) takes the fast path
+for plain ops and events, falls back to the full comparison where the fast path cannot decide,
+and either way gives eager results and reports the same mismatches."""
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.jit import TraceMismatchError, check, trace
+
+MODES = [False, True]
+
+
+@pytest.fixture
+def slow_calls(monkeypatch):
+    """Counts the ops and events that a checked call sends to the full comparison."""
+    seen = []
+    op_slowly, event_slowly = check._Checker._check_slowly, check._Checker._check_event_slowly
+
+    def count_op(self, op, inputs):
+        seen.append(type(op).__name__)
+        return op_slowly(self, op, inputs)
+
+    def count_event(self, fn, args, kwargs):
+        seen.append(fn.__qualname__)
+        return event_slowly(self, fn, args, kwargs)
+
+    monkeypatch.setattr(check._Checker, "_check_slowly", count_op)
+    monkeypatch.setattr(check._Checker, "_check_event_slowly", count_event)
+    return seen
+
+
+def _training(traced_with):
+    """Three SGD steps of a small MLP, eager or traced: the losses and final weights."""
+    np.random.seed(0)
+    net = M.Sequential(M.Linear(6, 8), M.ReLU(), M.Linear(8, 3))
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), y)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    if traced_with is not None:
+        step = trace(step, **traced_with)
+    rng = np.random.RandomState(1)
+    losses = []
+    for _ in range(4):
+        x = mge.tensor(rng.randn(5, 6).astype("float32"))
+        y = mge.tensor(rng.randint(0, 3, 5), dtype="int32")
+        losses.append(float(step(x, y).numpy()))
+    return losses, [p.numpy() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_training_step_takes_the_fast_path_and_equals_eager(symbolic, slow_calls):
+    losses, weights = _training({"symbolic": symbolic})
+    assert slow_calls == []  # ops with plain parameters, events with tensors or objects
+    eager_losses, eager_weights = _training(None)
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-6)
+    for w, e in zip(weights, eager_weights):
+        np.testing.assert_allclose(w, e, rtol=1e-6, atol=1e-7)
+
+
+def test_ops_with_array_parameters_are_compared_in_full(slow_calls):
+    state = {"idx": np.array([0, 2])}
+    f = trace(lambda x: x[state["idx"]] * 2, symbolic=False)
+    x = mge.tensor([1.0, 2.0, 3.0])
+    f(x)
+    np.testing.assert_array_equal(f(x).numpy(), [2.0, 6.0])
+    assert slow_calls  # the index array is a parameter: compared by value
+    state["idx"] = np.array([1, 2])  # the same shape, another value
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because operator mismatch"
+    assert "parameters differ" in info.value.detail
+
+
+def test_constants_made_in_the_function_are_compared_by_value():
+    state = {"c": 2.0}
+    f = trace(lambda x: x * mge.tensor(state["c"]), symbolic=True)
+    x = mge.tensor([1.0, 2.0])
+    f(x)
+    np.testing.assert_array_equal(f(x).numpy(), [2.0, 4.0])
+    state["c"] = 3.0
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because tensors not equals"
+
+
+def test_external_parameter_resized_between_calls_is_a_shape_mismatch():
+    w = mge.Parameter(np.ones(1, "float32"))
+    f = trace(lambda x: x * w, symbolic=False)
+    x = mge.tensor([1.0, 2.0])
+    f(x)
+    w.set_value(mge.tensor([2.0, 3.0]))  # outside the trace: the same Parameter, a new shape
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because shape mismatch"
+    assert "input 1" in info.value.detail and "(1,)" in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_external_buffer_rebound_by_an_inplace_write(symbolic):
+    # a global non-Parameter tensor: ``buf += x`` rebinds it to the sum (an event), and the
+    # next op reads it from there; the next call starts from the rebound value, as eagerly
+    buf = mge.tensor([0.0, 0.0])
+
+    def accumulate(x):
+        nonlocal buf
+        buf += x
+        return buf * 2
+
+    f = trace(accumulate, symbolic=symbolic)
+    got = [f(mge.tensor([1.0, float(k)])).numpy().tolist() for k in range(3)]
+    assert got == [[2.0, 0.0], [4.0, 2.0], [6.0, 6.0]]
+    assert buf.numpy().tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_the_same_tensor_passed_twice(symbolic):
+    f = trace(lambda a, b: a * 2 + b, symbolic=symbolic)
+    for v in ([1.0, 2.0], [3.0, 5.0]):
+        x = mge.tensor(v)
+        np.testing.assert_array_equal(f(x, x).numpy(), np.array(v) * 3)
+    with pytest.raises(TraceMismatchError):  # the trace read b from the first argument's slot
+        f(mge.tensor([1.0, 2.0]), mge.tensor([1.0, 2.0]))
+
+
+def test_event_given_another_value_than_recorded():
+    net = M.Linear(3, 1)
+    gm = GradManager().attach(net.parameters())
+    state = {"second": False}
+
+    @trace(symbolic=True)
+    def step(x):
+        with gm:
+            a = net(x).sum()
+            b = (net(x) * 2).sum()
+            gm.backward(b if state["second"] else a)
+        return a
+
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    step(x)
+    step(x)
+    state["second"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        step(x)
+    assert str(info.value) == "trace error because input id mismatch"
+    assert "GradManager.backward" in info.value.detail
+    state["second"] = False
+    step(x)  # still usable
+
+
+def test_detached_input_goes_through_the_full_comparison(slow_calls):
+    f = trace(lambda x: (x * 2).detach() + 1, symbolic=True)
+    x = mge.tensor([1.0, 2.0])
+    f(x)
+    np.testing.assert_array_equal(f(x).numpy(), [3.0, 5.0])
+    assert slow_calls  # the detach() step is matched by the full path
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_tensor_rebound_in_place_no_longer_stands_for_its_old_value(symbolic):
+    # ``y += 1`` rebinds y to the sum; ``old`` (a detached view made before) still holds the
+    # product. Using y where the trace used the product is a mismatch, and the other way round
+    state = {"use_old": True}
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * 3
+        old = y.detach()
+        y += 1
+        return (old if state["use_old"] else y) * 2
+
+    x = mge.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])
+    state["use_old"] = False
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert "op #2" in info.value.detail  # the Mul by 2 (ops: Mul, Add, Mul)
+    g = trace(f.__wrapped__, symbolic=symbolic)  # recorded with y: the old value is refused
+    np.testing.assert_array_equal(g(x).numpy(), [8.0, 14.0])
+    np.testing.assert_array_equal(g(x).numpy(), [8.0, 14.0])
+    state["use_old"] = True
+    with pytest.raises(TraceMismatchError):
+        g(x)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_set_value_inside_the_function_keeps_the_parameter_itself(symbolic, slow_calls):
+    # set_value replaces a Parameter's data (an event); the Parameter is still the external
+    # the trace used, so the ops after it keep the fast path and read the new value
+    w = mge.Parameter([1.0, 1.0])
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * w
+        w.set_value(y)
+        return x + w
+
+    x = mge.tensor([2.0, 3.0])
+    np.testing.assert_array_equal(f(x).numpy(), [4.0, 6.0])  # w = [2, 3]
+    np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])  # w = [4, 9]
+    assert w.numpy().tolist() == [4.0, 9.0]
+    assert slow_calls == []
