@@ -180,7 +180,22 @@ def test_topk_kth_only_and_upstream_example():
     np.testing.assert_array_equal(kidx.numpy(), ti.numpy())
     check(lambda t: F.topk(t, 3, kth_only=True)[0], lambda t: torch.kthvalue(t, 3)[0], m)
     with pytest.raises(ValueError, match="topk"):
-        F.topk(mge.tensor(x), 9)
+        F.topk(mge.tensor(x), 0)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_topk_k_beyond_row_length_takes_the_whole_row(descending):
+    # upstream's TopK clamps k to the row length (dnn/src/common/topk.cpp): Faster R-CNN's RPN
+    # asks for the top 2000 scores of feature levels that have fewer anchors
+    x = np.random.permutation(12).reshape(2, 6).astype(np.float32)
+    vals, idx = F.topk(mge.tensor(x), 10, descending=descending)
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")
+    np.testing.assert_array_equal(idx.numpy(), order)
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(x, order, -1))
+    kth, kidx = F.topk(mge.tensor(x), 10, descending=descending, kth_only=True)
+    np.testing.assert_array_equal(kth.numpy(), np.take_along_axis(x, order, -1)[:, -1])
+    check(lambda t: F.topk(t, 10, descending=descending)[0],
+          lambda t: torch.sort(t, descending=descending)[0], x)
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
