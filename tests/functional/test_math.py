@@ -183,6 +183,18 @@ def test_topk_kth_only_and_upstream_example():
         F.topk(mge.tensor(x), 0)
 
 
+def test_topk_negative_k_flips_the_direction_as_upstream():
+    # upstream passes -k to its kernel for descending=True, so a negative k asks the other end;
+    # the detection programs' sample_labels calls topk(rand, k=num_samples - num_valid) < 0
+    x = np.random.permutation(10).astype(np.float32)
+    for k in (3, mge.tensor(3)):
+        big, big_idx = F.topk(mge.tensor(x), -k if isinstance(k, int) else -k)
+        np.testing.assert_array_equal(big_idx.numpy(), np.argsort(-x)[:3])
+        np.testing.assert_array_equal(big.numpy(), np.sort(x)[::-1][:3])
+    small, small_idx = F.topk(mge.tensor(x), -3, descending=True)
+    np.testing.assert_array_equal(small_idx.numpy(), np.argsort(x)[:3])
+
+
 @pytest.mark.parametrize("descending", [False, True])
 def test_topk_k_beyond_row_length_takes_the_whole_row(descending):
     # upstream's TopK clamps k to the row length (dnn/src/common/topk.cpp): Faster R-CNN's RPN
