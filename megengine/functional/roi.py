@@ -6,6 +6,7 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
+from . import _aten
 from ._args import _pair, _tensor
 
 __all__ = ["roi_align", "roi_pooling"]
@@ -25,20 +26,16 @@ def _check_rois(what, inp, rois):
                          f"{sorted(set(batch.tolist()))}")
 
 
-def _linear_weights(xp, pos, n):
-    """(K, S, n): row s holds the weights that linearly interpolate position ``pos[k, s]``
-    along an axis of length ``n``; neighbours outside the axis count as zero (megdnn)."""
-    i0 = xp.floor(pos)
-    f = pos - i0
-    i0 = i0.astype(np.int64)
-    grid = xp.arange(n)
-    return ((i0[..., None] == grid) * (1 - f)[..., None]
-            + ((i0 + 1)[..., None] == grid) * f[..., None])
-
-
 class _ROIAlign(Op):
     """Bilinear samples on a (sample_h, sample_w) grid in each of (ph, pw) bins of every roi,
-    averaged or maxed per bin. Sampling is separable: samples = Wy @ img @ Wx^T per roi."""
+    averaged or maxed per bin.
+
+    The samples come from ATen's ``grid_sampler_2d`` (bilinear, zero padding), which reads a
+    neighbour outside the image as 0 exactly as megdnn's roi_align does; its backward scatters
+    each sample's gradient into its four neighbours. The rois of one image are one grid of
+    (K_b * ph * sh, pw * sw) points. (The separable products this replaced copied the whole
+    feature map once per roi: Faster R-CNN spent two thirds of its step there.)
+    """
 
     def __init__(self, mode, scale, offset, pooled, samples):
         self.mode, self.scale, self.offset = mode, scale, offset
@@ -48,43 +45,68 @@ class _ROIAlign(Op):
         xp = xp_of(img)
         n, c, h, w = self.img_shape = img.shape
         (ph, pw), (sh, sw) = self.pooled, self.samples
+        k = rois.shape[0]
         r = rois.astype(np.float64)
-        self.batch = batch = r[:, 0].astype(np.int64)
+        batch = r[:, 0].astype(np.int64)
         start = r[:, 1:3] * self.scale - self.offset  # (x, y)
         size = xp.maximum(r[:, 3:5] * self.scale - self.offset - start, 0)
 
-        def positions(k_start, k_size, bins, per_bin):
+        def normalized(k_start, k_size, bins, per_bin, length):
+            # sample positions in pixel-index coordinates, then grid_sample's normalised ones
+            # (align_corners=False: index i is (2i + 1) / length - 1)
             steps = (xp.arange(bins)[:, None] + (xp.arange(per_bin) + 0.5) / per_bin).ravel()
-            return k_start[:, None] + (k_size / bins)[:, None] * steps  # (K, bins * per_bin)
+            pos = k_start[:, None] + (k_size / bins)[:, None] * steps  # (K, bins * per_bin)
+            return ((2 * pos + 1) / length - 1).astype(img.dtype)
 
-        self.wy = _linear_weights(xp, positions(start[:, 1], size[:, 1], ph, sh), h)
-        self.wx = _linear_weights(xp, positions(start[:, 0], size[:, 0], pw, sw), w)
-        wy, wx = self.wy.astype(img.dtype), self.wx.astype(img.dtype)
-        # (K, 1, S, H) @ (K, C, H, W) @ (K, 1, W, T): two batched BLAS products
-        samples = (wy[:, None] @ img[batch]) @ xp.swapaxes(wx, 1, 2)[:, None]
-        k = rois.shape[0]
-        samples = samples.reshape(k, c, ph, sh, pw, sw).transpose(0, 1, 2, 4, 3, 5)
-        samples = samples.reshape(k, c, ph, pw, sh * sw)
-        if self.mode == "average":
-            return samples.mean(axis=-1)
-        self.arg = samples.argmax(axis=-1)
-        return xp.take_along_axis(samples, self.arg[..., None], -1)[..., 0]
+        gy = normalized(start[:, 1], size[:, 1], ph, sh, h)  # (K, ph*sh)
+        gx = normalized(start[:, 0], size[:, 0], pw, sw, w)  # (K, pw*sw)
+        # grid_sampler's output (1, C, K_b*ph*sh, pw*sw) tiles each bin's samples as an
+        # (sh, sw) window, so ATen's pooling with kernel = stride = (sh, sw) reduces the bins
+        # (max pooling keeps the first maximum in row-major sample order, as megdnn's)
+        self.groups = []  # (image, its rois' indices, their grid, samples' shape, argmax)
+        out = xp.empty((k, c, ph, pw), img.dtype)
+        host_batch = batch.get() if hasattr(batch, "get") else batch
+        aten = _aten.aten()
+        window = [sh, sw]
+        for b in np.unique(host_batch):
+            idx = xp.asarray(np.flatnonzero(host_batch == b))
+            kb = int(idx.shape[0])
+            grid = xp.empty((kb, ph * sh, pw * sw, 2), img.dtype)
+            grid[..., 0] = gx[idx][:, None, :]
+            grid[..., 1] = gy[idx][:, :, None]
+            grid = grid.reshape(1, kb * ph * sh, pw * sw, 2)
+            image = img[int(b):int(b) + 1]
+            samples = aten.grid_sampler_2d(_aten.view(image), _aten.view(grid), 0, 0, False)
+            arg = None  # bilinear (0), zeros padding (0), align_corners=False
+            if self.mode == "average":
+                pooled = aten.avg_pool2d(samples, window, window, [0, 0], False, True, None)
+            else:
+                pooled, arg = aten.max_pool2d_with_indices(samples, window, window, [0, 0],
+                                                           [1, 1], False)
+            out[idx] = _aten.array(pooled).reshape(c, kb, ph, pw).transpose(1, 0, 2, 3)
+            self.groups.append((int(b), idx, image, grid, tuple(samples.shape), arg))
+        return out
 
     def backward(self, g):
         xp = xp_of(g)
-        k, c = g.shape[:2]
+        c = g.shape[1]
         (ph, pw), (sh, sw) = self.pooled, self.samples
-        if self.mode == "average":
-            gs = xp.broadcast_to((g / (sh * sw))[..., None], g.shape + (sh * sw,))
-        else:
-            gs = (self.arg[..., None] == xp.arange(sh * sw)) * g[..., None]
-        gs = gs.reshape(k, c, ph, pw, sh, sw).transpose(0, 1, 2, 4, 3, 5)
-        gs = gs.reshape(k, c, ph * sh, pw * sw)
-        wy, wx = self.wy.astype(g.dtype), self.wx.astype(g.dtype)
-        per_roi = (xp.swapaxes(wy, 1, 2)[:, None] @ gs) @ wx[:, None]  # (K, C, H, W)
-        # rois of one image add up: a (N, K) one-hot product instead of a scatter-add
-        onehot = (xp.arange(self.img_shape[0])[:, None] == self.batch).astype(g.dtype)
-        gimg = (onehot @ per_roi.reshape(k, -1)).reshape(self.img_shape)
+        gimg = xp.zeros(self.img_shape, g.dtype)
+        aten, torch = _aten.aten(), _aten.torch_module()
+        window = [sh, sw]
+        for b, idx, image, grid, shape, arg in self.groups:
+            kb = int(idx.shape[0])
+            gb = xp.ascontiguousarray(g[idx].transpose(1, 0, 2, 3)).reshape(1, c, kb * ph, pw)
+            tg = _aten.view(gb)
+            like = torch.empty(shape, dtype=tg.dtype, device=tg.device)  # pooling reads its shape
+            if self.mode == "average":
+                gs = aten.avg_pool2d_backward(tg, like, window, window, [0, 0], False, True, None)
+            else:
+                gs = aten.max_pool2d_with_indices_backward(tg, like, window, window, [0, 0],
+                                                           [1, 1], False, arg)
+            gin, _ = aten.grid_sampler_2d_backward(gs, _aten.view(image), _aten.view(grid), 0,
+                                                   0, False, [True, False])
+            gimg[b] += _aten.array(gin)[0]
         return gimg, None
 
 

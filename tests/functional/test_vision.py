@@ -195,6 +195,25 @@ def test_roi_align_against_loop_reference_and_gradient(mode, aligned):
                                                     spatial_scale=0.9, aligned=aligned), img)
 
 
+def test_roi_align_images_without_rois_and_no_rois_at_all():
+    # the detection poolers hand each FPN level its own share of rois: an image may have none
+    img = rand(3, 2, 10, 10)
+    rois = np.array([[2, 1.2, 0.5, 6.3, 5.1], [2, 3.0, 3.0, 7.0, 6.0]], np.float32)  # inside
+    x = mge.tensor(img)
+    gm = GradManager().attach(x)
+    with gm:
+        out = F.vision.roi_align(x, rois, (2, 2), sample_points=2)
+        gm.backward(out.sum())
+    want = _roi_align_loop(img, rois, 2, 2, 1.0, 0.5, 2, 2, "average")
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    g = x.grad.numpy()
+    assert not g[:2].any() and g[2].any()
+    # images 0 and 1 have no rois; every sample is inside, so its four weights sum to 1
+    np.testing.assert_allclose(g.sum(), out.size, rtol=1e-5)
+    empty = F.vision.roi_align(x, np.zeros((0, 5), np.float32), (2, 3))
+    assert empty.shape == (0, 2, 2, 3)
+
+
 def _roi_pool_loop(img, rois, ph, pw, scale, mode):
     _, c, h, w = img.shape
     out = np.zeros((len(rois), c, ph, pw), np.float32)
