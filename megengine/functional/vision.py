@@ -10,10 +10,11 @@ from ..core.tensor import Tensor
 from ._args import _as_float, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
-from .roi import roi_align, roi_pooling  # noqa: F401  (F.vision.roi_align, ...)
+from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
 
 __all__ = [
-    "correlation", "cvt_color", "interpolate", "nms", "remap", "roi_align", "roi_pooling",
+    "correlation", "cvt_color", "deformable_psroi_pooling", "interpolate", "nms", "remap",
+    "roi_align", "roi_pooling",
     "warp_affine", "warp_perspective",
 ]
 
