@@ -264,8 +264,8 @@ class _DeformablePSROIPooling(Op):
         # (K, classes, ph, pw): the bin's corner, moved by its part cell's offset
         x0 = (left[:, None, None, None] + xp.arange(pw) * bw[:, None, None, None])
         y0 = (top[:, None, None, None] + xp.arange(ph)[:, None] * bh[:, None, None, None])
-        part_y = np.floor(np.arange(ph) / ph * part).astype(np.int64)
-        part_x = np.floor(np.arange(pw) / pw * part).astype(np.int64)
+        part_y = xp.asarray(np.floor(np.arange(ph) / ph * part).astype(np.int64))
+        part_x = xp.asarray(np.floor(np.arange(pw) / pw * part).astype(np.int64))
         if self.no_trans:
             tx = ty = xp.zeros((rois.shape[0], 1, ph, pw))
         else:
@@ -339,7 +339,7 @@ class _DeformablePSROIPooling(Op):
         dy = dy.sum(axis=(4, 5, 6)) * self.trans_std * rh[:, None, None, None]
         part = self.part
         gtrans = xp.zeros((k, 2 * classes, part, part))
-        cells = (xp.asarray(part_y)[:, None] * part + xp.asarray(part_x)[None, :]).ravel()
+        cells = (part_y[:, None] * part + part_x[None, :]).ravel()
         for comp, d in ((0, dx), (1, dy)):  # bins of one part cell add up
             flat = ((xp.arange(k)[:, None, None] * 2 * classes
                      + 2 * xp.arange(classes)[None, :, None] + comp) * part * part
