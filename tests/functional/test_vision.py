@@ -263,6 +263,40 @@ def test_nms_upstream_cases():
         F.vision.nms(boxes, np.ones(3, np.float32), 0.5)
 
 
+def _nms_loop(boxes, scores, thresh, max_output):
+    """Greedy nms one pair at a time: keep the best remaining box, drop those over thresh."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            a, b = boxes[i].astype(np.float64), boxes[j].astype(np.float64)
+            iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+            ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+            inter = iw * ih
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            if union > 0 and inter / union > thresh:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+            if len(keep) == max_output:
+                break
+    return keep
+
+
+@pytest.mark.parametrize("thresh,max_output", [(0.5, None), (0.3, 7), (0.9, None)])
+def test_nms_many_boxes_against_pairwise_loop(thresh, max_output):
+    rs = np.random.RandomState(1)
+    xy = rs.uniform(0, 60, (300, 2))
+    boxes = np.concatenate([xy, xy + rs.uniform(1, 30, (300, 2))], 1).astype(np.float32)
+    boxes[5] = boxes[4]  # an exact duplicate, and a zero-area box
+    boxes[6, 2:] = boxes[6, :2]
+    scores = rs.permutation(300).astype(np.float32)
+    keep = F.vision.nms(boxes, scores, thresh, max_output)
+    assert keep.tolist() == _nms_loop(boxes, scores, thresh, max_output or 300)
+
+
 # ----- correlation -----
 
 def _correlation_loop(d1, d2, k, md, s1, s2, pad, mul):
