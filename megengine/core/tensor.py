@@ -508,6 +508,21 @@ class Tensor(metaclass=_TensorType):
             axes = axes[0]
         return dispatch.apply(_ops.Transpose(tuple(axes) if axes else None), self)
 
+    def dimshuffle(self, *pattern):
+        """MegEngine 0.x's spelling of ``transpose``, still called by official programs (the
+        model zoo's ShuffleNetV1): ``pattern`` names every dim once; an ``'x'`` entry inserts a
+        size-1 dim."""
+        if len(pattern) == 1 and isinstance(pattern[0], (tuple, list)):
+            pattern = tuple(pattern[0])
+        kept = [p for p in pattern if p != "x"]
+        if sorted(kept) != list(range(self.ndim)):
+            raise ValueError(f"dimshuffle: pattern {pattern} must name each of the {self.ndim} "
+                             "dims 0..ndim-1 once ('x' adds a size-1 dim)")
+        out = self.transpose(kept) if kept != list(range(self.ndim)) else self
+        if len(kept) != len(pattern):
+            out = out.reshape(tuple(1 if p == "x" else self.shape[p] for p in pattern))
+        return out
+
     @property
     def T(self):
         return self.transpose()

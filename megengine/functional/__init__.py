@@ -8,6 +8,7 @@ from .tensor import *  # noqa: F401,F403
 from .utils import *  # noqa: F401,F403
 # upstream 1.0-1.2 spelled the vision ops F.<name> (later F.vision.<name>); keep both working
 from .vision import nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective  # noqa: F401,E501
+from .vision import deformable_psroi_pooling  # noqa: F401  (upstream 1.3 spells it F.<name>)
 # upstream 1.0-1.1 also exported the losses as F.<name> (F.cross_entropy; later only F.nn.<name>)
 from .loss import *  # noqa: F401,F403
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)

@@ -384,13 +384,20 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     """The ``k`` smallest (``descending``: largest) elements of each row and their int32 indices.
 
     ``kth_only``: just the k-th element of each row (and its index). ``no_sort``: the k elements
-    may come in any order (faster).
+    may come in any order (faster). A ``k`` larger than the row length takes the whole row, as
+    upstream's kernel does (detection programs ask for a fixed top-n of each feature level, and
+    small levels have fewer candidates). ``k`` may be a 0-d tensor; a negative ``k`` flips the
+    direction (``topk(x, -3)`` is the 3 largest), because upstream hands ``-k`` to its kernel for
+    ``descending`` and programs rely on it (the detection models' ``sample_labels``).
     """
     inp = _tensor(inp)
     _check_sortable(inp, "topk")
     k, n = int(k), inp.shape[-1]
-    if not 1 <= k <= n:
-        raise ValueError(f"topk: k must be in [1, {n}] for rows of length {n}, got {k}")
+    if k == 0:
+        raise ValueError("topk: k must not be 0")
+    if k < 0:
+        k, descending = -k, not descending
+    k = k if k <= n else n  # (min is this module's reduction)
     values, indices = apply(TopK(k, bool(descending), bool(kth_only), bool(no_sort)), inp)
     if kth_only:
         return values[..., 0], indices[..., 0]

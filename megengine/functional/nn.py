@@ -607,6 +607,7 @@ from .pooling import *  # noqa: E402,F401,F403
 from .vision import interpolate  # noqa: E402,F401
 from .vision import (  # noqa: E402,F401  (upstream also spells the vision ops F.nn.<name>)
     correlation, cvt_color, nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective,
+    deformable_psroi_pooling,
 )
 from . import conv as _conv, normalization as _norm, pooling as _pool  # noqa: E402
 # every public name of the split-out files is F.nn.<name> and F.<name> (conv3d, sliding_window, ...)

@@ -1,14 +1,15 @@
-"""Region pooling (F.vision.roi_align, F.vision.roi_pooling): forward and backward per op.
+"""Region pooling (F.vision.roi_align, roi_pooling, deformable_psroi_pooling) and its gradients.
 
-Split out of vision.py, which re-exports both, as upstream spells them F.vision.<name>.
+Split out of vision.py, which re-exports them, as upstream spells them F.vision.<name>.
 """
 import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
+from . import _aten
 from ._args import _pair, _tensor
 
-__all__ = ["roi_align", "roi_pooling"]
+__all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
 # ----- region pooling: roi_align, roi_pooling -----
 # ``rois`` is (K, 5): (batch index, x1, y1, x2, y2) in input pixels before ``scale``.
@@ -25,20 +26,16 @@ def _check_rois(what, inp, rois):
                          f"{sorted(set(batch.tolist()))}")
 
 
-def _linear_weights(xp, pos, n):
-    """(K, S, n): row s holds the weights that linearly interpolate position ``pos[k, s]``
-    along an axis of length ``n``; neighbours outside the axis count as zero (megdnn)."""
-    i0 = xp.floor(pos)
-    f = pos - i0
-    i0 = i0.astype(np.int64)
-    grid = xp.arange(n)
-    return ((i0[..., None] == grid) * (1 - f)[..., None]
-            + ((i0 + 1)[..., None] == grid) * f[..., None])
-
-
 class _ROIAlign(Op):
     """Bilinear samples on a (sample_h, sample_w) grid in each of (ph, pw) bins of every roi,
-    averaged or maxed per bin. Sampling is separable: samples = Wy @ img @ Wx^T per roi."""
+    averaged or maxed per bin.
+
+    The samples come from ATen's ``grid_sampler_2d`` (bilinear, zero padding), which reads a
+    neighbour outside the image as 0 exactly as megdnn's roi_align does; its backward scatters
+    each sample's gradient into its four neighbours. The rois of one image are one grid of
+    (K_b * ph * sh, pw * sw) points. (The separable products this replaced copied the whole
+    feature map once per roi: Faster R-CNN spent two thirds of its step there.)
+    """
 
     def __init__(self, mode, scale, offset, pooled, samples):
         self.mode, self.scale, self.offset = mode, scale, offset
@@ -48,43 +45,68 @@ class _ROIAlign(Op):
         xp = xp_of(img)
         n, c, h, w = self.img_shape = img.shape
         (ph, pw), (sh, sw) = self.pooled, self.samples
+        k = rois.shape[0]
         r = rois.astype(np.float64)
-        self.batch = batch = r[:, 0].astype(np.int64)
+        batch = r[:, 0].astype(np.int64)
         start = r[:, 1:3] * self.scale - self.offset  # (x, y)
         size = xp.maximum(r[:, 3:5] * self.scale - self.offset - start, 0)
 
-        def positions(k_start, k_size, bins, per_bin):
+        def normalized(k_start, k_size, bins, per_bin, length):
+            # sample positions in pixel-index coordinates, then grid_sample's normalised ones
+            # (align_corners=False: index i is (2i + 1) / length - 1)
             steps = (xp.arange(bins)[:, None] + (xp.arange(per_bin) + 0.5) / per_bin).ravel()
-            return k_start[:, None] + (k_size / bins)[:, None] * steps  # (K, bins * per_bin)
+            pos = k_start[:, None] + (k_size / bins)[:, None] * steps  # (K, bins * per_bin)
+            return ((2 * pos + 1) / length - 1).astype(img.dtype)
 
-        self.wy = _linear_weights(xp, positions(start[:, 1], size[:, 1], ph, sh), h)
-        self.wx = _linear_weights(xp, positions(start[:, 0], size[:, 0], pw, sw), w)
-        wy, wx = self.wy.astype(img.dtype), self.wx.astype(img.dtype)
-        # (K, 1, S, H) @ (K, C, H, W) @ (K, 1, W, T): two batched BLAS products
-        samples = (wy[:, None] @ img[batch]) @ xp.swapaxes(wx, 1, 2)[:, None]
-        k = rois.shape[0]
-        samples = samples.reshape(k, c, ph, sh, pw, sw).transpose(0, 1, 2, 4, 3, 5)
-        samples = samples.reshape(k, c, ph, pw, sh * sw)
-        if self.mode == "average":
-            return samples.mean(axis=-1)
-        self.arg = samples.argmax(axis=-1)
-        return xp.take_along_axis(samples, self.arg[..., None], -1)[..., 0]
+        gy = normalized(start[:, 1], size[:, 1], ph, sh, h)  # (K, ph*sh)
+        gx = normalized(start[:, 0], size[:, 0], pw, sw, w)  # (K, pw*sw)
+        # grid_sampler's output (1, C, K_b*ph*sh, pw*sw) tiles each bin's samples as an
+        # (sh, sw) window, so ATen's pooling with kernel = stride = (sh, sw) reduces the bins
+        # (max pooling keeps the first maximum in row-major sample order, as megdnn's)
+        self.groups = []  # (image, its rois' indices, their grid, samples' shape, argmax)
+        out = xp.empty((k, c, ph, pw), img.dtype)
+        host_batch = batch.get() if hasattr(batch, "get") else batch
+        aten = _aten.aten()
+        window = [sh, sw]
+        for b in np.unique(host_batch):
+            idx = xp.asarray(np.flatnonzero(host_batch == b))
+            kb = int(idx.shape[0])
+            grid = xp.empty((kb, ph * sh, pw * sw, 2), img.dtype)
+            grid[..., 0] = gx[idx][:, None, :]
+            grid[..., 1] = gy[idx][:, :, None]
+            grid = grid.reshape(1, kb * ph * sh, pw * sw, 2)
+            image = img[int(b):int(b) + 1]
+            samples = aten.grid_sampler_2d(_aten.view(image), _aten.view(grid), 0, 0, False)
+            arg = None  # bilinear (0), zeros padding (0), align_corners=False
+            if self.mode == "average":
+                pooled = aten.avg_pool2d(samples, window, window, [0, 0], False, True, None)
+            else:
+                pooled, arg = aten.max_pool2d_with_indices(samples, window, window, [0, 0],
+                                                           [1, 1], False)
+            out[idx] = _aten.array(pooled).reshape(c, kb, ph, pw).transpose(1, 0, 2, 3)
+            self.groups.append((int(b), idx, image, grid, tuple(samples.shape), arg))
+        return out
 
     def backward(self, g):
         xp = xp_of(g)
-        k, c = g.shape[:2]
+        c = g.shape[1]
         (ph, pw), (sh, sw) = self.pooled, self.samples
-        if self.mode == "average":
-            gs = xp.broadcast_to((g / (sh * sw))[..., None], g.shape + (sh * sw,))
-        else:
-            gs = (self.arg[..., None] == xp.arange(sh * sw)) * g[..., None]
-        gs = gs.reshape(k, c, ph, pw, sh, sw).transpose(0, 1, 2, 4, 3, 5)
-        gs = gs.reshape(k, c, ph * sh, pw * sw)
-        wy, wx = self.wy.astype(g.dtype), self.wx.astype(g.dtype)
-        per_roi = (xp.swapaxes(wy, 1, 2)[:, None] @ gs) @ wx[:, None]  # (K, C, H, W)
-        # rois of one image add up: a (N, K) one-hot product instead of a scatter-add
-        onehot = (xp.arange(self.img_shape[0])[:, None] == self.batch).astype(g.dtype)
-        gimg = (onehot @ per_roi.reshape(k, -1)).reshape(self.img_shape)
+        gimg = xp.zeros(self.img_shape, g.dtype)
+        aten, torch = _aten.aten(), _aten.torch_module()
+        window = [sh, sw]
+        for b, idx, image, grid, shape, arg in self.groups:
+            kb = int(idx.shape[0])
+            gb = xp.ascontiguousarray(g[idx].transpose(1, 0, 2, 3)).reshape(1, c, kb * ph, pw)
+            tg = _aten.view(gb)
+            like = torch.empty(shape, dtype=tg.dtype, device=tg.device)  # pooling reads its shape
+            if self.mode == "average":
+                gs = aten.avg_pool2d_backward(tg, like, window, window, [0, 0], False, True, None)
+            else:
+                gs = aten.max_pool2d_with_indices_backward(tg, like, window, window, [0, 0],
+                                                           [1, 1], False, arg)
+            gin, _ = aten.grid_sampler_2d_backward(gs, _aten.view(image), _aten.view(grid), 0,
+                                                   0, False, [True, False])
+            gimg[b] += _aten.array(gin)[0]
         return gimg, None
 
 
@@ -213,3 +235,156 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
     inp = inp if inp.dtype.kind == "f" else inp.astype(np.float32)
     return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
+
+
+# ----- deformable position-sensitive roi pooling (R-FCN / Deformable ConvNets) -----
+
+class _DeformablePSROIPooling(Op):
+    """megdnn's DeformablePSROIPooling: each (pooled_h, pooled_w) bin of a roi averages a
+    sample_per_part**2 grid of bilinear samples of its own channel, the bin shifted by
+    ``trans * trans_std * roi size`` (one (dx, dy) per part cell and channel class).
+
+    Roi corners are rounded and the roi spans [round(x1) * scale - 0.5, (round(x2) + 1) *
+    scale - 0.5] (at least 0.1 wide); samples start at the bin's corner, step bin / samples,
+    and are skipped outside [-0.5, size - 0.5], the rest clamped to the image; a bin with no
+    sample gives 0. The gradient reaches ``inp`` and ``trans`` (not ``rois``).
+    """
+
+    def __init__(self, no_trans, part, pooled, samples, scale, trans_std):
+        self.no_trans, self.part, self.pooled = no_trans, part, pooled
+        self.samples, self.scale, self.trans_std = samples, scale, trans_std
+
+    def _geometry(self, xp, rois, trans, h, w):
+        (ph, pw), s, part = self.pooled, self.samples, self.part
+        r = _round_half_away(xp, rois[:, 1:5].astype(np.float64))
+        left, top = r[:, 0] * self.scale - 0.5, r[:, 1] * self.scale - 0.5
+        rw = xp.maximum((r[:, 2] + 1) * self.scale - 0.5 - left, 0.1)  # (K,)
+        rh = xp.maximum((r[:, 3] + 1) * self.scale - 0.5 - top, 0.1)
+        bw, bh = rw / pw, rh / ph
+        # (K, classes, ph, pw): the bin's corner, moved by its part cell's offset
+        x0 = (left[:, None, None, None] + xp.arange(pw) * bw[:, None, None, None])
+        y0 = (top[:, None, None, None] + xp.arange(ph)[:, None] * bh[:, None, None, None])
+        part_y = xp.asarray(np.floor(np.arange(ph) / ph * part).astype(np.int64))
+        part_x = xp.asarray(np.floor(np.arange(pw) / pw * part).astype(np.int64))
+        if self.no_trans:
+            tx = ty = xp.zeros((rois.shape[0], 1, ph, pw))
+        else:
+            cells = trans.astype(np.float64)[:, :, part_y[:, None], part_x[None, :]]
+            tx = cells[:, 0::2] * self.trans_std  # (K, classes, ph, pw)
+            ty = cells[:, 1::2] * self.trans_std
+        x0 = x0 + tx * rw[:, None, None, None]
+        y0 = y0 + ty * rh[:, None, None, None]
+        step = xp.arange(s)
+        # (K, classes, ph, pw, s, s): sample (i, j) is row i, column j of the bin's grid
+        xs = x0[..., None, None] + (step * (bw / s)[:, None])[:, None, None, None, None, :]
+        ys = y0[..., None, None] + (step * (bh / s)[:, None])[:, None, None, None, :, None]
+        valid = (xs >= -0.5) & (xs <= w - 0.5) & (ys >= -0.5) & (ys <= h - 0.5)
+        xs, ys = xp.clip(xs, 0, w - 1), xp.clip(ys, 0, h - 1)
+        return xs, ys, valid, rw, rh, part_y, part_x
+
+    def forward(self, inp, rois, trans):
+        xp = xp_of(inp)
+        n, c, h, w = self.shape = inp.shape
+        classes = 1 if self.no_trans else trans.shape[1] // 2
+        xs, ys, valid, rw, rh, part_y, part_x = self._geometry(xp, rois, trans, h, w)
+        x0, y0 = xp.floor(xs).astype(np.int64), xp.floor(ys).astype(np.int64)
+        x1, y1 = xp.ceil(xs).astype(np.int64), xp.ceil(ys).astype(np.int64)
+        fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]
+        batch = rois[:, 0].astype(np.int64)[:, None, None, None, None, None]
+        cls = xp.arange(classes)[None, :, None, None, None, None]
+        grouped = inp.reshape(n, classes, c // classes, h, w)
+
+        def at(y, x):  # (K, classes, ph, pw, s, s, channels of the class)
+            return grouped[batch, cls, :, y, x]
+
+        corners = (at(y0, x0), at(y1, x0), at(y0, x1), at(y1, x1))
+        vals = ((1 - fx) * (1 - fy) * corners[0] + (1 - fx) * fy * corners[1]
+                + fx * (1 - fy) * corners[2] + fx * fy * corners[3])
+        count = valid.sum(axis=(4, 5))  # (K, classes, ph, pw)
+        total = (vals * valid[..., None]).sum(axis=(4, 5))  # (K, classes, ph, pw, ch)
+        out = total / xp.maximum(count, 1)[..., None]
+        self.saved = (xs, ys, valid, count, rw, rh, part_y, part_x, x0, y0, x1, y1, corners,
+                      batch, cls, classes)
+        k, ph, pw = rois.shape[0], self.pooled[0], self.pooled[1]
+        return xp.ascontiguousarray(out.transpose(0, 1, 4, 2, 3).reshape(k, c, ph, pw)
+                                    ).astype(inp.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        n, c, h, w = self.shape
+        (xs, ys, valid, count, rw, rh, part_y, part_x, x0, y0, x1, y1, corners, batch, cls,
+         classes) = self.saved
+        k, _, ph, pw = g.shape
+        per = c // classes
+        # each valid sample carries out_diff / count of its bin
+        share = g.reshape(k, classes, per, ph, pw).transpose(0, 1, 3, 4, 2).astype(np.float64)
+        share = share / xp.maximum(count, 1)[..., None]
+        share = share[:, :, :, :, None, None, :] * valid[..., None]  # (K,cl,ph,pw,s,s,per)
+        fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]
+        chan = xp.arange(per)
+        flat_base = (batch * classes + cls)[..., None] * per + chan  # image-channel index
+        gimg = xp.zeros(n * c * h * w)
+        for y, x, weight in ((y0, x0, (1 - fx) * (1 - fy)), (y1, x0, (1 - fx) * fy),
+                             (y0, x1, fx * (1 - fy)), (y1, x1, fx * fy)):
+            flat = (flat_base * h + y[..., None]) * w + x[..., None]
+            gimg += xp.bincount(xp.broadcast_to(flat, share.shape).ravel(),
+                                weights=(share * weight).ravel(), minlength=n * c * h * w)
+        ginp = gimg.reshape(self.shape).astype(g.dtype)
+        if self.no_trans:
+            return ginp, None, None
+        u00, u01, u10, u11 = corners  # (y0,x0), (y1,x0), (y0,x1), (y1,x1)
+        dx = ((u11 - u01) * fy + (u10 - u00) * (1 - fy)) * share
+        dy = ((u11 - u10) * fx + (u01 - u00) * (1 - fx)) * share
+        dx = dx.sum(axis=(4, 5, 6)) * self.trans_std * rw[:, None, None, None]  # (K,cl,ph,pw)
+        dy = dy.sum(axis=(4, 5, 6)) * self.trans_std * rh[:, None, None, None]
+        part = self.part
+        gtrans = xp.zeros((k, 2 * classes, part, part))
+        cells = (part_y[:, None] * part + part_x[None, :]).ravel()
+        for comp, d in ((0, dx), (1, dy)):  # bins of one part cell add up
+            flat = ((xp.arange(k)[:, None, None] * 2 * classes
+                     + 2 * xp.arange(classes)[None, :, None] + comp) * part * part
+                    + cells[None, None, :])
+            gtrans.reshape(-1)[:] += xp.bincount(
+                flat.ravel(), weights=d.reshape(k, classes, -1).ravel(),
+                minlength=gtrans.size)
+        return ginp, None, gtrans.astype(g.dtype)
+
+
+def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, pooled_w,
+                             sample_per_part, spatial_scale, trans_std=0.1):
+    """Deformable position-sensitive roi pooling: (K, C, pooled_h, pooled_w) of the ``rois``
+    (K, 5) = (batch, x1, y1, x2, y2), as upstream's DeformablePSROIPooling.
+
+    Each bin averages ``sample_per_part`` x ``sample_per_part`` bilinear samples of its
+    channel. With ``no_trans=False`` the bins of part cell (i, j) of a ``part_size`` x
+    ``part_size`` grid move by ``trans[k, 2*cls:2*cls+2, i, j] * trans_std`` times the roi's
+    width and height, where ``cls`` numbers the ``trans.shape[1] // 2`` equal groups of
+    channels; ``trans`` must be 4-d (any shape when ``no_trans``). Differentiable in ``inp``
+    and ``trans``. float32 only, as upstream.
+    """
+    what = "deformable_psroi_pooling"
+    inp, rois, trans = _tensor(inp), _tensor(rois), _tensor(trans)
+    if inp.ndim != 4 or inp.dtype != np.float32:
+        raise ValueError(f"{what}: inp must be a float32 (N, C, H, W) tensor, got {inp.dtype} "
+                         f"of shape {inp.shape}")
+    _check_rois(what, inp, rois)
+    pooled_h, pooled_w, part, samples = (int(v) for v in (pooled_h, pooled_w, part_size,
+                                                           sample_per_part))
+    if min(pooled_h, pooled_w, part, samples) < 1:
+        raise ValueError(f"{what}: pooled_h, pooled_w, part_size and sample_per_part must be "
+                         f"positive, got {pooled_h}, {pooled_w}, {part}, {samples}")
+    if trans.ndim != 4:
+        raise ValueError(f"{what}: trans must be 4-d (K, 2 * classes, part_size, part_size), "
+                         f"got shape {trans.shape}")
+    if not no_trans:
+        k = rois.shape[0]
+        if (trans.shape[0] != k or trans.shape[1] < 2 or trans.shape[1] % 2
+                or trans.shape[2:] != (part, part) or inp.shape[1] % (trans.shape[1] // 2)):
+            raise ValueError(
+                f"{what}: trans must be (K={k}, 2 * classes, part_size={part}, "
+                f"part_size={part}) with classes dividing the {inp.shape[1]} channels, got "
+                f"shape {trans.shape}")
+        trans = trans if trans.dtype == np.float32 else trans.astype(np.float32)
+    op = _DeformablePSROIPooling(bool(no_trans), part, (pooled_h, pooled_w), samples,
+                                 float(spatial_scale), float(trans_std))
+    return apply(op, inp, rois, trans)

@@ -10,10 +10,11 @@ from ..core.tensor import Tensor
 from ._args import _as_float, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
-from .roi import roi_align, roi_pooling  # noqa: F401  (F.vision.roi_align, ...)
+from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
 
 __all__ = [
-    "correlation", "cvt_color", "interpolate", "nms", "remap", "roi_align", "roi_pooling",
+    "correlation", "cvt_color", "deformable_psroi_pooling", "interpolate", "nms", "remap",
+    "roi_align", "roi_pooling",
     "warp_affine", "warp_perspective",
 ]
 
@@ -376,8 +377,35 @@ def _iou_matrix(xp, boxes):
     return inter / xp.where(union > 0, union, 1)
 
 
+def _nms_keep_rows(boxes, order, iou_thresh, max_output):
+    """The greedy walk on the host with one IoU row per kept box: O(kept x N) time and O(N)
+    memory, where the full matrix takes N**2 (the detection programs' RPN runs nms over ~5,000
+    proposals at 128 px and ~10,000 at 800 px: 200-800 MB per float64 matrix)."""
+    b = boxes[order].astype(np.float64)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area = (x2 - x1) * (y2 - y1)
+    alive = np.ones(len(order), bool)
+    keep = []
+    for i in range(len(order)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_output:
+            break
+        rest = slice(i + 1, None)
+        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = iw * ih
+        union = area[i] + area[rest] - inter
+        alive[rest] &= ~(inter / np.where(union > 0, union, 1) > iou_thresh)
+    return order[np.asarray(keep, np.int64)].astype(np.int32)
+
+
 def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
     order = xp.argsort(-scores, kind="stable")
+    if xp is np:
+        return _nms_keep_rows(boxes, order, iou_thresh, max_output)
+    # on a GPU one matrix (then one transfer) beats a host round trip per kept box
     iou = _iou_matrix(xp, boxes[order].astype(np.float64))
     over = iou > iou_thresh
     alive = np.ones(len(order), bool)

@@ -13,6 +13,7 @@ from .conv import (Conv1d, Conv2d, Conv3d, ConvRelu2d, ConvTranspose2d, ConvTran
                    ConvTransposeRelu2d, DeformableConv2d, LocalConv2d)
 from .conv_bn import ConvBn2d, ConvBnRelu2d
 from .conv_transpose_bn import ConvTransposeBn2d, ConvTransposeBnRelu2d
+from .deformable_psroi_pooling import DeformablePSROIPooling
 from .dropout import Dropout
 from .elemwise import Elemwise
 from .embedding import Embedding
@@ -51,5 +52,5 @@ __all__ = [
     "LinearContrast", "SyncBatchNorm",
     "ConvRelu2d", "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
     "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "QuantStub", "DequantStub",
-    "SlidingWindow", "SlidingWindowTranspose",
+    "SlidingWindow", "SlidingWindowTranspose", "DeformablePSROIPooling",
 ]

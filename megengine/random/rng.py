@@ -49,7 +49,13 @@ def _shape(size, what):
     if isinstance(size, (int, np.integer)):
         size = (size,)
     if isinstance(size, Tensor):
+        # upstream takes a shape tensor; a 0-d count (``mask.sum()``, as in the detection
+        # programs' label sampling) is one dimension, as an int is
+        if size.dtype.kind not in "iu":
+            raise TypeError(f"{what}: a size tensor must hold integers, got dtype {size.dtype}")
         size = size.tolist()
+        if not isinstance(size, list):
+            size = (size,)
     try:
         items = None if isinstance(size, str) else list(size)
     except TypeError:

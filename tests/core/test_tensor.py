@@ -127,6 +127,17 @@ def test_reshape_transpose_flatten_and_gradients():
         Tensor(a).transpose(0, 0, 1)
 
 
+def test_dimshuffle_is_the_0x_transpose_with_x_for_new_dims():
+    # the official ShuffleNetV1 shuffles channels with x.dimshuffle(0, 2, 1, 3, 4)
+    a = rand(2, 3, 4, 5, 1)
+    check(lambda x: x.dimshuffle(0, 2, 1, 3, 4), lambda x: x.permute(0, 2, 1, 3, 4), a)
+    check(lambda x: x.dimshuffle((4, 3, 2, 1, 0)), lambda x: x.permute(4, 3, 2, 1, 0), a)
+    b = rand(3, 4)
+    check(lambda x: x.dimshuffle(1, "x", 0), lambda x: x.permute(1, 0).unsqueeze(1), b)
+    with pytest.raises(ValueError, match="dimshuffle"):
+        Tensor(b).dimshuffle(0, 0)
+
+
 def test_detach_shares_storage_and_stops_gradients():
     x = Tensor([1.0, 2.0])
     gm = GradManager().attach(x)

@@ -180,7 +180,34 @@ def test_topk_kth_only_and_upstream_example():
     np.testing.assert_array_equal(kidx.numpy(), ti.numpy())
     check(lambda t: F.topk(t, 3, kth_only=True)[0], lambda t: torch.kthvalue(t, 3)[0], m)
     with pytest.raises(ValueError, match="topk"):
-        F.topk(mge.tensor(x), 9)
+        F.topk(mge.tensor(x), 0)
+
+
+def test_topk_negative_k_flips_the_direction_as_upstream():
+    # upstream passes -k to its kernel for descending=True, so a negative k asks the other end;
+    # the detection programs' sample_labels calls topk(rand, k=num_samples - num_valid) < 0
+    x = np.random.permutation(10).astype(np.float32)
+    for k in (3, mge.tensor(3)):
+        big, big_idx = F.topk(mge.tensor(x), -k if isinstance(k, int) else -k)
+        np.testing.assert_array_equal(big_idx.numpy(), np.argsort(-x)[:3])
+        np.testing.assert_array_equal(big.numpy(), np.sort(x)[::-1][:3])
+    small, small_idx = F.topk(mge.tensor(x), -3, descending=True)
+    np.testing.assert_array_equal(small_idx.numpy(), np.argsort(x)[:3])
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_topk_k_beyond_row_length_takes_the_whole_row(descending):
+    # upstream's TopK clamps k to the row length (dnn/src/common/topk.cpp): Faster R-CNN's RPN
+    # asks for the top 2000 scores of feature levels that have fewer anchors
+    x = np.random.permutation(12).reshape(2, 6).astype(np.float32)
+    vals, idx = F.topk(mge.tensor(x), 10, descending=descending)
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")
+    np.testing.assert_array_equal(idx.numpy(), order)
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(x, order, -1))
+    kth, kidx = F.topk(mge.tensor(x), 10, descending=descending, kth_only=True)
+    np.testing.assert_array_equal(kth.numpy(), np.take_along_axis(x, order, -1)[:, -1])
+    check(lambda t: F.topk(t, 10, descending=descending)[0],
+          lambda t: torch.sort(t, descending=descending)[0], x)
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),

@@ -195,6 +195,25 @@ def test_roi_align_against_loop_reference_and_gradient(mode, aligned):
                                                     spatial_scale=0.9, aligned=aligned), img)
 
 
+def test_roi_align_images_without_rois_and_no_rois_at_all():
+    # the detection poolers hand each FPN level its own share of rois: an image may have none
+    img = rand(3, 2, 10, 10)
+    rois = np.array([[2, 1.2, 0.5, 6.3, 5.1], [2, 3.0, 3.0, 7.0, 6.0]], np.float32)  # inside
+    x = mge.tensor(img)
+    gm = GradManager().attach(x)
+    with gm:
+        out = F.vision.roi_align(x, rois, (2, 2), sample_points=2)
+        gm.backward(out.sum())
+    want = _roi_align_loop(img, rois, 2, 2, 1.0, 0.5, 2, 2, "average")
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    g = x.grad.numpy()
+    assert not g[:2].any() and g[2].any()
+    # images 0 and 1 have no rois; every sample is inside, so its four weights sum to 1
+    np.testing.assert_allclose(g.sum(), out.size, rtol=1e-5)
+    empty = F.vision.roi_align(x, np.zeros((0, 5), np.float32), (2, 3))
+    assert empty.shape == (0, 2, 2, 3)
+
+
 def _roi_pool_loop(img, rois, ph, pw, scale, mode):
     _, c, h, w = img.shape
     out = np.zeros((len(rois), c, ph, pw), np.float32)
@@ -242,6 +261,40 @@ def test_nms_upstream_cases():
     assert F.vision.nms(x, np.random.rand(100), iou_thresh=0.7).tolist() == [75, 69]
     with pytest.raises(ValueError, match="scores"):
         F.vision.nms(boxes, np.ones(3, np.float32), 0.5)
+
+
+def _nms_loop(boxes, scores, thresh, max_output):
+    """Greedy nms one pair at a time: keep the best remaining box, drop those over thresh."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            a, b = boxes[i].astype(np.float64), boxes[j].astype(np.float64)
+            iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+            ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+            inter = iw * ih
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            if union > 0 and inter / union > thresh:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+            if len(keep) == max_output:
+                break
+    return keep
+
+
+@pytest.mark.parametrize("thresh,max_output", [(0.5, None), (0.3, 7), (0.9, None)])
+def test_nms_many_boxes_against_pairwise_loop(thresh, max_output):
+    rs = np.random.RandomState(1)
+    xy = rs.uniform(0, 60, (300, 2))
+    boxes = np.concatenate([xy, xy + rs.uniform(1, 30, (300, 2))], 1).astype(np.float32)
+    boxes[5] = boxes[4]  # an exact duplicate, and a zero-area box
+    boxes[6, 2:] = boxes[6, :2]
+    scores = rs.permutation(300).astype(np.float32)
+    keep = F.vision.nms(boxes, scores, thresh, max_output)
+    assert keep.tolist() == _nms_loop(boxes, scores, thresh, max_output or 300)
 
 
 # ----- correlation -----
@@ -411,3 +464,75 @@ def test_vision_ops_keep_their_upstream_1_0_top_level_names():
     mat = np.array([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], np.float32)
     np.testing.assert_allclose(F.warp_perspective(img, mat, (2, 2)).numpy(),
                                [[[[2.0, 3.0], [6.0, 7.0]]]])
+
+
+# ----- deformable_psroi_pooling -----
+
+def _dpsroi_loop(img, rois, trans, no_trans, part, ph, pw, s, scale, trans_std):
+    """megdnn's documented DeformablePSROIPooling, one output element at a time."""
+    _, c, h, w = img.shape
+    classes = 1 if no_trans else trans.shape[1] // 2
+    out = np.zeros((len(rois), c, ph, pw))
+    for k, r in enumerate(rois):
+        b = int(r[0])
+        x1, y1, x2, y2 = (np.sign(v) * np.floor(abs(v) + 0.5) for v in r[1:5])  # C round()
+        left, top = x1 * scale - 0.5, y1 * scale - 0.5
+        rw = max((x2 + 1) * scale - 0.5 - left, 0.1)
+        rh = max((y2 + 1) * scale - 0.5 - top, 0.1)
+        for ch in range(c):
+            cls = ch // (c // classes)
+            for i in range(ph):
+                for j in range(pw):
+                    xs, ys = j * rw / pw + left, i * rh / ph + top
+                    if not no_trans:
+                        pi, pj = int(np.floor(i / ph * part)), int(np.floor(j / pw * part))
+                        xs += trans[k, 2 * cls, pi, pj] * trans_std * rw
+                        ys += trans[k, 2 * cls + 1, pi, pj] * trans_std * rh
+                    vals = []
+                    for si in range(s):
+                        for sj in range(s):
+                            x, y = xs + sj * rw / pw / s, ys + si * rh / ph / s
+                            if x < -0.5 or x > w - 0.5 or y < -0.5 or y > h - 0.5:
+                                continue
+                            x, y = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+                            xl, yl, xh, yh = (int(np.floor(x)), int(np.floor(y)),
+                                              int(np.ceil(x)), int(np.ceil(y)))
+                            fx, fy = x - xl, y - yl
+                            vals.append((1 - fx) * (1 - fy) * img[b, ch, yl, xl]
+                                        + (1 - fx) * fy * img[b, ch, yh, xl]
+                                        + fx * (1 - fy) * img[b, ch, yl, xh]
+                                        + fx * fy * img[b, ch, yh, xh])
+                    out[k, ch, i, j] = np.mean(vals) if vals else 0.0
+    return out
+
+
+DPS_ROIS = np.array([[0, 1.0, 1.4, 6.0, 5.0], [1, -3.0, 2.6, 9.5, 11.0], [1, 4.0, 4.0, 4.0, 4.0]],
+                    np.float32)
+
+
+@pytest.mark.parametrize("no_trans,classes,part", [(True, 1, 3), (False, 1, 3), (False, 2, 2)])
+def test_deformable_psroi_pooling_against_loop_reference_and_gradients(no_trans, classes, part):
+    img = rand(2, 4, 9, 8)
+    trans = (rand(3, 2 * classes, part, part, seed=7) * 2).astype(np.float32)
+    args = (no_trans, part, 3, 3, 2, 0.8, 0.3)
+    out = F.vision.deformable_psroi_pooling(img, DPS_ROIS, trans, *args)
+    want = _dpsroi_loop(img, DPS_ROIS, trans, no_trans, part, 3, 3, 2, 0.8, 0.3)
+    assert out.shape == (3, 4, 3, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    # linear in the image; piecewise bilinear in the offsets (kinks only on pixel lines)
+    _directional_check(lambda x: F.vision.deformable_psroi_pooling(x, DPS_ROIS, trans, *args),
+                       img)
+    if not no_trans:
+        _directional_check(lambda t: F.vision.deformable_psroi_pooling(img, DPS_ROIS, t, *args),
+                           trans, eps=1e-3, rtol=1e-2)
+
+
+def test_deformable_psroi_pooling_bad_shapes_say_so():
+    img, trans = rand(1, 2, 6, 6), rand(1, 2, 2, 2)
+    rois = DPS_ROIS[:1]
+    assert F.deformable_psroi_pooling is F.vision.deformable_psroi_pooling
+    with pytest.raises(ValueError, match="trans must be"):
+        F.vision.deformable_psroi_pooling(img, rois, rand(1, 2, 3, 3), False, 2, 2, 2, 3, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        F.vision.deformable_psroi_pooling(img.astype(np.float16), rois, trans, True, 2, 2, 2, 3,
+                                          1.0)

@@ -44,6 +44,15 @@ def test_size_none_gives_one_element_as_upstream():
     assert rand.normal(size=4).shape == (4,)
 
 
+def test_size_given_as_a_tensor():
+    # the detection programs' sample_labels draw `uniform(size=mask.sum())`: a 0-d count
+    mask = mge.tensor(np.array([1, 0, 1, 1, 0], dtype=bool))
+    assert rand.uniform(size=mask.sum()).shape == (3,)
+    assert rand.normal(size=mge.tensor([2, 3])).shape == (2, 3)
+    with pytest.raises(TypeError, match="integers"):
+        rand.uniform(size=mge.tensor(2.0))
+
+
 def test_permutation_of_an_int_and_of_a_tensor():
     rand.seed(1)
     perm = rand.permutation(10)
