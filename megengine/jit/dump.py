@@ -70,7 +70,7 @@ class _Writer:
         self.qdtypes = []  # [index, scale info] of quantized arrays (.npy drops dtype metadata)
 
     def array(self, a):
-        a = np.ascontiguousarray(_host(a))
+        a = np.asarray(_host(a))  # (not ascontiguousarray: it makes a 0-d constant 1-d)
         info = _qinfo(a.dtype)
         if info is not None:
             self.qdtypes.append([len(self.arrays), self.value(info, "a quantized array")])

@@ -5,7 +5,7 @@ import weakref
 from collections.abc import Iterator
 
 from ..core import dispatch
-from ..core.tensor import Tensor
+from ..core.tensor import Parameter, Tensor
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
                        _Struct, _host, _op_key, _tensor_paths, _tensors_in)
 
@@ -18,6 +18,8 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
+
+_INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
@@ -73,6 +75,34 @@ class _Hook:
         if dispatch._trace_hook is self:
             dispatch._trace_hook = None  # code in the user's finally/except blocks runs plainly
         raise TraceMismatchError(f"{message}. {_HINT}", reason)
+
+    def _internal_write(self, fn, args, kwargs):
+        """The slot of ``op_result`` when ``fn(*args)`` is ``Tensor._inplace(t, op_result)``
+        writing into a tensor this call made (an op's, a detach()'s or an event's output, not
+        a Parameter) a value it also made; else None. Such a write has no effect outside the
+        call: it is dataflow (``t`` holds the result's slot from then on), not an event, so
+        replays, checked calls and `dump` go on from the result."""
+        if fn is not _INPLACE or kwargs or len(args) != 2:
+            return None
+        t, result = args
+        if isinstance(t, Parameter) or not isinstance(result, Tensor):
+            return None
+        s, alias = self._internal(t)
+        if s is None or alias or self.prog.slots[s].kind not in _COMPUTED:
+            return None
+        r, alias = self._internal(result)
+        if r is None or alias or self.prog.slots[r].kind not in _COMPUTED:
+            return None
+        return r
+
+    def _write(self, fn, t, result):
+        """Run the internal write ``fn(t, result)`` (see `_internal_write`) untraced."""
+        dispatch._trace_hook = None
+        try:
+            return fn(t, result)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
 
     def _run(self, op, inputs):
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
@@ -178,7 +208,16 @@ class _Recorder(_Hook):
 
     # ----- events -----
     def event(self, fn, *args, **kwargs):
-        """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step."""
+        """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step; an
+        in-place write into a value of this call is recorded as dataflow instead."""
+        if fn is _INPLACE:
+            r = self._internal_write(fn, args, kwargs)
+            if r is not None:
+                t = args[0]
+                out = self._write(fn, t, args[1])
+                # t holds the result now (a non-Parameter rebinds): later uses read its slot
+                self.by_tensor[id(t)] = (r, t._data)
+                return out
         # a generator (model.parameters()) would be empty on replay: keep what it yields
         if any(_is_iterator(a) for a in args):
             args = tuple(list(a) if _is_iterator(a) else a for a in args)
