@@ -76,6 +76,7 @@ class _Checker(_Hook):
         return self.prog.ops_before[self.pc]
 
     def bind_args(self, leaves):
+        self.leaves = leaves
         values, arrays = self.values, self.arrays
         for s, t in zip(self.prog.arg_slots, leaves):
             values[s] = t
@@ -334,6 +335,10 @@ class _Checker(_Hook):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
         return result
+
+    def _outside(self, t):
+        return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
+                or any(t is a for a in self.leaves))
 
     def _write_internal(self, fn, t, result, r):
         """``fn(t, result)``, an in-place write into a value of this call (the trace has no

@@ -85,8 +85,8 @@ class _Hook:
         if fn is not _INPLACE or kwargs or len(args) != 2:
             return None
         t, result = args
-        if isinstance(t, Parameter) or not isinstance(result, Tensor):
-            return None
+        if isinstance(t, Parameter) or not isinstance(result, Tensor) or self._outside(t):
+            return None  # (a tensor from outside keeps its identity even once rebound)
         s, alias = self._internal(t)
         if s is None or alias or self.prog.slots[s].kind not in _COMPUTED:
             return None
@@ -94,6 +94,11 @@ class _Hook:
         if r is None or alias or self.prog.slots[r].kind not in _COMPUTED:
             return None
         return r
+
+    def _outside(self, t):
+        """Whether tensor ``t`` is an object from outside the call (an argument, an external,
+        a constant made from Python data): writing into it is an event."""
+        raise NotImplementedError  # (each hook knows its own)
 
     def _write(self, fn, t, result):
         """Run the internal write ``fn(t, result)`` (see `_internal_write`) untraced."""
@@ -129,6 +134,7 @@ class _Recorder(_Hook):
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
+        self.arg_ids = {id(t) for t in leaves}
         slots = []
         for t in leaves:
             s = self.prog.new_slot("arg")
@@ -139,6 +145,9 @@ class _Recorder(_Hook):
 
     def _array_slot(self, arr):
         return self.by_array.get(id(arr))
+
+    def _outside(self, t):
+        return id(t) in self.arg_ids or id(t) in self.ext_seen
 
     def source(self, t):
         """The slot ``t``'s value comes from, adding aliases and externals."""
