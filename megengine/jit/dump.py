@@ -17,7 +17,9 @@ not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function``
 other Python object) cannot be written: `dump` raises and names the op and the attribute.
 
 What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
-steps, in-place writes: calls on live Python objects) and values read live (a ``.grad``).
+steps, in-place writes into arguments, externals or Parameters: calls on live Python objects)
+and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
+identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 """
 import importlib
