@@ -304,9 +304,9 @@ class _Checker(_Hook):
         with tracing off. An in-place write into a value of this call is dataflow, as when
         recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
         if fn is _INPLACE:
-            r = self._internal_write(fn, args, kwargs)
-            if r is not None:
-                return self._write_internal(fn, args[0], args[1], r)
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                return self._write_internal(fn, args[0], args[1], *written)
         pc = self.pc
         try:
             step = self.steps[pc]
@@ -340,14 +340,20 @@ class _Checker(_Hook):
         return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
                 or any(t is a for a in self.leaves))
 
-    def _write_internal(self, fn, t, result, r):
+    def _write_internal(self, fn, t, result, s, r):
         """``fn(t, result)``, an in-place write into a value of this call (the trace has no
-        step for it): afterwards ``t`` holds slot ``r``, the result's."""
+        step for it): ``t`` held slot ``s``; afterwards it holds slot ``r``, the result's."""
         out = self._write(fn, t, result)
-        self._rebound(t)  # t no longer stands for its old slot; the maps say it holds r
-        if self.values[r] is result and t._data is self.arrays[r]:
-            self.values[r] = t  # later ops take the fast path with t (result is a temporary;
-            # it is still found through the maps if used)
+        # (the maps are up to date: `_internal_write` asked them)
+        self.keep.append(self.by_tensor.get(id(t)))  # its old array's id stays a key
+        self.by_tensor[id(t)] = (r, t._data)
+        self.keep.append(t)
+        values = self.values
+        if values[s] is t:
+            values[s] = None  # the fast paths must not take t for its old value any more
+        if values[r] is result and t._data is self.arrays[r]:
+            values[r] = t  # later ops take the fast path with t (result is a temporary; it
+            # is still found through the maps if used)
         return out
 
     def _check_event_slowly(self, fn, args, kwargs):

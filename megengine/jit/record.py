@@ -77,7 +77,7 @@ class _Hook:
         raise TraceMismatchError(f"{message}. {_HINT}", reason)
 
     def _internal_write(self, fn, args, kwargs):
-        """The slot of ``op_result`` when ``fn(*args)`` is ``Tensor._inplace(t, op_result)``
+        """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is ``Tensor._inplace(t, op_result)``
         writing into a tensor this call made (an op's, a detach()'s or an event's output, not
         a Parameter) a value it also made; else None. Such a write has no effect outside the
         call: it is dataflow (``t`` holds the result's slot from then on), not an event, so
@@ -93,7 +93,7 @@ class _Hook:
         r, alias = self._internal(result)
         if r is None or alias or self.prog.slots[r].kind not in _COMPUTED:
             return None
-        return r
+        return s, r
 
     def _outside(self, t):
         """Whether tensor ``t`` is an object from outside the call (an argument, an external,
@@ -220,9 +220,9 @@ class _Recorder(_Hook):
         """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step; an
         in-place write into a value of this call is recorded as dataflow instead."""
         if fn is _INPLACE:
-            r = self._internal_write(fn, args, kwargs)
-            if r is not None:
-                t = args[0]
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                r, t = written[1], args[0]
                 out = self._write(fn, t, args[1])
                 # t holds the result now (a non-Parameter rebinds): later uses read its slot
                 self.by_tensor[id(t)] = (r, t._data)
