@@ -10,6 +10,7 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
+from megengine.autodiff import GradManager
 from megengine.jit import TraceMismatchError, trace
 from megengine.jit._program import _EventStep
 from megengine.jit.dump import DumpError
@@ -77,6 +78,33 @@ def test_ellipsis_write_of_another_shape_is_dataflow_too(mode):
     g = trace(f, **mode)
     for x in INPUTS:
         _assert_all_equal(_eager(g, x), _eager(f, x))
+
+
+def _training_step():
+    """A GradManager step whose loss goes through internal writes and a detach() of a value
+    written over later (the gradient accumulates in w.grad, eagerly and traced alike)."""
+    w = mge.Parameter([1.0, 2.0, 3.0])
+    gm = GradManager().attach(w)
+
+    def step(x):
+        with gm:
+            y = x * w
+            y += w
+            old = y.detach()  # the value before the writes below, without a gradient
+            y[0] = 5.0
+            y *= y
+            loss = y.sum() + old.sum()
+            gm.backward(loss)
+        return loss, w.grad * 1
+
+    return step
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_gradients_flow_through_internal_writes(mode):
+    eager, traced = _training_step(), trace(_training_step(), **mode)
+    for x in INPUTS:
+        _assert_all_equal(_eager(traced, x), _eager(eager, x))
 
 
 class _Block(M.Module):
