@@ -77,11 +77,14 @@ class _Hook:
         raise TraceMismatchError(f"{message}. {_HINT}", reason)
 
     def _internal_write(self, fn, args, kwargs):
-        """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is ``Tensor._inplace(t, op_result)``
-        writing into a tensor this call made (an op's, a detach()'s or an event's output, not
-        a Parameter) a value it also made; else None. Such a write has no effect outside the
-        call: it is dataflow (``t`` holds the result's slot from then on), not an event, so
-        replays, checked calls and `dump` go on from the result."""
+        """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is
+        ``Tensor._inplace(t, op_result)`` writing into a tensor this call made (an op's, a
+        detach()'s or an event's output, not a Parameter) a value it also made; else None.
+        Such a write has no effect outside the call: it is dataflow (``t`` holds the result's
+        slot from then on), not an event, so replays, checked calls and `dump` go on from the
+        result. (``self._outside(t)``, which the recorder and the checker each define, tells
+        the tensors from outside the call: arguments, externals, constants made from Python
+        data, even once a write rebound them.)"""
         if fn is not _INPLACE or kwargs or len(args) != 2:
             return None
         t, result = args
@@ -94,11 +97,6 @@ class _Hook:
         if r is None or alias or self.prog.slots[r].kind not in _COMPUTED:
             return None
         return s, r
-
-    def _outside(self, t):
-        """Whether tensor ``t`` is an object from outside the call (an argument, an external,
-        a constant made from Python data): writing into it is an event."""
-        raise NotImplementedError  # (each hook knows its own)
 
     def _write(self, fn, t, result):
         """Run the internal write ``fn(t, result)`` (see `_internal_write`) untraced."""
