@@ -623,11 +623,9 @@ class Tensor(metaclass=_TensorType):
         if index is Ellipsis and isinstance(value, Tensor) and value.shape != self.shape:
             # upstream: `t[...] = v` makes t the tensor v (its `_reset`), whatever v's shape, so
             # a buffer made as Tensor(0.0) can be filled by `pe[...] = table` (ASR-Transformer)
-            if value._device != self._device:
-                value = value.to(self._device)
-            self._inplace(value)
-            if self._data is value._data:  # its own array: in-place updates of one (an
-                self._data = self._data.copy()  # optimizer's) must not reach the other
+            # a copy on this tensor's device, its own array: in-place updates of one (an
+            # optimizer's) must not reach the other; an op, so a trace sees where it came from
+            self._inplace(dispatch.apply(_ops.Copy(self._device), value))
             self._format = value._format
             return
         idx = _ops.normalize_index(index, self.shape)

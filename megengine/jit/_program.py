@@ -382,6 +382,9 @@ class _Program:
         # (captured constants included: a checked call uses the same tensor, its value captured)
         self.check_base = [info.tensor if info.kind in ("ext", "const") else None
                            for info in self.slots]
+        # which tensor objects come from outside a call (written into in place: an event);
+        # check_base holds them, so their ids stay theirs
+        self.ext_ids = frozenset(id(t) for t in self.check_base if t is not None)
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):

@@ -23,7 +23,7 @@ from ..core.tensor import Tensor
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
                        _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
                        _step_text, _tensor_paths, _tensor_text, _tensors_in)
-from .record import _COMPUTED, _Hook, _is_iterator
+from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
@@ -76,6 +76,7 @@ class _Checker(_Hook):
         return self.prog.ops_before[self.pc]
 
     def bind_args(self, leaves):
+        self.leaves = leaves
         values, arrays = self.values, self.arrays
         for s, t in zip(self.prog.arg_slots, leaves):
             values[s] = t
@@ -240,13 +241,17 @@ class _Checker(_Hook):
             return
         info = prog.slots[expected]
         kind = info.kind
-        if kind == "ext" or (kind == "const" and info.tensor is not None):
+        if kind == "ext":
             ok = t is info.tensor
+        elif kind == "const" and info.tensor is not None and t is info.tensor:
+            ok = True  # the captured external itself (the op runs on its captured value)
         elif kind == "grad":
             owner = (info.owner if info.owner_slot is None
                      else self.values[info.owner_slot])  # an argument: this call's
             ok = t is owner.grad
         elif kind == "const":
+            # a constant made in the function from Python data (``x * 2``: a new tensor on
+            # every call; under capture_as_const it was captured like an external): its value
             c = info.const
             ok = (t._data.shape == c.shape and t._data.dtype == c.dtype
                   and bool((_host(t._data) == _host(c)).all()))
@@ -296,7 +301,12 @@ class _Checker(_Hook):
     # ----- events -----
     def event(self, fn, *args, **kwargs):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
-        with tracing off."""
+        with tracing off. An in-place write into a value of this call is dataflow, as when
+        recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
+        if fn is _INPLACE:
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                return self._write_internal(fn, args[0], args[1], *written)
         pc = self.pc
         try:
             step = self.steps[pc]
@@ -325,6 +335,26 @@ class _Checker(_Hook):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
         return result
+
+    def _outside(self, t):
+        return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
+                or any(t is a for a in self.leaves))
+
+    def _write_internal(self, fn, t, result, s, r):
+        """``fn(t, result)``, an in-place write into a value of this call (the trace has no
+        step for it): ``t`` held slot ``s``; afterwards it holds slot ``r``, the result's."""
+        out = self._write(fn, t, result)
+        # (the maps are up to date: `_internal_write` asked them)
+        self.keep.append(self.by_tensor.get(id(t)))  # its old array's id stays a key
+        self.by_tensor[id(t)] = (r, t._data)
+        self.keep.append(t)
+        values = self.values
+        if values[s] is t:
+            values[s] = None  # the fast paths must not take t for its old value any more
+        if values[r] is result and t._data is self.arrays[r]:
+            values[r] = t  # later ops take the fast path with t (result is a temporary; it
+            # is still found through the maps if used)
+        return out
 
     def _check_event_slowly(self, fn, args, kwargs):
         """Compare the call ``fn(*args, **kwargs)`` with the next recorded event step (past

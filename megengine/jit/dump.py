@@ -17,7 +17,9 @@ not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function``
 other Python object) cannot be written: `dump` raises and names the op and the attribute.
 
 What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
-steps, in-place writes: calls on live Python objects) and values read live (a ``.grad``).
+steps, in-place writes into arguments, externals or Parameters: calls on live Python objects)
+and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
+identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 """
 import importlib
@@ -70,7 +72,7 @@ class _Writer:
         self.qdtypes = []  # [index, scale info] of quantized arrays (.npy drops dtype metadata)
 
     def array(self, a):
-        a = np.ascontiguousarray(_host(a))
+        a = np.asarray(_host(a))  # (not ascontiguousarray: it makes a 0-d constant 1-d)
         info = _qinfo(a.dtype)
         if info is not None:
             self.qdtypes.append([len(self.arrays), self.value(info, "a quantized array")])

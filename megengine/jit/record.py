@@ -5,7 +5,7 @@ import weakref
 from collections.abc import Iterator
 
 from ..core import dispatch
-from ..core.tensor import Tensor
+from ..core.tensor import Parameter, Tensor
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
                        _Struct, _host, _op_key, _tensor_paths, _tensors_in)
 
@@ -18,6 +18,8 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
+
+_INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
@@ -74,6 +76,37 @@ class _Hook:
             dispatch._trace_hook = None  # code in the user's finally/except blocks runs plainly
         raise TraceMismatchError(f"{message}. {_HINT}", reason)
 
+    def _internal_write(self, fn, args, kwargs):
+        """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is
+        ``Tensor._inplace(t, op_result)`` writing into a tensor this call made (an op's, a
+        detach()'s or an event's output, not a Parameter) a value it also made; else None.
+        Such a write has no effect outside the call: it is dataflow (``t`` holds the result's
+        slot from then on), not an event, so replays, checked calls and `dump` go on from the
+        result. (``self._outside(t)``, which the recorder and the checker each define, tells
+        the tensors from outside the call: arguments, externals, constants made from Python
+        data, even once a write rebound them.)"""
+        if fn is not _INPLACE or kwargs or len(args) != 2:
+            return None
+        t, result = args
+        if isinstance(t, Parameter) or not isinstance(result, Tensor) or self._outside(t):
+            return None  # (a tensor from outside keeps its identity even once rebound)
+        s, alias = self._internal(t)
+        if s is None or alias or self.prog.slots[s].kind not in _COMPUTED:
+            return None
+        r, alias = self._internal(result)
+        if r is None or alias or self.prog.slots[r].kind not in _COMPUTED:
+            return None
+        return s, r
+
+    def _write(self, fn, t, result):
+        """Run the internal write ``fn(t, result)`` (see `_internal_write`) untraced."""
+        dispatch._trace_hook = None
+        try:
+            return fn(t, result)
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
+
     def _run(self, op, inputs):
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
         try:
@@ -99,6 +132,7 @@ class _Recorder(_Hook):
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
+        self.arg_ids = {id(t) for t in leaves}
         slots = []
         for t in leaves:
             s = self.prog.new_slot("arg")
@@ -109,6 +143,9 @@ class _Recorder(_Hook):
 
     def _array_slot(self, arr):
         return self.by_array.get(id(arr))
+
+    def _outside(self, t):
+        return id(t) in self.arg_ids or id(t) in self.ext_seen
 
     def source(self, t):
         """The slot ``t``'s value comes from, adding aliases and externals."""
@@ -178,7 +215,16 @@ class _Recorder(_Hook):
 
     # ----- events -----
     def event(self, fn, *args, **kwargs):
-        """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step."""
+        """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step; an
+        in-place write into a value of this call is recorded as dataflow instead."""
+        if fn is _INPLACE:
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                r, t = written[1], args[0]
+                out = self._write(fn, t, args[1])
+                # t holds the result now (a non-Parameter rebinds): later uses read its slot
+                self.by_tensor[id(t)] = (r, t._data)
+                return out
         # a generator (model.parameters()) would be empty on replay: keep what it yields
         if any(_is_iterator(a) for a in args):
             args = tuple(list(a) if _is_iterator(a) else a for a in args)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
                        _OpStep, _at_path, _decode, _host, _thaw)
+from .record import _INPLACE
 
 
 def replay(prog, leaves, profile=None):
@@ -40,6 +41,7 @@ def _run(prog, leaves, profile):
     for s, owner, o in prog.grads:
         values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
+    rebound = {}  # slot -> the outside tensor an in-place write rebound to its value
     clock = time.perf_counter if profile is not None else None
     if prog.first_reads:
         _check_reads(prog, prog.first_reads, values)
@@ -86,6 +88,15 @@ def _run(prog, leaves, profile):
         elif t is _AliasStep:
             v = values[step.src]
             values[step.out] = wrap(v._data, v._device)
+        elif step.fn is _INPLACE:
+            # a write into a tensor from outside the call (an argument, an external): the
+            # recorded target slot may be one an earlier write rebound that tensor to; the
+            # write goes to the tensor object itself, as when the function ran
+            target, value = _decode(step.args, values)
+            target = rebound.get(step.args[0].slot, target)
+            step.fn(target, value)
+            if target._data is value._data:  # rebound (not a Parameter's storage write)
+                rebound[step.args[1].slot] = target
         else:
             result = step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
             for path, s in step.out_paths:

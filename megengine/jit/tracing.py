@@ -23,9 +23,16 @@ Besides ops, the record holds *events*: calls that change state without being op
 announces them through ``dispatch._trace_hook.event(fn, *args)`` (see "Hooks" below):
 ``GradManager.attach/record/release/backward``, ``Optimizer.step/clear_grad/zero_grad`` and the
 in-place tensor writes ``Tensor._inplace`` (``p -= lr * g``, ``x[i] = v``) and ``Tensor._reset``
-(``set_value``). An event runs with the hook off (the ops inside a backward or an optimizer step
-are not recorded; they run again when the event is replayed) and is replayed by calling the same
-function on the same objects, with traced tensors substituted.
+(``set_value``) into tensors from outside the call (arguments, externals, Parameters, constants:
+the caller's tensor object changes). An event runs with the hook off (the ops inside a backward or
+an optimizer step are not recorded; they run again when the event is replayed) and is replayed by
+calling the same function on the same objects, with traced tensors substituted.
+
+An in-place write (``Tensor._inplace``: ``x += y``, ``x[i] = v``) into a tensor the call made
+itself (an op's output, a detach(), an event's output), of a value the call made, is dataflow,
+not an event: nothing outside the call sees that tensor, so from then on it simply holds the
+result's slot (ResNet's ``out += identity``). Checked calls decide the same way, replays have no
+step for it, and `dump` writes such programs.
 
 Signatures. A trace keeps one program per call signature: the structure of the arguments
 (tuples, lists, dicts, keyword names), each tensor's shape, dtype and device, and the value of

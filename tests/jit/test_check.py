@@ -211,3 +211,17 @@ def test_set_value_inside_the_function_keeps_the_parameter_itself(symbolic, slow
     np.testing.assert_array_equal(f(x).numpy(), [6.0, 12.0])  # w = [4, 9]
     assert w.numpy().tolist() == [4.0, 9.0]
     assert slow_calls == []
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_capture_as_const_checks_constants_made_in_the_function_by_value(symbolic):
+    # ``x * 2`` makes a new 0-d tensor on every call; capture_as_const captured the first
+    # one: later calls are checked by its value, not refused for being another object
+    state = {"c": 2.0}
+    f = trace(lambda x: x * state["c"], symbolic=symbolic, capture_as_const=True)
+    for v in ([1.0, 2.0], [3.0, -1.0]):
+        np.testing.assert_array_equal(f(mge.tensor(v)).numpy(), np.array(v) * 2)
+    state["c"] = 3.0  # another value: the op would run on the captured 2.0, so refused
+    with pytest.raises(TraceMismatchError) as info:
+        f(mge.tensor([1.0, 2.0]))
+    assert str(info.value) == "trace error because tensors not equals"

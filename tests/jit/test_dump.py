@@ -287,3 +287,16 @@ def test_op_families_round_trip_bit_equal(family):
     for g, o in zip(got.values(), flat):
         assert g.dtype == o.dtype
         np.testing.assert_array_equal(g, o.numpy())
+
+
+def test_scalar_constants_keep_their_shape_in_the_file():
+    # a 0-d constant (x.sum() * 2) stays 0-d: written 1-d, the output became shape (1,)
+    f = trace(lambda x: (x.sum() * 2, x * mge.tensor(3.0)), symbolic=True,
+              capture_as_const=True)
+    f(mge.tensor([1.0, 2.0]))
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    out = GraphInference(file).run(np.array([4.0, 5.0], "float32"))
+    assert out["output_0"].shape == () and out["output_0"] == 18.0
+    np.testing.assert_array_equal(out["output_1"], [12.0, 15.0])
