@@ -672,9 +672,14 @@ def scatter(inp, axis, index, source):
 def indexing_one_hot(src, index, axis=1, keepdims=False):
     """Pick one element along ``axis`` per position: ``out[i, ...] = src[i, index[i, ...], ...]``.
 
-    ``index`` has src's shape without ``axis``.
+    ``index`` has src's shape without ``axis``. A float or bool ``index`` is converted to int32
+    first (truncating, as upstream's operator does with a warning): labels built as
+    ``F.ones(shape) * mask`` are float32, and OMNet's loss indexes with them.
     """
-    src, index = _tensor(src), _int_index(index, "indexing_one_hot")
+    src, index = _tensor(src), _tensor(index)
+    if index.dtype.kind in "fb":
+        index = index.astype("int32")
+    index = _int_index(index, "indexing_one_hot")
     axis = _axis(axis, src.ndim, "indexing_one_hot")
     if index.shape != src.shape[:axis] + src.shape[axis + 1:]:
         raise ValueError(
