@@ -348,6 +348,17 @@ def test_pad_constant_value_and_leading_pairs():
         F.pad(mge.tensor(x), ((0, 0), (3, 0)), mode="reflect")
 
 
+
+def test_pad_accepts_upstream_misspelt_pad_witdth_keyword():
+    # upstream 1.8-1.9 named the argument pad_witdth; CREStereo's AGCL passes it by keyword
+    x = rand(1, 2, 3, 4)
+    check(lambda t: F.nn.pad(t, pad_witdth=((0, 0), (0, 0), (1, 1), (4, 4)), mode="replicate"),
+          lambda t: torch.nn.functional.pad(t, (4, 4, 1, 1), mode="replicate"), x)
+    with pytest.raises(TypeError, match="both pad_width and"):
+        F.pad(mge.tensor(x), ((1, 1),), pad_witdth=((1, 1),))
+    with pytest.raises(TypeError, match="missing pad_width"):
+        F.pad(mge.tensor(x))
+
 # ----- tracing: index inputs must be read afresh on every replay -----
 
 def test_traced_indexing_replays_with_new_indices():
