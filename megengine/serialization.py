@@ -98,6 +98,10 @@ def _device_mapper(map_location):
     if map_location is None:
         return lambda dev: dev
     if isinstance(map_location, str):
+        if map_location in ("cpu", "gpu", "xpu"):
+            # torch's spelling, which programs ported from torch pass (CREStereo's train.py:
+            # map_location="cpu"); upstream's name parser wants an index, so take "any one"
+            map_location += "x"
         _check_device_name(map_location, "map_location")
         try:  # every tensor goes there: a device this machine lacks fails now, not midway
             canonical_device(map_location)

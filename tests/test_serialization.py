@@ -247,7 +247,7 @@ def test_files_of_this_fork_before_the_upstream_format_still_load(monkeypatch):
 # ----- map_location -----
 
 @pytest.mark.parametrize("map_location", ["cpux", "cpu0", {"cpu0": "cpu1"}, {"cpu0:0": "cpux"},
-                                          lambda dev: "cpu0"])
+                                          lambda dev: "cpu0", "cpu"])  # "cpu": CREStereo's
 def test_map_location_on_cpu(map_location):
     # saved from the CPU explicitly: the default device may be a GPU, which {"cpu0": ...} ignores
     back = _round_trip({"t": mge.Tensor([1.0], device="cpu0")}, map_location=map_location)

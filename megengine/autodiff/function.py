@@ -9,7 +9,8 @@ class Function:
     """Subclass and define ``forward(self, *inputs)`` and ``backward(self, *output_grads)``.
 
     Both take and return Tensors. ``forward`` runs outside autodiff (what it computes is not
-    recorded); ``backward`` returns one gradient per input (``None`` for none) and receives
+    recorded); ``backward`` returns one gradient per input (``None`` for none; extra trailing
+    ``None``\ s are ignored) and receives
     ``None`` for an output nobody used. Call an instance on tensors: ``y = MyFunction()(x)``.
     Values ``forward`` stores on ``self`` (or passes to ``save_for_backward``) are there in
     ``backward``.
@@ -68,6 +69,10 @@ class _FunctionOp(Op):
         n = len(self.needs_input_grad)
         if len(gs) == 1 and gs[0] is None and n > 1:
             gs = (None,) * n  # a bare None: no gradient for any input
+        if len(gs) > n and all(g is None for g in gs[n:]):
+            # trailing Nones past the inputs carry nothing; programs written for upstream return
+            # them (DMVFN's straight-through RoundSTE: ``return grad, None`` for one input)
+            gs = gs[:n]
         if len(gs) != n:
             raise RuntimeError(f"{self!r}.backward returned {len(gs)} gradients for {n} inputs")
         for g in gs:

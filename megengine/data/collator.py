@@ -3,18 +3,21 @@ import collections.abc
 
 import numpy as np
 
+from ..core.tensor import Tensor
+
 __all__ = ["Collator"]
 
 _ERR_FORMAT = (
-    "Collator: samples must contain numpy arrays, numbers, strings, bytes, dicts, "
-    "tuples or lists; found {}. Pass DataLoader(collator=...) to batch other types"
+    "Collator: samples must contain numpy arrays, megengine Tensors, numbers, strings, bytes, "
+    "dicts, tuples or lists; found {}. Pass DataLoader(collator=...) to batch other types"
 )
 
 
 class Collator:
     r"""Merges a list of samples into a mini-batch.
 
-    Arrays are stacked along a new first axis, numbers become 1-D arrays, strings stay
+    Arrays are stacked along a new first axis (megengine Tensors too: they are copied to host
+    arrays first, so a batch is numpy whatever the dataset returns), numbers become 1-D arrays, strings stay
     lists, and dicts, named tuples, tuples and lists are collated element by element
     (tuples and lists come back as lists): ``[(CHW, label), ...]`` -> ``[NCHW, N]``.
     """
@@ -24,6 +27,15 @@ class Collator:
         if len(inputs) == 0:
             raise ValueError("Collator got an empty batch; check the sampler's batch_size and drop_last")
         elem = inputs[0]
+        if isinstance(elem, Tensor):
+            # upstream's collator refuses Tensors, yet programs written for it (RIFE's
+            # VimeoDataset) return them from __getitem__; batching their host copies costs one
+            # copy and keeps the batch a picklable numpy array for worker processes
+            if not all(isinstance(x, Tensor) for x in inputs):
+                raise TypeError("Collator got a batch mixing megengine Tensors and other types "
+                                "in one field; return the same type from every __getitem__")
+            inputs = [x.numpy() for x in inputs]
+            elem = inputs[0]
         if isinstance(elem, np.ndarray):
             if elem.dtype.kind in "OSUa":
                 raise TypeError(_ERR_FORMAT.format("an array of dtype {}".format(elem.dtype)))

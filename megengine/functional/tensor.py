@@ -672,9 +672,14 @@ def scatter(inp, axis, index, source):
 def indexing_one_hot(src, index, axis=1, keepdims=False):
     """Pick one element along ``axis`` per position: ``out[i, ...] = src[i, index[i, ...], ...]``.
 
-    ``index`` has src's shape without ``axis``.
+    ``index`` has src's shape without ``axis``. A float or bool ``index`` is converted to int32
+    first (truncating, as upstream's operator does with a warning): labels built as
+    ``F.ones(shape) * mask`` are float32, and OMNet's loss indexes with them.
     """
-    src, index = _tensor(src), _int_index(index, "indexing_one_hot")
+    src, index = _tensor(src), _tensor(index)
+    if index.dtype.kind in "fb":
+        index = index.astype("int32")
+    index = _int_index(index, "indexing_one_hot")
     axis = _axis(axis, src.ndim, "indexing_one_hot")
     if index.shape != src.shape[:axis] + src.shape[axis + 1:]:
         raise ValueError(
@@ -815,10 +820,24 @@ class Pad(Op):
         return gx.astype(g.dtype).reshape(self.in_shape)
 
 
-def pad(src, pad_width, mode="constant", constant_value=0.0):
+def _pad_width_argument(pad_width, pad_witdth, what):
+    if pad_witdth is not None:
+        if pad_width is not None:
+            raise TypeError(f"{what}: got both pad_width and its old spelling pad_witdth; pass "
+                            f"pad_width only")
+        return pad_witdth
+    if pad_width is None:
+        raise TypeError(f"{what}: missing pad_width, the (before, after) pairs to pad by")
+    return pad_width
+
+def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=None):
     """Pad ``src`` by ``pad_width``: ``(before, after)`` pairs for the leading dims (the rest are
-    not padded). ``mode``: "constant" (with ``constant_value``), "edge"/"replicate", "reflect"."""
+    not padded). ``mode``: "constant" (with ``constant_value``), "edge"/"replicate", "reflect".
+
+    ``pad_witdth`` is the same argument under the misspelt keyword of upstream 1.8-1.9, which
+    programs of that time pass (CREStereo's correlation layer)."""
     src = _tensor(src)
+    pad_width = _pad_width_argument(pad_width, pad_witdth, "pad")
     if mode.lower() not in _PAD_MODES:
         raise ValueError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
     mode = _PAD_MODES[mode.lower()]

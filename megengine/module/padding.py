@@ -2,6 +2,7 @@
 from typing import Tuple
 
 from .. import functional as F
+from ..functional.tensor import _pad_width_argument
 from .module import Module
 
 __all__ = ["Pad"]
@@ -14,10 +15,11 @@ class Pad(Module):
     the edge) or "replicate" (the edge value repeated).
     """
 
-    def __init__(self, pad_width: Tuple[Tuple[int, int], ...], mode: str = "constant",
-                 constant_val: float = 0.0, **kwargs):
+    def __init__(self, pad_width: Tuple[Tuple[int, int], ...] = None, mode: str = "constant",
+                 constant_val: float = 0.0, *, pad_witdth=None, **kwargs):
         super().__init__(**kwargs)
-        self.pad_width = pad_width
+        # pad_witdth: upstream 1.8-1.9's spelling of this keyword, still found in programs
+        self.pad_width = _pad_width_argument(pad_width, pad_witdth, "Pad")
         self.mode = mode
         self.pad_val = constant_val
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import megengine
 import megengine.functional as F
 from megengine import Parameter, Tensor
 from megengine.autodiff import Function, GradManager
@@ -639,3 +640,42 @@ def test_in_place_write_to_an_attached_tensor_differentiates_the_attached_value(
     expected = w.copy()
     expected[0] = 0  # the attached row 0 no longer reaches the loss
     np.testing.assert_allclose(y.grad.numpy(), expected)
+
+
+class _BernoulliSTE(Function):
+    """DMVFN's RoundSTE: sample 0/1 with probability x, straight-through gradient; its backward
+    returns one gradient too many (a trailing None), which upstream programs rely on."""
+
+    def forward(self, x):
+        y = megengine.random.uniform(size=x.shape)
+        one_hot = F.zeros_like(y)
+        one_hot[y < x] = 1
+        return one_hot
+
+    def backward(self, grad):
+        return grad, None
+
+
+def test_function_backward_may_return_trailing_nones():
+    x = Tensor([[0.0, 1.0, 0.0]])
+    gm = GradManager().attach(x)
+    with gm:
+        y = _BernoulliSTE()(x)
+        np.testing.assert_array_equal(y.numpy(), [[0.0, 1.0, 0.0]])  # p=0 never, p=1 always
+        gm.backward((y * Tensor([[1.0, 2.0, 3.0]])).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [[1.0, 2.0, 3.0]])  # identity gradient
+
+
+def test_function_backward_with_a_surplus_gradient_is_refused():
+    class TooMany(Function):
+        def forward(self, x):
+            return x * 1
+
+        def backward(self, dy):
+            return dy, dy
+
+    x = Tensor([1.0])
+    gm = GradManager().attach(x)
+    with pytest.raises(RuntimeError, match="returned 2 gradients for 1 inputs"):
+        with gm:
+            gm.backward(TooMany()(x).sum())

@@ -42,3 +42,16 @@ def test_errors_say_what_went_wrong():
         Collator().apply([object(), object()])
     with pytest.raises(TypeError, match="dtype object"):
         Collator().apply([np.array([None]), np.array([None])])
+
+
+def test_megengine_tensors_are_stacked_into_host_arrays():
+    # RIFE's VimeoDataset returns F.concat((img0, img1, gt), 0), a Tensor, per sample
+    import megengine as mge
+
+    samples = [(mge.tensor(np.arange(6, dtype=np.uint8).reshape(2, 3) + i), i) for i in range(3)]
+    images, labels = Collator().apply(samples)
+    assert isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape == (3, 2, 3)
+    np.testing.assert_array_equal(images, np.stack([np.arange(6).reshape(2, 3) + i for i in range(3)]))
+    assert labels.tolist() == [0, 1, 2]
+    with pytest.raises(TypeError, match="mixing megengine Tensors"):
+        Collator().apply([mge.tensor([1.0]), np.array([1.0], dtype=np.float32)])

@@ -282,6 +282,18 @@ def test_indexing_one_hot(axis, keepdims):
         F.indexing_one_hot(mge.tensor(x), mge.tensor(np.zeros((3,), np.int32)), axis)
 
 
+
+def test_indexing_one_hot_float_index_is_truncated_to_int32():
+    # OMNet's labels are F.ones((B, N)) * mask, float32; upstream's operator converts them
+    x = rand(2, 3, 4)
+    index = np.array([[0.0, 2.0, 1.0, 2.0], [1.0, 0.0, 2.9, 0.0]], np.float32)
+    as_int = torch.tensor(index.astype(np.int64))  # C-style truncation: 2.9 -> 2
+    check(lambda t: F.indexing_one_hot(t, mge.tensor(index), 1),
+          lambda t: torch.gather(t, 1, as_int.unsqueeze(1)).squeeze(1), x)
+    mask = mge.tensor(np.array([[True, False, True, False]] * 2))
+    out = F.indexing_one_hot(mge.tensor(x), mask, 1)
+    np.testing.assert_array_equal(out.numpy(), np.where(mask.numpy(), x[:, 1], x[:, 0]))
+
 def test_one_hot():
     labels = np.array([[0, 2], [1, 3]], np.int32)
     out = F.one_hot(mge.tensor(labels), 4)
@@ -335,6 +347,17 @@ def test_pad_constant_value_and_leading_pairs():
     with pytest.raises(ValueError, match="pad"):
         F.pad(mge.tensor(x), ((0, 0), (3, 0)), mode="reflect")
 
+
+
+def test_pad_accepts_upstream_misspelt_pad_witdth_keyword():
+    # upstream 1.8-1.9 named the argument pad_witdth; CREStereo's AGCL passes it by keyword
+    x = rand(1, 2, 3, 4)
+    check(lambda t: F.nn.pad(t, pad_witdth=((0, 0), (0, 0), (1, 1), (4, 4)), mode="replicate"),
+          lambda t: torch.nn.functional.pad(t, (4, 4, 1, 1), mode="replicate"), x)
+    with pytest.raises(TypeError, match="both pad_width and"):
+        F.pad(mge.tensor(x), ((1, 1),), pad_witdth=((1, 1),))
+    with pytest.raises(TypeError, match="missing pad_width"):
+        F.pad(mge.tensor(x))
 
 # ----- tracing: index inputs must be read afresh on every replay -----
 

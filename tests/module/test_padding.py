@@ -28,3 +28,10 @@ def test_gradients_match_torch():
                         lambda t: torch.nn.functional.pad(t, (2, 1, 1, 2), mode="reflect"), x)
     check_against_torch(M.Pad(width, constant_val=-1.5),
                         lambda t: torch.nn.functional.pad(t, (2, 1, 1, 2), value=-1.5), x)
+
+
+def test_pad_module_accepts_upstream_misspelt_keyword():
+    # M.Pad(pad_witdth=...) is upstream 1.8-1.9's spelling
+    inp = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = M.Pad(pad_witdth=((0, 0), (2, 1)), mode="replicate")(mge.tensor(inp)).numpy()
+    np.testing.assert_array_equal(out, np.pad(inp, ((0, 0), (2, 1)), mode="edge"))
