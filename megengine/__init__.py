@@ -15,9 +15,9 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "dtr", "functional",
-               "hub", "jit", "logger", "module", "optimizer", "random", "serialization", "device",
-               "utils"}
+_SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "dtr", "experimental",
+               "functional", "hub", "jit", "logger", "module", "optimizer", "quantization",
+               "random", "serialization", "device", "traced_module", "utils"}
 
 
 def _exit(code):
@@ -40,4 +40,8 @@ def __getattr__(name):
         return getattr(importlib.import_module(".serialization", __name__), name)
     if name in _SUBMODULES:
         return importlib.import_module("." + name, __name__)
+    from . import device  # upstream's `from .device import *`: mge.coalesce_free_memory() ...
+
+    if name in device.__all__:
+        return getattr(device, name)
     raise AttributeError(f"module 'megengine' has no attribute {name!r}")

@@ -275,3 +275,16 @@ def test_exit_ends_the_process_at_once_with_the_code_after_flushing(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 3
     assert run.stdout == "before\n"  # flushed; nothing after it, and no atexit handler ran
+
+
+def test_device_functions_are_reachable_from_the_top_level_as_upstream():
+    # upstream's megengine/__init__.py does `from .device import *` (FINet calls
+    # mge.coalesce_free_memory() every iteration)
+    import megengine as mge
+    from megengine import device
+
+    for name in device.__all__:
+        assert getattr(mge, name) is getattr(device, name), name
+    mge.coalesce_free_memory()
+    with pytest.raises(AttributeError, match="no attribute 'not_a_device_function'"):
+        mge.not_a_device_function
