@@ -10,6 +10,10 @@ class Sequential(Module):
     """``Sequential(m0, m1, ...)`` names its layers "0", "1", ...;
     ``Sequential(OrderedDict(name=module, ...))`` uses the given names.
 
+    A layer may also be a plain callable such as ``F.relu6`` (upstream calls whatever it
+    holds; HarDNet ports put functions in their OrderedDicts): it is called in order but has
+    no parameters, state or name in the module tree.
+
     Supports ``len``, iteration, ``seq[i]``, ``seq[i] = m``, ``del seq[i]`` and slicing
     (``seq[1:]`` is a new Sequential over the same layer objects).
     """
@@ -22,9 +26,9 @@ class Sequential(Module):
         else:
             items = [(str(i), m) for i, m in enumerate(args)]
         for key, module in items:
-            if not isinstance(module, Module):
-                raise TypeError(f"Sequential: layer {key!r} must be a Module, got "
-                                f"{type(module).__name__}")
+            if not callable(module):
+                raise TypeError(f"Sequential: layer {key!r} must be a Module or a callable, "
+                                f"got {type(module).__name__}")
             setattr(self, key, module)
             self.layer_keys.append(key)
 
@@ -38,8 +42,9 @@ class Sequential(Module):
         return getattr(self, self.layer_keys[idx])
 
     def __setitem__(self, idx, module):
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential: a layer must be a Module, got {type(module).__name__}")
+        if not callable(module):
+            raise TypeError(f"Sequential: a layer must be a Module or a callable, got "
+                            f"{type(module).__name__}")
         setattr(self, self.layer_keys[idx], module)
 
     def __delitem__(self, idx):

@@ -536,3 +536,43 @@ def test_deformable_psroi_pooling_bad_shapes_say_so():
     with pytest.raises(ValueError, match="float32"):
         F.vision.deformable_psroi_pooling(img.astype(np.float16), rois, trans, True, 2, 2, 2, 3,
                                           1.0)
+
+
+# roi_align on the roi geometries detectors produce (crowddet-megengine's FPN roi_pool): small
+# rois on a large map, rois wider than a short map, a roi much larger than its samples; rois
+# crossing the border and rois sharing an image (gradients adding up) in each
+_ROI_GEOMETRIES = {
+    "small_rois_large_map": ((1, 3, 40, 36), [[0, 3.0, 4.0, 6.5, 7.0], [0, 30.0, -1.5, 37.0, 2.0],
+                                              [0, 4.0, 5.0, 7.0, 8.5]], (2, 2), 2),
+    "rois_wider_than_map": ((2, 2, 6, 5), [[1, -1.0, 0.5, 4.5, 7.0], [0, 0.2, 0.2, 3.3, 2.1]],
+                            (3, 2), 2),
+    "roi_larger_than_samples": ((2, 2, 30, 33), [[0, 1.0, 2.0, 28.0, 25.0],
+                                                 [1, -4.0, 10.0, 40.0, 31.0],
+                                                 [1, 5.0, 5.0, 6.0, 6.5]], (2, 2), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ROI_GEOMETRIES))
+@pytest.mark.parametrize("mode", ["average", "max"])
+def test_roi_align_detector_geometries_against_loop_reference(case, mode):
+    shape, rois, pooled, samples = _ROI_GEOMETRIES[case]
+    img, rois = rand(*shape), np.array(rois, np.float32)
+    out = F.vision.roi_align(img, rois, pooled, mode=mode, spatial_scale=1.0,
+                             sample_points=samples, aligned=True)
+    want = _roi_align_loop(img, rois, *pooled, 1.0, 0.5, samples, samples, mode)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    _directional_check(lambda x: F.vision.roi_align(x, rois, pooled, mode=mode,
+                                                    sample_points=samples), img)
+
+
+@pytest.mark.parametrize("mode", ["average", "max"])
+def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
+    # an FPN level that no roi is assigned to (crowddet pads each level with a dummy roi;
+    # other programs do not)
+    x = mge.tensor(rand(1, 3, 8, 8))
+    gm = GradManager().attach([x])
+    with gm:
+        y = F.vision.roi_align(x, np.zeros((0, 5), np.float32), (2, 3), mode=mode)
+        gm.backward((y.sum() + x.sum()) * 2)
+    assert y.shape == (0, 3, 2, 3)
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((1, 3, 8, 8), 2, np.float32))

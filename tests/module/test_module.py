@@ -299,8 +299,20 @@ def test_sequential_container():
     assert named.fc is named[0]
     x = mge.tensor([1.0, 1.0])
     assert named(x).numpy().tolist() == [1, 2]
-    with pytest.raises(TypeError, match="Module"):
-        M.Sequential(Scale(1), lambda x: x)
+    with pytest.raises(TypeError, match="Module or a callable"):
+        M.Sequential(Scale(1), 3)
+
+
+def test_sequential_calls_plain_function_layers_as_upstream():
+    # HarDNet_Megengine: Sequential(OrderedDict(conv=..., norm=..., relu=F.relu6))
+    import megengine.functional as F
+
+    seq = M.Sequential(OrderedDict([("fc", Scale(3)), ("act", F.relu6), ("neg", lambda x: -x)]))
+    x = mge.tensor([1.0, -1.0, 4.0])
+    np.testing.assert_array_equal(seq(x).numpy(), [-1.0, 0.0, -6.0])  # -relu6(x * [1, 2, 3])
+    assert [k for k, _ in seq.named_children()] == ["fc"]
+    assert sorted(seq.state_dict()) == ["fc.count", "fc.w"] and len(seq) == 3
+    assert seq[1] is F.relu6
 
 
 def test_importing_megengine_module_does_not_import_torch():
