@@ -49,7 +49,12 @@ def _as_array(value, dtype, device, copy):
         value = value._data
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
-        arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        try:
+            arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        except OverflowError:
+            # numpy 2 refuses Python ints outside an integer dtype's range; upstream wraps them
+            # (its guide: Tensor([127, 128, 129], dtype="int8") is [127, -128, -127])
+            arr = xp.array(value, dtype=np.int64).astype(dtype)
         if dtype.metadata is not None and arr.dtype.metadata is None:
             # a quantized dtype (its scale is metadata): the values are the stored integers, and
             # numpy keeps an input's own int8 dtype when only metadata differs

@@ -136,7 +136,15 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     if step == 0:
         raise ValueError("arange: step must not be 0")
     dev, xp = _place(device)
-    return Tensor._wrap(xp.arange(start, stop, step, dtype=np.float64).astype(_dtype(dtype)), dev)
+    if all(isinstance(v, (int, np.integer)) for v in (start, stop, step)):
+        num = max(-((start - stop) // step), 0)  # exact ceil((stop - start) / step)
+    else:
+        # upstream counts in float32 (ceil((stop - start) / step) on float32 tensors), so
+        # arange(7.8, 8.4, 0.05) has 12 values where float64 arithmetic gives 13
+        f32 = np.float32
+        num = max(int(np.ceil((f32(stop) - f32(start)) / f32(step))), 0)
+    values = start + step * xp.arange(num, dtype=np.float64)
+    return Tensor._wrap(values.astype(_dtype(dtype)), dev)
 
 
 def linspace(start, stop, num, dtype="float32", device=None):

@@ -116,7 +116,7 @@ class Expr:
         return ", ".join(parts)
 
     def _outputs_text(self):
-        return ", ".join(str(o) for o in self.outputs)
+        return ", ".join(format(o) for o in self.outputs)  # format: "{:i}" adds the ids
 
     def __repr__(self):
         return f"%{self._id}:\t{self._outputs_text()} = {self._body_text()}"
@@ -127,7 +127,7 @@ class Expr:
 
 def _text(value):
     if isinstance(value, Node):
-        return str(value)
+        return format(value)
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_text(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
@@ -371,7 +371,7 @@ class Apply(Expr):
         return list(out) if isinstance(out, tuple) else [out]
 
     def _body_text(self):
-        return f"apply({type(self.op).__name__}, {', '.join(str(i) for i in self.inputs)})"
+        return f"apply({type(self.op).__name__}, {', '.join(format(i) for i in self.inputs)})"
 
 
 def is_call_module(expr) -> bool:

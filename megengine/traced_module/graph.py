@@ -178,6 +178,12 @@ def _node_iter(graph, recursive, seen):
 class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
 
+    # TracedModule.set_watch_points / set_end_points (class defaults: graphs pickled before
+    # these existed load with none)
+    _watch_points = ()
+    _watch_values = None
+    _end_points = ()
+
     def __init__(self, name: str, qualname: str):
         self._exprs: List[Expr] = []
         self._inputs: List[Node] = []
@@ -279,6 +285,7 @@ class InternalGraph:
         env = {}
         for n, v in zip(self._inputs, inputs):
             env[n] = v
+        watch, ends = self._watch_points, self._end_points
         for expr in self._exprs:
             try:
                 values = expr.interpret(*[env[i] for i in expr.inputs])
@@ -293,6 +300,10 @@ class InternalGraph:
                 )
             for n, v in zip(expr.outputs, values):
                 env[n] = v
+                if n in watch:
+                    self._watch_values[n] = v
+            if ends and all(n in env for n in ends):
+                return [env[n] for n in ends]  # set_end_points: stop as soon as all are made
         return [env[n] for n in self._outputs]
 
     def eval(self, *inputs):
@@ -406,17 +417,41 @@ class InternalGraph:
 
     # ----- ids -----
     def _reset_ids(self):
-        """Number exprs and nodes 0, 1, ... in iteration order (``_total_ids``: the next)."""
-        exprs, nodes = self.exprs().as_list(), self.nodes().as_list()
-        for i, e in enumerate(exprs):
-            e._id = i
-        seen, count = set(), 0
-        for n in nodes:
-            if id(n) not in seen:
-                seen.add(id(n))
-                n._id = count
-                count += 1
-        self._total_ids = (count, len(exprs))
+        """Number exprs and nodes 0, 1, ... as upstream does (``_total_ids``: the next): a
+        graph's inputs first (their Input exprs count), then each expr and its outputs, a
+        called submodule's graph right after its call; so a node's id is the id of the expr
+        that makes it, and upstream's guide's ids (resnet18's avg_pool2d input %136) hold."""
+        counts = [0, 0]  # nodes, exprs
+        seen = set()
+
+        def number(graph):
+            for node in graph._inputs:
+                if isinstance(node.expr, Input) and id(node.expr) not in seen:
+                    seen.add(id(node.expr))
+                    node.expr._id = counts[1]
+                    counts[1] += 1
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    node._id = counts[0]
+                    counts[0] += 1
+            for expr in graph._exprs:
+                if id(expr) in seen:
+                    continue
+                seen.add(id(expr))
+                expr._id = counts[1]
+                counts[1] += 1
+                for node in expr.outputs:
+                    if id(node) not in seen:
+                        seen.add(id(node))
+                        node._id = counts[0]
+                        counts[0] += 1
+                sub = expr.graph if isinstance(expr, CallMethod) else None
+                if sub is not None and id(sub) not in seen:
+                    seen.add(id(sub))
+                    number(sub)
+
+        number(self)
+        self._total_ids = tuple(counts)
 
     def _set_total_ids(self):
         root = self._root()

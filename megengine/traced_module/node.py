@@ -69,7 +69,7 @@ class Node:
         return self._name
 
     def __repr__(self):
-        return f"%{self._id}_{self._name}"
+        return self.__format__("")  # as upstream: the name ("{:i}" while a graph prints so)
 
     def __format__(self, spec):
         spec = spec or Node._format_spec

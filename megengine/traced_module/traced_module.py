@@ -74,10 +74,66 @@ class TracedModule(Module):
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])
 
+    # ----- watching values and stopping early (upstream's set_watch_points/set_end_points) -----
+    def _all_graphs(self):
+        seen, stack, out = set(), list(self.argdef_graph_map.values()), []
+        while stack:
+            g = stack.pop()
+            if id(g) not in seen:
+                seen.add(id(g))
+                out.append(g)
+                stack.extend(e.graph for e in g._exprs
+                             if isinstance(e, CallMethod) and e.graph is not None)
+        return out
+
+    @property
+    def watch_node_value(self):
+        """``{node: value}`` of the nodes given to `set_watch_points`, from the latest call."""
+        return self.__dict__.setdefault("_watch_node_value", {})
+
+    def set_watch_points(self, nodes):
+        """Keep the value each of ``nodes`` (of any graph of this module) takes while the
+        module runs, in `watch_node_value`; a later call overwrites them."""
+        nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
+        graphs = {id(g): g for g in self._all_graphs()}
+        for n in nodes:
+            if n.top_graph is None or id(n.top_graph) not in graphs:
+                raise ValueError(f"set_watch_points: {n} is no node of this TracedModule's "
+                                 "graphs; take nodes from its graph (get_node_by_id, ...)")
+        self.clear_watch_points()
+        for n in nodes:
+            g = n.top_graph
+            g._watch_points = tuple(g._watch_points) + (n,)
+            g._watch_values = self.watch_node_value
+
+    def clear_watch_points(self):
+        for g in self._all_graphs():
+            g._watch_points, g._watch_values = (), None
+        self.watch_node_value.clear()
+
+    def set_end_points(self, nodes):
+        """Stop a call as soon as all of ``nodes`` (tensor nodes of the top graph) are
+        computed, and return their values as a list, in this order."""
+        nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
+        tops = list(self.argdef_graph_map.values())
+        for n in nodes:
+            if not isinstance(n, TensorNode) or not any(n.top_graph is g for g in tops):
+                raise ValueError(f"set_end_points: {n} is no tensor node of the top graph; "
+                                 "as upstream, only the top graph's nodes can end a call")
+        self.clear_end_points()
+        for g in tops:
+            g._end_points = tuple(n for n in nodes if n.top_graph is g)
+
+    def clear_end_points(self):
+        for g in self.argdef_graph_map.values():
+            g._end_points = ()
+
     def forward(self, *args, **kwargs):
         fast = self._plain_call(args, kwargs)
         if fast is not None:  # tensors by position, one graph: no normalising, no lookup
             graph, outdef = fast
+            if graph._end_points:
+                return graph.interpret(self, *args)
             return outdef.unflatten(graph.interpret(self, *args))
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         leaves, key = _graph_key(nargs, nkwargs)
@@ -89,6 +145,8 @@ class TracedModule(Module):
                 f"called with {key!r}: trace it again with arguments of this structure"
             )
         outs = graph.interpret(self, *leaves)
+        if graph._end_points:
+            return outs
         return self.argdef_outdef_map[key].unflatten(outs)
 
     def _plain_call(self, args, kwargs):

@@ -217,6 +217,30 @@ class _ModuleRecord:
         self.outdefs = {}
 
 
+def _with_defaults(func, args, kwargs):
+    """As upstream records a functional call: every parameter before ``*`` positional, every
+    one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
+    bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
+    in ``expr.kwargs``). Only for megengine.functional; other callables stay as called."""
+    if not (getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+        return args, kwargs
+    try:
+        sig = inspect.signature(func)
+        bound = sig.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args, kwargs  # let the call itself report a bad argument
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        return args, kwargs
+    bound.apply_defaults()
+    pos, kw = [], {}
+    for name, p in sig.parameters.items():
+        if p.kind == p.KEYWORD_ONLY:
+            kw[name] = bound.arguments[name]
+        else:
+            pos.append(bound.arguments[name])
+    return tuple(pos), dict(sorted(kw.items()))  # upstream lists them by name
+
+
 class Tracer:
     """Records calls into graphs; activate with ``with tracer:``."""
 
@@ -412,6 +436,7 @@ class Tracer:
         return self._to_nodes(result) if surgery else result
 
     def record_function(self, func, args, kwargs, run=None):
+        args, kwargs = _with_defaults(func, args, kwargs)
         return self._record(CallFunction(func), args, kwargs, run or func)
 
     def record_method(self, name, orig, obj, args, kwargs):

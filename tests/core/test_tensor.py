@@ -754,3 +754,12 @@ def test_private_broadcast_is_broadcast_to():
     np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
     with pytest.raises(ValueError):
         mge.tensor(x)._broadcast(3, 3)
+
+
+def test_explicit_integer_dtype_wraps_out_of_range_python_ints():
+    # upstream's guide (functional/creation): Tensor([127, 128, 129], dtype="int8") is
+    # [127 -128 -127]; numpy 2 alone raises OverflowError
+    a = mge.Tensor([127, 128, 129], dtype="int8")
+    assert a.dtype == np.int8
+    assert a.numpy().tolist() == [127, -128, -127]
+    assert mge.Tensor([256, -1], dtype="uint8").numpy().tolist() == [0, 255]

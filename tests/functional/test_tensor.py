@@ -470,3 +470,17 @@ def test_empty_tensor_reductions_and_indexing():
     with gm:
         gm.backward(x[2:2].sum())
     np.testing.assert_array_equal(x.grad.numpy(), np.zeros((4, 3)))
+
+
+def test_arange_counts_as_upstream_in_float32():
+    # upstream's guide (functional/creation): arange(7.8, 8.4, 0.05) has 12 values, not numpy's
+    # 13, because upstream computes ceil((stop - start) / step) on float32 tensors
+    a = F.arange(7.8, 8.4, 0.05)
+    assert a.shape == (12,)
+    np.testing.assert_allclose(a.numpy(), 7.8 + 0.05 * np.arange(12), rtol=1e-6)
+    np.testing.assert_allclose(F.arange(2, 3, 0.1).numpy(), 2 + 0.1 * np.arange(10), rtol=1e-6)
+    # integer arguments count exactly, also past float32's exact range
+    assert F.arange(0, 2 ** 24 + 3, 2 ** 23, dtype="int32").numpy().tolist() == [
+        0, 2 ** 23, 2 ** 24]
+    np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), torch.arange(5, 0, -2).numpy())
+    assert F.arange(3, 1).shape == (0,)

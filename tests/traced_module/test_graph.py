@@ -191,3 +191,82 @@ def test_nodes_outside_insert_exprs_hold_no_value():
         node + 1
     with pytest.raises(TypeError, match="not callable"):
         tm.graph.inputs[0](node)
+
+
+class _Block(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y += x
+        return F.relu(y)
+
+
+class _Net(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = M.Sequential(_Block(), _Block())
+        self.fc = M.Linear(2, 3)
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.layer(x), 4)
+        return self.fc(F.flatten(x, 1))
+
+
+def _traced_net():
+    return trace_module(_Net(), Tensor(np.random.rand(1, 2, 4, 4).astype("float32")))
+
+
+def test_ids_number_as_upstream():
+    # upstream's guide (traced_module/api-example): a graph's Input exprs take the first ids,
+    # a node has the id of the expr that makes it, and a called submodule's graph is numbered
+    # right after its call (resnet18's avg_pool2d is %179 on input %136 there)
+    tm = _traced_net()
+    g = tm.graph
+    top = g.exprs(recursive=False).as_list()
+    # self %0, x %1; layer %2 and its call %3, whose graph takes %4-%21 (inputs %4, %5;
+    # each block: getattr, call, then its own graph of 2 inputs and 4 exprs); then the rest
+    assert [e._id for e in top] == [2, 3, 22, 23, 24, 25]
+    for e in g.exprs().as_list():
+        assert all(n._id == e._id for n in e.outputs)
+    assert [n._id for n in g._inputs] == [0, 1]
+    sub = top[1].graph  # the Sequential's graph: its inputs are %4, %5
+    assert [n._id for n in sub._inputs] == [4, 5]
+    pool = g.get_function_by_type(F.avg_pool2d, False).as_unique()
+    assert pool._id == 22 and pool.inputs[0]._id == 3
+    assert g.get_node_by_id(22).as_unique() is pool.outputs[0]
+
+
+def test_node_repr_is_its_name_and_ids_print_everywhere():
+    tm = _traced_net()
+    g = tm.graph
+    fc_call = g.exprs(False).as_list()[-1]
+    assert repr(fc_call.inputs) == "[fc, flatten_out]"  # upstream prints node lists by name
+    text = "{:i}".format(g)
+    # with ids, every node of every expr carries its id (outputs, callees and arguments)
+    assert '%24_fc = getattr(%0_self, "fc")' in text
+    assert "%25_fc_out = %24_fc(%23_flatten_out" in text
+    assert "return %25_fc_out" in text
+
+
+def test_functional_calls_record_every_argument_as_upstream():
+    class Bn(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = Tensor(np.ones(3, "float32"))
+
+        def forward(self, x):
+            return F.batch_norm(x, weight=self.weight, training=True)
+
+    x = Tensor(np.random.rand(2, 3, 2, 2).astype("float32"))
+    tm = trace_module(Bn(), x)
+    expr = tm.graph.get_function_by_type(F.batch_norm).as_unique()
+    # upstream's guide: parameters before `*` positional, after it by keyword (sorted),
+    # defaults filled in
+    assert [str(a) for a in expr.args] == ["x", "None", "None", "weight", "None"]
+    assert list(expr.kwargs) == sorted(expr.kwargs)
+    assert expr.kwargs["training"] is True and expr.kwargs["eps"] == 1e-5
+    np.testing.assert_allclose(tm(x).numpy(), F.batch_norm(x, weight=tm.weight,
+                                                           training=True).numpy(), rtol=1e-6)

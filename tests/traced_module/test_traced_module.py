@@ -208,3 +208,53 @@ def test_lists_and_dicts_of_modules_become_containers():
     np.testing.assert_allclose(back(x).numpy(), m(x).numpy(), rtol=1e-6)
     with pytest.raises(IndexError, match="out of range"):
         tm.layers[2]
+
+
+class _Stack(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = M.Linear(4, 4)
+        self.b = M.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.b(h)
+
+
+def test_watch_points_keep_values_of_the_latest_call():
+    # upstream's guide (traced_module/api-example, set_watch_points)
+    net = _Stack()
+    x = Tensor(np.random.rand(3, 4).astype("float32"))
+    tm = trace_module(net, x)
+    relu = tm.graph.get_function_by_type(F.relu).as_unique()
+    h_in, h_out = relu.inputs[0], relu.outputs[0]
+    tm.set_watch_points([h_in, h_out])
+    out = tm(x)
+    want_in = net.a(x).numpy()
+    np.testing.assert_allclose(tm.watch_node_value[h_in].numpy(), want_in, rtol=1e-6)
+    np.testing.assert_allclose(tm.watch_node_value[h_out].numpy(), np.maximum(want_in, 0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out.numpy(), net(x).numpy(), rtol=1e-6)
+    x2 = Tensor(np.random.rand(5, 4).astype("float32"))
+    tm(x2)
+    assert tm.watch_node_value[h_in].shape == (5, 4)  # overwritten by the new call
+    tm.clear_watch_points()
+    tm(x)
+    assert tm.watch_node_value == {}
+
+
+def test_end_points_stop_the_call_early():
+    net = _Stack()
+    x = Tensor(np.random.rand(3, 4).astype("float32"))
+    tm = trace_module(net, x)
+    relu = tm.graph.get_function_by_type(F.relu).as_unique()
+    tm.set_end_points([relu.inputs[0], relu.outputs[0]])
+    before, after = tm(x)
+    np.testing.assert_allclose(before.numpy(), net.a(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(after.numpy(), np.maximum(net.a(x).numpy(), 0), rtol=1e-6)
+    tm.clear_end_points()
+    np.testing.assert_allclose(tm(x).numpy(), net(x).numpy(), rtol=1e-6)
+    inner = trace_module(M.Sequential(_Stack()), x)
+    sub_node = inner.graph.exprs().call_function(F.relu).as_unique().outputs[0]
+    with pytest.raises(ValueError, match="top graph"):
+        inner.set_end_points([sub_node])
