@@ -12,7 +12,7 @@ import megengine as mge
 from megengine.device import canonical_device
 
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
-           "device_array",
+           "device_array", "host_default_device",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
@@ -110,6 +110,20 @@ def _torch_cuda():
 requires_torch_cuda = pytest.mark.skipif(
     not (mge.is_cuda_available() and _torch_cuda()),
     reason="needs a CUDA GPU with both CuPy and a CUDA build of torch")
+
+
+@pytest.fixture
+def host_default_device():
+    """Run a test with ``cpu0`` as the default device, also on a CUDA machine: for tests of
+    quantized tensors, which live on CPU devices only (megengine/core/dtype.py refuses to put
+    them on a GPU). Use: ``pytestmark = pytest.mark.usefixtures("host_default_device")`` with
+    the fixture imported from here."""
+    previous = mge.get_default_device()
+    mge.set_default_device("cpu0")
+    try:
+        yield
+    finally:
+        mge.set_default_device(previous)
 
 
 def skip_unless_aten_serves_the_default_device():

@@ -390,6 +390,10 @@ def move_array(a, device):
     """Copy ``a`` onto ``device`` (a canonical device name)."""
     on_gpu = type(a).__module__.startswith("cupy")
     if device.startswith("gpu"):
+        if a.dtype.metadata is not None:  # quantized arrays stay on the host (see core/dtype)
+            from .dtype import refuse_on_gpu
+
+            refuse_on_gpu(a.dtype, device, f"moving a tensor to {device}")
         import cupy
 
         with cupy.cuda.Device(int(device[3:] or 0)):
