@@ -10,7 +10,7 @@ class Function:
 
     Both take and return Tensors. ``forward`` runs outside autodiff (what it computes is not
     recorded); ``backward`` returns one gradient per input (``None`` for none; extra trailing
-    ``None``\ s are ignored) and receives
+    ``None`` values are ignored) and receives
     ``None`` for an output nobody used. Call an instance on tensors: ``y = MyFunction()(x)``.
     Values ``forward`` stores on ``self`` (or passes to ``save_for_backward``) are there in
     ``backward``.
