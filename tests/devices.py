@@ -11,7 +11,8 @@ import pytest
 import megengine as mge
 from megengine.device import canonical_device
 
-__all__ = ["address", "host", "torch_host", "torch_device", "views_foreign_memory", "device_array",
+__all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
+           "device_array", "host_default_device",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
@@ -30,6 +31,27 @@ def address(x) -> int:
     if hasattr(x, "__cuda_array_interface__"):  # CuPy (or any CUDA array)
         return x.__cuda_array_interface__["data"][0]
     raise TypeError(f"address: expected a Tensor, an array or a torch tensor, got {type(x).__name__}")
+
+
+def _span(x):
+    """(first byte, one past the last byte) that an engine array's elements reach."""
+    start = address(x)
+    if x.size == 0:
+        return start, start
+    low = sum(min(0, (n - 1) * s) for n, s in zip(x.shape, x.strides))
+    high = sum(max(0, (n - 1) * s) for n, s in zip(x.shape, x.strides))
+    return start + low, start + high + x.itemsize
+
+
+def shares_memory(a, b) -> bool:
+    """Whether two Tensors' (or engine arrays') elements may overlap in memory: numpy's exact
+    answer for host arrays, an overlap of the spans they reach for CuPy arrays (``np.shares_memory``
+    cannot read device memory)."""
+    a, b = _raw(a), _raw(b)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
 
 
 def host(x) -> np.ndarray:
@@ -88,6 +110,20 @@ def _torch_cuda():
 requires_torch_cuda = pytest.mark.skipif(
     not (mge.is_cuda_available() and _torch_cuda()),
     reason="needs a CUDA GPU with both CuPy and a CUDA build of torch")
+
+
+@pytest.fixture
+def host_default_device():
+    """Run a test with ``cpu0`` as the default device, also on a CUDA machine: for tests of
+    quantized tensors, which live on CPU devices only (megengine/core/dtype.py refuses to put
+    them on a GPU). Use: ``pytestmark = pytest.mark.usefixtures("host_default_device")`` with
+    the fixture imported from here."""
+    previous = mge.get_default_device()
+    mge.set_default_device("cpu0")
+    try:
+        yield
+    finally:
+        mge.set_default_device(previous)
 
 
 def skip_unless_aten_serves_the_default_device():

@@ -271,13 +271,23 @@ def round_half_away(xp, x):
     return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
 
 
+_HOST_ONLY = ("quantized tensors are supported on CPU devices only here (the scale lives in the "
+              "numpy dtype's metadata); run the quantized network on 'cpu0' (tensor.to('cpu0'), "
+              "or load it with map_location='cpu0')")
+
+
 def require_host(a, what):
     """Quantized arrays are numpy arrays: their scale is the numpy dtype's metadata, which this
     fork has not verified CuPy to keep. A CUDA array gets an error naming the fix."""
     if type(a) is not np.ndarray:
-        raise TypeError(f"{what}: quantized tensors are supported on CPU devices only here (the "
-                        "scale lives in the numpy dtype's metadata); run the quantized network "
-                        "on 'cpu0' (tensor.to('cpu0'), or load it with map_location='cpu0')")
+        raise TypeError(f"{what}: {_HOST_ONLY}")
+
+
+def refuse_on_gpu(dtype, device, what):
+    """Refuse to put an array of quantized ``dtype`` on GPU ``device`` (a canonical name): CuPy
+    might keep the integers and drop the scale, and the tensor would then pass for plain int8."""
+    if device[0] == "g" and getattr(dtype, "metadata", None) is not None and is_quantize(dtype):
+        raise TypeError(f"{what}: {_HOST_ONLY}")
 
 
 def dequantize_array(a):

@@ -390,6 +390,10 @@ def move_array(a, device):
     """Copy ``a`` onto ``device`` (a canonical device name)."""
     on_gpu = type(a).__module__.startswith("cupy")
     if device.startswith("gpu"):
+        if a.dtype.metadata is not None:  # quantized arrays stay on the host (see core/dtype)
+            from .dtype import refuse_on_gpu
+
+            refuse_on_gpu(a.dtype, device, f"moving a tensor to {device}")
         import cupy
 
         with cupy.cuda.Device(int(device[3:] or 0)):
@@ -483,6 +487,10 @@ def _bool_masks_as_positions(index, shape):
             continue
         is_mask = getattr(i, "dtype", None) is not None and i.dtype == np.bool_
         if is_mask and i.ndim == 1 and axis < len(shape) and i.shape[0] != shape[axis]:
+            n = shape[axis]
+            if i.shape[0] > n and bool(i[n:].any()):  # checked here: CuPy wraps such a
+                past = n + int(i[n:].argmax())  # position around instead of raising
+                raise IndexError(f"index {past} is out of bounds for axis {axis} with size {n}")
             i = i.nonzero()[0]
         out.append(i)
         axis += i.ndim if is_mask and i.dtype == np.bool_ else 1

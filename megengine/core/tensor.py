@@ -16,6 +16,7 @@ __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
 # `import megengine.core.tensor.dtype` (upstream's path) finds the module although this file is a
 # module, not a package (see also `_TensorType`)
 sys.modules.setdefault(__name__ + ".dtype", dtype)
+_refuse_on_gpu = dtype.refuse_on_gpu  # (`_as_array`'s argument named dtype hides the module)
 
 # Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
 _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
@@ -47,6 +48,9 @@ def _as_array(value, dtype, device, copy):
     xp = _device_mod.get_array_module(device)
     if isinstance(value, Tensor):
         value = value._data
+    if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
+        _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),
+                       device, f"a tensor on {device}")
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
         try:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import device as _device
 from .collator import Collator
 from .dataset import Dataset, StreamDataset
 from .sampler import Sampler, SequentialSampler, StreamSampler
@@ -418,6 +419,9 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     results.cancel_join_thread()  # at shutdown, exit even if the main process stopped reading
     _worker_info = WorkerInfo(worker_id, num_workers, seed, dataset)
+    if _device._cuda_touched():  # forked from a process that used CUDA, which a child cannot:
+        _device._forget_cuda()  # Tensors a dataset makes here live on the CPU (the collator
+        # sends host arrays anyway) instead of failing in CuPy's first allocation
     random.seed(seed)
     np.random.seed(seed % 2**32)
     parent = os.getppid()

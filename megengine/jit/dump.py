@@ -32,6 +32,8 @@ from collections import namedtuple
 import numpy as np
 
 from ..core.dispatch import Op
+from ..core.ops import move_array
+from ..device import canonical_device
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array)
 
@@ -426,7 +428,7 @@ class LoadedProgram:
         leaves = []
         for (name, shape, dtype), info in zip(self.inputs, self.graph["inputs"]):
             v = feeds[name]
-            v = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+            v = v.numpy() if isinstance(v, Tensor) else np.asarray(_host(v))  # CuPy too
             if v.shape != shape:
                 raise ValueError(f"run: input {name!r} has shape {v.shape}, but the program was "
                                  f"traced with shape {shape}; trace and dump the new shape")
@@ -434,6 +436,11 @@ class LoadedProgram:
                                  device=self.device or info["device"]))
         values = replay(self.prog, leaves)
         return dict(zip(self.outputs, values))
+
+
+def _on_device(a, device):
+    """Host array ``a`` where device ``device`` (a canonical name) keeps its arrays."""
+    return move_array(a, device) if device.startswith("gpu") else a
 
 
 def load(file, device=None):
@@ -465,7 +472,10 @@ def load(file, device=None):
         prog.new_slot("op")
     for c in graph["consts"]:
         info = prog.slots[c["slot"]]
-        info.kind, info.const, info.device = "const", arrays[c["array"]], device or c["device"]
+        # the file holds host arrays: a constant of a program run on a GPU must be a CuPy array
+        # there (a replay hands it to the ops as it is, next to CuPy inputs)
+        where = canonical_device(device or c["device"])
+        info.kind, info.const, info.device = "const", _on_device(arrays[c["array"]], where), where
     for i in graph["inputs"]:
         prog.slots[i["slot"]].kind = "arg"
     prog.arg_slots = tuple(i["slot"] for i in graph["inputs"])

@@ -44,6 +44,8 @@ def _const_equal(a, b):
         return False
     if isinstance(a, np.ndarray):
         return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    if type(a).__module__.startswith("cupy"):  # (its == is elementwise, bool() of it raises)
+        return a.shape == b.shape and a.dtype == b.dtype and bool((a == b).all())
     try:
         return bool(a == b)
     except Exception:  # a constant whose == is not a plain truth value: identity decides

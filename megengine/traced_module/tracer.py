@@ -378,7 +378,8 @@ class Tracer:
             try:
                 if node.shape is None:
                     raise ValueError(f"node {node} has no known shape: set node.shape first")
-                value = Tensor(np.zeros(node.shape, dtype=node.dtype or np.float32))
+                value = Tensor(np.zeros(node.shape, dtype=node.dtype or np.float32),
+                               device=node.device)  # the node's device, not the default
             finally:
                 self.depth -= 1
         self.bind(value, node)

@@ -10,6 +10,11 @@ import megengine as mge
 import megengine.functional as F
 from megengine.core.tensor import dtype
 
+from devices import host_default_device, requires_cuda  # noqa: F401  (the fixture below)
+
+# quantized tensors live on CPU devices only: on a CUDA machine these tests run on cpu0
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 
 def _half_away(v):
     return np.trunc(v + np.copysign(0.5, v))
@@ -148,3 +153,27 @@ def test_quantized_arrays_off_the_host_are_refused_with_the_fix():
     not_numpy = np.ma.masked_array(np.ones(2, np.float32))
     with pytest.raises(TypeError, match="CPU devices only.*cpu0"):
         dtype.quantize_array(not_numpy, dtype.qint8(0.1))
+
+
+def test_quantized_dtypes_are_refused_on_a_gpu_before_cupy_sees_them():
+    # the scale is numpy metadata that CuPy may drop: the refusal comes first, on any machine
+    with pytest.raises(TypeError, match="gpu0: quantized tensors are supported on CPU devices"):
+        dtype.refuse_on_gpu(dtype.qint8(0.5), "gpu0", "a tensor on gpu0")
+    dtype.refuse_on_gpu(dtype.qint8(0.5), "cpu0", "a tensor on cpu0")  # the host: fine
+    dtype.refuse_on_gpu(np.dtype("int8"), "gpu0", "x")  # a plain int8: fine
+    from megengine.core.ops import move_array
+
+    q = np.array([1, 2], dtype.qint8(0.5))
+    with pytest.raises(TypeError, match="moving a tensor to gpu0: .*cpu0"):
+        move_array(q, "gpu0")  # Tensor.to, F.copy, set_value across devices
+
+
+@requires_cuda
+def test_quantized_tensors_on_a_gpu_are_refused_with_the_fix():
+    q = mge.tensor([1, 2], dtype=dtype.qint8(0.5), device="cpu0")
+    for make in (lambda: mge.tensor([1, 2], dtype=dtype.qint8(0.5), device="gpu0"),
+                 lambda: mge.Tensor(q, device="gpu0"),
+                 lambda: q.to("gpu0"),
+                 lambda: mge.tensor([1.0, 2.0], device="gpu0").astype(dtype.qint8(0.5))):
+        with pytest.raises(TypeError, match="CPU devices only.*cpu0"):
+            make()

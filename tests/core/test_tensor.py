@@ -692,6 +692,20 @@ def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstre
     assert p._data is storage and (p.numpy() == 1).all()
 
 
+@requires_cuda
+@pytest.mark.parametrize("home, other", [("gpu0", "cpu0"), ("cpu0", "gpu0")])
+def test_whole_assignment_of_another_shape_from_another_device_stays_on_its_device(home, other):
+    # `t[...] = v` of another shape copies v through a Copy op onto t's device
+    t = Tensor(0.0, device=home)
+    table = np.arange(6, dtype=np.float32).reshape(2, 3)
+    v = Tensor(table, device=other)
+    t[...] = v
+    assert t.device == canonical_device(home) and t.shape == (2, 3)
+    assert type(t._data).__module__.split(".")[0] == ("cupy" if home == "gpu0" else "numpy")
+    assert address(t) != address(v)
+    np.testing.assert_array_equal(host(t), table)
+
+
 def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
     # MegEngine/NeRF hands `.numpy()` of a broadcast tensor to torch.searchsorted, which warned
     # about (and copied) the strided layout

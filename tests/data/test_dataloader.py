@@ -21,6 +21,8 @@ from megengine.data import (
 )
 from megengine.data.transform import Compose, Normalize, PseudoTransform, ToMode, Transform
 
+from devices import requires_cuda
+
 
 def make_dataset(n=20):
     images = np.arange(n * 2 * 3 * 1, dtype=np.uint8).reshape(n, 2, 3, 1)
@@ -371,3 +373,43 @@ def test_parallel_stream_timeout():
         next(iter(loader))
     assert time.monotonic() - start < 5
     assert_no_children()
+
+
+class TensorSamples:
+    """A map dataset whose __getitem__ makes megengine Tensors on the default device (RIFE's
+    VimeoDataset does), and says whether its process forgot CUDA."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import megengine as mge
+        from megengine import device
+
+        return mge.tensor(np.full(3, i, np.float32)), np.int32(device._cuda_forgotten)
+
+
+def test_workers_forked_from_a_cuda_process_keep_to_the_cpu(monkeypatch):
+    # a CUDA context does not survive fork: a worker forked from a process that used CUDA
+    # forgets it, so the Tensors its dataset makes live on the CPU (here the parent is told
+    # it used CUDA; the GPU test below does it for real)
+    from megengine import device
+
+    monkeypatch.setattr(device, "_cuda_touched", lambda: True)
+    ds = TensorSamples()
+    batches = list(DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2))
+    assert [b[1].tolist() for b in batches] == [[1, 1], [1, 1]]  # each worker forgot CUDA
+    np.testing.assert_array_equal(batches[1][0], np.full((2, 3), [[2], [3]], np.float32))
+    assert not device._cuda_forgotten  # the parent did not
+
+
+@requires_cuda
+def test_dataset_tensors_load_in_workers_after_the_parent_used_the_gpu():
+    import megengine as mge
+
+    assert mge.tensor([1.0], device="gpu0").numpy()[0] == 1.0  # this process uses CUDA
+    ds = TensorSamples()
+    batches = list(DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2))
+    assert [type(b[0]) for b in batches] == [np.ndarray, np.ndarray]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]),
+                                  np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, 1))

@@ -10,6 +10,11 @@ import megengine.functional as F
 from megengine.core.tensor import dtype
 from megengine.functional.elemwise import _elemwise_multi_type
 
+from devices import host_default_device  # noqa: F401  (the fixture below)
+
+# quantized tensors live on CPU devices only: on a CUDA machine these tests run on cpu0
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 S_IN, S_W, S_OUT = np.float32(0.05), np.float32(0.02), np.float32(0.1)
 S_ACC = float(S_IN * S_W)
 

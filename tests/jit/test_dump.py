@@ -19,6 +19,8 @@ from megengine.jit import exclude_from_trace, trace
 from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
 
+from devices import host, requires_cuda
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -300,3 +302,38 @@ def test_scalar_constants_keep_their_shape_in_the_file():
     out = GraphInference(file).run(np.array([4.0, 5.0], "float32"))
     assert out["output_0"].shape == () and out["output_0"] == 18.0
     np.testing.assert_array_equal(out["output_1"], [12.0, 15.0])
+
+
+def _dumped_linear(device):
+    w = mge.Parameter(np.random.randn(2, 3).astype("float32"), device=device)
+    b = mge.Parameter(np.random.randn(2).astype("float32"), device=device)
+    f = trace(lambda x: F.relu(F.linear(x, w, b)) + mge.tensor(1.5, device=device),
+              symbolic=True, capture_as_const=True)
+    x = mge.tensor(np.random.rand(2, 3).astype("float32"), device=device)
+    expected = host(f(x))
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    return file, host(x), expected
+
+
+def test_loaded_constants_live_on_the_canonical_device():
+    # a CPU name other than cpu0 ("cpux") still gives the constants the inputs' device
+    file, x, expected = _dumped_linear("cpu0")
+    prog = mge.jit.dump.load(file, device="cpux")
+    assert prog.prog.consts and {d for _, _, d in prog.prog.consts} == {"cpu0"}
+    out = prog.run({prog.inputs[0][0]: x})
+    np.testing.assert_array_equal(host(out["output_0"]), expected)
+    assert out["output_0"].device == "cpu0"
+
+
+@requires_cuda
+@pytest.mark.parametrize("device", [None, "gpu0", "cpu0"])
+def test_program_traced_on_a_gpu_runs_where_it_is_loaded(device):
+    # the file holds host arrays: loaded for a GPU, the constants must become CuPy arrays
+    # (the replay hands them to the ops next to CuPy inputs)
+    file, x, expected = _dumped_linear("gpu0")
+    net = GraphInference(file, device=device)
+    kinds = {type(a).__module__.split(".")[0] for _, a, _ in net._program.prog.consts}
+    assert kinds == {"numpy" if device == "cpu0" else "cupy"}
+    np.testing.assert_allclose(net.run(x)["output_0"], expected, rtol=1e-6)

@@ -6,6 +6,13 @@ from megengine.core.tensor import dtype
 from megengine.module import qat as QAT
 from megengine.module import quantized as Q
 
+import pytest
+
+from devices import host_default_device  # noqa: F401  (the fixture below)
+
+# quantized tensors live on CPU devices only: on a CUDA machine these tests run on cpu0
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "api" / "quantization.rst"
 BLOCK = re.compile(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)")
 

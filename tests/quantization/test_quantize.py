@@ -38,6 +38,11 @@ from megengine.quantization.quantize import (
     reset_qconfig,
 )
 
+from devices import host_default_device  # noqa: F401  (the fixture below)
+
+# quantized tensors live on CPU devices only: on a CUDA machine these tests run on cpu0
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 
 class Net(Float.Module):
     def __init__(self):
