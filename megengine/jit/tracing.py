@@ -92,6 +92,8 @@ import functools
 import inspect
 import weakref
 
+import numpy as np
+
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
@@ -124,6 +126,8 @@ class trace:
     One program is kept per call signature (argument structure, each tensor's shape, dtype and
     device, each non-tensor argument's value): a call with a new signature (a new batch size,
     another keyword argument) runs the function and records it again, as upstream re-traces.
+    A positional numpy array is made a Tensor first, as MegEngine 0.x did (0.x programs pass
+    their batches so; upstream 1.x refuses them).
 
     ``symbolic=False`` (upstream's default) and ``symbolic=True``: later calls of a known
     signature run the function again, as upstream's ``trace.__call__`` does, and check that it
@@ -281,6 +285,10 @@ class trace:
     def _run(self, owner, bound, args, kwargs):
         """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
         signature covers ``args`` and ``kwargs``."""
+        if any(type(a) is np.ndarray for a in args):
+            # MegEngine 0.x made each positional argument a Tensor, so 0.x programs pass numpy
+            # batches; as values they would key a new program per batch (1.x raises for them)
+            args = tuple(Tensor(a) if type(a) is np.ndarray else a for a in args)
         key = None
         if not kwargs:  # the common call: tensors only, keyed without building a tree
             sig = []
