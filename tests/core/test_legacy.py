@@ -51,3 +51,15 @@ def test_buffer_is_state_not_a_parameter():
     np.testing.assert_allclose(net.fc.bias.numpy(), b0 - 0.1 * 4, rtol=1e-6)
     with pytest.raises(ValueError, match="never trained"):
         core.Buffer([1.0], requires_grad=True)
+
+
+def test_0x_tensor_methods():
+    x = mge.tensor(np.arange(6, dtype="float32").reshape(2, 3))
+    np.testing.assert_array_equal(x.shapeof().numpy(), [2, 3])
+    assert x.shapeof().dtype == np.int32 and int(x.shapeof(1).numpy()) == 3
+    row = mge.tensor(np.array([[1.0, 2.0, 3.0]], "float32"))
+    np.testing.assert_array_equal(row.broadcast(2, 3).numpy(), np.broadcast_to(row.numpy(), (2, 3)))
+    np.testing.assert_array_equal(row.broadcast((4, 3)).numpy(), np.ones((4, 1)) * row.numpy())
+    b = core.Buffer(np.array([1.0, np.nan, np.inf], "float32"))
+    b.reset_zero()
+    np.testing.assert_array_equal(b.numpy(), np.zeros(3))
