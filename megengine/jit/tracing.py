@@ -181,7 +181,8 @@ class trace:
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``opt_level`` (0-3, checked),
     ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
-    (shapes are concrete tuples in this engine: each shape signature has its own program).
+    (shapes are concrete tuples in this engine: each shape signature has its own program);
+    MegEngine 0.x's ``opt_level=None``, ``log_level`` and ``allreduce_pack_max_size`` too.
 
     Differences from upstream, by design of this fork: the first call of a signature runs
     eagerly, so values can be read in it (upstream's symbolic first call cannot read them); a
@@ -197,9 +198,15 @@ class trace:
     def __init__(self, function, symbolic=False, capture_as_const=False, record_only=False,
                  sublinear_memory_config=None, dtr_config=None, profiling=False, opt_level=2,
                  graph_opt_config=None, symbolic_shape=None, without_host=False,
-                 imperative=False, *, max_programs=None):
+                 imperative=False, *, max_programs=None, log_level=None,
+                 allreduce_pack_max_size=None):
         if not callable(function):
             raise TypeError(f"trace: expected a function to trace, got {type(function).__name__}")
+        # MegEngine 0.x's graph-compiler options: opt_level=None (its default), log_level and
+        # allreduce_pack_max_size have nothing to tune here (no graph compiler; the all-reduce
+        # callback buckets gradients itself), so they are accepted and have no effect
+        if opt_level is None:
+            opt_level = 2
         if not isinstance(opt_level, int) or isinstance(opt_level, bool) or \
                 not 0 <= opt_level <= 3:
             raise ValueError(f"trace: opt_level must be an int from 0 to 3, got {opt_level!r}")

@@ -776,3 +776,12 @@ def test_0x_step_with_numpy_batches_and_optimizer_backward(symbolic):
         np.testing.assert_array_equal(aa, ab)
     for a, b in zip(pa, pb):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_0x_compiler_options_are_accepted():
+    # MegEngine 0.x's trace(symbolic, opt_level=None, log_level, allreduce_pack_max_size)
+    f = trace(lambda x: x * 2, symbolic=True, opt_level=None, log_level=2,
+              allreduce_pack_max_size=16)
+    np.testing.assert_array_equal(f(mge.tensor([1.0, 2.0])).numpy(), [2.0, 4.0])
+    with pytest.raises(ValueError, match="opt_level must be an int from 0 to 3"):
+        trace(lambda x: x, opt_level=7)
