@@ -90,6 +90,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import os
 import weakref
 
 import numpy as np
@@ -189,6 +190,10 @@ class trace:
     call whose arguments were read on the host with other values records anew; and
     `exclude_from_trace` regions do not run on a ``without_host`` replay.
     """
+
+    #: MegEngine 0.x's switch: ``trace.enabled = False`` (or ``MGE_DISABLE_TRACE`` set in the
+    #: environment) makes every traced function run as plain Python, to debug it
+    enabled = not os.getenv("MGE_DISABLE_TRACE")
 
     def __new__(cls, *args, **kwargs):
         if not args and "function" not in kwargs:
@@ -292,6 +297,8 @@ class trace:
     def _run(self, owner, bound, args, kwargs):
         """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
         signature covers ``args`` and ``kwargs``."""
+        if not trace.enabled:
+            return self.__wrapped__(*bound, *args, **kwargs)
         if any(type(a) is np.ndarray for a in args):
             # MegEngine 0.x made each positional argument a Tensor, so 0.x programs pass numpy
             # batches; as values they would key a new program per batch (1.x raises for them)

@@ -785,3 +785,20 @@ def test_0x_compiler_options_are_accepted():
     np.testing.assert_array_equal(f(mge.tensor([1.0, 2.0])).numpy(), [2.0, 4.0])
     with pytest.raises(ValueError, match="opt_level must be an int from 0 to 3"):
         trace(lambda x: x, opt_level=7)
+
+
+def test_0x_enabled_switch_runs_plain_python(monkeypatch):
+    calls = []
+
+    def f(x):
+        calls.append(1)  # a Python side effect: runs on every untraced call
+        return x + 1
+
+    g = trace(f, symbolic=True)
+    monkeypatch.setattr(trace, "enabled", False)
+    for _ in range(3):
+        np.testing.assert_array_equal(g(mge.tensor([1.0])).numpy(), [2.0])
+    assert len(calls) == 3 and not g._programs  # nothing recorded
+    monkeypatch.setattr(trace, "enabled", True)
+    g(mge.tensor([1.0]))
+    assert len(g._programs) == 1
