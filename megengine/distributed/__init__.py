@@ -23,6 +23,10 @@ from .group import (
 )
 from .helper import AllreduceCallback, bcast_list_, make_allreduce_cb, synchronized
 from .launcher import WorkerError, launcher
+from .legacy import (  # noqa: F401  (0.x: dist.all_reduce_sum(tensor, key), ...)
+    all_gather, all_reduce_max, all_reduce_min, all_reduce_sum, bcast_param, broadcast,
+    reduce_scatter_sum,
+)
 from .server import Client, Server, get_free_ports
 
 __all__ = [

@@ -167,7 +167,8 @@ def _check_int(name, value):
 def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = None,
                        world_size: Optional[int] = None, rank: Optional[int] = None,
                        device: Optional[int] = None, backend: Optional[str] = None,
-                       device_type: str = "xpu", timeout: float = DEFAULT_TIMEOUT) -> None:
+                       device_type: str = "xpu", timeout: float = DEFAULT_TIMEOUT, *,
+                       master_port: Optional[int] = None, dev: Optional[int] = None) -> None:
     """Join the process group of ``world_size`` processes as ``rank``.
 
     Args:
@@ -181,11 +182,19 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         device_type: ``"xpu"`` (a GPU when there is one), ``"gpu"`` or ``"cpu"``.
         timeout: seconds the rendezvous and every collective wait for the other ranks before
             raising (a peer that died or never started gives an error, not a hang).
+        master_port, dev: MegEngine 0.x's names of ``port`` and ``device``.
 
     Called with no arguments under ``torchrun``, it reads ``MASTER_ADDR``, ``MASTER_PORT``,
     ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` from the environment.
     """
     global _sd
+    for old_name, old, new_name, new in (("master_port", master_port, "port", port),
+                                         ("dev", dev, "device", device)):
+        if old is not None and new is not None:
+            raise TypeError(f"init_process_group: give {new_name} or its 0.x name {old_name}, "
+                            "not both")
+    port = port if master_port is None else master_port
+    device = device if dev is None else dev
     if _sd is not None:
         raise RuntimeError("init_process_group: already initialized; it is called once per process")
     from_env = master_ip is None and port is None and world_size is None and rank is None

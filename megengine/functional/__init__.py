@@ -12,6 +12,7 @@ from .vision import deformable_psroi_pooling  # noqa: F401  (upstream 1.3 spells
 # upstream 1.0-1.1 also exported the losses as F.<name> (F.cross_entropy; later only F.nn.<name>)
 from .loss import *  # noqa: F401,F403
 from ..autodiff.grad_manager import grad  # noqa: F401  (0.x F.grad)
+from .legacy import *  # noqa: F401,F403  (0.x names 1.x removed: F.add_axis, F.accuracy, ...)
 from . import quantized  # noqa: F401,E402  (F.quantized.conv_bias_activation, ...)
 
 

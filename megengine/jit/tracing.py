@@ -90,7 +90,10 @@ import collections
 import contextlib
 import functools
 import inspect
+import os
 import weakref
+
+import numpy as np
 
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
@@ -124,6 +127,8 @@ class trace:
     One program is kept per call signature (argument structure, each tensor's shape, dtype and
     device, each non-tensor argument's value): a call with a new signature (a new batch size,
     another keyword argument) runs the function and records it again, as upstream re-traces.
+    A positional numpy array is made a Tensor first, as MegEngine 0.x did (0.x programs pass
+    their batches so; upstream 1.x refuses them).
 
     ``symbolic=False`` (upstream's default) and ``symbolic=True``: later calls of a known
     signature run the function again, as upstream's ``trace.__call__`` does, and check that it
@@ -177,13 +182,18 @@ class trace:
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``opt_level`` (0-3, checked),
     ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
-    (shapes are concrete tuples in this engine: each shape signature has its own program).
+    (shapes are concrete tuples in this engine: each shape signature has its own program);
+    MegEngine 0.x's ``opt_level=None``, ``log_level`` and ``allreduce_pack_max_size`` too.
 
     Differences from upstream, by design of this fork: the first call of a signature runs
     eagerly, so values can be read in it (upstream's symbolic first call cannot read them); a
     call whose arguments were read on the host with other values records anew; and
     `exclude_from_trace` regions do not run on a ``without_host`` replay.
     """
+
+    #: MegEngine 0.x's switch: ``trace.enabled = False`` (or ``MGE_DISABLE_TRACE`` set in the
+    #: environment) makes every traced function run as plain Python, to debug it
+    enabled = not os.getenv("MGE_DISABLE_TRACE")
 
     def __new__(cls, *args, **kwargs):
         if not args and "function" not in kwargs:
@@ -193,9 +203,15 @@ class trace:
     def __init__(self, function, symbolic=False, capture_as_const=False, record_only=False,
                  sublinear_memory_config=None, dtr_config=None, profiling=False, opt_level=2,
                  graph_opt_config=None, symbolic_shape=None, without_host=False,
-                 imperative=False, *, max_programs=None):
+                 imperative=False, *, max_programs=None, log_level=None,
+                 allreduce_pack_max_size=None):
         if not callable(function):
             raise TypeError(f"trace: expected a function to trace, got {type(function).__name__}")
+        # MegEngine 0.x's graph-compiler options: opt_level=None (its default), log_level and
+        # allreduce_pack_max_size have nothing to tune here (no graph compiler; the all-reduce
+        # callback buckets gradients itself), so they are accepted and have no effect
+        if opt_level is None:
+            opt_level = 2
         if not isinstance(opt_level, int) or isinstance(opt_level, bool) or \
                 not 0 <= opt_level <= 3:
             raise ValueError(f"trace: opt_level must be an int from 0 to 3, got {opt_level!r}")
@@ -281,6 +297,12 @@ class trace:
     def _run(self, owner, bound, args, kwargs):
         """A call: ``bound`` (the instance, or nothing) and ``args`` go to the function; the
         signature covers ``args`` and ``kwargs``."""
+        if not trace.enabled:
+            return self.__wrapped__(*bound, *args, **kwargs)
+        if any(type(a) is np.ndarray for a in args):
+            # MegEngine 0.x made each positional argument a Tensor, so 0.x programs pass numpy
+            # batches; as values they would key a new program per batch (1.x raises for them)
+            args = tuple(Tensor(a) if type(a) is np.ndarray else a for a in args)
         key = None
         if not kwargs:  # the common call: tensors only, keyed without building a tree
             sig = []

@@ -732,3 +732,73 @@ def test_random_draws_are_fresh_on_every_replay(symbolic):
     expected = [(mrandom.normal(size=(3,)) + mrandom.permutation(3).astype("float32")).numpy()
                 for _ in range(3)]
     np.testing.assert_allclose(outs, expected)
+
+
+# ----- MegEngine 0.x programs: numpy batches as positional arguments ---------------------------
+@pytest.mark.parametrize("symbolic", MODES)
+def test_0x_step_with_numpy_batches_and_optimizer_backward(symbolic):
+    """A 0.x training step (the model zoo's first train.py, MegEngine_unet's jit_train.py):
+    numpy batches passed positionally, ``opt.backward(loss)`` inside the traced function,
+    ``opt.zero_grad()``/``opt.step()`` outside. 0.x made each positional argument a Tensor, so
+    one program serves every batch, and training equals the untraced run."""
+    M = pytest.importorskip("megengine.module")
+    F = pytest.importorskip("megengine.functional")
+    optim = pytest.importorskip("megengine.optimizer")
+    rng = np.random.RandomState(5)
+    data = [(rng.randn(8, 6).astype("float32"), rng.randint(0, 3, 8).astype("int32"))
+            for _ in range(4)]
+    runs = []
+    for traced in (False, True):
+        np.random.seed(11)
+        net = M.Sequential(M.Linear(6, 16), M.ReLU(), M.Linear(16, 3))
+        opt = optim.SGD(net.parameters(), lr=0.1)
+
+        def step(image, label, net=None, optimizer=None):
+            logits = net(image)
+            loss = F.cross_entropy_with_softmax(logits, label)
+            optimizer.backward(loss)
+            return logits, loss
+
+        f = trace(step, symbolic=symbolic) if traced else step
+        out = []
+        for x, y in data:
+            opt.zero_grad()
+            logits, loss = f(x if traced else mge.tensor(x), y if traced else mge.tensor(y),
+                             net=net, optimizer=opt)
+            opt.step()
+            out.append((loss.numpy(), np.argmax(logits, axis=1)))
+        runs.append((out, values(net.parameters())))
+        if traced:
+            assert len(f._programs) == 1  # batches are inputs, not values keying new programs
+    (ea, pa), (eb, pb) = runs
+    for (la, aa), (lb, ab) in zip(ea, eb):
+        np.testing.assert_allclose(la, lb, rtol=1e-6)
+        np.testing.assert_array_equal(aa, ab)
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_0x_compiler_options_are_accepted():
+    # MegEngine 0.x's trace(symbolic, opt_level=None, log_level, allreduce_pack_max_size)
+    f = trace(lambda x: x * 2, symbolic=True, opt_level=None, log_level=2,
+              allreduce_pack_max_size=16)
+    np.testing.assert_array_equal(f(mge.tensor([1.0, 2.0])).numpy(), [2.0, 4.0])
+    with pytest.raises(ValueError, match="opt_level must be an int from 0 to 3"):
+        trace(lambda x: x, opt_level=7)
+
+
+def test_0x_enabled_switch_runs_plain_python(monkeypatch):
+    calls = []
+
+    def f(x):
+        calls.append(1)  # a Python side effect: runs on every untraced call
+        return x + 1
+
+    g = trace(f, symbolic=True)
+    monkeypatch.setattr(trace, "enabled", False)
+    for _ in range(3):
+        np.testing.assert_array_equal(g(mge.tensor([1.0])).numpy(), [2.0])
+    assert len(calls) == 3 and not g._programs  # nothing recorded
+    monkeypatch.setattr(trace, "enabled", True)
+    g(mge.tensor([1.0]))
+    assert len(g._programs) == 1

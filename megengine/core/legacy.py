@@ -1,0 +1,71 @@
+"""MegEngine 0.x names of `megengine.core` that 1.x removed (``Buffer``, ``ones``, ``load``, ...).
+
+0.x's ``megengine.core`` held the whole user API; 0.x programs still import from it. Names that
+live in higher layers (``load``/``save``, ``Function``, ``ones``/``zeros``) are looked up when
+first used, so the core does not import the layers above it.
+"""
+from .tensor import Tensor
+
+#: 0.x name -> (module, attribute) of its 1.x equivalent, resolved on first use
+LAZY = {
+    "Function": ("megengine.autodiff", "Function"),
+    "load": ("megengine.serialization", "load"),
+    "save": ("megengine.serialization", "save"),
+    "ones": ("megengine.functional", "ones"),
+    "zeros": ("megengine.functional", "zeros"),
+}
+
+
+class Buffer(Tensor):
+    """0.x ``Buffer``: a Tensor that is module state but not a parameter (a running mean).
+
+    1.x spells it a plain Tensor attribute of a Module; ``state_dict`` includes it, optimizers
+    do not see it. ``requires_grad=True`` had no 1.x meaning and is refused.
+    """
+
+    def __init__(self, value, *, dtype=None, device=None, requires_grad=False):
+        if requires_grad:
+            raise ValueError("Buffer(requires_grad=True): a Buffer is never trained; use "
+                             "megengine.Parameter, or GradManager().attach([tensor])")
+        super().__init__(value, dtype=dtype, device=device)
+
+
+def lazy(name):
+    """The 1.x object behind the 0.x ``megengine.core.<name>``."""
+    import importlib
+
+    module, attr = LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+# ----- 0.x Tensor methods that 1.x removed (1.x spellings in each docstring) -----
+def _shapeof(self, axis=None):
+    """0.x ``Tensor.shapeof(axis=None)``: the shape as an int32 Tensor (1.x: ``x.shape``)."""
+    import numpy as np
+
+    shape = np.asarray(self.shape, dtype=np.int32)
+    return Tensor(shape if axis is None else shape[axis], dtype="int32", device=self.device)
+
+
+def _broadcast(self, *shape):
+    """0.x ``Tensor.broadcast(*shape)``: 1.x ``F.broadcast_to(x, shape)``."""
+    from ..functional import broadcast_to
+
+    if len(shape) == 1 and not isinstance(shape[0], int):
+        shape = tuple(shape[0])
+    return broadcast_to(self, shape)
+
+
+def _reset_zero(self):
+    """0.x ``Tensor.reset_zero()``: set every element to zero in place (1.x:
+    ``x[...] = 0``)."""
+    from .dispatch import xp_of
+
+    self._reset(xp_of(self._data).zeros_like(self._data))  # not data * 0: NaN * 0 is NaN
+
+
+for _name, _method in (("shapeof", _shapeof), ("broadcast", _broadcast),
+                       ("reset_zero", _reset_zero)):
+    if hasattr(Tensor, _name):  # a 1.x method of that name always wins
+        raise RuntimeError(f"megengine.core.legacy: Tensor.{_name} exists; drop the 0.x one")
+    setattr(Tensor, _name, _method)

@@ -1,0 +1,178 @@
+"""MegEngine 0.x functional names that 1.x removed, each defined by its 1.x equivalent.
+
+Programs written for 0.x (2020: the model zoo's first training scripts, ``F.accuracy`` inside
+``@trace``) run unchanged. Only names whose 0.x meaning is unambiguous and does not clash with a
+1.x name are here; ``docs/api/legacy.rst`` lists each with its 1.x spelling. 0.x names whose
+meaning changed in 1.x (``F.cross_entropy`` took probabilities in 0.x, logits in 1.x) keep the
+1.x meaning and are listed there as differences.
+"""
+import numpy as np
+
+from ..core.tensor import Tensor
+from ._args import _tensor
+from .elemwise import abs as _abs
+from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
+from .math import matmul, topk
+from .nn import indexing_one_hot
+from .normalization import batch_norm
+from .tensor import transpose
+from .utils import topk_accuracy
+
+__all__ = [
+    "accuracy", "add_axis", "arccos", "arcsin", "batch_norm2d", "batched_matrix_mul", "clamp",
+    "dimshuffle", "divide", "identity", "matrix_mul", "multiply", "nll_loss", "power",
+    "remove_axis", "shapeof", "subtract", "top_k", "triplet_margin_loss", "zero_grad",
+]
+
+# ----- renamed in 1.x, same meaning -----
+arccos = acos
+arcsin = asin
+divide = div
+multiply = mul
+subtract = sub
+top_k = topk  # 0.x: the k smallest (descending=True: largest) of each row, sorted, int32 indices
+dimshuffle = transpose  # 1.x's transpose still takes 0.x's pattern ('x' adds a size-1 dim)
+
+
+def clamp(inp, lower=None, upper=None):
+    """0.x ``F.clamp``: 1.x ``F.clip``."""
+    return clip(inp, lower, upper)
+
+
+def power(inp, power):
+    """0.x ``F.power(inp, power)``: 1.x ``F.pow``."""
+    return pow(inp, power)
+
+
+def matrix_mul(inp1, inp2):
+    """0.x ``F.matrix_mul``: the product of two matrices (1.x ``F.matmul``)."""
+    inp1, inp2 = _tensor(inp1), _tensor(inp2)
+    if inp1.ndim != 2 or inp2.ndim != 2:
+        raise ValueError(f"matrix_mul: both inputs must be 2-d, got shapes {inp1.shape} and "
+                         f"{inp2.shape}; F.matmul takes any number of batch dims")
+    return matmul(inp1, inp2)
+
+
+def batched_matrix_mul(inp1, inp2):
+    """0.x ``F.batched_matrix_mul``: (B, n, m) @ (B, m, p) (1.x ``F.matmul``)."""
+    inp1, inp2 = _tensor(inp1), _tensor(inp2)
+    if inp1.ndim != 3 or inp2.ndim != 3 or inp1.shape[0] != inp2.shape[0]:
+        raise ValueError(f"batched_matrix_mul: inputs must be 3-d with one batch size, got shapes "
+                         f"{inp1.shape} and {inp2.shape}; F.matmul broadcasts batch dims")
+    return matmul(inp1, inp2)
+
+
+def _axis_list(axis, what):
+    try:
+        return [int(axis)]
+    except TypeError:
+        pass
+    axes = list(axis)
+    if not all(isinstance(a, (int, np.integer)) for a in axes):
+        raise TypeError(f"{what}: axis must be an int or a sequence of ints, got {axis!r}")
+    return [int(a) for a in axes]
+
+
+def add_axis(inp, axis):
+    """0.x ``F.add_axis``: insert size-1 dims at ``axis`` (1.x ``F.expand_dims``).
+
+    A sequence is applied one position at a time, as 0.x did: ``add_axis(x, (0, 2))`` on shape
+    ``(2,)`` gives ``(1, 2, 1)``. A negative position counts from the end of the result.
+    """
+    inp = _tensor(inp)
+    shape = list(inp.shape)
+    for a in _axis_list(axis, "add_axis"):
+        n = len(shape) + 1
+        if not -n <= a < n:
+            raise ValueError(f"add_axis: position {a} is out of range for a result of {n} dims")
+        shape.insert(a % n, 1)
+    return inp.reshape(shape)
+
+
+def remove_axis(inp, axis):
+    """0.x ``F.remove_axis``: drop size-1 dims at ``axis`` (1.x ``F.squeeze``).
+
+    A sequence is applied one axis at a time on the shrinking shape, as 0.x did:
+    ``remove_axis(x, (0, 0, 1))`` on shape ``(1, 1, 2, 1)`` gives ``(2,)``.
+    """
+    inp = _tensor(inp)
+    shape = list(inp.shape)
+    for a in _axis_list(axis, "remove_axis"):
+        if not -len(shape) <= a < len(shape):
+            raise ValueError(f"remove_axis: axis {a} is out of range for shape {tuple(shape)}")
+        if shape[a] != 1:
+            raise ValueError(f"remove_axis: axis {a} of shape {tuple(shape)} has size {shape[a]}, "
+                             "not 1; only size-1 dims can be removed")
+        del shape[a]
+    return inp.reshape(shape)
+
+
+def shapeof(x, axis=None):
+    """0.x ``F.shapeof``: the shape of ``x`` as an int32 Tensor (one dim's size with ``axis``).
+
+    1.x: ``x.shape`` (a tuple of ints).
+    """
+    x = _tensor(x)
+    shape = np.asarray(x.shape, dtype=np.int32)
+    return Tensor(shape if axis is None else shape[axis], dtype="int32", device=x.device)
+
+
+def accuracy(logits, target, topk=1):
+    """0.x ``F.accuracy``: the fraction of rows whose ``target`` is among the top-``k`` logits.
+
+    1.x ``F.topk_accuracy``. As in 0.x, ``topk`` of one element (an int or a 1-tuple) gives one
+    Tensor and a longer sequence a list of them.
+    """
+    accs = topk_accuracy(logits, target, topk if isinstance(topk, (int, np.integer))
+                         else tuple(topk))
+    if isinstance(accs, list) and len(accs) == 1:
+        return accs[0]
+    return accs
+
+
+def zero_grad(inp):
+    """0.x ``F.zero_grad``: ``inp`` as a constant for autodiff (1.x ``inp.detach()``)."""
+    return _tensor(inp).detach()
+
+
+def identity(inp):
+    """0.x ``F.identity``: a new Tensor with ``inp``'s value (1.x ``F.copy`` / ``M.Identity``)."""
+    return _tensor(inp) + 0
+
+
+def batch_norm2d(inp, running_mean, running_var, weight, bias, training=False, momentum=0.9,
+                 eps=1e-5):
+    """0.x ``F.batch_norm2d``: 1.x ``F.batch_norm`` on NCHW input, arguments by position."""
+    inp = _tensor(inp)
+    if inp.ndim != 4:
+        raise ValueError(f"batch_norm2d: input must be NCHW (4-d), got shape {inp.shape}; "
+                         "F.batch_norm takes any number of dims")
+    return batch_norm(inp, running_mean, running_var, weight, bias, training=training,
+                      momentum=momentum, eps=eps)
+
+
+def nll_loss(pred, label, axis=1, ignore_index=-1):
+    """0.x ``F.nll_loss``: minus the mean of ``pred`` (log-probabilities) at ``label`` along
+    ``axis``, over the labels that are not ``ignore_index`` (0.x's default -1)."""
+    pred, label = _tensor(pred), _tensor(label)
+    if pred.ndim != label.ndim + 1:
+        raise ValueError(f"nll_loss: label must have one dim less than pred, got shapes "
+                         f"{label.shape} and {pred.shape}")
+    keep = label != ignore_index
+    picked = indexing_one_hot(pred, label * keep.astype(label.dtype), axis)
+    mask = keep.astype(pred.dtype)
+    return -(picked * mask).sum() / maximum(mask.sum(), 1.0)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
+    """0.x ``F.triplet_margin_loss``: mean of ``max(|a - p|_p - |a - n|_p + margin, 0)`` over
+    rows of (N, D) inputs."""
+    anchor, positive, negative = _tensor(anchor), _tensor(positive), _tensor(negative)
+    if not (anchor.ndim == 2 and anchor.shape == positive.shape == negative.shape):
+        raise ValueError(f"triplet_margin_loss: anchor, positive and negative must be (N, D) of "
+                         f"one shape, got {anchor.shape}, {positive.shape}, {negative.shape}")
+    if not p > 0:
+        raise ValueError(f"triplet_margin_loss: the norm degree p must be > 0, got {p}")
+    d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
+    d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
+    return maximum(d_pos - d_neg + margin, 0.0).mean()

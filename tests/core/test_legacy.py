@@ -1,0 +1,65 @@
+"""megengine.core's MegEngine 0.x names (megengine/core/legacy.py): each is its 1.x object, and
+0.x's Buffer is module state that optimizers leave alone."""
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.core as core
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+
+
+def test_0x_core_names_are_the_1x_objects():
+    assert core.load is mge.load and core.save is mge.save
+    assert core.Function is mge.autodiff.Function
+    assert core.get_device_count is mge.get_device_count
+    assert core.is_cuda_available is mge.is_cuda_available
+    assert core.get_default_device is mge.get_default_device
+    np.testing.assert_array_equal(core.ones((2, 3)).numpy(), np.ones((2, 3), "float32"))
+    np.testing.assert_array_equal(core.zeros(4, dtype="int32").numpy(), np.zeros(4, "int32"))
+    with pytest.raises(AttributeError, match="no attribute 'Graph'"):
+        core.Graph  # 0.x's computing graph has no 1.x meaning
+
+
+class _Net(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(3, 2)
+        self.count = core.Buffer(np.zeros(2, "float32"))
+
+    def forward(self, x):
+        y = self.fc(x)
+        self.count._reset(self.count + F.sum(y.detach(), axis=0))
+        return y
+
+
+def test_buffer_is_state_not_a_parameter():
+    b = core.Buffer([1, 2], dtype="float32")
+    assert isinstance(b, mge.Tensor) and not isinstance(b, mge.Parameter)
+    assert b.dtype == np.float32
+    net = _Net()
+    assert "count" in net.state_dict() and len(list(net.parameters())) == 2
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    w0, b0 = net.fc.weight.numpy().copy(), net.fc.bias.numpy().copy()
+    x = np.ones((4, 3), "float32")
+    opt.zero_grad()
+    opt.backward(F.sum(net(mge.tensor(x))))
+    opt.step()
+    # the buffer holds the forward's column sums and the optimizer did not touch it
+    np.testing.assert_allclose(net.count.numpy(), (x @ w0.T + b0).sum(0), rtol=1e-6)
+    np.testing.assert_allclose(net.fc.bias.numpy(), b0 - 0.1 * 4, rtol=1e-6)
+    with pytest.raises(ValueError, match="never trained"):
+        core.Buffer([1.0], requires_grad=True)
+
+
+def test_0x_tensor_methods():
+    x = mge.tensor(np.arange(6, dtype="float32").reshape(2, 3))
+    np.testing.assert_array_equal(x.shapeof().numpy(), [2, 3])
+    assert x.shapeof().dtype == np.int32 and int(x.shapeof(1).numpy()) == 3
+    row = mge.tensor(np.array([[1.0, 2.0, 3.0]], "float32"))
+    np.testing.assert_array_equal(row.broadcast(2, 3).numpy(), np.broadcast_to(row.numpy(), (2, 3)))
+    np.testing.assert_array_equal(row.broadcast((4, 3)).numpy(), np.ones((4, 1)) * row.numpy())
+    b = core.Buffer(np.array([1.0, np.nan, np.inf], "float32"))
+    b.reset_zero()
+    np.testing.assert_array_equal(b.numpy(), np.zeros(3))

@@ -1,0 +1,159 @@
+"""F's MegEngine 0.x names (megengine/functional/legacy.py) against 0.x's documented examples,
+numpy and PyTorch."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def test_renamed_functions_are_their_1x_equivalents():
+    x = np.array([[-2.0, 0.5], [1.5, 3.0]], "float32")
+    np.testing.assert_array_equal(F.clamp(mge.tensor(x), -1, 1).numpy(), np.clip(x, -1, 1))
+    np.testing.assert_array_equal(F.clamp(mge.tensor(x), upper=1).numpy(), np.minimum(x, 1))
+    np.testing.assert_allclose(F.power(mge.tensor(np.abs(x)), 3).numpy(), np.abs(x) ** 3,
+                               rtol=1e-6)
+    a, b = mge.tensor(x), mge.tensor(x[::-1].copy())
+    np.testing.assert_allclose(F.divide(a, b).numpy(), x / x[::-1])
+    np.testing.assert_allclose(F.multiply(a, b).numpy(), x * x[::-1])
+    np.testing.assert_allclose(F.subtract(a, b).numpy(), x - x[::-1])
+    y = np.array([-0.5, 0.25], "float32")
+    np.testing.assert_allclose(F.arccos(mge.tensor(y)).numpy(), np.arccos(y), rtol=1e-6)
+    np.testing.assert_allclose(F.arcsin(mge.tensor(y)).numpy(), np.arcsin(y), rtol=1e-6)
+    np.testing.assert_array_equal(F.dimshuffle(mge.tensor(x), (1, "x", 0)).numpy(),
+                                  x.T[:, None, :])
+
+
+def test_top_k_0x_example_and_descending():
+    # 0.x's documented example: the 5 smallest, sorted, with their indices
+    data = mge.tensor(np.array([2, 4, 6, 8, 7, 5, 3, 1], dtype=np.float32))
+    top, idx = F.top_k(data, 5)
+    np.testing.assert_array_equal(top.numpy(), [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(idx.numpy(), [7, 0, 6, 1, 5])
+    top, idx = F.top_k(data, 2, descending=True)
+    np.testing.assert_array_equal(top.numpy(), [8, 7])
+    np.testing.assert_array_equal(idx.numpy(), [3, 4])
+
+
+def test_add_axis_remove_axis_apply_positions_in_turn():
+    x = mge.tensor([1, 2])
+    assert F.add_axis(x, 0).shape == (1, 2)
+    assert F.add_axis(x, (0, 2)).shape == (1, 2, 1)  # 0.x's documented example
+    assert F.add_axis(x, -1).shape == (2, 1)
+    y = mge.tensor(np.array([1, 2], dtype=np.int32).reshape(1, 1, 2, 1))
+    out = F.remove_axis(y, (0, 0, 1))  # 0.x's documented example: one axis at a time
+    assert out.shape == (2,)
+    np.testing.assert_array_equal(out.numpy(), [1, 2])
+    assert F.remove_axis(y, -1).shape == (1, 1, 2)
+    with pytest.raises(ValueError, match="has size 2, not 1"):
+        F.remove_axis(y, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        F.add_axis(x, 3)
+
+
+def test_add_axis_gradient_flows():
+    x = mge.tensor(np.arange(6, dtype="float32").reshape(2, 3))
+    gm = GradManager().attach([x])
+    with gm:
+        y = F.remove_axis(F.add_axis(x, (0, 3)), 3)
+        gm.backward((y * y).sum())
+    assert y.shape == (1, 2, 3)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy())
+
+
+def test_accuracy_0x_example_and_return_forms():
+    # 0.x's documented example: top1 0, top5 0.375
+    logits = mge.tensor(np.arange(80, dtype=np.int32).reshape(8, 10))
+    target = mge.tensor(np.arange(8, dtype=np.int32))
+    top1, top5 = F.accuracy(logits, target, (1, 5))
+    np.testing.assert_allclose([top1.numpy(), top5.numpy()], [0.0, 0.375])
+    # 0.x returned one tensor for an int k and for a 1-tuple alike
+    single = F.accuracy(logits, target, (5,))
+    np.testing.assert_allclose(single.numpy(), 0.375)
+    np.testing.assert_allclose(F.accuracy(logits, target).numpy(), 0.0)
+
+
+def test_matrix_mul_and_batched_match_numpy_and_check_ranks():
+    rs = np.random.RandomState(0)
+    a, b = rs.randn(3, 4).astype("float32"), rs.randn(4, 5).astype("float32")
+    np.testing.assert_allclose(F.matrix_mul(mge.tensor(a), mge.tensor(b)).numpy(), a @ b,
+                               rtol=1e-5, atol=1e-6)
+    ba, bb = rs.randn(2, 3, 4).astype("float32"), rs.randn(2, 4, 5).astype("float32")
+    np.testing.assert_allclose(F.batched_matrix_mul(mge.tensor(ba), mge.tensor(bb)).numpy(),
+                               ba @ bb, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2-d"):
+        F.matrix_mul(mge.tensor(ba), mge.tensor(bb))
+    with pytest.raises(ValueError, match="3-d"):
+        F.batched_matrix_mul(mge.tensor(a), mge.tensor(b))
+
+
+def test_shapeof_zero_grad_identity():
+    x = mge.tensor(np.ones((2, 3, 4), "float32"))
+    s = F.shapeof(x)
+    assert s.dtype == np.int32
+    np.testing.assert_array_equal(s.numpy(), [2, 3, 4])
+    assert int(F.shapeof(x, 1).numpy()) == 3
+    w = mge.tensor(np.array([1.0, 2.0], "float32"))
+    gm = GradManager().attach([w])
+    with gm:
+        y = w * F.zero_grad(w) + F.identity(w)  # d/dw: zero_grad(w) + 1, the first w constant
+        gm.backward(y.sum())
+    np.testing.assert_allclose(w.grad.numpy(), [2.0, 3.0])
+
+
+def test_nll_loss_matches_0x_example_and_torch():
+    # 0.x's documented example: nll_loss(log(softmax(x))) equals cross_entropy_with_softmax
+    data = mge.tensor(np.array([[1, 0.5], [0.3, 1.2]], dtype=np.float32))
+    label = mge.tensor(np.ones((2,), dtype=np.int32))
+    loss = F.nll_loss(F.log(F.softmax(data)), label)
+    np.testing.assert_allclose(loss.numpy(), 0.6576154, rtol=1e-5)
+    rs = np.random.RandomState(1)
+    logp = np.log(rs.dirichlet(np.ones(5), size=6)).astype("float32")
+    lab = np.array([0, 4, -1, 2, -1, 1], "int32")  # -1: 0.x's ignore_index
+    p = mge.tensor(logp)
+    gm = GradManager().attach([p])
+    with gm:
+        loss = F.nll_loss(p, mge.tensor(lab))
+        gm.backward(loss)
+    tp = torch.tensor(logp, requires_grad=True)
+    tl = torch.nn.functional.nll_loss(tp, torch.tensor(lab, dtype=torch.long), ignore_index=-1)
+    tl.backward()
+    np.testing.assert_allclose(loss.numpy(), tl.item(), rtol=1e-6)
+    np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-6)
+
+
+def test_triplet_margin_loss_matches_torch():
+    rs = np.random.RandomState(2)
+    a, pos, neg = (rs.randn(4, 3).astype("float32") for _ in range(3))
+    for p in (1, 2):
+        ta = torch.tensor(a, requires_grad=True)
+        ref = torch.nn.functional.triplet_margin_loss(ta, torch.tensor(pos), torch.tensor(neg),
+                                                      margin=0.5, p=p, eps=0.0)
+        ref.backward()
+        x = mge.tensor(a)
+        gm = GradManager().attach([x])
+        with gm:
+            loss = F.triplet_margin_loss(x, mge.tensor(pos), mge.tensor(neg), margin=0.5, p=p)
+            gm.backward(loss)
+        np.testing.assert_allclose(loss.numpy(), ref.item(), rtol=1e-5)
+        np.testing.assert_allclose(x.grad.numpy(), ta.grad.numpy(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        F.triplet_margin_loss(mge.tensor(a[0]), mge.tensor(pos[0]), mge.tensor(neg[0]))
+
+
+def test_batch_norm2d_matches_torch_in_training():
+    rs = np.random.RandomState(3)
+    x = rs.randn(2, 3, 4, 4).astype("float32")
+    rm, rv = np.zeros((1, 3, 1, 1), "float32"), np.ones((1, 3, 1, 1), "float32")
+    w, b = rs.rand(1, 3, 1, 1).astype("float32"), rs.rand(1, 3, 1, 1).astype("float32")
+    mrm, mrv = mge.tensor(rm), mge.tensor(rv)
+    out = F.batch_norm2d(mge.tensor(x), mrm, mrv, mge.tensor(w), mge.tensor(b), True, 0.9, 1e-5)
+    trm, trv = torch.zeros(3), torch.ones(3)
+    ref = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv, torch.tensor(w.ravel()),
+                                         torch.tensor(b.ravel()), True, 0.1, 1e-5)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mrm.numpy().ravel(), trm.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="NCHW"):
+        F.batch_norm2d(mge.tensor(x[0]), mrm, mrv, None, None)
