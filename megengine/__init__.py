@@ -38,6 +38,8 @@ def __getattr__(name):
 
     if name in ("save", "load"):
         return getattr(importlib.import_module(".serialization", __name__), name)
+    if name == "Buffer":  # 0.x's mge.Buffer (docs/api/legacy.rst)
+        return importlib.import_module(".core.legacy", __name__).Buffer
     if name in _SUBMODULES:
         return importlib.import_module("." + name, __name__)
     from . import device  # upstream's `from .device import *`: mge.coalesce_free_memory() ...

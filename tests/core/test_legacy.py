@@ -63,3 +63,10 @@ def test_0x_tensor_methods():
     b = core.Buffer(np.array([1.0, np.nan, np.inf], "float32"))
     b.reset_zero()
     np.testing.assert_array_equal(b.numpy(), np.zeros(3))
+
+
+def test_buffer_is_reachable_as_mge_buffer():
+    import megengine as mge
+    from megengine.core import Buffer
+
+    assert mge.Buffer is Buffer
