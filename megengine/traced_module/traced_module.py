@@ -468,9 +468,16 @@ def _inline(graph, owner):
                 leaves = _graph_key(nargs, nkwargs)[0]
                 sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
                 sub_map.update(zip(sub._inputs[1:], leaves))
+                made = len(flat._exprs)
                 copy_exprs(sub, sub_map)
+                made = set(id(n) for e in flat._exprs[made:] for n in e.outputs)
                 for o, so in zip(expr.outputs, sub._outputs):
                     nmap[o] = sub_map[so]
+                    # as upstream, a result the inlined graph made is named after the call
+                    # (``conv_bn_out``); where it came from stays in ``_orig_name``
+                    if id(nmap[o]) in made:
+                        made.discard(id(nmap[o]))
+                        flat._namespace.rename(nmap[o], f"{nmap[expr.inputs[0]].name}_out")
                 continue
             new = copy.copy(expr)
             new._id = Expr._next_id[0]
@@ -487,7 +494,8 @@ def _inline(graph, owner):
                 n = copy.copy(o)
                 renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
                 n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
-                                  _name="" if renamed else o._name)
+                                  _name="" if renamed else o._name,
+                                  _made_as=None if renamed else o._orig_name)
                 Node._next_id[0] += 1
                 if isinstance(n, TensorNode):
                     n.value = None
