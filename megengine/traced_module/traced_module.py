@@ -107,6 +107,7 @@ class TracedModule(Module):
             g._watch_values = self.watch_node_value
 
     def clear_watch_points(self):
+        """Stop keeping values (`set_watch_points`) and forget the kept ones."""
         for g in self._all_graphs():
             g._watch_points, g._watch_values = (), None
         self.watch_node_value.clear()
@@ -125,6 +126,7 @@ class TracedModule(Module):
             g._end_points = tuple(n for n in nodes if n.top_graph is g)
 
     def clear_end_points(self):
+        """Calls run to the end and return the module's result again (`set_end_points`)."""
         for g in self.argdef_graph_map.values():
             g._end_points = ()
 
