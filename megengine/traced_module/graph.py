@@ -163,6 +163,12 @@ def _sub_graphs(graph):
 
 
 def _expr_iter(graph, recursive, seen):
+    # as upstream: each graph's Input exprs first (so ids and `_total_ids` agree)
+    inputs = set()
+    for node in graph._inputs:
+        if id(node.expr) not in inputs:
+            inputs.add(id(node.expr))
+            yield node.expr
     for expr in graph._exprs:
         yield expr
         if recursive and isinstance(expr, CallMethod):
