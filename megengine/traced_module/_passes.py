@@ -23,7 +23,7 @@ from .. import functional as F
 from ..core.tensor import Parameter
 from ..module.batchnorm import BatchNorm2d
 from ..module.conv import Conv2d
-from ..module.module import _access_structure
+from ..module.module import Module, _access_structure, _expand_structure
 from ._scale_passes import backward_fold_scale, fuse_add_mul
 from .expr import CallFunction, GetAttr, is_call_module
 from .node import TensorNode
@@ -97,11 +97,13 @@ def _set_path(owner, path, value):
 
 def _fresh_path(graph, node, what):
     """The attribute path a changed copy of ``node``'s value goes to: the same one when this
-    graph reads it only once, else ``<path>_<n>`` (warned, as upstream)."""
+    graph reads it only once and nothing else holds it, else ``<path>_<n>`` (warned, as
+    upstream)."""
     path = node.expr.name
-    if len(node.users) <= 1:
-        return path
     owner = graph.inputs[0].owner
+    shared = _held_twice(owner, path)
+    if len(node.users) <= 1 and not shared:
+        return path
     n = 1
     while True:
         try:
@@ -109,9 +111,28 @@ def _fresh_path(graph, node, what):
         except (AttributeError, KeyError, IndexError, ValueError):
             break
         n += 1
-    logger.warning("%s %s is used %d times and its name will be reset to %s_%d", what,
-                   node.qualname, len(node.users), path, n)
+    why = f"is used {len(node.users)} times" if not shared else "is shared with other modules"
+    logger.warning("%s %s %s and its name will be reset to %s_%d", what, node.qualname, why,
+                   path, n)
     return f"{path}_{n}"
+
+
+def _held_twice(owner, path):
+    """Whether the value at ``path`` or a module on the way is held by two attributes in
+    ``owner``'s tree (a shared layer, tied weights): changing it in place would change
+    other readers too."""
+    counts, todo, seen = {}, [owner], {id(owner)}
+    while todo:
+        module = todo.pop()
+        for attr, value in vars(module).items():
+            for _, leaf in _expand_structure(attr, value):
+                counts[id(leaf)] = counts.get(id(leaf), 0) + 1
+                if isinstance(leaf, Module) and id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    todo.append(leaf)
+    parts = path.split(".")
+    return any(counts.get(id(_access_structure(owner, ".".join(parts[:i]))), 0) > 1
+               for i in range(1, len(parts) + 1))
 
 
 def replace_conv_module(graph, conv_expr, weight, bias):

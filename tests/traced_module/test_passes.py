@@ -110,3 +110,29 @@ def test_fuse_conv_bn_is_quiet_and_renames_only_a_shared_layer(caplog):
              and getattr(e.inputs[0], "module_type", None) is M.Conv2d]
     assert len(convs) == 2 and convs[0] is not convs[1]
     assert net.conv is not convs[0] and net.conv is not convs[1]
+
+
+class SharedBlock(M.Module):  # one SubConv held by two parents: folding must not reach both
+    def __init__(self):
+        super().__init__()
+        conv = SubConv(3, 3, 1)
+        self.a, self.b = M.Sequential(conv), M.Sequential(conv)
+        self.bn = M.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.a(x)) + self.b(x)
+
+
+def test_fuse_conv_bn_leaves_a_layer_held_twice_alone(caplog):
+    net = SharedBlock()
+    x = Tensor(np.random.randn(2, 3, 4, 4).astype(np.float32))
+    for _ in range(3):
+        net(x * 3 + 1)
+    net.eval()
+    expect = net(x).numpy()
+    with caplog.at_level(logging.WARNING):
+        fused = optimize(trace_module(net, x).flatten(), "FuseConvBn")
+    assert fused.graph.get_module_by_type(M.BatchNorm2d).as_list() == []
+    np.testing.assert_allclose(fused(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    assert getattr(fused.a, "0") is getattr(fused.b, "0")  # still one layer
+    assert any("shared with other modules" in r.getMessage() for r in caplog.records)
