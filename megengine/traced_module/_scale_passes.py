@@ -48,6 +48,7 @@ _LINEAR_FUNCS = (F.reshape, F.transpose, F.flatten, F.expand_dims, F.squeeze, F.
 _POSITIVE_FUNCS = (F.relu, F.leaky_relu, F.max_pool2d, F.adaptive_max_pool2d, F.max, F.min)
 _LINEAR_METHODS = ("reshape", "transpose", "flatten", "__getitem__")
 _POSITIVE_METHODS = ("max", "min")
+_SHAPE_METHODS = ("shape", "ndim", "__len__")
 _LINEAR_MODULES = (AvgPool2d, AdaptiveAvgPool2d, Identity)
 _POSITIVE_MODULES = (ReLU, LeakyReLU, MaxPool2d, AdaptiveMaxPool2d)
 
@@ -109,8 +110,12 @@ class _Consts:
 
 
 def _is_float_node(node):
-    return isinstance(node, TensorNode) and node.dtype is not None \
-        and np.issubdtype(np.dtype(node.dtype), np.floating)
+    if not isinstance(node, TensorNode) or node.dtype is None:
+        return False
+    try:
+        return np.issubdtype(np.dtype(node.dtype), np.floating)
+    except TypeError:  # a quantized dtype: no scale may pass through it
+        return False
 
 
 def _affine(expr, consts):
@@ -305,6 +310,8 @@ def backward_fold_scale(graph):
             if kind == "add":
                 plan.tie(x, expr.outputs[0])
             continue
+        if isinstance(expr, CallMethod) and expr.method in _SHAPE_METHODS:
+            continue  # reads only the shape, which a scale leaves alone
         conv = _conv_parts(expr, consts)
         if conv is not None and _is_float_node(conv[0]) and len(expr.outputs) == 1:
             convs.append((expr,) + conv)

@@ -128,3 +128,32 @@ def test_backward_fold_scale_keeps_what_cannot_move():
     # the last scale of `both` (3) moved into r, the first is now 2 / 3
     assert muls[0] == -2 and muls[-1] == 4 and len(muls) == 3
     assert muls[1] == pytest.approx(2 / 3)
+
+
+class Residual(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = M.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = M.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        r = F.relu(self.stem(x))
+        y = F.relu(self.conv2(r) + r)
+        return y.reshape(y.shape[0], -1) / 4  # reading y.shape does not pin y's scale
+
+
+def test_backward_fold_scale_through_a_residual_and_a_shape_read():
+    net = Residual()
+    x = _x(2, 3, 5, 5)
+    expect = net(x).numpy()
+    ws, bs = net.stem.weight.numpy(), net.stem.bias.numpy()
+    w2, b2 = net.conv2.weight.numpy(), net.conv2.bias.numpy()
+    opt = optimize(trace_module(net, x), "BackwardFoldScale")
+    np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-6)
+    assert _arith(opt) == [("__add__", None)]  # only the residual sum is left
+    # hand-computed: r and y are both a quarter now; the stem makes r a quarter, conv2 reads
+    # a quarter and gives a quarter: same weight, a quarter of the bias
+    np.testing.assert_allclose(opt.stem.weight.numpy(), ws / 4, rtol=1e-6)
+    np.testing.assert_allclose(opt.stem.bias.numpy(), bs / 4, rtol=1e-6)
+    np.testing.assert_allclose(opt.conv2.weight.numpy(), w2, rtol=1e-6)
+    np.testing.assert_allclose(opt.conv2.bias.numpy(), b2 / 4, rtol=1e-6)
