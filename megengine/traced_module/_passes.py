@@ -1,39 +1,49 @@
-"""Graph passes over a TracedModule: ``optimize(module, "FuseConvBn")`` folds eval-mode batch
-norms into the convolutions before them.
+"""Graph passes over a TracedModule for inference: ``optimize(module, passes)`` returns an
+optimized copy. ``"FuseConvBn"`` (here) folds eval-mode batch norms into the convolutions before
+them; ``"FuseAddMul"`` and ``"BackwardFoldScale"`` (`_scale_passes`) fold constant arithmetic.
 
-In every graph of the module, a convolution whose output feeds only an eval-mode batch norm
-is fused with it. The convolution may be a ``Conv2d`` module call (megengine's own layer) or
-an ``F.conv2d`` step reading its weight and bias through getattrs (what a traced-into
+FuseConvBn: in every graph of the module, a convolution whose output feeds only an eval-mode
+batch norm is fused with it. The convolution may be a ``Conv2d`` module call (megengine's own
+layer) or an ``F.conv2d`` step reading its weight and bias through getattrs (what a traced-into
 subclass of Conv2d records); the batch norm a ``BatchNorm2d`` module call or an
-``F.batch_norm(..., training=False)`` step reading its statistics through getattrs. A module
-call becomes a call of a new Conv2d with the folded weight and bias; an ``F.conv2d`` step
-reads new folded Parameters; the batch norm step goes (`megengine.utils.bn_fusion`'s
+``F.batch_norm(..., training=False)`` step reading its statistics through getattrs. The batch
+norm step goes and the convolution's output takes its place (`megengine.utils.bn_fusion`'s
 ``fold_weight_bias`` does the arithmetic).
 
-The passes never change a module the graph shares with others: the fused layer and the folded
-Parameters are new attributes of the graph's owner (``<conv path>_fused``), and the old layers
-stay where they were (unused by this graph). Only ``"FuseConvBn"`` is available; upstream's
-``"BackwardFoldScale"`` and constant passes are not.
+As upstream, the copy's attributes change in place: the fused Conv2d takes the old one's
+attribute, the folded weight and bias the old tensors' attributes, so node and attribute names
+stay. A layer or tensor the graph reads more than once cannot change for one reader: the new one
+becomes ``<attribute>_1`` (``_2``, ...) and a warning says so.
 """
 import copy
+import logging
 from typing import Sequence, Union
 
 from .. import functional as F
 from ..core.tensor import Parameter
 from ..module.batchnorm import BatchNorm2d
 from ..module.conv import Conv2d
-from ..module.module import _access_structure
+from ..module.module import Module, _access_structure, _expand_structure
+from ._scale_passes import backward_fold_scale, fuse_add_mul
 from .expr import CallFunction, GetAttr, is_call_module
 from .node import TensorNode
 
 __all__ = ["optimize"]
 
-_PASSES = ("FuseConvBn",)
+logger = logging.getLogger(__name__)
+
+# upstream's order: FuseConvBn, FuseAddMul; then BackwardFoldScale and FuseAddMul again
+_PASSES = ("FuseConvBn", "FuseAddMul", "BackwardFoldScale")
 
 
 def optimize(module, enabled_pass: Union[str, Sequence[str]] = "FuseConvBn"):
-    """Run the named passes on every graph of the TracedModule ``module`` (in place) and
-    return it."""
+    """Return a copy of the TracedModule ``module`` with the passes named in ``enabled_pass``
+    run on its graph and the graphs it calls (``module`` itself is left as it was).
+
+    Passes: ``"FuseConvBn"`` (fold eval-mode batch norms into convolutions), ``"FuseAddMul"``
+    (merge adjacent additions or multiplications by constants), ``"BackwardFoldScale"`` (move
+    multiplications by constants into the convolutions before them; it needs FuseConvBn and
+    turns it on, with a warning, as upstream)."""
     from .traced_module import TracedModule
 
     if not isinstance(module, TracedModule):
@@ -42,26 +52,168 @@ def optimize(module, enabled_pass: Union[str, Sequence[str]] = "FuseConvBn"):
     names = [enabled_pass] if isinstance(enabled_pass, str) else list(enabled_pass)
     for name in names:
         if name not in _PASSES:
-            raise ValueError(f"optimize: unknown or unavailable pass {name!r}; this fork has "
-                             f"{list(_PASSES)}")
-    for sub in list(module.modules()):
-        if isinstance(sub, TracedModule):
-            for graph in list(sub.argdef_graph_map.values()):
-                if "FuseConvBn" in names:
-                    _fuse_conv_bn(graph)
+            raise ValueError(f"optimize: unknown pass {name!r}; the passes are {list(_PASSES)}")
+    if "BackwardFoldScale" in names and "FuseConvBn" not in names:
+        logger.warning("Since BackwardFoldScale requires FuseConvBn, FuseConvBn will be enabled.")
+        names.append("FuseConvBn")
+    module = copy.deepcopy(module)
+    graphs = _graphs(module)
+    steps = [("FuseConvBn", _fuse_conv_bn), ("FuseAddMul", fuse_add_mul)]
+    if "BackwardFoldScale" in names:
+        steps += [("BackwardFoldScale", backward_fold_scale), ("FuseAddMul", fuse_add_mul)]
+    for name, run in steps:
+        if name in names:
+            for graph in graphs:
+                run(graph)
     return module
+
+
+def _graphs(module):
+    """The graphs of ``module`` and of the traced modules they call, callers first."""
+    found, seen = [], set()
+    todo = list(module.argdef_graph_map.values())
+    while todo:
+        graph = todo.pop(0)
+        if id(graph) in seen:
+            continue
+        seen.add(id(graph))
+        found.append(graph)
+        for expr in graph._exprs:
+            sub = getattr(expr, "graph", None) if is_call_module(expr) else None
+            if sub is not None:
+                todo.append(sub)
+    return found
+
+
+def _set_path(owner, path, value):
+    """``owner.<path> = value`` for a dotted path."""
+    parent, _, key = path.rpartition(".")
+    target = _access_structure(owner, parent) if parent else owner
+    if isinstance(target, (list, dict)):
+        target[int(key) if isinstance(target, list) else key] = value
+    else:
+        setattr(target, key, value)
+
+
+def _fresh_path(graph, node, what):
+    """The attribute path a changed copy of ``node``'s value goes to: the same one when this
+    graph reads it only once and nothing else holds it, else ``<path>_<n>`` (warned, as
+    upstream)."""
+    path = node.expr.name
+    owner = graph.inputs[0].owner
+    shared = _held_twice(owner, path)
+    if len(node.users) <= 1 and not shared:
+        return path
+    n = 1
+    while True:
+        try:
+            _access_structure(owner, f"{path}_{n}")
+        except (AttributeError, KeyError, IndexError, ValueError):
+            break
+        n += 1
+    why = f"is used {len(node.users)} times" if not shared else "is shared with other modules"
+    logger.warning("%s %s %s and its name will be reset to %s_%d", what, node.qualname, why,
+                   path, n)
+    return f"{path}_{n}"
+
+
+def _held_twice(owner, path):
+    """Whether the value at ``path`` or a module on the way is held by two attributes in
+    ``owner``'s tree (a shared layer, tied weights): changing it in place would change
+    other readers too."""
+    counts, todo, seen = {}, [owner], {id(owner)}
+    while todo:
+        module = todo.pop()
+        for attr, value in vars(module).items():
+            for _, leaf in _expand_structure(attr, value):
+                counts[id(leaf)] = counts.get(id(leaf), 0) + 1
+                if isinstance(leaf, Module) and id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    todo.append(leaf)
+    parts = path.split(".")
+    return any(counts.get(id(_access_structure(owner, ".".join(parts[:i]))), 0) > 1
+               for i in range(1, len(parts) + 1))
+
+
+def replace_conv_module(graph, conv_expr, weight, bias):
+    """Let the Conv2d call ``conv_expr`` use a copy of its layer with ``weight`` and
+    ``bias``."""
+    conv_node = conv_expr.inputs[0]
+    conv = conv_node.owner
+    fused = copy.deepcopy(conv)
+    fused.weight = Parameter(weight.numpy(), device=weight.device)
+    fused.bias = Parameter(bias.numpy(), device=bias.device)
+    owner = graph.inputs[0].owner
+    if not isinstance(conv_node.expr, GetAttr) or conv_node.expr.inputs[0] is not graph.inputs[0]:
+        raise ValueError(f"{conv_expr!r}: the layer is no attribute of the graph's module")
+    path = _fresh_path(graph, conv_node, "Module")
+    if path == conv_node.expr.name:
+        _set_path(owner, path, fused)
+        conv_node._owner = fused
+        return
+    # a new attribute: the copy has no name of its own yet (the old layer's would stay)
+    object.__setattr__(fused, "_short_name", None)
+    _set_path(owner, path, fused)
+    node = _getattr_before(graph, conv_expr, path, fused)
+    conv_expr.inputs[0] = node
+    conv_node.users.remove(conv_expr)
+    node.users.append(conv_expr)
+    _drop_dead_getattr(graph, conv_node)
+
+
+def set_tensor_arg(graph, expr, name, value):
+    """Let the function call ``expr`` read ``value`` (as a Parameter) for its argument
+    ``name``: in place of the getattr'd tensor it reads, or as a new attribute."""
+    old = expr.named_args.get(name)
+    param = Parameter(value.numpy(), device=value.device)
+    owner = graph.inputs[0].owner
+    if isinstance(old, TensorNode) and isinstance(old.expr, GetAttr) \
+            and old.expr.inputs[0] is graph.inputs[0]:
+        path = _fresh_path(graph, old, "Tensor")
+        _set_path(owner, path, param)
+        if path == old.expr.name:  # read only here: the attribute itself changes
+            return
+    else:  # no such argument (a conv without bias): an attribute next to the weight
+        path = _new_attr(owner, _beside_weight(expr, name), param)
+    node = _getattr_before(graph, expr, path, param)
+    expr.set_arg(name, node)
+    if isinstance(old, TensorNode):
+        _drop_dead_getattr(graph, old)
+
+
+def _beside_weight(expr, name):
+    """``<module>.<name>`` for the module whose weight ``expr`` reads, when that module has
+    no such tensor yet (a conv made with ``bias=False``), else ``<weight path>_<name>``."""
+    w = expr.named_args.get("weight")
+    path = w.expr.name if isinstance(w, TensorNode) and isinstance(w.expr, GetAttr) else "conv"
+    parent = path.rpartition(".")[0]
+    if parent:
+        try:
+            if _access_structure(w.top_graph.inputs[0].owner, f"{parent}.{name}") is None:
+                return f"{parent}.{name}"
+        except (AttributeError, KeyError, IndexError, ValueError):
+            pass
+    return f"{path}_{name}".replace(".", "_")
 
 
 def _sole_user(node, graph):
     return len(node.users) == 1 and node not in graph.outputs
 
 
-def _new_attr(owner, base, value):
-    name, n = base, 0
-    while hasattr(owner, name):
+def _new_attr(owner, path, value):
+    """Store ``value`` at ``path`` of ``owner`` (a free one: ``path``, else ``path_1``, ...)
+    and return the path used."""
+    def taken(p):
+        try:
+            return _access_structure(owner, p) is not None
+        except (AttributeError, KeyError, IndexError, ValueError):
+            return False
+
+    name, n = path, 0
+    while taken(name):
         n += 1
-        name = f"{base}_{n}"
-    setattr(owner, name, value)
+        name = f"{path}_{n}"
+    _set_path(owner, name, value)
     return name
 
 
@@ -138,42 +290,22 @@ def _batch_norm(owner, expr):
 def _fold_into_module(graph, owner, conv_expr, stats, eps):
     from ..utils.bn_fusion import fold_weight_bias
 
-    conv_node = conv_expr.inputs[0]
-    conv = conv_node.owner
-    gamma, beta, mean, var = stats
-    weight, bias = fold_weight_bias(conv.weight, conv.bias, gamma, beta, mean, var, eps)
-    fused = copy.deepcopy(conv)
-    fused.weight = Parameter(weight.numpy(), device=weight.device)
-    fused.bias = Parameter(bias.numpy(), device=bias.device)
-    path = conv_node.expr.name if isinstance(conv_node.expr, GetAttr) else "conv"
-    name = _new_attr(owner, path.replace(".", "_") + "_fused", fused)
-    node = _getattr_before(graph, conv_expr, name, fused)
-    conv_expr.inputs[0] = node
-    conv_node.users.remove(conv_expr)
-    node.users.append(conv_expr)
-    _drop_dead_getattr(graph, conv_node)
+    conv = conv_expr.inputs[0].owner
+    weight, bias = fold_weight_bias(conv.weight, conv.bias, *stats, eps)
+    replace_conv_module(graph, conv_expr, weight, bias)
 
 
 def _fold_into_function(graph, owner, conv_expr, stats, eps):
     from ..utils.bn_fusion import fold_weight_bias
 
     conv_args = conv_expr.named_args
-    w_node, b_node = conv_args.get("weight"), conv_args.get("bias")
-    weight, bias = _value_of(owner, w_node), _value_of(owner, b_node)
+    weight, bias = _value_of(owner, conv_args.get("weight")), \
+        _value_of(owner, conv_args.get("bias"))
     if weight is None or weight is False or bias is False:
         return False
-    gamma, beta, mean, var = stats
-    weight, bias = fold_weight_bias(weight, bias, gamma, beta, mean, var, eps)
-    base = w_node.expr.name.replace(".", "_")
-    w_name = _new_attr(owner, base + "_fused", Parameter(weight.numpy(), device=weight.device))
-    b_name = _new_attr(owner, base + "_fused_bias", Parameter(bias.numpy(), device=bias.device))
-    new_w = _getattr_before(graph, conv_expr, w_name, getattr(owner, w_name))
-    new_b = _getattr_before(graph, conv_expr, b_name, getattr(owner, b_name))
-    conv_expr.set_arg("weight", new_w)
-    conv_expr.set_arg("bias", new_b)
-    for n in (w_node, b_node):
-        if n is not None:
-            _drop_dead_getattr(graph, n)
+    weight, bias = fold_weight_bias(weight, bias, *stats, eps)
+    set_tensor_arg(graph, conv_expr, "weight", weight)
+    set_tensor_arg(graph, conv_expr, "bias", bias)
     return True
 
 

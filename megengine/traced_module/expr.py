@@ -95,6 +95,29 @@ class Expr:
         leaves, self.arg_def = tree_flatten((args, kwargs), _is_node)
         self.add_inputs(leaves)
 
+    def replace_inputs(self, repl_dict):
+        """Read each value node of ``{old input: new node}`` where this expr read the key
+        (upstream's ``Expr.replace_inputs``); a new node must be made earlier in the same
+        graph."""
+        for node, repl in list(repl_dict.items()):
+            if type(node) is not type(repl):
+                raise TypeError(f"replace_inputs: {node} is a {type(node).__name__}, {repl} a "
+                                f"{type(repl).__name__}: replace a node by one of its kind")
+            if not any(i is node for i in self.inputs):
+                raise ValueError(f"replace_inputs: {node} is no input of {self!r}")
+            graph = self.top_graph
+            if repl.top_graph is not node.top_graph:
+                raise ValueError(f"replace_inputs: {repl} and {node} are not in one graph")
+            if graph is not None and repl.expr in graph._exprs and self in graph._exprs \
+                    and graph._exprs.index(repl.expr) > graph._exprs.index(self):
+                raise ValueError(f"replace_inputs: {repl} is made after {self!r}: insert its "
+                                 "exprs before this one (graph.insert_exprs(expr))")
+            count = sum(1 for i in self.inputs if i is node)  # x + x reads x twice
+            self.inputs = [repl if i is node else i for i in self.inputs]
+            for _ in range(count):
+                node.users.remove(self)
+                repl.users.append(self)
+
     @property
     def args(self):
         return self.arg_def.unflatten(self.inputs)[0] if self.arg_def is not None else ()
@@ -171,7 +194,9 @@ class GetAttr(Expr):
 
     def interpret(self, module):
         name = self.name
-        if "." not in name:
+        # a dotted name is a path, unless an attribute has that very name (upstream's guide
+        # stores a fused layer under setattr(owner, "conv_bn.0", ...))
+        if "." not in name or name in vars(module):
             return [getattr(module, name)]
         return [_access_structure(module, name)]
 

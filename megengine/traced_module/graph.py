@@ -72,8 +72,16 @@ class NameSpace:
                 base = expr.method.strip("_") + "_out"
         else:
             base = type(getattr(expr, "op", expr)).__name__.lower() + "_out"
+        orig = None
+        if isinstance(expr, GetAttr):
+            orig = expr.name
+        elif isinstance(expr, CallMethod) and isinstance(expr.inputs[0], ModuleNode) \
+                and expr.method == "__call__":
+            orig = f"{expr.inputs[0]._orig_name}_out"
         for node in expr.outputs:
             node._name = self.create_unique_name(node._name or base, node)
+            if not node.__dict__.get("_made_as"):
+                node._made_as = orig or node._name
             if not node._qualname:
                 node._qualname = qual or f"{self.qualname}.[{node._name}]"
 
@@ -155,6 +163,12 @@ def _sub_graphs(graph):
 
 
 def _expr_iter(graph, recursive, seen):
+    # as upstream: each graph's Input exprs first (so ids and `_total_ids` agree)
+    inputs = set()
+    for node in graph._inputs:
+        if id(node.expr) not in inputs:
+            inputs.add(id(node.expr))
+            yield node.expr
     for expr in graph._exprs:
         yield expr
         if recursive and isinstance(expr, CallMethod):

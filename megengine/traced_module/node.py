@@ -62,6 +62,13 @@ class Node:
         return self._qualname
 
     @property
+    def _orig_name(self) -> str:
+        """The name this node was made under, kept through renames (upstream's
+        ``_orig_name``): a module call's output is ``<attribute path>_out``, so in a flattened
+        graph it says which layer made it (``conv_bn.1_out``)."""
+        return self.__dict__.get("_made_as") or self._name
+
+    @property
     def top_graph(self):
         return self._top_graph
 

@@ -107,6 +107,7 @@ class TracedModule(Module):
             g._watch_values = self.watch_node_value
 
     def clear_watch_points(self):
+        """Stop keeping values (`set_watch_points`) and forget the kept ones."""
         for g in self._all_graphs():
             g._watch_points, g._watch_values = (), None
         self.watch_node_value.clear()
@@ -125,6 +126,7 @@ class TracedModule(Module):
             g._end_points = tuple(n for n in nodes if n.top_graph is g)
 
     def clear_end_points(self):
+        """Calls run to the end and return the module's result again (`set_end_points`)."""
         for g in self.argdef_graph_map.values():
             g._end_points = ()
 
@@ -468,9 +470,16 @@ def _inline(graph, owner):
                 leaves = _graph_key(nargs, nkwargs)[0]
                 sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
                 sub_map.update(zip(sub._inputs[1:], leaves))
+                made = len(flat._exprs)
                 copy_exprs(sub, sub_map)
+                made = set(id(n) for e in flat._exprs[made:] for n in e.outputs)
                 for o, so in zip(expr.outputs, sub._outputs):
                     nmap[o] = sub_map[so]
+                    # as upstream, a result the inlined graph made is named after the call
+                    # (``conv_bn_out``); where it came from stays in ``_orig_name``
+                    if id(nmap[o]) in made:
+                        made.discard(id(nmap[o]))
+                        flat._namespace.rename(nmap[o], f"{nmap[expr.inputs[0]].name}_out")
                 continue
             new = copy.copy(expr)
             new._id = Expr._next_id[0]
@@ -487,7 +496,8 @@ def _inline(graph, owner):
                 n = copy.copy(o)
                 renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
                 n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
-                                  _name="" if renamed else o._name)
+                                  _name="" if renamed else o._name,
+                                  _made_as=None if renamed else o._orig_name)
                 Node._next_id[0] += 1
                 if isinstance(n, TensorNode):
                     n.value = None

@@ -227,12 +227,14 @@ def test_ids_number_as_upstream():
     g = tm.graph
     top = g.exprs(recursive=False).as_list()
     # self %0, x %1; layer %2 and its call %3, whose graph takes %4-%21 (inputs %4, %5;
-    # each block: getattr, call, then its own graph of 2 inputs and 4 exprs); then the rest
-    assert [e._id for e in top] == [2, 3, 22, 23, 24, 25]
+    # each block: getattr, call, then its own graph of 2 inputs and 4 exprs); then the rest;
+    # as upstream, exprs() lists a graph's Input exprs first
+    assert [e._id for e in top] == [0, 1, 2, 3, 22, 23, 24, 25]
+    assert max(e._id for e in g.exprs()) + 1 == g._total_ids[1]
     for e in g.exprs().as_list():
         assert all(n._id == e._id for n in e.outputs)
     assert [n._id for n in g._inputs] == [0, 1]
-    sub = top[1].graph  # the Sequential's graph: its inputs are %4, %5
+    sub = top[3].graph  # the Sequential's graph: its inputs are %4, %5
     assert [n._id for n in sub._inputs] == [4, 5]
     pool = g.get_function_by_type(F.avg_pool2d, False).as_unique()
     assert pool._id == 22 and pool.inputs[0]._id == 3

@@ -1,4 +1,7 @@
-"""Tests of megengine/traced_module/_passes.py: FuseConvBn folds eval-mode batch norms into convolutions."""
+"""Tests of megengine/traced_module/_passes.py: optimize returns an optimized copy; FuseConvBn folds
+eval-mode batch norms into convolutions."""
+import logging
+
 import numpy as np
 import pytest
 
@@ -48,7 +51,18 @@ def test_fuse_conv_bn_matches_the_network(conv_cls, bn_cls):
     traced = trace_module(net, x)
     flat = traced.flatten()
     weight_before = net.conv.weight.numpy().copy()
-    optimize(flat, "FuseConvBn")
+    names_before = [n.name for n in flat.graph.nodes()]
+    fused = optimize(flat, "FuseConvBn")
+    assert fused is not flat
+    assert flat.graph.get_module_by_type(M.BatchNorm2d).as_list() \
+        or flat.graph.get_function_by_type(F.batch_norm).as_list()  # the original is kept
+    np.testing.assert_allclose(flat(x).numpy(), expect, rtol=1e-6, atol=1e-6)
+    flat = fused
+    # as upstream: the batch norm's nodes go, every other node keeps its name; a traced-into
+    # conv without bias gains one
+    kept = [n for n in names_before if not n.startswith("bn") and n != "batch_norm_out"]
+    gained = ["conv_bias"] if conv_cls is SubConv else []
+    assert sorted(n.name for n in flat.graph.nodes()) == sorted(kept + gained)
     assert flat.graph.get_function_by_type(F.batch_norm).as_list() == []
     assert flat.graph.get_module_by_type(M.BatchNorm2d).as_list() == []
     np.testing.assert_allclose(flat(x).numpy(), expect, rtol=1e-4, atol=1e-5)
@@ -60,10 +74,65 @@ def test_fuse_conv_bn_matches_the_network(conv_cls, bn_cls):
 def test_training_mode_and_unknown_passes_are_left_alone():
     net = Net(M.Conv2d, M.BatchNorm2d)  # training mode: batch statistics, nothing to fold
     x = Tensor(np.random.randn(2, 3, 5, 5).astype(np.float32))
-    flat = trace_module(net, x).flatten()
-    optimize(flat, ["FuseConvBn"])
+    flat = optimize(trace_module(net, x).flatten(), ["FuseConvBn"])
     assert len(flat.graph.get_module_by_type(M.BatchNorm2d).as_list()) == 1
-    with pytest.raises(ValueError, match="BackwardFoldScale"):
-        optimize(flat, "BackwardFoldScale")
+    with pytest.raises(ValueError, match="FuseConvBn.*BackwardFoldScale"):
+        optimize(flat, "FoldConstants")
     with pytest.raises(TypeError, match="TracedModule"):
         optimize(net)
+
+
+class Twice(M.Module):  # one conv layer called twice, each call followed by its own bn
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(3, 3, 1)
+        self.bn1, self.bn2 = M.BatchNorm2d(3), M.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn1(self.conv(x)) + self.bn2(self.conv(x))
+
+
+def test_fuse_conv_bn_is_quiet_and_renames_only_a_shared_layer(caplog):
+    net = Twice()
+    x = Tensor(np.random.randn(4, 3, 5, 5).astype(np.float32))
+    for _ in range(3):
+        net(x * 2 + 1)
+    net.eval()
+    expect = net(x).numpy()
+    with caplog.at_level(logging.WARNING):
+        fused = optimize(trace_module(net, x), "FuseConvBn")
+    np.testing.assert_allclose(fused(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    # upstream's line for the first fusion, while the layer still has two readers; the
+    # second fusion is its only reader left and takes its attribute
+    assert [r.getMessage() for r in caplog.records] == [
+        "Module Twice.conv is used 2 times and its name will be reset to conv_1"]
+    convs = [e.inputs[0].owner for e in fused.graph.exprs() if e.inputs
+             and getattr(e.inputs[0], "module_type", None) is M.Conv2d]
+    assert len(convs) == 2 and convs[0] is not convs[1]
+    assert net.conv is not convs[0] and net.conv is not convs[1]
+
+
+class SharedBlock(M.Module):  # one SubConv held by two parents: folding must not reach both
+    def __init__(self):
+        super().__init__()
+        conv = SubConv(3, 3, 1)
+        self.a, self.b = M.Sequential(conv), M.Sequential(conv)
+        self.bn = M.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.a(x)) + self.b(x)
+
+
+def test_fuse_conv_bn_leaves_a_layer_held_twice_alone(caplog):
+    net = SharedBlock()
+    x = Tensor(np.random.randn(2, 3, 4, 4).astype(np.float32))
+    for _ in range(3):
+        net(x * 3 + 1)
+    net.eval()
+    expect = net(x).numpy()
+    with caplog.at_level(logging.WARNING):
+        fused = optimize(trace_module(net, x).flatten(), "FuseConvBn")
+    assert fused.graph.get_module_by_type(M.BatchNorm2d).as_list() == []
+    np.testing.assert_allclose(fused(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    assert getattr(fused.a, "0") is getattr(fused.b, "0")  # still one layer
+    assert any("shared with other modules" in r.getMessage() for r in caplog.records)

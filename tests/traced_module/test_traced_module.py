@@ -258,3 +258,26 @@ def test_end_points_stop_the_call_early():
     sub_node = inner.graph.exprs().call_function(F.relu).as_unique().outputs[0]
     with pytest.raises(ValueError, match="top graph"):
         inner.set_end_points([sub_node])
+
+
+class ConcatNet(M.Module):  # the guide's find_cat_inputs
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(3, 4, 1, bias=False)
+        self.bn = M.BatchNorm2d(4)
+        self.conv_bn = M.Sequential(M.Conv2d(4, 4, 1, bias=False), M.BatchNorm2d(4))
+
+    def forward(self, x):
+        x0 = self.bn(self.conv(x))
+        return F.concat((x0, self.conv_bn(x0)), 1)
+
+
+def test_flatten_names_inlined_results_after_the_call_and_keeps_their_origin():
+    x = Tensor(np.random.rand(1, 3, 4, 4).astype(np.float32))
+    flat = trace_module(ConcatNet(), x).flatten()
+    cat = flat.graph.get_function_by_type(F.concat).as_unique()
+    # upstream's documented output: (bn_out, conv_bn_out) and ['bn_out', 'conv_bn.1_out']
+    assert [n.name for n in cat.inputs] == ["bn_out", "conv_bn_out"]
+    assert [n._orig_name for n in cat.inputs] == ["bn_out", "conv_bn.1_out"]
+    cat.inputs[1].name = "renamed"
+    assert cat.inputs[1]._orig_name == "conv_bn.1_out"

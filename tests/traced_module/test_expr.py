@@ -1,0 +1,73 @@
+"""Tests of megengine/traced_module/expr.py: Expr.replace_inputs and getattrs of dotted attribute
+names (the graph-surgery steps of upstream's guide ``graphsurgeon-example``)."""
+import numpy as np
+import pytest
+
+import megengine.module as M
+from megengine import Tensor
+from megengine.traced_module import trace_module
+
+
+class TwoLinear(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = M.Linear(3, 4), M.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_replace_inputs_lets_one_expr_read_a_new_node():
+    net = TwoLinear()
+    x = Tensor(np.random.randn(2, 3).astype(np.float32))
+    tm = trace_module(net, x)
+    graph = tm.graph
+    call_b = graph.get_module_by_type(M.Linear).as_list()[1].users[0]
+    a_out = call_b.inputs[1]
+    with graph.insert_exprs():
+        doubled = a_out * 2
+    call_b.replace_inputs({a_out: doubled})
+    assert call_b.inputs[1] is doubled and call_b in doubled.users
+    assert call_b not in a_out.users
+    expect = net.b(net.a(x) * 2).numpy()
+    np.testing.assert_allclose(tm(x).numpy(), expect, rtol=1e-6)
+
+
+def test_replace_inputs_refuses_wrong_nodes():
+    net = TwoLinear()
+    x = Tensor(np.random.randn(2, 3).astype(np.float32))
+    graph = trace_module(net, x).graph
+    call_a, call_b = [n.users[0] for n in graph.get_module_by_type(M.Linear).as_list()]
+    with pytest.raises(ValueError, match="no input"):
+        call_a.replace_inputs({call_b.outputs[0]: graph.inputs[1]})
+    with pytest.raises(ValueError, match="made after"):  # b's output comes after a
+        call_a.replace_inputs({graph.inputs[1]: call_b.outputs[0]})
+    with pytest.raises(TypeError, match="of its kind"):
+        call_a.replace_inputs({graph.inputs[1]: graph.inputs[0]})
+
+
+class Seq(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = M.Sequential(M.Linear(3, 3), M.ReLU())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_dotted_name_that_is_an_attribute_itself_is_read_as_one():
+    # the guide's fuse_bn: setattr(owner, conv_module._name, new) with _name "body.0", then a
+    # getattr of that name inside insert_exprs
+    net = Seq()
+    x = Tensor(np.random.randn(2, 3).astype(np.float32))
+    tm = trace_module(net, x)
+    graph = tm.graph
+    replacement = M.Linear(3, 3)
+    setattr(tm, "body.0", replacement)
+    self_node = graph.inputs[0]
+    with graph.insert_exprs():
+        out = getattr(self_node, "body.0")(graph.inputs[1])
+    graph.replace_node({graph.outputs[0]: out})
+    graph.compile()
+    np.testing.assert_allclose(tm(x).numpy(), replacement(x).numpy(), rtol=1e-6)
+    assert out.expr.inputs[0].expr.name == "body.0"

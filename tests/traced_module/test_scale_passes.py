@@ -1,0 +1,159 @@
+"""Tests of megengine/traced_module/_scale_passes.py: optimize's FuseAddMul and BackwardFoldScale
+(oracle: the unoptimized module's outputs and hand-computed constants and weights)."""
+import logging
+
+import numpy as np
+import pytest
+
+import megengine.functional as F
+import megengine.module as M
+from megengine import Tensor
+from megengine.traced_module import optimize, trace_module
+
+_ARITH = ("__add__", "__radd__", "__sub__", "__mul__", "__rmul__", "__truediv__", "__neg__")
+
+
+def _arith(tm):
+    """(method or function name, the scalar it uses) of every arithmetic step, in order."""
+    found = []
+    for e in tm.graph.exprs():
+        name = getattr(e, "method", None) or getattr(getattr(e, "func", None), "__name__", None)
+        if name in _ARITH or name in ("add", "sub", "mul", "div", "neg"):
+            scalars = [a for a in e.args if isinstance(a, (int, float))]
+            found.append((name, scalars[0] if scalars else None))
+    return found
+
+
+def _x(*shape):
+    return Tensor(np.random.randn(*shape).astype(np.float32))
+
+
+class Chain(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = (y + 1) + 2                 # -> y + 3
+        y = -(3 * (y * 0.5)) * 2        # -> y * -3
+        y = (y - 1) / 4                 # kinds differ: both stay
+        z = self.conv(x) * 2 * 0.5      # the identity: no step at all
+        return y, z
+
+
+def test_fuse_add_mul_merges_adjacent_constants():
+    net = Chain()
+    x = _x(1, 2, 3, 3)
+    expect = [t.numpy() for t in net(x)]
+    tm = trace_module(net, x)
+    opt = optimize(tm, "FuseAddMul")
+    assert _arith(opt) == [("__add__", 3.0), ("__mul__", -3.0), ("__sub__", 1),
+                           ("__truediv__", 4)]
+    for got, want in zip(opt(x), expect):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert len(_arith(tm)) == 10  # the module optimize was given is unchanged
+
+
+class SharedMiddle(M.Module):
+    def forward(self, x):
+        y = x * 2
+        return y * 3, y + 1  # y has two readers: merging would change the second
+
+
+def test_fuse_add_mul_keeps_a_value_read_twice():
+    x = _x(3)
+    opt = optimize(trace_module(SharedMiddle(), x), "FuseAddMul")
+    assert _arith(opt) == [("__mul__", 2), ("__mul__", 3), ("__add__", 1)]
+    a, b = opt(x)
+    np.testing.assert_allclose(a.numpy(), x.numpy() * 6, rtol=1e-6)
+
+
+class Scaled(M.Module):
+    def __init__(self, conv_cls=M.Conv2d):
+        super().__init__()
+        self.conv = conv_cls(3, 4, 3, padding=1)
+        self.factor = Tensor([2.0, 5.0])
+
+    def forward(self, x):
+        y = F.relu(self.conv(x)) * self.factor[0]  # a constant the graph computes
+        y = F.max_pool2d(y + 1, 2)
+        return F.flatten(y, 1) * 3
+
+
+class SubConv(M.Conv2d):  # traced into: F.conv2d reading getattrs
+    pass
+
+
+@pytest.mark.parametrize("conv_cls", [M.Conv2d, SubConv])
+def test_backward_fold_scale_moves_scales_into_the_conv(conv_cls, caplog):
+    net = Scaled(conv_cls)
+    x = _x(2, 3, 6, 6)
+    expect = net(x).numpy()
+    w, b = net.conv.weight.numpy().copy(), net.conv.bias.numpy().copy()
+    with caplog.at_level(logging.WARNING):
+        opt = optimize(trace_module(net, x).flatten(), "BackwardFoldScale")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Since BackwardFoldScale requires FuseConvBn, FuseConvBn will be enabled."]
+    np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-5)
+    # hand-computed: both scales (2 and 3) reach the conv; the constant added between them
+    # is seen by the 3 only
+    assert _arith(opt) == [("__add__", 3.0)]
+    np.testing.assert_allclose(opt.conv.weight.numpy(), w * 6, rtol=1e-6)
+    np.testing.assert_allclose(opt.conv.bias.numpy(), b * 6, rtol=1e-6)
+    np.testing.assert_array_equal(net.conv.weight.numpy(), w)  # the original stays
+
+
+class NoFold(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        r = F.relu(self.conv(x))
+        neg = F.relu(self.conv(x)) * -2        # relu(-2 v) != -2 relu(v): must stay
+        both = r * 2 + r * 3                   # one r cannot be 2x and 3x at once
+        raw = F.relu(x) * 4                    # x is the graph's input: nothing to fold into
+        return neg, both, raw
+
+
+def test_backward_fold_scale_keeps_what_cannot_move():
+    net = NoFold()
+    x = _x(1, 2, 3, 3)
+    expect = [t.numpy() for t in net(x)]
+    opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
+    for got, want in zip(opt(x), expect):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    muls = [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")]
+    # the last scale of `both` (3) moved into r, the first is now 2 / 3
+    assert muls[0] == -2 and muls[-1] == 4 and len(muls) == 3
+    assert muls[1] == pytest.approx(2 / 3)
+
+
+class Residual(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = M.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = M.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        r = F.relu(self.stem(x))
+        y = F.relu(self.conv2(r) + r)
+        return y.reshape(y.shape[0], -1) / 4  # reading y.shape does not pin y's scale
+
+
+def test_backward_fold_scale_through_a_residual_and_a_shape_read():
+    net = Residual()
+    x = _x(2, 3, 5, 5)
+    expect = net(x).numpy()
+    ws, bs = net.stem.weight.numpy(), net.stem.bias.numpy()
+    w2, b2 = net.conv2.weight.numpy(), net.conv2.bias.numpy()
+    opt = optimize(trace_module(net, x), "BackwardFoldScale")
+    np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-6)
+    assert _arith(opt) == [("__add__", None)]  # only the residual sum is left
+    # hand-computed: r and y are both a quarter now; the stem makes r a quarter, conv2 reads
+    # a quarter and gives a quarter: same weight, a quarter of the bias
+    np.testing.assert_allclose(opt.stem.weight.numpy(), ws / 4, rtol=1e-6)
+    np.testing.assert_allclose(opt.stem.bias.numpy(), bs / 4, rtol=1e-6)
+    np.testing.assert_allclose(opt.conv2.weight.numpy(), w2, rtol=1e-6)
+    np.testing.assert_allclose(opt.conv2.bias.numpy(), b2 / 4, rtol=1e-6)
