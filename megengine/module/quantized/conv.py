@@ -27,6 +27,16 @@ def float_bias(bias, shape):
     return Parameter(bias.numpy().reshape(shape))
 
 
+def load_folded_bn(qconv, qat_module, what):
+    """Give ``qconv`` the conv weight (integers) and bias of a QAT conv-bn layer with its
+    BatchNorm folded in from the running statistics, as the QAT layer computes in evaluation."""
+    w_fold, b_fold = qat_module.fold_weight_bias(qat_module.bn.running_mean,
+                                                 qat_module.bn.running_var)
+    qconv.weight = quantized_weight(qat_module, w_fold, what)
+    qconv.bias = float_bias(b_fold, qconv._infer_bias_shape())
+    return qconv
+
+
 def bias_as_qint32(bias, inp, weight):
     """``bias`` quantized to qint32 with scale ``input scale * weight scale`` (float32 product,
     as the QAT layer's bias fake quantization computes it)."""

@@ -1,7 +1,7 @@
 """Quantized `ConvBn2d` and `ConvBnRelu2d`: the BatchNorm folded (with its running statistics)
 into an integer conv weight and a bias, as the QAT layer computes in evaluation."""
 from ..qat import conv_bn as QAT
-from .conv import Conv2d, float_bias, quantized_weight
+from .conv import Conv2d, load_folded_bn
 from .module import output_dtype_of
 
 __all__ = ["ConvBn2d", "ConvBnRelu2d"]
@@ -16,11 +16,7 @@ class _ConvBnActivation2d(Conv2d):
                     conv.padding, conv.dilation, conv.groups, conv.conv_mode, conv.compute_mode,
                     dtype=output_dtype_of(qat_module, what), padding_mode=conv.padding_mode,
                     name=qat_module.name)
-        w_fold, b_fold = qat_module.fold_weight_bias(qat_module.bn.running_mean,
-                                                     qat_module.bn.running_var)
-        qconv.weight = quantized_weight(qat_module, w_fold, what)
-        qconv.bias = float_bias(b_fold, qconv._infer_bias_shape())
-        return qconv
+        return load_folded_bn(qconv, qat_module, what)
 
 
 class ConvBn2d(_ConvBnActivation2d):

@@ -1,7 +1,7 @@
 """Quantized `ConvTransposeBn2d` and `ConvTransposeBnRelu2d`: the BatchNorm folded into an integer
 transposed-conv weight and a bias."""
 from ..qat import conv_transpose_bn as QAT
-from .conv import ConvTranspose2d, float_bias, quantized_weight
+from .conv import ConvTranspose2d, load_folded_bn
 from .module import output_dtype_of
 
 __all__ = ["ConvTransposeBn2d", "ConvTransposeBnRelu2d"]
@@ -16,11 +16,7 @@ class _ConvTransposeBnActivation2d(ConvTranspose2d):
                     conv.padding, conv.output_padding, conv.dilation, conv.groups, True,
                     conv.conv_mode, conv.compute_mode, dtype=output_dtype_of(qat_module, what),
                     name=qat_module.name)
-        w_fold, b_fold = qat_module.fold_weight_bias(qat_module.bn.running_mean,
-                                                     qat_module.bn.running_var)
-        qconv.weight = quantized_weight(qat_module, w_fold, what)
-        qconv.bias = float_bias(b_fold, qconv._infer_bias_shape())
-        return qconv
+        return load_folded_bn(qconv, qat_module, what)
 
 
 class ConvTransposeBn2d(_ConvTransposeBnActivation2d):
