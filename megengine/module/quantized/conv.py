@@ -27,14 +27,15 @@ def float_bias(bias, shape):
     return Parameter(bias.numpy().reshape(shape))
 
 
-def load_folded_bn(qconv, qat_module, what):
-    """Give ``qconv`` the conv weight (integers) and bias of a QAT conv-bn layer with its
-    BatchNorm folded in from the running statistics, as the QAT layer computes in evaluation."""
+def load_folded_bn(qmod, qat_module, what, bias_shape=None):
+    """Give ``qmod`` the weight (integers) and bias of a QAT conv-bn or linear-bn layer with its
+    BatchNorm folded in from the running statistics, as the QAT layer computes in evaluation;
+    the bias takes ``bias_shape`` (default: the conv layer's bias shape)."""
     w_fold, b_fold = qat_module.fold_weight_bias(qat_module.bn.running_mean,
                                                  qat_module.bn.running_var)
-    qconv.weight = quantized_weight(qat_module, w_fold, what)
-    qconv.bias = float_bias(b_fold, qconv._infer_bias_shape())
-    return qconv
+    qmod.weight = quantized_weight(qat_module, w_fold, what)
+    qmod.bias = float_bias(b_fold, bias_shape or qmod._infer_bias_shape())
+    return qmod
 
 
 def bias_as_qint32(bias, inp, weight):
