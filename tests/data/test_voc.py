@@ -32,14 +32,17 @@ def voc_dir(tmp_path):
     (tmp_path / "ImageSets/Main/trainval.txt").write_text("2007_000001\n2007_000002\n")
     (tmp_path / "ImageSets/Segmentation/val.txt").write_text("2007_000001\n")
     (tmp_path / "ImageSets/Segmentation/train_aug.txt").write_text("2007_000001\n")
-    # color mask, RGB as VOC stores it: background black, aeroplane (128,0,0), dog
-    # (64,0,128) = class 12, person (192,128,128) = class 15, the cream void border (224,224,192)
-    rgb = np.zeros((4, 6, 3), np.uint8)
-    rgb[0, 1] = (128, 0, 0)
-    rgb[1, :2] = (64, 0, 128)
-    rgb[2, 3] = (192, 128, 128)
-    rgb[3, 5] = (224, 224, 192)
-    Image.fromarray(rgb).save(tmp_path / "SegmentationClass/2007_000001.png")
+    # a palette PNG as VOC ships them; the colors, written by hand in RGB: background black,
+    # aeroplane (128,0,0) = class 1, dog (64,0,128) = class 12, person (192,128,128) = class 15,
+    # the cream void border (224,224,192) at palette index 255
+    indices = np.zeros((4, 6), np.uint8)
+    indices[0, 1], indices[1, :2], indices[2, 3], indices[3, 5] = 1, 2, 3, 255
+    palette = [0] * 768
+    palette[3:12] = [128, 0, 0, 64, 0, 128, 192, 128, 128]
+    palette[765:768] = [224, 224, 192]
+    mask_png = Image.fromarray(indices, mode="P")
+    mask_png.putpalette(palette)
+    mask_png.save(tmp_path / "SegmentationClass/2007_000001.png")
     aug = np.zeros((4, 6), np.uint8)
     aug[1, 2], aug[3, 3] = 7, 255
     Image.fromarray(aug).save(tmp_path / "SegmentationClass_aug/2007_000001.png")
