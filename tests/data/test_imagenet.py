@@ -43,7 +43,8 @@ def test_class_folders_and_meta(tmp_path):
         (tmp_path / split / wnid).mkdir(parents=True, exist_ok=True)
         (tmp_path / split / wnid / f"x{value}.png").write_bytes(png_bytes(value))
     train = ImageNet(str(tmp_path), train=True)
-    assert train.root == str(tmp_path) and train.target_folder == str(tmp_path / "train")
+    assert train.root == train.target_folder == str(tmp_path / "train")
+    assert train.root_dir == str(tmp_path) and train.target_folder == str(tmp_path / "train")
     assert train.class_dict == {"n01440764": 0, "n01443537": 1}
     assert len(train) == 2
     image, label = train[1]

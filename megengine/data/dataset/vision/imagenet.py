@@ -64,10 +64,8 @@ class ImageNet(ImageFolder):
         self.target_folder = os.path.join(root, self.default_train_dir if train else self.default_val_dir)
         if not os.path.isdir(self.target_folder):
             self._prepare(root)
+        # as upstream, ``root`` ends up the split folder; the dataset directory is ``root_dir``
         super().__init__(self.target_folder, **kwargs)
-        # ImageFolder's root is the split folder; keep the dataset directory as ``root``
-        # like upstream does
-        self.root = root
 
     @property
     def valid_ground_truth(self):
@@ -82,6 +80,7 @@ class ImageNet(ImageFolder):
 
     @property
     def root_dir(self):
+        """The dataset directory (the one holding train/, val/ and the devkit)."""
         return os.path.dirname(self.devkit_dir)
 
     @property
