@@ -6,7 +6,7 @@ import numpy as np
 
 from .meta_vision import VisionDataset
 
-__all__ = ["ImageFolder", "is_img", "imread"]
+__all__ = ["ImageFolder", "is_img", "imread", "imread_grayscale"]
 
 IMG_EXT = (".jpg", ".png", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -36,6 +36,30 @@ def imread(path: str) -> np.ndarray:
         ) from None
     with Image.open(path) as im:
         return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+
+
+def imread_grayscale(path: str) -> np.ndarray:
+    """An (H, W) uint8 image, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` gives upstream (label
+    masks are stored this way); read with OpenCV when installed, else with Pillow. A single-channel
+    file keeps its values; a color one is converted to luma by both readers."""
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise ValueError(f"cannot read an image from {path}")
+        return img
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(
+            "reading images needs OpenCV or Pillow: pip install opencv-python (or pillow)"
+        ) from None
+    with Image.open(path) as im:
+        # a palette ("P") image is converted through its colors, as OpenCV does
+        return np.ascontiguousarray(np.asarray(im if im.mode == "L" else im.convert("L")))
 
 
 class ImageFolder(VisionDataset):
