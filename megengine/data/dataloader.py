@@ -475,7 +475,12 @@ def _own_stream_samples(dataset, count):
 
 def _mp_context():
     # fork (where there is one) lets workers use datasets and transforms that cannot be
-    # pickled, such as classes defined inside a function, as upstream MegEngine allows
+    # pickled, such as classes defined inside a function, as upstream MegEngine allows.
+    # Asked for by name, so Python 3.14's new default (forkserver on Linux) changes nothing here
+    # (test_worker_exception_of_unpicklable_type_becomes_runtime_error would catch it). Python
+    # 3.12+ emits a DeprecationWarning (hidden unless warnings are shown, as pytest does) when
+    # the process forking has other threads: torch's intra-op pool once a kernel ran, or the
+    # stream reader of an earlier loader still waiting on its stream.
     if "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context()

@@ -28,7 +28,16 @@ _from_torch = None
 def _load():
     """Import torch and the bridge once; afterwards every helper is a global read."""
     global _torch, _aten, _to_torch, _from_torch
-    import torch
+    try:
+        import torch
+    except ImportError as exc:  # say which feature needs torch and the usual cause, not only a missing .so
+        raise ImportError(
+            f"megengine runs convolution, pooling and batch norm on torch's ATen kernels, but "
+            f"torch cannot be imported ({exc}). Install torch for this Python, e.g. the CPU "
+            f"build: pip install torch --index-url https://download.pytorch.org/whl/cpu. A PyPI "
+            f"torch wheel installed with --no-deps fails this way too: it needs its nvidia-* "
+            f"CUDA libraries (libcudnn, libcublas, ...)."
+        ) from exc
 
     from ..core.torch_bridge import load_extension
 

@@ -28,6 +28,23 @@ def test_torch_loads_at_the_first_kernel_with_the_engine_thread_setting():
     assert _run(code, MGE_NUM_THREADS="1", OMP_NUM_THREADS="2") == ["False", "True", "4.0", "1"]
 
 
+def test_a_torch_that_cannot_be_imported_is_named_with_what_needs_it_and_the_fix():
+    # sys.modules["torch"] = None makes "import torch" raise ImportError, as a CUDA wheel
+    # installed without its nvidia libraries does (libcudnn.so.9: cannot open shared object file)
+    code = ("import sys, numpy as np\n"
+            "sys.modules['torch'] = None\n"
+            "import megengine as mge, megengine.functional as F\n"
+            "x = mge.tensor(np.ones((1, 1, 4, 4), 'float32'))\n"
+            "try:\n"
+            "    F.max_pool2d(x, 2)\n"
+            "except ImportError as e:\n"
+            "    print(str(e).replace(' ', '_'), isinstance(e.__cause__, ImportError))\n")
+    message, cause = _run(code)
+    assert "ATen" in message and "torch_cannot_be_imported" in message
+    assert "download.pytorch.org/whl/cpu" in message and "--no-deps" in message
+    assert cause == "True"  # the original error stays attached for the traceback
+
+
 def test_engine_thread_setting_is_torchs_pool():
     import torch
 

@@ -3,7 +3,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 import megengine as mge
 from devices import address, requires_cuda
@@ -27,6 +26,8 @@ def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, a
     addresses = [address(p) for p in params]
     opt = make_mge(params)
     if reference is None:
+        import torch  # here, not at the top: the tests with a numpy reference run without torch
+
         tparams = [torch.nn.Parameter(torch.tensor(v)) for v in init]
         topt = make_torch(tparams)
     else:
