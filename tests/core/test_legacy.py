@@ -70,3 +70,22 @@ def test_buffer_is_reachable_as_mge_buffer():
     from megengine.core import Buffer
 
     assert mge.Buffer is Buffer
+
+
+def test_0x_tensor_factory_zeros_ones_scalar():
+    # 0.x built these by broadcasting a Python scalar: int32 unless a dtype is given
+    # (MegEngine/Models' GAN loss does ``zeros((n, 1)) + 1.0`` and gets float labels)
+    from megengine.core.tensor_factory import ones, scalar, zeros
+
+    z = zeros((2, 1))
+    assert z.dtype == np.int32 and z.shape == (2, 1) and not z.numpy().any()
+    labels = zeros((2, 1)) + 1.0
+    assert labels.dtype == np.float32
+    np.testing.assert_array_equal(labels.numpy(), np.ones((2, 1), "float32"))
+    np.testing.assert_array_equal(ones(3, dtype="float32").numpy(), np.ones(3, "float32"))
+    shape = mge.tensor(np.zeros((4, 2), "float32")).shapeof()  # 0.x passed shape tensors
+    assert ones(shape).shape == (4, 2) and ones(shape).dtype == np.int32
+    s = scalar(2.5)
+    assert s.shape == () and s.dtype == np.float32 and float(s.numpy()) == 2.5
+    with pytest.raises(ValueError, match="comp_graph"):
+        zeros((2,), comp_graph=object())
