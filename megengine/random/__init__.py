@@ -3,6 +3,8 @@ from .rng import (
     RNG,
     beta,
     exponential,
+    gaussian,
+    manual_seed,
     gamma,
     multinomial,
     normal,
@@ -14,4 +16,5 @@ from .rng import (
 )
 
 __all__ = ["RNG", "seed", "uniform", "normal", "gamma", "beta", "poisson", "exponential",
-           "multinomial", "permutation", "shuffle"]
+           "multinomial", "permutation", "shuffle",
+           "gaussian", "manual_seed"]  # the last two: 0.x names

@@ -282,3 +282,24 @@ exponential = _default_rng.exponential
 multinomial = _default_rng.multinomial
 permutation = _default_rng.permutation
 shuffle = _default_rng.shuffle
+
+
+# 0.x names, still used by MegEngine/Models' GAN programs (megengine_mimicry's generator draws
+# its noise with ``R.gaussian(shape=[n, nz])``). 0.x took the shape first and a ``comp_node``
+# (device) and ``comp_graph``; 1.x renamed gaussian to normal with ``size`` last.
+def gaussian(shape, mean: float = 0, std: float = 1, comp_node=None, comp_graph=None):
+    """0.x ``megengine.random.gaussian``: samples of N(mean, std**2) of ``shape``, float32.
+
+    The same draw as ``normal(mean, std, size=shape)`` from the global generator, so ``seed``
+    (or 0.x ``manual_seed``) makes it reproducible; ``comp_node`` names the output's device.
+    """
+    if comp_graph is not None:
+        raise ValueError("gaussian(comp_graph=...): this engine has no 0.x computing graphs; "
+                         "leave comp_graph out")
+    out = normal(mean, std, size=_shape(shape, "gaussian"))
+    return out if comp_node is None else out.to(comp_node)
+
+
+def manual_seed(seed_value: int):
+    """0.x name of ``seed``: reseeds megengine.random's global generator (and numpy's)."""
+    seed(seed_value)

@@ -302,3 +302,22 @@ def test_rng_on_logical_device_names_reports_a_device_equal_to_them():
     assert out0.device != "cpu0" if here == "gpu0" else out0.device != "gpu0"
     assert out0.device != "not-a-device" and out0.device != 0
     assert hash(out0.device) == hash(here)  # still usable as a dict key under its own name
+
+
+def test_0x_gaussian_and_manual_seed():
+    # 0.x spelling (MegEngine/Models' GAN generators: ``R.gaussian(shape=[n, nz])``): shape
+    # first, the same draw as 1.x normal(mean, std, size=shape) after the same seed
+    rand.manual_seed(3)
+    got = rand.gaussian(shape=[2, 5], mean=1.0, std=2.0)
+    rand.seed(3)
+    want = rand.normal(mean=1.0, std=2.0, size=(2, 5))
+    assert got.shape == (2, 5) and got.dtype == np.float32
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    rand.seed(0)
+    v = rand.gaussian((200000,), 3.0, 0.5).numpy()
+    assert abs(v.mean() - 3.0) < 0.01 and abs(v.std() - 0.5) < 0.01
+    assert rand.gaussian((3,), comp_node="cpu0").device == "cpu0"
+    with pytest.raises(ValueError, match="comp_graph"):
+        rand.gaussian((3,), comp_graph=object())
+    with pytest.raises(ValueError, match="std"):
+        rand.gaussian((3,), std=-1.0)
