@@ -343,7 +343,16 @@ class Module:
         if not recursive:
             self.training = bool(mode)
             return
-        self.apply(lambda m: m.train(mode, recursive=False))
+
+        def set_mode(m):
+            if _takes_recursive(m.train):
+                m.train(mode, recursive=False)
+            elif m is self:  # a 0.x-style ``train(self, mode)`` override called us via super()
+                m.training = bool(mode)
+            else:  # 0.x called ``train(mode)`` on each submodule; its override recurses itself
+                m.train(mode)
+
+        self.apply(set_mode)
 
     def eval(self) -> None:
         """``train(False)``."""
@@ -512,3 +521,20 @@ class Module:
         elif lines:
             body = "\n  " + "\n  ".join(lines) + "\n"
         return f"{type(self).__name__}({body})"
+
+
+def _takes_recursive(train_method) -> bool:
+    """Whether a ``train`` override accepts 1.x's ``recursive`` argument.
+
+    0.x's ``Module.train(mode)`` had none, and 0.x programs (MegEngine/Models' GAN models reset
+    their traced steps in ``train``) override it so; calling such an override with
+    ``recursive=False`` would raise a TypeError.
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(train_method).parameters
+    except (TypeError, ValueError):
+        return True
+    return "recursive" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+

@@ -587,3 +587,36 @@ def test_load_state_dict_strict_forms_as_upstream():
         dst.load_state_dict(sd)  # a missing key
     with pytest.raises(ValueError):
         dst.load_state_dict(["not", "a", "dict"])
+
+
+def test_0x_train_override_without_recursive():
+    # 0.x's Module.train(mode) had no ``recursive``; MegEngine/Models' GAN models override it
+    # so (resetting their traced steps) and call super().train(mode=mode). eval() on such a
+    # model, or on a model holding one, must reach every module and each override once+.
+    calls = []
+
+    class Old(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = M.Linear(2, 2)
+
+        def train(self, mode=True):
+            calls.append(mode)
+            super().train(mode=mode)
+
+    class Outer(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.old = Old()
+            self.bn = M.BatchNorm1d(2)
+
+    old = Old()
+    old.eval()
+    assert calls == [False] and not old.training and not old.fc.training
+    calls.clear()
+    outer = Outer()
+    outer.eval()
+    assert not outer.training and not outer.bn.training
+    assert not outer.old.training and not outer.old.fc.training and calls and not any(calls)
+    outer.train()
+    assert outer.old.fc.training and outer.bn.training and calls[-1] is True
