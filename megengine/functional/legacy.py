@@ -19,7 +19,7 @@ from .tensor import transpose
 from .utils import topk_accuracy
 
 __all__ = [
-    "accuracy", "add_axis", "arccos", "arcsin", "batch_norm2d", "batched_matrix_mul", "clamp",
+    "accuracy", "add_axis", "add_update", "arccos", "arcsin", "batch_norm2d", "batched_matrix_mul", "clamp",
     "dimshuffle", "divide", "identity", "matrix_mul", "multiply", "nll_loss", "power",
     "remove_axis", "shapeof", "subtract", "top_k", "triplet_margin_loss", "zero_grad",
 ]
@@ -133,6 +133,38 @@ def accuracy(logits, target, topk=1):
 def zero_grad(inp):
     """0.x ``F.zero_grad``: ``inp`` as a constant for autodiff (1.x ``inp.detach()``)."""
     return _tensor(inp).detach()
+
+
+def add_update(dest, delta, *, alpha=1.0, beta=1.0, bias=0.0):
+    """0.x ``F.add_update``: ``dest = alpha * dest + beta * delta + bias`` in place; returns dest.
+
+    The parameter keeps its identity (optimizers and GradManagers that hold it see the new
+    value); ``delta`` broadcasts to ``dest``'s shape. No gradient flows through the update, as
+    in 0.x. 1.x spells it ``dest._reset(...)`` / ``dest.set_value(...)``. With ``alpha=0`` (the
+    weight clipping of MegEngine/Models' WGAN) the old value is dropped, not multiplied by 0, so
+    an inf or nan in ``dest`` does not survive the assignment.
+    """
+    if not isinstance(dest, Tensor):
+        raise TypeError(f"add_update: dest must be a megengine Tensor (it is updated in place), "
+                        f"got {type(dest).__name__}")
+    # no detach(): _reset copies the value into dest's storage and keeps dest's own graph
+    # entry, so no gradient can flow through the update anyway
+    delta = _tensor(delta)
+    value = delta * beta if beta != 1 else delta
+    if alpha != 0:
+        value = dest * alpha + value
+    if bias != 0:
+        value = value + bias
+    if tuple(value.shape) != tuple(dest.shape):
+        from .tensor import broadcast_to
+
+        try:
+            value = broadcast_to(value, dest.shape)
+        except ValueError as err:
+            raise ValueError(f"add_update: delta of shape {tuple(delta.shape)} does not "
+                             f"broadcast to dest's shape {tuple(dest.shape)}") from err
+    dest._reset(value.astype(dest.dtype) if value.dtype != dest.dtype else value)
+    return dest
 
 
 def identity(inp):

@@ -157,3 +157,39 @@ def test_batch_norm2d_matches_torch_in_training():
     np.testing.assert_allclose(mrm.numpy().ravel(), trm.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="NCHW"):
         F.batch_norm2d(mge.tensor(x[0]), mrm, mrv, None, None)
+
+
+def test_add_update_is_0x_in_place_affine_update():
+    # 0.x: dest = alpha * dest + beta * delta + bias, in place (hand-computed cases)
+    d = mge.Parameter(np.array([1.0, -2.0, 3.0], "float32"))
+    before = d
+    out = F.add_update(d, mge.tensor(np.array([10.0, 20.0, 30.0], "float32")), alpha=0.5,
+                       beta=2.0, bias=1.0)
+    assert out is before
+    np.testing.assert_allclose(d.numpy(), [21.5, 40.0, 62.5])
+    F.add_update(d, 1.0)  # defaults: dest + delta, the scalar broadcasts
+    np.testing.assert_allclose(d.numpy(), [22.5, 41.0, 63.5])
+    # MegEngine/Models' WGAN weight clipping: alpha=0 assigns, even over an inf
+    w = mge.Parameter(np.array([np.inf, -0.5, 0.01], "float32"))
+    F.add_update(w, F.clamp(w, lower=-3e-2, upper=3e-2), alpha=0)
+    np.testing.assert_allclose(w.numpy(), [3e-2, -3e-2, 0.01])
+    with pytest.raises(ValueError, match="broadcast"):
+        F.add_update(w, mge.tensor(np.ones(2, "float32")))
+    with pytest.raises(TypeError, match="in place"):
+        F.add_update(np.ones(3), 1.0)
+
+
+def test_add_update_inside_a_traced_step_is_replayed():
+    from megengine import jit
+
+    w = mge.Parameter(np.array([0.5, -0.5], "float32"))
+
+    @jit.trace
+    def step(x):
+        F.add_update(w, x, alpha=0.5)
+        return w * 1
+
+    for i in range(3):
+        step(mge.tensor(np.array([1.0, 2.0], "float32")))
+    # three times w = 0.5 w + x, by hand: [0.5,-0.5] -> [1.25,1.75] -> [1.625,2.875] -> ...
+    np.testing.assert_allclose(w.numpy(), [1.8125, 3.4375])
