@@ -1,6 +1,7 @@
 """`Optimizer`: parameter groups, per-parameter state, in-place steps, state dicts, the 0.x flow."""
 import copy
 import functools
+import warnings
 import numbers
 from collections.abc import Iterable
 
@@ -28,6 +29,21 @@ def _trace_event(method):
     return announced
 
 
+_legacy_level = []  # the one recording level all optimizers' 0.x GradManagers share
+
+
+def _record_0x(gm):
+    """Start ``gm`` (an optimizer's 0.x GradManager) recording at the level they all share.
+
+    One level, because a GAN has two optimizers whose recordings overlap (the generator's
+    records the discriminator's step too): the backward of one hides the others' recording,
+    so it stays a plain first-order backward instead of a differentiable one.
+    """
+    if not _legacy_level:
+        _legacy_level.append(dispatch.new_level())
+    gm._record(_legacy_level[0])
+
+
 class Optimizer:
     """Base class of all optimizers (upstream's API).
 
@@ -52,6 +68,8 @@ class Optimizer:
         self._defaults = defaults
         self._state = {}  # Parameter -> {buffer name: Tensor, or a number such as "step"}
         self._gm = None  # the 0.x GradManager, made by zero_grad()
+        # 0.x order (forward, zero_grad, backward) seen: record from each step() on (see backward)
+        self._record_ahead = False
         self.param_groups = []
         if isinstance(params, (Parameter, dict)):
             params = [params]
@@ -137,6 +155,11 @@ class Optimizer:
             # GradManager (a PyTorch habit): stop the recording it started, which no
             # backward() of ours will end
             self._gm.release()
+        if self._record_ahead and self._gm is not None:
+            # a 0.x program that runs its forward before zero_grad(): the next forward must
+            # already be recorded when its backward(loss) comes
+            self._gm.attach(self._params())
+            _record_0x(self._gm)
         return self
 
     def _update(self, param, grad, state, group):
@@ -182,8 +205,9 @@ class Optimizer:
             self._gm = GradManager()
         self._gm.attach(self._params())  # also catches groups added since the last call
         if not self._gm._recording:
-            self._gm.record()
+            _record_0x(self._gm)
 
+    @_trace_event  # replayed whole: whether the loss was recorded is decided on each call
     def backward(self, loss):
         """0.x: accumulate d(loss)/d(param) into each ``param.grad``; call ``zero_grad()`` first."""
         if self._gm is None or not self._gm._recording:
@@ -191,7 +215,31 @@ class Optimizer:
                 f"{type(self).__name__}.backward: nothing was recorded; call "
                 "optimizer.zero_grad() before the forward pass (or use a GradManager)"
             )
+        node = getattr(loss, "_node", None)
+        if node is None or self._gm._key not in node[0].keys:
+            # 0.x differentiated a static graph, so a forward that ran before zero_grad()
+            # (MegEngine/Models' GAN steps: forward, zero_grad, backward, step) still had
+            # gradients. Here nothing recorded it: this step cannot update, and a silent
+            # step without gradients would be worse than saying so. From now on each step()
+            # starts the recording, so the next forward is recorded and later steps train.
+            self._gm.release()
+            self._record_ahead = True
+            warnings.warn(
+                f"{type(self).__name__}.backward: the loss was not recorded (it was computed "
+                "before optimizer.zero_grad(), or does not depend on the optimizer's "
+                "parameters), so this step has no gradients; from now on each step() starts "
+                "recording the next forward. Call zero_grad() before the forward pass (or use "
+                "a GradManager) to train from the first step.", RuntimeWarning, stacklevel=2)
+            return
         self._gm.backward(loss)
+
+    def __del__(self):
+        # an optimizer recording ahead (see backward) stops when it goes away: its recording
+        # is global state of the dispatcher and must not outlive it
+        gm = getattr(self, "_gm", None)
+        if (getattr(self, "_record_ahead", False) and gm is not None and gm._recording
+                and dispatch._trace_hook is None):
+            gm.release()
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]

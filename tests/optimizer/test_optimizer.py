@@ -291,3 +291,85 @@ def test_step_clear_grad_and_zero_grad_are_announced_to_a_tracer(monkeypatch):
     opt._gm.release()
     assert calls == ["step", "clear_grad", "zero_grad"]
     assert p.tolist() == [0.0] and p.grad is None
+
+
+def _train_0x_forward_first(steps, traced=False):
+    # 0.x order of MegEngine/Models' GAN steps: forward, zero_grad, backward, step
+    from megengine import jit
+
+    w, b = _model()
+    opt = SGD([w, b], lr=0.05, momentum=0.9)
+
+    def step():
+        loss = _loss(w, b)
+        opt.zero_grad()
+        opt.backward(loss)
+        opt.step()
+        return loss
+
+    run = jit.trace(step) if traced else step
+    with pytest.warns(RuntimeWarning, match="before optimizer.zero_grad"):
+        run()  # nothing recorded this forward: no update, and it says so
+    np.testing.assert_array_equal(w.numpy(), _model()[0].numpy())
+    for _ in range(steps - 1):
+        run()
+    assert dispatch.is_recording()  # recording ahead for the next forward ...
+    del run, step, opt
+    import gc
+
+    gc.collect()
+    assert not dispatch.is_recording()  # ... until the optimizer goes away
+    return w.numpy(), b.numpy()
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_0x_forward_before_zero_grad_trains_from_the_second_step(traced):
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")  # only the first step warns
+        got = _train_0x_forward_first(4, traced)
+    for g, want in zip(got, _train_1x(3)):
+        np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def test_0x_forward_first_with_two_overlapping_optimizers_stays_first_order():
+    # a GAN: each optimizer's recording sees the other's step; with both recording, a backward
+    # must not turn into a differentiable one (avg_pool2d has no second-order rule) and each
+    # optimizer's gradients must be those of plain autodiff (oracle: a 1.x GradManager)
+    import megengine.functional as F
+
+    rng = np.random.RandomState(0)
+    x = mge.tensor(rng.randn(1, 1, 4, 4).astype("float32"))
+    g0, d0 = rng.randn(1, 1, 4, 4).astype("float32"), rng.randn(1, 1, 2, 2).astype("float32")
+
+    def losses(g, d):
+        fake = x * g
+        return (F.avg_pool2d(fake, 2) * d).sum(), (F.avg_pool2d(fake.detach(), 2) * d * d).sum()
+
+    g, d = mge.Parameter(g0), mge.Parameter(d0)
+    opt_g, opt_d = SGD([g], lr=0.1), SGD([d], lr=0.1)
+    with pytest.warns(RuntimeWarning):
+        for _ in range(3):
+            loss_g, _ = losses(g, d)
+            opt_g.zero_grad(); opt_g.backward(loss_g); opt_g.step()
+            _, loss_d = losses(g, d)
+            opt_d.zero_grad(); opt_d.backward(loss_d); opt_d.step()
+
+    g1, d1 = mge.Parameter(g0), mge.Parameter(d0)  # the same, 1.x, first steps skipped
+    gm_g, gm_d = GradManager().attach([g1]), GradManager().attach([d1])
+    for _ in range(2):
+        with gm_g:
+            gm_g.backward(losses(g1, d1)[0])
+        SGD([g1], lr=0.1).step().clear_grad()
+        with gm_d:
+            gm_d.backward(losses(g1, d1)[1])
+        SGD([d1], lr=0.1).step().clear_grad()
+    np.testing.assert_allclose(g.numpy(), g1.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d.numpy(), d1.numpy(), rtol=1e-6)
+    assert not np.allclose(g.numpy(), g0)
+    del opt_g, opt_d
+    import gc
+
+    gc.collect()
+    assert not dispatch.is_recording()
