@@ -161,6 +161,41 @@ class _Pool2d(Op):
         return _aten.array(gx)
 
 
+    def grad_graph(self, inputs, outputs, grads):
+        """Average pooling's gradient as a recorded op (WGAN-GP penalties differentiate it)."""
+        if self.mode == "max":  # its gradient is a scatter to the argmax; not written yet
+            raise RuntimeError(
+                "max_pool2d has no second-order rule yet: its gradient cannot be "
+                "differentiated again (a gradient penalty through it); use avg_pool2d there")
+        return (apply(_AvgPoolGrad(self), grads[0]),)
+
+    def same(self):
+        """A fresh op with this one's window, stride, padding and mode."""
+        return _Pool2d(self.mode, self.kernel, self.stride, self.padding, self.what)
+
+
+class _AvgPoolGrad(Op):
+    """The gradient of an average pooling, as an op: ``gx = A^T g``.
+
+    Average pooling is a linear map A of its input, so its gradient is linear in ``g`` and does
+    not depend on ``x``; this op's own gradient is the adjoint of A^T, the pooling A itself.
+    Recording it lets a gradient penalty (WGAN-GP: the norm of d D(x)/dx, differentiated again)
+    pass through a discriminator's average pooling.
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def forward(self, g):
+        return self.pool.backward(g)
+
+    def backward(self, gg):
+        return self.pool.same().forward(gg)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(self.pool.same(), grads[0]),)
+
+
 def max_pool2d(inp, kernel_size, stride=None, padding=0):
     """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``, padding is -inf."""
     kernel = _pair(kernel_size, "kernel_size", "max_pool2d")

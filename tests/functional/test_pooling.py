@@ -142,3 +142,47 @@ def test_max_pool2d_nan_and_infinite_inputs_like_torch():
         np.testing.assert_array_equal(y.numpy(), expect.numpy())
     x[0, 0, 1, 1] = 0.5
     check(lambda a: F.max_pool2d(a, 3, 2, 1), lambda a: TF.max_pool2d(a, 3, 2, 1), x)
+
+
+@pytest.mark.parametrize("mode,padding", [("average_count_exclude_padding", 1),
+                                          ("average", 1), ("average_count_exclude_padding", 0)])
+def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
+    # a gradient penalty (WGAN-GP on MegEngine/Models' WGAN discriminator, which average-pools):
+    # g = d sum(pool(x * x) * v) / dx, penalty = sum(g ** 2), differentiated for x and v
+    rng = np.random.RandomState(0)
+    x0 = rng.randn(2, 3, 5, 5).astype("float32")
+    oh = (5 + 2 * padding - 2) // 2 + 1
+    v0 = rng.randn(2, 3, oh, oh).astype("float32")
+
+    x, v = mge.Parameter(x0), mge.Parameter(v0)
+    gm_outer, gm_inner = GradManager().attach([x, v]), GradManager().attach([x])
+    with gm_outer:
+        with gm_inner:
+            y = (F.avg_pool2d(x * x, 2, 2, padding, mode=mode) * v).sum()
+            gm_inner.backward(y)
+        g = x.grad
+        x.grad = None
+        penalty = (g ** 2).sum()
+        gm_outer.backward(penalty)
+
+    tx = torch.tensor(x0, requires_grad=True)
+    tv = torch.tensor(v0, requires_grad=True)
+    ty = (TF.avg_pool2d(tx * tx, 2, 2, padding, count_include_pad=(mode == "average"))
+          * tv).sum()
+    (tg,) = torch.autograd.grad(ty, tx, create_graph=True)
+    tp = (tg ** 2).sum()
+    tdx, tdv = torch.autograd.grad(tp, (tx, tv))
+    np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(penalty.numpy(), tp.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), tdx.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool2d_second_order_says_it_is_missing():
+    x = mge.Parameter(np.random.RandomState(0).randn(1, 1, 4, 4).astype("float32"))
+    gm_outer, gm_inner = GradManager().attach([x]), GradManager().attach([x])
+    with pytest.raises(RuntimeError, match="max_pool2d has no second-order"):
+        with gm_outer:
+            with gm_inner:
+                gm_inner.backward((F.max_pool2d(x * x, 2) ** 2).sum())
+            gm_outer.backward((x.grad ** 2).sum())
