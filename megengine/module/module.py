@@ -1,4 +1,5 @@
 """`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
+import functools
 import logging
 import warnings
 from collections import OrderedDict
@@ -345,7 +346,7 @@ class Module:
             return
 
         def set_mode(m):
-            if _takes_recursive(m.train):
+            if _takes_recursive(getattr(m.train, "__func__", m.train)):
                 m.train(mode, recursive=False)
             elif m is self:  # a 0.x-style ``train(self, mode)`` override called us via super()
                 m.training = bool(mode)
@@ -523,6 +524,7 @@ class Module:
         return f"{type(self).__name__}({body})"
 
 
+@functools.lru_cache(maxsize=None)  # per train function: inspect.signature is slow-ish
 def _takes_recursive(train_method) -> bool:
     """Whether a ``train`` override accepts 1.x's ``recursive`` argument.
 
