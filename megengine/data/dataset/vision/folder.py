@@ -16,15 +16,15 @@ def is_img(filename: str) -> bool:
     return filename.lower().endswith(IMG_EXT)
 
 
-def imread(path: str) -> np.ndarray:
-    """An (H, W, 3) uint8 BGR image, as ``cv2.imread(path, cv2.IMREAD_COLOR)`` gives upstream;
-    read with OpenCV when installed, else with Pillow."""
+def _read(path, cv2_flag, from_pillow):
+    """Read ``path`` with OpenCV (``cv2.imread(path, cv2_flag)``) when installed, else open it
+    with Pillow and hand the image to ``from_pillow``."""
     try:
         import cv2
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        img = cv2.imread(path, getattr(cv2, cv2_flag))
         if img is None:
             raise ValueError(f"cannot read an image from {path}")
         return img
@@ -35,31 +35,22 @@ def imread(path: str) -> np.ndarray:
             "reading images needs OpenCV or Pillow: pip install opencv-python (or pillow)"
         ) from None
     with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+        return np.ascontiguousarray(from_pillow(im))
+
+
+def imread(path: str) -> np.ndarray:
+    """An (H, W, 3) uint8 BGR image, as ``cv2.imread(path, cv2.IMREAD_COLOR)`` gives upstream;
+    read with OpenCV when installed, else with Pillow."""
+    return _read(path, "IMREAD_COLOR", lambda im: np.asarray(im.convert("RGB"))[..., ::-1])
 
 
 def imread_grayscale(path: str) -> np.ndarray:
     """An (H, W) uint8 image, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` gives upstream (label
     masks are stored this way); read with OpenCV when installed, else with Pillow. A single-channel
     file keeps its values; a color one is converted to luma by both readers."""
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise ValueError(f"cannot read an image from {path}")
-        return img
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError(
-            "reading images needs OpenCV or Pillow: pip install opencv-python (or pillow)"
-        ) from None
-    with Image.open(path) as im:
-        # a palette ("P") image is converted through its colors, as OpenCV does
-        return np.ascontiguousarray(np.asarray(im if im.mode == "L" else im.convert("L")))
+    # a palette ("P") image is converted through its colors, as OpenCV does
+    return _read(path, "IMREAD_GRAYSCALE",
+                 lambda im: np.asarray(im if im.mode == "L" else im.convert("L")))
 
 
 class ImageFolder(VisionDataset):
