@@ -391,9 +391,11 @@ class _Checker(_Hook):
                 self._rebound(t)
         # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
         if isinstance(result, _MAY_HOLD_TENSORS):
+            # (a recorded external is never new, even when this call reached it only
+            # through a detach(), which the fast path accepts without noting it)
             fresh = [(path, t) for path, t in _tensor_paths(result, ())
                      if self._internal(t)[0] is None and id(t) not in self.ext_seen
-                     and not self._ext_used(t)]
+                     and id(t) not in self.prog.ext_ids and not self._ext_used(t)]
         else:
             fresh = ()
         if fresh or step.out_paths:

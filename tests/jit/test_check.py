@@ -259,3 +259,24 @@ def test_a_computed_output_still_has_to_match():
     outs.append(g(mge.tensor([1.0])))
     with pytest.raises(TraceMismatchError):
         g(mge.tensor([1.0]))
+
+
+@pytest.mark.parametrize("mode", [{}, {"symbolic": True}, {"without_host": True}])
+def test_set_value_of_a_parameter_from_its_detached_value_equals_eager(mode):
+    # 0.x-style updates (MegEngine/Models' GAN programs): w._reset(w.detach() * a + x). The
+    # event returns w, an external the call reached only through detach(): it is no new tensor
+    # (the second call raised "the trace got 0 new tensors from it, this call 1")
+    w = mge.Parameter(np.array([0.5, -0.5], np.float32))
+
+    @trace(**mode)
+    def step(x):
+        w._reset(w.detach() * 0.5 + x)
+        return w * 1
+
+    expect = np.array([0.5, -0.5], np.float32)
+    x = np.array([1.0, 2.0], np.float32)
+    for _ in range(3):
+        out = step(mge.tensor(x))
+        expect = expect * 0.5 + x
+        np.testing.assert_allclose(out.numpy(), expect, rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), expect, rtol=1e-6)
