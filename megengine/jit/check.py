@@ -391,11 +391,11 @@ class _Checker(_Hook):
                 self._rebound(t)
         # New tensors it returned (megengine.autodiff.grad's gradients) hold event slots.
         if isinstance(result, _MAY_HOLD_TENSORS):
-            # (a recorded external is never new, even when this call reached it only
-            # through a detach(), which the fast path accepts without noting it)
+            # (a recorded external is never new, even where the fast path accepted it, or
+            # this call reached it only through a detach(), without noting it in ext_seen)
             fresh = [(path, t) for path, t in _tensor_paths(result, ())
                      if self._internal(t)[0] is None and id(t) not in self.ext_seen
-                     and id(t) not in self.prog.ext_ids and not self._ext_used(t)]
+                     and id(t) not in self.prog.ext_ids]
         else:
             fresh = ()
         if fresh or step.out_paths:
@@ -404,16 +404,6 @@ class _Checker(_Hook):
                                f"tensors from it, this call {len(fresh)}", "operator mismatch")
             for (_, t), (_, s) in zip(fresh, step.out_paths):
                 self._register(t, s)
-
-    def _ext_used(self, t):
-        """Whether an op step already checked has ``t`` as the external tensor of an input
-        (the fast path of `__call__` accepts those without noting them in ``ext_seen``)."""
-        base = self.prog.check_base
-        for k in range(self.pc):
-            step = self.steps[k]
-            if type(step) is _OpStep and any(base[s] is t for s, *_ in step.checks):
-                return True
-        return False
 
     def _rebound(self, t):
         """After an event that got tensor ``t``: if ``t`` now holds another value of this call
