@@ -125,7 +125,8 @@ def test_keyword_inputs_and_tuple_outputs_are_named():
     assert info.inputs == ["arg_0", "kwarg_bias"]
     file.seek(0)
     net = GraphInference(file, outputs=["prod"])
-    assert net.metadata == {"user_info": {"author": "test"}}
+    assert net.metadata == {"user_info": {"author": "test"}, "graph_modified": False,
+                            "optimized_for_inference": True}
     got = net.run(inp_dict={"arg_0": x.numpy(), "kwarg_bias": bias.numpy()})
     assert list(got) == ["prod"]
     np.testing.assert_array_equal(got["prod"], outs[1].numpy())
