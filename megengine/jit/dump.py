@@ -1,7 +1,10 @@
 """Writing a traced program to a file (`trace.dump`) and reading it back (`load`), so that it runs
 without the Python source that made it.
 
-The file is a zip archive:
+The file is an 8-byte mark (``_MAGIC``) and the archive's length (8 bytes, little-endian),
+then a zip archive (so a loader reads exactly the program even where other bytes follow it, as
+when a file object is overwritten by a shorter program; files without the mark, written
+before it, are the bare archive):
 
 - ``graph.json``: the format name and version, the inputs (name, slot, shape, dtype, device),
   the outputs (name, slot), the constants (slot, array entry, device), the steps and the
@@ -46,6 +49,7 @@ from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf
                        _is_array)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
+_MAGIC = b"MGEFORK\x01"
 
 DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size", "file_size"])
 
@@ -308,7 +312,8 @@ def _output_slots(out):
 
 def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None,
                  enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
-                 maxerr=1e-4, resize_input=False, input_transform=None, **options):
+                 maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
+                 **options):
     """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring.
 
     ``input_data`` (upstream's test cases): see `make_testcases`; the program is run on each
@@ -335,6 +340,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     w = _Writer()
     slots = prog.slots
     consts = []
+    param_names = _param_names(_function, prog.in_tree)
     for s, info in enumerate(slots):
         if info.kind == "grad":
             raise DumpError(f"dump: the program reads {prog.describe(s)} live; gradients cannot "
@@ -344,7 +350,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                             "capture_as_const=True to dump its value")
         if info.kind == "const":
             entry = {"slot": s, "array": w.array(info.const), "device": info.device}
-            name = getattr(info.tensor, "_name", None)
+            name = param_names.get(id(info.tensor)) or getattr(info.tensor, "_name", None)
             if name:  # a named Parameter or tensor keeps its name, as upstream's dump
                 entry["name"] = name
             consts.append(entry)
@@ -386,6 +392,47 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
     return DumpInfo(n_ops, in_names, out_names,
                     sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+
+
+def _param_names(function, in_tree):
+    """{id(tensor): name} for the parameters and buffers of the Modules the traced function
+    refers to (the function itself, its bound instance, its closure, its module-level names,
+    and Modules passed as arguments), named by their path as upstream's auto-naming names
+    them: ``conv1.bias``, prefixed by a top module's own name when it has one, and ending in a
+    tensor's own name when it was given one (``simple.linear.user-weight``)."""
+    from ..module import Module
+    roots = []
+
+    def add(obj):
+        if isinstance(obj, Module) and all(obj is not r for r in roots):
+            roots.append(obj)
+
+    def walk_tree(node):
+        if type(node) is tuple:
+            for x in node:
+                walk_tree(x)
+        elif hasattr(node, "value") and not isinstance(node, type):
+            add(getattr(node, "value", None))
+
+    add(function)
+    add(getattr(function, "__self__", None))
+    walk_tree(in_tree)
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            add(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    for v in list(getattr(function, "__globals__", {}).values()):
+        add(v)
+    names = {}
+    for root in roots:
+        top = root.name if isinstance(getattr(root, "name", None), str) else None
+        for path, module in root.named_modules():
+            prefix = ".".join(p for p in (top, path) if p)
+            for attr, t in module.named_tensors(recursive=False):
+                own = getattr(t, "_name", None)
+                names.setdefault(id(t), ".".join(p for p in (prefix, own or attr) if p))
+    return names
 
 
 def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_names=None):
@@ -432,7 +479,8 @@ def write_file(graph, w, file):
         for i, a in enumerate(w.arrays):
             with z.open(f"arrays/{i}.npy", "w") as f:
                 np.save(f, a, allow_pickle=False)
-    data = buf.getvalue()
+    archive = buf.getvalue()
+    data = _MAGIC + len(archive).to_bytes(8, "little") + archive
     if file is None:
         return data
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
@@ -517,6 +565,8 @@ def read_file(file):
             data = f.read()
     else:
         data = file.read()
+    if data[:8] == _MAGIC:
+        data = data[16:16 + int.from_bytes(data[8:16], "little")]
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         graph = json.loads(z.read("graph.json"))
