@@ -121,6 +121,12 @@ class _Writer:
             return {"scalar": self.array(np.asarray(v))}
         if _is_array(v):
             return {"array": self.array(v)}
+        if type(v).__name__ == "RNG" and type(v).__module__ == "megengine.random.rng":
+            # a random op's source: the global generator at load, or its own generator's state
+            # (a loaded program draws on from there, as upstream's RNG operator with its seed)
+            gen = v._generator
+            return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
+                                                      gen.bit_generator.state], v._device]}
         if isinstance(v, Tensor):  # (in user_info, as upstream pickles it)
             return {"tensor": [self.array(v._data), v._device]}
         if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)) \
@@ -179,6 +185,14 @@ def _read(v, arrays):
         return arrays[x]
     if tag == "type":
         return _import(x)
+    if tag == "rng":
+        from ..random.rng import RNG
+        rng = RNG(device=x[1])
+        if x[0] is not None:
+            bit_gen = getattr(np.random, x[0][0])()
+            bit_gen.state = x[0][1]
+            rng._generator = np.random.Generator(bit_gen)
+        return rng
     if tag == "tensor":
         a, device = arrays[x[0]], x[1]
         return Tensor(a, dtype=a.dtype, device=device if device.startswith("cpu") else None)
