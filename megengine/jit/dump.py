@@ -202,9 +202,9 @@ def _read(v, arrays):
 def _read_frozen(v, arrays):
     """Op state that refers to traced arrays, back in `_program._freeze`'s form for `_thaw`."""
     if isinstance(v, dict):
+        if "ref" in v:  # (two keys: the slot and whether the op holds its raw array)
+            return _Ref(v["ref"], v["raw"])
         (tag, x), = v.items()
-        if tag == "ref":
-            return _Ref(x, v["raw"])
         if tag in ("tuple", "list"):
             return (tuple if tag == "tuple" else list, tuple(_read_frozen(e, arrays) for e in x))
         if tag == "dict":
@@ -457,9 +457,10 @@ def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_n
         raise DumpError(f"dump: {where}: its class {cls.__qualname__} is defined inside a "
                         "function or in __main__, so a loader cannot import it")
     dyn = dict(dyn or ())
-    state = {k: (w.frozen(dyn[k], f"{where}, attribute {k!r}") if k in dyn
-                 else w.value(v, f"{where}, attribute {k!r}"))
-             for k, v in op.__dict__.items() if k != "needs_input_grad"}
+    state = {k: w.value(v, f"{where}, attribute {k!r}") for k, v in op.__dict__.items()
+             if k != "needs_input_grad" and k not in dyn}
+    # (an op read back from a file has no attribute for its dyn state: only the frozen form)
+    state.update((k, w.frozen(f, f"{where}, attribute {k!r}")) for k, f in dyn.items())
     step = {"op": _class_path(cls), "state": state, "dyn": sorted(dyn), "ins": list(ins),
             "outs": list(outs), "multi": multi, "name": name}
     if opr_name is not None:

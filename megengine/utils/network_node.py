@@ -375,8 +375,9 @@ def _has_array(v):
     return False
 
 
-def classify(op, in_shapes):
-    """(OpNode subclass, params) for engine op ``op`` with inputs of ``in_shapes``."""
+def classify(op, in_shapes, dyn_names=()):
+    """(OpNode subclass, params) for engine op ``op`` with inputs of ``in_shapes``;
+    ``dyn_names``: its attributes that hold other values of the program (a tensor index)."""
     name = type(op).__name__
     d = op.__dict__
     if name in _ELEMWISE:
@@ -417,7 +418,7 @@ def classify(op, in_shapes):
         return PoolingForward, {"mode": str(d.get("mode")).upper(), "kernel": d.get("kernel"),
                                 "stride": d.get("stride"), "padding": d.get("padding")}
     if name in ("GetItem", "SetItem", "IndexAdd"):
-        adv = _has_array(d.get("index"))
+        adv = "index" in dyn_names or _has_array(d.get("index"))
         cls = {("GetItem", False): Subtensor, ("GetItem", True): IndexingMultiAxisVec,
                ("SetItem", False): SetSubtensor, ("SetItem", True): IndexingSetMultiAxisVec,
                ("IndexAdd", False): IncrSubtensor,
@@ -459,7 +460,7 @@ def make_opnode(op, dyn, inputs, dyn_vars, n_outputs, device, name=None, var_nam
             shapes.append(tuple(v.partial_shape))
         except Exception:  # noqa: BLE001 (unknown shape: classified without it)
             shapes.append(())
-    cls, params = classify(op, shapes)
+    cls, params = classify(op, shapes, [k for k, _ in dyn or ()])
     node = cls.__new__(cls)
     OpNode.__init__(node, name)
     node.params = params
