@@ -258,3 +258,12 @@ def test_constant_values_read_and_ops_on_plain_tensors_are_unchanged():
     assert doubled.numpy().tolist() == 6.0
     # while VarNodes exist, ops on plain tensors still compute eagerly
     assert (mge.tensor([1.0, 2.0]) * 2).numpy().tolist() == [2.0, 4.0]
+
+
+def test_the_docs_page_example_runs():
+    import re
+    from pathlib import Path
+    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "network.rst"
+    block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
+                      page.read_text()).group(1)
+    exec(compile("\n".join(line[4:] for line in block.splitlines()), str(page), "exec"), {})
