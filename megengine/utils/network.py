@@ -14,7 +14,6 @@ import re
 from typing import Dict
 
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
-from ..core._trace_option import use_symbolic_shape as _symbolic_shape
 from ..jit._program import _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, _Writer, metadata_json, op_step_json, read_file,
                         read_metadata, read_op, write_file, FORMAT, VERSION)

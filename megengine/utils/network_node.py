@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 
 from ..core import dispatch
+from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
 from ..jit._program import _freeze, _host, _is_array, _Ref, _thaw
@@ -96,8 +97,7 @@ class VarNode(Tensor, NetworkNode):
 
     @property
     def shape(self):
-        from .network import _symbolic_shape
-        if _symbolic_shape():
+        if use_symbolic_shape():
             return dispatch.apply(_ShapeOf(), self)
         return self._data.shape
 
@@ -317,36 +317,55 @@ class ImmutableTensor(OpNode):
 # --------------------------------------------------------------------------------------------
 # upstream's operator types
 # --------------------------------------------------------------------------------------------
-def _typed(name, type_name):
-    cls = type(name, (OpNode,), {"type": type_name, "__module__": __name__,
-                                 "__doc__": f"Upstream's ``{type_name}`` operator."})
-    globals()[name] = cls
+def _opr_type(name, type_name):
+    """An OpNode class for upstream's operator type ``type_name``."""
     __all__.append(name)
-    return cls
+    return type(name, (OpNode,), {"type": type_name, "__module__": __name__,
+                                  "__qualname__": name,
+                                  "__doc__": f"Upstream's ``{type_name}`` operator."})
 
 
-for _name, _type in [
-        ("Elemwise", "Elemwise"), ("ElemwiseMultiType", "ElemwiseMultiType"),
-        ("Reduce", "Reduce"), ("TypeCvt", "TypeCvt"), ("MatrixInverse", "MatrixInverse"),
-        ("MatrixMul", "MatrixMul"), ("BatchedMatrixMul", "BatchedMatmul"), ("Dot", "Dot"),
-        ("SVD", "SVD"), ("ConvolutionForward", "Convolution"),
-        ("ConvolutionBackwardData", "ConvTranspose"), ("Convolution3DForward", "Convolution3D"),
-        ("DeformableConvForward", "DeformableConv"), ("GroupLocalForward", "GroupLocal"),
-        ("PoolingForward", "Pooling"), ("AdaptivePoolingForward", "AdaptivePooling"),
-        ("ROIPoolingForward", "ROIPooling"),
-        ("DeformablePSROIPoolingForward", "DeformablePSROIPooling"),
-        ("ConvBiasForward", "ConvBias"), ("BatchNormForward", "BatchNorm"),
-        ("ROIAlignForward", "ROIAlign"), ("ResizeForward", "Resize"),
-        ("IndexingOneHot", "IndexingOneHot"), ("Copy", "Copy"), ("ArgsortForward", "Argsort"),
-        ("CondTake", "CondTake"), ("TopK", "TopK"), ("Concat", "Concat"),
-        ("Broadcast", "Broadcast"), ("Identity", "Identity"), ("Dimshuffle", "Dimshuffle"),
-        ("Reshape", "Reshape"), ("Subtensor", "Subtensor"), ("SetSubtensor", "SetSubtensor"),
-        ("IncrSubtensor", "IncrSubtensor"), ("IndexingMultiAxisVec", "IndexingMultiAxisVec"),
-        ("IndexingSetMultiAxisVec", "IndexingSetMultiAxisVec"),
-        ("IndexingIncrMultiAxisVec", "IndexingIncrMultiAxisVec"),
-        ("GetVarShape", "GetVarShape"), ("UniformRNG", "UniformRNG"),
-        ("GaussianRNG", "GaussianRNG")]:
-    _typed(_name, _type)
+Elemwise = _opr_type("Elemwise", "Elemwise")
+ElemwiseMultiType = _opr_type("ElemwiseMultiType", "ElemwiseMultiType")
+Reduce = _opr_type("Reduce", "Reduce")
+TypeCvt = _opr_type("TypeCvt", "TypeCvt")
+MatrixInverse = _opr_type("MatrixInverse", "MatrixInverse")
+MatrixMul = _opr_type("MatrixMul", "MatrixMul")
+BatchedMatrixMul = _opr_type("BatchedMatrixMul", "BatchedMatmul")
+Dot = _opr_type("Dot", "Dot")
+SVD = _opr_type("SVD", "SVD")
+ConvolutionForward = _opr_type("ConvolutionForward", "Convolution")
+ConvolutionBackwardData = _opr_type("ConvolutionBackwardData", "ConvTranspose")
+Convolution3DForward = _opr_type("Convolution3DForward", "Convolution3D")
+DeformableConvForward = _opr_type("DeformableConvForward", "DeformableConv")
+GroupLocalForward = _opr_type("GroupLocalForward", "GroupLocal")
+PoolingForward = _opr_type("PoolingForward", "Pooling")
+AdaptivePoolingForward = _opr_type("AdaptivePoolingForward", "AdaptivePooling")
+ROIPoolingForward = _opr_type("ROIPoolingForward", "ROIPooling")
+DeformablePSROIPoolingForward = _opr_type("DeformablePSROIPoolingForward", "DeformablePSROIPooling")
+ConvBiasForward = _opr_type("ConvBiasForward", "ConvBias")
+BatchNormForward = _opr_type("BatchNormForward", "BatchNorm")
+ROIAlignForward = _opr_type("ROIAlignForward", "ROIAlign")
+ResizeForward = _opr_type("ResizeForward", "Resize")
+IndexingOneHot = _opr_type("IndexingOneHot", "IndexingOneHot")
+Copy = _opr_type("Copy", "Copy")
+ArgsortForward = _opr_type("ArgsortForward", "Argsort")
+CondTake = _opr_type("CondTake", "CondTake")
+TopK = _opr_type("TopK", "TopK")
+Concat = _opr_type("Concat", "Concat")
+Broadcast = _opr_type("Broadcast", "Broadcast")
+Identity = _opr_type("Identity", "Identity")
+Dimshuffle = _opr_type("Dimshuffle", "Dimshuffle")
+Reshape = _opr_type("Reshape", "Reshape")
+Subtensor = _opr_type("Subtensor", "Subtensor")
+SetSubtensor = _opr_type("SetSubtensor", "SetSubtensor")
+IncrSubtensor = _opr_type("IncrSubtensor", "IncrSubtensor")
+IndexingMultiAxisVec = _opr_type("IndexingMultiAxisVec", "IndexingMultiAxisVec")
+IndexingSetMultiAxisVec = _opr_type("IndexingSetMultiAxisVec", "IndexingSetMultiAxisVec")
+IndexingIncrMultiAxisVec = _opr_type("IndexingIncrMultiAxisVec", "IndexingIncrMultiAxisVec")
+GetVarShape = _opr_type("GetVarShape", "GetVarShape")
+UniformRNG = _opr_type("UniformRNG", "UniformRNG")
+GaussianRNG = _opr_type("GaussianRNG", "GaussianRNG")
 
 # engine op class name -> upstream Elemwise mode
 _ELEMWISE = {
