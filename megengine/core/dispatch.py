@@ -49,6 +49,10 @@ _trace_hook = None
 # every apply goes through this hook (it clears itself, applies, notes the op, reinstalls itself);
 # None otherwise: one more global read per apply.
 _profile_hook = None
+# megengine.utils.network: while VarNodes of a loaded program exist, every apply goes through
+# this hook first; it builds graph nodes for ops on VarNodes and returns NotImplemented for
+# others (see megengine/utils/network_node.py). None otherwise: one more global read per apply.
+_symbolic_hook = None
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 # The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
 # is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
@@ -291,6 +295,8 @@ def _array(o):
 
 def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
+    if _symbolic_hook is not None and (r := _symbolic_hook(op, inputs)) is not NotImplemented:
+        return r
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
         return _trace_hook(op, inputs)
     if _profile_hook is not None:  # a Profiler or TensorSanityCheck: it applies the op itself

@@ -1,12 +1,21 @@
 """Writing a traced program to a file (`trace.dump`) and reading it back (`load`), so that it runs
 without the Python source that made it.
 
-The file is a zip archive:
+The file is an 8-byte mark (``_MAGIC``) and the archive's length (8 bytes, little-endian),
+then a zip archive (so a loader reads exactly the program even where other bytes follow it, as
+when a file object is overwritten by a shorter program; files without the mark, written
+before it, are the bare archive):
 
 - ``graph.json``: the format name and version, the inputs (name, slot, shape, dtype, device),
   the outputs (name, slot), the constants (slot, array entry, device), the steps and the
   user's metadata;
 - ``arrays/<n>.npy``: every array (constants, captured parameters, arrays inside op state).
+
+Optional keys (files without them load as before): ``name`` of a constant, ``opr_name`` and
+``var_names`` of a step (the names `megengine.utils.network` shows and edits), ``metadata``
+``null`` (dumped with ``enable_metadata=False``), and ``testcases``: inputs and the outputs the
+program computed from them (``trace.dump(input_data=...)``, upstream's test cases for its
+load_and_run tool), which `megengine.utils.comp_graph_tools.load_and_inference` runs and checks.
 
 An op is written *by value*: its class as ``"module:QualName"`` and its constructor state (the
 ``__dict__`` the recording copied before ``forward`` ran), encoded as tagged JSON. Loading
@@ -25,6 +34,7 @@ Dump an inference function traced with ``capture_as_const=True``.
 import importlib
 import io
 import json
+import re
 import types
 import zipfile
 from collections import namedtuple
@@ -33,11 +43,13 @@ import numpy as np
 
 from ..core.dispatch import Op
 from ..core.ops import move_array
+from ..core.tensor import Tensor
 from ..device import canonical_device
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
+_MAGIC = b"MGEFORK\x01"
 
 DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size", "file_size"])
 
@@ -46,14 +58,13 @@ DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size",
 _NO_EFFECT = frozenset({
     "append", "keep_var_name", "keep_opr_name", "keep_param_name", "keep_opr_priority",
     "no_change_graph", "strip_info_file", "append_json", "optimize_for_inference",
-    "enable_metadata", "dump_format", "model_version", "enable_io16xc32", "enable_ioc16",
+    "dump_format", "model_version", "enable_io16xc32", "enable_ioc16",
     "enable_hwcd4", "enable_nchw4", "enable_nchw88", "enable_nchw44", "enable_nchw44_dot",
     "enable_nchw32", "enable_chwn4", "enable_fuse_conv_bias_nonlinearity",
     "enable_fuse_conv_bias_with_z", "enable_fuse_preprocess", "enable_fuse_grain",
     "enable_weight_preprocess", "enable_nchw64"})
-# upstream's options that embed test cases for its load_and_run tool, absent here
-_TESTCASE = ("input_data", "repeat", "silent", "no_assert", "maxerr", "resize_input",
-             "input_transform")
+# upstream's graph optimizer options that metadata records when optimize_for_inference is on
+_OPTIMIZE_OPTIONS = tuple(sorted(k for k in _NO_EFFECT if k.startswith("enable_")))
 
 
 class DumpError(ValueError, RuntimeError):
@@ -110,6 +121,14 @@ class _Writer:
             return {"scalar": self.array(np.asarray(v))}
         if _is_array(v):
             return {"array": self.array(v)}
+        if type(v).__name__ == "RNG" and type(v).__module__ == "megengine.random.rng":
+            # a random op's source: the global generator at load, or its own generator's state
+            # (a loaded program draws on from there, as upstream's RNG operator with its seed)
+            gen = v._generator
+            return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
+                                                      gen.bit_generator.state], v._device]}
+        if isinstance(v, Tensor):  # (in user_info, as upstream pickles it)
+            return {"tensor": [self.array(v._data), v._device]}
         if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)) \
                 and _importable(v):
             return {"type": _class_path(v)}  # a class or module-level function, by its name
@@ -166,15 +185,26 @@ def _read(v, arrays):
         return arrays[x]
     if tag == "type":
         return _import(x)
+    if tag == "rng":
+        from ..random.rng import RNG
+        rng = RNG(device=x[1])
+        if x[0] is not None:
+            bit_gen = getattr(np.random, x[0][0])()
+            bit_gen.state = x[0][1]
+            rng._generator = np.random.Generator(bit_gen)
+        return rng
+    if tag == "tensor":
+        a, device = arrays[x[0]], x[1]
+        return Tensor(a, dtype=a.dtype, device=device if device.startswith("cpu") else None)
     raise ValueError(f"load: unknown value tag {tag!r} in the file")
 
 
 def _read_frozen(v, arrays):
     """Op state that refers to traced arrays, back in `_program._freeze`'s form for `_thaw`."""
     if isinstance(v, dict):
+        if "ref" in v:  # (two keys: the slot and whether the op holds its raw array)
+            return _Ref(v["ref"], v["raw"])
         (tag, x), = v.items()
-        if tag == "ref":
-            return _Ref(x, v["raw"])
         if tag in ("tuple", "list"):
             return (tuple if tag == "tuple" else list, tuple(_read_frozen(e, arrays) for e in x))
         if tag == "dict":
@@ -294,13 +324,14 @@ def _output_slots(out):
     return [f"output_{i}" for i in range(len(leaves))], leaves
 
 
-def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None, **options):
-    """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring."""
-    for k in _TESTCASE:
-        if options.pop(k, None) is not None:
-            raise DumpError(f"dump({k}=...): upstream embeds test cases for its load_and_run "
-                            "tool, which this fork does not have; run the dumped file with "
-                            "megengine.utils.comp_graph_tools.GraphInference instead")
+def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None,
+                 enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
+                 maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
+                 **options):
+    """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring.
+
+    ``input_data`` (upstream's test cases): see `make_testcases`; the program is run on each
+    case as it is written to the file, and the outputs are stored next to the inputs."""
     unknown = set(options) - _NO_EFFECT
     if unknown:
         raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
@@ -323,6 +354,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     w = _Writer()
     slots = prog.slots
     consts = []
+    param_names = _param_names(_function, prog.in_tree)
     for s, info in enumerate(slots):
         if info.kind == "grad":
             raise DumpError(f"dump: the program reads {prog.describe(s)} live; gradients cannot "
@@ -331,7 +363,11 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             raise DumpError(f"dump: {prog.describe(s)} is read live; trace with "
                             "capture_as_const=True to dump its value")
         if info.kind == "const":
-            consts.append({"slot": s, "array": w.array(info.const), "device": info.device})
+            entry = {"slot": s, "array": w.array(info.const), "device": info.device}
+            name = param_names.get(id(info.tensor)) or getattr(info.tensor, "_name", None)
+            if name:  # a named Parameter or tensor keeps its name, as upstream's dump
+                entry["name"] = name
+            consts.append(entry)
     steps = []
     for step in prog.steps:
         t = type(step)
@@ -342,19 +378,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
                             "in-place write, run on live Python objects), which a file cannot "
                             "hold. Dump an inference function")
-        op = step.template
-        cls = type(op)
-        where = f"op #{step.index} ({step.name})"
-        if not _importable(cls):
-            raise DumpError(f"dump: {where}: its class {cls.__qualname__} is defined inside a "
-                            "function or in __main__, so a loader cannot import it")
-        dyn = dict(step.dyn or ())
-        state = {k: (w.frozen(dyn[k], f"{where}, attribute {k!r}") if k in dyn
-                     else w.value(v, f"{where}, attribute {k!r}"))
-                 for k, v in op.__dict__.items() if k != "needs_input_grad"}
-        steps.append({"op": _class_path(cls), "state": state, "dyn": sorted(dyn),
-                      "ins": list(step.ins), "outs": list(step.outs), "multi": step.multi,
-                      "name": step.name})
+        steps.append(op_step_json(w, step.template, step.dyn, step.ins, step.outs, step.multi,
+                                  step.name, f"op #{step.index} ({step.name})"))
     inputs = []
     for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
         inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
@@ -362,7 +387,105 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     graph = {"format": FORMAT, "version": VERSION, "n_slots": len(slots), "inputs": inputs,
              "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
              "consts": consts, "steps": steps,
-             "metadata": {"user_info": w.value(user_info, "user_info")}}
+             "metadata": (metadata_json(w, user_info, False, options) if enable_metadata
+                          else None)}
+    if input_data is not None:
+        data = write_file(graph, w, None)  # the program as the file holds it computes the cases
+        cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
+                               resize_input=resize_input, input_transform=input_transform)
+        graph["testcases"] = {"cases": [{"inputs": {k: w.array(v) for k, v in ins.items()},
+                                         "outputs": {k: w.array(v) for k, v in outs.items()}}
+                                        for ins, outs in cases],
+                              "maxerr": float(maxerr), "no_assert": bool(no_assert),
+                              "silent": bool(silent)}
+    elif (repeat, silent, no_assert, resize_input, input_transform) != (1, False, False, False,
+                                                                         None):
+        raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
+                        "describe the test cases of input_data=..., which was not given")
+    data = write_file(graph, w, file)
+    n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
+    return DumpInfo(n_ops, in_names, out_names,
+                    sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+
+
+def _param_names(function, in_tree):
+    """{id(tensor): name} for the parameters and buffers of the Modules the traced function
+    refers to (the function itself, its bound instance, its closure, its module-level names,
+    and Modules passed as arguments), named by their path as upstream's auto-naming names
+    them: ``conv1.bias``, prefixed by a top module's own name when it has one, and ending in a
+    tensor's own name when it was given one (``simple.linear.user-weight``)."""
+    from ..module import Module
+    roots = []
+
+    def add(obj):
+        if isinstance(obj, Module) and all(obj is not r for r in roots):
+            roots.append(obj)
+
+    def walk_tree(node):
+        if type(node) is tuple:
+            for x in node:
+                walk_tree(x)
+        elif hasattr(node, "value") and not isinstance(node, type):
+            add(getattr(node, "value", None))
+
+    add(function)
+    add(getattr(function, "__self__", None))
+    walk_tree(in_tree)
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            add(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    for v in list(getattr(function, "__globals__", {}).values()):
+        add(v)
+    names = {}
+    for root in roots:
+        top = root.name if isinstance(getattr(root, "name", None), str) else None
+        for path, module in root.named_modules():
+            prefix = ".".join(p for p in (top, path) if p)
+            for attr, t in module.named_tensors(recursive=False):
+                own = getattr(t, "_name", None)
+                names.setdefault(id(t), ".".join(p for p in (prefix, own or attr) if p))
+    return names
+
+
+def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_names=None):
+    """One op step of graph.json: the op by value (see the module docstring). ``dyn``: the
+    attributes that refer to traced values, in `_program._freeze` form (or None)."""
+    cls = type(op)
+    if not _importable(cls):
+        raise DumpError(f"dump: {where}: its class {cls.__qualname__} is defined inside a "
+                        "function or in __main__, so a loader cannot import it")
+    dyn = dict(dyn or ())
+    state = {k: w.value(v, f"{where}, attribute {k!r}") for k, v in op.__dict__.items()
+             if k != "needs_input_grad" and k not in dyn}
+    # (an op read back from a file has no attribute for its dyn state: only the frozen form)
+    state.update((k, w.frozen(f, f"{where}, attribute {k!r}")) for k, f in dyn.items())
+    step = {"op": _class_path(cls), "state": state, "dyn": sorted(dyn), "ins": list(ins),
+            "outs": list(outs), "multi": multi, "name": name}
+    if opr_name is not None:
+        step["opr_name"] = opr_name
+    if var_names is not None:
+        step["var_names"] = list(var_names)
+    return step
+
+
+def metadata_json(w, user_info, graph_modified, options):
+    """The metadata upstream's loaders show: the user's object, whether the graph was edited
+    after tracing (`megengine.utils.network`), and the optimizer options asked for (recorded
+    only: this engine has no graph optimizer, see ``_NO_EFFECT``)."""
+    optimized = bool(options.get("optimize_for_inference", True))
+    meta = {"user_info": w.value(user_info, "user_info"), "graph_modified": graph_modified,
+            "optimized_for_inference": optimized}
+    if optimized:
+        meta["optimize_options"] = w.value({k: True for k in _OPTIMIZE_OPTIONS
+                                            if options.get(k)}, "optimize options")
+    return meta
+
+
+def write_file(graph, w, file):
+    """Write graph.json and ``w``'s arrays as the zip archive; ``file`` None: only return the
+    bytes."""
     if w.qdtypes:
         graph["quantized_arrays"] = w.qdtypes
     buf = io.BytesIO()
@@ -371,15 +494,16 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         for i, a in enumerate(w.arrays):
             with z.open(f"arrays/{i}.npy", "w") as f:
                 np.save(f, a, allow_pickle=False)
-    data = buf.getvalue()
+    archive = buf.getvalue()
+    data = _MAGIC + len(archive).to_bytes(8, "little") + archive
+    if file is None:
+        return data
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
         with open(file, "wb") as f:
             f.write(data)
     else:
         file.write(data)
-    n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
-    return DumpInfo(n_ops, in_names, out_names,
-                    sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+    return data
 
 
 def _leaves(in_tree):
@@ -404,17 +528,23 @@ def _leaves(in_tree):
 # --------------------------------------------------------------------------------------------
 class LoadedProgram:
     """A dumped program read back: ``inputs`` and ``outputs`` are lists of (name, shape, dtype)
-    and names; `run` computes the outputs from input arrays."""
+    and names; `run` computes the outputs from input arrays. ``metadata``: upstream's dict (None
+    when dumped with ``enable_metadata=False``); ``testcases``: [(inputs, expected outputs)] as
+    {name: array} dicts, with ``testcase_options`` (maxerr, no_assert, silent)."""
 
-    def __init__(self, graph, prog, device, metadata):
+    def __init__(self, graph, prog, device, metadata, testcases=(), testcase_options=None):
         self.graph, self.prog, self.device = graph, prog, device
         self.inputs = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"]))
                        for i in graph["inputs"]]
         self.outputs = [o["name"] for o in graph["outputs"]]
         self.metadata = metadata
+        self.testcases = list(testcases)
+        self.testcase_options = testcase_options or {}
 
-    def run(self, feeds):
-        """``feeds``: {input name: array}; returns {output name: Tensor}."""
+    def run(self, feeds, strict_shape=True):
+        """``feeds``: {input name: array}; returns {output name: Tensor}. ``strict_shape``
+        False (test cases of another shape, as upstream's graphs accept): the recorded ops run
+        at the given shape, with the parameters they were traced with."""
         from ..core.tensor import Tensor
         from .replay import replay
         missing = [n for n, _, _ in self.inputs if n not in feeds]
@@ -429,7 +559,7 @@ class LoadedProgram:
         for (name, shape, dtype), info in zip(self.inputs, self.graph["inputs"]):
             v = feeds[name]
             v = v.numpy() if isinstance(v, Tensor) else np.asarray(_host(v))  # CuPy too
-            if v.shape != shape:
+            if v.shape != shape and strict_shape:
                 raise ValueError(f"run: input {name!r} has shape {v.shape}, but the program was "
                                  f"traced with shape {shape}; trace and dump the new shape")
             leaves.append(Tensor(v.astype(dtype, copy=False), dtype=dtype,
@@ -443,19 +573,22 @@ def _on_device(a, device):
     return move_array(a, device) if device.startswith("gpu") else a
 
 
-def load(file, device=None):
-    """Read a file `dump_program` wrote; ``device`` overrides the devices it was traced on."""
+def read_file(file):
+    """(graph.json as a dict, {array index: host array}) of a file `dump_program` wrote."""
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
         with open(file, "rb") as f:
             data = f.read()
     else:
         data = file.read()
+    if data[:8] == _MAGIC:
+        data = data[16:16 + int.from_bytes(data[8:16], "little")]
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         graph = json.loads(z.read("graph.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
         raise ValueError("load: not a program written by megengine.jit.trace.dump of this fork "
-                         f"({e}); upstream MegEngine's .mge graphs cannot be read here") from e
+                         f"({e}); upstream MegEngine's .mge graphs cannot be read here: dump the "
+                         "model again with this fork's trace.dump") from e
     if graph.get("format") != FORMAT or graph.get("version") != VERSION:
         raise ValueError(f"load: unsupported file format {graph.get('format')!r} version "
                          f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")
@@ -467,6 +600,35 @@ def load(file, device=None):
     for i, info in graph.get("quantized_arrays", ()):
         arrays[i] = arrays[i].view(np.dtype(arrays[i].dtype, metadata={"mgb_dtype": _read(info,
                                                                                           arrays)}))
+    return graph, arrays
+
+
+def read_op(s, arrays, k):
+    """(op template, dyn) of step ``s`` (its dict in graph.json), the ``k``-th step."""
+    cls = _import(s["op"])
+    if not (isinstance(cls, type) and issubclass(cls, Op)):
+        raise ValueError(f"load: step {k} names {s['op']!r}, which is not a megengine op")
+    op = cls.__new__(cls)
+    dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
+    op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
+                        if name not in s["dyn"]})
+    return op, dyn
+
+
+def read_metadata(graph, arrays):
+    meta = graph.get("metadata")
+    if meta is None:
+        return None
+    meta = {k: _read(v, arrays) for k, v in meta.items()}
+    meta.setdefault("graph_modified", False)  # (files of before these keys)
+    meta.setdefault("optimized_for_inference", True)
+    meta.update(meta.pop("optimize_options", None) or {})  # upstream lists them inline
+    return meta
+
+
+def load(file, device=None):
+    """Read a file `dump_program` wrote; ``device`` overrides the devices it was traced on."""
+    graph, arrays = read_file(file)
     prog = _Program()
     for _ in range(graph["n_slots"]):
         prog.new_slot("op")
@@ -484,17 +646,127 @@ def load(file, device=None):
             prog.steps.append(_AliasStep(s["alias"], s["out"]))
             prog.slots[s["out"]].kind = "alias"
             continue
-        cls = _import(s["op"])
-        if not (isinstance(cls, type) and issubclass(cls, Op)):
-            raise ValueError(f"load: step {k} names {s['op']!r}, which is not a megengine op")
-        op = cls.__new__(cls)
-        dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
-        op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
-                            if name not in s["dyn"]})
+        op, dyn = read_op(s, arrays, k)
         step = _OpStep(len(prog.steps), op, None, dyn, tuple(s["ins"]), None, tuple(s["outs"]),
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
     prog.compile()
-    metadata = {k: _read(v, arrays) for k, v in graph["metadata"].items()}
-    return LoadedProgram(graph, prog, device, metadata)
+    tc = graph.get("testcases") or {}
+    cases = [({k: arrays[i] for k, i in c["inputs"].items()},
+              {k: arrays[i] for k, i in c["outputs"].items()}) for c in tc.get("cases", ())]
+    options = {k: tc[k] for k in ("maxerr", "no_assert", "silent") if k in tc}
+    return LoadedProgram(graph, prog, device, read_metadata(graph, arrays), cases, options)
+
+
+# --------------------------------------------------------------------------------------------
+# test cases (upstream's ``input_data``)
+# --------------------------------------------------------------------------------------------
+_RAND = re.compile(r"^#rand\(([^)]*)\)$")
+
+
+def make_testcases(program, input_data, repeat=1, resize_input=False, input_transform=None):
+    """[(inputs, outputs)] for ``input_data``, as upstream's ``trace.dump`` reads it: a list
+    (or one item) of test cases, each a string ``"var0:spec0;var1:spec1"`` (the name may be
+    left out for a one-input program), ``"@file"`` (one such string per line of ``file``), a
+    numpy array (one-input programs), a list of arrays (one per input, in order) or a dict
+    {input name: array}. A spec is ``#rand(min, max[, shape...])`` (uniform in [min, max); a
+    shape ending in ``...`` keeps the rest of the traced shape; no shape: the traced shape), a
+    ``.npy`` file, a pickled array, or an image file (read as (1, C, H, W), as upstream).
+    ``repeat`` repeats file and array data along axis 0; ``input_transform``: a Python
+    expression of ``data`` (and ``np``), applied to each input."""
+    if resize_input:
+        raise DumpError("dump(resize_input=True): resizing images to the input shape is not "
+                        "supported here; resize them before giving them as input_data")
+    if isinstance(input_data, (str, np.ndarray, dict)):
+        input_data = [input_data]
+    items = []
+    for item in input_data:
+        if isinstance(item, str) and item.startswith("@"):
+            with open(item[1:]) as f:
+                items.extend(line.strip() for line in f if line.strip())
+        else:
+            items.append(item)
+    shapes = {n: (shape, dtype) for n, shape, dtype in program.inputs}
+    names = [n for n, _, _ in program.inputs]
+    cases = []
+    for k, item in enumerate(items):
+        feeds = _case_feeds(item, names, shapes, repeat, k)
+        for n in feeds:
+            if input_transform is not None:
+                feeds[n] = np.asarray(eval(input_transform, {"np": np}, {"data": feeds[n]}))
+            feeds[n] = np.asarray(feeds[n]).astype(shapes[n][1])
+        try:
+            outs = program.run(feeds, strict_shape=False)
+        except Exception as e:
+            raise DumpError(f"dump(input_data=...): test case {k} "
+                            f"({ {n: v.shape for n, v in feeds.items()} }) cannot run through "
+                            f"the traced ops: {e}") from e
+        cases.append((feeds, {n: _host(v._data) for n, v in outs.items()}))
+    return cases
+
+
+def _case_feeds(item, names, shapes, repeat, k):
+    if isinstance(item, dict):
+        feeds = {n: _repeat(np.asarray(_host(getattr(v, "_data", v))), repeat)
+                 for n, v in item.items()}
+    elif isinstance(item, np.ndarray) or (isinstance(item, (list, tuple)) and all(
+            isinstance(v, np.ndarray) or hasattr(v, "_data") for v in item)):
+        values = [item] if isinstance(item, np.ndarray) else list(item)
+        if len(values) != len(names):
+            raise DumpError(f"dump(input_data=...): test case {k} gives {len(values)} arrays "
+                            f"for the inputs {names}")
+        feeds = {n: _repeat(np.asarray(_host(getattr(v, "_data", v))), repeat)
+                 for n, v in zip(names, values)}
+    elif isinstance(item, str):
+        feeds = {}
+        for part in item.split(";"):
+            name, sep, spec = part.rpartition(":") if not part.startswith("#") else ("", "", part)
+            if not sep and len(names) != 1:
+                raise DumpError(f"dump(input_data=...): {part!r} names no input; the program "
+                                f"has inputs {names}, give 'name:data' for each")
+            name = name.strip() or names[0]
+            if name not in shapes:
+                raise DumpError(f"dump(input_data=...): no input named {name!r}; the program's "
+                                f"inputs are {names}")
+            feeds[name] = _spec_data(spec.strip(), shapes[name][0], repeat)
+    else:
+        raise DumpError(f"dump(input_data=...): test case {k} is a {type(item).__name__}; give "
+                        "a string, an array, a list of arrays or a dict of arrays")
+    missing = [n for n in names if n not in feeds]
+    unknown = [n for n in feeds if n not in shapes]
+    if missing or unknown:
+        raise DumpError(f"dump(input_data=...): test case {k} lacks the inputs {missing} or "
+                        f"names unknown ones {unknown}; the program's inputs are {names}")
+    return feeds
+
+
+def _spec_data(spec, shape, repeat):
+    m = _RAND.match(spec.replace(" ", ""))
+    if m:
+        args = [a for a in m.group(1).split(",") if a]
+        if len(args) < 2:
+            raise DumpError(f"dump(input_data=...): {spec!r} needs at least min and max")
+        lo, hi = float(args[0]), float(args[1])
+        dims = args[2:]
+        if dims and dims[-1] == "...":
+            dims = [int(d) for d in dims[:-1]]
+            shape = tuple(dims) + tuple(shape[len(dims):])
+        elif dims:
+            shape = tuple(int(d) for d in dims)
+        return np.random.uniform(lo, hi, size=shape)  # random data is not repeated (upstream)
+    if spec.endswith(".npy"):
+        data = np.load(spec, allow_pickle=False)
+    else:
+        try:
+            from ..data.dataset.vision.folder import imread
+            data = imread(spec).transpose(2, 0, 1)[None]  # (1, C, H, W), as upstream
+        except Exception:  # not an image: upstream also reads a pickled array
+            import pickle
+            with open(spec, "rb") as f:
+                data = pickle.load(f)
+    return _repeat(np.asarray(data), repeat)
+
+
+def _repeat(a, repeat):
+    return np.repeat(a, repeat, axis=0) if repeat > 1 else a

@@ -471,7 +471,7 @@ class trace:
         if self._last is None:
             raise RuntimeError("should do record first before dump")
         return dump_program(self._last, file, arg_names=arg_names, output_names=output_names,
-                            **options)
+                            _function=self.__wrapped__, **options)
 
     def get_profile(self):
         """Time per op type over the profiled calls: ``{"profiler": {"calls", "total_seconds",

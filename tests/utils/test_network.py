@@ -1,0 +1,269 @@
+"""Tests for megengine/utils/network.py: a dumped program loaded as a Network, inspected, edited
+(vars and operators replaced, inputs, constants and outputs added, batch size reset), dumped
+again and run by GraphInference gives what numpy or torch compute for the edited program."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.jit import trace
+from megengine.jit.dump import DumpError
+from megengine.utils.comp_graph_tools import GraphInference
+from megengine.utils.network import Network, NodeFilter, as_oprnode, as_varnode
+from megengine.utils.network import set_symbolic_shape
+from megengine.utils.network_node import (ConvolutionForward, Elemwise, Host2DeviceCopy,
+                                          ImmutableTensor, PoolingForward, VarNode)
+
+
+def _dumped(fn, *args, **dump_options):
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(*[mge.tensor(a) for a in args])
+    file = io.BytesIO()
+    f.dump(file, optimize_for_inference=False, **dump_options)
+    file.seek(0)
+    return file
+
+
+def _run(net, *inputs):
+    """Dump ``net`` and run the file: the edit as a program would see it."""
+    file = io.BytesIO()
+    net.dump(file)
+    file.seek(0)
+    return GraphInference(file).run(*inputs)
+
+
+A = np.array([1.0, -2.0, 3.0], "float32")
+B = np.array([4.0, 5.0, -6.0], "float32")
+
+
+def _add_mul_net():
+    return Network.load(_dumped(lambda a, b: (a + b) * 2, A, B, arg_names=["a", "b"],
+                                output_names="o"))
+
+
+def test_loaded_program_lists_its_operators_in_traced_order():
+    net = _add_mul_net()
+    assert [v.name for v in net.input_vars] == ["a", "b"]
+    assert [v.name for v in net.output_vars] == ["o"]
+    kinds = [o.params["mode"] if isinstance(o, Elemwise) else o.type for o in net.all_oprs]
+    assert kinds == ["Host2DeviceCopy", "Host2DeviceCopy", "ADD", "ImmutableTensor", "MUL"]
+    (const,) = net.params_filter
+    assert const.numpy().tolist() == 2.0
+    assert net.var_filter.name("o").as_unique().shape == (3,)
+    assert net.metadata == {"user_info": None, "graph_modified": False,
+                            "optimized_for_inference": False}
+
+
+def test_replace_vars_inserts_an_operator_after_a_var():
+    net = _add_mul_net()
+    s = net.opr_filter.type(Elemwise).as_list()[0].outputs[0]  # a + b
+    net.replace_vars({s: F.relu(s)})  # readers of a + b read relu(a + b); relu still reads s
+    np.testing.assert_array_equal(_run(net, A, B)["o"], np.maximum(A + B, 0) * 2)
+
+
+def test_replaced_inputs_leave_the_program_and_constants_take_their_place():
+    net = _add_mul_net()
+    b = net.var_filter.name("b").as_unique()
+    net.replace_vars({b: net.make_const(np.array([10.0, 20.0, 30.0]), name="ten")})
+    assert [v.name for v in net.input_vars] == ["a"]
+    assert "ten" in [p.name for p in net.params_filter]
+    np.testing.assert_array_equal(_run(net, A)["o"], (A + [10, 20, 30]) * 2)
+
+
+def test_replace_oprs_keeps_the_vars_and_changes_what_computes_them():
+    net = _add_mul_net()
+    a, b = net.input_vars
+    add = net.opr_filter.has_input(a).as_unique()
+    sub = F.sub(a, b).owner
+    old_out = add.outputs[0]
+    net.replace_oprs({add: sub})
+    assert old_out.owner is sub and sub.outputs[0] is old_out
+    np.testing.assert_array_equal(_run(net, A, B)["o"], (A - B) * 2)
+    with pytest.raises(ValueError, match="can not replace"):
+        net.replace_oprs({sub: F.cond_take(a > 0, a)[0].owner})
+
+
+def test_new_inputs_and_outputs_are_named_and_ordered():
+    net = _add_mul_net()
+    c = net.make_input_node((3,), np.float32, name="c")
+    o = net.var_filter.name("o").as_unique()
+    extra = F.exp(o) - c
+    extra.name = "extra"
+    net.add_output(extra)
+    net.add_output(extra)  # once only
+    net.remove_output(o)
+    got = _run(net, A, B, B)
+    assert list(got) == ["extra"]
+    np.testing.assert_allclose(got["extra"], np.exp((A + B) * 2) - B, rtol=1e-6)
+
+
+def test_params_are_named_by_module_path_and_their_values_can_be_set():
+    conv = M.Conv2d(2, 3, 3, padding=1)
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return F.relu(self.conv(x))
+
+    model = Net()
+    x = np.random.rand(1, 2, 5, 5).astype("float32")
+    net = Network.load(_dumped(model, x, arg_names=["data"]))
+    assert sorted(p.name for p in net.params_filter) == ["conv.bias", "conv.weight"]
+    w = net.get_var_by_name("conv.weight")
+    np.testing.assert_array_equal(w.numpy(), conv.weight.numpy())
+    new_w = np.random.rand(3, 2, 3, 3).astype("float32")
+    w.owner.set_value(new_w)
+    ref = torch.relu(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(new_w),
+                                                torch.tensor(conv.bias.numpy().reshape(3)),
+                                                padding=1))
+    np.testing.assert_allclose(_run(net, x)["output_0"], ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_edited_conv_network_matches_torch():
+    model = M.Conv2d(3, 4, 3)
+    x = np.random.rand(2, 3, 8, 8).astype("float32")
+    net = Network.load(_dumped(model, x, arg_names=["data"], output_names="conv"))
+    conv_out = net.opr_filter.type(ConvolutionForward).as_unique().outputs[0]
+    pooled = F.avg_pool2d(conv_out, 2)
+    assert isinstance(pooled.owner, PoolingForward)
+    pooled.name = "pooled"
+    net.add_output(pooled)
+    got = _run(net, x)
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(model.weight.numpy()),
+                                     torch.tensor(model.bias.numpy().reshape(4)))
+    np.testing.assert_allclose(got["conv"], ref.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["pooled"], torch.nn.functional.avg_pool2d(ref, 2).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_reset_batch_size_runs_the_program_at_the_new_batch():
+    model = M.Sequential(M.Conv2d(1, 2, 3), M.ReLU())
+    x = np.random.rand(2, 1, 6, 6).astype("float32")
+    net = Network.load(_dumped(model, x, arg_names=["data"]))
+    net.reset_batch_size(5)
+    assert net.data_providers_filter.as_unique().shape == (5, 1, 6, 6)
+    assert net.output_vars[0].shape == (5, 2, 4, 4)  # shapes follow the new input
+    x5 = np.random.rand(5, 1, 6, 6).astype("float32")
+    np.testing.assert_allclose(_run(net, x5)["output_0"], model(mge.tensor(x5)).numpy(),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unused items in blacklist"):
+        net.reset_batch_size(1, blacklist=["nope"])
+
+
+def test_modify_opr_names_and_outspec():
+    net = Network.load(_dumped(lambda a: F.exp(a) + 1, A, arg_names=["a"]))
+    net.modify_opr_names("m")
+    assert net.data_providers_filter.as_unique().name == "m.a"
+    with pytest.raises(TypeError, match="string"):
+        net.modify_opr_names(lambda name: 3)
+    file = io.BytesIO()
+    net.dump(file)
+    file.seek(0)
+    again = Network.load(file, outspec=["EXP"])  # an internal var as the only output
+    assert again.output_vars[0].owner.name == "m.EXP"  # (vars keep their own names)
+    np.testing.assert_allclose(_run(again, A)["EXP"], np.exp(A), rtol=1e-6)
+    file.seek(0)
+    with pytest.raises(ValueError, match="can not find"):
+        Network.load(file, outspec=["nope"])
+
+
+def test_filters():
+    net = _add_mul_net()
+    a = net.get_var_by_name("a")
+    assert isinstance(a, VarNode) and isinstance(as_oprnode(a), Host2DeviceCopy)
+    assert as_varnode(a.owner) is a
+    assert net.opr_filter.has_input(a).as_count() == 1
+    assert net.opr_filter.not_type(Elemwise).as_count() == 3
+    assert net.opr_filter.name("host*").as_count() == 0
+    assert net.var_filter.name("A", ignorecase=True).as_count() == 1
+    assert net.var_filter.name("A", ignorecase=False).as_count() == 0
+    assert list(net.all_oprs_dict)[:2] == ["a", "b"]
+    assert net.get_var_receive_oprs(a)[0].params["mode"] == "ADD"
+    assert [o.type for o in NodeFilter(net.output_vars[0])] == [
+        "Host2DeviceCopy", "Host2DeviceCopy", "Elemwise", "ImmutableTensor"]
+    with pytest.raises(TypeError, match="should be"):
+        net.opr_filter.check_type(ImmutableTensor).as_list()
+    with pytest.raises(ValueError, match="2 operators"):
+        net.get_opr_by_type(Host2DeviceCopy)
+    assert len(net.get_opr_by_type(Host2DeviceCopy, unique=False)) == 2
+
+
+def test_symbolic_shape_is_a_var_the_program_computes():
+    net = _add_mul_net()
+    a = net.input_vars[0]
+    old = set_symbolic_shape(True)
+    try:
+        shape = a.shape
+    finally:
+        set_symbolic_shape(old)
+    assert isinstance(shape, VarNode) and a.shape == a.partial_shape == (3,)
+    shape.name = "shape"
+    net.add_output(shape)
+    net.reset_batch_size(4)
+    got = _run(net, np.ones(4, "float32"), np.ones(4, "float32"))
+    np.testing.assert_array_equal(got["shape"], [4])
+
+
+def test_metadata_of_a_network_dump():
+    net = _add_mul_net()
+    file = io.BytesIO()
+    net.dump(file, user_info={"t": mge.tensor([1, 2]), "cls": M.Conv2d},
+             enable_nchw4=True)
+    file.seek(0)
+    meta = Network.load(file).metadata
+    assert meta["graph_modified"] is True and meta["optimized_for_inference"] is True
+    assert meta["enable_nchw4"] is True and meta["user_info"]["cls"] is M.Conv2d
+    np.testing.assert_array_equal(meta["user_info"]["t"].numpy(), [1, 2])
+    file = io.BytesIO()
+    net.dump(file, enable_metadata=False)
+    file.seek(0)
+    assert Network.load(file).metadata is None
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match=r"\.mge graphs cannot be read"):
+        Network.load(io.BytesIO(b"mgb0001" + bytes(100)))
+    net = _add_mul_net()
+    a = net.input_vars[0]
+    with pytest.raises(ValueError, match="known only when the program runs"):
+        (a + 1).numpy()
+    with pytest.raises(TypeError, match="in-place"):
+        a += 1
+    with pytest.raises(TypeError, match="VarNode"):
+        net.add_output(mge.tensor([1.0]))
+    b = net.input_vars[1]
+    b.owner.name = "a"
+    with pytest.raises(DumpError, match="two inputs are named 'a'"):
+        net.dump(io.BytesIO())
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        net.dump(io.BytesIO(), no_such_option=True)
+    with pytest.raises(ValueError, match="one program"):
+        net.dump(io.BytesIO(), append=True)
+    add = net.opr_filter.has_input(a).as_unique()
+    with pytest.raises(ValueError, match="cycle"):  # relu reads add's output, which it computes
+        net.replace_oprs({add: F.relu(add.outputs[0]).owner})
+
+
+def test_constant_values_read_and_ops_on_plain_tensors_are_unchanged():
+    net = _add_mul_net()
+    (const,) = net.params_filter
+    doubled = const.outputs[0] * 3  # a constant expression: its value is known
+    assert doubled.numpy().tolist() == 6.0
+    # while VarNodes exist, ops on plain tensors still compute eagerly
+    assert (mge.tensor([1.0, 2.0]) * 2).numpy().tolist() == [2.0, 4.0]
+
+
+def test_the_docs_page_example_runs():
+    import re
+    from pathlib import Path
+    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "network.rst"
+    block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
+                      page.read_text()).group(1)
+    exec(compile("\n".join(line[4:] for line in block.splitlines()), str(page), "exec"), {})

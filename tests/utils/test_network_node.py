@@ -1,0 +1,131 @@
+"""Tests for megengine/utils/network_node.py: operators carry upstream's type names and
+parameters, a program of many op families survives Network.load -> dump bit-equal, and the
+dispatcher hook that turns ops on VarNodes into nodes exists only while VarNodes do."""
+import gc
+import io
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.utils.network_node as N
+from megengine.core import dispatch
+from megengine.jit import trace
+from megengine.utils.comp_graph_tools import GraphInference
+from megengine.utils.network import Network
+
+
+class Many(M.Module):
+    """Conv, batch norm (eval), pooling, linear, reshape, transpose, indexing, casts, top-k."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 4, 3, padding=1)
+        self.bn = M.BatchNorm2d(4)
+        self.fc = M.Linear(16, 3)
+
+    def forward(self, x, idx):
+        x = F.max_pool2d(self.bn(self.conv(x)), 2)
+        x = self.fc(x.reshape(x.shape[0], -1))
+        y = x.transpose(1, 0)[:, idx]
+        top, _ = F.topk(x.sum(axis=0), 2)
+        return F.sigmoid(y).astype("float16"), top
+
+
+def _many():
+    model = Many()
+    model.train()
+    model(mge.tensor(np.random.rand(4, 2, 4, 4) * 2 + 1), mge.tensor([0, 1]))
+    model.eval()
+    return model
+
+
+def test_operators_have_upstream_types_and_params():
+    model = _many()
+    x, idx = np.random.rand(2, 2, 4, 4).astype("float32"), np.array([1, 0], "int32")
+    f = trace(model, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x), mge.tensor(idx))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x", "idx"])
+    file.seek(0)
+    net = Network.load(file)
+    types = [o.type for o in net.all_oprs]
+    for t in ("Host2DeviceCopy", "ImmutableTensor", "Convolution", "BatchNorm", "Pooling",
+              "Linear", "Reshape", "Dimshuffle", "IndexingMultiAxisVec", "Reduce", "TopK",
+              "Elemwise", "TypeCvt"):
+        assert t in types, t
+    conv = net.opr_filter.type(N.ConvolutionForward).as_unique()
+    assert conv.params["stride"] == (1, 1) and conv.params["padding"] == (1, 1)
+    assert conv.params["sparse"] == "DENSE"
+    assert net.opr_filter.type(N.PoolingForward).as_unique().params["mode"] == "MAX"
+    assert net.opr_filter.type(N.Reduce).as_unique().params == {"mode": "SUM", "axis": 0}
+    assert net.opr_filter.type(N.Dimshuffle).as_unique().params == {"pattern": (1, 0)}
+    assert net.opr_filter.type(N.TypeCvt).as_unique().params["dtype"] == np.float16
+    # this engine's fused linear layer has no upstream operator (MatrixMul + ADD there)
+    assert isinstance(net.opr_filter.name("Linear").as_unique(), N.ReadOnlyOpNode)
+    modes = [o.params["mode"] for o in net.opr_filter.type(N.Elemwise)]
+    assert modes == ["SIGMOID"]
+    # Network.load -> dump -> run: the same values as the model, bit for bit
+    again = io.BytesIO()
+    net.dump(again)
+    again.seek(0)
+    got = GraphInference(again).run(x, idx)
+    want = model(mge.tensor(x), mge.tensor(idx))
+    np.testing.assert_array_equal(got["output_0"], want[0].numpy())
+    np.testing.assert_array_equal(got["output_1"], want[1].numpy())
+
+
+def test_str_to_mge_class_and_engine_ops_without_an_upstream_type():
+    assert N.str_to_mge_class("Convolution") is N.ConvolutionForward
+    assert N.str_to_mge_class("BatchedMatmul") is N.BatchedMatrixMul
+    assert N.str_to_mge_class("NoSuchOperator") is N.ReadOnlyOpNode
+    f = trace(lambda x: F.cumsum(x, axis=0), symbolic=True, capture_as_const=True)
+    f(mge.tensor([1.0, 2.0, 3.0]))
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    net = Network.load(file)
+    op = net.output_vars[0].owner
+    assert isinstance(op, N.ReadOnlyOpNode) and op.type == "Cumsum"
+    assert op.params == {"axis": 0}
+
+
+def test_ops_on_varnodes_make_nodes_with_sample_shapes():
+    net = Network()
+    x = net.make_input_node((2, 3), np.float32, name="x")
+    y = F.matmul(x, net.make_const(np.ones((3, 4), "float32"), name="w"))
+    assert isinstance(y, N.VarNode) and isinstance(y.owner, N.MatrixMul)
+    assert y.shape == (2, 4) and y.dtype == np.float32
+    z = y.reshape(-1) + 1  # a Python number becomes a constant node
+    assert isinstance(z.owner.inputs[1].owner, N.ImmutableTensor)
+    z.name = "z"
+    net.add_output(z)
+    file = io.BytesIO()
+    net.dump(file)
+    file.seek(0)
+    xv = np.random.rand(2, 3).astype("float32")
+    np.testing.assert_allclose(GraphInference(file).run(xv)["z"],
+                               (xv @ np.ones((3, 4))).reshape(-1) + 1, rtol=1e-6)
+
+
+def test_the_dispatcher_hook_lives_with_the_varnodes():
+    gc.collect()
+    assert dispatch._symbolic_hook is None
+    net = Network()
+    v = net.make_input_node((1,), np.float32, name="v")
+    assert dispatch._symbolic_hook is not None
+    assert isinstance(v * 2, N.VarNode)
+    del net, v
+    gc.collect()
+    assert dispatch._symbolic_hook is None
+
+
+def test_immutable_tensor_set_value_follows_tensor_dtype_rules():
+    c = N.ImmutableTensor(np.arange(3), name="c")
+    assert c.dtype == np.int32 and c.shape == (3,)
+    c.set_value(1.5)
+    assert c.dtype == np.float32 and c.numpy().tolist() == 1.5
+    with pytest.raises(TypeError, match="number or a numpy array"):
+        c.set_value("no")
