@@ -527,6 +527,24 @@ def test_deformable_psroi_pooling_against_loop_reference_and_gradients(no_trans,
                            trans, eps=1e-3, rtol=1e-2)
 
 
+def test_deformable_psroi_pooling_reads_one_trans_row_per_roi():
+    # upstream's kernel indexes trans by roi number and only checks trans[1:]: extra rows are
+    # allowed (its test passes 24 rows for one roi) and unused
+    img, rois = rand(2, 4, 9, 8), DPS_ROIS[:2]
+    trans = rand(5, 2, 3, 3, seed=8)
+    args = (False, 3, 3, 3, 2, 0.8, 0.3)
+    t = mge.tensor(trans)
+    with GradManager().attach([t]) as gm:
+        out = F.vision.deformable_psroi_pooling(img, rois, t, *args)
+        gm.backward(out.sum())
+    want = _dpsroi_loop(img, rois, trans[:2], False, 3, 3, 3, 2, 0.8, 0.3)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert np.abs(t.grad.numpy()[:2]).sum() > 0
+    np.testing.assert_array_equal(t.grad.numpy()[2:], 0)
+    with pytest.raises(ValueError, match=r"trans must be \(K=2 or more"):
+        F.vision.deformable_psroi_pooling(img, rois, trans[:1], *args)
+
+
 def test_deformable_psroi_pooling_bad_shapes_say_so():
     img, trans = rand(1, 2, 6, 6), rand(1, 2, 2, 2)
     rois = DPS_ROIS[:1]
