@@ -212,10 +212,15 @@ class _Sample(Op):
 
 
 class _PerspectivePoints(Op):
-    """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3))."""
+    """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3)).
 
-    def __init__(self, out_h, out_w):
-        self.out_h, self.out_w = out_h, out_w
+    ``cv_grid`` ("linear" or "nearest", affine only) rounds the points as upstream's CPU
+    warp_affine does on its OpenCV path (`_cv_affine_points`); the gradient stays that of the
+    exact points (the rounded ones are piecewise constant in ``mat``).
+    """
+
+    def __init__(self, out_h, out_w, cv_grid=None):
+        self.out_h, self.out_w, self.cv_grid = out_h, out_w, cv_grid
 
     def forward(self, mat):
         xp = xp_of(mat)
@@ -231,6 +236,9 @@ class _PerspectivePoints(Op):
 
         self.u, self.v = row(0), row(1)
         self.d = xp.ones_like(self.u) if self.affine else row(2)
+        if self.cv_grid is not None and self.affine:
+            return xp.stack(_cv_affine_points(xp, m, ww, hh, self.cv_grid),
+                            axis=-1).astype(mat.dtype)
         return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(mat.dtype)
 
     def backward(self, g):
@@ -244,6 +252,33 @@ class _PerspectivePoints(Op):
             gd = -(gx * self.u + gy * self.v) / self.d
             rows.append([(gd * t).sum(axis=(1, 2)) for t in terms])
         return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=1).astype(self.mat_dtype)
+
+
+# Upstream's CPU warp_affine runs OpenCV's algorithm when the image is NHWC float32 or uint8
+# with 1-3 channels (megdnn's warp::is_cv_available): the source point is computed in fixed
+# point, 1/1024 pixel, and then rounded to the 1/32-pixel grid of the interpolation tables
+# (nearest: to whole pixels). A point 0.667 px into a pixel samples at 21/32 = 0.656.
+# Upstream's CUDA kernel uses the exact point, and so does this engine on GPUs.
+_AB_BITS, _INTER_BITS = 10, 5
+
+
+def _cv_affine_points(xp, m, ww, hh, interp):
+    """OpenCV's warpAffine source points for the (B, 2, 3) float64 ``m``: per row, the
+    column term ``round(M[r, 0] * w * 1024)`` plus ``round((M[r, 1] * h + M[r, 2]) * 1024)``
+    and a rounding offset, shifted down to the interpolation grid; returned as (x, y) in
+    pixels. ``rint`` is C's saturate_cast<int>: round half to even."""
+    if interp == "nearest":
+        shift, delta = _AB_BITS, 1 << (_AB_BITS - 1)
+    else:
+        shift, delta = _AB_BITS - _INTER_BITS, 1 << (_AB_BITS - _INTER_BITS - 1)
+    scale = float(1 << _AB_BITS)
+    points = []
+    for r in (0, 1):
+        col = xp.rint(m[:, r, 0, None, None] * ww * scale).astype(np.int64)
+        row = xp.rint((m[:, r, 1, None, None] * hh + m[:, r, 2, None, None]) * scale)
+        fixed = (row.astype(np.int64) + delta + col) >> shift  # an arithmetic (floor) shift
+        points.append(fixed.astype(np.float64) / (1 << (_AB_BITS - shift)))
+    return points
 
 
 def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
@@ -310,7 +345,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
 
 
 def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, interp_mode,
-          rows):
+          rows, cv_path=False):
     inp, mat = _tensor(inp), _tensor(mat)
     border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
     format = str(format).upper()
@@ -333,7 +368,11 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     if mat.dtype.kind != "f":
         mat = mat.astype(np.float32)
     oh, ow = _out_hw(out_shape, what)
-    points = apply(_PerspectivePoints(oh, ow), mat)
+    cv_grid = None
+    if (cv_path and format == "NHWC" and inp.ndim == 4 and inp.shape[3] in (1, 2, 3)
+            and inp.dtype in (np.float32, np.uint8) and str(inp._device).startswith("cpu")):
+        cv_grid = interp_mode  # upstream's CPU kernel for these is OpenCV's (see above)
+    points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
                    format == "NHWC")
 
@@ -359,9 +398,14 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
 
     The default ``format`` is "NHWC", as upstream. Border and interpolation modes as `remap`.
     Differentiable in ``inp`` and ``mat`` (upstream's is forward-only).
+
+    On the CPU, an NHWC float32 or uint8 image of 1-3 channels samples where upstream's CPU
+    kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode: to
+    whole pixels). Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's
+    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
-                 interp_mode, 2)
+                 interp_mode, 2, cv_path=True)
 
 
 # ----- non-maximum suppression -----

@@ -109,20 +109,86 @@ def test_warp_perspective_against_torch_with_mat_gradients():
           lambda i, m: _torch_perspective(i, m, 4, 5), rand(2, 2, 6, 7), mat)
 
 
-def test_warp_affine_is_warp_perspective_in_nhwc():
+def test_warp_affine_is_warp_perspective():
+    # exact points: NCHW (and every layout on a GPU), as upstream's CUDA kernel
     rs = np.random.RandomState(5)
     mat = np.concatenate([np.eye(2), rs.uniform(0, 1, (2, 1))], 1)[None].astype(np.float32)
     mat[:, :, :2] += rs.uniform(-0.1, 0.1, (1, 2, 2)).astype(np.float32)
-    img = rand(1, 6, 7, 3)  # NHWC, upstream's default for warp_affine
+    img = rand(1, 3, 6, 7)
     full = np.concatenate([mat, [[[0, 0, 1]]]], 1).astype(np.float32)
-    got = F.vision.warp_affine(img, mat, (4, 5))
-    want = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), full, (4, 5))
-    np.testing.assert_allclose(got.numpy(), want.numpy().transpose(0, 2, 3, 1), rtol=1e-5,
-                               atol=1e-5)
+    got = F.vision.warp_affine(img, mat, (4, 5), format="NCHW")
+    want = F.vision.warp_perspective(img, full, (4, 5))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     check(lambda i, m: F.vision.warp_affine(i, m, (4, 5), format="NCHW"),
           lambda i, m: _torch_perspective(i, torch.cat([m, torch.tensor([[[0., 0., 1.]]])], 1),
                                           4, 5),
-          img.transpose(0, 3, 1, 2).copy(), mat)
+          img, mat)
+
+
+def _opencv_affine_points(mat, oh, ow, nearest):
+    """OpenCV's warpAffine source points (imgwarp.cpp, which megdnn's CPU kernel follows),
+    one pixel at a time: each term in 1/1024 pixel (C's rounding, half to even), then the sum
+    shifted down to the 1/32-pixel interpolation grid (nearest: to whole pixels)."""
+    bits = 10 if nearest else 5
+    out = np.zeros((len(mat), oh, ow, 2))
+    for b, m in enumerate(mat.astype(np.float64)):
+        for h in range(oh):
+            for w in range(ow):
+                for r in range(2):
+                    fixed = (int(np.rint(m[r, 0] * w * 1024)) + int(np.rint((m[r, 1] * h + m[r, 2])
+                             * 1024)) + (512 if nearest else 16)) >> bits
+                    out[b, h, w, r] = fixed / (1 << (10 - bits))
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+@pytest.mark.parametrize("border", ["wrap", "replicate", "constant"])
+def test_warp_affine_nhwc_on_cpu_samples_on_upstreams_grid(interp, border):
+    # upstream's CPU kernel for NHWC float32/uint8 with 1-3 channels is OpenCV's: a point
+    # 0.667 px into a pixel samples at 21/32. Oracle: remap at OpenCV's points, worked out above
+    rs = np.random.RandomState(6)
+    mat = np.concatenate([rs.uniform(-0.2, 0.2, (2, 2, 2)) + 0.7 * np.eye(2),
+                          rs.uniform(-1, 1.5, (2, 2, 1))], 2).astype(np.float32)
+    mat[1, :, 2] += [-24, 31]  # far outside: the border mode (wrap: back inside) decides
+    img = rand(2, 5, 6, 3, seed=6)  # NHWC
+    got = F.vision.warp_affine(img, mat, (4, 7), border_mode=border, border_val=0.5,
+                               interp_mode=interp)
+    pts = _opencv_affine_points(mat, 4, 7, interp == "nearest")
+    want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, border_mode=border, scalar=0.5,
+                          interp_mode=interp).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+    if interp == "linear":  # (nearest rounds both to a whole pixel: rarely different)
+        exact = F.vision.warp_affine(img.transpose(0, 3, 1, 2), mat, (4, 7), border_mode=border,
+                                     border_val=0.5, format="NCHW", interp_mode=interp)
+        assert not np.allclose(got.numpy()[0], exact.numpy()[0].transpose(1, 2, 0), atol=1e-3)
+    # a 4-channel or float16 image has no OpenCV kernel upstream: exact points
+    img4 = rand(2, 5, 6, 4, seed=6)
+    np.testing.assert_allclose(
+        F.vision.warp_affine(img4, mat, (4, 7), border_mode=border, interp_mode=interp).numpy(),
+        F.vision.warp_affine(img4.transpose(0, 3, 1, 2), mat, (4, 7), border_mode=border,
+                             format="NCHW", interp_mode=interp).numpy().transpose(0, 2, 3, 1),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_warp_affine_grid_points_pass_the_exact_points_gradient():
+    # the rounding is piecewise constant in mat; its gradient is taken as the exact points':
+    # d x / d mat[r] = (w, h, 1), chained with the sampler's gradient at the rounded points
+    rs = np.random.RandomState(7)
+    mat = np.concatenate([np.eye(2) + rs.uniform(-0.2, 0.2, (2, 2)),
+                          rs.uniform(0, 2, (2, 1))], 1)[None].astype(np.float32)
+    img = rand(1, 6, 7, 1, seed=7)
+    g = rs.randn(1, 4, 5, 1).astype(np.float32)
+    m = mge.tensor(mat)
+    with GradManager().attach([m]) as gm:
+        gm.backward(F.vision.warp_affine(img, m, (4, 5)), mge.tensor(g))
+    pts = mge.tensor(_opencv_affine_points(mat, 4, 5, False))
+    with GradManager().attach([pts]) as gm:
+        gm.backward(F.vision.remap(img.transpose(0, 3, 1, 2), pts),
+                    mge.tensor(g.transpose(0, 3, 1, 2)))
+    gp = pts.grad.numpy()[0]  # (OH, OW, 2)
+    hh, ww = np.meshgrid(np.arange(4), np.arange(5), indexing="ij")
+    want = np.stack([[(gp[..., r] * t).sum() for t in (ww, hh, 1)] for r in (0, 1)])
+    np.testing.assert_allclose(m.grad.numpy()[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_warp_of_uint8_rounds_and_bad_modes_say_so():
