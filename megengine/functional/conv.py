@@ -15,6 +15,7 @@ __all__ = [
 
 import numpy as np
 
+from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
@@ -247,6 +248,7 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,
           output_padding=0):
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
     op = _Convolution(nd, transposed, _ntuple(stride, nd, "stride", what),
                       _ntuple(padding, nd, "padding", what),
                       _ntuple(dilation, nd, "dilation", what),
@@ -517,6 +519,7 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     """
     what = "local_conv2d"
     _check_conv_mode(conv_mode, "default", what)
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
                       _ntuple(dilation, 2, "dilation", what), what)
     out = apply(op, _tensor(inp), _tensor(weight))
@@ -638,6 +641,7 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
     """
     what = "deformable_conv2d"
     _check_conv_mode(conv_mode, compute_mode, what)
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     offset, mask = _tensor(offset), _tensor(mask)
     offset = offset if offset.dtype == np.float32 else offset.astype("float32")
     mask = mask if mask.dtype == np.float32 else mask.astype("float32")

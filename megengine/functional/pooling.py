@@ -8,6 +8,7 @@ measured exception: max pooling of non-overlapping windows on the CPU is faster 
 """
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from . import _aten
 from ._args import _as_float, _pair, _tensor
@@ -260,6 +261,7 @@ class _MaxPoolGather(Op):
 
 def max_pool2d(inp, kernel_size, stride=None, padding=0):
     """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``, padding is -inf."""
+    _config._effective_conv_format("NCHW", "max_pool2d", supported=("NCHW",))
     kernel = _pair(kernel_size, "kernel_size", "max_pool2d")
     stride = kernel if stride is None else _pair(stride, "stride", "max_pool2d")
     return apply(_Pool2d("max", kernel, stride, _pair(padding, "padding", "max_pool2d"),
@@ -278,6 +280,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
     m = str(getattr(mode, "name", mode)).lower()
     if m not in _AVG_MODES:
         raise ValueError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
+    _config._effective_conv_format("NCHW", "avg_pool2d", supported=("NCHW",))
     kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = kernel if stride is None else _pair(stride, "stride", "avg_pool2d")
     return apply(_Pool2d(m, kernel, stride, _pair(padding, "padding", "avg_pool2d"),
@@ -285,6 +288,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
 
 
 def _adaptive(inp, oshp, mode, what):
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     inp = _tensor(inp)
     if inp.ndim != 4:
         raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {inp.shape}")

@@ -4,6 +4,7 @@ Split out of vision.py, which re-exports them, as upstream spells them F.vision.
 """
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from . import _aten
@@ -126,6 +127,7 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     or (h, w)) bilinear samples on a regular grid; samples outside the image read zeros.
     Differentiable in ``inp``.
     """
+    _config._effective_conv_format("NCHW", "roi_align", supported=("NCHW",))  # as upstream
     inp, rois = _tensor(inp), _tensor(rois)
     _check_rois("roi_align", inp, rois)
     mode = str(mode).lower()

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -330,27 +331,27 @@ def _out_hw(out_shape, what):
 
 def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"):
     """Sample NCHW ``inp`` at ``map_xy`` (N, OH, OW, 2), whose last axis is the source (x, y) of
-    each output pixel; the output is (N, C, OH, OW).
+    each output pixel; the output is (N, C, OH, OW). With ``megengine.config._conv_format``
+    "NHWC", as upstream, ``inp`` and the output are NHWC.
 
     ``border_mode``: "replicate", "constant" (with ``scalar``), "reflect", "reflect_101", "wrap".
     ``interp_mode``: "linear" or "nearest". Gradients reach ``inp`` and (linear) ``map_xy``.
     """
+    channels_last = _config._effective_conv_format("NCHW", "remap") == "NHWC"
     inp, map_xy = _tensor(inp), _tensor(map_xy)
     border_mode, interp_mode = _check_modes("remap", border_mode, interp_mode)
     if map_xy.ndim != 4 or map_xy.shape[-1] != 2 or map_xy.shape[0] != inp.shape[0]:
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else map_xy.astype(np.float32)
-    return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, False)
+    return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, channels_last)
 
 
 def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, interp_mode,
           rows, cv_path=False):
     inp, mat = _tensor(inp), _tensor(mat)
     border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
-    format = str(format).upper()
-    if format not in ("NCHW", "NHWC"):
-        raise ValueError(f"{what}: format must be 'NCHW' or 'NHWC', got {format!r}")
+    format = _config._effective_conv_format(format, what)  # the global switch wins, as upstream
     if mat.ndim != 3 or mat.shape[1:] != (rows, 3):
         raise ValueError(f"{what}: mat must be (B, {rows}, 3), got shape {mat.shape}")
     n = inp.shape[0]
@@ -493,6 +494,7 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     patches of data1 and of data2 shifted by (dy, dx) are compared: mean over the patch and the
     channels of their product (``is_multiply``) or absolute difference. Differentiable in both.
     """
+    _config._effective_conv_format("NCHW", "correlation", supported=("NCHW",))  # as upstream
     data1, data2 = _tensor(data1), _tensor(data2)
     if data1.ndim != 4 or data1.shape != data2.shape:
         raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "

@@ -191,6 +191,37 @@ def test_warp_affine_grid_points_pass_the_exact_points_gradient():
     np.testing.assert_allclose(m.grad.numpy()[0], want, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_format_switch_sets_the_image_layout_as_upstream():
+    # megengine.config._conv_format, when not "default", wins over the functions' ``format``
+    # (upstream's _get_actual_op_param); NHWC is the NCHW result with channels moved last
+    from megengine import config
+
+    rs = np.random.RandomState(8)
+    img = rand(1, 2, 5, 6, seed=8)  # NCHW
+    nhwc = img.transpose(0, 2, 3, 1).copy()
+    mat = (np.eye(3) + rs.uniform(-0.05, 0.05, (1, 3, 3))).astype(np.float32)
+    pts = rs.uniform(0, 4, (1, 3, 4, 2)).astype(np.float32)
+    want_w = F.vision.warp_perspective(img, mat, (3, 4)).numpy().transpose(0, 2, 3, 1)
+    want_r = F.vision.remap(img, pts).numpy().transpose(0, 2, 3, 1)
+    with config._override(conv_format="NHWC"):
+        np.testing.assert_array_equal(F.vision.warp_perspective(nhwc, mat, (3, 4)).numpy(),
+                                      want_w)
+        np.testing.assert_array_equal(F.vision.remap(nhwc, pts).numpy(), want_r)
+        with pytest.raises(ValueError, match="conv2d: format 'NHWC'"):  # NCHW kernels only
+            F.conv2d(img, rand(3, 2, 1, 1))
+        with pytest.raises(ValueError, match="max_pool2d: format 'NHWC'"):
+            F.max_pool2d(img, 2)
+    assert config._conv_format == "default"
+    np.testing.assert_array_equal(  # back to the functions' own format
+        F.vision.warp_perspective(img, mat, (3, 4)).numpy().transpose(0, 2, 3, 1), want_w)
+    config._conv_format = "NHWC"
+    try:
+        out = F.vision.warp_perspective(nhwc, mat, (3, 4), format="NCHW")  # the switch wins
+    finally:
+        config._conv_format = "default"
+    np.testing.assert_array_equal(out.numpy(), want_w)
+
+
 def test_warp_of_uint8_rounds_and_bad_modes_say_so():
     img = np.array([[[[0, 100], [200, 255]]]], np.uint8)
     out = F.vision.remap(img, np.array([[[[0.5, 0.5]]]], np.float32))
