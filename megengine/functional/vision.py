@@ -215,9 +215,9 @@ class _Sample(Op):
 class _PerspectivePoints(Op):
     """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3)).
 
-    ``cv_grid`` ("linear" or "nearest", affine only) rounds the points as upstream's CPU
-    warp_affine does on its OpenCV path (`_cv_affine_points`); the gradient stays that of the
-    exact points (the rounded ones are piecewise constant in ``mat``).
+    ``cv_grid`` ("linear" or "nearest") rounds the points as upstream's CPU kernels do on
+    their OpenCV path (`_cv_affine_points`, `_cv_perspective_points`); the gradient stays that
+    of the exact points (the rounded ones are piecewise constant in ``mat``).
     """
 
     def __init__(self, out_h, out_w, cv_grid=None):
@@ -237,9 +237,10 @@ class _PerspectivePoints(Op):
 
         self.u, self.v = row(0), row(1)
         self.d = xp.ones_like(self.u) if self.affine else row(2)
-        if self.cv_grid is not None and self.affine:
-            return xp.stack(_cv_affine_points(xp, m, ww, hh, self.cv_grid),
-                            axis=-1).astype(mat.dtype)
+        if self.cv_grid is not None:
+            points = (_cv_affine_points(xp, m, ww, hh, self.cv_grid) if self.affine else
+                      _cv_perspective_points(xp, self.u, self.v, self.d, self.cv_grid))
+            return xp.stack(points, axis=-1).astype(mat.dtype)
         return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(mat.dtype)
 
     def backward(self, g):
@@ -255,11 +256,12 @@ class _PerspectivePoints(Op):
         return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=1).astype(self.mat_dtype)
 
 
-# Upstream's CPU warp_affine runs OpenCV's algorithm when the image is NHWC float32 or uint8
-# with 1-3 channels (megdnn's warp::is_cv_available): the source point is computed in fixed
-# point, 1/1024 pixel, and then rounded to the 1/32-pixel grid of the interpolation tables
-# (nearest: to whole pixels). A point 0.667 px into a pixel samples at 21/32 = 0.656.
-# Upstream's CUDA kernel uses the exact point, and so does this engine on GPUs.
+# Upstream's CPU warp_affine and warp_perspective run OpenCV's algorithms when the image is
+# NHWC float32 or uint8 with few channels (megdnn's is_cv_available: affine 1-3 channels,
+# perspective 1 or 3 and no mat_idx): the source point is rounded to the 1/32-pixel grid of
+# the interpolation tables (nearest: to whole pixels); warp_affine first computes it in
+# 1/1024-pixel fixed point. A point 0.667 px into a pixel samples at 21/32 = 0.656.
+# Upstream's CUDA kernels use the exact point, and so does this engine on GPUs.
 _AB_BITS, _INTER_BITS = 10, 5
 
 
@@ -280,6 +282,18 @@ def _cv_affine_points(xp, m, ww, hh, interp):
         fixed = (row.astype(np.int64) + delta + col) >> shift  # an arithmetic (floor) shift
         points.append(fixed.astype(np.float64) / (1 << (_AB_BITS - shift)))
     return points
+
+
+def _cv_perspective_points(xp, u, v, d, interp):
+    """OpenCV's warpPerspective source points from the exact homogeneous (u, v, d): each of
+    ``u * 32 / d`` and ``v * 32 / d`` rounded (half to even) to an int, clamped to C's int
+    range first, read on the 1/32-pixel grid; nearest rounds ``u / d`` to whole pixels; a
+    zero ``d`` gives the point 0."""
+    scale = 1.0 if interp == "nearest" else float(1 << _INTER_BITS)
+    with np.errstate(divide="ignore"):
+        w = xp.where(d != 0, scale / xp.where(d != 0, d, 1.0), 0.0)
+    limit = float(np.iinfo(np.int32).max)
+    return [xp.rint(xp.clip(t * w, -limit - 1, limit)) / scale for t in (u, v)]
 
 
 def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
@@ -348,7 +362,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
 
 
 def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, interp_mode,
-          rows, cv_path=False):
+          rows):
     inp, mat = _tensor(inp), _tensor(mat)
     border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
     format = _config._effective_conv_format(format, what)  # the global switch wins, as upstream
@@ -370,7 +384,8 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
         mat = mat.astype(np.float32)
     oh, ow = _out_hw(out_shape, what)
     cv_grid = None
-    if (cv_path and format == "NHWC" and inp.ndim == 4 and inp.shape[3] in (1, 2, 3)
+    channels = (1, 2, 3) if rows == 2 else (1, 3)
+    if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
             and inp.dtype in (np.float32, np.uint8) and str(inp._device).startswith("cpu")):
         cv_grid = interp_mode  # upstream's CPU kernel for these is OpenCV's (see above)
     points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
@@ -387,6 +402,11 @@ def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate",
     ``mat`` is (B, 3, 3); ``mat_idx`` (B,) picks the input image of each matrix (default: one
     matrix per image). ``out_shape`` is (h, w). Border and interpolation modes as `remap`.
     Gradients reach ``inp`` and ``mat``.
+
+    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels without ``mat_idx`` samples
+    where upstream's CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32
+    pixel (nearest mode: to whole pixels). Elsewhere the points are exact, as upstream's
+    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
                  format, interp_mode, 3)
@@ -406,7 +426,7 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
     CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
-                 interp_mode, 2, cv_path=True)
+                 interp_mode, 2)
 
 
 # ----- non-maximum suppression -----

@@ -170,6 +170,43 @@ def test_warp_affine_nhwc_on_cpu_samples_on_upstreams_grid(interp, border):
         rtol=1e-5, atol=1e-5)
 
 
+def _opencv_perspective_points(mat, oh, ow, nearest):
+    """OpenCV's warpPerspective source points (which megdnn's CPU kernel follows), one pixel
+    at a time: (M0 w + M1 h + M2) * 32 / (M6 w + M7 h + M8) rounded half to even, on the
+    1/32-pixel grid (nearest: u / d rounded to a whole pixel)."""
+    scale = 1 if nearest else 32
+    out = np.zeros((len(mat), oh, ow, 2))
+    for b, m in enumerate(mat.astype(np.float64)):
+        for h in range(oh):
+            for w in range(ow):
+                d = m[2, 0] * w + m[2, 1] * h + m[2, 2]
+                for r in range(2):
+                    u = m[r, 0] * w + m[r, 1] * h + m[r, 2]
+                    out[b, h, w, r] = np.rint(u * (scale / d)) / scale if d else 0.0
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
+    rs = np.random.RandomState(9)
+    mat = (np.eye(3) * 0.7 + rs.uniform(-0.05, 0.05, (2, 3, 3))).astype(np.float32)
+    mat[:, 2, 2] = 1
+    mat[:, :2, 2] += rs.uniform(0, 1.5, (2, 2)).astype(np.float32)
+    for channels in (1, 3):
+        img = rand(2, 5, 6, channels, seed=9)  # NHWC
+        got = F.vision.warp_perspective(img, mat, (4, 7), format="NHWC", interp_mode=interp)
+        pts = _opencv_perspective_points(mat, 4, 7, interp == "nearest")
+        want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, interp_mode=interp).numpy()
+        np.testing.assert_allclose(got.numpy(), want.transpose(0, 2, 3, 1), rtol=1e-6,
+                                   atol=1e-6)
+    if interp == "linear":  # exact points differ; with mat_idx upstream has no OpenCV kernel
+        exact = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), mat, (4, 7)).numpy()
+        assert not np.allclose(got.numpy(), exact.transpose(0, 2, 3, 1), atol=1e-3)
+        indexed = F.vision.warp_perspective(img, mat, (4, 7), mat_idx=[0, 1], format="NHWC")
+        np.testing.assert_allclose(indexed.numpy(), exact.transpose(0, 2, 3, 1), rtol=1e-5,
+                                   atol=1e-5)
+
+
 def test_warp_affine_grid_points_pass_the_exact_points_gradient():
     # the rounding is piecewise constant in mat; its gradient is taken as the exact points':
     # d x / d mat[r] = (w, h, 1), chained with the sampler's gradient at the rounded points
