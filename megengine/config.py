@@ -7,7 +7,8 @@ from .core._config import (_get_actual_op_param, _override,  # noqa: F401 (upstr
 
 __all__ = [
     "benchmark_kernel", "benchmark_with_subprocess", "deterministic_kernel", "async_level",
-    "disable_memory_forwarding", "_compute_mode", "_auto_format_convert", "_override",
+    "disable_memory_forwarding", "_compute_mode", "_conv_format", "_auto_format_convert",
+    "_override",
 ]
 
 # Same property class as `megengine.core._config`: reading or setting a switch here reads or

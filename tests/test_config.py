@@ -13,7 +13,8 @@ from megengine.core import _config
 SWITCHES = {"benchmark_kernel": (False, True), "deterministic_kernel": (False, True),
             "benchmark_with_subprocess": (False, True), "async_level": (2, 0),
             "disable_memory_forwarding": (False, True), "_compute_mode": ("default", "float32"),
-            "_bn_format": ("dim_1c11", "dim_1c11"), "_auto_format_convert": (False, False)}
+            "_bn_format": ("dim_1c11", "dim_1c11"), "_auto_format_convert": (False, False),
+            "_conv_format": ("default", "NHWC")}
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,7 @@ def test_every_switch_has_upstreams_default_and_is_shared(name):
     ("async_level", -1), ("async_level", True), ("_compute_mode", "float16"),
     ("_bn_format", "nhwc"), ("disable_memory_forwarding", None), ("_auto_format_convert", "x"),
     ("_bn_format", "dim_111c"), ("_auto_format_convert", True),  # upstream semantics we lack
+    ("_conv_format", "NCHW4"),  # upstream's special kernel layouts
 ])
 def test_bad_values_are_refused_and_change_nothing(name, bad):
     before = getattr(mge.config, name)

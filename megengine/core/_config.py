@@ -22,6 +22,11 @@ and applies it. What each switch does in this engine:
 - ``disable_memory_forwarding`` and ``benchmark_with_subprocess``: checked and kept; they
   steer optimisations of upstream's C++ runtime (storage sharing between tensors, algorithm
   benchmarks in a child process) that users cannot observe and this engine does not have.
+- ``_conv_format``: ``"default"``, ``"NCHW"`` or ``"NHWC"``; when not ``"default"`` it wins
+  over the ``format`` argument of the image functions that take one (``F.vision.remap``,
+  ``warp_perspective``, ``warp_affine``), as upstream. The layouts of upstream's special
+  kernels (``NCHW4``, ``NHWCD4``, ...) are refused, and so is ``"NHWC"`` by the convolution
+  and pooling functions, whose kernels here are NCHW only (upstream's take NHWC there).
 - ``_bn_format`` and ``_auto_format_convert``: only their defaults (``"dim_1c11"``, False).
   The other values change what programs compute on upstream (batch-norm parameters shaped
   ``(1, 1, 1, C)`` for NHWC data; axis arguments reordered for ``"nhwc"`` tensors), which this
@@ -33,13 +38,15 @@ from contextlib import contextmanager
 
 __all__ = [
     "benchmark_kernel", "benchmark_with_subprocess", "deterministic_kernel", "async_level",
-    "disable_memory_forwarding", "_compute_mode", "_auto_format_convert", "_override",
+    "disable_memory_forwarding", "_compute_mode", "_conv_format", "_auto_format_convert",
+    "_override",
 ]
 
 # "default" rather than None: None means "leave unchanged" in _reset_execution_config.
 # Model-zoo code assigns `_config.__compute_mode` itself, so this stays a plain module global
 # that ops read at call time (a name mangled only inside class bodies; none is used here).
 __compute_mode = "default"
+__conv_format = "default"
 __bn_format = "dim_1c11"
 _benchmark_kernel = False
 _deterministic_kernel = False
@@ -49,6 +56,7 @@ _disable_memory_forwarding = False
 _auto_format_convert_flag = False
 
 _COMPUTE_MODES = ("default", "float32")
+_CONV_FORMATS = ("default", "NCHW", "NHWC")
 _BN_FORMATS = ("dim_1c11", "dim_111c")
 
 
@@ -134,6 +142,37 @@ def _set_compute_mode(mod, mode):
     globals()["__compute_mode"] = mode
 
 
+def _check_conv_format(fmt):
+    fmt = str(fmt)
+    if fmt.upper() in _CONV_FORMATS[1:]:
+        fmt = fmt.upper()
+    if fmt not in _CONV_FORMATS:
+        raise ValueError(f"megengine.config._conv_format must be one of {_CONV_FORMATS}, got "
+                         f"{fmt!r} (upstream's special kernel layouts are not available here)")
+    return fmt
+
+
+def _get_conv_format(mod):
+    """Image layout for the functions that take a ``format``: "default" (each function's
+    own argument), "NCHW" or "NHWC"."""
+    return globals()["__conv_format"]
+
+
+def _set_conv_format(mod, fmt):
+    globals()["__conv_format"] = _check_conv_format(fmt)
+
+
+def _effective_conv_format(function_param, what, supported=("NCHW", "NHWC")):
+    """The layout an image function uses: the global switch wins over its own ``format``
+    argument unless the switch says "default"; one the function cannot do raises."""
+    fmt = str(_get_actual_op_param(function_param, globals()["__conv_format"])).upper()
+    if fmt not in supported:
+        raise ValueError(f"{what}: format {fmt!r} (megengine.config._conv_format is "
+                         f"{globals()['__conv_format']!r}) is not supported; this function "
+                         f"takes {' or '.join(supported)}")
+    return fmt
+
+
 def _get_bn_format(mod):
     """Batch-norm parameter layout: "dim_1c11" (NCHW, default) or "dim_111c" (NHWC)."""
     return globals()["__bn_format"]
@@ -186,15 +225,17 @@ class ConfigModule(types.ModuleType):
     disable_memory_forwarding = property(_get_disable_memory_forwarding,
                                          _set_disable_memory_forwarding)
     _compute_mode = property(_get_compute_mode, _set_compute_mode)
+    _conv_format = property(_get_conv_format, _set_conv_format)
     _bn_format = property(_get_bn_format, _set_bn_format)
     _auto_format_convert = property(_get_auto_format_convert, _set_auto_format_convert)
 
 
 def _reset_execution_config(benchmark_kernel=None, deterministic_kernel=None, async_level=None,
-                            compute_mode=None):
-    """Set the given switches (None leaves one as it is); returns the previous four values."""
+                            compute_mode=None, conv_format=None):
+    """Set the given switches (None leaves one as it is); returns the previous five values."""
     mod = sys.modules[__name__]
-    previous = (_benchmark_kernel, _deterministic_kernel, _async_level, _get_compute_mode(mod))
+    previous = (_benchmark_kernel, _deterministic_kernel, _async_level, _get_compute_mode(mod),
+                _get_conv_format(mod))
     # check every value before changing any, so a bad one changes nothing
     for name, value, check in (("benchmark_kernel", benchmark_kernel, _check_bool),
                                ("deterministic_kernel", deterministic_kernel, _check_bool)):
@@ -205,6 +246,8 @@ def _reset_execution_config(benchmark_kernel=None, deterministic_kernel=None, as
     if compute_mode is not None and str(getattr(compute_mode, "name", compute_mode)).lower() \
             not in _COMPUTE_MODES:
         raise ValueError(f"compute_mode must be one of {_COMPUTE_MODES}, got {compute_mode!r}")
+    if conv_format is not None:
+        _check_conv_format(conv_format)
     if benchmark_kernel is not None:
         _set_benchmark_kernel(mod, benchmark_kernel)
     if deterministic_kernel is not None:
@@ -213,12 +256,14 @@ def _reset_execution_config(benchmark_kernel=None, deterministic_kernel=None, as
         _set_async_level(mod, async_level)
     if compute_mode is not None:
         _set_compute_mode(mod, compute_mode)
+    if conv_format is not None:
+        _set_conv_format(mod, conv_format)
     return previous
 
 
 @contextmanager
 def _override(benchmark_kernel=None, deterministic_kernel=None, async_level=None,
-              compute_mode=None):
+              compute_mode=None, conv_format=None):
     """Set switches inside a ``with`` block (or a decorated function) and restore them after.
 
     ::
@@ -227,7 +272,7 @@ def _override(benchmark_kernel=None, deterministic_kernel=None, async_level=None
             ...
     """
     previous = _reset_execution_config(benchmark_kernel, deterministic_kernel, async_level,
-                                       compute_mode)
+                                       compute_mode, conv_format)
     try:
         yield
     finally:

@@ -402,8 +402,15 @@ class _WorkerError:
             self.exc_type = None
 
     def to_exception(self):
-        message = "Caught {} in DataLoader worker process {}.\nOriginal traceback (in the worker):\n{}".format(
-            self.type_name, self.worker_id, self.text
+        # upstream's worker exits on an exception and its loader reports that the worker
+        # "exited unexpectedly": the words are kept so that code and searches matching them
+        # still find this error, which also carries the worker's own traceback
+        message = (
+            "Caught {} in DataLoader worker process {}; the loader stopped its workers (on "
+            "upstream MegEngine the worker exits and the error reads: DataLoader worker exited "
+            "unexpectedly).\nOriginal traceback (in the worker):\n{}".format(
+                self.type_name, self.worker_id, self.text
+            )
         )
         if self.exc_type is KeyError:
             message = _KeyErrorMessage(message)

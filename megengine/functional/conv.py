@@ -4,6 +4,8 @@ Every op here runs its forward and both backward passes on ATen's kernels (oneDN
 cuDNN on CUDA) through zero-copy views of the engine's arrays (`_aten.view` / `_aten.array`); what
 backward keeps is what torch's autograd would keep (the input and weight views, no im2col
 buffers). The ops keep upstream's argument rules, grouped weight layouts and error messages.
+One exception: `sliding_window_transpose` sums its windows with numpy/CuPy strided adds, in
+upstream's order, so that its float sums round as upstream's do.
 """
 
 __all__ = [
@@ -13,8 +15,10 @@ __all__ = [
 
 import numpy as np
 
+from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
+from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _tensor
@@ -244,6 +248,7 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,
           output_padding=0):
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
     op = _Convolution(nd, transposed, _ntuple(stride, nd, "stride", what),
                       _ntuple(padding, nd, "padding", what),
                       _ntuple(dilation, nd, "dilation", what),
@@ -368,8 +373,25 @@ class _Im2Col(Op):
         return _aten.array(_aten.aten().col2im(tg, self.hw, self.k, self.d, self.p, self.s))
 
 
+def _col2im_in_window_order(x, size, k, p, s, d):
+    """Sum (N, C, OH, OW, KH, KW) windows into (N, C, *size), adding into each pixel in the
+    order of the windows, (oh, ow) row-major, as upstream's kernel does, so that float sums
+    round the same way (upstream's tests compare them exactly). One strided add per kernel
+    tap: at a given pixel, a later window is reached by an earlier tap, so the taps run from
+    last to first."""
+    xp = xp_of(x)
+    n, c, oh, ow, kh, kw = x.shape
+    (h, w), (ph, pw), (sh, sw), (dh, dw) = size, p, s, d
+    canvas = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)  # padding is summed, then cut
+    for i in reversed(range(kh)):
+        rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+        for j in reversed(range(kw)):
+            canvas[:, :, rows, j * dw:j * dw + sw * (ow - 1) + 1:sw] += x[..., i, j]
+    return xp.ascontiguousarray(canvas[:, :, ph:ph + h, pw:pw + w])
+
+
 class _Col2Im(Op):
-    """(N, C, OH, OW, KH, KW) windows summed back into (N, C, H, W) (``aten.col2im``)."""
+    """(N, C, OH, OW, KH, KW) windows summed back into (N, C, H, W); its gradient is im2col."""
 
     def __init__(self, size, k, p, s, d, what):
         self.size, self.k, self.p, self.s, self.d, self.what = size, k, p, s, d, what
@@ -386,11 +408,7 @@ class _Col2Im(Op):
             raise ValueError(f"{what}: input of shape {x.shape} does not match output_size "
                              f"{self.size} with kernel {self.k}, padding {self.p}, stride "
                              f"{self.s}, dilation {self.d} (expected windows {expect} of {self.k})")
-        exact = x.dtype.kind != "f"  # integers sum exactly in float64 and stay integers
-        tx = _aten.view(x.astype(np.float64) if exact else x)
-        tx = tx.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
-        out = _aten.array(_aten.aten().col2im(tx, self.size, self.k, self.d, self.p, self.s))
-        return out.astype(x.dtype) if exact else out
+        return _col2im_in_window_order(x, self.size, self.k, self.p, self.s, self.d)
 
     def backward(self, g):
         n, c = g.shape[:2]
@@ -501,6 +519,7 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     """
     what = "local_conv2d"
     _check_conv_mode(conv_mode, "default", what)
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
                       _ntuple(dilation, 2, "dilation", what), what)
     out = apply(op, _tensor(inp), _tensor(weight))
@@ -622,6 +641,7 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
     """
     what = "deformable_conv2d"
     _check_conv_mode(conv_mode, compute_mode, what)
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     offset, mask = _tensor(offset), _tensor(mask)
     offset = offset if offset.dtype == np.float32 else offset.astype("float32")
     mask = mask if mask.dtype == np.float32 else mask.astype("float32")

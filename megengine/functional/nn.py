@@ -49,21 +49,36 @@ class _Relu(Op):
         return y
 
     def backward(self, g):
+        # upstream's rule is a select, SWITCH_GT0(y, g) = y > 0 ? g : 0: a NaN or inf gradient
+        # where y <= 0 gives 0, not NaN (as torch's threshold_backward)
         y = self.y
         if _use_relu_kernel(y, g):  # CUDA: one kernel, no boolean temporary
             return _relu_grad_kernel()(g, y)
-        return xp_of(g).multiply(g, y > 0, dtype=g.dtype)
+        xp = xp_of(g)
+        mask = y > 0
+        # a multiply by the mask is ~15x faster than np.where on the CPU (a branch-free loop);
+        # it differs from the select only where g is NaN or inf, which the min (a fast SIMD
+        # reduction that NaN propagates through) finds
+        with np.errstate(invalid="ignore"):  # NaN * 0 is replaced just below
+            gx = xp.multiply(g, mask, dtype=g.dtype)
+        if gx.dtype.kind == "f" and gx.size and xp.isnan(xp.min(gx)):
+            gx = xp.where(mask, g, g.dtype.type(0))
+        return gx
 
     def grad_graph(self, inputs, outputs, grads):
-        return (grads[0] * _mask(self.y > 0, grads[0]),)
+        from ..core.tensor import Tensor
+        from .tensor import where  # a select, so that a NaN gradient where y <= 0 gives 0
+
+        g = grads[0]
+        return (where(Tensor._wrap(self.y > 0, g._device), g, 0),)
 
 
 # ReLU's backward on CUDA as one CuPy ElementwiseKernel: the array code above launches a
-# comparison (a boolean temporary) and a multiply. The body is the same product, so a NaN or inf
-# gradient where y <= 0 gives NaN on both devices (numpy's multiply: np.where is ~3x slower on
-# the CPU). The kernel is compiled on its first use (CuPy is imported only then).
-_RELU_GRAD = ("T g, T y", "T gx", "gx = g * (T)(y > (T)0);", "megengine_relu_grad")
-_relu_grad_kernel = fused_kernel(*_RELU_GRAD)  # () -> the kernel ``gx = g * (y > 0)``
+# comparison (a boolean temporary) and a multiply. The body is upstream's select, so a NaN or
+# inf gradient where y <= 0 gives 0 on both devices. The kernel is compiled on its first use
+# (CuPy is imported only then).
+_RELU_GRAD = ("T g, T y", "T gx", "gx = y > (T)0 ? g : (T)0;", "megengine_relu_grad")
+_relu_grad_kernel = fused_kernel(*_RELU_GRAD)  # () -> the kernel ``gx = y > 0 ? g : 0``
 
 
 def _use_relu_kernel(y, g):

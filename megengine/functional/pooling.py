@@ -8,6 +8,7 @@ measured exception: max pooling of non-overlapping windows on the CPU is faster 
 """
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from . import _aten
 from ._args import _as_float, _pair, _tensor
@@ -120,27 +121,51 @@ class _Pool2d(Op):
         self.x, self.out = x, out
         return out
 
-    def _disjoint_max_backward(self, g):
-        """Each input element is in at most one window: the gradient is a masked copy of g into
-        the first maximum of each window (row-major, as torch routes ties)."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
+    def _disjoint_hits(self):
+        """(row slice, column slice, mask) per kernel tap: the mask marks the windows whose
+        gradient goes to that tap, the first maximum of each window (row-major, as torch
+        routes ties)."""
         x, out = self.x, self.out
-        oh, ow = out.shape[2:]
-        tiled = (kh, kw) == (sh, sw) and x.shape[2:] == (oh * sh, ow * sw)
-        gx = (np.empty if tiled else np.zeros)(x.shape, g.dtype)
         free = None  # windows whose gradient is not yet given to an element
         last = len(self.slices) - 1
         for k, (si, sj) in enumerate(self.slices):
             hit = x[:, :, si, sj] == out
             if free is not None:
                 hit &= free
-            np.multiply(g, hit, out=gx[:, :, si, sj])
+            yield si, sj, hit
             if k < last:
                 if free is None:
                     free = ~hit
                 else:
                     free ^= hit  # hit is inside free: this clears it
+
+    def _disjoint_max_backward(self, g):
+        """Each input element is in at most one window: the gradient is a masked copy of g into
+        the first maximum of each window."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        x, out = self.x, self.out
+        oh, ow = out.shape[2:]
+        tiled = (kh, kw) == (sh, sw) and x.shape[2:] == (oh * sh, ow * sw)
+        gx = (np.empty if tiled else np.zeros)(x.shape, g.dtype)
+        for si, sj, hit in self._disjoint_hits():
+            np.multiply(g, hit, out=gx[:, :, si, sj])
         return gx
+
+    def _gather_at_max(self, gg):
+        """The adjoint of max pooling's backward (a scatter of g to each window's chosen
+        maximum): ``gg`` (the input's shape) read at those maxima, in the output's shape."""
+        if self.slices is not None:
+            out = np.zeros(self.out.shape, gg.dtype)
+            for si, sj, hit in self._disjoint_hits():
+                out += gg[:, :, si, sj] * hit
+            return out
+        tg = _aten.view(gg)
+        if self.explicit:  # the indices count in the padded plane; padding takes no gradient
+            (ph, pw) = self.padding
+            tg = _aten.aten().constant_pad_nd(tg, [pw, pw, ph, ph], 0.0)
+        idx = self.indices
+        picked = tg.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+        return _aten.array(picked.contiguous())
 
     def backward(self, g):
         if self.mode == "max" and self.slices is not None:
@@ -162,11 +187,10 @@ class _Pool2d(Op):
 
 
     def grad_graph(self, inputs, outputs, grads):
-        """Average pooling's gradient as a recorded op (WGAN-GP penalties differentiate it)."""
-        if self.mode == "max":  # its gradient is a scatter to the argmax; not written yet
-            raise RuntimeError(
-                "max_pool2d has no second-order rule yet: its gradient cannot be "
-                "differentiated again (a gradient penalty through it); use avg_pool2d there")
+        """The pooling's gradient as a recorded op, so that it can be differentiated again
+        (WGAN-GP's gradient penalty through a discriminator's pooling)."""
+        if self.mode == "max":
+            return (apply(_MaxPoolGrad(self), grads[0]),)
         return (apply(_AvgPoolGrad(self), grads[0]),)
 
     def same(self):
@@ -196,8 +220,48 @@ class _AvgPoolGrad(Op):
         return (apply(self.pool.same(), grads[0]),)
 
 
+class _MaxPoolGrad(Op):
+    """The gradient of a max pooling, as an op: ``g`` scattered to each window's chosen
+    maximum.
+
+    The choice is fixed by the forward input, so the map is linear in ``g`` and its derivative
+    in ``x`` is zero almost everywhere (as torch's double backward of max pooling). Its own
+    gradient is the adjoint, reading the incoming gradient at those maxima (`_MaxPoolGather`).
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def forward(self, g):
+        return self.pool.backward(g)
+
+    def backward(self, gg):
+        return self.pool._gather_at_max(gg)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_MaxPoolGather(self.pool), grads[0]),)
+
+
+class _MaxPoolGather(Op):
+    """The adjoint of `_MaxPoolGrad`: the input-shaped ``gg`` read at each window's chosen
+    maximum (the derivatives of third and higher order alternate between the two)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def forward(self, gg):
+        return self.pool._gather_at_max(gg)
+
+    def backward(self, g):
+        return self.pool.backward(g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_MaxPoolGrad(self.pool), grads[0]),)
+
+
 def max_pool2d(inp, kernel_size, stride=None, padding=0):
     """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``, padding is -inf."""
+    _config._effective_conv_format("NCHW", "max_pool2d", supported=("NCHW",))
     kernel = _pair(kernel_size, "kernel_size", "max_pool2d")
     stride = kernel if stride is None else _pair(stride, "stride", "max_pool2d")
     return apply(_Pool2d("max", kernel, stride, _pair(padding, "padding", "max_pool2d"),
@@ -216,6 +280,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
     m = str(getattr(mode, "name", mode)).lower()
     if m not in _AVG_MODES:
         raise ValueError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
+    _config._effective_conv_format("NCHW", "avg_pool2d", supported=("NCHW",))
     kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = kernel if stride is None else _pair(stride, "stride", "avg_pool2d")
     return apply(_Pool2d(m, kernel, stride, _pair(padding, "padding", "avg_pool2d"),
@@ -223,6 +288,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
 
 
 def _adaptive(inp, oshp, mode, what):
+    _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     inp = _tensor(inp)
     if inp.ndim != 4:
         raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {inp.shape}")

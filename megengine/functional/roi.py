@@ -4,6 +4,7 @@ Split out of vision.py, which re-exports them, as upstream spells them F.vision.
 """
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from . import _aten
@@ -126,6 +127,7 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     or (h, w)) bilinear samples on a regular grid; samples outside the image read zeros.
     Differentiable in ``inp``.
     """
+    _config._effective_conv_format("NCHW", "roi_align", supported=("NCHW",))  # as upstream
     inp, rois = _tensor(inp), _tensor(rois)
     _check_rois("roi_align", inp, rois)
     mode = str(mode).lower()
@@ -359,8 +361,9 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
     channel. With ``no_trans=False`` the bins of part cell (i, j) of a ``part_size`` x
     ``part_size`` grid move by ``trans[k, 2*cls:2*cls+2, i, j] * trans_std`` times the roi's
     width and height, where ``cls`` numbers the ``trans.shape[1] // 2`` equal groups of
-    channels; ``trans`` must be 4-d (any shape when ``no_trans``). Differentiable in ``inp``
-    and ``trans``. float32 only, as upstream.
+    channels; ``trans`` must be 4-d (any shape when ``no_trans``). As upstream, ``trans`` may
+    have more than K rows: roi k reads row k, the others are unused (their gradient is zero).
+    Differentiable in ``inp`` and ``trans``. float32 only, as upstream.
     """
     what = "deformable_psroi_pooling"
     inp, rois, trans = _tensor(inp), _tensor(rois), _tensor(trans)
@@ -378,10 +381,12 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
                          f"got shape {trans.shape}")
     if not no_trans:
         k = rois.shape[0]
+        if trans.shape[0] > k:  # upstream's kernel reads row k for roi k; later rows are unused
+            trans = trans[:k]
         if (trans.shape[0] != k or trans.shape[1] < 2 or trans.shape[1] % 2
                 or trans.shape[2:] != (part, part) or inp.shape[1] % (trans.shape[1] // 2)):
             raise ValueError(
-                f"{what}: trans must be (K={k}, 2 * classes, part_size={part}, "
+                f"{what}: trans must be (K={k} or more, 2 * classes, part_size={part}, "
                 f"part_size={part}) with classes dividing the {inp.shape[1]} channels, got "
                 f"shape {trans.shape}")
         trans = trans if trans.dtype == np.float32 else trans.astype(np.float32)

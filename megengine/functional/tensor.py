@@ -17,12 +17,17 @@ __all__ = [
 ]
 
 
+class AxisError(ValueError, RuntimeError):
+    """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
+    what upstream raises (its C++ shape check) and its users catch."""
+
+
 def _axis(axis, ndim, what):
     """``axis`` as a non-negative int below ``ndim``."""
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{what}: axis {axis} is out of range for {ndim} dims")
+        raise AxisError(f"{what}: axis {axis} is out of range for {ndim} dims")
     return int(axis) % ndim
 
 
@@ -424,10 +429,11 @@ def split(inp, nsplits_or_sections, axis=0):
         points = [int(p) for p in nsplits_or_sections]
         bounds = [0] + points + [size]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
-            raise ValueError(
-                f"split: sections {points} must be increasing and within the size {size} of axis "
-                f"{axis}"
-            )
+            # upstream's exact text (code matches it); what is wrong shows as a note under it
+            err = ValueError(f"Invalid nsplits_or_secions: {nsplits_or_sections!r}")
+            err.add_note(f"split: sections {points} must be increasing and within the size "
+                         f"{size} of axis {axis}")
+            raise err
     return list(apply(Split(bounds, axis), inp))
 
 

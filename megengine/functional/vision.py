@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -212,10 +213,15 @@ class _Sample(Op):
 
 
 class _PerspectivePoints(Op):
-    """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3))."""
+    """The source point of each output pixel under ``mat`` (B, 3, 3) (affine: (B, 2, 3)).
 
-    def __init__(self, out_h, out_w):
-        self.out_h, self.out_w = out_h, out_w
+    ``cv_grid`` ("linear" or "nearest") rounds the points as upstream's CPU kernels do on
+    their OpenCV path (`_cv_affine_points`, `_cv_perspective_points`); the gradient stays that
+    of the exact points (the rounded ones are piecewise constant in ``mat``).
+    """
+
+    def __init__(self, out_h, out_w, cv_grid=None):
+        self.out_h, self.out_w, self.cv_grid = out_h, out_w, cv_grid
 
     def forward(self, mat):
         xp = xp_of(mat)
@@ -231,6 +237,10 @@ class _PerspectivePoints(Op):
 
         self.u, self.v = row(0), row(1)
         self.d = xp.ones_like(self.u) if self.affine else row(2)
+        if self.cv_grid is not None:
+            points = (_cv_affine_points(xp, m, ww, hh, self.cv_grid) if self.affine else
+                      _cv_perspective_points(xp, self.u, self.v, self.d, self.cv_grid))
+            return xp.stack(points, axis=-1).astype(mat.dtype)
         return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(mat.dtype)
 
     def backward(self, g):
@@ -244,6 +254,46 @@ class _PerspectivePoints(Op):
             gd = -(gx * self.u + gy * self.v) / self.d
             rows.append([(gd * t).sum(axis=(1, 2)) for t in terms])
         return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=1).astype(self.mat_dtype)
+
+
+# Upstream's CPU warp_affine and warp_perspective run OpenCV's algorithms when the image is
+# NHWC float32 or uint8 with few channels (megdnn's is_cv_available: affine 1-3 channels,
+# perspective 1 or 3 and no mat_idx): the source point is rounded to the 1/32-pixel grid of
+# the interpolation tables (nearest: to whole pixels); warp_affine first computes it in
+# 1/1024-pixel fixed point. A point 0.667 px into a pixel samples at 21/32 = 0.656.
+# Upstream's CUDA kernels use the exact point, and so does this engine on GPUs.
+_AB_BITS, _INTER_BITS = 10, 5
+
+
+def _cv_affine_points(xp, m, ww, hh, interp):
+    """OpenCV's warpAffine source points for the (B, 2, 3) float64 ``m``: per row, the
+    column term ``round(M[r, 0] * w * 1024)`` plus ``round((M[r, 1] * h + M[r, 2]) * 1024)``
+    and a rounding offset, shifted down to the interpolation grid; returned as (x, y) in
+    pixels. ``rint`` is C's saturate_cast<int>: round half to even."""
+    if interp == "nearest":
+        shift, delta = _AB_BITS, 1 << (_AB_BITS - 1)
+    else:
+        shift, delta = _AB_BITS - _INTER_BITS, 1 << (_AB_BITS - _INTER_BITS - 1)
+    scale = float(1 << _AB_BITS)
+    points = []
+    for r in (0, 1):
+        col = xp.rint(m[:, r, 0, None, None] * ww * scale).astype(np.int64)
+        row = xp.rint((m[:, r, 1, None, None] * hh + m[:, r, 2, None, None]) * scale)
+        fixed = (row.astype(np.int64) + delta + col) >> shift  # an arithmetic (floor) shift
+        points.append(fixed.astype(np.float64) / (1 << (_AB_BITS - shift)))
+    return points
+
+
+def _cv_perspective_points(xp, u, v, d, interp):
+    """OpenCV's warpPerspective source points from the exact homogeneous (u, v, d): each of
+    ``u * 32 / d`` and ``v * 32 / d`` rounded (half to even) to an int, clamped to C's int
+    range first, read on the 1/32-pixel grid; nearest rounds ``u / d`` to whole pixels; a
+    zero ``d`` gives the point 0."""
+    scale = 1.0 if interp == "nearest" else float(1 << _INTER_BITS)
+    with np.errstate(divide="ignore"):
+        w = xp.where(d != 0, scale / xp.where(d != 0, d, 1.0), 0.0)
+    limit = float(np.iinfo(np.int32).max)
+    return [xp.rint(xp.clip(t * w, -limit - 1, limit)) / scale for t in (u, v)]
 
 
 def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
@@ -295,27 +345,27 @@ def _out_hw(out_shape, what):
 
 def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"):
     """Sample NCHW ``inp`` at ``map_xy`` (N, OH, OW, 2), whose last axis is the source (x, y) of
-    each output pixel; the output is (N, C, OH, OW).
+    each output pixel; the output is (N, C, OH, OW). With ``megengine.config._conv_format``
+    "NHWC", as upstream, ``inp`` and the output are NHWC.
 
     ``border_mode``: "replicate", "constant" (with ``scalar``), "reflect", "reflect_101", "wrap".
     ``interp_mode``: "linear" or "nearest". Gradients reach ``inp`` and (linear) ``map_xy``.
     """
+    channels_last = _config._effective_conv_format("NCHW", "remap") == "NHWC"
     inp, map_xy = _tensor(inp), _tensor(map_xy)
     border_mode, interp_mode = _check_modes("remap", border_mode, interp_mode)
     if map_xy.ndim != 4 or map_xy.shape[-1] != 2 or map_xy.shape[0] != inp.shape[0]:
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else map_xy.astype(np.float32)
-    return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, False)
+    return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, channels_last)
 
 
 def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, interp_mode,
           rows):
     inp, mat = _tensor(inp), _tensor(mat)
     border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
-    format = str(format).upper()
-    if format not in ("NCHW", "NHWC"):
-        raise ValueError(f"{what}: format must be 'NCHW' or 'NHWC', got {format!r}")
+    format = _config._effective_conv_format(format, what)  # the global switch wins, as upstream
     if mat.ndim != 3 or mat.shape[1:] != (rows, 3):
         raise ValueError(f"{what}: mat must be (B, {rows}, 3), got shape {mat.shape}")
     n = inp.shape[0]
@@ -333,7 +383,12 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     if mat.dtype.kind != "f":
         mat = mat.astype(np.float32)
     oh, ow = _out_hw(out_shape, what)
-    points = apply(_PerspectivePoints(oh, ow), mat)
+    cv_grid = None
+    channels = (1, 2, 3) if rows == 2 else (1, 3)
+    if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
+            and inp.dtype in (np.float32, np.uint8) and str(inp._device).startswith("cpu")):
+        cv_grid = interp_mode  # upstream's CPU kernel for these is OpenCV's (see above)
+    points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
                    format == "NHWC")
 
@@ -347,6 +402,11 @@ def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate",
     ``mat`` is (B, 3, 3); ``mat_idx`` (B,) picks the input image of each matrix (default: one
     matrix per image). ``out_shape`` is (h, w). Border and interpolation modes as `remap`.
     Gradients reach ``inp`` and ``mat``.
+
+    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels without ``mat_idx`` samples
+    where upstream's CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32
+    pixel (nearest mode: to whole pixels). Elsewhere the points are exact, as upstream's
+    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
                  format, interp_mode, 3)
@@ -359,6 +419,11 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
 
     The default ``format`` is "NHWC", as upstream. Border and interpolation modes as `remap`.
     Differentiable in ``inp`` and ``mat`` (upstream's is forward-only).
+
+    On the CPU, an NHWC float32 or uint8 image of 1-3 channels samples where upstream's CPU
+    kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode: to
+    whole pixels). Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's
+    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
                  interp_mode, 2)
@@ -449,6 +514,7 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     patches of data1 and of data2 shifted by (dy, dx) are compared: mean over the patch and the
     channels of their product (``is_multiply``) or absolute difference. Differentiable in both.
     """
+    _config._effective_conv_format("NCHW", "correlation", supported=("NCHW",))  # as upstream
     data1, data2 = _tensor(data1), _tensor(data2)
     if data1.ndim != 4 or data1.shape != data2.shape:
         raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "

@@ -66,7 +66,14 @@ class InstanceNorm(_ChannelNorm):
 
 
 class LayerNorm(Module):
-    """Normalizes over the trailing ``normalized_shape`` dims; ``weight``/``bias`` have that shape."""
+    """Normalizes over the trailing ``normalized_shape`` dims; ``weight``/``bias`` have that shape.
+
+    Upstream 1.0-1.3 had ``LayerNorm(num_channels)`` for 4-d (N, C, H, W) input only: it
+    normalized each sample over (C, H, W) with a per-channel ``weight``/``bias`` (GroupNorm
+    with one group). Code written for it still runs: an int ``normalized_shape`` C given a 4-d
+    input whose channel axis is C and whose last axis is not C (which the newer API refuses)
+    takes that rule. Any input whose last axis is C follows the newer API.
+    """
 
     _flat_state = True
 
@@ -86,6 +93,9 @@ class LayerNorm(Module):
             init.zeros_(self.bias)
 
     def forward(self, x):
+        (c, *more) = self.normalized_shape
+        if not more and x.ndim == 4 and x.shape[1] == c and x.shape[-1] != c:
+            return F.group_norm(x, 1, self.affine, self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.normalized_shape, self.affine, self.weight, self.bias,
                             self.eps)
 

@@ -158,6 +158,7 @@ def test_worker_exception_is_reraised_with_traceback():
         next(it)
     text = str(info.value)
     assert "Caught KeyError in DataLoader worker process 0" in text
+    assert "exited unexpectedly" in text  # upstream's words for it, which its users match
     assert "sample 5 is broken" in text and "in apply" in text  # the worker's traceback
     assert_no_children()
 

@@ -291,6 +291,28 @@ def test_sliding_window_transpose_is_fold(kernel, padding, stride, dilation):
           torch_fn, x)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_sliding_window_transpose_adds_in_upstream_order(dtype):
+    # upstream's kernel adds the windows into each pixel one by one, windows in row-major
+    # order, taps in row-major order within a window; float sums of 3+ terms depend on that
+    # order, and upstream's test compares exactly. Oracle: that loop, written out here.
+    h, w, (ph, pw), (sh, sw), (kh, kw), (dh, dw) = 7, 8, (1, 2), (2, 1), (3, 2), (1, 3)
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rng = np.random.RandomState(3)
+    x = (rng.randn(2, 2, oh, ow, kh, kw) * 1e3).astype(dtype)
+    expect = np.zeros((2, 2, h, w), dtype)
+    for i, j in np.ndindex(oh, ow):
+        for a, b in np.ndindex(kh, kw):
+            r, c = i * sh - ph + a * dh, j * sw - pw + b * dw
+            if 0 <= r < h and 0 <= c < w:
+                expect[:, :, r, c] += x[:, :, i, j, a, b]
+    out = F.sliding_window_transpose(mge.tensor(x, dtype=dtype), (h, w), (kh, kw), (ph, pw),
+                                     (sh, sw), (dh, dw))
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out.numpy(), expect)
+
+
 def test_sliding_window_errors():
     with pytest.raises(ValueError, match="sliding_window: expected a 4-d input"):
         F.sliding_window(mge.tensor(rand(3, 4, 4)), 2)

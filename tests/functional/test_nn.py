@@ -103,12 +103,46 @@ def test_relu_backward_kernel_body_matches_torch(relu_kernel_used, dtype):
     np.testing.assert_array_equal(t.grad.numpy(), xt.grad.numpy())
 
 
-def test_relu_backward_kernel_body_propagates_nan_like_the_array_code(relu_kernel_on_cpu):
-    # g * (y > 0): a NaN gradient stays NaN where y == 0, as numpy's multiply on the CPU, so
-    # both devices agree
-    y = np.array([0.0, 0.0, 2.0, 3.0], np.float32)
-    g = np.array([np.nan, 1.0, np.nan, 4.0], np.float32)
-    np.testing.assert_array_equal(relu_kernel_on_cpu(g, y), np.multiply(g, y > 0))
+def _nan_gradient_case():
+    # upstream's ReLU gradient is a select, SWITCH_GT0(y, g) = y > 0 ? g : 0: a NaN or inf
+    # gradient where y <= 0 gives 0 (torch's threshold_backward agrees); where y > 0 it passes
+    x = np.array([-1.0, 0.0, 0.0, 2.0, 3.0, -4.0], np.float32)
+    g = np.array([np.nan, np.nan, 1.0, np.nan, 4.0, np.inf], np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    TF.relu(xt).backward(torch.tensor(g))
+    return x, g, xt.grad.numpy()
+
+
+def test_relu_backward_kernel_body_selects_like_torch(relu_kernel_on_cpu):
+    x, g, expect = _nan_gradient_case()
+    np.testing.assert_array_equal(relu_kernel_on_cpu(g, np.maximum(x, 0)), expect)
+
+
+def test_relu_backward_selects_like_torch():
+    x, g, expect = _nan_gradient_case()
+    t = mge.tensor(x)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g))
+    np.testing.assert_array_equal(t.grad.numpy(), expect)
+    assert np.isnan(expect[3]) and expect[0] == 0  # the case does hold both kinds
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")  # NaN * relu's 0
+def test_relu_recorded_backward_selects_like_torch():
+    # under an outer GradManager the backward runs as recorded ops (grad_graph): same rule, and
+    # its derivative in the incoming gradient is the same select
+    x, g, expect = _nan_gradient_case()
+    t, v = mge.Parameter(x), mge.Parameter(g)
+    gm_outer, gm_inner = GradManager().attach([v]), GradManager().attach([t])
+    with gm_outer:
+        with gm_inner:
+            gm_inner.backward((F.relu(t) * v).sum())
+        np.testing.assert_array_equal(t.grad.numpy(), expect)
+        gm_outer.backward((t.grad * 2).sum())
+    tx, tv = torch.tensor(x, requires_grad=True), torch.tensor(g, requires_grad=True)
+    (tg,) = torch.autograd.grad((TF.relu(tx) * tv).sum(), tx, create_graph=True)
+    (tg * 2).sum().backward()
+    np.testing.assert_array_equal(v.grad.numpy(), tv.grad.numpy())
 
 
 @requires_cuda

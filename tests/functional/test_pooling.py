@@ -178,11 +178,76 @@ def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
     np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_max_pool2d_second_order_says_it_is_missing():
-    x = mge.Parameter(np.random.RandomState(0).randn(1, 1, 4, 4).astype("float32"))
-    gm_outer, gm_inner = GradManager().attach([x]), GradManager().attach([x])
-    with pytest.raises(RuntimeError, match="max_pool2d has no second-order"):
-        with gm_outer:
-            with gm_inner:
-                gm_inner.backward((F.max_pool2d(x * x, 2) ** 2).sum())
-            gm_outer.backward((x.grad ** 2).sum())
+MAX_SECOND_ORDER_CASES = [
+    # kernel, stride, padding: disjoint windows (numpy slices), overlapping (ATen's indices),
+    # a padding wider than half the window (explicit -inf padding, upstream allows it)
+    (2, 2, 0), (3, 2, 1), (3, 2, 2),
+]
+
+
+def _torch_max_pool(tx, kernel, stride, padding):
+    if 2 * padding > kernel:  # torch refuses it: pad with -inf by hand, as upstream does
+        tx = TF.pad(tx, (padding,) * 4, value=-float("inf"))
+        padding = 0
+    return TF.max_pool2d(tx, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", MAX_SECOND_ORDER_CASES)
+def test_max_pool2d_gradient_is_differentiable_like_torch(kernel, stride, padding):
+    # WGAN-GP's penalty through max pooling: g = d sum(pool(x * x) * v) / dx, penalty =
+    # sum(g ** 2), differentiated for x and v; torch's double backward is the oracle
+    rng = np.random.RandomState(1)
+    x0 = rng.randn(2, 3, 6, 6).astype("float32")
+    oh = (6 + 2 * padding - kernel) // stride + 1
+    v0 = rng.randn(2, 3, oh, oh).astype("float32")
+
+    x, v = mge.Parameter(x0), mge.Parameter(v0)
+    gm_outer, gm_inner = GradManager().attach([x, v]), GradManager().attach([x])
+    with gm_outer:
+        with gm_inner:
+            y = (F.max_pool2d(x * x, kernel, stride, padding) * v).sum()
+            gm_inner.backward(y)
+        g = x.grad
+        x.grad = None
+        penalty = (g ** 2).sum()
+        gm_outer.backward(penalty)
+
+    tx = torch.tensor(x0, requires_grad=True)
+    tv = torch.tensor(v0, requires_grad=True)
+    ty = (_torch_max_pool(tx * tx, kernel, stride, padding) * tv).sum()
+    (tg,) = torch.autograd.grad(ty, tx, create_graph=True)
+    tp = (tg ** 2).sum()
+    tdx, tdv = torch.autograd.grad(tp, (tx, tv))
+    np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), tdx.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", MAX_SECOND_ORDER_CASES)
+def test_max_pool2d_third_order_matches_torch(kernel, stride, padding):
+    # three nested managers: the recorded gradient of the recorded gradient (the gather op's
+    # own rule) against torch's create_graph twice
+    rng = np.random.RandomState(2)
+    x0 = rng.randn(1, 2, 6, 6).astype("float32")
+    x = mge.Parameter(x0)
+    gm3, gm2, gm1 = (GradManager().attach([x]) for _ in range(3))
+    with gm3:
+        with gm2:
+            with gm1:
+                gm1.backward((F.max_pool2d(x ** 3, kernel, stride, padding) ** 2).sum())
+            g1 = x.grad
+            x.grad = None
+            gm2.backward((g1 ** 2).sum())
+        g2 = x.grad
+        x.grad = None
+        gm3.backward((g2 * x).sum())
+
+    tx = torch.tensor(x0, requires_grad=True)
+    (t1,) = torch.autograd.grad((_torch_max_pool(tx ** 3, kernel, stride, padding) ** 2).sum(),
+                                tx, create_graph=True)
+    (t2,) = torch.autograd.grad((t1 ** 2).sum(), tx, create_graph=True)
+    (t3,) = torch.autograd.grad((t2 * tx).sum(), tx)
+    np.testing.assert_allclose(g2.numpy(), t2.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(x.grad.numpy(), t3.numpy(), rtol=1e-4, atol=1e-4)
+
+

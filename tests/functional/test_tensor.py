@@ -100,6 +100,18 @@ def test_expand_dims_squeeze():
     check(lambda t: F.expand_dims(t, 0), lambda t: t.unsqueeze(0), x)
     check(lambda t: F.expand_dims(t, -1), lambda t: t.unsqueeze(-1), x)
     assert F.expand_dims(mge.tensor(x), (0, 3)).shape == (1, 2, 3, 1)
+
+
+@pytest.mark.parametrize("axis", [1, -2, (1, 2), (-2, -3)])
+def test_expand_dims_axis_out_of_range(axis):
+    # numpy refuses these axes of a 0-d array; upstream raises a RuntimeError (its shape check)
+    x = np.array(1, np.float32)
+    with pytest.raises(ValueError):
+        np.expand_dims(x, axis)
+    with pytest.raises(RuntimeError, match="expand_dims: axis"):
+        F.expand_dims(mge.tensor(x), axis)
+    with pytest.raises(ValueError, match="expand_dims: axis"):
+        F.expand_dims(mge.tensor(x), axis)
     y = rand(1, 2, 1, 3, 1)
     check(lambda t: F.squeeze(t), lambda t: t.squeeze(), y)
     check(lambda t: F.squeeze(t, 2), lambda t: t.squeeze(2), y)
@@ -174,8 +186,10 @@ def test_split():
     check(lambda t: F.split(t, 2)[1] * 1, lambda t: torch.tensor_split(t, 2)[1] * 1, x)
     with pytest.raises(ValueError, match="split"):
         F.split(mge.tensor(x), 11)
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ValueError) as info:
         F.split(mge.tensor(x), [5, 3])
+    assert str(info.value) == "Invalid nsplits_or_secions: [5, 3]"  # upstream's, word for word
+    assert "must be increasing" in info.value.__notes__[0]  # ours, shown in the traceback
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1])

@@ -109,20 +109,154 @@ def test_warp_perspective_against_torch_with_mat_gradients():
           lambda i, m: _torch_perspective(i, m, 4, 5), rand(2, 2, 6, 7), mat)
 
 
-def test_warp_affine_is_warp_perspective_in_nhwc():
+def test_warp_affine_is_warp_perspective():
+    # exact points: NCHW (and every layout on a GPU), as upstream's CUDA kernel
     rs = np.random.RandomState(5)
     mat = np.concatenate([np.eye(2), rs.uniform(0, 1, (2, 1))], 1)[None].astype(np.float32)
     mat[:, :, :2] += rs.uniform(-0.1, 0.1, (1, 2, 2)).astype(np.float32)
-    img = rand(1, 6, 7, 3)  # NHWC, upstream's default for warp_affine
+    img = rand(1, 3, 6, 7)
     full = np.concatenate([mat, [[[0, 0, 1]]]], 1).astype(np.float32)
-    got = F.vision.warp_affine(img, mat, (4, 5))
-    want = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), full, (4, 5))
-    np.testing.assert_allclose(got.numpy(), want.numpy().transpose(0, 2, 3, 1), rtol=1e-5,
-                               atol=1e-5)
+    got = F.vision.warp_affine(img, mat, (4, 5), format="NCHW")
+    want = F.vision.warp_perspective(img, full, (4, 5))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     check(lambda i, m: F.vision.warp_affine(i, m, (4, 5), format="NCHW"),
           lambda i, m: _torch_perspective(i, torch.cat([m, torch.tensor([[[0., 0., 1.]]])], 1),
                                           4, 5),
-          img.transpose(0, 3, 1, 2).copy(), mat)
+          img, mat)
+
+
+def _opencv_affine_points(mat, oh, ow, nearest):
+    """OpenCV's warpAffine source points (imgwarp.cpp, which megdnn's CPU kernel follows),
+    one pixel at a time: each term in 1/1024 pixel (C's rounding, half to even), then the sum
+    shifted down to the 1/32-pixel interpolation grid (nearest: to whole pixels)."""
+    bits = 10 if nearest else 5
+    out = np.zeros((len(mat), oh, ow, 2))
+    for b, m in enumerate(mat.astype(np.float64)):
+        for h in range(oh):
+            for w in range(ow):
+                for r in range(2):
+                    fixed = (int(np.rint(m[r, 0] * w * 1024)) + int(np.rint((m[r, 1] * h + m[r, 2])
+                             * 1024)) + (512 if nearest else 16)) >> bits
+                    out[b, h, w, r] = fixed / (1 << (10 - bits))
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+@pytest.mark.parametrize("border", ["wrap", "replicate", "constant"])
+def test_warp_affine_nhwc_on_cpu_samples_on_upstreams_grid(interp, border):
+    # upstream's CPU kernel for NHWC float32/uint8 with 1-3 channels is OpenCV's: a point
+    # 0.667 px into a pixel samples at 21/32. Oracle: remap at OpenCV's points, worked out above
+    rs = np.random.RandomState(6)
+    mat = np.concatenate([rs.uniform(-0.2, 0.2, (2, 2, 2)) + 0.7 * np.eye(2),
+                          rs.uniform(-1, 1.5, (2, 2, 1))], 2).astype(np.float32)
+    mat[1, :, 2] += [-24, 31]  # far outside: the border mode (wrap: back inside) decides
+    img = rand(2, 5, 6, 3, seed=6)  # NHWC
+    got = F.vision.warp_affine(img, mat, (4, 7), border_mode=border, border_val=0.5,
+                               interp_mode=interp)
+    pts = _opencv_affine_points(mat, 4, 7, interp == "nearest")
+    want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, border_mode=border, scalar=0.5,
+                          interp_mode=interp).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+    if interp == "linear":  # (nearest rounds both to a whole pixel: rarely different)
+        exact = F.vision.warp_affine(img.transpose(0, 3, 1, 2), mat, (4, 7), border_mode=border,
+                                     border_val=0.5, format="NCHW", interp_mode=interp)
+        assert not np.allclose(got.numpy()[0], exact.numpy()[0].transpose(1, 2, 0), atol=1e-3)
+    # a 4-channel or float16 image has no OpenCV kernel upstream: exact points
+    img4 = rand(2, 5, 6, 4, seed=6)
+    np.testing.assert_allclose(
+        F.vision.warp_affine(img4, mat, (4, 7), border_mode=border, interp_mode=interp).numpy(),
+        F.vision.warp_affine(img4.transpose(0, 3, 1, 2), mat, (4, 7), border_mode=border,
+                             format="NCHW", interp_mode=interp).numpy().transpose(0, 2, 3, 1),
+        rtol=1e-5, atol=1e-5)
+
+
+def _opencv_perspective_points(mat, oh, ow, nearest):
+    """OpenCV's warpPerspective source points (which megdnn's CPU kernel follows), one pixel
+    at a time: (M0 w + M1 h + M2) * 32 / (M6 w + M7 h + M8) rounded half to even, on the
+    1/32-pixel grid (nearest: u / d rounded to a whole pixel)."""
+    scale = 1 if nearest else 32
+    out = np.zeros((len(mat), oh, ow, 2))
+    for b, m in enumerate(mat.astype(np.float64)):
+        for h in range(oh):
+            for w in range(ow):
+                d = m[2, 0] * w + m[2, 1] * h + m[2, 2]
+                for r in range(2):
+                    u = m[r, 0] * w + m[r, 1] * h + m[r, 2]
+                    out[b, h, w, r] = np.rint(u * (scale / d)) / scale if d else 0.0
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
+    rs = np.random.RandomState(9)
+    mat = (np.eye(3) * 0.7 + rs.uniform(-0.05, 0.05, (2, 3, 3))).astype(np.float32)
+    mat[:, 2, 2] = 1
+    mat[:, :2, 2] += rs.uniform(0, 1.5, (2, 2)).astype(np.float32)
+    for channels in (1, 3):
+        img = rand(2, 5, 6, channels, seed=9)  # NHWC
+        got = F.vision.warp_perspective(img, mat, (4, 7), format="NHWC", interp_mode=interp)
+        pts = _opencv_perspective_points(mat, 4, 7, interp == "nearest")
+        want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, interp_mode=interp).numpy()
+        np.testing.assert_allclose(got.numpy(), want.transpose(0, 2, 3, 1), rtol=1e-6,
+                                   atol=1e-6)
+    if interp == "linear":  # exact points differ; with mat_idx upstream has no OpenCV kernel
+        exact = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), mat, (4, 7)).numpy()
+        assert not np.allclose(got.numpy(), exact.transpose(0, 2, 3, 1), atol=1e-3)
+        indexed = F.vision.warp_perspective(img, mat, (4, 7), mat_idx=[0, 1], format="NHWC")
+        np.testing.assert_allclose(indexed.numpy(), exact.transpose(0, 2, 3, 1), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_warp_affine_grid_points_pass_the_exact_points_gradient():
+    # the rounding is piecewise constant in mat; its gradient is taken as the exact points':
+    # d x / d mat[r] = (w, h, 1), chained with the sampler's gradient at the rounded points
+    rs = np.random.RandomState(7)
+    mat = np.concatenate([np.eye(2) + rs.uniform(-0.2, 0.2, (2, 2)),
+                          rs.uniform(0, 2, (2, 1))], 1)[None].astype(np.float32)
+    img = rand(1, 6, 7, 1, seed=7)
+    g = rs.randn(1, 4, 5, 1).astype(np.float32)
+    m = mge.tensor(mat)
+    with GradManager().attach([m]) as gm:
+        gm.backward(F.vision.warp_affine(img, m, (4, 5)), mge.tensor(g))
+    pts = mge.tensor(_opencv_affine_points(mat, 4, 5, False))
+    with GradManager().attach([pts]) as gm:
+        gm.backward(F.vision.remap(img.transpose(0, 3, 1, 2), pts),
+                    mge.tensor(g.transpose(0, 3, 1, 2)))
+    gp = pts.grad.numpy()[0]  # (OH, OW, 2)
+    hh, ww = np.meshgrid(np.arange(4), np.arange(5), indexing="ij")
+    want = np.stack([[(gp[..., r] * t).sum() for t in (ww, hh, 1)] for r in (0, 1)])
+    np.testing.assert_allclose(m.grad.numpy()[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_format_switch_sets_the_image_layout_as_upstream():
+    # megengine.config._conv_format, when not "default", wins over the functions' ``format``
+    # (upstream's _get_actual_op_param); NHWC is the NCHW result with channels moved last
+    from megengine import config
+
+    rs = np.random.RandomState(8)
+    img = rand(1, 2, 5, 6, seed=8)  # NCHW
+    nhwc = img.transpose(0, 2, 3, 1).copy()
+    mat = (np.eye(3) + rs.uniform(-0.05, 0.05, (1, 3, 3))).astype(np.float32)
+    pts = rs.uniform(0, 4, (1, 3, 4, 2)).astype(np.float32)
+    want_w = F.vision.warp_perspective(img, mat, (3, 4)).numpy().transpose(0, 2, 3, 1)
+    want_r = F.vision.remap(img, pts).numpy().transpose(0, 2, 3, 1)
+    with config._override(conv_format="NHWC"):
+        np.testing.assert_array_equal(F.vision.warp_perspective(nhwc, mat, (3, 4)).numpy(),
+                                      want_w)
+        np.testing.assert_array_equal(F.vision.remap(nhwc, pts).numpy(), want_r)
+        with pytest.raises(ValueError, match="conv2d: format 'NHWC'"):  # NCHW kernels only
+            F.conv2d(img, rand(3, 2, 1, 1))
+        with pytest.raises(ValueError, match="max_pool2d: format 'NHWC'"):
+            F.max_pool2d(img, 2)
+    assert config._conv_format == "default"
+    np.testing.assert_array_equal(  # back to the functions' own format
+        F.vision.warp_perspective(img, mat, (3, 4)).numpy().transpose(0, 2, 3, 1), want_w)
+    config._conv_format = "NHWC"
+    try:
+        out = F.vision.warp_perspective(nhwc, mat, (3, 4), format="NCHW")  # the switch wins
+    finally:
+        config._conv_format = "default"
+    np.testing.assert_array_equal(out.numpy(), want_w)
 
 
 def test_warp_of_uint8_rounds_and_bad_modes_say_so():
@@ -525,6 +659,24 @@ def test_deformable_psroi_pooling_against_loop_reference_and_gradients(no_trans,
     if not no_trans:
         _directional_check(lambda t: F.vision.deformable_psroi_pooling(img, DPS_ROIS, t, *args),
                            trans, eps=1e-3, rtol=1e-2)
+
+
+def test_deformable_psroi_pooling_reads_one_trans_row_per_roi():
+    # upstream's kernel indexes trans by roi number and only checks trans[1:]: extra rows are
+    # allowed (its test passes 24 rows for one roi) and unused
+    img, rois = rand(2, 4, 9, 8), DPS_ROIS[:2]
+    trans = rand(5, 2, 3, 3, seed=8)
+    args = (False, 3, 3, 3, 2, 0.8, 0.3)
+    t = mge.tensor(trans)
+    with GradManager().attach([t]) as gm:
+        out = F.vision.deformable_psroi_pooling(img, rois, t, *args)
+        gm.backward(out.sum())
+    want = _dpsroi_loop(img, rois, trans[:2], False, 3, 3, 3, 2, 0.8, 0.3)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert np.abs(t.grad.numpy()[:2]).sum() > 0
+    np.testing.assert_array_equal(t.grad.numpy()[2:], 0)
+    with pytest.raises(ValueError, match=r"trans must be \(K=2 or more"):
+        F.vision.deformable_psroi_pooling(img, rois, trans[:1], *args)
 
 
 def test_deformable_psroi_pooling_bad_shapes_say_so():

@@ -200,6 +200,21 @@ def test_layer_norm():
              randn(2, 3, 6), rtol=1e-4, atol=1e-4)
 
 
+def test_layer_norm_of_channels_as_upstream_1_0():
+    # upstream 1.0-1.3's LayerNorm(C) on (N, C, H, W): each sample over (C, H, W), per-channel
+    # affine, which is torch's GroupNorm with one group
+    m = M.LayerNorm(3)
+    m.weight._reset(randn(3))
+    m.bias._reset(randn(3))
+    run_both(m, torch.nn.GroupNorm(1, 3), randn(2, 3, 4, 5), rtol=1e-4, atol=1e-4)
+    # a last axis of C is the newer API's case, even with C channels
+    m = M.LayerNorm(3)
+    m.weight._reset(randn(3))
+    run_both(m, torch.nn.LayerNorm(3), randn(2, 3, 4, 3), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="does not match the trailing dims"):
+        M.LayerNorm(3)(mge.tensor(randn(2, 3, 4)))  # not 4-d: only the newer API applies
+
+
 def test_group_norm_and_instance_norm():
     m = M.GroupNorm(2, 6)
     m.weight._reset(randn(6))
