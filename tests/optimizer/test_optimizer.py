@@ -335,8 +335,8 @@ def test_0x_forward_before_zero_grad_trains_from_the_second_step(traced):
 
 def test_0x_forward_first_with_two_overlapping_optimizers_stays_first_order():
     # a GAN: each optimizer's recording sees the other's step; with both recording, a backward
-    # must not turn into a differentiable one (avg_pool2d has no second-order rule) and each
-    # optimizer's gradients must be those of plain autodiff (oracle: a 1.x GradManager)
+    # must stay first order (not recorded by the other optimizer) and each optimizer's gradients
+    # must be those of plain autodiff (oracle: a 1.x GradManager)
     import megengine.functional as F
 
     rng = np.random.RandomState(0)
