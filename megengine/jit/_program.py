@@ -449,8 +449,21 @@ class _Program:
                               if step.metas is not None and not step.multi and not step.captured
                               and step.rewrite is None else None)
                 step.n_in = len(step.ins)
-                step.checks = tuple((s, shape, dtype)
+                # ... and for a small constant made from Python data (``x + 1.0``: a new tensor
+                # on every call) the bytes of its value, which a checked call compares first
+                step.checks = tuple((s, shape, dtype, self._const_bytes(s))
                                     for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+
+
+    def _const_bytes(self, s):
+        """The bytes of slot ``s``'s value when it is a small constant made from Python data in
+        host memory (what a checked call compares a new tensor with), else None."""
+        info = self.slots[s]
+        c = info.const
+        if (info.kind != "const" or info.tensor is not None or type(c) is not np.ndarray
+                or c.nbytes > 64 or c.dtype.metadata is not None):
+            return None
+        return c.tobytes()
 
 
 def _plain_instance(cls):
