@@ -6,19 +6,19 @@ transformations during graph construction"; 2 (the default): level 1 plus global
 before compiling; 3: also JIT fusion. Its level-1 rules (MegBrain's inplace basic-arith
 optimizer) are the ones here:
 
-===============================  ==========================================
-``a - a``                        ``0``
-``a / a``, ``a // a``            ``1``
+================================  ==========================================
+``a - a``                         ``0``
+``a / a``, ``a // a``             ``1``
 ``a + 0``, ``a * 1``, ``a ** 1``  ``a``
-``a * 0``                        ``0``
-``a ** 0``, ``exp(0)``           ``1``
-``log(exp(a))``                  ``a``
-``log(exp(a) * b)``              ``a + log(b)`` (``/``: ``-``; either side)
-``log(1 + x)``                   ``log1p(x)``
-``log(exp(x) + exp(y))``         ``logaddexp(x, y)`` (no overflow)
-``exp(x) - 1``                   ``expm1(x)``
-``x // 1``                       ``floor(x)`` (floats), ``x`` (integers)
-===============================  ==========================================
+``a * 0``                         ``0``
+``a ** 0``, ``exp(0)``            ``1``
+``log(exp(a))``                   ``a``
+``log(exp(a) * b)``               ``a + log(b)`` (``/``: ``-``; either side)
+``log(1 + x)``                    ``log1p(x)``
+``log(exp(x) + exp(y))``          ``logaddexp(x, y)`` (no overflow)
+``exp(x) - 1``                    ``expm1(x)``
+``x // 1``                        ``floor(x)`` (floats), ``x`` (integers)
+================================  ==========================================
 
 A result keeps the shape and dtype the op had (broadcast and cast like the op), and is always
 a new array. ``0``, ``1`` and ``a`` mean those values even where ``a`` is inf or NaN (``x / x``
