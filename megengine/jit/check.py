@@ -192,14 +192,14 @@ class _Checker(_Hook):
     def _run_rewrite(self, rewrite):
         """The output of replacement steps ``rewrite`` on this call's values (the trace hook is
         off), or None when an input is not at hand (an event took it out of ``values``)."""
-        prog, values = self.prog, self.values
+        prog, values, arrays = self.prog, self.values, self.arrays
 
         def get(s):
             info = prog.slots[s]
             if info.kind == "const":
                 return Tensor._wrap(info.const, info.device)  # the recorded (captured) value
-            t = values[s]
-            if t is None:
+            t, a = values[s], arrays[s]
+            if t is None or (a is not None and t._data is not a):  # (rebound since: not it)
                 raise LookupError(s)
             return t
 
