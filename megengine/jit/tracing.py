@@ -51,8 +51,9 @@ appends, exceptions) happen on every call, and each op and event is compared wit
 user's function propagates unchanged. Either way the hook is removed and the next call is
 checked against the same record. (Ops run eagerly as they are checked, except that
 ``capture_as_const`` inputs take their captured value.) Plain ops and events are matched by
-comparisons prepared when the program was compiled (see `check`: ~1.3 us per op, ~0.8 us per
-event on the 2-core CI machine), the rest in full.
+comparisons prepared when the program was compiled (see `check`: ~1.1 us per op, ~2.7 us for
+an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event on the 2-core
+CI machine; ``benchmarks/bench_jit_trace.py``), the rest in full.
 
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
