@@ -360,7 +360,12 @@ class trace:
             raise TraceError("trace(record_only=True): the function was recorded for dump(); it "
                              "cannot run again. Call dump(), or trace without record_only.")
         if self._imperative:
-            return self.__wrapped__(*bound, *args, **kwargs)
+            shapes = _trace_option._use_symbolic_shape
+            _trace_option._use_symbolic_shape = self._symbolic_shape  # as in its first call
+            try:
+                return self.__wrapped__(*bound, *args, **kwargs)
+            finally:
+                _trace_option._use_symbolic_shape = shapes
         if self._replays:
             if self._profile is not None:
                 self._profile.calls += 1

@@ -259,7 +259,7 @@ def test_a_grad_manager_made_inside_each_call(options):
 # ----- symbolic_shape: what x.shape is while a traced function runs -----
 
 @pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
-                                     {"without_host": True}])
+                                     {"without_host": True}, {"imperative": True}])
 def test_shape_inside_a_trace_is_a_tuple_that_reads_like_upstreams_shape_tensor(options):
     seen = []
 
@@ -333,3 +333,23 @@ def test_upstream_shape_reads_of_topk_and_warp_perspective_under_symbolic_trace(
 
     for _ in range(3):  # the matrix shifts by (1, 1): out[i, j] = img[i + 1, j + 1]
         np.testing.assert_array_equal(g(img, m).numpy()[0, 0], [[5, 6], [9, 10]])
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_common_shape_idioms_under_trace_match_eager(options):
+    def f(x):
+        n, c, h, w = x.shape
+        return (F.vision.interpolate(x, size=x.shape[2:]) + F.broadcast_to(x[:1], x.shape),
+                x.reshape(*x.shape[:2], -1).sum(axis=2) + float(np.prod(x.shape)),
+                mge.tensor(np.zeros(x.shape, dtype="float32")) + x[n - 1],
+                F.concat([F.flatten(x, 1), F.zeros((x.shape[0], 1))], axis=1),
+                x.reshape(F.concat([mge.tensor(x.shape[:-2]), mge.tensor([-1])])),
+                sum(x[i].sum() for i in range(x.shape[0])) * (h * w // c))
+
+    x = mge.tensor(np.random.RandomState(3).rand(2, 3, 4, 4).astype("float32"))
+    eager = [t.numpy() for t in f(x)]
+    traced = trace(f, **options)
+    for _ in range(3):
+        for got, want in zip(traced(x), eager):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
