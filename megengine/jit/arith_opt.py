@@ -46,11 +46,10 @@ import numpy as np
 from ..core import dispatch
 from ..core.dispatch import Op, xp_of
 from ..core.ops import (Add, FloorDiv, Mul, Pow, Sub, TrueDiv, t_unbroadcast, unbroadcast)
-from ..core.tensor import Tensor
 from ..functional.elemwise import Exp, Expm1, Floor, Log, Log1p, LogAddExp
 from ._program import _EventStep, _OpStep, _host
 
-__all__ = ["Fill", "BroadcastAs", "plan", "run_rewrite", "optimized"]
+__all__ = ["Fill", "BroadcastAs", "RULES", "plan", "plan_program", "run_rewrite", "optimized"]
 
 
 class Fill(Op):
@@ -366,18 +365,3 @@ def optimized(prog):
     opt.compile()
     return opt
 
-
-def as_tensor_getter(values, prog):
-    """``get`` for `run_rewrite` over a list of this call's tensors by slot: a constant made
-    from Python data that the call holds under no slot is its recorded value."""
-
-    def get(s):
-        t = values[s]
-        if t is None:
-            info = prog.slots[s]
-            if info.kind != "const" or info.const is None:
-                raise LookupError(s)
-            t = Tensor._wrap(info.const, info.device)
-        return t
-
-    return get
