@@ -107,9 +107,19 @@ class _Builder:
     """The replacement of op step ``k`` (type ``cls`` on slots ``ins`` of ``metas``): what the
     rules ask about the program, and the steps they emit."""
 
-    def __init__(self, prog, k, ins, metas, out_meta):
-        self.prog, self.k, self.ins, self.metas, self.out_meta = prog, k, ins, metas, out_meta
+    def __init__(self, prog, k, op, ins, metas):
+        self.prog, self.k, self.op, self.ins, self.metas = prog, k, op, ins, metas
         self.emitted = []  # [template, ins, metas]; an input ("tmp", i) is emitted step i's output
+        self._out_meta = None
+
+    @property
+    def out_meta(self):
+        """(shape, dtype) of the op's output (worked out when a rule applies)."""
+        if self._out_meta is None:
+            self._out_meta = _out_meta(self.op, self.metas)
+            if self._out_meta is None:
+                raise _GiveUp
+        return self._out_meta
 
     def scalar(self, s):
         """The value of slot ``s`` when it is a one-element constant, else None."""
@@ -266,16 +276,13 @@ def plan(prog, k, op, ins, metas, out_slot):
     rule = RULES.get(type(op))
     if rule is None or metas is None or len(ins) != len(metas):
         return None
-    out_meta = _out_meta(op, metas)
-    if out_meta is None:
-        return None
-    b = _Builder(prog, k, ins, metas, out_meta)
+    b = _Builder(prog, k, op, ins, metas)
     try:
         result = rule(b)
         if result is None:
             return None
         ref, meta = result
-        if meta != out_meta or ref[0] != "tmp" or ref[1] != len(b.emitted) - 1:
+        if meta != b.out_meta or type(ref) is not tuple or ref[1] != len(b.emitted) - 1:
             b.same(ref, meta)  # the op's shape and dtype (log(exp(a)) of an int a is a float)
     except _GiveUp:
         return None
