@@ -2,7 +2,8 @@
 where Python overhead dominates). Prints ms per step and ratios against eager, same process:
 ``trace(symbolic=False)`` and ``trace(symbolic=True)`` rerun the Python function and check each
 op against the record (as upstream calls the function every time); ``trace(without_host=True)``
-replays the record without running Python.
+replays the record without running Python. Then the cost of a check per op: a chain of 200
+tiny elemwise ops (on an external, and with a Python-scalar constant), extra us/op vs eager.
 
     python benchmarks/bench_jit_trace.py [--steps N] [--repeats R] [--quick]
 
@@ -60,6 +61,26 @@ def make_step(sizes, batch, mode, train=True):
     return lambda: fn(x, label)
 
 
+def make_chain(kind, mode, n_ops=200):
+    """``n_ops`` elemwise ops on 4 floats: what a check costs per op when the op is tiny.
+    ``kind`` "external": ``x * w`` (a Parameter); "constant": ``x + 1.0`` (a Python scalar, a
+    new constant tensor on every call)."""
+    w = mge.Parameter(np.ones(4, dtype="float32"))
+
+    def chain(x):
+        for _ in range(n_ops):
+            x = x * w if kind == "external" else x + 1.0
+        return x
+
+    fn = chain
+    if mode == "without_host":
+        fn = trace(chain, without_host=True, opt_level=0)
+    elif mode != "eager":
+        fn = trace(chain, symbolic=(mode == "symbolic"), opt_level=0)
+    x = mge.tensor(np.ones(4, dtype="float32"))
+    return lambda: fn(x)
+
+
 LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace(symbolic=True)",
           "without_host": "trace(without_host=True)"}
 
@@ -81,6 +102,18 @@ def main():
                 print(f"  {LABELS[mode]:24s} {t.median:8.3f} ms/step   "
                       f"x{eager.median / t.median:5.2f} speed vs eager   "
                       f"(best step {t.best:7.3f} ms, x{eager.best / t.best:5.2f})")
+    n_ops = 200
+    for kind in ("external", "constant"):
+        print(f"{n_ops} elemwise ops on 4 floats ({'x * w' if kind == 'external' else 'x + 1.0'}"
+              "), extra us per op against eager:")
+        fns = {mode: make_chain(kind, mode, n_ops) for mode in LABELS}
+        for step in fns.values():
+            step()
+        timings = _timing.time_steps(fns, max(args.steps // 3, 1), args.repeats)
+        eager = timings["eager"]
+        for mode, t in timings.items():
+            print(f"  {LABELS[mode]:24s} {(t.median - eager.median) * 1e3 / n_ops:+7.3f} us/op   "
+                  f"(best steps: {(t.best - eager.best) * 1e3 / n_ops:+7.3f} us/op)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from .. import device as _device_mod
+from . import _trace_option
 from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
 from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
@@ -290,6 +291,9 @@ class Tensor(metaclass=_TensorType):
 
     @property
     def shape(self):
+        if _trace_option._use_symbolic_shape:  # traced calls: a tuple with upstream's .numpy()
+            shape = self._data.shape
+            return _trace_option.Shape(shape) if shape else shape
         return self._data.shape
 
     @property

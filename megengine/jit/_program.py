@@ -288,12 +288,13 @@ class _OpStep:
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
-                 "pdict", "checks", "n_in")
+                 "pdict", "checks", "n_in", "rewrite")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
         self.ins, self.metas, self.outs, self.multi, self.name = ins, metas, outs, multi, name
         self.free = self.reads = ()
+        self.rewrite = None  # replacement steps (see `arith_opt`, trace(opt_level>=1))
 
 
 class _AliasStep:
@@ -340,6 +341,7 @@ class _Program:
         self.guards = []
         self.first_reads = ()  # guards read before the first step
         self.out_refs = ()  # the slots of the output tensors, in `_tensors_in` order
+        self.optimized = None  # the program with `arith_opt`'s rewrites: replays and dump run it
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -442,12 +444,26 @@ class _Program:
                 # one output and no captured input (else None: the full path); per input its
                 # slot, shape and dtype
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
+                # (and None for a rewritten op: the slow path runs its replacement)
                 step.pdict = (_plain_params(step.template.__dict__)
                               if step.metas is not None and not step.multi and not step.captured
-                              else None)
+                              and step.rewrite is None else None)
                 step.n_in = len(step.ins)
-                step.checks = tuple((s, shape, dtype)
+                # ... and for a small constant made from Python data (``x + 1.0``: a new tensor
+                # on every call) the bytes of its value, which a checked call compares first
+                step.checks = tuple((s, shape, dtype, self._const_bytes(s))
                                     for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+
+
+    def _const_bytes(self, s):
+        """The bytes of slot ``s``'s value when it is a small constant made from Python data in
+        host memory (what a checked call compares a new tensor with), else None."""
+        info = self.slots[s]
+        c = info.const
+        if (info.kind != "const" or info.tensor is not None or type(c) is not np.ndarray
+                or c.nbytes > 64 or c.dtype.metadata is not None):
+            return None
+        return c.tobytes()
 
 
 def _plain_instance(cls):

@@ -5,6 +5,7 @@ import weakref
 from collections.abc import Iterator
 
 from ..core import dispatch
+from . import arith_opt
 from ..core.tensor import Parameter, Tensor
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
                        _Struct, _host, _op_key, _tensor_paths, _tensors_in)
@@ -129,6 +130,9 @@ class _Recorder(_Hook):
         self.grads_seen = {}  # id(a .grad after an event) -> (its owner, it)
         self.rec_level = dispatch._recording  # GradManagers recording; changes only in events
         self.rec_changed = False
+        # symbolic=True or without_host=True with opt_level >= 1: ops are computed as
+        # `arith_opt` rewrites them
+        self.rewrite_now = (tr._symbolic or tr._replays) and tr._opt_level >= 1
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
@@ -184,23 +188,67 @@ class _Recorder(_Hook):
         ins = tuple(self.source(t) for t in inputs)
         key, dyn = _op_key(op, self._array_slot)
         template = copy.copy(op)
-        out = self._run(op, inputs)
         index = self.n_ops
-        self.n_ops += 1
-        multi = isinstance(out, tuple)
-        outs = out if multi else (out,)
         prog = self.prog
         name = repr(op)
-        slots = []
-        for i, o in enumerate(outs):
-            s = prog.new_slot("op", f"output {i} of op #{index} ({name})")
+        metas = tuple((t._data.shape, t._data.dtype) for t in inputs)
+        rewrite = None
+        if self.rewrite_now and type(op) in arith_opt.RULES:
+            # symbolic=True and opt_level >= 1: computed as rewritten, as upstream's compiled
+            # graph computes a symbolic trace's first call (see `arith_opt`)
+            s = prog.new_slot("op", f"output 0 of op #{index} ({name})")
+            rewrite = arith_opt.plan(prog, len(prog.steps), template, ins, metas, s)
+            out = self._run_rewrite(rewrite) if rewrite is not None else None
+            if out is None:
+                rewrite = None
+                out = self._run(op, inputs)
+            slots = [s]
             prog.slots[s].step = len(prog.steps)
-            self._register(o, s)
-            slots.append(s)
-        metas = tuple((t.shape, t.dtype) for t in inputs)
-        prog.steps.append(_OpStep(index, template, key, dyn, ins, metas, tuple(slots), multi, name))
+            self._register(out, s)
+            multi = False
+        else:
+            out = self._run(op, inputs)
+            multi = isinstance(out, tuple)
+            slots = []
+            for i, o in enumerate(out if multi else (out,)):
+                s = prog.new_slot("op", f"output {i} of op #{index} ({name})")
+                prog.slots[s].step = len(prog.steps)
+                self._register(o, s)
+                slots.append(s)
+        self.n_ops += 1
+        step = _OpStep(index, template, key, dyn, ins, metas, tuple(slots), multi, name)
+        step.rewrite = rewrite
+        prog.steps.append(step)
         prog.n_ops = self.n_ops
         return out
+
+    def _run_rewrite(self, rewrite):
+        """The output of replacement steps ``rewrite`` on this call's values, or None when one
+        of their inputs is no longer at hand (a tensor an in-place write rebound since)."""
+        made = {}
+
+        def get(s):
+            t = made.get(s)
+            if t is not None:
+                return t
+            info = self.prog.slots[s]
+            if info.kind == "const":
+                return Tensor._wrap(info.const, info.device)  # (captured by capture_as_const)
+            if info.kind == "ext":
+                return info.tensor
+            t = self.slot_tensor.get(s)
+            if t is None or self.by_array.get(id(t._data)) != s:
+                raise LookupError(s)
+            return t
+
+        dispatch._trace_hook = None
+        try:
+            return arith_opt.run_rewrite(rewrite, get, made.__setitem__)
+        except LookupError:
+            return None
+        finally:
+            if not self.failed:
+                dispatch._trace_hook = self
 
     # ----- values read to the host -----
     def read(self, t, value):

@@ -51,8 +51,9 @@ appends, exceptions) happen on every call, and each op and event is compared wit
 user's function propagates unchanged. Either way the hook is removed and the next call is
 checked against the same record. (Ops run eagerly as they are checked, except that
 ``capture_as_const`` inputs take their captured value.) Plain ops and events are matched by
-comparisons prepared when the program was compiled (see `check`: ~1.3 us per op, ~0.8 us per
-event on the 2-core CI machine), the rest in full.
+comparisons prepared when the program was compiled (see `check`: ~1.1 us per op, ~2.7 us for
+an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event on the 2-core
+CI machine; ``benchmarks/bench_jit_trace.py``), the rest in full.
 
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),
@@ -98,6 +99,7 @@ import numpy as np
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
+from . import arith_opt
 from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
 from .check import _Checker, _ExcludedBlock, _ProfilingChecker
 from .record import _Hook, _Recorder
@@ -179,11 +181,24 @@ class trace:
     programs leave the cache; so is one that a recorded op or event itself refers to, e.g. a
     GradManager callback that is a bound method of the model.)
 
+    ``opt_level`` (0-3, default 2 as upstream; 0.x's ``None`` is 2): 1 and up apply upstream's
+    level-1 arithmetic rewrites (``a / a`` -> 1, ``log(exp(x) + exp(y))`` -> ``logaddexp``,
+    ``log(1 + x)`` -> ``log1p``, ...; the table and where they apply are in `arith_opt`) to
+    checked calls, replays and `dump`; the recording call applies them under ``symbolic=True``
+    and ``without_host=True`` (upstream's symbolic first call runs its optimized graph) and not
+    under ``symbolic=False`` (upstream's first call is eager). 0 computes every op as written.
+    Levels 2 and 3 add upstream's global passes and JIT fusion, which this engine has not.
+
+    ``symbolic_shape`` (default True, as upstream): while the function runs, ``x.shape`` is a
+    ``megengine.core._trace_option.Shape``: the tuple of ints it always is, plus what
+    upstream's shape Tensor answers there (``x.shape.numpy()``, ``.tolist()``, ``.dtype``).
+    Shapes stay concrete in this engine (each shape signature has its own program), so
+    ``x.shape[0]`` is an int and ``x.shape == (2, 3)`` a bool, as ordinary programs expect.
+
     Accepted for upstream's graph compiler, without effect here because there is no graph
-    compiler (the program runs op by op on numpy/CuPy): ``opt_level`` (0-3, checked),
-    ``sublinear_memory_config``, ``dtr_config``, ``graph_opt_config``, and ``symbolic_shape``
-    (shapes are concrete tuples in this engine: each shape signature has its own program);
-    MegEngine 0.x's ``opt_level=None``, ``log_level`` and ``allreduce_pack_max_size`` too.
+    compiler (the program runs op by op on numpy/CuPy): ``sublinear_memory_config``,
+    ``dtr_config``, ``graph_opt_config`` (upstream's JIT fusion switches);
+    MegEngine 0.x's ``log_level`` and ``allreduce_pack_max_size`` too.
 
     Differences from upstream, by design of this fork: the first call of a signature runs
     eagerly, so values can be read in it (upstream's symbolic first call cannot read them); a
@@ -225,8 +240,9 @@ class trace:
         self._capture_as_const = bool(capture_as_const) or self._record_only
         self._imperative = bool(imperative)
         self._opt_level = opt_level
-        self._symbolic_shape = (_trace_option.use_symbolic_shape() if symbolic_shape is None
-                                else bool(symbolic_shape))
+        # upstream's default (True): while the function runs, x.shape is a `Shape` (a tuple
+        # that also has upstream's shape-Tensor reads, see core/_trace_option.py)
+        self._symbolic_shape = True if symbolic_shape is None else bool(symbolic_shape)
         self._profile = Profile() if profiling else None
         # (owner, signature) -> program, least recently used first. owner: None for a function,
         # id(instance) for a traced method; signature: ((shape, dtype, device), ...) for calls
@@ -344,11 +360,16 @@ class trace:
             raise TraceError("trace(record_only=True): the function was recorded for dump(); it "
                              "cannot run again. Call dump(), or trace without record_only.")
         if self._imperative:
-            return self.__wrapped__(*bound, *args, **kwargs)
+            shapes = _trace_option._use_symbolic_shape
+            _trace_option._use_symbolic_shape = self._symbolic_shape  # as in its first call
+            try:
+                return self.__wrapped__(*bound, *args, **kwargs)
+            finally:
+                _trace_option._use_symbolic_shape = shapes
         if self._replays:
             if self._profile is not None:
                 self._profile.calls += 1
-            return replay(prog, leaves, self._profile)
+            return replay(prog.optimized or prog, leaves, self._profile)
         return self._check(prog, bound, args, kwargs, leaves)
 
     # ----- the program cache -----
@@ -422,13 +443,20 @@ class trace:
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
+        shapes = _trace_option._use_symbolic_shape
+        _trace_option._use_symbolic_shape = self._symbolic_shape  # as upstream, for the call
         dispatch._trace_hook = rec
         try:
             outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
+            _trace_option._use_symbolic_shape = shapes
         rec.finish_recording(outputs)
+        if self._opt_level >= 1:
+            arith_opt.plan_program(prog)  # (before compile: its new slots are the program's)
         prog.compile()
+        if self._opt_level >= 1:
+            prog.optimized = arith_opt.optimized(prog)
         return prog, outputs
 
     def _live_externals(self, bound, args, kwargs):
@@ -447,11 +475,14 @@ class trace:
             checker = _ProfilingChecker(prog)
             checker.profile = self._profile
         checker.bind_args(leaves)
+        shapes = _trace_option._use_symbolic_shape
+        _trace_option._use_symbolic_shape = self._symbolic_shape
         dispatch._trace_hook = checker
         try:
             outputs = self.__wrapped__(*bound, *args, **kwargs)
         finally:
             dispatch._trace_hook = None
+            _trace_option._use_symbolic_shape = shapes
         checker.finish(outputs)
         return outputs
 
@@ -470,8 +501,8 @@ class trace:
             raise ValueError("you must specify capture_as_const=True at __init__ to use dump")
         if self._last is None:
             raise RuntimeError("should do record first before dump")
-        return dump_program(self._last, file, arg_names=arg_names, output_names=output_names,
-                            _function=self.__wrapped__, **options)
+        return dump_program(self._last.optimized or self._last, file, arg_names=arg_names,
+                            output_names=output_names, _function=self.__wrapped__, **options)
 
     def get_profile(self):
         """Time per op type over the profiled calls: ``{"profiler": {"calls", "total_seconds",

@@ -94,6 +94,32 @@ def test_constants_made_in_the_function_are_compared_by_value():
     assert str(info.value) == "trace error because tensors not equals"
 
 
+@pytest.mark.parametrize("symbolic", MODES)
+def test_constants_from_python_data_take_the_fast_path(symbolic, monkeypatch):
+    full = []
+    check_source = check._Checker.check_source
+    monkeypatch.setattr(check._Checker, "check_source",
+                        lambda self, t, s, where: full.append(s) or check_source(self, t, s, where))
+    state = {"internal": False}
+
+    def f(x):
+        y = x * 0.5 + mge.tensor([np.nan, 1.0])  # two constants, a NaN in one: the same bytes
+        c = y if state["internal"] else mge.tensor([np.nan, 2.0])
+        return y * c
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([2.0, 2.0])
+    tr(x)
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [np.nan, 4.0])
+    assert full == []
+    # a value of the call with the constant's bytes is still not the constant
+    state["internal"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because expect external node, got internal"
+
+
 def test_external_parameter_resized_between_calls_is_a_shape_mismatch():
     w = mge.Parameter(np.ones(1, "float32"))
     f = trace(lambda x: x * w, symbolic=False)

@@ -173,8 +173,9 @@ def test_options_are_checked_or_documented_without_effect():
     old = set_symbolic_shape(False)
     try:
         assert core_set_symbolic_shape(False) is False  # the same switch as upstream's core one
-        assert trace(lambda x: x)._symbolic_shape is False
-        assert trace(lambda x: x, symbolic_shape=True)._symbolic_shape is True
+        # upstream's trace defaults to symbolic_shape=True whatever the global switch says
+        assert trace(lambda x: x)._symbolic_shape is True
+        assert trace(lambda x: x, symbolic_shape=False)._symbolic_shape is False
     finally:
         set_symbolic_shape(old)
     t = trace(lambda x: x.reshape(x.shape[0], -1), symbolic=True, symbolic_shape=False,
@@ -253,3 +254,102 @@ def test_a_grad_manager_made_inside_each_call(options):
         got = traced(mge.tensor(data)).numpy()  # the .grad of this call's own argument
         np.testing.assert_array_equal(got, f(mge.tensor(data)).numpy())
         np.testing.assert_array_equal(got, np.where(data * 2 > data, 2.0, 1.0))
+
+
+# ----- symbolic_shape: what x.shape is while a traced function runs -----
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}, {"imperative": True}])
+def test_shape_inside_a_trace_is_a_tuple_that_reads_like_upstreams_shape_tensor(options):
+    seen = []
+
+    @trace(**options)
+    def f(x):
+        s = x.shape
+        # upstream (symbolic_shape=True, its default): a shape Tensor read with .numpy()
+        np.testing.assert_array_equal(s.numpy(), np.array([2, 3, 4], dtype=np.int32))
+        assert s.numpy().dtype == np.int32 and s.ndim == 1 and s.shape == (3,)
+        np.testing.assert_array_equal(s[1:].numpy(), [3, 4])
+        # ordinary programs: a tuple of ints
+        assert s == (2, 3, 4) and s[0] == 2 and isinstance(s[0], int) and len(s) == 3
+        assert s[1:] + (5,) == (3, 4, 5) and tuple(s) == (2, 3, 4) and hash(s) == hash((2, 3, 4))
+        assert np.prod(s) == 24 and np.asarray(s).dtype == np.int64  # numpy sees a plain tuple
+        seen.append(type(s).__name__)
+        return (x + F.zeros(s)).reshape(s[0], -1) * 2
+
+    x = mge.tensor(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    for _ in range(3):
+        y = f(x)
+        np.testing.assert_array_equal(y.numpy(), np.arange(24).reshape(2, 12) * 2)
+    assert seen and set(seen) == {"Shape"}
+    assert type(x.shape) is tuple  # outside the call: a plain tuple again
+
+
+def test_symbolic_shape_false_and_the_global_switch():
+    @trace(symbolic=True, symbolic_shape=False)
+    def f(x):
+        assert type(x.shape) is tuple
+        return x + 1
+
+    f(mge.tensor([1.0]))
+    f(mge.tensor([1.0]))
+    old = set_symbolic_shape(True)  # upstream: shapes are symbolic outside traces too
+    try:
+        x = mge.tensor(np.ones((2, 5)))
+        assert x.shape.numpy().tolist() == [2, 5] and x.shape.tolist() == [2, 5]
+        assert mge.tensor(3.0).shape == ()  # a scalar's shape stays (), as upstream
+        s = x.shape
+        assert s.astype("float32").numpy().tolist() == [2.0, 5.0]
+        assert s[1:].item() == 5
+        with pytest.raises(ValueError, match="2 elements"):
+            s.item()
+        import pickle
+        assert type(pickle.loads(pickle.dumps(s))) is tuple
+    finally:
+        set_symbolic_shape(old)
+    assert type(mge.tensor(np.ones((2, 5))).shape) is tuple
+
+
+def test_upstream_shape_reads_of_topk_and_warp_perspective_under_symbolic_trace():
+    # upstream's test_trace_topk / test_trace_warp_perspective, checked on every call
+    x = mge.tensor([5, 2, 7, 1, 0, 3, 2])
+
+    @trace(symbolic=True)
+    def f(x):
+        y = F.topk(x, 3)
+        np.testing.assert_equal(y[0].shape.numpy(), np.array([3]))
+        return y
+
+    for _ in range(3):
+        np.testing.assert_array_equal(f(x)[0].numpy(), [0, 1, 2])
+    img = mge.tensor(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+    m = mge.tensor(np.array([[[1, 0, 1], [0, 1, 1], [0, 0, 1]]], dtype=np.float32))
+
+    @trace(symbolic=True)
+    def g(img, m):
+        out = F.vision.warp_perspective(img, m, (2, 2))
+        np.testing.assert_equal(out.shape.numpy(), np.array([1, 1, 2, 2]))
+        return out
+
+    for _ in range(3):  # the matrix shifts by (1, 1): out[i, j] = img[i + 1, j + 1]
+        np.testing.assert_array_equal(g(img, m).numpy()[0, 0], [[5, 6], [9, 10]])
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_common_shape_idioms_under_trace_match_eager(options):
+    def f(x):
+        n, c, h, w = x.shape
+        return (F.vision.interpolate(x, size=x.shape[2:]) + F.broadcast_to(x[:1], x.shape),
+                x.reshape(*x.shape[:2], -1).sum(axis=2) + float(np.prod(x.shape)),
+                mge.tensor(np.zeros(x.shape, dtype="float32")) + x[n - 1],
+                F.concat([F.flatten(x, 1), F.zeros((x.shape[0], 1))], axis=1),
+                x.reshape(F.concat([mge.tensor(x.shape[:-2]), mge.tensor([-1])])),
+                sum(x[i].sum() for i in range(x.shape[0])) * (h * w // c))
+
+    x = mge.tensor(np.random.RandomState(3).rand(2, 3, 4, 4).astype("float32"))
+    eager = [t.numpy() for t in f(x)]
+    traced = trace(f, **options)
+    for _ in range(3):
+        for got, want in zip(traced(x), eager):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
