@@ -795,3 +795,11 @@ dispatch.Tensor = Tensor  # the dispatcher wraps its outputs in this class
 
 #: upstream's ``megengine.tensor``: the Tensor class itself, so ``isinstance(x, tensor)`` holds
 tensor = Tensor
+
+# upstream's internal layer that programs and upstream's tests import below the public API:
+# `megengine.core._imperative_rt` (its `ops` module is also `megengine.core.ops.builtin`) and
+# `megengine.core.tensor.utils` (this file is a module, so the path is an alias, as `.dtype`)
+from . import _imperative_rt  # noqa: E402,F401
+from . import tensor_utils as utils  # noqa: E402
+
+sys.modules.setdefault(__name__ + ".utils", utils)
