@@ -18,7 +18,9 @@ __all__ = ["CompNode", "TensorAttr", "Logger", "OperatorNodeConfig", "core2", "o
 
 class CompNode(_DeviceName):
     """A device, named as upstream names comp nodes (``CompNode("xpux")``, ``"cpu0"``,
-    ``"gpu1"``); it is the string a Tensor's ``.device`` is, and compares equal to it."""
+    ``"gpu1"``). It holds the device the name resolves to on this machine (``"xpux"`` is
+    ``"cpu0"`` without a GPU), which is what a Tensor's ``.device`` reports, so
+    ``str(t.device) == str(CompNode("xpux"))`` holds for a tensor made on the default device."""
 
     def __new__(cls, name="xpux"):
         if isinstance(name, CompNode):
@@ -26,7 +28,9 @@ class CompNode(_DeviceName):
         if not isinstance(name, str):
             raise TypeError(f"CompNode: expected a device name such as 'xpux', 'cpu0' or 'gpu0', "
                             f"got {type(name).__name__}")
-        return super().__new__(cls, name)
+        from ...device import canonical_device
+
+        return super().__new__(cls, canonical_device(name))
 
     def to_c(self):  # upstream's Device.to_c(): its C++ comp node; here the name is the device
         return self
@@ -81,12 +85,15 @@ class Logger:
         Error = logging.ERROR
 
     def set_log_level(self, level):
-        """Set the level (a ``Logger.LogLevel``); returns the previous one."""
+        """Set the level (a ``Logger.LogLevel``, or the `logging` level it stands for);
+        returns the previous one."""
         from ... import logger as _logger
 
-        if not isinstance(level, Logger.LogLevel):
-            raise TypeError(f"Logger.set_log_level: expected a Logger.LogLevel (Debug, Info, Warn, "
-                            f"Error), got {level!r}")
+        try:
+            level = Logger.LogLevel(level)
+        except ValueError:
+            raise ValueError(f"Logger.set_log_level: expected a Logger.LogLevel (Debug, Info, "
+                             f"Warn, Error), got {level!r}") from None
         previous = _logger.set_mgb_log_level(int(level))
         return _nearest_level(previous)
 

@@ -461,6 +461,37 @@ class FakeQuant(OpDef):
                                scale.astype(x.dtype), zero_point.astype(x.dtype)),)
 
 
+def _scalar_int(t):
+    return int(np.asarray(t.numpy()).ravel()[0])
+
+
+def _index_from_items(desc, x, values, vector_index):
+    """The index tuple that upstream's indexing items describe: per item ``(axis, has_begin,
+    has_end, has_step, has_index)``, the inputs after ``x`` hold, in that order, the item's
+    begin, end, step (scalars) or index (a scalar, or for ``vector_index`` an int tensor)."""
+    values = list(values)
+    index = [slice(None)] * x.ndim
+    for item in desc.items:
+        axis, has_begin, has_end, has_step, has_index = item
+        taken = []
+        for present in (has_begin, has_end, has_step, has_index):
+            if not present:
+                taken.append(None)
+                continue
+            if not values:
+                raise TypeError(f"apply({desc!r}): too few index inputs for its items")
+            taken.append(values.pop(0))
+        begin, end, step, idx = taken
+        if has_index:
+            index[int(axis)] = idx.astype("int32") if vector_index else _scalar_int(idx)
+        else:
+            index[int(axis)] = slice(*(None if v is None else _scalar_int(v)
+                                      for v in (begin, end, step)))
+    if values:
+        raise TypeError(f"apply({desc!r}): {len(values)} index inputs left over")
+    return tuple(index)
+
+
 class Subtensor(OpDef):
     """``x[...]`` with slices and integer indices whose bounds come as input tensors.
 
@@ -471,24 +502,34 @@ class Subtensor(OpDef):
     _params = (("items", ()),)
 
     def _lower(self, x, *values):
-        values = list(values)
-        index = [slice(None)] * x.ndim
-        for item in self.items:
-            axis, has_begin, has_end, has_step, has_index = item
-            take = []
-            for present in (has_begin, has_end, has_step, has_index):
-                if not present:
-                    take.append(None)
-                    continue
-                if not values:
-                    raise TypeError(f"apply({self!r}): too few index inputs for items "
-                                    f"{self.items}")
-                take.append(int(np.asarray(values.pop(0).numpy()).ravel()[0]))
-            begin, end, step, idx = take
-            index[int(axis)] = idx if has_index else slice(begin, end, step)
-        if values:
-            raise TypeError(f"apply({self!r}): {len(values)} index inputs left over")
-        return (x[tuple(index)],)
+        return (x[_index_from_items(self, x, values, vector_index=False)],)
+
+
+class IndexingMultiAxisVec(OpDef):
+    """``x[i0, i1, ...]`` with int tensor indices (numpy's advanced indexing) on the axes that
+    ``items`` name, as `Subtensor` names them."""
+
+    _params = (("items", ()),)
+
+    def _lower(self, x, *values):
+        return (x[_index_from_items(self, x, values, vector_index=True)],)
+
+
+class Linspace(OpDef):
+    """``num`` evenly spaced values from ``start`` to ``stop`` (inputs: three scalar tensors;
+    ``endpoint`` includes ``stop``)."""
+
+    _params = (("comp_node", None), ("endpoint", True))
+
+    def _lower(self, start, stop, num):
+        F = _F()
+        n = _scalar_int(num)
+        lo = float(np.asarray(start.numpy()).ravel()[0])
+        hi = float(np.asarray(stop.numpy()).ravel()[0])
+        if not self.endpoint:
+            hi = lo + (hi - lo) * (n - 1) / n if n > 0 else hi
+        device = start.device if self.comp_node is None else str(self.comp_node)
+        return (F.linspace(lo, hi, n, device=device),)
 
 
 # ---------------------------------------------------------------- optimizer update
@@ -757,8 +798,8 @@ _UNLOWERED = {
     "WarpPerspective": "F.vision.warp_perspective", "Resize": "F.vision.interpolate",
     "Remap": "F.vision.remap", "RemoteSend": "F.distributed.remote_send",
     "RemoteRecv": "F.distributed.remote_recv",
-    "IndexingMultiAxisVec": "indexing (x[...])", "SetSubtensor": "x[...] = value",
-    "Split": "F.split", "Linspace": "F.linspace", "Eye": "F.eye", "Fill": "F.full",
+    "SetSubtensor": "x[...] = value",
+    "Split": "F.split", "Eye": "F.eye", "Fill": "F.full",
     "FillLike": "F.full_like", "PixelShuffle": "F.pixel_shuffle", "Padding": "F.pad",
     "CumSum": "F.cumsum", "Cumsum": "F.cumsum", "Diag": "F.diag", "MatrixInverse": "F.matinv",
     "SVD": "F.svd", "ElemwiseMultiType": "the functional elementwise ops",
@@ -792,7 +833,8 @@ for _name, _instead in _UNLOWERED.items():
 
 __all__ += ["Elemwise", "Reduce", "TypeCvt", "GetVarShape", "Broadcast", "Reshape",
             "Dimshuffle", "AddAxis", "RemoveAxis", "Identity", "Copy", "Concat",
-            "IndexingOneHot", "IndexingSetOneHot", "Subtensor", "MatrixMul", "BatchedMatrixMul", "Dot",
+            "IndexingOneHot", "IndexingSetOneHot", "Subtensor",
+            "IndexingMultiAxisVec", "Linspace", "MatrixMul", "BatchedMatrixMul", "Dot",
             "FakeQuant", "LAMBUpdate", "CollectiveComm", "ParamPackConcat", "ParamPackSplit",
             "UniformRNG", "GaussianRNG", "GammaRNG", "BetaRNG", "PoissonRNG", "ExponentialRNG",
             "PermutationRNG", "ShuffleRNG", *_UNLOWERED]
