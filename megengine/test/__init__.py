@@ -42,7 +42,7 @@ def assertTensorClose(v0, v1, *, max_err: float = 1e-6, allow_special_values: bo
     err = np.abs(a - b) / scale
     bad = err > max_err
     if bad.any():
-        idx = tuple(i[0] for i in np.nonzero(bad))
+        idx = tuple(int(i[0]) for i in np.nonzero(bad))
         label = "tensor" if name is None else f"tensor {name}"
         raise AssertionError(f"{label} not equal: shape={a.shape} nonequal_idx={idx} "
                              f"v0={a[idx]} v1={b[idx]} err={err[idx]}")
