@@ -799,7 +799,8 @@ tensor = Tensor
 # upstream's internal layer that programs and upstream's tests import below the public API:
 # `megengine.core._imperative_rt` (its `ops` module is also `megengine.core.ops.builtin`) and
 # `megengine.core.tensor.utils` (this file is a module, so the path is an alias, as `.dtype`)
-from . import _imperative_rt  # noqa: E402,F401
-from . import tensor_utils as utils  # noqa: E402
+from . import _imperative_rt  # noqa: E402
 
-sys.modules.setdefault(__name__ + ".utils", utils)
+utils = _imperative_rt.lazy_module(__package__ + ".tensor_utils", __name__ + ".utils")
+_ops.builtin = _imperative_rt.lazy_module(_imperative_rt.__name__ + ".ops",
+                                          _ops.__name__ + ".builtin")

@@ -6,7 +6,9 @@ Upstream programs and tests import these below the public API. Here they are thi
 descriptor's work is done by this engine's ops (see `ops.py`), `apply` is the one dispatcher.
 """
 import enum
+import importlib.util
 import logging
+import sys
 
 import numpy as np
 
@@ -106,4 +108,22 @@ def _nearest_level(level):
     return Logger.LogLevel.Error
 
 
-from . import core2, imperative, ops  # noqa: E402  (they use the classes above)
+def lazy_module(target, *aliases):
+    """Module ``target``, registered (also under ``aliases``) but run only when first used,
+    so that `import megengine` does not pay for upstream's internal names (its op descriptors,
+    `megengine.core.tensor.utils`) that only some programs import."""
+    module = sys.modules.get(target)
+    if module is None:
+        spec = importlib.util.find_spec(target)
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[target] = module
+        spec.loader.exec_module(module)
+    for alias in aliases:
+        sys.modules.setdefault(alias, module)
+    return module
+
+
+from . import core2, imperative  # noqa: E402  (they use the classes above)
+
+ops = lazy_module(__name__ + ".ops")
