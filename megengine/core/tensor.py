@@ -234,6 +234,10 @@ class _TensorType(type):
     def dtype(cls):
         return dtype
 
+    @property
+    def utils(cls):  # upstream's `import megengine.core.tensor.utils as utils`, as for dtype
+        return utils
+
 
 class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""

@@ -482,3 +482,26 @@ def test_permutation_and_shuffle_descriptors():
     out, order = apply(builtin.ShuffleRNG(), mge.tensor(x))
     np.testing.assert_array_equal(np.sort(order.numpy()), np.arange(10))
     np.testing.assert_array_equal(out.numpy(), x[order.numpy()])
+
+
+def test_mesh_indexing_meshes_and_batched_mesh_indexes_per_batch():
+    x = rng.randn(4, 5, 6).astype(np.float32)
+    i1 = np.array([4, 0, 2], np.int32)
+    i2 = np.array([1, 5], np.int32)
+    items = ((1, False, False, False, True), (2, False, False, False, True))
+    check_against_torch(
+        lambda a: one(builtin.MeshIndexing(items), a, mge.tensor(i1), mge.tensor(i2)),
+        lambda a: a[:, i1][:, :, i2], x)
+    got = one(builtin.MeshIndexing(((0, False, False, False, True),
+                                    (2, False, False, False, True))), mge.tensor(x),
+              mge.tensor(3), mge.tensor(i2))
+    np.testing.assert_array_equal(got.numpy(), x[3][:, i2])
+    b1 = np.array([[0, 1], [4, 4], [2, 3], [1, 0]], np.int32)  # one index row per batch entry
+    expect = np.stack([x[b][b1[b]] for b in range(4)])
+    check_against_torch(
+        lambda a: one(builtin.BatchedMeshIndexing(((1, False, False, False, True),)), a,
+                      mge.tensor(b1)),
+        lambda a: torch.stack([a[b][torch.tensor(b1[b]).long()] for b in range(4)]), x)
+    np.testing.assert_array_equal(
+        one(builtin.BatchedMeshIndexing(((1, False, False, False, True),)), mge.tensor(x),
+            mge.tensor(b1)).numpy(), expect)

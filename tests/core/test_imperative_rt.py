@@ -60,3 +60,13 @@ def test_tensor_weak_ref_and_sync():
 def test_make_backward_graph_says_what_to_use_instead():
     with pytest.raises(NotImplementedError, match="GradManager"):
         imperative.make_backward_graph(Elemwise("relu"), [TensorAttr()], [True], [True])
+
+
+def test_create_complex_joins_real_and_imaginary_parts():
+    from megengine.core._imperative_rt.core2 import create_complex
+
+    re = np.arange(6, dtype=np.float32).reshape(2, 3)
+    im = -re / 2
+    got = create_complex(mge.tensor(re), mge.tensor(im))
+    assert got.dtype == np.complex64
+    np.testing.assert_array_equal(got.numpy(), re + 1j * im)

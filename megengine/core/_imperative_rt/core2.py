@@ -6,7 +6,7 @@ from .. import dispatch
 from ..tensor import Tensor
 from ...device import _full_sync
 
-__all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef"]
+__all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex"]
 
 
 def apply(op, *tensors):
@@ -57,3 +57,10 @@ class TensorWeakRef:
 
     def __call__(self):
         return self._ref()
+
+
+def create_complex(real, imag):
+    """The complex tensor ``real + 1j * imag`` (`megengine.functional.complex`)."""
+    from ...functional import complex as _complex  # functional sits above core: loaded on use
+
+    return _complex(real, imag)

@@ -515,6 +515,54 @@ class IndexingMultiAxisVec(OpDef):
         return (x[_index_from_items(self, x, values, vector_index=True)],)
 
 
+class MeshIndexing(OpDef):
+    """Like IndexingMultiAxisVec, but the index vectors of different axes form a mesh (every
+    combination, numpy's ``ix_``) instead of being paired elementwise."""
+
+    _params = (("items", ()),)
+
+    def _lower(self, x, *values):
+        index = [i if isinstance(i, slice) or i.ndim else _scalar_int(i)
+                 for i in _index_from_items(self, x, values, vector_index=True)]
+        out = x[tuple(i if isinstance(i, (slice, int)) else slice(None) for i in index)]
+        # apply each vector index on its own axis, which meshes them (ints removed axes)
+        dropped = 0
+        for axis, i in enumerate(index):
+            if isinstance(i, int):
+                dropped += 1
+            elif not isinstance(i, slice):
+                out = out[(slice(None),) * (axis - dropped) + (i,)]
+        return (out,)
+
+
+class BatchedMeshIndexing(OpDef):
+    """MeshIndexing per batch entry: axis 0 is the batch, and each index input holds one
+    index vector per batch entry (shape ``(batch, k)``) for its axis."""
+
+    _params = (("items", ()),)
+
+    def _lower(self, x, *values):
+        F = _F()
+        index = _index_from_items(self, x, values, vector_index=True)
+        if not isinstance(index[0], slice) or index[0] != slice(None):
+            raise ValueError(f"apply({self!r}): axis 0 is the batch; it cannot be indexed")
+        out = x
+        for axis, i in enumerate(index):
+            if isinstance(i, slice):
+                if i != slice(None):
+                    out = out[(slice(None),) * axis + (i,)]
+                continue
+            if i.ndim != 2 or i.shape[0] != x.shape[0]:
+                raise ValueError(f"apply({self!r}): the index of axis {axis} must be "
+                                 f"(batch={x.shape[0]}, k), got shape {i.shape}")
+            shape = [1] * out.ndim
+            shape[0], shape[axis] = i.shape
+            full = list(out.shape)
+            full[axis] = i.shape[1]
+            out = F.gather(out, axis, F.broadcast_to(i.reshape(shape), full))
+        return (out,)
+
+
 class Linspace(OpDef):
     """``num`` evenly spaced values from ``start`` to ``stop`` (inputs: three scalar tensors;
     ``endpoint`` includes ``stop``)."""
@@ -834,7 +882,7 @@ for _name, _instead in _UNLOWERED.items():
 __all__ += ["Elemwise", "Reduce", "TypeCvt", "GetVarShape", "Broadcast", "Reshape",
             "Dimshuffle", "AddAxis", "RemoveAxis", "Identity", "Copy", "Concat",
             "IndexingOneHot", "IndexingSetOneHot", "Subtensor",
-            "IndexingMultiAxisVec", "Linspace", "MatrixMul", "BatchedMatrixMul", "Dot",
+            "IndexingMultiAxisVec", "MeshIndexing", "BatchedMeshIndexing", "Linspace", "MatrixMul", "BatchedMatrixMul", "Dot",
             "FakeQuant", "LAMBUpdate", "CollectiveComm", "ParamPackConcat", "ParamPackSplit",
             "UniformRNG", "GaussianRNG", "GammaRNG", "BetaRNG", "PoissonRNG", "ExponentialRNG",
             "PermutationRNG", "ShuffleRNG", *_UNLOWERED]

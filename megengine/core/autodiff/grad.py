@@ -25,9 +25,14 @@ def get_grad_managers():
 
 
 class Grad:
-    """Records ops on the tensors given to `wrt` while entered; ``grad(ys, dys)``
-    backpropagates ``dys`` from ``ys`` once and calls each tensor's callback with its
-    gradient (a callback is not called for a tensor ``ys`` does not depend on)."""
+    """Records ops on the tensors given to `wrt`; ``grad(ys, dys)`` backpropagates ``dys``
+    from ``ys`` once and calls each tensor's callback with its gradient (a callback is not
+    called for a tensor ``ys`` does not depend on).
+
+    Recording starts at ``with Grad() as grad:`` or at the first `wrt`, whichever comes first
+    (upstream's older tests write ``grad = Grad().wrt(x, callback=cb)`` without ``with``), and
+    ends with the call, the ``with`` block, or when the Grad is freed.
+    """
 
     def __init__(self, name=None):
         global _grad_count
@@ -36,6 +41,7 @@ class Grad:
             _grad_count += 1
         self._name = name
         self._manager = GradManager()
+        self._done = False  # called once: a Grad records one computation
         _grad_manager_dict[name] = self
 
     @property
@@ -51,8 +57,14 @@ class Grad:
         for t in tensors:
             if not isinstance(t, Tensor):
                 raise TypeError(f"Grad.wrt: expected Tensors, got {type(t).__name__}")
+        self._start()
+        for t in tensors:
             self._manager.attach(t, callbacks=[_deliver(callback)])
         return self
+
+    def _start(self):
+        if not self._manager._recording and not self._done:
+            self._manager.record()
 
     def _is_attached_to(self, tensor):
         return self._manager.is_attached(tensor)
@@ -67,8 +79,9 @@ class Grad:
         if len(ys) != len(dys):
             raise ValueError(f"Grad: {len(ys)} outputs but {len(dys)} output gradients")
         if not self._manager._recording:
-            raise RuntimeError(f"Grad {self._name!r}: not recording; call it inside "
-                               "`with Grad() as grad:`, once")
+            raise RuntimeError(f"Grad {self._name!r}: not recording; give it tensors with "
+                               "wrt() (or enter `with Grad() as grad:`) first, and call it once")
+        self._done = True
         if not ys:  # nothing to differentiate (a rank that only sends, say): just stop
             self._manager.release()
             return None
@@ -78,11 +91,21 @@ class Grad:
         return None
 
     def __enter__(self):
-        self._manager.record()
+        self._start()
         return self
 
     def __exit__(self, *exc):
+        self._done = True
         self._manager.release()
+
+    def __del__(self):
+        # a Grad that was never called must not leave the engine recording every op
+        manager = getattr(self, "_manager", None)
+        if manager is not None and manager._recording:
+            try:
+                manager.release()
+            except Exception:  # interpreter shutdown: the modules it needs may be gone
+                pass
 
 
 def _broadcast_to(dy, y):

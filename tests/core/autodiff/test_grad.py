@@ -91,3 +91,21 @@ def test_misuse_is_explained():
         with pytest.raises(ValueError, match="1 outputs but 2 output gradients"):
             grad([x * 2], [x, x])
     assert grad.name.startswith("grad_")
+
+
+def test_a_grad_records_from_wrt_without_with_and_stops_when_freed():
+    # upstream's older tests: grad = Grad().wrt(x, callback=cb); ...; grad(y, dy)
+    from megengine.core import dispatch
+
+    a = rng.randn(4).astype(np.float32)
+    x = mge.tensor(a)
+    got = []
+    grad = Grad().wrt(x, callback=got.append)
+    y = F.exp(x)
+    grad(y, F.ones_like(y))
+    np.testing.assert_allclose(got[0].numpy(), np.exp(a), rtol=1e-6)
+    assert not dispatch.is_recording()
+    never_called = Grad().wrt(x)
+    assert dispatch.is_recording()
+    del never_called  # a forgotten Grad must not keep every later op recorded
+    assert not dispatch.is_recording()
