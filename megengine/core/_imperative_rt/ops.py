@@ -320,8 +320,8 @@ class Broadcast(OpDef):
     _params = (("shape", ()),)
 
     def _lower(self, x, *shape):
-        target = _shape_of(shape[0]) if shape else tuple(self.shape)
-        return (_F().broadcast_to(x, target),)
+        # a shape tensor goes to the functional op as it is: one path for shapes and traces
+        return (_F().broadcast_to(x, shape[0] if shape else tuple(self.shape)),)
 
 
 class Reshape(OpDef):
@@ -330,8 +330,7 @@ class Reshape(OpDef):
     _params = (("axis", None), ("shape", ()))
 
     def _lower(self, x, *shape):
-        target = _shape_of(shape[0]) if shape else tuple(self.shape)
-        return (x.reshape(target),)
+        return (_F().reshape(x, shape[0] if shape else tuple(self.shape)),)
 
 
 class Dimshuffle(OpDef):
