@@ -10,7 +10,6 @@ and devices behave as for every other computation; there is no second engine her
 Upstream names this engine has no descriptor for raise a clear error when applied, naming the
 public function to use instead (`_UNLOWERED`).
 """
-import enum
 import sys
 
 import numpy as np
@@ -18,117 +17,12 @@ import numpy as np
 from .. import dispatch
 from .. import ops as _engine_ops
 from ..dispatch import Op, xp_of
+from .opdef import (_REQUIRED, OpDef, _coerce, _F, _freeze, _int_list, _modes,  # noqa: F401
+                    _scalar_int, _shape_of)
+from .rng_ops import *  # noqa: F401,F403  (the RNG descriptors are builtin names too)
+from .rng_ops import __all__ as _rng_names
 
-__all__ = ["OpDef", "new_rng_handle", "delete_rng_handle", "get_global_rng_seed",
-           "set_global_rng_seed"]
-
-_REQUIRED = object()
-
-
-def _modes(name, names):
-    """A mode enum as upstream's: members by upper-case name, each valued by its lower-case
-    name (what upstream's string form is)."""
-    return enum.Enum(name, [(n, n.lower()) for n in names])
-
-
-def _coerce(enum_cls, value, what):
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        member = enum_cls.__members__.get(value.upper())
-        if member is not None:
-            return member
-    names = ", ".join(enum_cls.__members__)
-    raise ValueError(f"{what}: unknown mode {value!r}; expected one of {names} (any case)")
-
-
-def _freeze(v):
-    """A hashable form of a parameter value (lists become tuples, dtypes their names)."""
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(i) for i in v)
-    if isinstance(v, np.dtype):
-        return v.name
-    if isinstance(v, np.ndarray):
-        return tuple(v.ravel().tolist())
-    return v
-
-
-class OpDef:
-    """An upstream op descriptor. Subclasses list ``_params`` ((name, default) pairs in
-    upstream's order; `_REQUIRED` for parameters without a default), ``_enums`` (parameter name
-    -> mode enum) and implement ``_lower(*tensors)`` returning a tuple of Tensors."""
-
-    _params = ()
-    _enums = {}
-
-    def __init__(self, *args, **kwargs):
-        cls = type(self).__name__
-        names = [n for n, _ in self._params]
-        if len(args) > len(names):
-            raise TypeError(f"{cls}: takes at most {len(names)} parameters ({', '.join(names)}), "
-                            f"got {len(args)}")
-        values = dict(zip(names, args))
-        for k, v in kwargs.items():
-            if k not in names:
-                raise TypeError(f"{cls}: unknown parameter {k!r}; its parameters are "
-                                f"{', '.join(names) or 'none'}")
-            if k in values:
-                raise TypeError(f"{cls}: parameter {k!r} given twice")
-            values[k] = v
-        for name, default in self._params:
-            if name not in values:
-                if default is _REQUIRED:
-                    raise TypeError(f"{cls}: missing parameter {name!r}")
-                values[name] = default
-            setattr(self, name, values[name])
-
-    def __setattr__(self, name, value):
-        enum_cls = self._enums.get(name)
-        if enum_cls is not None:
-            value = _coerce(enum_cls, value, f"{type(self).__name__}.{name}")
-        object.__setattr__(self, name, value)
-
-    def _key(self):
-        return (type(self),) + tuple(_freeze(getattr(self, n)) for n, _ in self._params)
-
-    def __eq__(self, other):
-        if not isinstance(other, OpDef):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def __repr__(self):
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n, _ in self._params)
-        return f"{type(self).__name__}({args})"
-
-    def _lower(self, *inputs):
-        raise NotImplementedError(type(self).__name__)  # every public subclass defines it
-
-    def _arity(self, inputs, *counts):
-        if len(inputs) not in counts:
-            want = " or ".join(str(c) for c in counts)
-            raise TypeError(f"apply({self!r}): takes {want} input tensors, got {len(inputs)}")
-
-
-def _F():
-    from ... import functional  # functional sits above core: loaded when an op is applied
-
-    return functional
-
-
-def _int_list(v):
-    if v is None:
-        return None
-    if isinstance(v, (int, np.integer)):
-        return [int(v)]
-    return [int(i) for i in v]
-
-
-def _shape_of(shape_tensor):
-    """The shape an int tensor input holds (a host read, as upstream's shape inference does)."""
-    return tuple(int(s) for s in np.asarray(shape_tensor.numpy()).ravel())
+__all__ = ["OpDef"] + _rng_names
 
 
 # ---------------------------------------------------------------- elementwise
@@ -460,9 +354,6 @@ class FakeQuant(OpDef):
                                scale.astype(x.dtype), zero_point.astype(x.dtype)),)
 
 
-def _scalar_int(t):
-    return int(np.asarray(t.numpy()).ravel()[0])
-
 
 def _index_from_items(desc, x, values, vector_index):
     """The index tuple that upstream's indexing items describe: per item ``(axis, has_begin,
@@ -702,136 +593,6 @@ class ParamPackSplit(OpDef):
         return tuple(param_pack_split(x, list(self.offsets), [tuple(s) for s in self.shapes]))
 
 
-# ---------------------------------------------------------------- random numbers
-_rng_handles = {}  # handle -> megengine.random.RNG
-_next_handle = [1]
-
-
-def new_rng_handle(comp_node, seed):
-    """A random-number source on ``comp_node`` seeded with ``seed``; its number is the
-    ``handle`` parameter of the RNG descriptors. Handle 0 is the global source."""
-    from ...random.rng import RNG
-
-    handle = _next_handle[0]
-    _next_handle[0] += 1
-    _rng_handles[handle] = RNG(seed=int(seed), device=str(comp_node))
-    return handle
-
-
-def delete_rng_handle(handle):
-    """Forget a handle made by `new_rng_handle`."""
-    if _rng_handles.pop(int(handle), None) is None:
-        raise ValueError(f"delete_rng_handle: no random-number handle {handle} (made by "
-                         "new_rng_handle and not yet deleted)")
-
-
-def get_global_rng_seed():
-    """The seed last given to `megengine.random.seed` (or `set_global_rng_seed`)."""
-    from ...random import rng
-
-    return rng._global_seed
-
-
-def set_global_rng_seed(seed):
-    """`megengine.random.seed`, by upstream's internal name."""
-    from ...random import rng
-
-    rng.seed(seed)
-
-
-class _RNGDef(OpDef):
-    """Shared by the RNG descriptors: the source their ``handle`` names."""
-
-    def _rng(self, device):
-        from ...random import rng
-
-        if int(self.handle) == 0:
-            return rng.RNG(device=device) if device is not None else rng._default_rng
-        source = _rng_handles.get(int(self.handle))
-        if source is None:
-            raise ValueError(f"{type(self).__name__}: no random-number handle {self.handle}; "
-                             "make one with new_rng_handle(comp_node, seed)")
-        return source
-
-
-class UniformRNG(_RNGDef):
-    """Samples of U(0, 1) of the shape an int tensor input holds."""
-
-    _params = (("seed", 0), ("dtype", "float32"), ("handle", 0))
-
-    def _lower(self, shape):
-        out = self._rng(shape.device).uniform(size=_shape_of(shape))
-        return (out.astype(self.dtype),)
-
-
-class GaussianRNG(_RNGDef):
-    """Samples of N(mean, std**2) of the shape an int tensor input holds."""
-
-    _params = (("seed", 0), ("mean", 0.0), ("std", 1.0), ("dtype", "float32"), ("handle", 0))
-
-    def _lower(self, shape):
-        out = self._rng(shape.device).normal(float(self.mean), float(self.std),
-                                             size=_shape_of(shape))
-        return (out.astype(self.dtype),)
-
-
-class GammaRNG(_RNGDef):
-    """Samples of Gamma(shape, scale), elementwise over the two input tensors."""
-
-    _params = (("seed", 0), ("handle", 0))
-
-    def _lower(self, shape, scale):
-        return (self._rng(shape.device).gamma(shape, scale, size=None),)
-
-
-class BetaRNG(_RNGDef):
-    """Samples of Beta(alpha, beta), elementwise over the two input tensors."""
-
-    _params = (("seed", 0), ("handle", 0))
-
-    def _lower(self, alpha, beta):
-        return (self._rng(alpha.device).beta(alpha, beta, size=None),)
-
-
-class PoissonRNG(_RNGDef):
-    """Samples of Poisson(lam), elementwise over the input tensor."""
-
-    _params = (("seed", 0), ("handle", 0))
-
-    def _lower(self, lam):
-        return (self._rng(lam.device).poisson(lam, size=None),)
-
-
-class ExponentialRNG(_RNGDef):
-    """Samples of Exp(rate), elementwise over the input tensor."""
-
-    _params = (("seed", 0), ("handle", 0))
-
-    def _lower(self, rate):
-        return (self._rng(rate.device).exponential(rate, size=None),)
-
-
-class PermutationRNG(_RNGDef):
-    """A random permutation of ``range(n)``, n the size the shape input holds."""
-
-    _params = (("seed", 0), ("dtype", "int32"), ("handle", 0))
-
-    def _lower(self, shape):
-        (n,) = _shape_of(shape)
-        return (self._rng(shape.device).permutation(n, dtype=np.dtype(self.dtype).name),)
-
-
-class ShuffleRNG(_RNGDef):
-    """The input with its first axis in a random order, and the order (int32 indices)."""
-
-    _params = (("seed", 0), ("handle", 0))
-
-    def _lower(self, x):
-        F = _F()
-        order = self._rng(x.device).permutation(x.shape[0], dtype="int32")
-        return (x[order], order)
-
-
 # ---------------------------------------------------------------- upstream names not lowered
 # upstream op -> what to use instead (applying one raises and says so)
 _UNLOWERED = {
@@ -883,8 +644,7 @@ __all__ += ["Elemwise", "Reduce", "TypeCvt", "GetVarShape", "Broadcast", "Reshap
             "IndexingOneHot", "IndexingSetOneHot", "Subtensor",
             "IndexingMultiAxisVec", "MeshIndexing", "BatchedMeshIndexing", "Linspace", "MatrixMul", "BatchedMatrixMul", "Dot",
             "FakeQuant", "LAMBUpdate", "CollectiveComm", "ParamPackConcat", "ParamPackSplit",
-            "UniformRNG", "GaussianRNG", "GammaRNG", "BetaRNG", "PoissonRNG", "ExponentialRNG",
-            "PermutationRNG", "ShuffleRNG", *_UNLOWERED]
+            *_UNLOWERED]
 
 # upstream's `megengine.core.ops.builtin` is this module (upstream re-exports its C++ ops there)
 sys.modules.setdefault(_engine_ops.__name__ + ".builtin", sys.modules[__name__])
