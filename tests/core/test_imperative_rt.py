@@ -70,3 +70,13 @@ def test_create_complex_joins_real_and_imaginary_parts():
     got = create_complex(mge.tensor(re), mge.tensor(im))
     assert got.dtype == np.complex64
     np.testing.assert_array_equal(got.numpy(), re + 1j * im)
+
+
+def test_opdef_is_the_descriptors_base_class():
+    from megengine.core._imperative_rt import OpDef
+
+    assert isinstance(Elemwise("add"), OpDef)
+    with pytest.raises(AttributeError, match="no attribute 'Frobnicate'"):
+        import megengine.core._imperative_rt as rt
+
+        rt.Frobnicate

@@ -127,3 +127,9 @@ def lazy_module(target, *aliases):
 from . import core2, imperative  # noqa: E402  (they use the classes above)
 
 ops = lazy_module(__name__ + ".ops")
+
+
+def __getattr__(name):
+    if name == "OpDef":  # upstream exports the descriptors' base class here too
+        return ops.OpDef
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

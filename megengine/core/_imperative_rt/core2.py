@@ -9,6 +9,9 @@ from ...device import _full_sync
 __all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex"]
 
 
+_OpDef = None
+
+
 def apply(op, *tensors):
     """Run ``op`` on ``tensors``; always returns a tuple of Tensors, as upstream's does
     (``(y,) = apply(Elemwise(mode="add"), a, b)``).
@@ -23,11 +26,12 @@ def apply(op, *tensors):
                 f"apply({op!r}, ...): input {i} is a {type(t).__name__}, not a Tensor; wrap "
                 "values with megengine.Tensor(...) first"
             )
-    from .ops import OpDef  # the descriptors import this module's Tensor checks lazily too
+    global _OpDef
+    if _OpDef is None:  # the descriptor module loads on first use (see lazy_module)
+        from .opdef import OpDef as _OpDef
 
-    if isinstance(op, OpDef):
-        out = op._lower(*tensors)
-        return tuple(out)
+    if isinstance(op, _OpDef):
+        return op._lower(*tensors)
     if isinstance(op, dispatch.Op):
         out = dispatch.apply(op, *tensors)
         return out if isinstance(out, tuple) else (out,)
