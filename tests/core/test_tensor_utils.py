@@ -116,3 +116,40 @@ def test_subgraph_misuse_is_explained():
     with pytest.raises(TypeError, match="must be a generator"):
         subgraph_fn("G", dtype="float32", device="cpu0", nr_inputs=1,
                     custom_grad=True)(lambda inputs, f, c: inputs)
+
+
+def test_kernel_built_with_subtensor_and_concat_as_an_augmentation_library_writes_it():
+    # the Emboss augmentation (a MegEngine module library the ASR-Transformer program uses)
+    # builds its 3x3 kernel in a subgraph from Subtensor slices bounded by int constants
+    alpha, strength = 0.7, 0.6
+
+    @subgraph_fn("EmbossKernel", dtype="float32", device="cpu0", nr_inputs=2, gopt_level=None)
+    def emboss_kernel(inputs, f, c):
+        effect, nochange = inputs
+        c1, c2, c3 = (c(v, dtype="int32") for v in (1, 2, 3))
+        s = c(strength, dtype="float32")
+
+        def sub(src, axis, begin, end):
+            items = ((axis, begin is not None, end is not None, False, False),)
+            args = tuple(v for v in (begin, end) if v is not None)
+            return f(builtin.Subtensor(items=items), src, *args)
+
+        r1, r2, r3 = sub(effect, 0, None, c1), sub(effect, 0, c1, c2), sub(effect, 0, c2, c3)
+        k12 = f("-", sub(r1, 1, c1, c2), s)
+        k23 = f("+", sub(r2, 1, c2, c3), s)
+        rows = [f(builtin.Concat(axis=1), f("-", sub(r1, 1, None, c1), s), k12,
+                  sub(r1, 1, c2, c3)),
+                f(builtin.Concat(axis=1), k12, sub(r2, 1, c1, c2), k23),
+                f(builtin.Concat(axis=1), sub(r3, 1, None, c1), k23,
+                  f("+", sub(r3, 1, c2, c3), s))]
+        kernel = f(builtin.Concat(axis=0), *rows)
+        out = f("+", f("*", nochange, c(1 - alpha)), f("*", kernel, c(alpha)))
+        return (out,), (False,)
+
+    e = np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    n = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+    (got,) = emboss_kernel(mge.tensor(e), mge.tensor(n))
+    k = np.array([[e[0, 0] - strength, e[0, 1] - strength, e[0, 2]],
+                  [e[0, 1] - strength, e[1, 1], e[1, 2] + strength],
+                  [e[2, 0], e[1, 2] + strength, e[2, 2] + strength]], np.float32)
+    np.testing.assert_allclose(got.numpy(), n * (1 - alpha) + k * alpha, rtol=1e-6)
