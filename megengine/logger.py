@@ -133,6 +133,17 @@ def set_mgb_log_level(level):
     return previous
 
 
+_set_mgb_log_level = set_mgb_log_level  # upstream's private spelling (its tests use it)
+
+
+def __getattr__(name):
+    if name == "_imperative_rt_logger":  # upstream's handle on its C++ core's log level
+        from .core._imperative_rt import Logger
+
+        return Logger()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @contextlib.contextmanager
 def replace_mgb_log_level(level):
     """Use ``level`` for the ``megbrain`` logger inside the block, then restore it."""

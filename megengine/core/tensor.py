@@ -235,6 +235,10 @@ class _TensorType(type):
     def dtype(cls):
         return dtype
 
+    @property
+    def utils(cls):  # upstream's `import megengine.core.tensor.utils as utils`, as for dtype
+        return utils
+
 
 class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
@@ -799,3 +803,15 @@ dispatch.Tensor = Tensor  # the dispatcher wraps its outputs in this class
 
 #: upstream's ``megengine.tensor``: the Tensor class itself, so ``isinstance(x, tensor)`` holds
 tensor = Tensor
+
+# upstream's internal layer that programs and upstream's tests import below the public API:
+# `megengine.core._imperative_rt` (its `ops` module is also `megengine.core.ops.builtin`) and
+# `megengine.core.tensor.utils` and `.array_method` (this file is a module, so the paths are
+# aliases, as `.dtype`)
+from . import _imperative_rt  # noqa: E402
+
+utils = _imperative_rt.lazy_module(__package__ + ".tensor_utils", __name__ + ".utils")
+array_method = _imperative_rt.lazy_module(__package__ + ".tensor_array_method",
+                                          __name__ + ".array_method")
+_ops.builtin = _imperative_rt.lazy_module(_imperative_rt.__name__ + ".ops",
+                                          _ops.__name__ + ".builtin")

@@ -12,6 +12,7 @@ __all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "expo
 
 # megengine.random's own draws come from this generator; seed() replaces it.
 _global_generator = np.random.default_rng()
+_global_seed = 0  # the last seed() (upstream's get_global_rng_seed reads it)
 
 
 def seed(seed: int):
@@ -24,10 +25,11 @@ def seed(seed: int):
     draws (``uniform``, ``normal``, ...) are made on the host and copied to their device, so
     after the same seed they are the same numbers on a CPU and on a GPU.
     """
-    global _global_generator
+    global _global_generator, _global_seed
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
     _global_generator = np.random.default_rng(int(seed))
+    _global_seed = int(seed)
     np.random.seed(int(seed))
     _seed_cuda_generators(int(seed))
 

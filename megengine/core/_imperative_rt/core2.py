@@ -1,0 +1,70 @@
+"""Upstream's `megengine.core._imperative_rt.core2`: `apply(op, *tensors)` returning a tuple,
+`sync`, `Tensor` and `TensorWeakRef`, on this engine's one dispatcher."""
+import weakref
+
+from .. import dispatch
+from ..tensor import Tensor
+from ...device import _full_sync
+
+__all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex"]
+
+
+_OpDef = None
+
+
+def apply(op, *tensors):
+    """Run ``op`` on ``tensors``; always returns a tuple of Tensors, as upstream's does
+    (``(y,) = apply(Elemwise(mode="add"), a, b)``).
+
+    ``op`` is one of upstream's op descriptors (`megengine.core.ops.builtin`), lowered onto
+    this engine's ops so that autodiff, tracing and devices work as for any other op, or an
+    engine op (`megengine.core.Op`) applied through the dispatcher as it is.
+    """
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"apply({op!r}, ...): input {i} is a {type(t).__name__}, not a Tensor; wrap "
+                "values with megengine.Tensor(...) first"
+            )
+    global _OpDef
+    if _OpDef is None:  # the descriptor module loads on first use (see lazy_module)
+        from .opdef import OpDef as _OpDef
+
+    if isinstance(op, _OpDef):
+        return op._lower(*tensors)
+    if isinstance(op, dispatch.Op):
+        out = dispatch.apply(op, *tensors)
+        return out if isinstance(out, tuple) else (out,)
+    raise TypeError(
+        f"apply: expected an op descriptor from megengine.core.ops.builtin (e.g. "
+        f"Elemwise(mode='add')) or a megengine.core.Op, got {type(op).__name__}"
+    )
+
+
+def sync():
+    """Wait until queued work has finished (numpy runs at once; CUDA devices are synchronised)."""
+    _full_sync()
+
+
+full_sync = sync
+
+
+class TensorWeakRef:
+    """A weak reference to a Tensor: calling it gives the Tensor, or None once it is freed."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, tensor):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"TensorWeakRef: expected a Tensor, got {type(tensor).__name__}")
+        self._ref = weakref.ref(tensor)
+
+    def __call__(self):
+        return self._ref()
+
+
+def create_complex(real, imag):
+    """The complex tensor ``real + 1j * imag`` (`megengine.functional.complex`)."""
+    from ...functional import complex as _complex  # functional sits above core: loaded on use
+
+    return _complex(real, imag)
