@@ -1,4 +1,4 @@
-"""Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm): forward and backward per op."""
+"""Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm, local_response_norm): forward and backward per op."""
 import numpy as np
 
 from ..core import amp as _amp
@@ -8,7 +8,7 @@ from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _tensor
 
-__all__ = ["batch_norm", "group_norm", "layer_norm"]
+__all__ = ["batch_norm", "group_norm", "layer_norm", "local_response_norm"]
 
 
 # ----- normalization -----
@@ -299,3 +299,28 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
     op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
                     bias is not None)
     return _normalize(op, inp, weight, bias)
+
+
+def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75):
+    """``inp / (k + alpha * sum of inp**2 over the kernel_size channels centred on each one)**beta``
+    for an (N, C, ...) input (upstream's ``F.local_response_norm``, behind ``M.LocalResponseNorm``).
+    Upstream's alpha multiplies the plain sum (PyTorch's divides it by the window size first).
+    Built from differentiable ops, so gradients come for free."""
+    from .elemwise import square
+    from .tensor import pad
+
+    inp = _tensor(inp)
+    if inp.ndim < 3:
+        raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
+                         f"{kernel_size!r}")
+    half = kernel_size // 2
+    channels = inp.shape[1]
+    # zero channels on both sides, then add the kernel_size shifted channel windows
+    sq = pad(square(inp), ((0, 0), (half, kernel_size - 1 - half)))
+    window = sq[:, 0:channels]
+    for i in range(1, kernel_size):
+        window = window + sq[:, i:i + channels]
+    return inp / (k + alpha * window) ** beta
