@@ -737,12 +737,21 @@ def _operand(value, like):
     return Tensor(value, device=like._device)
 
 
+def _float_pow_operands(a, b):
+    """Upstream computes a power of integer (or bool) tensors in float32: ``Tensor([1, 2]) ** 2``
+    is ``[1., 4.]`` (F.pow's and F.nn.square_loss's documented examples); float operands keep
+    their dtype (float16 under autocast)."""
+    return tuple(t.astype(np.float32) if t.dtype.kind in "iub" else t for t in (a, b))
+
+
 def _binary(op_name, reflected=False):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
         other = _operand(other, self)
         a, b = (other, self) if reflected else (self, other)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
         return dispatch.apply(op_cls(), a, b)
 
     method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
@@ -753,7 +762,10 @@ def _augmented(op_name):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
-        return self._inplace(dispatch.apply(op_cls(), self, _operand(other, self)))
+        a, b = self, _operand(other, self)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
+        return self._inplace(dispatch.apply(op_cls(), a, b))
 
     method.__name__ = f"__i{op_name}__"
     return method
