@@ -280,3 +280,48 @@ def test_local_response_norm_rejects_bad_input():
         F.local_response_norm(mge.tensor(np.ones((2, 3), np.float32)))
     with pytest.raises(ValueError, match="kernel_size"):
         F.local_response_norm(mge.tensor(np.ones((1, 2, 3), np.float32)), kernel_size=0)
+
+
+# ----- instance norm, general norm (upstream 1.13) -----
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_matches_torch(affine):
+    x, c = rand(2, 3, 4, 5), 3
+    if affine:
+        check(lambda a, w, b: F.nn.instance_norm(a, True, w, b, eps=1e-5),
+              lambda a, w, b: TF.instance_norm(a, weight=w, bias=b, eps=1e-5),
+              x, rand(c, low=0.5, high=1.5), rand(c))
+    else:
+        check(lambda a: F.instance_norm(a, False), lambda a: TF.instance_norm(a, eps=1e-5), x)
+
+
+@pytest.mark.parametrize("shape,axes", [((2, 3, 4, 4), (0, 1)), ((2, 3, 4, 4), (1, -2)),
+                                        ((2, 3, 4, 5), (1, 3)), ((3, 4, 5), (2,))])
+def test_general_norm_matches_torch_layer_norm_over_the_moved_axes(shape, axes):
+    ndim = len(shape)
+    ax = [a % ndim for a in axes]
+    order = [i for i in range(ndim) if i not in ax] + ax
+    back = [order.index(i) for i in range(ndim)]
+    pshape = tuple(shape[a] for a in ax)
+
+    def torch_fn(x, w, b):
+        y = TF.layer_norm(x.permute(order), pshape, w, b, eps=1e-5)
+        return y.permute(back)
+
+    check(lambda x, w, b: F.nn.general_norm(x, axes, True, w, b),
+          torch_fn, rand(*shape), rand(*pshape, low=0.5, high=1.5), rand(*pshape), rtol=1e-4)
+
+
+def test_general_norm_without_affine_is_standardization_over_the_axes():
+    x = rand(2, 3, 4)
+    out = F.general_norm(mge.tensor(x), (0, 2), affine=False).numpy()
+    want = (x - x.mean((0, 2), keepdims=True)) / np.sqrt(x.var((0, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_general_norm_rejects_unordered_or_repeated_axes():
+    x = mge.tensor(rand(2, 3, 4))
+    with pytest.raises(ValueError, match="increasing"):
+        F.nn.general_norm(x, (2, 1), affine=False)
+    with pytest.raises(ValueError, match="distinct"):
+        F.nn.general_norm(x, (2, -1), affine=False)
