@@ -22,6 +22,7 @@ from .linear import Linear, LinearRelu
 from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .lrn import LocalResponseNorm
 from .module import Module
+from .multiheadattn import MultiHeadAttention
 from .normalization import GeneralNorm, GroupNorm, InstanceNorm, LayerNorm
 from .padding import Pad
 from .pixel_shuffle import PixelShuffle
@@ -53,5 +54,5 @@ __all__ = [
     "ConvRelu2d", "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
     "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "QuantStub", "DequantStub",
     "SlidingWindow", "SlidingWindowTranspose", "DeformablePSROIPooling", "RegionRestrictedConv",
-    "GeneralNorm",
+    "GeneralNorm", "MultiHeadAttention",
 ]
