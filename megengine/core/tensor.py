@@ -442,8 +442,11 @@ class Tensor(metaclass=_TensorType):
     __hash__ = object.__hash__
 
     def __repr__(self):
-        # _peek: printing decides no op, so a trace need not note the read
-        body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
+        # _peek: printing decides no op, so a trace need not note the read. Upstream's layout:
+        # numpy's str() at 4 decimals (a 0-d value prints in full, as numpy prints scalars),
+        # continuation lines indented by numpy alone -- what upstream's docstrings show.
+        with np.printoptions(precision=4, suppress=False):
+            body = str(self._peek())
         dt = self._data.dtype
         extra = "" if dt == np.float32 and dt.metadata is None else \
             f", dtype={dtype.dtype_name(dt)}"

@@ -778,3 +778,13 @@ def test_explicit_integer_dtype_wraps_out_of_range_python_ints():
     assert a.dtype == np.int8
     assert a.numpy().tolist() == [127, -128, -127]
     assert mge.Tensor([256, -1], dtype="uint8").numpy().tolist() == [0, 255]
+
+
+def test_repr_lays_out_values_as_upstreams_docstrings_show():
+    # upstream prints numpy's str() at 4 decimals: arrays rounded, 0-d values in full, and
+    # continuation lines indented by numpy alone (F.acos, F.std and F.add examples)
+    acos = repr(Tensor(np.arccos(np.array([0, 1, -1], np.float32))))
+    assert acos.startswith("Tensor([1.5708 0.     3.1416], device=")
+    assert repr(Tensor(np.float32(2.6140645))).startswith("Tensor(2.6140645, device=")
+    assert repr(Tensor([[2, 3, 4], [5, 6, 7]])).startswith(
+        "Tensor([[2 3 4]\n [5 6 7]], dtype=int32, device=")
