@@ -450,8 +450,11 @@ class Tensor(metaclass=_TensorType):
     __hash__ = object.__hash__
 
     def __repr__(self):
-        # _peek: printing decides no op, so a trace need not note the read
-        body = np.array2string(self._peek(), separator=" ", prefix="Tensor(")
+        # _peek: printing decides no op, so a trace need not note the read. Upstream's layout:
+        # numpy's str() at 4 decimals (a 0-d value prints in full, as numpy prints scalars),
+        # continuation lines indented by numpy alone -- what upstream's docstrings show.
+        with np.printoptions(precision=4, suppress=False):
+            body = str(self._peek())
         dt = self._data.dtype
         extra = "" if dt == np.float32 and dt.metadata is None else \
             f", dtype={dtype.dtype_name(dt)}"
@@ -745,12 +748,21 @@ def _operand(value, like):
     return Tensor(value, device=like._device)
 
 
+def _float_pow_operands(a, b):
+    """Upstream computes a power of integer (or bool) tensors in float32: ``Tensor([1, 2]) ** 2``
+    is ``[1., 4.]`` (F.pow's and F.nn.square_loss's documented examples); float operands keep
+    their dtype (float16 under autocast)."""
+    return tuple(t.astype(np.float32) if t.dtype.kind in "iub" else t for t in (a, b))
+
+
 def _binary(op_name, reflected=False):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
         other = _operand(other, self)
         a, b = (other, self) if reflected else (self, other)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
         return dispatch.apply(op_cls(), a, b)
 
     method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
@@ -761,7 +773,10 @@ def _augmented(op_name):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
-        return self._inplace(dispatch.apply(op_cls(), self, _operand(other, self)))
+        a, b = self, _operand(other, self)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
+        return self._inplace(dispatch.apply(op_cls(), a, b))
 
     method.__name__ = f"__i{op_name}__"
     return method

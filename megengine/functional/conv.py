@@ -10,7 +10,7 @@ upstream's order, so that its float sums round as upstream's do.
 
 __all__ = [
     "conv1d", "conv2d", "conv3d", "conv_transpose2d", "conv_transpose3d", "deformable_conv2d",
-    "local_conv2d", "sliding_window", "sliding_window_transpose",
+    "local_conv2d", "region_restricted_conv", "sliding_window", "sliding_window_transpose",
 ]
 
 import numpy as np
@@ -523,6 +523,57 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
                       _ntuple(dilation, 2, "dilation", what), what)
     out = apply(op, _tensor(inp), _tensor(weight))
+    return out if bias is None else out + _tensor(bias)
+
+
+def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=0, dilation=1,
+                           groups=1, conv_mode="cross_correlation", compute_mode="default"):
+    """Grouped 2D convolution in which each output pixel only sees input pixels of its own region:
+    ``out[n, o, y, x]`` sums ``weight * inp`` over the kernel taps whose ``rin[n, ih, iw]``
+    equals ``rout[n, y, x]`` (upstream's RegionRestrictedConvolution; padded taps read 0).
+
+    ``inp`` (N, C, H, W); ``weight`` (groups, O/groups, C/groups, KH, KW), always grouped as
+    upstream's; ``rin`` (N, H, W) and ``rout`` (N, OH, OW) integer region ids (int32 or uint8);
+    ``bias`` (if given) is added. Gradients reach ``inp``, ``weight`` and ``bias``.
+    """
+    what = "region_restricted_conv"
+    _check_conv_mode(conv_mode, compute_mode, what)
+    inp, weight = _tensor(inp), _tensor(weight)
+    rin, rout = _tensor(rin), _tensor(rout)
+    if inp.ndim != 4 or weight.ndim != 5:
+        raise ValueError(f"{what}: expected an NCHW input and a (groups, O/groups, C/groups, KH, "
+                         f"KW) weight, got shapes {inp.shape} and {weight.shape}")
+    n, c, h, w = inp.shape
+    g, og, cg, kh, kw = weight.shape
+    if g != groups or c != g * cg:
+        raise ValueError(f"{what}: weight {weight.shape} does not fit groups={groups} and "
+                         f"{c} input channels (weight[0] must be groups, weight[2] C/groups)")
+    for name, t in (("rin", rin), ("rout", rout)):
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"{what}: {name} must hold integer region ids (int32 or uint8), "
+                            f"got {t.dtype}")
+    s, p, d = (_ntuple(v, 2, name, what) for v, name in
+               ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    oh, ow = ((size + 2 * pi - di * (k - 1) - 1) // si + 1
+              for size, k, si, pi, di in zip((h, w), (kh, kw), s, p, d))
+    if tuple(rin.shape) != (n, h, w) or tuple(rout.shape) != (n, oh, ow):
+        raise ValueError(f"{what}: rin must be (N, H, W) = {(n, h, w)} and rout (N, OH, OW) = "
+                         f"{(n, oh, ow)}, got {tuple(rin.shape)} and {tuple(rout.shape)}")
+    # Region ids become dense ranks, exact in float32, so the id windows can be cut by the same
+    # sliding window as the input; a tap is kept where its id equals the output pixel's id.
+    xp = xp_of(rin._data)
+    ids = xp.unique(xp.concatenate([rin._data.ravel(), rout._data.ravel()]).astype(np.int64),
+                    return_inverse=True)[1].reshape(-1).astype(np.float32)
+    rin_ids = Tensor._wrap(ids[:rin._data.size].reshape(n, 1, h, w), rin._device)
+    rout_ids = ids[rin._data.size:].reshape(n, 1, oh, ow, 1, 1)
+    # padded taps get id -1, which no output pixel has (their input is 0 anyway)
+    rin_win = sliding_window(rin_ids + 1, (kh, kw), p, s, d)._data - 1
+    keep = Tensor._wrap((rin_win == rout_ids).astype(inp.dtype), inp._device)
+    win = sliding_window(inp, (kh, kw), p, s, d) * keep  # (N, C, OH, OW, KH, KW)
+    from .einsum import einsum
+
+    out = einsum("ngcyxij,gocij->ngoyx", win.reshape(n, g, cg, oh, ow, kh, kw), weight)
+    out = out.reshape(n, g * og, oh, ow)
     return out if bias is None else out + _tensor(bias)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, UNARY, _Binary, xp_of
-from ..core.tensor import Tensor, _operand
+from ..core.tensor import Tensor, _float_pow_operands, _operand
 
 __all__ = [
     "abs", "acos", "acosh", "add", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "clip",
@@ -50,7 +50,14 @@ mul = _binary_fn("mul", "mul", "Element-wise ``x * y`` with broadcasting.")
 div = _binary_fn("truediv", "div", "Element-wise true division ``x / y`` (integers give float32).")
 floor_div = _binary_fn("floordiv", "floor_div", "Element-wise floor division ``x // y``.")
 mod = _binary_fn("mod", "mod", "Element-wise remainder ``x % y`` (sign of the divisor, as Python).")
-pow = _binary_fn("pow", "pow", "Element-wise power ``x ** y``.")
+
+
+def pow(x, y):
+    """Element-wise power ``x ** y``; integer operands give float32, as upstream."""
+    x, y = _float_pow_operands(*_pair(x, y))
+    return apply(BINARY["pow"](), x, y)
+
+
 maximum = _binary_fn("maximum", "maximum", "Element-wise maximum of ``x`` and ``y`` (where they are "
                      "equal, ``x`` gets the gradient, as upstream).")
 minimum = _binary_fn("minimum", "minimum", "Element-wise minimum of ``x`` and ``y`` (where they are "

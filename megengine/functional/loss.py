@@ -89,6 +89,8 @@ class _L1(_PairLoss):
 
 class _Square(_PairLoss):
     def elementwise(self, xp, pred, label):
+        if pred.dtype.kind in "iub":  # upstream squares with `**`, which gives integers float32
+            pred, label = pred.astype(np.float32), label.astype(np.float32)
         self.diff = pred - label
         return self.diff * self.diff
 

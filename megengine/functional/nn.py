@@ -616,6 +616,7 @@ def pixel_shuffle(inp, upscale_factor):
     return x.reshape(tuple(lead) + (c // (r * r), h * r, w * r))
 
 
+from .attention import *  # noqa: E402,F401,F403
 from .conv import *  # noqa: E402,F401,F403
 from .normalization import *  # noqa: E402,F401,F403
 from .pooling import *  # noqa: E402,F401,F403
@@ -624,9 +625,9 @@ from .vision import (  # noqa: E402,F401  (upstream also spells the vision ops F
     correlation, cvt_color, nms, remap, roi_align, roi_pooling, warp_affine, warp_perspective,
     deformable_psroi_pooling,
 )
-from . import conv as _conv, normalization as _norm, pooling as _pool  # noqa: E402
+from . import attention as _attention, conv as _conv, normalization as _norm, pooling as _pool  # noqa: E402,E501
 # every public name of the split-out files is F.nn.<name> and F.<name> (conv3d, sliding_window, ...)
-__all__ += [n for m in (_conv, _norm, _pool) for n in m.__all__ if n not in __all__]
+__all__ += [n for m in (_attention, _conv, _norm, _pool) for n in m.__all__ if n not in __all__]
 
 # ----- names that live elsewhere but upstream also spells F.nn.<name> -----
 

@@ -1,4 +1,4 @@
-"""Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm): forward and backward per op."""
+"""Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm, instance_norm, general_norm, local_response_norm): forward and backward per op."""
 import numpy as np
 
 from ..core import amp as _amp
@@ -8,7 +8,8 @@ from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _tensor
 
-__all__ = ["batch_norm", "group_norm", "layer_norm"]
+__all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
+           "local_response_norm"]
 
 
 # ----- normalization -----
@@ -299,3 +300,65 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
     op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
                     bias is not None)
     return _normalize(op, inp, weight, bias)
+
+
+def instance_norm(inp, affine=True, weight=None, bias=None, eps=1e-5):
+    """Normalize each channel of each sample of an (N, C, ...) input on its own (biased
+    variance): group_norm with one channel per group. With ``affine``, per-channel ``weight``
+    and ``bias`` (C elements) scale and shift."""
+    inp = _tensor(inp)
+    if inp.ndim < 2:
+        raise ValueError(f"instance_norm: expected an input (N, C, ...), got shape {inp.shape}")
+    return group_norm(inp, inp.shape[1], affine, weight, bias, eps)
+
+
+def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=1e-5):
+    """Normalize over the axes ``normalized_axis`` (an int or increasing ints; negative ones
+    count from the end) with the biased variance; with ``affine``, ``weight`` and ``bias`` of
+    the shape of those axes scale and shift. Upstream's ``F.nn.general_norm``: layer_norm over
+    any axes (they are moved to the end, normalized there, and moved back)."""
+    from .tensor import transpose
+
+    inp = _tensor(inp)
+    axes = [int(normalized_axis)] if isinstance(normalized_axis, (int, np.integer)) \
+        else [int(a) for a in normalized_axis]
+    if not axes:
+        raise ValueError("general_norm: normalized_axis names no axis")
+    axes = [a + inp.ndim if a < 0 else a for a in axes]
+    if any(a < 0 or a >= inp.ndim for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"general_norm: normalized_axis {normalized_axis!r} must name distinct "
+                         f"axes of the {inp.ndim}-d input")
+    if axes != sorted(axes):
+        raise ValueError(f"general_norm: normalized_axis must be increasing, got {axes}; use "
+                         f"{sorted(axes)} (weight and bias follow that order)")
+    rest = [a for a in range(inp.ndim) if a not in axes]
+    order = rest + axes
+    moved = order != list(range(inp.ndim))
+    x = transpose(inp, order) if moved else inp
+    out = layer_norm(x, tuple(inp.shape[a] for a in axes), affine, weight, bias, eps)
+    return transpose(out, [order.index(i) for i in range(inp.ndim)]) if moved else out
+
+
+def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75):
+    """``inp / (k + alpha * sum of inp**2 over the kernel_size channels centred on each one)**beta``
+    for an (N, C, ...) input (upstream's ``F.local_response_norm``, behind ``M.LocalResponseNorm``).
+    Upstream's alpha multiplies the plain sum (PyTorch's divides it by the window size first).
+    Built from differentiable ops, so gradients come for free."""
+    from .elemwise import square
+    from .tensor import pad
+
+    inp = _tensor(inp)
+    if inp.ndim < 3:
+        raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
+                         f"{kernel_size!r}")
+    half = kernel_size // 2
+    channels = inp.shape[1]
+    # zero channels on both sides, then add the kernel_size shifted channel windows
+    sq = pad(square(inp), ((0, 0), (half, kernel_size - 1 - half)))
+    window = sq[:, 0:channels]
+    for i in range(1, kernel_size):
+        window = window + sq[:, i:i + channels]
+    return inp / (k + alpha * window) ** beta

@@ -10,7 +10,7 @@ from .batch_matmul_activation import BatchMatMulActivation
 from .batchnorm import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from .concat import Concat
 from .conv import (Conv1d, Conv2d, Conv3d, ConvRelu2d, ConvTranspose2d, ConvTranspose3d,
-                   ConvTransposeRelu2d, DeformableConv2d, LocalConv2d)
+                   ConvTransposeRelu2d, DeformableConv2d, LocalConv2d, RegionRestrictedConv)
 from .conv_bn import ConvBn2d, ConvBnRelu2d
 from .conv_transpose_bn import ConvTransposeBn2d, ConvTransposeBnRelu2d
 from .deformable_psroi_pooling import DeformablePSROIPooling
@@ -22,7 +22,8 @@ from .linear import Linear, LinearRelu
 from .linear_bn import LinearBn1d, LinearBnRelu1d
 from .lrn import LocalResponseNorm
 from .module import Module
-from .normalization import GroupNorm, InstanceNorm, LayerNorm
+from .multiheadattn import MultiHeadAttention
+from .normalization import GeneralNorm, GroupNorm, InstanceNorm, LayerNorm
 from .padding import Pad
 from .pixel_shuffle import PixelShuffle
 from .pooling import AvgPool2d, MaxPool2d
@@ -52,5 +53,6 @@ __all__ = [
     "LinearContrast", "SyncBatchNorm",
     "ConvRelu2d", "ConvTransposeRelu2d", "ConvBn2d", "ConvBnRelu2d", "ConvTransposeBn2d",
     "ConvTransposeBnRelu2d", "LinearBn1d", "LinearBnRelu1d", "QuantStub", "DequantStub",
-    "SlidingWindow", "SlidingWindowTranspose", "DeformablePSROIPooling",
+    "SlidingWindow", "SlidingWindowTranspose", "DeformablePSROIPooling", "RegionRestrictedConv",
+    "GeneralNorm", "MultiHeadAttention",
 ]

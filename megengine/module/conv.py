@@ -1,4 +1,4 @@
-"""Convolution layers (Conv1d/2d/3d, ConvTranspose2d/3d, LocalConv2d, DeformableConv2d), upstream's weight layouts."""
+"""Convolution layers (Conv1d/2d/3d, ConvTranspose2d/3d, LocalConv2d, DeformableConv2d, RegionRestrictedConv), upstream's weight layouts."""
 from typing import Tuple, Union
 
 import numpy as np
@@ -9,7 +9,7 @@ from . import init
 from .module import Module
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "DeformableConv2d",
-           "LocalConv2d", "ConvRelu2d", "ConvTransposeRelu2d"]
+           "LocalConv2d", "ConvRelu2d", "ConvTransposeRelu2d", "RegionRestrictedConv"]
 
 
 def _pair(value, what, allow_zero):
@@ -343,6 +343,49 @@ class DeformableConv2d(_ConvNd):
         return F.deformable_conv2d(inp, self.weight, offset, mask, self.bias, self.stride,
                                    self.padding, self.dilation, self.groups, self.conv_mode,
                                    self.compute_mode)
+
+
+class RegionRestrictedConv(_ConvNd):
+    """Grouped 2-d convolution restricted to regions: ``forward(inp, rin, rout)``, where an output
+    pixel only sums the input pixels whose region id (``rin``, (N, H, W)) equals its own
+    (``rout``, (N, OH, OW)); see F.region_restricted_conv. ``weight`` is always grouped,
+    (groups, out/groups, in/groups, kh, kw); ``bias`` (1, out, 1, 1). Note upstream's argument
+    order: ``groups`` and ``bias`` come right after ``kernel_size``."""
+
+    _transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]], groups: int = 1, bias: bool = True,
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1,
+                 conv_mode: str = "cross_correlation", compute_mode: str = "default",
+                 padding_mode: str = "zeros", **kwargs):
+        if padding_mode != "zeros":
+            # upstream accepts 'reflect'/'replicate' here but pads with zeros all the same
+            raise ValueError(f"RegionRestrictedConv: only padding_mode='zeros' is supported, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+        super().__init__(
+            in_channels, out_channels,
+            _pair(kernel_size, "RegionRestrictedConv kernel_size", False),
+            _pair(stride, "RegionRestrictedConv stride", False),
+            _pair(padding, "RegionRestrictedConv padding", True),
+            _pair(dilation, "RegionRestrictedConv dilation", False), groups, bias, conv_mode,
+            compute_mode, **kwargs,
+        )
+
+    def _infer_weight_shape(self):
+        g = self.groups
+        return (g, self.out_channels // g, self.in_channels // g) + self.kernel_size
+
+    def calc_conv(self, inp, weight, rin, rout, bias):
+        return F.region_restricted_conv(inp, weight, rin, rout, bias, self.stride, self.padding,
+                                        self.dilation, self.groups, self.conv_mode,
+                                        self.compute_mode)
+
+    def forward(self, inp, rin, rout):
+        return self.calc_conv(inp, self.weight, rin, rout, self.bias)
 
 
 class ConvRelu2d(Conv2d):

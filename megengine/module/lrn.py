@@ -5,22 +5,6 @@ from .module import Module
 __all__ = ["LocalResponseNorm"]
 
 
-def _local_response_norm(x, kernel_size, k, alpha, beta):
-    """``x / (k + alpha * sum of x**2 over the kernel_size channels centred on each one)**beta``
-    for an (N, C, ...) input. Upstream's alpha multiplies the plain sum (PyTorch's divides it
-    by the window size first). Built from differentiable ops, so gradients come for free."""
-    if x.ndim < 3:
-        raise ValueError(f"LocalResponseNorm: input must be (N, C, ...), got shape {x.shape}")
-    half = kernel_size // 2
-    channels = x.shape[1]
-    # zero channels on both sides, then add the kernel_size shifted channel windows
-    sq = F.pad(F.square(x), ((0, 0), (half, kernel_size - 1 - half)))
-    window = sq[:, 0:channels]
-    for i in range(1, kernel_size):
-        window = window + sq[:, i:i + channels]
-    return x / (k + alpha * window) ** beta
-
-
 class LocalResponseNorm(Module):
     """Local response normalization across channels (upstream 1.x).
 
@@ -43,7 +27,7 @@ class LocalResponseNorm(Module):
         self.beta = beta
 
     def forward(self, inp):
-        return _local_response_norm(inp, self.kernel_size, self.k, self.alpha, self.beta)
+        return F.local_response_norm(inp, self.kernel_size, self.k, self.alpha, self.beta)
 
     def _module_info_string(self) -> str:
         return f"kernel_size={self.kernel_size}, k={self.k}, alpha={self.alpha}, beta={self.beta}"

@@ -1,4 +1,4 @@
-"""Per-sample normalization layers: LayerNorm, GroupNorm and InstanceNorm."""
+"""Per-sample normalization layers: LayerNorm, GroupNorm, InstanceNorm and GeneralNorm."""
 import numpy as np
 
 from .. import functional as F
@@ -6,7 +6,7 @@ from ..core.tensor import Parameter
 from . import init
 from .module import Module
 
-__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm"]
+__all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "GeneralNorm"]
 
 
 class _ChannelNorm(Module):
@@ -101,3 +101,51 @@ class LayerNorm(Module):
 
     def _module_info_string(self) -> str:
         return f"normalized_shape={self.normalized_shape}, eps={self.eps}, affine={self.affine}"
+
+
+class GeneralNorm(Module):
+    """Normalizes over the axes ``normalized_axis`` (upstream 1.13): ``weight``/``bias`` have
+    ``normalized_shape``, the sizes of those axes in order. The axes are checked against the
+    input in ``forward`` (they must be increasing once negative ones are counted from the end),
+    as upstream does."""
+
+    def __init__(self, normalized_shape=None, normalized_axis=0, eps=1e-5, affine=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+        self.affine = affine
+        if isinstance(normalized_axis, (int, np.integer)):
+            normalized_axis = [int(normalized_axis)]
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = [int(normalized_shape)]
+        if affine:
+            if normalized_shape is None:
+                raise ValueError("GeneralNorm: normalized_shape must be given when affine=True")
+            if len(normalized_axis) != len(normalized_shape):
+                raise ValueError(f"GeneralNorm: normalized_axis {tuple(normalized_axis)} and "
+                                 f"normalized_shape {tuple(normalized_shape)} differ in length")
+            if len(set(normalized_axis)) != len(normalized_axis):
+                raise ValueError(f"GeneralNorm: normalized_axis {tuple(normalized_axis)} repeats "
+                                 "an axis")
+        self.normalized_shape = None if normalized_shape is None else tuple(normalized_shape)
+        self.normalized_axis = tuple(normalized_axis)
+        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, np.float32)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        axes = [a + x.ndim if a < 0 else a for a in self.normalized_axis]
+        if self.normalized_shape is not None and \
+                tuple(x.shape[a] for a in axes if 0 <= a < x.ndim) != self.normalized_shape:
+            raise ValueError(f"GeneralNorm: the input's sizes on axes {tuple(axes)} "
+                             f"(input shape {tuple(x.shape)}) are not normalized_shape "
+                             f"{self.normalized_shape}")
+        return F.nn.general_norm(x, axes, self.affine, self.weight, self.bias, self.eps)
+
+    def _module_info_string(self) -> str:
+        return (f"normalized_shape={self.normalized_shape}, normalized_axis="
+                f"{self.normalized_axis}, eps={self.eps}, affine={self.affine}")

@@ -251,8 +251,9 @@ def test_operator_dtype_promotion():
     assert (f + 1).dtype == np.float32
     assert (Tensor(np.ones(2, np.float16)) + 1.0).dtype == np.float16
     assert (Tensor(np.ones(2, np.float16)) + f).dtype == np.float32
-    assert (i ** 2).dtype == np.int32
-    assert (2 ** i).tolist() == [2, 4]
+    # upstream computes ** of integers in float32 (F.pow's documented examples)
+    assert (i ** 2).dtype == np.float32
+    assert (2 ** i).tolist() == [2.0, 4.0] and (2 ** i).dtype == np.float32
 
 
 @pytest.mark.parametrize("op", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
@@ -777,3 +778,13 @@ def test_explicit_integer_dtype_wraps_out_of_range_python_ints():
     assert a.dtype == np.int8
     assert a.numpy().tolist() == [127, -128, -127]
     assert mge.Tensor([256, -1], dtype="uint8").numpy().tolist() == [0, 255]
+
+
+def test_repr_lays_out_values_as_upstreams_docstrings_show():
+    # upstream prints numpy's str() at 4 decimals: arrays rounded, 0-d values in full, and
+    # continuation lines indented by numpy alone (F.acos, F.std and F.add examples)
+    acos = repr(Tensor(np.arccos(np.array([0, 1, -1], np.float32))))
+    assert acos.startswith("Tensor([1.5708 0.     3.1416], device=")
+    assert repr(Tensor(np.float32(2.6140645))).startswith("Tensor(2.6140645, device=")
+    assert repr(Tensor([[2, 3, 4], [5, 6, 7]])).startswith(
+        "Tensor([[2 3 4]\n [5 6 7]], dtype=int32, device=")

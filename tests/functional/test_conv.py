@@ -464,3 +464,69 @@ def test_grad_graph_is_recorded_for_a_second_derivative(transposed):
     (tgx,) = torch.autograd.grad(conv_t(tx, tw), tx, torch.tensor(dy0), create_graph=True)
     (tgx * torch.tensor(v0)).sum().backward()
     np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ----- region restricted convolution -----
+
+def _torch_region_restricted_conv(x, w, rin, rout, stride, padding, dilation, groups):
+    # upstream's own test recipe: a sum over region ids v of the plain convolution of the
+    # input masked to rin == v, kept where rout == v
+    g, og, cg, kh, kw = w.shape
+    weight = w.reshape(g * og, cg, kh, kw)
+    out = 0
+    for v in torch.unique(torch.cat([rin.flatten(), rout.flatten()])):
+        masked = x * (rin == v).unsqueeze(1).to(x.dtype)
+        y = TF.conv2d(masked, weight, None, stride, padding, dilation, groups)
+        out = out + y * (rout == v).unsqueeze(1).to(x.dtype)
+    return out
+
+
+RRCONV_CASES = [
+    # (N, C, H, W), O, k, stride, padding, dilation, groups, id dtype
+    ((2, 3, 7, 7), 3, 3, 1, 1, 1, 3, np.int32),  # depthwise, upstream's common use
+    ((1, 4, 8, 6), 6, (3, 2), (2, 1), (1, 0), (1, 2), 2, np.int32),
+    ((2, 2, 6, 6), 4, 2, 1, 0, 1, 1, np.uint8),
+]
+
+
+@pytest.mark.parametrize("shape,o,k,s,p,d,g,id_dtype", RRCONV_CASES)
+def test_region_restricted_conv_matches_masked_torch_convolutions(shape, o, k, s, p, d, g,
+                                                                  id_dtype):
+    n, c, h, w = shape
+    kh, kw = _kpair(k)
+    ss, pp, dd = _kpair(s), _kpair(p), _kpair(d)
+    oh = (h + 2 * pp[0] - dd[0] * (kh - 1) - 1) // ss[0] + 1
+    ow = (w + 2 * pp[1] - dd[1] * (kw - 1) - 1) // ss[1] + 1
+    rs = np.random.RandomState(3)
+    rin = rs.randint(0, 3, (n, h, w)).astype(id_dtype)
+    rout = rs.randint(0, 3, (n, oh, ow)).astype(id_dtype)
+    check(lambda x, wt, a, b: F.region_restricted_conv(x, wt, a, b, None, s, p, d, g),
+          lambda x, wt, a, b: _torch_region_restricted_conv(x, wt, a, b, s, p, d, g),
+          rand(*shape), rand(g, o // g, c // g, kh, kw), rin, rout, rtol=1e-4, atol=1e-4)
+
+
+def test_region_restricted_conv_hand_computed():
+    # a 2x2 all-ones kernel over a 3x3 image: each output sums the taps of its own region
+    x = mge.tensor(np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3))
+    w = mge.tensor(np.ones((1, 1, 1, 2, 2), np.float32))
+    rin = mge.tensor(np.array([[[0, 0, 1], [0, 1, 1], [2, 2, 2]]], np.int32))
+    rout = mge.tensor(np.array([[[0, 1], [2, 1]]], np.int32))
+    out = F.region_restricted_conv(x, w, rin, rout, bias=mge.tensor(np.full((1, 1, 1, 1), 0.5,
+                                                                            np.float32)))
+    # (0,0): taps 0,1,3 in region 0; (0,1): taps 2,4,5 in region 1; (1,0): taps 6,7 in region 2;
+    # (1,1): taps 4,5 in region 1
+    np.testing.assert_allclose(out.numpy(), [[[[0 + 1 + 3 + 0.5, 2 + 4 + 5 + 0.5],
+                                               [6 + 7 + 0.5, 4 + 5 + 0.5]]]])
+
+
+def test_region_restricted_conv_bad_input_is_named():
+    x = mge.tensor(np.zeros((1, 2, 4, 4), np.float32))
+    w = mge.tensor(np.zeros((2, 1, 1, 3, 3), np.float32))
+    rin = mge.tensor(np.zeros((1, 4, 4), np.int32))
+    rout = mge.tensor(np.zeros((1, 2, 2), np.int32))
+    with pytest.raises(TypeError, match="integer region ids"):
+        F.region_restricted_conv(x, w, rin.astype("float32"), rout, groups=2)
+    with pytest.raises(ValueError, match=r"rout \(N, OH, OW\)"):
+        F.region_restricted_conv(x, w, rin, mge.tensor(np.zeros((1, 4, 4), np.int32)), groups=2)
+    with pytest.raises(ValueError, match="groups=1"):
+        F.region_restricted_conv(x, w, rin, rout, groups=1)

@@ -326,3 +326,29 @@ def test_clip_with_tensor_bounds_passes_the_gradient_at_the_bounds():
         grads.append(x.grad.numpy())
     np.testing.assert_array_equal(grads[0], [0, 1, 1, 1, 0])
     np.testing.assert_array_equal(grads[1], grads[0])
+
+
+# ----- upstream's documented dtypes (its docstring examples) -----
+
+def test_pow_of_integer_tensors_is_float32_as_upstream_documents():
+    # upstream's F.pow examples: Tensor([1..5]) ** Tensor([1, 2, 1, 2, 1]) and ** 2 print floats
+    x = mge.Tensor([1, 2, 3, 4, 5])
+    y = mge.Tensor([1, 2, 1, 2, 1])
+    for out, want in [(F.pow(x, y), [1, 4, 3, 16, 5]), (F.pow(x, 2), [1, 4, 9, 16, 25]),
+                      (x ** y, [1, 4, 3, 16, 5]), (x ** 2, [1, 4, 9, 16, 25]),
+                      (2 ** x, [2, 4, 8, 16, 32]), (x ** 0.5, np.sqrt([1, 2, 3, 4, 5]))]:
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+    z = mge.Tensor([2, 3])
+    z **= 2
+    assert z.dtype == np.float32 and z.numpy().tolist() == [4.0, 9.0]
+
+
+def test_pow_keeps_float_dtypes_and_gradients():
+    h = mge.Tensor([1.5, 2.0], dtype="float16")
+    assert (h ** 2).dtype == np.float16 and F.pow(h, 2).dtype == np.float16
+    x = mge.Tensor([1.5, 2.0])
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.pow(x, mge.Tensor([2, 3])).sum())
+    np.testing.assert_allclose(x.grad.numpy(), [2 * 1.5, 3 * 2.0 ** 2], rtol=1e-6)

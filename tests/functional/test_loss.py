@@ -463,3 +463,15 @@ def test_losses_keep_their_upstream_1_0_names_at_the_top_of_F():
     want = TF.cross_entropy(torch.from_numpy(logits), torch.from_numpy(label).long())
     got = F.cross_entropy(mge.tensor(logits), mge.tensor(label))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_square_loss_of_integer_tensors_is_float32_as_upstream_documents():
+    # upstream's F.nn.square_loss example: pred [3, 3, 3, 3], label [2, 8, 6, 1]
+    pred, label = mge.Tensor([3, 3, 3, 3]), mge.Tensor([2, 8, 6, 1])
+    none = F.nn.square_loss(pred, label, reduction="none")
+    assert none.dtype == np.float32 and none.numpy().tolist() == [1.0, 25.0, 9.0, 4.0]
+    total = F.nn.square_loss(pred, label, reduction="sum")
+    assert total.dtype == np.float32 and total.item() == 39.0
+    assert F.nn.square_loss(pred, label).item() == 9.75
+    # l1_loss keeps the integer dtype (upstream prints int32 for it)
+    assert F.nn.l1_loss(pred, label, reduction="sum").dtype == np.int32

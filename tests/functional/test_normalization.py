@@ -250,3 +250,78 @@ def test_batch_norm_of_float16_input_keeps_float32_statistics():
     np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-3)
     np.testing.assert_allclose(rm.numpy(), trm.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-3, atol=1e-3)
+
+
+# ----- local response norm -----
+
+def test_local_response_norm_matches_upstreams_documented_values():
+    # upstream's F.local_response_norm docstring example and its printed result
+    inp = mge.tensor(np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5))
+    gt = np.array([[[[0., 0.999925, 1.9994003, 2.9979765, 3.9952066],
+                     [4.9906454, 5.983851, 6.974385, 7.961814, 8.945709],
+                     [9.925651, 10.90122, 11.872011, 12.837625, 13.7976675],
+                     [14.751757, 15.699524, 16.640602, 17.574642, 18.501305],
+                     [19.420258, 20.331186, 21.233786, 22.127764, 23.012836]]]])
+    out = F.local_response_norm(inp, kernel_size=3, k=1.0, alpha=1e-4, beta=0.75)
+    np.testing.assert_allclose(out.numpy(), gt, rtol=1e-6, atol=1e-6)
+    assert F.nn.local_response_norm is F.local_response_norm
+
+
+@pytest.mark.parametrize("size", [1, 3, 4])
+def test_local_response_norm_value_and_grad(size):
+    # torch divides alpha by the window size; upstream multiplies the plain sum
+    check(lambda x: F.local_response_norm(x, size, 1.5, 0.3, 0.75),
+          lambda x: TF.local_response_norm(x, size, 0.3 * size, 0.75, 1.5),
+          rand(2, 6, 3, 3))
+
+
+def test_local_response_norm_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, C, \.\.\.\)"):
+        F.local_response_norm(mge.tensor(np.ones((2, 3), np.float32)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        F.local_response_norm(mge.tensor(np.ones((1, 2, 3), np.float32)), kernel_size=0)
+
+
+# ----- instance norm, general norm (upstream 1.13) -----
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_matches_torch(affine):
+    x, c = rand(2, 3, 4, 5), 3
+    if affine:
+        check(lambda a, w, b: F.nn.instance_norm(a, True, w, b, eps=1e-5),
+              lambda a, w, b: TF.instance_norm(a, weight=w, bias=b, eps=1e-5),
+              x, rand(c, low=0.5, high=1.5), rand(c))
+    else:
+        check(lambda a: F.instance_norm(a, False), lambda a: TF.instance_norm(a, eps=1e-5), x)
+
+
+@pytest.mark.parametrize("shape,axes", [((2, 3, 4, 4), (0, 1)), ((2, 3, 4, 4), (1, -2)),
+                                        ((2, 3, 4, 5), (1, 3)), ((3, 4, 5), (2,))])
+def test_general_norm_matches_torch_layer_norm_over_the_moved_axes(shape, axes):
+    ndim = len(shape)
+    ax = [a % ndim for a in axes]
+    order = [i for i in range(ndim) if i not in ax] + ax
+    back = [order.index(i) for i in range(ndim)]
+    pshape = tuple(shape[a] for a in ax)
+
+    def torch_fn(x, w, b):
+        y = TF.layer_norm(x.permute(order), pshape, w, b, eps=1e-5)
+        return y.permute(back)
+
+    check(lambda x, w, b: F.nn.general_norm(x, axes, True, w, b),
+          torch_fn, rand(*shape), rand(*pshape, low=0.5, high=1.5), rand(*pshape), rtol=1e-4)
+
+
+def test_general_norm_without_affine_is_standardization_over_the_axes():
+    x = rand(2, 3, 4)
+    out = F.general_norm(mge.tensor(x), (0, 2), affine=False).numpy()
+    want = (x - x.mean((0, 2), keepdims=True)) / np.sqrt(x.var((0, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_general_norm_rejects_unordered_or_repeated_axes():
+    x = mge.tensor(rand(2, 3, 4))
+    with pytest.raises(ValueError, match="increasing"):
+        F.nn.general_norm(x, (2, 1), affine=False)
+    with pytest.raises(ValueError, match="distinct"):
+        F.nn.general_norm(x, (2, -1), affine=False)

@@ -143,3 +143,28 @@ def test_calc_conv_uses_the_given_weight_and_bias(dims):
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(conv(mge.tensor(x)).numpy(),
                                conv.calc_conv(mge.tensor(x), conv.weight, conv.bias).numpy())
+
+
+def test_region_restricted_conv_layer():
+    # upstream's docstring example: groups and bias come right after kernel_size
+    m = M.RegionRestrictedConv(in_channels=2, out_channels=2, kernel_size=2, groups=2)
+    assert m.weight.shape == (2, 1, 1, 2, 2) and m.bias.shape == (1, 2, 1, 1)
+    inp = mge.tensor(randn(1, 2, 2, 2))
+    rin = mge.tensor(np.random.randn(1, 2, 2).astype(np.int32))
+    rout = mge.tensor(np.random.randn(1, 1, 1).astype(np.int32))
+    assert m(inp, rin, rout).shape == (1, 2, 1, 1)
+    # against torch: the output pixel sums its kernel's taps of its own region, plus the bias
+    m = M.RegionRestrictedConv(4, 4, 3, 2, True, padding=1)
+    m.bias[...] = mge.tensor(randn(1, 4, 1, 1))
+    x = randn(2, 4, 5, 5)
+    rin_np = np.random.randint(0, 2, (2, 5, 5)).astype(np.int32)
+    rout_np = np.random.randint(0, 2, (2, 5, 5)).astype(np.int32)
+    got = m(mge.tensor(x), mge.tensor(rin_np), mge.tensor(rout_np)).numpy()
+    w = torch.tensor(m.weight.numpy()).reshape(4, 2, 3, 3)
+    want = torch.tensor(m.bias.numpy()).expand(2, 4, 5, 5).clone()
+    for v in (0, 1):
+        masked = torch.tensor(x) * torch.tensor(rin_np == v).unsqueeze(1)
+        want += TF.conv2d(masked, w, None, 1, 1, 1, 2) * torch.tensor(rout_np == v).unsqueeze(1)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="padding_mode='zeros'"):
+        M.RegionRestrictedConv(2, 2, 3, 2, padding_mode="reflect")

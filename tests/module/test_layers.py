@@ -298,3 +298,20 @@ def test_sequential_network_matches_torch():
     run_both(net, tnet, randn(2, 3, 6, 6), rtol=1e-4, atol=1e-4)
     assert list(net.state_dict()) == [
         "bn.bias", "bn.running_mean", "bn.running_var", "bn.weight", "conv.bias", "conv.weight"]
+
+
+def test_general_norm_layer_as_upstream_documents():
+    inp = mge.tensor(np.arange(2 * 3 * 4 * 4).astype(np.float32).reshape(2, 3, 4, 4))
+    m = M.GeneralNorm((2, 3), (0, 1))
+    assert m.weight.shape == (2, 3) and m.bias.shape == (2, 3)
+    out = m(inp).numpy()
+    x = inp.numpy()
+    want = (x - x.mean((0, 1), keepdims=True)) / np.sqrt(x.var((0, 1), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    assert M.GeneralNorm((3, 4), (1, -2))(inp).shape == (2, 3, 4, 4)
+    # upstream's "incorrect initialization" examples construct, and fail in forward
+    bad = M.GeneralNorm((2, 4, 3), (0, 2, 1))
+    with pytest.raises(ValueError):
+        bad(inp)
+    with pytest.raises(ValueError, match="repeats"):
+        M.GeneralNorm((3, 3), (1, 1))

@@ -89,3 +89,26 @@ def test_cuda_round_trip():
     back[0, 0] = 5
     torch.cuda.synchronize()
     assert float(x.numpy()[0, 0]) == 5
+
+
+def test_utils_submodules_are_attributes_after_import_megengine():
+    # upstream's to_dlpack/from_dlpack examples call mge.utils.dlpack.* after a bare
+    # `import megengine`; a fresh interpreter, since this file already imported the submodule
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import megengine as mge, numpy as np\n"
+        "x = mge.tensor([[0.2, 0.3, 0.5], [0.1, 0.2, 0.6]])\n"
+        "y = mge.utils.dlpack.from_dlpack(mge.utils.dlpack.to_dlpack(x))\n"
+        "assert (y.numpy() == x.numpy()).all()\n"
+        "assert callable(mge.utils.module_stats.module_stats)\n"
+        "try:\n    mge.utils.nope\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no attribute 'nope'" in out.stdout

@@ -1,0 +1,196 @@
+"""Multi-head attention (upstream 1.13's F.nn.multi_head_attention), composed from differentiable ops.
+
+Upstream runs this on cuDNN only; here it is written with matmul, softmax and dropout, so it runs
+on every device and its gradients come from those ops. The weights live in one flat
+``io_weight_bias`` tensor, in upstream's order: query, key, value and output projection weights
+(each ``(in, out)``, used as ``x @ W``, not torch's ``x @ W.T``), then the four biases.
+"""
+from typing import Optional
+
+import numpy as np
+
+from ..core.tensor import Tensor
+from ._args import _tensor
+
+__all__ = ["multi_head_attention"]
+
+_UNSUPPORTED = ("is not supported (upstream's cuDNN kernel has no such option either); leave it "
+                "at its default")
+
+
+def _float_mask(mask, name, dtype):
+    """A boolean mask as an additive float mask (-inf where True); float masks pass as they are."""
+    if mask is None:
+        return None
+    mask = _tensor(mask)
+    if mask.dtype == np.bool_:
+        from .tensor import where, zeros_like
+
+        zeros = zeros_like(mask.astype(dtype))
+        return where(mask, zeros - float("inf"), zeros)
+    if mask.dtype.kind != "f":
+        raise TypeError(f"multi_head_attention: {name} must be bool or floating point, got "
+                        f"{mask.dtype}")
+    return mask
+
+
+def _causal_mask(q_len, k_len, like):
+    """(L, S) additive mask hiding the keys after each query (-inf above the diagonal)."""
+    mask = np.triu(np.full((q_len, k_len), -np.inf, dtype=like.dtype), k=1)
+    return Tensor(mask, dtype=like.dtype, device=like.device)
+
+
+def _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, like):
+    """The additive mask for the (N, heads, L, S) scores, or None (upstream's ``_merge_masks``):
+    ``is_causal`` without masks masks the keys after each query; ``attn_mask`` (L, S) applies to
+    every batch, (N * heads, L, S) per batch and head; ``key_padding_mask`` (N, S) masks keys
+    per batch; both given are added."""
+    if is_causal and key_padding_mask is None:
+        if attn_mask is not None:
+            return attn_mask.reshape(-1, heads, q_len, k_len) if attn_mask.ndim == 3 \
+                else attn_mask
+        return _causal_mask(q_len, k_len, like)
+    merged = None
+    if attn_mask is not None:
+        merged = attn_mask.reshape(n, heads, q_len, k_len) if attn_mask.ndim == 3 else attn_mask
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.reshape(n, 1, 1, k_len)
+        merged = kpm if merged is None else merged + kpm
+    return merged
+
+
+def _check_shapes(query, key, value, key_padding_mask, attn_mask, heads):
+    what = "multi_head_attention"
+    if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
+        raise ValueError(f"{what}: query, key and value must all be batched (N, L, E) or all "
+                         f"unbatched (L, E), got shapes {query.shape}, {key.shape}, "
+                         f"{value.shape}")
+    n, q_len = query.shape[:2]
+    if key.shape[0] != n or value.shape[0] != n or key.shape[1] != value.shape[1]:
+        raise ValueError(f"{what}: query {query.shape}, key {key.shape} and value "
+                         f"{value.shape} must share the batch size, key and value the length")
+    k_len = key.shape[1]
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (n, k_len):
+        raise ValueError(f"{what}: key_padding_mask must be (N, S) = {(n, k_len)}, got "
+                         f"{tuple(key_padding_mask.shape)}")
+    if attn_mask is not None and tuple(attn_mask.shape) not in ((q_len, k_len),
+                                                                (n * heads, q_len, k_len)):
+        raise ValueError(f"{what}: attn_mask must be (L, S) = {(q_len, k_len)} or "
+                         f"(N * num_heads, L, S) = {(n * heads, q_len, k_len)}, got "
+                         f"{tuple(attn_mask.shape)}")
+
+
+def _split_io_weight_bias(io_weight_bias, sizes, biases):
+    """The projection weights and biases in upstream's packed order, as views of the one tensor."""
+    flat = _tensor(io_weight_bias).reshape(-1)
+    shapes = [(i, o) for i, o in sizes] + [(o,) if b else None for (_, o), b in zip(sizes, biases)]
+    shapes = [None if shape is None or shape[-1] == 0 else shape for shape in shapes]
+    need = sum(int(np.prod(shape)) for shape in shapes if shape is not None)
+    if need != flat.shape[0]:
+        raise ValueError(f"multi_head_attention: io_weight_bias holds {flat.shape[0]} values, "
+                         f"the projections given need {need} (weights (in, out): {sizes}; "
+                         f"biases q, k, v, o: {biases})")
+    parts, offset = [], 0
+    for shape in shapes:
+        if shape is None:
+            parts.append(None)
+            continue
+        count = int(np.prod(shape))
+        parts.append(flat[offset:offset + count].reshape(shape))
+        offset += count
+    return parts[:4], parts[4:]
+
+
+def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: int,
+                         num_heads: int, attn_drop: float, out_drop: float,
+                         io_weight_bias: Optional[Tensor], qproj_size: Optional[int] = None,
+                         kproj_size: Optional[int] = None, vproj_size: Optional[int] = None,
+                         oproj_size: Optional[int] = None, qbias: bool = False,
+                         kbias: bool = False, vbias: bool = False, obias: bool = False,
+                         bias_k: Optional[Tensor] = None, bias_v: Optional[Tensor] = None,
+                         add_zero_attn: bool = False, key_padding_mask: Optional[Tensor] = None,
+                         attn_mask: Optional[Tensor] = None, need_weights: bool = False,
+                         average_attn_weights: bool = False, is_causal: bool = False,
+                         maybe_cudnn_style_mask: bool = False, reslink: bool = False,
+                         training: bool = True):
+    """Scaled dot-product attention of ``num_heads`` heads over projected query, key and value,
+    then an output projection (see the module docstring for ``io_weight_bias``'s layout).
+
+    ``query`` (N, L, E) (or (L, E), treated as a batch of one, as upstream does), ``key`` and
+    ``value`` (N, S, Ek/Ev). A ``*proj_size`` of 0 skips that projection; ``q/k/v/obias`` say
+    which biases ``io_weight_bias`` holds. Masks: boolean True (or -inf in a float mask) hides a
+    key; ``attn_mask`` is (L, S) or (N * num_heads, L, S), ``key_padding_mask`` (N, S);
+    ``is_causal`` without masks hides the keys after each query. Dropout ``attn_drop`` on the
+    attention weights and ``out_drop`` on the output apply when ``training``.
+
+    Returns ``(output, weights)``: output (N, L, oproj_size); weights ``None`` unless
+    ``need_weights``, then (N * num_heads, L, S), or (N, L, S) averaged over heads with
+    ``average_attn_weights``.
+    """
+    from .math import matmul
+    from .nn import dropout, softmax
+    from .tensor import expand_dims
+
+    what = "multi_head_attention"
+    for name, given in (("bias_k", bias_k is not None), ("bias_v", bias_v is not None),
+                        ("add_zero_attn", bool(add_zero_attn)), ("reslink", bool(reslink))):
+        if given:
+            raise ValueError(f"{what}: {name} {_UNSUPPORTED}")
+    if maybe_cudnn_style_mask:
+        raise ValueError(f"{what}: maybe_cudnn_style_mask (cuDNN's (2, L) / (2, N) sequence-range "
+                         "masks) is not supported here; pass attn_mask (L, S) and "
+                         "key_padding_mask (N, S) as boolean or additive float masks instead")
+    query, key, value = _tensor(query), _tensor(key), _tensor(value)
+    if query.ndim == 2:
+        query, key, value = (expand_dims(t, 0) for t in (query, key, value))
+        if key_padding_mask is not None:
+            key_padding_mask = expand_dims(_tensor(key_padding_mask), 0)
+    heads = int(num_heads)
+    key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
+    attn_mask = _float_mask(attn_mask, "attn_mask", query.dtype)
+    _check_shapes(query, key, value, key_padding_mask, attn_mask, heads)
+    n, q_len, q_in = query.shape
+    k_len, k_in, v_in = key.shape[1], key.shape[2], value.shape[2]
+    qproj = embed_dim if qproj_size is None else int(qproj_size)
+    kproj = embed_dim if kproj_size is None else int(kproj_size)
+    vproj = embed_dim if vproj_size is None else int(vproj_size)
+    oproj = embed_dim if oproj_size is None else int(oproj_size)
+    o_in = vproj if vproj else v_in
+    (wq, wk, wv, wo), (bq, bk, bv, bo) = _split_io_weight_bias(
+        io_weight_bias, [(q_in, qproj), (k_in, kproj), (v_in, vproj), (o_in, oproj)],
+        [qbias, kbias, vbias, obias])
+
+    def project(x, w, b):
+        if w is None:
+            return x
+        y = matmul(x, w)
+        return y if b is None else y + b
+
+    q, k, v = project(query, wq, bq), project(key, wk, bk), project(value, wv, bv)
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if t.shape[-1] % heads:
+            raise ValueError(f"{what}: the projected {name} width {t.shape[-1]} is not "
+                             f"divisible by num_heads={heads}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{what}: projected query ({q.shape[-1]}) and key ({k.shape[-1]}) "
+                         "widths differ")
+    # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
+    head_dim = embed_dim if qproj == 0 else embed_dim // heads
+    q = q.reshape(n, q_len, heads, -1).transpose(0, 2, 1, 3)
+    k = k.reshape(n, k_len, heads, -1).transpose(0, 2, 3, 1)
+    v = v.reshape(n, k_len, heads, -1).transpose(0, 2, 1, 3)
+    scores = matmul(q, k) * float(head_dim) ** -0.5  # (N, heads, L, S)
+    mask = _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, scores)
+    if mask is not None:
+        scores = scores + mask
+    weights = softmax(scores, axis=-1)
+    probs = dropout(weights, attn_drop, training) if training and attn_drop else weights
+    out = matmul(probs, v).transpose(0, 2, 1, 3).reshape(n, q_len, -1)
+    out = project(out, wo, bo)
+    if training and out_drop:
+        out = dropout(out, out_drop, training)
+    if not need_weights:
+        return out, None
+    if average_attn_weights:
+        return out, weights.mean(axis=1)
+    return out, weights.reshape(n * heads, q_len, k_len)

@@ -1,0 +1,126 @@
+"""Tests of megengine/functional/attention.py: multi_head_attention against torch's
+multi_head_attention_forward (values, attention weights and gradients), upstream's packed layout."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+
+def randn(*shape):
+    return np.random.randn(*shape).astype(np.float32)
+
+
+def pack(wq, wk, wv, wo, biases):
+    """Upstream's io_weight_bias: the (in, out) weights, then the biases, flattened into (1, -1)."""
+    parts = [w.reshape(-1) for w in (wq, wk, wv, wo)] + [b.reshape(-1) for b in biases]
+    return np.concatenate(parts)[None, :]
+
+
+def torch_mha(q, k, v, heads, wq, wk, wv, wo, biases, **kw):
+    """torch's functional MHA on upstream's weights: torch uses x @ W.T, upstream x @ W."""
+    e = wq.shape[1]
+    bias = torch.cat(biases[:3]) if biases else None
+    same_dims = wk.shape[0] == e and wv.shape[0] == e
+    out, weights = TF.multi_head_attention_forward(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), e, heads,
+        torch.cat([wq.T, wk.T, wv.T]) if same_dims else None, bias, None, None, False, 0.0,
+        wo.T, biases[3] if biases else None, training=False,
+        use_separate_proj_weight=not same_dims, q_proj_weight=wq.T, k_proj_weight=wk.T,
+        v_proj_weight=wv.T, **kw)
+    return out.transpose(0, 1), weights
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kdim,vdim", [(None, None), (3, 5)])
+def test_multi_head_attention_matches_torch(bias, kdim, vdim):
+    n, lq, lk, e, heads = 2, 3, 4, 6, 2
+    kdim, vdim = kdim or e, vdim or e
+    q, k, v = randn(n, lq, e), randn(n, lk, kdim), randn(n, lk, vdim)
+    ws = [randn(e, e), randn(kdim, e), randn(vdim, e), randn(e, e)]
+    bs = [randn(e) for _ in range(4)] if bias else []
+    io = pack(*ws, bs)
+
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tws = [torch.tensor(w, requires_grad=True) for w in ws]
+    tbs = [torch.tensor(b, requires_grad=True) for b in bs]
+    t_out, t_w = torch_mha(tq, tk, tv, heads, *tws, tbs, need_weights=True,
+                           average_attn_weights=False)
+
+    mq, mk, mv, mio = (mge.tensor(a) for a in (q, k, v, io))
+    gm = GradManager().attach([mq, mk, mv, mio])
+    dy = randn(n, lq, e)
+    with gm:
+        out, weights = F.nn.multi_head_attention(
+            mq, mk, mv, e, heads, 0.0, 0.0, mio, qbias=bias, kbias=bias, vbias=bias,
+            obias=bias, need_weights=True, training=False)
+        gm.backward(out, mge.tensor(dy))
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.detach().numpy().reshape(n * heads, lq, lk),
+                               rtol=1e-4, atol=1e-6)
+    t_out.backward(torch.tensor(dy))
+    for got, want in zip((mq, mk, mv), (tq, tk, tv)):
+        np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-5)
+    want_io = pack(*[w.grad.numpy() for w in tws], [b.grad.numpy() for b in tbs])
+    np.testing.assert_allclose(mio.grad.numpy(), want_io, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("masks", ["bool_attn", "float_attn_3d", "padding", "both", "causal"])
+def test_multi_head_attention_masks_match_torch(masks):
+    n, lq, e, heads = 2, 4, 4, 2
+    q = randn(n, lq, e)
+    ws = [randn(e, e) for _ in range(4)]
+    kw = {}
+    if masks in ("bool_attn", "both"):
+        kw["attn_mask"] = np.random.rand(lq, lq) > 0.7
+        np.fill_diagonal(kw["attn_mask"], False)  # every query keeps a key
+    if masks == "float_attn_3d":
+        kw["attn_mask"] = randn(n * heads, lq, lq)
+    if masks in ("padding", "both"):
+        kw["key_padding_mask"] = np.array([[False, False, True, False], [False, True, False,
+                                                                         False]])
+    causal = masks == "causal"
+    t_out, t_w = torch_mha(*(torch.tensor(q),) * 3, heads, *map(torch.tensor, ws), [],
+                           need_weights=True, average_attn_weights=True, is_causal=causal,
+                           attn_mask=torch.ones(lq, lq, dtype=torch.bool).triu(1) if causal
+                           else (torch.tensor(kw["attn_mask"]) if "attn_mask" in kw else None),
+                           key_padding_mask=torch.tensor(kw["key_padding_mask"])
+                           if "key_padding_mask" in kw else None)
+    x = mge.tensor(q)
+    out, weights = F.nn.multi_head_attention(
+        x, x, x, e, heads, 0.0, 0.0, mge.tensor(pack(*ws, [])), need_weights=True,
+        average_attn_weights=True, is_causal=causal, training=False,
+        **{k: mge.tensor(v) for k, v in kw.items()})
+    np.testing.assert_allclose(out.numpy(), t_out.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_multi_head_attention_dropout_only_in_training():
+    e, heads = 4, 2
+    x = mge.tensor(randn(2, 3, e))
+    io = mge.tensor(pack(*[randn(e, e) for _ in range(4)], []))
+    eval_a, _ = F.nn.multi_head_attention(x, x, x, e, heads, 0.5, 0.5, io, training=False)
+    eval_b, _ = F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, training=True)
+    np.testing.assert_allclose(eval_a.numpy(), eval_b.numpy(), rtol=1e-6)
+    train, _ = F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.5, io, training=True)
+    kept = train.numpy() != 0
+    assert 0 < kept.mean() < 1  # output dropout zeroes some and scales the rest by 2
+    np.testing.assert_allclose(train.numpy()[kept], 2 * eval_a.numpy()[kept], rtol=1e-5)
+
+
+def test_multi_head_attention_bad_input_is_named():
+    e, heads = 4, 2
+    x = mge.tensor(randn(2, 3, e))
+    io = mge.tensor(pack(*[randn(e, e) for _ in range(4)], []))
+    with pytest.raises(ValueError, match="io_weight_bias holds"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, qbias=True)
+    with pytest.raises(ValueError, match="maybe_cudnn_style_mask"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True)
+    with pytest.raises(ValueError, match="add_zero_attn"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, add_zero_attn=True)
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(N, S\)"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
+                                  key_padding_mask=mge.tensor(np.zeros((3, 3), bool)))
