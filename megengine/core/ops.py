@@ -624,7 +624,9 @@ class Reduce(Op):
         if self.mode == "mean" and x.dtype.kind != "f":
             out = out.astype(np.float32)
         elif self.mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
-            out = out.astype(np.int32 if x.dtype.kind != "u" else x.dtype)
+            # integers keep their dtype and wrap, as upstream documents (128 int8 ones sum to
+            # int8 -128); bools count as int32
+            out = out.astype(np.int32 if x.dtype.kind == "b" else x.dtype)
         self.out_keep = out
         return out if self.keepdims else out.reshape(
             tuple(n for i, n in enumerate(x.shape) if i not in axes))

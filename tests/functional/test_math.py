@@ -53,6 +53,16 @@ def test_reduction_dtypes():
     np.testing.assert_array_equal(F.max(x, axis=0).numpy(), [4, 5, 6])
 
 
+def test_small_integer_sums_keep_their_dtype_and_wrap():
+    # upstream's F.sum docstring: 128 int8 ones sum to int8 -128; bools count as int32
+    s = F.sum(F.ones(128, dtype="int8"))
+    assert s.dtype == np.int8 and s.item() == -128
+    p = F.prod(mge.tensor(np.full(3, 40, np.int16)))  # 64000 wraps to 64000 - 65536
+    assert p.dtype == np.int16 and p.item() == 64000 - 65536
+    b = F.sum(mge.tensor(np.array([True, False, True])))
+    assert b.dtype == np.int32 and b.item() == 2
+
+
 @pytest.mark.parametrize("name", ["argmax", "argmin"])
 def test_argmax_argmin(name):
     x = rand(3, 4, 5)
