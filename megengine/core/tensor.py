@@ -759,6 +759,8 @@ def _binary(op_name, reflected=False):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
+        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
+            other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
         other = _operand(other, self)
         a, b = (other, self) if reflected else (self, other)
         if op_name == "pow":
@@ -773,6 +775,8 @@ def _augmented(op_name):
     op_cls = _ops.BINARY[op_name]
 
     def method(self, other):
+        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
+            other = float(other)
         a, b = self, _operand(other, self)
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)
