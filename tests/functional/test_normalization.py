@@ -250,3 +250,97 @@ def test_batch_norm_of_float16_input_keeps_float32_statistics():
     np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-3)
     np.testing.assert_allclose(rm.numpy(), trm.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-3, atol=1e-3)
+
+
+# ----- second order (gradients of gradients) -----
+
+def _second_order(mge_loss, torch_loss, arrays, rtol=2e-4, atol=2e-5):
+    """d(loss)/dp recorded by an inner GradManager, then the outer gradient of
+    sum(d(loss)/dp * v) (a Hessian-vector product), both against torch(create_graph=True)."""
+    vs = [rand(*a.shape) for a in arrays]
+    ps = [mge.Parameter(a) for a in arrays]
+    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
+    with outer:
+        with inner:
+            inner.backward(mge_loss(*ps))
+        firsts = [p.grad for p in ps]
+        for p in ps:
+            p.grad = None
+        outer.backward(sum((g * mge.tensor(v)).sum() for g, v in zip(firsts, vs)))
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tg = torch.autograd.grad(torch_loss(*ts), ts, create_graph=True)
+    hv = torch.autograd.grad(sum((g * torch.tensor(v)).sum() for g, v in zip(tg, vs)), ts)
+    for g, t in zip(firsts, tg):
+        np.testing.assert_allclose(g.numpy(), t.detach().numpy(), rtol=rtol, atol=atol)
+    for p, h in zip(ps, hv):
+        np.testing.assert_allclose(p.grad.numpy(), h.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (6, 2)])
+def test_batch_norm_training_second_order(shape):
+    # the tanh makes d2/dw2 and d2/dx dw nonzero: every term of the gradient's own gradient counts
+    x, w, b = _bn_inputs(shape)
+    r = rand(*shape)
+    _second_order(
+        lambda a, c, d: (F.tanh(F.batch_norm(a, None, None, c, d, training=True)) * r).sum(),
+        lambda a, c, d: (torch.tanh(TF.batch_norm(a, None, None, c.reshape(-1), d.reshape(-1),
+                                                  training=True)) * torch.tensor(r)).sum(),
+        [x, w, b])
+
+
+def test_batch_norm_second_order_without_affine_and_in_inference():
+    x = rand(5, 3, 2, 2)
+    r = rand(5, 3, 2, 2)
+    _second_order(lambda a: (F.batch_norm(a, training=True) ** 3 * r).sum(),
+                  lambda a: (TF.batch_norm(a, None, None, training=True) ** 3
+                             * torch.tensor(r)).sum(), [x])
+    # inference: running statistics are constants (a (C,) shape and (C,) weight)
+    rm, rv = rand(3), rand(3, low=0.5, high=2)
+    w, b = rand(3, low=0.5, high=1.5), rand(3)
+    _second_order(lambda a, c, d: (F.sin(F.batch_norm(a, mge.tensor(rm), mge.tensor(rv), c, d))
+                                   * r).sum(),
+                  lambda a, c, d: (torch.sin(TF.batch_norm(a, torch.tensor(rm), torch.tensor(rv),
+                                                           c, d)) * torch.tensor(r)).sum(),
+                  [x, w, b])
+
+
+def test_maml_meta_gradient_through_batch_norm():
+    # zhen8838/maml-megengine's OmniglotFC step (linear -> BatchNorm1d without running stats ->
+    # relu -> linear): one inner SGD step on the support set, the meta-gradient of the query
+    # loss through it; torch.autograd.grad(create_graph=True) is the oracle
+    w1, b1, g1, be1 = rand(6, 5), rand(6), rand(6, low=0.5, high=1.5), rand(6)
+    w2, b2 = rand(3, 6), rand(3)
+    xs, xq = rand(4, 5), rand(4, 5)
+    ys, yq = np.array([0, 1, 2, 1], np.int32), np.array([2, 0, 0, 1], np.int32)
+
+    def net(x, p, bn, ce, relu):
+        h = x @ p[0].T + p[1]
+        return relu(bn(h, p[2], p[3])) @ p[4].T + p[5]
+
+    ps = [mge.Parameter(a) for a in (w1, b1, g1, be1, w2, b2)]
+    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
+    mbn = lambda h, g, b: F.batch_norm(h, None, None, g, b, training=True, eps=1e-3)
+    with outer:
+        with inner:
+            inner.backward(F.nn.cross_entropy(net(mge.tensor(xs), ps, mbn, None, F.relu),
+                                              mge.tensor(ys)))
+        fast = [p - 0.5 * p.grad for p in ps]
+        for p in ps:
+            p.grad = None
+        outer.backward(F.nn.cross_entropy(net(mge.tensor(xq), fast, mbn, None, F.relu),
+                                          mge.tensor(yq)))
+    ts = [torch.tensor(a, requires_grad=True) for a in (w1, b1, g1, be1, w2, b2)]
+    tbn = lambda h, g, b: TF.batch_norm(h, None, None, g, b, training=True, eps=1e-3)
+    tce = lambda z, y: TF.cross_entropy(z, torch.tensor(y).long())
+    grads = torch.autograd.grad(tce(net(torch.tensor(xs), ts, tbn, None, torch.relu), ys), ts,
+                                create_graph=True)
+    tfast = [t - 0.5 * g for t, g in zip(ts, grads)]
+    meta = torch.autograd.grad(tce(net(torch.tensor(xq), tfast, tbn, None, torch.relu), yq), ts)
+    for p, m in zip(ps, meta):
+        np.testing.assert_allclose(p.grad.numpy(), m.numpy(), rtol=2e-4, atol=2e-5)
+    # the second-order terms matter here: first-order MAML (the query gradient at the fast
+    # weights, the inner step treated as a constant) is far from the answer checked above
+    detached = [f.detach().requires_grad_() for f in tfast]
+    first_order = torch.autograd.grad(
+        tce(net(torch.tensor(xq), detached, tbn, None, torch.relu), yq), detached)
+    assert max(np.abs(f.numpy() - m.numpy()).max() for f, m in zip(first_order, meta)) > 1e-2
