@@ -8,7 +8,7 @@ measured exception: max pooling of non-overlapping windows on the CPU is faster 
 """
 import numpy as np
 
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, xp_of
 from . import _aten
 from ._args import _as_float, _pair, _tensor
 
@@ -162,12 +162,33 @@ class _Pool2d(Op):
 
 
     def grad_graph(self, inputs, outputs, grads):
-        """Average pooling's gradient as a recorded op (WGAN-GP penalties differentiate it)."""
-        if self.mode == "max":  # its gradient is a scatter to the argmax; not written yet
-            raise RuntimeError(
-                "max_pool2d has no second-order rule yet: its gradient cannot be "
-                "differentiated again (a gradient penalty through it); use avg_pool2d there")
+        """The pooling's gradient as a recorded op (WGAN-GP penalties, MAML's meta-gradient
+        through a CNN differentiate it)."""
+        if self.mode == "max":
+            return (apply(_MaxPoolRoute(self, transpose=False), grads[0]),)
         return (apply(_AvgPoolGrad(self), grads[0]),)
+
+    def _gather_max(self, gg):
+        """The adjoint of the max gradient's scatter: each output position takes ``gg`` at the
+        input element its window's gradient went to (the first maximum, as `backward`)."""
+        xp = xp_of(gg)
+        if self.slices is not None:  # the disjoint windows: the same first-hit masks
+            out = xp.zeros(self.out.shape, gg.dtype)
+            free = None
+            for si, sj in self.slices:
+                hit = self.x[:, :, si, sj] == self.out
+                if free is not None:
+                    hit &= free
+                out += gg[:, :, si, sj] * hit
+                free = ~hit if free is None else free ^ hit
+            return out
+        if self.explicit:  # the indices address the explicitly padded plane
+            (ph, pw) = self.padding
+            gg = xp.pad(gg, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        n, c = gg.shape[:2]
+        idx = _aten.array(self.indices)
+        flat = xp.take_along_axis(gg.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
+        return flat.reshape(idx.shape)
 
     def same(self):
         """A fresh op with this one's window, stride, padding and mode."""
@@ -194,6 +215,29 @@ class _AvgPoolGrad(Op):
 
     def grad_graph(self, inputs, outputs, grads):
         return (apply(self.pool.same(), grads[0]),)
+
+
+class _MaxPoolRoute(Op):
+    """Max pooling's gradient routing as an op: the scatter ``gx = R^T g`` of each output's
+    gradient to its window's maximum (``transpose=False``), or the gather ``R gg``.
+
+    The routing R is fixed by the forward's argmax, which is locally constant in x, so the
+    gradient is linear in ``g`` with no dependence on x; each direction's gradient is the
+    other direction. Recording it lets MAML's meta-gradient or a gradient penalty pass
+    through a max-pooling CNN.
+    """
+
+    def __init__(self, pool, transpose):
+        self.pool, self.transpose = pool, transpose
+
+    def forward(self, g):
+        return self.pool._gather_max(g) if self.transpose else self.pool.backward(g)
+
+    def backward(self, gg):
+        return self.pool.backward(gg) if self.transpose else self.pool._gather_max(gg)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_MaxPoolRoute(self.pool, not self.transpose), grads[0]),)
 
 
 def max_pool2d(inp, kernel_size, stride=None, padding=0):

@@ -178,11 +178,63 @@ def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
     np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_max_pool2d_second_order_says_it_is_missing():
-    x = mge.Parameter(np.random.RandomState(0).randn(1, 1, 4, 4).astype("float32"))
-    gm_outer, gm_inner = GradManager().attach([x]), GradManager().attach([x])
-    with pytest.raises(RuntimeError, match="max_pool2d has no second-order"):
-        with gm_outer:
-            with gm_inner:
-                gm_inner.backward((F.max_pool2d(x * x, 2) ** 2).sum())
-            gm_outer.backward((x.grad ** 2).sum())
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    (2, 2, 0, (2, 3, 6, 6)),   # disjoint windows: the numpy slice path
+    (3, 2, 1, (2, 3, 7, 7)),   # overlapping windows: ATen's indices
+    (3, 1, 2, (1, 2, 5, 5)),   # padding wider than half the window: explicit -inf padding
+    (2, 3, 0, (1, 2, 7, 8)),   # windows with gaps between them
+])
+def test_max_pool2d_gradient_is_differentiable_like_torch(kernel, stride, padding, shape):
+    # MAML through a max-pooling CNN (zhen8838/maml-megengine's ConvBase with max_pool=True)
+    # and gradient penalties differentiate the pooling's gradient: g = d sum(pool(x * x) * v)/dx,
+    # penalty = sum(g ** 2 * u), differentiated for x and v
+    rng = np.random.RandomState(1)
+    x0 = rng.randn(*shape).astype("float32")
+    oh = (shape[2] + 2 * padding - kernel) // stride + 1
+    ow = (shape[3] + 2 * padding - kernel) // stride + 1
+    v0 = rng.randn(shape[0], shape[1], oh, ow).astype("float32")
+    u0 = rng.randn(*shape).astype("float32")
+
+    x, v = mge.Parameter(x0), mge.Parameter(v0)
+    gm_outer, gm_inner = GradManager().attach([x, v]), GradManager().attach([x])
+    with gm_outer:
+        with gm_inner:
+            gm_inner.backward((F.max_pool2d(x * x, kernel, stride, padding) * v).sum())
+        g = x.grad
+        x.grad = None
+        gm_outer.backward((g ** 2 * mge.tensor(u0)).sum())
+
+    def tpool(t):  # torch pads at most half the window: wider padding made explicit (-inf)
+        if 2 * padding > kernel:
+            return TF.max_pool2d(TF.pad(t, (padding,) * 4, value=-np.inf), kernel, stride)
+        return TF.max_pool2d(t, kernel, stride, padding)
+
+    tx = torch.tensor(x0, requires_grad=True)
+    tv = torch.tensor(v0, requires_grad=True)
+    ty = (tpool(tx * tx) * tv).sum()
+    (tg,) = torch.autograd.grad(ty, tx, create_graph=True)
+    tdx, tdv = torch.autograd.grad((tg ** 2 * torch.tensor(u0)).sum(), (tx, tv))
+    np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), tdx.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool2d_third_order_routes_back_and_forth():
+    # the gradient of the routing op is the routing the other way; a third derivative exercises
+    # both directions: d/dv of sum(d/dx[sum(pool(x * x) * v)] * w) is pool-gathered 2 x w
+    rng = np.random.RandomState(2)
+    x0 = rng.randn(1, 2, 5, 5).astype("float32")
+    v0 = rng.randn(1, 2, 2, 2).astype("float32")
+    w0 = rng.randn(1, 2, 5, 5).astype("float32")
+    x, v = mge.Parameter(x0), mge.Parameter(v0)
+    gm2, gm1 = GradManager().attach([v]), GradManager().attach([x])
+    with gm2:
+        with gm1:
+            gm1.backward((F.max_pool2d(x * x, 3, 2, 0) * v).sum())
+        g = x.grad
+        gm2.backward((g * mge.tensor(w0)).sum())
+    tx, tv = torch.tensor(x0, requires_grad=True), torch.tensor(v0, requires_grad=True)
+    (tg,) = torch.autograd.grad((TF.max_pool2d(tx * tx, 3, 2, 0) * tv).sum(), tx,
+                                create_graph=True)
+    (tdv,) = torch.autograd.grad((tg * torch.tensor(w0)).sum(), tv)
+    np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-5, atol=1e-6)
