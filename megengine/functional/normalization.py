@@ -223,6 +223,32 @@ class _Normalize(Op):
             gx = gx.reshape(self.x_shape)
         return (gx, *grads)
 
+    def grad_graph(self, inputs, outputs, grads):
+        """`backward`'s formulas with Tensor arithmetic, recorded so that they can be
+        differentiated again (a WGAN-GP critic with layer norm, meta-gradients)."""
+        needs = self.needs_input_grad
+        xv = inputs[0].reshape(self.view)
+        xc = xv - xv.mean(axis=-1, keepdims=True)
+        inv = ((xc * xc).mean(axis=-1, keepdims=True) + self.eps) ** -0.5
+        xhat = (xc * inv).reshape(self.affine_view)
+        g = grads[0].reshape(self.affine_view)
+        # the axes along which weight and bias broadcast: their gradients sum over them
+        axes = tuple(i for i, s in enumerate(self.affine_shape) if s == 1)
+        w = inputs[1].reshape(self.affine_shape) if self.has_weight else None
+        out = [None]
+        if needs[0]:
+            gxhat = (g if w is None else g * w).reshape(self.view)
+            xh = xhat.reshape(self.view)
+            out[0] = ((gxhat - gxhat.mean(axis=-1, keepdims=True)
+                       - xh * (gxhat * xh).mean(axis=-1, keepdims=True)) * inv
+                      ).reshape(self.x_shape)
+        if self.has_weight:
+            out.append((g * xhat).sum(axis=axes).reshape(self.param_shapes[0])
+                       if needs[1] else None)
+        if self.has_bias:
+            out.append(g.sum(axis=axes).reshape(self.param_shapes[-1]) if needs[-1] else None)
+        return tuple(out)
+
 
 def _normalize(op, inp, weight, bias):
     return apply(op, inp, *[_tensor(t) for t in (weight, bias) if t is not None])

@@ -344,3 +344,25 @@ def test_maml_meta_gradient_through_batch_norm():
     first_order = torch.autograd.grad(
         tce(net(torch.tensor(xq), detached, tbn, None, torch.relu), yq), detached)
     assert max(np.abs(f.numpy() - m.numpy()).max() for f, m in zip(first_order, meta)) > 1e-2
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_second_order(affine):
+    # a WGAN-GP critic with layer norm differentiates its gradient
+    x, r = rand(3, 2, 4), rand(3, 2, 4)
+    w, b = rand(2, 4, low=0.5, high=1.5), rand(2, 4)
+    if affine:
+        _second_order(lambda a, c, d: (F.tanh(F.nn.layer_norm(a, (2, 4), True, c, d)) * r).sum(),
+                      lambda a, c, d: (torch.tanh(TF.layer_norm(a, (2, 4), c, d))
+                                       * torch.tensor(r)).sum(), [x, w, b])
+    else:
+        _second_order(lambda a: (F.nn.layer_norm(a, 4, False) ** 3 * r).sum(),
+                      lambda a: (TF.layer_norm(a, (4,)) ** 3 * torch.tensor(r)).sum(), [x])
+
+
+def test_group_norm_second_order():
+    x, r = rand(2, 4, 3, 3), rand(2, 4, 3, 3)
+    w, b = rand(4, low=0.5, high=1.5), rand(4)
+    _second_order(lambda a, c, d: (F.sin(F.nn.group_norm(a, 2, True, c, d)) * r).sum(),
+                  lambda a, c, d: (torch.sin(TF.group_norm(a, 2, c, d)) * torch.tensor(r)).sum(),
+                  [x, w, b])
