@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _out_of_range
@@ -87,19 +87,8 @@ class _PairLoss(Op):
             g = g / max(math.prod(self.loss_shape), 1)
         gp, gl = self.graph_grads(pred, label, g)
         needs = self.needs_input_grad
-        return (_sum_to(gp, self.shapes[0]) if needs[0] else None,
-                _sum_to(gl, self.shapes[1]) if needs[1] else None)
-
-
-def _sum_to(t, shape):
-    """The Tensor ``t`` summed over the axes along which an input of ``shape`` broadcast."""
-    shape = tuple(shape)
-    if t.shape == shape:
-        return t
-    lead = t.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, s in enumerate(shape) if s == 1 and t.shape[lead + i] != 1)
-    return (t.sum(axis=axes, keepdims=True) if axes else t).reshape(shape)
+        return (t_unbroadcast(gp, tuple(self.shapes[0])) if needs[0] else None,
+                t_unbroadcast(gl, tuple(self.shapes[1])) if needs[1] else None)
 
 
 class _L1(_PairLoss):
