@@ -15,6 +15,7 @@ from megengine.functional.loss import _CrossEntropy
 from devices import (host, requires_cuda, requires_torch_cuda,
                      skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -467,28 +468,6 @@ def test_losses_keep_their_upstream_1_0_names_at_the_top_of_F():
 
 # ----- second order: the losses' gradients differentiated again -----
 
-def _hvp_check(mge_loss, torch_loss, arrays, rtol=2e-4, atol=2e-5):
-    """First gradients recorded by an inner GradManager, then the gradient of
-    sum(grad * v) (a Hessian-vector product) by the outer one, against torch."""
-    vs = [rand(*a.shape) for a in arrays]
-    ps = [mge.Parameter(a) for a in arrays]
-    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
-    with outer:
-        with inner:
-            inner.backward(mge_loss(*ps))
-        firsts = [p.grad for p in ps]
-        for p in ps:
-            p.grad = None
-        outer.backward(sum((g * mge.tensor(v)).sum() for g, v in zip(firsts, vs)))
-    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
-    tg = torch.autograd.grad(torch_loss(*ts), ts, create_graph=True)
-    hv = torch.autograd.grad(sum((g * torch.tensor(v)).sum() for g, v in zip(tg, vs)), ts)
-    for g, t in zip(firsts, tg):
-        np.testing.assert_allclose(g.numpy(), t.detach().numpy(), rtol=rtol, atol=atol)
-    for p, h in zip(ps, hv):
-        np.testing.assert_allclose(p.grad.numpy(), h.numpy(), rtol=rtol, atol=atol)
-
-
 def _reduce_torch(t, reduction):
     return t if reduction == "none" else (t.mean() if reduction == "mean" else t.sum())
 
@@ -502,17 +481,17 @@ def test_square_l1_smooth_l1_second_order(reduction):
     w = rand(4, 3)
     r = lambda t: (t * torch.tensor(w)).sum() if reduction == "none" else t
     m = lambda t: (t * mge.tensor(w)).sum() if reduction == "none" else t
-    _hvp_check(lambda a, b: m(F.nn.square_loss(F.tanh(a), b * b, reduction=reduction)),
-               lambda a, b: r(_reduce_torch((torch.tanh(a) - b * b) ** 2, reduction)),
-               [pred, label])
-    _hvp_check(lambda a, b: m(F.nn.l1_loss(F.tanh(a) * b, b, reduction=reduction)),
-               lambda a, b: r(_reduce_torch((torch.tanh(a) * b - b).abs(), reduction)),
-               [pred, label])
-    _hvp_check(lambda a, b: m(F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7,
-                                                  reduction=reduction)),
-               lambda a, b: r(TF.smooth_l1_loss(torch.tanh(a) * 2, b.expand(4, 3), beta=0.7,
-                                                reduction=reduction)),
-               [pred, label])
+    check_second_order(
+        lambda a, b: m(F.nn.square_loss(F.tanh(a), b * b, reduction=reduction)),
+        lambda a, b: r(_reduce_torch((torch.tanh(a) - b * b) ** 2, reduction)), pred, label)
+    check_second_order(
+        lambda a, b: m(F.nn.l1_loss(F.tanh(a) * b, b, reduction=reduction)),
+        lambda a, b: r(_reduce_torch((torch.tanh(a) * b - b).abs(), reduction)), pred, label)
+    check_second_order(
+        lambda a, b: m(F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7, reduction=reduction)),
+        lambda a, b: r(TF.smooth_l1_loss(torch.tanh(a) * 2, b.expand(4, 3), beta=0.7,
+                                         reduction=reduction)),
+        pred, label)
 
 
 @pytest.mark.parametrize("with_logits", [True, False])
@@ -520,8 +499,9 @@ def test_binary_cross_entropy_second_order(with_logits):
     # a discriminator's BCE loss whose gradient is penalised (R1 / WGAN-GP style training)
     x, y = rand(3, 4), rand(3, 4, low=0.1, high=0.9)
     if with_logits:
-        _hvp_check(lambda a, b: F.nn.binary_cross_entropy(a * a, b),
-                   lambda a, b: TF.binary_cross_entropy_with_logits(a * a, b), [x, y])
+        check_second_order(lambda a, b: F.nn.binary_cross_entropy(a * a, b),
+                           lambda a, b: TF.binary_cross_entropy_with_logits(a * a, b), x, y)
     else:
-        _hvp_check(lambda a, b: F.nn.binary_cross_entropy(F.sigmoid(a), b, with_logits=False),
-                   lambda a, b: TF.binary_cross_entropy(torch.sigmoid(a), b), [x, y])
+        check_second_order(
+            lambda a, b: F.nn.binary_cross_entropy(F.sigmoid(a), b, with_logits=False),
+            lambda a, b: TF.binary_cross_entropy(torch.sigmoid(a), b), x, y)

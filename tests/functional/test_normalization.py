@@ -12,6 +12,7 @@ from megengine.autodiff import GradManager
 
 from devices import address
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -254,54 +255,32 @@ def test_batch_norm_of_float16_input_keeps_float32_statistics():
 
 # ----- second order (gradients of gradients) -----
 
-def _second_order(mge_loss, torch_loss, arrays, rtol=2e-4, atol=2e-5):
-    """d(loss)/dp recorded by an inner GradManager, then the outer gradient of
-    sum(d(loss)/dp * v) (a Hessian-vector product), both against torch(create_graph=True)."""
-    vs = [rand(*a.shape) for a in arrays]
-    ps = [mge.Parameter(a) for a in arrays]
-    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
-    with outer:
-        with inner:
-            inner.backward(mge_loss(*ps))
-        firsts = [p.grad for p in ps]
-        for p in ps:
-            p.grad = None
-        outer.backward(sum((g * mge.tensor(v)).sum() for g, v in zip(firsts, vs)))
-    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
-    tg = torch.autograd.grad(torch_loss(*ts), ts, create_graph=True)
-    hv = torch.autograd.grad(sum((g * torch.tensor(v)).sum() for g, v in zip(tg, vs)), ts)
-    for g, t in zip(firsts, tg):
-        np.testing.assert_allclose(g.numpy(), t.detach().numpy(), rtol=rtol, atol=atol)
-    for p, h in zip(ps, hv):
-        np.testing.assert_allclose(p.grad.numpy(), h.numpy(), rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("shape", [(4, 3, 3, 3), (6, 2)])
 def test_batch_norm_training_second_order(shape):
     # the tanh makes d2/dw2 and d2/dx dw nonzero: every term of the gradient's own gradient counts
     x, w, b = _bn_inputs(shape)
     r = rand(*shape)
-    _second_order(
+    check_second_order(
         lambda a, c, d: (F.tanh(F.batch_norm(a, None, None, c, d, training=True)) * r).sum(),
         lambda a, c, d: (torch.tanh(TF.batch_norm(a, None, None, c.reshape(-1), d.reshape(-1),
                                                   training=True)) * torch.tensor(r)).sum(),
-        [x, w, b])
+        x, w, b)
 
 
 def test_batch_norm_second_order_without_affine_and_in_inference():
     x = rand(5, 3, 2, 2)
     r = rand(5, 3, 2, 2)
-    _second_order(lambda a: (F.batch_norm(a, training=True) ** 3 * r).sum(),
-                  lambda a: (TF.batch_norm(a, None, None, training=True) ** 3
-                             * torch.tensor(r)).sum(), [x])
+    check_second_order(lambda a: (F.batch_norm(a, training=True) ** 3 * r).sum(),
+                       lambda a: (TF.batch_norm(a, None, None, training=True) ** 3
+                                  * torch.tensor(r)).sum(), x)
     # inference: running statistics are constants (a (C,) shape and (C,) weight)
     rm, rv = rand(3), rand(3, low=0.5, high=2)
     w, b = rand(3, low=0.5, high=1.5), rand(3)
-    _second_order(lambda a, c, d: (F.sin(F.batch_norm(a, mge.tensor(rm), mge.tensor(rv), c, d))
-                                   * r).sum(),
-                  lambda a, c, d: (torch.sin(TF.batch_norm(a, torch.tensor(rm), torch.tensor(rv),
-                                                           c, d)) * torch.tensor(r)).sum(),
-                  [x, w, b])
+    check_second_order(
+        lambda a, c, d: (F.sin(F.batch_norm(a, mge.tensor(rm), mge.tensor(rv), c, d)) * r).sum(),
+        lambda a, c, d: (torch.sin(TF.batch_norm(a, torch.tensor(rm), torch.tensor(rv), c, d))
+                         * torch.tensor(r)).sum(),
+        x, w, b)
 
 
 def test_maml_meta_gradient_through_batch_norm():
@@ -352,17 +331,19 @@ def test_layer_norm_second_order(affine):
     x, r = rand(3, 2, 4), rand(3, 2, 4)
     w, b = rand(2, 4, low=0.5, high=1.5), rand(2, 4)
     if affine:
-        _second_order(lambda a, c, d: (F.tanh(F.nn.layer_norm(a, (2, 4), True, c, d)) * r).sum(),
-                      lambda a, c, d: (torch.tanh(TF.layer_norm(a, (2, 4), c, d))
-                                       * torch.tensor(r)).sum(), [x, w, b])
+        check_second_order(
+            lambda a, c, d: (F.tanh(F.nn.layer_norm(a, (2, 4), True, c, d)) * r).sum(),
+            lambda a, c, d: (torch.tanh(TF.layer_norm(a, (2, 4), c, d)) * torch.tensor(r)).sum(),
+            x, w, b)
     else:
-        _second_order(lambda a: (F.nn.layer_norm(a, 4, False) ** 3 * r).sum(),
-                      lambda a: (TF.layer_norm(a, (4,)) ** 3 * torch.tensor(r)).sum(), [x])
+        check_second_order(lambda a: (F.nn.layer_norm(a, 4, False) ** 3 * r).sum(),
+                           lambda a: (TF.layer_norm(a, (4,)) ** 3 * torch.tensor(r)).sum(), x)
 
 
 def test_group_norm_second_order():
     x, r = rand(2, 4, 3, 3), rand(2, 4, 3, 3)
     w, b = rand(4, low=0.5, high=1.5), rand(4)
-    _second_order(lambda a, c, d: (F.sin(F.nn.group_norm(a, 2, True, c, d)) * r).sum(),
-                  lambda a, c, d: (torch.sin(TF.group_norm(a, 2, c, d)) * torch.tensor(r)).sum(),
-                  [x, w, b])
+    check_second_order(
+        lambda a, c, d: (F.sin(F.nn.group_norm(a, 2, True, c, d)) * r).sum(),
+        lambda a, c, d: (torch.sin(TF.group_norm(a, 2, c, d)) * torch.tensor(r)).sum(),
+        x, w, b)
