@@ -1,4 +1,4 @@
-"""Tests of megengine/traced_module/pytree.py: flattening nested values, in the tracer's form and upstream's."""
+"""Tests of megengine/traced_module/pytree.py: flattening nested values (tracer and upstream forms)."""
 import numpy as np
 import pytest
 

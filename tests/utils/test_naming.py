@@ -1,4 +1,4 @@
-"""Tests of megengine/utils/naming.py: upstream's AutoNaming scope stack, as generated code uses it."""
+"""Tests of megengine/utils/naming.py: the AutoNaming scope stack, as generated code uses it."""
 import numpy as np
 import pytest
 
