@@ -1,4 +1,4 @@
-"""Tests of megengine/traced_module/pytree.py: flattening nested values (tracer and upstream forms)."""
+"""Tests of megengine/traced_module/pytree.py: flattening nested values (tracer, upstream forms)."""
 import numpy as np
 import pytest
 
