@@ -5,8 +5,9 @@ Upstream names the operators of a traced graph by these scopes ("root.layer1.0.c
 generated programs wrap every call in ``AutoNaming.push_scope(...)`` / ``pop_scope()``. The
 programs written by this fork's ``trace.dump`` keep no operator names (``keep_opr_name`` is
 accepted without effect there), so here the scopes are kept, nested and checked, and nothing
-else reads them. Upstream has had both a class-level form (``AutoNaming.push_scope(s)``,
-1.4-1.6) and an instance (``auto_naming``); the class methods serve both spellings.
+else reads them. Upstream has had both a class-level form (``AutoNaming.push_scope(s)``, the
+one torch2mge's code calls) and, later, a module-level instance (``auto_naming``); the class
+methods serve both spellings.
 """
 
 __all__ = ["AutoNaming", "auto_naming"]
@@ -66,4 +67,4 @@ class AutoNaming:
         return cls.handle2names.pop(handle, None)
 
 
-auto_naming = AutoNaming()  # upstream 1.7+'s spelling: the same shared state
+auto_naming = AutoNaming()  # upstream's later spelling: the same shared state

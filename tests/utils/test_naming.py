@@ -28,7 +28,7 @@ def test_scopes_nest_and_join_with_dots():
 
 
 def test_the_instance_spelling_shares_the_class_state():
-    auto_naming.push_scope("root")  # upstream 1.7+: a module-level instance
+    auto_naming.push_scope("root")  # upstream's later form: a module-level instance
     assert AutoNaming.get_scope() == "root"
     AutoNaming.pop_scope()
     assert auto_naming.get_scope() == ""
