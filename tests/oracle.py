@@ -55,3 +55,27 @@ def check_against_torch(fn, torch_fn, *arrays, diff=None, rtol=1e-5, atol=1e-5,
         assert got.shape == expect.shape and got.dtype == xs[i].dtype
         np.testing.assert_allclose(got.numpy(), expect, rtol=rtol, atol=atol)
     return out
+
+
+def check_second_order_against_torch(loss, torch_loss, *arrays, rtol=2e-4, atol=2e-5):
+    """Gradients of gradients: d(loss)/dp recorded by an inner GradManager, then the outer
+    gradient of sum(d(loss)/dp * v) for random v (a Hessian-vector product); both compared
+    with torch.autograd.grad(create_graph=True) on the same float32 ``arrays``."""
+    rng = np.random.RandomState(7)
+    vs = [rng.uniform(-1, 1, a.shape).astype(np.float32) for a in arrays]
+    ps = [mge.Parameter(a) for a in arrays]
+    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
+    with outer:
+        with inner:
+            inner.backward(loss(*ps))
+        firsts = [p.grad for p in ps]
+        for p in ps:
+            p.grad = None
+        outer.backward(sum((g * mge.tensor(v)).sum() for g, v in zip(firsts, vs)))
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tg = torch.autograd.grad(torch_loss(*ts), ts, create_graph=True)
+    hv = torch.autograd.grad(sum((g * torch.tensor(v)).sum() for g, v in zip(tg, vs)), ts)
+    for g, t in zip(firsts, tg):
+        np.testing.assert_allclose(g.numpy(), t.detach().numpy(), rtol=rtol, atol=atol)
+    for p, h in zip(ps, hv):
+        np.testing.assert_allclose(p.grad.numpy(), h.numpy(), rtol=rtol, atol=atol)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _out_of_range
@@ -76,6 +76,20 @@ class _PairLoss(Op):
         return (unbroadcast(gp, self.shapes[0]) if needs[0] else None,
                 unbroadcast(gl, self.shapes[1]) if needs[1] else None)
 
+    def grad_graph(self, inputs, outputs, grads):
+        """`backward` with Tensor arithmetic (each loss's ``graph_grads``), recorded so that
+        it can be differentiated again: MAML's meta-gradient through a regression loss."""
+        pred, label = inputs
+        dtype = promote_types(pred.dtype, label.dtype)
+        pred, label = pred.astype(dtype), label.astype(dtype)
+        g = grads[0]
+        if self.reduction == "mean":
+            g = g / max(math.prod(self.loss_shape), 1)
+        gp, gl = self.graph_grads(pred, label, g)
+        needs = self.needs_input_grad
+        return (t_unbroadcast(gp, tuple(self.shapes[0])) if needs[0] else None,
+                t_unbroadcast(gl, tuple(self.shapes[1])) if needs[1] else None)
+
 
 class _L1(_PairLoss):
     def elementwise(self, xp, pred, label):
@@ -84,6 +98,12 @@ class _L1(_PairLoss):
 
     def grads(self, xp, g):
         gp = g * xp.sign(self.diff)
+        return gp, -gp
+
+    def graph_grads(self, pred, label, g):
+        from .math import sign
+
+        gp = g * sign(pred - label)
         return gp, -gp
 
 
@@ -96,6 +116,10 @@ class _Square(_PairLoss):
 
     def grads(self, xp, g):
         gp = 2 * g * self.diff
+        return gp, -gp
+
+    def graph_grads(self, pred, label, g):
+        gp = 2 * g * (pred - label)
         return gp, -gp
 
 
@@ -113,6 +137,15 @@ class _SmoothL1(_PairLoss):
     def grads(self, xp, g):
         d = self.diff
         gp = g * xp.where(self.inside, d / max(self.beta, 1e-12), xp.sign(d))
+        return gp, -gp
+
+    def graph_grads(self, pred, label, g):
+        from .math import sign
+
+        d = pred - label
+        # the branch taken is locally constant in d: a mask, not a differentiable input
+        inside = Tensor._wrap(self.inside.astype(d.dtype), d._device)
+        gp = g * (d * (inside / max(self.beta, 1e-12)) + sign(d) * (1 - inside))
         return gp, -gp
 
 
@@ -138,6 +171,17 @@ class _BinaryCrossEntropy(_PairLoss):
             sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
             return g * (sig - y), -g * x
         return g * (x - y) / (x * (1 - x)), -g * (self.log_p - self.log_q)
+
+    def graph_grads(self, pred, label, g):
+        from .elemwise import log
+        from .nn import sigmoid
+
+        if pred.dtype.kind != "f":
+            pred, label = pred.astype("float32"), label.astype("float32")
+        if self.with_logits:
+            return g * (sigmoid(pred) - label), -g * pred
+        return (g * (pred - label) / (pred * (1 - pred)),
+                -g * (log(pred) - log(1 - pred)))
 
 
 def _pair_loss(op, pred, label):

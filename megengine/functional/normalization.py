@@ -130,6 +130,47 @@ class _BatchNorm(Op):
             grads += [None, None]
         return tuple(grads)
 
+    def grad_graph(self, inputs, outputs, grads):
+        """The gradient written with Tensor arithmetic, so that it is recorded and can be
+        differentiated again (MAML's meta-gradient through an inner step, gradient penalties).
+
+        ATen's backward kernel is not differentiable, so the formulas are spelled out. In
+        training, with ``xhat = (x - mean) * invstd`` over the batch statistics:
+        ``gx = invstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))``, ``gxhat = g * w``;
+        in inference the running statistics are constants and ``gx = gxhat * invstd``.
+        """
+        x, g = inputs[0], grads[0]
+        needs = self.needs_input_grad
+        bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        axes = (0,) + tuple(range(2, x.ndim))
+        if self.training:
+            xc = x - x.mean(axis=axes, keepdims=True)
+            invstd = ((xc * xc).mean(axis=axes, keepdims=True) + self.eps) ** -0.5
+        else:
+            xc = x - inputs[-2].reshape(bshape)
+            invstd = (inputs[-1].reshape(bshape) + self.eps) ** -0.5
+        xhat = xc * invstd
+        w = inputs[1].reshape(bshape) if self.has_weight else None
+        gx = None
+        if needs[0]:
+            gxhat = g if w is None else g * w
+            if self.training:
+                gx = (gxhat - gxhat.mean(axis=axes, keepdims=True)
+                      - xhat * (gxhat * xhat).mean(axis=axes, keepdims=True)) * invstd
+            else:
+                gx = gxhat * invstd
+        out = [gx]
+        i_w, i_b = 1, 1 + self.has_weight
+        if self.has_weight:
+            out.append((g * xhat).sum(axis=axes).reshape(self.param_shapes[0])
+                       if needs[i_w] else None)
+        if self.has_bias:
+            out.append(g.sum(axis=axes).reshape(self.param_shapes[i_b - 1])
+                       if needs[i_b] else None)
+        if self.has_stats:
+            out += [None, None]
+        return tuple(out)
+
 
 class _Normalize(Op):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` with statistics over the last axis of
@@ -182,6 +223,32 @@ class _Normalize(Op):
             gx *= self.inv
             gx = gx.reshape(self.x_shape)
         return (gx, *grads)
+
+    def grad_graph(self, inputs, outputs, grads):
+        """`backward`'s formulas with Tensor arithmetic, recorded so that they can be
+        differentiated again (a WGAN-GP critic with layer norm, meta-gradients)."""
+        needs = self.needs_input_grad
+        xv = inputs[0].reshape(self.view)
+        xc = xv - xv.mean(axis=-1, keepdims=True)
+        inv = ((xc * xc).mean(axis=-1, keepdims=True) + self.eps) ** -0.5
+        xhat = (xc * inv).reshape(self.affine_view)
+        g = grads[0].reshape(self.affine_view)
+        # the axes along which weight and bias broadcast: their gradients sum over them
+        axes = tuple(i for i, s in enumerate(self.affine_shape) if s == 1)
+        w = inputs[1].reshape(self.affine_shape) if self.has_weight else None
+        out = [None]
+        if needs[0]:
+            gxhat = (g if w is None else g * w).reshape(self.view)
+            xh = xhat.reshape(self.view)
+            out[0] = ((gxhat - gxhat.mean(axis=-1, keepdims=True)
+                       - xh * (gxhat * xh).mean(axis=-1, keepdims=True)) * inv
+                      ).reshape(self.x_shape)
+        if self.has_weight:
+            out.append((g * xhat).sum(axis=axes).reshape(self.param_shapes[0])
+                       if needs[1] else None)
+        if self.has_bias:
+            out.append(g.sum(axis=axes).reshape(self.param_shapes[-1]) if needs[-1] else None)
+        return tuple(out)
 
 
 def _normalize(op, inp, weight, bias):

@@ -504,8 +504,13 @@ class Roll(Op):
         return xp_of(x).roll(x, self.shift, self.axis)
 
     def backward(self, g):
-        back = tuple(-s for s in self.shift) if isinstance(self.shift, tuple) else -self.shift
-        return xp_of(g).roll(g, back, self.axis)
+        return xp_of(g).roll(g, self._back(), self.axis)
+
+    def _back(self):
+        return tuple(-s for s in self.shift) if isinstance(self.shift, tuple) else -self.shift
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (apply(Roll(self._back(), self.axis), grads[0]),)
 
 
 def roll(inp, shift, axis=None):
@@ -601,6 +606,10 @@ class TakeAlongAxis(Op):
 
     def backward(self, g):
         return put_back(xp_of(g), self.in_shape, g.dtype, self.index, g, self.dropped), None
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        g = grads[0]
+        return apply(_ops.IndexAdd(self.index, self.in_shape, g.dtype), g), None
 
 
 def _int_index(index, what):
@@ -832,6 +841,30 @@ class Pad(Op):
         src = xp.pad(xp.arange(size).reshape(self.in_shape), self.pad_width, mode=self.mode)
         gx = xp.bincount(src.ravel(), weights=g.ravel(), minlength=size)
         return gx.astype(g.dtype).reshape(self.in_shape)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (apply(_PadAdjoint(self), grads[0]),)
+
+
+class _PadAdjoint(Op):
+    """Padding's gradient as an op: the crop (constant) or the sum of the copies back into
+    their source elements (edge, reflect). Padding is linear in x apart from the constant, so
+    this op's own gradient is the padding with zeros as the constant."""
+
+    def __init__(self, pad):
+        self.pad = pad
+
+    def _padding(self):
+        return Pad(self.pad.pad_width, self.pad.mode, 0.0)
+
+    def forward(self, g):
+        return self.pad.backward(g)
+
+    def backward(self, gg):
+        return self._padding().forward(gg)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(self._padding(), grads[0]),)
 
 
 def _pad_width_argument(pad_width, pad_witdth, what):

@@ -71,6 +71,15 @@ class _Resize(Op):
             return g @ self.ah
         return (self.ah.T @ g) @ self.aw
 
+    def grad_graph(self, inputs, outputs, grads):
+        """`backward` as recorded matmuls with the constant resampling matrices (a gradient
+        penalty through an up- or downsampling layer differentiates it)."""
+        g = grads[0]
+        ah = Tensor._wrap(self.ah, g._device)
+        if self.aw is None:
+            return (g @ ah,)
+        return ((Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device),)
+
 
 _INTERP_MODES = ("bilinear", "linear", "bicubic", "nearest")
 

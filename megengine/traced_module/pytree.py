@@ -14,6 +14,7 @@ __all__ = ["TreeDef", "tree_flatten", "register_supported_type"]
 
 _LEAF = "leaf"
 _CONST = "const"
+_CONST_LEAF = "const_leaf"  # a leaf whose value the TreeDef also keeps (upstream's const leaf)
 # container type -> (children of a value, rebuild from children and aux data, aux data)
 _CONTAINERS = {}
 
@@ -58,17 +59,19 @@ class TreeDef:
     __slots__ = ("kind", "type", "aux", "children", "num_leaves", "_hash", "_plain_args")
 
     def __init__(self, kind, type_=None, aux=None, children=()):
-        self.kind = kind  # "leaf", "const" or "node"
+        self.kind = kind  # "leaf", "const", "const_leaf", "namedtuple" or "node"
         self.type = type_
         self.aux = aux  # a node: the container's aux data; a const: the value
         self.children = tuple(children)
-        self.num_leaves = (1 if kind == _LEAF else 0) + sum(c.num_leaves for c in self.children)
+        self.num_leaves = ((1 if kind in (_LEAF, _CONST_LEAF) else 0)
+                           + sum(c.num_leaves for c in self.children))
         self._finish()
 
     def _finish(self):
         # Constants are left out of the hash (they may be unhashable); equality compares them.
         # Computed once from the children's: graphs are looked up by TreeDef on every call.
-        self._hash = hash((self.kind, self.type if self.kind != _CONST else type(self.aux),
+        self._hash = hash((self.kind, self.type if self.kind not in (_CONST, _CONST_LEAF)
+                           else type(self.aux),
                            tuple(self.aux) if isinstance(self.aux, list) else None,
                            tuple(c._hash for c in self.children)))
         # ``((leaf, leaf, ...), {})``: the common argument structure, unflattened without a walk
@@ -91,7 +94,7 @@ class TreeDef:
         return self._build(it)
 
     def _build(self, it):
-        if self.kind == _LEAF:
+        if self.kind in (_LEAF, _CONST_LEAF):
             return next(it)
         if self.kind == _CONST:
             return self.aux
@@ -106,7 +109,7 @@ class TreeDef:
         if not isinstance(other, TreeDef) or self._hash != other._hash or \
                 self.kind != other.kind or self.type != other.type:
             return False
-        if self.kind == _CONST:
+        if self.kind in (_CONST, _CONST_LEAF):
             return _const_equal(self.aux, other.aux)
         if self.aux != other.aux or len(self.children) != len(other.children):
             return False
@@ -127,6 +130,8 @@ class TreeDef:
     def __repr__(self):
         if self.kind == _LEAF:
             return "*"
+        if self.kind == _CONST_LEAF:
+            return f"*{self.aux!r}"
         if self.kind == _CONST:
             return repr(self.aux)
         inner = ", ".join(repr(c) for c in self.children)
@@ -135,13 +140,26 @@ class TreeDef:
         return f"{getattr(self.type, '__name__', self.type)}({inner})"
 
 
-def tree_flatten(value, is_leaf):
-    """(leaves, TreeDef) of ``value``: ``is_leaf(x)`` picks the leaves; other values that are
-    not supported containers become constants of the TreeDef."""
+def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
+    """(leaves, TreeDef) of ``value``.
+
+    ``is_leaf(x)`` picks the leaves; other values that are not supported containers become
+    constants of the TreeDef (the form the tracer uses). Without ``is_leaf``, as upstream's
+    ``tree_flatten(values, is_const_leaf=...)``: every value that is not a supported container
+    is a leaf, and a leaf for which ``is_const_leaf(x)`` holds (default: anything but a Tensor
+    or a Module) also keeps its value in the TreeDef, so that two structures holding different
+    constants compare unequal.
+    """
     leaves = []
+    if is_leaf is None:
+        if is_const_leaf is None:
+            is_const_leaf = _not_tensor_or_module
+    elif is_const_leaf is not None:
+        raise TypeError("tree_flatten: give is_leaf (the leaves; the rest are constants) or "
+                        "is_const_leaf (every non-container is a leaf), not both")
 
     def walk(v):
-        if is_leaf(v):
+        if is_leaf is not None and is_leaf(v):
             leaves.append(v)
             return TreeDef(_LEAF)
         nt = _namedtuple_type(v)
@@ -149,9 +167,19 @@ def tree_flatten(value, is_leaf):
             return TreeDef("namedtuple", nt, None, [walk(c) for c in v])
         entry = _CONTAINERS.get(type(v))
         if entry is None:
+            if is_leaf is None:
+                leaves.append(v)
+                return TreeDef(_CONST_LEAF, None, v) if is_const_leaf(v) else TreeDef(_LEAF)
             return TreeDef(_CONST, None, v)
         children, aux = entry[0](v)
         return TreeDef("node", type(v), aux, [walk(c) for c in children])
 
     tree = walk(value)
     return leaves, tree
+
+
+def _not_tensor_or_module(v):
+    from ..module import Module
+    from ..tensor import Tensor
+
+    return not isinstance(v, (Tensor, Module))

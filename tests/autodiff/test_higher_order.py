@@ -206,3 +206,32 @@ def test_more_activations_dropout_and_embedding_second_order():
         outer.backward(first.sum())
     # d/dx sum(2 (m x) m) = 2 m^2 with m = 2 where kept
     np.testing.assert_allclose(x.grad.numpy(), np.where(kept, 8.0, 0.0), rtol=1e-6)
+
+
+def test_autodiff_page_maml_example_matches_torch():
+    # docs/api/autodiff.rst's MAML block runs as written; its meta-gradients equal torch's
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api" / "autodiff.rst").read_text()
+    block = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)", page)[-1]
+    scope = {}
+    exec("\n".join(line[4:] for line in block.splitlines()), scope)
+    net0 = [p.numpy() for p in scope["params"]]  # unchanged: the modules hold the fast weights
+    xs, xq = scope["x_support"].numpy(), scope["x_query"].numpy()
+    ys, yq = (torch.tensor(scope[k].numpy()).long() for k in ("y_support", "y_query"))
+    ts = [torch.tensor(a, requires_grad=True) for a in net0]
+
+    def tnet(x, w):  # Linear, BatchNorm1d (training), ReLU, Linear; w in named_parameters order
+        h = torch.tensor(x) @ w[1].T + w[0]
+        h = torch.nn.functional.batch_norm(h, None, None, w[3].reshape(-1), w[2].reshape(-1),
+                                           training=True)
+        return torch.relu(h) @ w[5].T + w[4]
+
+    g = torch.autograd.grad(torch.nn.functional.cross_entropy(tnet(xs, ts), ys), ts,
+                            create_graph=True)
+    meta = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(tnet(xq, [t - 0.5 * gi for t, gi in zip(ts, g)]), yq),
+        ts)
+    for p, m in zip(scope["params"], meta):
+        np.testing.assert_allclose(p.grad.numpy(), m.numpy(), rtol=RTOL, atol=ATOL)

@@ -15,6 +15,7 @@ from megengine.functional.loss import _CrossEntropy
 from devices import (host, requires_cuda, requires_torch_cuda,
                      skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -475,3 +476,44 @@ def test_square_loss_of_integer_tensors_is_float32_as_upstream_documents():
     assert F.nn.square_loss(pred, label).item() == 9.75
     # l1_loss keeps the integer dtype (upstream prints int32 for it)
     assert F.nn.l1_loss(pred, label, reduction="sum").dtype == np.int32
+
+
+# ----- second order: the losses' gradients differentiated again -----
+
+def _reduce_torch(t, reduction):
+    return t if reduction == "none" else (t.mean() if reduction == "mean" else t.sum())
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_square_l1_smooth_l1_second_order(reduction):
+    # MAML on regression (the sine-wave task) differentiates the inner step's squared-error
+    # gradient; tanh(pred) makes the second derivative depend on every term. The label
+    # broadcasts against pred and is differentiated too.
+    pred, label = rand(4, 3), rand(1, 3)
+    w = rand(4, 3)
+    r = lambda t: (t * torch.tensor(w)).sum() if reduction == "none" else t
+    m = lambda t: (t * mge.tensor(w)).sum() if reduction == "none" else t
+    check_second_order(
+        lambda a, b: m(F.nn.square_loss(F.tanh(a), b * b, reduction=reduction)),
+        lambda a, b: r(_reduce_torch((torch.tanh(a) - b * b) ** 2, reduction)), pred, label)
+    check_second_order(
+        lambda a, b: m(F.nn.l1_loss(F.tanh(a) * b, b, reduction=reduction)),
+        lambda a, b: r(_reduce_torch((torch.tanh(a) * b - b).abs(), reduction)), pred, label)
+    check_second_order(
+        lambda a, b: m(F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7, reduction=reduction)),
+        lambda a, b: r(TF.smooth_l1_loss(torch.tanh(a) * 2, b.expand(4, 3), beta=0.7,
+                                         reduction=reduction)),
+        pred, label)
+
+
+@pytest.mark.parametrize("with_logits", [True, False])
+def test_binary_cross_entropy_second_order(with_logits):
+    # a discriminator's BCE loss whose gradient is penalised (R1 / WGAN-GP style training)
+    x, y = rand(3, 4), rand(3, 4, low=0.1, high=0.9)
+    if with_logits:
+        check_second_order(lambda a, b: F.nn.binary_cross_entropy(a * a, b),
+                           lambda a, b: TF.binary_cross_entropy_with_logits(a * a, b), x, y)
+    else:
+        check_second_order(
+            lambda a, b: F.nn.binary_cross_entropy(F.sigmoid(a), b, with_logits=False),
+            lambda a, b: TF.binary_cross_entropy(torch.sigmoid(a), b), x, y)

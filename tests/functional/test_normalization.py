@@ -12,6 +12,7 @@ from megengine.autodiff import GradManager
 
 from devices import address
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -325,3 +326,99 @@ def test_general_norm_rejects_unordered_or_repeated_axes():
         F.nn.general_norm(x, (2, 1), affine=False)
     with pytest.raises(ValueError, match="distinct"):
         F.nn.general_norm(x, (2, -1), affine=False)
+
+
+# ----- second order (gradients of gradients) -----
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (6, 2)])
+def test_batch_norm_training_second_order(shape):
+    # the tanh makes d2/dw2 and d2/dx dw nonzero: every term of the gradient's own gradient counts
+    x, w, b = _bn_inputs(shape)
+    r = rand(*shape)
+    check_second_order(
+        lambda a, c, d: (F.tanh(F.batch_norm(a, None, None, c, d, training=True)) * r).sum(),
+        lambda a, c, d: (torch.tanh(TF.batch_norm(a, None, None, c.reshape(-1), d.reshape(-1),
+                                                  training=True)) * torch.tensor(r)).sum(),
+        x, w, b)
+
+
+def test_batch_norm_second_order_without_affine_and_in_inference():
+    x = rand(5, 3, 2, 2)
+    r = rand(5, 3, 2, 2)
+    check_second_order(lambda a: (F.batch_norm(a, training=True) ** 3 * r).sum(),
+                       lambda a: (TF.batch_norm(a, None, None, training=True) ** 3
+                                  * torch.tensor(r)).sum(), x)
+    # inference: running statistics are constants (a (C,) shape and (C,) weight)
+    rm, rv = rand(3), rand(3, low=0.5, high=2)
+    w, b = rand(3, low=0.5, high=1.5), rand(3)
+    check_second_order(
+        lambda a, c, d: (F.sin(F.batch_norm(a, mge.tensor(rm), mge.tensor(rv), c, d)) * r).sum(),
+        lambda a, c, d: (torch.sin(TF.batch_norm(a, torch.tensor(rm), torch.tensor(rv), c, d))
+                         * torch.tensor(r)).sum(),
+        x, w, b)
+
+
+def test_maml_meta_gradient_through_batch_norm():
+    # zhen8838/maml-megengine's OmniglotFC step (linear -> BatchNorm1d without running stats ->
+    # relu -> linear): one inner SGD step on the support set, the meta-gradient of the query
+    # loss through it; torch.autograd.grad(create_graph=True) is the oracle
+    w1, b1, g1, be1 = rand(6, 5), rand(6), rand(6, low=0.5, high=1.5), rand(6)
+    w2, b2 = rand(3, 6), rand(3)
+    xs, xq = rand(4, 5), rand(4, 5)
+    ys, yq = np.array([0, 1, 2, 1], np.int32), np.array([2, 0, 0, 1], np.int32)
+
+    def net(x, p, bn, ce, relu):
+        h = x @ p[0].T + p[1]
+        return relu(bn(h, p[2], p[3])) @ p[4].T + p[5]
+
+    ps = [mge.Parameter(a) for a in (w1, b1, g1, be1, w2, b2)]
+    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
+    mbn = lambda h, g, b: F.batch_norm(h, None, None, g, b, training=True, eps=1e-3)
+    with outer:
+        with inner:
+            inner.backward(F.nn.cross_entropy(net(mge.tensor(xs), ps, mbn, None, F.relu),
+                                              mge.tensor(ys)))
+        fast = [p - 0.5 * p.grad for p in ps]
+        for p in ps:
+            p.grad = None
+        outer.backward(F.nn.cross_entropy(net(mge.tensor(xq), fast, mbn, None, F.relu),
+                                          mge.tensor(yq)))
+    ts = [torch.tensor(a, requires_grad=True) for a in (w1, b1, g1, be1, w2, b2)]
+    tbn = lambda h, g, b: TF.batch_norm(h, None, None, g, b, training=True, eps=1e-3)
+    tce = lambda z, y: TF.cross_entropy(z, torch.tensor(y).long())
+    grads = torch.autograd.grad(tce(net(torch.tensor(xs), ts, tbn, None, torch.relu), ys), ts,
+                                create_graph=True)
+    tfast = [t - 0.5 * g for t, g in zip(ts, grads)]
+    meta = torch.autograd.grad(tce(net(torch.tensor(xq), tfast, tbn, None, torch.relu), yq), ts)
+    for p, m in zip(ps, meta):
+        np.testing.assert_allclose(p.grad.numpy(), m.numpy(), rtol=2e-4, atol=2e-5)
+    # the second-order terms matter here: first-order MAML (the query gradient at the fast
+    # weights, the inner step treated as a constant) is far from the answer checked above
+    detached = [f.detach().requires_grad_() for f in tfast]
+    first_order = torch.autograd.grad(
+        tce(net(torch.tensor(xq), detached, tbn, None, torch.relu), yq), detached)
+    assert max(np.abs(f.numpy() - m.numpy()).max() for f, m in zip(first_order, meta)) > 1e-2
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_second_order(affine):
+    # a WGAN-GP critic with layer norm differentiates its gradient
+    x, r = rand(3, 2, 4), rand(3, 2, 4)
+    w, b = rand(2, 4, low=0.5, high=1.5), rand(2, 4)
+    if affine:
+        check_second_order(
+            lambda a, c, d: (F.tanh(F.nn.layer_norm(a, (2, 4), True, c, d)) * r).sum(),
+            lambda a, c, d: (torch.tanh(TF.layer_norm(a, (2, 4), c, d)) * torch.tensor(r)).sum(),
+            x, w, b)
+    else:
+        check_second_order(lambda a: (F.nn.layer_norm(a, 4, False) ** 3 * r).sum(),
+                           lambda a: (TF.layer_norm(a, (4,)) ** 3 * torch.tensor(r)).sum(), x)
+
+
+def test_group_norm_second_order():
+    x, r = rand(2, 4, 3, 3), rand(2, 4, 3, 3)
+    w, b = rand(4, low=0.5, high=1.5), rand(4)
+    check_second_order(
+        lambda a, c, d: (F.sin(F.nn.group_norm(a, 2, True, c, d)) * r).sum(),
+        lambda a, c, d: (torch.sin(TF.group_norm(a, 2, c, d)) * torch.tensor(r)).sum(),
+        x, w, b)

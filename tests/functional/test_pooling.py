@@ -182,6 +182,7 @@ MAX_SECOND_ORDER_CASES = [
     # kernel, stride, padding: disjoint windows (numpy slices), overlapping (ATen's indices),
     # a padding wider than half the window (explicit -inf padding, upstream allows it)
     (2, 2, 0), (3, 2, 1), (3, 2, 2),
+    (2, 3, 0),  # windows with gaps between them (rows and columns no window reads)
 ]
 
 

@@ -10,6 +10,7 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 
 check = partial(check_against_torch, atol=1e-6)
@@ -498,3 +499,31 @@ def test_arange_counts_as_upstream_in_float32():
         0, 2 ** 23, 2 ** 24]
     np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), torch.arange(5, 0, -2).numpy())
     assert F.arange(3, 1).shape == (0,)
+
+
+# ----- second order: these ops' gradients differentiated again (gradient penalties, MAML) -----
+
+@pytest.mark.parametrize("mode,torch_mode", [("constant", "constant"), ("reflect", "reflect"),
+                                             ("edge", "replicate")])
+def test_pad_second_order(mode, torch_mode):
+    x, r = rand(2, 3, 4, 5), rand(2, 3, 6, 9)
+    check_second_order(
+        lambda a: (F.nn.pad(a * a, ((0, 0), (0, 0), (1, 1), (2, 2)), mode=mode) ** 2 * r).sum(),
+        lambda a: (torch.nn.functional.pad(a * a, (2, 2, 1, 1), mode=torch_mode) ** 2
+                   * torch.tensor(r)).sum(), x)
+
+
+def test_roll_and_gather_second_order():
+    x, r = rand(3, 4), rand(3, 4)
+    check_second_order(lambda a: (F.roll(a * a, (1, -2), (0, 1)) ** 2 * r).sum(),
+                       lambda a: (torch.roll(a * a, (1, -2), (0, 1)) ** 2
+                                  * torch.tensor(r)).sum(), x)
+    index = np.array([[0, 2, 2, 1], [3, 3, 0, 1]], np.int32)  # repeats: gradients add up
+    rg = rand(2, 4)
+    check_second_order(
+        lambda a: (F.gather(a * a, 1, mge.tensor(index[:, :2])) ** 3 * rg[:, :2]).sum()
+        + (F.gather(a, 0, mge.tensor(index[:, :4] % 3)) ** 2 * rg).sum(),
+        lambda a: (torch.gather(a * a, 1, torch.tensor(index[:, :2]).long()) ** 3
+                   * torch.tensor(rg[:, :2])).sum()
+        + (torch.gather(a, 0, torch.tensor(index[:, :4] % 3).long()) ** 2
+           * torch.tensor(rg)).sum(), x)

@@ -11,6 +11,7 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from oracle import check_against_torch
+from oracle import check_second_order_against_torch as check_second_order
 
 check = partial(check_against_torch, rtol=1e-4, atol=1e-4)
 
@@ -728,3 +729,18 @@ def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
         gm.backward((y.sum() + x.sum()) * 2)
     assert y.shape == (0, 3, 2, 3)
     np.testing.assert_array_equal(x.grad.numpy(), np.full((1, 3, 8, 8), 2, np.float32))
+
+
+@pytest.mark.parametrize("mode,align", [("bilinear", False), ("bilinear", True),
+                                        ("nearest", None), ("linear", False)])
+def test_interpolate_second_order(mode, align):
+    # a gradient penalty through a critic that up/downsamples differentiates the resampling
+    shape = (2, 3, 5) if mode == "linear" else (2, 3, 4, 5)
+    x = rand(*shape, seed=3)
+    size = (7,) if mode == "linear" else (7, 3)
+    r = rand(*shape[:2], *size, seed=4)
+    kw = {} if align is None else {"align_corners": align}
+    check_second_order(
+        lambda a: (F.nn.interpolate(a * a, size=size, mode=mode, **kw) ** 2 * r).sum(),
+        lambda a: (torch.nn.functional.interpolate(a * a, size=size, mode=mode, **kw) ** 2
+                   * torch.tensor(r)).sum(), x)

@@ -1,0 +1,62 @@
+"""Tests of megengine/traced_module/pytree.py: flattening nested values (tracer, upstream forms)."""
+import numpy as np
+import pytest
+
+import megengine.module as M
+from megengine import Parameter, Tensor
+from megengine.traced_module.pytree import tree_flatten
+
+
+def _is_tensor(x):
+    return isinstance(x, Tensor)
+
+
+def test_is_leaf_form_keeps_non_leaves_as_constants():
+    x, y = Tensor([1.0]), Tensor([2.0])
+    leaves, tree = tree_flatten(((x, 3), {"k": y, "s": "a"}), _is_tensor)
+    assert leaves == [x, y]
+    args, kwargs = tree.unflatten([y, x])
+    assert args[0] is y and args[1] == 3 and kwargs["k"] is x and kwargs["s"] == "a"
+
+
+def test_upstream_form_every_non_container_is_a_leaf():
+    # upstream: tree_flatten(values, is_const_leaf=...) returns every leaf, constants included
+    # (MegEngine/examples cambircon_train maps a function over them and unflattens)
+    x = Tensor(np.ones((1, 2, 3, 4), "float32"))
+    p = Parameter([1.0])
+    value = ((x, 3, None), {"w": p, "mode": "nhwc"})
+    leaves, tree = tree_flatten(value, is_const_leaf=lambda n: not isinstance(n, Tensor))
+    assert [type(v) for v in leaves] == [Tensor, int, type(None), Parameter, str]
+    assert leaves[0] is x and leaves[3] is p
+    mapped = [v * 2 if isinstance(v, Tensor) else v for v in leaves]
+    args, kwargs = tree.unflatten(mapped)
+    np.testing.assert_array_equal(args[0].numpy(), 2 * x.numpy())
+    assert args[1:] == (3, None) and kwargs["mode"] == "nhwc"
+    np.testing.assert_array_equal(kwargs["w"].numpy(), [2.0])
+    assert tree.num_leaves == 5
+
+
+def test_upstream_form_constants_decide_equality_tensors_do_not():
+    a = tree_flatten((Tensor([1.0]), 2), is_const_leaf=lambda n: not isinstance(n, Tensor))[1]
+    b = tree_flatten((Tensor([5.0]), 2), is_const_leaf=lambda n: not isinstance(n, Tensor))[1]
+    c = tree_flatten((Tensor([1.0]), 7), is_const_leaf=lambda n: not isinstance(n, Tensor))[1]
+    assert a == b and hash(a) == hash(b)
+    assert a != c
+    # the default const test is upstream's: everything but tensors and modules
+    d = tree_flatten((Tensor([1.0]), M.Identity(), 2))[1]
+    e = tree_flatten((Tensor([3.0]), M.Identity(), 2))[1]
+    f = tree_flatten((Tensor([3.0]), M.Identity(), 3))[1]
+    assert d == e and d != f
+    arr = tree_flatten((np.arange(3),))[1]
+    assert arr == tree_flatten((np.arange(3),))[1] and arr != tree_flatten((np.ones(3),))[1]
+
+
+def test_upstream_form_unflatten_checks_the_leaf_count():
+    _, tree = tree_flatten([1, 2], is_const_leaf=lambda n: True)
+    with pytest.raises(ValueError, match="holds 2 leaves, got 1"):
+        tree.unflatten([1])
+
+
+def test_is_leaf_and_is_const_leaf_together_are_refused():
+    with pytest.raises(TypeError, match="not both"):
+        tree_flatten([1], _is_tensor, is_const_leaf=lambda n: True)
