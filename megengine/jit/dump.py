@@ -31,6 +31,7 @@ and values read live (a ``.grad``). In-place writes into tensors the function ma
 identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 """
+import hashlib
 import importlib
 import io
 import json
@@ -45,13 +46,27 @@ from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device
+from ..utils.naming import COMMUTATIVE, program_names
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
 _MAGIC = b"MGEFORK\x01"
 
-DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size", "file_size"])
+class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_bytes",
+                                         "content_hash", "inputs", "outputs", "params"])):
+    """What `trace.dump` wrote, as upstream's ``CompGraphDumpResult``: the number of operators
+    (inputs and constants included), the file's bytes, the bytes of constant values, a hash of
+    the program, and the names of the inputs, outputs and named constants."""
+
+    @property
+    def params_size(self):  # this fork's earlier names of two fields
+        return self.tensor_value_bytes
+
+    @property
+    def file_size(self):
+        return self.tot_bytes
+
 
 # upstream's dump options that shape its graph optimizer or its serialized graph: there is no
 # graph optimizer and no MegEngine Lite here, so they change nothing in this file format
@@ -335,11 +350,21 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     unknown = set(options) - _NO_EFFECT
     if unknown:
         raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
-    in_names = _names(arg_names, _input_defaults(prog.in_tree), "arg_names")
+    defaults = _input_defaults(prog.in_tree)
+    own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
+    if len(own) == len(defaults):
+        defaults = [o if o and own.count(o) == 1 and o not in defaults else d
+                    for o, d in zip(own, defaults)]
+    in_names = _names(arg_names, defaults, "arg_names")
     default_out, out_slots = _output_slots(prog.out)
     if output_names is not None and (type(prog.out) is dict or (
             type(prog.out) is _Struct and prog.out.keys is not None)):
         raise TypeError("cannot specify output_names when output is already in dict format")
+    op_steps = [st for st in prog.steps if type(st) is _OpStep]
+    named = dict(zip(map(id, op_steps), program_names(
+        op_steps, getattr(prog, "op_scopes", {}), getattr(prog, "var_names", {}))))
+    if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
+        default_out = _var_names_of(out_slots, prog, in_names, named, default_out)
     out_names = _names(output_names, default_out, "output_names")
 
     if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
@@ -378,8 +403,13 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
                             "in-place write, run on live Python objects), which a file cannot "
                             "hold. Dump an inference function")
-        steps.append(op_step_json(w, step.template, step.dyn, step.ins, step.outs, step.multi,
-                                  step.name, f"op #{step.index} ({step.name})"))
+        ins = step.ins
+        if type(step.template).__name__ in COMMUTATIVE and len(ins) == 2 and ins[0] > ins[1]:
+            ins = ins[::-1]  # upstream's order: the older value first (slots grow with age)
+        opr_name, var_names = named[id(step)]
+        steps.append(op_step_json(w, step.template, step.dyn, ins, step.outs, step.multi,
+                                  step.name, f"op #{step.index} ({step.name})", opr_name,
+                                  var_names))
     inputs = []
     for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
         inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
@@ -403,9 +433,29 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
-    return DumpInfo(n_ops, in_names, out_names,
-                    sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+    n_oprs = len(inputs) + len(consts) + len(op_steps)  # upstream counts its input and
+    # constant operators too
+    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+    return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
+                    int.from_bytes(digest[:8], "little"), in_names, out_names,
+                    [c["name"] for c in consts if "name" in c])
+
+
+def _var_names_of(out_slots, prog, in_names, named, fallback):
+    """Default output names as upstream's: the name of each output var (its operator's name,
+    or the name the user gave it, an input's or a constant's name); ``output_<i>`` where that
+    is missing or already taken by an earlier output."""
+    by_slot = dict(zip(prog.arg_slots, in_names))
+    for st in prog.steps:
+        if type(st) is _OpStep:
+            by_slot.update(zip(st.outs, named[id(st)][1]))
+        elif type(st) is _AliasStep and st.src in by_slot:
+            by_slot[st.out] = by_slot[st.src]
+    names = []
+    for s, default in zip(out_slots, fallback):
+        name = by_slot.get(s)
+        names.append(default if not name or name in names else name)
+    return names
 
 
 def _param_names(function, in_tree):
