@@ -19,7 +19,7 @@ from ..jit.dump import (_NO_EFFECT, DumpError, _Writer, metadata_json, op_step_j
                         read_metadata, read_op, write_file, FORMAT, VERSION)
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
-                           make_opnode)
+                           make_opnode, renumber)
 
 __all__ = ["Network", "NodeFilter", "as_varnode", "as_oprnode", "set_symbolic_shape"]
 
@@ -106,6 +106,7 @@ class Network:
             outputs = [by_name[n] for n in outspec]
         self.output_vars = outputs
         self._metadata = read_metadata(graph, arrays)
+        renumber(self.all_oprs)
         self._compile()
         return self
 
@@ -162,6 +163,10 @@ class Network:
                 if opr.name or opr.outputs[0].name:
                     entry["name"] = opr.name or opr.outputs[0].name
                 consts.append(entry)
+            elif opr._op is None:
+                raise DumpError(f"Network.dump: operator {opr.name!r} ({opr.type}) moves values "
+                                "in or out of a running megbrain_graph.Graph and cannot be "
+                                "written to a file; dump the vars it reads instead")
             else:
                 ins = [slot_of[id(v)] for v in opr.inputs]
                 dyn = None
