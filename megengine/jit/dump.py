@@ -360,11 +360,13 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if output_names is not None and (type(prog.out) is dict or (
             type(prog.out) is _Struct and prog.out.keys is not None)):
         raise TypeError("cannot specify output_names when output is already in dict format")
-    op_steps = [st for st in prog.steps if type(st) is _OpStep]
+    all_steps, n_slots, scopes = _upstream_steps(prog)
+    op_steps = [st for st in all_steps if type(st) is _OpStep]
     named = dict(zip(map(id, op_steps), program_names(
-        op_steps, getattr(prog, "op_scopes", {}), getattr(prog, "var_names", {}))))
+        op_steps, scopes, getattr(prog, "var_names", {}))))
     if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
-        default_out = _var_names_of(out_slots, prog, in_names, named, default_out)
+        default_out = _var_names_of(out_slots, prog, all_steps, in_names, named,
+                                    default_out)
     out_names = _names(output_names, default_out, "output_names")
 
     if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
@@ -394,7 +396,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
-    for step in prog.steps:
+    for step in all_steps:
         t = type(step)
         if t is _AliasStep:
             steps.append({"alias": step.src, "out": step.out})
@@ -414,7 +416,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
         inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
                        "dtype": np.dtype(leaf.dtype).str, "device": leaf.device})
-    graph = {"format": FORMAT, "version": VERSION, "n_slots": len(slots), "inputs": inputs,
+    graph = {"format": FORMAT, "version": VERSION, "n_slots": n_slots, "inputs": inputs,
              "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
              "consts": consts, "steps": steps,
              "metadata": (metadata_json(w, user_info, False, options) if enable_metadata
@@ -441,12 +443,45 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                     [c["name"] for c in consts if "name" in c])
 
 
-def _var_names_of(out_slots, prog, in_names, named, fallback):
+def _upstream_steps(prog):
+    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
+    this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
+    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
+    from ..core.ops import Add
+    from ..utils.network_node import MatMulTransposedB
+
+    scopes = dict(getattr(prog, "op_scopes", {}))
+    n_slots = len(prog.slots)
+    steps = []
+    for st in prog.steps:
+        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
+                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
+                or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
+            steps.append(st)
+            continue
+        (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
+        if len(st.ins) == 2:
+            steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins, st.metas,
+                                 st.outs, False, "MatMulTransposedB (linear)"))
+            continue
+        mid = n_slots
+        n_slots += 1
+        if st.outs[0] in scopes:
+            scopes[mid] = scopes[st.outs[0]]
+        y_meta = (tuple(x_shape[:-1]) + (w_shape[0],), np.promote_types(x_dtype, w_dtype))
+        steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins[:2],
+                             st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
+        steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
+                             (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
+    return steps, n_slots, scopes
+
+
+def _var_names_of(out_slots, prog, steps, in_names, named, fallback):
     """Default output names as upstream's: the name of each output var (its operator's name,
     or the name the user gave it, an input's or a constant's name); ``output_<i>`` where that
     is missing or already taken by an earlier output."""
     by_slot = dict(zip(prog.arg_slots, in_names))
-    for st in prog.steps:
+    for st in steps:
         if type(st) is _OpStep:
             by_slot.update(zip(st.outs, named[id(st)][1]))
         elif type(st) is _AliasStep and st.src in by_slot:

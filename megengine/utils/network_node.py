@@ -25,7 +25,7 @@ from ..core.tensor import Tensor
 from ..device import canonical_device
 from ..jit._program import _freeze, _host, _is_array, _Ref, _thaw
 
-__all__ = ["renumber", "NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
+__all__ = ["renumber", "MatMulTransposedB", "NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class"]
 
 _next_id = [0]  # var and opr ids (upstream's are graph-wide integers too; see renumber)
@@ -208,6 +208,25 @@ class _ShapeOf(dispatch.Op):
 
     def backward(self, g):
         return None
+
+
+class MatMulTransposedB(dispatch.Op):
+    """``x @ w.T`` (upstream's MatrixMul with ``transposeB``): the matmul of a linear layer as
+    `trace.dump` writes it, upstream's MatrixMul + ADD instead of this engine's fused op."""
+
+    def forward(self, x, w):
+        if x.dtype != w.dtype:
+            dtype = np.promote_types(x.dtype, w.dtype)
+            x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
+        self.x, self.w = x, w
+        return x @ w.T
+
+    def backward(self, g):
+        needs = self.needs_input_grad
+        gx = g @ self.w if needs[0] else None
+        gw = (g.reshape(-1, g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
+              if needs[1] else None)
+        return gx, gw
 
 
 class OpNode(NetworkNode):
@@ -488,6 +507,8 @@ def classify(op, in_shapes, dyn_names=()):
                         "axis": d.get("axis")}
     if name in ("AsType", "QuantizedCast"):
         return TypeCvt, {"dtype": d.get("dtype")}
+    if name == "MatMulTransposedB":
+        return MatrixMul, {"transposeA": False, "transposeB": True}
     if name == "MatMul":
         nd = [len(s) for s in in_shapes]
         if nd == [1, 1]:

@@ -123,7 +123,7 @@ def test_params_are_named_by_module_path_and_their_values_can_be_set():
     ref = torch.relu(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(new_w),
                                                 torch.tensor(conv.bias.numpy().reshape(3)),
                                                 padding=1))
-    np.testing.assert_allclose(_run(net, x)["output_0"], ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(list(_run(net, x).values())[0], ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_an_edited_conv_network_matches_torch():
@@ -151,7 +151,7 @@ def test_reset_batch_size_runs_the_program_at_the_new_batch():
     assert net.data_providers_filter.as_unique().shape == (5, 1, 6, 6)
     assert net.output_vars[0].shape == (5, 2, 4, 4)  # shapes follow the new input
     x5 = np.random.rand(5, 1, 6, 6).astype("float32")
-    np.testing.assert_allclose(_run(net, x5)["output_0"], model(mge.tensor(x5)).numpy(),
+    np.testing.assert_allclose(list(_run(net, x5).values())[0], model(mge.tensor(x5)).numpy(),
                                rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="unused items in blacklist"):
         net.reset_batch_size(1, blacklist=["nope"])
