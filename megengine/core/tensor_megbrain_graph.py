@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from ..device import canonical_device, get_default_device
+from ..device import canonical_device
 from ..jit._program import _host
 from ..utils import network_node as _nn
 from ._imperative_rt import CompNode
@@ -191,9 +191,7 @@ class Graph:
 
 
 def _device_name(device):
-    if device is None:
-        return get_default_device()
-    return canonical_device(str(device))
+    return canonical_device(None if device is None else str(device))
 
 
 class _Function:
@@ -213,6 +211,8 @@ class _Function:
         self.running, self.done, self.values, self.error = True, set(), {}, None
 
     def pull(self, target, what):
+        if id(target) in self.done:  # computed in this run, or in the last one (after wait)
+            return
         if not self.running:
             raise RuntimeError(f"{what}: no run of the graph is going on; call "
                                "graph.execute() first")
@@ -271,7 +271,7 @@ class _IOOpr(OpNode):
         self.inputs = list(inputs)
         self._graph = graph if graph is not None else next(
             (v.graph for v in self.inputs if v.graph is not None), None)
-        device = self.inputs[0]._device if self.inputs else get_default_device()
+        device = self.inputs[0]._device if self.inputs else canonical_device(None)
         self.outputs = [VarNode(self, f"{type_name}:{i}", device) for i in range(n_values)]
 
     def _compute_samples(self):

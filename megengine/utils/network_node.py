@@ -240,14 +240,7 @@ class OpNode(NetworkNode):
     _graph = None  # the megbrain_graph.Graph of a node made through one
     _provides_input = False  # its value comes from outside the program (an input)
 
-    def __new__(cls, *args, **kwargs):
-        if cls is OpNode and args and isinstance(args[0], OpNode):
-            return args[0]  # megbrain_graph.OpNode(opr): the operator is its own view
-        return object.__new__(cls)
-
     def __init__(self, name=None):
-        if name is self:  # (the view of an operator, see __new__)
-            return
         self.inputs = []
         self.outputs = []
         self.params = {}
