@@ -17,9 +17,7 @@ value is asked for (``OutputNode.get_value()`` runs what that output needs) or a
 (``InputNode.set_value``) before the output that needs them is read, as with upstream's.
 """
 import collections
-import hashlib
 import io
-import json
 
 import numpy as np
 
@@ -478,16 +476,8 @@ def dump_graph(output_vars, *, keep_var_name=1, keep_opr_name=False, keep_param_
     net = Network()
     net.add_output(*output_vars)
     buf = io.BytesIO()
-    net.dump(buf, user_info=metadata)
-    data = buf.getvalue()
-    oprs = net.all_oprs
-    consts = [o for o in oprs if isinstance(o, _nn.ImmutableTensor)]
-    info = CompGraphDumpResult(
-        len(oprs), len(data), sum(int(o._value.nbytes) for o in consts),
-        int.from_bytes(hashlib.sha256(data).digest()[:8], "little"),
-        [o.name for o in oprs if isinstance(o, _nn.Host2DeviceCopy)],
-        [v.name for v in output_vars], [o.name for o in consts if o.name])
-    return data, info
+    info = net.dump(buf, user_info=metadata)
+    return buf.getvalue(), CompGraphDumpResult(*info)
 
 
 # --------------------------------------------------------------------------------------------

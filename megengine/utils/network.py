@@ -8,14 +8,16 @@ back with `Network.dump`, in upstream MegEngine's API. The file format is this f
 import collections
 import collections.abc
 import fnmatch
+import hashlib
 import heapq
 import itertools
+import json
 import re
 from typing import Dict
 
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _Ref
-from ..jit.dump import (_NO_EFFECT, DumpError, _Writer, metadata_json, op_step_json, read_file,
+from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json, read_file,
                         read_metadata, read_op, write_file, FORMAT, VERSION)
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
@@ -124,7 +126,7 @@ class Network:
         format. Names of all inputs, constants, operators and vars are kept (upstream's
         ``keep_*`` options only choose which names its binary format keeps); the graph
         optimizer options are recorded in the metadata, without effect (no graph optimizer
-        here)."""
+        here). Returns upstream's dump result (`megengine.jit.dump.DumpInfo`)."""
         for k in ("arg_names", "output_names"):
             if kwargs.pop(k, None):
                 logger.warning(f'"{k}" is not supported in Network.dump, rename the vars '
@@ -191,7 +193,12 @@ class Network:
                  "inputs": inputs, "outputs": outputs, "consts": consts, "steps": steps,
                  "metadata": (metadata_json(w, user_info, True, options) if enable_metadata
                               else None)}
-        write_file(graph, w, file)
+        data = write_file(graph, w, file)
+        digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+        return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),
+                        sum(w.arrays[c["array"]].nbytes for c in consts),
+                        int.from_bytes(digest[:8], "little"), [i["name"] for i in inputs],
+                        [o["name"] for o in outputs], [c["name"] for c in consts if "name" in c])
 
     # ----- making nodes -----
     def make_const(self, data, name=None, device=None):
