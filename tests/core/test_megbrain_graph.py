@@ -14,6 +14,7 @@ from megengine.core._wrap import Device, as_device
 from megengine.core.ops.builtin import Elemwise
 from megengine.core.tensor import megbrain_graph as G
 from megengine.jit import trace
+from devices import requires_cuda
 
 X = np.array([[1.5, -2.0, 0.25], [3.0, 0.5, -1.0]], "float32")
 
@@ -198,3 +199,17 @@ def test_device_wrapper_and_dev_tensor():
     d = t._dev_tensor()
     assert d.comp_node == "cpu0" and d.dtype == np.int32 and d.shape == (2,)
     assert d.numpy().tolist() == [1, 2]
+
+
+@requires_cuda
+def test_a_graph_on_a_gpu_keeps_its_values_there():
+    g = G.Graph()
+    inp = G.InputNode(device="gpu0", dtype="float32", shape=X.shape, graph=g)
+    w = g.make_const(np.full(3, 2.0, "float32"), device="gpu0")
+    out = G.OutputNode(F.relu(inp.outputs[0]) * w)
+    g.compile(out.outputs[0]).execute()
+    inp.set_value(mge.tensor(X, device="gpu0")._dev_tensor())
+    got = out.get_value()
+    assert got.comp_node == "gpu0" and type(got._array).__module__.startswith("cupy")
+    np.testing.assert_array_equal(got.numpy(), np.maximum(X, 0) * 2)
+    g.wait()
