@@ -15,6 +15,7 @@ import json
 import re
 from typing import Dict
 
+from ..core import ops as _ops
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json, read_file,
@@ -96,6 +97,10 @@ class Network:
         outputs = []
         for o in graph["outputs"]:
             v = var_of(o["slot"])
+            if v.owner._provides_input or any(v is u for u in outputs):
+                # an input or an output given twice: a var has one name, so the output is a
+                # copy of it (upstream's Copy operator) carrying the output's name
+                v = make_opnode(_ops.Copy(v._device), None, [v], [], 1, v._device).outputs[0]
             v.name = o["name"]
             outputs.append(v)
         if outspec is not None:

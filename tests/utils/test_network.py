@@ -267,3 +267,29 @@ def test_the_docs_page_example_runs():
     block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
                       page.read_text()).group(1)
     exec(compile("\n".join(line[4:] for line in block.splitlines()), str(page), "exec"), {})
+
+
+def test_an_input_returned_as_an_output_keeps_its_name_and_dump_returns_its_result():
+    # upstream's test_copy: x.to(its own device) is x itself; the loaded output is a Copy of
+    # the input carrying the output's name, so the input keeps its own
+    x = np.array([1.0, -2.0], "float32")
+    def fn(a, b):
+        p = a * b
+        return a.to("cpu0"), p, p
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x), mge.tensor(x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["a", "b"], output_names=["same", "p", "q"])
+    file.seek(0)
+    net = Network.load(file)
+    assert [v.name for v in net.input_vars] == ["a", "b"]
+    assert [(v.name, v.owner.type) for v in net.output_vars] == [
+        ("same", "Copy"), ("p", "Elemwise"), ("q", "Copy")]
+    again = io.BytesIO()
+    info = net.dump(again)
+    assert info.inputs == ["a", "b"] and info.outputs == ["same", "p", "q"]
+    assert info.nr_opr == 5 and info.tot_bytes == len(again.getvalue())  # 2 inputs, 3 ops
+    again.seek(0)
+    out = GraphInference(again).run(x, x * 3)
+    assert [v.tolist() for v in out.values()] == [[1.0, -2.0], [3.0, 12.0], [3.0, 12.0]]
