@@ -46,7 +46,8 @@ from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..utils.naming import COMMUTATIVE, program_names
+from ..utils.naming import COMMUTATIVE, default_output_names, program_names
+from ..utils.network_node import upstream_steps
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array)
 
@@ -360,13 +361,13 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if output_names is not None and (type(prog.out) is dict or (
             type(prog.out) is _Struct and prog.out.keys is not None)):
         raise TypeError("cannot specify output_names when output is already in dict format")
-    all_steps, n_slots, scopes = _upstream_steps(prog)
+    all_steps, n_slots, scopes = upstream_steps(prog)
     op_steps = [st for st in all_steps if type(st) is _OpStep]
     named = dict(zip(map(id, op_steps), program_names(
         op_steps, scopes, getattr(prog, "var_names", {}))))
     if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
-        default_out = _var_names_of(out_slots, prog, all_steps, in_names, named,
-                                    default_out)
+        default_out = default_output_names(out_slots, prog, all_steps, in_names, named,
+                                           default_out)
     out_names = _names(output_names, default_out, "output_names")
 
     if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
@@ -441,56 +442,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
                     int.from_bytes(digest[:8], "little"), in_names, out_names,
                     [c["name"] for c in consts if "name" in c])
-
-
-def _upstream_steps(prog):
-    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
-    this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
-    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
-    from ..core.ops import Add
-    from ..utils.network_node import MatMulTransposedB
-
-    scopes = dict(getattr(prog, "op_scopes", {}))
-    n_slots = len(prog.slots)
-    steps = []
-    for st in prog.steps:
-        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
-                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
-                or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
-            steps.append(st)
-            continue
-        (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
-        if len(st.ins) == 2:
-            steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins, st.metas,
-                                 st.outs, False, "MatMulTransposedB (linear)"))
-            continue
-        mid = n_slots
-        n_slots += 1
-        if st.outs[0] in scopes:
-            scopes[mid] = scopes[st.outs[0]]
-        y_meta = (tuple(x_shape[:-1]) + (w_shape[0],), np.promote_types(x_dtype, w_dtype))
-        steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins[:2],
-                             st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
-        steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
-                             (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
-    return steps, n_slots, scopes
-
-
-def _var_names_of(out_slots, prog, steps, in_names, named, fallback):
-    """Default output names as upstream's: the name of each output var (its operator's name,
-    or the name the user gave it, an input's or a constant's name); ``output_<i>`` where that
-    is missing or already taken by an earlier output."""
-    by_slot = dict(zip(prog.arg_slots, in_names))
-    for st in steps:
-        if type(st) is _OpStep:
-            by_slot.update(zip(st.outs, named[id(st)][1]))
-        elif type(st) is _AliasStep and st.src in by_slot:
-            by_slot[st.out] = by_slot[st.src]
-    names = []
-    for s, default in zip(out_slots, fallback):
-        name = by_slot.get(s)
-        names.append(default if not name or name in names else name)
-    return names
 
 
 def _param_names(function, in_tree):

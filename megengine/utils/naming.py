@@ -157,3 +157,21 @@ def program_names(steps, scopes, user_names):
         names = [user_names.get(s) or v.name or opr.name for s, v in zip(step.outs, opr.outputs)]
         result.append((opr.name, names))
     return result
+
+
+def default_output_names(out_slots, prog, steps, in_names, named, fallback):
+    """Default output names as upstream's: the name of each output var (its operator's name,
+    the name the user gave it, or an input's name); ``fallback`` (``output_<i>``) where that
+    is missing or already taken by an earlier output. ``named``: {id(op step): (operator
+    name, var names)} from `program_names`."""
+    by_slot = dict(zip(prog.arg_slots, in_names))
+    for st in steps:
+        if id(st) in named:  # an op step
+            by_slot.update(zip(st.outs, named[id(st)][1]))
+        elif hasattr(st, "src") and st.src in by_slot:  # an alias step (a detach)
+            by_slot[st.out] = by_slot[st.src]
+    names = []
+    for s, default in zip(out_slots, fallback):
+        name = by_slot.get(s)
+        names.append(default if not name or name in names else name)
+    return names

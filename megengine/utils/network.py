@@ -18,8 +18,8 @@ from typing import Dict
 from ..core import ops as _ops
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _Ref
-from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json, read_file,
-                        read_metadata, read_op, write_file, FORMAT, VERSION)
+from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
+                        read_file, read_metadata, read_op, write_file, FORMAT, VERSION)
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
                            make_opnode, renumber)

@@ -13,6 +13,11 @@ meeting a VarNode become `ImmutableTensor` nodes, as upstream makes constants.
 
 A sample value computed from a program input is not a value a program would compute, so
 reading it (``var.numpy()``) raises; values of constants (and of ops on constants only) read.
+
+The same nodes are the vars and operators of `megengine.core.tensor.megbrain_graph` (upstream's
+graph layer): an operator also runs on real values there (`OpNode._execute`). `upstream_steps`
+gives a traced program upstream's operator granularity (a fused linear layer as MatrixMul and
+ADD) for `trace.dump`.
 """
 import copy
 import itertools
@@ -23,10 +28,11 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import _freeze, _host, _is_array, _Ref, _thaw
+from ..jit._program import _freeze, _host, _is_array, _OpStep, _Ref, _thaw
 
-__all__ = ["renumber", "MatMulTransposedB", "NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
-           "ImmutableTensor", "str_to_mge_class"]
+__all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
+           "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
+           "upstream_steps"]
 
 _next_id = [0]  # var and opr ids (upstream's are graph-wide integers too; see renumber)
 _order = itertools.count()  # creation order: all_oprs lists a program in this order
@@ -227,6 +233,38 @@ class MatMulTransposedB(dispatch.Op):
         gw = (g.reshape(-1, g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
               if needs[1] else None)
         return gx, gw
+
+
+def upstream_steps(prog):
+    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
+    this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
+    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
+    from ..core.ops import Add
+
+    scopes = dict(getattr(prog, "op_scopes", {}))
+    n_slots = len(prog.slots)
+    steps = []
+    for st in prog.steps:
+        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
+                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
+                or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
+            steps.append(st)
+            continue
+        (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
+        if len(st.ins) == 2:
+            steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins, st.metas,
+                                 st.outs, False, "MatMulTransposedB (linear)"))
+            continue
+        mid = n_slots
+        n_slots += 1
+        if st.outs[0] in scopes:
+            scopes[mid] = scopes[st.outs[0]]
+        y_meta = (tuple(x_shape[:-1]) + (w_shape[0],), np.promote_types(x_dtype, w_dtype))
+        steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins[:2],
+                             st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
+        steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
+                             (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
+    return steps, n_slots, scopes
 
 
 class OpNode(NetworkNode):
