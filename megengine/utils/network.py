@@ -422,15 +422,18 @@ def _as_var_list(var):
 
 def get_dep_vars(var, var_type=None):
     """The VarNodes ``var`` (one or a list) depends on, itself included, breadth first;
-    ``var_type``: only those whose owner's ``type`` is that upstream type name."""
+    ``var_type``: only those whose owner's ``type`` is that upstream type name (or one of a
+    list of them)."""
     queue = _as_var_list(var)
+    if isinstance(var_type, str):
+        var_type = (var_type,)
     seen, out = set(), []
     while queue:
         v = queue.pop(0)
         if id(v) in seen:
             continue
         seen.add(id(v))
-        if var_type is None or (v.owner is not None and v.owner.type == var_type):
+        if var_type is None or (v.owner is not None and v.owner.type in var_type):
             out.append(v)
         if v.owner is not None:
             queue.extend(v.owner.inputs)

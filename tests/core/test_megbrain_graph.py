@@ -191,6 +191,11 @@ def test_graph_options_keep_the_vars_and_refuse_float16():
         G.optimize_for_inference([v], enable_magic=True)
     G.set_priority_to_id([v])
     assert all(o._priority == o.id for o in cgtools.get_oprs_seq([v], False, False))
+    w = v * 2
+    cgtools.set_priority_to_id([w])  # upstream's cgtools name of the same function
+    assert all(o._priority == o.id for o in cgtools.get_oprs_seq([w], False, False))
+    assert [u.owner.type for u in cgtools.get_dep_vars(w, ["ImmutableTensor"])] == [
+        "ImmutableTensor"] * 3  # the ones, the 1 and the 2
 
 
 def test_device_wrapper_and_dev_tensor():
