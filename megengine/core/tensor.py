@@ -239,6 +239,10 @@ class _TensorType(type):
     def utils(cls):  # upstream's `import megengine.core.tensor.utils as utils`, as for dtype
         return utils
 
+    @property
+    def megbrain_graph(cls):  # upstream's `import megengine.core.tensor.megbrain_graph as G`
+        return megbrain_graph
+
 
 class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
@@ -346,6 +350,11 @@ class Tensor(metaclass=_TensorType):
     @property
     def device(self):
         return CompNode(self._device)
+
+    def _dev_tensor(self):
+        """Upstream's handle on the tensor's device value (a
+        `megengine.core.tensor.megbrain_graph.DeviceTensorND`, what graph inputs take)."""
+        return megbrain_graph.DeviceTensorND(self._data, self._device)
 
     @property
     def name(self):
@@ -832,5 +841,7 @@ from . import _imperative_rt  # noqa: E402
 utils = _imperative_rt.lazy_module(__package__ + ".tensor_utils", __name__ + ".utils")
 array_method = _imperative_rt.lazy_module(__package__ + ".tensor_array_method",
                                           __name__ + ".array_method")
+megbrain_graph = _imperative_rt.lazy_module(__package__ + ".tensor_megbrain_graph",
+                                            __name__ + ".megbrain_graph")
 _ops.builtin = _imperative_rt.lazy_module(_imperative_rt.__name__ + ".ops",
                                           _ops.__name__ + ".builtin")

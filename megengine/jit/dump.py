@@ -31,6 +31,7 @@ and values read live (a ``.grad``). In-place writes into tensors the function ma
 identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 """
+import hashlib
 import importlib
 import io
 import json
@@ -45,13 +46,28 @@ from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device
+from ..utils.naming import COMMUTATIVE, default_output_names, program_names
+from ..utils.network_node import upstream_steps
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
 _MAGIC = b"MGEFORK\x01"
 
-DumpInfo = namedtuple("DumpInfo", ["nr_opr", "inputs", "outputs", "params_size", "file_size"])
+class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_bytes",
+                                         "content_hash", "inputs", "outputs", "params"])):
+    """What `trace.dump` wrote, as upstream's ``CompGraphDumpResult``: the number of operators
+    (inputs and constants included), the file's bytes, the bytes of constant values, a hash of
+    the program, and the names of the inputs, outputs and named constants."""
+
+    @property
+    def params_size(self):  # this fork's earlier names of two fields
+        return self.tensor_value_bytes
+
+    @property
+    def file_size(self):
+        return self.tot_bytes
+
 
 # upstream's dump options that shape its graph optimizer or its serialized graph: there is no
 # graph optimizer and no MegEngine Lite here, so they change nothing in this file format
@@ -335,11 +351,23 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     unknown = set(options) - _NO_EFFECT
     if unknown:
         raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
-    in_names = _names(arg_names, _input_defaults(prog.in_tree), "arg_names")
+    defaults = _input_defaults(prog.in_tree)
+    own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
+    if len(own) == len(defaults):
+        defaults = [o if o and own.count(o) == 1 and o not in defaults else d
+                    for o, d in zip(own, defaults)]
+    in_names = _names(arg_names, defaults, "arg_names")
     default_out, out_slots = _output_slots(prog.out)
     if output_names is not None and (type(prog.out) is dict or (
             type(prog.out) is _Struct and prog.out.keys is not None)):
         raise TypeError("cannot specify output_names when output is already in dict format")
+    all_steps, n_slots, scopes = upstream_steps(prog)
+    op_steps = [st for st in all_steps if type(st) is _OpStep]
+    named = dict(zip(map(id, op_steps), program_names(
+        op_steps, scopes, getattr(prog, "var_names", {}))))
+    if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
+        default_out = default_output_names(out_slots, prog, all_steps, in_names, named,
+                                           default_out)
     out_names = _names(output_names, default_out, "output_names")
 
     if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
@@ -369,7 +397,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
-    for step in prog.steps:
+    for step in all_steps:
         t = type(step)
         if t is _AliasStep:
             steps.append({"alias": step.src, "out": step.out})
@@ -378,13 +406,18 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
                             "in-place write, run on live Python objects), which a file cannot "
                             "hold. Dump an inference function")
-        steps.append(op_step_json(w, step.template, step.dyn, step.ins, step.outs, step.multi,
-                                  step.name, f"op #{step.index} ({step.name})"))
+        ins = step.ins
+        if type(step.template).__name__ in COMMUTATIVE and len(ins) == 2 and ins[0] > ins[1]:
+            ins = ins[::-1]  # upstream's order: the older value first (slots grow with age)
+        opr_name, var_names = named[id(step)]
+        steps.append(op_step_json(w, step.template, step.dyn, ins, step.outs, step.multi,
+                                  step.name, f"op #{step.index} ({step.name})", opr_name,
+                                  var_names))
     inputs = []
     for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
         inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
                        "dtype": np.dtype(leaf.dtype).str, "device": leaf.device})
-    graph = {"format": FORMAT, "version": VERSION, "n_slots": len(slots), "inputs": inputs,
+    graph = {"format": FORMAT, "version": VERSION, "n_slots": n_slots, "inputs": inputs,
              "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
              "consts": consts, "steps": steps,
              "metadata": (metadata_json(w, user_info, False, options) if enable_metadata
@@ -403,9 +436,12 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_ops = sum(1 for s in prog.steps if type(s) is _OpStep)
-    return DumpInfo(n_ops, in_names, out_names,
-                    sum(w.arrays[c["array"]].nbytes for c in consts), len(data))
+    n_oprs = len(inputs) + len(consts) + len(op_steps)  # upstream counts its input and
+    # constant operators too
+    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+    return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
+                    int.from_bytes(digest[:8], "little"), in_names, out_names,
+                    [c["name"] for c in consts if "name" in c])
 
 
 def _param_names(function, in_tree):

@@ -1,12 +1,14 @@
 """Recording a traced function's first call into a `_Program`, as ``dispatch._trace_hook``
 (see `tracing`); `_Hook` is what recording and checking (`check`) share."""
 import copy
+import itertools
 import weakref
 from collections.abc import Iterator
 
 from ..core import dispatch
 from . import arith_opt
 from ..core.tensor import Parameter, Tensor
+from ..utils.naming import AutoNaming
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
                        _Struct, _host, _op_key, _tensor_paths, _tensors_in)
 
@@ -144,6 +146,10 @@ class _Recorder(_Hook):
             self._register(t, s)
             self.candidates[id(t)] = t
         self.prog.arg_slots = tuple(slots)
+        # names for `trace.dump`: the arguments' own names, the module scope of each op (by
+        # output slot), user names of values (`finish_recording`); see megengine.utils.naming
+        self.prog.arg_tensor_names = tuple(t._name for t in leaves)
+        self.prog.op_scopes = {}
 
     def _array_slot(self, arr):
         return self.by_array.get(id(arr))
@@ -219,6 +225,11 @@ class _Recorder(_Hook):
         step = _OpStep(index, template, key, dyn, ins, metas, tuple(slots), multi, name)
         step.rewrite = rewrite
         prog.steps.append(step)
+        if AutoNaming.scopes:  # keyed by output slot: arith_opt's rewritten steps keep them
+            scope = AutoNaming.get_scope()
+            if scope:
+                for s in itertools.chain(slots, *(r.outs for r in rewrite or ())):
+                    prog.op_scopes[s] = scope
         prog.n_ops = self.n_ops
         return out
 
@@ -383,6 +394,8 @@ class _Recorder(_Hook):
             info = prog.slots[s]
             weak.append((s, weakref.ref(info.tensor)))
             info.tensor = None
+        prog.var_names = {s: t._name for s, t in self.slot_tensor.items()
+                          if t._name and prog.slots[s].kind == "op"}  # x.name = "o_x"
         self.keep.clear()
         self.by_tensor.clear()
         self.by_array.clear()

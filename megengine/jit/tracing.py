@@ -491,10 +491,14 @@ class trace:
         """Write the latest traced program to ``file`` (a path or a binary file object).
 
         Needs ``capture_as_const=True``. ``arg_names``: one name per tensor argument (default
-        ``arg_0``, ``arg_1``, ... for positional ones and ``kwarg_<name>`` for keyword ones);
-        ``output_names``: one per output tensor (default ``output_0``, ...; a dict output uses
-        its keys). Run it with `megengine.utils.comp_graph_tools.GraphInference`. See
-        `megengine.jit.dump` for the format and for the options kept from upstream.
+        the tensor's own name, else ``arg_0``, ``arg_1``, ... for positional ones and
+        ``kwarg_<name>`` for keyword ones);
+        ``output_names``: one per output tensor (default: the output var's name, upstream's
+        auto-name such as ``simple.linear.ADD`` or the tensor's own name, see
+        `megengine.utils.naming`; a dict output uses its keys). Returns upstream's dump result
+        (``nr_opr``, ``inputs``, ``outputs``, ...). Run it with
+        `megengine.utils.comp_graph_tools.GraphInference`. See `megengine.jit.dump` for the
+        format and for the options kept from upstream.
         """
         from .dump import dump_program
         if not self._capture_as_const:

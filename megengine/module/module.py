@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
+from ..core import dispatch as _dispatch
 from ..core.tensor import Parameter, Tensor
 
 __all__ = ["Module", "HookHandler", "LoadStateDictError"]
@@ -236,6 +237,11 @@ class Module:
         return HookHandler(self._forward_hooks, hook)
 
     def __call__(self, *inputs, **kwargs):
+        if _dispatch._trace_hook is not None:  # a trace records: ops are named in its scope
+            return self._call_in_scope(inputs, kwargs)
+        return self._hooked_forward(inputs, kwargs)
+
+    def _hooked_forward(self, inputs, kwargs):
         for hook in list(self._forward_pre_hooks.values()):
             modified = hook(self, inputs)
             if modified is not None:
@@ -246,6 +252,17 @@ class Module:
             if modified is not None:
                 outputs = modified
         return outputs
+
+    def _call_in_scope(self, inputs, kwargs):
+        """A call under `megengine.utils.naming.AutoNaming`'s scope of this module (its
+        ``name``, else its attribute path), which names the ops `trace.dump` writes."""
+        from ..utils.naming import AutoNaming
+
+        AutoNaming.push_scope(self.name if self.name is not None else self._short_name)
+        try:
+            return self._hooked_forward(inputs, kwargs)
+        finally:
+            AutoNaming.pop_scope()
 
     # ----- discovery -----
     def _flatten(self, *, recursive=True, with_key=False, with_parent=False, prefix=None,

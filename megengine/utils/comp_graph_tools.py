@@ -16,7 +16,7 @@ from ..jit.dump import load
 
 __all__ = ["GraphInference", "load_and_inference", "get_dep_vars", "get_owner_opr_inputs",
            "get_owner_opr_type", "get_opr_type", "graph_traversal", "get_oprs_seq",
-           "replace_vars", "replace_oprs"]
+           "replace_vars", "replace_oprs", "set_priority_to_id"]
 
 
 class GraphInference:
@@ -121,9 +121,18 @@ def load_and_inference(file, inp_data_list=None):
 # --------------------------------------------------------------------------------------------
 # graph functions on megengine.utils.network_node's VarNodes and OpNodes
 # --------------------------------------------------------------------------------------------
+def set_priority_to_id(dest_vars):
+    """Order the operators ``dest_vars`` depend on by id where dependencies leave a choice
+    (`megengine.core.tensor.megbrain_graph.set_priority_to_id`)."""
+    from ..core.tensor_megbrain_graph import set_priority_to_id as set_priority
+
+    set_priority(dest_vars)
+
+
 def get_dep_vars(var, var_type=None):
     """The VarNodes ``var`` (one or a list) depends on, itself included; ``var_type``: only
-    those whose owner operator has that upstream type name (e.g. ``"Host2DeviceCopy"``)."""
+    those whose owner operator has that upstream type name (e.g. ``"Host2DeviceCopy"``, or a
+    list of names)."""
     from .network import get_dep_vars as dep
     return dep(var, var_type)
 

@@ -8,18 +8,21 @@ back with `Network.dump`, in upstream MegEngine's API. The file format is this f
 import collections
 import collections.abc
 import fnmatch
+import hashlib
 import heapq
 import itertools
+import json
 import re
 from typing import Dict
 
+from ..core import ops as _ops
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _Ref
-from ..jit.dump import (_NO_EFFECT, DumpError, _Writer, metadata_json, op_step_json, read_file,
-                        read_metadata, read_op, write_file, FORMAT, VERSION)
+from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
+                        read_file, read_metadata, read_op, write_file, FORMAT, VERSION)
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
-                           make_opnode)
+                           make_opnode, renumber)
 
 __all__ = ["Network", "NodeFilter", "as_varnode", "as_oprnode", "set_symbolic_shape"]
 
@@ -94,6 +97,10 @@ class Network:
         outputs = []
         for o in graph["outputs"]:
             v = var_of(o["slot"])
+            if v.owner._provides_input or any(v is u for u in outputs):
+                # an input or an output given twice: a var has one name, so the output is a
+                # copy of it (upstream's Copy operator) carrying the output's name
+                v = make_opnode(_ops.Copy(v._device), None, [v], [], 1, v._device).outputs[0]
             v.name = o["name"]
             outputs.append(v)
         if outspec is not None:
@@ -106,6 +113,7 @@ class Network:
             outputs = [by_name[n] for n in outspec]
         self.output_vars = outputs
         self._metadata = read_metadata(graph, arrays)
+        renumber(self.all_oprs)
         self._compile()
         return self
 
@@ -123,7 +131,7 @@ class Network:
         format. Names of all inputs, constants, operators and vars are kept (upstream's
         ``keep_*`` options only choose which names its binary format keeps); the graph
         optimizer options are recorded in the metadata, without effect (no graph optimizer
-        here)."""
+        here). Returns upstream's dump result (`megengine.jit.dump.DumpInfo`)."""
         for k in ("arg_names", "output_names"):
             if kwargs.pop(k, None):
                 logger.warning(f'"{k}" is not supported in Network.dump, rename the vars '
@@ -162,6 +170,10 @@ class Network:
                 if opr.name or opr.outputs[0].name:
                     entry["name"] = opr.name or opr.outputs[0].name
                 consts.append(entry)
+            elif opr._op is None:
+                raise DumpError(f"Network.dump: operator {opr.name!r} ({opr.type}) moves values "
+                                "in or out of a running megbrain_graph.Graph and cannot be "
+                                "written to a file; dump the vars it reads instead")
             else:
                 ins = [slot_of[id(v)] for v in opr.inputs]
                 dyn = None
@@ -186,7 +198,12 @@ class Network:
                  "inputs": inputs, "outputs": outputs, "consts": consts, "steps": steps,
                  "metadata": (metadata_json(w, user_info, True, options) if enable_metadata
                               else None)}
-        write_file(graph, w, file)
+        data = write_file(graph, w, file)
+        digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+        return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),
+                        sum(w.arrays[c["array"]].nbytes for c in consts),
+                        int.from_bytes(digest[:8], "little"), [i["name"] for i in inputs],
+                        [o["name"] for o in outputs], [c["name"] for c in consts if "name" in c])
 
     # ----- making nodes -----
     def make_const(self, data, name=None, device=None):
@@ -405,15 +422,18 @@ def _as_var_list(var):
 
 def get_dep_vars(var, var_type=None):
     """The VarNodes ``var`` (one or a list) depends on, itself included, breadth first;
-    ``var_type``: only those whose owner's ``type`` is that upstream type name."""
+    ``var_type``: only those whose owner's ``type`` is that upstream type name (or one of a
+    list of them)."""
     queue = _as_var_list(var)
+    if isinstance(var_type, str):
+        var_type = (var_type,)
     seen, out = set(), []
     while queue:
         v = queue.pop(0)
         if id(v) in seen:
             continue
         seen.add(id(v))
-        if var_type is None or (v.owner is not None and v.owner.type == var_type):
+        if var_type is None or (v.owner is not None and v.owner.type in var_type):
             out.append(v)
         if v.owner is not None:
             queue.extend(v.owner.inputs)

@@ -13,6 +13,11 @@ meeting a VarNode become `ImmutableTensor` nodes, as upstream makes constants.
 
 A sample value computed from a program input is not a value a program would compute, so
 reading it (``var.numpy()``) raises; values of constants (and of ops on constants only) read.
+
+The same nodes are the vars and operators of `megengine.core.tensor.megbrain_graph` (upstream's
+graph layer): an operator also runs on real values there (`OpNode._execute`). `upstream_steps`
+gives a traced program upstream's operator granularity (a fused linear layer as MatrixMul and
+ADD) for `trace.dump`.
 """
 import copy
 import itertools
@@ -23,15 +28,36 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import _freeze, _host, _is_array, _Ref, _thaw
+from ..jit._program import _freeze, _host, _is_array, _OpStep, _Ref, _thaw
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
-           "ImmutableTensor", "str_to_mge_class"]
+           "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
+           "upstream_steps"]
 
-_ids = itertools.count(1)  # var and opr ids (upstream's are graph-wide integers too)
+_next_id = [0]  # var and opr ids (upstream's are graph-wide integers too; see renumber)
 _order = itertools.count()  # creation order: all_oprs lists a program in this order
 _generation = [0]  # bumped when an input shape or a constant changes: sample values go stale
 _live = [0]  # VarNodes alive; the dispatcher hook is installed while there are any
+
+
+def _new_id():
+    i = _next_id[0]
+    _next_id[0] = i + 1
+    return i
+
+
+def renumber(oprs):
+    """Give ``oprs`` (a loaded graph's operators in order) and their output vars the ids
+    upstream's loader gives: from 0, each operator before its outputs. Nodes made afterwards
+    get ids above them."""
+    k = 0
+    for opr in oprs:
+        opr.id = k
+        for v in opr.outputs:
+            v.id = k + 1
+            k += 1
+        k += 1
+    _next_id[0] = max(_next_id[0], k)
 
 
 class NetworkNode:
@@ -46,13 +72,20 @@ class VarNode(Tensor, NetworkNode):
     shape, as upstream.
     """
 
+    def __new__(cls, owner_opr=None, *args, **kwargs):
+        if isinstance(owner_opr, VarNode):  # megbrain_graph.VarNode(var): upstream wraps its
+            return owner_opr  # C++ var in a Python view; here the var is its own view
+        return object.__new__(cls)
+
     def __init__(self, owner_opr=None, name=None, device=None):
+        if owner_opr is self:  # (the view of a var, see __new__)
+            return
         self.owner = owner_opr
         self._name = name
         self._device = canonical_device(device)
         self.grad = None
         self._sample = None  # (generation, array)
-        self.id = next(_ids)
+        self.id = _new_id()
         if _live[0] == 0:
             dispatch._symbolic_hook = _symbolic_apply
         _live[0] += 1
@@ -91,6 +124,27 @@ class VarNode(Tensor, NetworkNode):
         """Upstream's underlying graph var: the node itself here."""
         return self
 
+    @property
+    def _node(self):  # megbrain_graph's name of the underlying var: the node itself
+        return self
+
+    @property
+    def op(self):
+        """The operator that computes this var (megbrain_graph's name of ``owner``)."""
+        return self.owner
+
+    @property
+    def graph(self):
+        """The `megengine.core.tensor.megbrain_graph.Graph` this var belongs to (None for a
+        var of a loaded `Network`)."""
+        return None if self.owner is None else self.owner.graph
+
+    @property
+    def value(self):
+        """The value when it is known without running the program (constants and what is
+        computed from them only), else None, as upstream's static value inference."""
+        return None if self.depends_on_input else np.array(_host(self._data))
+
     @var.setter
     def var(self, value):  # upstream's replace_vars assigns it; nothing to keep here
         pass
@@ -124,8 +178,7 @@ class VarNode(Tensor, NetworkNode):
             if opr is None or id(opr) in seen:
                 continue
             seen.add(id(opr))
-            if isinstance(opr, Host2DeviceCopy) or (
-                    isinstance(opr, ReadOnlyOpNode) and opr._random):
+            if opr._provides_input or (isinstance(opr, ReadOnlyOpNode) and opr._random):
                 return True
             stack.extend(opr.inputs)
             stack.extend(opr._dyn_vars)
@@ -163,6 +216,57 @@ class _ShapeOf(dispatch.Op):
         return None
 
 
+class MatMulTransposedB(dispatch.Op):
+    """``x @ w.T`` (upstream's MatrixMul with ``transposeB``): the matmul of a linear layer as
+    `trace.dump` writes it, upstream's MatrixMul + ADD instead of this engine's fused op."""
+
+    def forward(self, x, w):
+        if x.dtype != w.dtype:
+            dtype = np.promote_types(x.dtype, w.dtype)
+            x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
+        self.x, self.w = x, w
+        return x @ w.T
+
+    def backward(self, g):
+        needs = self.needs_input_grad
+        gx = g @ self.w if needs[0] else None
+        gw = (g.reshape(-1, g.shape[-1]).T @ self.x.reshape(-1, self.x.shape[-1])
+              if needs[1] else None)
+        return gx, gw
+
+
+def upstream_steps(prog):
+    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
+    this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
+    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
+    from ..core.ops import Add
+
+    scopes = dict(getattr(prog, "op_scopes", {}))
+    n_slots = len(prog.slots)
+    steps = []
+    for st in prog.steps:
+        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
+                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
+                or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
+            steps.append(st)
+            continue
+        (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
+        if len(st.ins) == 2:
+            steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins, st.metas,
+                                 st.outs, False, "MatMulTransposedB (linear)"))
+            continue
+        mid = n_slots
+        n_slots += 1
+        if st.outs[0] in scopes:
+            scopes[mid] = scopes[st.outs[0]]
+        y_meta = (tuple(x_shape[:-1]) + (w_shape[0],), np.promote_types(x_dtype, w_dtype))
+        steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins[:2],
+                             st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
+        steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
+                             (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
+    return steps, n_slots, scopes
+
+
 class OpNode(NetworkNode):
     """One operator of a program. ``type``: upstream's operator type name; ``params``: its
     parameters as upstream names them where the op has an upstream counterpart (e.g. ``{"mode":
@@ -171,13 +275,15 @@ class OpNode(NetworkNode):
 
     type = None
     opdef = None
+    _graph = None  # the megbrain_graph.Graph of a node made through one
+    _provides_input = False  # its value comes from outside the program (an input)
 
     def __init__(self, name=None):
         self.inputs = []
         self.outputs = []
         self.params = {}
         self.name = name
-        self.id = next(_ids)
+        self.id = _new_id()
         self._priority = next(_order)
         self._op = None  # the engine op, as before forward ran (see megengine.jit.dump)
         self._dyn = None  # attributes of _op that refer to other values: frozen with _Refs
@@ -188,6 +294,14 @@ class OpNode(NetworkNode):
     def _random(self):
         return False
 
+    @property
+    def _node(self):  # megbrain_graph's name of the underlying operator: the node itself
+        return self
+
+    @property
+    def graph(self):
+        return self._graph
+
     def add_inp_var(self, x):
         self.inputs.append(x)
 
@@ -196,23 +310,31 @@ class OpNode(NetworkNode):
 
     def _compute_samples(self):
         """Set the sample value of every output (see the module docstring)."""
+        with np.errstate(all="ignore"):  # zeros through log/div: samples, not values
+            out = self._execute([v._data for v in self.inputs],
+                                [v._data for v in self._dyn_vars])
+        for v, o in zip(self.outputs, out):
+            v._sample = (_generation[0], o)
+
+    def _execute(self, in_arrays, dyn_arrays):
+        """The output arrays of this operator's op on input arrays ``in_arrays`` (and
+        ``dyn_arrays``, the values its op's state refers to), run through the dispatcher."""
         op = copy.copy(self._op)
-        values = {k: v for k, v in enumerate(self._dyn_vars)}
+        values = {k: Tensor._wrap(a, v._device)
+                  for k, (a, v) in enumerate(zip(dyn_arrays, self._dyn_vars))}
         for attr, frozen in self._dyn or ():
             setattr(op, attr, _thaw(frozen, values))
-        ins = [Tensor._wrap(v._data, v._device) for v in self.inputs]
+        ins = [Tensor._wrap(a, v._device) for a, v in zip(in_arrays, self.inputs)]
         hook, dispatch._symbolic_hook = dispatch._symbolic_hook, None
         try:
-            with np.errstate(all="ignore"):  # zeros through log/div: samples, not values
-                out = dispatch.apply(op, *ins)
+            out = dispatch.apply(op, *ins)
         finally:
             dispatch._symbolic_hook = hook
         out = out if isinstance(out, tuple) else (out,)
         if len(out) != len(self.outputs):
             raise ValueError(f"{self!r}: its op gives {len(out)} outputs for "
                              f"{len(self.outputs)} output VarNodes")
-        for v, o in zip(self.outputs, out):
-            v._sample = (_generation[0], o._data)
+        return [o._data for o in out]
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, type={self.type!r})"
@@ -233,6 +355,7 @@ class Host2DeviceCopy(OpNode):
     Changing ``shape`` (``Network.reset_batch_size``) changes what the program is run with."""
 
     type = "Host2DeviceCopy"
+    _provides_input = True
 
     def __init__(self, shape=None, dtype=None, name=None, device=None):
         super().__init__(name)
@@ -263,6 +386,12 @@ class Host2DeviceCopy(OpNode):
         if self._shape is None:
             raise ValueError(f"input {self.name!r} has no shape; give make_input_node a shape")
         self.outputs[0]._sample = (_generation[0], np.zeros(self._shape, self._dtype))
+
+    def _execute(self, in_arrays, dyn_arrays):
+        raise ValueError(f"input {self.name!r} (a Host2DeviceCopy) has no value in a compiled "
+                         "megbrain_graph.Graph: feed inputs through megbrain_graph.InputNode "
+                         "(set_value) or input_callback, or run a dumped program with "
+                         "GraphInference")
 
 
 class ImmutableTensor(OpNode):
@@ -312,6 +441,9 @@ class ImmutableTensor(OpNode):
 
     def _compute_samples(self):
         self.outputs[0]._sample = (_generation[0], self._value)
+
+    def _execute(self, in_arrays, dyn_arrays):
+        return [self._value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +538,8 @@ def classify(op, in_shapes, dyn_names=()):
                         "axis": d.get("axis")}
     if name in ("AsType", "QuantizedCast"):
         return TypeCvt, {"dtype": d.get("dtype")}
+    if name == "MatMulTransposedB":
+        return MatrixMul, {"transposeA": False, "transposeB": True}
     if name == "MatMul":
         nd = [len(s) for s in in_shapes]
         if nd == [1, 1]:
@@ -485,6 +619,8 @@ def make_opnode(op, dyn, inputs, dyn_vars, n_outputs, device, name=None, var_nam
     node.params = params
     node._op, node._dyn, node._dyn_vars = op, dyn, list(dyn_vars)
     node.inputs = list(inputs)
+    node._graph = next((v.graph for v in itertools.chain(inputs, dyn_vars)
+                        if v.graph is not None), None)
     names = var_names or [None] * n_outputs
     node.outputs = [VarNode(node, names[i], device) for i in range(n_outputs)]
     if node.name is None:

@@ -95,7 +95,7 @@ def test_upstream_dump_and_capture_examples():
     y = f(a, b).numpy()
     file = io.BytesIO()
     info = f.dump(file)
-    assert info.inputs == ["arg_0", "arg_1"] and info.outputs == ["output_0"]
+    assert info.inputs == ["arg_0", "arg_1"] and info.outputs == ["ADD"]  # upstream's auto name
     file.seek(0)
     result = list(GraphInference(file).run(a, b).values())[0]
     np.testing.assert_equal(result, y)
@@ -113,7 +113,7 @@ def test_upstream_dump_and_capture_examples():
     g.dump(file)
     k.set_value(mge.tensor([100]))  # later changes do not reach the dumped file
     file.seek(0)
-    np.testing.assert_equal(GraphInference(file).run(x)["output_0"], y)
+    np.testing.assert_equal(GraphInference(file).run(x)["MUL"], y)
 
 
 def test_keyword_inputs_and_tuple_outputs_are_named():
@@ -238,7 +238,7 @@ def test_values_read_to_the_host_cannot_be_dumped_but_logged_ones_can():
     file = io.BytesIO()
     h.dump(file)
     file.seek(0)
-    np.testing.assert_array_equal(GraphInference(file).run(x)["output_0"], [2.0, 4.0])
+    np.testing.assert_array_equal(GraphInference(file).run(x)["MUL"], [2.0, 4.0])
     assert logged == [[2.0, 4.0]]
 
 
@@ -283,10 +283,11 @@ def test_op_families_round_trip_bit_equal(family):
     for o in (out if isinstance(out, tuple) else (out,)):
         flat.extend(o if isinstance(o, (tuple, list)) else [o])
     file = io.BytesIO()
-    f.dump(file)
+    info = f.dump(file)
     file.seek(0)
     got = GraphInference(file).run(x)
-    assert list(got) == [f"output_{i}" for i in range(len(flat))]
+    # outputs are named after their operators (upstream's auto-naming), each name once
+    assert list(got) == info.outputs and len(set(info.outputs)) == len(flat)
     for g, o in zip(got.values(), flat):
         assert g.dtype == o.dtype
         np.testing.assert_array_equal(g, o.numpy())
@@ -301,8 +302,9 @@ def test_scalar_constants_keep_their_shape_in_the_file():
     f.dump(file)
     file.seek(0)
     out = GraphInference(file).run(np.array([4.0, 5.0], "float32"))
-    assert out["output_0"].shape == () and out["output_0"] == 18.0
-    np.testing.assert_array_equal(out["output_1"], [12.0, 15.0])
+    assert list(out) == ["MUL[0]", "MUL[1]"]  # one name twice: numbered, as upstream's
+    assert out["MUL[0]"].shape == () and out["MUL[0]"] == 18.0
+    np.testing.assert_array_equal(out["MUL[1]"], [12.0, 15.0])
 
 
 def _dumped_linear(device):
@@ -324,8 +326,9 @@ def test_loaded_constants_live_on_the_canonical_device():
     prog = mge.jit.dump.load(file, device="cpux")
     assert prog.prog.consts and {d for _, _, d in prog.prog.consts} == {"cpu0"}
     out = prog.run({prog.inputs[0][0]: x})
-    np.testing.assert_array_equal(host(out["output_0"]), expected)
-    assert out["output_0"].device == "cpu0"
+    (got,) = out.values()
+    np.testing.assert_array_equal(host(got), expected)
+    assert got.device == "cpu0"
 
 
 @requires_cuda
@@ -337,7 +340,7 @@ def test_program_traced_on_a_gpu_runs_where_it_is_loaded(device):
     net = GraphInference(file, device=device)
     kinds = {type(a).__module__.split(".")[0] for _, a, _ in net._program.prog.consts}
     assert kinds == {"numpy" if device == "cpu0" else "cupy"}
-    np.testing.assert_allclose(net.run(x)["output_0"], expected, rtol=1e-6)
+    np.testing.assert_allclose(list(net.run(x).values())[0], expected, rtol=1e-6)
 
 
 # ----- test cases: dump(input_data=...) (upstream's testcases for load_and_run) -----
@@ -358,10 +361,10 @@ def test_dump_stores_test_cases_that_load_and_inference_checks(tmp_path):
     for inputs, outputs in cases:  # numpy is the oracle of the stored outputs
         x = inputs["x"]
         assert x.dtype == np.float32 and 0 <= x.min() + 1 and x.max() <= 1
-        np.testing.assert_allclose(outputs["output_0"], np.exp(x) * 2, rtol=1e-6)
+        np.testing.assert_allclose(outputs["MUL"], np.exp(x) * 2, rtol=1e-6)
     file.seek(0)
     results = load_and_inference(file)
-    np.testing.assert_allclose(results[1]["output_0"], np.exp(cases[1][0]["x"]) * 2, rtol=1e-6)
+    np.testing.assert_allclose(results[1]["MUL"], np.exp(cases[1][0]["x"]) * 2, rtol=1e-6)
     # a file whose stored outputs are wrong fails the check, unless dumped with no_assert
     path = tmp_path / "x.npy"
     np.save(path, np.full((2, 3), 0.5, "float32"))
@@ -374,7 +377,7 @@ def test_dump_stores_test_cases_that_load_and_inference_checks(tmp_path):
     g = GraphInference(file)
     assert [float(c[0]["arg_0"].max()) for c in g.testcases] == [1.0, 1.0, 2.0, 0.0]
     assert g._program.testcase_options == {"maxerr": 0.5, "no_assert": True, "silent": False}
-    np.testing.assert_allclose(g.testcases[2][1]["output_0"], np.exp(np.full((2, 3), 2.0)) * 2,
+    np.testing.assert_allclose(g.testcases[2][1]["MUL"], np.exp(np.full((2, 3), 2.0)) * 2,
                                rtol=1e-6)
 
 
@@ -420,7 +423,7 @@ def test_file_overwritten_by_a_shorter_program_loads_the_new_one():
     file.seek(0)
     small.dump(file)  # no truncate: the old bytes stay behind the new program
     file.seek(0)
-    np.testing.assert_array_equal(GraphInference(file).run(np.array([2.0]))["output_0"], [3.0])
+    np.testing.assert_array_equal(GraphInference(file).run(np.array([2.0]))["ADD"], [3.0])
 
 
 def test_programs_indexed_by_a_traced_tensor_and_random_ops_load():
@@ -431,7 +434,7 @@ def test_programs_indexed_by_a_traced_tensor_and_random_ops_load():
     f.dump(file)
     file.seek(0)
     np.testing.assert_array_equal(GraphInference(file).run(x, np.array([1, 1], "int32"))
-                                  ["output_0"], x[[1, 1]] * 2)
+                                  ["MUL"], x[[1, 1]] * 2)
     rng = mge.random.RNG(seed=3)
     g = trace(lambda x: x + rng.uniform(size=(2,)), symbolic=True, capture_as_const=True)
     g(mge.tensor([0.0, 0.0]))
@@ -440,5 +443,5 @@ def test_programs_indexed_by_a_traced_tensor_and_random_ops_load():
     expected = mge.random.RNG(seed=3)._gen()
     expected.uniform(size=(2,))  # the traced call drew these; the file goes on from there
     file.seek(0)
-    got = GraphInference(file).run(np.zeros(2, "float32"))["output_0"]
+    got = GraphInference(file).run(np.zeros(2, "float32"))["ADD"]
     np.testing.assert_allclose(got, expected.uniform(size=(2,)), rtol=1e-6)

@@ -132,7 +132,7 @@ def test_resnet_block_with_an_inplace_add_dumps_and_runs():
     file.seek(0)
     net = GraphInference(file)
     x1 = np.random.randn(1, 2, 4, 4).astype("float32")
-    np.testing.assert_allclose(net.run(x1)["output_0"], block(mge.tensor(x1)).numpy(),
+    np.testing.assert_allclose(list(net.run(x1).values())[0], block(mge.tensor(x1)).numpy(),
                                rtol=1e-5, atol=1e-6)
 
 

@@ -123,7 +123,7 @@ def test_params_are_named_by_module_path_and_their_values_can_be_set():
     ref = torch.relu(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(new_w),
                                                 torch.tensor(conv.bias.numpy().reshape(3)),
                                                 padding=1))
-    np.testing.assert_allclose(_run(net, x)["output_0"], ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(list(_run(net, x).values())[0], ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_an_edited_conv_network_matches_torch():
@@ -151,7 +151,7 @@ def test_reset_batch_size_runs_the_program_at_the_new_batch():
     assert net.data_providers_filter.as_unique().shape == (5, 1, 6, 6)
     assert net.output_vars[0].shape == (5, 2, 4, 4)  # shapes follow the new input
     x5 = np.random.rand(5, 1, 6, 6).astype("float32")
-    np.testing.assert_allclose(_run(net, x5)["output_0"], model(mge.tensor(x5)).numpy(),
+    np.testing.assert_allclose(list(_run(net, x5).values())[0], model(mge.tensor(x5)).numpy(),
                                rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="unused items in blacklist"):
         net.reset_batch_size(1, blacklist=["nope"])
@@ -267,3 +267,29 @@ def test_the_docs_page_example_runs():
     block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
                       page.read_text()).group(1)
     exec(compile("\n".join(line[4:] for line in block.splitlines()), str(page), "exec"), {})
+
+
+def test_an_input_returned_as_an_output_keeps_its_name_and_dump_returns_its_result():
+    # upstream's test_copy: x.to(its own device) is x itself; the loaded output is a Copy of
+    # the input carrying the output's name, so the input keeps its own
+    x = np.array([1.0, -2.0], "float32")
+    def fn(a, b):
+        p = a * b
+        return a.to("cpu0"), p, p
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x), mge.tensor(x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["a", "b"], output_names=["same", "p", "q"])
+    file.seek(0)
+    net = Network.load(file)
+    assert [v.name for v in net.input_vars] == ["a", "b"]
+    assert [(v.name, v.owner.type) for v in net.output_vars] == [
+        ("same", "Copy"), ("p", "Elemwise"), ("q", "Copy")]
+    again = io.BytesIO()
+    info = net.dump(again)
+    assert info.inputs == ["a", "b"] and info.outputs == ["same", "p", "q"]
+    assert info.nr_opr == 5 and info.tot_bytes == len(again.getvalue())  # 2 inputs, 3 ops
+    again.seek(0)
+    out = GraphInference(again).run(x, x * 3)
+    assert [v.tolist() for v in out.values()] == [[1.0, -2.0], [3.0, 12.0], [3.0, 12.0]]

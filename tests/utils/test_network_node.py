@@ -53,7 +53,7 @@ def test_operators_have_upstream_types_and_params():
     net = Network.load(file)
     types = [o.type for o in net.all_oprs]
     for t in ("Host2DeviceCopy", "ImmutableTensor", "Convolution", "BatchNorm", "Pooling",
-              "Linear", "Reshape", "Dimshuffle", "IndexingMultiAxisVec", "Reduce", "TopK",
+              "MatrixMul", "Reshape", "Dimshuffle", "IndexingMultiAxisVec", "Reduce", "TopK",
               "Elemwise", "TypeCvt"):
         assert t in types, t
     conv = net.opr_filter.type(N.ConvolutionForward).as_unique()
@@ -63,18 +63,20 @@ def test_operators_have_upstream_types_and_params():
     assert net.opr_filter.type(N.Reduce).as_unique().params == {"mode": "SUM", "axis": 0}
     assert net.opr_filter.type(N.Dimshuffle).as_unique().params == {"pattern": (1, 0)}
     assert net.opr_filter.type(N.TypeCvt).as_unique().params["dtype"] == np.float16
-    # this engine's fused linear layer has no upstream operator (MatrixMul + ADD there)
-    assert isinstance(net.opr_filter.name("Linear").as_unique(), N.ReadOnlyOpNode)
+    # this engine's fused linear layer is dumped as upstream's MatrixMul and bias ADD
+    matmul = net.opr_filter.type(N.MatrixMul).as_unique()
+    assert matmul.params == {"transposeA": False, "transposeB": True}
+    assert net.get_var_receive_oprs(matmul.outputs[0])[0].params["mode"] == "ADD"
     modes = [o.params["mode"] for o in net.opr_filter.type(N.Elemwise)]
-    assert modes == ["SIGMOID"]
+    assert modes == ["ADD", "SIGMOID"]
     # Network.load -> dump -> run: the same values as the model, bit for bit
     again = io.BytesIO()
     net.dump(again)
     again.seek(0)
     got = GraphInference(again).run(x, idx)
     want = model(mge.tensor(x), mge.tensor(idx))
-    np.testing.assert_array_equal(got["output_0"], want[0].numpy())
-    np.testing.assert_array_equal(got["output_1"], want[1].numpy())
+    np.testing.assert_array_equal(list(got.values())[0], want[0].numpy())
+    np.testing.assert_array_equal(list(got.values())[1], want[1].numpy())
 
 
 def test_str_to_mge_class_and_engine_ops_without_an_upstream_type():
