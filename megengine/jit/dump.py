@@ -49,7 +49,7 @@ from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
-                       _is_array)
+                       _is_array, _slots_used)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
 _MAGIC = b"MGEFORK\x01"
@@ -340,6 +340,18 @@ def _output_slots(out):
     return [f"output_{i}" for i in range(len(leaves))], leaves
 
 
+def _input_dependent(prog):
+    """The slots whose value can change from one run of the file to the next: the inputs, live
+    values (externals, gradients) and everything computed from them."""
+    varying = {s for s, info in enumerate(prog.slots) if info.kind in ("arg", "ext", "grad")}
+    for step in prog.steps:
+        if any(s in varying for s in _slots_used(step)):
+            t = type(step)
+            varying.update(step.outs if t is _OpStep else (step.out,) if t is _AliasStep
+                           else (s for _, s in step.out_paths))
+    return varying
+
+
 def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None,
                  enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
                  maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
@@ -370,10 +382,15 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                                            default_out)
     out_names = _names(output_names, default_out, "output_names")
 
-    if prog.arg_reads or prog.guards:  # a file has no Python to rerun on another value
+    # a file has no Python to rerun on another value; a value no input reaches (MegFlow's
+    # `F.concat([data.shape[0], M.shape])` given to broadcast_to) is the same on every run of
+    # the file, so reading it is fine
+    varying = _input_dependent(prog)
+    guards = [g for g in prog.guards if g[1] in varying]
+    if prog.arg_reads or guards:
         i, _ = prog.arg_reads[0] if prog.arg_reads else (None, None)
         what = (f"the tensor argument {in_names[i]!r}" if i is not None else
-                prog.describe(prog.guards[0][1]))
+                prog.describe(guards[0][1]))
         raise DumpError(f"dump: the traced function read the value of {what} to the host "
                         "(.numpy(), .item(), int(), a Tensor given as a shape...) and its ops "
                         "were built from that value; the file would keep it for every input. "

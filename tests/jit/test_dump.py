@@ -213,6 +213,27 @@ def test_training_steps_cannot_be_dumped():
         step.dump(io.BytesIO())
 
 
+def test_a_value_read_to_the_host_that_no_input_reaches_is_dumped():
+    # MegFlow's dump_resnet: a shape built with ops from the input's shape and a constant's
+    # shape, then given to broadcast_to; the file computes the same value on every run
+    m = np.arange(9, dtype=np.float32).reshape(3, 3)
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        mat = mge.tensor(m)
+        shape = F.concat([x.shape[0], mat.shape])
+        return F.broadcast_to(mat, shape) * x.mean()
+
+    x = mge.tensor(np.random.RandomState(0).rand(2, 4).astype(np.float32))
+    f(x)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+    buf.seek(0)
+    x2 = np.random.RandomState(1).rand(2, 4).astype(np.float32)  # new values, same shape
+    (got,) = GraphInference(buf).run(x2).values()
+    np.testing.assert_allclose(got, np.broadcast_to(m, (2, 3, 3)) * x2.mean(), rtol=1e-6)
+
+
 def test_values_read_to_the_host_cannot_be_dumped_but_logged_ones_can():
     # the ops were built from the read value: a file (no Python to rerun) would keep it
     f = trace(lambda x, shape: F.broadcast_to(x, shape), symbolic=True, capture_as_const=True)
