@@ -25,8 +25,12 @@ _ALIASES = {None: None, "auto": None, "shm": "gloo"}  # upstream's names for "pi
 class _State:
     """What init_process_group decided, for the life of the process group."""
 
-    def __init__(self, master_ip, port, world_size, rank, device, backend, timeout, local):
+    def __init__(self, master_ip, port, world_size, rank, device, backend, timeout, local,
+                 device_type="xpu"):
         self.master_ip = master_ip
+        # as given to init_process_group, for upstream's comp_node ("cuda" is spelt "gpu" there)
+        self.device_type = "gpu" if device_type == "cuda" else device_type
+        self.next_stream = 1  # upstream numbers its groups' streams: WORLD 1, then 2, 3, ...
         self.port = port
         self.world_size = world_size
         self.rank = rank
@@ -73,6 +77,8 @@ class Group:
         # _slot[i] is the position in proc_ranks of torch's group rank i.
         ordered = sorted(self.proc_ranks)
         self._slot = [self.proc_ranks.index(r) for r in ordered]
+        self.stream = _sd.next_stream
+        _sd.next_stream += 1
         self._pg = None
         if len(ordered) < _sd.world_size and _sd.rank in ordered:
             self._pg = _members_process_group(ordered)
@@ -122,8 +128,11 @@ class Group:
 
     @property
     def comp_node(self) -> str:
+        """Upstream's name of the device stream the group communicates on,
+        ``"<device_type><device>:<stream>"`` (``"xpu0:1"`` for WORLD on rank 0 by default); a
+        valid device name here too."""
         self._ranks()
-        return f"gpu{_sd.device}" if _sd.backend == "nccl" else "cpu0"
+        return f"{_sd.device_type}{_sd.device}:{self.stream}"
 
     def __repr__(self):
         return f"Group({self.proc_ranks})"
@@ -270,7 +279,8 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         dist.init_process_group(**kwargs)
     except Exception as error:  # torch's errors name neither the cause nor the fix
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
-    _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env)
+    _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env,
+                 device_type)
     _sd.store = kwargs.get("store")
     WORLD.reset(list(range(world_size)))
 

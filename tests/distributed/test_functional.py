@@ -162,6 +162,7 @@ def _groups_and_p2p():
     second = dist.new_group([1, 2]) if rank in (1, 2) else None  # overlapping at rank 1
     again = dist.new_group([1, 0]) if rank in (0, 1) else None  # the same members once more
     if rank in (0, 2):
+        out["comp_nodes"] = (dist.WORLD.comp_node, pair.comp_node)
         out["pair_gather"] = fd.all_gather(x, group=pair).numpy()
         out["pair_reduce_scatter"] = fd.reduce_scatter_sum(
             mge.tensor(np.array([1, 2], np.int32) * (rank + 1)), group=[2, 0]).numpy()
@@ -225,6 +226,9 @@ def test_group_order_decides_root_and_concatenation(group_results):
         np.testing.assert_array_equal(group_results[r]["pair_gather"], [2, 12, 0, 10])
         np.testing.assert_array_equal(group_results[r]["pair_reduce_scatter"], part)
     assert "pair_gather" not in group_results[1]
+    # upstream's "<device_type><device>:<stream>", streams numbered WORLD 1, then each group made
+    for r in (0, 2):
+        assert group_results[r]["comp_nodes"] == (f"cpu{r}:1", f"cpu{r}:3")
     assert "this process (rank 1) is not a member" in group_results[1]["not_a_member"]
     for r in (0, 1):
         np.testing.assert_array_equal(group_results[r]["first"], [1, 21])
