@@ -264,8 +264,12 @@ class GradManager:
         # allocate on the current device, so each tensor's is made current (None: one GPU/CPU)
         scope = dispatch.device_scope()
         try:
-            ys, dys, given = (_pair_outputs(y, dy, "GradManager.backward", scope)
-                              if y is not None else ([], [], []))
+            ys, dys, given = [], [], []
+            # Outputs kept by distributed ops go first, in the order they were made, and y
+            # (made after them) last: the backward visits the roots' independent branches last
+            # root first, so the collectives' backward passes (sends, receives) run in the
+            # reverse of their forward order on every rank, as upstream's do; otherwise a rank
+            # could wait to receive a gradient while its peer waits for one from it.
             for t in self._kept:
                 if _tracked(t):
                     if scope is not None:
@@ -274,6 +278,10 @@ class GradManager:
                     ys.append(t)
                     dys.append(zeros)
                     given.append(zeros)
+            if y is not None:
+                outputs = _pair_outputs(y, dy, "GradManager.backward", scope)
+                for mine, theirs in zip((ys, dys, given), outputs):
+                    mine.extend(theirs)
             wanted = {}
             for k, (r, callbacks) in self._attached.items():
                 t = r()

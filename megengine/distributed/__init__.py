@@ -12,6 +12,7 @@ from .group import (
     destroy_process_group,
     get_backend,
     get_client,
+    get_mm_server_addr,
     get_py_server_addr,
     get_rank,
     get_world_size,
@@ -34,5 +35,6 @@ __all__ = [
     "get_world_size", "get_backend", "new_group", "group_barrier", "override_backend",
     "bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback", "launcher",
     "WorkerError", "Server", "Client", "get_client", "get_free_ports", "get_py_server_addr",
+    "get_mm_server_addr",
 ]
 

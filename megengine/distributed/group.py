@@ -14,7 +14,7 @@ from typing import List, Optional
 __all__ = [
     "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
     "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",
-    "DEFAULT_TIMEOUT", "get_py_server_addr", "get_client",
+    "DEFAULT_TIMEOUT", "get_py_server_addr", "get_mm_server_addr", "get_client",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective or the rendezvous waits for a peer before raising
@@ -25,8 +25,12 @@ _ALIASES = {None: None, "auto": None, "shm": "gloo"}  # upstream's names for "pi
 class _State:
     """What init_process_group decided, for the life of the process group."""
 
-    def __init__(self, master_ip, port, world_size, rank, device, backend, timeout, local):
+    def __init__(self, master_ip, port, world_size, rank, device, backend, timeout, local,
+                 device_type="xpu"):
         self.master_ip = master_ip
+        # as given to init_process_group, for upstream's comp_node ("cuda" is spelt "gpu" there)
+        self.device_type = "gpu" if device_type == "cuda" else device_type
+        self.next_stream = 1  # upstream numbers its groups' streams: WORLD 1, then 2, 3, ...
         self.port = port
         self.world_size = world_size
         self.rank = rank
@@ -54,9 +58,10 @@ class Group:
     ``Group([1, 0])`` has root 1: ``broadcast`` sends rank 1's tensor and ``all_gather``
     concatenates rank 1's part first. ``WORLD`` (all ranks, root 0) is the default group of every
     collective, and any order of all ranks is free to make. A group of *some* ranks is a torch
-    process group, which every rank creates together: call ``new_group(ranks)`` on every rank,
-    members or not, in the same order (torch.distributed's rule); only members use it. Every
-    collective on a group is called by all of its members in the same order.
+    process group that its members create together, as upstream: each member calls
+    ``new_group(ranks)``, the members in the same order of such calls; a non-member may call it
+    too (it gets a Group it cannot use). Every collective on a group is called by all of its
+    members in the same order.
     """
 
     def __init__(self, proc_ranks):
@@ -72,13 +77,11 @@ class Group:
         # _slot[i] is the position in proc_ranks of torch's group rank i.
         ordered = sorted(self.proc_ranks)
         self._slot = [self.proc_ranks.index(r) for r in ordered]
+        self.stream = _sd.next_stream
+        _sd.next_stream += 1
         self._pg = None
-        if len(ordered) < _sd.world_size:
-            import torch.distributed as dist
-
-            # Collective over all ranks. (torch's use_local_synchronization, which would let only
-            # the members call, hangs here once groups overlap: rank 1 in [0, 1] and then [1, 2].)
-            self._pg = dist.new_group(ordered, timeout=_timedelta(_sd.timeout))
+        if len(ordered) < _sd.world_size and _sd.rank in ordered:
+            self._pg = _members_process_group(ordered)
         _groups[tuple(self.proc_ranks)] = self
 
     def check(self, proc_ranks):
@@ -125,14 +128,46 @@ class Group:
 
     @property
     def comp_node(self) -> str:
+        """Upstream's name of the device stream the group communicates on,
+        ``"<device_type><device>:<stream>"`` (``"xpu0:1"`` for WORLD on rank 0 by default); a
+        valid device name here too."""
         self._ranks()
-        return f"gpu{_sd.device}" if _sd.backend == "nccl" else "cpu0"
+        return f"{_sd.device_type}{_sd.device}:{self.stream}"
 
     def __repr__(self):
         return f"Group({self.proc_ranks})"
 
 
 _groups = {}  # tuple(proc_ranks) -> the Group made last with those ranks (for group=[...] lists)
+_made = {}  # tuple(sorted ranks) -> how many torch groups of those ranks this process has made
+
+
+def _members_process_group(ranks):
+    """A torch process group of ``ranks`` (sorted) that only its members create.
+
+    ``torch.distributed.new_group`` must be called by every rank; its
+    ``use_local_synchronization`` lets only members call, but names the group after how many
+    groups the calling process has made, which differs between members once groups overlap
+    (rank 1 in [0, 1] and then [1, 2]) and the rendezvous hangs. Here the name depends only on
+    the members and on how many groups of exactly these members were made before, which every
+    member counts alike. torch's own helper builds the group under that name, so collectives,
+    ``get_group_rank`` and destroy_process_group treat it as one of theirs.
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    helper = getattr(c10d, "_new_process_group_helper", None)
+    if helper is None:  # a torch without the helper: every rank must call (torch's rule)
+        return dist.new_group(ranks, timeout=_timedelta(_sd.timeout))
+    key = tuple(ranks)
+    count = _made.get(key, 0)
+    _made[key] = count + 1
+    name = "megengine_group_" + "_".join(map(str, ranks)) + f"_{count}"
+    backend, store = c10d._world.pg_map[c10d._get_default_group()]
+    pg, _ = helper(len(ranks), ranks.index(_sd.rank), list(ranks), backend, store, name,
+                   timeout=_timedelta(_sd.timeout))
+    c10d._world.pg_group_ranks[pg] = {r: i for i, r in enumerate(ranks)}
+    return pg
 
 
 def _group_of(ranks, what):
@@ -145,8 +180,8 @@ def _group_of(ranks, what):
             raise _not_initialized(what)
         if sorted(key) != list(range(_sd.world_size)):
             raise ValueError(f"{what}: group={list(ranks)} names some of the ranks; create it first "
-                             "with dist.new_group(ranks) on every rank (torch.distributed creates "
-                             "process groups together) and pass that Group")
+                             "with dist.new_group(ranks) on each of its members and pass that "
+                             "Group")
         group = Group(list(key))
     return group
 
@@ -244,7 +279,8 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         dist.init_process_group(**kwargs)
     except Exception as error:  # torch's errors name neither the cause nor the fix
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
-    _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env)
+    _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env,
+                 device_type)
     _sd.store = kwargs.get("store")
     WORLD.reset(list(range(world_size)))
 
@@ -330,6 +366,7 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
     _sd = None
     _groups.clear()
+    _made.clear()
     WORLD.proc_ranks = None
     WORLD._pg = None
 
@@ -376,6 +413,14 @@ def get_py_server_addr():
     return sd.master_ip, sd.port
 
 
+def get_mm_server_addr():
+    """``(master_ip, port)`` of the server that connects the ranks' collectives (upstream's C++
+    "mm server", a second port next to the Python server's). torch.distributed's ranks meet in
+    the one rendezvous store, so this is the same address as `get_py_server_addr`."""
+    sd = _state("get_mm_server_addr")
+    return sd.master_ip, sd.port
+
+
 def _state(what):
     if _sd is None:
         raise _not_initialized(what)
@@ -401,9 +446,9 @@ class override_backend:
 
 
 def new_group(proc_ranks: List[int]) -> Group:
-    """A group of some ranks (the first is its root). When it leaves out some ranks, every rank
-    calls ``new_group`` with the same ranks, in the same order of calls (torch.distributed
-    creates process groups together); only the members use the group."""
+    """A group of some ranks (the first is its root). Its members call ``new_group`` together
+    (as upstream; the members make their groups in the same order); only the members use the
+    group."""
     return Group(proc_ranks)
 
 

@@ -19,8 +19,11 @@ from .group import DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_p
 __all__ = ["launcher", "WorkerError"]
 
 
-class WorkerError(RuntimeError):
-    """A launched worker failed: ``rank`` says which, the message holds its traceback."""
+class WorkerError(RuntimeError, AssertionError):
+    """A launched worker failed: ``rank`` says which, the message holds its traceback.
+
+    Upstream's launcher asserts that every worker exited with code 0, so programs and tests
+    written for it catch AssertionError; RuntimeError says what kind of failure it is."""
 
     def __init__(self, message, rank):
         super().__init__(message)
@@ -57,7 +60,12 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
 
             _forget_cuda()
         init_process_group(rank=rank, device=local_rank, **options)
-        value = func(*args, **kwargs)
+        profiler = _own_profiler() if forked else None
+        try:
+            value = func(*args, **kwargs)
+        finally:
+            if profiler is not None:
+                profiler.stop()  # writes <pid>.<format> next to the launching process's
         # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
         # other ranks): nobody leaves before everybody is done. A failure here (a peer still
         # inside a collective this rank skipped) is reported like one in ``func``.
@@ -77,6 +85,26 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _own_profiler():
+    """A worker forked inside ``with Profiler(path):`` inherits the parent's running profiler,
+    whose file would never be written; as upstream, each rank profiles itself instead, into
+    ``path/<its pid>.<format>``. Returns the worker's started Profiler, or None."""
+    from ..core import dispatch
+
+    if dispatch._profile_hook is None:  # no profiler running: nothing to import
+        return None
+    from ..utils import profiler as _profiler
+
+    inherited = _profiler._running
+    if inherited is None:
+        return None
+    _profiler._running = None
+    dispatch._profile_hook = None
+    own = _profiler.Profiler(inherited.directory, formats=inherited.formats,
+                             **inherited._options)
+    return own.start()
 
 
 class launcher:

@@ -155,10 +155,14 @@ def _groups_and_p2p():
     out["bcast_rev"] = fd.broadcast(x, group=reversed_world).numpy()
     out["scatter_rev"] = fd.scatter(mge.tensor(np.arange(6, dtype=np.float32) + 100 * rank),
                                     group=reversed_world).numpy()
-    # groups of some ranks: every rank creates them, in the same order (torch's rule)
+    # groups of some ranks: their members create them (as upstream: rank 2 never calls for
+    # [0, 1]); a non-member may call too (rank 1 makes `pair`) and gets a group it cannot use
     pair = dist.new_group([2, 0])  # without rank 1, root 2
-    first, second = dist.new_group([0, 1]), dist.new_group([1, 2])  # overlapping at rank 1
+    first = dist.new_group([0, 1]) if rank in (0, 1) else None
+    second = dist.new_group([1, 2]) if rank in (1, 2) else None  # overlapping at rank 1
+    again = dist.new_group([1, 0]) if rank in (0, 1) else None  # the same members once more
     if rank in (0, 2):
+        out["comp_nodes"] = (dist.WORLD.comp_node, pair.comp_node)
         out["pair_gather"] = fd.all_gather(x, group=pair).numpy()
         out["pair_reduce_scatter"] = fd.reduce_scatter_sum(
             mge.tensor(np.array([1, 2], np.int32) * (rank + 1)), group=[2, 0]).numpy()
@@ -170,11 +174,12 @@ def _groups_and_p2p():
             out["not_a_member"] = str(error)
     if rank in (0, 1):
         out["first"] = fd.all_reduce_sum(x, group=first).numpy()
+        out["again"] = fd.all_gather(x, group=again).numpy()  # root 1 first
     if rank in (1, 2):
         out["second"] = fd.all_reduce_max(x, group=second).numpy()
     out["list_group"] = fd.all_reduce_sum(x, group=[0, 1, 2]).numpy()  # upstream takes a list
     try:
-        fd.all_reduce_sum(x, group=[1, 0])  # never made by new_group
+        fd.all_reduce_sum(x, group=[2, 1])  # never made by new_group (in this order)
     except ValueError as error:
         out["unknown_list"] = str(error)
 
@@ -221,13 +226,17 @@ def test_group_order_decides_root_and_concatenation(group_results):
         np.testing.assert_array_equal(group_results[r]["pair_gather"], [2, 12, 0, 10])
         np.testing.assert_array_equal(group_results[r]["pair_reduce_scatter"], part)
     assert "pair_gather" not in group_results[1]
+    # upstream's "<device_type><device>:<stream>", streams numbered WORLD 1, then each group made
+    for r in (0, 2):
+        assert group_results[r]["comp_nodes"] == (f"cpu{r}:1", f"cpu{r}:3")
     assert "this process (rank 1) is not a member" in group_results[1]["not_a_member"]
     for r in (0, 1):
         np.testing.assert_array_equal(group_results[r]["first"], [1, 21])
+        np.testing.assert_array_equal(group_results[r]["again"], [1, 11, 0, 10])
     for r in (1, 2):
         np.testing.assert_array_equal(group_results[r]["second"], [2, 12])
     for r in range(3):  # a list naming some ranks must be a group made by new_group
-        assert "create it first with dist.new_group(ranks) on every rank" in \
+        assert "create it first with dist.new_group(ranks) on each of its members" in \
             group_results[r]["unknown_list"]
 
 
@@ -270,3 +279,46 @@ def test_remote_recv_accepts_upstreams_older_shape_and_dtype_form(run_ranks):
     assert got["bad_shape"] == ("remote_recv: expected shape (3, 2), but rank 0 sent a tensor "
                                 "of shape (2, 3)")
     assert got["bad_dtype"] == "remote_recv: expected dtype int32, but rank 0 sent float32"
+
+
+def _relay_and_return():
+    """Upstream's test_dist_grad: rank 0 sends x to rank 1, which sends it straight back, and
+    differentiates y = back * back. Rank 1 attaches nothing: it runs the relayed gradient back
+    with ``grad([], [])`` (a `Grad`) or ``gm.backward()`` (a GradManager). Each rank's backward
+    must run its send/receive in the reverse of the forward order, or both ranks wait."""
+    from megengine.core.autodiff.grad import Grad
+
+    x_np = np.array([1.0, -2.0, 3.0], np.float32)
+    out = []
+    for kind in ("Grad", "GradManager"):
+        if kind == "Grad":
+            grad = Grad()
+        else:
+            gm = GradManager()
+            gm.record()
+        if dist.get_rank() == 0:
+            x = mge.tensor(x_np)
+            if kind == "Grad":
+                grad.wrt(x, callback=lambda g, x=x: setattr(x, "relayed", g))
+            else:
+                gm.attach(x)
+            fd.remote_send(x, 1)
+            back = fd.remote_recv(1)
+            if kind == "Grad":
+                grad([back * back], [mge.tensor(np.ones(3, np.float32))])
+                out.append(x.relayed.numpy())
+            else:
+                gm.backward((back * back).sum())
+                out.append(x.grad.numpy())
+        else:
+            fd.remote_send(fd.remote_recv(0), 0)
+            grad([], []) if kind == "Grad" else gm.backward()
+    return out
+
+
+def test_a_gradient_relayed_through_a_peer_comes_back(run_ranks):
+    got, relay = run_ranks(_relay_and_return, 2)
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    assert relay == []
+    for grad in got:  # d(x * x)/dx, by hand
+        np.testing.assert_allclose(grad, 2 * x)

@@ -256,6 +256,8 @@ def _share_through_the_client():
         return None
     # a Client made from the rendezvous address, as upstream's Client(master_ip, port), sees it too
     direct = dist.Client(*dist.get_py_server_addr())
+    # upstream's second server address: here the one rendezvous serves both
+    assert dist.get_mm_server_addr() == dist.get_py_server_addr()
     return client.user_get("shape_of_src0"), direct.user_get("dtype_of_src0")
 
 
@@ -268,3 +270,5 @@ def test_get_client_shares_values_and_user_get_waits_for_the_set(run_ranks):
 def test_get_client_outside_a_process_group_says_so():
     with pytest.raises(RuntimeError, match="not initialized"):
         dist.get_client()
+    with pytest.raises(RuntimeError, match="not initialized"):
+        dist.get_mm_server_addr()

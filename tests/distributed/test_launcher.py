@@ -34,6 +34,7 @@ def test_a_worker_that_raises_is_reported_with_rank_and_traceback():
     with pytest.raises(dist.WorkerError, match="rank 1 raised") as info:
         dist.launcher(_raise_on_rank_1, n_gpus=2, device_type="cpu", timeout=60)()
     assert info.value.rank == 1
+    assert isinstance(info.value, AssertionError)  # upstream's launcher asserts the exit codes
     assert "ValueError: boom on rank 1" in str(info.value)
     assert "_raise_on_rank_1" in str(info.value)  # the traceback names the function
     assert time.monotonic() - start < 20  # the waiting rank was stopped, not waited for
@@ -118,3 +119,28 @@ def test_cpu_workers_launch_from_a_process_that_used_cuda(monkeypatch):
     assert got == [("cpu0", "cpu0", False)] * 2
     with pytest.raises(RuntimeError, match="CUDA is already initialized"):
         dist.launcher(_device_seen, n_gpus=1, device_type="gpu", timeout=60)()
+
+
+def _scoped_multiply():
+    from megengine.utils.profiler import scope
+
+    with scope(f"rank{dist.get_rank()}_step"):
+        return (mge.tensor([1.5]) * 2).numpy().tolist()
+
+
+def test_each_rank_launched_under_a_profiler_writes_its_own_trace(tmp_path, run_ranks):
+    # upstream's test_profiler_dist: a launch inside `with Profiler(dir)` leaves n_gpus + 1 files
+    import json
+
+    from megengine.utils.profiler import Profiler
+
+    with Profiler(str(tmp_path)):
+        assert run_ranks(_scoped_multiply, 2) == [[3.0], [3.0]]
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 3 and all(n.endswith(".chrome_timeline.json") for n in names)
+    assert f"{os.getpid()}.chrome_timeline.json" in names
+    seen = set()
+    for name in names:
+        with open(tmp_path / name) as f:
+            seen |= {e.get("name") for e in json.load(f)["traceEvents"]}
+    assert {"rank0_step", "rank1_step"} <= seen  # each worker recorded its own ops

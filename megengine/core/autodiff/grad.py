@@ -29,9 +29,10 @@ class Grad:
     from ``ys`` once and calls each tensor's callback with its gradient (a callback is not
     called for a tensor ``ys`` does not depend on).
 
-    Recording starts at ``with Grad() as grad:`` or at the first `wrt`, whichever comes first
-    (upstream's older tests write ``grad = Grad().wrt(x, callback=cb)`` without ``with``), and
-    ends with the call, the ``with`` block, or when the Grad is freed.
+    Recording starts when the Grad is made, as upstream's (whose key is live from its
+    creation: a rank that only relays with ``remote_recv``/``remote_send`` makes a Grad, attaches
+    nothing and calls ``grad([], [])`` to run the relayed gradients back), and ends with the
+    call, the ``with`` block, or when the Grad is freed.
     """
 
     def __init__(self, name=None):
@@ -43,6 +44,7 @@ class Grad:
         self._manager = GradManager()
         self._done = False  # called once: a Grad records one computation
         _grad_manager_dict[name] = self
+        self._start()
 
     @property
     def name(self):
@@ -82,8 +84,11 @@ class Grad:
             raise RuntimeError(f"Grad {self._name!r}: not recording; give it tensors with "
                                "wrt() (or enter `with Grad() as grad:`) first, and call it once")
         self._done = True
-        if not ys:  # nothing to differentiate (a rank that only sends, say): just stop
-            self._manager.release()
+        if not ys:  # no output here: backpropagate what distributed ops kept, if any
+            if self._manager._kept:
+                self._manager.backward()
+            else:
+                self._manager.release()
             return None
         # upstream's backward takes an output gradient that broadcasts to its output
         dys = [_broadcast_to(dy, y) for y, dy in zip(ys, dys)]
