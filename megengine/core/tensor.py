@@ -273,7 +273,8 @@ class Tensor(metaclass=_TensorType):
         if format != "default":
             if format == "nhwc" and not isinstance(data, Tensor):
                 # upstream: the array is the NHWC memory; the tensor is its NCHW view
-                self._data = _fmt.to_logical(self._data, "Tensor")
+                xp = _device_mod.get_array_module(self._device)
+                self._data = _fmt.to_logical(xp.ascontiguousarray(self._data), "Tensor")
             self.format = format
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
