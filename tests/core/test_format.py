@@ -272,3 +272,21 @@ def test_off_gradients_flow_through_the_reordering(auto_convert_off):
     np.testing.assert_array_equal(x.grad.numpy(), weights.reshape(1, 2, 3, 2))
     set_auto_format_convert(True)
     np.testing.assert_array_equal(x.grad.numpy(), weights.reshape(1, 2, 3, 2).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("options", [dict(symbolic=False), dict(symbolic=True),
+                                     dict(without_host=True)], ids=["plain", "symbolic", "replay"])
+def test_traced_functions_label_their_outputs_on_every_call(options):
+    from megengine.jit import trace
+
+    @trace(**options)
+    def f(x):
+        y = F.relu(x * 2)
+        return F.reshape(y, (2, 3, 20, 1)), F.transpose(y, (0, 2, 3, 1))
+
+    for _ in range(3):  # the first call records, the later ones check or replay
+        plain, x, nchw = _pair()
+        a, b = f(x)
+        assert (a.format, b.format) == ("nhwc", "default")
+        np.testing.assert_allclose(a.numpy(), (2 * nchw).reshape(2, 3, 20, 1), rtol=1e-6)
+        np.testing.assert_allclose(b.numpy(), (2 * nchw).transpose(0, 2, 3, 1), rtol=1e-6)
