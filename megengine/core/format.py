@@ -42,7 +42,7 @@ auto_convert = True
 
 # rules whose ops see an "nhwc" input's physical array when auto conversion is off
 _PHYSICAL_WHEN_OFF = frozenset(("elemwise", "reshape", "transpose", "subtensor"))
-_installed = False
+_dispatch = None  # megengine.core.dispatch once the hook is installed (it imports this module)
 
 
 def check_label(value, ndim):
@@ -77,16 +77,12 @@ def shows_physical(t):
 def labelled():
     """Called whenever a tensor gets a label other than "default": from then on the dispatcher
     labels op outputs. Until then it pays nothing for labels (one global read per op)."""
-    global _installed
-    if not _installed:
+    global _dispatch
+    if _dispatch is None:
         from . import dispatch
 
-        _installed = True
+        _dispatch = dispatch
         dispatch._format_hook = _apply
-
-
-def _rule_of(op):
-    return getattr(op, "format_rule", None)
 
 
 def _common_label(inputs):
@@ -129,33 +125,38 @@ def _set_label(outs, label):
 
 def _apply(op, inputs):
     """``dispatch._format_hook``: apply ``op`` and label its outputs (see the module doc)."""
-    from . import dispatch
-
-    rule = _rule_of(op)
-    physical = (not auto_convert and rule in _PHYSICAL_WHEN_OFF
-                and any(t._format == "nhwc" for t in inputs))
+    dispatch = _dispatch
+    rule = getattr(op, "format_rule", None)
+    if rule is not None:
+        for t in inputs:
+            if t._format != "default":
+                break
+        else:
+            rule = None  # no input carries a label: every rule gives "default" outputs
     dispatch._format_hook = None  # the op itself (and any op its forward applies) runs plainly
     try:
-        if physical:
-            out = _apply_physical(op, inputs, rule)
-        else:
-            out = dispatch.apply(op, *inputs)
-            if rule is not None:
-                outs = out if isinstance(out, tuple) else (out,)
-                label = _output_label(op, rule, inputs, outs)
-                if label != "default":
-                    _set_label(outs, label)
+        if rule is None:  # the common case, kept short: outputs are made "default"
+            return dispatch.apply(op, *inputs)
+        if not auto_convert and rule in _PHYSICAL_WHEN_OFF \
+                and any(t._format == "nhwc" for t in inputs):
+            return _apply_physical(op, inputs, rule)
+        out = dispatch.apply(op, *inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+        label = _output_label(op, rule, inputs, outs)
+        if label != "default":
+            _set_label(outs, label)
+        return out
     finally:
         dispatch._format_hook = _apply
-    return out
 
 
 def _apply_physical(op, inputs, rule):
     """Auto conversion off: ``op`` runs on the NHWC arrays of "nhwc" inputs, as upstream's
     does; outputs that stay "nhwc" are stored back in NCHW order. The reorderings are ops, so
     gradients flow through them."""
-    from . import dispatch
     from .ops import Transpose
+
+    dispatch = _dispatch
 
     arrays = [dispatch.apply(Transpose(TO_NHWC[t.ndim]), t) if t._format == "nhwc" else t
               for t in inputs]

@@ -177,3 +177,14 @@ def test_convert_tensor_format_rejects_non_tensors():
         amp.convert_tensor_format(np.ones((1, 2, 3, 4)))
     t = mge.tensor(np.ones((2, 3)))
     assert amp.convert_tensor_format(t) is t  # not 4-D/5-D: unchanged
+
+
+def test_the_amp_page_example_runs():
+    # docs/api/amp.rst, "Tensor format (NHWC)": its code block runs as written
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api" / "amp.rst").read_text()
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)", page)
+    assert len(blocks) == 1
+    exec(compile("\n".join(line[4:] for line in blocks[0].splitlines()), "amp.rst", "exec"), {})
