@@ -149,9 +149,6 @@ class CompNode(str):
     __hash__ = str.__hash__
 
 
-_FORMATS = _fmt.FORMATS
-
-
 class QParams:
     """Quantization parameters a tensor carries (upstream's ``Tensor.qparams``).
 

@@ -3,7 +3,10 @@ an NHWC array is its NCHW tensor (values, shapes, gradients checked against nump
 labels pass through ops by upstream's rules (imperative/src/impl/transformations/format.cpp),
 and with ``_auto_format_convert`` off the tensor shows, and layout ops see, its NHWC array."""
 import copy
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,9 +88,19 @@ def test_pickle_and_deepcopy_keep_label_and_value(auto_convert_off):
             set_auto_format_convert(mode)
 
 
-def test_the_dispatcher_hook_is_installed_by_a_label():
-    Tensor(np.zeros((1, 1, 1, 1), np.float32), format="nhwc")
-    assert dispatch._format_hook is not None  # from now on op outputs are labelled
+def test_the_dispatcher_hook_waits_for_the_first_label():
+    # a fresh process: programs that never label a tensor never pay for the hook
+    code = (
+        "import numpy as np, megengine as mge, megengine.functional as F\n"
+        "from megengine.core import dispatch\n"
+        "x = mge.tensor(np.ones((1, 2, 3, 4), 'float32'))\n"
+        "y = F.relu(x + 1); y.format\n"
+        "assert dispatch._format_hook is None\n"
+        "x.format = 'nhwc'\n"
+        "assert dispatch._format_hook is not None and (x + 1).format == 'nhwc'\n")
+    root = os.path.dirname(os.path.dirname(mge.__file__))  # the megengine under test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
 
 
 # ----- the label rules (upstream's format.cpp; ops it does not list give "default") -----
