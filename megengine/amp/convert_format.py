@@ -11,7 +11,7 @@ run their channels-last kernels and return channels-last outputs, which elementw
 Optimizers update parameters in place, so the layout lasts through training.
 A PyTorchModule's parameters are left alone: they are the torch module's storage (zero copy);
 convert the torch module itself with ``module.to(memory_format=torch.channels_last)`` before
-wrapping it.
+wrapping it. Converted inputs reach a PyTorchModule C-contiguous (see `megengine.core.format`).
 """
 import copy
 import sys

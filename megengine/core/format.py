@@ -29,7 +29,13 @@ How an op's outputs are labelled is its class attribute ``format_rule`` (ops wit
 - ``"transpose"``: ``"default"`` (the axes no longer mean N, C, H, W);
 - ``"subtensor"``: the first input's label unless the result lost a dim (indexing, split,
   set-subtensor).
+
+An op with ``reads_standard_layout = True`` (a PyTorchModule call) gets the "nhwc" inputs whose
+storage is channels-last as C-contiguous arrays: the torch code inside was written for the
+tensors torch makes itself (its ``x.view(n, -1)`` fails on channels-last memory), and the layout
+is this engine's optimisation, not something the program asked torch for.
 """
+from .dispatch import Op, xp_of
 FORMATS = ("default", "nchw", "nhwc")
 # logical (NCHW) -> physical (NHWC) axis order and back. A 5-D tensor is a grouped convolution
 # weight (G, O/G, I/G, kh, kw): its channel dim is 2, stored innermost (upstream's GIHWO)
@@ -123,9 +129,27 @@ def _set_label(outs, label):
             o._format = label
 
 
+class StandardLayout(Op):
+    """The same value in C order (a copy when the array is not C-contiguous already)."""
+
+    def forward(self, x):
+        return xp_of(x).ascontiguousarray(x)
+
+    def backward(self, g):
+        return g
+
+
+def _standard_layout(inputs):
+    return tuple([_dispatch.apply(StandardLayout(), t)
+                  if t._format == "nhwc" and not t._data.flags.c_contiguous else t
+                  for t in inputs])
+
+
 def _apply(op, inputs):
     """``dispatch._format_hook``: apply ``op`` and label its outputs (see the module doc)."""
     dispatch = _dispatch
+    if getattr(op, "reads_standard_layout", False):
+        inputs = _standard_layout(inputs)  # before the hook is cleared: those copies are ops
     rule = getattr(op, "format_rule", None)
     if rule is not None:
         for t in inputs:

@@ -188,3 +188,52 @@ def test_the_amp_page_example_runs():
     blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)", page)
     assert len(blocks) == 1
     exec(compile("\n".join(line[4:] for line in blocks[0].splitlines()), "amp.rst", "exec"), {})
+
+
+def test_a_pytorch_module_gets_converted_inputs_in_torchs_own_layout():
+    # torch code written for the tensors torch makes (x.view(n, -1) fails on channels-last
+    # memory) keeps working when the megengine side is converted; values and gradients too
+    torch = pytest.importorskip("torch")
+    import megengine.functional as F
+    from megengine.autodiff import GradManager
+    from megengine.module.pytorch import PyTorchModule
+
+    class Extractor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 3)
+
+        def forward(self, x):
+            assert x.is_contiguous()
+            y = self.conv(x)
+            return y.view(y.size(0), -1)
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 4, 1)
+            self.t = PyTorchModule(Extractor())
+            self.fc = M.Linear(2 * 3 * 3, 2)
+
+        def forward(self, x):
+            return self.fc(self.t(F.relu(self.conv(x))))
+
+    def run(net, x):
+        gm = GradManager().attach([x] + list(net.parameters()))
+        with gm:
+            y = net(x)
+            gm.backward((y * y).sum())
+        return y.numpy(), [t.grad.numpy() for t in [x] + list(net.parameters())]
+
+    net = Net()
+    data = np.random.rand(2, 3, 5, 5).astype(np.float32)
+    y0, g0 = run(net, mge.tensor(data))
+    for t in net.parameters():
+        t.grad = None
+    amp.convert_module_format(net)
+    x = amp.convert_tensor_format(mge.tensor(data))
+    y1, g1 = run(net, x)
+    assert _channels_last(x._data)  # the engine's copy keeps its layout
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
