@@ -1,4 +1,4 @@
-"""Tensor format labels: what a program pays for ``amp.convert_module_format`` (NHWC) on this engine.
+"""Tensor format labels: what ``amp.convert_module_format`` (NHWC) costs or saves on this engine.
 
 What it prints, for the default device (cpu0 here; gpu0 where CUDA is usable), in ms per call
 (median over repeats, the variants taking turns call by call; the fastest call in brackets):
