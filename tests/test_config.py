@@ -13,7 +13,7 @@ from megengine.core import _config
 SWITCHES = {"benchmark_kernel": (False, True), "deterministic_kernel": (False, True),
             "benchmark_with_subprocess": (False, True), "async_level": (2, 0),
             "disable_memory_forwarding": (False, True), "_compute_mode": ("default", "float32"),
-            "_bn_format": ("dim_1c11", "dim_1c11"), "_auto_format_convert": (False, False),
+            "_bn_format": ("dim_1c11", "dim_1c11"), "_auto_format_convert": (True, False),
             "_conv_format": ("default", "NHWC")}
 
 
@@ -39,7 +39,7 @@ def test_every_switch_has_upstreams_default_and_is_shared(name):
     ("benchmark_kernel", "yes"), ("deterministic_kernel", 2), ("async_level", 3),
     ("async_level", -1), ("async_level", True), ("_compute_mode", "float16"),
     ("_bn_format", "nhwc"), ("disable_memory_forwarding", None), ("_auto_format_convert", "x"),
-    ("_bn_format", "dim_111c"), ("_auto_format_convert", True),  # upstream semantics we lack
+    ("_bn_format", "dim_111c"),  # upstream semantics we lack
     ("_conv_format", "NCHW4"),  # upstream's special kernel layouts
 ])
 def test_bad_values_are_refused_and_change_nothing(name, bad):
@@ -161,8 +161,9 @@ def test_option_context_sets_and_restores_even_on_error():
 def test_auto_format_convert_functions():
     from megengine.core._config import get_auto_format_convert, set_auto_format_convert
 
-    assert get_auto_format_convert() is False
-    assert set_auto_format_convert(False) is False
-    with pytest.raises(ValueError, match="do not reorder axes"):
-        set_auto_format_convert(True)
-    assert mge.config._auto_format_convert is False
+    # on by default, as upstream's runtime (tests/core/test_format.py covers what it does)
+    assert get_auto_format_convert() is True
+    assert set_auto_format_convert(False) is True
+    assert mge.config._auto_format_convert is False and get_auto_format_convert() is False
+    assert set_auto_format_convert(True) is False
+    assert mge.config._auto_format_convert is True

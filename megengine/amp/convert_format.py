@@ -1,39 +1,40 @@
-"""`convert_module_format`: give a module's 4-D/5-D parameters and buffers the NHWC
-(channels-last) memory layout, as upstream's amp does for its NHWC kernels.
+"""`convert_tensor_format` / `convert_module_format`: label 4-D/5-D tensors (a module's
+parameters and buffers) ``format="nhwc"`` and give them channels-last storage, as upstream's amp
+does for its NHWC (cuDNN channels-last) kernels.
 
-Upstream marks such tensors ``format="nhwc"`` and its kernels then run channels-last. Here the
-logical shape stays NCHW (as upstream shows it with auto format conversion on) and the storage
-becomes channels-last, which the ATen convolution kernels behind ``F.conv2d`` read without a
-copy (ATen picks the output layout from the input). Values do not change. ``tensor.format``
-says ``"nhwc"`` afterwards.
+The values, shapes and gradients a program sees do not change: an ``"nhwc"`` tensor behaves as
+its NCHW tensor (`megengine.core.format`), and ``megengine.config._auto_format_convert = False``
+shows its NHWC array, as upstream does (a grouped weight (G, O/G, I/G, kh, kw) shows
+(G, O/G, kh, kw, I/G)). What changes is the memory order: the NCHW value is stored as a view of
+an NHWC array, which ATen's convolution, pooling and batch norm read without a copy (they then
+run their channels-last kernels and return channels-last outputs, which elementwise ops keep).
+Optimizers update parameters in place, so the layout lasts through training.
 A PyTorchModule's parameters are left alone: they are the torch module's storage (zero copy);
 convert the torch module itself with ``module.to(memory_format=torch.channels_last)`` before
-wrapping it.
+wrapping it. Converted inputs reach a PyTorchModule C-contiguous (see `megengine.core.format`).
 """
 import copy
 import sys
 
+from ..core import format as _fmt
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor
 
-# (to channels-last, back). A 5-D tensor is a grouped conv weight (G, O/G, I/G, kh, kw), as
-# upstream treats it: its channel dim is 2, moved innermost
-_PERMUTATIONS = {4: ((0, 2, 3, 1), (0, 3, 1, 2)), 5: ((0, 1, 3, 4, 2), (0, 1, 4, 2, 3))}
-
 
 def _is_nchw_format(t):
-    return t.ndim in _PERMUTATIONS and getattr(t, "format", "default") != "nhwc"
+    return t.ndim in _fmt.TO_NHWC and t.format != "nhwc"
 
 
 def convert_tensor_format(x: Tensor, inplace: bool = True):
-    """Give a 4-D/5-D tensor channels-last storage (in place, or a new tensor), same values."""
+    """Label a 4-D/5-D tensor ``"nhwc"`` and store it channels-last (in place, or a new tensor
+    with ``inplace=False``); same values. Other tensors are returned unchanged."""
     if not isinstance(x, Tensor):
         raise TypeError(f"convert_tensor_format: expected a Tensor, got {type(x).__name__}")
     if not _is_nchw_format(x):
         return x
-    to_last, back = _PERMUTATIONS[x.ndim]
     xp = xp_of(x._data)
-    data = xp.ascontiguousarray(x._data.transpose(to_last)).transpose(back)
+    # an NHWC array (a grouped weight's channel dim 2 innermost), seen in NCHW order
+    data = _fmt.to_logical(xp.ascontiguousarray(_fmt.to_physical(x._data)))
     if inplace:
         # replace the storage, not the value: optimizers update it in place from now on
         x._data = data
@@ -44,8 +45,9 @@ def convert_tensor_format(x: Tensor, inplace: bool = True):
 
 
 def convert_module_format(module, inplace: bool = True):
-    """Convert every 4-D/5-D parameter and buffer of ``module`` to channels-last storage; with
-    ``inplace=False`` a deep copy is converted and returned. Returns the module."""
+    """`convert_tensor_format` every 4-D/5-D parameter and buffer of ``module`` (batch-norm
+    statistics included); with ``inplace=False`` a deep copy is converted and returned. Returns
+    the module."""
     if not inplace:
         module = copy.deepcopy(module)
     torch_owned = set()

@@ -479,6 +479,8 @@ def _run_callbacks(t, g, callbacks, claimed):
         if g.dtype != t.dtype:
             g = g.astype(t.dtype)
         grad = Tensor._wrap(_exclusive(g, claimed), t._device)
+    if t._format != "default":  # upstream: a gradient carries its tensor's format label
+        grad._format = t._format
     for cb in callbacks:
         grad = cb(t, grad)
         if grad is None:
@@ -498,6 +500,7 @@ def _add_grad(t, grad):
         t.grad = t.grad + grad  # recorded, so an outer GradManager sees the sum
     else:
         t.grad = Tensor._wrap(t.grad._data + grad._data, t._device)
+        t.grad._format = grad._format
 
 
 def _tracked(t):

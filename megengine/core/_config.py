@@ -27,14 +27,18 @@ and applies it. What each switch does in this engine:
   ``warp_perspective``, ``warp_affine``), as upstream. The layouts of upstream's special
   kernels (``NCHW4``, ``NHWCD4``, ...) are refused, and so is ``"NHWC"`` by the convolution
   and pooling functions, whose kernels here are NCHW only (upstream's take NHWC there).
-- ``_bn_format`` and ``_auto_format_convert``: only their defaults (``"dim_1c11"``, False).
-  The other values change what programs compute on upstream (batch-norm parameters shaped
-  ``(1, 1, 1, C)`` for NHWC data; axis arguments reordered for ``"nhwc"`` tensors), which this
-  engine's operators do not do, so setting them raises instead of computing something else.
+- ``_auto_format_convert`` (default True, as upstream's runtime): an ``"nhwc"`` tensor shows
+  and behaves as its NCHW tensor; off, it shows its NHWC array (``shape``, ``numpy()``) and
+  layout ops work on that array, as upstream's (`megengine.core.format`).
+- ``_bn_format``: only its default (``"dim_1c11"``). ``"dim_111c"`` changes what programs
+  compute on upstream (batch-norm parameters shaped ``(1, 1, 1, C)``), which this engine's
+  batch norm does not do, so setting it raises instead of computing something else.
 """
 import sys
 import types
 from contextlib import contextmanager
+
+from . import format as _format
 
 __all__ = [
     "benchmark_kernel", "benchmark_with_subprocess", "deterministic_kernel", "async_level",
@@ -53,7 +57,6 @@ _deterministic_kernel = False
 _benchmark_with_subprocess = False
 _async_level = 2
 _disable_memory_forwarding = False
-_auto_format_convert_flag = False
 
 _COMPUTE_MODES = ("default", "float32")
 _CONV_FORMATS = ("default", "NCHW", "NHWC")
@@ -188,28 +191,22 @@ def _set_bn_format(mod, fmt):
 
 
 def _get_auto_format_convert(mod):
-    """Reorder indexing parameters of "nhwc" tensors (upstream's runtime; default False)."""
-    return _auto_format_convert_flag
+    """Show "nhwc" tensors as the NCHW tensors they stand for (default True)."""
+    return _format.auto_convert
 
 
 def _set_auto_format_convert(mod, option):
-    global _auto_format_convert_flag
-    option = _check_bool("_auto_format_convert", option)
-    if option:
-        raise ValueError("megengine.config._auto_format_convert: only False is supported here; "
-                         "this engine's operators do not reorder axes for 'nhwc' tensors, so "
-                         "keep data in NCHW order")
-    _auto_format_convert_flag = option
+    _format.auto_convert = _check_bool("_auto_format_convert", option)
 
 
 def get_auto_format_convert() -> bool:
     """The ``_auto_format_convert`` switch (upstream exports this function from here too)."""
-    return _auto_format_convert_flag
+    return _format.auto_convert
 
 
 def set_auto_format_convert(option: bool) -> bool:
     """Set the ``_auto_format_convert`` switch; returns the previous value."""
-    previous = _auto_format_convert_flag
+    previous = _format.auto_convert
     _set_auto_format_convert(None, option)
     return previous
 

@@ -53,6 +53,9 @@ _profile_hook = None
 # this hook first; it builds graph nodes for ops on VarNodes and returns NotImplemented for
 # others (see megengine/utils/network_node.py). None otherwise: one more global read per apply.
 _symbolic_hook = None
+# megengine.core.format: once any tensor carries a format label ("nhwc", "nchw"), every apply
+# goes through this hook, which labels the op's outputs by upstream's rules; None until then.
+_format_hook = None
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 # The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
 # is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
@@ -310,6 +313,8 @@ def apply_unhooked(op, inputs):
     costs, measured with benchmarks/bench_jit_trace.py)."""
     if _profile_hook is not None:  # a Profiler or TensorSanityCheck: it applies the op itself
         return _profile_hook(op, inputs)
+    if _format_hook is not None:  # tensors carry format labels: it applies and labels
+        return _format_hook(op, inputs)
     device = inputs[0]._device if inputs else op.device  # an op with no inputs names its device
     for t in inputs:
         if t._device != device:

@@ -53,6 +53,7 @@ class BroadcastError(ValueError, RuntimeError):
 
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     def forward(self, a, b):
         dtype = _promote(a, b)
@@ -290,6 +291,7 @@ def _no_grad_binary(name, fn):
 
 
 class _Compare(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     fn = None
 
     def forward(self, a, b):
@@ -318,6 +320,7 @@ BINARY = {
 
 
 class Neg(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
         return -x
 
@@ -329,6 +332,7 @@ class Neg(Op):
 
 
 class Abs(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
         self.x = x
         return abs(x)
@@ -341,6 +345,7 @@ class Abs(Op):
 
 
 class Invert(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
         return ~x
 
@@ -352,6 +357,7 @@ UNARY = {"neg": Neg, "abs": Abs, "invert": Invert}
 
 
 class AsType(Op):
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, dtype):
         self.dtype = dtype
 
@@ -370,6 +376,7 @@ class AsType(Op):
 
 class Copy(Op):
     """Move to another device (or copy on the same one)."""
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, device):
         self.device = self.out_device = device
@@ -402,6 +409,7 @@ def move_array(a, device):
 
 
 class Reshape(Op):
+    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, shape):
         self.shape = shape
 
@@ -423,6 +431,7 @@ class Reshape(Op):
 
 
 class Transpose(Op):
+    format_rule = "transpose"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, axes):
         self.axes = axes
 
@@ -504,6 +513,7 @@ def _is_basic(index):
 
 
 class GetItem(Op):
+    format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, index):
         self.index = index
 
@@ -551,6 +561,7 @@ class IndexAdd(Op):
 
 class SetItem(Op):
     """``x[index] = v`` as a new value: the result is x with the indexed part replaced."""
+    format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, index):
         self.index = index

@@ -10,6 +10,7 @@ from . import _trace_option
 from . import amp  # noqa: F401  upstream's `megengine.core.tensor.amp` (the autocast state)
 from . import dispatch
 from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
+from . import format as _fmt
 from . import ops as _ops
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
@@ -149,9 +150,6 @@ class CompNode(str):
     __hash__ = str.__hash__
 
 
-_FORMATS = ("default", "nchw", "nhwc")
-
-
 class QParams:
     """Quantization parameters a tensor carries (upstream's ``Tensor.qparams``).
 
@@ -279,6 +277,10 @@ class Tensor(metaclass=_TensorType):
         self.grad = None
         self._name = name
         if format != "default":
+            if format == "nhwc" and not isinstance(data, Tensor):
+                # upstream: the array is the NHWC memory; the tensor is its NCHW view
+                xp = _device_mod.get_array_module(self._device)
+                self._data = _fmt.to_logical(xp.ascontiguousarray(self._data), "Tensor")
             self.format = format
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
@@ -299,32 +301,38 @@ class Tensor(metaclass=_TensorType):
 
     @property
     def shape(self):
-        if _trace_option._use_symbolic_shape:  # traced calls: a tuple with upstream's .numpy()
+        if not _fmt.auto_convert and self._format == "nhwc":  # upstream's raw NHWC shape
+            shape = _fmt.to_physical(self._data).shape
+        else:
             shape = self._data.shape
+        if _trace_option._use_symbolic_shape:  # traced calls: a tuple with upstream's .numpy()
             return _trace_option.Shape(shape) if shape else shape
-        return self._data.shape
+        return shape
 
     @property
     def _tuple_shape(self):
         """The shape as a tuple of ints (upstream's ``shape`` can be a Tensor while tracing)."""
+        if not _fmt.auto_convert and self._format == "nhwc":
+            return _fmt.to_physical(self._data).shape
         return self._data.shape
 
     @property
     def format(self):
-        """The memory format label: ``"default"``, ``"nchw"`` or ``"nhwc"``.
+        """The memory format label: ``"default"``, ``"nchw"`` or ``"nhwc"`` (upstream 1.10+).
 
-        As upstream, the label does not change the memory order or strides. Upstream's
-        operators may reorder axes for an ``"nhwc"`` tensor when
-        ``megengine.config._auto_format_convert`` is on; this engine's operators do not read
-        the label (its arrays are always in the order their shape says).
+        An ``"nhwc"`` tensor behaves as the NCHW tensor it stands for (shape, indexing, ops,
+        ``numpy()``, gradients) while ``megengine.config._auto_format_convert`` is on (the
+        default); ops pass the label on by upstream's rules (`megengine.core.format`).
+        ``Tensor(array, format="nhwc")`` reads ``array`` in NHWC order; setting the label
+        keeps the value.
         """
         return self._format
 
     @format.setter
     def format(self, value):
-        if value not in _FORMATS:
-            raise ValueError(f"format must be one of {_FORMATS}, got {value!r}")
-        self._format = value
+        self._format = _fmt.check_label(value, self._data.ndim)
+        if value != "default":
+            _fmt.labelled()
 
     @property
     def qparams(self):
@@ -392,6 +400,8 @@ class Tensor(metaclass=_TensorType):
             value = np.array(data, copy=True, order="C")
         if dispatch._trace_hook is not None:  # megengine.jit.trace notes values read to the host
             dispatch._trace_hook.read(self, value)  # (item, int(), tolist, shapes come here)
+        if not _fmt.auto_convert and self._format == "nhwc":  # upstream's raw NHWC value
+            value = np.ascontiguousarray(_fmt.to_physical(value))
         return value
 
     def _peek(self):
@@ -477,10 +487,15 @@ class Tensor(metaclass=_TensorType):
     # `__getnewargs__` gives (value, dtype, device logical name) to `cls.__new__`, and the state
     # holds only the optional extras. A "name" key is ours; upstream's __setstate__ ignores it.
     def __getnewargs__(self):
-        return (self.numpy(), self.dtype, self.device.logical_name)
+        value = self.numpy()
+        if _fmt.shows_physical(self):  # the pickle holds the NCHW value, as upstream's default
+            value = _fmt.to_logical(value)
+        return (value, self.dtype, self.device.logical_name)
 
     def __getstate__(self):
         state = {}
+        if self._format != "default":
+            state["format"] = self._format
         if self._qparams is not None:
             state["qparams"] = self._qparams
         if self._name:
@@ -506,6 +521,8 @@ class Tensor(metaclass=_TensorType):
             qparams = state.pop("qparams", None)
         self._qparams = qparams
         self._name = state.pop("name", None)
+        if "format" in state:
+            self.format = state.pop("format")
 
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
@@ -564,8 +581,11 @@ class Tensor(metaclass=_TensorType):
         return self.reshape(new)
 
     def detach(self):
-        """A tensor with the same storage, cut off from autodiff."""
-        return Tensor._wrap(self._data, self._device)
+        """A tensor with the same storage (and format label), cut off from autodiff."""
+        t = Tensor._wrap(self._data, self._device)
+        if self._format != "default":
+            t._format = self._format
+        return t
 
     def to(self, device):
         dev = _device_mod.canonical_device(device)

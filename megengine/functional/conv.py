@@ -90,6 +90,7 @@ class _Convolution(Op):
     from ``needs_input_grad``, so unneeded gradients are never computed. The saved tensors are
     views of the engine's input and weight arrays.
     """
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, nd, transposed, stride, padding, dilation, output_padding, groups, what):
         self.nd, self.transposed, self.what = nd, transposed, what

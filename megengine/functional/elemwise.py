@@ -122,6 +122,7 @@ def logaddexp(x, y):
 
 
 class _Logical(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     fn = None
 
     def forward(self, a, b=None):
@@ -160,6 +161,7 @@ class _Unary(Op):
 
     Float functions (``to_float``) compute integer inputs in float32, as upstream does.
     """
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     to_float = True
 
@@ -261,6 +263,7 @@ round = _unary_fn(Round, "round", "Element-wise rounding, halves away from zero 
 
 class Clip(Op):
     """``x`` limited to ``[lower, upper]``; gradient passes where x is inside (ends included)."""
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, lower, upper):
         self.lower, self.upper = lower, upper

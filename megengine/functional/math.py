@@ -38,6 +38,7 @@ def isinf(inp):
 
 
 class Sign(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
         return xp_of(x).sign(x)
 

@@ -41,6 +41,7 @@ def _float_t(t):
 # ----- element-wise activations -----
 
 class _Relu(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
         # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop. A
         # quantized value's zero is its zero point (quint8 stores real 0 as zero_point)
@@ -88,6 +89,7 @@ def _use_relu_kernel(y, g):
 
 class _Activation(Op):
     """``y = f(x)`` element-wise on floats; subclasses give ``compute`` and ``grad``."""
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     def forward(self, x):
         self.x = x = _as_float(x)
@@ -257,6 +259,7 @@ class _LogSigmoid(_Activation):
 
 
 class _PRelu(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x, w):
         dtype = promote_types(x.dtype, w.dtype)
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
@@ -345,6 +348,7 @@ def prelu(inp, weight):
 class _Softmax(Op):
     """Softmax along ``axes``. On CUDA over one axis: ATen's fused kernels (`_aten.use_aten`);
     else array code (numpy on the CPU, the measured fastest there)."""
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
         self.axes = axes
@@ -376,6 +380,7 @@ class _Softmax(Op):
 
 class _LogSoftmax(Op):
     """``x - logsumexp(x)`` along ``axes``; on CUDA over one axis ATen's fused kernels."""
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
         self.axes = axes
@@ -489,6 +494,7 @@ def linear(inp, weight, bias=None, compute_mode="default"):
 # ----- dropout, embedding -----
 
 class _Dropout(Op):
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, drop_prob):
         self.p = drop_prob
 

@@ -27,6 +27,7 @@ class _BatchNorm(Op):
     ``native_batch_norm_backward`` on the saved views (the input, the weight, the saved mean and
     inverse std), as torch keeps them.
     """
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
         self.eps, self.momentum, self.training = eps, momentum, training

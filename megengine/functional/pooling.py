@@ -29,6 +29,7 @@ class _Pool2d(Op):
     kh * kw / (its real elements). The max gradient goes to the first maximum of each window,
     as torch routes it.
     """
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, mode, kernel, stride, padding, what):
         self.mode, self.kernel, self.stride, self.padding, self.what = \

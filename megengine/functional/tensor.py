@@ -260,6 +260,7 @@ def squeeze(inp, axis=None):
 
 
 class BroadcastTo(Op):
+    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, shape):
         self.shape = shape
 
@@ -325,6 +326,7 @@ def _promote_all(arrays):
 
 
 class Concat(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, axis):
         self.axis = axis
 
@@ -399,6 +401,7 @@ def stack(inps, axis=0, device=None):
 
 
 class Split(Op):
+    format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
     def __init__(self, bounds, axis):
         self.bounds, self.axis = bounds, axis
 
@@ -741,6 +744,7 @@ def one_hot(inp, num_classes):
 
 
 class Where(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, mask, x, y):
         self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
         dtype = promote_types(x.dtype, y.dtype)

@@ -53,6 +53,7 @@ def _interp_matrix(n_in, n_out, mode, align_corners):
 
 class _Resize(Op):
     """Separable resampling ``A_h @ x @ A_w.T`` over the last two axes (A_w None: last axis)."""
+    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, mat_h, mat_w):
         self.mat_h, self.mat_w = mat_h, mat_w

@@ -64,8 +64,9 @@ def _run(prog, leaves, profile):
                     f"replaying op #{step.index} ({step.name}): it reads the .grad of a tensor "
                     "whose .grad is None now (it was set when the function was traced)")
             if (dispatch._recording or dispatch._trace_hook is not None
-                    or dispatch._profile_hook is not None):
-                out = apply(op, *ins)  # autodiff (or an outer trace, or a profiler) must see it
+                    or dispatch._profile_hook is not None or dispatch._format_hook is not None):
+                # autodiff (or an outer trace, a profiler, format labels) must see it
+                out = apply(op, *ins)
                 if step.multi:
                     for s, o in zip(step.outs, out):
                         values[s] = o

@@ -29,11 +29,6 @@ def _check_tensor(inp, what):
         raise TypeError(f"{what}: expected input is megengine.Tensor, but got {type(inp)}")
 
 
-def _format(inp):
-    # Tensor.format exists where the core supports it; a plain tensor is NCHW
-    return getattr(inp, "format", "default") or "default"
-
-
 def _value_range(dtype):
     """(min, middle, max) of ``dtype``'s values, as upstream's augmenters use them."""
     dtype = np.dtype(dtype)
@@ -103,12 +98,9 @@ class _AdditiveNoise(Module):
             if inp.ndim != 4:
                 raise ValueError(f"{type(self).__name__}: per_channel=False needs a 4-d image "
                                  f"batch, got shape {inp.shape}")
-            if _format(inp) == "nhwc":
-                n, h, w, _ = inp.shape
-                noise = self.sample((n, h, w, 1))
-            else:
-                n, _, h, w = inp.shape
-                noise = self.sample((n, 1, h, w))
+            # an "nhwc" tensor shows its NCHW shape too (megengine.core.format)
+            n, _, h, w = inp.shape
+            noise = self.sample((n, 1, h, w))
             noise = F.broadcast_to(noise, inp.shape)
         return inp + noise.to(inp.device)
 
@@ -187,7 +179,7 @@ class _Blur3x3(Module):
 
     def forward(self, inp):
         _check_tensor(inp, type(self).__name__)
-        if inp.ndim != 4 or _format(inp) not in ("default", "nchw"):
+        if inp.ndim != 4:  # any format label: an "nhwc" tensor is its NCHW tensor
             raise ValueError(f"{type(self).__name__}: expects an NCHW batch, got shape "
                              f"{inp.shape}")
         c = inp.shape[1]

@@ -1,6 +1,7 @@
 """Tests for megengine/amp/convert_format.py: 4-D/5-D parameters and buffers get channels-last
-storage and format "nhwc", values and outputs unchanged, other tensors untouched, inplace=False
-leaves the original alone, PyTorchModule storage is not replaced."""
+storage and format "nhwc", values and outputs unchanged, upstream's NHWC shapes with auto
+conversion off, other tensors untouched, inplace=False leaves the original alone, PyTorchModule
+storage is not replaced, and amp training of a converted model matches the unconverted one."""
 import numpy as np
 import pytest
 
@@ -60,7 +61,73 @@ def test_convert_module(inplace):
     if not inplace:  # the original keeps its layout
         assert getattr(m.conv.weight, "format", "default") != "nhwc"
         assert m.conv.weight._data.flags["C_CONTIGUOUS"]
-    assert converted.conv.weight.shape == (2, 2, 2, 4, 4)  # upstream's NHWC shape: (2, 2, 4, 4, 2)
+    assert converted.conv.weight.shape == (2, 2, 2, 4, 4)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_auto_conversion_off_shows_upstreams_nhwc_shapes(inplace):
+    # the shapes upstream's test_convert_format.py expects with _auto_format_convert off
+    from megengine.core._config import set_auto_format_convert
+
+    m = amp.convert_module_format(MyModule(), inplace)
+    expected = {"conv.weight": (2, 2, 4, 4, 2), "param": (1, 1, 1, 3), "buff": (1, 2, 2, 3)}
+    values = {name: t.numpy() for name, t in m.named_tensors()}
+    previous = set_auto_format_convert(False)
+    try:
+        for name, t in m.named_tensors():
+            assert t.format == "nhwc", name
+            assert t.shape == expected.get(name, (1, 1, 1, 4)), name
+            perm = (0, 1, 3, 4, 2) if t.ndim == 5 else (0, 2, 3, 1)
+            np.testing.assert_array_equal(t.numpy(), values[name].transpose(perm))
+    finally:
+        set_auto_format_convert(previous)
+
+
+def test_amp_training_of_a_converted_model_matches_the_plain_one():
+    # upstream's test_format_remained: outputs stay "nhwc" step after step; here also checked
+    # against the same model unconverted, trained on the same batches
+    import megengine.functional as F
+    import megengine.optimizer as optim
+    from megengine.autodiff import GradManager
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn = M.BatchNorm2d(8)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)))
+
+    def train(model, image, convert):
+        if convert:
+            model = amp.convert_module_format(model)
+            image = amp.convert_tensor_format(image)
+        gm = GradManager().attach(model.parameters())
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scaler = amp.GradScaler()
+        label = mge.tensor(np.random.RandomState(1).randint(0, 8, (2, 6, 6)), dtype="int32")
+        outs = []
+        for _ in range(3):
+            with amp.autocast():
+                with gm:
+                    logits = model(image)
+                    scaler.backward(gm, F.nn.cross_entropy(logits, label))
+            opt.step().clear_grad()
+            outs.append(logits)
+        return model, outs
+
+    image = mge.tensor(np.random.rand(2, 3, 6, 6).astype(np.float32))
+    first, twin = Net(), Net()
+    twin.load_state_dict({k: v.copy() for k, v in first.state_dict().items()})
+    plain, expected = train(first, image, False)
+    converted, got = train(twin, image, True)
+    for e, g in zip(expected, got):
+        assert g.format == "nhwc" and e.format == "default"
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=2e-3, atol=2e-3)
+    for (name, p), (_, q) in zip(plain.named_parameters(), converted.named_parameters()):
+        assert q.format == "nhwc" and _channels_last(q._data), name
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 def test_optimizer_updates_keep_the_layout():
@@ -110,3 +177,63 @@ def test_convert_tensor_format_rejects_non_tensors():
         amp.convert_tensor_format(np.ones((1, 2, 3, 4)))
     t = mge.tensor(np.ones((2, 3)))
     assert amp.convert_tensor_format(t) is t  # not 4-D/5-D: unchanged
+
+
+def test_the_amp_page_example_runs():
+    # docs/api/amp.rst, "Tensor format (NHWC)": its code block runs as written
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api" / "amp.rst").read_text()
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)", page)
+    assert len(blocks) == 1
+    exec(compile("\n".join(line[4:] for line in blocks[0].splitlines()), "amp.rst", "exec"), {})
+
+
+def test_a_pytorch_module_gets_converted_inputs_in_torchs_own_layout():
+    # torch code written for the tensors torch makes (x.view(n, -1) fails on channels-last
+    # memory) keeps working when the megengine side is converted; values and gradients too
+    torch = pytest.importorskip("torch")
+    import megengine.functional as F
+    from megengine.autodiff import GradManager
+    from megengine.module.pytorch import PyTorchModule
+
+    class Extractor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 3)
+
+        def forward(self, x):
+            assert x.is_contiguous()
+            y = self.conv(x)
+            return y.view(y.size(0), -1)
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 4, 1)
+            self.t = PyTorchModule(Extractor())
+            self.fc = M.Linear(2 * 3 * 3, 2)
+
+        def forward(self, x):
+            return self.fc(self.t(F.relu(self.conv(x))))
+
+    def run(net, x):
+        gm = GradManager().attach([x] + list(net.parameters()))
+        with gm:
+            y = net(x)
+            gm.backward((y * y).sum())
+        return y.numpy(), [t.grad.numpy() for t in [x] + list(net.parameters())]
+
+    net = Net()
+    data = np.random.rand(2, 3, 5, 5).astype(np.float32)
+    y0, g0 = run(net, mge.tensor(data))
+    for t in net.parameters():
+        t.grad = None
+    amp.convert_module_format(net)
+    x = amp.convert_tensor_format(mge.tensor(data))
+    y1, g1 = run(net, x)
+    assert _channels_last(x._data)  # the engine's copy keeps its layout
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -411,6 +411,7 @@ def _flatten_outputs(out, expected):
 
 class _TorchCall(Op):
     """One call of the wrapped torch module: forward through torch, backward by torch.autograd."""
+    reads_standard_layout = True  # "nhwc" inputs arrive C-contiguous (megengine.core.format)
 
     def __init__(self, wrapper, template, kw_template, n_inputs):
         self.wrapper = wrapper

@@ -66,7 +66,10 @@ class TorchBuffer(_TorchView, Tensor):
 # id(torch tensor) -> (weakref to it, weakref to its mirror). Keyed by id, not by the tensor:
 # torch tensors compare elementwise, which a WeakKeyDictionary's lookup would trip over.
 _registry = {}
-_registry_lock = threading.Lock()
+# reentrant: a garbage collection while mirror_of holds it (allocating the weakref below) runs
+# _forget for a dead torch tensor on the same thread, which with a plain Lock deadlocked the
+# process (seen in the test suite: the guide's LeNet test hung in _forget)
+_registry_lock = threading.RLock()
 
 
 def _forget(key, tensor_ref):

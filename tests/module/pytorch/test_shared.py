@@ -406,3 +406,28 @@ def test_map_location_moves_the_torch_half_to_another_gpu_too(on_cpu):
         tp = moved.block.torch_module.get_parameter(name)
         assert p.device == "gpu1" and tp.device == torch.device("cuda", 1), name
         assert address(p) == address(tp), name
+
+
+def test_a_dead_tensors_callback_during_mirror_of_does_not_deadlock():
+    # a garbage collection inside mirror_of (it holds the registry lock while it allocates) runs
+    # the weakref callback of a dead torch tensor on the same thread; that callback takes the
+    # lock again. Run it that way in a thread: a deadlock fails the test instead of hanging it.
+    import threading
+
+    from megengine.module.pytorch import shared
+
+    dead = torch.zeros(2)
+    mirror = shared.mirror_of(dead, "cpu0")
+    key = id(dead)
+    ref = shared._registry[key][0]
+    done = threading.Event()
+
+    def collect_while_locked():
+        with shared._registry_lock:
+            shared._forget(key, ref)  # what the callback does when `dead` dies now
+        done.set()
+
+    threading.Thread(target=collect_while_locked, daemon=True).start()
+    assert done.wait(10), "the registry lock deadlocked its own thread"
+    assert key not in shared._registry
+    del mirror
