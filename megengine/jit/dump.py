@@ -138,8 +138,8 @@ class _Writer:
         if _is_array(v):
             return {"array": self.array(v)}
         if type(v).__name__ == "RNG" and type(v).__module__ == "megengine.random.rng":
-            # a random op's source: the global generator at load, or its own generator's state
-            # (a loaded program draws on from there, as upstream's RNG operator with its seed)
+            # a random op's source (a traced draw's op also has ``start``, the state it drew
+            # from, which `read_op` makes the loaded op's own generator: see _Draw.__copy__)
             gen = v._generator
             return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
                                                       gen.bit_generator.state], v._device]}
@@ -665,6 +665,13 @@ def read_op(s, arrays, k):
     dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
     op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
                         if name not in s["dyn"]})
+    start = op.__dict__.pop("start", None)
+    if start is not None and type(op).__name__ == "_Draw":
+        # a random op: its own generator, from the state the traced draw started at (its
+        # first run repeats the traced values, later runs go on, as upstream's RNG operator)
+        bit_gen = getattr(np.random, start[0])()
+        bit_gen.state = start[1]
+        op.rng._generator = np.random.Generator(bit_gen)
     return op, dyn
 
 
