@@ -380,6 +380,12 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
         default_out = default_output_names(out_slots, prog, all_steps, in_names, named,
                                            default_out)
+    if output_names is None:
+        # an output that is an argument unchanged (log(exp(x)) rewritten) is that input's
+        # var in upstream's graph, named as it
+        arg_of = dict(zip(prog.arg_slots, in_names))
+        made_by = {st.outs[0]: st.ins[0] for st in op_steps if _identity_broadcast(st)}
+        default_out = [arg_of.get(made_by.get(s), d) for s, d in zip(out_slots, default_out)]
     out_names = _names(output_names, default_out, "output_names")
 
     # a file has no Python to rerun on another value; a value no input reaches (MegFlow's
@@ -414,10 +420,17 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
+    n_elided = 0
     for step in all_steps:
         t = type(step)
         if t is _AliasStep:
             steps.append({"alias": step.src, "out": step.out})
+            continue
+        if t is _OpStep and _identity_broadcast(step):
+            # an opt_level rewrite's result that is its input unchanged (log(exp(x)) -> x):
+            # upstream's graph forwards the input's var, so the file holds no operator for it
+            steps.append({"alias": step.ins[0], "out": step.outs[0]})
+            n_elided += 1
             continue
         if t is not _OpStep:
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
@@ -453,12 +466,21 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_oprs = len(inputs) + len(consts) + len(op_steps)  # upstream counts its input and
+    n_oprs = len(inputs) + len(consts) + len(op_steps) - n_elided  # upstream counts its input and
     # constant operators too
     digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
                     int.from_bytes(digest[:8], "little"), in_names, out_names,
                     [c["name"] for c in consts if "name" in c])
+
+
+def _identity_broadcast(step):
+    """True for an `arith_opt.BroadcastAs` step whose input already has its shape and dtype."""
+    op = step.template
+    if type(op).__name__ != "BroadcastAs" or type(op).__module__ != "megengine.jit.arith_opt":
+        return False
+    return (step.metas is not None and len(step.metas) == 1 and not step.multi
+            and tuple(step.metas[0][0]) == op.shape and np.dtype(step.metas[0][1]) == op.dtype)
 
 
 def _param_names(function, in_tree):
