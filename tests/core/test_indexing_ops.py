@@ -12,6 +12,7 @@ from megengine.core._imperative_rt.core2 import apply
 from megengine.core.ops import builtin
 from megengine.jit import trace
 from megengine.utils.comp_graph_tools import GraphInference
+from megengine.utils.network import Network
 from oracle import check_against_torch, check_second_order_against_torch
 
 rng = np.random.RandomState(0)
@@ -123,6 +124,8 @@ def test_a_dumped_program_takes_the_index_from_its_inputs():
     feeds = {"x": x, "b": np.array(1, "int32"), "e": np.array(5, "int32"),
              "st": np.array(3, "int32"), "i": np.array(0, "int32")}
     np.testing.assert_array_equal(GraphInference(file).run(inp_dict=feeds)["y"], x[1:5:3, 0])
+    file.seek(0)  # the graph layer shows upstream's operator type
+    assert [o.type for o in Network.load(file).all_oprs].count("Subtensor") == 1
 
 
 def test_second_order_gradients_through_get_set_and_incr_match_torch():
