@@ -523,6 +523,10 @@ def test_elemwise_multi_type_quantized_and_bool_modes():
     np.testing.assert_array_equal(got.numpy(), [True, False])
     with pytest.raises(NotImplementedError, match="fixed-point kernel"):
         one(builtin.ElemwiseMultiType(mode="ROUND_SHR_SATURATE_IXxI8xI8"), x, y)
+    # upstream's mixed-case member names, and any case of them as a string
+    mode = builtin.ElemwiseMultiType.Mode.FUSE_MUL_ADD3_INT16x32x32x32
+    assert builtin.ElemwiseMultiType(mode="fuse_mul_add3_int16X32x32X32").mode is mode
+    assert builtin.ElemwiseMultiType(builtin.ElemwiseMultiType.Mode.QADD).mode.name == "QADD"
     with pytest.raises(TypeError, match="output's quantized dtype"):
         one(builtin.ElemwiseMultiType(mode="qadd"), x, y)
 

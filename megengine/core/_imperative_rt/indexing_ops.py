@@ -13,7 +13,7 @@ dumped file takes the index from its inputs (upstream's graph does the same).
 Semantics (upstream's): Subtensor and IndexingMultiAxisVec index as numpy does
 (``x[b:e:s, idx]``); MeshIndexing pairs no indices, every combination of the axes' index
 vectors is taken (numpy's ``ix_``); BatchedMeshIndexing meshes per entry of axis 0, each index
-input holding one vector per batch entry (``(batch, k)``). Set writes ``value`` (broadcast to
+input holding one vector per batch entry (``(batch, k)``; a vector ``(k,)`` serves every entry). Set writes ``value`` (broadcast to
 the indexed shape) into a copy of ``x``; Incr adds it, indices that repeat adding repeatedly
 (upstream's scatter-add kernels). Gradients reach ``x`` and ``value``, not the indices.
 """
@@ -154,7 +154,7 @@ class _IndexOp(Op):
         xp = xp_of(x)
         if self.mode == "get":
             index = self._index(x, rest)
-            self._saved = (x.shape, x.dtype, index)
+            self._saved = (x.shape, index)
             return xp.ascontiguousarray(x[index])
         value, values = rest[0], rest[1:]
         index = self._index(x, values)
@@ -177,7 +177,7 @@ class _IndexOp(Op):
         xp = xp_of(g)
         n_index = sum(sum(item[1:]) for item in self.items)
         if self.mode == "get":
-            shape, dtype, index = self._saved
+            shape, index = self._saved
             gx = xp.zeros(shape, g.dtype)
             _add_at(xp, gx, index, g)
             return (gx,) + (None,) * n_index

@@ -171,7 +171,7 @@ class ElemwiseMultiType(OpDef):
     ``ISINF`` give bool tensors. The integer fixed-point modes of upstream's int8 backends
     raise."""
 
-    Mode = enum.Enum("Mode", [(n.upper(), n.lower()) for n in
+    Mode = enum.Enum("Mode", [(n, n.lower()) for n in
                               _MULTITYPE_FIXED + _MULTITYPE_Q + _MULTITYPE_BOOL])
     _params = (("mode", _REQUIRED), ("dtype", None))
     _enums = {"mode": Mode}
