@@ -48,6 +48,7 @@ from ..core.tensor import Tensor
 from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
+from .arith_opt import is_identity_step
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array, _slots_used)
 
@@ -384,7 +385,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         # an output that is an argument unchanged (log(exp(x)) rewritten) is that input's
         # var in upstream's graph, named as it
         arg_of = dict(zip(prog.arg_slots, in_names))
-        made_by = {st.outs[0]: st.ins[0] for st in op_steps if _identity_broadcast(st)}
+        made_by = {st.outs[0]: st.ins[0] for st in op_steps if is_identity_step(st)}
         default_out = [arg_of.get(made_by.get(s), d) for s, d in zip(out_slots, default_out)]
     out_names = _names(output_names, default_out, "output_names")
 
@@ -426,7 +427,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         if t is _AliasStep:
             steps.append({"alias": step.src, "out": step.out})
             continue
-        if t is _OpStep and _identity_broadcast(step):
+        if t is _OpStep and is_identity_step(step):
             # an opt_level rewrite's result that is its input unchanged (log(exp(x)) -> x):
             # upstream's graph forwards the input's var, so the file holds no operator for it
             steps.append({"alias": step.ins[0], "out": step.outs[0]})
@@ -472,15 +473,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
                     int.from_bytes(digest[:8], "little"), in_names, out_names,
                     [c["name"] for c in consts if "name" in c])
-
-
-def _identity_broadcast(step):
-    """True for an `arith_opt.BroadcastAs` step whose input already has its shape and dtype."""
-    op = step.template
-    if type(op).__name__ != "BroadcastAs" or type(op).__module__ != "megengine.jit.arith_opt":
-        return False
-    return (step.metas is not None and len(step.metas) == 1 and not step.multi
-            and tuple(step.metas[0][0]) == op.shape and np.dtype(step.metas[0][1]) == op.dtype)
 
 
 def _param_names(function, in_tree):
