@@ -155,3 +155,18 @@ def test_bad_index_inputs_say_what_is_wrong():
         one(builtin.BatchedMeshIndexing(VEC0), x, s([[0], [1], [2]]))
     with pytest.raises(TypeError, match="give x, the value"):
         one(builtin.SetSubtensor(VEC0), x)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_traced_function_follows_new_index_values_on_every_call(symbolic):
+    x, v = rng.randn(5, 3).astype("float32"), rng.randn(2, 3).astype("float32")
+
+    @trace(symbolic=symbolic)
+    def f(a, b, i):
+        return one(builtin.IndexingIncrMultiAxisVec(VEC0), a, b, i)
+
+    for idx in ([0, 4], [2, 2], [1, 3]):  # the index is data: no new trace, no stale value
+        expect = x.copy()
+        np.add.at(expect, np.array(idx), v)
+        np.testing.assert_allclose(f(s(x), s(v), s(np.array(idx, "int32"))).numpy(), expect,
+                                   rtol=1e-6)
