@@ -538,3 +538,13 @@ def _full_sync():
 
 
 _sync = _full_sync  # upstream's `_sync` waits for its interpreter queue: the same thing here
+
+
+def __getattr__(name):
+    # upstream's megengine.device also exports CompNode (its C++ comp node type); here it is
+    # core's device-name class, loaded on use because core sits above this module
+    if name == "CompNode":
+        from .core._imperative_rt import CompNode
+
+        return CompNode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

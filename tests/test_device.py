@@ -288,3 +288,15 @@ def test_device_functions_are_reachable_from_the_top_level_as_upstream():
     mge.coalesce_free_memory()
     with pytest.raises(AttributeError, match="no attribute 'not_a_device_function'"):
         mge.not_a_device_function
+
+
+def test_comp_node_is_exported_as_upstream_exports_it():
+    import megengine.device as device
+    from megengine.core._imperative_rt import CompNode
+
+    assert device.CompNode is CompNode  # `from megengine.device import CompNode` (upstream)
+    t = mge.tensor([1.0])
+    assert str(device.CompNode("xpux")) == str(t.device)
+    assert device.CompNode(device.get_default_device()) == t.device
+    with pytest.raises(AttributeError, match="no attribute 'CompNodes'"):
+        device.CompNodes

@@ -469,6 +469,11 @@ def normalize_index(index, shape):
             i = np.asarray(i)
             if i.size == 0 and i.dtype.kind == "f":
                 i = i.astype(np.intp)  # `x[[]]` selects nothing (numpy reads [] as float)
+        elif type(i) is slice and any(hasattr(b, "_data") for b in (i.start, i.stop, i.step)):
+            # `x[1:n]` with a Tensor bound: its value is read here, where a trace sees the read
+            # (a new value re-traces, dump refuses), not later inside the op as a stale constant
+            i = slice(*(b.__index__() if hasattr(b, "_data") else b
+                        for b in (i.start, i.stop, i.step)))
         out.append(i)
     return _bool_masks_as_positions(tuple(out), shape)
 

@@ -236,8 +236,12 @@ def swapaxes(inp, axis1, axis2):
 def expand_dims(inp, axis):
     """Insert size-1 dimensions at ``axis`` (an int or a sequence, positions in the result)."""
     inp = _tensor(inp)
-    axes = _axes(axis, inp.ndim + (1 if isinstance(axis, (int, np.integer)) else len(axis)),
-                 "expand_dims")
+    axis = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    if not axis:
+        raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
+    # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
+    # another, so [0, 0] on shape (2,) gives (1, 1, 2)
+    axes = sorted(_axis(a, inp.ndim + len(axis), "expand_dims") for a in axis)
     shape = list(inp.shape)
     for a in axes:
         shape.insert(a, 1)

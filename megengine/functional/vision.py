@@ -52,11 +52,16 @@ def _interp_matrix(n_in, n_out, mode, align_corners):
 
 
 class _Resize(Op):
-    """Separable resampling ``A_h @ x @ A_w.T`` over the last two axes (A_w None: last axis)."""
+    """Separable resampling ``A_h @ x @ A_w.T`` over the last two axes (A_w None: last axis);
+    with ``mat_d`` (trilinear, NCDHW) also ``A_d`` along axis 2."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
-    def __init__(self, mat_h, mat_w):
+    mat_d = None  # programs dumped before trilinear resizing have no mat_d in their state
+
+    def __init__(self, mat_h, mat_w, mat_d=None):
         self.mat_h, self.mat_w = mat_h, mat_w
+        if mat_d is not None:
+            self.mat_d = mat_d
 
     def forward(self, x):
         x = _as_float(x)
@@ -65,11 +70,18 @@ class _Resize(Op):
         self.aw = None if self.mat_w is None else xp.asarray(self.mat_w, x.dtype)
         if self.aw is None:  # 1-d: (N, C, L)
             return x @ self.ah.T
-        return self.ah @ (x @ self.aw.T)
+        out = self.ah @ (x @ self.aw.T)
+        if self.mat_d is not None:  # depth: contract axis 2, then put the new depth back there
+            self.ad = xp.asarray(self.mat_d, x.dtype)
+            out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
+        return out
 
     def backward(self, g):
         if self.aw is None:
             return g @ self.ah
+        if self.mat_d is not None:
+            xp = xp_of(g)
+            g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
         return (self.ah.T @ g) @ self.aw
 
     def grad_graph(self, inputs, outputs, grads):
@@ -79,16 +91,21 @@ class _Resize(Op):
         ah = Tensor._wrap(self.ah, g._device)
         if self.aw is None:
             return (g @ ah,)
+        if self.mat_d is not None:  # (N, C, H, W, D') @ A_d, then depth back to axis 2
+            g = (g.transpose(0, 1, 3, 4, 2) @ Tensor._wrap(self.ad, g._device))
+            g = g.transpose(0, 1, 4, 2, 3)
         return ((Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device),)
 
 
-_INTERP_MODES = ("bilinear", "linear", "bicubic", "nearest")
+_INTERP_MODES = ("bilinear", "linear", "bicubic", "nearest", "trilinear")
 
 
 def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corners=None):
-    """Resize NCHW ``inp`` (N, C, L for "linear") to ``size`` or by ``scale_factor``.
+    """Resize NCHW ``inp`` (N, C, L for "linear", N, C, D, H, W for "trilinear") to ``size``
+    or by ``scale_factor``.
 
-    ``mode``: "bilinear", "linear", "bicubic" or "nearest". ``align_corners`` (linear modes only,
+    ``mode``: "bilinear", "linear", "bicubic", "nearest" or "trilinear". ``align_corners``
+    (linear modes only,
     default False) maps corner pixel centres onto each other. With ``scale_factor`` the output
     size is ``floor(in * scale)`` and sampling uses in/out, as upstream.
     """
@@ -97,14 +114,14 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     what = "interpolate"
     if mode not in _INTERP_MODES:
         raise ValueError(f"{what}: mode must be one of {_INTERP_MODES}, got {mode!r}")
-    if mode in ("bilinear", "linear"):
+    if mode in ("bilinear", "linear", "trilinear"):
         align_corners = bool(align_corners)
     elif align_corners is not None:  # as upstream: bicubic and nearest take no align_corners
         raise ValueError(f"{what}: align_corners can only be set in the linear modes, not in "
                          f"{mode!r}")
     else:
         align_corners = False
-    spatial = 1 if mode == "linear" else 2
+    spatial = {"linear": 1, "trilinear": 3}.get(mode, 2)
     if inp.ndim != spatial + 2:
         raise ValueError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "
                          f"got shape {inp.shape}")
@@ -122,8 +139,11 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
         sizes = tuple(int(math.floor(n * float(s))) for n, s in zip(in_sizes, scales))
     if len(sizes) != spatial or min(sizes) < 1:
         raise ValueError(f"{what}: output size {sizes} must be {spatial} positive ints")
-    mats = [_interp_matrix(n_in, n_out, mode, align_corners)
+    axis_mode = "bilinear" if mode == "trilinear" else mode  # linear along each axis
+    mats = [_interp_matrix(n_in, n_out, axis_mode, align_corners)
             for n_in, n_out in zip(in_sizes, sizes)]
+    if spatial == 3:  # (D, H, W): H and W as bilinear, D along axis 2
+        return apply(_Resize(mats[1], mats[2], mats[0]), inp)
     return apply(_Resize(mats[0], mats[1] if spatial == 2 else None), inp)
 
 

@@ -49,7 +49,8 @@ from ..core.ops import (Add, FloorDiv, Mul, Pow, Sub, TrueDiv, t_unbroadcast, un
 from ..functional.elemwise import Exp, Expm1, Floor, Log, Log1p, LogAddExp
 from ._program import _EventStep, _OpStep, _host
 
-__all__ = ["Fill", "BroadcastAs", "RULES", "plan", "plan_program", "run_rewrite", "optimized"]
+__all__ = ["Fill", "BroadcastAs", "RULES", "plan", "plan_program", "run_rewrite", "optimized",
+           "is_identity_step"]
 
 
 class Fill(Op):
@@ -164,6 +165,15 @@ class _Builder:
         if p is not None and p.cls is Exp:
             return p.ins[0], p.metas[0]  # log(exp(a)) -> a
         return self.emit(Log(), [s], [meta])
+
+
+def is_identity_step(step):
+    """True for a `BroadcastAs` step whose input already has its shape and dtype (a rewrite
+    whose result is its input unchanged: `dump` writes that input's var instead)."""
+    op = step.template
+    return (type(op) is BroadcastAs and step.metas is not None and len(step.metas) == 1
+            and not step.multi and tuple(step.metas[0][0]) == op.shape
+            and np.dtype(step.metas[0][1]) == op.dtype)
 
 
 class _GiveUp(Exception):

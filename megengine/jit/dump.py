@@ -48,6 +48,7 @@ from ..core.tensor import Tensor
 from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
+from .arith_opt import is_identity_step
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
                        _is_array, _slots_used)
 
@@ -138,8 +139,8 @@ class _Writer:
         if _is_array(v):
             return {"array": self.array(v)}
         if type(v).__name__ == "RNG" and type(v).__module__ == "megengine.random.rng":
-            # a random op's source: the global generator at load, or its own generator's state
-            # (a loaded program draws on from there, as upstream's RNG operator with its seed)
+            # a random op's source (a traced draw's op also has ``start``, the state it drew
+            # from, which `read_op` makes the loaded op's own generator: see _Draw.__copy__)
             gen = v._generator
             return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
                                                       gen.bit_generator.state], v._device]}
@@ -380,6 +381,12 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if type(prog.out) is not dict and not (type(prog.out) is _Struct and prog.out.keys):
         default_out = default_output_names(out_slots, prog, all_steps, in_names, named,
                                            default_out)
+    if output_names is None:
+        # an output that is an argument unchanged (log(exp(x)) rewritten) is that input's
+        # var in upstream's graph, named as it
+        arg_of = dict(zip(prog.arg_slots, in_names))
+        made_by = {st.outs[0]: st.ins[0] for st in op_steps if is_identity_step(st)}
+        default_out = [arg_of.get(made_by.get(s), d) for s, d in zip(out_slots, default_out)]
     out_names = _names(output_names, default_out, "output_names")
 
     # a file has no Python to rerun on another value; a value no input reaches (MegFlow's
@@ -414,10 +421,17 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
+    n_elided = 0
     for step in all_steps:
         t = type(step)
         if t is _AliasStep:
             steps.append({"alias": step.src, "out": step.out})
+            continue
+        if t is _OpStep and is_identity_step(step):
+            # an opt_level rewrite's result that is its input unchanged (log(exp(x)) -> x):
+            # upstream's graph forwards the input's var, so the file holds no operator for it
+            steps.append({"alias": step.ins[0], "out": step.outs[0]})
+            n_elided += 1
             continue
         if t is not _OpStep:
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
@@ -453,7 +467,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_oprs = len(inputs) + len(consts) + len(op_steps)  # upstream counts its input and
+    n_oprs = len(inputs) + len(consts) + len(op_steps) - n_elided  # upstream counts its input and
     # constant operators too
     digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
@@ -665,6 +679,13 @@ def read_op(s, arrays, k):
     dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
     op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
                         if name not in s["dyn"]})
+    start = op.__dict__.pop("start", None)
+    if start is not None and type(op).__name__ == "_Draw":
+        # a random op: its own generator, from the state the traced draw started at (its
+        # first run repeats the traced values, later runs go on, as upstream's RNG operator)
+        bit_gen = getattr(np.random, start[0])()
+        bit_gen.state = start[1]
+        op.rng._generator = np.random.Generator(bit_gen)
     return op, dyn
 
 

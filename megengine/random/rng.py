@@ -187,6 +187,16 @@ class _Draw(Op):
     def __repr__(self):
         return f"random.{self.method}"
 
+    def __copy__(self):
+        # the copy megengine.jit records as the op's template (before forward runs) remembers
+        # the generator state this draw starts from: a dumped program starts there, so its
+        # first run draws what the traced call drew (upstream's RNG operator keeps its seed)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        bit_gen = self.rng._gen().bit_generator
+        new.start = (type(bit_gen).__name__, bit_gen.state)
+        return new
+
     def forward(self):
         gen = self.rng._gen()
         if self.method in _SAMPLERS:  # ours, built on the generator

@@ -97,7 +97,7 @@ class Network:
         outputs = []
         for o in graph["outputs"]:
             v = var_of(o["slot"])
-            if v.owner._provides_input or any(v is u for u in outputs):
+            if (v.owner._provides_input and v.name != o["name"]) or any(v is u for u in outputs):
                 # an input or an output given twice: a var has one name, so the output is a
                 # copy of it (upstream's Copy operator) carrying the output's name
                 v = make_opnode(_ops.Copy(v._device), None, [v], [], 1, v._device).outputs[0]

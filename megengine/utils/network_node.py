@@ -495,6 +495,12 @@ IncrSubtensor = _opr_type("IncrSubtensor", "IncrSubtensor")
 IndexingMultiAxisVec = _opr_type("IndexingMultiAxisVec", "IndexingMultiAxisVec")
 IndexingSetMultiAxisVec = _opr_type("IndexingSetMultiAxisVec", "IndexingSetMultiAxisVec")
 IndexingIncrMultiAxisVec = _opr_type("IndexingIncrMultiAxisVec", "IndexingIncrMultiAxisVec")
+MeshIndexing = _opr_type("MeshIndexing", "MeshIndexing")
+SetMeshIndexing = _opr_type("SetMeshIndexing", "SetMeshIndexing")
+IncrMeshIndexing = _opr_type("IncrMeshIndexing", "IncrMeshIndexing")
+BatchedMeshIndexing = _opr_type("BatchedMeshIndexing", "BatchedMeshIndexing")
+BatchedSetMeshIndexing = _opr_type("BatchedSetMeshIndexing", "BatchedSetMeshIndexing")
+BatchedIncrMeshIndexing = _opr_type("BatchedIncrMeshIndexing", "BatchedIncrMeshIndexing")
 GetVarShape = _opr_type("GetVarShape", "GetVarShape")
 UniformRNG = _opr_type("UniformRNG", "UniformRNG")
 GaussianRNG = _opr_type("GaussianRNG", "GaussianRNG")
@@ -577,6 +583,12 @@ def classify(op, in_shapes, dyn_names=()):
                ("IndexAdd", False): IncrSubtensor,
                ("IndexAdd", True): IndexingIncrMultiAxisVec}[name, adv]
         return cls, {"index": d.get("index")}
+    if name == "_VarShape":  # builtin.GetVarShape
+        return GetVarShape, {"axis": d.get("axis")}
+    if name == "_IndexOp":  # upstream's indexing descriptors (megengine.core.ops.builtin)
+        from ..core._imperative_rt.indexing_ops import _NAMES
+
+        return globals()[_NAMES[d["kind"], d["mode"]]], {"items": d.get("items")}
     if name == "_Draw":
         cls = GaussianRNG if d.get("method") == "normal" else UniformRNG
         return cls, {"method": d.get("method"), "args": d.get("args")}

@@ -527,3 +527,14 @@ def test_roll_and_gather_second_order():
                    * torch.tensor(rg[:, :2])).sum()
         + (torch.gather(a, 0, torch.tensor(index[:, :4] % 3).long()) ** 2
            * torch.tensor(rg)).sum(), x)
+
+
+def test_expand_dims_repeated_axes_insert_one_after_another_as_upstream():
+    # upstream sorts the axes and inserts each in turn (its AddAxis), so repeats are allowed
+    x = mge.tensor(np.array([1.0, 2.0], "float32"))
+    assert F.expand_dims(x, [0, 0]).shape == (1, 1, 2)
+    assert F.expand_dims(x, [1, 1]).shape == (2, 1, 1)
+    assert F.expand_dims(x, [-1, 0]).shape == (1, 2, 1)  # negatives count in the result
+    np.testing.assert_array_equal(F.squeeze(F.expand_dims(x, [0, 0]), 0).numpy(), [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="could not be empty"):
+        F.expand_dims(x, [])

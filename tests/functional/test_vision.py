@@ -744,3 +744,18 @@ def test_interpolate_second_order(mode, align):
         lambda a: (F.nn.interpolate(a * a, size=size, mode=mode, **kw) ** 2 * r).sum(),
         lambda a: (torch.nn.functional.interpolate(a * a, size=size, mode=mode, **kw) ** 2
                    * torch.tensor(r)).sum(), x)
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_interpolate_trilinear_matches_torch_with_gradients(align):
+    x = np.random.RandomState(3).rand(2, 2, 4, 3, 5).astype("float32")
+    check_against_torch(
+        lambda a: F.vision.interpolate(a, size=(3, 6, 4), mode="trilinear", align_corners=align),
+        lambda a: torch.nn.functional.interpolate(a, size=(3, 6, 4), mode="trilinear",
+                                                  align_corners=align), x)
+    check_second_order(
+        lambda a: (F.vision.interpolate(a, size=(5, 2, 4), mode="trilinear") ** 3).sum(),
+        lambda a: (torch.nn.functional.interpolate(a, size=(5, 2, 4), mode="trilinear") ** 3
+                   ).sum(), x)
+    with pytest.raises(ValueError, match="expects a 5-d input"):
+        F.vision.interpolate(mge.tensor(x[0]), size=(2, 2, 2), mode="trilinear")

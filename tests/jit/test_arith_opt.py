@@ -252,3 +252,30 @@ def test_levels():
     assert trace(fn)._opt_level == 2  # upstream's default
     with pytest.raises(ValueError, match="opt_level"):
         trace(fn, opt_level=-1)
+
+
+def test_a_dumped_rewrite_that_is_its_input_unchanged_holds_no_operator():
+    from megengine.utils.network import Network
+
+    def types(opt_level, fn, x):
+        f = trace(fn, symbolic=True, opt_level=opt_level, capture_as_const=True)
+        f(mge.tensor(x))
+        file = io.BytesIO()
+        info = f.dump(file, optimize_for_inference=False)
+        file.seek(0)
+        net = Network.load(file)
+        file.seek(0)
+        (out,) = GraphInference(file).run(x + 1).values()
+        return [o.type for o in net.all_oprs], info, out
+
+    x = np.array([0.5, -2.0], "float32")
+    kept, _, out = types(0, lambda a: F.log(F.exp(a)), x)
+    assert kept == ["Host2DeviceCopy", "Elemwise", "Elemwise"]
+    np.testing.assert_allclose(out, x + 1, rtol=1e-6)
+    # as upstream's graph, whose log(exp(x)) is the input's var: one operator, the input's name
+    gone, info, out = types(1, lambda a: F.log(F.exp(a)), x)
+    assert gone == ["Host2DeviceCopy"] and info.outputs == ["arg_0"] and info.nr_opr == 1
+    np.testing.assert_array_equal(out, x + 1)
+    # a rewrite that changes the shape (x * ones of a bigger shape) keeps its broadcast
+    _, _, out = types(1, lambda a: a * F.ones((3, 2)), x)
+    np.testing.assert_array_equal(out, np.broadcast_to(x + 1, (3, 2)))

@@ -458,11 +458,25 @@ def test_programs_indexed_by_a_traced_tensor_and_random_ops_load():
                                   ["MUL"], x[[1, 1]] * 2)
     rng = mge.random.RNG(seed=3)
     g = trace(lambda x: x + rng.uniform(size=(2,)), symbolic=True, capture_as_const=True)
-    g(mge.tensor([0.0, 0.0]))
+    traced = g(mge.tensor([0.0, 0.0])).numpy()
     file = io.BytesIO()
     g.dump(file)
     expected = mge.random.RNG(seed=3)._gen()
-    expected.uniform(size=(2,))  # the traced call drew these; the file goes on from there
+    # as upstream's RNG operator, which keeps its seed: a loaded file's first run draws what
+    # the traced call drew, and each further run goes on along the same sequence
+    first = expected.uniform(size=(2,))
+    np.testing.assert_allclose(traced, first, rtol=1e-6)
     file.seek(0)
-    got = GraphInference(file).run(np.zeros(2, "float32"))["ADD"]
-    np.testing.assert_allclose(got, expected.uniform(size=(2,)), rtol=1e-6)
+    loaded = GraphInference(file)
+    np.testing.assert_allclose(loaded.run(np.zeros(2, "float32"))["ADD"], first, rtol=1e-6)
+    np.testing.assert_allclose(loaded.run(np.zeros(2, "float32"))["ADD"],
+                               expected.uniform(size=(2,)), rtol=1e-6)
+    # the global generator too: the file starts where the traced call's draw started
+    h = trace(lambda: mge.random.normal(size=(3,)), symbolic=True, capture_as_const=True)
+    drawn = h().numpy()
+    file = io.BytesIO()
+    h.dump(file)
+    file.seek(0)
+    mge.random.normal(size=(3,))  # the live generator moves on; the file does not follow it
+    (out,) = GraphInference(file).run().values()
+    np.testing.assert_array_equal(out, drawn)

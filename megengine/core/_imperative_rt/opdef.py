@@ -20,6 +20,9 @@ def _coerce(enum_cls, value, what):
         return value
     if isinstance(value, str):
         member = enum_cls.__members__.get(value.upper())
+        if member is None:  # upstream spells some members in mixed case (INT16x32x32x32)
+            member = next((m for k, m in enum_cls.__members__.items()
+                           if k.upper() == value.upper()), None)
         if member is not None:
             return member
     names = ", ".join(enum_cls.__members__)

@@ -10,6 +10,7 @@ and devices behave as for every other computation; there is no second engine her
 Upstream names this engine has no descriptor for raise a clear error when applied, naming the
 public function to use instead (`_UNLOWERED`).
 """
+import enum
 import operator
 import sys
 
@@ -22,8 +23,10 @@ from .opdef import (_REQUIRED, OpDef, _coerce, _F, _freeze, _int_list, _modes,  
                     _scalar_int, _shape_of)
 from .rng_ops import *  # noqa: F401,F403  (the RNG descriptors are builtin names too)
 from .rng_ops import __all__ as _rng_names
+from .indexing_ops import *  # noqa: F401,F403  (Subtensor, IndexingMultiAxisVec, ...)
+from .indexing_ops import __all__ as _indexing_names
 
-__all__ = ["OpDef"] + _rng_names
+__all__ = ["OpDef"] + _rng_names + _indexing_names
 
 
 # ---------------------------------------------------------------- elementwise
@@ -143,6 +146,58 @@ class Elemwise(OpDef):
         return (fn(*inputs),)
 
 
+_MULTITYPE_Q = (
+    "QADD QFUSE_ADD_RELU QMUL QMIN QMAX QSUB QTRUE_DIV QFUSE_ADD_SIGMOID QFUSE_ADD_TANH QRELU "
+    "QABS QSIGMOID QEXP QTANH QFUSE_MUL_ADD3 QFAST_TANH QNEGATE QACOS QASIN QCEIL QCOS QEXPM1 "
+    "QFLOOR QLOG QLOG1P QSIN QROUND QERF QERFINV QERFC QERFCINV QABS_GRAD QFLOOR_DIV QMOD "
+    "QSIGMOID_GRAD QSWITCH_GT0 QTANH_GRAD QLT QLEQ QEQ QPOW QLOG_SUM_EXP QFAST_TANH_GRAD QATAN2 "
+    "QCOND_LEQ_MOV QH_SWISH QFUSE_ADD_H_SWISH QH_SWISH_GRAD QCOND_LT_MOV"
+).split()
+_MULTITYPE_BOOL = "EQ NEQ LT LEQ ISNAN ISINF".split()
+# upstream's fixed-point kernels of its int8 inference backends (no float meaning to lower to)
+_MULTITYPE_FIXED = (
+    "FUSE_MUL_ADD3_INT16x32x32x32 FUSE_MUL_ADD3_IXxF32xF32xI8 ROUND_SHR_SATURATE_IXxI8xI8 "
+    "FUSE_ADD_RMULH_ROUND_SHR_SATURATE_INT16x16x16x8 "
+    "FUSE_ADD_RMULH_ROUND_SHR_SATURATE_INT32x32x32x8 ROUND_SHR_SATURATE_IXxI8xI16 "
+    "FUSE_MUL_ADD3_INT16xF32xF32xF32 MUL_INT16xF32xF32 FUSE_MUL_ADD3_UINT8xF32xF32xF32"
+).split()
+
+
+class ElemwiseMultiType(OpDef):
+    """An elementwise op whose inputs and output differ in dtype (upstream's
+    ``ElemwiseMultiType``). The quantized modes (``QADD``, ``QFUSE_ADD_RELU``, ... : ``Q`` and
+    an Elemwise mode) dequantize the quantized inputs, apply the float mode and quantize to
+    ``dtype`` (`megengine.functional.quantized`); ``EQ``/``NEQ``/``LT``/``LEQ``/``ISNAN``/
+    ``ISINF`` give bool tensors. The integer fixed-point modes of upstream's int8 backends
+    raise."""
+
+    Mode = enum.Enum("Mode", [(n, n.lower()) for n in
+                              _MULTITYPE_FIXED + _MULTITYPE_Q + _MULTITYPE_BOOL])
+    _params = (("mode", _REQUIRED), ("dtype", None))
+    _enums = {"mode": Mode}
+
+    def _lower(self, *inputs):
+        F = _F()
+        name = self.mode.name
+        if name in _MULTITYPE_BOOL:
+            fn = {"EQ": F.equal, "NEQ": F.not_equal, "LT": F.less, "LEQ": F.less_equal,
+                  "ISNAN": F.isnan, "ISINF": F.isinf}[name]
+            self._arity(inputs, 1 if name.startswith("IS") else 2)
+            return (fn(*inputs),)
+        if name not in _MULTITYPE_Q:
+            raise NotImplementedError(
+                f"ElemwiseMultiType mode {name} is a fixed-point kernel of upstream's int8 "
+                "backends and is not provided; quantized element-wise work uses the Q modes "
+                "(QADD, QMUL, ...) or megengine.module.quantized"
+            )
+        if self.dtype is None:
+            raise TypeError(f"ElemwiseMultiType({name}): give the output's quantized dtype, "
+                            "e.g. ElemwiseMultiType(mode='qadd', dtype=dtype.qint8(0.1))")
+        from ...functional.quantized import _elemwise_multi_type
+
+        return (_elemwise_multi_type(*inputs, mode=name, dtype=self.dtype),)
+
+
 # ---------------------------------------------------------------- reductions and shapes
 class Reduce(OpDef):
     """A reduction (``SUM``, ``SUM_SQR``, ``PRODUCT``, ``MIN``, ``MAX``, ``MEAN``) along
@@ -199,17 +254,36 @@ class TypeCvt(OpDef):
 
 
 class GetVarShape(OpDef):
-    """The input's shape as an int32 tensor on its device (one entry when ``axis`` is given)."""
+    """The input's shape as an int32 tensor on its device (one entry when ``axis`` is given).
+
+    It is an op on the input (not a constant made from its shape), so a dumped program
+    computes the shape of what it is fed."""
 
     _params = (("axis", None),)
 
     def _lower(self, x):
-        from ..tensor import Tensor
-
-        shape = x.shape
+        axis = None
         if self.axis is not None:
-            shape = (shape[int(self.axis)],)
-        return (Tensor(np.asarray(shape, dtype=np.int32), device=x.device),)
+            axis = int(self.axis)
+            if not -x.ndim <= axis < x.ndim:
+                raise ValueError(f"GetVarShape: axis {self.axis} is out of range for a "
+                                 f"{x.ndim}-d input")
+            axis %= x.ndim
+        return (dispatch.apply(_VarShape(axis), x),)
+
+
+class _VarShape(Op):
+    """The shape of the input array (or its ``axis`` entry) as an int32 vector."""
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, x):
+        shape = x.shape if self.axis is None else (x.shape[self.axis],)
+        return xp_of(x).asarray(shape, dtype=np.int32)
+
+    def backward(self, g):
+        return None
 
 
 class Broadcast(OpDef):
@@ -357,104 +431,6 @@ class FakeQuant(OpDef):
         return (dispatch.apply(_FakeQuantOp(int(self.qmin), int(self.qmax)), x,
                                scale.astype(x.dtype), zero_point.astype(x.dtype)),)
 
-
-
-def _index_from_items(desc, x, values, vector_index):
-    """The index tuple that upstream's indexing items describe: per item ``(axis, has_begin,
-    has_end, has_step, has_index)``, the inputs after ``x`` hold, in that order, the item's
-    begin, end, step (scalars) or index (a scalar, or for ``vector_index`` an int tensor)."""
-    values = list(values)
-    index = [slice(None)] * x.ndim
-    for item in desc.items:
-        axis, has_begin, has_end, has_step, has_index = item
-        taken = []
-        for present in (has_begin, has_end, has_step, has_index):
-            if not present:
-                taken.append(None)
-                continue
-            if not values:
-                raise TypeError(f"apply({desc!r}): too few index inputs for its items")
-            taken.append(values.pop(0))
-        begin, end, step, idx = taken
-        if has_index:
-            index[int(axis)] = idx.astype("int32") if vector_index else _scalar_int(idx)
-        else:
-            index[int(axis)] = slice(*(None if v is None else _scalar_int(v)
-                                      for v in (begin, end, step)))
-    if values:
-        raise TypeError(f"apply({desc!r}): {len(values)} index inputs left over")
-    return tuple(index)
-
-
-class Subtensor(OpDef):
-    """``x[...]`` with slices and integer indices whose bounds come as input tensors.
-
-    ``items``: one ``(axis, has_begin, has_end, has_step, has_index)`` per indexed axis; the
-    inputs after ``x`` hold, in that order, each item's begin, end, step or index (scalars).
-    """
-
-    _params = (("items", ()),)
-
-    def _lower(self, x, *values):
-        return (x[_index_from_items(self, x, values, vector_index=False)],)
-
-
-class IndexingMultiAxisVec(OpDef):
-    """``x[i0, i1, ...]`` with int tensor indices (numpy's advanced indexing) on the axes that
-    ``items`` name, as `Subtensor` names them."""
-
-    _params = (("items", ()),)
-
-    def _lower(self, x, *values):
-        return (x[_index_from_items(self, x, values, vector_index=True)],)
-
-
-class MeshIndexing(OpDef):
-    """Like IndexingMultiAxisVec, but the index vectors of different axes form a mesh (every
-    combination, numpy's ``ix_``) instead of being paired elementwise."""
-
-    _params = (("items", ()),)
-
-    def _lower(self, x, *values):
-        index = [i if isinstance(i, slice) or i.ndim else _scalar_int(i)
-                 for i in _index_from_items(self, x, values, vector_index=True)]
-        out = x[tuple(i if isinstance(i, (slice, int)) else slice(None) for i in index)]
-        # apply each vector index on its own axis, which meshes them (ints removed axes)
-        dropped = 0
-        for axis, i in enumerate(index):
-            if isinstance(i, int):
-                dropped += 1
-            elif not isinstance(i, slice):
-                out = out[(slice(None),) * (axis - dropped) + (i,)]
-        return (out,)
-
-
-class BatchedMeshIndexing(OpDef):
-    """MeshIndexing per batch entry: axis 0 is the batch, and each index input holds one
-    index vector per batch entry (shape ``(batch, k)``) for its axis."""
-
-    _params = (("items", ()),)
-
-    def _lower(self, x, *values):
-        F = _F()
-        index = _index_from_items(self, x, values, vector_index=True)
-        if not isinstance(index[0], slice) or index[0] != slice(None):
-            raise ValueError(f"apply({self!r}): axis 0 is the batch; it cannot be indexed")
-        out = x
-        for axis, i in enumerate(index):
-            if isinstance(i, slice):
-                if i != slice(None):
-                    out = out[(slice(None),) * axis + (i,)]
-                continue
-            if i.ndim != 2 or i.shape[0] != x.shape[0]:
-                raise ValueError(f"apply({self!r}): the index of axis {axis} must be "
-                                 f"(batch={x.shape[0]}, k), got shape {i.shape}")
-            shape = [1] * out.ndim
-            shape[0], shape[axis] = i.shape
-            full = list(out.shape)
-            full[axis] = i.shape[1]
-            out = F.gather(out, axis, F.broadcast_to(i.reshape(shape), full))
-        return (out,)
 
 
 class Linspace(OpDef):
@@ -610,11 +586,10 @@ _UNLOWERED = {
     "WarpPerspective": "F.vision.warp_perspective", "Resize": "F.vision.interpolate",
     "Remap": "F.vision.remap", "RemoteSend": "F.distributed.remote_send",
     "RemoteRecv": "F.distributed.remote_recv",
-    "SetSubtensor": "x[...] = value",
     "Split": "F.split", "Eye": "F.eye", "Fill": "F.full",
     "FillLike": "F.full_like", "PixelShuffle": "F.pixel_shuffle", "Padding": "F.pad",
     "CumSum": "F.cumsum", "Cumsum": "F.cumsum", "Diag": "F.diag", "MatrixInverse": "F.matinv",
-    "SVD": "F.svd", "ElemwiseMultiType": "the functional elementwise ops",
+    "SVD": "F.svd",
     "TQT": "megengine.quantization.utils.tqt_forward",
     "LSQ": "megengine.quantization.utils.lsq_forward",
     "GetVarShapeLike": "GetVarShape", "MultinomialRNG": "megengine.random.multinomial",
@@ -645,8 +620,8 @@ for _name, _instead in _UNLOWERED.items():
 
 __all__ += ["Elemwise", "Reduce", "TypeCvt", "GetVarShape", "Broadcast", "Reshape",
             "Dimshuffle", "AddAxis", "RemoveAxis", "Identity", "Copy", "Concat",
-            "IndexingOneHot", "IndexingSetOneHot", "Subtensor",
-            "IndexingMultiAxisVec", "MeshIndexing", "BatchedMeshIndexing", "Linspace", "MatrixMul", "BatchedMatrixMul", "Dot",
+            "IndexingOneHot", "IndexingSetOneHot", "ElemwiseMultiType", "Linspace",
+            "MatrixMul", "BatchedMatrixMul", "Dot",
             "FakeQuant", "LAMBUpdate", "CollectiveComm", "ParamPackConcat", "ParamPackSplit",
             *_UNLOWERED]
 
