@@ -303,6 +303,10 @@ class GradManager:
                     t, callbacks = wanted[key_]
                     if scope is not None:
                         scope.enter(t._device)
+                    if not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype:
+                        # the common case inline: a CPU gradient, no callbacks
+                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
+                        continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
@@ -311,6 +315,9 @@ class GradManager:
             finally:
                 _backwarding = None
             for t, grad in ready:
+                if t.grad is None:  # the common case inline: the first gradient of a step
+                    t.grad = grad
+                    continue
                 if scope is not None:
                     scope.enter(t._device)
                 _add_grad(t, grad)
@@ -388,7 +395,9 @@ def _pair_outputs(y, dy, what, scope=None):
     if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
         if scope is not None:
             scope.enter(y._device)
-        a = get_array_module(y._device).ones(y.shape, y.dtype)
+        data = y._data
+        a = (np if type(data) is np.ndarray else get_array_module(y._device)).ones(
+            data.shape, data.dtype)
         return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
@@ -443,11 +452,16 @@ def _exclusive(g, claimed):
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
-    if (owner is not None and type(owner) is not np.ndarray
-            and dispatch.foreign_memory(owner) is not None):
-        owner = None  # CuPy: torch's memory through the bridge (see _owner)
-    if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
-        owner = dispatch.fresh_owner(g)
+    if type(g) is np.ndarray:
+        if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
+            # (inline dispatch.fresh_owner: a numpy view's foreign key is its base)
+            fresh = dispatch._fresh_owners
+            owner = base if fresh and fresh.get(id(base)) is base else None
+    else:
+        if owner is not None and dispatch.foreign_memory(owner) is not None:
+            owner = None  # CuPy: torch's memory through the bridge (see _owner)
+        if owner is None:
+            owner = dispatch.fresh_owner(g)
     flags = g.flags  # a new object per access: read once
     if (owner is None or id(owner) in claimed or not getattr(flags, "writeable", True)
             or not flags.c_contiguous):

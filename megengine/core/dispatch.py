@@ -420,23 +420,34 @@ def forget_fresh_gradients():
 
 def _graph_order(roots):
     """Nodes reachable from ``roots``, children before parents (reverse topological order)."""
-    order, visited = [], set()
+    # Nodes without parents (attached tensors: most of a training graph's nodes) never enter
+    # the depth-first stack: they go last, which is a valid place for a node nothing lies
+    # above, and skipping their push/iterate/pop makes this walk about twice as fast.
+    order, leaves, visited = [], [], set()
     for root in roots:
         if id(root) in visited:
             continue
         visited.add(id(root))
+        if not root.parents:
+            leaves.append(root)
+            continue
         stack = [(root, iter(root.parents))]
         while stack:
             node, it = stack[-1]
             for p in it:
-                if p is not None and id(p[0]) not in visited:
-                    visited.add(id(p[0]))
-                    stack.append((p[0], iter(p[0].parents)))
-                    break
+                if p is not None:
+                    parent = p[0]
+                    if id(parent) not in visited:
+                        visited.add(id(parent))
+                        if parent.parents:
+                            stack.append((parent, iter(parent.parents)))
+                            break
+                        leaves.append(parent)
             else:
                 stack.pop()
                 order.append(node)
     order.reverse()
+    order += leaves
     return order
 
 
@@ -533,13 +544,12 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
             pslot = grads.get(id(pnode))
             if pslot is None:
                 pslot = grads[id(pnode)] = [None] * len(pnode.out_meta)
-            shape = pnode.out_meta[pidx][0]
+            shape, dtype = pnode.out_meta[pidx]
             if g.shape != shape:
                 raise RuntimeError(
                     f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
                     f"of shape {shape}"
                 )
-            dtype = pnode.out_meta[pidx][1]
             if g.dtype != dtype:  # an input's gradient has its dtype (a float16 input of an op
                 g = g.astype(dtype)  # that computes in float32 under autocast gets float16)
             pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)
