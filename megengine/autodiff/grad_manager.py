@@ -199,6 +199,17 @@ class GradManager:
             t = r()
             if t is None:
                 continue
+            entry = t._node
+            if entry is not None and type(entry[0]) is Leaf:
+                leaf = entry[0]
+                ks = leaf.keys
+                if not ks or (len(ks) == 1 and not ks[0].alive):
+                    # the common case of _light inline: a parameter's leaf from the last step
+                    data = t._data
+                    leaf.out_meta = ((data.shape, data.dtype),)
+                    leaf.keys = own
+                    entries[k] = entry
+                    continue
             node = _light(t, key, own)
             if node is not None:
                 joined.add(id(node))

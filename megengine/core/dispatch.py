@@ -361,10 +361,19 @@ def apply_unhooked(op, inputs):
         out = _forward_on(run_on, op, arrays)
     else:
         out = op.forward(*arrays)
-    multi = isinstance(out, tuple)
-    outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
-    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys, run_on)
-    if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
+    if not isinstance(out, tuple):  # one output, the common case, without the loops below
+        if isinstance(out, np.generic):
+            out = np.asarray(out)
+        node = Node(op, parents, ((out.shape, out.dtype),), keys, run_on)
+        if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
+            node.saved = (tuple(arrays), (out,), device)
+        t = Tensor._wrap(out, device)
+        if out.dtype.kind == "f":
+            t._node = (node, 0)
+        return t
+    outs = tuple([_array(o) for o in out])
+    node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
+    if _recording > 1:
         node.saved = (tuple(arrays), outs, device)
     results = []
     for i, o in enumerate(outs):
@@ -372,7 +381,7 @@ def apply_unhooked(op, inputs):
         if _is_float(o.dtype):
             t._node = (node, i)
         results.append(t)
-    return tuple(results) if multi else results[0]
+    return tuple(results)
 
 
 # Foreign buffers (another framework's memory seen through a view, e.g. torch's) that an op's

@@ -202,14 +202,14 @@ class PyTorchModule(Module):
             # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
             # there); reading them directly skips nn.Module.__getattr__, a Python call each.
             # (A scripted module's are wrappers: getattr then.)
-            current = None
-            params, buffers = tmod._parameters, tmod._buffers
-            if type(params) is dict and type(buffers) is dict:
-                current = params.get(name)
-                if current is None:
-                    current = buffers.get(name)
+            params = tmod._parameters
+            current = params.get(name) if type(params) is dict else None
             if current is None:
-                current = getattr(tmod, name, None)
+                buffers = tmod._buffers
+                if type(buffers) is dict:
+                    current = buffers.get(name)
+                if current is None:
+                    current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
@@ -431,7 +431,8 @@ class _TorchCall(Op):
         learned = w._copy_inputs.get(mode)
         copy_inputs = learned is not False  # first call in each mode: protect inputs, then learn
         inputs = []
-        to_torch = _bridge.to_torch
+        ext = _bridge._ext or _bridge.load_extension()  # loaded by the wrapper's __init__
+        to_torch = ext.to_torch
         for i in range(n):
             t = to_torch(arrays[i])
             if copy_inputs:
@@ -473,8 +474,9 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
-        return tuple(_bridge.from_torch(o.detach()) for o in outs) if len(outs) > 1 \
-            else _bridge.from_torch(outs[0].detach())
+        from_torch = ext.from_torch
+        return tuple([from_torch(o.detach()) for o in outs]) if len(outs) > 1 \
+            else from_torch(outs[0].detach())
 
     def backward(self, *grads):
         n = self.n_inputs
