@@ -105,6 +105,9 @@ class GradManager:
         # during the recording (`p[i] = v`, F.scatter, `+=`) rebinds the tensor to the op's
         # output, but upstream still differentiates w.r.t. the value that was attached
         self._entries = {}
+        # (id(node), index) of each attached tensor's entry -> (node, weakref, callbacks), made
+        # by record() for backward; None when an attach or detach while recording changed it
+        self._wanted = None
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
 
@@ -153,6 +156,7 @@ class GradManager:
         if joined is not None:
             self._joined.add(id(joined))
         self._entries[id(t)] = t._node
+        self._wanted = None  # backward builds it anew
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -174,6 +178,7 @@ class GradManager:
             tensors = [tensors]
         for t in tensors:
             self._attached.pop(id(t), None)
+        self._wanted = None  # backward builds it anew
         return self
 
     def is_attached(self, t):
@@ -195,7 +200,8 @@ class GradManager:
         _recording_managers.append(self)
         self._own = (self._key,)
         key, own, joined, entries = self._key, self._own, self._joined, self._entries
-        for k, (r, _) in self._attached.items():
+        self._wanted = wanted = {}
+        for k, (r, callbacks) in self._attached.items():
             t = r()
             if t is None:
                 continue
@@ -209,11 +215,13 @@ class GradManager:
                     leaf.out_meta = ((data.shape, data.dtype),)
                     leaf.keys = own
                     entries[k] = entry
+                    wanted[(id(leaf), entry[1])] = (leaf, r, callbacks)
                     continue
             node = _light(t, key, own)
             if node is not None:
                 joined.add(id(node))
-            entries[k] = t._node
+            entries[k] = entry = t._node
+            wanted[(id(entry[0]), entry[1])] = (entry[0], r, callbacks)
         return self
 
     def release(self):
@@ -226,6 +234,7 @@ class GradManager:
             self._key, self._own = None, ()
             self._joined = set()
             self._entries = {}
+            self._wanted = None
             _recording_managers.remove(self)
             self._kept = []
 
@@ -285,13 +294,14 @@ class GradManager:
                     ys.append(t)
                     dys.append(zeros)
                     given.append(zeros)
-            wanted = {}
-            for k, (r, callbacks) in self._attached.items():
-                t = r()
-                entry = self._entries.get(k, t._node) if t is not None else None
-                if entry is not None:
-                    node, idx = entry
-                    wanted[(id(node), idx)] = (t, callbacks)
+            wanted = self._wanted  # made by record() (holding the nodes: their ids stay theirs)
+            if wanted is None:  # tensors were attached or detached while recording
+                wanted = {}
+                for k, (r, callbacks) in self._attached.items():
+                    t = r()
+                    entry = self._entries.get(k, t._node) if t is not None else None
+                    if entry is not None:
+                        wanted[(id(entry[0]), entry[1])] = (entry[0], r, callbacks)
             key.alive = False  # this recording is consumed by its own backward
             hidden = dispatch.suspend_from(key.level)  # later GradManagers don't see it
             graph = dispatch.any_alive()  # an earlier GradManager records this backward
@@ -311,7 +321,10 @@ class GradManager:
             try:
                 ready = []
                 for key_, g in found.items():
-                    t, callbacks = wanted[key_]
+                    _, r, callbacks = wanted[key_]
+                    t = r()
+                    if t is None:  # the tensor died while recording: nothing to deliver to
+                        continue
                     if scope is not None:
                         scope.enter(t._device)
                     if not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype:
