@@ -222,6 +222,14 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 
 
+def _max(a, axis=None, keepdims=False):
+    return a.max(axis, keepdims=keepdims)
+
+
+def _sum(a, axis=None, keepdims=False):
+    return a.sum(axis, keepdims=keepdims)
+
+
 def _rows(xp, n):
     if xp is not np:
         return xp.arange(n)
@@ -318,7 +326,9 @@ class _CrossEntropy(Op):
         the label lookup raises for every label outside [0, C), without a reduction of its own.
         """
         rows, label = self.rows, self.label
-        e = pred - pred.max(1, keepdims=True)
+        # numpy: the ufuncs' reduce directly (ndarray.max/sum go through a Python wrapper)
+        maximum, add = (np.maximum.reduce, np.add.reduce) if xp is np else (_max, _sum)
+        e = pred - maximum(pred, 1, keepdims=True)
         if unsigned is None:  # checked by the caller
             at_label = e[rows, label]
         else:
@@ -329,11 +339,11 @@ class _CrossEntropy(Op):
             if at_label is None:  # raised here, not in the except block: no chained traceback
                 self._raise_out_of_range(label, e.shape[1])
         xp.exp(e, out=e)
-        s = e.sum(1)
+        s = add(e, 1)
         # mean over rows of log(s) - shifted[label]
         per_row = xp.log(s)
         per_row -= at_label
-        loss = per_row.sum() / pred.shape[0]
+        loss = add(per_row) / pred.shape[0]
         self.e, self.s, self.fused = e, s, True
         return xp.asarray(loss, dtype=pred.dtype)
 

@@ -236,15 +236,17 @@ class Module:
         return HookHandler(self._forward_hooks, hook)
 
     def __call__(self, *inputs, **kwargs):
-        for hook in list(self._forward_pre_hooks.values()):
-            modified = hook(self, inputs)
-            if modified is not None:
-                inputs = modified if isinstance(modified, tuple) else (modified,)
+        if self._forward_pre_hooks:  # (tested first: most calls have no hooks to copy)
+            for hook in list(self._forward_pre_hooks.values()):
+                modified = hook(self, inputs)
+                if modified is not None:
+                    inputs = modified if isinstance(modified, tuple) else (modified,)
         outputs = self.forward(*inputs, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            modified = hook(self, inputs, outputs)
-            if modified is not None:
-                outputs = modified
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                modified = hook(self, inputs, outputs)
+                if modified is not None:
+                    outputs = modified
         return outputs
 
     # ----- discovery -----
