@@ -420,8 +420,10 @@ def _pair_outputs(y, dy, what, scope=None):
         if scope is not None:
             scope.enter(y._device)
         data = y._data
-        a = (np if type(data) is np.ndarray else get_array_module(y._device)).ones(
-            data.shape, data.dtype)
+        if type(data) is np.ndarray and not data.ndim:  # a scalar loss on the CPU: one C call
+            a = np.array(1, data.dtype)
+        else:
+            a = get_array_module(y._device).ones(data.shape, data.dtype)
         return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
