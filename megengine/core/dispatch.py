@@ -519,9 +519,15 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
         slot = grads.pop(id(node), None)
         if slot is None:
             continue
-        for i, g in enumerate(slot):
-            if g is not None and (id(node), i) in wanted:
-                found[(id(node), i)] = g
+        if len(slot) == 1:  # one output (every leaf): no enumerate, one key
+            if slot[0] is not None:
+                k = (id(node), 0)
+                if k in wanted:
+                    found[k] = slot[0]
+        else:
+            for i, g in enumerate(slot):
+                if g is not None and (id(node), i) in wanted:
+                    found[(id(node), i)] = g
         op = node.op
         if op is None:
             continue  # a leaf, or a graph that was already released
