@@ -328,7 +328,15 @@ class GradManager:
                     if scope is not None:
                         scope.enter(t._device)
                     if not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype:
-                        # the common case inline: a CPU gradient, no callbacks
+                        # the common case inline: a CPU gradient, no callbacks; an array that
+                        # owns its memory, unclaimed, writable and C-contiguous is kept as is
+                        # (what _exclusive decides, without its call and foreign-memory tests)
+                        if g.base is None and id(g) not in claimed:
+                            flags = g.flags
+                            if flags.writeable and flags.c_contiguous:
+                                claimed[id(g)] = g
+                                ready.append((t, Tensor._wrap(g, t._device)))
+                                continue
                         ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
                         continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
