@@ -105,6 +105,9 @@ class GradManager:
         # during the recording (`p[i] = v`, F.scatter, `+=`) rebinds the tensor to the op's
         # output, but upstream still differentiates w.r.t. the value that was attached
         self._entries = {}
+        # (id(node), index) of each attached tensor's entry -> (node, weakref, callbacks), made
+        # by record() for backward; None when an attach or detach while recording changed it
+        self._wanted = None
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
 
@@ -153,6 +156,7 @@ class GradManager:
         if joined is not None:
             self._joined.add(id(joined))
         self._entries[id(t)] = t._node
+        self._wanted = None  # backward builds it anew
 
     def _forget(self, key):
         ref = weakref.ref(self)
@@ -174,6 +178,7 @@ class GradManager:
             tensors = [tensors]
         for t in tensors:
             self._attached.pop(id(t), None)
+        self._wanted = None  # backward builds it anew
         return self
 
     def is_attached(self, t):
@@ -195,14 +200,28 @@ class GradManager:
         _recording_managers.append(self)
         self._own = (self._key,)
         key, own, joined, entries = self._key, self._own, self._joined, self._entries
-        for k, (r, _) in self._attached.items():
+        self._wanted = wanted = {}
+        for k, (r, callbacks) in self._attached.items():
             t = r()
             if t is None:
                 continue
+            entry = t._node
+            if entry is not None and type(entry[0]) is Leaf:
+                leaf = entry[0]
+                ks = leaf.keys
+                if not ks or (len(ks) == 1 and not ks[0].alive):
+                    # the common case of _light inline: a parameter's leaf from the last step
+                    data = t._data
+                    leaf.out_meta = ((data.shape, data.dtype),)
+                    leaf.keys = own
+                    entries[k] = entry
+                    wanted[(id(leaf), entry[1])] = (leaf, r, callbacks)
+                    continue
             node = _light(t, key, own)
             if node is not None:
                 joined.add(id(node))
-            entries[k] = t._node
+            entries[k] = entry = t._node
+            wanted[(id(entry[0]), entry[1])] = (entry[0], r, callbacks)
         return self
 
     def release(self):
@@ -215,6 +234,7 @@ class GradManager:
             self._key, self._own = None, ()
             self._joined = set()
             self._entries = {}
+            self._wanted = None
             _recording_managers.remove(self)
             self._kept = []
 
@@ -282,13 +302,14 @@ class GradManager:
                 outputs = _pair_outputs(y, dy, "GradManager.backward", scope)
                 for mine, theirs in zip((ys, dys, given), outputs):
                     mine.extend(theirs)
-            wanted = {}
-            for k, (r, callbacks) in self._attached.items():
-                t = r()
-                entry = self._entries.get(k, t._node) if t is not None else None
-                if entry is not None:
-                    node, idx = entry
-                    wanted[(id(node), idx)] = (t, callbacks)
+            wanted = self._wanted  # made by record() (holding the nodes: their ids stay theirs)
+            if wanted is None:  # tensors were attached or detached while recording
+                wanted = {}
+                for k, (r, callbacks) in self._attached.items():
+                    t = r()
+                    entry = self._entries.get(k, t._node) if t is not None else None
+                    if entry is not None:
+                        wanted[(id(entry[0]), entry[1])] = (entry[0], r, callbacks)
             key.alive = False  # this recording is consumed by its own backward
             hidden = dispatch.suspend_from(key.level)  # later GradManagers don't see it
             graph = dispatch.any_alive()  # an earlier GradManager records this backward
@@ -308,9 +329,24 @@ class GradManager:
             try:
                 ready = []
                 for key_, g in found.items():
-                    t, callbacks = wanted[key_]
+                    _, r, callbacks = wanted[key_]
+                    t = r()
+                    if t is None:  # the tensor died while recording: nothing to deliver to
+                        continue
                     if scope is not None:
                         scope.enter(t._device)
+                    if not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype:
+                        # the common case inline: a CPU gradient, no callbacks; an array that
+                        # owns its memory, unclaimed, writable and C-contiguous is kept as is
+                        # (what _exclusive decides, without its call and foreign-memory tests)
+                        if g.base is None and id(g) not in claimed:
+                            flags = g.flags
+                            if flags.writeable and flags.c_contiguous:
+                                claimed[id(g)] = g
+                                ready.append((t, Tensor._wrap(g, t._device)))
+                                continue
+                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
+                        continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
                         ready.append((t, grad))
@@ -319,6 +355,9 @@ class GradManager:
             finally:
                 _backwarding = None
             for t, grad in ready:
+                if t.grad is None:  # the common case inline: the first gradient of a step
+                    t.grad = grad
+                    continue
                 if scope is not None:
                     scope.enter(t._device)
                 _add_grad(t, grad)
@@ -396,7 +435,11 @@ def _pair_outputs(y, dy, what, scope=None):
     if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
         if scope is not None:
             scope.enter(y._device)
-        a = get_array_module(y._device).ones(y.shape, y.dtype)
+        data = y._data
+        if type(data) is np.ndarray and not data.ndim:  # a scalar loss on the CPU: one C call
+            a = np.array(1, data.dtype)
+        else:
+            a = get_array_module(y._device).ones(data.shape, data.dtype)
         return [y], [a], [a]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if dy is None:
@@ -451,11 +494,16 @@ def _exclusive(g, claimed):
     gradient the caller gave) or foreign, or when it is a read-only or strided view."""
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
-    if (owner is not None and type(owner) is not np.ndarray
-            and dispatch.foreign_memory(owner) is not None):
-        owner = None  # CuPy: torch's memory through the bridge (see _owner)
-    if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
-        owner = dispatch.fresh_owner(g)
+    if type(g) is np.ndarray:
+        if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
+            # (inline dispatch.fresh_owner: a numpy view's foreign key is its base)
+            fresh = dispatch._fresh_owners
+            owner = base if fresh and fresh.get(id(base)) is base else None
+    else:
+        if owner is not None and dispatch.foreign_memory(owner) is not None:
+            owner = None  # CuPy: torch's memory through the bridge (see _owner)
+        if owner is None:
+            owner = dispatch.fresh_owner(g)
     flags = g.flags  # a new object per access: read once
     if (owner is None or id(owner) in claimed or not getattr(flags, "writeable", True)
             or not flags.c_contiguous):

@@ -366,10 +366,19 @@ def apply_unhooked(op, inputs):
         out = _forward_on(run_on, op, arrays)
     else:
         out = op.forward(*arrays)
-    multi = isinstance(out, tuple)
-    outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
-    node = Node(op, parents, tuple((o.shape, o.dtype) for o in outs), keys, run_on)
-    if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
+    if not isinstance(out, tuple):  # one output, the common case, without the loops below
+        if isinstance(out, np.generic):
+            out = np.asarray(out)
+        node = Node(op, parents, ((out.shape, out.dtype),), keys, run_on)
+        if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
+            node.saved = (tuple(arrays), (out,), device)
+        t = Tensor._wrap(out, device)
+        if out.dtype.kind == "f":
+            t._node = (node, 0)
+        return t
+    outs = tuple([_array(o) for o in out])
+    node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
+    if _recording > 1:
         node.saved = (tuple(arrays), outs, device)
     results = []
     for i, o in enumerate(outs):
@@ -377,7 +386,7 @@ def apply_unhooked(op, inputs):
         if _is_float(o.dtype):
             t._node = (node, i)
         results.append(t)
-    return tuple(results) if multi else results[0]
+    return tuple(results)
 
 
 # Foreign buffers (another framework's memory seen through a view, e.g. torch's) that an op's
@@ -425,19 +434,30 @@ def forget_fresh_gradients():
 
 def _graph_order(roots):
     """Nodes reachable from ``roots``, children before parents (reverse topological order)."""
+    # Nodes without parents (attached tensors: most of a training graph's nodes) never enter
+    # the depth-first stack: they are placed where popping them would have placed them (the
+    # order decides in which order gradient callbacks see parameters, which bucketing
+    # all-reduces rely on), without the push, iterator and pop, about twice as fast.
     order, visited = [], set()
     for root in roots:
         if id(root) in visited:
             continue
         visited.add(id(root))
+        if not root.parents:
+            order.append(root)
+            continue
         stack = [(root, iter(root.parents))]
         while stack:
             node, it = stack[-1]
             for p in it:
-                if p is not None and id(p[0]) not in visited:
-                    visited.add(id(p[0]))
-                    stack.append((p[0], iter(p[0].parents)))
-                    break
+                if p is not None:
+                    parent = p[0]
+                    if id(parent) not in visited:
+                        visited.add(id(parent))
+                        if parent.parents:
+                            stack.append((parent, iter(parent.parents)))
+                            break
+                        order.append(parent)
             else:
                 stack.pop()
                 order.append(node)
@@ -504,9 +524,15 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
         slot = grads.pop(id(node), None)
         if slot is None:
             continue
-        for i, g in enumerate(slot):
-            if g is not None and (id(node), i) in wanted:
-                found[(id(node), i)] = g
+        if len(slot) == 1:  # one output (every leaf): no enumerate, one key
+            if slot[0] is not None:
+                k = (id(node), 0)
+                if k in wanted:
+                    found[k] = slot[0]
+        else:
+            for i, g in enumerate(slot):
+                if g is not None and (id(node), i) in wanted:
+                    found[(id(node), i)] = g
         op = node.op
         if op is None:
             continue  # a leaf, or a graph that was already released
@@ -538,13 +564,12 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
             pslot = grads.get(id(pnode))
             if pslot is None:
                 pslot = grads[id(pnode)] = [None] * len(pnode.out_meta)
-            shape = pnode.out_meta[pidx][0]
+            shape, dtype = pnode.out_meta[pidx]
             if g.shape != shape:
                 raise RuntimeError(
                     f"{op!r}.backward gave a gradient of shape {g.shape} for an input "
                     f"of shape {shape}"
                 )
-            dtype = pnode.out_meta[pidx][1]
             if g.dtype != dtype:  # an input's gradient has its dtype (a float16 input of an op
                 g = g.astype(dtype)  # that computes in float32 under autocast gets float16)
             pslot[pidx] = g if pslot[pidx] is None else add(pslot[pidx], g)

@@ -7,7 +7,7 @@ from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
-from ._args import _out_of_range
+from ._args import _UNSIGNED, _out_of_range
 
 __all__ = [
     "binary_cross_entropy", "cross_entropy", "cross_entropy_with_softmax", "hinge_loss",
@@ -222,6 +222,14 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 
 
+def _max(a, axis=None, keepdims=False):
+    return a.max(axis, keepdims=keepdims)
+
+
+def _sum(a, axis=None, keepdims=False):
+    return a.sum(axis, keepdims=keepdims)
+
+
 def _rows(xp, n):
     if xp is not np:
         return xp.arange(n)
@@ -256,7 +264,6 @@ class _CrossEntropy(Op):
             a -= (classes == self.label_k) * a.dtype.type(value)
 
     def forward(self, pred, label):
-        xp = xp_of(pred)
         ax, ls = self.axis, self.ls
         expected = pred.shape[:ax] + pred.shape[ax + 1:]
         if label.shape != expected:
@@ -267,13 +274,22 @@ class _CrossEntropy(Op):
         if label.dtype.kind not in "iu":
             label = label.astype(np.int64)  # upstream takes float class ids too
         classes = pred.shape[ax]
+        if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
+                and not ls and self.reduction == "mean" and pred.shape[0]
+                and not _aten.use_aten(pred, "cross_entropy")):
+            # the training case on the CPU: its range check is the label lookup itself
+            self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
+            unsigned = _UNSIGNED.get(label.dtype)
+            if unsigned is None and _out_of_range(label, classes):  # e.g. big-endian labels
+                self._raise_out_of_range(label, classes)
+            return self._forward_mean_2d(np, pred, unsigned)
+        xp = xp_of(pred)
         # The range check is kept on every device. On a GPU it costs one reduction kernel and a
         # device-to-host sync (the host waits for the work queued before it, a few tens of us),
         # but an out-of-range label would otherwise make ATen's nll_loss kernel fail a device-side
         # assert, which poisons the CUDA context for the whole process instead of raising here.
         if _out_of_range(label, classes):
-            raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
-                             f"[{label.min()}, {label.max()}]")
+            self._raise_out_of_range(label, classes)
         self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
         self.loss_shape = expected
         if pred.size and _aten.use_aten(pred, "cross_entropy"):
@@ -300,19 +316,41 @@ class _CrossEntropy(Op):
         self.loss_shape = expected
         return _reduce(loss.reshape(expected), self.reduction)
 
-    def _forward_mean_2d(self, xp, pred):
+    def _forward_mean_2d(self, xp, pred, unsigned=None):
         """The training case, (N, C) logits and mean reduction, in few array passes: the
         per-row shift is kept in ``e``, which becomes exp(shifted) in place (what backward's
-        softmax needs)."""
+        softmax needs).
+
+        ``unsigned``: the unsigned dtype of the labels' width, when the labels were not
+        range-checked yet (numpy): seen as unsigned, a negative label becomes a huge index, so
+        the label lookup raises for every label outside [0, C), without a reduction of its own.
+        """
         rows, label = self.rows, self.label
-        e = pred - pred.max(1, keepdims=True)
-        at_label = e[rows, label]
+        # numpy: the ufuncs' reduce directly (ndarray.max/sum go through a Python wrapper)
+        maximum, add = (np.maximum.reduce, np.add.reduce) if xp is np else (_max, _sum)
+        e = pred - maximum(pred, 1, keepdims=True)
+        if unsigned is None:  # checked by the caller
+            at_label = e[rows, label]
+        else:
+            try:
+                at_label = e[rows, label.view(unsigned)]
+            except IndexError:
+                at_label = None
+            if at_label is None:  # raised here, not in the except block: no chained traceback
+                self._raise_out_of_range(label, e.shape[1])
         xp.exp(e, out=e)
-        s = e.sum(1)
+        s = add(e, 1)
         # mean over rows of log(s) - shifted[label]
-        loss = (xp.log(s).sum() - at_label.sum()) / pred.shape[0]
+        per_row = xp.log(s)
+        per_row -= at_label
+        loss = add(per_row) / pred.shape[0]
         self.e, self.s, self.fused = e, s, True
         return xp.asarray(loss, dtype=pred.dtype)
+
+    @staticmethod
+    def _raise_out_of_range(label, classes):
+        raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
+                         f"[{label.min()}, {label.max()}]")
 
     def _backward_mean_2d(self, g):
         e = self.e
@@ -381,6 +419,7 @@ class _CrossEntropy(Op):
 
     fused = False  # set by _forward_mean_2d
     logp = None  # set by _forward_aten
+    label_k = None  # the labels with a size-1 class axis; not made by the CPU's (N, C) path
 
     def backward(self, g):
         if self.fused:
@@ -408,7 +447,10 @@ class _CrossEntropy(Op):
     def grad_graph(self, inputs, outputs, grads):
         from .elemwise import exp
 
-        xp = xp_of(self.label_k)
+        label_k = self.label_k
+        if label_k is None:  # the CPU's (N, C) path keeps the labels as (N,)
+            label_k = self.label[:, None]
+        xp = xp_of(label_k)
         pred, g = inputs[0], grads[0]
         ax, ls = self.axis, self.ls
         if pred.dtype.kind != "f":
@@ -417,11 +459,11 @@ class _CrossEntropy(Op):
         # the target distribution: (1 - ls) at the label, plus ls spread over the classes
         shape = pred.shape
         onehot = (xp.arange(classes).reshape((-1,) + (1,) * (len(shape) - ax - 1))
-                  == self.label_k)
+                  == label_k)
         target = Tensor._wrap((onehot * (1 - ls) + ls / classes).astype(pred.dtype),
                               pred._device)
         if self.reduction == "none":
-            gk = g.reshape(self.label_k.shape)
+            gk = g.reshape(label_k.shape)
         else:
             gk = g.reshape((1,) * len(shape))
             if self.reduction == "mean":
@@ -445,16 +487,17 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     _check_reduction(reduction, "cross_entropy")
     pred = pred if isinstance(pred, Tensor) else Tensor(pred)
     label = label if isinstance(label, Tensor) else Tensor(label)
-    if pred.ndim != label.ndim + 1:
+    ndim = pred._data.ndim
+    if ndim != label._data.ndim + 1:
         raise ValueError(f"cross_entropy: label must have one dim less than pred, got pred of "
                          f"shape {pred.shape} and label of shape {label.shape}")
-    if not -pred.ndim <= axis < pred.ndim:
+    if not -ndim <= axis < ndim:
         raise ValueError(f"cross_entropy: axis {axis} is out of range for pred of shape "
                          f"{pred.shape}")
     ls = float(label_smooth or 0)
     if not 0 <= ls <= 1:
         raise ValueError(f"cross_entropy: label_smooth must be in [0, 1], got {label_smooth}")
-    op = _CrossEntropy(int(axis) % pred.ndim, bool(with_logits), ls, reduction)
+    op = _CrossEntropy(int(axis) % ndim, bool(with_logits), ls, reduction)
     return apply(op, pred, label)
 
 

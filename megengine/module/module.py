@@ -242,15 +242,17 @@ class Module:
         return self._hooked_forward(inputs, kwargs)
 
     def _hooked_forward(self, inputs, kwargs):
-        for hook in list(self._forward_pre_hooks.values()):
-            modified = hook(self, inputs)
-            if modified is not None:
-                inputs = modified if isinstance(modified, tuple) else (modified,)
+        if self._forward_pre_hooks:  # (tested first: most calls have no hooks to copy)
+            for hook in list(self._forward_pre_hooks.values()):
+                modified = hook(self, inputs)
+                if modified is not None:
+                    inputs = modified if isinstance(modified, tuple) else (modified,)
         outputs = self.forward(*inputs, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            modified = hook(self, inputs, outputs)
-            if modified is not None:
-                outputs = modified
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                modified = hook(self, inputs, outputs)
+                if modified is not None:
+                    outputs = modified
         return outputs
 
     def _call_in_scope(self, inputs, kwargs):

@@ -128,25 +128,30 @@ class Optimizer:
         # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
         # where the current device is always the right one)
         scope = dispatch.device_scope()
+        states, update = self._state, self._update
         try:
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p.grad is None:
+                    g = p.grad
+                    if g is None:
                         continue
-                    if not isinstance(p.grad, Tensor):
+                    if not isinstance(g, Tensor):
                         raise TypeError(
                             f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
-                            f"None, got {type(p.grad).__name__}"
+                            f"None, got {type(g).__name__}"
                         )
-                    grad = p.grad._data
-                    if grad.shape != p.shape:
+                    grad = g._data
+                    if grad.shape != p._data.shape:
                         raise ValueError(
                             f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
                             f"parameter of shape {p.shape}"
                         )
                     if scope is not None:
                         scope.enter(p._device)
-                    self._update(p, grad, self._state.setdefault(p, {}), group)
+                    state = states.get(p)
+                    if state is None:
+                        state = states[p] = {}
+                    update(p, grad, state, group)
         finally:
             if scope is not None:
                 scope.close()

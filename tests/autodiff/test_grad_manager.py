@@ -679,3 +679,40 @@ def test_function_backward_with_a_surplus_gradient_is_refused():
     with pytest.raises(RuntimeError, match="returned 2 gradients for 1 inputs"):
         with gm:
             gm.backward(TooMany()(x).sum())
+
+
+def test_callbacks_see_parameters_in_torchs_gradient_order():
+    # Bucketing all-reduce callbacks pack gradients in the order they arrive, so that order is
+    # behaviour: the last layer's first, as torch's post-accumulate-grad hooks fire.
+    import megengine.module as M
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)]
+    tparams = [p for layer in layers for p in (layer.weight, layer.bias)]
+    names = ["W1", "b1", "W2", "b2", "W3", "b3"]
+    torch_seen = []
+    for name, p in zip(names, tparams):
+        p.register_post_accumulate_grad_hook(lambda p, name=name: torch_seen.append(name))
+    x, y = rand(5, 3), np.array([0, 1, 1, 0, 1], np.int32)
+    h = torch.from_numpy(x)
+    for i, layer in enumerate(layers):
+        h = layer(h) if i == len(layers) - 1 else torch.relu(layer(h))
+    torch.nn.functional.cross_entropy(h, torch.from_numpy(y).long()).backward()
+
+    mlayers = [M.Linear(3, 4), M.Linear(4, 4), M.Linear(4, 2)]
+    mparams = [p for layer in mlayers for p in (layer.weight, layer.bias)]
+    by_id = {id(p): name for name, p in zip(names, mparams)}
+    seen = []
+
+    def note(p, g):
+        seen.append(by_id[id(p)])
+        return g
+
+    gm = GradManager().attach(mparams, callbacks=note)
+    with gm:
+        h = Tensor(x)
+        for i, layer in enumerate(mlayers):
+            h = layer(h) if i == len(mlayers) - 1 else F.relu(layer(h))
+        gm.backward(F.loss.cross_entropy(h, Tensor(y)))
+    assert len(torch_seen) == 6
+    assert seen == torch_seen

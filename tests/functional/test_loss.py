@@ -129,6 +129,22 @@ def test_cross_entropy_with_softmax_is_the_mean_loss():
     np.testing.assert_allclose(a.numpy(), b.numpy())
 
 
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "uint16", ">i4"])
+def test_cross_entropy_label_dtypes_match_torch_and_are_range_checked(dtype):
+    # the CPU (N, C) path checks the range through the label lookup (labels seen as unsigned);
+    # big-endian labels have no unsigned twin and take the explicit check
+    pred = rand(4, 3)
+    good = np.array([0, 2, 1, 2]).astype(dtype)
+    got = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(good))
+    want = TF.cross_entropy(torch.from_numpy(pred), torch.from_numpy(good.astype(np.int64)))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[0, 3\]"):
+        F.nn.cross_entropy(mge.tensor(pred), mge.tensor(np.array([0, 3, 1, 2]).astype(dtype)))
+    if np.dtype(dtype).kind == "i":
+        with pytest.raises(ValueError, match=r"got values in \[-1, 2\]"):
+            F.nn.cross_entropy(mge.tensor(pred), mge.tensor(np.array([0, -1, 1, 2]).astype(dtype)))
+
 @pytest.mark.usefixtures("ce_path")
 def test_cross_entropy_errors():
     pred = mge.tensor(rand(4, 3))

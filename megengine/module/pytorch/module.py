@@ -202,14 +202,14 @@ class PyTorchModule(Module):
             # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
             # there); reading them directly skips nn.Module.__getattr__, a Python call each.
             # (A scripted module's are wrappers: getattr then.)
-            current = None
-            params, buffers = tmod._parameters, tmod._buffers
-            if type(params) is dict and type(buffers) is dict:
-                current = params.get(name)
-                if current is None:
-                    current = buffers.get(name)
+            params = tmod._parameters
+            current = params.get(name) if type(params) is dict else None
             if current is None:
-                current = getattr(tmod, name, None)
+                buffers = tmod._buffers
+                if type(buffers) is dict:
+                    current = buffers.get(name)
+                if current is None:
+                    current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
@@ -378,7 +378,7 @@ _engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine"
 _autograd_grad = (_autograd_grad_engine if callable(getattr(_engine, "run_backward", None))
                   else _autograd_grad_public)
 
-_FRESH_MIN_NUMEL = 2048  # below this, GradManager's copy costs about what the check does
+_FRESH_MIN_NUMEL = 2048  # below this, a copy costs about what the storage check does
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  # 0: never fresh
 
 
@@ -432,7 +432,8 @@ class _TorchCall(Op):
         learned = w._copy_inputs.get(mode)
         copy_inputs = learned is not False  # first call in each mode: protect inputs, then learn
         inputs = []
-        to_torch = _bridge.to_torch
+        ext = _bridge._ext or _bridge.load_extension()  # loaded by the wrapper's __init__
+        to_torch = ext.to_torch
         for i in range(n):
             t = to_torch(arrays[i])
             if copy_inputs:
@@ -474,8 +475,9 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
-        return tuple(_bridge.from_torch(o.detach()) for o in outs) if len(outs) > 1 \
-            else _bridge.from_torch(outs[0].detach())
+        from_torch = ext.from_torch
+        return tuple([from_torch(o.detach()) for o in outs]) if len(outs) > 1 \
+            else from_torch(outs[0].detach())
 
     def backward(self, *grads):
         n = self.n_inputs
@@ -493,7 +495,8 @@ class _TorchCall(Op):
             if need[i] and tp.requires_grad:
                 wrt.append(tp)
                 slots.append(i)
-        to_torch = _bridge.to_torch
+        ext = _bridge._ext or _bridge.load_extension()  # loaded by the wrapper's __init__
+        to_torch = ext.to_torch
         if len(grads) == 1:  # one output (always used: backward only runs for used outputs)
             o = self.outs[0]
             outs, out_grads = ([o], [to_torch(grads[0])]) if o.requires_grad else ((), ())
@@ -508,22 +511,30 @@ class _TorchCall(Op):
             got = _autograd_grad(outs, wrt, out_grads)
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
             # e.g. through an add; megengine must never give two tensors one gradient array,
-            # or an in-place edit (clip_grad_norm) would apply twice
-            taken = {t.data_ptr() for t in out_grads}
-            taken.update(t.data_ptr() for t in inputs)
-            from_torch = _bridge.from_torch
+            # or an in-place edit (clip_grad_norm) would apply twice. A small gradient gets a
+            # copy of its own (cheaper than asking torch who else sees its memory); a large
+            # one is kept when torch's storage counts say nothing else can see it.
+            taken = None
+            from_torch = ext.from_torch
             for i, g in zip(slots, got):
-                if g is not None:
+                if g is None:
+                    continue
+                if g.numel() < _FRESH_MIN_NUMEL:
+                    result[i] = from_torch(g).copy()
+                    continue
+                if taken is None:
+                    taken = {t.data_ptr() for t in out_grads}
+                    taken.update(t.data_ptr() for t in inputs)
+                address = g.data_ptr()
+                if address in taken:
+                    g = g.clone()
                     address = g.data_ptr()
-                    if address in taken and g.numel():
-                        g = g.clone()
-                        address = g.data_ptr()
-                        fresh = True
-                    else:  # small ones are copied (cheaper than asking)
-                        fresh = g.numel() >= _FRESH_MIN_NUMEL and _owns_its_storage(g)
-                    taken.add(address)
-                    a = from_torch(g)
-                    result[i] = declare_fresh_gradient(a) if fresh else a
+                    fresh = True
+                else:
+                    fresh = _owns_its_storage(g)
+                taken.add(address)
+                a = from_torch(g)
+                result[i] = declare_fresh_gradient(a) if fresh else a
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
 
