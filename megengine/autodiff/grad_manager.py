@@ -335,8 +335,10 @@ class GradManager:
                         continue
                     if scope is not None:
                         scope.enter(t._device)
-                    if not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype:
-                        # the common case inline: a CPU gradient, no callbacks; an array that
+                    if (not callbacks and type(g) is np.ndarray and g.dtype == t._data.dtype
+                            and t._format == "default"):
+                        # the common case inline: a CPU gradient, no callbacks, no format
+                        # label (_run_callbacks passes the label on); an array that
                         # owns its memory, unclaimed, writable and C-contiguous is kept as is
                         # (what _exclusive decides, without its call and foreign-memory tests)
                         if g.base is None and id(g) not in claimed:
