@@ -28,7 +28,7 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import _freeze, _host, _is_array, _OpStep, _Ref, _thaw
+from ..jit._program import _freeze, _has_ref, _host, _is_array, _OpStep, _thaw
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
@@ -696,11 +696,4 @@ def _symbolic_apply(op, inputs):
         v._sample = (_generation[0], o._data)
     return tuple(node.outputs) if multi else node.outputs[0]
 
-
-def _has_ref(frozen):
-    if type(frozen) is _Ref:
-        return True
-    if type(frozen) is tuple:
-        return any(_has_ref(x) for x in frozen)
-    return False
 
