@@ -695,5 +695,3 @@ def _symbolic_apply(op, inputs):
     for v, o in zip(node.outputs, outs):
         v._sample = (_generation[0], o._data)
     return tuple(node.outputs) if multi else node.outputs[0]
-
-
