@@ -385,13 +385,25 @@ class Host2DeviceCopy(OpNode):
     def _compute_samples(self):
         if self._shape is None:
             raise ValueError(f"input {self.name!r} has no shape; give make_input_node a shape")
-        self.outputs[0]._sample = (_generation[0], np.zeros(self._shape, self._dtype))
+        self.outputs[0]._sample = (_generation[0],
+                                   _zeros_on(self.device, self._shape, self._dtype))
 
     def _execute(self, in_arrays, dyn_arrays):
         raise ValueError(f"input {self.name!r} (a Host2DeviceCopy) has no value in a compiled "
                          "megbrain_graph.Graph: feed inputs through megbrain_graph.InputNode "
                          "(set_value) or input_callback, or run a dumped program with "
                          "GraphInference")
+
+
+def _zeros_on(device, shape, dtype):
+    """Zeros where ``device`` keeps its arrays: an input's sample on a GPU is a CuPy array, since
+    ops on it meet the program's constants there (CuPy refuses numpy operands)."""
+    a = np.zeros(shape, dtype)
+    if device.startswith("gpu"):
+        from ..core.ops import move_array
+
+        a = move_array(a, device)
+    return a
 
 
 class ImmutableTensor(OpNode):

@@ -11,6 +11,8 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import TraceMismatchError, check, trace
 
+from devices import host_default_device  # noqa: F401  (fixture used by name)
+
 MODES = [False, True]
 
 
@@ -94,6 +96,8 @@ def test_constants_made_in_the_function_are_compared_by_value():
     assert str(info.value) == "trace error because tensors not equals"
 
 
+# the fast path compares bytes of constants in host memory; a GPU's take check_source
+@pytest.mark.usefixtures("host_default_device")
 @pytest.mark.parametrize("symbolic", MODES)
 def test_constants_from_python_data_take_the_fast_path(symbolic, monkeypatch):
     full = []
