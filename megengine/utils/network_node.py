@@ -210,7 +210,8 @@ class _ShapeOf(dispatch.Op):
     """The shape of the input as an int32 vector (upstream's GetVarShape)."""
 
     def forward(self, x):
-        return np.asarray(x.shape, np.int32)
+        # on the input's device: on a GPU the shape meets CuPy operands (a reshape, a product)
+        return dispatch.xp_of(x).asarray(x.shape, dtype=np.int32)
 
     def backward(self, g):
         return None

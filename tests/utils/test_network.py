@@ -312,4 +312,13 @@ def test_a_program_dumped_on_a_gpu_is_edited_with_its_values_there():
     assert o.shape == (3,) and type(o._data).__module__.startswith("cupy")
     s = net.opr_filter.type(Elemwise).as_list()[0].outputs[0]  # a + b
     net.replace_vars({s: F.relu(s) * net.make_const(np.float32(3), device="gpu0")})
-    np.testing.assert_array_equal(_run(net, A, B)["o"], np.maximum(A + B, 0) * 6)
+    old = set_symbolic_shape(True)
+    try:
+        doubled = a.shape * 2  # a shape var meets a constant of its device
+    finally:
+        set_symbolic_shape(old)
+    doubled.name = "doubled"
+    net.add_output(doubled)
+    got = _run(net, A, B)
+    np.testing.assert_array_equal(got["o"], np.maximum(A + B, 0) * 6)
+    np.testing.assert_array_equal(got["doubled"], [6])
