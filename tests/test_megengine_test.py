@@ -26,3 +26,13 @@ def test_dtype_shape_and_special_values():
     with pytest.raises(AssertionError, match="inf values at different places"):
         assertTensorClose(a, np.array([1.0, np.nan, -np.inf], np.float32),
                           allow_special_values=True)
+
+
+def test_engine_arrays_of_any_device_are_read_to_the_host():
+    # a Tensor's raw storage is a CuPy array on a GPU (gpu-check runs this there), which
+    # np.asarray refuses; the helper reads it as the Tensor would
+    a = np.array([1.0, 2.0], np.float32)
+    t = mge.tensor(a)
+    assertTensorClose(t._data, a)
+    with pytest.raises(AssertionError, match="not equal"):
+        assertTensorClose(t._data, a + 1)

@@ -84,6 +84,12 @@ def _as_value(value, dtype, device, where):
                             f"Tensor or an array, got {type(value).__name__}") from e
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)
+    if device.startswith("gpu") != type(arr).__module__.startswith("cupy"):
+        # a value from another kind of device is copied to the input's (upstream's input
+        # callback copies to its comp node): numpy and CuPy arrays do not mix in one op
+        from .ops import move_array
+
+        arr = move_array(arr, device)
     return arr
 
 
@@ -318,7 +324,8 @@ class InputNode(_IOOpr):
         self._pending = None
 
     def _compute_samples(self):
-        self.outputs[0]._sample = (_nn._generation[0], np.zeros(self._shape or (1,), self._dtype))
+        self.outputs[0]._sample = (_nn._generation[0], _nn._zeros_on(
+            self.outputs[0]._device, self._shape or (1,), self._dtype))
         self.outputs[1]._sample = (_nn._generation[0], _dummy())
 
     def _execute(self, in_arrays, dyn_arrays):

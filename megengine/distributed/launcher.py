@@ -49,7 +49,7 @@ def _gpu_count():
     return torch.cuda.device_count()
 
 
-def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False):
+def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False, profile=None):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
     status = 0
     try:
@@ -60,7 +60,7 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
 
             _forget_cuda()
         init_process_group(rank=rank, device=local_rank, **options)
-        profiler = _own_profiler() if forked else None
+        profiler = _own_profiler(profile)
         try:
             value = func(*args, **kwargs)
         finally:
@@ -87,24 +87,35 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
     os._exit(status)
 
 
-def _own_profiler():
-    """A worker forked inside ``with Profiler(path):`` inherits the parent's running profiler,
-    whose file would never be written; as upstream, each rank profiles itself instead, into
-    ``path/<its pid>.<format>``. Returns the worker's started Profiler, or None."""
+def _running_profiler():
+    """(directory, formats, options) of the Profiler running in the launching process, or None:
+    handed to every worker, forked or spawned (GPU workers must be spawned once this process
+    has used CUDA, and a spawned worker inherits nothing)."""
     from ..core import dispatch
 
     if dispatch._profile_hook is None:  # no profiler running: nothing to import
         return None
     from ..utils import profiler as _profiler
 
-    inherited = _profiler._running
-    if inherited is None:
+    running = _profiler._running
+    return None if running is None else (running.directory, running.formats,
+                                         dict(running._options))
+
+
+def _own_profiler(spec):
+    """As upstream, a rank launched inside ``with Profiler(path):`` profiles itself, into
+    ``path/<its pid>.<format>`` (``spec`` from `_running_profiler`). A forked worker inherited
+    the parent's running profiler, whose file it would never write: that one is dropped.
+    Returns the worker's started Profiler, or None."""
+    if spec is None:
         return None
+    from ..core import dispatch
+    from ..utils import profiler as _profiler
+
     _profiler._running = None
     dispatch._profile_hook = None
-    own = _profiler.Profiler(inherited.directory, formats=inherited.formats,
-                             **inherited._options)
-    return own.start()
+    directory, formats, options = spec
+    return _profiler.Profiler(directory, formats=formats, **options).start()
 
 
 class launcher:
@@ -185,12 +196,13 @@ class launcher:
 
             load_extension()
         results = self.context.Queue()
+        profile = _running_profiler()
         procs = {}
         for local in range(self.n_gpus):
             rank = self.rank_start + local
             procs[rank] = self.context.Process(
                 target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
-                                      self.context.get_start_method() == "fork"),
+                                      self.context.get_start_method() == "fork", profile),
                 name=f"megengine-dist-rank{rank}", daemon=True)
             procs[rank].start()
         try:

@@ -5,7 +5,11 @@ __all__ = ["assertTensorClose"]
 
 
 def _host(v):
-    return v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else np.asarray(v)
+    if isinstance(v, np.ndarray):
+        return v
+    if hasattr(v, "__cuda_array_interface__") and hasattr(v, "get"):  # CuPy: np.asarray refuses
+        return v.get()
+    return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
 
 def _match_special(v0, v1, mask0, mask1, what):

@@ -210,7 +210,8 @@ class _ShapeOf(dispatch.Op):
     """The shape of the input as an int32 vector (upstream's GetVarShape)."""
 
     def forward(self, x):
-        return np.asarray(x.shape, np.int32)
+        # on the input's device: on a GPU the shape meets CuPy operands (a reshape, a product)
+        return dispatch.xp_of(x).asarray(x.shape, dtype=np.int32)
 
     def backward(self, g):
         return None
@@ -385,13 +386,25 @@ class Host2DeviceCopy(OpNode):
     def _compute_samples(self):
         if self._shape is None:
             raise ValueError(f"input {self.name!r} has no shape; give make_input_node a shape")
-        self.outputs[0]._sample = (_generation[0], np.zeros(self._shape, self._dtype))
+        self.outputs[0]._sample = (_generation[0],
+                                   _zeros_on(self.device, self._shape, self._dtype))
 
     def _execute(self, in_arrays, dyn_arrays):
         raise ValueError(f"input {self.name!r} (a Host2DeviceCopy) has no value in a compiled "
                          "megbrain_graph.Graph: feed inputs through megbrain_graph.InputNode "
                          "(set_value) or input_callback, or run a dumped program with "
                          "GraphInference")
+
+
+def _zeros_on(device, shape, dtype):
+    """Zeros where ``device`` keeps its arrays: an input's sample on a GPU is a CuPy array, since
+    ops on it meet the program's constants there (CuPy refuses numpy operands)."""
+    a = np.zeros(shape, dtype)
+    if device.startswith("gpu"):
+        from ..core.ops import move_array
+
+        a = move_array(a, device)
+    return a
 
 
 class ImmutableTensor(OpNode):

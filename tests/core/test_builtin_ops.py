@@ -9,6 +9,7 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.core._imperative_rt.core2 import apply
 from megengine.core.ops import builtin
+from devices import host_default_device  # noqa: F401  (fixture used by name)
 from oracle import check_against_torch
 
 rng = np.random.RandomState(0)
@@ -507,6 +508,7 @@ def test_mesh_indexing_meshes_and_batched_mesh_indexes_per_batch():
             mge.tensor(b1)).numpy(), expect)
 
 
+@pytest.mark.usefixtures("host_default_device")  # quantized tensors live on CPUs only
 def test_elemwise_multi_type_quantized_and_bool_modes():
     import megengine.core.tensor.dtype as qdtype
 

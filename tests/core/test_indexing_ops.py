@@ -53,6 +53,21 @@ def test_set_and_incr_multi_axis_vec_match_torch_index_put(accumulate):
                                                  accumulate=accumulate), x, v)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int64", "bool"])
+def test_incr_of_small_and_wide_integers_wraps_as_numpy_add_at(dtype):
+    # CUDA's atomic add has no 8/16-bit, int64 or bool form: the GPU path widens (gpu-check
+    # runs this on gpu0); every device must give numpy's add.at, repeated indices included
+    x = (np.arange(12).reshape(4, 3) * 37 % 7).astype(dtype)
+    v = np.array([[120, 5, 1]] * 3).astype(dtype)
+    idx = np.array([1, 3, 1], "int32")
+    got = one(builtin.IndexingIncrMultiAxisVec(VEC0), mge.tensor(x, dtype=dtype),
+              mge.tensor(v, dtype=dtype), s(idx))
+    want = x.copy()
+    np.add.at(want, idx, v)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_value_broadcasts_and_its_gradient_is_summed_back():
     x, v = rng.randn(5, 4).astype("float32"), rng.randn(1, 4).astype("float32")
     idx = np.array([1, 3, 1], "int32")

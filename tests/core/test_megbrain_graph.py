@@ -218,3 +218,10 @@ def test_a_graph_on_a_gpu_keeps_its_values_there():
     assert got.comp_node == "gpu0" and type(got._array).__module__.startswith("cupy")
     np.testing.assert_array_equal(got.numpy(), np.maximum(X, 0) * 2)
     g.wait()
+    # a value from the host is copied to the GPU input, as upstream's input callback copies
+    g.compile(out.outputs[0]).execute()
+    inp.set_value(mge.tensor(-X, device="cpu0")._dev_tensor())
+    got = out.get_value()
+    assert type(got._array).__module__.startswith("cupy")
+    np.testing.assert_array_equal(got.numpy(), np.maximum(-X, 0) * 2)
+    g.wait()

@@ -144,3 +144,16 @@ def test_each_rank_launched_under_a_profiler_writes_its_own_trace(tmp_path, run_
         with open(tmp_path / name) as f:
             seen |= {e.get("name") for e in json.load(f)["traceEvents"]}
     assert {"rank0_step", "rank1_step"} <= seen  # each worker recorded its own ops
+
+
+def test_spawned_ranks_launched_under_a_profiler_write_their_own_traces(tmp_path):
+    # GPU workers are spawned (a process that used CUDA cannot fork them), and a spawned worker
+    # inherits no running profiler: the launcher hands it the profiler's settings instead
+    from megengine.utils.profiler import Profiler
+
+    with Profiler(str(tmp_path)):
+        ranks = dist.launcher(dist.get_rank, n_gpus=2, device_type="cpu", timeout=120,
+                              start_method="spawn")()
+    assert ranks == [0, 1]
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 3 and all(n.endswith(".chrome_timeline.json") for n in names)

@@ -10,6 +10,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
+from devices import host_default_device, requires_cuda  # noqa: F401  (fixture used by name)
 from oracle import check_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
@@ -144,6 +145,7 @@ def _opencv_affine_points(mat, oh, ow, nearest):
 
 @pytest.mark.parametrize("interp", ["linear", "nearest"])
 @pytest.mark.parametrize("border", ["wrap", "replicate", "constant"])
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernel's rounding
 def test_warp_affine_nhwc_on_cpu_samples_on_upstreams_grid(interp, border):
     # upstream's CPU kernel for NHWC float32/uint8 with 1-3 channels is OpenCV's: a point
     # 0.667 px into a pixel samples at 21/32. Oracle: remap at OpenCV's points, worked out above
@@ -188,6 +190,7 @@ def _opencv_perspective_points(mat, oh, ow, nearest):
 
 
 @pytest.mark.parametrize("interp", ["linear", "nearest"])
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernel's rounding
 def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
     rs = np.random.RandomState(9)
     mat = (np.eye(3) * 0.7 + rs.uniform(-0.05, 0.05, (2, 3, 3))).astype(np.float32)
@@ -208,6 +211,7 @@ def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
                                    atol=1e-5)
 
 
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernel's rounding
 def test_warp_affine_grid_points_pass_the_exact_points_gradient():
     # the rounding is piecewise constant in mat; its gradient is taken as the exact points':
     # d x / d mat[r] = (w, h, 1), chained with the sampler's gradient at the rounded points
@@ -227,6 +231,29 @@ def test_warp_affine_grid_points_pass_the_exact_points_gradient():
     hh, ww = np.meshgrid(np.arange(4), np.arange(5), indexing="ij")
     want = np.stack([[(gp[..., r] * t).sum() for t in (ww, hh, 1)] for r in (0, 1)])
     np.testing.assert_allclose(m.grad.numpy()[0], want, rtol=1e-4, atol=1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("rows", [2, 3])
+def test_warps_of_nhwc_images_on_a_gpu_sample_at_the_exact_points(rows):
+    # upstream's CUDA kernels have no 1/32-pixel grid: on a GPU an NHWC float32 image of
+    # 3 channels (the CPU's OpenCV case) samples where the NCHW path does
+    rs = np.random.RandomState(6)
+    mat = np.concatenate([0.7 * np.eye(2) + rs.uniform(-0.2, 0.2, (2, 2, 2)),
+                          rs.uniform(0, 1.5, (2, 2, 1))], 2)
+    if rows == 3:
+        mat = np.concatenate([mat, np.tile([[[0.0, 0.0, 1.0]]], (2, 1, 1))], 1)
+    img = mge.tensor(rand(2, 5, 6, 3, seed=6), device="gpu0")  # NHWC
+    m = mge.tensor(mat.astype(np.float32), device="gpu0")
+    warp = F.vision.warp_affine if rows == 2 else F.vision.warp_perspective
+    got = warp(img, m, (4, 7), format="NHWC")
+    exact = warp(img.transpose(0, 3, 1, 2), m, (4, 7), format="NCHW")
+    np.testing.assert_allclose(got.numpy(), exact.numpy().transpose(0, 2, 3, 1), rtol=1e-5,
+                               atol=1e-5)
+    pts = _opencv_affine_points(mat[:, :2], 4, 7, False) if rows == 2 else \
+        _opencv_perspective_points(mat, 4, 7, False)
+    on_grid = F.vision.remap(rand(2, 5, 6, 3, seed=6).transpose(0, 3, 1, 2), pts).numpy()
+    assert not np.allclose(got.numpy(), on_grid.transpose(0, 2, 3, 1), atol=1e-3)
 
 
 def test_conv_format_switch_sets_the_image_layout_as_upstream():

@@ -11,6 +11,8 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import TraceMismatchError, check, trace
 
+from devices import host_default_device  # noqa: F401  (fixture used by name)
+
 MODES = [False, True]
 
 
@@ -94,6 +96,8 @@ def test_constants_made_in_the_function_are_compared_by_value():
     assert str(info.value) == "trace error because tensors not equals"
 
 
+# the fast path compares bytes of constants in host memory; a GPU's take check_source
+@pytest.mark.usefixtures("host_default_device")
 @pytest.mark.parametrize("symbolic", MODES)
 def test_constants_from_python_data_take_the_fast_path(symbolic, monkeypatch):
     full = []
@@ -118,6 +122,23 @@ def test_constants_from_python_data_take_the_fast_path(symbolic, monkeypatch):
     with pytest.raises(TraceMismatchError) as info:
         tr(x)
     assert str(info.value) == "trace error because expect external node, got internal"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("size", [2, 20])
+def test_constants_holding_nan_match_on_every_device_and_size(symbolic, size):
+    # the full comparison (constants in GPU memory, or over the fast path's 64 bytes) compares
+    # NaN as the fast path does; NaN == NaN is False, which made every checked call mismatch
+    value = np.full(size, np.nan, np.float32)
+    value[0] = 1.0
+    tr = trace(lambda x: x + mge.tensor(value), symbolic=symbolic)
+    x = mge.tensor(np.ones(size, np.float32))
+    for _ in range(3):
+        out = tr(x).numpy()
+    np.testing.assert_array_equal(out, value + 1)
+    value[0] = 2.0  # another constant still mismatches
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        tr(x)
 
 
 def test_external_parameter_resized_between_calls_is_a_shape_mismatch():

@@ -15,6 +15,7 @@ from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
 from megengine.utils.network import Network, NodeFilter, as_oprnode, as_varnode
 from megengine.utils.network import set_symbolic_shape
+from devices import requires_cuda
 from megengine.utils.network_node import (ConvolutionForward, Elemwise, Host2DeviceCopy,
                                           ImmutableTensor, PoolingForward, VarNode)
 
@@ -293,3 +294,31 @@ def test_an_input_returned_as_an_output_keeps_its_name_and_dump_returns_its_resu
     again.seek(0)
     out = GraphInference(again).run(x, x * 3)
     assert [v.tolist() for v in out.values()] == [[1.0, -2.0], [3.0, 12.0], [3.0, 12.0]]
+
+
+@requires_cuda
+def test_a_program_dumped_on_a_gpu_is_edited_with_its_values_there():
+    # an input's sample (what shapes and edits are worked out on) lives where the program's
+    # constants do: numpy zeros next to a CuPy constant made every edit raise on a GPU
+    f = trace(lambda a, b: (a + b) * 2, symbolic=True, capture_as_const=True)
+    f(mge.tensor(A, device="gpu0"), mge.tensor(B, device="gpu0"))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["a", "b"], output_names="o", optimize_for_inference=False)
+    file.seek(0)
+    net = Network.load(file)
+    a, b = net.input_vars
+    assert type(a._data).__module__.startswith("cupy")
+    o = net.var_filter.name("o").as_unique()
+    assert o.shape == (3,) and type(o._data).__module__.startswith("cupy")
+    s = net.opr_filter.type(Elemwise).as_list()[0].outputs[0]  # a + b
+    net.replace_vars({s: F.relu(s) * net.make_const(np.float32(3), device="gpu0")})
+    old = set_symbolic_shape(True)
+    try:
+        doubled = a.shape * 2  # a shape var meets a constant of its device
+    finally:
+        set_symbolic_shape(old)
+    doubled.name = "doubled"
+    net.add_output(doubled)
+    got = _run(net, A, B)
+    np.testing.assert_array_equal(got["o"], np.maximum(A + B, 0) * 6)
+    np.testing.assert_array_equal(got["doubled"], [6])

@@ -52,14 +52,26 @@ def _host_int(a, what):
     return int(a.reshape(()).item())
 
 
+# the dtypes CuPy's scatter-add (CUDA's atomicAdd) takes when an index is an array
+_CUPY_SCATTER_ADD = frozenset(("int32", "uint32", "uint64", "float16", "float32", "float64"))
+
+
 def _add_at(xp, target, index, value):
     """``target[index] += value`` where repeated indices each add (numpy's ``add.at``)."""
     if xp is np:
         np.add.at(target, index, value)
-    else:  # CuPy spells unbuffered addition cupyx.scatter_add
-        import cupyx
+        return
+    import cupyx  # CuPy spells unbuffered addition cupyx.scatter_add
 
+    name = target.dtype.name
+    if name in _CUPY_SCATTER_ADD:
         cupyx.scatter_add(target, index, value)
+    elif name == "int64":  # two's complement: an unsigned add gives the same bits
+        cupyx.scatter_add(target.view(np.uint64), index, value.astype(np.uint64))
+    else:  # int8/16, uint8/16 and bool: summed in int32, then wrapped (bool: any) as numpy's
+        wide = target.astype(np.int32)
+        cupyx.scatter_add(wide, index, value.astype(np.int32))
+        target[...] = wide != 0 if name == "bool" else wide.astype(target.dtype)
 
 
 def _sum_to(xp, g, shape):
