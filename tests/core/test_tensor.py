@@ -789,3 +789,16 @@ def test_repr_lays_out_values_as_upstreams_docstrings_show():
     assert repr(Tensor(np.float32(2.6140645))).startswith("Tensor(2.6140645, device=")
     assert repr(Tensor([[2, 3, 4], [5, 6, 7]])).startswith(
         "Tensor([[2 3 4]\n [5 6 7]], dtype=int32, device=")
+
+
+def test_upstream_1_0_paths_of_tensor_wrapper_and_function():
+    from megengine.core.tensor.function import Function as Function10
+    from megengine.core.tensor.tensor_wrapper import TensorWrapper
+
+    assert TensorWrapper is Tensor and Function10 is mge.autodiff.Function
+    x = TensorWrapper(np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal((x * x).numpy(), np.arange(3, dtype=np.float32) ** 2)
+    import megengine.core.tensor.function as function_module
+
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        function_module.Nothing
