@@ -80,6 +80,41 @@ def _check_shapes(query, key, value, key_padding_mask, attn_mask, heads):
                          f"{tuple(attn_mask.shape)}")
 
 
+def _extra_keys(k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask, is_causal,
+                q_len):
+    """torch's ``bias_k``/``bias_v`` and ``add_zero_attn``, which upstream's 1.13 tests check
+    against torch: after the projections, one learned key and value (``bias_k``/``bias_v``,
+    (1, 1, width)) and then one zero key and value join the end of every batch's sequence,
+    visible to every query (the masks get a zero column for each)."""
+    from .tensor import broadcast_to, concat, zeros
+
+    n, k_len = k.shape[:2]
+    if attn_mask is None and is_causal:
+        attn_mask = _causal_mask(q_len, k_len, k)
+    extra = []
+    if bias_k is not None:
+        bias_k, bias_v = _tensor(bias_k), _tensor(bias_v)
+        for name, b, t in (("bias_k", bias_k, k), ("bias_v", bias_v, v)):
+            if b.size != t.shape[-1]:
+                raise ValueError(f"multi_head_attention: {name} must hold one value per "
+                                 f"projected width ({t.shape[-1]}), got shape {b.shape}")
+        extra.append((broadcast_to(bias_k.reshape(1, 1, -1), (n, 1, k.shape[-1])),
+                      broadcast_to(bias_v.reshape(1, 1, -1), (n, 1, v.shape[-1]))))
+    if add_zero_attn:
+        extra.append((zeros((n, 1, k.shape[-1]), k.dtype, k.device),
+                      zeros((n, 1, v.shape[-1]), v.dtype, v.device)))
+    k = concat([k] + [ek for ek, _ in extra], axis=1)
+    v = concat([v] + [ev for _, ev in extra], axis=1)
+
+    def pad(mask):  # one zero (visible) column per extra key
+        if mask is None:
+            return None
+        cols = zeros(tuple(mask.shape[:-1]) + (len(extra),), mask.dtype, mask.device)
+        return concat([mask, cols], axis=-1)
+
+    return k, v, pad(attn_mask), pad(key_padding_mask), k_len + len(extra)
+
+
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
     """The projection weights and biases in upstream's packed order, as views of the one tensor."""
     flat = _tensor(io_weight_bias).reshape(-1)
@@ -120,7 +155,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     ``value`` (N, S, Ek/Ev). A ``*proj_size`` of 0 skips that projection; ``q/k/v/obias`` say
     which biases ``io_weight_bias`` holds. Masks: boolean True (or -inf in a float mask) hides a
     key; ``attn_mask`` is (L, S) or (N * num_heads, L, S), ``key_padding_mask`` (N, S);
-    ``is_causal`` without masks hides the keys after each query. Dropout ``attn_drop`` on the
+    ``is_causal`` without masks hides the keys after each query. ``bias_k``/``bias_v``
+    ((1, 1, width) each) and ``add_zero_attn`` append one learned and one zero key/value to
+    every sequence, as torch's. Dropout ``attn_drop`` on the
     attention weights and ``out_drop`` on the output apply when ``training``.
 
     Returns ``(output, weights)``: output (N, L, oproj_size); weights ``None`` unless
@@ -132,10 +169,11 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     from .tensor import expand_dims
 
     what = "multi_head_attention"
-    for name, given in (("bias_k", bias_k is not None), ("bias_v", bias_v is not None),
-                        ("add_zero_attn", bool(add_zero_attn)), ("reslink", bool(reslink))):
-        if given:
-            raise ValueError(f"{what}: {name} {_UNSUPPORTED}")
+    if reslink:
+        raise ValueError(f"{what}: reslink {_UNSUPPORTED}")
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError(f"{what}: bias_k and bias_v come together (one extra key and value "
+                         f"per batch); got only {'bias_k' if bias_v is None else 'bias_v'}")
     if maybe_cudnn_style_mask:
         raise ValueError(f"{what}: maybe_cudnn_style_mask (cuDNN's (2, L) / (2, N) sequence-range "
                          "masks) is not supported here; pass attn_mask (L, S) and "
@@ -167,6 +205,10 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         return y if b is None else y + b
 
     q, k, v = project(query, wq, bq), project(key, wk, bk), project(value, wv, bv)
+    if bias_k is not None or add_zero_attn:
+        k, v, attn_mask, key_padding_mask, k_len = _extra_keys(
+            k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask, is_causal, q_len)
+        is_causal = False  # the causal part is in attn_mask now, padded for the extra keys
     for name, t in (("query", q), ("key", k), ("value", v)):
         if t.shape[-1] % heads:
             raise ValueError(f"{what}: the projected {name} width {t.shape[-1]} is not "

@@ -119,8 +119,70 @@ def test_multi_head_attention_bad_input_is_named():
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, qbias=True)
     with pytest.raises(ValueError, match="maybe_cudnn_style_mask"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True)
-    with pytest.raises(ValueError, match="add_zero_attn"):
-        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, add_zero_attn=True)
+    with pytest.raises(ValueError, match="bias_k and bias_v come together"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
+                                  bias_k=mge.tensor(randn(1, 1, e)))
+    with pytest.raises(ValueError, match="bias_v must hold one value per projected width"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
+                                  bias_k=mge.tensor(randn(1, 1, e)),
+                                  bias_v=mge.tensor(randn(1, 1, e + 1)))
     with pytest.raises(ValueError, match=r"key_padding_mask must be \(N, S\)"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
                                   key_padding_mask=mge.tensor(np.zeros((3, 3), bool)))
+
+
+@pytest.mark.parametrize("bias_kv,zero_attn", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("masks", [None, "attn_and_padding", "causal"])
+def test_extra_keys_bias_kv_and_zero_attn_match_torch(bias_kv, zero_attn, masks):
+    # upstream 1.13's test_functional_torch checks bias_k/bias_v and add_zero_attn against torch
+    n, lq, lk, e, heads = 2, 3, 4, 6, 2
+    q, k, v = randn(n, lq, e), randn(n, lk, e), randn(n, lk, e)
+    ws = [randn(e, e) for _ in range(4)]
+    bs = [randn(e) for _ in range(4)]
+    bk, bv = randn(1, 1, e), randn(1, 1, e)
+    attn = np.random.rand(lq, lk) > 0.7 if masks == "attn_and_padding" else None
+    if attn is not None:
+        attn[:, 0] = False  # every query keeps a key
+    pad = np.array([[False, False, True, False], [False, True, False, True]]) \
+        if masks == "attn_and_padding" else None
+    causal = masks == "causal"
+    if causal:
+        attn = np.triu(np.ones((lq, lk), bool), 1)
+
+    tq, tk, tv, tbk, tbv = (torch.tensor(a, requires_grad=True) for a in (q, k, v, bk, bv))
+    tws = [torch.tensor(w, requires_grad=True) for w in ws]
+    tbs = [torch.tensor(b, requires_grad=True) for b in bs]
+    t_out, t_w = TF.multi_head_attention_forward(
+        tq.transpose(0, 1), tk.transpose(0, 1), tv.transpose(0, 1), e, heads,
+        torch.cat([w.T for w in tws[:3]]), torch.cat(tbs[:3]),
+        tbk if bias_kv else None, tbv if bias_kv else None, zero_attn, 0.0, tws[3].T, tbs[3],
+        training=False, need_weights=True, average_attn_weights=False,
+        attn_mask=None if attn is None else torch.tensor(attn),
+        key_padding_mask=None if pad is None else torch.tensor(pad))
+    t_out = t_out.transpose(0, 1)
+
+    mq, mk, mv, mbk, mbv = (mge.tensor(a) for a in (q, k, v, bk, bv))
+    mio = mge.tensor(pack(*ws, bs))
+    gm = GradManager().attach([mq, mk, mv, mio] + ([mbk, mbv] if bias_kv else []))
+    dy = randn(n, lq, e)
+    with gm:
+        out, weights = F.nn.multi_head_attention(
+            mq, mk, mv, e, heads, 0.0, 0.0, mio, qbias=True, kbias=True, vbias=True,
+            obias=True, bias_k=mbk if bias_kv else None, bias_v=mbv if bias_kv else None,
+            add_zero_attn=zero_attn, is_causal=causal,
+            attn_mask=None if attn is None or causal else mge.tensor(attn),
+            key_padding_mask=None if pad is None else mge.tensor(pad),
+            need_weights=True, training=False)
+        gm.backward(out, mge.tensor(dy))
+    extra = int(bias_kv) + int(zero_attn)
+    assert weights.shape == (n * heads, lq, lk + extra)
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.detach().numpy().reshape(weights.shape),
+                               rtol=1e-4, atol=1e-6)
+    t_out.backward(torch.tensor(dy))
+    got = [mq, mk, mv] + ([mbk, mbv] if bias_kv else [])
+    want = [tq, tk, tv] + ([tbk, tbv] if bias_kv else [])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.grad.numpy(), w.grad.numpy(), rtol=1e-4, atol=1e-5)
+    want_io = pack(*[w.grad.numpy() for w in tws], [b.grad.numpy() for b in tbs])
+    np.testing.assert_allclose(mio.grad.numpy(), want_io, rtol=1e-4, atol=1e-5)
