@@ -14,9 +14,6 @@ from ._args import _tensor
 
 __all__ = ["multi_head_attention"]
 
-_UNSUPPORTED = ("is not supported (upstream's cuDNN kernel has no such option either); leave it "
-                "at its default")
-
 
 def _float_mask(mask, name, dtype):
     """A boolean mask as an additive float mask (-inf where True); float masks pass as they are."""
@@ -115,6 +112,17 @@ def _extra_keys(k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask
     return k, v, pad(attn_mask), pad(key_padding_mask), k_len + len(extra)
 
 
+def _per_head(x, projected, heads):
+    """(N, T, width) as (N, T, heads, width per head): a projected input is split between the
+    heads, an unprojected one repeated for each (upstream's reference)."""
+    from .tensor import broadcast_to, expand_dims
+
+    n, length, width = x.shape
+    if projected:
+        return x.reshape(n, length, heads, width // heads)
+    return broadcast_to(expand_dims(x, 2), (n, length, heads, width))
+
+
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
     """The projection weights and biases in upstream's packed order, as views of the one tensor."""
     flat = _tensor(io_weight_bias).reshape(-1)
@@ -157,7 +165,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     key; ``attn_mask`` is (L, S) or (N * num_heads, L, S), ``key_padding_mask`` (N, S);
     ``is_causal`` without masks hides the keys after each query. ``bias_k``/``bias_v``
     ((1, 1, width) each) and ``add_zero_attn`` append one learned and one zero key/value to
-    every sequence, as torch's. Dropout ``attn_drop`` on the
+    every sequence, as torch's. A ``*proj_size`` of 0 gives every head the whole unprojected
+    input (so the heads' outputs join to ``num_heads * vdim``); ``reslink`` adds the query to
+    the output. Dropout ``attn_drop`` on the
     attention weights and ``out_drop`` on the output apply when ``training``.
 
     Returns ``(output, weights)``: output (N, L, oproj_size); weights ``None`` unless
@@ -169,8 +179,6 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     from .tensor import expand_dims
 
     what = "multi_head_attention"
-    if reslink:
-        raise ValueError(f"{what}: reslink {_UNSUPPORTED}")
     if (bias_k is None) != (bias_v is None):
         raise ValueError(f"{what}: bias_k and bias_v come together (one extra key and value "
                          f"per batch); got only {'bias_k' if bias_v is None else 'bias_v'}")
@@ -193,7 +201,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     kproj = embed_dim if kproj_size is None else int(kproj_size)
     vproj = embed_dim if vproj_size is None else int(vproj_size)
     oproj = embed_dim if oproj_size is None else int(oproj_size)
-    o_in = vproj if vproj else v_in
+    # an unprojected input is repeated for every head (upstream's reference in its 1.13 test:
+    # each head sees the whole width), so the heads' outputs join to num_heads * vdim
+    o_in = vproj if vproj else v_in * int(num_heads)
     (wq, wk, wv, wo), (bq, bk, bv, bo) = _split_io_weight_bias(
         io_weight_bias, [(q_in, qproj), (k_in, kproj), (v_in, vproj), (o_in, oproj)],
         [qbias, kbias, vbias, obias])
@@ -209,18 +219,20 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         k, v, attn_mask, key_padding_mask, k_len = _extra_keys(
             k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask, is_causal, q_len)
         is_causal = False  # the causal part is in attn_mask now, padded for the extra keys
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        if t.shape[-1] % heads:
+    for name, t, projected in (("query", q, qproj), ("key", k, kproj), ("value", v, vproj)):
+        if projected and t.shape[-1] % heads:
             raise ValueError(f"{what}: the projected {name} width {t.shape[-1]} is not "
                              f"divisible by num_heads={heads}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{what}: projected query ({q.shape[-1]}) and key ({k.shape[-1]}) "
-                         "widths differ")
+    q_width = q.shape[-1] // heads if qproj else q.shape[-1]
+    k_width = k.shape[-1] // heads if kproj else k.shape[-1]
+    if q_width != k_width:
+        raise ValueError(f"{what}: query and key widths per head differ ({q_width} and "
+                         f"{k_width}; an unprojected input gives every head its whole width)")
     # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
     head_dim = embed_dim if qproj == 0 else embed_dim // heads
-    q = q.reshape(n, q_len, heads, -1).transpose(0, 2, 1, 3)
-    k = k.reshape(n, k_len, heads, -1).transpose(0, 2, 3, 1)
-    v = v.reshape(n, k_len, heads, -1).transpose(0, 2, 1, 3)
+    q = _per_head(q, qproj, heads).transpose(0, 2, 1, 3)
+    k = _per_head(k, kproj, heads).transpose(0, 2, 3, 1)
+    v = _per_head(v, vproj, heads).transpose(0, 2, 1, 3)
     scores = matmul(q, k) * float(head_dim) ** -0.5  # (N, heads, L, S)
     mask = _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, scores)
     if mask is not None:
@@ -231,6 +243,11 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     out = project(out, wo, bo)
     if training and out_drop:
         out = dropout(out, out_drop, training)
+    if reslink:  # upstream's residual link: the query added to the output
+        if tuple(out.shape) != tuple(query.shape):
+            raise ValueError(f"{what}: reslink adds the query {tuple(query.shape)} to the "
+                             f"output {tuple(out.shape)}; their shapes must match")
+        out = out + query
     if not need_weights:
         return out, None
     if average_attn_weights:

@@ -186,3 +186,71 @@ def test_extra_keys_bias_kv_and_zero_attn_match_torch(bias_kv, zero_attn, masks)
         np.testing.assert_allclose(g.grad.numpy(), w.grad.numpy(), rtol=1e-4, atol=1e-5)
     want_io = pack(*[w.grad.numpy() for w in tws], [b.grad.numpy() for b in tbs])
     np.testing.assert_allclose(mio.grad.numpy(), want_io, rtol=1e-4, atol=1e-5)
+
+
+def _reference_unprojected(q, k, v, heads, wq, wk, wv, wo, embed_dim, reslink):
+    """Upstream's reference (its 1.13 test's `_run_naive`), in torch for its gradients: a
+    projected input is split between the heads, an unprojected one (weight None) repeated for
+    every head; scale 1/sqrt(embed_dim) unprojected, 1/sqrt(embed_dim // heads) projected."""
+    def per_head(x, w):
+        n, t, _ = x.shape
+        if w is None:
+            return x.unsqueeze(1).expand(n, heads, t, x.shape[-1])
+        y = x @ w
+        return y.reshape(n, t, heads, -1).transpose(1, 2)
+
+    nq, nk, nv = per_head(q, wq), per_head(k, wk), per_head(v, wv)
+    d = embed_dim if wq is None else embed_dim // heads
+    probs = torch.softmax(nq @ nk.transpose(-1, -2) / np.sqrt(d), dim=-1)
+    z = (probs @ nv).transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+    out = z if wo is None else z @ wo
+    return out + q if reslink else out
+
+
+@pytest.mark.parametrize("unprojected", ["q_and_k", "v", "v_and_o", "none"])
+@pytest.mark.parametrize("reslink", [False, True])
+def test_unprojected_inputs_are_repeated_per_head_and_reslink_adds_the_query(unprojected,
+                                                                            reslink):
+    n, lq, lk, e, heads = 2, 3, 4, 4, 2
+    q, k, v = randn(n, lq, e), randn(n, lk, e), randn(n, lk, e)
+    sizes = {"q": e, "k": e, "v": e, "o": e}
+    if unprojected == "q_and_k":
+        sizes["q"] = sizes["k"] = 0
+    elif unprojected == "v":
+        sizes["v"] = 0
+    elif unprojected == "v_and_o":
+        sizes["v"] = sizes["o"] = 0
+    o_in = sizes["v"] or e * heads  # the heads' outputs join to heads * vdim unprojected
+    if reslink and sizes["o"] == 0 and o_in != e:
+        pytest.skip("reslink needs the output as wide as the query")
+    ws = {name: randn(i, o) if o else None
+          for name, i, o in (("q", e, sizes["q"]), ("k", e, sizes["k"]), ("v", e, sizes["v"]),
+                             ("o", o_in, sizes["o"]))}
+    io = np.concatenate([w.reshape(-1) for w in ws.values() if w is not None])[None, :]
+
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tws = {name: None if w is None else torch.tensor(w) for name, w in ws.items()}
+    t_out = _reference_unprojected(tq, tk, tv, heads, tws["q"], tws["k"], tws["v"], tws["o"],
+                                   e, reslink)
+    mq, mk, mv = (mge.tensor(a) for a in (q, k, v))
+    gm = GradManager().attach([mq, mk, mv])
+    dy = randn(*t_out.shape)
+    with gm:
+        out, _ = F.nn.multi_head_attention(
+            mq, mk, mv, e, heads, 0.0, 0.0, mge.tensor(io), qproj_size=sizes["q"],
+            kproj_size=sizes["k"], vproj_size=sizes["v"], oproj_size=sizes["o"],
+            reslink=reslink, training=False)
+        gm.backward(out, mge.tensor(dy))
+    assert out.shape == tuple(t_out.shape)
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    t_out.backward(torch.tensor(dy))
+    for got, want in zip((mq, mk, mv), (tq, tk, tv)):
+        np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_reslink_needs_matching_shapes():
+    e, heads = 4, 2
+    x = mge.tensor(randn(2, 3, e))
+    io = mge.tensor(pack(randn(e, e), randn(e, e), randn(e, e), randn(e, 6), []))
+    with pytest.raises(ValueError, match="reslink adds the query"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, oproj_size=6, reslink=True)
