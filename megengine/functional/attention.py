@@ -112,6 +112,36 @@ def _extra_keys(k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask
     return k, v, pad(attn_mask), pad(key_padding_mask), k_len + len(extra)
 
 
+def _from_cudnn_style(attn_mask, key_padding_mask, query, k_len):
+    """cuDNN's sequence-range masks (``maybe_cudnn_style_mask``) as boolean masks: an integer
+    ``attn_mask`` (2, L) gives each query its keys [row 0, row 1); an integer
+    ``key_padding_mask`` (2, N) gives each batch's query and key lengths, keys past the length
+    hidden. Masks of any other form are taken as usual."""
+    n, q_len = query.shape[:2]
+    what = "multi_head_attention (maybe_cudnn_style_mask)"
+
+    def ranges(mask, rows):
+        if mask is None:
+            return None
+        mask = _tensor(mask)
+        if mask.dtype.kind not in "iu" or tuple(mask.shape) != (2, rows):
+            return None
+        return mask.numpy().astype(np.int64)
+
+    keys = np.arange(k_len)
+    span = ranges(attn_mask, q_len)
+    if span is not None:
+        hidden = (keys[None, :] < span[0][:, None]) | (keys[None, :] >= span[1][:, None])
+        attn_mask = Tensor(hidden, device=query.device)
+    lengths = ranges(key_padding_mask, n)
+    if lengths is not None:
+        if (lengths[0] < q_len).any():
+            raise ValueError(f"{what}: query lengths {lengths[0].tolist()} shorter than the "
+                             f"query ({q_len}) are not supported; pass the queries unpadded")
+        key_padding_mask = Tensor(keys[None, :] >= lengths[1][:, None], device=query.device)
+    return attn_mask, key_padding_mask
+
+
 def _per_head(x, projected, heads):
     """(N, T, width) as (N, T, heads, width per head): a projected input is split between the
     heads, an unprojected one repeated for each (upstream's reference)."""
@@ -182,15 +212,14 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     if (bias_k is None) != (bias_v is None):
         raise ValueError(f"{what}: bias_k and bias_v come together (one extra key and value "
                          f"per batch); got only {'bias_k' if bias_v is None else 'bias_v'}")
-    if maybe_cudnn_style_mask:
-        raise ValueError(f"{what}: maybe_cudnn_style_mask (cuDNN's (2, L) / (2, N) sequence-range "
-                         "masks) is not supported here; pass attn_mask (L, S) and "
-                         "key_padding_mask (N, S) as boolean or additive float masks instead")
     query, key, value = _tensor(query), _tensor(key), _tensor(value)
     if query.ndim == 2:
         query, key, value = (expand_dims(t, 0) for t in (query, key, value))
-        if key_padding_mask is not None:
+        if key_padding_mask is not None and not maybe_cudnn_style_mask:
             key_padding_mask = expand_dims(_tensor(key_padding_mask), 0)
+    if maybe_cudnn_style_mask:
+        attn_mask, key_padding_mask = _from_cudnn_style(attn_mask, key_padding_mask, query,
+                                                        key.shape[1])
     heads = int(num_heads)
     key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
     attn_mask = _float_mask(attn_mask, "attn_mask", query.dtype)

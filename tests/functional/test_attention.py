@@ -117,8 +117,9 @@ def test_multi_head_attention_bad_input_is_named():
     io = mge.tensor(pack(*[randn(e, e) for _ in range(4)], []))
     with pytest.raises(ValueError, match="io_weight_bias holds"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, qbias=True)
-    with pytest.raises(ValueError, match="maybe_cudnn_style_mask"):
-        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True)
+    with pytest.raises(ValueError, match="query lengths \\[2, 3\\] shorter"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True,
+                                  key_padding_mask=mge.tensor(np.array([[2, 3], [3, 3]])))
     with pytest.raises(ValueError, match="bias_k and bias_v come together"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
                                   bias_k=mge.tensor(randn(1, 1, e)))
@@ -254,3 +255,29 @@ def test_reslink_needs_matching_shapes():
     io = mge.tensor(pack(randn(e, e), randn(e, e), randn(e, e), randn(e, 6), []))
     with pytest.raises(ValueError, match="reslink adds the query"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, oproj_size=6, reslink=True)
+
+
+@pytest.mark.parametrize("causal,padded", [(True, False), (False, True), (True, True)])
+def test_cudnn_style_masks_are_key_ranges_and_lengths(causal, padded):
+    # upstream 1.13's test builds them so: attn_mask (2, L) = [0, i + 1) per query i (causal)
+    # or [0, S); key_padding_mask (2, N) = (query lengths, key lengths)
+    n, lq, e, heads = 2, 4, 4, 2
+    q = randn(n, lq, e)
+    ws = [randn(e, e) for _ in range(4)]
+    ranges = np.stack([np.zeros(lq, int), np.arange(1, lq + 1) if causal else np.full(lq, lq)])
+    k_lengths = np.array([lq, 2]) if padded else np.array([lq, lq])
+    lengths = np.stack([np.full(n, lq), k_lengths])
+    keys = np.arange(lq)
+    t_out, t_w = torch_mha(*(torch.tensor(q),) * 3, heads, *map(torch.tensor, ws), [],
+                           need_weights=True, average_attn_weights=False,
+                           attn_mask=torch.tensor(np.triu(np.ones((lq, lq), bool), 1))
+                           if causal else None,
+                           key_padding_mask=torch.tensor(keys[None, :] >= k_lengths[:, None]))
+    x = mge.tensor(q)
+    out, weights = F.nn.multi_head_attention(
+        x, x, x, e, heads, 0.0, 0.0, mge.tensor(pack(*ws, [])), need_weights=True,
+        attn_mask=mge.tensor(ranges), key_padding_mask=mge.tensor(lengths),
+        maybe_cudnn_style_mask=True, training=False)
+    np.testing.assert_allclose(out.numpy(), t_out.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.numpy().reshape(n * heads, lq, lq),
+                               rtol=1e-4, atol=1e-6)
