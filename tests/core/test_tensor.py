@@ -802,3 +802,16 @@ def test_upstream_1_0_paths_of_tensor_wrapper_and_function():
 
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         function_module.Nothing
+
+
+def test_upstream_1_0_raw_tensor_and_apply_paths():
+    import megengine.core.tensor.raw_tensor as raw_tensor
+    from megengine.core.ops.builtin import Elemwise
+    from megengine.core.tensor.core import apply
+    from megengine.core.tensor.tensor import Tensor as Tensor10
+
+    assert raw_tensor.RawTensor is Tensor and Tensor10 is Tensor
+    x = raw_tensor.as_raw_tensor(np.arange(4, dtype=np.int64), dtype="float32", device="cpu0")
+    assert x.dtype == np.float32 and x.device == "cpu0"
+    (y,) = apply(Elemwise(mode="mul"), x, x)
+    np.testing.assert_array_equal(y.numpy(), np.arange(4, dtype=np.float32) ** 2)
