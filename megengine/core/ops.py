@@ -51,6 +51,11 @@ class BroadcastError(ValueError, RuntimeError):
     numpy code expects ValueError: this is both, so either ``except`` catches it."""
 
 
+class ShapeError(ValueError, RuntimeError):
+    """Shapes an op cannot take (reshape to another element count, matmul's inner dims).
+    Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
+
+
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
@@ -238,7 +243,7 @@ class MatMul(Op):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ValueError(
+            raise ShapeError(
                 f"matmul: shapes {a.shape} and {b.shape} do not match: the last dim of the "
                 "first must equal the second-to-last dim of the second"
             )
@@ -418,7 +423,7 @@ class Reshape(Op):
         try:
             return x.reshape(self.shape)
         except ValueError:
-            raise ValueError(
+            raise ShapeError(
                 f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
                 f"into {self.shape}"
             ) from None

@@ -11,6 +11,8 @@ import os
 import time
 from typing import List, Optional
 
+from .server import Server  # noqa: F401  (upstream 1.0's programs import it from here)
+
 __all__ = [
     "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
     "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",

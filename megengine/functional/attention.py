@@ -14,9 +14,6 @@ from ._args import _tensor
 
 __all__ = ["multi_head_attention"]
 
-_UNSUPPORTED = ("is not supported (upstream's cuDNN kernel has no such option either); leave it "
-                "at its default")
-
 
 def _float_mask(mask, name, dtype):
     """A boolean mask as an additive float mask (-inf where True); float masks pass as they are."""
@@ -80,6 +77,82 @@ def _check_shapes(query, key, value, key_padding_mask, attn_mask, heads):
                          f"{tuple(attn_mask.shape)}")
 
 
+def _extra_keys(k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask, is_causal,
+                q_len):
+    """torch's ``bias_k``/``bias_v`` and ``add_zero_attn``, which upstream's 1.13 tests check
+    against torch: after the projections, one learned key and value (``bias_k``/``bias_v``,
+    (1, 1, width)) and then one zero key and value join the end of every batch's sequence,
+    visible to every query (the masks get a zero column for each)."""
+    from .tensor import broadcast_to, concat, zeros
+
+    n, k_len = k.shape[:2]
+    if attn_mask is None and is_causal:
+        attn_mask = _causal_mask(q_len, k_len, k)
+    extra = []
+    if bias_k is not None:
+        bias_k, bias_v = _tensor(bias_k), _tensor(bias_v)
+        for name, b, t in (("bias_k", bias_k, k), ("bias_v", bias_v, v)):
+            if b.size != t.shape[-1]:
+                raise ValueError(f"multi_head_attention: {name} must hold one value per "
+                                 f"projected width ({t.shape[-1]}), got shape {b.shape}")
+        extra.append((broadcast_to(bias_k.reshape(1, 1, -1), (n, 1, k.shape[-1])),
+                      broadcast_to(bias_v.reshape(1, 1, -1), (n, 1, v.shape[-1]))))
+    if add_zero_attn:
+        extra.append((zeros((n, 1, k.shape[-1]), k.dtype, k.device),
+                      zeros((n, 1, v.shape[-1]), v.dtype, v.device)))
+    k = concat([k] + [ek for ek, _ in extra], axis=1)
+    v = concat([v] + [ev for _, ev in extra], axis=1)
+
+    def pad(mask):  # one zero (visible) column per extra key
+        if mask is None:
+            return None
+        cols = zeros(tuple(mask.shape[:-1]) + (len(extra),), mask.dtype, mask.device)
+        return concat([mask, cols], axis=-1)
+
+    return k, v, pad(attn_mask), pad(key_padding_mask), k_len + len(extra)
+
+
+def _from_cudnn_style(attn_mask, key_padding_mask, query, k_len):
+    """cuDNN's sequence-range masks (``maybe_cudnn_style_mask``) as boolean masks: an integer
+    ``attn_mask`` (2, L) gives each query its keys [row 0, row 1); an integer
+    ``key_padding_mask`` (2, N) gives each batch's query and key lengths, keys past the length
+    hidden. Masks of any other form are taken as usual."""
+    n, q_len = query.shape[:2]
+    what = "multi_head_attention (maybe_cudnn_style_mask)"
+
+    def ranges(mask, rows):
+        if mask is None:
+            return None
+        mask = _tensor(mask)
+        if mask.dtype.kind not in "iu" or tuple(mask.shape) != (2, rows):
+            return None
+        return mask.numpy().astype(np.int64)
+
+    keys = np.arange(k_len)
+    span = ranges(attn_mask, q_len)
+    if span is not None:
+        hidden = (keys[None, :] < span[0][:, None]) | (keys[None, :] >= span[1][:, None])
+        attn_mask = Tensor(hidden, device=query.device)
+    lengths = ranges(key_padding_mask, n)
+    if lengths is not None:
+        if (lengths[0] < q_len).any():
+            raise ValueError(f"{what}: query lengths {lengths[0].tolist()} shorter than the "
+                             f"query ({q_len}) are not supported; pass the queries unpadded")
+        key_padding_mask = Tensor(keys[None, :] >= lengths[1][:, None], device=query.device)
+    return attn_mask, key_padding_mask
+
+
+def _per_head(x, projected, heads):
+    """(N, T, width) as (N, T, heads, width per head): a projected input is split between the
+    heads, an unprojected one repeated for each (upstream's reference)."""
+    from .tensor import broadcast_to, expand_dims
+
+    n, length, width = x.shape
+    if projected:
+        return x.reshape(n, length, heads, width // heads)
+    return broadcast_to(expand_dims(x, 2), (n, length, heads, width))
+
+
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
     """The projection weights and biases in upstream's packed order, as views of the one tensor."""
     flat = _tensor(io_weight_bias).reshape(-1)
@@ -120,7 +193,11 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     ``value`` (N, S, Ek/Ev). A ``*proj_size`` of 0 skips that projection; ``q/k/v/obias`` say
     which biases ``io_weight_bias`` holds. Masks: boolean True (or -inf in a float mask) hides a
     key; ``attn_mask`` is (L, S) or (N * num_heads, L, S), ``key_padding_mask`` (N, S);
-    ``is_causal`` without masks hides the keys after each query. Dropout ``attn_drop`` on the
+    ``is_causal`` without masks hides the keys after each query. ``bias_k``/``bias_v``
+    ((1, 1, width) each) and ``add_zero_attn`` append one learned and one zero key/value to
+    every sequence, as torch's. A ``*proj_size`` of 0 gives every head the whole unprojected
+    input (so the heads' outputs join to ``num_heads * vdim``); ``reslink`` adds the query to
+    the output. Dropout ``attn_drop`` on the
     attention weights and ``out_drop`` on the output apply when ``training``.
 
     Returns ``(output, weights)``: output (N, L, oproj_size); weights ``None`` unless
@@ -132,19 +209,17 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     from .tensor import expand_dims
 
     what = "multi_head_attention"
-    for name, given in (("bias_k", bias_k is not None), ("bias_v", bias_v is not None),
-                        ("add_zero_attn", bool(add_zero_attn)), ("reslink", bool(reslink))):
-        if given:
-            raise ValueError(f"{what}: {name} {_UNSUPPORTED}")
-    if maybe_cudnn_style_mask:
-        raise ValueError(f"{what}: maybe_cudnn_style_mask (cuDNN's (2, L) / (2, N) sequence-range "
-                         "masks) is not supported here; pass attn_mask (L, S) and "
-                         "key_padding_mask (N, S) as boolean or additive float masks instead")
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError(f"{what}: bias_k and bias_v come together (one extra key and value "
+                         f"per batch); got only {'bias_k' if bias_v is None else 'bias_v'}")
     query, key, value = _tensor(query), _tensor(key), _tensor(value)
     if query.ndim == 2:
         query, key, value = (expand_dims(t, 0) for t in (query, key, value))
-        if key_padding_mask is not None:
+        if key_padding_mask is not None and not maybe_cudnn_style_mask:
             key_padding_mask = expand_dims(_tensor(key_padding_mask), 0)
+    if maybe_cudnn_style_mask:
+        attn_mask, key_padding_mask = _from_cudnn_style(attn_mask, key_padding_mask, query,
+                                                        key.shape[1])
     heads = int(num_heads)
     key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
     attn_mask = _float_mask(attn_mask, "attn_mask", query.dtype)
@@ -155,7 +230,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     kproj = embed_dim if kproj_size is None else int(kproj_size)
     vproj = embed_dim if vproj_size is None else int(vproj_size)
     oproj = embed_dim if oproj_size is None else int(oproj_size)
-    o_in = vproj if vproj else v_in
+    # an unprojected input is repeated for every head (upstream's reference in its 1.13 test:
+    # each head sees the whole width), so the heads' outputs join to num_heads * vdim
+    o_in = vproj if vproj else v_in * int(num_heads)
     (wq, wk, wv, wo), (bq, bk, bv, bo) = _split_io_weight_bias(
         io_weight_bias, [(q_in, qproj), (k_in, kproj), (v_in, vproj), (o_in, oproj)],
         [qbias, kbias, vbias, obias])
@@ -167,18 +244,24 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         return y if b is None else y + b
 
     q, k, v = project(query, wq, bq), project(key, wk, bk), project(value, wv, bv)
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        if t.shape[-1] % heads:
+    if bias_k is not None or add_zero_attn:
+        k, v, attn_mask, key_padding_mask, k_len = _extra_keys(
+            k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask, is_causal, q_len)
+        is_causal = False  # the causal part is in attn_mask now, padded for the extra keys
+    for name, t, projected in (("query", q, qproj), ("key", k, kproj), ("value", v, vproj)):
+        if projected and t.shape[-1] % heads:
             raise ValueError(f"{what}: the projected {name} width {t.shape[-1]} is not "
                              f"divisible by num_heads={heads}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{what}: projected query ({q.shape[-1]}) and key ({k.shape[-1]}) "
-                         "widths differ")
+    q_width = q.shape[-1] // heads if qproj else q.shape[-1]
+    k_width = k.shape[-1] // heads if kproj else k.shape[-1]
+    if q_width != k_width:
+        raise ValueError(f"{what}: query and key widths per head differ ({q_width} and "
+                         f"{k_width}; an unprojected input gives every head its whole width)")
     # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
     head_dim = embed_dim if qproj == 0 else embed_dim // heads
-    q = q.reshape(n, q_len, heads, -1).transpose(0, 2, 1, 3)
-    k = k.reshape(n, k_len, heads, -1).transpose(0, 2, 3, 1)
-    v = v.reshape(n, k_len, heads, -1).transpose(0, 2, 1, 3)
+    q = _per_head(q, qproj, heads).transpose(0, 2, 1, 3)
+    k = _per_head(k, kproj, heads).transpose(0, 2, 3, 1)
+    v = _per_head(v, vproj, heads).transpose(0, 2, 1, 3)
     scores = matmul(q, k) * float(head_dim) ** -0.5  # (N, heads, L, S)
     mask = _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, scores)
     if mask is not None:
@@ -189,6 +272,11 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     out = project(out, wo, bo)
     if training and out_drop:
         out = dropout(out, out_drop, training)
+    if reslink:  # upstream's residual link: the query added to the output
+        if tuple(out.shape) != tuple(query.shape):
+            raise ValueError(f"{what}: reslink adds the query {tuple(query.shape)} to the "
+                             f"output {tuple(out.shape)}; their shapes must match")
+        out = out + query
     if not need_weights:
         return out, None
     if average_attn_weights:

@@ -238,6 +238,33 @@ class Optimizer:
             return
         self._gm.backward(loss)
 
+    def record(self):
+        """Upstream 1.0's pre-release spelling of the 0.x flow, a context manager:
+        ``opt.zero_grad(); with opt.record(): loss = net(x); opt.backward(loss)``; then
+        ``opt.step()``. It records the forward for ``backward`` as ``zero_grad()`` does (without
+        touching existing gradients) and stops a recording no ``backward`` consumed at exit."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def recording():
+            if getattr(self, "_in_record", False):
+                raise RuntimeError(f"{type(self).__name__}.record(): already recording; "
+                                   "do not nest record() blocks of one optimizer")
+            if self._gm is None:
+                self._gm = GradManager()
+            self._gm.attach(self._params())
+            if not self._gm._recording:
+                _record_0x(self._gm)
+            self._in_record = True
+            try:
+                yield
+            finally:
+                self._in_record = False
+                if self._gm._recording:
+                    self._gm.release()
+
+        return recording()
+
     def __del__(self):
         # an optimizer recording ahead (see backward) stops when it goes away: its recording
         # is global state of the dispatcher and must not outlive it

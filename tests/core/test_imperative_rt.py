@@ -80,3 +80,68 @@ def test_opdef_is_the_descriptors_base_class():
         import megengine.core._imperative_rt as rt
 
         rt.Frobnicate
+
+
+def test_config_async_level_is_megengine_config_async_level():
+    from megengine.core._imperative_rt.core2 import config_async_level, get_async_level
+
+    saved = mge.config.async_level
+    try:
+        config_async_level(1)
+        assert get_async_level() == 1 == mge.config.async_level
+        mge.config.async_level = 0
+        assert get_async_level() == 0
+        # upstream's C++ check raises RuntimeError; the value is left as it was
+        for bad in (3, -1, True, "2"):
+            with pytest.raises(RuntimeError, match="0, 1 or 2"):
+                config_async_level(bad)
+        assert get_async_level() == 0
+    finally:
+        mge.config.async_level = saved
+
+
+def test_swap_and_drop_flags_are_kept_and_change_no_value():
+    from megengine.core._imperative_rt import core2
+
+    x = mge.tensor(np.arange(4, dtype=np.float32))
+    try:
+        core2._set_swap_flag(True)
+        core2._set_drop_flag(1)
+        assert core2._get_swap_flag() is True and core2._get_drop_flag() is True
+        z = x + x
+        x._swap_out()
+        z._drop()
+        np.testing.assert_array_equal(z.numpy(), 2 * np.arange(4, dtype=np.float32))
+    finally:
+        core2._set_swap_flag(False)
+        core2._set_drop_flag(False)
+    assert not core2._get_swap_flag() and not core2._get_drop_flag()
+
+
+def test_operator_node_config_has_one_device_or_says_there_are_several():
+    from megengine.core._imperative_rt import OperatorNodeConfig
+
+    cf = OperatorNodeConfig()
+    assert cf.comp_node is None and cf.comp_node_arr == []
+    cf.comp_node_arr = ["xpux"]
+    assert cf.comp_node == CompNode("xpux") and isinstance(cf.comp_node, CompNode)
+    cf.comp_node_arr = ["cpu0", "cpu1"]
+    with pytest.raises(ValueError, match="2 devices"):
+        cf.comp_node
+    cf.comp_node = "cpu1"  # setting the one device replaces the array
+    assert cf.comp_node_arr == ["cpu1"]
+    assert OperatorNodeConfig(comp_node="cpu0").comp_node == "cpu0"
+
+
+def test_mode_enums_are_named_as_upstreams_and_pickle():
+    import pickle
+
+    from megengine.core.ops.builtin import Reduce
+
+    assert Elemwise.__module__ == "megengine.core._imperative_rt.ops"
+    assert Elemwise.Mode.__module__ == "megengine.core._imperative_rt.ops"
+    assert Elemwise.Mode.__qualname__ == "Elemwise.Mode"
+    assert Reduce.DataType.__qualname__ == "Reduce.DataType"
+    assert pickle.loads(pickle.dumps(Elemwise.Mode.ADD)) is Elemwise.Mode.ADD
+    op = pickle.loads(pickle.dumps(Elemwise(Elemwise.Mode.MUL)))
+    assert op == Elemwise(mode="mul")

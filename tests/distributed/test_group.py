@@ -272,3 +272,9 @@ def test_get_client_outside_a_process_group_says_so():
         dist.get_client()
     with pytest.raises(RuntimeError, match="not initialized"):
         dist.get_mm_server_addr()
+
+
+def test_server_is_importable_from_group_as_in_upstream_1_0():
+    from megengine.distributed.group import Server
+
+    assert Server is dist.Server

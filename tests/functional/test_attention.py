@@ -117,10 +117,167 @@ def test_multi_head_attention_bad_input_is_named():
     io = mge.tensor(pack(*[randn(e, e) for _ in range(4)], []))
     with pytest.raises(ValueError, match="io_weight_bias holds"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, qbias=True)
-    with pytest.raises(ValueError, match="maybe_cudnn_style_mask"):
-        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True)
-    with pytest.raises(ValueError, match="add_zero_attn"):
-        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, add_zero_attn=True)
+    with pytest.raises(ValueError, match="query lengths \\[2, 3\\] shorter"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, maybe_cudnn_style_mask=True,
+                                  key_padding_mask=mge.tensor(np.array([[2, 3], [3, 3]])))
+    with pytest.raises(ValueError, match="bias_k and bias_v come together"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
+                                  bias_k=mge.tensor(randn(1, 1, e)))
+    with pytest.raises(ValueError, match="bias_v must hold one value per projected width"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
+                                  bias_k=mge.tensor(randn(1, 1, e)),
+                                  bias_v=mge.tensor(randn(1, 1, e + 1)))
     with pytest.raises(ValueError, match=r"key_padding_mask must be \(N, S\)"):
         F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io,
                                   key_padding_mask=mge.tensor(np.zeros((3, 3), bool)))
+
+
+@pytest.mark.parametrize("bias_kv,zero_attn", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("masks", [None, "attn_and_padding", "causal"])
+def test_extra_keys_bias_kv_and_zero_attn_match_torch(bias_kv, zero_attn, masks):
+    # upstream 1.13's test_functional_torch checks bias_k/bias_v and add_zero_attn against torch
+    n, lq, lk, e, heads = 2, 3, 4, 6, 2
+    q, k, v = randn(n, lq, e), randn(n, lk, e), randn(n, lk, e)
+    ws = [randn(e, e) for _ in range(4)]
+    bs = [randn(e) for _ in range(4)]
+    bk, bv = randn(1, 1, e), randn(1, 1, e)
+    attn = np.random.rand(lq, lk) > 0.7 if masks == "attn_and_padding" else None
+    if attn is not None:
+        attn[:, 0] = False  # every query keeps a key
+    pad = np.array([[False, False, True, False], [False, True, False, True]]) \
+        if masks == "attn_and_padding" else None
+    causal = masks == "causal"
+    if causal:
+        attn = np.triu(np.ones((lq, lk), bool), 1)
+
+    tq, tk, tv, tbk, tbv = (torch.tensor(a, requires_grad=True) for a in (q, k, v, bk, bv))
+    tws = [torch.tensor(w, requires_grad=True) for w in ws]
+    tbs = [torch.tensor(b, requires_grad=True) for b in bs]
+    t_out, t_w = TF.multi_head_attention_forward(
+        tq.transpose(0, 1), tk.transpose(0, 1), tv.transpose(0, 1), e, heads,
+        torch.cat([w.T for w in tws[:3]]), torch.cat(tbs[:3]),
+        tbk if bias_kv else None, tbv if bias_kv else None, zero_attn, 0.0, tws[3].T, tbs[3],
+        training=False, need_weights=True, average_attn_weights=False,
+        attn_mask=None if attn is None else torch.tensor(attn),
+        key_padding_mask=None if pad is None else torch.tensor(pad))
+    t_out = t_out.transpose(0, 1)
+
+    mq, mk, mv, mbk, mbv = (mge.tensor(a) for a in (q, k, v, bk, bv))
+    mio = mge.tensor(pack(*ws, bs))
+    gm = GradManager().attach([mq, mk, mv, mio] + ([mbk, mbv] if bias_kv else []))
+    dy = randn(n, lq, e)
+    with gm:
+        out, weights = F.nn.multi_head_attention(
+            mq, mk, mv, e, heads, 0.0, 0.0, mio, qbias=True, kbias=True, vbias=True,
+            obias=True, bias_k=mbk if bias_kv else None, bias_v=mbv if bias_kv else None,
+            add_zero_attn=zero_attn, is_causal=causal,
+            attn_mask=None if attn is None or causal else mge.tensor(attn),
+            key_padding_mask=None if pad is None else mge.tensor(pad),
+            need_weights=True, training=False)
+        gm.backward(out, mge.tensor(dy))
+    extra = int(bias_kv) + int(zero_attn)
+    assert weights.shape == (n * heads, lq, lk + extra)
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.detach().numpy().reshape(weights.shape),
+                               rtol=1e-4, atol=1e-6)
+    t_out.backward(torch.tensor(dy))
+    got = [mq, mk, mv] + ([mbk, mbv] if bias_kv else [])
+    want = [tq, tk, tv] + ([tbk, tbv] if bias_kv else [])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.grad.numpy(), w.grad.numpy(), rtol=1e-4, atol=1e-5)
+    want_io = pack(*[w.grad.numpy() for w in tws], [b.grad.numpy() for b in tbs])
+    np.testing.assert_allclose(mio.grad.numpy(), want_io, rtol=1e-4, atol=1e-5)
+
+
+def _reference_unprojected(q, k, v, heads, wq, wk, wv, wo, embed_dim, reslink):
+    """Upstream's reference (its 1.13 test's `_run_naive`), in torch for its gradients: a
+    projected input is split between the heads, an unprojected one (weight None) repeated for
+    every head; scale 1/sqrt(embed_dim) unprojected, 1/sqrt(embed_dim // heads) projected."""
+    def per_head(x, w):
+        n, t, _ = x.shape
+        if w is None:
+            return x.unsqueeze(1).expand(n, heads, t, x.shape[-1])
+        y = x @ w
+        return y.reshape(n, t, heads, -1).transpose(1, 2)
+
+    nq, nk, nv = per_head(q, wq), per_head(k, wk), per_head(v, wv)
+    d = embed_dim if wq is None else embed_dim // heads
+    probs = torch.softmax(nq @ nk.transpose(-1, -2) / np.sqrt(d), dim=-1)
+    z = (probs @ nv).transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+    out = z if wo is None else z @ wo
+    return out + q if reslink else out
+
+
+@pytest.mark.parametrize("unprojected", ["q_and_k", "v", "v_and_o", "none"])
+@pytest.mark.parametrize("reslink", [False, True])
+def test_unprojected_inputs_are_repeated_per_head_and_reslink_adds_the_query(unprojected,
+                                                                            reslink):
+    n, lq, lk, e, heads = 2, 3, 4, 4, 2
+    q, k, v = randn(n, lq, e), randn(n, lk, e), randn(n, lk, e)
+    sizes = {"q": e, "k": e, "v": e, "o": e}
+    if unprojected == "q_and_k":
+        sizes["q"] = sizes["k"] = 0
+    elif unprojected == "v":
+        sizes["v"] = 0
+    elif unprojected == "v_and_o":
+        sizes["v"] = sizes["o"] = 0
+    o_in = sizes["v"] or e * heads  # the heads' outputs join to heads * vdim unprojected
+    if reslink and sizes["o"] == 0 and o_in != e:
+        pytest.skip("reslink needs the output as wide as the query")
+    ws = {name: randn(i, o) if o else None
+          for name, i, o in (("q", e, sizes["q"]), ("k", e, sizes["k"]), ("v", e, sizes["v"]),
+                             ("o", o_in, sizes["o"]))}
+    io = np.concatenate([w.reshape(-1) for w in ws.values() if w is not None])[None, :]
+
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tws = {name: None if w is None else torch.tensor(w) for name, w in ws.items()}
+    t_out = _reference_unprojected(tq, tk, tv, heads, tws["q"], tws["k"], tws["v"], tws["o"],
+                                   e, reslink)
+    mq, mk, mv = (mge.tensor(a) for a in (q, k, v))
+    gm = GradManager().attach([mq, mk, mv])
+    dy = randn(*t_out.shape)
+    with gm:
+        out, _ = F.nn.multi_head_attention(
+            mq, mk, mv, e, heads, 0.0, 0.0, mge.tensor(io), qproj_size=sizes["q"],
+            kproj_size=sizes["k"], vproj_size=sizes["v"], oproj_size=sizes["o"],
+            reslink=reslink, training=False)
+        gm.backward(out, mge.tensor(dy))
+    assert out.shape == tuple(t_out.shape)
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    t_out.backward(torch.tensor(dy))
+    for got, want in zip((mq, mk, mv), (tq, tk, tv)):
+        np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_reslink_needs_matching_shapes():
+    e, heads = 4, 2
+    x = mge.tensor(randn(2, 3, e))
+    io = mge.tensor(pack(randn(e, e), randn(e, e), randn(e, e), randn(e, 6), []))
+    with pytest.raises(ValueError, match="reslink adds the query"):
+        F.nn.multi_head_attention(x, x, x, e, heads, 0.0, 0.0, io, oproj_size=6, reslink=True)
+
+
+@pytest.mark.parametrize("causal,padded", [(True, False), (False, True), (True, True)])
+def test_cudnn_style_masks_are_key_ranges_and_lengths(causal, padded):
+    # upstream 1.13's test builds them so: attn_mask (2, L) = [0, i + 1) per query i (causal)
+    # or [0, S); key_padding_mask (2, N) = (query lengths, key lengths)
+    n, lq, e, heads = 2, 4, 4, 2
+    q = randn(n, lq, e)
+    ws = [randn(e, e) for _ in range(4)]
+    ranges = np.stack([np.zeros(lq, int), np.arange(1, lq + 1) if causal else np.full(lq, lq)])
+    k_lengths = np.array([lq, 2]) if padded else np.array([lq, lq])
+    lengths = np.stack([np.full(n, lq), k_lengths])
+    keys = np.arange(lq)
+    t_out, t_w = torch_mha(*(torch.tensor(q),) * 3, heads, *map(torch.tensor, ws), [],
+                           need_weights=True, average_attn_weights=False,
+                           attn_mask=torch.tensor(np.triu(np.ones((lq, lq), bool), 1))
+                           if causal else None,
+                           key_padding_mask=torch.tensor(keys[None, :] >= k_lengths[:, None]))
+    x = mge.tensor(q)
+    out, weights = F.nn.multi_head_attention(
+        x, x, x, e, heads, 0.0, 0.0, mge.tensor(pack(*ws, [])), need_weights=True,
+        attn_mask=mge.tensor(ranges), key_padding_mask=mge.tensor(lengths),
+        maybe_cudnn_style_mask=True, training=False)
+    np.testing.assert_allclose(out.numpy(), t_out.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), t_w.numpy().reshape(n * heads, lq, lq),
+                               rtol=1e-4, atol=1e-6)

@@ -538,3 +538,23 @@ def test_expand_dims_repeated_axes_insert_one_after_another_as_upstream():
     np.testing.assert_array_equal(F.squeeze(F.expand_dims(x, [0, 0]), 0).numpy(), [[1.0, 2.0]])
     with pytest.raises(ValueError, match="could not be empty"):
         F.expand_dims(x, [])
+
+
+def test_reshape_takes_a_float_shape_tensor_of_whole_numbers():
+    # upstream reads a computed float shape (a matmul's result, its test_interpreter) as ints
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    shape = F.matmul(mge.tensor([1.0, 1.0]), mge.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    np.testing.assert_array_equal(F.reshape(mge.tensor(x), shape).numpy(), x.reshape(2, 2))
+    with pytest.raises(TypeError, match="whole-number floats"):
+        F.reshape(mge.tensor(x), mge.tensor([2.5, 1.6]))
+
+
+def test_shape_mismatches_are_both_value_and_runtime_errors():
+    # numpy code catches ValueError, upstream's programs RuntimeError (its C++ shape check)
+    a = mge.tensor(np.ones((3, 2), np.float32))
+    for call in (lambda: F.reshape(a, (2, 2)), lambda: F.matmul(a, a)):
+        for error in (ValueError, RuntimeError):
+            with pytest.raises(error):
+                call()
+    with pytest.raises(ValueError):
+        np.ones((3, 2)).reshape(2, 2)  # the oracle: numpy says ValueError for the same call

@@ -373,3 +373,33 @@ def test_0x_forward_first_with_two_overlapping_optimizers_stays_first_order():
 
     gc.collect()
     assert not dispatch.is_recording()
+
+
+def test_record_block_trains_as_the_0x_flow():
+    # upstream 1.0's pre-release spelling: zero_grad(); with opt.record(): forward; backward
+    w, b = _model()
+    opt = SGD([w, b], lr=0.05, momentum=0.9)
+    for _ in range(4):
+        opt.zero_grad()
+        with opt.record():
+            opt.backward(_loss(w, b))
+        opt.step()
+        assert not dispatch.is_recording()
+    for got, want in zip((w.numpy(), b.numpy()), _train_0x(4)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_record_block_without_backward_stops_recording_and_does_not_nest():
+    w, b = _model()
+    opt = SGD([w, b], lr=0.1)
+    with opt.record():  # no zero_grad() first: record() starts the recording itself
+        assert dispatch.is_recording()
+        with pytest.raises(RuntimeError, match="already recording"):
+            with opt.record():
+                pass
+    assert not dispatch.is_recording() and w.grad is None
+    with opt.record():
+        opt.backward(_loss(w, b))
+    # hand-computed gradient of the squared error, as test_0x_flow_gives_the_same_updates...
+    np.testing.assert_allclose(w.grad.numpy(), 2 * X.T @ (X @ w.numpy() + b.numpy() - Y),
+                               rtol=1e-5)

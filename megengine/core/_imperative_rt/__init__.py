@@ -66,13 +66,27 @@ class OperatorNodeConfig:
 
     def __init__(self, name=None, comp_node=None, dtype=None):
         self.name = name
-        self.comp_node = comp_node
+        self.comp_node_arr = [] if comp_node is None else [comp_node]
         self.dtype = None if dtype is None else np.dtype(dtype)
 
     def __setattr__(self, name, value):
         if name == "dtype" and value is not None:
             value = np.dtype(value)
+        if name == "comp_node":  # upstream: one device, stored as a one-element array
+            name, value = "comp_node_arr", [] if value is None else [value]
+        if name == "comp_node_arr":
+            value = [CompNode(cn) for cn in value]
         object.__setattr__(self, name, value)
+
+    @property
+    def comp_node(self):
+        """The op's one device (None if none was set); an error when several are set, as
+        upstream's (an op with outputs on several devices has no single one)."""
+        if len(self.comp_node_arr) > 1:
+            raise ValueError(
+                f"OperatorNodeConfig.comp_node: {len(self.comp_node_arr)} devices are set "
+                f"({[str(cn) for cn in self.comp_node_arr]}); read comp_node_arr instead")
+        return self.comp_node_arr[0] if self.comp_node_arr else None
 
 
 class Logger:

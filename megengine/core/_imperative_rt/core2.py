@@ -6,7 +6,8 @@ from .. import dispatch
 from ..tensor import Tensor
 from ...device import _full_sync
 
-__all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex"]
+__all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex",
+           "config_async_level", "get_async_level"]
 
 
 _OpDef = None
@@ -68,3 +69,49 @@ def create_complex(real, imag):
     from ...functional import complex as _complex  # functional sits above core: loaded on use
 
     return _complex(real, imag)
+
+
+def config_async_level(level):
+    """Upstream's setter behind ``megengine.config.async_level``: 0, 1 or 2. Upstream's C++
+    check raises RuntimeError for another value, so this one does too (the Python-level
+    ``megengine.config.async_level = 3`` keeps its ValueError)."""
+    from .. import _config
+
+    try:
+        _config._set_async_level(None, level)
+    except ValueError as exc:
+        raise RuntimeError(str(exc).replace("megengine.config.async_level",
+                                            "config_async_level")) from None
+
+
+def get_async_level():
+    """The level ``config_async_level`` set (``megengine.config.async_level``)."""
+    from .. import _config
+
+    return _config._get_async_level(None)
+
+
+# Upstream's switches for dynamic tensor rematerialization (`_drop`) and host swapping
+# (`_swap_out`). This engine keeps every value resident (`Tensor._drop()`/`_swap_out()` are
+# accepted without effect, as `megengine.dtr`), so the flags are kept for programs that set
+# them and change nothing.
+_swap_flag = False
+_drop_flag = False
+
+
+def _set_swap_flag(enable):
+    global _swap_flag
+    _swap_flag = bool(enable)
+
+
+def _set_drop_flag(enable):
+    global _drop_flag
+    _drop_flag = bool(enable)
+
+
+def _get_swap_flag():
+    return _swap_flag
+
+
+def _get_drop_flag():
+    return _drop_flag

@@ -1,6 +1,7 @@
 """The base of upstream's op descriptors (`OpDef`): named parameters, mode enums, value
 equality, and the helpers the descriptors in `ops.py` and `rng_ops.py` share."""
 import enum
+import sys
 
 import numpy as np
 
@@ -11,8 +12,15 @@ _REQUIRED = object()
 
 def _modes(name, names):
     """A mode enum as upstream's: members by upper-case name, each valued by its lower-case
-    name (what upstream's string form is)."""
-    return enum.Enum(name, [(n, n.lower()) for n in names])
+    name (what upstream's string form is).
+
+    Called in a descriptor's class body, the enum is named as upstream's is
+    (``Elemwise.Mode.__module__ == "megengine.core._imperative_rt.ops"``, ``__qualname__``
+    ``"Elemwise.Mode"``), which also lets its members pickle by reference."""
+    body = sys._getframe(1).f_locals  # the class body being executed, if any
+    owner, module = body.get("__qualname__"), body.get("__module__")
+    return enum.Enum(name, [(n, n.lower()) for n in names], module=module,
+                     qualname=f"{owner}.{name}" if owner else name)
 
 
 def _coerce(enum_cls, value, what):
