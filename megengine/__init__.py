@@ -40,6 +40,8 @@ def __getattr__(name):
         return getattr(importlib.import_module(".serialization", __name__), name)
     if name == "Buffer":  # 0.x's mge.Buffer (docs/api/legacy.rst)
         return importlib.import_module(".core.legacy", __name__).Buffer
+    if name == "cgtools":  # upstream's `from .utils import comp_graph_tools as cgtools`
+        return importlib.import_module(".utils.comp_graph_tools", __name__)
     if name in _SUBMODULES:
         return importlib.import_module("." + name, __name__)
     from . import device  # upstream's `from .device import *`: mge.coalesce_free_memory() ...

@@ -82,3 +82,15 @@ def test_load_and_inference_on_a_list_of_inputs():
     np.testing.assert_allclose(results[1]["o"], np.maximum(Y * X, 0) - 3)
     with pytest.raises(ValueError, match="no test cases"):
         cgtools.load_and_inference(_file())
+
+
+def test_megengine_cgtools_is_comp_graph_tools_and_loads_on_first_use():
+    # upstream's megengine/__init__ exposes `cgtools` (1.0-era tests: `from megengine import
+    # cgtools`); here it loads lazily, so a fresh `import megengine` does not import it
+    import subprocess
+    import sys
+
+    code = ("import sys, megengine as mge; assert 'megengine.utils.comp_graph_tools' not in "
+            "sys.modules; from megengine import cgtools; "
+            "import megengine.utils.comp_graph_tools as c; assert cgtools is c")
+    subprocess.run([sys.executable, "-c", code], check=True)
