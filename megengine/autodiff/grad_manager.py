@@ -19,6 +19,10 @@ __all__ = ["GradManager", "GradManagerGroup", "grad", "get_backwarding_grad_mana
 # once more after the last gradient of a backward pass, before any is accumulated.
 _recording_managers = []  # GradManagers recording now, in record() order
 _backwarding = None  # the GradManager whose backward is running its callbacks
+# megengine.jit's without_host traces (megengine/jit/grad_callbacks.py): while one records or
+# replays a backward, a callable ``capture(cb, tensor, grad) -> grad`` that each callback call
+# goes through (recording its ops; replaying them instead of running Python); None otherwise
+_callback_capture = None
 
 
 def get_backwarding_grad_manager():
@@ -548,8 +552,9 @@ def _run_callbacks(t, g, callbacks, claimed):
         grad = Tensor._wrap(_exclusive(g, claimed), t._device)
     if t._format != "default":  # upstream: a gradient carries its tensor's format label
         grad._format = t._format
+    capture = _callback_capture
     for cb in callbacks:
-        grad = cb(t, grad)
+        grad = cb(t, grad) if capture is None else capture(cb, t, grad)
         if grad is None:
             return None  # the callback dropped this gradient
         if not isinstance(grad, Tensor):
