@@ -19,6 +19,10 @@ __all__ = ["GradManager", "GradManagerGroup", "grad", "get_backwarding_grad_mana
 # once more after the last gradient of a backward pass, before any is accumulated.
 _recording_managers = []  # GradManagers recording now, in record() order
 _backwarding = None  # the GradManager whose backward is running its callbacks
+# megengine.jit's without_host traces (megengine/jit/grad_callbacks.py): while one records or
+# replays a backward, a callable ``capture(cb, tensor, grad) -> grad`` that each callback call
+# goes through (recording its ops; replaying them instead of running Python); None otherwise
+_callback_capture = None
 
 
 def get_backwarding_grad_manager():
@@ -110,6 +114,10 @@ class GradManager:
         self._wanted = None
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
+        # an integer tensor was attached (set by attach, recomputed by detach); while such a
+        # GradManager records, the dispatcher lets integer values carry gradients (_int_on)
+        self._has_int = False
+        self._int_on = False
 
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
@@ -129,9 +137,10 @@ class GradManager:
                 raise AttachError(
                     f"GradManager.attach: expected Tensors, got {type(t).__name__}"
                 )
-            if t.dtype.kind != "f":
+            if t.dtype.kind not in "fiu":
                 raise AttachError(
-                    f"GradManager.attach: only float tensors have gradients, got dtype {t.dtype}"
+                    f"GradManager.attach: only float and integer tensors have gradients, got "
+                    f"dtype {t.dtype}; attach a float copy (x.astype('float32')) instead"
                 )
         if callbacks is None:
             callbacks = []
@@ -142,6 +151,8 @@ class GradManager:
             if not all(callable(c) for c in callbacks):
                 raise TypeError("GradManager.attach: callbacks must be callables cb(tensor, grad)")
         for t in tensors:
+            if t.dtype.kind != "f":  # upstream differentiates integer tensors too (int grads)
+                self._has_int = True
             entry = self._attached.get(id(t))
             if entry is None or entry[0]() is not t:
                 self._attached[id(t)] = (weakref.ref(t, self._forget(id(t))), list(callbacks))
@@ -149,6 +160,9 @@ class GradManager:
                 entry[1].extend(callbacks)
             if self._recording:
                 self._light(t)
+        if self._has_int and self._recording and not self._int_on:
+            self._int_on = True
+            dispatch.int_gradients(+1)
         return self
 
     def _light(self, t):
@@ -179,6 +193,7 @@ class GradManager:
         for t in tensors:
             self._attached.pop(id(t), None)
         self._wanted = None  # backward builds it anew
+        self._has_int = any(t.dtype.kind != "f" for t in self.attached_tensors())
         return self
 
     def is_attached(self, t):
@@ -199,6 +214,9 @@ class GradManager:
         self._key = dispatch.open_key(level)
         _recording_managers.append(self)
         self._own = (self._key,)
+        if self._has_int:
+            self._int_on = True
+            dispatch.int_gradients(+1)
         key, own, joined, entries = self._key, self._own, self._joined, self._entries
         self._wanted = wanted = {}
         for k, (r, callbacks) in self._attached.items():
@@ -231,6 +249,9 @@ class GradManager:
         if self._recording:
             self._recording = False
             dispatch.close_key(self._key)
+            if self._int_on:
+                self._int_on = False
+                dispatch.int_gradients(-1)
             self._key, self._own = None, ()
             self._joined = set()
             self._entries = {}
@@ -531,8 +552,9 @@ def _run_callbacks(t, g, callbacks, claimed):
         grad = Tensor._wrap(_exclusive(g, claimed), t._device)
     if t._format != "default":  # upstream: a gradient carries its tensor's format label
         grad._format = t._format
+    capture = _callback_capture
     for cb in callbacks:
-        grad = cb(t, grad)
+        grad = cb(t, grad) if capture is None else capture(cb, t, grad)
         if grad is None:
             return None  # the callback dropped this gradient
         if not isinstance(grad, Tensor):

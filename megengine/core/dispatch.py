@@ -56,6 +56,10 @@ _symbolic_hook = None
 # megengine.core.format: once any tensor carries a format label ("nhwc", "nchw"), every apply
 # goes through this hook, which labels the op's outputs by upstream's rules; None until then.
 _format_hook = None
+# How many recordings have an integer tensor attached. Upstream differentiates integer tensors
+# too (an int32 gradient through int32 ops); while this is 0 only float values carry gradients,
+# so ordinary recording pays one global read for it, on recorded ops only.
+_int_grads = 0
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 # The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
 # is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
@@ -359,6 +363,8 @@ def apply_unhooked(op, inputs):
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
         for t in inputs
     ])
+    if _int_grads:  # an integer tensor is attached: integer values may carry gradients
+        return _apply_int_mode(op, arrays, parents, keys, run_on, device)
     op.needs_input_grad = tuple([
         p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
     ])
@@ -387,6 +393,70 @@ def apply_unhooked(op, inputs):
             t._node = (node, i)
         results.append(t)
     return tuple(results)
+
+
+def int_gradients(delta):
+    """Count a recording that has an integer tensor attached (+1) or no longer has (-1)."""
+    global _int_grads
+    _int_grads += delta
+
+
+class _InvalidGradOp(Op):
+    """Stands between an op with a float result and an integer input that carries a gradient:
+    upstream's gradient of a conversion from integers is invalid (megbrain's ``InvalidGrad``),
+    so a gradient that reaches the integer input raises instead of being truncated."""
+
+    def __init__(self, op, index, dtype):
+        self.what, self.index, self.dtype = repr(op), index, dtype
+        self.needs_input_grad = (True,)
+
+    def backward(self, grad):
+        raise RuntimeError(
+            f"invalid grad: cannot take the gradient of {self.what} with respect to its input "
+            f"{self.index}, a tensor of dtype {self.dtype} that carries a gradient (attached, or computed "
+            "from an attached integer tensor): a gradient does not flow from a float result back "
+            "to integers (upstream raises 'invalid grad' here too). Convert a detached copy "
+            "(x.detach().astype(...)), or attach a float tensor")
+
+
+def _apply_int_mode(op, arrays, parents, keys, run_on, device):
+    """The recorded branch of `apply` while an integer tensor is attached (upstream's rules).
+
+    Integer inputs carry gradients too; an integer output carries one when an integer input
+    does and the op has a backward (``x * 2``, indexing, ``IndexingSetOneHot``: their gradients
+    have the integer dtype, as upstream's). An integer result of float inputs (``astype``,
+    ``argmax``) carries none (upstream's TypeCvt from float to int has no gradient), nor does a
+    bool. A float result of a tracked integer input gets an `_InvalidGradOp` on that input."""
+    op.needs_input_grad = tuple([
+        p is not None and a.dtype.kind in "fiu" for p, a in zip(parents, arrays)
+    ])
+    if _switcher is not None and run_on and run_on[0] == "g":
+        out = _forward_on(run_on, op, arrays)
+    else:
+        out = op.forward(*arrays)
+    multi = isinstance(out, tuple)
+    outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
+    int_in = any(p is not None and a.dtype.kind in "iu" for p, a in zip(parents, arrays))
+    track_int = int_in and type(op).backward is not Op.backward
+    if int_in and any(o.dtype.kind == "f" for o in outs):
+        parents = list(parents)
+        for i, (p, a) in enumerate(zip(parents, arrays)):
+            if p is not None and a.dtype.kind in "iu":
+                guard = Node(_InvalidGradOp(op, i, a.dtype), (p,), ((a.shape, a.dtype),), keys,
+                             run_on)
+                parents[i] = (guard, 0)
+        parents = tuple(parents)
+    node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
+    if _recording > 1:
+        node.saved = (tuple(arrays), outs, device)
+    results = []
+    for i, o in enumerate(outs):
+        t = Tensor._wrap(o, device)
+        kind = o.dtype.kind
+        if kind == "f" or (track_int and kind in "iu"):
+            t._node = (node, i)
+        results.append(t)
+    return tuple(results) if multi else results[0]
 
 
 # Foreign buffers (another framework's memory seen through a view, e.g. torch's) that an op's

@@ -1,4 +1,4 @@
-"""MegEngine 0.x names of `megengine.core` that 1.x removed (``Buffer``, ``ones``, ``load``, ...).
+"""MegEngine 0.x names of `megengine.core` that 1.x removed (``Buffer``, ``Graph``, ``ones``, ...).
 
 0.x's ``megengine.core`` held the whole user API; 0.x programs still import from it. Names that
 live in higher layers (``load``/``save``, ``Function``, ``ones``/``zeros``) are looked up when
@@ -13,7 +13,36 @@ LAZY = {
     "save": ("megengine.serialization", "save"),
     "ones": ("megengine.functional", "ones"),
     "zeros": ("megengine.functional", "zeros"),
+    "Graph": ("megengine.core.legacy", "Graph"),
 }
+
+
+class Graph:
+    """0.x ``Graph(*, check_env_var=True, eager_evaluation=True, **kwargs)``: a computing graph
+    made the default for a ``with`` block (zhen8838/maml-megengine's initializers write
+    parameters inside ``with Graph(eager_evaluation=True):``).
+
+    ``eager_evaluation=True`` (0.x's default) evaluated each op as it was called: what this
+    engine always does, so the block runs as it would without it and the object only holds the
+    options. ``eager_evaluation=False`` built a static graph evaluated later, which 1.x spells
+    ``megengine.jit.trace``; it is refused rather than silently run eagerly.
+    """
+
+    def __init__(self, *, check_env_var: bool = True, eager_evaluation: bool = True, **kwargs):
+        if not eager_evaluation:
+            raise ValueError(
+                "megengine.core.Graph(eager_evaluation=False): 0.x's static graphs are not "
+                "provided; this engine evaluates eagerly. Decorate the function with "
+                "megengine.jit.trace(symbolic=True) to record and replay it as a graph")
+        self.check_env_var = check_env_var
+        self.eager_evaluation = eager_evaluation
+        self.options = dict(kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
 
 
 class Buffer(Tensor):

@@ -371,7 +371,10 @@ class AsType(Op):
         return x.astype(self.dtype)
 
     def backward(self, g):
-        return g.astype(self.in_dtype) if self.in_dtype.kind == "f" else None
+        # an integer input wants a gradient only while an integer tensor is attached (see
+        # dispatch._apply_int_mode, which stops one coming back from a float result)
+        return g.astype(self.in_dtype) if self.in_dtype.kind == "f" or \
+            self.needs_input_grad[0] else None
 
     def grad_graph(self, inputs, outputs, grads):
         if self.in_dtype.kind != "f":

@@ -312,7 +312,7 @@ class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos", "n_args", "quiet")
+                 "ref_pos", "n_args", "quiet", "callbacks")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
@@ -323,6 +323,7 @@ class _EventStep:
         self.n_args = -1
         self.quiet = False
         self.free = self.reads = ()
+        self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
 
 
 class _Program:

@@ -135,6 +135,7 @@ class _Recorder(_Hook):
         # symbolic=True or without_host=True with opt_level >= 1: ops are computed as
         # `arith_opt` rewrites them
         self.rewrite_now = (tr._symbolic or tr._replays) and tr._opt_level >= 1
+        self.tape_callbacks = tr._replays  # replays do not run Python: callbacks are taped
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
@@ -293,9 +294,18 @@ class _Recorder(_Hook):
         step = _EventStep(fn, self._encode(args), self._encode(kwargs))
         self.prog.steps.append(step)
         dispatch._trace_hook = None
+        tape = None
+        if self.tape_callbacks:  # GradManager callbacks in it: record their ops for replays
+            from ..autodiff import grad_manager
+            from .grad_callbacks import CallbackTape
+
+            tape = grad_manager._callback_capture = CallbackTape()
         try:
             result = fn(*args, **kwargs)
         finally:
+            if tape is not None:
+                grad_manager._callback_capture = None
+                step.callbacks = tape.entries or None
             if not self.failed:
                 dispatch._trace_hook = self
         self.rec_level = dispatch._recording

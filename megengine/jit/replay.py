@@ -98,6 +98,12 @@ def _run(prog, leaves, profile):
             step.fn(target, value)
             if target._data is value._data:  # rebound (not a Parameter's storage write)
                 rebound[step.args[1].slot] = target
+        elif step.callbacks is not None:  # a backward whose callbacks' ops were recorded
+            result = _call_with_callbacks(step, values)
+            for path, s in step.out_paths:
+                values[s] = _at_path(result, path)
+            for s, owner, o in prog.grads:
+                values[s] = (owner if o is None else values[o]).grad
         else:
             result = step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
             for path, s in step.out_paths:
@@ -111,6 +117,19 @@ def _run(prog, leaves, profile):
         if clock is not None:
             profile.add(step, clock() - start)
     return _decode(prog.out, values)
+
+
+def _call_with_callbacks(step, values):
+    """Replay an event during which GradManager callbacks ran: each runs its recorded ops
+    instead of its Python code (see `grad_callbacks`), as upstream's compiled program does."""
+    from ..autodiff import grad_manager
+    from .grad_callbacks import CallbackReplay
+
+    grad_manager._callback_capture = CallbackReplay(step.callbacks)
+    try:
+        return step.fn(*_decode(step.args, values), **_decode(step.kwargs, values))
+    finally:
+        grad_manager._callback_capture = None
 
 
 def _check_reads(prog, reads, values):

@@ -147,7 +147,8 @@ class trace:
     a known signature do not run the Python function; they replay the recorded ops and events
     (GradManager record/backward/release, optimizer steps, in-place writes) on the new
     arguments. Parameters and other tensors from outside the function are read live, so
-    optimizer updates are seen. Python code in the function (prints, branches on values,
+    optimizer updates are seen. A GradManager callback's ops are replayed, not its Python code
+    (its side effects happen on the first call only, as upstream; see `grad_callbacks`). Python code in the function (prints, branches on values,
     tensors made from Python or numpy data, ``megengine.random`` draws, which are such data)
     runs at recording only: what it made is a constant of the program. Values it read on the
     host are checked on replay (see the module docstring, "Host reads"). Ops that draw random

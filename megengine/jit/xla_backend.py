@@ -15,7 +15,10 @@ records; later calls replay the recorded ops and events (GradManager record/back
 steps) on the new arguments without running Python. Under ``capture_as_const=True`` the
 tensors of Module and Optimizer arguments (and of the instance, for a traced Module method)
 stay live, as upstream's inputs, so a training step updates the model; other tensors from
-outside the function are captured at trace time. A warning says so once per process.
+outside the function are captured at trace time. GradManager callbacks are part of the program
+as in upstream's: their ops (``F.clip(grad)``) are replayed, their Python side effects happen
+on the first call only (`grad_callbacks`; a callback that reads a value to the host, or returns
+a tensor no op made, is still called on every replay). A warning says so once per process.
 """
 import warnings
 

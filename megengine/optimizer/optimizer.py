@@ -59,9 +59,10 @@ class Optimizer:
     1.x flow: ``with gm: loss = f(); gm.backward(loss)`` then ``opt.step().clear_grad()``.
     0.x flow: ``opt.zero_grad()``; forward; ``opt.backward(loss)``; ``opt.step()``. For it the
     optimizer owns a GradManager, created on the first ``zero_grad()`` and attached to its
-    parameters; ``zero_grad()`` starts it recording and ``backward`` runs it (which stops the
-    recording; ``step()`` also stops it if no ``backward`` did). Code that only calls
-    ``clear_grad`` never creates it, so nothing is recorded.
+    parameters; ``zero_grad()`` starts it recording and ``backward`` runs it and records on, so
+    that further forwards and ``backward`` calls before ``step()`` add their gradients up, as
+    0.x's did (MAML sums one ``backward`` per task); ``step()`` stops the recording. Code that
+    only calls ``clear_grad`` never creates it, so nothing is recorded.
     """
 
     def __init__(self, params, defaults: dict):
@@ -214,7 +215,11 @@ class Optimizer:
 
     @_trace_event  # replayed whole: whether the loss was recorded is decided on each call
     def backward(self, loss):
-        """0.x: accumulate d(loss)/d(param) into each ``param.grad``; call ``zero_grad()`` first."""
+        """0.x: accumulate d(loss)/d(param) into each ``param.grad``; call ``zero_grad()`` first.
+
+        As 0.x's (``add_update(param.grad, grad)``), each call adds to the gradients: several
+        losses backpropagated between ``zero_grad()`` and ``step()`` sum up. Recording goes on
+        after the call for that, until ``step()``."""
         if self._gm is None or not self._gm._recording:
             raise RuntimeError(
                 f"{type(self).__name__}.backward: nothing was recorded; call "
@@ -237,6 +242,10 @@ class Optimizer:
                 "a GradManager) to train from the first step.", RuntimeWarning, stacklevel=2)
             return
         self._gm.backward(loss)
+        # 0.x's graph was static: a later forward and backward before step() (MAML: one per
+        # task) also had gradients, added up. The GradManager released its recording, so the
+        # next one starts now; step() ends it.
+        _record_0x(self._gm)
 
     def record(self):
         """Upstream 1.0's pre-release spelling of the 0.x flow, a context manager:
@@ -266,11 +275,10 @@ class Optimizer:
         return recording()
 
     def __del__(self):
-        # an optimizer recording ahead (see backward) stops when it goes away: its recording
-        # is global state of the dispatcher and must not outlive it
+        # an optimizer recording ahead or on after backward (see backward) stops when it goes
+        # away: its recording is global state of the dispatcher and must not outlive it
         gm = getattr(self, "_gm", None)
-        if (getattr(self, "_record_ahead", False) and gm is not None and gm._recording
-                and dispatch._trace_hook is None):
+        if gm is not None and gm._recording and dispatch._trace_hook is None:
             gm.release()
 
     def _params(self):

@@ -194,3 +194,81 @@ def test_op_outputs_are_arrays_even_when_numpy_gives_a_scalar():
         assert type(y._data) is np.ndarray
         gm.backward(y)
     np.testing.assert_array_equal(x.grad.numpy(), -np.ones((2, 3)))
+
+
+# ----- integer tensors carry gradients while one is attached (upstream's rule) -----
+
+def test_integer_gradients_have_the_integer_dtype():
+    # upstream differentiates int32 tensors with int32 gradients; d/dx sum(3x + x*x) = 3 + 2x,
+    # computed by hand in int32
+    from megengine.core import dispatch
+
+    xv = np.array([1, -2, 5], np.int32)
+    x = mge.tensor(xv)
+    gm = GradManager().attach(x)
+    with gm:
+        assert dispatch._int_grads == 1
+        gm.backward((x * 3 + x * x).sum())
+    assert dispatch._int_grads == 0  # the switch is off once nothing integer is attached
+    assert x.grad.dtype == np.int32
+    np.testing.assert_array_equal(x.grad.numpy(), 3 + 2 * xv)
+
+
+def test_upstream_indexing_set_one_hot_gradients_of_int_tensors():
+    # upstream's core/test_autodiff.py::test_indexing_set_one_hot, expected values from it
+    from megengine.core._imperative_rt.core2 import apply as rt_apply
+    from megengine.core.autodiff.grad import Grad
+    from megengine.core.ops import builtin
+
+    index = mge.tensor(np.arange(1, 4, dtype=np.int32))
+    got = {}
+    with Grad() as grad:
+        zeros = F.zeros((3, 4), dtype="int32")
+        ones = F.ones((3, 1), dtype="int32")
+        grad.wrt(zeros, callback=lambda g: got.update(zeros=g))
+        grad.wrt(ones, callback=lambda g: got.update(ones=g))
+        (y,) = rt_apply(builtin.IndexingSetOneHot(axis=1, ndim=1), zeros, index, ones)
+        np.testing.assert_array_equal(y.numpy(), np.eye(4, dtype=np.int32)[1:])
+        grad(y, F.ones_like(y))
+    assert got["zeros"].dtype == np.int32 and got["ones"].dtype == np.int32
+    np.testing.assert_array_equal(got["zeros"].numpy(), 1 - np.eye(4, dtype=np.int32)[1:])
+    np.testing.assert_array_equal(got["ones"].numpy(), np.ones((3, 1), np.int32))
+
+
+def test_float_gradients_are_unchanged_while_an_integer_tensor_is_attached():
+    # the int-mode branch of apply must give float parameters torch's gradients, and an
+    # integer index (attached too) no gradient from the float result it selects
+    w0 = np.random.RandomState(3).randn(4, 3).astype(np.float32)
+    idx0 = np.array([2, 0, 3], np.int32)
+    w, idx = mge.Parameter(w0), mge.tensor(idx0)
+    gm = GradManager().attach([w, idx])
+    with gm:
+        y = F.tanh(w[idx]) * w[idx]
+        r = y.astype("int32")  # float -> int: no gradient flows back through it
+        gm.backward((y.sum() + r.astype("float32").sum() * 0) * 2)
+    tw = torch.tensor(w0, requires_grad=True)
+    ti = torch.tensor(idx0, dtype=torch.long)
+    ((torch.tanh(tw[ti]) * tw[ti]).sum() * 2).backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert idx.grad is None
+
+
+def test_a_float_result_of_an_attached_integer_tensor_cannot_send_its_gradient_back():
+    # upstream: the gradient of TypeCvt from int is InvalidGrad ("invalid grad" at backward)
+    x = mge.tensor([1, 2, 3])
+    gm = GradManager().attach(x)
+    with gm:
+        y = x.astype("float32") * 2.0
+        with pytest.raises(RuntimeError, match="invalid grad.*dtype int32"):
+            gm.backward(y.sum())
+    assert x.grad is None
+    from megengine.core import dispatch
+
+    assert dispatch._int_grads == 0
+
+
+def test_bool_tensors_cannot_be_attached():
+    from megengine.autodiff.grad_manager import AttachError
+
+    with pytest.raises(AttachError, match="float and integer.*bool"):
+        GradManager().attach(mge.tensor([True, False]))

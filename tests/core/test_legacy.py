@@ -18,8 +18,8 @@ def test_0x_core_names_are_the_1x_objects():
     assert core.get_default_device is mge.get_default_device
     np.testing.assert_array_equal(core.ones((2, 3)).numpy(), np.ones((2, 3), "float32"))
     np.testing.assert_array_equal(core.zeros(4, dtype="int32").numpy(), np.zeros(4, "int32"))
-    with pytest.raises(AttributeError, match="no attribute 'Graph'"):
-        core.Graph  # 0.x's computing graph has no 1.x meaning
+    with pytest.raises(AttributeError, match="no attribute 'CompGraph'"):
+        core.CompGraph  # a name 0.x's core never had still says so
 
 
 class _Net(M.Module):
@@ -89,3 +89,19 @@ def test_0x_tensor_factory_zeros_ones_scalar():
     assert s.shape == () and s.dtype == np.float32 and float(s.numpy()) == 2.5
     with pytest.raises(ValueError, match="comp_graph"):
         zeros((2,), comp_graph=object())
+
+
+def test_0x_eager_graph_block_runs_as_plain_code():
+    # 0.x's docstring example: `with Graph(eager_evaluation=True): x = tensor([1, 2])` prints
+    # Tensor([1 2], dtype=int32); maml-megengine's initializer writes a parameter inside one
+    with core.Graph(eager_evaluation=True) as g:
+        x = mge.tensor([1, 2])
+        w = mge.Parameter(np.zeros((2, 3), np.float32))
+        w.set_value(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert isinstance(g, core.Graph) and g.eager_evaluation
+    assert x.dtype == np.int32 and x.tolist() == [1, 2]
+    np.testing.assert_array_equal(w.numpy(), np.arange(6).reshape(2, 3))
+    with pytest.raises(ValueError, match="static graphs.*jit.trace"):
+        core.Graph(eager_evaluation=False)
+    with pytest.raises(TypeError):
+        core.Graph(True)  # keyword-only, as 0.x

@@ -3,8 +3,10 @@ import io
 
 import numpy as np
 import pytest
+import torch
 
 import megengine as mge
+import megengine.functional as F
 from devices import address
 from megengine.autodiff import GradManager
 from megengine.core import dispatch
@@ -223,18 +225,66 @@ def test_0x_flow_gives_the_same_updates_as_the_1x_flow():
     np.testing.assert_allclose(_train_0x(1)[0], expected_w, rtol=1e-5)
 
 
-def test_0x_backward_releases_and_zero_grad_zeroes():
+def test_0x_step_ends_the_recording_and_zero_grad_zeroes():
     w, b = _model()
     opt = SGD([w, b], lr=0.1)
     opt.zero_grad()
     assert dispatch.is_recording()
     opt.backward(_loss(w, b))
-    assert not dispatch.is_recording()
+    assert dispatch.is_recording()  # records on: another backward before step() adds up
     grad = w.grad
     opt.zero_grad()
     assert w.grad is grad and not w.grad.numpy().any()  # zeroed in place, as upstream
     opt.zero_grad()  # calling it twice keeps one recording going
     opt.backward(_loss(w, b))
+    opt.step()
+    assert not dispatch.is_recording()
+
+
+def test_0x_backward_calls_before_step_add_up_as_torch_accumulates():
+    # 0.x's backward was add_update(param.grad, grad); MAML (zhen8838/maml-megengine) calls it
+    # once per task between zero_grad() and step(). torch's .backward() accumulates the same way.
+    rng = np.random.RandomState(5)
+    xs = [rng.randn(2, 3).astype(np.float32) for _ in range(3)]
+    w, b = _model()
+    tw = torch.tensor(w.numpy(), requires_grad=True)
+    tb = torch.tensor(b.numpy(), requires_grad=True)
+    opt, topt = SGD([w, b], lr=0.1, momentum=0.9), torch.optim.SGD([tw, tb], lr=0.1, momentum=0.9)
+    for step in range(2):
+        opt.zero_grad()
+        topt.zero_grad()
+        for x in xs:
+            opt.backward(F.tanh(mge.Tensor(x) @ w + b).sum() * (step + 1))
+            (torch.tanh(torch.tensor(x) @ tw + tb).sum() * (step + 1)).backward()
+        np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+        opt.step()
+        topt.step()
+        assert not dispatch.is_recording()
+    np.testing.assert_allclose(w.numpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.numpy(), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_0x_maml_step_first_order_gradients_of_each_task_add_up():
+    # the program's loop: per task F.grad on the support loss (graph kept), fast weights, then
+    # optimizer.backward(query loss); torch oracle with the inner gradient detached (first order)
+    rng = np.random.RandomState(6)
+    tasks = [(rng.randn(4, 3).astype(np.float32), rng.randn(4, 3).astype(np.float32))
+             for _ in range(2)]
+    w, b = _model()
+    opt = SGD([w, b], lr=0.1)
+    opt.zero_grad()
+    tw = torch.tensor(w.numpy(), requires_grad=True)
+    tb = torch.tensor(b.numpy(), requires_grad=True)
+    for xs_, xq in tasks:
+        support = ((mge.Tensor(xs_) @ w + b) ** 2).mean()
+        gw, gb = F.grad(support, [w, b], use_virtual_grad=False)
+        opt.backward(((mge.Tensor(xq) @ (w - 0.5 * gw) + (b - 0.5 * gb)) ** 2).mean())
+        tsupport = ((torch.tensor(xs_) @ tw + tb) ** 2).mean()
+        tgw, tgb = (g.detach() for g in torch.autograd.grad(tsupport, [tw, tb]))
+        ((torch.tensor(xq) @ (tw - 0.5 * tgw) + (tb - 0.5 * tgb)) ** 2).mean().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-5, atol=1e-6)
+    opt.step()
     assert not dispatch.is_recording()
 
 

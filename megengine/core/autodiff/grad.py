@@ -128,4 +128,5 @@ def _deliver(callback):
             callback(grad)
         return None  # a Grad hands gradients to callbacks only; .grad is left alone
 
+    hand_over._runs_on_replay = True  # a without_host replay delivers too (jit/grad_callbacks)
     return hand_over
