@@ -38,8 +38,8 @@ def __getattr__(name):
 
     if name in ("save", "load"):
         return getattr(importlib.import_module(".serialization", __name__), name)
-    if name == "Buffer":  # 0.x's mge.Buffer (docs/api/legacy.rst)
-        return importlib.import_module(".core.legacy", __name__).Buffer
+    if name in ("Buffer", "Graph"):  # 0.x's mge.Buffer and mge.Graph (docs/api/legacy.rst)
+        return getattr(importlib.import_module(".core.legacy", __name__), name)
     if name == "cgtools":  # upstream's `from .utils import comp_graph_tools as cgtools`
         return importlib.import_module(".utils.comp_graph_tools", __name__)
     if name in _SUBMODULES:

@@ -99,6 +99,7 @@ def test_0x_eager_graph_block_runs_as_plain_code():
         w = mge.Parameter(np.zeros((2, 3), np.float32))
         w.set_value(np.arange(6, dtype=np.float32).reshape(2, 3))
     assert isinstance(g, core.Graph) and g.eager_evaluation
+    assert mge.Graph is core.Graph and mge.Buffer is core.Buffer  # 0.x's top-level names
     assert x.dtype == np.int32 and x.tolist() == [1, 2]
     np.testing.assert_array_equal(w.numpy(), np.arange(6).reshape(2, 3))
     with pytest.raises(ValueError, match="static graphs.*jit.trace"):
