@@ -300,6 +300,18 @@ def _array(o):
     return np.asarray(o) if isinstance(o, np.generic) else o
 
 
+def call_without_trace_hook(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the trace hook off, put back afterwards: what a hook's
+    ``event`` does with a state change it lets through (the ops inside are not the traced
+    function's own)."""
+    global _trace_hook
+    hook, _trace_hook = _trace_hook, None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _trace_hook = hook
+
+
 def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _symbolic_hook is not None and (r := _symbolic_hook(op, inputs)) is not NotImplemented:

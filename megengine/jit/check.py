@@ -566,11 +566,7 @@ class _ExcludedBlock:
         return out
 
     def event(self, fn, *args, **kwargs):
-        dispatch._trace_hook = None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            dispatch._trace_hook = self
+        return dispatch.call_without_trace_hook(fn, *args, **kwargs)
 
     def read(self, t, value):
         pass  # reads inside an exclude_from_trace block are the user's side work: not guarded

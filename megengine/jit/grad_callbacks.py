@@ -84,11 +84,7 @@ class _OpRecorder:
 
     def event(self, fn, *args, **kwargs):
         self.pure = False  # a state change (a write into an outside tensor): Python must run
-        dispatch._trace_hook = None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            dispatch._trace_hook = self
+        return dispatch.call_without_trace_hook(fn, *args, **kwargs)
 
     def read(self, t, value):
         self.pure = False  # the callback may branch on the value: Python must run

@@ -665,11 +665,7 @@ class _ApplyHook:
             dispatch._trace_hook = self
 
     def event(self, fn, *args, **kwargs):
-        dispatch._trace_hook = None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            dispatch._trace_hook = self
+        return dispatch.call_without_trace_hook(fn, *args, **kwargs)
 
     def read(self, t, value):
         """A value read to the host (``.numpy()``, ``.item()``, a shape Tensor) while tracing:
