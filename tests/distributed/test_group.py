@@ -80,6 +80,20 @@ def test_dist_functional_is_reachable_from_the_package_alone():
     assert out.stdout.strip() == "False"  # and still no torch at import
 
 
+def test_the_collectives_import_first_too():
+    # `import megengine.functional.distributed` (or `F.distributed`) before megengine.distributed:
+    # the package's re-export once read the half-made module and raised ImportError
+    code = ("import megengine.functional as F; from megengine.functional.distributed import *; "
+            "import megengine.distributed as dist; "
+            "from megengine.distributed.functional import all_gather; "
+            "assert all_gather is F.distributed.all_gather is dist.functional.all_gather; "
+            "assert all_reduce_sum is dist.functional.all_reduce_sum")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
 def test_not_distributed_defaults_and_errors():
     assert (dist.get_rank(), dist.get_world_size(), dist.is_distributed(), dist.get_backend()) == \
         (0, 1, False, None)
