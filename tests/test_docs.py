@@ -298,6 +298,14 @@ def test_paths_named_in_the_docs_exist():
     assert links and all((ROOT / link).exists() for link in links if "://" not in link), links
 
 
+def test_examples_readme_names_real_flags():
+    text = (ROOT / "examples" / "README.md").read_text()
+    source = (ROOT / "examples" / "lenet_pytorch.py").read_text()
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text)) - {"--help"}
+    assert {"--mnist", "--seed", "--optimizer", "--output-dir", "--torch-threads"} <= flags
+    assert not [f for f in flags if f'"{f}"' not in source], "flags the example does not take"
+
+
 def test_cpp_operator_page_matches_the_code():
     """cpp_operator.rst: load_stats() has the keys the page prints; the build call it shows is the one made."""
     from megengine.core import torch_bridge
