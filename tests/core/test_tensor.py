@@ -23,7 +23,6 @@ def rand(*shape):
 
 # ----- creation (the dtype rules: test_dtype_rules.py) -----
 
-
 def test_parameter_is_a_tensor():
     p = Parameter([1.0, 2.0])
     assert isinstance(p, Tensor)
@@ -31,7 +30,6 @@ def test_parameter_is_a_tensor():
 
 
 # ----- properties -----
-
 
 def test_properties():
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
@@ -149,7 +147,6 @@ def test_repr():
 
 # ----- indexing -----
 
-
 GET_INDICES = [
     1, -1, slice(1, 3), (slice(None), 2), (Ellipsis, 1), (None, 0),
     (slice(0, 4, 2), slice(None), None), (0, slice(1, None), -2),
@@ -253,7 +250,6 @@ def _set(x, index, v):
 
 # ----- reductions as methods -----
 
-
 @pytest.mark.parametrize("name", ["sum", "mean", "prod", "max", "min"])
 def test_reduction_methods(name):
     a = rand(3, 4) + 3
@@ -280,7 +276,6 @@ def test_repr_names_int32_like_upstream():
 
 
 # ----- attributes upstream code relies on (_tuple_shape, format, name, qparams, pickling) -----
-
 
 def test_tuple_shape_is_the_shape_as_ints():
     x = Tensor(np.zeros((2, 3, 1), np.float32))
@@ -362,7 +357,6 @@ def test_dmap_callback_places_tensors_made_from_newargs():
 
 
 # ----- devices: an op's result lives where the op puts it; constants follow their tensor -----
-
 
 def test_an_op_that_names_its_output_device_labels_its_result_so():
     # the dispatcher's rule, checked on labels alone (no GPU needed): Copy names its target
