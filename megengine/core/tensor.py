@@ -13,7 +13,8 @@ from . import dispatch
 from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
 from . import format as _fmt
 from . import ops as _ops
-from .dtype_rules import _as_array, _check_dtype, promote_types
+from .dtype_rules import (_NARROW, _PROMOTE_CACHE, _SUPPORTED_KINDS, _as_array,  # noqa: F401
+                          _check_dtype, _quantized_pair, _refuse_on_gpu, promote_types)
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
 
@@ -683,6 +684,8 @@ tensor = Tensor
 # Tensor's operators, and upstream's module paths below this file: both files use the class
 # above, so they load once it exists. Their names stay importable from here, where the engine's
 # other layers and user programs have always found them.
-from .operators import _UFUNC_OPS, _float_pow_operands, _operand  # noqa: E402,F401
-from .tensor_paths import (_Later, _upstream_path, array_method, as_raw_tensor,  # noqa: E402,F401
-                           megbrain_graph, utils)
+from . import _imperative_rt  # noqa: E402,F401  (loaded by tensor_paths; named here as before)
+from .operators import (_UFUNC_OPS, _augmented, _binary, _float_pow_operands,  # noqa: E402,F401
+                        _operand, _unary)
+from .tensor_paths import (_function_class, _Later, _upstream_path,  # noqa: E402,F401
+                           array_method, as_raw_tensor, megbrain_graph, utils)

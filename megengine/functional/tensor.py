@@ -7,7 +7,7 @@ from .. import device as _device
 from ..core import ops as _ops
 from ..core.dispatch import Op, apply
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
-from ..core.tensor import Tensor, promote_types
+from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
     _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full, full_like, linspace,

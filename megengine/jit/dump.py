@@ -49,7 +49,8 @@ from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
-from ._program import _AliasStep, _OpStep, _Program, _Ref, _Struct, _host, _slots_used
+from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
+                       _host, _is_array, _slots_used)
 # the file's value encoding, dump's naming and its test cases (this file re-exports their names)
 from .dump_format import (DumpError, _class_path, _import, _importable, _in_table,  # noqa: F401
                           _qinfo, _read, _read_frozen, _Writer)
