@@ -1,4 +1,5 @@
-"""`Tensor` and `Parameter`: an array on a device, its dtype rules, operators and methods."""
+"""`Tensor` and `Parameter`: an array on a device, its properties, methods, indexing and pickling
+(its operators are in `operators`, its dtype rules in `dtype_rules`)."""
 import math
 import sys
 from collections.abc import MutableMapping
@@ -12,111 +13,21 @@ from . import dispatch
 from . import dtype  # upstream's `megengine.core.tensor.dtype` (quantized dtypes)
 from . import format as _fmt
 from . import ops as _ops
+from .dtype_rules import (_NARROW, _PROMOTE_CACHE, _SUPPORTED_KINDS, _as_array,  # noqa: F401
+                          _check_dtype, _quantized_pair, _refuse_on_gpu, promote_types)
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_array", "promote_types"]
-
-# `import megengine.core.tensor.dtype` (upstream's path) finds the module although this file is a
-# module, not a package (see also `_TensorType`)
-sys.modules.setdefault(__name__ + ".dtype", dtype)
-_refuse_on_gpu = dtype.refuse_on_gpu  # (`_as_array`'s argument named dtype hides the module)
-
-# Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
-_NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
-           np.dtype(np.uint64): np.dtype(np.int32),
-           np.dtype(np.complex128): np.dtype(np.complex64)}  # upstream's complex is complex64
-_SUPPORTED_KINDS = "biufc"
-
-
-def _check_dtype(dtype, what):
-    dtype = np.dtype(dtype)
-    if dtype.kind not in _SUPPORTED_KINDS:
-        raise TypeError(
-            f"{what}: dtype {dtype} is not supported; use a bool, integer or float dtype "
-            "(e.g. 'float32', 'int32')"
-        )
-    return dtype
 
 
 def as_array(value, dtype=None, device=None, copy=True):
     """Turn a scalar, (nested) list, array or Tensor into an engine array, upstream's dtype rules."""
+    if isinstance(value, Tensor):
+        value = value._data
     device = _device_mod.canonical_device(device)
     if dispatch._switcher is not None and device[0] == "g":  # several GPUs: CuPy allocates
         with dispatch.on_device(device):  # on the current one, so make it the tensor's
             return _as_array(value, dtype, device, copy)
     return _as_array(value, dtype, device, copy)
-
-
-def _as_array(value, dtype, device, copy):
-    xp = _device_mod.get_array_module(device)
-    if isinstance(value, Tensor):
-        value = value._data
-    if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
-        _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),
-                       device, f"a tensor on {device}")
-    if dtype is not None:
-        dtype = _check_dtype(dtype, "tensor")
-        try:
-            arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
-        except OverflowError:
-            # numpy 2 refuses Python ints outside an integer dtype's range; upstream wraps them
-            # (its guide: Tensor([127, 128, 129], dtype="int8") is [127, -128, -127])
-            arr = xp.array(value, dtype=np.int64).astype(dtype)
-        if dtype.metadata is not None and arr.dtype.metadata is None:
-            # a quantized dtype (its scale is metadata): the values are the stored integers, and
-            # numpy keeps an input's own int8 dtype when only metadata differs
-            arr = arr.view(dtype)
-        return arr
-    try:
-        arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
-    narrow = _NARROW.get(arr.dtype)
-    if narrow is not None:
-        arr = arr.astype(narrow)
-    elif arr.dtype.kind not in _SUPPORTED_KINDS:
-        raise TypeError(
-            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}); "
-            "give numbers, nested lists of numbers or a numeric array"
-        )
-    return arr
-
-
-_PROMOTE_CACHE = {}
-
-
-def promote_types(a, b):
-    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
-    key = (a, b)
-    r = _PROMOTE_CACHE.get(key)
-    if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
-        return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
-    if r is None:
-        if a.kind == "f" and b.kind != "f":
-            r = a
-        elif b.kind == "f" and a.kind != "f":
-            r = b
-        else:
-            r = np.promote_types(a, b)
-            if r == np.float64 and np.float64 not in (a, b):
-                r = np.dtype(np.float32)
-        _PROMOTE_CACHE[key] = r
-    return r
-
-
-def _quantized_pair(a, b):
-    """True for two equal quantized dtypes; an error for a quantized dtype meeting another
-    dtype (or the same kind with another scale); False when neither is quantized."""
-    if not (dtype.is_quantize(a) or dtype.is_quantize(b)):
-        return False
-    if dtype.is_dtype_equal(a, b):
-        return True
-    q, other = (a, b) if dtype.is_quantize(a) else (b, a)
-    raise TypeError(
-        f"an op mixes a quantized tensor ({dtype.dtype_name(q)}) with a tensor of dtype "
-        f"{dtype.dtype_name(other)}; quantized tensors take part only in quantized ops "
-        "(megengine.functional.quantized, the modules of megengine.module.quantized) and in "
-        "ops with tensors of the same quantized dtype: convert first, x.astype('float32') to "
-        "dequantize or x.astype(qdtype) to quantize")
 
 
 class CompNode(str):
@@ -757,100 +668,6 @@ def _writeable(array):
     return getattr(array.flags, "writeable", True)
 
 
-# numpy ufunc -> this engine's op name (`_ops.BINARY` / `_ops.UNARY`), for __array_ufunc__
-_UFUNC_OPS = {
-    np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "truediv",
-    np.floor_divide: "floordiv", np.remainder: "mod", np.power: "pow", np.matmul: "matmul",
-    np.bitwise_and: "and", np.bitwise_or: "or", np.bitwise_xor: "xor",
-    np.left_shift: "lshift", np.right_shift: "rshift", np.equal: "eq", np.not_equal: "ne",
-    np.less: "lt", np.less_equal: "le", np.greater: "gt", np.greater_equal: "ge",
-    np.maximum: "maximum", np.minimum: "minimum",
-    np.negative: "neg", np.absolute: "abs", np.invert: "invert",
-}
-
-
-def _operand(value, like):
-    """Turn the other side of an operator into a tensor with upstream's promotion rules.
-
-    Python scalars are weak: they take the tensor's dtype, except that a float meeting an
-    integer tensor gives float32 and an int meeting a bool tensor gives int32.
-    """
-    if isinstance(value, Tensor):
-        return value
-    if type(value) in (bool, int, float):
-        if type(value) is float:
-            dtype = like.dtype if like.dtype.kind == "f" else np.float32
-        elif type(value) is int and like.dtype.kind == "b":
-            dtype = np.int32
-        else:
-            dtype = like.dtype
-        xp = _device_mod.get_array_module(like._device)
-        return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
-    return Tensor(value, device=like._device)
-
-
-def _float_pow_operands(a, b):
-    """Upstream computes a power of integer (or bool) tensors in float32: ``Tensor([1, 2]) ** 2``
-    is ``[1., 4.]`` (F.pow's and F.nn.square_loss's documented examples); float operands keep
-    their dtype (float16 under autocast)."""
-    return tuple(t.astype(np.float32) if t.dtype.kind in "iub" else t for t in (a, b))
-
-
-def _binary(op_name, reflected=False):
-    op_cls = _ops.BINARY[op_name]
-
-    def method(self, other):
-        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
-            other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
-        other = _operand(other, self)
-        a, b = (other, self) if reflected else (self, other)
-        if op_name == "pow":
-            a, b = _float_pow_operands(a, b)
-        return dispatch.apply(op_cls(), a, b)
-
-    method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
-    return method
-
-
-def _augmented(op_name):
-    op_cls = _ops.BINARY[op_name]
-
-    def method(self, other):
-        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
-            other = float(other)
-        a, b = self, _operand(other, self)
-        if op_name == "pow":
-            a, b = _float_pow_operands(a, b)
-        return self._inplace(dispatch.apply(op_cls(), a, b))
-
-    method.__name__ = f"__i{op_name}__"
-    return method
-
-
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
-              "and", "or", "xor", "lshift", "rshift"):
-    setattr(Tensor, f"__{_name}__", _binary(_name))
-    setattr(Tensor, f"__r{_name}__", _binary(_name, reflected=True))
-    setattr(Tensor, f"__i{_name}__", _augmented(_name))
-for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
-    setattr(Tensor, f"__{_name}__", _binary(_name))
-
-
-def _unary(op_name):
-    op_cls = _ops.UNARY[op_name]
-
-    def method(self):
-        return dispatch.apply(op_cls(), self)
-
-    method.__name__ = f"__{op_name}__"
-    return method
-
-
-for _name in ("neg", "abs", "invert"):
-    setattr(Tensor, f"__{_name}__", _unary(_name))
-Tensor.__pos__ = lambda self: self
-
-
 class Parameter(Tensor):
     """A tensor that is a module's learnable state; optimizers update it in place."""
 
@@ -864,74 +681,11 @@ dispatch.Tensor = Tensor  # the dispatcher wraps its outputs in this class
 #: upstream's ``megengine.tensor``: the Tensor class itself, so ``isinstance(x, tensor)`` holds
 tensor = Tensor
 
-# upstream's internal layer that programs and upstream's tests import below the public API:
-# `megengine.core._imperative_rt` (its `ops` module is also `megengine.core.ops.builtin`) and
-# `megengine.core.tensor.utils` and `.array_method` (this file is a module, so the paths are
-# aliases, as `.dtype`)
-from . import _imperative_rt  # noqa: E402
-
-utils = _imperative_rt.lazy_module(__package__ + ".tensor_utils", __name__ + ".utils")
-array_method = _imperative_rt.lazy_module(__package__ + ".tensor_array_method",
-                                          __name__ + ".array_method")
-megbrain_graph = _imperative_rt.lazy_module(__package__ + ".tensor_megbrain_graph",
-                                            __name__ + ".megbrain_graph")
-_ops.builtin = _imperative_rt.lazy_module(_imperative_rt.__name__ + ".ops",
-                                          _ops.__name__ + ".builtin")
-
-
-def _upstream_path(name, doc, **names):
-    """Register module ``megengine.core.tensor.<name>`` (an upstream path below this file,
-    which is a module, not a package) holding ``names``; a name given as a function
-    ``_Later(load)`` is resolved on first use (for classes of layers above core)."""
-    import types
-
-    module = types.ModuleType(f"{__name__}.{name}", doc)
-    later = {k: v.load for k, v in names.items() if isinstance(v, _Later)}
-    module.__dict__.update({k: v for k, v in names.items() if k not in later})
-
-    def resolve(attr):
-        if attr in later:
-            value = later[attr]()
-            setattr(module, attr, value)
-            return value
-        raise AttributeError(f"module {module.__name__!r} has no attribute {attr!r}")
-
-    module.__getattr__ = resolve
-    module.__all__ = sorted(names)
-    sys.modules.setdefault(module.__name__, module)
-    return module
-
-
-class _Later:
-    """A name of `_upstream_path` whose value ``load()`` gives on first use."""
-
-    def __init__(self, load):
-        self.load = load
-
-
-def _function_class():
-    from ..autodiff.function import Function  # autodiff sits above core: loaded on first use
-
-    return Function
-
-
-# upstream 1.0-1.2 spellings of two public classes: `TensorWrapper` was the base class of
-# `megengine.Tensor`, and user-defined ops (`megengine.autodiff.Function`) lived here
-_upstream_path("tensor_wrapper", "Upstream 1.0-1.2's `TensorWrapper`: the Tensor class.",
-               TensorWrapper=Tensor)
-_upstream_path("function", "Upstream 1.0-1.2's path of `megengine.autodiff.Function`.",
-               Function=_Later(_function_class))
-
-
-def as_raw_tensor(obj, dtype=None, device=None):
-    """Upstream 1.0's `megengine.core.tensor.raw_tensor.as_raw_tensor`: a Tensor of ``obj``."""
-    return Tensor(obj, dtype=dtype, device=device)
-
-
-# upstream 1.0-1.1's layer under Tensor (before core2): raw tensors and `apply` returning a
-# tuple; here both are the Tensor class and core2's apply
-_upstream_path("raw_tensor", "Upstream 1.0-1.1's raw tensors: the Tensor class.",
-               RawTensor=Tensor, as_raw_tensor=as_raw_tensor)
-_upstream_path("core", "Upstream 1.0-1.1's `apply` (core2's).", apply=_imperative_rt.core2.apply)
-_upstream_path("tensor", "Upstream 1.0-1.1's Tensor and `apply`.", Tensor=Tensor,
-               apply=_imperative_rt.core2.apply)
+# Tensor's operators, and upstream's module paths below this file: both files use the class
+# above, so they load once it exists. Their names stay importable from here, where the engine's
+# other layers and user programs have always found them.
+from . import _imperative_rt  # noqa: E402,F401  (loaded by tensor_paths; named here as before)
+from .operators import (_UFUNC_OPS, _augmented, _binary, _float_pow_operands,  # noqa: E402,F401
+                        _operand, _unary)
+from .tensor_paths import (_function_class, _Later, _upstream_path,  # noqa: E402,F401
+                           array_method, as_raw_tensor, megbrain_graph, utils)

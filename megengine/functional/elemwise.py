@@ -4,6 +4,7 @@ import numpy as np
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, UNARY, _Binary, xp_of
 from ..core.tensor import Tensor, _float_pow_operands, _operand
+from ._args import _tensor  # (also imported from here by the functional files)
 
 __all__ = [
     "abs", "acos", "acosh", "add", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "clip",
@@ -13,11 +14,6 @@ __all__ = [
     "neg", "not_equal", "pow", "right_shift", "round", "sin", "sinh", "sqrt", "square", "sub",
     "tan", "tanh", "trunc",
 ]
-
-
-def _tensor(x):
-    """``x`` as a Tensor: Tensors pass through, numbers and lists follow Tensor()'s dtype rules."""
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _pair(x, y):

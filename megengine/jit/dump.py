@@ -30,13 +30,13 @@ steps, in-place writes into arguments, externals or Parameters: calls on live Py
 and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
 identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
+
+The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
+outputs and parameters), `dump_testcases` (``input_data``); their names are importable here.
 """
 import hashlib
-import importlib
 import io
 import json
-import re
-import types
 import zipfile
 from collections import namedtuple
 
@@ -49,8 +49,15 @@ from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
-from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf, _host,
-                       _is_array, _slots_used)
+from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
+                       _host, _is_array, _slots_used)
+# the file's value encoding, dump's naming and its test cases (this file re-exports their names)
+from .dump_format import (DumpError, _class_path, _import, _importable, _in_table,  # noqa: F401
+                          _qinfo, _read, _read_frozen, _Writer)
+from .dump_names import (_input_defaults, _leaves, _names, _output_slots,  # noqa: F401
+                         _param_names)
+from .dump_testcases import (_RAND, _case_feeds, _repeat, _spec_data,  # noqa: F401
+                             make_testcases)
 
 FORMAT, VERSION = "megengine-fork-traced-program", 1
 _MAGIC = b"MGEFORK\x01"
@@ -84,263 +91,9 @@ _NO_EFFECT = frozenset({
 _OPTIMIZE_OPTIONS = tuple(sorted(k for k in _NO_EFFECT if k.startswith("enable_")))
 
 
-class DumpError(ValueError, RuntimeError):
-    """A traced program, or a part of it, cannot be written to a file.
-
-    Also a RuntimeError: upstream raises one when a program cannot be dumped (e.g. batch norm
-    traced in training mode, which updates its running statistics in place), and programs
-    catch that.
-    """
-
-
-# --------------------------------------------------------------------------------------------
-# Values <-> tagged JSON
-# --------------------------------------------------------------------------------------------
-class _Writer:
-    def __init__(self):
-        self.arrays = []
-        self.qdtypes = []  # [index, scale info] of quantized arrays (.npy drops dtype metadata)
-
-    def array(self, a):
-        a = np.asarray(_host(a))  # (not ascontiguousarray: it makes a 0-d constant 1-d)
-        info = _qinfo(a.dtype)
-        if info is not None:
-            self.qdtypes.append([len(self.arrays), self.value(info, "a quantized array")])
-            a = a.view(np.dtype(a.dtype.str))
-        self.arrays.append(a)
-        return len(self.arrays) - 1
-
-    def value(self, v, where):
-        """``v`` as JSON; ``where`` names it in an error ("op #3 (Conv2d), attribute 'stride'")."""
-        t = type(v)
-        if v is None or t is bool or t is int or t is str:
-            return v
-        if t is float:
-            return {"float": repr(v)}  # repr round-trips, and keeps nan/inf out of bare JSON
-        if t is complex:
-            return {"complex": [repr(v.real), repr(v.imag)]}
-        if t is tuple or t is list:
-            return {t.__name__: [self.value(x, where) for x in v]}
-        if t is dict:
-            return {"dict": [[self.value(k, where), self.value(x, where)] for k, x in v.items()]}
-        if t is slice:
-            return {"slice": [self.value(x, where) for x in (v.start, v.stop, v.step)]}
-        if v is Ellipsis:
-            return {"ellipsis": True}
-        if t is _Ref:
-            return {"ref": v.slot, "raw": v.raw}
-        if isinstance(v, np.dtype):
-            info = _qinfo(v)
-            if info is not None:  # a quantized dtype: its scale (zero point) lives in metadata
-                return {"qdtype": [v.str, self.value(info, where)]}
-            return {"dtype": v.str}
-        if isinstance(v, np.generic):
-            return {"scalar": self.array(np.asarray(v))}
-        if _is_array(v):
-            return {"array": self.array(v)}
-        if type(v).__name__ == "RNG" and type(v).__module__ == "megengine.random.rng":
-            # a random op's source (a traced draw's op also has ``start``, the state it drew
-            # from, which `read_op` makes the loaded op's own generator: see _Draw.__copy__)
-            gen = v._generator
-            return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
-                                                      gen.bit_generator.state], v._device]}
-        if isinstance(v, Tensor):  # (in user_info, as upstream pickles it)
-            return {"tensor": [self.array(v._data), v._device]}
-        if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)) \
-                and _importable(v):
-            return {"type": _class_path(v)}  # a class or module-level function, by its name
-        raise DumpError(
-            f"dump: {where} holds a {type(v).__module__}.{type(v).__qualname__} object, not a "
-            "value that a file can hold. Ops that call into Python objects (a PyTorchModule's "
-            "torch module, a user-defined Function) cannot be dumped; keep them out of the "
-            "dumped function, or replace them with megengine modules")
-
-    def frozen(self, f, where):
-        """A value in `_program._freeze`'s form (op state that refers to traced arrays)."""
-        t = type(f)
-        if t is _Ref:
-            return self.value(f, where)
-        if t is tuple and f and f[0] in (tuple, list):
-            return {f[0].__name__: [self.frozen(x, where) for x in f[1]]}
-        if t is tuple and f and f[0] is dict:
-            return {"dict": [[self.value(k, where), self.frozen(x, where)] for k, x in f[1]]}
-        if t is tuple and f and f[0] is slice:
-            return {"slice": [self.frozen(x, where) for x in f[1:]]}
-        return self.value(getattr(f, "array", getattr(f, "obj", f)), where)
-
-
-def _qinfo(dtype):
-    """The scale information of a quantized dtype (megengine.core.tensor.dtype), else None."""
-    return (dtype.metadata or {}).get("mgb_dtype")
-
-
-def _read(v, arrays):
-    if not isinstance(v, dict):
-        return v
-    (tag, x), = v.items()
-    if tag == "float":
-        return float(x)
-    if tag == "complex":
-        return complex(float(x[0]), float(x[1]))
-    if tag == "tuple":
-        return tuple(_read(e, arrays) for e in x)
-    if tag == "list":
-        return [_read(e, arrays) for e in x]
-    if tag == "dict":
-        return {_read(k, arrays): _read(e, arrays) for k, e in x}
-    if tag == "slice":
-        return slice(*(_read(e, arrays) for e in x))
-    if tag == "ellipsis":
-        return Ellipsis
-    if tag == "dtype":
-        return np.dtype(x)
-    if tag == "qdtype":
-        return np.dtype(x[0], metadata={"mgb_dtype": _read(x[1], arrays)})
-    if tag == "scalar":
-        return arrays[x][()]
-    if tag == "array":
-        return arrays[x]
-    if tag == "type":
-        return _import(x)
-    if tag == "rng":
-        from ..random.rng import RNG
-        rng = RNG(device=x[1])
-        if x[0] is not None:
-            bit_gen = getattr(np.random, x[0][0])()
-            bit_gen.state = x[0][1]
-            rng._generator = np.random.Generator(bit_gen)
-        return rng
-    if tag == "tensor":
-        a, device = arrays[x[0]], x[1]
-        return Tensor(a, dtype=a.dtype, device=device if device.startswith("cpu") else None)
-    raise ValueError(f"load: unknown value tag {tag!r} in the file")
-
-
-def _read_frozen(v, arrays):
-    """Op state that refers to traced arrays, back in `_program._freeze`'s form for `_thaw`."""
-    if isinstance(v, dict):
-        if "ref" in v:  # (two keys: the slot and whether the op holds its raw array)
-            return _Ref(v["ref"], v["raw"])
-        (tag, x), = v.items()
-        if tag in ("tuple", "list"):
-            return (tuple if tag == "tuple" else list, tuple(_read_frozen(e, arrays) for e in x))
-        if tag == "dict":
-            return (dict, tuple((_read(k, arrays), _read_frozen(e, arrays)) for k, e in x))
-        if tag == "slice":
-            return (slice,) + tuple(_read_frozen(e, arrays) for e in x)
-    return _read(v, arrays)
-
-
-def _class_path(cls):
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _importable(obj):
-    """True when ``module:qualname`` names ``obj`` itself, so a loader can import it."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", "")
-    if not module or module == "__main__" or "<" in qualname:
-        return False
-    try:
-        return _import(f"{module}:{qualname}") is obj
-    except ValueError:
-        return False
-
-
-def _import(path):
-    module, _, qualname = path.partition(":")
-    try:
-        mod = obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except AttributeError as e:
-        obj = _in_table(mod, qualname)
-        if obj is None:
-            raise ValueError(f"load: the file names {path!r}, which cannot be imported here "
-                             f"({e}); was it dumped by another version of megengine?") from e
-    except ImportError as e:
-        raise ValueError(f"load: the file names {path!r}, which cannot be imported here ({e}); "
-                         "was it dumped by another version of megengine?") from e
-    return obj
-
-
-def _in_table(module, qualname):
-    """A class a factory made and a module-level dict keeps (``megengine.core.ops.BINARY``
-    holds ``Greater``, made by ``type()``): found by its name among the dict's values."""
-    for table in list(vars(module).values()):
-        if type(table) is dict:
-            for v in table.values():
-                if isinstance(v, type) and v.__qualname__ == qualname \
-                        and v.__module__ == module.__name__:
-                    return v
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # dump
 # --------------------------------------------------------------------------------------------
-def _names(given, default, what):
-    if given is None:
-        return list(default)
-    if isinstance(given, str):
-        given = [given]
-    given = list(given)
-    if len(given) != len(default):
-        raise ValueError(f"wrong number of {what}, should be {len(default)} values")
-    if len(set(given)) != len(given):
-        raise ValueError(f"dump: {what} must be distinct, got {given}")
-    return given
-
-
-def _input_defaults(in_tree):
-    """Default input names, in `_flatten` order: ``arg_<i>`` (``arg_<i>_<j>`` nested), and
-    ``kwarg_<name>`` for keyword arguments, as upstream names them."""
-    names = []
-
-    def walk(node, prefix):
-        if type(node) is _TensorLeaf:
-            names.append(prefix)
-        elif type(node) is tuple and len(node) == 2:
-            for i, x in enumerate(node[1]):
-                walk(x, f"{prefix}_{i}")
-        elif type(node) is tuple and len(node) == 3:
-            for k, x in zip(node[1], node[2]):
-                walk(x, f"{prefix}_{k}")
-
-    (_, (args, kwargs)) = in_tree
-    for i, x in enumerate(args[1]):
-        walk(x, f"arg_{i}")
-    for k, x in zip(kwargs[1], kwargs[2]):
-        walk(x, f"kwarg_{k}")
-    return names
-
-
-def _output_slots(out):
-    """(default names, slots) of the traced outputs; a dict output is named by its sorted keys."""
-    if type(out) is _Ref:
-        return ["output_0"], [out.slot]
-    if type(out) is dict or (type(out) is _Struct and out.keys is not None):
-        items = out.items() if type(out) is dict else zip(out.keys, out.items)
-        items = sorted(items, key=lambda kv: str(kv[0]))
-        if not all(type(v) is _Ref for _, v in items):
-            raise DumpError("dump: every value of a dict output must be a tensor")
-        return [str(k) for k, _ in items], [v.slot for _, v in items]
-    leaves = []
-
-    def walk(v):  # nested tuples/lists (a namedtuple too), flattened in order
-        if type(v) is _Ref:
-            leaves.append(v.slot)
-        elif type(v) in (tuple, list) or (type(v) is _Struct and v.keys is None):
-            for x in (v.items if type(v) is _Struct else v):
-                walk(x)
-        else:
-            raise DumpError("dump: the traced function must return a tensor, or a tuple, list "
-                            f"or dict of tensors; it returned a {type(v).__name__} among them")
-
-    walk(out)
-    return [f"output_{i}" for i in range(len(leaves))], leaves
-
-
 def _input_dependent(prog):
     """The slots whose value can change from one run of the file to the next: the inputs, live
     values (externals, gradients) and everything computed from them."""
@@ -475,47 +228,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                     [c["name"] for c in consts if "name" in c])
 
 
-def _param_names(function, in_tree):
-    """{id(tensor): name} for the parameters and buffers of the Modules the traced function
-    refers to (the function itself, its bound instance, its closure, its module-level names,
-    and Modules passed as arguments), named by their path as upstream's auto-naming names
-    them: ``conv1.bias``, prefixed by a top module's own name when it has one, and ending in a
-    tensor's own name when it was given one (``simple.linear.user-weight``)."""
-    from ..module import Module
-    roots = []
-
-    def add(obj):
-        if isinstance(obj, Module) and all(obj is not r for r in roots):
-            roots.append(obj)
-
-    def walk_tree(node):
-        if type(node) is tuple:
-            for x in node:
-                walk_tree(x)
-        elif hasattr(node, "value") and not isinstance(node, type):
-            add(getattr(node, "value", None))
-
-    add(function)
-    add(getattr(function, "__self__", None))
-    walk_tree(in_tree)
-    for cell in getattr(function, "__closure__", None) or ():
-        try:
-            add(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
-    for v in list(getattr(function, "__globals__", {}).values()):
-        add(v)
-    names = {}
-    for root in roots:
-        top = root.name if isinstance(getattr(root, "name", None), str) else None
-        for path, module in root.named_modules():
-            prefix = ".".join(p for p in (top, path) if p)
-            for attr, t in module.named_tensors(recursive=False):
-                own = getattr(t, "_name", None)
-                names.setdefault(id(t), ".".join(p for p in (prefix, own or attr) if p))
-    return names
-
-
 def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_names=None):
     """One op step of graph.json: the op by value (see the module docstring). ``dyn``: the
     attributes that refer to traced values, in `_program._freeze` form (or None)."""
@@ -571,23 +283,6 @@ def write_file(graph, w, file):
     else:
         file.write(data)
     return data
-
-
-def _leaves(in_tree):
-    out = []
-
-    def walk(node):
-        if type(node) is _TensorLeaf:
-            out.append(node)
-        elif type(node) is tuple and len(node) == 2 and isinstance(node[0], type):
-            for x in node[1]:
-                walk(x)
-        elif type(node) is tuple and len(node) == 3:
-            for x in node[2]:
-                walk(x)
-
-    walk(in_tree)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,116 +426,3 @@ def load(file, device=None):
               {k: arrays[i] for k, i in c["outputs"].items()}) for c in tc.get("cases", ())]
     options = {k: tc[k] for k in ("maxerr", "no_assert", "silent") if k in tc}
     return LoadedProgram(graph, prog, device, read_metadata(graph, arrays), cases, options)
-
-
-# --------------------------------------------------------------------------------------------
-# test cases (upstream's ``input_data``)
-# --------------------------------------------------------------------------------------------
-_RAND = re.compile(r"^#rand\(([^)]*)\)$")
-
-
-def make_testcases(program, input_data, repeat=1, resize_input=False, input_transform=None):
-    """[(inputs, outputs)] for ``input_data``, as upstream's ``trace.dump`` reads it: a list
-    (or one item) of test cases, each a string ``"var0:spec0;var1:spec1"`` (the name may be
-    left out for a one-input program), ``"@file"`` (one such string per line of ``file``), a
-    numpy array (one-input programs), a list of arrays (one per input, in order) or a dict
-    {input name: array}. A spec is ``#rand(min, max[, shape...])`` (uniform in [min, max); a
-    shape ending in ``...`` keeps the rest of the traced shape; no shape: the traced shape), a
-    ``.npy`` file, a pickled array, or an image file (read as (1, C, H, W), as upstream).
-    ``repeat`` repeats file and array data along axis 0; ``input_transform``: a Python
-    expression of ``data`` (and ``np``), applied to each input."""
-    if resize_input:
-        raise DumpError("dump(resize_input=True): resizing images to the input shape is not "
-                        "supported here; resize them before giving them as input_data")
-    if isinstance(input_data, (str, np.ndarray, dict)):
-        input_data = [input_data]
-    items = []
-    for item in input_data:
-        if isinstance(item, str) and item.startswith("@"):
-            with open(item[1:]) as f:
-                items.extend(line.strip() for line in f if line.strip())
-        else:
-            items.append(item)
-    shapes = {n: (shape, dtype) for n, shape, dtype in program.inputs}
-    names = [n for n, _, _ in program.inputs]
-    cases = []
-    for k, item in enumerate(items):
-        feeds = _case_feeds(item, names, shapes, repeat, k)
-        for n in feeds:
-            if input_transform is not None:
-                feeds[n] = np.asarray(eval(input_transform, {"np": np}, {"data": feeds[n]}))
-            feeds[n] = np.asarray(feeds[n]).astype(shapes[n][1])
-        try:
-            outs = program.run(feeds, strict_shape=False)
-        except Exception as e:
-            raise DumpError(f"dump(input_data=...): test case {k} "
-                            f"({ {n: v.shape for n, v in feeds.items()} }) cannot run through "
-                            f"the traced ops: {e}") from e
-        cases.append((feeds, {n: _host(v._data) for n, v in outs.items()}))
-    return cases
-
-
-def _case_feeds(item, names, shapes, repeat, k):
-    if isinstance(item, dict):
-        feeds = {n: _repeat(np.asarray(_host(getattr(v, "_data", v))), repeat)
-                 for n, v in item.items()}
-    elif isinstance(item, np.ndarray) or (isinstance(item, (list, tuple)) and all(
-            isinstance(v, np.ndarray) or hasattr(v, "_data") for v in item)):
-        values = [item] if isinstance(item, np.ndarray) else list(item)
-        if len(values) != len(names):
-            raise DumpError(f"dump(input_data=...): test case {k} gives {len(values)} arrays "
-                            f"for the inputs {names}")
-        feeds = {n: _repeat(np.asarray(_host(getattr(v, "_data", v))), repeat)
-                 for n, v in zip(names, values)}
-    elif isinstance(item, str):
-        feeds = {}
-        for part in item.split(";"):
-            name, sep, spec = part.rpartition(":") if not part.startswith("#") else ("", "", part)
-            if not sep and len(names) != 1:
-                raise DumpError(f"dump(input_data=...): {part!r} names no input; the program "
-                                f"has inputs {names}, give 'name:data' for each")
-            name = name.strip() or names[0]
-            if name not in shapes:
-                raise DumpError(f"dump(input_data=...): no input named {name!r}; the program's "
-                                f"inputs are {names}")
-            feeds[name] = _spec_data(spec.strip(), shapes[name][0], repeat)
-    else:
-        raise DumpError(f"dump(input_data=...): test case {k} is a {type(item).__name__}; give "
-                        "a string, an array, a list of arrays or a dict of arrays")
-    missing = [n for n in names if n not in feeds]
-    unknown = [n for n in feeds if n not in shapes]
-    if missing or unknown:
-        raise DumpError(f"dump(input_data=...): test case {k} lacks the inputs {missing} or "
-                        f"names unknown ones {unknown}; the program's inputs are {names}")
-    return feeds
-
-
-def _spec_data(spec, shape, repeat):
-    m = _RAND.match(spec.replace(" ", ""))
-    if m:
-        args = [a for a in m.group(1).split(",") if a]
-        if len(args) < 2:
-            raise DumpError(f"dump(input_data=...): {spec!r} needs at least min and max")
-        lo, hi = float(args[0]), float(args[1])
-        dims = args[2:]
-        if dims and dims[-1] == "...":
-            dims = [int(d) for d in dims[:-1]]
-            shape = tuple(dims) + tuple(shape[len(dims):])
-        elif dims:
-            shape = tuple(int(d) for d in dims)
-        return np.random.uniform(lo, hi, size=shape)  # random data is not repeated (upstream)
-    if spec.endswith(".npy"):
-        data = np.load(spec, allow_pickle=False)
-    else:
-        try:
-            from ..data.dataset.vision.folder import imread
-            data = imread(spec).transpose(2, 0, 1)[None]  # (1, C, H, W), as upstream
-        except Exception:  # not an image: upstream also reads a pickled array
-            import pickle
-            with open(spec, "rb") as f:
-                data = pickle.load(f)
-    return _repeat(np.asarray(data), repeat)
-
-
-def _repeat(a, repeat):
-    return np.repeat(a, repeat, axis=0) if repeat > 1 else a

@@ -444,14 +444,7 @@ class trace:
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
-        shapes = _trace_option._use_symbolic_shape
-        _trace_option._use_symbolic_shape = self._symbolic_shape  # as upstream, for the call
-        dispatch._trace_hook = rec
-        try:
-            outputs = self.__wrapped__(*bound, *args, **kwargs)
-        finally:
-            dispatch._trace_hook = None
-            _trace_option._use_symbolic_shape = shapes
+        outputs = self._run_under(rec, bound, args, kwargs)
         rec.finish_recording(outputs)
         if self._opt_level >= 1:
             arith_opt.plan_program(prog)  # (before compile: its new slots are the program's)
@@ -465,6 +458,18 @@ class trace:
         (none here; `xla_backend.xla_trace` keeps those of Module and Optimizer arguments)."""
         return ()
 
+    def _run_under(self, hook, bound, args, kwargs):
+        """Run the traced function with ``hook`` (a recorder or a checker) seeing every op and
+        event, and shapes as upstream's trace shows them (``symbolic_shape``) for the call."""
+        shapes = _trace_option._use_symbolic_shape
+        _trace_option._use_symbolic_shape = self._symbolic_shape
+        dispatch._trace_hook = hook
+        try:
+            return self.__wrapped__(*bound, *args, **kwargs)
+        finally:
+            dispatch._trace_hook = None
+            _trace_option._use_symbolic_shape = shapes
+
     # ----- symbolic=False or True: run again and compare -----
     def _check(self, prog, bound, args, kwargs, leaves):
         if dispatch._trace_hook is not None:
@@ -476,14 +481,7 @@ class trace:
             checker = _ProfilingChecker(prog)
             checker.profile = self._profile
         checker.bind_args(leaves)
-        shapes = _trace_option._use_symbolic_shape
-        _trace_option._use_symbolic_shape = self._symbolic_shape
-        dispatch._trace_hook = checker
-        try:
-            outputs = self.__wrapped__(*bound, *args, **kwargs)
-        finally:
-            dispatch._trace_hook = None
-            _trace_option._use_symbolic_shape = shapes
+        outputs = self._run_under(checker, bound, args, kwargs)
         checker.finish(outputs)
         return outputs
 

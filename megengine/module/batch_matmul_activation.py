@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core.tensor import Parameter
-from . import init
+from .linear import _reset_linear
 from .module import Module
 
 __all__ = ["BatchMatMulActivation"]
@@ -35,10 +35,7 @@ class BatchMatMulActivation(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # as upstream: N(0, 1 / fan_in) weights, zero bias
-        init.normal_(self.weight, 0.0, float(np.sqrt(1.0 / self.in_features)))
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        _reset_linear(self)  # as upstream: N(0, 1 / fan_in) weights, zero bias
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[0] != self.batch or x.shape[1] != self.in_features:

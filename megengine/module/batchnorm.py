@@ -2,9 +2,10 @@
 import numpy as np
 
 from .. import functional as F
-from ..core.tensor import Parameter, Tensor
+from ..core.tensor import Tensor
 from . import init
 from .module import Module
+from .normalization import _affine_parameters, _reset_affine
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
 
@@ -34,8 +35,7 @@ class _BatchNorm(Module):
         self._track_running_stats_saved = track_running_stats
         self.freeze = freeze
         shape = (1, num_features, 1, 1)
-        self.weight = Parameter(np.ones(shape, np.float32)) if affine else None
-        self.bias = Parameter(np.zeros(shape, np.float32)) if affine else None
+        self.weight, self.bias = _affine_parameters(shape, affine)
         self.running_mean = Tensor(np.zeros(shape, np.float32)) if track_running_stats else None
         self.running_var = Tensor(np.ones(shape, np.float32)) if track_running_stats else None
 
@@ -46,9 +46,7 @@ class _BatchNorm(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _as_4d(self, inp):
         raise NotImplementedError

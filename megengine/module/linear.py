@@ -10,6 +10,14 @@ from .module import Module
 __all__ = ["Linear", "LinearRelu"]
 
 
+def _reset_linear(layer):
+    """Upstream 1.x's initialization of a linear map (also BatchMatMulActivation's): weight ~
+    N(0, 1 / in_features), not PyTorch's kaiming-uniform; bias = 0."""
+    init.normal_(layer.weight, 0.0, float(np.sqrt(1.0 / layer.in_features)))
+    if layer.bias is not None:
+        init.zeros_(layer.bias)
+
+
 class Linear(Module):
     """Fully connected layer: ``weight`` (out_features, in_features), ``bias`` (out_features,)."""
 
@@ -24,10 +32,7 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Upstream 1.x: weight ~ N(0, 1 / in_features), bias = 0 (not PyTorch's kaiming-uniform).
-        init.normal_(self.weight, 0.0, float(np.sqrt(1.0 / self.in_features)))
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        _reset_linear(self)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias, compute_mode=self.compute_mode)

@@ -9,6 +9,21 @@ from .module import Module
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm", "GeneralNorm"]
 
 
+def _affine_parameters(shape, affine):
+    """A normalization layer's ``weight`` (ones) and ``bias`` (zeros) of ``shape``, or
+    (None, None) when it is not ``affine`` (also used by the batch norms)."""
+    if not affine:
+        return None, None
+    return Parameter(np.ones(shape, np.float32)), Parameter(np.zeros(shape, np.float32))
+
+
+def _reset_affine(layer):
+    """Set an affine normalization layer's ``weight`` back to ones and ``bias`` to zeros."""
+    if layer.affine:
+        init.ones_(layer.weight)
+        init.zeros_(layer.bias)
+
+
 class _ChannelNorm(Module):
     """Shared by GroupNorm and InstanceNorm: per-channel ``weight``/``bias`` of shape (C,)."""
 
@@ -19,13 +34,10 @@ class _ChannelNorm(Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        self.weight = Parameter(np.ones(num_channels, np.float32)) if affine else None
-        self.bias = Parameter(np.zeros(num_channels, np.float32)) if affine else None
+        self.weight, self.bias = _affine_parameters(num_channels, affine)
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _normalize(self, x, groups):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
@@ -84,13 +96,10 @@ class LayerNorm(Module):
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         self.affine = affine
-        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if affine else None
-        self.bias = Parameter(np.zeros(self.normalized_shape, np.float32)) if affine else None
+        self.weight, self.bias = _affine_parameters(self.normalized_shape, affine)
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, x):
         (c, *more) = self.normalized_shape
@@ -129,13 +138,10 @@ class GeneralNorm(Module):
                                  "an axis")
         self.normalized_shape = None if normalized_shape is None else tuple(normalized_shape)
         self.normalized_axis = tuple(normalized_axis)
-        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if affine else None
-        self.bias = Parameter(np.zeros(self.normalized_shape, np.float32)) if affine else None
+        self.weight, self.bias = _affine_parameters(self.normalized_shape, affine)
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, x):
         axes = [a + x.ndim if a < 0 else a for a in self.normalized_axis]

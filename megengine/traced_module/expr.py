@@ -175,6 +175,16 @@ class Input(Expr):
         return "Input"
 
 
+def _value_node(expr, value):
+    """The node ``expr`` gives for ``value``: a ModuleNode for a Module, else a TensorNode
+    with the tensor's shape, dtype, quantization parameters and device."""
+    if isinstance(value, Module):
+        return ModuleNode(expr, owner=value)
+    return TensorNode(expr, shape=value.shape, dtype=value.dtype,
+                      qparams=getattr(value, "_qparams", None),
+                      device=getattr(value, "_device", None))
+
+
 class GetAttr(Expr):
     """``module.<name>``: a parameter, buffer or submodule (``name`` may be dotted:
     ``"block.conv"``, ``"layers.0"``)."""
@@ -184,13 +194,7 @@ class GetAttr(Expr):
         self.name = name
         self.add_inputs([module_node])
         self.arg_def = tree_flatten(((module_node,), {}), _is_node)[1]
-        if isinstance(value, Module):
-            node = ModuleNode(self, owner=value)
-        else:
-            node = TensorNode(self, shape=value.shape, dtype=value.dtype,
-                              qparams=getattr(value, "_qparams", None),
-                              device=getattr(value, "_device", None))
-        self.outputs = [node]
+        self.outputs = [_value_node(self, value)]
 
     def interpret(self, module):
         name = self.name
@@ -216,13 +220,7 @@ class Constant(Expr):
         self.name = name
         self.arg_def = TreeDef("node", tuple, None, [TreeDef("node", tuple, None, []),
                                                       TreeDef("node", dict, [], [])])
-        if isinstance(value, Module):
-            node = ModuleNode(self, owner=value)
-        else:
-            node = TensorNode(self, shape=value.shape, dtype=value.dtype,
-                              qparams=getattr(value, "_qparams", None),
-                              device=getattr(value, "_device", None))
-        self.outputs = [node]
+        self.outputs = [_value_node(self, value)]
 
     def interpret(self):
         return [self.value]

@@ -513,21 +513,22 @@ def _inline(graph, owner):
     # getattrs of inlined modules are used by nothing now: drop them (only getattrs, so no
     # call with side effects is ever removed)
     outputs = set(id(o) for o in flat._outputs)
-    changed = True
-    while changed:
-        changed = False
-        for expr in list(flat._exprs):
-            if isinstance(expr, GetAttr) and not expr.outputs[0].users \
-                    and id(expr.outputs[0]) not in outputs:
-                flat._exprs.remove(expr)
-                expr.inputs[0].users.remove(expr)
-                flat._namespace.release(expr.outputs[0])
-                changed = True
+    while _drop_unused_getattrs(flat, outputs):
+        pass  # dropping one may leave the getattr it read from unused
     flat._merge_getattr_exprs()
-    for expr in list(flat._exprs):
+    _drop_unused_getattrs(flat, outputs)
+    return flat
+
+
+def _drop_unused_getattrs(graph, outputs):
+    """Remove from ``graph`` the GetAttr exprs whose node nothing uses and that are not among
+    ``outputs`` (node ids); True when one was removed."""
+    dropped = False
+    for expr in list(graph._exprs):
         if isinstance(expr, GetAttr) and not expr.outputs[0].users \
                 and id(expr.outputs[0]) not in outputs:
-            flat._exprs.remove(expr)
+            graph._exprs.remove(expr)
             expr.inputs[0].users.remove(expr)
-            flat._namespace.release(expr.outputs[0])
-    return flat
+            graph._namespace.release(expr.outputs[0])
+            dropped = True
+    return dropped

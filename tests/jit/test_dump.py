@@ -1,6 +1,7 @@
-"""Tests for megengine/jit/dump.py and megengine/utils/comp_graph_tools.py: a dumped program,
-loaded in a fresh process without the source that made it, gives the traced outputs; what
-cannot be dumped fails at dump time with the op's name."""
+"""Tests for megengine/jit/dump.py (with dump_format.py and dump_names.py) and
+megengine/utils/comp_graph_tools.py: a dumped program, loaded in a fresh process without the
+source that made it, gives the traced outputs; what cannot be dumped fails at dump time with
+the op's name. (Test cases, input_data=...: test_dump_testcases.py.)"""
 import io
 import os
 import subprocess
@@ -20,6 +21,8 @@ from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
 
 from devices import host, requires_cuda
+from jit_nets import exp_trace
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -364,79 +367,8 @@ def test_program_traced_on_a_gpu_runs_where_it_is_loaded(device):
     np.testing.assert_allclose(list(net.run(x).values())[0], expected, rtol=1e-6)
 
 
-# ----- test cases: dump(input_data=...) (upstream's testcases for load_and_run) -----
-def _exp_trace(shape=(2, 3)):
-    f = trace(lambda x: F.exp(x) * 2, symbolic=True, capture_as_const=True)
-    f(mge.tensor(np.zeros(shape, "float32")))
-    return f
-
-
-def test_dump_stores_test_cases_that_load_and_inference_checks(tmp_path):
-    from megengine.utils.comp_graph_tools import load_and_inference
-    f = _exp_trace()
-    file = io.BytesIO()
-    f.dump(file, arg_names=["x"], input_data=["#rand(0, 1)", "x:#rand(-1, 1, 4, ...)"])
-    file.seek(0)
-    cases = GraphInference(file).testcases
-    assert [c[0]["x"].shape for c in cases] == [(2, 3), (4, 3)]
-    for inputs, outputs in cases:  # numpy is the oracle of the stored outputs
-        x = inputs["x"]
-        assert x.dtype == np.float32 and 0 <= x.min() + 1 and x.max() <= 1
-        np.testing.assert_allclose(outputs["MUL"], np.exp(x) * 2, rtol=1e-6)
-    file.seek(0)
-    results = load_and_inference(file)
-    np.testing.assert_allclose(results[1]["MUL"], np.exp(cases[1][0]["x"]) * 2, rtol=1e-6)
-    # a file whose stored outputs are wrong fails the check, unless dumped with no_assert
-    path = tmp_path / "x.npy"
-    np.save(path, np.full((2, 3), 0.5, "float32"))
-    lines = tmp_path / "cases.txt"
-    lines.write_text(f"{path}\narg_0:{path}\n")
-    file = io.BytesIO()
-    f.dump(file, input_data=[f"@{lines}", {"arg_0": np.ones((2, 3))}, np.zeros((2, 3))],
-           input_transform="data * 2", no_assert=True, maxerr=0.5)
-    file.seek(0)
-    g = GraphInference(file)
-    assert [float(c[0]["arg_0"].max()) for c in g.testcases] == [1.0, 1.0, 2.0, 0.0]
-    assert g._program.testcase_options == {"maxerr": 0.5, "no_assert": True, "silent": False}
-    np.testing.assert_allclose(g.testcases[2][1]["MUL"], np.exp(np.full((2, 3), 2.0)) * 2,
-                               rtol=1e-6)
-
-
-def test_stored_test_cases_are_checked_on_load(monkeypatch):
-    from megengine.jit import dump as dump_mod
-    from megengine.utils.comp_graph_tools import load_and_inference
-    f = _exp_trace()
-    file = io.BytesIO()
-    real = dump_mod.make_testcases
-
-    def wrong(*args, **kwargs):  # a file whose stored outputs disagree with its program
-        return [(ins, {k: v + 1 for k, v in outs.items()}) for ins, outs in real(*args, **kwargs)]
-
-    monkeypatch.setattr(dump_mod, "make_testcases", wrong)
-    f.dump(file, input_data="#rand(0, 1)")
-    file.seek(0)
-    with pytest.raises(AssertionError, match="differs from the stored one"):
-        load_and_inference(file)
-
-
-def test_test_case_errors_are_clear():
-    f = _exp_trace()
-    with pytest.raises(DumpError, match="no input named 'y'"):
-        f.dump(io.BytesIO(), input_data="y:#rand(0, 1)")
-    with pytest.raises(DumpError, match="resize"):
-        f.dump(io.BytesIO(), input_data="#rand(0, 1)", resize_input=True)
-    with pytest.raises(DumpError, match="cannot run through the traced ops"):
-        g = trace(lambda x: x.reshape(6), symbolic=True, capture_as_const=True)
-        g(mge.tensor(np.zeros((2, 3), "float32")))
-        g.dump(io.BytesIO(), input_data="#rand(0, 1, 5)")
-    with pytest.raises(TypeError, match="input_data"):
-        f.dump(io.BytesIO(), repeat=2)
-    with pytest.raises(DumpError, match="gives 2 arrays"):
-        f.dump(io.BytesIO(), input_data=[[np.zeros((2, 3)), np.zeros((2, 3))]])
-
-
 def test_file_overwritten_by_a_shorter_program_loads_the_new_one():
-    big = _exp_trace((50, 50))
+    big = exp_trace((50, 50))
     small = trace(lambda x: x + 1, symbolic=True, capture_as_const=True)
     small(mge.tensor([1.0]))
     file = io.BytesIO()

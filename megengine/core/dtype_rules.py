@@ -1,0 +1,95 @@
+"""Upstream's dtype rules for tensors: the engine array a value becomes (`_as_array`, behind
+`megengine.core.tensor.as_array`) and the result dtype of a binary op (`promote_types`)."""
+import numpy as np
+
+from .. import device as _device_mod
+from . import dtype
+
+_refuse_on_gpu = dtype.refuse_on_gpu  # (`_as_array`'s argument named dtype hides the module)
+
+# Upstream stores float64 as float32 and 64-bit integers as int32 unless a dtype is asked for.
+_NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dtype(np.int32),
+           np.dtype(np.uint64): np.dtype(np.int32),
+           np.dtype(np.complex128): np.dtype(np.complex64)}  # upstream's complex is complex64
+_SUPPORTED_KINDS = "biufc"
+
+
+def _check_dtype(dtype, what):
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(
+            f"{what}: dtype {dtype} is not supported; use a bool, integer or float dtype "
+            "(e.g. 'float32', 'int32')"
+        )
+    return dtype
+
+
+def _as_array(value, dtype, device, copy):
+    xp = _device_mod.get_array_module(device)
+    if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
+        _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),
+                       device, f"a tensor on {device}")
+    if dtype is not None:
+        dtype = _check_dtype(dtype, "tensor")
+        try:
+            arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+        except OverflowError:
+            # numpy 2 refuses Python ints outside an integer dtype's range; upstream wraps them
+            # (its guide: Tensor([127, 128, 129], dtype="int8") is [127, -128, -127])
+            arr = xp.array(value, dtype=np.int64).astype(dtype)
+        if dtype.metadata is not None and arr.dtype.metadata is None:
+            # a quantized dtype (its scale is metadata): the values are the stored integers, and
+            # numpy keeps an input's own int8 dtype when only metadata differs
+            arr = arr.view(dtype)
+        return arr
+    try:
+        arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
+    narrow = _NARROW.get(arr.dtype)
+    if narrow is not None:
+        arr = arr.astype(narrow)
+    elif arr.dtype.kind not in _SUPPORTED_KINDS:
+        raise TypeError(
+            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}); "
+            "give numbers, nested lists of numbers or a numeric array"
+        )
+    return arr
+
+
+_PROMOTE_CACHE = {}
+
+
+def promote_types(a, b):
+    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
+    key = (a, b)
+    r = _PROMOTE_CACHE.get(key)
+    if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
+        return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
+    if r is None:
+        if a.kind == "f" and b.kind != "f":
+            r = a
+        elif b.kind == "f" and a.kind != "f":
+            r = b
+        else:
+            r = np.promote_types(a, b)
+            if r == np.float64 and np.float64 not in (a, b):
+                r = np.dtype(np.float32)
+        _PROMOTE_CACHE[key] = r
+    return r
+
+
+def _quantized_pair(a, b):
+    """True for two equal quantized dtypes; an error for a quantized dtype meeting another
+    dtype (or the same kind with another scale); False when neither is quantized."""
+    if not (dtype.is_quantize(a) or dtype.is_quantize(b)):
+        return False
+    if dtype.is_dtype_equal(a, b):
+        return True
+    q, other = (a, b) if dtype.is_quantize(a) else (b, a)
+    raise TypeError(
+        f"an op mixes a quantized tensor ({dtype.dtype_name(q)}) with a tensor of dtype "
+        f"{dtype.dtype_name(other)}; quantized tensors take part only in quantized ops "
+        "(megengine.functional.quantized, the modules of megengine.module.quantized) and in "
+        "ops with tensors of the same quantized dtype: convert first, x.astype('float32') to "
+        "dequantize or x.astype(qdtype) to quantize")

@@ -1,0 +1,102 @@
+"""Tensor's Python operators (``+``, ``**``, ``==``, ``-x``, numpy's ufuncs on tensors) as engine
+ops, with upstream's promotion of Python-scalar operands; installed on `Tensor` when
+`megengine.core.tensor` loads (it imports this file after defining the class)."""
+import numpy as np
+
+from .. import device as _device_mod
+from . import dispatch
+from . import ops as _ops
+from .tensor import Tensor
+
+# numpy ufunc -> this engine's op name (`_ops.BINARY` / `_ops.UNARY`), for __array_ufunc__
+_UFUNC_OPS = {
+    np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "truediv",
+    np.floor_divide: "floordiv", np.remainder: "mod", np.power: "pow", np.matmul: "matmul",
+    np.bitwise_and: "and", np.bitwise_or: "or", np.bitwise_xor: "xor",
+    np.left_shift: "lshift", np.right_shift: "rshift", np.equal: "eq", np.not_equal: "ne",
+    np.less: "lt", np.less_equal: "le", np.greater: "gt", np.greater_equal: "ge",
+    np.maximum: "maximum", np.minimum: "minimum",
+    np.negative: "neg", np.absolute: "abs", np.invert: "invert",
+}
+
+
+def _operand(value, like):
+    """Turn the other side of an operator into a tensor with upstream's promotion rules.
+
+    Python scalars are weak: they take the tensor's dtype, except that a float meeting an
+    integer tensor gives float32 and an int meeting a bool tensor gives int32.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if type(value) in (bool, int, float):
+        if type(value) is float:
+            dtype = like.dtype if like.dtype.kind == "f" else np.float32
+        elif type(value) is int and like.dtype.kind == "b":
+            dtype = np.int32
+        else:
+            dtype = like.dtype
+        xp = _device_mod.get_array_module(like._device)
+        return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
+    return Tensor(value, device=like._device)
+
+
+def _float_pow_operands(a, b):
+    """Upstream computes a power of integer (or bool) tensors in float32: ``Tensor([1, 2]) ** 2``
+    is ``[1., 4.]`` (F.pow's and F.nn.square_loss's documented examples); float operands keep
+    their dtype (float16 under autocast)."""
+    return tuple(t.astype(np.float32) if t.dtype.kind in "iub" else t for t in (a, b))
+
+
+def _binary(op_name, reflected=False):
+    op_cls = _ops.BINARY[op_name]
+
+    def method(self, other):
+        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
+            other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
+        other = _operand(other, self)
+        a, b = (other, self) if reflected else (self, other)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
+        return dispatch.apply(op_cls(), a, b)
+
+    method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
+    return method
+
+
+def _augmented(op_name):
+    op_cls = _ops.BINARY[op_name]
+
+    def method(self, other):
+        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
+            other = float(other)
+        a, b = self, _operand(other, self)
+        if op_name == "pow":
+            a, b = _float_pow_operands(a, b)
+        return self._inplace(dispatch.apply(op_cls(), a, b))
+
+    method.__name__ = f"__i{op_name}__"
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+              "and", "or", "xor", "lshift", "rshift"):
+    setattr(Tensor, f"__{_name}__", _binary(_name))
+    setattr(Tensor, f"__r{_name}__", _binary(_name, reflected=True))
+    setattr(Tensor, f"__i{_name}__", _augmented(_name))
+for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
+    setattr(Tensor, f"__{_name}__", _binary(_name))
+
+
+def _unary(op_name):
+    op_cls = _ops.UNARY[op_name]
+
+    def method(self):
+        return dispatch.apply(op_cls(), self)
+
+    method.__name__ = f"__{op_name}__"
+    return method
+
+
+for _name in ("neg", "abs", "invert"):
+    setattr(Tensor, f"__{_name}__", _unary(_name))
+Tensor.__pos__ = lambda self: self

@@ -1,0 +1,278 @@
+"""Indexing functions (F.gather, F.scatter, F.indexing_one_hot, F.one_hot, F.where, F.non_zero,
+F.cond_take) and their ops: upstream's `megengine.functional.tensor` names, re-exported there."""
+import numpy as np
+
+from ..core import ops as _ops
+from ..core.dispatch import Op, apply
+from ..core.ops import unbroadcast, xp_of
+from ..core.tensor import Tensor, _operand, promote_types
+from .elemwise import _tensor
+from .tensor import _axis  # (this file's names are re-exported at the end of that one)
+
+
+# Index arrays enter ops as inputs (never as op parameters), so that megengine.jit.trace replays
+# them with each call's values.
+
+def _grid_index(xp, index, axis, shape=None):
+    """Index tuple that picks ``x[..., index[...], ...]`` along ``axis`` for every position of
+    ``index``: open (broadcasting) aranges on the other dims, so nothing big is materialised.
+
+    ``index`` has x's ndim; or, given x's ``shape``, x's ndim - 1 (no dim for ``axis``).
+    """
+    nd = index.ndim
+    dims = range(nd) if shape is None else range(nd + 1)
+    out = []
+    for d in dims:
+        if d == axis:
+            out.append(index)
+        else:
+            p = d if shape is None or d < axis else d - 1  # where dim d sits in index
+            n = index.shape[p] if shape is None else shape[d]
+            out.append(xp.arange(n).reshape((-1,) + (1,) * (nd - p - 1)))
+    return tuple(out)
+
+
+def put_back(xp, shape, dtype, index, g, unique):
+    """The gradient of ``x[index]``: ``g`` put into zeros of x's shape at ``index``.
+
+    ``unique``: no position is picked twice, so plain assignment does (much faster than add.at).
+    """
+    gx = xp.zeros(shape, dtype)
+    if unique:
+        gx[index] = g
+    else:
+        xp.add.at(gx, index, g)
+    return gx
+
+
+class TakeAlongAxis(Op):
+    """``x`` picked at ``index`` along ``axis`` (see `_grid_index`; ``dropped``: index has no dim
+    for ``axis``, as in indexing_one_hot, so every position is picked at most once)."""
+
+    def __init__(self, axis, dropped):
+        self.axis, self.dropped = axis, dropped
+
+    def forward(self, x, index):
+        self.in_shape = x.shape
+        self.index = _grid_index(xp_of(x), index, self.axis, x.shape if self.dropped else None)
+        return x[self.index]
+
+    def backward(self, g):
+        return put_back(xp_of(g), self.in_shape, g.dtype, self.index, g, self.dropped), None
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        g = grads[0]
+        return apply(_ops.IndexAdd(self.index, self.in_shape, g.dtype), g), None
+
+
+def _int_index(index, what):
+    index = _tensor(index)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"{what}: index must be an integer tensor, got dtype {index.dtype}")
+    return index
+
+
+def _check_bounds(index, size, what):
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            raise IndexError(
+                f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"
+            )
+
+
+def gather(inp, axis, index):
+    """``out[i][j][k] = inp[index[i][j][k]][j][k]`` for axis 0 (and likewise for other axes).
+
+    ``index`` has inp's ndim; its size on every other axis is at most inp's.
+    """
+    inp, index = _tensor(inp), _int_index(index, "gather")
+    if index.ndim != inp.ndim:
+        raise ValueError(
+            f"gather: index must have the same ndim as inp ({inp.ndim}), got shape {index.shape}"
+        )
+    axis = _axis(axis, inp.ndim, "gather")
+    if any(i > n for d, (i, n) in enumerate(zip(index.shape, inp.shape)) if d != axis):
+        raise ValueError(
+            f"gather: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
+        )
+    _check_bounds(index._data, inp.shape[axis], "gather")
+    return apply(TakeAlongAxis(axis, False), inp, index)
+
+
+class Scatter(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x, index, src):
+        self.index = _grid_index(xp_of(x), index, self.axis)
+        out = x.copy()
+        out[self.index] = src
+        return out
+
+    def backward(self, g):
+        gx = gs = None
+        if self.needs_input_grad[0]:
+            gx = g.copy()
+            gx[self.index] = 0
+        if self.needs_input_grad[2]:
+            gs = g[self.index]
+        return gx, None, gs
+
+
+def scatter(inp, axis, index, source):
+    """Write ``source`` into ``inp`` at ``index`` along ``axis``:
+    ``inp[index[i][j][k]][j][k] = source[i][j][k]`` for axis 0. Like upstream, ``inp`` itself is
+    updated and returned. Where several sources hit one place, which one wins is unspecified."""
+    inp, index, source = _tensor(inp), _int_index(index, "scatter"), _tensor(source)
+    if not inp.ndim == index.ndim == source.ndim:
+        raise ValueError(
+            f"scatter: inp, index and source must have the same ndim, got shapes {inp.shape}, "
+            f"{index.shape} and {source.shape}"
+        )
+    axis = _axis(axis, inp.ndim, "scatter")
+    if index.shape != source.shape:
+        raise ValueError(
+            f"scatter: index shape {index.shape} must equal source shape {source.shape}"
+        )
+    if any(i > n for d, (i, n) in enumerate(zip(index.shape, inp.shape)) if d != axis):
+        raise ValueError(
+            f"scatter: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
+        )
+    _check_bounds(index._data, inp.shape[axis], "scatter")
+    if source.dtype != inp.dtype:
+        source = source.astype(inp.dtype)
+    return inp._inplace(apply(Scatter(axis), inp, index, source))
+
+
+def indexing_one_hot(src, index, axis=1, keepdims=False):
+    """Pick one element along ``axis`` per position: ``out[i, ...] = src[i, index[i, ...], ...]``.
+
+    ``index`` has src's shape without ``axis``. A float or bool ``index`` is converted to int32
+    first (truncating, as upstream's operator does with a warning): labels built as
+    ``F.ones(shape) * mask`` are float32, and OMNet's loss indexes with them.
+    """
+    src, index = _tensor(src), _tensor(index)
+    if index.dtype.kind in "fb":
+        index = index.astype("int32")
+    index = _int_index(index, "indexing_one_hot")
+    axis = _axis(axis, src.ndim, "indexing_one_hot")
+    if index.shape != src.shape[:axis] + src.shape[axis + 1:]:
+        raise ValueError(
+            f"indexing_one_hot: index shape {index.shape} must be src shape {src.shape} without "
+            f"axis {axis}"
+        )
+    _check_bounds(index._data, src.shape[axis], "indexing_one_hot")
+    out = apply(TakeAlongAxis(axis, True), src, index)
+    return out.reshape(index.shape[:axis] + (1,) + index.shape[axis:]) if keepdims else out
+
+
+class Compute(Op):
+    """A computation without gradient (indices, masks, counts) that still goes through
+    ``apply``, so that tracing sees it: ``fn(xp, *arrays, *args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __repr__(self):
+        return self.fn.__name__
+
+    def forward(self, *arrays):
+        return self.fn(xp_of(arrays[0]), *arrays, *self.args)
+
+    def backward(self, *grads):
+        return (None,) * len(self.needs_input_grad)
+
+
+def _one_hot(xp, x, num_classes):
+    return (x[..., None] == xp.arange(num_classes, dtype=x.dtype)).astype(x.dtype)
+
+
+def one_hot(inp, num_classes):
+    """One-hot encoding of an integer tensor: a new last dim of size ``num_classes``."""
+    return apply(Compute(_one_hot, int(num_classes)), _int_index(inp, "one_hot"))
+
+
+class Where(Op):
+    format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    def forward(self, mask, x, y):
+        self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
+        dtype = promote_types(x.dtype, y.dtype)
+        return xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+
+    def backward(self, g):
+        xp = xp_of(g)
+        _, nx, ny = self.needs_input_grad
+        gx = unbroadcast(xp.where(self.mask, g, 0), self.x_shape) if nx else None
+        gy = unbroadcast(xp.where(self.mask, 0, g), self.y_shape) if ny else None
+        return None, gx, gy
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        g = grads[0]
+        _, nx, ny = self.needs_input_grad
+        pick = Tensor._wrap(xp_of(g._data).asarray(self.mask, g.dtype), g._device)
+        gx = _ops.t_unbroadcast(g * pick, self.x_shape) if nx else None
+        gy = _ops.t_unbroadcast(g * (1 - pick), self.y_shape) if ny else None
+        return None, gx, gy
+
+
+def where(mask, x=None, y=None):
+    """``x`` where the bool ``mask`` is True, else ``y`` (broadcast). With only ``mask``:
+    the tuple of its non-zero indices, like ``non_zero(mask, as_tuple=True)``."""
+    mask = _tensor(mask)
+    if x is None and y is None:
+        return non_zero(mask, as_tuple=True)
+    if x is None or y is None:
+        raise ValueError("where: give both x and y, or neither")
+    if mask.dtype != np.bool_:
+        raise ValueError(f"where: mask must be bool, got dtype {mask.dtype}")
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+        x = Tensor(x, device=mask._device)
+    x, y = (x, _operand(y, x)) if isinstance(x, Tensor) else (_operand(x, y), y)
+    return apply(Where(), mask, x, y)
+
+
+def _non_zero(xp, x):
+    idx = xp.nonzero(x)
+    return xp.stack(idx, axis=1).astype(np.int32) if idx else xp.zeros((0, 0), np.int32)
+
+
+def non_zero(condition, as_tuple=False):
+    """Indices (int32) of the non-zero elements: an ``(n, ndim)`` tensor, or a tuple of ``ndim``
+    1-D tensors with ``as_tuple``."""
+    condition = _tensor(condition)
+    idx = apply(Compute(_non_zero), condition)
+    return tuple(idx[:, d] for d in range(condition.ndim)) if as_tuple else idx
+
+
+class CondTake(Op):
+    """The elements of x where mask is True (flattened), and their flat indices."""
+
+    def forward(self, mask, x):
+        self.in_shape = x.shape
+        self.flat = xp_of(mask).flatnonzero(mask)
+        return x.reshape(-1)[self.flat], self.flat.astype(np.int32)
+
+    def backward(self, g, _):
+        gx = put_back(xp_of(g), (int(np.prod(self.in_shape, dtype=np.int64)),), g.dtype,
+                      self.flat, g, True)
+        return None, gx.reshape(self.in_shape)
+
+
+def cond_take(mask, x):
+    """The elements of ``x`` where the bool ``mask`` is True, and their flat indices (int32)."""
+    mask, x = _tensor(mask), _tensor(x)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"cond_take: mask must be bool, got dtype {mask.dtype}")
+    if mask.shape != x.shape:
+        raise ValueError(f"cond_take: mask shape {mask.shape} must equal x shape {x.shape}")
+    return apply(CondTake(), mask, x)
+
+
+# Upstream's home for these is `megengine.functional.tensor` (it re-exports them), and they keep
+# reporting it: traced modules print `tensor.<name>` and dumped programs name ops by module path,
+# as they did before this file was split off from that one.
+for _value in list(globals().values()):
+    if getattr(_value, "__module__", None) == __name__:
+        _value.__module__ = "megengine.functional.tensor"
+del _value

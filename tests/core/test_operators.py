@@ -1,0 +1,195 @@
+"""Tensor's operators (megengine/core/operators.py): arithmetic, comparison, bitwise and unary
+operators, in-place operators and numpy's ufuncs on tensors; values and gradients against torch."""
+import operator
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from megengine import Parameter, Tensor
+from megengine.autodiff import GradManager
+
+from devices import address
+from oracle import check_against_torch
+
+check = partial(check_against_torch, atol=1e-6)
+
+
+def rand(*shape):
+    return np.asarray(np.random.randn(*shape), dtype=np.float32)
+
+
+BINARY_OPS = [
+    ("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+    ("truediv", operator.truediv), ("pow", operator.pow),
+]
+
+
+SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((3,), ())]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+@pytest.mark.parametrize("name,op", BINARY_OPS, ids=[b[0] for b in BINARY_OPS])
+def test_arithmetic_with_broadcasting(name, op, shapes):
+    a, b = rand(*shapes[0]), rand(*shapes[1])
+    if name == "pow":
+        a = np.abs(a) + 0.5
+    if name == "truediv":
+        b = np.where(np.abs(b) < 0.3, 0.7, b).astype(np.float32)
+    check(op, op, a, b, rtol=1e-4, atol=1e-5)
+    check(lambda x, y: op(y, x), lambda x, y: op(y, x), b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,op,tfn", [
+    ("floordiv", operator.floordiv, torch.floor_divide), ("mod", operator.mod, torch.remainder),
+])
+def test_floordiv_mod(name, op, tfn):
+    a, b = rand(3, 4) * 4, np.abs(rand(4)) + 0.5
+    np.testing.assert_allclose(op(Tensor(a), Tensor(b)).numpy(),
+                               tfn(torch.tensor(a), torch.tensor(b)).numpy(), rtol=1e-5)
+    if name == "mod":
+        check(op, tfn, a, b, rtol=1e-5, atol=1e-5)
+    ia, ib = np.array([7, -7, 5], np.int32), np.array([2, 3, -2], np.int32)
+    out = op(Tensor(ia), Tensor(ib))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out.numpy(), op(ia, ib))
+
+
+def test_matmul_operator():
+    check(operator.matmul, operator.matmul, rand(2, 3, 4), rand(4, 5), rtol=1e-4)
+    check(operator.matmul, operator.matmul, rand(3, 4), rand(4, 5), rtol=1e-4)
+    np.testing.assert_allclose((rand(2, 3) @ Tensor(np.ones((3, 1), np.float32))).shape, (2, 1))
+
+
+@pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.truediv,
+                                operator.pow])
+def test_scalars_on_both_sides(op):
+    a = np.abs(rand(3, 4)) + 0.5
+    check(lambda x: op(x, 2.0), lambda x: op(x, 2.0), a, rtol=1e-4)
+    check(lambda x: op(1.5, x), lambda x: op(1.5, x), a, rtol=1e-4)
+    # numpy arrays on the left defer to the tensor's reflected operator
+    r = op(np.full((3, 4), 2.0, np.float32), Tensor(a))
+    assert isinstance(r, Tensor)
+    np.testing.assert_allclose(r.numpy(), op(np.float32(2.0), a), rtol=1e-5)
+
+
+def test_operator_dtype_promotion():
+    i, f, b = Tensor([1, 2]), Tensor([1.0, 2.0]), Tensor([True, False])
+    assert (i + 1).dtype == np.int32
+    assert (i + 1.5).dtype == np.float32
+    assert (i * f).dtype == np.float32
+    assert (i / i).dtype == np.float32 and (i / i).tolist() == [1.0, 1.0]
+    assert (b + 1).dtype == np.int32
+    assert (f + 1).dtype == np.float32
+    assert (Tensor(np.ones(2, np.float16)) + 1.0).dtype == np.float16
+    assert (Tensor(np.ones(2, np.float16)) + f).dtype == np.float32
+    # upstream computes ** of integers in float32 (F.pow's documented examples)
+    assert (i ** 2).dtype == np.float32
+    assert (2 ** i).tolist() == [2.0, 4.0] and (2 ** i).dtype == np.float32
+
+
+@pytest.mark.parametrize("op", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
+                                operator.ge])
+def test_comparisons(op):
+    a = np.random.randint(0, 3, (3, 4)).astype(np.float32)
+    b = np.random.randint(0, 3, (4,)).astype(np.float32)
+    out = op(Tensor(a), Tensor(b))
+    assert out.dtype == np.bool_
+    np.testing.assert_array_equal(out.numpy(), op(a, b))
+    np.testing.assert_array_equal(op(Tensor(a), 1).numpy(), op(a, 1))
+    np.testing.assert_array_equal(op(1, Tensor(a)).numpy(), op(1, a))
+
+
+def test_bitwise_operators():
+    a, b = np.array([5, 3, 12], np.int32), np.array([1, 6, 10], np.int32)
+    for op in (operator.and_, operator.or_, operator.xor, operator.lshift, operator.rshift):
+        np.testing.assert_array_equal(op(Tensor(a), Tensor(b % 4)).numpy(), op(a, b % 4))
+    m, n = np.array([True, False, True]), np.array([True, True, False])
+    np.testing.assert_array_equal((Tensor(m) & Tensor(n)).numpy(), m & n)
+    np.testing.assert_array_equal((~Tensor(m)).numpy(), ~m)
+    np.testing.assert_array_equal((~Tensor(a)).numpy(), ~a)
+
+
+def test_unary_operators():
+    a = rand(3, 4)
+    check(operator.neg, operator.neg, a)
+    check(abs, abs, a)
+    check(lambda x: +x * 2, lambda x: +x * 2, a)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="broadcast"):
+        Tensor(np.ones(3, np.float32)) + Tensor(np.ones(4, np.float32))
+
+
+def test_inplace_on_tensor_rebinds_and_keeps_gradient():
+    x = Tensor(rand(3))
+    gm = GradManager().attach(x)
+    with gm:
+        y = x * 1
+        y += x
+        y *= 3
+        gm.backward(y.sum())
+    np.testing.assert_allclose(x.grad.numpy(), np.full(3, 6.0))
+
+
+@pytest.mark.parametrize("op,iop", [
+    (operator.add, operator.iadd), (operator.sub, operator.isub), (operator.mul, operator.imul),
+    (operator.truediv, operator.itruediv), (operator.pow, operator.ipow),
+    (operator.floordiv, operator.ifloordiv), (operator.mod, operator.imod),
+])
+def test_inplace_values(op, iop):
+    a, b = np.abs(rand(3, 4)) + 0.5, np.abs(rand(4)) + 0.5
+    t = Tensor(a)
+    t2 = iop(t, Tensor(b))
+    np.testing.assert_allclose(t2.numpy(), op(a, b), rtol=1e-5)
+
+
+def test_inplace_on_parameter_keeps_storage():
+    p = Parameter(np.ones((2, 2), np.float32))
+    addr = address(p)
+    p -= 0.5
+    p *= Tensor([2.0, 4.0])
+    assert isinstance(p, Parameter) and address(p) == addr
+    np.testing.assert_array_equal(p.numpy(), [[1.0, 2.0], [1.0, 2.0]])
+
+
+def test_inplace_integer_ops():
+    t = Tensor([1, 2, 3])
+    t += 1
+    assert t.dtype == np.int32 and t.tolist() == [2, 3, 4]
+    t <<= 1
+    assert t.tolist() == [4, 6, 8]
+
+
+@pytest.mark.parametrize("sa,sb", [((4,), (4,)), ((4,), (4, 3)), ((2, 4), (4,)), ((5, 2, 4), (4,))])
+def test_matmul_with_vectors_has_gradients(sa, sb):
+    check(operator.matmul, operator.matmul, rand(*sa), rand(*sb))
+
+
+def test_matmul_of_two_vectors_has_gradients():
+    check(operator.matmul, operator.matmul, rand(4), rand(4))
+
+
+def test_numpy_ufuncs_on_tensors_give_tensors_on_the_tensors_device():
+    x_np = np.array([1.0, -2.0, 3.0], np.float32)
+    y = np.array([0.5, 4.0, 3.0], np.float32)
+    x = Parameter(x_np)
+    gm = GradManager().attach([x])
+    with gm:
+        out = np.add(x, y) * np.multiply(y, x)  # (x + y) * (y * x), both sides via numpy
+        gm.backward(out.sum())
+    assert isinstance(out, Tensor) and out.device == x.device
+    np.testing.assert_allclose(out.numpy(), (x_np + y) * (y * x_np), rtol=1e-6)
+    # d/dx[(x + y) * y * x] = y * x + (x + y) * y
+    np.testing.assert_allclose(x.grad.numpy(), y * x_np + (x_np + y) * y, rtol=1e-6)
+    for ufunc in (np.equal, np.less, np.greater_equal, np.maximum, np.subtract):
+        got = ufunc(y, x)  # the tensor on the right
+        assert isinstance(got, Tensor), ufunc
+        np.testing.assert_array_equal(got.numpy(), ufunc(y, x_np))
+    # ufuncs the engine has no op for, and numpy's out=, stay numpy on host values
+    assert type(np.exp(x)) is np.ndarray
+    buf = np.zeros(3, np.float32)
+    np.add(y, x, out=buf)
+    np.testing.assert_array_equal(buf, y + x_np)

@@ -1,0 +1,86 @@
+"""Tests of megengine/functional/creation.py: F.zeros/ones/full and their _like forms, F.arange,
+F.linspace, F.eye and F.copy, with the dtypes and counts upstream documents."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+
+from oracle import check_against_torch
+
+check = partial(check_against_torch, atol=1e-6)
+
+
+def rand(*shape):
+    return np.asarray(np.random.randn(*shape), dtype=np.float32)
+
+
+def test_zeros_ones_full():
+    z = F.zeros((2, 3))
+    assert z.dtype == np.float32 and z.shape == (2, 3) and not z.numpy().any()
+    o = F.ones(4, dtype="int32")
+    assert o.dtype == np.int32 and o.tolist() == [1, 1, 1, 1]
+    assert F.ones([2, 2]).numpy().sum() == 4
+    assert F.full((2, 3), 6).dtype == np.int32 and F.full((2, 3), 6).numpy().max() == 6
+    assert F.full((2,), 1.5).dtype == np.float32
+    assert F.full((2,), True).dtype == np.bool_
+    assert F.full((2,), 3, dtype="float32").dtype == np.float32
+    assert F.zeros((2,), device="cpu0").device == "cpu0"
+    with pytest.raises(ValueError, match="zeros"):
+        F.zeros((2, -1))
+
+
+def test_like_functions_keep_dtype_and_shape():
+    x = mge.tensor(np.arange(6, dtype=np.int32).reshape(2, 3))
+    for f, v in ((F.zeros_like, 0), (F.ones_like, 1)):
+        y = f(x)
+        assert y.dtype == np.int32 and y.shape == (2, 3) and (y.numpy() == v).all()
+    y = F.full_like(x, 2)
+    assert y.dtype == np.int32 and (y.numpy() == 2).all()
+    assert F.full_like(mge.tensor([1.0]), 0.5).tolist() == [0.5]
+
+
+def test_arange_linspace_eye():
+    a = F.arange(5)
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a.numpy(), np.arange(5))
+    np.testing.assert_array_equal(F.arange(1, 4).numpy(), [1, 2, 3])
+    np.testing.assert_allclose(F.arange(0, 1, 0.25).numpy(), torch.arange(0, 1, 0.25).numpy())
+    np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), [5, 3, 1])
+    assert F.arange(3, dtype="int32").dtype == np.int32
+    np.testing.assert_allclose(F.linspace(2.0, 3.0, 5).numpy(), torch.linspace(2, 3, 5).numpy())
+    assert F.linspace(1, 10, 10).dtype == np.float32
+    np.testing.assert_array_equal(F.eye(3).numpy(), torch.eye(3).numpy())
+    np.testing.assert_array_equal(F.eye(4, 6).numpy(), torch.eye(4, 6).numpy())
+    with pytest.raises(ValueError, match="arange"):
+        F.arange(0, 3, 0)
+
+
+def test_copy_is_differentiable():
+    check(lambda t: F.copy(t, "cpu0") * 2, lambda t: t.clone() * 2, rand(3))
+    x = mge.tensor([1.0, 2.0])
+    y = F.copy(x)
+    y[0] = 5.0
+    assert x.tolist() == [1.0, 2.0]
+
+
+def test_like_functions_take_arrays():
+    a = np.zeros((2, 2), np.int32)
+    assert F.ones_like(a).dtype == np.int32 and F.full_like(a, 3).numpy().sum() == 12
+
+
+def test_arange_counts_as_upstream_in_float32():
+    # upstream's guide (functional/creation): arange(7.8, 8.4, 0.05) has 12 values, not numpy's
+    # 13, because upstream computes ceil((stop - start) / step) on float32 tensors
+    a = F.arange(7.8, 8.4, 0.05)
+    assert a.shape == (12,)
+    np.testing.assert_allclose(a.numpy(), 7.8 + 0.05 * np.arange(12), rtol=1e-6)
+    np.testing.assert_allclose(F.arange(2, 3, 0.1).numpy(), 2 + 0.1 * np.arange(10), rtol=1e-6)
+    # integer arguments count exactly, also past float32's exact range
+    assert F.arange(0, 2 ** 24 + 3, 2 ** 23, dtype="int32").numpy().tolist() == [
+        0, 2 ** 23, 2 ** 24]
+    np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), torch.arange(5, 0, -2).numpy())
+    assert F.arange(3, 1).shape == (0,)

@@ -1,0 +1,120 @@
+"""Tests for megengine/jit/record.py: what a recording captures from the traced function's
+first call. Externals are read live on every call (or frozen with capture_as_const), values
+made inside are constants, random ops draw afresh on replay, detach cuts gradients, tensor
+index arguments are inputs, in-place writes into internal and argument tensors replay."""
+import numpy as np
+import pytest
+
+import megengine as mge
+from megengine.autodiff import GradManager
+from megengine.core.dispatch import Op, apply, xp_of
+from megengine.jit import TraceMismatchError, trace
+
+from jit_nets import MLP, MODES, batches
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_parameters_are_read_live(symbolic):
+    net = MLP()
+    f = trace(net, symbolic=symbolic)
+    x = batches(1)[0][0]
+    before = f(x).numpy()
+    net.w2._reset(net.w2.numpy() * 2)  # in place, outside the trace
+    net.b2[...] = 1.0  # in place through __setitem__
+    after = f(x).numpy()
+    np.testing.assert_allclose(after, before * 2 + 1, rtol=1e-5)
+    np.testing.assert_array_equal(after, net(x).numpy())
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_capture_as_const_freezes_externals(options):
+    # upstream: externals are bound at trace time; later calls compute with that value
+    w = mge.Parameter([2.0])
+    f = trace(lambda x: x * w, capture_as_const=True, **options)
+    assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
+    w._reset([10.0])
+    assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
+    assert f(mge.tensor([4.0])).numpy().tolist() == [8.0]
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_constants_made_inside_are_captured(symbolic):
+    def fn(x):
+        return x + mge.tensor(np.random.rand(3))  # made from Python data: a constant
+
+    f = trace(fn, without_host=True)
+    x = mge.tensor(np.zeros(3))
+    first = f(x).numpy()
+    np.testing.assert_array_equal(f(x).numpy(), first)  # a replay keeps the recorded value
+
+    g = trace(fn, symbolic=symbolic)
+    g(x)
+    with pytest.raises(TraceMismatchError) as info:
+        g(x)  # a new random value: the check notices (upstream: "tensors not equals")
+    assert str(info.value) == "trace error because tensors not equals"
+    assert "constant" in info.value.detail
+
+
+class _Noise(Op):
+    """An op that draws from numpy's RNG in forward, like dropout."""
+
+    def forward(self, x):
+        return x + xp_of(x).random.rand(*x.shape).astype(x.dtype)  # on the input's device
+
+
+def test_random_ops_draw_fresh_values_on_replay():
+    f = trace(lambda x: apply(_Noise(), x), symbolic=True)
+    x = mge.tensor(np.zeros(16))
+    outs = [f(x).numpy() for _ in range(3)]
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+
+
+def test_dropout_draws_fresh_masks_on_replay():
+    F = pytest.importorskip("megengine.functional")
+    f = trace(lambda x: F.dropout(x, 0.5), symbolic=True)
+    x = mge.tensor(np.ones(64))
+    masks = [f(x).numpy() != 0 for _ in range(3)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_detach_inside_trace_cuts_gradients(symbolic):
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager().attach(w)
+
+    @trace(symbolic=symbolic)
+    def f(x):
+        with gm:
+            y = x * w
+            z = y.detach() ** 2 + y  # d z / d w = x (the detached part contributes nothing)
+            gm.backward(z.sum())
+        return z.detach()
+
+    for v in ([1.0, 1.0], [2.0, 3.0], [4.0, 0.5]):
+        w.grad = None
+        z = f(mge.tensor(v))
+        np.testing.assert_allclose(w.grad.numpy(), v)
+        y = np.array(v) * np.array([1.0, 2.0])
+        np.testing.assert_allclose(z.numpy(), y ** 2 + y)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_tensor_index_argument_is_an_input(symbolic):
+    f = trace(lambda x, idx: x[idx] * 1, symbolic=symbolic)
+    x = mge.tensor(np.arange(10.0))
+    for idx in ([1, 2, 3], [7, 0, 9], [5, 5, 5]):
+        np.testing.assert_array_equal(f(x, mge.tensor(idx)).numpy(), np.array(idx, "float32"))
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_inplace_on_internal_and_argument_tensors(symbolic):
+    @trace(symbolic=symbolic)
+    def f(x):
+        y = x * 1
+        y += 1
+        y[0] = 10.0
+        return y * 2
+
+    for v in ([1.0, 2.0], [3.0, 4.0]):
+        np.testing.assert_array_equal(f(mge.tensor(v)).numpy(), [20.0, (v[1] + 1) * 2])
