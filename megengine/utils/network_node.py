@@ -21,6 +21,7 @@ ADD) for `trace.dump`.
 """
 import copy
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -437,9 +438,12 @@ class ImmutableTensor(OpNode):
         (float32, int32), as ``Tensor()`` does."""
         if isinstance(data, Tensor):
             data = data.numpy()
-        if not isinstance(data, (int, float, bool, np.ndarray, np.generic)):
-            raise TypeError(f"set_value: expected a number or a numpy array, got "
-                            f"{type(data).__name__}")
+        # upstream accepts any Sequence (a shape list such as [1, -1, 3]) besides numbers and
+        # arrays; a str is a Sequence too but never a value
+        if (not isinstance(data, (int, float, bool, np.ndarray, np.generic, Sequence))
+                or isinstance(data, (str, bytes))):
+            raise TypeError(f"set_value: expected a number, a sequence of numbers or a numpy "
+                            f"array, got {type(data).__name__}")
         data = np.array(data)
         if data.dtype == np.float64:
             data = data.astype(np.float32)
