@@ -154,3 +154,28 @@ def test_network_constants_run_in_the_networks_graph():
         out = G.OutputNode(var)
         var.graph.compile(out.outputs).execute()
         np.testing.assert_array_equal(out.get_value().numpy(), expect)
+
+
+def test_in_place_writes_rebind_the_varnode_and_spare_earlier_readers():
+    """Upstream's ``x[idx] = v`` / ``x += y`` on a VarNode make the Python object the result's
+    var, while operators made before keep reading the old value (checked against numpy)."""
+    import megengine.core.tensor.megbrain_graph as G
+
+    def value(var):
+        out = G.OutputNode(var)
+        var.graph.compile(out.outputs).execute()
+        return out.get_value().numpy()
+
+    net = Network()
+    x = np.arange(25, dtype="int32").reshape(5, 5)
+    d = np.arange(15, dtype="int32").reshape(3, 5)
+    xx = net.make_const(x)
+    before = xx * 2  # reads the value before the writes
+    xx[(0, 4, 2), :] = d
+    expect = x.copy()
+    expect[(0, 4, 2), :] = d
+    np.testing.assert_array_equal(value(xx), expect)
+    xx += 1
+    np.testing.assert_array_equal(value(xx), expect + 1)
+    np.testing.assert_array_equal(value(before), x * 2)
+    assert before.owner.inputs[0] is not xx
