@@ -483,12 +483,16 @@ def _pair_outputs(y, dy, what, scope=None):
             given.append(a)
         else:
             a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
-            if a.shape != t.shape:
+            reshaped = a.shape != t.shape
+            if reshaped and a.size != t.size:
                 raise ValueError(
                     f"{what}: output gradient of shape {a.shape} for an output of shape {t.shape}"
                 )
+            if reshaped:  # upstream takes [1.0] for a 0-d loss (1.0-era losses were (1,))
+                a = a.reshape(t.shape)
             a = a.astype(t.dtype, copy=False)
-            given.append(d if isinstance(d, Tensor) and d.dtype == t.dtype else a)
+            given.append(d if isinstance(d, Tensor) and d.dtype == t.dtype and not reshaped
+                         else a)
         arrays.append(a)
     return ys, arrays, given
 

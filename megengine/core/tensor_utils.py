@@ -4,6 +4,7 @@ op out of descriptor applications)."""
 import collections.abc
 import functools
 import inspect
+import sys
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def astensor1d(x, *reference, dtype=None, device=None):
             raise ValueError(f"astensor1d: expected 1 dimension, got {ndim}")
         if isinstance(x, Tensor):
             return x
-        return Tensor(x, dtype=dtype, device=device)
+        return _const_like(Tensor(x, dtype=dtype, device=device), reference)
     if not isinstance(x, collections.abc.Sequence):
         raise TypeError(f"astensor1d: expected a sequence, an array or a Tensor, got "
                         f"{type(x).__name__}")
@@ -133,7 +134,23 @@ def astensor1d(x, *reference, dtype=None, device=None):
         out = concatenate([p if isinstance(p, Tensor) else Tensor([p], device=device)
                            for p in parts], device=device)
         return out if dtype is None else astype(out, dtype)
-    return Tensor(x, dtype=dtype, device=device)
+    return _const_like(Tensor(x, dtype=dtype, device=device), reference)
+
+
+def _const_like(value, reference):
+    """``value`` as a constant of the graph of a `VarNode` among ``reference`` (upstream's
+    ``Const(x, dtype, device, reference)`` makes a graph var there), else ``value`` itself.
+    VarNodes exist only once `megengine.utils.network_node` is loaded, so it is looked up, not
+    imported (it sits above core)."""
+    network_node = sys.modules.get("megengine.utils.network_node")
+    if network_node is None:
+        return value
+    for r in reference:
+        if type(r) is network_node.VarNode:
+            node = network_node.ImmutableTensor(value.numpy(), None, value.device)
+            node._graph = r.graph
+            return node.outputs[0]
+    return value
 
 
 def _expand_int(s, i):

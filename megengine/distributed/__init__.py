@@ -4,8 +4,7 @@ Importing it does not import torch; ``init_process_group`` (or a launched worker
 collectives themselves are in ``megengine.functional.distributed`` (``megengine.distributed.functional``
 re-exports them under upstream's older module name).
 """
-from . import functional, group, helper  # noqa: F401  (dist.functional.all_reduce_sum, as upstream's
-# package, whose helper imported it, offered without a separate import)
+from . import group, helper  # noqa: F401
 from .group import (
     WORLD,
     Group,
@@ -38,3 +37,14 @@ __all__ = [
     "get_mm_server_addr",
 ]
 
+
+def __getattr__(name):
+    # dist.functional.all_reduce_sum works without a separate import, as upstream's package
+    # (whose helper imported it) offered; loaded on first use, since megengine.functional.
+    # distributed imports this package, and an eager import here broke a program whose first
+    # import was `import megengine.functional.distributed` (a circular import)
+    if name == "functional":
+        import importlib
+
+        return importlib.import_module(".functional", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -507,8 +507,9 @@ def cross_entropy_with_softmax(pred, label, axis=1, label_smooth=0):
 
 
 def hinge_loss(pred, label, norm="L1", reduction="mean"):
-    """SVM hinge loss of (N, C) ``pred`` and +-1 ``label``: per sample,
-    ``sum_j max(0, 1 - pred * label)`` ("L1") or the sum of its squares ("L2")."""
+    """SVM hinge loss of (N, C, ...) ``pred`` and +-1 ``label``: summed over axis 1,
+    ``sum_j max(0, 1 - pred * label)`` ("L1") or the sum of its squares ("L2"); "mean"
+    averages the (N, ...) sums, as upstream (whose own tests pass 4-d scores)."""
     from .nn import relu  # nn imports this module; by call time both are loaded
 
     _check_reduction(reduction, "hinge_loss")
@@ -516,9 +517,9 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     if norm not in ("L1", "L2"):
         raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
     pred, label = _pair(pred, label)
-    if pred.ndim != 2 or pred.shape != label.shape:
-        raise ValueError(f"hinge_loss: expected pred and label of the same shape (N, C), got "
-                         f"{pred.shape} and {label.shape}")
+    if pred.ndim < 2 or pred.shape != label.shape:
+        raise ValueError(f"hinge_loss: expected pred and label of the same shape (N, C, ...), "
+                         f"got {pred.shape} and {label.shape}")
     margin = relu(1.0 - pred * label)
     loss = (margin if norm == "L1" else margin * margin).sum(axis=1)
     if reduction == "none":

@@ -650,7 +650,7 @@ __all__ += [n for m in (_attention, _conv, _norm, _pool) for n in m.__all__ if n
 # ----- names that live elsewhere but upstream also spells F.nn.<name> -----
 
 from .elemwise import tanh  # noqa: E402,F401
-from .math import logsumexp  # noqa: E402,F401
+from .math import logsumexp, normalize  # noqa: E402,F401
 from .tensor import indexing_one_hot, one_hot, pad  # noqa: E402,F401
 from .loss import *  # noqa: E402,F401,F403  (F.nn.cross_entropy, F.nn.l1_loss, ...)
 from .loss import cross_entropy_with_softmax  # noqa: E402,F401  (0.x: F.cross_entropy_with_softmax)

@@ -9,7 +9,7 @@ from . import _aten
 from ._args import _as_float, _tensor
 
 __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
-           "local_response_norm"]
+           "local_response_norm", "sync_batch_norm"]
 
 
 # ----- normalization -----
@@ -322,6 +322,92 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     if has_var:
         running_var._reset(new_var)
     return out
+
+
+def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.9, eps=1e-5, eps_mode="additive", group=None):
+    """Batch normalization whose training statistics are those of the whole batch over the
+    ranks of ``group`` (default WORLD), as upstream's ``F.nn.sync_batch_norm``.
+
+    Each rank normalizes its own part of the batch (parts may differ in size) with the mean
+    and variance of all parts; the gradient flows through the statistics' sums
+    (``all_reduce_sum``, whose backward all-reduces), and every rank updates ``running_mean``
+    and ``running_var`` in place with the same values (``momentum`` and the unbiased variance,
+    as `batch_norm`). ``eps_mode``: ``"additive"`` divides by ``sqrt(var + eps)``, ``"max"``
+    by ``sqrt(max(var, eps))``. Not distributed, or not training, with ``"additive"`` it is
+    `batch_norm`. ``inp`` is (N, C, ...); parameters and running stats hold C elements.
+    """
+    mode = str(eps_mode).lower()
+    if mode not in ("additive", "max"):
+        raise ValueError(f"sync_batch_norm: unknown eps_mode {eps_mode!r}; use 'additive' or "
+                         "'max'")
+    from .. import distributed as dist  # (above functional: loaded when first needed)
+
+    synced = training and dist.is_distributed()
+    if mode == "additive" and not synced:
+        return batch_norm(inp, running_mean, running_var, weight, bias, training=training,
+                          momentum=momentum, eps=eps)
+    inp = _tensor(inp)
+    if inp.ndim < 2:
+        raise ValueError(f"sync_batch_norm: expected an input (N, C, ...) of 2 or more dims, "
+                         f"got shape {inp.shape}")
+    c = inp.shape[1]
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_param(t, c, "sync_batch_norm", name)
+    stat_shape = (1, c) + (1,) * (inp.ndim - 2)
+    axes = (0,) + tuple(range(2, inp.ndim))
+    if training:
+        if synced:
+            from . import distributed as fd
+
+            group = dist.WORLD if group is None else group
+
+            def total(t):
+                return fd.all_reduce_sum(t, group=group)
+        else:
+            def total(t):
+                return t
+        local = Tensor(np.array([inp.size // c], np.float32), device=inp._device)
+        # two passes (the mean, then squared deviations from it) rather than E[x^2] - E[x]^2:
+        # one more small all-reduce, and the variance loses no digits to cancellation
+        sums = total(_concat_stats(inp.sum(axis=axes), local))
+        count = sums[c:]
+        mean = (sums[:c] / count).reshape(stat_shape)
+        centered = inp - mean
+        var = (total((centered * centered).sum(axis=axes)) / count).reshape(stat_shape)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("sync_batch_norm: running_mean and running_var are needed when "
+                             "training=False")
+        mean = _tensor(running_mean).reshape(stat_shape)
+        var = _tensor(running_var).reshape(stat_shape)
+        centered = inp - mean
+    if mode == "max":
+        from .elemwise import maximum
+
+        var_eps = maximum(var, Tensor(np.float32(eps), device=inp._device))
+    else:
+        var_eps = var + eps
+    out = centered * var_eps ** -0.5
+    if weight is not None:
+        out = out * _tensor(weight).reshape(stat_shape)
+    if bias is not None:
+        out = out + _tensor(bias).reshape(stat_shape)
+    if training:
+        n = float(count.numpy()[0])
+        unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+        for t, batch in ((running_mean, mean), (running_var, unbiased)):
+            if t is not None:
+                t._reset(t * momentum + batch.detach().reshape(t.shape) * (1 - momentum))
+    return out
+
+
+def _concat_stats(sums, count):
+    """The per-channel sums and the element count as one vector: one all-reduce carries both."""
+    from .tensor import concat
+
+    return concat([sums, count.astype(sums.dtype)])
 
 
 def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1e-5):

@@ -143,38 +143,15 @@ class SyncBatchNorm(_BatchNorm):
         synced = self.training or not self.track_running_stats
         if self.freeze or not synced or not dist.is_distributed():
             return super().forward(inp)
-        from ..functional import distributed as fd
-
-        group = dist.WORLD if self.group is None else self.group
-        shape = inp.shape
-        x = self._as_4d(inp)
-        c = x.shape[1]
-        if c != self.num_features:
+        self._as_4d(inp)  # (checks the number of dims)
+        if inp.shape[1] != self.num_features:
             raise ValueError(f"SyncBatchNorm: expected {self.num_features} channels, got input "
-                             f"shape {shape}")
-        axes = (0, 2, 3)
-        local_count = x.shape[0] * x.shape[2] * x.shape[3]
-        # Two passes (mean, then the squared deviations from it) rather than E[x^2] - E[x]^2:
-        # one more small all-reduce, and the variance does not lose digits to cancellation.
-        count = Tensor(np.array([local_count], np.float32), device=x._device)
-        sums = fd.all_reduce_sum(F.concat([x.sum(axis=axes), count]), group=group)
-        total = sums[c:]
-        mean = (sums[:c] / total).reshape(1, c, 1, 1)
-        centered = x - mean
-        var = (fd.all_reduce_sum((centered * centered).sum(axis=axes), group=group)
-               / total).reshape(1, c, 1, 1)
-        out = centered * (var + self.eps) ** -0.5
-        if self.weight is not None:
-            out = out * self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        if self.training and self.track_running_stats:
-            n = float(total.numpy()[0])
-            unbiased = var.detach() * (n / max(n - 1.0, 1.0))
-            m = self.momentum
-            self.running_mean._reset(self.running_mean * m + mean.detach() * (1 - m))
-            self.running_var._reset(self.running_var * m + unbiased * (1 - m))
-        return out.reshape(shape) if out.shape != shape else out
+                             f"shape {inp.shape}")
+        tracking = self.training and self.track_running_stats
+        return F.sync_batch_norm(inp, self.running_mean if tracking else None,
+                                 self.running_var if tracking else None, self.weight, self.bias,
+                                 training=True, momentum=self.momentum, eps=self.eps,
+                                 group=self.group)
 
 
 __all__.append("SyncBatchNorm")  # appended with the class: the rest of the file is edited elsewhere

@@ -459,7 +459,7 @@ class Module:
         ``closure(key, tensor) -> array or None`` (None skips the key). Everything is checked
         before anything is written: on a shape/dtype mismatch, or with ``strict`` on a missing
         or unexpected key, one LoadStateDictError lists every problem and nothing changes.
-        Without ``strict``, missing and unexpected keys only warn.
+        Without ``strict``, missing and unexpected keys are only logged (a warning).
         """
         if isinstance(state_dict, Mapping):
             def closure(key, _):
@@ -505,11 +505,12 @@ class Module:
                 f"load_state_dict into {type(self).__name__} failed, nothing was loaded:\n"
                 + "\n".join(problems)
             )
-        if missing:
-            warnings.warn(f"load_state_dict(strict=False): missing keys {missing}", stacklevel=2)
+        # upstream 1.x (from 1.3) reports what strict=False let through on its logger, not as
+        # Python warnings, in these words
         if unexpected:
-            warnings.warn(f"load_state_dict(strict=False): unexpected keys {unexpected}",
-                          stacklevel=2)
+            logger.warning("Unused params in `strict=False` mode, unused=%s", set(unexpected))
+        if missing:
+            logger.warning("Missing params in `strict=False` mode, missing=%s", set(missing))
         for var, value in writes:
             var._reset(value)  # in place: the storage (and anyone sharing it) keeps its address
 

@@ -86,6 +86,48 @@ class Optimizer:
             params = [{"params": params}]
         for group in params:
             self.add_param_group(group)
+        if type(self)._create_state is not Optimizer._create_state:  # upstream's protocol
+            for group in self.param_groups:
+                self._create_state(group)
+
+    # ----- upstream's protocol for optimizers written outside the engine -----
+    # A subclass written for upstream (a Lion, a LARS from a program) defines
+    # ``_create_state(group)``, which calls ``_add_state``, and ``_updates(group)``, which
+    # updates the group's parameters with tensor operations (``param[...] = ...``); `step`
+    # calls it instead of the per-parameter ``_update`` of the engine's own optimizers.
+    def _create_state(self, param_group):
+        """Upstream's hook to make a group's state when the optimizer is built; the engine's
+        optimizers make theirs on the first update instead."""
+
+    def _add_state(self, param, state_name, initializer=None):
+        """A state tensor for ``param`` (zeros shaped like it, or ``initializer``), as
+        upstream's: ``self._state[param][state_name]``."""
+        state = self._state.setdefault(param, {})
+        if state_name in state:
+            raise ValueError(f"{type(self).__name__}._add_state: the state {state_name!r} of "
+                             "this parameter exists already")
+        if initializer is None:
+            initializer = np.zeros(param.shape, dtype=np.float32)
+        state[state_name] = Tensor(initializer, device=param.device)
+
+    def _updates(self, param_group):
+        raise NotImplementedError(f"{type(self).__name__}: implement _update(param, grad, "
+                                  "state, group) or upstream's _updates(param_group)")
+
+    def _run_updates(self):
+        # a recording GradManager (a step inside `with gm`, the 0.x flow that records on after
+        # backward) must not see the updates, as upstream turns off its computing-path
+        # recording during step(); with recording off, `param[...] = v` also writes into the
+        # parameter's storage, so it stays the leaf the GradManager attached
+        hidden = dispatch.suspend_from(0)
+        recording = dispatch._recording
+        dispatch._set_recording(-recording)
+        try:
+            for group in self.param_groups:
+                self._updates(group)
+        finally:
+            dispatch._set_recording(recording)
+            dispatch.resume(hidden)
 
     def add_param_group(self, param_group: dict):
         """Add a group of parameters with its own hyperparameters (missing ones from defaults)."""
@@ -130,8 +172,12 @@ class Optimizer:
         # where the current device is always the right one)
         scope = dispatch.device_scope()
         states, update = self._state, self._update
+        groups = self.param_groups
+        if type(self)._updates is not Optimizer._updates:  # upstream's protocol (above)
+            self._run_updates()
+            groups = ()
         try:
-            for group in self.param_groups:
+            for group in groups:
                 for p in group["params"]:
                     g = p.grad
                     if g is None:
@@ -360,6 +406,9 @@ def _to_device(value, param, name):
         value = value.numpy()
     if not isinstance(value, np.ndarray):
         return copy.deepcopy(value)
+    if value.shape != param.shape and value.ndim == 0:
+        # a scalar state tensor (upstream's protocol: _add_state(p, "step", initializer=0.0))
+        return Tensor(value, dtype=value.dtype, device=param.device)
     if value.shape != param.shape:
         raise ValueError(
             f"load_state_dict: state {name!r} has shape {value.shape}, but its parameter has "

@@ -43,6 +43,19 @@ class Network:
         self._metadata = None
         self.all_oprs_map = collections.OrderedDict()
         self.all_vars_map = collections.OrderedDict()
+        self._graph = None
+
+    @property
+    def graph(self):
+        """The `megengine.core.tensor.megbrain_graph.Graph` of the nodes `make_const` and
+        `make_input_node` make, as upstream's ``Network.graph``: a program may compile and run
+        them (``graph.compile(G.OutputNode(var).outputs).execute()``). Made on first use (that
+        module sits above this one)."""
+        if self._graph is None:
+            from ..core.tensor_megbrain_graph import Graph
+
+            self._graph = Graph()
+        return self._graph
 
     @property
     def metadata(self):
@@ -208,11 +221,15 @@ class Network:
     # ----- making nodes -----
     def make_const(self, data, name=None, device=None):
         """A constant (an `ImmutableTensor` operator) for the network; returns its VarNode."""
-        return ImmutableTensor(data, name, device).outputs[0]
+        node = ImmutableTensor(data, name, device)
+        node._graph = self.graph
+        return node.outputs[0]
 
     def make_input_node(self, shape, dtype, name=None, device=None):
         """A new program input (a `Host2DeviceCopy` operator); returns its VarNode."""
-        return Host2DeviceCopy(shape, dtype, name, device).outputs[0]
+        node = Host2DeviceCopy(shape, dtype, name, device)
+        node._graph = self.graph
+        return node.outputs[0]
 
     def add_output(self, *vars):
         """Add ``vars`` to the outputs (each once)."""

@@ -20,7 +20,9 @@ gives a traced program upstream's operator granularity (a fused linear layer as 
 ADD) for `trace.dump`.
 """
 import copy
+import gc
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -116,8 +118,9 @@ class VarNode(Tensor, NetworkNode):
     @_data.setter
     def _data(self, value):
         raise TypeError(f"VarNode {self.name!r} is a node of a program, not a tensor holding a "
-                        "value: in-place writes (x += y, x[i] = v) cannot change it; compute a "
-                        "new VarNode (y = x + 1) and use Network.replace_vars")
+                        "value: a value cannot be stored into it (x += y and x[i] = v make x "
+                        "the var of a new operator); to change what readers of a var see, "
+                        "use Network.replace_vars")
 
     @property
     def var(self):
@@ -196,6 +199,41 @@ class VarNode(Tensor, NetworkNode):
 
     def __hash__(self):  # a node is a dict key by identity (repl_dict), as upstream
         return object.__hash__(self)
+
+    def _inplace(self, op_result):
+        """``x[idx] = v``, ``x += y`` on a VarNode: as upstream's ``VarNode._reset``, this
+        Python object now stands for ``op_result``'s var, while the operators that read the
+        old var keep reading it.
+
+        Upstream's Python VarNode wraps a C++ var and operators hold the C++ var, so rebinding
+        the wrapper leaves them alone. Here a node is its own var, so the old value moves to a
+        fresh VarNode and the operators holding this node (as input, output or attribute
+        value) are pointed at that one; they are found through the garbage collector's
+        referrer lists, a scan of the heap that only in-place writes to graph nodes pay."""
+        if type(op_result) is not VarNode or op_result is self:
+            raise TypeError(f"VarNode {self.name!r}: an in-place write must produce a VarNode, "
+                            f"got {type(op_result).__name__}")
+        old = object.__new__(VarNode)
+        old.__dict__.update(self.__dict__)
+        _live[0] += 1  # `old` is a live VarNode made without __init__
+        for ref in gc.get_referrers(self):
+            if type(ref) is not list:
+                continue
+            for holder in gc.get_referrers(ref):
+                # an OpNode holding `ref` as one of its var lists (the holder is the object, or
+                # its __dict__ where one was made)
+                if not isinstance(holder, (OpNode, dict)):
+                    continue
+                if isinstance(holder, dict) and "_dyn_vars" not in holder:
+                    continue
+                get = holder.get if isinstance(holder, dict) else holder.__dict__.get
+                if any(get(k) is ref for k in ("inputs", "outputs", "_dyn_vars")):
+                    ref[:] = [old if v is self else v for v in ref]
+                    break
+        self.__dict__.update(op_result.__dict__)
+        owner = op_result.owner
+        owner.outputs = [self if v is op_result else v for v in owner.outputs]
+        return self
 
     def __repr__(self):
         try:
@@ -437,9 +475,12 @@ class ImmutableTensor(OpNode):
         (float32, int32), as ``Tensor()`` does."""
         if isinstance(data, Tensor):
             data = data.numpy()
-        if not isinstance(data, (int, float, bool, np.ndarray, np.generic)):
-            raise TypeError(f"set_value: expected a number or a numpy array, got "
-                            f"{type(data).__name__}")
+        # upstream accepts any Sequence (a shape list such as [1, -1, 3]) besides numbers and
+        # arrays; a str is a Sequence too but never a value
+        if (not isinstance(data, (int, float, bool, np.ndarray, np.generic, Sequence))
+                or isinstance(data, (str, bytes))):
+            raise TypeError(f"set_value: expected a number, a sequence of numbers or a numpy "
+                            f"array, got {type(data).__name__}")
         data = np.array(data)
         if data.dtype == np.float64:
             data = data.astype(np.float32)

@@ -159,6 +159,14 @@ def test_backward_default_output_gradient_is_ones_and_checks_shapes():
     with pytest.raises(ValueError, match="outputs"):
         with gm:
             gm.backward([x * 3], [None, None])
+    # upstream takes a one-element gradient for a 0-d loss (its 1.0-era losses were (1,))
+    x.grad = None
+    with gm:
+        gm.backward((x * x).mean(), Tensor(np.array([2.0], np.float32)))
+    np.testing.assert_allclose(x.grad.numpy(), 2 * 2 * x.numpy() / 6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"output gradient of shape \(2,\) for an output"):
+        with gm:
+            gm.backward((x * x).mean(), Tensor(np.ones(2, np.float32)))
 
 
 def test_attach_an_intermediate_inside_recording():

@@ -26,6 +26,19 @@ def test_small_helpers():
     with pytest.raises(ValueError, match="1 dimension"):
         astensor1d(np.zeros((2, 2)))
     assert make_shape_tuple([2, (3, mge.tensor([4, 5]))]) == (2, 3, 4, 5)
+    # a VarNode reference makes the constant a var of its graph (upstream's Const(reference))
+    from megengine.utils.network import Network
+    from megengine.utils.network_node import VarNode
+
+    net = Network()
+    ref = net.make_const(0)
+    for x in ([1, 2, 3], np.array([1, 2, 3], "int32")):
+        for dtype in (None, "float32"):
+            v = astensor1d(x, ref, dtype=dtype)
+            assert type(v) is VarNode and v.graph is net.graph
+            assert v.dtype == (np.float32 if dtype else np.int32)
+            np.testing.assert_array_equal(v.numpy(), [1, 2, 3])
+    assert type(astensor1d([1, 2], mge.tensor(0))) is mge.Tensor
     f32, i32 = mge.tensor([1.0]), mge.tensor([1])
     assert dtype_promotion([i32, 1.5]) == np.float32  # a float scalar lifts an int tensor
     assert dtype_promotion([f32, 3]) == np.float32

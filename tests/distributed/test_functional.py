@@ -322,3 +322,21 @@ def test_a_gradient_relayed_through_a_peer_comes_back(run_ranks):
     assert relay == []
     for grad in got:  # d(x * x)/dx, by hand
         np.testing.assert_allclose(grad, 2 * x)
+
+
+
+@pytest.mark.parametrize("first_import", [
+    "import megengine.functional.distributed as m; names = m.__all__",
+    "from megengine.distributed.functional import all_gather; import megengine.distributed as d; "
+    "names = d.functional.__all__",
+], ids=["functional.distributed", "distributed.functional"])
+def test_the_collectives_import_whichever_module_a_program_imports_first(first_import):
+    # `import megengine.functional.distributed` as a program's first import of the package was
+    # a circular import (it loads megengine.distributed, which loaded it back half-made)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", f"{first_import}; print(len(names))"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(fd.__all__)

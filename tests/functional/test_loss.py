@@ -348,11 +348,12 @@ def test_pair_loss_errors():
 
 # ----- hinge -----
 
+@pytest.mark.parametrize("shape", [(5, 4), (3, 4, 2, 2)])  # upstream sums axis 1 of any N-d
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_hinge_loss(norm, reduction):
-    pred = rand(5, 4)
-    label = np.where(rand(5, 4) > 0, 1, -1).astype(np.float32)
+def test_hinge_loss(norm, reduction, shape):
+    pred = rand(*shape)
+    label = np.where(rand(*shape) > 0, 1, -1).astype(np.float32)
 
     def expected(p, y):
         m = torch.clamp(1 - p * y, min=0)

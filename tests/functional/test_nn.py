@@ -504,5 +504,6 @@ def test_public_names_are_exported():
                  "hinge_loss"):
         assert getattr(F.nn, name) is getattr(F.loss, name)
     # upstream also spells these F.nn.<name>; they live in the sibling modules
-    for name in ("pad", "one_hot", "indexing_one_hot", "logsumexp", "tanh"):
+    for name in ("pad", "one_hot", "indexing_one_hot", "logsumexp", "tanh", "normalize",
+                 "sync_batch_norm"):
         assert getattr(F.nn, name) is getattr(F, name), name

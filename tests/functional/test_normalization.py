@@ -422,3 +422,42 @@ def test_group_norm_second_order():
         lambda a, c, d: (F.sin(F.nn.group_norm(a, 2, True, c, d)) * r).sum(),
         lambda a, c, d: (torch.sin(TF.group_norm(a, 2, c, d)) * torch.tensor(r)).sum(),
         x, w, b)
+
+
+# ----- sync_batch_norm (one process here; tests/distributed/test_sync_batchnorm.py has ranks) -----
+
+def test_sync_batch_norm_in_one_process_is_batch_norm():
+    x = rand(6, 3, 2, 2)
+    w, b = rand(1, 3, 1, 1, low=0.5, high=1.5), rand(1, 3, 1, 1)
+    stats = [[mge.tensor(np.zeros((1, 3, 1, 1), "f4")), mge.tensor(np.ones((1, 3, 1, 1), "f4"))]
+             for _ in range(2)]
+    for training in (True, False):
+        got = F.nn.sync_batch_norm(mge.tensor(x), *stats[0], mge.tensor(w), mge.tensor(b),
+                                   training=training)
+        expect = F.batch_norm(mge.tensor(x), *stats[1], mge.tensor(w), mge.tensor(b),
+                              training=training)
+        np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-6, atol=1e-6)
+        for a, e in zip(*stats):
+            np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-6)
+
+
+def test_sync_batch_norm_eps_mode_max_divides_by_the_larger_of_var_and_eps():
+    x = rand(5, 2, 3)
+    x[:, 1] = 0.25 + 0.1 * x[:, 1] / 2  # variance about 3e-3: below eps, so eps is used
+    eps, momentum = 1e-2, 0.9
+    rm, rv = mge.tensor(np.zeros(2, "f4")), mge.tensor(np.ones(2, "f4"))
+    out = F.nn.sync_batch_norm(mge.tensor(x), rm, rv, training=True, momentum=momentum,
+                               eps=eps, eps_mode="MAX")
+    mean, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))  # hand computation, numpy
+    assert var[1] < eps < var[0]
+    expect = (x - mean[None, :, None]) / np.sqrt(np.maximum(var, eps))[None, :, None]
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-5, atol=1e-6)
+    n = x.size // 2
+    np.testing.assert_allclose(rm.numpy(), (1 - momentum) * mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rv.numpy(), momentum + (1 - momentum) * var * n / (n - 1),
+                               rtol=1e-5)
+    inference = F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps=eps, eps_mode="max")
+    expect = (x - rm.numpy()[None, :, None]) / np.sqrt(np.maximum(rv.numpy(), eps))[None, :, None]
+    np.testing.assert_allclose(inference.numpy(), expect, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown eps_mode 'mean'"):
+        F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps_mode="mean")

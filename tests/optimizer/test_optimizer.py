@@ -453,3 +453,81 @@ def test_record_block_without_backward_stops_recording_and_does_not_nest():
     # hand-computed gradient of the squared error, as test_0x_flow_gives_the_same_updates...
     np.testing.assert_allclose(w.grad.numpy(), 2 * X.T @ (X @ w.numpy() + b.numpy() - Y),
                                rtol=1e-5)
+
+
+class _Lion(mge.optimizer.Optimizer):
+    """A program's optimizer written to upstream's protocol (`_create_state`, `_add_state`,
+    `_updates` with tensor operations), as third-party MegEngine code writes Lion."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    def _create_state(self, param_group):
+        for param in param_group["params"]:
+            self._add_state(param, "exp_avg")
+            self._add_state(param, "step", initializer=0.0)
+
+    def _updates(self, param_group):
+        lr, wd = param_group["lr"], param_group["weight_decay"]
+        beta0, beta1 = param_group["betas"]
+        for param in param_group["params"]:
+            if param.grad is None:
+                continue
+            grad, state = param.grad, self._state[param]
+            exp_avg = state["exp_avg"]
+            state["step"] += 1
+            param[...] = param * (1 - lr * wd)
+            param[...] = param + F.sign(exp_avg * beta0 + grad * (1 - beta0)) * -lr
+            exp_avg[...] = exp_avg * beta1 + (1 - beta1) * grad
+
+
+def _lion_numpy(w, m, g, lr, wd, beta0, beta1):
+    w = w * (1 - lr * wd) - lr * np.sign(m * beta0 + g * (1 - beta0))
+    return w, m * beta1 + (1 - beta1) * g
+
+
+def test_an_optimizer_written_to_upstreams_protocol_trains():
+    w, b = _model()
+    opt = _Lion([w, b], lr=0.1, weight_decay=0.01)
+    assert set(opt._state[w]) == {"exp_avg", "step"}  # made by _create_state in __init__
+    ref = {"w": (w.numpy(), np.zeros_like(w.numpy())), "b": (b.numpy(), np.zeros((1,), "f4"))}
+    gm = GradManager().attach([w, b])
+    w_address = address(w)
+    for _ in range(3):
+        with gm:
+            gm.backward(_loss(w, b))
+        grads = {"w": w.grad.numpy(), "b": b.grad.numpy()}
+        opt.step().clear_grad()
+        for name, p in (("w", w), ("b", b)):
+            ref[name] = _lion_numpy(*ref[name], grads[name], 0.1, 0.01, 0.9, 0.99)
+            np.testing.assert_allclose(p.numpy(), ref[name][0], rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(opt._state[p]["exp_avg"].numpy(), ref[name][1],
+                                       rtol=1e-6, atol=1e-7)
+    assert address(w) == w_address  # the update wrote into the parameter's storage
+    assert float(opt._state[w]["step"]) == 3
+    other = _Lion([mge.Parameter(w.numpy()), mge.Parameter(b.numpy())], lr=0.1)
+    other.load_state_dict(opt.state_dict())
+    np.testing.assert_array_equal(list(other._state.values())[0]["exp_avg"].numpy(),
+                                  opt._state[w]["exp_avg"].numpy())
+    with pytest.raises(ValueError, match="'exp_avg' of this parameter exists already"):
+        opt._add_state(w, "exp_avg")
+
+
+def test_an_upstream_protocol_step_is_not_recorded_by_a_recording_grad_manager():
+    w, b = _model()
+    w0 = w.numpy()
+    opt = _Lion([w, b], lr=0.1)
+    gm = GradManager().attach([w, b])
+    w_address = address(w)
+    with gm:
+        w.grad = mge.Tensor(np.ones((3, 1), "float32"))
+        opt.step()  # w -= lr * sign(0.1 * grad): w0 - 0.1, written into w's storage
+        gm.backward(_loss(w, b))
+    # w stayed the attached leaf: the loss's gradient (at the new w) is added to w.grad, and
+    # nothing flowed through the update
+    w1 = w0 - 0.1
+    err = X @ w1 - Y
+    np.testing.assert_allclose(w.numpy(), w1, rtol=1e-6)
+    np.testing.assert_allclose(w.grad.numpy(), 1 + 2 * X.T @ err, rtol=1e-5)
+    np.testing.assert_allclose(b.grad.numpy(), [2 * err.sum()], rtol=1e-5)
+    assert address(w) == w_address and opt._state[w]["exp_avg"]._node is None

@@ -129,5 +129,53 @@ def test_immutable_tensor_set_value_follows_tensor_dtype_rules():
     assert c.dtype == np.int32 and c.shape == (3,)
     c.set_value(1.5)
     assert c.dtype == np.float32 and c.numpy().tolist() == 1.5
-    with pytest.raises(TypeError, match="number or a numpy array"):
+    with pytest.raises(TypeError, match="a number, a sequence of numbers or a numpy array"):
         c.set_value("no")
+    # upstream accepts any sequence (a shape list), with the same dtype rules as numpy's array
+    c.set_value([1, -1, 3])
+    assert c.dtype == np.int32 and c.numpy().tolist() == [1, -1, 3]
+    c.set_value((0.5, 2))
+    assert c.dtype == np.float32 and c.numpy().tolist() == [0.5, 2.0]
+
+
+def test_network_constants_run_in_the_networks_graph():
+    """Upstream's Network owns a megbrain_graph.Graph: vars made from its constants compile and
+    run there (the way upstream's tests read a VarNode's value), checked against numpy."""
+    import megengine.core.tensor.megbrain_graph as G
+
+    net = Network()
+    x = np.arange(25, dtype="int32").reshape(5, 5)
+    xx = net.make_const(x)
+    shape = net.make_const([5, -1])  # a list, as upstream's make_tensor passes shapes
+    assert xx.graph is net.graph and shape.graph is net.graph
+    for var, expect in [(xx[(0, 4, 2), 1:3], x[(0, 4, 2), 1:3]),
+                        (F.reshape(xx, shape) * 2, x.reshape(5, -1) * 2)]:
+        assert var.graph is net.graph
+        out = G.OutputNode(var)
+        var.graph.compile(out.outputs).execute()
+        np.testing.assert_array_equal(out.get_value().numpy(), expect)
+
+
+def test_in_place_writes_rebind_the_varnode_and_spare_earlier_readers():
+    """Upstream's ``x[idx] = v`` / ``x += y`` on a VarNode make the Python object the result's
+    var, while operators made before keep reading the old value (checked against numpy)."""
+    import megengine.core.tensor.megbrain_graph as G
+
+    def value(var):
+        out = G.OutputNode(var)
+        var.graph.compile(out.outputs).execute()
+        return out.get_value().numpy()
+
+    net = Network()
+    x = np.arange(25, dtype="int32").reshape(5, 5)
+    d = np.arange(15, dtype="int32").reshape(3, 5)
+    xx = net.make_const(x)
+    before = xx * 2  # reads the value before the writes
+    xx[(0, 4, 2), :] = d
+    expect = x.copy()
+    expect[(0, 4, 2), :] = d
+    np.testing.assert_array_equal(value(xx), expect)
+    xx += 1
+    np.testing.assert_array_equal(value(xx), expect + 1)
+    np.testing.assert_array_equal(value(before), x * 2)
+    assert before.owner.inputs[0] is not xx
