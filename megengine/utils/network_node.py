@@ -20,8 +20,8 @@ gives a traced program upstream's operator granularity (a fused linear layer as 
 ADD) for `trace.dump`.
 """
 import copy
-import gc
 import itertools
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +40,7 @@ _next_id = [0]  # var and opr ids (upstream's are graph-wide integers too; see r
 _order = itertools.count()  # creation order: all_oprs lists a program in this order
 _generation = [0]  # bumped when an input shape or a constant changes: sample values go stale
 _live = [0]  # VarNodes alive; the dispatcher hook is installed while there are any
+_oprs = weakref.WeakSet()  # OpNodes alive: an in-place write to a var re-points their readers
 
 
 def _new_id():
@@ -208,28 +209,18 @@ class VarNode(Tensor, NetworkNode):
         Upstream's Python VarNode wraps a C++ var and operators hold the C++ var, so rebinding
         the wrapper leaves them alone. Here a node is its own var, so the old value moves to a
         fresh VarNode and the operators holding this node (as input, output or attribute
-        value) are pointed at that one; they are found through the garbage collector's
-        referrer lists, a scan of the heap that only in-place writes to graph nodes pay."""
+        value, the write's own operator included) are pointed at that one."""
         if type(op_result) is not VarNode or op_result is self:
             raise TypeError(f"VarNode {self.name!r}: an in-place write must produce a VarNode, "
                             f"got {type(op_result).__name__}")
         old = object.__new__(VarNode)
         old.__dict__.update(self.__dict__)
         _live[0] += 1  # `old` is a live VarNode made without __init__
-        for ref in gc.get_referrers(self):
-            if type(ref) is not list:
-                continue
-            for holder in gc.get_referrers(ref):
-                # an OpNode holding `ref` as one of its var lists (the holder is the object, or
-                # its __dict__ where one was made)
-                if not isinstance(holder, (OpNode, dict)):
-                    continue
-                if isinstance(holder, dict) and "_dyn_vars" not in holder:
-                    continue
-                get = holder.get if isinstance(holder, dict) else holder.__dict__.get
-                if any(get(k) is ref for k in ("inputs", "outputs", "_dyn_vars")):
-                    ref[:] = [old if v is self else v for v in ref]
-                    break
+        for opr in list(_oprs):
+            for attr in ("inputs", "outputs", "_dyn_vars"):
+                vars_ = opr.__dict__.get(attr)
+                if vars_ and any(v is self for v in vars_):
+                    vars_[:] = [old if v is self else v for v in vars_]
         self.__dict__.update(op_result.__dict__)
         owner = op_result.owner
         owner.outputs = [self if v is op_result else v for v in owner.outputs]
@@ -328,6 +319,7 @@ class OpNode(NetworkNode):
         self._dyn = None  # attributes of _op that refer to other values: frozen with _Refs
         self._dyn_vars = []  # ... the VarNodes those _Refs (their slot k) stand for
         self._opr = self  # upstream's underlying operator: the node itself here
+        _oprs.add(self)
 
     @property
     def _random(self):
