@@ -80,6 +80,65 @@ def time_steps(variants, steps, repeats, warmup=3):
     return {name: Timing(statistics.median(samples[name]), b * 1e3) for name, b in zip(names, best)}
 
 
+def ratio_rounds(variant, baseline, steps, rounds, warmup=3):
+    """Per-round ratios of ``variant``'s step time to ``baseline``'s (zero-argument callables).
+
+    Each round runs ``steps`` steps of each, the two taking turns step by step (who goes first
+    alternates), and its ratio is the median step time of the variant over the baseline's in
+    that round. A median per round ignores the few steps a preemption lands in (a mean takes
+    them whole); a ratio per round cancels what load from other processes did during that round
+    to both. The spread of the rounds' ratios then says how far one figure can be trusted.
+    Returns (ratios, variant's median ms per round, baseline's median ms per round).
+    """
+    for _ in range(warmup):
+        variant(), baseline()
+    clock = time.perf_counter
+    ratios, ms_variant, ms_baseline = [], [], []
+    for _ in range(rounds):
+        gc.collect()
+        tv, tb = [], []
+        for i in range(steps):
+            if i % 2:
+                t0 = clock(); variant(); t1 = clock(); baseline(); t2 = clock()  # noqa: E702
+                tv.append(t1 - t0), tb.append(t2 - t1)
+            else:
+                t0 = clock(); baseline(); t1 = clock(); variant(); t2 = clock()  # noqa: E702
+                tb.append(t1 - t0), tv.append(t2 - t1)
+        mv, mb = statistics.median(tv), statistics.median(tb)
+        ratios.append(mv / mb)
+        ms_variant.append(mv * 1e3)
+        ms_baseline.append(mb * 1e3)
+    return ratios, ms_variant, ms_baseline
+
+
+def spread(values):
+    """(median, lower quartile, upper quartile, min, max) of a list of figures."""
+    values = sorted(values)
+    if len(values) == 1:
+        v = values[0]
+        return v, v, v, v, v
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q1, q3, values[0], values[-1]
+
+
+def describe_ratios(ratios):
+    """'x1.012 (quartiles x1.005-x1.020, min-max x0.990-x1.060, 12 rounds)'."""
+    med, q1, q3, lo, hi = spread(ratios)
+    return (f"x{med:.3f} (quartiles x{q1:.3f}-x{q3:.3f}, min-max x{lo:.3f}-x{hi:.3f}, "
+            f"{len(ratios)} rounds)")
+
+
+def ratio_verdict(ratios, aim):
+    """The aim judged on the median of per-round ratios; 'clearly' when even the upper
+    quartile meets it (or even the lower quartile misses it), 'borderline' otherwise."""
+    med, q1, q3, _, _ = spread(ratios)
+    if med <= aim:
+        return f"aim <= {aim:.2f}x: met" + (" clearly (upper quartile too)" if q3 <= aim
+                                              else " (borderline: upper quartile above)")
+    return f"aim <= {aim:.2f}x: MISSED" + (" clearly (lower quartile too)" if q1 > aim
+                                             else " (borderline: lower quartile below)")
+
+
 def time_call_us(fn, calls, repeats):
     """Median microseconds per call of ``fn`` over ``repeats`` rounds of ``calls`` calls."""
     fn()

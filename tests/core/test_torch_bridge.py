@@ -460,6 +460,20 @@ def test_cache_dir_is_keyed_and_overridable(monkeypatch, tmp_path):
     assert bridge.cache_dir().name == directory.name
 
 
+def test_cache_dir_changes_with_the_source(monkeypatch, tmp_path):
+    # a new function in csrc (hand_over) must never be looked up in a library built from older
+    # sources: the directory name carries a hash of every source file
+    edited = tmp_path / "csrc"
+    edited.mkdir()
+    for name in bridge._SOURCES:
+        text = (bridge._source_dir() / name).read_text()
+        (edited / name).write_text(text + "\n// edited\n")
+    before = bridge.cache_dir()
+    monkeypatch.setattr(bridge, "_source_dir", lambda: edited)
+    assert bridge.cache_dir() != before
+    assert bridge.cache_dir().parent == before.parent
+
+
 def test_loaded_extension_is_cached():
     assert bridge.load_extension() is bridge.load_extension()
     stats = bridge.load_stats()
