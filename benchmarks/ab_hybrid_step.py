@@ -5,7 +5,8 @@ Starts one worker process per source tree (``PYTHONPATH`` set to that tree, so i
 same step), each holding the step of ``profile_hybrid_step.py`` for the fork and for pure
 PyTorch. Then, ``--rounds`` times, each worker in turn (who goes first alternates) runs
 ``--steps`` steps of fork and torch taking turns step by step and reports that round's
-fork/torch ratio (median step of each) and per-phase medians; a worker waits idle while the
+fork/torch ratio (the median over adjacent pairs of fork step / torch step, as
+``_timing.ratio_rounds``) and per-phase medians; a worker waits idle while the
 other runs. So base and head are interleaved at the scale of a second, fork and torch at the
 scale of a step, and load from other processes hits all four alike.
 
@@ -16,7 +17,7 @@ ratio (rounds paired in time), whose quartiles decide "faster", "slower" or "no 
 beyond the noise".
 
     python benchmarks/ab_hybrid_step.py --base /path/to/base/checkout [--head .] [--batch 8]
-        [--rounds 30] [--steps N (default 800 // batch, at least 20)]
+        [--rounds 20] [--steps N (default 1600 // batch, at least 50)]
 """
 import os
 
@@ -65,7 +66,8 @@ def worker(batch):
             else:
                 t.append(pure()), f.append(fork())
         f, t = np.array(f) * 1e6, np.array(t) * 1e6
-        print(json.dumps({"ratio": float(np.median(f.sum(1)) / np.median(t.sum(1))),
+        # the median over adjacent pairs of fork step / torch step (see _timing.ratio_rounds)
+        print(json.dumps({"ratio": float(np.median(f.sum(1) / t.sum(1))),
                           "fork": np.median(f, 0).tolist(), "torch": np.median(t, 0).tolist()}),
               flush=True)
 
@@ -105,16 +107,16 @@ def main():
     parser.add_argument("--base", help="the checkout to compare against (required)")
     parser.add_argument("--head", default=os.path.dirname(HERE), help="default: this checkout")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=30, help="rounds per tree (default 30)")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds per tree (default 20)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps of each variant per round (default 800 // batch, at least 20)")
+                        help="steps of each variant per round (default 1600 // batch, at least 50)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.batch)
     if not args.base:
         parser.error("--base is required")
-    steps = args.steps or max(20, 800 // args.batch)
+    steps = args.steps or max(50, 1600 // args.batch)
     if steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be at least 1")
     trees = {"base": os.path.abspath(args.base), "head": os.path.abspath(args.head)}

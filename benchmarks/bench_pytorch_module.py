@@ -17,8 +17,8 @@ What it prints:
 
    with the ratios to pure PyTorch; then the verdict (aims for the fork, issue 12 item 6:
    <= 1.08x at batch 8, <= 1.03x at batch 64, one CPU thread), judged on ``--rounds`` rounds of
-   fork and torch taking turns step by step: each round's ratio of median step times, their
-   median, quartiles and range (``_timing.ratio_rounds``; "clearly" met when the upper quartile
+   fork and torch taking turns step by step: each round's median of fork step / torch step
+   over adjacent pairs, their median, quartiles and range (``_timing.ratio_rounds``; "clearly" met when the upper quartile
    meets the aim too).
    Before timing, all variants start from the same weights and run the same batches: their losses
    must agree step by step and fall (so each does forward, loss, backward and an update of all
@@ -236,7 +236,7 @@ def lenet_section(args):
         rounds, _, _ = _timing.ratio_rounds(variants["megengine PyTorchModule"],
                                             variants["pure PyTorch"], steps, args.rounds)
         ratios[batch] = _timing.spread(rounds)[0]
-        print(f"  fork / PyTorch per round, median step of each: {_timing.describe_ratios(rounds)}"
+        print(f"  fork / PyTorch per round, adjacent steps paired: {_timing.describe_ratios(rounds)}"
               f"   {_timing.ratio_verdict(rounds, AIMS[batch])}")
         _timing.flush()
     return ok, ratios
