@@ -1,9 +1,13 @@
 """Two checkouts' hybrid LeNet step against pure PyTorch, round by round: is a change faster?
 
-Starts one worker process per source tree (``PYTHONPATH`` set to that tree, so its
-``megengine`` is imported; both run this directory's benchmark code, so both sides time the
+Starts ``--workers`` (4) worker processes per source tree (``PYTHONPATH`` set to that tree, so
+its ``megengine`` is imported; all run this directory's benchmark code, so both sides time the
 same step), each holding the step of ``profile_hybrid_step.py`` for the fork and for pure
-PyTorch. Then, ``--rounds`` times, each worker in turn (who goes first alternates) runs
+PyTorch. Several processes because a process carries a bias of its own: in one measured run,
+the torch convolutions of the fork's copy of the extractor ran ~10 % faster than pure
+PyTorch's for the whole life of the process (input alignment was ruled out), which no number
+of rounds in that one process averages away. Then, ``--rounds`` times, one worker of each tree
+in turn (who goes first alternates; the trees' workers take the rounds in rotation) runs
 ``--steps`` steps of fork and torch taking turns step by step and reports that round's
 fork/torch ratio (the median over adjacent pairs of fork step / torch step, as
 ``_timing.ratio_rounds``) and per-phase medians; a worker waits idle while the
@@ -17,7 +21,7 @@ ratio (rounds paired in time), whose quartiles decide "faster", "slower" or "no 
 beyond the noise".
 
     python benchmarks/ab_hybrid_step.py --base /path/to/base/checkout [--head .] [--batch 8]
-        [--rounds 20] [--steps N (default 1600 // batch, at least 50)]
+        [--rounds 20] [--steps N (default 1600 // batch, at least 50)] [--workers 4]
 """
 import os
 
@@ -110,6 +114,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=20, help="rounds per tree (default 20)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps of each variant per round (default 1600 // batch, at least 50)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="worker processes per tree, taking rounds in turn (default 4)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -117,30 +123,36 @@ def main():
     if not args.base:
         parser.error("--base is required")
     steps = args.steps or max(50, 1600 // args.batch)
-    if steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be at least 1")
+    if steps < 1 or args.rounds < 1 or args.workers < 1:
+        parser.error("--steps, --rounds and --workers must be at least 1")
     trees = {"base": os.path.abspath(args.base), "head": os.path.abspath(args.head)}
     for name, tree in trees.items():
         if not os.path.isdir(os.path.join(tree, "megengine")):
             parser.error(f"--{name} {tree} holds no megengine package")
     print(_timing.machine_line())
-    workers = {name: Worker(name, tree, args.batch) for name, tree in trees.items()}
+    print(f"load average at the start: {os.getloadavg()[0]:.2f}")
+    workers = {name: [] for name in trees}
     results = {name: [] for name in trees}
-    phases = None
     try:
+        for k in range(args.workers):
+            for name, tree in trees.items():
+                workers[name].append(Worker(name, tree, args.batch))
         for r in range(args.rounds):
             order = ("base", "head") if r % 2 == 0 else ("head", "base")
             for name in order:
-                results[name].append(workers[name].run(steps))
-            print(f"round {r + 1:3d}: base x{results['base'][-1]['ratio']:.3f}  "
+                results[name].append(workers[name][r % args.workers].run(steps))
+            print(f"round {r + 1:3d} (workers {r % args.workers + 1}): "
+                  f"base x{results['base'][-1]['ratio']:.3f}  "
                   f"head x{results['head'][-1]['ratio']:.3f}", flush=True)
     finally:
-        for w in workers.values():
+        for w in workers["base"] + workers["head"]:
             w.close()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     from profile_hybrid_step import PHASES as phases
 
     print(f"hybrid LeNet step, batch {args.batch}: {args.rounds} rounds of {steps} steps per "
-          "tree, fork and torch taking turns step by step, trees taking turns round by round")
+          f"tree ({args.workers} worker processes each, taking rounds in turn), fork and torch "
+          "taking turns step by step, trees taking turns round by round")
     for name, runs in results.items():
         ratios = [run["ratio"] for run in runs]
         line = f"  {name} ({trees[name]}): fork / torch {_timing.describe_ratios(ratios)}"
