@@ -80,41 +80,17 @@ def time_steps(variants, steps, repeats, warmup=3):
     return {name: Timing(statistics.median(samples[name]), b * 1e3) for name, b in zip(names, best)}
 
 
-def ratio_rounds(variant, baseline, steps, rounds, warmup=3):
-    """Per-round ratios of ``variant``'s step time to ``baseline``'s (zero-argument callables).
-
-    Each round runs ``steps`` steps of each, the two taking turns step by step (who goes first
-    alternates), and its ratio is the median over the round's pairs of adjacent steps of
-    variant / baseline. A pair's two steps run within milliseconds of each other, so load from
-    other processes mostly hits both alike and cancels in their ratio; the median ignores the
-    pairs a preemption lands in. (Measured on the shared 2-core machine at load ~6, 600 steps of
-    the hybrid LeNet at batch 64 cut into rounds of 50: the quartiles of the rounds' figures
-    were 0.015 apart with this estimator, 0.043 with the ratio of median step times, 0.056 with
-    the ratio of mean step times.) The spread of the rounds' ratios says how far one figure
-    can be trusted. Returns (ratios, variant's median ms per round, baseline's median ms).
-    """
-    for _ in range(warmup):
-        variant(), baseline()
-    clock = time.perf_counter
-    ratios, ms_variant, ms_baseline = [], [], []
-    for _ in range(rounds):
-        gc.collect()
-        tv, tb = [], []
-        for i in range(steps):
-            if i % 2:
-                t0 = clock(); variant(); t1 = clock(); baseline(); t2 = clock()  # noqa: E702
-                tv.append(t1 - t0), tb.append(t2 - t1)
-            else:
-                t0 = clock(); baseline(); t1 = clock(); variant(); t2 = clock()  # noqa: E702
-                tb.append(t1 - t0), tv.append(t2 - t1)
-        ratios.append(paired_ratio(tv, tb))
-        ms_variant.append(statistics.median(tv) * 1e3)
-        ms_baseline.append(statistics.median(tb) * 1e3)
-    return ratios, ms_variant, ms_baseline
-
-
 def paired_ratio(variant_times, baseline_times):
-    """The median of variant / baseline over pairs of steps run back to back."""
+    """The median of variant / baseline over pairs of steps run back to back (the two variants
+    taking turns step by step, who goes first alternating).
+
+    A pair's two steps run within milliseconds of each other, so load from other processes
+    mostly hits both alike and cancels in their ratio; the median ignores the pairs a
+    preemption lands in. (Measured on the shared 2-core machine at load ~6, 600 steps of the
+    hybrid LeNet at batch 64 cut into rounds of 50: the quartiles of the rounds' figures were
+    0.015 apart with this estimator, 0.043 with the ratio of median step times, 0.056 with the
+    ratio of mean step times.)
+    """
     return statistics.median(v / b for v, b in zip(variant_times, baseline_times))
 
 

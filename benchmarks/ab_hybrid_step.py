@@ -10,7 +10,7 @@ of rounds in that one process averages away. Then, ``--rounds`` times, one worke
 in turn (who goes first alternates; the trees' workers take the rounds in rotation) runs
 ``--steps`` steps of fork and torch taking turns step by step and reports that round's
 fork/torch ratio (the median over adjacent pairs of fork step / torch step, as
-``_timing.ratio_rounds``) and per-phase medians; a worker waits idle while the
+``_timing.paired_ratio``) and per-phase medians; a worker waits idle while the
 other runs. So base and head are interleaved at the scale of a second, fork and torch at the
 scale of a step, and load from other processes hits all four alike.
 
@@ -70,7 +70,7 @@ def worker(batch):
             else:
                 t.append(pure()), f.append(fork())
         f, t = np.array(f) * 1e6, np.array(t) * 1e6
-        # the median over adjacent pairs of fork step / torch step (see _timing.ratio_rounds)
+        # the median over adjacent pairs of fork step / torch step (see _timing.paired_ratio)
         print(json.dumps({"ratio": float(np.median(f.sum(1) / t.sum(1))),
                           "fork": np.median(f, 0).tolist(), "torch": np.median(t, 0).tolist()}),
               flush=True)
@@ -105,6 +105,36 @@ class Worker:
             self.proc.wait()
 
 
+def run_rounds(trees, batch, rounds, steps, workers, on_round=None):
+    """{name: [round result]} for the source trees ``trees`` ({name: path}): ``workers``
+    processes per tree, taking the rounds in rotation; in each round one worker of each tree
+    in turn (who goes first alternates) runs ``steps`` steps of fork and torch. A result is
+    {"ratio": fork / torch over adjacent step pairs, "fork": [us per phase], "torch": [...]}.
+    ``on_round(r, results)`` is called after each round."""
+    pool = {name: [] for name in trees}
+    results = {name: [] for name in trees}
+    names = list(trees)
+    try:
+        for _ in range(workers):
+            for name, tree in trees.items():
+                pool[name].append(Worker(name, tree, batch))
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                results[name].append(pool[name][r % workers].run(steps))
+            if on_round is not None:
+                on_round(r, results)
+    finally:
+        for ws in pool.values():
+            for w in ws:
+                w.close()
+    return results
+
+
+def default_steps(batch):
+    """Steps of each variant per round: about 0.5 s of work at any batch size."""
+    return max(50, 1600 // batch)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +152,7 @@ def main():
         return worker(args.batch)
     if not args.base:
         parser.error("--base is required")
-    steps = args.steps or max(50, 1600 // args.batch)
+    steps = args.steps or default_steps(args.batch)
     if steps < 1 or args.rounds < 1 or args.workers < 1:
         parser.error("--steps, --rounds and --workers must be at least 1")
     trees = {"base": os.path.abspath(args.base), "head": os.path.abspath(args.head)}
@@ -131,22 +161,13 @@ def main():
             parser.error(f"--{name} {tree} holds no megengine package")
     print(_timing.machine_line())
     print(f"load average at the start: {os.getloadavg()[0]:.2f}")
-    workers = {name: [] for name in trees}
-    results = {name: [] for name in trees}
-    try:
-        for k in range(args.workers):
-            for name, tree in trees.items():
-                workers[name].append(Worker(name, tree, args.batch))
-        for r in range(args.rounds):
-            order = ("base", "head") if r % 2 == 0 else ("head", "base")
-            for name in order:
-                results[name].append(workers[name][r % args.workers].run(steps))
-            print(f"round {r + 1:3d} (workers {r % args.workers + 1}): "
-                  f"base x{results['base'][-1]['ratio']:.3f}  "
-                  f"head x{results['head'][-1]['ratio']:.3f}", flush=True)
-    finally:
-        for w in workers["base"] + workers["head"]:
-            w.close()
+
+    def show(r, results):
+        print(f"round {r + 1:3d} (workers {r % args.workers + 1}): "
+              f"base x{results['base'][-1]['ratio']:.3f}  "
+              f"head x{results['head'][-1]['ratio']:.3f}", flush=True)
+
+    results = run_rounds(trees, args.batch, args.rounds, steps, args.workers, show)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     from profile_hybrid_step import PHASES as phases
 

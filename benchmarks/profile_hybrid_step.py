@@ -12,7 +12,7 @@ the median microseconds of each phase for both and their difference:
 * step: ``opt.step().clear_grad()`` against ``opt.step()``; loss value: ``float(loss)``.
 
 and, per repeat, the whole step's ratio (the median of fork step / torch step over adjacent
-pairs, as ``_timing.ratio_rounds``), summarised as median, quartiles and range over the repeats.
+pairs, as ``_timing.paired_ratio``), summarised as median, quartiles and range over the repeats.
 
 A phase's figure includes the cold caches the previous phase left behind (right after the
 convolutions, a numpy matmul of 8x84 by 84x10 takes ~13 us, not its ~2 us in a warm loop): the
