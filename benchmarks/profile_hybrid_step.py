@@ -11,6 +11,9 @@ the median microseconds of each phase for both and their difference:
 * backward: ``gm.backward`` against ``loss.backward()``;
 * step: ``opt.step().clear_grad()`` against ``opt.step()``; loss value: ``float(loss)``.
 
+and, per repeat, the whole step's ratio (the median of fork step / torch step over adjacent
+pairs, as ``_timing.paired_ratio``), summarised as median, quartiles and range over the repeats.
+
 A phase's figure includes the cold caches the previous phase left behind (right after the
 convolutions, a numpy matmul of 8x84 by 84x10 takes ~13 us, not its ~2 us in a warm loop): the
 per-op overheads count here as they do in training.
@@ -30,6 +33,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
 import bench_pytorch_module as bench  # noqa: E402  (the same network, weights and data)
 
 PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
@@ -125,11 +129,14 @@ def main():
     for _ in range(20):
         fork(), pure()
     samples = {"fork": [], "torch": []}
+    round_ratios = []  # per repeat: the median of fork step / torch step over adjacent pairs
     for _ in range(args.repeats):
         gc.collect()
         for i in range(args.steps):  # taking turns, in alternating order
             for name, fn in (("fork", fork), ("torch", pure)) if i % 2 else (("torch", pure), ("fork", fork)):
                 samples[name].append(fn())
+        totals = [np.sum(samples[name][-args.steps:], 1) for name in ("fork", "torch")]
+        round_ratios.append(_timing.paired_ratio(*totals))
     f = np.median(np.array(samples["fork"]), 0) * 1e6
     t = np.median(np.array(samples["torch"]), 0) * 1e6
     print(f"hybrid LeNet step, batch {args.batch}: median us per phase over "
@@ -139,6 +146,8 @@ def main():
         print(f"  {name:14s} {a:8.1f} {b:8.1f} {a - b:13.1f}")
     print(f"  {'sum':14s} {f.sum():8.1f} {t.sum():8.1f} {f.sum() - t.sum():13.1f}   "
           f"ratio x{f.sum() / t.sum():.3f}")
+    print(f"  whole step per repeat, fork / torch over adjacent pairs of steps: "
+          f"{_timing.describe_ratios(round_ratios)}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 //   cuda_to_torch(owner, cai, device) -> Tensor      view of a CUDA array from its __cuda_array_interface__
 //                                                    dict, for the handler; stream ordering is its job
 //   set_cuda_handlers(to_torch, from_torch)          registers the two Python CUDA handlers
+//   hand_over(grads, slots, result, taken, min_numel, declare)
+//                                                    PyTorchModule's backward: torch's CPU gradients
+//                                                    as arrays megengine may keep (see the function)
 //
 // Why it is written against the plain CPython and numpy C APIs rather than pybind11 and torch's Python
 // headers: build time. torch/csrc/autograd/python_variable.h alone takes ~26 s to compile on a 2-core
@@ -32,6 +35,7 @@
 #include <c10/util/SmallVector.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -301,6 +305,8 @@ at::Tensor unpack_tensor(PyObject* obj) {
       static_cast<c10::TensorImpl*>(impl)));
 }
 
+PyObject* cpu_tensor_to_array(const at::Tensor& t, int typenum);
+
 PyObject* tensor_to_array(PyObject* obj) {
   const at::Tensor t = unpack_tensor(obj);
   if (t.layout() != at::kStrided) {
@@ -315,6 +321,11 @@ PyObject* tensor_to_array(PyObject* obj) {
     throw PyError(PyExc_ValueError, "megengine torch bridge: only CPU and CUDA tensors can be viewed, got one on " +
                                         t.device().str());
   }
+  return cpu_tensor_to_array(t, typenum);
+}
+
+// The numpy view of CPU tensor `t` (numpy type `typenum`).
+PyObject* cpu_tensor_to_array(const at::Tensor& t, int typenum) {
   if (t.is_neg() || t.is_conj()) {
     throw PyError(PyExc_ValueError, "megengine torch bridge: the tensor is a lazily negated/conjugated view; call "
                                     ".resolve_neg() / .resolve_conj() first");
@@ -347,6 +358,109 @@ PyObject* tensor_to_array(PyObject* obj) {
     throw PyErrorSet{};
   }
   return array;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gradients torch -> megengine (PyTorchModule's backward)
+
+// Whether `t` is the only tensor on a storage it spans whole: then nothing else (torch's graph, a
+// parameter, another gradient) can see its memory and megengine may keep it as a .grad without a copy.
+// The storage's use count is the test torch's AccumulateGrad applies before it steals a gradient: one
+// for `t`, two when `t` is a view (its base holds the storage too: mm's weight gradient is a transposed
+// product made contiguous). Checked before any array views the storage (a view adds one).
+bool owns_its_storage(const at::Tensor& t) {
+  const c10::Storage& storage = t.storage();
+  return t.is_contiguous() && t.storage_offset() == 0 &&
+         storage.nbytes() == static_cast<size_t>(t.numel()) * t.element_size() &&
+         storage.use_count() == (t.is_view() ? 2 : 1);
+}
+
+// A new C-contiguous numpy array holding a copy of CPU tensor `t`'s values.
+PyObject* copy_to_array(const at::Tensor& t, PyObject* obj) {
+  const int typenum = numpy_typenum_of(t.scalar_type(), obj);
+  const int64_t ndim = t.dim();
+  c10::SmallVector<npy_intp, 8> shape(ndim);
+  for (int64_t d = 0; d < ndim; ++d) shape[d] = t.sizes()[d];
+  PyObject* array = PyArray_SimpleNew(static_cast<int>(ndim), shape.data(), typenum);
+  if (array == nullptr) throw PyErrorSet{};
+  if (t.numel() == 0) {
+    // nothing to copy (and an empty tensor's data pointer may be null)
+  } else if (t.is_contiguous() && !t.is_neg() && !t.is_conj()) {
+    std::memcpy(PyArray_DATA(reinterpret_cast<PyArrayObject*>(array)), t.const_data_ptr(),
+                static_cast<size_t>(t.numel()) * t.element_size());
+  } else {  // rare (torch's gradients are contiguous): let torch copy into a view of the new array
+    try {
+      at::from_blob(PyArray_DATA(reinterpret_cast<PyArrayObject*>(array)), t.sizes(), t.options()).copy_(t);
+    } catch (...) {
+      Py_DECREF(array);
+      throw;
+    }
+  }
+  return array;
+}
+
+// hand_over(grads, slots, result, taken, min_numel, declare): what PyTorchModule's backward does with
+// the gradients torch.autograd returned, for all of them in one call (a Python loop paid ~4 us per
+// gradient in view, copy and storage checks). For each CPU tensor grads[k] (None is skipped), result[
+// slots[k]] becomes an engine array megengine may keep as a .grad:
+// * fewer than min_numel elements: a copy (cheaper than asking who else sees the memory);
+// * its memory is one of the tensors in `taken` (the output gradients and inputs handed to torch,
+//   which torch may return unchanged, e.g. through an add) or an earlier gradient's: a view of a clone,
+//   declared fresh;
+// * otherwise a view, declared fresh (declare(array)) when the tensor owns its storage alone.
+// Never are two results views of one memory: megengine must not give two tensors one gradient array,
+// or an in-place edit (clip_grad_norm) would apply twice.
+PyObject* hand_over(PyObject* grads, PyObject* slots, PyObject* result, PyObject* taken, Py_ssize_t min_numel,
+                    PyObject* declare) {
+  if (!PySequence_Check(grads) || !PyList_Check(slots) || !PyList_Check(result) || !PyTuple_Check(taken)) {
+    throw PyError(PyExc_TypeError, "hand_over(grads, slots: list, result: list, taken: tuple, min_numel, declare)");
+  }
+  OwnedRef seq(PySequence_Fast(grads, "hand_over: grads must be a sequence"));
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr);
+  if (PyList_GET_SIZE(slots) != n) throw PyError(PyExc_ValueError, "hand_over: one slot per gradient expected");
+  c10::SmallVector<const void*, 16> seen;  // addresses no result may view
+  bool seen_filled = false;
+  for (Py_ssize_t k = 0; k < n; ++k) {
+    PyObject* obj = PySequence_Fast_GET_ITEM(seq.ptr, k);
+    if (obj == Py_None) continue;
+    const Py_ssize_t slot = PyLong_AsSsize_t(PyList_GET_ITEM(slots, k));
+    if (slot == -1 && PyErr_Occurred()) throw PyErrorSet{};
+    if (slot < 0 || slot >= PyList_GET_SIZE(result)) throw PyError(PyExc_IndexError, "hand_over: slot out of range");
+    at::Tensor t = unpack_tensor(obj);
+    if (!t.device().is_cpu() || t.layout() != at::kStrided) {
+      throw PyError(PyExc_ValueError, "hand_over: CPU strided gradients only (CUDA ones take the Python path)");
+    }
+    PyObject* array;
+    if (t.numel() < min_numel) {
+      array = copy_to_array(t, obj);
+    } else {
+      if (!seen_filled) {
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(taken); ++j) {
+          seen.push_back(unpack_tensor(PyTuple_GET_ITEM(taken, j)).data_ptr());
+        }
+        seen_filled = true;
+      }
+      bool fresh;
+      if (std::find(seen.begin(), seen.end(), t.const_data_ptr()) != seen.end()) {
+        t = t.clone(at::MemoryFormat::Contiguous);  // torch handed out memory megengine has seen
+        fresh = true;
+      } else {
+        fresh = owns_its_storage(t);
+      }
+      seen.push_back(t.const_data_ptr());
+      array = cpu_tensor_to_array(t, numpy_typenum_of(t.scalar_type(), obj));
+      if (fresh) {
+        PyObject* r = PyObject_CallOneArg(declare, array);
+        if (r == nullptr) {
+          Py_DECREF(array);
+          throw PyErrorSet{};
+        }
+        Py_DECREF(r);
+      }
+    }
+    PyList_SetItem(result, slot, array);  // steals `array`, drops what was there
+  }
+  Py_RETURN_NONE;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -401,6 +515,15 @@ PyObject* set_cuda_handlers_py(PyObject* /*module*/, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+PyObject* hand_over_py(PyObject* /*module*/, PyObject* args) {
+  PyObject *grads, *slots, *result, *taken, *declare;
+  Py_ssize_t min_numel;
+  if (!PyArg_ParseTuple(args, "OOOOnO:hand_over", &grads, &slots, &result, &taken, &min_numel, &declare)) {
+    return nullptr;
+  }
+  return guarded([&] { return hand_over(grads, slots, result, taken, min_numel, declare); });
+}
+
 PyMethodDef methods[] = {
     {"to_torch", to_torch_py, METH_O, "to_torch(ndarray) -> torch.Tensor viewing the array's memory"},
     {"from_torch", from_torch_py, METH_O, "from_torch(tensor) -> numpy.ndarray viewing a CPU tensor's memory"},
@@ -408,6 +531,9 @@ PyMethodDef methods[] = {
      "cuda_to_torch(owner, cai, device) -> torch.Tensor viewing a CUDA array (no stream ordering)"},
     {"set_cuda_handlers", set_cuda_handlers_py, METH_VARARGS,
      "set_cuda_handlers(to_torch, from_torch): Python callables for CUDA arrays / CUDA tensors"},
+    {"hand_over", hand_over_py, METH_VARARGS,
+     "hand_over(grads, slots, result, taken, min_numel, declare): torch's CPU gradients as arrays megengine "
+     "may keep, written into result[slot]"},
     {nullptr, nullptr, 0, nullptr},
 };
 

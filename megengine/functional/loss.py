@@ -220,6 +220,7 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
 
 
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
+_ROW_STARTS = {}  # (n, classes) -> numpy arange(n) * classes, read-only
 
 
 def _max(a, axis=None, keepdims=False):
@@ -228,6 +229,21 @@ def _max(a, axis=None, keepdims=False):
 
 def _sum(a, axis=None, keepdims=False):
     return a.sum(axis, keepdims=keepdims)
+
+
+def _row_starts(xp, n, classes):
+    """``arange(n) * classes``: where each row of a C-contiguous (n, classes) array starts in
+    its flat view (cached for numpy, as `_rows`)."""
+    if xp is not np:
+        return xp.arange(0, n * classes, classes)
+    key = (n, classes)
+    starts = _ROW_STARTS.get(key)
+    if starts is None:
+        if len(_ROW_STARTS) > 64:  # many shapes: keep the cache small
+            _ROW_STARTS.clear()
+        starts = _ROW_STARTS[key] = np.arange(0, n * classes, classes)
+        starts.flags.writeable = False
+    return starts
 
 
 def _rows(xp, n):
@@ -354,9 +370,13 @@ class _CrossEntropy(Op):
 
     def _backward_mean_2d(self, g):
         e = self.e
+        n, classes = e.shape
         grad = e / self.s[:, None]  # softmax
-        grad[self.rows, self.label] -= 1
-        grad *= g / e.shape[0]  # g: the 0-d gradient of the mean
+        # minus one at each row's label, through flat indices into the C-contiguous (N, C)
+        # softmax: one index array instead of (rows, label) pairs, measured ~2 us less warm
+        # and more right after torch's backward
+        grad.reshape(-1)[_row_starts(xp_of(e), n, classes) + self.label] -= 1
+        grad *= g / n  # g: the 0-d gradient of the mean
         return grad, None
 
     # ----- CUDA: ATen's kernels -----

@@ -460,6 +460,20 @@ def test_cache_dir_is_keyed_and_overridable(monkeypatch, tmp_path):
     assert bridge.cache_dir().name == directory.name
 
 
+def test_cache_dir_changes_with_the_source(monkeypatch, tmp_path):
+    # a new function in csrc (hand_over) must never be looked up in a library built from older
+    # sources: the directory name carries a hash of every source file
+    edited = tmp_path / "csrc"
+    edited.mkdir()
+    for name in bridge._SOURCES:
+        text = (bridge._source_dir() / name).read_text()
+        (edited / name).write_text(text + "\n// edited\n")
+    before = bridge.cache_dir()
+    monkeypatch.setattr(bridge, "_source_dir", lambda: edited)
+    assert bridge.cache_dir() != before
+    assert bridge.cache_dir().parent == before.parent
+
+
 def test_loaded_extension_is_cached():
     assert bridge.load_extension() is bridge.load_extension()
     stats = bridge.load_stats()
@@ -665,3 +679,78 @@ def test_command_line_build_and_info(fake_cache, capsys):
     assert bridge.main(["info"]) == 0
     assert capsys.readouterr().out.strip() == f"{directory}: built"
     assert bridge.main(["clean"]) == 0 and not directory.exists()
+
+
+# ----- hand_over: PyTorchModule's gradients torch -> megengine in one call -----
+
+def _gradient_cases():
+    """(grads, taken) covering every branch of the hand-over: small (one non-contiguous),
+    fresh, a view of a fresh base, a slice of a bigger buffer, one of the ``taken`` tensors,
+    the same tensor twice, None, and a float64 one."""
+    torch.manual_seed(0)
+    out_grad = torch.randn(3000)
+    fresh = torch.randn(4000)
+    base = torch.randn(50, 60)
+    view_of_base = base.t().contiguous().view(60, 50)  # a view; its base is the copy alone
+    transposed_product = torch.randn(70, 40).mm(torch.randn(40, 50)).t()
+    big = torch.randn(10000)
+    grads = (torch.randn(6), torch.randn(8, 5).t(), fresh, view_of_base, big[:5000],
+             out_grad, fresh, None, torch.randn(2500, dtype=torch.float64),
+             transposed_product.contiguous().view(-1))
+    return grads, (out_grad, torch.zeros(3))
+
+
+def test_cpp_hand_over_equals_the_python_hand_over():
+    """The C++ hand-over (csrc/torch_bridge.cpp) against the Python loop it replaced on the CPU
+    (still the CUDA path): the same values, the same arrays declared fresh, and no two results
+    or a result and a ``taken`` tensor on one memory."""
+    from megengine.core import dispatch
+    from megengine.module.pytorch.module import _FRESH_MIN_NUMEL, _TorchCall
+
+    ext = bridge.load_extension()
+    outcomes = []
+    for run in ("c++", "python"):
+        grads, taken = _gradient_cases()
+        slots = [2 * k + 1 for k in range(len(grads))]  # results land at their slots only
+        result = [None] * (2 * len(grads) + 1)
+        dispatch.forget_fresh_gradients()
+        if run == "c++":
+            ext.hand_over(grads, slots, result, taken, _FRESH_MIN_NUMEL,
+                          dispatch.declare_fresh_gradient)
+        else:
+            _TorchCall._hand_over(ext, grads, slots, result, taken[:1], taken[1:])
+        declared = [a is not None and dispatch.fresh_owner(a) is not None for a in result]
+        dispatch.forget_fresh_gradients()
+        assert all(result[2 * k] is None for k in range(len(grads) + 1))
+        arrays = [a for a in result if a is not None]
+        for k, g in enumerate(grads):
+            a = result[2 * k + 1]
+            if g is None:
+                assert a is None
+                continue
+            assert a.dtype == g.numpy().dtype and a.shape == tuple(g.shape)
+            np.testing.assert_array_equal(a, g.numpy())
+            assert not any(np.shares_memory(a, t.numpy()) for t in taken)
+        for i, a in enumerate(arrays):
+            assert not any(np.shares_memory(a, b) for b in arrays[i + 1:])
+        outcomes.append(declared)
+    assert outcomes[0] == outcomes[1]
+    # kept without a copy and declared fresh: the fresh tensor (the first time), the two views
+    # whose base owns a storage of their size alone, and the clones made for the taken tensor
+    # and for the repeated one; copied (small) or shared (a slice of a bigger buffer): the rest
+    assert outcomes[0][1::2] == [False, False, True, True, False, True, True,
+                                              False, True, True]
+
+
+def test_cpp_hand_over_refuses_bad_arguments():
+
+    ext = bridge.load_extension()
+    declare = lambda a: a  # noqa: E731
+    with pytest.raises(TypeError, match="hand_over"):
+        ext.hand_over((torch.zeros(3),), (0,), [None], (), 2048, declare)  # slots: not a list
+    with pytest.raises(ValueError, match="one slot per gradient"):
+        ext.hand_over((torch.zeros(3),), [0, 1], [None], (), 2048, declare)
+    with pytest.raises(IndexError, match="slot out of range"):
+        ext.hand_over((torch.zeros(3),), [5], [None], (), 2048, declare)
+    with pytest.raises(TypeError, match="expects a torch.Tensor"):
+        ext.hand_over((np.zeros(3),), [0], [None], (), 2048, declare)

@@ -514,29 +514,38 @@ class _TorchCall(Op):
             # or an in-place edit (clip_grad_norm) would apply twice. A small gradient gets a
             # copy of its own (cheaper than asking torch who else sees its memory); a large
             # one is kept when torch's storage counts say nothing else can see it.
-            taken = None
-            from_torch = ext.from_torch
-            for i, g in zip(slots, got):
-                if g is None:
-                    continue
-                if g.numel() < _FRESH_MIN_NUMEL:
-                    result[i] = from_torch(g).copy()
-                    continue
-                if taken is None:
-                    taken = {t.data_ptr() for t in out_grads}
-                    taken.update(t.data_ptr() for t in inputs)
-                address = g.data_ptr()
-                if address in taken:
-                    g = g.clone()
-                    address = g.data_ptr()
-                    fresh = True
-                else:
-                    fresh = _owns_its_storage(g)
-                taken.add(address)
-                a = from_torch(g)
-                result[i] = declare_fresh_gradient(a) if fresh else a
+            if self.device.startswith("cpu"):  # all gradients in one C++ call (csrc: hand_over)
+                ext.hand_over(got, slots, result, (*out_grads, *inputs), _FRESH_MIN_NUMEL,
+                              declare_fresh_gradient)
+            else:
+                self._hand_over(ext, got, slots, result, out_grads, inputs)
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
+
+    @staticmethod
+    def _hand_over(ext, got, slots, result, out_grads, inputs):
+        """``ext.hand_over`` written in Python, for CUDA gradients (CuPy views)."""
+        taken = None
+        from_torch = ext.from_torch
+        for i, g in zip(slots, got):
+            if g is None:
+                continue
+            if g.numel() < _FRESH_MIN_NUMEL:
+                result[i] = from_torch(g).copy()
+                continue
+            if taken is None:
+                taken = {t.data_ptr() for t in out_grads}
+                taken.update(t.data_ptr() for t in inputs)
+            address = g.data_ptr()
+            if address in taken:
+                g = g.clone()
+                address = g.data_ptr()
+                fresh = True
+            else:
+                fresh = _owns_its_storage(g)
+            taken.add(address)
+            a = from_torch(g)
+            result[i] = declare_fresh_gradient(a) if fresh else a
 
     def grad_graph(self, inputs, outputs, grads):
         """The backward as a recorded op, for higher-order gradients (see _higher_order)."""

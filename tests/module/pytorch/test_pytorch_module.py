@@ -714,3 +714,27 @@ def test_fresh_torch_gradients_become_grad_without_a_copy_aliased_ones_are_copie
     np.testing.assert_allclose(two.a.grad.numpy(), expect, rtol=1e-5)
     two.a.grad._data[...] = 0  # an in-place edit of one gradient leaves the other alone
     np.testing.assert_allclose(two.b.grad.numpy(), expect, rtol=1e-5)
+
+
+class _AddWeight(nn.Module):
+    """y = x + w: torch's gradient for w is the incoming gradient itself (no new buffer)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x):
+        return x + self.w
+
+
+def test_a_gradient_torch_passes_through_unchanged_is_copied_not_shared():
+    # 4096 elements: past the small-gradient copy, so the C++ hand-over must see that the
+    # gradient torch returns is megengine's own output-gradient array and clone it
+    net = PyTorchModule(_AddWeight(4096))
+    gm = GradManager().attach(net.parameters())
+    dy = mge.tensor(np.arange(4096, dtype=np.float32))
+    with gm:
+        gm.backward(net(mge.tensor(np.zeros(4096, np.float32))), dy)
+    np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
+    dy._data[...] = -1  # the caller's gradient changes; the parameter's .grad must not
+    np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
