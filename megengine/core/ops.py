@@ -70,9 +70,13 @@ class _Binary(Op):
         try:
             return self.compute(a, b)
         except ValueError as e:
-            raise BroadcastError(
-                f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast ({e})"
-            ) from None
+            try:  # only a shape error is one: CuPy's device errors are ValueErrors too
+                np.broadcast_shapes(a.shape, b.shape)
+            except ValueError:
+                raise BroadcastError(
+                    f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast "
+                    f"({e})") from None
+            raise
 
     def backward(self, g):
         ga, gb = self.grads(g)
