@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simcuda import fake_cupy
+from simcuda import cuda_runtime, fake_cupy
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -77,7 +77,7 @@ def test_arrays_live_where_they_were_allocated_and_kernels_run_on_the_current_de
     assert cp.array(b).device.id == 0  # cupy.array copies onto the current device
     cp.cuda.runtime.setDevice(1)
     assert cp.empty(2).device.id == 1
-    with pytest.raises(fake_cupy.CUDARuntimeError, match="invalid device ordinal"):
+    with pytest.raises(cuda_runtime.CUDARuntimeError, match="invalid device ordinal"):
         cp.cuda.runtime.setDevice(2)
 
 
@@ -130,11 +130,11 @@ def test_elementwise_kernels_run_their_cuda_body_with_cupys_rules(cp):
 
 
 def test_what_cannot_be_simulated_fails_loudly(cp):
-    with pytest.raises(fake_cupy.SimulationGap, match="DLPack"):
+    with pytest.raises(cuda_runtime.SimulationGap, match="DLPack"):
         cp.from_dlpack(object())
-    with pytest.raises(fake_cupy.SimulationGap, match="raw device pointer"):
+    with pytest.raises(cuda_runtime.SimulationGap, match="raw device pointer"):
         cp.ndarray((2,), np.float32, memptr=object())
-    with pytest.raises(fake_cupy.SimulationGap, match="external streams"):
+    with pytest.raises(cuda_runtime.SimulationGap, match="external streams"):
         cp.cuda.ExternalStream(1234, 0)
     assert cp.cuda.get_current_stream().ptr == 0  # the null stream is simulated
 
