@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, on_device
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
@@ -44,7 +44,7 @@ def _axes(axis, ndim, what):
 
 def _place(device):
     dev = _device.canonical_device(device)
-    return dev, _device.get_array_module(dev)
+    return dev, _device.array_module_on(dev)  # allocates on dev's GPU, also when not current
 
 
 def _dtype(dtype):
@@ -121,7 +121,8 @@ def full(shape, value, dtype=None, device=None):
 
 def _like(inp, value):
     inp = _tensor(inp)
-    return Tensor._wrap(xp_of(inp._data).full(inp.shape, value, inp.dtype), inp._device)
+    xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
+    return Tensor._wrap(xp.full(inp.shape, value, inp.dtype), inp._device)
 
 
 def zeros_like(inp):
@@ -154,8 +155,9 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
         # arange(7.8, 8.4, 0.05) has 12 values where float64 arithmetic gives 13
         f32 = np.float32
         num = max(int(np.ceil((f32(stop) - f32(start)) / f32(step))), 0)
-    values = start + step * xp.arange(num, dtype=np.float64)
-    return Tensor._wrap(values.astype(_dtype(dtype)), dev)
+    with on_device(dev):  # the arithmetic allocates on the current GPU
+        values = start + step * xp.arange(num, dtype=np.float64)
+        return Tensor._wrap(values.astype(_dtype(dtype)), dev)
 
 
 def linspace(start, stop, num, dtype="float32", device=None):
@@ -164,7 +166,9 @@ def linspace(start, stop, num, dtype="float32", device=None):
     if num < 0:
         raise ValueError(f"linspace: num must be >= 0, got {num}")
     dev, xp = _place(device)
-    return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)), dev)
+    with on_device(dev):  # astype allocates on the current GPU
+        return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)),
+                            dev)
 
 
 def eye(N, M=None, dtype="float32", device=None):

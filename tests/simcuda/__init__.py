@@ -25,9 +25,14 @@ import threading
 
 from . import fake_cupy
 
-__all__ = ["install", "install_from_environment", "installed", "device_count", "SimulationGap"]
+__all__ = ["install", "install_from_environment", "installed", "device_count", "SimulationGap",
+           "MislabelledTensor"]
 
 SimulationGap = fake_cupy.SimulationGap
+
+
+class MislabelledTensor(AssertionError):
+    """A tensor whose device label and array disagree (see `_check_tensor_labels`)."""
 ENV = "MGE_SIM_CUDA"
 
 
@@ -59,6 +64,7 @@ def install(count):
                 f"install the simulation first (set {ENV}=<devices> before pytest starts)")
     cupy = fake_cupy.install(count)
     _route_aten(cupy)
+    _check_tensor_labels(cupy)
     return cupy
 
 
@@ -104,3 +110,51 @@ def _route_aten(cupy):
     array.__doc__ = "simulated CUDA: " + (real_array.__doc__ or "")
     _aten.view, _aten.array = view, array
     _aten._torch_cuda = True  # use_aten answers as where torch has CUDA: the GPU's code paths
+
+
+def _check_tensor_labels(cupy):
+    """Check, wherever a Tensor gets its array or its device, that the two agree: an array of
+    simulated device N under the label gpuN, a numpy array under cpu0. A disagreement is
+    raised where it is made (an array allocated while another GPU was current, a host array
+    under a GPU label), not at the later op that trips over it."""
+    from megengine.core import dispatch
+    from megengine.device import CudaDeviceSwitcher
+    from megengine.core.tensor import Tensor
+
+    ndarray = cupy.ndarray
+
+    def check(t, array, device):
+        switcher = dispatch._switcher
+        if switcher is not None and type(switcher) is not CudaDeviceSwitcher:
+            return  # a test's fake switcher: its tests label host arrays "gpuN" on purpose
+        if device[0] == "g":
+            if type(array) is not ndarray or array._dev != int(device[3:]):
+                where = (f"an array of device {array._dev}" if type(array) is ndarray
+                         else f"a host {type(array).__name__}")
+                raise MislabelledTensor(
+                    f"simulated CUDA: a tensor on {device} gets {where} (allocated while "
+                    "another device was current, or never moved to the GPU)")
+        elif type(array) is ndarray:
+            raise MislabelledTensor(f"simulated CUDA: a tensor on {device} gets an array of "
+                                    f"GPU {array._dev}")
+
+    def get_data(t):
+        return t.__dict__["_data"]
+
+    def set_data(t, array):
+        device = t.__dict__.get("_device")
+        if device is not None:
+            check(t, array, device)
+        t.__dict__["_data"] = array
+
+    def get_device(t):
+        return t.__dict__["_device"]
+
+    def set_device(t, device):
+        array = t.__dict__.get("_data")
+        if array is not None and isinstance(device, str):
+            check(t, array, device)
+        t.__dict__["_device"] = device
+
+    Tensor._data = property(get_data, set_data)
+    Tensor._device = property(get_device, set_device)

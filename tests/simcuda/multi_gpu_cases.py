@@ -181,3 +181,16 @@ def test_a_device_error_inside_an_op_is_not_called_a_shape_error():
     assert not isinstance(e.value, ops.BroadcastError)
     with pytest.raises(ops.BroadcastError, match=r"shapes \(2,\) and \(3,\) do not broadcast"):
         ops.BINARY["add"]().forward(a, mge.tensor([1.0, 2.0, 3.0], device="gpu0")._data)
+
+
+def test_tensor_factories_allocate_on_the_gpu_they_name():
+    x = mge.tensor([1.0, 2.0], device="gpu1")
+    made = {"zeros": F.zeros((2, 3), device="gpu1"), "ones": F.ones(2, device="gpu1"),
+            "full": F.full((2,), 7.0, device="gpu1"), "arange": F.arange(4, device="gpu1"),
+            "linspace": F.linspace(0, 1, 3, device="gpu1"), "zeros_like": F.zeros_like(x),
+            "full_like": F.full_like(x, 3.0)}
+    for name, t in made.items():
+        assert t._data.device.id == 1, name
+    np.testing.assert_array_equal(made["arange"].numpy(), [0, 1, 2, 3])
+    np.testing.assert_array_equal(made["full_like"].numpy(), [3.0, 3.0])
+    assert _current() == 0
