@@ -638,7 +638,8 @@ def _int_index(index, what):
 
 def _check_bounds(index, size, what):
     if index.size:
-        lo, hi = int(index.min()), int(index.max())
+        with on_device(None if type(index) is np.ndarray else f"gpu{index.device.id}"):
+            lo, hi = int(index.min()), int(index.max())  # (CuPy reduces on the current GPU)
         if lo < 0 or hi >= size:
             raise IndexError(
                 f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"

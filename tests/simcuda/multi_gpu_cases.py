@@ -194,3 +194,31 @@ def test_tensor_factories_allocate_on_the_gpu_they_name():
     np.testing.assert_array_equal(made["arange"].numpy(), [0, 1, 2, 3])
     np.testing.assert_array_equal(made["full_like"].numpy(), [3.0, 3.0])
     assert _current() == 0
+
+
+def test_host_side_helpers_on_gpu1_tensors_run_there():
+    from megengine.jit import trace
+
+    x = mge.Parameter(np.arange(6, dtype=np.float32).reshape(2, 3), device="gpu1")
+    # an output gradient made on another device comes over to the output's
+    with GradManager().attach([x]) as gm:
+        gm.backward(x * 2, mge.tensor(np.ones((2, 3), np.float32), device="gpu0"))
+    _on(x.grad, 1)
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 2.0))
+    SGD([x], lr=0.1).zero_grad()  # 0.x: zeroes the existing gradient in place, on its GPU
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((2, 3)))
+    g = F.gather(x, 1, mge.tensor([[0, 2], [1, 0]], dtype="int32", device="gpu1"))  # bounds
+    _on(g, 1)
+    np.testing.assert_array_equal(g.numpy(), [[0, 2], [4, 3]])
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(a):
+        return a * x.sum()  # x is captured as a constant: a copy on its GPU
+
+    for _ in range(2):
+        out = f(mge.tensor([1.0], device="gpu1"))
+        _on(out, 1)
+        np.testing.assert_allclose(out.numpy(), [15.0])
+    x.set_value(np.ones(4, np.float32))  # a new shape: new storage, on the tensor's GPU
+    _on(x, 1)
+    assert _current() == 0
