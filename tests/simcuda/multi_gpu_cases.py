@@ -221,4 +221,8 @@ def test_host_side_helpers_on_gpu1_tensors_run_there():
         np.testing.assert_allclose(out.numpy(), [15.0])
     x.set_value(np.ones(4, np.float32))  # a new shape: new storage, on the tensor's GPU
     _on(x, 1)
+    v = mge.tensor([1.0, 2.0, 3.0], device="gpu1")  # a longer bool mask: its true positions
+    picked = v[mge.tensor([True, False, True, False], device="gpu1")]
+    _on(picked, 1)
+    np.testing.assert_array_equal(picked.numpy(), [1.0, 3.0])
     assert _current() == 0
