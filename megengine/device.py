@@ -242,6 +242,35 @@ def get_array_module(device: str):
     return np
 
 
+class _ArrayModuleOn:
+    """CuPy with one GPU made current around each function call (see `array_module_on`)."""
+
+    __slots__ = ("_xp", "_index")
+
+    def __init__(self, xp, index):
+        self._xp, self._index = xp, index
+
+    def __getattr__(self, name):
+        value = getattr(self._xp, name)
+        if not callable(value) or isinstance(value, type):
+            return value  # dtypes, classes, constants
+
+        def on_device(*args, **kwargs):
+            with self._xp.cuda.Device(self._index):
+                return value(*args, **kwargs)
+        return on_device
+
+
+def array_module_on(device: str):
+    """`get_array_module` for code that allocates outside an op's forward (tensor factories):
+    CuPy allocates on the *current* GPU, so with several GPUs visible its functions run with
+    ``device`` current; otherwise the module itself (no cost)."""
+    xp = get_array_module(device)
+    if xp is np or _switcher is None:
+        return xp
+    return _ArrayModuleOn(xp, int(device[3:]))
+
+
 # ----- device properties and memory -----
 
 def _need_cuda(what):

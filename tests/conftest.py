@@ -2,6 +2,11 @@
 import numpy as np
 import pytest
 
+import simcuda
+
+# MGE_SIM_CUDA=<n>: n simulated CUDA devices (tests/simcuda), in place before megengine loads
+simcuda.install_from_environment()
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -21,10 +26,15 @@ def pytest_report_header(config):
     from megengine.device import canonical_device
 
     return (f"megengine default device: {mge.get_default_device()} -> "
-            f"{canonical_device(None)} (CUDA usable: {mge.is_cuda_available()})")
+            f"{canonical_device(None)} (CUDA usable: {mge.is_cuda_available()}"
+            + (f", simulated: {simcuda.device_count()} device(s))" if simcuda.installed() else ")"))
 
 
 def pytest_configure(config):
+    if simcuda.installed() is not None:  # what cannot be simulated is reported as skipped
+        from simcuda import plugin
+
+        config.pluginmanager.register(plugin, "simcuda")
     try:
         import torch
     except ImportError:

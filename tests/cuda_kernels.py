@@ -9,6 +9,7 @@ output not given is allocated and returned. Tests put it in the kernel's place a
 against torch, so the kernel source the GPU will compile is what is checked.
 """
 import ctypes
+import os
 import shutil
 import subprocess
 
@@ -49,21 +50,28 @@ def _source(kernel):
     return src
 
 
-def emulate(kernel, tmp_path):
+def emulate(kernel, tmp_path, reuse=False):
     """A numpy stand-in for the CuPy kernel that ``kernel`` (a `fused_kernel` getter) builds.
 
     ``tmp_path``: a directory for the C++ file and the library. Skips the test when the machine
     has no C++ compiler; fails it when the body is not valid C++ for float and double
-    (``-Wall -Werror``).
+    (``-Wall -Werror``). ``reuse``: load a library an earlier call built there from the same
+    source instead of compiling again (the simulated CuPy's cache, tests/simcuda/kernels.py).
     """
-    if CXX is None:
-        pytest.skip("no C++ compiler on this machine")
-    (tmp_path / "kernel.cpp").write_text(_source(kernel))
-    run = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
-                          str(tmp_path / "kernel.so"), str(tmp_path / "kernel.cpp")],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, f"{kernel.name}: the body is not valid C++:\n{run.stderr}"
-    lib = ctypes.CDLL(str(tmp_path / "kernel.so"))
+    source = _source(kernel)
+    library = tmp_path / "kernel.so"
+    cpp = tmp_path / "kernel.cpp"
+    if not (reuse and library.exists() and cpp.exists() and cpp.read_text() == source):
+        if CXX is None:
+            pytest.skip("no C++ compiler on this machine")
+        cpp.write_text(source)
+        partial = tmp_path / f"kernel.so.{os.getpid()}"  # renamed when whole: readers in other
+        run = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",  # processes
+                              str(partial), str(cpp)],                   # never load half a file
+                             capture_output=True, text=True)
+        assert run.returncode == 0, f"{kernel.name}: the body is not valid C++:\n{run.stderr}"
+        os.replace(partial, library)
+    lib = ctypes.CDLL(str(library))
     ins, outs = _params(kernel.in_params), _params(kernel.out_params)
 
     def call(*args):

@@ -126,9 +126,17 @@ def host_default_device():
         mge.set_default_device(previous)
 
 
+def _simulated_cuda():
+    """Whether the GPUs here are simulated (tests/simcuda), whose ATen kernels are routed to
+    the CPU as a CUDA build of torch would run them."""
+    import sys
+
+    return getattr(sys.modules.get("cupy"), "_simulated", None) is not None
+
+
 def skip_unless_aten_serves_the_default_device():
     """Skip when tensors live on a GPU but torch has no CUDA: CuPy arrays then stay on CuPy's
     array code, so an op's ATen path cannot run (megengine/functional/_aten.py, `use_aten`)."""
-    if canonical_device(None).startswith("gpu") and not _torch_cuda():
+    if canonical_device(None).startswith("gpu") and not (_torch_cuda() or _simulated_cuda()):
         pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
                     "a CUDA build of torch, which this machine lacks")

@@ -170,8 +170,9 @@ def test_saved_tensors_are_in_upstreams_format(monkeypatch):
     monkeypatch.setattr(module, "Parameter", type("Parameter", (Receiver,), {}))
     pickle.loads(f.getvalue())
     (pname, pvalue, pdtype, pdev), pstate, (tname, tvalue, tdtype, tdev), tstate = seen
-    assert (pname, pdtype, pdev) == ("Parameter", np.dtype(np.int32), "cpu0:0")
-    assert (tname, tdtype, tdev) == ("Tensor", np.dtype(np.float32), "cpu0:0")
+    here = canonical_device() + ":0"  # the tensors were made on the default device
+    assert (pname, pdtype, pdev) == ("Parameter", np.dtype(np.int32), here)
+    assert (tname, tdtype, tdev) == ("Tensor", np.dtype(np.float32), here)
     np.testing.assert_array_equal(pvalue, [0, 1, 2])
     assert type(pvalue) is np.ndarray and pstate == {} and tstate == {}
 

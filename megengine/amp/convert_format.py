@@ -17,7 +17,7 @@ import copy
 import sys
 
 from ..core import format as _fmt
-from ..core.dispatch import xp_of
+from ..core.dispatch import on_device, xp_of
 from ..core.tensor import Tensor
 
 
@@ -34,7 +34,8 @@ def convert_tensor_format(x: Tensor, inplace: bool = True):
         return x
     xp = xp_of(x._data)
     # an NHWC array (a grouped weight's channel dim 2 innermost), seen in NCHW order
-    data = _fmt.to_logical(xp.ascontiguousarray(_fmt.to_physical(x._data)))
+    with on_device(x._device):  # the copy is allocated on the current GPU
+        data = _fmt.to_logical(xp.ascontiguousarray(_fmt.to_physical(x._data)))
     if inplace:
         # replace the storage, not the value: optimizers update it in place from now on
         x._data = data

@@ -3,7 +3,7 @@ parameters' gradients, and adapt the scale: back off on inf/nan, grow after a ru
 from typing import Iterable
 
 from ..core.tensor import Tensor
-from ..core.dispatch import xp_of
+from ..core.dispatch import on_device, xp_of
 
 
 def _check_non_finite(grads) -> bool:
@@ -11,9 +11,9 @@ def _check_non_finite(grads) -> bool:
     for g in grads:
         if g is None:
             continue
-        xp = xp_of(g._data)
-        if not bool(xp.isfinite(g._data).all()):
-            return True
+        with on_device(g._device):  # CuPy's kernels run on the current GPU
+            if not bool(xp_of(g._data).isfinite(g._data).all()):
+                return True
     return False
 
 
@@ -121,4 +121,5 @@ class GradScaler:
 
 def _full_like(t, value):
     xp = xp_of(t._data)
-    return Tensor._wrap(xp.full(t._data.shape, value, dtype=t._data.dtype), t._device)
+    with on_device(t._device):  # CuPy allocates on the current GPU
+        return Tensor._wrap(xp.full(t._data.shape, value, dtype=t._data.dtype), t._device)

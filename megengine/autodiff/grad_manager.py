@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core import dispatch
 from ..core.dispatch import Node
-from ..core.ops import Copy
+from ..core.ops import Copy, move_array
 from ..core.tensor import Tensor
 from ..device import get_array_module
 
@@ -482,6 +482,8 @@ def _pair_outputs(y, dy, what, scope=None):
             a = xp.ones(t.shape, t.dtype)
             given.append(a)
         else:
+            if isinstance(d, Tensor) and d._device != t._device:  # comes over to the output's
+                d = Tensor._wrap(move_array(d._data, t._device), t._device)  # device
             a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
             reshaped = a.shape != t.shape
             if reshaped and a.size != t.size:

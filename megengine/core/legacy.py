@@ -88,9 +88,10 @@ def _broadcast(self, *shape):
 def _reset_zero(self):
     """0.x ``Tensor.reset_zero()``: set every element to zero in place (1.x:
     ``x[...] = 0``)."""
-    from .dispatch import xp_of
+    from .dispatch import on_device, xp_of
 
-    self._reset(xp_of(self._data).zeros_like(self._data))  # not data * 0: NaN * 0 is NaN
+    with on_device(self._device):  # CuPy allocates on the current GPU
+        self._reset(xp_of(self._data).zeros_like(self._data))  # not data * 0: NaN * 0 is NaN
 
 
 for _name, _method in (("shapeof", _shapeof), ("broadcast", _broadcast),

@@ -36,6 +36,9 @@ def _operand(value, like):
         else:
             dtype = like.dtype
         xp = _device_mod.get_array_module(like._device)
+        if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
+            with dispatch.on_device(like._device):  # current GPU: make it the tensor's
+                return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
         return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
     return Tensor(value, device=like._device)
 

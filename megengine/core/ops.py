@@ -70,9 +70,13 @@ class _Binary(Op):
         try:
             return self.compute(a, b)
         except ValueError as e:
-            raise BroadcastError(
-                f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast ({e})"
-            ) from None
+            try:  # only a shape error is one: CuPy's device errors are ValueErrors too
+                np.broadcast_shapes(a.shape, b.shape)
+            except ValueError:
+                raise BroadcastError(
+                    f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast "
+                    f"({e})") from None
+            raise
 
     def backward(self, g):
         ga, gb = self.grads(g)
@@ -510,10 +514,13 @@ def _bool_masks_as_positions(index, shape):
         is_mask = getattr(i, "dtype", None) is not None and i.dtype == np.bool_
         if is_mask and i.ndim == 1 and axis < len(shape) and i.shape[0] != shape[axis]:
             n = shape[axis]
-            if i.shape[0] > n and bool(i[n:].any()):  # checked here: CuPy wraps such a
-                past = n + int(i[n:].argmax())  # position around instead of raising
-                raise IndexError(f"index {past} is out of bounds for axis {axis} with size {n}")
-            i = i.nonzero()[0]
+            # (outside an op: CuPy's kernels below run on the current GPU, so make it the mask's)
+            with dispatch.on_device(None if type(i) is np.ndarray else f"gpu{i.device.id}"):
+                if i.shape[0] > n and bool(i[n:].any()):  # checked here: CuPy wraps such a
+                    past = n + int(i[n:].argmax())  # position around instead of raising
+                    raise IndexError(
+                        f"index {past} is out of bounds for axis {axis} with size {n}")
+                i = i.nonzero()[0]
         out.append(i)
         axis += i.ndim if is_mask and i.dtype == np.bool_ else 1
     return tuple(out)

@@ -202,7 +202,7 @@ class Tensor(metaclass=_TensorType):
         if format != "default":
             if format == "nhwc" and not isinstance(data, Tensor):
                 # upstream: the array is the NHWC memory; the tensor is its NCHW view
-                xp = _device_mod.get_array_module(self._device)
+                xp = _device_mod.array_module_on(self._device)  # on this tensor's GPU
                 self._data = _fmt.to_logical(xp.ascontiguousarray(self._data), "Tensor")
             self.format = format
         elif isinstance(data, Tensor):
@@ -545,7 +545,9 @@ class Tensor(metaclass=_TensorType):
             else:
                 self._data[...] = value
         else:
-            self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype else value.copy()
+            with dispatch.on_device(self._device):  # CuPy copies onto the current GPU
+                self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype \
+                    else value.copy()
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
         return self

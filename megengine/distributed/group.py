@@ -291,6 +291,8 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
 
     if backend == "nccl":
         set_default_device(f"gpu{device}")
+    elif str(device_type).lower().startswith("cpu"):  # as upstream ("{device_type}{device}"):
+        set_default_device("cpu0")  # a CPU group's tensors live on the CPU, also on GPU machines
     # as upstream: each rank draws its own random numbers (data augmentation, dropout);
     # parameters are made equal with bcast_list_
     random.seed(int(time.time()) + rank)

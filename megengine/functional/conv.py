@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core import _config
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, on_device
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -563,13 +563,14 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     # Region ids become dense ranks, exact in float32, so the id windows can be cut by the same
     # sliding window as the input; a tap is kept where its id equals the output pixel's id.
     xp = xp_of(rin._data)
-    ids = xp.unique(xp.concatenate([rin._data.ravel(), rout._data.ravel()]).astype(np.int64),
-                    return_inverse=True)[1].reshape(-1).astype(np.float32)
-    rin_ids = Tensor._wrap(ids[:rin._data.size].reshape(n, 1, h, w), rin._device)
-    rout_ids = ids[rin._data.size:].reshape(n, 1, oh, ow, 1, 1)
-    # padded taps get id -1, which no output pixel has (their input is 0 anyway)
-    rin_win = sliding_window(rin_ids + 1, (kh, kw), p, s, d)._data - 1
-    keep = Tensor._wrap((rin_win == rout_ids).astype(inp.dtype), inp._device)
+    with on_device(rin._device):  # CuPy's kernels run (and allocate) on the current GPU
+        ids = xp.unique(xp.concatenate([rin._data.ravel(), rout._data.ravel()]).astype(np.int64),
+                        return_inverse=True)[1].reshape(-1).astype(np.float32)
+        rin_ids = Tensor._wrap(ids[:rin._data.size].reshape(n, 1, h, w), rin._device)
+        rout_ids = ids[rin._data.size:].reshape(n, 1, oh, ow, 1, 1)
+        # padded taps get id -1, which no output pixel has (their input is 0 anyway)
+        rin_win = sliding_window(rin_ids + 1, (kh, kw), p, s, d)._data - 1
+        keep = Tensor._wrap((rin_win == rout_ids).astype(inp.dtype), inp._device)
     win = sliding_window(inp, (kh, kw), p, s, d) * keep  # (N, C, OH, OW, KH, KW)
     from .einsum import einsum
 

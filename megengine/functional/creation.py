@@ -4,15 +4,14 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core.dispatch import apply
-from ..core.ops import xp_of
+from ..core.dispatch import apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
 
 
 def _place(device):
     dev = _device.canonical_device(device)
-    return dev, _device.get_array_module(dev)
+    return dev, _device.array_module_on(dev)  # allocates on dev's GPU, also when not current
 
 
 def _dtype(dtype):
@@ -89,7 +88,8 @@ def full(shape, value, dtype=None, device=None):
 
 def _like(inp, value):
     inp = _tensor(inp)
-    return Tensor._wrap(xp_of(inp._data).full(inp.shape, value, inp.dtype), inp._device)
+    xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
+    return Tensor._wrap(xp.full(inp.shape, value, inp.dtype), inp._device)
 
 
 def zeros_like(inp):
@@ -122,8 +122,9 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
         # arange(7.8, 8.4, 0.05) has 12 values where float64 arithmetic gives 13
         f32 = np.float32
         num = max(int(np.ceil((f32(stop) - f32(start)) / f32(step))), 0)
-    values = start + step * xp.arange(num, dtype=np.float64)
-    return Tensor._wrap(values.astype(_dtype(dtype)), dev)
+    with on_device(dev):  # the arithmetic allocates on the current GPU
+        values = start + step * xp.arange(num, dtype=np.float64)
+        return Tensor._wrap(values.astype(_dtype(dtype)), dev)
 
 
 def linspace(start, stop, num, dtype="float32", device=None):
@@ -132,7 +133,9 @@ def linspace(start, stop, num, dtype="float32", device=None):
     if num < 0:
         raise ValueError(f"linspace: num must be >= 0, got {num}")
     dev, xp = _place(device)
-    return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)), dev)
+    with on_device(dev):  # astype allocates on the current GPU
+        return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)),
+                            dev)
 
 
 def eye(N, M=None, dtype="float32", device=None):

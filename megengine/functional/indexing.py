@@ -3,7 +3,7 @@ F.cond_take) and their ops: upstream's `megengine.functional.tensor` names, re-e
 import numpy as np
 
 from ..core import ops as _ops
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, on_device
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from .elemwise import _tensor
@@ -74,7 +74,8 @@ def _int_index(index, what):
 
 def _check_bounds(index, size, what):
     if index.size:
-        lo, hi = int(index.min()), int(index.max())
+        with on_device(None if type(index) is np.ndarray else f"gpu{index.device.id}"):
+            lo, hi = int(index.min()), int(index.max())  # (CuPy reduces on the current GPU)
         if lo < 0 or hi >= size:
             raise IndexError(
                 f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"

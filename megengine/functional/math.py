@@ -4,7 +4,7 @@ import math as _pymath
 import numpy as np
 
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, on_device
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
 from .elemwise import _pair, _tensor, clip, sqrt
@@ -572,8 +572,10 @@ def _check_non_finite(inps, scale=1.0):
     found = False
     for t in inps:
         xp = xp_of(t._data)
-        found = found or not bool(xp.isfinite(t._data).all())
-        if scale != 1.0:
-            t._reset(Tensor._wrap((t._data * scale).astype(t.dtype, copy=False), t._device))
+        with on_device(t._device):  # CuPy's kernels run on the current GPU
+            found = found or not bool(xp.isfinite(t._data).all())
+            if scale != 1.0:
+                t._reset(Tensor._wrap((t._data * scale).astype(t.dtype, copy=False),
+                                      t._device))
     dev = inps[0]._device if inps else None
     return Tensor(np.array([int(found)], np.int32), device=dev)

@@ -177,7 +177,8 @@ class _Recorder(_Hook):
             info.const = t._data
             if self.const_mode and id(t) not in self.live:
                 info.kind = "const"
-                info.const = t._data.copy()
+                with dispatch.on_device(t._device):  # CuPy copies onto the current GPU
+                    info.const = t._data.copy()
             else:
                 self.unresolved.append(s)
                 # now, while it is one: the function may reset the .grad later (x.grad = None)

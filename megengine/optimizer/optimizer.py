@@ -249,10 +249,14 @@ class Optimizer:
         for p in self._params():
             g = p.grad
             # CuPy arrays have no `writeable` flag: they are always writable
-            if g is not None and getattr(g._data.flags, "writeable", True):
-                g._data[...] = 0
-            elif g is not None:
-                p.grad = Tensor._wrap(get_array_module(p._device).zeros_like(g._data), p._device)
+            if g is None:
+                continue
+            with dispatch.on_device(p._device):  # CuPy writes/allocates on the current GPU
+                if getattr(g._data.flags, "writeable", True):
+                    g._data[...] = 0
+                else:
+                    p.grad = Tensor._wrap(get_array_module(p._device).zeros_like(g._data),
+                                          p._device)
         if self._gm is None:
             self._gm = GradManager()
         self._gm.attach(self._params())  # also catches groups added since the last call

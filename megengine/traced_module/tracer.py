@@ -146,7 +146,8 @@ def enable_expr_checker(enable: bool = True):
 
 def _copy_value(v):
     if isinstance(v, Tensor) and type(v) is Tensor:
-        return Tensor._wrap(v._data.copy(), v._device)
+        with dispatch.on_device(v._device):  # CuPy copies onto the current GPU
+            return Tensor._wrap(v._data.copy(), v._device)
     return v
 
 

@@ -52,7 +52,8 @@ def _init_with_0x_keywords(port, queue):
     # 0.x's call (the model zoo's train.py): master_port= and dev= instead of port= and device=
     dist.init_process_group(master_ip="localhost", master_port=port, world_size=1, rank=0,
                             dev=0, device_type="cpu")
-    queue.put((dist.get_world_size(), dist.all_reduce_sum(mge.tensor([3.0]), "k").numpy()))
+    queue.put((dist.get_world_size(), dist.all_reduce_sum(mge.tensor([3.0]), "k").numpy(),
+               mge.get_default_device()))
 
 
 def test_init_process_group_takes_0x_keywords():
@@ -61,9 +62,10 @@ def test_init_process_group_takes_0x_keywords():
     queue = ctx.Queue()
     proc = ctx.Process(target=_init_with_0x_keywords, args=(port, queue))
     proc.start()
-    world, value = queue.get(timeout=60)
+    world, value, default = queue.get(timeout=60)
     proc.join(timeout=30)
     assert proc.exitcode == 0 and world == 1
+    assert default == "cpu0"  # upstream: the default device becomes f"{device_type}{device}"
     np.testing.assert_array_equal(value, [3.0])
     with pytest.raises(TypeError, match="give port or its 0.x name master_port, not both"):
         dist.init_process_group("localhost", 1234, 1, 0, master_port=1234)

@@ -70,7 +70,10 @@ def test_use_aten_takes_cuda_arrays_when_torch_has_cuda_and_numpy_only_when_forc
 
     assert not _aten.use_aten(a, "softmax")
     # a CPU-only torch leaves CUDA arrays on CuPy's array code instead of failing in the bridge
-    assert _aten.use_aten(CudaArray(), "softmax") == torch.cuda.is_available()
+    # (simulated CUDA devices route ATen to the CPU as a CUDA torch would serve them: tests/simcuda)
+    has_cuda = torch.cuda.is_available() or sys.modules.get("simcuda") is not None \
+        and sys.modules["simcuda"].installed() is not None
+    assert _aten.use_aten(CudaArray(), "softmax") == has_cuda
     with _aten.forced("softmax"):
         assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
         with _aten.forced("softmax", "cross_entropy"):  # nested: the inner exit keeps "softmax"

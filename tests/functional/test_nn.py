@@ -13,7 +13,7 @@ from megengine.functional import _aten
 from megengine.functional import nn as nn_module
 
 from cuda_kernels import emulate
-from devices import (host, requires_cuda, requires_torch_cuda,
+from devices import (host, host_default_device, requires_cuda, requires_torch_cuda,  # noqa: F401
                      skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 
@@ -76,7 +76,7 @@ def relu_kernel_on_cpu(tmp_path_factory):
 
 
 @pytest.fixture
-def relu_kernel_used(relu_kernel_on_cpu, monkeypatch):
+def relu_kernel_used(relu_kernel_on_cpu, monkeypatch, host_default_device):
     """Route F.relu's backward through the C++-compiled kernel body; returns the call count."""
     used = []
 
@@ -367,7 +367,7 @@ def test_dropout_follows_the_megengine_seed():
 
 
 @pytest.fixture
-def dropout_kernel_used(tmp_path, monkeypatch):
+def dropout_kernel_used(tmp_path, monkeypatch, host_default_device):
     """Route dropout's forward through its CUDA kernel's body compiled as C++."""
     used, kernel = [], emulate(nn_module._dropout_kernel, tmp_path)
     monkeypatch.setattr(nn_module, "_dropout_kernel", lambda: used.append(1) or kernel)

@@ -26,6 +26,7 @@ from megengine.quantization.utils import (
 )
 
 from cuda_kernels import emulate
+from devices import host_default_device  # noqa: F401  (the kernel-body fixture's host arrays)
 
 
 def _grad_of(fn, x_np, dy_np, *extra):
@@ -288,7 +289,7 @@ def fake_quant_kernel_on_cpu(tmp_path_factory):
 
 
 @pytest.fixture
-def fake_quant_kernel_used(fake_quant_kernel_on_cpu, monkeypatch):
+def fake_quant_kernel_used(fake_quant_kernel_on_cpu, monkeypatch, host_default_device):
     used = []
     monkeypatch.setattr(utils_module, "_fake_quant_kernel",
                         lambda: used.append(1) or fake_quant_kernel_on_cpu)

@@ -460,6 +460,10 @@ class _TorchCall(Op):
         else:
             outs, self.structure = _flatten_outputs(out, w.output_cnt)
         outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
+        on_gpu = w._device[0] == "g"
+        if any(o.is_cuda != on_gpu for o in outs):  # made on the other side (torch.arange(n)
+            where = _torch_device(w._device)  # in a module on a GPU): the engine array must
+            outs = [o if o.is_cuda == on_gpu else o.to(where) for o in outs]  # match its label
         written = [i for i in range(n) if inputs[i]._version != versions[i]]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through

@@ -1,0 +1,232 @@
+"""The simulated CUDA runtime behind the fake CuPy: devices and the current one per thread, memory objects, the pool, the null stream."""
+import threading
+import types
+
+__all__ = ["SimulationGap", "CUDARuntimeError", "Runtime", "build_cuda"]
+
+
+class SimulationGap(RuntimeError):
+    """A CUDA facility the simulator cannot provide (raw pointers, DLPack, external streams)."""
+
+
+class CUDARuntimeError(RuntimeError):
+    """CuPy's ``cupy_backends.cuda.api.runtime.CUDARuntimeError``."""
+
+
+class Runtime:
+    """The simulated CUDA runtime: device count and the calling thread's current device."""
+
+    def __init__(self, count):
+        self.count = count
+        self._local = threading.local()
+
+    def current(self):
+        return getattr(self._local, "device", 0)
+
+    def set_current(self, index):
+        index = int(index)
+        if not 0 <= index < self.count:
+            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal "
+                                   f"(simulated: {self.count} device(s), asked for {index})")
+        self._local.device = index
+
+
+
+def build_cuda(rt, live):
+    """The ``cupy.cuda`` module for runtime ``rt``; ``live`` maps the numpy buffers of live
+    device arrays that own their memory to those arrays (the pool's used bytes)."""
+
+    class Device:
+        """``cupy.cuda.Device``: the current device as a context, or by ``use()``."""
+
+        def __init__(self, device=None):
+            self.id = rt.current() if device is None else int(device)
+            self._stack = []
+
+        def __enter__(self):
+            previous = rt.current()
+            rt.set_current(self.id)
+            self._stack.append(previous)
+            return self
+
+        def __exit__(self, *exc):
+            rt.set_current(self._stack.pop())
+
+        def use(self):
+            rt.set_current(self.id)
+
+        def synchronize(self):
+            if not 0 <= self.id < rt.count:
+                raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+
+        compute_capability = property(lambda self: "90")
+        mem_info = property(lambda self: _mem_info(self.id))
+
+        def __int__(self):
+            return self.id
+
+        __index__ = __int__
+
+        def __eq__(self, other):
+            return isinstance(other, Device) and other.id == self.id
+
+        def __hash__(self):
+            return hash(("cupy.cuda.Device", self.id))
+
+        def __repr__(self):
+            return f"<CUDA Device {self.id}>"
+
+    class Memory:
+        """Memory of a simulated device (an array's numpy buffer)."""
+
+        def __init__(self, raw, device_id):
+            self._raw, self.device_id = raw, device_id
+            self.ptr = raw.__array_interface__["data"][0]
+            self.size = raw.nbytes
+
+    class UnownedMemory(Memory):
+        def __init__(self, ptr, size, owner, device_id=-1):
+            raise SimulationGap("simulated CUDA: UnownedMemory (another framework's device "
+                                "memory, e.g. a torch CUDA tensor) cannot be simulated")
+
+    class MemoryPointer:
+        def __init__(self, mem, offset):
+            self.mem, self.ptr = mem, mem.ptr + offset
+            self.device_id = mem.device_id
+
+    class MemoryPool:
+        """The default pool: bytes of live arrays that own their memory, per device."""
+
+        def used_bytes(self):
+            current = rt.current()
+            return sum(a._a.nbytes for a in list(live.values()) if a._dev == current)
+
+        def total_bytes(self):
+            return self.used_bytes()
+
+        def free_bytes(self):
+            return 0
+
+        def free_all_blocks(self, stream=None):
+            pass
+
+        def malloc(self, size):
+            raise SimulationGap("simulated CUDA: raw allocations cannot be simulated")
+
+        def set_limit(self, size=None, fraction=None):
+            pass
+
+        def get_limit(self):
+            return 0
+
+    pool = MemoryPool()
+    allocator = [pool.malloc]
+
+    def _mem_info(index):
+        total = 16 << 30
+        used = sum(a._a.nbytes for a in list(live.values()) if a._dev == index)
+        return total - used, total
+
+    class Stream:
+        """The null stream (the only one simulated)."""
+
+        ptr = 0
+        null = None
+
+        def __init__(self, null=False, non_blocking=False, priority=None):
+            if not null:
+                raise SimulationGap("simulated CUDA: only the null stream is simulated")
+            self.device_id = rt.current()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def use(self):
+            return self
+
+        def wait_event(self, event):
+            pass
+
+    def get_current_stream(device_id=None):
+        return Stream(null=True)
+
+    def ExternalStream(*args, **kwargs):
+        raise SimulationGap("simulated CUDA: external streams (torch's CUDA streams) cannot be "
+                            "simulated")
+
+    class Event:
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            pass
+
+        def record(self, stream=None):
+            if stream is not None and getattr(stream, "ptr", 0) != 0:
+                raise SimulationGap("simulated CUDA: events on non-null streams")
+
+        def synchronize(self):
+            pass
+
+    class PythonFunctionAllocator:
+        def __init__(self, malloc, free):
+            self._malloc, self._free = malloc, free
+
+        def malloc(self, size):
+            raise SimulationGap("simulated CUDA: a Python allocator cannot serve simulated "
+                                "arrays (they live in host memory)")
+
+    def set_allocator(fn=None):
+        allocator[0] = pool.malloc if fn is None else fn
+
+    def get_allocator():
+        return allocator[0]
+
+    class using_allocator:
+        def __init__(self, fn=None):
+            self._fn = fn
+
+        def __enter__(self):
+            self._previous = allocator[0]
+            set_allocator(self._fn)
+
+        def __exit__(self, *exc):
+            allocator[0] = self._previous
+
+    def _properties(index):
+        if not 0 <= index < rt.count:
+            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        return {"name": b"Simulated CUDA device (numpy)", "major": 9, "minor": 0,
+                "totalGlobalMem": 16 << 30, "multiProcessorCount": 132}
+
+    runtime = types.ModuleType("cupy.cuda.runtime")
+    runtime.CUDARuntimeError = CUDARuntimeError
+    runtime.getDeviceCount = lambda: rt.count
+    runtime.getDevice = rt.current
+    runtime.setDevice = rt.set_current
+    runtime.getDeviceProperties = _properties
+    runtime.memGetInfo = lambda: _mem_info(rt.current())
+    runtime.runtimeGetVersion = lambda: 12040
+    runtime.driverGetVersion = lambda: 12040
+    runtime.deviceSynchronize = lambda: None
+    runtime.is_hip = False
+
+    memory = types.ModuleType("cupy.cuda.memory")
+    for obj in (Memory, UnownedMemory, MemoryPointer, MemoryPool, PythonFunctionAllocator,
+                set_allocator, get_allocator, using_allocator):
+        setattr(memory, obj.__name__, obj)
+
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.runtime, cuda.memory = runtime, memory
+    for obj in (Device, Memory, UnownedMemory, MemoryPointer, MemoryPool, Stream, ExternalStream,
+                Event, PythonFunctionAllocator, set_allocator, get_allocator, using_allocator,
+                get_current_stream):
+        setattr(cuda, obj.__name__, obj)
+    cuda.get_device_id = rt.current
+    cuda.is_available = lambda: True
+    cuda.Stream.null = Stream(null=True)
+    cuda.pool = pool  # cupy.get_default_memory_pool()
+    return cuda

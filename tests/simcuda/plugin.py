@@ -1,0 +1,67 @@
+"""pytest hooks of a simulated-CUDA run: a test stopped by what cannot be simulated (torch's CUDA, DLPack, raw pointers) is reported as skipped, naming it; known engine gaps on GPUs are expected failures."""
+import pytest
+
+from .fake_cupy import SimulationGap
+
+__all__ = ["unsimulated_reason", "KNOWN_GPU_GAPS"]
+
+_CROSS_DEVICE = ("upstream's graph layer copies between devices on its own (megbrain's cross-comp-node "
+                 "copy); this engine's graph layer raises instead: {}")
+
+# Tests that fail on GPUs (simulated or real) for engine gaps found by the simulation and not
+# fixed yet; xfail (not strict), so a fix shows up as XPASS.
+KNOWN_GPU_GAPS = {
+    "tests/core/test_megbrain_graph.py::test_dump_graph_round_trip_and_its_result":
+        _CROSS_DEVICE.format("make_const without a device (the default: a GPU) meets a cpu0 "
+                             "make_h2d input"),
+    "tests/core/test_tensor_utils.py::test_subgraph_batch_norm_matches_torch_values_and_gradients":
+        _CROSS_DEVICE.format("subgraph_fn(device='cpu0') constants meet inputs on the GPU"),
+    "tests/core/test_tensor_utils.py::"
+    "test_kernel_built_with_subtensor_and_concat_as_an_augmentation_library_writes_it":
+        _CROSS_DEVICE.format("subgraph_fn(device='cpu0') constants meet inputs on the GPU"),
+    "tests/jit/test_dump.py::test_dumped_program_runs_in_a_fresh_process":
+        "trace.dump records the canonical device (gpu0), where upstream's dumps say xpux, so a "
+        "program dumped on a GPU does not load where there is none (here: a fresh process "
+        "without the simulation)",
+}
+
+# What torch and the bridge say when a test needs torch's CUDA (PyTorchModule on a GPU, a
+# device array handed to torch outside the ATen route): this machine's torch has none, and the
+# simulation does not pretend it has.
+_TORCH_CUDA_MESSAGES = ("Torch not compiled with CUDA enabled",
+                        "has no usable CUDA; install a CUDA build of torch")
+
+
+def unsimulated_reason(exc):
+    """Why ``exc`` (or an exception it was raised from) means "not simulated", else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, SimulationGap):
+            return str(exc)
+        text = str(exc)
+        for message in _TORCH_CUDA_MESSAGES:
+            if message in text:
+                return f"needs torch's CUDA ({message})"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.excinfo is None:
+        return
+    reason = unsimulated_reason(call.excinfo.value)
+    if reason is not None:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0,
+                           f"Skipped: not simulated: {reason}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        reason = KNOWN_GPU_GAPS.get(item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason="known gap on GPUs: " + reason, strict=False))
