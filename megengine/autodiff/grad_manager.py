@@ -306,11 +306,11 @@ class GradManager:
         scope = dispatch.device_scope()
         try:
             ys, dys, given = [], [], []
-            # Outputs kept by distributed ops go first, in the order they were made, and y
-            # (made after them) last: the backward visits the roots' independent branches last
-            # root first, so the collectives' backward passes (sends, receives) run in the
-            # reverse of their forward order on every rank, as upstream's do; otherwise a rank
-            # could wait to receive a gradient while its peer waits for one from it.
+            # Outputs kept by distributed ops join y as roots. The backward runs ops in the
+            # reverse of their forward order (dispatch._graph_order), so the collectives'
+            # backward passes (sends, receives) run in the reverse of their forward order on
+            # every rank, as upstream's do; otherwise a rank could wait to receive a gradient
+            # while its peer waits for one from it.
             for t in self._kept:
                 if _tracked(t):
                     if scope is not None:
