@@ -541,32 +541,34 @@ def _graph_order(roots):
     post-accumulate-grad hooks: ``a * b`` gives a then b; ``(x * a) * b`` gives b, x, a).
     Distributed all-reduce bucketing and the reverse-order relay of collectives rely on it.
     """
-    ops, seen, leaf_roots = [], set(), []
+    ops, seen, leaf_roots = [], set(), []  # seen holds the nodes (hashed by identity)
     for root in roots:
         if root.parents:
-            if id(root) not in seen:
-                seen.add(id(root))
+            if root not in seen:
+                seen.add(root)
                 ops.append(root)
         elif root not in leaf_roots:
             leaf_roots.append(root)
+    see, push = seen.add, ops.append
     for node in ops:  # the ops reachable (the list grows while it is walked)
         for p in node.parents:
             if p is not None:
                 parent = p[0]
-                if parent.parents and id(parent) not in seen:
-                    seen.add(id(parent))
-                    ops.append(parent)
+                if parent.parents and parent not in seen:
+                    see(parent)
+                    push(parent)
     ops.sort(key=_seq_of)  # forward order; the walk above found them roughly in reverse
     # Built in forward order and reversed at the end: before each op, the leaves it is the
     # first consumer of, in the reverse of the order it hands them gradients.
     order = []
+    put = order.append
     for node in ops:
         parents = node.parents
         if len(parents) == 1:
             parent = parents[0][0]
-            if not parent.parents and id(parent) not in seen:
-                seen.add(id(parent))
-                order.append(parent)
+            if not parent.parents and parent not in seen:
+                see(parent)
+                put(parent)
         else:
             grad_order = node.op.grad_order
             if grad_order is not None:
@@ -574,13 +576,13 @@ def _graph_order(roots):
             for p in reversed(parents):
                 if p is not None:
                     parent = p[0]
-                    if not parent.parents and id(parent) not in seen:
-                        seen.add(id(parent))
-                        order.append(parent)
-        order.append(node)
+                    if not parent.parents and parent not in seen:
+                        see(parent)
+                        put(parent)
+        put(node)
     for leaf in leaf_roots:  # a root that is a leaf and no op reached: its gradient is given
-        if id(leaf) not in seen:
-            order.append(leaf)
+        if leaf not in seen:
+            put(leaf)
     order.reverse()
     return order
 
