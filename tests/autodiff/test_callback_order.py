@@ -149,19 +149,20 @@ def test_linear_bias_first_as_upstream(x_shape, bias, attach_x):
     x_np = rand(*x_shape)
     if attach_x:
         arrays = {"x": x_np, **arrays}
-        mge_fn = lambda **t: F.linear(t["x"], t["W"], t.get("b"))  # noqa: E731
-        torch_fn = lambda **t: _linear_upstream(t["x"], t["W"], t.get("b"))  # noqa: E731
-    else:
-        mge_fn = lambda **t: F.linear(Tensor(x_np), t["W"], t.get("b"))  # noqa: E731
-        torch_fn = lambda **t: _linear_upstream(torch.tensor(x_np), t["W"], t.get("b"))  # noqa: E731
-    got = check_against_torch(mge_fn, torch_fn, arrays)
+
+    def x_of(t, make):
+        return t["x"] if attach_x else make(x_np)
+
+    got = check_against_torch(
+        lambda **t: F.linear(x_of(t, Tensor), t["W"], t.get("b")),
+        lambda **t: _linear_upstream(x_of(t, torch.tensor), t["W"], t.get("b")), arrays)
     expected = (["b"] if bias else []) + (["x"] if attach_x else []) + ["W"]
     assert got == expected
     if len(x_shape) == 2 or not attach_x:
         # torch's own F.linear agrees here; on a 3-d input attached with a bias it splits
         # differently (it gives b, W, x) and upstream's order is kept
-        assert torch_order(lambda **t: TF.linear(t["x"] if attach_x else torch.tensor(x_np),
-                                                 t["W"], t.get("b")), arrays)[0] == got
+        assert torch_order(lambda **t: TF.linear(x_of(t, torch.tensor), t["W"], t.get("b")),
+                           arrays)[0] == got
 
 
 def _conv_upstream(x, w, b, transposed):
