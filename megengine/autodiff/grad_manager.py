@@ -126,6 +126,12 @@ class GradManager:
         order on the gradient before it is accumulated into ``tensor.grad``. A callback that
         returns None drops the gradient: ``.grad`` is left as it is (as upstream, which sets
         a missing ``.grad`` to the None the callbacks returned).
+
+        Tensors' callbacks run in the order their gradients become complete, as upstream's and
+        torch's hooks: the last op of the forward pass hands out its gradients first, a tensor's
+        gradient is complete once the first op that used it has run backward, and one op's
+        inputs come in input order (a model's last layer first; a linear or convolution layer's
+        bias before its weight, as upstream adds the bias after the product).
         """
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradManager.attach, self, tensors, callbacks)
@@ -306,11 +312,11 @@ class GradManager:
         scope = dispatch.device_scope()
         try:
             ys, dys, given = [], [], []
-            # Outputs kept by distributed ops go first, in the order they were made, and y
-            # (made after them) last: the backward visits the roots' independent branches last
-            # root first, so the collectives' backward passes (sends, receives) run in the
-            # reverse of their forward order on every rank, as upstream's do; otherwise a rank
-            # could wait to receive a gradient while its peer waits for one from it.
+            # Outputs kept by distributed ops join y as roots. The backward runs ops in the
+            # reverse of their forward order (dispatch._graph_order), so the collectives'
+            # backward passes (sends, receives) run in the reverse of their forward order on
+            # every rank, as upstream's do; otherwise a rank could wait to receive a gradient
+            # while its peer waits for one from it.
             for t in self._kept:
                 if _tracked(t):
                     if scope is not None:

@@ -31,6 +31,9 @@ the same through `device_scope`. The switching is done by a *switcher* that
 ``megengine.device`` installs when it finds more than one GPU; with one GPU (the current device
 can only be 0) or none there is no switcher and nothing of this costs more than one ``is None``.
 """
+from itertools import count as _count
+from operator import attrgetter as _attrgetter
+
 import numpy as np
 
 from .. import device as _device_mod
@@ -158,6 +161,11 @@ class Op:
 
     needs_input_grad = ()
     out_device = None  # set by an op whose output lives elsewhere than its inputs (Copy)
+    # The order in which this op hands its inputs their gradients (input indices), when it is
+    # not input order: a fused op that stands for several of upstream's ops (linear is matmul,
+    # then + bias) sets it so that gradient callbacks run in upstream's order (see
+    # `_graph_order`); None: input order.
+    grad_order = None
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -252,11 +260,14 @@ class Node:
     ``saved``: (input arrays, output arrays, device) when more than one GradManager recorded
     at forward time, so that ``grad_graph`` can be given Tensors; None otherwise.
     ``device``: the device the forward ran on (its inputs'), current while backward runs.
+    ``seq``: when the node was made (increasing): backward runs ops in decreasing ``seq``, the
+    reverse of the forward order, as upstream's tape and torch's sequence numbers do.
     """
 
-    __slots__ = ("op", "parents", "out_meta", "keys", "saved", "device", "__weakref__")
+    __slots__ = ("op", "parents", "out_meta", "keys", "saved", "device", "seq", "__weakref__")
 
     def __init__(self, op=None, parents=(), out_meta=((), ), keys=(), device=None):
+        self.seq = _next_seq()  # a parent is always made before its consumers: smaller seq
         self.op = op
         self.parents = parents  # per input: (Node, output index) or None
         self.out_meta = out_meta  # per output: (shape, dtype), to make zeros for unused outputs
@@ -275,6 +286,10 @@ class Node:
             self.parents = ()
             self.keys = ()
             self.saved = None
+
+
+_next_seq = _count().__next__
+_seq_of = _attrgetter("seq")
 
 
 def is_recording() -> bool:
@@ -515,34 +530,59 @@ def forget_fresh_gradients():
 
 
 def _graph_order(roots):
-    """Nodes reachable from ``roots``, children before parents (reverse topological order)."""
-    # Nodes without parents (attached tensors: most of a training graph's nodes) never enter
-    # the depth-first stack: they are placed where popping them would have placed them (the
-    # order decides in which order gradient callbacks see parameters, which bucketing
-    # all-reduces rely on), without the push, iterator and pop, about twice as fast.
-    order, visited = [], set()
+    """Nodes reachable from ``roots`` in the order backward visits them: recorded ops in the
+    reverse of their forward order (decreasing ``seq``), and each leaf (an attached tensor)
+    right after the last op to hand it a gradient, the leaves of one op in the order that op
+    hands gradients to its inputs (input order, or the op's ``grad_order``).
+
+    This is the order in which the leaves' gradients become complete, and so the order in which
+    GradManager callbacks see them: upstream's (its tape runs backward and a tensor's callback
+    fires once its last gradient producer ran) and torch's (tensor hooks and
+    post-accumulate-grad hooks: ``a * b`` gives a then b; ``(x * a) * b`` gives b, x, a).
+    Distributed all-reduce bucketing and the reverse-order relay of collectives rely on it.
+    """
+    ops, seen, leaf_roots = [], set(), []  # seen holds the nodes (hashed by identity)
     for root in roots:
-        if id(root) in visited:
-            continue
-        visited.add(id(root))
-        if not root.parents:
-            order.append(root)
-            continue
-        stack = [(root, iter(root.parents))]
-        while stack:
-            node, it = stack[-1]
-            for p in it:
+        if root.parents:
+            if root not in seen:
+                seen.add(root)
+                ops.append(root)
+        elif root not in leaf_roots:
+            leaf_roots.append(root)
+    see, push = seen.add, ops.append
+    for node in ops:  # the ops reachable (the list grows while it is walked)
+        for p in node.parents:
+            if p is not None:
+                parent = p[0]
+                if parent.parents and parent not in seen:
+                    see(parent)
+                    push(parent)
+    ops.sort(key=_seq_of)  # forward order; the walk above found them roughly in reverse
+    # Built in forward order and reversed at the end: before each op, the leaves it is the
+    # first consumer of, in the reverse of the order it hands them gradients.
+    order = []
+    put = order.append
+    for node in ops:
+        parents = node.parents
+        if len(parents) == 1:
+            parent = parents[0][0]
+            if not parent.parents and parent not in seen:
+                see(parent)
+                put(parent)
+        else:
+            grad_order = node.op.grad_order
+            if grad_order is not None:
+                parents = [parents[i] for i in grad_order]
+            for p in reversed(parents):
                 if p is not None:
                     parent = p[0]
-                    if id(parent) not in visited:
-                        visited.add(id(parent))
-                        if parent.parents:
-                            stack.append((parent, iter(parent.parents)))
-                            break
-                        order.append(parent)
-            else:
-                stack.pop()
-                order.append(node)
+                    if not parent.parents and parent not in seen:
+                        see(parent)
+                        put(parent)
+        put(node)
+    for leaf in leaf_roots:  # a root that is a leaf and no op reached: its gradient is given
+        if leaf not in seen:
+            put(leaf)
     order.reverse()
     return order
 

@@ -83,6 +83,13 @@ def _conv_out(size, k, s, p, d, what, axis):
     return out
 
 
+# The order in which a convolution hands out its inputs' gradients (x, w, b are inputs 0, 1,
+# 2), as upstream's ops do, so that gradient callbacks see them in upstream's order: its
+# convolution is an op on (x, w), its transposed convolution one on (w, x), and a bias is
+# added by a second op, whose backward runs first. (torch's convolution hands x, w, b out.)
+_GRAD_ORDER = {(False, True): (2, 0, 1), (True, False): (1, 0), (True, True): (2, 1, 0)}
+
+
 class _Convolution(Op):
     """N-d convolution (or its transpose) of x with w, plus an optional bias, on ATen.
 
@@ -154,6 +161,8 @@ class _Convolution(Op):
                                  f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
             self.b_shape, self.b_dtype = b.shape, b.dtype
             tb = _aten.view(b.reshape(out).astype(dtype, copy=False))
+        if b is not None or self.transposed:  # see _GRAD_ORDER
+            self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
         tx = _aten.view(x.astype(dtype, copy=False))
         tw = _aten.view(wf.astype(dtype, copy=False))
         if self._few_input_channels(x, wf):

@@ -454,6 +454,9 @@ class _Linear(Op):
                 raise ValueError(f"linear: bias of shape {b.shape} does not match "
                                  f"{w.shape[0]} out_features")
             self.b_shape = b.shape
+            # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
+            # so its callbacks run before the weight's (as torch's addmm hands them out too)
+            self.grad_order = (2, 0, 1)
             y += b if b.ndim == 1 else b.reshape(-1)
         return y
 

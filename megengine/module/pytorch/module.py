@@ -26,6 +26,7 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
+from . import _grad_order
 from .shared import loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
@@ -479,6 +480,9 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
+            # callbacks see this op's inputs and parameters in the order torch hands them out
+            self.grad_order = _grad_order.grad_order(w, mode, need, inputs,
+                                                     w._torch_params.items, outs)
         from_torch = ext.from_torch
         return tuple([from_torch(o.detach()) for o in outs]) if len(outs) > 1 \
             else from_torch(outs[0].detach())
