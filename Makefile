@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo docs bench clean-ext gpu-check
+.PHONY: setup test demo docs bench clean-ext gpu-check sim-gpu-check
 
 setup: $(STAMP)
 
@@ -34,3 +34,9 @@ clean-ext: $(STAMP)
 # benchmarks, one summary; exits 2 at once where CUDA is not usable. See benchmarks/gpu_check.py.
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python3 benchmarks/gpu_check.py
+
+# Anywhere (no GPU needed): the suite on 1, then 2 simulated CUDA devices (tests/simcuda), which
+# keep CuPy's rules (no implicit host conversion, no host arrays in kernels, the current device).
+sim-gpu-check: $(STAMP)
+	MGE_SIM_CUDA=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	MGE_SIM_CUDA=2 $(BIN)/python -m pytest -q -p no:cacheprovider
