@@ -262,6 +262,18 @@ def _check_param(t, channels, what, name):
                          f"{channels} channels")
 
 
+def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
+    """The channel count C of a batch norm's (N, C, ...) input, after checking that each
+    per-channel tensor given has C values."""
+    if inp.ndim < 2:
+        raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "
+                         f"got shape {inp.shape}")
+    c = inp.shape[1]
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_param(t, c, what, name)
+    return c
+
 def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None, *,
                training=False, momentum=0.9, eps=1e-5, inplace=True, compute_mode="default",
                param_dim="dim_1c11"):
@@ -282,13 +294,7 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     if out_dtype is not None:
         inp = inp.astype(np.float32)
     what = "batch_norm"
-    if inp.ndim < 2:
-        raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "
-                         f"got shape {inp.shape}")
-    c = inp.shape[1]
-    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
-                    (weight, "weight"), (bias, "bias")):
-        _check_param(t, c, what, name)
+    c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
     has_mean, has_var = running_mean is not None, running_var is not None
     if not training and not (has_mean and has_var):
         raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
@@ -348,13 +354,7 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
         return batch_norm(inp, running_mean, running_var, weight, bias, training=training,
                           momentum=momentum, eps=eps)
     inp = _tensor(inp)
-    if inp.ndim < 2:
-        raise ValueError(f"sync_batch_norm: expected an input (N, C, ...) of 2 or more dims, "
-                         f"got shape {inp.shape}")
-    c = inp.shape[1]
-    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
-                    (weight, "weight"), (bias, "bias")):
-        _check_param(t, c, "sync_batch_norm", name)
+    c = _check_bn_args("sync_batch_norm", inp, running_mean, running_var, weight, bias)
     stat_shape = (1, c) + (1,) * (inp.ndim - 2)
     axes = (0,) + tuple(range(2, inp.ndim))
     if training:

@@ -54,13 +54,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_importing_megengine_distributed_does_not_import_torch():
-    code = ("import sys, megengine, megengine.distributed as d, megengine.functional.distributed; "
-            "import megengine.module; assert d.get_rank() == 0; print('torch' in sys.modules)")
+def _fresh_interpreter(code):
+    """Run ``code`` in a new Python (this process has imported the modules already)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_importing_megengine_distributed_does_not_import_torch():
+    code = ("import sys, megengine, megengine.distributed as d, megengine.functional.distributed; "
+            "import megengine.module; assert d.get_rank() == 0; print('torch' in sys.modules)")
+    out = _fresh_interpreter(code)
     assert out.stdout.strip() == "False"
 
 
@@ -73,10 +79,7 @@ def test_dist_functional_is_reachable_from_the_package_alone():
             "assert dist.functional.all_to_all is F.distributed.all_to_all; "
             "assert dist.functional.all_reduce_sum is F.distributed.all_reduce_sum; "
             "print('torch' in sys.modules)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_interpreter(code)
     assert out.stdout.strip() == "False"  # and still no torch at import
 
 
@@ -88,10 +91,7 @@ def test_the_collectives_import_first_too():
             "from megengine.distributed.functional import all_gather; "
             "assert all_gather is F.distributed.all_gather is dist.functional.all_gather; "
             "assert all_reduce_sum is dist.functional.all_reduce_sum")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_interpreter(code)
 
 
 def test_not_distributed_defaults_and_errors():
