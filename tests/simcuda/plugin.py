@@ -19,10 +19,6 @@ KNOWN_GPU_GAPS = {
     "tests/core/test_tensor_utils.py::"
     "test_kernel_built_with_subtensor_and_concat_as_an_augmentation_library_writes_it":
         _CROSS_DEVICE.format("subgraph_fn(device='cpu0') constants meet inputs on the GPU"),
-    "tests/jit/test_dump.py::test_dumped_program_runs_in_a_fresh_process":
-        "trace.dump records the canonical device (gpu0), where upstream's dumps say xpux, so a "
-        "program dumped on a GPU does not load where there is none (here: a fresh process "
-        "without the simulation)",
 }
 
 # What torch and the bridge say when a test needs torch's CUDA (PyTorchModule on a GPU, a
