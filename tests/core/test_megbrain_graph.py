@@ -156,7 +156,7 @@ def test_load_graph_names_ids_and_runs_after_swapping_its_input():
 def test_dump_graph_round_trip_and_its_result():
     g = G.Graph()
     x = g.make_h2d(dtype="float32", device="cpu0", shape=(3,), name="data")
-    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w")
+    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w", device="cpu0")  # x's device
     y = F.maximum(x * w, 0.5)
     buf, info = G.dump_graph({"out": y})
     assert y.name == "out" and info.inputs == ["data"] and info.outputs == ["out"]
@@ -174,6 +174,25 @@ def test_dump_graph_round_trip_and_its_result():
     inp = G.InputNode(dtype="float32", graph=g)
     with pytest.raises(ValueError, match="InputCallback"):
         G.dump_graph([inp.outputs[0] + 1])
+
+
+@requires_cuda
+def test_vars_of_two_devices_meet_only_through_a_copy_operator_as_upstream():
+    # megbrain infers an operator's device from its inputs and asserts they share one: a
+    # default-device (GPU) constant does not meet a cpu0 input unless the program copies it
+    g = G.Graph()
+    x = g.make_h2d(dtype="float32", device="cpu0", shape=(3,), name="data")
+    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w")
+    assert w.device == "gpu0"
+    with pytest.raises(ValueError, match=r"'data' on cpu0, 'w' on gpu0.*var.to\(device\)"):
+        x * w
+    y = F.maximum(x.to("gpu0") * w, 0.5)
+    assert y.device == "gpu0"
+    copies = [o for o in cgtools.get_oprs_seq([y], False, False) if o.type == "Copy"]
+    assert len(copies) == 1 and copies[0].inputs[0] is x
+    buf, _ = G.dump_graph({"out": y})
+    out = cgtools.GraphInference(io.BytesIO(buf)).run(np.array([0.1, -1.0, 2.0], "float32"))
+    np.testing.assert_allclose(out["out"], np.maximum(np.array([0.1, -2.0, 6.0]), 0.5))
 
 
 def test_graph_options_keep_the_vars_and_refuse_float16():
