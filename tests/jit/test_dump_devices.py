@@ -125,3 +125,40 @@ def test_version_1_files_read_gpu0_as_the_default_device_and_bad_maps_are_refuse
     if not mge.is_cuda_available():
         with pytest.raises(ValueError, match="dumped for device 'gpu0'"):
             device_mapper(None, 2)("gpu0")
+
+
+def _rewritten(data, edit):
+    """The bytes of dump file ``data`` with its graph.json passed through ``edit``."""
+    if data[:7] == b"MGEFORK":
+        data = data[16:16 + int.from_bytes(data[8:16], "little")]
+    src, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            content = src.read(name)
+            if name == "graph.json":
+                graph = json.loads(content)
+                edit(graph)
+                content = json.dumps(graph).encode()
+            dst.writestr(name, content)
+    return out.getvalue()  # (a bare archive, as files before the mark were written)
+
+
+def test_a_version_1_file_dumped_on_a_gpu_still_loads_here():
+    import megengine.functional as F
+
+    w = mge.tensor(np.array([0.5, -1.0, 2.0], "float32"))
+    f = trace(lambda t: F.relu(t * w) + 1, symbolic=True, capture_as_const=True)
+    x = np.array([1.0, 2.0, 3.0], "float32")
+    expected = f(mge.tensor(x)).numpy()
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+
+    def as_version_1_from_a_gpu(graph):  # version 1 wrote gpu0 for the default device there
+        graph["version"] = 1
+        for entry in graph["inputs"] + graph["consts"]:
+            entry["device"] = "gpu0"
+
+    old = _rewritten(buf.getvalue(), as_version_1_from_a_gpu)
+    (got,) = GraphInference(io.BytesIO(old)).run(x).values()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got, np.maximum(x * [0.5, -1.0, 2.0], 0) + 1, rtol=1e-6)
