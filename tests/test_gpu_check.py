@@ -113,6 +113,7 @@ def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkey
 
 def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check, "gpu_count", lambda: 1)  # the two suite runs only
     runs = []
 
     def fake_suite(label, env, args, log_dir):
