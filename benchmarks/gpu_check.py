@@ -17,7 +17,10 @@ What it does, in this order (under 5 minutes on one H200):
    allocator over 5,000 hybrid steps (it must not grow); then, in a process of its own,
    ``bench_fused_kernels.py --quick`` (softmax / cross entropy / relu: the fused CUDA paths
    against the array code and torch; its gpu0 rows are shown, without aims).
-4. One summary block: passed/failed per run, each ratio against its aim (issue 12's aims).
+4. On a machine with two or more GPUs, also ``pytest tests/simcuda/multi_gpu_cases.py`` (engine
+   work on gpu1 while gpu0 is current; the simulated run's cases on real GPUs), at the same time
+   as runs 1 and 2; with one GPU the summary says it was not run and why.
+5. One summary block: passed/failed per run, each ratio against its aim (issue 12's aims).
 
 Every step is timed with a device synchronisation at its end (``torch.cuda.synchronize()``, which
 waits for CuPy's streams too), the same for every variant. Before timing, each pair must do the
@@ -66,6 +69,19 @@ CASES = [("hybrid LeNet, batch 64", "hybrid", None, 64),
          ("hybrid LeNet, batch 1024", "hybrid", None, 1024),
          ("engine MLP 784-256-10, batch 64", "mlp", 256, 64),
          ("engine MLP 784-4096-10, batch 4096", "mlp", 4096, 4096)]
+
+
+MULTI_GPU_CASES = "tests/simcuda/multi_gpu_cases.py"  # needs two GPUs: run only where there are
+
+
+def gpu_count():
+    """How many CUDA devices CuPy sees (0 when it cannot tell)."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001  (no CuPy or no driver: no GPUs to count)
+        return 0
 
 
 def cuda_problem():
@@ -137,20 +153,22 @@ def xdist_available():
     return True
 
 
-def run_suite(label, env_extra, args, log_dir):
-    """Run the suite in a subprocess; returns a result dict for the summary (also when the run
-    itself could not be started or ran out of time: then with what it reported so far)."""
+def run_suite(label, env_extra, args, log_dir, tests=None, workers=None):
+    """Run the suite (or ``tests``, with ``workers`` xdist workers) in a subprocess; returns a
+    result dict for the summary (also when the run itself could not be started or ran out of
+    time: then with what it reported so far)."""
     start = time.perf_counter()
     log = Path(log_dir) / ("pytest-" + re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".log")
     try:
-        return _run_suite(label, env_extra, args, log, start)
+        return _run_suite(label, env_extra, args, log, start, tests or args.tests,
+                          args.workers if workers is None else workers)
     except Exception as e:  # noqa: BLE001  (the summary must still come)
         return dict(label=label, ok=False, counts={"passed": 0, "failed": 0, "error": 0, "skipped": 0},
                     failures=[f"(the run could not be made: {type(e).__name__}: {e})"],
                     seconds=time.perf_counter() - start, code=None, log=str(log))
 
 
-def _run_suite(label, env_extra, args, log, start):
+def _run_suite(label, env_extra, args, log, start, tests, workers):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("MGE_DEFAULT_DEVICE", None)
     env.update(env_extra)
@@ -165,9 +183,9 @@ def _run_suite(label, env_extra, args, log, start):
     # device machine sends back.
     basetemp = tempfile.mkdtemp(prefix="gpu-check-tmp-")
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--basetemp", basetemp,
-           *args.tests]
-    if args.workers > 1 and xdist_available():
-        cmd[4:4] = ["-n", str(args.workers)]
+           *tests]
+    if workers > 1 and xdist_available():
+        cmd[4:4] = ["-n", str(workers)]
     print(f"[gpu-check] {label}: {' '.join(cmd[1:])} (log: {log})", flush=True)
     # its own session: on a timeout the whole process group goes, xdist's workers included
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -393,7 +411,8 @@ def run_fused_bench(args, log_dir, timeout=240):
 
 
 # ----- the summary --------------------------------------------------------------------------------
-def summary(suites, benches, seconds):
+def summary(suites, benches, seconds, notes=()):
+    """The summary block; ``notes``: lines about what was not run, and why."""
     lines = ["", "=" * 30 + " gpu-check summary " + "=" * 30]
     for s in suites:
         c = s["counts"]
@@ -404,6 +423,7 @@ def summary(suites, benches, seconds):
             lines.append(f"    {f}")
         if len(s["failures"]) > 25:
             lines.append(f"    ... and {len(s['failures']) - 25} more (see the log)")
+    lines.extend(notes)
     for b in benches:
         if "error" in b:
             lines.append(f"bench, {b['name']:36s} ERROR {b['error']}")
@@ -457,16 +477,25 @@ def main(argv=None):
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="gpu-check-")
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    suites = []
+    suites, notes = [], []
     if not args.skip_tests:
         if args.workers > 1 and not xdist_available():
             print("[gpu-check] pytest-xdist is not installed: each run is one pytest process (slower)", flush=True)
-        runs = [("on CUDA (default xpux)", {}), ("MGE_DEFAULT_DEVICE=cpu0", {"MGE_DEFAULT_DEVICE": "cpu0"})]
+        runs = [("on CUDA (default xpux)", {}, {}),
+                ("MGE_DEFAULT_DEVICE=cpu0", {"MGE_DEFAULT_DEVICE": "cpu0"}, {})]
+        n_gpus = gpu_count()
+        if n_gpus >= 2:  # a few dozen cases: one process, beside the two runs
+            runs.append((f"two GPUs ({MULTI_GPU_CASES})", {},
+                         dict(tests=[MULTI_GPU_CASES], workers=1)))
+        else:
+            notes.append(f"tests, two GPUs ({MULTI_GPU_CASES}): not run, it needs 2 GPUs and this "
+                         f"machine has {n_gpus}")
         if args.serial:
-            suites = [run_suite(label, env, args, log_dir) for label, env in runs]
-        else:  # both at once: 2 x 8 workers fit 16 cores, and it halves the wall time
+            suites = [run_suite(label, env, args, log_dir, **extra) for label, env, extra in runs]
+        else:  # at once: 2 x 8 workers fit 16 cores, and it halves the wall time
             with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
-                suites = list(pool.map(lambda run: run_suite(*run, args, log_dir), runs))
+                suites = list(pool.map(
+                    lambda run: run_suite(run[0], run[1], args, log_dir, **run[2]), runs))
     benches = []
     if not args.skip_bench:
         for name, stage in (("GPU benchmarks", lambda: run_benchmarks(args)),
@@ -476,7 +505,7 @@ def main(argv=None):
                 benches += stage()
             except Exception as e:  # noqa: BLE001  (the summary must still come)
                 benches.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"))
-    text = summary(suites, benches, time.perf_counter() - start)
+    text = summary(suites, benches, time.perf_counter() - start, notes)
     print(text, flush=True)
     (Path(log_dir) / "summary.txt").write_text(text + "\n")
     (Path(log_dir) / "results.json").write_text(json.dumps(

@@ -12,7 +12,7 @@ import megengine as mge
 from megengine.device import canonical_device
 
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
-           "device_array", "host_default_device",
+           "device_array", "host_default_device", "child_env",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
@@ -140,3 +140,21 @@ def skip_unless_aten_serves_the_default_device():
     if canonical_device(None).startswith("gpu") and not (_torch_cuda() or _simulated_cuda()):
         pytest.skip("tensors live on a GPU here, and CuPy arrays take ATen's kernels only with "
                     "a CUDA build of torch, which this machine lacks")
+
+
+def child_env(env=None):
+    """The environment for a fresh Python process a test starts (default: this one's).
+
+    Under simulated GPUs (tests/simcuda) the child cannot have them: the simulation must be in
+    place before megengine loads, and putting it there imports megengine, which would change
+    what these children check (import order, torch loaded lazily). So the child runs as a plain
+    CPU process: without ``MGE_SIM_CUDA``, and without a ``MGE_DEFAULT_DEVICE`` naming a GPU it
+    has not got. Elsewhere ``env`` is returned as it is (on a real GPU the child has the GPU)."""
+    import os
+
+    env = dict(os.environ if env is None else env)
+    if _simulated_cuda():
+        env.pop("MGE_SIM_CUDA", None)
+        if env.get("MGE_DEFAULT_DEVICE", "").startswith("gpu"):
+            env.pop("MGE_DEFAULT_DEVICE")
+    return env

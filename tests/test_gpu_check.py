@@ -113,6 +113,7 @@ def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkey
 
 def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check, "gpu_count", lambda: 1)  # the two suite runs only
     runs = []
 
     def fake_suite(label, env, args, log_dir):
@@ -134,6 +135,31 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
     assert "    gpu0:\n      softmax row" in text
     assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
     assert text.strip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n_gpus", [1, 2])
+def test_the_multi_gpu_cases_run_beside_the_suite_only_with_two_gpus(gpu_check, monkeypatch,
+                                                                     tmp_path, n_gpus):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check, "gpu_count", lambda: n_gpus)
+    runs = []
+
+    def fake_suite(label, env, args, log_dir, tests=None, workers=None):
+        runs.append((label, tests or args.tests, args.workers if workers is None else workers))
+        return dict(label=label, ok=True, counts=dict(passed=3, failed=0, error=0, skipped=0),
+                    failures=[], seconds=1.0, code=0, log="log")
+
+    monkeypatch.setattr(gpu_check, "run_suite", fake_suite)
+    assert gpu_check.main(["--log-dir", str(tmp_path), "--skip-bench", "--serial"]) == 0
+    text = (tmp_path / "summary.txt").read_text()
+    multi = [r for r in runs if r[1] == ["tests/simcuda/multi_gpu_cases.py"]]
+    assert (REPO / "tests/simcuda/multi_gpu_cases.py").exists()  # the path the run is given
+    if n_gpus == 2:
+        assert len(runs) == 3 and multi == [(multi[0][0], multi[0][1], 1)]
+        assert "two GPUs (tests/simcuda/multi_gpu_cases.py)" in text and "PASS: 3 passed" in text
+    else:
+        assert len(runs) == 2 and not multi
+        assert "multi_gpu_cases.py): not run, it needs 2 GPUs and this machine has 1" in text
 
 
 def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypatch, tmp_path):

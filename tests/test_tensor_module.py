@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 import megengine as mge
+from devices import child_env
 
 
 def test_megengine_tensor_is_the_tensor_class():
@@ -54,5 +55,6 @@ def test_from_import_in_a_fresh_process_and_without_torch():
             "import megengine.config, megengine.hub, megengine.logger; "
             "assert megengine.tensor is Tensor, megengine.tensor; "
             "print(isinstance(megengine.tensor([1]), megengine.tensor), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=child_env())
     assert out.stdout.split() == ["True", "False"]

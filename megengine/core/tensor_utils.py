@@ -196,6 +196,17 @@ def _apply_in_subgraph(op, *args):
         if not isinstance(a, Tensor):
             raise TypeError(f"subgraph: f({op!r}, ...) takes Tensors (make constants with c(...)),"
                             f" got {type(a).__name__}")
+    for a in args[1:] if isinstance(op, Elemwise) else ():
+        # upstream's subgraph keeps a constant on the subgraph's device, and its Elemwise
+        # asserts that the inputs share one device: nothing is copied on its own. (Operators
+        # that read an input as a host value, a Reshape's shape or a Subtensor's bounds, are
+        # left to the op, as upstream reads those values from any device.)
+        if a._device != args[0]._device:
+            raise ValueError(
+                f"subgraph: f({op!r}, ...) reads tensors on {args[0].device} and {a.device}; a "
+                "subgraph's operators take inputs on one device and its constants c(...) are "
+                "made on the subgraph's device: make the subgraph with device= the device of "
+                "its inputs, or give c(value, device=...)")
     out = apply(op, *args)
     return out[0] if len(out) == 1 else out
 

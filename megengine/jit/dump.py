@@ -8,7 +8,8 @@ before it, are the bare archive):
 
 - ``graph.json``: the format name and version, the inputs (name, slot, shape, dtype, device),
   the outputs (name, slot), the constants (slot, array entry, device), the steps and the
-  user's metadata;
+  user's metadata; devices are recorded by the name the program asked for (``xpux`` for the
+  default device) and mapped where the file is loaded (`dump_devices`);
 - ``arrays/<n>.npy``: every array (constants, captured parameters, arrays inside op state).
 
 Optional keys (files without them load as before): ``name`` of a constant, ``opr_name`` and
@@ -45,10 +46,10 @@ import numpy as np
 from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
-from ..device import canonical_device
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
+from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
                        _host, _is_array, _slots_used)
 # the file's value encoding, dump's naming and its test cases (this file re-exports their names)
@@ -59,7 +60,10 @@ from .dump_names import (_input_defaults, _leaves, _names, _output_slots,  # noq
 from .dump_testcases import (_RAND, _case_feeds, _repeat, _spec_data,  # noqa: F401
                              make_testcases)
 
-FORMAT, VERSION = "megengine-fork-traced-program", 1
+# version 2: devices recorded by name (xpux for the default device); version 1 recorded the
+# device they resolved to (gpu0 on a GPU machine), read as explained in `dump_devices`
+FORMAT, VERSION = "megengine-fork-traced-program", 2
+_READABLE_VERSIONS = (1, 2)
 _MAGIC = b"MGEFORK\x01"
 
 class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_bytes",
@@ -168,7 +172,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             raise DumpError(f"dump: {prog.describe(s)} is read live; trace with "
                             "capture_as_const=True to dump its value")
         if info.kind == "const":
-            entry = {"slot": s, "array": w.array(info.const), "device": info.device}
+            entry = {"slot": s, "array": w.array(info.const),
+                     "device": recorded_name(info.device)}
             name = param_names.get(id(info.tensor)) or getattr(info.tensor, "_name", None)
             if name:  # a named Parameter or tensor keeps its name, as upstream's dump
                 entry["name"] = name
@@ -200,7 +205,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     inputs = []
     for name, s, leaf in zip(in_names, prog.arg_slots, _leaves(prog.in_tree)):
         inputs.append({"name": name, "slot": s, "shape": list(leaf.shape),
-                       "dtype": np.dtype(leaf.dtype).str, "device": leaf.device})
+                       "dtype": np.dtype(leaf.dtype).str,
+                       "device": recorded_name(leaf.device)})
     graph = {"format": FORMAT, "version": VERSION, "n_slots": n_slots, "inputs": inputs,
              "outputs": [{"name": n, "slot": s} for n, s in zip(out_names, out_slots)],
              "consts": consts, "steps": steps,
@@ -296,6 +302,7 @@ class LoadedProgram:
 
     def __init__(self, graph, prog, device, metadata, testcases=(), testcase_options=None):
         self.graph, self.prog, self.device = graph, prog, device
+        self._place = device_mapper(device, graph.get("version"))
         self.inputs = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"]))
                        for i in graph["inputs"]]
         self.outputs = [o["name"] for o in graph["outputs"]]
@@ -325,7 +332,7 @@ class LoadedProgram:
                 raise ValueError(f"run: input {name!r} has shape {v.shape}, but the program was "
                                  f"traced with shape {shape}; trace and dump the new shape")
             leaves.append(Tensor(v.astype(dtype, copy=False), dtype=dtype,
-                                 device=self.device or info["device"]))
+                                 device=self._place(info["device"])))
         values = replay(self.prog, leaves)
         return dict(zip(self.outputs, values))
 
@@ -351,7 +358,7 @@ def read_file(file):
         raise ValueError("load: not a program written by megengine.jit.trace.dump of this fork "
                          f"({e}); upstream MegEngine's .mge graphs cannot be read here: dump the "
                          "model again with this fork's trace.dump") from e
-    if graph.get("format") != FORMAT or graph.get("version") != VERSION:
+    if graph.get("format") != FORMAT or graph.get("version") not in _READABLE_VERSIONS:
         raise ValueError(f"load: unsupported file format {graph.get('format')!r} version "
                          f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")
     arrays = {}
@@ -396,8 +403,11 @@ def read_metadata(graph, arrays):
 
 
 def load(file, device=None):
-    """Read a file `dump_program` wrote; ``device`` overrides the devices it was traced on."""
+    """Read a file `dump_program` wrote. ``device``: where its values go instead of the devices
+    it records (a name, a dict ``{recorded name: name}`` or a function, as upstream's
+    ``map_location``; see `dump_devices.device_mapper`)."""
     graph, arrays = read_file(file)
+    place = device_mapper(device, graph["version"])
     prog = _Program()
     for _ in range(graph["n_slots"]):
         prog.new_slot("op")
@@ -405,7 +415,7 @@ def load(file, device=None):
         info = prog.slots[c["slot"]]
         # the file holds host arrays: a constant of a program run on a GPU must be a CuPy array
         # there (a replay hands it to the ops as it is, next to CuPy inputs)
-        where = canonical_device(device or c["device"])
+        where = place(c["device"])
         info.kind, info.const, info.device = "const", _on_device(arrays[c["array"]], where), where
     for i in graph["inputs"]:
         prog.slots[i["slot"]].kind = "arg"

@@ -8,7 +8,9 @@ import types
 import numpy as np
 
 from ..core.tensor import Tensor
+from ..device import canonical_device
 from ._program import _Ref, _host, _is_array
+from .dump_devices import recorded_name
 
 
 class DumpError(ValueError, RuntimeError):
@@ -69,9 +71,10 @@ class _Writer:
             # from, which `read_op` makes the loaded op's own generator: see _Draw.__copy__)
             gen = v._generator
             return {"rng": [None if gen is None else [type(gen.bit_generator).__name__,
-                                                      gen.bit_generator.state], v._device]}
+                                                      gen.bit_generator.state],
+                             recorded_name(v._device)]}
         if isinstance(v, Tensor):  # (in user_info, as upstream pickles it)
-            return {"tensor": [self.array(v._data), v._device]}
+            return {"tensor": [self.array(v._data), recorded_name(v._device)]}
         if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType)) \
                 and _importable(v):
             return {"type": _class_path(v)}  # a class or module-level function, by its name
@@ -130,7 +133,9 @@ def _read(v, arrays):
         return _import(x)
     if tag == "rng":
         from ..random.rng import RNG
-        rng = RNG(device=x[1])
+        # (the device as recorded; one this machine lacks gives the default device, as for a
+        # tensor below: an op's random source follows the program, which `load` places)
+        rng = RNG(device=x[1] if x[1] is None or _resolves(x[1]) else None)
         if x[0] is not None:
             bit_gen = getattr(np.random, x[0][0])()
             bit_gen.state = x[0][1]
@@ -138,7 +143,7 @@ def _read(v, arrays):
         return rng
     if tag == "tensor":
         a, device = arrays[x[0]], x[1]
-        return Tensor(a, dtype=a.dtype, device=device if device.startswith("cpu") else None)
+        return Tensor(a, dtype=a.dtype, device=device if _resolves(device) else None)
     raise ValueError(f"load: unknown value tag {tag!r} in the file")
 
 
@@ -200,3 +205,12 @@ def _in_table(module, qualname):
                         and v.__module__ == module.__name__:
                     return v
     return None
+
+
+def _resolves(name):
+    """Whether device ``name`` exists on this machine."""
+    try:
+        canonical_device(name)
+    except (ValueError, RuntimeError):
+        return False
+    return True

@@ -23,8 +23,11 @@ class GraphInference:
     """Load a dumped program for inference.
 
     ``file``: a path or a binary file object. ``outputs``: the output names to return (default
-    all). ``device``: run there instead of the devices it was traced on (e.g. ``"cpu0"`` for
-    a program traced on a GPU). ``profiling`` and ``optimize_for_inference`` are upstream's graph
+    all). ``device``: where to run instead of the devices the file records, as upstream's
+    ``map_location``: a name (``"cpu0"``), a dict ``{recorded name: name}`` or a function of the
+    recorded name. Without it a value goes where its recorded name resolves here: ``xpux`` (what
+    a program on the default device records) is the GPU if there is one, else the CPU; a device
+    this machine lacks (``gpu1``) raises, naming it. ``profiling`` and ``optimize_for_inference`` are upstream's graph
     compiler options, accepted without effect: the program runs op by op as it was traced.
     """
 

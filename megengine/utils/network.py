@@ -20,6 +20,7 @@ from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
                         read_file, read_metadata, read_op, write_file, FORMAT, VERSION)
+from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
                            make_opnode, renumber)
@@ -71,9 +72,10 @@ class Network:
         file object. ``outspec``: names of vars to take as the outputs instead of the file's."""
         self = cls()
         graph, arrays = read_file(model_path)
+        place = device_mapper(None, graph["version"])  # xpux: a GPU if there is one, else cpu0
         slot_var = {}
         for i in graph["inputs"]:
-            node = Host2DeviceCopy(i["shape"], i["dtype"], i["name"], i["device"])
+            node = Host2DeviceCopy(i["shape"], i["dtype"], i["name"], place(i["device"]))
             slot_var[i["slot"]] = node.outputs[0]
         consts = {c["slot"]: c for c in graph["consts"]}
 
@@ -81,7 +83,8 @@ class Network:
             v = slot_var.get(s)
             if v is None and s in consts:  # a constant appears where it is first used
                 c = consts[s]
-                v = ImmutableTensor(arrays[c["array"]], c.get("name"), c["device"]).outputs[0]
+                v = ImmutableTensor(arrays[c["array"]], c.get("name"),
+                                    place(c["device"])).outputs[0]
                 if v.name is None:
                     v.name = v.owner.name = f"const{tuple(v.owner.shape)}"
                 slot_var[s] = v
@@ -176,10 +179,10 @@ class Network:
                     raise DumpError(f"Network.dump: two inputs are named {name!r}; rename one "
                                     "(its Host2DeviceCopy's name) before dumping")
                 inputs.append({"name": name, "slot": new_slot(v), "shape": list(opr.shape),
-                               "dtype": opr.dtype.str, "device": opr.device})
+                               "dtype": opr.dtype.str, "device": recorded_name(opr.device)})
             elif isinstance(opr, ImmutableTensor):
                 entry = {"slot": new_slot(opr.outputs[0]), "array": w.array(opr._value),
-                         "device": opr.device}
+                         "device": recorded_name(opr.device)}
                 if opr.name or opr.outputs[0].name:
                     entry["name"] = opr.name or opr.outputs[0].name
                 consts.append(entry)

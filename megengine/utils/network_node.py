@@ -692,6 +692,22 @@ def make_opnode(op, dyn, inputs, dyn_vars, n_outputs, device, name=None, var_nam
 # --------------------------------------------------------------------------------------------
 # the dispatcher hook: ops applied to VarNodes build nodes
 # --------------------------------------------------------------------------------------------
+def _check_one_device(op, nodes):
+    """Refuse an operator over vars of two devices, as upstream's graph does (megbrain infers an
+    operator's device from its inputs and asserts they share one): no copy is made on its own,
+    so the program shows every move between devices as a Copy operator."""
+    first = nodes[0] if nodes else None
+    for v in nodes[1:]:
+        if v._device != first._device:
+            raise ValueError(
+                f"{type(op).__name__.lstrip('_')}: its inputs are vars on two devices "
+                f"({first.name!r} on {first._device}, {v.name!r} on {v._device}); as in "
+                "upstream's graph, an operator's inputs share one device and are not copied "
+                "between devices on their own. Make the constant or input on the other's device "
+                "(make_const(..., device=...), make_h2d(..., device=...)) or copy the var with "
+                "var.to(device) (a Copy operator in the program)")
+
+
 def _symbolic_apply(op, inputs):
     for t in inputs:
         if type(t) is VarNode:
@@ -704,6 +720,7 @@ def _symbolic_apply(op, inputs):
             nodes.append(t)
         else:  # a Tensor (a Python number the operator made into one): a constant node
             nodes.append(ImmutableTensor(_host(t._data).copy(), None, t._device).outputs[0])
+    _check_one_device(op, nodes)
     ins = [Tensor._wrap(v._data, v._device) for v in nodes]
     # attributes holding the data of a VarNode (x[idx_var] puts idx's array into the op)
     by_array = {}

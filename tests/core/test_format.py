@@ -19,7 +19,7 @@ from megengine.autodiff import GradManager
 from megengine.core import dispatch
 from megengine.core._config import set_auto_format_convert
 
-from devices import host
+from devices import child_env, host
 
 
 @pytest.fixture
@@ -99,7 +99,8 @@ def test_the_dispatcher_hook_waits_for_the_first_label():
         "x.format = 'nhwc'\n"
         "assert dispatch._format_hook is not None and (x + 1).format == 'nhwc'\n")
     root = os.path.dirname(os.path.dirname(mge.__file__))  # the megengine under test
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = child_env(dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get(
+        "PYTHONPATH", "")])))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
 
 

@@ -32,7 +32,7 @@ def test_the_module_is_upstreams_path_and_nodes_are_their_own_views():
 
 def test_a_graph_of_functional_ops_runs_on_each_value_fed_to_its_input():
     g = G.Graph()
-    inp = G.InputNode(device="xpux", dtype="float32", shape=X.shape, graph=g)
+    inp = G.InputNode(device=mge.get_default_device(), dtype="float32", shape=X.shape, graph=g)
     x = inp.outputs[0]
     y = F.relu(x * g.make_const(2.0)) - F.exp(x).sum(axis=1, keepdims=True)
     assert y.graph is g and y.shape == (2, 3)  # shapes inferred before anything runs
@@ -68,7 +68,7 @@ def test_callbacks_value_and_attr_outputs_and_virtual_deps():
 def test_apply_normal_varnode_with_op_descriptors_and_cgtools_rewrites():
     # upstream's test_replace_vars / test_replace_oprs, values checked with numpy
     g = G.Graph()
-    a = G.InputNode(device="xpux", dtype="float32", graph=g)
+    a = G.InputNode(device=mge.get_default_device(), dtype="float32", graph=g)
     c = g.make_const(1.25)
     add, mul = Elemwise(Elemwise.Mode.ADD), Elemwise(Elemwise.Mode.MUL)
     aa = G.apply_normal_varnode(add, a.outputs[0], a.outputs[0])[0]
@@ -156,7 +156,7 @@ def test_load_graph_names_ids_and_runs_after_swapping_its_input():
 def test_dump_graph_round_trip_and_its_result():
     g = G.Graph()
     x = g.make_h2d(dtype="float32", device="cpu0", shape=(3,), name="data")
-    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w")
+    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w", device="cpu0")  # x's device
     y = F.maximum(x * w, 0.5)
     buf, info = G.dump_graph({"out": y})
     assert y.name == "out" and info.inputs == ["data"] and info.outputs == ["out"]
@@ -174,6 +174,24 @@ def test_dump_graph_round_trip_and_its_result():
     inp = G.InputNode(dtype="float32", graph=g)
     with pytest.raises(ValueError, match="InputCallback"):
         G.dump_graph([inp.outputs[0] + 1])
+
+
+@requires_cuda
+def test_vars_of_two_devices_meet_only_through_a_copy_operator_as_upstream():
+    # megbrain infers an operator's device from its inputs and asserts they share one: a GPU
+    # constant does not meet a cpu0 input unless the program copies it
+    g = G.Graph()
+    x = g.make_h2d(dtype="float32", device="cpu0", shape=(3,), name="data")
+    w = g.make_const(np.array([1.0, 2.0, 3.0]), name="w", device="gpu0")
+    with pytest.raises(ValueError, match=r"'data' on cpu0, 'w' on gpu0.*var.to\(device\)"):
+        x * w
+    y = F.maximum(x.to("gpu0") * w, 0.5)
+    assert y.device == "gpu0"
+    copies = [o for o in cgtools.get_oprs_seq([y], False, False) if o.type == "Copy"]
+    assert len(copies) == 1 and copies[0].inputs[0] is x
+    buf, _ = G.dump_graph({"out": y})
+    out = cgtools.GraphInference(io.BytesIO(buf)).run(np.array([0.1, -1.0, 2.0], "float32"))
+    np.testing.assert_allclose(out["out"], np.maximum(np.array([0.1, -2.0, 6.0]), 0.5))
 
 
 def test_graph_options_keep_the_vars_and_refuse_float16():

@@ -9,6 +9,7 @@ from megengine.autodiff import GradManager
 from megengine.core.ops import builtin
 from megengine.core.tensor.utils import (astensor1d, dtype_promotion, isscalar,
                                          make_shape_tuple, subgraph_fn)
+from devices import requires_cuda
 from oracle import check_against_torch
 
 rng = np.random.RandomState(0)
@@ -46,8 +47,9 @@ def test_small_helpers():
 
 
 def _batch_norm_subgraph(channels, ndim):
-    # upstream's own subgraph test body: batch norm written with Reduce, GetVarShape, TypeCvt
-    @subgraph_fn("BatchNormNd", dtype="float32", device="cpu0", nr_inputs=4)
+    # upstream's own subgraph test body: batch norm written with Reduce, GetVarShape, TypeCvt;
+    # on the inputs' device, as upstream's test makes it (its constants live there)
+    @subgraph_fn("BatchNormNd", dtype="float32", device=mge.get_default_device(), nr_inputs=4)
     def batch_norm_nd(inputs, f, c):
         inp, eps, weight, bias = inputs[0:4]
         reduce_shape = c((1, channels) + (1,) * (ndim - 2), dtype="int32")
@@ -131,12 +133,27 @@ def test_subgraph_misuse_is_explained():
                     custom_grad=True)(lambda inputs, f, c: inputs)
 
 
+@requires_cuda
+def test_subgraph_constants_on_another_device_than_its_inputs_are_refused_as_upstream():
+    # upstream keeps c(...) on the subgraph's device and its Elemwise asserts one device
+    @subgraph_fn("Shift", dtype="float32", device="cpu0", nr_inputs=1)
+    def shift(inputs, f, c):
+        return (f("+", inputs[0], c(1.5)),), (True,)
+
+    x = mge.tensor([1.0, 2.0], device="gpu0")
+    with pytest.raises(ValueError, match=r"reads tensors on gpu0 and cpu0.*device= the device"):
+        shift(x)
+    (got,) = shift(mge.tensor([1.0, 2.0], device="cpu0"))  # on its own device it runs
+    np.testing.assert_array_equal(got.numpy(), [2.5, 3.5])
+
+
 def test_kernel_built_with_subtensor_and_concat_as_an_augmentation_library_writes_it():
     # the Emboss augmentation (a MegEngine module library the ASR-Transformer program uses)
     # builds its 3x3 kernel in a subgraph from Subtensor slices bounded by int constants
     alpha, strength = 0.7, 0.6
 
-    @subgraph_fn("EmbossKernel", dtype="float32", device="cpu0", nr_inputs=2, gopt_level=None)
+    @subgraph_fn("EmbossKernel", dtype="float32", device=mge.get_default_device(), nr_inputs=2,
+                 gopt_level=None)
     def emboss_kernel(inputs, f, c):
         effect, nochange = inputs
         c1, c2, c3 = (c(v, dtype="int32") for v in (1, 2, 3))

@@ -6,12 +6,13 @@ import sys
 import pytest
 
 from megengine.functional import _aten
+from devices import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(code, **env):
-    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    full = dict(child_env(), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()

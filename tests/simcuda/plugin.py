@@ -5,25 +5,11 @@ from .fake_cupy import SimulationGap
 
 __all__ = ["unsimulated_reason", "KNOWN_GPU_GAPS"]
 
-_CROSS_DEVICE = ("upstream's graph layer copies between devices on its own (megbrain's cross-comp-node "
-                 "copy); this engine's graph layer raises instead: {}")
-
 # Tests that fail on GPUs (simulated or real) for engine gaps found by the simulation and not
-# fixed yet; xfail (not strict), so a fix shows up as XPASS.
-KNOWN_GPU_GAPS = {
-    "tests/core/test_megbrain_graph.py::test_dump_graph_round_trip_and_its_result":
-        _CROSS_DEVICE.format("make_const without a device (the default: a GPU) meets a cpu0 "
-                             "make_h2d input"),
-    "tests/core/test_tensor_utils.py::test_subgraph_batch_norm_matches_torch_values_and_gradients":
-        _CROSS_DEVICE.format("subgraph_fn(device='cpu0') constants meet inputs on the GPU"),
-    "tests/core/test_tensor_utils.py::"
-    "test_kernel_built_with_subtensor_and_concat_as_an_augmentation_library_writes_it":
-        _CROSS_DEVICE.format("subgraph_fn(device='cpu0') constants meet inputs on the GPU"),
-    "tests/jit/test_dump.py::test_dumped_program_runs_in_a_fresh_process":
-        "trace.dump records the canonical device (gpu0), where upstream's dumps say xpux, so a "
-        "program dumped on a GPU does not load where there is none (here: a fresh process "
-        "without the simulation)",
-}
+# fixed yet: {test node id: why}; xfail (not strict), so a fix shows up as XPASS. Empty now:
+# the graph layer's mixed devices (an error, as upstream's) and trace.dump's device names
+# (recorded as the program asked, xpux for the default device) were fixed.
+KNOWN_GPU_GAPS = {}
 
 # What torch and the bridge say when a test needs torch's CUDA (PyTorchModule on a GPU, a
 # device array handed to torch outside the ATen route): this machine's torch has none, and the

@@ -6,6 +6,8 @@ import pytest
 import megengine as mge
 from megengine.utils.dlpack import from_dlpack, to_dlpack
 
+from devices import child_env
+
 torch = pytest.importorskip("torch")
 
 
@@ -107,7 +109,8 @@ def test_utils_submodules_are_attributes_after_import_megengine():
         "try:\n    mge.utils.nope\nexcept AttributeError as e:\n    print(e)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env(dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH",
+                                                                                    "")))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -464,8 +464,11 @@ def test_wrong_output_count_and_torch_tensor_inputs_are_reported():
 
 def test_device_mismatch_is_an_error_not_a_copy():
     wrap = PyTorchModule(nn.Linear(2, 2), device="cpu0")
-    x = mge.tensor(np.ones((1, 2), "float32"))
-    x._device = "gpu0"  # stands for a tensor on another device (no GPU on this machine)
+    if mge.is_cuda_available():
+        x = mge.tensor(np.ones((1, 2), "float32"), device="gpu0")
+    else:
+        x = mge.tensor(np.ones((1, 2), "float32"), device="cpu0")
+        x._device = "gpu0"  # stands for a tensor on another device (no GPU on this machine)
     with pytest.raises(ValueError, match="gpu0.*cpu0"):
         wrap(x)
 
