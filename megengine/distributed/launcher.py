@@ -203,7 +203,10 @@ class launcher:
             procs[rank] = self.context.Process(
                 target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
                                       self.context.get_start_method() == "fork", profile),
-                name=f"megengine-dist-rank{rank}", daemon=True)
+                # not daemonic: a daemonic process may not start children, and a rank's
+                # DataLoader(num_workers=k) starts k worker processes (upstream's launcher
+                # allows it). Workers still never outlive a failed launch: _stop below.
+                name=f"megengine-dist-rank{rank}", daemon=False)
             procs[rank].start()
         try:
             values = self._collect(procs, results)
