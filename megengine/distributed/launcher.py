@@ -198,14 +198,17 @@ class launcher:
         results = self.context.Queue()
         profile = _running_profiler()
         procs = {}
-        for local in range(self.n_gpus):
-            rank = self.rank_start + local
-            procs[rank] = self.context.Process(
-                target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
-                                      self.context.get_start_method() == "fork", profile),
-                name=f"megengine-dist-rank{rank}", daemon=True)
-            procs[rank].start()
-        try:
+        try:  # a rank already started is stopped even if starting the next one fails
+            for local in range(self.n_gpus):
+                rank = self.rank_start + local
+                procs[rank] = self.context.Process(
+                    target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
+                                          self.context.get_start_method() == "fork", profile),
+                    # not daemonic: a daemonic process may not start children, and a rank's
+                    # DataLoader(num_workers=k) starts k worker processes (upstream's launcher
+                    # allows it); so no rank may outlive this call: _stop below.
+                    name=f"megengine-dist-rank{rank}", daemon=False)
+                procs[rank].start()
             values = self._collect(procs, results)
         finally:
             _stop(procs.values())

@@ -157,3 +157,20 @@ def test_spawned_ranks_launched_under_a_profiler_write_their_own_traces(tmp_path
     assert ranks == [0, 1]
     names = sorted(os.listdir(tmp_path))
     assert len(names) == 3 and all(n.endswith(".chrome_timeline.json") for n in names)
+
+
+def _labels_through_worker_processes():
+    from megengine.data import DataLoader, RandomSampler
+    from megengine.data.dataset import ArrayDataset
+
+    ds = ArrayDataset(np.zeros((8, 2), np.float32), np.arange(8, dtype=np.int32))
+    loader = DataLoader(ds, sampler=RandomSampler(ds, batch_size=2, seed=3), num_workers=2)
+    return sorted(int(v) for _, labels in loader for v in labels)
+
+
+def test_a_rank_may_start_dataloader_worker_processes():
+    # MegEngine/Models' segmentation train.py builds DataLoader(num_workers=2) inside every
+    # launched rank; a daemonic rank could not start them
+    seen = dist.launcher(_labels_through_worker_processes, n_gpus=2, device_type="cpu", timeout=60)()
+    assert len(seen[0]) == len(seen[1]) == 4  # the distributed sampler gives each rank half
+    assert sorted(seen[0] + seen[1]) == list(range(8))
