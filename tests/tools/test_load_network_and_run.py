@@ -1,0 +1,163 @@
+"""megengine.tools.load_network_and_run: outputs against the eager model, the input forms, the
+stored test cases, --profile, refused C++-runtime options and bad input."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+from megengine.jit.dump import read_file, write_file
+from megengine.jit.dump_format import _Writer
+from megengine.tools import load_network_and_run as lnr
+from megengine.utils.comp_graph_tools import load_and_inference
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def eager(net, x):
+    return net(mge.tensor(x)).numpy()
+
+
+def test_npy_input_gives_the_eager_models_outputs(tiny, tmp_path, capsys):
+    net, plain, _ = tiny
+    x = np.random.RandomState(0).uniform(-1, 1, (1, 2, 4, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    for spec in (f"data:{tmp_path / 'x.npy'}", str(tmp_path / "x.npy")):
+        out = lnr.main([plain, "--input", spec, "--iter", "2", "--warm-up", "1"])
+        np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+    text = capsys.readouterr().out
+    assert text.count("iter 0: duration=") == 2 and "iter 1: duration=" in text
+    assert "avg_speed=" in text and "sample/s" in text  # an input named "data": samples/s
+    assert "logits" in text and "(1, 5)" in text  # the output summary
+
+
+def test_random_inputs_are_upstreams_seeded_uniform_data(tiny):
+    net, plain, _ = tiny
+    out = lnr.main([plain, "--seed", "7"])
+    x = np.random.RandomState(7).uniform(size=(1, 2, 4, 4)).astype("float32")
+    np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+
+
+def test_pickled_dict_and_batchsize_repeat(two_inputs, tmp_path):
+    a = np.arange(3, dtype="float32").reshape(1, 3)
+    b = np.full((1, 3), 10, "float32")
+    mge.save({"a": a, "b": b}, str(tmp_path / "ab.pkl"))
+    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"),
+                    "--batchsize", "4"])
+    np.testing.assert_array_equal(out["s"], np.repeat(a * 2 + b, 4, axis=0))
+    # the same dict through --input, unnamed
+    with open(tmp_path / "ab2.pkl", "wb") as f:
+        pickle.dump({"a": a, "b": b}, f)
+    out = lnr.main([two_inputs, "--input", str(tmp_path / "ab2.pkl")])
+    np.testing.assert_array_equal(out["d"], a - b)
+
+
+def test_rand_spec_rng_and_input_desc(two_inputs, tmp_path):
+    a = np.random.RandomState(1).uniform(size=(2, 3)).astype("float32")
+    np.save(tmp_path / "a.npy", a)
+    # b from --rng: randint(0, 1) is all zeros, so s = 2a and d = a
+    out = lnr.main([two_inputs, "--input", f"a:{tmp_path / 'a.npy'}",
+                    "--rng", "b:randint(low=0,high=1,size={})"])
+    np.testing.assert_array_equal(out["s"], 2 * a)
+    np.testing.assert_array_equal(out["d"], a)
+    # #rand(min, max, shape...) with '...' keeping the rest of the (--input-desc) shape
+    out = lnr.main([two_inputs, "--input-desc", "a:5,3;b:5,3", "--input",
+                    "a:#rand(2,3,5,...);b:#rand(-1,0)"])
+    assert out["s"].shape == (5, 3)
+    d_min = out["d"].min()  # a in [2, 3), b in [-1, 0): a - b in (2, 4)
+    assert 2 < d_min and out["d"].max() < 4
+
+
+def test_stored_test_cases_are_run_and_checked(tiny, capsys):
+    _, _, cases = tiny
+    out = lnr.main([cases, "--iter", "2"])
+    want = load_and_inference(cases)  # the oracle: comp_graph_tools' own check
+    np.testing.assert_array_equal(out["logits"], want[-1]["logits"])
+    text = capsys.readouterr().out
+    assert "test case 0: outputs match" in text and "test case 1: outputs match" in text
+
+
+def test_a_wrong_stored_output_is_reported(tiny, tmp_path, capsys):
+    _, _, cases = tiny
+    graph, arrays = read_file(cases)
+    w = _Writer()
+    w.arrays = [arrays[i] for i in range(len(arrays))]
+    case = graph["testcases"]["cases"][1]
+    w.arrays[case["outputs"]["logits"]] = w.arrays[case["outputs"]["logits"]] + 0.5
+    bad = tmp_path / "bad.mge"
+    write_file(graph, w, str(bad))
+    with pytest.raises(SystemExit) as e:
+        lnr.main([str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "test case 1: output 'logits' differs from the stored one by 0.5" in err
+    lnr.main([str(bad), "--no-check-testcases"])  # runs without comparing
+
+
+def test_output_name_selects_an_inner_var(tiny):
+    net, plain, _ = tiny
+    x = np.random.RandomState(2).uniform(size=(1, 2, 4, 4)).astype("float32")
+    out = lnr.main([plain, "--seed", "2", "--output-name", "RELU", "logits"])
+    assert list(out) == ["RELU", "logits"]
+    want = F.relu(net.bn(net.conv(mge.tensor(x)))).numpy()
+    np.testing.assert_allclose(out["RELU"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+
+
+def test_profile_holds_each_timed_run(tiny, tmp_path):
+    _, plain, _ = tiny
+    path = tmp_path / "prof.json"
+    lnr.main([plain, "--iter", "3", "--warm-up", "2", "--profile", str(path)])
+    events = json.loads(path.read_text())["traceEvents"]
+    ops = [e["name"] for e in events if e.get("ph") == "X"]
+    assert ops.count("Convolution") == 3  # the timed runs only, not the warm-up
+    assert ops.count("BatchNorm") == 3 and ops.count("Pool2d") == 3
+
+
+@pytest.mark.parametrize("flag", [["--fast-run"], ["--enable-nchw4"], ["--dump-cpp-model", "x"],
+                                  ["--optimize-for-inference"], ["--enable-io16xc32"]])
+def test_cpp_runtime_options_are_refused(tiny, capsys, flag):
+    _, plain, _ = tiny
+    with pytest.raises(SystemExit) as e:
+        lnr.main([plain] + flag)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} is not supported by this fork" in err
+
+
+def test_bad_input_gives_clear_errors(tiny, two_inputs, tmp_path, capsys):
+    _, plain, _ = tiny
+    (tmp_path / "up.mge").write_bytes(b"mgb0001" + bytes(range(200)))  # not our format
+    np.save(tmp_path / "a.npy", np.zeros((2, 3), "float32"))
+    cases = [
+        ([str(tmp_path / "missing.mge")], "no such model file"),
+        ([str(tmp_path / "up.mge")], "upstream MegEngine's .mge graphs cannot be read"),
+        ([plain, "--input", "image:#rand(0,1)"], "no input named 'image'; its inputs are ['data']"),
+        ([two_inputs, "--input", str(tmp_path / "a.npy")], "names no input"),
+        ([two_inputs, "--input", "a:#rand(1)"], "bad random spec"),
+        ([plain, "--input", f"data:{tmp_path / 'nope.npy'}"], "no such file"),
+        ([plain, "--output-name", "nothing"], "no outputs or vars named ['nothing']"),
+        ([plain, "--batchsize", "2"], "traced with the input shapes"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            lnr.main(argv)
+        assert e.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_module_entry_point(tiny):
+    _, plain, _ = tiny
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", plain,
+                          "--iter", "2"], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "iter 1: duration=" in run.stdout and "logits" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", plain,
+                          "--fast-run"], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "--fast-run is not supported" in run.stderr
