@@ -330,6 +330,16 @@ def _check_case(k, outputs, expected, options):
 
 
 def run(args):
+    from ..device import get_default_device, set_default_device
+
+    previous = get_default_device()
+    try:
+        return _run(args)
+    finally:  # main() called in-process (a script, a test) leaves the default device as it was
+        set_default_device(previous)
+
+
+def _run(args):
     reject_unsupported(args, UNSUPPORTED)
     from ..logger import enable_debug_log, get_logger, set_log_file
 

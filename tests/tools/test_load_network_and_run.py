@@ -161,3 +161,23 @@ def test_module_entry_point(tiny):
     run = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", plain,
                           "--fast-run"], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2 and "--fast-run is not supported" in run.stderr
+
+
+def test_device_option(tiny, capsys):
+    import megengine.device as device
+
+    net, plain, _ = tiny
+    before = device.get_default_device()
+    x = np.random.RandomState(0).uniform(size=(1, 2, 4, 4)).astype("float32")
+    out = lnr.main([plain, "--device", "cpu0"])
+    np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+    assert device.get_default_device() == before  # restored after the run
+    bad = [("tpu3", "unknown device 'tpu3'")]
+    if not device.is_cuda_available():
+        bad.append(("gpu0", "needs CUDA"))
+    for name, message in bad:
+        with pytest.raises(SystemExit) as e:
+            lnr.main([plain, "--device", name])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--device {name!r}" in err and message in err
