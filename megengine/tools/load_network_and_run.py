@@ -19,8 +19,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._common import (ToolError, add_unsupported, format_table, load_program, print_out,
-                      positive_int, reject_unsupported, run_tool)
+from ._common import (ToolError, add_unsupported, format_table, load_network, load_program,
+                      print_out, positive_int, reject_unsupported, run_tool)
 
 _CPP_OPTIMIZER = "a pass of upstream's C++ graph optimizer, which this fork does not have"
 UNSUPPORTED = {
@@ -267,17 +267,15 @@ def _select_outputs(args, graph):
     if all(n in graph.output_names for n in wanted):
         return graph, wanted
     from ..utils.comp_graph_tools import GraphInference
-    from ._common import load_network
+    from ..utils.network import Network
 
-    net = load_network(args.net)
-    known = {v.name for v in net.all_vars}
+    known = {v.name for v in load_network(args.net).all_vars}
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ToolError(f"--output-name: the program has no outputs or vars named {unknown}; "
                         f"its outputs are {graph.output_names} (draw_graph or "
                         "network_visualize list the other vars)")
-    net.output_vars = [net.get_var_by_name(n) for n in wanted]
-    net._compile()
+    net = Network.load(args.net, outspec=wanted)
     buf = io.BytesIO()
     net.dump(buf)
     buf.seek(0)
