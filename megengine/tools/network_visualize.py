@@ -149,6 +149,8 @@ def _write_tensorboard(net, log_path, flops):
     flops_of = {r["name"]: r["flops_num"] for r in flops}
     nodes = []
     for opr in net.all_oprs:
+        if not opr.outputs:
+            continue
         out = opr.outputs[0]
         attr = {"_output_shapes": AttrValue(list=AttrValue.ListValue(shape=[TensorShapeProto(
                     dim=[TensorShapeProto.Dim(size=int(d)) for d in out.shape])])),

@@ -77,7 +77,7 @@ def read_profile(path):
                         "the file megengine.utils.profiler.Profiler wrote")
     records, scopes = [], {}
     # scope events and op events of a thread come in time order; a stack per thread names ops
-    for e in sorted((e for e in events if isinstance(e, dict) and e.get("ph") in "XBE"),
+    for e in sorted((e for e in events if isinstance(e, dict) and e.get("ph") in ("X", "B", "E")),
                     key=lambda e: (e.get("ts", 0), e.get("ph") != "B")):
         stack = scopes.setdefault(e.get("tid"), [])
         if e["ph"] == "B":

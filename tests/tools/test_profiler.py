@@ -71,3 +71,14 @@ def test_errors(tmp_path, capsys):
             tool.main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_clean_removes_earlier_profiles_only(script, tmp_path):
+    out = tmp_path / "prof"
+    out.mkdir()
+    (out / "123.chrome_timeline.json").write_text("{}")
+    (out / "notes.txt").write_text("kept")
+    tool.main(["--clean", "-o", str(out), str(script), "--n", "1", "--out",
+               str(tmp_path / "r.txt")])
+    assert not (out / "123.chrome_timeline.json").exists() and (out / "notes.txt").exists()
+    assert ops_of(out).count("Relu") == 1
