@@ -10,7 +10,6 @@ passes, ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
 import argparse
 import io
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -135,7 +134,7 @@ def _load_pickle(path, option):
         return np.load(path, allow_pickle=False)
     try:
         data = load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (whatever unpickling a foreign file raises)
         raise ToolError(f"{option}: {path!r} is neither a .npy file nor a pickled array or "
                         f"dict of arrays ({e})") from e
     return data

@@ -181,3 +181,18 @@ def test_device_option(tiny, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert f"--device {name!r}" in err and message in err
+
+
+def test_unreadable_input_files(tiny, tmp_path, capsys):
+    _, plain, _ = tiny
+    (tmp_path / "x.pkl").write_bytes(b"\x80\x04not a pickle at all")
+    (tmp_path / "t.txt").write_text("1 2 3")
+    mge.save([1, 2], str(tmp_path / "list.pkl"))
+    for argv, message in (
+            (["--input", f"data:{tmp_path / 'x.pkl'}"], "neither a .npy file nor a pickled"),
+            (["--load-input-data", str(tmp_path / "t.txt")], "neither a .npy file nor a pickled"),
+            (["--input", f"data:{tmp_path / 'list.pkl'}"], "should be a numpy array, got list")):
+        with pytest.raises(SystemExit) as e:
+            lnr.main([plain] + argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err, argv
