@@ -444,7 +444,12 @@ class trace:
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
-        outputs = self._run_under(rec, bound, args, kwargs)
+        if prog.symbolic_shape:  # x.shape gives sizes that say where they come from (dump)
+            _trace_option._dim_source = rec
+        try:
+            outputs = self._run_under(rec, bound, args, kwargs)
+        finally:
+            _trace_option._dim_source = None
         rec.finish_recording(outputs)
         if self._opt_level >= 1:
             arith_opt.plan_program(prog)  # (before compile: its new slots are the program's)
