@@ -28,14 +28,14 @@ class ShapeGuardError(ValueError):
 
 
 def user_line():
-    """``"file:line: code"`` of the innermost caller outside the megengine package (the line
+    """``"file:line (code)"`` of the innermost caller outside the megengine package (the line
     of the traced function that used the size), or None."""
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
         if not os.path.abspath(name).startswith(_PACKAGE):
             code = linecache.getline(name, f.f_lineno).strip()
-            return f"{name}:{f.f_lineno}" + (f": {code}" if code else "")
+            return f"{name}:{f.f_lineno}" + (f" ({code})" if code else "")
         f = f.f_back
     return None
 
@@ -66,14 +66,14 @@ class ShapeGuard:
             return
         ctx = prog.check_shapes
         text = render(self.tree, ctx.dim_name)
-        changed = [f"{name!r} {tuple(values[s]._data.shape)} (traced {shape})"
+        changed = [f"{name!r} is {tuple(values[s]._data.shape)}, traced {shape}"
                    for name, s, shape in ctx.inputs
                    if values[s] is not None and tuple(values[s]._data.shape) != shape]
         where = f" at {self.where}" if self.where else ""
         raise ShapeGuardError(
-            f"run: this program was traced at other input shapes, and its Python code used "
-            f"{text} as {self.kind}{where}: it was {self.value!r} when traced and is {now!r} "
-            f"with the inputs {', '.join(changed) or 'given'}. The ops recorded after that use "
+            f"run: the input shapes differ from the traced ones ({'; '.join(changed)}), and "
+            f"the traced Python code used {text} as {self.kind}{where}; it was "
+            f"{self.value!r} when traced and is {now!r} now. The ops recorded after that use "
             "may be built from the traced value, so the program does not run at these shapes. "
             "Trace and dump the model at this shape (or compute the value with ops, e.g. "
             "x.reshape(x.shape[0], -1) instead of a Python int)")

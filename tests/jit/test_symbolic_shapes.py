@@ -5,7 +5,9 @@ computed at the shapes a loaded program runs at, and every other use is a guard
 import io
 import json
 import pickle
+import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +133,18 @@ def test_ops_built_from_shapes_run_at_other_batches(name):
         for g, w in zip(got, want):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_random_draw_sized_by_a_shape_follows_the_batch():
+    fn = lambda x: x + mge.random.uniform(2.0, 3.0, size=(x.shape[0], 1))  # noqa: E731
+    buf = _dump(fn, (2, 3))
+    for n in (3, 5):
+        x = _data(n, 3)
+        (got,) = _run(buf, x)
+        assert got.shape == (n, 3)
+        noise = got - x  # one draw per row, in [2, 3)
+        assert np.allclose(noise, noise[:, :1], atol=1e-6) and (noise >= 2 - 1e-6).all() \
+            and (noise < 3 + 1e-6).all()
 
 
 def _branch(x):
@@ -336,3 +350,11 @@ def test_a_size_kept_after_recording_is_its_value():
     f(mge.tensor(_data(2, 3)))
     n = kept[0]
     assert n + 1 == 3 and int(n) == 2 and n * 2 == 4 and range(n) == range(2)
+
+
+def test_the_jit_page_example_runs():
+    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst"
+    (block,) = [b for b in re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
+                                      page.read_text()) if "ShapeGuardError" in b]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    exec(compile(code, str(page), "exec"), {})  # the block asserts its own results
