@@ -45,6 +45,7 @@ class Network:
         self._metadata = None
         self._symbolic_shape = False  # made by ops at fixed shapes, unless loaded from a file
         self._shape_guards = []  # that says otherwise (with these guards, on VarNodes)
+        self._fixed_file = False  # loaded from a file that records fixed shapes
         self.all_oprs_map = collections.OrderedDict()
         self.all_vars_map = collections.OrderedDict()
         self._graph = None
@@ -134,6 +135,7 @@ class Network:
         self._metadata = read_metadata(graph, arrays)
         # symbolic shapes (see megengine.jit.shape_guards): the guards read VarNodes' shapes
         self._symbolic_shape, guards = read_shapes(graph)
+        self._fixed_file = not self._symbolic_shape  # (reset_batch_size warns about it)
         self._shape_guards = [(_map_dim_leaves(tree, slot_var.get), value, kind, where)
                               for tree, value, kind, where in guards]
         renumber(self.all_oprs)
@@ -290,7 +292,18 @@ class Network:
 
     def reset_batch_size(self, batchsize, *, blacklist=()):
         """Set the first dimension of every input not in ``blacklist`` to ``batchsize`` (the
-        inputs must agree on their batch size)."""
+        inputs must agree on their batch size).
+
+        Sizes a program computed from traced shapes follow (see `megengine.jit.shape_guards`);
+        a file that records fixed shapes (traced with ``symbolic_shape=False``, or written
+        before format version 3) keeps its traced sizes in its operators' parameters, so a
+        warning says to trace and dump the model at the new batch instead."""
+        if self._fixed_file:
+            logger.warning("reset_batch_size: this program was dumped with fixed shapes (traced "
+                           "with symbolic_shape=False, or by a version before dump format 3): "
+                           "sizes its code took from shapes (a reshape to (batch, -1)) keep the "
+                           "traced batch and may fail or compute wrongly at %s; trace and dump "
+                           "the model at that batch instead", batchsize)
         blacklist = set(blacklist)
         prev = None
         for dp in self.data_providers_filter:

@@ -4,6 +4,7 @@ computed at the shapes a loaded program runs at, and every other use is a guard
 (`megengine.jit.shape_guards`). The oracle is the same function run eagerly at the new shape."""
 import io
 import json
+import logging
 import pickle
 import re
 import zipfile
@@ -63,7 +64,7 @@ class _Net(M.Module):
         return self.l(y.reshape(y.shape[0], -1))
 
 
-def test_cnn_runs_at_other_batches_directly_and_after_reset_batch_size():
+def test_cnn_runs_at_other_batches_directly_and_after_reset_batch_size(caplog):
     net = _Net()
     net.eval()
     buf = _dump(net, (2, 1, 8, 8))
@@ -72,7 +73,9 @@ def test_cnn_runs_at_other_batches_directly_and_after_reset_batch_size():
         np.testing.assert_allclose(_run(buf, x)[0], _eager(net, x)[0], rtol=1e-5, atol=1e-5)
     buf.seek(0)
     network = Network.load(buf)
-    network.reset_batch_size(5)
+    with caplog.at_level(logging.WARNING, logger="megengine.utils.network"):
+        network.reset_batch_size(5)
+    assert caplog.messages == []  # (a file with symbolic shapes: nothing to warn about)
     b2 = io.BytesIO()
     network.dump(b2)
     b2.seek(0)
@@ -262,7 +265,7 @@ def _plain(v):
     return v
 
 
-def test_version_2_files_still_load_and_run_at_their_traced_shape_only():
+def test_version_2_files_still_load_and_run_at_their_traced_shape_only(caplog):
     buf = _dump(lambda x: x.reshape(x.shape[0], -1) * 2, (2, 3, 4))
     old = _as_version_2(buf)
     x = _data(2, 3, 4)
@@ -270,7 +273,10 @@ def test_version_2_files_still_load_and_run_at_their_traced_shape_only():
     with pytest.raises(ValueError, match="trace and dump the new shape"):
         _run(old, _data(3, 3, 4))
     old.seek(0)
-    assert not Network.load(old)._symbolic_shape
+    network = Network.load(old)
+    with caplog.at_level(logging.WARNING, logger="megengine.utils.network"):
+        network.reset_batch_size(3)
+    assert len(caplog.messages) == 1 and "dumped with fixed shapes" in caplog.messages[0]
 
 
 def test_load_and_inference_runs_test_cases_at_other_shapes():
