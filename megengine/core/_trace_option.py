@@ -163,6 +163,10 @@ def render(tree, name):
     return f"({render(tree[1], name)} {op} {render(tree[2], name)})"
 
 
+def _is_tensor(v):
+    return hasattr(v, "_data") and hasattr(v, "_device")  # (core.tensor imports this module)
+
+
 def _int_like(v):
     return type(v) is int or (isinstance(v, np.integer) and not isinstance(v, np.bool_))
 
@@ -231,6 +235,8 @@ class SymDim:
         return None
 
     def _arith(self, other, op, reverse):
+        if _is_tensor(other):
+            return NotImplemented  # the Tensor's operator: it makes the size an op's output
         if self.src is not _dim_source:  # the recording is over: plain int arithmetic
             a, b = self.value, other.value if type(other) is SymDim else other
         else:
@@ -301,6 +307,8 @@ class SymDim:
 
     # ----- everything else: the plain value, guarded -----
     def _plain(self, other, fn, reverse=False):
+        if _is_tensor(other):
+            return NotImplemented
         a = self._escape("arithmetic (/, **, bit operations)")
         if type(other) is SymDim:
             other = other._escape("arithmetic (/, **, bit operations)")
@@ -344,6 +352,8 @@ class SymDim:
 
     # ----- comparisons: a bool, and a guard on the comparison -----
     def _compare(self, other, op):
+        if _is_tensor(other):
+            return NotImplemented
         o = self._operand(other)
         if o is None:  # a float, a Tensor, a dim of another recording: compare the value
             b = other._escape("a comparison") if type(other) is SymDim else other

@@ -406,6 +406,25 @@ class Copy(Op):
         return (dispatch.apply(Copy(inputs[0]._device), grads[0]),)
 
 
+class Full(Op):
+    """``value`` in a new array of ``shape`` on ``device`` (no inputs): what F.zeros, F.full,
+    F.zeros_like and a size used as a tensor operand (``x / x.shape[0]``) make while a dumpable
+    trace records sizes from shapes, so that a dumped program makes it at the shapes it runs
+    at (see `megengine.jit.shape_guards`); otherwise those make a constant directly."""
+
+    def __init__(self, shape, value, dtype, device):
+        self.shape, self.value, self.dtype, self.device = shape, value, dtype, device
+
+    def forward(self):
+        from ..device import array_module_on  # (device sits below core; loaded on use)
+
+        with dispatch.on_device(self.device):
+            return array_module_on(self.device).full(self.shape, self.value, self.dtype)
+
+    def backward(self, *gs):
+        return ()
+
+
 def move_array(a, device):
     """Copy ``a`` onto ``device`` (a canonical device name)."""
     on_gpu = type(a).__module__.startswith("cupy")

@@ -74,26 +74,13 @@ def _shape(shape, what):
     return shape
 
 
-class _Fill(Op):
-    """``value`` in a new array of ``shape``: F.zeros/ones/full of a shape computed from traced
-    shapes (``F.zeros((x.shape[0], 4))``), an op so that a dumped program makes it at the shape
-    it runs at (see `megengine.jit.shape_guards`); other shapes make a constant directly."""
-
-    def __init__(self, shape, value, dtype, device):
-        self.shape, self.value, self.dtype, self.device = shape, value, dtype, device
-
-    def forward(self):
-        return _device.array_module_on(self.device).full(self.shape, self.value, self.dtype)
-
-    def backward(self, *gs):
-        return ()
-
-
 def _filled(shape, value, dtype, device, what):
+    """A tensor of ``shape`` filled with ``value``: a constant, or an op when the shape holds
+    sizes of a dumpable trace (`megengine.core.ops.Full`)."""
     dev, xp = _place(device)
     shape = _shape(shape, what)
     if any(map(is_dim, shape)):
-        return apply(_Fill(shape, value, np.dtype(dtype), dev))
+        return apply(_ops.Full(shape, value, np.dtype(dtype), dev))
     return Tensor._wrap(xp.full(shape, value, np.dtype(dtype)), dev)
 
 
@@ -116,6 +103,9 @@ def full(shape, value, dtype=None, device=None):
 
 def _like(inp, value):
     inp = _tensor(inp)
+    shape = inp.shape
+    if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
+        return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))
     xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
     return Tensor._wrap(xp.full(inp.shape, value, inp.dtype), inp._device)
 

@@ -11,7 +11,7 @@ from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _dtype, _Fill, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
+    _Arange, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
     full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [

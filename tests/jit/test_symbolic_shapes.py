@@ -119,6 +119,10 @@ CASES = {
     "arange": (lambda x: x + F.arange(x.shape[0]).reshape(-1, 1), (2, 3)),
     "interpolate at a fixed size": (lambda x: F.nn.interpolate(x, size=(4, 6)), (2, 1, 2, 3)),
     "x / x rewritten (arith_opt)": (lambda x: x / x + (x - x), (2, 3)),
+    "zeros_like": (lambda x: F.where(x > 0, x, F.zeros_like(x)), (2, 3)),
+    "a size as an operand": (lambda x: x.sum(0) / x.shape[0] + x.size - (1 + x.shape[0]) * x,
+                             (2, 3)),
+    "a size compared with a tensor": (lambda x: x.shape[1] > x, (2, 3)),
     "np.prod of a shape": (lambda x: x.reshape(-1, int(np.prod(x.shape[1:]))), (2, 3, 4)),
     "math of sizes": (lambda x: x.reshape(x.shape[0] // 1, (x.shape[1] * x.shape[2]) % 1000),
                       (2, 3, 4)),
@@ -364,3 +368,39 @@ def test_the_jit_page_example_runs():
                                       page.read_text()) if "ShapeGuardError" in b]
     code = "\n".join(line[4:] for line in block.splitlines())
     exec(compile(code, str(page), "exec"), {})  # the block asserts its own results
+
+
+class _Source:
+    """A stand-in recorder: collects the guards SymDims report."""
+
+    def __init__(self):
+        self.guards = []
+
+    def guard(self, tree, value, kind):
+        self.guards.append((tree, value))
+
+
+def test_symdim_arithmetic_is_an_expression_and_escapes_are_guards(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    n = SymDim(6, ("dim", 0, 0), src, True)
+    c = SymDim(4, ("dim", 0, 1), src, True)
+    e = (n * c - 3) // 2 % 5 + -n
+    assert type(e) is SymDim and e.value == ((6 * 4 - 3) // 2 % 5) - 6
+    sizes = {(0, 0): 10, (0, 1): 7}
+    assert opt.evaluate(e.tree, lambda s, a: sizes[s, a]) == ((10 * 7 - 3) // 2 % 5) - 10
+    assert src.guards == []  # arithmetic keeps the expression: nothing leaves it
+    q, r = divmod(n, 4)
+    assert (q.value, r.value) == (1, 2) and type(q) is SymDim
+    # a size is never negative: comparisons with negative numbers decide nothing
+    assert (n != -1) and not (n < 0) and n >= 0 and src.guards == []
+    assert n == n and src.guards == []  # the same expression: equal at any shape
+    assert (n > 1) is True and src.guards == [((">", ("dim", 0, 0), 1), True)]
+    assert int(c) == 4 and list(range(c)) == [0, 1, 2, 3] and np.zeros(c).shape == (4,)
+    # (reported at each use; the recorder keeps one of each)
+    assert src.guards[1:] == [(("dim", 0, 1), 4)] * 3
+    assert f"{n}" == "6" and n / 4 == 1.5 and src.guards[-1] == (("dim", 0, 0), 6)
+    monkeypatch.setattr(opt, "_dim_source", None)  # the recording is over: plain values
+    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0
