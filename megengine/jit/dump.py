@@ -240,6 +240,20 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                     [c["name"] for c in consts if "name" in c])
 
 
+# ops without inputs that make their value on the device they name (F.zeros of a shape from
+# shapes, F.arange of a size, random draws): the file records that device by name as it does
+# for constants (`dump_devices`), and a loader places it as it places them
+_PLACED = frozenset({("megengine.core.ops", "Full"), ("megengine.functional.tensor", "_Arange"),
+                     ("megengine.random.rng", "_Draw")})
+
+
+def placed(op):
+    """Whether ``op``'s ``device`` attribute is a device to record by name and map on load."""
+    cls = type(op)
+    return (cls.__module__, cls.__qualname__) in _PLACED and isinstance(
+        op.__dict__.get("device"), str)
+
+
 def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_names=None):
     """One op step of graph.json: the op by value (see the module docstring). ``dyn``: the
     attributes that refer to traced values, in `_program._freeze` form (or None)."""
@@ -250,6 +264,8 @@ def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_n
     dyn = dict(dyn or ())
     state = {k: w.value(v, f"{where}, attribute {k!r}") for k, v in op.__dict__.items()
              if k != "needs_input_grad" and k not in dyn}
+    if placed(op):
+        state["device"] = recorded_name(op.device)
     # (an op read back from a file has no attribute for its dyn state: only the frozen form)
     state.update((k, w.frozen(f, f"{where}, attribute {k!r}")) for k, f in dyn.items())
     step = {"op": _class_path(cls), "state": state, "dyn": sorted(dyn), "ins": list(ins),
@@ -454,6 +470,8 @@ def load(file, device=None):
             prog.slots[s["out"]].kind = "alias"
             continue
         op, dyn = read_op(s, arrays, k)
+        if placed(op):
+            op.device = place(op.device)
         step = _OpStep(len(prog.steps), op, None, dyn, tuple(s["ins"]), None, tuple(s["outs"]),
                        s["multi"], s["name"])
         prog.steps.append(step)

@@ -19,8 +19,8 @@ from ..core import ops as _ops
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _DimExpr, _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
-                        read_file, read_metadata, read_op, read_shapes, shapes_json, write_file,
-                        FORMAT, VERSION)
+                        placed, read_file, read_metadata, read_op, read_shapes, shapes_json,
+                        write_file, FORMAT, VERSION)
 from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
@@ -102,6 +102,8 @@ class Network:
                 slot_var[s["out"]] = var_of(s["alias"])
                 continue
             op, dyn = read_op(s, arrays, k)
+            if placed(op):  # (an op that makes a value on a device it names)
+                op.device = place(op.device)
             inputs = [var_of(x) for x in s["ins"]]
             dyn_vars = []
             if dyn is not None:

@@ -404,3 +404,22 @@ def test_symdim_arithmetic_is_an_expression_and_escapes_are_guards(monkeypatch):
     assert f"{n}" == "6" and n / 4 == 1.5 and src.guards[-1] == (("dim", 0, 0), 6)
     monkeypatch.setattr(opt, "_dim_source", None)  # the recording is over: plain values
     assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0
+
+
+def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load():
+    fn = lambda x: x + F.zeros((x.shape[0], 1)) + F.arange(x.shape[1])  # noqa: E731
+    buf = _dump(fn, (2, 3))
+    z, graph = _graph_of(buf)
+    made = [s for s in graph["steps"] if s["op"].rsplit(":", 1)[1] in ("Full", "_Arange")]
+    assert len(made) == 2 and all(s["state"]["device"] == "xpux" for s in made)
+    for s in made:  # as if dumped for a second GPU: this machine has none
+        s["state"]["device"] = "gpu1"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as w:
+        for item in z.namelist():
+            w.writestr(item, json.dumps(graph) if item == "graph.json" else z.read(item))
+    with pytest.raises(ValueError, match="'gpu1', which does not exist here"):
+        GraphInference(io.BytesIO(out.getvalue())).run(_data(2, 3))
+    x = _data(4, 5)
+    got = GraphInference(io.BytesIO(out.getvalue()), device="cpu0").run(x)
+    np.testing.assert_allclose(list(got.values())[0], x + np.arange(5), rtol=1e-6)
