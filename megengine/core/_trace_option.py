@@ -1,5 +1,7 @@
-"""Upstream's symbolic-shape switch (``set_symbolic_shape``) and `Shape`, what ``Tensor.shape``
-gives while it is on."""
+"""Upstream's symbolic-shape switch (``set_symbolic_shape``), `Shape`, what ``Tensor.shape``
+gives while it is on, and `SymDim`, its items while a dumpable trace records."""
+import math
+import operator
 import os
 
 import numpy as np
@@ -32,14 +34,15 @@ set_tensor_shape = set_symbolic_shape
 
 
 class Shape(tuple):
-    """A tensor's shape while symbolic shapes are on: a tuple of ints, and a shape Tensor's
+    """A tensor's shape while symbolic shapes are on: a tuple of sizes, and a shape Tensor's
     reads.
 
     Upstream makes ``x.shape`` an int32 Tensor there (the output of a ``GetVarShape`` op of its
-    graph), so code written for its traces reads it with ``x.shape.numpy()``. This engine runs
-    every traced call on concrete arrays (a new shape is a new traced signature), so the shape
-    stays a tuple: ``x.shape[0]`` is an int, ``x.shape == (2, 3)`` is a bool, ``x.shape[1:] +
-    (4,)`` concatenates, ``np.prod(x.shape)`` computes in int64, as ordinary programs expect.
+    graph), so code written for its traces reads it with ``x.shape.numpy()``. Here the shape
+    stays a tuple: ``x.shape == (2, 3)`` is a bool, ``x.shape[1:] + (4,)`` concatenates,
+    ``np.prod(x.shape)`` multiplies, ``n, c, h, w = x.shape`` unpacks, as ordinary programs
+    expect. Its items are ints, or `SymDim`s while a trace that can be dumped records (see
+    "Shape values with provenance" below): sizes that remember where they came from.
     Where upstream's Tensor and a tuple disagree (``+``, ``*``, ``==``) the tuple's meaning
     wins: code that runs both eagerly (where upstream's shape is a tuple too) and traced can
     only rely on what both mean. What only a Tensor has is added: `numpy`, `tolist`, `item`,
@@ -52,15 +55,28 @@ class Shape(tuple):
         item = tuple.__getitem__(self, index)
         return Shape(item) if type(index) is slice else item  # x.shape[1:].numpy() works
 
+    def _ints(self):
+        return tuple(operator.index(d) for d in self)  # (a SymDim's value, guarded)
+
     def __reduce__(self):
-        return tuple, (tuple(self),)  # a pickled shape is a plain tuple (no megengine needed)
+        return tuple, (self._ints(),)  # a pickled shape is a plain tuple (no megengine needed)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._ints(), dtype=dtype)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # np.prod(x.shape) keeps SymDims an expression; any other numpy function reads ints
+        if func is np.prod and len(args) == 1 and not kwargs and any(map(is_dim, self)):
+            return math.prod(self)
+        args = tuple(a._ints() if isinstance(a, Shape) else a for a in args)
+        return func(*args, **kwargs)
 
     def numpy(self):
         """The shape as an int32 array (upstream's shape Tensor's dtype)."""
-        return np.array(self, dtype=np.int32).reshape(len(self))
+        return np.array(self._ints(), dtype=np.int32).reshape(len(self))
 
     def tolist(self):
-        return list(self)
+        return list(self._ints())
 
     def item(self):
         if len(self) != 1:
@@ -88,3 +104,333 @@ class Shape(tuple):
     @property
     def shape(self):
         return (len(self),)
+
+
+# --------------------------------------------------------------------------------------------
+# Shape values with provenance (symbolic shapes of a recording that can be dumped)
+# --------------------------------------------------------------------------------------------
+# While `megengine.jit.trace` records a call that can be dumped (``capture_as_const=True`` and
+# ``symbolic_shape=True``), it sets ``_dim_source`` to its recorder, and the items of
+# ``x.shape`` are `SymDim`s: the size, plus an expression saying where it came from (a traced
+# value's slot and axis, upstream's GetVarShape) and what arithmetic made it. An op parameter
+# built from them (``reshape(y.shape[0], -1)``) is stored as that expression, which a loaded
+# program evaluates from its arrays' actual shapes. Any other use of the value (``int(n)``,
+# ``range(n)``, ``if n > 1``, numpy, a format string) becomes a *guard* of the program: the
+# expression and the value it had, checked when the program runs at other shapes.
+#
+# Why not an ``int`` subclass: CPython's and numpy's C code read an int subclass's value
+# directly (``range(n)``, ``np.zeros((n, 3))``, ``[0] * n`` call no Python method), so a traced
+# size would leak into the program unnoticed and run silently wrong at another batch size.
+# A SymDim is no int: every such consumer has to call ``__index__``, ``__int__``, ``__array__``,
+# ``__hash__``, ``__format__``... and each of those records a guard. (Upstream's shape items
+# are Tensors, not ints, for the same reason.) The engine's shape arguments accept SymDims
+# where they accept ints (`is_dim`).
+_dim_source = None
+
+# expression trees (plain tuples, so a file holds them as JSON lists):
+#   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | ("neg", a)
+_ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+          "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+# ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
+_BINARY = {**_ARITH, **_COMPARE, "bcast": lambda a, b: b if a == 1 else a}
+
+
+def evaluate(tree, dim):
+    """The value of expression ``tree``; ``dim(slot, axis)`` gives a leaf's size."""
+    if type(tree) is not tuple:
+        return tree
+    op = tree[0]
+    if op == "dim":
+        return dim(tree[1], tree[2])
+    if op == "neg":
+        return -evaluate(tree[1], dim)
+    return _BINARY[op](evaluate(tree[1], dim), evaluate(tree[2], dim))
+
+
+def render(tree, name):
+    """``tree`` as text; ``name(slot, axis)`` names a leaf."""
+    if type(tree) is not tuple:
+        return repr(tree)
+    op = tree[0]
+    if op == "dim":
+        return name(tree[1], tree[2])
+    if op == "neg":
+        return f"-({render(tree[1], name)})"
+    if op == "bcast":
+        return f"broadcast({render(tree[1], name)}, {render(tree[2], name)})"
+    return f"({render(tree[1], name)} {op} {render(tree[2], name)})"
+
+
+def _is_tensor(v):
+    return hasattr(v, "_data") and hasattr(v, "_device")  # (core.tensor imports this module)
+
+
+def _int_like(v):
+    return type(v) is int or (isinstance(v, np.integer) and not isinstance(v, np.bool_))
+
+
+class SymDim:
+    """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
+    expression ``tree`` it was computed by (see above). Arithmetic with ints and other SymDims
+    (``+ - * // %``, ``divmod``, negation) gives SymDims; comparisons give bools and guard the
+    comparison; every other use gives the plain value and guards it."""
+
+    __slots__ = ("value", "tree", "src", "nonneg")
+
+    def __init__(self, value, tree, src, nonneg=False):
+        self.value, self.tree, self.src, self.nonneg = value, tree, src, nonneg
+
+    # ----- escapes: the value leaves the expression; the program remembers it -----
+    def _escape(self, kind):
+        src = self.src
+        if src is _dim_source and src is not None:
+            src.guard(self.tree, self.value, kind)
+        return self.value
+
+    def __index__(self):
+        return self._escape("an int (int(), an index, range(), a numpy or list size)")
+
+    def __int__(self):
+        return self._escape("int()")
+
+    def __float__(self):
+        return float(self._escape("float()"))
+
+    def __complex__(self):
+        return complex(self._escape("complex()"))
+
+    def __hash__(self):
+        return hash(self._escape("a hash (a dict key, a cache)"))
+
+    def __format__(self, spec):
+        return format(self._escape("text (a format string, print)"), spec)
+
+    def __str__(self):
+        return str(self._escape("text (str(), print)"))
+
+    def __repr__(self):
+        return repr(self._escape("text (repr(), print)"))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._escape("a numpy value"), dtype=dtype)
+
+    def __reduce__(self):
+        return int, (self._escape("a pickled value"),)
+
+    def item(self):  # upstream's shape items are Tensors: programs call .item() / .numpy()
+        return self._escape("item()")
+
+    def numpy(self):
+        return np.asarray(self._escape("numpy()"), dtype=np.int32)
+
+    # ----- arithmetic that stays an expression -----
+    def _operand(self, other):
+        if type(other) is SymDim:
+            return other if other.src is self.src else None
+        if _int_like(other):
+            v = int(other)
+            return SymDim(v, v, self.src, v >= 0)
+        return None
+
+    def _arith(self, other, op, reverse):
+        if _is_tensor(other):
+            return NotImplemented  # the Tensor's operator: it makes the size an op's output
+        if self.src is not _dim_source:  # the recording is over: plain int arithmetic
+            a, b = self.value, other.value if type(other) is SymDim else other
+        else:
+            o = self._operand(other)
+            if o is not None:
+                x, y = (o, self) if reverse else (self, o)
+                nonneg = x.nonneg and y.nonneg and op != "-"
+                return SymDim(_ARITH[op](x.value, y.value), (op, x.tree, y.tree), self.src,
+                              nonneg)
+            a = self._escape("arithmetic with a non-int (a float, a Tensor)")
+            b = other._escape("arithmetic") if type(other) is SymDim else other
+        return _ARITH[op](b, a) if reverse else _ARITH[op](a, b)
+
+    def __add__(self, o):
+        return self._arith(o, "+", False)
+
+    def __radd__(self, o):
+        return self._arith(o, "+", True)
+
+    def __sub__(self, o):
+        return self._arith(o, "-", False)
+
+    def __rsub__(self, o):
+        return self._arith(o, "-", True)
+
+    def __mul__(self, o):
+        return self._arith(o, "*", False)
+
+    def __rmul__(self, o):
+        return self._arith(o, "*", True)
+
+    def __floordiv__(self, o):
+        return self._arith(o, "//", False)
+
+    def __rfloordiv__(self, o):
+        return self._arith(o, "//", True)
+
+    def __mod__(self, o):
+        return self._arith(o, "%", False)
+
+    def __rmod__(self, o):
+        return self._arith(o, "%", True)
+
+    def __divmod__(self, o):
+        return self // o, self % o
+
+    def __rdivmod__(self, o):
+        return o // self, o % self
+
+    def __neg__(self):
+        if self.src is not _dim_source:
+            return -self.value
+        return SymDim(-self.value, ("neg", self.tree), self.src, False)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self if self.nonneg else abs(self._escape("abs()"))
+
+    def __trunc__(self):
+        return self
+
+    __floor__ = __ceil__ = __trunc__
+
+    def __round__(self, ndigits=None):
+        return self if ndigits is None else round(self._escape("round()"), ndigits)
+
+    # ----- everything else: the plain value, guarded -----
+    def _plain(self, other, fn, reverse=False):
+        if _is_tensor(other):
+            return NotImplemented
+        a = self._escape("arithmetic (/, **, bit operations)")
+        if type(other) is SymDim:
+            other = other._escape("arithmetic (/, **, bit operations)")
+        return fn(other, a) if reverse else fn(a, other)
+
+    def __truediv__(self, o):
+        return self._plain(o, lambda a, b: a / b)
+
+    def __rtruediv__(self, o):
+        return self._plain(o, lambda a, b: a / b, True)
+
+    def __pow__(self, o, mod=None):
+        return self._plain(o, lambda a, b: pow(a, b, mod))
+
+    def __rpow__(self, o):
+        return self._plain(o, lambda a, b: a ** b, True)
+
+    def __and__(self, o):
+        return self._plain(o, lambda a, b: a & b)
+
+    __rand__ = __and__
+
+    def __or__(self, o):
+        return self._plain(o, lambda a, b: a | b)
+
+    __ror__ = __or__
+
+    def __xor__(self, o):
+        return self._plain(o, lambda a, b: a ^ b)
+
+    __rxor__ = __xor__
+
+    def __lshift__(self, o):
+        return self._plain(o, lambda a, b: a << b)
+
+    def __rshift__(self, o):
+        return self._plain(o, lambda a, b: a >> b)
+
+    def __invert__(self):
+        return ~self._escape("~")
+
+    # ----- comparisons: a bool, and a guard on the comparison -----
+    def _compare(self, other, op):
+        if _is_tensor(other):
+            return NotImplemented
+        o = self._operand(other)
+        if o is None:  # a float, a Tensor, a dim of another recording: compare the value
+            b = other._escape("a comparison") if type(other) is SymDim else other
+            return _COMPARE[op](self._escape("a comparison"), b)
+        result = _COMPARE[op](self.value, o.value)
+        if self.src is not _dim_source or self.tree == o.tree:
+            return result  # (the same expression: decided whatever the shapes)
+        if self.nonneg and type(o.tree) is int and (o.tree < 0 or (o.tree == 0 and op in
+                                                                    (">=", "<"))):
+            return result  # a size is never negative: decided whatever the shapes
+        if o.nonneg and type(self.tree) is int and self.tree < 0:
+            return result
+        self.src.guard((op, self.tree, o.tree), result, "a comparison (if, min/max, a check)")
+        return result
+
+    def __eq__(self, o):
+        if not (type(o) is SymDim or _int_like(o) or isinstance(o, (float, np.floating))):
+            return NotImplemented  # (a tuple, None...: not equal, no guard needed)
+        return self._compare(o, "==")
+
+    def __ne__(self, o):
+        if not (type(o) is SymDim or _int_like(o) or isinstance(o, (float, np.floating))):
+            return NotImplemented
+        return self._compare(o, "!=")
+
+    def __lt__(self, o):
+        return self._compare(o, "<")
+
+    def __le__(self, o):
+        return self._compare(o, "<=")
+
+    def __gt__(self, o):
+        return self._compare(o, ">")
+
+    def __ge__(self, o):
+        return self._compare(o, ">=")
+
+    def __bool__(self):
+        return self._compare(0, "!=")
+
+
+def is_dim(v):
+    """True for a `SymDim` (what the engine's shape arguments accept where they take ints)."""
+    return type(v) is SymDim
+
+
+def has_dims(v):
+    """Whether ``v`` (an op parameter) holds a `SymDim`, in tuples, lists and slices."""
+    t = type(v)
+    if t is SymDim:
+        return True
+    if t is tuple or t is list:
+        return any(has_dims(x) for x in v)
+    if t is slice:
+        return has_dims(v.start) or has_dims(v.stop) or has_dims(v.step)
+    return False
+
+
+def concrete(v):
+    """``v`` with each `SymDim` replaced by its value (no guard: the caller keeps the
+    expression)."""
+    t = type(v)
+    if t is SymDim:
+        return v.value
+    if t is tuple or t is list:
+        return t(concrete(x) for x in v)
+    if t is slice:
+        return slice(concrete(v.start), concrete(v.stop), concrete(v.step))
+    return v
+
+
+def symbolic_shape(tensor, shape):
+    """``tensor.shape`` while a dumpable trace records (see above): SymDims when the tensor
+    holds a traced value (an argument or a computed value), else the plain `Shape`."""
+    src = _dim_source
+    slot = src.dim_slot(tensor) if src is not None else None
+    if slot is None:
+        return Shape(shape)
+    src.dims_made = True
+    return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))

@@ -7,6 +7,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
+from ._trace_option import is_dim
 
 __all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
            "t_unbroadcast", "t_expand"]
@@ -29,10 +30,10 @@ def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
     if hasattr(shape, "_data"):
         shape = shape.numpy().tolist()  # Tensor.numpy: a trace notes this host read
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    try:
-        return tuple(int(s) for s in shape)
+    if isinstance(shape, (int, np.integer)) or is_dim(shape):
+        return (shape if is_dim(shape) else int(shape),)
+    try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
+        return tuple(s if is_dim(s) else int(s) for s in shape)
     except (TypeError, ValueError):
         raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
 
@@ -403,6 +404,25 @@ class Copy(Op):
 
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(Copy(inputs[0]._device), grads[0]),)
+
+
+class Full(Op):
+    """``value`` in a new array of ``shape`` on ``device`` (no inputs): what F.zeros, F.full,
+    F.zeros_like and a size used as a tensor operand (``x / x.shape[0]``) make while a dumpable
+    trace records sizes from shapes, so that a dumped program makes it at the shapes it runs
+    at (see `megengine.jit.shape_guards`); otherwise those make a constant directly."""
+
+    def __init__(self, shape, value, dtype, device):
+        self.shape, self.value, self.dtype, self.device = shape, value, dtype, device
+
+    def forward(self):
+        from ..device import array_module_on  # (device sits below core; loaded on use)
+
+        with dispatch.on_device(self.device):
+            return array_module_on(self.device).full(self.shape, self.value, self.dtype)
+
+    def backward(self, *gs):
+        return ()
 
 
 def move_array(a, device):

@@ -228,6 +228,8 @@ class Tensor(metaclass=_TensorType):
             shape = _fmt.to_physical(self._data).shape
         else:
             shape = self._data.shape
+            if _trace_option._dim_source is not None and shape:  # a dumpable trace records:
+                return _trace_option.symbolic_shape(self, shape)  # sizes that say where from
         if _trace_option._use_symbolic_shape:  # traced calls: a tuple with upstream's .numpy()
             return _trace_option.Shape(shape) if shape else shape
         return shape
@@ -276,6 +278,8 @@ class Tensor(metaclass=_TensorType):
 
     @property
     def size(self):
+        if _trace_option._dim_source is not None:  # a dumpable trace records: see shape
+            return math.prod(self.shape)
         return self._data.size
 
     @property

@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core.dispatch import apply, on_device
+from ..core._trace_option import Shape, is_dim
+from ..core.dispatch import Op, apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
 
@@ -29,6 +30,8 @@ def _shape_arg(shape, what):
     numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
     if shape is None:
         return ()
+    if isinstance(shape, Shape):  # x.shape while tracing: its items, SymDims kept (not numpy())
+        shape = tuple(shape)
     computed = isinstance(shape, Tensor)
     if computed:
         shape = shape.numpy()  # Tensor.numpy: a trace notes this host read
@@ -41,6 +44,8 @@ def _shape_arg(shape, what):
             raise TypeError(f"{what}: a shape array must hold integers (a Tensor may hold "
                             f"whole-number floats), got dtype {shape.dtype}: {shape.tolist()}")
         shape = shape.tolist()
+    if is_dim(shape):  # a size from x.shape in a dumpable trace (see core._trace_option)
+        return (shape,)
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         return (int(shape),)
     if not isinstance(shape, (list, tuple)):
@@ -53,6 +58,9 @@ def _shape_arg(shape, what):
                 raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
                                 f"{s.shape} and dtype {s.dtype}")
             s = s.item()
+        if is_dim(s):
+            out.append(s)
+            continue
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
             raise TypeError(f"{what}: shape entries must be ints, got {s!r} in {shape!r}")
         out.append(int(s))
@@ -66,28 +74,38 @@ def _shape(shape, what):
     return shape
 
 
+def _filled(shape, value, dtype, device, what):
+    """A tensor of ``shape`` filled with ``value``: a constant, or an op when the shape holds
+    sizes of a dumpable trace (`megengine.core.ops.Full`)."""
+    dev, xp = _place(device)
+    shape = _shape(shape, what)
+    if any(map(is_dim, shape)):
+        return apply(_ops.Full(shape, value, np.dtype(dtype), dev))
+    return Tensor._wrap(xp.full(shape, value, np.dtype(dtype)), dev)
+
+
 def zeros(shape, dtype="float32", device=None):
     """A tensor of ``shape`` filled with zeros."""
-    dev, xp = _place(device)
-    return Tensor._wrap(xp.zeros(_shape(shape, "zeros"), _dtype(dtype)), dev)
+    return _filled(shape, 0, _dtype(dtype), device, "zeros")
 
 
 def ones(shape, dtype="float32", device=None):
     """A tensor of ``shape`` filled with ones."""
-    dev, xp = _place(device)
-    return Tensor._wrap(xp.ones(_shape(shape, "ones"), _dtype(dtype)), dev)
+    return _filled(shape, 1, _dtype(dtype), device, "ones")
 
 
 def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
-    dev, xp = _place(device)
     if dtype is None:
         dtype = as_array(value, device="cpu0").dtype
-    return Tensor._wrap(xp.full(_shape(shape, "full"), value, np.dtype(dtype)), dev)
+    return _filled(shape, value, dtype, device, "full")
 
 
 def _like(inp, value):
     inp = _tensor(inp)
+    shape = inp.shape
+    if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
+        return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))
     xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
     return Tensor._wrap(xp.full(inp.shape, value, inp.dtype), inp._device)
 
@@ -115,6 +133,11 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     if step == 0:
         raise ValueError("arange: step must not be 0")
     dev, xp = _place(device)
+    if any(map(is_dim, (start, stop, step))) and all(
+            isinstance(v, (int, np.integer)) or is_dim(v) for v in (start, stop, step)):
+        # bounds computed from traced shapes (F.arange(x.shape[0])): an op, so that a dumped
+        # program counts at the shapes it runs at (see megengine.jit.shape_guards)
+        return apply(_Arange(start, stop, step, _dtype(dtype), dev))
     if all(isinstance(v, (int, np.integer)) for v in (start, stop, step)):
         num = max(-((start - stop) // step), 0)  # exact ceil((stop - start) / step)
     else:
@@ -125,6 +148,22 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     with on_device(dev):  # the arithmetic allocates on the current GPU
         values = start + step * xp.arange(num, dtype=np.float64)
         return Tensor._wrap(values.astype(_dtype(dtype)), dev)
+
+
+class _Arange(Op):
+    """``arange`` of integer bounds computed from traced shapes (see `arange`)."""
+
+    def __init__(self, start, stop, step, dtype, device):
+        self.start, self.stop, self.step = start, stop, step
+        self.dtype, self.device = dtype, device
+
+    def forward(self):
+        xp = _device.array_module_on(self.device)
+        with on_device(self.device):
+            return xp.arange(self.start, self.stop, self.step).astype(self.dtype)
+
+    def backward(self, *gs):
+        return ()
 
 
 def linspace(start, stop, num, dtype="float32", device=None):

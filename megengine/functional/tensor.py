@@ -5,13 +5,14 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
+from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full, full_like, linspace,
-    ones, ones_like, zeros, zeros_like)
+    _Arange, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
+    full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
@@ -294,7 +295,7 @@ def split(inp, nsplits_or_sections, axis=0):
         div, rest = divmod(size, n)
         bounds = np.cumsum([0] + [div + 1] * rest + [div] * (n - rest)).tolist()
     else:
-        points = [int(p) for p in nsplits_or_sections]
+        points = [p if is_dim(p) else int(p) for p in nsplits_or_sections]
         bounds = [0] + points + [size]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
             # upstream's exact text (code matches it); what is wrong shows as a note under it

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from ..core import _config
+from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -129,7 +130,8 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{what}: give exactly one of size and scale_factor")
     if size is not None:
-        sizes = (size,) * spatial if isinstance(size, (int, np.integer)) else tuple(size)
+        sizes = (size,) * spatial if isinstance(size, (int, np.integer)) or is_dim(size) \
+            else tuple(size)
         sizes = tuple(int(s) for s in sizes)
     else:
         scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) \

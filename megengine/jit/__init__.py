@@ -2,12 +2,14 @@
 replays them; `trace.dump` writes a recorded program for `megengine.utils.comp_graph_tools`;
 `xla_trace` is upstream's XLA trace, run here as a ``without_host`` replay (no XLA)."""
 from .partial_tracing import partial_trace
+from .shape_guards import ShapeGuardError
 from .tracing import (TraceError, TraceMismatchError, exclude_from_trace, is_tracing,
                       set_symbolic_shape, trace)
 from .xla_backend import xla_trace
 
 __all__ = ["trace", "xla_trace", "TraceError", "TraceMismatchError", "exclude_from_trace",
-           "is_tracing", "partial_trace", "set_symbolic_shape", "SublinearMemoryConfig",
+           "is_tracing", "partial_trace", "set_symbolic_shape", "ShapeGuardError",
+           "SublinearMemoryConfig",
            "DTRConfig", "GraphOptimizationConfig"]
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..autodiff.function import _FunctionOp
+from ..core._trace_option import SymDim, evaluate
 from ..core.tensor import Tensor
 
 
@@ -96,6 +97,52 @@ class _Ref:
         return f"<traced value #{self.slot}>"
 
 
+class _DimExpr:
+    """A size computed from traced values' shapes (a `SymDim`'s expression, see
+    `megengine.core._trace_option`) inside op state: ``tree``'s leaves ``("dim", slot, axis)``
+    are read from this run's values, so a loaded program computes the op parameter (a reshape
+    target, a slice bound) from the shapes it runs at."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree):
+        self.tree = tree
+
+    def __eq__(self, other):
+        return type(other) is _DimExpr and other.tree == self.tree
+
+    def __repr__(self):
+        return f"<size {self.tree!r}>"
+
+    def value(self, values):
+        return evaluate(self.tree, lambda s, axis: values[s]._data.shape[axis])
+
+    def slots(self):
+        return _dim_slots(self.tree)
+
+    def map_slots(self, fn):
+        """The same expression with each leaf's slot ``s`` replaced by ``fn(s)``."""
+        return _DimExpr(_map_dim_slots(self.tree, fn))
+
+
+def _dim_slots(tree):
+    if type(tree) is not tuple:
+        return
+    if tree[0] == "dim":
+        yield tree[1]
+    else:
+        for x in tree[1:]:
+            yield from _dim_slots(x)
+
+
+def _map_dim_slots(tree, fn):
+    if type(tree) is not tuple:
+        return tree
+    if tree[0] == "dim":
+        return ("dim", fn(tree[1]), tree[2])
+    return (tree[0],) + tuple(_map_dim_slots(x, fn) for x in tree[1:])
+
+
 def _freeze(v, array_slot):
     """A snapshot of ``v`` that compares with ``==``, and can be rebuilt by `_thaw`.
 
@@ -116,11 +163,13 @@ def _freeze(v, array_slot):
     if _is_array(v):
         s = array_slot(v)
         return _Ref(s, raw=True) if s is not None else _ArrayValue(v)
+    if t is SymDim:  # (the recorder takes these out of an op: `record._Recorder.__call__`)
+        return _DimExpr(v.tree)
     return _Same(v)
 
 
 def _has_ref(frozen):
-    if type(frozen) is _Ref:
+    if type(frozen) is _Ref or type(frozen) is _DimExpr:
         return True
     if type(frozen) is tuple:
         return any(_has_ref(x) for x in frozen)
@@ -137,6 +186,8 @@ def _thaw(frozen, values):
         return frozen.array
     if t is _Same:
         return frozen.obj
+    if t is _DimExpr:
+        return frozen.value(values)
     if t is tuple:
         kind = frozen[0]
         if kind is tuple or kind is list:
@@ -288,13 +339,16 @@ class _OpStep:
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
-                 "pdict", "checks", "n_in", "rewrite")
+                 "pdict", "checks", "n_in", "rewrite", "sym")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
         self.ins, self.metas, self.outs, self.multi, self.name = ins, metas, outs, multi, name
         self.free = self.reads = ()
         self.rewrite = None  # replacement steps (see `arith_opt`, trace(opt_level>=1))
+        # attributes built from traced shapes, in `_freeze` form with `_DimExpr`s: what `dump`
+        # writes for them (the trace's own replays, one program per shape, use the values)
+        self.sym = None
 
 
 class _AliasStep:
@@ -343,6 +397,12 @@ class _Program:
         self.first_reads = ()  # guards read before the first step
         self.out_refs = ()  # the slots of the output tensors, in `_tensors_in` order
         self.optimized = None  # the program with `arith_opt`'s rewrites: replays and dump run it
+        # symbolic shapes (see `shape_guards`): whether sizes were recorded as expressions
+        # (a dumpable trace with symbolic_shape), the guards (tree, value, kind, source line)
+        # of the sizes used otherwise, and whether runs check them (a loaded program)
+        self.symbolic_shape = False
+        self.shape_guards = []
+        self.check_shapes = None  # a loaded program: `shape_guards.ShapeContext`
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -401,6 +461,13 @@ class _Program:
             by_pos.setdefault(pos, []).append((s, value))
             if pos:  # checked after step pos - 1: its value lives until then
                 last[s] = max(last.get(s, pos - 1), pos - 1)
+        if self.check_shapes is not None:  # a loaded program run at any shape: see shape_guards
+            from .shape_guards import schedule
+            for pos, guard in schedule(self, self.shape_guards):
+                by_pos.setdefault(pos, []).append(guard)
+                for s in guard.slots:
+                    if pos:
+                        last[s] = max(last.get(s, pos - 1), pos - 1)
         self.first_reads = tuple(by_pos.pop(0, ()))
         self.out_refs = tuple(_refs_in(self.out))
         kept = set(self.out_refs)
@@ -505,6 +572,8 @@ def _slots_used(step):
         yield from step.ins
         for _, f in step.dyn or ():
             yield from _refs_in(f)
+        for _, f in step.sym or ():
+            yield from _refs_in(f)
     elif t is _AliasStep:
         yield step.src
     else:
@@ -525,6 +594,8 @@ def _refs_in(enc):
     elif t is _Struct:
         for x in enc.items:
             yield from _refs_in(x)
+    elif t is _DimExpr:
+        yield from enc.slots()
 
 
 def _tensor_text(t):

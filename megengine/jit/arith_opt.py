@@ -309,8 +309,39 @@ def plan(prog, k, op, ins, metas, out_slot):
         real = tuple(slots[x[1]] if type(x) is tuple else x for x in e_ins)
         step = _OpStep(k, template, None, None, real, tuple(e_metas), (s,), False,
                        f"{template!r} ({name})")
+        if prog.symbolic_shape and type(template) in (Fill, BroadcastAs):
+            # a dumped program computes the op's broadcast shape at the shapes it runs at
+            step.sym = (("shape", _broadcast_shape_expr(prog, ins, metas)),)
         steps.append(step)
     return tuple(steps)
+
+
+def _broadcast_shape_expr(prog, ins, metas):
+    """The broadcast shape of values ``ins`` (with traced ``metas``) in `_program._freeze` form,
+    each size an expression of their shapes (see `megengine.jit.shape_guards`).
+
+    The rules' `_Builder.same` results are a value with a scalar constant (``a * 1``) or of a
+    unary chain (``log(exp(a))``): their broadcast shape is the value's own at any shape, so a
+    result that is its input unchanged when traced is so at every shape (`is_identity_step`)."""
+    from ._program import _DimExpr
+
+    nd = max(len(m[0]) for m in metas)
+    sizes = []
+    for j in range(nd):
+        terms = []
+        for s, (shape, _) in zip(ins, metas):
+            ax = j - (nd - len(shape))
+            if ax < 0:
+                continue
+            computed = prog.slots[s].kind in ("arg", "op", "alias", "event")
+            term = ("dim", s, ax) if computed else shape[ax]
+            if term not in terms and term != 1:  # (a size-1 constant never sets the size)
+                terms.append(term)
+        tree = terms[0] if terms else 1
+        for term in terms[1:]:
+            tree = ("bcast", tree, term)
+        sizes.append(_DimExpr(tree))
+    return (tuple, tuple(sizes))
 
 
 def plan_program(prog):
@@ -351,7 +382,7 @@ def optimized(prog):
     nothing was rewritten."""
     if not any(type(s) is _OpStep and s.rewrite is not None for s in prog.steps):
         return None
-    from ._program import _refs_in, _slots_used
+    from ._program import _DimExpr, _refs_in, _slots_used
 
     steps = []  # (index of the recorded step it comes from, step)
     for k, step in enumerate(prog.steps):
@@ -360,13 +391,18 @@ def optimized(prog):
         else:
             steps.append((k, copy.copy(step)))
     used = set(_refs_in(prog.out)) | {s for _, s, _ in prog.guards}
+    for tree, _, _, _ in prog.shape_guards:  # (sizes a dumped program checks: see shape_guards)
+        used.update(_refs_in(_DimExpr(tree)))
     kept = []
     for k, step in reversed(steps):
         if (type(step) is _OpStep and type(step.template) in _PURE
                 and not any(s in used for s in step.outs)):
             continue  # its value was only read by a step that a rewrite replaced
         kept.append((k, step))
-        used.update(_slots_used(step))
+        # (a result that is its input unchanged: dump writes no operator, so the values its
+        # shape expression reads need not be made; it is its input at any shape, see plan)
+        used.update(step.ins if type(step) is _OpStep and step.sym and is_identity_step(step)
+                    else _slots_used(step))
     kept.reverse()
     # a host read checked after the first ``pos`` recorded steps: after the steps kept of them
     before = [0] * (len(prog.steps) + 1)

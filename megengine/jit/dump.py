@@ -61,9 +61,11 @@ from .dump_testcases import (_RAND, _case_feeds, _repeat, _spec_data,  # noqa: F
                              make_testcases)
 
 # version 2: devices recorded by name (xpux for the default device); version 1 recorded the
-# device they resolved to (gpu0 on a GPU machine), read as explained in `dump_devices`
-FORMAT, VERSION = "megengine-fork-traced-program", 2
-_READABLE_VERSIONS = (1, 2)
+# device they resolved to (gpu0 on a GPU machine), read as explained in `dump_devices`.
+# version 3: symbolic shapes (``symbolic_shape``, op state ``{"dim": tree}``, ``shape_guards``;
+# see `shape_guards`); files of versions 1 and 2 run at their traced shapes only, as before
+FORMAT, VERSION = "megengine-fork-traced-program", 3
+_READABLE_VERSIONS = (1, 2, 3)
 _MAGIC = b"MGEFORK\x01"
 
 class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_bytes",
@@ -199,7 +201,10 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         if type(step.template).__name__ in COMMUTATIVE and len(ins) == 2 and ins[0] > ins[1]:
             ins = ins[::-1]  # upstream's order: the older value first (slots grow with age)
         opr_name, var_names = named[id(step)]
-        steps.append(op_step_json(w, step.template, step.dyn, ins, step.outs, step.multi,
+        dyn = step.dyn
+        if getattr(step, "sym", None):  # sizes computed from shapes: written as expressions
+            dyn = tuple({**dict(dyn or ()), **dict(step.sym)}.items())
+        steps.append(op_step_json(w, step.template, dyn, ins, step.outs, step.multi,
                                   step.name, f"op #{step.index} ({step.name})", opr_name,
                                   var_names))
     inputs = []
@@ -212,6 +217,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
              "consts": consts, "steps": steps,
              "metadata": (metadata_json(w, user_info, False, options) if enable_metadata
                           else None)}
+    graph.update(shapes_json(prog.symbolic_shape, prog.shape_guards))
     if input_data is not None:
         data = write_file(graph, w, None)  # the program as the file holds it computes the cases
         cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
@@ -234,6 +240,20 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                     [c["name"] for c in consts if "name" in c])
 
 
+# ops without inputs that make their value on the device they name (F.zeros of a shape from
+# shapes, F.arange of a size, random draws): the file records that device by name as it does
+# for constants (`dump_devices`), and a loader places it as it places them
+_PLACED = frozenset({("megengine.core.ops", "Full"), ("megengine.functional.tensor", "_Arange"),
+                     ("megengine.random.rng", "_Draw")})
+
+
+def placed(op):
+    """Whether ``op``'s ``device`` attribute is a device to record by name and map on load."""
+    cls = type(op)
+    return (cls.__module__, cls.__qualname__) in _PLACED and isinstance(
+        op.__dict__.get("device"), str)
+
+
 def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_names=None):
     """One op step of graph.json: the op by value (see the module docstring). ``dyn``: the
     attributes that refer to traced values, in `_program._freeze` form (or None)."""
@@ -244,6 +264,8 @@ def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_n
     dyn = dict(dyn or ())
     state = {k: w.value(v, f"{where}, attribute {k!r}") for k, v in op.__dict__.items()
              if k != "needs_input_grad" and k not in dyn}
+    if placed(op):
+        state["device"] = recorded_name(op.device)
     # (an op read back from a file has no attribute for its dyn state: only the frozen form)
     state.update((k, w.frozen(f, f"{where}, attribute {k!r}")) for k, f in dyn.items())
     step = {"op": _class_path(cls), "state": state, "dyn": sorted(dyn), "ins": list(ins),
@@ -253,6 +275,22 @@ def op_step_json(w, op, dyn, ins, outs, multi, name, where, opr_name=None, var_n
     if var_names is not None:
         step["var_names"] = list(var_names)
     return step
+
+
+def shapes_json(symbolic, guards):
+    """graph.json's symbolic-shape keys: whether the program runs at other input shapes, and
+    its guards (see `shape_guards`)."""
+    return {"symbolic_shape": bool(symbolic),
+            "shape_guards": [{"expr": tree, "value": value, "kind": kind, "where": where}
+                             for tree, value, kind, where in guards]}
+
+
+def read_shapes(graph):
+    """(symbolic_shape, guards) of a file's graph.json (files before version 3: fixed)."""
+    from .shape_guards import tree_from_json
+    guards = [(tree_from_json(g["expr"]), g["value"], g["kind"], g["where"])
+              for g in graph.get("shape_guards", ())]
+    return bool(graph.get("symbolic_shape", False)), guards
 
 
 def metadata_json(w, user_info, graph_modified, options):
@@ -328,9 +366,15 @@ class LoadedProgram:
         for (name, shape, dtype), info in zip(self.inputs, self.graph["inputs"]):
             v = feeds[name]
             v = v.numpy() if isinstance(v, Tensor) else np.asarray(_host(v))  # CuPy too
-            if v.shape != shape and strict_shape:
+            if v.shape != shape and self.prog.symbolic_shape and v.ndim != len(shape):
+                raise ValueError(f"run: input {name!r} has {v.ndim} dims (shape {v.shape}), but "
+                                 f"the program was traced with {len(shape)} (shape {shape}); "
+                                 "its sizes may change, its number of dims may not")
+            if v.shape != shape and strict_shape and not self.prog.symbolic_shape:
                 raise ValueError(f"run: input {name!r} has shape {v.shape}, but the program was "
-                                 f"traced with shape {shape}; trace and dump the new shape")
+                                 f"traced with shape {shape}; trace and dump the new shape "
+                                 "(this file records fixed shapes: dumped before symbolic "
+                                 "shapes, or traced with symbolic_shape=False)")
             leaves.append(Tensor(v.astype(dtype, copy=False), dtype=dtype,
                                  device=self._place(info["device"])))
         values = replay(self.prog, leaves)
@@ -381,8 +425,8 @@ def read_op(s, arrays, k):
     dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
     op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()
                         if name not in s["dyn"]})
-    start = op.__dict__.pop("start", None)
-    if start is not None and type(op).__name__ == "_Draw":
+    start = op.__dict__.pop("start", None) if type(op).__name__ == "_Draw" else None
+    if start is not None:
         # a random op: its own generator, from the state the traced draw started at (its
         # first run repeats the traced values, later runs go on, as upstream's RNG operator)
         bit_gen = getattr(np.random, start[0])()
@@ -426,10 +470,17 @@ def load(file, device=None):
             prog.slots[s["out"]].kind = "alias"
             continue
         op, dyn = read_op(s, arrays, k)
+        if placed(op):
+            op.device = place(op.device)
         step = _OpStep(len(prog.steps), op, None, dyn, tuple(s["ins"]), None, tuple(s["outs"]),
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
+    prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
+    if prog.symbolic_shape:
+        from .shape_guards import ShapeContext
+        prog.check_shapes = ShapeContext(
+            [(i["name"], i["slot"], tuple(i["shape"])) for i in graph["inputs"]], prog.steps)
     prog.compile()
     tc = graph.get("testcases") or {}
     cases = [({k: arrays[i] for k, i in c["inputs"].items()},

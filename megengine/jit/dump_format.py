@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ._program import _Ref, _host, _is_array
+from ._program import _DimExpr, _Ref, _host, _is_array
 from .dump_devices import recorded_name
 
 
@@ -89,6 +89,8 @@ class _Writer:
         t = type(f)
         if t is _Ref:
             return self.value(f, where)
+        if t is _DimExpr:  # a size computed from shapes (see jit.shape_guards)
+            return {"dim": f.tree}
         if t is tuple and f and f[0] in (tuple, list):
             return {f[0].__name__: [self.frozen(x, where) for x in f[1]]}
         if t is tuple and f and f[0] is dict:
@@ -153,6 +155,9 @@ def _read_frozen(v, arrays):
         if "ref" in v:  # (two keys: the slot and whether the op holds its raw array)
             return _Ref(v["ref"], v["raw"])
         (tag, x), = v.items()
+        if tag == "dim":
+            from .shape_guards import tree_from_json
+            return _DimExpr(tree_from_json(x))
         if tag in ("tuple", "list"):
             return (tuple if tag == "tuple" else list, tuple(_read_frozen(e, arrays) for e in x))
         if tag == "dict":

@@ -5,12 +5,12 @@ import itertools
 import weakref
 from collections.abc import Iterator
 
-from ..core import dispatch
+from ..core import _trace_option, dispatch
 from . import arith_opt
 from ..core.tensor import Parameter, Tensor
 from ..utils.naming import AutoNaming
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
-                       _Struct, _host, _op_key, _tensor_paths, _tensors_in)
+                       _Struct, _freeze, _host, _op_key, _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -136,6 +136,42 @@ class _Recorder(_Hook):
         # `arith_opt` rewrites them
         self.rewrite_now = (tr._symbolic or tr._replays) and tr._opt_level >= 1
         self.tape_callbacks = tr._replays  # replays do not run Python: callbacks are taped
+        # symbolic shapes (see `shape_guards`): SymDims were handed out (ops are then searched
+        # for them), and the guards noted so far
+        self.dims_made = False
+        self.guard_keys = set()
+        program.symbolic_shape = bool(tr._symbolic_shape and tr._capture_as_const)
+
+    # ----- symbolic shapes (megengine.core._trace_option.SymDim) -----
+    def dim_slot(self, t):
+        """The slot whose shape ``t.shape`` reads, or None (a constant, a Parameter, a value
+        of an excluded block: its shape is the same on every run)."""
+        if dispatch._trace_hook is not self:
+            return None
+        s, _ = self._internal(t)  # (a detached alias has its source's shape)
+        return s
+
+    def guard(self, tree, value, kind):
+        """A size left its expression (``int(n)``, ``if n > 1``...): the program keeps it as a
+        guard, with the user's source line (see `shape_guards`). Inside exclude_from_trace
+        (logging) nothing is kept: what that block makes is a constant anyway."""
+        if dispatch._trace_hook is not self or (tree, value) in self.guard_keys:
+            return
+        from .shape_guards import user_line
+        self.guard_keys.add((tree, value))
+        self.prog.shape_guards.append((tree, value, kind, user_line()))
+
+    def _take_dims(self, op):
+        """The attributes of ``op`` built from SymDims as `_freeze` forms with expressions;
+        the op keeps their values (it runs, is keyed and checked as any op)."""
+        sym = None
+        for k, v in list(op.__dict__.items()):
+            if _trace_option.has_dims(v):
+                if sym is None:
+                    sym = []
+                sym.append((k, _freeze(v, self._array_slot)))
+                setattr(op, k, _trace_option.concrete(v))
+        return tuple(sym) if sym else None
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
@@ -193,6 +229,7 @@ class _Recorder(_Hook):
     def __call__(self, op, inputs):
         if dispatch._recording != self.rec_level:
             self.rec_changed = True
+        sym = self._take_dims(op) if self.dims_made else None
         ins = tuple(self.source(t) for t in inputs)
         key, dyn = _op_key(op, self._array_slot)
         template = copy.copy(op)
@@ -226,6 +263,7 @@ class _Recorder(_Hook):
         self.n_ops += 1
         step = _OpStep(index, template, key, dyn, ins, metas, tuple(slots), multi, name)
         step.rewrite = rewrite
+        step.sym = sym
         prog.steps.append(step)
         if AutoNaming.scopes:  # keyed by output slot: arith_opt's rewritten steps keep them
             scope = AutoNaming.get_scope()
@@ -354,6 +392,8 @@ class _Recorder(_Hook):
         if isinstance(value, Tensor):
             return _Ref(self.source(value))
         t = type(value)
+        if t is _trace_option.SymDim:  # (a size returned or passed to an event: its value)
+            return value.value
         if t is tuple or t is list:
             return t(self._encode(v) for v in value)
         if t is dict:

@@ -135,7 +135,11 @@ def _call_with_callbacks(step, values):
 def _check_reads(prog, reads, values):
     """Values the recorded call read to the host, read again now: another value means the ops
     recorded after the read may have been built from the old one."""
-    for s, then in reads:
+    for r in reads:
+        if type(r) is not tuple:  # a shape guard of a loaded program (see shape_guards)
+            r.check(prog, values)
+            continue
+        s, then = r
         v = values[s]
         now = None if v is None else _host(v._data)
         if now is not None and _same_value(now, then):

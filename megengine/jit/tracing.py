@@ -191,10 +191,13 @@ class trace:
     Levels 2 and 3 add upstream's global passes and JIT fusion, which this engine has not.
 
     ``symbolic_shape`` (default True, as upstream): while the function runs, ``x.shape`` is a
-    ``megengine.core._trace_option.Shape``: the tuple of ints it always is, plus what
-    upstream's shape Tensor answers there (``x.shape.numpy()``, ``.tolist()``, ``.dtype``).
-    Shapes stay concrete in this engine (each shape signature has its own program), so
-    ``x.shape[0]`` is an int and ``x.shape == (2, 3)`` a bool, as ordinary programs expect.
+    ``megengine.core._trace_option.Shape``: a tuple, plus what upstream's shape Tensor answers
+    there (``x.shape.numpy()``, ``.tolist()``, ``.dtype``); ``x.shape == (2, 3)`` is a bool, as
+    ordinary programs expect. Each shape signature has its own program, so the items are ints,
+    except while a ``capture_as_const`` trace records: then they are ``SymDim`` sizes that
+    remember where they came from, so that a dumped program runs at other input shapes (op
+    parameters built from them are computed at the run's shapes; other uses of a size are
+    guards checked at run time; see `megengine.jit.shape_guards`).
 
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``sublinear_memory_config``,
@@ -444,7 +447,12 @@ class trace:
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
-        outputs = self._run_under(rec, bound, args, kwargs)
+        if prog.symbolic_shape:  # x.shape gives sizes that say where they come from (dump)
+            _trace_option._dim_source = rec
+        try:
+            outputs = self._run_under(rec, bound, args, kwargs)
+        finally:
+            _trace_option._dim_source = None
         rec.finish_recording(outputs)
         if self._opt_level >= 1:
             arith_opt.plan_program(prog)  # (before compile: its new slots are the program's)

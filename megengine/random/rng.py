@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import device as _device
+from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
 from ..core.tensor import Tensor
@@ -48,7 +49,7 @@ def _shape(size, what):
     """Upstream's size rule: None means (1,); an int n means (n,)."""
     if size is None:
         return (1,)
-    if isinstance(size, (int, np.integer)):
+    if isinstance(size, (int, np.integer)) or is_dim(size):
         size = (size,)
     if isinstance(size, Tensor):
         # upstream takes a shape tensor; a 0-d count (``mask.sum()``, as in the detection
@@ -62,9 +63,10 @@ def _shape(size, what):
         items = None if isinstance(size, str) else list(size)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(s, (int, np.integer)) for s in items):
+    if items is None or not all(isinstance(s, (int, np.integer)) or is_dim(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
-    shape = tuple(int(s) for s in items)
+    # (a size from x.shape in a dumpable trace stays one: the draw's op carries it)
+    shape = tuple(s if is_dim(s) else int(s) for s in items)
     if any(s < 0 for s in shape):
         raise ValueError(f"{what}: size must not be negative, got {shape}")
     return shape

@@ -17,9 +17,10 @@ from typing import Dict
 
 from ..core import ops as _ops
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
-from ..jit._program import _Ref
+from ..jit._program import _DimExpr, _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
-                        read_file, read_metadata, read_op, write_file, FORMAT, VERSION)
+                        placed, read_file, read_metadata, read_op, read_shapes, shapes_json,
+                        write_file, FORMAT, VERSION)
 from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
@@ -42,6 +43,9 @@ class Network:
     def __init__(self):
         self.output_vars = []
         self._metadata = None
+        self._symbolic_shape = False  # made by ops at fixed shapes, unless loaded from a file
+        self._shape_guards = []  # that says otherwise (with these guards, on VarNodes)
+        self._fixed_file = False  # loaded from a file that records fixed shapes
         self.all_oprs_map = collections.OrderedDict()
         self.all_vars_map = collections.OrderedDict()
         self._graph = None
@@ -98,6 +102,8 @@ class Network:
                 slot_var[s["out"]] = var_of(s["alias"])
                 continue
             op, dyn = read_op(s, arrays, k)
+            if placed(op):  # (an op that makes a value on a device it names)
+                op.device = place(op.device)
             inputs = [var_of(x) for x in s["ins"]]
             dyn_vars = []
             if dyn is not None:
@@ -129,6 +135,11 @@ class Network:
             outputs = [by_name[n] for n in outspec]
         self.output_vars = outputs
         self._metadata = read_metadata(graph, arrays)
+        # symbolic shapes (see megengine.jit.shape_guards): the guards read VarNodes' shapes
+        self._symbolic_shape, guards = read_shapes(graph)
+        self._fixed_file = not self._symbolic_shape  # (reset_batch_size warns about it)
+        self._shape_guards = [(_map_dim_leaves(tree, slot_var.get), value, kind, where)
+                              for tree, value, kind, where in guards]
         renumber(self.all_oprs)
         self._compile()
         return self
@@ -214,6 +225,15 @@ class Network:
                  "inputs": inputs, "outputs": outputs, "consts": consts, "steps": steps,
                  "metadata": (metadata_json(w, user_info, True, options) if enable_metadata
                               else None)}
+        guards = []
+        for tree, value, kind, where in self._shape_guards:
+            mapped = _map_dim_leaves(tree, lambda v: slot_of.get(id(v)))
+            if mapped is None:  # it reads a var the outputs no longer depend on
+                logger.warning("Network.dump: a shape guard (%s) reads a var that the outputs no "
+                               "longer need; it is left out", where)
+                continue
+            guards.append((mapped, value, kind, where))
+        graph.update(shapes_json(self._symbolic_shape, guards))
         data = write_file(graph, w, file)
         digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
         return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),
@@ -274,7 +294,18 @@ class Network:
 
     def reset_batch_size(self, batchsize, *, blacklist=()):
         """Set the first dimension of every input not in ``blacklist`` to ``batchsize`` (the
-        inputs must agree on their batch size)."""
+        inputs must agree on their batch size).
+
+        Sizes a program computed from traced shapes follow (see `megengine.jit.shape_guards`);
+        a file that records fixed shapes (traced with ``symbolic_shape=False``, or written
+        before format version 3) keeps its traced sizes in its operators' parameters, so a
+        warning says to trace and dump the model at the new batch instead."""
+        if self._fixed_file:
+            logger.warning("reset_batch_size: this program was dumped with fixed shapes (traced "
+                           "with symbolic_shape=False, or by a version before dump format 3): "
+                           "sizes its code took from shapes (a reshape to (batch, -1)) keep the "
+                           "traced batch and may fail or compute wrongly at %s; trace and dump "
+                           "the model at that batch instead", batchsize)
         blacklist = set(blacklist)
         prev = None
         for dp in self.data_providers_filter:
@@ -417,6 +448,18 @@ def _unique(found, unique, what, kind="operators"):
     return found[0]
 
 
+def _map_dim_leaves(tree, fn):
+    """Expression ``tree`` (see megengine.core._trace_option) with each leaf's value ``v``
+    replaced by ``fn(v)`` (slots to VarNodes and back); None where ``fn`` gives None."""
+    if type(tree) is not tuple:
+        return tree
+    if tree[0] == "dim":
+        v = fn(tree[1])
+        return None if v is None else ("dim", v, tree[2])
+    parts = [_map_dim_leaves(x, fn) for x in tree[1:]]
+    return None if any(p is None for p in parts) else (tree[0], *parts)
+
+
 def _dyn_ref(var, ref, dyn_vars):
     dyn_vars.append(var)
     return _Ref(len(dyn_vars) - 1, ref.raw)
@@ -426,6 +469,8 @@ def _map_refs(frozen, fn):
     """``frozen`` (`jit._program._freeze` form) with each `_Ref` replaced by ``fn(ref)``."""
     if type(frozen) is _Ref:
         return fn(frozen)
+    if type(frozen) is _DimExpr:  # a size computed from shapes: its leaves name values too
+        return frozen.map_slots(lambda s: fn(_Ref(s)).slot)
     if type(frozen) is tuple:
         return tuple(_map_refs(x, fn) for x in frozen)
     return frozen

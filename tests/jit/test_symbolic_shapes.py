@@ -1,0 +1,425 @@
+"""Dumped programs at new input shapes: sizes read from ``x.shape`` while a dumpable trace records
+are expressions (`megengine.core._trace_option.SymDim`), op parameters built from them are
+computed at the shapes a loaded program runs at, and every other use is a guard
+(`megengine.jit.shape_guards`). The oracle is the same function run eagerly at the new shape."""
+import io
+import json
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.core._trace_option import Shape, SymDim
+from megengine.jit import trace
+from megengine.jit.dump import _MAGIC
+from megengine.jit.shape_guards import ShapeGuardError
+from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
+from megengine.utils.network import Network
+
+RNG = np.random.default_rng(0)
+
+
+def _data(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def _dump(fn, *shapes, **options):
+    """A GraphInference of ``fn`` traced (symbolic, capture_as_const) at ``shapes``."""
+    f = trace(fn, symbolic=True, capture_as_const=True, **options)
+    f(*[mge.tensor(_data(*s)) for s in shapes])
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=[f"x{i}" for i in range(len(shapes))])
+    buf.seek(0)
+    return buf
+
+
+def _run(buf, *arrays):
+    buf.seek(0)
+    out = GraphInference(buf).run(*arrays)
+    return list(out.values())
+
+
+def _eager(fn, *arrays):
+    out = fn(*[mge.tensor(a) for a in arrays])
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+class _Net(M.Module):
+    """The CNN of the bug report: a conv, then upstream's flatten idiom into a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = M.Conv2d(1, 4, 3)
+        self.l = M.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return self.l(y.reshape(y.shape[0], -1))
+
+
+def test_cnn_runs_at_other_batches_directly_and_after_reset_batch_size(caplog):
+    net = _Net()
+    net.eval()
+    buf = _dump(net, (2, 1, 8, 8))
+    for n in (3, 5):
+        x = _data(n, 1, 8, 8)
+        np.testing.assert_allclose(_run(buf, x)[0], _eager(net, x)[0], rtol=1e-5, atol=1e-5)
+    buf.seek(0)
+    network = Network.load(buf)
+    with caplog.at_level(logging.WARNING, logger="megengine.utils.network"):
+        network.reset_batch_size(5)
+    assert caplog.messages == []  # (a file with symbolic shapes: nothing to warn about)
+    b2 = io.BytesIO()
+    network.dump(b2)
+    b2.seek(0)
+    x = _data(5, 1, 8, 8)
+    got = GraphInference(b2).run(x)
+    np.testing.assert_allclose(list(got.values())[0], _eager(net, x)[0], rtol=1e-5, atol=1e-5)
+    # the edited network's samples (its shape inference) are at the new batch too
+    assert tuple(network.output_vars[0].partial_shape) == (5, 3)
+
+
+def test_a_size_kept_as_a_constant_would_be_silently_wrong_and_is_not():
+    # mean over a reshape by the batch: the traced batch's row count, if it were a constant
+    fn = lambda x: x.reshape(x.shape[0], -1).mean(1)  # noqa: E731
+    buf = _dump(fn, (2, 3, 4))
+    for n in (3, 7):
+        x = _data(n, 3, 4)
+        np.testing.assert_allclose(_run(buf, x)[0], x.reshape(n, -1).mean(1), rtol=1e-5)
+
+
+def _split_sizes(x):
+    a, b = F.split(x, [1], axis=1)
+    return a * 2 + b.sum(1, keepdims=True)
+
+
+CASES = {
+    "reshape -1": (lambda x: F.reshape(x, (x.shape[0], -1, 2)), (2, 3, 4)),
+    "Tensor.reshape": (lambda x: x.reshape(x.shape[0] * x.shape[1], x.shape[2]), (2, 3, 4)),
+    "flatten": (lambda x: F.flatten(x, 1) + 1, (2, 3, 4)),
+    "broadcast_to": (lambda x: F.broadcast_to(x.sum(1, keepdims=True), (x.shape[0], 5, 4)),
+                     (2, 3, 4)),
+    "slicing": (lambda x: x[:, : x.shape[1] // 2] * 3, (2, 6)),
+    "slice of the batch": (lambda x: x[: x.shape[0] - 1], (3, 2)),
+    "zeros": (lambda x: x + F.zeros((x.shape[0], 1)), (2, 3)),
+    "ones": (lambda x: F.ones(x.shape) * x, (2, 3)),
+    "full": (lambda x: F.full((x.shape[0], x.shape[1] + 1), 2.5)[:, 1:] + x, (2, 3)),
+    "expand_dims": (lambda x: F.expand_dims(x, 1) * 2, (2, 3)),
+    "squeeze": (lambda x: F.squeeze(x, 1) * 2, (2, 1, 3)),
+    "repeat": (lambda x: F.repeat(x, 2, axis=1), (2, 3)),
+    "tile": (lambda x: F.tile(x, (1, 2)), (2, 3)),
+    "split by sizes": (_split_sizes, (2, 3)),
+    "arange": (lambda x: x + F.arange(x.shape[0]).reshape(-1, 1), (2, 3)),
+    "interpolate at a fixed size": (lambda x: F.nn.interpolate(x, size=(4, 6)), (2, 1, 2, 3)),
+    "x / x rewritten (arith_opt)": (lambda x: x / x + (x - x), (2, 3)),
+    "zeros_like": (lambda x: F.where(x > 0, x, F.zeros_like(x)), (2, 3)),
+    "a size as an operand": (lambda x: x.sum(0) / x.shape[0] + x.size - (1 + x.shape[0]) * x,
+                             (2, 3)),
+    "a size compared with a tensor": (lambda x: x.shape[1] > x, (2, 3)),
+    "np.prod of a shape": (lambda x: x.reshape(-1, int(np.prod(x.shape[1:]))), (2, 3, 4)),
+    "math of sizes": (lambda x: x.reshape(x.shape[0] // 1, (x.shape[1] * x.shape[2]) % 1000),
+                      (2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_ops_built_from_shapes_run_at_other_batches(name):
+    fn, shape = CASES[name]
+    buf = _dump(fn, shape)
+    for n in (3, 5):
+        x = _data(n, *shape[1:])
+        got, want = _run(buf, x), _eager(fn, x)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_random_draw_sized_by_a_shape_follows_the_batch():
+    fn = lambda x: x + mge.random.uniform(2.0, 3.0, size=(x.shape[0], 1))  # noqa: E731
+    buf = _dump(fn, (2, 3))
+    for n in (3, 5):
+        x = _data(n, 3)
+        (got,) = _run(buf, x)
+        assert got.shape == (n, 3)
+        noise = got - x  # one draw per row, in [2, 3)
+        assert np.allclose(noise, noise[:, :1], atol=1e-6) and (noise >= 2 - 1e-6).all() \
+            and (noise < 3 + 1e-6).all()
+
+
+def _branch(x):
+    if x.shape[0] > 1:
+        return x * 2
+    return x
+
+
+def _python_range(x):
+    return F.stack([x[i] * i for i in range(x.shape[0])])
+
+
+def _numpy_size(x):
+    return x + mge.tensor(np.zeros((x.shape[0], 1), "float32"))
+
+
+def _format(x):
+    return x * float(f"{x.shape[0]}")
+
+
+def _int(x):
+    return x * int(x.shape[0])
+
+
+def _interp_by_shape(x):
+    return F.nn.interpolate(x, size=(x.shape[2] * 2, x.shape[3]))
+
+
+# name -> (function, traced shape, a shape where the guard holds, a shape where it fails,
+#          the source text the error names)
+GUARDS = {
+    "if": (_branch, (2, 3), (5, 3), (1, 3), "if x.shape[0] > 1"),
+    "range": (_python_range, (2, 3), (2, 4), (3, 3), "for i in range(x.shape[0])"),
+    "numpy": (_numpy_size, (2, 3), (2, 5), (4, 3), "np.zeros((x.shape[0], 1)"),
+    "format": (_format, (2, 3), (2, 4), (3, 3), 'f"{x.shape[0]}"'),
+    "int": (_int, (2, 3), (2, 6), (3, 3), "int(x.shape[0])"),
+    "an op parameter not carried": (_interp_by_shape, (2, 1, 3, 4), (5, 1, 3, 4),
+                                    (2, 1, 5, 4), "x.shape[2] * 2"),
+}
+
+
+@pytest.mark.parametrize("name", list(GUARDS))
+def test_sizes_used_as_plain_values_are_guarded(name):
+    fn, traced, ok, bad, text = GUARDS[name]
+    buf = _dump(fn, traced)
+    x = _data(*ok)
+    for g, w in zip(_run(buf, x), _eager(fn, x)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ShapeGuardError) as e:
+        _run(buf, _data(*bad))
+    msg = str(e.value)
+    assert "x0" in msg and str(tuple(bad)) in msg and str(tuple(traced)) in msg
+    assert text in msg and "test_symbolic_shapes.py:" in msg
+    assert "Trace and dump the model at this shape" in msg
+
+
+def test_a_guard_names_the_traced_and_new_values():
+    buf = _dump(_int, (2, 3))
+    with pytest.raises(ShapeGuardError, match=r"x0\.shape\[0\] as int\(\).*was 2 when traced "
+                                              r"and is 3"):
+        _run(buf, _data(3, 3))
+
+
+def test_engine_checks_guard_too_squeeze_at_a_batch_of_one():
+    # squeeze() drops every size-1 dim: which ones depends on the shapes, so it is guarded
+    buf = _dump(lambda x: F.squeeze(x) * 2, (2, 1, 3))
+    x = _data(4, 1, 3)
+    np.testing.assert_allclose(_run(buf, x)[0], x.reshape(4, 3) * 2, rtol=1e-6)
+    with pytest.raises(ShapeGuardError, match="comparison"):
+        _run(buf, _data(1, 1, 3))
+
+
+def test_rank_must_match_and_fixed_shape_programs_keep_their_error():
+    buf = _dump(lambda x: x * 2, (2, 3))
+    with pytest.raises(ValueError, match="has 3 dims.*traced with 2"):
+        _run(buf, _data(2, 3, 1))
+    fixed = _dump(lambda x: x.reshape(x.shape[0], -1), (2, 3, 4), symbolic_shape=False)
+    with pytest.raises(ValueError, match=r"trace and dump the new shape"):
+        _run(fixed, _data(3, 3, 4))
+    np.testing.assert_allclose(_run(fixed, x := _data(2, 3, 4))[0], x.reshape(2, 12))
+
+
+def _graph_of(buf):
+    data = buf.getvalue()
+    assert data[:8] == _MAGIC
+    z = zipfile.ZipFile(io.BytesIO(data[16:16 + int.from_bytes(data[8:16], "little")]))
+    return z, json.loads(z.read("graph.json"))
+
+
+def _as_version_2(buf):
+    """The file as version 2 wrote it: no symbolic-shape keys, sizes as traced."""
+    z, graph = _graph_of(buf)
+    graph["version"] = 2
+    del graph["symbolic_shape"], graph["shape_guards"]
+    for step in graph["steps"]:
+        for name in list(step.get("dyn", ())):
+            if "dim" in json.dumps(step["state"][name]):
+                step["state"][name] = _plain(step["state"][name])
+                step["dyn"].remove(name)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as w:
+        for item in z.namelist():
+            w.writestr(item, json.dumps(graph) if item == "graph.json" else z.read(item))
+    return io.BytesIO(out.getvalue())  # (a bare archive, as files before the mark)
+
+
+def _plain(v):
+    """State JSON with each {"dim": tree} replaced by the traced size (here: 2 * 12)."""
+    if isinstance(v, dict):
+        if "dim" in v:
+            return {("dim", 0, 0): 2}.get(tuple(v["dim"]), 12)
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def test_version_2_files_still_load_and_run_at_their_traced_shape_only(caplog):
+    buf = _dump(lambda x: x.reshape(x.shape[0], -1) * 2, (2, 3, 4))
+    old = _as_version_2(buf)
+    x = _data(2, 3, 4)
+    np.testing.assert_allclose(_run(old, x)[0], x.reshape(2, 12) * 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="trace and dump the new shape"):
+        _run(old, _data(3, 3, 4))
+    old.seek(0)
+    network = Network.load(old)
+    with caplog.at_level(logging.WARNING, logger="megengine.utils.network"):
+        network.reset_batch_size(3)
+    assert len(caplog.messages) == 1 and "dumped with fixed shapes" in caplog.messages[0]
+
+
+def test_load_and_inference_runs_test_cases_at_other_shapes():
+    fn = lambda x: x.reshape(x.shape[0], -1).mean(1)  # noqa: E731
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(_data(2, 3, 4)))
+    cases = [_data(5, 3, 4), _data(1, 3, 4)]
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"], input_data=cases)
+    buf.seek(0)
+    results = load_and_inference(buf)
+    for got, x in zip(results, cases):
+        np.testing.assert_allclose(got[list(got)[0]], x.reshape(len(x), -1).mean(1), rtol=1e-5)
+
+
+def test_graph_inference_with_a_device_map_runs_at_other_shapes():
+    buf = _dump(lambda x: x.reshape(x.shape[0], -1) + 1, (2, 3, 4))
+    buf.seek(0)
+    x = _data(4, 3, 4)
+    got = GraphInference(buf, device="cpu0").run(x)
+    np.testing.assert_allclose(list(got.values())[0], x.reshape(4, 12) + 1, rtol=1e-6)
+
+
+def test_network_keeps_guards_through_edits_and_dump():
+    buf = _dump(_int, (2, 3))
+    buf.seek(0)
+    network = Network.load(buf)
+    assert network._symbolic_shape and len(network._shape_guards) == 1
+    network.reset_batch_size(3)
+    b2 = io.BytesIO()
+    network.dump(b2)
+    with pytest.raises(ShapeGuardError, match="was 2 when traced and is 3"):
+        _run(b2, _data(3, 3))
+
+
+def test_shape_keeps_its_tuple_behaviours_while_a_dumpable_trace_records():
+    seen = {}
+
+    def fn(x):
+        s = x.shape
+        n, c, h = s
+        seen["items"] = (type(n), type(s))
+        seen["tuple"] = (s == (2, 3, 4), s[1:] == (3, 4), len(s), s[1:] + (5,) == (3, 4, 5),
+                         int(np.prod(s)), s.numpy().tolist(), tuple(s), hash(s) == hash((2, 3, 4)),
+                         pickle.loads(pickle.dumps(s)), s.tolist(), s[1:].numpy().dtype)
+        return x.reshape(n, c * h)
+
+    buf = _dump(fn, (2, 3, 4))
+    assert seen["items"] == (SymDim, Shape)
+    assert seen["tuple"] == (True, True, 3, True, 24, [2, 3, 4], (2, 3, 4), True, (2, 3, 4),
+                             [2, 3, 4], np.dtype("int32"))
+    # those reads are guards: only the traced shape runs
+    with pytest.raises(ShapeGuardError):
+        _run(buf, _data(3, 3, 4))
+
+
+def test_sizes_are_plain_ints_outside_dumpable_recordings():
+    kinds = []
+
+    def fn(x):
+        kinds.append(type(x.shape[0]))
+        return x * 2
+
+    trace(fn, symbolic=True)(mge.tensor(_data(2, 3)))  # no capture_as_const: not dumpable
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(_data(2, 3)))
+    f(mge.tensor(_data(2, 3)))  # a checked call (same shapes): plain ints
+    assert kinds == [int, SymDim, int]
+    fn(mge.tensor(_data(2, 3)))
+    assert kinds[-1] is int
+
+
+def test_a_size_kept_after_recording_is_its_value():
+    kept = []
+    f = trace(lambda x: (kept.append(x.shape[0]), x * 1)[1], symbolic=True,
+              capture_as_const=True)
+    f(mge.tensor(_data(2, 3)))
+    n = kept[0]
+    assert n + 1 == 3 and int(n) == 2 and n * 2 == 4 and range(n) == range(2)
+
+
+def test_the_jit_page_example_runs():
+    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst"
+    (block,) = [b for b in re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
+                                      page.read_text()) if "ShapeGuardError" in b]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    exec(compile(code, str(page), "exec"), {})  # the block asserts its own results
+
+
+class _Source:
+    """A stand-in recorder: collects the guards SymDims report."""
+
+    def __init__(self):
+        self.guards = []
+
+    def guard(self, tree, value, kind):
+        self.guards.append((tree, value))
+
+
+def test_symdim_arithmetic_is_an_expression_and_escapes_are_guards(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    n = SymDim(6, ("dim", 0, 0), src, True)
+    c = SymDim(4, ("dim", 0, 1), src, True)
+    e = (n * c - 3) // 2 % 5 + -n
+    assert type(e) is SymDim and e.value == ((6 * 4 - 3) // 2 % 5) - 6
+    sizes = {(0, 0): 10, (0, 1): 7}
+    assert opt.evaluate(e.tree, lambda s, a: sizes[s, a]) == ((10 * 7 - 3) // 2 % 5) - 10
+    assert src.guards == []  # arithmetic keeps the expression: nothing leaves it
+    q, r = divmod(n, 4)
+    assert (q.value, r.value) == (1, 2) and type(q) is SymDim
+    # a size is never negative: comparisons with negative numbers decide nothing
+    assert (n != -1) and not (n < 0) and n >= 0 and src.guards == []
+    assert n == n and src.guards == []  # the same expression: equal at any shape
+    assert (n > 1) is True and src.guards == [((">", ("dim", 0, 0), 1), True)]
+    assert int(c) == 4 and list(range(c)) == [0, 1, 2, 3] and np.zeros(c).shape == (4,)
+    # (reported at each use; the recorder keeps one of each)
+    assert src.guards[1:] == [(("dim", 0, 1), 4)] * 3
+    assert f"{n}" == "6" and n / 4 == 1.5 and src.guards[-1] == (("dim", 0, 0), 6)
+    monkeypatch.setattr(opt, "_dim_source", None)  # the recording is over: plain values
+    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0
+
+
+def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load():
+    fn = lambda x: x + F.zeros((x.shape[0], 1)) + F.arange(x.shape[1])  # noqa: E731
+    buf = _dump(fn, (2, 3))
+    z, graph = _graph_of(buf)
+    made = [s for s in graph["steps"] if s["op"].rsplit(":", 1)[1] in ("Full", "_Arange")]
+    assert len(made) == 2 and all(s["state"]["device"] == "xpux" for s in made)
+    for s in made:  # as if dumped for a second GPU: this machine has none
+        s["state"]["device"] = "gpu1"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as w:
+        for item in z.namelist():
+            w.writestr(item, json.dumps(graph) if item == "graph.json" else z.read(item))
+    with pytest.raises(ValueError, match="'gpu1', which does not exist here"):
+        GraphInference(io.BytesIO(out.getvalue())).run(_data(2, 3))
+    x = _data(4, 5)
+    got = GraphInference(io.BytesIO(out.getvalue()), device="cpu0").run(x)
+    np.testing.assert_allclose(list(got.values())[0], x + np.arange(5), rtol=1e-6)
