@@ -87,19 +87,34 @@ def _case_feeds(item, names, shapes, repeat, k):
     return feeds
 
 
-def _spec_data(spec, shape, repeat):
+def parse_rand(spec, shape):
+    """(min, max, shape) of upstream's random data spec ``#rand(min, max[, d0, d1, ...])``
+    for an input of ``shape`` (a shape ending in ``...`` keeps the rest of the input's), or None
+    when ``spec`` is no such spec; ValueError when it is one, malformed."""
     m = _RAND.match(spec.replace(" ", ""))
-    if m:
-        args = [a for a in m.group(1).split(",") if a]
-        if len(args) < 2:
-            raise DumpError(f"dump(input_data=...): {spec!r} needs at least min and max")
-        lo, hi = float(args[0]), float(args[1])
-        dims = args[2:]
-        if dims and dims[-1] == "...":
-            dims = [int(d) for d in dims[:-1]]
-            shape = tuple(dims) + tuple(shape[len(dims):])
-        elif dims:
-            shape = tuple(int(d) for d in dims)
+    if not m:
+        return None
+    args = [a for a in m.group(1).split(",") if a]
+    if len(args) < 2:
+        raise ValueError(f"{spec!r} needs at least min and max")
+    lo, hi = float(args[0]), float(args[1])
+    dims = args[2:]
+    if dims and dims[-1] == "...":
+        head = [int(d) for d in dims[:-1]]
+        shape = tuple(head) + tuple(shape[len(head):])
+    elif dims:
+        shape = tuple(int(d) for d in dims)
+    return lo, hi, tuple(shape)
+
+
+def _spec_data(spec, shape, repeat):
+    try:
+        rand = parse_rand(spec, shape)
+    except ValueError as e:
+        raise DumpError(f"dump(input_data=...): bad random spec: {e}; expected #rand(min, max) "
+                        "or #rand(min, max, d0, d1, ...)") from None
+    if rand is not None:
+        lo, hi, shape = rand
         return np.random.uniform(lo, hi, size=shape)  # random data is not repeated (upstream)
     if spec.endswith(".npy"):
         data = np.load(spec, allow_pickle=False)

@@ -10,7 +10,6 @@ passes, ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
 import argparse
 import io
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -18,6 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..jit.dump_testcases import parse_rand
 from ._common import (ToolError, add_unsupported, format_table, load_network, load_program,
                       print_out, positive_int, reject_unsupported, run_tool)
 
@@ -52,9 +52,6 @@ UNSUPPORTED = {
     "--focused-nvprof": (False, "it brackets the last run for nvprof through pycuda; profile "
                                 "with --profile (megengine.utils.profiler) instead"),
 }
-
-_RAND = re.compile(r"^#rand\(([^)]*)\)$")
-
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -152,19 +149,14 @@ def _as_array(value, what):
 
 def _rand(spec, shape, rng, option):
     """The data of a '#rand(min, max[, shape...])' spec."""
-    m = _RAND.match(spec.replace(" ", ""))
-    args = [a for a in m.group(1).split(",") if a] if m else []
     try:
-        lo, hi = float(args[0]), float(args[1])
-        dims = args[2:]
-        if dims and dims[-1] == "...":
-            head = [int(d) for d in dims[:-1]]
-            shape = tuple(head) + tuple(shape[len(head):])
-        elif dims:
-            shape = tuple(int(d) for d in dims)
-    except (IndexError, ValueError):
+        rand = parse_rand(spec, shape)
+    except ValueError:
+        rand = None
+    if rand is None:
         raise ToolError(f"{option}: bad random spec {spec!r}; expected #rand(min, max) or "
-                        "#rand(min, max, d0, d1, ...) (a shape may end in '...')") from None
+                        "#rand(min, max, d0, d1, ...) (a shape may end in '...')")
+    lo, hi, shape = rand
     return rng.uniform(lo, hi, size=shape)
 
 

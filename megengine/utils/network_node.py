@@ -30,7 +30,7 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import _freeze, _has_ref, _host, _is_array, _OpStep, _thaw
+from ..jit._program import _DimExpr, _freeze, _has_ref, _host, _is_array, _OpStep, _Ref, _thaw
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
@@ -662,6 +662,40 @@ def str_to_mge_class(classname):
     return ReadOnlyOpNode
 
 
+class _ShapeOnly:
+    """What `_thaw` reads of a value for a size computed from shapes: its shape."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, shape):
+        self._data = np.broadcast_to(np.zeros((), np.int8), shape)  # (no memory of that shape)
+
+
+def _has_dim_only(frozen):
+    t = type(frozen)
+    if t is _DimExpr:
+        return True
+    return t is tuple and not any(type(x) is _Ref for x in frozen) and any(
+        _has_dim_only(x) for x in frozen)
+
+
+def _sizes_filled_in(op, dyn, dyn_vars):
+    """``op`` with its sizes computed from shapes (a file dumped with symbolic shapes, e.g. an
+    adaptive pooling's window) at the shapes its vars have now, so that ``params`` show values
+    as upstream's do; ``op`` itself where it has none."""
+    sized = [(k, f) for k, f in dyn or () if _has_dim_only(f)]
+    if not sized:
+        return op
+    try:
+        values = [_ShapeOnly(tuple(v.partial_shape)) for v in dyn_vars]
+        view = copy.copy(op)
+        for k, f in sized:
+            setattr(view, k, _thaw(f, values))
+    except Exception:  # noqa: BLE001 (a var of unknown shape: the params show None)
+        return op
+    return view
+
+
 def make_opnode(op, dyn, inputs, dyn_vars, n_outputs, device, name=None, var_names=None):
     """An OpNode for engine op ``op`` (before forward) over VarNodes ``inputs`` and ``n_outputs``
     new output VarNodes."""
@@ -671,7 +705,8 @@ def make_opnode(op, dyn, inputs, dyn_vars, n_outputs, device, name=None, var_nam
             shapes.append(tuple(v.partial_shape))
         except Exception:  # noqa: BLE001 (unknown shape: classified without it)
             shapes.append(())
-    cls, params = classify(op, shapes, [k for k, _ in dyn or ()])
+    cls, params = classify(_sizes_filled_in(op, dyn, dyn_vars), shapes,
+                           [k for k, _ in dyn or ()])
     node = cls.__new__(cls)
     OpNode.__init__(node, name)
     node.params = params

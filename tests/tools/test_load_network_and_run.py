@@ -142,13 +142,37 @@ def test_bad_input_gives_clear_errors(tiny, two_inputs, tmp_path, capsys):
         ([two_inputs, "--input", "a:#rand(1)"], "bad random spec"),
         ([plain, "--input", f"data:{tmp_path / 'nope.npy'}"], "no such file"),
         ([plain, "--output-name", "nothing"], "no outputs or vars named ['nothing']"),
-        ([plain, "--batchsize", "2"], "traced with the input shapes"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             lnr.main(argv)
         assert e.value.code == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_other_batch_sizes_run_where_the_program_allows(tiny, tmp_path, capsys):
+    """A program dumped with symbolic shapes (the default) runs at another --batchsize, with the
+    eager model's outputs; one traced with fixed shapes says to trace and dump the new shape."""
+    from megengine.jit import trace
+
+    net, plain, _ = tiny
+    x = np.random.RandomState(5).uniform(-1, 1, (3, 2, 4, 4)).astype("float32")
+    np.save(tmp_path / "x3.npy", x)
+    out = lnr.main([plain, "--input", f"data:{tmp_path / 'x3.npy'}"])
+    np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+    assert lnr.main([plain, "--batchsize", "4"])["logits"].shape == (4, 5)
+
+    @trace(symbolic=True, capture_as_const=True, symbolic_shape=False)
+    def fixed(data):
+        return net(data)
+
+    fixed(mge.tensor(np.zeros((1, 2, 4, 4), "float32")))
+    fixed.dump(str(tmp_path / "fixed.mge"), arg_names=["data"], output_names=["logits"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        lnr.main([str(tmp_path / "fixed.mge"), "--batchsize", "2"])
+    assert e.value.code == 2
+    assert "traced with the input shapes" in capsys.readouterr().err
 
 
 def test_module_entry_point(tiny):
