@@ -137,7 +137,9 @@ def signature_of(obj):
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         sig = None
-    if sig is not None and not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+    inherited = inspect.isclass(obj) and obj.__init__ is object.__init__  # says nothing
+    if sig is not None and not inherited and \
+            not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
         return sig
     return _signature_from_doc(obj) or sig
 
@@ -215,7 +217,9 @@ def resolve(module, root, name, call):
         if kind == "attr":
             path.append(attr)
             if not hasattr(obj, attr):
-                if cls_name and attr in _INSTANCE_ATTRIBUTES.get(cls_name, ()):
+                if cls_name and (attr in _INSTANCE_ATTRIBUTES.get(cls_name, ()) or re.search(
+                        rf"~\w+\.{attr}\b", getattr(obj, "__doc__", None) or "")):
+                    # set per instance; CuPy's docstrings list them ("~Event.ptr (intptr_t)")
                     return Verdict.OK, f"{attr} is an attribute of {cls_name} instances" + \
                         ("" if last else "; what follows is unchecked")
                 where = cls_name or ".".join(path[:-1]) or root

@@ -29,6 +29,8 @@ __all__ = ["Use", "scan", "scan_file"]
 _CUPY_PARAMS = {"cupy", "cp"}
 _XP_NAMES = {"xp", "_xp"}
 _XP_CALLS = {"xp_of", "get_array_module", "array_module_on"}
+# module globals holding ``torch.cuda`` (megengine/device.py's pool statistics)
+_TORCH_CUDA_GLOBALS = {"_torch_pool"}
 _TORCH_SUBTREES = ("cuda", "distributed", "backends.cuda", "backends.cudnn")
 
 
@@ -229,6 +231,8 @@ class _Scanner(ast.NodeVisitor):
             if callee in _XP_CALLS:
                 return "xp", ".".join(rest)
             return None
+        if head in _TORCH_CUDA_GLOBALS:  # None until set: the module-level binding says nothing
+            return "torch", ".".join(["cuda"] + rest)
         bound = self._lookup(head)
         if bound is None:
             if head in _XP_NAMES and not any(head in s for s in self.scopes):

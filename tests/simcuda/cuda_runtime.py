@@ -153,7 +153,16 @@ def build_cuda(rt, live):
         def wait_event(self, event):
             pass
 
-    def get_current_stream(device_id=None):
+        @classmethod
+        def from_external(cls, obj):
+            # CuPy 14's replacement of ExternalStream (an object with __cuda_stream__)
+            version, ptr = obj.__cuda_stream__()
+            if ptr != 0:
+                raise SimulationGap("simulated CUDA: external streams (torch's CUDA streams) "
+                                    "cannot be simulated")
+            return Stream(null=True)
+
+    def get_current_stream(device_id=-1):
         return Stream(null=True)
 
     def ExternalStream(*args, **kwargs):
@@ -161,6 +170,8 @@ def build_cuda(rt, live):
                             "simulated")
 
     class Event:
+        ptr = 0  # a raw handle, as CuPy's (never a real event here)
+
         def __init__(self, block=False, disable_timing=False, interprocess=False):
             pass
 
@@ -212,6 +223,17 @@ def build_cuda(rt, live):
     runtime.runtimeGetVersion = lambda: 12040
     runtime.driverGetVersion = lambda: 12040
     runtime.deviceSynchronize = lambda: None
+
+    def _null_stream_only(what):
+        def call(*handles):
+            streams = handles[:1] if what == "streamWaitEvent" else handles[1:2]
+            if any(int(h) != 0 for h in streams):
+                raise SimulationGap(f"simulated CUDA: runtime.{what} on a non-null stream")
+        call.__name__ = what
+        return call
+
+    runtime.eventRecord = _null_stream_only("eventRecord")  # (event, stream)
+    runtime.streamWaitEvent = _null_stream_only("streamWaitEvent")  # (stream, event, flags=0)
     runtime.is_hip = False
 
     memory = types.ModuleType("cupy.cuda.memory")

@@ -7,8 +7,9 @@ What is simulated, and how it follows CuPy:
   ``cupy.cuda.runtime.setDevice``). ``type(a).__module__`` is ``"cupy"``, as the engine tests.
 * Host memory is kept apart as CuPy keeps it: ``numpy.asarray(a)`` / ``__array__`` raise CuPy's
   ``TypeError`` ("Implicit conversion to a NumPy array is not allowed"); functions, ufuncs,
-  operators and ElementwiseKernels refuse ``numpy.ndarray`` operands ("Unsupported type <class
-  'numpy.ndarray'>"; Python and numpy scalars and 0-d numpy arrays are accepted, as by CuPy).
+  operators and ElementwiseKernels refuse ``numpy.ndarray`` operands of any shape, 0-d ones
+  included ("Unsupported type <class 'numpy.ndarray'>"; Python and numpy scalars are accepted,
+  as by CuPy).
   ``.get()``, ``cupy.asnumpy`` and ``.tolist()`` copy to the host; ``cupy.asarray(host)`` and
   ``cupy.array(host)`` copy to the current device.
 * A kernel (a function, ufunc, reduction, a method that computes) runs on the current device:
@@ -22,7 +23,9 @@ What is simulated, and how it follows CuPy:
 * ``cupy.random`` keeps one generator per device (numpy's ``RandomState``), seeded per device.
 * ``cupy.ElementwiseKernel``: the CUDA body is compiled as C++ for the host (the engine's kernels
   are plain arithmetic; `tests/cuda_kernels.py` does the compiling) and run with CuPy's calling
-  convention and device checks, so the source a GPU would compile is what runs.
+  convention, argument and dtype rules (one dtype per type letter, fixed dtypes exact, the
+  inputs or the inputs and outputs, outputs of the broadcast shape) and device checks, so the
+  source a GPU would compile is what runs.
 * The memory pool reports the bytes of live arrays that own their memory, per device.
   (Devices, the current device, memory objects, the pool and streams: `cuda_runtime`.)
 
@@ -369,15 +372,18 @@ def build(count):
 
     def _operand(x, what, allow_host=False):
         """``x`` as numpy for a kernel on the current device: a device array there, a scalar,
-        a 0-d numpy array, or (lists, tuples) the same inside; host arrays refused."""
+        or (lists, tuples) the same inside; host arrays (0-d ones too) refused."""
         if isinstance(x, ndarray):
             _on_current(x, what)
             return x._a
         if isinstance(x, np.ndarray):
-            if x.ndim == 0 or allow_host:
+            if allow_host:
                 return x
+            # 0-d too: CuPy's kernels take Python and numpy scalars (np.float32(2)), never a
+            # numpy array of any shape (cupy._core._scalar.CScalar refuses np.array(2.0))
             raise TypeError(f"Unsupported type {type(x)} [simulated CUDA, in {what}: a host "
-                            "array met a device array; copy it with cupy.asarray first]")
+                            "array met a device array; copy it with cupy.asarray first, or "
+                            "pass a scalar (.item(), or a numpy scalar) for a 0-d one]")
         if isinstance(x, list):
             return [_operand(v, what, allow_host) for v in x]
         if isinstance(x, tuple):
@@ -577,29 +583,97 @@ def build(count):
                             "cannot be simulated; torch has no CUDA here")
 
     class ElementwiseKernel:
-        """CuPy's ElementwiseKernel with the CUDA body compiled as host C++ (see module doc)."""
+        """CuPy's ElementwiseKernel with the CUDA body compiled as host C++ (see module doc).
 
-        def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
+        CuPy's calling rules are kept (cupy/_core/_kernel.pyx, ``ElementwiseKernel.__call__``
+        and ``_decide_params_type``): the inputs, or the inputs and all outputs; keywords
+        ``size``/``stream``/``block_size`` only; each type letter (``T``) one dtype over the
+        arrays given (scalars take it), a fixed dtype (``bool mask``) exactly that dtype in an
+        array; outputs given must be device arrays of the broadcast shape."""
+
+        def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
+                     preamble="", no_return=False, return_tuple=False, **kwargs):
             self.in_params, self.out_params = in_params, out_params
+            self._ins, self._outs = _kernel_params(in_params), _kernel_params(out_params)
+            if "i" in [n for _, n in self._ins + self._outs]:
+                raise ValueError("Can not use 'i' as a parameter name")
             self.body = self.operation = operation
             self.name = name
+            self.nin, self.nout = len(self._ins), len(self._outs)
+            self.nargs = self.nin + self.nout
             self._host = None
 
-        def __call__(self, *args, **kwargs):
+        def __call__(self, *args, size=None, stream=None, block_size=128, **kwargs):
             if kwargs:
-                raise SimulationGap(f"simulated ElementwiseKernel {self.name}: keyword "
-                                    f"arguments {sorted(kwargs)} are not simulated")
+                raise TypeError(f"Wrong arguments {kwargs}")
+            if size is not None:
+                raise SimulationGap(f"simulated ElementwiseKernel {self.name}: size= (raw "
+                                    "parameters) is not simulated")
+            if len(args) not in (self.nin, self.nargs):
+                raise TypeError(f"Wrong number of arguments for {self.name!r}. It must be either "
+                                f"{self.nin} or {self.nargs} (with outputs), but given "
+                                f"{len(args)}.")
             raw = tuple(_operand(a, f"ElementwiseKernel {self.name}") for a in args)
+            outs = args[self.nin:]
+            if any(not isinstance(o, ndarray) for o in outs):
+                raise TypeError("Output arguments type must be cupy.ndarray")
+            self._check_types(args)
+            shapes = [np.shape(r) for r in raw]  # CuPy broadcasts the outputs given too
+            try:
+                shape = np.broadcast_shapes(*shapes)
+            except ValueError:
+                raise ValueError("operands could not be broadcast together with shapes "
+                                 + " ".join(map(str, shapes))) from None
+            if any(o.shape != shape for o in outs):
+                raise ValueError("Out shape is mismatched")
             if self._host is None:
                 from .kernels import host_kernel
 
                 self._host = host_kernel(self)
             result = self._host(*raw)
-            n_in = len(self.in_params.split(","))
-            if len(args) > n_in:  # written into the device arrays given: CuPy returns them
-                outs = args[n_in:]
+            if outs:  # written into the device arrays given: CuPy returns them
                 return outs[0] if len(outs) == 1 else tuple(outs)
-            return _result(result)
+            # the host kernel keeps bool outputs as uint8 0/1; CuPy allocates them as bool
+            results = result if isinstance(result, tuple) else (result,)
+            results = tuple(r.view(np.bool_) if ptype == "bool" else r
+                            for r, (ptype, _) in zip(results, self._outs))
+            return _result(results if isinstance(result, tuple) else results[0])
+
+        def _check_types(self, args):
+            letters = {}
+            params = self._outs[:len(args) - self.nin] + self._ins  # outputs decide first
+            values = list(args[self.nin:]) + list(args[:self.nin])
+            for (ptype, pname), value in zip(params, values):
+                if not isinstance(value, ndarray):
+                    continue  # a scalar takes the dtype its parameter gets
+                if len(ptype) > 1:  # a fixed dtype: float32, bool, int64, ...
+                    if value.dtype != np.dtype(ptype):
+                        raise TypeError(f"Type is mismatched. {pname} {value.dtype} {ptype}")
+                elif ptype in letters and letters[ptype] != value.dtype:
+                    raise TypeError(f"Type is mismatched. {pname} {value.dtype} "
+                                    f"{letters[ptype]} {ptype}")
+                else:
+                    letters[ptype] = value.dtype
+            for ptype, pname in self._ins + self._outs:
+                if len(ptype) == 1 and ptype not in letters:
+                    raise TypeError(f"simulated ElementwiseKernel {self.name}: type {ptype} "
+                                    f"of {pname} is decided by no array argument (CuPy fails "
+                                    "with a KeyError)")
+
+    def _kernel_params(spec):
+        """``"T x, raw T y"`` -> [("T", "x"), ...]; ``raw`` parameters are not simulated."""
+        out = []
+        for part in spec.split(","):
+            words = part.split()
+            if not words:
+                continue
+            if len(words) < 2:
+                raise Exception(f"Syntax error: {part}")
+            if len(words) > 2:
+                raise SimulationGap(f"simulated ElementwiseKernel: parameter {part.strip()!r} "
+                                    "(raw, _non_const) is not simulated")
+            out.append((words[0], words[1]))
+        return out
 
     def scatter_add(a, slices, value):
         if not isinstance(a, ndarray):
