@@ -10,7 +10,8 @@ What counts as a root (a name whose attributes are CuPy's or torch's):
 * CuPy: a name bound by ``import cupy [as x]`` / ``import cupyx`` / ``from cupy[.sub] import y``,
   by ``x = _cupy()`` (any callee named ``_cupy``, e.g. ``device._cupy()``), a parameter named
   ``cupy`` or ``cp``, and the call ``_cupy()`` itself.
-* The array module (numpy on a CPU, CuPy on a GPU): names ``xp``/``_xp``, and the calls
+* The array module (numpy on a CPU, CuPy on a GPU): names ``xp``/``_xp`` wherever they are
+  bound (a parameter, ``dev, xp = _place(device)``), and the calls
   ``xp_of(..)``, ``get_array_module(..)``, ``array_module_on(..)``. On a GPU these are CuPy, so
   every attribute must exist in CuPy too.
 * torch: ``torch.cuda``, ``torch.distributed``, ``torch.backends.cuda``/``cudnn`` and
@@ -233,10 +234,10 @@ class _Scanner(ast.NodeVisitor):
             return None
         if head in _TORCH_CUDA_GLOBALS:  # None until set: the module-level binding says nothing
             return "torch", ".".join(["cuda"] + rest)
+        if head in _XP_NAMES:  # a parameter, xp_of(..), `dev, xp = _place(..)`: the array module
+            return "xp", ".".join(rest)
         bound = self._lookup(head)
         if bound is None:
-            if head in _XP_NAMES and not any(head in s for s in self.scopes):
-                return "xp", ".".join(rest)
             return None
         r, prefix = bound
         below = ".".join(p for p in [prefix] + rest if p)
