@@ -7,6 +7,7 @@ code generator and NVRTC need no driver. Where a check cannot be made without a 
 so instead of passing.
 """
 import importlib
+import inspect
 import os
 import re
 import traceback
@@ -152,6 +153,65 @@ def _elementwise_type_rules(cupy, fake):
     return "OK", f"mixed dtypes for one type letter refused by CuPy ({mixed!r}) and the simulation"
 
 
+def _array_methods(cupy, fake):
+    # every method and operator of the simulated ndarray must exist on CuPy's: one CuPy lacks
+    # (__index__, say) would let engine code pass the simulation and fail on a GPU
+    extra = sorted(n for n in set(dir(fake.ndarray)) - set(dir(cupy.ndarray))
+                   if not n.startswith("_a") and n not in ("_dev", "__slots__", "__weakref__"))
+    if extra:
+        return "MISMATCH", f"the simulated cupy.ndarray has what CuPy's lacks: {extra}"
+    return "OK", "the simulated cupy.ndarray has no method or operator CuPy's lacks"
+
+
+# made by the simulation itself, never called by CuPy's users (CuPy's Memory(size) allocates;
+# its ufunc takes kernel tables): their constructors need not match
+_BUILT_BY_THE_SIMULATION = {"ufunc", "cuda.Memory", "cuda.memory.Memory"}
+
+
+def _simulated_signatures(cupy, fake):
+    # every function and class the simulation defines itself (not numpy's, wrapped) takes no
+    # parameter CuPy's namesake lacks: a call the simulation accepts must be one CuPy accepts
+    from simcuda.api_check import signature_of
+
+    spaces = [("", fake, cupy), ("cuda.", fake.cuda, cupy.cuda),
+              ("cuda.runtime.", fake.cuda.runtime, cupy.cuda.runtime),
+              ("cuda.memory.", fake.cuda.memory, cupy.cuda.memory)]
+    pairs = []
+    for prefix, mine, theirs in spaces:
+        for name, value in list(vars(mine).items()):
+            if name.startswith("_") or not callable(value) or not hasattr(theirs, name):
+                continue
+            pairs.append((prefix + name, value, getattr(theirs, name)))
+            if isinstance(value, type):
+                for method, fn in vars(value).items():
+                    if callable(fn) and not method.startswith("_") and \
+                            hasattr(getattr(theirs, name), method):
+                        pairs.append((f"{prefix}{name}.{method}", fn,
+                                      getattr(getattr(theirs, name), method)))
+    for method, fn in vars(fake.ndarray).items():
+        if callable(fn) and not method.startswith("_") and hasattr(cupy.ndarray, method):
+            pairs.append((f"ndarray.{method}", fn, getattr(cupy.ndarray, method)))
+    extra, compared = [], 0
+    for name, mine, theirs in pairs:
+        if name in _BUILT_BY_THE_SIMULATION:
+            continue
+        a, b = signature_of(mine), signature_of(theirs)
+        if a is None or b is None:
+            continue
+        kinds = {p.kind for p in b.parameters.values()}
+        if inspect.Parameter.VAR_KEYWORD in kinds:
+            continue  # CuPy takes any keyword: nothing to compare
+        compared += 1
+        own = [p for p in a.parameters if p not in b.parameters and p != "self"
+               and a.parameters[p].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                inspect.Parameter.VAR_KEYWORD)]
+        if own:
+            extra.append(f"{name} takes {own} (CuPy: {b})")
+    if extra:
+        return "MISMATCH", "the simulation accepts parameters CuPy lacks: " + "; ".join(extra)
+    return "OK", f"{compared} simulated functions and methods take no parameter CuPy's lack"
+
+
 def _torch_cuda_functions(torch):
     # names the bridge reaches through getattr with a fallback: present in CUDA builds only
     problems = []
@@ -176,6 +236,8 @@ def run_all(cupy, torch, fake):
         ("raw event calls (torch_bridge)", lambda: _raw_event_calls(cupy)),
         ("0-d numpy arrays in kernels", lambda: _zero_d_host_arrays(cupy, fake)),
         ("ElementwiseKernel type rules", lambda: _elementwise_type_rules(cupy, fake)),
+        ("ndarray methods", lambda: _array_methods(cupy, fake)),
+        ("simulated signatures", lambda: _simulated_signatures(cupy, fake)),
     ]
     if torch is not None:
         checks.append(("torch.cuda functions", lambda: _torch_cuda_functions(torch)))

@@ -207,8 +207,8 @@ def build(count):
         def __complex__(self):
             return complex(self._a)
 
-        def __index__(self):
-            return self._a.__index__()
+        # no __index__: CuPy's arrays have none, so range(a), [..][a] and operator.index(a) of a
+        # 0-d device array raise TypeError; int(a) reads it back
 
         def __len__(self):
             return len(self._a)
@@ -329,7 +329,8 @@ def build(count):
         _py = {"subtract": "sub", "multiply": "mul"}.get(_name, _name)
         _op, _iop = _binary(_name)
         setattr(ndarray, f"__{_py}__", _op)
-        setattr(ndarray, f"__i{_py}__", _iop)
+        if _name != "matmul":  # CuPy has no __imatmul__ (Python falls back to a = a @ b)
+            setattr(ndarray, f"__i{_py}__", _iop)
         setattr(ndarray, f"__r{_py}__", _binary(_name, reflected=True)[0])
     for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
         setattr(ndarray, f"__{_name}__", _binary(_name)[0])
