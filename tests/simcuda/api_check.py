@@ -230,9 +230,8 @@ def resolve(module, root, name, call):
                 return Verdict.OK, "" if last else \
                     f"{cls_name}.{attr} exists; what follows is unchecked"
             continue
-        # a call
-        if last:
-            break
+        # a call inside the chain (a name ending in "()" with ``call`` given: the value the
+        # chain names is called, e.g. a kernel object bound by k = cupy.ElementwiseKernel(..))
         if instance:
             cls = _INSTANCE_CALL_RETURNS.get(cls_name)
         else:

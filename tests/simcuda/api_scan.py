@@ -167,6 +167,14 @@ class _Scanner(ast.NodeVisitor):
                 self.visit(target)
 
     def _value_root(self, value):
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+                value.func.id == "getattr" and len(value.args) >= 2 and \
+                isinstance(value.args[1], ast.Constant) and isinstance(value.args[1].value, str):
+            chain = _dotted(value.args[0])  # helper = getattr(c10d, "_new_process_group_helper")
+            root = self._root(chain) if chain else None
+            if root is not None:
+                return root[0], ".".join(p for p in (root[1], value.args[1].value) if p)
+            return None
         if isinstance(value, ast.IfExp):  # torch_module = torch if torch_module is None else ..
             return self._value_root(value.body) or self._value_root(value.orelse)
         if isinstance(value, ast.Name):
@@ -215,6 +223,10 @@ class _Scanner(ast.NodeVisitor):
                 if r != "torch" or name.startswith(_TORCH_SUBTREES + ("_C._cuda", "_C._nccl")):
                     self._add(node, r, name, None, optional=node.func.id == "hasattr"
                               or len(node.args) > 2)
+        if isinstance(node.func, ast.Name) and node.func.id not in _XP_NAMES:
+            bound = self._lookup(node.func.id)  # helper(...) where helper = getattr(c10d, ...)
+            if bound is not None and bound[1] and bound[0] in ("cupy", "torch"):
+                self._add(node, bound[0], bound[1], _call_shape(node))
         if isinstance(node.func, ast.Attribute):
             self._record(node.func, node)
             for a in node.args + [k.value for k in node.keywords]:
