@@ -202,3 +202,26 @@ def test_engine_gpu_paths_pass_on_two_simulated_devices():
     tail = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, tail
     assert " passed" in run.stdout and "skipped" not in run.stdout, tail
+
+
+def test_ufunc_methods_and_scatter_dtypes_follow_cupy(cp):
+    # cupy/_core/_kernel.pyx: reduce/accumulate only as add and multiply, reduceat only as add,
+    # at only where a scatter operation exists; _routines_indexing.pyx: atomics' dtypes
+    a = cp.asarray(np.array([1.0, 2.0, 3.0], np.float32))
+    assert float(cp.add.reduce(a)) == 6.0 and float(cp.multiply.reduce(a)) == 6.0
+    np.testing.assert_array_equal(cp.add.accumulate(a).get(), [1, 3, 6])
+    for bad in (lambda: cp.maximum.reduce(a), lambda: cp.maximum.accumulate(a),
+                lambda: cp.multiply.reduceat(a, [0, 2]), lambda: cp.multiply.at(a, [0], 2.0)):
+        with pytest.raises(NotImplementedError, match="is not supported yet"):
+            bad()
+    cp.add.at(a, cp.asarray(np.array([0, 0])), 1.0)  # repeated indices each add
+    cp.maximum.at(a, [2], 10.0)
+    np.testing.assert_array_equal(a.get(), [3, 2, 10])
+    counts = cp.zeros(3, dtype=np.int64)
+    with pytest.raises(TypeError, match="scatter_add only supports int32"):
+        cp.add.at(counts, cp.asarray(np.array([0, 1])), 1)  # no 64-bit signed atomicAdd
+    with pytest.raises(TypeError, match="scatter_max only supports"):
+        cp.maximum.at(cp.zeros(3, np.float16), [0], 1.0)
+    cp.add.at(counts, slice(0, 2), 1)  # no integer-array index: a plain in-place add
+    cp.add.at(counts, cp.asarray(np.array([True, False, True])), 1)  # a mask: any dtype
+    np.testing.assert_array_equal(counts.get(), [2, 1, 1])

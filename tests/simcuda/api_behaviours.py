@@ -212,6 +212,29 @@ def _simulated_signatures(cupy, fake):
     return "OK", f"{compared} simulated functions and methods take no parameter CuPy's lack"
 
 
+def _ufunc_scatter_ops(cupy, fake):
+    # ufunc.at is CuPy's scatter operation, present on the ufuncs with a _scatter_op; the
+    # simulation's table (fake_cupy's _SCATTER_OPS) must name the same ufuncs
+    import numpy
+
+    real = {name for name in dir(numpy) if isinstance(getattr(numpy, name), numpy.ufunc)
+            and getattr(getattr(cupy, name, None), "_scatter_op", None)}
+    sim = set()
+    for name in dir(numpy):
+        if isinstance(getattr(numpy, name), numpy.ufunc) and hasattr(cupy, name):
+            try:
+                getattr(fake, name).at(fake.zeros(2, np.float32), slice(0, 1), 1.0)
+            except NotImplementedError:
+                continue
+            except Exception:  # noqa: BLE001  (a one-input ufunc, etc.: has at, other error)
+                pass
+            sim.add(name)
+    if real != sim:
+        return "MISMATCH", (f"ufunc.at: CuPy has it for {sorted(real)}, the simulation for "
+                            f"{sorted(sim)}")
+    return "OK", f"ufunc.at exists for {sorted(real)} only, in CuPy and the simulation"
+
+
 def _torch_cuda_functions(torch):
     # names the bridge reaches through getattr with a fallback: present in CUDA builds only
     problems = []
@@ -238,6 +261,7 @@ def run_all(cupy, torch, fake):
         ("ElementwiseKernel type rules", lambda: _elementwise_type_rules(cupy, fake)),
         ("ndarray methods", lambda: _array_methods(cupy, fake)),
         ("simulated signatures", lambda: _simulated_signatures(cupy, fake)),
+        ("ufunc.at", lambda: _ufunc_scatter_ops(cupy, fake)),
     ]
     if torch is not None:
         checks.append(("torch.cuda functions", lambda: _torch_cuda_functions(torch)))

@@ -480,21 +480,34 @@ def build(count):
         def __call__(self, *args, **kwargs):
             return self._run(self._u, args, kwargs)
 
+        # CuPy's ufuncs reduce and accumulate only as add and multiply, reduceat only as add
+        # (cupy/_core/_kernel.pyx, ufunc.reduce/accumulate/reduceat)
+        def _only(self, method, names):
+            if self.__name__ not in names:
+                raise NotImplementedError(f"`cupy_{self.__name__}.{method}` is not supported yet")
+
         def reduce(self, *args, **kwargs):
+            self._only("reduce", ("add", "multiply"))
             return self._run(self._u.reduce, args, kwargs)
 
         def accumulate(self, *args, **kwargs):
+            self._only("accumulate", ("add", "multiply"))
             return self._run(self._u.accumulate, args, kwargs)
 
         def reduceat(self, *args, **kwargs):
+            self._only("reduceat", ("add",))
             return self._run(self._u.reduceat, args, kwargs)
 
         def outer(self, *args, **kwargs):
             return self._run(self._u.outer, args, kwargs)
 
         def at(self, a, indices, b=None):
+            op = _SCATTER_OPS.get(self.__name__)
+            if op is None:  # CuPy's ufunc.at is its scatter operation: four ufuncs have one
+                raise NotImplementedError(f"`cupy_{self.__name__}.at` is not supported yet")
             if not isinstance(a, ndarray):
                 raise TypeError(f"{self.__name__}.at: the target must be a cupy.ndarray")
+            _check_scatter_dtype(op, a, indices)
             a_raw, indices, = _operand(a, self.__name__ + ".at"), _index(indices)
             if b is None:
                 self._u.at(a_raw, indices)
@@ -676,9 +689,32 @@ def build(count):
             out.append((words[0], words[1]))
         return out
 
+    # ufunc -> CuPy's scatter operation (CuPy 14.2's ufunc._scatter_op; checked by
+    # tests/simcuda/api_check.py), and the dtypes it takes with an integer-array index (CUDA's
+    # atomics; cupy/_core/_routines_indexing.pyx, _scatter_op_single; "sub" assumed as "add";
+    # the bitwise ones are not restricted here)
+    _SCATTER_OPS = {"add": "add", "subtract": "sub", "maximum": "max", "minimum": "min",
+                    "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+    _ATOMIC = {"add": ("int32", "float16", "float32", "float64", "uint32", "uint64"),
+               "max": ("int32", "float32", "float64", "uint32", "uint64")}
+    _ATOMIC["sub"], _ATOMIC["min"] = _ATOMIC["add"], _ATOMIC["max"]
+
+    def _check_scatter_dtype(op, a, indices):
+        parts = indices if isinstance(indices, tuple) else (indices,)
+        integer_array = any(
+            (isinstance(p, (ndarray, np.ndarray)) and p.ndim > 0 and p.dtype.kind in "iu")
+            or (isinstance(p, list) and np.asarray(_index(p)).dtype.kind in "iu")
+            for p in parts)
+        if integer_array and op in _ATOMIC and a.dtype.name not in _ATOMIC[op]:
+            name = {"add": "scatter_add", "sub": "scatter_sub", "max": "scatter_max",
+                    "min": "scatter_min"}[op]
+            raise TypeError(f"{name} only supports {', '.join(_ATOMIC[op])}, as data type "
+                            f"[simulated CUDA: got {a.dtype}]")
+
     def scatter_add(a, slices, value):
         if not isinstance(a, ndarray):
             raise TypeError("scatter_add: the target must be a cupy.ndarray")
+        _check_scatter_dtype("add", a, slices)
         np.add.at(_operand(a, "scatter_add"), _index(slices), _operand(value, "scatter_add"))
 
 
