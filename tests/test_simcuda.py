@@ -225,3 +225,29 @@ def test_ufunc_methods_and_scatter_dtypes_follow_cupy(cp):
     cp.add.at(counts, slice(0, 2), 1)  # no integer-array index: a plain in-place add
     cp.add.at(counts, cp.asarray(np.array([True, False, True])), 1)  # a mask: any dtype
     np.testing.assert_array_equal(counts.get(), [2, 1, 1])
+
+
+def test_ufunc_calls_take_cupys_keywords_only(cp):
+    a = cp.ones(3, dtype=np.float32)
+    out = cp.empty(3, dtype=np.float32)
+    assert cp.add(a, 1, out=out) is out and cp.multiply(a, 2, dtype=np.float64).dtype == np.float64
+    with pytest.raises(TypeError, match="Wrong arguments"):
+        cp.add(a, 1, where=a > 0)  # numpy's where= is not CuPy's
+    with pytest.raises(TypeError, match="Wrong number of arguments"):
+        cp.add(a)
+
+
+def test_names_and_signatures_are_cupys(cp):
+    # tests/simcuda/cupy_signatures.json: CuPy 14.2's names and signatures (api_check.py keeps
+    # it equal to the installed CuPy); numpy's extras are refused as CuPy refuses them
+    a = cp.ones((2, 3), dtype=np.float32)
+    assert float(cp.sum(a, axis=0, keepdims=True).sum()) == 6.0
+    for absent in ("insert", "geomspace", "errstate"):  # numpy has them, CuPy 14.2 not
+        with pytest.raises(AttributeError, match="has no attribute"):
+            getattr(cp, absent)
+    with pytest.raises(TypeError, match="where"):
+        cp.sum(a, where=a > 0)  # numpy's sum takes where=, CuPy's not
+    with pytest.raises(TypeError, match="initial"):
+        a.max(initial=0.0)  # nor does ndarray.max take initial=
+    with pytest.raises(TypeError, match="random_sample"):
+        cp.random.random_sample((2,), np.float32, 1)  # (size, dtype) only

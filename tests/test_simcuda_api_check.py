@@ -71,6 +71,19 @@ def test_scanner_drops_names_rebound_to_something_else(tmp_path):
     assert [u[1] for u in uses] == ["cuda.runtime.getDeviceCount"]
 
 
+def test_calls_expected_to_fail_are_not_uses(tmp_path):
+    uses = _scan(tmp_path, """\
+        import cupy
+        import pytest
+
+        def test_refusal():
+            with pytest.raises(TypeError):
+                cupy.zeros(3, where=True)
+            cupy.ones(2)
+        """)
+    assert [(u[1], u[3]) for u in uses] == [("ones", 7)]
+
+
 def _stand_in():
     """A module shaped like CuPy: a Python function, a Cython-like class whose signature is only
     in its docstring, a class returned by a factory."""

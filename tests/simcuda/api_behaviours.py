@@ -235,6 +235,30 @@ def _ufunc_scatter_ops(cupy, fake):
     return "OK", f"ufunc.at exists for {sorted(real)} only, in CuPy and the simulation"
 
 
+def _recorded_table(cupy):
+    # the simulated CuPy refuses names and arguments by tests/simcuda/cupy_signatures.json:
+    # it must be the installed CuPy's
+    from simcuda import cupy_table
+
+    recorded, actual = cupy_table.load(), cupy_table.generate(cupy)
+    if recorded is None:
+        return "MISMATCH", f"{cupy_table.PATH.name} is missing: run api_check.py --write-table"
+    if recorded != actual:
+        diffs = []
+        for key in ("spaces", "ndarray"):
+            a, b = recorded.get(key), actual.get(key)
+            if a != b:
+                diffs.append(key)
+        return "MISMATCH", (f"{cupy_table.PATH.name} records CuPy {recorded.get('version')}, "
+                            f"the installed CuPy {actual['version']} differs in {diffs}: run "
+                            "api_check.py --write-table and review the diff")
+    spaces = actual["spaces"]
+    return "OK", (f"{cupy_table.PATH.name} is CuPy {actual['version']}'s: "
+                  + ", ".join(f"cupy{'.' + k if k else ''} {len(v['names'])} names "
+                              f"({len(v['signatures'])} signatures)" for k, v in spaces.items())
+                  + f", ndarray {len(actual['ndarray']['signatures'])} method signatures")
+
+
 def _torch_cuda_functions(torch):
     # names the bridge reaches through getattr with a fallback: present in CUDA builds only
     problems = []
@@ -262,6 +286,7 @@ def run_all(cupy, torch, fake):
         ("ndarray methods", lambda: _array_methods(cupy, fake)),
         ("simulated signatures", lambda: _simulated_signatures(cupy, fake)),
         ("ufunc.at", lambda: _ufunc_scatter_ops(cupy, fake)),
+        ("the simulation's table of CuPy's names", lambda: _recorded_table(cupy)),
     ]
     if torch is not None:
         checks.append(("torch.cuda functions", lambda: _torch_cuda_functions(torch)))

@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -158,8 +159,9 @@ def bind_problem(obj, call, bound_method=False):
     sig = signature_of(obj)
     if sig is None:
         return None
-    if bound_method:  # reached through an instance: the class's function, self given
-        sig = _drop_self(sig)
+    owner = getattr(obj, "__self__", None)
+    if bound_method or (owner is not None and not isinstance(owner, types.ModuleType)):
+        sig = _drop_self(sig)  # a method of an instance (cupy.add.reduce): self is given
     if starred:
         return ""  # *args/**kwargs: only the names given explicitly could be checked
     try:
@@ -329,12 +331,26 @@ def _guarded_numpy_only(sites):
     return all("np.random" in s.source or "xp is np" in s.source for s in sites)
 
 
+class _WithCupyx(types.ModuleType):
+    """``cupy`` with ``cupyx`` as an attribute, for resolving "cupyx.*" uses."""
+
+    def __init__(self, base, cupyx):
+        super().__init__(base.__name__)
+        self._base, self.cupyx = base, cupyx
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="one line per use site")
     parser.add_argument("--no-compile", action="store_true", help="skip the NVRTC compilation")
     parser.add_argument("--arch", default="90", help="compute capability to compile for (90)")
     parser.add_argument("--quiet", action="store_true", help="print only NOTE and MISMATCH lines")
+    parser.add_argument("--write-table", action="store_true",
+                        help="rewrite tests/simcuda/cupy_signatures.json (the names and "
+                             "signatures the simulated CuPy keeps) from the installed CuPy")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="cupy-api-check-"))
@@ -357,22 +373,28 @@ def main(argv=None):
         modules["torch"] = torch
     except ImportError:
         pass
-    from simcuda import api_behaviours, fake_cupy
+    from simcuda import api_behaviours, cupy_table, fake_cupy
 
-    fake = fake_cupy.build(1)[0]
-    fake.cupyx = fake_cupy.build(1)[1]
+    if args.write_table:
+        cupy_table.write(cupy_table.generate(cupy))
+        print(f"api-check: wrote {cupy_table.PATH} from CuPy {cupy.__version__}")
+
     import cupyx
 
-    cupy.cupyx = cupyx  # "cupyx.scatter_add" resolves under the cupy root
-    modules["xp"] = cupy
+    # "cupyx.scatter_add" resolves under the cupy root; the modules themselves stay untouched
+    fake = _WithCupyx(*fake_cupy.build(1))
+    modules["cupy"] = modules["xp"] = _WithCupyx(cupy, cupyx)
 
     print(f"api-check: CuPy {cupy.__version__}"
           + (f", torch {modules['torch'].__version__}" if "torch" in modules else ", no torch")
           + f", numpy {__import__('numpy').__version__}, Python {sys.version.split()[0]}")
+    # not scanned: the simulation itself, this checker, and the simulation's own tests (they
+    # make wrong calls on purpose, to see them refused)
     uses = api_scan.scan([REPO / "megengine", REPO / "benchmarks", REPO / "tests"],
                          relative_to=REPO, exclude=("tests/simcuda/fake_cupy.py",
                                                     "tests/simcuda/cuda_runtime.py",
-                                                    "tests/simcuda/api_"))
+                                                    "tests/simcuda/api_", "tests/simcuda/cupy_table",
+                                                    "tests/test_simcuda.py"))
     lines, bad = check_names(uses, modules, fake, every_site=args.all)
     print(f"\n== names: {len(uses)} uses, {len(lines)} distinct ==")
     _print(lines, args.quiet)

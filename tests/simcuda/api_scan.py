@@ -194,6 +194,13 @@ class _Scanner(ast.NodeVisitor):
         r, prefix = root
         return r, prefix + ("()" if isinstance(value, ast.Call) else "")
 
+    def visit_With(self, node):
+        # inside ``with pytest.raises(...)`` a test makes a call that must fail: not a use
+        if any(isinstance(item.context_expr, ast.Call) and
+               _callee_name(item.context_expr) == "raises" for item in node.items):
+            return
+        self.generic_visit(node)
+
     # -- uses --
     def visit_Attribute(self, node):
         self._record(node)

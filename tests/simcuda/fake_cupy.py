@@ -43,6 +43,7 @@ import weakref
 
 import numpy as np
 
+from . import cupy_table
 from .cuda_runtime import CUDARuntimeError, Runtime, SimulationGap, build_cuda
 
 __all__ = ["build", "install", "SimulationGap", "CUDARuntimeError"]
@@ -56,6 +57,17 @@ def build(count):
     if count < 1:
         raise ValueError(f"simulated CUDA: at least one device is needed, got {count}")
     rt = Runtime(count)
+    # the real CuPy's names and signatures (cupy_table.py): what CuPy lacks or would refuse
+    # is refused here too
+    table = cupy_table.load()
+
+    def _checker(space, name, shown):
+        if table is None:
+            return None
+        entry = table["ndarray"] if space == "ndarray" else table["spaces"][space]
+        text = entry["signatures"].get(name)
+        return None if text is None else cupy_table.binder(text, shown)
+
     # id(numpy buffer) -> the device array owning it: the memory pool's used bytes, and CuPy's
     # ``base`` (the same array object each time)
     live = weakref.WeakValueDictionary()
@@ -286,8 +298,11 @@ def build(count):
 
     def _method(name):
         lenient = name in host_arguments
+        check = _checker("ndarray", name, "ndarray." + name)
 
         def method(self, *args, **kwargs):
+            if check is not None:
+                check(args, kwargs)
             args, kwargs = _operands(args, kwargs, name, allow_host=lenient)
             out = getattr(self._a, name)(*args, **kwargs)
             if isinstance(out, np.ndarray) and np.may_share_memory(out, self._a):
@@ -429,7 +444,8 @@ def build(count):
              "split", "array_split", "hsplit", "vsplit", "dsplit", "diagonal", "real", "imag",
              "flip", "fliplr", "flipud", "rot90"}
 
-    def _function(name, fn):
+    def _function(name, fn, check=None):
+        """``fn`` (numpy's) on the current device; ``check(args, kwargs)``: CuPy's signature."""
         lenient = name in host_arguments
 
         def _args(args, kwargs):  # the data operand first, shapes/axes/indices after it
@@ -440,6 +456,8 @@ def build(count):
 
         if name in views:
             def call(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 first = args[0] if args and isinstance(args[0], ndarray) else None
                 if first is None or first._dev == rt.current():
                     args, kwargs = _args(args, kwargs)
@@ -454,6 +472,8 @@ def build(count):
                 return out[0] if not isinstance(raw, (list, tuple)) else type(raw)(out)
         else:
             def call(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 args, kwargs = _args(args, kwargs)
                 return _result(fn(*args, **kwargs))
         call.__name__ = call.__qualname__ = name
@@ -478,6 +498,15 @@ def build(count):
             return _result(result)
 
         def __call__(self, *args, **kwargs):
+            # CuPy's ufunc.__call__: nin to nargs positional arguments; keywords out, dtype,
+            # casting only (numpy's where=, order=, subok=, signature= are "Wrong arguments")
+            unknown = set(kwargs) - {"out", "dtype", "casting"}
+            if unknown:
+                raise TypeError(f"Wrong arguments {dict((k, kwargs[k]) for k in unknown)}")
+            if not self.nin <= len(args) <= self.nargs:
+                raise TypeError(f"Wrong number of arguments for 'cupy_{self.__name__}'. It must "
+                                f"be either {self.nin} or {self.nargs} (with outputs), but "
+                                f"given {len(args)}.")
             return self._run(self._u, args, kwargs)
 
         # CuPy's ufuncs reduce and accumulate only as add and multiply, reduceat only as add
@@ -540,6 +569,10 @@ def build(count):
         def __getattr__(self, name):
             if name.startswith("__"):
                 raise AttributeError(name)
+            space = self.__name__.partition(".")[2]  # "" for cupy, "linalg" for cupy.linalg
+            if table is not None and name not in table["spaces"][space]["names"]:
+                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r} "
+                                     f"[simulated CUDA: CuPy {table['version']} has none]")
             value = getattr(self._np_space, name)
             if isinstance(value, np.ufunc):
                 value = ufunc(value)
@@ -548,7 +581,7 @@ def build(count):
                     raise AttributeError(f"simulated cupy has no {self.__name__}.{name}")
                 value = _Namespace(self.__name__ + "." + name, value)
             elif callable(value) and not isinstance(value, type):
-                value = _function(name, value)
+                value = _function(name, value, _checker(space, name, f"{self.__name__}.{name}"))
             setattr(self, name, value)  # looked up once
             return value
 
@@ -738,10 +771,14 @@ def build(count):
             generators[rt.current()] = np.random.RandomState(seed)
 
         def __getattr__(self, name):
-            if name.startswith("__") or not hasattr(np.random.RandomState, name):
+            if name.startswith("__") or not hasattr(np.random.RandomState, name) or (
+                    table is not None and name not in table["spaces"]["random"]["names"]):
                 raise AttributeError(f"simulated cupy.random has no {name!r}")
+            check = _checker("random", name, "cupy.random." + name)
 
             def draw(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 args, kwargs = _operands(args, kwargs, "random." + name)
                 dtype = kwargs.pop("dtype", None)  # CuPy's draws take a dtype; numpy's do not
                 out = getattr(_generator(), name)(*args, **kwargs)
