@@ -9,8 +9,6 @@ so instead of passing.
 import importlib
 import inspect
 import os
-import re
-import traceback
 import warnings
 from pathlib import Path
 
@@ -437,9 +435,3 @@ def compile_kernels(cupy, arch="90", compile_=True):
         bad += 1
     return lines, bad
 
-
-def _format_exception(e):
-    return "".join(traceback.format_exception_only(type(e), e)).strip()
-
-
-_ = re  # (kept for callers that filter lines by pattern)

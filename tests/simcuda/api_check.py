@@ -29,7 +29,6 @@ Verdicts: ``OK``; ``NOTE`` (not a mismatch: e.g. an optional name the code tests
 deprecation, a signature CuPy does not publish); ``MISMATCH`` (exit status 1).
 """
 import argparse
-import importlib
 import inspect
 import os
 import re

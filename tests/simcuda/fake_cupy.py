@@ -45,6 +45,7 @@ import numpy as np
 
 from . import cupy_table
 from .cuda_runtime import CUDARuntimeError, Runtime, SimulationGap, build_cuda
+from .kernels import check_types, parse_params
 
 __all__ = ["build", "install", "SimulationGap", "CUDARuntimeError"]
 
@@ -641,7 +642,7 @@ def build(count):
         def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
                      preamble="", no_return=False, return_tuple=False, **kwargs):
             self.in_params, self.out_params = in_params, out_params
-            self._ins, self._outs = _kernel_params(in_params), _kernel_params(out_params)
+            self._ins, self._outs = parse_params(in_params), parse_params(out_params)
             if "i" in [n for _, n in self._ins + self._outs]:
                 raise ValueError("Can not use 'i' as a parameter name")
             self.body = self.operation = operation
@@ -664,7 +665,8 @@ def build(count):
             outs = args[self.nin:]
             if any(not isinstance(o, ndarray) for o in outs):
                 raise TypeError("Output arguments type must be cupy.ndarray")
-            self._check_types(args)
+            check_types(self.name, self._ins, self._outs, args,
+                        lambda a: a.dtype if isinstance(a, ndarray) else None)
             shapes = [np.shape(r) for r in raw]  # CuPy broadcasts the outputs given too
             try:
                 shape = np.broadcast_shapes(*shapes)
@@ -685,42 +687,6 @@ def build(count):
             results = tuple(r.view(np.bool_) if ptype == "bool" else r
                             for r, (ptype, _) in zip(results, self._outs))
             return _result(results if isinstance(result, tuple) else results[0])
-
-        def _check_types(self, args):
-            letters = {}
-            params = self._outs[:len(args) - self.nin] + self._ins  # outputs decide first
-            values = list(args[self.nin:]) + list(args[:self.nin])
-            for (ptype, pname), value in zip(params, values):
-                if not isinstance(value, ndarray):
-                    continue  # a scalar takes the dtype its parameter gets
-                if len(ptype) > 1:  # a fixed dtype: float32, bool, int64, ...
-                    if value.dtype != np.dtype(ptype):
-                        raise TypeError(f"Type is mismatched. {pname} {value.dtype} {ptype}")
-                elif ptype in letters and letters[ptype] != value.dtype:
-                    raise TypeError(f"Type is mismatched. {pname} {value.dtype} "
-                                    f"{letters[ptype]} {ptype}")
-                else:
-                    letters[ptype] = value.dtype
-            for ptype, pname in self._ins + self._outs:
-                if len(ptype) == 1 and ptype not in letters:
-                    raise TypeError(f"simulated ElementwiseKernel {self.name}: type {ptype} "
-                                    f"of {pname} is decided by no array argument (CuPy fails "
-                                    "with a KeyError)")
-
-    def _kernel_params(spec):
-        """``"T x, raw T y"`` -> [("T", "x"), ...]; ``raw`` parameters are not simulated."""
-        out = []
-        for part in spec.split(","):
-            words = part.split()
-            if not words:
-                continue
-            if len(words) < 2:
-                raise Exception(f"Syntax error: {part}")
-            if len(words) > 2:
-                raise SimulationGap(f"simulated ElementwiseKernel: parameter {part.strip()!r} "
-                                    "(raw, _non_const) is not simulated")
-            out.append((words[0], words[1]))
-        return out
 
     # ufunc -> CuPy's scatter operation (CuPy 14.2's ufunc._scatter_op; checked by
     # tests/simcuda/api_check.py), and the dtypes it takes with an integer-array index (CUDA's
