@@ -5,7 +5,8 @@ tests/simcuda/api_check.py --write-table`` writes the file, and the check compar
 with the installed CuPy on every run. `fake_cupy` loads the file (`load`) and checks each call
 of a namespace function and of an ndarray method against it (`binder`). A signature is stored
 without defaults (``"(a, axis=None, *, out=None)"``: the names, kinds and which have a default),
-enough to decide whether a call fits; a function whose signature cannot be read is not checked.
+enough to decide whether a call fits; a function whose signature cannot be read, and numpy's
+functions CuPy re-exports (their signatures follow the installed numpy), are not checked.
 """
 import inspect
 import json
@@ -65,8 +66,11 @@ def generate(cupy):
         signatures = {}
         for name in names:
             value = getattr(module, name)
+            # ufuncs: fake_cupy applies CuPy's rule; numpy's own functions that CuPy re-exports
+            # (broadcast_shapes, promote_types, ...) follow the installed numpy, not CuPy
             if callable(value) and not isinstance(value, type) and \
-                    type(value).__name__ != "ufunc":  # ufuncs: fake_cupy applies CuPy's rule
+                    type(value).__name__ != "ufunc" and \
+                    not (getattr(value, "__module__", None) or "").startswith("numpy"):
                 text = readable(value)
                 if text is not None:
                     signatures[name] = text
