@@ -6,6 +6,9 @@
 
 What it does, in this order (under 5 minutes on one H200):
 
+0. ``tests/simcuda/api_check.py``: every CuPy / torch CUDA name and call the project uses,
+   checked against the CuPy and torch installed here, and the fused kernels compiled (about
+   10 s; the same check `make cuda-api-check` runs without a GPU).
 1. ``pytest -n 8 tests`` with the default device ``xpux`` (so ``gpu0``): the suite on CUDA.
 2. The same with ``MGE_DEFAULT_DEVICE=cpu0``: the suite on the CPU of a CUDA machine (CuPy and
    CUDA torch present, but the tensors on the host). Runs 1 and 2 run at the same time
@@ -34,7 +37,7 @@ printed so far; an error in any step still ends with the summary.
 
 The full pytest output of each run, the summary (``summary.txt``) and every figure
 (``results.json``) go to ``--log-dir`` (default ``$OUT`` when set, else a new temporary
-directory); the summary names the failing tests. Exit status: 0 when both runs pass
+directory); the summary names the failing tests. Exit status: 0 when the API check and both runs pass
 and every benchmark did the same work as its PyTorch twin (a missed aim is reported, not an
 error), 1 otherwise, 2 when this machine has no usable CUDA (said at once, before anything runs).
 Only ``python3`` from PATH with PYTHONPATH at the checkout is needed (no .venv): torch with CUDA,
@@ -209,6 +212,26 @@ def _run_suite(label, env_extra, args, log, start, tests, workers):
     print(f"[gpu-check] {label}: {counts} in {seconds:.0f} s, exit {code}", flush=True)
     return dict(label=label, ok=ok, counts=counts, failures=failures, seconds=seconds, code=code,
                 log=str(log))
+
+
+def run_api_check(log_dir, timeout=180):
+    """tests/simcuda/api_check.py in a process of its own: a result dict for the summary."""
+    name = "API check (tests/simcuda/api_check.py)"
+    log = Path(log_dir) / "api_check.log"
+    command = [sys.executable, str(REPO / "tests" / "simcuda" / "api_check.py"), "--quiet"]
+    start = time.perf_counter()
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return dict(name=name, ok=False, error=f"timed out after {timeout} s")
+    log.write_text(run.stdout + run.stderr)
+    mismatches = [line for line in run.stdout.splitlines() if line.startswith("MISMATCH")]
+    last = (run.stdout.strip().splitlines() or run.stderr.strip().splitlines() or ["no output"])
+    result = dict(name=name, ok=run.returncode == 0, seconds=time.perf_counter() - start,
+                  verdict=last[-1], mismatches=mismatches, log=str(log))
+    if run.returncode not in (0, 1):  # 1: mismatches found; anything else: it could not check
+        result["error"] = f"exit {run.returncode}: {last[-1]} (log {log})"
+    return result
 
 
 # ----- the benchmarks -----------------------------------------------------------------------------
@@ -411,9 +434,17 @@ def run_fused_bench(args, log_dir, timeout=240):
 
 
 # ----- the summary --------------------------------------------------------------------------------
-def summary(suites, benches, seconds, notes=()):
-    """The summary block; ``notes``: lines about what was not run, and why."""
+def summary(suites, benches, seconds, notes=(), checks=()):
+    """The summary block; ``notes``: lines about what was not run, and why; ``checks``: the API
+    check's result (`run_api_check`)."""
     lines = ["", "=" * 30 + " gpu-check summary " + "=" * 30]
+    for check in checks:
+        if "error" in check:
+            lines.append(f"check, {check['name']}: ERROR {check['error']}")
+            continue
+        lines.append(f"check, {check['name']}: {'PASS' if check['ok'] else 'FAIL'} "
+                     f"({check['verdict']}; log {check['log']})")
+        lines.extend("    " + m for m in check["mismatches"][:25])
     for s in suites:
         c = s["counts"]
         lines.append(f"tests, {s['label']:28s} {'PASS' if s['ok'] else 'FAIL'}: {c['passed']} passed, "
@@ -457,6 +488,8 @@ def main(argv=None):
     parser.add_argument("--serial", action="store_true",
                         help="run the two test runs one after the other (default: at the same time)")
     parser.add_argument("--skip-bench", action="store_true", help="the two test runs only")
+    parser.add_argument("--skip-api-check", action="store_true",
+                        help="do not run tests/simcuda/api_check.py first")
     parser.add_argument("--quick", action="store_true", help="few timing steps and 500 memory steps")
     parser.add_argument("--log-dir", default=os.environ.get("OUT") or None,
                         help="where the pytest logs go (default: $OUT, else a new temporary directory)")
@@ -477,7 +510,11 @@ def main(argv=None):
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="gpu-check-")
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    suites, notes = [], []
+    suites, notes, checks = [], [], []
+    if not args.skip_api_check:
+        checks.append(run_api_check(log_dir))
+        print(f"[gpu-check] {checks[0]['name']}: {checks[0].get('verdict', checks[0].get('error'))}",
+              flush=True)
     if not args.skip_tests:
         if args.workers > 1 and not xdist_available():
             print("[gpu-check] pytest-xdist is not installed: each run is one pytest process (slower)", flush=True)
@@ -505,12 +542,12 @@ def main(argv=None):
                 benches += stage()
             except Exception as e:  # noqa: BLE001  (the summary must still come)
                 benches.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"))
-    text = summary(suites, benches, time.perf_counter() - start, notes)
+    text = summary(suites, benches, time.perf_counter() - start, notes, checks)
     print(text, flush=True)
     (Path(log_dir) / "summary.txt").write_text(text + "\n")
     (Path(log_dir) / "results.json").write_text(json.dumps(
-        {"suites": suites, "benchmarks": benches}, indent=1, default=str))
-    ok = all(s["ok"] for s in suites) and all(b["ok"] for b in benches)
+        {"checks": checks, "suites": suites, "benchmarks": benches}, indent=1, default=str))
+    ok = all(s["ok"] for s in suites + checks) and all(b["ok"] for b in benches)
     return 0 if ok else 1
 
 

@@ -40,7 +40,8 @@ def _source(kernel):
         [f"{'T' if t == 'T' else _FIXED[t][0]}& {n}" for t, n in outs]
     src = ("#include <cmath>\nusing std::sqrt; using std::trunc; using std::fabs; "
            "using std::copysign; using std::exp; using std::log;\n"
-           f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n}}\n")
+           f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n")
+    # ";" after the body: CuPy's generated loop is "${operation};", so a body may end without one
     for c in ("float", "double"):
         c_args = [f"const {c_type(t, c)}* {n}" for t, n in ins] + \
             [f"{c_type(t, c)}* {n}" for t, n in outs]

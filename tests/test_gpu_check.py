@@ -111,8 +111,13 @@ def test_the_benchmarks_run_end_to_end_when_pointed_at_the_cpu(gpu_check, monkey
     assert "from_torch 5.0 us, to_torch 4.2 us" in gpu_check.summary([], [calls], 1.0)
 
 
+_API_OK = dict(name="API check (tests/simcuda/api_check.py)", ok=True, verdict="api-check: no "
+               "mismatches", mismatches=[], log="log")
+
+
 def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check, "run_api_check", lambda log_dir: _API_OK)
     monkeypatch.setattr(gpu_check, "gpu_count", lambda: 1)  # the two suite runs only
     runs = []
 
@@ -132,6 +137,7 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
     text = (tmp_path / "summary.txt").read_text()
     assert text.index("on CUDA (default xpux)") < text.index("MGE_DEFAULT_DEVICE=cpu0")
     assert "1.50x torch" in text and "aim <= 1.20x: MISSED" in text and "tests/x.py::test_y" in text
+    assert "check, API check (tests/simcuda/api_check.py): PASS (api-check: no mismatches" in text
     assert "    gpu0:\n      softmax row" in text
     assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
     assert text.strip() in capsys.readouterr().out
@@ -142,6 +148,7 @@ def test_the_multi_gpu_cases_run_beside_the_suite_only_with_two_gpus(gpu_check, 
                                                                      tmp_path, n_gpus):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
     monkeypatch.setattr(gpu_check, "gpu_count", lambda: n_gpus)
+    monkeypatch.setattr(gpu_check, "run_api_check", lambda log_dir: _API_OK)
     runs = []
 
     def fake_suite(label, env, args, log_dir, tests=None, workers=None):
@@ -183,3 +190,34 @@ def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypat
     result = gpu_check.run_fused_bench(argparse.Namespace(quick=False), tmp_path)
     assert not result["ok"] and "exit 1: ValueError: no" in result["error"]
     assert "ERROR exit 1" in gpu_check.summary([], [result], 1.0)
+
+
+def test_the_api_check_runs_first_and_its_mismatches_fail_the_check(gpu_check, monkeypatch,
+                                                                    tmp_path):
+    calls = []
+    output = ("api-check: CuPy 14.2.0\nMISMATCH cupy cuda.Foo: cupy.cuda has no attribute 'Foo'  "
+              "[megengine/x.py:3]\n\napi-check: 1 MISMATCH line(s)\n")
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1, stdout=output, stderr="")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    result = gpu_check.run_api_check(tmp_path)
+    assert calls[0][1].endswith("tests/simcuda/api_check.py") and "--quiet" in calls[0]
+    assert not result["ok"] and result["verdict"] == "api-check: 1 MISMATCH line(s)"
+    text = gpu_check.summary([], [], 1.0, checks=[result])
+    assert "check, API check (tests/simcuda/api_check.py): FAIL (api-check: 1 MISMATCH" in text
+    assert "    MISMATCH cupy cuda.Foo" in text
+    assert (tmp_path / "api_check.log").read_text() == output
+
+
+def test_the_api_check_without_the_real_cupy_is_an_error_not_a_pass(gpu_check, tmp_path):
+    # the real script, in this environment: without CuPy it cannot check and says so (exit 2)
+    pytest.importorskip("numpy")
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: the script would check, not refuse")
+    result = gpu_check.run_api_check(tmp_path)
+    assert not result["ok"] and result["error"].startswith("exit 2")
+    assert "cannot be imported" in (tmp_path / "api_check.log").read_text()
+    assert "ERROR exit 2" in gpu_check.summary([], [], 1.0, checks=[result])

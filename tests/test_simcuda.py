@@ -43,9 +43,15 @@ def test_host_arrays_are_refused_as_operands_scalars_are_not(cp):
                 lambda: cp.concatenate([a, np.ones(2)]), lambda: a.dot(np.ones(3))):
         with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
             bad()
-    for fine in (a + 2, a * np.float32(2), a - np.array(1.0), 2 ** a):
+    for fine in (a + 2, a * np.float32(2), a - np.float64(1.0), 2 ** a):
         assert type(fine) is cp.ndarray and fine.shape == (3,)
-    np.testing.assert_allclose((a * np.float32(2) - np.array(1.0)).get(), [1, 1, 1])
+    np.testing.assert_allclose((a * np.float32(2) - np.float64(1.0)).get(), [1, 1, 1])
+    # a 0-d numpy array is an array, not a scalar, to CuPy: cupy._core._scalar.CScalar refuses
+    # it (checked against CuPy 14.2 by tests/simcuda/api_check.py); .item() makes it a scalar
+    for bad in (lambda: a - np.array(1.0), lambda: cp.where(a > 0, a, np.array(0.0, np.float32))):
+        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+            bad()
+    assert float((a - np.array(1.0).item()).sum()) == 0.0
 
 
 def test_reductions_and_scalar_indexing_give_0d_device_arrays(cp):
@@ -129,6 +135,32 @@ def test_elementwise_kernels_run_their_cuda_body_with_cupys_rules(cp):
         k(x, x, 0.0)
 
 
+def test_elementwise_kernels_keep_cupys_argument_and_dtype_rules(cp):
+    # cupy/_core/_kernel.pyx: ElementwiseKernel.__call__ and _decide_params_type
+    k = cp.ElementwiseKernel("T x, T y", "T z, bool m", "z = x + y; m = z > 0", "simcuda_rules")
+    x32 = cp.ones(3, dtype=np.float32)
+    x64 = cp.ones(3, dtype=np.float64)
+    z, m = k(x32, 1.5)  # no ";" after the body: CuPy's loop adds one
+    assert z.dtype == np.float32 and m.dtype == np.bool_
+    np.testing.assert_allclose(z.get(), [2.5] * 3)
+    with pytest.raises(TypeError, match="Type is mismatched"):
+        k(x32, x64)  # one dtype per type letter
+    with pytest.raises(TypeError, match="Type is mismatched"):
+        k(x32, x32, cp.zeros(3, np.float32), cp.zeros(3, np.int8))  # bool means bool
+    with pytest.raises(TypeError, match="Wrong number of arguments"):
+        k(x32, x32, cp.zeros(3, np.float32))  # the inputs, or the inputs and every output
+    with pytest.raises(TypeError, match="Output arguments type must be cupy.ndarray"):
+        k(x32, x32, 0.0, cp.zeros(3, bool))  # (a numpy output: "Unsupported type" before it)
+    with pytest.raises(ValueError, match="Out shape is mismatched"):
+        k(x32, x32, cp.zeros(1, np.float32), cp.zeros(1, bool))  # outputs broadcast, then differ
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        k(x32, x32, cp.zeros(4, np.float32), cp.zeros(4, bool))
+    with pytest.raises(TypeError, match="Wrong arguments"):
+        k(x32, x32, blocks=2)
+    with pytest.raises(ValueError, match="'i' as a parameter name"):
+        cp.ElementwiseKernel("T i", "T z", "z = i", "simcuda_bad_name")
+
+
 def test_what_cannot_be_simulated_fails_loudly(cp):
     with pytest.raises(cuda_runtime.SimulationGap, match="DLPack"):
         cp.from_dlpack(object())
@@ -136,7 +168,23 @@ def test_what_cannot_be_simulated_fails_loudly(cp):
         cp.ndarray((2,), np.float32, memptr=object())
     with pytest.raises(cuda_runtime.SimulationGap, match="external streams"):
         cp.cuda.ExternalStream(1234, 0)
-    assert cp.cuda.get_current_stream().ptr == 0  # the null stream is simulated
+
+    class Handle:  # CuPy 14's stream protocol
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+        def __cuda_stream__(self):
+            return 0, self.ptr
+
+    with pytest.raises(cuda_runtime.SimulationGap, match="external streams"):
+        cp.cuda.Stream.from_external(Handle(1234))
+    with pytest.raises(cuda_runtime.SimulationGap, match="non-null stream"):
+        cp.cuda.runtime.eventRecord(cp.cuda.Event().ptr, 1234)
+    with pytest.raises(cuda_runtime.SimulationGap, match="non-null stream"):
+        cp.cuda.runtime.streamWaitEvent(1234, cp.cuda.Event().ptr)
+    cp.cuda.runtime.eventRecord(cp.cuda.Event().ptr, 0)  # the null stream is simulated
+    assert cp.cuda.Stream.from_external(Handle(0)).ptr == 0
+    assert cp.cuda.get_current_stream().ptr == 0 == cp.cuda.get_current_stream(0).ptr
 
 
 def _run_simulated(args, devices=2, timeout=300):
@@ -154,3 +202,52 @@ def test_engine_gpu_paths_pass_on_two_simulated_devices():
     tail = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, tail
     assert " passed" in run.stdout and "skipped" not in run.stdout, tail
+
+
+def test_ufunc_methods_and_scatter_dtypes_follow_cupy(cp):
+    # cupy/_core/_kernel.pyx: reduce/accumulate only as add and multiply, reduceat only as add,
+    # at only where a scatter operation exists; _routines_indexing.pyx: atomics' dtypes
+    a = cp.asarray(np.array([1.0, 2.0, 3.0], np.float32))
+    assert float(cp.add.reduce(a)) == 6.0 and float(cp.multiply.reduce(a)) == 6.0
+    np.testing.assert_array_equal(cp.add.accumulate(a).get(), [1, 3, 6])
+    for bad in (lambda: cp.maximum.reduce(a), lambda: cp.maximum.accumulate(a),
+                lambda: cp.multiply.reduceat(a, [0, 2]), lambda: cp.multiply.at(a, [0], 2.0)):
+        with pytest.raises(NotImplementedError, match="is not supported yet"):
+            bad()
+    cp.add.at(a, cp.asarray(np.array([0, 0])), 1.0)  # repeated indices each add
+    cp.maximum.at(a, [2], 10.0)
+    np.testing.assert_array_equal(a.get(), [3, 2, 10])
+    counts = cp.zeros(3, dtype=np.int64)
+    with pytest.raises(TypeError, match="scatter_add only supports int32"):
+        cp.add.at(counts, cp.asarray(np.array([0, 1])), 1)  # no 64-bit signed atomicAdd
+    with pytest.raises(TypeError, match="scatter_max only supports"):
+        cp.maximum.at(cp.zeros(3, np.float16), [0], 1.0)
+    cp.add.at(counts, slice(0, 2), 1)  # no integer-array index: a plain in-place add
+    cp.add.at(counts, cp.asarray(np.array([True, False, True])), 1)  # a mask: any dtype
+    np.testing.assert_array_equal(counts.get(), [2, 1, 1])
+
+
+def test_ufunc_calls_take_cupys_keywords_only(cp):
+    a = cp.ones(3, dtype=np.float32)
+    out = cp.empty(3, dtype=np.float32)
+    assert cp.add(a, 1, out=out) is out and cp.multiply(a, 2, dtype=np.float64).dtype == np.float64
+    with pytest.raises(TypeError, match="Wrong arguments"):
+        cp.add(a, 1, where=a > 0)  # numpy's where= is not CuPy's
+    with pytest.raises(TypeError, match="Wrong number of arguments"):
+        cp.add(a)
+
+
+def test_names_and_signatures_are_cupys(cp):
+    # tests/simcuda/cupy_signatures.json: CuPy 14.2's names and signatures (api_check.py keeps
+    # it equal to the installed CuPy); numpy's extras are refused as CuPy refuses them
+    a = cp.ones((2, 3), dtype=np.float32)
+    assert float(cp.sum(a, axis=0, keepdims=True).sum()) == 6.0
+    for absent in ("insert", "geomspace", "errstate"):  # numpy has them, CuPy 14.2 not
+        with pytest.raises(AttributeError, match="has no attribute"):
+            getattr(cp, absent)
+    with pytest.raises(TypeError, match="where"):
+        cp.sum(a, where=a > 0)  # numpy's sum takes where=, CuPy's not
+    with pytest.raises(TypeError, match="initial"):
+        a.max(initial=0.0)  # nor does ndarray.max take initial=
+    with pytest.raises(TypeError, match="random_sample"):
+        cp.random.random_sample((2,), np.float32, 1)  # (size, dtype) only

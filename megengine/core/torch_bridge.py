@@ -201,8 +201,10 @@ def _cuda_tensor_to_cupy(tensor):
     if producer != consumer:  # CuPy's current stream must not run ahead of torch's
         with cupy.cuda.Device(device):  # the event must belong to the streams' device
             event = cupy.cuda.Event(block=False, disable_timing=True, interprocess=False)
-            event.record(cupy.cuda.ExternalStream(producer, device))
-            cupy.cuda.ExternalStream(consumer, device).wait_event(event)
+            # raw handles: no Stream objects per call, and no cupy.cuda.ExternalStream, which
+            # CuPy 14 deprecates (a DeprecationWarning on every crossing)
+            cupy.cuda.runtime.eventRecord(event.ptr, producer)
+            cupy.cuda.runtime.streamWaitEvent(consumer, event.ptr)
     return array
 
 

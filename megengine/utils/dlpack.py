@@ -71,6 +71,25 @@ def _capsule_device(capsule):
     return int(head.device.device_type), int(head.device.device_id)
 
 
+class _StreamHandle:
+    """A raw CUDA stream handle offered through the CUDA stream protocol (``__cuda_stream__``)."""
+
+    def __init__(self, ptr):
+        self._ptr = ptr
+
+    def __cuda_stream__(self):
+        return 0, self._ptr
+
+
+def _external_stream(cupy, ptr):
+    """A CuPy stream object over the raw handle ``ptr`` (usable as a context): CuPy 14's
+    ``Stream.from_external``, else ``ExternalStream``, which CuPy 14 deprecates."""
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamHandle(ptr))
+    return cupy.cuda.ExternalStream(ptr)
+
+
 def from_dlpack(ext_tensor: Any, stream=None) -> Tensor:
     """A Tensor over the memory of ``ext_tensor`` (an object with ``__dlpack__`` or a DLPack
     capsule) without a copy: writes through either side are seen by the other. CPU memory
@@ -101,7 +120,7 @@ def from_dlpack(ext_tensor: Any, stream=None) -> Tensor:
                                "(e.g. pip install cupy-cuda12x) to use GPU tensors") from None
         with cupy.cuda.Device(int(device_id)):
             if stream:  # the consumer's stream: the producer orders its pending work before it
-                with cupy.cuda.ExternalStream(int(stream)):
+                with _external_stream(cupy, int(stream)):
                     array = cupy.from_dlpack(producer)
             else:
                 array = cupy.from_dlpack(producer)

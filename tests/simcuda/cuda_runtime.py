@@ -120,7 +120,7 @@ def build_cuda(rt, live):
             return 0
 
     pool = MemoryPool()
-    allocator = [pool.malloc]
+    current = [pool.malloc]  # the allocator set_allocator set
 
     def _mem_info(index):
         total = 16 << 30
@@ -153,7 +153,16 @@ def build_cuda(rt, live):
         def wait_event(self, event):
             pass
 
-    def get_current_stream(device_id=None):
+        @classmethod
+        def from_external(cls, obj):
+            # CuPy 14's replacement of ExternalStream (an object with __cuda_stream__)
+            version, ptr = obj.__cuda_stream__()
+            if ptr != 0:
+                raise SimulationGap("simulated CUDA: external streams (torch's CUDA streams) "
+                                    "cannot be simulated")
+            return Stream(null=True)
+
+    def get_current_stream(device_id=-1):
         return Stream(null=True)
 
     def ExternalStream(*args, **kwargs):
@@ -161,6 +170,8 @@ def build_cuda(rt, live):
                             "simulated")
 
     class Event:
+        ptr = 0  # a raw handle, as CuPy's (never a real event here)
+
         def __init__(self, block=False, disable_timing=False, interprocess=False):
             pass
 
@@ -172,31 +183,32 @@ def build_cuda(rt, live):
             pass
 
     class PythonFunctionAllocator:
-        def __init__(self, malloc, free):
-            self._malloc, self._free = malloc, free
+        def __init__(self, malloc_func, free_func):  # CuPy's parameter names
+            self._malloc, self._free = malloc_func, free_func
 
         def malloc(self, size):
             raise SimulationGap("simulated CUDA: a Python allocator cannot serve simulated "
                                 "arrays (they live in host memory)")
 
-    def set_allocator(fn=None):
-        allocator[0] = pool.malloc if fn is None else fn
+    def set_allocator(allocator=None):  # CuPy's parameter name
+        current[0] = pool.malloc if allocator is None else allocator
 
     def get_allocator():
-        return allocator[0]
+        return current[0]
 
     class using_allocator:
-        def __init__(self, fn=None):
-            self._fn = fn
+        def __init__(self, allocator=None):  # CuPy's parameter name
+            self._allocator = allocator
 
         def __enter__(self):
-            self._previous = allocator[0]
-            set_allocator(self._fn)
+            self._previous = current[0]
+            set_allocator(self._allocator)
 
         def __exit__(self, *exc):
-            allocator[0] = self._previous
+            current[0] = self._previous
 
-    def _properties(index):
+    def _properties(device):  # CuPy's parameter name
+        index = device
         if not 0 <= index < rt.count:
             raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
         return {"name": b"Simulated CUDA device (numpy)", "major": 9, "minor": 0,
@@ -206,12 +218,26 @@ def build_cuda(rt, live):
     runtime.CUDARuntimeError = CUDARuntimeError
     runtime.getDeviceCount = lambda: rt.count
     runtime.getDevice = rt.current
-    runtime.setDevice = rt.set_current
+    def setDevice(device):  # CuPy's parameter name
+        rt.set_current(device)
+
+    runtime.setDevice = setDevice
     runtime.getDeviceProperties = _properties
     runtime.memGetInfo = lambda: _mem_info(rt.current())
     runtime.runtimeGetVersion = lambda: 12040
     runtime.driverGetVersion = lambda: 12040
     runtime.deviceSynchronize = lambda: None
+
+    def _null_stream_only(what):
+        def call(*handles):
+            streams = handles[:1] if what == "streamWaitEvent" else handles[1:2]
+            if any(int(h) != 0 for h in streams):
+                raise SimulationGap(f"simulated CUDA: runtime.{what} on a non-null stream")
+        call.__name__ = what
+        return call
+
+    runtime.eventRecord = _null_stream_only("eventRecord")  # (event, stream)
+    runtime.streamWaitEvent = _null_stream_only("streamWaitEvent")  # (stream, event, flags=0)
     runtime.is_hip = False
 
     memory = types.ModuleType("cupy.cuda.memory")

@@ -7,8 +7,9 @@ What is simulated, and how it follows CuPy:
   ``cupy.cuda.runtime.setDevice``). ``type(a).__module__`` is ``"cupy"``, as the engine tests.
 * Host memory is kept apart as CuPy keeps it: ``numpy.asarray(a)`` / ``__array__`` raise CuPy's
   ``TypeError`` ("Implicit conversion to a NumPy array is not allowed"); functions, ufuncs,
-  operators and ElementwiseKernels refuse ``numpy.ndarray`` operands ("Unsupported type <class
-  'numpy.ndarray'>"; Python and numpy scalars and 0-d numpy arrays are accepted, as by CuPy).
+  operators and ElementwiseKernels refuse ``numpy.ndarray`` operands of any shape, 0-d ones
+  included ("Unsupported type <class 'numpy.ndarray'>"; Python and numpy scalars are accepted,
+  as by CuPy).
   ``.get()``, ``cupy.asnumpy`` and ``.tolist()`` copy to the host; ``cupy.asarray(host)`` and
   ``cupy.array(host)`` copy to the current device.
 * A kernel (a function, ufunc, reduction, a method that computes) runs on the current device:
@@ -22,7 +23,9 @@ What is simulated, and how it follows CuPy:
 * ``cupy.random`` keeps one generator per device (numpy's ``RandomState``), seeded per device.
 * ``cupy.ElementwiseKernel``: the CUDA body is compiled as C++ for the host (the engine's kernels
   are plain arithmetic; `tests/cuda_kernels.py` does the compiling) and run with CuPy's calling
-  convention and device checks, so the source a GPU would compile is what runs.
+  convention, argument and dtype rules (one dtype per type letter, fixed dtypes exact, the
+  inputs or the inputs and outputs, outputs of the broadcast shape) and device checks, so the
+  source a GPU would compile is what runs.
 * The memory pool reports the bytes of live arrays that own their memory, per device.
   (Devices, the current device, memory objects, the pool and streams: `cuda_runtime`.)
 
@@ -40,7 +43,9 @@ import weakref
 
 import numpy as np
 
+from . import cupy_table
 from .cuda_runtime import CUDARuntimeError, Runtime, SimulationGap, build_cuda
+from .kernels import check_types, parse_params
 
 __all__ = ["build", "install", "SimulationGap", "CUDARuntimeError"]
 
@@ -53,6 +58,17 @@ def build(count):
     if count < 1:
         raise ValueError(f"simulated CUDA: at least one device is needed, got {count}")
     rt = Runtime(count)
+    # the real CuPy's names and signatures (cupy_table.py): what CuPy lacks or would refuse
+    # is refused here too
+    table = cupy_table.load()
+
+    def _checker(space, name, shown):
+        if table is None:
+            return None
+        entry = table["ndarray"] if space == "ndarray" else table["spaces"][space]
+        text = entry["signatures"].get(name)
+        return None if text is None else cupy_table.binder(text, shown)
+
     # id(numpy buffer) -> the device array owning it: the memory pool's used bytes, and CuPy's
     # ``base`` (the same array object each time)
     live = weakref.WeakValueDictionary()
@@ -204,8 +220,8 @@ def build(count):
         def __complex__(self):
             return complex(self._a)
 
-        def __index__(self):
-            return self._a.__index__()
+        # no __index__: CuPy's arrays have none, so range(a), [..][a] and operator.index(a) of a
+        # 0-d device array raise TypeError; int(a) reads it back
 
         def __len__(self):
             return len(self._a)
@@ -283,8 +299,11 @@ def build(count):
 
     def _method(name):
         lenient = name in host_arguments
+        check = _checker("ndarray", name, "ndarray." + name)
 
         def method(self, *args, **kwargs):
+            if check is not None:
+                check(args, kwargs)
             args, kwargs = _operands(args, kwargs, name, allow_host=lenient)
             out = getattr(self._a, name)(*args, **kwargs)
             if isinstance(out, np.ndarray) and np.may_share_memory(out, self._a):
@@ -326,7 +345,8 @@ def build(count):
         _py = {"subtract": "sub", "multiply": "mul"}.get(_name, _name)
         _op, _iop = _binary(_name)
         setattr(ndarray, f"__{_py}__", _op)
-        setattr(ndarray, f"__i{_py}__", _iop)
+        if _name != "matmul":  # CuPy has no __imatmul__ (Python falls back to a = a @ b)
+            setattr(ndarray, f"__i{_py}__", _iop)
         setattr(ndarray, f"__r{_py}__", _binary(_name, reflected=True)[0])
     for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
         setattr(ndarray, f"__{_name}__", _binary(_name)[0])
@@ -369,15 +389,18 @@ def build(count):
 
     def _operand(x, what, allow_host=False):
         """``x`` as numpy for a kernel on the current device: a device array there, a scalar,
-        a 0-d numpy array, or (lists, tuples) the same inside; host arrays refused."""
+        or (lists, tuples) the same inside; host arrays (0-d ones too) refused."""
         if isinstance(x, ndarray):
             _on_current(x, what)
             return x._a
         if isinstance(x, np.ndarray):
-            if x.ndim == 0 or allow_host:
+            if allow_host:
                 return x
+            # 0-d too: CuPy's kernels take Python and numpy scalars (np.float32(2)), never a
+            # numpy array of any shape (cupy._core._scalar.CScalar refuses np.array(2.0))
             raise TypeError(f"Unsupported type {type(x)} [simulated CUDA, in {what}: a host "
-                            "array met a device array; copy it with cupy.asarray first]")
+                            "array met a device array; copy it with cupy.asarray first, or "
+                            "pass a scalar (.item(), or a numpy scalar) for a 0-d one]")
         if isinstance(x, list):
             return [_operand(v, what, allow_host) for v in x]
         if isinstance(x, tuple):
@@ -422,7 +445,8 @@ def build(count):
              "split", "array_split", "hsplit", "vsplit", "dsplit", "diagonal", "real", "imag",
              "flip", "fliplr", "flipud", "rot90"}
 
-    def _function(name, fn):
+    def _function(name, fn, check=None):
+        """``fn`` (numpy's) on the current device; ``check(args, kwargs)``: CuPy's signature."""
         lenient = name in host_arguments
 
         def _args(args, kwargs):  # the data operand first, shapes/axes/indices after it
@@ -433,6 +457,8 @@ def build(count):
 
         if name in views:
             def call(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 first = args[0] if args and isinstance(args[0], ndarray) else None
                 if first is None or first._dev == rt.current():
                     args, kwargs = _args(args, kwargs)
@@ -447,6 +473,8 @@ def build(count):
                 return out[0] if not isinstance(raw, (list, tuple)) else type(raw)(out)
         else:
             def call(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 args, kwargs = _args(args, kwargs)
                 return _result(fn(*args, **kwargs))
         call.__name__ = call.__qualname__ = name
@@ -471,23 +499,45 @@ def build(count):
             return _result(result)
 
         def __call__(self, *args, **kwargs):
+            # CuPy's ufunc.__call__: nin to nargs positional arguments; keywords out, dtype,
+            # casting only (numpy's where=, order=, subok=, signature= are "Wrong arguments")
+            unknown = set(kwargs) - {"out", "dtype", "casting"}
+            if unknown:
+                raise TypeError(f"Wrong arguments {dict((k, kwargs[k]) for k in unknown)}")
+            if not self.nin <= len(args) <= self.nargs:
+                raise TypeError(f"Wrong number of arguments for 'cupy_{self.__name__}'. It must "
+                                f"be either {self.nin} or {self.nargs} (with outputs), but "
+                                f"given {len(args)}.")
             return self._run(self._u, args, kwargs)
 
+        # CuPy's ufuncs reduce and accumulate only as add and multiply, reduceat only as add
+        # (cupy/_core/_kernel.pyx, ufunc.reduce/accumulate/reduceat)
+        def _only(self, method, names):
+            if self.__name__ not in names:
+                raise NotImplementedError(f"`cupy_{self.__name__}.{method}` is not supported yet")
+
         def reduce(self, *args, **kwargs):
+            self._only("reduce", ("add", "multiply"))
             return self._run(self._u.reduce, args, kwargs)
 
         def accumulate(self, *args, **kwargs):
+            self._only("accumulate", ("add", "multiply"))
             return self._run(self._u.accumulate, args, kwargs)
 
         def reduceat(self, *args, **kwargs):
+            self._only("reduceat", ("add",))
             return self._run(self._u.reduceat, args, kwargs)
 
         def outer(self, *args, **kwargs):
             return self._run(self._u.outer, args, kwargs)
 
         def at(self, a, indices, b=None):
+            op = _SCATTER_OPS.get(self.__name__)
+            if op is None:  # CuPy's ufunc.at is its scatter operation: four ufuncs have one
+                raise NotImplementedError(f"`cupy_{self.__name__}.at` is not supported yet")
             if not isinstance(a, ndarray):
                 raise TypeError(f"{self.__name__}.at: the target must be a cupy.ndarray")
+            _check_scatter_dtype(op, a, indices)
             a_raw, indices, = _operand(a, self.__name__ + ".at"), _index(indices)
             if b is None:
                 self._u.at(a_raw, indices)
@@ -520,6 +570,10 @@ def build(count):
         def __getattr__(self, name):
             if name.startswith("__"):
                 raise AttributeError(name)
+            space = self.__name__.partition(".")[2]  # "" for cupy, "linalg" for cupy.linalg
+            if table is not None and name not in table["spaces"][space]["names"]:
+                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r} "
+                                     f"[simulated CUDA: CuPy {table['version']} has none]")
             value = getattr(self._np_space, name)
             if isinstance(value, np.ufunc):
                 value = ufunc(value)
@@ -528,7 +582,7 @@ def build(count):
                     raise AttributeError(f"simulated cupy has no {self.__name__}.{name}")
                 value = _Namespace(self.__name__ + "." + name, value)
             elif callable(value) and not isinstance(value, type):
-                value = _function(name, value)
+                value = _function(name, value, _checker(space, name, f"{self.__name__}.{name}"))
             setattr(self, name, value)  # looked up once
             return value
 
@@ -577,33 +631,89 @@ def build(count):
                             "cannot be simulated; torch has no CUDA here")
 
     class ElementwiseKernel:
-        """CuPy's ElementwiseKernel with the CUDA body compiled as host C++ (see module doc)."""
+        """CuPy's ElementwiseKernel with the CUDA body compiled as host C++ (see module doc).
 
-        def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
+        CuPy's calling rules are kept (cupy/_core/_kernel.pyx, ``ElementwiseKernel.__call__``
+        and ``_decide_params_type``): the inputs, or the inputs and all outputs; keywords
+        ``size``/``stream``/``block_size`` only; each type letter (``T``) one dtype over the
+        arrays given (scalars take it), a fixed dtype (``bool mask``) exactly that dtype in an
+        array; outputs given must be device arrays of the broadcast shape."""
+
+        def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
+                     preamble="", no_return=False, return_tuple=False, **kwargs):
             self.in_params, self.out_params = in_params, out_params
+            self._ins, self._outs = parse_params(in_params), parse_params(out_params)
+            if "i" in [n for _, n in self._ins + self._outs]:
+                raise ValueError("Can not use 'i' as a parameter name")
             self.body = self.operation = operation
             self.name = name
+            self.nin, self.nout = len(self._ins), len(self._outs)
+            self.nargs = self.nin + self.nout
             self._host = None
 
-        def __call__(self, *args, **kwargs):
+        def __call__(self, *args, size=None, stream=None, block_size=128, **kwargs):
             if kwargs:
-                raise SimulationGap(f"simulated ElementwiseKernel {self.name}: keyword "
-                                    f"arguments {sorted(kwargs)} are not simulated")
+                raise TypeError(f"Wrong arguments {kwargs}")
+            if size is not None:
+                raise SimulationGap(f"simulated ElementwiseKernel {self.name}: size= (raw "
+                                    "parameters) is not simulated")
+            if len(args) not in (self.nin, self.nargs):
+                raise TypeError(f"Wrong number of arguments for {self.name!r}. It must be either "
+                                f"{self.nin} or {self.nargs} (with outputs), but given "
+                                f"{len(args)}.")
             raw = tuple(_operand(a, f"ElementwiseKernel {self.name}") for a in args)
+            outs = args[self.nin:]
+            if any(not isinstance(o, ndarray) for o in outs):
+                raise TypeError("Output arguments type must be cupy.ndarray")
+            check_types(self.name, self._ins, self._outs, args,
+                        lambda a: a.dtype if isinstance(a, ndarray) else None)
+            shapes = [np.shape(r) for r in raw]  # CuPy broadcasts the outputs given too
+            try:
+                shape = np.broadcast_shapes(*shapes)
+            except ValueError:
+                raise ValueError("operands could not be broadcast together with shapes "
+                                 + " ".join(map(str, shapes))) from None
+            if any(o.shape != shape for o in outs):
+                raise ValueError("Out shape is mismatched")
             if self._host is None:
                 from .kernels import host_kernel
 
                 self._host = host_kernel(self)
             result = self._host(*raw)
-            n_in = len(self.in_params.split(","))
-            if len(args) > n_in:  # written into the device arrays given: CuPy returns them
-                outs = args[n_in:]
+            if outs:  # written into the device arrays given: CuPy returns them
                 return outs[0] if len(outs) == 1 else tuple(outs)
-            return _result(result)
+            # the host kernel keeps bool outputs as uint8 0/1; CuPy allocates them as bool
+            results = result if isinstance(result, tuple) else (result,)
+            results = tuple(r.view(np.bool_) if ptype == "bool" else r
+                            for r, (ptype, _) in zip(results, self._outs))
+            return _result(results if isinstance(result, tuple) else results[0])
+
+    # ufunc -> CuPy's scatter operation (CuPy 14.2's ufunc._scatter_op; checked by
+    # tests/simcuda/api_check.py), and the dtypes it takes with an integer-array index (CUDA's
+    # atomics; cupy/_core/_routines_indexing.pyx, _scatter_op_single; "sub" assumed as "add";
+    # the bitwise ones are not restricted here)
+    _SCATTER_OPS = {"add": "add", "subtract": "sub", "maximum": "max", "minimum": "min",
+                    "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+    _ATOMIC = {"add": ("int32", "float16", "float32", "float64", "uint32", "uint64"),
+               "max": ("int32", "float32", "float64", "uint32", "uint64")}
+    _ATOMIC["sub"], _ATOMIC["min"] = _ATOMIC["add"], _ATOMIC["max"]
+
+    def _check_scatter_dtype(op, a, indices):
+        parts = indices if isinstance(indices, tuple) else (indices,)
+        integer_array = any(
+            (isinstance(p, (ndarray, np.ndarray)) and p.ndim > 0 and p.dtype.kind in "iu")
+            or (isinstance(p, list) and np.asarray(_index(p)).dtype.kind in "iu")
+            for p in parts)
+        if integer_array and op in _ATOMIC and a.dtype.name not in _ATOMIC[op]:
+            name = {"add": "scatter_add", "sub": "scatter_sub", "max": "scatter_max",
+                    "min": "scatter_min"}[op]
+            raise TypeError(f"{name} only supports {', '.join(_ATOMIC[op])}, as data type "
+                            f"[simulated CUDA: got {a.dtype}]")
 
     def scatter_add(a, slices, value):
         if not isinstance(a, ndarray):
             raise TypeError("scatter_add: the target must be a cupy.ndarray")
+        _check_scatter_dtype("add", a, slices)
         np.add.at(_operand(a, "scatter_add"), _index(slices), _operand(value, "scatter_add"))
 
 
@@ -627,10 +737,14 @@ def build(count):
             generators[rt.current()] = np.random.RandomState(seed)
 
         def __getattr__(self, name):
-            if name.startswith("__") or not hasattr(np.random.RandomState, name):
+            if name.startswith("__") or not hasattr(np.random.RandomState, name) or (
+                    table is not None and name not in table["spaces"]["random"]["names"]):
                 raise AttributeError(f"simulated cupy.random has no {name!r}")
+            check = _checker("random", name, "cupy.random." + name)
 
             def draw(*args, **kwargs):
+                if check is not None:
+                    check(args, kwargs)
                 args, kwargs = _operands(args, kwargs, "random." + name)
                 dtype = kwargs.pop("dtype", None)  # CuPy's draws take a dtype; numpy's do not
                 out = getattr(_generator(), name)(*args, **kwargs)
