@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo docs bench clean-ext gpu-check sim-gpu-check
+.PHONY: setup test demo docs bench clean-ext gpu-check sim-gpu-check cuda-api-check
 
 setup: $(STAMP)
 
@@ -40,3 +40,12 @@ gpu-check:
 sim-gpu-check: $(STAMP)
 	MGE_SIM_CUDA=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 	MGE_SIM_CUDA=2 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Anywhere (no GPU needed): every CuPy / torch CUDA name and call of the project checked against
+# the real CuPy 14.2 (the GPU machine's) and torch, and the fused kernels compiled for sm_90 with
+# NVRTC; CuPy lives in a scratch venv of its own, never in .venv. See tests/simcuda/api_check.py.
+CUPY_VENV ?= /tmp/megengine-cupy-venv
+cuda-api-check:
+	test -x $(CUPY_VENV)/bin/python || $(PYTHON) -m venv $(CUPY_VENV)
+	$(CUPY_VENV)/bin/python -m pip install -q "cupy-cuda13x==14.2.0" "nvidia-cuda-nvrtc==13.*" numpy torch==2.13.0 pytest
+	$(CUPY_VENV)/bin/python tests/simcuda/api_check.py --quiet
