@@ -57,6 +57,20 @@ def test_scanner_finds_roots_chains_and_call_shapes(tmp_path):
     assert not [u for u in uses if "nn" in u[1]]
 
 
+def test_names_imported_from_other_parts_of_torch_are_not_uses(tmp_path):
+    uses = _scan(tmp_path, """\
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.cuda import current_stream
+        import torch
+
+        def f(path):
+            SummaryWriter(path)
+            getattr(torch.utils, "tensorboard", None)
+            current_stream(0)
+        """)
+    assert [u[:2] for u in uses] == [("torch", "cuda.current_stream")]
+
+
 def test_scanner_drops_names_rebound_to_something_else(tmp_path):
     uses = _scan(tmp_path, """\
         import cupy

@@ -35,6 +35,12 @@ _TORCH_CUDA_GLOBALS = {"_torch_pool"}
 _TORCH_SUBTREES = ("cuda", "distributed", "backends.cuda", "backends.cudnn")
 
 
+def _is_torch_cuda(name):
+    """Whether ``torch.<name>`` is in the part of torch this check covers (not, say, a
+    ``from torch.utils.tensorboard import SummaryWriter`` of an optional tool)."""
+    return name.startswith(_TORCH_SUBTREES + ("_C._cuda", "_C._nccl"))
+
+
 @dataclass(frozen=True)
 class Use:
     """One use of a name: ``root`` is "cupy", "xp" or "torch"; ``name`` the dotted path below it
@@ -227,12 +233,13 @@ class _Scanner(ast.NodeVisitor):
             if root is not None:
                 r, prefix = root
                 name = ".".join(p for p in (prefix, node.args[1].value) if p)
-                if r != "torch" or name.startswith(_TORCH_SUBTREES + ("_C._cuda", "_C._nccl")):
+                if r != "torch" or _is_torch_cuda(name):
                     self._add(node, r, name, None, optional=node.func.id == "hasattr"
                               or len(node.args) > 2)
         if isinstance(node.func, ast.Name) and node.func.id not in _XP_NAMES:
             bound = self._lookup(node.func.id)  # helper(...) where helper = getattr(c10d, ...)
-            if bound is not None and bound[1] and bound[0] in ("cupy", "torch"):
+            if bound is not None and bound[1] and (bound[0] == "cupy" or bound[0] == "torch" and
+                                                   _is_torch_cuda(bound[1])):
                 self._add(node, bound[0], bound[1], _call_shape(node))
         if isinstance(node.func, ast.Attribute):
             self._record(node.func, node)
@@ -260,8 +267,7 @@ class _Scanner(ast.NodeVisitor):
             return None
         r, prefix = bound
         below = ".".join(p for p in [prefix] + rest if p)
-        if r == "torch" and not (below.startswith(_TORCH_SUBTREES + ("_C._cuda", "_C._nccl"))
-                                 or below in ("_C", "backends", "")):
+        if r == "torch" and not (_is_torch_cuda(below) or below in ("_C", "backends", "")):
             return None
         return r, below
 
