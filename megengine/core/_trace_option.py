@@ -58,6 +58,21 @@ class Shape(tuple):
     def _ints(self):
         return tuple(operator.index(d) for d in self)  # (a SymDim's value, guarded)
 
+    # shapes of different ranks differ whatever their sizes: tuple's == would compare the
+    # leading items first (a guard on each SymDim pair, ``shape == inp.shape`` in
+    # broadcast_to); this method also serves ``tuple == Shape`` (Python asks the subclass)
+    def __eq__(self, other):
+        if isinstance(other, tuple) and len(other) != len(self):
+            return False
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        if isinstance(other, tuple) and len(other) != len(self):
+            return True
+        return tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
+
     def __reduce__(self):
         return tuple, (self._ints(),)  # a pickled shape is a plain tuple (no megengine needed)
 
@@ -128,9 +143,13 @@ class Shape(tuple):
 _dim_source = None
 
 # expression trees (plain tuples, so a file holds them as JSON lists):
-#   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | ("neg", a)
+#   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | (op, a) for op in _UNARY
+# A value may be a float (``h * 2.0``, ``h / 2``): rounding it (``math.floor``, ``math.ceil``,
+# ``round``, ``math.trunc``) gives an int size again, as `interpolate(scale_factor=...)` does.
 _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-          "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+          "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+_UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": round,
+          "trunc": math.trunc}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 # ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
@@ -144,8 +163,8 @@ def evaluate(tree, dim):
     op = tree[0]
     if op == "dim":
         return dim(tree[1], tree[2])
-    if op == "neg":
-        return -evaluate(tree[1], dim)
+    if op in _UNARY:
+        return _UNARY[op](evaluate(tree[1], dim))
     return _BINARY[op](evaluate(tree[1], dim), evaluate(tree[2], dim))
 
 
@@ -158,6 +177,8 @@ def render(tree, name):
         return name(tree[1], tree[2])
     if op == "neg":
         return f"-({render(tree[1], name)})"
+    if op in _UNARY:
+        return f"{op}({render(tree[1], name)})"
     if op == "bcast":
         return f"broadcast({render(tree[1], name)}, {render(tree[2], name)})"
     return f"({render(tree[1], name)} {op} {render(tree[2], name)})"
@@ -171,11 +192,22 @@ def _int_like(v):
     return type(v) is int or (isinstance(v, np.integer) and not isinstance(v, np.bool_))
 
 
+def _number(v):
+    """``v`` as a plain int or float when it is one (numpy scalars too), else None."""
+    if _int_like(v):
+        return int(v)
+    if type(v) is float or isinstance(v, np.floating):
+        return float(v)
+    return None
+
+
 class SymDim:
     """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
-    expression ``tree`` it was computed by (see above). Arithmetic with ints and other SymDims
-    (``+ - * // %``, ``divmod``, negation) gives SymDims; comparisons give bools and guard the
-    comparison; every other use gives the plain value and guards it."""
+    expression ``tree`` it was computed by (see above). Arithmetic with ints, floats and other
+    SymDims (``+ - * / // %``, ``divmod``, negation) gives SymDims, whose value may be a float
+    (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int SymDims;
+    comparisons give bools and guard the comparison; every other use (``int()`` included: it
+    must give a real int) gives the plain value and guards it."""
 
     __slots__ = ("value", "tree", "src", "nonneg")
 
@@ -190,9 +222,15 @@ class SymDim:
         return self.value
 
     def __index__(self):
+        if type(self.value) is not int:  # as a float would: h * 2.0 is no index
+            raise TypeError(f"a size computed as a float ({self.value!r}) cannot be "
+                            "interpreted as an integer; round it with math.floor/math.ceil")
         return self._escape("an int (int(), an index, range(), a numpy or list size)")
 
     def __int__(self):
+        if type(self.value) is float:  # int(h * 1.5) is trunc(h * 1.5): guard that int
+            t = self._rounded("trunc")
+            return t._escape("int()") if type(t) is SymDim else t
         return self._escape("int()")
 
     def __float__(self):
@@ -229,10 +267,10 @@ class SymDim:
     def _operand(self, other):
         if type(other) is SymDim:
             return other if other.src is self.src else None
-        if _int_like(other):
-            v = int(other)
-            return SymDim(v, v, self.src, v >= 0)
-        return None
+        v = _number(other)
+        if v is None:
+            return None
+        return SymDim(v, v, self.src, v >= 0)
 
     def _arith(self, other, op, reverse):
         if _is_tensor(other):
@@ -246,7 +284,7 @@ class SymDim:
                 nonneg = x.nonneg and y.nonneg and op != "-"
                 return SymDim(_ARITH[op](x.value, y.value), (op, x.tree, y.tree), self.src,
                               nonneg)
-            a = self._escape("arithmetic with a non-int (a float, a Tensor)")
+            a = self._escape("arithmetic with a value that is no int or float")
             b = other._escape("arithmetic") if type(other) is SymDim else other
         return _ARITH[op](b, a) if reverse else _ARITH[op](a, b)
 
@@ -267,6 +305,12 @@ class SymDim:
 
     def __rmul__(self, o):
         return self._arith(o, "*", True)
+
+    def __truediv__(self, o):
+        return self._arith(o, "/", False)
+
+    def __rtruediv__(self, o):
+        return self._arith(o, "/", True)
 
     def __floordiv__(self, o):
         return self._arith(o, "//", False)
@@ -297,28 +341,36 @@ class SymDim:
     def __abs__(self):
         return self if self.nonneg else abs(self._escape("abs()"))
 
-    def __trunc__(self):
-        return self
+    def _rounded(self, op):
+        if type(self.value) is int:
+            return self  # (an int size rounds to itself)
+        value = _UNARY[op](self.value)
+        if self.src is not _dim_source:
+            return value
+        return SymDim(value, (op, self.tree), self.src, self.nonneg)
 
-    __floor__ = __ceil__ = __trunc__
+    def __floor__(self):
+        return self._rounded("floor")
+
+    def __ceil__(self):
+        return self._rounded("ceil")
+
+    def __trunc__(self):
+        return self._rounded("trunc")
 
     def __round__(self, ndigits=None):
-        return self if ndigits is None else round(self._escape("round()"), ndigits)
+        if ndigits is None:
+            return self._rounded("round")
+        return round(self._escape("round(value, ndigits)"), ndigits)
 
     # ----- everything else: the plain value, guarded -----
     def _plain(self, other, fn, reverse=False):
         if _is_tensor(other):
             return NotImplemented
-        a = self._escape("arithmetic (/, **, bit operations)")
+        a = self._escape("arithmetic (**, bit operations)")
         if type(other) is SymDim:
-            other = other._escape("arithmetic (/, **, bit operations)")
+            other = other._escape("arithmetic (**, bit operations)")
         return fn(other, a) if reverse else fn(a, other)
-
-    def __truediv__(self, o):
-        return self._plain(o, lambda a, b: a / b)
-
-    def __rtruediv__(self, o):
-        return self._plain(o, lambda a, b: a / b, True)
 
     def __pow__(self, o, mod=None):
         return self._plain(o, lambda a, b: pow(a, b, mod))
@@ -396,7 +448,13 @@ class SymDim:
 
 
 def is_dim(v):
-    """True for a `SymDim` (what the engine's shape arguments accept where they take ints)."""
+    """True for an int `SymDim` (what the engine's shape arguments accept where they take
+    ints; a float one is rounded by the caller, ``math.floor(h * 1.5)``)."""
+    return type(v) is SymDim and type(v.value) is int
+
+
+def is_sym(v):
+    """True for any `SymDim`, int or float (an operand an op can compute at run time)."""
     return type(v) is SymDim
 
 

@@ -14,11 +14,16 @@ import linecache
 import os
 import sys
 
+import numpy as np
+
 from ..core._trace_option import evaluate, render
 
 __all__ = ["ShapeGuardError"]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# frames inside these are skipped too: np.eye(n) reads the size in numpy's code, the user's
+# line is the one that called the engine
+_SKIPPED = (_PACKAGE, os.path.dirname(os.path.abspath(np.__file__)) + os.sep)
 
 
 class ShapeGuardError(ValueError):
@@ -33,7 +38,7 @@ def user_line():
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
-        if not os.path.abspath(name).startswith(_PACKAGE):
+        if not os.path.abspath(name).startswith(_SKIPPED):
             code = linecache.getline(name, f.f_lineno).strip()
             return f"{name}:{f.f_lineno}" + (f" ({code})" if code else "")
         f = f.f_back

@@ -5,6 +5,7 @@ computed at the shapes a loaded program runs at, and every other use is a guard
 import io
 import json
 import logging
+import math
 import pickle
 import re
 import zipfile
@@ -154,6 +155,80 @@ def test_a_random_draw_sized_by_a_shape_follows_the_batch():
             and (noise < 3 + 1e-6).all()
 
 
+# ----- sizes from float arithmetic and rounding (interpolate's scale_factor, FPN upsampling) ---
+
+def _resize_back(x):
+    # DeepLab's "resize back to the input": the size of another value
+    return F.nn.interpolate(F.max_pool2d(x, 2), size=x.shape[2:], align_corners=False)
+
+
+def _rounded_sizes(x):
+    n, c, h, w = x.shape
+    return F.nn.interpolate(x, size=(math.ceil(h * 0.75), round(w / 3)), mode="nearest") \
+        + math.floor(h / 2)
+
+
+class _FPN(M.Module):
+    """Like YOLOX's PAFPN: strided convs down, ``interpolate(scale_factor=2)`` up, lateral adds,
+    then a head that flattens the pixels (``reshape(n, c, -1)``) of each level."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = M.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.down2 = M.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.lat = M.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        c3 = self.down1(x)
+        c4 = self.down2(c3)
+        p3 = self.lat(c3) + F.vision.interpolate(c4, scale_factor=2.0, mode="bilinear")
+        outs = [p.reshape(p.shape[0], p.shape[1], -1) for p in (p3, c4)]
+        return F.concat(outs, axis=2).transpose(0, 2, 1)
+
+
+SPATIAL = {  # name -> (function, traced shape, other shapes)
+    "interpolate scale_factor=2.0": (
+        lambda x: F.nn.interpolate(x, scale_factor=2.0), (1, 2, 4, 6), [(2, 2, 5, 3), (1, 2, 8, 7)]),
+    "interpolate scale_factor=(1.5, 0.5) nearest": (
+        lambda x: F.nn.interpolate(x, scale_factor=(1.5, 0.5), mode="nearest"), (1, 1, 4, 6),
+        [(2, 1, 5, 9), (1, 1, 7, 4)]),
+    "interpolate size=(h * 2, w * 2)": (
+        lambda x: F.nn.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2)), (1, 2, 3, 4),
+        [(2, 2, 5, 3), (1, 2, 2, 6)]),
+    "interpolate size=x.shape[2:]": (_resize_back, (1, 2, 8, 6), [(2, 2, 6, 10), (1, 2, 4, 4)]),
+    "ceil, round, floor of float sizes": (_rounded_sizes, (1, 1, 8, 6), [(2, 1, 12, 9),
+                                                                          (1, 1, 4, 7)]),
+    "a float size as an operand": (lambda x: x * (x.shape[2] / 2) + x.shape[3] * 0.5,
+                                   (1, 2, 4, 6), [(2, 2, 5, 3), (1, 2, 7, 2)]),
+    "adaptive_avg_pool2d to (h // 2, w // 2)": (
+        lambda x: F.adaptive_avg_pool2d(x, (x.shape[2] // 2, x.shape[3] // 2)), (1, 2, 8, 6),
+        [(2, 2, 10, 4), (1, 2, 6, 12)]),
+    "adaptive_max_pool2d to a fixed size": (lambda x: F.adaptive_max_pool2d(x, (3, 2)),
+                                            (1, 2, 9, 6), [(2, 2, 7, 5), (1, 2, 12, 4)]),
+    "pixel_shuffle": (lambda x: F.nn.pixel_shuffle(x, 2) * 2, (1, 8, 3, 4),
+                      [(2, 8, 5, 2), (1, 8, 2, 6)]),
+    "FPN (YOLOX-like)": (_FPN(), (1, 2, 16, 16), [(2, 2, 20, 20), (1, 2, 12, 20)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SPATIAL))
+def test_sizes_from_float_arithmetic_follow_the_image_size(name):
+    fn, traced, others = SPATIAL[name]
+    if isinstance(fn, M.Module):
+        fn.eval()
+    buf = _dump(fn, traced)
+    for shape in others:
+        x = _data(*shape)
+        got, want = _run(buf, x), _eager(fn, x)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _int_of_float(x):
+    return F.nn.interpolate(x, size=(int(x.shape[2] * 1.5), x.shape[3]))
+
+
 def _branch(x):
     if x.shape[0] > 1:
         return x * 2
@@ -176,8 +251,8 @@ def _int(x):
     return x * int(x.shape[0])
 
 
-def _interp_by_shape(x):
-    return F.nn.interpolate(x, size=(x.shape[2] * 2, x.shape[3]))
+def _eye_by_shape(x):
+    return x @ F.eye(x.shape[1])
 
 
 # name -> (function, traced shape, a shape where the guard holds, a shape where it fails,
@@ -188,8 +263,10 @@ GUARDS = {
     "numpy": (_numpy_size, (2, 3), (2, 5), (4, 3), "np.zeros((x.shape[0], 1)"),
     "format": (_format, (2, 3), (2, 4), (3, 3), 'f"{x.shape[0]}"'),
     "int": (_int, (2, 3), (2, 6), (3, 3), "int(x.shape[0])"),
-    "an op parameter not carried": (_interp_by_shape, (2, 1, 3, 4), (5, 1, 3, 4),
-                                    (2, 1, 5, 4), "x.shape[2] * 2"),
+    "int() of a float size": (_int_of_float, (1, 1, 4, 3), (2, 1, 4, 5), (1, 1, 6, 3),
+                              "int(x.shape[2] * 1.5)"),
+    "an op parameter not carried": (_eye_by_shape, (2, 3), (5, 3), (2, 4),
+                                    "F.eye(x.shape[1])"),
 }
 
 
@@ -401,9 +478,35 @@ def test_symdim_arithmetic_is_an_expression_and_escapes_are_guards(monkeypatch):
     assert int(c) == 4 and list(range(c)) == [0, 1, 2, 3] and np.zeros(c).shape == (4,)
     # (reported at each use; the recorder keeps one of each)
     assert src.guards[1:] == [(("dim", 0, 1), 4)] * 3
-    assert f"{n}" == "6" and n / 4 == 1.5 and src.guards[-1] == (("dim", 0, 0), 6)
+    assert f"{n}" == "6" and n ** 2 == 36 and src.guards[-1] == (("dim", 0, 0), 6)
     monkeypatch.setattr(opt, "_dim_source", None)  # the recording is over: plain values
-    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0
+    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0 and math.floor(n * 1.5) == 9
+
+
+def test_float_sizes_are_expressions_rounding_gives_int_sizes_and_int_is_a_guard(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    h = SymDim(5, ("dim", 0, 2), src, True)
+    at = lambda e, v: opt.evaluate(e.tree, lambda s, a: v)  # noqa: E731  (h = v)
+    exprs = {"floor(h * 1.5)": (math.floor(h * 1.5), lambda v: math.floor(v * 1.5)),
+             "ceil(h / 2)": (math.ceil(h / 2), lambda v: math.ceil(v / 2)),
+             "round(h * 0.5)": (round(h * 0.5), lambda v: round(v * 0.5)),  # (ties to even)
+             "trunc(2.5 / h)": (math.trunc(2.5 / h), lambda v: math.trunc(2.5 / v)),
+             "h // 2 + 0.25 * h": (h // 2 + 0.25 * h, lambda v: v // 2 + 0.25 * v)}
+    for name, (e, py) in exprs.items():
+        assert type(e) is SymDim and e.value == py(5), name
+        for v in (1, 4, 7, 10):
+            got = at(e, v)
+            assert got == py(v) and type(got) is type(py(v)), (name, v)
+    assert opt.is_dim(math.floor(h * 1.5)) and not opt.is_dim(h * 1.5)
+    assert round(h) is h and math.floor(h) is h  # an int size rounds to itself
+    assert src.guards == []  # none of that left the expressions
+    with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+        range(h * 2.0)  # as a float: no index
+    assert int(h * 1.5) == 7 and src.guards == [(("trunc", ("*", ("dim", 0, 2), 1.5)), 7)]
+    assert opt.render(math.ceil(h / 2).tree, lambda s, a: "h") == "ceil((h / 2))"
 
 
 def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load():
@@ -423,3 +526,17 @@ def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load
     x = _data(4, 5)
     got = GraphInference(io.BytesIO(out.getvalue()), device="cpu0").run(x)
     np.testing.assert_allclose(list(got.values())[0], x + np.arange(5), rtol=1e-6)
+
+
+def test_resize_ops_of_older_files_keep_their_matrices():
+    # files dumped before _Resize kept sizes hold the resampling matrices in its state
+    from megengine.core.dispatch import apply
+    from megengine.functional.vision import _Resize, _interp_matrix
+
+    op = _Resize.__new__(_Resize)
+    op.mat_h, op.mat_w = _interp_matrix(3, 5, "bilinear", False), _interp_matrix(4, 2, "bilinear",
+                                                                                  False)
+    x = _data(1, 2, 3, 4)
+    got = apply(op, mge.tensor(x)).numpy()
+    want = F.nn.interpolate(mge.tensor(x), size=(5, 2)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
