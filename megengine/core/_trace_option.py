@@ -87,7 +87,10 @@ class Shape(tuple):
         return func(*args, **kwargs)
 
     def numpy(self):
-        """The shape as an int32 array (upstream's shape Tensor's dtype)."""
+        """The shape as an int32 array (upstream's shape Tensor's dtype); while a dumpable
+        trace records and the shape holds `SymDim`s, a `ShapeArray` of them."""
+        if _dim_source is not None and any(map(is_dim, self)):
+            return ShapeArray(self)
         return np.array(self._ints(), dtype=np.int32).reshape(len(self))
 
     def tolist(self):
@@ -492,3 +495,145 @@ def symbolic_shape(tensor, shape):
         return Shape(shape)
     src.dims_made = True
     return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes as values: x.shape.numpy(), Tensor(x.shape) (see megengine.jit.shape_tensors)
+# --------------------------------------------------------------------------------------------
+
+class ShapeArray:
+    """``x.shape.numpy()`` while a dumpable trace records: what a 1-d int32 array gives to code
+    that builds shapes (``len``, items, slices, ``tolist``, elementwise ``+ - * // %`` with ints
+    and other ShapeArrays), its items `SymDim`s, so that ``F.reshape(y, x.shape.numpy())``
+    follows the input. Any other use (``np.asarray``, a numpy function, a comparison, text)
+    gives the int32 array and guards its sizes. (No ndarray subclass: numpy's C code reads an
+    ndarray's numbers without asking, which would fix the traced sizes unnoticed.)"""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    dtype = property(lambda self: np.dtype(np.int32))
+    ndim = property(lambda self: 1)
+    shape = property(lambda self: (len(self.items),))
+    size = property(lambda self: len(self.items))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, index):
+        if type(index) is slice:
+            return ShapeArray(self.items[index])
+        if type(index) is tuple and len(index) == 1:
+            return self[index[0]]
+        if _int_like(index):
+            return self.items[index]
+        return np.asarray(self)[index]
+
+    def tolist(self):
+        return list(self.items)
+
+    def item(self):
+        if len(self.items) != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self.items[0]
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype).kind in "iu":
+            return ShapeArray(self.items)
+        return np.asarray(self).astype(dtype)
+
+    def copy(self):
+        return ShapeArray(self.items)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([operator.index(d) for d in self.items], np.int32).astype(
+            dtype or np.int32, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        args = tuple(np.asarray(a) if type(a) is ShapeArray else a for a in args)
+        return getattr(ufunc, method)(*args, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func is np.prod and len(args) == 1 and not kwargs:
+            return math.prod(self.items)
+        args = tuple(np.asarray(a) if type(a) is ShapeArray else a for a in args)
+        return func(*args, **kwargs)
+
+    def _elementwise(self, other, fn, reverse):
+        if type(other) is ShapeArray:
+            if len(other) != len(self):
+                return fn(np.asarray(self), np.asarray(other))
+            pairs = zip(self.items, other.items)
+        elif _int_like(other) or is_dim(other):
+            pairs = ((a, other) for a in self.items)
+        else:  # (a float, an array...: the numbers, guarded)
+            mine = np.asarray(self)
+            return fn(other, mine) if reverse else fn(mine, other)
+        return ShapeArray(fn(b, a) if reverse else fn(a, b) for a, b in pairs)
+
+    def __add__(self, o):
+        return self._elementwise(o, operator.add, False)
+
+    def __radd__(self, o):
+        return self._elementwise(o, operator.add, True)
+
+    def __sub__(self, o):
+        return self._elementwise(o, operator.sub, False)
+
+    def __rsub__(self, o):
+        return self._elementwise(o, operator.sub, True)
+
+    def __mul__(self, o):
+        return self._elementwise(o, operator.mul, False)
+
+    def __rmul__(self, o):
+        return self._elementwise(o, operator.mul, True)
+
+    def __floordiv__(self, o):
+        return self._elementwise(o, operator.floordiv, False)
+
+    def __rfloordiv__(self, o):
+        return self._elementwise(o, operator.floordiv, True)
+
+    def __mod__(self, o):
+        return self._elementwise(o, operator.mod, False)
+
+    def __eq__(self, o):
+        return np.asarray(self) == (np.asarray(o) if type(o) is ShapeArray else o)
+
+    def __ne__(self, o):
+        return np.asarray(self) != (np.asarray(o) if type(o) is ShapeArray else o)
+
+    __hash__ = None  # (as an ndarray)
+
+    def __repr__(self):
+        return repr(np.asarray(self))
+
+    __str__ = __repr__
+
+
+def holds_dims(data):
+    """Whether ``data`` (what ``Tensor(data)`` was given) is sizes holding `SymDim`s: a shape,
+    a `ShapeArray`, a SymDim, or (nested) lists and tuples of them."""
+    return type(data) is ShapeArray or has_dims(tuple(data) if type(data) is Shape else data)
+
+
+def sizes_tensor(data, dtype, device):
+    """``Tensor(data)`` of sizes holding `SymDim`s while a dumpable trace records: a Tensor
+    made by an op from the shapes a dumped program runs at (megengine.jit.shape_tensors), or
+    None (no such recording, or plain data)."""
+    if _dim_source is None or not holds_dims(data):
+        return None
+    return _dim_source.sizes_tensor(data, dtype, device)
+
+
+def sizes_of(tensor):
+    """The sizes ``tensor`` holds as a numpy object array of `SymDim`s and ints, when a
+    dumpable trace records and the tensor was made from shapes (``Tensor(x.shape)``, a concat
+    of shape pieces...); else None (read its numbers)."""
+    return None if _dim_source is None else _dim_source.sizes_of(tensor)

@@ -196,7 +196,9 @@ class Tensor(metaclass=_TensorType):
         if isinstance(data, Tensor) and device is None:
             device = data._device
         self._device = _device_mod.canonical_device(device)
-        self._data = as_array(data, dtype, self._device)
+        made = _trace_option.sizes_tensor(data, dtype, self._device)  # Tensor(x.shape) in a
+        # dumpable trace: made by an op, from the shapes a dumped program runs at
+        self._data = as_array(data, dtype, self._device) if made is None else made._data
         self.grad = None
         self._name = name
         if format != "default":
@@ -464,7 +466,8 @@ class Tensor(metaclass=_TensorType):
         return _astype_quantized(self, dtype)
 
     def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor, np.ndarray,
+                                                     _trace_option.ShapeArray)):
             shape = shape[0]
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 

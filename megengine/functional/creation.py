@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import Shape, is_dim
+from ..core._trace_option import Shape, is_dim, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
@@ -34,7 +34,9 @@ def _shape_arg(shape, what):
         shape = tuple(shape)
     computed = isinstance(shape, Tensor)
     if computed:
-        shape = shape.numpy()  # Tensor.numpy: a trace notes this host read
+        sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
+        shape = shape.numpy() if sizes is None else sizes.tolist()  # (numpy: a noted read)
+        computed = sizes is None
     if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
         if computed and shape.dtype.kind == "f" and bool((shape == shape.round()).all()):
             # upstream's shape check reads a float shape Tensor holding whole numbers (a
@@ -53,6 +55,8 @@ def _shape_arg(shape, what):
                         f"Tensor or None, got {type(shape).__name__}")
     out = []
     for s in shape:
+        if isinstance(s, Tensor) and sizes_of(s) is not None and sizes_of(s).size == 1:
+            s = sizes_of(s).ravel()[0]  # (Tensor(x.shape)[0]: a size of a dumpable trace)
         if isinstance(s, Tensor):
             if s.size != 1 or s.dtype.kind not in "iu":
                 raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
@@ -166,12 +170,30 @@ class _Arange(Op):
         return ()
 
 
+class _Linspace(Op):
+    """``linspace`` of a count computed from traced shapes (see `linspace`)."""
+
+    def __init__(self, start, stop, num, dtype, device):
+        self.start, self.stop, self.num = start, stop, num
+        self.dtype, self.device = dtype, device
+
+    def forward(self):
+        xp = _device.array_module_on(self.device)
+        with on_device(self.device):
+            return xp.linspace(self.start, self.stop, self.num).astype(self.dtype)
+
+    def backward(self, *gs):
+        return ()
+
+
 def linspace(start, stop, num, dtype="float32", device=None):
     """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
-    num = int(num)
+    num = num if is_dim(num) else int(num)
     if num < 0:
         raise ValueError(f"linspace: num must be >= 0, got {num}")
     dev, xp = _place(device)
+    if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
+        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype), dev))
     with on_device(dev):  # astype allocates on the current GPU
         return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)),
                             dev)

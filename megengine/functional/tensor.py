@@ -11,7 +11,7 @@ from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
+    _Arange, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
     full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
@@ -290,10 +290,12 @@ def split(inp, nsplits_or_sections, axis=0):
     size = inp.shape[axis]
     if isinstance(nsplits_or_sections, (int, np.integer)):
         n = int(nsplits_or_sections)
-        if not 0 < n <= max(size, 1):
+        if n < 1 or (n > 1 and n > size):
             raise ValueError(f"split: cannot split a dim of size {size} into {n} parts")
         div, rest = divmod(size, n)
-        bounds = np.cumsum([0] + [div + 1] * rest + [div] * (n - rest)).tolist()
+        # the first `rest` parts one larger: bound k = k * div + min(k, rest), min written
+        # with // (0 <= rest < n), so that a size of a dumpable trace stays an expression
+        bounds = [k * div + rest - (rest - k) * ((rest - k + n) // n) for k in range(n + 1)]
     else:
         points = [p if is_dim(p) else int(p) for p in nsplits_or_sections]
         bounds = [0] + points + [size]

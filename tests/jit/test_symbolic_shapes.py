@@ -17,9 +17,9 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
-from megengine.core._trace_option import Shape, SymDim
+from megengine.core._trace_option import Shape, SymDim, set_symbolic_shape
 from megengine.jit import trace
-from megengine.jit.dump import _MAGIC
+from megengine.jit.dump import _MAGIC, DumpError
 from megengine.jit.shape_guards import ShapeGuardError
 from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
@@ -227,6 +227,86 @@ def test_sizes_from_float_arithmetic_follow_the_image_size(name):
 
 def _int_of_float(x):
     return F.nn.interpolate(x, size=(int(x.shape[2] * 1.5), x.shape[3]))
+
+
+# ----- shapes as tensors and arrays (megengine.jit.shape_tensors) -----
+
+def _split_parts(x):
+    return F.concat([p * (i + 1) for i, p in enumerate(F.split(x, 3, axis=1))], axis=1)
+
+
+def _shape_tensor_math(x):
+    s = mge.Tensor(x.shape)
+    return x.reshape(F.concat([s[:1], (s[1:] // 1).prod().reshape(1)]))
+
+
+SHAPE_VALUES = {  # name -> (function, traced shape, other shapes)
+    "F.concat([x.shape[:1], tensor([-1])])": (
+        lambda x: F.reshape(x, F.concat([x.shape[:1], mge.tensor([-1])])), (2, 3, 4),
+        [(3, 3, 4), (4, 5, 2)]),
+    "Tensor(x.shape)[::-1]": (lambda x: x.reshape(mge.Tensor(x.shape)[::-1]), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "shape tensor arithmetic": (_shape_tensor_math, (2, 3, 4), [(3, 3, 4), (4, 5, 2)]),
+    "an item of a shape tensor": (lambda x: x.reshape(mge.Tensor(x.shape)[0], -1), (2, 3, 4),
+                                  [(3, 3, 4), (4, 5, 2)]),
+    "Tensor(x.shape) as values": (lambda x: x * mge.Tensor(x.shape[1:]).astype("float32"),
+                                  (2, 3, 1), [(3, 3, 1), (4, 5, 2)]),
+    "x.shape.numpy()[::-1]": (lambda x: x.reshape(x.shape.numpy()[::-1]), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "F.reshape(y, x.shape.numpy() * 1)": (
+        lambda x: F.reshape(x.reshape(-1), x.shape.numpy() * 1), (2, 3, 4), [(3, 3, 4), (4, 5, 2)]),
+    "F.reshape(y, x.shape)": (lambda x: F.reshape(x.reshape(-1), x.shape), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "F.linspace(0, 1, x.shape[-1])": (lambda x: x + F.linspace(0, 1, x.shape[-1]), (2, 3),
+                                      [(3, 3), (2, 7)]),
+    "F.split(x, 3) (unequal parts)": (_split_parts, (2, 7), [(3, 8), (2, 9), (1, 3)]),
+    "F.broadcast_to(y, x.shape)": (lambda x: F.broadcast_to(x.sum(0, keepdims=True), x.shape),
+                                   (2, 3), [(3, 3), (4, 5)]),
+    "F.zeros(x.shape)": (lambda x: F.zeros(x.shape) + x, (2, 3), [(3, 3), (4, 5)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPE_VALUES))
+def test_shapes_as_tensors_and_arrays_follow_the_input(name):
+    fn, traced, others = SHAPE_VALUES[name]
+    buf = _dump(fn, traced)
+    for shape in others:
+        x = _data(*shape)
+        old = set_symbolic_shape(True)  # eager oracle: x.shape.numpy() as in a traced call
+        try:
+            want = _eager(fn, x)
+        finally:
+            set_symbolic_shape(old)
+        got = _run(buf, x)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_shape_tensor_no_rule_follows_is_still_a_read_the_dump_refuses():
+    # a float multiple of a shape tensor as a shape: its numbers are read to the host
+    fn = lambda x: x.reshape((mge.Tensor(x.shape) * 1.0).astype("int32"))  # noqa: E731
+    with pytest.raises(DumpError, match="read the value"):
+        _dump(fn, (2, 3))
+
+
+def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    s = Shape(SymDim(v, ("dim", 0, i), src, True) for i, v in enumerate((2, 3, 4)))
+    a = s.numpy()
+    assert type(a) is opt.ShapeArray and a.dtype == np.int32 and a.shape == (3,) and len(a) == 3
+    b = (a[1:] * 2 + 1) // 1
+    assert type(b) is opt.ShapeArray and [type(v) for v in b.tolist()] == [SymDim, SymDim]
+    assert [v.value for v in b] == [7, 9] and type(a[0]) is SymDim and type(np.prod(a)) is SymDim
+    assert type(a.astype("int64")) is opt.ShapeArray
+    assert src.guards == []  # none of that read a number
+    n = np.asarray(a)
+    assert n.tolist() == [2, 3, 4] and n.dtype == np.int32
+    assert [t for t, _ in src.guards] == [("dim", 0, 0), ("dim", 0, 1), ("dim", 0, 2)]
+    assert (a + 0.5).tolist() == [2.5, 3.5, 4.5]  # (a float: the numbers)
 
 
 def _branch(x):
