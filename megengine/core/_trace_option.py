@@ -461,6 +461,23 @@ def is_sym(v):
     return type(v) is SymDim
 
 
+def same_sizes(a, b):
+    """Whether shapes ``a`` and ``b`` are equal at every input shape, decided without a guard:
+    equal ints, or SymDims of the same expression. (Sizes equal only at the traced shapes give
+    False: a shortcut such as "nothing to broadcast" is then not taken, which costs an op, where
+    ``a == b`` would guard the program to the shapes that make them equal.)"""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        tx, ty = type(x) is SymDim, type(y) is SymDim
+        if tx or ty:
+            if not (tx and ty and x.tree == y.tree):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 def has_dims(v):
     """Whether ``v`` (an op parameter) holds a `SymDim`, in tuples, lists and slices."""
     t = type(v)

@@ -186,6 +186,23 @@ class _FPN(M.Module):
         return F.concat(outs, axis=2).transpose(0, 2, 1)
 
 
+def _anchor_grid(x):
+    """Like MegEngine/Models' detection anchors: float arange bounds from a feature map's size,
+    a meshgrid by broadcast_to (sizes 1 at some levels), then the head's (-1, 4) layout."""
+    outs = []
+    for stride, f in ((2, x), (4, F.max_pool2d(x, 2))):
+        h, w = f.shape[-2:]
+        shift = 0.5 * stride
+        gx = F.arange(shift, w * stride + shift, step=stride)
+        gy = F.arange(shift, h * stride + shift, step=stride)
+        mesh_x = F.broadcast_to(gx, (gy.shape[0], gx.shape[0]))
+        mesh_y = F.broadcast_to(gy.reshape(-1, 1), (gy.shape[0], gx.shape[0]))
+        centers = F.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], axis=1)
+        outs.append(F.concat([centers, centers], axis=1)
+                    + f.transpose(0, 2, 3, 1).reshape(-1, 4))
+    return F.concat(outs, axis=0)
+
+
 SPATIAL = {  # name -> (function, traced shape, other shapes)
     "interpolate scale_factor=2.0": (
         lambda x: F.nn.interpolate(x, scale_factor=2.0), (1, 2, 4, 6), [(2, 2, 5, 3), (1, 2, 8, 7)]),
@@ -208,6 +225,8 @@ SPATIAL = {  # name -> (function, traced shape, other shapes)
     "pixel_shuffle": (lambda x: F.nn.pixel_shuffle(x, 2) * 2, (1, 8, 3, 4),
                       [(2, 8, 5, 2), (1, 8, 2, 6)]),
     "FPN (YOLOX-like)": (_FPN(), (1, 2, 16, 16), [(2, 2, 20, 20), (1, 2, 12, 20)]),
+    "anchor grid (RetinaNet/FCOS-like)": (_anchor_grid, (1, 4, 4, 6), [(1, 4, 2, 4), (1, 4, 6, 2),
+                                                                       (1, 4, 8, 2)]),
 }
 
 
