@@ -620,18 +620,39 @@ class ShapeArray:
     def __mod__(self, o):
         return self._elementwise(o, operator.mod, False)
 
-    def __eq__(self, o):
-        return np.asarray(self) == (np.asarray(o) if type(o) is ShapeArray else o)
-
-    def __ne__(self, o):
-        return np.asarray(self) != (np.asarray(o) if type(o) is ShapeArray else o)
-
     __hash__ = None  # (as an ndarray)
+
+    def __getattr__(self, name):  # every other ndarray attribute: of the numbers, guarded
+        if name.startswith("_") or not hasattr(np.ndarray, name):  # (hasattr(a, "_data")
+            raise AttributeError(name)  # probes must not read the numbers)
+        return getattr(np.asarray(self), name)
 
     def __repr__(self):
         return repr(np.asarray(self))
 
     __str__ = __repr__
+
+
+def _numbers_operator(name):
+    fn = getattr(operator, f"__{name}__")
+
+    def method(self, *other):
+        return fn(np.asarray(self), *(np.asarray(o) if type(o) is ShapeArray else o
+                                      for o in other))
+    return method
+
+
+def _reflected_operator(name):
+    fn = getattr(operator, f"__{name}__")
+    return lambda self, other: fn(other, np.asarray(self))
+
+
+# what the ShapeArray does not keep as sizes computes on the numbers (guarded), as an ndarray
+for _name in ("eq", "ne", "lt", "le", "gt", "ge", "truediv", "pow", "neg", "pos", "abs",
+              "invert", "and", "or", "xor", "lshift", "rshift", "matmul"):
+    setattr(ShapeArray, f"__{_name}__", _numbers_operator(_name))
+for _name in ("truediv", "pow", "mod", "and", "or", "xor", "lshift", "rshift", "matmul"):
+    setattr(ShapeArray, f"__r{_name}__", _reflected_operator(_name))
 
 
 def holds_dims(data):

@@ -326,6 +326,9 @@ def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
     assert n.tolist() == [2, 3, 4] and n.dtype == np.int32
     assert [t for t, _ in src.guards] == [("dim", 0, 0), ("dim", 0, 1), ("dim", 0, 2)]
     assert (a + 0.5).tolist() == [2.5, 3.5, 4.5]  # (a float: the numbers)
+    # every other ndarray use computes on the numbers (and guards them), as an ndarray would
+    assert a.max() == 4 and (a / 2).tolist() == [1.0, 1.5, 2.0] and (-a).tolist() == [-2, -3, -4]
+    assert (a > 2).tolist() == [False, True, True] and (12 // a[0]) == 6 and (1 / a)[0] == 0.5
 
 
 def _branch(x):
