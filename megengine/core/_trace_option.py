@@ -466,6 +466,8 @@ def same_sizes(a, b):
     equal ints, or SymDims of the same expression. (Sizes equal only at the traced shapes give
     False: a shortcut such as "nothing to broadcast" is then not taken, which costs an op, where
     ``a == b`` would guard the program to the shapes that make them equal.)"""
+    if _dim_source is None:  # (no recording: sizes are plain values)
+        return tuple(a) == tuple(b)
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):

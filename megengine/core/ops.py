@@ -45,7 +45,7 @@ def int_tuple(shape, what):
     if isinstance(shape, (int, np.integer)) or is_dim(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
-        return tuple(s if is_dim(s) else _size_item(s) for s in shape)
+        return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)
     except (TypeError, ValueError):
         raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
 

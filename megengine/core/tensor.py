@@ -196,8 +196,9 @@ class Tensor(metaclass=_TensorType):
         if isinstance(data, Tensor) and device is None:
             device = data._device
         self._device = _device_mod.canonical_device(device)
-        made = _trace_option.sizes_tensor(data, dtype, self._device)  # Tensor(x.shape) in a
-        # dumpable trace: made by an op, from the shapes a dumped program runs at
+        made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
+        if _trace_option._dim_source is not None:  # dumped program runs at
+            made = _trace_option.sizes_tensor(data, dtype, self._device)
         self._data = as_array(data, dtype, self._device) if made is None else made._data
         self.grad = None
         self._name = name
