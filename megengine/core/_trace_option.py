@@ -58,6 +58,21 @@ class Shape(tuple):
     def _ints(self):
         return tuple(operator.index(d) for d in self)  # (a SymDim's value, guarded)
 
+    # shapes of different ranks differ whatever their sizes: tuple's == would compare the
+    # leading items first (a guard on each SymDim pair, ``shape == inp.shape`` in
+    # broadcast_to); this method also serves ``tuple == Shape`` (Python asks the subclass)
+    def __eq__(self, other):
+        if isinstance(other, tuple) and len(other) != len(self):
+            return False
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        if isinstance(other, tuple) and len(other) != len(self):
+            return True
+        return tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
+
     def __reduce__(self):
         return tuple, (self._ints(),)  # a pickled shape is a plain tuple (no megengine needed)
 
@@ -72,7 +87,10 @@ class Shape(tuple):
         return func(*args, **kwargs)
 
     def numpy(self):
-        """The shape as an int32 array (upstream's shape Tensor's dtype)."""
+        """The shape as an int32 array (upstream's shape Tensor's dtype); while a dumpable
+        trace records and the shape holds `SymDim`s, a `ShapeArray` of them."""
+        if _dim_source is not None and any(map(is_dim, self)):
+            return ShapeArray(self)
         return np.array(self._ints(), dtype=np.int32).reshape(len(self))
 
     def tolist(self):
@@ -128,9 +146,13 @@ class Shape(tuple):
 _dim_source = None
 
 # expression trees (plain tuples, so a file holds them as JSON lists):
-#   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | ("neg", a)
+#   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | (op, a) for op in _UNARY
+# A value may be a float (``h * 2.0``, ``h / 2``): rounding it (``math.floor``, ``math.ceil``,
+# ``round``, ``math.trunc``) gives an int size again, as `interpolate(scale_factor=...)` does.
 _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-          "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+          "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+_UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": round,
+          "trunc": math.trunc}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 # ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
@@ -144,8 +166,8 @@ def evaluate(tree, dim):
     op = tree[0]
     if op == "dim":
         return dim(tree[1], tree[2])
-    if op == "neg":
-        return -evaluate(tree[1], dim)
+    if op in _UNARY:
+        return _UNARY[op](evaluate(tree[1], dim))
     return _BINARY[op](evaluate(tree[1], dim), evaluate(tree[2], dim))
 
 
@@ -158,6 +180,8 @@ def render(tree, name):
         return name(tree[1], tree[2])
     if op == "neg":
         return f"-({render(tree[1], name)})"
+    if op in _UNARY:
+        return f"{op}({render(tree[1], name)})"
     if op == "bcast":
         return f"broadcast({render(tree[1], name)}, {render(tree[2], name)})"
     return f"({render(tree[1], name)} {op} {render(tree[2], name)})"
@@ -171,11 +195,22 @@ def _int_like(v):
     return type(v) is int or (isinstance(v, np.integer) and not isinstance(v, np.bool_))
 
 
+def _number(v):
+    """``v`` as a plain int or float when it is one (numpy scalars too), else None."""
+    if _int_like(v):
+        return int(v)
+    if type(v) is float or isinstance(v, np.floating):
+        return float(v)
+    return None
+
+
 class SymDim:
     """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
-    expression ``tree`` it was computed by (see above). Arithmetic with ints and other SymDims
-    (``+ - * // %``, ``divmod``, negation) gives SymDims; comparisons give bools and guard the
-    comparison; every other use gives the plain value and guards it."""
+    expression ``tree`` it was computed by (see above). Arithmetic with ints, floats and other
+    SymDims (``+ - * / // %``, ``divmod``, negation) gives SymDims, whose value may be a float
+    (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int SymDims;
+    comparisons give bools and guard the comparison; every other use (``int()`` included: it
+    must give a real int) gives the plain value and guards it."""
 
     __slots__ = ("value", "tree", "src", "nonneg")
 
@@ -190,9 +225,15 @@ class SymDim:
         return self.value
 
     def __index__(self):
+        if type(self.value) is not int:  # as a float would: h * 2.0 is no index
+            raise TypeError(f"a size computed as a float ({self.value!r}) cannot be "
+                            "interpreted as an integer; round it with math.floor/math.ceil")
         return self._escape("an int (int(), an index, range(), a numpy or list size)")
 
     def __int__(self):
+        if type(self.value) is float:  # int(h * 1.5) is trunc(h * 1.5): guard that int
+            t = self._rounded("trunc")
+            return t._escape("int()") if type(t) is SymDim else t
         return self._escape("int()")
 
     def __float__(self):
@@ -229,10 +270,10 @@ class SymDim:
     def _operand(self, other):
         if type(other) is SymDim:
             return other if other.src is self.src else None
-        if _int_like(other):
-            v = int(other)
-            return SymDim(v, v, self.src, v >= 0)
-        return None
+        v = _number(other)
+        if v is None:
+            return None
+        return SymDim(v, v, self.src, v >= 0)
 
     def _arith(self, other, op, reverse):
         if _is_tensor(other):
@@ -246,7 +287,7 @@ class SymDim:
                 nonneg = x.nonneg and y.nonneg and op != "-"
                 return SymDim(_ARITH[op](x.value, y.value), (op, x.tree, y.tree), self.src,
                               nonneg)
-            a = self._escape("arithmetic with a non-int (a float, a Tensor)")
+            a = self._escape("arithmetic with a value that is no int or float")
             b = other._escape("arithmetic") if type(other) is SymDim else other
         return _ARITH[op](b, a) if reverse else _ARITH[op](a, b)
 
@@ -267,6 +308,12 @@ class SymDim:
 
     def __rmul__(self, o):
         return self._arith(o, "*", True)
+
+    def __truediv__(self, o):
+        return self._arith(o, "/", False)
+
+    def __rtruediv__(self, o):
+        return self._arith(o, "/", True)
 
     def __floordiv__(self, o):
         return self._arith(o, "//", False)
@@ -297,28 +344,36 @@ class SymDim:
     def __abs__(self):
         return self if self.nonneg else abs(self._escape("abs()"))
 
-    def __trunc__(self):
-        return self
+    def _rounded(self, op):
+        if type(self.value) is int:
+            return self  # (an int size rounds to itself)
+        value = _UNARY[op](self.value)
+        if self.src is not _dim_source:
+            return value
+        return SymDim(value, (op, self.tree), self.src, self.nonneg)
 
-    __floor__ = __ceil__ = __trunc__
+    def __floor__(self):
+        return self._rounded("floor")
+
+    def __ceil__(self):
+        return self._rounded("ceil")
+
+    def __trunc__(self):
+        return self._rounded("trunc")
 
     def __round__(self, ndigits=None):
-        return self if ndigits is None else round(self._escape("round()"), ndigits)
+        if ndigits is None:
+            return self._rounded("round")
+        return round(self._escape("round(value, ndigits)"), ndigits)
 
     # ----- everything else: the plain value, guarded -----
     def _plain(self, other, fn, reverse=False):
         if _is_tensor(other):
             return NotImplemented
-        a = self._escape("arithmetic (/, **, bit operations)")
+        a = self._escape("arithmetic (**, bit operations)")
         if type(other) is SymDim:
-            other = other._escape("arithmetic (/, **, bit operations)")
+            other = other._escape("arithmetic (**, bit operations)")
         return fn(other, a) if reverse else fn(a, other)
-
-    def __truediv__(self, o):
-        return self._plain(o, lambda a, b: a / b)
-
-    def __rtruediv__(self, o):
-        return self._plain(o, lambda a, b: a / b, True)
 
     def __pow__(self, o, mod=None):
         return self._plain(o, lambda a, b: pow(a, b, mod))
@@ -396,8 +451,33 @@ class SymDim:
 
 
 def is_dim(v):
-    """True for a `SymDim` (what the engine's shape arguments accept where they take ints)."""
+    """True for an int `SymDim` (what the engine's shape arguments accept where they take
+    ints; a float one is rounded by the caller, ``math.floor(h * 1.5)``)."""
+    return type(v) is SymDim and type(v.value) is int
+
+
+def is_sym(v):
+    """True for any `SymDim`, int or float (an operand an op can compute at run time)."""
     return type(v) is SymDim
+
+
+def same_sizes(a, b):
+    """Whether shapes ``a`` and ``b`` are equal at every input shape, decided without a guard:
+    equal ints, or SymDims of the same expression. (Sizes equal only at the traced shapes give
+    False: a shortcut such as "nothing to broadcast" is then not taken, which costs an op, where
+    ``a == b`` would guard the program to the shapes that make them equal.)"""
+    if _dim_source is None:  # (no recording: sizes are plain values)
+        return tuple(a) == tuple(b)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        tx, ty = type(x) is SymDim, type(y) is SymDim
+        if tx or ty:
+            if not (tx and ty and x.tree == y.tree):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def has_dims(v):
@@ -434,3 +514,166 @@ def symbolic_shape(tensor, shape):
         return Shape(shape)
     src.dims_made = True
     return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes as values: x.shape.numpy(), Tensor(x.shape) (see megengine.jit.shape_tensors)
+# --------------------------------------------------------------------------------------------
+
+class ShapeArray:
+    """``x.shape.numpy()`` while a dumpable trace records: what a 1-d int32 array gives to code
+    that builds shapes (``len``, items, slices, ``tolist``, elementwise ``+ - * // %`` with ints
+    and other ShapeArrays), its items `SymDim`s, so that ``F.reshape(y, x.shape.numpy())``
+    follows the input. Any other use (``np.asarray``, a numpy function, a comparison, text)
+    gives the int32 array and guards its sizes. (No ndarray subclass: numpy's C code reads an
+    ndarray's numbers without asking, which would fix the traced sizes unnoticed.)"""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    dtype = property(lambda self: np.dtype(np.int32))
+    ndim = property(lambda self: 1)
+    shape = property(lambda self: (len(self.items),))
+    size = property(lambda self: len(self.items))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, index):
+        if type(index) is slice:
+            return ShapeArray(self.items[index])
+        if type(index) is tuple and len(index) == 1:
+            return self[index[0]]
+        if _int_like(index):
+            return self.items[index]
+        return np.asarray(self)[index]
+
+    def tolist(self):
+        return list(self.items)
+
+    def item(self):
+        if len(self.items) != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self.items[0]
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype).kind in "iu":
+            return ShapeArray(self.items)
+        return np.asarray(self).astype(dtype)
+
+    def copy(self):
+        return ShapeArray(self.items)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([operator.index(d) for d in self.items], np.int32).astype(
+            dtype or np.int32, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        args = tuple(np.asarray(a) if type(a) is ShapeArray else a for a in args)
+        return getattr(ufunc, method)(*args, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func is np.prod and len(args) == 1 and not kwargs:
+            return math.prod(self.items)
+        args = tuple(np.asarray(a) if type(a) is ShapeArray else a for a in args)
+        return func(*args, **kwargs)
+
+    def _elementwise(self, other, fn, reverse):
+        if type(other) is ShapeArray:
+            if len(other) != len(self):
+                return fn(np.asarray(self), np.asarray(other))
+            pairs = zip(self.items, other.items)
+        elif _int_like(other) or is_dim(other):
+            pairs = ((a, other) for a in self.items)
+        else:  # (a float, an array...: the numbers, guarded)
+            mine = np.asarray(self)
+            return fn(other, mine) if reverse else fn(mine, other)
+        return ShapeArray(fn(b, a) if reverse else fn(a, b) for a, b in pairs)
+
+    def __add__(self, o):
+        return self._elementwise(o, operator.add, False)
+
+    def __radd__(self, o):
+        return self._elementwise(o, operator.add, True)
+
+    def __sub__(self, o):
+        return self._elementwise(o, operator.sub, False)
+
+    def __rsub__(self, o):
+        return self._elementwise(o, operator.sub, True)
+
+    def __mul__(self, o):
+        return self._elementwise(o, operator.mul, False)
+
+    def __rmul__(self, o):
+        return self._elementwise(o, operator.mul, True)
+
+    def __floordiv__(self, o):
+        return self._elementwise(o, operator.floordiv, False)
+
+    def __rfloordiv__(self, o):
+        return self._elementwise(o, operator.floordiv, True)
+
+    def __mod__(self, o):
+        return self._elementwise(o, operator.mod, False)
+
+    __hash__ = None  # (as an ndarray)
+
+    def __getattr__(self, name):  # every other ndarray attribute: of the numbers, guarded
+        if name.startswith("_") or not hasattr(np.ndarray, name):  # (hasattr(a, "_data")
+            raise AttributeError(name)  # probes must not read the numbers)
+        return getattr(np.asarray(self), name)
+
+    def __repr__(self):
+        return repr(np.asarray(self))
+
+    __str__ = __repr__
+
+
+def _numbers_operator(name):
+    fn = getattr(operator, f"__{name}__")
+
+    def method(self, *other):
+        return fn(np.asarray(self), *(np.asarray(o) if type(o) is ShapeArray else o
+                                      for o in other))
+    return method
+
+
+def _reflected_operator(name):
+    fn = getattr(operator, f"__{name}__")
+    return lambda self, other: fn(other, np.asarray(self))
+
+
+# what the ShapeArray does not keep as sizes computes on the numbers (guarded), as an ndarray
+for _name in ("eq", "ne", "lt", "le", "gt", "ge", "truediv", "pow", "neg", "pos", "abs",
+              "invert", "and", "or", "xor", "lshift", "rshift", "matmul"):
+    setattr(ShapeArray, f"__{_name}__", _numbers_operator(_name))
+for _name in ("truediv", "pow", "mod", "and", "or", "xor", "lshift", "rshift", "matmul"):
+    setattr(ShapeArray, f"__r{_name}__", _reflected_operator(_name))
+
+
+def holds_dims(data):
+    """Whether ``data`` (what ``Tensor(data)`` was given) is sizes holding `SymDim`s: a shape,
+    a `ShapeArray`, a SymDim, or (nested) lists and tuples of them."""
+    return type(data) is ShapeArray or has_dims(tuple(data) if type(data) is Shape else data)
+
+
+def sizes_tensor(data, dtype, device):
+    """``Tensor(data)`` of sizes holding `SymDim`s while a dumpable trace records: a Tensor
+    made by an op from the shapes a dumped program runs at (megengine.jit.shape_tensors), or
+    None (no such recording, or plain data)."""
+    if _dim_source is None or not holds_dims(data):
+        return None
+    return _dim_source.sizes_tensor(data, dtype, device)
+
+
+def sizes_of(tensor):
+    """The sizes ``tensor`` holds as a numpy object array of `SymDim`s and ints, when a
+    dumpable trace records and the tensor was made from shapes (``Tensor(x.shape)``, a concat
+    of shape pieces...); else None (read its numbers)."""
+    return None if _dim_source is None else _dim_source.sizes_of(tensor)

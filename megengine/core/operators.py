@@ -6,7 +6,7 @@ import numpy as np
 from .. import device as _device_mod
 from . import dispatch
 from . import ops as _ops
-from ._trace_option import is_dim
+from ._trace_option import is_sym
 from .tensor import Tensor
 
 # numpy ufunc -> this engine's op name (`_ops.BINARY` / `_ops.UNARY`), for __array_ufunc__
@@ -41,10 +41,13 @@ def _operand(value, like):
             with dispatch.on_device(like._device):  # current GPU: make it the tensor's
                 return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
         return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
-    if is_dim(value):  # a size of a dumpable trace (x / x.shape[0]): an int, made by an op so
+    if is_sym(value):  # a size of a dumpable trace (x / x.shape[0]): an int, made by an op so
         # that a dumped program computes it at the shapes it runs at (core._trace_option)
-        return dispatch.apply(_ops.Full((), value, np.dtype(np.int32) if like.dtype.kind == "b"
-                                        else like.dtype, like._device))
+        if type(value.value) is float:  # (h / 2: typed as a Python float would be)
+            dtype = like.dtype if like.dtype.kind == "f" else np.dtype(np.float32)
+        else:
+            dtype = np.dtype(np.int32) if like.dtype.kind == "b" else like.dtype
+        return dispatch.apply(_ops.Full((), value, dtype, like._device))
     return Tensor(value, device=like._device)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
-from ._trace_option import is_dim
+from ._trace_option import is_dim, sizes_of
 
 __all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
            "t_unbroadcast", "t_expand"]
@@ -26,14 +26,26 @@ def unbroadcast(grad, shape):
     return grad.reshape(shape)
 
 
+def _size_item(s):
+    """One shape entry as an int; a one-size shape tensor of a dumpable trace gives its
+    SymDim (``x.reshape(Tensor(x.shape)[0], -1)``)."""
+    if hasattr(s, "_data"):
+        sizes = sizes_of(s)
+        if sizes is not None and sizes.size == 1:
+            return sizes.ravel()[0]
+    return int(s)
+
+
 def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
     if hasattr(shape, "_data"):
-        shape = shape.numpy().tolist()  # Tensor.numpy: a trace notes this host read
+        sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
+        # (else Tensor.numpy: a trace notes this host read)
+        shape = shape.numpy().tolist() if sizes is None else sizes.tolist()
     if isinstance(shape, (int, np.integer)) or is_dim(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
-        return tuple(s if is_dim(s) else int(s) for s in shape)
+        return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)
     except (TypeError, ValueError):
         raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
 

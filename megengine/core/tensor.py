@@ -196,7 +196,10 @@ class Tensor(metaclass=_TensorType):
         if isinstance(data, Tensor) and device is None:
             device = data._device
         self._device = _device_mod.canonical_device(device)
-        self._data = as_array(data, dtype, self._device)
+        made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
+        if _trace_option._dim_source is not None:  # dumped program runs at
+            made = _trace_option.sizes_tensor(data, dtype, self._device)
+        self._data = as_array(data, dtype, self._device) if made is None else made._data
         self.grad = None
         self._name = name
         if format != "default":
@@ -464,7 +467,8 @@ class Tensor(metaclass=_TensorType):
         return _astype_quantized(self, dtype)
 
     def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor, np.ndarray,
+                                                     _trace_option.ShapeArray)):
             shape = shape[0]
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 

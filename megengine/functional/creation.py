@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import Shape, is_dim
+from ..core._trace_option import Shape, is_dim, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
@@ -34,7 +34,9 @@ def _shape_arg(shape, what):
         shape = tuple(shape)
     computed = isinstance(shape, Tensor)
     if computed:
-        shape = shape.numpy()  # Tensor.numpy: a trace notes this host read
+        sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
+        shape = shape.numpy() if sizes is None else sizes.tolist()  # (numpy: a noted read)
+        computed = sizes is None
     if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
         if computed and shape.dtype.kind == "f" and bool((shape == shape.round()).all()):
             # upstream's shape check reads a float shape Tensor holding whole numbers (a
@@ -53,6 +55,8 @@ def _shape_arg(shape, what):
                         f"Tensor or None, got {type(shape).__name__}")
     out = []
     for s in shape:
+        if isinstance(s, Tensor) and sizes_of(s) is not None and sizes_of(s).size == 1:
+            s = sizes_of(s).ravel()[0]  # (Tensor(x.shape)[0]: a size of a dumpable trace)
         if isinstance(s, Tensor):
             if s.size != 1 or s.dtype.kind not in "iu":
                 raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
@@ -133,11 +137,17 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     if step == 0:
         raise ValueError("arange: step must not be 0")
     dev, xp = _place(device)
-    if any(map(is_dim, (start, stop, step))) and all(
-            isinstance(v, (int, np.integer)) or is_dim(v) for v in (start, stop, step)):
-        # bounds computed from traced shapes (F.arange(x.shape[0])): an op, so that a dumped
-        # program counts at the shapes it runs at (see megengine.jit.shape_guards)
+    if any(map(is_sym, (start, stop, step))) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) or is_sym(v)
+            for v in (start, stop, step)):
+        # bounds computed from traced shapes (F.arange(x.shape[0]), anchors' arange(s, n * s +
+        # s / 2, s)): an op, so that a dumped program counts at the shapes it runs at
         return apply(_Arange(start, stop, step, _dtype(dtype), dev))
+    with on_device(dev):  # the arithmetic allocates on the current GPU
+        return Tensor._wrap(_arange_values(xp, start, stop, step, _dtype(dtype)), dev)
+
+
+def _arange_values(xp, start, stop, step, dtype):
     if all(isinstance(v, (int, np.integer)) for v in (start, stop, step)):
         num = max(-((start - stop) // step), 0)  # exact ceil((stop - start) / step)
     else:
@@ -145,13 +155,11 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
         # arange(7.8, 8.4, 0.05) has 12 values where float64 arithmetic gives 13
         f32 = np.float32
         num = max(int(np.ceil((f32(stop) - f32(start)) / f32(step))), 0)
-    with on_device(dev):  # the arithmetic allocates on the current GPU
-        values = start + step * xp.arange(num, dtype=np.float64)
-        return Tensor._wrap(values.astype(_dtype(dtype)), dev)
+    return (start + step * xp.arange(num, dtype=np.float64)).astype(dtype)
 
 
 class _Arange(Op):
-    """``arange`` of integer bounds computed from traced shapes (see `arange`)."""
+    """``arange`` of bounds computed from traced shapes (see `arange`)."""
 
     def __init__(self, start, stop, step, dtype, device):
         self.start, self.stop, self.step = start, stop, step
@@ -160,7 +168,23 @@ class _Arange(Op):
     def forward(self):
         xp = _device.array_module_on(self.device)
         with on_device(self.device):
-            return xp.arange(self.start, self.stop, self.step).astype(self.dtype)
+            return _arange_values(xp, self.start, self.stop, self.step, self.dtype)
+
+    def backward(self, *gs):
+        return ()
+
+
+class _Linspace(Op):
+    """``linspace`` of a count computed from traced shapes (see `linspace`)."""
+
+    def __init__(self, start, stop, num, dtype, device):
+        self.start, self.stop, self.num = start, stop, num
+        self.dtype, self.device = dtype, device
+
+    def forward(self):
+        xp = _device.array_module_on(self.device)
+        with on_device(self.device):
+            return xp.linspace(self.start, self.stop, self.num).astype(self.dtype)
 
     def backward(self, *gs):
         return ()
@@ -168,10 +192,12 @@ class _Arange(Op):
 
 def linspace(start, stop, num, dtype="float32", device=None):
     """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
-    num = int(num)
+    num = num if is_dim(num) else int(num)
     if num < 0:
         raise ValueError(f"linspace: num must be >= 0, got {num}")
     dev, xp = _place(device)
+    if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
+        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype), dev))
     with on_device(dev):  # astype allocates on the current GPU
         return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)),
                             dev)

@@ -9,6 +9,7 @@ measured exception: max pooling of non-overlapping windows on the CPU is faster 
 import numpy as np
 
 from ..core import _config
+from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply
 from . import _aten
 from ._args import _as_float, _pair, _tensor
@@ -288,12 +289,22 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
                          "avg_pool2d"), _tensor(inp))
 
 
+def _size_pair(oshp, what):
+    """``oshp`` as (OH, OW); sizes read from ``x.shape`` in a dumpable trace stay expressions
+    (`megengine.core._trace_option`), so that the windows follow the input's size."""
+    if is_dim(oshp):
+        return oshp, oshp
+    if isinstance(oshp, (tuple, list)) and len(oshp) == 2 and any(map(is_dim, oshp)):
+        return tuple(s if is_dim(s) else _pair(s, "oshp", what)[0] for s in oshp)
+    return _pair(oshp, "oshp", what)
+
+
 def _adaptive(inp, oshp, mode, what):
     _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     inp = _tensor(inp)
     if inp.ndim != 4:
         raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {inp.shape}")
-    oh, ow = _pair(oshp, "oshp", what)
+    oh, ow = _size_pair(oshp, what)
     h, w = inp.shape[2:]
     if not (1 <= oh <= h and 1 <= ow <= w):
         raise ValueError(f"{what}: output size {(oh, ow)} must be between 1 and the input's "

@@ -5,13 +5,13 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import is_dim
+from ..core._trace_option import is_dim, same_sizes
 from ..core.dispatch import Op, apply
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
+    _Arange, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
     full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
@@ -166,7 +166,7 @@ def broadcast_to(inp, shape):
                              f"dim of the input's shape {inp.shape}")
         shape[i] = inp.shape[i - extra]
     shape = tuple(shape)
-    if shape == inp.shape:
+    if same_sizes(shape, inp.shape):  # (sizes of a dumpable trace: no guard on their values)
         return inp
     return apply(BroadcastTo(shape), inp)
 
@@ -290,10 +290,12 @@ def split(inp, nsplits_or_sections, axis=0):
     size = inp.shape[axis]
     if isinstance(nsplits_or_sections, (int, np.integer)):
         n = int(nsplits_or_sections)
-        if not 0 < n <= max(size, 1):
+        if n < 1 or (n > 1 and n > size):
             raise ValueError(f"split: cannot split a dim of size {size} into {n} parts")
         div, rest = divmod(size, n)
-        bounds = np.cumsum([0] + [div + 1] * rest + [div] * (n - rest)).tolist()
+        # the first `rest` parts one larger: bound k = k * div + min(k, rest), min written
+        # with // (0 <= rest < n), so that a size of a dumpable trace stays an expression
+        bounds = [k * div + rest - (rest - k) * ((rest - k + n) // n) for k in range(n + 1)]
     else:
         points = [p if is_dim(p) else int(p) for p in nsplits_or_sections]
         bounds = [0] + points + [size]

@@ -1,5 +1,6 @@
 """Image functions (F.vision): resizing, warping and remapping, ROI pooling/align, NMS,
 correlation and colour conversion, with upstream MegEngine's (megdnn's) semantics."""
+import functools
 import math
 
 import numpy as np
@@ -23,8 +24,16 @@ __all__ = [
 
 # ----- resizing -----
 
+@functools.lru_cache(maxsize=64)
 def _interp_matrix(n_in, n_out, mode, align_corners):
-    """The (n_out, n_in) matrix that resamples one axis, as upstream and PyTorch do."""
+    """The (n_out, n_in) matrix that resamples one axis, as upstream and PyTorch do (read-only:
+    cached, since `_Resize` builds its matrices from the shapes of each run)."""
+    m = _make_interp_matrix(n_in, n_out, mode, align_corners)
+    m.setflags(write=False)
+    return m
+
+
+def _make_interp_matrix(n_in, n_out, mode, align_corners):
     dst = np.arange(n_out, dtype=np.float64)
     m = np.zeros((n_out, n_in), np.float64)
     rows = np.arange(n_out)
@@ -53,34 +62,48 @@ def _interp_matrix(n_in, n_out, mode, align_corners):
 
 
 class _Resize(Op):
-    """Separable resampling ``A_h @ x @ A_w.T`` over the last two axes (A_w None: last axis);
-    with ``mat_d`` (trilinear, NCDHW) also ``A_d`` along axis 2."""
+    """Separable resampling to output ``sizes`` (L; H, W; or D, H, W): ``A_h @ x @ A_w.T`` over
+    the last two axes (1-d: the last axis only), trilinear also ``A_d`` along axis 2.
+
+    The matrices are built in `forward` from the input's actual shape, so that a dumped program
+    whose sizes are expressions of its inputs' shapes (``scale_factor``, ``size=x.shape[2:]``)
+    resamples correctly at the shapes it runs at (`megengine.core._trace_option`)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
-    mat_d = None  # programs dumped before trilinear resizing have no mat_d in their state
+    # programs dumped before sizes were kept hold the matrices themselves (mat_d: trilinear)
+    sizes = mat_h = mat_w = mat_d = None
 
-    def __init__(self, mat_h, mat_w, mat_d=None):
-        self.mat_h, self.mat_w = mat_h, mat_w
-        if mat_d is not None:
-            self.mat_d = mat_d
+    def __init__(self, sizes, mode, align_corners):
+        self.sizes, self.mode, self.align_corners = tuple(sizes), mode, align_corners
+
+    def _matrices(self, in_sizes):
+        if self.sizes is None:
+            return self.mat_h, self.mat_w, self.mat_d
+        mode = "bilinear" if self.mode == "trilinear" else self.mode  # linear along each axis
+        mats = [_interp_matrix(int(n_in), int(n_out), mode, self.align_corners)
+                for n_in, n_out in zip(in_sizes, self.sizes)]
+        if len(mats) == 3:  # (D, H, W): H and W as bilinear, D along axis 2
+            return mats[1], mats[2], mats[0]
+        return mats[0], (mats[1] if len(mats) == 2 else None), None
 
     def forward(self, x):
         x = _as_float(x)
         xp = xp_of(x)
-        self.ah = xp.asarray(self.mat_h, x.dtype)
-        self.aw = None if self.mat_w is None else xp.asarray(self.mat_w, x.dtype)
+        mat_h, mat_w, mat_d = self._matrices(x.shape[2:])
+        self.ah = xp.asarray(mat_h, x.dtype)
+        self.aw = None if mat_w is None else xp.asarray(mat_w, x.dtype)
+        self.ad = None if mat_d is None else xp.asarray(mat_d, x.dtype)
         if self.aw is None:  # 1-d: (N, C, L)
             return x @ self.ah.T
         out = self.ah @ (x @ self.aw.T)
-        if self.mat_d is not None:  # depth: contract axis 2, then put the new depth back there
-            self.ad = xp.asarray(self.mat_d, x.dtype)
+        if self.ad is not None:  # depth: contract axis 2, then put the new depth back there
             out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
         return out
 
     def backward(self, g):
         if self.aw is None:
             return g @ self.ah
-        if self.mat_d is not None:
+        if self.ad is not None:
             xp = xp_of(g)
             g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
         return (self.ah.T @ g) @ self.aw
@@ -92,7 +115,7 @@ class _Resize(Op):
         ah = Tensor._wrap(self.ah, g._device)
         if self.aw is None:
             return (g @ ah,)
-        if self.mat_d is not None:  # (N, C, H, W, D') @ A_d, then depth back to axis 2
+        if self.ad is not None:  # (N, C, H, W, D') @ A_d, then depth back to axis 2
             g = (g.transpose(0, 1, 3, 4, 2) @ Tensor._wrap(self.ad, g._device))
             g = g.transpose(0, 1, 4, 2, 3)
         return ((Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device),)
@@ -132,21 +155,18 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     if size is not None:
         sizes = (size,) * spatial if isinstance(size, (int, np.integer)) or is_dim(size) \
             else tuple(size)
-        sizes = tuple(int(s) for s in sizes)
+        # (sizes from x.shape in a dumpable trace stay expressions; int() would fix them)
+        sizes = tuple(s if is_dim(s) else int(s) for s in sizes)
     else:
         scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) \
             else tuple(scale_factor)
         if len(scales) != spatial:
             raise ValueError(f"{what}: scale_factor {scale_factor!r} must have {spatial} values")
-        sizes = tuple(int(math.floor(n * float(s))) for n, s in zip(in_sizes, scales))
-    if len(sizes) != spatial or min(sizes) < 1:
+        # math.floor, not int(): of a traced size it is the expression floor(h * s)
+        sizes = tuple(math.floor(n * float(s)) for n, s in zip(in_sizes, scales))
+    if len(sizes) != spatial or any(s < 1 for s in sizes):
         raise ValueError(f"{what}: output size {sizes} must be {spatial} positive ints")
-    axis_mode = "bilinear" if mode == "trilinear" else mode  # linear along each axis
-    mats = [_interp_matrix(n_in, n_out, axis_mode, align_corners)
-            for n_in, n_out in zip(in_sizes, sizes)]
-    if spatial == 3:  # (D, H, W): H and W as bilinear, D along axis 2
-        return apply(_Resize(mats[1], mats[2], mats[0]), inp)
-    return apply(_Resize(mats[0], mats[1] if spatial == 2 else None), inp)
+    return apply(_Resize(sizes, mode, align_corners), inp)
 
 
 # ----- sampling at arbitrary points: remap, warp_perspective, warp_affine -----

@@ -244,7 +244,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
 # shapes, F.arange of a size, random draws): the file records that device by name as it does
 # for constants (`dump_devices`), and a loader places it as it places them
 _PLACED = frozenset({("megengine.core.ops", "Full"), ("megengine.functional.tensor", "_Arange"),
-                     ("megengine.random.rng", "_Draw")})
+                     ("megengine.functional.tensor", "_Linspace"),
+                     ("megengine.jit.shape_tensors", "Sizes"), ("megengine.random.rng", "_Draw")})
 
 
 def placed(op):

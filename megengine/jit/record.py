@@ -6,7 +6,7 @@ import weakref
 from collections.abc import Iterator
 
 from ..core import _trace_option, dispatch
-from . import arith_opt
+from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..utils.naming import AutoNaming
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
@@ -140,6 +140,7 @@ class _Recorder(_Hook):
         # for them), and the guards noted so far
         self.dims_made = False
         self.guard_keys = set()
+        self.sym_values = {}  # slot -> the SymDims a shape tensor holds (`shape_tensors`)
         program.symbolic_shape = bool(tr._symbolic_shape and tr._capture_as_const)
 
     # ----- symbolic shapes (megengine.core._trace_option.SymDim) -----
@@ -160,6 +161,43 @@ class _Recorder(_Hook):
         from .shape_guards import user_line
         self.guard_keys.add((tree, value))
         self.prog.shape_guards.append((tree, value, kind, user_line()))
+
+    def sizes_tensor(self, data, dtype, device):
+        """``Tensor(data)`` of sizes holding SymDims (see `shape_tensors`)."""
+        return shape_tensors.sizes_tensor(self, data, dtype, device)
+
+    def note_sizes(self, t, values):
+        s, _ = self._internal(t)
+        if s is not None:
+            self.sym_values[s] = values
+
+    def _sizes_at(self, s):
+        while s is not None and self.prog.slots[s].kind == "alias":  # (Tensor(sizes) is an
+            s = self.prog.slots[s].what  # alias of the op's output: the same value)
+        return self.sym_values.get(s)
+
+    def sizes_of(self, t):
+        """The SymDims tensor ``t`` holds (an object array), or None (see `shape_tensors`)."""
+        if dispatch._trace_hook is not self or not self.sym_values:
+            return None
+        return self._sizes_at(self._internal(t)[0])
+
+    def _follow_sizes(self, op, ins, slots):
+        """Sizes an op makes of shape tensors (`shape_tensors.propagate`)."""
+        values = []
+        for s in ins:
+            v = self._sizes_at(s)
+            if v is None:
+                v = shape_tensors.int_const(self.prog.slots[s])
+                if v is None:
+                    return
+            values.append(v)
+        try:
+            out = shape_tensors.propagate(op, values)
+        except (ValueError, TypeError, IndexError):
+            out = None  # (a rule that does not fit these values: an ordinary tensor)
+        if out is not None and len(slots) == 1:
+            self.sym_values[slots[0]] = out
 
     def _take_dims(self, op):
         """The attributes of ``op`` built from SymDims as `_freeze` forms with expressions;
@@ -261,6 +299,8 @@ class _Recorder(_Hook):
                 self._register(o, s)
                 slots.append(s)
         self.n_ops += 1
+        if self.sym_values and any(self._sizes_at(s) is not None for s in ins):
+            self._follow_sizes(template, ins, slots)
         step = _OpStep(index, template, key, dyn, ins, metas, tuple(slots), multi, name)
         step.rewrite = rewrite
         step.sym = sym

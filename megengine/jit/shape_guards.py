@@ -14,11 +14,16 @@ import linecache
 import os
 import sys
 
+import numpy as np
+
 from ..core._trace_option import evaluate, render
 
 __all__ = ["ShapeGuardError"]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# frames inside these (and CuPy, once loaded) are skipped too: np.eye(n) reads the size in
+# numpy's code, the user's line is the one that called the engine
+_SKIPPED = (_PACKAGE, os.path.dirname(os.path.abspath(np.__file__)) + os.sep)
 
 
 class ShapeGuardError(ValueError):
@@ -30,10 +35,14 @@ class ShapeGuardError(ValueError):
 def user_line():
     """``"file:line (code)"`` of the innermost caller outside the megengine package (the line
     of the traced function that used the size), or None."""
+    skipped = _SKIPPED
+    cupy = sys.modules.get("cupy")  # (xp.eye(n) on a GPU reads the size in CuPy's code)
+    if getattr(cupy, "__file__", None):
+        skipped += (os.path.dirname(os.path.abspath(cupy.__file__)) + os.sep,)
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
-        if not os.path.abspath(name).startswith(_PACKAGE):
+        if not os.path.abspath(name).startswith(skipped):
             code = linecache.getline(name, f.f_lineno).strip()
             return f"{name}:{f.f_lineno}" + (f" ({code})" if code else "")
         f = f.f_back

@@ -5,6 +5,7 @@ computed at the shapes a loaded program runs at, and every other use is a guard
 import io
 import json
 import logging
+import math
 import pickle
 import re
 import zipfile
@@ -16,9 +17,9 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
-from megengine.core._trace_option import Shape, SymDim
+from megengine.core._trace_option import Shape, SymDim, set_symbolic_shape
 from megengine.jit import trace
-from megengine.jit.dump import _MAGIC
+from megengine.jit.dump import _MAGIC, DumpError
 from megengine.jit.shape_guards import ShapeGuardError
 from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
@@ -154,6 +155,182 @@ def test_a_random_draw_sized_by_a_shape_follows_the_batch():
             and (noise < 3 + 1e-6).all()
 
 
+# ----- sizes from float arithmetic and rounding (interpolate's scale_factor, FPN upsampling) ---
+
+def _resize_back(x):
+    # DeepLab's "resize back to the input": the size of another value
+    return F.nn.interpolate(F.max_pool2d(x, 2), size=x.shape[2:], align_corners=False)
+
+
+def _rounded_sizes(x):
+    n, c, h, w = x.shape
+    return F.nn.interpolate(x, size=(math.ceil(h * 0.75), round(w / 3)), mode="nearest") \
+        + math.floor(h / 2)
+
+
+class _FPN(M.Module):
+    """Like YOLOX's PAFPN: strided convs down, ``interpolate(scale_factor=2)`` up, lateral adds,
+    then a head that flattens the pixels (``reshape(n, c, -1)``) of each level."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = M.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.down2 = M.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.lat = M.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        c3 = self.down1(x)
+        c4 = self.down2(c3)
+        p3 = self.lat(c3) + F.vision.interpolate(c4, scale_factor=2.0, mode="bilinear")
+        outs = [p.reshape(p.shape[0], p.shape[1], -1) for p in (p3, c4)]
+        return F.concat(outs, axis=2).transpose(0, 2, 1)
+
+
+def _anchor_grid(x):
+    """Like MegEngine/Models' detection anchors: float arange bounds from a feature map's size,
+    a meshgrid by broadcast_to (sizes 1 at some levels), then the head's (-1, 4) layout."""
+    outs = []
+    for stride, f in ((2, x), (4, F.max_pool2d(x, 2))):
+        h, w = f.shape[-2:]
+        shift = 0.5 * stride
+        gx = F.arange(shift, w * stride + shift, step=stride)
+        gy = F.arange(shift, h * stride + shift, step=stride)
+        mesh_x = F.broadcast_to(gx, (gy.shape[0], gx.shape[0]))
+        mesh_y = F.broadcast_to(gy.reshape(-1, 1), (gy.shape[0], gx.shape[0]))
+        centers = F.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], axis=1)
+        outs.append(F.concat([centers, centers], axis=1)
+                    + f.transpose(0, 2, 3, 1).reshape(-1, 4))
+    return F.concat(outs, axis=0)
+
+
+SPATIAL = {  # name -> (function, traced shape, other shapes)
+    "interpolate scale_factor=2.0": (
+        lambda x: F.nn.interpolate(x, scale_factor=2.0), (1, 2, 4, 6), [(2, 2, 5, 3), (1, 2, 8, 7)]),
+    "interpolate scale_factor=(1.5, 0.5) nearest": (
+        lambda x: F.nn.interpolate(x, scale_factor=(1.5, 0.5), mode="nearest"), (1, 1, 4, 6),
+        [(2, 1, 5, 9), (1, 1, 7, 4)]),
+    "interpolate size=(h * 2, w * 2)": (
+        lambda x: F.nn.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2)), (1, 2, 3, 4),
+        [(2, 2, 5, 3), (1, 2, 2, 6)]),
+    "interpolate size=x.shape[2:]": (_resize_back, (1, 2, 8, 6), [(2, 2, 6, 10), (1, 2, 4, 4)]),
+    "ceil, round, floor of float sizes": (_rounded_sizes, (1, 1, 8, 6), [(2, 1, 12, 9),
+                                                                          (1, 1, 4, 7)]),
+    "a float size as an operand": (lambda x: x * (x.shape[2] / 2) + x.shape[3] * 0.5,
+                                   (1, 2, 4, 6), [(2, 2, 5, 3), (1, 2, 7, 2)]),
+    "adaptive_avg_pool2d to (h // 2, w // 2)": (
+        lambda x: F.adaptive_avg_pool2d(x, (x.shape[2] // 2, x.shape[3] // 2)), (1, 2, 8, 6),
+        [(2, 2, 10, 4), (1, 2, 6, 12)]),
+    "adaptive_max_pool2d to a fixed size": (lambda x: F.adaptive_max_pool2d(x, (3, 2)),
+                                            (1, 2, 9, 6), [(2, 2, 7, 5), (1, 2, 12, 4)]),
+    "pixel_shuffle": (lambda x: F.nn.pixel_shuffle(x, 2) * 2, (1, 8, 3, 4),
+                      [(2, 8, 5, 2), (1, 8, 2, 6)]),
+    "FPN (YOLOX-like)": (_FPN(), (1, 2, 16, 16), [(2, 2, 20, 20), (1, 2, 12, 20)]),
+    "anchor grid (RetinaNet/FCOS-like)": (_anchor_grid, (1, 4, 4, 6), [(1, 4, 2, 4), (1, 4, 6, 2),
+                                                                       (1, 4, 8, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SPATIAL))
+def test_sizes_from_float_arithmetic_follow_the_image_size(name):
+    fn, traced, others = SPATIAL[name]
+    if isinstance(fn, M.Module):
+        fn.eval()
+    buf = _dump(fn, traced)
+    for shape in others:
+        x = _data(*shape)
+        got, want = _run(buf, x), _eager(fn, x)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _int_of_float(x):
+    return F.nn.interpolate(x, size=(int(x.shape[2] * 1.5), x.shape[3]))
+
+
+# ----- shapes as tensors and arrays (megengine.jit.shape_tensors) -----
+
+def _split_parts(x):
+    return F.concat([p * (i + 1) for i, p in enumerate(F.split(x, 3, axis=1))], axis=1)
+
+
+def _shape_tensor_math(x):
+    s = mge.Tensor(x.shape)
+    return x.reshape(F.concat([s[:1], (s[1:] // 1).prod().reshape(1)]))
+
+
+SHAPE_VALUES = {  # name -> (function, traced shape, other shapes)
+    "F.concat([x.shape[:1], tensor([-1])])": (
+        lambda x: F.reshape(x, F.concat([x.shape[:1], mge.tensor([-1])])), (2, 3, 4),
+        [(3, 3, 4), (4, 5, 2)]),
+    "Tensor(x.shape)[::-1]": (lambda x: x.reshape(mge.Tensor(x.shape)[::-1]), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "shape tensor arithmetic": (_shape_tensor_math, (2, 3, 4), [(3, 3, 4), (4, 5, 2)]),
+    "an item of a shape tensor": (lambda x: x.reshape(mge.Tensor(x.shape)[0], -1), (2, 3, 4),
+                                  [(3, 3, 4), (4, 5, 2)]),
+    "Tensor(x.shape) as values": (lambda x: x * mge.Tensor(x.shape[1:]).astype("float32"),
+                                  (2, 3, 1), [(3, 3, 1), (4, 5, 2)]),
+    "x.shape.numpy()[::-1]": (lambda x: x.reshape(x.shape.numpy()[::-1]), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "F.reshape(y, x.shape.numpy() * 1)": (
+        lambda x: F.reshape(x.reshape(-1), x.shape.numpy() * 1), (2, 3, 4), [(3, 3, 4), (4, 5, 2)]),
+    "F.reshape(y, x.shape)": (lambda x: F.reshape(x.reshape(-1), x.shape), (2, 3, 4),
+                              [(3, 3, 4), (4, 5, 2)]),
+    "F.linspace(0, 1, x.shape[-1])": (lambda x: x + F.linspace(0, 1, x.shape[-1]), (2, 3),
+                                      [(3, 3), (2, 7)]),
+    "F.split(x, 3) (unequal parts)": (_split_parts, (2, 7), [(3, 8), (2, 9), (1, 3)]),
+    "F.broadcast_to(y, x.shape)": (lambda x: F.broadcast_to(x.sum(0, keepdims=True), x.shape),
+                                   (2, 3), [(3, 3), (4, 5)]),
+    "F.zeros(x.shape)": (lambda x: F.zeros(x.shape) + x, (2, 3), [(3, 3), (4, 5)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPE_VALUES))
+def test_shapes_as_tensors_and_arrays_follow_the_input(name):
+    fn, traced, others = SHAPE_VALUES[name]
+    buf = _dump(fn, traced)
+    for shape in others:
+        x = _data(*shape)
+        old = set_symbolic_shape(True)  # eager oracle: x.shape.numpy() as in a traced call
+        try:
+            want = _eager(fn, x)
+        finally:
+            set_symbolic_shape(old)
+        got = _run(buf, x)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_shape_tensor_no_rule_follows_is_still_a_read_the_dump_refuses():
+    # a float multiple of a shape tensor as a shape: its numbers are read to the host
+    fn = lambda x: x.reshape((mge.Tensor(x.shape) * 1.0).astype("int32"))  # noqa: E731
+    with pytest.raises(DumpError, match="read the value"):
+        _dump(fn, (2, 3))
+
+
+def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    s = Shape(SymDim(v, ("dim", 0, i), src, True) for i, v in enumerate((2, 3, 4)))
+    a = s.numpy()
+    assert type(a) is opt.ShapeArray and a.dtype == np.int32 and a.shape == (3,) and len(a) == 3
+    b = (a[1:] * 2 + 1) // 1
+    assert type(b) is opt.ShapeArray and [type(v) for v in b.tolist()] == [SymDim, SymDim]
+    assert [v.value for v in b] == [7, 9] and type(a[0]) is SymDim and type(np.prod(a)) is SymDim
+    assert type(a.astype("int64")) is opt.ShapeArray
+    assert src.guards == []  # none of that read a number
+    n = np.asarray(a)
+    assert n.tolist() == [2, 3, 4] and n.dtype == np.int32
+    assert [t for t, _ in src.guards] == [("dim", 0, 0), ("dim", 0, 1), ("dim", 0, 2)]
+    assert (a + 0.5).tolist() == [2.5, 3.5, 4.5]  # (a float: the numbers)
+    # every other ndarray use computes on the numbers (and guards them), as an ndarray would
+    assert a.max() == 4 and (a / 2).tolist() == [1.0, 1.5, 2.0] and (-a).tolist() == [-2, -3, -4]
+    assert (a > 2).tolist() == [False, True, True] and (12 // a[0]) == 6 and (1 / a)[0] == 0.5
+
+
 def _branch(x):
     if x.shape[0] > 1:
         return x * 2
@@ -176,8 +353,12 @@ def _int(x):
     return x * int(x.shape[0])
 
 
-def _interp_by_shape(x):
-    return F.nn.interpolate(x, size=(x.shape[2] * 2, x.shape[3]))
+def _eye_by_shape(x):
+    return x @ F.eye(x.shape[1])
+
+
+def _repeat_by_shape(x):
+    return F.repeat(x, x.shape[1], axis=1)
 
 
 # name -> (function, traced shape, a shape where the guard holds, a shape where it fails,
@@ -188,8 +369,10 @@ GUARDS = {
     "numpy": (_numpy_size, (2, 3), (2, 5), (4, 3), "np.zeros((x.shape[0], 1)"),
     "format": (_format, (2, 3), (2, 4), (3, 3), 'f"{x.shape[0]}"'),
     "int": (_int, (2, 3), (2, 6), (3, 3), "int(x.shape[0])"),
-    "an op parameter not carried": (_interp_by_shape, (2, 1, 3, 4), (5, 1, 3, 4),
-                                    (2, 1, 5, 4), "x.shape[2] * 2"),
+    "int() of a float size": (_int_of_float, (1, 1, 4, 3), (2, 1, 4, 5), (1, 1, 6, 3),
+                              "int(x.shape[2] * 1.5)"),
+    "an op parameter not carried": (_repeat_by_shape, (2, 3), (5, 3), (2, 4),
+                                    "F.repeat(x, x.shape[1], axis=1)"),
 }
 
 
@@ -206,6 +389,14 @@ def test_sizes_used_as_plain_values_are_guarded(name):
     assert "x0" in msg and str(tuple(bad)) in msg and str(tuple(traced)) in msg
     assert text in msg and "test_symbolic_shapes.py:" in msg
     assert "Trace and dump the model at this shape" in msg
+
+
+def test_a_size_read_inside_numpy_names_the_line_that_called_the_engine():
+    buf = _dump(_eye_by_shape, (2, 3))
+    with pytest.raises(ShapeGuardError) as e:
+        _run(buf, _data(2, 4))
+    if np.__name__ in str(type(mge.tensor(0)._data)):  # (numpy arrays: CuPy's frames differ)
+        assert "F.eye(x.shape[1])" in str(e.value) and "test_symbolic_shapes.py:" in str(e.value)
 
 
 def test_a_guard_names_the_traced_and_new_values():
@@ -401,9 +592,35 @@ def test_symdim_arithmetic_is_an_expression_and_escapes_are_guards(monkeypatch):
     assert int(c) == 4 and list(range(c)) == [0, 1, 2, 3] and np.zeros(c).shape == (4,)
     # (reported at each use; the recorder keeps one of each)
     assert src.guards[1:] == [(("dim", 0, 1), 4)] * 3
-    assert f"{n}" == "6" and n / 4 == 1.5 and src.guards[-1] == (("dim", 0, 0), 6)
+    assert f"{n}" == "6" and n ** 2 == 36 and src.guards[-1] == (("dim", 0, 0), 6)
     monkeypatch.setattr(opt, "_dim_source", None)  # the recording is over: plain values
-    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0
+    assert n + 1 == 7 and type(n + 1) is int and n * 2.5 == 15.0 and math.floor(n * 1.5) == 9
+
+
+def test_float_sizes_are_expressions_rounding_gives_int_sizes_and_int_is_a_guard(monkeypatch):
+    from megengine.core import _trace_option as opt
+
+    src = _Source()
+    monkeypatch.setattr(opt, "_dim_source", src)
+    h = SymDim(5, ("dim", 0, 2), src, True)
+    at = lambda e, v: opt.evaluate(e.tree, lambda s, a: v)  # noqa: E731  (h = v)
+    exprs = {"floor(h * 1.5)": (math.floor(h * 1.5), lambda v: math.floor(v * 1.5)),
+             "ceil(h / 2)": (math.ceil(h / 2), lambda v: math.ceil(v / 2)),
+             "round(h * 0.5)": (round(h * 0.5), lambda v: round(v * 0.5)),  # (ties to even)
+             "trunc(2.5 / h)": (math.trunc(2.5 / h), lambda v: math.trunc(2.5 / v)),
+             "h // 2 + 0.25 * h": (h // 2 + 0.25 * h, lambda v: v // 2 + 0.25 * v)}
+    for name, (e, py) in exprs.items():
+        assert type(e) is SymDim and e.value == py(5), name
+        for v in (1, 4, 7, 10):
+            got = at(e, v)
+            assert got == py(v) and type(got) is type(py(v)), (name, v)
+    assert opt.is_dim(math.floor(h * 1.5)) and not opt.is_dim(h * 1.5)
+    assert round(h) is h and math.floor(h) is h  # an int size rounds to itself
+    assert src.guards == []  # none of that left the expressions
+    with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+        range(h * 2.0)  # as a float: no index
+    assert int(h * 1.5) == 7 and src.guards == [(("trunc", ("*", ("dim", 0, 2), 1.5)), 7)]
+    assert opt.render(math.ceil(h / 2).tree, lambda s, a: "h") == "ceil((h / 2))"
 
 
 def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load():
@@ -424,3 +641,17 @@ def test_ops_that_make_values_record_their_device_by_name_and_are_mapped_on_load
     x = _data(4, 5)
     got = GraphInference(io.BytesIO(out.getvalue()), device="cpu0").run(x)
     np.testing.assert_allclose(list(got.values())[0], x + np.arange(5), rtol=1e-6)
+
+
+def test_resize_ops_of_older_files_keep_their_matrices():
+    # files dumped before _Resize kept sizes hold the resampling matrices in its state
+    from megengine.core.dispatch import apply
+    from megengine.functional.vision import _Resize, _interp_matrix
+
+    op = _Resize.__new__(_Resize)
+    op.mat_h, op.mat_w = _interp_matrix(3, 5, "bilinear", False), _interp_matrix(4, 2, "bilinear",
+                                                                                  False)
+    x = _data(1, 2, 3, 4)
+    got = apply(op, mge.tensor(x)).numpy()
+    want = F.nn.interpolate(mge.tensor(x), size=(5, 2)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
