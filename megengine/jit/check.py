@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from ..autodiff.function import _FunctionOp
-from ..core import dispatch
+from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
-from . import arith_opt
+from . import arith_opt, shape_tensors
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
                        _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
                        _step_text, _tensor_paths, _tensor_text, _tensors_in)
@@ -87,6 +87,31 @@ class _Checker(_Hook):
         """A checked call runs the Python code that used a value read to the host, and the ops
         it makes are checked: nothing to do (see `record._Recorder.read`)."""
 
+    # ----- symbolic shapes: the Python code sees sizes as the recording did -----
+    # A program recorded with symbolic shapes (capture_as_const) saw `SymDim`s, and what it made
+    # of them (``F.zeros((n, 4))``, ``x / n``, ``Tensor(x.shape)``) are ops of the program; a
+    # checked call hands out SymDims too (`tracing._check`), so it makes the same ops. Their
+    # expressions matter only to a dump, made from the recording: here no guard is kept (the
+    # call has the recorded signature) and shape tensors are read as numbers.
+    dims_made = False
+
+    def dim_slot(self, t):
+        if dispatch._trace_hook is not self:
+            return None
+        return self._internal(t)[0]
+
+    def guard(self, tree, value, kind):
+        pass
+
+    def sizes_tensor(self, data, dtype, device):
+        return shape_tensors.sizes_tensor(self, data, dtype, device)
+
+    def note_sizes(self, t, values):
+        pass
+
+    def sizes_of(self, t):
+        return None
+
     # ----- where this call's values are -----
     def _index(self):
         """Bring the maps of `_Hook` up to date with ``values``/``arrays``: the slots made by
@@ -117,6 +142,10 @@ class _Checker(_Hook):
 
     # ----- ops -----
     def __call__(self, op, inputs):
+        if self.dims_made:  # the op runs, and is compared, with the values (as recorded)
+            for k, v in list(op.__dict__.items()):
+                if _trace_option.has_dims(v):
+                    setattr(op, k, _trace_option.concrete(v))
         pc = self.pc
         try:
             step = self.steps[pc]

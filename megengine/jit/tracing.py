@@ -473,7 +473,10 @@ class trace:
         _trace_option._use_symbolic_shape = self._symbolic_shape
         dispatch._trace_hook = hook
         try:
-            return self.__wrapped__(*bound, *args, **kwargs)
+            out = self.__wrapped__(*bound, *args, **kwargs)
+            if _trace_option._dim_source is hook:
+                out = _sizes_as_tensors(out)
+            return out
         finally:
             dispatch._trace_hook = None
             _trace_option._use_symbolic_shape = shapes
@@ -489,7 +492,12 @@ class trace:
             checker = _ProfilingChecker(prog)
             checker.profile = self._profile
         checker.bind_args(leaves)
-        outputs = self._run_under(checker, bound, args, kwargs)
+        if prog.symbolic_shape:  # sizes as the recording saw them (see check._Checker.dim_slot)
+            _trace_option._dim_source = checker
+        try:
+            outputs = self._run_under(checker, bound, args, kwargs)
+        finally:
+            _trace_option._dim_source = None
         checker.finish(outputs)
         return outputs
 
@@ -525,6 +533,22 @@ class trace:
     def trace(self, *args, **kwargs):
         """Run the function once to record it (upstream's explicit tracing call)."""
         return self(*args, **kwargs)
+
+
+def _sizes_as_tensors(value):
+    """The traced function's return value with each size it returned (``x.shape[0]``, a
+    ``Shape`` or ``ShapeArray`` of them) made an int32 Tensor, as upstream's traced sizes are
+    Tensors: a dumped program computes it at the shapes it runs at (recording only)."""
+    t = type(value)
+    if t is _trace_option.SymDim:
+        return Tensor(value)
+    if t is _trace_option.Shape or t is _trace_option.ShapeArray:
+        return Tensor(value) if any(map(_trace_option.is_dim, value)) else value
+    if t is tuple or t is list:
+        return t(_sizes_as_tensors(v) for v in value)
+    if t is dict:
+        return {k: _sizes_as_tensors(v) for k, v in value.items()}
+    return value
 
 
 def _values_key(leaves, read, recorded):

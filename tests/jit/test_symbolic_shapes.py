@@ -538,8 +538,8 @@ def test_sizes_are_plain_ints_outside_dumpable_recordings():
     trace(fn, symbolic=True)(mge.tensor(_data(2, 3)))  # no capture_as_const: not dumpable
     f = trace(fn, symbolic=True, capture_as_const=True)
     f(mge.tensor(_data(2, 3)))
-    f(mge.tensor(_data(2, 3)))  # a checked call (same shapes): plain ints
-    assert kinds == [int, SymDim, int]
+    f(mge.tensor(_data(2, 3)))  # a checked call sees sizes as the recording did
+    assert kinds == [int, SymDim, SymDim]
     fn(mge.tensor(_data(2, 3)))
     assert kinds[-1] is int
 
@@ -655,3 +655,48 @@ def test_resize_ops_of_older_files_keep_their_matrices():
     got = apply(op, mge.tensor(x)).numpy()
     want = F.nn.interpolate(mge.tensor(x), size=(5, 2)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# values made from sizes (F.zeros((n, 3)), x / n, Tensor(n), arange) are ops of the recording:
+# a checked call of the same trace must make them too, or it stops with an operator mismatch
+_MADE_FROM_SIZES = {
+    "zeros": lambda x: x + F.zeros((x.shape[0], 3)),
+    "operand": lambda x: x / x.shape[0],
+    "arange": lambda x: x + F.arange(x.shape[1]),
+    "tensor": lambda x: x * mge.Tensor(x.shape[0]),
+    "float arange": lambda x: x + F.arange(0.5, x.shape[1] * 1.0, 1.0),
+    "shape tensor": lambda x: F.reshape(x, mge.Tensor(x.shape[::-1])),
+}
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("name", sorted(_MADE_FROM_SIZES))
+def test_later_calls_make_the_same_values_from_sizes(name, symbolic):
+    fn = _MADE_FROM_SIZES[name]
+    f = trace(fn, symbolic=symbolic, capture_as_const=True)
+    for _ in range(3):  # the first call records, the others are checked (or replayed)
+        x = _data(2, 3)
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), _eager(fn, x)[0], rtol=1e-6)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x0"])
+    x = _data(4, 3)
+    np.testing.assert_allclose(_run(buf, x)[0], _eager(fn, x)[0], rtol=1e-6)
+
+
+def test_returned_sizes_are_outputs_that_follow_the_input():
+    """Upstream's traced sizes are Tensors: a size the function returns is an output of the
+    dumped program (upstream's test_subtensor_when_shape_invalid)."""
+    def fn(x):
+        n = x.shape[-1]
+        arr = F.arange(4, n * 8 + 4, 8)
+        return arr.shape[0], x.shape, n / 2, x * 2
+
+    f = trace(fn, symbolic=False, capture_as_const=True)
+    for _ in range(2):
+        out = f(mge.tensor(_data(1, 3, 6)))
+        assert all(isinstance(o, mge.Tensor) for o in out)
+        assert [o.numpy().tolist() for o in out[:3]] == [6, [1, 3, 6], 3.0]
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x0"])
+    got = _run(buf, _data(2, 5, 9))
+    assert [g.tolist() for g in got[:3]] == [9, [2, 5, 9], 4.5]
