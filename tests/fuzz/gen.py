@@ -140,16 +140,18 @@ class Case:
     of inputs whose gradients are compared (float32 only). ``dtypes``: expected output dtypes
     when upstream's rule differs from torch's (None: torch's). ``error``: torch's refusal is
     expected and megengine must refuse with its own message; None lets the oracle decide.
-    ``out_fix``: maps torch's outputs into megengine's convention (e.g. int64 -> int32).
+    ``refuse``: why upstream refuses this call although torch computes it; megengine must
+    raise its own error. ``out_fix``: maps torch's outputs into megengine's convention (e.g. int64 -> int32).
     """
 
     def __init__(self, desc, inputs, mge_fn, torch_fn, diff=None, dtypes=None, tol=None,
-                 layouts=True, out_fix=None, grad=True, compare=None):
+                 layouts=True, out_fix=None, grad=True, compare=None, refuse=None):
         self.desc, self.inputs = desc, [np.asarray(a) for a in inputs]
         self.mge_fn, self.torch_fn = mge_fn, torch_fn
         self.diff = diff
         self.dtypes, self.tol, self.use_layouts = dtypes, tol, layouts
         self.out_fix, self.grad, self.compare = out_fix, grad, compare
+        self.refuse = refuse
 
 
 def _torch_call(fn, ts):
@@ -187,6 +189,8 @@ def run(case, rng):
             if diff and fys:
                 gm.backward(fys, [mge.tensor(d) for d in dys])
     except Exception as e:  # noqa: BLE001
+        if case.refuse and _is_ours(e):
+            return "error"
         if terr is None:
             raise Mismatch(f"{desc}: megengine raised {type(e).__name__}: {e} but torch "
                            "computed it") from e
@@ -194,6 +198,8 @@ def run(case, rng):
             raise Mismatch(f"{desc}: both refuse, but megengine's error is not its own "
                            f"({type(e).__name__}: {e})") from e
         return "error"
+    if case.refuse:
+        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
     if terr is not None:
         raise Mismatch(f"{desc}: megengine accepted what torch refuses "
                        f"({type(terr).__name__}: {str(terr)[:200]})")
