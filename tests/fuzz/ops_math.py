@@ -264,6 +264,9 @@ def _reduce_gen(name):
         x = values(rng, shp, dt, lo, hi)
         axis = axis_arg(rng, ndim)
         keep = bool(rng.random() < 0.5)
+        if ndim and rng.random() < 0.04:
+            # invalid: an axis out of range, or one axis twice; both must refuse
+            axis = ndim if rng.random() < 0.5 else (0, -ndim)
         ax = _torch_axes(axis, ndim)
         dtypes = None
         if name == "sum":
@@ -275,6 +278,7 @@ def _reduce_gen(name):
                                      dim=ax, keepdim=keep)
         elif name == "prod":
             def t(a):
+                torch.sum(a, dim=ax)  # torch.prod takes one dim: let sum judge the axes
                 for d in sorted([d % max(ndim, 1) for d in ax], reverse=True):
                     a = torch.prod(a, dim=d, keepdim=True)
                 if not keep:

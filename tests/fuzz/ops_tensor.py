@@ -87,8 +87,13 @@ def _draw_index(rng, shp, unique=False):
             n_adv += 1
             items.append(idx.astype(pick(rng, [np.int32, np.int64])))
         elif r < 0.52 and n_adv == 0:
-            items.append(rng.random(n) < 0.5)
+            # a mask over this and maybe the following dims (x[mask] with mask.shape == x.shape
+            # is the common case)
+            span = int(rng.integers(1, nd - axis + 1))
+            items.append(rng.random(shp[axis:axis + span]) < 0.5)
             n_adv = 2  # a mask uses up the advanced slots
+            axis += span
+            continue
         else:
             step = pick(rng, [1, 1, 2, -1, -2, 3, None])
             start = pick(rng, [None, 0, 1, -1, -n - 1 if n else None])
@@ -102,7 +107,7 @@ def _draw_index(rng, shp, unique=False):
 
 def _fmt(index):
     return "[" + ", ".join(
-        "..." if i is Ellipsis else f"arr{i.tolist()}" if isinstance(i, np.ndarray)
+        "..." if i is Ellipsis else f"arr{i.astype(int).tolist()}" if isinstance(i, np.ndarray)
         else f"{i.start}:{i.stop}:{i.step}" if isinstance(i, slice) else repr(i) for i in index
     ) + "]"
 
@@ -115,7 +120,7 @@ def _mge_index(rng, index):
 
 @op("getitem", "indexing")
 def _getitem(rng):
-    shp = shape(rng, 1, 4)
+    shp = shape(rng, 0 if rng.random() < 0.1 else 1, 4)
     dt = pick(rng, ["float32", "float32", "int32", "bool"])
     x = values(rng, shp, dt)
     index = _draw_index(rng, shp)
@@ -164,6 +169,10 @@ def _concat(rng):
         s = list(base)
         s[axis] = int(rng.integers(0, 4))
         shapes.append(tuple(s))
+    if rng.random() < 0.05 and len(base) > 1:
+        bad = list(shapes[-1])
+        bad[(axis + 1) % len(base)] += 1  # a mismatched non-concat dim: both must refuse
+        shapes[-1] = tuple(bad)
     dt = pick(rng, ["float32", "int32"])
     xs = [values(rng, s, dt) for s in shapes]
     return Case(f"concat({shapes}, axis={axis}) {dt}", xs, lambda *a: F.concat(list(a), axis),
@@ -286,11 +295,13 @@ def _topk(rng):
     shp = shape(rng, 1, 2, zero=False)
     x = _distinct(rng, shp, "float32")
     k = int(rng.integers(1, shp[-1] + 1))
+    if rng.random() < 0.1:
+        k = shp[-1] + 2  # upstream's kernel takes the whole row (torch refuses)
     desc = bool(rng.random() < 0.5)
     kth = bool(rng.random() < 0.25)
 
     def t(a):
-        v, i = torch.topk(a, k, largest=desc, sorted=True)
+        v, i = torch.topk(a, min(k, shp[-1]), largest=desc, sorted=True)
         return (v[..., -1], i[..., -1]) if kth else (v, i)
     return Case(f"topk(x{shp}, {k}, descending={desc}, kth_only={kth})", [x],
                 lambda a: F.topk(a, k, descending=desc, kth_only=kth), t,
@@ -320,6 +331,8 @@ def _reshape(rng):
         target = [n] if n else [0]
     if target and rng.random() < 0.4 and n:
         target[int(rng.integers(len(target)))] = -1
+    if rng.random() < 0.05:
+        target = target + [2] if n else [3]  # the wrong number of elements: both refuse
     target = tuple(int(t) for t in target)
     x = values(rng, shp, "float32")
     return Case(f"reshape(x{shp}, {target})", [x], lambda a: F.reshape(a, target),
@@ -373,10 +386,15 @@ def _squeeze(rng):
         axis = axis - len(shp) if rng.random() < 0.4 else axis
     else:
         axis = tuple(ones[:int(rng.integers(1, len(ones) + 1))])
+    refuse = None
+    others = [i for i, d in enumerate(shp) if d != 1]
+    if others and rng.random() < 0.1:
+        axis = pick(rng, others)  # torch leaves such a dim alone; upstream refuses
+        refuse = "upstream cannot squeeze a dim whose size is not 1"
     x = values(rng, shp, "float32")
-    target = np.squeeze(np.empty(shp), axis).shape
+    target = np.squeeze(np.empty(shp), axis).shape if refuse is None else shp
     return Case(f"squeeze(x{shp}, {axis})", [x], lambda a: F.squeeze(a, axis),
-                lambda a: a.reshape(target))
+                lambda a: a.reshape(target), refuse=refuse)
 
 
 @op("repeat", "shape")
