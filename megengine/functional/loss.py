@@ -372,6 +372,10 @@ class _CrossEntropy(Op):
         e = self.e
         n, classes = e.shape
         grad = e / self.s[:, None]  # softmax
+        if not grad.flags.c_contiguous:
+            # a transposed pred gives an F-ordered e (numpy keeps the input's layout), whose
+            # reshape(-1) below is a copy: the -1 at the labels would be lost
+            grad = xp_of(e).ascontiguousarray(grad)
         # minus one at each row's label, through flat indices into the C-contiguous (N, C)
         # softmax: one index array instead of (rows, label) pairs, measured ~2 us less warm
         # and more right after torch's backward

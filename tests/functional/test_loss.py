@@ -534,3 +534,22 @@ def test_binary_cross_entropy_second_order(with_logits):
         check_second_order(
             lambda a, b: F.nn.binary_cross_entropy(F.sigmoid(a), b, with_logits=False),
             lambda a, b: TF.binary_cross_entropy(torch.sigmoid(a), b), x, y)
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+def test_cross_entropy_gradient_of_a_transposed_pred():
+    # (N, C) logits that are a transposed view: the fused training path lost the -1 at the
+    # labels (its flat index went into a copy)
+    from megengine.autodiff import GradManager
+
+    rs = np.random.RandomState(0)
+    logits_t = rs.randn(4, 3).astype(np.float32)  # stored (C, N), used as (N, C)
+    label = np.array([3, 2, 0], np.int32)
+    x = mge.tensor(logits_t)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.nn.cross_entropy(F.transpose(x, (1, 0)), mge.tensor(label)))
+    t = torch.tensor(logits_t.T.copy(), requires_grad=True)
+    torch.nn.functional.cross_entropy(t, torch.tensor(label).long()).backward()
+    np.testing.assert_allclose(x.grad.numpy().T, t.grad.numpy(), rtol=1e-5, atol=1e-6)
