@@ -83,9 +83,24 @@ class Layout:
         self.stored, self.view, self.name = stored, view, name
 
 
-def layout(rng, arr, p=0.35):
+def layout(rng, arr, p=0.35, bcast=False):
+    """A random Layout of ``arr``: contiguous, a transpose, a step-2 slice, a flip (negative
+    strides in numpy; torch copies) or, when ``bcast`` (the op tolerates repeated values), a
+    broadcast of a size-1 array (zero strides, read-only in numpy)."""
     if arr.ndim == 0 or rng.random() >= p:
         return Layout(arr, lambda t: t, "contig")
+    r = rng.random()
+    if r < 0.15:
+        ax = int(rng.integers(arr.ndim))
+        stored = np.flip(arr, ax).copy()  # (ascontiguousarray keeps a -1 stride of size-1 dims)
+        return Layout(stored, lambda t: torch.flip(t, (ax,)) if isinstance(t, torch.Tensor)
+                      else F.flip(t, ax), f"flip(axis={ax})")
+    if bcast and r < 0.3 and arr.size:
+        ax = int(rng.integers(arr.ndim))
+        stored = np.ascontiguousarray(arr.take([0], axis=ax))  # the values change: repeats
+        shp = arr.shape
+        return Layout(stored, lambda t: torch.broadcast_to(t, shp) if isinstance(t, torch.Tensor)
+                      else F.broadcast_to(t, shp), f"broadcast(axis={ax})")
     if arr.ndim >= 2 and rng.random() < 0.5:
         perm = [int(i) for i in rng.permutation(arr.ndim)]
         inv = [int(i) for i in np.argsort(perm)]
@@ -140,18 +155,20 @@ class Case:
     of inputs whose gradients are compared (float32 only). ``dtypes``: expected output dtypes
     when upstream's rule differs from torch's (None: torch's). ``error``: torch's refusal is
     expected and megengine must refuse with its own message; None lets the oracle decide.
-    ``refuse``: why upstream refuses this call although torch computes it; megengine must
+    ``bcast``: the op tolerates a broadcast layout (repeated values: no ties that the two
+    frameworks break differently). ``refuse``: why upstream refuses this call although torch computes it; megengine must
     raise its own error. ``out_fix``: maps torch's outputs into megengine's convention (e.g. int64 -> int32).
     """
 
     def __init__(self, desc, inputs, mge_fn, torch_fn, diff=None, dtypes=None, tol=None,
-                 layouts=True, out_fix=None, grad=True, compare=None, refuse=None):
+                 layouts=True, out_fix=None, grad=True, compare=None, refuse=None,
+                 bcast=True):
         self.desc, self.inputs = desc, [np.asarray(a) for a in inputs]
         self.mge_fn, self.torch_fn = mge_fn, torch_fn
         self.diff = diff
         self.dtypes, self.tol, self.use_layouts = dtypes, tol, layouts
         self.out_fix, self.grad, self.compare = out_fix, grad, compare
-        self.refuse = refuse
+        self.refuse, self.bcast = refuse, bcast
 
 
 def _torch_call(fn, ts):
@@ -163,7 +180,7 @@ def _torch_call(fn, ts):
 
 def run(case, rng):
     """Run ``case`` in both frameworks; raise Mismatch with the case's description."""
-    lays = [layout(rng, a) if case.use_layouts else Layout(a, lambda t: t, "contig")
+    lays = [layout(rng, a, bcast=case.bcast) if case.use_layouts else Layout(a, lambda t: t, "contig")
             for a in case.inputs]
     diff = case.diff
     if diff is None:

@@ -306,7 +306,7 @@ def _reduce_gen(name):
             x = x + np.arange(x.size, dtype=np.float32).reshape(shp) * 1e-3 if x.size else x
         return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
                     lambda a: m(a, axis=axis, keepdims=keep), t, dtypes=dtypes, tol=tol,
-                    diff=diff)
+                    diff=diff, bcast=name not in ("max", "min"))
     return gen
 
 
@@ -324,7 +324,7 @@ def _arg_gen(name):
         fn = torch.argmax if name == "argmax" else torch.argmin
         return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
                     lambda a: getattr(F, name)(a, axis=axis, keepdims=keep),
-                    lambda a: fn(a, dim=axis, keepdim=keep), dtypes=["int32"])
+                    lambda a: fn(a, dim=axis, keepdim=keep), dtypes=["int32"], bcast=False)
     return gen
 
 
@@ -344,7 +344,8 @@ def _norm(rng):
     return Case(f"norm(x{shp}, ord={ord_}, axis={axis}, keepdims={keep})", [x],
                 lambda a: F.norm(a, ord=ord_, axis=axis, keepdims=keep),
                 lambda a: torch.linalg.vector_norm(a, ord=p, dim=ax, keepdim=keep),
-                dtypes=["int32"] if ord_ == 0 else None, tol=(2e-4, 2e-5))
+                dtypes=["int32"] if ord_ == 0 else None, tol=(2e-4, 2e-5),
+                bcast=abs(p) != float("inf"))  # +-inf: max/min, whose ties differ
 
 
 @op("cumsum", "reduction")

@@ -278,7 +278,7 @@ def _sort(rng):
     x = _distinct(rng, shp, dt).astype(dt)
     desc = bool(rng.random() < 0.5)
     return Case(f"sort(x{shp} {dt}, descending={desc})", [x], lambda a: F.sort(a, desc),
-                lambda a: torch.sort(a, descending=desc), dtypes=[dt, "int32"])
+                lambda a: torch.sort(a, descending=desc), dtypes=[dt, "int32"], bcast=False)
 
 
 @op("argsort", "sorting")
@@ -287,7 +287,7 @@ def _argsort(rng):
     x = _distinct(rng, shp, "float32")
     desc = bool(rng.random() < 0.5)
     return Case(f"argsort(x{shp}, descending={desc})", [x], lambda a: F.argsort(a, desc),
-                lambda a: torch.argsort(a, descending=desc), dtypes=["int32"])
+                lambda a: torch.argsort(a, descending=desc), dtypes=["int32"], bcast=False)
 
 
 @op("topk", "sorting")
@@ -305,7 +305,7 @@ def _topk(rng):
         return (v[..., -1], i[..., -1]) if kth else (v, i)
     return Case(f"topk(x{shp}, {k}, descending={desc}, kth_only={kth})", [x],
                 lambda a: F.topk(a, k, descending=desc, kth_only=kth), t,
-                dtypes=["float32", "int32"])
+                dtypes=["float32", "int32"], bcast=False)
 
 
 # ----- shape functions -----
