@@ -481,7 +481,8 @@ class _Linear(Op):
             return gx, gw, gb
         gx = g @ w if needs[0] else None
         g2 = g.reshape(-1, g.shape[-1])
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if needs[1] else None
+        # rows spelled out: -1 is ambiguous for a size-0 input with in_features == 0
+        gw = g2.T @ x.reshape(g2.shape[0], x.shape[-1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None

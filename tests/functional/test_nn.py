@@ -533,3 +533,16 @@ def test_prelu_gradient_when_weight_broadcasts_the_input():
     t = torch.tensor(a, requires_grad=True)
     torch.where(t > 0, t, t * torch.tensor(w)).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("x_shape", [(0,), (4, 2, 0)])
+def test_linear_gradient_with_zero_in_features(x_shape):
+    x = mge.tensor(np.zeros(x_shape, np.float32))
+    w = mge.tensor(np.zeros((2, 0), np.float32))
+    b = mge.tensor(np.ones(2, np.float32))
+    gm = GradManager().attach([x, w, b])
+    with gm:
+        y = F.nn.linear(x, w, b)
+        gm.backward(y.sum())
+    assert x.grad.shape == x_shape and w.grad.shape == (2, 0)
+    np.testing.assert_array_equal(b.grad.numpy(), np.full(2, y.size // 2, np.float32))

@@ -391,3 +391,24 @@ def _matmul(rng):
     return Case(f"matmul(a{sa}, b{sb} {dt}, transpose_a={ta}, transpose_b={tb})", [a, b],
                 lambda x, y: F.matmul(x, y, transpose_a=ta, transpose_b=tb), t,
                 tol=(3e-2, 5e-2) if dt == "float16" else (2e-4, 2e-4))
+
+
+@op("normalize", "reduction")
+def _normalize(rng):
+    shp = shape(rng, 1, 3)
+    x = values(rng, shp, "float32")
+    axis = axis_arg(rng, len(shp), tuple_ok=False)
+    ord_ = pick(rng, [None, 1, 2, 3])
+    p = 2 if ord_ is None else ord_
+    ax = _torch_axes(axis, len(shp))
+    return Case(f"normalize(x{shp}, ord={ord_}, axis={axis})", [x],
+                lambda a: F.normalize(a, ord_, axis),
+                lambda a: a / torch.clamp_min(torch.linalg.vector_norm(a, p, ax, keepdim=True),
+                                              1e-12), tol=(2e-4, 2e-5))
+
+
+@op("dot", "matmul")
+def _dot(rng):
+    n = int(rng.integers(0, 6))
+    a, b = values(rng, (n,), "float32"), values(rng, (n,), "float32")
+    return Case(f"dot(a({n},), b({n},))", [a, b], F.dot, torch.dot, tol=(2e-4, 2e-5))

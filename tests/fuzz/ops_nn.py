@@ -431,3 +431,52 @@ def _one_hot(rng):
     x = rng.integers(0, c, size=shp).astype(np.int32)
     return Case(f"one_hot(x{shp}, {c})", [x], lambda a: F.one_hot(a, c),
                 lambda a: TF.one_hot(a.long(), c), dtypes=["int32"])
+
+
+# ----- more of F.nn: linear, embedding, pixel_shuffle, adaptive max pooling -----
+
+@op("linear", "matmul")
+def _linear(rng):
+    lead = shape(rng, 0, 2)
+    fin, fout = int(rng.integers(0, 5)), int(rng.integers(1, 5))
+    has_bias = bool(rng.random() < 0.6)
+    x = values(rng, lead + (fin,), "float32")
+    w, b = values(rng, (fout, fin), "float32"), values(rng, (fout,), "float32")
+    return Case(f"linear(x{x.shape}, w{w.shape}, bias={has_bias})", [x, w, b],
+                lambda a, ww, bb: F.nn.linear(a, ww, bb if has_bias else None),
+                lambda a, ww, bb: TF.linear(a, ww, bb if has_bias else None),
+                diff=[0, 1, 2] if has_bias else [0, 1], tol=(2e-4, 2e-4))
+
+
+@op("embedding", "indexing")
+def _embedding(rng):
+    n, d = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+    ishape = shape(rng, 0, 3)
+    idx = rng.integers(0, n, size=ishape).astype(np.int32)
+    pad = None if rng.random() < 0.7 else int(rng.integers(0, n))
+    w = values(rng, (n, d), "float32")
+    return Case(f"embedding(idx{ishape}, w{w.shape}, padding_idx={pad})", [idx, w],
+                lambda i, ww: F.nn.embedding(i, ww, padding_idx=pad),
+                lambda i, ww: TF.embedding(i.long(), ww, padding_idx=pad), diff=[1])
+
+
+@op("pixel_shuffle", "shape")
+def _pixel_shuffle(rng):
+    r = int(rng.integers(1, 4))
+    shp = shape(rng, 0, 2, zero=False, max_dim=2) + (int(rng.integers(1, 3)) * r * r,) + tuple(
+        int(v) for v in rng.integers(1, 4, size=2))
+    x = values(rng, shp, "float32")
+    return Case(f"pixel_shuffle(x{shp}, {r})", [x], lambda a: F.nn.pixel_shuffle(a, r),
+                lambda a: TF.pixel_shuffle(a, r))
+
+
+@op("adaptive_max_pool2d", "pool")
+def _adaptive_max(rng):
+    shp = (1, int(rng.integers(1, 3))) + tuple(int(v) for v in rng.integers(1, 8, size=2))
+    o = tuple(int(rng.integers(1, n + 1)) for n in shp[2:])
+    x = (rng.permutation(int(np.prod(shp))).reshape(shp) * 0.1).astype(np.float32)  # no ties
+    stride = tuple(n // m for n, m in zip(shp[2:], o))
+    kernel = tuple(n - (m - 1) * st for n, m, st in zip(shp[2:], o, stride))
+    return Case(f"adaptive_max_pool2d(x{shp}, {o})", [x],
+                lambda a: F.nn.adaptive_max_pool2d(a, o),
+                lambda a: TF.max_pool2d(a, kernel, stride), bcast=False)  # upstream's windows

@@ -445,3 +445,27 @@ def _flip(rng):
     x = values(rng, shp, "float32")
     return Case(f"flip(x{shp}, {axis})", [x], lambda a: F.flip(a, axis),
                 lambda a: torch.flip(a, axis if isinstance(axis, tuple) else (axis,)))
+
+
+@op("indexing_one_hot", "indexing")
+def _indexing_one_hot(rng):
+    shp = shape(rng, 1, 3, zero=False)
+    axis = int(rng.integers(-len(shp), len(shp)))
+    keep = bool(rng.random() < 0.4)
+    ishape = shp[:axis % len(shp)] + shp[axis % len(shp) + 1:]
+    idx = rng.integers(0, shp[axis], size=ishape).astype(np.int32)
+    x = values(rng, shp, "float32")
+
+    def t(a, i):
+        out = torch.gather(a, axis, i.long().unsqueeze(axis))
+        return out if keep else out.squeeze(axis)
+    return Case(f"indexing_one_hot(x{shp}, idx{ishape}, axis={axis}, keepdims={keep})",
+                [x, idx], lambda a, i: F.indexing_one_hot(a, i, axis, keep), t, diff=[0])
+
+
+@op("diag", "shape")
+def _diag(rng):
+    shp = shape(rng, 1, 2)
+    k = int(rng.integers(-3, 4))
+    x = values(rng, shp, "float32")
+    return Case(f"diag(x{shp}, k={k})", [x], lambda a: F.diag(a, k), lambda a: torch.diag(a, k))
