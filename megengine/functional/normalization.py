@@ -125,7 +125,8 @@ class _BatchNorm(Op):
         i_w, i_b = 1, 1 + self.has_weight
         mask = [needs[0], self.has_weight and needs[i_w], self.has_bias and needs[i_b]]
         gx, gw, gb = _aten.aten().native_batch_norm_backward(
-            _aten.view(xp_of(g).ascontiguousarray(g)), tx, tw, rm, rv, save_mean, save_invstd, self.training, self.eps, mask)
+            _aten.view(xp_of(g).ascontiguousarray(g)), tx, tw, rm, rv, save_mean, save_invstd,
+            self.training, self.eps, mask)
         grads = [_aten.array(gx) if mask[0] else None]
         for has, i, got in ((self.has_weight, i_w, gw), (self.has_bias, i_b, gb)):
             if has:

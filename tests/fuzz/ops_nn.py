@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
+import megengine as mge
 import megengine.functional as F
 
 from .gen import Case, pick, shape, values
@@ -55,7 +56,7 @@ for _n in ACT:
 
 @op("prelu", "activation")
 def _prelu(rng):
-    shp = (dim_nonzero(rng),) + shape(rng, 1, 3)
+    shp = (int(rng.integers(1, 4)),) + shape(rng, 1, 3)
     c = shp[1]
     x = values(rng, shp, "float32")
     w = values(rng, (pick(rng, [1, c]),), "float32", 0.05, 0.5)
@@ -63,10 +64,6 @@ def _prelu(rng):
     # meets the last axis; M.PReLU reshapes it), not torch's per-channel rule
     return Case(f"prelu(x{shp}, w{w.shape})", [x, w], F.prelu,
                 lambda a, ww: torch.where(a > 0, a, a * ww))
-
-
-def dim_nonzero(rng):
-    return int(rng.integers(1, 4))
 
 
 def _softmax_axis(ndim):
@@ -257,8 +254,7 @@ def _batch_norm(rng):
     def m(a, ww, bb):
         if training:
             return F.nn.batch_norm(a, None, None, ww, bb, training=True)
-        return F.nn.batch_norm(a, F.copy(rm_t(a, rm)), F.copy(rm_t(a, rv)), ww, bb,
-                               training=False)
+        return F.nn.batch_norm(a, mge.tensor(rm), mge.tensor(rv), ww, bb, training=False)
     return Case(f"batch_norm(x{shp}, training={training})", [x, w, b], m,
                 # every operand .contiguous(): torch 2.13's CPU batch_norm backward returns wrong
                 # input gradients for a channels-last view with a size-1 spatial dim (shape
@@ -269,12 +265,6 @@ def _batch_norm(rng):
                     a.contiguous(), torch.tensor(rm.ravel()), torch.tensor(rv.ravel()),
                     ww.reshape(-1).contiguous(), bb.reshape(-1).contiguous(), training=training),
                 tol=(5e-4, 2e-4), bcast=False)
-
-
-def rm_t(like, arr):
-    import megengine as mge
-
-    return mge.tensor(arr)
 
 
 # ----- convolution and pooling -----

@@ -53,9 +53,10 @@ class _NumpySet(torch.autograd.Function):
         # sum over the dims v was broadcast along
         lead = gv.ndim - len(ctx.vshape)
         gv = gv.sum(axis=tuple(range(lead))) if lead > 0 else gv
-        gv = gv.sum(axis=tuple(i for i, n in enumerate(ctx.vshape) if n == 1 and gv.shape[i] != 1),
-                    keepdims=True) if gv.ndim else gv
-        return torch.from_numpy(gx), torch.from_numpy(np.ascontiguousarray(gv).reshape(ctx.vshape)), None
+        ones = tuple(i for i, n in enumerate(ctx.vshape) if n == 1 and gv.shape[i] != 1)
+        gv = gv.sum(axis=ones, keepdims=True) if gv.ndim else gv
+        gv = np.ascontiguousarray(gv).reshape(ctx.vshape)
+        return torch.from_numpy(gx), torch.from_numpy(gv), None
 
 
 def _draw_index(rng, shp, unique=False):
