@@ -138,9 +138,13 @@ class Var(Op):
         if x.dtype.kind != "f":
             x = x.astype(np.float32)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
-        self.d = d = x - x.mean(axis=axes, keepdims=True)
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
-        out = (d * d).mean(axis=axes, keepdims=True)
+        if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
+            self.d = x
+            out = xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
+        else:
+            self.d = d = x - x.mean(axis=axes, keepdims=True)
+            out = (d * d).mean(axis=axes, keepdims=True)
         return out.reshape(_out_shape(x.shape, axes, self.keepdims))
 
     def backward(self, g):
