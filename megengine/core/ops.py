@@ -651,8 +651,8 @@ class Reduce(Op):
         empty = [a for a in (axes if x.ndim else ()) if x.shape[a] == 0]
         if self.mode in ("max", "min") and empty:
             # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,)
-            raise ValueError(f"{self.mode}: cannot reduce over axis {empty[0]}, which has size 0 "
-                             f"(tensor shape {tuple(x.shape)}): the {self.mode} of no elements "
+            raise ValueError(f"{self.mode}: cannot reduce over axis {empty[0]} of an empty "
+                             f"tensor (shape {tuple(x.shape)}): the {self.mode} of no elements "
                              "is undefined")
         fn = getattr(x, self.mode)
         out = fn(axis=axes, keepdims=True) if x.ndim else fn(keepdims=True)

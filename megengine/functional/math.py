@@ -104,8 +104,8 @@ def _arg_reduce(inp, axis, keepdims, fn):
         axes = _norm_axes(axis, inp.ndim, fn)
     empty = [a for a in (range(inp.ndim) if axes is None else axes) if inp.shape[a] == 0]
     if empty:  # an empty tensor whose reduced axes are not empty has an (empty) answer
-        raise ValueError(f"{fn}: cannot reduce over axis {empty[0]}, which has size 0 "
-                         f"(tensor shape {tuple(inp.shape)})")
+        raise ValueError(f"{fn}: cannot reduce over axis {empty[0]} of an empty tensor "
+                         f"(shape {tuple(inp.shape)}): it has size 0")
     return apply(Compute(_arg_reduce_fn, fn, axes, keepdims), inp)
 
 

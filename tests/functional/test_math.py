@@ -405,7 +405,7 @@ def test_max_min_argmax_of_empty_tensor_over_a_nonempty_axis():
     x = np.zeros((0, 3), np.float32)
     assert F.max(mge.tensor(x), axis=1).shape == tuple(torch.amax(torch.tensor(x), 1).shape)
     assert F.argmin(mge.tensor(x), axis=1).shape == (0,)
-    with pytest.raises(ValueError, match="axis 0, which has size 0"):
+    with pytest.raises(ValueError, match="axis 0 of an empty tensor"):
         F.max(mge.tensor(x), axis=0)
 
 
