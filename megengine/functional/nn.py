@@ -403,6 +403,9 @@ class _LogSoftmax(Op):
             return self.y
         xp = xp_of(x)
         shifted = x - _shift(x, self.axes)
+        if not x.size:  # no output (and the log of an empty sum would warn)
+            self.y = shifted
+            return shifted
         self.y = shifted - xp.log(xp.exp(shifted).sum(self.axes, keepdims=True))
         return self.y
 
