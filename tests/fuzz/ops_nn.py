@@ -152,16 +152,22 @@ def _ce(rng):
         pred = np.exp(pred) / np.exp(pred).sum(axis=1, keepdims=True)
         pred = pred.astype(np.float32)
     label = rng.integers(0, c, size=(n,) + extra).astype(np.int32)
+    # the class axis anywhere (upstream's axis argument; torch's is 1); the label keeps the
+    # other dims in order, so it is the same array
+    axis = 1 if rng.random() < 0.6 else int(rng.integers(0, pred.ndim))
+    pred = np.moveaxis(pred, 1, axis).copy()
 
     def t(p, y):
+        p = torch.movedim(p, axis, 1)
         p = p.contiguous()  # torch's nll_loss backward refuses strided inputs
         logp = torch.log_softmax(p, 1) if logits else torch.log(p)
         return TF.nll_loss(logp, y.long(), reduction=red) * (1 - ls) + _reduce(
             -logp.mean(1), red) * ls
-    return Case(f"cross_entropy(pred{pred.shape}, with_logits={logits}, label_smooth={ls}, "
-                f"{red})", [pred, label],
-                lambda p, y: F.nn.cross_entropy(p, y, with_logits=logits, label_smooth=ls,
-                                                reduction=red), t, diff=[0], tol=(2e-4, 2e-5))
+    return Case(f"cross_entropy(pred{pred.shape}, label{label.shape}, axis={axis}, "
+                f"with_logits={logits}, label_smooth={ls}, {red})", [pred, label],
+                lambda p, y: F.nn.cross_entropy(p, y, axis=axis, with_logits=logits,
+                                                label_smooth=ls, reduction=red), t, diff=[0],
+                tol=(2e-4, 2e-5))
 
 
 @op("hinge_loss", "loss")
