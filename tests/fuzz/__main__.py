@@ -1,11 +1,25 @@
 """Offline fuzzing: ``python -m tests.fuzz --seeds 2000 [--op NAME ...] [--family F]`` prints,
-per op, the cases run and every discrepancy against torch (not run in CI)."""
+per op, the cases run and every discrepancy against torch (not run in CI). Run it from the
+repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
+simulated CUDA device (tests/simcuda: CuPy's code paths on the host)."""
 import argparse
 import fnmatch
+import os
 import sys
 import time
 
-from .registry import OPS, fuzz
+
+def _install_simcuda():
+    # before megengine loads, as tests/conftest.py does for the suite
+    if os.environ.get("MGE_SIM_CUDA", "").strip() not in ("", "0"):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        import simcuda
+
+        simcuda.install_from_environment()
+
+
+_install_simcuda()
+from .registry import OPS, fuzz  # noqa: E402  (after simcuda)
 
 
 def main(argv=None):
@@ -37,7 +51,10 @@ def main(argv=None):
               flush=True)
         for m in msgs[:a.max_messages]:
             print("    " + m.replace("\n", "\n      "))
-    print(f"{len(names)} ops, {a.seeds} seeds each, {bad} discrepancies")
+    from megengine.device import canonical_device
+
+    print(f"{len(names)} ops, {a.seeds} seeds each, {bad} discrepancies "
+          f"(device {canonical_device(None)})")
     return 1 if bad else 0
 
 
