@@ -393,6 +393,9 @@ class _CrossEntropy(Op):
 
     def _forward_aten(self, pred, label):
         aten, ax, ls = _aten.aten(), self.axis, self.ls
+        # contiguous: log() keeps a strided pred's strides, and nll_loss's backward refuses a
+        # strided input ("grad_input must be contiguous")
+        pred = xp_of(pred).ascontiguousarray(pred)
         classes = pred.shape[ax]
         before, after = math.prod(pred.shape[:ax]), math.prod(pred.shape[ax + 1:])
         shape = (before, classes) if after == 1 else (before, classes, after, 1)
