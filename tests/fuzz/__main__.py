@@ -15,7 +15,8 @@ def _install_simcuda():
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         import simcuda
 
-        simcuda.install_from_environment()
+        if not simcuda.installed():  # (the suite's conftest may have installed it already)
+            simcuda.install_from_environment()
 
 
 _install_simcuda()

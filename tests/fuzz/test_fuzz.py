@@ -18,6 +18,14 @@ def test_fuzz_slice(name):
         run_seed(name, seed)  # raises Mismatch (with the drawn case) on a discrepancy
 
 
+def test_command_line(capsys):
+    from .__main__ import main
+
+    assert main(["--seeds", "2", "--op", "add", "--op", "conv2*"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d" in out and "2 ops, 2 seeds each, 0 discrepancies" in out
+
+
 def test_every_family_is_fuzzed():
     families = {family for family, _ in OPS.values()}
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
