@@ -680,8 +680,12 @@ class Reduce(Op):
     def forward(self, x):
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, self.mode)
-        if self.mode in ("max", "min") and x.size == 0:
-            raise ValueError(f"{self.mode}: cannot reduce an empty tensor")
+        empty = [a for a in (axes if x.ndim else ()) if x.shape[a] == 0]
+        if self.mode in ("max", "min") and empty:
+            # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,)
+            raise ValueError(f"{self.mode}: cannot reduce over axis {empty[0]} of an empty "
+                             f"tensor (shape {tuple(x.shape)}): the {self.mode} of no elements "
+                             "is undefined")
         fn = getattr(x, self.mode)
         out = fn(axis=axes, keepdims=True) if x.ndim else fn(keepdims=True)
         if self.mode == "mean" and x.dtype.kind != "f":
@@ -732,6 +736,8 @@ def _exclusive_prod(x, axes):
     xp = xp_of(x)
     if not axes:
         return xp.ones_like(x)
+    if x.size == 0:  # nothing to differentiate (and -1 in the reshape below is ambiguous)
+        return xp.zeros_like(x)
     rest = [i for i in range(x.ndim) if i not in axes]
     perm = rest + list(axes)
     moved = x.transpose(perm)

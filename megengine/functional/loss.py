@@ -372,6 +372,10 @@ class _CrossEntropy(Op):
         e = self.e
         n, classes = e.shape
         grad = e / self.s[:, None]  # softmax
+        if not grad.flags.c_contiguous:
+            # a transposed pred gives an F-ordered e (numpy keeps the input's layout), whose
+            # reshape(-1) below is a copy: the -1 at the labels would be lost
+            grad = xp_of(e).ascontiguousarray(grad)
         # minus one at each row's label, through flat indices into the C-contiguous (N, C)
         # softmax: one index array instead of (rows, label) pairs, measured ~2 us less warm
         # and more right after torch's backward
@@ -389,6 +393,9 @@ class _CrossEntropy(Op):
 
     def _forward_aten(self, pred, label):
         aten, ax, ls = _aten.aten(), self.axis, self.ls
+        # contiguous: log() keeps a strided pred's strides, and nll_loss's backward refuses a
+        # strided input ("grad_input must be contiguous")
+        pred = xp_of(pred).ascontiguousarray(pred)
         classes = pred.shape[ax]
         before, after = math.prod(pred.shape[:ax]), math.prod(pred.shape[ax + 1:])
         shape = (before, classes) if after == 1 else (before, classes, after, 1)

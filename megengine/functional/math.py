@@ -102,8 +102,10 @@ def _arg_reduce(inp, axis, keepdims, fn):
         axes = None
     else:
         axes = _norm_axes(axis, inp.ndim, fn)
-    if inp.size == 0:
-        raise ValueError(f"{fn}: the tensor is empty")
+    empty = [a for a in (range(inp.ndim) if axes is None else axes) if inp.shape[a] == 0]
+    if empty:  # an empty tensor whose reduced axes are not empty has an (empty) answer
+        raise ValueError(f"{fn}: cannot reduce over axis {empty[0]} of an empty tensor "
+                         f"(shape {tuple(inp.shape)}): it has size 0")
     return apply(Compute(_arg_reduce_fn, fn, axes, keepdims), inp)
 
 
@@ -136,19 +138,47 @@ class Var(Op):
         if x.dtype.kind != "f":
             x = x.astype(np.float32)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
-        self.d = d = x - x.mean(axis=axes, keepdims=True)
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
-        out = (d * d).mean(axis=axes, keepdims=True)
+        if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
+            self.d = x
+            out = xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
+        else:
+            self.d = d = x - x.mean(axis=axes, keepdims=True)
+            out = (d * d).mean(axis=axes, keepdims=True)
         return out.reshape(_out_shape(x.shape, axes, self.keepdims))
 
     def backward(self, g):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
-        return g * (2.0 / self.count) * self.d
+        return g * (2.0 / (self.count or 1)) * self.d  # count 0: d is empty
 
     def grad_graph(self, inputs, outputs, grads):
         x = _float_t(inputs[0])
         g = grads[0].reshape(_keep_shape(x.shape, self.axes))
-        return (g * (2.0 / self.count) * (x - x.mean(axis=self.axes, keepdims=True)),)
+        return (g * (2.0 / (self.count or 1))
+                * (x - x.mean(axis=self.axes, keepdims=True)),)
+
+
+class Std(Var):
+    """Population standard deviation; where it is 0 the gradient is 0 (torch's choice), not
+    the NaN of sqrt's infinite slope times var's zero gradient."""
+
+    def forward(self, x):
+        self.out = out = xp_of(x).sqrt(super().forward(x))
+        return out
+
+    def backward(self, g):
+        xp = xp_of(g)
+        s = self.out.reshape(_keep_shape(self.d.shape, self.axes))
+        g = g.reshape(s.shape)
+        return super().backward(xp.where(s == 0, 0, g / (2 * xp.where(s == 0, 1, s))))
+
+    def grad_graph(self, inputs, outputs, grads):
+        from .tensor import where
+
+        s = outputs[0]
+        zero = s == 0
+        g = where(zero, 0, grads[0] / (2 * where(zero, 1, s)))
+        return super().grad_graph(inputs, outputs, (g,))
 
 
 def var(inp, axis=None, keepdims=False):
@@ -158,7 +188,7 @@ def var(inp, axis=None, keepdims=False):
 
 def std(inp, axis=None, keepdims=False):
     """Standard deviation: ``sqrt(var(inp, axis, keepdims))``."""
-    return sqrt(var(inp, axis, keepdims))
+    return apply(Std(axis, keepdims), _tensor(inp))
 
 
 class LogSumExp(Op):
@@ -171,6 +201,10 @@ class LogSumExp(Op):
             x = x.astype(np.float32)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "logsumexp")
+        if x.size == 0:  # log of an empty sum is -inf (torch's answer; max has no identity)
+            m = xp.full(_keep_shape(x.shape, axes), -np.inf, x.dtype)
+            self.out = m
+            return m.reshape(_out_shape(x.shape, axes, self.keepdims))
         m = x.max(axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) rows: no shift, no NaN from inf-inf
         self.out = out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m

@@ -273,7 +273,9 @@ class _PRelu(Op):
     def backward(self, g):
         xp = xp_of(g)
         pos = self.x > 0
-        gx = xp.where(pos, g, g * self.w) if self.needs_input_grad[0] else None
+        # x may have been broadcast against w (upstream's rule): reduce back to x's shape
+        gx = unbroadcast(xp.where(pos, g, g * self.w), self.x.shape) \
+            if self.needs_input_grad[0] else None
         gw = unbroadcast(xp.where(pos, 0, g * self.x), self.w.shape) \
             if self.needs_input_grad[1] else None
         return gx, gw
@@ -282,7 +284,8 @@ class _PRelu(Op):
         g = grads[0]
         x, w = inputs
         pos = _mask(self.x > 0, g)
-        gx = g * pos + g * w * (1 - pos) if self.needs_input_grad[0] else None
+        gx = t_unbroadcast(g * pos + g * w * (1 - pos), self.x.shape) \
+            if self.needs_input_grad[0] else None
         gw = t_unbroadcast(g * x * (1 - pos), self.w.shape) if self.needs_input_grad[1] else None
         return gx, gw
 
@@ -345,6 +348,12 @@ def prelu(inp, weight):
 
 # ----- softmax family -----
 
+def _shift(x, axes):
+    """The max along ``axes`` that softmax subtracts; an empty input has no max (numpy refuses)
+    and no output either, so any array of the right shape serves."""
+    return x.max(axes, keepdims=True) if x.size else x.sum(axes, keepdims=True)
+
+
 class _Softmax(Op):
     """Softmax along ``axes``. On CUDA over one axis: ATen's fused kernels (`_aten.use_aten`);
     else array code (numpy on the CPU, the measured fastest there)."""
@@ -360,7 +369,7 @@ class _Softmax(Op):
             self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
-        e = xp_of(x).exp(x - x.max(self.axes, keepdims=True))
+        e = xp_of(x).exp(x - _shift(x, self.axes))
         e /= e.sum(self.axes, keepdims=True)
         self.y = e
         return e
@@ -393,7 +402,10 @@ class _LogSoftmax(Op):
             self.y = _aten.array(self.ty)
             return self.y
         xp = xp_of(x)
-        shifted = x - x.max(self.axes, keepdims=True)
+        shifted = x - _shift(x, self.axes)
+        if not x.size:  # no output (and the log of an empty sum would warn)
+            self.y = shifted
+            return shifted
         self.y = shifted - xp.log(xp.exp(shifted).sum(self.axes, keepdims=True))
         return self.y
 
@@ -472,7 +484,8 @@ class _Linear(Op):
             return gx, gw, gb
         gx = g @ w if needs[0] else None
         g2 = g.reshape(-1, g.shape[-1])
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if needs[1] else None
+        # rows spelled out: -1 is ambiguous for a size-0 input with in_features == 0
+        gw = g2.T @ x.reshape(g2.shape[0], x.shape[-1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None

@@ -36,13 +36,18 @@ class _BatchNorm(Op):
     def forward(self, x, *params):
         aten = _aten.aten()
         c = x.shape[1]
-        x = _as_float(x)
+        # contiguous (a copy only for a strided view): ATen's CPU batch-norm backward gives wrong
+        # input gradients for some strided inputs, e.g. a (2, 3, 3, 1) view with strides
+        # (9, 1, 3, 3) next to a contiguous output gradient
+        x = xp_of(x).ascontiguousarray(_as_float(x))
         dtype = x.dtype
         self.param_shapes = [p.shape for p in params]
         self.param_dtypes = [p.dtype for p in params]
 
         def vec(a):  # a (C,) view of a parameter in the compute dtype
-            return _aten.view(a.reshape(c).astype(dtype, copy=False))
+            # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running
+            # stat as if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
+            return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
 
         tx = _aten.view(x)
         tw = vec(params[0]) if self.has_weight else None
@@ -120,7 +125,8 @@ class _BatchNorm(Op):
         i_w, i_b = 1, 1 + self.has_weight
         mask = [needs[0], self.has_weight and needs[i_w], self.has_bias and needs[i_b]]
         gx, gw, gb = _aten.aten().native_batch_norm_backward(
-            _aten.view(g), tx, tw, rm, rv, save_mean, save_invstd, self.training, self.eps, mask)
+            _aten.view(xp_of(g).ascontiguousarray(g)), tx, tw, rm, rv, save_mean, save_invstd,
+            self.training, self.eps, mask)
         grads = [_aten.array(gx) if mask[0] else None]
         for has, i, got in ((self.has_weight, i_w, gw), (self.has_bias, i_b, gb)):
             if has:

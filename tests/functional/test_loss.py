@@ -534,3 +534,45 @@ def test_binary_cross_entropy_second_order(with_logits):
         check_second_order(
             lambda a, b: F.nn.binary_cross_entropy(F.sigmoid(a), b, with_logits=False),
             lambda a, b: TF.binary_cross_entropy(torch.sigmoid(a), b), x, y)
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+def test_cross_entropy_gradient_of_a_transposed_pred():
+    # (N, C) logits that are a transposed view: the fused training path lost the -1 at the
+    # labels (its flat index went into a copy)
+    from megengine.autodiff import GradManager
+
+    rs = np.random.RandomState(0)
+    logits_t = rs.randn(4, 3).astype(np.float32)  # stored (C, N), used as (N, C)
+    label = np.array([3, 2, 0], np.int32)
+    x = mge.tensor(logits_t)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.nn.cross_entropy(F.transpose(x, (1, 0)), mge.tensor(label)))
+    t = torch.tensor(logits_t.T.copy(), requires_grad=True)
+    torch.nn.functional.cross_entropy(t, torch.tensor(label).long()).backward()
+    np.testing.assert_allclose(x.grad.numpy().T, t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_logits", [False, True])
+def test_cross_entropy_aten_path_with_a_strided_pred(with_logits):
+    # the CUDA path (ATen's nll_loss, forced here on numpy arrays) refused a transposed pred of
+    # probabilities: "grad_input must be contiguous"
+    rs = np.random.RandomState(1)
+    p = rs.rand(3, 3, 2).astype(np.float32) + 0.1
+    p = p / p.sum(1, keepdims=True) if not with_logits else p
+    label = rs.randint(0, 3, size=(3, 2)).astype(np.int32)
+    x = mge.tensor(p.transpose(2, 1, 0).copy())  # stored (2, 3, 3), used as (3, 3, 2)
+    gm = GradManager().attach([x])
+    with _aten.forced("cross_entropy"), gm:
+        loss = F.nn.cross_entropy(F.transpose(x, (2, 1, 0)), mge.tensor(label),
+                                  with_logits=with_logits)
+        gm.backward(loss)
+    t = torch.tensor(p, requires_grad=True)
+    logp = torch.log_softmax(t, 1) if with_logits else torch.log(t)
+    ref = TF.nll_loss(logp, torch.tensor(label).long())
+    ref.backward()
+    np.testing.assert_allclose(loss.numpy(), ref.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy().transpose(2, 1, 0), t.grad.numpy(), rtol=1e-5,
+                               atol=1e-6)

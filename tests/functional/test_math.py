@@ -10,6 +10,7 @@ import megengine as mge
 import megengine.functional as F
 
 from oracle import check_against_torch
+from megengine.autodiff import GradManager
 
 
 check = partial(check_against_torch, atol=1e-5)
@@ -394,3 +395,50 @@ def test_check_non_finite_scales_in_place_and_flags_inf_nan():
         b = a.copy()
         b[1, 2] = bad
         assert F.math._check_non_finite([mge.tensor(a), mge.tensor(b)]).numpy()[0] == 1
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+def test_max_min_argmax_of_empty_tensor_over_a_nonempty_axis():
+    import torch
+
+    x = np.zeros((0, 3), np.float32)
+    assert F.max(mge.tensor(x), axis=1).shape == tuple(torch.amax(torch.tensor(x), 1).shape)
+    assert F.argmin(mge.tensor(x), axis=1).shape == (0,)
+    with pytest.raises(ValueError, match="axis 0 of an empty tensor"):
+        F.max(mge.tensor(x), axis=0)
+
+
+def test_prod_gradient_of_empty_tensor():
+    x = mge.tensor(np.zeros((0, 1, 3), np.float32))
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.prod(x, axis=-1).sum())
+    assert x.grad.shape == (0, 1, 3)
+
+
+def test_logsumexp_and_var_of_empty_axis_match_torch():
+    import torch
+
+    x = np.zeros((2, 0), np.float32)
+    np.testing.assert_array_equal(F.logsumexp(mge.tensor(x), axis=1).numpy(),
+                                  torch.logsumexp(torch.tensor(x), 1).numpy())
+    t = mge.tensor(x)
+    gm = GradManager().attach([t])
+    with gm:
+        v = F.var(t, axis=1)
+        gm.backward(v.sum() * 0)
+    assert np.isnan(v.numpy()).all() and t.grad.shape == (2, 0)
+
+
+def test_std_gradient_is_zero_where_std_is_zero():
+    import torch
+
+    a = np.array([[1.5], [2.0]], np.float32)
+    x = mge.tensor(a)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.std(x, axis=1).sum())
+    t = torch.tensor(a, requires_grad=True)
+    torch.std(t, dim=1, correction=0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())

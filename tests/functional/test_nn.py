@@ -507,3 +507,42 @@ def test_public_names_are_exported():
     for name in ("pad", "one_hot", "indexing_one_hot", "logsumexp", "tanh", "normalize",
                  "sync_batch_norm"):
         assert getattr(F.nn, name) is getattr(F, name), name
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+@pytest.mark.parametrize("fn", [lambda x: F.softmax(x, axis=0), lambda x: F.logsoftmax(x, 0)])
+def test_softmax_of_empty_tensor_is_empty(fn):
+    x = mge.tensor(np.zeros((0, 3), np.float32))
+    gm = GradManager().attach([x])
+    with gm:
+        y = fn(x)
+        gm.backward(y.sum())
+    assert y.shape == (0, 3) and x.grad.shape == (0, 3)
+
+
+def test_prelu_gradient_when_weight_broadcasts_the_input():
+    # upstream's prelu broadcasts x against w as numpy does: x (2, 1) meets w (3,)
+    import torch
+
+    a, w = np.array([[-1.5], [2.0]], np.float32), np.array([0.1, 0.2, 0.3], np.float32)
+    x = mge.tensor(a)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.prelu(x, mge.tensor(w)).sum())
+    t = torch.tensor(a, requires_grad=True)
+    torch.where(t > 0, t, t * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("x_shape", [(0,), (4, 2, 0)])
+def test_linear_gradient_with_zero_in_features(x_shape):
+    x = mge.tensor(np.zeros(x_shape, np.float32))
+    w = mge.tensor(np.zeros((2, 0), np.float32))
+    b = mge.tensor(np.ones(2, np.float32))
+    gm = GradManager().attach([x, w, b])
+    with gm:
+        y = F.nn.linear(x, w, b)
+        gm.backward(y.sum())
+    assert x.grad.shape == x_shape and w.grad.shape == (2, 0)
+    np.testing.assert_array_equal(b.grad.numpy(), np.full(2, y.size // 2, np.float32))

@@ -461,3 +461,41 @@ def test_sync_batch_norm_eps_mode_max_divides_by_the_larger_of_var_and_eps():
     np.testing.assert_allclose(inference.numpy(), expect, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown eps_mode 'mean'"):
         F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps_mode="mean")
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("shape, strided", [((3, 3, 1), "weight"), ((2, 3, 3, 1), "weight"),
+                                            ((2, 3, 3, 1), "input")])
+def test_batch_norm_gradients_of_strided_operands(training, strided, shape):
+    # ATen's CPU batch-norm backward misreads a strided (C,) weight and some strided inputs;
+    # the op hands it contiguous arrays. Oracle: torch on contiguous copies.
+    import torch
+    from megengine.autodiff import GradManager
+
+    rs = np.random.RandomState(3)
+    pshape = (1, 3) + (1,) * (len(shape) - 2)
+    x = rs.randn(*shape).astype(np.float32)
+    w2 = rs.randn(*pshape[:-1], 2).astype(np.float32)  # the weight is w2[..., ::2]
+    b = rs.randn(*pshape).astype(np.float32)
+    rm, rv = rs.randn(*pshape).astype(np.float32), rs.rand(*pshape).astype(np.float32) + .5
+    g = rs.randn(*shape).astype(np.float32)
+    xs = x.transpose(0, 2, 3, 1).copy() if strided == "input" else x  # viewed back below
+    tx, tw = mge.tensor(xs), mge.tensor(w2)
+    gm = GradManager().attach([tx, tw])
+    with gm:
+        xv = F.transpose(tx, (0, 3, 1, 2)) if strided == "input" else tx
+        stats = (None, None) if training else (mge.tensor(rm), mge.tensor(rv))
+        y = F.nn.batch_norm(xv, *stats, tw[..., ::2], mge.tensor(b), training=training)
+        gm.backward(y, mge.tensor(g))
+    t, tw_t = torch.tensor(x, requires_grad=True), torch.tensor(w2[..., 0], requires_grad=True)
+    ty = torch.nn.functional.batch_norm(t, torch.tensor(rm.ravel()), torch.tensor(rv.ravel()),
+                                        tw_t.reshape(-1), torch.tensor(b.ravel()),
+                                        training=training)
+    ty.backward(torch.tensor(g))
+    gx = tx.grad.numpy()
+    gx = gx.transpose(0, 3, 1, 2) if strided == "input" else gx
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, t.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tw.grad.numpy()[..., 0], tw_t.grad.numpy(), rtol=1e-4, atol=1e-5)

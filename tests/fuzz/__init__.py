@@ -1,0 +1,1 @@
+"""Seeded differential fuzzing of megengine.functional against PyTorch (`python -m tests.fuzz`)."""

@@ -1,0 +1,63 @@
+"""Offline fuzzing: ``python -m tests.fuzz --seeds 2000 [--op NAME ...] [--family F]`` prints,
+per op, the cases run and every discrepancy against torch (not run in CI). Run it from the
+repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
+simulated CUDA device (tests/simcuda: CuPy's code paths on the host)."""
+import argparse
+import fnmatch
+import os
+import sys
+import time
+
+
+def _install_simcuda():
+    # before megengine loads, as tests/conftest.py does for the suite
+    if os.environ.get("MGE_SIM_CUDA", "").strip() not in ("", "0"):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        import simcuda
+
+        if not simcuda.installed():  # (the suite's conftest may have installed it already)
+            simcuda.install_from_environment()
+
+
+_install_simcuda()
+from .registry import OPS, fuzz  # noqa: E402  (after simcuda)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
+    p.add_argument("--seeds", type=int, default=200, help="cases per op (default 200)")
+    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--op", action="append", help="op name or glob (repeatable; default all)")
+    p.add_argument("--family", help="only ops of this family (elemwise, reduction, ...)")
+    p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
+    p.add_argument("--list", action="store_true", help="list the ops and their families")
+    a = p.parse_args(argv)
+    names = sorted(OPS)
+    if a.list:
+        for n in names:
+            print(f"{OPS[n][0]:12s} {n}")
+        return 0
+    if a.op:
+        names = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in a.op)]
+        if not names:
+            p.error(f"no op matches {a.op}; see --list")
+    if a.family:
+        names = [n for n in names if OPS[n][0] == a.family]
+    bad = 0
+    for name in names:
+        t0 = time.time()
+        (outcomes, msgs), = fuzz([name], a.seeds, a.start).values()
+        bad += len(msgs)
+        print(f"{OPS[name][0]:10s} {name:16s} {dict(outcomes)} ({time.time() - t0:.1f}s)",
+              flush=True)
+        for m in msgs[:a.max_messages]:
+            print("    " + m.replace("\n", "\n      "))
+    from megengine.device import canonical_device
+
+    print(f"{len(names)} ops, {a.seeds} seeds each, {bad} discrepancies "
+          f"(device {canonical_device(None)})")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

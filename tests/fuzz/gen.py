@@ -1,0 +1,273 @@
+"""The fuzzer's library: random valid arguments (shapes, dtypes, layouts, axes) and the runner
+that compares one drawn case in megengine against torch (values, dtypes, shapes, gradients,
+errors)."""
+import os
+import traceback
+
+import numpy as np
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+_MGE_DIR = os.path.dirname(os.path.abspath(mge.__file__))
+
+
+class Mismatch(AssertionError):
+    """megengine and the oracle disagree on a drawn case."""
+
+
+# ----- drawing arguments -----
+
+def dim(rng, zero=True, hi=4):
+    """One dimension: 0 and 1 are drawn often on purpose (edge cases users hit)."""
+    r = rng.random()
+    if zero and r < 0.08:
+        return 0
+    if r < 0.3:
+        return 1
+    return int(rng.integers(2, hi + 1))
+
+
+def shape(rng, lo=0, hi=4, zero=True, max_dim=4):
+    return tuple(dim(rng, zero, max_dim) for _ in range(int(rng.integers(lo, hi + 1))))
+
+
+def values(rng, shp, dtype, lo=-3.0, hi=3.0):
+    """An array of ``dtype``: floats uniform in [lo, hi), ints in [lo, hi], bools fair."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.random(shp) < 0.5
+    if dtype.kind in "iu":
+        return rng.integers(int(lo), int(hi) + 1, size=shp).astype(dtype)
+    return rng.uniform(lo, hi, size=shp).astype(dtype)
+
+
+def pick(rng, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def axis_arg(rng, ndim, tuple_ok=True, none_ok=True):
+    """An axis argument: None, an int (maybe negative) or a tuple of distinct axes."""
+    r = rng.random()
+    if (none_ok and r < 0.2) or ndim == 0:
+        return None
+    if tuple_ok and r < 0.45:
+        k = int(rng.integers(1, ndim + 1))
+        axes = rng.permutation(ndim)[:k]
+        return tuple(int(a) - ndim if rng.random() < 0.4 else int(a) for a in axes)
+    a = int(rng.integers(ndim))
+    return a - ndim if rng.random() < 0.4 else a
+
+
+def broadcast_partner(rng, shp):
+    """A shape that broadcasts with ``shp``: some dims set to 1, some leading dims dropped or
+    added."""
+    out = [1 if rng.random() < 0.3 else d for d in shp]
+    if out and rng.random() < 0.3:
+        out = out[int(rng.integers(len(out) + 1)):]
+    if rng.random() < 0.15:
+        out = [1] + out
+    return tuple(out)
+
+
+# ----- layouts: the same logical array reached through a non-contiguous view -----
+
+class Layout:
+    """How an input is stored and viewed: ``stored`` is what becomes the leaf tensor; ``view``
+    (applied identically in megengine and torch) yields the logical array, non-contiguous
+    when the layout is a transpose or a strided slice."""
+
+    def __init__(self, stored, view, name):
+        self.stored, self.view, self.name = stored, view, name
+
+
+def layout(rng, arr, p=0.35, bcast=False):
+    """A random Layout of ``arr``: contiguous, a transpose, a step-2 slice, a flip (negative
+    strides in numpy; torch copies) or, when ``bcast`` (the op tolerates repeated values), a
+    broadcast of a size-1 array (zero strides, read-only in numpy)."""
+    if arr.ndim == 0 or rng.random() >= p:
+        return Layout(arr, lambda t: t, "contig")
+    r = rng.random()
+    if r < 0.15:
+        ax = int(rng.integers(arr.ndim))
+        stored = np.flip(arr, ax).copy()  # (ascontiguousarray keeps a -1 stride of size-1 dims)
+        return Layout(stored, lambda t: torch.flip(t, (ax,)) if isinstance(t, torch.Tensor)
+                      else F.flip(t, ax), f"flip(axis={ax})")
+    if bcast and r < 0.3 and arr.size:
+        ax = int(rng.integers(arr.ndim))
+        stored = np.ascontiguousarray(arr.take([0], axis=ax))  # the values change: repeats
+        shp = arr.shape
+        return Layout(stored, lambda t: torch.broadcast_to(t, shp) if isinstance(t, torch.Tensor)
+                      else F.broadcast_to(t, shp), f"broadcast(axis={ax})")
+    if arr.ndim >= 2 and rng.random() < 0.5:
+        perm = [int(i) for i in rng.permutation(arr.ndim)]
+        inv = [int(i) for i in np.argsort(perm)]
+        stored = np.ascontiguousarray(arr.transpose(inv))
+        return Layout(stored, lambda t: t.permute(*perm) if isinstance(t, torch.Tensor)
+                      else F.transpose(t, perm), f"transpose{tuple(perm)}")
+    ax = int(rng.integers(arr.ndim))
+    pad_shape = list(arr.shape)
+    pad_shape[ax] *= 2
+    stored = np.zeros(pad_shape, arr.dtype)
+    idx = [slice(None)] * arr.ndim
+    idx[ax] = slice(None, None, 2)
+    stored[tuple(idx)] = arr
+    idx = tuple(idx)
+    return Layout(stored, lambda t: t[idx], f"step2(axis={ax})")
+
+
+# ----- the runner -----
+
+def _flat(out):
+    if isinstance(out, (list, tuple)):
+        res = []
+        for o in out:
+            res.extend(_flat(o))
+        return res
+    return [out]
+
+
+def _np_dtype(t):
+    return np.dtype(str(t.dtype).replace("torch.", ""))
+
+
+TOL = {np.dtype("float16"): (2e-2, 2e-2), np.dtype("float32"): (1e-4, 1e-5)}
+
+
+def _is_ours(exc):
+    """True when ``exc`` was raised by megengine's own code (a clear message of ours), not by
+    numpy or torch deep inside the engine."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    last = os.path.abspath(frames[-1].filename)
+    return last.startswith(_MGE_DIR) and isinstance(
+        exc, (ValueError, TypeError, IndexError, RuntimeError, KeyError, AssertionError))
+
+
+class Case:
+    """One drawn call.
+
+    ``inputs``: numpy arrays (the tensor arguments; scalars and options live in the closures).
+    ``mge_fn(*tensors)`` and ``torch_fn(*tensors)`` compute the same thing, the latter in
+    upstream's convention where torch's differs. ``diff``: indices of the inputs whose
+    gradients are compared (default: the float32 ones). ``dtypes``: expected output dtypes
+    where upstream's rule differs from torch's (None: torch's). ``tol``: (rtol, atol).
+    ``layouts``: draw non-contiguous layouts for the inputs. ``bcast``: the op tolerates a
+    broadcast layout (repeated values: no ties that the two frameworks break differently).
+    ``refuse``: why upstream refuses this call although torch computes it; megengine must
+    raise its own error.
+    """
+
+    def __init__(self, desc, inputs, mge_fn, torch_fn, diff=None, dtypes=None, tol=None,
+                 layouts=True, refuse=None, bcast=True):
+        self.desc, self.inputs = desc, [np.asarray(a) for a in inputs]
+        self.mge_fn, self.torch_fn = mge_fn, torch_fn
+        self.diff, self.dtypes, self.tol = diff, dtypes, tol
+        self.use_layouts, self.refuse, self.bcast = layouts, refuse, bcast
+
+
+def _torch_call(fn, ts):
+    try:
+        return fn(*ts), None
+    except Exception as e:  # noqa: BLE001 (the oracle's refusal is information)
+        return None, e
+
+
+def run(case, rng):
+    """Run ``case`` in both frameworks; raise Mismatch with the case's description."""
+    lays = [layout(rng, a, bcast=case.bcast) if case.use_layouts
+            else Layout(a, lambda t: t, "contig") for a in case.inputs]
+    diff = case.diff
+    if diff is None:
+        diff = [i for i, a in enumerate(case.inputs) if a.dtype == np.float32]
+    desc = case.desc + " layouts=" + ",".join(lay.name for lay in lays)
+
+    ts = [torch.tensor(lay.stored, requires_grad=i in diff)
+          for i, lay in enumerate(lays)]
+    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
+                                                          zip(lays, xs)]), ts)
+    xs = [mge.tensor(lay.stored, dtype=lay.stored.dtype) for lay in lays]
+    gm = GradManager()
+    if diff:
+        gm.attach([xs[i] for i in diff])
+    try:
+        with gm:
+            out = case.mge_fn(*[lay.view(x) for lay, x in zip(lays, xs)])
+            ys = _flat(out)
+            fys = [y for y in ys if np.dtype(y.dtype).kind == "f"]
+            grs = np.random.RandomState(0)
+            dys = [np.asarray(grs.randn(*y.shape)).astype(y.dtype) for y in fys]
+            if diff and fys:
+                gm.backward(fys, [mge.tensor(d) for d in dys])
+    except Exception as e:  # noqa: BLE001
+        if case.refuse and _is_ours(e):
+            return "error"
+        if terr is None:
+            raise Mismatch(f"{desc}: megengine raised {type(e).__name__}: {e} but torch "
+                           "computed it") from e
+        if not _is_ours(e):
+            raise Mismatch(f"{desc}: both refuse, but megengine's error is not its own "
+                           f"({type(e).__name__}: {e})") from e
+        return "error"
+    if case.refuse:
+        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
+    if terr is not None:
+        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
+                       f"({type(terr).__name__}: {str(terr)[:200]})")
+
+    touts = _flat(tout)
+    if len(touts) != len(ys):
+        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
+    for k, (y, ty) in enumerate(zip(ys, touts)):
+        yv = y.numpy()
+        tv = ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
+        want = np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype
+        if tuple(y.shape) != tuple(tv.shape):
+            raise Mismatch(f"{desc}: output {k} shape {tuple(y.shape)}, torch {tv.shape}")
+        if np.dtype(y.dtype) != want:
+            raise Mismatch(f"{desc}: output {k} dtype {np.dtype(y.dtype)}, expected {want}")
+        _close(yv, tv, case.tol, f"{desc}: output {k}")
+    if not diff or not fys:
+        return "ok"
+    tf = [ty for ty in _flat(tout) if isinstance(ty, torch.Tensor) and ty.dtype.is_floating_point]
+    tf_grad = [(ty, torch.tensor(d, dtype=ty.dtype)) for ty, d in zip(tf, dys)
+               if ty.requires_grad]
+    if tf_grad:
+        torch.autograd.backward([a for a, _ in tf_grad], [b for _, b in tf_grad])
+    for i in diff:
+        g = xs[i].grad
+        tg = ts[i].grad
+        if tg is None:
+            tg = torch.zeros_like(ts[i])
+        if g is None:
+            if tg.abs().max().item() if tg.numel() else 0:
+                raise Mismatch(f"{desc}: no gradient reached input {i}")
+            continue
+        if tuple(g.shape) != tuple(tg.shape) or np.dtype(g.dtype) != case.inputs[i].dtype:
+            raise Mismatch(f"{desc}: grad {i} shape/dtype {g.shape}/{g.dtype}, want "
+                           f"{tuple(tg.shape)}/{case.inputs[i].dtype}")
+        _close(g.numpy(), tg.numpy(), case.tol, f"{desc}: grad of input {i}")
+    return "ok"
+
+
+def _close(a, b, tol, what):
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype.kind in "f" or b.dtype.kind in "f":
+        rtol, atol = tol or TOL.get(a.dtype, (1e-4, 1e-5))
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        same_nan = np.isnan(a64) == np.isnan(b64)
+        if not same_nan.all():
+            raise Mismatch(f"{what}: NaN where torch has none (or the reverse)\n ours={a}\n "
+                           f"torch={b}")
+        ok = np.isclose(a64, b64, rtol=rtol, atol=atol, equal_nan=True)
+        if not ok.all():
+            i = np.argwhere(~ok)[0]
+            raise Mismatch(f"{what}: values differ at {tuple(i)}: {a[tuple(i)]} vs torch "
+                           f"{b[tuple(i)]} (max abs diff "
+                           f"{np.nanmax(np.abs(a64 - b64)[~ok])})")
+    elif not np.array_equal(a, b):
+        raise Mismatch(f"{what}: values differ\n ours={a}\n torch={b}")

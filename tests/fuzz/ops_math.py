@@ -1,0 +1,414 @@
+"""Fuzz generators for element-wise math, reductions, cumsum/clip/norm and matmul: each draws
+one random call and returns a `gen.Case` (megengine's call and torch's)."""
+import operator
+
+import numpy as np
+import torch
+
+import megengine.functional as F
+
+from .gen import Case, axis_arg, broadcast_partner, pick, shape, values
+
+OPS = {}
+
+
+def op(name, family):
+    def deco(fn):
+        OPS[name] = (family, fn)
+        return fn
+    return deco
+
+
+# ----- unary element-wise -----
+
+def _round_half_away(t):
+    # upstream rounds halves away from zero; torch.round rounds them to even
+    return torch.sign(t) * torch.floor(torch.abs(t) + 0.5) if t.is_floating_point() else t
+
+
+# name: (megengine fn, torch fn, value range, ints allowed)
+UNARY = {
+    "neg": (F.neg, torch.neg, (-3, 3), True),
+    "abs": (F.abs, torch.abs, (-3, 3), True),
+    "exp": (F.exp, torch.exp, (-3, 3), True),
+    "expm1": (F.expm1, torch.expm1, (-3, 3), False),
+    "log": (F.log, torch.log, (0.05, 4), True),
+    "log1p": (F.log1p, torch.log1p, (-0.9, 3), False),
+    "sqrt": (F.sqrt, torch.sqrt, (0.05, 4), True),
+    "square": (F.square, torch.square, (-3, 3), True),
+    "sin": (F.sin, torch.sin, (-3, 3), True),
+    "cos": (F.cos, torch.cos, (-3, 3), True),
+    "tan": (F.tan, torch.tan, (-1.2, 1.2), False),
+    "asin": (F.asin, torch.asin, (-0.95, 0.95), False),
+    "acos": (F.acos, torch.acos, (-0.95, 0.95), False),
+    "atan": (F.atan, torch.atan, (-3, 3), False),
+    "sinh": (F.sinh, torch.sinh, (-3, 3), False),
+    "cosh": (F.cosh, torch.cosh, (-3, 3), False),
+    "tanh": (F.tanh, torch.tanh, (-3, 3), True),
+    "asinh": (F.asinh, torch.asinh, (-3, 3), False),
+    "acosh": (F.acosh, torch.acosh, (1.05, 4), False),
+    "atanh": (F.atanh, torch.atanh, (-0.95, 0.95), False),
+    "floor": (F.floor, torch.floor, (-3, 3), True),
+    "ceil": (F.ceil, torch.ceil, (-3, 3), True),
+    "trunc": (F.trunc, torch.trunc, (-3, 3), True),
+    "round": (F.round, _round_half_away, (-3, 3), True),
+    "erf": (F.erf, torch.erf, (-3, 3), False),
+    "erfc": (F.erfc, torch.erfc, (-3, 3), False),
+    "erfinv": (F.erfinv, torch.erfinv, (-0.95, 0.95), False),
+    "sign": (F.sign, torch.sign, (-3, 3), True),
+    "logical_not": (F.logical_not, torch.logical_not, None, None),
+    "isnan": (F.isnan, torch.isnan, (-3, 3), False),
+}
+
+
+def _unary_gen(name):
+    mfn, tfn, rng_, ints = UNARY[name]
+
+    def gen(rng):
+        shp = shape(rng)
+        if rng_ is None:
+            dt = "bool"
+            x = values(rng, shp, dt)
+        else:
+            dts = ["float32", "float16"] + (["int32"] if ints else [])
+            dt = pick(rng, dts)
+            lo, hi = rng_
+            x = values(rng, shp, dt, lo if dt != "int32" else max(int(np.ceil(lo)), -3),
+                       hi if dt != "int32" else int(hi))
+            if dt == "float16" and name in ("erfinv", "atanh", "acosh", "tan"):
+                dt = "float32"  # near a pole float16's rounding of x dominates
+                x = x.astype(dt)
+        use_op = name in ("neg", "abs") and rng.random() < 0.5
+        m = (operator.neg if name == "neg" else operator.abs) if use_op else mfn
+        dtypes = None
+        if dt == "int32" and name in ("exp", "log", "sqrt", "sin", "cos", "tanh"):
+            dtypes = ["float32"]  # upstream: a float op on ints gives float32 (torch agrees)
+        return Case(f"{name}(x{shp} {dt}){' via operator' if use_op else ''}", [x], m, tfn,
+                    dtypes=dtypes)
+    return gen
+
+
+for _n in UNARY:
+    op(_n, "elemwise")(_unary_gen(_n))
+
+
+# ----- binary element-wise -----
+
+_ARITH = {
+    "add": (F.add, operator.add, torch.add),
+    "sub": (F.sub, operator.sub, torch.sub),
+    "mul": (F.mul, operator.mul, torch.mul),
+    "div": (F.div, operator.truediv, torch.true_divide),
+    "floor_div": (F.floor_div, operator.floordiv, torch.floor_divide),
+    "mod": (F.mod, operator.mod, torch.remainder),
+    "pow": (F.pow, operator.pow, torch.pow),
+    "maximum": (F.maximum, None, torch.maximum),
+    "minimum": (F.minimum, None, torch.minimum),
+    "equal": (F.equal, operator.eq, torch.eq),
+    "not_equal": (F.not_equal, operator.ne, torch.ne),
+    "less": (F.less, operator.lt, torch.lt),
+    "less_equal": (F.less_equal, operator.le, torch.le),
+    "greater": (F.greater, operator.gt, torch.gt),
+    "greater_equal": (F.greater_equal, operator.ge, torch.ge),
+    "atan2": (F.atan2, None, torch.atan2),
+    "logaddexp": (F.logaddexp, None, torch.logaddexp),
+    "logical_and": (F.logical_and, operator.and_, torch.logical_and),
+    "logical_or": (F.logical_or, operator.or_, torch.logical_or),
+    "logical_xor": (F.logical_xor, operator.xor, torch.logical_xor),
+}
+_LOGICAL = ("logical_and", "logical_or", "logical_xor")
+_COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
+_FLOAT_ONLY = ("atan2", "logaddexp")
+
+
+def _operand(rng, name, shp, dt, divisor):
+    if dt == "bool":
+        return values(rng, shp, dt)
+    if name == "pow" and not divisor:
+        return values(rng, shp, dt, 0.5, 2.5) if dt != "int32" else values(rng, shp, dt, 1, 3)
+    if name == "pow" and divisor:
+        return values(rng, shp, dt, -2, 2)
+    if divisor and name in ("div", "floor_div", "mod"):
+        mag = values(rng, shp, dt, 1, 3) if dt == "int32" else values(rng, shp, dt, 0.5, 3)
+        return mag * np.where(rng.random(shp) < 0.5, -1, 1).astype(mag.dtype)
+    if dt == "int32" and name in _COMPARE:
+        return values(rng, shp, dt, -2, 2)  # ties on purpose
+    return values(rng, shp, dt)
+
+
+def _scalar(rng, name, tdt, divisor):
+    """A Python scalar operand, of int or float kind (never bool: upstream has no bool
+    arithmetic)."""
+    if name in _LOGICAL:
+        return bool(rng.random() < 0.5)
+    kind = pick(rng, ["int", "float"]) if name not in _FLOAT_ONLY else "float"
+    if divisor and name in ("div", "floor_div", "mod"):
+        v = pick(rng, [-3, -2, 2, 3]) if kind == "int" else pick(rng, [-2.5, -0.75, 0.5, 1.5])
+    elif name == "pow" and divisor:
+        v = pick(rng, [0, 1, 2, 3, -1]) if kind == "int" else pick(rng, [0.5, 2.0, -1.5])
+    elif name == "pow":
+        v = pick(rng, [1, 2, 3]) if kind == "int" else pick(rng, [0.5, 1.5, 2.0])
+    else:
+        v = pick(rng, [-2, 0, 1, 3]) if kind == "int" else pick(rng, [-1.5, 0.0, 0.25, 2.0])
+    return v
+
+
+def _binary_gen(name):
+    mfn, mop, tfn = _ARITH[name]
+
+    def gen(rng):
+        if name in _LOGICAL:
+            dts = ["bool"]
+        elif name in _FLOAT_ONLY:
+            dts = ["float32", "float16"]
+        else:
+            dts = ["float32", "float32", "float16", "int32"]
+        da, db = pick(rng, dts), pick(rng, dts)
+        sa = shape(rng)
+        sb = broadcast_partner(rng, sa)
+        if rng.random() < 0.5:
+            sa, sb = sb, sa
+        form = pick(rng, ["tt", "tt", "ts", "st"])
+        inputs, desc = [], []
+        ascal = bscal = None
+        if form == "st":
+            ascal = _scalar(rng, name, db, False)
+        else:
+            inputs.append(_operand(rng, name, sa, da, False))
+        if form == "ts":
+            bscal = _scalar(rng, name, da, True)
+        else:
+            inputs.append(_operand(rng, name, sb, db, True))
+        use_op = mop is not None and rng.random() < 0.5
+        f = mop if use_op else mfn
+        if form == "tt":
+            # upstream promotes by dtype alone (numpy's result_type of the dtypes); torch lets a
+            # 0-d tensor lose to a higher-dimensional one of the same kind: cast both first
+            m = lambda a, b: f(a, b)  # noqa: E731
+            t = lambda a, b: tfn(*_promoted(a, b))  # noqa: E731
+            desc = f"{name}(a{sa} {da}, b{sb} {db})"
+        elif form == "ts":
+            # a Python scalar is "weak" in both frameworks; torch's functions take it only as a
+            # 0-d tensor, which is not weak when the other operand is 0-d too: cast explicitly
+            m = lambda a: f(a, bscal)  # noqa: E731
+            t = lambda a: tfn(*_with_scalar(a, bscal, False))  # noqa: E731
+            desc = f"{name}(a{sa} {da}, {bscal!r})"
+        else:
+            m = lambda b: f(ascal, b)  # noqa: E731
+            t = lambda b: tfn(*_with_scalar(b, ascal, True))  # noqa: E731
+            desc = f"{name}({ascal!r}, b{sb} {db})"
+        dtypes = None
+        in_dts = [a.dtype for a in inputs]
+        if name == "pow":
+            # upstream computes pow of an integer tensor in float32: each integer tensor operand
+            # becomes float32 before promotion (torch keeps integers)
+            tt = t
+            t = lambda *xs: tt(*[x if x.is_floating_point() else x.float() for x in xs])  # noqa
+        if use_op:
+            desc += " via operator"
+        tol = None
+        if name in ("floor_div", "mod") and any(d.kind == "f" for d in in_dts):
+            tol = (1e-3, 1e-3)
+        return Case(desc, inputs, m, t, dtypes=dtypes, tol=tol,
+                    diff=[i for i, a in enumerate(inputs) if a.dtype == np.float32
+                          and name not in ("floor_div", "mod") + _COMPARE])
+    return gen
+
+
+def _promoted(a, b):
+    rt = torch.promote_types(a.dtype, b.dtype)
+    return a.to(rt), b.to(rt)
+
+
+def _with_scalar(t, s, scalar_first):
+    rt = torch.result_type(t, s)
+    pair = (t.to(rt), torch.tensor(s, dtype=rt))
+    return pair[::-1] if scalar_first else pair
+
+
+for _n in _ARITH:
+    op(_n, "elemwise")(_binary_gen(_n))
+
+
+@op("clip", "elemwise")
+def _clip(rng):
+    shp = shape(rng)
+    dt = pick(rng, ["float32", "float32", "float16", "int32"])
+    x = values(rng, shp, dt)
+    lo = pick(rng, [None, -1, -1.5, 0])
+    hi = pick(rng, [None, 1, 2.5]) if lo is not None else pick(rng, [1, 2.5])
+    if dt == "int32":
+        lo = None if lo is None else int(lo)
+        hi = None if hi is None else int(hi)
+    return Case(f"clip(x{shp} {dt}, {lo}, {hi})", [x], lambda a: F.clip(a, lo, hi),
+                lambda a: torch.clamp(a, lo, hi))
+
+
+# ----- reductions -----
+
+def _torch_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    return axis if isinstance(axis, tuple) else (axis,)
+
+
+def _reduce_gen(name):
+    def gen(rng):
+        shp = shape(rng, 0, 4)
+        ndim = len(shp)
+        dts = ["float32", "float32", "float16"]
+        if name in ("sum", "prod", "max", "min", "mean"):
+            dts.append("int32")
+        dt = pick(rng, dts)
+        lo, hi = (-1.5, 1.5) if name == "prod" else (-3, 3)
+        x = values(rng, shp, dt, lo, hi)
+        axis = axis_arg(rng, ndim)
+        keep = bool(rng.random() < 0.5)
+        if ndim and rng.random() < 0.04:
+            # invalid: an axis out of range, or one axis twice; both must refuse
+            axis = ndim if rng.random() < 0.5 else (0, -ndim)
+        ax = _torch_axes(axis, ndim)
+        dtypes = None
+        if name == "sum":
+            t = lambda a: torch.sum(a, dim=ax, keepdim=keep)  # noqa: E731
+            if dt == "int32":
+                dtypes = ["int32"]  # upstream keeps int32 (torch widens to int64)
+        elif name == "mean":
+            t = lambda a: torch.mean(a.float() if not a.is_floating_point() else a,  # noqa
+                                     dim=ax, keepdim=keep)
+        elif name == "prod":
+            def t(a):
+                torch.sum(a, dim=ax)  # torch.prod takes one dim: let sum judge the axes
+                for d in sorted([d % max(ndim, 1) for d in ax], reverse=True):
+                    a = torch.prod(a, dim=d, keepdim=True)
+                if not keep:
+                    a = a.reshape([n for i, n in enumerate(a.shape)
+                                   if i not in [d % max(ndim, 1) for d in ax]] if ndim else [])
+                return a
+            if dt == "int32":
+                dtypes = ["int32"]
+        elif name in ("max", "min"):
+            fn = torch.amax if name == "max" else torch.amin
+            t = lambda a: fn(a, dim=ax, keepdim=keep) if ndim else a  # noqa: E731
+        elif name in ("var", "std"):
+            fn = torch.var if name == "var" else torch.std
+            t = lambda a: fn(a, dim=ax, keepdim=keep, correction=0)  # noqa: E731
+        elif name == "logsumexp":
+            if axis is None:
+                axis = ax = tuple(range(ndim))
+            t = lambda a: torch.logsumexp(a, dim=ax, keepdim=keep)  # noqa: E731
+        m = getattr(F, name)
+        tol = (3e-2, 3e-2) if dt == "float16" else (2e-4, 2e-5)
+        # max/min ties (float16, ints): upstream gives every tied element the whole gradient,
+        # torch shares it; draw ties only without gradients
+        diff = None
+        if name in ("max", "min") and dt == "float32":
+            x = x + np.arange(x.size, dtype=np.float32).reshape(shp) * 1e-3 if x.size else x
+        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
+                    lambda a: m(a, axis=axis, keepdims=keep), t, dtypes=dtypes, tol=tol,
+                    diff=diff, bcast=name not in ("max", "min"))
+    return gen
+
+
+for _n in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp"):
+    op(_n, "reduction")(_reduce_gen(_n))
+
+
+def _arg_gen(name):
+    def gen(rng):
+        shp = shape(rng, 0, 4)
+        dt = pick(rng, ["float32", "int32", "float16"])
+        x = values(rng, shp, dt)
+        axis = axis_arg(rng, len(shp), tuple_ok=False)
+        keep = bool(rng.random() < 0.4) and axis is not None
+        fn = torch.argmax if name == "argmax" else torch.argmin
+        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
+                    lambda a: getattr(F, name)(a, axis=axis, keepdims=keep),
+                    lambda a: fn(a, dim=axis, keepdim=keep), dtypes=["int32"], bcast=False)
+    return gen
+
+
+for _n in ("argmax", "argmin"):
+    op(_n, "reduction")(_arg_gen(_n))
+
+
+@op("norm", "reduction")
+def _norm(rng):
+    shp = shape(rng, 1, 3)
+    x = values(rng, shp, "float32")
+    ord_ = pick(rng, [None, 1, 2, 3, 0.5, float("inf"), float("-inf"), 0])
+    axis = axis_arg(rng, len(shp), tuple_ok=False)
+    keep = bool(rng.random() < 0.4)
+    p = 2 if ord_ is None else ord_
+    ax = _torch_axes(axis, len(shp))
+    return Case(f"norm(x{shp}, ord={ord_}, axis={axis}, keepdims={keep})", [x],
+                lambda a: F.norm(a, ord=ord_, axis=axis, keepdims=keep),
+                lambda a: torch.linalg.vector_norm(a, ord=p, dim=ax, keepdim=keep),
+                dtypes=["int32"] if ord_ == 0 else None, tol=(2e-4, 2e-5),
+                bcast=abs(p) != float("inf"))  # +-inf: max/min, whose ties differ
+
+
+@op("cumsum", "reduction")
+def _cumsum(rng):
+    shp = shape(rng, 1, 4)
+    dt = pick(rng, ["float32", "float32", "int32", "float16"])
+    x = values(rng, shp, dt)
+    axis = int(rng.integers(-len(shp), len(shp)))
+    return Case(f"cumsum(x{shp} {dt}, axis={axis})", [x], lambda a: F.cumsum(a, axis),
+                lambda a: torch.cumsum(a, axis), dtypes=[dt],
+                tol=(3e-2, 3e-2) if dt == "float16" else None)
+
+
+# ----- matmul -----
+
+@op("matmul", "matmul")
+def _matmul(rng):
+    k = pick(rng, [0, 1, 2, 3, 5])
+    m, n = pick(rng, [1, 2, 4]), pick(rng, [1, 3, 0])
+    batch = shape(rng, 0, 2, zero=False, max_dim=3)
+    ka, kb = k, k
+    if rng.random() < 0.08:
+        kb = k + 1  # invalid: both must refuse
+    nda, ndb = pick(rng, [1, 2, 2 + len(batch)]), pick(rng, [1, 2, 2 + len(batch)])
+    ta, tb = bool(rng.random() < 0.4), bool(rng.random() < 0.4)
+    sa = (ka,) if nda == 1 else (*batch[:nda - 2], m, ka)
+    sb = (kb,) if ndb == 1 else (*batch[len(batch) - (ndb - 2):], kb, n)
+    if nda > 2 and ndb > 2 and rng.random() < 0.3:
+        sb = (1,) * (ndb - 2) + sb[-2:]  # broadcast batch dims
+    if ta and nda >= 2:
+        sa = sa[:-2] + (sa[-1], sa[-2])
+    if tb and ndb >= 2:
+        sb = sb[:-2] + (sb[-1], sb[-2])
+    dt = pick(rng, ["float32", "float32", "float16"])
+    a, b = values(rng, sa, dt), values(rng, sb, dt)
+
+    def t(x, y):
+        if ta and x.ndim >= 2:
+            x = x.transpose(-1, -2)
+        if tb and y.ndim >= 2:
+            y = y.transpose(-1, -2)
+        return torch.matmul(x, y)
+    return Case(f"matmul(a{sa}, b{sb} {dt}, transpose_a={ta}, transpose_b={tb})", [a, b],
+                lambda x, y: F.matmul(x, y, transpose_a=ta, transpose_b=tb), t,
+                tol=(3e-2, 5e-2) if dt == "float16" else (2e-4, 2e-4))
+
+
+@op("normalize", "reduction")
+def _normalize(rng):
+    shp = shape(rng, 1, 3)
+    x = values(rng, shp, "float32")
+    axis = axis_arg(rng, len(shp), tuple_ok=False)
+    ord_ = pick(rng, [None, 1, 2, 3])
+    p = 2 if ord_ is None else ord_
+    ax = _torch_axes(axis, len(shp))
+    return Case(f"normalize(x{shp}, ord={ord_}, axis={axis})", [x],
+                lambda a: F.normalize(a, ord_, axis),
+                lambda a: a / torch.clamp_min(torch.linalg.vector_norm(a, p, ax, keepdim=True),
+                                              1e-12), tol=(2e-4, 2e-5))
+
+
+@op("dot", "matmul")
+def _dot(rng):
+    n = int(rng.integers(0, 6))
+    a, b = values(rng, (n,), "float32"), values(rng, (n,), "float32")
+    return Case(f"dot(a({n},), b({n},))", [a, b], F.dot, torch.dot, tol=(2e-4, 2e-5))

@@ -1,0 +1,40 @@
+"""All fuzzed ops by name (op name -> (family, generator)) and the seeded driver that runs them."""
+import collections
+import warnings
+
+import numpy as np
+
+from . import ops_math, ops_nn, ops_tensor
+from .gen import Mismatch, run
+
+OPS = {}
+for _mod in (ops_math, ops_tensor, ops_nn):
+    OPS.update(_mod.OPS)
+
+
+def run_seed(name, seed):
+    """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
+    Mismatch on a discrepancy."""
+    rng = np.random.default_rng([seed, sum(map(ord, name))])
+    case = OPS[name][1](rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run(case, rng)
+
+
+def fuzz(names, seeds, start=0):
+    """Run ``seeds`` cases of each op; returns {name: (counter of outcomes, [messages])}."""
+    report = {}
+    for name in names:
+        outcomes, msgs = collections.Counter(), []
+        for s in range(start, start + seeds):
+            try:
+                outcomes[run_seed(name, s)] += 1
+            except Mismatch as e:
+                outcomes["mismatch"] += 1
+                msgs.append(f"seed {s}: {e}")
+            except Exception as e:  # noqa: BLE001 (a crash of the generator or the oracle)
+                outcomes["crash"] += 1
+                msgs.append(f"seed {s}: fuzzer crash {type(e).__name__}: {e}")
+        report[name] = (outcomes, msgs)
+    return report
