@@ -66,7 +66,10 @@ def _case_feeds(item, names, shapes, repeat, k):
                  for n, v in zip(names, values)}
     elif isinstance(item, str):
         feeds = {}
-        for part in item.split(";"):
+        parts = item.split(";")
+        if len(parts) == 1 and parts[0].strip().startswith("#"):
+            parts = [f"{n}:{parts[0].strip()}" for n in names]  # one random spec: every input's
+        for part in parts:
             name, sep, spec = part.rpartition(":") if not part.startswith("#") else ("", "", part)
             if not sep and len(names) != 1:
                 raise DumpError(f"dump(input_data=...): {part!r} names no input; the program "

@@ -44,22 +44,8 @@ def add_testcases(src, dst, data, repeat=1, silent=False, no_assert=False, maxer
     from ..jit.dump_testcases import make_testcases
 
     program = load_program(src)._program
-    names = [n for n, _, _ in program.inputs]
-    items = []
-    for item in data:
-        if item.startswith("@"):
-            try:
-                with open(item[1:]) as f:
-                    items.extend(line.strip() for line in f if line.strip())
-            except OSError as e:
-                raise ToolError(f"--data {item}: {e}") from e
-        else:
-            items.append(item)
-    # upstream: one random spec alone is the data of every input
-    items = [";".join(f"{n}:{item}" for n in names)
-             if item.startswith("#") and ";" not in item else item for item in items]
-    try:
-        cases = make_testcases(program, items, repeat=repeat, input_transform=input_transform)
+    try:  # (make_testcases reads @list files, and gives one random spec to every input)
+        cases = make_testcases(program, list(data), repeat=repeat, input_transform=input_transform)
     except (DumpError, OSError) as e:
         raise ToolError(f"--data: {e}") from e
     graph, arrays = read_file(src)

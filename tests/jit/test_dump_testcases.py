@@ -76,3 +76,20 @@ def test_test_case_errors_are_clear():
         f.dump(io.BytesIO(), repeat=2)
     with pytest.raises(DumpError, match="gives 2 arrays"):
         f.dump(io.BytesIO(), input_data=[[np.zeros((2, 3)), np.zeros((2, 3))]])
+
+
+def test_one_random_spec_is_the_data_of_every_input():
+    """Upstream's dump_with_testcase: a lone '#rand(...)' with several inputs feeds each one."""
+    @trace(symbolic=True, capture_as_const=True)
+    def f(a, b):
+        return a * 2 + b
+
+    f(mge.tensor(np.zeros((2, 3), "float32")), mge.tensor(np.zeros((1, 3), "float32")))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["a", "b"], input_data=["#rand(0, 1)"])
+    file.seek(0)
+    (inputs, outputs), = GraphInference(file).testcases
+    assert {k: v.shape for k, v in inputs.items()} == {"a": (2, 3), "b": (1, 3)}
+    assert not np.array_equal(inputs["a"][:1], inputs["b"])  # each input its own draw
+    np.testing.assert_allclose(list(outputs.values())[0], inputs["a"] * 2 + inputs["b"],
+                               rtol=1e-6)
