@@ -29,7 +29,8 @@ def test_command_line(capsys):
 def test_every_family_is_fuzzed():
     families = {family for family, _ in OPS.values()}
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
-                        "activation", "loss", "normalization", "conv", "pool", "vision"}
+                        "activation", "loss", "normalization", "conv", "pool", "vision",
+                        "module"}
 
 
 # ----- the runner must fail where megengine is wrong -----
