@@ -30,7 +30,7 @@ def test_every_family_is_fuzzed():
     families = {family for family, _ in OPS.values()}
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
-                        "module"}
+                        "module", "optimizer", "scheduler", "grad2"}
 
 
 # ----- the runner must fail where megengine is wrong -----
