@@ -1,0 +1,290 @@
+"""Fuzz generators for what the first round left out of megengine.functional: F.vision (remap,
+warp_perspective against grid_sample, nms against a greedy numpy oracle), sliding windows and
+untied (local) convolution against torch's unfold/fold, ctc_loss, and linear algebra (cross,
+matinv, svd)."""
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+import megengine.functional as F
+
+from .gen import Case, pick, values
+
+OPS = {}
+
+
+def op(name, family):
+    def deco(fn):
+        OPS[name] = (family, fn)
+        return fn
+    return deco
+
+
+# ----- sampling: remap and warp_perspective as torch's grid_sample -----
+
+_PAD = {"replicate": "border", "constant": "zeros"}  # (constant with scalar 0)
+
+
+def _grid_sample(img, xy, border):
+    """Sample NCHW ``img`` at absolute pixel coordinates ``xy`` (N, OH, OW, 2) bilinearly:
+    align_corners=True makes -1 and 1 the centres of the first and last pixels."""
+    h, w = img.shape[2], img.shape[3]
+    scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=xy.dtype)
+    return TF.grid_sample(img, xy * scale - 1, mode="bilinear", padding_mode=_PAD[border],
+                          align_corners=True)
+
+
+def _no_integer(a, lo=0.05):
+    # a coordinate on a whole pixel is a kink of bilinear sampling (one-sided gradients)
+    frac = a - np.floor(a)
+    return np.where(frac < lo, a + 2 * lo, np.where(frac > 1 - lo, a - 2 * lo, a)).astype(a.dtype)
+
+
+@op("remap", "vision")
+def _remap(rng):
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    h, w = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    oh, ow = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    border = pick(rng, list(_PAD))
+    x = values(rng, (n, c, h, w), "float32")
+    # coordinates inside and up to 1.5 pixels outside the image
+    xy = np.stack([values(rng, (n, oh, ow), "float32", -1.5, w + 0.5),
+                   values(rng, (n, oh, ow), "float32", -1.5, h + 0.5)], -1)
+    xy = _no_integer(xy)
+    return Case(f"remap(x{x.shape}, map{xy.shape}, border_mode={border})", [x, xy],
+                lambda a, m: F.vision.remap(a, m, border_mode=border, scalar=0.0),
+                lambda a, m: _grid_sample(a, m, border), tol=(2e-4, 2e-4), bcast=False)
+
+
+@op("warp_perspective", "vision")
+def _warp_perspective(rng):
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    h, w = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    oh, ow = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    border = pick(rng, list(_PAD))
+    x = values(rng, (n, c, h, w), "float32")
+    # near a random similarity, with a mild perspective row (the denominator stays near 1)
+    m = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+    m[:, :2, :2] += values(rng, (n, 2, 2), "float32", -0.4, 0.4)
+    m[:, :2, 2] = values(rng, (n, 2), "float32", -1, 1.5)
+    m[:, 2, :2] = values(rng, (n, 2), "float32", -0.05, 0.05)
+
+    def torch_fn(a, mat):
+        ys, xs = torch.meshgrid(torch.arange(oh, dtype=torch.float32),
+                                torch.arange(ow, dtype=torch.float32), indexing="ij")
+        pts = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # (OH, OW, 3)
+        src = torch.einsum("nij,hwj->nhwi", mat, pts)
+        return _grid_sample(a, src[..., :2] / src[..., 2:], border)
+    # source points that land on whole pixels are kinks: keep cases whose points avoid them
+    ys, xs = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    pts = np.stack([xs, ys, np.ones_like(xs)], -1).astype(np.float32)
+    src = np.einsum("nij,hwj->nhwi", m, pts)
+    src = src[..., :2] / src[..., 2:]
+    frac = src - np.floor(src)
+    kink = bool(((frac < 0.02) | (frac > 0.98)).any())
+    return Case(f"warp_perspective(x{x.shape}, mat{m.shape}, ({oh}, {ow}), {border})", [x, m],
+                lambda a, mat: F.vision.warp_perspective(a, mat, (oh, ow), border_mode=border,
+                                                         border_val=0.0),
+                torch_fn, tol=(5e-4, 5e-4), diff=[0] if kink else [0, 1], bcast=False,
+                layouts=False)
+
+
+# ----- nms: a greedy oracle in numpy (torchvision is not a dependency) -----
+
+def _nms_oracle(boxes, scores, thresh, max_out):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        if len(keep) == max_out:
+            break
+        ok = True
+        for j in keep:
+            iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+            ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+            inter = max(iw, 0) * max(ih, 0)
+            union = ((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+                     + (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]) - inter)
+            if union > 0 and inter / union > thresh:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.int32)
+
+
+@op("nms", "vision")
+def _nms(rng):
+    k = int(rng.integers(0, 9))
+    xy = values(rng, (k, 2), "float32", 0, 6)
+    wh = values(rng, (k, 2), "float32", 0.5, 4)
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.permutation(k).astype(np.float32) / max(k, 1)  # distinct: no ties
+    thresh = float(rng.uniform(0.05, 0.8))
+    max_out = None if rng.random() < 0.5 else int(rng.integers(1, k + 2))
+    return Case(f"nms({k} boxes, iou_thresh={thresh:.3f}, max_output={max_out})",
+                [boxes, scores],
+                lambda b, s: F.vision.nms(b, s, thresh, max_out),
+                lambda b, s: _nms_oracle(b.detach().numpy(), s.detach().numpy(), thresh,
+                                         k if max_out is None else max_out),
+                diff=[], layouts=False)
+
+
+# ----- sliding windows and untied convolution: torch's unfold / fold -----
+
+def _window_args(rng):
+    k = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    s = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    p = tuple(int(rng.integers(0, kk)) for kk in k)
+    return k, p, s, d
+
+
+def _out(size, k, p, s, d):
+    return tuple((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1
+                 for n, kk, pp, ss, dd in zip(size, k, p, s, d))
+
+
+@op("sliding_window", "conv")
+def _sliding_window(rng):
+    k, p, s, d = _window_args(rng)
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    hw = tuple(int(v) for v in rng.integers(1, 6, size=2))
+    oh, ow = _out(hw, k, p, s, d)
+    x = values(rng, (n, c) + hw, "float32")
+
+    def torch_fn(a):
+        cols = TF.unfold(a, k, dilation=d, padding=p, stride=s)  # (N, C*KH*KW, OH*OW)
+        return cols.reshape(n, c, k[0], k[1], oh, ow).permute(0, 1, 4, 5, 2, 3)
+    refuse = "no window fits" if min(oh, ow) <= 0 else None
+    return Case(f"sliding_window(x{x.shape}, k={k}, p={p}, s={s}, d={d})", [x],
+                lambda a: F.sliding_window(a, k, p, s, d), torch_fn, refuse=refuse)
+
+
+@op("sliding_window_transpose", "conv")
+def _sliding_window_transpose(rng):
+    k, p, s, d = _window_args(rng)
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    hw = tuple(int(v) for v in rng.integers(1, 6, size=2))
+    oh, ow = _out(hw, k, p, s, d)
+    if min(oh, ow) <= 0:
+        hw = tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d))
+        oh, ow = _out(hw, k, p, s, d)
+    cols = values(rng, (n, c, oh, ow) + k, "float32")
+
+    def torch_fn(a):
+        flat = a.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k[0] * k[1], oh * ow)
+        return TF.fold(flat, hw, k, dilation=d, padding=p, stride=s)
+    return Case(f"sliding_window_transpose(cols{cols.shape}, out={hw}, k={k}, p={p}, s={s}, "
+                f"d={d})", [cols], lambda a: F.sliding_window_transpose(a, hw, k, p, s, d),
+                torch_fn)
+
+
+@op("local_conv2d", "conv")
+def _local_conv2d(rng):
+    k, p, s, d = _window_args(rng)
+    n, c, o = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    hw = tuple(int(v) for v in rng.integers(1, 6, size=2))
+    oh, ow = _out(hw, k, p, s, d)
+    if min(oh, ow) <= 0:
+        hw = tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d))
+        oh, ow = _out(hw, k, p, s, d)
+    x = values(rng, (n, c) + hw, "float32")
+    w = values(rng, (oh, ow, c) + k + (o,), "float32")
+
+    def torch_fn(a, ww):
+        cols = TF.unfold(a, k, dilation=d, padding=p, stride=s)
+        cols = cols.reshape(n, c, k[0], k[1], oh, ow)
+        return torch.einsum("ncijhw,hwcijo->nohw", cols, ww)
+    return Case(f"local_conv2d(x{x.shape}, w{w.shape}, p={p}, s={s}, d={d})", [x, w],
+                lambda a, ww: F.local_conv2d(a, ww, None, s, p, d), torch_fn,
+                tol=(2e-4, 2e-4))
+
+
+# ----- ctc_loss: upstream takes probabilities, torch log-probabilities -----
+
+def _ctc_oracle(prob, pred_len, labels, lab_len, blank, reduction):
+    """CTC by its definition, in differentiable torch ops: the forward (alpha) recursion in log
+    space over the blank-extended label. (torch's ctc_loss has the right value, but its
+    gradient in log_probs is that of log_softmax's input: exp(log_probs) - posterior, right only
+    behind a log_softmax; upstream's loss is differentiated in the probabilities themselves.)"""
+    lp = torch.log(prob)
+    losses = []
+    for i in range(prob.shape[1]):
+        ext = [blank]
+        for v in labels[i, :lab_len[i]]:
+            ext += [int(v), blank]
+        s_len = len(ext)
+        neg = torch.tensor(-1e30)  # (not -inf: logsumexp of all -inf has a NaN gradient)
+        alpha = [lp[0, i, ext[0]], lp[0, i, ext[1]]] + [neg] * (s_len - 2)
+        for t in range(1, int(pred_len[i])):
+            new = []
+            for s in range(s_len):
+                terms = [alpha[s]] + ([alpha[s - 1]] if s >= 1 else [])
+                if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                    terms.append(alpha[s - 2])
+                new.append(torch.logsumexp(torch.stack(terms), 0) + lp[t, i, ext[s]])
+            alpha = new
+        losses.append(-torch.logsumexp(torch.stack(alpha[-2:]), 0))
+    loss = torch.stack(losses)
+    if reduction == "mean":
+        return (loss / torch.tensor(lab_len, dtype=loss.dtype)).mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+@op("ctc_loss", "loss")
+def _ctc(rng):
+    n, c = int(rng.integers(1, 4)), int(rng.integers(2, 5))
+    blank = int(rng.integers(0, c))
+    lab_len = rng.integers(1, 4, size=n)
+    # enough frames for every alignment (repeats need a blank between them)
+    pred_len = np.array([int(rng.integers(2 * ll + 1, 2 * ll + 4)) for ll in lab_len])
+    t = int(pred_len.max())
+    labels = np.zeros((n, int(lab_len.max())), np.int32)
+    for i, ll in enumerate(lab_len):
+        labels[i, :ll] = rng.choice([v for v in range(c) if v != blank], size=ll)
+    logits = values(rng, (t, n, c), "float32", -2, 2)
+    prob = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    reduction = pick(rng, ["mean", "sum", "none"])
+    pl, ll_ = pred_len.astype(np.int32), lab_len.astype(np.int32)
+    return Case(f"ctc_loss(pred{prob.shape}, pred_len={pl}, labels={labels.tolist()}, "
+                f"blank={blank}, {reduction})", [prob],
+                lambda p: F.nn.ctc_loss(p, pl, labels, ll_, blank=blank, reduction=reduction),
+                lambda p: _ctc_oracle(p, pl, labels, ll_, blank, reduction),
+                tol=(5e-4, 5e-4), bcast=False)
+
+
+# ----- linear algebra -----
+
+@op("cross", "matmul")
+def _cross(rng):
+    ndim = int(rng.integers(1, 4))
+    shp = [int(v) for v in rng.integers(1, 4, size=ndim)]
+    ax = int(rng.integers(ndim))
+    shp[ax] = 3
+    a = values(rng, tuple(shp), "float32")
+    bshp = [1 if (i != ax and rng.random() < 0.3) else v for i, v in enumerate(shp)]
+    b = values(rng, tuple(bshp), "float32")
+    return Case(f"cross(a{a.shape}, b{b.shape}, axis={ax})", [a, b],
+                lambda x, y: F.cross(x, y, axis=ax),
+                lambda x, y: torch.linalg.cross(*torch.broadcast_tensors(x, y), dim=ax))
+
+
+@op("matinv", "matmul")
+def _matinv(rng):
+    batch = tuple(int(v) for v in rng.integers(1, 3, size=int(rng.integers(0, 3))))
+    k = int(rng.integers(1, 5))
+    # well conditioned: identity plus a small random matrix
+    a = (np.eye(k) * 2 + values(rng, batch + (k, k), "float32", -0.6, 0.6)).astype(np.float32)
+    return Case(f"matinv(x{a.shape})", [a], F.matinv, torch.linalg.inv, tol=(5e-4, 5e-4),
+                bcast=False)
+
+
+@op("svd", "matmul")
+def _svd(rng):
+    batch = tuple(int(v) for v in rng.integers(1, 3, size=int(rng.integers(0, 2))))
+    m, k = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    a = values(rng, batch + (m, k), "float32")
+    # singular values only: the vectors are unique up to signs, which may legitimately differ
+    return Case(f"svd(x{a.shape}, compute_uv=False)", [a],
+                lambda x: F.svd(x, compute_uv=False), torch.linalg.svdvals,
+                tol=(5e-4, 5e-4), bcast=False)
