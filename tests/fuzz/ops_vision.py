@@ -288,3 +288,74 @@ def _svd(rng):
     return Case(f"svd(x{a.shape}, compute_uv=False)", [a],
                 lambda x: F.svd(x, compute_uv=False), torch.linalg.svdvals,
                 tol=(5e-4, 5e-4), bcast=False)
+
+
+# ----- deformable convolution: each tap sampled by grid_sample, then a plain contraction -----
+
+def _deform_oracle(x, w, off, mask, stride, pad, dil, groups, dg):
+    """DCNv2 by its definition: tap (i, j) of output (oh, ow) reads the input bilinearly at
+    (oh*s - p + i*d + dy, ow*s - p + j*d + dx), zero outside, scaled by its mask; offsets hold
+    (dy, dx) pairs, deformable group major, then taps row-major."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = off.shape[2:]
+    k = kh * kw
+    cpg = c // dg
+    ys = (torch.arange(oh, dtype=x.dtype) * stride[0] - pad[0])[:, None]
+    xs = (torch.arange(ow, dtype=x.dtype) * stride[1] - pad[1])[None, :]
+    taps = []
+    for t in range(k):
+        i, j = divmod(t, kw)
+        per_group = []
+        for g in range(dg):
+            dy, dx = off[:, 2 * (g * k + t)], off[:, 2 * (g * k + t) + 1]
+            py, px = ys + i * dil[0] + dy, xs + j * dil[1] + dx
+            grid = torch.stack([px * 2 / (wd - 1) - 1, py * 2 / (h - 1) - 1], -1)
+            s = TF.grid_sample(x[:, g * cpg:(g + 1) * cpg], grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=True)
+            per_group.append(s * mask[:, g * k + t][:, None])
+        taps.append(torch.cat(per_group, 1))  # (N, C, OH, OW)
+    cols = torch.stack(taps, 2)  # (N, C, K, OH, OW)
+    cols = cols.reshape(n, groups, c // groups, k, oh, ow)
+    wg = w.reshape(groups, o // groups, c // groups, k)
+    return torch.einsum("ngckhw,gock->ngohw", cols, wg).reshape(n, o, oh, ow)
+
+
+@op("deformable_conv2d", "conv")
+def _deformable_conv2d(rng):
+    groups, dg = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    c = groups * dg * int(rng.integers(1, 3)) // np.gcd(groups, dg)
+    o = groups * int(rng.integers(1, 3))
+    kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    dil = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    pad = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+    h, wd = (int(v) for v in rng.integers(2, 6, size=2))
+    oh, ow = _out((h, wd), (kh, kw), pad, stride, dil)
+    if min(oh, ow) <= 0:
+        pad = (kh - 1, kw - 1)
+        oh, ow = _out((h, wd), (kh, kw), pad, stride, dil)
+    n = int(rng.integers(1, 3))
+    x = values(rng, (n, c, h, wd), "float32")
+    w = values(rng, (o, c // groups, kh, kw), "float32")
+    off = _no_integer(values(rng, (n, 2 * dg * kh * kw, oh, ow), "float32", -1.5, 1.5))
+    mask = values(rng, (n, dg * kh * kw, oh, ow), "float32", 0, 1)
+    return Case(f"deformable_conv2d(x{x.shape}, w{w.shape}, offset{off.shape}, groups={groups}, "
+                f"dg={dg}, s={stride}, p={pad}, d={dil})", [x, w, off, mask],
+                lambda a, ww, of, m: F.deformable_conv2d(a, ww, of, m, None, stride, pad, dil,
+                                                         groups),
+                lambda a, ww, of, m: _deform_oracle(a, ww, of, m, stride, pad, dil, groups, dg),
+                tol=(5e-4, 5e-4), bcast=False)
+
+
+@op("where_broadcast", "indexing")
+def _where_broadcast(rng):
+    shp = tuple(int(v) for v in rng.integers(1, 4, size=int(rng.integers(1, 4))))
+
+    def part():
+        s = tuple(1 if rng.random() < 0.4 else d for d in shp)
+        return s[int(rng.integers(0, len(s) + 1)):] if rng.random() < 0.3 else s
+    mask = values(rng, part(), "bool")
+    x, y = values(rng, part(), "float32"), values(rng, part(), "float32")
+    return Case(f"where(mask{mask.shape}, x{x.shape}, y{y.shape})", [mask, x, y], F.where,
+                torch.where)
