@@ -123,8 +123,8 @@ def _execute(prog, xs, side, weights):
     that no later step uses (so each drawn branch matters) by a fixed random array."""
     nodes = list(xs)
     for kind, name, args in prog:
-        if kind == "unary":
-            nodes.append(UNARY[name][side](nodes[args[0]]))
+        if kind == "unary":  # (the nn family's "unary" ops take several inputs)
+            nodes.append(UNARY[name][side](*[nodes[i] for i in args]))
         elif kind == "binary":
             nodes.append(BINARY[name][side](nodes[args[0]], nodes[args[1]]))
         elif name == "matmul":
@@ -239,3 +239,100 @@ def _third_order(rng):
                  lambda: _third(f"third order {name} a{a.shape} b{b.shape}", [a, b],
                                 lambda x, y: (mu(x @ y) * x.sum()).sum(),
                                 lambda x, y: (tu(x @ y) * x.sum()).sum(), (2e-3, 2e-4)))
+
+
+# ----- second order through one nn op: its recorded backward (grad_graph) is what is tested -----
+
+def _nn_cases(rng):
+    """name -> (megengine fn, torch fn, input shapes); a few drawn hyper-parameters."""
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    h, w = int(rng.integers(3, 6)), int(rng.integers(3, 6))
+    k = int(rng.integers(1, 4))
+    s, p = int(rng.integers(1, 3)), int(rng.integers(0, k))
+    o = int(rng.integers(1, 4))
+    label = rng.integers(0, c, size=(n,))
+    idx = rng.integers(0, c, size=(n, c, h, w)).astype(np.int32)
+    x4 = (n, c, h, w)
+    return {
+        "conv2d": (lambda a, b: F.conv2d(a, b, stride=s, padding=p),
+                   lambda a, b: TF.conv2d(a, b, stride=s, padding=p), [x4, (o, c, k, k)]),
+        "conv_transpose2d": (lambda a, b: F.conv_transpose2d(a, b, stride=s, padding=p),
+                             lambda a, b: TF.conv_transpose2d(a, b, stride=s, padding=p),
+                             [x4, (c, o, k, k)]),
+        "max_pool2d": (lambda a: F.max_pool2d(a, k, s, p // 2 if k > 1 else 0),
+                       lambda a: TF.max_pool2d(a, k, s, p // 2 if k > 1 else 0), [x4]),
+        "avg_pool2d": (lambda a: F.avg_pool2d(a, k, s, p // 2 if k > 1 else 0),
+                       lambda a: TF.avg_pool2d(a, k, s, p // 2 if k > 1 else 0,
+                                               count_include_pad=False), [x4]),
+        "adaptive_avg_pool2d": (lambda a: F.adaptive_avg_pool2d(a, (2, 2)),
+                                lambda a: TF.adaptive_avg_pool2d(a, (2, 2)), [x4]),
+        "batch_norm_train": (
+            lambda a, g, b: F.batch_norm(a, None, None, g.reshape(1, c, 1, 1),
+                                         b.reshape(1, c, 1, 1), training=True),
+            lambda a, g, b: TF.batch_norm(a, None, None, g, b, training=True),
+            [(n + 1, c, h, w), (c,), (c,)]),
+        "layer_norm": (lambda a, g, b: F.layer_norm(a, (h, w), True, g, b),
+                       lambda a, g, b: TF.layer_norm(a, (h, w), g, b), [x4, (h, w), (h, w)]),
+        "group_norm": (lambda a, g, b: F.group_norm(a, 1, True, g, b),
+                       lambda a, g, b: TF.group_norm(a, 1, g, b), [x4, (c,), (c,)]),
+        "instance_norm": (lambda a: F.instance_norm(a, affine=False),
+                          lambda a: TF.instance_norm(a), [x4]),
+        "interpolate": (lambda a: F.nn.interpolate(a, scale_factor=2, mode="bilinear",
+                                                   align_corners=False),
+                        lambda a: TF.interpolate(a, scale_factor=2, mode="bilinear",
+                                                 align_corners=False), [x4]),
+        "cross_entropy": (lambda a: F.nn.cross_entropy(a, mge.tensor(label.astype(np.int32))),
+                          lambda a: TF.cross_entropy(a, torch.tensor(label)), [(n, c)]),
+        "binary_cross_entropy": (
+            lambda a, b: F.nn.binary_cross_entropy(a, F.sigmoid(b)),
+            lambda a, b: TF.binary_cross_entropy_with_logits(a, torch.sigmoid(b)),
+            [(n, c), (n, c)]),
+        "smooth_l1_loss": (lambda a, b: F.nn.smooth_l1_loss(a, b),
+                           lambda a, b: TF.smooth_l1_loss(a, b), [(n, c), (n, c)]),
+        "linear": (lambda a, b, d: F.linear(a, b, d), TF.linear, [(n, c), (o, c), (o,)]),
+        "gather": (lambda a: F.gather(a, 1, mge.tensor(idx)),
+                   lambda a: torch.gather(a, 1, torch.tensor(idx).long()), [x4]),
+        "pad": (lambda a: F.nn.pad(a, ((0, 0), (0, 0), (1, 2), (p, 1))),
+                lambda a: TF.pad(a, (p, 1, 1, 2)), [x4]),
+        "normalize": (lambda a: F.normalize(a, axis=1), lambda a: TF.normalize(a, dim=1),
+                      [x4]),
+        "cumsum": (lambda a: F.cumsum(a, 2), lambda a: torch.cumsum(a, 2), [x4]),
+        "concat_split": (lambda a, b: F.concat([a, b], 1)[:, 1:],
+                         lambda a, b: torch.cat([a, b], 1)[:, 1:], [x4, x4]),
+        "batched_matmul": (lambda a, b: F.matmul(a, b), torch.matmul,
+                           [(n, c, h), (n, h, w)]),
+        "var_std": (lambda a: F.var(a, axis=1, keepdims=True) + F.std(a, axis=2, keepdims=True),
+                    lambda a: (a.var(1, unbiased=False, keepdim=True)
+                               + a.std(2, unbiased=False, keepdim=True)), [(n, c, h)]),
+    }
+
+
+def _nn_second_order(name):
+    def gen(rng):
+        mfn, tfn, shapes = _nn_cases(rng)[name]
+        inputs = [values(rng, s, "float32", -1.5, 1.5) for s in shapes]
+        if name.endswith("norm") or name == "batch_norm_train":
+            inputs[0] = inputs[0] * 2  # spread: a group's variance far from eps
+        out_shape = tuple(tfn(*[torch.tensor(a) for a in inputs]).shape)
+        w = values(rng, out_shape, "float32", -1, 1)
+        vs = [values(rng, a.shape, "float32", -1, 1) for a in inputs]
+        # sin after the op: a linear op's Hessian is zero, its backward's backward still runs
+        prog = [("unary", f"nn_{name}", tuple(range(len(inputs)))), ("unary", "sin",
+                                                                      (len(inputs),))]
+        fns = {f"nn_{name}": (mfn, tfn)}
+        desc = f"second order of sum(w * sin({name}(inputs {[a.shape for a in inputs]})))"
+        return Check(desc, lambda: _check_nn(desc, fns, prog, inputs, w, vs))
+    return gen
+
+
+def _check_nn(desc, fns, prog, inputs, w, vs):
+    UNARY.update({k: (lambda *a, f=f: f(*a), lambda *a, t=t: t(*a)) for k, (f, t) in fns.items()})
+    try:
+        return _check(desc, prog, inputs, {len(inputs) + 1: w}, vs, (2e-3, 2e-4))
+    finally:
+        for k in fns:
+            UNARY.pop(k, None)
+
+
+for _name in _nn_cases(np.random.default_rng(0)):
+    op(f"second_order_{_name}")(_nn_second_order(_name))

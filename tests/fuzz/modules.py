@@ -7,7 +7,7 @@ import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
 
-from .gen import Check, Mismatch, close, pick, values
+from .gen import Check, Layout, Mismatch, close, layout, pick, values
 
 OPS = {}
 
@@ -55,19 +55,24 @@ def compare(desc, mmod, tmod, rng, batches, to_mge, train=True, buffers=(), tol=
     for step, xs in enumerate(batches):
         what = f"{desc} step {step}"
         fl = [i for i, x in enumerate(xs) if diff_inputs and np.asarray(x).dtype == np.float32]
-        tx = [torch.tensor(x, requires_grad=i in fl) for i, x in enumerate(xs)]
-        mx = [mge.tensor(x, dtype=np.asarray(x).dtype) for x in xs]
+        # float inputs through non-contiguous views too (transposes, strided slices, flips)
+        lays = [layout(rng, np.asarray(x), bcast=False) if np.asarray(x).dtype.kind == "f"
+                else Layout(np.asarray(x), lambda t: t, "contig") for x in xs]
+        what += " layouts=" + ",".join(lay.name for lay in lays)
+        tx = [torch.tensor(lay.stored, requires_grad=i in fl) for i, lay in enumerate(lays)]
+        mx = [mge.tensor(lay.stored, dtype=lay.stored.dtype) for lay in lays]
         for p in tmod.parameters():
             p.grad = None
         for p in mparams.values():
             p.grad = None
         gm = GradManager().attach(list(mparams.values()) + [mx[i] for i in fl])
         with gm:
-            out = call(mmod, *mx)
+            out = call(mmod, *[lay.view(x) for lay, x in zip(lays, mx)])
             outs = [o for o in _flat(out) if o is not None]
             dys = [mge.tensor(values(rng, tuple(o.shape), "float32")) for o in outs]
             gm.backward(outs, dys)
-        tout = [o for o in _flat(call(tmod, *tx)) if o is not None]
+        tout = [o for o in _flat(call(tmod, *[lay.view(x) for lay, x in zip(lays, tx)]))
+                if o is not None]
         if len(tout) != len(outs):
             raise Mismatch(f"{what}: {len(outs)} outputs, torch gives {len(tout)}")
         for k, (o, t) in enumerate(zip(outs, tout)):
@@ -79,7 +84,7 @@ def compare(desc, mmod, tmod, rng, batches, to_mge, train=True, buffers=(), tol=
         for i in fl:
             tg = tx[i].grad if tx[i].grad is not None else torch.zeros_like(tx[i])
             g = mx[i].grad
-            close(np.zeros(tx[i].shape, np.float32) if g is None else g.numpy(), _np(tg), tol,
+            close(np.zeros(tuple(tx[i].shape), np.float32) if g is None else g.numpy(), _np(tg), tol,
                   f"{what}: grad of input {i}")
         def tgrad(n):  # (a buffer's "gradient" is never compared)
             p = tparams.get(n)
