@@ -198,7 +198,7 @@ def _bn(nd):
         c = int(rng.integers(1, 4))
         mom = float(pick(rng, [0.9, 0.5, 0.0, float(rng.uniform(0.05, 0.95))]))
         affine, track = bool(rng.random() < 0.8), bool(rng.random() < 0.8)
-        train = bool(rng.random() < 0.6) or not track
+        train = bool(rng.random() < 0.6)  # (eval without running stats: batch statistics)
         rest = {1: pick(rng, [(), (int(rng.integers(1, 4)),)]), 2: (2, 3)}[nd]
         x = (int(rng.integers(2, 4)), c) + rest
         mm = {1: M.BatchNorm1d, 2: M.BatchNorm2d}[nd](c, momentum=mom, affine=affine,
