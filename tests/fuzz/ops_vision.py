@@ -359,3 +359,116 @@ def _where_broadcast(rng):
     x, y = values(rng, part(), "float32"), values(rng, part(), "float32")
     return Case(f"where(mask{mask.shape}, x{x.shape}, y{y.shape})", [mask, x, y], F.where,
                 torch.where)
+
+
+# ----- RoI pooling and RoIAlign: loop oracles of the Caffe/Caffe2 kernels upstream's follow -----
+
+def _bilinear(img, y, x):
+    """megdnn's RoIAlign sample of (C, H, W) ``img``: the four neighbours of (y, x), each one
+    outside the image reading 0."""
+    h, w = img.shape[1:]
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    ly, lx = y - y0, x - x0
+
+    def at(i, j):
+        return img[:, i, j] if 0 <= i < h and 0 <= j < w else img[:, 0, 0] * 0
+    top = at(y0, x0) + (at(y0, x0 + 1) - at(y0, x0)) * lx
+    bottom = at(y0 + 1, x0) + (at(y0 + 1, x0 + 1) - at(y0 + 1, x0)) * lx
+    return top + (bottom - top) * ly
+
+
+def _roi_align_oracle(x, rois, pooled, mode, scale, samples, aligned):
+    # upstream's kernel (megdnn roi_align): corners scaled and shifted by -0.5 when aligned,
+    # sizes clipped at 0, sample_points per bin on a regular grid
+    off = 0.5 if aligned else 0.0
+    out = []
+    for r in rois.tolist():
+        img = x[int(r[0])]
+        x1, y1, x2, y2 = (v * scale - off for v in r[1:])
+        bh, bw = max(y2 - y1, 0.0) / pooled[0], max(x2 - x1, 0.0) / pooled[1]
+        rows = []
+        for i in range(pooled[0]):
+            cols = []
+            for j in range(pooled[1]):
+                vals = [_bilinear(img, y1 + bh * (i + (a + 0.5) / samples[0]),
+                                  x1 + bw * (j + (b + 0.5) / samples[1]))
+                        for a in range(samples[0]) for b in range(samples[1])]
+                st = torch.stack(vals)
+                cols.append(st.mean(0) if mode == "average" else st.max(0)[0])
+            rows.append(torch.stack(cols, -1))
+        out.append(torch.stack(rows, -2))
+    return torch.stack(out)
+
+
+def _draw_rois(rng, n, h, w, k):
+    x1 = values(rng, (k,), "float32", -1, w)
+    y1 = values(rng, (k,), "float32", -1, h)
+    x2 = x1 + values(rng, (k,), "float32", 0.2, w)
+    y2 = y1 + values(rng, (k,), "float32", 0.2, h)
+    b = rng.integers(0, n, size=k).astype(np.float32)
+    return np.stack([b, x1, y1, x2, y2], 1).astype(np.float32)
+
+
+@op("roi_align", "vision")
+def _roi_align(rng):
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    h, w = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+    k = int(rng.integers(1, 4))
+    pooled = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    samples = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    mode = pick(rng, ["average", "max"])
+    scale = float(pick(rng, [1.0, 0.5]))
+    aligned = bool(rng.random() < 0.6)
+    x = values(rng, (n, c, h, w), "float32")
+    rois = _draw_rois(rng, n, h / scale, w / scale, k)
+    return Case(f"roi_align(x{x.shape}, rois={rois.tolist()}, {pooled}, {mode}, scale={scale}, "
+                f"samples={samples}, aligned={aligned})", [x, rois],
+                lambda a, r: F.vision.roi_align(a, r, pooled, mode, scale, samples, aligned),
+                lambda a, r: _roi_align_oracle(a, r, pooled, mode, scale, samples, aligned),
+                diff=[0], tol=(2e-4, 2e-4), layouts=False)
+
+
+def _roi_pool_oracle(x, rois, pooled, mode, scale):
+    h, w = x.shape[2:]
+
+    def rnd(v):  # round half away from zero
+        return int(np.sign(v) * np.floor(abs(v) + 0.5))
+    out = []
+    for r in rois.tolist():
+        img = x[int(r[0])]
+        x1, y1, x2, y2 = (rnd(v * scale) for v in r[1:])
+        rh, rw = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+        rows = []
+        for i in range(pooled[0]):
+            hs = min(max(int(np.floor(i * rh / pooled[0])) + y1, 0), h)
+            he = min(max(int(np.ceil((i + 1) * rh / pooled[0])) + y1, 0), h)
+            cols = []
+            for j in range(pooled[1]):
+                ws = min(max(int(np.floor(j * rw / pooled[1])) + x1, 0), w)
+                we = min(max(int(np.ceil((j + 1) * rw / pooled[1])) + x1, 0), w)
+                if he <= hs or we <= ws:
+                    cols.append(img[:, 0, 0] * 0)
+                    continue
+                win = img[:, hs:he, ws:we].reshape(img.shape[0], -1)
+                cols.append(win.mean(1) if mode == "average" else win.max(1)[0])
+            rows.append(torch.stack(cols, -1))
+        out.append(torch.stack(rows, -2))
+    return torch.stack(out)
+
+
+@op("roi_pooling", "vision")
+def _roi_pooling(rng):
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    h, w = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+    k = int(rng.integers(1, 4))
+    pooled = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    mode = pick(rng, ["max", "average"])
+    scale = float(pick(rng, [1.0, 0.5]))
+    # distinct values: the frameworks' max may pick other tied pixels
+    x = (rng.permutation(n * c * h * w).reshape(n, c, h, w) / 7.0).astype(np.float32)
+    rois = _draw_rois(rng, n, h / scale, w / scale, k)
+    return Case(f"roi_pooling(x{x.shape}, rois={rois.tolist()}, {pooled}, {mode}, "
+                f"scale={scale})", [x, rois],
+                lambda a, r: F.vision.roi_pooling(a, r, pooled, mode, scale),
+                lambda a, r: _roi_pool_oracle(a, r, pooled, mode, scale),
+                diff=[0], tol=(2e-4, 2e-4), layouts=False)
