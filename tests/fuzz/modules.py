@@ -84,8 +84,9 @@ def compare(desc, mmod, tmod, rng, batches, to_mge, train=True, buffers=(), tol=
         for i in fl:
             tg = tx[i].grad if tx[i].grad is not None else torch.zeros_like(tx[i])
             g = mx[i].grad
-            close(np.zeros(tuple(tx[i].shape), np.float32) if g is None else g.numpy(), _np(tg), tol,
-                  f"{what}: grad of input {i}")
+            got = np.zeros(tuple(tx[i].shape), np.float32) if g is None else g.numpy()
+            close(got, _np(tg), tol, f"{what}: grad of input {i}")
+
         def tgrad(n):  # (a buffer's "gradient" is never compared)
             p = tparams.get(n)
             return _np(p.grad if p is not None and p.grad is not None
