@@ -422,6 +422,10 @@ def _mha(rng):
         mask = rng.random((n, k_len)) < 0.4
         mask[:, 0] = False
     need = bool(rng.random() < 0.3)
+    amask = None
+    if rng.random() < 0.4:  # an (L, S) attention mask: True hides; key 0 stays visible
+        amask = rng.random((q_len, k_len)) < 0.4
+        amask[:, 0] = False
 
     def to_mge(get):
         if kdim == e and vdim == e:
@@ -434,13 +438,15 @@ def _mha(rng):
         return {"io_weight_bias": np.concatenate(parts)[None]}
 
     def call(m, q, k, v):
-        km = None if mask is None else (mge.tensor(mask) if isinstance(m, M.Module)
-                                        else torch.tensor(mask))
-        if isinstance(m, M.Module):
-            return m(q, k, v, key_padding_mask=km, need_weights=need,
+        ours = isinstance(m, M.Module)
+        km, am = ((None if a is None else mge.tensor(a) if ours else torch.tensor(a))
+                  for a in (mask, amask))
+        if ours:
+            return m(q, k, v, key_padding_mask=km, attn_mask=am, need_weights=need,
                      average_attn_weights=need)
-        return m(q, k, v, key_padding_mask=km, need_weights=need)
+        return m(q, k, v, key_padding_mask=km, attn_mask=am, need_weights=need)
     desc = (f"MultiHeadAttention({e}, {heads}, bias={bias}, kdim={kdim}, vdim={vdim}) "
-            f"q{xs[0].shape} k{xs[1].shape} mask={mask is not None} need_weights={need}")
+            f"q{xs[0].shape} k{xs[1].shape} key_padding_mask={mask is not None} "
+            f"attn_mask={amask is not None} need_weights={need}")
     return Check(desc, lambda: compare(desc, mm, tm, rng, [xs], to_mge, call=call,
                                        tol=(5e-4, 5e-4)))
