@@ -308,3 +308,63 @@ op("MultiStepLR", "scheduler")(_sched_case(
 op("CosineAnnealingLR", "scheduler")(_sched_case(
     "CosineAnnealingLR", _Cos(), lambda o, hp: torch.optim.lr_scheduler.CosineAnnealingLR(
         o, **hp)))
+
+
+# ----- a whole training loop: layers, loss, GradManager and optimizer together -----
+
+@op("training_loop")
+def _training_loop(rng):
+    import megengine.functional as F
+    import megengine.module as M
+    from megengine.autodiff import GradManager
+
+    c, n, hw, classes = int(rng.integers(1, 3)), int(rng.integers(2, 4)), 4, 3
+    name = pick(rng, ["SGD", "Adam", "AdamW"])
+    hp = {"SGD": _sgd_hyper, "Adam": _adam_hyper, "AdamW": _adam_hyper}[name](rng)
+    mom = float(rng.uniform(0.5, 0.95))
+    steps = int(rng.integers(2, 4))
+    xs = [values(rng, (n, c, hw, hw), "float32") for _ in range(steps)]
+    ys = [rng.integers(0, classes, size=n).astype(np.int32) for _ in range(steps)]
+
+    def check():
+        # no conv bias: before a training-mode BN its gradient is zero up to rounding, which
+        # Adam's normalisation turns into full steps of either sign
+        tnet = torch.nn.Sequential(torch.nn.Conv2d(c, 3, 3, padding=1, bias=False),
+                                   torch.nn.BatchNorm2d(3, momentum=1 - mom), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(3 * hw * hw, classes))
+        conv, bn = M.Conv2d(c, 3, 3, padding=1, bias=False), M.BatchNorm2d(3, momentum=mom)
+        fc = M.Linear(3 * hw * hw, classes)
+        pairs = [(conv.weight, tnet[0].weight), (bn.weight, tnet[1].weight), (bn.bias, tnet[1].bias),
+                 (fc.weight, tnet[4].weight), (fc.bias, tnet[4].bias)]
+        with torch.no_grad():
+            for p, t in pairs:
+                t.copy_(torch.tensor(values(rng, tuple(t.shape), "float32", -0.5, 0.5)))
+                p.set_value(t.numpy().reshape(p.shape))
+        params = [p for p, _ in pairs]
+        opt = getattr(optim, name)(params, **hp)
+        topt = getattr(torch.optim, name)(tnet.parameters(), **hp)
+        gm = GradManager().attach(params)
+        for step, (x, y) in enumerate(zip(xs, ys)):
+            with gm:
+                h = F.relu(bn(conv(mge.tensor(x))))
+                loss = F.nn.cross_entropy(fc(F.flatten(h, 1)), mge.tensor(y))
+                gm.backward(loss)
+            opt.step().clear_grad()
+            topt.zero_grad()
+            tloss = torch.nn.functional.cross_entropy(tnet(torch.tensor(x)),
+                                                      torch.tensor(y).long())
+            tloss.backward()
+            topt.step()
+            what = f"step {step}"
+            close(loss.numpy(), tloss.detach().numpy(), (2e-4, 2e-5), f"{what}: loss")
+            for k, (p, t) in enumerate(pairs):
+                close(p.numpy().reshape(tuple(t.shape)), t.detach().numpy(), (5e-4, 5e-5),
+                      f"{what}: parameter {k}")
+            close(bn.running_mean.numpy().reshape(3), tnet[1].running_mean.numpy(),
+                  (5e-4, 5e-5), f"{what}: running_mean")
+            close(bn.running_var.numpy().reshape(3), tnet[1].running_var.numpy(),
+                  (5e-4, 5e-5), f"{what}: running_var")
+        return "ok"
+    desc = f"conv-bn-relu-linear, {name}({hp}), BN momentum {mom:.3f}, x{(n, c, hw, hw)}, " \
+           f"{steps} steps"
+    return Check(desc, lambda: _wrap(desc, check))
