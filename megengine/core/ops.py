@@ -724,11 +724,26 @@ class Reduce(Op):
         if self.mode in ("max", "min"):
             return (g * _const((x == self.out_keep).astype(g.dtype), g),)
         if not (x != 0).all():
-            raise RuntimeError(
-                "prod: the gradient of a product over zeros cannot be differentiated here "
-                "(only products of nonzero elements support higher-order gradients)"
-            )
+            return (g * _exclusive_prod_graph(inputs[0], axes),)
         return (g * outputs[0].reshape(keep_shape) / inputs[0],)
+
+
+def _exclusive_prod_graph(x, axes):
+    """_exclusive_prod as recorded ops (for a prod's gradient over zeros, where out / x is
+    undefined): each group of K elements is repeated K times with one element set to 1, then
+    multiplied out. K * K memory, spent only on this path."""
+    if not axes:
+        return _const(xp_of(x._data).ones(x.shape, x.dtype), x)
+    rest = [i for i in range(x.ndim) if i not in axes]
+    perm = tuple(rest + list(axes))
+    moved = dispatch.apply(Transpose(perm), x)
+    lead = tuple(moved.shape[:len(rest)])
+    k = int(np.prod(moved.shape[len(rest):], dtype=np.int64))
+    eye = xp_of(x._data).eye(k, dtype=x.dtype)
+    rep = moved.reshape(lead + (1, k)) * _const(1 - eye, x) + _const(eye, x)
+    ex = dispatch.apply(Reduce("prod", len(lead) + 1), rep)
+    return dispatch.apply(Transpose(tuple(int(i) for i in np.argsort(perm))),
+                          ex.reshape(moved.shape))
 
 
 def _exclusive_prod(x, axes):

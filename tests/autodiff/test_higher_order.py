@@ -216,3 +216,30 @@ def test_autodiff_page_maml_example_matches_torch():
         ts)
     for p, m in zip(scope["params"], meta):
         np.testing.assert_allclose(p.grad.numpy(), m.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_prod_over_zeros_second_and_third_order():
+    # found by the fuzzer (tests/fuzz/grad2.py): relu(x) ** 2 then prod made zeros, and the
+    # recorded gradient of prod divided by them (it raised instead); one zero and two zeros
+    # per group differ (the second-order term of a single zero survives)
+    x = np.array([[0.0, 2.0, 3.0], [1.0, 0.0, 0.0], [2.0, -3.0, 0.5]], np.float32)
+    check_second_order(lambda a: F.prod(a, axis=1).sum(), lambda a: a.prod(1).sum(), x)
+    check_second_order(lambda a: (F.prod(a, axis=0, keepdims=True) ** 2).sum(),
+                       lambda a: (a.prod(0, keepdim=True) ** 2).sum(), x)
+    check_second_order(lambda a: F.prod(F.relu(a) ** 2), lambda a: (torch.relu(a) ** 2).prod(),
+                       x)
+    ps = mge.Parameter(x)
+    gms = [GradManager().attach([ps]) for _ in range(3)]
+    with gms[2]:
+        with gms[1]:
+            with gms[0]:
+                gms[0].backward(F.prod(ps, axis=1).sum())
+            g1, ps.grad = ps.grad, None
+            gms[1].backward((g1 * g1).sum())
+        g2, ps.grad = ps.grad, None
+        gms[2].backward(g2.sum())
+    t = torch.tensor(x, requires_grad=True)
+    t1, = torch.autograd.grad(t.prod(1).sum(), t, create_graph=True)
+    t2, = torch.autograd.grad((t1 * t1).sum(), t, create_graph=True)
+    t3, = torch.autograd.grad(t2.sum(), t)
+    np.testing.assert_allclose(ps.grad.numpy(), t3.numpy(), rtol=RTOL, atol=ATOL)

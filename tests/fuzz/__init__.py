@@ -1,1 +1,2 @@
-"""Seeded differential fuzzing of megengine.functional against PyTorch (`python -m tests.fuzz`)."""
+"""Seeded differential fuzzing of megengine against PyTorch and hand oracles (functional ops,
+layers, optimizers and schedulers, second-order autodiff): `python -m tests.fuzz`."""

@@ -169,6 +169,20 @@ class Case:
         self.use_layouts, self.refuse, self.bcast = layouts, refuse, bcast
 
 
+class Check:
+    """A drawn case that compares by its own procedure (a module's training steps, an
+    optimizer's run, a second-order gradient): ``fn()`` raises Mismatch (with ``desc``) on a
+    discrepancy and returns "ok" or "error"."""
+
+    def __init__(self, desc, fn):
+        self.desc, self.fn = desc, fn
+
+
+def close(a, b, tol, what):
+    """Raise Mismatch unless ``a`` (megengine's) matches ``b`` (the oracle's) within ``tol``."""
+    _close(a, b, tol, what)
+
+
 def _torch_call(fn, ts):
     try:
         return fn(*ts), None
@@ -178,6 +192,8 @@ def _torch_call(fn, ts):
 
 def run(case, rng):
     """Run ``case`` in both frameworks; raise Mismatch with the case's description."""
+    if isinstance(case, Check):
+        return case.fn()
     lays = [layout(rng, a, bcast=case.bcast) if case.use_layouts
             else Layout(a, lambda t: t, "contig") for a in case.inputs]
     diff = case.diff

@@ -4,11 +4,11 @@ import warnings
 
 import numpy as np
 
-from . import ops_math, ops_nn, ops_tensor
+from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
 from .gen import Mismatch, run
 
 OPS = {}
-for _mod in (ops_math, ops_tensor, ops_nn):
+for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2):
     OPS.update(_mod.OPS)
 
 

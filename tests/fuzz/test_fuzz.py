@@ -29,7 +29,8 @@ def test_command_line(capsys):
 def test_every_family_is_fuzzed():
     families = {family for family, _ in OPS.values()}
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
-                        "activation", "loss", "normalization", "conv", "pool", "vision"}
+                        "activation", "loss", "normalization", "conv", "pool", "vision",
+                        "module", "optimizer", "scheduler", "grad2"}
 
 
 # ----- the runner must fail where megengine is wrong -----
@@ -73,3 +74,66 @@ def test_runner_wants_megengine_own_error_where_torch_refuses():
 def test_runner_catches_acceptance_of_what_upstream_refuses():
     with pytest.raises(Mismatch, match="upstream refuses"):
         run(_case(lambda a: a, lambda a: a, refuse="probe"), np.random.default_rng(0))
+
+
+# ----- the new families' own procedures must fail where megengine is wrong -----
+
+def test_module_runner_catches_torchs_momentum_convention():
+    import megengine.module as M
+
+    from .modules import _bn_map, compare
+
+    rng = np.random.default_rng(0)
+    mm = M.BatchNorm2d(2, momentum=0.7)
+    tm = torch.nn.BatchNorm2d(2, momentum=0.7)  # upstream's 0.7 is torch's 0.3
+    steps = [[rng.standard_normal((3, 2, 2, 2)).astype(np.float32)] for _ in range(2)]
+    bufs = ("running_mean", "running_var")
+    with pytest.raises(Mismatch, match="buffer running_mean"):
+        compare("bn", mm, tm, rng, steps, _bn_map(mm, ("weight", "bias") + bufs), buffers=bufs)
+
+
+def test_module_runner_catches_a_missing_parameter_gradient():
+    import megengine.module as M
+
+    from .modules import compare, same_names
+
+    class Detached(M.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight.detach(), self.bias)
+
+    rng = np.random.default_rng(0)
+    mm, tm = Detached(3, 2), torch.nn.Linear(3, 2)
+    with pytest.raises(Mismatch, match="grad of parameter weight"):
+        compare("linear", mm, tm, rng, [[np.ones((2, 3), np.float32)]], same_names(mm))
+
+
+def test_optimizer_runner_catches_a_state_lost_in_the_round_trip():
+    import megengine.optimizer as optim
+
+    from .optim import _run_steps, _torch_ref
+
+    class Forgetful(optim.Adam):
+        def load_state_dict(self, state):  # the moments are lost
+            pass
+
+    init, groups = [np.ones((2, 3), np.float32)], [([0], {})]
+    with pytest.raises(Mismatch, match="parameter 0"):
+        _run_steps(np.random.default_rng(1), lambda g: Forgetful(g, lr=0.1),
+                   _torch_ref(init, groups, lambda g: torch.optim.Adam(g, lr=0.1)), init,
+                   groups, 4, {})
+
+
+def test_second_order_runner_catches_a_wrong_hessian():
+    from . import grad2
+
+    # megengine's side has torch's first derivative (3 x**2) but, with x**2 detached, a zero
+    # second derivative: only the Hessian-vector product can tell
+    grad2.UNARY["probe"] = (lambda x: 3 * x.detach() ** 2 * x, lambda x: x ** 3)
+    try:
+        x = np.array([[0.5, -1.2]], np.float32)
+        with pytest.raises(Mismatch, match="Hessian-vector product"):
+            grad2._check("probe", [("unary", "probe", (0,))], [x],
+                         {1: np.ones((1, 2), np.float32)}, [np.ones((1, 2), np.float32)],
+                         (1e-4, 1e-5))
+    finally:
+        del grad2.UNARY["probe"]
