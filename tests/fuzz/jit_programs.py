@@ -91,7 +91,10 @@ class Program:
 def _unary(rng, st, L):
     return "h = " + pick(rng, ["F.relu(h)", "F.tanh(h)", "F.sigmoid(h) * 2.0 - 0.5",
                                "F.abs(h) + 0.25", "F.exp(h * 0.1)", "h * 0.5 + 1.0",
-                               "F.log(F.exp(h) + 1.0)", "F.maximum(h, 0.1)", "-h"])
+                               "F.log(F.exp(h) + 1.0)", "F.maximum(h, 0.1)", "-h",
+                               # what opt_level >= 1 rewrites (x - x -> 0 must keep x's shape)
+                               "h + (h - h)", "h * (F.exp(h) / F.exp(h))", "h + h * 0",
+                               "F.log(F.exp(h))", "F.log(1 + h * h)", "F.exp(h * 0.1) - 1"])
 
 
 def _scalar_of_shape(rng, st, L):
@@ -323,7 +326,8 @@ def draw(seed, train=None):
             s = f(rng, st, layers)
         if s is not None and (st.c is None or st.c <= 48):
             steps.append(s)
-    outputs = pick(rng, ["h", "h", "h, h.mean()", "h * 1.0, F.relu(h).sum(axis=0)"])
+    outputs = pick(rng, ["h", "h", "h, h.mean()", "h * 1.0, F.relu(h).sum(axis=0)",
+                         "h, h.shape[0]", "h, x.shape[2] * 2"])
     if train:
         outputs = "h"
     return Program(steps, layers, outputs, seed, bool(symshape), train)
