@@ -8,7 +8,7 @@ import pytest
 
 import megengine as mge
 import megengine.functional as F
-from megengine.jit import trace
+from megengine.jit import ShapeGuardError, trace
 from megengine.utils.comp_graph_tools import GraphInference
 
 RNG = np.random.default_rng(0)
@@ -54,3 +54,43 @@ def test_checked_calls_fill_shape_tensor_shapes_as_recorded(name, symbolic):
     f = _calls(fn, (2, 3), symbolic=symbolic, capture_as_const=True)
     x = _data(4, 3)
     np.testing.assert_allclose(_dumped_run(f, x), fn(mge.tensor(x)).numpy(), rtol=1e-6)
+
+
+# probes of size-taking parameters: a size of a dumpable trace (a SymDim, deliberately not an
+# int) given where a function checked isinstance(v, int) was refused with a TypeError ("'SymDim'
+# object is not iterable", "kernel_size must be an int or a pair of ints, got 2"). Each now takes
+# its value (a guard: `int(n)`), or, for clip's bounds, carries it as an operand.
+_SIZE_PARAMETERS = {
+    "split into N parts": lambda x: F.concat(F.split(x, x.shape[1], axis=1)[::-1], axis=1),
+    "roll": lambda x: F.roll(x, x.shape[3] // 2, axis=3),
+    "max_pool2d kernel": lambda x: F.max_pool2d(x, x.shape[2] // 4),
+    "conv2d padding": lambda x: F.conv2d(x, mge.tensor(np.full((2, 3, 3, 3), 0.1, "float32")),
+                                         padding=x.shape[1] // 2),
+    "layer_norm": lambda x: F.layer_norm(x, x.shape[-1]),
+    "clip": lambda x: F.clip(x, -x.shape[0], x.shape[0] * 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SIZE_PARAMETERS))
+def test_size_parameters_accept_sizes_of_a_dumpable_trace(name):
+    fn = _SIZE_PARAMETERS[name]
+    f = _calls(fn, (2, 3, 8, 8), symbolic=True, capture_as_const=True)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+    for shape in [(2, 3, 8, 8), (3, 3, 8, 8), (1, 3, 8, 16)]:
+        x = _data(*shape) * 2
+        buf.seek(0)
+        try:
+            got = list(GraphInference(buf).run(x).values())[0]
+        except ShapeGuardError:
+            assert shape != (2, 3, 8, 8)
+            continue
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_clip_bound_from_a_size_follows_the_input():
+    # carried, not guarded: a loaded program computes the bound at the batch it runs at
+    fn = _SIZE_PARAMETERS["clip"]
+    f = _calls(fn, (2, 3), symbolic=True, capture_as_const=True)
+    x = _data(1, 3) * 3
+    np.testing.assert_allclose(_dumped_run(f, x), np.clip(x, -1, 0.5), rtol=1e-6)
