@@ -177,8 +177,8 @@ def check_training(p, mode, rng):
 
     def make(model):
         gm = GradManager().attach(model.parameters())
-        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if p.seed % 2 else \
-            optim.Adam(model.parameters(), lr=0.01, eps=1e-3)
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.5) if p.seed % 2 else \
+            optim.Adam(model.parameters(), lr=0.005, eps=1e-3)
         # (Adam's default eps 1e-8 makes a gradient of pure rounding noise, such as a bias
         # that a later mean subtraction cancels, a full step: opt_level's rewrites, log1p for
         # log(1 + x), change that noise and the parameters by ~lr)
@@ -204,6 +204,11 @@ def check_training(p, mode, rng):
             return out
         got = _call(f"(a) training step {k} at {s}", lambda: _flat(traced(mge.tensor(a))))
         _close(got, want, f"(a) training step {k} at {s}: loss")
+        if not abs(float(want[0])) < 100:
+            # diverging: from here on rounding differences grow with the parameters (a trace's
+            # rewrites and an eager run are no longer comparable); stop, as a user would
+            out["diverged"] = out.get("diverged", 0) + 1
+            return out
         for (name, pt), (_, pr) in zip(m.named_parameters(), m_ref.named_parameters()):
             _close([pt.numpy()], [pr.numpy()], f"(a) training step {k} at {s}: parameter {name}")
         out["steps"] = out.get("steps", 0) + 1

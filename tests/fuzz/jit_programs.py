@@ -274,7 +274,12 @@ def _shape_ops(rng, st, L):
             "h = F.repeat(h, 2, axis=1)[:, : h.shape[1]]",
             "h = F.tile(h, (1, 2) + (1,) * (h.ndim - 2))[:, h.shape[1] :]",
             f"h = F.transpose(F.transpose(h, {tuple(reversed(range(r)))}) + 1.0, "
-            f"{tuple(reversed(range(r)))})"]
+            f"{tuple(reversed(range(r)))})",
+            # size-taking parameters (found refusing sizes of a dumpable trace)
+            f"h = F.roll(h, h.shape[{r - 1}] // 2, axis={r - 1})",
+            "h = F.clip(h, -h.shape[0] * 0.5, h.shape[0] * 0.5)",
+            "h = F.concat(F.split(h, h.shape[1], axis=1)[::-1], axis=1)",
+            f"h = F.layer_norm(h, h.shape[{r - 1}])"]
     if r == 4:
         opts += ["h = h + F.nn.interpolate(x[:, :1], size=h.shape[2:], mode='nearest')",
                  "n, c, hh, ww = h.shape\nh = h.reshape(n, c, hh * ww).transpose(0, 2, 1)"
