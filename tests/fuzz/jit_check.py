@@ -183,7 +183,8 @@ def check_training(p, mode, rng):
         # that a later mean subtraction cancels, a full step: opt_level's rewrites, log1p for
         # log(1 + x), change that noise and the parameters by ~lr)
 
-        def step(x):
+        def step(x, model):
+            # (the model as an argument, as training scripts pass it to a traced step)
             with gm:
                 y = prog(x, model)
                 loss = ((y - 0.5) ** 2).mean()
@@ -199,10 +200,10 @@ def check_training(p, mode, rng):
     for k, s in enumerate([TRACE_SHAPE] * 3 + OTHER_SHAPES[:2] + [TRACE_SHAPE]):
         a = _data(rng, s)
         try:
-            want = _flat(p.eager(lambda x, _m: eager_step(x), None, mge.tensor(a)))
+            want = _flat(p.eager(eager_step, m_ref, mge.tensor(a)))
         except Exception:  # noqa: BLE001
             return out
-        got = _call(f"(a) training step {k} at {s}", lambda: _flat(traced(mge.tensor(a))))
+        got = _call(f"(a) training step {k} at {s}", lambda: _flat(traced(mge.tensor(a), m)))
         _close(got, want, f"(a) training step {k} at {s}: loss")
         if not abs(float(want[0])) < 100:
             # diverging: from here on rounding differences grow with the parameters (a trace's
@@ -225,7 +226,10 @@ def check(seed, modes=None):
         if p.symshape and not mode["symbolic_shape"]:
             continue  # (its code reads x.shape.numpy(): tuples have no numpy())
         if p.train and mode["capture_as_const"]:
-            continue  # (the parameters would be captured as constants: nothing to train)
+            # a plain trace captures every outside tensor, parameters included, as a constant
+            # (upstream: capture_as_const is for dumping); its training steps would use the
+            # traced values, as upstream's do (only xla_trace keeps Module arguments live)
+            continue
         rng = np.random.default_rng([seed, 11])
         try:
             with warnings.catch_warnings():

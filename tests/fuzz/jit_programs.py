@@ -297,7 +297,8 @@ def _shape_values(rng, st, L, symshape):
             ".reshape(h.shape)",
             "s = Tensor(h.shape)\nh = h.reshape(s[0], -1).reshape(h.shape)",
             "h = F.broadcast_to(h[:1] * 0.5, Tensor(h.shape))",
-            "h = F.zeros(Tensor(h.shape)) + h"]
+            "h = F.zeros(Tensor(h.shape)) + h",
+            "s = Tensor(h.shape)\nh = h.reshape(s[0] * s[1], -1).reshape(s)"]
     r = rng.random()
     if r < 0.4:
         symshape.append(True)

@@ -94,3 +94,24 @@ def test_a_clip_bound_from_a_size_follows_the_input():
     f = _calls(fn, (2, 3), symbolic=True, capture_as_const=True)
     x = _data(1, 3) * 3
     np.testing.assert_allclose(_dumped_run(f, x), np.clip(x, -1, 0.5), rtol=1e-6)
+
+
+# Arithmetic of two items of a shape tensor (s[0] * s[1]) made numpy return the bare SymDim
+# instead of a 0-d array of it; the reshape that read it stopped with "'SymDim' object has no
+# attribute 'size'" at the first call.
+_SHAPE_TENSOR_ITEMS = {
+    "product": lambda x: x.reshape(mge.Tensor(x.shape)[0] * mge.Tensor(x.shape)[1], -1),
+    "sum": lambda x: F.zeros((mge.Tensor(x.shape)[0] + mge.Tensor(x.shape)[1], 2)),
+    "floor div": lambda x: x.reshape(mge.Tensor(x.shape)[1] // mge.Tensor(x.shape)[1], -1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SHAPE_TENSOR_ITEMS))
+def test_arithmetic_of_two_shape_tensor_items_follows_the_input(name):
+    fn = _SHAPE_TENSOR_ITEMS[name]
+    f = _calls(fn, (2, 3, 4), symbolic=True, capture_as_const=True)
+    x = _data(5, 3, 2)
+    got = _dumped_run(f, x)
+    want = fn(mge.tensor(x)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6)
