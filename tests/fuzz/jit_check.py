@@ -1,6 +1,7 @@
 """The jit fuzzer's properties: a drawn program (`jit_programs`) traced in one mode must equal the
 same program run eagerly, on repeated calls, at new shapes, after ``dump`` and loading
-(``GraphInference``, ``Network.load`` + ``dump``, ``jit.dump.load``) and after
+(``GraphInference``, ``Network.load`` + ``dump``, ``jit.dump.load``, test cases of
+``dump(input_data=...)`` through ``load_and_inference``) and after
 ``Network.reset_batch_size``; a loaded program at another shape equals eager or raises
 ``ShapeGuardError``, never a wrong value or another error."""
 import copy
@@ -15,7 +16,7 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import ShapeGuardError, trace
 from megengine.jit.dump import DumpError, load
-from megengine.utils.comp_graph_tools import GraphInference
+from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
 
 from .jit_programs import OTHER_SHAPES, TRACE_SHAPE, draw
@@ -154,6 +155,25 @@ def check_inference(p, mode, rng):
     gi3 = _call("(c) GraphInference", GraphInference, io.BytesIO(again.getvalue()))
     for s in shapes[:3]:
         run_loaded("(c) dump after other shapes", lambda a: gi3.run(a).values(), s)
+    # (c) test cases of other shapes stored by dump(input_data=...) and run by
+    # load_and_inference: eager's values, or dump refuses the case naming the guard (a file
+    # of fixed shapes runs them with the traced parameters: documented, not checked)
+    for s in (() if fixed else OTHER_SHAPES[:2]):
+        a = _data(rng, s)
+        want, err = _eager(p, prog, m, a)
+        if err is not None:
+            continue
+        b4 = io.BytesIO()
+        try:
+            traced.dump(b4, arg_names=["x"], input_data=[a])
+        except DumpError as e:
+            if "the traced Python code used" not in str(e):
+                raise JitMismatch(f"(c) dump(input_data=...) at {s}: {e}") from e
+            out["guarded"] = out.get("guarded", 0) + 1
+            continue
+        got = _call("(c) load_and_inference", load_and_inference, io.BytesIO(b4.getvalue()))
+        _close(_flat(list(got[0].values())), want, f"(c) dump(input_data=...) at {s}")
+        out["loaded ok"] = out.get("loaded ok", 0) + 1
     # (d) reset_batch_size, dump, run at that batch (a file of fixed shapes warns that its
     # shape-built sizes keep the traced batch: documented, not checked)
     for n in (() if fixed else (1, 3)):
