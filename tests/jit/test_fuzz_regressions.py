@@ -36,7 +36,7 @@ def _dumped_run(f, x):
     return list(GraphInference(buf).run(x).values())[0]
 
 
-# program 18: a fill of a shape tensor's shape. The recording made F.zeros(Tensor(x.shape)) a
+# program 18 of the first generator: a fill of a shape tensor's shape. The recording made F.zeros(Tensor(x.shape)) a
 # Full op of expressions; checked calls read the shape tensor's numbers instead (the checker
 # knew no sizes of shape tensors), made no op, and stopped at "operator mismatch".
 _SHAPE_TENSOR_SHAPES = {
