@@ -83,3 +83,11 @@ def test_minimise_drops_the_steps_a_failure_does_not_need(monkeypatch):
                 seed=0, symshape=False, train=False)
     small = minimise(p, MODES[0])
     assert small.steps == ["h = F.abs(h) + 0.25"] and small.outputs == "h"
+
+
+def test_command_line(capsys):
+    from tests.fuzz.jit import main
+
+    assert main(["--seeds", "1", "--start", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 programs (0 failing)" in out and "'guarded'" in out
