@@ -1,6 +1,8 @@
 """CI slice of the jit program fuzzer: a few fixed programs (`tests/fuzz/jit_programs.py`) in
 every trace mode against eager (the full runs are offline, ``python -m tests.fuzz.jit``), and
 checks that the properties catch what they must."""
+import logging
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,4 @@ def test_command_line(capsys):
     assert main(["--seeds", "1", "--start", "1"]) == 0
     out = capsys.readouterr().out
     assert "1 programs (0 failing)" in out and "'guarded'" in out
+    assert logging.getLogger("megengine").level == logging.NOTSET  # (restored for other tests)
