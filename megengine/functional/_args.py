@@ -1,6 +1,7 @@
 """Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes, index ranges."""
 import numpy as np
 
+from ..core._trace_option import is_dim
 from ..core.tensor import Tensor
 
 
@@ -13,7 +14,8 @@ def _pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer)) or is_dim(value):
+        # (a size of a dumpable trace, F.max_pool2d(x, x.shape[2] // 4): its value, a guard)
         return int(value), int(value)
     try:
         h, w = value

@@ -1,6 +1,7 @@
 """Element-wise math functions (F.add, F.exp, F.clip, ...): thin wrappers over elemwise ops."""
 import numpy as np
 
+from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
 from ..core.ops import BINARY, UNARY, _Binary, xp_of
 from ..core.tensor import Tensor, _float_pow_operands, _operand
@@ -296,7 +297,8 @@ def clip(x, lower=None, upper=None):
     if lower is None and upper is None:
         raise ValueError("clip: at least one of lower and upper must be given, got both None")
     x = _tensor(x)
-    if isinstance(lower, Tensor) or isinstance(upper, Tensor):
+    if isinstance(lower, Tensor) or isinstance(upper, Tensor) or is_sym(lower) or \
+            is_sym(upper):  # (a bound from a dumpable trace's sizes: an operand, carried)
         out = x if lower is None else maximum(x, lower)
         return out if upper is None else minimum(out, upper)
     bounds = []

@@ -1,6 +1,7 @@
 """Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm, instance_norm, general_norm, local_response_norm): forward and backward per op."""
 import numpy as np
 
+from ..core._trace_option import is_dim
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import unbroadcast, xp_of
@@ -423,8 +424,8 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
     missing one is left out.
     """
     inp = _tensor(inp)
-    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
-        else tuple(int(s) for s in normalized_shape)
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) or \
+        is_dim(normalized_shape) else tuple(int(s) for s in normalized_shape)
     k = len(shape)
     if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
         raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing "

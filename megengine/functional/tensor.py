@@ -288,7 +288,8 @@ def split(inp, nsplits_or_sections, axis=0):
     inp = _tensor(inp)
     axis = _axis(axis, inp.ndim, "split")
     size = inp.shape[axis]
-    if isinstance(nsplits_or_sections, (int, np.integer)):
+    if isinstance(nsplits_or_sections, (int, np.integer)) or is_dim(nsplits_or_sections):
+        # (a count from a dumpable trace's sizes fixes the number of outputs: a guard)
         n = int(nsplits_or_sections)
         if n < 1 or (n > 1 and n > size):
             raise ValueError(f"split: cannot split a dim of size {size} into {n} parts")
@@ -387,6 +388,8 @@ class Roll(Op):
 def roll(inp, shift, axis=None):
     """Shift elements cyclically by ``shift`` along ``axis`` (None: over the flattened tensor)."""
     inp = _tensor(inp)
+    if is_dim(shift):  # (a shift from a dumpable trace's sizes: its value, a guard)
+        shift = int(shift)
     if axis is None:
         if not isinstance(shift, (int, np.integer)):
             raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")

@@ -403,6 +403,9 @@ class _Program:
         self.symbolic_shape = False
         self.shape_guards = []
         self.check_shapes = None  # a loaded program: `shape_guards.ShapeContext`
+        # slot -> the SymDims a shape tensor of the recording held (`shape_tensors`): checked
+        # calls read shapes from them as the recording did
+        self.sym_values = {}
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))

@@ -110,7 +110,16 @@ class _Checker(_Hook):
         pass
 
     def sizes_of(self, t):
-        return None
+        """The SymDims the recording found in the tensor at ``t``'s place (a shape tensor,
+        ``Tensor(x.shape)``): code that reads it as a shape (``F.zeros(Tensor(x.shape))``)
+        then makes the recorded op instead of reading the numbers (no op)."""
+        recorded = self.prog.sym_values
+        if dispatch._trace_hook is not self or not recorded:
+            return None
+        s = self._internal(t)[0]
+        while s is not None and self.prog.slots[s].kind == "alias":
+            s = self.prog.slots[s].what
+        return recorded.get(s)
 
     # ----- where this call's values are -----
     def _index(self):

@@ -107,7 +107,9 @@ def propagate(op, values):
     if name == "AsType" and np.dtype(op.dtype).kind in "iu":
         return values[0]
     if name in _ELEMWISE and len(values) == 2:
-        return _ELEMWISE[name](values[0], values[1])
+        got = _ELEMWISE[name](values[0], values[1])
+        # (numpy's arithmetic on two 0-d object arrays, s[0] * s[1], gives the bare item)
+        return got if isinstance(got, np.ndarray) else objects(got)
     if name == "Concat":
         return np.concatenate(values, axis=op.axis)
     if name == "Stack":

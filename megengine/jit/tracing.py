@@ -454,6 +454,7 @@ class trace:
         finally:
             _trace_option._dim_source = None
         rec.finish_recording(outputs)
+        prog.sym_values = rec.sym_values
         if self._opt_level >= 1:
             arith_opt.plan_program(prog)  # (before compile: its new slots are the program's)
         prog.compile()

@@ -1,0 +1,298 @@
+"""The jit fuzzer's properties: a drawn program (`jit_programs`) traced in one mode must equal the
+same program run eagerly, on repeated calls, at new shapes, after ``dump`` and loading
+(``GraphInference``, ``Network.load`` + ``dump``, ``jit.dump.load``, test cases of
+``dump(input_data=...)`` through ``load_and_inference``) and after
+``Network.reset_batch_size``; a loaded program at another shape equals eager or raises
+``ShapeGuardError``, never a wrong value or another error."""
+import copy
+import io
+import itertools
+import warnings
+
+import numpy as np
+
+import megengine as mge
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.jit import ShapeGuardError, trace
+from megengine.jit.dump import DumpError, load
+from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
+from megengine.utils.network import Network
+
+from .jit_programs import OTHER_SHAPES, TRACE_SHAPE, draw
+
+# (symbolic, capture_as_const, without_host, opt_level, symbolic_shape)
+MODES = [dict(symbolic=s, capture_as_const=c, without_host=w, opt_level=o, symbolic_shape=ss)
+         for s, c, w, o, ss in itertools.product((False, True), (False, True), (False, True),
+                                                 (0, 2), (False, True))]
+RTOL, ATOL = 2e-4, 2e-5
+VERBOSE = False
+
+
+class JitMismatch(AssertionError):
+    """A traced or dumped program disagrees with the eager one."""
+
+
+def _mode_str(mode):
+    return "trace(" + ", ".join(f"{k}={v}" for k, v in mode.items()) + ")"
+
+
+def _flat(out):
+    out = out if isinstance(out, (tuple, list)) else [out]
+    return [np.asarray(o.numpy() if hasattr(o, "numpy") else o) for o in out]
+
+
+def _close(got, want, what):
+    if len(got) != len(want):
+        raise JitMismatch(f"{what}: {len(got)} outputs, eager gives {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape:
+            raise JitMismatch(f"{what}: output {i} has shape {g.shape}, eager {w.shape}")
+        if not np.allclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True):
+            err = np.max(np.abs(g.astype("float64") - w))
+            raise JitMismatch(f"{what}: output {i} differs from eager (max abs err {err:.3g})")
+
+
+def _data(rng, shape):
+    return rng.uniform(-2, 2, shape).astype("float32")
+
+
+def _eager(p, prog, m, a):
+    try:
+        return _flat(p.eager(prog, m, mge.tensor(a))), None
+    except Exception as e:  # noqa: BLE001 (the program is invalid at this shape)
+        return None, e
+
+
+def _call(what, fn, *args):
+    try:
+        return fn(*args)
+    except (JitMismatch, ShapeGuardError):
+        raise
+    except Exception as e:  # noqa: BLE001 (any other engine error is a finding)
+        raise JitMismatch(f"{what}: {type(e).__name__}: {e}") from e
+
+
+def check_inference(p, mode, rng):
+    """Properties (a)-(d) of an inference program in ``mode``; returns the outcome counts."""
+    out = {}
+    prog, m = p.build()
+    traced = trace(lambda x: prog(x, m), **mode)
+    shapes = [TRACE_SHAPE] + OTHER_SHAPES
+    # (a) several calls at the traced shape, new values each time
+    for k in range(3):
+        a = _data(rng, TRACE_SHAPE)
+        want, err = _eager(p, prog, m, a)
+        if err is not None:
+            raise JitMismatch(f"the generator drew a program invalid eagerly: {err!r}")
+        got = _call(f"(a) call {k} at {TRACE_SHAPE}", lambda: _flat(traced(mge.tensor(a))))
+        _close(got, want, f"(a) call {k} at {TRACE_SHAPE}")
+    out["a"] = 3
+    dumped = None
+    if mode["capture_as_const"]:
+        buf = io.BytesIO()
+        try:
+            traced.dump(buf, arg_names=["x"])
+            dumped = buf.getvalue()
+        except DumpError as e:
+            out["dump refused"] = 1
+            if VERBOSE:
+                print(f"dump refused: {e}")
+        except Exception as e:  # noqa: BLE001
+            raise JitMismatch(f"(c) dump: {type(e).__name__}: {e}") from e
+    # (b) other shapes re-trace; then the traced shape again (its cached program)
+    for s in OTHER_SHAPES + [TRACE_SHAPE]:
+        a = _data(rng, s)
+        want, err = _eager(p, prog, m, a)
+        if err is not None:
+            continue
+        got = _call(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))))
+        _close(got, want, f"(b) call at {s}")
+        out["b"] = out.get("b", 0) + 1
+    if dumped is None:
+        return out
+    fixed = not mode["symbolic_shape"]
+    # the last call was at the traced shape again (its kept program): a new dump of it must be
+    # the same program
+    again = io.BytesIO()
+    _call("(c) dump after other shapes", lambda: traced.dump(again, arg_names=["x"]))
+
+    def run_loaded(what, runner, s):
+        a = _data(rng, s)
+        want, err = _eager(p, prog, m, a)
+        try:
+            got = runner(a)
+        except ShapeGuardError:
+            if s == TRACE_SHAPE:
+                raise JitMismatch(f"{what} at the traced shape {s}: ShapeGuardError") from None
+            out["guarded"] = out.get("guarded", 0) + 1
+            return
+        except Exception as e:  # noqa: BLE001
+            if err is not None:
+                out["invalid shape refused"] = out.get("invalid shape refused", 0) + 1
+                return
+            if fixed and s != TRACE_SHAPE and "trace and dump the new shape" in str(e):
+                out["fixed shape refused"] = out.get("fixed shape refused", 0) + 1
+                return
+            raise JitMismatch(f"{what} at {s}: {type(e).__name__}: {e}") from e
+        if err is not None:
+            raise JitMismatch(f"{what} at {s} gave a value where eager raises {err!r}")
+        _close(_flat(list(got)), want, f"{what} at {s}")
+        out["loaded ok"] = out.get("loaded ok", 0) + 1
+
+    # (c) GraphInference, jit.dump.load, Network.load + dump
+    gi = _call("(c) GraphInference", GraphInference, io.BytesIO(dumped))
+    lp = _call("(c) jit.dump.load", load, io.BytesIO(dumped))
+    net = _call("(c) Network.load", Network.load, io.BytesIO(dumped))
+    b2 = io.BytesIO()
+    _call("(c) Network.dump", lambda: net.dump(b2))
+    gi2 = _call("(c) GraphInference of Network.dump", GraphInference, io.BytesIO(b2.getvalue()))
+    for s in shapes:
+        run_loaded("(c) GraphInference", lambda a: gi.run(a).values(), s)
+        run_loaded("(c) jit.dump.load", lambda a: [v.numpy() for v in lp.run({"x": a}).values()],
+                   s)
+        run_loaded("(c) Network.load+dump", lambda a: gi2.run(a).values(), s)
+    gi3 = _call("(c) GraphInference", GraphInference, io.BytesIO(again.getvalue()))
+    for s in shapes[:3]:
+        run_loaded("(c) dump after other shapes", lambda a: gi3.run(a).values(), s)
+    # (c) test cases of other shapes stored by dump(input_data=...) and run by
+    # load_and_inference: eager's values, or dump refuses the case naming the guard (a file
+    # of fixed shapes runs them with the traced parameters: documented, not checked)
+    for s in (() if fixed else OTHER_SHAPES[:2]):
+        a = _data(rng, s)
+        want, err = _eager(p, prog, m, a)
+        if err is not None:
+            continue
+        b4 = io.BytesIO()
+        try:
+            traced.dump(b4, arg_names=["x"], input_data=[a])
+        except DumpError as e:
+            if "the traced Python code used" not in str(e):
+                raise JitMismatch(f"(c) dump(input_data=...) at {s}: {e}") from e
+            out["guarded"] = out.get("guarded", 0) + 1
+            continue
+        got = _call("(c) load_and_inference", load_and_inference, io.BytesIO(b4.getvalue()))
+        _close(_flat(list(got[0].values())), want, f"(c) dump(input_data=...) at {s}")
+        out["loaded ok"] = out.get("loaded ok", 0) + 1
+    # (d) reset_batch_size, dump, run at that batch (a file of fixed shapes warns that its
+    # shape-built sizes keep the traced batch: documented, not checked)
+    for n in (() if fixed else (1, 3)):
+        net = Network.load(io.BytesIO(dumped))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _call(f"(d) reset_batch_size({n})", net.reset_batch_size, n)
+        b3 = io.BytesIO()
+        _call("(d) dump", lambda: net.dump(b3))
+        g3 = _call("(d) GraphInference", GraphInference, io.BytesIO(b3.getvalue()))
+        run_loaded(f"(d) reset_batch_size({n})", lambda a: g3.run(a).values(),
+                   (n,) + TRACE_SHAPE[1:])
+    return out
+
+
+def check_training(p, mode, rng):
+    """(a)/(b) of a training step: losses and parameters after each traced step equal those of
+    the same step run eagerly on a copy of the model."""
+    prog, m = p.build()
+    m_ref = copy.deepcopy(m)
+
+    def make(model):
+        gm = GradManager().attach(model.parameters())
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.5) if p.seed % 2 else \
+            optim.Adam(model.parameters(), lr=0.005, eps=1e-3)
+        # (Adam's default eps 1e-8 makes a gradient of pure rounding noise, such as a bias
+        # that a later mean subtraction cancels, a full step: opt_level's rewrites, log1p for
+        # log(1 + x), change that noise and the parameters by ~lr)
+
+        def step(x, model):
+            # (the model as an argument, as training scripts pass it to a traced step)
+            with gm:
+                y = prog(x, model)
+                loss = ((y - 0.5) ** 2).mean()
+                gm.backward(loss)
+            opt.step()
+            opt.clear_grad()
+            return loss
+        return step
+
+    traced = trace(make(m), **mode)
+    eager_step = make(m_ref)
+    out = {}
+    for k, s in enumerate([TRACE_SHAPE] * 3 + OTHER_SHAPES[:2] + [TRACE_SHAPE]):
+        a = _data(rng, s)
+        try:
+            want = _flat(p.eager(eager_step, m_ref, mge.tensor(a)))
+        except Exception:  # noqa: BLE001
+            return out
+        got = _call(f"(a) training step {k} at {s}", lambda: _flat(traced(mge.tensor(a), m)))
+        _close(got, want, f"(a) training step {k} at {s}: loss")
+        if not abs(float(want[0])) < 100:
+            # diverging: from here on rounding differences grow with the parameters (a trace's
+            # rewrites and an eager run are no longer comparable); stop, as a user would
+            out["diverged"] = out.get("diverged", 0) + 1
+            return out
+        for (name, pt), (_, pr) in zip(m.named_parameters(), m_ref.named_parameters()):
+            _close([pt.numpy()], [pr.numpy()], f"(a) training step {k} at {s}: parameter {name}")
+        out["steps"] = out.get("steps", 0) + 1
+    return out
+
+
+def check(seed, modes=None):
+    """Run program ``seed`` in ``modes`` (default all); returns {mode str: outcome counts} and
+    raises JitMismatch, with the program and the mode, on the first discrepancy."""
+    p = draw(seed)
+    modes = MODES if modes is None else modes
+    report = {}
+    for mode in modes:
+        if p.symshape and not mode["symbolic_shape"]:
+            continue  # (its code reads x.shape.numpy(): tuples have no numpy())
+        if p.train and mode["capture_as_const"]:
+            # a plain trace captures every outside tensor, parameters included, as a constant
+            # (upstream: capture_as_const is for dumping); its training steps would use the
+            # traced values, as upstream's do (only xla_trace keeps Module arguments live)
+            continue
+        rng = np.random.default_rng([seed, 11])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                report[_mode_str(mode)] = (check_training if p.train else check_inference)(
+                    p, mode, rng)
+        except (JitMismatch, ShapeGuardError) as e:
+            raise JitMismatch(f"{_mode_str(mode)}\n{e}\n--- program ---\n{p}") from e
+    return report
+
+
+def _fails(p, mode):
+    """The JitMismatch program ``p`` gives in ``mode``, or None (also when ``p`` is invalid)."""
+    rng = np.random.default_rng([p.seed, 11])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (check_training if p.train else check_inference)(p, mode, rng)
+    except JitMismatch as e:
+        return None if "invalid eagerly" in str(e) else e
+    except Exception:  # noqa: BLE001 (a shrunk program that is invalid)
+        return None
+    return None
+
+
+def minimise(p, mode):
+    """A smaller program that still fails in ``mode``: steps, layers left unused and extra
+    outputs removed one at a time while the failure stays (greedy delta debugging)."""
+    if p.outputs != "h":
+        q = copy.copy(p)
+        q.outputs = "h"
+        if _fails(q, mode):
+            p = q
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(p.steps)):
+            q = copy.copy(p)
+            q.steps = p.steps[:i] + p.steps[i + 1:]
+            used = "\n".join(q.steps)
+            q.layers = [(n, c) for n, c in p.layers if f"m.{n}(" in used]
+            q.symshape = ".shape.numpy()" in used
+            if _fails(q, mode):
+                p, changed = q, True
+                break
+    return p

@@ -1,0 +1,339 @@
+"""Random small traced-program sources for the jit fuzzer: 3-15 steps of tensor code on an
+(N, C, H, W) input, with the shape-dependent Python real programs have (sizes from ``x.shape``,
+``F.zeros((n, c))``, ``x / n``, ``Tensor(x.shape)``, branches and loops on sizes), in-place
+updates, Python scalars and layers with parameters. A program is Python source, so a failure
+prints as a reproducer that can be pasted into a test."""
+import linecache
+import math
+
+import numpy as np
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.core._trace_option import set_symbolic_shape
+
+from .gen import pick
+
+C_IN = 3
+TRACE_SHAPE = (2, C_IN, 8, 8)
+# every shape keeps H and W multiples of 8 (three 2x2 pools stay valid) and C fixed (the layers'
+# weights fix it); the batch and the spatial sizes change, as a deployed model's inputs do
+OTHER_SHAPES = [(3, C_IN, 8, 8), (1, C_IN, 8, 8), (2, C_IN, 16, 8), (2, C_IN, 8, 16)]
+
+
+class _State:
+    """What the generator knows of ``h`` at some line: its rank, its fixed channel/feature count
+    (None when it depends on the input's sizes), how many 2x halvings H and W still allow."""
+
+    def __init__(self):
+        self.rank, self.c, self.hb, self.wb = 4, C_IN, 3, 3
+
+
+class Program:
+    """A drawn program: ``source`` defines ``prog(x, m)``; ``layers`` are (name, constructor
+    source) of the modules in ``m``; ``symshape`` says that the code reads ``x.shape.numpy()``
+    (it runs only where shapes are symbolic)."""
+
+    _count = 0
+
+    def __init__(self, steps, layers, outputs, seed, symshape, train):
+        self.steps, self.layers, self.outputs = list(steps), list(layers), outputs
+        self.seed, self.symshape, self.train = seed, symshape, train
+
+    @property
+    def source(self):
+        lines = ["def prog(x, m):", "    h = x"]
+        for s in self.steps:
+            lines += ["    " + ln for ln in s.split("\n")]
+        lines.append("    return " + self.outputs)
+        return "\n".join(lines) + "\n"
+
+    def layers_source(self):
+        return "\n".join(f"m.{n} = {src}" for n, src in self.layers)
+
+    def __str__(self):
+        kind = "training step" if self.train else "inference"
+        head = f"# seed {self.seed}, {kind}{', needs symbolic shapes' if self.symshape else ''}"
+        return "\n".join([head, self.layers_source(), self.source])
+
+    def build(self):
+        """(prog, m): the function (compiled under a file name linecache knows, so guards can
+        name their source line) and a fresh module tree with seeded weights."""
+        Program._count += 1
+        fname = f"<jitfuzz-{self.seed}-{Program._count}>"
+        src = self.source
+        linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
+        ns = {"math": math, "mge": mge, "F": F, "M": M, "Tensor": mge.Tensor, "np": np}
+        exec(compile(src, fname, "exec"), ns)  # noqa: S102 (our own generated test code)
+        m = M.Module()
+        for name, ctor in self.layers:
+            setattr(m, name, eval(ctor, ns))  # noqa: S307
+        rng = np.random.default_rng(self.seed)
+        for p in m.parameters():
+            p._reset(mge.tensor(rng.uniform(-0.5, 0.5, p.shape).astype("float32")))
+        if not self.train:
+            m.eval()
+        return ns["prog"], m
+
+    def eager(self, prog, m, x):
+        """The oracle: ``prog`` run eagerly (under symbolic shapes where its code needs them)."""
+        old = set_symbolic_shape(True) if self.symshape else None
+        try:
+            return prog(x, m)
+        finally:
+            if self.symshape:
+                set_symbolic_shape(old)
+
+
+# ----- steps: each returns source lines (or None when it does not fit the state) -----
+
+def _unary(rng, st, L):
+    return "h = " + pick(rng, ["F.relu(h)", "F.tanh(h)", "F.sigmoid(h) * 2.0 - 0.5",
+                               "F.abs(h) + 0.25", "F.exp(h * 0.1)", "h * 0.5 + 1.0",
+                               "F.log(F.exp(h) + 1.0)", "F.maximum(h, 0.1)", "-h",
+                               # what opt_level >= 1 rewrites (x - x -> 0 must keep x's shape)
+                               "h + (h - h)", "h * (F.exp(h) / F.exp(h))", "h + h * 0",
+                               "F.log(F.exp(h))", "F.log(1 + h * h)", "F.exp(h * 0.1) - 1"])
+
+
+def _scalar_of_shape(rng, st, L):
+    a = int(rng.integers(st.rank))
+    return pick(rng, [f"h = h / h.shape[{a}]", f"h = h * (h.shape[{a}] / 2)",
+                      f"n = h.shape[{a}]\nh = h + n * 0.1",
+                      f"h = h - h.sum(0) / h.shape[0]"])
+
+
+def _inplace(rng, st, L):
+    opts = ["h += 1.0", "h *= 0.5", "h = h + 0.0\nh[0] = h[0] * 2.0", "h = h * 1.0\nh[:, 0] = 0.5"]
+    return pick(rng, opts)
+
+
+def _conv(rng, st, L):
+    if st.rank != 4 or st.c is None:
+        return None
+    c2 = int(rng.integers(2, 5))
+    name = f"l{len(L)}"
+    L.append((name, f"M.Conv2d({st.c}, {c2}, 3, padding=1)"))
+    st.c = c2
+    return f"h = m.{name}(h)"
+
+
+def _bn(rng, st, L):
+    if st.rank != 4 or st.c is None:
+        return None
+    name = f"l{len(L)}"
+    L.append((name, f"M.BatchNorm2d({st.c})"))
+    return f"h = m.{name}(h)"
+
+
+def _pool(rng, st, L):
+    if st.rank != 4 or st.hb < 1 or st.wb < 1:
+        return None
+    st.hb -= 1
+    st.wb -= 1
+    return pick(rng, ["h = F.max_pool2d(h, 2)", "h = F.avg_pool2d(h, 2)",
+                      "h = F.max_pool2d(h, 2, stride=2, padding=0)"])
+
+
+def _interp(rng, st, L):
+    if st.rank != 4:
+        return None
+    if rng.random() < 0.5 and st.hb <= 3:
+        st.hb += 1
+        st.wb += 1
+        return pick(rng, ['h = F.nn.interpolate(h, scale_factor=2, mode="nearest")',
+                          'h = F.nn.interpolate(h, scale_factor=2.0, mode="bilinear", '
+                          'align_corners=False)'])
+    st.hb = st.wb = 3
+    return 'h = F.nn.interpolate(h, size=x.shape[2:], mode="bilinear", align_corners=False)'
+
+
+def _adaptive(rng, st, L):
+    if st.rank != 4 or st.hb < 1 or st.wb < 1:
+        return None
+    st.hb = st.wb = 1
+    return "h = F.adaptive_avg_pool2d(h, (2, 2))"
+
+
+def _softmax(rng, st, L):
+    return pick(rng, ["h = F.softmax(h, axis=1)", "h = F.logsoftmax(h, axis=1)"])
+
+
+def _reduce_bcast(rng, st, L):
+    if st.rank == 4:
+        return pick(rng, ["h = h - F.broadcast_to(h.mean(axis=(2, 3), keepdims=True), h.shape)",
+                          "h = h * F.sigmoid(h.max(axis=1, keepdims=True))"])
+    return "h = h - F.broadcast_to(h.mean(1, keepdims=True), h.shape)"
+
+
+def _zeros(rng, st, L):
+    if st.rank == 4:
+        return pick(rng, ["h = h + F.zeros((h.shape[0], h.shape[1], h.shape[2], h.shape[3]))",
+                          "h = h + F.ones(h.shape) * 0.5", "h = h + F.zeros_like(h)",
+                          "n, c, hh, ww = h.shape\nh = h + F.full((n, c, hh, ww), 0.25)"])
+    if st.c is not None:
+        st.c += 2
+    return "h = F.concat([h, F.zeros((h.shape[0], 2))], axis=1)"
+
+
+def _concat(rng, st, L):
+    if st.c is not None:
+        st.c *= 2
+    return "h = F.concat([h, h * 0.5], axis=1)"
+
+
+def _split(rng, st, L):
+    if st.rank == 4 and st.hb >= 1 and rng.random() < 0.5:
+        return "a, b = F.split(h, [h.shape[2] // 2], axis=2)\nh = F.concat([b, a], axis=2)"
+    if st.c is not None and st.c % 2 == 0:
+        st.c //= 2
+        return "a, b = F.split(h, 2, axis=1)\nh = a * b"
+    return None
+
+
+def _stack(rng, st, L):
+    return "h = F.stack([h, F.relu(h)], axis=0).mean(0)"
+
+
+def _slice(rng, st, L):
+    if st.rank == 4 and st.hb >= 1 and rng.random() < 0.6:
+        st.hb -= 1
+        return pick(rng, ["h = h[:, :, : h.shape[2] // 2]", "h = h[:, :, ::2]",
+                          "k = int(h.shape[2])\nh = h[:, :, : max(1, k // 2)]"])
+    if st.c is not None and st.c >= 2:
+        st.c = st.c // 2 + 1
+        return "h = h[:, : h.shape[1] // 2 + 1]"
+    return None
+
+
+def _branch(rng, st, L):
+    return pick(rng, ["if h.shape[0] > 1:\n    h = h * 2.0\nelse:\n    h = h - 1.0",
+                      f"if h.shape[{st.rank - 1}] >= 8:\n    h = h + 1.0"])
+
+
+def _loop(rng, st, L):
+    return pick(rng, ["h = F.concat([h[i : i + 1] * (i + 1) for i in range(h.shape[0])], axis=0)",
+                      "acc = h * 0\nfor i in range(int(h.shape[0])):\n    acc = acc + h[i]\n"
+                      "h = h + acc * 0.1"])
+
+
+def _to_rank2(rng, st, L, symshape):
+    if st.rank != 4:
+        return None
+    st.rank = 2
+    r = rng.random()
+    if r < 0.25:
+        return "h = h.mean(axis=(2, 3))"  # c stays
+    if r < 0.45:
+        return "s = Tensor(h.shape)\nh = h.reshape(s[0], s[1], -1).max(2)"
+    if r < 0.6:
+        symshape.append(True)
+        return "s = h.shape.numpy()\nh = h.reshape(int(s[0]), int(s[1]), -1).sum(2)"
+    st.c = None  # (C * H * W: follows the input's sizes)
+    return pick(rng, ["h = h.reshape(h.shape[0], -1)", "h = F.flatten(h, 1)",
+                      "h = h.reshape(Tensor(h.shape)[0], -1)"])
+
+
+def _linear(rng, st, L):
+    if st.rank != 2 or st.c is None:
+        return None
+    c2 = int(rng.integers(2, 6))
+    name = f"l{len(L)}"
+    L.append((name, f"M.Linear({st.c}, {c2})"))
+    st.c = c2
+    return f"h = m.{name}(h)"
+
+
+def _matmul(rng, st, L):
+    if st.rank != 2 or st.c is None:
+        return None
+    c2 = int(rng.integers(2, 5))
+    w = np.round(rng.uniform(-1, 1, (st.c, c2)), 2).tolist()
+    st.c = c2
+    return f"h = F.matmul(h, mge.tensor({w}, dtype='float32'))"
+
+
+def _shape_ops(rng, st, L):
+    """Ops whose parameters are built from sizes in the ways real code builds them."""
+    r = st.rank
+    opts = [f"h = h + F.arange(h.shape[{r - 1}]) * 0.01",
+            f"h = h * F.linspace(0.5, 1.5, h.shape[{r - 1}])",
+            "h = h + F.broadcast_to(h[:1], h.shape)",
+            "h = h + F.expand_dims(h.sum(1), 1)",
+            f"h = h / math.sqrt(h.shape[{r - 1}])",
+            f"h = h * float(h.shape[0])",
+            "h = h[h.shape[0] - 1 :] + h[: h.shape[0] - 1].sum(0) * 0.1",
+            "h = h + h[-1]",
+            "h = h * 1.0\nh[:, : h.shape[1] // 2] = 0.5",
+            "h = h * 1.0\nh[h.shape[0] - 1] = h[0]",
+            f"h = h + min(h.shape[{r - 1}], 4) * 0.1",
+            f"h = h + (h.shape[{r - 1}] ** 2) * 0.01",
+            f"h = h * (np.prod(h.shape[1:]) / 100.0)",
+            "s = h.shape\nh = h.reshape(s[0] * s[1], -1).reshape(s)",
+            "h = F.repeat(h, 2, axis=1)[:, : h.shape[1]]",
+            "h = F.tile(h, (1, 2) + (1,) * (h.ndim - 2))[:, h.shape[1] :]",
+            f"h = F.transpose(F.transpose(h, {tuple(reversed(range(r)))}) + 1.0, "
+            f"{tuple(reversed(range(r)))})",
+            # size-taking parameters (found refusing sizes of a dumpable trace)
+            f"h = F.roll(h, h.shape[{r - 1}] // 2, axis={r - 1})",
+            "h = F.clip(h, -h.shape[0] * 0.5, h.shape[0] * 0.5)",
+            "h = F.concat(F.split(h, h.shape[1], axis=1)[::-1], axis=1)",
+            f"h = F.layer_norm(h, h.shape[{r - 1}])"]
+    if r == 4:
+        opts += ["h = h + F.nn.interpolate(x[:, :1], size=h.shape[2:], mode='nearest')",
+                 "n, c, hh, ww = h.shape\nh = h.reshape(n, c, hh * ww).transpose(0, 2, 1)"
+                 ".reshape(n, hh, ww, c).transpose(0, 3, 1, 2)",
+                 "h = F.adaptive_max_pool2d(F.nn.interpolate(h, size=(h.shape[2] * 2, "
+                 "h.shape[3] * 2)), h.shape[2:])",
+                 "hh = math.floor(h.shape[2] * 1.5)\nh = F.nn.interpolate(h, size=(hh, "
+                 "h.shape[3]))[:, :, : h.shape[2]]"]
+    return pick(rng, opts)
+
+
+def _shape_values(rng, st, L, symshape):
+    """Shapes as tensors and arrays."""
+    opts = ["h = F.reshape(h, F.concat([Tensor(h.shape)[:1], mge.tensor([-1])]))"
+            ".reshape(h.shape)",
+            "s = Tensor(h.shape)\nh = h.reshape(s[0], -1).reshape(h.shape)",
+            "h = F.broadcast_to(h[:1] * 0.5, Tensor(h.shape))",
+            "h = F.zeros(Tensor(h.shape)) + h",
+            "s = Tensor(h.shape)\nh = h.reshape(s[0] * s[1], -1).reshape(s)"]
+    r = rng.random()
+    if r < 0.4:
+        symshape.append(True)
+        return pick(rng, ["s = h.shape.numpy()\nh = h.reshape(s[0] * s[1], -1).reshape(s)",
+                          "s = h.shape.numpy()\nh = F.broadcast_to(h.sum(0, keepdims=True), s)",
+                          "s = h.shape.numpy()\nh = h + F.zeros(s.tolist())",
+                          "s = h.shape.numpy()\nh = h * (int(s.sum()) * 0.01)"])
+    return pick(rng, opts)
+
+
+STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _scalar_of_shape, _inplace, _conv, _conv, _bn, _pool, _interp,
+         _adaptive, _softmax, _reduce_bcast, _zeros, _concat, _split, _stack, _slice, _branch,
+         _loop, _to_rank2, _linear, _linear, _matmul]
+
+
+def draw(seed, train=None):
+    """Program ``seed``: 3-15 steps; a training step (parameters, GradManager, optimizer) when
+    ``train`` (drawn when None)."""
+    rng = np.random.default_rng([seed, 7])
+    if train is None:
+        train = rng.random() < 0.3
+    st, layers, steps, symshape = _State(), [], [], []
+    want = int(rng.integers(3, 16))
+    if train:  # a layer with parameters up front, so there is something to train
+        steps.append(_conv(rng, st, layers))
+    while len(steps) < want:
+        f = pick(rng, STEPS)
+        if f in (_to_rank2, _shape_values):
+            s = f(rng, st, layers, symshape)
+        else:
+            s = f(rng, st, layers)
+        if s is not None and (st.c is None or st.c <= 48):
+            steps.append(s)
+    outputs = pick(rng, ["h", "h", "h, h.mean()", "h * 1.0, F.relu(h).sum(axis=0)",
+                         "h, h.shape[0]", "h, x.shape[2] * 2"])
+    if train:
+        outputs = "h"
+    return Program(steps, layers, outputs, seed, bool(symshape), train)
