@@ -20,6 +20,20 @@ class Mismatch(AssertionError):
 
 # ----- drawing arguments -----
 
+def registry(default_family=None):
+    """``(OPS, op)`` for a file of cases: ``@op(name, family)`` puts the generator it decorates
+    into ``OPS`` as ``name: (family, generator)``; `tests.fuzz.registry` gathers the files'."""
+    ops = {}
+
+    def op(name, family=default_family):
+        def deco(fn):
+            ops[name] = (family, fn)
+            return fn
+        return deco
+
+    return ops, op
+
+
 def dim(rng, zero=True, hi=4):
     """One dimension: 0 and 1 are drawn often on purpose (edge cases users hit)."""
     r = rng.random()

@@ -9,16 +9,9 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from .gen import Check, Mismatch, close, values
+from .gen import Check, Mismatch, close, registry, values
 
-OPS = {}
-
-
-def op(name, family="grad2"):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry("grad2")
 
 
 # name -> (megengine, torch); the same formula on both sides, smooth on all reals (or with

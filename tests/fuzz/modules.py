@@ -7,16 +7,9 @@ import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
 
-from .gen import Check, Layout, Mismatch, close, layout, pick, values
+from .gen import Check, Layout, Mismatch, close, layout, pick, registry, values
 
-OPS = {}
-
-
-def op(name, family="module"):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry("module")
 
 
 def _randomize(tmod, rng):

@@ -7,16 +7,9 @@ import torch
 
 import megengine.functional as F
 
-from .gen import Case, axis_arg, broadcast_partner, pick, shape, values
+from .gen import Case, axis_arg, broadcast_partner, pick, registry, shape, values
 
-OPS = {}
-
-
-def op(name, family):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry()
 
 
 # ----- unary element-wise -----

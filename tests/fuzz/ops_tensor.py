@@ -6,16 +6,9 @@ import torch
 import megengine as mge
 import megengine.functional as F
 
-from .gen import Case, pick, shape, values
+from .gen import Case, pick, registry, shape, values
 
-OPS = {}
-
-
-def op(name, family):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry()
 
 
 # ----- indexing: numpy's semantics (upstream's), checked by a numpy-backed torch Function -----

@@ -8,16 +8,9 @@ import torch.nn.functional as TF
 
 import megengine.functional as F
 
-from .gen import Case, pick, values
+from .gen import Case, pick, registry, values
 
-OPS = {}
-
-
-def op(name, family):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry()
 
 
 # ----- sampling: remap and warp_perspective as torch's grid_sample -----

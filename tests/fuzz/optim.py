@@ -11,16 +11,9 @@ import megengine as mge
 import megengine.optimizer as optim
 from megengine import Parameter
 
-from .gen import Check, close, pick, shape, values
+from .gen import Check, close, pick, registry, shape, values
 
-OPS = {}
-
-
-def op(name, family="optimizer"):
-    def deco(fn):
-        OPS[name] = (family, fn)
-        return fn
-    return deco
+OPS, op = registry("optimizer")
 
 
 TOL = (2e-5, 2e-6)
