@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import megengine as mge
+import megengine.functional as F
 from megengine.jit import trace
 from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
@@ -93,3 +94,31 @@ def test_one_random_spec_is_the_data_of_every_input():
     assert not np.array_equal(inputs["a"][:1], inputs["b"])  # each input its own draw
     np.testing.assert_allclose(list(outputs.values())[0], inputs["a"] * 2 + inputs["b"],
                                rtol=1e-6)
+
+
+def test_test_cases_of_another_rank_run_a_program_that_reads_no_shape():
+    """Upstream's test_dump_with_testcase: traced at a 0-d input, a '#rand(0, 255, 1)' case
+    (shape (1,)) runs the recorded ops. A program whose ops were built from sizes refuses a
+    case of another rank (a rank is no expression), and so does a run at another rank."""
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return F.exp(x)
+
+    f(mge.tensor(1.0))
+    file = io.BytesIO()
+    f.dump(file, input_data=["#rand(0, 3, 1)"])
+    file.seek(0)
+    (inputs, outputs), = GraphInference(file).testcases
+    assert inputs["arg_0"].shape == (1,)
+    np.testing.assert_allclose(list(outputs.values())[0], np.exp(inputs["arg_0"]), rtol=1e-6)
+    file.seek(0)
+    with pytest.raises(ValueError, match="its number of dims may not"):
+        GraphInference(file).run(np.ones((1,), "float32"))
+
+    @trace(symbolic=True, capture_as_const=True)
+    def g(x):
+        return x.reshape(x.shape[0], -1) * 2
+
+    g(mge.tensor(np.ones((2, 3), "float32")))
+    with pytest.raises(DumpError, match="its number of dims may not"):
+        g.dump(io.BytesIO(), input_data=["#rand(0, 1, 2, 3, 4)"])
