@@ -134,11 +134,12 @@ def layout(rng, arr, p=0.35, bcast=False):
 
 # ----- the runner -----
 
-def _flat(out):
+def flat(out):
+    """The leaves of nested lists and tuples of outputs, in order."""
     if isinstance(out, (list, tuple)):
         res = []
         for o in out:
-            res.extend(_flat(o))
+            res.extend(flat(o))
         return res
     return [out]
 
@@ -226,7 +227,7 @@ def run(case, rng):
     try:
         with gm:
             out = case.mge_fn(*[lay.view(x) for lay, x in zip(lays, xs)])
-            ys = _flat(out)
+            ys = flat(out)
             fys = [y for y in ys if np.dtype(y.dtype).kind == "f"]
             grs = np.random.RandomState(0)
             dys = [np.asarray(grs.randn(*y.shape)).astype(y.dtype) for y in fys]
@@ -248,7 +249,7 @@ def run(case, rng):
         raise Mismatch(f"{desc}: megengine accepted what torch refuses "
                        f"({type(terr).__name__}: {str(terr)[:200]})")
 
-    touts = _flat(tout)
+    touts = flat(tout)
     if len(touts) != len(ys):
         raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
     for k, (y, ty) in enumerate(zip(ys, touts)):
@@ -262,7 +263,7 @@ def run(case, rng):
         _close(yv, tv, case.tol, f"{desc}: output {k}")
     if not diff or not fys:
         return "ok"
-    tf = [ty for ty in _flat(tout) if isinstance(ty, torch.Tensor) and ty.dtype.is_floating_point]
+    tf = [ty for ty in flat(tout) if isinstance(ty, torch.Tensor) and ty.dtype.is_floating_point]
     tf_grad = [(ty, torch.tensor(d, dtype=ty.dtype)) for ty, d in zip(tf, dys)
                if ty.requires_grad]
     if tf_grad:

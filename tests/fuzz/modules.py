@@ -7,7 +7,7 @@ import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
 
-from .gen import Check, Layout, Mismatch, close, layout, pick, registry, values
+from .gen import Check, Layout, Mismatch, close, flat, layout, pick, registry, values
 
 OPS, op = registry("module")
 
@@ -61,10 +61,10 @@ def compare(desc, mmod, tmod, rng, batches, to_mge, train=True, buffers=(), tol=
         gm = GradManager().attach(list(mparams.values()) + [mx[i] for i in fl])
         with gm:
             out = call(mmod, *[lay.view(x) for lay, x in zip(lays, mx)])
-            outs = [o for o in _flat(out) if o is not None]
+            outs = [o for o in flat(out) if o is not None]
             dys = [mge.tensor(values(rng, tuple(o.shape), "float32")) for o in outs]
             gm.backward(outs, dys)
-        tout = [o for o in _flat(call(tmod, *[lay.view(x) for lay, x in zip(lays, tx)]))
+        tout = [o for o in flat(call(tmod, *[lay.view(x) for lay, x in zip(lays, tx)]))
                 if o is not None]
         if len(tout) != len(outs):
             raise Mismatch(f"{what}: {len(outs)} outputs, torch gives {len(tout)}")
@@ -99,15 +99,6 @@ def compare(desc, mmod, tmod, rng, batches, to_mge, train=True, buffers=(), tol=
         for name in buffers:
             close(state[name].numpy(), tbuf[name], tol, f"{what}: buffer {name}")
     return "ok"
-
-
-def _flat(out):
-    if isinstance(out, (list, tuple)):
-        res = []
-        for o in out:
-            res.extend(_flat(o))
-        return res
-    return [out]
 
 
 def same_names(mmod, shapes=None):
