@@ -176,6 +176,12 @@ def _has_ref(frozen):
     return False
 
 
+def _holds(frozen, kind):
+    """Whether a `_freeze` form holds a ``kind`` (`_Ref` or `_DimExpr`) anywhere."""
+    t = type(frozen)
+    return t is kind or (t is tuple and any(_holds(x, kind) for x in frozen))
+
+
 def _thaw(frozen, values):
     """Rebuild a value `_freeze` made, with `_Ref`s read from this replay's ``values``."""
     t = type(frozen)

@@ -51,7 +51,7 @@ from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
 from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _DimExpr, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
-                       _host, _is_array, _slots_used)
+                       _holds, _host, _is_array, _slots_used)
 # the file's value encoding, dump's naming and its test cases (this file re-exports their names)
 from .dump_format import (DumpError, _class_path, _import, _importable, _in_table,  # noqa: F401
                           _qinfo, _read, _read_frozen, _Writer)
@@ -388,12 +388,8 @@ class LoadedProgram:
 def _reads_shapes_of(prog):
     """Whether a program computes anything from its values' shapes: guards, or op parameters
     kept as expressions of sizes (`_DimExpr`s in a loaded step's state; see `shape_guards`)."""
-    def has_dim(f):
-        t = type(f)
-        return t is _DimExpr or (t is tuple and any(has_dim(x) for x in f))
-
     return bool(prog.shape_guards) or any(
-        any(has_dim(f) for _, f in step.dyn or ()) for step in prog.steps
+        any(_holds(f, _DimExpr) for _, f in step.dyn or ()) for step in prog.steps
         if type(step) is _OpStep)
 
 

@@ -30,7 +30,8 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import _DimExpr, _freeze, _has_ref, _host, _is_array, _OpStep, _Ref, _thaw
+from ..jit._program import (_DimExpr, _freeze, _has_ref, _holds, _host, _is_array, _OpStep,
+                            _Ref, _thaw)
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
@@ -671,19 +672,11 @@ class _ShapeOnly:
         self._data = np.broadcast_to(np.zeros((), np.int8), shape)  # (no memory of that shape)
 
 
-def _has_dim_only(frozen):
-    t = type(frozen)
-    if t is _DimExpr:
-        return True
-    return t is tuple and not any(type(x) is _Ref for x in frozen) and any(
-        _has_dim_only(x) for x in frozen)
-
-
 def _sizes_filled_in(op, dyn, dyn_vars):
     """``op`` with its sizes computed from shapes (a file dumped with symbolic shapes, e.g. an
     adaptive pooling's window) at the shapes its vars have now, so that ``params`` show values
     as upstream's do; ``op`` itself where it has none."""
-    sized = [(k, f) for k, f in dyn or () if _has_dim_only(f)]
+    sized = [(k, f) for k, f in dyn or () if _holds(f, _DimExpr) and not _holds(f, _Ref)]
     if not sized:
         return op
     try:
