@@ -493,8 +493,9 @@ class trace:
             checker = _ProfilingChecker(prog)
             checker.profile = self._profile
         checker.bind_args(leaves)
-        if prog.symbolic_shape:  # sizes as the recording saw them (see check._Checker.dim_slot)
-            _trace_option._dim_source = checker
+        if prog.symbolic_shape or (prog.dyn_slots and prog.dyn_sizes):
+            _trace_option._dim_source = checker  # sizes as the recording saw them (see
+            # check._Checker.dim_slot)
         try:
             outputs = self._run_under(checker, bound, args, kwargs)
         finally:
