@@ -4,6 +4,8 @@ from them may change shape from call to call of one signature, as in upstream's 
 
 Oracles: the same function run eagerly on the same input (and numpy for the training step)."""
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +196,11 @@ def test_which_ops_say_data_decides_their_shape():
     prog = g._last
     mul_outs = [s.outs[0] for s in prog.steps if s.name.startswith("Mul")]
     assert [s in prog.dyn_slots for s in mul_outs] == [True, False]
+
+
+def test_the_jit_page_example_runs():
+    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst"
+    (block,) = [b for b in re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
+                                      page.read_text()) if "diff = pred[pos]" in b]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    exec(compile(code, str(page), "exec"), {})  # the block asserts its own results
