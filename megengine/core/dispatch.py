@@ -166,6 +166,10 @@ class Op:
     # then + bias) sets it so that gradient callbacks run in upstream's order (see
     # `_graph_order`); None: input order.
     grad_order = None
+    # True for an op whose output shapes depend on its inputs' values, not only on their shapes
+    # and the op's parameters (``cond_take``, a boolean mask index, ``nms``): a traced program
+    # lets those shapes change from call to call (see `megengine.jit`)
+    data_shaped = False
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")

@@ -569,6 +569,11 @@ class GetItem(Op):
     def __init__(self, index):
         self.index = index
 
+    @property
+    def data_shaped(self):  # a boolean mask: as many elements as it has True values
+        index = self.index if type(self.index) is tuple else (self.index,)
+        return any(getattr(i, "dtype", None) == np.bool_ and getattr(i, "ndim", 0) for i in index)
+
     def forward(self, x):
         self.in_shape, self.in_dtype = x.shape, x.dtype
         try:

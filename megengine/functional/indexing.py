@@ -178,6 +178,10 @@ class Compute(Op):
     def __repr__(self):
         return self.fn.__name__
 
+    @property
+    def data_shaped(self):  # (a function whose output size is data's marks itself)
+        return getattr(self.fn, "data_shaped", False)
+
     def forward(self, *arrays):
         return self.fn(xp_of(arrays[0]), *arrays, *self.args)
 
@@ -238,6 +242,9 @@ def _non_zero(xp, x):
     return xp.stack(idx, axis=1).astype(np.int32) if idx else xp.zeros((0, 0), np.int32)
 
 
+_non_zero.data_shaped = True
+
+
 def non_zero(condition, as_tuple=False):
     """Indices (int32) of the non-zero elements: an ``(n, ndim)`` tensor, or a tuple of ``ndim``
     1-D tensors with ``as_tuple``."""
@@ -248,6 +255,8 @@ def non_zero(condition, as_tuple=False):
 
 class CondTake(Op):
     """The elements of x where mask is True (flattened), and their flat indices."""
+
+    data_shaped = True
 
     def forward(self, mask, x):
         self.in_shape = x.shape

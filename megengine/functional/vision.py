@@ -538,6 +538,9 @@ def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
     return order[xp.asarray(keep, np.int64)].astype(np.int32)
 
 
+_nms_keep.data_shaped = True  # (how many boxes it keeps)
+
+
 def nms(boxes, scores, iou_thresh, max_output=None):
     """Greedy non-maximum suppression: indices (int32) of the kept ``boxes`` (N, 4) = xyxy, by
     descending ``scores`` (N,); a box is dropped when its IoU with a kept, higher-scoring box

@@ -6,6 +6,10 @@ from ..autodiff.function import _FunctionOp
 from ..core._trace_option import SymDim, evaluate
 from ..core.tensor import Tensor
 
+# slot kinds computed inside the call; arguments, externals, constants and .grad come from
+# outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
+_COMPUTED = frozenset({"op", "alias", "event"})
+
 
 class TraceError(RuntimeError):
     """A function cannot be traced, or a traced function cannot run as asked."""
@@ -409,6 +413,14 @@ class _Program:
         self.symbolic_shape = False
         self.shape_guards = []
         self.check_shapes = None  # a loaded program: `shape_guards.ShapeContext`
+        # values whose shapes data decides (an output of a ``data_shaped`` op such as
+        # cond_take, or computed from one); ``dyn_sizes``: their sizes were recorded as
+        # expressions (symbolic_shape=True, as a dumpable trace records every size), so
+        # replays compute them; else ``dyn_read``: those whose shapes the function read (slot
+        # -> traced shape), which replays check (see `_dyn_checks`)
+        self.dyn_slots = frozenset()
+        self.dyn_sizes = False
+        self.dyn_read = {}
         # slot -> the SymDims a shape tensor of the recording held (`shape_tensors`): checked
         # calls read shapes from them as the recording did
         self.sym_values = {}
@@ -470,9 +482,12 @@ class _Program:
             by_pos.setdefault(pos, []).append((s, value))
             if pos:  # checked after step pos - 1: its value lives until then
                 last[s] = max(last.get(s, pos - 1), pos - 1)
-        if self.check_shapes is not None:  # a loaded program run at any shape: see shape_guards
+        guards = self.shape_guards if self.check_shapes is not None else ()
+        if self.dyn_slots and self.check_shapes is None:  # replays where data decides shapes
+            guards = self._dyn_checks(by_pos)
+        if guards:  # a loaded program run at any shape: see shape_guards
             from .shape_guards import schedule
-            for pos, guard in schedule(self, self.shape_guards):
+            for pos, guard in schedule(self, guards):
                 by_pos.setdefault(pos, []).append(guard)
                 for s in guard.slots:
                     if pos:
@@ -527,10 +542,38 @@ class _Program:
                               and step.rewrite is None else None)
                 step.n_in = len(step.ins)
                 # ... and for a small constant made from Python data (``x + 1.0``: a new tensor
-                # on every call) the bytes of its value, which a checked call compares first
-                step.checks = tuple((s, shape, dtype, self._const_bytes(s))
-                                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+                # on every call) the bytes of its value, which a checked call compares first.
+                # A computed value's shape is not compared (None): the op, its parameters and
+                # where its inputs come from are, so it can only differ where data decides it
+                # (``x[x > 0]``, ``cond_take``, ``nms``), which a later call may do, as in
+                # upstream's compiled graphs
+                step.checks = tuple(
+                    (s, None if self.slots[s].kind in _COMPUTED else shape, dtype,
+                     self._const_bytes(s))
+                    for s, (shape, dtype) in zip(step.ins, step.metas or ()))
 
+
+    def _dyn_checks(self, by_pos):
+        """What a replay checks of the values whose shapes data decides (``dyn_slots``): with
+        sizes recorded as expressions, the op parameters built from them are computed from the
+        replay's shapes (their expressions join the step's ``dyn``) and the guards that read
+        them are returned, to be checked as a loaded program checks its guards; else each
+        such value whose shape the function read must have its traced shape (checked after
+        the step that makes it)."""
+        from .shape_guards import FixedShape
+
+        if not self.dyn_sizes:
+            for s, shape in self.dyn_read.items():
+                k = self.slots[s].step  # (checked once the step that makes it has run)
+                by_pos.setdefault(k + 1, []).append(FixedShape(s, shape))
+            return ()
+        dyn = self.dyn_slots
+        for step in self.steps:
+            if type(step) is _OpStep and step.sym and any(
+                    s in dyn for _, f in step.sym for s in _refs_in(f)):
+                step.dyn = tuple({**dict(step.dyn or ()), **dict(step.sym)}.items())
+        from .shape_guards import _slots
+        return [g for g in self.shape_guards if _slots(g[0]) & dyn]
 
     def _const_bytes(self, s):
         """The bytes of slot ``s``'s value when it is a small constant made from Python data in

@@ -309,8 +309,10 @@ def plan(prog, k, op, ins, metas, out_slot):
         real = tuple(slots[x[1]] if type(x) is tuple else x for x in e_ins)
         step = _OpStep(k, template, None, None, real, tuple(e_metas), (s,), False,
                        f"{template!r} ({name})")
-        if prog.symbolic_shape and type(template) in (Fill, BroadcastAs):
-            # a dumped program computes the op's broadcast shape at the shapes it runs at
+        if type(template) in (Fill, BroadcastAs) and (prog.symbolic_shape or (
+                prog.dyn_sizes and any(s in prog.dyn_slots for s in ins))):
+            # a dumped program (or a replay where data decides a shape: `_Program.dyn_slots`)
+            # computes the op's broadcast shape at the shapes it runs at
             step.sym = (("shape", _broadcast_shape_expr(prog, ins, metas)),)
         steps.append(step)
     return tuple(steps)

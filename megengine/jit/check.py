@@ -22,8 +22,8 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
-                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _ValueLeaf, _describe_params, _freeze, _host, _is_array, _kind_text,
+                       _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
@@ -98,7 +98,10 @@ class _Checker(_Hook):
     def dim_slot(self, t):
         if dispatch._trace_hook is not self:
             return None
-        return self._internal(t)[0]
+        s = self._internal(t)[0]
+        if s is not None and not self.prog.symbolic_shape and s not in self.prog.dyn_slots:
+            return None  # (not dumpable: only the sizes that data decides, as recorded)
+        return s
 
     def guard(self, tree, value, kind):
         pass
@@ -152,9 +155,17 @@ class _Checker(_Hook):
     # ----- ops -----
     def __call__(self, op, inputs):
         if self.dims_made:  # the op runs, and is compared, with the values (as recorded)
+            sym = None
             for k, v in list(op.__dict__.items()):
                 if _trace_option.has_dims(v):
+                    if sym is None:
+                        sym = []
+                    sym.append((k, _freeze(v, self._array_slot)))
                     setattr(op, k, _trace_option.concrete(v))
+            if sym is not None:
+                now = self._recorded_sizes(op, tuple(sym))
+                if now is not None:
+                    return self._call_slowly(op, inputs, now)
         pc = self.pc
         try:
             step = self.steps[pc]
@@ -177,7 +188,8 @@ class _Checker(_Hook):
                     self.keep.append(t)
                 else:
                     self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
-            if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):
+            if (shape is not None and a.shape != shape) or (a.dtype is not dtype
+                                                            and a.dtype != dtype):
                 self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
         self.pc = pc + 1
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
@@ -195,10 +207,33 @@ class _Checker(_Hook):
         values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
         return out
 
-    def _call_slowly(self, op, inputs):
+    def _recorded_sizes(self, op, sym):
+        """For an op whose parameters ``sym`` (`_freeze` forms) were built from sizes: when
+        the recorded op built them from the same expressions, give it the recorded values (so
+        that it compares equal) and return this call's, which it runs with; else None.
+
+        The expressions are what the program holds (a dump computes them at the shapes it runs
+        at), so they are what must match: their values differ from the recording's where a
+        size comes from data (``v.shape[0]`` of ``v, _ = F.cond_take(mask, x)``)."""
+        steps, k = self.steps, self.pc
+        while k < len(steps) and type(steps[k]) is _AliasStep:
+            k += 1
+        if k >= len(steps) or type(steps[k]) is not _OpStep or steps[k].sym != sym:
+            return None
+        template = steps[k].template.__dict__
+        now = {}
+        for name, _ in sym:
+            now[name] = getattr(op, name)
+            setattr(op, name, template[name])
+        return now
+
+    def _call_slowly(self, op, inputs, sizes=None):
         """`__call__` for what the fast path leaves: the full comparison, captured inputs,
-        several outputs, profiling."""
+        several outputs, profiling. ``sizes``: parameters that were compared as recorded (see
+        `_recorded_sizes`) and run with these values."""
         step = self._check_slowly(op, inputs)
+        if sizes is not None:
+            op.__dict__.update(sizes)
         if step.captured:
             # capture_as_const: the op runs on the value captured at trace time, not on the
             # external tensor's value now (as a replay does)
@@ -210,7 +245,9 @@ class _Checker(_Hook):
             if self.profile is not None:
                 start = time.perf_counter()
             out = None
-            if step.rewrite is not None:  # opt_level >= 1: the rewritten computation (arith_opt)
+            if step.rewrite is not None and all(  # opt_level >= 1: the rewritten computation
+                    t._data.shape == m[0] for t, m in zip(inputs, step.metas)):  # (arith_opt)
+                # (planned at the traced shapes: where data made them differ, the op itself)
                 out = self._run_rewrite(step.rewrite)
             if out is None:
                 out = dispatch.apply(op, *inputs)
@@ -266,9 +303,11 @@ class _Checker(_Hook):
         if len(inputs) != len(step.ins):
             self._mismatch(f"{where}: the trace gave it {len(step.ins)} inputs, this call "
                            f"{len(inputs)}", "operator mismatch")
+        slots = self.prog.slots
         for j, (t, expected, meta) in enumerate(zip(inputs, step.ins, step.metas)):
             self.check_source(t, expected, _Where(index, op, j))
-            if t._data.shape != meta[0] or t._data.dtype != meta[1]:
+            if ((t._data.shape != meta[0] and slots[expected].kind not in _COMPUTED)
+                    or t._data.dtype != meta[1]):  # (a computed shape: see `_Program.compile`)
                 self._shape_mismatch(op, j, t, meta)
         self._done_aliases(k, where)
         return step

@@ -9,8 +9,9 @@ from ..core import _trace_option, dispatch
 from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..utils.naming import AutoNaming
-from ._program import (TraceError, TraceMismatchError, _AliasStep, _EventStep, _OpStep, _Ref,
-                       _Struct, _freeze, _host, _op_key, _tensor_paths, _tensors_in)
+from ._program import (_COMPUTED, TraceError, TraceMismatchError, _AliasStep, _EventStep,
+                       _OpStep, _Ref, _Struct, _freeze, _host, _op_key, _refs_in,
+                       _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -18,9 +19,6 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
          "tensor arguments the function read (.numpy(), .item(), a shape Tensor), are traced "
          "anew; within one such signature the ops must not change.")
 
-# slot kinds computed inside the call; arguments, externals, constants and .grad come from
-# outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
-_COMPUTED = frozenset({"op", "alias", "event"})
 
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 
@@ -142,6 +140,10 @@ class _Recorder(_Hook):
         self.guard_keys = set()
         self.sym_values = {}  # slot -> the SymDims a shape tensor holds (`shape_tensors`)
         program.symbolic_shape = bool(tr._symbolic_shape and tr._capture_as_const)
+        # values whose shapes data decides (see `_Program.dyn_slots`); with symbolic_shape on,
+        # their sizes are SymDims in every trace, so ops built from them follow the data
+        self.dyn = program.dyn_slots = set()  # (frozen when the recording ends)
+        program.dyn_sizes = bool(tr._symbolic_shape)
 
     # ----- symbolic shapes (megengine.core._trace_option.SymDim) -----
     def dim_slot(self, t):
@@ -150,6 +152,12 @@ class _Recorder(_Hook):
         if dispatch._trace_hook is not self:
             return None
         s, _ = self._internal(t)  # (a detached alias has its source's shape)
+        if s is not None and not self.prog.symbolic_shape:
+            if s not in self.dyn:
+                return None  # (not dumpable: only the sizes that data decides)
+            if not self.prog.dyn_sizes:  # symbolic_shape=False: plain sizes, which a replay
+                self.prog.dyn_read.setdefault(s, t._data.shape)  # checks (`_Program.compile`)
+                return None
         return s
 
     def guard(self, tree, value, kind):
@@ -241,6 +249,8 @@ class _Recorder(_Hook):
             out = self.prog.new_slot("alias", s)
             self.prog.slots[out].step = len(self.prog.steps)
             self.prog.steps.append(_AliasStep(s, out))
+            if s in self.dyn:
+                self.dyn.add(out)
             self._register(t, out)
             return out
         s = self.ext_by_tensor.get(id(t))
@@ -305,6 +315,10 @@ class _Recorder(_Hook):
         step.rewrite = rewrite
         step.sym = sym
         prog.steps.append(step)
+        if template.data_shaped or (self.dyn and (
+                any(s in self.dyn for s in ins)
+                or any(r in self.dyn for _, f in dyn or () for r in _refs_in(f)))):
+            self._data_shaped(slots)
         if AutoNaming.scopes:  # keyed by output slot: arith_opt's rewritten steps keep them
             scope = AutoNaming.get_scope()
             if scope:
@@ -312,6 +326,13 @@ class _Recorder(_Hook):
                     prog.op_scopes[s] = scope
         prog.n_ops = self.n_ops
         return out
+
+    def _data_shaped(self, slots):
+        """Values ``slots`` have shapes that data decides (see `_Program.dyn_slots`): from now
+        on their sizes are SymDims (symbolic_shape on), or reads that replays check."""
+        self.dyn.update(slots)
+        if _trace_option._dim_source is None:  # their shapes are read through `dim_slot`
+            _trace_option._dim_source = self  # (reset when the recording ends: `tracing`)
 
     def _run_rewrite(self, rewrite):
         """The output of replacement steps ``rewrite`` on this call's values, or None when one
@@ -471,6 +492,7 @@ class _Recorder(_Hook):
     # ----- the end of a call -----
     def finish_recording(self, outputs):
         prog = self.prog
+        prog.dyn_slots = frozenset(self.dyn)
         prog.out = self._encode(outputs)
         self._resolve_grads()
         if self.rec_changed or dispatch._recording != self.rec_level:

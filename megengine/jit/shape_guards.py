@@ -74,18 +74,59 @@ class ShapeGuard:
         if now == self.value and type(now) is type(self.value):
             return
         ctx = prog.check_shapes
+        if ctx is None:  # a trace's own replay: a size that data decides differs
+            where = f" at {self.where}" if self.where else ""
+            raise ShapeGuardError(
+                f"replaying: the traced Python code used {render(self.tree, _value_dim(prog))} "
+                f"as {self.kind}{where}; it was {self.value!r} when traced and is {now!r} now "
+                "(data decides that size: cond_take, a boolean mask, nms). A without_host "
+                "replay does not run that code again, so the ops recorded after it may be "
+                "built from the traced value. Compute the value with ops (x.shape[0] in an op "
+                "parameter, or a Tensor such as mask.sum()), or trace without without_host "
+                "(it reruns the Python code on every call)")
         text = render(self.tree, ctx.dim_name)
         changed = [f"{name!r} is {tuple(values[s]._data.shape)}, traced {shape}"
                    for name, s, shape in ctx.inputs
                    if values[s] is not None and tuple(values[s]._data.shape) != shape]
         where = f" at {self.where}" if self.where else ""
+        why = (f"the input shapes differ from the traced ones ({'; '.join(changed)})"
+               if changed else "data decides a size (cond_take, a boolean mask, nms)")
         raise ShapeGuardError(
-            f"run: the input shapes differ from the traced ones ({'; '.join(changed)}), and "
+            f"run: {why}, and "
             f"the traced Python code used {text} as {self.kind}{where}; it was "
             f"{self.value!r} when traced and is {now!r} now. The ops recorded after that use "
             "may be built from the traced value, so the program does not run at these shapes. "
             "Trace and dump the model at this shape (or compute the value with ops, e.g. "
             "x.reshape(x.shape[0], -1) instead of a Python int)")
+
+
+def _value_dim(prog):
+    def name(slot, axis):
+        return f"shape[{axis}] of {prog.describe(slot)}"
+    return name
+
+
+class FixedShape:
+    """A replay's check of a value whose shape data decides, in a program that recorded its
+    sizes as plain values (``symbolic_shape=False``): it must have its traced shape."""
+
+    __slots__ = ("slot", "shape")
+
+    def __init__(self, slot, shape):
+        self.slot, self.shape = slot, tuple(shape)
+
+    def check(self, prog, values):
+        now = values[self.slot]._data.shape
+        if now == self.shape:
+            return
+        from ._program import TraceMismatchError
+        raise TraceMismatchError(
+            f"replaying: {prog.describe(self.slot)} has shape {tuple(now)}; it had "
+            f"{self.shape} when traced (data decides that shape: cond_take, a boolean mask, "
+            "nms). This trace keeps sizes fixed (symbolic_shape=False) and a without_host "
+            "replay does not run the Python code again, so ops built from the traced size "
+            "would be wrong. Trace with symbolic_shape=True (the default) or without "
+            "without_host", "shape mismatch")
 
 
 class ShapeContext:

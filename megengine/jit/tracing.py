@@ -199,6 +199,18 @@ class trace:
     parameters built from them are computed at the run's shapes; other uses of a size are
     guards checked at run time; see `megengine.jit.shape_guards`).
 
+    Shapes that data decides: the outputs of ``cond_take``, a boolean mask index (``x[x > 0]``),
+    ``F.where(mask)``, ``nms``, and values computed from them, may have another shape on every
+    call of one signature, as in upstream's compiled graphs (checked calls compare such a
+    value's op, parameters and inputs, not its shape). With ``symbolic_shape`` on, their sizes
+    are ``SymDim``s in every trace, so ``v.sum() / v.shape[0]`` or ``F.zeros((v.shape[0], 4))``
+    follow the data in checked calls, replays and dumps; a size used as a Python value
+    (``int(n)``, ``if n > 0``) is a constant of the program: a checked call that makes another
+    one raises ``TraceMismatchError``, a replay or loaded program whose size differs raises
+    ``ShapeGuardError``. With ``symbolic_shape=False`` sizes are plain ints, and a
+    ``without_host`` replay refuses (``TraceMismatchError``) a value whose size the function
+    read and whose shape now differs.
+
     Accepted for upstream's graph compiler, without effect here because there is no graph
     compiler (the program runs op by op on numpy/CuPy): ``sublinear_memory_config``,
     ``dtr_config``, ``graph_opt_config`` (upstream's JIT fusion switches);
@@ -493,8 +505,9 @@ class trace:
             checker = _ProfilingChecker(prog)
             checker.profile = self._profile
         checker.bind_args(leaves)
-        if prog.symbolic_shape:  # sizes as the recording saw them (see check._Checker.dim_slot)
-            _trace_option._dim_source = checker
+        if prog.symbolic_shape or (prog.dyn_slots and prog.dyn_sizes):
+            _trace_option._dim_source = checker  # sizes as the recording saw them (see
+            # check._Checker.dim_slot)
         try:
             outputs = self._run_under(checker, bound, args, kwargs)
         finally:

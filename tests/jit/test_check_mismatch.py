@@ -60,17 +60,6 @@ def test_check_mode_mismatches(expr, changed, reason, words):
     np.testing.assert_array_equal(f(a, b, c).numpy(), eval(expr).numpy())
 
 
-def test_check_mode_shape_change_inside_a_signature_is_reported_per_op():
-    # the argument's shape is fixed (its signature), but a value made from data is not
-    f = trace(lambda x: x[x > 0] * 2, symbolic=False)
-    f(mge.tensor(np.ones(4)))
-    x = mge.tensor(np.array([1.0, 1.0, 0.0, 0.0]))
-    with pytest.raises(TraceMismatchError) as info:
-        f(x)
-    assert str(info.value) == "trace error because shape mismatch"
-    assert "op #2" in info.value.detail and "(4,)" in info.value.detail
-
-
 def test_check_mode_runs_python_each_call():
     seen = []
 
