@@ -456,6 +456,21 @@ def is_dim(v):
     return type(v) is SymDim and type(v.value) is int
 
 
+def is_int(v):
+    """Whether ``v`` is what an integer argument (a size, an axis, a count, a kernel size)
+    accepts: a Python or numpy int, or an int `SymDim` (a size from ``x.shape`` while a dumpable
+    trace records). Functions check their int arguments with this, not ``isinstance(v, int)``,
+    which refuses a SymDim; they then keep it (an op parameter that holds an expression) or
+    read it with `as_int` (a guard)."""
+    return isinstance(v, (int, np.integer)) or (type(v) is SymDim and type(v.value) is int)
+
+
+def as_int(v):
+    """``v`` (`is_int`) as a plain Python int: a `SymDim`'s value, which the recording keeps
+    as a guard (the function's result is built from it)."""
+    return operator.index(v)
+
+
 def is_sym(v):
     """True for any `SymDim`, int or float (an operand an op can compute at run time)."""
     return type(v) is SymDim
