@@ -152,7 +152,7 @@ _dim_source = None
 _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b}
 _UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": round,
-          "trunc": math.trunc}
+          "trunc": math.trunc, "abs": abs}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 # ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
@@ -207,7 +207,7 @@ def _number(v):
 class SymDim:
     """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
     expression ``tree`` it was computed by (see above). Arithmetic with ints, floats and other
-    SymDims (``+ - * / // %``, ``divmod``, negation) gives SymDims, whose value may be a float
+    SymDims (``+ - * / // %``, ``divmod``, negation, ``abs``) gives SymDims, whose value may be a float
     (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int SymDims;
     comparisons give bools and guard the comparison; every other use (``int()`` included: it
     must give a real int) gives the plain value and guards it."""
@@ -342,7 +342,11 @@ class SymDim:
         return self
 
     def __abs__(self):
-        return self if self.nonneg else abs(self._escape("abs()"))
+        if self.nonneg:
+            return self
+        if self.src is not _dim_source:
+            return abs(self.value)
+        return SymDim(abs(self.value), ("abs", self.tree), self.src, True)
 
     def _rounded(self, op):
         if type(self.value) is int:
