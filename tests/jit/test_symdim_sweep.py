@@ -16,7 +16,9 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
+from megengine.core import tensor_factory
 from megengine.core._trace_option import SymDim, as_int, is_int
+from megengine.core.tensor_utils import make_shape_tuple
 from megengine.jit import TraceMismatchError, trace
 from megengine.jit.shape_guards import ShapeGuardError
 from megengine.utils.comp_graph_tools import GraphInference
@@ -312,7 +314,32 @@ CASES = {
                              (4, 2, 3), (4, 3, 3), "the blank is a fixed class index", _ctc),
     "random.normal(size)": _case(lambda x: x + 0 * mge.random.normal(size=(x.shape[0], 1)),
                                  (2, 3), (4, 3)),
+    "norm(ord)": _case(lambda x: F.norm(x, ord=x.shape[0], axis=1), (2, 3), (1, 3),
+                       "the order is a number of the formula"),
+    # ----- Tensor methods, indexing, 0.x names -----
+    "x[n - 1]": _case(lambda x: x[x.shape[0] - 1] * 2, (2, 3), (4, 3)),
+    "x[n - 1, :2]": _case(lambda x: x[x.shape[0] - 1, :2] * 2, (2, 3), (4, 5)),
+    "x[[0, n - 1]]": _case(lambda x: x[[0, x.shape[0] - 1]] * 2, (2, 3), (4, 5),
+                           "a list index is an index array made on the host"),
+    "x[n - 1] = 0": _case(lambda x: _set_last_row(x * 1), (2, 3), (4, 5)),
+    "Tensor.sum(axis)": _case(lambda x: x.sum(x.shape[0] - 1), (2, 3), (1, 3)),
+    "Tensor.transpose(pattern)": _case(lambda x: x.transpose(x.shape[0] - 1, 2 - x.shape[0]),
+                                       (2, 3), (1, 3)),
+    "Tensor.broadcast(n) (0.x)": _case(lambda x: x.sum(0).reshape(1).broadcast(x.shape[0]),
+                                       (2, 1), (4, 1)),
+    "tensor_factory.ones(n) (0.x)": _case(
+        lambda x: x + tensor_factory.ones(x.shape[1]).astype("float32"), (2, 3), (4, 5)),
+    "make_shape_tuple": _case(
+        lambda x: x.reshape(make_shape_tuple([x.shape[0], [x.shape[1] * x.shape[2]]])),
+        (2, 3, 4), (4, 5, 2)),
+    "add_axis(axes) (0.x)": _case(lambda x: F.add_axis(x, [0, x.shape[0] - 1]) * 2, (2, 3),
+                                  (1, 3), AXIS_GUARD),
 }
+
+
+def _set_last_row(y):
+    y[y.shape[0] - 1] = 0
+    return y
 _LOCAL_W = _data(4, 4, 2, 3, 3, 4)  # local_conv2d: (OH, OW, IC, KH, KW, OC) at stride 1 on 6x6
 
 
