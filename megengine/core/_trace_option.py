@@ -207,10 +207,10 @@ def _number(v):
 class SymDim:
     """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
     expression ``tree`` it was computed by (see above). Arithmetic with ints, floats and other
-    SymDims (``+ - * / // %``, ``divmod``, negation, ``abs``) gives SymDims, whose value may be a float
-    (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int SymDims;
-    comparisons give bools and guard the comparison; every other use (``int()`` included: it
-    must give a real int) gives the plain value and guards it."""
+    SymDims (``+ - * / // %``, ``divmod``, negation, ``abs``) gives SymDims, whose value may be a
+    float (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int
+    SymDims; comparisons give bools and guard the comparison; every other use (``int()``
+    included: it must give a real int) gives the plain value and guards it."""
 
     __slots__ = ("value", "tree", "src", "nonneg")
 

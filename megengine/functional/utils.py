@@ -21,7 +21,8 @@ def topk_accuracy(logits, target, topk=1):
     if target.shape != (logits.shape[0],) or target.dtype.kind not in "iu":
         raise ValueError(f"topk_accuracy: target must hold {logits.shape[0]} integer class "
                          f"indices (N,), got shape {target.shape} and dtype {target.dtype}")
-    ks = [as_int(topk)] if is_int(topk) else [as_int(k) if is_dim(k) else k for k in topk]  # (SymDims: guards)
+    # (sizes from x.shape in a dumpable trace: their values, guards)
+    ks = [as_int(topk)] if is_int(topk) else [as_int(k) if is_dim(k) else k for k in topk]
     if not ks or any(not 1 <= int(k) <= logits.shape[1] for k in ks):
         raise ValueError(f"topk_accuracy: each k must be in [1, {logits.shape[1]}], got {topk}")
     _, pred = _topk(logits, max(ks), descending=True)  # (N, maxk), best first
