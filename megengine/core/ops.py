@@ -42,7 +42,7 @@ def int_tuple(shape, what):
         sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
         # (else Tensor.numpy: a trace notes this host read)
         shape = shape.numpy().tolist() if sizes is None else sizes.tolist()
-    if isinstance(shape, (int, np.integer)) or is_dim(shape):
+    if is_int(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
         return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)

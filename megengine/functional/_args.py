@@ -14,7 +14,7 @@ def _pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if isinstance(value, (int, np.integer)) or is_dim(value):
+    if is_int(value):
         # (a size of a dumpable trace, F.max_pool2d(x, x.shape[2] // 4): its value, a guard)
         return int(value), int(value)
     try:
