@@ -152,7 +152,7 @@ _dim_source = None
 _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b}
 _UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": round,
-          "trunc": math.trunc}
+          "trunc": math.trunc, "abs": abs}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 # ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
@@ -207,10 +207,10 @@ def _number(v):
 class SymDim:
     """One item of ``x.shape`` while a dumpable trace records: the size ``value`` and the
     expression ``tree`` it was computed by (see above). Arithmetic with ints, floats and other
-    SymDims (``+ - * / // %``, ``divmod``, negation) gives SymDims, whose value may be a float
-    (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int SymDims;
-    comparisons give bools and guard the comparison; every other use (``int()`` included: it
-    must give a real int) gives the plain value and guards it."""
+    SymDims (``+ - * / // %``, ``divmod``, negation, ``abs``) gives SymDims, whose value may be a
+    float (``h * 2.0``); ``math.floor``/``math.ceil``/``math.trunc``/``round`` of one give int
+    SymDims; comparisons give bools and guard the comparison; every other use (``int()``
+    included: it must give a real int) gives the plain value and guards it."""
 
     __slots__ = ("value", "tree", "src", "nonneg")
 
@@ -342,7 +342,11 @@ class SymDim:
         return self
 
     def __abs__(self):
-        return self if self.nonneg else abs(self._escape("abs()"))
+        if self.nonneg:
+            return self
+        if self.src is not _dim_source:
+            return abs(self.value)
+        return SymDim(abs(self.value), ("abs", self.tree), self.src, True)
 
     def _rounded(self, op):
         if type(self.value) is int:
@@ -454,6 +458,21 @@ def is_dim(v):
     """True for an int `SymDim` (what the engine's shape arguments accept where they take
     ints; a float one is rounded by the caller, ``math.floor(h * 1.5)``)."""
     return type(v) is SymDim and type(v.value) is int
+
+
+def is_int(v):
+    """Whether ``v`` is what an integer argument (a size, an axis, a count, a kernel size)
+    accepts: a Python or numpy int, or an int `SymDim` (a size from ``x.shape`` while a dumpable
+    trace records). Functions check their int arguments with this, not ``isinstance(v, int)``,
+    which refuses a SymDim; they then keep it (an op parameter that holds an expression) or
+    read it with `as_int` (a guard)."""
+    return isinstance(v, (int, np.integer)) or (type(v) is SymDim and type(v.value) is int)
+
+
+def as_int(v):
+    """``v`` (`is_int`) as a plain Python int: a `SymDim`'s value, which the recording keeps
+    as a guard (the function's result is built from it)."""
+    return operator.index(v)
 
 
 def is_sym(v):

@@ -4,6 +4,7 @@
 live in higher layers (``load``/``save``, ``Function``, ``ones``/``zeros``) are looked up when
 first used, so the core does not import the layers above it.
 """
+from ._trace_option import is_int
 from .tensor import Tensor
 
 #: 0.x name -> (module, attribute) of its 1.x equivalent, resolved on first use
@@ -80,7 +81,7 @@ def _broadcast(self, *shape):
     """0.x ``Tensor.broadcast(*shape)``: 1.x ``F.broadcast_to(x, shape)``."""
     from ..functional import broadcast_to
 
-    if len(shape) == 1 and not isinstance(shape[0], int):
+    if len(shape) == 1 and not is_int(shape[0]):  # (x.broadcast(x.shape[0]): a size)
         shape = tuple(shape[0])
     return broadcast_to(self, shape)
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
-from ._trace_option import is_dim, sizes_of
+from ._trace_option import as_int, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
            "t_unbroadcast", "t_expand"]
@@ -42,7 +42,7 @@ def int_tuple(shape, what):
         sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
         # (else Tensor.numpy: a trace notes this host read)
         shape = shape.numpy().tolist() if sizes is None else sizes.tolist()
-    if isinstance(shape, (int, np.integer)) or is_dim(shape):
+    if is_int(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
         return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)
@@ -665,9 +665,10 @@ class DuplicateAxisError(ValueError, AssertionError):
 def _norm_axes(axis, ndim, what):
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if is_int(axis) else tuple(axis)
     out = []
     for a in axes:
+        a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < max(ndim, 1):
             raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))

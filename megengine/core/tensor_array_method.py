@@ -4,6 +4,7 @@ conversions (Python numbers promoted with the tensors, integer inputs of float-o
 computed in float32)."""
 import numpy as np
 
+from ._trace_option import as_int, is_int
 from .tensor import Tensor
 from .tensor_utils import convert_inputs
 
@@ -51,10 +52,10 @@ def _remove_axis(inp, axis):
 
     if axis is None:
         axes = [i for i, s in enumerate(inp.shape) if s == 1]
-    elif isinstance(axis, (int, np.integer)):
-        axes = [int(axis)]
+    elif is_int(axis):
+        axes = [as_int(axis)]
     else:
-        axes = [int(a) for a in axis]
+        axes = [as_int(a) for a in axis]
     axes = sorted(a % inp.ndim for a in axes)
     return _apply1(RemoveAxis(axis=axes), inp)
 
@@ -77,8 +78,8 @@ def _reduce(mode):
                 raise ValueError("_reduce: axis=None and keepdims=True cannot be combined")
             result = _apply1(Reduce(mode=m, axis=0, keepdim=False), data.reshape(-1))
         else:
-            axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
-            axes = sorted({int(a) % self.ndim for a in axes}, reverse=True)
+            axes = [axis] if is_int(axis) else list(axis)
+            axes = sorted({as_int(a) % self.ndim for a in axes}, reverse=True)
             result = data
             for a in axes:
                 result = _apply1(Reduce(mode=m, axis=a, keepdim=bool(keepdims)), result)

@@ -6,6 +6,8 @@ for ``zeros``/``ones`` (float32 for a float ``scalar``), unlike 1.x ``F.zeros`` 
 ``comp_graph`` argument named a static graph; this engine has none, so only ``None`` is taken.
 """
 
+from ._trace_option import is_dim, is_int
+
 __all__ = ["zeros", "ones", "scalar"]
 
 
@@ -20,9 +22,9 @@ def _as_shape(shape):
 
     if isinstance(shape, Tensor):  # 0.x passed a shape tensor, e.g. x.shapeof()
         return tuple(int(v) for v in shape.numpy().reshape(-1))
-    if isinstance(shape, int):
-        return (shape,)
-    return tuple(int(v) for v in shape)
+    if is_int(shape):  # (sizes from x.shape in a dumpable trace stay sizes: full makes an op)
+        return (shape if is_dim(shape) else int(shape),)
+    return tuple(v if is_dim(v) else int(v) for v in shape)
 
 
 def scalar(value, dtype=None, device=None, comp_graph=None):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from ._trace_option import is_dim, is_int
 from .tensor import Tensor, promote_types
 
 __all__ = ["isscalar", "astensor1d", "make_shape_tuple", "dtype_promotion", "get_device",
@@ -159,8 +160,8 @@ def _expand_int(s, i):
     elif isinstance(i, collections.abc.Iterable) and not isinstance(i, (str, bytes)):
         for ii in i:
             _expand_int(s, ii)
-    elif isinstance(i, (int, np.integer)) and not isinstance(i, bool):
-        s.append(int(i))
+    elif is_int(i) and not isinstance(i, bool):
+        s.append(i if is_dim(i) else int(i))  # (a size of a dumpable trace stays one)
     else:
         raise TypeError(f"make_shape_tuple: a shape entry must be an int or an int Tensor, "
                         f"got {i!r}")

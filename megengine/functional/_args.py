@@ -1,7 +1,7 @@
 """Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes, index ranges."""
 import numpy as np
 
-from ..core._trace_option import is_dim
+from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Tensor
 
 
@@ -14,7 +14,7 @@ def _pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if isinstance(value, (int, np.integer)) or is_dim(value):
+    if is_int(value):
         # (a size of a dumpable trace, F.max_pool2d(x, x.shape[2] // 4): its value, a guard)
         return int(value), int(value)
     try:
@@ -31,9 +31,10 @@ def _as_float(x):
 
 def _axes(axis, ndim, what):
     """``axis`` (an int or a sequence) as a sorted tuple of non-negative axes, checked."""
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if is_int(axis) else tuple(axis)
     out = set()
     for a in axes:
+        a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < ndim:
             raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.add(int(a) % ndim)

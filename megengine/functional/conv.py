@@ -15,7 +15,7 @@ __all__ = [
 
 import numpy as np
 
-from ..core._trace_option import is_dim
+from ..core._trace_option import is_int
 from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, on_device
@@ -34,7 +34,7 @@ def _ntuple(value, n, name, what):
     """An int or a sequence of ``n`` ints as a tuple of Python ints."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if isinstance(value, (int, np.integer)) or is_dim(value):  # (a size: its value, a guard)
+    if is_int(value):  # (a size of a dumpable trace: its value, a guard)
         return (int(value),) * n
     try:
         out = tuple(int(v) for v in value)

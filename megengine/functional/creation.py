@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import Shape, is_dim, is_sym, sizes_of
+from ..core._trace_option import Shape, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
@@ -209,14 +209,31 @@ def eye(N, M=None, dtype="float32", device=None):
     As upstream, ``N`` may also be a whole shape ``(n, m)`` (a Tensor, array or tuple) when ``M``
     is None."""
     dev, xp = _place(device)
-    if M is None and not isinstance(N, (int, np.integer)) and not (
+    if M is None and not is_int(N) and not (
             isinstance(N, Tensor) and N.ndim == 0):
         shape = _shape(N, "eye")
         if len(shape) not in (1, 2):
             raise ValueError(f"eye: a shape must be (n,) or (n, m), got {shape}")
         N, M = shape[0], shape[-1]
     n, m = _shape((N, N if M is None else M), "eye")
+    if is_dim(n) or is_dim(m):  # sizes from x.shape in a dumpable trace: made at the run's shapes
+        return apply(_Eye(n, m, _dtype(dtype), dev))
     return Tensor._wrap(xp.eye(n, m, dtype=_dtype(dtype)), dev)
+
+
+class _Eye(Op):
+    """``eye`` of sizes computed from traced shapes (see `eye`)."""
+
+    def __init__(self, n, m, dtype, device):
+        self.n, self.m, self.dtype, self.device = n, m, dtype, device
+
+    def forward(self):
+        xp = _device.array_module_on(self.device)
+        with on_device(self.device):
+            return xp.eye(self.n, self.m, dtype=self.dtype)
+
+    def backward(self, *gs):
+        return ()
 
 
 def copy(inp, device=None):

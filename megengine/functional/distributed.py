@@ -24,6 +24,7 @@ import numpy as np
 
 from ..autodiff import grad_manager as _grad_manager
 from ..core import dispatch
+from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Node, Op, apply, xp_of
 from ..core.tensor import Tensor
 from ..distributed import group as _group
@@ -397,6 +398,7 @@ def _place(out, device):
 
 
 def _axis_of(axis, ndim, what):
+    axis = as_int(axis) if is_dim(axis) else axis  # (an axis from a dumpable trace: a guard)
     if not isinstance(axis, (int, np.integer)) or not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ValueError(f"{what}: axis {axis!r} is out of range for a {ndim}-d input")
     return int(axis) % max(ndim, 1)

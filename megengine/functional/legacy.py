@@ -8,6 +8,7 @@ meaning changed in 1.x (``F.cross_entropy`` took probabilities in 0.x, logits in
 """
 import numpy as np
 
+from ..core._trace_option import is_int
 from ..core.tensor import Tensor
 from ._args import _tensor
 from .elemwise import abs as _abs
@@ -68,7 +69,7 @@ def _axis_list(axis, what):
     except TypeError:
         pass
     axes = list(axis)
-    if not all(isinstance(a, (int, np.integer)) for a in axes):
+    if not all(is_int(a) for a in axes):
         raise TypeError(f"{what}: axis must be an int or a sequence of ints, got {axis!r}")
     return [int(a) for a in axes]
 
@@ -123,7 +124,7 @@ def accuracy(logits, target, topk=1):
     1.x ``F.topk_accuracy``. As in 0.x, ``topk`` of one element (an int or a 1-tuple) gives one
     Tensor and a longer sequence a list of them.
     """
-    accs = topk_accuracy(logits, target, topk if isinstance(topk, (int, np.integer))
+    accs = topk_accuracy(logits, target, topk if is_int(topk)
                          else tuple(topk))
     if isinstance(accs, list) and len(accs) == 1:
         return accs[0]

@@ -4,6 +4,7 @@ import math as _pymath
 import numpy as np
 
 from ..core import amp as _amp
+from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, on_device
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
@@ -280,6 +281,8 @@ def norm(inp, ord=None, axis=None, keepdims=False):
     inp = _tensor(inp)
     if ord is None:
         ord = 2
+    if is_dim(ord):  # (an order from a dumpable trace's sizes: its value, a guard)
+        ord = as_int(ord)
     if not isinstance(ord, (int, float)):
         raise TypeError(f"norm: ord must be a number, got {type(ord).__name__}")
     if ord == 0:
@@ -427,7 +430,9 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     """
     inp = _tensor(inp)
     _check_sortable(inp, "topk")
-    k, n = int(k), inp.shape[-1]
+    # (a k from x.shape in a dumpable trace stays an expression, TopK's parameter; its sign and
+    # its comparison with the row length are guards)
+    k, n = k if is_dim(k) else int(k), inp.shape[-1]
     if k == 0:
         raise ValueError("topk: k must not be 0")
     if k < 0:

@@ -1,7 +1,9 @@
 """Normalization (F.nn.batch_norm with ATen's backward kernel; layer_norm, group_norm, instance_norm, general_norm, local_response_norm): forward and backward per op."""
+import math
+
 import numpy as np
 
-from ..core._trace_option import is_dim
+from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
 from ..core.ops import unbroadcast, xp_of
@@ -424,13 +426,16 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
     missing one is left out.
     """
     inp = _tensor(inp)
-    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) or \
-        is_dim(normalized_shape) else tuple(int(s) for s in normalized_shape)
+    # (sizes from x.shape in a dumpable trace stay expressions: F.layer_norm(x, x.shape[-1:])
+    # runs at other widths; equal to the input's own sizes, the check below guards nothing)
+    shape = normalized_shape if is_int(normalized_shape) else tuple(normalized_shape)
+    shape = tuple(s if is_dim(s) else int(s) for s in (shape if type(shape) is tuple else
+                                                        (shape,)))
     k = len(shape)
     if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
         raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing "
                          f"dims of the input of shape {inp.shape}")
-    m = int(np.prod(shape))
+    m = math.prod(shape)  # (of SymDims: an expression, the view below follows the input)
     view = (-1, m)
     if not affine:
         weight = bias = None
@@ -481,8 +486,8 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
     from .tensor import transpose
 
     inp = _tensor(inp)
-    axes = [int(normalized_axis)] if isinstance(normalized_axis, (int, np.integer)) \
-        else [int(a) for a in normalized_axis]
+    axes = [as_int(normalized_axis)] if is_int(normalized_axis) \
+        else [as_int(a) for a in normalized_axis]  # (a SymDim axis: its value, a guard)
     if not axes:
         raise ValueError("general_norm: normalized_axis names no axis")
     axes = [a + inp.ndim if a < 0 else a for a in axes]
@@ -512,9 +517,10 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
     inp = _tensor(inp)
     if inp.ndim < 3:
         raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
-    if not isinstance(kernel_size, int) or kernel_size < 1:
+    if not is_int(kernel_size) or as_int(kernel_size) < 1:  # (a SymDim: a guard)
         raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
                          f"{kernel_size!r}")
+    kernel_size = as_int(kernel_size)
     half = kernel_size // 2
     channels = inp.shape[1]
     # zero channels on both sides, then add the kernel_size shifted channel windows

@@ -5,14 +5,14 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import is_dim, same_sizes
+from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye, full,
-    full_like, linspace, ones, ones_like, zeros, zeros_like)
+    _Arange, _Eye, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye,
+    full, full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
@@ -30,8 +30,9 @@ class AxisError(ValueError, RuntimeError):
 
 def _axis(axis, ndim, what):
     """``axis`` as a non-negative int below ``ndim``."""
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    if not is_int(axis) or isinstance(axis, bool):
         raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
+    axis = as_int(axis)  # (an axis from a dumpable trace's sizes: its value, a guard)
     if not -ndim <= axis < ndim:
         raise AxisError(f"{what}: axis {axis} is out of range for {ndim} dims")
     return int(axis) % ndim
@@ -39,7 +40,7 @@ def _axis(axis, ndim, what):
 
 def _axes(axis, ndim, what):
     """One axis or a sequence of them, as sorted non-negative ints."""
-    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    axes = [axis] if is_int(axis) else list(axis)
     out = sorted(_axis(a, ndim, what) for a in axes)
     if len(set(out)) != len(out):
         raise ValueError(f"{what}: repeated axis in {axis}")
@@ -98,7 +99,7 @@ def swapaxes(inp, axis1, axis2):
 def expand_dims(inp, axis):
     """Insert size-1 dimensions at ``axis`` (an int or a sequence, positions in the result)."""
     inp = _tensor(inp)
-    axis = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    axis = [axis] if is_int(axis) else list(axis)
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
     # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
@@ -288,7 +289,7 @@ def split(inp, nsplits_or_sections, axis=0):
     inp = _tensor(inp)
     axis = _axis(axis, inp.ndim, "split")
     size = inp.shape[axis]
-    if isinstance(nsplits_or_sections, (int, np.integer)) or is_dim(nsplits_or_sections):
+    if is_int(nsplits_or_sections):
         # (a count from a dumpable trace's sizes fixes the number of outputs: a guard)
         n = int(nsplits_or_sections)
         if n < 1 or (n > 1 and n > size):
@@ -390,6 +391,8 @@ def roll(inp, shift, axis=None):
     inp = _tensor(inp)
     if is_dim(shift):  # (a shift from a dumpable trace's sizes: its value, a guard)
         shift = int(shift)
+    if is_dim(axis):  # (an axis likewise)
+        axis = as_int(axis)
     if axis is None:
         if not isinstance(shift, (int, np.integer)):
             raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")

@@ -1,6 +1,7 @@
 """F.utils: upstream's metric and checking helpers (F.topk_accuracy, F.utils._assert_equal)."""
 import numpy as np
 
+from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Tensor
 from ._args import _tensor
 from .math import topk as _topk  # the parameter `topk` (upstream's name) shadows F.topk
@@ -20,14 +21,15 @@ def topk_accuracy(logits, target, topk=1):
     if target.shape != (logits.shape[0],) or target.dtype.kind not in "iu":
         raise ValueError(f"topk_accuracy: target must hold {logits.shape[0]} integer class "
                          f"indices (N,), got shape {target.shape} and dtype {target.dtype}")
-    ks = [topk] if isinstance(topk, (int, np.integer)) else list(topk)
+    # (sizes from x.shape in a dumpable trace: their values, guards)
+    ks = [as_int(topk)] if is_int(topk) else [as_int(k) if is_dim(k) else k for k in topk]
     if not ks or any(not 1 <= int(k) <= logits.shape[1] for k in ks):
         raise ValueError(f"topk_accuracy: each k must be in [1, {logits.shape[1]}], got {topk}")
     _, pred = _topk(logits, max(ks), descending=True)  # (N, maxk), best first
     hit = pred == target.astype(pred.dtype).reshape(-1, 1)
     n = logits.shape[0]
     accs = [hit[:, :int(k)].astype("float32").sum() / n for k in ks]
-    return accs[0] if isinstance(topk, (int, np.integer)) else accs
+    return accs[0] if is_int(topk) else accs
 
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..core import _config
-from ..core._trace_option import is_dim
+from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -153,17 +153,21 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{what}: give exactly one of size and scale_factor")
     if size is not None:
-        sizes = (size,) * spatial if isinstance(size, (int, np.integer)) or is_dim(size) \
-            else tuple(size)
+        if isinstance(size, Tensor):  # upstream's graphs take a shape Tensor: its sizes kept
+            held = sizes_of(size)  # (a Tensor made of x.shape in a dumpable trace: SymDims)
+            size = size.numpy().tolist() if held is None else held.tolist()
+        sizes = (size,) * spatial if is_int(size) else tuple(size)
         # (sizes from x.shape in a dumpable trace stay expressions; int() would fix them)
         sizes = tuple(s if is_dim(s) else int(s) for s in sizes)
     else:
-        scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) \
-            else tuple(scale_factor)
+        scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) or \
+            is_sym(scale_factor) else tuple(scale_factor)
         if len(scales) != spatial:
             raise ValueError(f"{what}: scale_factor {scale_factor!r} must have {spatial} values")
         # math.floor, not int(): of a traced size it is the expression floor(h * s)
-        sizes = tuple(math.floor(n * float(s)) for n, s in zip(in_sizes, scales))
+        # (a scale from a dumpable trace's sizes stays an expression too)
+        sizes = tuple(math.floor(n * (s if is_sym(s) else float(s))) for n, s in zip(in_sizes,
+                                                                                   scales))
     if len(sizes) != spatial or any(s < 1 for s in sizes):
         raise ValueError(f"{what}: output size {sizes} must be {spatial} positive ints")
     return apply(_Resize(sizes, mode, align_corners), inp)
@@ -390,7 +394,8 @@ def _out_hw(out_shape, what):
     shape = _shape_arg(out_shape, what)
     if len(shape) == 1:
         shape = shape * 2
-    if len(shape) != 2 or min(shape) < 1:
+    # (each size against 1: min() of two sizes of a dumpable trace would guard h < w)
+    if len(shape) != 2 or any(s < 1 for s in shape):
         raise ValueError(f"{what}: out_shape must be (h, w) with positive sizes, got {out_shape!r}")
     return shape
 
@@ -574,11 +579,16 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     if data1.ndim != 4 or data1.shape != data2.shape:
         raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "
                          f"{data1.shape} and {data2.shape}")
+    checked = []
     for name, v, low in (("kernel_size", kernel_size, 1), ("max_displacement", max_displacement, 0),
                          ("stride1", stride1, 1), ("stride2", stride2, 1),
                          ("pad_size", pad_size, 0)):
-        if not isinstance(v, (int, np.integer)) or v < low:
+        # (a size from a dumpable trace's shapes fixes the channel count and the windows: its
+        # value, a guard)
+        if not is_int(v) or as_int(v) < low:
             raise ValueError(f"correlation: {name} must be an int >= {low}, got {v!r}")
+        checked.append(as_int(v))
+    kernel_size, max_displacement, stride1, stride2, pad_size = checked
     if kernel_size % 2 == 0:
         raise ValueError(f"correlation: kernel_size must be odd, got {kernel_size}")
     n, c, h, w = data1.shape

@@ -4,6 +4,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from .. import functional as F
+from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Parameter
 from . import init
 from .module import Module
@@ -14,7 +15,10 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "
 
 def _pair(value, what, allow_zero):
     """An int or a pair of ints as a pair of non-negative (or positive) ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    # (a size from x.shape in a dumpable trace is read here: its value, a guard; a layer made
+    # inside a traced function has parameters of fixed shapes anyway)
+    pair = (value, value) if is_int(value) else tuple(value)
+    pair = tuple(as_int(v) if is_dim(v) else v for v in pair)
     lowest = 0 if allow_zero else 1
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= lowest for v in pair):
         raise ValueError(f"{what} must be an int >= {lowest} or a pair of them, got {value!r}")
@@ -23,7 +27,8 @@ def _pair(value, what, allow_zero):
 
 def _triple(value, what, allow_zero):
     """An int or three ints as a triple of non-negative (or positive) ints."""
-    triple = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
+    triple = (value,) * 3 if is_int(value) else tuple(value)
+    triple = tuple(as_int(v) if is_dim(v) else v for v in triple)  # (a SymDim: a guard)
     lowest = 0 if allow_zero else 1
     if len(triple) != 3 or not all(isinstance(v, (int, np.integer)) and v >= lowest
                                    for v in triple):
@@ -33,6 +38,7 @@ def _triple(value, what, allow_zero):
 
 def _single(value, what, allow_zero):
     lowest = 0 if allow_zero else 1
+    value = as_int(value) if is_dim(value) else value  # (a SymDim: a guard)
     if not isinstance(value, (int, np.integer)) or value < lowest:
         raise ValueError(f"{what} must be an int >= {lowest}, got {value!r}")
     return int(value)

@@ -1,5 +1,6 @@
 """`LocalResponseNorm`: each value divided by a power of the squares summed over nearby channels."""
 from .. import functional as F
+from ..core._trace_option import as_int, is_dim
 from .module import Module
 
 __all__ = ["LocalResponseNorm"]
@@ -18,6 +19,7 @@ class LocalResponseNorm(Module):
     def __init__(self, kernel_size: int = 5, k: float = 2.0, alpha: float = 1e-4,
                  beta: float = 0.75, **kwargs):
         super().__init__(**kwargs)
+        kernel_size = as_int(kernel_size) if is_dim(kernel_size) else kernel_size  # (a guard)
         if not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"LocalResponseNorm: kernel_size must be an int >= 1, got "
                              f"{kernel_size!r}")

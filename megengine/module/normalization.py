@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import functional as F
+from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Parameter
 from . import init
 from .module import Module
@@ -91,9 +92,10 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, affine=True, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(normalized_shape, (int, np.integer)):
-            normalized_shape = (int(normalized_shape),)
-        self.normalized_shape = tuple(normalized_shape)
+        if is_int(normalized_shape):
+            normalized_shape = (normalized_shape,)
+        # (sizes from x.shape in a dumpable trace: their values, guards: the parameters have them)
+        self.normalized_shape = tuple(as_int(s) if is_dim(s) else s for s in normalized_shape)
         self.eps = eps
         self.affine = affine
         self.weight, self.bias = _affine_parameters(self.normalized_shape, affine)
@@ -123,10 +125,10 @@ class GeneralNorm(Module):
         super().__init__(**kwargs)
         self.eps = eps
         self.affine = affine
-        if isinstance(normalized_axis, (int, np.integer)):
-            normalized_axis = [int(normalized_axis)]
-        if isinstance(normalized_shape, (int, np.integer)):
-            normalized_shape = [int(normalized_shape)]
+        if is_int(normalized_axis):
+            normalized_axis = [as_int(normalized_axis)]
+        if is_int(normalized_shape):
+            normalized_shape = [as_int(normalized_shape)]
         if affine:
             if normalized_shape is None:
                 raise ValueError("GeneralNorm: normalized_shape must be given when affine=True")

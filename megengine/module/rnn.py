@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import functional as F
+from ..core._trace_option import as_int, is_dim
 from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
@@ -23,6 +24,9 @@ class RNNCellBase(Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, **kwargs):
         super().__init__(**kwargs)
+        # (sizes from x.shape in a dumpable trace: their values, guards)
+        input_size, hidden_size = (as_int(v) if is_dim(v) else v for v in (input_size,
+                                                                           hidden_size))
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
@@ -118,6 +122,7 @@ class RNNBase(Module):
         if proj_size != 0:
             raise ValueError(f"{type(self).__name__}: proj_size={proj_size} is not supported "
                              f"(the cells have no projection weights); use proj_size=0")
+        num_layers = as_int(num_layers) if is_dim(num_layers) else num_layers  # (a guard)
         if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
             raise ValueError(f"{type(self).__name__}: num_layers must be an int >= 1, got "
                              f"{num_layers!r}")

@@ -353,8 +353,8 @@ def _int(x):
     return x * int(x.shape[0])
 
 
-def _eye_by_shape(x):
-    return x @ F.eye(x.shape[1])
+def _eye_by_shape(x):  # (F.eye of a size is an op that follows it: numpy's own eye reads it)
+    return x @ mge.tensor(np.eye(x.shape[1], dtype="float32"))
 
 
 def _repeat_by_shape(x):
@@ -396,7 +396,7 @@ def test_a_size_read_inside_numpy_names_the_line_that_called_the_engine():
     with pytest.raises(ShapeGuardError) as e:
         _run(buf, _data(2, 4))
     if np.__name__ in str(type(mge.tensor(0)._data)):  # (numpy arrays: CuPy's frames differ)
-        assert "F.eye(x.shape[1])" in str(e.value) and "test_symbolic_shapes.py:" in str(e.value)
+        assert "np.eye(x.shape[1]" in str(e.value) and "test_symbolic_shapes.py:" in str(e.value)
 
 
 def test_a_guard_names_the_traced_and_new_values():
