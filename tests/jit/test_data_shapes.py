@@ -4,7 +4,6 @@ from them may change shape from call to call of one signature, as in upstream's 
 
 Oracles: the same function run eagerly on the same input (and numpy for the training step)."""
 import io
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from megengine.core.ops import GetItem
 from megengine.functional.indexing import CondTake
 from megengine.jit import ShapeGuardError, TraceMismatchError, trace
 from megengine.utils.comp_graph_tools import GraphInference
+from tests.test_docs import run_block
 
 MODES = {
     "symbolic=False": dict(symbolic=False),
@@ -199,8 +199,4 @@ def test_which_ops_say_data_decides_their_shape():
 
 
 def test_the_jit_page_example_runs():
-    page = Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst"
-    (block,) = [b for b in re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)",
-                                      page.read_text()) if "diff = pred[pos]" in b]
-    code = "\n".join(line[4:] for line in block.splitlines())
-    exec(compile(code, str(page), "exec"), {})  # the block asserts its own results
+    run_block(Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst", "diff = pred[pos]")
