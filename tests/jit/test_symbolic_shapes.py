@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
