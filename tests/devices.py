@@ -12,7 +12,7 @@ import megengine as mge
 from megengine.device import canonical_device
 
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
-           "device_array", "host_default_device", "child_env",
+           "device_array", "host_default_device", "child_env", "run_python",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
@@ -158,3 +158,18 @@ def child_env(env=None):
         if env.get("MGE_DEFAULT_DEVICE", "").startswith("gpu"):
             env.pop("MGE_DEFAULT_DEVICE")
     return env
+
+
+def run_python(code, timeout=180, **env):
+    """Run ``code`` in a fresh Python process (`child_env` plus ``env``, this checkout first on
+    its path) and return its stdout's words; its stderr is the failure message."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = dict(child_env(), PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()

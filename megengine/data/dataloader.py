@@ -429,6 +429,9 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
     if _device._cuda_touched():  # forked from a process that used CUDA, which a child cannot:
         _device._forget_cuda()  # Tensors a dataset makes here live on the CPU (the collator
         # sends host arrays anyway) instead of failing in CuPy's first allocation
+    torch = sys.modules.get("torch")
+    if torch is not None:  # its CPU thread pool does not survive fork: a dataset that runs a
+        torch.set_num_threads(1)  # parallel torch op here would hang (torch's workers do this)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     parent = os.getppid()

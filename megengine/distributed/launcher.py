@@ -59,6 +59,14 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
             from ..device import _forget_cuda
 
             _forget_cuda()
+        if forked:
+            # torch's CPU thread pool (OpenMP) does not survive fork: once the parent ran a
+            # parallel op (a convolution, a PyTorchModule's forward), a worker's first one
+            # would wait for pool threads that do not exist in it, forever. One thread per
+            # worker, as torch's own DataLoader workers use (ranks share the cores anyway)
+            import torch
+
+            torch.set_num_threads(1)
         init_process_group(rank=rank, device=local_rank, **options)
         profiler = _own_profiler(profile)
         try:
@@ -138,7 +146,11 @@ class launcher:
         timeout: seconds for the whole run (None: no limit); collectives and the rendezvous
             time out after ``collective_timeout`` seconds.
         start_method: ``"fork"`` (default where available: fast, and ``func`` may be a local
-            function) or ``"spawn"`` (``func`` and its arguments must be picklable).
+            function) or ``"spawn"`` (``func`` and its arguments must be picklable). Forked
+            workers run torch's CPU kernels on one thread each (``torch.set_num_threads(1)``,
+            as torch's DataLoader workers): torch's thread pool does not survive ``fork``, and
+            a worker would hang in its first parallel op once the launching process has run
+            one. Spawned workers start with torch's default.
     """
 
     def __new__(cls, *args, **kwargs):

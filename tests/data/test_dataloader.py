@@ -21,7 +21,7 @@ from megengine.data import (
 )
 from megengine.data.transform import Compose, Normalize, PseudoTransform, ToMode, Transform
 
-from devices import requires_cuda
+from devices import requires_cuda, run_python
 
 
 def make_dataset(n=20):
@@ -414,3 +414,23 @@ def test_dataset_tensors_load_in_workers_after_the_parent_used_the_gpu():
     assert [type(b[0]) for b in batches] == [np.ndarray, np.ndarray]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]),
                                   np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, 1))
+
+
+def test_workers_run_torch_kernels_after_the_main_process_ran_one():
+    # torch's CPU thread pool (OpenMP) does not survive fork: a worker forked after this process
+    # ran a parallel op would wait forever in its first one (torch's own workers run one
+    # thread). A fresh interpreter with a 2-thread pool (the suite runs torch on one thread)
+    code = (
+        "import numpy as np, torch\n"
+        "from megengine.data import DataLoader, SequentialSampler\n"
+        "from megengine.data.dataset import ArrayDataset\n"
+        "torch.set_num_threads(2)\n"
+        "x, w = torch.ones(2, 3, 64, 64), torch.ones(4, 3, 3, 3)\n"
+        "want = float(torch.nn.functional.conv2d(x, w).sum())\n"
+        "class Convolved(ArrayDataset):\n"
+        "    def __getitem__(self, i):\n"
+        "        return (np.float32(torch.nn.functional.conv2d(x, w).sum() + i),)\n"
+        "ds = Convolved(np.arange(4))\n"
+        "dl = DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2, timeout=60)\n"
+        "print([b[0].tolist() for b in dl] == [[want, want + 1], [want + 2, want + 3]])\n")
+    assert run_python(code) == ["True"]

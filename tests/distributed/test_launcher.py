@@ -9,6 +9,7 @@ import pytest
 import megengine as mge
 import megengine.distributed as dist
 import megengine.functional.distributed as fd
+from devices import run_python
 
 
 def _who():
@@ -174,3 +175,22 @@ def test_a_rank_may_start_dataloader_worker_processes():
     seen = dist.launcher(_labels_through_worker_processes, n_gpus=2, device_type="cpu", timeout=60)()
     assert len(seen[0]) == len(seen[1]) == 4  # the distributed sampler gives each rank half
     assert sorted(seen[0] + seen[1]) == list(range(8))
+
+
+def test_forked_ranks_run_torch_kernels_after_the_launching_process_ran_one():
+    # torch's CPU thread pool (OpenMP) does not survive fork: a rank forked after this process
+    # ran a parallel op would wait forever in its first one. A fresh interpreter with a
+    # 2-thread pool (the suite's own process runs torch on one thread, which hides it)
+    code = (
+        "import numpy as np, torch, megengine as mge, megengine.functional as F\n"
+        "import megengine.distributed as dist\n"
+        "torch.set_num_threads(2)\n"
+        "x, w = np.ones((2, 3, 64, 64), 'float32'), np.ones((4, 3, 3, 3), 'float32')\n"
+        "want = float(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w)).sum())\n"
+        "def rank():\n"
+        "    y = F.conv2d(mge.tensor(x), mge.tensor(w))\n"
+        "    return float(y.sum().numpy()), torch.get_num_threads()\n"
+        "print(dist.launcher(rank, n_gpus=2, device_type='cpu', timeout=60)() == [(want, 1)] * 2)\n"
+        "print(torch.get_num_threads())\n")
+    assert run_python(code) == ["True", "2"]  # the launching process keeps its threads
+

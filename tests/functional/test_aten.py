@@ -1,21 +1,10 @@
 """Tests of megengine/functional/_aten.py: torch loads at the first kernel, and the thread setting."""
-import os
-import subprocess
 import sys
 
 import pytest
 
 from megengine.functional import _aten
-from devices import child_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _run(code, **env):
-    full = dict(child_env(), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+from devices import run_python as _run
 
 
 def test_torch_loads_at_the_first_kernel_with_the_engine_thread_setting():
