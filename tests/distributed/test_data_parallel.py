@@ -1,4 +1,4 @@
-"""Data-parallel correctness (issue 13): N steps on 2 ranks with make_allreduce_cb("mean") equal one process on the concatenated batch."""
+"""Data-parallel correctness (issue 13): N steps on 2 ranks with make_allreduce_cb("mean") equal one process on the concatenated batch, eagerly and traced."""
 import importlib.util
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
+from megengine.jit import trace
 
 STEPS = 3
 PER_RANK = 4  # samples per rank per step
@@ -59,8 +60,9 @@ def _state(net):
     return {k: np.array(v) for k, v in net.state_dict().items()}
 
 
-def _train(kind, init, rank=None, bucket_size=None):
-    """STEPS of SGD; rank None: one process on the whole batches, else this rank's slices."""
+def _train(kind, init, rank=None, bucket_size=None, traced=None):
+    """STEPS of SGD; rank None: one process on the whole batches, else this rank's slices;
+    ``traced``: the step under ``trace(**traced)``."""
     net = _build(kind)
     net.load_state_dict(init)
     callbacks = []
@@ -73,14 +75,20 @@ def _train(kind, init, rank=None, bucket_size=None):
     gm = GradManager().attach(net.parameters(), callbacks=callbacks)
     opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     net.train()
-    for data, label in _batches(kind):
-        if rank is not None:
-            data, label = (a[rank * PER_RANK:(rank + 1) * PER_RANK] for a in (data, label))
+
+    def step(data, label):
         with gm:
-            loss = F.nn.cross_entropy(net(mge.tensor(data)), mge.tensor(label))
+            loss = F.nn.cross_entropy(net(data), label)
             gm.backward(loss)
         opt.step()
         opt.clear_grad()
+
+    if traced is not None:
+        step = trace(step, **traced)
+    for data, label in _batches(kind):
+        if rank is not None:
+            data, label = (a[rank * PER_RANK:(rank + 1) * PER_RANK] for a in (data, label))
+        step(mge.tensor(data), mge.tensor(label))
     state = _state(net)
     if kind == "lenet":  # the torch module trained in place: its weights are megengine's
         torch_state = net.lenet_extractor_wrap.torch_module.state_dict()
@@ -88,9 +96,20 @@ def _train(kind, init, rank=None, bucket_size=None):
     return state
 
 
-@pytest.mark.parametrize("kind,bucket_size", [("cnn", 1024), ("lenet", 10 * 1024 * 1024)],
-                         ids=["cnn-syncbn-small-buckets", "guide-lenet-one-bucket"])
-def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, bucket_size):
+TRACED = {"symbolic=False": dict(symbolic=False), "symbolic=True": dict(symbolic=True),
+          "without_host": dict(symbolic=True, without_host=True)}
+
+
+@pytest.mark.parametrize("kind,bucket_size,traced", [
+    ("cnn", 1024, None), ("lenet", 10 * 1024 * 1024, None),
+    *[("cnn", 1024, m) for m in TRACED], ("lenet", 10 * 1024 * 1024, "without_host")],
+    ids=["cnn-syncbn-small-buckets", "guide-lenet-one-bucket",
+         *[f"cnn-traced-{m}" for m in TRACED], "guide-lenet-traced-without_host"])
+def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, bucket_size,
+                                                                traced):
+    # traced: the step under megengine.jit.trace, whose checked calls and replays run the
+    # all-reduce callbacks' and SyncBatchNorm's collectives as the first call did
+    traced = TRACED.get(traced)
     import torch
 
     torch.manual_seed(0)
@@ -104,7 +123,7 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, 
         reference = _train(kind, init)
     finally:
         mge.set_default_device(previous)
-    results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size), RANKS)
+    results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size, traced), RANKS)
     assert set(results[0]) == set(reference)
     if kind == "cnn":
         assert {"bn1.running_mean", "bn2.running_var"} <= set(reference)
