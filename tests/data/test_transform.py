@@ -200,6 +200,18 @@ def test_random_resized_crop():
         assert (coords <= 0).all()  # the origin can only move up-left of the crop
 
 
+def test_random_resized_crop_of_a_thin_image_keeps_a_pixel_and_resize_refuses_empty_images():
+    # found by the fuzzer: a 1 x 10 image with ratios near 1/3 fails every try, and the central
+    # fallback rounded its width 1 * 0.35 to 0; the empty window reached numpy as an IndexError
+    image = np.arange(10, dtype=np.uint8).reshape(1, 10, 1)
+    t = T.RandomResizedCrop(3, scale_range=(0.9, 1.0), ratio_range=(0.3, 0.35))
+    np.random.seed(0)
+    assert t._get_coord(image) == (4, 0, 1, 1)  # the central pixel
+    np.testing.assert_array_equal(t.apply(image), np.full((3, 3, 1), 4, np.uint8))
+    with pytest.raises(ValueError, match="non-empty image"):
+        F.resize(np.zeros((1, 0, 3), np.uint8), (2, 2))
+
+
 def test_normalize_tomode_and_compose_order():
     image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     mask = np.ones((2, 2, 1), np.uint8)

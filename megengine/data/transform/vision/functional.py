@@ -161,6 +161,8 @@ def resize(input, size, interpolation=INTER_LINEAR):
     if th <= 0 or tw <= 0:
         raise ValueError("resize needs a positive target size, but got {!r}".format(size))
     h, w, _ = input.shape
+    if h == 0 or w == 0:
+        raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
     if interpolation == INTER_NEAREST:
         return input[_nearest_index(h, th)][:, _nearest_index(w, tw)]
     if interpolation != INTER_LINEAR:

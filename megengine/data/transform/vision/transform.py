@@ -484,6 +484,9 @@ class RandomResizedCrop(VisionTransform):
             w, h = int(round(height * max(self.ratio_range))), height
         else:
             w, h = width, height
+        # at least one pixel: a thin image (1 x 3 with ratios near 0.4) would round to an empty
+        # window, which upstream hands to cv2.resize and fails on
+        w, h = max(w, 1), max(h, 1)
         return (width - w) // 2, (height - h) // 2, w, h
 
 
