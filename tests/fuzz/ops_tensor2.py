@@ -9,7 +9,7 @@ import megengine as mge
 import megengine.functional as F
 
 from .gen import Case, pick, registry, shape, values
-from .ops_tensor import _distinct, _NumpyGet
+from .ops_tensor import _distinct, _NumpyGet, _NumpySet
 
 OPS, op = registry()
 
@@ -126,21 +126,20 @@ def _clip_tensor(rng):
                 f"{None if hi is None else hi.shape})", inputs, m, t, bcast=False)
 
 
-@op("getitem_forms", "indexing")
-def _getitem_forms(rng):
-    """Index items as Python lists, 0-d int Tensors, numpy integers, negative ints, and
-    slices, through numpy's rules."""
-    shp = shape(rng, 1, 3, zero=False)
-    items, mitems = [], []
-    n_adv = 0
+def _index_forms(rng, shp, unique):
+    """(numpy index, megengine index): per dim a Python list (at most two, of one length;
+    ``unique``: no position twice), an int as a 0-d Tensor or a numpy integer or a plain int,
+    or a slice (negative steps)."""
+    items, mitems, adv_len = [], [], None
     for d in shp:
         r = rng.random()
-        if r < 0.25 and n_adv < 2:
-            lst = [int(v) for v in rng.integers(-d, d, size=int(rng.integers(1, 4)))]
-            if n_adv == 1:  # two advanced indices broadcast together: same length
-                lst = (lst * 3)[:len(items_adv)]
-            items_adv = lst
-            n_adv += 1
+        if r < 0.25 and (adv_len is None or adv_len <= d) and \
+                sum(isinstance(i, np.ndarray) for i in items) < 2:
+            k = int(rng.integers(1, min(d, 3) + 1)) if adv_len is None else adv_len
+            lst = [int(v) for v in (rng.permutation(d)[:k] if unique else
+                                    rng.integers(-d, d, size=k))]
+            lst = [v - d if rng.random() < 0.3 and v >= 0 else v for v in lst]
+            adv_len = k
             items.append(np.array(lst))
             mitems.append(lst)
         elif r < 0.45:
@@ -156,7 +155,37 @@ def _getitem_forms(rng):
                       pick(rng, [None, 1, -1, 2]))
             items.append(s)
             mitems.append(s)
-    index, mindex = tuple(items), tuple(mitems)
+    return tuple(items), tuple(mitems)
+
+
+def _fmt_forms(mindex):
+    return ", ".join(f"Tensor({int(i.item())})" if isinstance(i, mge.Tensor) else repr(i)
+                     for i in mindex)
+
+
+@op("getitem_forms", "indexing")
+def _getitem_forms(rng):
+    shp = shape(rng, 1, 3, zero=False)
+    index, mindex = _index_forms(rng, shp, unique=False)
     x = values(rng, shp, "float32")
-    return Case(f"x{shp}[{', '.join(repr(i) if not isinstance(i, mge.Tensor) else 'Tensor(' + str(int(i.item())) + ')' for i in mitems)}]",
-                [x], lambda a: a[mindex], lambda a: _NumpyGet.apply(a, index), bcast=False)
+    return Case(f"x{shp}[{_fmt_forms(mindex)}]", [x], lambda a: a[mindex],
+                lambda a: _NumpyGet.apply(a, index), bcast=False)
+
+
+@op("setitem_forms", "indexing")
+def _setitem_forms(rng):
+    shp = shape(rng, 1, 3, zero=False)
+    index, mindex = _index_forms(rng, shp, unique=True)
+    tshape = np.empty(shp)[index].shape
+    vshape = () if rng.random() < 0.25 else tuple(1 if rng.random() < 0.3 else n
+                                                   for n in tshape)
+    if vshape and rng.random() < 0.3:
+        vshape = vshape[int(rng.integers(0, len(vshape) + 1)):]
+    x, v = values(rng, shp, "float32"), values(rng, vshape, "float32")
+
+    def m(a, b):
+        y = a * 1
+        y[mindex] = b
+        return y
+    return Case(f"x{shp}[{_fmt_forms(mindex)}] = v{vshape}", [x, v], m,
+                lambda a, b: _NumpySet.apply(a, b, index), bcast=False)
