@@ -376,3 +376,150 @@ def _qat_network(rng):
         check_steps(q_out, qat_out, step, y, f"{desc}: quantize() against the QAT network")
         return "ok"
     return Check(desc, fn)
+
+
+# ----- F.quantized: integer convolutions against an int64 numpy oracle -----
+
+def _int_conv(x, w, stride, pad, dil, groups, transposed=False, out_pad=(0, 0)):
+    """Exact integer (int64) 2-d convolution by windows (cross-correlation); transposed: the
+    scatter of each input pixel's weighted kernel (the adjoint), cropped by the padding."""
+    n, c, h, wd = x.shape
+    if transposed:
+        cin, opg, kh, kw = w.shape
+        cpg = cin // groups
+        oh = (h - 1) * stride[0] - 2 * pad[0] + dil[0] * (kh - 1) + 1 + out_pad[0]
+        ow = (wd - 1) * stride[1] - 2 * pad[1] + dil[1] * (kw - 1) + 1 + out_pad[1]
+        full = np.zeros((n, opg * groups, oh + 2 * pad[0] + stride[0],
+                         ow + 2 * pad[1] + stride[1]), np.int64)
+        for g in range(groups):
+            xs = x[:, g * cpg:(g + 1) * cpg]
+            wg = w[g * cpg:(g + 1) * cpg]  # (cpg, opg, kh, kw)
+            for i in range(kh):
+                for j in range(kw):
+                    contrib = np.einsum("nchw,co->nohw", xs, wg[:, :, i, j])
+                    y0, x0 = i * dil[0], j * dil[1]
+                    full[:, g * opg:(g + 1) * opg, y0:y0 + (h - 1) * stride[0] + 1:stride[0],
+                         x0:x0 + (wd - 1) * stride[1] + 1:stride[1]] += contrib
+        return full[:, :, pad[0]:pad[0] + oh, pad[1]:pad[1] + ow]
+    o, cpg, kh, kw = w.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    oh = (xp_.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (xp_.shape[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    opg = o // groups
+    out = np.zeros((n, o, oh, ow), np.int64)
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                win = xp_[:, g * cpg:(g + 1) * cpg,
+                          i * dil[0]:i * dil[0] + (oh - 1) * stride[0] + 1:stride[0],
+                          j * dil[1]:j * dil[1] + (ow - 1) * stride[1] + 1:stride[1]]
+                out[:, g * opg:(g + 1) * opg] += np.einsum(
+                    "nchw,oc->nohw", win, w[g * opg:(g + 1) * opg, :, i, j])
+    return out
+
+
+def _quantize_ref(v, scale, zp, qmin, qmax):
+    v = np.asarray(v, np.float32)
+    q = v / np.float32(scale)
+    q = np.trunc(q + np.copysign(np.float32(0.5), q)) + zp  # halves away from zero
+    return np.clip(q, qmin, qmax)
+
+
+@op("quantized_conv")
+def _quantized_conv(rng):
+    import megengine.functional as F
+
+    transposed = rng.random() < 0.3
+    groups = int(rng.integers(1, 3))
+    cpg, opg = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    n = int(rng.integers(1, 3))
+    kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    dil = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    pad = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+    out_pad = tuple(int(rng.integers(0, s)) for s in stride) if transposed else (0, 0)
+    h = max(int(rng.integers(1, 6)), dil[0] * (kh - 1) + 1 - 2 * pad[0])
+    w_ = max(int(rng.integers(1, 6)), dil[1] * (kw - 1) + 1 - 2 * pad[1])
+    in_name = pick(rng, ["qint8", "quint8"])
+    s_in, s_w = float(rng.uniform(0.01, 0.2)), float(rng.uniform(0.005, 0.1))
+    zp_in = int(rng.integers(100, 156)) if in_name == "quint8" else 0
+    qmin_in, qmax_in = _RANGES[in_name]
+    xi = rng.integers(qmin_in, qmax_in + 1, size=(n, groups * cpg, h, w_))
+    wshape = (groups * cpg, opg, kh, kw) if transposed else (groups * opg, cpg, kh, kw)
+    wi = rng.integers(-127, 128, size=wshape)
+    has_bias = rng.random() < 0.7
+    bi = rng.integers(-5000, 5000, size=(1, groups * opg, 1, 1))
+    out_kind = pick(rng, ["qint8", "quint8", "qint32", "float32"])
+    mode = "identity" if transposed else pick(rng, ["identity", "relu", "sigmoid", "h_swish"])
+    s_out = float(rng.uniform(0.05, 2.0))
+    zp_out = int(rng.integers(0, 256)) if out_kind == "quint8" else 0
+    desc = (f"quantized {'conv_transpose2d' if transposed else 'conv_bias_activation'}("
+            f"x{xi.shape} {in_name}, w{wshape}, bias={has_bias}, out {out_kind}, {mode}, "
+            f"s={stride}, p={pad}, d={dil}, op={out_pad}, groups={groups})")
+
+    def fn():
+        in_dt = (mdtype.quint8(s_in, zp_in) if in_name == "quint8" else mdtype.qint8(s_in))
+        x = mge.tensor(xi.astype(np.uint8 if in_name == "quint8" else np.int8), dtype=in_dt)
+        wt = mge.tensor(wi.astype(np.int8), dtype=mdtype.qint8(s_w))
+        acc_scale = float(np.float32(s_in) * np.float32(s_w))
+        bt = mge.tensor(bi.astype(np.int32), dtype=mdtype.qint32(acc_scale)) if has_bias \
+            else None
+        out_dt = {"qint8": mdtype.qint8(s_out), "quint8": mdtype.quint8(s_out, zp_out),
+                  "qint32": None, "float32": np.float32}[out_kind]
+        if out_kind == "qint32" and mode in ("sigmoid", "h_swish"):
+            # a nonlinear activation cannot stay in the integer accumulator: refused
+            try:
+                F.quantized.conv_bias_activation(x, wt, bt, None, stride, pad, dil, groups,
+                                                 nonlinear_mode=mode)
+            except ValueError as e:
+                if "needs an output dtype" in str(e):
+                    return "error"
+                raise
+            raise Mismatch(f"{desc}: accepted {mode} into the qint32 accumulator")
+        if transposed:
+            empty = any((i - 1) * st - 2 * p + d * (k - 1) + 1 + op_ <= 0 for i, st, p, d, k, op_
+                        in zip((h, w_), stride, pad, dil, (kh, kw), out_pad))
+            try:
+                y = F.quantized.conv_transpose2d(x, wt, bt, out_dt, stride, pad, out_pad, dil,
+                                                 groups)
+            except ValueError as e:
+                if empty and "leaves no output" in str(e):
+                    return "error"
+                raise
+            if empty:
+                raise Mismatch(f"{desc}: an empty output accepted")
+        else:
+            y = F.quantized.conv_bias_activation(x, wt, bt, out_dt, stride, pad, dil, groups,
+                                                 nonlinear_mode=mode)
+        acc = _int_conv(xi - zp_in, wi, stride, pad, dil, groups, transposed, out_pad)
+        if has_bias:
+            acc = acc + bi
+        if out_kind == "qint32":
+            if mode == "relu":
+                acc = np.maximum(acc, 0)
+            if not mdtype.is_quantize(y.dtype) or \
+                    abs(mdtype.get_scale(y.dtype) - acc_scale) > 1e-6 * acc_scale:
+                raise Mismatch(f"{desc}: output dtype {y.dtype}, expected qint32({acc_scale})")
+            close(y.numpy().astype(np.int64), acc, None, desc + ": qint32 accumulator")
+            return "ok"
+        v = acc.astype(np.float32) * np.float32(acc_scale)
+        if mode == "relu":
+            v = np.maximum(v, 0)
+        elif mode == "sigmoid":
+            v = (1 / (1 + np.exp(-v))).astype(np.float32)
+        elif mode == "h_swish":
+            v = (v * np.clip(v + 3, 0, 6) / 6).astype(np.float32)
+        if out_kind == "float32":
+            close(y.numpy(), v, (1e-5, 1e-5), desc + ": float output")
+            return "ok"
+        qmin, qmax = _RANGES[out_kind]
+        want = _quantize_ref(v, s_out, zp_out, qmin, qmax)
+        got = y.numpy().astype(np.int64)
+        # the activation's float rounding may move a value on a rounding edge by one
+        tol = 0 if mode in ("identity", "relu") else 1
+        if got.shape != want.shape or np.abs(got - want).max(initial=0) > tol:
+            raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
+                           f"oracle={want.ravel()[:10].astype(np.int64)}")
+        return "ok"
+    return Check(desc, fn)
+
