@@ -4,6 +4,7 @@ nearest rounding and, on the CPU's NHWC path, its fixed-point source points), ev
 format, gradients by finite differences of the oracles."""
 import numpy as np
 
+import megengine as mge
 import megengine.functional as F
 from megengine.core import _config
 
@@ -219,6 +220,7 @@ def _warp_case(rng, rows):
     h, w = int(rng.integers(1, 6)), int(rng.integers(1, 6))
     oh, ow = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     out_shape = (oh, ow) if oh != ow or rng.random() < 0.5 else oh
+    shape_arg = mge.tensor(np.array([oh, ow], np.int32)) if rng.random() < 0.2 else out_shape
     border, interp = pick(rng, _BORDERS), pick(rng, ["linear", "nearest"])
     fmt = pick(rng, ["NHWC", "NCHW"])
     dt = "uint8" if rng.random() < 0.15 else "float32"
@@ -269,14 +271,17 @@ def _warp_case(rng, rows):
 
     if rows == 2:
         def mge_fn(a, mm):
-            return F.vision.warp_affine(a, mm, out_shape, border_mode=border, border_val=bval,
+            return F.vision.warp_affine(a, mm, shape_arg, border_mode=border, border_val=bval,
                                         format=fmt, interp_mode=interp)
     else:
+        idx_arg = mat_idx if mat_idx is None or rng.random() < 0.5 else mge.tensor(mat_idx)
+
         def mge_fn(a, mm):
-            return F.vision.warp_perspective(a, mm, out_shape, mat_idx=mat_idx,
+            return F.vision.warp_perspective(a, mm, shape_arg, mat_idx=idx_arg,
                                              border_mode=border, border_val=bval, format=fmt,
                                              interp_mode=interp)
-    return Case(f"{what}(x{x.shape} {dt} {fmt}, mat{m.shape}, {out_shape}, mat_idx="
+    return Case(f"{what}(x{x.shape} {dt} {fmt}, mat{m.shape}, "
+                f"{out_shape if shape_arg is out_shape else 'Tensor' + str([oh, ow])}, mat_idx="
                 f"{None if mat_idx is None else mat_idx.tolist()}, {border}, border_val={bval}, "
                 f"{interp}{', OpenCV grid' if cv else ''})", [x, m], mge_fn,
                 numpy_oracle(value, [value, exact_value], out_dtype=dt),
