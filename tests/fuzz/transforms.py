@@ -15,7 +15,7 @@ from .gen import Check, Mismatch, close, pick, registry
 
 OPS, op = registry("transform")
 
-_ORDER = ("image", "coords", "mask")
+_ORDER = ("image", "coords", "mask", "boxes")  # (samples of three leave boxes out)
 
 
 def _sample(rng, dt=None, hw=None):
@@ -106,13 +106,13 @@ def _pad(rng):
     size = int(rng.integers(0, 3)) if r < 0.3 else \
         tuple(int(v) for v in rng.integers(0, 3, size=2 if r < 0.6 else 4))
     c = pick(rng, [1, 3])
-    value = pick(rng, [0, 7, 2.5, [1, 2, 3][:c] if c > 1 else 9])
+    value = pick(rng, [0, 7, 2.5, [1, 2, 3][:c] if c > 1 else 9, [1.5, 2.5, 3.5][:c]])
     mask_value = int(rng.integers(0, 4))
     top, bottom, left, right = ((size,) * 4 if isinstance(size, int) else
                                 (0, size[0], 0, size[1]) if len(size) == 2 else size)
 
     def ref(img, co, m):
-        if isinstance(value, float):  # a float border value makes the image float32
+        if np.asarray(value).dtype.kind == "f":  # a float border value: a float32 image
             img = img.astype(np.float32)
         fill = np.broadcast_to(np.asarray(value, np.float64), (img.shape[2],)) if \
             np.ndim(value) == 0 else np.asarray(value, np.float64)
@@ -152,11 +152,22 @@ _DETERMINISTIC = {"Normalize": _normalize, "Resize": _resize, "Pad": _pad,
                   "CenterCrop": _center_crop, "ToMode": _to_mode}
 
 
+def _boxes_ref(ref, sample, boxes):
+    """Boxes (xyxy) as upstream moves them: the four corners through the coords mapping,
+    then their bounding box."""
+    corners = boxes[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 2)
+    moved = ref(sample[0], corners, sample[2])[1].reshape(-1, 4, 2)
+    return np.concatenate([moved.min(1), moved.max(1)], 1).astype(boxes.dtype)
+
+
 def _run(desc, transform, ref, sample):
+    co = sample[1]
+    boxes = np.concatenate([np.minimum(co[:2], co[2:]), np.maximum(co[:2], co[2:])], 1)
     try:
-        want = ref(*sample)
+        want = ref(*sample) + (_boxes_ref(ref, sample, boxes),)
     except ValueError:
         want = None
+    sample = sample + (boxes,)
     try:
         got = transform.apply(sample)
     except (ValueError, TypeError) as e:
