@@ -171,6 +171,19 @@ def _lsq(rng):
 
 # ----- observers: running min/max (or their moving averages), then upstream's qparams -----
 
+def _on_host(fn):
+    """Run ``fn`` with cpu0 as the default device: quantized tensors live on CPU devices only
+    (megengine/core/dtype.py), also on a CUDA machine."""
+    def run():
+        previous = mge.get_default_device()
+        mge.set_default_device("cpu0")
+        try:
+            return fn()
+        finally:
+            mge.set_default_device(previous)
+    return run
+
+
 def _qparams_ref(lo, hi, mode, qmin, qmax, eps=1e-5):
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     if mode == QuantMode.SYMMERTIC:
@@ -251,6 +264,11 @@ def _layer_ref(kind, x, w, b, geo):
 
 @op("qat_network")
 def _qat_network(rng):
+    # (the layer is built on the host too: quantize() needs the whole network there)
+    return _on_host(lambda: _qat_network_case(rng))()
+
+
+def _qat_network_case(rng):
     kind = pick(rng, ["Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvBn2d",
                       "ConvBnRelu2d"])
     ema = rng.random() < 0.5
@@ -375,7 +393,7 @@ def _qat_network(rng):
         # the integer kernels compute the same real numbers
         check_steps(q_out, qat_out, step, y, f"{desc}: quantize() against the QAT network")
         return "ok"
-    return Check(desc, fn)
+    return Check(desc, _on_host(fn))
 
 
 # ----- F.quantized: integer convolutions against an int64 numpy oracle -----
@@ -521,5 +539,5 @@ def _quantized_conv(rng):
             raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
                            f"oracle={want.ravel()[:10].astype(np.int64)}")
         return "ok"
-    return Check(desc, fn)
+    return Check(desc, _on_host(fn))
 
