@@ -292,6 +292,22 @@ def test_color_transforms():
         T.HueTransform(0.7)
 
 
+def test_hsv_conversions_are_opencvs_to_the_level():
+    # found by the fuzzer (HueTransform): float64 formulas put about 3% of pixels one level
+    # off OpenCV's integer BGR2HSV_FULL (upstream's HueTransform runs cv2.cvtColor), and
+    # rounded exact halves of HSV2BGR_FULL up where OpenCV's float32 arithmetic lands below.
+    # Values by hand from OpenCV's tables: sdiv[v] = rint(255 * 4096 / v),
+    # hdiv[diff] = rint(256 * 4096 / (6 * diff)), then (x * table + 2048) >> 12.
+    bgr = np.array([[[217, 163, 130], [209, 104, 10]]], np.uint8)
+    # pixel 0: v = 217 (blue), diff = 87: s = (87 * 4813 + 2048) >> 12 = 102,
+    # h = ((130 - 163 + 4 * 87) * 2009 + 2048) >> 12 = 155 (float64 gave 154)
+    np.testing.assert_array_equal(F.bgr_to_hsv(bgr), [[[155, 102, 217], [150, 243, 209]]])
+    # h = 101 (sector 2, f = 0.3671875), s = 160, v = 170: blue is exactly 102.5, which
+    # OpenCV's float32 steps leave just below (102); float64 gave 103
+    hsv = np.array([[[101, 160, 170]]], np.uint8)
+    np.testing.assert_array_equal(F.hsv_to_bgr(hsv), [[[102, 170, 63]]])
+
+
 def test_hue_rotates_colors_and_keeps_grays():
     bgr = np.array([[[0, 0, 255], [255, 0, 0], [90, 90, 90]]], dtype=np.uint8)  # red, blue, gray
     out = T.HueTransform((0.25, 0.25)).apply(bgr)

@@ -433,3 +433,64 @@ def _jitter_stats(rng):
                                f"quantile {edge:.3f}")
         return "ok"
     return Check(desc, fn)
+
+
+# ----- hue: OpenCV's HSV_FULL conversions, pixel by pixel -----
+
+def _cv_bgr2hsv(img):
+    """OpenCV's RGB2HSV_b (hrange 256): 12-bit reciprocal tables, integer arithmetic."""
+    sdiv = [0] + [int(np.rint((255 << 12) / i)) for i in range(1, 256)]
+    hdiv = [0] + [int(np.rint((256 << 12) / (6.0 * i))) for i in range(1, 256)]
+    out = np.zeros(img.shape, np.uint8)
+    for idx in np.ndindex(img.shape[:2]):
+        b, g, r = (int(c) for c in img[idx])
+        v, diff = max(b, g, r), max(b, g, r) - min(b, g, r)
+        s = (diff * sdiv[v] + 2048) >> 12
+        h = g - b if v == r else b - r + 2 * diff if v == g else r - g + 4 * diff
+        h = (h * hdiv[diff] + 2048) >> 12
+        out[idx] = (h + 256 if h < 0 else h, s, v)
+    return out
+
+
+def _cv_hsv2bgr(hsv):
+    """OpenCV's HSV2RGB_b: float32 steps (h * 6/256, s and v / 255), then * 255 rounded."""
+    f = np.float32
+    sectors = [(1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0)]
+    out = np.zeros(hsv.shape, np.uint8)
+    for idx in np.ndindex(hsv.shape[:2]):
+        h = f(hsv[idx][0]) * f(6.0 / 256)
+        s, v = f(hsv[idx][1]) * f(1 / 255), f(hsv[idx][2]) * f(1 / 255)
+        if s == 0:
+            bgr = (v, v, v)
+        else:
+            k = int(np.floor(h))
+            h = f(h - f(k))
+            tab = (v, v * (f(1) - s), v * (f(1) - s * h), v * (f(1) - s * (f(1) - h)))
+            bgr = tuple(tab[i] for i in sectors[k])
+        out[idx] = [min(max(int(np.rint(f(c * f(255)))), 0), 255) for c in bgr]
+    return out
+
+
+@op("HueTransform")
+def _hue(rng):
+    lo = float(rng.uniform(-0.5, 0.5))
+    value = float(rng.uniform(0, 0.5)) if rng.random() < 0.5 else \
+        (lo, float(rng.uniform(lo, 0.5)))
+    img, _, _ = _sample(rng, "uint8")
+    img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+    seed = int(rng.integers(2 ** 31))
+    desc = f"HueTransform({value}) on image{img.shape}, seed {seed}"
+
+    def fn():
+        np.random.seed(seed)
+        low, high = (-value, value) if isinstance(value, float) else value
+        want = img
+        if (low, high) != (0.0, 0.0):
+            hsv = _cv_bgr2hsv(img)
+            alpha = np.random.uniform(low, high)
+            # upstream adds np.uint8(alpha * 255) to the uint8 hue: wraps around the circle
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(alpha * 255)) % 256
+            want = _cv_hsv2bgr(hsv)
+        np.random.seed(seed)
+        return _compare(desc, T.HueTransform(value).apply(img), want)
+    return Check(desc, fn)
