@@ -292,6 +292,15 @@ def test_color_transforms():
         T.HueTransform(0.7)
 
 
+def test_to_gray_of_integer_images_is_opencvs_fixed_point():
+    # found by the fuzzer (ToGray): 0.114 * 244 + 0.587 * 47 + 0.299 * 7 = 57.498 rounds to
+    # 57, OpenCV's (1868 * 244 + 9617 * 47 + 4899 * 7 + 8192) >> 14 = 58 (upstream's cv2)
+    bgr = np.array([[[244, 47, 7]]], np.uint8)
+    assert F.to_gray(bgr).tolist() == [[[58]]]
+    assert F.to_gray(bgr.astype(np.uint16)).tolist() == [[[58]]]
+    np.testing.assert_allclose(F.to_gray(bgr.astype(np.float32)), [[[57.498]]], rtol=1e-6)
+
+
 def test_hsv_conversions_are_opencvs_to_the_level():
     # found by the fuzzer (HueTransform): float64 formulas put about 3% of pixels one level
     # off OpenCV's integer BGR2HSV_FULL (upstream's HueTransform runs cv2.cvtColor), and

@@ -494,3 +494,27 @@ def _hue(rng):
         np.random.seed(seed)
         return _compare(desc, T.HueTransform(value).apply(img), want)
     return Check(desc, fn)
+
+
+@op("ToGray")
+def _to_gray(rng):
+    """F.to_gray as cv2.cvtColor(BGR2GRAY): integer images in 14-bit fixed point, floats with
+    the float weights."""
+    dt = pick(rng, ["uint8", "uint16", "float32"])
+    img = _sample(rng, "float32")[0]
+    img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+    if dt != "float32":
+        img = rng.integers(0, 256 if dt == "uint8" else 65536, size=img.shape).astype(dt)
+    desc = f"to_gray(image{img.shape} {dt})"
+
+    def fn():
+        want = np.zeros(img.shape[:2] + (1,), img.dtype)
+        for idx in np.ndindex(img.shape[:2]):
+            b, g, r = img[idx]
+            if dt == "float32":
+                want[idx] = (np.float32(0.114) * b + np.float32(0.587) * g
+                             + np.float32(0.299) * r)
+            else:
+                want[idx] = (int(b) * 1868 + int(g) * 9617 + int(r) * 4899 + 8192) >> 14
+        return _compare(desc, VF.to_gray(img), want)
+    return Check(desc, fn)
