@@ -340,3 +340,18 @@ def test_noise_and_lighting():
     assert lit.dtype == np.float32
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0, 0], shift.shape), atol=1e-5)
     assert np.abs(shift).max() > 0
+
+
+def test_lighting_draws_its_strength_in_units_of_255_as_upstream():
+    # found writing the fuzzer's oracle: alpha ~ N(0, scale) moved a 0..255 image by about
+    # 0.02 levels at scale 0.1; upstream's latest draws N(0, 255 * scale)
+    image = np.full((2, 2, 3), 100.0, np.float32)
+    np.random.seed(3)
+    alpha = np.random.normal(scale=0.1 * 255, size=3)
+    eigvec = np.array([[-0.5836, -0.6948, 0.4203], [-0.5808, -0.0045, -0.8140],
+                       [-0.5675, 0.7192, 0.4009]])
+    want = 100 + eigvec @ (alpha * np.array([0.2175, 0.0188, 0.0045]))
+    np.random.seed(3)
+    lit = T.Lighting(0.1).apply(image)
+    np.testing.assert_allclose(lit[0, 0], want, rtol=1e-6)
+    assert np.abs(lit - image).max() > 1  # a visible change

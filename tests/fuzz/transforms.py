@@ -518,3 +518,41 @@ def _to_gray(rng):
                 want[idx] = (int(b) * 1868 + int(g) * 9617 + int(r) * 4899 + 8192) >> 14
         return _compare(desc, VF.to_gray(img), want)
     return Check(desc, fn)
+
+
+# ----- noise: GaussianNoise and Lighting replayed from a seed -----
+
+_EIGVEC = np.array([[-0.5836, -0.6948, 0.4203], [-0.5808, -0.0045, -0.8140],
+                    [-0.5675, 0.7192, 0.4009]])  # ImageNet's, rows reversed for BGR
+_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+
+
+@op("Noise")
+def _noise(rng):
+    lighting = rng.random() < 0.5
+    img = _sample(rng)[0]
+    if lighting and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    # (float32-exact: upstream keeps them as float32 arrays, which numpy's normal reads back)
+    mean, std = float(pick(rng, [-0.03125, 0.0, 0.015625])), float(pick(rng, [0.0, 2 ** -7,
+                                                                           0.125]))
+    scale = float(pick(rng, [0.0, 0.05, 0.2]))
+    seed = int(rng.integers(2 ** 31))
+    desc = (f"{'Lighting(' + str(scale) if lighting else f'GaussianNoise({mean:.3f}, {std}'}) "
+            f"on image{img.shape} {img.dtype}, seed {seed}")
+
+    def fn():
+        np.random.seed(seed)
+        if lighting:
+            # upstream: alpha ~ N(0, 255 * scale), added along the PCA axes, clipped, cast
+            want = img if scale == 0 else (
+                img.astype(np.float32) + _EIGVEC @ (np.random.normal(scale=scale * 255, size=3)
+                                                    * _EIGVAL)).clip(0, 255).astype(img.dtype)
+            t = T.Lighting(scale)
+        else:
+            noise = np.random.normal(mean, std, img.shape) * 255
+            want = np.clip(img + noise.astype(np.float32), 0, 255).astype(img.dtype)
+            t = T.GaussianNoise(mean, std)
+        np.random.seed(seed)
+        return _compare(desc, t.apply(img), want)
+    return Check(desc, fn)
