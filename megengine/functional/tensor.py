@@ -313,6 +313,11 @@ def split(inp, nsplits_or_sections, axis=0):
 def repeat(inp, repeats, axis=None):
     """Repeat each element ``repeats`` times along ``axis`` (None: of the flattened tensor)."""
     inp = _tensor(inp)
+    if isinstance(repeats, (list, tuple)) or getattr(repeats, "ndim", 0) != 0:
+        # (torch's repeat_interleave takes per-element counts; upstream's repeats is one int)
+        raise TypeError(f"repeat: repeats must be one int (every element repeated alike), got "
+                        f"{repeats!r}; for per-element counts index with "
+                        "np.repeat(np.arange(n), counts)")
     repeats = int(repeats)
     if repeats < 1:
         raise ValueError(f"repeat: repeats must be >= 1, got {repeats}")

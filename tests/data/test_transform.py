@@ -200,6 +200,18 @@ def test_random_resized_crop():
         assert (coords <= 0).all()  # the origin can only move up-left of the crop
 
 
+def test_random_resized_crop_of_a_thin_image_keeps_a_pixel_and_resize_refuses_empty_images():
+    # found by the fuzzer: a 1 x 10 image with ratios near 1/3 fails every try, and the central
+    # fallback rounded its width 1 * 0.35 to 0; the empty window reached numpy as an IndexError
+    image = np.arange(10, dtype=np.uint8).reshape(1, 10, 1)
+    t = T.RandomResizedCrop(3, scale_range=(0.9, 1.0), ratio_range=(0.3, 0.35))
+    np.random.seed(0)
+    assert t._get_coord(image) == (4, 0, 1, 1)  # the central pixel
+    np.testing.assert_array_equal(t.apply(image), np.full((3, 3, 1), 4, np.uint8))
+    with pytest.raises(ValueError, match="non-empty image"):
+        F.resize(np.zeros((1, 0, 3), np.uint8), (2, 2))
+
+
 def test_normalize_tomode_and_compose_order():
     image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     mask = np.ones((2, 2, 1), np.uint8)
@@ -280,6 +292,31 @@ def test_color_transforms():
         T.HueTransform(0.7)
 
 
+def test_to_gray_of_integer_images_is_opencvs_fixed_point():
+    # found by the fuzzer (ToGray): 0.114 * 244 + 0.587 * 47 + 0.299 * 7 = 57.498 rounds to
+    # 57, OpenCV's (1868 * 244 + 9617 * 47 + 4899 * 7 + 8192) >> 14 = 58 (upstream's cv2)
+    bgr = np.array([[[244, 47, 7]]], np.uint8)
+    assert F.to_gray(bgr).tolist() == [[[58]]]
+    assert F.to_gray(bgr.astype(np.uint16)).tolist() == [[[58]]]
+    np.testing.assert_allclose(F.to_gray(bgr.astype(np.float32)), [[[57.498]]], rtol=1e-6)
+
+
+def test_hsv_conversions_are_opencvs_to_the_level():
+    # found by the fuzzer (HueTransform): float64 formulas put about 3% of pixels one level
+    # off OpenCV's integer BGR2HSV_FULL (upstream's HueTransform runs cv2.cvtColor), and
+    # rounded exact halves of HSV2BGR_FULL up where OpenCV's float32 arithmetic lands below.
+    # Values by hand from OpenCV's tables: sdiv[v] = rint(255 * 4096 / v),
+    # hdiv[diff] = rint(256 * 4096 / (6 * diff)), then (x * table + 2048) >> 12.
+    bgr = np.array([[[217, 163, 130], [209, 104, 10]]], np.uint8)
+    # pixel 0: v = 217 (blue), diff = 87: s = (87 * 4813 + 2048) >> 12 = 102,
+    # h = ((130 - 163 + 4 * 87) * 2009 + 2048) >> 12 = 155 (float64 gave 154)
+    np.testing.assert_array_equal(F.bgr_to_hsv(bgr), [[[155, 102, 217], [150, 243, 209]]])
+    # h = 101 (sector 2, f = 0.3671875), s = 160, v = 170: blue is exactly 102.5, which
+    # OpenCV's float32 steps leave just below (102); float64 gave 103
+    hsv = np.array([[[101, 160, 170]]], np.uint8)
+    np.testing.assert_array_equal(F.hsv_to_bgr(hsv), [[[102, 170, 63]]])
+
+
 def test_hue_rotates_colors_and_keeps_grays():
     bgr = np.array([[[0, 0, 255], [255, 0, 0], [90, 90, 90]]], dtype=np.uint8)  # red, blue, gray
     out = T.HueTransform((0.25, 0.25)).apply(bgr)
@@ -303,3 +340,18 @@ def test_noise_and_lighting():
     assert lit.dtype == np.float32
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0, 0], shift.shape), atol=1e-5)
     assert np.abs(shift).max() > 0
+
+
+def test_lighting_draws_its_strength_in_units_of_255_as_upstream():
+    # found writing the fuzzer's oracle: alpha ~ N(0, scale) moved a 0..255 image by about
+    # 0.02 levels at scale 0.1; upstream's latest draws N(0, 255 * scale)
+    image = np.full((2, 2, 3), 100.0, np.float32)
+    np.random.seed(3)
+    alpha = np.random.normal(scale=0.1 * 255, size=3)
+    eigvec = np.array([[-0.5836, -0.6948, 0.4203], [-0.5808, -0.0045, -0.8140],
+                       [-0.5675, 0.7192, 0.4009]])
+    want = 100 + eigvec @ (alpha * np.array([0.2175, 0.0188, 0.0045]))
+    np.random.seed(3)
+    lit = T.Lighting(0.1).apply(image)
+    np.testing.assert_allclose(lit[0, 0], want, rtol=1e-6)
+    assert np.abs(lit - image).max() > 1  # a visible change

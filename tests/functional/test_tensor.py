@@ -148,6 +148,16 @@ def test_repeat(axis):
     check(lambda t: F.repeat(t, 3, axis), lambda t: torch.repeat_interleave(t, 3, axis), rand(2, 3))
 
 
+def test_repeat_takes_one_count_as_upstream_and_says_so_for_a_list():
+    # found by the fuzzer (repeat_forms): a list reached int() and raised numpy's TypeError
+    x = mge.tensor(np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(F.repeat(x, np.int64(2)).numpy(), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(F.repeat(x, mge.tensor(2)).numpy(), [0, 0, 1, 1, 2, 2])
+    for counts in ([1, 2, 1], mge.tensor([1, 2, 1])):
+        with pytest.raises(TypeError, match="repeats must be one int.*per-element"):
+            F.repeat(x, counts)
+
+
 @pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3)], ids=str)
 def test_tile(reps):
     check(lambda t: F.tile(t, reps), lambda t: t.repeat(*reps), rand(2, 3))

@@ -1,2 +1,4 @@
 """Seeded differential fuzzing of megengine against PyTorch and hand oracles (functional ops,
-layers, optimizers and schedulers, second-order autodiff): `python -m tests.fuzz`."""
+layers, optimizers and schedulers, second-order autodiff; F.vision's sampling ops and
+correlation, quantization from fake quantization to quantized kernels, and the data
+transforms against numpy oracles of upstream's documented behaviour): `python -m tests.fuzz`."""

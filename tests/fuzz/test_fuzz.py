@@ -30,7 +30,8 @@ def test_every_family_is_fuzzed():
     families = {family for family, _ in OPS.values()}
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
-                        "module", "optimizer", "scheduler", "grad2"}
+                        "module", "optimizer", "scheduler", "grad2", "quantization",
+                        "transform"}
 
 
 # ----- the runner must fail where megengine is wrong -----
@@ -137,3 +138,64 @@ def test_second_order_runner_catches_a_wrong_hessian():
                          (1e-4, 1e-5))
     finally:
         del grad2.UNARY["probe"]
+
+
+# ----- the third round's oracles must fail where megengine is wrong -----
+
+def test_numpy_oracle_catches_a_wrong_gradient():
+    from .oracle import numpy_oracle
+    from .vision_warp import _correlation
+
+    rng = np.random.default_rng(0)
+    d1, d2 = (rng.standard_normal((1, 2, 4, 4)).astype(np.float32) for _ in range(2))
+    args = (1, 1, 1, 1, 0, True)
+    oracle = numpy_oracle(lambda a, b: _correlation(a, b, *args), stacked=True)
+    run(Case("probe", [d1, d2], lambda a, b: F.vision.correlation(a, b, *args), oracle,
+             layouts=False), rng)  # the right gradient passes
+    with pytest.raises(Mismatch, match="grad of input 1"):
+        run(Case("probe", [d1, d2], lambda a, b: F.vision.correlation(
+            a, b * 2 - b.detach(), *args), oracle, layouts=False), rng)
+
+
+def test_transform_statistics_catch_a_biased_flip():
+    import megengine.data.transform as T
+
+    from . import transforms
+
+    class Biased(T.RandomHorizontalFlip):
+        def __init__(self, prob=0.5, *, order=None):
+            super().__init__(prob * 0.5, order=order)  # flips half as often as asked
+
+    real = T.RandomHorizontalFlip
+    T.RandomHorizontalFlip = Biased
+    caught = 0
+    try:
+        for seed in range(60):
+            case = transforms.OPS["RandomFlip"][1](np.random.default_rng(seed))
+            if "Horizontal" not in case.desc or "(0.5)" not in case.desc:
+                continue
+            try:
+                case.fn()  # (an image equal to its mirror passes: no flip to see)
+            except Mismatch as e:
+                assert "samples flipped" in str(e)
+                caught += 1
+    finally:
+        T.RandomHorizontalFlip = real
+    assert caught >= 3
+
+
+def test_qat_network_check_catches_a_truncating_quantized_kernel(monkeypatch):
+    from megengine.core.tensor import dtype as mdtype
+
+    from . import quant
+
+    # quantize()'s integer layers truncating instead of rounding (halves away from zero)
+    monkeypatch.setattr(mdtype, "round_half_away", lambda xp, x: xp.trunc(x))
+    bad = 0
+    for seed in range(6):
+        try:
+            quant.OPS["qat_network"][1](np.random.default_rng([seed, 1])).fn()
+        except Mismatch as e:
+            assert "quantize() against the QAT network" in str(e)
+            bad += 1
+    assert bad >= 4

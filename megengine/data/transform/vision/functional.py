@@ -60,11 +60,18 @@ def _cast_like(values, dtype):
 
 @wrap_keepdims
 def to_gray(image):
-    r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R``."""
+    r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` (uint8 and
+    uint16 in OpenCV's fixed point: ``(1868 B + 9617 G + 4899 R + 2**13) >> 14``)."""
     if image.shape[2] == 1:
         return image.copy()
     if image.shape[2] not in (3, 4):
         raise ValueError("to_gray needs a BGR(A) image with 3 or 4 channels, got {}".format(image.shape[2]))
+    if image.dtype in (np.uint8, np.uint16):
+        # OpenCV's integer path (upstream calls cv2.cvtColor): 14-bit fixed-point weights,
+        # rounded (float weights put about 0.2% of uint8 pixels one level off)
+        b, g, r = (image[:, :, k].astype(np.int64) for k in range(3))
+        gray = (b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14
+        return gray.astype(image.dtype)[:, :, None]
     weights = np.array([0.114, 0.587, 0.299], dtype=np.float32)
     gray = image[:, :, :3].astype(np.float32) @ weights
     return _cast_like(gray, image.dtype)[:, :, None]
@@ -161,6 +168,8 @@ def resize(input, size, interpolation=INTER_LINEAR):
     if th <= 0 or tw <= 0:
         raise ValueError("resize needs a positive target size, but got {!r}".format(size))
     h, w, _ = input.shape
+    if h == 0 or w == 0:
+        raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
     if interpolation == INTER_NEAREST:
         return input[_nearest_index(h, th)][:, _nearest_index(w, tw)]
     if interpolation != INTER_LINEAR:
@@ -179,33 +188,49 @@ def resize(input, size, interpolation=INTER_LINEAR):
     return _cast_like(out, input.dtype)
 
 
+# OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its
+# RGB2HSV_b); HSV_FULL -> BGR runs in float32 (HSV2RGB_f) and rounds to even. Upstream's
+# HueTransform goes through both, so they are emulated step for step: float64 formulas differ
+# in about 3% of pixels by one level (H or S) and on exact halves of the way back.
+_HSV_SHIFT = 12
+_SDIV = np.array([0] + [int(np.rint((255 << _HSV_SHIFT) / i)) for i in range(1, 256)], np.int64)
+_HDIV = np.array([0] + [int(np.rint((256 << _HSV_SHIFT) / (6.0 * i))) for i in range(1, 256)],
+                 np.int64)
+
+
 def bgr_to_hsv(image):
-    r"""uint8 BGR (H, W, 3) to full-range HSV: H, S, V all in [0, 255] (OpenCV's COLOR_BGR2HSV_FULL)."""
-    bgr = np.asarray(image, dtype=np.float64)
+    r"""uint8 BGR (H, W, 3) to full-range HSV: H, S, V all in [0, 255] (OpenCV's
+    COLOR_BGR2HSV_FULL, its integer algorithm)."""
+    bgr = np.asarray(image).astype(np.int64)
     b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
     v = bgr.max(axis=-1)
     diff = v - bgr.min(axis=-1)
-    safe = np.where(diff > 0, diff, 1.0)
-    s = np.where(v > 0, diff / np.where(v > 0, v, 1.0), 0.0) * 255.0
-    hue = np.where(
-        v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
-    ) * 60.0
-    hue = np.where(diff > 0, hue % 360.0, 0.0)
-    h = np.rint(hue * 256.0 / 360.0) % 256
-    return np.stack([h, np.rint(s), v], axis=-1).astype(np.uint8)
+    half = 1 << (_HSV_SHIFT - 1)
+    s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
+    # the sextant's offset: red is the maximum first, then green, then blue
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _HDIV[diff] + half) >> _HSV_SHIFT  # an arithmetic (floor) shift, as C's
+    h = np.where(h < 0, h + 256, h)
+    return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
 
 def hsv_to_bgr(image):
-    r"""Full-range uint8 HSV (H, W, 3) back to uint8 BGR (OpenCV's COLOR_HSV2BGR_FULL)."""
-    hsv = np.asarray(image, dtype=np.float64)
-    h = hsv[..., 0] * 6.0 / 256.0  # sextant position in [0, 6)
-    s, v = hsv[..., 1] / 255.0, hsv[..., 2]
-    sector = np.floor(h).astype(np.intp) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    r"""Full-range uint8 HSV (H, W, 3) back to uint8 BGR (OpenCV's COLOR_HSV2BGR_FULL, in
+    float32 as OpenCV computes it)."""
+    hsv = np.asarray(image)
+    f32 = np.float32
+    h = hsv[..., 0].astype(f32) * f32(6.0 / 256)  # sextant position in [0, 6)
+    s = hsv[..., 1].astype(f32) * f32(1.0 / 255)
+    v = hsv[..., 2].astype(f32) * f32(1.0 / 255)
+    sector = np.floor(h).astype(np.intp)
+    f = h - sector.astype(f32)
+    one = f32(1)
+    p, q, t = v * (one - s), v * (one - s * f), v * (one - s * (one - f))
     # (r, g, b) per sector
     table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
     r = np.choose(sector, [c[0] for c in table])
     g = np.choose(sector, [c[1] for c in table])
     b = np.choose(sector, [c[2] for c in table])
-    return _cast_like(np.stack([b, g, r], axis=-1), np.uint8)
+    gray = s == 0  # OpenCV's shortcut: no saturation, all channels v
+    bgr = np.stack([np.where(gray, v, b), np.where(gray, v, g), np.where(gray, v, r)], axis=-1)
+    return _cast_like(bgr * f32(255), np.uint8)

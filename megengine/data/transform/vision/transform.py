@@ -484,6 +484,9 @@ class RandomResizedCrop(VisionTransform):
             w, h = int(round(height * max(self.ratio_range))), height
         else:
             w, h = width, height
+        # at least one pixel: a thin image (1 x 3 with ratios near 0.4) would round to an empty
+        # window, which upstream hands to cv2.resize and fails on
+        w, h = max(w, 1), max(h, 1)
         return (width - w) // 2, (height - h) // 2, w, h
 
 
@@ -753,7 +756,7 @@ class ColorJitter(VisionTransform):
 
 class Lighting(_ColorTransform):
     r"""AlexNet-style PCA lighting noise: add ``eigvec @ (alpha * eigval)`` with
-    ``alpha ~ N(0, scale)`` per sample, for BGR images.
+    ``alpha ~ N(0, 255 * scale)`` per sample, for BGR images in [0, 255].
 
     Args:
         scale: standard deviation of ``alpha``; 0 leaves the image as is.
@@ -774,6 +777,8 @@ class Lighting(_ColorTransform):
         if self.scale == 0:
             return image
         dtype = image.dtype
-        alpha = np.random.normal(scale=self.scale, size=3)
+        # in units of 255, as GaussianNoise's std (upstream's latest; its 1.0-era N(0, scale)
+        # moved a 0..255 image by a hundredth of a level at scale 0.1: no visible change)
+        alpha = np.random.normal(scale=self.scale * 255, size=3)
         image = image.astype(np.float32) + self.eigvec.dot(alpha * self.eigval)
         return image.clip(0, 255).astype(dtype)
