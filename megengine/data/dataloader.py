@@ -432,6 +432,7 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
     torch = sys.modules.get("torch")
     if torch is not None:  # its CPU thread pool does not survive fork: a dataset that runs a
         torch.set_num_threads(1)  # parallel torch op here would hang (torch's workers do this)
+        os.environ["MGE_NUM_THREADS"] = "1"  # (what the engine's ATen kernels set at load)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     parent = os.getppid()

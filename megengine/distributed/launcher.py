@@ -67,6 +67,7 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
             import torch
 
             torch.set_num_threads(1)
+            os.environ["MGE_NUM_THREADS"] = "1"  # (what the engine's ATen kernels set at load)
         init_process_group(rank=rank, device=local_rank, **options)
         profiler = _own_profiler(profile)
         try:

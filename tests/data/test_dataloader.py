@@ -433,4 +433,4 @@ def test_workers_run_torch_kernels_after_the_main_process_ran_one():
         "ds = Convolved(np.arange(4))\n"
         "dl = DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2, timeout=60)\n"
         "print([b[0].tolist() for b in dl] == [[want, want + 1], [want + 2, want + 3]])\n")
-    assert run_python(code) == ["True"]
+    assert run_python(code, MGE_NUM_THREADS="2") == ["True"]
