@@ -563,9 +563,15 @@ class _Program:
         from .shape_guards import FixedShape
 
         if not self.dyn_sizes:
+            # (checked once the step that makes it has run: found in these steps, which are
+            # not the recorded ones in the program `arith_opt.optimized` makes)
+            made_at = {}
+            for k, step in enumerate(self.steps):
+                for s in _made_by(step):
+                    made_at.setdefault(s, k)
             for s, shape in self.dyn_read.items():
-                k = self.slots[s].step  # (checked once the step that makes it has run)
-                by_pos.setdefault(k + 1, []).append(FixedShape(s, shape))
+                if s in made_at:
+                    by_pos.setdefault(made_at[s] + 1, []).append(FixedShape(s, shape))
             return ()
         dyn = self.dyn_slots
         for step in self.steps:
@@ -616,6 +622,13 @@ def _immutable(v):
     if type(v) is tuple:
         return all(_immutable(x) for x in v)
     return False
+
+
+def _made_by(step):
+    """The slots step ``step`` makes."""
+    t = type(step)
+    return (step.outs if t is _OpStep else (step.out,) if t is _AliasStep else
+            [s for _, s in step.out_paths])
 
 
 def _slots_used(step):

@@ -392,7 +392,8 @@ def optimized(prog):
             steps.extend((k, copy.copy(s)) for s in step.rewrite)
         else:
             steps.append((k, copy.copy(step)))
-    used = set(_refs_in(prog.out)) | {s for _, s, _ in prog.guards}
+    # (and the values whose shapes a replay checks: see `_Program._dyn_checks`)
+    used = set(_refs_in(prog.out)) | {s for _, s, _ in prog.guards} | set(prog.dyn_read)
     for tree, _, _, _ in prog.shape_guards:  # (sizes a dumped program checks: see shape_guards)
         used.update(_refs_in(_DimExpr(tree)))
     kept = []
