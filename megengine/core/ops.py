@@ -500,7 +500,9 @@ class Transpose(Op):
 
 
 def normalize_index(index, shape):
-    """An index with Tensors turned into arrays, ready for array indexing."""
+    """An index with Tensors turned into arrays, ready for array indexing. ``shape``: the
+    indexed tensor's, or the tensor (its shape is then read only where a 1-d bool mask needs
+    it: a trace notes reads of shapes that data decides)."""
     if not isinstance(index, tuple):
         index = (index,)
     out = []
@@ -531,6 +533,8 @@ def _bool_masks_as_positions(index, shape):
     if not any(getattr(i, "dtype", None) is not None and i.dtype == np.bool_ and i.ndim == 1
                for i in index):
         return index
+    if hasattr(shape, "_data"):
+        shape = shape.shape
     used = sum(0 if i is None or i is Ellipsis else
                (i.ndim if getattr(i, "dtype", None) is not None and i.dtype == np.bool_ else 1)
                for i in index)

@@ -286,6 +286,10 @@ def plan(prog, k, op, ins, metas, out_slot):
     rule = RULES.get(type(op))
     if rule is None or metas is None or len(ins) != len(metas):
         return None
+    if not prog.dyn_sizes and not prog.symbolic_shape and any(s in prog.dyn_slots for s in ins):
+        # a value whose shape data decides, in a program of fixed sizes: the replacement's
+        # broadcast shapes would be the traced ones (see `_Program.dyn_slots`)
+        return None
     b = _Builder(prog, k, op, ins, metas)
     try:
         result = rule(b)
