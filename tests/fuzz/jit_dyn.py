@@ -113,8 +113,9 @@ def _use(rng, pos, nonempty, pair):
         return pick(rng, [
             "h = h + v.sum() / («R:v».shape[0] + 1)",
             "z = F.zeros((«R:v».shape[0], 3)) + 1.0\nh = h + F.log(z.sum() + 1.0) * 0.1",
-            "r = v.reshape(«R:v».shape[0], -1)\nh = h + F.tanh((r * r).sum() * 0.1)",
-            "a = F.arange(«R:v».shape[0])\nh = h + (v * a).sum() / («R:v».shape[0] * «R:v».shape[0] + 1)",
+            "r = v.reshape(«R:v».shape[0], 1)\nh = h + F.tanh((r * r).sum() * 0.1)",
+            "a = F.arange(«R:v».shape[0])\n"
+            "h = h + (v * a).sum() / («R:v».shape[0] * «R:v».shape[0] + 1)",
             "v = F.concat([v, F.ones((2,))])",
             "h = h + F.tanh((v.reshape(«R:v».shape[0], 1) * F.ones((1, 3))).sum() * 0.05)",
             "h = h + F.tanh(F.broadcast_to(v.reshape(-1, 1), («R:v».shape[0], 2)).sum() * 0.1)",
