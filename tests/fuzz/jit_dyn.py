@@ -6,8 +6,8 @@ upstream's arithmetic rewrites, and Python uses of their sizes (``int(n)``, ``if
 Where a step reads such a size it marks the read, so that the oracle can say what a trace must do
 when a later call's data gives another size (`jit_check`): ``«R:v»`` reads ``v``'s shape into an
 op, ``«Q:v»`` into a Python value only, ``«O:v»`` into a returned value only, ``«P:expr»`` is a
-Python value made from a size. A program's plain source drops the marks; its probe source (run eagerly as the oracle) logs
-them through `Probe`."""
+Python value made from a size. A program's plain source drops the marks; its probe source (run
+eagerly as the oracle) logs them through `Probe`."""
 import re
 
 from .gen import pick
