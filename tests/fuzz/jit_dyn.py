@@ -163,8 +163,8 @@ def step(rng, st):
         u = _use(rng, pos, nonempty, pair)
         if u is None:
             continue
-        if u.startswith("v = F.concat"):
-            pair = None  # (w no longer has v's shape)
+        if u.startswith("v = F.concat") or "h = " in u:
+            pair = None  # (w would no longer have v's shape: v grew, or h changed)
         if "F.exp(v" in u:  # (which values stay positive: v / v is 1 only for those)
             pos = True
         elif "F.relu" in u or "v * w" in u:
