@@ -304,3 +304,21 @@ def test_network_dump_keeps_a_guard_on_a_value_the_outputs_do_not_read():
     np.testing.assert_allclose(out, fn(mge.tensor(x[:, ::-1].copy())).numpy())
     with pytest.raises(ShapeGuardError, match="data decides a size"):
         g.run(np.array([[1, -2, -3], [1, -2, -3]], "float32"))
+
+
+@pytest.mark.parametrize("mode", ["symbolic=True", "without_host", "capture_as_const"])
+def test_a_mask_shorter_than_its_axis_follows_the_data(mode):
+    # upstream reads a 1-d mask shorter than its axis as the positions of its True entries;
+    # those positions were made once, outside the op, when indexing: a checked call refused
+    # any other mask (operator mismatch) and a replay silently used the traced positions
+    def fn(x):
+        m = x[0, :3] > 0
+        y = x * 1.0
+        y[:, m] = 0.0  # (ASR-Transformer's kl[..., pad_mask] = 0)
+        return x[:, m] * 2 + y[:, m].sum()
+
+    f = trace(fn, **MODES[mode])
+    x1 = np.array([[1, 2, -3, 4], [5, 6, 7, 8]], "float32")
+    f(mge.tensor(x1))
+    for x in (x1, x1 * [[-1], [1]], np.array([[-1, -2, 3, 4], [5, 6, 7, 8]], "float32")):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), fn(mge.tensor(x)).numpy())
