@@ -499,8 +499,10 @@ class Transpose(Op):
         return (dispatch.apply(Transpose(inverse), g),)
 
 
-def normalize_index(index, shape):
-    """An index with Tensors turned into arrays, ready for array indexing."""
+def normalize_index(index):
+    """An index with Tensors turned into arrays, ready for array indexing. (A 1-d bool mask
+    stays a mask: the op reads it as upstream does when it runs, see `_bool_masks_as_positions`,
+    so that a trace sees the mask's value, not positions made from it once.)"""
     if not isinstance(index, tuple):
         index = (index,)
     out = []
@@ -519,7 +521,7 @@ def normalize_index(index, shape):
             i = slice(*(b.__index__() if hasattr(b, "_data") else b
                         for b in (i.start, i.stop, i.step)))
         out.append(i)
-    return _bool_masks_as_positions(tuple(out), shape)
+    return tuple(out)
 
 
 def _bool_masks_as_positions(index, shape):
@@ -576,6 +578,7 @@ class GetItem(Op):
 
     def forward(self, x):
         self.in_shape, self.in_dtype = x.shape, x.dtype
+        self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
             return x[self.index]
         except IndexError as e:
@@ -625,6 +628,7 @@ class SetItem(Op):
 
     def forward(self, x, v):
         out = x.copy()
+        self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
             out[self.index] = v
         except (IndexError, ValueError) as e:

@@ -599,7 +599,7 @@ class Tensor(metaclass=_TensorType):
 
     # ----- indexing -----
     def __getitem__(self, index):
-        return dispatch.apply(_ops.GetItem(_ops.normalize_index(index, self.shape)), self)
+        return dispatch.apply(_ops.GetItem(_ops.normalize_index(index)), self)
 
     def __setitem__(self, index, value):
         if index is Ellipsis and isinstance(value, Tensor) and value.shape != self.shape:
@@ -610,7 +610,7 @@ class Tensor(metaclass=_TensorType):
             self._inplace(dispatch.apply(_ops.Copy(self._device), value))
             self._format = value._format
             return
-        idx = _ops.normalize_index(index, self.shape)
+        idx = _ops.normalize_index(index)
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None
         value = _operand(value, self)

@@ -483,8 +483,8 @@ class _Program:
             if pos:  # checked after step pos - 1: its value lives until then
                 last[s] = max(last.get(s, pos - 1), pos - 1)
         guards = self.shape_guards if self.check_shapes is not None else ()
-        if self.dyn_slots and self.check_shapes is None:  # replays where data decides shapes
-            guards = self._dyn_checks(by_pos)
+        if (self.dyn_slots or self.dyn_read) and self.check_shapes is None:
+            guards = self._dyn_checks(by_pos)  # (replays where data decides shapes)
         if guards:  # a loaded program run at any shape: see shape_guards
             from .shape_guards import schedule
             for pos, guard in schedule(self, guards):
@@ -563,15 +563,31 @@ class _Program:
         from .shape_guards import FixedShape
 
         if not self.dyn_sizes:
+            # (checked once the step that makes it has run: found in these steps, which are
+            # not the recorded ones in the program `arith_opt.optimized` makes)
+            made_at = {}
+            for k, step in enumerate(self.steps):
+                for s in _made_by(step):
+                    made_at.setdefault(s, k)
             for s, shape in self.dyn_read.items():
-                k = self.slots[s].step  # (checked once the step that makes it has run)
-                by_pos.setdefault(k + 1, []).append(FixedShape(s, shape))
+                if s in made_at:
+                    by_pos.setdefault(made_at[s] + 1, []).append(
+                        FixedShape(s, shape, getattr(self, "loaded", False)))
             return ()
+        from .arith_opt import is_identity_step
+
         dyn = self.dyn_slots
         for step in self.steps:
             if type(step) is _OpStep and step.sym and any(
                     s in dyn for _, f in step.sym for s in _refs_in(f)):
-                step.dyn = tuple({**dict(step.dyn or ()), **dict(step.sym)}.items())
+                sym = step.sym
+                if is_identity_step(step):
+                    # a rewrite whose result is its input (log(exp(a)) -> a): its input's shape
+                    # at any shape; the values its recorded expression reads may not be made
+                    # in the optimized program (`arith_opt.optimized` drops them)
+                    sym = (("shape", (tuple, tuple(_DimExpr(("dim", step.ins[0], ax))
+                                                   for ax in range(len(step.metas[0][0]))))),)
+                step.dyn = tuple({**dict(step.dyn or ()), **dict(sym)}.items())
         from .shape_guards import _slots
         return [g for g in self.shape_guards if _slots(g[0]) & dyn]
 
@@ -616,6 +632,13 @@ def _immutable(v):
     if type(v) is tuple:
         return all(_immutable(x) for x in v)
     return False
+
+
+def _made_by(step):
+    """The slots step ``step`` makes."""
+    t = type(step)
+    return (step.outs if t is _OpStep else (step.out,) if t is _AliasStep else
+            [s for _, s in step.out_paths])
 
 
 def _slots_used(step):

@@ -286,6 +286,10 @@ def plan(prog, k, op, ins, metas, out_slot):
     rule = RULES.get(type(op))
     if rule is None or metas is None or len(ins) != len(metas):
         return None
+    if not prog.dyn_sizes and not prog.symbolic_shape and any(s in prog.dyn_slots for s in ins):
+        # a value whose shape data decides, in a program of fixed sizes: the replacement's
+        # broadcast shapes would be the traced ones (see `_Program.dyn_slots`)
+        return None
     b = _Builder(prog, k, op, ins, metas)
     try:
         result = rule(b)
@@ -392,7 +396,8 @@ def optimized(prog):
             steps.extend((k, copy.copy(s)) for s in step.rewrite)
         else:
             steps.append((k, copy.copy(step)))
-    used = set(_refs_in(prog.out)) | {s for _, s, _ in prog.guards}
+    # (and the values whose shapes a replay checks: see `_Program._dyn_checks`)
+    used = set(_refs_in(prog.out)) | {s for _, s, _ in prog.guards} | set(prog.dyn_read)
     for tree, _, _, _ in prog.shape_guards:  # (sizes a dumped program checks: see shape_guards)
         used.update(_refs_in(_DimExpr(tree)))
     kept = []

@@ -218,6 +218,10 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
              "metadata": (metadata_json(w, user_info, False, options) if enable_metadata
                           else None)}
     graph.update(shapes_json(prog.symbolic_shape, prog.shape_guards))
+    if prog.dyn_read and not prog.dyn_sizes:
+        # fixed sizes read from values whose shapes data decides: a run checks those shapes
+        # (see `_Program._dyn_checks`), as a replay of the trace does
+        graph["fixed_shapes"] = [[s, list(shape)] for s, shape in prog.dyn_read.items()]
     if input_data is not None:
         data = write_file(graph, w, None)  # the program as the file holds it computes the cases
         cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
@@ -489,6 +493,8 @@ def load(file, device=None):
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
     prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
+    prog.dyn_read = {s: tuple(shape) for s, shape in graph.get("fixed_shapes", ())}
+    prog.loaded = True  # (its checks' messages speak of a file, not of a replay)
     if prog.symbolic_shape:
         from .shape_guards import ShapeContext
         prog.check_shapes = ShapeContext(

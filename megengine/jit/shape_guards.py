@@ -108,17 +108,26 @@ def _value_dim(prog):
 
 class FixedShape:
     """A replay's check of a value whose shape data decides, in a program that recorded its
-    sizes as plain values (``symbolic_shape=False``): it must have its traced shape."""
+    sizes as plain values (``symbolic_shape=False``): it must have its traced shape. In a
+    loaded program (``loaded``) a differing shape raises ShapeGuardError, as its other checks."""
 
-    __slots__ = ("slot", "shape")
+    __slots__ = ("slot", "shape", "loaded")
 
-    def __init__(self, slot, shape):
-        self.slot, self.shape = slot, tuple(shape)
+    def __init__(self, slot, shape, loaded=False):
+        self.slot, self.shape, self.loaded = slot, tuple(shape), loaded
 
     def check(self, prog, values):
         now = values[self.slot]._data.shape
         if now == self.shape:
             return
+        if self.loaded:
+            raise ShapeGuardError(
+                f"run: data decides the shape of {prog.describe(self.slot) or 'a value'} "
+                f"(cond_take, a boolean mask, nms): it is {tuple(now)} now, {self.shape} when "
+                "traced, and the traced code read its size. This file records fixed sizes "
+                "(traced with symbolic_shape=False), so ops built from that size would be "
+                "wrong. Dump a trace with symbolic_shape=True (the default): its sizes follow "
+                "the data")
         from ._program import TraceMismatchError
         raise TraceMismatchError(
             f"replaying: {prog.describe(self.slot)} has shape {tuple(now)}; it had "

@@ -46,6 +46,7 @@ class Network:
         self._symbolic_shape = False  # made by ops at fixed shapes, unless loaded from a file
         self._shape_guards = []  # that says otherwise (with these guards, on VarNodes)
         self._fixed_file = False  # loaded from a file that records fixed shapes
+        self._fixed_shapes = []  # (VarNode, shape): a fixed file's data-decided shapes it read
         self.all_oprs_map = collections.OrderedDict()
         self.all_vars_map = collections.OrderedDict()
         self._graph = None
@@ -140,6 +141,8 @@ class Network:
         self._fixed_file = not self._symbolic_shape  # (reset_batch_size warns about it)
         self._shape_guards = [(_map_dim_leaves(tree, slot_var.get), value, kind, where)
                               for tree, value, kind, where in guards]
+        self._fixed_shapes = [(slot_var[s], shape) for s, shape in graph.get("fixed_shapes", ())
+                              if s in slot_var]
         renumber(self.all_oprs)
         self._compile()
         return self
@@ -179,7 +182,12 @@ class Network:
             slot_of[id(v)] = len(slot_of)
             return slot_of[id(v)]
 
-        for opr in self.all_oprs:
+        # (with the vars that guards and fixed-shape checks read: a Python decision made from
+        # a var the outputs do not read still shaped the ops they do read)
+        checked = [v for v, _ in self._fixed_shapes]
+        for tree, _, _, _ in self._shape_guards:
+            _map_dim_leaves(tree, lambda v: checked.append(v) or v)
+        for opr in get_oprs_seq(self.output_vars + checked, False, False):
             if isinstance(opr, Host2DeviceCopy):
                 v = opr.outputs[0]
                 name = opr.name or v.name
@@ -234,6 +242,9 @@ class Network:
                 continue
             guards.append((mapped, value, kind, where))
         graph.update(shapes_json(self._symbolic_shape, guards))
+        if self._fixed_shapes:
+            graph["fixed_shapes"] = [[slot_of[id(v)], list(shape)]
+                                     for v, shape in self._fixed_shapes if id(v) in slot_of]
         data = write_file(graph, w, file)
         digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
         return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),

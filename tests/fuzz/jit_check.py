@@ -3,7 +3,10 @@ same program run eagerly, on repeated calls, at new shapes, after ``dump`` and l
 (``GraphInference``, ``Network.load`` + ``dump``, ``jit.dump.load``, test cases of
 ``dump(input_data=...)`` through ``load_and_inference``) and after
 ``Network.reset_batch_size``; a loaded program at another shape equals eager or raises
-``ShapeGuardError``, never a wrong value or another error."""
+``ShapeGuardError``, never a wrong value or another error. Later calls at the traced shape get
+other data too (values that empty and fill masks): where a size that data decides changes, a
+call gives eager's value, or the error the jit docs' "Shapes that data decides" names when the
+program used that size as a Python value (`expected`)."""
 import copy
 import io
 import itertools
@@ -14,7 +17,7 @@ import numpy as np
 import megengine as mge
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
-from megengine.jit import ShapeGuardError, trace
+from megengine.jit import ShapeGuardError, TraceMismatchError, trace
 from megengine.jit.dump import DumpError, load
 from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
@@ -57,11 +60,79 @@ def _data(rng, shape):
     return rng.uniform(-2, 2, shape).astype("float32")
 
 
+def _later_data(rng, shape):
+    """Data for later calls at one shape: new values, values that empty masks of the input
+    (all negative) or fill them (all positive), and small values."""
+    return [_data(rng, shape), -rng.uniform(0.5, 2, shape).astype("float32"),
+            rng.uniform(0.5, 2, shape).astype("float32"), _data(rng, shape) * 0.05]
+
+
+def _first_and_later(rng):
+    """The recording call's data, later data at its shape, and the recording call's again
+    (the sizes it recorded: every mode must follow)."""
+    first = _data(rng, TRACE_SHAPE)
+    return [first] + _later_data(rng, TRACE_SHAPE) + [first]
+
+
 def _eager(p, prog, m, a):
     try:
         return _flat(p.eager(prog, m, mge.tensor(a))), None
     except Exception as e:  # noqa: BLE001 (the program is invalid at this shape)
         return None, e
+
+
+def _seen(prog):
+    """What the last eager run's probe saw (`jit_dyn.Probe`): (P, R, Q, O)."""
+    return prog.probe.seen()
+
+
+def expected(mode, traced, now, loaded=False):
+    """(must, may): the error class a call must raise (None: it must give eager's value), and
+    one it may raise instead of giving eager's value, where ``traced`` and ``now`` are what
+    the probe saw in the recording call and in this one. As the jit docs say: with symbolic
+    shapes a size that data decides is followed by the ops built from it, and a Python value
+    made from one is a constant of the program: a checked call that makes another raises
+    TraceMismatchError, a without_host replay or a loaded program ShapeGuardError. With
+    ``symbolic_shape=False`` such sizes are plain ints: a checked call whose ops or Python
+    values were built from other sizes raises TraceMismatchError, and a replay (a loaded
+    program: ShapeGuardError) raises it where a value whose size was read has another shape
+    now; which values the library code read (a concat's split points) the probe does not see,
+    so a replay may also raise it where only values the program did not read changed."""
+    (p0, r0, q0, o0), (p1, r1, q1, o1) = traced, now
+    replay = mode["without_host"] or loaded
+    if mode["symbolic_shape"]:
+        if p1 != p0:
+            return (ShapeGuardError if replay else TraceMismatchError), None
+        return None, None
+    err = ShapeGuardError if loaded else TraceMismatchError
+    if not replay:
+        return (err if (r1, p1) != (r0, p0) else None), None
+    return (err if (r1, q1, o1) != (r0, q0, o0) else None), err
+
+
+def _says_data_decides(e):
+    return any("data decides" in str(a) for a in e.args)  # (a TraceMismatchError's str is
+    # its reason only)
+
+
+def _outcome(what, run, want, expect, seen):
+    """Run ``run``; it must give ``want``, or raise ``expect[0]`` where that is not None (or may
+    raise ``expect[1]``). Returns "refused" or "followed" (an outcome count)."""
+    must, may = expect
+    try:
+        got = run()
+    except Exception as e:  # noqa: BLE001
+        if (must is not None and isinstance(e, must)) or (
+                may is not None and isinstance(e, may) and _says_data_decides(e)):
+            return "refused"
+        exp = f" (expected {must.__name__})" if must is not None else ""
+        raise JitMismatch(f"{what}: {type(e).__name__}: {e}{exp}\n(sizes that data decides, "
+                          f"traced -> now: {seen})") from e
+    if must is not None:
+        raise JitMismatch(f"{what}: gave a value; expected {must.__name__} (sizes that data "
+                          f"decides, traced -> now: {seen})")
+    _close(got, want, what)
+    return "followed"
 
 
 def _call(what, fn, *args):
@@ -79,15 +150,25 @@ def check_inference(p, mode, rng):
     prog, m = p.build()
     traced = trace(lambda x: prog(x, m), **mode)
     shapes = [TRACE_SHAPE] + OTHER_SHAPES
-    # (a) several calls at the traced shape, new values each time
-    for k in range(3):
-        a = _data(rng, TRACE_SHAPE)
+    # (a) several calls at the traced shape, new values each time: the same sizes that data
+    # decides, or others (see `expected`)
+    traced_seen = None
+    for k, a in enumerate(_later_data(rng, TRACE_SHAPE)[:3] if not p.dyn else
+                          _first_and_later(rng)):
         want, err = _eager(p, prog, m, a)
+        if err is not None and k > 0:
+            out["a invalid data"] = out.get("a invalid data", 0) + 1  # (eager refuses it too)
+            continue
         if err is not None:
             raise JitMismatch(f"the generator drew a program invalid eagerly: {err!r}")
-        got = _call(f"(a) call {k} at {TRACE_SHAPE}", lambda: _flat(traced(mge.tensor(a))))
-        _close(got, want, f"(a) call {k} at {TRACE_SHAPE}")
-    out["a"] = 3
+        seen = _seen(prog)
+        if traced_seen is None:
+            traced_seen, first_a = seen, a
+        what = f"(a) call {k} at {TRACE_SHAPE}"
+        res = _outcome(what, lambda: _flat(traced(mge.tensor(a))), want,
+                       expected(mode, traced_seen, seen), (traced_seen, seen))
+        out[f"a {res}"] = out.get(f"a {res}", 0) + 1
+    out["a"] = k + 1
     dumped = None
     if mode["capture_as_const"]:
         buf = io.BytesIO()
@@ -106,8 +187,13 @@ def check_inference(p, mode, rng):
         want, err = _eager(p, prog, m, a)
         if err is not None:
             continue
-        got = _call(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))))
-        _close(got, want, f"(b) call at {s}")
+        if s == TRACE_SHAPE:  # (its program, recorded by the first call: `expected`)
+            seen = _seen(prog)
+            _outcome(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))), want,
+                     expected(mode, traced_seen, seen), (traced_seen, seen))
+        else:
+            got = _call(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))))
+            _close(got, want, f"(b) call at {s}")
         out["b"] = out.get("b", 0) + 1
     if dumped is None:
         return out
@@ -117,14 +203,19 @@ def check_inference(p, mode, rng):
     again = io.BytesIO()
     _call("(c) dump after other shapes", lambda: traced.dump(again, arg_names=["x"]))
 
-    def run_loaded(what, runner, s):
-        a = _data(rng, s)
+    def run_loaded(what, runner, s, a=None):
+        a = _data(rng, s) if a is None else a
         want, err = _eager(p, prog, m, a)
+        if s == TRACE_SHAPE and err is None:  # (the data decides what it must do: `expected`)
+            seen = _seen(prog)
+            res = _outcome(f"{what} at {s}", lambda: _flat(list(runner(a))), want,
+                           expected(mode, traced_seen, seen, loaded=True), (traced_seen, seen))
+            res = "loaded ok" if res == "followed" else "loaded refused"
+            out[res] = out.get(res, 0) + 1
+            return
         try:
             got = runner(a)
         except ShapeGuardError:
-            if s == TRACE_SHAPE:
-                raise JitMismatch(f"{what} at the traced shape {s}: ShapeGuardError") from None
             out["guarded"] = out.get("guarded", 0) + 1
             return
         except Exception as e:  # noqa: BLE001
@@ -147,11 +238,12 @@ def check_inference(p, mode, rng):
     b2 = io.BytesIO()
     _call("(c) Network.dump", lambda: net.dump(b2))
     gi2 = _call("(c) GraphInference of Network.dump", GraphInference, io.BytesIO(b2.getvalue()))
-    for s in shapes:
-        run_loaded("(c) GraphInference", lambda a: gi.run(a).values(), s)
+    later = [first_a] + _later_data(rng, TRACE_SHAPE) if p.dyn else [None]
+    for s, a in [(TRACE_SHAPE, a) for a in later] + [(s, None) for s in OTHER_SHAPES]:
+        run_loaded("(c) GraphInference", lambda a: gi.run(a).values(), s, a)
         run_loaded("(c) jit.dump.load", lambda a: [v.numpy() for v in lp.run({"x": a}).values()],
-                   s)
-        run_loaded("(c) Network.load+dump", lambda a: gi2.run(a).values(), s)
+                   s, a)
+        run_loaded("(c) Network.load+dump", lambda a: gi2.run(a).values(), s, a)
     gi3 = _call("(c) GraphInference", GraphInference, io.BytesIO(again.getvalue()))
     for s in shapes[:3]:
         run_loaded("(c) dump after other shapes", lambda a: gi3.run(a).values(), s)
@@ -217,21 +309,49 @@ def check_training(p, mode, rng):
     traced = trace(make(m), **mode)
     eager_step = make(m_ref)
     out = {}
-    for k, s in enumerate([TRACE_SHAPE] * 3 + OTHER_SHAPES[:2] + [TRACE_SHAPE]):
-        a = _data(rng, s)
+    traced_seen = {}  # input shape -> what the probe saw in the call that recorded it
+    data = [_data(rng, TRACE_SHAPE)] + _later_data(rng, TRACE_SHAPE)[:3 if p.dyn else 2]
+    for k, (s, a) in enumerate([(TRACE_SHAPE, a) for a in data]
+                               + [(s, _data(rng, s)) for s in OTHER_SHAPES[:2]]
+                               + [(TRACE_SHAPE, _data(rng, TRACE_SHAPE))]):
+        what = f"(a) training step {k} at {s}"
+        try:  # the sizes this step's data gives, seen by a forward pass on a copy
+            p.eager(prog, copy.deepcopy(m_ref), mge.tensor(a))
+        except Exception:  # noqa: BLE001
+            return out
+        seen = _seen(prog)
+        expect = expected(mode, traced_seen.setdefault(s, seen), seen)
+        if expect != (None, None):
+            # a data-decided size changed: the traced step may refuse it (then neither model
+            # steps; see `expected`)
+            try:
+                got = _flat(traced(mge.tensor(a), m))
+            except Exception as e:  # noqa: BLE001
+                if not ((expect[0] and isinstance(e, expect[0])) or (
+                        expect[1] and isinstance(e, expect[1]) and _says_data_decides(e))):
+                    raise JitMismatch(f"{what}: {type(e).__name__}: {e} (expected {expect})\n"
+                                      f"(sizes that data decides: {traced_seen[s]} -> {seen})")
+                out["refused"] = out.get("refused", 0) + 1
+                continue
+            if expect[0] is not None:
+                raise JitMismatch(f"{what}: gave a value; expected {expect[0].__name__} (sizes "
+                                  f"that data decides: {traced_seen[s]} -> {seen})")
+        else:
+            got = None
         try:
             want = _flat(p.eager(eager_step, m_ref, mge.tensor(a)))
         except Exception:  # noqa: BLE001
             return out
-        got = _call(f"(a) training step {k} at {s}", lambda: _flat(traced(mge.tensor(a), m)))
-        _close(got, want, f"(a) training step {k} at {s}: loss")
+        if got is None:
+            got = _call(what, lambda: _flat(traced(mge.tensor(a), m)))
+        _close(got, want, f"{what}: loss")
         if not abs(float(want[0])) < 100:
             # diverging: from here on rounding differences grow with the parameters (a trace's
             # rewrites and an eager run are no longer comparable); stop, as a user would
             out["diverged"] = out.get("diverged", 0) + 1
             return out
         for (name, pt), (_, pr) in zip(m.named_parameters(), m_ref.named_parameters()):
-            _close([pt.numpy()], [pr.numpy()], f"(a) training step {k} at {s}: parameter {name}")
+            _close([pt.numpy()], [pr.numpy()], f"{what}: parameter {name}")
         out["steps"] = out.get("steps", 0) + 1
     return out
 

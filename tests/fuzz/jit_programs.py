@@ -2,7 +2,8 @@
 (N, C, H, W) input, with the shape-dependent Python real programs have (sizes from ``x.shape``,
 ``F.zeros((n, c))``, ``x / n``, ``Tensor(x.shape)``, branches and loops on sizes), in-place
 updates, Python scalars and layers with parameters. A program is Python source, so a failure
-prints as a reproducer that can be pasted into a test."""
+prints as a reproducer that can be pasted into a test. Blocks of `jit_dyn` add values whose shapes
+data decides (masks, ``cond_take``, ``nms``) to most programs."""
 import linecache
 import math
 
@@ -13,6 +14,7 @@ import megengine.functional as F
 import megengine.module as M
 from megengine.core._trace_option import set_symbolic_shape
 
+from . import jit_dyn
 from .gen import pick
 
 C_IN = 3
@@ -33,16 +35,24 @@ class _State:
 class Program:
     """A drawn program: ``source`` defines ``prog(x, m)``; ``layers`` are (name, constructor
     source) of the modules in ``m``; ``symshape`` says that the code reads ``x.shape.numpy()``
-    (it runs only where shapes are symbolic)."""
+    (it runs only where shapes are symbolic); ``dyn`` that it makes values whose shapes data
+    decides (`jit_dyn`: its marks of their sizes' uses make the probe source the oracle runs)."""
 
     _count = 0
 
-    def __init__(self, steps, layers, outputs, seed, symshape, train):
+    def __init__(self, steps, layers, outputs, seed, symshape, train, dyn=False):
         self.steps, self.layers, self.outputs = list(steps), list(layers), outputs
-        self.seed, self.symshape, self.train = seed, symshape, train
+        self.seed, self.symshape, self.train, self.dyn = seed, symshape, train, dyn
 
     @property
     def source(self):
+        return jit_dyn.plain(self._marked())
+
+    @property
+    def probe_source(self):
+        return jit_dyn.probed(self._marked())
+
+    def _marked(self):
         lines = ["def prog(x, m):", "    h = x"]
         for s in self.steps:
             lines += ["    " + ln for ln in s.split("\n")]
@@ -54,7 +64,8 @@ class Program:
 
     def __str__(self):
         kind = "training step" if self.train else "inference"
-        head = f"# seed {self.seed}, {kind}{', needs symbolic shapes' if self.symshape else ''}"
+        head = (f"# seed {self.seed}, {kind}{', needs symbolic shapes' if self.symshape else ''}"
+                f"{', shapes that data decides' if self.dyn else ''}")
         return "\n".join([head, self.layers_source(), self.source])
 
     def build(self):
@@ -66,6 +77,12 @@ class Program:
         linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
         ns = {"math": math, "mge": mge, "F": F, "M": M, "Tensor": mge.Tensor, "np": np}
         exec(compile(src, fname, "exec"), ns)  # noqa: S102 (our own generated test code)
+        prog = ns["prog"]
+        # the oracle's copy logs the uses of sizes that data decides (see `jit_dyn.Probe`)
+        prog.probe = jit_dyn.Probe()
+        pns = dict(ns, **prog.probe.names())
+        exec(compile(self.probe_source, fname + "-probe", "exec"), pns)  # noqa: S102
+        prog.eager = pns["prog"]
         m = M.Module()
         for name, ctor in self.layers:
             setattr(m, name, eval(ctor, ns))  # noqa: S307
@@ -74,11 +91,15 @@ class Program:
             p._reset(mge.tensor(rng.uniform(-0.5, 0.5, p.shape).astype("float32")))
         if not self.train:
             m.eval()
-        return ns["prog"], m
+        return prog, m
 
     def eager(self, prog, m, x):
-        """The oracle: ``prog`` run eagerly (under symbolic shapes where its code needs them)."""
+        """The oracle: ``prog`` run eagerly (under symbolic shapes where its code needs them);
+        a program's probe copy is run instead (``prog.probe`` says what it saw: reset here)."""
         old = set_symbolic_shape(True) if self.symshape else None
+        if hasattr(prog, "probe"):
+            prog.probe.reset()
+            prog = prog.eager
         try:
             return prog(x, m)
         finally:
@@ -314,17 +335,23 @@ STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _sca
          _loop, _to_rank2, _linear, _linear, _matmul]
 
 
-def draw(seed, train=None):
+def draw(seed, train=None, dyn=None):
     """Program ``seed``: 3-15 steps; a training step (parameters, GradManager, optimizer) when
-    ``train`` (drawn when None)."""
+    ``train`` (drawn when None); with blocks that make values whose shapes data decides
+    (`jit_dyn`) when ``dyn`` (drawn when None, from a stream of its own: the other steps of
+    program ``seed`` are those it had before such blocks existed)."""
     rng = np.random.default_rng([seed, 7])
+    drng = np.random.default_rng([seed, 13])
+    if dyn is None:
+        dyn = drng.random() < 0.7
     if train is None:
         train = rng.random() < 0.3
     st, layers, steps, symshape = _State(), [], [], []
     want = int(rng.integers(3, 16))
     if train:  # a layer with parameters up front, so there is something to train
         steps.append(_conv(rng, st, layers))
-    while len(steps) < want:
+    base = len(steps)
+    while base < want:
         f = pick(rng, STEPS)
         if f in (_to_rank2, _shape_values):
             s = f(rng, st, layers, symshape)
@@ -332,8 +359,19 @@ def draw(seed, train=None):
             s = f(rng, st, layers)
         if s is not None and (st.c is None or st.c <= 48):
             steps.append(s)
+            base += 1
+            if dyn and drng.random() < 0.3:
+                steps.append(jit_dyn.step(drng, st))
+    if dyn and not any("«" in s or "[mk]" in s or "g = " in s or "v = " in s for s in steps):
+        steps.append(jit_dyn.step(drng, st))
     outputs = pick(rng, ["h", "h", "h, h.mean()", "h * 1.0, F.relu(h).sum(axis=0)",
                          "h, h.shape[0]", "h, x.shape[2] * 2"])
+    if dyn and any(s.startswith(("mk =", "v", "ix =", "nz =", "s = F.abs")) for s in steps):
+        r = drng.random()
+        if r < 0.2:
+            outputs += ", v"  # (a returned value whose shape data decides)
+        elif r < 0.4:
+            outputs += ", «O:v».shape[0]"  # (a size returned: a Tensor where it is symbolic)
     if train:
         outputs = "h"
-    return Program(steps, layers, outputs, seed, bool(symshape), train)
+    return Program(steps, layers, outputs, seed, bool(symshape), train, dyn)

@@ -200,3 +200,121 @@ def test_which_ops_say_data_decides_their_shape():
 
 def test_the_jit_page_example_runs():
     run_block(Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst", "diff = pred[pos]")
+
+
+# ----- found by the jit fuzzer (tests/fuzz/jit_dyn.py): each failed before its fix -----
+
+_FIXED_REPLAY = dict(symbolic=True, without_host=True, symbolic_shape=False, opt_level=2)
+
+
+def test_fixed_size_replay_of_a_rewritten_program_checks_data_shapes():
+    # opt_level's program has other step positions than the recorded one: the shape check of
+    # v * 1 (rewritten to v) ran where no value was made yet (AttributeError)
+    def f(x):
+        v = x[x > 0] * 1
+        return F.zeros((v.shape[0], 2)) + 1
+
+    t = trace(f, **_FIXED_REPLAY)
+    t(mge.tensor([1.0, -1.0, 2.0]))
+    np.testing.assert_allclose(t(mge.tensor([-1.0, 3.0, 2.0])).numpy(), np.ones((2, 2)))
+    with pytest.raises(TraceMismatchError, match=r"has shape \(1,\); it had \(2,\)"):
+        t(mge.tensor([1.0, -1.0, -2.0]))
+
+
+@pytest.mark.parametrize("symbolic_shape", [False, True])
+def test_rewrites_of_data_shaped_values_in_replays(symbolic_shape):
+    # (v + 0) * v and log(exp(h)) are rewritten (opt_level=2): in a fixed-size replay the
+    # rewrite broadcast v to its traced shape (ValueError); in a symbolic one, log(exp(h))'s
+    # shape was read from exp(h), which the optimized program no longer makes (AttributeError)
+    def f(x):
+        v = x[x > 0.5]
+        v = (v + 0) * v
+        h = x + v.sum()
+        return F.log(F.exp(h * 0.01)), v
+
+    t = trace(f, symbolic=False, without_host=True, opt_level=2, symbolic_shape=symbolic_shape)
+    rng = np.random.RandomState(0)
+    for x in [rng.rand(6).astype("float32") for _ in range(3)] + [np.zeros(6, "float32")]:
+        (h, v), (h_ref, v_ref) = t(mge.tensor(x)), f(mge.tensor(x))
+        np.testing.assert_allclose(v.numpy(), v_ref.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(h.numpy(), h_ref.numpy(), rtol=1e-5)
+
+
+def test_indexing_a_data_shaped_value_is_no_read_of_its_size():
+    # F.where(mask) indexes the positions it found (idx[:, d]); the index is no 1-d bool mask,
+    # so its shape is not read: a fixed-size replay used to refuse every other count
+    def f(x):
+        return x.flatten()[F.where(x.flatten() > 0)[0]] * 2 + x[F.where(x > 1)].sum()
+
+    t = trace(f, **_FIXED_REPLAY)
+    for x in _inputs(5):
+        x = x.reshape(2, 5)
+        np.testing.assert_allclose(t(mge.tensor(x)).numpy(), f(mge.tensor(x)).numpy(), rtol=1e-6)
+
+
+def _dumped(fn, x, **mode):
+    f = trace(fn, symbolic=True, capture_as_const=True, **mode)
+    f(mge.tensor(x))
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+    return buf.getvalue()
+
+
+def test_fixed_size_file_checks_the_data_shapes_it_read():
+    # a file of fixed sizes (symbolic_shape=False) built ops from the traced count: another
+    # count gave a wrong value (or a broadcast error); it is refused, as a replay refuses it,
+    # also after Network.load + dump
+    from megengine.utils.network import Network
+
+    fn = FUNCTIONS["zeros_of_size"]
+    data = _dumped(fn, np.array([1, -1, 2], "float32"), symbolic_shape=False)
+    net = Network.load(io.BytesIO(data))
+    again = io.BytesIO()
+    net.dump(again)
+    for file in (data, again.getvalue()):
+        g = GraphInference(io.BytesIO(file))
+        (out,) = g.run(np.array([-1, 3, 2], "float32")).values()
+        np.testing.assert_allclose(out, np.ones((2, 2)))
+        with pytest.raises(ShapeGuardError, match=r"is \(3,\) now, \(2,\) when traced.*"
+                                                  "symbolic_shape=True"):
+            g.run(np.array([1, 3, 2], "float32"))
+
+
+def test_network_dump_keeps_a_guard_on_a_value_the_outputs_do_not_read():
+    # the branch taken on g's size shaped the output, but g is no input of it: Network.dump
+    # left the guard out (with a warning) and the reloaded program gave the traced branch
+    from megengine.utils.network import Network
+
+    def fn(x):
+        g = x[:, x.mean(axis=0) > 0]
+        if g.shape[1] > 1:
+            x = x + 0.5
+        return x * 2
+
+    x = np.array([[1, 2, -3], [1, 2, -3]], "float32")
+    net = Network.load(io.BytesIO(_dumped(fn, x)))
+    buf = io.BytesIO()
+    net.dump(buf)
+    g = GraphInference(io.BytesIO(buf.getvalue()))
+    (out,) = g.run(x[:, ::-1].copy()).values()
+    np.testing.assert_allclose(out, fn(mge.tensor(x[:, ::-1].copy())).numpy())
+    with pytest.raises(ShapeGuardError, match="data decides a size"):
+        g.run(np.array([[1, -2, -3], [1, -2, -3]], "float32"))
+
+
+@pytest.mark.parametrize("mode", ["symbolic=True", "without_host", "capture_as_const"])
+def test_a_mask_shorter_than_its_axis_follows_the_data(mode):
+    # upstream reads a 1-d mask shorter than its axis as the positions of its True entries;
+    # those positions were made once, outside the op, when indexing: a checked call refused
+    # any other mask (operator mismatch) and a replay silently used the traced positions
+    def fn(x):
+        m = x[0, :3] > 0
+        y = x * 1.0
+        y[:, m] = 0.0  # (ASR-Transformer's kl[..., pad_mask] = 0)
+        return x[:, m] * 2 + y[:, m].sum()
+
+    f = trace(fn, **MODES[mode])
+    x1 = np.array([[1, 2, -3, 4], [5, 6, 7, 8]], "float32")
+    f(mge.tensor(x1))
+    for x in (x1, x1 * [[-1], [1]], np.array([[-1, -2, 3, 4], [5, 6, 7, 8]], "float32")):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), fn(mge.tensor(x)).numpy())

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tests.fuzz import jit_check
-from tests.fuzz.jit_check import MODES, JitMismatch, check, check_inference, minimise
+from megengine.jit import ShapeGuardError, TraceMismatchError
+from tests.fuzz.jit_check import (MODES, JitMismatch, check, check_inference, check_training,
+                                  expected, minimise)
 from tests.fuzz.jit_programs import Program, draw
 
 # program 1 has a guard (a branch on the batch), 2 is a training step, 18 builds and reshapes by
@@ -94,3 +96,61 @@ def test_command_line(capsys):
     out = capsys.readouterr().out
     assert "1 programs (0 failing)" in out and "'guarded'" in out
     assert logging.getLogger("megengine").level == logging.NOTSET  # (restored for other tests)
+
+
+# values whose shapes data decides (tests/fuzz/jit_dyn.py), in every mode, called at the traced
+# shape with data that changes their sizes (to 0 too): a mask with upstream's rewrites, its size
+# in an op, as a Python value and returned; a training step through cond_take and a size-built
+# zeros (about 2 s together)
+DYN_PROGRAMS = [
+    Program(["h = F.relu(h)", "mk = h > 0.3\nv = h[mk]\nv = v * 1 + (v - v)",
+             "h = h + v.sum() / («R:v».shape[0] + 1)",
+             "k = «P:int(«Q:v».shape[0])»\nh = h + math.log(k + 1) * 0.1"],
+            [], "h, «O:v».shape[0]", seed=0, symshape=False, train=False, dyn=True),
+    Program(["h = m.l0(h)", "v, ix = F.cond_take(h > 0.3, h)\n"
+             "z = F.zeros((«R:v».shape[0], 3)) + 1.0\n"
+             "h = h + F.log(z.sum() + 1.0) * 0.1 + F.tanh(v.sum() * 0.1)"],
+            [("l0", "M.Conv2d(3, 2, 3, padding=1)")], "h", seed=1, symshape=False, train=True,
+            dyn=True),
+]
+
+
+@pytest.mark.parametrize("p", DYN_PROGRAMS, ids=["mask", "training"])
+def test_data_decided_shapes_in_every_mode(p):
+    outcomes = {}
+    for mode in MODES:
+        if p.train and mode["capture_as_const"]:
+            continue
+        run = check_training if p.train else check_inference
+        for k, v in run(p, mode, np.random.default_rng(0)).items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    # the sizes changed: some calls followed the data, some were refused as documented
+    assert outcomes.get("a followed", outcomes.get("steps")) and (
+        outcomes.get("a refused") or outcomes.get("refused"))
+
+
+def test_the_probe_sees_the_uses_of_sizes():
+    p = DYN_PROGRAMS[0]
+    assert "«" not in p.source and "_py(int(_rq(v).shape[0]))" in p.probe_source
+    prog, m = p.build()
+    x = np.array([[[[1.0, -1.0], [2.0, 0.1]]]], "float32")
+    p.eager(prog, m, x)
+    assert prog.probe.seen() == ([2], [(2,)], [(2,)], [(2,)])
+
+
+def test_expected_outcomes_follow_the_docs():
+    base = dict(symbolic=True, capture_as_const=False, opt_level=0)
+    same, other_py, other_op = ([3], [(3,)], [(3,)], []), ([4], [(4,)], [(4,)], []), \
+        ([3], [(5,)], [(3,)], [])
+    checked = dict(base, without_host=False, symbolic_shape=True)
+    replay = dict(base, without_host=True, symbolic_shape=True)
+    fixed = dict(base, without_host=False, symbolic_shape=False)
+    fixed_replay = dict(base, without_host=True, symbolic_shape=False)
+    assert expected(checked, same, other_op) == (None, None)  # an op follows the size
+    assert expected(checked, same, other_py) == (TraceMismatchError, None)
+    assert expected(replay, same, other_py) == (ShapeGuardError, None)
+    assert expected(checked, same, other_py, loaded=True) == (ShapeGuardError, None)
+    assert expected(fixed, same, other_op) == (TraceMismatchError, None)
+    assert expected(fixed_replay, same, same) == (None, TraceMismatchError)
+    assert expected(fixed_replay, same, other_op, loaded=True) == (ShapeGuardError,
+                                                                   ShapeGuardError)
