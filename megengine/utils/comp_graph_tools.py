@@ -103,8 +103,10 @@ def load_and_inference(file, inp_data_list=None):
             out = OrderedDict((n, np.asarray(got[n].numpy())) for n in graph.output_names)
             if not opts.get("no_assert", False):
                 for n, want in expected.items():
-                    err = np.max(np.abs(out[n].astype(np.float64) - want.astype(np.float64)),
-                                 initial=0.0)
+                    a, b = out[n].astype(np.float64), want.astype(np.float64)
+                    diff = np.abs(a - b)  # (an equal inf, or NaN in both, is no difference)
+                    diff[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+                    err = np.max(diff, initial=0.0)
                     if not (err <= opts.get("maxerr", 1e-4)):
                         raise AssertionError(f"load_and_inference: test case {k}, output {n!r} "
                                              f"differs from the stored one by {err} (maxerr "
