@@ -104,8 +104,9 @@ def load_and_inference(file, inp_data_list=None):
             if not opts.get("no_assert", False):
                 for n, want in expected.items():
                     a, b = out[n].astype(np.float64), want.astype(np.float64)
-                    diff = np.abs(a - b)  # (an equal inf, or NaN in both, is no difference)
-                    diff[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+                    with np.errstate(invalid="ignore"):  # (an equal inf, or NaN in both, is
+                        diff = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0,
+                                        np.abs(a - b))  # no difference; inf - inf is NaN)
                     err = np.max(diff, initial=0.0)
                     if not (err <= opts.get("maxerr", 1e-4)):
                         raise AssertionError(f"load_and_inference: test case {k}, output {n!r} "

@@ -66,16 +66,17 @@ def test_stored_test_cases_are_checked_on_load(monkeypatch):
 def test_equal_infs_and_nans_in_stored_outputs_are_no_difference():
     from megengine.utils.comp_graph_tools import load_and_inference
 
-    f = trace(lambda x: F.log(x) * 2, symbolic=True, capture_as_const=True)
-    x = np.array([0.0, -1.0, 1.0, 2.0], "float32")  # log: -inf, nan, 0, log 2
+    f = trace(lambda x: (F.log(x) * 2, F.log(x).min()), symbolic=True, capture_as_const=True)
+    x = np.array([0.0, -1.0, 1.0, 2.0], "float32")  # log: -inf, nan, 0, log 2; a 0-d output
     with np.errstate(divide="ignore", invalid="ignore"):
         f(mge.tensor(x))
         file = io.BytesIO()
         f.dump(file, arg_names=["x"], input_data=[x])
         file.seek(0)
         (out,) = load_and_inference(file)  # inf - inf is nan, which once failed the check
-        (values,) = out.values()
+        values, low = out.values()
         np.testing.assert_array_equal(values, np.log(x) * 2)
+        np.testing.assert_array_equal(low, np.log(x).min())
 
 
 def test_test_case_errors_are_clear():
