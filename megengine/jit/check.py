@@ -18,12 +18,12 @@ import time
 import numpy as np
 
 from ..autodiff.function import _FunctionOp
-from ..core import _trace_option, dispatch
+from ..core import dispatch
 from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
-                       _ValueLeaf, _describe_params, _freeze, _host, _is_array, _kind_text,
-                       _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
+                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
@@ -155,15 +155,9 @@ class _Checker(_Hook):
     # ----- ops -----
     def __call__(self, op, inputs):
         if self.dims_made:  # the op runs, and is compared, with the values (as recorded)
-            sym = None
-            for k, v in list(op.__dict__.items()):
-                if _trace_option.has_dims(v):
-                    if sym is None:
-                        sym = []
-                    sym.append((k, _freeze(v, self._array_slot)))
-                    setattr(op, k, _trace_option.concrete(v))
+            sym = self._take_dims(op)
             if sym is not None:
-                now = self._recorded_sizes(op, tuple(sym))
+                now = self._recorded_sizes(op, sym)
                 if now is not None:
                     return self._call_slowly(op, inputs, now)
         pc = self.pc

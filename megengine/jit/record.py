@@ -50,6 +50,18 @@ class _Hook:
         self.keep = []  # every tensor keyed above stays alive during the call: ids stay unique
         self.ext_seen = set()  # ids of the external tensors used so far (kept alive in keep)
 
+    def _take_dims(self, op):
+        """The attributes of ``op`` built from SymDims as `_freeze` forms with expressions;
+        the op keeps their values (it runs, is keyed and checked as any op)."""
+        sym = None
+        for k, v in list(op.__dict__.items()):
+            if _trace_option.has_dims(v):
+                if sym is None:
+                    sym = []
+                sym.append((k, _freeze(v, self._array_slot)))
+                setattr(op, k, _trace_option.concrete(v))
+        return tuple(sym) if sym else None
+
     def _register(self, t, slot):
         arr = t._data
         self.by_tensor[id(t)] = (slot, arr)
@@ -206,18 +218,6 @@ class _Recorder(_Hook):
             out = None  # (a rule that does not fit these values: an ordinary tensor)
         if out is not None and len(slots) == 1:
             self.sym_values[slots[0]] = out
-
-    def _take_dims(self, op):
-        """The attributes of ``op`` built from SymDims as `_freeze` forms with expressions;
-        the op keeps their values (it runs, is keyed and checked as any op)."""
-        sym = None
-        for k, v in list(op.__dict__.items()):
-            if _trace_option.has_dims(v):
-                if sym is None:
-                    sym = []
-                sym.append((k, _freeze(v, self._array_slot)))
-                setattr(op, k, _trace_option.concrete(v))
-        return tuple(sym) if sym else None
 
     # ----- values and where they come from -----
     def bind_args(self, leaves):
