@@ -473,8 +473,7 @@ class _Program:
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
                 last[s] = k
-            made = (step.outs if type(step) is _OpStep else
-                    (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
+            made = _made_by(step)
             for s in made:
                 last.setdefault(s, k)
         by_pos = {}
@@ -504,8 +503,7 @@ class _Program:
         self.ops_before = [0] * (len(self.steps) + 1)
         self.made_before = [max(self.arg_slots, default=-1) + 1] * (len(self.steps) + 1)
         for k, step in enumerate(self.steps):
-            made = (step.outs if type(step) is _OpStep else
-                    (step.out,) if type(step) is _AliasStep else [s for _, s in step.out_paths])
+            made = _made_by(step)
             self.ops_before[k + 1] = self.ops_before[k] + (type(step) is _OpStep)
             self.made_before[k + 1] = max(self.made_before[k], max(made, default=-1) + 1)
         for k, step in enumerate(self.steps):

@@ -51,7 +51,7 @@ from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
 from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _DimExpr, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
-                       _holds, _host, _is_array, _slots_used)
+                       _holds, _host, _is_array, _made_by, _slots_used)
 # the file's value encoding, dump's naming and its test cases (this file re-exports their names)
 from .dump_format import (DumpError, _class_path, _import, _importable, _in_table,  # noqa: F401
                           _qinfo, _read, _read_frozen, _Writer)
@@ -106,9 +106,7 @@ def _input_dependent(prog):
     varying = {s for s, info in enumerate(prog.slots) if info.kind in ("arg", "ext", "grad")}
     for step in prog.steps:
         if any(s in varying for s in _slots_used(step)):
-            t = type(step)
-            varying.update(step.outs if t is _OpStep else (step.out,) if t is _AliasStep
-                           else (s for _, s in step.out_paths))
+            varying.update(_made_by(step))
     return varying
 
 
