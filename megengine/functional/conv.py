@@ -18,11 +18,12 @@ import numpy as np
 from ..core._trace_option import is_int
 from ..core import _config
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply, on_device
+from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _tensor
+from .indexing import Compute
 from .math import sum as _sum
 from .tensor import concat
 
@@ -537,6 +538,13 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     return out if bias is None else out + _tensor(bias)
 
 
+def _dense_region_ids(xp, rin, rout):
+    """``rin``'s and ``rout``'s region ids as dense ranks 0, 1, ... over both (float32)."""
+    ids = xp.unique(xp.concatenate([rin.ravel(), rout.ravel()]).astype(np.int64),
+                    return_inverse=True)[1].reshape(-1).astype(np.float32)
+    return ids[:rin.size].reshape(rin.shape), ids[rin.size:].reshape(rout.shape)
+
+
 def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=0, dilation=1,
                            groups=1, conv_mode="cross_correlation", compute_mode="default"):
     """Grouped 2D convolution in which each output pixel only sees input pixels of its own region:
@@ -572,15 +580,11 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
                          f"{(n, oh, ow)}, got {tuple(rin.shape)} and {tuple(rout.shape)}")
     # Region ids become dense ranks, exact in float32, so the id windows can be cut by the same
     # sliding window as the input; a tap is kept where its id equals the output pixel's id.
-    xp = xp_of(rin._data)
-    with on_device(rin._device):  # CuPy's kernels run (and allocate) on the current GPU
-        ids = xp.unique(xp.concatenate([rin._data.ravel(), rout._data.ravel()]).astype(np.int64),
-                        return_inverse=True)[1].reshape(-1).astype(np.float32)
-        rin_ids = Tensor._wrap(ids[:rin._data.size].reshape(n, 1, h, w), rin._device)
-        rout_ids = ids[rin._data.size:].reshape(n, 1, oh, ow, 1, 1)
-        # padded taps get id -1, which no output pixel has (their input is 0 anyway)
-        rin_win = sliding_window(rin_ids + 1, (kh, kw), p, s, d)._data - 1
-        keep = Tensor._wrap((rin_win == rout_ids).astype(inp.dtype), inp._device)
+    # All through ops: a trace follows new region maps (replays and dumps run them anew).
+    rin_ids, rout_ids = apply(Compute(_dense_region_ids), rin, rout)
+    # padded taps get id -1, which no output pixel has (their input is 0 anyway)
+    rin_win = sliding_window(rin_ids.reshape(n, 1, h, w) + 1, (kh, kw), p, s, d) - 1
+    keep = (rin_win == rout_ids.reshape(n, 1, oh, ow, 1, 1)).astype(inp.dtype)
     win = sliding_window(inp, (kh, kw), p, s, d) * keep  # (N, C, OH, OW, KH, KW)
     from .einsum import einsum
 
