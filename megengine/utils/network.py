@@ -354,6 +354,14 @@ class Network:
             opr.inputs = [lookup.get(id(v), v) for v in opr.inputs]
             opr._dyn_vars = [lookup.get(id(v), v) for v in opr._dyn_vars]
         self.output_vars = [_renamed(lookup.get(id(v), v), v) for v in self.output_vars]
+        # the shape guards and fixed-shape checks read the vars the operators now read (a new
+        # input node takes over the checks of the one it replaces)
+        def now(v):
+            return lookup.get(id(v), v)
+
+        self._shape_guards = [(_map_dim_leaves(tree, now), value, kind, where)
+                              for tree, value, kind, where in self._shape_guards]
+        self._fixed_shapes = [(now(v), shape) for v, shape in self._fixed_shapes]
         self._compile()
 
     def replace_oprs(self, repl_dict: Dict[OpNode, OpNode]):

@@ -322,3 +322,30 @@ def test_a_program_dumped_on_a_gpu_is_edited_with_its_values_there():
     got = _run(net, A, B)
     np.testing.assert_array_equal(got["o"], np.maximum(A + B, 0) * 6)
     np.testing.assert_array_equal(got["doubled"], [6])
+
+
+def test_a_new_input_node_takes_over_the_shape_guards_of_the_one_it_replaces():
+    # upstream's check_pygraph_dump: load, replace each input with make_input_node, dump. The
+    # guards read the old input, which no operator reads any more: dumping it too gave two
+    # inputs of one name; dropping the guard would run the traced branch at any batch
+    from megengine.jit import ShapeGuardError
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return x * 2 if x.shape[0] > 1 else x  # a Python branch on a size: a guard
+
+    f(mge.tensor(np.ones((2, 3), "float32")))
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+    buf.seek(0)
+    net = Network.load(buf)
+    (old,) = net.input_vars
+    net.replace_vars({old: net.make_input_node(shape=old.shape, dtype=old.dtype, name="x")})
+    out = io.BytesIO()
+    net.dump(out)
+    out.seek(0)
+    g = GraphInference(out)
+    (y,) = g.run(np.full((4, 3), 3.0, "float32")).values()
+    np.testing.assert_array_equal(y, np.full((4, 3), 6.0))
+    with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] > 1"):
+        g.run(np.ones((1, 3), "float32"))
