@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import device as _device
-from ..core._trace_option import is_dim
+from ..core._trace_option import is_dim, is_int
 from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
 from ..core.tensor import Tensor
@@ -49,7 +49,7 @@ def _shape(size, what):
     """Upstream's size rule: None means (1,); an int n means (n,)."""
     if size is None:
         return (1,)
-    if isinstance(size, (int, np.integer)) or is_dim(size):
+    if is_int(size):
         size = (size,)
     if isinstance(size, Tensor):
         # upstream takes a shape tensor; a 0-d count (``mask.sum()``, as in the detection
@@ -63,7 +63,7 @@ def _shape(size, what):
         items = None if isinstance(size, str) else list(size)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(s, (int, np.integer)) or is_dim(s) for s in items):
+    if items is None or not all(is_int(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
     # (a size from x.shape in a dumpable trace stays one: the draw's op carries it)
     shape = tuple(s if is_dim(s) else int(s) for s in items)
