@@ -120,7 +120,14 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     case as it is written to the file, and the outputs are stored next to the inputs."""
     unknown = set(options) - _NO_EFFECT
     if unknown:
-        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
+        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}; its "
+                        f"options are arg_names, output_names, user_info, enable_metadata, "
+                        f"input_data, repeat, silent, no_assert, maxerr, resize_input, "
+                        f"input_transform and {sorted(_NO_EFFECT)}")
+    optimize = bool(options.get("optimize_for_inference", True))
+    if optimize:
+        from ..utils.network_optimize import check_options
+        check_options({k: v for k, v in options.items() if k.startswith("enable_")}, "dump")
     defaults = _input_defaults(prog.in_tree)
     own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
     if len(own) == len(defaults):
@@ -179,7 +186,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
-    n_elided = 0
     for step in all_steps:
         t = type(step)
         if t is _AliasStep:
@@ -189,7 +195,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             # an opt_level rewrite's result that is its input unchanged (log(exp(x)) -> x):
             # upstream's graph forwards the input's var, so the file holds no operator for it
             steps.append({"alias": step.ins[0], "out": step.outs[0]})
-            n_elided += 1
             continue
         if t is not _OpStep:
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
@@ -220,6 +225,13 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         # fixed sizes read from values whose shapes data decides: a run checks those shapes
         # (see `_Program._dyn_checks`), as a replay of the trace does
         graph["fixed_shapes"] = [[s, list(shape)] for s, shape in prog.dyn_read.items()]
+    if optimize and any(options.get(k) for k in ("enable_io16xc32", "enable_ioc16")):
+        # the float16 passes rewrite the graph (megengine.utils.network_optimize); they work
+        # on the program as a loaded network knows it, with every var's dtype
+        from ..utils.network import Network
+        net = Network.load(io.BytesIO(write_file(graph, w, None)))
+        graph, w = net._graph_json(options, user_info, enable_metadata, False)
+        steps, consts = graph["steps"], graph["consts"]
     if input_data is not None:
         data = write_file(graph, w, None)  # the program as the file holds it computes the cases
         cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
@@ -234,8 +246,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_oprs = len(inputs) + len(consts) + len(op_steps) - n_elided  # upstream counts its input and
-    # constant operators too
+    # upstream counts its input and constant operators too; an alias is no operator
+    n_oprs = len(inputs) + len(consts) + sum("alias" not in st for st in steps)
     digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
                     int.from_bytes(digest[:8], "little"), in_names, out_names,
