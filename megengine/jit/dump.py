@@ -26,6 +26,10 @@ name and imported on load (as pickle does); no other code comes from the file. S
 not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function`` object, any
 other Python object) cannot be written: `dump` raises and names the op and the attribute.
 
+Upstream's inference options (``enable_io16xc32``, ``enable_ioc16``, layouts, fusions) are
+checked and applied by `megengine.utils.network_optimize` (the float16 ones rewrite the graph
+through `megengine.utils.network.Network`); see "Inference options of dump" in docs/api/jit.rst.
+
 What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
 steps, in-place writes into arguments, externals or Parameters: calls on live Python objects)
 and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
@@ -83,8 +87,9 @@ class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_byte
         return self.tot_bytes
 
 
-# upstream's dump options that shape its graph optimizer or its serialized graph: there is no
-# graph optimizer and no MegEngine Lite here, so they change nothing in this file format
+# upstream's dump options: those of its serialized graph (names, priorities, strip info) change
+# nothing in this file format; the optimizer's float16 options rewrite the graph and the others
+# are recorded (megengine.utils.network_optimize says what each does here)
 _NO_EFFECT = frozenset({
     "append", "keep_var_name", "keep_opr_name", "keep_param_name", "keep_opr_priority",
     "no_change_graph", "strip_info_file", "append_json", "optimize_for_inference",
@@ -310,8 +315,8 @@ def read_shapes(graph):
 
 def metadata_json(w, user_info, graph_modified, options):
     """The metadata upstream's loaders show: the user's object, whether the graph was edited
-    after tracing (`megengine.utils.network`), and the optimizer options asked for (recorded
-    only: this engine has no graph optimizer, see ``_NO_EFFECT``)."""
+    after tracing (`megengine.utils.network`), and the optimizer options asked for (see
+    `megengine.utils.network_optimize`)."""
     optimized = bool(options.get("optimize_for_inference", True))
     meta = {"user_info": w.value(user_info, "user_info"), "graph_modified": graph_modified,
             "optimized_for_inference": optimized}
