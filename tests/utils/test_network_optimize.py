@@ -2,6 +2,7 @@
 enable_io16xc32 / enable_ioc16 against float16 oracles computed with torch, and the option
 checks."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import megengine.module as M
 from megengine.jit import trace
 from megengine.utils import comp_graph_tools as cgtools
 from megengine.utils.network import Network
+from tests.test_docs import run_block
 
 F16 = np.float16
 
@@ -179,3 +181,9 @@ def test_options_without_value_changes_are_recorded_and_unknown_ones_raise():
     f.dump(data, optimize_for_inference=False, enable_ioc16=True)
     _, oprs = _oprs(data.getvalue())
     assert [o.type for o in oprs] == ["Host2DeviceCopy", "Elemwise"]
+
+
+def test_the_jit_page_float16_example_runs():
+    # (the docs page's code-block on dump's inference options)
+    run_block(Path(__file__).resolve().parents[2] / "docs" / "api" / "jit.rst",
+              "f.dump(buf, enable_io16xc32=True)")
