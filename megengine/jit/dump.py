@@ -30,9 +30,10 @@ Upstream's inference options (``enable_io16xc32``, ``enable_ioc16``, layouts, fu
 checked and applied by `megengine.utils.network_optimize` (the float16 ones rewrite the graph
 through `megengine.utils.network.Network`); see "Inference options of dump" in docs/api/jit.rst.
 
-What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
-steps, in-place writes into arguments, externals or Parameters: calls on live Python objects)
-and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
+What cannot be dumped, by design: programs with events (optimizer steps, in-place writes into
+arguments, externals or Parameters: calls on live Python objects) and values read live. A
+``GradManager.backward`` whose gradients the function returns becomes op steps of the file
+(`dump_backward`). In-place writes into tensors the function made (``out +=
 identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 
@@ -53,6 +54,7 @@ from ..core.tensor import Tensor
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
+from .dump_backward import with_backward
 from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _DimExpr, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
                        _holds, _host, _is_array, _made_by, _slots_used)
@@ -133,6 +135,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if optimize:
         from ..utils.network_optimize import check_options
         check_options({k: v for k, v in options.items() if k.startswith("enable_")}, "dump")
+    prog = with_backward(prog)  # a GradManager.backward inside: its ops join the program
     defaults = _input_defaults(prog.in_tree)
     own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
     if len(own) == len(defaults):
