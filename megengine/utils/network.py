@@ -280,6 +280,18 @@ class Network:
                                      for v, shape in fixed_shapes if id(v) in slot_of]
         return graph, w
 
+    def optimize_for_inference(self, dest_vars, **kwargs):
+        """Upstream's inference optimizer on vars of this network: new vars computing
+        ``dest_vars`` (a var or a list) after the passes the options ask for (the float16 ones
+        of `megengine.utils.network_optimize`; layouts and fusions leave the vars as they are).
+        The network is left unchanged; ``add_output`` or ``replace_vars`` use the new vars."""
+        from ..core.tensor_megbrain_graph import optimize_for_inference
+
+        if isinstance(dest_vars, VarNode):
+            dest_vars = [dest_vars]
+        out, _ = optimize_for_inference(list(dest_vars), **kwargs)
+        return out
+
     # ----- making nodes -----
     def make_const(self, data, name=None, device=None):
         """A constant (an `ImmutableTensor` operator) for the network; returns its VarNode."""

@@ -160,6 +160,27 @@ def test_network_dump_with_float16_leaves_the_network_unchanged():
     np.testing.assert_equal(got, (np.array([1.1, 2.0, 3.3], F16) * F16(3)).astype(np.float32))
 
 
+def test_network_optimize_for_inference_gives_new_vars():
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return F.matmul(x, x.T)
+
+    x = np.random.RandomState(4).randn(3, 40).astype(np.float32)
+    data, _ = _dump(f, mge.tensor(x))
+    net = Network.load(io.BytesIO(data))
+    (v,) = net.optimize_for_inference(net.output_vars, enable_io16xc32=True)
+    assert v.dtype == np.float32 and v.owner.inputs[0].dtype == np.float16
+    assert net.output_vars[0].owner.type == "MatrixMul"  # the network itself is unchanged
+    net2 = Network()
+    net2.add_output(v)
+    buf = io.BytesIO()
+    net2.dump(buf)
+    (got,) = _run(buf.getvalue(), x)
+    t = torch.from_numpy(x).half().float()
+    want = (t @ t.T).half().float().numpy()
+    assert _ulps16(got, want) <= 1
+
+
 def test_options_without_value_changes_are_recorded_and_unknown_ones_raise():
     @trace(symbolic=True, capture_as_const=True)
     def f(x):
