@@ -61,6 +61,7 @@ ELSEWHERE = {
     "net.replace_vars({s: F.relu(s)})": "tests/utils/test_network.py",
     "return y * 2 if x.shape[0] > 1 else y": "tests/jit/test_symbolic_shapes.py",
     "diff = pred[pos] - label[pos]": "tests/jit/test_data_shapes.py",
+    "f.dump(buf, enable_io16xc32=True)": "tests/utils/test_network_optimize.py",
     "results = dist.launcher(train, n_gpus=2)(epochs=2)": "tests/distributed/test_docs.py",
 }
 HERE = {

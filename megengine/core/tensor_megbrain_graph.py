@@ -490,33 +490,23 @@ def dump_graph(output_vars, *, keep_var_name=1, keep_opr_name=False, keep_param_
 # --------------------------------------------------------------------------------------------
 # graph options
 # --------------------------------------------------------------------------------------------
-_LAYOUTS = ("enable_hwcd4", "enable_nchw4", "enable_nchw88", "enable_nchw32", "enable_nchw44",
-            "enable_nchw44_dot", "enable_chwn4", "enable_nchw64")
-_FUSIONS = ("enable_fuse_conv_bias_nonlinearity", "enable_fuse_conv_bias_with_z",
-            "enable_fuse_preprocess", "enable_fuse_grain")
-_FLOAT16 = ("enable_io16xc32", "enable_ioc16")
-
-
 def optimize_for_inference(dest_vars, **kwargs):
-    """Upstream's inference optimizer: ``(vars, options)``. Its layout conversions and fusions
-    change how upstream's C++ kernels run, not the values; this engine has neither, so the vars
-    come back as they are and ``options`` (a dict) records what was asked. The float16 options
-    would change the values (float16 I/O) and are refused."""
-    options = {}
-    for k in _LAYOUTS + _FUSIONS:
-        if kwargs.pop(k, k == "enable_fuse_grain"):
-            options[k] = True
-    asked16 = [k for k in _FLOAT16 if kwargs.pop(k, False)]
-    if kwargs:
-        raise ValueError("unknown options: %s" % list(kwargs))
-    if asked16:
-        raise ValueError(f"optimize_for_inference: {asked16} (float16 I/O) needs upstream's "
-                         "graph optimizer, which this fork does not have; cast with "
-                         "astype('float16') in the traced function instead")
-    layouts = [k for k in options if k in _LAYOUTS]
-    if len(layouts) > 1:
-        raise ValueError(f"optimize_for_inference: one layout at a time, got {layouts}")
-    return list(dest_vars), options
+    """Upstream's inference optimizer: ``(vars, options)``, ``options`` the dict of options set.
+    ``enable_io16xc32`` (float16 values between operators, float32 compute) and
+    ``enable_ioc16`` (float16 compute) return new vars of a float16 graph whose outputs keep
+    their dtypes (see `megengine.utils.network_optimize`); the layout and fusion options change
+    how upstream's C++ backends run, not the values, and return the vars unchanged. An unknown
+    option raises ValueError naming the valid ones. ``enable_fuse_grain`` is on unless set to
+    False, as upstream's default."""
+    from ..utils.network_optimize import check_options, optimize_vars
+
+    kwargs.setdefault("enable_fuse_grain", True)
+    for v in dest_vars:
+        if not isinstance(v, VarNode):
+            raise TypeError(f"optimize_for_inference: expected vars, got {type(v).__name__}")
+    options = check_options(kwargs)
+    out, _ = optimize_vars(list(dest_vars), options)
+    return out, options
 
 
 def deserialize_infer_option(x):

@@ -26,9 +26,14 @@ name and imported on load (as pickle does); no other code comes from the file. S
 not a value (a torch module inside a ``PyTorchModule`` call, a user ``Function`` object, any
 other Python object) cannot be written: `dump` raises and names the op and the attribute.
 
-What cannot be dumped, by design: programs with events (``GradManager.backward``, optimizer
-steps, in-place writes into arguments, externals or Parameters: calls on live Python objects)
-and values read live (a ``.grad``). In-place writes into tensors the function made (``out +=
+Upstream's inference options (``enable_io16xc32``, ``enable_ioc16``, layouts, fusions) are
+checked and applied by `megengine.utils.network_optimize` (the float16 ones rewrite the graph
+through `megengine.utils.network.Network`); see "Inference options of dump" in docs/api/jit.rst.
+
+What cannot be dumped, by design: programs with events (optimizer steps, in-place writes into
+arguments, externals or Parameters: calls on live Python objects) and values read live. A
+``GradManager.backward`` whose gradients the function returns becomes op steps of the file
+(`dump_backward`). In-place writes into tensors the function made (``out +=
 identity``) are plain dataflow in the program (see `tracing`) and are dumped.
 Dump an inference function traced with ``capture_as_const=True``.
 
@@ -49,6 +54,7 @@ from ..core.tensor import Tensor
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import upstream_steps
 from .arith_opt import is_identity_step
+from .dump_backward import with_backward
 from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _DimExpr, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
                        _holds, _host, _is_array, _made_by, _slots_used)
@@ -83,8 +89,9 @@ class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_byte
         return self.tot_bytes
 
 
-# upstream's dump options that shape its graph optimizer or its serialized graph: there is no
-# graph optimizer and no MegEngine Lite here, so they change nothing in this file format
+# upstream's dump options: those of its serialized graph (names, priorities, strip info) change
+# nothing in this file format; the optimizer's float16 options rewrite the graph and the others
+# are recorded (megengine.utils.network_optimize says what each does here)
 _NO_EFFECT = frozenset({
     "append", "keep_var_name", "keep_opr_name", "keep_param_name", "keep_opr_priority",
     "no_change_graph", "strip_info_file", "append_json", "optimize_for_inference",
@@ -120,7 +127,15 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     case as it is written to the file, and the outputs are stored next to the inputs."""
     unknown = set(options) - _NO_EFFECT
     if unknown:
-        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}")
+        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}; its "
+                        f"options are arg_names, output_names, user_info, enable_metadata, "
+                        f"input_data, repeat, silent, no_assert, maxerr, resize_input, "
+                        f"input_transform and {sorted(_NO_EFFECT)}")
+    optimize = bool(options.get("optimize_for_inference", True))
+    if optimize:
+        from ..utils.network_optimize import check_options
+        check_options({k: v for k, v in options.items() if k.startswith("enable_")}, "dump")
+    prog = with_backward(prog)  # a GradManager.backward inside: its ops join the program
     defaults = _input_defaults(prog.in_tree)
     own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
     if len(own) == len(defaults):
@@ -179,7 +194,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                 entry["name"] = name
             consts.append(entry)
     steps = []
-    n_elided = 0
     for step in all_steps:
         t = type(step)
         if t is _AliasStep:
@@ -189,7 +203,6 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             # an opt_level rewrite's result that is its input unchanged (log(exp(x)) -> x):
             # upstream's graph forwards the input's var, so the file holds no operator for it
             steps.append({"alias": step.ins[0], "out": step.outs[0]})
-            n_elided += 1
             continue
         if t is not _OpStep:
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
@@ -220,6 +233,13 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         # fixed sizes read from values whose shapes data decides: a run checks those shapes
         # (see `_Program._dyn_checks`), as a replay of the trace does
         graph["fixed_shapes"] = [[s, list(shape)] for s, shape in prog.dyn_read.items()]
+    if optimize and any(options.get(k) for k in ("enable_io16xc32", "enable_ioc16")):
+        # the float16 passes rewrite the graph (megengine.utils.network_optimize); they work
+        # on the program as a loaded network knows it, with every var's dtype
+        from ..utils.network import Network
+        net = Network.load(io.BytesIO(write_file(graph, w, None)))
+        graph, w = net._graph_json(options, user_info, enable_metadata, False)
+        steps, consts = graph["steps"], graph["consts"]
     if input_data is not None:
         data = write_file(graph, w, None)  # the program as the file holds it computes the cases
         cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
@@ -234,8 +254,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
                         "describe the test cases of input_data=..., which was not given")
     data = write_file(graph, w, file)
-    n_oprs = len(inputs) + len(consts) + len(op_steps) - n_elided  # upstream counts its input and
-    # constant operators too
+    # upstream counts its input and constant operators too; an alias is no operator
+    n_oprs = len(inputs) + len(consts) + sum("alias" not in st for st in steps)
     digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
     return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
                     int.from_bytes(digest[:8], "little"), in_names, out_names,
@@ -298,8 +318,8 @@ def read_shapes(graph):
 
 def metadata_json(w, user_info, graph_modified, options):
     """The metadata upstream's loaders show: the user's object, whether the graph was edited
-    after tracing (`megengine.utils.network`), and the optimizer options asked for (recorded
-    only: this engine has no graph optimizer, see ``_NO_EFFECT``)."""
+    after tracing (`megengine.utils.network`), and the optimizer options asked for (see
+    `megengine.utils.network_optimize`)."""
     optimized = bool(options.get("optimize_for_inference", True))
     meta = {"user_info": w.value(user_info, "user_info"), "graph_modified": graph_modified,
             "optimized_for_inference": optimized}

@@ -259,7 +259,7 @@ class _Recorder(_Hook):
             info = self.prog.slots[s]
             info.tensor, info.device = t, t._device
             info.const = t._data
-            if self.const_mode and id(t) not in self.live:
+            if self.const_mode and id(t) not in self.live and not self._is_grad(t):
                 info.kind = "const"
                 with dispatch.on_device(t._device):  # CuPy copies onto the current GPU
                     info.const = t._data.copy()
@@ -465,6 +465,13 @@ class _Recorder(_Hook):
         if isinstance(value, (tuple, list)):
             return _Struct(t, None, [self._encode(v) for v in value])
         return value
+
+    def _is_grad(self, t):
+        """Whether ``t`` is the ``.grad`` of a tensor an event may have written (it is read
+        live, as a "grad" slot, also under capture_as_const: a replay must not keep the
+        recording's gradient)."""
+        return id(t) in self.grads_seen or any(getattr(a, "grad", None) is t
+                                               for a in self.candidates.values())
 
     def _resolve_grads(self):
         """Recording: externals that are some tensor's ``.grad`` must be read live as such."""

@@ -528,6 +528,16 @@ class trace:
         (``nr_opr``, ``inputs``, ``outputs``, ...). Run it with
         `megengine.utils.comp_graph_tools.GraphInference`. See `megengine.jit.dump` for the
         format and for the options kept from upstream.
+
+        With ``optimize_for_inference=True`` (the default), upstream's optimizer options:
+        ``enable_io16xc32=True`` stores the values between operators as float16 and computes
+        each operator in float32, ``enable_ioc16=True`` computes in float16 too; inputs are fed
+        and outputs come back in their traced dtypes (`megengine.utils.network_optimize`). The
+        layout options (``enable_nchw4``, ``enable_nchw44``, ...) and fusions
+        (``enable_fuse_conv_bias_nonlinearity``, ...) are recorded in the metadata: they
+        choose kernels of upstream's backends, which this engine has not. An unknown option
+        raises, naming the valid ones. A ``GradManager.backward`` whose gradients the function
+        returns is dumped with its backward (`megengine.jit.dump_backward`).
         """
         from .dump import dump_program
         if not self._capture_as_const:

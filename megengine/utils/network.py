@@ -31,6 +31,17 @@ __all__ = ["Network", "NodeFilter", "as_varnode", "as_oprnode", "set_symbolic_sh
 logger = get_logger(__name__)
 
 
+def _dump_info(graph, w, data):
+    """Upstream's dump result of a file whose graph.json is ``graph`` and bytes ``data``."""
+    inputs, consts, steps = graph["inputs"], graph["consts"], graph["steps"]
+    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+    return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),
+                    sum(w.arrays[c["array"]].nbytes for c in consts),
+                    int.from_bytes(digest[:8], "little"), [i["name"] for i in inputs],
+                    [o["name"] for o in graph["outputs"]],
+                    [c["name"] for c in consts if "name" in c])
+
+
 class Network:
     """A program as a graph of `OpNode`s and `VarNode`s, loaded from a dumped file (`load`) or
     built from nodes; `dump` writes it for `megengine.utils.comp_graph_tools.GraphInference`.
@@ -159,21 +170,38 @@ class Network:
              **kwargs):
         """Write the program to ``file`` (a path or a binary file object) in `megengine.jit.dump`'s
         format. Names of all inputs, constants, operators and vars are kept (upstream's
-        ``keep_*`` options only choose which names its binary format keeps); the graph
-        optimizer options are recorded in the metadata, without effect (no graph optimizer
-        here). Returns upstream's dump result (`megengine.jit.dump.DumpInfo`)."""
+        ``keep_*`` options only choose which names its binary format keeps). With
+        ``optimize_for_inference`` the float16 options (``enable_io16xc32``, ``enable_ioc16``)
+        rewrite the written graph (`megengine.utils.network_optimize`; the network itself is
+        left unchanged); the other optimizer options are recorded in the metadata. Returns
+        upstream's dump result (`megengine.jit.dump.DumpInfo`)."""
         for k in ("arg_names", "output_names"):
             if kwargs.pop(k, None):
                 logger.warning(f'"{k}" is not supported in Network.dump, rename the vars '
                                "directly")
         unknown = set(kwargs) - _NO_EFFECT
         if unknown:
-            raise TypeError(f"Network.dump() got unexpected keyword arguments {sorted(unknown)}")
+            raise TypeError(f"Network.dump() got unexpected keyword arguments {sorted(unknown)}; "
+                            f"its options are {sorted(_NO_EFFECT)}")
         if append:
             raise ValueError("Network.dump(append=True): a file holds one program in this "
                              "fork's format; dump each program to its own file")
         if not self.output_vars:
             raise ValueError("Network.dump: the network has no outputs; add_output() first")
+        options = dict(kwargs, optimize_for_inference=optimize_for_inference)
+        graph, w = self._graph_json(options, user_info, enable_metadata, True)
+        data = write_file(graph, w, file)
+        return _dump_info(graph, w, data)
+
+    def _graph_json(self, options, user_info, enable_metadata, graph_modified):
+        """(graph.json as a dict, its `_Writer`) of the program, after the float16 passes
+        ``options`` ask for (see `dump`)."""
+        out_vars, var_map = list(self.output_vars), {}
+        if options.get("optimize_for_inference", True):
+            from .network_optimize import check_options, optimize_vars
+
+            opt = {k: v for k, v in options.items() if k.startswith("enable_")}
+            out_vars, var_map = optimize_vars(out_vars, check_options(opt, "dump"))
         w = _Writer()
         slot_of = {}
         inputs, consts, steps = [], [], []
@@ -184,10 +212,16 @@ class Network:
 
         # (with the vars that guards and fixed-shape checks read: a Python decision made from
         # a var the outputs do not read still shaped the ops they do read)
-        checked = [v for v, _ in self._fixed_shapes]
-        for tree, _, _, _ in self._shape_guards:
+        def mapped(v):  # (a var the passes rebuilt has the same shape)
+            return var_map.get(id(v), v)
+
+        shape_guards = [(_map_dim_leaves(tree, mapped), value, kind, where)
+                        for tree, value, kind, where in self._shape_guards]
+        fixed_shapes = [(mapped(v), shape) for v, shape in self._fixed_shapes]
+        checked = [v for v, _ in fixed_shapes]
+        for tree, _, _, _ in shape_guards:
             _map_dim_leaves(tree, lambda v: checked.append(v) or v)
-        for opr in get_oprs_seq(self.output_vars + checked, False, False):
+        for opr in get_oprs_seq(out_vars + checked, False, False):
             if isinstance(opr, Host2DeviceCopy):
                 v = opr.outputs[0]
                 name = opr.name or v.name
@@ -222,19 +256,18 @@ class Network:
                                           type(opr._op).__name__, f"operator {opr.name!r}",
                                           opr.name, [v.name for v in opr.outputs]))
         outputs = []
-        for i, v in enumerate(self.output_vars):
+        for i, v in enumerate(out_vars):
             name = v.name or f"output_{i}"
             if any(o["name"] == name for o in outputs):
                 raise DumpError(f"Network.dump: two outputs are named {name!r}; rename one "
                                 "(var.name = ...) before dumping")
             outputs.append({"name": name, "slot": slot_of[id(v)]})
-        options = dict(kwargs, optimize_for_inference=optimize_for_inference)
         graph = {"format": FORMAT, "version": VERSION, "n_slots": len(slot_of),
                  "inputs": inputs, "outputs": outputs, "consts": consts, "steps": steps,
-                 "metadata": (metadata_json(w, user_info, True, options) if enable_metadata
-                              else None)}
+                 "metadata": (metadata_json(w, user_info, graph_modified, options)
+                              if enable_metadata else None)}
         guards = []
-        for tree, value, kind, where in self._shape_guards:
+        for tree, value, kind, where in shape_guards:
             mapped = _map_dim_leaves(tree, lambda v: slot_of.get(id(v)))
             if mapped is None:  # it reads a var the outputs no longer depend on
                 logger.warning("Network.dump: a shape guard (%s) reads a var that the outputs no "
@@ -242,15 +275,22 @@ class Network:
                 continue
             guards.append((mapped, value, kind, where))
         graph.update(shapes_json(self._symbolic_shape, guards))
-        if self._fixed_shapes:
+        if fixed_shapes:
             graph["fixed_shapes"] = [[slot_of[id(v)], list(shape)]
-                                     for v, shape in self._fixed_shapes if id(v) in slot_of]
-        data = write_file(graph, w, file)
-        digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
-        return DumpInfo(len(inputs) + len(consts) + len(steps), len(data),
-                        sum(w.arrays[c["array"]].nbytes for c in consts),
-                        int.from_bytes(digest[:8], "little"), [i["name"] for i in inputs],
-                        [o["name"] for o in outputs], [c["name"] for c in consts if "name" in c])
+                                     for v, shape in fixed_shapes if id(v) in slot_of]
+        return graph, w
+
+    def optimize_for_inference(self, dest_vars, **kwargs):
+        """Upstream's inference optimizer on vars of this network: new vars computing
+        ``dest_vars`` (a var or a list) after the passes the options ask for (the float16 ones
+        of `megengine.utils.network_optimize`; layouts and fusions leave the vars as they are).
+        The network is left unchanged; ``add_output`` or ``replace_vars`` use the new vars."""
+        from ..core.tensor_megbrain_graph import optimize_for_inference
+
+        if isinstance(dest_vars, VarNode):
+            dest_vars = [dest_vars]
+        out, _ = optimize_for_inference(list(dest_vars), **kwargs)
+        return out
 
     # ----- making nodes -----
     def make_const(self, data, name=None, device=None):

@@ -194,7 +194,7 @@ def test_vars_of_two_devices_meet_only_through_a_copy_operator_as_upstream():
     np.testing.assert_allclose(out["out"], np.maximum(np.array([0.1, -2.0, 6.0]), 0.5))
 
 
-def test_graph_options_keep_the_vars_and_refuse_float16():
+def test_graph_options_keep_the_vars_and_convert_float16():
     g = G.Graph()
     v = g.make_const(np.ones(2)) + 1
     got, options = G.optimize_for_inference([v], enable_nchw4=True,
@@ -203,8 +203,13 @@ def test_graph_options_keep_the_vars_and_refuse_float16():
     assert G.deserialize_infer_option(options) == {"enable_nchw4": True,
                                                    "enable_fuse_conv_bias_nonlinearity": True,
                                                    "enable_fuse_grain": True}
-    with pytest.raises(ValueError, match="float16"):
-        G.optimize_for_inference([v], enable_io16xc32=True)
+    (h,), options = G.optimize_for_inference([v * 0.1], enable_io16xc32=True)
+    # float16 inside (the constants stored so), the output converted back to float32
+    assert h.dtype == np.float32 and h.owner.type == "TypeCvt"
+    assert h.owner.inputs[0].dtype == np.float16 and options["enable_io16xc32"]
+    np.testing.assert_equal(h.numpy(), np.float32(np.float16(0.1) * np.float16(2)))
+    with pytest.raises(ValueError, match="exclude each other"):
+        G.optimize_for_inference([v], enable_io16xc32=True, enable_ioc16=True)
     with pytest.raises(ValueError, match="unknown options"):
         G.optimize_for_inference([v], enable_magic=True)
     G.set_priority_to_id([v])
