@@ -47,8 +47,8 @@ def test_resize_nearest_matches_oracle(src, dst):
 
 def test_resize_keeps_2d_and_rejects_unknown_interpolation():
     assert F.resize(np.zeros((4, 4), np.uint8), (2, 3)).shape == (2, 3)
-    with pytest.raises(NotImplementedError, match="INTER_LINEAR"):
-        F.resize(np.zeros((4, 4, 1)), (2, 2), F.INTER_CUBIC)
+    with pytest.raises(ValueError, match="INTER_LANCZOS4 \\(4\\)"):
+        F.resize(np.zeros((4, 4, 1)), (2, 2), 7)
     with pytest.raises(ValueError, match="height, width"):
         F.resize(np.zeros((4, 4, 1)), (2,))
 
@@ -117,8 +117,10 @@ def test_vertical_flip():
 
 def test_pad_transform():
     image, boxes, mask, keypoints, cat = sample()
-    out = T.Pad((1, 2, 3, 4), value=255, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    out = T.Pad((1, 2, 3, 4), value=[255] * 3, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))
     assert out[0].shape == (7, 13, 3) and out[0][0, 0].tolist() == [255] * 3
+    # one number is OpenCV's Scalar(v) = (v, 0, 0, 0): the first channel only, as upstream's
+    assert T.Pad(1, value=255).apply(image)[0, 0].tolist() == [255, 0, 0]
     np.testing.assert_array_equal(out[0][1:5, 3:9], image)
     np.testing.assert_array_equal(out[1], [[4.0, 1.0, 6.0, 3.0]])
     assert out[2].shape == (7, 13, 1) and out[2][0, 0, 0] == 9

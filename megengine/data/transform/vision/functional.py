@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 
+from .cv_resize import resize_like_cv2
+
 __all__ = [
     "INTER_NEAREST",
     "INTER_LINEAR",
@@ -100,27 +102,48 @@ def _pad_sizes(size):
     return tuple(int(s) for s in size)
 
 
+def _border_fill(value, channels):
+    """The per-channel border colour ``cv2.copyMakeBorder`` makes of ``value`` (an OpenCV
+    Scalar): a number fills the first channel only (``Scalar(v)`` is ``(v, 0, 0, 0)``), a
+    sequence of up to 4 numbers fills channel by channel, missing ones with 0; an image of more
+    than 4 channels takes a Scalar whose four entries are equal, in every channel."""
+    flat = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    if flat.size > 4:
+        raise ValueError(
+            "pad value is an OpenCV Scalar of at most 4 numbers, but got {} numbers: {!r}".format(flat.size, value)
+        )
+    scalar = np.zeros(4)
+    scalar[: flat.size] = flat
+    if channels <= 4:
+        return scalar[:channels]
+    if not (scalar == scalar[0]).all():
+        raise ValueError(
+            "a {}-channel image can only be padded with one value in all channels (OpenCV fills "
+            "more than 4 channels with a Scalar of four equal entries), but got value={!r}; pass "
+            "that value as a sequence of four equal numbers or as 0".format(channels, value)
+        )
+    return np.full(channels, scalar[0])
+
+
 @wrap_keepdims
 def pad(input, size, value):
-    r"""Pad an (H, W, C) array with a constant border.
+    r"""Pad an (H, W, C) array with a constant border, as ``cv2.copyMakeBorder`` with
+    ``BORDER_CONSTANT``.
 
     Args:
         size: an int (all four sides), ``(bottom, right)`` or ``(top, bottom, left, right)``.
-        value: border value, a number or one number per channel (as OpenCV's Scalar:
-            missing channels get 0). A float value turns the result into float32.
+        value: border value as OpenCV's Scalar: a number fills the *first* channel and leaves
+            the others 0 (``Scalar(v) = (v, 0, 0, 0)``); give one number per channel (at most
+            4) for a colour. Values are rounded (halves to even) and saturated to the image's
+            dtype. A float64 value (a Python float, or a list holding one) turns the image into
+            float32 first, as upstream does.
     """
     top, bottom, left, right = _pad_sizes(size)
-    if np.asarray(value).dtype.kind == "f":
+    if np.asarray(value).dtype == np.float64:
         input = input.astype(np.float32)
     h, w, c = input.shape
-    fill = np.zeros(c, dtype=np.float64)
-    flat = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    if flat.size == 1:
-        fill[:] = flat[0]
-    else:
-        fill[: min(c, flat.size)] = flat[:c]
     out = np.empty((h + top + bottom, w + left + right, c), dtype=input.dtype)
-    out[...] = _cast_like(fill, input.dtype)
+    out[...] = _cast_like(_border_fill(value, c), input.dtype)
     out[top : top + h, left : left + w] = input
     return out
 
@@ -137,55 +160,58 @@ def flip(image, flipCode):
     raise ValueError("flipCode should be 1 (horizontal), 0 (vertical) or -1 (both), got {!r}".format(flipCode))
 
 
-def _nearest_index(in_size, out_size):
-    # OpenCV's INTER_NEAREST: src = floor(dst * in / out), no half-pixel shift.
-    return np.minimum(np.floor(np.arange(out_size) * (1.0 / (out_size / in_size))).astype(np.intp), in_size - 1)
-
-
-def _linear_index(in_size, out_size):
-    # OpenCV's INTER_LINEAR: pixel centres are aligned, src = (dst + 0.5) * in / out - 0.5,
-    # clamped to the border (the same as torch's align_corners=False).
-    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.intp), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, src - i0
+_INTERPOLATIONS = {
+    INTER_NEAREST: "INTER_NEAREST",
+    INTER_LINEAR: "INTER_LINEAR",
+    INTER_CUBIC: "INTER_CUBIC",
+    INTER_AREA: "INTER_AREA",
+    INTER_LANCZOS4: "INTER_LANCZOS4",
+}
 
 
 @wrap_keepdims
 def resize(input, size, interpolation=INTER_LINEAR):
-    r"""Resize an (H, W, C) array to ``size`` = (height, width).
+    r"""Resize an (H, W, C) array to ``size`` = (height, width), as ``cv2.resize`` does.
 
     Args:
-        interpolation: ``INTER_NEAREST`` or ``INTER_LINEAR`` (OpenCV's codes 0 and 1), or a
-            sequence of them to pick one at random.
+        interpolation: one of OpenCV's codes, or a sequence of them to pick one at random:
+
+            * ``INTER_NEAREST`` (0): the pixel at ``floor(dst * in / out)``.
+            * ``INTER_LINEAR`` (1, default): bilinear with pixel centres aligned.
+            * ``INTER_CUBIC`` (2): bicubic (Keys, a = -0.75) over 4 x 4 pixels.
+            * ``INTER_AREA`` (3): the mean over each output pixel's area when shrinking;
+              OpenCV's bilinear-like weights when enlarging.
+            * ``INTER_LANCZOS4`` (4): Lanczos over 8 x 8 pixels.
+
+    The result is OpenCV's (4.x, x86-64 wheels) to the level for uint8 images: its float32
+    coefficients, its 11-bit fixed point and border rules, and, where those wheels hand the
+    work to Intel IPP (uint8 cubic with 1, 3 or 4 channels), a float64 filter that differs
+    from IPP's only on sums within about 1e-5 of a half. float32 images are OpenCV's to the
+    bit outside IPP's cases (linear and cubic with 1, 3 or 4 channels), within a few float32
+    units there. An image of the requested size comes back as a copy.
     """
     if len(size) != 2:
         raise ValueError("resize needs size=(height, width), but got {!r}".format(size))
     if isinstance(interpolation, collections.abc.Sequence):
         interpolation = random.choice(interpolation)
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(
+            "resize supports OpenCV's interpolation codes {}, but got interpolation={!r}".format(
+                ", ".join("{} ({})".format(n, c) for c, n in _INTERPOLATIONS.items()), interpolation
+            )
+        )
     th, tw = int(size[0]), int(size[1])
     if th <= 0 or tw <= 0:
         raise ValueError("resize needs a positive target size, but got {!r}".format(size))
     h, w, _ = input.shape
     if h == 0 or w == 0:
         raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
-    if interpolation == INTER_NEAREST:
-        return input[_nearest_index(h, th)][:, _nearest_index(w, tw)]
-    if interpolation != INTER_LINEAR:
-        raise NotImplementedError(
-            "resize supports INTER_NEAREST (0) and INTER_LINEAR (1) only, got interpolation={!r}; "
-            "this build resizes with numpy, not OpenCV".format(interpolation)
-        )
-    work = np.float64 if input.dtype == np.float64 else np.float32
-    y0, y1, wy = _linear_index(h, th)
-    x0, x1, wx = _linear_index(w, tw)
-    img = input.astype(work, copy=False)
-    wy = wy.astype(work)[:, None, None]
-    rows = img[y0] * (1 - wy) + img[y1] * wy
-    wx = wx.astype(work)[None, :, None]
-    out = rows[:, x0] * (1 - wx) + rows[:, x1] * wx
-    return _cast_like(out, input.dtype)
+    if input.dtype in (np.uint8, np.float32, np.float64) or interpolation == INTER_NEAREST:
+        return resize_like_cv2(input, th, tw, interpolation)
+    # OpenCV refuses other dtypes (int8, int32, float16, ...) except for nearest; resize them
+    # through a float type that holds them exactly and round back as OpenCV's casts do
+    work = np.float32 if input.dtype.itemsize <= 2 and input.dtype.kind != "b" else np.float64
+    return _cast_like(resize_like_cv2(input.astype(work), th, tw, interpolation), input.dtype)
 
 
 # OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its

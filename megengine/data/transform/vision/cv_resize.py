@@ -1,0 +1,316 @@
+"""cv2.resize in numpy, computed as OpenCV 4.x computes it: its sampling tables, its float32
+coefficients, its 11-bit fixed point for uint8 and its border rules, so that uint8 results are
+the same to the level (see ``resize`` for the few cases that are not)."""
+import numpy as np
+
+__all__ = ["resize_like_cv2"]
+
+INTER_NEAREST, INTER_LINEAR, INTER_CUBIC, INTER_AREA, INTER_LANCZOS4 = 0, 1, 2, 3, 4
+
+# OpenCV's INTER_RESIZE_COEF_BITS: uint8 images are resized with coefficients scaled by 2**11
+# and rounded to int16; the two passes together scale by 2**22.
+_COEF_BITS = 11
+_COEF_SCALE = 1 << _COEF_BITS
+_F32 = np.float32
+# int16 lanes of OpenCV's SIMD vertical pass for uint8 cubic (SSE3 is the baseline of its x86-64
+# wheels and that loop is not dispatched to AVX2)
+_LANES_S16 = 8
+_LANES_F32 = 4
+
+
+def _cubic_coeffs(x):
+    """OpenCV's interpolateCubic (a = -0.75), in float32 step for step."""
+    a = _F32(-0.75)
+    one = _F32(1)
+    x1 = x + one
+    c0 = ((a * x1 - _F32(5) * a) * x1 + _F32(8) * a) * x1 - _F32(4) * a
+    c1 = ((a + _F32(2)) * x - (a + _F32(3))) * x * x + one
+    y = one - x
+    c2 = ((a + _F32(2)) * y - (a + _F32(3))) * y * y + one
+    c3 = one - c0 - c1 - c2
+    return np.stack([c0, c1, c2, c3], axis=1).astype(_F32)
+
+
+def _lanczos4_coeffs(x):
+    """OpenCV's interpolateLanczos4: sin(pi t / 4) sin(pi t) / t**2 over 8 taps, normalised
+    in float32; ``x + 3 - i`` is rounded to float32 first, as in its C++."""
+    s45 = 0.70710678118654752440084436210485
+    cs = np.array([[1, 0], [-s45, -s45], [0, 1], [s45, -s45], [-1, 0], [s45, s45], [0, -1], [-s45, s45]])
+    x3 = (x + _F32(3)).astype(_F32)
+    y0 = -x3.astype(np.float64) * np.pi * 0.25
+    s0, c0 = np.sin(y0), np.cos(y0)
+    coeffs = np.empty((x.size, 8), _F32)
+    total = np.zeros(x.size, _F32)
+    for i in range(8):
+        y = -(x3 - _F32(i)).astype(np.float64) * np.pi * 0.25
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coeffs[:, i] = ((cs[i, 0] * s0 + cs[i, 1] * c0) / (y * y)).astype(_F32)
+        total = total + coeffs[:, i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coeffs *= (_F32(1) / total)[:, None]
+    # OpenCV's shortcut for x below FLT_EPSILON: the centre tap alone (no 0/0)
+    tiny = x < np.finfo(_F32).eps
+    coeffs[tiny] = 0
+    coeffs[tiny, 3] = 1
+    return coeffs
+
+
+def _taps(in_size, out_size, interpolation, horizontal):
+    """For one axis: source indices (out, k), clamped to the image, and float32 weights (out, k).
+
+    ``horizontal`` applies OpenCV's x-only rule for linear (and enlarging area): a sample left of
+    the first or right of the last pixel takes that pixel alone; rows instead are clamped with
+    their weights kept (which differs only in float rounding)."""
+    inv_scale = out_size / in_size
+    scale = 1.0 / inv_scale
+    d = np.arange(out_size, dtype=np.float64)
+    if interpolation == INTER_AREA:  # enlarging: OpenCV's area-to-bilinear weights
+        s = np.floor(d * scale).astype(np.int64)
+        f = ((d + 1) - (s + 1) * inv_scale).astype(_F32)
+        f = np.where(f <= 0, _F32(0), f - np.floor(f)).astype(_F32)
+    else:
+        f = ((d + 0.5) * scale - 0.5).astype(_F32)
+        s = np.floor(f).astype(np.int64)
+        f = (f - s.astype(_F32)).astype(_F32)
+    if interpolation == INTER_CUBIC:
+        w = _cubic_coeffs(f)
+    elif interpolation == INTER_LANCZOS4:
+        w = _lanczos4_coeffs(f)
+    else:
+        if horizontal:
+            outside = (s < 0) | (s >= in_size - 1)
+            s = np.clip(s, 0, in_size - 1)
+            f = np.where(outside, _F32(0), f)
+        w = np.stack([_F32(1) - f, f], axis=1).astype(_F32)
+    k = w.shape[1]
+    idx = np.clip(s[:, None] + np.arange(k) - (k // 2 - 1), 0, in_size - 1)
+    return idx, w
+
+
+def _fixed(w):
+    """float32 weights to OpenCV's int16 fixed point (saturate_cast rounds half to even)."""
+    return np.clip(np.rint(w * _F32(_COEF_SCALE)), -32768, 32767).astype(np.int64)
+
+
+def _separable(image, xt, yt, interpolation):
+    """The horizontal pass over the rows that are read, then the vertical pass (OpenCV's order)."""
+    (xi, xw), (yi, yw) = xt, yt
+    fixed = image.dtype == np.uint8
+    if fixed:
+        xw, yw, acc = _fixed(xw), _fixed(yw), np.int64
+    else:
+        acc = np.float64 if image.dtype == np.float64 else _F32
+        xw, yw = xw.astype(acc), yw.astype(acc)
+    rows, yi = np.unique(yi, return_inverse=True)
+    yi = yi.reshape(yw.shape)
+    src = image[rows].astype(acc, copy=False)
+    horiz = src[:, xi[:, 0]] * xw[None, :, 0, None]
+    for k in range(1, xw.shape[1]):  # OpenCV sums the taps left to right
+        horiz += src[:, xi[:, k]] * xw[None, :, k, None]
+    terms = [horiz[yi[:, k]] * yw[:, k, None, None] for k in range(yw.shape[1])]
+    if not fixed:
+        out = terms[0].copy()
+        for t in terms[1:]:
+            out += t
+        if len(terms) > 2 and acc is _F32:
+            # cubic and lanczos4: OpenCV's SIMD loop (4 floats a step) adds the last rows first,
+            # h0 b0 + (h1 b1 + (... + h7 b7)); its tail adds them in order, as above
+            nested = terms[-1].copy()
+            for t in terms[-2::-1]:
+                nested = t + nested
+            out = _simd_split(out, nested, _LANES_F32)
+        return _saturate(out, image.dtype)
+    if interpolation in (INTER_LINEAR, INTER_AREA):
+        # OpenCV's vertical pass (SIMD and scalar alike) drops 4 bits of each row and keeps the
+        # high half of 16-bit products: ((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16),
+        # rounded by 2 bits: not the exact (sum + 2**21) >> 22, one level off now and then
+        h0, h1 = (horiz[yi[:, k]] >> 4 for k in range(2))
+        b0, b1 = (yw[:, k, None, None] for k in range(2))
+        out = (((h0 * b0) >> 16) + ((h1 * b1) >> 16) + 2) >> 2
+    elif interpolation == INTER_CUBIC:
+        # SIMD: float32 ((h3 b3 + h2 b2) + h1 b1) + h0 b0 with b = beta / 2**22, rounded to even
+        scale = _F32(1.0 / (_COEF_SCALE * _COEF_SCALE))
+        fb = [(yw[:, k].astype(_F32) * scale)[:, None, None] for k in range(4)]
+        fh = [horiz[yi[:, k]].astype(_F32) for k in range(4)]
+        acc32 = fh[3] * fb[3]
+        for k in (2, 1, 0):
+            acc32 = fh[k] * fb[k] + acc32
+        simd = np.rint(acc32).astype(np.int64)
+        out = _simd_split(_fixed_point_sum(terms), simd, _LANES_S16)
+    else:  # lanczos4: no SIMD vertical pass for uint8
+        out = _fixed_point_sum(terms)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _fixed_point_sum(terms):
+    """OpenCV's scalar FixedPtCast: the integer sum rounded by 22 bits, halves up."""
+    total = sum(terms[1:], terms[0])
+    return (total + (1 << (2 * _COEF_BITS - 1))) >> (2 * _COEF_BITS)
+
+
+def _simd_split(exact, simd, step):
+    """Columns (flattened x * channels) the SIMD loop covers, ``step`` at a time, take ``simd``;
+    the rest (the row's tail) takes ``exact``."""
+    h, w, c = exact.shape
+    width = w * c
+    x = (width // step) * step
+    flat = exact.reshape(h, width).copy()
+    flat[:, :x] = simd.reshape(h, width)[:, :x]
+    return flat.reshape(h, w, c)
+
+
+def _saturate(values, dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype, copy=False)
+
+
+def _area_table(in_size, out_size, scale):
+    """OpenCV's computeResizeAreaTab as (out, taps) index and float32 weight tables: each output
+    cell covers ``scale`` source pixels, partial pixels at its ends weighted by the covered part."""
+    taps = [[] for _ in range(out_size)]
+    for dx in range(out_size):
+        fsx1 = dx * scale
+        fsx2 = fsx1 + scale
+        cell = min(scale, in_size - fsx1)
+        sx1, sx2 = int(np.ceil(fsx1)), int(np.floor(fsx2))
+        sx2 = min(sx2, in_size - 1)
+        sx1 = min(sx1, sx2)
+        if sx1 - fsx1 > 1e-3:
+            taps[dx].append((sx1 - 1, (sx1 - fsx1) / cell))
+        for sx in range(sx1, sx2):
+            taps[dx].append((sx, 1.0 / cell))
+        if fsx2 - sx2 > 1e-3:
+            taps[dx].append((sx2, min(min(fsx2 - sx2, 1.0), cell) / cell))
+    n = max(len(t) for t in taps)
+    idx = np.zeros((out_size, n), np.int64)
+    w = np.zeros((out_size, n), _F32)  # padding taps weigh 0: adding 0.0 changes no float sum
+    for dx, t in enumerate(taps):
+        for k, (sx, a) in enumerate(t):
+            idx[dx, k], w[dx, k] = sx, a
+    return idx, w
+
+
+def _area_shrink(image, th, tw):
+    """True area averaging (both axes shrink): OpenCV's resizeArea_, summed in float32
+    (float64 for float64 images) in its order, rounded to even for integers."""
+    h, w, _ = image.shape
+    xi, xw = _area_table(w, tw, 1.0 / (tw / w))
+    yi, yw = _area_table(h, th, 1.0 / (th / h))
+    acc = np.float64 if image.dtype == np.float64 else _F32
+    xw, yw = xw.astype(acc), yw.astype(acc)
+    out = None
+    for ky in range(yi.shape[1]):
+        src = image[yi[:, ky]].astype(acc, copy=False)
+        row = src[:, xi[:, 0]] * xw[None, :, 0, None]
+        for kx in range(1, xi.shape[1]):
+            row += src[:, xi[:, kx]] * xw[None, :, kx, None]
+        term = yw[:, ky, None, None] * row
+        out = term if out is None else out + term
+    return _saturate(out, image.dtype)
+
+
+def _area_fast(image, sy, sx):
+    """Integer shrink factors: OpenCV's resizeAreaFast_, the mean of each sy x sx block (uint8:
+    an integer sum times float32 1/area, rounded to even; its 2 x 2 fast mode for 1, 3 or 4
+    channels rounds halves up instead)."""
+    h, w, c = image.shape
+    th, tw = h // sy, w // sx
+    blocks = image[: th * sy, : tw * sx].reshape(th, sy, tw, sx, c)
+    if image.dtype == np.uint8:
+        total = blocks.astype(np.int64).sum(axis=(1, 3))
+        if sy == 2 and sx == 2 and c in (1, 3, 4):
+            return ((total + 2) >> 2).astype(np.uint8)
+        mean = total.astype(_F32) * (_F32(1) / _F32(sy * sx))
+        return _saturate(mean, np.uint8)
+    acc = np.float64 if image.dtype == np.float64 else _F32
+    # OpenCV adds the block row by row, four pixels at a time
+    parts = blocks.astype(acc, copy=False).transpose(0, 2, 4, 1, 3).reshape(th, tw, c, sy * sx)
+    total = np.zeros((th, tw, c), acc)
+    area = sy * sx
+    k = 0
+    while k <= area - 4:
+        total += ((parts[..., k] + parts[..., k + 1]) + parts[..., k + 2]) + parts[..., k + 3]
+        k += 4
+    for k in range(k, area):
+        total += parts[..., k]
+    return _saturate(total * acc(1.0 / area), image.dtype)
+
+
+def _ipp_taps(in_size, out_size, interpolation):
+    """Positions and weights in float64, none rounded to float32 (the Intel IPP kernels)."""
+    f = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    if interpolation == INTER_LINEAR:
+        f = np.maximum(f, 0.0)
+    s = np.floor(f)
+    f = f - s
+    if interpolation == INTER_LINEAR:
+        w = np.stack([1 - f, f], axis=1)
+    else:  # Keys' cubic, a = -0.75, at distances 1 + f, f, 1 - f, 2 - f
+        a = -0.75
+        near = lambda t: ((a + 2) * t - (a + 3)) * t * t + 1  # noqa: E731
+        far = lambda t: ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # noqa: E731
+        w = np.stack([far(1 + f), near(f), near(1 - f), far(2 - f)], axis=1)
+    k = w.shape[1]
+    idx = np.clip(s.astype(np.int64)[:, None] + np.arange(k) - (k // 2 - 1), 0, in_size - 1)
+    return idx, w
+
+
+def _uses_ipp(image, interpolation):
+    """Whether OpenCV's x86-64 wheels hand this resize to Intel IPP (measured on 4.14: IPP serves
+    1, 3 and 4 channels; linear from 2 x 2 pixels up for 16-bit, float32 and float64; cubic from
+    4 x 4 up for uint8, 16-bit and float32)."""
+    h, w, c = image.shape
+    if c not in (1, 3, 4):
+        return False
+    kind = image.dtype.name
+    if interpolation == INTER_LINEAR:
+        return min(h, w) >= 2 and kind in ("uint16", "int16", "float32", "float64")
+    if interpolation == INTER_CUBIC:
+        return min(h, w) >= 4 and kind in ("uint8", "uint16", "int16", "float32")
+    return False
+
+
+def _ipp_like(image, th, tw, interpolation):
+    """IPP's results are those of the same filter in float64, rounded once at the end (its own
+    arithmetic is not published: sums within about 1e-5 of a half may round the other way)."""
+    (xi, xw), (yi, yw) = (_ipp_taps(image.shape[1], tw, interpolation),
+                          _ipp_taps(image.shape[0], th, interpolation))
+    rows, yi = np.unique(yi, return_inverse=True)
+    yi = yi.reshape(yw.shape)
+    src = image[rows].astype(np.float64)
+    horiz = sum(src[:, xi[:, k]] * xw[None, :, k, None] for k in range(xw.shape[1]))
+    out = sum(horiz[yi[:, k]] * yw[:, k, None, None] for k in range(yw.shape[1]))
+    return _saturate(out, image.dtype)
+
+
+def resize_like_cv2(image, th, tw, interpolation, ipp=True):
+    """``cv2.resize(image, (tw, th), interpolation=interpolation)`` for an (H, W, C) array.
+
+    ``ipp``: follow OpenCV's x86-64 wheels, which give some linear and cubic cases to Intel IPP;
+    ``False`` computes OpenCV's own code everywhere (``cv2.ipp.setUseIPP(False)``, or a build
+    without IPP such as ARM's)."""
+    h, w, _ = image.shape
+    if (h, w) == (th, tw):
+        return image.copy()
+    if ipp and _uses_ipp(image, interpolation):
+        return _ipp_like(image, th, tw, interpolation)
+    if interpolation == INTER_NEAREST:
+        # src = floor(dst * (1 / (out / in))), no half-pixel shift
+        yi = np.minimum(np.floor(np.arange(th) * (1.0 / (th / h))).astype(np.intp), h - 1)
+        xi = np.minimum(np.floor(np.arange(tw) * (1.0 / (tw / w))).astype(np.intp), w - 1)
+        return image[yi][:, xi]
+    scale_x, scale_y = 1.0 / (tw / w), 1.0 / (th / h)
+    iscale_x, iscale_y = int(np.rint(scale_x)), int(np.rint(scale_y))
+    area_fast = abs(scale_x - iscale_x) < np.finfo(float).eps and abs(scale_y - iscale_y) < np.finfo(float).eps
+    if interpolation == INTER_LINEAR and area_fast and iscale_x == 2 and iscale_y == 2:
+        interpolation = INTER_AREA  # OpenCV halves with the area mean, which is the same
+    if interpolation == INTER_AREA and scale_x >= 1 and scale_y >= 1:
+        if area_fast:
+            return _area_fast(image, iscale_y, iscale_x)
+        return _area_shrink(image, th, tw)
+    xt = _taps(w, tw, interpolation, horizontal=True)
+    yt = _taps(h, th, interpolation, horizontal=False)
+    return _separable(image, xt, yt, interpolation)
