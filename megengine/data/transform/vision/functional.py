@@ -63,16 +63,16 @@ def _cast_like(values, dtype):
 @wrap_keepdims
 def to_gray(image):
     r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` (uint8 and
-    uint16 in OpenCV's fixed point: ``(1868 B + 9617 G + 4899 R + 2**13) >> 14``)."""
+    uint16 in OpenCV 4's 15-bit fixed point: ``(3735 B + 19235 G + 9798 R + 2**14) >> 15``)."""
     if image.shape[2] == 1:
         return image.copy()
     if image.shape[2] not in (3, 4):
         raise ValueError("to_gray needs a BGR(A) image with 3 or 4 channels, got {}".format(image.shape[2]))
     if image.dtype in (np.uint8, np.uint16):
-        # OpenCV's integer path (upstream calls cv2.cvtColor): 14-bit fixed-point weights,
-        # rounded (float weights put about 0.2% of uint8 pixels one level off)
+        # cv2.cvtColor's integer path (upstream calls it), checked against OpenCV 4.14: float
+        # weights put about 0.2% of uint8 pixels one level off, 14-bit ones (OpenCV 3) 0.3%
         b, g, r = (image[:, :, k].astype(np.int64) for k in range(3))
-        gray = (b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14
+        gray = (b * 3735 + g * 19235 + r * 9798 + (1 << 14)) >> 15
         return gray.astype(image.dtype)[:, :, None]
     weights = np.array([0.114, 0.587, 0.299], dtype=np.float32)
     gray = image[:, :, :3].astype(np.float32) @ weights
@@ -168,6 +168,9 @@ _INTERPOLATIONS = {
     INTER_LANCZOS4: "INTER_LANCZOS4",
 }
 
+# the dtypes cv2.resize interpolates (others it resizes with INTER_NEAREST only)
+_CV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
+
 
 @wrap_keepdims
 def resize(input, size, interpolation=INTER_LINEAR):
@@ -206,7 +209,7 @@ def resize(input, size, interpolation=INTER_LINEAR):
     h, w, _ = input.shape
     if h == 0 or w == 0:
         raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
-    if input.dtype in (np.uint8, np.float32, np.float64) or interpolation == INTER_NEAREST:
+    if input.dtype in _CV_DTYPES or interpolation == INTER_NEAREST:
         return resize_like_cv2(input, th, tw, interpolation)
     # OpenCV refuses other dtypes (int8, int32, float16, ...) except for nearest; resize them
     # through a float type that holds them exactly and round back as OpenCV's casts do
@@ -215,7 +218,8 @@ def resize(input, size, interpolation=INTER_LINEAR):
 
 
 # OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its
-# RGB2HSV_b); HSV_FULL -> BGR runs in float32 (HSV2RGB_f) and rounds to even. Upstream's
+# RGB2HSV_b); HSV_FULL -> BGR runs in float32 (HSV2RGB_f) and rounds to even, and reads the hue
+# on a 0..255 circle (hscale 6 / 255) where the forward way writes it on 0..256. Upstream's
 # HueTransform goes through both, so they are emulated step for step: float64 formulas differ
 # in about 3% of pixels by one level (H or S) and on exact halves of the way back.
 _HSV_SHIFT = 12
@@ -245,11 +249,12 @@ def hsv_to_bgr(image):
     float32 as OpenCV computes it)."""
     hsv = np.asarray(image)
     f32 = np.float32
-    h = hsv[..., 0].astype(f32) * f32(6.0 / 256)  # sextant position in [0, 6)
+    h = hsv[..., 0].astype(f32) * f32(6.0 / 255)  # sextant position in [0, 6]; 6 is sextant 0
     s = hsv[..., 1].astype(f32) * f32(1.0 / 255)
     v = hsv[..., 2].astype(f32) * f32(1.0 / 255)
     sector = np.floor(h).astype(np.intp)
     f = h - sector.astype(f32)
+    sector %= 6  # OpenCV's fmod(h, 6): h = 255 (6.0) is red again
     one = f32(1)
     p, q, t = v * (one - s), v * (one - s * f), v * (one - s * (one - f))
     # (r, g, b) per sector
