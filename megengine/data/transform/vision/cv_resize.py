@@ -93,53 +93,61 @@ def _fixed(w):
 
 
 def _separable(image, xt, yt, interpolation):
-    """The horizontal pass over the rows that are read, then the vertical pass (OpenCV's order)."""
+    """The horizontal pass over the rows that are read, then the vertical pass (OpenCV's order),
+    on rows flattened to (x, channel) as OpenCV walks them."""
     (xi, xw), (yi, yw) = xt, yt
+    h, w, c = image.shape
+    th, tw, taps = yi.shape[0], xi.shape[0], xw.shape[1]
     fixed = image.dtype == np.uint8
-    if fixed:
-        xw, yw, acc = _fixed(xw), _fixed(yw), np.int64
+    if fixed:  # linear sums fit int32 (255 * 2**11 per row), cubic and lanczos4 ones may not
+        acc = np.int32 if taps == 2 else np.int64
+        xw, yw = _fixed(xw).astype(acc), _fixed(yw).astype(acc)
     else:
         acc = np.float64 if image.dtype == np.float64 else _F32
         xw, yw = xw.astype(acc), yw.astype(acc)
     rows, yi = np.unique(yi, return_inverse=True)
     yi = yi.reshape(yw.shape)
-    src = image[rows].astype(acc, copy=False)
-    horiz = src[:, xi[:, 0]] * xw[None, :, 0, None]
-    for k in range(1, xw.shape[1]):  # OpenCV sums the taps left to right
-        horiz += src[:, xi[:, k]] * xw[None, :, k, None]
-    terms = [horiz[yi[:, k]] * yw[:, k, None, None] for k in range(yw.shape[1])]
+    # tap k of output column (x, channel ch) reads source column xi[x, k] * c + ch
+    cols = (xi[:, None, :] * c + np.arange(c)[None, :, None]).reshape(tw * c, taps)
+    xw = np.repeat(xw, c, axis=0)
+    src = image.reshape(h, w * c)[rows].astype(acc, copy=False)
+    horiz = np.take(src, cols[:, 0], axis=1) * xw[:, 0]
+    for k in range(1, taps):  # OpenCV sums the taps left to right
+        horiz += np.take(src, cols[:, k], axis=1) * xw[:, k]
+    row = lambda k: np.take(horiz, yi[:, k], axis=0)  # noqa: E731  (row tap k of each output)
+    if fixed and interpolation in (INTER_LINEAR, INTER_AREA):
+        # OpenCV's vertical pass (SIMD and scalar alike) drops 4 bits of each row and keeps the
+        # high half of 16-bit products: ((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16),
+        # rounded by 2 bits: not the exact (sum + 2**21) >> 22, one level off now and then
+        horiz >>= 4
+        out = (row(0) * yw[:, 0, None]) >> 16
+        out += (row(1) * yw[:, 1, None]) >> 16
+        out += 2
+        out >>= 2
+        return np.clip(out, 0, 255).astype(np.uint8).reshape(th, tw, c)
+    terms = [row(k) * yw[:, k, None] for k in range(taps)]
     if not fixed:
         out = terms[0].copy()
         for t in terms[1:]:
             out += t
-        if len(terms) > 2 and acc is _F32:
+        if taps > 2 and acc is _F32:
             # cubic and lanczos4: OpenCV's SIMD loop (4 floats a step) adds the last rows first,
             # h0 b0 + (h1 b1 + (... + h7 b7)); its tail adds them in order, as above
             nested = terms[-1].copy()
             for t in terms[-2::-1]:
                 nested = t + nested
             out = _simd_split(out, nested, _LANES_F32)
-        return _saturate(out, image.dtype)
-    if interpolation in (INTER_LINEAR, INTER_AREA):
-        # OpenCV's vertical pass (SIMD and scalar alike) drops 4 bits of each row and keeps the
-        # high half of 16-bit products: ((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16),
-        # rounded by 2 bits: not the exact (sum + 2**21) >> 22, one level off now and then
-        h0, h1 = (horiz[yi[:, k]] >> 4 for k in range(2))
-        b0, b1 = (yw[:, k, None, None] for k in range(2))
-        out = (((h0 * b0) >> 16) + ((h1 * b1) >> 16) + 2) >> 2
-    elif interpolation == INTER_CUBIC:
+        return _saturate(out, image.dtype).reshape(th, tw, c)
+    if interpolation == INTER_CUBIC:
         # SIMD: float32 ((h3 b3 + h2 b2) + h1 b1) + h0 b0 with b = beta / 2**22, rounded to even
         scale = _F32(1.0 / (_COEF_SCALE * _COEF_SCALE))
-        fb = [(yw[:, k].astype(_F32) * scale)[:, None, None] for k in range(4)]
-        fh = [horiz[yi[:, k]].astype(_F32) for k in range(4)]
-        acc32 = fh[3] * fb[3]
+        simd = row(3).astype(_F32) * (yw[:, 3, None].astype(_F32) * scale)
         for k in (2, 1, 0):
-            acc32 = fh[k] * fb[k] + acc32
-        simd = np.rint(acc32).astype(np.int64)
-        out = _simd_split(_fixed_point_sum(terms), simd, _LANES_S16)
+            simd = row(k).astype(_F32) * (yw[:, k, None].astype(_F32) * scale) + simd
+        out = _simd_split(_fixed_point_sum(terms), np.rint(simd).astype(np.int64), _LANES_S16)
     else:  # lanczos4: no SIMD vertical pass for uint8
         out = _fixed_point_sum(terms)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return np.clip(out, 0, 255).astype(np.uint8).reshape(th, tw, c)
 
 
 def _fixed_point_sum(terms):
@@ -149,14 +157,12 @@ def _fixed_point_sum(terms):
 
 
 def _simd_split(exact, simd, step):
-    """Columns (flattened x * channels) the SIMD loop covers, ``step`` at a time, take ``simd``;
-    the rest (the row's tail) takes ``exact``."""
-    h, w, c = exact.shape
-    width = w * c
-    x = (width // step) * step
-    flat = exact.reshape(h, width).copy()
-    flat[:, :x] = simd.reshape(h, width)[:, :x]
-    return flat.reshape(h, w, c)
+    """Columns of a flattened row (x * channels) that the SIMD loop covers, ``step`` at a time,
+    take ``simd``; the rest (the row's tail) takes ``exact``."""
+    x = (exact.shape[1] // step) * step
+    out = exact.copy()
+    out[:, :x] = simd[:, :x]
+    return out
 
 
 def _saturate(values, dtype):
@@ -218,24 +224,27 @@ def _area_fast(image, sy, sx):
     channels rounds halves up instead)."""
     h, w, c = image.shape
     th, tw = h // sy, w // sx
-    blocks = image[: th * sy, : tw * sx].reshape(th, sy, tw, sx, c)
-    if image.dtype == np.uint8:
-        total = blocks.astype(np.int64).sum(axis=(1, 3))
-        if sy == 2 and sx == 2 and c in (1, 3, 4):
-            return ((total + 2) >> 2).astype(np.uint8)
-        mean = total.astype(_F32) * (_F32(1) / _F32(sy * sx))
-        return _saturate(mean, np.uint8)
-    acc = np.float64 if image.dtype == np.float64 else _F32
-    # OpenCV adds the block row by row, four pixels at a time
-    parts = blocks.astype(acc, copy=False).transpose(0, 2, 4, 1, 3).reshape(th, tw, c, sy * sx)
-    total = np.zeros((th, tw, c), acc)
+    # the block's pixels in OpenCV's order (row by row), each as a strided (th, tw, c) view
+    parts = [image[i : th * sy : sy, j : tw * sx : sx] for i in range(sy) for j in range(sx)]
     area = sy * sx
+    if image.dtype == np.uint8:
+        total = parts[0].astype(np.int32)
+        for p in parts[1:]:
+            total += p
+        if sy == 2 and sx == 2 and c in (1, 3, 4):
+            total += 2
+            total >>= 2
+            return total.astype(np.uint8)
+        return _saturate(total.astype(_F32) * (_F32(1) / _F32(area)), np.uint8)
+    acc = np.float64 if image.dtype == np.float64 else _F32
+    parts = [p.astype(acc) for p in parts]
+    total = np.zeros((th, tw, c), acc)
     k = 0
-    while k <= area - 4:
-        total += ((parts[..., k] + parts[..., k + 1]) + parts[..., k + 2]) + parts[..., k + 3]
+    while k <= area - 4:  # OpenCV adds four pixels at a time
+        total += ((parts[k] + parts[k + 1]) + parts[k + 2]) + parts[k + 3]
         k += 4
     for k in range(k, area):
-        total += parts[..., k]
+        total += parts[k]
     return _saturate(total * acc(1.0 / area), image.dtype)
 
 

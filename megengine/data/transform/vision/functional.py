@@ -143,7 +143,8 @@ def pad(input, size, value):
         input = input.astype(np.float32)
     h, w, c = input.shape
     out = np.empty((h + top + bottom, w + left + right, c), dtype=input.dtype)
-    out[...] = _cast_like(_border_fill(value, c), input.dtype)
+    if top or bottom or left or right:  # (cv2 reads no value when nothing is padded)
+        out[...] = _cast_like(_border_fill(value, c), input.dtype)
     out[top : top + h, left : left + w] = input
     return out
 
