@@ -95,6 +95,24 @@ def test_float_resize_matches_opencv(src, dst, channels, interpolation):
                                rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_bit_exact_interpolations_are_opencvs(dtype):
+    # INTER_LINEAR_EXACT: fixed point with 8 (16-bit: 16) fraction bits per weight; floats
+    # fall back to INTER_LINEAR. INTER_NEAREST_EXACT: the pixel under each pixel's centre.
+    info = np.iinfo(dtype) if dtype != np.float32 else None
+    rng = np.random.RandomState(4)
+    for src, dst, channels in SHAPES:
+        image = (rng.randint(info.min, info.max + 1, size=(*src, channels)) if info else
+                 rng.uniform(0, 255, size=(*src, channels))).astype(dtype)
+        for interpolation in (cv2.INTER_LINEAR_EXACT, cv2.INTER_NEAREST_EXACT):
+            got, want = F.resize(image, dst, interpolation), cv_resize(image, dst, interpolation)
+            assert got.dtype == want.dtype
+            if info is None and interpolation == cv2.INTER_LINEAR_EXACT:
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)  # IPP's linear, above
+            else:
+                np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16])
 def test_16bit_resize_within_a_level_of_opencv(dtype):
     # OpenCV resizes 16-bit images through float32 sums whose SIMD order is not emulated here

@@ -38,7 +38,8 @@ def _sample(rng, dt=None, hw=None):
 
 # the interpolations drawn: OpenCV's five with cv2 as the oracle, else the two torch can check
 _INTERPS = [VF.INTER_LINEAR, VF.INTER_NEAREST] + (
-    [VF.INTER_CUBIC, VF.INTER_AREA, VF.INTER_LANCZOS4] if cv2 is not None else [])
+    [VF.INTER_CUBIC, VF.INTER_AREA, VF.INTER_LANCZOS4, VF.INTER_LINEAR_EXACT,
+     VF.INTER_NEAREST_EXACT] if cv2 is not None else [])
 
 
 def _resize_tol(interp):

@@ -6,6 +6,7 @@ import numpy as np
 __all__ = ["resize_like_cv2"]
 
 INTER_NEAREST, INTER_LINEAR, INTER_CUBIC, INTER_AREA, INTER_LANCZOS4 = 0, 1, 2, 3, 4
+INTER_LINEAR_EXACT, INTER_NEAREST_EXACT = 5, 6
 
 # OpenCV's INTER_RESIZE_COEF_BITS: uint8 images are resized with coefficients scaled by 2**11
 # and rounded to int16; the two passes together scale by 2**22.
@@ -219,23 +220,23 @@ def _area_shrink(image, th, tw):
 
 
 def _area_fast(image, sy, sx):
-    """Integer shrink factors: OpenCV's resizeAreaFast_, the mean of each sy x sx block (uint8:
-    an integer sum times float32 1/area, rounded to even; its 2 x 2 fast mode for 1, 3 or 4
+    """Integer shrink factors: OpenCV's resizeAreaFast_, the mean of each sy x sx block (integer
+    images: the sum times float32 1/area, rounded to even; its 2 x 2 fast mode for 1, 3 or 4
     channels rounds halves up instead)."""
     h, w, c = image.shape
     th, tw = h // sy, w // sx
     # the block's pixels in OpenCV's order (row by row), each as a strided (th, tw, c) view
     parts = [image[i : th * sy : sy, j : tw * sx : sx] for i in range(sy) for j in range(sx)]
     area = sy * sx
-    if image.dtype == np.uint8:
+    if image.dtype.kind in "iu":  # 8- and 16-bit: the sums are exact, in ints or float32
         total = parts[0].astype(np.int32)
         for p in parts[1:]:
             total += p
         if sy == 2 and sx == 2 and c in (1, 3, 4):
             total += 2
             total >>= 2
-            return total.astype(np.uint8)
-        return _saturate(total.astype(_F32) * (_F32(1) / _F32(area)), np.uint8)
+            return total.astype(image.dtype)
+        return _saturate(total.astype(_F32) * (_F32(1) / _F32(area)), image.dtype)
     acc = np.float64 if image.dtype == np.float64 else _F32
     parts = [p.astype(acc) for p in parts]
     total = np.zeros((th, tw, c), acc)
@@ -295,6 +296,45 @@ def _ipp_like(image, th, tw, interpolation):
     return _saturate(out, image.dtype)
 
 
+def _nearest_exact_index(in_size, out_size):
+    """OpenCV's resizeNN_bitexact: the pixel under each output pixel's centre, in 16-bit fixed
+    point, src = (dst * step + step / 2 - in % 2) >> 16 with step = round(in / out * 2**16)."""
+    step = ((in_size << 16) + out_size // 2) // out_size
+    start = step // 2 - in_size % 2
+    return np.minimum((step * np.arange(out_size, dtype=np.int64) + start) >> 16, in_size - 1)
+
+
+def _linear_exact_taps(in_size, out_size, frac):
+    """OpenCV's bit-exact linear weights (interpolationLinear): the source position in float64,
+    its fraction rounded to ``frac`` bits; samples left of the first pixel or right of the last
+    take that pixel alone (weights (one, 0))."""
+    one = 1 << frac
+    f = (1.0 / (out_size / in_size)) * (np.arange(out_size) + 0.5) - 0.5
+    s = np.floor(f).astype(np.int64)
+    w1 = np.rint((f - s) * one).astype(np.int64)
+    inside = (s >= 0) & (s < in_size - 1)
+    w1 = np.where(inside, w1, 0)
+    s = np.clip(s, 0, in_size - 1)
+    idx = np.stack([s, np.minimum(s + 1, in_size - 1)], axis=1)
+    return idx, np.stack([one - w1, w1], axis=1)
+
+
+def _linear_exact(image, th, tw):
+    """OpenCV's INTER_LINEAR_EXACT for 8- and 16-bit integers: both passes in fixed point with
+    8 (16-bit images: 16) fraction bits per weight, the sum rounded once, halves up."""
+    frac = 8 * image.dtype.itemsize
+    h, w, c = image.shape
+    xi, xw = _linear_exact_taps(w, tw, frac)
+    yi, yw = _linear_exact_taps(h, th, frac)
+    src = image.reshape(h, w * c).astype(np.int64)
+    cols = (xi[:, None, :] * c + np.arange(c)[None, :, None]).reshape(tw * c, 2)
+    xw = np.repeat(xw, c, axis=0)
+    horiz = np.take(src, cols[:, 0], axis=1) * xw[:, 0] + np.take(src, cols[:, 1], axis=1) * xw[:, 1]
+    out = np.take(horiz, yi[:, 0], axis=0) * yw[:, 0, None] + np.take(horiz, yi[:, 1], axis=0) * yw[:, 1, None]
+    out = (out + (1 << (2 * frac - 1))) >> (2 * frac)
+    return _saturate(out, image.dtype).reshape(th, tw, c)
+
+
 def resize_like_cv2(image, th, tw, interpolation, ipp=True):
     """``cv2.resize(image, (tw, th), interpolation=interpolation)`` for an (H, W, C) array.
 
@@ -304,8 +344,12 @@ def resize_like_cv2(image, th, tw, interpolation, ipp=True):
     h, w, _ = image.shape
     if (h, w) == (th, tw):
         return image.copy()
+    if interpolation == INTER_LINEAR_EXACT and image.dtype.kind == "f":
+        interpolation = INTER_LINEAR  # as OpenCV: floats have no bit-exact variant
     if ipp and _uses_ipp(image, interpolation):
         return _ipp_like(image, th, tw, interpolation)
+    if interpolation == INTER_NEAREST_EXACT:
+        return image[_nearest_exact_index(h, th)][:, _nearest_exact_index(w, tw)]
     if interpolation == INTER_NEAREST:
         # src = floor(dst * (1 / (out / in))), no half-pixel shift
         yi = np.minimum(np.floor(np.arange(th) * (1.0 / (th / h))).astype(np.intp), h - 1)
@@ -316,6 +360,10 @@ def resize_like_cv2(image, th, tw, interpolation, ipp=True):
     area_fast = abs(scale_x - iscale_x) < np.finfo(float).eps and abs(scale_y - iscale_y) < np.finfo(float).eps
     if interpolation == INTER_LINEAR and area_fast and iscale_x == 2 and iscale_y == 2:
         interpolation = INTER_AREA  # OpenCV halves with the area mean, which is the same
+    if interpolation == INTER_LINEAR_EXACT:
+        if area_fast and iscale_x == 2 and iscale_y == 2 and image.shape[2] != 2:
+            return _area_fast(image, 2, 2)
+        return _linear_exact(image, th, tw)
     if interpolation == INTER_AREA and scale_x >= 1 and scale_y >= 1:
         if area_fast:
             return _area_fast(image, iscale_y, iscale_x)

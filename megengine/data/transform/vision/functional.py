@@ -14,6 +14,8 @@ __all__ = [
     "INTER_CUBIC",
     "INTER_AREA",
     "INTER_LANCZOS4",
+    "INTER_LINEAR_EXACT",
+    "INTER_NEAREST_EXACT",
     "to_gray",
     "to_bgr",
     "pad",
@@ -29,6 +31,8 @@ INTER_LINEAR = 1
 INTER_CUBIC = 2
 INTER_AREA = 3
 INTER_LANCZOS4 = 4
+INTER_LINEAR_EXACT = 5
+INTER_NEAREST_EXACT = 6
 
 
 def wrap_keepdims(func):
@@ -167,6 +171,8 @@ _INTERPOLATIONS = {
     INTER_CUBIC: "INTER_CUBIC",
     INTER_AREA: "INTER_AREA",
     INTER_LANCZOS4: "INTER_LANCZOS4",
+    INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT",
+    INTER_NEAREST_EXACT: "INTER_NEAREST_EXACT",
 }
 
 # the dtypes cv2.resize interpolates (others it resizes with INTER_NEAREST only)
@@ -186,13 +192,17 @@ def resize(input, size, interpolation=INTER_LINEAR):
             * ``INTER_AREA`` (3): the mean over each output pixel's area when shrinking;
               OpenCV's bilinear-like weights when enlarging.
             * ``INTER_LANCZOS4`` (4): Lanczos over 8 x 8 pixels.
+            * ``INTER_LINEAR_EXACT`` (5): bilinear in OpenCV's bit-exact fixed point (8 fraction
+              bits per weight for 8-bit images, 16 for 16-bit ones); floats: ``INTER_LINEAR``.
+            * ``INTER_NEAREST_EXACT`` (6): the pixel under each output pixel's centre.
 
     The result is OpenCV's (4.x, x86-64 wheels) to the level for uint8 images: its float32
     coefficients, its 11-bit fixed point and border rules, and, where those wheels hand the
     work to Intel IPP (uint8 cubic with 1, 3 or 4 channels), a float64 filter that differs
     from IPP's only on sums within about 1e-5 of a half. float32 images are OpenCV's to the
     bit outside IPP's cases (linear and cubic with 1, 3 or 4 channels), within a few float32
-    units there. An image of the requested size comes back as a copy.
+    units there. 16-bit images are within a level of OpenCV's (int8 ones with
+    ``INTER_LINEAR_EXACT`` too). An image of the requested size comes back as a copy.
     """
     if len(size) != 2:
         raise ValueError("resize needs size=(height, width), but got {!r}".format(size))
@@ -210,10 +220,13 @@ def resize(input, size, interpolation=INTER_LINEAR):
     h, w, _ = input.shape
     if h == 0 or w == 0:
         raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
-    if input.dtype in _CV_DTYPES or interpolation == INTER_NEAREST:
+    small_int = input.dtype.kind in "iu" and input.dtype.itemsize <= 2
+    if (input.dtype in _CV_DTYPES or interpolation in (INTER_NEAREST, INTER_NEAREST_EXACT)
+            or (interpolation == INTER_LINEAR_EXACT and small_int)):
         return resize_like_cv2(input, th, tw, interpolation)
-    # OpenCV refuses other dtypes (int8, int32, float16, ...) except for nearest; resize them
-    # through a float type that holds them exactly and round back as OpenCV's casts do
+    # OpenCV refuses other dtypes (int8, int32, float16, ...) but for nearest (and their
+    # bit-exact linear); resize them through a float type that holds them exactly and round
+    # back as OpenCV's casts do
     work = np.float32 if input.dtype.itemsize <= 2 and input.dtype.kind != "b" else np.float64
     return _cast_like(resize_like_cv2(input.astype(work), th, tw, interpolation), input.dtype)
 
