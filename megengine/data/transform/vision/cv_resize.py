@@ -1,6 +1,7 @@
 """cv2.resize in numpy, computed as OpenCV 4.x computes it: its sampling tables, its float32
-coefficients, its 11-bit fixed point for uint8 and its border rules, so that uint8 results are
-the same to the level (see ``resize`` for the few cases that are not)."""
+coefficients, its 11-bit fixed point for uint8, its border rules and the summation order of its
+SIMD loops, so that uint8 results are the same to the level and float32 ones to the bit
+(checked against opencv-python 4.14 on x86-64; ``resize_like_cv2`` says where they are not)."""
 import numpy as np
 
 __all__ = ["resize_like_cv2"]
@@ -13,8 +14,9 @@ INTER_LINEAR_EXACT, INTER_NEAREST_EXACT = 5, 6
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
 _F32 = np.float32
-# int16 lanes of OpenCV's SIMD vertical pass for uint8 cubic (SSE3 is the baseline of its x86-64
-# wheels and that loop is not dispatched to AVX2)
+# lanes of OpenCV's SIMD vertical passes (SSE3 is the baseline of its x86-64 wheels and these
+# loops are not dispatched to AVX2): 8 int16 for uint8 cubic, 4 floats for float32 cubic and
+# lanczos4; the columns past the last full step are summed by scalar code in another order
 _LANES_S16 = 8
 _LANES_F32 = 4
 
@@ -340,7 +342,12 @@ def resize_like_cv2(image, th, tw, interpolation, ipp=True):
 
     ``ipp``: follow OpenCV's x86-64 wheels, which give some linear and cubic cases to Intel IPP;
     ``False`` computes OpenCV's own code everywhere (``cv2.ipp.setUseIPP(False)``, or a build
-    without IPP such as ARM's)."""
+    without IPP such as ARM's).
+
+    Where the results are not OpenCV's to the bit: IPP's cases (uint8 cubic: sums within ~1e-5
+    of a half may round the other way; float32 linear and cubic: a few float32 units), 16-bit
+    images (a level: OpenCV's 16-bit SIMD orders are not followed) and int8 with
+    ``INTER_LINEAR_EXACT`` (a level)."""
     h, w, _ = image.shape
     if (h, w) == (th, tw):
         return image.copy()

@@ -295,7 +295,7 @@ class Resize(_ResizeBase):
     Args:
         output_size: ``(height, width)``, or an int: the shorter edge becomes this long
             and the aspect ratio is kept.
-        interpolation: an OpenCV code as :func:`~.functional.resize` takes (``INTER_NEAREST``,
+        interpolation: an OpenCV code as ``vision.functional.resize`` takes (``INTER_NEAREST``,
             ``INTER_LINEAR`` (default), ``INTER_CUBIC``, ``INTER_AREA``, ``INTER_LANCZOS4``,
             ``INTER_LINEAR_EXACT``, ``INTER_NEAREST_EXACT``) or a sequence of them to draw from;
             masks always use ``INTER_NEAREST``.
