@@ -2,6 +2,7 @@
 with numpy in place of OpenCV and following OpenCV's conventions."""
 import collections.abc
 import functools
+import platform
 import random
 
 import numpy as np
@@ -175,6 +176,10 @@ _INTERPOLATIONS = {
     INTER_NEAREST_EXACT: "INTER_NEAREST_EXACT",
 }
 
+# OpenCV's x86 wheels hand some resizes to Intel IPP, its ARM wheels have no IPP: follow the
+# OpenCV that upstream's transforms would load on this machine
+_OPENCV_USES_IPP = platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686")
+
 # the dtypes cv2.resize interpolates (others it resizes with INTER_NEAREST only)
 _CV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
 
@@ -196,10 +201,11 @@ def resize(input, size, interpolation=INTER_LINEAR):
               bits per weight for 8-bit images, 16 for 16-bit ones); floats: ``INTER_LINEAR``.
             * ``INTER_NEAREST_EXACT`` (6): the pixel under each output pixel's centre.
 
-    The result is OpenCV's (4.x, x86-64 wheels) to the level for uint8 images: its float32
-    coefficients, its 11-bit fixed point and border rules, and, where those wheels hand the
-    work to Intel IPP (uint8 cubic with 1, 3 or 4 channels), a float64 filter that differs
-    from IPP's only on sums within about 1e-5 of a half. float32 images are OpenCV's to the
+    The result is OpenCV's (4.x wheels) to the level for uint8 images: its float32
+    coefficients, its 11-bit fixed point and border rules, and, where the x86 wheels hand the
+    work to Intel IPP (uint8 cubic with 1, 3 or 4 channels; ARM wheels have no IPP and are
+    followed on ARM machines), a float64 filter that differs from IPP's only on sums within
+    about 1e-5 of a half. float32 images are OpenCV's to the
     bit outside IPP's cases (linear and cubic with 1, 3 or 4 channels), within a few float32
     units there. 16-bit images are within a level of OpenCV's (int8 ones with
     ``INTER_LINEAR_EXACT`` too). An image of the requested size comes back as a copy.
@@ -223,12 +229,13 @@ def resize(input, size, interpolation=INTER_LINEAR):
     small_int = input.dtype.kind in "iu" and input.dtype.itemsize <= 2
     if (input.dtype in _CV_DTYPES or interpolation in (INTER_NEAREST, INTER_NEAREST_EXACT)
             or (interpolation == INTER_LINEAR_EXACT and small_int)):
-        return resize_like_cv2(input, th, tw, interpolation)
+        return resize_like_cv2(input, th, tw, interpolation, ipp=_OPENCV_USES_IPP)
     # OpenCV refuses other dtypes (int8, int32, float16, ...) but for nearest (and their
     # bit-exact linear); resize them through a float type that holds them exactly and round
     # back as OpenCV's casts do
     work = np.float32 if input.dtype.itemsize <= 2 and input.dtype.kind != "b" else np.float64
-    return _cast_like(resize_like_cv2(input.astype(work), th, tw, interpolation), input.dtype)
+    out = resize_like_cv2(input.astype(work), th, tw, interpolation, ipp=_OPENCV_USES_IPP)
+    return _cast_like(out, input.dtype)
 
 
 # OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its
