@@ -47,8 +47,8 @@ def test_resize_nearest_matches_oracle(src, dst):
 
 def test_resize_keeps_2d_and_rejects_unknown_interpolation():
     assert F.resize(np.zeros((4, 4), np.uint8), (2, 3)).shape == (2, 3)
-    with pytest.raises(NotImplementedError, match="INTER_LINEAR"):
-        F.resize(np.zeros((4, 4, 1)), (2, 2), F.INTER_CUBIC)
+    with pytest.raises(ValueError, match="INTER_LANCZOS4 \\(4\\)"):
+        F.resize(np.zeros((4, 4, 1)), (2, 2), 7)
     with pytest.raises(ValueError, match="height, width"):
         F.resize(np.zeros((4, 4, 1)), (2,))
 
@@ -79,7 +79,12 @@ def test_gray_and_hsv_against_colorsys():
     for (b, g, r), (h, s, v) in zip(bgr[0].tolist(), hsv[0].tolist()):
         eh, es, ev = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
         assert abs(h - eh * 256) % 256 <= 1 and abs(s - es * 255) <= 1 and abs(v - ev * 255) <= 1
-    assert np.abs(F.hsv_to_bgr(hsv).astype(int) - bgr).max() <= 2
+    # back: OpenCV reads the hue on 0..255, so the round trip turns blue (h = 171 of 256)
+    # into 171 / 255 of the circle: green 6 where it was 0
+    back = F.hsv_to_bgr(hsv).astype(int)
+    for (h, s, v), (b, g, r) in zip(hsv[0].tolist(), back[0].tolist()):
+        er, eg, eb = colorsys.hsv_to_rgb(h / 255 % 1.0, s / 255, v / 255)
+        assert max(abs(b - eb * 255), abs(g - eg * 255), abs(r - er * 255)) <= 1
 
 
 def sample():
@@ -117,8 +122,10 @@ def test_vertical_flip():
 
 def test_pad_transform():
     image, boxes, mask, keypoints, cat = sample()
-    out = T.Pad((1, 2, 3, 4), value=255, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    out = T.Pad((1, 2, 3, 4), value=[255] * 3, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))
     assert out[0].shape == (7, 13, 3) and out[0][0, 0].tolist() == [255] * 3
+    # one number is OpenCV's Scalar(v) = (v, 0, 0, 0): the first channel only, as upstream's
+    assert T.Pad(1, value=255).apply(image)[0, 0].tolist() == [255, 0, 0]
     np.testing.assert_array_equal(out[0][1:5, 3:9], image)
     np.testing.assert_array_equal(out[1], [[4.0, 1.0, 6.0, 3.0]])
     assert out[2].shape == (7, 13, 1) and out[2][0, 0, 0] == 9
@@ -293,28 +300,29 @@ def test_color_transforms():
 
 
 def test_to_gray_of_integer_images_is_opencvs_fixed_point():
-    # found by the fuzzer (ToGray): 0.114 * 244 + 0.587 * 47 + 0.299 * 7 = 57.498 rounds to
-    # 57, OpenCV's (1868 * 244 + 9617 * 47 + 4899 * 7 + 8192) >> 14 = 58 (upstream's cv2)
-    bgr = np.array([[[244, 47, 7]]], np.uint8)
-    assert F.to_gray(bgr).tolist() == [[[58]]]
-    assert F.to_gray(bgr.astype(np.uint16)).tolist() == [[[58]]]
-    np.testing.assert_allclose(F.to_gray(bgr.astype(np.float32)), [[[57.498]]], rtol=1e-6)
+    # 0.114 * 244 + 0.587 * 47 + 0.299 * 7 = 57.498; OpenCV 4 (upstream's cv2) computes
+    # (3735 * 244 + 19235 * 47 + 9798 * 7 + 2**14) >> 15 = 57; 14-bit weights (OpenCV 3) gave
+    # 58. (36, 255, 0): (134460 + 4904925 + 2**14) >> 15 = 154 (0.114 * 36 + 0.587 * 255 = 153.8)
+    bgr = np.array([[[244, 47, 7], [36, 255, 0]]], np.uint8)
+    assert F.to_gray(bgr).tolist() == [[[57], [154]]]
+    assert F.to_gray(bgr.astype(np.uint16)).tolist() == [[[57], [154]]]
+    np.testing.assert_allclose(F.to_gray(bgr.astype(np.float32))[0, 0], [57.498], rtol=1e-6)
 
 
 def test_hsv_conversions_are_opencvs_to_the_level():
     # found by the fuzzer (HueTransform): float64 formulas put about 3% of pixels one level
-    # off OpenCV's integer BGR2HSV_FULL (upstream's HueTransform runs cv2.cvtColor), and
-    # rounded exact halves of HSV2BGR_FULL up where OpenCV's float32 arithmetic lands below.
+    # off OpenCV's integer BGR2HSV_FULL (upstream's HueTransform runs cv2.cvtColor).
     # Values by hand from OpenCV's tables: sdiv[v] = rint(255 * 4096 / v),
     # hdiv[diff] = rint(256 * 4096 / (6 * diff)), then (x * table + 2048) >> 12.
     bgr = np.array([[[217, 163, 130], [209, 104, 10]]], np.uint8)
     # pixel 0: v = 217 (blue), diff = 87: s = (87 * 4813 + 2048) >> 12 = 102,
     # h = ((130 - 163 + 4 * 87) * 2009 + 2048) >> 12 = 155 (float64 gave 154)
     np.testing.assert_array_equal(F.bgr_to_hsv(bgr), [[[155, 102, 217], [150, 243, 209]]])
-    # h = 101 (sector 2, f = 0.3671875), s = 160, v = 170: blue is exactly 102.5, which
-    # OpenCV's float32 steps leave just below (102); float64 gave 103
+    # the way back reads the hue on 0..255 (OpenCV 4.14): h = 101 * 6 / 255 = 2.376 (sector
+    # 2, f = 0.376), s = 160 / 255, v = 170 / 255: blue = v (1 - s (1 - f)) = 0.40584 -> 103,
+    # green = v -> 170, red = v (1 - s) -> 63.33 -> 63
     hsv = np.array([[[101, 160, 170]]], np.uint8)
-    np.testing.assert_array_equal(F.hsv_to_bgr(hsv), [[[102, 170, 63]]])
+    np.testing.assert_array_equal(F.hsv_to_bgr(hsv), [[[103, 170, 63]]])
 
 
 def test_hue_rotates_colors_and_keeps_grays():
@@ -322,7 +330,9 @@ def test_hue_rotates_colors_and_keeps_grays():
     out = T.HueTransform((0.25, 0.25)).apply(bgr)
     for (b, g, r), (ob, og, orr) in zip(bgr[0].tolist(), out[0].tolist()):
         h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
-        er, eg, eb = colorsys.hsv_to_rgb((h + int(0.25 * 255) / 256) % 1.0, s, v)
+        # the hue is written on a 0..256 circle, shifted by int(0.25 * 255) = 63 levels and
+        # read back on a 0..255 one (OpenCV's HSV_FULL pair)
+        er, eg, eb = colorsys.hsv_to_rgb(((round(h * 256) + 63) % 256) / 255 % 1.0, s, v)
         assert abs(ob - eb * 255) <= 3 and abs(og - eg * 255) <= 3 and abs(orr - er * 255) <= 3
     assert out[0, 2].tolist() == [90, 90, 90]
     assert T.HueTransform(0).apply(bgr) is bgr

@@ -1,12 +1,19 @@
 """Fuzz generators for megengine.data.transform (vision): Normalize, Resize, Pad, CenterCrop,
 ToMode, flips, RandomResizedCrop, the ColorJitter pieces and Compose chains of them, on images,
-coords and masks, against hand oracles of upstream's documented behaviour (OpenCV's resize as
-torch's interpolate); the random transforms replayed from a fixed seed, and their draws checked
-by seeded statistics."""
+coords and masks, against the OpenCV calls upstream makes where cv2 is importable (all five
+interpolations, copyMakeBorder, cvtColor; plus F.resize and F.pad alone on any dtype and channel
+count), else hand oracles of upstream's documented behaviour (OpenCV's linear and nearest resize
+as torch's interpolate); the random transforms replayed from a fixed seed, and their draws
+checked by seeded statistics."""
 import math
 
 import numpy as np
 import torch
+
+try:  # the oracle upstream's transforms call; optional (hand oracles without it)
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
 
 import megengine.data.transform as T
 from megengine.data.transform.vision import functional as VF
@@ -29,10 +36,26 @@ def _sample(rng, dt=None, hw=None):
     return img, coords, mask
 
 
+# the interpolations drawn: OpenCV's five with cv2 as the oracle, else the two torch can check
+_INTERPS = [VF.INTER_LINEAR, VF.INTER_NEAREST] + (
+    [VF.INTER_CUBIC, VF.INTER_AREA, VF.INTER_LANCZOS4, VF.INTER_LINEAR_EXACT,
+     VF.INTER_NEAREST_EXACT] if cv2 is not None else [])
+
+
+def _resize_tol(interp):
+    """Levels a uint8 resize may be off: none against cv2, except cubic, which OpenCV's x86-64
+    wheels give to Intel IPP (unpublished arithmetic: sums near a half may round either way);
+    one against torch's float64 sums (OpenCV rounds in 11-bit fixed point)."""
+    return 0 if cv2 is not None and interp != VF.INTER_CUBIC else 1
+
+
 def _resize_ref(img, th, tw, interp):
-    """OpenCV's resize: INTER_LINEAR centres aligned (src = (dst + 0.5) * in / out - 0.5,
-    clamped), INTER_NEAREST src = floor(dst * in / out): torch's bilinear (align_corners
-    False, no antialiasing) and legacy nearest; integer images rounded and saturated."""
+    """cv2.resize as upstream calls it, where cv2 is importable; else OpenCV's resize by hand:
+    INTER_LINEAR centres aligned (src = (dst + 0.5) * in / out - 0.5, clamped), INTER_NEAREST
+    src = floor(dst * in / out): torch's bilinear (align_corners False, no antialiasing) and
+    legacy nearest; integer images rounded and saturated."""
+    if cv2 is not None:
+        return cv2.resize(img, (tw, th), interpolation=interp).reshape(th, tw, -1)
     t = torch.from_numpy(np.ascontiguousarray(img, np.float64)).permute(2, 0, 1)[None]
     mode = "nearest" if interp == VF.INTER_NEAREST else "bilinear"
     kw = {} if mode == "nearest" else {"align_corners": False}
@@ -80,7 +103,7 @@ def _normalize(rng):
 
 
 def _resize(rng):
-    interp = pick(rng, [VF.INTER_LINEAR, VF.INTER_NEAREST])
+    interp = pick(rng, _INTERPS)
     size = int(rng.integers(1, 9)) if rng.random() < 0.4 else \
         (int(rng.integers(1, 9)), int(rng.integers(1, 9)))
 
@@ -106,26 +129,42 @@ def _pad(rng):
     size = int(rng.integers(0, 3)) if r < 0.3 else \
         tuple(int(v) for v in rng.integers(0, 3, size=2 if r < 0.6 else 4))
     c = pick(rng, [1, 3])
-    value = pick(rng, [0, 7, 2.5, [1, 2, 3][:c] if c > 1 else 9, [1.5, 2.5, 3.5][:c]])
+    value = pick(rng, [0, 7, 2.5, [1, 2, 3][:c] if c > 1 else 9, [1.5, 2.5, 3.5][:c], [300, -4]])
     mask_value = int(rng.integers(0, 4))
     top, bottom, left, right = ((size,) * 4 if isinstance(size, int) else
                                 (0, size[0], 0, size[1]) if len(size) == 2 else size)
 
     def ref(img, co, m):
-        if np.asarray(value).dtype.kind == "f":  # a float border value: a float32 image
+        if np.asarray(value).dtype == np.float64:  # a float border value: a float32 image
             img = img.astype(np.float32)
-        fill = np.broadcast_to(np.asarray(value, np.float64), (img.shape[2],)) if \
-            np.ndim(value) == 0 else np.asarray(value, np.float64)
-        out = np.empty((img.shape[0] + top + bottom, img.shape[1] + left + right,
-                        img.shape[2]), img.dtype)
-        out[...] = fill if img.dtype.kind == "f" else np.clip(np.rint(fill), 0, 255)
-        out[top:top + img.shape[0], left:left + img.shape[1]] = img
+        out = _border(img, (top, bottom, left, right), value)
         mo = np.full((m.shape[0] + top + bottom, m.shape[1] + left + right, 1), mask_value,
                      m.dtype)
         mo[top:top + m.shape[0], left:left + m.shape[1]] = m
         return out, (co + np.array([left, top])).astype(co.dtype), mo
     return (f"Pad({size}, value={value}, mask_value={mask_value})",
             T.Pad(size, value, mask_value, order=_ORDER), ref, c)
+
+
+def _border(img, sizes, value):
+    """cv2.copyMakeBorder(BORDER_CONSTANT) where cv2 is importable, else by hand: ``value`` is
+    an OpenCV Scalar (a number fills the first channel only; missing channels get 0), rounded
+    half to even and saturated for integer images."""
+    if cv2 is not None:
+        out = cv2.copyMakeBorder(img, *sizes, cv2.BORDER_CONSTANT, value=value)
+        return out.reshape(out.shape[0], out.shape[1], -1)
+    top, bottom, left, right = sizes
+    scalar = np.zeros(4)
+    flat = np.atleast_1d(np.asarray(value, np.float64))
+    scalar[:flat.size] = flat
+    fill = scalar[:img.shape[2]]
+    if img.dtype.kind in "iu":
+        fill = np.clip(np.rint(fill), np.iinfo(img.dtype).min, np.iinfo(img.dtype).max)
+    out = np.empty((img.shape[0] + top + bottom, img.shape[1] + left + right, img.shape[2]),
+                   img.dtype)
+    out[...] = fill
+    out[top:top + img.shape[0], left:left + img.shape[1]] = img
+    return out
 
 
 def _center_crop(rng):
@@ -176,9 +215,9 @@ def _run(desc, transform, ref, sample):
         raise Mismatch(f"{desc}: raised {type(e).__name__}: {e}; the oracle computes it") from e
     if want is None:
         raise Mismatch(f"{desc}: accepted what upstream refuses (a crop bigger than the image)")
-    # a uint8 image resized linearly: float32 sums against float64 ones may round a value
-    # near a half either way (upstream's OpenCV uses fixed-point weights: off by one as well)
-    return _compare(desc, got, want, int_tol=1 if "Resize" in desc else 0)
+    # a uint8 image resized: see _resize_tol
+    tol = max([_resize_tol(i) for i in _INTERPS if f"interpolation={i})" in desc] or [0])
+    return _compare(desc, got, want, int_tol=tol)
 
 
 def _deterministic_case(name):
@@ -257,7 +296,7 @@ def _random_resized_crop(rng):
     scale = (lo, float(rng.uniform(lo, 1.0)))
     rlo = float(rng.uniform(0.3, 1.0))
     ratio = (rlo, float(rng.uniform(rlo, 3.0)))
-    interp = pick(rng, [VF.INTER_LINEAR, VF.INTER_NEAREST])
+    interp = pick(rng, _INTERPS)
     img, co, m = _sample(rng, hw=(int(rng.integers(1, 12)), int(rng.integers(1, 12))))
     seed = int(rng.integers(2 ** 31))
     oh, ow = (out, out) if isinstance(out, int) else out
@@ -272,7 +311,7 @@ def _random_resized_crop(rng):
                 _resize_ref(m[y:y + h, x:x + w], oh, ow, VF.INTER_NEAREST).astype(m.dtype))
         np.random.seed(seed)
         got = T.RandomResizedCrop(out, scale, ratio, interp, order=_ORDER).apply((img, co, m))
-        return _compare(desc, got, want, int_tol=1)
+        return _compare(desc, got, want, int_tol=_resize_tol(interp))
     return Check(desc, fn)
 
 
@@ -439,6 +478,8 @@ def _jitter_stats(rng):
 
 def _cv_bgr2hsv(img):
     """OpenCV's RGB2HSV_b (hrange 256): 12-bit reciprocal tables, integer arithmetic."""
+    if cv2 is not None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL)
     sdiv = [0] + [int(np.rint((255 << 12) / i)) for i in range(1, 256)]
     hdiv = [0] + [int(np.rint((256 << 12) / (6.0 * i))) for i in range(1, 256)]
     out = np.zeros(img.shape, np.uint8)
@@ -453,18 +494,22 @@ def _cv_bgr2hsv(img):
 
 
 def _cv_hsv2bgr(hsv):
-    """OpenCV's HSV2RGB_b: float32 steps (h * 6/256, s and v / 255), then * 255 rounded."""
+    """OpenCV's HSV2RGB_b: float32 steps (h * 6/255: the way back reads the hue on 0..255;
+    s and v / 255), then * 255 rounded."""
+    if cv2 is not None:
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR_FULL)
     f = np.float32
     sectors = [(1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0)]
     out = np.zeros(hsv.shape, np.uint8)
     for idx in np.ndindex(hsv.shape[:2]):
-        h = f(hsv[idx][0]) * f(6.0 / 256)
+        h = f(hsv[idx][0]) * f(6.0 / 255)
         s, v = f(hsv[idx][1]) * f(1 / 255), f(hsv[idx][2]) * f(1 / 255)
         if s == 0:
             bgr = (v, v, v)
         else:
             k = int(np.floor(h))
             h = f(h - f(k))
+            k %= 6  # h = 255 reads as 6.0: red again
             tab = (v, v * (f(1) - s), v * (f(1) - s * h), v * (f(1) - s * (f(1) - h)))
             bgr = tuple(tab[i] for i in sectors[k])
         out[idx] = [min(max(int(np.rint(f(c * f(255)))), 0), 255) for c in bgr]
@@ -498,8 +543,8 @@ def _hue(rng):
 
 @op("ToGray")
 def _to_gray(rng):
-    """F.to_gray as cv2.cvtColor(BGR2GRAY): integer images in 14-bit fixed point, floats with
-    the float weights."""
+    """F.to_gray as cv2.cvtColor(BGR2GRAY) (the call itself where cv2 is importable): integer
+    images in OpenCV 4's 15-bit fixed point, floats with the float weights."""
     dt = pick(rng, ["uint8", "uint16", "float32"])
     img = _sample(rng, "float32")[0]
     img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
@@ -508,6 +553,9 @@ def _to_gray(rng):
     desc = f"to_gray(image{img.shape} {dt})"
 
     def fn():
+        if cv2 is not None:
+            want = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+            return _compare(desc, VF.to_gray(img), want)
         want = np.zeros(img.shape[:2] + (1,), img.dtype)
         for idx in np.ndindex(img.shape[:2]):
             b, g, r = img[idx]
@@ -515,7 +563,7 @@ def _to_gray(rng):
                 want[idx] = (np.float32(0.114) * b + np.float32(0.587) * g
                              + np.float32(0.299) * r)
             else:
-                want[idx] = (int(b) * 1868 + int(g) * 9617 + int(r) * 4899 + 8192) >> 14
+                want[idx] = (int(b) * 3735 + int(g) * 19235 + int(r) * 9798 + 16384) >> 15
         return _compare(desc, VF.to_gray(img), want)
     return Check(desc, fn)
 
@@ -573,7 +621,7 @@ def _resize_to(img, co, m, th, tw, interp):
 def _random_geometry(rng):
     kind = pick(rng, ["RandomCrop", "ShortestEdgeResize", "RandomResize"])
     img, co, m = _sample(rng)
-    interp = pick(rng, [VF.INTER_LINEAR, VF.INTER_NEAREST])
+    interp = pick(rng, _INTERPS)
     seed = int(rng.integers(2 ** 31))
     if kind == "RandomCrop":
         out = (int(rng.integers(1, 10)), int(rng.integers(1, 10)))
@@ -582,15 +630,17 @@ def _random_geometry(rng):
         args = (out, pad, pval, mval)
 
         def ref():
-            # Pad first (mask with mask_value: see the report), then a window drawn inside;
-            # still too small: padded at the bottom / right
-            pi = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=pval)
-            pm = np.pad(m, ((pad, pad), (pad, pad), (0, 0)), constant_values=mval)
+            # Pad first (upstream's inner Pad has no mask value: the mask's border is 0), then
+            # a window drawn inside; still too small: padded at the bottom / right with
+            # padding_value (an OpenCV Scalar: the first channel) and padding_maskvalue
+            pi = _border(img, (pad,) * 4, pval)
+            pm = np.pad(m, ((pad, pad), (pad, pad), (0, 0)), constant_values=0)
             h, w = pi.shape[:2]
             x = np.random.randint(0, max(0, w - out[1]) + 1)
             y = np.random.randint(0, max(0, h - out[0]) + 1)
             grow = ((0, max(0, out[0] - h)), (0, max(0, out[1] - w)), (0, 0))
-            pi, pm = np.pad(pi, grow, constant_values=pval), np.pad(pm, grow, constant_values=mval)
+            pi = _border(pi, (0, grow[0][1], 0, grow[1][1]), pval)
+            pm = np.pad(pm, grow, constant_values=mval)
             return (pi[y:y + out[0], x:x + out[1]], (co + pad - np.array([x, y])).astype(co.dtype),
                     pm[y:y + out[0], x:x + out[1]])
         make = lambda: T.RandomCrop(*args, order=_ORDER)  # noqa: E731
@@ -627,7 +677,7 @@ def _random_geometry(rng):
         np.random.seed(seed)
         try:
             want = ref()
-        except (ValueError, RuntimeError):  # an empty target size
+        except (ValueError, RuntimeError) + ((cv2.error,) if cv2 else ()):  # an empty target size
             want = None
         np.random.seed(seed)
         try:
@@ -638,5 +688,96 @@ def _random_geometry(rng):
             raise
         if want is None:
             raise Mismatch(f"{desc}: resized to an empty image")
-        return _compare(desc, got, want, int_tol=1)
+        return _compare(desc, got, want, int_tol=_resize_tol(interp))
     return Check(desc, fn)
+
+
+# ----- F.resize and F.pad alone against cv2 (where importable): any dtype, channels, sizes -----
+
+def _cv2_image(rng, dt, h, w, c):
+    lo, hi = {"uint8": (0, 256), "uint16": (0, 65536), "int16": (-32768, 32768)}.get(dt, (0, 256))
+    if dt.startswith("float"):
+        return rng.uniform(-10 if rng.random() < 0.2 else 0, 255, size=(h, w, c)).astype(dt)
+    return rng.integers(lo, hi, size=(h, w, c)).astype(dt)
+
+
+def _resize_cv2(rng):
+    """F.resize against cv2.resize: uint8 to the level (cubic: IPP's near-halves, at most a
+    level on 0.5% of the pixels), float32 within 2e-4 on 0..255 (IPP's sums differ in the last
+    bits), float64 within 1e-6 relative, 16-bit within a level (OpenCV's SIMD float32 order)."""
+    dt = pick(rng, ["uint8", "uint8", "uint8", "float32", "float32", "float64", "uint16", "int16"])
+    interp = pick(rng, _INTERPS)
+    h, w = int(rng.integers(1, 41)), int(rng.integers(1, 41))
+    r = rng.random()
+    if r < 0.25:  # integer shrink factors: OpenCV's fast area path (and linear's 2 x 2 halving)
+        f = int(pick(rng, [2, 2, 3, 4]))
+        th, tw = max(1, h // f), max(1, w // f)
+        h, w = th * f, tw * f
+    else:
+        th, tw = int(rng.integers(1, 49)), int(rng.integers(1, 49))
+    c = int(pick(rng, [1, 1, 2, 3, 3, 4, 5]))
+    img = _cv2_image(rng, dt, h, w, c)
+    desc = f"resize(image{img.shape} {dt}, ({th}, {tw}), interpolation={interp})"
+
+    def fn():
+        try:
+            want = cv2.resize(img, (tw, th), interpolation=interp).reshape(th, tw, c)
+        except cv2.error:  # true area shrinking of more than 4 channels: cv2 refuses, ours runs
+            VF.resize(img, (th, tw), interp)
+            return "error"
+        got = VF.resize(img, (th, tw), interp)
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise Mismatch(f"{desc}: {got.dtype} {got.shape}, cv2 {want.dtype} {want.shape}")
+        if dt.startswith("float"):
+            tol = (0.0, 2e-4) if dt == "float32" else (1e-6, 1e-9)
+            close(got, want, tol, desc)
+            return "ok"
+        diff = np.abs(got.astype(np.int64) - want)
+        allowed = 1 if (dt != "uint8" or interp == VF.INTER_CUBIC) else 0
+        if diff.max() > allowed or (dt == "uint8" and (diff > 0).sum() > max(1, 0.005 * diff.size)):
+            at = np.unravel_index(int(diff.argmax()), diff.shape)
+            raise Mismatch(f"{desc}: {(diff > 0).sum()} of {diff.size} values differ, up to "
+                           f"{diff.max()} (at {at}: ours {got[at]}, cv2 {want[at]})")
+        return "ok"
+    return Check(desc, fn)
+
+
+def _pad_cv2(rng):
+    """F.pad against cv2.copyMakeBorder (BORDER_CONSTANT) as upstream calls it: Scalar
+    values, float values casting to float32, more than 4 channels, refusals alike."""
+    dt = pick(rng, ["uint8", "uint8", "float32", "uint16", "int16"])
+    c = int(pick(rng, [1, 2, 3, 4, 5]))
+    img = _cv2_image(rng, dt, int(rng.integers(1, 6)), int(rng.integers(1, 6)), c)
+    r = rng.random()
+    size = int(rng.integers(0, 3)) if r < 0.3 else \
+        tuple(int(v) for v in rng.integers(0, 3, size=2 if r < 0.6 else 4))
+    sizes = ((size,) * 4 if isinstance(size, int) else
+             (0, size[0], 0, size[1]) if len(size) == 2 else size)
+    k = int(rng.integers(1, 5))
+    value = pick(rng, [0, int(rng.integers(-5, 300)), float(rng.uniform(-3, 300)),
+                       [int(v) for v in rng.integers(-5, 300, size=k)],
+                       [round(float(v), 1) for v in rng.uniform(-3, 300, size=k)],
+                       [7] * 4])
+    desc = f"pad(image{img.shape} {dt}, {size}, {value})"
+
+    def fn():
+        src = img.astype(np.float32) if np.array(value).dtype == float else img
+        try:
+            want = cv2.copyMakeBorder(src, *sizes, cv2.BORDER_CONSTANT, value=value)
+        except cv2.error:
+            want = None
+        try:
+            got = VF.pad(img, size, value)
+        except ValueError:
+            if want is None:
+                return "error"
+            raise
+        if want is None:
+            raise Mismatch(f"{desc}: accepted what cv2.copyMakeBorder refuses")
+        return _compare(desc, got, want.reshape(got.shape[0], got.shape[1], -1))
+    return Check(desc, fn)
+
+
+if cv2 is not None:
+    op("ResizeCV2")(_resize_cv2)
+    op("PadCV2")(_pad_cv2)

@@ -2,9 +2,12 @@
 with numpy in place of OpenCV and following OpenCV's conventions."""
 import collections.abc
 import functools
+import platform
 import random
 
 import numpy as np
+
+from .cv_resize import resize_like_cv2
 
 __all__ = [
     "INTER_NEAREST",
@@ -12,6 +15,8 @@ __all__ = [
     "INTER_CUBIC",
     "INTER_AREA",
     "INTER_LANCZOS4",
+    "INTER_LINEAR_EXACT",
+    "INTER_NEAREST_EXACT",
     "to_gray",
     "to_bgr",
     "pad",
@@ -27,6 +32,8 @@ INTER_LINEAR = 1
 INTER_CUBIC = 2
 INTER_AREA = 3
 INTER_LANCZOS4 = 4
+INTER_LINEAR_EXACT = 5
+INTER_NEAREST_EXACT = 6
 
 
 def wrap_keepdims(func):
@@ -61,16 +68,16 @@ def _cast_like(values, dtype):
 @wrap_keepdims
 def to_gray(image):
     r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` (uint8 and
-    uint16 in OpenCV's fixed point: ``(1868 B + 9617 G + 4899 R + 2**13) >> 14``)."""
+    uint16 in OpenCV 4's 15-bit fixed point: ``(3735 B + 19235 G + 9798 R + 2**14) >> 15``)."""
     if image.shape[2] == 1:
         return image.copy()
     if image.shape[2] not in (3, 4):
         raise ValueError("to_gray needs a BGR(A) image with 3 or 4 channels, got {}".format(image.shape[2]))
     if image.dtype in (np.uint8, np.uint16):
-        # OpenCV's integer path (upstream calls cv2.cvtColor): 14-bit fixed-point weights,
-        # rounded (float weights put about 0.2% of uint8 pixels one level off)
+        # cv2.cvtColor's integer path (upstream calls it), checked against OpenCV 4.14: float
+        # weights put about 0.2% of uint8 pixels one level off, 14-bit ones (OpenCV 3) 0.3%
         b, g, r = (image[:, :, k].astype(np.int64) for k in range(3))
-        gray = (b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14
+        gray = (b * 3735 + g * 19235 + r * 9798 + (1 << 14)) >> 15
         return gray.astype(image.dtype)[:, :, None]
     weights = np.array([0.114, 0.587, 0.299], dtype=np.float32)
     gray = image[:, :, :3].astype(np.float32) @ weights
@@ -100,27 +107,49 @@ def _pad_sizes(size):
     return tuple(int(s) for s in size)
 
 
+def _border_fill(value, channels):
+    """The per-channel border colour ``cv2.copyMakeBorder`` makes of ``value`` (an OpenCV
+    Scalar): a number fills the first channel only (``Scalar(v)`` is ``(v, 0, 0, 0)``), a
+    sequence of up to 4 numbers fills channel by channel, missing ones with 0; an image of more
+    than 4 channels takes a Scalar whose four entries are equal, in every channel."""
+    flat = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    if flat.size > 4:
+        raise ValueError(
+            "pad value is an OpenCV Scalar of at most 4 numbers, but got {} numbers: {!r}".format(flat.size, value)
+        )
+    scalar = np.zeros(4)
+    scalar[: flat.size] = flat
+    if channels <= 4:
+        return scalar[:channels]
+    if not (scalar == scalar[0]).all():
+        raise ValueError(
+            "a {}-channel image can only be padded with one value in all channels (OpenCV fills "
+            "more than 4 channels with a Scalar of four equal entries), but got value={!r}; pass "
+            "that value as a sequence of four equal numbers or as 0".format(channels, value)
+        )
+    return np.full(channels, scalar[0])
+
+
 @wrap_keepdims
 def pad(input, size, value):
-    r"""Pad an (H, W, C) array with a constant border.
+    r"""Pad an (H, W, C) array with a constant border, as ``cv2.copyMakeBorder`` with
+    ``BORDER_CONSTANT``.
 
     Args:
         size: an int (all four sides), ``(bottom, right)`` or ``(top, bottom, left, right)``.
-        value: border value, a number or one number per channel (as OpenCV's Scalar:
-            missing channels get 0). A float value turns the result into float32.
+        value: border value as OpenCV's Scalar: a number fills the *first* channel and leaves
+            the others 0 (``Scalar(v) = (v, 0, 0, 0)``); give one number per channel (at most
+            4) for a colour. Values are rounded (halves to even) and saturated to the image's
+            dtype. A float64 value (a Python float, or a list holding one) turns the image into
+            float32 first, as upstream does.
     """
     top, bottom, left, right = _pad_sizes(size)
-    if np.asarray(value).dtype.kind == "f":
+    if np.asarray(value).dtype == np.float64:
         input = input.astype(np.float32)
     h, w, c = input.shape
-    fill = np.zeros(c, dtype=np.float64)
-    flat = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    if flat.size == 1:
-        fill[:] = flat[0]
-    else:
-        fill[: min(c, flat.size)] = flat[:c]
     out = np.empty((h + top + bottom, w + left + right, c), dtype=input.dtype)
-    out[...] = _cast_like(fill, input.dtype)
+    if top or bottom or left or right:  # (cv2 reads no value when nothing is padded)
+        out[...] = _cast_like(_border_fill(value, c), input.dtype)
     out[top : top + h, left : left + w] = input
     return out
 
@@ -137,59 +166,81 @@ def flip(image, flipCode):
     raise ValueError("flipCode should be 1 (horizontal), 0 (vertical) or -1 (both), got {!r}".format(flipCode))
 
 
-def _nearest_index(in_size, out_size):
-    # OpenCV's INTER_NEAREST: src = floor(dst * in / out), no half-pixel shift.
-    return np.minimum(np.floor(np.arange(out_size) * (1.0 / (out_size / in_size))).astype(np.intp), in_size - 1)
+_INTERPOLATIONS = {
+    INTER_NEAREST: "INTER_NEAREST",
+    INTER_LINEAR: "INTER_LINEAR",
+    INTER_CUBIC: "INTER_CUBIC",
+    INTER_AREA: "INTER_AREA",
+    INTER_LANCZOS4: "INTER_LANCZOS4",
+    INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT",
+    INTER_NEAREST_EXACT: "INTER_NEAREST_EXACT",
+}
 
+# OpenCV's x86 wheels hand some resizes to Intel IPP, its ARM wheels have no IPP: follow the
+# OpenCV that upstream's transforms would load on this machine
+_OPENCV_USES_IPP = platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686")
 
-def _linear_index(in_size, out_size):
-    # OpenCV's INTER_LINEAR: pixel centres are aligned, src = (dst + 0.5) * in / out - 0.5,
-    # clamped to the border (the same as torch's align_corners=False).
-    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.intp), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, src - i0
+# the dtypes cv2.resize interpolates (others it resizes with INTER_NEAREST only)
+_CV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
 
 
 @wrap_keepdims
 def resize(input, size, interpolation=INTER_LINEAR):
-    r"""Resize an (H, W, C) array to ``size`` = (height, width).
+    r"""Resize an (H, W, C) array to ``size`` = (height, width), as ``cv2.resize`` does.
 
     Args:
-        interpolation: ``INTER_NEAREST`` or ``INTER_LINEAR`` (OpenCV's codes 0 and 1), or a
-            sequence of them to pick one at random.
+        interpolation: one of OpenCV's codes, or a sequence of them to pick one at random:
+
+            * ``INTER_NEAREST`` (0): the pixel at ``floor(dst * in / out)``.
+            * ``INTER_LINEAR`` (1, default): bilinear with pixel centres aligned.
+            * ``INTER_CUBIC`` (2): bicubic (Keys, a = -0.75) over 4 x 4 pixels.
+            * ``INTER_AREA`` (3): the mean over each output pixel's area when shrinking;
+              OpenCV's bilinear-like weights when enlarging.
+            * ``INTER_LANCZOS4`` (4): Lanczos over 8 x 8 pixels.
+            * ``INTER_LINEAR_EXACT`` (5): bilinear in OpenCV's bit-exact fixed point (8 fraction
+              bits per weight for 8-bit images, 16 for 16-bit ones); floats: ``INTER_LINEAR``.
+            * ``INTER_NEAREST_EXACT`` (6): the pixel under each output pixel's centre.
+
+    The result is OpenCV's (4.x wheels) to the level for uint8 images: its float32
+    coefficients, its 11-bit fixed point and border rules, and, where the x86 wheels hand the
+    work to Intel IPP (uint8 cubic with 1, 3 or 4 channels; ARM wheels have no IPP and are
+    followed on ARM machines), a float64 filter that differs from IPP's only on sums within
+    about 1e-5 of a half. float32 images are OpenCV's to the
+    bit outside IPP's cases (linear and cubic with 1, 3 or 4 channels), within a few float32
+    units there. 16-bit images are within a level of OpenCV's (int8 ones with
+    ``INTER_LINEAR_EXACT`` too). An image of the requested size comes back as a copy.
     """
     if len(size) != 2:
         raise ValueError("resize needs size=(height, width), but got {!r}".format(size))
     if isinstance(interpolation, collections.abc.Sequence):
         interpolation = random.choice(interpolation)
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(
+            "resize supports OpenCV's interpolation codes {}, but got interpolation={!r}".format(
+                ", ".join("{} ({})".format(n, c) for c, n in _INTERPOLATIONS.items()), interpolation
+            )
+        )
     th, tw = int(size[0]), int(size[1])
     if th <= 0 or tw <= 0:
         raise ValueError("resize needs a positive target size, but got {!r}".format(size))
     h, w, _ = input.shape
     if h == 0 or w == 0:
         raise ValueError("resize needs a non-empty image, but got shape {}".format(input.shape))
-    if interpolation == INTER_NEAREST:
-        return input[_nearest_index(h, th)][:, _nearest_index(w, tw)]
-    if interpolation != INTER_LINEAR:
-        raise NotImplementedError(
-            "resize supports INTER_NEAREST (0) and INTER_LINEAR (1) only, got interpolation={!r}; "
-            "this build resizes with numpy, not OpenCV".format(interpolation)
-        )
-    work = np.float64 if input.dtype == np.float64 else np.float32
-    y0, y1, wy = _linear_index(h, th)
-    x0, x1, wx = _linear_index(w, tw)
-    img = input.astype(work, copy=False)
-    wy = wy.astype(work)[:, None, None]
-    rows = img[y0] * (1 - wy) + img[y1] * wy
-    wx = wx.astype(work)[None, :, None]
-    out = rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+    small_int = input.dtype.kind in "iu" and input.dtype.itemsize <= 2
+    if (input.dtype in _CV_DTYPES or interpolation in (INTER_NEAREST, INTER_NEAREST_EXACT)
+            or (interpolation == INTER_LINEAR_EXACT and small_int)):
+        return resize_like_cv2(input, th, tw, interpolation, ipp=_OPENCV_USES_IPP)
+    # OpenCV refuses other dtypes (int8, int32, float16, ...) but for nearest (and their
+    # bit-exact linear); resize them through a float type that holds them exactly and round
+    # back as OpenCV's casts do
+    work = np.float32 if input.dtype.itemsize <= 2 and input.dtype.kind != "b" else np.float64
+    out = resize_like_cv2(input.astype(work), th, tw, interpolation, ipp=_OPENCV_USES_IPP)
     return _cast_like(out, input.dtype)
 
 
 # OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its
-# RGB2HSV_b); HSV_FULL -> BGR runs in float32 (HSV2RGB_f) and rounds to even. Upstream's
+# RGB2HSV_b); HSV_FULL -> BGR runs in float32 (HSV2RGB_f) and rounds to even, and reads the hue
+# on a 0..255 circle (hscale 6 / 255) where the forward way writes it on 0..256. Upstream's
 # HueTransform goes through both, so they are emulated step for step: float64 formulas differ
 # in about 3% of pixels by one level (H or S) and on exact halves of the way back.
 _HSV_SHIFT = 12
@@ -219,11 +270,12 @@ def hsv_to_bgr(image):
     float32 as OpenCV computes it)."""
     hsv = np.asarray(image)
     f32 = np.float32
-    h = hsv[..., 0].astype(f32) * f32(6.0 / 256)  # sextant position in [0, 6)
+    h = hsv[..., 0].astype(f32) * f32(6.0 / 255)  # sextant position in [0, 6]; 6 is sextant 0
     s = hsv[..., 1].astype(f32) * f32(1.0 / 255)
     v = hsv[..., 2].astype(f32) * f32(1.0 / 255)
     sector = np.floor(h).astype(np.intp)
     f = h - sector.astype(f32)
+    sector %= 6  # OpenCV's fmod(h, 6): h = 255 (6.0) is red again
     one = f32(1)
     p, q, t = v * (one - s), v * (one - s * f), v * (one - s * (one - f))
     # (r, g, b) per sector

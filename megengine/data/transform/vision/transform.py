@@ -295,7 +295,10 @@ class Resize(_ResizeBase):
     Args:
         output_size: ``(height, width)``, or an int: the shorter edge becomes this long
             and the aspect ratio is kept.
-        interpolation: ``INTER_LINEAR`` (default) or ``INTER_NEAREST``; masks always use nearest.
+        interpolation: an OpenCV code as ``vision.functional.resize`` takes (``INTER_NEAREST``,
+            ``INTER_LINEAR`` (default), ``INTER_CUBIC``, ``INTER_AREA``, ``INTER_LANCZOS4``,
+            ``INTER_LINEAR_EXACT``, ``INTER_NEAREST_EXACT``) or a sequence of them to draw from;
+            masks always use ``INTER_NEAREST``.
     """
 
     def __init__(self, output_size, interpolation=F.INTER_LINEAR, *, order=None):
@@ -323,6 +326,7 @@ class ShortestEdgeResize(_ResizeBase):
             ``[low, high]``), or a sequence of lengths for ``sample_style="choice"``.
         max_size: upper bound of the longer edge.
         sample_style: ``"range"`` or ``"choice"``.
+        interpolation: as :class:`Resize`.
     """
 
     def __init__(self, min_size, max_size, sample_style="range", interpolation=F.INTER_LINEAR, *, order=None):
@@ -354,6 +358,7 @@ class RandomResize(_ResizeBase):
 
     Args:
         scale_range: ``(low, high)`` factors.
+        interpolation: as :class:`Resize`.
     """
 
     def __init__(self, scale_range, interpolation=F.INTER_LINEAR, *, order=None):
@@ -374,7 +379,9 @@ class RandomCrop(VisionTransform):
         output_size: ``(height, width)`` or an int for a square.
         padding_size: as ``size`` of :class:`Pad`.
         padding_value: image padding value, as ``value`` of :class:`Pad`.
-        padding_maskvalue: mask padding value.
+        padding_maskvalue: mask value of the padding that grows the image to ``output_size``;
+            the ``padding_size`` border of the mask is 0, as upstream's (its inner Pad takes
+            no mask value).
     """
 
     def __init__(self, output_size, padding_size=0, padding_value=(0, 0, 0), padding_maskvalue=0, *, order=None):
@@ -382,7 +389,7 @@ class RandomCrop(VisionTransform):
         if isinstance(output_size, (int, np.integer)):
             output_size = (output_size, output_size)
         self.output_size = tuple(output_size)
-        self.pad = Pad(padding_size, padding_value, padding_maskvalue, order=self.order)
+        self.pad = Pad(padding_size, padding_value, order=self.order)
         self.padding_value = padding_value
         self.padding_maskvalue = padding_maskvalue
 
@@ -422,6 +429,7 @@ class RandomResizedCrop(VisionTransform):
         output_size: ``(height, width)`` or an int.
         scale_range: area fraction range. Default: (0.08, 1.0)
         ratio_range: width/height range. Default: (3/4, 4/3)
+        interpolation: as :class:`Resize`.
     """
 
     def __init__(
@@ -580,7 +588,9 @@ class RandomVerticalFlip(_RandomFlip):
 
 
 class Normalize(_ColorTransform):
-    r"""``(image - mean) / std`` per channel; the result is float32.
+    r"""``(image - mean) / std`` per channel, with ``mean`` and ``std`` held as float32 arrays:
+    the result's dtype is numpy's promotion of the image's with float32, as upstream's (float32
+    for uint8, 16-bit and float32 images; float64 for float64, int32 and int64 ones).
 
     Args:
         mean: a number or one per channel. Default: 0.0
@@ -593,7 +603,7 @@ class Normalize(_ColorTransform):
         self.std = np.array(std, dtype=np.float32)
 
     def _apply_image(self, image):
-        return ((image - self.mean) / self.std).astype(np.float32, copy=False)
+        return (image - self.mean) / self.std
 
 
 class GaussianNoise(_ColorTransform):
