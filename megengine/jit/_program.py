@@ -39,6 +39,22 @@ def _is_array(v):
     return isinstance(v, np.ndarray) or type(v).__module__.startswith("cupy")
 
 
+_UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _same_bits(a, b):
+    """Whether arrays ``a`` and ``b`` (one array module) hold the same bits: NaNs with
+    the same payload are equal, 0.0 and -0.0 are not (what "unchanged" means for a value)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    u = _UINTS.get(a.dtype.itemsize)
+    if u is None:  # (complex128, strings: no unsigned int of that width)
+        return _host(a).tobytes() == _host(b).tobytes()
+    return bool((a.view(u) == b.view(u)).all())
+
+
 def _host(a):
     return a.get() if type(a).__module__.startswith("cupy") else a
 

@@ -23,7 +23,7 @@ from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
                        _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _same_bits, _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
@@ -228,12 +228,6 @@ class _Checker(_Hook):
         step = self._check_slowly(op, inputs)
         if sizes is not None:
             op.__dict__.update(sizes)
-        if step.captured:
-            # capture_as_const: the op runs on the value captured at trace time, not on the
-            # external tensor's value now (as a replay does)
-            inputs = list(inputs)
-            for j, value, device in step.captured:
-                inputs[j] = Tensor._wrap(value, device)
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
         try:
             if self.profile is not None:
@@ -345,7 +339,20 @@ class _Checker(_Hook):
         if kind == "ext":
             ok = t is info.tensor
         elif kind == "const" and info.tensor is not None and t is info.tensor:
-            ok = True  # the captured external itself (the op runs on its captured value)
+            # the captured external itself: its value must still be the captured one, as
+            # upstream's compiled trace asserts ("tensors not equals"); the op then runs on
+            # the tensor, so a GradManager attached to it sees the op (``w.grad``)
+            with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
+                same = _same_bits(t._data, info.const)
+            if not same:
+                self._mismatch(
+                    f"{where}: {prog.describe(expected)} has a new value since the trace "
+                    "captured it (capture_as_const=True; an optimizer step, load_state_dict "
+                    "or an in-place write changed it), and the program would compute with the "
+                    "old one. Trace a function that changes its parameters without "
+                    "capture_as_const (and a separate inference function to dump), or trace "
+                    "again", "tensors not equals")
+            ok = True
         elif kind == "grad":
             owner = (info.owner if info.owner_slot is None
                      else self.values[info.owner_slot])  # an argument: this call's

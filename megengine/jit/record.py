@@ -10,7 +10,7 @@ from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..utils.naming import AutoNaming
 from ._program import (_COMPUTED, TraceError, TraceMismatchError, _AliasStep, _EventStep,
-                       _OpStep, _Ref, _Struct, _freeze, _host, _op_key, _refs_in,
+                       _OpStep, _Ref, _Struct, _freeze, _host, _op_key, _refs_in, _same_bits,
                        _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
@@ -146,6 +146,7 @@ class _Recorder(_Hook):
         # `arith_opt` rewrites them
         self.rewrite_now = (tr._symbolic or tr._replays) and tr._opt_level >= 1
         self.tape_callbacks = tr._replays  # replays do not run Python: callbacks are taped
+        self.replays = tr._replays
         # symbolic shapes (see `shape_guards`): SymDims were handed out (ops are then searched
         # for them), and the guards noted so far
         self.dims_made = False
@@ -466,6 +467,24 @@ class _Recorder(_Hook):
             return _Struct(t, None, [self._encode(v) for v in value])
         return value
 
+    def _check_captures_kept(self):
+        """A replay computes with the values capture_as_const took; one the call itself has
+        changed since (an optimizer step, an in-place write) would be stale from the next call
+        on, silently. (Checked calls compare the values on each call instead, as upstream.)"""
+        for s, info in enumerate(self.prog.slots):
+            t = info.tensor
+            if info.kind != "const" or t is None:
+                continue
+            with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
+                same = _same_bits(t._data, info.const)
+            if not same:
+                raise TraceError(
+                    f"trace(without_host=True, capture_as_const=True): the call changed "
+                    f"{self.prog.describe(s)} after the trace captured its value (an "
+                    "optimizer step or an in-place write), so the next calls would compute "
+                    "with the old value. Trace a function that changes its parameters without "
+                    "capture_as_const (trace a separate inference function to dump)")
+
     def _is_grad(self, t):
         """Whether ``t`` is the ``.grad`` of a tensor an event may have written (it is read
         live, as a "grad" slot, also under capture_as_const: a replay must not keep the
@@ -502,6 +521,8 @@ class _Recorder(_Hook):
         prog.dyn_slots = frozenset(self.dyn)
         prog.out = self._encode(outputs)
         self._resolve_grads()
+        if self.const_mode and self.replays:
+            self._check_captures_kept()
         if self.rec_changed or dispatch._recording != self.rec_level:
             raise TraceError(
                 "a GradManager started or stopped recording inside the traced function without "

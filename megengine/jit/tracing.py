@@ -12,7 +12,9 @@ slots of the outputs. A value's source ("slot") is one of
 - an output of an earlier op (or a detached alias of one: ``t.detach()``);
 - an external tensor: one the function did not make (a Parameter, a buffer, a global). It is
   kept by reference and read live on replay, so in-place updates (optimizers, ``load_state_dict``)
-  are seen. With ``capture_as_const=True`` its value at trace time is used instead;
+  are seen. With ``capture_as_const=True`` its value at trace time is captured: checked calls
+  compare the tensor with it (upstream's "tensors not equals") and run the op on the tensor, so
+  gradients reach it; replays compute with the captured value;
 - the ``.grad`` of a tensor (read live: gradients are new tensors on every backward);
 - a constant: a tensor made inside the function from Python data (``x * 2``,
   ``mge.tensor(np_array)``), told apart from externals because nothing outside the function
@@ -49,8 +51,8 @@ appends, exceptions) happen on every call, and each op and event is compared wit
 (op type and parameters, input sources, input shapes and dtypes); the first difference raises
 `TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
 user's function propagates unchanged. Either way the hook is removed and the next call is
-checked against the same record. (Ops run eagerly as they are checked, except that
-``capture_as_const`` inputs take their captured value.) Plain ops and events are matched by
+checked against the same record. (Ops run eagerly as they are checked; a ``capture_as_const``
+capture must still hold its captured bits.) Plain ops and events are matched by
 comparisons prepared when the program was compiled (see `check`: ~1.1 us per op, ~2.7 us for
 an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event on the 2-core
 CI machine; ``benchmarks/bench_jit_trace.py``), the rest in full.
@@ -155,7 +157,12 @@ class trace:
     numbers in their forward (dropout) draw fresh ones on every replay.
 
     ``capture_as_const=True``: tensors from outside the function are captured by value at trace
-    time; later changes to them are not seen. `dump` needs it.
+    time. `dump` needs it. As upstream, a checked call (``symbolic=False`` or ``True``) raises
+    `TraceMismatchError` ("tensors not equals") when such a tensor no longer holds its captured
+    value (an optimizer step changed it), instead of computing with the old value; a replay
+    (``without_host=True``) computes with the captured value, and its first call raises
+    `TraceError` when the call itself changed one. Trace a function that trains without it,
+    and a separate inference function to dump.
 
     ``record_only=True``: for `dump` only (implies ``capture_as_const``); the first call records
     (this engine records by running the function once) and later calls raise.

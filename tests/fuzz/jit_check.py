@@ -367,8 +367,9 @@ def check(seed, modes=None):
             continue  # (its code reads x.shape.numpy(): tuples have no numpy())
         if p.train and mode["capture_as_const"]:
             # a plain trace captures every outside tensor, parameters included, as a constant
-            # (upstream: capture_as_const is for dumping); its training steps would use the
-            # traced values, as upstream's do (only xla_trace keeps Module arguments live)
+            # (upstream: capture_as_const is for dumping); its training steps are refused, as
+            # upstream's ("tensors not equals"; tests/jit/test_record.py), since the optimizer
+            # changes the captures (only xla_trace keeps Module arguments live)
             continue
         rng = np.random.default_rng([seed, 11])
         try:

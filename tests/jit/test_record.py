@@ -8,7 +8,7 @@ import pytest
 import megengine as mge
 from megengine.autodiff import GradManager
 from megengine.core.dispatch import Op, apply, xp_of
-from megengine.jit import TraceMismatchError, trace
+from megengine.jit import TraceError, TraceMismatchError, trace
 
 from jit_nets import MLP, MODES, batches
 
@@ -26,16 +26,76 @@ def test_parameters_are_read_live(symbolic):
     np.testing.assert_array_equal(after, net(x).numpy())
 
 
-@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
-                                     {"without_host": True}])
-def test_capture_as_const_freezes_externals(options):
-    # upstream: externals are bound at trace time; later calls compute with that value
+def test_capture_as_const_freezes_externals_in_replays():
+    # upstream: externals are bound at trace time; a compiled replay computes with that value
     w = mge.Parameter([2.0])
-    f = trace(lambda x: x * w, capture_as_const=True, **options)
+    f = trace(lambda x: x * w, capture_as_const=True, without_host=True)
     assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
     w._reset([10.0])
     assert f(mge.tensor([3.0])).numpy().tolist() == [6.0]
     assert f(mge.tensor([4.0])).numpy().tolist() == [8.0]
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_checked_calls_refuse_a_captured_external_whose_value_changed(symbolic):
+    # upstream's compiled trace compares each captured external with its bound value
+    # ("tensors not equals") rather than computing silently with the old one
+    w = mge.Parameter([2.0, float("nan")])
+    f = trace(lambda x: x * w, capture_as_const=True, symbolic=symbolic)
+    x = mge.tensor([3.0, 1.0])
+    assert f(x).numpy()[0] == 6.0
+    assert f(x).numpy()[0] == 6.0  # unchanged (NaN included): fine
+    w[0] = 10.0
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because tensors not equals"
+    assert "capture_as_const" in info.value.detail and "Parameter" in info.value.detail
+    w[0] = 2.0  # the captured value again: accepted
+    assert f(x).numpy()[0] == 6.0
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_gradients_reach_a_captured_parameter_on_every_call(symbolic):
+    # the op runs on the captured tensor itself (its value checked), so a GradManager
+    # attached to it sees the op on later calls too (they wrote no .grad before)
+    w = mge.Parameter(np.array([1.0, -2.0, 3.0], dtype="float32"))
+    gm = GradManager().attach(w)
+
+    @trace(symbolic=symbolic, capture_as_const=True)
+    def f(x):
+        with gm:
+            gm.backward((x * w).sum())
+        return w.grad * 1
+
+    for k in range(3):
+        w.grad = None
+        x = mge.tensor(np.arange(3, dtype="float32") + k)
+        np.testing.assert_array_equal(f(x).numpy(), x.numpy())  # d(x . w)/dw = x
+
+
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"without_host": True}])
+def test_training_with_capture_as_const_is_refused_not_frozen(options):
+    # an optimizer step changes the captured weights: computing with the old ones would train
+    # nothing, silently (the loss stayed at its first value); now the trace says so
+    from megengine import optimizer
+
+    w = mge.Parameter(np.ones(4, dtype="float32"))
+    gm = GradManager().attach(w)
+    opt = optimizer.SGD([w], lr=0.1)
+
+    @trace(capture_as_const=True, **options)
+    def step(x):
+        with gm:
+            loss = (x * w).sum() ** 2
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    x = mge.tensor(np.full(4, 0.5, dtype="float32"))
+    with pytest.raises(TraceError, match="capture_as_const"):
+        step(x)
+        step(x)
 
 
 @pytest.mark.parametrize("symbolic", MODES)
