@@ -198,6 +198,8 @@ class _HSwish(_Activation):
 
 # dtypes ATen's gelu kernels take on both devices (computed in float32 for float16)
 _ATEN_GELU_DTYPES = frozenset(map(np.dtype, ("float16", "float32", "float64")))
+# dtypes for which ATen's softmax was measured on the CPU
+_ATEN_FLOATS = frozenset(map(np.dtype, ("float32", "float64")))
 
 
 def _aten_gelu(x):
@@ -388,9 +390,20 @@ def _shift(x, axes):
     return x.max(axes, keepdims=True) if x.size else x.sum(axes, keepdims=True)
 
 
+def _aten_softmax(x, axes):
+    """Whether softmax / log_softmax of ``x`` along ``axes`` takes ATen's kernels: over one axis,
+    on CUDA always; on the CPU over the last axis of rows of 32 or more and 4096 values or more,
+    where ATen was measured faster than numpy (see `_aten`; over short rows it is slower)."""
+    if len(axes) != 1 or not x.ndim:
+        return False
+    axis = axes[0]
+    return _aten.use_aten(x, "softmax", cpu_worth=axis == x.ndim - 1 and x.shape[axis] >= 32
+                          and x.size >= 4096 and x.dtype in _ATEN_FLOATS)
+
+
 class _Softmax(Op):
-    """Softmax along ``axes``. On CUDA over one axis: ATen's fused kernels (`_aten.use_aten`);
-    else array code (numpy on the CPU, the measured fastest there)."""
+    """Softmax along ``axes``. Over one axis on CUDA, and over long rows on the CPU: ATen's
+    kernels (`_aten_softmax`); else array code (numpy on the CPU, the faster for short rows)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
@@ -399,7 +412,7 @@ class _Softmax(Op):
 
     def forward(self, x):
         x = _as_float(x)
-        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+        if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
@@ -422,7 +435,8 @@ class _Softmax(Op):
 
 
 class _LogSoftmax(Op):
-    """``x - logsumexp(x)`` along ``axes``; on CUDA over one axis ATen's fused kernels."""
+    """``x - logsumexp(x)`` along ``axes``; ATen's kernels where softmax takes them
+    (`_aten_softmax`)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
@@ -431,7 +445,7 @@ class _LogSoftmax(Op):
 
     def forward(self, x):
         x = _as_float(x)
-        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+        if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y

@@ -180,8 +180,9 @@ def test_prelu_bad_weight_shape_names_both():
 
 # ----- softmax family -----
 
-# Softmax and log_softmax tests run on both paths: array code (the CPU default) and ATen's
-# kernels (what CUDA arrays take), forced here onto numpy arrays; on a GPU both runs take ATen.
+# Softmax and log_softmax tests run on both paths: array code (the CPU's for short rows, and
+# CuPy's when torch has no CUDA: `_aten.avoided`) and ATen's kernels (what CUDA arrays and the
+# CPU's long rows take), forced here onto numpy arrays.
 
 
 @pytest.fixture(params=["arrays", "aten"])
@@ -189,7 +190,8 @@ def softmax_path(request, monkeypatch):
     """Run the test on one path; yields the ATen kernels called (names), checked on "aten"."""
     used = []
     if request.param == "arrays":
-        yield used
+        with _aten.avoided("softmax"):
+            yield used
         return
     skip_unless_aten_serves_the_default_device()
     real = _aten.aten()
@@ -203,6 +205,32 @@ def softmax_path(request, monkeypatch):
     with _aten.forced("softmax"):
         yield used
     assert used, "the ATen path of softmax / log_softmax did not run"
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("shape,axis,on_aten", [
+    ((2, 2, 32, 32), -1, True), ((2, 2, 32, 32), 2, False), ((410, 10), -1, False),
+    ((8, 32), -1, False),
+], ids=str)
+def test_softmax_on_cpu_takes_aten_for_long_rows_only(monkeypatch, log, shape, axis, on_aten):
+    # measured (see megengine/functional/_aten.py): ATen is faster for rows of 32 or more in
+    # inputs of 4096 values or more, numpy for short rows; both give torch's values
+    used = []
+    real = _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    x = rand(*shape, low=-5, high=5)
+    ours, theirs = (F.logsoftmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
+
+    check(lambda t: ours(t, axis), lambda t: theirs(t, axis), x)  # on the default device
+    used.clear()
+    ours(mge.tensor(x, device="cpu0"), axis)  # the path a CPU array takes
+    assert (("_log_softmax" if log else "_softmax") in used) == on_aten
 
 
 @pytest.mark.usefixtures("softmax_path")
