@@ -126,12 +126,21 @@ def use_aten(a, family, cpu_worth=True):
 
 
 def _ask_torch_cpu():
+    """Load torch and the bridge for the CPU families. They have array code of their own, so a
+    missing torch or a bridge that cannot be built leaves them there (with one warning for the
+    latter) instead of failing where they used to work; convolution still reports the error."""
     global _torch_cpu
     try:
-        import torch  # noqa: F401  (the bridge is loaded, and built if need be, by the first kernel)
-
+        _load()
         _torch_cpu = True
     except ImportError:
+        _torch_cpu = False
+    except Exception as exc:  # noqa: BLE001  (a failed build: compiler, ninja, disk)
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "megengine: ATen's CPU kernels are unavailable (%s); gelu, layer_norm and softmax "
+            "use the slower array code", exc)
         _torch_cpu = False
     return _torch_cpu
 
