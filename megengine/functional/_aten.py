@@ -87,10 +87,11 @@ def array(t):
     return _from_torch(t)
 
 
-# Op families that run on ATen only on CUDA (softmax, log_softmax, cross entropy): there ATen's
-# fused, tuned kernels replace a chain of small CuPy kernels; on the CPU numpy is measured faster
-# for the small batches the engine aims at. Tests force a family onto ATen for numpy arrays too,
-# so that the code the GPU runs is checked here against torch.
+# On CUDA every family runs on ATen (softmax, log_softmax, cross entropy, gelu, layer norm): there
+# ATen's fused, tuned kernels replace a chain of small CuPy kernels. On the CPU only those in
+# _ON_CPU below do; for the others (cross entropy) numpy is measured faster at the small batches
+# the engine aims at. Tests force a family onto ATen for numpy arrays too, so that the code the
+# GPU runs is checked here against torch.
 _forced = set()
 # Families that run on ATen on the CPU too, where a measurement says so (one thread, float32,
 # forward + backward through the op): gelu's exact erf is ATen's vectorised kernel, 0.5 ms
@@ -103,7 +104,7 @@ _forced = set()
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
-_torch_cpu = None  # whether torch can be imported at all: asked once, at the first CPU array
+_torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array
 
 
 def use_aten(a, family, cpu_worth=True):
