@@ -72,12 +72,8 @@ def _path(family, fused):
         with _aten.forced(family):  # a no-op for CUDA arrays, which take ATen anyway
             yield
     else:
-        saved = _aten.use_aten
-        _aten.use_aten = lambda a, f: False  # the array code, also for CuPy arrays
-        try:
+        with _aten.avoided(family):  # the array code, also for CuPy arrays
             yield
-        finally:
-            _aten.use_aten = saved
 
 
 def _sync(on_gpu):

@@ -3,6 +3,8 @@
 Each op keeps its forward and backward side by side and works on raw arrays through the array
 module of its inputs (numpy or CuPy), never importing a backend directly for computation.
 """
+import math
+
 import numpy as np
 
 from . import dispatch
@@ -264,12 +266,25 @@ class MatMul(Op):
                 f"matmul: shapes {a.shape} and {b.shape} do not match: the last dim of the "
                 "first must equal the second-to-last dim of the second"
             )
-        self.a, self.b = a, b
+        self.a, self.b, self.a_shape = a, b, None
+        if a.ndim > 2 and b.ndim == 2:
+            # (..., n, k) @ (k, m) as one (rows, k) @ (k, m) gemm, forward and backward: numpy's
+            # matmul runs one gemm per leading index, and the weight's gradient became a batch of
+            # products summed afterwards (benchmarks/bench_transformer.py's attention
+            # projections). A non-contiguous ``a`` is copied once here; backward reuses the copy.
+            self.a = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+            self.a_shape = a.shape
+            return self.a.dot(b).reshape(a.shape[:-1] + b.shape[1:])
         return a @ b
 
     def backward(self, g):
         xp = xp_of(g)
         a, b = self.a, self.b
+        if self.a_shape is not None:  # forward's one 2-d gemm
+            g = g.reshape(a.shape[0], b.shape[1])
+            ga = g.dot(b.T).reshape(self.a_shape) if self.needs_input_grad[0] else None
+            gb = a.T.dot(g) if self.needs_input_grad[1] else None
+            return ga, gb
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         # put back the dims numpy.matmul dropped for 1-D operands: g is then (..., n, m)

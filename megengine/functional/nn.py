@@ -120,7 +120,13 @@ _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 def _normal_cdf(xp, x):
     """Phi(x) = (1 + erf(x / sqrt 2)) / 2, via erfc(|x| / sqrt 2): for negative x the small
-    value is computed directly instead of as the difference 1 - erf."""
+    value is computed directly instead of as the difference 1 - erf. Where gelu runs on ATen
+    (`_aten_gelu`) its exact erfc serves, so that gelu's second derivative (`_GeluGrad`) matches
+    the first that ATen computed."""
+    if _aten_gelu(x):
+        phi = _aten.array(_aten.aten().erfc(_aten.view(x * x.dtype.type(-1 / math.sqrt(2)))))
+        phi *= phi.dtype.type(0.5)
+        return phi
     z = xp.abs(x) * x.dtype.type(1 / math.sqrt(2))
     t = 1 / (1 + _AS_P * z)
     a1, a2, a3, a4, a5 = _AS_A
@@ -190,7 +196,38 @@ class _HSwish(_Activation):
         return (grads[0] * (mid * (2 * x + 3) / 6 + _mask(self.x > 3, x)),)
 
 
+# dtypes ATen's gelu kernels take on both devices (computed in float32 for float16)
+_ATEN_GELU_DTYPES = frozenset(map(np.dtype, ("float16", "float32", "float64")))
+# dtypes for which ATen's softmax was measured on the CPU
+_ATEN_FLOATS = frozenset(map(np.dtype, ("float32", "float64")))
+
+
+def _aten_gelu(x):
+    """Whether gelu of ``x`` runs on ATen's exact-erf kernels (`_aten.use_aten`): on the CPU they
+    are ~20x faster than the array code's polynomial; on CUDA one fused kernel."""
+    return x.dtype in _ATEN_GELU_DTYPES and _aten.use_aten(x, "gelu")
+
+
 class _Gelu(_Activation):
+    """gelu, exact: ATen's ``gelu(approximate='none')`` and ``gelu_backward`` (`_aten_gelu`), else
+    array code with a polynomial erf (Abramowitz & Stegun 7.1.26: Phi's absolute error is below
+    1.5e-7, so the relative error grows where gelu is small, ~0.5 % near x = -4)."""
+
+    tx = None  # ATen's view of x, when the ATen path ran
+
+    def forward(self, x):
+        x = _as_float(x)
+        if _aten_gelu(x):
+            self.x, self.tx = x, _aten.view(x)
+            return _aten.array(_aten.aten().gelu(self.tx))
+        return super().forward(x)
+
+    def backward(self, g):
+        if self.tx is not None:
+            tg = _aten.view(g.astype(self.x.dtype, copy=False))
+            return declare_fresh_gradient(_aten.array(_aten.aten().gelu_backward(tg, self.tx)))
+        return super().backward(g)
+
     def compute(self, xp, x):
         self.cdf = _normal_cdf(xp, x)
         return x * self.cdf
@@ -354,9 +391,20 @@ def _shift(x, axes):
     return x.max(axes, keepdims=True) if x.size else x.sum(axes, keepdims=True)
 
 
+def _aten_softmax(x, axes):
+    """Whether softmax / log_softmax of ``x`` along ``axes`` takes ATen's kernels: over one axis,
+    on CUDA always; on the CPU over the last axis of rows of 32 or more and 4096 values or more,
+    where ATen was measured faster than numpy (see `_aten`; over short rows it is slower)."""
+    if len(axes) != 1 or not x.ndim:
+        return False
+    axis = axes[0]
+    return _aten.use_aten(x, "softmax", cpu_worth=axis == x.ndim - 1 and x.shape[axis] >= 32
+                          and x.size >= 4096 and x.dtype in _ATEN_FLOATS)
+
+
 class _Softmax(Op):
-    """Softmax along ``axes``. On CUDA over one axis: ATen's fused kernels (`_aten.use_aten`);
-    else array code (numpy on the CPU, the measured fastest there)."""
+    """Softmax along ``axes``. Over one axis on CUDA, and over long rows on the CPU: ATen's
+    kernels (`_aten_softmax`); else array code (numpy on the CPU, the faster for short rows)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
@@ -365,7 +413,7 @@ class _Softmax(Op):
 
     def forward(self, x):
         x = _as_float(x)
-        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+        if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
@@ -388,7 +436,8 @@ class _Softmax(Op):
 
 
 class _LogSoftmax(Op):
-    """``x - logsumexp(x)`` along ``axes``; on CUDA over one axis ATen's fused kernels."""
+    """``x - logsumexp(x)`` along ``axes``; ATen's kernels where softmax takes them
+    (`_aten_softmax`)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
@@ -397,7 +446,7 @@ class _LogSoftmax(Op):
 
     def forward(self, x):
         x = _as_float(x)
-        if len(self.axes) == 1 and x.ndim and _aten.use_aten(x, "softmax"):
+        if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
@@ -456,11 +505,18 @@ class _Linear(Op):
         if x.dtype != w.dtype:
             dtype = promote_types(x.dtype, w.dtype)
             x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
-        self.x, self.w = x, w
+        out_shape = None
+        if x.ndim > 2:
+            # (..., in) as one (rows, in) matrix: one gemm instead of numpy matmul's gemm per
+            # leading index (16 x (64, 256) @ (256, 768) took 5.65 ms, one (1024, 256) gemm
+            # 4.15). Rows spelled out: -1 is ambiguous for a size-0 input with in == 0. A
+            # non-contiguous x is copied here once, and backward reuses that copy.
+            out_shape = x.shape[:-1] + (w.shape[0],)
+            x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+        self.x, self.w, self.out_shape = x, w, out_shape
         # ndarray.dot is matmul for a 2-d (or 1-d) input, with less dispatch: ~5 us less per
-        # call right after torch's convolutions (benchmarks/profile_hybrid_step.py); N-d inputs
-        # keep matmul, which batches them into gemm calls where dot would loop
-        y = x.dot(w.T) if x.ndim <= 2 else x @ w.T
+        # call right after torch's convolutions (benchmarks/profile_hybrid_step.py)
+        y = x.dot(w.T)
         if b is not None:
             if b.size != w.shape[0]:
                 raise ValueError(f"linear: bias of shape {b.shape} does not match "
@@ -470,25 +526,21 @@ class _Linear(Op):
             # so its callbacks run before the weight's (as torch's addmm hands them out too)
             self.grad_order = (2, 0, 1)
             y += b if b.ndim == 1 else b.reshape(-1)
-        return y
+        return y if out_shape is None else y.reshape(out_shape)
 
     def backward(self, g):
         needs = self.needs_input_grad
         x, w = self.x, self.w
-        if g.ndim == 2:  # (N, out): dot, as in forward, and no reshapes
-            gx = g.dot(w) if needs[0] else None
-            gw = g.T.dot(x) if needs[1] else None
-            if len(needs) == 2:
-                return gx, gw
-            gb = g.sum(0).reshape(self.b_shape) if needs[2] else None
-            return gx, gw, gb
-        gx = g @ w if needs[0] else None
-        g2 = g.reshape(-1, g.shape[-1])
-        # rows spelled out: -1 is ambiguous for a size-0 input with in_features == 0
-        gw = g2.T @ x.reshape(g2.shape[0], x.shape[-1]) if needs[1] else None
+        if self.out_shape is not None:  # N-d: the (rows, out) matrix forward's gemm made
+            g = g.reshape(x.shape[0], w.shape[0])
+        # dot, as in forward: with g and x 2-d (or 1-d) each gradient is one gemm (gemv)
+        gx = g.dot(w) if needs[0] else None
+        if gx is not None and self.out_shape is not None:
+            gx = gx.reshape(self.out_shape[:-1] + (w.shape[1],))
+        gw = (g.T.dot(x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
+        gb = (g.sum(0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None
         return gx, gw, gb
 
     def grad_graph(self, inputs, outputs, grads):

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -182,6 +182,17 @@ class _BatchNorm(Op):
         return tuple(out)
 
 
+# dtypes that layer norm takes ATen's kernels for (float16 keeps the array code: upstream and
+# the engine compute it in float16, ATen in float32)
+_ATEN_NORM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
+
+
+def _fresh(t, shape):
+    """An engine array of ATen's fresh gradient ``t`` in ``shape``, declared fresh so that the
+    GradManager takes it without a copy."""
+    return declare_fresh_gradient(_aten.array(t)).reshape(shape)
+
+
 class _Normalize(Op):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` with statistics over the last axis of
     the ``view`` of x (layer norm: (rows, M); group norm: (N, groups, -1)).
@@ -190,15 +201,24 @@ class _Normalize(Op):
     then weight and bias if present.
     """
 
-    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias):
+    tx = None  # ATen's view of x as (rows, M), when the ATen path ran
+
+    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None):
         self.view, self.eps = view, eps
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias
+        # "layer_norm": ATen's layer norm kernels may serve (`_aten.use_aten`; view (-1, M))
+        self.family = family
 
     def forward(self, x, *params):
+        x = _as_float(x)
+        if (self.family is not None and x.size and x.dtype in _ATEN_NORM_DTYPES
+                and all(p.dtype == x.dtype for p in params) and _aten.use_aten(x, self.family)):
+            return self._forward_aten(x, params)
+        self.tx = None
         xp = xp_of(x)
         self.x_shape = x.shape
-        x = _as_float(x).reshape(self.view)
+        x = x.reshape(self.view)
         xhat = x - x.mean(-1, keepdims=True)
         var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / x.shape[-1]
         self.inv = 1 / xp.sqrt(var + x.dtype.type(self.eps))
@@ -212,7 +232,37 @@ class _Normalize(Op):
             y = y + params[-1].reshape(self.affine_shape)
         return (y if y is not self.xhat else y.copy()).reshape(self.x_shape)
 
+    def _forward_aten(self, x, params):
+        """Layer norm by ATen's kernels: measured 2.4x faster than the array code on the CPU
+        for (16, 64, 256) float32 forward + backward (`_aten`), one kernel each way on CUDA."""
+        self.x_shape, self.x_dtype = x.shape, x.dtype
+        x2 = x.reshape(self.view)  # (rows, M): a copy only for a non-contiguous x
+        self.m = m = x2.shape[1]
+        self.param_shapes = [p.shape for p in params]
+        self.tw = _aten.view(params[0].reshape(m)) if self.has_weight else None
+        self.tb = _aten.view(params[-1].reshape(m)) if self.has_bias else None
+        self.tx = _aten.view(x2)
+        y, self.mean, self.rstd = _aten.aten().native_layer_norm(self.tx, [m], self.tw, self.tb,
+                                                                 self.eps)
+        return _aten.array(y).reshape(self.x_shape)
+
+    def _backward_aten(self, g):
+        needs = self.needs_input_grad
+        mask = [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
+        tg = _aten.view(g.astype(self.x_dtype, copy=False).reshape(-1, self.m))
+        grads = _aten.aten().native_layer_norm_backward(tg, self.tx, [self.m], self.mean,
+                                                         self.rstd, self.tw, self.tb, mask)
+        gx, gw, gb = grads  # ATen's, in (x, weight, bias) order; None where mask is False
+        out = [_fresh(gx, self.x_shape) if mask[0] else None]
+        if self.has_weight:
+            out.append(_fresh(gw, self.param_shapes[0]) if mask[1] else None)
+        if self.has_bias:
+            out.append(_fresh(gb, self.param_shapes[-1]) if mask[2] else None)
+        return tuple(out)
+
     def backward(self, g):
+        if self.tx is not None:
+            return self._backward_aten(g)
         needs = self.needs_input_grad
         g = g.reshape(self.affine_view)
         xhat = self.xhat
@@ -443,7 +493,8 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
         if t is not None and _tensor(t).size != m:
             raise ValueError(f"layer_norm: {name} of shape {_tensor(t).shape} does not match "
                              f"normalized_shape {shape}")
-    op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None)
+    op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None,
+                    family="layer_norm")
     return _normalize(op, inp, weight, bias)
 
 

@@ -1,4 +1,5 @@
 """`Adam`: adaptive moment estimation with bias correction and L2 weight decay."""
+from ..core.dispatch import xp_of
 from ..core.fused import fused_kernel, use_fused
 from .optimizer import Optimizer
 
@@ -15,17 +16,30 @@ def _check_betas(group, name):
 
 
 def adam_direction(grad, state, group, param):
-    """Update the moments in ``state`` and return m_hat / (sqrt(v_hat) + eps)."""
+    """Update the moments in ``state`` and return m_hat / (sqrt(v_hat) + eps), in a fresh array
+    that the caller may change in place."""
     beta1, beta2 = group["betas"]
     m = Optimizer._buffer(state, "exp_avg", param)
     v = Optimizer._buffer(state, "exp_avg_sq", param)
     state["step"] = step = state.get("step", 0) + 1
+    xp = xp_of(m)
+    # The formula's operations one by one, in the same order (so the same rounding), but into
+    # two scratch arrays instead of eight temporaries: each fresh temporary of a large
+    # parameter is an allocation whose pages fault in (benchmarks/bench_transformer.py).
+    scratch = xp.multiply(grad, 1 - beta1, out=xp.empty_like(m))
     m *= beta1
-    m += (1 - beta1) * grad
+    m += scratch
+    xp.multiply(grad, grad, out=scratch)
+    scratch *= 1 - beta2
     v *= beta2
-    v += (1 - beta2) * (grad * grad)
+    v += scratch
     # eps is added after the square root of the bias-corrected second moment, as upstream
-    return (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)) ** 0.5 + group["eps"])
+    xp.divide(v, 1 - beta2 ** step, out=scratch)
+    xp.sqrt(scratch, out=scratch)
+    scratch += group["eps"]
+    direction = xp.divide(m, 1 - beta1 ** step, out=xp.empty_like(m))
+    direction /= scratch
+    return direction
 
 
 class Adam(Optimizer):
@@ -52,7 +66,9 @@ class Adam(Optimizer):
             return
         if group["weight_decay"] != 0:
             grad = grad + group["weight_decay"] * data
-        data -= group["lr"] * adam_direction(grad, state, group, param)
+        step = adam_direction(grad, state, group, param)
+        step *= group["lr"]
+        data -= step
 
 
 def adam_fused(param, grad, state, group, decoupled):

@@ -21,7 +21,8 @@ class AdamW(Adam):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=True)
             return
-        delta = adam_direction(grad, state, group, param)
+        delta = adam_direction(grad, state, group, param)  # a fresh array: changed in place
         if group["weight_decay"] != 0:
             delta += group["weight_decay"] * data
-        data -= group["lr"] * delta
+        delta *= group["lr"]
+        data -= delta

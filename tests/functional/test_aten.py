@@ -58,7 +58,8 @@ def test_use_aten_takes_cuda_arrays_when_torch_has_cuda_and_numpy_only_when_forc
     class CudaArray:  # what the switch sees of a CuPy array: not a numpy.ndarray
         pass
 
-    assert not _aten.use_aten(a, "softmax")
+    assert not _aten.use_aten(a, "softmax", cpu_worth=False)
+    assert not _aten.use_aten(a, "cross_entropy")
     # a CPU-only torch leaves CUDA arrays on CuPy's array code instead of failing in the bridge
     # (simulated CUDA devices route ATen to the CPU as a CUDA torch would serve them: tests/simcuda)
     has_cuda = torch.cuda.is_available() or sys.modules.get("simcuda") is not None \
@@ -69,4 +70,32 @@ def test_use_aten_takes_cuda_arrays_when_torch_has_cuda_and_numpy_only_when_forc
         with _aten.forced("softmax", "cross_entropy"):  # nested: the inner exit keeps "softmax"
             assert _aten.use_aten(a, "cross_entropy")
         assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
-    assert not _aten.use_aten(a, "softmax")
+    assert not _aten.use_aten(a, "softmax", cpu_worth=False)
+
+
+def test_cpu_families_take_aten_for_numpy_arrays_unless_avoided_or_not_worth_it():
+    import numpy as np
+
+    a = np.zeros(3, np.float32)
+    for family in ("gelu", "layer_norm", "softmax"):
+        assert _aten.use_aten(a, family) and not _aten.use_aten(a, family, cpu_worth=False)
+        with _aten.avoided(family):
+            assert not _aten.use_aten(a, family)
+            with _aten.avoided(family, "cross_entropy"):  # nested: the inner exit keeps family
+                assert not _aten.use_aten(a, family)
+            assert not _aten.use_aten(a, family)
+            with _aten.forced(family):  # forced wins: a test of the ATen path on any size
+                assert _aten.use_aten(a, family, cpu_worth=False)
+        assert _aten.use_aten(a, family)
+
+
+def test_a_torch_that_cannot_be_imported_leaves_the_cpu_families_on_array_code():
+    # gelu, layer norm and softmax have array code of their own: without torch they still run
+    code = ("import sys, numpy as np\n"
+            "sys.modules['torch'] = None\n"
+            "import megengine as mge, megengine.functional as F\n"
+            "x = mge.tensor(np.linspace(-3, 3, 64 * 64, dtype='float32').reshape(64, 64))\n"
+            "y = F.softmax(F.layer_norm(F.gelu(x), 64, False), axis=-1)\n"
+            "print(round(float(y.sum().numpy())), 'torch' in sys.modules and "
+            "sys.modules['torch'] is not None)\n")
+    assert _run(code) == ["64", "False"]

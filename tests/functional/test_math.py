@@ -227,6 +227,30 @@ def test_matmul(sa, sb):
     check(F.matmul, torch.matmul, rand(*sa), rand(*sb), rtol=1e-4)
 
 
+# (..., n, k) @ (k, m) runs as one (rows, k) gemm forward and backward (core/ops.py MatMul):
+# leading dims of several counts, an empty batch, one operand without gradient, a strided input
+@pytest.mark.parametrize("sa", [(2, 3, 4), (2, 2, 3, 4), (0, 3, 4), (3, 1, 4)], ids=str)
+def test_matmul_nd_by_matrix(sa):
+    check(F.matmul, torch.matmul, rand(*sa), rand(4, 5), rtol=1e-5)
+    check(F.matmul, torch.matmul, rand(*sa), rand(4, 5), rtol=1e-5, diff=[0])
+    check(F.matmul, torch.matmul, rand(*sa), rand(4, 5), rtol=1e-5, diff=[1])
+
+
+def test_matmul_strided_nd_by_matrix_and_float64():
+    check(lambda a, b: F.matmul(a.transpose(2, 0, 1), b),
+          lambda a, b: torch.matmul(a.permute(2, 0, 1), b), rand(3, 4, 2), rand(4, 5), rtol=1e-5)
+    a0, b0 = np.random.randn(2, 3, 4), np.random.randn(4, 5)
+    a, b = mge.tensor(a0, dtype="float64"), mge.tensor(b0, dtype="float64")
+    gm = GradManager().attach([a, b])
+    with gm:
+        y = F.matmul(a, b)
+        gm.backward(y, mge.tensor(np.ones((2, 3, 5)), dtype="float64"))
+    assert y.dtype == np.float64 and a.grad.dtype == b.grad.dtype == np.float64
+    np.testing.assert_allclose(y.numpy(), a0 @ b0, rtol=1e-13)
+    np.testing.assert_allclose(a.grad.numpy(), np.ones((2, 3, 5)) @ b0.T, rtol=1e-13)
+    np.testing.assert_allclose(b.grad.numpy(), a0.reshape(6, 4).T @ np.ones((6, 5)), rtol=1e-13)
+
+
 def test_matmul_transpose_flags():
     a, b = rand(2, 4, 3), rand(2, 5, 4)
     check(lambda x, y: F.matmul(x, y, transpose_a=True, transpose_b=True),

@@ -180,8 +180,9 @@ def test_prelu_bad_weight_shape_names_both():
 
 # ----- softmax family -----
 
-# Softmax and log_softmax tests run on both paths: array code (the CPU default) and ATen's
-# kernels (what CUDA arrays take), forced here onto numpy arrays; on a GPU both runs take ATen.
+# Softmax and log_softmax tests run on both paths: array code (the CPU's for short rows, and
+# CuPy's when torch has no CUDA: `_aten.avoided`) and ATen's kernels (what CUDA arrays and the
+# CPU's long rows take), forced here onto numpy arrays.
 
 
 @pytest.fixture(params=["arrays", "aten"])
@@ -189,7 +190,8 @@ def softmax_path(request, monkeypatch):
     """Run the test on one path; yields the ATen kernels called (names), checked on "aten"."""
     used = []
     if request.param == "arrays":
-        yield used
+        with _aten.avoided("softmax"):
+            yield used
         return
     skip_unless_aten_serves_the_default_device()
     real = _aten.aten()
@@ -203,6 +205,32 @@ def softmax_path(request, monkeypatch):
     with _aten.forced("softmax"):
         yield used
     assert used, "the ATen path of softmax / log_softmax did not run"
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("shape,axis,on_aten", [
+    ((2, 2, 32, 32), -1, True), ((2, 2, 32, 32), 2, False), ((410, 10), -1, False),
+    ((8, 32), -1, False),
+], ids=str)
+def test_softmax_on_cpu_takes_aten_for_long_rows_only(monkeypatch, log, shape, axis, on_aten):
+    # measured (see megengine/functional/_aten.py): ATen is faster for rows of 32 or more in
+    # inputs of 4096 values or more, numpy for short rows; both give torch's values
+    used = []
+    real = _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    x = rand(*shape, low=-5, high=5)
+    ours, theirs = (F.logsoftmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
+
+    check(lambda t: ours(t, axis), lambda t: theirs(t, axis), x)  # on the default device
+    used.clear()
+    ours(mge.tensor(x, device="cpu0"), axis)  # the path a CPU array takes
+    assert (("_log_softmax" if log else "_softmax") in used) == on_aten
 
 
 @pytest.mark.usefixtures("softmax_path")
@@ -330,6 +358,121 @@ def test_linear_input_without_grad():
 def test_linear_shape_mismatch_names_both():
     with pytest.raises(ValueError, match=r"linear.*\(3, 6\).*\(4, 5\)"):
         F.linear(mge.tensor(rand(3, 6)), mge.tensor(rand(4, 5)))
+
+
+# N-d inputs run as one (rows, in) gemm forward and backward: checked against torch for
+# leading dims of every count, for a non-contiguous input (forward copies it once) and float64
+@pytest.mark.parametrize("xshape", [(5,), (2, 3, 5), (2, 3, 4, 5), (3, 0, 5)], ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_nd_input_matches_torch(xshape, bias):
+    args = (rand(*xshape), rand(4, 5)) + ((rand(4),) if bias else ())
+    check(F.linear, TF.linear, *args)
+
+
+def test_linear_non_contiguous_nd_input_matches_torch():
+    x0 = rand(5, 3, 2)  # used as (2, 3, 5): every leading index strided
+
+    def ours(x, w, b):
+        return F.linear(x.transpose(2, 1, 0), w, b)
+
+    def theirs(x, w, b):
+        return TF.linear(x.permute(2, 1, 0), w, b)
+
+    check(ours, theirs, x0, rand(4, 5), rand(4))
+
+
+def _float64_value_and_grads(fn, torch_fn, *arrays, seed=3):
+    """fn's output and input gradients in float64 (mge.tensor would store float64 as float32
+    without a dtype), and torch's, for one random output gradient."""
+    xs = [mge.tensor(a, dtype="float64") for a in arrays]
+    gm = GradManager().attach(xs)
+    with gm:
+        y = fn(*xs)
+        dy = np.random.RandomState(seed).randn(*y.shape)
+        gm.backward(y, mge.tensor(dy, dtype="float64"))
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    ty = torch_fn(*ts)
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == np.float64 and all(x.grad.dtype == np.float64 for x in xs)
+    return ([host(y)] + [host(x.grad) for x in xs],
+            [ty.detach().numpy()] + [t.grad.numpy() for t in ts])
+
+
+def test_linear_nd_float64_matches_torch():
+    got, want = _float64_value_and_grads(F.linear, TF.linear, rand(2, 3, 5).astype(np.float64),
+                                         rand(4, 5).astype(np.float64), rand(4).astype(np.float64))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+# ----- gelu -----
+# The exact (erf) gelu: ATen's gelu / gelu_backward on the CPU (as on CUDA), else array code
+# with a polynomial erf (what CuPy arrays run when torch has no CUDA: `_aten.avoided`).
+
+@pytest.fixture(params=["aten", "arrays"])
+def gelu_path(request, monkeypatch):
+    """Run the test on one path, checking that the ATen kernels ran on "aten" and not on
+    "arrays"."""
+    if request.param == "aten":
+        skip_unless_aten_serves_the_default_device()
+    used = []
+    real = _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    if request.param == "aten":
+        yield request.param
+        assert {"gelu", "gelu_backward"} <= set(used)
+        return
+    with _aten.avoided("gelu"):
+        yield request.param
+    assert not {"gelu", "gelu_backward"} & set(used)
+
+
+def test_gelu_float32_matches_torch_exact_gelu(gelu_path):
+    # the ATen path is torch's own kernel; the polynomial erf's absolute error (< 1.5e-7) is
+    # scaled by |x| in gelu and by the output gradient in backward
+    x = np.concatenate([rand(4000, low=-9, high=9), np.float32([-1e4, -30, -5.5, 0, 1e-3, 30])])
+    tol = dict(rtol=0, atol=0) if gelu_path == "aten" else dict(rtol=1e-6, atol=3e-6)
+    check(F.gelu, lambda t: TF.gelu(t, approximate="none"), x, **tol)
+
+
+def test_gelu_float64_matches_torch_exact_gelu(gelu_path):
+    x = np.concatenate([np.random.uniform(-9, 9, 3000), [-40.0, -6.0, 0.0, 1e-8, 40.0]])
+    got, want = _float64_value_and_grads(F.gelu, lambda t: TF.gelu(t, approximate="none"), x)
+    # the polynomial erf has an absolute error below 1.5e-7: float32 rounding, not float64's
+    tol = dict(rtol=1e-13, atol=1e-15) if gelu_path == "aten" else dict(rtol=0, atol=3e-6)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+def test_gelu_float16_matches_torch():
+    skip_unless_aten_serves_the_default_device()
+    x = rand(300, low=-6, high=6).astype(np.float16)
+    xt = mge.tensor(x, dtype="float16")
+    gm = GradManager().attach([xt])
+    with gm:
+        y = F.gelu(xt)
+        gm.backward(y.sum())
+    t = torch.tensor(x, requires_grad=True)
+    ty = TF.gelu(t)
+    ty.sum().backward()
+    assert y.dtype == np.float16 and xt.grad.dtype == np.float16
+    np.testing.assert_array_equal(host(y), ty.detach().numpy())
+    np.testing.assert_array_equal(host(xt.grad), t.grad.numpy())
+
+
+def test_gelu_second_order_matches_torch(gelu_path):
+    # _GeluGrad's first derivative comes from the same erf as the path's forward
+    from oracle import check_second_order_against_torch
+
+    x0 = rand(6, 7, low=-4, high=4)
+    check_second_order_against_torch(lambda x: (F.gelu(x) ** 2).sum(),
+                                     lambda t: (TF.gelu(t) ** 2).sum(), x0, rtol=1e-5, atol=1e-6)
 
 
 # ----- dropout -----

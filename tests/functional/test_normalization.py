@@ -130,6 +130,75 @@ def test_layer_norm(shape, normalized_shape, affine):
               lambda a: TF.layer_norm(a, ns), x, rtol=1e-4, atol=1e-4)
 
 
+# layer norm runs on ATen's kernels for float32/float64 (both devices), else on array code (what
+# CuPy runs when torch has no CUDA: `_aten.avoided`); each test below runs on both paths
+@pytest.fixture(params=["aten", "arrays"])
+def layer_norm_path(request, monkeypatch):
+    from megengine.functional import _aten
+
+    used = []
+    real = _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    if request.param == "aten":
+        from devices import skip_unless_aten_serves_the_default_device
+
+        skip_unless_aten_serves_the_default_device()
+        yield request.param
+        assert "native_layer_norm" in used
+        return
+    with _aten.avoided("layer_norm"):
+        yield request.param
+    assert "native_layer_norm" not in used
+
+
+@pytest.mark.parametrize("params,diff", [
+    ("both", "all"), ("both", "input"), ("both", "params"), ("weight", "all"),
+    ("weight", "params"), ("bias", "all"), ("bias", "input"), ("none", "all"),
+])
+def test_layer_norm_parameters_and_gradients_on_both_paths(layer_norm_path, params, diff):
+    # weight and/or bias, and the gradients of only some inputs (ATen's output mask)
+    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
+    arrays = [rand(3, 5, 8)] + ([rand(8, low=0.5, high=1.5)] if has_w else []) + \
+        ([rand(8)] if has_b else [])
+    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
+
+    def affine(ps):
+        it = iter(ps)
+        return (next(it) if has_w else None), (next(it) if has_b else None)
+
+    check(lambda a, *ps: F.layer_norm(a, 8, True, *affine(ps)),
+          lambda a, *ps: TF.layer_norm(a, (8,), *affine(ps)), *arrays, diff=which, rtol=1e-5,
+          atol=1e-5)
+
+
+def test_layer_norm_strided_input_and_float64_on_both_paths(layer_norm_path):
+    x = rand(6, 4, 3)  # normalized over its first axis after the transpose: a strided input
+    check(lambda a, c, d: F.layer_norm(a.transpose(2, 1, 0), 6, True, c, d),
+          lambda a, c, d: TF.layer_norm(a.permute(2, 1, 0), (6,), c, d),
+          x, rand(6, low=0.5, high=1.5), rand(6), rtol=1e-5, atol=1e-5)
+    x64, w64, b64 = (np.random.randn(*s) for s in ((4, 7), (7,), (7,)))
+    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
+    gm = GradManager().attach(ts)
+    dy = np.random.randn(4, 7)
+    with gm:
+        y = F.layer_norm(ts[0], 7, True, ts[1], ts[2])
+        gm.backward(y, mge.tensor(dy, dtype="float64"))
+    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
+    ty = TF.layer_norm(tt[0], (7,), tt[1], tt[2])
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for t, r in zip(ts, tt):
+        assert t.grad.dtype == np.float64
+        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
 def test_layer_norm_shape_mismatch():
     with pytest.raises(ValueError, match=r"layer_norm: normalized_shape \(5,\).*\(2, 4\)"):
         F.layer_norm(mge.tensor(rand(2, 4)), 5)
