@@ -3,6 +3,7 @@
 ends it (`run_tool`), options that only mean something to upstream's C++ runtime
 (`add_unsupported`), and plain-text tables (`format_table`)."""
 import argparse
+import io
 import os
 import sys
 
@@ -58,6 +59,43 @@ def load_network(path):
         return Network.load(path)
     except ValueError as e:
         raise _readable(e, path) from e
+
+
+def add_float16(parser):
+    """Upstream's float16 options of its inference optimizer, which this fork applies too
+    (`megengine.utils.network_optimize`): the program is converted before it is used."""
+    group = parser.add_argument_group("inference optimizer (upstream's optimize_for_inference)")
+    one = group.add_mutually_exclusive_group()
+    one.add_argument("--enable-io16xc32", action="store_true",
+                     help="float16 values between operators, float32 computation inside them; "
+                          "inputs and outputs stay float32")
+    one.add_argument("--enable-ioc16", action="store_true",
+                     help="float16 values and computation; inputs and outputs stay float32")
+
+
+def float16_option(args):
+    """The optimizer option the float16 flags of `add_float16` ask for, or None."""
+    if getattr(args, "enable_io16xc32", False):
+        return "enable_io16xc32"
+    if getattr(args, "enable_ioc16", False):
+        return "enable_ioc16"
+    return None
+
+
+def converted(path, option, outspec=None):
+    """The dumped file ``path`` (its outputs, or the vars named in ``outspec``), written again
+    with the inference optimizer's ``option``: a binary file object at its start."""
+    from ..utils.network import Network
+
+    _check_path(path)
+    try:
+        net = Network.load(path, outspec=outspec)
+    except ValueError as e:
+        raise _readable(e, path) from e
+    buf = io.BytesIO()
+    net.dump(buf, **({option: True} if option else {}))
+    buf.seek(0)
+    return buf
 
 
 def add_unsupported(parser, options):

@@ -7,19 +7,22 @@ them elsewhere and checks the outputs within ``--maxerr``.
 Upstream inserts ``AssertEqual`` operators into its C++ graph; this fork's dump format keeps
 test cases beside the program (what ``trace.dump(input_data=...)`` writes, see
 ``docs/api/network.rst``), so the program's operators are unchanged. Test cases the file held
-are replaced. Options of upstream's C++ graph optimizer and binary format are refused.
+are replaced. ``--enable-io16xc32`` / ``--enable-ioc16`` write the float16 program (with test
+cases it computes), as upstream; the other options of upstream's C++ graph optimizer and binary
+format are refused.
 """
 import argparse
+import os
+import tempfile
 
 import numpy as np
 
-from ._common import (ToolError, add_unsupported, load_program, print_out, reject_unsupported,
-                      run_tool)
+from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
+                      load_program, print_out, reject_unsupported, run_tool)
 from .load_network_and_run import UNSUPPORTED as _RUN_UNSUPPORTED
 
-_OPTIMIZER = ["--optimize-for-inference", "--enable-io16xc32", "--enable-ioc16",
-              "--enable-hwcd4", "--enable-nchw4", "--enable-nchw88", "--enable-nchw44",
-              "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
+_OPTIMIZER = ["--optimize-for-inference", "--enable-hwcd4", "--enable-nchw4", "--enable-nchw88",
+              "--enable-nchw44", "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
               "--enable-fuse-conv-bias-nonlinearity", "--enable-fuse-conv-bias-with-z"]
 UNSUPPORTED = {flag: _RUN_UNSUPPORTED[flag] for flag in _OPTIMIZER}
 UNSUPPORTED.update({
@@ -101,6 +104,7 @@ def build_parser():
     parser.add_argument("--input-transform",
                         help="a Python expression of `data` (and `np`) applied to each input, "
                              "e.g. 'data / np.std(data)'")
+    add_float16(parser)
     add_unsupported(parser, UNSUPPORTED)
     return parser
 
@@ -109,8 +113,15 @@ def _run(args):
     reject_unsupported(args, UNSUPPORTED)
     if args.repeat < 1:
         raise ToolError(f"--repeat {args.repeat}: expected a number >= 1")
-    cases = add_testcases(args.input, args.output, args.data, args.repeat, args.silent,
-                          args.no_assert, args.maxerr, args.input_transform)
+    option = float16_option(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = args.input
+        if option is not None:  # the float16 program, with test cases it computes (upstream)
+            src = os.path.join(tmp, "float16.mge")
+            with open(src, "wb") as f:
+                f.write(converted(args.input, option).getvalue())
+        cases = add_testcases(src, args.output, args.data, args.repeat, args.silent,
+                              args.no_assert, args.maxerr, args.input_transform)
     for k, (ins, outs) in enumerate(cases):
         print_out(f"test case {k}:\n  " + "\n  ".join(
             [_describe(n, v) for n, v in sorted(ins.items())]

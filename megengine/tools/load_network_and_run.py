@@ -4,7 +4,8 @@ Python load_and_run) on inputs from files, on random data or on the test cases t
 check the stored test cases' outputs, and write a profile with ``--profile``.
 
 The file is one `megengine.jit.trace.dump` wrote (upstream's binary ``.mge`` cannot be read).
-Options of upstream's C++ graph runtime (``--fast-run``, the ``--enable-*`` layout and fusion
+``--enable-io16xc32`` / ``--enable-ioc16`` run it converted to float16, as upstream's optimizer
+does. Other options of upstream's C++ graph runtime (``--fast-run``, the ``--enable-*`` layout and fusion
 passes, ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
 """
 import argparse
@@ -18,8 +19,9 @@ from collections import OrderedDict
 import numpy as np
 
 from ..jit.dump_testcases import parse_rand
-from ._common import (ToolError, add_unsupported, format_table, load_network, load_program,
-                      print_out, positive_int, reject_unsupported, run_tool)
+from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
+                      format_table, load_network, load_program, print_out, positive_int,
+                      reject_unsupported, run_tool)
 
 _CPP_OPTIMIZER = "a pass of upstream's C++ graph optimizer, which this fork does not have"
 UNSUPPORTED = {
@@ -29,8 +31,6 @@ UNSUPPORTED = {
     "--reproducible": (False, "it restricts upstream's MegDNN algorithm choice; this fork has "
                               "no algorithm choice"),
     "--optimize-for-inference": (False, _CPP_OPTIMIZER + " (see docs/api/network.rst)"),
-    "--enable-io16xc32": (False, "float16 I/O is " + _CPP_OPTIMIZER),
-    "--enable-ioc16": (False, "float16 I/O and compute is " + _CPP_OPTIMIZER),
     "--enable-hwcd4": (False, "the NHWCD4 layout is " + _CPP_OPTIMIZER),
     "--enable-nchw4": (False, "the NCHW4 layout is " + _CPP_OPTIMIZER),
     "--enable-nchw88": (False, "the NCHW88 layout is " + _CPP_OPTIMIZER),
@@ -97,6 +97,7 @@ def build_parser():
                              "'label:randint(low=0,high=1000,size={})'")
     parser.add_argument("--no-check-testcases", action="store_true",
                         help="run the file's stored test cases without comparing the outputs")
+    add_float16(parser)
     add_unsupported(parser, UNSUPPORTED)
     return parser
 
@@ -252,25 +253,26 @@ def _select_outputs(args, graph):
     """(GraphInference, output names) for ``--output-name``: the file's outputs by name, other
     vars through `megengine.utils.network.Network` (the program dumped again with them as its
     outputs)."""
-    if not args.output_name:
-        return graph, graph.output_names
-    wanted = list(args.output_name)
-    if all(n in graph.output_names for n in wanted):
-        return graph, wanted
     from ..utils.comp_graph_tools import GraphInference
-    from ..utils.network import Network
 
+    option = float16_option(args)
+    wanted = list(args.output_name or graph.output_names)
+    if all(n in graph.output_names for n in wanted):
+        if option is None:
+            return graph, wanted
+        # --enable-io16xc32 / --enable-ioc16: the program converted to float16, on the file's
+        # test cases (checked within their maxerr, as upstream's float16 graph is)
+        new = GraphInference(converted(args.net, option), device=args.device)
+        new._program.testcases = graph._program.testcases
+        new._program.testcase_options = graph._program.testcase_options
+        return new, wanted
     known = {v.name for v in load_network(args.net).all_vars}
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ToolError(f"--output-name: the program has no outputs or vars named {unknown}; "
                         f"its outputs are {graph.output_names} (draw_graph or "
                         "network_visualize list the other vars)")
-    net = Network.load(args.net, outspec=wanted)
-    buf = io.BytesIO()
-    net.dump(buf)
-    buf.seek(0)
-    return GraphInference(buf, device=args.device), wanted
+    return GraphInference(converted(args.net, option, wanted), device=args.device), wanted
 
 
 def _run_once(program, feeds, names, traced):

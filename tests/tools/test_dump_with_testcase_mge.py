@@ -33,6 +33,23 @@ def test_cases_hold_the_eager_models_outputs(tiny, tmp_path):
     np.testing.assert_array_equal(a["logits"], b["logits"])
 
 
+def test_float16_option_writes_the_float16_program_and_its_cases(two_inputs, tmp_path):
+    rng = np.random.RandomState(1)
+    a, b = (rng.uniform(-3, 3, (2, 3)).astype("float32") for _ in range(2))
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    out = tmp_path / "f16.mge"
+    tool.main([two_inputs, "-o", str(out), "-d", f"a:{tmp_path / 'a.npy'};b:{tmp_path / 'b.npy'}",
+               "--enable-ioc16"])
+    h = np.float16
+    want_s = (a.astype(h) * h(2) + b.astype(h)).astype("float32")  # numpy's float16 arithmetic
+    (ins, outs), = GraphInference(str(out)).testcases
+    np.testing.assert_array_equal(outs["s"], want_s)
+    assert not np.array_equal(outs["s"], a * 2 + b)
+    results = load_and_inference(str(out))  # the file's program reproduces its cases
+    np.testing.assert_array_equal(results[0]["s"], want_s)
+
+
 def test_list_file_repeat_transform_and_replacing_cases(two_inputs, tmp_path, capsys):
     a = np.arange(6, dtype="float32").reshape(2, 3)
     np.save(tmp_path / "a.npy", a)

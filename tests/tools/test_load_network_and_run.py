@@ -1,5 +1,5 @@
 """megengine.tools.load_network_and_run: outputs against the eager model, the input forms, the
-stored test cases, --profile, refused C++-runtime options and bad input."""
+stored test cases, --profile, the float16 options, refused C++-runtime options and bad input."""
 import json
 import os
 import pickle
@@ -119,8 +119,38 @@ def test_profile_holds_each_timed_run(tiny, tmp_path):
     assert ops.count("BatchNorm") == 3 and ops.count("Pool2d") == 3
 
 
+def float16_oracle(a, b):
+    """(a * 2 + b, a - b) of two_inputs' program in numpy's float16 arithmetic, back in float32."""
+    h = np.float16
+    return ((a.astype(h) * h(2) + b.astype(h)).astype("float32"),
+            (a.astype(h) - b.astype(h)).astype("float32"))
+
+
+@pytest.mark.parametrize("flag", ["--enable-ioc16", "--enable-io16xc32"])
+def test_float16_options_run_the_program_in_float16(two_inputs, tmp_path, flag):
+    rng = np.random.RandomState(0)
+    a, b = (rng.uniform(-3, 3, (2, 3)).astype("float32") for _ in range(2))
+    mge.save({"a": a, "b": b}, str(tmp_path / "ab.pkl"))
+    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), flag])
+    want_s, want_d = float16_oracle(a, b)
+    assert out["s"].dtype == np.float32 and out["d"].dtype == np.float32  # outputs as dumped
+    np.testing.assert_array_equal(out["s"], want_s)
+    np.testing.assert_array_equal(out["d"], want_d)
+    assert not np.array_equal(out["s"], a * 2 + b)  # not the float32 program
+    # other outputs by name are converted too
+    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), flag,
+                    "--output-name", "d"])
+    np.testing.assert_array_equal(out["d"], want_d)
+
+
+def test_float16_options_exclude_each_other(two_inputs, capsys):
+    with pytest.raises(SystemExit) as e:
+        lnr.main([two_inputs, "--enable-ioc16", "--enable-io16xc32"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", [["--fast-run"], ["--enable-nchw4"], ["--dump-cpp-model", "x"],
-                                  ["--optimize-for-inference"], ["--enable-io16xc32"]])
+                                  ["--optimize-for-inference"]])
 def test_cpp_runtime_options_are_refused(tiny, capsys, flag):
     _, plain, _ = tiny
     with pytest.raises(SystemExit) as e:
