@@ -142,6 +142,22 @@ def skip_unless_aten_serves_the_default_device():
                     "a CUDA build of torch, which this machine lacks")
 
 
+def record_aten_kernels(monkeypatch):
+    """A list that grows with the name of each ATen kernel the engine looks up from now on
+    (``megengine.functional._aten.aten()`` wrapped for the test): which path an op took."""
+    from megengine.functional import _aten
+
+    used, real = [], _aten.aten()
+
+    class Recorder:  # torch.ops.aten, noting each kernel looked up
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    return used
+
+
 def child_env(env=None):
     """The environment for a fresh Python process a test starts (default: this one's).
 

@@ -13,8 +13,8 @@ from megengine.functional import _aten
 from megengine.functional import nn as nn_module
 
 from cuda_kernels import emulate
-from devices import (host, host_default_device, requires_cuda, requires_torch_cuda,  # noqa: F401
-                     skip_unless_aten_serves_the_default_device)
+from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
+                     requires_torch_cuda, skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 
 
@@ -194,14 +194,7 @@ def softmax_path(request, monkeypatch):
             yield used
         return
     skip_unless_aten_serves_the_default_device()
-    real = _aten.aten()
-
-    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
-        def __getattr__(self, name):
-            used.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    used = record_aten_kernels(monkeypatch)
     with _aten.forced("softmax"):
         yield used
     assert used, "the ATen path of softmax / log_softmax did not run"
@@ -215,15 +208,7 @@ def softmax_path(request, monkeypatch):
 def test_softmax_on_cpu_takes_aten_for_long_rows_only(monkeypatch, log, shape, axis, on_aten):
     # measured (see megengine/functional/_aten.py): ATen is faster for rows of 32 or more in
     # inputs of 4096 values or more, numpy for short rows; both give torch's values
-    used = []
-    real = _aten.aten()
-
-    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
-        def __getattr__(self, name):
-            used.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    used = record_aten_kernels(monkeypatch)
     x = rand(*shape, low=-5, high=5)
     ours, theirs = (F.logsoftmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
 
@@ -310,13 +295,6 @@ def test_softmax_and_logsoftmax_second_order_match_torch():
 @requires_torch_cuda
 @pytest.mark.parametrize("log", [False, True])
 def test_softmax_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, log):
-    used, real = [], _aten.aten()
-
-    class Recorder:
-        def __getattr__(self, name):
-            used.append(name)
-            return getattr(real, name)
-
     x, w = rand(4, 6, 5), rand(4, 6, 5)
 
     def run(device):
@@ -326,7 +304,7 @@ def test_softmax_on_a_gpu_runs_aten_and_matches_the_cpu(monkeypatch, log):
             gm.backward((y * mge.tensor(w, device=device)).sum())
         return host(y), host(t.grad)
 
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    used = record_aten_kernels(monkeypatch)
     on_gpu = run("gpu0")
     name = "_log_softmax" if log else "_softmax"
     assert {name, name + "_backward_data"} <= set(used)
@@ -415,15 +393,7 @@ def gelu_path(request, monkeypatch):
     "arrays"."""
     if request.param == "aten":
         skip_unless_aten_serves_the_default_device()
-    used = []
-    real = _aten.aten()
-
-    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
-        def __getattr__(self, name):
-            used.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    used = record_aten_kernels(monkeypatch)
     if request.param == "aten":
         yield request.param
         assert {"gelu", "gelu_backward"} <= set(used)

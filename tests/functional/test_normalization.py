@@ -10,7 +10,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import address
+from devices import address, record_aten_kernels, skip_unless_aten_serves_the_default_device
 from oracle import check_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
@@ -136,18 +136,8 @@ def test_layer_norm(shape, normalized_shape, affine):
 def layer_norm_path(request, monkeypatch):
     from megengine.functional import _aten
 
-    used = []
-    real = _aten.aten()
-
-    class Recorder:  # torch.ops.aten, noting each kernel the op looks up
-        def __getattr__(self, name):
-            used.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    used = record_aten_kernels(monkeypatch)
     if request.param == "aten":
-        from devices import skip_unless_aten_serves_the_default_device
-
         skip_unless_aten_serves_the_default_device()
         yield request.param
         assert "native_layer_norm" in used
