@@ -169,10 +169,14 @@ def _simd_split(exact, simd, step):
 
 
 def _saturate(values, dtype):
+    """Float results cast to ``dtype``, rounded and saturated for integer types as OpenCV's
+    ``saturate_cast`` (rounded for bool)."""
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         values = np.clip(np.rint(values), info.min, info.max)
+    elif dtype.kind == "b":
+        values = np.rint(values)
     return values.astype(dtype, copy=False)
 
 

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from .cv_resize import resize_like_cv2
+from .cv_resize import _saturate, resize_like_cv2
 
 __all__ = [
     "INTER_NEAREST",
@@ -54,17 +54,6 @@ def wrap_keepdims(func):
     return wrapper
 
 
-def _cast_like(values, dtype):
-    """Cast float results to ``dtype``, rounding and saturating for integer types as OpenCV does."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    elif dtype.kind == "b":
-        values = np.rint(values)
-    return values.astype(dtype)
-
-
 @wrap_keepdims
 def to_gray(image):
     r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` (uint8 and
@@ -81,7 +70,7 @@ def to_gray(image):
         return gray.astype(image.dtype)[:, :, None]
     weights = np.array([0.114, 0.587, 0.299], dtype=np.float32)
     gray = image[:, :, :3].astype(np.float32) @ weights
-    return _cast_like(gray, image.dtype)[:, :, None]
+    return _saturate(gray, image.dtype)[:, :, None]
 
 
 @wrap_keepdims
@@ -149,7 +138,7 @@ def pad(input, size, value):
     h, w, c = input.shape
     out = np.empty((h + top + bottom, w + left + right, c), dtype=input.dtype)
     if top or bottom or left or right:  # (cv2 reads no value when nothing is padded)
-        out[...] = _cast_like(_border_fill(value, c), input.dtype)
+        out[...] = _saturate(_border_fill(value, c), input.dtype)
     out[top : top + h, left : left + w] = input
     return out
 
@@ -235,7 +224,7 @@ def resize(input, size, interpolation=INTER_LINEAR):
     # back as OpenCV's casts do
     work = np.float32 if input.dtype.itemsize <= 2 and input.dtype.kind != "b" else np.float64
     out = resize_like_cv2(input.astype(work), th, tw, interpolation, ipp=_OPENCV_USES_IPP)
-    return _cast_like(out, input.dtype)
+    return _saturate(out, input.dtype)
 
 
 # OpenCV's uint8 BGR -> HSV_FULL is integer arithmetic with 12-bit reciprocal tables (its
@@ -285,4 +274,4 @@ def hsv_to_bgr(image):
     b = np.choose(sector, [c[2] for c in table])
     gray = s == 0  # OpenCV's shortcut: no saturation, all channels v
     bgr = np.stack([np.where(gray, v, b), np.where(gray, v, g), np.where(gray, v, r)], axis=-1)
-    return _cast_like(bgr * f32(255), np.uint8)
+    return _saturate(bgr * f32(255), np.uint8)
