@@ -157,27 +157,26 @@ def _ask_torch_cuda():
     return _torch_cuda
 
 
-@contextlib.contextmanager
 def forced(*families):
     """Run the named op families on their ATen path for numpy arrays too (tests, benchmarks)."""
-    added = [f for f in families if f not in _forced]
-    _forced.update(added)
-    try:
-        yield
-    finally:
-        _forced.difference_update(added)
+    return _added(_forced, families)
 
 
-@contextlib.contextmanager
 def avoided(*families):
     """Keep the named op families on their array code on both devices (tests: the code CuPy runs
     when torch has no CUDA; benchmarks: the array code against ATen)."""
-    added = [f for f in families if f not in _avoided]
-    _avoided.update(added)
+    return _added(_avoided, families)
+
+
+@contextlib.contextmanager
+def _added(families_set, families):
+    """``families`` in ``families_set`` for the block (those already in it stay after)."""
+    added = [f for f in families if f not in families_set]
+    families_set.update(added)
     try:
         yield
     finally:
-        _avoided.difference_update(added)
+        families_set.difference_update(added)
 
 
 def set_num_threads(n):
