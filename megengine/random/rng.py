@@ -206,6 +206,13 @@ class _Draw(Op):
         else:  # numpy's own distribution method
             sample = getattr(gen, self.method)(*self.args)
         sample = np.asarray(sample, dtype=self.dtype)
+        if self.method == "uniform" and sample.size:
+            # numpy draws float64 in [low, high); a draw within half a float32 step of high
+            # rounds up to high itself (about 1 in 2**25 for U(0, 1)), which U[low, high)
+            # excludes: Exponential's -log1p(-u) became inf. The largest float32 below high
+            # takes its place.
+            high = self.dtype.type(self.args[1])
+            np.minimum(sample, np.nextafter(high, self.dtype.type(-np.inf)), out=sample)
         return sample if self.device.startswith("cpu") else move_array(sample, self.device)
 
 

@@ -39,6 +39,31 @@ def test_uniform_moments_and_range():
     assert abs(v.mean() - 1.0) < 0.03 and abs(v.std() - 4 / np.sqrt(12)) < 0.03
 
 
+def test_uniform_never_returns_high_after_rounding_to_float32(monkeypatch):
+    # numpy's float64 draws just below 1 round to 1.0 in float32; upstream's U[low, high)
+    # excludes high (an Exponential sample -log1p(-u) was inf about once in 33M draws, which
+    # failed upstream's test_exponential about one run in 30)
+    r = rand.RNG(seed=0)
+    gen = r._gen()
+    just_below = {1.0: np.nextafter(1.0, 0.0), 3.0: np.nextafter(3.0, 0.0)}
+
+    class Edge:  # the generator, whose uniform draws the largest float64 below high
+        bit_generator = gen.bit_generator
+
+        def uniform(self, low, high, size):
+            return np.full(size, just_below[high])
+
+    monkeypatch.setattr(r, "_gen", lambda: Edge())
+    for high in (1.0, 3.0):
+        v = r.uniform(low=0.0, high=high, size=(4,)).numpy()
+        assert v.dtype == np.float32 and (v < high).all()
+        np.testing.assert_array_equal(v, np.nextafter(np.float32(high), np.float32(0)))
+    from megengine.distributions.exponential import Exponential
+
+    monkeypatch.setattr(rand.rng, "_global_generator", Edge(), raising=False)
+    assert np.isfinite(Exponential(2.0).sample((3,)).numpy()).all()
+
+
 def test_size_none_gives_one_element_as_upstream():
     assert rand.normal().shape == (1,) and rand.uniform().shape == (1,)
     assert rand.normal(size=4).shape == (4,)
