@@ -109,7 +109,8 @@ class RNG:
         return apply(_Draw(self, method, args, np.dtype(dtype), device))
 
     def uniform(self, low: float = 0, high: float = 1, size=None):
-        """Samples of U(low, high), float32, shape ``size`` (None means (1,))."""
+        """Samples of U[low, high) (``high`` excluded, also after rounding to float32), float32,
+        shape ``size`` (None means (1,))."""
         if not low < high:
             raise ValueError(f"uniform: needs low < high, got low={low}, high={high}")
         return self._draw("uniform", low, high, _shape(size, "uniform"))
