@@ -163,14 +163,14 @@ def _split_io_weight_bias(io_weight_bias, sizes, biases):
         raise ValueError(f"multi_head_attention: io_weight_bias holds {flat.shape[0]} values, "
                          f"the projections given need {need} (weights (in, out): {sizes}; "
                          f"biases q, k, v, o: {biases})")
-    parts, offset = [], 0
-    for shape in shapes:
-        if shape is None:
-            parts.append(None)
-            continue
-        count = int(np.prod(shape))
-        parts.append(flat[offset:offset + count].reshape(shape))
-        offset += count
+    # one Split op for all the pieces: its backward is one concatenate, where a slice per piece
+    # gave each piece's gradient as a full-size zero array to sum (benchmarks/bench_transformer.py)
+    from .tensor import split
+
+    present = [shape for shape in shapes if shape is not None]
+    points = np.cumsum([int(np.prod(shape)) for shape in present])[:-1].tolist()
+    pieces = iter(split(flat, points) if points else [flat])
+    parts = [None if shape is None else next(pieces).reshape(shape) for shape in shapes]
     return parts[:4], parts[4:]
 
 
