@@ -31,7 +31,7 @@ def test_every_family_is_fuzzed():
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
                         "module", "optimizer", "scheduler", "grad2", "quantization",
-                        "transform"}
+                        "transform", "random"}
 
 
 # ----- the runner must fail where megengine is wrong -----
