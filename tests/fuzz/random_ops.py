@@ -180,9 +180,10 @@ def _beta(rng):
             raise Mismatch(f"{what}: samples outside [0, 1]: {v[(v < 0) | (v > 1)][:3]}")
         mean = a / (a + b)
         var = a * b / ((a + b) ** 2 * (a + b + 1))
-        z_mean(v, mean, var, what, slack=1e-6)
-        # the second moment: (x - mean)**2 lies in [0, 1], Hoeffding's bound applies
-        bounded_mean((v.astype(np.float64) - mean) ** 2, var, what + " (variance)")
+        bounded_mean(v, mean, var, what)
+        # the second moment: (x - mean)**2 lies in [0, 1] with mean var and variance at most
+        # var (it is below 1), Bernstein's bound applies
+        bounded_mean((v.astype(np.float64) - mean) ** 2, var, var, what + " (variance)")
     return _param_case(rng, "beta", lambda r: (_positive(r, -1.5, 2.5), _positive(r, -1.5, 2.5)),
                        lambda s, p, size: s.beta(*p, size=size), one)
 

@@ -10,7 +10,8 @@ from .gen import Mismatch
 
 # Every test below fails a correct sampler with probability below ~1e-8, so 2000 seeds of a
 # dozen ops (a few tests each) give a false alarm well under one run in a thousand.
-Z = 6.0  # sigmas of a z-test (two-sided tail ~2e-9)
+Z = 6.0  # sigmas of a z-test of normal samples (two-sided tail ~2e-9)
+LOG_TAIL = math.log(2 / 2e-9)  # Bernstein's bound at the same false-alarm rate
 KS_T = 3.2  # sqrt(n) * D above this: DKW bound 2 exp(-2 t^2) ~ 2.5e-9
 
 
@@ -60,26 +61,31 @@ def z_mean(sample, mean, var, what, slack=0.0):
                        f"(standard error {se:.3g})")
 
 
-def bounded_mean(values, expect, what):
-    """Hoeffding for values in [0, 1]: P(|mean - E| > t) <= 2 exp(-2 n t^2)."""
+def bernstein(total, expect, var, n, what):
+    """Bernstein: a sum of n independent values in [0, 1] with variance ``var`` each strays from
+    its expectation by t with probability <= 2 exp(-t^2 / (2 n var + 2 t / 3)); valid for any n
+    and any p (a normal approximation is not, for a rare event over few trials)."""
+    t = LOG_TAIL / 3 + math.sqrt((LOG_TAIL / 3) ** 2 + 2 * n * var * LOG_TAIL)
+    if abs(total - expect) > t:
+        raise Mismatch(f"{what}: total {total:.6g} over {n}, expected {expect:.6g} (Bernstein "
+                       f"limit {t:.3g})")
+
+
+def bounded_mean(values, mean, var, what):
+    """The mean of values in [0, 1] with exact ``mean`` and ``var``, by Bernstein's bound."""
     v = np.asarray(values, np.float64).ravel()
-    if v.size == 0:
-        return
-    t = KS_T / math.sqrt(v.size)
-    if abs(v.mean() - expect) > t:
-        raise Mismatch(f"{what}: mean {v.mean():.6g} over {v.size} values, expected "
-                       f"{expect:.6g} (Hoeffding limit {t:.3g})")
+    if v.size:
+        bernstein(v.sum(), v.size * mean, var, v.size, what)
 
 
 def counts(observed, probs, trials, what):
-    """Each count ~ Binomial(trials, p): within Z sigmas (a category of p = 0 never occurs)."""
-    observed, probs = np.asarray(observed, np.float64), np.asarray(probs, np.float64)
-    sd = np.sqrt(trials * probs * (1 - probs))
-    bad = np.abs(observed - trials * probs) > Z * sd + 1e-9
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise Mismatch(f"{what}: category {k} seen {observed[k]:.0f} times in {trials}, "
-                       f"expected {trials * probs[k]:.1f} +- {sd[k]:.1f}")
+    """Each count ~ Binomial(trials, p), by Bernstein's bound (a category of p = 0 never
+    occurs)."""
+    for k, (o, p) in enumerate(zip(np.asarray(observed, np.float64),
+                                   np.asarray(probs, np.float64))):
+        if p == 0 and o:
+            raise Mismatch(f"{what}: category {k} of probability 0 seen {o:.0f} times")
+        bernstein(o, trials * p, p * (1 - p), trials, what + f" category {k}")
 
 
 # ----- exact CDFs (torch in float64; scipy is not installed) -----
