@@ -309,6 +309,7 @@ def _seeding(rng):
              lambda r: r.permutation(7),
              lambda r: r.multinomial(mge.tensor([1.0, 2.0, 3.0]), 2)]
     order = [int(i) for i in rng.permutation(len(calls))]
+    symbolic = bool(rng.random() < 0.5)
     what = f"seed {s}: the draws {order} repeated"
 
     def run(make):
@@ -322,6 +323,25 @@ def _seeding(rng):
             for i, (x, y) in zip(order, zip(a, b)):
                 if not np.array_equal(x, y):
                     raise Mismatch(f"{what} through {name}: draw {i} differs: {x} vs {y}")
+        # a traced function draws anew on each replay, the same numbers as eager calls after
+        # the same seed (upstream's RNG ops keep their handle's stream under jit)
+        from megengine.jit import trace
+
+        for src_name, make in [("RNG(seed)", lambda: R.RNG(seed=s)),
+                               ("megengine.random.seed", lambda: (R.seed(s), R)[1])]:
+            src = make()
+
+            @trace(symbolic=symbolic)
+            def drawn(x):
+                return [x + calls[i](src).astype("float32").reshape(-1).sum() for i in order]
+
+            x = mge.tensor(0.0)
+            traced = [[y.numpy() for y in drawn(x)] for _ in range(3)]
+            src = make()
+            eager = [[calls[i](src).numpy().astype("float32").reshape(-1).sum() for i in order]
+                     for _ in range(3)]
+            close(np.array(traced), np.array(eager), (1e-5, 1e-5),
+                  f"{what}: traced (symbolic={symbolic}) replays through {src_name}")
         # a seeded RNG object is independent of the global generator's state
         a = R.RNG(seed=s).uniform(size=(4,)).numpy()
         R.seed((s + 1) % 2**32)
