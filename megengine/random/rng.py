@@ -213,7 +213,8 @@ class _Draw(Op):
 
 
 def _floor_to_float32_range(x, low, high, dtype):
-    """numpy's float64 draws ``x`` of U[low, high) as ``dtype``, without leaving [low, high).
+    """numpy's float64 draws ``x`` of U[low, high) as ``dtype`` (float32, or float16 for
+    module.init), without leaving [low, high).
 
     Rounding to nearest would turn a draw within half a step of high into high itself (about
     1 in 2**25 for U(0, 1): Exponential's -log1p(-u) became inf) and give the top step half

@@ -61,6 +61,22 @@ def _out(t, shape, dtype, what):
     return v
 
 
+def _in_range(v, low, high, what):
+    """U[low, high) in v's float dtype: low <= v < high, unless no value of the dtype lies in
+    [low, high): then the one nearest low. Returns (the smallest value >= low, whether it is
+    below high)."""
+    t = v.dtype.type
+    cands = np.array([np.nextafter(t(low), t(-np.inf)), t(low), np.nextafter(t(low), t(np.inf))])
+    first = float(cands[cands.astype(np.float64) >= low][0])
+    exists = first < high
+    v64 = v.astype(np.float64)
+    bad = ((v64 < low) | (v64 >= high)) if exists else (v != t(low))
+    if bad.any():
+        raise Mismatch(f"{what}: {np.count_nonzero(bad)} samples outside [low, high), "
+                       f"e.g. {v[bad][:3]}")
+    return first, exists
+
+
 @op("random_uniform")
 def _uniform(rng):
     src, sd = _source(rng)
@@ -80,18 +96,7 @@ def _uniform(rng):
 
     def check():
         v = _out(src.uniform(low=low, high=high, size=size), shp, "float32", what)
-        v64 = v.astype(np.float64)
-        # the float32 values at or above low; the smallest takes the draws below it
-        cands = np.array([np.nextafter(np.float32(low), np.float32(-np.inf)), np.float32(low),
-                          np.nextafter(np.float32(low), np.float32(np.inf))], np.float32)
-        first = float(cands[cands.astype(np.float64) >= low][0])
-        exists = first < high
-        # U[low, high) in float32: low <= v < high, unless no float32 lies in [low, high):
-        # then the float32 nearest low
-        bad = ((v64 < low) | (v64 >= high)) if exists else (v != np.float32(low))
-        if bad.any():
-            raise Mismatch(f"{what}: {np.count_nonzero(bad)} samples outside [low, high), "
-                           f"e.g. {v[bad][:3]}")
+        first, exists = _in_range(v, low, high, what)
         if exists:  # the law of the draw rounded down (nothing lies below ``first``)
             ks(v, lambda x: np.where(x <= first, 0, np.clip((x - low) / (high - low), 0, 1)),
                what, rounding="down")
@@ -467,11 +472,10 @@ def _init(rng):
         v = _out(t, shp, dtype, desc)
         if law == "u":
             # U[a, b) in the tensor's dtype: the rounded bounds
-            b1, b2 = np.dtype(dtype).type(p1), np.dtype(dtype).type(p2)
-            if ((v < b1) | (v > b2)).any():
-                raise Mismatch(f"{desc}: values outside [{b1}, {b2}]: {v[(v < b1) | (v > b2)][:3]}")
-            if dtype == "float32":
-                ks(v, lambda x: np.clip((x - p1) / (p2 - p1), 0, 1), desc)
+            first, exists = _in_range(v, p1, p2, desc)
+            if exists:  # rounded down, as megengine.random.uniform
+                ks(v, lambda x: np.where(x <= first, 0, np.clip((x - p1) / (p2 - p1), 0, 1)),
+                   desc, rounding="down")
         elif dtype == "float32":
             ks(v, normal_cdf(p1, p2), desc)
         else:

@@ -16,21 +16,24 @@ KS_T = 3.2  # sqrt(n) * D above this: DKW bound 2 exp(-2 t^2) ~ 2.5e-9
 
 
 def ks(sample, cdf, what, rounding="nearest"):
-    """Kolmogorov-Smirnov distance of float32 ``sample`` from the exact ``cdf`` (a numpy-vectorised
+    """Kolmogorov-Smirnov distance of a float32 (or float16) ``sample`` from the exact ``cdf`` (a numpy-vectorised
     function in float64). DKW: P(sqrt(n) sup|F_n - F| > t) <= 2 exp(-2 t^2). A float32 value v
     stands for the true draws that round to it, in (v - ulp/2, v + ulp/2): the empirical CDF
     at v is compared with the CDF at the top of that interval, just below v with its bottom, so
     rounding (a gamma sample underflowing to 0, a range a few float32 steps wide) is no alarm.
     ``rounding="down"``: v stands for [v, next(v)) (megengine.random.uniform's rule)."""
-    x = np.sort(np.asarray(sample, np.float32).ravel())
+    x = np.sort(np.asarray(sample).ravel())
+    if x.dtype not in (np.float16, np.float32):  # integers (poisson's counts) step like float32
+        x = x.astype(np.float32)
+    t = x.dtype.type
     n = x.size
     if n == 0:
         return
     x64 = x.astype(np.float64)
-    top = (x64 + np.nextafter(x, np.float32(np.inf)).astype(np.float64)) / 2
-    bottom = (x64 + np.nextafter(x, np.float32(-np.inf)).astype(np.float64)) / 2
+    top = (x64 + np.nextafter(x, t(np.inf)).astype(np.float64)) / 2
+    bottom = (x64 + np.nextafter(x, t(-np.inf)).astype(np.float64)) / 2
     if rounding == "down":
-        top, bottom = np.nextafter(x, np.float32(np.inf)).astype(np.float64), x64
+        top, bottom = np.nextafter(x, t(np.inf)).astype(np.float64), x64
     upper = np.searchsorted(x, x, side="right") / n  # the empirical CDF at v
     lower = np.searchsorted(x, x, side="left") / n  # ... just below v
     d = max(np.max(upper - np.asarray(cdf(top), np.float64)),
