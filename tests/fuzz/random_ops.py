@@ -519,3 +519,47 @@ def _dropout(rng):
         counts([keep.sum()], [1 - p], keep.size, what + " (kept elements)")
         return "ok"
     return Check(what, check)
+
+
+@op("random_refusals")
+def _refusals(rng):
+    """Invalid arguments upstream refuses: megengine must raise its own clear error."""
+    from .gen import _is_ours
+
+    src, sd = _source(rng)
+    w = mge.tensor([1.0, 0.0, 2.0])
+    bad = [("uniform(low=high)", lambda: src.uniform(1.0, 1.0, size=3)),
+           ("uniform(low>high)", lambda: src.uniform(2.0, -1.0, size=3)),
+           ("normal(std<0)", lambda: src.normal(0.0, -1.0, size=3)),
+           ("gamma(shape=0)", lambda: src.gamma(0.0, 1.0, size=3)),
+           ("gamma(scale<0)", lambda: src.gamma(1.0, -2.0, size=3)),
+           ("beta(alpha<0)", lambda: src.beta(-1.0, 1.0, size=3)),
+           ("poisson(lam=0)", lambda: src.poisson(0.0, size=3)),
+           ("exponential(rate<0)", lambda: src.exponential(-1.0, size=3)),
+           ("size<0", lambda: src.normal(size=(2, -1))),
+           ("size float", lambda: src.uniform(size=(2.5,))),
+           ("permutation(-1)", lambda: src.permutation(-1)),
+           ("permutation(dtype=float64)", lambda: src.permutation(4, dtype="float64")),
+           ("multinomial 3-d", lambda: src.multinomial(w.reshape(1, 1, 3), 1)),
+           ("multinomial too many", lambda: src.multinomial(w, 3, replacement=False)),
+           ("multinomial negative", lambda: src.multinomial(mge.tensor([1.0, -1.0]), 1)),
+           ("shuffle(ndarray)", lambda: src.shuffle(np.arange(3))),
+           ("Exponential(rate 0)", lambda: Exponential(mge.tensor([1.0, 0.0]))),
+           ("dropout(p=1)", lambda: F.nn.dropout(mge.tensor([1.0]), 1.0)),
+           ("dropout(p<0)", lambda: F.nn.dropout(mge.tensor([1.0]), -0.1)),
+           ("init fan of 1-d", lambda: init.xavier_uniform_(mge.tensor([1.0, 2.0]))),
+           ("calculate_gain", lambda: init.calculate_gain("swish")),
+           ("msra mode", lambda: init.msra_normal_(mge.tensor(np.ones((2, 2))), mode="fan"))]
+    name, call = bad[int(rng.integers(len(bad)))]
+    what = f"{sd}: {name}"
+
+    def check():
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001
+            if not _is_ours(e):
+                raise Mismatch(f"{what}: refused, but not by megengine's own check "
+                               f"({type(e).__name__}: {e})") from e
+            return "error"
+        raise Mismatch(f"{what}: accepted what upstream refuses")
+    return Check(what, check)
