@@ -18,6 +18,15 @@ def test_fuzz_slice(name):
         run_seed(name, seed)  # raises Mismatch (with the drawn case) on a discrepancy
 
 
+@pytest.mark.parametrize("name", sorted(n for n, (fam, _) in OPS.items() if fam == "random"))
+def test_random_family_wider_slice(name):
+    # the random family's cases are cheap and its edges (tiny rates, bounds a float32 step
+    # apart, size 0) are drawn rarely: 20 more seeds each (about 1.5 s in all); every
+    # statistical test is seeded, at a false-alarm rate of ~1e-8
+    for seed in range(SEEDS_PER_OP, SEEDS_PER_OP + 20):
+        run_seed(name, seed)
+
+
 def test_command_line(capsys):
     from .__main__ import main
 
