@@ -587,8 +587,9 @@ class _Dropout(Op):
             return y
         # numpy's global RNG (CuPy's on a GPU), which megengine.random.seed() also seeds
         keep = xp.random.random_sample(x.shape) >= self.p
-        self.mask = keep.astype(x.dtype)
-        self.mask *= scale
+        # where(), not keep * scale: a scale beyond the dtype's range (float16 at p > 1 - 2**-16)
+        # is inf, and 0 * inf would make the dropped elements NaN instead of 0
+        self.mask = xp.where(keep, scale, x.dtype.type(0))
         return x * self.mask
 
     def backward(self, g):

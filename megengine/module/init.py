@@ -10,6 +10,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from ..core.tensor import Tensor
+from ..random.rng import _floor_to_float32_range
 
 __all__ = [
     "fill_", "zeros_", "ones_", "uniform_", "normal_", "calculate_gain",
@@ -42,7 +43,14 @@ def ones_(tensor: Tensor) -> None:
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
     """Fill ``tensor`` with samples of U(a, b)."""
     _check_tensor(tensor, "uniform_")
-    tensor._reset(np.random.uniform(a, b, size=tensor.shape).astype(tensor.dtype))
+    draw = np.random.uniform(a, b, size=tensor.shape)
+    dtype = np.dtype(tensor.dtype)
+    if dtype.kind == "f" and a < b and draw.size:
+        # rounded down into [a, b) as megengine.random.uniform does: rounding to nearest made
+        # b itself a value (for float16 about one draw in 2**12 of U(0, 1))
+        tensor._reset(_floor_to_float32_range(draw, a, b, dtype))
+    else:
+        tensor._reset(draw.astype(dtype))
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> None:

@@ -83,7 +83,8 @@ def _positive(value, name, what):
 def _param_shape(size, *params):
     """Output shape for Tensor-valued parameters: size + broadcast(params).shape (upstream)."""
     base = np.broadcast_shapes(*(np.shape(p) for p in params))
-    if size is None or size == 0:
+    # (an int 0 means no size, as upstream; a shape Tensor is not compared with 0)
+    if size is None or (is_int(size) and not isinstance(size, Tensor) and size == 0):
         return base
     return _shape(size, "random") + base
 
@@ -206,15 +207,33 @@ class _Draw(Op):
             sample = _SAMPLERS[self.method](gen, *self.args)
         else:  # numpy's own distribution method
             sample = getattr(gen, self.method)(*self.args)
-        sample = np.asarray(sample, dtype=self.dtype)
+        raw, sample = sample, np.asarray(sample, dtype=self.dtype)
         if self.method == "uniform" and sample.size:
-            # numpy draws float64 in [low, high); a draw within half a float32 step of high
-            # rounds up to high itself (about 1 in 2**25 for U(0, 1)), which U[low, high)
-            # excludes: Exponential's -log1p(-u) became inf. The largest float32 below high
-            # takes its place.
-            high = self.dtype.type(self.args[1])
-            np.minimum(sample, np.nextafter(high, self.dtype.type(-np.inf)), out=sample)
+            sample = _floor_to_float32_range(raw, *self.args[:2], self.dtype)
         return sample if self.device.startswith("cpu") else move_array(sample, self.device)
+
+
+def _floor_to_float32_range(x, low, high, dtype):
+    """numpy's float64 draws ``x`` of U[low, high) as ``dtype`` (float32, or float16 for
+    module.init), without leaving [low, high).
+
+    Rounding to nearest would turn a draw within half a step of high into high itself (about
+    1 in 2**25 for U(0, 1): Exponential's -log1p(-u) became inf) and give the top step half
+    its share. Rounding down (the largest value <= x) keeps every value below high and gives
+    each representable v in range the exact probability of [v, next(v)). A draw below the
+    first representable value >= low takes that value. Where no value of ``dtype`` lies in
+    [low, high) at all (the bounds are closer than one step), the value nearest low is all
+    there is."""
+    t = dtype.type
+    out = x.astype(dtype)
+    up = out.astype(np.float64) > x
+    out[up] = np.nextafter(out[up], t(-np.inf))
+    first = t(low)
+    if float(first) < low:
+        first = np.nextafter(first, t(np.inf))
+    if not float(first) < high:
+        return np.full(x.shape, t(low), dtype)
+    return np.maximum(out, first)
 
 
 def _exponential(gen, rate, shape):

@@ -1,4 +1,5 @@
 """Seeded differential fuzzing of megengine against PyTorch and hand oracles (functional ops,
 layers, optimizers and schedulers, second-order autodiff; F.vision's sampling ops and
 correlation, quantization from fake quantization to quantized kernels, and the data
-transforms against numpy oracles of upstream's documented behaviour): `python -m tests.fuzz`."""
+transforms against numpy oracles of upstream's documented behaviour; megengine.random,
+distributions, init and dropout by seeded statistical tests): `python -m tests.fuzz`."""

@@ -18,6 +18,15 @@ def test_fuzz_slice(name):
         run_seed(name, seed)  # raises Mismatch (with the drawn case) on a discrepancy
 
 
+@pytest.mark.parametrize("name", sorted(n for n, (fam, _) in OPS.items() if fam == "random"))
+def test_random_family_wider_slice(name):
+    # the random family's cases are cheap and its edges (tiny rates, bounds a float32 step
+    # apart, size 0) are drawn rarely: 20 more seeds each (about 1.5 s in all); every
+    # statistical test is seeded, at a false-alarm rate of ~1e-8
+    for seed in range(SEEDS_PER_OP, SEEDS_PER_OP + 20):
+        run_seed(name, seed)
+
+
 def test_command_line(capsys):
     from .__main__ import main
 
@@ -31,7 +40,7 @@ def test_every_family_is_fuzzed():
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
                         "module", "optimizer", "scheduler", "grad2", "quantization",
-                        "transform"}
+                        "transform", "random"}
 
 
 # ----- the runner must fail where megengine is wrong -----
@@ -199,3 +208,38 @@ def test_qat_network_check_catches_a_truncating_quantized_kernel(monkeypatch):
             assert "quantize() against the QAT network" in str(e)
             bad += 1
     assert bad >= 4
+
+
+# ----- the random family's statistics must fail where megengine's sampler is wrong -----
+
+def test_random_ks_catches_a_wrong_spread():
+    from .random_stats import ks, normal_cdf
+
+    x = np.random.default_rng(0).normal(0, 1.2, 20000).astype(np.float32)
+    with pytest.raises(Mismatch, match="KS distance"):
+        ks(x, normal_cdf(0.0, 1.0), "N(0, 1.2) as N(0, 1)")
+    ks(x, normal_cdf(0.0, 1.2), "N(0, 1.2)")  # and passes the right law
+
+
+def test_random_counts_catch_a_wrong_keep_rate():
+    from .random_stats import counts
+
+    with pytest.raises(Mismatch, match="Bernstein"):
+        counts([5400], [0.5], 10000, "a keep rate 0.54 for 0.5")
+    counts([5100], [0.5], 10000, "within the bound")
+
+
+def test_random_uniform_family_catches_round_to_nearest(monkeypatch):
+    # the float32 rounding of numpy's float64 draws that megengine.random.uniform had: some
+    # drawn cases (bounds a few float32 steps apart) must fail
+    import megengine.random.rng as rng_mod
+
+    monkeypatch.setattr(rng_mod, "_floor_to_float32_range",
+                        lambda x, low, high, dtype: x.astype(dtype))
+    caught = 0
+    for seed in range(60):
+        try:
+            run_seed("random_uniform", seed)
+        except Mismatch:
+            caught += 1
+    assert caught
