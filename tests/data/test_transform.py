@@ -120,6 +120,24 @@ def test_vertical_flip():
     np.testing.assert_array_equal(out[3][0, :, 1], [3.0, 1.0])
 
 
+
+def test_flip_subclass_reads_image_size_like_upstream():
+    # MegEngine/Models' keypoints RandomHorizontalFlip subclass mirrors keypoints with self._w and
+    # self._flipped, the attributes upstream's flip sets in apply; a vertical flip keeps self._h
+    class KeypointFlip(T.RandomHorizontalFlip):
+        def _apply_keypoints(self, keypoints):
+            if self._flipped:
+                keypoints = keypoints.copy()
+                keypoints[:, :, 0] = self._w - keypoints[:, :, 0] - 1
+            return keypoints
+
+    image, boxes, mask, keypoints, cat = sample()
+    out = KeypointFlip(prob=1.0, order=ORDER).apply((image, boxes, mask, keypoints, cat))
+    np.testing.assert_array_equal(out[3][0, :, 0], 6 - 1 - keypoints[0, :, 0])
+    flip = T.RandomVerticalFlip(prob=1.0, order=ORDER)
+    flip.apply((image, boxes, mask, keypoints, cat))
+    assert (flip._h, flip._w) == image.shape[:2]
+
 def test_pad_transform():
     image, boxes, mask, keypoints, cat = sample()
     out = T.Pad((1, 2, 3, 4), value=[255] * 3, mask_value=9, order=ORDER).apply((image, boxes, mask, keypoints, cat))

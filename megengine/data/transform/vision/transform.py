@@ -551,7 +551,10 @@ class _RandomFlip(VisionTransform):
 
     def apply(self, input: Tuple):
         self._flipped = np.random.random() < self.prob
-        self._extent = self._get_image(input).shape[self._flip_code]  # HWC: width is dim 1
+        # upstream's flips keep the image size as _w (horizontal) / _h (vertical), and programs that subclass
+        # them read it (MegEngine/Models' keypoints flip mirrors its keypoints with self._w)
+        self._h, self._w = self._get_image(input).shape[:2]
+        self._extent = (self._h, self._w)[self._flip_code]  # HWC: width is dim 1
         return super().apply(input)
 
     def _apply_image(self, image):
