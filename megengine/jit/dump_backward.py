@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.dispatch import Op, xp_of
 from ..core.ops import Add
-from ._program import _AliasStep, _EventStep, _OpStep, _Ref, _Struct, _Slot
+from ._program import _AliasStep, _EventStep, _OpStep, _Slot, _refs_in
 from .dump_format import DumpError
 
 __all__ = ["OpGrad", "expand_backward", "with_backward"]
@@ -89,17 +89,6 @@ def _is_gm_event(step, name):
             and getattr(fn, "__module__", "") == "megengine.autodiff.grad_manager")
 
 
-def _refs(value):
-    """The slots of the `_Ref`s in an encoded argument (a tensor or a list of them)."""
-    if isinstance(value, _Ref):
-        return [value.slot]
-    if isinstance(value, _Struct):
-        value = value.items
-    if isinstance(value, (tuple, list)):
-        return [s for v in value for s in _refs(v)]
-    return []
-
-
 def _is_float_slot(prog, s, metas_of):
     dtype = metas_of.get(s)
     return dtype is None or np.dtype(dtype).kind == "f"
@@ -154,7 +143,7 @@ def expand_backward(prog):
         gm = st.args[0]
         y = st.args[1] if len(st.args) > 1 else st.kwargs.get("y")
         dy = st.args[2] if len(st.args) > 2 else st.kwargs.get("dy")
-        ys, dys = _refs(y), _refs(dy)
+        ys, dys = list(_refs_in(y)), list(_refs_in(dy))
         if not ys or (dys and len(dys) != len(ys)):
             raise DumpError("dump: GradManager.backward is given no traced y (or another number "
                             "of dy); give the tensors to differentiate")
