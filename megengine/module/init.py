@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from ..core.tensor import Tensor
-from ..random.rng import _floor_to_float32_range
+from ..random.rng import _floor_into_range
 
 __all__ = [
     "fill_", "zeros_", "ones_", "uniform_", "normal_", "calculate_gain",
@@ -48,7 +48,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
     if dtype.kind == "f" and a < b and draw.size:
         # rounded down into [a, b) as megengine.random.uniform does: rounding to nearest made
         # b itself a value (for float16 about one draw in 2**12 of U(0, 1))
-        tensor._reset(_floor_to_float32_range(draw, a, b, dtype))
+        tensor._reset(_floor_into_range(draw, a, b, dtype))
     else:
         tensor._reset(draw.astype(dtype))
 

@@ -84,7 +84,7 @@ def _param_shape(size, *params):
     """Output shape for Tensor-valued parameters: size + broadcast(params).shape (upstream)."""
     base = np.broadcast_shapes(*(np.shape(p) for p in params))
     # (an int 0 means no size, as upstream; a shape Tensor is not compared with 0)
-    if size is None or (is_int(size) and not isinstance(size, Tensor) and size == 0):
+    if size is None or (is_int(size) and size == 0):
         return base
     return _shape(size, "random") + base
 
@@ -207,13 +207,14 @@ class _Draw(Op):
             sample = _SAMPLERS[self.method](gen, *self.args)
         else:  # numpy's own distribution method
             sample = getattr(gen, self.method)(*self.args)
-        raw, sample = sample, np.asarray(sample, dtype=self.dtype)
-        if self.method == "uniform" and sample.size:
-            sample = _floor_to_float32_range(raw, *self.args[:2], self.dtype)
+        if self.method == "uniform":  # (rounded down, not to nearest: see the function)
+            sample = _floor_into_range(np.asarray(sample), *self.args[:2], self.dtype)
+        else:
+            sample = np.asarray(sample, dtype=self.dtype)
         return sample if self.device.startswith("cpu") else move_array(sample, self.device)
 
 
-def _floor_to_float32_range(x, low, high, dtype):
+def _floor_into_range(x, low, high, dtype):
     """numpy's float64 draws ``x`` of U[low, high) as ``dtype`` (float32, or float16 for
     module.init), without leaving [low, high).
 

@@ -234,7 +234,7 @@ def test_random_uniform_family_catches_round_to_nearest(monkeypatch):
     # drawn cases (bounds a few float32 steps apart) must fail
     import megengine.random.rng as rng_mod
 
-    monkeypatch.setattr(rng_mod, "_floor_to_float32_range",
+    monkeypatch.setattr(rng_mod, "_floor_into_range",
                         lambda x, low, high, dtype: x.astype(dtype))
     caught = 0
     for seed in range(60):
