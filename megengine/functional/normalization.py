@@ -18,8 +18,10 @@ __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_n
 # ----- normalization -----
 
 class _BatchNorm(Op):
-    """Batch norm of an (N, C, ...) input per channel: forward in numpy on the CPU (measured
-    faster, see `_forward_cpu`), ATen's ``native_batch_norm`` elsewhere; backward always ATen's.
+    """Batch norm of an (N, C, ...) input per channel: the training forward in numpy on the
+    CPU (measured faster, see `_forward_cpu`), ATen's ``native_batch_norm`` elsewhere (inference
+    on the CPU too: one fused pass, 0.26 ms against numpy's 0.53 for (8, 144, 56, 56), 13 us
+    against 37 for ShuffleNetV2's small maps at batch 1); backward always ATen's.
 
     Inputs: x, then weight and bias if given, then running mean and var if given. Training
     normalizes with the batch statistics and, with running stats, also returns their updates
@@ -67,7 +69,7 @@ class _BatchNorm(Op):
         # one value per channel: the unbiased variance is undefined (torch's update gives nan);
         # upstream trains on, so the running variance takes the biased one (0) instead
         single = self.training and rm is not None and m < 2
-        if type(x) is np.ndarray:
+        if self.training and type(x) is np.ndarray:
             y, save_mean, save_invstd = self._forward_cpu(x, tw, tb, rm, rv, m)
         else:
             y, save_mean, save_invstd = aten.native_batch_norm(
