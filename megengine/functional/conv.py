@@ -33,6 +33,11 @@ _AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 def _ntuple(value, n, name, what):
     """An int or a sequence of ``n`` ints as a tuple of Python ints."""
+    # the common cases first, as a module passes them (every layer, every call)
+    if type(value) is tuple and len(value) == n and all(type(v) is int for v in value):
+        return value
+    if type(value) is int:
+        return (value,) * n
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
     if is_int(value):  # (a size of a dumpable trace: its value, a guard)
@@ -50,6 +55,8 @@ def _ntuple(value, n, name, what):
 def _compute_dtype(*dtypes):
     """Promoted float dtype of the operands (integer operands compute in float32, as upstream)."""
     dtype = dtypes[0]
+    if dtype.kind == "f" and all(d == dtype for d in dtypes[1:]):  # the common case
+        return dtype
     for d in dtypes[1:]:
         dtype = promote_types(dtype, d)
     return dtype if dtype.kind == "f" else np.dtype(np.float32)
@@ -171,8 +178,8 @@ class _Convolution(Op):
             y = _aten.aten()._slow_conv2d_forward(tx, tw, wf.shape[2:], tb, self.stride,
                                                   self.padding)
         else:
-            y = _aten.aten().convolution(tx, tw, tb, self.stride, self.padding, self.dilation,
-                                         self.transposed, self.output_padding, self.groups)
+            y = _aten.op("convolution")(tx, tw, tb, self.stride, self.padding, self.dilation,
+                                        self.transposed, self.output_padding, self.groups)
         if any(self.needs_input_grad):  # both views, as torch's ConvolutionBackward keeps
             self.tx, self.tw = tx, tw
             self.bias_sizes = None if b is None else [out]

@@ -50,6 +50,8 @@ class _BatchNorm(Op):
         self.param_dtypes = [p.dtype for p in params]
 
         def vec(a):  # a (C,) view of a parameter in the compute dtype
+            if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
+                return _aten.view(a.reshape(c))
             # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running
             # stat as if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
             return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
@@ -72,7 +74,7 @@ class _BatchNorm(Op):
         if self.training and type(x) is np.ndarray:
             y, save_mean, save_invstd = self._forward_cpu(x, tw, tb, rm, rv, m)
         else:
-            y, save_mean, save_invstd = aten.native_batch_norm(
+            y, save_mean, save_invstd = _aten.op("native_batch_norm")(
                 tx, tw, tb, None if single else rm, None if single else rv, self.training,
                 1.0 - self.momentum, self.eps)
             if single:
@@ -332,7 +334,9 @@ def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
     c = inp.shape[1]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
                     (weight, "weight"), (bias, "bias")):
-        _check_param(t, c, what, name)
+        # (a Tensor's array size directly: this runs for every batch norm call)
+        if t is not None and (t._data.size if isinstance(t, Tensor) else _tensor(t).size) != c:
+            _check_param(t, c, what, name)  # raises, saying which tensor and its shape
     return c
 
 def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None, *,

@@ -81,7 +81,7 @@ class _Pool2d(Op):
                                                            (1, 1), False)
             return _aten.array(y)
         include = self.mode == "average"
-        y = aten.avg_pool2d(tx, self.kernel, self.stride, pad, False, include or self.explicit,
+        y = _aten.op("avg_pool2d")(tx, self.kernel, self.stride, pad, False, include or self.explicit,
                             None)
         self.scale = None
         if self.explicit and not include:  # ATen divided by kh*kw: divide by the real count
@@ -110,13 +110,12 @@ class _Pool2d(Op):
         made contiguous. Without a gradient to compute no indices are made.
         """
         tcl = tx.contiguous(memory_format=_aten.torch_module().channels_last)
-        aten = _aten.aten()
         if not any(getattr(self, "needs_input_grad", (True,))):
             self.indices = None
-            y = aten.max_pool2d(tcl, self.kernel, self.stride, self.pad, (1, 1), False)
+            y = _aten.op("max_pool2d")(tcl, self.kernel, self.stride, self.pad, (1, 1), False)
             return _aten.array(y.contiguous())
-        y, indices = aten.max_pool2d_with_indices(tcl, self.kernel, self.stride, self.pad,
-                                                  (1, 1), False)
+        y, indices = _aten.op("max_pool2d_with_indices")(tcl, self.kernel, self.stride,
+                                                         self.pad, (1, 1), False)
         self.indices = indices.contiguous()
         return _aten.array(y.contiguous())
 
