@@ -176,8 +176,8 @@ class _Convolution(Op):
             tb = _aten.view(b.reshape(out).astype(dtype, copy=False))
         if b is not None or self.transposed:  # see _GRAD_ORDER
             self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
-        tx = _aten.view(x.astype(dtype, copy=False))
-        tw = _aten.view(wf.astype(dtype, copy=False))
+        tx = _aten.view(x if x.dtype == dtype else x.astype(dtype))
+        tw = _aten.view(wf if wf.dtype == dtype else wf.astype(dtype))
         if self._few_input_channels(x, wf):
             y = _aten.aten()._slow_conv2d_forward(tx, tw, wf.shape[2:], tb, self.stride,
                                                   self.padding)
