@@ -2,9 +2,10 @@
 
 The ops keep upstream's semantics (stride defaults to the window, max padding is -inf, the two
 average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
-``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. One
-measured exception: max pooling of non-overlapping windows on the CPU is faster as numpy slices
-(see `_Pool2d._disjoint_max`).
+``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. Two
+measured choices on the CPU: max pooling of non-overlapping windows is faster as numpy slices
+(see `_Pool2d._disjoint_max`), of overlapping ones on ATen's channels-last kernel
+(`_Pool2d._max_channels_last`).
 """
 import numpy as np
 
@@ -81,8 +82,8 @@ class _Pool2d(Op):
                                                            (1, 1), False)
             return _aten.array(y)
         include = self.mode == "average"
-        y = _aten.op("avg_pool2d")(tx, self.kernel, self.stride, pad, False, include or self.explicit,
-                            None)
+        y = _aten.op("avg_pool2d")(tx, self.kernel, self.stride, pad, False,
+                                   include or self.explicit, None)
         self.scale = None
         if self.explicit and not include:  # ATen divided by kh*kw: divide by the real count
             top, left = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
