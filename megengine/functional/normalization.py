@@ -55,8 +55,6 @@ class _BatchNorm(Op):
         if x.dtype.kind != "f" or not x.flags.c_contiguous:
             x = xp_of(x).ascontiguousarray(_as_float(x))
         dtype = x.dtype
-        self.param_shapes = [p.shape for p in params]
-        self.param_dtypes = [p.dtype for p in params]
 
         def vec(a):  # a (C,) view of a parameter in the compute dtype
             if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
@@ -89,8 +87,10 @@ class _BatchNorm(Op):
             if single:
                 rm.mul_(self.momentum).add_(save_mean, alpha=1.0 - self.momentum)
                 rv.mul_(self.momentum)
-        if any(self.needs_input_grad):
+        if any(self.needs_input_grad):  # what backward (and grad_graph) read
             self.saved = (tx, tw, rm, rv, save_mean, save_invstd)
+            self.param_shapes = [p.shape for p in params]
+            self.param_dtypes = [p.dtype for p in params]
         if type(y) is not np.ndarray:
             y = _aten.array(y)
         if not (self.training and self.has_stats):
@@ -383,10 +383,11 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     has_stats = has_mean or has_var
     if has_stats:
         # a missing one of the pair is stood in for by its initial value; its update is dropped
-        shape = _tensor(running_mean if has_mean else running_var).shape
         for t, fill in ((running_mean, 0.0), (running_var, 1.0)):
-            inputs.append(_tensor(t) if t is not None
-                          else Tensor(np.full(shape, fill, np.float32), device=inp._device))
+            if t is None:
+                shape = _tensor(running_mean if has_mean else running_var).shape
+                t = Tensor(np.full(shape, fill, np.float32), device=inp._device)
+            inputs.append(_tensor(t))
     op = _BatchNorm(eps, float(momentum), bool(training), weight is not None, bias is not None,
                     has_stats)
     out = apply(op, *inputs)
