@@ -776,6 +776,8 @@ def _zeros_like_meta(meta, slot):
 
 def xp_of(a):
     """The array module of ``a`` (numpy, or CuPy for a GPU array)."""
+    if type(a) is np.ndarray:  # the common case, without the string test
+        return np
     if type(a).__module__.startswith("cupy"):
         import cupy
 

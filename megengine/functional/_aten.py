@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-__all__ = ["aten", "view", "array", "torch_module", "set_num_threads", "get_num_threads",
+__all__ = ["aten", "op", "view", "array", "torch_module", "set_num_threads", "get_num_threads",
            "use_aten", "forced", "avoided"]
 
 _torch = None
@@ -71,6 +71,26 @@ def aten():
     if _aten is None:
         _load()
     return _aten
+
+
+# ATen ops by torch's generated Python bindings (``torch.<name>``, ``torch._C._nn.<name>``),
+# looked up once. They parse arguments in C++ and call the op unboxed; ``torch.ops.aten.<name>``
+# goes through the boxed dispatcher. Measured with one thread: a depthwise convolution of
+# (1, 24, 7, 7) 48 us against 56, a 1x1 one 4.7 against 8.8, inference batch norm 3.5 against
+# 5.1: per call, a few microseconds that a convnet pays on every layer.
+_bindings = {}
+
+
+def op(name):
+    """The fastest Python entry to ATen op ``name``: torch's binding where it has one, else
+    ``torch.ops.aten.<name>`` (same arguments either way)."""
+    f = _bindings.get(name)
+    if f is None:
+        torch = torch_module()
+        f = getattr(torch, name, None) or getattr(torch._C._nn, name, None) or getattr(aten(),
+                                                                                       name)
+        _bindings[name] = f
+    return f
 
 
 def view(a):

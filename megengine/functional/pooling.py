@@ -2,9 +2,10 @@
 
 The ops keep upstream's semantics (stride defaults to the window, max padding is -inf, the two
 average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
-``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. One
-measured exception: max pooling of non-overlapping windows on the CPU is faster as numpy slices
-(see `_Pool2d._disjoint_max`).
+``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. Two
+measured choices on the CPU: max pooling of non-overlapping windows is faster as numpy slices
+(see `_Pool2d._disjoint_max`), of overlapping ones on ATen's channels-last kernel
+(`_Pool2d._max_channels_last`).
 """
 import numpy as np
 
@@ -15,6 +16,10 @@ from . import _aten
 from ._args import _as_float, _pair, _tensor
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
+
+
+# dtypes whose overlapping max pooling on the CPU runs on ATen's channels-last kernel
+_CHANNELS_LAST_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
 def _has_nan(x):
@@ -71,12 +76,14 @@ class _Pool2d(Op):
             if kh <= sh and kw <= sw and not (ph or pw) and type(x) is np.ndarray \
                     and not _has_nan(x):
                 return self._disjoint_max(x, oh, ow)
+            if type(x) is np.ndarray and x.dtype in _CHANNELS_LAST_DTYPES:
+                return self._max_channels_last(tx)
             y, self.indices = aten.max_pool2d_with_indices(tx, self.kernel, self.stride, pad,
                                                            (1, 1), False)
             return _aten.array(y)
         include = self.mode == "average"
-        y = aten.avg_pool2d(tx, self.kernel, self.stride, pad, False, include or self.explicit,
-                            None)
+        y = _aten.op("avg_pool2d")(tx, self.kernel, self.stride, pad, False,
+                                   include or self.explicit, None)
         self.scale = None
         if self.explicit and not include:  # ATen divided by kh*kw: divide by the real count
             top, left = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
@@ -90,6 +97,28 @@ class _Pool2d(Op):
             self.scale = tx.new_tensor((kh * kw) / count)
             y = y.mul_(self.scale)
         return _aten.array(y)
+
+    def _max_channels_last(self, tx):
+        """Overlapping max windows on the CPU: ATen's channels-last kernel on a channels-last
+        copy of the input, the result copied back to NCHW.
+
+        ATen's NCHW max pooling walks one window at a time; its channels-last kernel reduces
+        whole rows of channels with SIMD. Measured with one thread, 3x3 stride 2 padding 1,
+        forward including both copies: (1, 24, 112, 112) 0.45 ms against 2.3 (ShuffleNetV2's
+        pooling); (8, 64, 112, 112) 11 ms against 49 (ResNet-18's); (32, 128, 7, 7) 0.24
+        against 1.8. The indices are the same flat offsets either way, so backward stays on the
+        NCHW kernel (faster there: 0.07 ms against 0.39 for the first shape) with the indices
+        made contiguous. Without a gradient to compute no indices are made.
+        """
+        tcl = tx.contiguous(memory_format=_aten.torch_module().channels_last)
+        if not any(getattr(self, "needs_input_grad", (True,))):
+            self.indices = None
+            y = _aten.op("max_pool2d")(tcl, self.kernel, self.stride, self.pad, (1, 1), False)
+            return _aten.array(y.contiguous())
+        y, indices = _aten.op("max_pool2d_with_indices")(tcl, self.kernel, self.stride,
+                                                         self.pad, (1, 1), False)
+        self.indices = indices.contiguous()
+        return _aten.array(y.contiguous())
 
     def _quantized(self, x):
         """Pooling of quantized integers (inference): max, or the average of the integers

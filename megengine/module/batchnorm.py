@@ -60,15 +60,14 @@ class _BatchNorm(Module):
         weight, bias = self.weight, self.bias
         if x.size == 0:
             return self._empty_forward(x, shape)
-        if self.freeze:
-            # Frozen: a fixed affine map from the running statistics; nothing learns or updates.
-            scale = (self.running_var + self.eps) ** -0.5
-            if weight is not None:
-                scale = scale * weight.detach()
-            shift = -self.running_mean * scale
-            if bias is not None:
-                shift = shift + bias.detach()
-            out = x * scale + shift
+        if self.freeze and self.training:
+            # Frozen (upstream: in training mode): a fixed affine map from the running
+            # statistics, so nothing learns or updates: inference batch norm (one ATen kernel)
+            # on the detached weight and bias. In eval mode it is the plain inference below.
+            out = F.batch_norm(x, self.running_mean, self.running_var,
+                               None if weight is None else weight.detach(),
+                               None if bias is None else bias.detach(),
+                               training=False, eps=self.eps)
         else:
             track = self.track_running_stats
             out = F.batch_norm(

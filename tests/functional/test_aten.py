@@ -99,3 +99,20 @@ def test_a_torch_that_cannot_be_imported_leaves_the_cpu_families_on_array_code()
             "print(round(float(y.sum().numpy())), 'torch' in sys.modules and "
             "sys.modules['torch'] is not None)\n")
     assert _run(code) == ["64", "False"]
+
+
+def test_op_is_torchs_binding_where_it_has_one_else_the_aten_namespace():
+    import numpy as np
+    import torch
+
+    assert _aten.op("convolution") is torch.convolution
+    assert _aten.op("native_batch_norm") is torch.native_batch_norm
+    assert _aten.op("max_pool2d_with_indices") is torch._C._nn.max_pool2d_with_indices
+    assert _aten.op("convolution_backward") is torch.ops.aten.convolution_backward
+    # the same op either way: one result for the same arguments
+    x, w = torch.randn(2, 3, 6, 5), torch.randn(4, 3, 3, 3)
+    args = (None, (2, 1), (1, 0), (1, 1), False, (0, 0), 1)
+    np.testing.assert_array_equal(_aten.op("convolution")(x, w, *args).numpy(),
+                                  torch.ops.aten.convolution(x, w, *args).numpy())
+    with pytest.raises(AttributeError):
+        _aten.op("no_such_kernel")

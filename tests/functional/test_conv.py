@@ -562,3 +562,49 @@ def test_region_restricted_conv_traced_follows_new_region_maps(mode):
         got = (list(g.run(x, w, rin, rout).values())[0] if mode == "dump"
                else f(*map(mge.tensor, (x, w, rin, rout))).numpy())
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ----- kernel choice and argument forms -----
+
+@pytest.mark.parametrize("shape,out,stride,im2col", [
+    ((3, 1, 11, 9), 8, 1, True),  # one grey channel into few: ATen's im2col kernel
+    ((3, 1, 11, 9), 32, 1, False),  # many outputs: oneDNN
+    ((2, 3, 13, 11), 6, 2, False),  # an RGB stem with stride 2 (ShuffleNet's): oneDNN
+    ((2, 3, 9, 9), 4, 1, False),
+])
+def test_first_layer_kernel_choice_keeps_torchs_values_and_gradients(shape, out, stride, im2col,
+                                                                      monkeypatch):
+    from megengine.functional import _aten
+
+    used = []
+    real = _aten.aten()
+
+    class Recorder:
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_aten, "aten", Recorder)
+    x, w, b = rand(*shape), rand(out, shape[1], 3, 3), rand(1, out, 1, 1)
+    check(lambda a, c, d: F.conv2d(a, c, d, stride, 1),
+          lambda a, c, d: TF.conv2d(a, c, d.reshape(-1), stride, 1), x, w, b, rtol=1e-4,
+          atol=1e-4)
+    on_cpu = type(mge.tensor(x)._data) is np.ndarray
+    assert ("_slow_conv2d_forward" in used) == (im2col and on_cpu)
+
+
+@pytest.mark.parametrize("stride,padding", [
+    (2, 1), ((2, 2), (1, 1)), ([2, 2], [1, 1]), (np.int64(2), np.int32(1)),
+    (mge.tensor([2, 2]), mge.tensor(1)),
+])
+def test_conv2d_takes_every_form_of_its_size_arguments(stride, padding):
+    x, w = rand(2, 3, 9, 8), rand(4, 3, 3, 3)
+    y = F.conv2d(mge.tensor(x), mge.tensor(w), None, stride, padding)
+    expect = TF.conv2d(torch.tensor(x), torch.tensor(w), None, 2, 1)
+    np.testing.assert_allclose(y.numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", [(1, 1, 1), "same", None, (1, None)])
+def test_conv2d_rejects_malformed_size_arguments_with_their_name(padding):
+    with pytest.raises(TypeError, match=r"conv2d: padding must be an int or a pair of ints"):
+        F.conv2d(mge.tensor(rand(1, 3, 5, 5)), mge.tensor(rand(2, 3, 3, 3)), None, 1, padding)

@@ -161,6 +161,19 @@ def test_clip_with_tensor_bounds():
     check(F.clip, torch.clamp, x, lo, hi)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+def test_clip_of_both_bounds_keeps_nan_infinities_and_the_dtype_like_torch(dtype):
+    x0 = np.array([[np.nan, -np.inf, np.inf, -7, 0, 3, 6, 9]] * 2, "float64")
+    if dtype == "int32":
+        x0 = np.nan_to_num(x0, nan=1, posinf=100, neginf=-100)
+    x0 = x0.astype(dtype)
+    for lower, upper in ((0, 6), (-1, 4), (5, 2)):
+        y = F.clip(mge.tensor(x0, dtype=dtype), lower, upper)
+        assert y.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(y.numpy(), torch.clamp(torch.tensor(x0), lower,
+                                                             upper).numpy())
+
+
 def test_clip_dtypes_and_errors():
     a = mge.tensor(np.arange(5, dtype=np.int32))
     out = F.clip(a, 2, 4)

@@ -558,3 +558,103 @@ def test_batch_norm_gradients_of_strided_operands(training, strided, shape):
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, t.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(tw.grad.numpy()[..., 0], tw_t.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ----- batch norm: inference on ATen's kernel, training of few values per channel on ATen -----
+
+def _bn_case(shape, dtype, affine, strided, seed=0):
+    """x (a strided view when asked), weight, bias, running mean and var in ``dtype``."""
+    rng = np.random.RandomState(seed)
+    c = shape[1]
+    big = rng.randn(*((2 * shape[0],) + shape[1:])).astype(dtype)
+    x = big[::2] if strided else np.ascontiguousarray(big[: shape[0]])
+    pshape = (1, c) + (1,) * (len(shape) - 2)
+    w = rng.uniform(0.5, 1.5, pshape).astype(dtype) if affine else None
+    b = rng.randn(*pshape).astype(dtype) if affine else None
+    rm = rng.randn(c).astype(dtype) * 0.3
+    rv = rng.uniform(0.5, 2.0, c).astype(dtype)
+    return x, w, b, rm, rv
+
+
+def _bn_against_torch(shape, dtype, affine, strided, training, momentum=0.9, eps=1e-5,
+                      rtol=1e-5, atol=1e-5):
+    x0, w0, b0, rm0, rv0 = _bn_case(shape, dtype, affine, strided)
+    g0 = np.random.RandomState(1).randn(*shape).astype(dtype)
+    x = mge.tensor(x0, dtype=dtype)
+    params = [mge.Parameter(a, dtype=dtype) for a in (w0, b0) if a is not None]
+    rm, rv = mge.tensor(rm0.reshape(1, -1, 1, 1), dtype=dtype), \
+        mge.tensor(rv0.reshape(1, -1, 1, 1), dtype=dtype)
+    gm = GradManager().attach([x] + params)
+    with gm:
+        y = F.batch_norm(x, rm, rv, *(params or [None, None]), training=training,
+                         momentum=momentum, eps=eps)
+        gm.backward(y, mge.tensor(g0, dtype=dtype))
+
+    tx = torch.tensor(x0, requires_grad=True)
+    tp = [torch.tensor(a.reshape(-1), requires_grad=True) for a in (w0, b0) if a is not None]
+    trm, trv = torch.tensor(rm0), torch.tensor(rv0)
+    ty = TF.batch_norm(tx, trm, trv, *(tp or [None, None]), training=training,
+                       momentum=1 - momentum, eps=eps)
+    ty.backward(torch.tensor(g0))
+    assert y.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=rtol, atol=atol)
+    for p, t in zip(params, tp):
+        np.testing.assert_allclose(p.grad.numpy().reshape(-1), t.grad.numpy(), rtol=rtol,
+                                   atol=atol)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(rv.numpy().reshape(-1), trv.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape,strided", [((3, 5, 7, 9), False), ((4, 3, 5, 6), True),
+                                           ((5, 3), False), ((2, 4, 3), True)])
+def test_batch_norm_inference_values_and_gradients_match_torch(shape, strided, affine, dtype):
+    _bn_against_torch(shape, dtype, affine, strided, training=False, eps=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape,strided", [
+    ((33, 7), False), ((6, 5), True),  # BatchNorm1d's (N, C): one value per sample: ATen
+    ((6, 5, 3), False), ((4, 3, 4, 4), True),  # up to 16 values per sample: ATen
+    ((4, 3, 5, 4), False),  # 20: numpy's passes
+])
+@pytest.mark.parametrize("momentum,eps", [(0.9, 1e-5), (0.6, 1e-2)])
+def test_batch_norm_training_on_both_forward_paths_matches_torch(shape, strided, affine, dtype,
+                                                                 momentum, eps):
+    _bn_against_torch(shape, dtype, affine, strided, training=True, momentum=momentum,
+                      eps=eps, rtol=1e-4 if dtype == "float32" else 1e-7,
+                      atol=1e-5 if dtype == "float32" else 1e-9)
+
+
+def test_batch_norm_training_forward_path_follows_the_values_per_channel(monkeypatch):
+    from megengine.functional.normalization import _BatchNorm
+
+    calls = []
+    real = _BatchNorm._forward_cpu
+
+    def spy(self, *args):
+        calls.append(args[0].shape)
+        return real(self, *args)
+
+    monkeypatch.setattr(_BatchNorm, "_forward_cpu", spy)
+    for shape in ((8, 4), (2, 4, 16), (2, 4, 17), (2, 4, 3, 6)):
+        F.batch_norm(mge.tensor(rand(*shape)), training=True)
+        F.batch_norm(mge.tensor(rand(*shape)), mge.tensor(np.zeros(4, "float32")),
+                     mge.tensor(np.ones(4, "float32")), training=False)
+    on_numpy = [(2, 4, 17), (2, 4, 3, 6)] if type(mge.tensor(1.0)._data) is np.ndarray else []
+    assert calls == on_numpy  # inference never takes it
+
+
+def test_batch_norm_with_one_value_per_channel_on_aten_keeps_upstreams_running_variance():
+    # (1, C): the unbiased batch variance is undefined; upstream's running variance decays
+    # toward the biased one (0), the mean is updated as usual
+    x0 = rand(1, 3)
+    rm, rv = mge.tensor(np.zeros((1, 3, 1, 1), "float32")), \
+        mge.tensor(np.ones((1, 3, 1, 1), "float32"))
+    y = F.batch_norm(mge.tensor(x0), rm, rv, training=True, momentum=0.8)
+    np.testing.assert_allclose(y.numpy(), np.zeros((1, 3), "float32"), atol=1e-5)
+    np.testing.assert_allclose(rm.numpy().reshape(-1), 0.2 * x0.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(rv.numpy().reshape(-1), np.full(3, 0.8), rtol=1e-6)

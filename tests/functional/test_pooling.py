@@ -252,3 +252,89 @@ def test_max_pool2d_third_order_matches_torch(kernel, stride, padding):
     np.testing.assert_allclose(x.grad.numpy(), t3.numpy(), rtol=1e-4, atol=1e-4)
 
 
+
+
+# ----- overlapping max windows on ATen's channels-last kernel (CPU, float32/float64) -----
+
+CHANNELS_LAST_CASES = [
+    # shape, kernel, stride, padding: ShuffleNet/ResNet's 3x3 stride 2, odd sizes, a window
+    # wider than the stride in one axis only, a padding wider than half the window (explicit)
+    ((2, 3, 9, 11), 3, 2, 1),
+    ((1, 5, 7, 7), 3, 1, 1),
+    ((2, 4, 8, 9), (3, 2), (2, 1), (1, 0)),
+    ((1, 2, 6, 5), 3, 2, 2),
+]
+
+
+def _torch_pool_padded(a, kernel, stride, padding):
+    """torch's max pooling, with a padding wider than half the window made explicit (-inf)."""
+    k = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    p = padding if isinstance(padding, tuple) else (padding, padding)
+    if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+        a = TF.pad(a, (p[1], p[1], p[0], p[0]), value=-float("inf"))
+        p = (0, 0)
+    return TF.max_pool2d(a, k, stride, p)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,kernel,stride,padding", CHANNELS_LAST_CASES)
+def test_overlapping_max_pool_values_and_gradients_match_torch(shape, kernel, stride, padding,
+                                                               dtype):
+    x0 = np.random.RandomState(3).randn(*shape).astype(dtype)
+    x0[0, 0, 1, :3] = x0[0, 0, 2, 1]  # ties inside windows: the first maximum takes the gradient
+    g0 = np.random.RandomState(4).randn(*_torch_pool_padded(
+        torch.tensor(x0), kernel, stride, padding).shape).astype(dtype)
+    tx = torch.tensor(x0, requires_grad=True)
+    ty = _torch_pool_padded(tx, kernel, stride, padding)
+    ty.backward(torch.tensor(g0))
+
+    eval_y = F.max_pool2d(mge.tensor(x0, dtype=dtype), kernel, stride, padding)  # no gradient
+    x = mge.tensor(x0, dtype=dtype)
+    gm = GradManager().attach([x])
+    with gm:  # the same call with a gradient needed right after: indices are made now
+        y = F.max_pool2d(x, kernel, stride, padding)
+        gm.backward(y, mge.tensor(g0, dtype=dtype))
+    for out in (eval_y, y):
+        assert out.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(out.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+def test_max_pool_without_gradient_makes_no_indices_and_a_strided_input_is_read_as_is():
+    from megengine.functional.pooling import _Pool2d
+
+    base = np.random.RandomState(5).randn(2, 3, 10, 12).astype("float32")
+    x0 = base[:, ::-1, 1::2, ::1]  # channels reversed, every other row: a strided view
+    seen = []
+    real = _Pool2d._max_channels_last
+
+    def spy(self, tx):
+        out = real(self, tx)
+        seen.append(self.indices is None)
+        return out
+
+    _Pool2d._max_channels_last = spy
+    try:
+        y = F.max_pool2d(mge.tensor(x0), 3, 2, 1)
+        x = mge.tensor(x0)
+        gm = GradManager().attach([x])
+        with gm:
+            z = F.max_pool2d(x, 3, 2, 1)
+            gm.backward(z.sum())
+    finally:
+        _Pool2d._max_channels_last = real
+    assert seen == ([True, False] if mge.tensor(x0)._data.__class__ is np.ndarray else [])
+    tx = torch.tensor(np.ascontiguousarray(x0), requires_grad=True)
+    ty = TF.max_pool2d(tx, 3, 2, 1)
+    ty.sum().backward()
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(z.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+def test_max_pool_without_gradient_propagates_nan_like_torch():
+    x = rand(1, 2, 7, 7)
+    x[0, 1, 3, 3] = np.nan
+    x[0, 0, :3, :3] = -np.inf
+    y = F.max_pool2d(mge.tensor(x), 3, 2, 1)
+    np.testing.assert_array_equal(y.numpy(), TF.max_pool2d(torch.tensor(x), 3, 2, 1).numpy())

@@ -174,6 +174,52 @@ def test_frozen_batchnorm_uses_running_stats_and_does_not_learn():
     np.testing.assert_array_equal(bn.running_mean.numpy().reshape(-1), [1.0, -1.0])
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_frozen_batchnorm_in_training_is_torchs_inference_batch_norm(affine):
+    # upstream: freeze acts in training mode: running statistics, a detached affine map, no
+    # update; the input's gradient is that of inference batch norm
+    m = M.BatchNorm2d(3, freeze=True, affine=affine)
+    t = torch.nn.BatchNorm2d(3, affine=affine).eval()
+    rng = np.random.RandomState(0)
+    mean, var = rng.randn(3).astype("float32"), rng.uniform(0.5, 2, 3).astype("float32")
+    m.running_mean._reset(mean.reshape(1, 3, 1, 1))
+    m.running_var._reset(var.reshape(1, 3, 1, 1))
+    with torch.no_grad():
+        t.running_mean.copy_(torch.from_numpy(mean))
+        t.running_var.copy_(torch.from_numpy(var))
+        if affine:
+            w, b = rng.uniform(0.5, 2, 3).astype("float32"), rng.randn(3).astype("float32")
+            m.weight._reset(w.reshape(1, 3, 1, 1))
+            m.bias._reset(b.reshape(1, 3, 1, 1))
+            t.weight.copy_(torch.from_numpy(w))
+            t.bias.copy_(torch.from_numpy(b))
+    x0 = randn(4, 3, 5, 7)
+    g0 = randn(4, 3, 5, 7)
+    x = mge.tensor(x0)
+    gm = GradManager().attach([x] + list(m.parameters()))
+    with gm:
+        y = m(x)
+        gm.backward(y, mge.tensor(g0))
+    tx = torch.tensor(x0, requires_grad=True)
+    ty = t(tx)
+    ty.backward(torch.tensor(g0))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in m.parameters())
+    np.testing.assert_array_equal(m.running_mean.numpy().reshape(-1), mean)
+    np.testing.assert_array_equal(m.running_var.numpy().reshape(-1), var)
+
+
+def test_frozen_batchnorm_in_eval_mode_is_plain_inference():
+    # upstream's frozen path is for training only: in eval mode weight and bias learn as in
+    # any inference batch norm
+    m = M.BatchNorm2d(2, freeze=True)
+    m.eval()
+    t = torch.nn.BatchNorm2d(2).eval()
+    run_both(m, t, randn(3, 2, 4, 4), rtol=1e-5, atol=1e-5)
+    assert m.weight.grad is not None and m.bias.grad is not None
+
+
 def test_norm_layers_save_1d_state_and_load_either_shape():
     bn = M.BatchNorm2d(3)
     sd = bn.state_dict()
