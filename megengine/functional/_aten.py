@@ -100,8 +100,9 @@ _forced = set()
 # axis 0.9 ms against 2.0 ms, but only over long rows of large inputs (the op passes
 # ``cpu_worth``): 320 rows of 10 took 38 us against numpy's 30, 1024 rows of 10 287 us against
 # 137. Tests avoid a family (`avoided`) to check the array code that CuPy runs when torch has
-# no CUDA.
-_ON_CPU = frozenset({"gelu", "layer_norm", "softmax"})
+# no CUDA. "rnn": the recurrent gemm of each LSTM / RNN step (`functional/rnn.py`), MKL's
+# (16, 256) @ (256, 1024)^T 122 us against OpenBLAS's 196 us with one thread.
+_ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array
