@@ -207,6 +207,7 @@ def act_steppers(name, n):
     gm = GradManager().attach(xm)
 
     def mge_step():
+        xm.grad = None  # (as torch's side: a fresh gradient, not a sum)
         with gm:
             y = mf(xm)
             gm.backward(y, dym)
