@@ -22,6 +22,7 @@ from ._args import _tensor
 __all__ = ["rnn_layer", "higher_order_possible"]
 
 _MODES = ("lstm", "tanh", "relu")
+_WHOLE_SEQUENCE_FACTORS = 1 << 16  # gate values (see _lstm_forward)
 _ONEDNN_LSTM = 2  # mkldnn_rnn_layer's mode for an LSTM (torch's cell-type enum)
 _ATEN_GEMM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
@@ -87,10 +88,7 @@ class _RecurrentLayer(Op):
         # halved (exact: a power of two), one tanh pass over all four gates, then one scale and
         # one shift, activates every gate of a step (sigmoid's own exp, add and reciprocal
         # would be three passes over three gates plus tanh over the fourth)
-        half = xp.full(4 * hidden, 0.5, dtype)
-        half[2 * hidden:3 * hidden] = 1
-        shift = xp.full(4 * hidden, 0.5, dtype)
-        shift[2 * hidden:3 * hidden] = 0
+        half, shift, lower = _gate_constants(xp, hidden, dtype)
         xg = x.reshape(steps * n, -1).dot((w_ih * half[:, None]).T)
         xg += bias * half
         gates = xg.reshape(steps, n, 4 * hidden)  # each step's pre-activations, then its i, f, g, o
@@ -99,6 +97,10 @@ class _RecurrentLayer(Op):
         y = xp.empty((steps, n, hidden), dtype)
         tmp = xp.empty((n, hidden), dtype)
         train = any(self.needs_input_grad)
+        # small layers (all gates within ~256 KB: in cache after the loop) make backward's
+        # factors for all steps at once after the loop, in a dozen passes instead of ten small
+        # ones per step (per-call overhead dominates there); large ones per step (below)
+        whole = train and gates.size <= _WHOLE_SEQUENCE_FACTORS
         if train:
             # What backward multiplies dc (gates i, f, g) and dh (gate o) by, per step, made
             # here while the step's values are in cache (a third of the time the same products
@@ -107,8 +109,6 @@ class _RecurrentLayer(Op):
             # tanh: (1 + a)(1 - a)), and k[t] = o (1 - tanh(c)^2), through which dh reaches dc.
             e = xp.empty((steps, n, 4, hidden), dtype)
             k = xp.empty((steps, n, hidden), dtype)
-            lower = xp.zeros(4 * hidden, dtype)
-            lower[2 * hidden:3 * hidden] = -1
             d = xp.empty((n, 4 * hidden), dtype)
             d4 = d.reshape(n, 4, hidden)
             d_minus = xp.empty((n, 4 * hidden), dtype)
@@ -127,7 +127,7 @@ class _RecurrentLayer(Op):
             ct += tmp
             xp.tanh(ct, out=tc)
             xp.multiply(a4[:, 3], tc, out=y[t])
-            if train:
+            if train and not whole:
                 xp.subtract(a, lower, out=d)
                 xp.subtract(1, a, out=d_minus)
                 d *= d_minus
@@ -141,9 +141,27 @@ class _RecurrentLayer(Op):
                 xp.multiply(a4[:, 3], tmp, out=k[t])
             c = ct
             prev = t
+        if whole:
+            self._factors_at_once(xp, gates, cells, tanh_c, c0, lower, e, k, steps, n, hidden)
         if train:
             self.gates, self.e, self.k, self.y = gates, e, k, y
         return y, y[prev].copy(), c.copy()
+
+    def _factors_at_once(self, xp, gates, cells, tanh_c, c0, lower, e, k, steps, n, hidden):
+        """``e`` and ``k`` of `_lstm_forward` for all steps in whole-sequence passes."""
+        a4 = gates.reshape(steps, n, 4, hidden)
+        d = (gates - lower) * (1 - gates)
+        d4 = d.reshape(steps, n, 4, hidden)
+        c_prev = xp.empty_like(cells)  # c_(t-1) of each step: c0 for the first step run
+        if self.reverse:
+            c_prev[:-1], c_prev[-1] = cells[1:], c0
+        else:
+            c_prev[1:], c_prev[0] = cells[:-1], c0
+        xp.multiply(a4[:, :, 2], d4[:, :, 0], out=e[:, :, 0])
+        xp.multiply(c_prev, d4[:, :, 1], out=e[:, :, 1])
+        xp.multiply(a4[:, :, 0], d4[:, :, 2], out=e[:, :, 2])
+        xp.multiply(tanh_c, d4[:, :, 3], out=e[:, :, 3])
+        xp.multiply(a4[:, :, 3], 1 - tanh_c * tanh_c, out=k)
 
     def _lstm_inference_onednn(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         """The forward without gradients by oneDNN's LSTM kernel (``mkldnn_rnn_layer``, what
@@ -256,6 +274,27 @@ class _RecurrentLayer(Op):
             xp.multiply(dh, d[t], out=dz[t])
             prev = t
         return dz, dz[prev].dot(w_hh)
+
+
+_constants = {}
+
+
+def _gate_constants(xp, hidden, dtype):
+    """Per-gate (i, f, g, o) vectors of length 4 * hidden: ``half`` (1/2, 1/2, 1, 1/2),
+    ``shift`` (1/2, 1/2, 0, 1/2) and ``lower`` (0, 0, -1, 0), made once per size (a cell
+    stepped in a loop would make them at every step)."""
+    key = (hidden, np.dtype(dtype).str)
+    got = _constants.get(key) if xp is np else None  # (CuPy: arrays of the current device)
+    if got is None:
+        parts = [xp.full(4 * hidden, v, dtype) for v in (0.5, 0.5, 0.0)]
+        for a, v in zip(parts, (1, 0, -1)):
+            a[2 * hidden:3 * hidden] = v
+        got = tuple(parts)
+        if xp is np:
+            if len(_constants) > 64:  # (many sizes: keep the cache small)
+                _constants.clear()
+            _constants[key] = got
+    return got
 
 
 def _step_gemm(xp, w, h0, y, acc):

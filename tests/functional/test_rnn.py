@@ -78,6 +78,19 @@ def test_layer_matches_torch_both_directions(mode, dtype, aten_gemm):
             run_both(mode, x, h0, c0, reverse, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_backward_factors_made_per_step_for_large_layers(dtype, monkeypatch):
+    # (layers above the size limit make them in the loop; the tests' small ones after it)
+    from megengine.functional import rnn as rnn_module
+
+    monkeypatch.setattr(rnn_module, "_WHOLE_SEQUENCE_FACTORS", 0)
+    rs = np.random.RandomState(8)
+    x = rs.randn(4, 3, 5).astype(dtype)
+    h0, c0 = rs.randn(3, 6).astype(dtype), rs.randn(3, 6).astype(dtype)
+    for reverse in (False, True):
+        run_both("lstm", x, h0, c0, reverse, dtype)
+
+
 def test_only_final_states_used_and_noncontiguous_input():
     rs = np.random.RandomState(2)
     x = rs.randn(3, 4, 5).astype(np.float32).transpose(1, 0, 2)  # (4, 3, 5), not contiguous
