@@ -257,8 +257,10 @@ class _Normalize(Op):
         n, c = x.shape[:2]
         self.m = hw = x.size // (n * c)  # the spatial size, ATen's HxW
         self.param_shapes = [p.shape for p in params]
-        self.tw = _aten.view(params[0].reshape(c)) if self.has_weight else None
-        self.tb = _aten.view(params[-1].reshape(c)) if self.has_bias else None
+        # (ATen's kernel reads weight and bias as contiguous: a strided one is copied)
+        contiguous = xp_of(x).ascontiguousarray
+        self.tw = _aten.view(contiguous(params[0].reshape(c))) if self.has_weight else None
+        self.tb = _aten.view(contiguous(params[-1].reshape(c))) if self.has_bias else None
         if self.tb is not None and self.tw is None:
             # ATen's backward fails ("tensor does not have a device") asked for the bias's
             # gradient without a weight: a weight of ones changes no value

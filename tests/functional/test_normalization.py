@@ -245,10 +245,10 @@ def test_group_norm_parameters_odd_sizes_and_gradients_on_both_paths(group_norm_
 
 
 def test_group_norm_strided_input_and_float64_on_both_paths(group_norm_path):
-    x = rand(5, 3, 4, 2)  # (2, 4, 3, 5) after the transpose: a strided input
-    check(lambda a, c, d: F.group_norm(a.transpose(3, 2, 1, 0), 2, True, c, d),
-          lambda a, c, d: TF.group_norm(a.permute(3, 2, 1, 0), 2, c, d),
-          x, rand(4, low=0.5, high=1.5), rand(4), rtol=1e-4, atol=1e-4)
+    x = rand(5, 3, 4, 2)  # (2, 4, 3, 5) after the transpose: a strided input; weight and
+    check(lambda a, c, d: F.group_norm(a.transpose(3, 2, 1, 0), 2, True, c[::2], F.flip(d, 0)),
+          lambda a, c, d: TF.group_norm(a.permute(3, 2, 1, 0), 2, c[::2], d.flip(0)),
+          x, rand(8, low=0.5, high=1.5), rand(4), rtol=1e-4, atol=1e-4)  # bias strided too
     x64, w64, b64 = (np.random.randn(*s) for s in ((2, 4, 3, 5), (4,), (4,)))
     ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
     gm = GradManager().attach(ts)
