@@ -7,6 +7,11 @@ steps is one gemm, each step is one gemm plus a few in-place elementwise passes,
 is one loop of the same size plus three gemms for the weights (back-propagation through time
 written out). Values and gradients follow torch's ``nn.LSTM`` / ``nn.RNN``.
 
+On the CPU a float32 LSTM layer runs oneDNN's LSTM kernels instead (what torch's own
+``nn.LSTM`` runs) where they are faster: without gradients always, in training from 16 steps
+on (`_onednn_trains`); the step loop serves shorter sequences, cells, float64, the Elman RNN,
+CUDA (CuPy) and a machine without torch.
+
 The op's backward is on raw arrays only. A gradient that is itself differentiated needs each
 step's operations recorded, so `megengine.module.rnn` runs its per-step composition instead
 while more than one GradManager records (`higher_order_possible`).
@@ -14,7 +19,7 @@ while more than one GradManager records (`higher_order_possible`).
 import numpy as np
 
 from ..core import dispatch as _dispatch
-from ..core.dispatch import Op, apply, xp_of
+from ..core.dispatch import Op, apply, declare_fresh_gradient, xp_of
 from ..core.tensor import promote_types
 from . import _aten
 from ._args import _tensor
@@ -69,9 +74,9 @@ class _RecurrentLayer(Op):
         bias = (b_ih.astype(dtype, copy=False) + b_hh.astype(dtype, copy=False)).reshape(-1)
         if lstm:
             c0 = c0.astype(dtype, copy=False)
-            if not any(self.needs_input_grad) and type(x) is np.ndarray \
-                    and dtype == np.float32 and _aten.use_aten(x, "rnn"):
-                y, h_n, c_n = self._lstm_inference_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            if type(x) is np.ndarray and dtype == np.float32 and _aten.use_aten(x, "rnn") \
+                    and (not any(self.needs_input_grad) or _onednn_trains(steps)):
+                y, h_n, c_n = self._lstm_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             else:
                 y, h_n, c_n = self._lstm_forward(xp, x, h0, c0, w_ih, w_hh, bias, steps, n,
                                                  hidden)
@@ -163,19 +168,41 @@ class _RecurrentLayer(Op):
         xp.multiply(tanh_c, d4[:, :, 3], out=e[:, :, 3])
         xp.multiply(a4[:, :, 3], 1 - tanh_c * tanh_c, out=k)
 
-    def _lstm_inference_onednn(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        """The forward without gradients by oneDNN's LSTM kernel (``mkldnn_rnn_layer``, what
-        torch's own ``nn.LSTM`` runs on the CPU; float32 only): at seq 32, batch 16, hidden 256
-        with one thread 5.8 ms against 8.4 ms for the step loop here, whose per-step gemm and
-        gate passes oneDNN fuses. Nothing is kept for a backward (none was asked for)."""
+    onednn = None  # oneDNN's tensors for its backward, when the oneDNN path trained
+
+    def _lstm_onednn(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        """The layer by oneDNN's LSTM kernels (``mkldnn_rnn_layer`` and its backward, what
+        torch's own ``nn.LSTM`` runs on the CPU; float32 only), which fuse each step's gemm and
+        gate passes. One thread, forward without gradients at seq 32, batch 16, hidden 256:
+        5.8 ms against 8.4 ms for the step loop here; training: see `_onednn_trains`.
+        Only a training forward keeps oneDNN's workspace for the backward."""
         view, c = _aten.view, np.ascontiguousarray
         hidden = w_hh.shape[1]
-        y, h_n, c_n, _ = _aten.aten().mkldnn_rnn_layer(
-            view(c(x)), view(c(w_ih)), view(c(w_hh)),
-            view(c(b_ih.astype(np.float32, copy=False))),
-            view(c(b_hh.astype(np.float32, copy=False))), view(c(h0)), view(c(c0)),
-            self.reverse, [], _ONEDNN_LSTM, hidden, 1, True, False, False, False)
+        train = any(self.needs_input_grad)
+        args = [view(c(a, dtype=np.float32)) for a in (x, w_ih, w_hh, b_ih, b_hh, h0, c0)]
+        y, h_n, c_n, workspace = _aten.aten().mkldnn_rnn_layer(
+            *args, self.reverse, [], _ONEDNN_LSTM, hidden, 1, True, False, False, train)
+        if train:
+            self.onednn = (args, y, h_n, c_n, workspace)
         return _aten.array(y), _aten.array(h_n), _aten.array(c_n)
+
+    def _lstm_onednn_backward(self, gy, gh, gc):
+        args, y, h_n, c_n, workspace = self.onednn
+        hidden = self.w_hh.shape[1]
+
+        def view(g, shape):
+            return None if g is None else _aten.view(
+                np.ascontiguousarray(g, dtype=np.float32).reshape(shape))
+
+        grads = _aten.aten().mkldnn_rnn_layer_backward(
+            *args[:5], args[5], args[6], y, h_n, c_n, view(gy, tuple(y.shape)),
+            view(gh, tuple(h_n.shape)), view(gc, tuple(c_n.shape)), self.reverse,
+            _ONEDNN_LSTM, hidden, 1, True, True, False, [], False, workspace)
+        gx, gw_ih, gw_hh, gb_ih, gb_hh, gh0, gc0 = (declare_fresh_gradient(_aten.array(g))
+                                                     for g in grads)
+        needs = self.needs_input_grad
+        out = (gx.reshape(self.x_shape), gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh)
+        return tuple(g if need else None for g, need in zip(out, needs))
 
     def _rnn_forward(self, xp, x, h0, w_ih, w_hh, bias, steps, n, hidden):
         y = x.reshape(steps * n, -1).dot(w_ih.T)
@@ -197,6 +224,8 @@ class _RecurrentLayer(Op):
     # ----- backward -----
 
     def backward(self, gy, gh, gc=None):
+        if self.onednn is not None:
+            return self._lstm_onednn_backward(gy, gh, gc)
         lstm = self.mode == "lstm"
         x, y, w_hh = self.x, self.y, self.w_hh
         xp = xp_of(x)
@@ -276,6 +305,17 @@ class _RecurrentLayer(Op):
         return dz, dz[prev].dot(w_hh)
 
 
+def _onednn_trains(steps):
+    """Whether a float32 LSTM layer trains on oneDNN's kernels rather than the step loop here:
+    oneDNN's forward + backward carry a fixed cost per call (its workspace) that pays from ~16
+    steps on. Measured with one thread, forward + backward of one layer, oneDNN / step loop:
+    seq 8 batch 4 hidden 64 1.30; seq 16: batch 8 hidden 128 0.97, batch 16 hidden 256 0.93;
+    seq 24 batch 8 hidden 128 0.72; seq 32: batch 16 hidden 256 0.85, batch 4 hidden 64 0.58;
+    seq 64 batch 4 hidden 32 0.35; one step (a cell) 2.3."""
+    return steps >= _ONEDNN_MIN_STEPS
+
+
+_ONEDNN_MIN_STEPS = 16
 _constants = {}
 
 

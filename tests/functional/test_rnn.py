@@ -87,8 +87,30 @@ def test_lstm_backward_factors_made_per_step_for_large_layers(dtype, monkeypatch
     rs = np.random.RandomState(8)
     x = rs.randn(4, 3, 5).astype(dtype)
     h0, c0 = rs.randn(3, 6).astype(dtype), rs.randn(3, 6).astype(dtype)
+    with _aten.avoided("rnn"):  # (float32 would run oneDNN's kernels, not the loop)
+        for reverse in (False, True):
+            run_both("lstm", x, h0, c0, reverse, dtype)
+
+
+def test_lstm_trains_on_onednn_from_its_step_count(monkeypatch):
+    """float32 LSTM layers of 16 steps or more train on oneDNN's kernels (forward and
+    backward); here the limit is lowered so that small cases take that path."""
+    from devices import record_aten_kernels
+    from megengine.functional import rnn as rnn_module
+
+    if not _aten.use_aten(np.zeros(1, np.float32), "rnn"):
+        pytest.skip("no ATen for this machine's CPU arrays")
+    monkeypatch.setattr(rnn_module, "_ONEDNN_MIN_STEPS", 1)
+    used = record_aten_kernels(monkeypatch)
+    rs = np.random.RandomState(9)
+    x = rs.randn(6, 3, 5).astype(np.float32)
+    h0, c0 = rs.randn(3, 4).astype(np.float32), rs.randn(3, 4).astype(np.float32)
     for reverse in (False, True):
-        run_both("lstm", x, h0, c0, reverse, dtype)
+        run_both("lstm", x, h0, c0, reverse, np.float32)
+    run_both("lstm", x.transpose(1, 0, 2).copy().transpose(1, 0, 2), h0, c0, False, np.float32,
+             unused_y=True)  # a strided input; only h_n and c_n used
+    if type(mge.tensor(x)._data) is np.ndarray:  # (simulated CUDA arrays keep the loop)
+        assert "mkldnn_rnn_layer_backward" in used
 
 
 def test_only_final_states_used_and_noncontiguous_input():
