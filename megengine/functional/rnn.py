@@ -94,8 +94,17 @@ class _RecurrentLayer(Op):
         # one shift, activates every gate of a step (sigmoid's own exp, add and reciprocal
         # would be three passes over three gates plus tanh over the fourth)
         half, shift, lower = _gate_constants(xp, hidden, dtype)
-        xg = x.reshape(steps * n, -1).dot((w_ih * half[:, None]).T)
-        xg += bias * half
+        # the halving goes into the weights once, or (few rows: a cell) into each step's gates,
+        # whichever is the smaller pass
+        scale_weights = steps * n >= hidden
+        if scale_weights:
+            xg = x.reshape(steps * n, -1).dot((w_ih * half[:, None]).T)
+            xg += bias * half
+            w_rec = w_hh * half[:, None]
+        else:
+            xg = x.reshape(steps * n, -1).dot(w_ih.T)
+            xg += bias
+            w_rec = w_hh
         gates = xg.reshape(steps, n, 4 * hidden)  # each step's pre-activations, then its i, f, g, o
         cells = xp.empty((steps, n, hidden), dtype)
         tanh_c = xp.empty((steps, n, hidden), dtype)
@@ -117,11 +126,13 @@ class _RecurrentLayer(Op):
             d = xp.empty((n, 4 * hidden), dtype)
             d4 = d.reshape(n, 4, hidden)
             d_minus = xp.empty((n, 4 * hidden), dtype)
-        step_gemm = _step_gemm(xp, w_hh * half[:, None], h0, y, gates)
+        step_gemm = _step_gemm(xp, w_rec, h0, y, gates)
         prev, c = None, c0
         for t in self._order(steps):
             step_gemm(t, prev)
             a = gates[t]
+            if not scale_weights:
+                a *= half
             xp.tanh(a, out=a)
             a *= half
             a += shift
@@ -343,9 +354,12 @@ def _step_gemm(xp, w, h0, y, acc):
 
     On the CPU ATen's (MKL's) addmm does it: at batch 16, (16, 256) @ (256, 1024) took 122 us
     per step with one thread against 196 us for numpy's OpenBLAS (with W^T contiguous; 231 us
-    through the transposed view); torch views of the buffers are made once per layer.
+    through the transposed view); torch views of the buffers are made once per layer. One
+    step (a cell) adds the gemm to the input projection in numpy: the four views would cost
+    more than MKL saves on a single gemm.
     """
-    if type(y) is np.ndarray and y.dtype in _ATEN_GEMM_DTYPES and _aten.use_aten(y, "rnn"):
+    if len(y) > 1 and type(y) is np.ndarray and y.dtype in _ATEN_GEMM_DTYPES \
+            and _aten.use_aten(y, "rnn"):
         torch = _aten.torch_module()
         view = _aten.view
         tw = view(xp.ascontiguousarray(w)).t()  # MKL's fast case: B transposed (NT)
@@ -355,6 +369,11 @@ def _step_gemm(xp, w, h0, y, acc):
         def step(t, prev):
             out = tacc[t]
             addmm(out, th0 if prev is None else ty[prev], tw, out=out)
+
+        return step
+    if len(y) == 1:  # one step: no copy of W^T for one use
+        def step(t, prev):
+            acc[t] += (h0 if prev is None else y[prev]).dot(w.T)
 
         return step
     w_t = xp.ascontiguousarray(w.T)

@@ -113,6 +113,18 @@ def test_lstm_trains_on_onednn_from_its_step_count(monkeypatch):
         assert "mkldnn_rnn_layer_backward" in used
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_with_fewer_rows_than_hidden_units_scales_its_gates_per_step(dtype):
+    # (steps * batch < hidden: a cell's case; the halving of the sigmoid gates goes into each
+    # step's gates instead of the weights)
+    rs = np.random.RandomState(10)
+    x = rs.randn(2, 3, 4).astype(dtype)
+    h0, c0 = rs.randn(3, 9).astype(dtype), rs.randn(3, 9).astype(dtype)
+    for reverse in (False, True):
+        run_both("lstm", x, h0, c0, reverse, dtype)
+        run_both("lstm", x[:1], h0, c0, reverse, dtype, unused_y=True)
+
+
 def test_only_final_states_used_and_noncontiguous_input():
     rs = np.random.RandomState(2)
     x = rs.randn(3, 4, 5).astype(np.float32).transpose(1, 0, 2)  # (4, 3, 5), not contiguous
