@@ -7,7 +7,8 @@ CPU, one thread, random inputs fixed in advance. Cases (``--case``, repeatable; 
   ``LSTM(128, 128, num_layers=2, bidirectional=True)``, seq 16, batch 8 (<= 1.15x);
   ``rnn``: ``M.RNN(256, 256)`` (tanh), seq 32, batch 16 (<= 1.15x); ``lstm_cell``:
   ``M.LSTMCell(128, 128)`` stepped 16 times at batch 16 (<= 1.15x);
-  ``lstm_infer``: the ``lstm`` network's forward without gradients (<= 1.10x).
+  ``lstm_infer``, ``lstm_small_infer``, ``lstm_bidir_infer``: the ``lstm``, ``lstm_small``
+  and ``lstm_bidir`` networks' forward without gradients, in eval mode (<= 1.10x).
 * ``groupnorm``: ``Conv2d(64, 64, 3) -> GroupNorm(8, 64) -> SiLU`` on 16x64x32x32, SGD
   (<= 1.10x); ``instancenorm``: the same with ``InstanceNorm(64)`` (torch: ``GroupNorm(64,
   64)``, the same maths) (<= 1.10x).
@@ -246,9 +247,11 @@ def _cell(p=None):
     return cell_steppers(m, t, x)
 
 
-def _infer(p=None):
-    x = np.random.RandomState(0).randn(32, 16, 256).astype(np.float32)
-    return infer_steppers(*rnn_nets("LSTM", 256, 256), x)
+def _infer(i, h, seq, batch, **kw):
+    def make(p=None):
+        x = np.random.RandomState(0).randn(seq, batch, i).astype(np.float32)
+        return infer_steppers(*rnn_nets("LSTM", i, h, **kw), x)
+    return make
 
 
 def _norm(kind):
@@ -269,7 +272,9 @@ CASES = {  # name: (maker(p) -> (mge_step, torch_step), aim or None, steps facto
     "lstm_bidir": (_lstm(128, 128, 16, 8, num_layers=2, bidirectional=True), 1.15, 2),
     "rnn": (_rnn, 1.15, 2),
     "lstm_cell": (_cell, 1.15, 3),
-    "lstm_infer": (_infer, 1.10, 3),
+    "lstm_infer": (_infer(256, 256, 32, 16), 1.10, 3),
+    "lstm_small_infer": (_infer(64, 64, 8, 4), 1.10, 30),
+    "lstm_bidir_infer": (_infer(128, 128, 16, 8, num_layers=2, bidirectional=True), 1.10, 6),
     "groupnorm": (_norm("group"), 1.10, 1),
     "instancenorm": (_norm("instance"), 1.10, 1),
     "mlp": (_mlp, None, 4),
@@ -277,7 +282,7 @@ CASES = {  # name: (maker(p) -> (mge_step, torch_step), aim or None, steps facto
 
 
 def same_work(name, make):
-    if name == "lstm_infer":
+    if name.endswith("_infer"):
         ms, ts = make()
         a, b = ms(), ts()
         return abs(a - b) <= 1e-5 * max(1.0, abs(b)), f"first output {a:.6f} / {b:.6f}"

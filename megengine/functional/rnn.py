@@ -71,15 +71,14 @@ class _RecurrentLayer(Op):
         xp = xp_of(x)
         steps, n = x.shape[:2]
         hidden = w_hh.shape[1]
+        if lstm and type(x) is np.ndarray and dtype == np.float32 and _aten.use_aten(x, "rnn") \
+                and (not any(self.needs_input_grad) or _onednn_trains(steps)):
+            y, h_n, c_n = self._lstm_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            return (y.reshape(n, hidden) if self.cell else y), h_n, c_n
         bias = (b_ih.astype(dtype, copy=False) + b_hh.astype(dtype, copy=False)).reshape(-1)
         if lstm:
             c0 = c0.astype(dtype, copy=False)
-            if type(x) is np.ndarray and dtype == np.float32 and _aten.use_aten(x, "rnn") \
-                    and (not any(self.needs_input_grad) or _onednn_trains(steps)):
-                y, h_n, c_n = self._lstm_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-            else:
-                y, h_n, c_n = self._lstm_forward(xp, x, h0, c0, w_ih, w_hh, bias, steps, n,
-                                                 hidden)
+            y, h_n, c_n = self._lstm_forward(xp, x, h0, c0, w_ih, w_hh, bias, steps, n, hidden)
             return (y.reshape(n, hidden) if self.cell else y), h_n, c_n
         y = self._rnn_forward(xp, x, h0, w_ih, w_hh, bias, steps, n, hidden)
         return (y.reshape(n, hidden) if self.cell else y), y[self._order(steps)[-1]].copy()

@@ -162,15 +162,24 @@ class RNNBase(Module):
                              f"{self.input_size}) (batch first if batch_first), got shape "
                              f"{input.shape}")
         if higher_order_possible():
+            if hx is None:
+                hx = self.init_hidden(input.shape[1], input)
             return self._run_steps(input, hx)
-        # one op per layer and direction (`megengine.functional.rnn`): all steps at once
+        # one op per layer and direction (`megengine.functional.rnn`): all steps at once.
+        # Without hx one zero state serves every layer (the op never writes its inputs): no
+        # (layers, N, H) zeros to index per layer
+        zero = None if hx is not None else F.zeros(
+            (input.shape[1], self.hidden_size), dtype=input.dtype, device=input.device)
         layer_in, finals = input, []
         for layer in range(self.num_layers):
             outs = []
             for d in range(self.num_directions):
                 cell = self.cells[layer][d]
-                state = self._state_at(hx, layer * self.num_directions + d)
-                h, c = (state, None) if self.mode != "lstm" else state
+                if zero is not None:
+                    h, c = zero, zero
+                else:
+                    state = self._state_at(hx, layer * self.num_directions + d)
+                    h, c = (state, None) if self.mode != "lstm" else state
                 y, *final = rnn_layer(self.mode, layer_in, h, c, cell.weight_ih, cell.weight_hh,
                                       cell.bias_ih, cell.bias_hh, reverse=d == 1)
                 outs.append(y)
@@ -208,9 +217,7 @@ class RNNBase(Module):
     def forward(self, input: Tensor, hx=None):
         if self.batch_first:
             input = input.transpose((1, 0, 2))  # (seq, batch, feature)
-        if hx is None:
-            hx = self.init_hidden(input.shape[1], input)
-        output, finals = self._run(input, hx)
+        output, finals = self._run(input, hx)  # (hx None: zero states)
         if self.batch_first:
             output = output.transpose((1, 0, 2))
         return output, self._pack_finals(finals)
@@ -255,7 +262,7 @@ class RNN(RNNBase):
 
     @staticmethod
     def _pack_finals(finals):
-        return F.stack(finals, axis=0)
+        return _stack(finals)
 
 
 class LSTM(RNNBase):
@@ -286,4 +293,12 @@ class LSTM(RNNBase):
 
     @staticmethod
     def _pack_finals(finals):
-        return F.stack([h for h, _ in finals], axis=0), F.stack([c for _, c in finals], axis=0)
+        return _stack([h for h, _ in finals]), _stack([c for _, c in finals])
+
+
+def _stack(states):
+    """Final states (N, H) per layer and direction as (layers * directions, N, H); one layer's
+    as a reshape, which costs less than a stack of one."""
+    if len(states) == 1:
+        return states[0].reshape((1,) + tuple(states[0].shape))
+    return F.stack(states, axis=0)

@@ -170,3 +170,24 @@ def test_lstm_bidirectional_two_layers_bias_off_inference_matches_torch():
     y, (h, c) = m(mge.tensor(x))
     for a, b in ((y, ty), (h, th), (c, tc)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_without_initial_states_every_layer_starts_from_zeros_in_training():
+    rs = np.random.RandomState(6)
+    kw = dict(num_layers=2, bidirectional=True)
+    m, t = M.LSTM(3, 4, **kw), torch.nn.LSTM(3, 4, **kw)
+    tparams = dict(t.named_parameters())
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            tparams[torch_name(k)].copy_(torch.from_numpy(p.numpy()))
+    x = rs.randn(5, 2, 3).astype(np.float32)
+    gm = GradManager().attach(list(m.parameters()))
+    with gm:
+        y, (h, c) = m(mge.tensor(x))
+        gm.backward((y ** 2).sum() + h.sum() + (c * 2).sum())
+    ty, (th, tc) = t(torch.from_numpy(x))
+    ((ty ** 2).sum() + th.sum() + (tc * 2).sum()).backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), tparams[torch_name(k)].grad.numpy(),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
