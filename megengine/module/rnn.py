@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim
+from ..functional.rnn import higher_order_possible, rnn_layer
 from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
@@ -80,7 +81,10 @@ class RNNCell(RNNCellBase):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         self._check_input(input)
         h = self._zeros(input) if hx is None else hx
-        return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
+        if higher_order_possible():  # per-op steps: their gradient can be differentiated
+            return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
+        return rnn_layer(self.nonlinearity, input, h, None, self.weight_ih, self.weight_hh,
+                         self.bias_ih, self.bias_hh)[1]
 
 
 class LSTMCell(RNNCellBase):
@@ -97,7 +101,10 @@ class LSTMCell(RNNCellBase):
             h, c = self._zeros(input), self._zeros(input)
         else:
             h, c = hx
-        n = self.hidden_size
+        if not higher_order_possible():
+            return rnn_layer("lstm", input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
+                             self.bias_hh)[1:]
+        n = self.hidden_size  # per-op steps: their gradient can be differentiated
         gates = self._gates(input, h)
         i = F.sigmoid(gates[:, 0:n])
         f = F.sigmoid(gates[:, n:2 * n])
@@ -154,6 +161,37 @@ class RNNBase(Module):
             raise ValueError(f"{type(self).__name__}: input must be (seq, batch, input_size="
                              f"{self.input_size}) (batch first if batch_first), got shape "
                              f"{input.shape}")
+        if higher_order_possible():
+            if hx is None:
+                hx = self.init_hidden(input.shape[1], input)
+            return self._run_steps(input, hx)
+        # one op per layer and direction (`megengine.functional.rnn`): all steps at once.
+        # Without hx one zero state serves every layer (the op never writes its inputs): no
+        # (layers, N, H) zeros to index per layer
+        zero = None if hx is not None else F.zeros(
+            (input.shape[1], self.hidden_size), dtype=input.dtype, device=input.device)
+        layer_in, finals = input, []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                cell = self.cells[layer][d]
+                if zero is not None:
+                    h, c = zero, zero
+                else:
+                    state = self._state_at(hx, layer * self.num_directions + d)
+                    h, c = (state, None) if self.mode != "lstm" else state
+                y, *final = rnn_layer(self.mode, layer_in, h, c, cell.weight_ih, cell.weight_hh,
+                                      cell.bias_ih, cell.bias_hh, reverse=d == 1)
+                outs.append(y)
+                finals.append(final[0] if self.mode != "lstm" else tuple(final))
+            layer_in = outs[0] if len(outs) == 1 else F.concat(outs, axis=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        return layer_in, finals
+
+    def _run_steps(self, input, hx):
+        """`_run` as a chain of cell steps, each of differentiable ops (higher-order
+        gradients)."""
         steps = input.shape[0]
         layer_in = [input[t] for t in range(steps)]
         finals = []
@@ -165,7 +203,7 @@ class RNNBase(Module):
                 order = range(steps) if d == 0 else range(steps - 1, -1, -1)
                 outs = [None] * steps
                 for t in order:
-                    state = cell(layer_in[t], state)
+                    state = cell(layer_in[t], state)  # (per-op: higher_order_possible())
                     outs[t] = self._hidden_of(state)
                 outs_per_dir.append(outs)
                 finals.append(state)
@@ -179,9 +217,7 @@ class RNNBase(Module):
     def forward(self, input: Tensor, hx=None):
         if self.batch_first:
             input = input.transpose((1, 0, 2))  # (seq, batch, feature)
-        if hx is None:
-            hx = self.init_hidden(input.shape[1], input)
-        output, finals = self._run(input, hx)
+        output, finals = self._run(input, hx)  # (hx None: zero states)
         if self.batch_first:
             output = output.transpose((1, 0, 2))
         return output, self._pack_finals(finals)
@@ -204,6 +240,10 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
         super().__init__(*args, **kwargs)
 
+    @property
+    def mode(self):
+        return self.nonlinearity
+
     def create_cell(self, layer):
         return RNNCell(self._layer_input_size(layer), self.hidden_size, self.bias,
                        self.nonlinearity)
@@ -222,7 +262,7 @@ class RNN(RNNBase):
 
     @staticmethod
     def _pack_finals(finals):
-        return F.stack(finals, axis=0)
+        return _stack(finals)
 
 
 class LSTM(RNNBase):
@@ -231,6 +271,8 @@ class LSTM(RNNBase):
     ``forward(input, (h_0, c_0)=None) -> (output, (h_n, c_n))`` with the shapes of
     :class:`RNN`; c_0 and c_n are shaped like h_0 and h_n.
     """
+
+    mode = "lstm"
 
     def create_cell(self, layer):
         return LSTMCell(self._layer_input_size(layer), self.hidden_size, self.bias)
@@ -251,4 +293,12 @@ class LSTM(RNNBase):
 
     @staticmethod
     def _pack_finals(finals):
-        return F.stack([h for h, _ in finals], axis=0), F.stack([c for _, c in finals], axis=0)
+        return _stack([h for h, _ in finals]), _stack([c for _, c in finals])
+
+
+def _stack(states):
+    """Final states (N, H) per layer and direction as (layers * directions, N, H); one layer's
+    as a reshape, which costs less than a stack of one."""
+    if len(states) == 1:
+        return states[0].reshape((1,) + tuple(states[0].shape))
+    return F.stack(states, axis=0)

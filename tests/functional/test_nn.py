@@ -86,7 +86,10 @@ def relu_kernel_used(relu_kernel_on_cpu, monkeypatch, host_default_device):
 
     monkeypatch.setattr(nn_module, "_relu_grad_kernel", kernel)
     monkeypatch.setattr(nn_module, "_use_relu_kernel", lambda y, g: True)
-    return used
+    from megengine.functional import _aten
+
+    with _aten.avoided("activation"):  # (numpy arrays would take ATen's relu, not the kernel)
+        yield used
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -659,3 +662,74 @@ def test_linear_gradient_with_zero_in_features(x_shape):
         gm.backward(y.sum())
     assert x.grad.shape == x_shape and w.grad.shape == (2, 0)
     np.testing.assert_array_equal(b.grad.numpy(), np.full(2, y.size // 2, np.float32))
+
+
+# ----- activations on ATen's kernels (family "activation") and on array code -----
+
+ATEN_ACTIVATIONS = {  # name: (megengine, torch, ATen's forward kernel)
+    "relu": (F.relu, TF.relu, "relu"),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), lambda x: TF.leaky_relu(x, 0.2),
+                   "leaky_relu"),
+    "relu6": (F.relu6, TF.relu6, "hardtanh"),
+    "sigmoid": (F.sigmoid, torch.sigmoid, "sigmoid"),
+    "hsigmoid": (F.hsigmoid, TF.hardsigmoid, "hardsigmoid"),
+    "hswish": (F.hswish, TF.hardswish, "hardswish"),
+    "silu": (F.silu, TF.silu, "silu"),
+    "softplus": (F.softplus, TF.softplus, "softplus"),
+}
+
+
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(ATEN_ACTIVATIONS))
+def test_activation_values_and_gradients_on_both_paths(name, dtype, path, monkeypatch):
+    mf, tf, kernel = ATEN_ACTIVATIONS[name]
+    rs = np.random.RandomState(7)
+    # every kink (0, +-3, 6) and values past softplus's threshold; a transposed (strided) view
+    x = np.concatenate([rs.uniform(-8, 8, 60), [0, -3, 3, 6, -6, 21, 25, -25, 2.5, -0.5]])
+    if name == "hswish":  # (at exactly +-3 the array code keeps upstream's slope: below)
+        x[x == 3], x[x == -3] = 3.5, -3.5
+    x = x.reshape(5, 14).astype(dtype).T
+    g = rs.randn(14, 5).astype(dtype)
+    if path == "aten":
+        skip_unless_aten_serves_the_default_device()
+    used = record_aten_kernels(monkeypatch)
+    with _aten.avoided(*(() if path == "aten" else ("activation",))):
+        t = mge.tensor(x, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            y = mf(t)
+            gm.backward(y, mge.tensor(g, dtype=dtype))
+    # (relu takes ATen for numpy arrays only: CUDA keeps its fused backward kernel)
+    on_aten = path == "aten" and (name != "relu" or type(t._data) is np.ndarray)
+    assert (kernel in used) == on_aten, used
+    xt = torch.tensor(x, requires_grad=True)
+    ty = tf(xt)
+    ty.backward(torch.tensor(g))
+    assert y.dtype == t.grad.dtype == np.dtype(dtype)
+    # (float64: torch's hardsigmoid scales by a float32 1/6, 3e-8 relative; softplus beyond
+    # torch's threshold 20 is x there, 1e-10 off on the array code)
+    tol = 1e-6 if dtype == "float32" else 1e-7
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_relu_on_aten_keeps_upstreams_select_for_nan_gradients():
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    t = mge.tensor(x)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(np.array([np.nan, np.inf, np.nan], np.float32)))
+    np.testing.assert_array_equal(t.grad.numpy(), [0, 0, np.nan])  # y <= 0: 0, not NaN
+
+
+def test_hswish_slope_at_the_kinks_per_path():
+    """At exactly x = -3 and 3 upstream's rule (the array code) takes the middle piece's slope
+    (2x + 3) / 6; ATen's (torch's) takes 0 at -3 and 1 at 3."""
+    x = mge.tensor(np.array([-3.0, 3.0], np.float32))
+    for avoid, want in (((), [0.0, 1.0]), (("activation",), [-0.5, 1.5])):
+        with _aten.avoided(*avoid):
+            with GradManager().attach(x) as gm:
+                gm.backward(F.hswish(x).sum())
+        if not avoid and not _aten.use_aten(x._data, "activation"):
+            continue  # (no ATen for this device's arrays)
+        np.testing.assert_array_equal(x.grad.numpy(), want)
+        x.grad = None

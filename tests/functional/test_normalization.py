@@ -201,6 +201,78 @@ def test_group_norm(groups):
           lambda a, c, d: TF.group_norm(a, groups, c, d), x, w, b, rtol=1e-4, atol=1e-4)
 
 
+# group norm (and instance norm through it) runs on ATen's kernels for float32/float64 inputs
+# with a spatial size, else on array code; each test below runs on both paths
+@pytest.fixture(params=["aten", "arrays"])
+def group_norm_path(request, monkeypatch):
+    from megengine.functional import _aten
+
+    used = record_aten_kernels(monkeypatch)
+    if request.param == "aten":
+        skip_unless_aten_serves_the_default_device()
+        yield request.param
+        assert "native_group_norm" in used
+        return
+    with _aten.avoided("group_norm"):
+        yield request.param
+    assert "native_group_norm" not in used
+
+
+@pytest.mark.parametrize("params,diff", [
+    ("both", "all"), ("weight", "input"), ("bias", "params"), ("none", "all"),
+])
+def test_group_norm_parameters_odd_sizes_and_gradients_on_both_paths(group_norm_path, params,
+                                                                      diff):
+    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
+    arrays = [rand(3, 6, 5, 7)] + ([rand(6, low=0.5, high=1.5)] if has_w else []) + \
+        ([rand(6)] if has_b else [])
+    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
+
+    def affine(ps):
+        it = iter(ps)
+        return (next(it) if has_w else None), (next(it) if has_b else None)
+
+    def torch_affine(ps):  # torch's own backward fails for a bias without a weight: ones
+        w, b = affine(ps)
+        return (torch.ones(6) if w is None and b is not None else w), b
+
+    check(lambda a, *ps: F.group_norm(a, 3, True, *affine(ps)),
+          lambda a, *ps: TF.group_norm(a, 3, *torch_affine(ps)), *arrays, diff=which, rtol=1e-4,
+          atol=1e-4)
+    # instance norm (one channel per group) on a 1-d spatial axis
+    check(lambda a: F.instance_norm(a, False), lambda a: TF.instance_norm(a, eps=1e-5),
+          rand(2, 5, 9), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_strided_input_and_float64_on_both_paths(group_norm_path):
+    x = rand(5, 3, 4, 2)  # (2, 4, 3, 5) after the transpose: a strided input; weight and
+    check(lambda a, c, d: F.group_norm(a.transpose(3, 2, 1, 0), 2, True, c[::2], F.flip(d, 0)),
+          lambda a, c, d: TF.group_norm(a.permute(3, 2, 1, 0), 2, c[::2], d.flip(0)),
+          x, rand(8, low=0.5, high=1.5), rand(4), rtol=1e-4, atol=1e-4)  # bias strided too
+    x64, w64, b64 = (np.random.randn(*s) for s in ((2, 4, 3, 5), (4,), (4,)))
+    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
+    gm = GradManager().attach(ts)
+    dy = np.random.randn(2, 4, 3, 5)
+    with gm:
+        y = F.group_norm(ts[0], 2, True, ts[1], ts[2])
+        gm.backward(y, mge.tensor(dy, dtype="float64"))
+    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
+    ty = TF.group_norm(tt[0], 2, tt[1], tt[2])
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for t, r in zip(ts, tt):
+        assert t.grad.dtype == np.float64
+        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+def test_group_norm_of_a_2d_input_keeps_the_array_code(monkeypatch):
+    used = record_aten_kernels(monkeypatch)  # (N, C): no spatial size for ATen's kernel
+    check(lambda a: F.group_norm(a, 2, False), lambda a: TF.group_norm(a, 2), rand(3, 4),
+          rtol=1e-4, atol=1e-4)
+    assert "native_group_norm" not in used
+
+
 def test_group_norm_bad_groups():
     with pytest.raises(ValueError, match="group_norm: 4 channels"):
         F.group_norm(mge.tensor(rand(2, 4, 3)), 3, False)

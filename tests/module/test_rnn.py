@@ -123,3 +123,71 @@ def test_dropout_between_layers_only_in_training():
     m.train()
     outs = [m(x)[0].numpy() for _ in range(3)]
     assert not all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN", "LSTMCell"])
+def test_second_order_through_the_per_step_path(kind):
+    """Under two GradManagers the layers run step by step in differentiable ops: a gradient
+    penalty on d(out)/d(input) trains the weights as torch's create_graph does."""
+    rs = np.random.RandomState(4)
+    cell = kind == "LSTMCell"
+    m = getattr(M, kind)(3, 4)
+    t = getattr(torch.nn, kind)(3, 4)
+    name = (lambda k: k) if cell else torch_name
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            dict(t.named_parameters())[name(k)].copy_(torch.from_numpy(p.numpy()))
+    xa = rs.randn(*((2, 3) if cell else (4, 2, 3))).astype(np.float32)
+    x = mge.tensor(xa)
+    params = list(m.parameters())
+    gm_x, gm_w = GradManager().attach(x), GradManager().attach(params)
+    with gm_w:
+        with gm_x:
+            out = m(x)
+            gm_x.backward((out[0] if cell else out[0]).sum())
+        gm_w.backward((x.grad ** 2).sum())
+    tx = torch.tensor(xa, requires_grad=True)
+    tout = t(tx)
+    gx, = torch.autograd.grad(tout[0].sum(), tx, create_graph=True)
+    tgrads = torch.autograd.grad((gx ** 2).sum(), list(t.parameters()))
+    np.testing.assert_allclose(x.grad.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-5)
+    tnames = [k for k, _ in t.named_parameters()]
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), tgrads[tnames.index(name(k))].numpy(),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_lstm_bidirectional_two_layers_bias_off_inference_matches_torch():
+    rs = np.random.RandomState(5)
+    kw = dict(num_layers=2, bidirectional=True, bias=False)
+    m, t = M.LSTM(3, 5, **kw), torch.nn.LSTM(3, 5, **kw)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            dict(t.named_parameters())[torch_name(k)].copy_(torch.from_numpy(p.numpy()))
+        x = rs.randn(6, 2, 3).astype(np.float32)
+        ty, (th, tc) = t(torch.from_numpy(x))
+    m.eval()
+    y, (h, c) = m(mge.tensor(x))
+    for a, b in ((y, ty), (h, th), (c, tc)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_without_initial_states_every_layer_starts_from_zeros_in_training():
+    rs = np.random.RandomState(6)
+    kw = dict(num_layers=2, bidirectional=True)
+    m, t = M.LSTM(3, 4, **kw), torch.nn.LSTM(3, 4, **kw)
+    tparams = dict(t.named_parameters())
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            tparams[torch_name(k)].copy_(torch.from_numpy(p.numpy()))
+    x = rs.randn(5, 2, 3).astype(np.float32)
+    gm = GradManager().attach(list(m.parameters()))
+    with gm:
+        y, (h, c) = m(mge.tensor(x))
+        gm.backward((y ** 2).sum() + h.sum() + (c * 2).sum())
+    ty, (th, tc) = t(torch.from_numpy(x))
+    ((ty ** 2).sum() + th.sum() + (tc * 2).sum()).backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), tparams[torch_name(k)].grad.numpy(),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
