@@ -13,7 +13,7 @@ CPU, one thread, random inputs fixed in advance. Cases (``--case``, repeatable; 
   (<= 1.10x); ``instancenorm``: the same with ``InstanceNorm(64)`` (torch: ``GroupNorm(64,
   64)``, the same maths) (<= 1.10x).
 * ``mlp``: ``Linear(512, 512) -> BatchNorm1d -> ReLU -> Dropout(0.1) -> Linear(512, 10)`` at
-  batch 256, SGD (no aim: batch norm is another helper's; its share is what this shows).
+  batch 256, SGD (no aim: a mix of layers measured elsewhere; it shows dropout's share).
 * ``act``: forward + backward of each activation and of dropout on a tensor of 64K and of 1M
   float32 values (``y = f(x)``, backward from a fixed ``dy``; no optimizer) (<= 1.10x).
 
