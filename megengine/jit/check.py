@@ -7,8 +7,11 @@ path built from what `_Program.compile` prepared: the op's type and its paramete
 as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
 values), each input compared by identity with the tensor that holds the expected slot in this
 call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
-the start), then its shape and dtype; an event's function and arguments by identity. What the
-fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
+the start), then its shape and dtype, and a tensor captured by ``capture_as_const`` by its
+`captures.CaptureGuard` (its bits are compared only after the engine wrote into some tensor);
+an event's function and arguments by identity. Parameters built from symbolic sizes are
+compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
+the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
 with array parameters or several outputs, or a real difference) goes through the full
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
@@ -23,7 +26,7 @@ from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
 from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
                        _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _same_bits, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
@@ -154,21 +157,20 @@ class _Checker(_Hook):
 
     # ----- ops -----
     def __call__(self, op, inputs):
-        if self.dims_made:  # the op runs, and is compared, with the values (as recorded)
+        sizes = None
+        if self.dims_made:  # the op is compared with the recorded values, runs with its own
             sym = self._take_dims(op)
             if sym is not None:
-                now = self._recorded_sizes(op, sym)
-                if now is not None:
-                    return self._call_slowly(op, inputs, now)
+                sizes = self._recorded_sizes(op, sym)
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
-        # not plain values, with several outputs or with captured inputs: the slow path)
+        # not plain values or with several outputs: the slow path)
         if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
-            return self._call_slowly(op, inputs)
+            return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from
         values = self.values
         for t, (s, shape, dtype, const) in zip(inputs, step.checks):
@@ -185,6 +187,11 @@ class _Checker(_Hook):
             if (shape is not None and a.shape != shape) or (a.dtype is not dtype
                                                             and a.dtype != dtype):
                 self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+        for j, guard in step.guards:  # captured tensors: still their captured values?
+            if not guard.unchanged():
+                self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))  # (raises)
+        if sizes is not None:
+            op.__dict__.update(sizes)
         self.pc = pc + 1
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
         try:
@@ -342,9 +349,7 @@ class _Checker(_Hook):
             # the captured external itself: its value must still be the captured one, as
             # upstream's compiled trace asserts ("tensors not equals"); the op then runs on
             # the tensor, so a GradManager attached to it sees the op (``w.grad``)
-            with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
-                same = _same_bits(t._data, info.const)
-            if not same:
+            if not prog.capture_guards[expected].unchanged():
                 self._mismatch(
                     f"{where}: {prog.describe(expected)} has a new value since the trace "
                     "captured it (capture_as_const=True; an optimizer step, load_state_dict "
