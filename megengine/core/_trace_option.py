@@ -413,6 +413,9 @@ class SymDim:
     def _compare(self, other, op):
         if _is_tensor(other):
             return NotImplemented
+        if getattr(self.src, "checking", False) and self.src is _dim_source:  # megengine.jit
+            # checks a call: it keeps no guards (its ops are compared with the record)
+            return _COMPARE[op](self.value, other.value if type(other) is SymDim else other)
         o = self._operand(other)
         if o is None:  # a float, a Tensor, a dim of another recording: compare the value
             b = other._escape("a comparison") if type(other) is SymDim else other
