@@ -12,6 +12,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.core.tensor import _writes
+from megengine.device import get_array_module
 from megengine.functional.inplace import _inplace_add_
 from megengine.jit import TraceMismatchError, captures, trace
 
@@ -87,8 +88,8 @@ def test_a_rebound_array_is_caught_without_a_counted_write(symbolic):
 
 @pytest.mark.parametrize("symbolic", MODES)
 def test_a_view_written_through_its_base_is_compared_every_call(symbolic):
-    base = np.zeros((4, 3), "float32")
     w = mge.Parameter(np.zeros((2, 3), "float32"))
+    base = get_array_module(w._device).zeros((4, 3), "float32")
     w._data = base[:2]  # storage shared with another array: writes the engine cannot see
     f = trace(lambda x: x * w, symbolic=symbolic, capture_as_const=True)
     x = mge.tensor(np.ones((2, 3), "float32"))
@@ -206,7 +207,7 @@ def test_captured_inputs_on_the_fast_path_still_catch_mismatches(change, reason,
     np.testing.assert_array_equal(tr(x).numpy(), f(x).numpy())
     state["change"] = change
     if change == "shape":
-        w._data = np.ones((3, 3), "float32")
+        w._data = get_array_module(w._device).ones((3, 3), "float32")
     if change == "dtype":
         w._data = w._data.astype("float16")
     with pytest.raises(TraceMismatchError) as info:
