@@ -107,6 +107,8 @@ class _Checker(_Hook):
         e = self.by_tensor.get(id(t)) if self.by_tensor is not None else None
         if e is not None and e[1] is t._data:  # (the maps' common case, without a call)
             s = e[0]
+        elif id(t) in self.prog.ext_ids:  # a parameter or buffer (unless rebound to a value
+            return None  # of this call: found in the maps above)
         else:
             s = self._internal(t)[0]
         if s is not None and not self.prog.symbolic_shape and s not in self.prog.dyn_slots:
@@ -176,15 +178,18 @@ class _Checker(_Hook):
     # ----- ops -----
     def __call__(self, op, inputs):
         sizes = None
-        if self.dims_made:  # the op is compared with the recorded values, runs with its own
-            sym = self._take_dims(op)
-            if sym is not None:
-                sizes = self._recorded_sizes(op, sym)
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        # the op is compared with the recorded values of parameters built from sizes, and runs
+        # with its own; where the recorded op had none (sym None), neither has this one, in the
+        # same program: the fast path takes it as it is
+        if self.dims_made and (type(step) is not _OpStep or step.sym is not None):
+            sym = self._take_dims(op)
+            if sym is not None:
+                sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
         if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
