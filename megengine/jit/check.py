@@ -32,6 +32,9 @@ from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
+# values of at least this many bytes are let go of past their last use (see `_Checker._free`);
+# smaller ones are kept to the end of the call, which costs less than letting go (~0.5 us)
+_FREE_BYTES = 16384
 
 
 class _NoStep:
@@ -244,8 +247,8 @@ class _Checker(_Hook):
         for f in slots:
             t = values[f]
             a = arrays[f]
-            if t is None or a is None:
-                continue  # (an external: not ours to let go)
+            if t is None or a is None or a.nbytes < _FREE_BYTES:
+                continue  # (an external: not ours to let go; a small value: kept, cheaper)
             try:
                 dead[id(a)] = (f, _weak(a), _weak(t))
             except TypeError:  # (an array module whose arrays take no weak references)
