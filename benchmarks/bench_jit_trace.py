@@ -24,9 +24,11 @@ quartiles of those per-round ratios. Aims: checked calls <= 1.05x eager, capture
 checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
 
     python benchmarks/bench_jit_trace.py --models-only [--rounds R] [--steps N] [--quick]
+                                         [--clock thread]
 """
 import os
 import sys
+import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy loads its BLAS: one thread
@@ -172,11 +174,12 @@ def make_torch_step(bm, model, batch, train):
     return step
 
 
-def paired_rounds(fns, steps, rounds):
+def paired_rounds(fns, steps, rounds, clock):
     """Per round, every step time of each variant, the variants taking turns step by step (in a
-    rotating order): {name: [[ms, ...] per round]}."""
+    rotating order): {name: [[ms, ...] per round]}. ``clock``: ``time.perf_counter``, or
+    ``time.thread_time`` (the CPU time of this thread: every kernel runs in it with one
+    thread, and other processes on the cores no longer count in)."""
     import gc
-    import time
 
     names = list(fns)
     times = {n: [] for n in names}
@@ -186,9 +189,9 @@ def paired_rounds(fns, steps, rounds):
         for i in range(steps):
             for k in range(len(names)):
                 n = names[(i + k) % len(names)]
-                t0 = time.perf_counter()
+                t0 = clock()
                 fns[n]()
-                per[n].append((time.perf_counter() - t0) * 1e3)
+                per[n].append((clock() - t0) * 1e3)
         for n in names:
             times[n].append(per[n])
     return times
@@ -213,7 +216,8 @@ def run_models(args):
         for fn in fns.values():  # the first call records; then warm up
             for _ in range(2):
                 fn()
-        times = paired_rounds(fns, args.steps, args.rounds)
+        times = paired_rounds(fns, args.steps, args.rounds,
+                              time.thread_time if args.clock == "thread" else time.perf_counter)
         plain = "trace(symbolic=True)"
         for label in fns:
             med = np.median([np.median(r) for r in times[label]])
@@ -238,6 +242,9 @@ def main():
         parser.add_argument("--no-models", action="store_true", help="only the MLP cases")
         parser.add_argument("--rounds", type=int, default=None,
                             help="rounds of the convnet cases (default 5; --quick: 2)")
+        parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                            help="convnet cases: wall time, or this thread's CPU time (steadier "
+                                 "when other processes share the cores)")
 
     args = _timing.parse_args(__doc__, steps=30, repeats=7, quick_steps=5, quick_repeats=2,
                               extra=extra)

@@ -483,7 +483,8 @@ class _Recorder(_Hook):
     def _check_captures_kept(self):
         """A replay computes with the values capture_as_const took; one the call itself has
         changed since (an optimizer step, an in-place write) would be stale from the next call
-        on, silently. (Checked calls compare the values on each call instead, as upstream.)"""
+        on, silently. (Checked calls check them on each call instead, as upstream: see
+        `captures`.)"""
         for s, info in enumerate(self.prog.slots):
             t = info.tensor
             if info.kind != "const" or t is None:

@@ -51,8 +51,10 @@ appends, exceptions) happen on every call, and each op and event is compared wit
 (op type and parameters, input sources, input shapes and dtypes); the first difference raises
 `TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
 user's function propagates unchanged. Either way the hook is removed and the next call is
-checked against the same record. (Ops run eagerly as they are checked; a ``capture_as_const``
-capture must still hold its captured bits.) Plain ops and events are matched by
+checked against the same record. (Ops run eagerly as they are checked, and each value is let
+go of after its last recorded use, as eager code lets go of its temporaries; a
+``capture_as_const`` capture must still hold its captured bits, compared only after the engine
+wrote into some tensor: see `captures`.) Plain ops and events are matched by
 comparisons prepared when the program was compiled (see `check`: ~1.1 us per op, ~2.7 us for
 an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event on the 2-core
 CI machine; ``benchmarks/bench_jit_trace.py``), the rest in full.
