@@ -17,14 +17,17 @@ at batch 1 and 8 (the output read to the host) and a training step at batch 8 (G
 cross entropy, SGD with momentum inside the traced function, as upstream's examples), in each
 mode upstream's scripts use: eager, the checked calls (``symbolic=False``/``True``, with and
 without ``capture_as_const``: what deployment scripts trace) and the replays
-(``without_host=True``), against torch (``no_grad`` eval; the same step). The modes take turns
+(``without_host=True``), against torch (``no_grad`` eval; the same step). The eval modes share
+one network, as a script traces the network it has (separate copies ran ~3-6% slower in
+the traced modes, as their weights fell out of the caches); each training mode trains its own.
+The modes take turns
 step by step in rounds; per round each mode's ratio to eager and to torch is the median over
 the round's back-to-back pairs (`_timing.paired_ratio`), and the figures are the median and
 quartiles of those per-round ratios. Aims: checked calls <= 1.05x eager, capture_as_const
 checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
 
     python benchmarks/bench_jit_trace.py --models-only [--rounds R] [--steps N] [--quick]
-                                         [--clock thread]
+                                         [--clock thread] [--cases eval|train]
 """
 import os
 import sys
@@ -118,11 +121,14 @@ TRAIN_MODES = {  # (a training step changes its parameters: no capture_as_const)
 }
 
 
-def make_net_step(bm, model, options, batch, train):
+def make_net_step(bm, model, options, batch, train, net=None):
     """A zero-argument step of megengine's ``model`` (eval forward read to the host, or a
-    training step) in trace mode ``options`` (None: eager)."""
+    training step) in trace mode ``options`` (None: eager). ``net``: the network to run (the
+    eval modes share one, as a script traces the network it has; each training mode trains
+    its own)."""
     np.random.seed(0)
-    net = bm.MODELS[model][0]()
+    if net is None:
+        net = bm.MODELS[model][0]()
     rng = np.random.RandomState(1)
     x = mge.tensor(rng.randn(batch, 3, 224, 224).astype("float32"))
     if train:
@@ -206,11 +212,14 @@ def run_models(args):
     cases = [(model, batch, False) for model in bm.MODELS for batch in (1, 8)]
     cases += [(model, 8, True) for model in bm.MODELS]
     for model, batch, train in cases:
+        if args.cases != "all" and train != (args.cases == "train"):
+            continue
         modes = TRAIN_MODES if train else EVAL_MODES
         print(f"{model}, batch {batch}, {'training step (SGD momentum)' if train else 'eval forward'}"
               f" ({args.rounds} rounds of {args.steps} steps per mode):")
         _timing.flush()
-        fns = {label: make_net_step(bm, model, options, batch, train)
+        shared = None if train else bm.MODELS[model][0]()
+        fns = {label: make_net_step(bm, model, options, batch, train, shared)
                for label, options in modes.items()}
         fns["torch"] = make_torch_step(bm, model, batch, train)
         for fn in fns.values():  # the first call records; then warm up
@@ -242,6 +251,8 @@ def main():
         parser.add_argument("--no-models", action="store_true", help="only the MLP cases")
         parser.add_argument("--rounds", type=int, default=None,
                             help="rounds of the convnet cases (default 5; --quick: 2)")
+        parser.add_argument("--cases", choices=("all", "eval", "train"), default="all",
+                            help="convnet cases: eval forwards, training steps or both")
         parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                             help="convnet cases: wall time, or this thread's CPU time (steadier "
                                  "when other processes share the cores)")
