@@ -535,6 +535,14 @@ def symbolic_shape(tensor, shape):
     if slot is None:
         return Shape(shape)
     src.dims_made = True
+    made = getattr(src, "shapes_made", None)  # (megengine.jit's checked calls: a shape is read
+    if made is not None:  # several times per value; Shapes and SymDims are immutable)
+        got = made.get(slot)
+        if got is not None and got[0] == shape:
+            return got[1]
+        sym = Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+        made[slot] = (shape, sym)
+        return sym
     return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
 
 

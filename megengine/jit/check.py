@@ -77,6 +77,7 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+        self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
         self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
         # that held it) of the values let go of (`_free`)
 
