@@ -6,6 +6,10 @@ from ..autodiff.function import _FunctionOp
 from ..core._trace_option import SymDim, evaluate
 from ..core.tensor import Tensor
 
+# a checked call lets go of values of at least this many bytes past their last use (see
+# `check._Checker._free`); smaller ones are kept to the end of the call, which costs less
+FREE_BYTES = 16384
+
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
@@ -365,7 +369,7 @@ class _OpStep:
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
-                 "pdict", "checks", "n_in", "rewrite", "sym", "guards")
+                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -528,8 +532,18 @@ class _Program:
             made = _made_by(step)
             self.ops_before[k + 1] = self.ops_before[k] + (type(step) is _OpStep)
             self.made_before[k + 1] = max(self.made_before[k], max(made, default=-1) + 1)
+        # a checked call lets go of the values of at least FREE_BYTES (see `check._Checker._free`):
+        # their sizes as recorded, from the ops that read them (unknown: taken as large)
+        nbytes = {}
+        for step in self.steps:
+            if type(step) is _OpStep and step.metas is not None:
+                for s, (shape, dtype) in zip(step.ins, step.metas):
+                    nbytes[s] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
+            if type(step) is _OpStep:
+                step.free_big = tuple(s for s in step.free
+                                      if nbytes.get(s, FREE_BYTES) >= FREE_BYTES)
             step.reads = tuple(by_pos.get(k + 1, ()))
             if type(step) is _EventStep:
                 # a checked call's fast path (see `check`): events called with positional

@@ -25,16 +25,13 @@ from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
-from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
-                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
+from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref,
+                       _Struct, _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
                        _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
-# values of at least this many bytes are let go of past their last use (see `_Checker._free`);
-# smaller ones are kept to the end of the call, which costs less than letting go (~0.5 us)
-_FREE_BYTES = 16384
 
 
 class _NoStep:
@@ -233,8 +230,8 @@ class _Checker(_Hook):
             self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had 1 output, this call "
                            f"has {len(out)}", "operator mismatch")
         values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
-        if step.free:
-            self._free(step.free)
+        if step.free_big:  # (the values as large as FREE_BYTES when recorded)
+            self._free(step.free_big)
         return out
 
     def _free(self, slots):
@@ -248,8 +245,9 @@ class _Checker(_Hook):
         for f in slots:
             t = values[f]
             a = arrays[f]
-            if t is None or a is None or a.nbytes < _FREE_BYTES:
-                continue  # (an external: not ours to let go; a small value: kept, cheaper)
+            if t is None or a is None or a.nbytes < FREE_BYTES:
+                continue  # (an external: not ours to let go; a small value: kept, cheaper
+                # than letting go, ~0.5 us)
             try:
                 dead[id(a)] = (f, _weak(a), _weak(t))
             except TypeError:  # (an array module whose arrays take no weak references)

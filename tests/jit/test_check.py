@@ -348,7 +348,7 @@ def test_checked_calls_let_go_of_values_past_their_last_use(options):
         return w
 
     tr = trace(f, **options)
-    x = mge.tensor(np.ones(check._FREE_BYTES // 4, "float32"))  # (smaller values are kept)
+    x = mge.tensor(np.ones(check.FREE_BYTES // 4, "float32"))  # (smaller values are kept)
     for _ in range(3):
         np.testing.assert_array_equal(tr(x).numpy(), f(x).numpy())
     assert alive[2::2] == [False, False]  # the checked calls (eager calls in between)
@@ -364,8 +364,8 @@ def test_values_let_go_of_are_found_for_inplace_writes_and_shapes(options, slow_
         return (y * z).reshape(y.shape[0], -1) + F.zeros(mge.Tensor(y.shape))
 
     tr = trace(f, **options)
-    for _ in range(3):  # (values this large are let go of: see check._FREE_BYTES)
-        x = mge.tensor(np.random.randn(64, check._FREE_BYTES // 256).astype("float32"))
+    for _ in range(3):  # (values this large are let go of: see check.FREE_BYTES)
+        x = mge.tensor(np.random.randn(64, check.FREE_BYTES // 256).astype("float32"))
         np.testing.assert_allclose(tr(x).numpy(), f(x).numpy(), rtol=1e-6)
     # a later use of a value let go of is still named in a mismatch
     state = {"late": False}
@@ -376,7 +376,7 @@ def test_values_let_go_of_are_found_for_inplace_writes_and_shapes(options, slow_
         return z + y if state["late"] else z + x
 
     tg = trace(g, **options)
-    x = mge.tensor(np.ones(check._FREE_BYTES // 4, "float32"))
+    x = mge.tensor(np.ones(check.FREE_BYTES // 4, "float32"))
     tg(x)
     tg(x)
     state["late"] = True
