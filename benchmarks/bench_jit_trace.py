@@ -11,9 +11,27 @@ Thread counts are pinned to 1 (OMP/OPENBLAS/MKL_NUM_THREADS, set below with setd
 numpy is imported). The figures are medians over repeats, the modes taking turns step by step
 (see _timing.py); the fastest single step of each mode and its ratio follow in parentheses:
 on a loaded machine (other processes on the cores) they are the steadier figure.
+
+Then the convnets of bench_models.py (ResNet-18, ShuffleNetV2 1.0x, 224x224): eval-mode forward
+at batch 1 and 8 (the output read to the host) and a training step at batch 8 (GradManager,
+cross entropy, SGD with momentum inside the traced function, as upstream's examples), in each
+mode upstream's scripts use: eager, the checked calls (``symbolic=False``/``True``, with and
+without ``capture_as_const``: what deployment scripts trace) and the replays
+(``without_host=True``), against torch (``no_grad`` eval; the same step). The eval modes share
+one network, as a script traces the network it has (separate copies ran ~3-6% slower in
+the traced modes, as their weights fell out of the caches); each training mode trains its own.
+The modes take turns
+step by step in rounds; per round each mode's ratio to eager and to torch is the median over
+the round's back-to-back pairs (`_timing.paired_ratio`), and the figures are the median and
+quartiles of those per-round ratios. Aims: checked calls <= 1.05x eager, capture_as_const
+checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
+
+    python benchmarks/bench_jit_trace.py --models-only [--rounds R] [--steps N] [--quick]
+                                         [--clock thread] [--cases eval|train]
 """
 import os
 import sys
+import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy loads its BLAS: one thread
@@ -85,9 +103,167 @@ LABELS = {"eager": "eager", "check": "trace(symbolic=False)", "symbolic": "trace
           "without_host": "trace(without_host=True)"}
 
 
+# ----- the convnets of bench_models.py ------------------------------------------------------
+EVAL_MODES = {  # label: trace options (None: eager)
+    "eager": None,
+    "trace(symbolic=False)": dict(symbolic=False),
+    "trace(symbolic=True)": dict(symbolic=True),
+    "trace(symbolic=False, capture_as_const)": dict(symbolic=False, capture_as_const=True),
+    "trace(symbolic=True, capture_as_const)": dict(symbolic=True, capture_as_const=True),
+    "trace(capture_as_const, without_host)": dict(symbolic=True, capture_as_const=True,
+                                                  without_host=True),
+}
+TRAIN_MODES = {  # (a training step changes its parameters: no capture_as_const)
+    "eager": None,
+    "trace(symbolic=False)": dict(symbolic=False),
+    "trace(symbolic=True)": dict(symbolic=True),
+    "trace(without_host)": dict(without_host=True),
+}
+
+
+def make_net_step(bm, model, options, batch, train, net=None):
+    """A zero-argument step of megengine's ``model`` (eval forward read to the host, or a
+    training step) in trace mode ``options`` (None: eager). ``net``: the network to run (the
+    eval modes share one, as a script traces the network it has; each training mode trains
+    its own)."""
+    np.random.seed(0)
+    if net is None:
+        net = bm.MODELS[model][0]()
+    rng = np.random.RandomState(1)
+    x = mge.tensor(rng.randn(batch, 3, 224, 224).astype("float32"))
+    if train:
+        label = mge.tensor(rng.randint(0, 1000, batch), dtype="int32")
+        gm = GradManager().attach(net.parameters())
+        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def fn(x, label):
+            with gm:
+                loss = F.loss.cross_entropy(net(x), label)
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+    else:
+        net.eval()
+        label = None
+
+        def fn(x, label):
+            return net(x)
+    if options is not None:
+        fn = trace(fn, **options)
+    return lambda: fn(x, label).numpy()
+
+
+def make_torch_step(bm, model, batch, train):
+    import torch
+    import torch.nn.functional as TF
+
+    torch.manual_seed(0)
+    net = bm.MODELS[model][1]()
+    rng = np.random.RandomState(1)
+    x = torch.from_numpy(rng.randn(batch, 3, 224, 224).astype("float32"))
+    if not train:
+        net.eval()
+
+        def infer():
+            with torch.no_grad():
+                return net(x).numpy()
+        return infer
+    label = torch.from_numpy(rng.randint(0, 1000, batch)).long()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(net(x), label)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
+def paired_rounds(fns, steps, rounds, clock):
+    """Per round, every step time of each variant, the variants taking turns step by step (in a
+    rotating order): {name: [[ms, ...] per round]}. ``clock``: ``time.perf_counter``, or
+    ``time.thread_time`` (the CPU time of this thread: every kernel runs in it with one
+    thread, and other processes on the cores no longer count in)."""
+    import gc
+
+    names = list(fns)
+    times = {n: [] for n in names}
+    for _ in range(rounds):
+        gc.collect()
+        per = {n: [] for n in names}
+        for i in range(steps):
+            for k in range(len(names)):
+                n = names[(i + k) % len(names)]
+                t0 = clock()
+                fns[n]()
+                per[n].append((clock() - t0) * 1e3)
+        for n in names:
+            times[n].append(per[n])
+    return times
+
+
+def run_models(args):
+    import torch
+
+    import bench_models as bm
+
+    torch.set_num_threads(1)
+    cases = [(model, batch, False) for model in bm.MODELS for batch in (1, 8)]
+    cases += [(model, 8, True) for model in bm.MODELS]
+    for model, batch, train in cases:
+        if args.cases != "all" and train != (args.cases == "train"):
+            continue
+        modes = TRAIN_MODES if train else EVAL_MODES
+        print(f"{model}, batch {batch}, {'training step (SGD momentum)' if train else 'eval forward'}"
+              f" ({args.rounds} rounds of {args.steps} steps per mode):")
+        _timing.flush()
+        shared = None if train else bm.MODELS[model][0]()
+        fns = {label: make_net_step(bm, model, options, batch, train, shared)
+               for label, options in modes.items()}
+        fns["torch"] = make_torch_step(bm, model, batch, train)
+        for fn in fns.values():  # the first call records; then warm up
+            for _ in range(2):
+                fn()
+        times = paired_rounds(fns, args.steps, args.rounds,
+                              time.thread_time if args.clock == "thread" else time.perf_counter)
+        plain = "trace(symbolic=True)"
+        for label in fns:
+            med = np.median([np.median(r) for r in times[label]])
+            vs_eager = [_timing.paired_ratio(v, e) for v, e in zip(times[label], times["eager"])]
+            vs_torch = [_timing.paired_ratio(v, t) for v, t in zip(times[label], times["torch"])]
+            line = (f"  {label:42s} {med:8.2f} ms  vs eager "
+                    f"{_timing.describe_ratios(vs_eager).split(', min-max')[0]})  "
+                    f"vs torch x{_timing.spread(vs_torch)[0]:.3f}")
+            if "capture_as_const" in label and "without_host" not in label:
+                base = plain if "symbolic=True" in label else "trace(symbolic=False)"
+                vs_plain = [_timing.paired_ratio(v, b) for v, b in zip(times[label], times[base])]
+                line += f"  vs {base} x{_timing.spread(vs_plain)[0]:.3f}"
+            print(line)
+        _timing.flush()
+        del fns, times
+
+
 def main():
-    args = _timing.parse_args(__doc__, steps=30, repeats=7, quick_steps=5, quick_repeats=2)
+    def extra(parser):
+        parser.add_argument("--models-only", action="store_true",
+                            help="only the convnets (ResNet-18, ShuffleNetV2)")
+        parser.add_argument("--no-models", action="store_true", help="only the MLP cases")
+        parser.add_argument("--rounds", type=int, default=None,
+                            help="rounds of the convnet cases (default 5; --quick: 2)")
+        parser.add_argument("--cases", choices=("all", "eval", "train"), default="all",
+                            help="convnet cases: eval forwards, training steps or both")
+        parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                            help="convnet cases: wall time, or this thread's CPU time (steadier "
+                                 "when other processes share the cores)")
+
+    args = _timing.parse_args(__doc__, steps=30, repeats=7, quick_steps=5, quick_repeats=2,
+                              extra=extra)
     print(_timing.machine_line())
+    if args.models_only:
+        args.rounds = args.rounds or (2 if args.quick else 5)
+        args.steps = min(args.steps, 2 if args.quick else 6)
+        return run_models(args)
     cases = [("MLP 784-256-10, batch 64", (784, 256, 10), 64, args.steps),
              ("MLP 32-32-32-10, batch 8", (32, 32, 32, 10), 8, args.steps * 10)]
     for title, sizes, batch, steps in cases:
@@ -114,6 +290,10 @@ def main():
         for mode, t in timings.items():
             print(f"  {LABELS[mode]:24s} {(t.median - eager.median) * 1e3 / n_ops:+7.3f} us/op   "
                   f"(best steps: {(t.best - eager.best) * 1e3 / n_ops:+7.3f} us/op)")
+    if not args.no_models:
+        args.rounds = args.rounds or (2 if args.quick else 5)
+        args.steps = min(args.steps, 2 if args.quick else 6)
+        run_models(args)
 
 
 if __name__ == "__main__":

@@ -413,6 +413,9 @@ class SymDim:
     def _compare(self, other, op):
         if _is_tensor(other):
             return NotImplemented
+        if getattr(self.src, "checking", False) and self.src is _dim_source:  # megengine.jit
+            # checks a call: it keeps no guards (its ops are compared with the record)
+            return _COMPARE[op](self.value, other.value if type(other) is SymDim else other)
         o = self._operand(other)
         if o is None:  # a float, a Tensor, a dim of another recording: compare the value
             b = other._escape("a comparison") if type(other) is SymDim else other
@@ -532,6 +535,14 @@ def symbolic_shape(tensor, shape):
     if slot is None:
         return Shape(shape)
     src.dims_made = True
+    made = getattr(src, "shapes_made", None)  # (megengine.jit's checked calls: a shape is read
+    if made is not None:  # several times per value; Shapes and SymDims are immutable)
+        got = made.get(slot)
+        if got is not None and got[0] == shape:
+            return got[1]
+        sym = Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+        made[slot] = (shape, sym)
+        return sym
     return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
 
 

@@ -532,6 +532,7 @@ class Tensor(metaclass=_TensorType):
         """Replace the value; writes into the existing storage when shape and dtype allow."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._reset, self, other)
+        _note_write()
         if isinstance(other, Tensor):
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
@@ -585,6 +586,7 @@ class Tensor(metaclass=_TensorType):
         """Result of an augmented operator: Parameters update their storage, others rebind."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
+        _note_write()
         if (isinstance(self, Parameter) and not dispatch.is_recording()
                 and op_result.shape == self.shape and _writeable(self._data)):
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -661,6 +663,19 @@ def _mapped_device(saved):
             "pass map_location to megengine.load, e.g. map_location='cpu0'"
         ) from None
     return target
+
+
+# How many writes into tensors' storage the engine has made: every engine path that changes a
+# value in place calls `_note_write` (`Tensor._reset`/`set_value`, `Tensor._inplace` (so
+# setitem, augmented operators, ``_inplace_add_``), `Optimizer.step` and ``clear_grad``,
+# ``bcast_list_``). While it stands still no tensor's own storage changed, so megengine.jit's
+# capture_as_const need not compare captured values bit by bit (see jit/captures.py). (A list:
+# its one item is read where it is imported.)
+_writes = [0]
+
+
+def _note_write():
+    _writes[0] += 1
 
 
 def _views_another_array(array):

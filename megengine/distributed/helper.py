@@ -19,7 +19,7 @@ import numpy as np
 
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, _note_write
 from .group import WORLD, Group, group_barrier, is_distributed
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
@@ -151,6 +151,7 @@ def bcast_list_(inps: list, group: Group = WORLD):
         # (PyTorchModule) stay shared
         fd._dist.broadcast(fd._to_torch(data), src=group.root, group=group._pg)
         fd._after_gpu(data)
+        _note_write()  # written through torch's view (megengine.jit's captures)
         if data is not t._data:
             t._data[...] = data
 

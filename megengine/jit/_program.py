@@ -6,6 +6,10 @@ from ..autodiff.function import _FunctionOp
 from ..core._trace_option import SymDim, evaluate
 from ..core.tensor import Tensor
 
+# a checked call lets go of values of at least this many bytes past their last use (see
+# `check._Checker._free`); smaller ones are kept to the end of the call, which costs less
+FREE_BYTES = 16384
+
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
@@ -364,8 +368,8 @@ class _OpStep:
     fn = None  # not an event step (a checked call compares an event's function with ``fn``)
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
-                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "captured", "reads",
-                 "pdict", "checks", "n_in", "rewrite", "sym")
+                 "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
+                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -485,6 +489,12 @@ class _Program:
         # which tensor objects come from outside a call (written into in place: an event);
         # check_base holds them, so their ids stay theirs
         self.ext_ids = frozenset(id(t) for t in self.check_base if t is not None)
+        # capture_as_const: per captured external, what tells a checked call cheaply that it
+        # still holds its captured value (see `captures`)
+        from .captures import CaptureGuard
+        self.capture_guards = {s: CaptureGuard(info.tensor, info.const)
+                               for s, info in enumerate(self.slots)
+                               if info.kind == "const" and info.tensor is not None}
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
@@ -522,8 +532,18 @@ class _Program:
             made = _made_by(step)
             self.ops_before[k + 1] = self.ops_before[k] + (type(step) is _OpStep)
             self.made_before[k + 1] = max(self.made_before[k], max(made, default=-1) + 1)
+        # a checked call lets go of the values of at least FREE_BYTES (see `check._Checker._free`):
+        # their sizes as recorded, from the ops that read them (unknown: taken as large)
+        nbytes = {}
+        for step in self.steps:
+            if type(step) is _OpStep and step.metas is not None:
+                for s, (shape, dtype) in zip(step.ins, step.metas):
+                    nbytes[s] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         for k, step in enumerate(self.steps):
             step.free = tuple(frees.get(k, ()))
+            if type(step) is _OpStep:
+                step.free_big = tuple(s for s in step.free
+                                      if nbytes.get(s, FREE_BYTES) >= FREE_BYTES)
             step.reads = tuple(by_pos.get(k + 1, ()))
             if type(step) is _EventStep:
                 # a checked call's fast path (see `check`): events called with positional
@@ -540,20 +560,17 @@ class _Program:
                 step.tdict = step.template.__dict__ if step.fast else None
                 step.may_be_none = any(s in grad_slots for s in step.ins)
                 step.no_grad = (False,) * len(step.ins)
-                # capture_as_const: a checked call runs the op on the value captured at trace
-                # time, not on the external tensor's value now (as a replay does)
-                step.captured = tuple(
-                    (j, self.slots[s].const, self.slots[s].device) for j, s in enumerate(step.ins)
-                    if self.slots[s].kind == "const" and self.slots[s].tensor is not None)
                 # a checked call's fast path (see `check`): the parameters as one dict to
                 # compare with the op's, when they are plain immutable values and the op has
-                # one output and no captured input (else None: the full path); per input its
-                # slot, shape and dtype
+                # one output (else None: the full path); per input its slot, shape and dtype,
+                # and the guards of its captured inputs (position, `captures.CaptureGuard`)
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
                 # (and None for a rewritten op: the slow path runs its replacement)
                 step.pdict = (_plain_params(step.template.__dict__)
-                              if step.metas is not None and not step.multi and not step.captured
+                              if step.metas is not None and not step.multi
                               and step.rewrite is None else None)
+                step.guards = tuple((j, self.capture_guards[s]) for j, s in enumerate(step.ins)
+                                    if s in self.capture_guards)
                 step.n_in = len(step.ins)
                 # ... and for a small constant made from Python data (``x + 1.0``: a new tensor
                 # on every call) the bytes of its value, which a checked call compares first.

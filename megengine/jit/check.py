@@ -7,13 +7,17 @@ path built from what `_Program.compile` prepared: the op's type and its paramete
 as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
 values), each input compared by identity with the tensor that holds the expected slot in this
 call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
-the start), then its shape and dtype; an event's function and arguments by identity. What the
-fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
+the start), then its shape and dtype, and a tensor captured by ``capture_as_const`` by its
+`captures.CaptureGuard` (its bits are compared only after the engine wrote into some tensor);
+an event's function and arguments by identity. Parameters built from symbolic sizes are
+compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
+the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
 with array parameters or several outputs, or a real difference) goes through the full
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
 """
 import time
+from weakref import ref as _weak
 
 import numpy as np
 
@@ -21,9 +25,9 @@ from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
-from ._program import (_PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref, _Struct,
-                       _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _same_bits, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref,
+                       _Struct, _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
+                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
 
 
@@ -70,6 +74,9 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+        self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
+        self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
+        # that held it) of the values let go of (`_free`)
 
     @property
     def n_ops(self):
@@ -98,7 +105,13 @@ class _Checker(_Hook):
     def dim_slot(self, t):
         if dispatch._trace_hook is not self:
             return None
-        s = self._internal(t)[0]
+        e = self.by_tensor.get(id(t)) if self.by_tensor is not None else None
+        if e is not None and e[1] is t._data:  # (the maps' common case, without a call)
+            s = e[0]
+        elif id(t) in self.prog.ext_ids:  # a parameter or buffer (unless rebound to a value
+            return None  # of this call: found in the maps above)
+        else:
+            s = self._internal(t)[0]
         if s is not None and not self.prog.symbolic_shape and s not in self.prog.dyn_slots:
             return None  # (not dumpable: only the sizes that data decides, as recorded)
         return s
@@ -150,25 +163,38 @@ class _Checker(_Hook):
 
     def _internal(self, t):
         self._index()
-        return _Hook._internal(self, t)
+        found = _Hook._internal(self, t)
+        if found[0] is None and self.dead:  # a value let go of (`_free`) the function holds
+            a = t._data
+            e = self.dead.get(id(a))
+            if e is not None and e[1]() is a:
+                # (as `_Hook._internal`: another tensor object on the array is the same value
+                # if it has the producer's autodiff link, else a detached alias; where the
+                # producer's tensor is gone, a tensor without a link is the value)
+                made = e[2]()
+                return e[0], not (made is t or (made._node if made is not None else None)
+                                  == t._node)
+        return found
 
     # ----- ops -----
     def __call__(self, op, inputs):
-        if self.dims_made:  # the op runs, and is compared, with the values (as recorded)
-            sym = self._take_dims(op)
-            if sym is not None:
-                now = self._recorded_sizes(op, sym)
-                if now is not None:
-                    return self._call_slowly(op, inputs, now)
+        sizes = None
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        # the op is compared with the recorded values of parameters built from sizes, and runs
+        # with its own; where the recorded op had none (sym None), neither has this one, in the
+        # same program: the fast path takes it as it is
+        if self.dims_made and (type(step) is not _OpStep or step.sym is not None):
+            sym = self._take_dims(op)
+            if sym is not None:
+                sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
-        # not plain values, with several outputs or with captured inputs: the slow path)
+        # not plain values or with several outputs: the slow path)
         if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
-            return self._call_slowly(op, inputs)
+            return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from
         values = self.values
         for t, (s, shape, dtype, const) in zip(inputs, step.checks):
@@ -185,6 +211,11 @@ class _Checker(_Hook):
             if (shape is not None and a.shape != shape) or (a.dtype is not dtype
                                                             and a.dtype != dtype):
                 self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+        for j, guard in step.guards:  # captured tensors: still their captured values?
+            if not guard.unchanged():
+                self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))  # (raises)
+        if sizes is not None:
+            op.__dict__.update(sizes)
         self.pc = pc + 1
         dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
         try:
@@ -199,7 +230,35 @@ class _Checker(_Hook):
             self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had 1 output, this call "
                            f"has {len(out)}", "operator mismatch")
         values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
+        if step.free_big:  # (the values as large as FREE_BYTES when recorded)
+            self._free(step.free_big)
         return out
+
+    def _free(self, slots):
+        """Let go of the values ``slots`` (past their last use in the record, see
+        `_Program.compile`), as eager code lets go of its temporaries: a checked call that kept
+        every value to its end ran ~7% slower than eager (ShuffleNetV2, batch 1: its memory
+        no longer reused while in cache). A freed value the function still holds is found
+        through a weak reference (`_internal`: a shape read, an in-place write, an error)."""
+        values, arrays, dead = self.values, self.arrays, self.dead
+        by_tensor = self.by_tensor
+        for f in slots:
+            t = values[f]
+            a = arrays[f]
+            if t is None or a is None or a.nbytes < FREE_BYTES:
+                continue  # (an external: not ours to let go; a small value: kept, cheaper
+                # than letting go, ~0.5 us)
+            try:
+                dead[id(a)] = (f, _weak(a), _weak(t))
+            except TypeError:  # (an array module whose arrays take no weak references)
+                continue
+            values[f] = arrays[f] = None
+            if by_tensor is not None and self.slot_tensor.get(f) is t:  # (indexed already)
+                del self.slot_tensor[f]
+                if by_tensor.get(id(t), (None,))[0] == f:
+                    del by_tensor[id(t)]
+                if self.by_array.get(id(a)) == f:
+                    del self.by_array[id(a)]
 
     def _recorded_sizes(self, op, sym):
         """For an op whose parameters ``sym`` (`_freeze` forms) were built from sizes: when
@@ -250,6 +309,8 @@ class _Checker(_Hook):
                            f"outputs, this call has {len(outs)}", "operator mismatch")
         for o, s in zip(outs, step.outs):
             self._register(o, s)
+        if step.free:
+            self._free(step.free)
         return out
 
     def _run_rewrite(self, rewrite):
@@ -342,9 +403,7 @@ class _Checker(_Hook):
             # the captured external itself: its value must still be the captured one, as
             # upstream's compiled trace asserts ("tensors not equals"); the op then runs on
             # the tensor, so a GradManager attached to it sees the op (``w.grad``)
-            with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
-                same = _same_bits(t._data, info.const)
-            if not same:
+            if not prog.capture_guards[expected].unchanged():
                 self._mismatch(
                     f"{where}: {prog.describe(expected)} has a new value since the trace "
                     "captured it (capture_as_const=True; an optimizer step, load_state_dict "
@@ -444,6 +503,8 @@ class _Checker(_Hook):
         if not step.quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
+        if step.free:
+            self._free(step.free)
         return result
 
     def _outside(self, t):

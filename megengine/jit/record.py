@@ -35,6 +35,19 @@ def _is_iterator(value):
     return known
 
 
+def _may_hold_dims(v):
+    """False where `_trace_option.has_dims` would be (every op's parameters are asked, on every
+    op of a checked call with symbolic sizes): plain values, and tuples or lists of them."""
+    t = type(v)
+    if t is tuple or t is list:
+        for x in v:
+            tx = type(x)
+            if not (tx is int or tx is bool or tx is float or tx is str or x is None):
+                return True
+        return False
+    return not (t is int or t is bool or t is float or t is str or v is None)
+
+
 class _Hook:
     """What recording and checking share: which slot each tensor of this call holds."""
 
@@ -55,7 +68,7 @@ class _Hook:
         the op keeps their values (it runs, is keyed and checked as any op)."""
         sym = None
         for k, v in list(op.__dict__.items()):
-            if _trace_option.has_dims(v):
+            if _may_hold_dims(v) and _trace_option.has_dims(v):
                 if sym is None:
                     sym = []
                 sym.append((k, _freeze(v, self._array_slot)))
@@ -470,7 +483,8 @@ class _Recorder(_Hook):
     def _check_captures_kept(self):
         """A replay computes with the values capture_as_const took; one the call itself has
         changed since (an optimizer step, an in-place write) would be stale from the next call
-        on, silently. (Checked calls compare the values on each call instead, as upstream.)"""
+        on, silently. (Checked calls check them on each call instead, as upstream: see
+        `captures`.)"""
         for s, info in enumerate(self.prog.slots):
             t = info.tensor
             if info.kind != "const" or t is None:

@@ -51,11 +51,14 @@ appends, exceptions) happen on every call, and each op and event is compared wit
 (op type and parameters, input sources, input shapes and dtypes); the first difference raises
 `TraceMismatchError` with upstream's ``"trace error because <reason>"``. An exception of the
 user's function propagates unchanged. Either way the hook is removed and the next call is
-checked against the same record. (Ops run eagerly as they are checked; a ``capture_as_const``
-capture must still hold its captured bits.) Plain ops and events are matched by
-comparisons prepared when the program was compiled (see `check`: ~1.1 us per op, ~2.7 us for
-an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event on the 2-core
-CI machine; ``benchmarks/bench_jit_trace.py``), the rest in full.
+checked against the same record. (Ops run eagerly as they are checked, and each value is let
+go of after its last recorded use, as eager code lets go of its temporaries; a
+``capture_as_const`` capture must still hold its captured bits, compared only after the engine
+wrote into some tensor: see `captures`.) Plain ops and events are matched by
+comparisons prepared when the program was compiled (see `check`: ~1.2-1.8 us per tiny op,
+~3.3-4.4 us for an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event
+on the 2-core CI machine; ResNet-18 and ShuffleNetV2 checked calls within ~1-6% of eager;
+``benchmarks/bench_jit_trace.py``), the rest in full.
 
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..autodiff import GradManager
 from ..core import dispatch
-from ..core.tensor import Parameter, Tensor
+from ..core.tensor import Parameter, Tensor, _note_write
 from ..device import get_array_module
 
 __all__ = ["Optimizer"]
@@ -170,6 +170,7 @@ class Optimizer:
         # CuPy allocates (state buffers) and launches kernels on its current device: with several
         # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
         # where the current device is always the right one)
+        _note_write()  # parameters change in place (megengine.jit's captures)
         scope = dispatch.device_scope()
         states, update = self._state, self._update
         groups = self.param_groups
@@ -246,6 +247,7 @@ class Optimizer:
         The optimizer's own GradManager, attached to its parameters, starts recording if it
         is not already; ``backward(loss)`` then computes the gradients.
         """
+        _note_write()  # gradients are zeroed in place (megengine.jit's captures)
         for p in self._params():
             g = p.grad
             # CuPy arrays have no `writeable` flag: they are always writable
