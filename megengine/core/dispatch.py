@@ -350,14 +350,18 @@ def apply_unhooked(op, inputs):
         return _profile_hook(op, inputs)
     if _format_hook is not None:  # tensors carry format labels: it applies and labels
         return _format_hook(op, inputs)
-    device = inputs[0]._device if inputs else op.device  # an op with no inputs names its device
-    for t in inputs:
-        if t._device != device:
-            raise ValueError(
-                f"{op!r}: inputs are on different devices ({device} and {t._device}); "
-                "move them with .to(device) first"
-            )
-    arrays = [t._data for t in inputs]
+    if len(inputs) == 1:  # (one input: one device, and no list comprehension to call)
+        t = inputs[0]
+        device, arrays = t._device, (t._data,)
+    else:
+        device = inputs[0]._device if inputs else op.device  # an op without inputs names it
+        for t in inputs:
+            if t._device != device:
+                raise ValueError(
+                    f"{op!r}: inputs are on different devices ({device} and {t._device}); "
+                    "move them with .to(device) first"
+                )
+        arrays = [t._data for t in inputs]
     run_on = device  # forward (and later backward) runs with this device current
     if op.out_device is not None:  # Copy: the output lives on the op's target device
         device = op.out_device
@@ -386,6 +390,8 @@ def apply_unhooked(op, inputs):
             out = _forward_on(run_on, op, arrays)
         else:
             out = op.forward(*arrays)
+        if type(out) is np.ndarray:  # the common case: no scalar to turn into an array
+            return Tensor._wrap(out, device)
         if isinstance(out, tuple):
             return tuple([Tensor._wrap(_array(o), device) for o in out])
         return Tensor._wrap(_array(out), device)

@@ -135,9 +135,14 @@ class _Convolution(Op):
                 f"{w.shape} expects {expect} (groups={g} x {expect // g} in-channels per group)")
         k = wf.shape[2:]
         if not self.transposed:
+            shape, stride, padding, dilation = x.shape, self.stride, self.padding, self.dilation
             for i in range(nd):
-                _conv_out(x.shape[2 + i], k[i], self.stride[i], self.padding[i],
-                          self.dilation[i], what, _AXES[nd][i])
+                # an output size (n // s + 1) under 1 is a negative n (or a stride under 1):
+                # only then `_conv_out` is called, to say what is wrong
+                if shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1 < 0 \
+                        or stride[i] < 1:
+                    _conv_out(shape[2 + i], k[i], stride[i], padding[i], dilation[i], what,
+                              _AXES[nd][i])
             return out
         for i in range(nd):
             op, s, d = self.output_padding[i], self.stride[i], self.dilation[i]
