@@ -90,6 +90,8 @@ def _flat_weight(w, groups, nd, what, transposed):
 
 
 def _conv_out(size, k, s, p, d, what, axis):
+    if s < 1:  # (a stride of 0 would otherwise end in a ZeroDivisionError)
+        raise ValueError(f"{what}: stride must be a positive int, got {s} along {axis}")
     out = (size + 2 * p - d * (k - 1) - 1) // s + 1
     if out < 1:
         raise ValueError(f"{what}: the input is too small along {axis} ({size}, padding {p}) "
