@@ -191,7 +191,7 @@ class _Convolution(Op):
             self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
         tx = _aten.view(x if x.dtype == dtype else x.astype(dtype))
         tw = _aten.view(wf if wf.dtype == dtype else wf.astype(dtype))
-        if self._few_input_channels(x, wf):
+        if wf.shape[1] == 1 and self._few_input_channels(x, wf):  # (the first test, inline)
             y = _aten.aten()._slow_conv2d_forward(tx, tw, wf.shape[2:], tb, self.stride,
                                                   self.padding)
         else:
@@ -338,7 +338,8 @@ def conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     With ``groups`` > 1 the weight may also be upstream's (groups, out/groups, in/groups, kh, kw).
     ``bias`` has ``out`` elements, (1, out, 1, 1) as upstream's Conv2d keeps it.
     """
-    _check_conv_mode(conv_mode, compute_mode, "conv2d")
+    if conv_mode != "cross_correlation" or compute_mode != "default":  # (a layer's: no call)
+        _check_conv_mode(conv_mode, compute_mode, "conv2d")
     return _conv(2, False, "conv2d", inp, weight, bias, stride, padding, dilation, groups)
 
 
