@@ -340,6 +340,11 @@ def apply(op, *inputs):
     return apply_unhooked(op, inputs)
 
 
+def _mixed_devices(op, device, other):
+    return ValueError(f"{op!r}: inputs are on different devices ({device} and {other}); "
+                      "move them with .to(device) first")
+
+
 def apply_unhooked(op, inputs):
     """`apply` past the trace hook, with the inputs as a tuple: what a `megengine.jit` checked
     call runs once it has checked ``op`` (it turns the hook off first: an op's forward may
@@ -350,14 +355,22 @@ def apply_unhooked(op, inputs):
         return _profile_hook(op, inputs)
     if _format_hook is not None:  # tensors carry format labels: it applies and labels
         return _format_hook(op, inputs)
-    device = inputs[0]._device if inputs else op.device  # an op with no inputs names its device
-    for t in inputs:
-        if t._device != device:
-            raise ValueError(
-                f"{op!r}: inputs are on different devices ({device} and {t._device}); "
-                "move them with .to(device) first"
-            )
-    arrays = [t._data for t in inputs]
+    n = len(inputs)
+    if n == 1:  # (one or two inputs, most ops: no loop, no list comprehension to call)
+        t = inputs[0]
+        device, arrays = t._device, (t._data,)
+    elif n == 2:
+        a, b = inputs
+        device = a._device
+        if b._device != device:
+            raise _mixed_devices(op, device, b._device)
+        arrays = (a._data, b._data)
+    else:
+        device = inputs[0]._device if inputs else op.device  # an op without inputs names it
+        for t in inputs:
+            if t._device != device:
+                raise _mixed_devices(op, device, t._device)
+        arrays = [t._data for t in inputs]
     run_on = device  # forward (and later backward) runs with this device current
     if op.out_device is not None:  # Copy: the output lives on the op's target device
         device = op.out_device
@@ -377,7 +390,6 @@ def apply_unhooked(op, inputs):
                             continue
                     keys = ks if keys is None else _union(keys, ks)
     if keys is None:
-        n = len(inputs)
         needs = _NO_GRAD.get(n)
         if needs is None:
             needs = _NO_GRAD[n] = (False,) * n
@@ -386,6 +398,8 @@ def apply_unhooked(op, inputs):
             out = _forward_on(run_on, op, arrays)
         else:
             out = op.forward(*arrays)
+        if type(out) is np.ndarray:  # the common case: no scalar to turn into an array
+            return Tensor._wrap(out, device)
         if isinstance(out, tuple):
             return tuple([Tensor._wrap(_array(o), device) for o in out])
         return Tensor._wrap(_array(out), device)

@@ -25,6 +25,15 @@ __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_n
 _NUMPY_BN_MIN_SPATIAL = 16
 
 
+def _vec(a, c, dtype):
+    """A torch (C,) view of per-channel array ``a`` in the compute dtype."""
+    if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
+        return _aten.view(a.reshape(c))
+    # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running stat as
+    # if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
+    return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
+
+
 class _BatchNorm(Op):
     """Batch norm of an (N, C, ...) input per channel: the training forward of feature maps in
     numpy on the CPU (measured faster, see `_forward_cpu` and `_NUMPY_BN_MIN_SPATIAL`), ATen's
@@ -55,13 +64,17 @@ class _BatchNorm(Op):
         if x.dtype.kind != "f" or not x.flags.c_contiguous:
             x = xp_of(x).ascontiguousarray(_as_float(x))
         dtype = x.dtype
+        if not self.training and len(params) == 4 and not any(self.needs_input_grad):
+            # inference of an affine layer with running stats, no gradient: the one kernel
+            # call with nothing kept (the path every eval BatchNorm layer takes)
+            y = _aten.op("native_batch_norm")(
+                _aten.view(x), _vec(params[0], c, dtype), _vec(params[1], c, dtype),
+                _vec(params[2], c, dtype), _vec(params[3], c, dtype), False,
+                1.0 - self.momentum, self.eps)[0]
+            return y if type(y) is np.ndarray else _aten.array(y)
 
         def vec(a):  # a (C,) view of a parameter in the compute dtype
-            if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
-                return _aten.view(a.reshape(c))
-            # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running
-            # stat as if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
-            return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
+            return _vec(a, c, dtype)
 
         tx = _aten.view(x)
         tw = vec(params[0]) if self.has_weight else None
@@ -407,13 +420,27 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     # float32 (upstream's rule; the output takes the input's dtype). The statistics of a float16
     # input are computed in float32, as upstream's kernels do: float16 sums over N*H*W values
     # lose the weight gradient entirely (|error| ~17 where float32 gives ~2e-3).
-    (inp,) = _amp.cast_for_compute(_tensor(inp))
-    out_dtype = inp.dtype if inp.dtype == np.float16 else None
-    if out_dtype is not None:
+    inp = _tensor(inp)
+    if _amp._enabled:
+        (inp,) = _amp.cast_for_compute(inp)
+    out_dtype = None
+    if inp._data.dtype == np.float16:
+        out_dtype = np.dtype(np.float16)
         inp = inp.astype(np.float32)
     what = "batch_norm"
-    c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
     has_mean, has_var = running_mean is not None, running_var is not None
+    if not training and type(running_mean) is Tensor and type(running_var) is Tensor \
+            and isinstance(weight, Tensor) and isinstance(bias, Tensor):
+        # inference with every per-channel tensor given (an eval BatchNorm layer): the checks
+        # of `_check_bn_args` inline, and nothing else below applies
+        c = inp._data.shape[1] if inp._data.ndim >= 2 else None
+        if c is None or running_mean._data.size != c or running_var._data.size != c \
+                or weight._data.size != c or bias._data.size != c:
+            _check_bn_args(what, inp, running_mean, running_var, weight, bias)  # raises
+        out = apply(_BatchNorm(eps, float(momentum), False, True, True, True), inp, weight,
+                    bias, running_mean, running_var)
+        return out if out_dtype is None else out.astype(out_dtype)
+    c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
     if not training and not (has_mean and has_var):
         raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
     if training and inplace:

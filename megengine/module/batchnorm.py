@@ -77,7 +77,8 @@ class _BatchNorm(Module):
                 momentum=self.momentum if self.training and track else 0.0,
                 eps=self.eps,
             )
-        return out.reshape(shape) if out.shape != shape else out
+        # (BatchNorm2d's input is its own 4-d view: nothing to reshape back)
+        return out if x is inp or out.shape == shape else out.reshape(shape)
 
     def _empty_forward(self, x, shape):
         # An empty batch has no statistics: upstream returns the (empty) input and leaves the

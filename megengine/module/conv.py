@@ -184,7 +184,9 @@ class Conv2d(_ConvNd):
     def calc_conv(self, inp, weight, bias):
         """This layer's convolution with the given ``weight`` and ``bias`` (upstream's hook:
         QAT layers and user code pass a transformed weight)."""
-        inp, padding = self._padded(inp)
+        padding = self.padding
+        if self.padding_mode != "zeros":  # (zero padding, nearly every layer: no call)
+            inp, padding = self._padded(inp)
         return F.conv2d(inp, weight, bias, self.stride, padding, self.dilation, self.groups,
                         self.conv_mode, self.compute_mode)
 

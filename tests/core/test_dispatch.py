@@ -274,3 +274,43 @@ def test_bool_tensors_cannot_be_attached():
 
     with pytest.raises(AttachError, match="float and integer.*bool"):
         GradManager().attach(mge.tensor([True, False]))
+
+
+def test_unrecorded_one_input_op_gets_no_grad_flags_and_an_array_output():
+    # the one-input branch of apply: needs_input_grad still set, a numpy scalar still wrapped
+    # as a 0-d array, the output on the input's device
+    seen = []
+
+    class Pick(Op):
+        def forward(self, a):
+            seen.append(self.needs_input_grad)
+            return a[1, 0]  # numpy gives a scalar (np.float32), not an array
+
+    x = mge.tensor(np.array([[1, 2], [3, 4]], np.float32))
+    out = apply(Pick(), x)
+    assert seen == [(False,)]
+    assert out.shape == () and not isinstance(out._data, np.generic)
+    assert out.device == x.device and float(out.numpy()) == 3.0
+    gm = GradManager().attach([x])
+    with gm:
+        y = apply(Pick(), x)
+        assert seen[-1] == (True,)
+        assert y._node is not None  # recorded: the one-input branch did not skip recording
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_inputs_on_different_devices_are_refused_with_both_names(count):
+    # the two-input branch of apply checks devices as the general one does (tensors labelled
+    # with a second device by the internal constructor: no second device is needed)
+    from megengine.core.tensor import Tensor
+
+    class Sum(Op):
+        def forward(self, *arrays):
+            raise AssertionError("forward must not run on mixed devices")
+
+    a = mge.tensor(np.ones(3, np.float32))
+    other = Tensor._wrap(np.ones(3, np.float32), "elsewhere0")
+    inputs = [a] * (count - 1) + [other]
+    with pytest.raises(ValueError, match=rf"Sum: inputs are on different devices \({a.device} "
+                                         r"and elsewhere0\); move them with .to\(device\) first"):
+        apply(Sum(), *inputs)

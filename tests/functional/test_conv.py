@@ -608,3 +608,73 @@ def test_conv2d_takes_every_form_of_its_size_arguments(stride, padding):
 def test_conv2d_rejects_malformed_size_arguments_with_their_name(padding):
     with pytest.raises(TypeError, match=r"conv2d: padding must be an int or a pair of ints"):
         F.conv2d(mge.tensor(rand(1, 3, 5, 5)), mge.tensor(rand(2, 3, 3, 3)), None, 1, padding)
+
+
+# ----- the per-call checks of the common path (module arguments, config and amp at defaults) -----
+
+def test_conv_size_and_stride_errors_say_what_is_wrong():
+    x, w = mge.tensor(np.ones((1, 2, 5, 4), np.float32)), mge.tensor(np.ones((3, 2, 3, 3),
+                                                                             np.float32))
+    with pytest.raises(ValueError, match=r"conv2d: the input is too small along W \(4, padding 0\)"
+                                         r" for a kernel of 3 with dilation 2"):
+        F.conv2d(x, w, dilation=2)
+    for stride in (0, -1, (1, 0)):
+        with pytest.raises(ValueError, match="conv2d: stride must be a positive int, got"):
+            F.conv2d(x, w, stride=stride)
+    with pytest.raises(TypeError, match=r"conv2d: stride must be an int or a pair of ints, got "
+                                        r"\(1, 2, 3\)"):
+        F.conv2d(x, w, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match="input of shape .* has 2 channels but the weight"):
+        F.conv2d(x, mge.tensor(np.ones((3, 4, 1, 1), np.float32)))
+    # sizes that just fit (one output along W) pass the inline check
+    assert F.conv2d(x, w, padding=(0, 0), dilation=(1, 1), stride=(2, 3)).shape == (1, 3, 2, 1)
+
+
+def test_conv_argument_tuples_of_other_types_are_converted():
+    rs = np.random.RandomState(2)
+    a, k = rs.randn(2, 3, 7, 6).astype(np.float32), rs.randn(4, 3, 3, 2).astype(np.float32)
+    expect = TF.conv2d(torch.tensor(a), torch.tensor(k), stride=(2, 1), padding=(1, 0)).numpy()
+    for stride, padding in (((2, 1), (1, 0)), ([2, 1], [1, 0]), ((np.int64(2), 1), (np.int64(1), False))):
+        out = F.conv2d(mge.tensor(a), mge.tensor(k), stride=stride, padding=padding)
+        np.testing.assert_allclose(host(out), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_format_switch_and_autocast_still_apply_on_every_call():
+    from megengine import amp, config
+
+    rs = np.random.RandomState(3)
+    x = mge.tensor(rs.randn(1, 2, 5, 5).astype(np.float32))
+    w = mge.tensor(rs.randn(3, 2, 3, 3).astype(np.float32))
+    config._conv_format = "NHWC"
+    try:
+        with pytest.raises(ValueError, match="conv2d: format 'NHWC'.*takes NCHW"):
+            F.conv2d(x, w)
+    finally:
+        config._conv_format = "default"
+    with amp.autocast():
+        out = F.conv2d(x, w)
+    assert out.dtype == np.float16
+    expect = TF.conv2d(torch.tensor(x.numpy()).half().float(), torch.tensor(w.numpy()).half()
+                       .float()).numpy()
+    np.testing.assert_allclose(host(out).astype(np.float32), expect, rtol=1e-2, atol=1e-2)
+
+
+def test_conv_gradients_after_inference_calls_and_of_mixed_dtypes_match_torch():
+    # inference calls keep nothing for a backward; a recorded call after them keeps what it
+    # needs, with each input's gradient in that input's dtype
+    rs = np.random.RandomState(4)
+    a, k = rs.randn(2, 4, 5, 7), rs.randn(6, 2, 3, 3).astype(np.float32)
+    x, w = mge.tensor(a, dtype="float64"), mge.tensor(k)
+    F.conv2d(x, w, groups=2)
+    gm = GradManager().attach([x, w])
+    with gm:
+        y = F.conv2d(x, w, stride=(2, 1), padding=1, groups=2)
+        gm.backward(y.sum())
+    assert y.dtype == np.float64 and x.grad.dtype == np.float64 and w.grad.dtype == np.float32
+    tx = torch.tensor(a, requires_grad=True)
+    tw = torch.tensor(k.astype(np.float64), requires_grad=True)
+    ty = TF.conv2d(tx, tw, stride=(2, 1), padding=1, groups=2)
+    ty.sum().backward()
+    np.testing.assert_allclose(host(y), ty.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(host(x.grad), tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(host(w.grad), tw.grad.numpy(), rtol=1e-5, atol=1e-5)

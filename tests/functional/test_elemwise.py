@@ -365,3 +365,44 @@ def test_pow_keeps_float_dtypes_and_gradients():
     with gm:
         gm.backward(F.pow(x, mge.Tensor([2, 3])).sum())
     np.testing.assert_allclose(x.grad.numpy(), [2 * 1.5, 3 * 2.0 ** 2], rtol=1e-6)
+
+
+# ----- clip's inference path (numpy's clip ufunc for float inputs and number bounds) -----
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clip_of_float_inputs_matches_torch_clamp_with_nan_ends_and_views(dtype):
+    rs = np.random.RandomState(0)
+    a = (rs.randn(3, 5, 7) * 4).astype(dtype)
+    a[0, 0, 0], a[1, 1, 1], a[2, 2, 2] = np.nan, 0.0, 6.0
+    whole, t = mge.tensor(a, dtype=dtype), torch.tensor(a)
+    for x, tx in ((whole, t), (whole[:, ::2, 1:], t[:, ::2, 1:])):  # odd sizes, a strided view
+        for lower, upper in ((0, 6), (-1.5, 2.25), (3, 1)):  # lower > upper: upper everywhere
+            out = F.clip(x, lower, upper)
+            assert out.dtype == np.dtype(dtype) and out.shape == tuple(tx.shape)
+            np.testing.assert_array_equal(out.numpy(), torch.clamp(tx, lower, upper).numpy())
+
+
+def test_clip_gradient_when_recorded_matches_torch():
+    # a recorded clip keeps the mask its backward needs (the inference path keeps none)
+    a = np.random.RandomState(1).uniform(-3, 9, (4, 7)).astype(np.float32)
+    check_against_torch(lambda x: F.clip(x, 0, 6), lambda x: torch.clamp(x, 0, 6), a)
+    check_against_torch(lambda x: F.clip(x, -1.0, 2.5), lambda x: torch.clamp(x, -1.0, 2.5),
+                        a.astype(np.float64))
+
+
+def test_clip_bounds_that_need_conversion_or_checks_keep_their_rules():
+    u8 = mge.tensor(np.arange(6, dtype=np.uint8))
+    out = F.clip(u8, -1, 3)  # out of uint8's range: no bound there, as numpy's clip does
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out.numpy(), [0, 1, 2, 3, 3, 3])
+    out = F.clip(mge.tensor(np.arange(4, dtype=np.int32)), 0.5, 2)  # float bound: float32
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), [0.5, 1, 2, 2])
+    x = mge.tensor(np.array([-2.0, 0.25, 9.0], np.float32))
+    out = F.clip(x, np.float64(0), True)  # numpy scalar and bool bounds: numbers too
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), [0, 0.25, 1])
+    with pytest.raises(TypeError, match="bounds must be numbers or Tensors, got str"):
+        F.clip(x, "0", 6)
+    with pytest.raises(ValueError, match="at least one of lower and upper"):
+        F.clip(x)

@@ -384,6 +384,68 @@ def test_batch_norm_of_float16_input_keeps_float32_statistics():
     np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-3, atol=1e-3)
 
 
+
+# ----- inference with every per-channel tensor given (the eval BatchNorm layer's call) -----
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_inference_of_views_and_strided_parameters_matches_torch(dtype):
+    rs = np.random.RandomState(5)
+    a = rs.randn(3, 10, 5, 7).astype(dtype)
+    pw = rs.uniform(0.5, 1.5, (1, 10, 1, 1)).astype(np.float32)  # strided below: [:, ::2]
+    pb, rm, rv = rs.randn(1, 5, 1, 1), rs.randn(5) * 0.2, rs.uniform(0.5, 1.5, 5)
+    x = mge.tensor(a, dtype=dtype)[:, ::2, :, 1:]  # 5 channels, odd sizes, not contiguous
+    w = mge.tensor(pw)[:, ::2]
+    b, m, v = mge.tensor(pb, dtype=dtype), mge.tensor(rm, dtype=dtype), mge.tensor(rv, dtype=dtype)
+    out = F.batch_norm(x, m, v, w, b, training=False, eps=1e-3)
+    assert out.dtype == np.dtype(dtype)
+    t64 = partial(torch.tensor, dtype=torch.float64)
+    expect = TF.batch_norm(t64(a)[:, ::2, :, 1:], t64(rm), t64(rv), t64(pw.ravel()[::2]),
+                           t64(pb.ravel()), training=False, eps=1e-3).numpy()
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(out.numpy(), expect, rtol=tol * 10, atol=tol)
+
+
+def test_batch_norm_inference_checks_each_per_channel_tensor():
+    x = mge.tensor(rand(2, 3, 4, 4))
+    good = [mge.tensor(np.ones((1, 3, 1, 1), np.float32)) for _ in range(4)]
+    names = ["running_mean", "running_var", "weight", "bias"]
+    for i, name in enumerate(names):
+        args = list(good)
+        args[i] = mge.tensor(np.ones(4, np.float32))
+        m, v, w, b = args
+        with pytest.raises(ValueError, match=rf"batch_norm: {name} of shape \(4,\) does not "
+                                             "match 3 channels"):
+            F.batch_norm(x, m, v, w, b, training=False)
+    with pytest.raises(ValueError, match=r"expected an input \(N, C, ...\) of 2 or more dims"):
+        F.batch_norm(mge.tensor(rand(3)), *good[:2], *good[2:], training=False)
+
+
+def test_batch_norm_inference_of_float16_gives_float16_and_records_gradients():
+    rs = np.random.RandomState(6)
+    xa = rs.randn(2, 3, 4, 5).astype(np.float32)
+    wa, ba = rs.uniform(0.5, 1.5, 3).astype(np.float32), rs.randn(3).astype(np.float32)
+    rma, rva = rs.randn(3).astype(np.float32) * 0.1, rs.uniform(0.5, 1.5, 3).astype(np.float32)
+    rm, rv = mge.tensor(rma), mge.tensor(rva)
+    out = F.batch_norm(mge.tensor(xa.astype(np.float16)), rm, rv, mge.tensor(wa),
+                       mge.tensor(ba), training=False)
+    assert out.dtype == np.float16
+    ref = TF.batch_norm(torch.tensor(xa.astype(np.float16).astype(np.float32)),
+                        torch.tensor(rma), torch.tensor(rva), torch.tensor(wa), torch.tensor(ba))
+    np.testing.assert_allclose(out.numpy().astype(np.float32), ref.numpy(), atol=3e-3)
+    # recorded in eval mode: the op keeps what its backward needs (input, weight, bias grads)
+    x, w, b = mge.tensor(xa), mge.Parameter(wa), mge.Parameter(ba)
+    gm = GradManager().attach([x, w, b])
+    dy = rs.randn(*xa.shape).astype(np.float32)
+    with gm:
+        y = F.batch_norm(x, rm, rv, w, b, training=False)
+        gm.backward(y, mge.tensor(dy))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (xa, wa, ba))
+    TF.batch_norm(tx, torch.tensor(rma), torch.tensor(rva), tw, tb).backward(torch.tensor(dy))
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rm.numpy(), rma)  # inference leaves the statistics alone
+
+
 # ----- local response norm -----
 
 def test_local_response_norm_matches_upstreams_documented_values():
