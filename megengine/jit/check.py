@@ -112,11 +112,14 @@ class _Checker(_Hook):
             return None  # of this call: found in the maps above)
         else:
             s = self._internal(t)[0]
-        if s is not None and not self.prog.symbolic_shape and s not in self.prog.dyn_slots:
-            return None  # (not dumpable: only the sizes that data decides, as recorded)
-        return s
+        if s not in self.prog.sized_slots:  # (None included) sizes no op of the record was
+            return None  # built from: plain ints, as the SymDims would act (`_sized_slots`);
+        return s  # (a program that is not dumpable has them only where data decides sizes)
 
     def guard(self, tree, value, kind):
+        pass
+
+    def keep_dims(self, tree):
         pass
 
     def sizes_tensor(self, data, dtype, device):
