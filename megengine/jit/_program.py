@@ -492,6 +492,7 @@ class _Program:
         # (`core._trace_option.same_sizes`)
         self.dims_kept = set()
         self.sized_slots = frozenset()
+        self.sized_order = ()
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -568,6 +569,7 @@ class _Program:
         self.first_reads = tuple(by_pos.pop(0, ()))
         self.out_refs = tuple(_refs_in(self.out))
         self.sized_slots = frozenset(_sized_slots(self))
+        self.sized_order = tuple(sorted(self.sized_slots))
         kept = set(self.out_refs)
         frees = {}
         for s, k in last.items():
