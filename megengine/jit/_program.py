@@ -227,11 +227,11 @@ def _freeze(v, array_slot):
     if t is slice:
         return (slice, _freeze(v.start, array_slot), _freeze(v.stop, array_slot),
                 _freeze(v.step, array_slot))
+    if t is SymDim:  # (the recorder takes these out of an op: `record._Recorder.__call__`;
+        return _DimExpr(v.tree)  # asked before `_is_array`: a checked call freezes them too)
     if _is_array(v):
         s = array_slot(v)
         return _Ref(s, raw=True) if s is not None else _ArrayValue(v)
-    if t is SymDim:  # (the recorder takes these out of an op: `record._Recorder.__call__`)
-        return _DimExpr(v.tree)
     return _Same(v)
 
 

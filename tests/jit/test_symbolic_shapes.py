@@ -731,3 +731,24 @@ def test_a_branch_its_symdims_decided_is_taken_again_in_checked_calls():
     x = _data(2, 3)
     for _ in range(3):
         np.testing.assert_allclose(f(mge.tensor(x)).numpy(), x * 2)
+
+
+def test_a_sized_value_let_go_of_reads_as_symdims_in_checked_calls():
+    # y (64 KiB) is let go of after its last use in the record (the first reshape); a shape
+    # read after that still finds its slot (the checked call's sizes as the recording's)
+    from megengine.jit import check
+
+    kinds = []
+
+    def fn(x):
+        y = x * 2
+        z = y.reshape(y.shape[0] * y.shape[1])
+        w = z + 1
+        kinds.append(type(y.shape[1]))
+        return w
+
+    x = np.ones((4, check.FREE_BYTES // 16), "float32")
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    for _ in range(3):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), x.reshape(-1) * 2 + 1)
+    assert kinds == [SymDim] * 3
