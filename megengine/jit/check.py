@@ -130,9 +130,12 @@ class _Checker(_Hook):
     # ----- symbolic shapes: the Python code sees sizes as the recording did -----
     # A program recorded with symbolic shapes (capture_as_const) saw `SymDim`s, and what it made
     # of them (``F.zeros((n, 4))``, ``x / n``, ``Tensor(x.shape)``) are ops of the program; a
-    # checked call hands out SymDims too (`tracing._check`), so it makes the same ops. Their
-    # expressions matter only to a dump, made from the recording: here no guard is kept (the
-    # call has the recorded signature) and shape tensors are read as numbers.
+    # checked call hands out SymDims too (`tracing._check`), so it makes the same ops, for the
+    # values whose sizes the record built ops from (``prog.sized_slots``): elsewhere a SymDim
+    # acts as its int (see `_program._sized_slots`), so reads of those sizes give plain ints,
+    # at no cost beyond a lookup. Their expressions matter only to a dump, made from the
+    # recording: here no guard is kept (the call has the recorded signature) and shape tensors
+    # are read as numbers.
     dims_made = False
 
     sized_arrays = None  # id -> array: what the sized slots of the record held
