@@ -28,6 +28,7 @@ checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
 
     python benchmarks/bench_jit_trace.py --models-only [--rounds R] [--steps N] [--quick]
                                          [--clock thread] [--cases eval|train]
+                                         [--models shufflenet_v2] [--batch 1]
 """
 import os
 import sys
@@ -209,8 +210,10 @@ def run_models(args):
     import bench_models as bm
 
     torch.set_num_threads(1)
-    cases = [(model, batch, False) for model in bm.MODELS for batch in (1, 8)]
-    cases += [(model, 8, True) for model in bm.MODELS]
+    models = [m for m in bm.MODELS if args.models is None or m in args.models.split(",")]
+    cases = [(model, batch, False) for model in models for batch in (1, 8)
+             if args.batch is None or batch == args.batch]
+    cases += [(model, 8, True) for model in models if args.batch in (None, 8)]
     for model, batch, train in cases:
         if args.cases != "all" and train != (args.cases == "train"):
             continue
@@ -253,6 +256,11 @@ def main():
                             help="rounds of the convnet cases (default 5; --quick: 2)")
         parser.add_argument("--cases", choices=("all", "eval", "train"), default="all",
                             help="convnet cases: eval forwards, training steps or both")
+        parser.add_argument("--models", default=None,
+                            help="convnet cases: these models only (comma-separated names of "
+                                 "bench_models.MODELS: resnet18, shufflenet_v2)")
+        parser.add_argument("--batch", type=int, default=None, choices=(1, 8),
+                            help="convnet cases: this batch size only")
         parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                             help="convnet cases: wall time, or this thread's CPU time (steadier "
                                  "when other processes share the cores)")

@@ -496,10 +496,23 @@ def same_sizes(a, b):
         tx, ty = type(x) is SymDim, type(y) is SymDim
         if tx or ty:
             if not (tx and ty and x.tree == y.tree):
+                if (x.value if tx else x) == (y.value if ty else y):  # (the SymDims decide:
+                    _keep_dims(x, y)  # a checked call must hand them out too)
                 return False
         elif x != y:
             return False
     return True
+
+
+def _keep_dims(*dims):
+    """Tell the recording (``_dim_source.keep_dims``) that these SymDims decided a branch where
+    their values would not have: a checked call of the program hands out SymDims for the sizes
+    they come from (it gives plain ints for the sizes no op was built from)."""
+    keep = getattr(_dim_source, "keep_dims", None)
+    if keep is not None:
+        for d in dims:
+            if type(d) is SymDim:
+                keep(d.tree)
 
 
 def has_dims(v):

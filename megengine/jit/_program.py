@@ -167,6 +167,49 @@ def _map_dim_slots(tree, fn):
     return (tree[0],) + tuple(_map_dim_slots(x, fn) for x in tree[1:])
 
 
+def _sized_slots(prog):
+    """The slots whose sizes the record holds as expressions: in op parameters (``sym``,
+    ``dyn``, the key), event arguments, shape tensors (``sym_values``) and those a branch on
+    SymDims kept (``dims_kept``). A checked call hands out `SymDim` sizes for these values
+    only (`check._Checker.dim_slot`): a SymDim acts as its int in every other use (a guard is
+    its value; a checked call keeps no guards), so the other values' sizes make the same ops
+    as plain ints, and cost no SymDim arithmetic (ShuffleNetV2 reads ~240 sizes per call,
+    batch norm's checks and ``x.size`` among them, none of them in an op)."""
+    found = set(prog.dims_kept)
+    for step in prog.steps:
+        if type(step) is _OpStep:
+            for enc in (step.sym, step.dyn, step.key):
+                found.update(_dim_leaves(enc))
+        elif type(step) is _EventStep:
+            found.update(_dim_leaves(step.args))
+            found.update(_dim_leaves(step.kwargs))
+    for values in prog.sym_values.values():
+        found.update(_dim_leaves(values))
+    return found
+
+
+def _dim_leaves(enc):
+    """The slots of the size expressions in ``enc`` (encoded op state, event arguments, an
+    object array of SymDims)."""
+    t = type(enc)
+    if t is _DimExpr:
+        yield from enc.slots()
+    elif t is SymDim:
+        yield from _dim_slots(enc.tree)
+    elif t is tuple or t is list:
+        for x in enc:
+            yield from _dim_leaves(x)
+    elif t is dict:
+        for x in enc.values():
+            yield from _dim_leaves(x)
+    elif t is _Struct:
+        for x in enc.items:
+            yield from _dim_leaves(x)
+    elif t is np.ndarray and enc.dtype == object:
+        for x in enc.flat:
+            yield from _dim_leaves(x)
+
+
 def _freeze(v, array_slot):
     """A snapshot of ``v`` that compares with ``==``, and can be rebuilt by `_thaw`.
 
@@ -184,11 +227,11 @@ def _freeze(v, array_slot):
     if t is slice:
         return (slice, _freeze(v.start, array_slot), _freeze(v.stop, array_slot),
                 _freeze(v.step, array_slot))
+    if t is SymDim:  # (the recorder takes these out of an op: `record._Recorder.__call__`;
+        return _DimExpr(v.tree)  # asked before `_is_array`: a checked call freezes them too)
     if _is_array(v):
         s = array_slot(v)
         return _Ref(s, raw=True) if s is not None else _ArrayValue(v)
-    if t is SymDim:  # (the recorder takes these out of an op: `record._Recorder.__call__`)
-        return _DimExpr(v.tree)
     return _Same(v)
 
 
@@ -444,6 +487,12 @@ class _Program:
         # slot -> the SymDims a shape tensor of the recording held (`shape_tensors`): checked
         # calls read shapes from them as the recording did
         self.sym_values = {}
+        # the slots whose sizes the record used as expressions (`sized_slots`, made by
+        # `compile`), and those a recording added because their SymDims decided a branch
+        # (`core._trace_option.same_sizes`)
+        self.dims_kept = set()
+        self.sized_slots = frozenset()
+        self.sized_order = ()
 
     def new_slot(self, kind, what=None):
         self.slots.append(_Slot(kind, what))
@@ -519,6 +568,8 @@ class _Program:
                         last[s] = max(last.get(s, pos - 1), pos - 1)
         self.first_reads = tuple(by_pos.pop(0, ()))
         self.out_refs = tuple(_refs_in(self.out))
+        self.sized_slots = frozenset(_sized_slots(self))
+        self.sized_order = tuple(sorted(self.sized_slots))
         kept = set(self.out_refs)
         frees = {}
         for s, k in last.items():

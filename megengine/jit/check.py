@@ -23,15 +23,48 @@ import numpy as np
 
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
+from ..core._trace_option import SymDim, has_dims
 from ..core.tensor import Tensor
 from . import arith_opt, shape_tensors
-from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _EventStep, _OpStep, _Ref,
-                       _Struct, _ValueLeaf, _describe_params, _host, _is_array, _kind_text, _op_key,
-                       _step_text, _tensor_paths, _tensor_text, _tensors_in)
-from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator
+from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
+                       _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
+                       _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
+
+
+_NO_VALUE = object()  # (`_dims_value`: no match)
+
+
+def _dims_value(v, frozen):
+    """``v`` (an op parameter) with its SymDims as their values, when it is what ``frozen``
+    (its recorded `_freeze` form) says: SymDims of the same expressions, equal plain values,
+    the same structure; else ``_NO_VALUE``."""
+    t = type(v)
+    if t is SymDim:
+        return v.value if type(frozen) is _DimExpr and frozen.tree == v.tree else _NO_VALUE
+    if t is tuple or t is list:
+        if type(frozen) is not tuple or len(frozen) != 2 or frozen[0] is not t or \
+                len(frozen[1]) != len(v):
+            return _NO_VALUE
+        out = []
+        for x, f in zip(v, frozen[1]):
+            x = _dims_value(x, f)
+            if x is _NO_VALUE:
+                return _NO_VALUE
+            out.append(x)
+        return t(out)
+    if t is slice:
+        if type(frozen) is not tuple or len(frozen) != 4 or frozen[0] is not slice:
+            return _NO_VALUE
+        parts = [_dims_value(x, f) for x, f in zip((v.start, v.stop, v.step), frozen[1:])]
+        return _NO_VALUE if _NO_VALUE in parts else slice(*parts)
+    if (t is int or t is bool or t is float or t is str or v is None) and type(frozen) is t \
+            and frozen == v:
+        return v
+    return _NO_VALUE
 
 
 class _NoStep:
@@ -97,14 +130,23 @@ class _Checker(_Hook):
     # ----- symbolic shapes: the Python code sees sizes as the recording did -----
     # A program recorded with symbolic shapes (capture_as_const) saw `SymDim`s, and what it made
     # of them (``F.zeros((n, 4))``, ``x / n``, ``Tensor(x.shape)``) are ops of the program; a
-    # checked call hands out SymDims too (`tracing._check`), so it makes the same ops. Their
-    # expressions matter only to a dump, made from the recording: here no guard is kept (the
-    # call has the recorded signature) and shape tensors are read as numbers.
+    # checked call hands out SymDims too (`tracing._check`), so it makes the same ops, for the
+    # values whose sizes the record built ops from (``prog.sized_slots``): elsewhere a SymDim
+    # acts as its int (see `_program._sized_slots`), so reads of those sizes give plain ints,
+    # at no cost beyond a lookup. Their expressions matter only to a dump, made from the
+    # recording: here no guard is kept (the call has the recorded signature) and shape tensors
+    # are read as numbers.
     dims_made = False
 
+    sized_arrays = None  # id -> array: what the sized slots of the record held
+    # (`_take_up_sized`)
+    sized_next = -1  # the first of ``prog.sized_order`` not taken up yet (-1: none taken)
+
     def dim_slot(self, t):
-        if dispatch._trace_hook is not self:
-            return None
+        if self.sized_next < self.prog.made_before[self.pc]:
+            self._take_up_sized()  # (most shape reads end at the next line)
+        if id(t._data) not in self.sized_arrays or dispatch._trace_hook is not self:
+            return None  # (a value no op of the record took sizes from)
         e = self.by_tensor.get(id(t)) if self.by_tensor is not None else None
         if e is not None and e[1] is t._data:  # (the maps' common case, without a call)
             s = e[0]
@@ -112,11 +154,34 @@ class _Checker(_Hook):
             return None  # of this call: found in the maps above)
         else:
             s = self._internal(t)[0]
-        if s is not None and not self.prog.symbolic_shape and s not in self.prog.dyn_slots:
-            return None  # (not dumpable: only the sizes that data decides, as recorded)
-        return s
+        if s not in self.prog.sized_slots:  # (None included) sizes no op of the record was
+            return None  # built from: plain ints, as the SymDims would act (`_sized_slots`);
+        return s  # (a program that is not dumpable has them only where data decides sizes)
+
+    def _take_up_sized(self):
+        """Add the arrays of the sized slots (``prog.sized_slots``) made so far to
+        ``sized_arrays``: a shape read (`dim_slot`) finds its value's slot (`_internal`, which
+        builds the maps) only where its array is one of them. Any tensor that `_internal`
+        finds at slot ``s`` has ``arrays[s]`` (a value let go of too: `_free` takes up the
+        arrays before it lets go of them), so one lookup answers no exactly (ShuffleNetV2:
+        14 of 516 values sized, ~240 shape reads per call)."""
+        held = self.sized_arrays
+        if held is None:
+            held = self.sized_arrays = {}
+        order, end, arrays = self.prog.sized_order, self.prog.made_before[self.pc], self.arrays
+        k = self.sized_k if self.sized_next >= 0 else 0
+        while k < len(order) and order[k] < end:
+            b = arrays[order[k]]
+            if b is not None:
+                held[id(b)] = b  # (kept: its id stays its own during the call)
+            k += 1
+        self.sized_k = k
+        self.sized_next = order[k] if k < len(order) else len(self.values) + 1
 
     def guard(self, tree, value, kind):
+        pass
+
+    def keep_dims(self, tree):
         pass
 
     def sizes_tensor(self, data, dtype, device):
@@ -158,6 +223,8 @@ class _Checker(_Hook):
     def _register(self, t, slot):
         self.values[slot] = t
         self.arrays[slot] = t._data
+        if self.sized_arrays is not None and slot in self.prog.sized_slots:
+            self.sized_arrays[id(t._data)] = t._data  # (see `_take_up_sized`)
         if self.by_tensor is not None:
             _Hook._register(self, t, slot)
 
@@ -188,9 +255,11 @@ class _Checker(_Hook):
         # with its own; where the recorded op had none (sym None), neither has this one, in the
         # same program: the fast path takes it as it is
         if self.dims_made and (type(step) is not _OpStep or step.sym is not None):
-            sym = self._take_dims(op)
-            if sym is not None:
-                sizes = self._recorded_sizes(op, sym)
+            sizes = self._same_dims(op, step) if type(step) is _OpStep else None
+            if sizes is None:  # (not as recorded, at a glance: the full comparison)
+                sym = self._take_dims(op)
+                if sym is not None:
+                    sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
         if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
@@ -240,6 +309,8 @@ class _Checker(_Hook):
         every value to its end ran ~7% slower than eager (ShuffleNetV2, batch 1: its memory
         no longer reused while in cache). A freed value the function still holds is found
         through a weak reference (`_internal`: a shape read, an in-place write, an error)."""
+        if self.sized_next < self.prog.made_before[self.pc]:
+            self._take_up_sized()  # (before they go: `dim_slot` asks for their arrays)
         values, arrays, dead = self.values, self.arrays, self.dead
         by_tensor = self.by_tensor
         for f in slots:
@@ -259,6 +330,27 @@ class _Checker(_Hook):
                     del by_tensor[id(t)]
                 if self.by_array.get(id(a)) == f:
                     del self.by_array[id(a)]
+
+    def _same_dims(self, op, step):
+        """`_take_dims` and `_recorded_sizes` at once for the common case, without `_freeze`
+        forms: when the parameters the recorded op built from sizes hold SymDims of the
+        recorded expressions here too (walked along ``step.sym``), and no other parameter holds
+        SymDims, give the op the recorded values and return this call's; else None (nothing
+        changed: the caller takes the full way)."""
+        params = op.__dict__
+        now = {}
+        for name, frozen in step.sym:
+            v = _dims_value(params.get(name, _NO_VALUE), frozen)
+            if v is _NO_VALUE:
+                return None
+            now[name] = v
+        for name, v in params.items():
+            if name not in now and _may_hold_dims(v) and has_dims(v):
+                return None
+        template = step.template.__dict__
+        for name in now:
+            params[name] = template[name]
+        return now
 
     def _recorded_sizes(self, op, sym):
         """For an op whose parameters ``sym`` (`_freeze` forms) were built from sizes: when

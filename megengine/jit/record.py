@@ -10,7 +10,7 @@ from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..utils.naming import AutoNaming
 from ._program import (_COMPUTED, TraceError, TraceMismatchError, _AliasStep, _EventStep,
-                       _OpStep, _Ref, _Struct, _freeze, _host, _op_key, _refs_in, _same_bits,
+                       _OpStep, _Ref, _Struct, _dim_slots, _freeze, _host, _op_key, _refs_in, _same_bits,
                        _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
@@ -195,6 +195,13 @@ class _Recorder(_Hook):
         from .shape_guards import user_line
         self.guard_keys.add((tree, value))
         self.prog.shape_guards.append((tree, value, kind, user_line()))
+
+    def keep_dims(self, tree):
+        """SymDims of ``tree`` decided a branch where their values would not have (see
+        `core._trace_option.same_sizes`): a checked call hands out SymDims for its values too
+        (`_program._sized_slots`), so that it takes the same branch."""
+        if dispatch._trace_hook is self:
+            self.prog.dims_kept.update(_dim_slots(tree))
 
     def sizes_tensor(self, data, dtype, device):
         """``Tensor(data)`` of sizes holding SymDims (see `shape_tensors`)."""

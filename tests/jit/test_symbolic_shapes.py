@@ -537,10 +537,30 @@ def test_sizes_are_plain_ints_outside_dumpable_recordings():
     trace(fn, symbolic=True)(mge.tensor(_data(2, 3)))  # no capture_as_const: not dumpable
     f = trace(fn, symbolic=True, capture_as_const=True)
     f(mge.tensor(_data(2, 3)))
-    f(mge.tensor(_data(2, 3)))  # a checked call sees sizes as the recording did
-    assert kinds == [int, SymDim, SymDim]
+    f(mge.tensor(_data(2, 3)))  # no op of the record was built from x's sizes: a checked
+    assert kinds == [int, SymDim, int]  # call reads them as plain ints (they act the same)
     fn(mge.tensor(_data(2, 3)))
     assert kinds[-1] is int
+
+
+def test_checked_calls_hand_out_symdims_where_the_record_built_ops_from_them():
+    kinds = []
+
+    def fn(x, y):
+        kinds.append((type(x.shape[0]), type(y.shape[0]), type(y.size)))
+        return x.reshape(x.shape[0] * 3), y * 2  # an op built from x's sizes, none from y's
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    for _ in range(2):
+        out = f(mge.tensor(_data(2, 3)), mge.tensor(_data(4)))
+    assert kinds == [(SymDim, SymDim, SymDim), (SymDim, int, int)]
+    assert out[0].shape == (6,)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x", "y"])  # the dump (from the recording) follows x's shape
+    x, y = _data(5, 3), _data(4)
+    got = _run(buf, x, y)
+    np.testing.assert_allclose(got[0], x.reshape(15))
+    np.testing.assert_allclose(got[1], y * 2)
 
 
 def test_a_size_kept_after_recording_is_its_value():
@@ -698,3 +718,37 @@ def test_returned_sizes_are_outputs_that_follow_the_input():
     f.dump(buf, arg_names=["x0"])
     got = _run(buf, _data(2, 5, 9))
     assert [g.tolist() for g in got[:3]] == [9, [2, 5, 9], 4.5]
+
+
+def test_a_branch_its_symdims_decided_is_taken_again_in_checked_calls():
+    # broadcast_to((2, 3)) of a (2, 3) value: the recording's sizes are expressions, not the
+    # ints 2 and 3, so it made the op (a dump runs it at other shapes); a checked call, which
+    # reads plain ints for the sizes no op was built from, must make it too
+    def fn(x):
+        return F.broadcast_to(x, (2, 3)) * 2
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    x = _data(2, 3)
+    for _ in range(3):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), x * 2)
+
+
+def test_a_sized_value_let_go_of_reads_as_symdims_in_checked_calls():
+    # y (64 KiB) is let go of after its last use in the record (the first reshape); a shape
+    # read after that still finds its slot (the checked call's sizes as the recording's)
+    from megengine.jit import check
+
+    kinds = []
+
+    def fn(x):
+        y = x * 2
+        z = y.reshape(y.shape[0] * y.shape[1])
+        w = z + 1
+        kinds.append(type(y.shape[1]))
+        return w
+
+    x = np.ones((4, check.FREE_BYTES // 16), "float32")
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    for _ in range(3):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), x.reshape(-1) * 2 + 1)
+    assert kinds == [SymDim] * 3
