@@ -94,6 +94,28 @@ def paired_ratio(variant_times, baseline_times):
     return statistics.median(v / b for v, b in zip(variant_times, baseline_times))
 
 
+def paired_rounds(mge_step, torch_step, steps, repeats, warmup=3):
+    """Time two zero-argument steps taking turns step by step (who goes first alternating), after
+    ``warmup`` calls each. Per round: (the median of their paired ratios, ``paired_ratio``; the
+    megengine step times; the torch step times), times in seconds."""
+    for _ in range(warmup):
+        mge_step()
+        torch_step()
+    clock = time.perf_counter
+    rounds = []
+    for _ in range(repeats):
+        gc.collect()
+        mt, tt = [], []
+        for i in range(steps):
+            order = ((mge_step, mt), (torch_step, tt))
+            for fn, times in (order if i % 2 == 0 else order[::-1]):
+                t0 = clock()
+                fn()
+                times.append(clock() - t0)
+        rounds.append((paired_ratio(mt, tt), mt, tt))
+    return rounds
+
+
 def spread(values):
     """(median, lower quartile, upper quartile, min, max) of a list of figures."""
     values = sorted(values)

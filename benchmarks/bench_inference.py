@@ -22,7 +22,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -160,28 +159,6 @@ def build(name, batch):
     return run_mge, run_torch
 
 
-def paired_rounds(fm, ft, steps, rounds):
-    """Per round the median of megengine / torch over ``steps`` back-to-back pairs; also the
-    median ms per call of each side over all pairs."""
-    for _ in range(3):
-        fm()
-        ft()
-    clock = time.perf_counter
-    ratios, tm_all, tt_all = [], [], []
-    for _ in range(rounds):
-        tm, tt = [], []
-        for i in range(steps):
-            order = ((fm, tm), (ft, tt)) if i % 2 == 0 else ((ft, tt), (fm, tm))
-            for fn, sink in order:
-                t0 = clock()
-                fn()
-                sink.append(clock() - t0)
-        ratios.append(_timing.paired_ratio(tm, tt))
-        tm_all += tm
-        tt_all += tt
-    return ratios, np.median(tm_all) * 1e3, np.median(tt_all) * 1e3
-
-
 def main():
     def extra(parser):
         parser.add_argument("--model", choices=sorted(NETWORKS), action="append",
@@ -198,7 +175,10 @@ def main():
     for name in args.model or list(NETWORKS):
         for batch in args.batch or (1, 8):
             fm, ft = build(name, batch)
-            ratios, ms_m, ms_t = paired_rounds(fm, ft, args.steps, args.repeats)
+            rounds = _timing.paired_rounds(fm, ft, args.steps, args.repeats)
+            ratios = [r for r, _, _ in rounds]
+            ms_m = np.median([t for _, mt, _ in rounds for t in mt]) * 1e3
+            ms_t = np.median([t for _, _, tt in rounds for t in tt]) * 1e3
             print(f"{name:14s} batch {batch}: megengine {ms_m:7.2f} ms  torch {ms_t:7.2f} ms  "
                   f"{_timing.describe_ratios(ratios)}  {_timing.ratio_verdict(ratios, AIM)}")
             _timing.flush()

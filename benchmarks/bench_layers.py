@@ -39,10 +39,8 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy/torch load their BLAS: one thread each
 
-import gc  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -310,26 +308,6 @@ def act_same_work(name, n):
     return dy < 1e-4 and dg < 1e-4, f"largest difference y {dy:.1e}, dx {dg:.1e}"
 
 
-def paired_rounds(mge_step, torch_step, steps, repeats, warmup=3):
-    """Per round: (paired ratio, megengine step times, torch step times), in seconds."""
-    for _ in range(warmup):
-        mge_step()
-        torch_step()
-    clock = time.perf_counter
-    rounds = []
-    for _ in range(repeats):
-        gc.collect()
-        mt, tt = [], []
-        for i in range(steps):
-            order = ((mge_step, mt), (torch_step, tt))
-            for fn, times in (order if i % 2 == 0 else order[::-1]):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-        rounds.append((_timing.paired_ratio(mt, tt), mt, tt))
-    return rounds
-
-
 def report(label, rounds, aim):
     ratios = [r for r, _, _ in rounds]
     m_ms = statistics.median(t for _, mt, _ in rounds for t in mt) * 1e3
@@ -358,7 +336,7 @@ def main():
                     same, note = act_same_work(act, n)
                     ok &= same
                     steps = args.steps * (20 if n == 1 << 16 else 2)
-                    rounds = paired_rounds(*act_steppers(act, n), steps, args.repeats)
+                    rounds = _timing.paired_rounds(*act_steppers(act, n), steps, args.repeats)
                     report(f"{act} {n >> 10}K", rounds, 1.10)
                     if not same:
                         print(f"    same work: MISMATCH ({note})")
@@ -367,7 +345,7 @@ def main():
         same, note = same_work(name, make)
         ok &= same
         print(f"{name}: same work {'ok' if same else 'MISMATCH'} ({note})")
-        report(name, paired_rounds(*make(), args.steps * factor, args.repeats), aim)
+        report(name, _timing.paired_rounds(*make(), args.steps * factor, args.repeats), aim)
     if not ok:
         sys.exit("bench_layers: megengine and torch disagree; the figures compare different work")
 

@@ -38,10 +38,8 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy/torch load their BLAS: one thread each
 
-import gc  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -272,26 +270,6 @@ def check_same_work(size, variant, data):
     return same and falls
 
 
-def paired_rounds(mge_step, torch_step, steps, repeats, warmup=3):
-    """Per round: (paired ratio, megengine step times, torch step times), in seconds."""
-    for _ in range(warmup):
-        mge_step()
-        torch_step()
-    clock = time.perf_counter
-    rounds = []
-    for _ in range(repeats):
-        gc.collect()
-        mt, tt = [], []
-        for i in range(steps):
-            order = ((mge_step, mt), (torch_step, tt))
-            for fn, times in (order if i % 2 == 0 else order[::-1]):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-        rounds.append((_timing.paired_ratio(mt, tt), mt, tt))
-    return rounds
-
-
 def run_case(size, variant, args):
     s = SIZES[size]
     print(f"{variant}, {size}: d_model {s['d']}, {s['heads']} heads, seq {s['seq']}, batch "
@@ -300,7 +278,7 @@ def run_case(size, variant, args):
     data = make_data(size)
     ok = check_same_work(size, variant, data)
     steps = args.steps if size == "large" else args.steps * 6
-    rounds = paired_rounds(*steppers(size, variant, data), steps, args.repeats)
+    rounds = _timing.paired_rounds(*steppers(size, variant, data), steps, args.repeats)
     ratios = [r for r, _, _ in rounds]
     m_ms = statistics.median(t for _, mt, _ in rounds for t in mt) * 1e3
     t_ms = statistics.median(t for _, _, tt in rounds for t in tt) * 1e3
