@@ -74,11 +74,12 @@ def _shape(size, what):
     return shape
 
 
-def _positive(value, name, what, zero_ok=False):
+def _dist_param(value, name, what, zero_ok=False):
     """A distribution parameter: a number > 0 (upstream asserts that), or a Tensor, read as its
     host array. Upstream does not look at a Tensor's values; here a value no draw is defined for
     (negative, NaN, or 0 where ``zero_ok`` is False) is refused with its name instead of numpy's
-    "a <= 0" or a silent NaN. ``zero_ok``: 0 gives the degenerate draw 0 (gamma, poisson)."""
+    "a <= 0" or a silent NaN. ``zero_ok`` (Tensor values only): 0 gives the degenerate draw 0,
+    as numpy and torch (gamma, poisson)."""
     if isinstance(value, Tensor):
         arr = value.numpy()
         ok = arr >= 0 if zero_ok else arr > 0  # (NaN fails both)
@@ -173,22 +174,22 @@ class RNG:
         """Samples of Gamma(shape k, scale theta); Tensor parameters broadcast after ``size``.
         float32, or the dtype of float Tensor parameters (float16 gives float16)."""
         dtype = _param_dtype("gamma", shape=shape, scale=scale)
-        k = _positive(shape, "shape", "gamma", zero_ok=True)
-        theta = _positive(scale, "scale", "gamma", zero_ok=True)
+        k = _dist_param(shape, "shape", "gamma", zero_ok=True)
+        theta = _dist_param(scale, "scale", "gamma", zero_ok=True)
         return self._draw("gamma", k, theta, _param_shape(size, k, theta), dtype=dtype)
 
     def beta(self, alpha, beta, size=None):
         """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``. float32,
         or the dtype of float Tensor parameters (float16 gives float16)."""
         dtype = _param_dtype("beta", alpha=alpha, beta=beta)
-        a, b = _positive(alpha, "alpha", "beta"), _positive(beta, "beta", "beta")
+        a, b = _dist_param(alpha, "alpha", "beta"), _dist_param(beta, "beta", "beta")
         return self._draw("beta", a, b, _param_shape(size, a, b), dtype=dtype)
 
     def poisson(self, lam, size=None):
         """Samples of Poisson(lam) as float32, or as a float Tensor ``lam``'s dtype; a Tensor
         ``lam`` broadcasts after ``size``."""
         dtype = _param_dtype("poisson", lam=lam)
-        lam = _positive(lam, "lam", "poisson", zero_ok=True)
+        lam = _dist_param(lam, "lam", "poisson", zero_ok=True)
         return self._draw("poisson", lam, _param_shape(size, lam), dtype=dtype)
 
     def exponential(self, rate=1.0, size=None):
@@ -196,7 +197,7 @@ class RNG:
         or a float Tensor ``rate``'s dtype (as gamma); a Tensor ``rate`` broadcasts after
         ``size``."""
         dtype = _param_dtype("exponential", rate=rate)
-        rate = _positive(rate, "rate", "exponential")
+        rate = _dist_param(rate, "rate", "exponential")
         return self._draw("exponential", rate, _param_shape(size, rate), dtype=dtype)
 
     def multinomial(self, input: Tensor, num_samples: int, replacement: bool = False):
