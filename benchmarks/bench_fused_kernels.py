@@ -35,7 +35,7 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 from megengine.autodiff import GradManager  # noqa: E402
 from megengine.functional import _aten  # noqa: E402
-from megengine.functional import nn as _nn  # noqa: E402
+from megengine.functional import activation as _act  # noqa: E402  (relu's home)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
@@ -61,13 +61,13 @@ CASES = [
 def _path(family, fused):
     """Pick the op family's path for one call: ``fused`` or its array code."""
     if family == "relu":
-        saved = _nn._use_relu_kernel
+        saved = _act._use_relu_kernel
         if not fused:
-            _nn._use_relu_kernel = lambda y, g: False
+            _act._use_relu_kernel = lambda y, g: False
         try:
             yield
         finally:
-            _nn._use_relu_kernel = saved
+            _act._use_relu_kernel = saved
     elif fused:
         with _aten.forced(family):  # a no-op for CUDA arrays, which take ATen anyway
             yield

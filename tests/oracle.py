@@ -83,3 +83,23 @@ def check_second_order_against_torch(loss, torch_loss, *arrays, rtol=2e-4, atol=
         want = np.zeros(p.shape, np.float32) if h is None else h.numpy()
         got = np.zeros(p.shape, np.float32) if p.grad is None else p.grad.numpy()
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def float64_value_and_grads(fn, torch_fn, *arrays, seed=3):
+    """fn's output and input gradients in float64 (mge.tensor would store float64 as float32
+    without a dtype), and torch's, for one random output gradient: (ours, torch's), each the
+    output followed by the inputs' gradients, as host arrays."""
+    from devices import host
+
+    xs = [mge.tensor(a, dtype="float64") for a in arrays]
+    gm = GradManager().attach(xs)
+    with gm:
+        y = fn(*xs)
+        dy = np.random.RandomState(seed).randn(*y.shape)
+        gm.backward(y, mge.tensor(dy, dtype="float64"))
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    ty = torch_fn(*ts)
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == np.float64 and all(x.grad.dtype == np.float64 for x in xs)
+    return ([host(y)] + [host(x.grad) for x in xs],
+            [ty.detach().numpy()] + [t.grad.numpy() for t in ts])

@@ -1,4 +1,6 @@
 """Random tensors: the global generator behind `megengine.random.*`, `seed`, and `RNG` objects."""
+import numbers
+
 import numpy as np
 
 from .. import device as _device
@@ -72,17 +74,61 @@ def _shape(size, what):
     return shape
 
 
-def _positive(value, name, what):
+def _dist_param(value, name, what, zero_ok=False):
+    """A distribution parameter: a number > 0 (upstream asserts that), or a Tensor, read as its
+    host array. Upstream does not look at a Tensor's values; here a value no draw is defined for
+    (negative, NaN, or 0 where ``zero_ok`` is False) is refused with its name instead of numpy's
+    "a <= 0" or a silent NaN. ``zero_ok`` (Tensor values only): 0 gives the degenerate draw 0,
+    as numpy and torch (gamma, poisson)."""
     if isinstance(value, Tensor):
-        return value.numpy()
+        arr = value.numpy()
+        ok = arr >= 0 if zero_ok else arr > 0  # (NaN fails both)
+        if not ok.all():
+            raise ValueError(f"{what}: every value of the Tensor {name} must be "
+                             f"{'>= 0' if zero_ok else '> 0'}, got {arr[~ok].flat[0]}")
+        return arr
+    if isinstance(value, (str, bytes)) or not isinstance(value, (numbers.Real, np.number)):
+        raise TypeError(f"{what}: {name} must be a number > 0 or a Tensor, got {value!r}")
     if not value > 0:
         raise ValueError(f"{what}: {name} must be > 0, got {value!r}")
     return value
 
 
+def _param_dtype(what, **params):
+    """The dtype of draws from Tensor parameters: theirs, as upstream's GammaRNG, BetaRNG and
+    PoissonRNG kernels write the dtype of their parameter tensors (float16 gives float16).
+    Python numbers take the Tensors' dtype (upstream makes them float32 Tensors, and its kernel
+    then refuses a float16 partner); integer Tensors and numbers alone give float32. Two float
+    Tensors of different dtypes are refused, as upstream's kernel does."""
+    floats = {name: np.dtype(t.dtype) for name, t in params.items()
+              if isinstance(t, Tensor) and np.dtype(t.dtype).kind == "f"}
+    if len(set(floats.values())) > 1:
+        (a, da), (b, db) = list(floats.items())[:2]
+        raise TypeError(f"{what}: the Tensors {a} ({da}) and {b} ({db}) differ in dtype; pass "
+                        f"them in one float dtype, e.g. {b}.astype({da.name!r})")
+    return next(iter(floats.values()), np.dtype(np.float32))
+
+
+def _number(value, name, what):
+    """A parameter upstream takes as a Python float (uniform's bounds, normal's mean and std): a
+    number, or a one-element Tensor read as its value."""
+    if isinstance(value, Tensor):
+        if value.size != 1:
+            raise TypeError(f"{what}: {name} must be a number, got a Tensor of shape "
+                            f"{tuple(value.shape)}; for per-element parameters scale a standard "
+                            f"draw instead (e.g. mean + std * normal(size=mean.shape))")
+        return value.item()
+    return value
+
+
 def _param_shape(size, *params):
     """Output shape for Tensor-valued parameters: size + broadcast(params).shape (upstream)."""
-    base = np.broadcast_shapes(*(np.shape(p) for p in params))
+    try:
+        base = np.broadcast_shapes(*(np.shape(p) for p in params))
+    except ValueError:
+        raise ValueError("random: the parameters' shapes "
+                         f"{' and '.join(str(np.shape(p)) for p in params)} do not broadcast "
+                         "(numpy's rules); make them broadcastable") from None
     # (an int 0 means no size, as upstream; a shape Tensor is not compared with 0)
     if size is None or (is_int(size) and size == 0):
         return base
@@ -112,36 +158,47 @@ class RNG:
     def uniform(self, low: float = 0, high: float = 1, size=None):
         """Samples of U[low, high) (``high`` excluded, also after rounding to float32), float32,
         shape ``size`` (None means (1,))."""
+        low, high = _number(low, "low", "uniform"), _number(high, "high", "uniform")
         if not low < high:
             raise ValueError(f"uniform: needs low < high, got low={low}, high={high}")
         return self._draw("uniform", low, high, _shape(size, "uniform"))
 
     def normal(self, mean: float = 0, std: float = 1, size=None):
         """Samples of N(mean, std**2), float32, shape ``size`` (None means (1,))."""
+        mean, std = _number(mean, "mean", "normal"), _number(std, "std", "normal")
         if std < 0:
             raise ValueError(f"normal: std must be >= 0, got {std}")
         return self._draw("normal", mean, std, _shape(size, "normal"))
 
     def gamma(self, shape, scale=1, size=None):
-        """Samples of Gamma(shape k, scale theta); Tensor parameters broadcast after ``size``."""
-        k, theta = _positive(shape, "shape", "gamma"), _positive(scale, "scale", "gamma")
-        return self._draw("gamma", k, theta, _param_shape(size, k, theta))
+        """Samples of Gamma(shape k, scale theta); Tensor parameters broadcast after ``size``.
+        float32, or the dtype of float Tensor parameters (float16 gives float16)."""
+        dtype = _param_dtype("gamma", shape=shape, scale=scale)
+        k = _dist_param(shape, "shape", "gamma", zero_ok=True)
+        theta = _dist_param(scale, "scale", "gamma", zero_ok=True)
+        return self._draw("gamma", k, theta, _param_shape(size, k, theta), dtype=dtype)
 
     def beta(self, alpha, beta, size=None):
-        """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``."""
-        a, b = _positive(alpha, "alpha", "beta"), _positive(beta, "beta", "beta")
-        return self._draw("beta", a, b, _param_shape(size, a, b))
+        """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``. float32,
+        or the dtype of float Tensor parameters (float16 gives float16)."""
+        dtype = _param_dtype("beta", alpha=alpha, beta=beta)
+        a, b = _dist_param(alpha, "alpha", "beta"), _dist_param(beta, "beta", "beta")
+        return self._draw("beta", a, b, _param_shape(size, a, b), dtype=dtype)
 
     def poisson(self, lam, size=None):
-        """Samples of Poisson(lam) as float32; a Tensor ``lam`` broadcasts after ``size``."""
-        lam = _positive(lam, "lam", "poisson")
-        return self._draw("poisson", lam, _param_shape(size, lam))
+        """Samples of Poisson(lam) as float32, or as a float Tensor ``lam``'s dtype; a Tensor
+        ``lam`` broadcasts after ``size``."""
+        dtype = _param_dtype("poisson", lam=lam)
+        lam = _dist_param(lam, "lam", "poisson", zero_ok=True)
+        return self._draw("poisson", lam, _param_shape(size, lam), dtype=dtype)
 
     def exponential(self, rate=1.0, size=None):
-        """Samples of Exp(rate) (density ``rate * exp(-rate * x)``, mean ``1 / rate``), float32;
-        a Tensor ``rate`` broadcasts after ``size``."""
-        rate = _positive(rate, "rate", "exponential")
-        return self._draw("exponential", rate, _param_shape(size, rate))
+        """Samples of Exp(rate) (density ``rate * exp(-rate * x)``, mean ``1 / rate``), float32
+        or a float Tensor ``rate``'s dtype (as gamma); a Tensor ``rate`` broadcasts after
+        ``size``."""
+        dtype = _param_dtype("exponential", rate=rate)
+        rate = _dist_param(rate, "rate", "exponential")
+        return self._draw("exponential", rate, _param_shape(size, rate), dtype=dtype)
 
     def multinomial(self, input: Tensor, num_samples: int, replacement: bool = False):
         """Draw ``num_samples`` category indices (int32) per row of ``input``, a 1-d or 2-d
@@ -166,20 +223,36 @@ class RNG:
         """A random permutation of ``range(n)`` (int ``n``), or a shuffled copy of Tensor ``n``
         (only its first axis is shuffled)."""
         if isinstance(n, Tensor):
+            _refuse_empty(n, "permutation")
             if n.ndim == 0:  # upstream: one element, shaped (1,)
                 n = n.reshape(1)
             return apply(_Shuffled(self), n)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
             raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
-        if np.dtype(dtype) not in (np.int32, np.int16, np.float32):
-            raise TypeError(f"permutation: dtype must be int32, int16 or float32, got {dtype}")
+        try:
+            ok = np.dtype(dtype) in (np.int32, np.int16, np.float32)
+        except TypeError:  # (numpy: "data type 'x' not understood")
+            ok = False
+        if not ok:
+            raise TypeError(f"permutation: dtype must be int32, int16 or float32 (upstream's "
+                            f"PermutationRNG dtypes), got {dtype!r}")
         return self._draw("permutation", int(n), dtype=dtype)
 
     def shuffle(self, inp: Tensor):
         """Shuffle ``inp`` along its first axis in place (its storage is kept)."""
         if not isinstance(inp, Tensor):
             raise TypeError(f"shuffle: expected a Tensor, got {type(inp).__name__}")
+        _refuse_empty(inp, "shuffle")
         inp._reset(self.permutation(inp))
+
+
+def _refuse_empty(inp, what):
+    """Upstream's shuffle (``shuffle`` and ``permutation`` of a Tensor) asserts "size needs to
+    be greater than 0"; the same refusal, saying what to do, before anything is changed."""
+    if inp.size == 0:
+        raise ValueError(f"{what}: the Tensor is empty (shape {tuple(inp.shape)}); shuffling "
+                         "needs at least one element, as upstream: skip the call when "
+                         "x.size == 0")
 
 
 class _Draw(Op):
@@ -210,7 +283,10 @@ class _Draw(Op):
         if self.method == "uniform":  # (rounded down, not to nearest: see the function)
             sample = _floor_into_range(np.asarray(sample), *self.args[:2], self.dtype)
         else:
-            sample = np.asarray(sample, dtype=self.dtype)
+            # a float16 draw beyond its range (gamma's tail past 65504) is inf, as upstream's
+            # kernels store it, without numpy's cast warning
+            with np.errstate(over="ignore"):
+                sample = np.asarray(sample, dtype=self.dtype)
         return sample if self.device.startswith("cpu") else move_array(sample, self.device)
 
 

@@ -1,0 +1,355 @@
+"""Tests of megengine/functional/activation.py (F.relu, F.gelu, F.prelu, ...): values and gradients
+against torch.nn.functional, on ATen's kernels and on array code."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+from megengine.functional import _aten
+from megengine.functional import activation as act_module
+
+from cuda_kernels import emulate
+from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
+                     skip_unless_aten_serves_the_default_device)
+from oracle import check_against_torch, float64_value_and_grads
+
+
+def rand(*shape, low=-2.0, high=2.0):
+    return np.asarray(np.random.uniform(low, high, shape), dtype=np.float32)
+
+
+check = partial(check_against_torch, atol=1e-5, check_dtype=True)
+
+
+# ----- activations -----
+
+ACTIVATIONS = [
+    ("relu", lambda x: F.relu(x), TF.relu),
+    ("leaky_relu", lambda x: F.leaky_relu(x), TF.leaky_relu),
+    ("leaky_relu_0.2", lambda x: F.leaky_relu(x, 0.2), lambda x: TF.leaky_relu(x, 0.2)),
+    ("relu6", F.relu6, TF.relu6),
+    ("sigmoid", F.sigmoid, torch.sigmoid),
+    ("hsigmoid", F.hsigmoid, TF.hardsigmoid),
+    ("hswish", F.hswish, TF.hardswish),
+    ("gelu", F.gelu, TF.gelu),
+    ("silu", F.silu, TF.silu),
+    ("softplus", F.softplus, TF.softplus),
+    ("logsigmoid", F.logsigmoid, TF.logsigmoid),
+]
+
+
+@pytest.mark.parametrize("name,fn,torch_fn", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_value_and_grad(name, fn, torch_fn):
+    x = rand(4, 5, 6, low=-8, high=8)
+    check(fn, torch_fn, x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,fn,torch_fn", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_extreme_inputs_stay_finite(name, fn, torch_fn):
+    x = np.array([-1e4, -100, -30, -1e-3, 0.0, 1e-3, 30, 100, 1e4], np.float32)
+    check(fn, torch_fn, x, rtol=1e-5, atol=1e-6)
+
+
+def test_activations_are_in_F_and_F_nn():
+    for name, _, _ in ACTIVATIONS:
+        name = name.split("_0")[0]
+        assert getattr(F, name) is getattr(F.nn, name)
+
+
+def test_relu_keeps_integers():
+    y = F.relu(mge.tensor(np.array([-2, 0, 3], np.int32)))
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y.numpy(), [0, 0, 3])
+
+
+# ReLU's backward on CUDA is one CuPy ElementwiseKernel. Without a GPU its body is compiled here
+# as C++ (tests/cuda_kernels.py), put in the kernel's place, and checked against torch and
+# against the array code.
+@pytest.fixture(scope="module")
+def relu_kernel_on_cpu(tmp_path_factory):
+    """The relu-backward kernel body compiled as C++: a callable ``(g, y) -> gx`` on numpy."""
+    return emulate(act_module._relu_grad_kernel, tmp_path_factory.mktemp("relu_kernel"))
+
+
+@pytest.fixture
+def relu_kernel_used(relu_kernel_on_cpu, monkeypatch, host_default_device):
+    """Route F.relu's backward through the C++-compiled kernel body; returns the call count."""
+    used = []
+
+    def kernel():
+        used.append(1)
+        return relu_kernel_on_cpu
+
+    monkeypatch.setattr(act_module, "_relu_grad_kernel", kernel)
+    monkeypatch.setattr(act_module, "_use_relu_kernel", lambda y, g: True)
+    from megengine.functional import _aten
+
+    with _aten.avoided("activation"):  # (numpy arrays would take ATen's relu, not the kernel)
+        yield used
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_backward_kernel_body_matches_torch(relu_kernel_used, dtype):
+    x, g = rand(5, 7).astype(dtype), np.random.randn(5, 7).astype(dtype)
+    x[0, :3] = 0  # relu'(0) = 0, as torch
+    t = mge.tensor(x, dtype=dtype)  # float64 is kept only when asked
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g, dtype=dtype))
+    xt = torch.tensor(x, requires_grad=True)
+    TF.relu(xt).backward(torch.tensor(g))
+    assert relu_kernel_used, "the kernel was not used"
+    assert t.grad.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(t.grad.numpy(), xt.grad.numpy())
+
+
+def _nan_gradient_case():
+    # upstream's ReLU gradient is a select, SWITCH_GT0(y, g) = y > 0 ? g : 0: a NaN or inf
+    # gradient where y <= 0 gives 0 (torch's threshold_backward agrees); where y > 0 it passes
+    x = np.array([-1.0, 0.0, 0.0, 2.0, 3.0, -4.0], np.float32)
+    g = np.array([np.nan, np.nan, 1.0, np.nan, 4.0, np.inf], np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    TF.relu(xt).backward(torch.tensor(g))
+    return x, g, xt.grad.numpy()
+
+
+def test_relu_backward_kernel_body_selects_like_torch(relu_kernel_on_cpu):
+    x, g, expect = _nan_gradient_case()
+    np.testing.assert_array_equal(relu_kernel_on_cpu(g, np.maximum(x, 0)), expect)
+
+
+def test_relu_backward_selects_like_torch():
+    x, g, expect = _nan_gradient_case()
+    t = mge.tensor(x)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g))
+    np.testing.assert_array_equal(t.grad.numpy(), expect)
+    assert np.isnan(expect[3]) and expect[0] == 0  # the case does hold both kinds
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")  # NaN * relu's 0
+def test_relu_recorded_backward_selects_like_torch():
+    # under an outer GradManager the backward runs as recorded ops (grad_graph): same rule, and
+    # its derivative in the incoming gradient is the same select
+    x, g, expect = _nan_gradient_case()
+    t, v = mge.Parameter(x), mge.Parameter(g)
+    gm_outer, gm_inner = GradManager().attach([v]), GradManager().attach([t])
+    with gm_outer:
+        with gm_inner:
+            gm_inner.backward((F.relu(t) * v).sum())
+        np.testing.assert_array_equal(t.grad.numpy(), expect)
+        gm_outer.backward((t.grad * 2).sum())
+    tx, tv = torch.tensor(x, requires_grad=True), torch.tensor(g, requires_grad=True)
+    (tg,) = torch.autograd.grad((TF.relu(tx) * tv).sum(), tx, create_graph=True)
+    (tg * 2).sum().backward()
+    np.testing.assert_array_equal(v.grad.numpy(), tv.grad.numpy())
+
+
+@requires_cuda
+def test_relu_backward_uses_the_cuda_kernel_on_a_gpu(monkeypatch):
+    used = []
+    kernel = act_module._relu_grad_kernel
+    monkeypatch.setattr(act_module, "_relu_grad_kernel", lambda: used.append(1) or kernel())
+    x = rand(64, 256)
+    t = mge.tensor(x, device="gpu0")
+    g = np.random.randn(64, 256).astype(np.float32)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(g, device="gpu0"))
+    np.testing.assert_array_equal(t.grad.numpy(), g * (x > 0))
+    assert used
+
+
+def test_sigmoid_of_integers_is_float32():
+    y = F.sigmoid(mge.tensor([0, 1]))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), torch.sigmoid(torch.tensor([0.0, 1.0])).numpy())
+
+
+@pytest.mark.parametrize("wshape", [(1, 3, 1, 1), (1,)])
+def test_prelu(wshape):
+    x = rand(2, 3, 4, 4)
+    w = rand(*wshape, low=0.05, high=0.5)
+    check(F.prelu, lambda a, b: TF.prelu(a, b.reshape(-1)), x, w,
+          grad_shape={1: lambda g: g.reshape(wshape)})
+
+
+def test_prelu_bad_weight_shape_names_both():
+    with pytest.raises(ValueError, match=r"prelu.*\(5,\).*\(2, 3, 4\)"):
+        F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))
+
+
+
+# ----- gelu -----
+# The exact (erf) gelu: ATen's gelu / gelu_backward on the CPU (as on CUDA), else array code
+# with a polynomial erf (what CuPy arrays run when torch has no CUDA: `_aten.avoided`).
+
+@pytest.fixture(params=["aten", "arrays"])
+def gelu_path(request, monkeypatch):
+    """Run the test on one path, checking that the ATen kernels ran on "aten" and not on
+    "arrays"."""
+    if request.param == "aten":
+        skip_unless_aten_serves_the_default_device()
+    used = record_aten_kernels(monkeypatch)
+    if request.param == "aten":
+        yield request.param
+        assert {"gelu", "gelu_backward"} <= set(used)
+        return
+    with _aten.avoided("gelu"):
+        yield request.param
+    assert not {"gelu", "gelu_backward"} & set(used)
+
+
+def test_gelu_float32_matches_torch_exact_gelu(gelu_path):
+    # the ATen path is torch's own kernel; the polynomial erf's absolute error (< 1.5e-7) is
+    # scaled by |x| in gelu and by the output gradient in backward
+    x = np.concatenate([rand(4000, low=-9, high=9), np.float32([-1e4, -30, -5.5, 0, 1e-3, 30])])
+    tol = dict(rtol=0, atol=0) if gelu_path == "aten" else dict(rtol=1e-6, atol=3e-6)
+    check(F.gelu, lambda t: TF.gelu(t, approximate="none"), x, **tol)
+
+
+def test_gelu_float64_matches_torch_exact_gelu(gelu_path):
+    x = np.concatenate([np.random.uniform(-9, 9, 3000), [-40.0, -6.0, 0.0, 1e-8, 40.0]])
+    got, want = float64_value_and_grads(F.gelu, lambda t: TF.gelu(t, approximate="none"), x)
+    # the polynomial erf has an absolute error below 1.5e-7: float32 rounding, not float64's
+    tol = dict(rtol=1e-13, atol=1e-15) if gelu_path == "aten" else dict(rtol=0, atol=3e-6)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+def test_gelu_float16_matches_torch():
+    skip_unless_aten_serves_the_default_device()
+    x = rand(300, low=-6, high=6).astype(np.float16)
+    xt = mge.tensor(x, dtype="float16")
+    gm = GradManager().attach([xt])
+    with gm:
+        y = F.gelu(xt)
+        gm.backward(y.sum())
+    t = torch.tensor(x, requires_grad=True)
+    ty = TF.gelu(t)
+    ty.sum().backward()
+    assert y.dtype == np.float16 and xt.grad.dtype == np.float16
+    np.testing.assert_array_equal(host(y), ty.detach().numpy())
+    np.testing.assert_array_equal(host(xt.grad), t.grad.numpy())
+
+
+def test_gelu_second_order_matches_torch(gelu_path):
+    # _GeluGrad's first derivative comes from the same erf as the path's forward
+    from oracle import check_second_order_against_torch
+
+    x0 = rand(6, 7, low=-4, high=4)
+    check_second_order_against_torch(lambda x: (F.gelu(x) ** 2).sum(),
+                                     lambda t: (TF.gelu(t) ** 2).sum(), x0, rtol=1e-5, atol=1e-6)
+
+
+# ----- regressions found by the differential fuzzer (tests/fuzz) -----
+
+def test_prelu_gradient_when_weight_broadcasts_the_input():
+    # upstream's prelu broadcasts x against w as numpy does: x (2, 1) meets w (3,)
+    a, w = np.array([[-1.5], [2.0]], np.float32), np.array([0.1, 0.2, 0.3], np.float32)
+    x = mge.tensor(a)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.prelu(x, mge.tensor(w)).sum())
+    t = torch.tensor(a, requires_grad=True)
+    torch.where(t > 0, t, t * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6)
+
+
+
+# ----- activations on ATen's kernels (family "activation") and on array code -----
+
+ATEN_ACTIVATIONS = {  # name: (megengine, torch, ATen's forward kernel)
+    "relu": (F.relu, TF.relu, "relu"),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), lambda x: TF.leaky_relu(x, 0.2),
+                   "leaky_relu"),
+    "relu6": (F.relu6, TF.relu6, "hardtanh"),
+    "sigmoid": (F.sigmoid, torch.sigmoid, "sigmoid"),
+    "hsigmoid": (F.hsigmoid, TF.hardsigmoid, "hardsigmoid"),
+    "hswish": (F.hswish, TF.hardswish, "hardswish"),
+    "silu": (F.silu, TF.silu, "silu"),
+    "softplus": (F.softplus, TF.softplus, "softplus"),
+}
+
+
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(ATEN_ACTIVATIONS))
+def test_activation_values_and_gradients_on_both_paths(name, dtype, path, monkeypatch):
+    mf, tf, kernel = ATEN_ACTIVATIONS[name]
+    rs = np.random.RandomState(7)
+    # every kink (0, +-3, 6) and values past softplus's threshold; a transposed (strided) view
+    x = np.concatenate([rs.uniform(-8, 8, 60), [0, -3, 3, 6, -6, 21, 25, -25, 2.5, -0.5]])
+    if name == "hswish":  # (at exactly +-3 the array code keeps upstream's slope: below)
+        x[x == 3], x[x == -3] = 3.5, -3.5
+    x = x.reshape(5, 14).astype(dtype).T
+    g = rs.randn(14, 5).astype(dtype)
+    if path == "aten":
+        skip_unless_aten_serves_the_default_device()
+    used = record_aten_kernels(monkeypatch)
+    with _aten.avoided(*(() if path == "aten" else ("activation",))):
+        t = mge.tensor(x, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            y = mf(t)
+            gm.backward(y, mge.tensor(g, dtype=dtype))
+    # (relu takes ATen for numpy arrays only: CUDA keeps its fused backward kernel)
+    on_aten = path == "aten" and (name != "relu" or type(t._data) is np.ndarray)
+    assert (kernel in used) == on_aten, used
+    xt = torch.tensor(x, requires_grad=True)
+    ty = tf(xt)
+    ty.backward(torch.tensor(g))
+    assert y.dtype == t.grad.dtype == np.dtype(dtype)
+    # (float64: torch's hardsigmoid scales by a float32 1/6, 3e-8 relative; softplus beyond
+    # torch's threshold 20 is x there, 1e-10 off on the array code)
+    tol = 1e-6 if dtype == "float32" else 1e-7
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_relu_on_aten_keeps_upstreams_select_for_nan_gradients():
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    t = mge.tensor(x)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.relu(t), mge.tensor(np.array([np.nan, np.inf, np.nan], np.float32)))
+    np.testing.assert_array_equal(t.grad.numpy(), [0, 0, np.nan])  # y <= 0: 0, not NaN
+
+
+def test_hswish_slope_at_the_kinks_per_path():
+    """At exactly x = -3 and 3 upstream's rule (the array code) takes the middle piece's slope
+    (2x + 3) / 6; ATen's (torch's) takes 0 at -3 and 1 at 3."""
+    x = mge.tensor(np.array([-3.0, 3.0], np.float32))
+    for avoid, want in (((), [0.0, 1.0]), (("activation",), [-0.5, 1.5])):
+        with _aten.avoided(*avoid):
+            with GradManager().attach(x) as gm:
+                gm.backward(F.hswish(x).sum())
+        if not avoid and not _aten.use_aten(x._data, "activation"):
+            continue  # (no ATen for this device's arrays)
+        np.testing.assert_array_equal(x.grad.numpy(), want)
+        x.grad = None
+
+
+# ----- the split from nn.py: upstream's paths and the names dumps and pickles look up -----
+
+def test_activations_keep_nn_as_their_home():
+    """activation.py was split off nn.py; F.nn stays the path every moved name is found by and
+    reports, so traced modules print ``nn.relu`` and dumped programs / pickles that name
+    "megengine.functional.nn:_Relu" (written before the split or after) read back."""
+    import pickle
+
+    from megengine.functional import nn as nn_module
+
+    moved = [v for v in vars(act_module).values()
+             if isinstance(v, type) or callable(v) and hasattr(v, "__code__")]
+    moved = [v for v in moved if v.__module__ == "megengine.functional.nn"]
+    assert {"relu", "prelu", "_Relu", "_GeluGrad", "_Activation", "_mask"} <= {
+        v.__name__ for v in moved}
+    for v in moved:
+        assert getattr(nn_module, v.__qualname__) is v, v.__qualname__
+    for name in act_module.__all__:
+        assert name in nn_module.__all__ and getattr(F, name) is getattr(act_module, name)
+    op = pickle.loads(pickle.dumps(act_module._LeakyRelu(0.25)))
+    assert type(op) is act_module._LeakyRelu and op.slope == 0.25
+    assert b"megengine.functional.nn" in pickle.dumps(act_module._LeakyRelu(0.25))
