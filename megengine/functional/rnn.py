@@ -23,6 +23,7 @@ The ops' backward is on raw arrays only. A gradient that is itself differentiate
 step's operations recorded, so `megengine.module.rnn` runs its per-step composition instead
 while more than one GradManager records (`higher_order_possible`).
 """
+from contextlib import nullcontext
 from operator import is_
 
 import numpy as np
@@ -200,8 +201,10 @@ class _RecurrentLayer(Op):
         hidden = w_hh.shape[1]
         train = any(self.needs_input_grad)
         args = [view(c(a, dtype=np.float32)) for a in (x, w_ih, w_hh, b_ih, b_hh, h0, c0)]
-        y, h_n, c_n, workspace = _aten.aten().mkldnn_rnn_layer(
-            *args, self.reverse, [], _ONEDNN_LSTM, hidden, 1, True, False, False, train)
+        # (inference under no_grad: 1.5-4.5% faster, paired, though no input requires grad)
+        with nullcontext() if train else _aten.torch_module().no_grad():
+            y, h_n, c_n, workspace = _aten.aten().mkldnn_rnn_layer(
+                *args, self.reverse, [], _ONEDNN_LSTM, hidden, 1, True, False, False, train)
         if train:
             self.onednn = (args, y, h_n, c_n, workspace)
         return _aten.array(y), _aten.array(h_n), _aten.array(c_n)
