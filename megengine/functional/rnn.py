@@ -23,6 +23,7 @@ The ops' backward is on raw arrays only. A gradient that is itself differentiate
 step's operations recorded, so `megengine.module.rnn` runs its per-step composition instead
 while more than one GradManager records (`higher_order_possible`).
 """
+import threading
 from contextlib import nullcontext
 from operator import is_
 
@@ -388,11 +389,12 @@ class _RecurrentStack(Op):
 
     none_for_unused_grads = True
 
-    def __init__(self, mode, num_layers, bidirectional, batch_first, zero_states, views=None):
+    def __init__(self, mode, num_layers, bidirectional, batch_first, zero_states):
+        # (plain values only: megengine.jit compares, records and dumps an op by its __dict__;
+        # the caller's WeightViews comes through `_lent`)
         self.mode, self.num_layers = mode, num_layers
         self.directions = 2 if bidirectional else 1
         self.batch_first, self.zero_states = batch_first, zero_states
-        self.views = views  # a WeightViews the caller keeps between calls, or None
 
     def _n_states(self):
         return 0 if self.zero_states else (2 if self.mode == "lstm" else 1)
@@ -402,7 +404,7 @@ class _RecurrentStack(Op):
         states, weights = rest[:ns], rest[ns:]
         if self.mode == "lstm" and type(x) is np.ndarray and x.dtype == _FLOAT32 \
                 and not any(self.needs_input_grad) and _aten.use_aten(x, "rnn"):
-            cache = self.views or WeightViews()
+            cache = getattr(_lent, "views", None) or WeightViews()
             views = cache.of(weights)
             if views is not None and (not states or all(s.dtype == _FLOAT32 for s in states)):
                 return self._lstm_aten(x, states, views, cache, weights[1].shape[1])
@@ -528,9 +530,20 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
         states = tuple(hx)
     else:
         states = (hx,)
-    op = _RecurrentStack(mode, num_layers, bool(bidirectional), bool(batch_first),
-                         hx is None, views)
-    return apply(op, *[_tensor(t) for t in (x,) + states + tuple(weights)])
+    op = _RecurrentStack(mode, num_layers, bool(bidirectional), bool(batch_first), hx is None)
+    inputs = [_tensor(t) for t in (x,) + states + tuple(weights)]
+    if views is None:
+        return apply(op, *inputs)
+    before, _lent.views = getattr(_lent, "views", None), views
+    try:
+        return apply(op, *inputs)
+    finally:
+        _lent.views = before
+
+
+# The WeightViews that the running `rnn_stack` call was given (None: views made per call, as
+# when a traced program replays the op without its module)
+_lent = threading.local()
 
 
 def _onednn_trains(steps):

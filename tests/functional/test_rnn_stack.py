@@ -237,3 +237,29 @@ def test_stack_errors():
         rnn_stack("lstm", x, np.zeros((1, 1, 4), np.float32), ws)
     with pytest.raises(ValueError, match="mode must be one of"):
         rnn_stack("gru", x, None, ws)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_traced_lstm_replays_and_dumps(symbolic):
+    """The stack op holds plain values only (megengine.jit compares, records and writes ops by
+    their attributes): a traced inference LSTM replays, dumps and loads, equal to eager."""
+    from megengine.jit import trace
+    from megengine.jit.dump import load
+
+    rs = np.random.RandomState(10)
+    m = M.LSTM(3, 4, num_layers=2, bidirectional=True)
+    m.eval()
+    x = mge.tensor(rs.randn(5, 2, 3).astype(np.float32))
+    expect = m(x)[0].numpy()
+
+    @trace(symbolic=symbolic, capture_as_const=True)
+    def f(x):
+        return m(x)[0]
+
+    for _ in range(3):
+        np.testing.assert_allclose(f(x).numpy(), expect, rtol=1e-6, atol=1e-7)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=["x"])
+    loaded = load(io.BytesIO(buf.getvalue()))
+    got = list(loaded.run({"x": x.numpy()}).values())
+    np.testing.assert_allclose(got[0].numpy(), expect, rtol=1e-6, atol=1e-7)
