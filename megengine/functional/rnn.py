@@ -530,6 +530,18 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
         states = tuple(hx)
     else:
         states = (hx,)
+    if states:
+        x = _tensor(x)
+        if x.ndim != 3:
+            raise ValueError(f"rnn_stack: x must be (seq, batch, input) (batch first if "
+                             f"batch_first), got shape {x.shape}")
+        want = (num_layers * directions, x.shape[0 if batch_first else 1],
+                _tensor(weights[1]).shape[1])
+        for name, state in zip(("h0", "c0"), states):
+            state = _tensor(state)
+            if state.shape != want:
+                raise ValueError(f"rnn_stack: {name} must be (layers * directions, batch, "
+                                 f"hidden) = {want}, got shape {state.shape}")
     op = _RecurrentStack(mode, num_layers, bool(bidirectional), bool(batch_first), hx is None)
     inputs = [_tensor(t) for t in (x,) + states + tuple(weights)]
     if views is None:

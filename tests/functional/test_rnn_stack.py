@@ -237,6 +237,13 @@ def test_stack_errors():
         rnn_stack("lstm", x, np.zeros((1, 1, 4), np.float32), ws)
     with pytest.raises(ValueError, match="mode must be one of"):
         rnn_stack("gru", x, None, ws)
+    with pytest.raises(ValueError, match=r"c0 must be \(layers \* directions, batch, hidden\) = "
+                                         r"\(1, 1, 4\), got shape \(2, 1, 4\)"):
+        rnn_stack("lstm", x, (np.zeros((1, 1, 4), np.float32), np.zeros((2, 1, 4), np.float32)),
+                  ws)
+    m = M.LSTM(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match=r"h0 must be .* = \(2, 1, 4\), got shape \(1, 1, 4\)"):
+        m(mge.tensor(x), (mge.tensor(np.zeros((1, 1, 4), np.float32)),) * 2)
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
