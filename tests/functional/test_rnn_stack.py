@@ -155,6 +155,29 @@ def test_gradients_of_some_inputs_only():
             np.testing.assert_allclose(cm.grad.numpy(), tc.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "relu"])
+def test_only_the_final_hidden_state_used(mode):
+    """No gradient reaches y (the op's backward gets None for it): the weights' and the
+    input's gradients come through h_n alone, as torch's."""
+    rs = np.random.RandomState(11)
+    net = torch_net(mode, 3, 4, 2, True, True, True, np.float64, seed=11)
+    ws = flat_weights(net)
+    x = rs.randn(2, 5, 3)
+    xm, wm = mge.tensor(x, dtype=np.float64), [mge.tensor(w, dtype=np.float64) for w in ws]
+    gm = GradManager().attach([xm] + wm)
+    with gm:
+        outs = rnn_stack(mode, xm, None, wm, 2, True, batch_first=True)
+        gm.backward((outs[1] ** 2).sum())
+    tx = torch.tensor(x, requires_grad=True)
+    _, final = net(tx)
+    ((final[0] if mode == "lstm" else final) ** 2).sum().backward()
+    np.testing.assert_allclose(xm.grad.numpy(), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    tparams = [p for names in net._all_weights for p in (getattr(net, k) for k in names)]
+    for k, (w, p) in enumerate(zip(wm, tparams)):
+        np.testing.assert_allclose(w.grad.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=f"weight {k}")
+
+
 def matching_torch_lstm(m):
     t = torch.nn.LSTM(m.input_size, m.hidden_size, m.num_layers)
     with torch.no_grad():
