@@ -8,7 +8,9 @@ CPU, one thread, random inputs fixed in advance. Cases (``--case``, repeatable; 
   ``rnn``: ``M.RNN(256, 256)`` (tanh), seq 32, batch 16 (<= 1.15x); ``lstm_cell``:
   ``M.LSTMCell(128, 128)`` stepped 16 times at batch 16 (<= 1.15x);
   ``lstm_infer``, ``lstm_small_infer``, ``lstm_bidir_infer``: the ``lstm``, ``lstm_small``
-  and ``lstm_bidir`` networks' forward without gradients, in eval mode (<= 1.10x).
+  and ``lstm_bidir`` networks' forward without gradients, in eval mode (<= 1.10x);
+  ``lstm_tiny_infer``: ``LSTM(8, 8)`` over seq 2, batch 1, where a call's fixed cost is most of
+  it (<= 1.10x).
 * ``groupnorm``: ``Conv2d(64, 64, 3) -> GroupNorm(8, 64) -> SiLU`` on 16x64x32x32, SGD
   (<= 1.10x); ``instancenorm``: the same with ``InstanceNorm(64)`` (torch: ``GroupNorm(64,
   64)``, the same maths) (<= 1.10x).
@@ -273,6 +275,7 @@ CASES = {  # name: (maker(p) -> (mge_step, torch_step), aim or None, steps facto
     "lstm_infer": (_infer(256, 256, 32, 16), 1.10, 3),
     "lstm_small_infer": (_infer(64, 64, 8, 4), 1.10, 30),
     "lstm_bidir_infer": (_infer(128, 128, 16, 8, num_layers=2, bidirectional=True), 1.10, 6),
+    "lstm_tiny_infer": (_infer(8, 8, 2, 1), 1.10, 60),
     "groupnorm": (_norm("group"), 1.10, 1),
     "instancenorm": (_norm("instance"), 1.10, 1),
     "mlp": (_mlp, None, 4),

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim
-from ..functional.rnn import higher_order_possible, rnn_layer
+from ..functional.rnn import WeightViews, higher_order_possible, rnn_layer, rnn_stack
 from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
@@ -146,6 +146,7 @@ class RNNBase(Module):
             [self.create_cell(layer) for _ in range(self.num_directions)]
             for layer in range(num_layers)
         ]
+        self._weight_views = WeightViews()  # torch views of the weights, kept between calls
 
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.num_directions * self.hidden_size
@@ -155,17 +156,19 @@ class RNNBase(Module):
             for cell in row:
                 cell.reset_parameters()
 
-    def _run(self, input, hx):
-        """Returns (output (L, N, D * H), final states per layer * direction)."""
+    def _check_input(self, input):
         if input.ndim != 3 or input.shape[2] != self.input_size:
             raise ValueError(f"{type(self).__name__}: input must be (seq, batch, input_size="
                              f"{self.input_size}) (batch first if batch_first), got shape "
                              f"{input.shape}")
+
+    def _run(self, input, hx):
+        """Returns (output (L, N, D * H), final states per layer * direction)."""
         if higher_order_possible():
             if hx is None:
                 hx = self.init_hidden(input.shape[1], input)
             return self._run_steps(input, hx)
-        # one op per layer and direction (`megengine.functional.rnn`): all steps at once.
+        # dropout between layers: one op per layer and direction (`rnn_layer`), all steps at once.
         # Without hx one zero state serves every layer (the op never writes its inputs): no
         # (layers, N, H) zeros to index per layer
         zero = None if hx is not None else F.zeros(
@@ -215,6 +218,17 @@ class RNNBase(Module):
         return F.stack(layer_in, axis=0), finals
 
     def forward(self, input: Tensor, hx=None):
+        self._check_input(input)
+        if not higher_order_possible() and not (
+                self.dropout > 0 and self.training and self.num_layers > 1):
+            # the whole stack as one op (`rnn_stack`): no zero states, concatenations, stacks
+            # or transposes as ops of their own
+            weights = [w for row in self.cells for cell in row
+                       for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+            y, *finals = rnn_stack(self.mode, input, hx, weights, self.num_layers,
+                                   self.bidirectional, self.batch_first,
+                                   getattr(self, "_weight_views", None))
+            return y, (finals[0] if len(finals) == 1 else tuple(finals))
         if self.batch_first:
             input = input.transpose((1, 0, 2))  # (seq, batch, feature)
         output, finals = self._run(input, hx)  # (hx None: zero states)

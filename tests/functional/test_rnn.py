@@ -164,11 +164,14 @@ def test_without_torch_the_layer_runs_on_numpy():
             "with gm:\n"
             "    y, _ = m(mge.tensor(np.ones((5, 2, 3), 'float32')))\n"
             "    gm.backward(y.sum())\n"
-            "print(y.shape, all(p.grad is not None for p in m.parameters()))\n")
+            "print(y.shape, all(p.grad is not None for p in m.parameters()))\n"
+            "m.eval()\n"  # inference: rnn_stack's layer path (no ATen lstm without torch)
+            "print(bool(np.allclose(m(mge.tensor(np.ones((5, 2, 3), 'float32')))[0].numpy(),"
+            " y.numpy())))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["(5,", "2,", "4)", "True"]
+    assert out.stdout.split() == ["(5,", "2,", "4)", "True", "True"]
 
 
 @pytest.mark.parametrize("reverse", [False, True])
