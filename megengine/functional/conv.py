@@ -174,25 +174,26 @@ class _Convolution(Op):
                 and wf.shape[0] <= 16 and wf.shape[2] * wf.shape[3] <= 9
                 and type(x) is np.ndarray)
 
+    # a layer's `_aten.LayerViews`, set by `_conv` when a module passes one (F.conv*: None)
+    cache = None
+
     def forward(self, x, w, b=None):
-        wf = _flat_weight(w, self.groups, self.nd, self.what, self.transposed)
-        out = self._check(x, wf, w)
-        dtype = x.dtype
-        if dtype != w.dtype or dtype.kind != "f":  # (same float dtypes: the common case)
-            dtype = _compute_dtype(dtype, w.dtype)
-        tb = None
+        c = self.cache
+        if c is not None and c.key == (id(w), id(b), x.shape, x.dtype, w.shape, self.stride,
+                                       self.padding, self.dilation, self.output_padding,
+                                       self.groups):
+            # the layer's weight and bias arrays, checked with an input of this shape and
+            # dtype: their views as made last time (zero-copy, so they see in-place writes)
+            tw, tb, out, slow = c.views
+            tx = _aten.view(x)
+        else:
+            tx, tw, tb, out, slow = self._prepare(x, w, b, c)
         if b is not None:
-            if b.size != out:
-                raise ValueError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
-                                 f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
             self.b_shape, self.b_dtype = b.shape, b.dtype
-            tb = _aten.view(b.reshape(out).astype(dtype, copy=False))
         if b is not None or self.transposed:  # see _GRAD_ORDER
             self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
-        tx = _aten.view(x if x.dtype == dtype else x.astype(dtype))
-        tw = _aten.view(wf if wf.dtype == dtype else wf.astype(dtype))
-        if wf.shape[1] == 1 and self._few_input_channels(x, wf):  # (the first test, inline)
-            y = _aten.aten()._slow_conv2d_forward(tx, tw, wf.shape[2:], tb, self.stride,
+        if slow:
+            y = _aten.aten()._slow_conv2d_forward(tx, tw, tw.shape[2:], tb, self.stride,
                                                   self.padding)
         else:
             y = _aten.op("convolution")(tx, tw, tb, self.stride, self.padding, self.dilation,
@@ -203,6 +204,34 @@ class _Convolution(Op):
             self.dtypes = (x.dtype, w.dtype)
             self.w_shape = w.shape
         return _aten.array(y)
+
+    def _prepare(self, x, w, b, cache):
+        """Check the arguments; (input, weight and bias views in the compute dtype, output
+        channels, whether the few-input-channels kernel runs). With a layer's ``cache``, the
+        views are kept there when they are the arrays' own memory (no cast, no copy), on the
+        CPU (a CUDA view also orders streams when it is made, so it is made per call)."""
+        wf = _flat_weight(w, self.groups, self.nd, self.what, self.transposed)
+        out = self._check(x, wf, w)
+        dtype = x.dtype
+        if dtype != w.dtype or dtype.kind != "f":  # (same float dtypes: the common case)
+            dtype = _compute_dtype(dtype, w.dtype)
+        tb = None
+        if b is not None:
+            if b.size != out:
+                raise ValueError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
+                                 f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
+            tb = _aten.view(b.reshape(out).astype(dtype, copy=False))
+        tx = _aten.view(x if x.dtype == dtype else x.astype(dtype))
+        tw = _aten.view(wf if wf.dtype == dtype else wf.astype(dtype))
+        slow = wf.shape[1] == 1 and self._few_input_channels(x, wf)  # (the first test, inline)
+        if cache is not None and type(w) is np.ndarray and x.dtype == dtype \
+                and w.dtype == dtype and w.flags.c_contiguous \
+                and (b is None or (b.dtype == dtype and b.flags.c_contiguous)):
+            # (contiguous: their reshapes above are views, not copies)
+            cache.fill((id(w), id(b), x.shape, x.dtype, w.shape, self.stride, self.padding,
+                        self.dilation, self.output_padding, self.groups), (w, b),
+                       (tw, tb, out, slow))
+        return tx, tw, tb, out, slow
 
     def backward(self, gy):
         needs = self.needs_input_grad
@@ -287,13 +316,16 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,
-          output_padding=0):
+          output_padding=0, views=None):
+    """The convolutions' common body; ``views``: the calling layer's `_aten.LayerViews`."""
     if _CONFIG_VARS["__conv_format"] != "default":  # (the switch left alone: NCHW, no call)
         _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
     op = _Convolution(nd, transposed, _ntuple(stride, nd, "stride", what),
                       _ntuple(padding, nd, "padding", what),
                       _ntuple(dilation, nd, "dilation", what),
                       _ntuple(output_padding, nd, "output_padding", what), int(groups), what)
+    if views is not None:
+        op.cache = views
     inputs = (_tensor(inp), _tensor(weight))
     if bias is not None:
         inputs += (_tensor(bias),)

@@ -6,6 +6,8 @@ import numpy as np
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Parameter
+from ..functional._aten import layer_views as _layer_views
+from ..functional.conv import _check_conv_mode, _conv
 from . import init
 from .module import Module
 
@@ -187,8 +189,11 @@ class Conv2d(_ConvNd):
         padding = self.padding
         if self.padding_mode != "zeros":  # (zero padding, nearly every layer: no call)
             inp, padding = self._padded(inp)
-        return F.conv2d(inp, weight, bias, self.stride, padding, self.dilation, self.groups,
-                        self.conv_mode, self.compute_mode)
+        if self.conv_mode != "cross_correlation" or self.compute_mode != "default":
+            _check_conv_mode(self.conv_mode, self.compute_mode, "conv2d")
+        # F.conv2d's body, with the layer's kept weight views (`_aten.LayerViews`)
+        return _conv(2, False, "conv2d", inp, weight, bias, self.stride, padding,
+                     self.dilation, self.groups, 0, _layer_views(self))
 
     def forward(self, inp):
         return self.calc_conv(inp, self.weight, self.bias)
