@@ -333,10 +333,10 @@ def test_sequential_calls_follow_every_change_of_its_layers():
     seq.layer_keys.reverse()  # the key list edited in place
     expect(d, c)
     hook = seq.register_forward_hook(lambda m, inputs, out: out * 10)  # after calls
-    seq[0].register_forward_pre_hook(lambda m, inputs: inputs[0] + 1)
-    np.testing.assert_array_equal(seq(x).numpy(), c(d(x + 1)).numpy() * 10)
+    seq[0].register_forward_pre_hook(lambda m, inputs: inputs[0] + 1)  # (d: x + 1 from now)
+    np.testing.assert_array_equal(seq(x).numpy(), c((x + 1) * d.w).numpy() * 10)
     hook.remove()
-    np.testing.assert_array_equal(seq(x).numpy(), c(d(x + 1)).numpy())
+    np.testing.assert_array_equal(seq(x).numpy(), c((x + 1) * d.w).numpy())
     state = seq.state_dict()
     assert sorted(state) == ["1.count", "1.w", "2.count", "2.w"]
     assert "_call_order" not in repr(seq)
