@@ -59,6 +59,15 @@ class _BatchNorm(Op):
         self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
 
     def forward(self, x, *params):
+        views = self.cache
+        if views is not None and len(params) == 4 and views.key == (
+                id(params[0]), id(params[1]), id(params[2]), id(params[3]), x.dtype,
+                x.shape[1]) and x.flags.c_contiguous and not any(self.needs_input_grad):
+            # an eval layer's call with its own parameter arrays (`_aten.LayerViews`; the key
+            # says a float dtype, and training layers pass no views): its kept views
+            y = _aten.op("native_batch_norm")(_aten.view(x), *views.views, False,
+                                              1.0 - self.momentum, self.eps)[0]
+            return y if type(y) is np.ndarray else _aten.array(y)
         c = x.shape[1]
         # contiguous (a copy only for a strided view): ATen's CPU batch-norm backward gives wrong
         # input gradients for some strided inputs, e.g. a (2, 3, 3, 1) view with strides
@@ -70,16 +79,13 @@ class _BatchNorm(Op):
             # inference of an affine layer with running stats, no gradient: the one kernel
             # call with nothing kept (the path every eval BatchNorm layer takes)
             w, b, rm, rv = params
-            views = self.cache
-            if views is not None and views.key == (id(w), id(b), id(rm), id(rv), dtype, c):
-                vecs = views.views  # the layer's, made from these arrays (`_aten.LayerViews`)
-            else:
-                vecs = (_vec(w, c, dtype), _vec(b, c, dtype), _vec(rm, c, dtype),
-                        _vec(rv, c, dtype))
-                if views is not None and type(x) is np.ndarray and all(
-                        p.dtype == dtype and p.flags.c_contiguous for p in params):
-                    # (views of the arrays' own memory: no cast, no copy in `_vec`)
-                    views.fill((id(w), id(b), id(rm), id(rv), dtype, c), params, vecs)
+            vecs = (_vec(w, c, dtype), _vec(b, c, dtype), _vec(rm, c, dtype),
+                    _vec(rv, c, dtype))
+            if views is not None and type(x) is np.ndarray and all(
+                    p.dtype == dtype and p.flags.c_contiguous for p in params):
+                # kept for the layer's next calls (views of the arrays' own memory: `_vec`
+                # made no cast and no copy)
+                views.fill((id(w), id(b), id(rm), id(rv), dtype, c), params, vecs)
             y = _aten.op("native_batch_norm")(_aten.view(x), *vecs, False, 1.0 - self.momentum,
                                               self.eps)[0]
             return y if type(y) is np.ndarray else _aten.array(y)
