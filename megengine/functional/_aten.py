@@ -125,10 +125,15 @@ class LayerViews:
     empty one (views of torch memory are not state).
     """
 
-    __slots__ = ("key", "held", "views")
+    __slots__ = ("key", "held", "views", "args")
 
     def __init__(self):
         self.key = self.held = self.views = None
+        # (the layer's argument objects, what the op made of them): a conv layer's stride,
+        # padding, dilation, groups as normalized tuples, kept while it passes the same
+        # objects (ints and tuples of ints: immutable, so the same object is the same value;
+        # ``conv.stride = 2`` after construction passes another object)
+        self.args = None
 
     def fill(self, key, held, views):
         self.key, self.held, self.views = key, held, views

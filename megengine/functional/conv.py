@@ -320,13 +320,23 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
     """The convolutions' common body; ``views``: the calling layer's `_aten.LayerViews`."""
     if _CONFIG_VARS["__conv_format"] != "default":  # (the switch left alone: NCHW, no call)
         _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
-    op = _Convolution(nd, transposed, _ntuple(stride, nd, "stride", what),
-                      _ntuple(padding, nd, "padding", what),
-                      _ntuple(dilation, nd, "dilation", what),
-                      _ntuple(output_padding, nd, "output_padding", what), int(groups), what)
+    args = None if views is None else views.args
+    if args is not None and args[0] is stride and args[1] is padding \
+            and args[2] is dilation and args[3] is groups and args[4] is output_padding:
+        op = _Convolution(nd, transposed, *args[5], what)  # (the layer's, as last time)
+    else:
+        made = (_ntuple(stride, nd, "stride", what), _ntuple(padding, nd, "padding", what),
+                _ntuple(dilation, nd, "dilation", what),
+                _ntuple(output_padding, nd, "output_padding", what), int(groups))
+        op = _Convolution(nd, transposed, *made, what)
+        if views is not None and all(
+                type(a) is int or (type(a) is tuple and all(type(v) is int for v in a))
+                for a in (stride, padding, dilation, groups, output_padding)):
+            views.args = (stride, padding, dilation, groups, output_padding, made)
     if views is not None:
         op.cache = views
-    inputs = (_tensor(inp), _tensor(weight))
+    inputs = (inp if isinstance(inp, Tensor) else Tensor(inp),
+              weight if isinstance(weight, Tensor) else Tensor(weight))
     if bias is not None:
         inputs += (_tensor(bias),)
     if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator

@@ -65,7 +65,8 @@ class _BatchNorm(Module):
             # eval (frozen or not): inference on the running statistics, with the layer's
             # kept views of its per-channel tensors (`_aten.LayerViews`)
             out = _batch_norm(x, self.running_mean, self.running_var, weight, bias, False,
-                              self.momentum, self.eps, True, _layer_views(self))
+                              self.momentum, self.eps, True,
+                              self.__dict__.get("_layer_views") or _layer_views(self))
             return out if x is inp else out.reshape(inp.shape)
         shape = inp.shape
         if self.freeze and self.training:

@@ -193,7 +193,8 @@ class Conv2d(_ConvNd):
             _check_conv_mode(self.conv_mode, self.compute_mode, "conv2d")
         # F.conv2d's body, with the layer's kept weight views (`_aten.LayerViews`)
         return _conv(2, False, "conv2d", inp, weight, bias, self.stride, padding,
-                     self.dilation, self.groups, 0, _layer_views(self))
+                     self.dilation, self.groups, 0,
+                     self.__dict__.get("_layer_views") or _layer_views(self))
 
     def forward(self, inp):
         return self.calc_conv(inp, self.weight, self.bias)
