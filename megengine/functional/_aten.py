@@ -116,8 +116,8 @@ class LayerViews:
 
     Why a kept view is never stale: it is zero-copy, so whatever is written into the array in
     place (an optimizer step, ``load_state_dict``, ``set_value``, ``w[...] = v``, ``+=``) shows
-    through it; and the entry is found by ``key``, which holds the ``id`` of each array it was
-    made from while ``held`` keeps those arrays alive (so no other array can take their ids).
+    through it; and the entry is found by its key, which holds the ``id`` of each array it was
+    made from while the entry keeps those arrays alive (so no other array can take their ids).
     A Parameter whose storage is replaced by a new array, or another weight passed to the
     layer's ``calc_conv``, misses, and the op stores fresh views. Ops store only views of the
     arrays' own memory (no dtype cast, no copy) of numpy arrays: a CUDA view also orders
@@ -125,10 +125,13 @@ class LayerViews:
     empty one (views of torch memory are not state).
     """
 
-    __slots__ = ("key", "held", "views", "args")
+    __slots__ = ("entry", "args")
 
     def __init__(self):
-        self.key = self.held = self.views = None
+        # (key, held arrays, views), or None: one tuple, replaced by one assignment, so that
+        # a thread reading it while another calls the layer never pairs a key with the
+        # views of other arrays
+        self.entry = None
         # (the layer's argument objects, what the op made of them): a conv layer's stride,
         # padding, dilation, groups as normalized tuples, kept while it passes the same
         # objects (ints and tuples of ints: immutable, so the same object is the same value;
@@ -136,7 +139,7 @@ class LayerViews:
         self.args = None
 
     def fill(self, key, held, views):
-        self.key, self.held, self.views = key, held, views
+        self.entry = (key, held, views)
 
     def __reduce__(self):  # pickle, copy and deepcopy: a new empty one
         return type(self), ()

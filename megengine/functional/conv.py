@@ -179,12 +179,13 @@ class _Convolution(Op):
 
     def forward(self, x, w, b=None):
         c = self.cache
-        if c is not None and c.key == (id(w), id(b), x.shape, x.dtype, w.shape, self.stride,
-                                       self.padding, self.dilation, self.output_padding,
-                                       self.groups):
+        e = None if c is None else c.entry
+        if e is not None and e[0] == (id(w), id(b), x.shape, x.dtype, w.shape, self.stride,
+                                      self.padding, self.dilation, self.output_padding,
+                                      self.groups):
             # the layer's weight and bias arrays, checked with an input of this shape and
             # dtype: their views as made last time (zero-copy, so they see in-place writes)
-            tw, tb, out, slow = c.views
+            tw, tb, out, slow = e[2]
             tx = _aten.view(x)
         else:
             tx, tw, tb, out, slow = self._prepare(x, w, b, c)

@@ -60,12 +60,13 @@ class _BatchNorm(Op):
 
     def forward(self, x, *params):
         views = self.cache
-        if views is not None and len(params) == 4 and views.key == (
+        e = None if views is None else views.entry
+        if e is not None and len(params) == 4 and e[0] == (
                 id(params[0]), id(params[1]), id(params[2]), id(params[3]), x.dtype,
                 x.shape[1]) and x.flags.c_contiguous and not any(self.needs_input_grad):
             # an eval layer's call with its own parameter arrays (`_aten.LayerViews`; the key
             # says a float dtype, and training layers pass no views): its kept views
-            y = _aten.op("native_batch_norm")(_aten.view(x), *views.views, False,
+            y = _aten.op("native_batch_norm")(_aten.view(x), *e[2], False,
                                               1.0 - self.momentum, self.eps)[0]
             return y if type(y) is np.ndarray else _aten.array(y)
         c = x.shape[1]

@@ -153,7 +153,7 @@ def test_the_next_eval_call_sees_every_write(kind, write):
     _check(layer, a)  # the kept views serve this call
     views = layer.__dict__.get("_layer_views")
     if isinstance(layer.weight._data, np.ndarray):  # (CPU arrays: the views are kept)
-        assert views is not None and views.key is not None
+        assert views is not None and views.entry is not None
     if write == "optimizer_step":
         layer.train()
     WRITES[write](layer)
@@ -255,7 +255,7 @@ def test_copies_start_without_views_and_follow_their_own_weights(how, tmp_path):
         mge.save(layer, str(tmp_path / "layer.mge"))
         twin = mge.load(str(tmp_path / "layer.mge"))
     views = twin.__dict__.get("_layer_views")
-    assert views is None or views.key is None
+    assert views is None or views.entry is None
     twin.weight._reset(host(twin.weight) * -2.0)
     _check(twin, a)
     _check(layer, a)
