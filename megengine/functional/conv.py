@@ -186,7 +186,7 @@ class _Convolution(Op):
             # the layer's weight and bias arrays, checked with an input of this shape and
             # dtype: their views as made last time (zero-copy, so they see in-place writes)
             tw, tb, out, slow = e[2]
-            tx = _aten.view(x)
+            tx = _aten._to_torch(x)  # (`view` without its frame: the bridge made e's views)
         else:
             tx, tw, tb, out, slow = self._prepare(x, w, b, c)
         if b is not None:

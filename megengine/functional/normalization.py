@@ -66,9 +66,10 @@ class _BatchNorm(Op):
                 x.shape[1]) and x.flags.c_contiguous and not any(self.needs_input_grad):
             # an eval layer's call with its own parameter arrays (`_aten.LayerViews`; the key
             # says a float dtype, and training layers pass no views): its kept views
-            y = _aten.op("native_batch_norm")(_aten.view(x), *e[2], False,
+            # (the bridge's functions without `view`'s and `array`'s frames: it made e[2])
+            y = _aten.op("native_batch_norm")(_aten._to_torch(x), *e[2], False,
                                               1.0 - self.momentum, self.eps)[0]
-            return y if type(y) is np.ndarray else _aten.array(y)
+            return _aten._from_torch(y)
         c = x.shape[1]
         # contiguous (a copy only for a strided view): ATen's CPU batch-norm backward gives wrong
         # input gradients for some strided inputs, e.g. a (2, 3, 3, 1) view with strides
