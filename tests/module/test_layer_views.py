@@ -260,3 +260,54 @@ def test_copies_start_without_views_and_follow_their_own_weights(how, tmp_path):
     _check(twin, a)
     _check(layer, a)
     assert not np.allclose(host(twin(mge.tensor(a))), host(layer(mge.tensor(a))))
+
+
+def test_second_derivative_through_a_layer_with_kept_views():
+    """A gradient penalty through a Conv2d whose views are kept: d/dw <dL/dx, v>, the inner
+    gradient recorded by an outer GradManager, against torch's double backward."""
+    conv = M.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+    a, v = _rand(2, 4, 7, 6, seed=11), _rand(2, 4, 7, 6, seed=12)
+    _check(conv, a)  # the views are kept from here on
+    conv.weight._reset(host(conv.weight) * 1.5)  # (written in place: seen through them)
+    x = mge.tensor(a)
+    dy = _rand(*conv(x).shape, seed=13)
+    gm_outer = GradManager().attach([conv.weight])
+    gm_inner = GradManager().attach([x])
+    with gm_outer:
+        with gm_inner:
+            y = conv(x)
+            gm_inner.backward(y, mge.tensor(dy))
+        gm_outer.backward((x.grad * mge.tensor(v)).sum())
+    tw = torch.tensor(host(conv.weight).reshape(6, 2, 3, 3), requires_grad=True)
+    tx = torch.tensor(a, requires_grad=True)
+    ty = TF.conv2d(tx, tw, torch.from_numpy(host(conv.bias).reshape(-1)), 2, 1, 1, 2)
+    (tgx,) = torch.autograd.grad(ty, tx, torch.from_numpy(dy), create_graph=True)
+    (tgx * torch.from_numpy(v)).sum().backward()
+    np.testing.assert_allclose(host(conv.weight.grad).reshape(6, 2, 3, 3), tw.grad.numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_float64_layers_keep_float64_views(kind):
+    make, shape = LAYERS[kind]
+    layer = make()
+    layer.eval()
+    for t in _tensors(layer):  # the layer converted to float64 storage
+        t._data = t._data.astype(np.float64)
+    a = _rand(*shape, seed=14).astype(np.float64)
+    for _ in range(2):
+        out = layer(mge.tensor(a, dtype="float64"))
+        assert out.dtype == np.float64
+        x = torch.from_numpy(a)
+        if isinstance(layer, M.BatchNorm2d):
+            vals = [torch.from_numpy(host(t).reshape(-1)) for t in (
+                layer.running_mean, layer.running_var, layer.weight, layer.bias)]
+            expect = TF.batch_norm(x, *vals, training=False, eps=layer.eps)
+        else:
+            w = host(layer.weight)
+            b = None if layer.bias is None else torch.from_numpy(host(layer.bias).reshape(-1))
+            expect = TF.conv2d(x, torch.from_numpy(w.reshape((-1,) + w.shape[-3:])), b,
+                               layer.stride, layer.padding, layer.dilation, layer.groups)
+        np.testing.assert_allclose(host(out), expect.numpy(), rtol=1e-12, atol=1e-12)
+        for t in _tensors(layer):
+            t._reset(host(t) * 0.75 + 0.5)  # (in place: the next call must see it)
