@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import functional as F
+from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
 from ..functional.normalization import _batch_norm
@@ -61,9 +62,11 @@ class _BatchNorm(Module):
         weight, bias = self.weight, self.bias
         if x.size == 0:
             return self._empty_forward(x, inp.shape)
-        if not self.training and self.track_running_stats:
-            # eval (frozen or not): inference on the running statistics, with the layer's
-            # kept views of its per-channel tensors (`_aten.LayerViews`)
+        if not self.training and self.track_running_stats and _dispatch._trace_hook is None \
+                and _dispatch._symbolic_hook is None:
+            # eval (frozen or not), not traced (tracers record F.batch_norm's calls):
+            # inference on the running statistics, with the layer's kept views of its
+            # per-channel tensors (`_aten.LayerViews`)
             out = _batch_norm(x, self.running_mean, self.running_var, weight, bias, False,
                               self.momentum, self.eps, True,
                               self.__dict__.get("_layer_views") or _layer_views(self))
