@@ -121,8 +121,8 @@ class LayerViews:
     A Parameter whose storage is replaced by a new array, or another weight passed to the
     layer's ``calc_conv``, misses, and the op stores fresh views. Ops store only views of the
     arrays' own memory (no dtype cast, no copy) of numpy arrays: a CUDA view also orders
-    streams when it is made, so it is made per call. Pickling or copying a layer gives it an
-    empty one (views of torch memory are not state).
+    streams when it is made, so it is made per call. Pickles and copies of a layer leave it
+    out (`Module.__getstate__`: views of torch memory are not state).
     """
 
     __slots__ = ("entry", "args")

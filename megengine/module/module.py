@@ -27,6 +27,11 @@ def _naming_scopes():
 
 logger = logging.getLogger(__name__)
 
+# Attributes that layers keep from one call to the next, made at a call and never saved:
+# conv and batch-norm layers' torch views of their parameters (`functional._aten.LayerViews`),
+# a Sequential's call order
+_CALL_CACHES = frozenset({"_layer_views", "_call_order"})
+
 
 def _is_parameter(obj):
     return isinstance(obj, Parameter)
@@ -227,6 +232,14 @@ class Module:
         if modules is not None and name in modules:
             modules.remove(name)
         object.__delattr__(self, name)
+
+    def __getstate__(self):
+        # what layers keep between calls is not state: a pickle (mge.save) or a copy holds
+        # none of it, so upstream's and older versions' Module classes load it
+        state = self.__dict__
+        if not _CALL_CACHES.isdisjoint(state):
+            state = {k: v for k, v in state.items() if k not in _CALL_CACHES}
+        return state
 
     def __setstate__(self, state):
         # Pickles of older modules lack the naming fields and the repr order list.

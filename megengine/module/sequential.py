@@ -82,16 +82,9 @@ class Sequential(Module):
 class _CallOrder:
     """A Sequential's layers as its last call found them, under the keys they were found by
     (a copy: ``layer_keys`` changed in place is noticed). Not a list or tuple, which Module's
-    discovery would look inside; pickles and copies start without one."""
+    discovery would look inside; pickles and copies leave it out (`Module.__getstate__`)."""
 
     __slots__ = ("keys", "layers")
 
     def __init__(self, keys, layers):
         self.keys, self.layers = list(keys), tuple(layers)
-
-    def __reduce__(self):
-        return _no_call_order, ()
-
-
-def _no_call_order():
-    return None
