@@ -186,9 +186,12 @@ class _Convolution(Op):
             # the layer's weight and bias arrays, checked with an input of this shape and
             # dtype: their views as made last time (zero-copy, so they see in-place writes)
             tw, tb, out, slow = e[2]
-            tx = _aten._to_torch(x)  # (`view` without its frame: the bridge made e's views)
+            # (the bridge's C functions without `view`'s and `array`'s frames: it made e's
+            # views, and these are CPU arrays, which simulated CUDA's routing leaves alone)
+            tx, to_array = _aten._to_torch(x), _aten._from_torch
         else:
             tx, tw, tb, out, slow = self._prepare(x, w, b, c)
+            to_array = _aten.array
         if b is not None:
             self.b_shape, self.b_dtype = b.shape, b.dtype
         if b is not None or self.transposed:  # see _GRAD_ORDER
@@ -196,15 +199,16 @@ class _Convolution(Op):
         if slow:
             y = _aten.aten()._slow_conv2d_forward(tx, tw, tw.shape[2:], tb, self.stride,
                                                   self.padding)
-        else:
-            y = _aten.op("convolution")(tx, tw, tb, self.stride, self.padding, self.dilation,
-                                        self.transposed, self.output_padding, self.groups)
+        else:  # (the binding from `_aten.op`'s table without its frame, once looked up)
+            y = (_aten._bindings.get("convolution") or _aten.op("convolution"))(
+                tx, tw, tb, self.stride, self.padding, self.dilation, self.transposed,
+                self.output_padding, self.groups)
         if any(self.needs_input_grad):  # both views, as torch's ConvolutionBackward keeps
             self.tx, self.tw = tx, tw
             self.bias_sizes = None if b is None else [out]
             self.dtypes = (x.dtype, w.dtype)
             self.w_shape = w.shape
-        return _aten.array(y)
+        return to_array(y)
 
     def _prepare(self, x, w, b, cache):
         """Check the arguments; (input, weight and bias views in the compute dtype, output

@@ -66,9 +66,10 @@ class _BatchNorm(Op):
                 x.shape[1]) and x.flags.c_contiguous and not any(self.needs_input_grad):
             # an eval layer's call with its own parameter arrays (`_aten.LayerViews`; the key
             # says a float dtype, and training layers pass no views): its kept views
-            # (the bridge's functions without `view`'s and `array`'s frames: it made e[2])
-            y = _aten.op("native_batch_norm")(_aten._to_torch(x), *e[2], False,
-                                              1.0 - self.momentum, self.eps)[0]
+            # (the bridge's functions without `view`'s and `array`'s frames: it made e[2];
+            # the kernel's binding from `_aten.op`'s table without its frame)
+            kernel = _aten._bindings.get("native_batch_norm") or _aten.op("native_batch_norm")
+            y = kernel(_aten._to_torch(x), *e[2], False, 1.0 - self.momentum, self.eps)[0]
             return _aten._from_torch(y)
         c = x.shape[1]
         # contiguous (a copy only for a strided view): ATen's CPU batch-norm backward gives wrong
