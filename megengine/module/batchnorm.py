@@ -60,17 +60,17 @@ class _BatchNorm(Module):
                              "construction and cannot be turned on later")
         x = self._as_4d(inp)
         weight, bias = self.weight, self.bias
-        if x.size == 0:
-            return self._empty_forward(x, inp.shape)
         if not self.training and self.track_running_stats and _dispatch._trace_hook is None \
-                and _dispatch._symbolic_hook is None:
-            # eval (frozen or not), not traced (tracers record F.batch_norm's calls):
-            # inference on the running statistics, with the layer's kept views of its
-            # per-channel tensors (`_aten.LayerViews`)
+                and _dispatch._symbolic_hook is None and x._data.size:
+            # eval (frozen or not), not traced (tracers record F.batch_norm's calls; so the
+            # array's own size is the size), not empty: inference on the running statistics,
+            # with the layer's kept views of its per-channel tensors (`_aten.LayerViews`)
             out = _batch_norm(x, self.running_mean, self.running_var, weight, bias, False,
                               self.momentum, self.eps, True,
                               self.__dict__.get("_layer_views") or _layer_views(self))
             return out if x is inp else out.reshape(inp.shape)
+        if x.size == 0:
+            return self._empty_forward(x, inp.shape)
         shape = inp.shape
         if self.freeze and self.training:
             # Frozen (upstream: in training mode): a fixed affine map from the running
