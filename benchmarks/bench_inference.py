@@ -13,6 +13,9 @@ Networks: `bench_models.py`'s ResNet-18 and ShuffleNetV2 1.0x, and a MobileNetV2
   (`_timing.paired_ratio`); the verdict is the median over ``--repeats`` rounds, with
   quartiles and range (`_timing.describe_ratios`). Aim: <= 1.10x.
 
+``--size 8`` (or 16, 32) shrinks the input so that the kernels take little time and what is
+left is the per-layer Python cost of the same layers (the stack at 8x8: ~1.3 ms a call).
+
 Compare two checkouts by running this file with each checkout first on ``PYTHONPATH``
 (``PYTHONPATH=/path/to/base python benchmarks/bench_inference.py``), alternately.
 """
@@ -133,9 +136,11 @@ def copy_state(mge_net, torch_net, seed=0):
             b.running_var.copy_(torch.from_numpy(var))
 
 
-def build(name, batch):
-    """(megengine call, torch call) of network ``name`` at ``batch``, after the same-output check."""
-    mge_cls, torch_cls, size = NETWORKS[name]
+def build(name, batch, size=None):
+    """(megengine call, torch call) of network ``name`` at ``batch`` (and input ``size``, else
+    the network's own), after the same-output check."""
+    mge_cls, torch_cls, own_size = NETWORKS[name]
+    size = size or own_size
     ours, theirs = mge_cls(), torch_cls()
     copy_state(ours, theirs)
     ours.eval()
@@ -165,6 +170,9 @@ def main():
                             help="network(s) to run (default: all)")
         parser.add_argument("--batch", type=int, action="append",
                             help="batch size(s) (default: 1 and 8)")
+        parser.add_argument("--size", type=int, default=None,
+                            help="input height and width (default: 224, the stack 112); a small "
+                                 "one (32) leaves mostly the per-layer Python cost")
 
     args = _timing.parse_args(__doc__, steps=8, repeats=7, quick_steps=3, quick_repeats=2,
                               extra=extra)
@@ -174,12 +182,13 @@ def main():
           f"{args.repeats} rounds")
     for name in args.model or list(NETWORKS):
         for batch in args.batch or (1, 8):
-            fm, ft = build(name, batch)
+            fm, ft = build(name, batch, args.size)
             rounds = _timing.paired_rounds(fm, ft, args.steps, args.repeats)
             ratios = [r for r, _, _ in rounds]
             ms_m = np.median([t for _, mt, _ in rounds for t in mt]) * 1e3
             ms_t = np.median([t for _, _, tt in rounds for t in tt]) * 1e3
-            print(f"{name:14s} batch {batch}: megengine {ms_m:7.2f} ms  torch {ms_t:7.2f} ms  "
+            size = f" {args.size}x{args.size}" if args.size else ""
+            print(f"{name:14s} batch {batch}{size}: megengine {ms_m:7.2f} ms  torch {ms_t:7.2f} ms  "
                   f"{_timing.describe_ratios(ratios)}  {_timing.ratio_verdict(ratios, AIM)}")
             _timing.flush()
 

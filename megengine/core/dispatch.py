@@ -367,10 +367,11 @@ def apply_unhooked(op, inputs):
         arrays = (a._data, b._data)
     else:
         device = inputs[0]._device if inputs else op.device  # an op without inputs names it
-        for t in inputs:
+        arrays = []
+        for t in inputs:  # (one pass: an eval batch norm layer's five inputs, every call)
             if t._device != device:
                 raise _mixed_devices(op, device, t._device)
-        arrays = [t._data for t in inputs]
+            arrays.append(t._data)
     run_on = device  # forward (and later backward) runs with this device current
     if op.out_device is not None:  # Copy: the output lives on the op's target device
         device = op.out_device

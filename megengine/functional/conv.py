@@ -174,7 +174,47 @@ class _Convolution(Op):
                 and wf.shape[0] <= 16 and wf.shape[2] * wf.shape[3] <= 9
                 and type(x) is np.ndarray)
 
+    # a layer's `_aten.LayerViews`, set by `_conv` when a module passes one (F.conv*: None)
+    cache = None
+
     def forward(self, x, w, b=None):
+        c = self.cache
+        e = None if c is None else c.entry
+        if e is not None and e[0] == (id(w), id(b), x.shape, x.dtype, w.shape, self.stride,
+                                      self.padding, self.dilation, self.output_padding,
+                                      self.groups):
+            # the layer's weight and bias arrays, checked with an input of this shape and
+            # dtype: their views as made last time (zero-copy, so they see in-place writes)
+            tw, tb, out, slow = e[2]
+            # (the bridge's C functions without `view`'s and `array`'s frames: it made e's
+            # views, and these are CPU arrays, which simulated CUDA's routing leaves alone)
+            tx, to_array = _aten._to_torch(x), _aten._from_torch
+        else:
+            tx, tw, tb, out, slow = self._prepare(x, w, b, c)
+            to_array = _aten.array
+        if b is not None:
+            self.b_shape, self.b_dtype = b.shape, b.dtype
+        if b is not None or self.transposed:  # see _GRAD_ORDER
+            self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
+        if slow:
+            y = _aten.aten()._slow_conv2d_forward(tx, tw, tw.shape[2:], tb, self.stride,
+                                                  self.padding)
+        else:  # (the binding from `_aten.op`'s table without its frame, once looked up)
+            y = (_aten._bindings.get("convolution") or _aten.op("convolution"))(
+                tx, tw, tb, self.stride, self.padding, self.dilation, self.transposed,
+                self.output_padding, self.groups)
+        if any(self.needs_input_grad):  # both views, as torch's ConvolutionBackward keeps
+            self.tx, self.tw = tx, tw
+            self.bias_sizes = None if b is None else [out]
+            self.dtypes = (x.dtype, w.dtype)
+            self.w_shape = w.shape
+        return to_array(y)
+
+    def _prepare(self, x, w, b, cache):
+        """Check the arguments; (input, weight and bias views in the compute dtype, output
+        channels, whether the few-input-channels kernel runs). With a layer's ``cache``, the
+        views are kept there when they are the arrays' own memory (no cast, no copy), on the
+        CPU (a CUDA view also orders streams when it is made, so it is made per call)."""
         wf = _flat_weight(w, self.groups, self.nd, self.what, self.transposed)
         out = self._check(x, wf, w)
         dtype = x.dtype
@@ -185,24 +225,18 @@ class _Convolution(Op):
             if b.size != out:
                 raise ValueError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
                                  f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
-            self.b_shape, self.b_dtype = b.shape, b.dtype
             tb = _aten.view(b.reshape(out).astype(dtype, copy=False))
-        if b is not None or self.transposed:  # see _GRAD_ORDER
-            self.grad_order = _GRAD_ORDER[self.transposed, b is not None]
         tx = _aten.view(x if x.dtype == dtype else x.astype(dtype))
         tw = _aten.view(wf if wf.dtype == dtype else wf.astype(dtype))
-        if wf.shape[1] == 1 and self._few_input_channels(x, wf):  # (the first test, inline)
-            y = _aten.aten()._slow_conv2d_forward(tx, tw, wf.shape[2:], tb, self.stride,
-                                                  self.padding)
-        else:
-            y = _aten.op("convolution")(tx, tw, tb, self.stride, self.padding, self.dilation,
-                                        self.transposed, self.output_padding, self.groups)
-        if any(self.needs_input_grad):  # both views, as torch's ConvolutionBackward keeps
-            self.tx, self.tw = tx, tw
-            self.bias_sizes = None if b is None else [out]
-            self.dtypes = (x.dtype, w.dtype)
-            self.w_shape = w.shape
-        return _aten.array(y)
+        slow = wf.shape[1] == 1 and self._few_input_channels(x, wf)  # (the first test, inline)
+        if cache is not None and type(w) is np.ndarray and x.dtype == dtype \
+                and w.dtype == dtype and w.flags.c_contiguous \
+                and (b is None or (b.dtype == dtype and b.flags.c_contiguous)):
+            # (contiguous: their reshapes above are views, not copies)
+            cache.fill((id(w), id(b), x.shape, x.dtype, w.shape, self.stride, self.padding,
+                        self.dilation, self.output_padding, self.groups), (w, b),
+                       (tw, tb, out, slow))
+        return tx, tw, tb, out, slow
 
     def backward(self, gy):
         needs = self.needs_input_grad
@@ -287,14 +321,27 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,
-          output_padding=0):
+          output_padding=0, views=None):
+    """The convolutions' common body; ``views``: the calling layer's `_aten.LayerViews`."""
     if _CONFIG_VARS["__conv_format"] != "default":  # (the switch left alone: NCHW, no call)
         _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
-    op = _Convolution(nd, transposed, _ntuple(stride, nd, "stride", what),
-                      _ntuple(padding, nd, "padding", what),
-                      _ntuple(dilation, nd, "dilation", what),
-                      _ntuple(output_padding, nd, "output_padding", what), int(groups), what)
-    inputs = (_tensor(inp), _tensor(weight))
+    args = None if views is None else views.args
+    if args is not None and args[0] is stride and args[1] is padding \
+            and args[2] is dilation and args[3] is groups and args[4] is output_padding:
+        op = _Convolution(nd, transposed, *args[5], what)  # (the layer's, as last time)
+    else:
+        made = (_ntuple(stride, nd, "stride", what), _ntuple(padding, nd, "padding", what),
+                _ntuple(dilation, nd, "dilation", what),
+                _ntuple(output_padding, nd, "output_padding", what), int(groups))
+        op = _Convolution(nd, transposed, *made, what)
+        if views is not None and all(
+                type(a) is int or (type(a) is tuple and all(type(v) is int for v in a))
+                for a in (stride, padding, dilation, groups, output_padding)):
+            views.args = (stride, padding, dilation, groups, output_padding, made)
+    if views is not None:
+        op.cache = views
+    inputs = (inp if isinstance(inp, Tensor) else Tensor(inp),
+              weight if isinstance(weight, Tensor) else Tensor(weight))
     if bias is not None:
         inputs += (_tensor(bias),)
     if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator

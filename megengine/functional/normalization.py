@@ -51,12 +51,26 @@ class _BatchNorm(Op):
     inverse std), as torch keeps them.
     """
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
+    # an eval BatchNorm layer's `_aten.LayerViews`, set by `_batch_norm` (F.batch_norm: None)
+    cache = None
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
         self.eps, self.momentum, self.training = eps, momentum, training
         self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
 
     def forward(self, x, *params):
+        views = self.cache
+        e = None if views is None else views.entry
+        if e is not None and len(params) == 4 and e[0] == (
+                id(params[0]), id(params[1]), id(params[2]), id(params[3]), x.dtype,
+                x.shape[1]) and x.flags.c_contiguous and not any(self.needs_input_grad):
+            # an eval layer's call with its own parameter arrays (`_aten.LayerViews`; the key
+            # says a float dtype, and training layers pass no views): its kept views
+            # (the bridge's functions without `view`'s and `array`'s frames: it made e[2];
+            # the kernel's binding from `_aten.op`'s table without its frame)
+            kernel = _aten._bindings.get("native_batch_norm") or _aten.op("native_batch_norm")
+            y = kernel(_aten._to_torch(x), *e[2], False, 1.0 - self.momentum, self.eps)[0]
+            return _aten._from_torch(y)
         c = x.shape[1]
         # contiguous (a copy only for a strided view): ATen's CPU batch-norm backward gives wrong
         # input gradients for some strided inputs, e.g. a (2, 3, 3, 1) view with strides
@@ -67,10 +81,16 @@ class _BatchNorm(Op):
         if not self.training and len(params) == 4 and not any(self.needs_input_grad):
             # inference of an affine layer with running stats, no gradient: the one kernel
             # call with nothing kept (the path every eval BatchNorm layer takes)
-            y = _aten.op("native_batch_norm")(
-                _aten.view(x), _vec(params[0], c, dtype), _vec(params[1], c, dtype),
-                _vec(params[2], c, dtype), _vec(params[3], c, dtype), False,
-                1.0 - self.momentum, self.eps)[0]
+            w, b, rm, rv = params
+            vecs = (_vec(w, c, dtype), _vec(b, c, dtype), _vec(rm, c, dtype),
+                    _vec(rv, c, dtype))
+            if views is not None and type(x) is np.ndarray and all(
+                    p.dtype == dtype and p.flags.c_contiguous for p in params):
+                # kept for the layer's next calls (views of the arrays' own memory: `_vec`
+                # made no cast and no copy)
+                views.fill((id(w), id(b), id(rm), id(rv), dtype, c), params, vecs)
+            y = _aten.op("native_batch_norm")(_aten.view(x), *vecs, False, 1.0 - self.momentum,
+                                              self.eps)[0]
             return y if type(y) is np.ndarray else _aten.array(y)
 
         def vec(a):  # a (C,) view of a parameter in the compute dtype
@@ -416,11 +436,20 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
     ``(out, new_mean, new_var)``). Inference normalizes with the running statistics.
     Parameters and running stats hold C elements ((1, C, 1, 1) or (C,)).
     """
+    return _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum, eps,
+                       inplace)
+
+
+def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum, eps,
+                inplace, views=None):
+    """`batch_norm`'s body, positional (BatchNorm layers call it directly); ``views``: an eval
+    layer's `_aten.LayerViews` of its parameters and statistics."""
     # under autocast the input arrives in float16 while parameters and running stats stay
     # float32 (upstream's rule; the output takes the input's dtype). The statistics of a float16
     # input are computed in float32, as upstream's kernels do: float16 sums over N*H*W values
     # lose the weight gradient entirely (|error| ~17 where float32 gives ~2e-3).
-    inp = _tensor(inp)
+    if not isinstance(inp, Tensor):
+        inp = Tensor(inp)
     if _amp._enabled:
         (inp,) = _amp.cast_for_compute(inp)
     out_dtype = None
@@ -437,8 +466,10 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
         if c is None or running_mean._data.size != c or running_var._data.size != c \
                 or weight._data.size != c or bias._data.size != c:
             _check_bn_args(what, inp, running_mean, running_var, weight, bias)  # raises
-        out = apply(_BatchNorm(eps, float(momentum), False, True, True, True), inp, weight,
-                    bias, running_mean, running_var)
+        op = _BatchNorm(eps, float(momentum), False, True, True, True)
+        if views is not None:
+            op.cache = views
+        out = apply(op, inp, weight, bias, running_mean, running_var)
         return out if out_dtype is None else out.astype(out_dtype)
     c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
     if not training and not (has_mean and has_var):

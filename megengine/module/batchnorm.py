@@ -2,7 +2,10 @@
 import numpy as np
 
 from .. import functional as F
+from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
+from ..functional._aten import layer_views as _layer_views
+from ..functional.normalization import _batch_norm
 from . import init
 from .module import Module
 from .normalization import _affine_parameters, _reset_affine
@@ -55,11 +58,20 @@ class _BatchNorm(Module):
         if not self._track_running_stats_saved and self.track_running_stats:
             raise ValueError(f"{type(self).__name__}: track_running_stats was False at "
                              "construction and cannot be turned on later")
-        shape = inp.shape
         x = self._as_4d(inp)
         weight, bias = self.weight, self.bias
+        if not self.training and self.track_running_stats and _dispatch._trace_hook is None \
+                and _dispatch._symbolic_hook is None and x._data.size:
+            # eval (frozen or not), not traced (tracers record F.batch_norm's calls; so the
+            # array's own size is the size), not empty: inference on the running statistics,
+            # with the layer's kept views of its per-channel tensors (`_aten.LayerViews`)
+            out = _batch_norm(x, self.running_mean, self.running_var, weight, bias, False,
+                              self.momentum, self.eps, True,
+                              self.__dict__.get("_layer_views") or _layer_views(self))
+            return out if x is inp else out.reshape(inp.shape)
         if x.size == 0:
-            return self._empty_forward(x, shape)
+            return self._empty_forward(x, inp.shape)
+        shape = inp.shape
         if self.freeze and self.training:
             # Frozen (upstream: in training mode): a fixed affine map from the running
             # statistics, so nothing learns or updates: inference batch norm (one ATen kernel)

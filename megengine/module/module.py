@@ -27,6 +27,11 @@ def _naming_scopes():
 
 logger = logging.getLogger(__name__)
 
+# Attributes that layers keep from one call to the next, made at a call and never saved:
+# conv and batch-norm layers' torch views of their parameters (`functional._aten.LayerViews`),
+# a Sequential's call order
+_CALL_CACHES = frozenset({"_layer_views", "_call_order"})
+
 
 def _is_parameter(obj):
     return isinstance(obj, Parameter)
@@ -228,6 +233,14 @@ class Module:
             modules.remove(name)
         object.__delattr__(self, name)
 
+    def __getstate__(self):
+        # what layers keep between calls is not state: a pickle (mge.save) or a copy holds
+        # none of it, so upstream's and older versions' Module classes load it
+        state = self.__dict__
+        if not _CALL_CACHES.isdisjoint(state):
+            state = {k: v for k, v in state.items() if k not in _CALL_CACHES}
+        return state
+
     def __setstate__(self, state):
         # Pickles of older modules lack the naming fields and the repr order list.
         if "_short_name" not in state:
@@ -250,7 +263,9 @@ class Module:
     def __call__(self, *inputs, **kwargs):
         if _dispatch._trace_hook is not None:  # a trace records: ops are named in its scope
             return self._call_in_scope(inputs, kwargs)
-        return self._hooked_forward(inputs, kwargs)
+        if self._forward_pre_hooks or self._forward_hooks:
+            return self._hooked_forward(inputs, kwargs)
+        return self.forward(*inputs, **kwargs)  # (no hooks, nearly every call: one frame less)
 
     def _hooked_forward(self, inputs, kwargs):
         if self._forward_pre_hooks:  # (tested first: most calls have no hooks to copy)

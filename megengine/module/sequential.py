@@ -59,7 +59,32 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layer_values)
 
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        self.__dict__.pop("_call_order", None)  # (a layer may have changed: rebuilt at the next call)
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        self.__dict__.pop("_call_order", None)
+
     def forward(self, inp):
-        for layer in self.layer_values:
+        # the layers in call order, kept from call to call (`layer_values` makes a list of
+        # getattr calls each time); any attribute set or deleted drops them
+        order = self.__dict__.get("_call_order")
+        if order is None or order.keys != self.layer_keys:
+            order = self.__dict__["_call_order"] = _CallOrder(self.layer_keys,
+                                                              self.layer_values)
+        for layer in order.layers:
             inp = layer(inp)
         return inp
+
+
+class _CallOrder:
+    """A Sequential's layers as its last call found them, under the keys they were found by
+    (a copy: ``layer_keys`` changed in place is noticed). Not a list or tuple, which Module's
+    discovery would look inside; pickles and copies leave it out (`Module.__getstate__`)."""
+
+    __slots__ = ("keys", "layers")
+
+    def __init__(self, keys, layers):
+        self.keys, self.layers = list(keys), tuple(layers)

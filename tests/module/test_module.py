@@ -307,6 +307,41 @@ def test_sequential_container():
         M.Sequential(Scale(1), 3)
 
 
+def test_sequential_calls_follow_every_change_of_its_layers():
+    """A Sequential keeps its call order between calls; each way of changing the layers shows
+    at the next call (expected values: the layers applied by hand, in order)."""
+    a, b, c, d = Scale(3), Scale(3), Scale(3), Scale(3)
+    for k, layer in enumerate((a, b, c, d)):
+        layer.w._reset(np.array([k + 1, -2.0, 0.5 * k], np.float32))
+    seq = M.Sequential(a, b, c)
+    x = mge.tensor([1.0, 1.0, 1.0])
+
+    def expect(*layers):
+        y = x
+        for layer in layers:
+            y = layer(y)
+        np.testing.assert_array_equal(seq(x).numpy(), y.numpy())
+
+    expect(a, b, c)
+    expect(a, b, c)
+    seq[2] = d
+    expect(a, b, d)
+    setattr(seq, "1", c)
+    expect(a, c, d)
+    del seq[0]
+    expect(c, d)
+    seq.layer_keys.reverse()  # the key list edited in place
+    expect(d, c)
+    hook = seq.register_forward_hook(lambda m, inputs, out: out * 10)  # after calls
+    seq[0].register_forward_pre_hook(lambda m, inputs: inputs[0] + 1)  # (d: x + 1 from now)
+    np.testing.assert_array_equal(seq(x).numpy(), c((x + 1) * d.w).numpy() * 10)
+    hook.remove()
+    np.testing.assert_array_equal(seq(x).numpy(), c((x + 1) * d.w).numpy())
+    state = seq.state_dict()
+    assert sorted(state) == ["1.count", "1.w", "2.count", "2.w"]
+    assert "_call_order" not in repr(seq)
+
+
 def test_sequential_calls_plain_function_layers_as_upstream():
     # HarDNet_Megengine: Sequential(OrderedDict(conv=..., norm=..., relu=F.relu6))
     import megengine.functional as F
