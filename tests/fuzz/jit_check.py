@@ -352,7 +352,7 @@ def _check_step(m, m_ref, before, grads, grads_ref, exact, drift, what):
     if grads.keys() != grads_ref.keys():
         raise JitMismatch(f"{what}: the traced step updated {sorted(grads)}, eager "
                           f"{sorted(grads_ref)}")
-    now, now_ref = m_named(m), m_named(m_ref)
+    now, now_ref = _param_values(m), _param_values(m_ref)
     for name, g_ref in (grads_ref.items() if exact is not None else ()):
         g = grads[name]
         rounding = float(np.max(np.abs(g_ref - exact[name]), initial=0.0)) \
@@ -379,7 +379,7 @@ def _check_step(m, m_ref, before, grads, grads_ref, exact, drift, what):
     return drifted
 
 
-def m_named(model):
+def _param_values(model):
     """{name: the parameter's value} of ``model``."""
     return {n: q.numpy() for n, q in model.named_parameters()}
 
@@ -428,7 +428,8 @@ def check_training(p, mode, rng):
             return out
         seen = _seen(prog)
         expect = expected(mode, traced_seen.setdefault(s, seen), seen)
-        before = {n: (t, e) for (n, t), e in zip(m_named(m).items(), m_named(m_ref).values())}
+        before = {n: (t, e) for (n, t), e in zip(_param_values(m).items(),
+                                                 _param_values(m_ref).values())}
         logs[id(m)].append({})
         logs[id(m_ref)].append({})
         if expect != (None, None):
