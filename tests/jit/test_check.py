@@ -435,7 +435,7 @@ def test_an_array_that_reuses_the_id_of_a_sized_value_let_go_of_reads_plain_size
         old = id(y._data)
         del y
         w = -x
-        seen.append((id(w._data) == old, type(w.shape[0])))
+        seen.append((id(w._data) == old, type(w.shape[0]), type(w._data) is np.ndarray))
         return z, w
 
     x = np.ones((4, check.FREE_BYTES // 16), "float32")
@@ -444,10 +444,12 @@ def test_an_array_that_reuses_the_id_of_a_sized_value_let_go_of_reads_plain_size
         z, w = f(mge.tensor(x))
         np.testing.assert_allclose(w.numpy(), -x)
         assert z.shape == (x.size,)
-    assert [kind for _, kind in seen] == [SymDim] + [int] * 5
+    assert [kind for _, kind, _ in seen] == [SymDim] + [int] * 5
     # (the case this test is about happened: the checked call kept y's array no longer alive
-    # than eager code would)
-    assert any(reused for reused, _ in seen[1:])
+    # than eager code would, and CPython gave its memory to the next array; with numpy arrays
+    # only: CuPy's, simulated or not, live in other allocators)
+    if all(numpy for _, _, numpy in seen):
+        assert any(reused for reused, _, _ in seen[1:])
 
 
 @pytest.mark.parametrize("symbolic", MODES)
