@@ -223,6 +223,9 @@ def _arith_method(op, reverse):
             return SymDim(fn(self.value, v), (op, self.tree, tree), src, nonneg)
         return self._arith(other, op, reverse)
 
+    name = {"+": "add", "-": "sub", "*": "mul", "/": "truediv", "//": "floordiv", "%": "mod"}[op]
+    method.__name__ = f"__{'r' if reverse else ''}{name}__"
+    method.__qualname__ = f"SymDim.{method.__name__}"
     return method
 
 
