@@ -149,8 +149,8 @@ _dim_source = None
 #   ("dim", slot, axis) | int | float | (op, a, b) for op in _BINARY | (op, a) for op in _UNARY
 # A value may be a float (``h * 2.0``, ``h / 2``): rounding it (``math.floor``, ``math.ceil``,
 # ``round``, ``math.trunc``) gives an int size again, as `interpolate(scale_factor=...)` does.
-_ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-          "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b}
+_ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+          "//": operator.floordiv, "%": operator.mod}  # (C functions: no Python frame)
 _UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": round,
           "trunc": math.trunc, "abs": abs}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
@@ -202,6 +202,31 @@ def _number(v):
     if type(v) is float or isinstance(v, np.floating):
         return float(v)
     return None
+
+
+def _arith_method(op, reverse):
+    """`SymDim`'s operator ``op`` (reflected when ``reverse``): with an int or a SymDim of the
+    same recording (``c // 2``, ``h * w``: the common cases, as `SymDim._operand` takes them)
+    the new SymDim is made here, without further calls; the rest goes to `SymDim._arith`."""
+    fn = _ARITH[op]
+
+    def method(self, other):
+        src, t = self.src, type(other)
+        if src is _dim_source and (t is int or t is SymDim and other.src is src):
+            if t is int:
+                v, tree, nonneg = other, other, other >= 0
+            else:
+                v, tree, nonneg = other.value, other.tree, other.nonneg
+            nonneg = nonneg and self.nonneg and op != "-"
+            if reverse:
+                return SymDim(fn(v, self.value), (op, tree, self.tree), src, nonneg)
+            return SymDim(fn(self.value, v), (op, self.tree, tree), src, nonneg)
+        return self._arith(other, op, reverse)
+
+    name = {"+": "add", "-": "sub", "*": "mul", "/": "truediv", "//": "floordiv", "%": "mod"}[op]
+    method.__name__ = f"__{'r' if reverse else ''}{name}__"
+    method.__qualname__ = f"SymDim.{method.__name__}"
+    return method
 
 
 class SymDim:
@@ -291,41 +316,18 @@ class SymDim:
             b = other._escape("arithmetic") if type(other) is SymDim else other
         return _ARITH[op](b, a) if reverse else _ARITH[op](a, b)
 
-    def __add__(self, o):
-        return self._arith(o, "+", False)
-
-    def __radd__(self, o):
-        return self._arith(o, "+", True)
-
-    def __sub__(self, o):
-        return self._arith(o, "-", False)
-
-    def __rsub__(self, o):
-        return self._arith(o, "-", True)
-
-    def __mul__(self, o):
-        return self._arith(o, "*", False)
-
-    def __rmul__(self, o):
-        return self._arith(o, "*", True)
-
-    def __truediv__(self, o):
-        return self._arith(o, "/", False)
-
-    def __rtruediv__(self, o):
-        return self._arith(o, "/", True)
-
-    def __floordiv__(self, o):
-        return self._arith(o, "//", False)
-
-    def __rfloordiv__(self, o):
-        return self._arith(o, "//", True)
-
-    def __mod__(self, o):
-        return self._arith(o, "%", False)
-
-    def __rmod__(self, o):
-        return self._arith(o, "%", True)
+    __add__ = _arith_method("+", False)
+    __radd__ = _arith_method("+", True)
+    __sub__ = _arith_method("-", False)
+    __rsub__ = _arith_method("-", True)
+    __mul__ = _arith_method("*", False)
+    __rmul__ = _arith_method("*", True)
+    __truediv__ = _arith_method("/", False)
+    __rtruediv__ = _arith_method("/", True)
+    __floordiv__ = _arith_method("//", False)
+    __rfloordiv__ = _arith_method("//", True)
+    __mod__ = _arith_method("%", False)
+    __rmod__ = _arith_method("%", True)
 
     def __divmod__(self, o):
         return self // o, self % o
@@ -553,10 +555,20 @@ def symbolic_shape(tensor, shape):
         got = made.get(slot)
         if got is not None and got[0] == shape:
             return got[1]
-        sym = Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+        sym = Shape([SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape)])
         made[slot] = (shape, sym)
         return sym
     return Shape(SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape))
+
+
+def symbolic_size(tensor, size):
+    """``tensor.size`` while a dumpable trace records: the product of its `symbolic_shape`
+    when that holds SymDims, else ``size`` (the array's, without building a shape: batch
+    norm reads ``x.size`` on every call)."""
+    src = _dim_source
+    if src is None or src.dim_slot(tensor) is None:
+        return size
+    return math.prod(tensor.shape)
 
 
 # --------------------------------------------------------------------------------------------

@@ -282,7 +282,7 @@ class Tensor(metaclass=_TensorType):
     @property
     def size(self):
         if _trace_option._dim_source is not None:  # a dumpable trace records: see shape
-            return math.prod(self.shape)
+            return _trace_option.symbolic_size(self, self._data.size)
         return self._data.size
 
     @property

@@ -188,26 +188,44 @@ def _sized_slots(prog):
     return found
 
 
+def _leaves(enc):
+    """The leaves of an encoded structure, walked as one: `_freeze` forms (op state), what
+    `record._Recorder._encode` made (event arguments, outputs) and object arrays of sizes
+    (shape tensors). Tuples, lists, dict values, `_Struct` items and object ndarrays are
+    walked into; anything else is a leaf.
+
+    Object arrays hold user values only: `_freeze` wraps every array (`_Ref`, `_ArrayValue`),
+    `_encode` leaves an array as the user gave it (Tensors, SymDims, numbers inside are not
+    encoded) and `shape_tensors.objects` fills them with SymDims and numbers; a `_Ref` or a
+    `_DimExpr` is made only by `_freeze`, `_encode`, `dump_format` and the rewrites, never
+    inside an array. So walking into them finds no reference (`_refs_in`) and finds the
+    SymDims of shape tensors and of arrays passed to events (`_dim_leaves`)."""
+    t = type(enc)
+    if t is tuple or t is list:
+        for x in enc:
+            yield from _leaves(x)
+    elif t is dict:
+        for x in enc.values():
+            yield from _leaves(x)
+    elif t is _Struct:
+        for x in enc.items:
+            yield from _leaves(x)
+    elif t is np.ndarray and enc.dtype == object:
+        for x in enc.flat:
+            yield from _leaves(x)
+    else:
+        yield enc
+
+
 def _dim_leaves(enc):
     """The slots of the size expressions in ``enc`` (encoded op state, event arguments, an
     object array of SymDims)."""
-    t = type(enc)
-    if t is _DimExpr:
-        yield from enc.slots()
-    elif t is SymDim:
-        yield from _dim_slots(enc.tree)
-    elif t is tuple or t is list:
-        for x in enc:
-            yield from _dim_leaves(x)
-    elif t is dict:
-        for x in enc.values():
-            yield from _dim_leaves(x)
-    elif t is _Struct:
-        for x in enc.items:
-            yield from _dim_leaves(x)
-    elif t is np.ndarray and enc.dtype == object:
-        for x in enc.flat:
-            yield from _dim_leaves(x)
+    for x in _leaves(enc):
+        t = type(x)
+        if t is _DimExpr:
+            yield from x.slots()
+        elif t is SymDim:
+            yield from _dim_slots(x.tree)
 
 
 def _freeze(v, array_slot):
@@ -739,20 +757,14 @@ def _slots_used(step):
 
 
 def _refs_in(enc):
-    t = type(enc)
-    if t is _Ref:
-        yield enc.slot
-    elif t is tuple or t is list:
-        for x in enc:
-            yield from _refs_in(x)
-    elif t is dict:
-        for x in enc.values():
-            yield from _refs_in(x)
-    elif t is _Struct:
-        for x in enc.items:
-            yield from _refs_in(x)
-    elif t is _DimExpr:
-        yield from enc.slots()
+    """The slots ``enc`` (see `_leaves`) refers to: its `_Ref`s and the sizes its expressions
+    read."""
+    for x in _leaves(enc):
+        t = type(x)
+        if t is _Ref:
+            yield x.slot
+        elif t is _DimExpr:
+            yield from x.slots()
 
 
 def _tensor_text(t):

@@ -24,7 +24,7 @@ import numpy as np
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core._trace_option import SymDim, has_dims
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
                        _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
@@ -51,9 +51,18 @@ def _dims_value(v, frozen):
             return _NO_VALUE
         out = []
         for x, f in zip(v, frozen[1]):
-            x = _dims_value(x, f)
-            if x is _NO_VALUE:
-                return _NO_VALUE
+            tx = type(x)
+            if tx is SymDim:  # (a shape's items: SymDims and ints, compared here without a
+                if type(f) is not _DimExpr or f.tree != x.tree:  # call each)
+                    return _NO_VALUE
+                x = x.value
+            elif tx is int:
+                if type(f) is not int or f != x:
+                    return _NO_VALUE
+            else:
+                x = _dims_value(x, f)
+                if x is _NO_VALUE:
+                    return _NO_VALUE
             out.append(x)
         return t(out)
     if t is slice:
@@ -138,17 +147,29 @@ class _Checker(_Hook):
     # are read as numbers.
     dims_made = False
 
-    sized_arrays = None  # id -> array: what the sized slots of the record held
-    # (`_take_up_sized`)
+    sized_arrays = None  # id(array) -> slot: the arrays the sized slots of the record held
+    # in this call (`_take_up_sized`)
     sized_next = -1  # the first of ``prog.sized_order`` not taken up yet (-1: none taken)
 
     def dim_slot(self, t):
         if self.sized_next < self.prog.made_before[self.pc]:
-            self._take_up_sized()  # (most shape reads end at the next line)
-        if id(t._data) not in self.sized_arrays or dispatch._trace_hook is not self:
+            self._take_up_sized()  # (most shape reads end at the next lines)
+        a = t._data
+        s = self.sized_arrays.get(id(a))
+        if s is None or dispatch._trace_hook is not self:
             return None  # (a value no op of the record took sizes from)
+        b = self.arrays[s]
+        if b is a:
+            if self.values[s] is t:  # t holds slot s, as the op fast path asks (an event that
+                return s  # rebinds t takes it out of ``values``)
+        elif b is None:  # the value was let go of (`_free`): its array may live on in a
+            e = self.dead.get(id(a))  # tensor the function holds, or a new array reuses the
+            if e is None or e[1]() is not a:  # id (no sized value's: an array made later
+                return None  # that was one would be in ``sized_arrays`` under its own slot)
+        # another tensor on the array (a detached alias), a rebound one, or a value let go
+        # of that the function still holds: the maps decide
         e = self.by_tensor.get(id(t)) if self.by_tensor is not None else None
-        if e is not None and e[1] is t._data:  # (the maps' common case, without a call)
+        if e is not None and e[1] is a:  # (the maps' common case, without a call)
             s = e[0]
         elif id(t) in self.prog.ext_ids:  # a parameter or buffer (unless rebound to a value
             return None  # of this call: found in the maps above)
@@ -159,12 +180,15 @@ class _Checker(_Hook):
         return s  # (a program that is not dumpable has them only where data decides sizes)
 
     def _take_up_sized(self):
-        """Add the arrays of the sized slots (``prog.sized_slots``) made so far to
-        ``sized_arrays``: a shape read (`dim_slot`) finds its value's slot (`_internal`, which
-        builds the maps) only where its array is one of them. Any tensor that `_internal`
-        finds at slot ``s`` has ``arrays[s]`` (a value let go of too: `_free` takes up the
-        arrays before it lets go of them), so one lookup answers no exactly (ShuffleNetV2:
-        14 of 516 values sized, ~240 shape reads per call)."""
+        """Note the arrays of the sized slots (``prog.sized_slots``) made so far in
+        ``sized_arrays``: a shape read (`dim_slot`) looks further only where its array is one
+        of them. Any tensor that `_internal` finds at slot ``s`` has ``arrays[s]`` (a value let
+        go of too: `_free` takes up the arrays before it lets go of them), so one lookup
+        answers no exactly (ShuffleNetV2: 14 of 516 values sized, ~240 shape reads per call),
+        and a tensor that holds the slot it finds (``values[s]``) answers yes without the maps
+        of `_Hook` (building them costs ~0.1 ms per call). The arrays are not kept alive (a
+        value let go of frees its memory, as eager code's would): a new array that reuses the
+        id of one let go of is told apart by ``dead``'s weak reference."""
         held = self.sized_arrays
         if held is None:
             held = self.sized_arrays = {}
@@ -173,7 +197,7 @@ class _Checker(_Hook):
         while k < len(order) and order[k] < end:
             b = arrays[order[k]]
             if b is not None:
-                held[id(b)] = b  # (kept: its id stays its own during the call)
+                held[id(b)] = order[k]  # (a later slot on the same array wins, as in the maps)
             k += 1
         self.sized_k = k
         self.sized_next = order[k] if k < len(order) else len(self.values) + 1
@@ -224,7 +248,7 @@ class _Checker(_Hook):
         self.values[slot] = t
         self.arrays[slot] = t._data
         if self.sized_arrays is not None and slot in self.prog.sized_slots:
-            self.sized_arrays[id(t._data)] = t._data  # (see `_take_up_sized`)
+            self.sized_arrays[id(t._data)] = slot  # (see `_take_up_sized`)
         if self.by_tensor is not None:
             _Hook._register(self, t, slot)
 
@@ -280,9 +304,12 @@ class _Checker(_Hook):
             if (shape is not None and a.shape != shape) or (a.dtype is not dtype
                                                             and a.dtype != dtype):
                 self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
-        for j, guard in step.guards:  # captured tensors: still their captured values?
-            if not guard.unchanged():
-                self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))  # (raises)
+        if step.guards:  # captured tensors: still their captured values? (`unchanged`'s
+            writes = _writes[0]  # first test inline: no call while nothing was written)
+            for j, guard in step.guards:
+                if (guard.writes != writes or inputs[j]._data is not guard.array) \
+                        and not guard.unchanged():
+                    self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))
         if sizes is not None:
             op.__dict__.update(sizes)
         self.pc = pc + 1

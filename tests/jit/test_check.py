@@ -383,3 +383,102 @@ def test_values_let_go_of_are_found_for_inplace_writes_and_shapes(options, slow_
     with pytest.raises(TraceMismatchError) as info:
         tg(x)
     assert "output 0 of op #0" in info.value.detail, info.value.detail
+
+
+# ----- sizes in checked calls of dumpable traces (capture_as_const) -----
+def _shuffle_block(x):
+    """The size arithmetic of ShuffleNetV2's channel shuffle: ops built from ``x.shape``."""
+    b, c, h, w = x.shape
+    y = x.reshape(b * c // 2, 2, h * w).transpose(1, 0, 2).reshape(2, -1, c // 2, h, w)
+    return F.concat([y[0], F.relu(y[1])], 1)
+
+
+def test_size_reads_answer_without_building_the_maps(monkeypatch):
+    # a shape read of a value whose sizes built ops (x's) gives SymDims, of any other value
+    # (batch norm's checks, ``y.size``) plain ints: both without the maps of the slow paths
+    # (building them cost ~0.1 ms per call of ShuffleNetV2)
+    from megengine.core._trace_option import SymDim
+
+    seen = []
+
+    def fn(x):
+        y = _shuffle_block(_shuffle_block(x))
+        r = F.relu(y)  # no op is built from r's sizes (no constant either: a Python scalar is
+        # matched by the maps)
+        hook = mge.core.dispatch._trace_hook
+        seen.append((type(x.shape[1]), type(x.size), type(r.shape[1]), type(r.size),
+                     getattr(hook, "by_tensor", "no hook")))
+        return r
+
+    x = np.random.RandomState(0).randn(1, 8, 3, 5).astype("float32")
+    want = fn(mge.tensor(x)).numpy()
+    f = trace(fn, symbolic=False, capture_as_const=True)
+    for _ in range(3):
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), want)
+    # (eager: ints; the recording hands out SymDims everywhere; checked calls only where ops
+    # were built from them)
+    assert seen[0][:4] == (int,) * 4 and seen[1][:4] == (SymDim,) * 4
+    assert seen[2:] == [(SymDim, SymDim, int, int, None)] * 2
+
+
+def test_an_array_that_reuses_the_id_of_a_sized_value_let_go_of_reads_plain_sizes():
+    # y's sizes built an op; after its last use the checked call lets go of it and so does
+    # the function: the next array made takes its id (CPython reuses the memory at once). The
+    # checked call must not take the new value for y: its sizes are plain ints, as recorded
+    from megengine.core._trace_option import SymDim
+
+    seen = []
+
+    def fn(x):
+        y = x * 2
+        z = F.zeros(y.shape[0] * y.shape[1])  # an op built from y's sizes
+        old = id(y._data)
+        del y
+        w = -x
+        seen.append((id(w._data) == old, type(w.shape[0]), type(w._data) is np.ndarray))
+        return z, w
+
+    x = np.ones((4, check.FREE_BYTES // 16), "float32")
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    for _ in range(6):
+        z, w = f(mge.tensor(x))
+        np.testing.assert_allclose(w.numpy(), -x)
+        assert z.shape == (x.size,)
+    assert [kind for _, kind, _ in seen] == [SymDim] + [int] * 5
+    # (the case this test is about happened: the checked call kept y's array no longer alive
+    # than eager code would, and CPython gave its memory to the next array; with numpy arrays
+    # only: CuPy's, simulated or not, live in other allocators)
+    if all(numpy for _, _, numpy in seen):
+        assert any(reused for reused, _, _ in seen[1:])
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_captured_inputs_are_not_asked_while_nothing_was_written(symbolic, monkeypatch):
+    # the fast path tests a capture's write count and array itself and asks its guard only
+    # after a write (or for storage the engine cannot see written: a view, compared always)
+    from megengine.jit import captures
+
+    asked = []
+    real = captures.CaptureGuard.unchanged
+
+    def counting(self):
+        asked.append(self.tensor.shape)
+        return real(self)
+
+    monkeypatch.setattr(captures.CaptureGuard, "unchanged", counting)
+    lin = M.Linear(3, 2)
+    base = mge.Parameter(np.arange(4, dtype="float32"))
+    view = mge.Tensor(base.numpy())
+    view._data = base._data[1:3]  # a view: compared on every call
+    f = trace(lambda x: lin(x) * view, symbolic=symbolic, capture_as_const=True)
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    for _ in range(3):
+        f(x)
+    asked.clear()
+    for _ in range(2):
+        f(x)
+    assert asked == [(2,), (2,)]  # the view, each call; the weight and bias not at all
+    lin.bias.set_value(np.ones(2, "float32"))  # a write: each capture asked once more
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        f(x)
+    assert (2,) in asked[2:] and len(asked) >= 4
