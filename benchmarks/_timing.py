@@ -160,6 +160,14 @@ def verdict(ratio, aim):
     return f"aim <= {aim:.2f}x: {'met' if ratio <= aim else 'MISSED'}"
 
 
+def megengine_source():
+    """Which checkout's ``megengine`` this process imported (A/B runs put one first on
+    PYTHONPATH): the folder above the package."""
+    import megengine
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(megengine.__file__)))
+
+
 def machine_line():
     """nproc, CPU model, Python/torch/numpy versions and the date, for the README's figures."""
     import numpy

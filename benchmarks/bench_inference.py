@@ -177,7 +177,7 @@ def main():
     args = _timing.parse_args(__doc__, steps=8, repeats=7, quick_steps=3, quick_repeats=2,
                               extra=extra)
     print(_timing.machine_line())
-    print(f"megengine from {os.path.dirname(os.path.dirname(os.path.abspath(mge.__file__)))}")
+    print(f"megengine from {_timing.megengine_source()}")
     print(f"eval forward, megengine / torch no_grad, paired per call, {args.steps} pairs x "
           f"{args.repeats} rounds")
     for name in args.model or list(NETWORKS):

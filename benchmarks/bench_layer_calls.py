@@ -117,7 +117,7 @@ def main():
     args = _timing.parse_args(__doc__, steps=20, repeats=7, quick_steps=4, quick_repeats=2,
                               extra=extra)
     print(_timing.machine_line())
-    print(f"megengine from {os.path.dirname(os.path.dirname(os.path.abspath(mge.__file__)))}")
+    print(f"megengine from {_timing.megengine_source()}")
     print(f"eval call on (1, 8, 4, 4) float32, megengine / torch no_grad, paired blocks of "
           f"{args.calls} calls, {args.steps} pairs x {args.repeats} rounds")
     with torch.no_grad():

@@ -329,7 +329,7 @@ def main():
     args = _timing.parse_args(__doc__, steps=10, repeats=7, quick_steps=2, quick_repeats=2,
                               extra=extra)
     print(_timing.machine_line())
-    print(f"megengine from {os.path.dirname(os.path.dirname(os.path.abspath(mge.__file__)))}; "
+    print(f"megengine from {_timing.megengine_source()}; "
           f"{args.repeats} rounds of --steps {args.steps} (times each case's factor), paired")
     ok = True
     for name in args.case or list(CASES) + ["act"]:
