@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Attributes that layers keep from one call to the next, made at a call and never saved:
 # conv and batch-norm layers' torch views of their parameters (`functional._aten.LayerViews`),
-# a Sequential's call order
-_CALL_CACHES = frozenset({"_layer_views", "_call_order"})
+# RNN/LSTM stacks' (`functional.rnn.WeightViews`), a Sequential's call order
+_CALL_CACHES = frozenset({"_layer_views", "_weight_views", "_call_order"})
 
 
 def _is_parameter(obj):

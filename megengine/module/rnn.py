@@ -146,7 +146,6 @@ class RNNBase(Module):
             [self.create_cell(layer) for _ in range(self.num_directions)]
             for layer in range(num_layers)
         ]
-        self._weight_views = WeightViews()  # torch views of the weights, kept between calls
 
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.num_directions * self.hidden_size
@@ -225,9 +224,11 @@ class RNNBase(Module):
             # or transposes as ops of their own
             weights = [w for row in self.cells for cell in row
                        for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+            views = self.__dict__.get("_weight_views")
+            if views is None:  # (made at the first call, also after a load: never saved)
+                views = self.__dict__["_weight_views"] = WeightViews()
             y, *finals = rnn_stack(self.mode, input, hx, weights, self.num_layers,
-                                   self.bidirectional, self.batch_first,
-                                   getattr(self, "_weight_views", None))
+                                   self.bidirectional, self.batch_first, views)
             return y, (finals[0] if len(finals) == 1 else tuple(finals))
         if self.batch_first:
             input = input.transpose((1, 0, 2))  # (seq, batch, feature)

@@ -323,3 +323,10 @@ def test_pickles_hold_no_call_caches():
     for name in (b"LayerViews", b"_CallOrder", b"_layer_views", b"_call_order"):
         assert name not in data
     assert "_layer_views" in vars(net[0])  # (the original keeps its own)
+    lstm = M.LSTM(3, 4)
+    lstm.eval()
+    lstm(mge.tensor(_rand(2, 1, 3, seed=16)))
+    assert "_weight_views" in vars(lstm)
+    data = pickle.dumps(lstm)
+    for name in (b"WeightViews", b"_weight_views"):
+        assert name not in data
