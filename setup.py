@@ -6,7 +6,7 @@ with ninja on first use or by ``python -m megengine.module.pytorch build``, neve
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["megengine", "megengine.*"]) + ["megengine._csrc"],
+    packages=find_packages(include=["megengine", "megengine.*", "megenginelite"]) + ["megengine._csrc"],
     package_dir={"megengine._csrc": "csrc"},
     package_data={"megengine._csrc": ["*.cpp", "*.h"]},
 )

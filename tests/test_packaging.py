@@ -18,8 +18,9 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "csrc", source / "csrc")
-    shutil.copytree(REPO / "megengine", source / "megengine",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("megengine", "megenginelite"):
+        shutil.copytree(REPO / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     run = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
@@ -47,4 +48,5 @@ def test_wheel_ships_the_cpp_source_the_license_and_the_build_command(wheel):
     assert wheel.read("megengine/_csrc/torch_bridge.cpp") == (REPO / "csrc" / "torch_bridge.cpp").read_bytes()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "megengine/module/pytorch/__main__.py" in names
+    assert "megenginelite/network.py" in names  # upstream's wheel ships MegEngine Lite's API too
     assert not any(n.endswith(".so") for n in names), "the operator is compiled on the user's machine"

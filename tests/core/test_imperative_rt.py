@@ -145,3 +145,28 @@ def test_mode_enums_are_named_as_upstreams_and_pickle():
     assert pickle.loads(pickle.dumps(Elemwise.Mode.ADD)) is Elemwise.Mode.ADD
     op = pickle.loads(pickle.dumps(Elemwise(Elemwise.Mode.MUL)))
     assert op == Elemwise(mode="mul")
+
+
+def test_graph_var_and_operator_classes_are_what_load_graph_returns(tmp_path):
+    # upstream exports its graph's C++ classes as _imperative_rt.VarNode / OperatorNode, and
+    # tools that read dumped models (mgeconvert's MegEngine frontend) check vars with
+    # isinstance(x, rt.VarNode): the vars and operators of a loaded dump must pass that check
+    import megengine.core._imperative_rt as rt
+    import megengine.core.tensor.megbrain_graph as G
+    import megengine.functional as F
+    from megengine.jit import trace
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return F.relu(x) * 2
+
+    f(mge.tensor(np.array([-1.0, 3.0], dtype="float32")))
+    path = str(tmp_path / "f.mge")
+    f.dump(path, arg_names=["x"])
+    loaded = G.load_graph(path)
+    out = loaded.output_vars_list[0]
+    assert isinstance(out, rt.VarNode) and isinstance(out.owner, rt.OperatorNode)
+    assert all(isinstance(v, rt.VarNode) for v in out.owner.inputs)
+    assert not isinstance(mge.tensor([1.0]), rt.VarNode)  # an eager tensor is no graph var
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchNode'"):
+        rt.NoSuchNode
