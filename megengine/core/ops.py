@@ -320,6 +320,13 @@ class _NoGradBinary(_Binary):
     fn = None
 
     def compute(self, a, b):
+        # bit operations are defined on integers (and/or/xor also on bools); say so instead of
+        # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
+        kinds = "iu" if self.fn.endswith("shift") else "iub"
+        if a.dtype.kind not in kinds or b.dtype.kind not in kinds:
+            what = "integers" if kinds == "iu" else "integers or bools"
+            raise TypeError(f"{self.fn}: operands must be {what}, got {a.dtype} and {b.dtype}; "
+                            f"cast them with .astype('int32') first")
         return getattr(xp_of(a), self.fn)(a, b)
 
 

@@ -679,8 +679,9 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
                         beta: float = 0.75):
     """``inp / (k + alpha * sum of inp**2 over the kernel_size channels centred on each one)**beta``
     for an (N, C, ...) input (upstream's ``F.local_response_norm``, behind ``M.LocalResponseNorm``).
-    Upstream's alpha multiplies the plain sum (PyTorch's divides it by the window size first).
-    Built from differentiable ops, so gradients come for free."""
+    Upstream's alpha multiplies the plain sum (PyTorch's divides it by the window size first);
+    ``kernel_size`` must be odd, as upstream's. Built from differentiable ops, so gradients come
+    for free."""
     from .elemwise import square
     from .tensor import pad
 
@@ -691,6 +692,12 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
         raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
                          f"{kernel_size!r}")
     kernel_size = as_int(kernel_size)
+    if kernel_size % 2 == 0:
+        # upstream's LRN asserts an odd window (megdnn: kernel_size // 2 channels on each
+        # side of the centre); an even size has no centred window
+        raise ValueError(f"local_response_norm: kernel_size must be odd (a window of "
+                         f"kernel_size // 2 channels on each side, as upstream's), got "
+                         f"{kernel_size}")
     half = kernel_size // 2
     channels = inp.shape[1]
     # zero channels on both sides, then add the kernel_size shifted channel windows

@@ -20,9 +20,9 @@ class LocalResponseNorm(Module):
                  beta: float = 0.75, **kwargs):
         super().__init__(**kwargs)
         kernel_size = as_int(kernel_size) if is_dim(kernel_size) else kernel_size  # (a guard)
-        if not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"LocalResponseNorm: kernel_size must be an int >= 1, got "
-                             f"{kernel_size!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"LocalResponseNorm: kernel_size must be an odd int >= 1 (a "
+                             f"centred window, as upstream's), got {kernel_size!r}")
         self.kernel_size = kernel_size
         self.k = k
         self.alpha = alpha

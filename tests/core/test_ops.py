@@ -2,6 +2,7 @@
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 import megengine as mge
@@ -39,3 +40,19 @@ def test_mul_and_div_still_give_both_gradients_when_both_are_attached():
     (tx * ty + tx / ty).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-6)
+
+
+def test_bit_operations_refuse_floats_with_their_own_error():
+    # the op fuzzer drew F.left_shift of a float32 tensor: numpy's "ufunc 'left_shift' not
+    # supported for the input types" came out; torch refuses too, with a message naming dtypes
+    x = mge.tensor([1.5, 2.0])
+    for call in (lambda: F.left_shift(x, 1), lambda: F.right_shift(x, x), lambda: x & x,
+                 lambda: mge.tensor([1, 2]) << mge.tensor([1.0, 2.0])):
+        with pytest.raises(TypeError, match="operands must be integers"):
+            call()
+    # integers and (for and/or/xor) bools still work; numpy is the oracle
+    a, b = np.array([5, -3, 7], np.int8), np.array([1, 2, 0], np.int8)
+    np.testing.assert_array_equal(F.left_shift(mge.tensor(a), mge.tensor(b)).numpy(), a << b)
+    np.testing.assert_array_equal(F.right_shift(mge.tensor(a), mge.tensor(b)).numpy(), a >> b)
+    t = np.array([True, False])
+    np.testing.assert_array_equal((mge.tensor(t) & mge.tensor(t[::-1])).numpy(), t & t[::-1])

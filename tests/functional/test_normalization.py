@@ -461,7 +461,7 @@ def test_local_response_norm_matches_upstreams_documented_values():
     assert F.nn.local_response_norm is F.local_response_norm
 
 
-@pytest.mark.parametrize("size", [1, 3, 4])
+@pytest.mark.parametrize("size", [1, 3, 5])
 def test_local_response_norm_value_and_grad(size):
     # torch divides alpha by the window size; upstream multiplies the plain sum
     check(lambda x: F.local_response_norm(x, size, 1.5, 0.3, 0.75),
@@ -474,6 +474,10 @@ def test_local_response_norm_rejects_bad_input():
         F.local_response_norm(mge.tensor(np.ones((2, 3), np.float32)))
     with pytest.raises(ValueError, match="kernel_size"):
         F.local_response_norm(mge.tensor(np.ones((1, 2, 3), np.float32)), kernel_size=0)
+    # upstream's LRN asserts an odd window (megdnn's check_param: n & 1); an even size was
+    # taken with torch's lopsided window (the op fuzzer's upstream reading)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        F.local_response_norm(mge.tensor(np.ones((1, 4, 3), np.float32)), kernel_size=4)
 
 
 # ----- instance norm, general norm (upstream 1.13) -----

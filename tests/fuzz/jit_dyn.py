@@ -132,6 +132,9 @@ def _use(rng, pos, nonempty, pair):
     return pick(rng, opts)
 
 
+_ABOVE = "c >= F.minimum(c.mean(), c.max()) * 0.9999995 - 1e-7"
+
+
 def _channels(rng, st):
     """A mask on one axis (``h[:, mask]``): a value whose axis 1 data decides, and its uses."""
     if st.rank == 4:
@@ -144,10 +147,16 @@ def _channels(rng, st):
         # (the max is >= the min of mean and max, even where rounding puts the mean above
         # equal values: at least one channel is kept. Of |h|: other steps subtract channel
         # means, which leaves plain means to rounding noise, and a trace's rewrites round
-        # differently from eager: a mask decided by noise is no engine bug)
-        make = "c = F.abs(h).mean(axis=(0, 2, 3))\ng = h[:, c >= F.minimum(c.mean(), c.max())]"
+        # differently from eager: a mask decided by noise is no engine bug. The threshold sits
+        # 5e-7 relative (~4-8 float32 ulps) and 1e-7 absolute below that value: channels of
+        # equal means (program 7280: a batch of one minus its batch mean, plus 0.5, makes
+        # every mean 0.5) are then all kept, not split by one ulp of the rewritten
+        # log(1 + h*h) -> log1p(h*h). Of programs 7000-7499, only 7337 (channels 1-2 ulps
+        # below the mean) masks differently; a band of 0.1% moved channels that are merely
+        # close, as normalizations make them, in 15 of 53 programs of 7000-7199)
+        make = "c = F.abs(h).mean(axis=(0, 2, 3))\ng = h[:, " + _ABOVE + "]"
     else:
-        make = "c = F.abs(h).mean(0)\ng = h[:, c >= F.minimum(c.mean(), c.max())]"
+        make = "c = F.abs(h).mean(0)\ng = h[:, " + _ABOVE + "]"
     uses = ["h = h + g.mean(1, keepdims=True)",
             "h = h + g.sum(1, keepdims=True) / «R:g».shape[1]",
             "h = h * F.sigmoid(g.max(1, keepdims=True))",

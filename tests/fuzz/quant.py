@@ -541,3 +541,61 @@ def _quantized_conv(rng):
         return "ok"
     return Check(desc, _on_host(fn))
 
+
+
+@op("batch_conv_bias_activation")
+def _batch_conv_bias_activation(rng):
+    import megengine.functional as F
+
+    # one weight per sample (upstream's BatchConvBias): sample n's exact integer convolution
+    # with weight[n], then the bias, the activation and the output dtype as conv_bias_activation
+    n, cin, cout = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    dil = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    pad = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+    h = max(int(rng.integers(1, 6)), dil[0] * (kh - 1) + 1 - 2 * pad[0])
+    w_ = max(int(rng.integers(1, 6)), dil[1] * (kw - 1) + 1 - 2 * pad[1])
+    s_in, s_w = float(rng.uniform(0.01, 0.2)), float(rng.uniform(0.005, 0.1))
+    xi = rng.integers(-128, 128, size=(n, cin, h, w_))
+    wi = rng.integers(-127, 128, size=(n, cout, cin, kh, kw))
+    has_bias = rng.random() < 0.7
+    bi = rng.integers(-5000, 5000, size=(1, cout, 1, 1))
+    out_kind = pick(rng, ["qint8", "qint32", "float32"])
+    mode = pick(rng, ["identity", "relu"])
+    s_out = float(rng.uniform(0.05, 2.0))
+    desc = (f"batch_conv_bias_activation(x{xi.shape} qint8, w{wi.shape}, bias={has_bias}, "
+            f"out {out_kind}, {mode}, s={stride}, p={pad}, d={dil})")
+
+    def fn():
+        x = mge.tensor(xi.astype(np.int8), dtype=mdtype.qint8(s_in))
+        wt = mge.tensor(wi.astype(np.int8), dtype=mdtype.qint8(s_w))
+        acc_scale = float(np.float32(s_in) * np.float32(s_w))
+        bt = mge.tensor(bi.astype(np.int32), dtype=mdtype.qint32(acc_scale)) if has_bias \
+            else None
+        out_dt = {"qint8": mdtype.qint8(s_out), "qint32": None, "float32": np.float32}[out_kind]
+        y = F.quantized.batch_conv_bias_activation(x, wt, bt, out_dt, stride, pad, dil,
+                                                   nonlinear_mode=mode)
+        acc = np.concatenate([_int_conv(xi[i:i + 1], wi[i], stride, pad, dil, 1)
+                              for i in range(n)])
+        if has_bias:
+            acc = acc + bi
+        if mode == "relu":
+            acc = np.maximum(acc, 0)
+        if out_kind == "qint32":
+            if not mdtype.is_quantize(y.dtype) or \
+                    abs(mdtype.get_scale(y.dtype) - acc_scale) > 1e-6 * acc_scale:
+                raise Mismatch(f"{desc}: output dtype {y.dtype}, expected qint32({acc_scale})")
+            close(y.numpy().astype(np.int64), acc, None, desc + ": qint32 accumulator")
+            return "ok"
+        v = acc.astype(np.float32) * np.float32(acc_scale)
+        if out_kind == "float32":
+            close(y.numpy(), v, (1e-5, 1e-5), desc + ": float output")
+            return "ok"
+        want = _quantize_ref(v, s_out, 0, -128, 127)
+        got = y.numpy().astype(np.int64)
+        if got.shape != want.shape or np.abs(got - want).max(initial=0) > 0:
+            raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
+                           f"oracle={want.ravel()[:10].astype(np.int64)}")
+        return "ok"
+    return Check(desc, _on_host(fn))

@@ -40,7 +40,7 @@ def test_every_family_is_fuzzed():
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
                         "module", "optimizer", "scheduler", "grad2", "quantization",
-                        "transform", "random"}
+                        "transform", "random", "metric"}
 
 
 # ----- the runner must fail where megengine is wrong -----
@@ -243,3 +243,45 @@ def test_random_uniform_family_catches_round_to_nearest(monkeypatch):
         except Mismatch:
             caught += 1
     assert caught
+
+
+# ----- the fourth round: the ops no fuzz file reached, and the jit fuzzer's channel mask -----
+
+def test_deformable_psroi_oracle_catches_a_wrong_offset_scale(monkeypatch):
+    import megengine.functional as F
+
+    real = F.vision.deformable_psroi_pooling
+
+    def scaled(inp, rois, trans, no_trans, part, ph, pw, spp, scale, trans_std=0.1):
+        return real(inp, rois, trans, no_trans, part, ph, pw, spp, scale, trans_std * 1.05)
+
+    monkeypatch.setattr(F.vision, "deformable_psroi_pooling", scaled)
+    caught = 0
+    for seed in range(12):
+        try:
+            run_seed("deformable_psroi_pooling", seed)
+        except Mismatch:
+            caught += 1
+    assert caught >= 4  # (cases without offsets, or whose offsets move nothing, still pass)
+
+
+def test_jit_channel_mask_keeps_channels_tied_at_rounding_level():
+    import megengine as mge
+    import megengine.functional as F
+
+    from .jit_dyn import _ABOVE
+
+    # program 7280: every channel mean is 0.5 up to one ulp, so the plain rule c >= min(mean,
+    # max) kept or dropped channels by rounding (a rewritten log1p moved one ulp)
+    half = np.float32(0.5)
+    down = np.nextafter(half, np.float32(0))
+    c = mge.tensor(np.array([down, down, half], np.float32))  # the mean rounds up to 0.5
+    assert not (c >= F.minimum(c.mean(), c.max())).numpy().all()
+    assert eval(_ABOVE, {"F": F, "c": c}).numpy().all()  # noqa: S307
+    # channels that differ by more than rounding are still told apart, and all-zero means
+    # (rounding noise around 0) are all kept
+    c = np.array([0.5, 0.5005, 0.7], np.float32)
+    np.testing.assert_array_equal(eval(_ABOVE, {"F": F, "c": mge.tensor(c)}).numpy(),  # noqa
+                                  [False, False, True])
+    z = np.array([0.0, 3e-8, 0.0], np.float32)
+    assert eval(_ABOVE, {"F": F, "c": mge.tensor(z)}).numpy().all()  # noqa: S307

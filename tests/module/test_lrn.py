@@ -37,5 +37,7 @@ def test_matches_torch_values_and_gradients(size, k, alpha, beta, shape):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kernel_size"):
         M.LocalResponseNorm(kernel_size=0)
+    with pytest.raises(ValueError, match="odd"):  # upstream asserts an odd window
+        M.LocalResponseNorm(kernel_size=2)
     with pytest.raises(ValueError, match=r"\(N, C, \.\.\.\)"):
         M.LocalResponseNorm()(mge.tensor([1.0, 2.0]))
