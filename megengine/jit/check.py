@@ -16,6 +16,7 @@ with array parameters or several outputs, or a real difference) goes through the
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
 """
+import sys
 import time
 from weakref import ref as _weak
 
@@ -27,7 +28,7 @@ from ..core._trace_option import SymDim, has_dims
 from ..core.tensor import Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
-                       _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
+                       _OpStep, _all_plain, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
                        _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims
 
@@ -36,6 +37,40 @@ _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may re
 
 
 _NO_VALUE = object()  # (`_dims_value`: no match)
+
+
+# Whether an array is a value of this call, without the maps of `_Hook`: every array that
+# `_internal` can find is held by the checker (``arrays``, ``keep``, a ``by_tensor`` entry) or
+# was let go of (``dead``). So an array held by its tensor alone, as a constant that
+# ``x * 0.5`` has just made, is none of them: its reference count says so, compared with
+# what the same test counts for an array held by one tensor (`_only_in_tensor`, measured once:
+# the count of the local and the argument differs between Python versions). Where the count
+# is higher (the caller's numpy array, say), the maps decide as before.
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+def _refs_of_tensor_data(t):
+    a = t._data  # (the same two references as in `_Checker.__call__`: ``a``, the argument)
+    return _getrefcount(a)
+
+
+def _only_in_tensor():
+    if _getrefcount is None:  # (an interpreter without reference counts: the maps decide)
+        return -1
+    return _refs_of_tensor_data(Tensor._wrap(np.zeros(()), "cpu0"))
+
+
+_ONLY_IN_TENSOR = _only_in_tensor()
+
+
+def _plain_nested(params, names):
+    """Whether the tuple or slice parameters ``names`` of ``params`` hold plain values only
+    (see `_program._all_plain`)."""
+    for name in names:
+        v = params[name]
+        if not _all_plain(v if type(v) is tuple else (v,)):
+            return False
+    return True
 
 
 def _dims_value(v, frozen):
@@ -286,7 +321,12 @@ class _Checker(_Hook):
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
-        if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
+        try:
+            differs = (type(op) is not step.cls or op.__dict__ != step.pdict
+                       or len(inputs) != step.n_in)
+        except ValueError:  # (an array of several items where the trace had a number: the
+            differs = True  # slow path says so)
+        if differs or (step.nested is not None and not _plain_nested(op.__dict__, step.nested)):
             return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from
         values = self.values
@@ -296,7 +336,8 @@ class _Checker(_Hook):
                 # a constant made from Python data is a new tensor on every call: the same
                 # bytes (NaN included) in a tensor that holds no value of this call is it
                 if (const is not None and type(a) is np.ndarray and a.tobytes() == const
-                        and self._internal(t)[0] is None):
+                        and (_getrefcount(a) == _ONLY_IN_TENSOR and not self.dead
+                             or self._internal(t)[0] is None)):
                     self.ext_seen.add(id(t))
                     self.keep.append(t)
                 else:
@@ -306,10 +347,11 @@ class _Checker(_Hook):
                 self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
         if step.guards:  # captured tensors: still their captured values? (`unchanged`'s
             writes = _writes[0]  # first test inline: no call while nothing was written)
-            for j, guard in step.guards:
-                if (guard.writes != writes or inputs[j]._data is not guard.array) \
+            for j, guard in step.guards:  # (another tensor there was compared by value above)
+                t = inputs[j]
+                if t is guard.tensor and (guard.writes != writes or t._data is not guard.array) \
                         and not guard.unchanged():
-                    self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))
+                    self.check_source(t, step.ins[j], _Where(self.n_ops, op, j))
         if sizes is not None:
             op.__dict__.update(sizes)
         self.pc = pc + 1
