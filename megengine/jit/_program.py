@@ -430,7 +430,8 @@ class _OpStep:
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
-                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested")
+                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
+                 "hashed")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -641,8 +642,13 @@ class _Program:
                 # the parameters that are tuples or slices (an index, a shape, axes): ``==``
                 # takes a 1-element array (``x[idx_tensor]``) for the int it equals, which
                 # `_op_key` does not, so a checked call also asks that they hold plain values
-                step.nested = (tuple(k for k, v in step.pdict.items() if type(v) in (tuple, slice))
-                               or None) if step.pdict is not None else None
+                # (``hashed``: the one such parameter without slices, tested by hashing it, an
+                # array being unhashable; ``nested``: the others, walked by `_all_plain`)
+                nested = [k for k, v in (step.pdict or {}).items() if type(v) in (tuple, slice)]
+                step.hashed = None
+                if len(nested) == 1 and _hash_checks(step.pdict[nested[0]]):
+                    step.hashed = nested.pop()
+                step.nested = tuple(nested) or None
                 step.guards = tuple((j, self.capture_guards[s]) for j, s in enumerate(step.ins)
                                     if s in self.capture_guards)
                 step.n_in = len(step.ins)
@@ -743,6 +749,13 @@ def _immutable(v):
     if type(v) is slice:  # (an index: compares as the tuple of its three parts, as `_freeze`)
         return _immutable(v.start) and _immutable(v.stop) and _immutable(v.step)
     return False
+
+
+def _hash_checks(v):
+    """Whether hashing a value equal to ``v`` (a recorded `_immutable` tuple) tells that it holds
+    plain values only: ``v`` holds no slice (unhashable itself) and no nested tuple."""
+    return type(v) is tuple and all(type(x) in _PLAIN or isinstance(x, (np.generic, np.dtype, type))
+                                    for x in v)
 
 
 def _all_plain(v):

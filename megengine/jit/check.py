@@ -321,12 +321,17 @@ class _Checker(_Hook):
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
+        # A parameter equal to a recorded tuple must hold plain values only, as `_op_key` asks
+        # (``==`` takes a 1-element index array for the int it equals): one without slices is
+        # hashed (an array is not hashable), others are walked (``step.nested``).
         try:
-            differs = (type(op) is not step.cls or op.__dict__ != step.pdict
-                       or len(inputs) != step.n_in)
-        except ValueError:  # (an array of several items where the trace had a number: the
-            differs = True  # slow path says so)
-        if differs or (step.nested is not None and not _plain_nested(op.__dict__, step.nested)):
+            same = (type(op) is step.cls and op.__dict__ == step.pdict
+                    and len(inputs) == step.n_in
+                    and (step.hashed is None or hash(op.__dict__[step.hashed]) is not None))
+        except (ValueError, TypeError):  # (an array of several items where the trace had a
+            same = False  # number; an array in a tuple: the slow path says what differs)
+        if not same or (step.nested is not None
+                        and not _plain_nested(op.__dict__, step.nested)):
             return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from
         values = self.values
@@ -793,9 +798,20 @@ class _Checker(_Hook):
     # ----- the end of a call -----
     def finish(self, outputs):
         prog = self.prog
-        if type(outputs) is Tensor and self.pc == len(self.steps) and len(prog.out_refs) == 1:
-            if outputs is self.values[prog.out_refs[0]]:
-                return  # one output, the recorded value
+        if self.pc == len(self.steps):
+            if type(outputs) is Tensor:
+                if len(prog.out_refs) == 1 and outputs is self.values[prog.out_refs[0]]:
+                    return  # one output, the recorded value
+            else:  # several: each the recorded value (a detached one has a step: not here)
+                values, recorded = self.values, prog.out_refs
+                k = 0
+                for t in _tensors_in(outputs):
+                    if k == len(recorded) or t is not values[recorded[k]]:
+                        break
+                    k += 1
+                else:
+                    if k == len(recorded):
+                        return
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
             if alias:
