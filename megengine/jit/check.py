@@ -5,11 +5,15 @@ recorded step as it runs.
 A checked call should cost what an eager call costs, so each op and event first takes a fast
 path built from what `_Program.compile` prepared: the op's type and its parameters compared
 as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
-values), each input compared by identity with the tensor that holds the expected slot in this
-call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
-the start), then its shape and dtype, and a tensor captured by ``capture_as_const`` by its
-`captures.CaptureGuard` (its bits are compared only after the engine wrote into some tensor);
-an event's function and arguments by identity. Parameters built from symbolic sizes are
+values, index tuples with slices included; a tuple must also hold plain values only, as
+`_op_key` would ask: hashed, or walked where it holds slices), each input compared by
+identity with the tensor that holds the expected slot in this call (``values[slot]``:
+arguments and outputs as they are made, the recorded externals from the start), then its
+shape and dtype, a small constant (``x * 0.5`` makes a new one on every call, captured or
+not) by its bytes and by being held by its tensor alone (so no value of this call), and a
+tensor captured by ``capture_as_const`` by its `captures.CaptureGuard` (its bits are compared
+only after the engine wrote into some tensor); an event's function and arguments by identity,
+and the outputs by identity. Parameters built from symbolic sizes are
 compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
 the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
 with array parameters or several outputs, or a real difference) goes through the full
@@ -154,6 +158,8 @@ class _Checker(_Hook):
         self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
         self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
         # that held it) of the values let go of (`_free`)
+        # (read by every op: an instance's own attributes load faster than class defaults)
+        self.failed = self.dims_made = False
 
     @property
     def n_ops(self):
