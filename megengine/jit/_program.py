@@ -431,7 +431,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed")
+                 "hashed", "flat")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -662,6 +662,11 @@ class _Program:
                     (s, None if self.slots[s].kind in _COMPUTED else shape, dtype,
                      self._const_bytes(s))
                     for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+                # (the same, flat, for ops of one or two inputs: what the fast path unpacks;
+                # not for an op on a constant made from Python data, a new tensor every time)
+                step.flat = (tuple(x for c in step.checks for x in c)
+                             if len(step.checks) in (1, 2)
+                             and all(c[3] is None for c in step.checks) else None)
 
 
     def _dyn_checks(self, by_pos):

@@ -339,23 +339,30 @@ class _Checker(_Hook):
         if not same or (step.nested is not None
                         and not _plain_nested(op.__dict__, step.nested)):
             return self._call_slowly(op, inputs, sizes)
-        # the op and its parameters are the recorded ones; now where its inputs come from
+        # the op and its parameters are the recorded ones; now where its inputs come from: at
+        # a glance for one or two inputs (unpacking one flat tuple costs half of a loop), each
+        # the value of its slot with its shape and dtype; else (or where that fails) in turn
         values = self.values
-        for t, (s, shape, dtype, const) in zip(inputs, step.checks):
+        flat = step.flat
+        if flat is not None and len(flat) == 8:
+            t, u = inputs
+            s, shape, dtype, _, s2, shape2, dtype2, _ = flat
+            a, b = t._data, u._data
+            if (t is not values[s] or u is not values[s2] or a.dtype is not dtype
+                    or b.dtype is not dtype2 or shape is not None and a.shape != shape
+                    or shape2 is not None and b.shape != shape2):
+                a = b = None  # (no reference of ours to a constant's array: `_check_inputs`)
+                self._check_inputs(op, inputs, step)
+        elif flat is not None:
+            t, = inputs
+            s, shape, dtype, _ = flat
             a = t._data
-            if t is not values[s]:
-                # a constant made from Python data is a new tensor on every call: the same
-                # bytes (NaN included) in a tensor that holds no value of this call is it
-                if (const is not None and type(a) is np.ndarray and a.tobytes() == const
-                        and (_getrefcount(a) == _ONLY_IN_TENSOR and not self.dead
-                             or self._internal(t)[0] is None)):
-                    self.ext_seen.add(id(t))
-                    self.keep.append(t)
-                else:
-                    self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
-            if (shape is not None and a.shape != shape) or (a.dtype is not dtype
-                                                            and a.dtype != dtype):
-                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+            if t is not values[s] or a.dtype is not dtype or (shape is not None
+                                                               and a.shape != shape):
+                a = None
+                self._check_inputs(op, inputs, step)
+        else:
+            self._check_inputs(op, inputs, step)
         if step.guards:  # captured tensors: still their captured values? (`unchanged`'s
             writes = _writes[0]  # first test inline: no call while nothing was written)
             for j, guard in step.guards:  # (another tensor there was compared by value above)
@@ -382,6 +389,26 @@ class _Checker(_Hook):
         if step.free_big:  # (the values as large as FREE_BYTES when recorded)
             self._free(step.free_big)
         return out
+
+    def _check_inputs(self, op, inputs, step):
+        """Where op ``op``'s inputs come from, each compared with ``step.checks``: the value of
+        its slot (or a constant of the recorded bytes), with the recorded shape and dtype."""
+        values = self.values
+        for t, (s, shape, dtype, const) in zip(inputs, step.checks):
+            a = t._data
+            if t is not values[s]:
+                # a constant made from Python data is a new tensor on every call: the same
+                # bytes (NaN included) in a tensor that holds no value of this call is it
+                if (const is not None and type(a) is np.ndarray and a.tobytes() == const
+                        and (_getrefcount(a) == _ONLY_IN_TENSOR and not self.dead
+                             or self._internal(t)[0] is None)):
+                    self.ext_seen.add(id(t))
+                    self.keep.append(t)
+                else:
+                    self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
+            if (shape is not None and a.shape != shape) or (a.dtype is not dtype
+                                                            and a.dtype != dtype):
+                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
 
     def _free(self, slots):
         """Let go of the values ``slots`` (past their last use in the record, see
