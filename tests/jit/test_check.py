@@ -619,3 +619,27 @@ def test_several_outputs_checked_by_identity_still_refuse_other_values(symbolic)
         with pytest.raises(TraceMismatchError) as info:
             tr(x)
         assert str(info.value) == "trace error because data unreadable"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("swap", ["unary", "binary", "binary_second", "external"])
+def test_one_and_two_input_ops_from_another_source_are_refused(symbolic, swap):
+    # ops of one or two inputs compare them unrolled: each must still be the recorded value
+    w = mge.Parameter(np.array([1.0, 1.0], np.float32))
+    state = {"swap": None}
+
+    def f(x):
+        a, b = x * 2, x + 1  # the same shape and dtype: only where they come from differs
+        on = state["swap"]
+        u = F.relu(b if on == "unary" else a)
+        v = (b if on == "binary" else a) - (a if on == "binary_second" else b)
+        return u + v * (x if on == "external" else w)
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([1.0, 2.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [2.0, 5.0])  # a = [2, 4], b = [2, 3]
+    state["swap"] = swap
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because input id mismatch"  # (x: an argument)
