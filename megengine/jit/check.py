@@ -49,7 +49,8 @@ _NO_VALUE = object()  # (`_dims_value`: no match)
 # ``x * 0.5`` has just made, is none of them: its reference count says so, compared with
 # what the same test counts for an array held by one tensor (`_only_in_tensor`, measured once:
 # the count of the local and the argument differs between Python versions). Where the count
-# is higher (the caller's numpy array, say), the maps decide as before.
+# is higher (the caller's numpy array, say), the maps decide as before. (A value let go of is
+# in ``dead`` under its array's id, which a new array can reuse only once it is gone.)
 _getrefcount = getattr(sys, "getrefcount", None)
 
 
@@ -400,7 +401,7 @@ class _Checker(_Hook):
                 # a constant made from Python data is a new tensor on every call: the same
                 # bytes (NaN included) in a tensor that holds no value of this call is it
                 if (const is not None and type(a) is np.ndarray and a.tobytes() == const
-                        and (_getrefcount(a) == _ONLY_IN_TENSOR and not self.dead
+                        and (_getrefcount(a) == _ONLY_IN_TENSOR and id(a) not in self.dead
                              or self._internal(t)[0] is None)):
                     self.ext_seen.add(id(t))
                     self.keep.append(t)
