@@ -431,7 +431,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed", "flat")
+                 "hashed", "flat", "konst")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -667,6 +667,14 @@ class _Program:
                 step.flat = (tuple(x for c in step.checks for x in c)
                              if len(step.checks) in (1, 2)
                              and all(c[3] is None for c in step.checks) else None)
+                # (an op on a value and such a constant, ``x * 0.5``: the value's position and
+                # checks, then the constant's)
+                step.konst = None
+                if len(step.checks) == 2 and step.flat is None:
+                    c0, c1 = step.checks
+                    if (c0[3] is None) != (c1[3] is None):
+                        jr = 0 if c0[3] is None else 1
+                        step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
 
 
     def _dyn_checks(self, by_pos):

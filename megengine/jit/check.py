@@ -354,6 +354,26 @@ class _Checker(_Hook):
                     or shape2 is not None and b.shape != shape2):
                 a = b = None  # (no reference of ours to a constant's array: `_check_inputs`)
                 self._check_inputs(op, inputs, step)
+        elif step.konst is not None:  # a value and a small constant (``x * 0.5``): the
+            # constant, made anew, must have the recorded bytes, shape and dtype, and be held
+            # by its tensor alone (see `_getrefcount`); else the loop says what differs
+            j, s, shape, dtype, k, s2, shape2, dtype2, const = step.konst
+            t, u = inputs[j], inputs[k]
+            a = t._data
+            if t is values[s] and a.dtype is dtype and (shape is None or a.shape == shape) \
+                    and u is not values[s2]:
+                a = u._data
+                if (type(a) is np.ndarray and a.dtype is dtype2 and a.shape == shape2
+                        and a.tobytes() == const and _getrefcount(a) == _ONLY_IN_TENSOR
+                        and id(a) not in self.dead):
+                    self.ext_seen.add(id(u))
+                    self.keep.append(u)
+                else:
+                    a = None
+                    self._check_inputs(op, inputs, step)
+            else:
+                a = None
+                self._check_inputs(op, inputs, step)
         elif flat is not None:
             t, = inputs
             s, shape, dtype, _ = flat

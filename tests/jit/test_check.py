@@ -643,3 +643,30 @@ def test_one_and_two_input_ops_from_another_source_are_refused(symbolic, swap):
     with pytest.raises(TraceMismatchError) as info:
         tr(x)
     assert str(info.value) == "trace error because input id mismatch"  # (x: an argument)
+
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("other", ["int32", "shape (1,)"])
+def test_a_constant_of_the_same_bytes_and_another_dtype_or_shape_is_refused(symbolic, other):
+    # float32 2.0 has the bytes of int32 1073741824 and of float32 [2.0]: the bytes alone do
+    # not make the recorded constant
+    state = {"other": False}
+
+    def f(x):
+        if not state["other"]:
+            c = mge.tensor(np.array(2.0, np.float32))
+        elif other == "int32":
+            c = mge.tensor(np.array(1073741824, np.int32), dtype="int32")
+        else:
+            c = mge.tensor(np.array([2.0], np.float32))
+        return x * c
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([2.0, 3.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [4.0, 6.0])
+    state["other"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because shape mismatch"
