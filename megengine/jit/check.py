@@ -70,11 +70,16 @@ _ONLY_IN_TENSOR = _only_in_tensor()
 
 def _plain_nested(params, names):
     """Whether the tuple or slice parameters ``names`` of ``params`` hold plain values only
-    (see `_program._all_plain`)."""
+    (see `_program._all_plain`; its common cases inline: an index of ints and slices)."""
     for name in names:
         v = params[name]
-        if not _all_plain(v if type(v) is tuple else (v,)):
-            return False
+        for x in (v if type(v) is tuple else (v,)):
+            t = type(x)
+            if t in _PLAIN or t is slice and type(x.start) in _PLAIN \
+                    and type(x.stop) in _PLAIN and type(x.step) in _PLAIN:
+                continue
+            if not _all_plain((x,)):
+                return False
     return True
 
 
