@@ -32,8 +32,9 @@ from ..core._trace_option import SymDim, has_dims
 from ..core.tensor import Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
-                       _OpStep, _all_plain, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
-                       _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
+                       _is_array, _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text,
+                       _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims
 
 
