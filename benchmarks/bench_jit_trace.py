@@ -26,6 +26,14 @@ the round's back-to-back pairs (`_timing.paired_ratio`), and the figures are the
 quartiles of those per-round ratios. Aims: checked calls <= 1.05x eager, capture_as_const
 checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
 
+Then (``--micro``, alone) five patterns of code made of many small ops, 20 loop iterations
+each on an (8, 16) float32 input (Python-scalar constants, tensor operands only, int/slice
+indexing, shape ops, a concat of slices): per pattern the ratio of each checked-call mode
+(``symbolic`` False/True, with and without ``capture_as_const``) to eager, per round the median
+of back-to-back pairs, then the median and quartiles over rounds. Aim: <= 1.15x eager.
+
+    python benchmarks/bench_jit_trace.py --micro [--rounds R] [--quick]
+
     python benchmarks/bench_jit_trace.py --models-only [--rounds R] [--steps N] [--quick]
                                          [--clock thread] [--cases eval|train]
                                          [--models shufflenet_v2] [--batch 1]
@@ -247,8 +255,79 @@ def run_models(args):
         del fns, times
 
 
+# ----- --micro: code made of many small ops (a checked call's cost per op) ------------------
+def _micro_patterns():
+    """Five bodies of 20 loop iterations each on an (8, 16) float32 input: Python-scalar
+    constants, tensor operands only, indexing with ints and slices, shape ops, a concat of
+    slices (the patterns of the per-op cost survey of checked calls)."""
+    y0 = mge.tensor(np.random.RandomState(0).randn(8, 16).astype("float32"))
+
+    def scalars(x):
+        for _ in range(20):
+            x = x * 0.5 + 1.0
+            x = F.relu(x) - 0.25
+        return x
+
+    def tensors(x):
+        for _ in range(20):
+            x = x * y0 + y0
+            x = F.relu(x) - y0
+        return x
+
+    def index(x):
+        return [x[:, i % 8] + x[i % 8, :8] for i in range(20)]
+
+    def shapes(x):
+        for _ in range(20):
+            x = x.reshape(16, 8).transpose(1, 0).reshape(8, 16)
+            x = F.expand_dims(x, 0)[0]
+        return x
+
+    def concat(x):
+        for _ in range(20):
+            x = F.concat([x[:, :8], x[:, 8:]], axis=1)
+        return x
+
+    return {"x * 0.5 + 1.0; relu(x) - 0.25": scalars, "tensor operands only": tensors,
+            "x[:, i % 8] + x[i % 8, :8]": index, "reshape/transpose/expand_dims/[0]": shapes,
+            "concat([x[:, :8], x[:, 8:]], axis=1)": concat}
+
+
+MICRO_MODES = {"sym=False": dict(symbolic=False), "sym=False, cac": dict(symbolic=False,
+               capture_as_const=True), "sym=True": dict(symbolic=True),
+               "sym=True, cac": dict(symbolic=True, capture_as_const=True)}
+
+
+def run_micro(args):
+    """Per pattern: eager us per call, and per checked-call mode the ratio traced/eager: per
+    round the median of back-to-back pairs (`_timing.paired_ratio`; the modes and eager take
+    turns call by call, in a rotating order), then the median and quartiles over rounds."""
+    x = mge.tensor(np.random.RandomState(1).randn(8, 16).astype("float32"))
+    print(f"checked calls of small-op code, (8, 16) float32 ({args.rounds} rounds of "
+          f"{args.steps} calls per mode; ratio traced/eager, median [quartiles]; aim <= 1.15):")
+    for name, body in _micro_patterns().items():
+        fns = {"eager": lambda body=body: body(x)}
+        for label, options in MICRO_MODES.items():
+            traced = trace(body, **options)
+            fns[label] = lambda traced=traced: traced(x)
+        for fn in fns.values():  # the first call records; then warm up
+            for _ in range(3):
+                fn()
+        times = paired_rounds(fns, args.steps, args.rounds, time.perf_counter)
+        eager_us = np.median([np.median(r) for r in times["eager"]]) * 1e3
+        cells = []
+        for label in MICRO_MODES:
+            ratios = [_timing.paired_ratio(v, e) for v, e in zip(times[label], times["eager"])]
+            med, q1, q3, _, _ = _timing.spread(ratios)
+            cells.append(f"{label} x{med:.2f} [{q1:.2f}-{q3:.2f}]")
+        print(f"  {name:38s} eager {eager_us:6.0f} us | " + " | ".join(cells))
+        _timing.flush()
+
+
 def main():
     def extra(parser):
+        parser.add_argument("--micro", action="store_true",
+                            help="only the small-op patterns: checked calls against eager")
         parser.add_argument("--models-only", action="store_true",
                             help="only the convnets (ResNet-18, ShuffleNetV2)")
         parser.add_argument("--no-models", action="store_true", help="only the MLP cases")
@@ -268,6 +347,11 @@ def main():
     args = _timing.parse_args(__doc__, steps=30, repeats=7, quick_steps=5, quick_repeats=2,
                               extra=extra)
     print(_timing.machine_line())
+    print(f"megengine from {_timing.megengine_source()}")
+    if args.micro:
+        args.rounds = args.rounds or (2 if args.quick else 7)
+        args.steps = 10 if args.quick else 40
+        return run_micro(args)
     if args.models_only:
         args.rounds = args.rounds or (2 if args.quick else 5)
         args.steps = min(args.steps, 2 if args.quick else 6)

@@ -430,7 +430,8 @@ class _OpStep:
 
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
-                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big")
+                 "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
+                 "hashed", "flat", "konst")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -638,6 +639,16 @@ class _Program:
                 step.pdict = (_plain_params(step.template.__dict__)
                               if step.metas is not None and not step.multi
                               and step.rewrite is None else None)
+                # the parameters that are tuples or slices (an index, a shape, axes): ``==``
+                # takes a 1-element array (``x[idx_tensor]``) for the int it equals, which
+                # `_op_key` does not, so a checked call also asks that they hold plain values
+                # (``hashed``: the one such parameter without slices, tested by hashing it, an
+                # array being unhashable; ``nested``: the others, walked by `_all_plain`)
+                nested = [k for k, v in (step.pdict or {}).items() if type(v) in (tuple, slice)]
+                step.hashed = None
+                if len(nested) == 1 and _hash_checks(step.pdict[nested[0]]):
+                    step.hashed = nested.pop()
+                step.nested = tuple(nested) or None
                 step.guards = tuple((j, self.capture_guards[s]) for j, s in enumerate(step.ins)
                                     if s in self.capture_guards)
                 step.n_in = len(step.ins)
@@ -651,6 +662,19 @@ class _Program:
                     (s, None if self.slots[s].kind in _COMPUTED else shape, dtype,
                      self._const_bytes(s))
                     for s, (shape, dtype) in zip(step.ins, step.metas or ()))
+                # (the same, flat, for ops of one or two inputs: what the fast path unpacks;
+                # not for an op on a constant made from Python data, a new tensor every time)
+                step.flat = (tuple(x for c in step.checks for x in c)
+                             if len(step.checks) in (1, 2)
+                             and all(c[3] is None for c in step.checks) else None)
+                # (an op on a value and such a constant, ``x * 0.5``: the value's position and
+                # checks, then the constant's)
+                step.konst = None
+                if len(step.checks) == 2 and step.flat is None:
+                    c0, c1 = step.checks
+                    if (c0[3] is None) != (c1[3] is None):
+                        jr = 0 if c0[3] is None else 1
+                        step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
 
 
     def _dyn_checks(self, by_pos):
@@ -692,12 +716,16 @@ class _Program:
         return [g for g in self.shape_guards if _slots(g[0]) & dyn]
 
     def _const_bytes(self, s):
-        """The bytes of slot ``s``'s value when it is a small constant made from Python data in
-        host memory (what a checked call compares a new tensor with), else None."""
+        """The bytes of slot ``s``'s value when it is a small constant in host memory, else
+        None: what a checked call compares a new tensor with first. A constant made from
+        Python data (``x + 1.0``) is a new tensor on every call; under ``capture_as_const`` it
+        was captured as an external (``info.tensor``, the first call's tensor), and a checked
+        call accepts any tensor of its captured value there too (`check._Checker.check_source`),
+        so both take this path."""
         info = self.slots[s]
         c = info.const
-        if (info.kind != "const" or info.tensor is not None or type(c) is not np.ndarray
-                or c.nbytes > 64 or c.dtype.metadata is not None):
+        if (info.kind != "const" or type(c) is not np.ndarray or c.nbytes > 64
+                or c.dtype.metadata is not None):
             return None
         return c.tobytes()
 
@@ -731,7 +759,36 @@ def _immutable(v):
         return True
     if type(v) is tuple:
         return all(_immutable(x) for x in v)
+    if type(v) is slice:  # (an index: compares as the tuple of its three parts, as `_freeze`)
+        return _immutable(v.start) and _immutable(v.stop) and _immutable(v.step)
     return False
+
+
+def _hash_checks(v):
+    """Whether hashing a value equal to ``v`` (a recorded `_immutable` tuple) tells that it holds
+    plain values only: ``v`` holds no slice (unhashable itself) and no nested tuple."""
+    return type(v) is tuple and all(type(x) in _PLAIN or isinstance(x, (np.generic, np.dtype, type))
+                                    for x in v)
+
+
+def _all_plain(v):
+    """Whether tuple ``v`` (an op parameter equal to a recorded `_immutable` one) holds plain
+    values only, through its tuples and slices: then ``==`` compared it as `_op_key` does."""
+    for x in v:
+        t = type(x)
+        if t in _PLAIN:
+            continue
+        if t is slice:
+            if type(x.start) in _PLAIN and type(x.stop) in _PLAIN and type(x.step) in _PLAIN:
+                continue
+            if not _all_plain((x.start, x.stop, x.step)):
+                return False
+        elif t is tuple:
+            if not _all_plain(x):
+                return False
+        elif not isinstance(x, (np.generic, np.dtype, type)):
+            return False
+    return True
 
 
 def _made_by(step):

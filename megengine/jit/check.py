@@ -5,17 +5,22 @@ recorded step as it runs.
 A checked call should cost what an eager call costs, so each op and event first takes a fast
 path built from what `_Program.compile` prepared: the op's type and its parameters compared
 as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
-values), each input compared by identity with the tensor that holds the expected slot in this
-call (``values[slot]``: arguments and outputs as they are made, the recorded externals from
-the start), then its shape and dtype, and a tensor captured by ``capture_as_const`` by its
-`captures.CaptureGuard` (its bits are compared only after the engine wrote into some tensor);
-an event's function and arguments by identity. Parameters built from symbolic sizes are
+values, index tuples with slices included; a tuple must also hold plain values only, as
+`_op_key` would ask: hashed, or walked where it holds slices), each input compared by
+identity with the tensor that holds the expected slot in this call (``values[slot]``:
+arguments and outputs as they are made, the recorded externals from the start), then its
+shape and dtype, a small constant (``x * 0.5`` makes a new one on every call, captured or
+not) by its bytes and by being held by its tensor alone (so no value of this call), and a
+tensor captured by ``capture_as_const`` by its `captures.CaptureGuard` (its bits are compared
+only after the engine wrote into some tensor); an event's function and arguments by identity,
+and the outputs by identity. Parameters built from symbolic sizes are
 compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
 the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
 with array parameters or several outputs, or a real difference) goes through the full
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
 """
+import sys
 import time
 from weakref import ref as _weak
 
@@ -27,8 +32,9 @@ from ..core._trace_option import SymDim, has_dims
 from ..core.tensor import Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
-                       _OpStep, _Ref, _Struct, _ValueLeaf, _describe_params, _host, _is_array,
-                       _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text, _tensors_in)
+                       _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
+                       _is_array, _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text,
+                       _tensors_in)
 from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims
 
 
@@ -36,6 +42,46 @@ _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may re
 
 
 _NO_VALUE = object()  # (`_dims_value`: no match)
+
+
+# Whether an array is a value of this call, without the maps of `_Hook`: every array that
+# `_internal` can find is held by the checker (``arrays``, ``keep``, a ``by_tensor`` entry) or
+# was let go of (``dead``). So an array held by its tensor alone, as a constant that
+# ``x * 0.5`` has just made, is none of them: its reference count says so, compared with
+# what the same test counts for an array held by one tensor (`_only_in_tensor`, measured once:
+# the count of the local and the argument differs between Python versions). Where the count
+# is higher (the caller's numpy array, say), the maps decide as before. (A value let go of is
+# in ``dead`` under its array's id, which a new array can reuse only once it is gone.)
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+def _refs_of_tensor_data(t):
+    a = t._data  # (the same two references as in `_Checker.__call__`: ``a``, the argument)
+    return _getrefcount(a)
+
+
+def _only_in_tensor():
+    if _getrefcount is None:  # (an interpreter without reference counts: the maps decide)
+        return -1
+    return _refs_of_tensor_data(Tensor._wrap(np.zeros(()), "cpu0"))
+
+
+_ONLY_IN_TENSOR = _only_in_tensor()
+
+
+def _plain_nested(params, names):
+    """Whether the tuple or slice parameters ``names`` of ``params`` hold plain values only
+    (see `_program._all_plain`; its common cases inline: an index of ints and slices)."""
+    for name in names:
+        v = params[name]
+        for x in (v if type(v) is tuple else (v,)):
+            t = type(x)
+            if t in _PLAIN or t is slice and type(x.start) in _PLAIN \
+                    and type(x.stop) in _PLAIN and type(x.step) in _PLAIN:
+                continue
+            if not _all_plain((x,)):
+                return False
+    return True
 
 
 def _dims_value(v, frozen):
@@ -119,6 +165,8 @@ class _Checker(_Hook):
         self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
         self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
         # that held it) of the values let go of (`_free`)
+        # (read by every op: an instance's own attributes load faster than class defaults)
+        self.failed = self.dims_made = False
 
     @property
     def n_ops(self):
@@ -286,30 +334,69 @@ class _Checker(_Hook):
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
-        if type(op) is not step.cls or op.__dict__ != step.pdict or len(inputs) != step.n_in:
+        # A parameter equal to a recorded tuple must hold plain values only, as `_op_key` asks
+        # (``==`` takes a 1-element index array for the int it equals): one without slices is
+        # hashed (an array is not hashable), others are walked (``step.nested``).
+        try:
+            same = (type(op) is step.cls and op.__dict__ == step.pdict
+                    and len(inputs) == step.n_in
+                    and (step.hashed is None or hash(op.__dict__[step.hashed]) is not None))
+        except (ValueError, TypeError):  # (an array of several items where the trace had a
+            same = False  # number; an array in a tuple: the slow path says what differs)
+        if not same or (step.nested is not None
+                        and not _plain_nested(op.__dict__, step.nested)):
             return self._call_slowly(op, inputs, sizes)
-        # the op and its parameters are the recorded ones; now where its inputs come from
+        # the op and its parameters are the recorded ones; now where its inputs come from: at
+        # a glance for one or two inputs (unpacking one flat tuple costs half of a loop), each
+        # the value of its slot with its shape and dtype; else (or where that fails) in turn
         values = self.values
-        for t, (s, shape, dtype, const) in zip(inputs, step.checks):
+        flat = step.flat
+        if flat is not None and len(flat) == 8:
+            t, u = inputs
+            s, shape, dtype, _, s2, shape2, dtype2, _ = flat
+            a, b = t._data, u._data
+            if (t is not values[s] or u is not values[s2] or a.dtype is not dtype
+                    or b.dtype is not dtype2 or shape is not None and a.shape != shape
+                    or shape2 is not None and b.shape != shape2):
+                a = b = None  # (no reference of ours to a constant's array: `_check_inputs`)
+                self._check_inputs(op, inputs, step)
+        elif step.konst is not None:  # a value and a small constant (``x * 0.5``): the
+            # constant, made anew, must have the recorded bytes, shape and dtype, and be held
+            # by its tensor alone (see `_getrefcount`); else the loop says what differs
+            j, s, shape, dtype, k, s2, shape2, dtype2, const = step.konst
+            t, u = inputs[j], inputs[k]
             a = t._data
-            if t is not values[s]:
-                # a constant made from Python data is a new tensor on every call: the same
-                # bytes (NaN included) in a tensor that holds no value of this call is it
-                if (const is not None and type(a) is np.ndarray and a.tobytes() == const
-                        and self._internal(t)[0] is None):
-                    self.ext_seen.add(id(t))
-                    self.keep.append(t)
+            if t is values[s] and a.dtype is dtype and (shape is None or a.shape == shape) \
+                    and u is not values[s2]:
+                a = u._data
+                if (type(a) is np.ndarray and a.dtype is dtype2 and a.shape == shape2
+                        and a.tobytes() == const and _getrefcount(a) == _ONLY_IN_TENSOR
+                        and id(a) not in self.dead):
+                    self.ext_seen.add(id(u))
+                    self.keep.append(u)
                 else:
-                    self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
-            if (shape is not None and a.shape != shape) or (a.dtype is not dtype
-                                                            and a.dtype != dtype):
-                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
+                    a = None
+                    self._check_inputs(op, inputs, step)
+            else:
+                a = None
+                self._check_inputs(op, inputs, step)
+        elif flat is not None:
+            t, = inputs
+            s, shape, dtype, _ = flat
+            a = t._data
+            if t is not values[s] or a.dtype is not dtype or (shape is not None
+                                                               and a.shape != shape):
+                a = None
+                self._check_inputs(op, inputs, step)
+        else:
+            self._check_inputs(op, inputs, step)
         if step.guards:  # captured tensors: still their captured values? (`unchanged`'s
             writes = _writes[0]  # first test inline: no call while nothing was written)
-            for j, guard in step.guards:
-                if (guard.writes != writes or inputs[j]._data is not guard.array) \
+            for j, guard in step.guards:  # (another tensor there was compared by value above)
+                t = inputs[j]
+                if t is guard.tensor and (guard.writes != writes or t._data is not guard.array) \
                         and not guard.unchanged():
-                    self.check_source(inputs[j], step.ins[j], _Where(self.n_ops, op, j))
+                    self.check_source(t, step.ins[j], _Where(self.n_ops, op, j))
         if sizes is not None:
             op.__dict__.update(sizes)
         self.pc = pc + 1
@@ -329,6 +416,26 @@ class _Checker(_Hook):
         if step.free_big:  # (the values as large as FREE_BYTES when recorded)
             self._free(step.free_big)
         return out
+
+    def _check_inputs(self, op, inputs, step):
+        """Where op ``op``'s inputs come from, each compared with ``step.checks``: the value of
+        its slot (or a constant of the recorded bytes), with the recorded shape and dtype."""
+        values = self.values
+        for t, (s, shape, dtype, const) in zip(inputs, step.checks):
+            a = t._data
+            if t is not values[s]:
+                # a constant made from Python data is a new tensor on every call: the same
+                # bytes (NaN included) in a tensor that holds no value of this call is it
+                if (const is not None and type(a) is np.ndarray and a.tobytes() == const
+                        and (_getrefcount(a) == _ONLY_IN_TENSOR and id(a) not in self.dead
+                             or self._internal(t)[0] is None)):
+                    self.ext_seen.add(id(t))
+                    self.keep.append(t)
+                else:
+                    self.check_source(t, s, _Where(self.n_ops, op, _position(inputs, t)))
+            if (shape is not None and a.shape != shape) or (a.dtype is not dtype
+                                                            and a.dtype != dtype):
+                self._shape_mismatch(op, _position(inputs, t), t, (shape, dtype))
 
     def _free(self, slots):
         """Let go of the values ``slots`` (past their last use in the record, see
@@ -751,9 +858,20 @@ class _Checker(_Hook):
     # ----- the end of a call -----
     def finish(self, outputs):
         prog = self.prog
-        if type(outputs) is Tensor and self.pc == len(self.steps) and len(prog.out_refs) == 1:
-            if outputs is self.values[prog.out_refs[0]]:
-                return  # one output, the recorded value
+        if self.pc == len(self.steps):
+            if type(outputs) is Tensor:
+                if len(prog.out_refs) == 1 and outputs is self.values[prog.out_refs[0]]:
+                    return  # one output, the recorded value
+            else:  # several: each the recorded value (a detached one has a step: not here)
+                values, recorded = self.values, prog.out_refs
+                k = 0
+                for t in _tensors_in(outputs):
+                    if k == len(recorded) or t is not values[recorded[k]]:
+                        break
+                    k += 1
+                else:
+                    if k == len(recorded):
+                        return
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
             if alias:

@@ -55,10 +55,11 @@ checked against the same record. (Ops run eagerly as they are checked, and each 
 go of after its last recorded use, as eager code lets go of its temporaries; a
 ``capture_as_const`` capture must still hold its captured bits, compared only after the engine
 wrote into some tensor: see `captures`.) Plain ops and events are matched by
-comparisons prepared when the program was compiled (see `check`: ~1.2-1.8 us per tiny op,
-~3.3-4.4 us for an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per event
-on the 2-core CI machine; ResNet-18 and ShuffleNetV2 checked calls within ~1-6% of eager;
-``benchmarks/bench_jit_trace.py``), the rest in full.
+comparisons prepared when the program was compiled (see `check`: ~0.8-1.2 us per tiny op,
+~1.4-2.3 us for an op on a constant made from Python data such as ``x + 1.0``, ~0.8 us per
+event on the 2-core CI machine, so code made of small ops runs at ~1.4-1.6x eager; ResNet-18
+and ShuffleNetV2 checked calls within ~1-6% of eager; ``benchmarks/bench_jit_trace.py``,
+``--micro`` for the small-op patterns), the rest in full.
 
 Replay (``without_host=True``, later calls of a known signature, see `replay`): each step runs on
 fresh op copies through ``apply`` (so a recording GradManager still builds the autodiff graph),

@@ -482,3 +482,193 @@ def test_captured_inputs_are_not_asked_while_nothing_was_written(symbolic, monke
     with pytest.raises(TraceMismatchError, match="tensors not equals"):
         f(x)
     assert (2,) in asked[2:] and len(asked) >= 4
+
+
+# ----- the fast paths for Python-scalar constants, index parameters and several outputs -----
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
+                                     {"symbolic": False, "capture_as_const": True},
+                                     {"symbolic": True, "capture_as_const": True}])
+def test_python_scalar_constants_skip_the_maps_but_not_a_value_of_the_call(options, monkeypatch):
+    # ``x * 0.5`` makes a 0-d constant held by its tensor alone: accepted by its bytes without
+    # building the maps (capture_as_const's captured constants too); a value of this call with
+    # the same bytes (``h``, or a detached ``h``) must still be refused
+    maps = []
+    index = check._Checker._index
+    monkeypatch.setattr(check._Checker, "_index", lambda self: maps.append(1) or index(self))
+    state = {"use": "const"}
+
+    def f(x):
+        h = x[0] - 1.5  # 0.5 computed in the call
+        c = 0.5 if state["use"] == "const" else h if state["use"] == "h" else h.detach()
+        return (x * c - 1.0) * 2.0, h
+
+    tr = trace(f, **options)
+    x = mge.tensor([2.0, 4.0])
+    tr(x)
+    maps.clear()
+    for _ in range(2):
+        out, h = tr(x)
+        np.testing.assert_array_equal(out.numpy(), [0.0, 2.0])
+    assert maps == []  # no slot maps were built: every constant took the fast path
+    state["use"] = "h"
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because expect external node, got internal"
+    state["use"] = "detached"  # the trace had no detach(): the op is not as recorded
+    with pytest.raises(TraceMismatchError):
+        tr(x)
+    state["use"] = "const"
+    np.testing.assert_array_equal(tr(x)[0].numpy(), [0.0, 2.0])  # the next call is checked anew
+
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("symbolic", MODES)
+def test_python_scalar_constant_of_another_value_is_refused(symbolic):
+    state = {"c": 0.5}
+    tr = trace(lambda x: x * state["c"] + 1.0, symbolic=symbolic)
+    x = mge.tensor([2.0, 4.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [2.0, 3.0])
+    state["c"] = 0.25
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because tensors not equals"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_captured_small_tensor_written_between_calls_is_refused(symbolic):
+    # a global tensor of a few bytes captured by capture_as_const: it is the input itself, so
+    # its captured value is what is checked (the bytes path is for other tensors)
+    w = mge.tensor([1.0, 2.0])
+    tr = trace(lambda x: x * w, symbolic=symbolic, capture_as_const=True)
+    x = mge.tensor([3.0, 3.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [3.0, 6.0])
+    w[0] = 5.0
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because tensors not equals"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_slice_indices_take_the_fast_path_and_another_index_is_refused(symbolic, slow_calls):
+    state = {"i": 3, "stop": 8}
+
+    def f(x):
+        return x[:, state["i"]] + x[state["i"], :state["stop"]], F.concat(
+            [x[:, :state["stop"]], x[:, state["stop"]:]], axis=1)
+
+    tr = trace(f, symbolic=symbolic)
+    data = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
+    x = mge.tensor(data)
+    tr(x)
+    for _ in range(2):
+        a, b = tr(x)
+        np.testing.assert_array_equal(a.numpy(), data[:, 3] + data[3, :8])
+        np.testing.assert_array_equal(b.numpy(), data)
+    assert slow_calls == []  # every op on the fast path, the slices included
+    for key, value in (("i", 4), ("stop", 7)):
+        state.update(i=3, stop=8)
+        state[key] = value
+        with pytest.raises(TraceMismatchError) as info:
+            tr(x)
+        assert "parameters differ" in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("index", [[0], [0, 1]])
+@pytest.mark.parametrize("where", ["x[i]", "x[:, i]"])
+def test_an_index_tensor_where_the_trace_had_an_int_is_refused(symbolic, index, where):
+    # ``(0,) == (np.array([0]),)`` is True (and raises for two items): the fast path must not
+    # take a 1-element index array for the int it equals, x[0] and x[[0]] differ in shape
+    # (an index without slices is hashed, one with slices walked)
+    state = {"tensor": False}
+
+    def f(x):
+        i = mge.tensor(index, dtype="int32") if state["tensor"] else 0
+        return (x[i] if where == "x[i]" else x[:, i]) * 2
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [0.0, 2.0, 4.0] if where == "x[i]"
+                                      else [0.0, 6.0])
+    state["tensor"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert "parameters differ" in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_several_outputs_checked_by_identity_still_refuse_other_values(symbolic):
+    state = {"order": "ab"}
+
+    def f(x):
+        a, b = x * 2, x + 1
+        out = {"ab": [a, b], "ba": [b, a], "a": [a], "aab": [a, a, b]}[state["order"]]
+        return out
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([1.0, 2.0])
+    for _ in range(2):
+        a, b = tr(x)
+        np.testing.assert_array_equal(a.numpy(), [2.0, 4.0])
+        np.testing.assert_array_equal(b.numpy(), [2.0, 3.0])
+    for order in ("ba", "a", "aab"):
+        state["order"] = order
+        with pytest.raises(TraceMismatchError) as info:
+            tr(x)
+        assert str(info.value) == "trace error because data unreadable"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("swap", ["unary", "binary", "binary_second", "external"])
+def test_one_and_two_input_ops_from_another_source_are_refused(symbolic, swap):
+    # ops of one or two inputs compare them unrolled: each must still be the recorded value
+    w = mge.Parameter(np.array([1.0, 1.0], np.float32))
+    state = {"swap": None}
+
+    def f(x):
+        a, b = x * 2, x + 1  # the same shape and dtype: only where they come from differs
+        on = state["swap"]
+        u = F.relu(b if on == "unary" else a)
+        v = (b if on == "binary" else a) - (a if on == "binary_second" else b)
+        return u + v * (x if on == "external" else w)
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([1.0, 2.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [2.0, 5.0])  # a = [2, 4], b = [2, 3]
+    state["swap"] = swap
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because input id mismatch"  # (x: an argument)
+
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("other", ["int32", "shape (1,)"])
+def test_a_constant_of_the_same_bytes_and_another_dtype_or_shape_is_refused(symbolic, other):
+    # float32 2.0 has the bytes of int32 1073741824 and of float32 [2.0]: the bytes alone do
+    # not make the recorded constant
+    state = {"other": False}
+
+    def f(x):
+        if not state["other"]:
+            c = mge.tensor(np.array(2.0, np.float32))
+        elif other == "int32":
+            c = mge.tensor(np.array(1073741824, np.int32), dtype="int32")
+        else:
+            c = mge.tensor(np.array([2.0], np.float32))
+        return x * c
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([2.0, 3.0])
+    for _ in range(2):
+        np.testing.assert_array_equal(tr(x).numpy(), [4.0, 6.0])
+    state["other"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because shape mismatch"
