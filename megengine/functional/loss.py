@@ -219,8 +219,19 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
     return _pair_loss(op, pred, label)
 
 
+# pred dtypes of the CPU's (N, C) ATen path; float16 stays on the array code, which computes
+# in float16 as upstream does
+_ROWS_ATEN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_IGNORE_INDEX = -2 ** 63  # ATen's ignore_index that no label of 32 bits cast to int64 is
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 _ROW_STARTS = {}  # (n, classes) -> numpy arange(n) * classes, read-only
+
+
+def _checking_view(label):
+    """The unsigned dtype to view ``label`` as so that indexing with it range-checks it (a
+    negative label becomes an index past the end), or None where that does not hold: labels of
+    64 bits, whose huge unsigned values numpy casts back to negative indices, which wrap."""
+    return _UNSIGNED.get(label.dtype) if label.dtype.itemsize < 8 else None
 
 
 def _max(a, axis=None, keepdims=False):
@@ -291,14 +302,18 @@ class _CrossEntropy(Op):
             label = label.astype(np.int64)  # upstream takes float class ids too
         classes = pred.shape[ax]
         if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
-                and not ls and self.reduction == "mean" and pred.shape[0]
-                and not _aten.use_aten(pred, "cross_entropy")):
-            # the training case on the CPU: its range check is the label lookup itself
-            self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
-            unsigned = _UNSIGNED.get(label.dtype)
-            if unsigned is None and _out_of_range(label, classes):  # e.g. big-endian labels
-                self._raise_out_of_range(label, classes)
-            return self._forward_mean_2d(np, pred, unsigned)
+                and pred.shape[0] and not _aten.is_forced("cross_entropy")):
+            if pred.dtype in _ROWS_ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy"):
+                # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy
+                self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
+                return self._forward_rows_aten(pred, label)
+            if not ls and self.reduction == "mean":
+                # the training case on the array code: its range check is the label lookup
+                self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
+                unsigned = _checking_view(label)
+                if unsigned is None and _out_of_range(label, classes):  # e.g. big-endian labels
+                    self._raise_out_of_range(label, classes)
+                return self._forward_mean_2d(np, pred, unsigned)
         xp = xp_of(pred)
         # The range check is kept on every device. On a GPU it costs one reduction kernel and a
         # device-to-host sync (the host waits for the work queued before it, a few tens of us),
@@ -308,7 +323,9 @@ class _CrossEntropy(Op):
             self._raise_out_of_range(label, classes)
         self.label_k = label.reshape(pred.shape[:ax] + (1,) + pred.shape[ax + 1:])
         self.loss_shape = expected
-        if pred.size and _aten.use_aten(pred, "cross_entropy"):
+        # numpy arrays come here only for what the (N, C) paths above do not take, and take
+        # ATen's general path only when a test forces it (cpu_worth=False)
+        if pred.size and _aten.use_aten(pred, "cross_entropy", cpu_worth=False):
             return self._forward_aten(pred, label)
         self.label = label
         # (N, C) with classes on axis 1, the common case: plain fancy indexing is fastest
@@ -362,6 +379,82 @@ class _CrossEntropy(Op):
         loss = add(per_row) / pred.shape[0]
         self.e, self.s, self.fused = e, s, True
         return xp.asarray(loss, dtype=pred.dtype)
+
+    def _forward_rows_aten(self, pred, label):
+        """(N, C) logits of a numpy array, any reduction and label smoothing: log-softmax by
+        ATen's vectorised kernel (one pass, where numpy takes four: max, subtract, exp, sum),
+        through zero-copy views; the lookup at the labels, the smoothing term and the reduction
+        in numpy on ATen's output.
+
+        Measured with one thread against numpy's (N, C) mean path (forward): 256 x 1000
+        float32 178 us against 285 (torch's cross_entropy 165); 64 x 32000 1.57 ms against
+        2.08 (torch 1.47); 8 x 10 about the same. Backward takes numpy's exp of the kept
+        log-probabilities, which measured faster than torch's exp with one thread (256K
+        float32 values: 126 us against 227).
+        """
+        n, classes = pred.shape
+        if not self.needs_input_grad[0] and label.dtype.itemsize <= 4:
+            return self._loss_rows_aten(pred, label)
+        logp = _aten.array(_aten.op("_log_softmax")(_aten.view(pred), 1, False))
+        unsigned = _checking_view(label)
+        if unsigned is None:  # not a native fixed-width integer (e.g. big-endian labels)
+            if _out_of_range(label, classes):
+                self._raise_out_of_range(label, classes)
+            at_label = logp[self.rows, label]
+        else:
+            # seen as unsigned, a negative label is a huge index: the lookup raises for every
+            # label outside [0, C), so it is the range check too
+            try:
+                at_label = logp[self.rows, label.view(unsigned)]
+            except IndexError:
+                at_label = None
+            if at_label is None:  # raised here, not in the except block: no chained traceback
+                self._raise_out_of_range(label, classes)
+        self.logp = logp
+        ls, add = self.ls, np.add.reduce
+        if self.reduction == "none":
+            loss = at_label if not ls else at_label * (1 - ls) + add(logp, 1) * (ls / classes)
+            return np.negative(loss, out=loss) if not ls else -loss
+        total = add(at_label)
+        if ls:  # the smoothing term: the mean log-probability of each row, summed over rows
+            total = total * (1 - ls) + add(logp, None) * (ls / classes)
+        if self.reduction == "mean":
+            total = total / n
+        return np.asarray(-total, dtype=pred.dtype)
+
+    def _loss_rows_aten(self, pred, label):
+        """The loss alone (no gradient wanted: evaluation), by ATen's fused cross entropy in one
+        call: at 8 x 10 about 4 us of the ~8 that log-softmax and the lookup in numpy take.
+        Labels of at most 32 bits: as int64 none of them is ATen's ignore_index (int64's
+        minimum), so every label counts, and one outside [0, C) makes ATen raise."""
+        target = _aten.view(label.astype(np.int64))
+        try:
+            loss = _aten.op("cross_entropy_loss")(_aten.view(pred), target, None,
+                                                  self._ATEN_REDUCTION[self.reduction],
+                                                  _NO_IGNORE_INDEX, self.ls)
+        except IndexError:  # ATen's "Target 7 is out of bounds."
+            loss = None
+        if loss is None:  # raised here, not in the except block: no chained traceback
+            self._raise_out_of_range(label, pred.shape[1])
+        return _aten.array(loss)
+
+    def _backward_rows_aten(self, g):
+        """softmax - target, times the gradient of each row's loss: the softmax is exp of the
+        kept log-probabilities, the target (1 - ls) at the label plus ls / C everywhere."""
+        logp, ls = self.logp, self.ls
+        n, classes = logp.shape
+        grad = np.exp(logp)  # a new buffer: the gradient is made in place in it
+        if grad.flags.c_contiguous:  # one flat index array instead of (rows, label) pairs
+            grad.reshape(-1)[_row_starts(np, n, classes) + self.label] -= 1 - ls
+        else:
+            grad[self.rows, self.label] -= 1 - ls
+        if ls:
+            grad -= ls / classes
+        if self.reduction == "none":
+            grad *= g.reshape(n, 1)
+        else:
+            grad *= g / n if self.reduction == "mean" else g
+        return grad, None
 
     @staticmethod
     def _raise_out_of_range(label, classes):
@@ -445,13 +538,15 @@ class _CrossEntropy(Op):
         return declare_fresh_gradient(_aten.array(grad.reshape(self.pred_shape))), None
 
     fused = False  # set by _forward_mean_2d
-    logp = None  # set by _forward_aten
+    logp = None  # set by _forward_aten (a torch tensor) and _forward_rows_aten (an array)
     label_k = None  # the labels with a size-1 class axis; not made by the CPU's (N, C) path
 
     def backward(self, g):
         if self.fused:
             return self._backward_mean_2d(g)
         if self.logp is not None:
+            if type(self.logp) is np.ndarray:
+                return self._backward_rows_aten(g)
             return self._backward_aten(g)
         xp = xp_of(g)
         ax, ls = self.axis, self.ls

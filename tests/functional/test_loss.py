@@ -12,8 +12,8 @@ from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional.loss import _CrossEntropy
 
-from devices import (host, requires_cuda, requires_torch_cuda,
-                     skip_unless_aten_serves_the_default_device)
+from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
+                     requires_torch_cuda, skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
@@ -32,16 +32,22 @@ def labels(n, classes, *extra):
 
 
 # ----- cross entropy -----
-# Every cross-entropy test runs on both of the op's paths: the array code (numpy on the CPU, the
-# default there) and ATen's kernels (what CUDA arrays take), forced here onto numpy arrays so
-# that the GPU's code is checked on the CPU. On a GPU both runs take the ATen path.
+# Every cross-entropy test runs on each of the op's paths: the default (on the CPU, (N, C)
+# logits take ATen's log_softmax with numpy around it, the rest the array code), the array code
+# alone (what runs without torch, and what CuPy runs when torch has no CUDA), and ATen's general
+# kernels (what CUDA arrays take), forced here onto numpy arrays so that the GPU's code is
+# checked on the CPU. On a GPU the "default" and "aten" runs take the ATen path.
 
 
-@pytest.fixture(params=["arrays", "aten"])
+@pytest.fixture(params=["default", "arrays", "aten"])
 def ce_path(request, monkeypatch):
     """Run the test on one path; on "aten", fail if the ATen forward never ran."""
-    if request.param == "arrays":
+    if request.param == "default":
         yield request.param
+        return
+    if request.param == "arrays":
+        with _aten.avoided("cross_entropy"):
+            yield request.param
         return
     skip_unless_aten_serves_the_default_device()
     calls = []
@@ -576,3 +582,124 @@ def test_cross_entropy_aten_path_with_a_strided_pred(with_logits):
     np.testing.assert_allclose(loss.numpy(), ref.detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(x.grad.numpy().transpose(2, 1, 0), t.grad.numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+# ----- the CPU's (N, C) path: ATen's log_softmax, numpy around it -----
+
+def _spy(monkeypatch, name):
+    """Count calls of _CrossEntropy.<name>."""
+    calls = []
+    method = getattr(_CrossEntropy, name)
+    monkeypatch.setattr(_CrossEntropy, name,
+                        lambda self, *a: calls.append(1) or method(self, *a))
+    return calls
+
+
+def _rows_case(dtype, layout, n=7, c=13, seed=0):
+    """A stored array, the (N, C) logits made of it in ``layout`` ("c": the array itself; "t":
+    a transposed (C, N) array; "s": every other column of an (N, 2C) array), and labels."""
+    rs = np.random.RandomState(seed)
+    shape = {"c": (n, c), "t": (c, n), "s": (n, 2 * c)}[layout]
+    stored = rs.randn(*shape).astype(dtype)
+    view = {"c": lambda a: a, "t": lambda a: a.T, "s": lambda a: a[:, ::2]}[layout]
+    return stored, view, rs.randint(0, c, n).astype(np.int32)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("layout", ["c", "t", "s"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ls", [0.0, 0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_rows_path_matches_torch(monkeypatch, reduction, ls, dtype, layout):
+    # odd sizes, strided and transposed logits, an output gradient other than one; the oracle
+    # is torch in float64 on the same values
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    stored, view, label = _rows_case(dtype, layout)
+    x = mge.tensor(stored, dtype=dtype)
+    rs = np.random.RandomState(5)
+    with GradManager().attach(x) as gm:
+        loss = F.nn.cross_entropy(view(x), mge.tensor(label), label_smooth=ls,
+                                  reduction=reduction)
+        dy = np.asarray(rs.randn(*loss.shape), dtype=dtype)
+        gm.backward(loss, mge.tensor(dy, dtype=dtype))
+    assert calls, "the (N, C) ATen path did not run"
+    st = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    want = TF.cross_entropy(view(st), torch.tensor(label).long(), label_smoothing=ls,
+                            reduction=reduction)
+    want.backward(torch.tensor(dy.astype(np.float64)))
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    assert loss.dtype == np.dtype(dtype) and x.grad.dtype == np.dtype(dtype)
+    assert loss.shape == tuple(want.shape)
+    np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(x.grad.numpy(), st.grad.numpy(), rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("label_dtype", ["int8", "uint8", "int16", "int32", "uint32", "int64"])
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch, reduction, ls,
+                                                                    label_dtype):
+    # nothing attached (evaluation): labels of up to 32 bits take ATen's fused cross entropy,
+    # int64 ones log_softmax and the lookup; the values are the same either way
+    fused = _spy(monkeypatch, "_loss_rows_aten")
+    pred, _, label = _rows_case("float32", "c", n=9, c=5, seed=2)
+    loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label, dtype=label_dtype),
+                              label_smooth=ls, reduction=reduction)
+    assert bool(fused) == (label_dtype != "int64")
+    want = TF.cross_entropy(torch.tensor(pred), torch.tensor(label).long(), label_smoothing=ls,
+                            reduction=reduction)
+    assert loss.dtype == np.float32 and loss.shape == tuple(want.shape)
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("attach", [False, True])
+@pytest.mark.parametrize("bad", [[0, 5, 1], [0, -1, 1], [0, -100, 1]])
+def test_cross_entropy_rows_path_range_checks_labels(attach, bad):
+    # -100 is torch's default ignore_index: here it is out of range like any negative label
+    x = mge.tensor(rand(3, 5))
+    for dtype in ("int32", "int64"):
+        with GradManager().attach(x if attach else []):
+            with pytest.raises(ValueError, match=r"labels must be in \[0, 5\)") as info:
+                F.nn.cross_entropy(x, mge.tensor(bad, dtype=dtype), reduction="sum")
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+def test_cross_entropy_rows_path_second_order_matches_torch(monkeypatch, ls, reduction):
+    # a gradient penalty through (N, C) logits on the default path: d/dx <dL/dx, v>
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    pred, v, label, w = rand(5, 7), rand(5, 7), labels(5, 7), rand(5)
+    x = mge.Parameter(pred)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            loss = F.nn.cross_entropy(x * x, mge.tensor(label), label_smooth=ls,
+                                      reduction=reduction)
+            inner.backward((loss * mge.tensor(w)).sum() if reduction == "none" else loss)
+        first = x.grad
+        x.grad = None
+        outer.backward((first * mge.tensor(v)).sum())
+    assert calls
+    xt = torch.tensor(pred, requires_grad=True)
+    lt = TF.cross_entropy(xt * xt, torch.tensor(label).long(), label_smoothing=ls,
+                          reduction=reduction)
+    lt = (lt * torch.tensor(w)).sum() if reduction == "none" else lt
+    (gt,) = torch.autograd.grad(lt, xt, create_graph=True)
+    (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
+    np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_without_torch_keeps_the_array_code(monkeypatch):
+    # torch that cannot be imported: use_aten answers False and numpy's code serves
+    rows = _spy(monkeypatch, "_forward_rows_aten")
+    monkeypatch.setattr(_aten, "_torch_cpu", False)
+    pred, label = rand(6, 4), labels(6, 4)
+    check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.1),
+          lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.1), pred, label)
+    assert not rows
