@@ -176,8 +176,11 @@ _forced = set()
 # "cross_entropy": (N, C) float32/float64 logits (`functional/loss.py`), log-softmax on ATen;
 # forward 256 x 1000 178 us against numpy's 285, 64 x 32000 1.57 ms against 2.08 (other layouts,
 # probabilities and float16 stay on the array code, or on ATen's general path when forced).
+# "pair_loss": squared error and smooth L1 of two float32/float64 arrays of one shape, ATen's
+# fused loss and backward: 512K values, forward 144 us against numpy's 267 (square), 148
+# against 531 (smooth L1).
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
-                     "cross_entropy"})
+                     "cross_entropy", "pair_loss"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

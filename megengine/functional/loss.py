@@ -51,16 +51,45 @@ def _pair(pred, label):
     return _operand(pred, label), label
 
 
+_ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+# dtypes of the CPU's ATen paths; float16 stays on the array code, which computes in float16 as
+# upstream does
+_ATEN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 class _PairLoss(Op):
-    """An element-wise loss of (pred, label) with broadcasting, reduced in the same op."""
+    """An element-wise loss of (pred, label) with broadcasting, reduced in the same op.
+
+    Subclasses naming ``aten_loss`` (ATen's fused loss and its ``<name>_backward``) run on it
+    for float32/float64 numpy arrays of one shape: one pass over the data where numpy takes
+    one per step. Measured with one thread on 512K float32 values, forward (mean): smooth L1
+    148 us against numpy's 531 (with its branch-free formula; 2.6 ms with ``where``), squared
+    error 144 against 267. Broadcast labels, integers, float16 and CuPy arrays keep the array
+    code (CUDA: a chain of a few elementwise kernels, no worse than ATen's for these).
+    """
+
+    aten_loss = None
+    tp = None  # the torch views of pred and label, when the forward ran on ATen
 
     def __init__(self, reduction, what):
         self.reduction, self.what = reduction, what
+
+    def aten_args(self):
+        """ATen's arguments after (pred, label, reduction)."""
+        return ()
 
     def forward(self, pred, label):
         dtype = promote_types(pred.dtype, label.dtype)
         pred, label = pred.astype(dtype, copy=False), label.astype(dtype, copy=False)
         self.shapes = (pred.shape, label.shape)
+        if (self.aten_loss is not None and type(pred) is np.ndarray and dtype in _ATEN_DTYPES
+                and pred.shape == label.shape and pred.size
+                and _aten.use_aten(pred, "pair_loss")):
+            self.loss_shape, self.loss_dtype = pred.shape, dtype
+            self.tp, self.tl = _aten.view(pred), _aten.view(label)
+            loss = _aten.op(self.aten_loss)(self.tp, self.tl, _ATEN_REDUCTION[self.reduction],
+                                            *self.aten_args())
+            return _aten.array(loss)
         try:
             loss = self.elementwise(xp_of(pred), pred, label)
         except ValueError:
@@ -70,11 +99,26 @@ class _PairLoss(Op):
         return _reduce(loss, self.reduction)
 
     def backward(self, g):
+        needs = self.needs_input_grad
+        if self.tp is not None:
+            return self._backward_aten(g, needs)
         g = _spread(g, self.loss_shape, self.reduction)
         gp, gl = self.grads(xp_of(g), g)
-        needs = self.needs_input_grad
         return (unbroadcast(gp, self.shapes[0]) if needs[0] else None,
                 unbroadcast(gl, self.shapes[1]) if needs[1] else None)
+
+    def _backward_aten(self, g, needs):
+        tp = self.tp
+        # g: the loss's gradient, 0-d for "mean" and "sum" (maybe a numpy scalar or another
+        # dtype), or of the loss's shape for "none" (a copy where its layout is not plain)
+        dtype = self.loss_dtype
+        g = np.ascontiguousarray(g, dtype=dtype) if g.ndim else np.asarray(g, dtype=dtype)
+        back = getattr(_aten.aten(), self.aten_loss + "_backward")
+        gp = _aten.array(back(_aten.view(g), tp, self.tl, _ATEN_REDUCTION[self.reduction],
+                              *self.aten_args()))
+        # pred's gradient is a new buffer nothing else sees: .grad may take it without a copy
+        return (declare_fresh_gradient(gp) if needs[0] else None,
+                np.negative(gp) if needs[1] else None)
 
     def grad_graph(self, inputs, outputs, grads):
         """`backward` with Tensor arithmetic (each loss's ``graph_grads``), recorded so that
@@ -108,6 +152,8 @@ class _L1(_PairLoss):
 
 
 class _Square(_PairLoss):
+    aten_loss = "mse_loss"
+
     def elementwise(self, xp, pred, label):
         if pred.dtype.kind in "iub":  # upstream squares with `**`, which gives integers float32
             pred, label = pred.astype(np.float32), label.astype(np.float32)
@@ -124,19 +170,46 @@ class _Square(_PairLoss):
 
 
 class _SmoothL1(_PairLoss):
+    """Float inputs without a branch: with m = min(|d|, beta), the loss is
+    ``|d| - m + 0.5 m**2 / beta`` (``0.5 d**2 / beta`` inside, ``|d| - beta / 2`` outside) and
+    its gradient ``clip(d / beta, -1, 1)``. numpy's ``where`` on a mask that changes from
+    element to element measured ~1.1 ms on 512K float32 values (a branch per element), about
+    as long as the other steps together; ``clip`` with both bounds runs vectorised (60 us)."""
+
+    aten_loss = "smooth_l1_loss"
+
     def __init__(self, reduction, what, beta):
         super().__init__(reduction, what)
         self.beta = beta
 
+    def aten_args(self):
+        return (self.beta,)
+
     def elementwise(self, xp, pred, label):
         d = self.diff = pred - label
         ad = abs(d)
-        self.inside = ad < self.beta  # beta == 0: nothing is inside, the loss is L1
-        return xp.where(self.inside, 0.5 * d * d / max(self.beta, 1e-12), ad - 0.5 * self.beta)
+        beta = self.beta
+        if beta == 0:  # nothing is inside: the loss is L1
+            return ad
+        if d.dtype.kind != "f":  # integers: the float64 maths of the formula as written
+            return xp.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
+        m = xp.clip(ad, 0, beta)
+        loss = ad - m
+        m *= m
+        m *= 0.5 / beta
+        loss += m
+        return loss
 
     def grads(self, xp, g):
-        d = self.diff
-        gp = g * xp.where(self.inside, d / max(self.beta, 1e-12), xp.sign(d))
+        d, beta = self.diff, self.beta
+        if beta == 0:
+            slope = xp.sign(d)
+        elif d.dtype.kind != "f":
+            slope = xp.where(abs(d) < beta, d / beta, xp.sign(d))
+        else:  # d / beta inside, its sign outside (at |d| == beta the two agree)
+            slope = d * (1 / beta)
+            xp.clip(slope, -1, 1, out=slope)
+        gp = g * slope
         return gp, -gp
 
     def graph_grads(self, pred, label, g):
@@ -144,7 +217,8 @@ class _SmoothL1(_PairLoss):
 
         d = pred - label
         # the branch taken is locally constant in d: a mask, not a differentiable input
-        inside = Tensor._wrap(self.inside.astype(d.dtype), d._device)
+        inside = abs(d._data) < self.beta
+        inside = Tensor._wrap(inside.astype(d.dtype), d._device)
         gp = g * (d * (inside / max(self.beta, 1e-12)) + sign(d) * (1 - inside))
         return gp, -gp
 
@@ -219,9 +293,6 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
     return _pair_loss(op, pred, label)
 
 
-# pred dtypes of the CPU's (N, C) ATen path; float16 stays on the array code, which computes
-# in float16 as upstream does
-_ROWS_ATEN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _NO_IGNORE_INDEX = -2 ** 63  # ATen's ignore_index that no label of 32 bits cast to int64 is
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 _ROW_STARTS = {}  # (n, classes) -> numpy arange(n) * classes, read-only
@@ -303,7 +374,7 @@ class _CrossEntropy(Op):
         classes = pred.shape[ax]
         if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
                 and pred.shape[0] and not _aten.is_forced("cross_entropy")):
-            if pred.dtype in _ROWS_ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy"):
+            if pred.dtype in _ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy"):
                 # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy
                 self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
                 return self._forward_rows_aten(pred, label)
@@ -482,7 +553,7 @@ class _CrossEntropy(Op):
     # is nll_loss2d's (N, C, H, W). Forward: log_softmax (or log, for probabilities) and
     # nll_loss, with its reduction; backward: nll_loss_backward and log_softmax's backward.
     # Label smoothing adds -(ls / C) * sum_c(log p_c), a sum over the class axis.
-    _ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+    _ATEN_REDUCTION = _ATEN_REDUCTION
 
     def _forward_aten(self, pred, label):
         aten, ax, ls = _aten.aten(), self.axis, self.ls

@@ -1,4 +1,5 @@
 """Tests of megengine/functional/loss.py: values and gradients against torch.nn.functional."""
+import contextlib
 from functools import partial
 
 import numpy as np
@@ -331,6 +332,85 @@ def test_smooth_l1_loss(beta, reduction):
           rand(6, 5), rand(6, 5))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("beta", [1.0, 0.25, 0.0])
+def test_smooth_l1_loss_at_and_around_beta_matches_torch(dtype, beta):
+    # the branch-free formula: differences exactly at +-beta, 0, just inside and outside, far
+    # out; a broadcast label; float64 against torch in float64
+    d = np.array([beta, -beta, 0.0, beta * 0.999, -beta * 1.001, 3.0, -7.5, 1e-4],
+                 dtype=dtype)
+    label = np.random.RandomState(0).uniform(-1, 1, (3, 1)).astype(dtype)
+    pred = (label + d).astype(dtype)
+    p, y = mge.tensor(pred, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with GradManager().attach([p, y]) as gm:
+        loss = F.nn.smooth_l1_loss(p, y, beta=beta, reduction="none")
+        gm.backward(loss, mge.tensor(np.full(loss.shape, 0.5, dtype), dtype=dtype))
+    pt = torch.tensor(pred, requires_grad=True)
+    yt = torch.tensor(label, requires_grad=True)
+    want = TF.smooth_l1_loss(pt, yt.expand(3, 8), beta=beta, reduction="none")
+    want.backward(torch.full(want.shape, 0.5, dtype=want.dtype))
+    assert loss.dtype == np.dtype(dtype) and p.grad.dtype == np.dtype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol * 10)
+
+
+_PAIR_LOSSES = {
+    "square": (lambda p, y, r: F.nn.square_loss(p, y, reduction=r),
+               lambda p, y, r: TF.mse_loss(p, y, reduction=r)),
+    "smooth_l1": (lambda p, y, r: F.nn.smooth_l1_loss(p, y, beta=0.5, reduction=r),
+                  lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.5, reduction=r)),
+    "smooth_l1_beta0": (lambda p, y, r: F.nn.smooth_l1_loss(p, y, beta=0.0, reduction=r),
+                        lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.0, reduction=r)),
+}
+
+
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", sorted(_PAIR_LOSSES))
+def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduction, dtype,
+                                                        transposed, path):
+    # same-shape float inputs take ATen's fused loss on the CPU, "arrays" the numpy code (what
+    # runs without torch and on CuPy); odd sizes, a transposed pred, both gradients, an output
+    # gradient other than one; torch in float64 is the oracle
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    ours, theirs = _PAIR_LOSSES[loss]
+    rs = np.random.RandomState(3)
+    stored = rs.uniform(-2, 2, (5, 7)).astype(dtype)
+    label = rs.uniform(-2, 2, (7, 5) if transposed else (5, 7)).astype(dtype)
+    p, y = mge.tensor(stored, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with contextlib.ExitStack() as stack:
+        if path == "arrays":
+            stack.enter_context(_aten.avoided("pair_loss"))
+        with GradManager().attach([p, y]) as gm:
+            out = ours(p.T if transposed else p, y, reduction)
+            dy = np.asarray(rs.randn(*out.shape), dtype=dtype)
+            gm.backward(out, mge.tensor(dy, dtype=dtype))
+    assert bool(ran) == (path == "aten")
+    pt = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    yt = torch.tensor(label.astype(np.float64), requires_grad=True)
+    want = theirs(pt.T if transposed else pt, yt, reduction)
+    want.backward(torch.tensor(dy.astype(np.float64)))
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    assert out.dtype == np.dtype(dtype) and out.shape == tuple(want.shape)
+    np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_smooth_l1_loss_of_integers_keeps_its_dtype_rules():
+    # integers keep the formula's float64 result (what the op gave before it went branch-free)
+    pred, label = mge.tensor([3, 0, -2, 5]), mge.tensor([2, 0, 1, 5])
+    got = F.nn.smooth_l1_loss(pred, label, beta=1.5, reduction="none")
+    assert got.numpy().tolist() == [0.5 / 1.5, 0.0, 3 - 0.75, 0.0]
+
+
 def test_regression_losses_broadcast_label():
     check(lambda p, y: F.nn.square_loss(p, y), lambda p, y: TF.mse_loss(p, y.expand(4, 5)),
           rand(4, 5), rand(1, 5))
@@ -526,6 +606,21 @@ def test_square_l1_smooth_l1_second_order(reduction):
         lambda a, b: m(F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7, reduction=reduction)),
         lambda a, b: r(TF.smooth_l1_loss(torch.tanh(a) * 2, b.expand(4, 3), beta=0.7,
                                          reduction=reduction)),
+        pred, label)
+
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_square_and_smooth_l1_second_order_of_same_shapes(reduction):
+    # same shapes: the first-order pass ran on ATen's fused loss, the recorded gradient graph is
+    # built from Tensor arithmetic as on the array code
+    pred, label = rand(4, 3), rand(4, 3)
+    check_second_order(
+        lambda a, b: F.nn.square_loss(F.tanh(a), b * b, reduction=reduction),
+        lambda a, b: _reduce_torch((torch.tanh(a) - b * b) ** 2, reduction), pred, label)
+    check_second_order(
+        lambda a, b: F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7, reduction=reduction),
+        lambda a, b: TF.smooth_l1_loss(torch.tanh(a) * 2, b, beta=0.7, reduction=reduction),
         pred, label)
 
 
