@@ -179,8 +179,10 @@ _forced = set()
 # "pair_loss": squared error and smooth L1 of two float32/float64 arrays of one shape, ATen's
 # fused loss and backward: 512K values, forward 144 us against numpy's 267 (square), 148
 # against 531 (smooth L1).
+# "topk": F.topk of float32/float64 (not kth_only), ATen's topk instead of numpy's argpartition:
+# (256, 1000), k = 5, 0.47 ms against 3.0 ms.
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
-                     "cross_entropy", "pair_loss"})
+                     "cross_entropy", "pair_loss", "topk"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

@@ -1,4 +1,5 @@
 """Tests of megengine/functional/math.py: reductions, statistics, sorting, linear algebra."""
+import contextlib
 from functools import partial
 import math
 
@@ -9,6 +10,7 @@ import torch
 import megengine as mge
 import megengine.functional as F
 
+from devices import host_default_device  # noqa: F401  (a fixture)
 from oracle import check_against_torch
 from megengine.autodiff import GradManager
 
@@ -204,6 +206,52 @@ def test_topk_negative_k_flips_the_direction_as_upstream():
         np.testing.assert_array_equal(big.numpy(), np.sort(x)[::-1][:3])
     small, small_idx = F.topk(mge.tensor(x), -3, descending=True)
     np.testing.assert_array_equal(small_idx.numpy(), np.argsort(x)[:3])
+
+
+def _topk_reference(x, k, descending):
+    """The k smallest (largest) of each row in the array code's order: stable by index."""
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(x, order, -1), order
+
+
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, host_default_device,
+                                                              descending, dtype, path):
+    # float rows with ties inside the top k (integer values) and NaNs, an odd row length, a
+    # transposed input; "arrays": the numpy code CuPy also runs. Indices among equal values
+    # come in index order on both paths; a NaN is never picked before a number.
+    from megengine.functional import _aten
+
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    rs = np.random.RandomState(4)
+    # the 6 smallest and the 6 largest of each row hold ties, but not at the 6th place (which
+    # of several equal values there is picked is unspecified, as with upstream's kernel)
+    row = [0, 0, 1, 1, 1, 3, 97, 98, 98, 99, 99, 99, np.nan] + list(range(10, 18))
+    x = np.stack([rs.permutation(row) for _ in range(7)]).astype(dtype)  # (7, 21)
+    stored = np.ascontiguousarray(x.T)  # used as stored.T: a transposed input
+    def avoid():
+        return _aten.avoided("topk") if path == "arrays" else contextlib.nullcontext()
+
+    with avoid():
+        t = mge.tensor(stored, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            vals, idx = F.topk(t.T, 6, descending=descending)
+            gm.backward(vals, mge.tensor(np.arange(42, dtype=dtype).reshape(7, 6), dtype=dtype))
+    assert bool(ran) == (path == "aten")
+    want_v, want_i = _topk_reference(x, 6, descending)
+    np.testing.assert_array_equal(idx.numpy(), want_i)
+    np.testing.assert_array_equal(vals.numpy(), want_v)
+    grad = np.zeros_like(x)
+    np.put_along_axis(grad, want_i, np.arange(42, dtype=dtype).reshape(7, 6), -1)
+    np.testing.assert_array_equal(t.grad.numpy(), grad.T)
+    # no_sort: the same set in any order
+    with avoid():
+        v2, i2 = F.topk(mge.tensor(x, dtype=dtype), 6, descending=descending, no_sort=True)
+    np.testing.assert_array_equal(np.sort(i2.numpy(), -1), np.sort(want_i, -1))
 
 
 @pytest.mark.parametrize("descending", [False, True])
