@@ -291,6 +291,36 @@ def test_binary_cross_entropy_logits(reduction):
           pred, label, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shapes", [((4, 5), (4, 5)), ((1, 5), (4, 5)), ((4, 5), (1, 5))],
+                         ids=str)
+@pytest.mark.parametrize("label_grad", [False, True])
+def test_binary_cross_entropy_logits_gradient_at_extreme_logits(label_grad, shapes, dtype):
+    # logits far past exp's float32/float64 range on both sides (the sigmoid of the backward
+    # goes through exp(-x) = inf there) and broadcasting either way; torch in float64 on the
+    # same values is the oracle
+    rs = np.random.RandomState(2)
+    pred = rs.choice([-1e4, -800.0, -90.0, -3.0, 0.0, 2.5, 95.0, 900.0, 1e4], shapes[0])
+    pred, label = pred.astype(dtype), rs.uniform(0, 1, shapes[1]).astype(dtype)
+    p, y = mge.tensor(pred, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with GradManager().attach([p, y] if label_grad else [p]) as gm:
+        loss = F.nn.binary_cross_entropy(p, y, reduction="sum")
+        gm.backward(loss, mge.tensor(np.asarray(1.5, dtype), dtype=dtype))
+    pt = torch.tensor(pred.astype(np.float64), requires_grad=True)
+    yt = torch.tensor(label.astype(np.float64), requires_grad=label_grad)
+    x_b, y_b = torch.broadcast_tensors(pt, yt)
+    want = TF.binary_cross_entropy_with_logits(x_b, y_b, reduction="sum")
+    (want * 1.5).backward()
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(loss.numpy(), want.item(), rtol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    assert np.isfinite(p.grad.numpy()).all()
+    if label_grad:
+        np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol)
+    else:
+        assert y.grad is None
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_binary_cross_entropy_probabilities(reduction):
     pred, label = rand(6, 5, low=0.05, high=0.95), rand(6, 5, low=0, high=1)
