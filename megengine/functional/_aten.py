@@ -181,8 +181,10 @@ _forced = set()
 # against 531 (smooth L1).
 # "topk": F.topk of float32/float64 (not kth_only), ATen's topk instead of numpy's argpartition:
 # (256, 1000), k = 5, 0.47 ms against 3.0 ms.
+# "norm": the 2-norm of F.norm / F.normalize, ATen's linalg_vector_norm: (512, 1024) over axis 1
+# 73 us against 180.
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
-                     "cross_entropy", "pair_loss", "topk"})
+                     "cross_entropy", "pair_loss", "topk", "norm"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

