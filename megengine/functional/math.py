@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
-from ..core.dispatch import Op, apply, on_device
+from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -305,9 +305,51 @@ def norm(inp, ord=None, axis=None, keepdims=False):
     return apply(PNorm(ord, axis, keepdims), inp)
 
 
+class Normalize(Op):
+    """``x / max(||x||_2, eps)`` over ``axes``, forward and backward on ATen (numpy floats and,
+    with a CUDA torch, CuPy ones): the composite (norm, clip, divide) spent 160 of its 210 us
+    on (512, 1024) float32 in numpy's divide by a broadcast column, which ATen does in 60.
+
+    Backward: with c = max(n, eps) and y = x / c, dx = (g - y * sum(g * y) [n > eps]) / c
+    (the sum over ``axes``; where the norm is below eps, c is a constant)."""
+
+    def __init__(self, axis, eps):
+        self.axis, self.eps = axis, eps
+
+    def forward(self, x):
+        self.axes = axes = _norm_axes(self.axis, x.ndim, "normalize")
+        tx = _aten.view(x)
+        n = _aten.op("linalg_vector_norm")(tx, 2, axes, True)
+        c = n.clamp_min(self.eps)
+        y = tx.div(c)
+        self.n, self.c, self.y = n, c, y
+        return _aten.array(y)
+
+    def backward(self, g):
+        y, axes = self.y, self.axes
+        tg = _aten.view(g)
+        gy = tg.mul(y).sum(axes, keepdim=True)
+        gy.masked_fill_(self.n <= self.eps, 0)  # there c = eps does not depend on x
+        gx = tg.sub(y.mul(gy)).div_(self.c)
+        # a new buffer nothing else sees: .grad may take it without a copy
+        return declare_fresh_gradient(_aten.array(gx))
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the same formula in Tensor arithmetic, recorded (the mask is piecewise constant)
+        x, g, axes = inputs[0], grads[0], self.axes
+        c = clip(norm(x, 2, axes, keepdims=True), lower=self.eps)
+        y = x / c
+        outside = Tensor._wrap(_aten.array(self.n > self.eps).astype(x.dtype), x._device)
+        return ((g - y * ((g * y).sum(axis=axes, keepdims=True) * outside)) / c,)
+
+
 def normalize(inp, ord=None, axis=None, eps=1e-12):
     """``inp / max(norm(inp, ord, axis), eps)``: unit ``ord``-norm along ``axis`` (None: all)."""
     inp = _tensor(inp)
+    x = inp._data
+    if (ord is None or type(ord) in (int, float) and ord == 2) and x.dtype in _ATEN_NORM_DTYPES and x.size \
+            and _aten.use_aten(x, "norm"):
+        return apply(Normalize(axis, float(eps)), inp)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
 
 

@@ -169,6 +169,21 @@ def test_two_norm_and_normalize_on_aten_and_array_code(monkeypatch, host_default
     np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("axis", [1, None], ids=str)
+def test_normalize_second_order(host_default_device, axis):
+    # a penalty on normalize's gradient (the ATen op's grad_graph). (No zero row: torch's own
+    # second derivative of the norm is NaN there.)
+    from oracle import check_second_order_against_torch
+
+    x = rand(4, 5)
+    dims = (0, 1) if axis is None else axis
+    check_second_order_against_torch(
+        lambda t: (F.normalize(t * t, axis=axis) * mge.tensor(np.arange(20.0).reshape(4, 5))
+                   ).sum(),
+        lambda t: (t * t / torch.linalg.vector_norm(t * t, 2, dim=dims, keepdim=True)
+                   .clamp_min(1e-12) * torch.arange(20.0).reshape(4, 5)).sum(), x)
+
+
 @pytest.mark.parametrize("axis", [0, 1, None], ids=str)
 def test_normalize(axis):
     x = rand(3, 4)
