@@ -720,7 +720,7 @@ def _spy(monkeypatch, name):
     return calls
 
 
-def _rows_case(dtype, layout, n=7, c=13, seed=0):
+def _rows_case(dtype, layout, n=7, c=17, seed=0):
     """A stored array, the (N, C) logits made of it in ``layout`` ("c": the array itself; "t":
     a transposed (C, N) array; "s": every other column of an (N, 2C) array), and labels."""
     rs = np.random.RandomState(seed)
@@ -760,6 +760,18 @@ def test_cross_entropy_rows_path_matches_torch(monkeypatch, reduction, ls, dtype
 
 
 @pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_of_fewer_than_16_classes_stays_on_numpy(monkeypatch):
+    # ATen's log_softmax is slow on rows narrower than its vector width
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    for classes, expect in ((15, False), (16, True)):
+        calls.clear()
+        x = mge.tensor(rand(4, classes))
+        with GradManager().attach(x) as gm:
+            gm.backward(F.nn.cross_entropy(x, mge.tensor(labels(4, classes)), label_smooth=0.1))
+        assert bool(calls) == expect
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
 @pytest.mark.parametrize("label_dtype", ["int8", "uint8", "int16", "int32", "uint32", "int64"])
 @pytest.mark.parametrize("ls", [0.0, 0.1])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -768,7 +780,7 @@ def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch,
     # nothing attached (evaluation): labels of up to 32 bits take ATen's fused cross entropy,
     # int64 ones log_softmax and the lookup; the values are the same either way
     fused = _spy(monkeypatch, "_loss_rows_aten")
-    pred, _, label = _rows_case("float32", "c", n=9, c=5, seed=2)
+    pred, _, label = _rows_case("float32", "c", n=9, c=19, seed=2)
     loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label, dtype=label_dtype),
                               label_smooth=ls, reduction=reduction)
     assert bool(fused) == (label_dtype != "int64")
@@ -780,13 +792,14 @@ def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch,
 
 @pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
 @pytest.mark.parametrize("attach", [False, True])
-@pytest.mark.parametrize("bad", [[0, 5, 1], [0, -1, 1], [0, -100, 1]])
-def test_cross_entropy_rows_path_range_checks_labels(attach, bad):
+@pytest.mark.parametrize("classes", [5, 20])  # numpy's rows and ATen's
+@pytest.mark.parametrize("bad", [[0, 20, 1], [0, -1, 1], [0, -100, 1]])
+def test_cross_entropy_rows_path_range_checks_labels(attach, bad, classes):
     # -100 is torch's default ignore_index: here it is out of range like any negative label
-    x = mge.tensor(rand(3, 5))
+    x = mge.tensor(rand(3, classes))
     for dtype in ("int32", "int64"):
         with GradManager().attach(x if attach else []):
-            with pytest.raises(ValueError, match=r"labels must be in \[0, 5\)") as info:
+            with pytest.raises(ValueError, match=rf"labels must be in \[0, {classes}\)") as info:
                 F.nn.cross_entropy(x, mge.tensor(bad, dtype=dtype), reduction="sum")
         assert info.value.__cause__ is None and info.value.__context__ is None
 
@@ -797,7 +810,7 @@ def test_cross_entropy_rows_path_range_checks_labels(attach, bad):
 def test_cross_entropy_rows_path_second_order_matches_torch(monkeypatch, ls, reduction):
     # a gradient penalty through (N, C) logits on the default path: d/dx <dL/dx, v>
     calls = _spy(monkeypatch, "_forward_rows_aten")
-    pred, v, label, w = rand(5, 7), rand(5, 7), labels(5, 7), rand(5)
+    pred, v, label, w = rand(5, 17), rand(5, 17), labels(5, 17), rand(5)
     x = mge.Parameter(pred)
     outer, inner = GradManager().attach(x), GradManager().attach(x)
     with outer:
@@ -824,7 +837,7 @@ def test_cross_entropy_without_torch_keeps_the_array_code(monkeypatch):
     # torch that cannot be imported: use_aten answers False and numpy's code serves
     rows = _spy(monkeypatch, "_forward_rows_aten")
     monkeypatch.setattr(_aten, "_torch_cpu", False)
-    pred, label = rand(6, 4), labels(6, 4)
+    pred, label = rand(6, 20), labels(6, 20)
     check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.1),
           lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.1), pred, label)
     assert not rows
