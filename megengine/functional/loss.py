@@ -308,8 +308,11 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
 
 # Rows shorter than this stay on numpy: ATen's log_softmax is slow on rows narrower than its
 # vector width (one thread, float32: 1024 x 10 229 us against numpy's 107, 256 x 10 55 against
-# 38; 64 x 16 7 against 19, 64 x 100 10 against 19)
+# 38; 64 x 16 7 against 19, 64 x 100 10 against 19) ...
 _ATEN_MIN_CLASSES = 16
+# ... unless there are so few values that the calls' fixed costs decide (no gradient: 8 x 10
+# 7.5 us against 12.2, 16 x 10 12.9 against 18.0, 64 x 10 27.5 against 26.4)
+_ATEN_MAX_NARROW = 320
 _NO_IGNORE_INDEX = -2 ** 63  # ATen's ignore_index that no label of 32 bits cast to int64 is
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
 _ROW_STARTS = {}  # (n, classes) -> numpy arange(n) * classes, read-only
@@ -392,7 +395,8 @@ class _CrossEntropy(Op):
         if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
                 and pred.shape[0] and not _aten.is_forced("cross_entropy")):
             if pred.dtype in _ATEN_DTYPES and _aten.use_aten(
-                    pred, "cross_entropy", cpu_worth=classes >= _ATEN_MIN_CLASSES):
+                    pred, "cross_entropy",
+                    cpu_worth=classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW):
                 # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy
                 self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
                 return self._forward_rows_aten(pred, label)
@@ -477,7 +481,8 @@ class _CrossEntropy(Op):
 
         Measured with one thread against numpy's (N, C) mean path (forward): 256 x 1000
         float32 178 us against 285 (torch's cross_entropy 165); 64 x 32000 1.57 ms against
-        2.08 (torch 1.47); rows of fewer than `_ATEN_MIN_CLASSES` classes stay on numpy.
+        2.08 (torch 1.47); rows of fewer than `_ATEN_MIN_CLASSES` classes stay on numpy (unless
+        there are few).
         Backward takes numpy's exp of the kept log-probabilities, which measured faster than
         torch's exp with one thread (256K float32 values: 126 us against 227).
         """
