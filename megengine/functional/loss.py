@@ -394,9 +394,9 @@ class _CrossEntropy(Op):
         classes = pred.shape[ax]
         if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
                 and pred.shape[0] and not _aten.is_forced("cross_entropy")):
-            if pred.dtype in _ATEN_DTYPES and _aten.use_aten(
-                    pred, "cross_entropy",
-                    cpu_worth=classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW):
+            # (the cheap tests first: the narrow rows that stay on numpy skip the use_aten call)
+            if ((classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW)
+                    and pred.dtype in _ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy")):
                 # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy
                 self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
                 return self._forward_rows_aten(pred, label)
