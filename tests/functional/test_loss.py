@@ -11,6 +11,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.functional import _aten
+from megengine.functional import loss as loss_module
 from megengine.functional.loss import _CrossEntropy
 
 from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
@@ -397,19 +398,24 @@ _PAIR_LOSSES = {
 
 
 @pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
-@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("path", ["aten", "default", "arrays"])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("loss", sorted(_PAIR_LOSSES))
 def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduction, dtype,
                                                         transposed, path):
-    # same-shape float inputs take ATen's fused loss on the CPU, "arrays" the numpy code (what
-    # runs without torch and on CuPy); odd sizes, a transposed pred, both gradients, an output
-    # gradient other than one; torch in float64 is the oracle
+    # same-shape float inputs take ATen's fused loss on the CPU from some size on ("aten": from
+    # any size, forward and backward; "default": these few values, smooth L1's forward only),
+    # "arrays" the numpy code (what runs without torch and on CuPy); odd sizes, a transposed
+    # pred, both gradients, an output gradient other than one; torch in float64 is the oracle
     ran = []
     view = _aten.view
     monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    if path == "aten":
+        for cls in (loss_module._Square, loss_module._SmoothL1):
+            monkeypatch.setattr(cls, "aten_forward_min", 0)
+            monkeypatch.setattr(cls, "aten_backward_min", 0)
     ours, theirs = _PAIR_LOSSES[loss]
     rs = np.random.RandomState(3)
     stored = rs.uniform(-2, 2, (5, 7)).astype(dtype)
@@ -422,7 +428,7 @@ def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduc
             out = ours(p.T if transposed else p, y, reduction)
             dy = np.asarray(rs.randn(*out.shape), dtype=dtype)
             gm.backward(out, mge.tensor(dy, dtype=dtype))
-    assert bool(ran) == (path == "aten")
+    assert bool(ran) == (path == "aten" or path == "default" and loss.startswith("smooth"))
     pt = torch.tensor(stored.astype(np.float64), requires_grad=True)
     yt = torch.tensor(label.astype(np.float64), requires_grad=True)
     want = theirs(pt.T if transposed else pt, yt, reduction)
