@@ -11,8 +11,8 @@ CPU, one thread, random inputs fixed in advance. Each op runs at a small and a m
   ``fwd`` only.
 
 Before timing, each case checks that both sides compute the same values (rtol 1e-4, atol 1e-5
-times the largest value; the gradients too in ``fb``), and exits with an error if not. Then ``--repeats`` rounds of
-``--steps`` steps per side, the two sides taking turns step by step (who goes first
+times the largest value; the gradients too in ``fb``), and exits with an error if not. Then
+``--repeats`` rounds of ``--steps`` steps per side, the two sides taking turns step by step (who goes first
 alternating); a round's figure is the median of megengine step / torch step over adjacent pairs
 (``_timing.paired_ratio``); the line gives the median over rounds with quartiles, and the
 median times of both sides. Lines at or above ``--flag`` (1.30x) are marked ``<<``.

@@ -63,10 +63,10 @@ class _PairLoss(Op):
     Subclasses naming ``aten_loss`` (ATen's fused loss and its ``<name>_backward``) run on it
     for float32/float64 numpy arrays of one shape with enough values (``aten_forward_min``,
     ``aten_backward_min``): one pass over the data where numpy takes one per step. Measured
-    with one thread on 512K float32 values, forward (mean): smooth L1 148 us against numpy's 531 (with its branch-free formula; 2.6 ms with ``where``), squared
-    error 144 against 267. Broadcast labels, integers, float16 and CuPy arrays keep the array
-    code (CUDA: a chain of a few elementwise kernels, no worse than ATen's for these).
-    """
+    with one thread on 512K float32 values, forward (mean): smooth L1 148 us against numpy's
+    531 (with its branch-free formula; 2.6 ms with ``where``), squared error 144 against 267.
+    Broadcast labels, integers, float16 and CuPy arrays keep the array code (CUDA: a chain of
+    a few elementwise kernels, no worse than ATen's for these)."""
 
     aten_loss = None
     # the fewest values for which the forward / the backward take ATen: on few values its calls'

@@ -347,8 +347,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     """``inp / max(norm(inp, ord, axis), eps)``: unit ``ord``-norm along ``axis`` (None: all)."""
     inp = _tensor(inp)
     x = inp._data
-    if (ord is None or type(ord) in (int, float) and ord == 2) and x.dtype in _ATEN_NORM_DTYPES and x.size \
-            and _aten.use_aten(x, "norm"):
+    two = ord is None or type(ord) in (int, float) and ord == 2
+    if two and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
         return apply(Normalize(axis, float(eps)), inp)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
 
