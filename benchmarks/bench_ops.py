@@ -1,7 +1,8 @@
 """Per-op survey: the public functional ops a training or eval program calls most, each against the same call in torch, same process.
 
 CPU, one thread, random inputs fixed in advance. Each op runs at a small and a medium size
-(``--size``), in two modes (``--mode``):
+(``--size``; ``tiny`` and ``wide`` only when asked: cross entropy's 8 x 10 and 64 x 32000), in
+two modes (``--mode``):
 
 * ``fwd``: the forward call alone; torch under ``no_grad``, megengine with nothing attached.
 * ``fb``: forward and backward from a fixed output gradient: megengine under a
@@ -47,7 +48,11 @@ torch.set_num_threads(1)
 # (rows, classes) of the losses, softmax and reductions; the elementwise ops take rows x classes
 # values too, the matmul (m, k, n)
 SIZES = {"small": dict(rows=64, cols=10, ew=(64, 128), mm=(64, 128, 64)),
-         "medium": dict(rows=256, cols=1000, ew=(512, 1024), mm=(256, 512, 256))}
+         "medium": dict(rows=256, cols=1000, ew=(512, 1024), mm=(256, 512, 256)),
+         # only when asked (--size): the smallest and the widest cross entropy measured before
+         "tiny": dict(rows=8, cols=10, ew=(8, 16), mm=(8, 16, 8)),
+         "wide": dict(rows=64, cols=32000, ew=(64, 32000), mm=(64, 1024, 64))}
+DEFAULT_SIZES = ["small", "medium"]
 
 
 class Case:
@@ -238,7 +243,7 @@ def main():
     print(f"megengine from {_timing.megengine_source()}; {args.steps} steps x {args.repeats} "
           f"rounds per line; ratio = megengine / torch per adjacent pair")
     flagged = []
-    for size_name in args.size or ["small", "medium"]:
+    for size_name in args.size or DEFAULT_SIZES:
         size = SIZES[size_name]
         for mode in args.mode or ["fwd", "fb"]:
             for case in cases:
