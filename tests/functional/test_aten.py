@@ -54,22 +54,23 @@ def test_use_aten_takes_cuda_arrays_when_torch_has_cuda_and_numpy_only_when_forc
     import torch
 
     a = np.zeros(3, np.float32)
+    # "cuda_only": a family that is not in _ON_CPU (every real one is now, cross entropy too)
 
     class CudaArray:  # what the switch sees of a CuPy array: not a numpy.ndarray
         pass
 
     assert not _aten.use_aten(a, "softmax", cpu_worth=False)
-    assert not _aten.use_aten(a, "cross_entropy")
+    assert not _aten.use_aten(a, "cuda_only")
     # a CPU-only torch leaves CUDA arrays on CuPy's array code instead of failing in the bridge
     # (simulated CUDA devices route ATen to the CPU as a CUDA torch would serve them: tests/simcuda)
     has_cuda = torch.cuda.is_available() or sys.modules.get("simcuda") is not None \
         and sys.modules["simcuda"].installed() is not None
     assert _aten.use_aten(CudaArray(), "softmax") == has_cuda
     with _aten.forced("softmax"):
-        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
-        with _aten.forced("softmax", "cross_entropy"):  # nested: the inner exit keeps "softmax"
-            assert _aten.use_aten(a, "cross_entropy")
-        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cross_entropy")
+        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cuda_only")
+        with _aten.forced("softmax", "cuda_only"):  # nested: the inner exit keeps "softmax"
+            assert _aten.use_aten(a, "cuda_only")
+        assert _aten.use_aten(a, "softmax") and not _aten.use_aten(a, "cuda_only")
     assert not _aten.use_aten(a, "softmax", cpu_worth=False)
 
 
@@ -77,15 +78,16 @@ def test_cpu_families_take_aten_for_numpy_arrays_unless_avoided_or_not_worth_it(
     import numpy as np
 
     a = np.zeros(3, np.float32)
-    for family in ("gelu", "layer_norm", "softmax"):
+    for family in ("gelu", "layer_norm", "softmax", "cross_entropy"):
         assert _aten.use_aten(a, family) and not _aten.use_aten(a, family, cpu_worth=False)
+        assert not _aten.is_forced(family)
         with _aten.avoided(family):
             assert not _aten.use_aten(a, family)
             with _aten.avoided(family, "cross_entropy"):  # nested: the inner exit keeps family
                 assert not _aten.use_aten(a, family)
             assert not _aten.use_aten(a, family)
             with _aten.forced(family):  # forced wins: a test of the ATen path on any size
-                assert _aten.use_aten(a, family, cpu_worth=False)
+                assert _aten.use_aten(a, family, cpu_worth=False) and _aten.is_forced(family)
         assert _aten.use_aten(a, family)
 
 
@@ -96,9 +98,11 @@ def test_a_torch_that_cannot_be_imported_leaves_the_cpu_families_on_array_code()
             "import megengine as mge, megengine.functional as F\n"
             "x = mge.tensor(np.linspace(-3, 3, 64 * 64, dtype='float32').reshape(64, 64))\n"
             "y = F.softmax(F.layer_norm(F.gelu(x), 64, False), axis=-1)\n"
-            "print(round(float(y.sum().numpy())), 'torch' in sys.modules and "
-            "sys.modules['torch'] is not None)\n")
-    assert _run(code) == ["64", "False"]
+            "ce = F.nn.cross_entropy(F.zeros((4, 8)), mge.tensor([0, 1, 2, 7]))\n"
+            "print(round(float(y.sum().numpy())), round(float(ce.numpy()) / np.log(8), 6), "
+            "'torch' in sys.modules and sys.modules['torch'] is not None)\n")
+    # cross entropy of equal logits over 8 classes: log(8)
+    assert _run(code) == ["64", "1.0", "False"]
 
 
 def test_op_is_torchs_binding_where_it_has_one_else_the_aten_namespace():

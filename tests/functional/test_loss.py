@@ -1,4 +1,5 @@
 """Tests of megengine/functional/loss.py: values and gradients against torch.nn.functional."""
+import contextlib
 from functools import partial
 
 import numpy as np
@@ -10,10 +11,11 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.functional import _aten
+from megengine.functional import loss as loss_module
 from megengine.functional.loss import _CrossEntropy
 
-from devices import (host, requires_cuda, requires_torch_cuda,
-                     skip_unless_aten_serves_the_default_device)
+from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
+                     requires_torch_cuda, skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
@@ -32,16 +34,22 @@ def labels(n, classes, *extra):
 
 
 # ----- cross entropy -----
-# Every cross-entropy test runs on both of the op's paths: the array code (numpy on the CPU, the
-# default there) and ATen's kernels (what CUDA arrays take), forced here onto numpy arrays so
-# that the GPU's code is checked on the CPU. On a GPU both runs take the ATen path.
+# Every cross-entropy test runs on each of the op's paths: the default (on the CPU, (N, C)
+# logits take ATen's log_softmax with numpy around it, the rest the array code), the array code
+# alone (what runs without torch, and what CuPy runs when torch has no CUDA), and ATen's general
+# kernels (what CUDA arrays take), forced here onto numpy arrays so that the GPU's code is
+# checked on the CPU. On a GPU the "default" and "aten" runs take the ATen path.
 
 
-@pytest.fixture(params=["arrays", "aten"])
+@pytest.fixture(params=["default", "arrays", "aten"])
 def ce_path(request, monkeypatch):
     """Run the test on one path; on "aten", fail if the ATen forward never ran."""
-    if request.param == "arrays":
+    if request.param == "default":
         yield request.param
+        return
+    if request.param == "arrays":
+        with _aten.avoided("cross_entropy"):
+            yield request.param
         return
     skip_unless_aten_serves_the_default_device()
     calls = []
@@ -284,6 +292,36 @@ def test_binary_cross_entropy_logits(reduction):
           pred, label, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shapes", [((4, 5), (4, 5)), ((1, 5), (4, 5)), ((4, 5), (1, 5))],
+                         ids=str)
+@pytest.mark.parametrize("label_grad", [False, True])
+def test_binary_cross_entropy_logits_gradient_at_extreme_logits(label_grad, shapes, dtype):
+    # logits far past exp's float32/float64 range on both sides (the sigmoid of the backward
+    # goes through exp(-x) = inf there) and broadcasting either way; torch in float64 on the
+    # same values is the oracle
+    rs = np.random.RandomState(2)
+    pred = rs.choice([-1e4, -800.0, -90.0, -3.0, 0.0, 2.5, 95.0, 900.0, 1e4], shapes[0])
+    pred, label = pred.astype(dtype), rs.uniform(0, 1, shapes[1]).astype(dtype)
+    p, y = mge.tensor(pred, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with GradManager().attach([p, y] if label_grad else [p]) as gm:
+        loss = F.nn.binary_cross_entropy(p, y, reduction="sum")
+        gm.backward(loss, mge.tensor(np.asarray(1.5, dtype), dtype=dtype))
+    pt = torch.tensor(pred.astype(np.float64), requires_grad=True)
+    yt = torch.tensor(label.astype(np.float64), requires_grad=label_grad)
+    x_b, y_b = torch.broadcast_tensors(pt, yt)
+    want = TF.binary_cross_entropy_with_logits(x_b, y_b, reduction="sum")
+    (want * 1.5).backward()
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(loss.numpy(), want.item(), rtol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    assert np.isfinite(p.grad.numpy()).all()
+    if label_grad:
+        np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol)
+    else:
+        assert y.grad is None
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_binary_cross_entropy_probabilities(reduction):
     pred, label = rand(6, 5, low=0.05, high=0.95), rand(6, 5, low=0, high=1)
@@ -323,6 +361,90 @@ def test_smooth_l1_loss(beta, reduction):
     check(lambda p, y: F.nn.smooth_l1_loss(p, y, beta=beta, reduction=reduction),
           lambda p, y: TF.smooth_l1_loss(p, y, beta=beta, reduction=reduction),
           rand(6, 5), rand(6, 5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("beta", [1.0, 0.25, 0.0])
+def test_smooth_l1_loss_at_and_around_beta_matches_torch(dtype, beta):
+    # the branch-free formula: differences exactly at +-beta, 0, just inside and outside, far
+    # out; a broadcast label; float64 against torch in float64
+    d = np.array([beta, -beta, 0.0, beta * 0.999, -beta * 1.001, 3.0, -7.5, 1e-4],
+                 dtype=dtype)
+    label = np.random.RandomState(0).uniform(-1, 1, (3, 1)).astype(dtype)
+    pred = (label + d).astype(dtype)
+    p, y = mge.tensor(pred, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with GradManager().attach([p, y]) as gm:
+        loss = F.nn.smooth_l1_loss(p, y, beta=beta, reduction="none")
+        gm.backward(loss, mge.tensor(np.full(loss.shape, 0.5, dtype), dtype=dtype))
+    pt = torch.tensor(pred, requires_grad=True)
+    yt = torch.tensor(label, requires_grad=True)
+    want = TF.smooth_l1_loss(pt, yt.expand(3, 8), beta=beta, reduction="none")
+    want.backward(torch.full(want.shape, 0.5, dtype=want.dtype))
+    assert loss.dtype == np.dtype(dtype) and p.grad.dtype == np.dtype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol * 10)
+
+
+_PAIR_LOSSES = {
+    "square": (lambda p, y, r: F.nn.square_loss(p, y, reduction=r),
+               lambda p, y, r: TF.mse_loss(p, y, reduction=r)),
+    "smooth_l1": (lambda p, y, r: F.nn.smooth_l1_loss(p, y, beta=0.5, reduction=r),
+                  lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.5, reduction=r)),
+    "smooth_l1_beta0": (lambda p, y, r: F.nn.smooth_l1_loss(p, y, beta=0.0, reduction=r),
+                        lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.0, reduction=r)),
+}
+
+
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("path", ["aten", "default", "arrays"])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", sorted(_PAIR_LOSSES))
+def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduction, dtype,
+                                                        transposed, path):
+    # same-shape float inputs take ATen's fused loss on the CPU from some size on ("aten": from
+    # any size, forward and backward; "default": these few values, smooth L1's forward only),
+    # "arrays" the numpy code (what runs without torch and on CuPy); odd sizes, a transposed
+    # pred, both gradients, an output gradient other than one; torch in float64 is the oracle
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    if path == "aten":
+        for cls in (loss_module._Square, loss_module._SmoothL1):
+            monkeypatch.setattr(cls, "aten_forward_min", 0)
+            monkeypatch.setattr(cls, "aten_backward_min", 0)
+    ours, theirs = _PAIR_LOSSES[loss]
+    rs = np.random.RandomState(3)
+    stored = rs.uniform(-2, 2, (5, 7)).astype(dtype)
+    label = rs.uniform(-2, 2, (7, 5) if transposed else (5, 7)).astype(dtype)
+    p, y = mge.tensor(stored, dtype=dtype), mge.tensor(label, dtype=dtype)
+    with contextlib.ExitStack() as stack:
+        if path == "arrays":
+            stack.enter_context(_aten.avoided("pair_loss"))
+        with GradManager().attach([p, y]) as gm:
+            out = ours(p.T if transposed else p, y, reduction)
+            dy = np.asarray(rs.randn(*out.shape), dtype=dtype)
+            gm.backward(out, mge.tensor(dy, dtype=dtype))
+    assert bool(ran) == (path == "aten" or path == "default" and loss.startswith("smooth"))
+    pt = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    yt = torch.tensor(label.astype(np.float64), requires_grad=True)
+    want = theirs(pt.T if transposed else pt, yt, reduction)
+    want.backward(torch.tensor(dy.astype(np.float64)))
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    assert out.dtype == np.dtype(dtype) and out.shape == tuple(want.shape)
+    np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_smooth_l1_loss_of_integers_keeps_its_dtype_rules():
+    # integers keep the formula's float64 result (what the op gave before it went branch-free)
+    pred, label = mge.tensor([3, 0, -2, 5]), mge.tensor([2, 0, 1, 5])
+    got = F.nn.smooth_l1_loss(pred, label, beta=1.5, reduction="none")
+    assert got.numpy().tolist() == [0.5 / 1.5, 0.0, 3 - 0.75, 0.0]
 
 
 def test_regression_losses_broadcast_label():
@@ -369,90 +491,6 @@ def test_hinge_loss_upstream_doc_example():
     np.testing.assert_allclose(F.nn.hinge_loss(pred, label).numpy(), 1.5, rtol=1e-6)
     with pytest.raises(ValueError, match="hinge_loss: norm"):
         F.nn.hinge_loss(pred, label, norm="L3")
-
-
-# ----- ctc_loss -----
-
-def _ctc_case(seed=0):
-    rs = np.random.RandomState(seed)
-    t, n, c, s = 12, 3, 5, 4
-    logits = rs.randn(t, n, c).astype(np.float32)
-    label = rs.randint(1, c, (n, s)).astype(np.int32)
-    label[0, 1] = label[0, 0]  # a repeated symbol needs a blank between the two
-    return logits, np.array([12, 10, 7], np.int32), label, np.array([4, 3, 2], np.int32)
-
-
-def test_ctc_loss_upstream_example():
-    pred = mge.tensor([[[0.0614, 0.9386], [0.8812, 0.1188]], [[0.699, 0.301], [0.2572, 0.7428]]])
-    loss = F.nn.ctc_loss(pred, mge.tensor([2, 2]), mge.tensor([1, 1]), mge.tensor([1, 1]))
-    np.testing.assert_allclose(loss.item(), 0.1504417, rtol=1e-6)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_ctc_loss_against_torch(reduction):
-    logits, lengths, label, label_lengths = _ctc_case()
-    # F.nn.ctc_loss takes probabilities, torch log-probabilities: both from the same logits (torch's
-    # CTC gradient is only the true one when chained through log_softmax)
-    check_against_torch(
-        lambda z: F.nn.ctc_loss(F.softmax(z, axis=-1), lengths, label, label_lengths,
-                                reduction=reduction),
-        lambda z: torch.nn.functional.ctc_loss(z.log_softmax(-1), torch.tensor(label),
-                                               torch.tensor(lengths), torch.tensor(label_lengths),
-                                               reduction=reduction),
-        logits, rtol=1e-5, atol=1e-5)
-
-
-def test_ctc_loss_gradient_in_probabilities_by_finite_differences():
-    logits, lengths, label, label_lengths = _ctc_case(1)
-    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    x = mge.tensor(p)
-    gm = GradManager().attach([x])
-    with gm:
-        gm.backward(F.nn.ctc_loss(x, lengths, label, label_lengths, reduction="sum"))
-    v = np.random.RandomState(2).randn(*p.shape).astype(np.float32)
-    eps = 1e-3
-
-    def loss(q):
-        return F.nn.ctc_loss(q, lengths, label, label_lengths, reduction="sum").item()
-
-    numeric = (loss(p + eps * v) - loss(p - eps * v)) / (2 * eps)
-    np.testing.assert_allclose((x.grad.numpy() * v).sum(), numeric, rtol=2e-3)
-
-
-def test_ctc_loss_concatenated_labels_blank_and_errors():
-    logits, lengths, label, label_lengths = _ctc_case()
-    p = F.softmax(mge.tensor(logits), axis=-1)
-    packed = np.concatenate([row[:k] for row, k in zip(label, label_lengths)])
-    a = F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="none")
-    b = F.nn.ctc_loss(p, lengths, packed, label_lengths, reduction="none")
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-    # another blank index: the same as torch with that blank
-    lab = np.where(label == 4, 0, label)
-    got = F.nn.ctc_loss(p, lengths, lab, label_lengths, blank=4, reduction="none")
-    want = torch.nn.functional.ctc_loss(torch.tensor(logits).log_softmax(-1), torch.tensor(lab),
-                                        torch.tensor(lengths), torch.tensor(label_lengths),
-                                        blank=4, reduction="none")
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
-    with pytest.raises(ValueError, match="pred_lengths"):
-        F.nn.ctc_loss(p, [13, 1, 1], label, label_lengths)
-    with pytest.raises(ValueError, match="sum\\(label_lengths\\)"):
-        F.nn.ctc_loss(p, lengths, packed[:-1], label_lengths)
-    with pytest.raises(ValueError, match="reduction"):
-        F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="avg")
-
-
-def test_traced_ctc_loss_replays_each_calls_labels():
-    from megengine.jit import trace
-
-    def f(p, lengths, label, label_lengths):
-        return F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="none")
-
-    traced = trace(f, symbolic=True)
-    for seed in range(3):
-        logits, lengths, label, label_lengths = _ctc_case(seed)
-        args = [mge.tensor(a) for a in (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
-                                         lengths, label, label_lengths)]
-        np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)
 
 
 @pytest.mark.usefixtures("ce_path")
@@ -523,6 +561,21 @@ def test_square_l1_smooth_l1_second_order(reduction):
         pred, label)
 
 
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_square_and_smooth_l1_second_order_of_same_shapes(reduction):
+    # same shapes: the first-order pass ran on ATen's fused loss, the recorded gradient graph is
+    # built from Tensor arithmetic as on the array code
+    pred, label = rand(4, 3), rand(4, 3)
+    check_second_order(
+        lambda a, b: F.nn.square_loss(F.tanh(a), b * b, reduction=reduction),
+        lambda a, b: _reduce_torch((torch.tanh(a) - b * b) ** 2, reduction), pred, label)
+    check_second_order(
+        lambda a, b: F.nn.smooth_l1_loss(F.tanh(a) * 2, b, beta=0.7, reduction=reduction),
+        lambda a, b: TF.smooth_l1_loss(torch.tanh(a) * 2, b, beta=0.7, reduction=reduction),
+        pred, label)
+
+
 @pytest.mark.parametrize("with_logits", [True, False])
 def test_binary_cross_entropy_second_order(with_logits):
     # a discriminator's BCE loss whose gradient is penalised (R1 / WGAN-GP style training)
@@ -576,3 +629,138 @@ def test_cross_entropy_aten_path_with_a_strided_pred(with_logits):
     np.testing.assert_allclose(loss.numpy(), ref.detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(x.grad.numpy().transpose(2, 1, 0), t.grad.numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+# ----- the CPU's (N, C) path: ATen's log_softmax, numpy around it -----
+
+def _spy(monkeypatch, name):
+    """Count calls of _CrossEntropy.<name>."""
+    calls = []
+    method = getattr(_CrossEntropy, name)
+    monkeypatch.setattr(_CrossEntropy, name,
+                        lambda self, *a: calls.append(1) or method(self, *a))
+    return calls
+
+
+def _rows_case(dtype, layout, n=7, c=17, seed=0):
+    """A stored array, the (N, C) logits made of it in ``layout`` ("c": the array itself; "t":
+    a transposed (C, N) array; "s": every other column of an (N, 2C) array), and labels."""
+    rs = np.random.RandomState(seed)
+    shape = {"c": (n, c), "t": (c, n), "s": (n, 2 * c)}[layout]
+    stored = rs.randn(*shape).astype(dtype)
+    view = {"c": lambda a: a, "t": lambda a: a.T, "s": lambda a: a[:, ::2]}[layout]
+    return stored, view, rs.randint(0, c, n).astype(np.int32)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("layout", ["c", "t", "s"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ls", [0.0, 0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_rows_path_matches_torch(monkeypatch, reduction, ls, dtype, layout):
+    # odd sizes, strided and transposed logits, an output gradient other than one; the oracle
+    # is torch in float64 on the same values
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    stored, view, label = _rows_case(dtype, layout)
+    x = mge.tensor(stored, dtype=dtype)
+    rs = np.random.RandomState(5)
+    with GradManager().attach(x) as gm:
+        loss = F.nn.cross_entropy(view(x), mge.tensor(label), label_smooth=ls,
+                                  reduction=reduction)
+        dy = np.asarray(rs.randn(*loss.shape), dtype=dtype)
+        gm.backward(loss, mge.tensor(dy, dtype=dtype))
+    assert calls, "the (N, C) ATen path did not run"
+    st = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    want = TF.cross_entropy(view(st), torch.tensor(label).long(), label_smoothing=ls,
+                            reduction=reduction)
+    want.backward(torch.tensor(dy.astype(np.float64)))
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    assert loss.dtype == np.dtype(dtype) and x.grad.dtype == np.dtype(dtype)
+    assert loss.shape == tuple(want.shape)
+    np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(x.grad.numpy(), st.grad.numpy(), rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_of_fewer_than_16_classes_stays_on_numpy(monkeypatch):
+    # ATen's log_softmax is slow on rows narrower than its vector width, unless there are few
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    for rows, classes, expect in ((32, 15, False), (32, 16, True), (8, 10, True)):
+        calls.clear()
+        x = mge.tensor(rand(rows, classes))
+        with GradManager().attach(x) as gm:
+            gm.backward(F.nn.cross_entropy(x, mge.tensor(labels(rows, classes)),
+                                           label_smooth=0.1))
+        assert bool(calls) == expect
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("label_dtype", ["int8", "uint8", "int16", "int32", "uint32", "int64"])
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch, reduction, ls,
+                                                                    label_dtype):
+    # nothing attached (evaluation): labels of up to 32 bits take ATen's fused cross entropy
+    # (without label smoothing), int64 ones log_softmax and the lookup; the same values
+    fused = _spy(monkeypatch, "_loss_rows_aten")
+    pred, _, label = _rows_case("float32", "c", n=9, c=19, seed=2)
+    loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label, dtype=label_dtype),
+                              label_smooth=ls, reduction=reduction)
+    assert bool(fused) == (label_dtype != "int64" and not ls)
+    want = TF.cross_entropy(torch.tensor(pred), torch.tensor(label).long(), label_smoothing=ls,
+                            reduction=reduction)
+    assert loss.dtype == np.float32 and loss.shape == tuple(want.shape)
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("attach", [False, True])
+@pytest.mark.parametrize("classes", [5, 20])  # numpy's rows and ATen's
+@pytest.mark.parametrize("bad", [[0, 20, 1], [0, -1, 1], [0, -100, 1]])
+def test_cross_entropy_rows_path_range_checks_labels(attach, bad, classes):
+    # -100 is torch's default ignore_index: here it is out of range like any negative label
+    x = mge.tensor(rand(3, classes))
+    for dtype in ("int32", "int64"):
+        with GradManager().attach(x if attach else []):
+            with pytest.raises(ValueError, match=rf"labels must be in \[0, {classes}\)") as info:
+                F.nn.cross_entropy(x, mge.tensor(bad, dtype=dtype), reduction="sum")
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+def test_cross_entropy_rows_path_second_order_matches_torch(monkeypatch, ls, reduction):
+    # a gradient penalty through (N, C) logits on the default path: d/dx <dL/dx, v>
+    calls = _spy(monkeypatch, "_forward_rows_aten")
+    pred, v, label, w = rand(5, 17), rand(5, 17), labels(5, 17), rand(5)
+    x = mge.Parameter(pred)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            loss = F.nn.cross_entropy(x * x, mge.tensor(label), label_smooth=ls,
+                                      reduction=reduction)
+            inner.backward((loss * mge.tensor(w)).sum() if reduction == "none" else loss)
+        first = x.grad
+        x.grad = None
+        outer.backward((first * mge.tensor(v)).sum())
+    assert calls
+    xt = torch.tensor(pred, requires_grad=True)
+    lt = TF.cross_entropy(xt * xt, torch.tensor(label).long(), label_smoothing=ls,
+                          reduction=reduction)
+    lt = (lt * torch.tensor(w)).sum() if reduction == "none" else lt
+    (gt,) = torch.autograd.grad(lt, xt, create_graph=True)
+    (hv,) = torch.autograd.grad((gt * torch.tensor(v)).sum(), xt)
+    np.testing.assert_allclose(first.numpy(), gt.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), hv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_without_torch_keeps_the_array_code(monkeypatch):
+    # torch that cannot be imported: use_aten answers False and numpy's code serves
+    rows = _spy(monkeypatch, "_forward_rows_aten")
+    monkeypatch.setattr(_aten, "_torch_cpu", False)
+    pred, label = rand(6, 20), labels(6, 20)
+    check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.1),
+          lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.1), pred, label)
+    assert not rows

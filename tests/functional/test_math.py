@@ -1,4 +1,5 @@
 """Tests of megengine/functional/math.py: reductions, statistics, sorting, linear algebra."""
+import contextlib
 from functools import partial
 import math
 
@@ -9,6 +10,7 @@ import torch
 import megengine as mge
 import megengine.functional as F
 
+from devices import host_default_device  # noqa: F401  (a fixture)
 from oracle import check_against_torch
 from megengine.autodiff import GradManager
 
@@ -126,6 +128,62 @@ def test_norm_of_zero_vector_has_zero_gradient():
           np.zeros((2, 3), np.float32))
 
 
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("axis", [None, 1, (0, 2), -1], ids=str)
+def test_two_norm_and_normalize_on_aten_and_array_code(monkeypatch, host_default_device, axis,
+                                                       dtype, path):
+    # the 2-norm's forward runs on ATen for numpy floats ("arrays": the numpy code CuPy also
+    # runs); a transposed (3, 5, 7) input with one all-zero row (gradient 0, normalize's eps),
+    # torch in float64 as the oracle; the gradient of normalize through the norm
+    from megengine.functional import _aten
+
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    rs = np.random.RandomState(6)
+    stored = rs.randn(7, 5, 3).astype(dtype)
+    stored[:, 2, 1] = 0  # x[1, 2, :] = 0: a zero row along the last axis
+    dy = rs.randn(3, 5, 7)
+    avoid = _aten.avoided("norm") if path == "arrays" else contextlib.nullcontext()
+    with avoid:
+        t = mge.tensor(stored, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            y = F.normalize(F.transpose(t, (2, 1, 0)), axis=axis)
+            n = F.norm(F.transpose(t, (2, 1, 0)), axis=axis)
+            gm.backward([y, n], [mge.tensor(dy, dtype=dtype),
+                                 mge.tensor(np.ones(n.shape), dtype=dtype)])
+    assert bool(ran) == (path == "aten")
+    tt = torch.tensor(stored.astype(np.float64), requires_grad=True)
+    x = tt.permute(2, 1, 0)
+    dims = axis if axis is not None else (0, 1, 2)
+    norm = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True)
+    want_y = x / norm.clamp_min(1e-12)
+    want_n = torch.linalg.vector_norm(x, 2, dim=dims)
+    torch.autograd.backward([want_y, want_n], [torch.tensor(dy), torch.ones(want_n.shape,
+                                                                             dtype=torch.float64)])
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert y.dtype == n.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y.numpy(), want_y.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(n.numpy(), want_n.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("axis", [1, None], ids=str)
+def test_normalize_second_order(host_default_device, axis):
+    # a penalty on normalize's gradient (the ATen op's grad_graph). (No zero row: torch's own
+    # second derivative of the norm is NaN there.)
+    from oracle import check_second_order_against_torch
+
+    x = rand(4, 5)
+    dims = (0, 1) if axis is None else axis
+    check_second_order_against_torch(
+        lambda t: (F.normalize(t * t, axis=axis) * mge.tensor(np.arange(20.0).reshape(4, 5))
+                   ).sum(),
+        lambda t: (t * t / torch.linalg.vector_norm(t * t, 2, dim=dims, keepdim=True)
+                   .clamp_min(1e-12) * torch.arange(20.0).reshape(4, 5)).sum(), x)
+
+
 @pytest.mark.parametrize("axis", [0, 1, None], ids=str)
 def test_normalize(axis):
     x = rand(3, 4)
@@ -204,6 +262,52 @@ def test_topk_negative_k_flips_the_direction_as_upstream():
         np.testing.assert_array_equal(big.numpy(), np.sort(x)[::-1][:3])
     small, small_idx = F.topk(mge.tensor(x), -3, descending=True)
     np.testing.assert_array_equal(small_idx.numpy(), np.argsort(x)[:3])
+
+
+def _topk_reference(x, k, descending):
+    """The k smallest (largest) of each row in the array code's order: stable by index."""
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(x, order, -1), order
+
+
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, host_default_device,
+                                                              descending, dtype, path):
+    # float rows with ties inside the top k (integer values) and NaNs, an odd row length, a
+    # transposed input; "arrays": the numpy code CuPy also runs. Indices among equal values
+    # come in index order on both paths; a NaN is never picked before a number.
+    from megengine.functional import _aten
+
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    rs = np.random.RandomState(4)
+    # the 6 smallest and the 6 largest of each row hold ties, but not at the 6th place (which
+    # of several equal values there is picked is unspecified, as with upstream's kernel)
+    row = [0, 0, 1, 1, 1, 3, 97, 98, 98, 99, 99, 99, np.nan] + list(range(10, 18))
+    x = np.stack([rs.permutation(row) for _ in range(7)]).astype(dtype)  # (7, 21)
+    stored = np.ascontiguousarray(x.T)  # used as stored.T: a transposed input
+    def avoid():
+        return _aten.avoided("topk") if path == "arrays" else contextlib.nullcontext()
+
+    with avoid():
+        t = mge.tensor(stored, dtype=dtype)
+        with GradManager().attach(t) as gm:
+            vals, idx = F.topk(t.T, 6, descending=descending)
+            gm.backward(vals, mge.tensor(np.arange(42, dtype=dtype).reshape(7, 6), dtype=dtype))
+    assert bool(ran) == (path == "aten")
+    want_v, want_i = _topk_reference(x, 6, descending)
+    np.testing.assert_array_equal(idx.numpy(), want_i)
+    np.testing.assert_array_equal(vals.numpy(), want_v)
+    grad = np.zeros_like(x)
+    np.put_along_axis(grad, want_i, np.arange(42, dtype=dtype).reshape(7, 6), -1)
+    np.testing.assert_array_equal(t.grad.numpy(), grad.T)
+    # no_sort: the same set in any order
+    with avoid():
+        v2, i2 = F.topk(mge.tensor(x, dtype=dtype), 6, descending=descending, no_sort=True)
+    np.testing.assert_array_equal(np.sort(i2.numpy(), -1), np.sort(want_i, -1))
 
 
 @pytest.mark.parametrize("descending", [False, True])

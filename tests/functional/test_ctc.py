@@ -1,0 +1,92 @@
+"""Tests of megengine/functional/ctc.py: F.nn.ctc_loss against torch and finite differences."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.autodiff import GradManager
+
+from oracle import check_against_torch
+
+
+def _ctc_case(seed=0):
+    rs = np.random.RandomState(seed)
+    t, n, c, s = 12, 3, 5, 4
+    logits = rs.randn(t, n, c).astype(np.float32)
+    label = rs.randint(1, c, (n, s)).astype(np.int32)
+    label[0, 1] = label[0, 0]  # a repeated symbol needs a blank between the two
+    return logits, np.array([12, 10, 7], np.int32), label, np.array([4, 3, 2], np.int32)
+
+
+def test_ctc_loss_upstream_example():
+    pred = mge.tensor([[[0.0614, 0.9386], [0.8812, 0.1188]], [[0.699, 0.301], [0.2572, 0.7428]]])
+    loss = F.nn.ctc_loss(pred, mge.tensor([2, 2]), mge.tensor([1, 1]), mge.tensor([1, 1]))
+    np.testing.assert_allclose(loss.item(), 0.1504417, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ctc_loss_against_torch(reduction):
+    logits, lengths, label, label_lengths = _ctc_case()
+    # F.nn.ctc_loss takes probabilities, torch log-probabilities: both from the same logits (torch's
+    # CTC gradient is only the true one when chained through log_softmax)
+    check_against_torch(
+        lambda z: F.nn.ctc_loss(F.softmax(z, axis=-1), lengths, label, label_lengths,
+                                reduction=reduction),
+        lambda z: torch.nn.functional.ctc_loss(z.log_softmax(-1), torch.tensor(label),
+                                               torch.tensor(lengths), torch.tensor(label_lengths),
+                                               reduction=reduction),
+        logits, rtol=1e-5, atol=1e-5)
+
+
+def test_ctc_loss_gradient_in_probabilities_by_finite_differences():
+    logits, lengths, label, label_lengths = _ctc_case(1)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    x = mge.tensor(p)
+    gm = GradManager().attach([x])
+    with gm:
+        gm.backward(F.nn.ctc_loss(x, lengths, label, label_lengths, reduction="sum"))
+    v = np.random.RandomState(2).randn(*p.shape).astype(np.float32)
+    eps = 1e-3
+
+    def loss(q):
+        return F.nn.ctc_loss(q, lengths, label, label_lengths, reduction="sum").item()
+
+    numeric = (loss(p + eps * v) - loss(p - eps * v)) / (2 * eps)
+    np.testing.assert_allclose((x.grad.numpy() * v).sum(), numeric, rtol=2e-3)
+
+
+def test_ctc_loss_concatenated_labels_blank_and_errors():
+    logits, lengths, label, label_lengths = _ctc_case()
+    p = F.softmax(mge.tensor(logits), axis=-1)
+    packed = np.concatenate([row[:k] for row, k in zip(label, label_lengths)])
+    a = F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="none")
+    b = F.nn.ctc_loss(p, lengths, packed, label_lengths, reduction="none")
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    # another blank index: the same as torch with that blank
+    lab = np.where(label == 4, 0, label)
+    got = F.nn.ctc_loss(p, lengths, lab, label_lengths, blank=4, reduction="none")
+    want = torch.nn.functional.ctc_loss(torch.tensor(logits).log_softmax(-1), torch.tensor(lab),
+                                        torch.tensor(lengths), torch.tensor(label_lengths),
+                                        blank=4, reduction="none")
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="pred_lengths"):
+        F.nn.ctc_loss(p, [13, 1, 1], label, label_lengths)
+    with pytest.raises(ValueError, match="sum\\(label_lengths\\)"):
+        F.nn.ctc_loss(p, lengths, packed[:-1], label_lengths)
+    with pytest.raises(ValueError, match="reduction"):
+        F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="avg")
+
+
+def test_traced_ctc_loss_replays_each_calls_labels():
+    from megengine.jit import trace
+
+    def f(p, lengths, label, label_lengths):
+        return F.nn.ctc_loss(p, lengths, label, label_lengths, reduction="none")
+
+    traced = trace(f, symbolic=True)
+    for seed in range(3):
+        logits, lengths, label, label_lengths = _ctc_case(seed)
+        args = [mge.tensor(a) for a in (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
+                                         lengths, label, label_lengths)]
+        np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)
