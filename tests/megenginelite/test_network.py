@@ -94,3 +94,13 @@ def test_misuse_gets_clear_errors(dumped):
         LiteNetwork(LiteConfig(LiteDeviceType.LITE_CUDA))
     with pytest.raises(RuntimeError, match="TensorRT"):
         network.use_tensorrt()
+
+
+def test_the_api_page_example_runs():
+    """docs/api/lite.rst's block dumps a model and runs it through LiteNetwork (it asserts the
+    output equals the eager model's)."""
+    from pathlib import Path
+
+    from tests.test_docs import run_block
+
+    run_block(Path(__file__).parents[2] / "docs" / "api" / "lite.rst", "network = LiteNetwork()")
