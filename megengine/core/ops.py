@@ -718,8 +718,10 @@ class Reduce(Op):
             raise ValueError(f"{self.mode}: cannot reduce over axis {empty[0]} of an empty "
                              f"tensor (shape {tuple(x.shape)}): the {self.mode} of no elements "
                              "is undefined")
-        fn = getattr(x, self.mode)
-        out = fn(axis=axes, keepdims=True) if x.ndim else fn(keepdims=True)
+        out = _aten_reduce(x, self.mode, axes) if type(x) is np.ndarray else None
+        if out is None:
+            fn = getattr(x, self.mode)
+            out = fn(axis=axes, keepdims=True) if x.ndim else fn(keepdims=True)
         if self.mode == "mean" and x.dtype.kind != "f":
             out = out.astype(np.float32)
         elif self.mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
@@ -758,6 +760,43 @@ class Reduce(Op):
         if not (x != 0).all():
             return (g * _exclusive_prod_graph(inputs[0], axes),)
         return (g * outputs[0].reshape(keep_shape) / inputs[0],)
+
+
+# Reductions of float32/float64 numpy arrays run on ATen's kernels (through zero-copy views,
+# `functional._aten`, family "reduce") from _ATEN_REDUCE_MIN elements on. ATen's are vectorised
+# along the reduced axis where numpy reduces a row of a C-ordered array pairwise but scalar:
+# measured with one thread, sum over axis 1 of (256, 1000) float32 15 us against 44, of
+# (512, 1024) 31 against 89, (16, 64, 64) over axes (0, 2) 10 against 29, amax 24 against 31.
+# A call has a fixed cost of ~3 us, so below the threshold numpy stays: (64, 64) is a tie
+# (2.9 against 3.0 us for sum), (128, 128) already 3.6 against 5.7, hence 8192 between them.
+# Not on ATen: prod (torch reduces one dim at a time), integers and bools (upstream's wrapping
+# dtype rules are numpy's here), float16, 0-d inputs, axis=() (no reduction), and max / min
+# over every axis (numpy's contiguous max is faster: 26 us against 35 on 512 x 1024). NaN
+# propagates on both paths; mean is ATen's sum divided by the count, as numpy computes it.
+# CuPy arrays keep CuPy's reductions (the caller passes numpy arrays only).
+_ATEN_REDUCE_MIN = 8192
+_ATEN_REDUCE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_aten = None  # megengine.functional._aten, imported at the first large reduction
+
+
+def _aten_reduce(x, mode, axes):
+    """``x`` (a numpy array) reduced over ``axes`` with keepdims on ATen, or None where numpy
+    does it (see above)."""
+    global _aten
+    if (x.size < _ATEN_REDUCE_MIN or mode == "prod" or x.dtype not in _ATEN_REDUCE_DTYPES
+            or not axes or (len(axes) == x.ndim and mode in ("max", "min"))):
+        return None
+    if _aten is None:
+        from ..functional import _aten as module  # functional sits above core: load on use
+
+        _aten = module
+    if not _aten.use_aten(x, "reduce"):  # torch missing, or a test avoids the family
+        return None
+    fn = _aten.op("amax" if mode == "max" else "amin" if mode == "min" else "sum")
+    out = _aten.array(fn(_aten.view(x), axes, True))
+    if mode == "mean":
+        out /= math.prod(x.shape[a] for a in axes)  # (a fresh result: divided in place)
+    return out
 
 
 def _exclusive_prod_graph(x, axes):
