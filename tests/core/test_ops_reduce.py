@@ -137,3 +137,22 @@ def test_second_order_through_a_large_reduction_matches_torch(mode):
     check_second_order_against_torch(
         lambda x: (getattr(F, mode)(x * x * x, axis=1) * mge.tensor(weights)).sum(),
         lambda t: (TORCH[mode](t * t * t, (1,)) * torch.from_numpy(weights)).sum(), a)
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_max_min_over_the_last_axis_of_many_short_rows_take_aten_below_the_size_threshold(mode):
+    a = np.random.RandomState(9).randn(257, 5).astype(np.float32)  # 257 rows of 5
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    with gm:
+        y = getattr(F, mode)(x, axis=-1)
+        gm.backward(y, mge.tensor(np.arange(257, dtype=np.float32)))
+    assert _on_aten(y._data)
+    t = torch.tensor(a, requires_grad=True)
+    ty = TORCH[mode](t, (1,))
+    ty.backward(torch.arange(257.0))
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+    # 63 rows, or a reduction over the first axis: numpy's
+    assert not _on_aten(ops.Reduce(mode, 1).forward(a[:63]))
+    assert not _on_aten(ops.Reduce(mode, 0).forward(a))
