@@ -10,6 +10,12 @@ from megengine.autodiff import GradManager
 from megengine.core import ops
 from megengine.functional import _aten
 
+from devices import host_default_device  # noqa: F401  (a fixture)
+
+# the ATen path serves numpy arrays (CuPy's reductions stay on CUDA): on the host, also where
+# the default device is a GPU (MGE_SIM_CUDA=1 or a real one)
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 MODES = ["sum", "mean", "max", "min"]
 TORCH = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 

@@ -11,6 +11,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
+from devices import host_default_device  # noqa: F401  (a fixture: the ATen path is the host's)
 from oracle import check_against_torch
 
 check = partial(check_against_torch, atol=1e-6)
@@ -184,7 +185,7 @@ def _on_aten(a):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "reversed", "broadcast"])
 @pytest.mark.parametrize("axis", [0, 2, -2])
-def test_gather_on_aten_matches_torch_values_and_gradients(dtype, layout, axis):
+def test_gather_on_aten_matches_torch_values_and_gradients(dtype, layout, axis, host_default_device):
     from megengine.functional import _aten
 
     rs = np.random.RandomState(11)
@@ -214,7 +215,7 @@ def test_gather_on_aten_matches_torch_values_and_gradients(dtype, layout, axis):
 
 
 @pytest.mark.parametrize("bad", [9, -1])
-def test_gather_on_aten_words_out_of_bounds_indices_as_the_array_code(bad):
+def test_gather_on_aten_words_out_of_bounds_indices_as_the_array_code(bad, host_default_device):
     from megengine.functional import _aten
 
     x = mge.tensor(rand(4, 9))
@@ -230,7 +231,7 @@ def test_gather_on_aten_words_out_of_bounds_indices_as_the_array_code(bad):
 
 
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_indexing_one_hot_on_aten_float64_matches_torch(keepdims):
+def test_indexing_one_hot_on_aten_float64_matches_torch(keepdims, host_default_device):
     rs = np.random.RandomState(12)
     a = rs.randn(5, 7, 3)
     index = rs.randint(0, 7, (5, 3)).astype(np.int64)
@@ -247,7 +248,7 @@ def test_indexing_one_hot_on_aten_float64_matches_torch(keepdims):
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12)
 
 
-def test_gather_on_aten_second_order_matches_torch():
+def test_gather_on_aten_second_order_matches_torch(host_default_device):
     from oracle import check_second_order_against_torch
 
     rs = np.random.RandomState(13)
@@ -258,7 +259,7 @@ def test_gather_on_aten_second_order_matches_torch():
         lambda t: (torch.gather(t * t * t, 1, torch.from_numpy(index)) * 2.0).sum(), a)
 
 
-def test_gather_of_integers_stays_on_the_array_code():
+def test_gather_of_integers_stays_on_the_array_code(host_default_device):
     a = np.arange(20, dtype=np.int32).reshape(4, 5)
     out = F.gather(mge.tensor(a), 1, mge.tensor(np.array([[4], [0], [2], [1]], np.int32)))
     assert out.dtype == np.int32 and not _on_aten(out._data)
