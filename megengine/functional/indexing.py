@@ -104,15 +104,15 @@ def _takes_aten(x, index):
 def _aten_gather(x, index, axis, dropped, what):
     """``x`` gathered at ``index`` along ``axis`` by ATen (``dropped``: index lacks the axis)."""
     idx = index.astype(np.int64, copy=False)
-    if dropped:
-        idx = np.expand_dims(idx, axis)
+    if dropped:  # (reshape: np.expand_dims costs ~1.5 us of Python)
+        idx = idx.reshape(idx.shape[:axis] + (1,) + idx.shape[axis:])
     try:
         out = _aten.op("gather")(_aten.view(x), axis, _aten.view(idx))
     except (RuntimeError, IndexError):
         _check_bounds(index, x.shape[axis], what)  # out of bounds: raises our IndexError
         raise
     out = _aten.array(out)
-    return out.squeeze(axis) if dropped else out
+    return out.reshape(index.shape) if dropped else out
 
 
 def _int_index(index, what):
