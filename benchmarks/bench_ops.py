@@ -5,9 +5,14 @@ CPU, one thread, random inputs fixed in advance. Each op runs at a small and a m
 two modes (``--mode``):
 
 * ``fwd``: the forward call alone; torch under ``no_grad``, megengine with nothing attached.
-* ``fb``: forward and backward from a fixed output gradient: megengine under a
-  ``GradManager`` (the inputs' ``.grad`` reset to None every step, as a training loop's
-  ``clear_grad`` does), torch's ``autograd.grad`` on the same inputs (which accumulates nothing).
+* ``fb``: forward and backward from a fixed output gradient into the inputs' ``.grad``, reset
+  to None every step as a training loop's ``clear_grad`` does: megengine under a
+  ``GradManager``, torch by ``.backward``. Both sides then hand every input a gradient buffer
+  of its own, laid out as the input is: torch's ``AccumulateGrad`` clones a gradient that is
+  shared (``x + y`` gives both inputs the output gradient), a broadcast (``sum``'s expanded
+  gradient) or a strided view (``concat``'s slices), as the GradManager copies them.
+  ``--torch-grad autograd`` takes torch's ``autograd.grad`` instead (the round-1 comparator),
+  which returns such views uncopied: it times less work than a training step does.
   Ops without a float gradient (argmax, comparisons, one_hot, topk's indices) are timed in
   ``fwd`` only.
 
@@ -20,6 +25,7 @@ median times of both sides. Lines at or above ``--flag`` (1.30x) are marked ``<<
 
     python benchmarks/bench_ops.py [--quick] [--case SUBSTRING ...] [--size small|medium]
                                    [--mode fwd|fb] [--steps N] [--repeats R]
+                                   [--torch-grad backward|autograd]
 
 Before/after: run the script with ``PYTHONPATH`` at each checkout (the script imports whichever
 ``megengine`` comes first), back to back; each line names the checkout in use.
@@ -175,7 +181,7 @@ def _numpy(t):
     return t.numpy() if isinstance(t, mge.Tensor) else t.detach().numpy()
 
 
-def steppers(case, size, mode):
+def steppers(case, size, mode, torch_grad="backward"):
     """(megengine step, torch step, check) for one case; ``check()`` compares the outputs
     (and in ``fb`` the gradients) and returns an error message or None."""
     arrays = case.inputs(size)
@@ -204,8 +210,15 @@ def steppers(case, size, mode):
                 gm.backward(case.mge(*xs), dy_m)
             return [x.grad for x in attached]
 
-        def torch_step():
-            return torch.autograd.grad(case.torch(*ts), inputs_t, dy_t)
+        if torch_grad == "autograd":
+            def torch_step():
+                return torch.autograd.grad(case.torch(*ts), inputs_t, dy_t)
+        else:
+            def torch_step():
+                for t in inputs_t:
+                    t.grad = None
+                case.torch(*ts).backward(dy_t)
+                return [t.grad for t in inputs_t]
 
     def check():
         got, want = mge_step(), torch_step()
@@ -230,6 +243,9 @@ def main():
                             help="run the cases whose name contains this (repeatable)")
         parser.add_argument("--size", choices=sorted(SIZES), action="append", default=None)
         parser.add_argument("--mode", choices=["fwd", "fb"], action="append", default=None)
+        parser.add_argument("--torch-grad", choices=["backward", "autograd"], default="backward",
+                            help="torch's side of fb: .backward into .grad (default, as the "
+                                 "GradManager) or autograd.grad (no gradient buffers)")
         parser.add_argument("--flag", type=float, default=1.30,
                             help="mark ratios at or above this (default 1.30)")
 
@@ -241,7 +257,8 @@ def main():
                  f"{', '.join(c.name for c in CASES)}")
     print(_timing.machine_line())
     print(f"megengine from {_timing.megengine_source()}; {args.steps} steps x {args.repeats} "
-          f"rounds per line; ratio = megengine / torch per adjacent pair")
+          f"rounds per line; ratio = megengine / torch per adjacent pair; torch's fb by "
+          f"{'.backward' if args.torch_grad == 'backward' else 'autograd.grad'}")
     flagged = []
     for size_name in args.size or DEFAULT_SIZES:
         size = SIZES[size_name]
@@ -249,7 +266,7 @@ def main():
             for case in cases:
                 if mode == "fb" and not case.grad:
                     continue
-                mge_step, torch_step, check = steppers(case, size, mode)
+                mge_step, torch_step, check = steppers(case, size, mode, args.torch_grad)
                 problem = check()
                 if problem:
                     sys.exit(f"bench_ops: {case.name} {size_name} {mode}: {problem}")

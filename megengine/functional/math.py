@@ -501,7 +501,7 @@ class TopK(_PickLast):
         t = _aten.view(key if key.flags.c_contiguous else xp.ascontiguousarray(key))
         values, idx = _aten.op("topk")(t, self.k, -1, False, not self.no_sort)
         values, idx = _aten.array(values), _aten.array(idx)
-        if not self.no_sort and self.k > 1 and (values[..., 1:] == values[..., :-1]).any():
+        if not self.no_sort and self.k > 1 and _has_equal_neighbours(xp, values):
             # by index, then stably by key (two argsorts: CuPy's lexsort has no axis)
             by_index = xp.argsort(idx, axis=-1)
             idx, values = (xp.take_along_axis(a, by_index, -1) for a in (idx, values))
@@ -513,6 +513,18 @@ class TopK(_PickLast):
         return values, idx.astype(np.int32)
 
 
+
+
+def _has_equal_neighbours(xp, values):
+    """Whether a row of ``values`` (sorted along the last axis) holds equal neighbours. On the
+    CPU first over the flattened array, one comparison and one count (~1 us against ~2.5 for
+    the per-row slices on (64, 5)): its only extra pairs, a row's last against the next row's
+    first, can only claim a tie, which the per-row check then confirms or refutes."""
+    if type(values) is np.ndarray and values.flags.c_contiguous:
+        flat = values.reshape(-1)
+        if not np.count_nonzero(flat[1:] == flat[:-1]):
+            return False
+    return bool((values[..., 1:] == values[..., :-1]).any())
 
 
 def topk(inp, k, descending=False, kth_only=False, no_sort=False):

@@ -11,6 +11,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
+from devices import host_default_device  # noqa: F401  (a fixture: the ATen path is the host's)
 from oracle import check_against_torch
 
 check = partial(check_against_torch, atol=1e-6)
@@ -170,3 +171,96 @@ def test_traced_training_step_uses_each_calls_labels():
         logits = torch.tensor(x) @ tw
         (-logits[torch.arange(4), torch.tensor(label, dtype=torch.int64)].mean()).backward()
         np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----- the ATen path of gather / indexing_one_hot (float32/float64 numpy arrays) -----
+
+def _on_aten(a):
+    """Whether an output lives in torch's memory (the ATen path's zero-copy result)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a.base is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "reversed", "broadcast"])
+@pytest.mark.parametrize("axis", [0, 2, -2])
+def test_gather_on_aten_matches_torch_values_and_gradients(dtype, layout, axis, host_default_device):
+    from megengine.functional import _aten
+
+    rs = np.random.RandomState(11)
+    base = rs.randn(7, 5, 9).astype(dtype)
+    a = {"contiguous": base, "transposed": base.transpose(2, 1, 0).copy().transpose(2, 1, 0),
+         "reversed": base[::-1], "broadcast": np.broadcast_to(base[:, :1], base.shape)}[layout]
+    shape = [6, 4, 8]
+    shape[axis] = 11  # longer than inp on the gathered axis (repeats), shorter elsewhere
+    index = rs.randint(0, a.shape[axis], shape).astype(np.int32)
+    x = mge.Parameter(np.ascontiguousarray(a), dtype=dtype)
+    x._data = a  # the layout under test (Parameter copies its input)
+    dy = rs.randn(*shape).astype(dtype)
+    gm = GradManager().attach(x)
+    with gm:
+        y = F.gather(x, axis, mge.tensor(index))
+        gm.backward(y, mge.tensor(dy, dtype=dtype))
+    assert _on_aten(y._data) and y.dtype == dtype
+    t = torch.tensor(np.ascontiguousarray(a), requires_grad=True)
+    ty = torch.gather(t, axis, torch.from_numpy(index).long())
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6, atol=1e-6)
+    with _aten.avoided("gather"):  # the array code (CuPy's) gives the same
+        z = F.gather(mge.tensor(a, dtype=dtype), axis, mge.tensor(index))
+    assert not _on_aten(z._data)
+    np.testing.assert_array_equal(z.numpy(), y.numpy())
+
+
+@pytest.mark.parametrize("bad", [9, -1])
+def test_gather_on_aten_words_out_of_bounds_indices_as_the_array_code(bad, host_default_device):
+    from megengine.functional import _aten
+
+    x = mge.tensor(rand(4, 9))
+    index = mge.tensor(np.array([[0, 3], [bad, 1]], np.int32))
+    lo, hi = min(bad, 0), max(bad, 3)
+    message = rf"gather: index values must be in \[0, 9\), got min {lo} and max {hi}"
+    with pytest.raises(IndexError, match=message):
+        F.gather(x, 1, index)
+    with _aten.avoided("gather"), pytest.raises(IndexError, match=message):
+        F.gather(x, 1, index)
+    with pytest.raises(IndexError, match="indexing_one_hot"):
+        F.indexing_one_hot(x, mge.tensor(np.array([0, 1, bad, 2], np.int32)), 1)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_indexing_one_hot_on_aten_float64_matches_torch(keepdims, host_default_device):
+    rs = np.random.RandomState(12)
+    a = rs.randn(5, 7, 3)
+    index = rs.randint(0, 7, (5, 3)).astype(np.int64)
+    x = mge.Parameter(a, dtype="float64")
+    gm = GradManager().attach(x)
+    with gm:
+        y = F.indexing_one_hot(x, mge.tensor(index), 1, keepdims=keepdims)
+        gm.backward((y * y).sum())
+    assert _on_aten(y._data) and y.dtype == np.float64
+    t = torch.tensor(a, requires_grad=True)
+    ty = torch.gather(t, 1, torch.from_numpy(index)[:, None])
+    (ty * ty).sum().backward()
+    np.testing.assert_array_equal(y.numpy(), (ty if keepdims else ty[:, 0]).detach().numpy())
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12)
+
+
+def test_gather_on_aten_second_order_matches_torch(host_default_device):
+    from oracle import check_second_order_against_torch
+
+    rs = np.random.RandomState(13)
+    a = rs.uniform(-1, 1, (6, 8)).astype(np.float32)
+    index = rs.randint(0, 8, (6, 5))
+    check_second_order_against_torch(
+        lambda x: (F.gather(x * x * x, 1, mge.tensor(index.astype(np.int32))) * 2.0).sum(),
+        lambda t: (torch.gather(t * t * t, 1, torch.from_numpy(index)) * 2.0).sum(), a)
+
+
+def test_gather_of_integers_stays_on_the_array_code(host_default_device):
+    a = np.arange(20, dtype=np.int32).reshape(4, 5)
+    out = F.gather(mge.tensor(a), 1, mge.tensor(np.array([[4], [0], [2], [1]], np.int32)))
+    assert out.dtype == np.int32 and not _on_aten(out._data)
+    np.testing.assert_array_equal(out.numpy(), [[4], [5], [12], [16]])

@@ -570,3 +570,20 @@ def test_std_gradient_is_zero_where_std_is_zero():
     t = torch.tensor(a, requires_grad=True)
     torch.std(t, dim=1, correction=0).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+
+
+def test_topk_tie_check_tells_a_row_boundary_from_a_tie():
+    # the flattened first pass sees 2 == 2 across rows 0 and 1: not a tie within a row
+    from megengine.functional.math import _has_equal_neighbours
+
+    assert not _has_equal_neighbours(np, np.array([[1.0, 2.0], [2.0, 3.0]], np.float32))
+    assert _has_equal_neighbours(np, np.array([[1.0, 2.0], [3.0, 3.0]], np.float32))
+    assert not _has_equal_neighbours(np, np.array([[1.0, 2.0], [3.0, 4.0]])[:, ::-1])
+    assert _has_equal_neighbours(np, np.array([[5.0, 3.0], [5.0, 4.0]]).T)  # strided: per row
+    assert not _has_equal_neighbours(np, np.array([[5.0, 5.0], [3.0, 4.0]]).T)
+    # through F.topk: rows whose k-th and next row's first values meet keep ATen's order,
+    # which is then (value, index) order anyway; a real tie is ordered by index
+    x = np.array([[4.0, 1.0, 3.0, 3.0], [3.0, 0.0, 2.0, 9.0]], np.float32)
+    values, indices = F.topk(mge.tensor(x), 2, descending=True)
+    np.testing.assert_array_equal(values.numpy(), [[4.0, 3.0], [9.0, 3.0]])
+    np.testing.assert_array_equal(indices.numpy(), [[0, 2], [3, 0]])

@@ -128,6 +128,49 @@ def test_stack(axis):
         F.stack([mge.tensor(rand(2)), mge.tensor(rand(3))])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 2, -2])
+def test_stack_and_concat_of_strided_inputs_and_two_dtypes_match_torch(dtype, axis):
+    # Stack joins views with the new axis by concatenate: strided inputs at odd sizes, as the
+    # engine's own ops leave them (a transpose, a reversal and a broadcast are views)
+    rs = np.random.RandomState(21)
+    arrays = [rs.randn(7, 3, 5), rs.randn(5, 3, 7), rs.randn(5, 1, 7)]
+    ps = [mge.Parameter(a.astype(dtype), dtype=dtype) for a in arrays]
+    ts = [torch.tensor(a.astype(dtype), requires_grad=True) for a in arrays]
+
+    def inputs(lib, p):
+        if lib is torch:
+            return [p[0].permute(2, 1, 0), p[1].flip(0), p[2].expand(5, 3, 7)]
+        return [p[0].transpose(2, 1, 0), p[1][::-1], F.broadcast_to(p[2], (5, 3, 7))]
+
+    gm = GradManager().attach(ps)
+    with gm:
+        xs = inputs(F, ps)
+        s, c = F.stack(xs, axis), F.concat(xs, axis)
+        ds = rs.randn(*s.shape).astype(dtype)
+        dc = rs.randn(*c.shape).astype(dtype)
+        gm.backward([s, c], [mge.tensor(ds, dtype=dtype), mge.tensor(dc, dtype=dtype)])
+    xt = inputs(torch, ts)
+    ts_s, ts_c = torch.stack(xt, axis), torch.cat(xt, axis)
+    torch.autograd.backward([ts_s, ts_c], [torch.from_numpy(ds), torch.from_numpy(dc)])
+    assert s.dtype == c.dtype == dtype
+    np.testing.assert_array_equal(s.numpy(), ts_s.detach().numpy())
+    np.testing.assert_array_equal(c.numpy(), ts_c.detach().numpy())
+    for p, t in zip(ps, ts):
+        np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_stack_promotes_mixed_dtypes_and_has_a_second_order():
+    out = F.stack([mge.tensor([1, 2], dtype="int32"), mge.tensor([0.5, 1.5])], axis=1)
+    assert out.dtype == np.float32 and out.tolist() == [[1.0, 0.5], [2.0, 1.5]]
+    check_second_order(lambda x: (F.stack([x * x, x * x * x], -1) * mge.tensor(
+        np.arange(12.0).reshape(2, 3, 2))).sum(), lambda t: (torch.stack(
+            [t * t, t * t * t], -1) * torch.arange(12.0).reshape(2, 3, 2)).sum(), rand(2, 3))
+    check_second_order(lambda x: (F.concat([x * x, x * x * x], 0) * mge.tensor(
+        np.arange(12.0).reshape(4, 3))).sum(), lambda t: (torch.cat(
+            [t * t, t * t * t], 0) * torch.arange(12.0).reshape(4, 3)).sum(), rand(2, 3))
+
+
 def test_split():
     x = rand(10, 20)
     check(lambda t: F.split(t, 3), lambda t: torch.tensor_split(t, 3), x)
