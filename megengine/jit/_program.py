@@ -1,5 +1,7 @@
 """The data of a trace: value snapshots that compare, argument trees, and the recorded program
 (its slots and steps) that `record` builds, `replay` runs and `dump` writes out."""
+from operator import itemgetter as _itemgetter
+
 import numpy as np
 
 from ..autodiff.function import _FunctionOp
@@ -639,15 +641,16 @@ class _Program:
                 step.pdict = (_plain_params(step.template.__dict__)
                               if step.metas is not None and not step.multi
                               and step.rewrite is None else None)
-                # the parameters that are tuples or slices (an index, a shape, axes): ``==``
-                # takes a 1-element array (``x[idx_tensor]``) for the int it equals, which
-                # `_op_key` does not, so a checked call also asks that they hold plain values
-                # (``hashed``: the one such parameter without slices, tested by hashing it, an
-                # array being unhashable; ``nested``: the others, walked by `_all_plain`)
-                nested = [k for k, v in (step.pdict or {}).items() if type(v) in (tuple, slice)]
-                step.hashed = None
-                if len(nested) == 1 and _hash_checks(step.pdict[nested[0]]):
-                    step.hashed = nested.pop()
+                # ``==`` takes a 1-element array (``x[idx_tensor]``, ``axis=np.array([1])``)
+                # for the int it equals, in a tuple (an index, a shape, axes) or alone, which
+                # `_op_key` does not, so a checked call also asks that the parameters hold
+                # plain values: ``hashed`` picks those that hashing tests (an array being
+                # unhashable; one item or a tuple of them, hashed at once), ``nested`` names
+                # the others (a tuple or slice holding slices), walked by `_all_plain`
+                nested = [k for k, v in (step.pdict or {}).items()
+                          if type(v) in (tuple, slice) and not _hash_checks(v)]
+                hashed = [k for k in (step.pdict or ()) if k not in nested]
+                step.hashed = _itemgetter(*hashed) if hashed else None
                 step.nested = tuple(nested) or None
                 step.guards = tuple((j, self.capture_guards[s]) for j, s in enumerate(step.ins)
                                     if s in self.capture_guards)

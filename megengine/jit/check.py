@@ -340,7 +340,7 @@ class _Checker(_Hook):
         try:
             same = (type(op) is step.cls and op.__dict__ == step.pdict
                     and len(inputs) == step.n_in
-                    and (step.hashed is None or hash(op.__dict__[step.hashed]) is not None))
+                    and (step.hashed is None or hash(step.hashed(op.__dict__)) is not None))
         except (ValueError, TypeError):  # (an array of several items where the trace had a
             same = False  # number; an array in a tuple: the slow path says what differs)
         if not same or (step.nested is not None

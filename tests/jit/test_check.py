@@ -9,6 +9,7 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
+from megengine.core import dispatch
 from megengine.jit import TraceMismatchError, check, trace
 
 from devices import host_default_device  # noqa: F401  (fixture used by name)
@@ -672,3 +673,42 @@ def test_a_constant_of_the_same_bytes_and_another_dtype_or_shape_is_refused(symb
     with pytest.raises(TraceMismatchError) as info:
         tr(x)
     assert str(info.value) == "trace error because shape mismatch"
+
+
+class _TakeAlong(dispatch.Op):
+    """A one-parameter op of the test's own: ``x.sum(axis)`` (an int parameter, as a public
+    function would pass one; numpy also takes a 1-element array there)."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        return np.asarray(x.sum(axis=int(np.asarray(self.axis).reshape(()))))
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("make", ["own op", "sum"])
+@pytest.mark.parametrize("other", [np.array([1]), np.array(1)])
+def test_a_scalar_parameter_given_as_an_array_is_refused(symbolic, make, other, slow_calls):
+    # ``{"axis": np.array([1])} == {"axis": 1}`` is True: the op fast path must not take an
+    # array for the plain number the trace had in a parameter that is no tuple (the full
+    # comparison refuses it: an array parameter is compared as an array)
+    state = {"axis": 1}
+
+    def f(x):
+        if make == "own op":
+            y = dispatch.apply(_TakeAlong(state["axis"]), x)
+        else:  # (F.sum hands its axis to its Reduce op as given)
+            y = F.sum(x, axis=state["axis"])
+        return y * 2
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    for _ in range(3):
+        want = f(x).numpy()
+        np.testing.assert_array_equal(tr(x).numpy(), want)
+    assert slow_calls == [], slow_calls  # the recorded axis took the fast path
+    state["axis"] = other
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert "parameters differ" in info.value.detail
