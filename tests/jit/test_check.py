@@ -10,7 +10,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.core import dispatch
-from megengine.jit import TraceMismatchError, check, trace
+from megengine.jit import TraceMismatchError, check, exclude_from_trace, is_tracing, trace
 
 from devices import host_default_device  # noqa: F401  (fixture used by name)
 
@@ -712,3 +712,62 @@ def test_a_scalar_parameter_given_as_an_array_is_refused(symbolic, make, other, 
     with pytest.raises(TraceMismatchError) as info:
         tr(x)
     assert "parameters differ" in info.value.detail
+
+
+ALL_MODES = [dict(symbolic=False), dict(symbolic=True), dict(symbolic=False, capture_as_const=True),
+             dict(symbolic=True, capture_as_const=True)]
+
+
+class _ThroughTheEngine(dispatch.Op):
+    """An op of plain parameters (the op fast path) whose forward works with tensors, as a
+    user's Function does: it applies ops, reads shapes and values, writes in place, excludes a
+    block from tracing and asks whether it traces; ``fail`` makes it raise."""
+
+    seen = []  # what each forward saw (class attributes: no parameters of the op)
+    fail = False
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def forward(self, x):
+        t = mge.tensor(x)
+        y = t * self.scale + 1.0  # ops of its own: not the traced function's
+        y += t  # an in-place write (an event) of its own
+        with exclude_from_trace():
+            z = y - 1.0
+        self.seen.append((is_tracing(), tuple(t.shape), int(z.shape[0]), float(y.sum().item())))
+        if self.fail:
+            raise ValueError("forward failed")
+        return y.numpy()
+
+
+@pytest.mark.parametrize("options", ALL_MODES)
+def test_what_an_op_forward_applies_is_its_own_on_the_fast_path(options, slow_calls):
+    # the fast path leaves the hook in place while the forward runs (no switching): ops,
+    # events, reads and shapes inside it must pass untraced, as with the hook off, whatever
+    # the order and count of them, and an exception must leave the hook as it was
+    seen = _ThroughTheEngine.seen
+    seen.clear()
+
+    def f(x):
+        return dispatch.apply(_ThroughTheEngine(2.0), F.relu(x)) * 3.0
+
+    tr = trace(f, **options)
+    x = mge.tensor(np.arange(4, dtype=np.float32))
+    want = (np.arange(4) * 3.0 + 1.0) * 3.0
+    for _ in range(3):
+        np.testing.assert_allclose(tr(x).numpy(), want)
+    assert slow_calls == [], slow_calls
+    assert seen == [(False, (4,), 4, 22.0)] * 3  # untraced inside, plain shapes, every call
+    assert dispatch._trace_hook is None
+    _ThroughTheEngine.fail = True
+    try:
+        with pytest.raises(ValueError, match="forward failed"):
+            tr(x)
+    finally:
+        _ThroughTheEngine.fail = False
+    assert dispatch._trace_hook is None and not is_tracing()
+    np.testing.assert_allclose(tr(x).numpy(), want)  # the trace goes on being checked
+    seen.clear()
+    np.testing.assert_allclose(f(x).numpy(), want)  # eager: the same inside
+    assert seen == [(False, (4,), 4, 22.0)]
