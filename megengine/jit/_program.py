@@ -433,7 +433,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed", "flat", "konst")
+                 "hashed", "flat", "konst", "pcheck")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -678,6 +678,13 @@ class _Program:
                     if (c0[3] is None) != (c1[3] is None):
                         jr = 0 if c0[3] is None else 1
                         step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
+                # what the op fast path asks beyond ``==`` (see `check._Checker.__call__`): the
+                # number of inputs where no unpacking of ``flat`` tells it (-1: it does), the
+                # parameters to hash and to walk; None where there is nothing to ask
+                n_in = -1 if step.flat is not None else step.n_in
+                step.pcheck = ((n_in, step.hashed, step.nested)
+                               if n_in >= 0 or step.hashed is not None
+                               or step.nested is not None else None)
 
 
     def _dyn_checks(self, by_pos):

@@ -338,17 +338,22 @@ class _Checker(_Hook):
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
-        # A parameter equal to a recorded tuple must hold plain values only, as `_op_key` asks
-        # (``==`` takes a 1-element index array for the int it equals): one without slices is
-        # hashed (an array is not hashable), others are walked (``step.nested``).
+        # A parameter equal to a recorded one must hold plain values only, as `_op_key` asks
+        # (``==`` takes a 1-element array for the int it equals, alone or in an index tuple):
+        # most are hashed (an array is not hashable), others walked (``nested``); and the op
+        # has the recorded number of inputs (where unpacking them below does not say it).
+        # ``step.pcheck`` holds what there is to ask (None for an op of one or two inputs
+        # without parameters, as most are: no further test)
         try:
-            same = (type(op) is step.cls and op.__dict__ == step.pdict
-                    and len(inputs) == step.n_in
-                    and (step.hashed is None or hash(step.hashed(op.__dict__)) is not None))
+            same = type(op) is step.cls and op.__dict__ == step.pdict
+            if same and step.pcheck is not None:
+                n_in, hashed, nested = step.pcheck
+                same = ((n_in < 0 or len(inputs) == n_in)
+                        and (hashed is None or hash(hashed(op.__dict__)) is not None)
+                        and (nested is None or _plain_nested(op.__dict__, nested)))
         except (ValueError, TypeError):  # (an array of several items where the trace had a
             same = False  # number; an array in a tuple: the slow path says what differs)
-        if not same or (step.nested is not None
-                        and not _plain_nested(op.__dict__, step.nested)):
+        if not same:
             return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from: at
         # a glance for one or two inputs (unpacking one flat tuple costs half of a loop), each
@@ -356,7 +361,10 @@ class _Checker(_Hook):
         values = self.values
         flat = step.flat
         if flat is not None and len(flat) == 8:
-            t, u = inputs
+            try:
+                t, u = inputs
+            except ValueError:  # (not two inputs: the full comparison says so)
+                return self._call_slowly(op, inputs, sizes)
             s, shape, dtype, _, s2, shape2, dtype2, _ = flat
             a, b = t._data, u._data
             if (t is not values[s] or u is not values[s2] or a.dtype is not dtype
@@ -385,7 +393,10 @@ class _Checker(_Hook):
                 a = None
                 self._check_inputs(op, inputs, step)
         elif flat is not None:
-            t, = inputs
+            try:
+                t, = inputs
+            except ValueError:  # (not one input: the full comparison says so)
+                return self._call_slowly(op, inputs, sizes)
             s, shape, dtype, _ = flat
             a = t._data
             if t is not values[s] or a.dtype is not dtype or (shape is not None

@@ -772,3 +772,34 @@ def test_what_an_op_forward_applies_is_its_own_on_the_fast_path(options, slow_ca
     seen.clear()
     np.testing.assert_allclose(f(x).numpy(), want)  # eager: the same inside
     assert seen == [(False, (4,), 4, 22.0)]
+
+
+class _SumOf(dispatch.Op):
+    """The sum of however many inputs it is given (no parameters: the op fast path)."""
+
+    def forward(self, *xs):
+        out = xs[0].copy()
+        for x in xs[1:]:
+            out += x
+        return out
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("counts", [(1, 2), (2, 1), (2, 3), (3, 2), (3, 4)])
+def test_an_op_given_another_number_of_inputs_is_refused(symbolic, counts, slow_calls):
+    # the fast path tells the input count by unpacking one or two inputs, and asks for it
+    # otherwise: the same op and parameters with an input more or fewer is no recorded op
+    state = {"n": counts[0]}
+
+    def f(x):
+        return dispatch.apply(_SumOf(), *[x] * state["n"]) * 2
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor([1.0, 2.0])
+    for _ in range(3):
+        np.testing.assert_array_equal(tr(x).numpy(), [2.0 * counts[0], 4.0 * counts[0]])
+    assert slow_calls == [], slow_calls
+    state["n"] = counts[1]
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == "trace error because operator mismatch"
