@@ -478,6 +478,9 @@ class _Program:
     def __init__(self):
         self.slots = []
         self.steps = []
+        # slot -> (shape, its SymDims): the shapes that checked calls with symbolic sizes
+        # handed out, kept from call to call (`core._trace_option.symbolic_shape`)
+        self.checked_shapes = {}
         self.in_tree = None
         self.arg_slots = ()
         self.out = None  # the encoded outputs

@@ -162,11 +162,22 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
-        self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
+        # slot -> (shape, its SymDims): what `_trace_option` handed out, in this call or an
+        # earlier one of the program (~1 us per shape read saved: a size read of each value
+        # of a small-op loop, ``F.expand_dims``); their ``src`` is made this checker's when
+        # handed out again (`_trace_option.symbolic_shape`)
+        self.shapes_made = program.checked_shapes
         self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
         # that held it) of the values let go of (`_free`)
         # (read by every op: an instance's own attributes load faster than class defaults)
         self.failed = self.dims_made = False
+
+    def release(self):
+        """Let go of this call's values once it is over: the SymDims that the program keeps
+        for later calls (``shapes_made``) refer to this checker until then."""
+        self.values = self.arrays = self.leaves = None
+        self.keep = self.dead = self.by_tensor = self.by_array = self.slot_tensor = None
+        self.sized_arrays = None
 
     @property
     def n_ops(self):

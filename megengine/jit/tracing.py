@@ -521,9 +521,11 @@ class trace:
             # check._Checker.dim_slot)
         try:
             outputs = self._run_under(checker, bound, args, kwargs)
+            _trace_option._dim_source = None
+            checker.finish(outputs)
         finally:
             _trace_option._dim_source = None
-        checker.finish(outputs)
+            checker.release()
         return outputs
 
     # ----- upstream's other methods -----

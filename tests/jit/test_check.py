@@ -803,3 +803,40 @@ def test_an_op_given_another_number_of_inputs_is_refused(symbolic, counts, slow_
     with pytest.raises(TraceMismatchError) as info:
         tr(x)
     assert str(info.value) == "trace error because operator mismatch"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_sizes_handed_out_again_in_later_calls_act_as_this_calls(symbolic, slow_calls):
+    # a checked call with symbolic sizes hands out the SymDims an earlier call made for the
+    # same value and shape (kept by the program): they must compute as this call's (arithmetic
+    # gives SymDims, so the ops are the recorded ones), and a value whose shape data decides
+    # must not get another shape's sizes
+    import weakref
+
+    seen = []
+
+    def f(x):
+        n = x.shape[0]
+        half = mge.Tensor(n // 2)  # (an op of the program where n // 2 is a SymDim)
+        y = x.reshape(n // 2, -1) * half.astype("float32") + 1.0
+        seen.append((weakref.ref(y), x.shape))
+        v, _ = F.cond_take(x > 0, x)
+        return y, F.zeros((v.shape[0] * 2,))  # (sized by data: another length per call)
+
+    tr = trace(f, symbolic=symbolic, capture_as_const=True)
+    x = mge.tensor(np.array([1.0, -2.0, 3.0, 4.0], np.float32))
+    for k in range(4):
+        data = np.array([1.0, -2.0, 3.0, 4.0], np.float32) * (1 if k % 2 == 0 else -1)
+        x = mge.tensor(data)
+        y, z = tr(x)
+        np.testing.assert_array_equal(y.numpy(), data.reshape(2, -1) * 2.0 + 1.0)
+        assert z.shape == (2 * int((data > 0).sum()),)
+    assert slow_calls.count("Reshape") == 0, slow_calls
+    assert [tuple(s) for _, s in seen] == [(4,)] * 4
+    assert [type(d).__name__ for d in seen[-1][1]] == ["SymDim"]
+    assert seen[-1][1] is seen[-2][1]  # (the same Shape, kept from the call before)
+    del y, z
+    import gc
+
+    gc.collect()
+    assert all(r() is None for r, _ in seen)  # the kept sizes hold no value of a call alive
