@@ -554,7 +554,11 @@ def symbolic_shape(tensor, shape):
     if made is not None:  # several times per value; Shapes and SymDims are immutable)
         got = made.get(slot)
         if got is not None and got[0] == shape:
-            return got[1]
+            sym = got[1]
+            if sym[0].src is not src:  # made by an earlier call of the program: this call's
+                for d in sym:  # now (what it would make: the same expressions and values)
+                    d.src = src
+            return sym
         sym = Shape([SymDim(n, ("dim", slot, i), src, True) for i, n in enumerate(shape)])
         made[slot] = (shape, sym)
         return sym

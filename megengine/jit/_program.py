@@ -1,5 +1,7 @@
 """The data of a trace: value snapshots that compare, argument trees, and the recorded program
 (its slots and steps) that `record` builds, `replay` runs and `dump` writes out."""
+from operator import itemgetter as _itemgetter
+
 import numpy as np
 
 from ..autodiff.function import _FunctionOp
@@ -431,7 +433,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed", "flat", "konst")
+                 "hashed", "flat", "konst", "pcheck")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -476,6 +478,9 @@ class _Program:
     def __init__(self):
         self.slots = []
         self.steps = []
+        # slot -> (shape, its SymDims): the shapes that checked calls with symbolic sizes
+        # handed out, kept from call to call (`core._trace_option.symbolic_shape`)
+        self.checked_shapes = {}
         self.in_tree = None
         self.arg_slots = ()
         self.out = None  # the encoded outputs
@@ -639,15 +644,16 @@ class _Program:
                 step.pdict = (_plain_params(step.template.__dict__)
                               if step.metas is not None and not step.multi
                               and step.rewrite is None else None)
-                # the parameters that are tuples or slices (an index, a shape, axes): ``==``
-                # takes a 1-element array (``x[idx_tensor]``) for the int it equals, which
-                # `_op_key` does not, so a checked call also asks that they hold plain values
-                # (``hashed``: the one such parameter without slices, tested by hashing it, an
-                # array being unhashable; ``nested``: the others, walked by `_all_plain`)
-                nested = [k for k, v in (step.pdict or {}).items() if type(v) in (tuple, slice)]
-                step.hashed = None
-                if len(nested) == 1 and _hash_checks(step.pdict[nested[0]]):
-                    step.hashed = nested.pop()
+                # ``==`` takes a 1-element array (``x[idx_tensor]``, ``axis=np.array([1])``)
+                # for the int it equals, in a tuple (an index, a shape, axes) or alone, which
+                # `_op_key` does not, so a checked call also asks that the parameters hold
+                # plain values: ``hashed`` picks those that hashing tests (an array being
+                # unhashable; one item or a tuple of them, hashed at once), ``nested`` names
+                # the others (a tuple or slice holding slices), walked by `_all_plain`
+                nested = [k for k, v in (step.pdict or {}).items()
+                          if type(v) in (tuple, slice) and not _hash_checks(v)]
+                hashed = [k for k in (step.pdict or ()) if k not in nested]
+                step.hashed = _itemgetter(*hashed) if hashed else None
                 step.nested = tuple(nested) or None
                 step.guards = tuple((j, self.capture_guards[s]) for j, s in enumerate(step.ins)
                                     if s in self.capture_guards)
@@ -675,6 +681,13 @@ class _Program:
                     if (c0[3] is None) != (c1[3] is None):
                         jr = 0 if c0[3] is None else 1
                         step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
+                # what the op fast path asks beyond ``==`` (see `check._Checker.__call__`): the
+                # number of inputs where no unpacking of ``flat`` tells it (-1: it does), the
+                # parameters to hash and to walk; None where there is nothing to ask
+                n_in = -1 if step.flat is not None else step.n_in
+                step.pcheck = ((n_in, step.hashed, step.nested)
+                               if n_in >= 0 or step.hashed is not None
+                               or step.nested is not None else None)
 
 
     def _dyn_checks(self, by_pos):

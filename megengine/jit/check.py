@@ -5,8 +5,9 @@ recorded step as it runs.
 A checked call should cost what an eager call costs, so each op and event first takes a fast
 path built from what `_Program.compile` prepared: the op's type and its parameters compared
 as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
-values, index tuples with slices included; a tuple must also hold plain values only, as
-`_op_key` would ask: hashed, or walked where it holds slices), each input compared by
+values, index tuples with slices included; each must also hold plain values only, as
+`_op_key` would ask: hashed, or walked where it holds slices; ``step.pcheck`` says what there
+is to ask, None for most ops: one or two inputs, no parameters), each input compared by
 identity with the tensor that holds the expected slot in this call (``values[slot]``:
 arguments and outputs as they are made, the recorded externals from the start), then its
 shape and dtype, a small constant (``x * 0.5`` makes a new one on every call, captured or
@@ -19,6 +20,11 @@ the fast path does not accept (a detach(), a constant made in the function, a ``
 with array parameters or several outputs, or a real difference) goes through the full
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
+
+The op then runs through `dispatch.apply_unhooked` with the hook left in place and ``pc``
+None, which each entry point of the checker takes for "inside an op's forward": what the
+forward applies, announces or reads is its own and passes untraced, as with the hook off
+(switching ``dispatch._trace_hook`` off and on around every op cost ~0.1 us per op).
 """
 import sys
 import time
@@ -162,11 +168,22 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
-        self.shapes_made = {}  # slot -> (shape, its SymDims): what `_trace_option` handed out
+        # slot -> (shape, its SymDims): what `_trace_option` handed out, in this call or an
+        # earlier one of the program (~1 us per shape read saved: a size read of each value
+        # of a small-op loop, ``F.expand_dims``); their ``src`` is made this checker's when
+        # handed out again (`_trace_option.symbolic_shape`)
+        self.shapes_made = program.checked_shapes
         self.dead = {}  # id(array) -> (slot, weak references to the array and the tensor
         # that held it) of the values let go of (`_free`)
         # (read by every op: an instance's own attributes load faster than class defaults)
         self.failed = self.dims_made = False
+
+    def release(self):
+        """Let go of this call's values once it is over: the SymDims that the program keeps
+        for later calls (``shapes_made``) refer to this checker until then."""
+        self.values = self.arrays = self.leaves = None
+        self.keep = self.dead = self.by_tensor = self.by_array = self.slot_tensor = None
+        self.sized_arrays = None
 
     @property
     def n_ops(self):
@@ -200,6 +217,8 @@ class _Checker(_Hook):
     sized_next = -1  # the first of ``prog.sized_order`` not taken up yet (-1: none taken)
 
     def dim_slot(self, t):
+        if self.pc is None:  # a shape read inside an op's forward: plain ints, as untraced
+            return None
         if self.sized_next < self.prog.made_before[self.pc]:
             self._take_up_sized()  # (most shape reads end at the next lines)
         a = t._data
@@ -267,7 +286,7 @@ class _Checker(_Hook):
         ``Tensor(x.shape)``): code that reads it as a shape (``F.zeros(Tensor(x.shape))``)
         then makes the recorded op instead of reading the numbers (no op)."""
         recorded = self.prog.sym_values
-        if dispatch._trace_hook is not self or not recorded:
+        if dispatch._trace_hook is not self or not recorded or self.pc is None:
             return None
         s = self._internal(t)[0]
         while s is not None and self.prog.slots[s].kind == "alias":
@@ -323,6 +342,8 @@ class _Checker(_Hook):
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        except TypeError:  # pc None: an op applied by the forward of the op being checked
+            return dispatch.apply_unhooked(op, inputs)  # (its own: see `_forward`)
         # the op is compared with the recorded values of parameters built from sizes, and runs
         # with its own; where the recorded op had none (sym None), neither has this one, in the
         # same program: the fast path takes it as it is
@@ -334,17 +355,22 @@ class _Checker(_Hook):
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
         # not plain values or with several outputs: the slow path)
-        # A parameter equal to a recorded tuple must hold plain values only, as `_op_key` asks
-        # (``==`` takes a 1-element index array for the int it equals): one without slices is
-        # hashed (an array is not hashable), others are walked (``step.nested``).
+        # A parameter equal to a recorded one must hold plain values only, as `_op_key` asks
+        # (``==`` takes a 1-element array for the int it equals, alone or in an index tuple):
+        # most are hashed (an array is not hashable), others walked (``nested``); and the op
+        # has the recorded number of inputs (where unpacking them below does not say it).
+        # ``step.pcheck`` holds what there is to ask (None for an op of one or two inputs
+        # without parameters, as most are: no further test)
         try:
-            same = (type(op) is step.cls and op.__dict__ == step.pdict
-                    and len(inputs) == step.n_in
-                    and (step.hashed is None or hash(op.__dict__[step.hashed]) is not None))
+            same = type(op) is step.cls and op.__dict__ == step.pdict
+            if same and step.pcheck is not None:
+                n_in, hashed, nested = step.pcheck
+                same = ((n_in < 0 or len(inputs) == n_in)
+                        and (hashed is None or hash(hashed(op.__dict__)) is not None)
+                        and (nested is None or _plain_nested(op.__dict__, nested)))
         except (ValueError, TypeError):  # (an array of several items where the trace had a
             same = False  # number; an array in a tuple: the slow path says what differs)
-        if not same or (step.nested is not None
-                        and not _plain_nested(op.__dict__, step.nested)):
+        if not same:
             return self._call_slowly(op, inputs, sizes)
         # the op and its parameters are the recorded ones; now where its inputs come from: at
         # a glance for one or two inputs (unpacking one flat tuple costs half of a loop), each
@@ -352,7 +378,10 @@ class _Checker(_Hook):
         values = self.values
         flat = step.flat
         if flat is not None and len(flat) == 8:
-            t, u = inputs
+            try:
+                t, u = inputs
+            except ValueError:  # (not two inputs: the full comparison says so)
+                return self._call_slowly(op, inputs, sizes)
             s, shape, dtype, _, s2, shape2, dtype2, _ = flat
             a, b = t._data, u._data
             if (t is not values[s] or u is not values[s2] or a.dtype is not dtype
@@ -381,7 +410,10 @@ class _Checker(_Hook):
                 a = None
                 self._check_inputs(op, inputs, step)
         elif flat is not None:
-            t, = inputs
+            try:
+                t, = inputs
+            except ValueError:  # (not one input: the full comparison says so)
+                return self._call_slowly(op, inputs, sizes)
             s, shape, dtype, _ = flat
             a = t._data
             if t is not values[s] or a.dtype is not dtype or (shape is not None
@@ -399,13 +431,15 @@ class _Checker(_Hook):
                     self.check_source(t, step.ins[j], _Where(self.n_ops, op, j))
         if sizes is not None:
             op.__dict__.update(sizes)
-        self.pc = pc + 1
-        dispatch._trace_hook = None  # an op's forward may apply ops itself: those are its own
+        # The forward runs with the hook in place and ``pc`` None, which every entry point
+        # takes for "inside an op": what the forward applies, announces or reads is its own and
+        # passes untraced (`nested`), as with the hook off (two stores here instead of
+        # switching the dispatcher's hook off and on, ~0.1 us per op)
+        self.pc = None
         try:
             out = dispatch.apply_unhooked(op, inputs)
         finally:
-            if not self.failed:
-                dispatch._trace_hook = self
+            self.pc = pc + 1
         s = step.outs[0]
         try:
             self.arrays[s] = out._data
@@ -698,6 +732,8 @@ class _Checker(_Hook):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
         with tracing off. An in-place write into a value of this call is dataflow, as when
         recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
+        if self.pc is None:  # announced by the forward of the op being checked: its own
+            return dispatch.call_without_trace_hook(fn, *args, **kwargs)
         if fn is _INPLACE:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:

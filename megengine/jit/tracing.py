@@ -521,9 +521,11 @@ class trace:
             # check._Checker.dim_slot)
         try:
             outputs = self._run_under(checker, bound, args, kwargs)
+            _trace_option._dim_source = None
+            checker.finish(outputs)
         finally:
             _trace_option._dim_source = None
-        checker.finish(outputs)
+            checker.release()
         return outputs
 
     # ----- upstream's other methods -----
@@ -636,6 +638,9 @@ def exclude_from_trace():
     block included, does not run.
     """
     hook = dispatch._trace_hook
+    if isinstance(hook, _Checker) and hook.pc is None:  # inside a checked op's forward: its
+        yield  # work passes untraced already (`check._Checker.__call__`)
+        return
     dispatch._trace_hook = _ExcludedBlock(hook) if isinstance(hook, _Checker) else None
     try:
         yield
@@ -647,4 +652,6 @@ def exclude_from_trace():
 def is_tracing() -> bool:
     """True while a traced function runs its first (recording) call or a checked call
     (``symbolic=False`` or ``True``)."""
-    return isinstance(dispatch._trace_hook, _Hook)
+    hook = dispatch._trace_hook  # (a checked call's ``pc`` is None inside an op's forward,
+    return isinstance(hook, _Hook) and getattr(hook, "pc", 0) is not None  # whose work is
+    # untraced)
