@@ -398,6 +398,23 @@ def _qat_network_case(rng):
 
 # ----- F.quantized: integer convolutions against an int64 numpy oracle -----
 
+def _check_accumulator(y, acc, acc_scale, desc):
+    """A qint32 output: the accumulator's scale (input scale times weight scale) and its exact
+    integers."""
+    if not mdtype.is_quantize(y.dtype) or \
+            abs(mdtype.get_scale(y.dtype) - acc_scale) > 1e-6 * acc_scale:
+        raise Mismatch(f"{desc}: output dtype {y.dtype}, expected qint32({acc_scale})")
+    close(y.numpy().astype(np.int64), acc, None, desc + ": qint32 accumulator")
+
+
+def _check_ints(y, want, tol, desc):
+    """A quantized output's integers against the oracle's, within ``tol`` steps."""
+    got = y.numpy().astype(np.int64)
+    if got.shape != want.shape or np.abs(got - want).max(initial=0) > tol:
+        raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
+                       f"oracle={want.ravel()[:10].astype(np.int64)}")
+
+
 def _int_conv(x, w, stride, pad, dil, groups, transposed=False, out_pad=(0, 0)):
     """Exact integer (int64) 2-d convolution by windows (cross-correlation); transposed: the
     scatter of each input pixel's weighted kernel (the adjoint), cropped by the padding."""
@@ -515,10 +532,7 @@ def _quantized_conv(rng):
         if out_kind == "qint32":
             if mode == "relu":
                 acc = np.maximum(acc, 0)
-            if not mdtype.is_quantize(y.dtype) or \
-                    abs(mdtype.get_scale(y.dtype) - acc_scale) > 1e-6 * acc_scale:
-                raise Mismatch(f"{desc}: output dtype {y.dtype}, expected qint32({acc_scale})")
-            close(y.numpy().astype(np.int64), acc, None, desc + ": qint32 accumulator")
+            _check_accumulator(y, acc, acc_scale, desc)
             return "ok"
         v = acc.astype(np.float32) * np.float32(acc_scale)
         if mode == "relu":
@@ -532,12 +546,8 @@ def _quantized_conv(rng):
             return "ok"
         qmin, qmax = _RANGES[out_kind]
         want = _quantize_ref(v, s_out, zp_out, qmin, qmax)
-        got = y.numpy().astype(np.int64)
         # the activation's float rounding may move a value on a rounding edge by one
-        tol = 0 if mode in ("identity", "relu") else 1
-        if got.shape != want.shape or np.abs(got - want).max(initial=0) > tol:
-            raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
-                           f"oracle={want.ravel()[:10].astype(np.int64)}")
+        _check_ints(y, want, 0 if mode in ("identity", "relu") else 1, desc)
         return "ok"
     return Check(desc, _on_host(fn))
 
@@ -583,19 +593,13 @@ def _batch_conv_bias_activation(rng):
         if mode == "relu":
             acc = np.maximum(acc, 0)
         if out_kind == "qint32":
-            if not mdtype.is_quantize(y.dtype) or \
-                    abs(mdtype.get_scale(y.dtype) - acc_scale) > 1e-6 * acc_scale:
-                raise Mismatch(f"{desc}: output dtype {y.dtype}, expected qint32({acc_scale})")
-            close(y.numpy().astype(np.int64), acc, None, desc + ": qint32 accumulator")
+            _check_accumulator(y, acc, acc_scale, desc)
             return "ok"
         v = acc.astype(np.float32) * np.float32(acc_scale)
         if out_kind == "float32":
             close(y.numpy(), v, (1e-5, 1e-5), desc + ": float output")
             return "ok"
         want = _quantize_ref(v, s_out, 0, -128, 127)
-        got = y.numpy().astype(np.int64)
-        if got.shape != want.shape or np.abs(got - want).max(initial=0) > 0:
-            raise Mismatch(f"{desc}: integers differ\n ours={got.ravel()[:10]}\n "
-                           f"oracle={want.ravel()[:10].astype(np.int64)}")
+        _check_ints(y, want, 0, desc)
         return "ok"
     return Check(desc, _on_host(fn))
