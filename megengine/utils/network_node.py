@@ -267,18 +267,55 @@ class MatMulTransposedB(dispatch.Op):
         return gx, gw
 
 
+def _conv_out_shape(op, x_shape, w_shape):
+    """The output shape of convolution ``op`` (a `_Convolution`, or its transpose) of an input
+    of ``x_shape`` with a weight of ``w_shape`` (grouped weights have one more axis)."""
+    nd, g = op.nd, op.groups
+    grouped = len(w_shape) == nd + 3
+    k = w_shape[-nd:]
+    if op.transposed:
+        c = w_shape[0] * w_shape[2] if grouped else w_shape[1] * g
+        size = [(x_shape[2 + i] - 1) * op.stride[i] - 2 * op.padding[i]
+                + op.dilation[i] * (k[i] - 1) + op.output_padding[i] + 1 for i in range(nd)]
+    else:
+        c = w_shape[0] * w_shape[1] if grouped else w_shape[0]
+        size = [(x_shape[2 + i] + 2 * op.padding[i] - op.dilation[i] * (k[i] - 1) - 1)
+                // op.stride[i] + 1 for i in range(nd)]
+    return (x_shape[0], c, *size)
+
+
+def _is_op(st, cls_name, module):
+    return (type(st) is _OpStep and type(st.template).__name__ == cls_name
+            and type(st.template).__module__ == module and bool(st.metas))
+
+
 def upstream_steps(prog):
     """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
     this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
-    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
+    (with W transposed) and bias ADD, and a convolution with a bias (one op here) upstream's
+    Convolution and bias ADD: two steps through a new slot, the same computation."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
     n_slots = len(prog.slots)
     steps = []
     for st in prog.steps:
-        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
-                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
+        if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
+            mid = n_slots
+            n_slots += 1
+            if st.outs[0] in scopes:
+                scopes[mid] = scopes[st.outs[0]]
+            (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
+            y_meta = (_conv_out_shape(st.template, x_shape, w_shape),
+                      np.promote_types(x_dtype, w_dtype))
+            conv = _OpStep(st.index, st.template, st.key, st.dyn, st.ins[:2], st.metas[:2],
+                           (mid,), False, st.name)
+            conv.sym = st.sym
+            steps.append(conv)
+            steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
+                                 (y_meta, st.metas[2]), st.outs, False, "Add (convolution bias)"))
+            continue
+        if (not _is_op(st, "_Linear", "megengine.functional.nn")
                 or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
             steps.append(st)
             continue
@@ -612,6 +649,7 @@ def classify(op, in_shapes, dyn_names=()):
               "_DeformablePSROIPooling": DeformablePSROIPoolingForward,
               "_QuantizedConv": ConvBiasForward, "_BatchNorm": BatchNormForward,
               "_ROIAlign": ROIAlignForward, "_Resize": ResizeForward, "Copy": Copy,
+              "Identity": Identity,
               "CondTake": CondTake, "TopK": TopK, "Concat": Concat, "BroadcastTo": Broadcast,
               "Reshape": Reshape, "Transpose": Dimshuffle, "Sort": ArgsortForward,
               "_ShapeOf": GetVarShape}
