@@ -76,7 +76,7 @@ def test_copy_without_a_device_is_upstreams_identity_operator():
     from megengine.utils.network import Network
 
     check(lambda t: F.copy(t) * 2, lambda t: t.clone() * 2, rand(3))
-    f = trace(lambda t: M.Identity()(t) + F.copy(t, "cpu0"), symbolic=True,
+    f = trace(lambda t: M.Identity()(t) + F.copy(t, t.device), symbolic=True,
               capture_as_const=True)
     f(mge.tensor([1.0, 2.0]))
     file = io.BytesIO()
