@@ -440,6 +440,21 @@ class Copy(Op):
         return (dispatch.apply(Copy(inputs[0]._device), grads[0]),)
 
 
+class Identity(Op):
+    """A copy on the input's own device, the gradient passing through: ``F.copy(x)`` without a
+    device and ``M.Identity``, upstream's Identity operator (its Copy names a device)."""
+    format_rule = "keep"
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, g):
+        return g
+
+    def grad_graph(self, inputs, outputs, grads):
+        return grads
+
+
 class Full(Op):
     """``value`` in a new array of ``shape`` on ``device`` (no inputs): what F.zeros, F.full,
     F.zeros_like and a size used as a tensor operand (``x / x.shape[0]``) make while a dumpable

@@ -239,8 +239,9 @@ class _Eye(Op):
 def copy(inp, device=None):
     """A copy of ``inp`` on ``device`` (default: inp's device); gradients flow back."""
     inp = _tensor(inp)
-    dev = inp._device if device is None else _device.canonical_device(device)
-    return apply(_ops.Copy(dev), inp)
+    if device is None:  # upstream's Identity operator; Copy is a copy onto a named device
+        return apply(_ops.Identity(), inp)
+    return apply(_ops.Copy(_device.canonical_device(device)), inp)
 
 
 # Upstream's home for these is `megengine.functional.tensor` (it re-exports them), and they keep

@@ -6,23 +6,26 @@ traced graph sees only their *leaves* (tensors, modules, nodes); everything else
 the same structure from new leaves. Two TreeDefs are equal when their structures and constants
 are: a traced module keeps one graph per argument structure (`TracedModule.argdef_graph_map`).
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-__all__ = ["TreeDef", "tree_flatten", "register_supported_type"]
+__all__ = ["TreeDef", "LeafDef", "tree_flatten", "register_supported_type", "SUPPORTED_TYPE",
+           "NodeType"]
 
 _LEAF = "leaf"
 _CONST = "const"
 _CONST_LEAF = "const_leaf"  # a leaf whose value the TreeDef also keeps (upstream's const leaf)
-# container type -> (children of a value, rebuild from children and aux data, aux data)
-_CONTAINERS = {}
+# how a container type is looked inside: ``flatten(value) -> (children, aux data)`` and
+# ``unflatten(children, aux data) -> value`` (upstream's names, which tools read)
+NodeType = namedtuple("NodeType", ["flatten", "unflatten"])
+SUPPORTED_TYPE = {}  # container type -> its NodeType
 
 
 def register_supported_type(type_, flatten, unflatten):
     """Let ``type_`` be looked inside: ``flatten(value) -> (children, aux)`` and
     ``unflatten(children, aux) -> value``; ``aux`` must be picklable and comparable."""
-    _CONTAINERS[type_] = (flatten, unflatten)
+    SUPPORTED_TYPE[type_] = NodeType(flatten, unflatten)
 
 
 register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))
@@ -101,7 +104,15 @@ class TreeDef:
         children = [c._build(it) for c in self.children]
         if self.kind == "namedtuple":
             return self.type(*children)
-        return _CONTAINERS[self.type][1](children, self.aux)
+        return SUPPORTED_TYPE[self.type].unflatten(children, self.aux)
+
+    @property
+    def aux_data(self):  # upstream's names of a container's aux data and children
+        return self.aux
+
+    @property
+    def children_defs(self):
+        return self.children
 
     def __eq__(self, other):
         if self is other:
@@ -140,6 +151,12 @@ class TreeDef:
         return f"{getattr(self.type, '__name__', self.type)}({inner})"
 
 
+class LeafDef(TreeDef):
+    """The TreeDef of a leaf (upstream's class name, which tools test with isinstance)."""
+
+    __slots__ = ()
+
+
 def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
     """(leaves, TreeDef) of ``value``.
 
@@ -161,17 +178,17 @@ def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
     def walk(v):
         if is_leaf is not None and is_leaf(v):
             leaves.append(v)
-            return TreeDef(_LEAF)
+            return LeafDef(_LEAF)
         nt = _namedtuple_type(v)
         if nt is not None:
             return TreeDef("namedtuple", nt, None, [walk(c) for c in v])
-        entry = _CONTAINERS.get(type(v))
+        entry = SUPPORTED_TYPE.get(type(v))
         if entry is None:
             if is_leaf is None:
                 leaves.append(v)
-                return TreeDef(_CONST_LEAF, None, v) if is_const_leaf(v) else TreeDef(_LEAF)
+                return LeafDef(_CONST_LEAF, None, v) if is_const_leaf(v) else LeafDef(_LEAF)
             return TreeDef(_CONST, None, v)
-        children, aux = entry[0](v)
+        children, aux = entry.flatten(v)
         return TreeDef("node", type(v), aux, [walk(c) for c in children])
 
     tree = walk(value)

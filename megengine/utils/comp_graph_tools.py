@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..jit.dump import load
+from .network_node import GraphOperator, graph_operator, graph_type
 
 __all__ = ["GraphInference", "load_and_inference", "get_dep_vars", "get_owner_opr_inputs",
            "get_owner_opr_type", "get_opr_type", "graph_traversal", "get_oprs_seq",
@@ -137,40 +138,50 @@ def set_priority_to_id(dest_vars):
 
 def get_dep_vars(var, var_type=None):
     """The VarNodes ``var`` (one or a list) depends on, itself included; ``var_type``: only
-    those whose owner operator has that upstream type name (e.g. ``"Host2DeviceCopy"``, or a
-    list of names)."""
+    those whose owner operator has that upstream C++ type name (`get_opr_type`, e.g.
+    ``"Host2DeviceCopy"``, or a list of names)."""
     from .network import get_dep_vars as dep
-    return dep(var, var_type)
+
+    found = dep(var)
+    if var_type is None:
+        return found
+    var_type = [var_type] if isinstance(var_type, str) else list(var_type)
+    return [v for v in found if v.owner is not None and get_owner_opr_type(v) in var_type]
 
 
 def get_owner_opr_inputs(var):
-    """The inputs of the operator that computes ``var``."""
-    return list(var.owner.inputs)
+    """The inputs of the operator that computes ``var`` (as upstream's graph has them, see
+    `get_opr_type`)."""
+    return list(graph_operator(var.owner).inputs)
 
 
 def get_owner_opr_type(var):
-    """The upstream type name of the operator that computes ``var``."""
+    """The upstream C++ type name of the operator that computes ``var``."""
     return get_opr_type(var.owner)
 
 
 def get_opr_type(opr):
-    """The upstream type name of operator ``opr`` (``"Elemwise"``, ``"ImmutableTensor"``, ...;
-    this engine's op class name where upstream has no such operator)."""
-    return opr.type
+    """Upstream's C++ type name of operator ``opr`` (``"Elemwise"``, ``"ConvolutionForward"``,
+    ``"PoolingForward"``, ``"ImmutableTensor"``, ...), what its graph level calls it; a
+    `megengine.utils.network` node's ``type`` is the name at that level (``"Convolution"``).
+    An engine operator without an upstream counterpart keeps its own name."""
+    return graph_type(opr.opr if isinstance(opr, GraphOperator) else opr)
 
 
 def get_oprs_seq(outputs, prune_reshape=False, prune_immtensor=True):
     """The operators ``outputs`` depend on, in dependency and creation order (see
-    `megengine.utils.network.get_oprs_seq`)."""
+    `megengine.utils.network.get_oprs_seq`), as upstream's graph level shows them:
+    `megengine.utils.network_node.GraphOperator` views whose ``type`` is the C++ type name and
+    ``params`` a JSON string (the node itself is ``view.opr``)."""
     from .network import get_oprs_seq as seq
-    return seq(outputs, prune_reshape, prune_immtensor)
+    return [graph_operator(o) for o in seq(outputs, prune_reshape, prune_immtensor)]
 
 
 def graph_traversal(outputs):
     """(map_oprs, map_vars, var2oprs, opr2receivers, indegree2opr, opr2indegree) of the graph
-    ``outputs`` depend on: operators and vars by id; per var id, the (operator id, input index)
-    that read it; per operator id, the ids of the operators that read its outputs; operators by
-    their number of distinct readers, and the reverse map."""
+    ``outputs`` depend on: operators (`get_oprs_seq`'s views) and vars by id; per var id, the
+    (operator id, input index) that read it; per operator id, the ids of the operators that
+    read its outputs; operators by their number of distinct readers, and the reverse map."""
     map_oprs, map_vars = collections.OrderedDict(), collections.OrderedDict()
     var2oprs = collections.defaultdict(list)
     opr2receivers = collections.defaultdict(list)
@@ -199,8 +210,10 @@ def replace_vars(dst, varmap):
 
 def replace_oprs(dst, oprmap):
     """New VarNodes for ``dst`` computed with each operator of ``oprmap`` {old: new} replaced
-    (output ``i`` of ``old`` becomes output ``i`` of ``new``); the original graph is left
-    unchanged."""
+    (output ``i`` of ``old`` becomes output ``i`` of ``new``; nodes or `get_oprs_seq`'s views);
+    the original graph is left unchanged."""
+    oprmap = {(k.opr if isinstance(k, GraphOperator) else k):
+              (v.opr if isinstance(v, GraphOperator) else v) for k, v in oprmap.items()}
     for old, new in oprmap.items():
         if len(old.outputs) != len(new.outputs):
             raise ValueError(f"replace_oprs: {old!r} has {len(old.outputs)} outputs, {new!r} "
@@ -209,8 +222,10 @@ def replace_oprs(dst, oprmap):
 
 
 def _rebuild(dst, varmap, oprmap):
+    from .network import get_oprs_seq as seq
+
     new_var = dict(varmap)  # id(old var) -> var to use
-    for opr in get_oprs_seq(dst, False, False):
+    for opr in seq(dst, False, False):
         repl = oprmap.get(id(opr))
         if repl is not None:
             for v, r in zip(opr.outputs, repl.outputs):

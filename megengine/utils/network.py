@@ -90,6 +90,7 @@ class Network:
         graph, arrays = read_file(model_path)
         place = device_mapper(None, graph["version"])  # xpux: a GPU if there is one, else cpu0
         slot_var = {}
+        unnamed_consts = []  # constants the file gives no name: named here, see below
         for i in graph["inputs"]:
             node = Host2DeviceCopy(i["shape"], i["dtype"], i["name"], place(i["device"]))
             slot_var[i["slot"]] = node.outputs[0]
@@ -103,6 +104,7 @@ class Network:
                                     place(c["device"])).outputs[0]
                 if v.name is None:
                     v.name = v.owner.name = f"const{tuple(v.owner.shape)}"
+                    unnamed_consts.append(v)
                 slot_var[s] = v
             if v is None:
                 raise ValueError(f"load: the file's step reads slot {s} before any step makes "
@@ -145,6 +147,14 @@ class Network:
             if missing:
                 raise ValueError(f"Network.load: can not find {missing} in this model")
             outputs = [by_name[n] for n in outspec]
+        # a var's name tells it apart, as upstream's graph names do (tools such as converters
+        # name their tensors by it): constants of one shape take "[k]" as operators' outputs do
+        for name, group in itertools.groupby(sorted(unnamed_consts, key=lambda v: v.name),
+                                             key=lambda v: v.name):
+            group = list(group)
+            if len(group) > 1:
+                for k, v in enumerate(group):
+                    v.name = v.owner.name = f"{name}[{k}]"
         self.output_vars = outputs
         self._metadata = read_metadata(graph, arrays)
         # symbolic shapes (see megengine.jit.shape_guards): the guards read VarNodes' shapes

@@ -21,6 +21,7 @@ ADD) for `trace.dump`.
 """
 import copy
 import itertools
+import json
 import weakref
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ from ..jit._program import (_DimExpr, _freeze, _has_ref, _holds, _host, _is_arra
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
-           "upstream_steps"]
+           "upstream_steps", "GraphOperator", "graph_operator", "graph_type", "graph_params"]
 
 _next_id = [0]  # var and opr ids (upstream's are graph-wide integers too; see renumber)
 _order = itertools.count()  # creation order: all_oprs lists a program in this order
@@ -266,18 +267,55 @@ class MatMulTransposedB(dispatch.Op):
         return gx, gw
 
 
+def _conv_out_shape(op, x_shape, w_shape):
+    """The output shape of convolution ``op`` (a `_Convolution`, or its transpose) of an input
+    of ``x_shape`` with a weight of ``w_shape`` (grouped weights have one more axis)."""
+    nd, g = op.nd, op.groups
+    grouped = len(w_shape) == nd + 3
+    k = w_shape[-nd:]
+    if op.transposed:
+        c = w_shape[0] * w_shape[2] if grouped else w_shape[1] * g
+        size = [(x_shape[2 + i] - 1) * op.stride[i] - 2 * op.padding[i]
+                + op.dilation[i] * (k[i] - 1) + op.output_padding[i] + 1 for i in range(nd)]
+    else:
+        c = w_shape[0] * w_shape[1] if grouped else w_shape[0]
+        size = [(x_shape[2 + i] + 2 * op.padding[i] - op.dilation[i] * (k[i] - 1) - 1)
+                // op.stride[i] + 1 for i in range(nd)]
+    return (x_shape[0], c, *size)
+
+
+def _is_op(st, cls_name, module):
+    return (type(st) is _OpStep and type(st.template).__name__ == cls_name
+            and type(st.template).__module__ == module and bool(st.metas))
+
+
 def upstream_steps(prog):
     """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
     this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
-    (with W transposed) and bias ADD, two steps through a new slot, the same computation."""
+    (with W transposed) and bias ADD, and a convolution with a bias (one op here) upstream's
+    Convolution and bias ADD: two steps through a new slot, the same computation."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
     n_slots = len(prog.slots)
     steps = []
     for st in prog.steps:
-        if (type(st) is not _OpStep or type(st.template).__name__ != "_Linear"
-                or type(st.template).__module__ != "megengine.functional.nn" or not st.metas
+        if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
+            mid = n_slots
+            n_slots += 1
+            if st.outs[0] in scopes:
+                scopes[mid] = scopes[st.outs[0]]
+            (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
+            y_meta = (_conv_out_shape(st.template, x_shape, w_shape),
+                      np.promote_types(x_dtype, w_dtype))
+            conv = _OpStep(st.index, st.template, st.key, st.dyn, st.ins[:2], st.metas[:2],
+                           (mid,), False, st.name)
+            conv.sym = st.sym
+            steps.append(conv)
+            steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
+                                 (y_meta, st.metas[2]), st.outs, False, "Add (convolution bias)"))
+            continue
+        if (not _is_op(st, "_Linear", "megengine.functional.nn")
                 or (len(st.ins) == 3 and len(st.metas[2][0]) != 1)):
             steps.append(st)
             continue
@@ -611,14 +649,18 @@ def classify(op, in_shapes, dyn_names=()):
               "_DeformablePSROIPooling": DeformablePSROIPoolingForward,
               "_QuantizedConv": ConvBiasForward, "_BatchNorm": BatchNormForward,
               "_ROIAlign": ROIAlignForward, "_Resize": ResizeForward, "Copy": Copy,
+              "Identity": Identity,
               "CondTake": CondTake, "TopK": TopK, "Concat": Concat, "BroadcastTo": Broadcast,
               "Reshape": Reshape, "Transpose": Dimshuffle, "Sort": ArgsortForward,
               "_ShapeOf": GetVarShape}
     if name in simple:
         cls = simple[name]
         params = {k: v for k, v in d.items() if not _is_array(v)}
-        if cls is Dimshuffle:
-            params = {"pattern": d.get("axes")}
+        if cls is Dimshuffle:  # (axes None: reversed, as x.T; upstream's pattern is explicit)
+            axes = d.get("axes")
+            if axes is None and in_shapes:
+                axes = tuple(range(len(in_shapes[0]) - 1, -1, -1))
+            params = {"pattern": axes}
         return cls, params
     if name == "_Pool2d":
         return PoolingForward, {"mode": str(d.get("mode")).upper(), "kernel": d.get("kernel"),
@@ -661,6 +703,166 @@ def str_to_mge_class(classname):
         if isinstance(cls, type) and issubclass(cls, OpNode) and cls.type == classname:
             return cls
     return ReadOnlyOpNode
+
+
+# --------------------------------------------------------------------------------------------
+# upstream's C++ graph level: what `megengine.utils.comp_graph_tools` and tools that read dumped
+# models (mgeconvert) see of an operator
+# --------------------------------------------------------------------------------------------
+# engine operators that upstream's graph has under another C++ type name than our node's type
+_GRAPH_TYPES = {"Softmax": "SoftmaxForward", "BatchedMatmul": "BatchedMatrixMul"}
+
+
+def graph_type(opr):
+    """Upstream's C++ type name of operator ``opr`` (what ``OperatorNode.type`` gives at its
+    graph level, e.g. ``"ConvolutionForward"``), where ``opr.type`` is the name at its
+    `megengine.utils.network` level (``"Convolution"``). Upstream names its network_node classes
+    after the C++ types, so that is the class name here too; an engine operator without an
+    upstream class keeps its own type name."""
+    cls = type(opr)
+    if cls.__module__ == __name__ and not issubclass(cls, ReadOnlyOpNode) and cls is not OpNode:
+        return cls.__name__
+    return _GRAPH_TYPES.get(opr.type, opr.type)
+
+
+def _hw(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _subtensor_items(index, ndim):
+    """Upstream's Subtensor items ({axis, begin, end, step, idx}: which index values are
+    inputs) and the index values, in input order, for an index of ints and slices; None for
+    another index (an array, None, ...), which upstream writes as other operators."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (ndim - len(index) + 1) + index[k + 1:]
+    items, values = [], []
+    for axis, i in enumerate(index):
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+            items.append({"axis": axis, "begin": 0, "end": 0, "step": 0, "idx": 1})
+            values.append(int(i))
+        elif isinstance(i, slice):
+            if i == slice(None):
+                continue
+            parts = [(i.start, "begin"), (i.stop, "end"), (i.step, "step")]
+            if not all(v is None or isinstance(v, (int, np.integer)) for v, _ in parts):
+                return None
+            items.append(dict({k: int(v is not None) for v, k in parts}, axis=axis, idx=0))
+            values.extend(int(v) for v, _ in parts if v is not None)
+        else:
+            return None
+    return items, values
+
+
+def graph_params(opr):
+    """The parameters of operator ``opr`` as upstream's C++ graph level has them (a dict of
+    its JSON: megdnn's parameter names, enum values as upper-case strings): ``{"stride_h": 1,
+    "pad_h": 0, ..., "sparse": "DENSE", "format": "NCHW"}`` for a convolution where ``params``
+    (`megengine.utils.network`'s level) says ``{"stride": (1, 1), ...}``."""
+    t, p = graph_type(opr), opr.params
+    if t in ("ConvolutionForward", "ConvolutionBackwardData"):
+        (sh, sw), (ph, pw), (dh, dw) = (_hw(p["stride"]), _hw(p["padding"]),
+                                        _hw(p["dilation"]))
+        return {"mode": "CROSS_CORRELATION", "pad_h": ph, "pad_w": pw, "stride_h": sh,
+                "stride_w": sw, "dilate_h": dh, "dilate_w": dw, "sparse": p["sparse"],
+                "format": "NCHW", "compute_mode": "DEFAULT"}
+    if t == "PoolingForward":
+        (wh, ww), (sh, sw), (ph, pw) = _hw(p["kernel"]), _hw(p["stride"]), _hw(p["padding"])
+        return {"mode": p["mode"], "pad_h": ph, "pad_w": pw, "stride_h": sh, "stride_w": sw,
+                "window_h": wh, "window_w": ww, "format": "NCHW"}
+    if t == "BatchNormForward":
+        return {"param_dim": "DIM_1C11", "fwd_mode": "TRAINING" if p.get("training") else
+                "INFERENCE", "epsilon": p.get("eps", 1e-5)}
+    if t in ("MatrixMul", "BatchedMatrixMul"):
+        return {"transposeA": bool(p.get("transposeA", False)),
+                "transposeB": bool(p.get("transposeB", False)), "compute_mode": "DEFAULT",
+                "format": "DEFAULT"}
+    if t == "Reduce":
+        return {"mode": p["mode"], "data_type": "DEFAULT", "axis": p["axis"]}
+    if t == "Dimshuffle":
+        pattern = list(p["pattern"])
+        return {"pattern": pattern, "ndim": len(pattern)}
+    if t == "SoftmaxForward":
+        axes = p.get("axes")
+        return {"axis": axes[0] if isinstance(axes, (tuple, list)) and len(axes) == 1 else axes}
+    if t == "Reshape":
+        return {"axis": 7}  # megdnn's OptionalAxisV1 "no axis" (MAX_NDIM)
+    if t in ("Host2DeviceCopy", "ImmutableTensor", "TypeCvt", "GetVarShape", "Broadcast",
+             "Identity", "Copy"):
+        return {}
+    if t == "Subtensor":
+        found = _subtensor_items(p.get("index"), len(opr.inputs[0].partial_shape))
+        if found is not None:
+            return found[0]
+    return dict(p)
+
+
+def _json_value(v):
+    """What json.dumps writes for a parameter value that JSON has no type for."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (slice, type(Ellipsis))):
+        return repr(v)
+    return str(v)
+
+
+class GraphOperator:
+    """Operator ``opr`` (an `OpNode`) as upstream's C++ graph level shows it
+    (``megengine.core._imperative_rt.OperatorNode``, what `megengine.utils.comp_graph_tools`
+    returns): ``type`` is upstream's C++ type name (`graph_type`), ``params`` a JSON string of
+    `graph_params`, ``inputs`` upstream's input vars (a Subtensor's index values are constant
+    inputs there); ``name``, ``id``, ``outputs``, ``graph`` are the node's. ``opr`` is the node.
+    Get one with `graph_operator` (one view per node)."""
+
+    __slots__ = ("opr", "_inputs")
+
+    def __init__(self, opr):
+        self.opr = opr
+        self._inputs = None
+
+    type = property(lambda self: graph_type(self.opr))
+    params = property(lambda self: json.dumps(graph_params(self.opr), default=_json_value))
+    name = property(lambda self: self.opr.name)
+    id = property(lambda self: self.opr.id)
+    outputs = property(lambda self: self.opr.outputs)
+    graph = property(lambda self: self.opr.graph)
+
+    @property
+    def inputs(self):
+        if self._inputs is None:
+            ins = list(self.opr.inputs)
+            if self.type == "Subtensor":
+                found = _subtensor_items(self.opr.params.get("index"),
+                                         len(ins[0].partial_shape))
+                if found is not None:
+                    ins += [ImmutableTensor(np.array([v], np.int32), f"{self.name}:idx{k}",
+                                            ins[0]._device).outputs[0]
+                            for k, v in enumerate(found[1])]
+            self._inputs = ins
+        return self._inputs
+
+    def __eq__(self, other):
+        return isinstance(other, GraphOperator) and other.opr is self.opr
+
+    def __hash__(self):
+        return hash(id(self.opr))
+
+    def __repr__(self):
+        return f"GraphOperator(name={self.name!r}, type={self.type!r})"
+
+
+def graph_operator(opr):
+    """The `GraphOperator` of `OpNode` ``opr`` (the same one each time, kept on the node); a
+    view is returned as it is."""
+    if isinstance(opr, GraphOperator):
+        return opr
+    view = opr.__dict__.get("_graph_view")
+    if view is None:
+        view = opr._graph_view = GraphOperator(opr)
+    return view
 
 
 class _ShapeOnly:

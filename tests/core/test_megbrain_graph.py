@@ -213,10 +213,10 @@ def test_graph_options_keep_the_vars_and_convert_float16():
     with pytest.raises(ValueError, match="unknown options"):
         G.optimize_for_inference([v], enable_magic=True)
     G.set_priority_to_id([v])
-    assert all(o._priority == o.id for o in cgtools.get_oprs_seq([v], False, False))
+    assert all(o.opr._priority == o.id for o in cgtools.get_oprs_seq([v], False, False))
     w = v * 2
     cgtools.set_priority_to_id([w])  # upstream's cgtools name of the same function
-    assert all(o._priority == o.id for o in cgtools.get_oprs_seq([w], False, False))
+    assert all(o.opr._priority == o.id for o in cgtools.get_oprs_seq([w], False, False))
     assert [u.owner.type for u in cgtools.get_dep_vars(w, ["ImmutableTensor"])] == [
         "ImmutableTensor"] * 3  # the ones, the 1 and the 2
 

@@ -1,5 +1,6 @@
 """Tests of megengine/functional/creation.py: F.zeros/ones/full and their _like forms, F.arange,
 F.linspace, F.eye and F.copy, with the dtypes and counts upstream documents."""
+import io
 from functools import partial
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 import megengine as mge
 import megengine.functional as F
+import megengine.module as M
 
 from oracle import check_against_torch
 
@@ -65,6 +67,23 @@ def test_copy_is_differentiable():
     y = F.copy(x)
     y[0] = 5.0
     assert x.tolist() == [1.0, 2.0]
+
+
+def test_copy_without_a_device_is_upstreams_identity_operator():
+    # upstream's F.copy(x) applies builtin.Identity when no device is given (a Copy names one),
+    # so M.Identity dumps as an Identity operator; the gradient passes through either way
+    from megengine.jit import trace
+    from megengine.utils.network import Network
+
+    check(lambda t: F.copy(t) * 2, lambda t: t.clone() * 2, rand(3))
+    f = trace(lambda t: M.Identity()(t) + F.copy(t, t.device), symbolic=True,
+              capture_as_const=True)
+    f(mge.tensor([1.0, 2.0]))
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    types = [o.type for o in Network.load(file).all_oprs]
+    assert "Identity" in types and "Copy" in types
 
 
 def test_like_functions_take_arrays():

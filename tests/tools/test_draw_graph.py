@@ -8,7 +8,8 @@ from megengine.tools import draw_graph
 from megengine.utils.network import Network
 
 # the tiny net's operators after its input, each reading the one before
-TINY_CHAIN = ["conv.Convolution", "bn.BatchNorm", "RELU", "pool.Pooling", "Reshape",
+# a convolution's and a linear layer's bias is an ADD of its own, as in upstream's graph
+TINY_CHAIN = ["conv.Convolution", "conv.ADD", "bn.BatchNorm", "RELU", "pool.Pooling", "Reshape",
               "fc.MatrixMul", "fc.ADD"]
 
 
@@ -50,7 +51,7 @@ def test_dest_nodes_and_depth(tiny, tmp_path):
     for spec in (str(relu.id), "RELU"):
         text = draw_graph.main(["-i", plain, "-o", str(tmp_path / "g.dot"), "-d", spec])
         nodes, _ = nodes_and_edges(text)
-        assert len(nodes) == 4  # data, conv, bn, relu
+        assert len(nodes) == 5  # data, conv, its bias ADD, bn, relu
     text = draw_graph.main(["-i", plain, "-o", str(tmp_path / "g.dot"), "-d", "RELU",
                             "--depth", "2"])
     nodes, _ = nodes_and_edges(text)
@@ -67,7 +68,7 @@ def test_end_vars_from_leaves_out_the_other_programs_operators(tiny, tmp_path):
     nodes, edges = nodes_and_edges(text)
     net = Network.load(plain)
     id_of = {o.name: f"opr{o.id}" for o in net.all_oprs}
-    assert set(nodes) == {id_of[n] for n in TINY_CHAIN[3:]}  # pool onwards
+    assert set(nodes) == {id_of[n] for n in TINY_CHAIN[4:]}  # pool onwards
     assert (id_of["RELU"], id_of["pool.Pooling"]) not in {(a, c) for a, _, c, _ in edges}
     text = draw_graph.main(["-i", plain, "-o", str(tmp_path / "g.dot"),
                             "--end-vars-from", plain])

@@ -18,12 +18,14 @@ from megengine.utils.network import Network
 #   relu (elementwise):         48                         =  48
 #   max pool 2x2:               12 outputs * 4             =  48
 #   linear 12->5:               5 * 12 (MatrixMul) + 5 (ADD) = 65
-TINY_FLOPS = {"Convolution": 912, "BatchNorm": 336, "Elemwise": 48 + 5, "Pooling": 48,
+# conv 48 outputs x 2*3*3 taps; its bias ADD (48), relu (48) and the linear bias ADD (5)
+TINY_FLOPS = {"Convolution": 864, "BatchNorm": 336, "Elemwise": 48 + 48 + 5, "Pooling": 48,
               "MatrixMul": 60}
 # constants: conv 3*2*3*3 + 3, bn weight/bias/mean/var 4 * 3, fc 5*12 + 5
 TINY_PARAM_DIMS = 54 + 3 + 12 + 60 + 5
-# first outputs of conv, bn, relu (48 each), pool, reshape (12 each), MatrixMul, ADD (5 each)
-TINY_ACT_DIMS = 3 * 48 + 2 * 12 + 2 * 5
+# first outputs of conv, its bias ADD, bn, relu (48 each), pool, reshape (12 each), MatrixMul,
+# ADD (5 each)
+TINY_ACT_DIMS = 4 * 48 + 2 * 12 + 2 * 5
 
 
 def test_tiny_net_counts_by_hand(tiny, capsys):
@@ -92,7 +94,10 @@ def test_layer_operators_count_as_module_stats_counts_their_layers(tmp_path):
     _, rows, _ = nv.collect(Network.load(str(tmp_path / "layers.mge")))
     _, details = module_stats(net, inputs=[x], logging_to_stdout=False)
     want = {r["name"]: r["flops_num"] for r in details.flops if r["name"] != "total"}
-    got = {r["name"].split(".")[0]: r["flops_num"] for r in rows}
+    got = {}  # (a layer's operators: a convolution and its bias ADD)
+    for r in rows:
+        name = r["name"].split(".")[0]
+        got[name] = got.get(name, 0) + r["flops_num"]
     assert got == want
 
 

@@ -60,3 +60,31 @@ def test_upstream_form_unflatten_checks_the_leaf_count():
 def test_is_leaf_and_is_const_leaf_together_are_refused():
     with pytest.raises(TypeError, match="not both"):
         tree_flatten([1], _is_tensor, is_const_leaf=lambda n: True)
+
+
+def test_upstream_names_of_the_tree_structure():
+    # upstream's pytree: SUPPORTED_TYPE maps a container type to its NodeType (flatten ->
+    # (children, aux data), unflatten), leaves have a LeafDef, a node's TreeDef shows aux_data
+    # and children_defs: what tools (mgeconvert's pattern matcher) walk a structure with
+    from megengine.traced_module.pytree import SUPPORTED_TYPE, LeafDef, NodeType
+
+    value = ({"b": 1, "a": [2, 3]}, 4)
+    leaves, tree = tree_flatten(value)
+    assert leaves == [1, 2, 3, 4] and not isinstance(tree, LeafDef)
+    assert isinstance(SUPPORTED_TYPE[dict], NodeType)
+    assert SUPPORTED_TYPE[dict].flatten({"b": 1, "a": 2}) == ([1, 2], ["b", "a"])
+    assert SUPPORTED_TYPE[list].unflatten([5, 6], None) == [5, 6]
+    d, four = tree.children_defs
+    assert tree.type is tuple and d.type is dict and d.aux_data == ["b", "a"]
+    assert isinstance(four, LeafDef) and all(isinstance(c, LeafDef) for c in
+                                             d.children_defs[1].children_defs)
+
+    def walk(treedef, v):  # mgeconvert's flatten of a value along a TreeDef
+        if isinstance(treedef, LeafDef):
+            return [v]
+        children, aux = SUPPORTED_TYPE[treedef.type].flatten(v)
+        assert aux == treedef.aux_data
+        return [x for c, ch in zip(treedef.children_defs, children) for x in walk(c, ch)]
+
+    assert walk(tree, ({"b": "x", "a": ["y", "z"]}, "w")) == ["x", "y", "z", "w"]
+    assert tree.unflatten([7, 8, 9, 10]) == ({"b": 7, "a": [8, 9]}, 10)

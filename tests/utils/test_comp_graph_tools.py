@@ -94,3 +94,136 @@ def test_megengine_cgtools_is_comp_graph_tools_and_loads_on_first_use():
             "sys.modules; from megengine import cgtools; "
             "import megengine.utils.comp_graph_tools as c; assert cgtools is c")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----- upstream's C++ graph level, what tools that read dumped models use (mgeconvert's MegEngine
+# frontend: ``cgtools.get_oprs_seq``, ``cgtools.get_opr_type``, ``json.loads(opr.params)``). The
+# oracle is upstream's graph: its operators' C++ type names (``ConvolutionForward``; its
+# network_node classes carry the same names, their ``type`` the OpDef's ``Convolution``) and
+# megdnn's parameter JSON (``stride_h``, ``pad_w``, ``window_h``, enum values upper case).
+def _cnn_graph():
+    import megengine.core.tensor.megbrain_graph as G
+    import megengine.module as M
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 4, 3, stride=(2, 1), padding=(1, 0), groups=1, bias=False)
+            self.dw = M.Conv2d(4, 4, 3, padding=1, dilation=1, groups=4, bias=False)
+            self.bn = M.BatchNorm2d(4)
+            self.pool = M.MaxPool2d((2, 3), stride=(1, 2), padding=(0, 1))
+            self.fc = M.Linear(12, 5)
+
+        def forward(self, x):
+            y = self.pool(F.relu(self.bn(self.dw(self.conv(x)))))
+            y = self.fc(F.flatten(y, 1)[:, :12])
+            return F.softmax(y, axis=1), F.sum(y.T, axis=0, keepdims=True)
+
+    net = Net()
+    net.eval()
+    f = trace(symbolic=True, capture_as_const=True)(net)
+    x = np.random.RandomState(0).randn(2, 3, 6, 5).astype("float32")
+    f(mge.tensor(x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["data"])
+    file.seek(0)
+    return G.load_graph(file).output_vars_list
+
+
+def test_graph_level_type_names_are_upstreams_cpp_names():
+    import json
+
+    seq = cgtools.get_oprs_seq(_cnn_graph())
+    types = [cgtools.get_opr_type(o) for o in seq]
+    assert types == [o.type for o in seq]
+    assert types[:8] == ["Host2DeviceCopy", "ConvolutionForward", "ConvolutionForward",
+                         "BatchNormForward", "Elemwise", "PoolingForward", "Reshape",
+                         "Subtensor"]
+    assert {"MatrixMul", "SoftmaxForward", "Dimshuffle", "Reduce"} <= set(types)
+    for o in seq:  # every operator's params is a JSON string of an object or a list
+        assert isinstance(json.loads(o.params), (dict, list))
+    # the node behind a view keeps megengine.utils.network's level (upstream's network_node)
+    assert seq[1].opr.type == "Convolution" and isinstance(seq[1].opr.params, dict)
+    conv = seq[1].opr
+    assert cgtools.get_owner_opr_type(conv.outputs[0]) == "ConvolutionForward"
+    assert cgtools.get_dep_vars(seq[3].outputs[0], "ConvolutionForward") == [
+        seq[2].outputs[0], seq[1].outputs[0]]
+    assert cgtools.get_dep_vars(seq[3].outputs[0], "Convolution") == []
+
+
+def test_graph_level_params_are_megdnns_json():
+    import json
+
+    seq = cgtools.get_oprs_seq(_cnn_graph())
+    by_type = collections_by_type(seq)
+    conv, dw = by_type["ConvolutionForward"]
+    assert json.loads(conv.params) == {
+        "mode": "CROSS_CORRELATION", "pad_h": 1, "pad_w": 0, "stride_h": 2, "stride_w": 1,
+        "dilate_h": 1, "dilate_w": 1, "sparse": "DENSE", "format": "NCHW",
+        "compute_mode": "DEFAULT"}
+    assert json.loads(dw.params)["sparse"] == "GROUP" and dw.inputs[1].shape == (4, 1, 1, 3, 3)
+    (pool,) = by_type["PoolingForward"]
+    assert json.loads(pool.params) == {"mode": "MAX", "pad_h": 0, "pad_w": 1, "stride_h": 1,
+                                       "stride_w": 2, "window_h": 2, "window_w": 3,
+                                       "format": "NCHW"}
+    (bn,) = by_type["BatchNormForward"]
+    bn_params = json.loads(bn.params)
+    assert bn_params["fwd_mode"] == "INFERENCE" and bn_params["epsilon"] == pytest.approx(1e-5)
+    # upstream's inference BatchNorm reads x, scale, bias, mean, variance (in that order)
+    assert [v.name for v in bn.inputs[1:]] == ["bn.weight", "bn.bias", "bn.running_mean",
+                                               "bn.running_var"]
+    (mm,) = by_type["MatrixMul"]
+    assert json.loads(mm.params) == {"transposeA": False, "transposeB": True,
+                                     "compute_mode": "DEFAULT", "format": "DEFAULT"}
+    assert json.loads(by_type["SoftmaxForward"][0].params) == {"axis": 1}
+    (dimshuffle,) = by_type["Dimshuffle"]  # y.T: upstream's pattern is explicit
+    assert json.loads(dimshuffle.params) == {"pattern": [1, 0], "ndim": 2}
+    (reduce,) = by_type["Reduce"]
+    assert json.loads(reduce.params) == {"mode": "SUM", "data_type": "DEFAULT", "axis": 0}
+    elemwise = {json.loads(o.params)["mode"] for o in by_type["Elemwise"]}
+    assert elemwise == {"RELU", "ADD"}
+
+
+def test_graph_level_subtensor_takes_its_index_values_as_inputs():
+    # upstream's Subtensor: one item per indexed axis saying which of begin/end/step/idx are
+    # given, and the given values as 1-element int32 inputs after the tensor, in that order
+    import json
+
+    seq = cgtools.get_oprs_seq(_cnn_graph())
+    (sub,) = collections_by_type(seq)["Subtensor"]
+    assert json.loads(sub.params) == [{"axis": 1, "begin": 0, "end": 1, "step": 0, "idx": 0}]
+    assert len(sub.inputs) == 2 and sub.inputs[1].value.tolist() == [12]
+    assert sub.inputs[1].dtype == np.int32 and sub.inputs is sub.inputs  # made once
+
+    x = mge.tensor(np.arange(24, dtype="float32").reshape(2, 3, 4))
+    f = trace(lambda x: x[1, ::2, -3:-1], symbolic=True, capture_as_const=True)
+    f(x)
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    import megengine.core.tensor.megbrain_graph as G
+
+    (sub,) = [o for o in cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+              if o.type == "Subtensor"]
+    assert json.loads(sub.params) == [
+        {"axis": 0, "begin": 0, "end": 0, "step": 0, "idx": 1},
+        {"axis": 1, "begin": 0, "end": 0, "step": 1, "idx": 0},
+        {"axis": 2, "begin": 1, "end": 1, "step": 0, "idx": 0}]
+    assert [int(v.value[0]) for v in sub.inputs[1:]] == [1, 2, -3, -1]
+
+
+def test_graph_level_views_in_replace_oprs():
+    net = Network.load(_file())
+    (o,) = net.output_vars
+    x, y = net.input_vars
+    mul = cgtools.graph_traversal([o])[0][net.opr_filter.has_input(x).as_unique().id]
+    assert mul.type == "Elemwise" and cgtools.get_opr_type(mul) == "Elemwise"
+    (new,) = cgtools.replace_oprs([o], {mul: F.add(x, y).owner})
+    np.testing.assert_allclose(_run_vars([new], X, Y)[0], np.maximum(X + Y, 0) - 3)
+
+
+def collections_by_type(seq):
+    found = {}
+    for o in seq:
+        found.setdefault(o.type, []).append(o)
+    return found

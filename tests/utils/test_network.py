@@ -349,3 +349,18 @@ def test_a_new_input_node_takes_over_the_shape_guards_of_the_one_it_replaces():
     np.testing.assert_array_equal(y, np.full((4, 3), 6.0))
     with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] > 1"):
         g.run(np.ones((1, 3), "float32"))
+
+
+def test_unnamed_constants_of_one_shape_have_distinct_names():
+    # upstream's graph names every var apart (tools such as converters name tensors by it);
+    # constants a file leaves unnamed take "[k]" when several share a shape, as outputs do
+    def fn(x):
+        return ((x * 2 + 3) / 4).reshape(3, 1) - x.reshape(3, 1) * np.ones((1, 2), "float32")
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(np.array([1.0, 2.0, 3.0], "float32")))
+    file = io.BytesIO()
+    f.dump(file)
+    file.seek(0)
+    names = [o.name for o in Network.load(file).all_oprs if o.type == "ImmutableTensor"]
+    assert sorted(names) == ["const()[0]", "const()[1]", "const()[2]", "const(1, 2)"]

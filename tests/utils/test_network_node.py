@@ -67,8 +67,11 @@ def test_operators_have_upstream_types_and_params():
     matmul = net.opr_filter.type(N.MatrixMul).as_unique()
     assert matmul.params == {"transposeA": False, "transposeB": True}
     assert net.get_var_receive_oprs(matmul.outputs[0])[0].params["mode"] == "ADD"
+    # and a convolution with a bias as upstream's Convolution and bias ADD
+    assert len(conv.inputs) == 2
+    assert net.get_var_receive_oprs(conv.outputs[0])[0].params["mode"] == "ADD"
     modes = [o.params["mode"] for o in net.opr_filter.type(N.Elemwise)]
-    assert modes == ["ADD", "SIGMOID"]
+    assert modes == ["ADD", "ADD", "SIGMOID"]
     # Network.load -> dump -> run: the same values as the model, bit for bit
     again = io.BytesIO()
     net.dump(again)
@@ -179,3 +182,33 @@ def test_in_place_writes_rebind_the_varnode_and_spare_earlier_readers():
     np.testing.assert_array_equal(value(xx), expect + 1)
     np.testing.assert_array_equal(value(before), x * 2)
     assert before.owner.inputs[0] is not xx
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: M.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 7, 5)),
+    (lambda: M.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1), (2, 4, 3, 5)),
+    (lambda: M.Conv3d(2, 3, 2, padding=1), (1, 2, 3, 4, 3)),
+])
+def test_convolution_with_bias_is_dumped_as_convolution_and_add(layer, shape):
+    # upstream's F.conv2d / conv_transpose2d / conv3d apply the convolution, then `output +=
+    # bias`: its graph (what converters read) has the operator without a bias and an ADD. The
+    # engine's op takes the bias as a third input; a dump writes upstream's two operators
+    m = layer()
+    m.eval()
+    x = np.random.RandomState(0).randn(*shape).astype("float32")
+    f = trace(m, symbolic=True, capture_as_const=True)
+    want = f(mge.tensor(x)).numpy()
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"])
+    file.seek(0)
+    net = Network.load(file)
+    conv = next(o for o in net.all_oprs if o.type in ("Convolution", "ConvTranspose",
+                                                      "Convolution3D"))
+    assert [v.name for v in conv.inputs[1:]] == ["weight"]
+    (add,) = net.get_var_receive_oprs(conv.outputs[0])
+    assert add.type == "Elemwise" and add.params["mode"] == "ADD"
+    assert {v.name for v in add.inputs} == {conv.outputs[0].name, "bias"}
+    assert net.output_vars[0].owner is add and tuple(conv.outputs[0].shape) == want.shape
+    file.seek(0)
+    got = list(GraphInference(file).run(x).values())[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
