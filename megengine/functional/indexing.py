@@ -55,6 +55,7 @@ class TakeAlongAxis(Op):
     the bounds itself; the caller then leaves out `_check_bounds` (two reductions of the index,
     ~2.5 us a call), which runs here only to word torch's error as ours.
     """
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
 
     def __init__(self, axis, dropped, aten=False):
         self.axis, self.dropped, self.aten = axis, dropped, aten
@@ -259,6 +260,7 @@ def one_hot(inp, num_classes):
 
 class Where(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def forward(self, mask, x, y):
         self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
         dtype = promote_types(x.dtype, y.dtype)
