@@ -655,8 +655,26 @@ class GetItem(Op):
             xp.add.at(gx, self.index, g)
         return gx
 
+    def backward_complex(self, g):
+        if _is_basic(self.index) or self.in_dtype.kind != "c":
+            return self.backward(g)
+        gx = xp_of(g).zeros(self.in_shape, self.in_dtype)
+        add_at(gx, self.index, g)
+        return gx
+
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(IndexAdd(self.index, self.in_shape, self.in_dtype), grads[0]),)
+
+
+def add_at(out, index, g):
+    """``out[index] += g`` with repeated positions summed (``xp.add.at``); a complex ``out`` by
+    its real and imaginary parts, since CuPy's add.at takes no complex numbers."""
+    xp = xp_of(out)
+    if out.dtype.kind == "c" and xp is not np:
+        xp.add.at(out.real, index, g.real)
+        xp.add.at(out.imag, index, g.imag)
+    else:
+        xp.add.at(out, index, g)
 
 
 class IndexAdd(Op):

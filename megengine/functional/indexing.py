@@ -83,6 +83,14 @@ class TakeAlongAxis(Op):
         xp = xp_of(g)
         return put_back(xp, self.in_shape, g.dtype, self._grid(xp), g, self.dropped), None
 
+    def backward_complex(self, g):
+        xp = xp_of(g)
+        if self.dropped:  # every position once: put_back assigns
+            return self.backward(g)
+        gx = xp.zeros(self.in_shape, g.dtype)
+        _ops.add_at(gx, self._grid(xp), g)
+        return gx, None
+
     def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
         g = grads[0]
         index = self._grid(xp_of(g._data))
