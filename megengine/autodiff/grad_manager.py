@@ -125,6 +125,9 @@ class GradManager:
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
 
+        Float, integer (upstream's integer gradients) and complex tensors can be attached; a
+        complex tensor's gradient is PyTorch's, ``dL/dx + i dL/dy`` for ``z = x + iy``.
+
         ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
         order on the gradient before it is accumulated into ``tensor.grad``. A callback that
         returns None drops the gradient: ``.grad`` is left as it is (as upstream, which sets

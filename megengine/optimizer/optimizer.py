@@ -54,7 +54,9 @@ class Optimizer:
     Subclasses implement ``_update(param, grad, state, group)`` on raw arrays: it writes the new
     value into ``param._data`` in place (the storage is shared, e.g. with torch through the
     PyTorch bridge, so it must never be rebound) and keeps its buffers in the ``state`` dict.
-    Working on raw arrays also keeps the updates out of autodiff.
+    Working on raw arrays also keeps the updates out of autodiff. A complex parameter is
+    updated as torch's optimizers update one (``view_as_real``): ``_update`` gets it as a float
+    parameter of shape ``(..., 2)`` holding its real and imaginary parts (see `_update_as_real`).
 
     1.x flow: ``with gm: loss = f(); gm.backward(loss)`` then ``opt.step().clear_grad()``.
     0.x flow: ``opt.zero_grad()``; forward; ``opt.backward(loss)``; ``opt.step()``. For it the
