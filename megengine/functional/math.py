@@ -138,7 +138,8 @@ class Var(Op):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        x = _as_float(x)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
@@ -199,7 +200,8 @@ class LogSumExp(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        x = _as_float(x)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "logsumexp")
         if x.size == 0:  # log of an empty sum is -inf (torch's answer; max has no identity)
@@ -240,7 +242,8 @@ class PNorm(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        x = _as_float(x)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
         if self.p == 2 and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
