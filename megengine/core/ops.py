@@ -407,8 +407,6 @@ class Abs(Op):
         # d|z| is z / |z| (0 at 0), torch's sgn(z); spelled out: CuPy's sign of a complex
         # number is numpy 1.x's (the sign of its real part), not numpy 2's z / |z|
         xp, z = xp_of(g), self.x
-        if z.dtype.kind != "c":
-            return self.backward(g)
         size = abs(z)
         return g * xp.where(size == 0, 0, z / xp.where(size == 0, 1, size))
 
@@ -656,7 +654,7 @@ class GetItem(Op):
         return gx
 
     def backward_complex(self, g):
-        if _is_basic(self.index) or self.in_dtype.kind != "c":
+        if _is_basic(self.index):
             return self.backward(g)
         gx = xp_of(g).zeros(self.in_shape, self.in_dtype)
         add_at(gx, self.index, g)

@@ -285,3 +285,26 @@ def test_optimizers_step_complex_parameters_as_torch(make):
         if isinstance(value, np.ndarray) and value.ndim:
             assert value.dtype == np.complex64 and value.shape == (2, 3), name
     opt.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_traced_training_step_through_complex_values_matches_torch(symbolic):
+    from megengine.jit import trace
+
+    m, a = mge.Parameter([1.0, 2.0]), mge.Parameter([0.3, -0.5])
+    gm = GradManager().attach([m, a])
+
+    @trace(symbolic=symbolic)
+    def step(w):
+        with gm:
+            gm.backward(F.real(F.polar(m, a) * w).sum())
+
+    tm, ta = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([0.3, -0.5],
+                                                                         requires_grad=True)
+    w = np.array([1 + 2j, 3 - 1j], np.complex64)
+    (torch.polar(tm, ta) * torch.tensor(w)).real.sum().backward()
+    for _ in range(3):  # the first call records, the later ones replay
+        m.grad = a.grad = None
+        step(mge.tensor(w))
+        np.testing.assert_allclose(m.grad.numpy(), tm.grad.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), rtol=1e-6)
