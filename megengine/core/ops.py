@@ -116,6 +116,7 @@ class _Binary(Op):
 
 class Add(_Binary):
     holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a + b
 
@@ -128,6 +129,7 @@ class Add(_Binary):
 
 class Sub(_Binary):
     holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a - b
 
@@ -140,6 +142,7 @@ class Sub(_Binary):
 
 class Mul(_Binary):
     holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a * b
 
@@ -154,6 +157,7 @@ class Mul(_Binary):
 
 class TrueDiv(_Binary):
     holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         if a.dtype.kind != "f" and a.dtype.kind != "c":
             self.a = a = a.astype(np.float32)

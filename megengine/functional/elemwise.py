@@ -622,7 +622,8 @@ def complex(real, imag):
 def polar(abs, angle):
     """The complex tensor ``abs * (cos(angle) + 1j * sin(angle))``.
 
-    Gradients flow to ``abs`` and ``angle`` as in ``torch.polar``: for a real loss ``L`` of the
+    Gradients flow to ``abs`` and ``angle`` as in ``torch.polar`` (where ``abs >= 0``, torch's
+    domain; below it these are the derivatives of the formula above): for a real loss ``L`` of the
     result, a complex gradient ``dL/dz = dL/dx + i dL/dy`` flows back through the ops that made
     ``z`` (the compatibility page's "Complex numbers" lists the ops that pass it; the others
     raise when a gradient has to pass through them).
