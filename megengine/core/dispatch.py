@@ -577,10 +577,11 @@ def _apply_wide(op, arrays, parents, keys, run_on, device):
 
     Complex inputs carry gradients, through the op's complex rule (`_complex_node`). While an
     integer tensor is attached, integer inputs carry gradients too; an integer output carries
-    one when an integer input does and the op has a backward (``x * 2``, indexing, ``IndexingSetOneHot``: their gradients
-    have the integer dtype, as upstream's). An integer result of float inputs (``astype``,
-    ``argmax``) carries none (upstream's TypeCvt from float to int has no gradient), nor does a
-    bool. A float result of a tracked integer input gets an `_InvalidGradOp` on that input."""
+    one when an integer input does and the op has a backward (``x * 2``, indexing,
+    ``IndexingSetOneHot``: their gradients have the integer dtype, as upstream's). An integer
+    result of float inputs (``astype``, ``argmax``) carries none (upstream's TypeCvt from float
+    to int has no gradient), nor does a bool. A float result of a tracked integer input gets an
+    `_InvalidGradOp` on that input."""
     kinds = "fciu" if _int_grads else "fc"
     op.needs_input_grad = tuple([
         p is not None and a.dtype.kind in kinds for p, a in zip(parents, arrays)
