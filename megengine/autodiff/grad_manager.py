@@ -118,9 +118,15 @@ class GradManager:
         # GradManager records, the dispatcher lets integer values carry gradients (_int_on)
         self._has_int = False
         self._int_on = False
+        # a complex tensor was attached (set by attach, recomputed by detach): each recording
+        # marks its key as tracking a complex value (dispatch.note_complex)
+        self._has_complex = False
 
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
+
+        Float, integer (upstream's integer gradients) and complex tensors can be attached; a
+        complex tensor's gradient is PyTorch's, ``dL/dx + i dL/dy`` for ``z = x + iy``.
 
         ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
         order on the gradient before it is accumulated into ``tensor.grad``. A callback that
@@ -143,10 +149,11 @@ class GradManager:
                 raise AttachError(
                     f"GradManager.attach: expected Tensors, got {type(t).__name__}"
                 )
-            if t.dtype.kind not in "fiu":
+            if t.dtype.kind not in "fciu":
                 raise AttachError(
-                    f"GradManager.attach: only float and integer tensors have gradients, got "
-                    f"dtype {t.dtype}; attach a float copy (x.astype('float32')) instead"
+                    f"GradManager.attach: only float, complex and integer tensors have "
+                    f"gradients, got dtype {t.dtype}; attach a float copy "
+                    "(x.astype('float32')) instead"
                 )
         if callbacks is None:
             callbacks = []
@@ -157,7 +164,10 @@ class GradManager:
             if not all(callable(c) for c in callbacks):
                 raise TypeError("GradManager.attach: callbacks must be callables cb(tensor, grad)")
         for t in tensors:
-            if t.dtype.kind != "f":  # upstream differentiates integer tensors too (int grads)
+            kind = t.dtype.kind
+            if kind == "c":  # its ops take the dispatcher's complex-aware branch
+                self._has_complex = True
+            elif kind != "f":  # upstream differentiates integer tensors too (int grads)
                 self._has_int = True
             entry = self._attached.get(id(t))
             if entry is None or entry[0]() is not t:
@@ -172,6 +182,8 @@ class GradManager:
         return self
 
     def _light(self, t):
+        if t.dtype.kind == "c":
+            dispatch.note_complex(self._own)
         joined = _light(t, self._key, self._own)
         if joined is not None:
             self._joined.add(id(joined))
@@ -199,7 +211,9 @@ class GradManager:
         for t in tensors:
             self._attached.pop(id(t), None)
         self._wanted = None  # backward builds it anew
-        self._has_int = any(t.dtype.kind != "f" for t in self.attached_tensors())
+        kinds = {t.dtype.kind for t in self.attached_tensors()}
+        self._has_complex = "c" in kinds
+        self._has_int = bool(kinds - {"f", "c"})
         return self
 
     def is_attached(self, t):
@@ -223,6 +237,8 @@ class GradManager:
         if self._has_int:
             self._int_on = True
             dispatch.int_gradients(+1)
+        if self._has_complex:
+            dispatch.note_complex(self._own)
         key, own, joined, entries = self._key, self._own, self._joined, self._entries
         self._wanted = wanted = {}
         for k, (r, callbacks) in self._attached.items():
@@ -461,7 +477,8 @@ class GradManagerGroup:
 def _pair_outputs(y, dy, what, scope=None):
     """(tensors, output-gradient arrays, what the caller gave per output: Tensor/array/None).
     ``scope``: a dispatch.DeviceScope that makes each output's device current (several GPUs)."""
-    if dy is None and isinstance(y, Tensor):  # a loss, the usual case: its gradient is one
+    if dy is None and isinstance(y, Tensor) and y._data.dtype.kind != "c":
+        # a loss, the usual case: its gradient is one
         if scope is not None:
             scope.enter(y._device)
         data = y._data
@@ -485,6 +502,11 @@ def _pair_outputs(y, dy, what, scope=None):
         if scope is not None:
             scope.enter(t._device)
         if d is None:
+            if t.dtype.kind == "c":
+                raise ValueError(
+                    f"{what}: cannot differentiate a complex output ({t.dtype}) without an "
+                    "output gradient: a loss must be real. Differentiate a real value of it "
+                    "(F.real(y), F.abs(y), ...), or pass dy")
             a = xp.ones(t.shape, t.dtype)
             given.append(a)
         else:

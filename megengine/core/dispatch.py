@@ -15,6 +15,15 @@ tracked by a live key (attached, or computed from one) gets a graph `Node` that 
 live keys of its inputs; its outputs are tracked by those keys. Nothing else is recorded, so
 inference costs no graph.
 
+Complex values: a gradient passes through a complex value (a complex output, or a complex input
+that carries a gradient) only by an op's complex rule, in PyTorch's convention (the gradient of a
+real loss with respect to ``z = x + iy`` is ``dL/dx + i dL/dy``): ``backward_complex``, or the
+``holomorphic`` flag (see `Op`). Such a node's op is wrapped in a `_ComplexGrad`, which also hands
+real inputs the real part of their gradient; an op with no rule gets a wrapper that raises when
+a gradient reaches it. Nothing of this runs for float values: the dispatcher looks at complex
+dtypes only past its float checks, and takes its general branch only while a recording tracks a
+complex value (`_wide`).
+
 Higher-order gradients: an op may also define ``grad_graph(inputs, outputs, output_grads)``,
 its backward written with differentiable Tensor functions. A backward runs on raw arrays (the
 fast path) unless another GradManager that started recording earlier still records: then the
@@ -63,6 +72,12 @@ _format_hook = None
 # too (an int32 gradient through int32 ops); while this is 0 only float values carry gradients,
 # so ordinary recording pays one global read for it, on recorded ops only.
 _int_grads = 0
+# How many recordings track a complex value (a Key's ``complex``); set while a complex output of
+# a recorded op or an attached complex tensor is tracked, until that recording ends.
+_complex_grads = 0
+# _int_grads + _complex_grads: while nonzero, recorded ops take `_apply_wide` (one global read
+# on the recorded path for both)
+_wide = 0
 _NO_GRAD = {}  # input count -> all-False tuple, so the fast path allocates nothing
 # The current-device switcher (``current() -> int``, ``use(index)``), or None when no switching
 # is needed (no GPU, or one). Set by megengine.device through `set_device_switcher`; tests
@@ -170,6 +185,13 @@ class Op:
     # and the op's parameters (``cond_take``, a boolean mask index, ``nms``): a traced program
     # lets those shapes change from call to call (see `megengine.jit`)
     data_shaped = False
+    # Complex values on the gradient path (see `_ComplexGrad`). An op has a complex rule when it
+    # defines ``backward_complex(*output_grads)`` giving PyTorch's gradients (dL/dx + i dL/dy for
+    # an input z = x + iy), or when ``holomorphic`` is True: its ``backward`` is the chain rule
+    # ``g * f'(z)`` of a complex-differentiable ``f`` (a linear map with real coefficients is
+    # one), so ``conj(backward(conj(g)))`` is that gradient. Neither: a gradient that reaches the
+    # op through a complex value raises.
+    holomorphic = False
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -191,11 +213,12 @@ class Key:
     its own GradManagerGroup, which share its level (upstream's visibility rules).
     """
 
-    __slots__ = ("alive", "level", "__weakref__")
+    __slots__ = ("alive", "level", "complex", "__weakref__")
 
     def __init__(self, level):
         self.alive = True
         self.level = level
+        self.complex = False  # tracks a complex value: counted in _complex_grads
 
 
 def open_key(level=None):
@@ -216,11 +239,26 @@ def new_level():
 
 def close_key(key):
     """End a recording: nothing it tracked is recorded for it any more."""
-    global _recording
+    global _recording, _complex_grads, _wide
     key.alive = False
     if key in _active:
         _active.remove(key)
         _recording -= 1
+        if key.complex:
+            key.complex = False
+            _complex_grads -= 1
+            _wide -= 1
+
+
+def note_complex(keys):
+    """Mark the recordings ``keys`` as tracking a complex value: their recorded ops take the
+    general branch of `apply` (complex inputs carry gradients there) until they end."""
+    global _complex_grads, _wide
+    for k in keys:
+        if not k.complex and k in _active:
+            k.complex = True
+            _complex_grads += 1
+            _wide += 1
 
 
 def suspend_from(level):
@@ -412,8 +450,8 @@ def apply_unhooked(op, inputs):
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
         for t in inputs
     ])
-    if _int_grads:  # an integer tensor is attached: integer values may carry gradients
-        return _apply_int_mode(op, arrays, parents, keys, run_on, device)
+    if _wide:  # an integer tensor is attached, or a recording tracks a complex value
+        return _apply_wide(op, arrays, parents, keys, run_on, device)
     op.needs_input_grad = tuple([
         p is not None and a.dtype.kind == "f" for p, a in zip(parents, arrays)
     ])
@@ -430,24 +468,89 @@ def apply_unhooked(op, inputs):
         t = Tensor._wrap(out, device)
         if out.dtype.kind == "f":
             t._node = (node, 0)
+        elif out.dtype.kind == "c":  # a complex result of float inputs (F.complex, x * 1j)
+            _complex_node(node, arrays)
+            t._node = (node, 0)
         return t
     outs = tuple([_array(o) for o in out])
     node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
     if _recording > 1:
         node.saved = (tuple(arrays), outs, device)
     results = []
+    complex_out = False
     for i, o in enumerate(outs):
         t = Tensor._wrap(o, device)
         if _is_float(o.dtype):
             t._node = (node, i)
+        elif o.dtype.kind == "c":
+            complex_out = True
+            t._node = (node, i)
         results.append(t)
+    if complex_out:
+        _complex_node(node, arrays)
     return tuple(results)
 
 
 def int_gradients(delta):
     """Count a recording that has an integer tensor attached (+1) or no longer has (-1)."""
-    global _int_grads
+    global _int_grads, _wide
     _int_grads += delta
+    _wide += delta
+
+
+class _ComplexGrad(Op):
+    """The op of a recorded node through which a gradient passes by way of a complex value (a
+    complex output, or a complex input that carries a gradient; see `Op`'s ``holomorphic``).
+
+    Its backward runs the wrapped op's complex rule and hands each real input the real part of
+    its gradient (for ``z = x + iy`` made of a real ``x``, dL/dx is the real part of dL/dz). An op
+    without a complex rule raises here, when a gradient actually reaches it, instead of passing
+    a wrong gradient on (or none: the silent kind of wrong training).
+    """
+
+    def __init__(self, op, in_dtypes):
+        self.op = op
+        self.real_inputs = tuple([d.kind != "c" for d in in_dtypes])
+        self.needs_input_grad = op.needs_input_grad
+        self.grad_order = op.grad_order
+        self.none_for_unused_grads = getattr(op, "none_for_unused_grads", False)
+
+    def backward(self, *grads):
+        op = self.op
+        rule = getattr(op, "backward_complex", None)
+        if rule is not None:
+            out = rule(*grads)
+        elif op.holomorphic:  # torch's gradient of g * f'(z) is g * conj(f'(z))
+            out = op.backward(*[None if g is None else g.conj() for g in grads])
+            if isinstance(out, (tuple, list)):
+                out = tuple([None if g is None else g.conj() for g in out])
+            elif out is not None:
+                out = out.conj()
+        else:
+            raise RuntimeError(
+                f"{op!r}: complex gradients are not supported through this op: a gradient has "
+                "to pass through it by way of a complex value, and it has no complex gradient "
+                "rule. Take the complex value apart first (F.real, F.imag, F.abs) and compute "
+                "with the float parts, or keep this op off the gradient path (x.detach())")
+        if not isinstance(out, (tuple, list)):
+            out = (out,)
+        return tuple([g.real if real and g is not None and g.dtype.kind == "c" else g
+                      for g, real in zip(out, self.real_inputs)])
+
+    def grad_graph(self, inputs, outputs, grads):
+        raise RuntimeError(
+            f"{self.op!r}: a gradient through a complex value cannot be differentiated again "
+            "(higher-order gradients through complex values are not supported)")
+
+    def __repr__(self):
+        return repr(self.op)
+
+
+def _complex_node(node, arrays):
+    """Make ``node``, an op with a complex value on its gradient path, run the op's complex
+    rule (`_ComplexGrad`), and mark its recordings as tracking a complex value."""
+    node.op = _ComplexGrad(node.op, [a.dtype for a in arrays])
+    note_complex(node.keys)
 
 
 class _InvalidGradOp(Op):
@@ -468,16 +571,20 @@ class _InvalidGradOp(Op):
             "(x.detach().astype(...)), or attach a float tensor")
 
 
-def _apply_int_mode(op, arrays, parents, keys, run_on, device):
-    """The recorded branch of `apply` while an integer tensor is attached (upstream's rules).
+def _apply_wide(op, arrays, parents, keys, run_on, device):
+    """The recorded branch of `apply` while an integer tensor is attached (upstream's rules) or
+    a recording tracks a complex value.
 
-    Integer inputs carry gradients too; an integer output carries one when an integer input
-    does and the op has a backward (``x * 2``, indexing, ``IndexingSetOneHot``: their gradients
-    have the integer dtype, as upstream's). An integer result of float inputs (``astype``,
-    ``argmax``) carries none (upstream's TypeCvt from float to int has no gradient), nor does a
-    bool. A float result of a tracked integer input gets an `_InvalidGradOp` on that input."""
+    Complex inputs carry gradients, through the op's complex rule (`_complex_node`). While an
+    integer tensor is attached, integer inputs carry gradients too; an integer output carries
+    one when an integer input does and the op has a backward (``x * 2``, indexing,
+    ``IndexingSetOneHot``: their gradients have the integer dtype, as upstream's). An integer
+    result of float inputs (``astype``, ``argmax``) carries none (upstream's TypeCvt from float
+    to int has no gradient), nor does a bool. A float result of a tracked integer input gets an
+    `_InvalidGradOp` on that input."""
+    kinds = "fciu" if _int_grads else "fc"
     op.needs_input_grad = tuple([
-        p is not None and a.dtype.kind in "fiu" for p, a in zip(parents, arrays)
+        p is not None and a.dtype.kind in kinds for p, a in zip(parents, arrays)
     ])
     if _switcher is not None and run_on and run_on[0] == "g":
         out = _forward_on(run_on, op, arrays)
@@ -485,9 +592,10 @@ def _apply_int_mode(op, arrays, parents, keys, run_on, device):
         out = op.forward(*arrays)
     multi = isinstance(out, tuple)
     outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
-    int_in = any(p is not None and a.dtype.kind in "iu" for p, a in zip(parents, arrays))
+    int_in = bool(_int_grads) and any(
+        p is not None and a.dtype.kind in "iu" for p, a in zip(parents, arrays))
     track_int = int_in and type(op).backward is not Op.backward
-    if int_in and any(o.dtype.kind == "f" for o in outs):
+    if int_in and any(o.dtype.kind in "fc" for o in outs):
         parents = list(parents)
         for i, (p, a) in enumerate(zip(parents, arrays)):
             if p is not None and a.dtype.kind in "iu":
@@ -498,11 +606,14 @@ def _apply_int_mode(op, arrays, parents, keys, run_on, device):
     node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
     if _recording > 1:
         node.saved = (tuple(arrays), outs, device)
+    if any(o.dtype.kind == "c" for o in outs) or any(
+            p is not None and a.dtype.kind == "c" for p, a in zip(parents, arrays)):
+        _complex_node(node, arrays)
     results = []
     for i, o in enumerate(outs):
         t = Tensor._wrap(o, device)
         kind = o.dtype.kind
-        if kind == "f" or (track_int and kind in "iu"):
+        if kind == "f" or kind == "c" or (track_int and kind in "iu"):
             t._node = (node, i)
         results.append(t)
     return tuple(results) if multi else results[0]

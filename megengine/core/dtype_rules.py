@@ -61,15 +61,18 @@ _PROMOTE_CACHE = {}
 
 
 def promote_types(a, b):
-    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins."""
+    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins.
+    A complex dtype wins over floats and ints (float32 and complex64 give complex64, float64
+    and complex64 complex128), as numpy and torch; casting it to the float would drop the
+    imaginary part."""
     key = (a, b)
     r = _PROMOTE_CACHE.get(key)
     if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
         return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
     if r is None:
-        if a.kind == "f" and b.kind != "f":
+        if a.kind in "fc" and b.kind not in "fc":
             r = a
-        elif b.kind == "f" and a.kind != "f":
+        elif b.kind in "fc" and a.kind not in "fc":
             r = b
         else:
             r = np.promote_types(a, b)

@@ -115,6 +115,8 @@ class _Binary(Op):
 
 
 class Add(_Binary):
+    holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a + b
 
@@ -126,6 +128,8 @@ class Add(_Binary):
 
 
 class Sub(_Binary):
+    holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a - b
 
@@ -137,6 +141,8 @@ class Sub(_Binary):
 
 
 class Mul(_Binary):
+    holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
         return a * b
 
@@ -150,8 +156,10 @@ class Mul(_Binary):
 
 
 class TrueDiv(_Binary):
+    holomorphic = True  # complex gradients: see Op
+
     def compute(self, a, b):
-        if a.dtype.kind != "f":
+        if a.dtype.kind != "f" and a.dtype.kind != "c":
             self.a = a = a.astype(np.float32)
             self.b = b = b.astype(np.float32)
         return a / b
@@ -210,6 +218,19 @@ class Pow(_Binary):
             gb = g * self.out * xp.where(a > 0, xp.log(safe), 0)
         return ga, gb
 
+    def backward_complex(self, g):
+        # torch's: g * conj(b * a ** (b - 1)) and g * conj(out * log(a)), the latter 0 where
+        # a == 0 (the real rule's a > 0 means nothing for complex numbers)
+        xp, a, b = xp_of(g), self.a, self.b
+        na, nb = self.needs_input_grad
+        ga = unbroadcast(g * (b * a ** (b - 1)).conj(), a.shape) if na else None
+        gb = None
+        if nb:
+            nonzero = a != 0
+            d = xp.where(nonzero, self.out * xp.log(xp.where(nonzero, a, 1)), 0)
+            gb = unbroadcast(g * d.conj(), b.shape)
+        return ga, gb
+
     def grads_graph(self, a, b, out, g):
         ga = gb = None
         if self.needs_input_grad[0]:
@@ -255,6 +276,7 @@ class Minimum(_Binary):
 
 class MatMul(Op):
     """numpy.matmul semantics: 1-D operands are promoted, batch dims broadcast."""
+    holomorphic = True  # complex gradients: see Op
 
     def forward(self, a, b):
         dtype = _promote(a, b)
@@ -365,6 +387,7 @@ BINARY = {
 
 class Neg(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
     def forward(self, x):
         return -x
 
@@ -383,6 +406,13 @@ class Abs(Op):
 
     def backward(self, g):
         return g * xp_of(g).sign(self.x)
+
+    def backward_complex(self, g):
+        # d|z| is z / |z| (0 at 0), torch's sgn(z); spelled out: CuPy's sign of a complex
+        # number is numpy 1.x's (the sign of its real part), not numpy 2's z / |z|
+        xp, z = xp_of(g), self.x
+        size = abs(z)
+        return g * xp.where(size == 0, 0, z / xp.where(size == 0, 1, size))
 
     def grad_graph(self, inputs, outputs, grads):
         return (grads[0] * _const(xp_of(self.x).sign(self.x), grads[0]),)
@@ -411,9 +441,17 @@ class AsType(Op):
 
     def backward(self, g):
         # an integer input wants a gradient only while an integer tensor is attached (see
-        # dispatch._apply_int_mode, which stops one coming back from a float result)
+        # dispatch._apply_wide, which stops one coming back from a float result)
         return g.astype(self.in_dtype) if self.in_dtype.kind == "f" or \
             self.needs_input_grad[0] else None
+
+    def backward_complex(self, g):
+        # to complex: a real input gets the real part (dispatch's _ComplexGrad takes it; taken
+        # here before the cast, which numpy would warn about); from complex to a real dtype
+        # (the real part, as numpy casts): the gradient is real, g + 0j
+        if self.in_dtype.kind != "c" and g.dtype.kind == "c":
+            g = g.real
+        return self.backward(g)
 
     def grad_graph(self, inputs, outputs, grads):
         if self.in_dtype.kind != "f":
@@ -424,6 +462,7 @@ class AsType(Op):
 class Copy(Op):
     """Move to another device (or copy on the same one)."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
 
     def __init__(self, device):
         self.device = self.out_device = device
@@ -491,6 +530,7 @@ def move_array(a, device):
 
 class Reshape(Op):
     format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
     def __init__(self, shape):
         self.shape = shape
 
@@ -513,6 +553,7 @@ class Reshape(Op):
 
 class Transpose(Op):
     format_rule = "transpose"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
     def __init__(self, axes):
         self.axes = axes
 
@@ -605,6 +646,7 @@ def _is_basic(index):
 
 class GetItem(Op):
     format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
     def __init__(self, index):
         self.index = index
 
@@ -630,12 +672,31 @@ class GetItem(Op):
             xp.add.at(gx, self.index, g)
         return gx
 
+    def backward_complex(self, g):
+        if _is_basic(self.index):
+            return self.backward(g)
+        gx = xp_of(g).zeros(self.in_shape, self.in_dtype)
+        add_at(gx, self.index, g)
+        return gx
+
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(IndexAdd(self.index, self.in_shape, self.in_dtype), grads[0]),)
 
 
+def add_at(out, index, g):
+    """``out[index] += g`` with repeated positions summed (``xp.add.at``); a complex ``out`` by
+    its real and imaginary parts, since CuPy's add.at takes no complex numbers."""
+    xp = xp_of(out)
+    if out.dtype.kind == "c" and xp is not np:
+        xp.add.at(out.real, index, g.real)
+        xp.add.at(out.imag, index, g.imag)
+    else:
+        xp.add.at(out, index, g)
+
+
 class IndexAdd(Op):
     """The gradient of ``x[index]``: zeros of x's shape with ``g`` added at ``index``."""
+    holomorphic = True  # complex gradients: see Op
 
     def __init__(self, index, shape, dtype):
         self.index, self.shape, self.dtype = index, shape, dtype
@@ -659,6 +720,7 @@ class IndexAdd(Op):
 class SetItem(Op):
     """``x[index] = v`` as a new value: the result is x with the indexed part replaced."""
     format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
 
     def __init__(self, index):
         self.index = index
@@ -724,6 +786,10 @@ class Reduce(Op):
     def __init__(self, mode, axis=None, keepdims=False):
         self.mode, self.axis, self.keepdims = mode, axis, keepdims
 
+    @property
+    def holomorphic(self):  # complex gradients (see Op); complex numbers have no max or min
+        return self.mode in ("sum", "mean", "prod")
+
     def forward(self, x):
         self.x = x
         mode, axis, ndim = self.mode, self.axis, x.ndim
@@ -749,7 +815,7 @@ class Reduce(Op):
                 out /= math.prod(x.shape[a] for a in axes)
             else:
                 out = getattr(x, mode)(axis=axes, keepdims=True)
-        if mode == "mean" and x.dtype.kind != "f":
+        if mode == "mean" and x.dtype.kind not in "fc":
             out = out.astype(np.float32)
         elif mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
             # integers keep their dtype and wrap, as upstream documents (128 int8 ones sum to

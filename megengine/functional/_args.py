@@ -25,8 +25,14 @@ def _pair(value, name, what):
 
 
 def _as_float(x):
-    """Integer input of a float function is computed in float32, as upstream does."""
-    return x if x.dtype.kind == "f" else x.astype(np.float32)
+    """Integer input of a float function is computed in float32, as upstream does; complex input
+    raises (a cast would drop its imaginary part)."""
+    if x.dtype.kind == "f":
+        return x
+    if x.dtype.kind == "c":
+        raise TypeError(f"this function takes real numbers, got a complex tensor ({x.dtype}); "
+                        "take F.real / F.imag / F.abs of it first")
+    return x.astype(np.float32)
 
 
 def _axes(axis, ndim, what):

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
-from ..core.ops import BINARY, UNARY, _Binary, xp_of
+from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from ._args import _tensor  # (also imported from here by the functional files)
 
@@ -72,6 +72,9 @@ greater_equal = _binary_fn("ge", "greater_equal", "Element-wise ``x >= y`` (bool
 def _float_pair(op, a, b):
     # atan2/logaddexp are float functions: integer operands compute in float32
     if a.dtype.kind != "f":
+        if a.dtype.kind == "c":  # (casting would drop the imaginary part)
+            raise TypeError(f"{type(op).__name__.lower()}: complex operands are not supported "
+                            f"(got {a.dtype}); use F.real / F.imag / F.abs first")
         op.a = a = a.astype(np.float32)
         op.b = b = b.astype(np.float32)
     return a, b
@@ -156,15 +159,22 @@ logical_not = _logical("LogicalNot", "logical_not", "Element-wise logical NOT (b
 class _Unary(Op):
     """``y = f(x)`` element-wise; subclasses give ``compute(xp, x)`` and ``grad(xp, x, y, g)``.
 
-    Float functions (``to_float``) compute integer inputs in float32, as upstream does.
+    Float functions (``to_float``) compute integer inputs in float32, as upstream does, and
+    complex inputs in complex: each grad rule is ``g * f'(x)`` of a complex-differentiable
+    ``f`` (``holomorphic``, see `Op`), which gives the complex gradients too.
     """
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     to_float = True
+    holomorphic = True
 
     def forward(self, x):
         if self.to_float and x.dtype.kind != "f":
-            x = x.astype(np.float32)
+            if x.dtype.kind != "c":
+                x = x.astype(np.float32)
+            elif not self.holomorphic:  # (a float cast would drop the imaginary part)
+                raise TypeError(f"{type(self).__name__.lower()}: complex input is not "
+                                f"supported (got {x.dtype}); use F.real / F.imag / F.abs first")
         self.x = x
         self.y = self.compute(xp_of(x), x)
         return self.y
@@ -179,9 +189,9 @@ class _Unary(Op):
         return (self.grad(_TENSOR_MATH, x, outputs[0], grads[0]),)
 
 
-def _unary(name, compute, grad, to_float=True):
+def _unary(name, compute, grad, to_float=True, holomorphic=True):
     return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
-                                  "to_float": to_float})
+                                  "to_float": to_float, "holomorphic": holomorphic})
 
 
 def _zero_grad(xp, x, y, g):
@@ -217,10 +227,14 @@ Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y *
 Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
 Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x), lambda xp, x, y, g: g / xp.sqrt(x * x - 1))
 Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
-Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False)
-Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _zero_grad, to_float=False)
-Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _zero_grad, to_float=False)
-Round = _unary("Round", _keep_ints(_round_half_away), _zero_grad, to_float=False)
+Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False,
+               holomorphic=False)
+Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _zero_grad, to_float=False,
+              holomorphic=False)
+Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _zero_grad, to_float=False,
+               holomorphic=False)
+Round = _unary("Round", _keep_ints(_round_half_away), _zero_grad, to_float=False,
+               holomorphic=False)
 
 
 def _unary_fn(op_cls, name, doc):
@@ -421,13 +435,16 @@ def _cast_like(f):
 
 
 Erf = _unary("Erf", _cast_like(_erf64),
-             lambda xp, x, y, g: g * _TWO_OVER_SQRT_PI * xp.exp(-x * x))
+             lambda xp, x, y, g: g * _TWO_OVER_SQRT_PI * xp.exp(-x * x), holomorphic=False)
 Erfc = _unary("Erfc", _cast_like(_erfc64),
-              lambda xp, x, y, g: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x))
+              lambda xp, x, y, g: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
+              holomorphic=False)
 Erfinv = _unary("Erfinv", _cast_like(_erfinv64),
-                lambda xp, x, y, g: g * (np.sqrt(np.pi) / 2) * xp.exp(y * y))
+                lambda xp, x, y, g: g * (np.sqrt(np.pi) / 2) * xp.exp(y * y),
+                holomorphic=False)
 Erfcinv = _unary("Erfcinv", _cast_like(lambda xp, x: _erfinv64(xp, 1 - x.astype(np.float64))),
-                 lambda xp, x, y, g: -g * (np.sqrt(np.pi) / 2) * xp.exp(y * y))
+                 lambda xp, x, y, g: -g * (np.sqrt(np.pi) / 2) * xp.exp(y * y),
+                 holomorphic=False)
 
 erf = _unary_fn(Erf, "erf", "Element-wise error function ``2/sqrt(pi) * int_0^x exp(-t^2) dt``.")
 erfc = _unary_fn(Erfc, "erfc", "Element-wise complementary error function ``1 - erf(x)``.")
@@ -546,7 +563,8 @@ def _elemwise_multi_type(*args, mode, dtype=None):
 
 
 # ----- complex numbers (upstream's F.complex, F.polar, F.real, F.imag) -----
-# The engine's autodiff tracks float tensors only, so no gradient flows through a complex tensor.
+# Gradients pass through complex values in PyTorch's convention (see core/dispatch.py,
+# `_ComplexGrad`): for a real loss L and z = x + iy, dL/dz is dL/dx + i dL/dy.
 # Upstream lists them in functional/tensor.py, whose __all__ exports them from here.
 
 class _MakeComplex(Op):
@@ -554,10 +572,14 @@ class _MakeComplex(Op):
         dtype = np.complex128 if np.float64 in (re.dtype, im.dtype) else np.complex64
         out = xp_of(re).empty(np.broadcast_shapes(re.shape, im.shape), dtype)
         out.real, out.imag = re, im
+        self.shapes = re.shape, im.shape
         return out
 
-    def backward(self, g):
-        return None, None
+    def backward_complex(self, g):
+        # z = re + i im: dL/dre is the real part of dL/dz, dL/dim its imaginary part
+        (na, nb), (sa, sb) = self.needs_input_grad, self.shapes
+        return (unbroadcast(g.real, sa) if na else None,
+                unbroadcast(g.imag, sb) if nb else None)
 
 
 class _Part(Op):
@@ -567,37 +589,56 @@ class _Part(Op):
     def forward(self, z):
         if z.dtype.kind != "c":
             raise TypeError(f"{self.part}: input must be complex, got dtype {z.dtype}")
+        self.dtype = z.dtype
         return getattr(z, self.part).copy()
 
-    def backward(self, g):
-        return None
+    def backward_complex(self, g):
+        # real(z) = x has dL/dz = g (+ 0i); imag(z) = y has dL/dz = 0 + i g
+        out = xp_of(g).zeros(g.shape, self.dtype)
+        setattr(out, self.part, g)
+        return out
 
 
 def _float_operand(x, what):
     x = _tensor(x)
+    if x.dtype.kind == "c":  # (a float cast would drop the imaginary part)
+        raise TypeError(f"{what}: the parts must be real (float) tensors, got dtype {x.dtype}")
     if x.dtype.kind != "f":
         x = x.astype(np.float32)
     return x
 
 
 def complex(real, imag):
-    """A complex tensor (complex64 from float32 parts) with the given real and imaginary parts."""
+    """A complex tensor (complex64 from float32 parts, complex128 when a part is float64) with
+    the given real and imaginary parts; integer parts are taken as float32, complex ones raise.
+
+    Gradients flow through it, in PyTorch's convention: ``real`` gets the real part and
+    ``imag`` the imaginary part of the complex gradient (see `polar`).
+    """
     re, im = _pair(_float_operand(real, "complex"), _float_operand(imag, "complex"))
     return apply(_MakeComplex(), re, im)
 
 
 def polar(abs, angle):
-    """The complex tensor ``abs * (cos(angle) + 1j * sin(angle))``."""
+    """The complex tensor ``abs * (cos(angle) + 1j * sin(angle))``.
+
+    Gradients flow to ``abs`` and ``angle`` as in ``torch.polar`` (where ``abs >= 0``, torch's
+    domain; below it these are the derivatives of the formula above): for a real loss ``L`` of the
+    result, a complex gradient ``dL/dz = dL/dx + i dL/dy`` flows back through the ops that made
+    ``z`` (the compatibility page's "Complex numbers" lists the ops that pass it; the others
+    raise when a gradient has to pass through them).
+    """
     magnitude, angle = _float_operand(abs, "polar"), _float_operand(angle, "polar")
     return complex(magnitude * cos(angle), magnitude * sin(angle))
 
 
 def real(complex):
-    """The real part of a complex tensor (float)."""
+    """The real part of a complex tensor (float); its gradient flows back as a real complex
+    gradient."""
     return apply(_Part("real"), _tensor(complex))
 
 
 def imag(complex):
-    """The imaginary part of a complex tensor (float)."""
+    """The imaginary part of a complex tensor (float); its gradient ``g`` flows back as
+    ``1j * g``."""
     return apply(_Part("imag"), _tensor(complex))
-

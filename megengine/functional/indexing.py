@@ -55,6 +55,7 @@ class TakeAlongAxis(Op):
     the bounds itself; the caller then leaves out `_check_bounds` (two reductions of the index,
     ~2.5 us a call), which runs here only to word torch's error as ours.
     """
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
 
     def __init__(self, axis, dropped, aten=False):
         self.axis, self.dropped, self.aten = axis, dropped, aten
@@ -81,6 +82,14 @@ class TakeAlongAxis(Op):
     def backward(self, g):
         xp = xp_of(g)
         return put_back(xp, self.in_shape, g.dtype, self._grid(xp), g, self.dropped), None
+
+    def backward_complex(self, g):
+        xp = xp_of(g)
+        if self.dropped:  # every position once: put_back assigns
+            return self.backward(g)
+        gx = xp.zeros(self.in_shape, g.dtype)
+        _ops.add_at(gx, self._grid(xp), g)
+        return gx, None
 
     def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
         g = grads[0]
@@ -259,6 +268,7 @@ def one_hot(inp, num_classes):
 
 class Where(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def forward(self, mask, x, y):
         self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
         dtype = promote_types(x.dtype, y.dtype)

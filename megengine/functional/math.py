@@ -9,6 +9,7 @@ from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
 from . import _aten
+from ._args import _as_float
 from .elemwise import _pair, _tensor, clip, sqrt
 from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 
@@ -137,8 +138,8 @@ class Var(Op):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        if x.dtype.kind != "f":
-            x = x.astype(np.float32)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
@@ -199,8 +200,8 @@ class LogSumExp(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        if x.dtype.kind != "f":
-            x = x.astype(np.float32)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "logsumexp")
         if x.size == 0:  # log of an empty sum is -inf (torch's answer; max has no identity)
@@ -241,8 +242,8 @@ class PNorm(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        if x.dtype.kind != "f":
-            x = x.astype(np.float32)
+        if x.dtype.kind != "f":  # (no call on the float path)
+            x = _as_float(x)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
         if self.p == 2 and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):

@@ -134,6 +134,7 @@ def squeeze(inp, axis=None):
 
 class BroadcastTo(Op):
     format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, shape):
         self.shape = shape
 
@@ -210,6 +211,7 @@ def _promote_all(arrays):
 
 class Concat(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, axis):
         self.axis = axis
 
@@ -263,6 +265,7 @@ def concat(inps, axis=0, device=None):
 
 
 class Stack(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, axis):
         self.axis = axis
 
@@ -300,6 +303,7 @@ def stack(inps, axis=0, device=None):
 
 class Split(Op):
     format_rule = "subtensor"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, bounds, axis):
         self.bounds, self.axis = bounds, axis
 
@@ -406,6 +410,7 @@ def flip(inp, axis):
 
 
 class Roll(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, shift, axis):
         self.shift, self.axis = shift, axis
 
@@ -444,6 +449,7 @@ def roll(inp, shift, axis=None):
 
 
 class Diag(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
     def __init__(self, k):
         self.k = k
 

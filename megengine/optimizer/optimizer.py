@@ -54,7 +54,9 @@ class Optimizer:
     Subclasses implement ``_update(param, grad, state, group)`` on raw arrays: it writes the new
     value into ``param._data`` in place (the storage is shared, e.g. with torch through the
     PyTorch bridge, so it must never be rebound) and keeps its buffers in the ``state`` dict.
-    Working on raw arrays also keeps the updates out of autodiff.
+    Working on raw arrays also keeps the updates out of autodiff. A complex parameter is
+    updated as torch's optimizers update one (``view_as_real``): ``_update`` gets it as a float
+    parameter of shape ``(..., 2)`` holding its real and imaginary parts (see `_update_as_real`).
 
     1.x flow: ``with gm: loss = f(); gm.backward(loss)`` then ``opt.step().clear_grad()``.
     0.x flow: ``opt.zero_grad()``; forward; ``opt.backward(loss)``; ``opt.step()``. For it the
@@ -199,7 +201,10 @@ class Optimizer:
                     state = states.get(p)
                     if state is None:
                         state = states[p] = {}
-                    update(p, grad, state, group)
+                    if grad.dtype.kind == "c":
+                        _update_as_real(update, p, grad, state, group)
+                    else:
+                        update(p, grad, state, group)
         finally:
             if scope is not None:
                 scope.close()
@@ -384,6 +389,38 @@ class Optimizer:
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
             self._check_group(group)
         self._state = new_state
+
+
+def _update_as_real(update, param, grad, state, group):
+    """``update`` of a complex parameter as torch's optimizers do it (``view_as_real``): on its
+    real and imaginary parts, a float parameter of shape ``(..., 2)`` that shares its memory,
+    so every optimizer treats it as twice as many real numbers (SGD's update is the complex
+    one; Adam's second moment is taken per part, not of ``|g|**2``). State buffers stay
+    complex views of what the update keeps, as torch's state does."""
+    data = param._data
+    if not data.flags.c_contiguous:
+        raise ValueError(
+            f"{type(update.__self__).__name__}.step: a complex parameter must be C-contiguous "
+            f"to be updated as pairs of reals (shape {param.shape}, strides {data.strides}); "
+            "make it contiguous before building the optimizer")
+    device = param._device
+    as_param = Tensor._wrap(_as_real(data), device)
+    real_state = {k: Tensor._wrap(_as_real(v._data), device)
+                  if isinstance(v, Tensor) and v._data.dtype.kind == "c" else v
+                  for k, v in state.items()}
+    xp = get_array_module(device)
+    update(as_param, _as_real(xp.ascontiguousarray(grad)), real_state, group)
+    for k, v in real_state.items():
+        if isinstance(v, Tensor) and v._data.shape == as_param._data.shape \
+                and v._data.dtype == as_param._data.dtype:
+            v = Tensor._wrap(v._data.view(data.dtype).reshape(data.shape), device)
+        state[k] = v
+
+
+def _as_real(a):
+    """A C-contiguous complex array's real and imaginary parts, as a float view of shape
+    ``a.shape + (2,)`` (torch's ``view_as_real``)."""
+    return a.reshape(a.shape + (1,)).view(a.real.dtype)
 
 
 # On a GPU each optimizer's update is one CuPy ElementwiseKernel per parameter, defined next to

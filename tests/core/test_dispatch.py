@@ -272,7 +272,7 @@ def test_a_float_result_of_an_attached_integer_tensor_cannot_send_its_gradient_b
 def test_bool_tensors_cannot_be_attached():
     from megengine.autodiff.grad_manager import AttachError
 
-    with pytest.raises(AttachError, match="float and integer.*bool"):
+    with pytest.raises(AttachError, match="float, complex and integer.*bool"):
         GradManager().attach(mge.tensor([True, False]))
 
 
