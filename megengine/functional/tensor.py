@@ -15,10 +15,11 @@ from .creation import (  # noqa: F401  (upstream's names here; `creation` holds 
     full, full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
-    "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
-    "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace", "meshgrid",
-    "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll", "scatter",
-    "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros", "zeros_like",
+    "arange", "broadcast_to", "concat", "cond_take", "copy", "cumsum", "diag", "expand_dims",
+    "eye", "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace",
+    "meshgrid", "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll",
+    "scatter", "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros",
+    "zeros_like",
     "complex", "imag", "polar", "real",
 ]
 
@@ -561,6 +562,31 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     if mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, src.shape) if max(p)):
         raise ValueError(f"pad: reflect padding {pad_width} must be smaller than shape {src.shape}")
     return apply(Pad(tuple(pairs), mode, constant_value), src)
+
+
+# ----- cumulative sum (upstream's home for it; F.math re-exports it) -----
+
+class Cumsum(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        # keep x's dtype: numpy would widen int32 to int64
+        return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):
+        rev = (slice(None),) * self.axis + (slice(None, None, -1),)
+        return (apply(Cumsum(self.axis), grads[0][rev])[rev],)
+
+
+def cumsum(inp, axis):
+    """Cumulative sum along ``axis``."""
+    inp = _tensor(inp)
+    return apply(Cumsum(_axis(axis, inp.ndim, "cumsum")), inp)
 
 
 # indexing's functions use `_axis` above, so that file loads once this one has it
