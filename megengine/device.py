@@ -193,11 +193,13 @@ def what_is_xpu() -> str:
 
 
 def canonical_device(device=None) -> str:
-    """Validate a device name and return the device it means: "cpu0" or "gpu<N>".
+    """Validate a device name and return the device it means: "cpu<N>" or "gpu<N>".
 
-    "xpux"/"xpuN" mean "the best device there is": a GPU when CUDA is available, else the CPU.
-    Every CPU name ("cpu0", "cpu1", "cpux") is the one host memory, so all map to "cpu0";
-    so does upstream's "multithreadN" (a CPU computing with N threads): the CPU kernels here
+    "xpux"/"xpuN" mean "the best device there is": a GPU when CUDA is available, else the CPU
+    device of that number. "cpuN" are upstream's CPU computing nodes: one host memory, but
+    distinct devices, as upstream's (a tensor keeps the one it was made on, an op refuses
+    inputs of two of them, ``F.copy`` / ``Tensor.to`` move between them); "x" is number 0.
+    Upstream's "multithreadN" (a CPU computing with N threads) is "cpu0": the CPU kernels here
     use their libraries' own thread pools.
     """
     if device is None:
@@ -211,8 +213,10 @@ def canonical_device(device=None) -> str:
     kind, index = m.group(1), m.group(2)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"
-    if kind in ("cpu", "multithread"):
+    if kind == "multithread":
         return "cpu0"
+    if kind == "cpu":
+        return "cpu" + ("0" if index == "x" else str(int(index)))
     if not is_cuda_available():
         raise RuntimeError(
             f"device {name!r} needs CUDA, but no CUDA device is usable here: install CuPy "

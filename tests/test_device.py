@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import megengine as mge
+import megengine.functional as F
 from megengine import device as dev
+from megengine.autodiff import GradManager
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +22,8 @@ def _restore_default():
 def test_names_map_to_devices():
     assert dev.canonical_device("cpu0") == "cpu0"
     assert dev.canonical_device("cpux") == "cpu0"
-    assert dev.canonical_device("cpu1:0") == "cpu0"
+    assert dev.canonical_device("cpu1:0") == "cpu1"  # upstream's cpuN: distinct devices
+    assert dev.canonical_device("cpu2") == "cpu2"
     # without CUDA, "xpux" (upstream's default, "the best there is") is the CPU
     assert dev.canonical_device("xpux") == ("gpu0" if mge.is_cuda_available() else "cpu0")
     # upstream's default is "xpux"; MGE_DEFAULT_DEVICE (e.g. make gpu-check's cpu0 run) overrides it
@@ -300,3 +303,51 @@ def test_comp_node_is_exported_as_upstream_exports_it():
     assert str(device.CompNode("xpux")) == str(mge.tensor([1.0], device="xpux").device)
     with pytest.raises(AttributeError, match="no attribute 'CompNodes'"):
         device.CompNodes
+
+
+# ----- upstream's cpuN: computing nodes of their own on the one host memory -----
+# (names are compared as text: a CompNode equals every name of its device)
+
+def test_cpu_devices_are_distinct_and_a_tensor_keeps_its_own():
+    x = mge.tensor([1.0, 2.0], device="cpu1")
+    assert str(x.device) == "cpu1" and x.device != "cpu0"
+    assert x.device.logical_name == "cpu1:0" and "device=cpu1:0" in repr(x)
+    assert str((x + 1).device) == "cpu1"  # a Python number takes the device of the tensor it meets
+    assert str(F.zeros((2,), device="cpu1").device) == "cpu1"
+    assert str(mge.tensor([1.0], device="cpux").device) == "cpu0"
+    if not mge.is_cuda_available():  # "xpuN" is "cpuN" without a GPU
+        assert dev.canonical_device("xpu1") == "cpu1"
+        assert str(mge.tensor([1.0], device="xpu1").device) == "cpu1"
+
+
+def test_an_op_refuses_tensors_of_two_cpu_devices_and_copy_moves_them():
+    a = mge.tensor([1.0, 2.0], device="cpu0")
+    b = mge.tensor([3.0, 4.0], device="cpu1")
+    with pytest.raises(ValueError, match=r"different devices \(cpu0 and cpu1\)"):
+        a + b
+    with pytest.raises(ValueError, match="different devices"):
+        F.concat([a, b])
+    moved = F.copy(a, "cpu1")
+    assert str(moved.device) == "cpu1" and str(a.device) == "cpu0"
+    np.testing.assert_array_equal((moved + b).numpy(), [4.0, 6.0])
+    assert str(a.to("cpu1").device) == "cpu1"
+
+
+def test_a_gradient_goes_back_to_the_device_of_its_tensor():
+    a = mge.Parameter([1.0, 2.0], device="cpu0")
+    b = mge.Parameter([3.0, 4.0], device="cpu1")
+    gm = GradManager().attach([a, b])
+    with gm:
+        y = F.concat([a, b], device="cpu1") * mge.tensor([1.0, 2.0, 3.0, 4.0], device="cpu1")
+        assert str(y.device) == "cpu1"
+        gm.backward(y.sum())
+    assert str(a.grad.device) == "cpu0" and str(b.grad.device) == "cpu1"
+    np.testing.assert_array_equal(a.grad.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [3.0, 4.0])
+    a.grad = b.grad = None
+    with gm:
+        y = F.stack([a, b], device="cpu0")
+        assert str(y.device) == "cpu0"
+        gm.backward((y * mge.tensor([[1.0, 2.0], [3.0, 4.0]], device="cpu0")).sum())
+    assert str(a.grad.device) == "cpu0" and str(b.grad.device) == "cpu1"
+    np.testing.assert_array_equal(b.grad.numpy(), [3.0, 4.0])

@@ -1,5 +1,5 @@
 """`megengine.functional` (F): thin functions that build ops, upstream's 1.x namespace."""
-from . import elemwise, loss, math, nn, tensor, utils, vision  # noqa: F401  (F.nn.conv2d, F.vision.interpolate, ...)
+from . import elemwise, loss, math, metric, nn, tensor, utils, vision  # noqa: F401  (F.nn.conv2d, ...)
 from .einsum import einsum  # noqa: F401
 from .elemwise import *  # noqa: F401,F403
 from .math import *  # noqa: F401,F403

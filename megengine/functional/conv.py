@@ -624,6 +624,23 @@ def _dense_region_ids(xp, rin, rout):
     return ids[:rin.size].reshape(rin.shape), ids[rin.size:].reshape(rout.shape)
 
 
+class _NoUint8DataGrad(Op):
+    """Passes ``inp`` through; its backward refuses: upstream's region-restricted convolution has
+    no gradient with respect to its input for uint8 region ids (RegionRestrictedConvolution
+    BackwardData takes int32 only). The dispatcher writes no gradient when a backward raises."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, g):
+        raise TypeError("region_restricted_conv: the gradient with respect to inp needs int32 "
+                        "region ids (upstream has no uint8 kernel for it), got uint8 rin/rout; "
+                        "pass rin.astype('int32') and rout.astype('int32')")
+
+    def grad_graph(self, inputs, outputs, grads):
+        self.backward(None)
+
+
 def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=0, dilation=1,
                            groups=1, conv_mode="cross_correlation", compute_mode="default"):
     """Grouped 2D convolution in which each output pixel only sees input pixels of its own region:
@@ -631,8 +648,12 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     equals ``rout[n, y, x]`` (upstream's RegionRestrictedConvolution; padded taps read 0).
 
     ``inp`` (N, C, H, W); ``weight`` (groups, O/groups, C/groups, KH, KW), always grouped as
-    upstream's; ``rin`` (N, H, W) and ``rout`` (N, OH, OW) integer region ids (int32 or uint8);
+    upstream's; ``rin`` (N, H, W) and ``rout`` (N, OH, OW) region ids, both int32 or both uint8;
     ``bias`` (if given) is added. Gradients reach ``inp``, ``weight`` and ``bias``.
+
+    As upstream's kernels: ``stride`` must be 1, and the gradient with respect to ``inp`` needs
+    int32 region ids (upstream has no uint8 kernel for it): a backward that asks for it with
+    uint8 ids raises, before any gradient is written.
     """
     what = "region_restricted_conv"
     _check_conv_mode(conv_mode, compute_mode, what)
@@ -646,12 +667,15 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     if g != groups or c != g * cg:
         raise ValueError(f"{what}: weight {weight.shape} does not fit groups={groups} and "
                          f"{c} input channels (weight[0] must be groups, weight[2] C/groups)")
-    for name, t in (("rin", rin), ("rout", rout)):
-        if t.dtype.kind not in "iu":
-            raise TypeError(f"{what}: {name} must hold integer region ids (int32 or uint8), "
-                            f"got {t.dtype}")
+    if rin.dtype != rout.dtype or rin.dtype not in (np.int32, np.uint8):
+        raise TypeError(f"{what}: rin and rout must hold region ids of one dtype, int32 or uint8 "
+                        f"(upstream's kernels), got {rin.dtype} and {rout.dtype}; cast them with "
+                        ".astype('int32')")
     s, p, d = (_ntuple(v, 2, name, what) for v, name in
                ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    if s != (1, 1):
+        raise ValueError(f"{what}: stride must be 1 (upstream's RegionRestrictedConvolution has "
+                         f"no other), got stride={stride!r}")
     oh, ow = ((size + 2 * pi - di * (k - 1) - 1) // si + 1
               for size, k, si, pi, di in zip((h, w), (kh, kw), s, p, d))
     if tuple(rin.shape) != (n, h, w) or tuple(rout.shape) != (n, oh, ow):
@@ -664,6 +688,8 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     # padded taps get id -1, which no output pixel has (their input is 0 anyway)
     rin_win = sliding_window(rin_ids.reshape(n, 1, h, w) + 1, (kh, kw), p, s, d) - 1
     keep = (rin_win == rout_ids.reshape(n, 1, oh, ow, 1, 1)).astype(inp.dtype)
+    if rin.dtype == np.uint8:
+        inp = apply(_NoUint8DataGrad(), inp)
     win = sliding_window(inp, (kh, kw), p, s, d) * keep  # (N, C, OH, OW, KH, KW)
     from .einsum import einsum
 

@@ -12,6 +12,9 @@ from . import _aten
 from ._args import _as_float
 from .elemwise import _pair, _tensor, clip, sqrt
 from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
+# cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
+# megengine.functional.math:Cumsum still load
+from .tensor import Cumsum, cumsum  # noqa: F401
 
 __all__ = [
     "argmax", "argmin", "argsort", "cumsum", "dot", "isinf", "isnan", "logsumexp", "matinv",
@@ -352,29 +355,6 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     if two and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
         return apply(Normalize(axis, float(eps)), inp)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
-
-
-class Cumsum(Op):
-    def __init__(self, axis):
-        self.axis = axis
-
-    def forward(self, x):
-        # keep x's dtype: numpy would widen int32 to int64
-        return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
-
-    def backward(self, g):
-        xp = xp_of(g)
-        return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
-
-    def grad_graph(self, inputs, outputs, grads):
-        rev = (slice(None),) * self.axis + (slice(None, None, -1),)
-        return (apply(Cumsum(self.axis), grads[0][rev])[rev],)
-
-
-def cumsum(inp, axis):
-    """Cumulative sum along ``axis``."""
-    inp = _tensor(inp)
-    return apply(Cumsum(_axis(axis, inp.ndim, "cumsum")), inp)
 
 
 # ----- sorting -----

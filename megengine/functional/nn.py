@@ -373,3 +373,6 @@ from .math import logsumexp, normalize  # noqa: E402,F401
 from .tensor import indexing_one_hot, one_hot, pad  # noqa: E402,F401
 from .loss import *  # noqa: E402,F401,F403  (F.nn.cross_entropy, F.nn.l1_loss, ...)
 from .loss import cross_entropy_with_softmax  # noqa: E402,F401  (0.x: F.cross_entropy_with_softmax)
+# upstream's F.nn.__all__ lists these too: `from megengine.functional.nn import *` gives them
+__all__ += ["deformable_psroi_pooling", "indexing_one_hot", "logsumexp", "normalize", "one_hot",
+            "pad", "remap", "warp_affine", "warp_perspective"]

@@ -15,10 +15,11 @@ from .creation import (  # noqa: F401  (upstream's names here; `creation` holds 
     full, full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
-    "arange", "broadcast_to", "concat", "cond_take", "copy", "diag", "expand_dims", "eye",
-    "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace", "meshgrid",
-    "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll", "scatter",
-    "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros", "zeros_like",
+    "arange", "broadcast_to", "concat", "cond_take", "copy", "cumsum", "diag", "expand_dims",
+    "eye", "flatten", "flip", "full", "full_like", "gather", "indexing_one_hot", "linspace",
+    "meshgrid", "non_zero", "one_hot", "ones", "ones_like", "pad", "repeat", "reshape", "roll",
+    "scatter", "split", "squeeze", "stack", "swapaxes", "tile", "transpose", "where", "zeros",
+    "zeros_like",
     "complex", "imag", "polar", "real",
 ]
 
@@ -191,10 +192,11 @@ def _same_device(inps):
     return [t if t is not None else Tensor(x, device=dev) for t, x in zip(tensors, inps)]
 
 
-def _to(result, device):
-    if device is None or _device.canonical_device(device) == result._device:
-        return result
-    return copy(result, device)
+def _onto(inps, device):
+    """The tensors of ``inps`` on ``device``: upstream's concat/stack with ``device=`` take their
+    inputs from any devices and put the result there (each input not there yet is copied)."""
+    dev = _device.canonical_device(device)
+    return [t if t._device == dev else copy(t, dev) for t in inps]
 
 
 def _promote_all(arrays):
@@ -247,12 +249,16 @@ def concat(inps, axis=0, device=None):
     """Join tensors along an existing ``axis``.
 
     As upstream, items may also be tuples, lists, arrays or Python numbers, and a 0-d item counts
-    as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape."""
+    as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape.
+    The tensors must be on one device, unless ``device`` is given: the result goes there, and
+    tensors on other devices are copied there first (gradients flow back to each)."""
     # an empty shape piece (x.shape[:0]) is an empty int32 vector, not numpy's float64 default
     inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
     inps = _same_device(inps)
     if not inps:
         raise ValueError("concat: got no tensors to join")
+    if device is not None:
+        inps = _onto(inps, device)
     ndims = [t.ndim for t in inps]  # (one pass: a property call per tensor)
     if 0 in ndims:
         inps = [t.reshape(1) if n == 0 else t for t, n in zip(inps, ndims)]
@@ -260,8 +266,7 @@ def concat(inps, axis=0, device=None):
     ndim = ndims[0]
     if ndims.count(ndim) != len(ndims):
         raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")
-    result = apply(Concat(_axis(axis, max(ndim, 1), "concat")), *inps)
-    return result if device is None else _to(result, device)
+    return apply(Concat(_axis(axis, max(ndim, 1), "concat")), *inps)
 
 
 class Stack(Op):
@@ -293,12 +298,13 @@ class Stack(Op):
 
 
 def stack(inps, axis=0, device=None):
-    """Join same-shape tensors along a new ``axis``."""
+    """Join same-shape tensors along a new ``axis`` (``device`` as `concat`'s)."""
     inps = _same_device(list(inps))
     if not inps:
         raise ValueError("stack: got no tensors to join")
-    result = apply(Stack(_axis(axis, inps[0].ndim + 1, "stack")), *inps)
-    return result if device is None else _to(result, device)
+    if device is not None:
+        inps = _onto(inps, device)
+    return apply(Stack(_axis(axis, inps[0].ndim + 1, "stack")), *inps)
 
 
 class Split(Op):
@@ -562,6 +568,31 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     if mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, src.shape) if max(p)):
         raise ValueError(f"pad: reflect padding {pad_width} must be smaller than shape {src.shape}")
     return apply(Pad(tuple(pairs), mode, constant_value), src)
+
+
+# ----- cumulative sum (upstream's home for it; F.math re-exports it) -----
+
+class Cumsum(Op):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        # keep x's dtype: numpy would widen int32 to int64
+        return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+
+    def grad_graph(self, inputs, outputs, grads):
+        rev = (slice(None),) * self.axis + (slice(None, None, -1),)
+        return (apply(Cumsum(self.axis), grads[0][rev])[rev],)
+
+
+def cumsum(inp, axis):
+    """Cumulative sum along ``axis``."""
+    inp = _tensor(inp)
+    return apply(Cumsum(_axis(axis, inp.ndim, "cumsum")), inp)
 
 
 # indexing's functions use `_axis` above, so that file loads once this one has it

@@ -1,36 +1,12 @@
-"""F.utils: upstream's metric and checking helpers (F.topk_accuracy, F.utils._assert_equal)."""
+"""F.utils: upstream's checking helper (F.utils._assert_equal) and the older spelling
+F.utils.topk_accuracy of F.metric.topk_accuracy."""
 import numpy as np
 
-from ..core._trace_option import as_int, is_dim, is_int
 from ..core.tensor import Tensor
 from ._args import _tensor
-from .math import topk as _topk  # the parameter `topk` (upstream's name) shadows F.topk
+from .metric import topk_accuracy
 
 __all__ = ["topk_accuracy"]
-
-
-def topk_accuracy(logits, target, topk=1):
-    """Fraction of rows whose ``target`` class is among the ``k`` largest ``logits``.
-
-    ``logits``: (N, C) scores; ``target``: (N,) class indices. ``topk`` an int gives one float32
-    scalar Tensor; a tuple of ints gives a list of them, one per k (upstream's signature).
-    """
-    logits, target = _tensor(logits), _tensor(target)
-    if logits.ndim != 2:
-        raise ValueError(f"topk_accuracy: logits must be (N, C), got shape {logits.shape}")
-    if target.shape != (logits.shape[0],) or target.dtype.kind not in "iu":
-        raise ValueError(f"topk_accuracy: target must hold {logits.shape[0]} integer class "
-                         f"indices (N,), got shape {target.shape} and dtype {target.dtype}")
-    # (sizes from x.shape in a dumpable trace: their values, guards)
-    ks = [as_int(topk)] if is_int(topk) else [as_int(k) if is_dim(k) else k for k in topk]
-    if not ks or any(not 1 <= int(k) <= logits.shape[1] for k in ks):
-        raise ValueError(f"topk_accuracy: each k must be in [1, {logits.shape[1]}], got {topk}")
-    _, pred = _topk(logits, max(ks), descending=True)  # (N, maxk), best first
-    hit = pred == target.astype(pred.dtype).reshape(-1, 1)
-    n = logits.shape[0]
-    accs = [hit[:, :int(k)].astype("float32").sum() / n for k in ks]
-    return accs[0] if is_int(topk) else accs
-
 
 
 def _assert_equal(expect, actual, *, maxerr=0.0001, verbose=False):

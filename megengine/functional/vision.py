@@ -17,8 +17,7 @@ from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401 
 
 __all__ = [
     "correlation", "cvt_color", "deformable_psroi_pooling", "interpolate", "nms", "remap",
-    "roi_align", "roi_pooling",
-    "warp_affine", "warp_perspective",
+    "nvof", "roi_align", "roi_pooling", "warp_affine", "warp_perspective",
 ]
 
 
@@ -758,3 +757,18 @@ def cvt_color(inp, mode=""):
     m = Tensor(mat.T.astype(inp.dtype), device=inp.device)
     return matmul(inp, m) + Tensor(bias.astype(inp.dtype), device=inp.device)
 
+
+# ----- optical flow -----
+
+def nvof(src, precision=1):
+    """Upstream: optical flow of consecutive frames by NVIDIA's Optical Flow SDK (``src``: uint8
+    (n, t, h, w, 4)). That SDK runs on the optical-flow unit of NVIDIA GPUs, driven from
+    MegEngine's C++ core, which this fork does not have: the call checks its input as upstream
+    does, then refuses with what to do instead."""
+    src = _tensor(src)
+    if src.ndim != 5 or src.shape[4] != 4:
+        raise ValueError(f"nvof: src must be (n, t, h, w, 4), got shape {src.shape}")
+    raise RuntimeError("megengine.functional.vision.nvof: NVIDIA's Optical Flow SDK runs inside "
+                       "MegEngine's C++ core on a GPU's optical-flow unit, which this fork does "
+                       "not have; compute the flow with the SDK or OpenCV's CUDA module "
+                       "(NVIDIA optical flow) and pass it in as a tensor")

@@ -37,7 +37,8 @@ def test_properties():
     t = Tensor(a)
     assert t.shape == (2, 3, 4) and t.ndim == 3 and t.size == 24 and t.dtype == np.float32
     assert t.device == canonical_device(None)
-    assert Tensor(1.0, device="cpux").device == "cpu0" == Tensor(1.0, device="cpu1").device
+    assert Tensor(1.0, device="cpux").device == "cpu0"
+    assert str(Tensor(1.0, device="cpu1").device) == "cpu1"  # upstream's cpuN: distinct
     assert len(t) == 2
     assert Tensor(3).item() == 3 and isinstance(Tensor(3).item(), int)
     assert t.tolist() == a.tolist()

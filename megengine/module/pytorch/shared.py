@@ -12,10 +12,11 @@ round), so wrapping never leaks. A mirror pickles and deep-copies *as its torch 
 memo then maps every mirror of one torch tensor, and the torch module holding that tensor, to
 one copy, and loading rebuilds the zero-copy view from the loaded tensor.
 
-Devices. A megengine device and a torch device correspond one to one here (every CPU name is
-``cpu0``, i.e. torch's ``cpu``; ``gpuN`` is ``cuda:N``). While ``mge.load`` maps devices
-(``map_location``), it loads the torch tensors where the mapping sends them (serialization.py),
-and a loaded mirror, like a loaded wrapper, takes the mapped device too (`loaded_device`).
+Devices. Every megengine CPU device (``cpu0``, ``cpu1``, ...: one host memory) is torch's
+``cpu``, and ``gpuN`` is ``cuda:N``; a wrapper keeps the megengine device it was made for.
+While ``mge.load`` maps devices (``map_location``), it loads the torch tensors where the mapping
+sends them (serialization.py), and a loaded mirror, like a loaded wrapper, takes the mapped
+device too (`loaded_device`).
 """
 import threading
 import weakref

@@ -1,0 +1,123 @@
+"""The public names of F, its submodules, M and the optimizers against upstream's.
+
+The expected names are written out from upstream MegEngine 1.x's sources
+(imperative/python/megengine/...): a module's ``__all__`` where upstream defines one (what
+``from megengine.functional.nn import *`` gives), else the names its ``__init__``/module binds
+publicly. The fork may offer more (newer or 0.x names), never fewer. Like upstream's, the
+modules also hold what they import for their own use (``np``, ``apply``); that is not checked.
+"""
+import importlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+from megengine.jit import trace
+from megengine.utils.comp_graph_tools import GraphInference
+
+UPSTREAM_ELEMWISE = """abs add acos asin atan atan2 asinh acosh atanh ceil clip cos cosh div equal
+    exp expm1 floor floor_div greater greater_equal left_shift less less_equal log log1p
+    logical_and logical_not logical_or logical_xor logaddexp maximum minimum mod mul neg
+    not_equal pow right_shift round sin sinh sqrt square sub tan tanh""".split()
+UPSTREAM_MATH = """argmax argmin argsort dot isinf isnan matinv matmul max mean min norm normalize
+    prod sign sort std sum svd topk var""".split()
+UPSTREAM_TENSOR = """arange broadcast_to concat cond_take cumsum diag expand_dims eye flatten full
+    full_like gather linspace meshgrid ones ones_like repeat reshape roll split squeeze stack
+    scatter tile copy transpose swapaxes where zeros zeros_like""".split()
+UPSTREAM_NN = """adaptive_avg_pool2d adaptive_max_pool2d avg_pool2d batch_norm conv1d conv2d conv3d
+    conv_transpose2d conv_transpose3d deformable_conv2d deformable_psroi_pooling dropout
+    embedding gelu general_norm group_norm hsigmoid instance_norm hswish indexing_one_hot
+    layer_norm leaky_relu linear local_conv2d local_response_norm logsigmoid logsumexp
+    logsoftmax max_pool2d normalize one_hot prelu pad relu relu6 remap sigmoid sliding_window
+    sliding_window_transpose silu softmax softplus sync_batch_norm warp_affine warp_perspective
+    pixel_shuffle region_restricted_conv multi_head_attention""".split()
+UPSTREAM_VISION = """correlation cvt_color interpolate nms nvof remap roi_align roi_pooling
+    warp_affine warp_perspective""".split()
+UPSTREAM_LOSS = """l1_loss square_loss cross_entropy binary_cross_entropy hinge_loss
+    ctc_loss""".split()
+
+# module -> (whether upstream defines __all__ there, upstream's public names)
+UPSTREAM = {
+    "megengine.functional.elemwise": (True, UPSTREAM_ELEMWISE),
+    "megengine.functional.math": (True, UPSTREAM_MATH),
+    "megengine.functional.tensor": (True, UPSTREAM_TENSOR),
+    "megengine.functional.nn": (True, UPSTREAM_NN),
+    "megengine.functional.vision": (True, UPSTREAM_VISION),
+    "megengine.functional.loss": (True, UPSTREAM_LOSS),
+    "megengine.functional.metric": (True, ["topk_accuracy"]),
+    "megengine.functional.utils": (True, ["topk_accuracy"]),
+    "megengine.functional.quantized": (
+        False, ["conv_bias_activation", "batch_conv_bias_activation", "conv_transpose2d"]),
+    # upstream re-exports megengine.distributed.functional here; its low-level op builder
+    # collective_comm (upstream's C++ CollectiveComm descriptor) has no counterpart
+    "megengine.functional.distributed": (False, """all_gather all_reduce_max all_reduce_min
+        all_reduce_sum all_to_all broadcast gather reduce_scatter_sum reduce_sum remote_recv
+        remote_send scatter""".split()),
+    "megengine.functional": (False, sorted(
+        set(UPSTREAM_ELEMWISE + UPSTREAM_MATH + UPSTREAM_TENSOR + UPSTREAM_NN)
+        | {"topk_accuracy", "metric", "utils", "vision", "distributed", "elemwise", "math",
+           "nn", "tensor", "loss", "quantized"})),
+    "megengine.module": (False, """LeakyReLU PReLU ReLU Sigmoid Softmax AdaptiveAvgPool2d
+        AdaptiveMaxPool2d BatchNorm1d BatchNorm2d SyncBatchNorm Concat Conv2d ConvRelu2d
+        ConvTranspose2d LocalConv2d ConvBn2d ConvBnRelu2d Dropout Elemwise Embedding Identity
+        Linear Module AvgPool2d MaxPool2d DequantStub QuantStub Sequential""".split()),
+    "megengine.optimizer": (False, """Adadelta Adagrad Adam AdamW clip_grad_norm
+        clip_grad_value LRScheduler MultiStepLR CosineAnnealingLR Optimizer SGD""".split()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM))
+def test_public_names_contain_upstreams(name):
+    module = importlib.import_module(name)
+    has_all, expected = UPSTREAM[name]
+    assert sorted(n for n in expected if not hasattr(module, n)) == []
+    if has_all:
+        assert sorted(set(expected) - set(module.__all__)) == []
+        star = {}
+        exec(f"from {name} import *", star)
+        assert sorted(set(expected) - set(star)) == []
+
+
+def test_moved_homes_are_the_same_objects():
+    # upstream's homes (F.tensor.cumsum, F.metric.topk_accuracy) and the fork's older ones
+    assert F.tensor.cumsum is F.math.cumsum is F.cumsum
+    assert F.metric.topk_accuracy is F.utils.topk_accuracy is F.topk_accuracy
+    for name in ("pad", "one_hot", "remap", "warp_perspective", "normalize"):
+        assert getattr(F.nn, name) is getattr(F, name)
+
+
+def test_a_dump_naming_cumsum_in_math_still_loads():
+    # programs dumped before cumsum moved to F.tensor name its op megengine.functional.math:Cumsum
+    f = trace(lambda x: F.cumsum(x, axis=1) * 2, symbolic=True, capture_as_const=True)
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    f(mge.tensor(x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"])
+    data = file.getvalue()
+    data = data[16:16 + int.from_bytes(data[8:16], "little")]  # the archive (dump.py's layout)
+    old, new = io.BytesIO(), io.BytesIO()
+    old.write(data)
+    with zipfile.ZipFile(old) as src, zipfile.ZipFile(new, "w") as dst:
+        for item in src.namelist():
+            content = src.read(item)
+            if item == "graph.json":
+                graph = json.loads(content)
+                ops = [step.get("op") for step in graph["steps"]]
+                assert "megengine.functional.tensor:Cumsum" in ops
+                content = content.replace(b"megengine.functional.tensor:Cumsum",
+                                          b"megengine.functional.math:Cumsum")
+            dst.writestr(item, content)
+    new.seek(0)
+    (out,) = GraphInference(new).run(x).values()
+    np.testing.assert_array_equal(out, np.cumsum(x, axis=1) * 2)
+
+
+def test_nvof_refuses_with_a_reason():
+    with pytest.raises(ValueError, match=r"\(n, t, h, w, 4\)"):
+        F.vision.nvof(mge.tensor(np.zeros((1, 2, 4, 4, 3), "uint8")))
+    with pytest.raises(RuntimeError, match="Optical Flow SDK"):
+        F.vision.nvof(mge.tensor(np.zeros((1, 2, 4, 4, 4), "uint8")))
