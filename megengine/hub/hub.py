@@ -145,8 +145,10 @@ def load_serialized_obj_from_url(url: str, model_dir=None) -> Any:
 
 
 class pretrained:
-    """Decorator for a model-building function: adds a ``pretrained=False`` keyword; with
-    ``pretrained=True`` the built model gets the weights saved at ``url``.
+    """Decorator for a model-building function: adds a ``pretrained=False`` argument; with
+    ``pretrained=True`` the built model gets the weights saved at ``url``. As upstream's,
+    ``pretrained`` is the decorated function's only positional argument (``resnet18(True)``
+    loads the weights); the builder's own arguments are passed by keyword.
 
     .. code-block:: python
 
@@ -166,9 +168,15 @@ class pretrained:
     def __call__(self, func):
         url = self.url
 
+        # upstream's wrapper takes ``pretrained`` as its one positional argument, so that
+        # ``resnet50(True)`` loads the weights (LightCNN-MegEngine's compare.py calls it so)
         @functools.wraps(func)
-        def pretrained_model_func(*args, pretrained=False, **kwargs):
-            model = func(*args, **kwargs)
+        def pretrained_model_func(pretrained=False, *args, **kwargs):
+            if args:
+                raise TypeError(
+                    f"{func.__name__}() takes `pretrained` as its only positional argument (as "
+                    f"upstream's hub.pretrained); pass {func.__name__}'s own arguments by keyword")
+            model = func(**kwargs)
             if pretrained:
                 model.load_state_dict(load_serialized_obj_from_url(url))
             return model

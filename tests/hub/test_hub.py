@@ -179,6 +179,21 @@ def test_pretrained_decorator_loads_weights_when_asked(weights, mge_home):
     np.testing.assert_array_equal(tiny(pretrained=True).bias.numpy(), [1.0, 2.0, 3.0])
 
 
+def test_pretrained_is_the_only_positional_argument(weights):
+    # upstream's wrapper is (pretrained=False, **kwargs): resnet50(True) loads the weights, as
+    # LightCNN-MegEngine's compare.py relies on; the builder's own arguments go by keyword
+    path, trained = weights
+
+    @hub.pretrained(path.as_uri())
+    def tiny(out_features=3):
+        return M.Linear(4, out_features)
+
+    np.testing.assert_array_equal(tiny(True).weight.numpy(), trained.weight.numpy())
+    assert tiny(False, out_features=5).weight.shape == (5, 4)
+    with pytest.raises(TypeError, match=r"tiny\(\) takes `pretrained` as its only positional"):
+        tiny(False, 5)
+
+
 def test_hubconf_entry_with_pretrained_weights(tmp_path, weights):
     path, trained = weights
     repo = str(write_repo(tmp_path / "repo", url=path.as_uri()))
