@@ -52,7 +52,7 @@ from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
-from ..utils.network_node import upstream_steps
+from ..utils.network_node import engine_steps, upstream_steps
 from .arith_opt import is_identity_step
 from .dump_backward import with_backward
 from .dump_devices import device_mapper, recorded_name
@@ -510,6 +510,7 @@ def load(file, device=None):
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
+    prog.steps = engine_steps(prog.steps, [o["slot"] for o in graph["outputs"]])
     prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
     prog.dyn_read = {s: tuple(shape) for s, shape in graph.get("fixed_shapes", ())}
     prog.loaded = True  # (its checks' messages speak of a file, not of a replay)
