@@ -330,6 +330,81 @@ def _upstream_reduce(st, n_slots, scopes):
     return steps, n_slots
 
 
+def _slot_device(prog, slot, made_by):
+    """The device of value ``slot`` of ``prog``: a constant's or argument's own, else that of
+    the op computing it (placed ops name theirs; the others compute on their inputs' device)."""
+    leaves = dict(zip(prog.arg_slots, _arg_leaves(prog.in_tree)))
+    while True:
+        info = prog.slots[slot]
+        if info.kind == "const":
+            return info.device
+        if slot in leaves:
+            return leaves[slot].device
+        st = made_by.get(slot)
+        if st is None or not st.ins:  # (a value made from nothing, a random draw: the default)
+            from ..device import get_default_device
+
+            return canonical_device(get_default_device())
+        device = getattr(st.template, "device", None)
+        if device is not None:
+            return device
+        slot = st.ins[0]
+
+
+def _arg_leaves(tree):
+    from ..jit.dump_names import _leaves
+
+    return _leaves(tree)
+
+
+def _upstream_var(st, n_slots, scopes, device):
+    """`F.var` / `F.std` step ``st`` as upstream builds them (math.py's ``var``): ``m = mean(x,
+    axis, keepdims=True)`` (over every axis: a scalar), ``mean((x - m) ** 2, axis, keepdims)``,
+    and for std ``** 0.5``; (steps, number of slots, {slot: (array, device)} of the exponents,
+    constants of the file). The means are `upstream_steps`' Reduce chains."""
+    from ..core.ops import Pow, Reduce as ReduceOp, Sub
+
+    op, std = st.template, type(st.template).__name__ == "Std"
+    (shape, dtype), = st.metas
+    shape, fdt = tuple(shape), np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(
+        np.float32)
+    axes = tuple(range(len(shape))) if op.axis is None else tuple(
+        sorted(int(a) % max(len(shape), 1) for a in ((op.axis,) if isinstance(
+            op.axis, (int, np.integer)) else op.axis)))
+    kept = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    reduced = tuple(n for i, n in enumerate(shape) if i not in axes)
+    m_shape = () if op.axis is None else kept
+    out_shape = kept if op.keepdims else reduced
+    slots = list(range(n_slots, n_slots + (6 if std else 4)))
+    n_slots += len(slots)
+    for k in slots:
+        if st.outs[0] in scopes:
+            scopes[k] = scopes[st.outs[0]]
+    m, d, two, sq = slots[:4]
+    x_meta, scalar = (shape, np.dtype(dtype)), ((), fdt)
+    consts = {two: (np.array(2, fdt), device)}
+    last = st.outs[0] if not std else slots[4]
+    keep = op.axis is not None  # (axis=None: the mean over every axis is a scalar)
+    parts = [(ReduceOp("mean", op.axis, keep), (st.ins[0],), (x_meta,), m, "Reduce (var)"),
+             (Sub(), (st.ins[0], m), (x_meta, (m_shape, fdt)), d, "Sub (var)"),
+             (Pow(), (d, two), ((shape, fdt), scalar), sq, "Pow (var)"),
+             (ReduceOp("mean", op.axis, op.keepdims), (sq,), ((shape, fdt),), last,
+              "Reduce (var)")]
+    if std:
+        half = slots[5]
+        consts[half] = (np.array(0.5, fdt), device)
+        parts.append((Pow(), (last, half), ((out_shape, fdt), scalar), st.outs[0], "Pow (std)"))
+    steps = []
+    for template, ins, metas, out, name in parts:
+        step = _OpStep(st.index, template, None, None, ins, metas, (out,), False, name)
+        if type(template) is ReduceOp:
+            found, n_slots = _upstream_reduce(step, n_slots, scopes)
+            steps.extend(found)
+        else:
+            steps.append(step)
+    return steps, n_slots, consts
+
+
 def _reduce_chain(steps, k, read):
     """(fused Reduce op, number of steps) of the chain `_upstream_reduce` writes that starts at
     ``steps[k]``, or None: one Reduce per axis (one mode, axes falling, each keeping its axis),
@@ -422,21 +497,32 @@ def _is_op(st, cls_name, module):
 
 
 def upstream_steps(prog):
-    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
+    """(steps, number of slots, {slot: module scope}, {slot: (array, device)} of constants
+    the steps add) of ``prog`` as upstream's graph has them:
     this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
     (with W transposed) and bias ADD, and a convolution with a bias (one op here) upstream's
     Convolution and bias ADD: two steps through a new slot, the same computation. A reduction
     over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
-    and AxisAddRemove (see `_upstream_reduce`)."""
+    and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
+    (`_upstream_var`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
     n_slots = len(prog.slots)
-    steps = []
+    steps, consts, made_by = [], {}, {}
     for st in prog.steps:
+        if type(st) is _OpStep:
+            made_by.update((o, st) for o in st.outs)
         if _is_op(st, "Reduce", "megengine.core.ops"):
             found, n_slots = _upstream_reduce(st, n_slots, scopes)
             steps.extend(found)
+            continue
+        if ((_is_op(st, "Var", "megengine.functional.math")
+             or _is_op(st, "Std", "megengine.functional.math")) and not st.dyn and not st.sym):
+            found, n_slots, new = _upstream_var(st, n_slots, scopes,
+                                                _slot_device(prog, st.ins[0], made_by))
+            steps.extend(found)
+            consts.update(new)
             continue
         if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
             mid = n_slots
@@ -471,7 +557,7 @@ def upstream_steps(prog):
                              st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
         steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
                              (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
-    return steps, n_slots, scopes
+    return steps, n_slots, scopes, consts
 
 
 class OpNode(NetworkNode):

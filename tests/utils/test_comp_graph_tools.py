@@ -280,6 +280,40 @@ def test_graph_level_reductions_are_upstreams_reduce_and_axisaddremove(k):
     assert type(step.template).__name__ == "Reduce"
 
 
+def _elemwise(mode):
+    return ("Elemwise", {"mode": mode})
+
+
+VARIANCES = [
+    # upstream's F.var: m = mean(x, axis, keepdims=True); mean((x - m) ** 2, axis, keepdims);
+    # F.std: var ** 0.5 (functional/math.py), each mean a Reduce chain as above
+    (lambda x: F.var(x, axis=1), [("Reduce", _reduce("MEAN", 1)), _elemwise("SUB"),
+                                  _elemwise("POW"), ("Reduce", _reduce("MEAN", 1)),
+                                  ("AxisAddRemove", _removes(1))], [2.0]),
+    (lambda x: F.std(x, axis=(2, 3), keepdims=True),
+     [("Reduce", _reduce("MEAN", 3)), ("Reduce", _reduce("MEAN", 2)), _elemwise("SUB"),
+      _elemwise("POW"), ("Reduce", _reduce("MEAN", 3)), ("Reduce", _reduce("MEAN", 2)),
+      _elemwise("POW")], [2.0, 0.5]),
+    (lambda x: F.var(x), [("Reduce", _reduce("MEAN", 2 ** 31 - 1)), _elemwise("SUB"),
+                          _elemwise("POW"), ("Reduce", _reduce("MEAN", 2 ** 31 - 1))], [2.0]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(VARIANCES)))
+def test_graph_level_var_and_std_are_upstreams_means_sub_and_pow(k):
+    import json
+
+    fn, want, exponents = VARIANCES[k]
+    x = np.random.RandomState(k).rand(2, 3, 4, 5).astype("float32") * 10
+    file, seq = _dumped_graph(fn, x)
+    assert [(o.type, json.loads(o.params)) for o in seq if o.type != "Host2DeviceCopy"] == want
+    pows = [o for o in seq if o.type == "Elemwise" and json.loads(o.params)["mode"] == "POW"]
+    assert [float(o.inputs[1].value) for o in pows] == exponents
+    file.seek(0)
+    (got,) = cgtools.GraphInference(file).run(x).values()
+    np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6)
+
+
 def test_a_reduction_chain_read_elsewhere_is_not_fused_on_load():
     # the sum over axis 3 (kept) is also an output: the chain stays upstream's two operators,
     # and both outputs are right
