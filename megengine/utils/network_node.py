@@ -305,7 +305,7 @@ def _upstream_reduce(st, n_slots, scopes):
         return [st], n_slots
     axis = (op.axis,) if isinstance(op.axis, (int, np.integer)) else op.axis
     axes = sorted({int(a) % ndim for a in axis}, reverse=True)
-    if len(axes) == 1 and op.keepdims:
+    if not axes or (len(axes) == 1 and op.keepdims):  # (axis=(): no reduction, as it is)
         return [st], n_slots
     steps, src, meta = [], st.ins[0], (tuple(shape), np.dtype(dtype))
     for k, a in enumerate(axes):
@@ -333,7 +333,9 @@ def _upstream_reduce(st, n_slots, scopes):
 def _slot_device(prog, slot, made_by):
     """The device of value ``slot`` of ``prog``: a constant's or argument's own, else that of
     the op computing it (placed ops name theirs; the others compute on their inputs' device)."""
-    leaves = dict(zip(prog.arg_slots, _arg_leaves(prog.in_tree)))
+    from ..jit.dump_names import _leaves  # (jit.dump imports this module)
+
+    leaves = dict(zip(prog.arg_slots, _leaves(prog.in_tree)))
     while True:
         info = prog.slots[slot]
         if info.kind == "const":
@@ -349,12 +351,6 @@ def _slot_device(prog, slot, made_by):
         if device is not None:
             return device
         slot = st.ins[0]
-
-
-def _arg_leaves(tree):
-    from ..jit.dump_names import _leaves
-
-    return _leaves(tree)
 
 
 def _upstream_var(st, n_slots, scopes, device):
