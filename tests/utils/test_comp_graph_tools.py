@@ -314,6 +314,14 @@ def test_graph_level_var_and_std_are_upstreams_means_sub_and_pow(k):
     np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6)
 
 
+def test_a_reduction_over_no_axes_is_dumped_and_runs():
+    x = np.random.RandomState(0).rand(2, 3).astype("float32")
+    file, _ = _dumped_graph(lambda x: F.sum(x, axis=()) + 1, x)
+    file.seek(0)
+    (got,) = cgtools.GraphInference(file).run(x).values()
+    np.testing.assert_array_equal(got, x + 1)
+
+
 def test_a_reduction_chain_read_elsewhere_is_not_fused_on_load():
     # the sum over axis 3 (kept) is also an output: the chain stays upstream's two operators,
     # and both outputs are right
