@@ -81,8 +81,9 @@ class Shape(tuple):
 
     def __array_function__(self, func, types, args, kwargs):
         # np.prod(x.shape) keeps SymDims an expression; any other numpy function reads ints
-        if func is np.prod and len(args) == 1 and not kwargs and any(map(is_dim, self)):
-            return math.prod(self)
+        if func is np.prod and len(args) == 1 and not kwargs and any(
+                is_dim(d) or not isinstance(d, (int, np.integer)) for d in self):
+            return math.prod(self)  # (of traced_module's tensor sizes: a traced product)
         args = tuple(a._ints() if isinstance(a, Shape) else a for a in args)
         return func(*args, **kwargs)
 
@@ -102,9 +103,15 @@ class Shape(tuple):
         return self[0]
 
     def astype(self, dtype):
-        """The shape as a Tensor of ``dtype`` (upstream's ``shape.astype`` gives a Tensor)."""
+        """The shape as a Tensor of ``dtype`` (upstream's ``shape.astype`` gives a Tensor); of
+        sizes that are tensors (``x.shape`` while `megengine.traced_module` traces), their
+        stack, so that a traced module computes it from the input it is given."""
         from .tensor import Tensor  # core.tensor imports this module
 
+        if self and all(isinstance(d, Tensor) for d in self):
+            from ..functional.tensor import stack  # (functional imports core)
+
+            return stack(list(self)).astype(dtype)
         return Tensor(self.numpy(), dtype=dtype)
 
     @property

@@ -52,7 +52,7 @@ from ..core.dispatch import Op
 from ..core.ops import move_array
 from ..core.tensor import Tensor
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
-from ..utils.network_node import upstream_steps
+from ..utils.network_node import engine_steps, upstream_steps
 from .arith_opt import is_identity_step
 from .dump_backward import with_backward
 from .dump_devices import device_mapper, recorded_name
@@ -146,7 +146,7 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     if output_names is not None and (type(prog.out) is dict or (
             type(prog.out) is _Struct and prog.out.keys is not None)):
         raise TypeError("cannot specify output_names when output is already in dict format")
-    all_steps, n_slots, scopes = upstream_steps(prog)
+    all_steps, n_slots, scopes, step_consts = upstream_steps(prog)
     op_steps = [st for st in all_steps if type(st) is _OpStep]
     named = dict(zip(map(id, op_steps), program_names(
         op_steps, scopes, getattr(prog, "var_names", {}))))
@@ -193,6 +193,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
             if name:  # a named Parameter or tensor keeps its name, as upstream's dump
                 entry["name"] = name
             consts.append(entry)
+    consts += [{"slot": s, "array": w.array(array), "device": recorded_name(device)}
+               for s, (array, device) in step_consts.items()]
     steps = []
     for step in all_steps:
         t = type(step)
@@ -510,6 +512,7 @@ def load(file, device=None):
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
+    prog.steps = engine_steps(prog.steps, [o["slot"] for o in graph["outputs"]])
     prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
     prog.dyn_read = {s: tuple(shape) for s, shape in graph.get("fixed_shapes", ())}
     prog.loaded = True  # (its checks' messages speak of a file, not of a replay)

@@ -10,6 +10,8 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from ..core._trace_option import Shape
+
 __all__ = ["TreeDef", "LeafDef", "tree_flatten", "register_supported_type", "SUPPORTED_TYPE",
            "NodeType"]
 
@@ -30,6 +32,8 @@ def register_supported_type(type_, flatten, unflatten):
 
 register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))
 register_supported_type(list, lambda v: (list(v), None), lambda c, _: list(c))
+# ``x.shape`` while tracing (its sizes are traced tensors: a call given it follows the input)
+register_supported_type(Shape, lambda v: (list(v), None), lambda c, _: Shape(c))
 register_supported_type(dict, lambda v: ([v[k] for k in v], list(v)),
                         lambda c, keys: dict(zip(keys, c)))
 register_supported_type(OrderedDict, lambda v: ([v[k] for k in v], list(v)),

@@ -31,7 +31,7 @@ import types
 
 import numpy as np
 
-from ..core import dispatch
+from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input,
@@ -284,6 +284,9 @@ class Tracer:
             self._set(Tensor, "__len__", tensor_dict["__len__"],
                       _untraced_wrapper(tensor_dict["__len__"]))
         dispatch._trace_hook = _ApplyHook(self)
+        # shapes are symbolic while tracing, as upstream's trace_module / insert_exprs set them:
+        # ``x.shape`` answers a shape Tensor's reads (``x.shape.numpy()``)
+        self._symbolic_shape = _trace_option.set_symbolic_shape(True)
         _active = self
         return self
 
@@ -291,6 +294,7 @@ class Tracer:
         global _active
         _active = None
         dispatch._trace_hook = None
+        _trace_option.set_symbolic_shape(self._symbolic_shape)
         while self._patched:
             target, name, orig = self._patched.pop()
             if isinstance(target, dict):
@@ -448,8 +452,11 @@ class Tracer:
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
     def record_shape(self, tensor, shape):
-        """``x.shape`` of a traced tensor: a tuple of 0-d int32 tensors, one recorded
-        CallMethod "shape" making them, so reshapes by it follow the input's shape."""
+        """``x.shape`` of a traced tensor: a `megengine.core._trace_option.Shape` of 0-d int32
+        tensors, one recorded CallMethod "shape" making them, so reshapes by it follow the
+        input's shape. Upstream's is one int32 shape Tensor; a Shape answers its reads
+        (``.numpy()``, ``.ndim``, ``.astype``) and indexes, unpacks and concatenates as the
+        tuple that the rest of the engine takes for a shape."""
         node = self.node_of(tensor)
         self.depth += 1
         try:
@@ -463,7 +470,7 @@ class Tracer:
         self.scope.emit(expr)
         for t, n in zip(dims, expr.outputs):
             self.bind(t, n)
-        return dims
+        return _trace_option.Shape(dims)
 
     def record_tensor_init(self, tensor, args, kwargs):
         """``Tensor(traced, ...)``: a CallFunction of the class, whose output is ``tensor``."""

@@ -31,8 +31,8 @@ from ..core import dispatch
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
-from ..jit._program import (_DimExpr, _freeze, _has_ref, _holds, _host, _is_array, _OpStep,
-                            _Ref, _thaw)
+from ..jit._program import (_AliasStep, _DimExpr, _freeze, _has_ref, _holds, _host, _is_array,
+                            _OpStep, _Ref, _refs_in, _thaw)
 
 __all__ = ["NetworkNode", "VarNode", "OpNode", "ReadOnlyOpNode", "Host2DeviceCopy",
            "ImmutableTensor", "str_to_mge_class", "renumber", "MatMulTransposedB",
@@ -267,6 +267,209 @@ class MatMulTransposedB(dispatch.Op):
         return gx, gw
 
 
+class RemoveAxis(dispatch.Op):
+    """Drop size-1 axis ``axis`` (upstream's AxisAddRemove with one remove descriptor): what
+    `trace.dump` writes after a reduction without ``keepdims``, as upstream's graph has it."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.squeeze(self.axis)
+
+    def backward(self, g):
+        return g.reshape(self.shape)
+
+
+def _reduce_dtype(mode, dtype):
+    """The dtype of `Reduce` ``mode`` of a ``dtype`` input (see its forward)."""
+    if mode == "mean" and dtype.kind not in "fc":
+        return np.dtype(np.float32)
+    if mode in ("sum", "prod") and dtype.kind == "b":
+        return np.dtype(np.int32)
+    return dtype
+
+
+def _upstream_reduce(st, n_slots, scopes):
+    """Reduce step ``st`` as upstream's graph writes it (array_method's ``_reduce``): one
+    Reduce per axis, highest axis first, each keeping its axis, and after each an AxisAddRemove
+    dropping it unless ``keepdims``; (steps, number of slots). Over every axis (``axis=None``)
+    it is one Reduce there too, and stays one step."""
+    from ..core.ops import Reduce as ReduceOp
+
+    op = st.template
+    (shape, dtype), = st.metas
+    ndim = len(shape)
+    if op.axis is None or not ndim or st.dyn or st.sym:
+        return [st], n_slots
+    axis = (op.axis,) if isinstance(op.axis, (int, np.integer)) else op.axis
+    axes = sorted({int(a) % ndim for a in axis}, reverse=True)
+    if not axes or (len(axes) == 1 and op.keepdims):  # (axis=(): no reduction, as it is)
+        return [st], n_slots
+    steps, src, meta = [], st.ins[0], (tuple(shape), np.dtype(dtype))
+    for k, a in enumerate(axes):
+        parts = [(ReduceOp(op.mode, a, True), "Reduce")]
+        if not op.keepdims:
+            parts.append((RemoveAxis(a), "RemoveAxis (reduction)"))
+        for j, (part, name) in enumerate(parts):
+            last = k == len(axes) - 1 and j == len(parts) - 1
+            out = st.outs[0] if last else n_slots
+            if not last:
+                n_slots += 1
+                if st.outs[0] in scopes:
+                    scopes[out] = scopes[st.outs[0]]
+            steps.append(_OpStep(st.index, part, None, None, (src,), (meta,), (out,), False,
+                                 name))
+            shape, dtype = meta
+            if j == 0:
+                meta = (shape[:a] + (1,) + shape[a + 1:], _reduce_dtype(op.mode, dtype))
+            else:
+                meta = (shape[:a] + shape[a + 1:], dtype)
+            src = out
+    return steps, n_slots
+
+
+def _slot_device(prog, slot, made_by):
+    """The device of value ``slot`` of ``prog``: a constant's or argument's own, else that of
+    the op computing it (placed ops name theirs; the others compute on their inputs' device)."""
+    from ..jit.dump_names import _leaves  # (jit.dump imports this module)
+
+    leaves = dict(zip(prog.arg_slots, _leaves(prog.in_tree)))
+    while True:
+        info = prog.slots[slot]
+        if info.kind == "const":
+            return info.device
+        if slot in leaves:
+            return leaves[slot].device
+        st = made_by.get(slot)
+        if st is None or not st.ins:  # (a value made from nothing, a random draw: the default)
+            from ..device import get_default_device
+
+            return canonical_device(get_default_device())
+        device = getattr(st.template, "device", None)
+        if device is not None:
+            return device
+        slot = st.ins[0]
+
+
+def _upstream_var(st, n_slots, scopes, device):
+    """`F.var` / `F.std` step ``st`` as upstream builds them (math.py's ``var``): ``m = mean(x,
+    axis, keepdims=True)`` (over every axis: a scalar), ``mean((x - m) ** 2, axis, keepdims)``,
+    and for std ``** 0.5``; (steps, number of slots, {slot: (array, device)} of the exponents,
+    constants of the file). The means are `upstream_steps`' Reduce chains."""
+    from ..core.ops import Pow, Reduce as ReduceOp, Sub
+
+    op, std = st.template, type(st.template).__name__ == "Std"
+    (shape, dtype), = st.metas
+    shape, fdt = tuple(shape), np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(
+        np.float32)
+    axes = tuple(range(len(shape))) if op.axis is None else tuple(
+        sorted(int(a) % max(len(shape), 1) for a in ((op.axis,) if isinstance(
+            op.axis, (int, np.integer)) else op.axis)))
+    kept = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    reduced = tuple(n for i, n in enumerate(shape) if i not in axes)
+    m_shape = () if op.axis is None else kept
+    out_shape = kept if op.keepdims else reduced
+    slots = list(range(n_slots, n_slots + (6 if std else 4)))
+    n_slots += len(slots)
+    for k in slots:
+        if st.outs[0] in scopes:
+            scopes[k] = scopes[st.outs[0]]
+    m, d, two, sq = slots[:4]
+    x_meta, scalar = (shape, np.dtype(dtype)), ((), fdt)
+    consts = {two: (np.array(2, fdt), device)}
+    last = st.outs[0] if not std else slots[4]
+    keep = op.axis is not None  # (axis=None: the mean over every axis is a scalar)
+    parts = [(ReduceOp("mean", op.axis, keep), (st.ins[0],), (x_meta,), m, "Reduce (var)"),
+             (Sub(), (st.ins[0], m), (x_meta, (m_shape, fdt)), d, "Sub (var)"),
+             (Pow(), (d, two), ((shape, fdt), scalar), sq, "Pow (var)"),
+             (ReduceOp("mean", op.axis, op.keepdims), (sq,), ((shape, fdt),), last,
+              "Reduce (var)")]
+    if std:
+        half = slots[5]
+        consts[half] = (np.array(0.5, fdt), device)
+        parts.append((Pow(), (last, half), ((out_shape, fdt), scalar), st.outs[0], "Pow (std)"))
+    steps = []
+    for template, ins, metas, out, name in parts:
+        step = _OpStep(st.index, template, None, None, ins, metas, (out,), False, name)
+        if type(template) is ReduceOp:
+            found, n_slots = _upstream_reduce(step, n_slots, scopes)
+            steps.extend(found)
+        else:
+            steps.append(step)
+    return steps, n_slots, consts
+
+
+def _reduce_chain(steps, k, read):
+    """(fused Reduce op, number of steps) of the chain `_upstream_reduce` writes that starts at
+    ``steps[k]``, or None: one Reduce per axis (one mode, axes falling, each keeping its axis),
+    each followed by a RemoveAxis of its axis for all of them or for none, every value between
+    them read only by the next step (``read``: how many times each slot is read)."""
+    from ..core.ops import Reduce as ReduceOp
+
+    def op_at(j, cls, prev):
+        st = steps[j] if j < len(steps) else None
+        if (type(st) is not _OpStep or type(st.template) is not cls or st.dyn
+                or (prev is not None and (st.ins != prev.outs or read.get(prev.outs[0]) != 1))):
+            return None
+        return st
+
+    first = op_at(k, ReduceOp, None)
+    if first is None or not first.template.keepdims:
+        return None
+    mode = first.template.mode
+    remove = op_at(k + 1, RemoveAxis, first) is not None
+    unit = 2 if remove else 1
+    axes, j, prev = [], k, None
+    while True:
+        st = op_at(j, ReduceOp, prev)
+        op = st.template if st is not None else None
+        if (op is None or op.mode != mode or not op.keepdims or type(op.axis) is not int
+                or op.axis < 0 or (axes and op.axis >= axes[-1])):
+            break
+        if remove:
+            rm = op_at(j + 1, RemoveAxis, st)
+            if rm is None or rm.template.axis != op.axis:
+                break
+            st = rm
+        axes.append(op.axis)
+        prev, j = st, j + unit
+    if j - k < 2:
+        return None
+    axis = tuple(sorted(axes)) if len(axes) > 1 else axes[0]
+    return ReduceOp(mode, axis, not remove), j - k
+
+
+def engine_steps(steps, outputs):
+    """``steps`` (a loaded file's) with `upstream_steps`' per-axis reductions run as this
+    engine's one Reduce op each, as the traced program had them: the file keeps upstream's
+    operators, a run does not pay a step per axis. ``outputs``: the slots read from outside
+    the steps (the program's outputs)."""
+    read = {}
+    for st in steps:
+        for s in ((st.src,) if type(st) is _AliasStep else
+                  tuple(st.ins) + tuple(_refs_in(st.dyn or ()))):
+            read[s] = read.get(s, 0) + 1
+    for s in outputs:
+        read[s] = read.get(s, 0) + 1
+    out, k = [], 0
+    while k < len(steps):
+        found = _reduce_chain(steps, k, read)
+        if found is None:
+            out.append(steps[k])
+            k += 1
+            continue
+        op, n = found
+        st, last = steps[k], steps[k + n - 1]
+        out.append(_OpStep(len(out), op, None, None, st.ins, None, last.outs, False, "Reduce"))
+        k += n
+    for i, st in enumerate(out):
+        if type(st) is _OpStep:
+            st.index = i
+    return out
+
+
 def _conv_out_shape(op, x_shape, w_shape):
     """The output shape of convolution ``op`` (a `_Convolution`, or its transpose) of an input
     of ``x_shape`` with a weight of ``w_shape`` (grouped weights have one more axis)."""
@@ -290,16 +493,33 @@ def _is_op(st, cls_name, module):
 
 
 def upstream_steps(prog):
-    """(steps, number of slots, {slot: module scope}) of ``prog`` as upstream's graph has them:
+    """(steps, number of slots, {slot: module scope}, {slot: (array, device)} of constants
+    the steps add) of ``prog`` as upstream's graph has them:
     this engine's fused linear layer (``x @ W.T + b``, one op) becomes upstream's MatrixMul
     (with W transposed) and bias ADD, and a convolution with a bias (one op here) upstream's
-    Convolution and bias ADD: two steps through a new slot, the same computation."""
+    Convolution and bias ADD: two steps through a new slot, the same computation. A reduction
+    over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
+    and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
+    (`_upstream_var`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
     n_slots = len(prog.slots)
-    steps = []
+    steps, consts, made_by = [], {}, {}
     for st in prog.steps:
+        if type(st) is _OpStep:
+            made_by.update((o, st) for o in st.outs)
+        if _is_op(st, "Reduce", "megengine.core.ops"):
+            found, n_slots = _upstream_reduce(st, n_slots, scopes)
+            steps.extend(found)
+            continue
+        if ((_is_op(st, "Var", "megengine.functional.math")
+             or _is_op(st, "Std", "megengine.functional.math")) and not st.dyn and not st.sym):
+            found, n_slots, new = _upstream_var(st, n_slots, scopes,
+                                                _slot_device(prog, st.ins[0], made_by))
+            steps.extend(found)
+            consts.update(new)
+            continue
         if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
             mid = n_slots
             n_slots += 1
@@ -333,7 +553,7 @@ def upstream_steps(prog):
                              st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
         steps.append(_OpStep(st.index, Add(), None, None, (mid, st.ins[2]),
                              (y_meta, st.metas[2]), st.outs, False, "Add (linear bias)"))
-    return steps, n_slots, scopes
+    return steps, n_slots, scopes, consts
 
 
 class OpNode(NetworkNode):
@@ -545,6 +765,7 @@ def _opr_type(name, type_name):
 Elemwise = _opr_type("Elemwise", "Elemwise")
 ElemwiseMultiType = _opr_type("ElemwiseMultiType", "ElemwiseMultiType")
 Reduce = _opr_type("Reduce", "Reduce")
+AxisAddRemove = _opr_type("AxisAddRemove", "AxisAddRemove")
 TypeCvt = _opr_type("TypeCvt", "TypeCvt")
 MatrixInverse = _opr_type("MatrixInverse", "MatrixInverse")
 MatrixMul = _opr_type("MatrixMul", "MatrixMul")
@@ -629,6 +850,8 @@ def classify(op, in_shapes, dyn_names=()):
                         "axis": d.get("axis")}
     if name in ("AsType", "QuantizedCast"):
         return TypeCvt, {"dtype": d.get("dtype")}
+    if name == "RemoveAxis":
+        return AxisAddRemove, {"remove": (d["axis"],)}
     if name == "MatMulTransposedB":
         return MatrixMul, {"transposeA": False, "transposeB": True}
     if name == "MatMul":
@@ -709,6 +932,7 @@ def str_to_mge_class(classname):
 # upstream's C++ graph level: what `megengine.utils.comp_graph_tools` and tools that read dumped
 # models (mgeconvert) see of an operator
 # --------------------------------------------------------------------------------------------
+_INT_MAX = 2 ** 31 - 1
 # engine operators that upstream's graph has under another C++ type name than our node's type
 _GRAPH_TYPES = {"Softmax": "SoftmaxForward", "BatchedMatmul": "BatchedMatrixMul"}
 
@@ -778,8 +1002,12 @@ def graph_params(opr):
         return {"transposeA": bool(p.get("transposeA", False)),
                 "transposeB": bool(p.get("transposeB", False)), "compute_mode": "DEFAULT",
                 "format": "DEFAULT"}
-    if t == "Reduce":
-        return {"mode": p["mode"], "data_type": "DEFAULT", "axis": p["axis"]}
+    if t == "Reduce":  # (over every axis: megdnn's "no axis", INT_MAX, and a shape input)
+        axis = _INT_MAX if p["axis"] is None else p["axis"]
+        return {"mode": p["mode"], "data_type": "DEFAULT", "axis": axis}
+    if t == "AxisAddRemove":  # megdnn's AxisDesc: method 0 adds an axis, 1 removes one
+        desc = [{"method": 1, "axisnum": a} for a in p["remove"]]
+        return {"nr_desc": len(desc), "desc": desc}
     if t == "Dimshuffle":
         pattern = list(p["pattern"])
         return {"pattern": pattern, "ndim": len(pattern)}
@@ -813,8 +1041,8 @@ class GraphOperator:
     """Operator ``opr`` (an `OpNode`) as upstream's C++ graph level shows it
     (``megengine.core._imperative_rt.OperatorNode``, what `megengine.utils.comp_graph_tools`
     returns): ``type`` is upstream's C++ type name (`graph_type`), ``params`` a JSON string of
-    `graph_params`, ``inputs`` upstream's input vars (a Subtensor's index values are constant
-    inputs there); ``name``, ``id``, ``outputs``, ``graph`` are the node's. ``opr`` is the node.
+    `graph_params`, ``inputs`` upstream's input vars (a Subtensor's index values and the target
+    shape of a reduction over every axis are constant inputs there); ``name``, ``id``, ``outputs``, ``graph`` are the node's. ``opr`` is the node.
     Get one with `graph_operator` (one view per node)."""
 
     __slots__ = ("opr", "_inputs")
@@ -841,6 +1069,10 @@ class GraphOperator:
                     ins += [ImmutableTensor(np.array([v], np.int32), f"{self.name}:idx{k}",
                                             ins[0]._device).outputs[0]
                             for k, v in enumerate(found[1])]
+            elif self.type == "Reduce" and self.opr.params.get("axis") is None:
+                # upstream reduces over every axis to a target shape (1,), its second input
+                ins.append(ImmutableTensor(np.array([1], np.int32), f"{self.name}:shape",
+                                           ins[0]._device).outputs[0])
             self._inputs = ins
         return self._inputs
 

@@ -6,6 +6,7 @@ import megengine.functional as F
 import megengine.module as M
 from megengine import Tensor
 from megengine.core import dispatch
+from megengine.core._trace_option import use_symbolic_shape
 from megengine.core.ops import Mul
 from megengine.functional import relu as imported_relu
 from megengine.module.module import Module
@@ -199,6 +200,37 @@ def test_shape_is_traced_so_batch_size_may_change():
         assert out.shape == (n, 2)
         np.testing.assert_allclose(out.numpy(), m(x).numpy(), rtol=1e-6)
     assert type(Tensor.shape.fget(x)) is tuple and isinstance(x.shape, tuple)
+
+
+class ReadsShapeAsUpstreamsTensor(M.Module):
+    # what code written for upstream's trace_module does with x.shape, which is one int32
+    # shape Tensor there (trace_module turns symbolic shapes on; Tensor.shape is then
+    # GetVarShape's output): mgeconvert's onnx_to_mge reads x.shape.numpy()
+    def __init__(self):
+        super().__init__()
+        self.w = Tensor(np.ones((3, 4), np.float32))
+
+    def forward(self, x):
+        s = x.shape
+        assert s.numpy().tolist() == list(x.numpy().shape) and s.numpy().dtype == np.int32
+        assert s.ndim == 1 and len(s) == x.ndim and s[1:].numpy().tolist() == [3, 2, 2]
+        assert self.w.shape.numpy().tolist() == [3, 4]  # an untraced tensor's shape too
+        n = s[0]
+        parts = [d for d in s]
+        return (F.broadcast_to(F.ones((1,)), s), x.reshape(s.astype("int32")),
+                F.reshape(x, (n * 2, -1)), np.prod(s) + parts[3] * s[1] - 1)
+
+
+def test_shape_answers_upstreams_shape_tensor_and_follows_the_input():
+    m = ReadsShapeAsUpstreamsTensor()
+    tm = trace_module(m, _inp(2, 3, 2, 2))
+    assert not use_symbolic_shape() and type(_inp(2).shape) is tuple  # set back after tracing
+    for n in (2, 5):
+        x = _inp(n, 3, 2, 2)
+        b, r, r2, k = tm(x)
+        assert b.shape == (n, 3, 2, 2) and r.shape == (n, 3, 2, 2) and r2.shape == (2 * n, 6)
+        np.testing.assert_array_equal(r.numpy(), x.numpy())
+        assert int(k.numpy()) == n * 12 + 2 * 3 - 1
 
 
 _calls = [0]

@@ -10,6 +10,7 @@ import megengine as mge
 import megengine.functional as F
 import megengine.utils.comp_graph_tools as cgtools
 from megengine.jit import trace
+from megengine.jit.dump import load
 from megengine.utils.network import Network
 
 X = np.array([1.5, -2.0, 0.5], "float32")
@@ -210,6 +211,133 @@ def test_graph_level_subtensor_takes_its_index_values_as_inputs():
         {"axis": 1, "begin": 0, "end": 0, "step": 1, "idx": 0},
         {"axis": 2, "begin": 1, "end": 1, "step": 0, "idx": 0}]
     assert [int(v.value[0]) for v in sub.inputs[1:]] == [1, 2, -3, -1]
+
+
+def _dumped_graph(fn, x):
+    import megengine.core.tensor.megbrain_graph as G
+
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"])
+    file.seek(0)
+    return file, cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+
+
+def _reductions(seq):
+    """(type, params, output shape) of the Reduce and AxisAddRemove operators of ``seq``."""
+    import json
+
+    return [(o.type, json.loads(o.params), tuple(o.outputs[0].shape)) for o in seq
+            if o.type in ("Reduce", "AxisAddRemove")]
+
+
+def _removes(axis):
+    return {"nr_desc": 1, "desc": [{"method": 1, "axisnum": axis}]}
+
+
+def _reduce(mode, axis):
+    return {"mode": mode, "data_type": "DEFAULT", "axis": axis}
+
+
+REDUCTIONS = [
+    # upstream's array_method._reduce: Reduce keeps the reduced axis and reduces one; without
+    # keepdims its imperative op adds an AxisAddRemove (reduce.cpp's apply_on_var_node);
+    # several axes are reduced one by one, highest first (_normalize_axis(reverse=True))
+    (lambda x: x.sum(axis=1), [("Reduce", _reduce("SUM", 1), (2, 1, 4, 5)),
+                               ("AxisAddRemove", _removes(1), (2, 4, 5))]),
+    (lambda x: F.mean(x, axis=(2, 3)),  # global average pooling, as upstream builds F.mean
+     [("Reduce", _reduce("MEAN", 3), (2, 3, 4, 1)), ("AxisAddRemove", _removes(3), (2, 3, 4)),
+      ("Reduce", _reduce("MEAN", 2), (2, 3, 1)), ("AxisAddRemove", _removes(2), (2, 3))]),
+    (lambda x: F.max(x, axis=(-1, 1), keepdims=True),
+     [("Reduce", _reduce("MAX", 3), (2, 3, 4, 1)), ("Reduce", _reduce("MAX", 1), (2, 1, 4, 1))]),
+    (lambda x: F.min(x, axis=-2, keepdims=True), [("Reduce", _reduce("MIN", -2), (2, 3, 1, 5))]),
+    (lambda x: F.prod(x, axis=(0, 2)),
+     [("Reduce", _reduce("PRODUCT", 2), (2, 3, 1, 5)), ("AxisAddRemove", _removes(2), (2, 3, 5)),
+      ("Reduce", _reduce("PRODUCT", 0), (1, 3, 5)), ("AxisAddRemove", _removes(0), (3, 5))]),
+    # over every axis: megdnn's "no axis" (INT_MAX) and a target shape as the second input
+    (lambda x: F.sum(x), [("Reduce", _reduce("SUM", 2 ** 31 - 1), ())]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(REDUCTIONS)))
+def test_graph_level_reductions_are_upstreams_reduce_and_axisaddremove(k):
+    fn, want = REDUCTIONS[k]
+    x = np.random.RandomState(k).rand(2, 3, 4, 5).astype("float32")
+    file, seq = _dumped_graph(fn, x)
+    assert _reductions(seq) == want
+    if want[0][1]["axis"] == 2 ** 31 - 1:
+        (red,) = [o for o in seq if o.type == "Reduce"]
+        assert len(red.inputs) == 2 and red.inputs[1].value.tolist() == [1]
+    # the file runs as the traced program, and as fast: load fuses the chain into one engine
+    # Reduce again (the eager op), so the values are eager's exactly
+    file.seek(0)
+    (got,) = cgtools.GraphInference(file).run(x).values()
+    assert got.shape == fn(mge.tensor(x)).shape
+    np.testing.assert_array_equal(got, fn(mge.tensor(x)).numpy())
+    file.seek(0)
+    (step,) = load(file).prog.steps
+    assert type(step.template).__name__ == "Reduce"
+
+
+def _elemwise(mode):
+    return ("Elemwise", {"mode": mode})
+
+
+VARIANCES = [
+    # upstream's F.var: m = mean(x, axis, keepdims=True); mean((x - m) ** 2, axis, keepdims);
+    # F.std: var ** 0.5 (functional/math.py), each mean a Reduce chain as above
+    (lambda x: F.var(x, axis=1), [("Reduce", _reduce("MEAN", 1)), _elemwise("SUB"),
+                                  _elemwise("POW"), ("Reduce", _reduce("MEAN", 1)),
+                                  ("AxisAddRemove", _removes(1))], [2.0]),
+    (lambda x: F.std(x, axis=(2, 3), keepdims=True),
+     [("Reduce", _reduce("MEAN", 3)), ("Reduce", _reduce("MEAN", 2)), _elemwise("SUB"),
+      _elemwise("POW"), ("Reduce", _reduce("MEAN", 3)), ("Reduce", _reduce("MEAN", 2)),
+      _elemwise("POW")], [2.0, 0.5]),
+    (lambda x: F.var(x), [("Reduce", _reduce("MEAN", 2 ** 31 - 1)), _elemwise("SUB"),
+                          _elemwise("POW"), ("Reduce", _reduce("MEAN", 2 ** 31 - 1))], [2.0]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(VARIANCES)))
+def test_graph_level_var_and_std_are_upstreams_means_sub_and_pow(k):
+    import json
+
+    fn, want, exponents = VARIANCES[k]
+    x = np.random.RandomState(k).rand(2, 3, 4, 5).astype("float32") * 10
+    file, seq = _dumped_graph(fn, x)
+    assert [(o.type, json.loads(o.params)) for o in seq if o.type != "Host2DeviceCopy"] == want
+    pows = [o for o in seq if o.type == "Elemwise" and json.loads(o.params)["mode"] == "POW"]
+    assert [float(o.inputs[1].value) for o in pows] == exponents
+    file.seek(0)
+    (got,) = cgtools.GraphInference(file).run(x).values()
+    np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6)
+
+
+def test_a_reduction_over_no_axes_is_dumped_and_runs():
+    x = np.random.RandomState(0).rand(2, 3).astype("float32")
+    file, _ = _dumped_graph(lambda x: F.sum(x, axis=()) + 1, x)
+    file.seek(0)
+    (got,) = cgtools.GraphInference(file).run(x).values()
+    np.testing.assert_array_equal(got, x + 1)
+
+
+def test_a_reduction_chain_read_elsewhere_is_not_fused_on_load():
+    # the sum over axis 3 (kept) is also an output: the chain stays upstream's two operators,
+    # and both outputs are right
+    def fn(x):
+        a = F.sum(x, axis=3, keepdims=True)
+        return a, F.sum(a, axis=1, keepdims=True)
+
+    x = np.random.RandomState(0).rand(2, 3, 4, 5).astype("float32")
+    file, seq = _dumped_graph(fn, x)
+    assert [r[1]["axis"] for r in _reductions(seq)] == [3, 1]
+    file.seek(0)
+    assert len(load(file).prog.steps) == 2
+    file.seek(0)
+    got = list(cgtools.GraphInference(file).run(x).values())
+    for g, w in zip(got, fn(mge.tensor(x))):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
 
 
 def test_graph_level_views_in_replace_oprs():
