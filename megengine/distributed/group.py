@@ -287,12 +287,15 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     WORLD.reset(list(range(world_size)))
 
     from .. import random
-    from ..device import set_default_device
+    from ..device import is_cuda_available, set_default_device
 
     if backend == "nccl":
         set_default_device(f"gpu{device}")
-    elif str(device_type).lower().startswith("cpu"):  # as upstream ("{device_type}{device}"):
-        set_default_device("cpu0")  # a CPU group's tensors live on the CPU, also on GPU machines
+    elif str(device_type).lower().startswith("cpu") or not is_cuda_available():
+        # as upstream ("{device_type}{device}"): rank r's default device is its own CPU device
+        # cpu{r} (one host memory), the device group.comp_node names, so tensors a rank makes
+        # by that name and by default meet; also on GPU machines a CPU group stays on the CPU
+        set_default_device(f"cpu{device}")
     # as upstream: each rank draws its own random numbers (data augmentation, dropout);
     # parameters are made equal with bcast_list_
     random.seed(int(time.time()) + rank)
