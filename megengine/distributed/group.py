@@ -213,7 +213,9 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         port: a free TCP port on that machine, the same for every rank.
         world_size: number of processes in the job (over all machines).
         rank: this process's rank in ``[0, world_size)``.
-        device: the GPU index this process uses (NCCL); on CPUs, any int (its local index).
+        device: the GPU index this process uses (NCCL); on CPUs, its local index. The process's
+            default device becomes ``gpu{device}`` or ``cpu{device}`` (upstream's
+            ``{device_type}{device}``), the device ``group.comp_node`` names.
         backend: ``"gloo"`` (CPUs) or ``"nccl"`` (GPUs); ``None``/``"auto"`` picks NCCL when
             ``device_type`` is a GPU and CUDA is usable, else gloo. ``"shm"`` means gloo.
         device_type: ``"xpu"`` (a GPU when there is one), ``"gpu"`` or ``"cpu"``.
