@@ -213,7 +213,9 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         port: a free TCP port on that machine, the same for every rank.
         world_size: number of processes in the job (over all machines).
         rank: this process's rank in ``[0, world_size)``.
-        device: the GPU index this process uses (NCCL); on CPUs, any int (its local index).
+        device: the GPU index this process uses (NCCL); on CPUs, its local index. The process's
+            default device becomes ``gpu{device}`` or ``cpu{device}`` (upstream's
+            ``{device_type}{device}``), the device ``group.comp_node`` names.
         backend: ``"gloo"`` (CPUs) or ``"nccl"`` (GPUs); ``None``/``"auto"`` picks NCCL when
             ``device_type`` is a GPU and CUDA is usable, else gloo. ``"shm"`` means gloo.
         device_type: ``"xpu"`` (a GPU when there is one), ``"gpu"`` or ``"cpu"``.
@@ -287,12 +289,15 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     WORLD.reset(list(range(world_size)))
 
     from .. import random
-    from ..device import set_default_device
+    from ..device import is_cuda_available, set_default_device
 
     if backend == "nccl":
         set_default_device(f"gpu{device}")
-    elif str(device_type).lower().startswith("cpu"):  # as upstream ("{device_type}{device}"):
-        set_default_device("cpu0")  # a CPU group's tensors live on the CPU, also on GPU machines
+    elif str(device_type).lower().startswith("cpu") or not is_cuda_available():
+        # as upstream ("{device_type}{device}"): rank r's default device is its own CPU device
+        # cpu{r} (one host memory), the device group.comp_node names, so tensors a rank makes
+        # by that name and by default meet; also on GPU machines a CPU group stays on the CPU
+        set_default_device(f"cpu{device}")
     # as upstream: each rank draws its own random numbers (data augmentation, dropout);
     # parameters are made equal with bcast_list_
     random.seed(int(time.time()) + rank)

@@ -292,3 +292,20 @@ def test_server_is_importable_from_group_as_in_upstream_1_0():
     from megengine.distributed.group import Server
 
     assert Server is dist.Server
+
+
+def _own_device_meets_the_default():
+    import megengine as mge
+    from megengine.functional.distributed import all_reduce_sum
+
+    rank = dist.get_rank()
+    mine = mge.tensor([1.0], device=f"xpu{rank}")  # upstream's idiom: the rank's device by name
+    return (str(mge.get_default_device()), dist.WORLD.comp_node,
+            all_reduce_sum(mine + mge.tensor([2.0 * rank])).numpy().tolist())
+
+
+def test_a_cpu_rank_defaults_to_its_own_device_as_upstreams_launcher(run_ranks):
+    # upstream's init_process_group sets f"{device_type}{rank}" as the default device, so on
+    # rank r a tensor made on xpu{r} (cpu r here) and one made by default meet in one op
+    got = run_ranks(_own_device_meets_the_default, 2)
+    assert got == [("cpu0", "cpu0:1", [4.0]), ("cpu1", "cpu1:1", [4.0])]

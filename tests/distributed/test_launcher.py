@@ -117,7 +117,7 @@ def test_cpu_workers_launch_from_a_process_that_used_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     got = dist.launcher(_device_seen, n_gpus=2, device_type="cpu", timeout=60)()
-    assert got == [("cpu0", "cpu0", False)] * 2
+    assert got == [("cpu0", "cpu0", False), ("cpu1", "cpu1", False)]  # rank r: cpu r
     with pytest.raises(RuntimeError, match="CUDA is already initialized"):
         dist.launcher(_device_seen, n_gpus=1, device_type="gpu", timeout=60)()
 
