@@ -17,7 +17,8 @@ imports the converters' modules directly)::
     : > mgeconvert-1.0.2/mgeconvert/__init__.py
     pip install --target /tmp/mgec-deps onnx onnxruntime protobuf
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \\
-        PYTHONPATH=$PWD:$PWD/mgeconvert-1.0.2:/tmp/mgec-deps python tests/interop/mgeconvert_check.py
+        PYTHONPATH=$PWD:$PWD/mgeconvert-1.0.2:/tmp/mgec-deps \\
+        python tests/interop/mgeconvert_check.py
 
 mgeconvert 1.0.2 needs three check-only patches on Python 3.10+ and numpy 2, applied here in
 memory (its files are not changed): ``collections.Iterable`` (gone in Python 3.10), its ONNX
@@ -106,8 +107,9 @@ def _prepare(net, shape):
     rng = np.random.RandomState(0)
     for m in net.modules():  # batch-norm statistics that are not the identity
         if isinstance(m, M.BatchNorm2d):
-            m.running_mean[...] = mge.tensor(rng.randn(*m.running_mean.shape).astype("float32") / 10)
-            m.running_var[...] = mge.tensor(rng.rand(*m.running_var.shape).astype("float32") + 0.5)
+            shape = m.running_mean.shape
+            m.running_mean[...] = mge.tensor(rng.randn(*shape).astype("float32") / 10)
+            m.running_var[...] = mge.tensor(rng.rand(*shape).astype("float32") + 0.5)
     x = rng.randn(*shape).astype("float32")
     out = net(mge.tensor(x))
     return x, [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
