@@ -107,9 +107,9 @@ def _prepare(net, shape):
     rng = np.random.RandomState(0)
     for m in net.modules():  # batch-norm statistics that are not the identity
         if isinstance(m, M.BatchNorm2d):
-            shape = m.running_mean.shape
-            m.running_mean[...] = mge.tensor(rng.randn(*shape).astype("float32") / 10)
-            m.running_var[...] = mge.tensor(rng.rand(*shape).astype("float32") + 0.5)
+            n = m.running_mean.shape
+            m.running_mean[...] = mge.tensor(rng.randn(*n).astype("float32") / 10)
+            m.running_var[...] = mge.tensor(rng.rand(*n).astype("float32") + 0.5)
     x = rng.randn(*shape).astype("float32")
     out = net(mge.tensor(x))
     return x, [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
