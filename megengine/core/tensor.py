@@ -39,6 +39,16 @@ class CompNode(str):
         name = str(self)
         return name if ":" in name else name + ":0"
 
+    @property
+    def physical_name(self):
+        """The device the name resolves to, with its stream: ``"cpu0:0"`` for ``"xpux"`` on a
+        machine without a GPU (upstream's ``CompNode.physical_name``)."""
+        from ..device import canonical_device
+
+        name = str(self)
+        stream = name.partition(":")[2] or "0"
+        return canonical_device(name.partition(":")[0]) + ":" + stream
+
     # Upstream compares comp nodes by the device they resolve to, so on a machine without a
     # GPU `tensor.device == "xpu0"` holds for a tensor on "cpu0". Equal text is the fast path;
     # only differing names are resolved, and a name that does not resolve compares unequal.
@@ -378,9 +388,9 @@ class Tensor(metaclass=_TensorType):
             yield self[i]
 
     def __bool__(self):
-        if self.size != 1:
+        if self._data.size != 1:  # (not self.size: a subclass may make it torch's size())
             raise ValueError(
-                f"the truth value of a tensor with {self.size} elements is ambiguous; "
+                f"the truth value of a tensor with {self._data.size} elements is ambiguous; "
                 "use F.logical_and/any/all or .item()"
             )
         return bool(self.item())

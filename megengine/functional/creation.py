@@ -24,12 +24,22 @@ def _num(value):
     return value.item() if isinstance(value, Tensor) else value
 
 
+def _unwrap_shape(shape):
+    """The shape inside a 1-tuple that holds it: upstream's broadcast and reshape unwrap one
+    (their ``_expand_args``), so ``F.zeros(([2, 3],))`` is ``F.zeros([2, 3])``."""
+    if (type(shape) is tuple and len(shape) == 1
+            and isinstance(shape[0], (list, tuple, Tensor, np.ndarray))):
+        return shape[0]
+    return shape
+
+
 def _shape_arg(shape, what):
     """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
     may be ints, numpy ints or one-element Tensors, e.g. pieces of ``x.shape``), a 1-D Tensor or
     numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
     if shape is None:
         return ()
+    shape = _unwrap_shape(shape)
     if isinstance(shape, Shape):  # x.shape while tracing: its items, SymDims kept (not numpy())
         shape = tuple(shape)
     computed = isinstance(shape, Tensor)

@@ -349,8 +349,9 @@ def pixel_shuffle(inp, upscale_factor):
         raise ValueError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
                          f"channels (dim -3) divisible by upscale_factor**2 = {r * r}")
     *lead, c, h, w = inp.shape
-    x = inp.reshape(-1, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return x.reshape(tuple(lead) + (c // (r * r), h * r, w * r))
+    # the engine's methods, not those of a Tensor subclass (a torch-style `transpose(d0, d1)`)
+    x = Tensor.transpose(Tensor.reshape(inp, (-1, c // (r * r), r, r, h, w)), (0, 1, 4, 2, 5, 3))
+    return Tensor.reshape(x, tuple(lead) + (c // (r * r), h * r, w * r))
 
 
 from .attention import *  # noqa: E402,F401,F403

@@ -11,8 +11,8 @@ from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _Eye, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, arange, copy, eye,
-    full, full_like, linspace, ones, ones_like, zeros, zeros_like)
+    _Arange, _Eye, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, _unwrap_shape,
+    arange, copy, eye, full, full_like, linspace, ones, ones_like, zeros, zeros_like)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "cumsum", "diag", "expand_dims",
@@ -60,12 +60,12 @@ def reshape(inp, target_shape):
     if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
         raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "
                          "negative sizes")
-    return inp.reshape(shape)
+    return Tensor.reshape(inp, shape)  # the engine's method, not a subclass's override
 
 
 def flatten(inp, start_axis=0, end_axis=-1):
     """Merge the dimensions ``start_axis..end_axis`` (inclusive) into one."""
-    return _tensor(inp).flatten(start_axis, end_axis)
+    return Tensor.flatten(_tensor(inp), start_axis, end_axis)
 
 
 def transpose(inp, pattern):
@@ -76,7 +76,7 @@ def transpose(inp, pattern):
     inp = _tensor(inp)
     pattern = tuple(pattern)
     if "x" not in pattern and len(pattern) == inp.ndim:
-        return inp.transpose(pattern)
+        return Tensor.transpose(inp, pattern)  # the engine's method, not a subclass's override
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
     if len(set(kept)) != len(kept) or any(inp.shape[i] != 1 for i in dropped):
@@ -84,8 +84,8 @@ def transpose(inp, pattern):
             f"transpose: pattern {pattern} must name each dim of shape {inp.shape} at most once "
             "and may leave out only dims of size 1"
         )
-    out = inp.transpose(kept + dropped) if kept + dropped != list(range(inp.ndim)) else inp
-    return out.reshape(tuple(1 if p == "x" else inp.shape[p] for p in pattern))
+    out = Tensor.transpose(inp, kept + dropped) if kept + dropped != list(range(inp.ndim)) else inp
+    return Tensor.reshape(out, tuple(1 if p == "x" else inp.shape[p] for p in pattern))
 
 
 def swapaxes(inp, axis1, axis2):
@@ -160,6 +160,7 @@ def broadcast_to(inp, shape):
     """``inp`` broadcast to ``shape`` (numpy rules). As upstream, a None entry keeps the input's
     size at that dim, and a negative size is an error."""
     inp = _tensor(inp)
+    shape = _unwrap_shape(shape)
     keep = []
     if isinstance(shape, (list, tuple)):
         keep = [i for i, s in enumerate(shape) if s is None]

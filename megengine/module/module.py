@@ -464,17 +464,28 @@ class Module:
         return entries
 
     def state_dict(self, rst=None, prefix="", keep_var=False):
-        """OrderedDict of dotted name -> numpy array (the Tensors themselves with ``keep_var``)."""
+        """OrderedDict of dotted name -> numpy array (the Tensors themselves with ``keep_var``).
+
+        Built from `_state_dict`, as upstream's is, so a subclass that overrides `_state_dict`
+        (renaming or reshaping its entries) is honoured at any depth of the module tree."""
+        out = OrderedDict()
+        for (owner_type, key), value in self._state_dict(rst, prefix, keep_var).items():
+            if key in out:
+                raise KeyError(f"state_dict: duplicated key {key!r}")
+            flat = not keep_var and getattr(owner_type, "_flat_state", False)
+            out[key] = value.reshape(-1) if flat else value
+        return out
+
+    def _state_dict(self, rst=None, prefix="", keep_var=False):
+        """Upstream's hook under `state_dict`: ``rst`` filled with ``(module class, dotted
+        name) -> value`` for this module's parameters and buffers, then each submodule's
+        through the submodule's own ``state_dict(rst, prefix, keep_var)``."""
         if rst is None:
             rst = OrderedDict()
-        for key, t, owner in self._state_entries(prefix):
-            if key in rst:
-                raise KeyError(f"state_dict: duplicated key {key!r}")
-            if keep_var:
-                rst[key] = t
-            else:
-                value = t.numpy()
-                rst[key] = value.reshape(-1) if owner._flat_state else value
+        for k, t in self._flatten(recursive=False, with_key=True, predicate=_is_tensor):
+            rst[(type(self), prefix + k)] = t if keep_var else t.numpy()
+        for k, sub in self._flatten(recursive=False, with_key=True, predicate=_is_module):
+            sub.state_dict(rst, prefix + k + ".", keep_var)
         return rst
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:

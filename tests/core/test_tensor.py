@@ -8,6 +8,7 @@ import torch
 
 import megengine as mge
 from megengine.core.dispatch import on_device
+from megengine.core.tensor import CompNode
 from megengine import Parameter, Tensor
 from megengine.autodiff import GradManager
 from megengine.device import canonical_device
@@ -331,6 +332,23 @@ def test_device_logical_name_carries_the_stream():
     x = Tensor([1.0], device="cpux")
     assert x.device == "cpu0" and x.device.logical_name == "cpu0:0"
     assert canonical_device(x.device.logical_name) == "cpu0"
+
+
+def test_device_physical_name_is_the_resolved_device_with_its_stream():
+    # upstream's CompNode.physical_name; MegEngine/invis prints it in its Tensor repr
+    assert Tensor([1.0], device="xpux").device.physical_name == canonical_device("xpux") + ":0"
+    assert Tensor([1.0], device="cpu0").device.physical_name == "cpu0:0"
+    assert CompNode("cpu1:2").physical_name == "cpu1:2"
+
+
+def test_truth_value_does_not_use_a_subclass_size_method():
+    class TorchStyle(Tensor):  # torch's size() is a method
+        def size(self, dim=None):
+            return self.shape if dim is None else self.shape[dim]
+
+    assert bool(TorchStyle(3)) and not bool(TorchStyle([0]))
+    with pytest.raises(ValueError, match="2 elements is ambiguous"):
+        bool(TorchStyle([1, 2]))
 
 
 def test_getnewargs_are_upstreams_value_dtype_device():

@@ -66,3 +66,47 @@ def test_shape_helpers_and_matmul():
     check_against_torch(lambda p, q: _matmul(p, q), torch.matmul, x, y)
     got = _matmul(t, mge.tensor(np.ones((3, 1), np.int32)))  # int operand promoted
     np.testing.assert_allclose(got.numpy(), x.sum(1, keepdims=True), rtol=1e-6)
+
+
+class _ElwiseTensor(mge.Tensor):
+    """A user's subclass whose operators are `_elwise` itself, as MegEngine/invis writes them
+    (upstream's apply is C++ and never calls them back)."""
+
+    def __add__(self, other):
+        return _elwise(self, other, mode=Elemwise.Mode.ADD)
+
+    def __mul__(self, other):
+        return _elwise(self, other, mode=Elemwise.Mode.MUL)
+
+    def __sub__(self, other):
+        return _elwise(self, other, mode=Elemwise.Mode.SUB)
+
+    def __rsub__(self, other):
+        return _elwise(other, self, mode=Elemwise.Mode.SUB)
+
+    def __gt__(self, other):
+        return _elwise(other, self, mode=Elemwise.Mode.LT)
+
+
+def test_elwise_on_a_subclass_whose_operators_call_elwise():
+    a = rng.randn(3, 4).astype(np.float32)
+    b = rng.randn(3, 4).astype(np.float32)
+    x, y = _ElwiseTensor(a), _ElwiseTensor(b)
+    np.testing.assert_allclose((x + y).numpy(), a + b, rtol=1e-6)
+    np.testing.assert_allclose((x * 2.0).numpy(), a * 2, rtol=1e-6)
+    # modes lowered onto several Tensor operators: fused ones and the backward kernels
+    np.testing.assert_allclose(_elwise(x, y, 1.0, mode="fuse_mul_add3").numpy(), a * b + 1,
+                               rtol=1e-6)
+    np.testing.assert_allclose(_elwise(x, y, mode="sigmoid_grad").numpy(), b * a * (1 - a),
+                               rtol=1e-5)
+    # gradients reach subclass inputs as any tensor's (oracle: torch)
+    from megengine.autodiff import GradManager
+
+    gm = GradManager().attach([x, y])
+    dz = rng.randn(3, 4).astype(np.float32)
+    with gm:
+        gm.backward(x * y + x, mge.tensor(dz))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    (ta * tb + ta).backward(torch.tensor(dz))
+    np.testing.assert_allclose(x.grad.numpy(), ta.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(y.grad.numpy(), tb.grad.numpy(), rtol=1e-6)

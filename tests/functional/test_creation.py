@@ -103,3 +103,17 @@ def test_arange_counts_as_upstream_in_float32():
         0, 2 ** 23, 2 ** 24]
     np.testing.assert_array_equal(F.arange(5, 0, -2).numpy(), torch.arange(5, 0, -2).numpy())
     assert F.arange(3, 1).shape == (0,)
+
+
+def test_a_shape_inside_a_one_tuple_is_unwrapped_as_upstream():
+    # upstream's broadcast/reshape unwrap it (`_expand_args`); MegEngine/invis calls
+    # F.zeros(shape) with shape = ([c, 1, k, k],)
+    assert F.zeros(([2, 3],)).shape == (2, 3)
+    assert F.ones(((2, 3),)).shape == (2, 3)
+    np.testing.assert_array_equal(F.full(([2],), 7).numpy(), [7, 7])
+    assert F.zeros((mge.tensor([2, 3]),)).shape == (2, 3)
+    x = mge.tensor(np.arange(6, dtype=np.float32))
+    assert F.reshape(x, ([2, 3],)).shape == (2, 3)
+    assert F.broadcast_to(mge.tensor([[1.0], [2.0]]), ((None, 3),)).shape == (2, 3)
+    with pytest.raises(TypeError, match="shape entries must be ints"):
+        F.zeros(([2, 3], 4))

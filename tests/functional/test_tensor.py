@@ -385,3 +385,29 @@ def test_shape_mismatches_are_both_value_and_runtime_errors():
                 call()
     with pytest.raises(ValueError):
         np.ones((3, 2)).reshape(2, 2)  # the oracle: numpy says ValueError for the same call
+
+
+class _TorchStyle(mge.Tensor):
+    """A user's subclass with torch's method signatures, as MegEngine/invis defines them."""
+
+    def transpose(self, dim0, dim1):
+        pattern = list(range(self.ndim))
+        pattern[dim0], pattern[dim1] = pattern[dim1], pattern[dim0]
+        return mge.Tensor.transpose(self, pattern)
+
+    def reshape(self, *shape):
+        return mge.Tensor.reshape(self, *shape)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return mge.Tensor.flatten(self, start_dim, end_dim)
+
+
+def test_shape_functions_use_the_engine_methods_not_a_subclass_override():
+    a = rand(2, 8, 3, 4)
+    x = _TorchStyle(a)
+    np.testing.assert_array_equal(F.transpose(x, (0, 2, 3, 1)).numpy(), a.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(F.transpose(x[:, :1], (0, 2, 3)).numpy(), a[:, 0])
+    np.testing.assert_array_equal(F.reshape(x, (4, -1)).numpy(), a.reshape(4, -1))
+    np.testing.assert_array_equal(F.flatten(x, 1).numpy(), a.reshape(2, -1))
+    torch_out = torch.nn.functional.pixel_shuffle(torch.tensor(a), 2).numpy()
+    np.testing.assert_array_equal(F.pixel_shuffle(x, 2).numpy(), torch_out)

@@ -659,3 +659,30 @@ def test_0x_train_override_without_recursive():
     assert not outer.old.training and not outer.old.fc.training and calls and not any(calls)
     outer.train()
     assert outer.old.fc.training and outer.bn.training and calls[-1] is True
+
+
+def test_state_dict_goes_through_an_overridden_state_dict_hook_at_any_depth():
+    # upstream's state_dict is built by `_state_dict(rst, prefix, keep_var)`, keyed by
+    # (module class, name); MegEngine/invis overrides it to give torch's 1-D conv bias
+    class TorchBiasConv(M.Conv2d):
+        def _state_dict(self, rst=None, prefix="", keep_var=False):
+            rst = M.Conv2d._state_dict(self, rst, prefix, keep_var)
+            key = (type(self), prefix + "bias")
+            rst[key] = rst[key].reshape(-1)
+            return rst
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = TorchBiasConv(2, 3, 1)
+            self.bn = M.BatchNorm2d(3)
+
+    net = Net()
+    sd = net.state_dict()
+    assert list(sd) == ["bn.bias", "bn.running_mean", "bn.running_var", "bn.weight",
+                        "conv.bias", "conv.weight"]
+    assert sd["conv.bias"].shape == (3,) and sd["conv.weight"].shape == (3, 2, 1, 1)
+    assert sd["bn.running_mean"].shape == (3,)  # norm layers' states stay 1-D as before
+    raw = net._state_dict()
+    assert raw[(TorchBiasConv, "conv.bias")].shape == (3,)
+    assert raw[(M.BatchNorm2d, "bn.weight")].shape == (1, 3, 1, 1)

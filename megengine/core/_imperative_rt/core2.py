@@ -32,7 +32,8 @@ def apply(op, *tensors):
         from .opdef import OpDef as _OpDef
 
     if isinstance(op, _OpDef):
-        return op._lower(*tensors)
+        return op._lower(*[t if type(t).__module__.startswith("megengine.") else _plain(t)
+                           for t in tensors])
     if isinstance(op, dispatch.Op):
         out = dispatch.apply(op, *tensors)
         return out if isinstance(out, tuple) else (out,)
@@ -40,6 +41,19 @@ def apply(op, *tensors):
         f"apply: expected an op descriptor from megengine.core.ops.builtin (e.g. "
         f"Elemwise(mode='add')) or a megengine.core.Op, got {type(op).__name__}"
     )
+
+
+def _plain(t):
+    """``t``, an instance of a user's Tensor subclass, as an engine Tensor through a recorded
+    identity op (a copy: autodiff and tracing follow it as any op).
+
+    Upstream's ``apply`` runs the op in C++ and never calls the inputs' Python methods. The
+    descriptors here are lowered onto Python code that uses Tensor's operators and methods,
+    which a subclass may override, often with ``_elwise``/``apply`` themselves (MegEngine/invis
+    defines ``__add__`` as ``_elwise(x, y, mode=ADD)``, which would call back forever)."""
+    from .. import ops as _engine_ops
+
+    return dispatch.apply(_engine_ops.Identity(), t)
 
 
 def sync():
