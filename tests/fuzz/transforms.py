@@ -659,7 +659,10 @@ def _random_geometry(rng):
             scale = size / min(h, w)
             th, tw = (size, scale * w) if h < w else (scale * h, size)
             if max(th, tw) > max_size:
-                th, tw = th * max_size / max(th, tw), tw * max_size / max(th, tw)
+                # upstream's order (one factor, then two products): at an exact .5 the
+                # other order can round to the other side (seed 13001)
+                shrink = max_size / max(th, tw)
+                th, tw = th * shrink, tw * shrink
             return _resize_to(img, co, m, int(round(th)), int(round(tw)), interp)
         make = lambda: T.ShortestEdgeResize(*args, order=_ORDER)  # noqa: E731
     else:
