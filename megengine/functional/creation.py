@@ -26,8 +26,9 @@ def _num(value):
 
 def _shape_arg(shape, what):
     """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
-    may be ints, numpy ints or one-element Tensors, e.g. pieces of ``x.shape``), a 1-D Tensor or
-    numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
+    may be ints, numpy ints or 0-d arrays, or one-element Tensors, e.g. pieces of ``x.shape``),
+    a 1-D Tensor or numpy array (what ``F.concat`` of shape pieces gives), or None for a
+    scalar's shape ``()``."""
     if shape is None:
         return ()
     if isinstance(shape, Shape):  # x.shape while tracing: its items, SymDims kept (not numpy())
@@ -62,6 +63,8 @@ def _shape_arg(shape, what):
                 raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
                                 f"{s.shape} and dtype {s.dtype}")
             s = s.item()
+        if isinstance(s, np.ndarray) and s.ndim == 0:
+            s = s[()]  # a 0-d array is its numpy scalar (upstream's test_reshape passes one)
         if is_dim(s):
             out.append(s)
             continue
