@@ -47,8 +47,15 @@ class DeviceType(enum.Enum):
     ROCM = 4
     ATLAS = 5
 
-# "multithreadN" is upstream's CPU device computing with N threads (for inference)
-_DEVICE_RE = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::(\d+))?$")
+# Upstream's comp node names (its C++ CompNode::Locator::parse): a kind, cpu, gpu or xpu ("the
+# best there is"), then a number or "x" ("any"), then an optional ":stream". The number may be
+# left out before a stream ("cpu:0" is cpu0:0) and "xpu" alone is "xpux". "multithreadT:N" is
+# CPU N computing with T > 0 threads (for inference); "cpu:default" and "multithread:default:T"
+# are upstream's default CPU, which computes in the caller's thread.
+_DEVICE_RE = re.compile(r"(cpu|gpu|xpu|multithread)(\d+|x)?(?::(\d+))?")
+_DEFAULT_CPU_RE = re.compile(r"cpu:default|multithread:default:\d+")
+_NAME_FORMS = ("a name like 'cpu0', 'cpux', 'gpu0', 'xpux', 'cpu:0', 'gpu0:1' (a stream) or "
+               "'multithread4:0' (4 threads on cpu0)")
 _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
@@ -192,6 +199,28 @@ def what_is_xpu() -> str:
     return "cuda" if is_cuda_available() else "cpu"
 
 
+def parse_device_name(name: str):
+    """``(kind, number)`` of an upstream device name: kind "cpu", "gpu" or "xpu", number its
+    digits or "x"; the stream is dropped (one stream per device here), a "multithread" name is
+    its CPU. Raises ValueError naming the accepted forms for any other text."""
+    if _DEFAULT_CPU_RE.fullmatch(name):
+        return "cpu", "0"
+    m = _DEVICE_RE.fullmatch(name)
+    if m is not None:
+        kind, number, stream = m.groups()
+        if number is None:  # upstream reads a missing number as 0, but needs one of them
+            number = "x" if kind == "xpu" and stream is None else stream and "0"
+        if kind == "multithread":  # multithreadT:N, T threads on CPU N; T = 0 is refused
+            kind, number = "cpu", (None if number in (None, "x") or int(number) == 0
+                                   else stream or "0")
+        if number is not None:
+            return kind, number
+    if name.startswith(("rocm", "atlas", "cambricon")):
+        raise ValueError(f"device {name!r}: this engine has no ROCm, Atlas or Cambricon backend; "
+                         "use a CPU ('cpu0') or a CUDA GPU ('gpu0')")
+    raise ValueError(f"unknown device {name!r}: expected {_NAME_FORMS}")
+
+
 def canonical_device(device=None) -> str:
     """Validate a device name and return the device it means: "cpu<N>" or "gpu<N>".
 
@@ -199,22 +228,16 @@ def canonical_device(device=None) -> str:
     device of that number. "cpuN" are upstream's CPU computing nodes: one host memory, but
     distinct devices, as upstream's (a tensor keeps the one it was made on, an op refuses
     inputs of two of them, ``F.copy`` / ``Tensor.to`` move between them); "x" is number 0.
-    Upstream's "multithreadN" (a CPU computing with N threads) is "cpu0": the CPU kernels here
-    use their libraries' own thread pools.
+    Upstream's "multithreadT:N" (CPU N computing with T threads) is "cpuN": the CPU kernels
+    here use their libraries' own thread pools. Names are parsed as upstream parses them
+    (`parse_device_name`): "cpu:0" is "cpu0", "gpu0:1" is "gpu0" (one stream per device here).
     """
     if device is None:
         device = _default_device
     name = str(getattr(device, "logical_name", device))
-    m = _DEVICE_RE.match(name)
-    if m is None:
-        raise ValueError(
-            f"unknown device {name!r}: expected a name like 'cpu0', 'cpux', 'gpu0' or 'xpux'"
-        )
-    kind, index = m.group(1), m.group(2)
+    kind, index = parse_device_name(name)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"
-    if kind == "multithread":
-        return "cpu0"
     if kind == "cpu":
         return "cpu" + ("0" if index == "x" else str(int(index)))
     if not is_cuda_available():
@@ -224,7 +247,7 @@ def canonical_device(device=None) -> str:
         )
     if index != "x" and int(index) >= get_device_count("gpu"):
         raise ValueError(f"device {name!r}: only {get_device_count('gpu')} GPU(s) are visible")
-    return "gpu" + ("0" if index == "x" else index)
+    return "gpu" + ("0" if index == "x" else str(int(index)))
 
 
 def get_default_device() -> str:

@@ -30,7 +30,26 @@ def test_names_map_to_devices():
     assert mge.get_default_device() == os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
-@pytest.mark.parametrize("bad", ["tpu0", "cpu", "gpu-1", "", "cuda:0"])
+# Upstream's comp node name grammar (CompNode::Locator::parse in src/core/impl/comp_node/
+# comp_node.cpp): the number may be left out before a stream, which reads it as 0; "xpu" alone is
+# "xpux"; "multithreadT:N" is device N with T > 0 threads; its unit test_linspace_cpu passes
+# device="cpu:0".
+@pytest.mark.parametrize("name, device", [
+    ("cpu:0", "cpu0"), ("cpu0:1", "cpu0"), ("cpu1:3", "cpu1"), ("cpux:2", "cpu0"),
+    ("xpux:2", "xpux"), ("xpu", "xpux"), ("xpu:1", "xpux"), ("multithread2:0", "cpu0"),
+    ("multithread4:1", "cpu1"), ("multithread4", "cpu0"), ("cpu:default", "cpu0"),
+    ("multithread:default:2", "cpu0"), ("cpu01", "cpu1"),
+])
+def test_names_are_parsed_as_upstreams_comp_node_locator(name, device):
+    assert dev.canonical_device(name) == dev.canonical_device(device)
+    x = F.linspace(1, 9, 8, device=name)
+    assert x.device == dev.canonical_device(device)
+    np.testing.assert_allclose(x.numpy(), np.linspace(1, 9, 8, dtype=np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["tpu0", "cpu", "gpu-1", "", "cuda:0", "cpu0:", "cpu0:x",
+                                 "cpux:", "multithread", "multithread:2", "multithread0:1",
+                                 "cpu :0", " cpu0", "cpu0\n", "multithread:default:"])
 def test_unknown_device_names_are_rejected_with_the_expected_form(bad):
     with pytest.raises(ValueError, match="unknown device.*'cpu0'"):
         dev.canonical_device(bad)
@@ -38,8 +57,16 @@ def test_unknown_device_names_are_rejected_with_the_expected_form(bad):
         mge.tensor([1.0], device=bad)
 
 
+def test_backends_upstream_names_but_this_engine_lacks_say_so():
+    for name in ("rocm0", "atlas0:1", "cambricon1"):
+        with pytest.raises(ValueError, match="no ROCm, Atlas or Cambricon backend"):
+            dev.canonical_device(name)
+
+
 @pytest.mark.skipif(mge.is_cuda_available(), reason="checks the message on machines without CUDA")
 def test_gpu_without_cuda_says_what_to_install():
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        dev.canonical_device("gpu:1")
     with pytest.raises(RuntimeError, match="needs CUDA.*cupy"):
         mge.tensor([1.0], device="gpu0")
     with pytest.raises(RuntimeError, match="needs CUDA"):

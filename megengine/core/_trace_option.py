@@ -743,3 +743,12 @@ def sizes_of(tensor):
     dumpable trace records and the tensor was made from shapes (``Tensor(x.shape)``, a concat
     of shape pieces...); else None (read its numbers)."""
     return None if _dim_source is None else _dim_source.sizes_of(tensor)
+
+
+def dumpable():
+    """Whether a dumpable trace (``capture_as_const`` with ``symbolic_shape``) records or checks
+    a call now. A size or bound that an op would read from a Tensor is then an input of the op,
+    read when the op runs (as upstream's graph takes it: Reshape, Broadcast and Linspace have
+    such inputs), instead of a value read to the host that a file would keep for every input."""
+    src = _dim_source
+    return src is not None and src.prog.symbolic_shape

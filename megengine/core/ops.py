@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
-from ._trace_option import as_int, is_dim, is_int, sizes_of
+from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
            "t_unbroadcast", "t_expand"]
@@ -549,6 +549,44 @@ class Reshape(Op):
 
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(Reshape(self.in_shape), grads[0]),)
+
+
+def shape_values(shape, what):
+    """The target shape that array ``shape`` (a shape Tensor's, read when an op runs) holds, as
+    a tuple of ints: integers, or floats that are whole numbers (upstream reads a computed float
+    shape as ints)."""
+    values = shape.tolist()
+    values = values if isinstance(values, list) else [values]
+    if shape.dtype.kind not in "iuf" or shape.ndim > 1 or any(v != int(v) for v in values):
+        raise TypeError(f"{what}: a shape Tensor must be a 1-D array of integers, got shape "
+                        f"{shape.shape} and dtype {shape.dtype}: {values}")
+    return tuple(int(v) for v in values)
+
+
+def by_shape_tensor(shape):
+    """Whether an op should take ``shape`` as an input, read when it runs (`ReshapeBy`): a
+    Tensor, not made from traced shapes (its sizes are expressions then), while a dumpable
+    trace records (see `_trace_option.dumpable`)."""
+    return hasattr(shape, "_data") and dumpable() and sizes_of(shape) is None
+
+
+class ReshapeBy(Op):
+    """`Reshape` to the shape that its second input holds, read when the op runs: upstream's
+    Reshape operator takes the target shape as an input, and so does a dumped program here
+    (`by_shape_tensor`), which then follows the shape it is given."""
+    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
+    data_shaped = True  # the output's shape is the second input's value
+
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return Reshape(shape_values(shape, "reshape")).forward(x)
+
+    def backward(self, g):
+        return g.reshape(self.in_shape), None
+
+    def grad_graph(self, inputs, outputs, grads):
+        return dispatch.apply(Reshape(self.in_shape), grads[0]), None
 
 
 class Transpose(Op):

@@ -480,6 +480,8 @@ class Tensor(metaclass=_TensorType):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor, np.ndarray,
                                                      _trace_option.ShapeArray)):
             shape = shape[0]
+        if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
+            return dispatch.apply(_ops.ReshapeBy(), self, shape)
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 
     def _broadcast(self, *shape):

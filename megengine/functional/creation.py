@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import ops as _ops
-from ..core._trace_option import Shape, is_dim, is_int, is_sym, sizes_of
+from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
@@ -35,8 +35,9 @@ def _unwrap_shape(shape):
 
 def _shape_arg(shape, what):
     """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
-    may be ints, numpy ints or one-element Tensors, e.g. pieces of ``x.shape``), a 1-D Tensor or
-    numpy array (what ``F.concat`` of shape pieces gives), or None for a scalar's shape ``()``."""
+    may be ints, numpy ints or 0-d arrays, or one-element Tensors, e.g. pieces of ``x.shape``),
+    a 1-D Tensor or numpy array (what ``F.concat`` of shape pieces gives), or None for a
+    scalar's shape ``()``."""
     if shape is None:
         return ()
     shape = _unwrap_shape(shape)
@@ -72,6 +73,8 @@ def _shape_arg(shape, what):
                 raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
                                 f"{s.shape} and dtype {s.dtype}")
             s = s.item()
+        if isinstance(s, np.ndarray) and s.ndim == 0:
+            s = s[()]  # a 0-d array is its numpy scalar (upstream's test_reshape passes one)
         if is_dim(s):
             out.append(s)
             continue
@@ -141,9 +144,11 @@ def full_like(inp, value):
 
 def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     """Evenly spaced values in ``[start, stop)``: ``arange(5)`` is 0..4; float32 by default."""
-    start, stop, step = _num(start), _num(stop), _num(step)
     if stop is None:
         start, stop = 0, start
+    if dumpable() and any(isinstance(v, Tensor) for v in (start, stop, step)):
+        return _from_tensors(_ArangeOf, (start, stop, step), dtype, device)
+    start, stop, step = _num(start), _num(stop), _num(step)
     if step == 0:
         raise ValueError("arange: step must not be 0")
     dev, xp = _place(device)
@@ -200,11 +205,60 @@ class _Linspace(Op):
         return ()
 
 
-def linspace(start, stop, num, dtype="float32", device=None):
-    """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
+class _FromTensors(Op):
+    """``arange`` / ``linspace`` of arguments some of which are Tensors, while a dumpable trace
+    records (`core._trace_option.dumpable`): upstream's Linspace operator takes start, stop and
+    num as inputs (its arange computes the count from its arguments with ops), so a dumped
+    program reads them when it runs, and the length of the result is their values'."""
+
+    data_shaped = True
+
+    def __init__(self, args, dtype, device):
+        self.args = args  # the numbers given, None where a Tensor is an input of the op
+        self.dtype, self.device = dtype, device
+
+    def forward(self, *arrays):
+        given = iter(arrays)
+        args = [a if a is not None else next(given).item() for a in self.args]
+        xp = _device.array_module_on(self.device)
+        with on_device(self.device):
+            return self.values(xp, *args)
+
+    def backward(self, *gs):
+        return (None,) * self.args.count(None)
+
+
+class _ArangeOf(_FromTensors):
+    def values(self, xp, start, stop, step):
+        if step == 0:
+            raise ValueError("arange: step must not be 0")
+        return _arange_values(xp, start, stop, step, self.dtype)
+
+
+class _LinspaceOf(_FromTensors):
+    def values(self, xp, start, stop, num):
+        return xp.linspace(float(start), float(stop), _count(num)).astype(self.dtype)
+
+
+def _from_tensors(op_type, args, dtype, device):
+    dev, _ = _place(device)
+    tensors = [v for v in args if isinstance(v, Tensor)]
+    numbers = tuple(None if isinstance(v, Tensor) else v for v in args)
+    return apply(op_type(numbers, _dtype(dtype), dev), *tensors)
+
+
+def _count(num):
     num = num if is_dim(num) else int(num)
     if num < 0:
         raise ValueError(f"linspace: num must be >= 0, got {num}")
+    return num
+
+
+def linspace(start, stop, num, dtype="float32", device=None):
+    """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
+    if dumpable() and any(isinstance(v, Tensor) for v in (start, stop, num)):
+        return _from_tensors(_LinspaceOf, (start, stop, num), dtype, device)
+    num = _count(num)
     dev, xp = _place(device)
     if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
         return apply(_Linspace(float(start), float(stop), num, _dtype(dtype), dev))

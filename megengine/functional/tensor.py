@@ -11,8 +11,9 @@ from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
-    _Arange, _Eye, _Linspace, _dtype, _like, _num, _place, _shape, _shape_arg, _unwrap_shape,
-    arange, copy, eye, full, full_like, linspace, ones, ones_like, zeros, zeros_like)
+    _Arange, _ArangeOf, _Eye, _Linspace, _LinspaceOf, _dtype, _like, _num, _place, _shape,
+    _shape_arg, _unwrap_shape, arange, copy, eye, full, full_like, linspace, ones, ones_like, zeros,
+    zeros_like)
 
 __all__ = [
     "arange", "broadcast_to", "concat", "cond_take", "copy", "cumsum", "diag", "expand_dims",
@@ -56,6 +57,9 @@ def reshape(inp, target_shape):
     ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
     ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
     inp = _tensor(inp)
+    target_shape = _unwrap_shape(target_shape)
+    if _ops.by_shape_tensor(target_shape):  # (a dumpable trace: the shape is the op's input)
+        return apply(_ops.ReshapeBy(), inp, target_shape)
     shape = _shape_arg(target_shape, "reshape")
     if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
         raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "
@@ -156,11 +160,34 @@ class BroadcastTo(Op):
         return (_ops.t_unbroadcast(grads[0], self.in_shape),)
 
 
+class _BroadcastBy(Op):
+    """`BroadcastTo` the shape that its second input holds, read when the op runs, as
+    upstream's Broadcast operator takes it (see `megengine.core.ops.ReshapeBy`)."""
+    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+    data_shaped = True  # the output's shape is the second input's value
+
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        target = _ops.shape_values(shape, "broadcast_to")
+        if any(s < 0 for s in target):
+            raise ValueError(f"broadcast_to: negative size in {target}")
+        return BroadcastTo(target).forward(x)
+
+    def backward(self, g):
+        return unbroadcast(g, self.in_shape), None
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return _ops.t_unbroadcast(grads[0], self.in_shape), None
+
+
 def broadcast_to(inp, shape):
     """``inp`` broadcast to ``shape`` (numpy rules). As upstream, a None entry keeps the input's
     size at that dim, and a negative size is an error."""
     inp = _tensor(inp)
     shape = _unwrap_shape(shape)
+    if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
+        return apply(_BroadcastBy(), inp, shape)
     keep = []
     if isinstance(shape, (list, tuple)):
         keep = [i for i, s in enumerate(shape) if s is None]

@@ -269,6 +269,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
 # for constants (`dump_devices`), and a loader places it as it places them
 _PLACED = frozenset({("megengine.core.ops", "Full"), ("megengine.functional.tensor", "_Arange"),
                      ("megengine.functional.tensor", "_Linspace"),
+                     ("megengine.functional.tensor", "_ArangeOf"),
+                     ("megengine.functional.tensor", "_LinspaceOf"),
                      ("megengine.jit.shape_tensors", "Sizes"), ("megengine.random.rng", "_Draw")})
 
 

@@ -376,6 +376,20 @@ def test_reshape_takes_a_float_shape_tensor_of_whole_numbers():
         F.reshape(mge.tensor(x), mge.tensor([2.5, 1.6]))
 
 
+def test_a_0d_numpy_array_is_a_shape_entry():
+    # upstream's test_reshape passes (Tensor(1), -1, np.array(3, dtype="int64")); numpy's own
+    # reshape, the oracle, takes 0-d integer arrays as sizes too
+    x = np.arange(6, dtype=np.float32)
+    for shape in [(mge.tensor(1), -1, np.array(3, dtype="int64")),
+                  (np.array(2, dtype="int32"), np.array(-1))]:
+        expected = x.reshape(tuple(int(s) for s in shape))
+        np.testing.assert_array_equal(F.reshape(mge.tensor(x), shape).numpy(), expected)
+    assert F.broadcast_to(mge.tensor(x), (np.array(2), 6)).shape == (2, 6)
+    assert F.zeros((np.array(2, dtype="uint8"), 3)).shape == (2, 3)
+    with pytest.raises(TypeError, match="shape entries must be ints"):
+        F.reshape(mge.tensor(x), (np.array(2.0), 3))
+
+
 def test_shape_mismatches_are_both_value_and_runtime_errors():
     # numpy code catches ValueError, upstream's programs RuntimeError (its C++ shape check)
     a = mge.tensor(np.ones((3, 2), np.float32))

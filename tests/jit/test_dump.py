@@ -251,10 +251,68 @@ def test_a_value_read_to_the_host_that_no_input_reaches_is_dumped():
     np.testing.assert_allclose(got, np.broadcast_to(m, (2, 3, 3)) * x2.mean(), rtol=1e-6)
 
 
+SIZE_ARGUMENTS = {  # a function, its arguments when traced and when the file runs, the oracle
+    "linspace": (F.linspace, [1, 9, 9], [2, 5, 4],
+                 lambda a, b, n: np.linspace(a, b, n, dtype=np.float32)),
+    "arange": (F.arange, [1, 9, 1], [2, 11, 3],
+               lambda a, b, s: np.arange(a, b, s, dtype=np.float32)),
+    "arange_floats": (F.arange, [9.3, 1.2, -0.5], [4.5, 1.0, -0.25],
+                      lambda a, b, s: np.arange(a, b, s, dtype=np.float32)),
+    "broadcast_to": (F.broadcast_to, [np.ones((10, 1), "float32"), np.array([20, 10, 20])],
+                     [np.arange(10, dtype="float32").reshape(10, 1), np.array([3, 10, 4])],
+                     lambda x, s: np.broadcast_to(x, tuple(s))),
+    "reshape": (F.reshape, [np.arange(24, dtype="float32"), np.array([2, -1])],
+                [np.arange(24, dtype="float32"), np.array([4, 3, 2])],
+                lambda x, s: x.reshape(tuple(s))),
+    "Tensor.reshape": (lambda x, s: x.reshape(s), [np.arange(24, dtype="float32"),
+                                                   np.array([2, -1])],
+                       [np.arange(12, dtype="float32"), np.array([-1, 6])],
+                       lambda x, s: x.reshape(tuple(s))),
+}
+
+
+@pytest.mark.parametrize("name", SIZE_ARGUMENTS)
+def test_sizes_from_tensor_arguments_are_inputs_of_the_dumped_program(name):
+    # upstream's graph takes them as inputs (its Linspace, Broadcast and Reshape operators have a
+    # shape or count input; arange computes its count with ops), so its opr_test dumps these
+    # functions with every argument a Tensor and the file follows the values it is given
+    fn, traced, other, oracle = SIZE_ARGUMENTS[name]
+    f = trace(fn, symbolic=True, capture_as_const=True)
+    np.testing.assert_allclose(f(*map(mge.tensor, traced)).numpy(), oracle(*traced), rtol=1e-6)
+    # a later call with other values follows them too (as a data-decided shape: cond_take's)
+    np.testing.assert_allclose(f(*map(mge.tensor, other)).numpy(), oracle(*other), rtol=1e-6)
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=[f"a{i}" for i in range(len(traced))])
+    for args in (traced, other):
+        buf.seek(0)
+        inputs = {f"a{i}": np.asarray(a) for i, a in enumerate(args)}
+        (got,) = GraphInference(buf).run(inp_dict=inputs).values()
+        np.testing.assert_allclose(got, oracle(*args), rtol=1e-6)
+
+
+def test_a_shape_tensor_input_passes_gradients_to_the_data_only():
+    # the gradient of broadcast_to is the sum over the broadcast dims (torch's expand: oracle)
+    import torch
+
+    x, shape = np.random.RandomState(0).rand(3, 1).astype("float32"), np.array([2, 3, 4])
+    xt = torch.tensor(x, requires_grad=True)
+    (xt.expand(*shape) * torch.arange(24.0).reshape(2, 3, 4)).sum().backward()
+
+    @trace(symbolic=True, capture_as_const=True)
+    def step(x, shape):
+        with GradManager().attach(x) as gm:
+            y = F.reshape(F.broadcast_to(x, shape), mge.tensor([-1]))
+            gm.backward((y * F.arange(24)).sum())
+        return x.grad
+
+    x_m = mge.tensor(x)
+    np.testing.assert_allclose(step(x_m, mge.tensor(shape)).numpy(), xt.grad.numpy(), rtol=1e-6)
+
+
 def test_values_read_to_the_host_cannot_be_dumped_but_logged_ones_can():
     # the ops were built from the read value: a file (no Python to rerun) would keep it
-    f = trace(lambda x, shape: F.broadcast_to(x, shape), symbolic=True, capture_as_const=True)
-    f(mge.tensor([1.0, 2.0]), mge.tensor([3, 2]))
+    f = trace(lambda x, n: F.zeros((int(n), 2)) + x, symbolic=True, capture_as_const=True)
+    f(mge.tensor([1.0, 2.0]), mge.tensor(3))
     with pytest.raises(DumpError, match="read the value of the tensor argument 'arg_1'"):
         f.dump(io.BytesIO())
     g = trace(lambda x: x.reshape(int(x.sum().item()), -1), symbolic=True, capture_as_const=True)
