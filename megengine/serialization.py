@@ -6,11 +6,10 @@ import re
 import threading
 
 from .core.tensor import Tensor
-from .device import canonical_device
+from .device import canonical_device, parse_device_name
 
 __all__ = ["save", "load"]
 
-_DEVICE_NAME = re.compile(r"^(cpu|gpu|xpu|multithread)(\d+|x)(?::\d+)?$")
 # Tensor.dmap_callback is one class attribute (upstream's design): loads in two threads at once
 # would see each other's map_location, so they take turns.
 _load_lock = threading.RLock()
@@ -45,7 +44,10 @@ def load(f, map_location=None, pickle_module=pickle):
     - ``None``: the device each tensor was saved from;
     - a device name, e.g. ``"cpu0"``: every tensor goes there;
     - a dict ``{saved device: device}``, e.g. ``{"gpu0": "cpu0"}``: a tensor whose saved device
-      (the name before ``":"``) is a key goes to its value, others stay where they were saved;
+      is a key goes to its value, others stay where they were saved; names are compared as the
+      devices upstream's name parser reads (streams left out: ``"gpu0:0"`` and ``"gpu0"`` are one
+      key, ``"cpu:0"`` is ``"cpu0"``, ``"multithread4:1"`` is ``"cpu1"``; ``"gpux"`` is not
+      ``"gpu0"``);
     - a callable ``fn(saved device) -> device``; it receives the saved logical name, such as
       ``"gpu0:0"`` or ``"xpux:0"``.
 
@@ -85,12 +87,27 @@ def load(f, map_location=None, pickle_module=pickle):
             Tensor.dmap_callback = previous
 
 
-def _check_device_name(name, what):
-    if not isinstance(name, str) or not _DEVICE_NAME.match(name):
-        raise ValueError(
-            f"load: invalid device {name!r} in {what}; expected a name like 'cpu0', 'gpu0', "
-            "'cpux' or 'xpux'"
-        )
+def _device_key(name, what):
+    """The device ``name`` names, as the text a dict ``map_location`` is matched by: its kind and
+    number as upstream's name parser reads them ("cpu:0" and "cpu0:1" are "cpu0"; "gpux" stays
+    "gpux", which is not "gpu0")."""
+    try:
+        if not isinstance(name, str):
+            raise ValueError(f"a device name is a str, got {type(name).__name__}")
+        kind, number = parse_device_name(name)
+    except ValueError as e:
+        raise ValueError(f"load: invalid device {name!r} in {what}: {e}") from None
+    return kind + number
+
+
+def _saved_key(dev):
+    """A saved tensor's device name as a dict ``map_location`` key (the text before ":" for a
+    name upstream's parser would not read, which then matches no valid key)."""
+    try:
+        kind, number = parse_device_name(dev)
+    except ValueError:
+        return dev.split(":")[0]
+    return kind + number
 
 
 def _device_mapper(map_location):
@@ -102,7 +119,7 @@ def _device_mapper(map_location):
             # torch's spelling, which programs ported from torch pass (CREStereo's train.py:
             # map_location="cpu"); upstream's name parser wants an index, so take "any one"
             map_location += "x"
-        _check_device_name(map_location, "map_location")
+        _device_key(map_location, "map_location")
         try:  # every tensor goes there: a device this machine lacks fails now, not midway
             canonical_device(map_location)
         except (RuntimeError, ValueError) as e:
@@ -110,11 +127,11 @@ def _device_mapper(map_location):
                 from None
         return lambda dev: map_location
     if isinstance(map_location, dict):
+        table = {}
         for key, value in map_location.items():
-            _check_device_name(key, "map_location's keys")
-            _check_device_name(value, "map_location's values")
-        table = {key.split(":")[0]: value for key, value in map_location.items()}
-        return lambda dev: table.get(dev.split(":")[0], dev)
+            _device_key(value, "map_location's values")
+            table[_device_key(key, "map_location's keys")] = value
+        return lambda dev: table.get(_saved_key(dev), dev)
     if callable(map_location):
         return map_location
     raise TypeError(

@@ -261,6 +261,26 @@ def test_map_location_on_cpu(map_location, where):
     assert str(back["t"].device) == ("cpu1" if map_location is None else "cpu0")
 
 
+@pytest.mark.parametrize("key, saved", [("cpu1", "cpu1"), ("cpu1:0", "cpu1"), ("cpu1:2", "cpu1"),
+                                        ("multithread4:1", "cpu1"), ("cpu:0", "cpu0"),
+                                        ("cpu:3", "cpu0")])
+def test_map_location_keys_are_read_as_upstreams_device_names(key, saved):
+    # upstream's name parser: a stream is not part of the device; "cpu:N" is cpu0's stream N (a
+    # missing number is 0); "multithreadT:N" is CPU N computing with T threads
+    back = _round_trip({"t": mge.Tensor([1.0], device=saved)}, map_location={key: "cpu2"})
+    assert str(back["t"].device) == "cpu2" and back["t"].tolist() == [1.0]
+    other = "cpu0" if saved == "cpu1" else "cpu1"
+    back = _round_trip({"t": mge.Tensor([1.0], device=other)}, map_location={key: "cpu2"})
+    assert str(back["t"].device) == other  # another device: not mapped
+
+
+@pytest.mark.parametrize("map_location", ["cuda:0", {"cuda:0": "cpu0"}, {"cpu0": "cpu"},
+                                          {"cpu0\n": "cpu1"}, {0: "cpu1"}])
+def test_map_location_refuses_names_upstream_does_not_read(map_location):
+    with pytest.raises(ValueError, match="load: invalid device"):
+        _round_trip({"t": mge.Tensor([1.0], device="cpu0")}, map_location=map_location)
+
+
 @pytest.fixture
 def saved_on_gpu():
     """A file in upstream's format whose tensor was saved on gpu0 (this machine may have none)."""
