@@ -702,20 +702,7 @@ class GetItem(Op):
             raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
 
     def backward(self, g):
-        xp = xp_of(g)
-        gx = xp.zeros(self.in_shape, self.in_dtype)
-        if _is_basic(self.index):
-            gx[self.index] = g
-        else:
-            xp.add.at(gx, self.index, g)
-        return gx
-
-    def backward_complex(self, g):
-        if _is_basic(self.index):
-            return self.backward(g)
-        gx = xp_of(g).zeros(self.in_shape, self.in_dtype)
-        add_at(gx, self.index, g)
-        return gx
+        return IndexAdd(self.index, self.in_shape, self.in_dtype).forward(g)
 
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(IndexAdd(self.index, self.in_shape, self.in_dtype), grads[0]),)
@@ -745,7 +732,7 @@ class IndexAdd(Op):
         if _is_basic(self.index):
             out[self.index] = g
         else:
-            xp.add.at(out, self.index, g)
+            add_at(out, self.index, g)
         return out
 
     def backward(self, gg):

@@ -43,7 +43,7 @@ def put_back(xp, shape, dtype, index, g, unique):
     if unique:
         gx[index] = g
     else:
-        xp.add.at(gx, index, g)
+        _ops.add_at(gx, index, g)
     return gx
 
 
@@ -82,14 +82,6 @@ class TakeAlongAxis(Op):
     def backward(self, g):
         xp = xp_of(g)
         return put_back(xp, self.in_shape, g.dtype, self._grid(xp), g, self.dropped), None
-
-    def backward_complex(self, g):
-        xp = xp_of(g)
-        if self.dropped:  # every position once: put_back assigns
-            return self.backward(g)
-        gx = xp.zeros(self.in_shape, g.dtype)
-        _ops.add_at(gx, self._grid(xp), g)
-        return gx, None
 
     def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
         g = grads[0]
