@@ -1042,8 +1042,9 @@ class GraphOperator:
     (``megengine.core._imperative_rt.OperatorNode``, what `megengine.utils.comp_graph_tools`
     returns): ``type`` is upstream's C++ type name (`graph_type`), ``params`` a JSON string of
     `graph_params`, ``inputs`` upstream's input vars (a Subtensor's index values and the target
-    shape of a reduction over every axis are constant inputs there); ``name``, ``id``, ``outputs``, ``graph`` are the node's. ``opr`` is the node.
-    Get one with `graph_operator` (one view per node)."""
+    shape of a reduction over every axis are constant inputs there); ``name``, ``id``,
+    ``outputs``, ``graph`` are the node's. ``opr`` is the node. Get one with `graph_operator`
+    (one view per node)."""
 
     __slots__ = ("opr", "_inputs")
 
