@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core import dispatch
+from ..core import ops as _engine_ops
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
@@ -267,19 +268,7 @@ class MatMulTransposedB(dispatch.Op):
         return gx, gw
 
 
-class RemoveAxis(dispatch.Op):
-    """Drop size-1 axis ``axis`` (upstream's AxisAddRemove with one remove descriptor): what
-    `trace.dump` writes after a reduction without ``keepdims``, as upstream's graph has it."""
-
-    def __init__(self, axis):
-        self.axis = axis
-
-    def forward(self, x):
-        self.shape = x.shape
-        return x.squeeze(self.axis)
-
-    def backward(self, g):
-        return g.reshape(self.shape)
+RemoveAxis = _engine_ops.RemoveAxis  # (files written while it lived here name it so)
 
 
 def _reduce_dtype(mode, dtype):
@@ -311,7 +300,7 @@ def _upstream_reduce(st, n_slots, scopes):
     for k, a in enumerate(axes):
         parts = [(ReduceOp(op.mode, a, True), "Reduce")]
         if not op.keepdims:
-            parts.append((RemoveAxis(a), "RemoveAxis (reduction)"))
+            parts.append((RemoveAxis((a,)), "RemoveAxis (reduction)"))
         for j, (part, name) in enumerate(parts):
             last = k == len(axes) - 1 and j == len(parts) - 1
             out = st.outs[0] if last else n_slots
@@ -430,7 +419,7 @@ def _reduce_chain(steps, k, read):
             break
         if remove:
             rm = op_at(j + 1, RemoveAxis, st)
-            if rm is None or rm.template.axis != op.axis:
+            if rm is None or rm.template.axis not in ((op.axis,), op.axis):  # (int: older files)
                 break
             st = rm
         axes.append(op.axis)
@@ -850,8 +839,9 @@ def classify(op, in_shapes, dyn_names=()):
                         "axis": d.get("axis")}
     if name in ("AsType", "QuantizedCast"):
         return TypeCvt, {"dtype": d.get("dtype")}
-    if name == "RemoveAxis":
-        return AxisAddRemove, {"remove": (d["axis"],)}
+    if name in ("AddAxis", "RemoveAxis"):  # upstream's network_node shows the axes only
+        return AxisAddRemove, {"axis": list(RemoveAxis._axes(op) if name == "RemoveAxis"
+                                            else d["axis"])}
     if name == "MatMulTransposedB":
         return MatrixMul, {"transposeA": False, "transposeB": True}
     if name == "MatMul":
@@ -1006,7 +996,8 @@ def graph_params(opr):
         axis = _INT_MAX if p["axis"] is None else p["axis"]
         return {"mode": p["mode"], "data_type": "DEFAULT", "axis": axis}
     if t == "AxisAddRemove":  # megdnn's AxisDesc: method 0 adds an axis, 1 removes one
-        desc = [{"method": 1, "axisnum": a} for a in p["remove"]]
+        method = 0 if type(opr._op).__name__ == "AddAxis" else 1
+        desc = [{"method": method, "axisnum": a} for a in p["axis"]]
         return {"nr_desc": len(desc), "desc": desc}
     if t == "Dimshuffle":
         pattern = list(p["pattern"])

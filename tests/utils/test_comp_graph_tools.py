@@ -232,8 +232,12 @@ def _reductions(seq):
             if o.type in ("Reduce", "AxisAddRemove")]
 
 
-def _removes(axis):
-    return {"nr_desc": 1, "desc": [{"method": 1, "axisnum": axis}]}
+def _removes(*axes):
+    return {"nr_desc": len(axes), "desc": [{"method": 1, "axisnum": a} for a in axes]}
+
+
+def _adds(*axes):
+    return {"nr_desc": len(axes), "desc": [{"method": 0, "axisnum": a} for a in axes]}
 
 
 def _reduce(mode, axis):
@@ -355,3 +359,43 @@ def collections_by_type(seq):
     for o in seq:
         found.setdefault(o.type, []).append(o)
     return found
+
+
+AXES = [
+    # upstream's F.expand_dims is AddAxis of the sorted positions in the result, F.squeeze
+    # RemoveAxis of the sorted positions, each less the number removed before it
+    # (tensor_utils.cpp's _expand_dims_cpp / _squeeze_cpp); each is one AxisAddRemove operator
+    # whose descriptors add (method 0) or remove (method 1) one axis after another
+    # (imperative/src/impl/ops/tensor_manip.cpp: Desc::make_add / Desc::make_remove)
+    (lambda x: F.expand_dims(x, 1), (2, 3), (5, 4), [_adds(1)], [1]),
+    (lambda x: F.expand_dims(x, (-1, 0)), (2, 3), (5, 4), [_adds(0, 3)], [0, 3]),
+    (lambda x: F.squeeze(x, 1), (2, 1, 3), (5, 1, 4), [_removes(1)], [1]),
+    (lambda x: F.squeeze(x, (3, 1)), (2, 1, 3, 1), (5, 1, 4, 1), [_removes(1, 2)], [1, 2]),
+    (lambda x: F.squeeze(x) + 1, (1, 2, 1, 3, 1), (1, 5, 1, 4, 1), [_removes(0, 1, 2)],
+     [0, 1, 2]),
+    (lambda x: F.squeeze(F.expand_dims(x, 0), 0), (2, 3), (5, 4), [_adds(0), _removes(0)],
+     [0, 0]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(AXES)))
+def test_expand_dims_and_squeeze_are_upstreams_axisaddremove(k):
+    import json
+
+    fn, shape, other, want, network_axes = AXES[k]
+    x = np.random.RandomState(k).rand(*shape).astype("float32")
+    file, seq = _dumped_graph(fn, x)
+    assert [o.type for o in seq if o.type in ("Reshape", "AxisAddRemove")] == \
+        ["AxisAddRemove"] * len(want)
+    assert [json.loads(o.params) for o in seq if o.type == "AxisAddRemove"] == want
+    file.seek(0)
+    net = Network.load(file)  # upstream's network_node shows the axes of the descriptors
+    got = [o.params["axis"] for o in net.all_oprs if o.type == "AxisAddRemove"]
+    assert [a for axes in got for a in axes] == network_axes
+    # the file runs at the traced shape and at another one, as the eager function
+    for data in (x, np.random.RandomState(k).rand(*other).astype("float32")):
+        file.seek(0)
+        (out,) = cgtools.GraphInference(file).run(data).values()
+        want_value = fn(mge.tensor(data)).numpy()
+        assert out.shape == want_value.shape
+        np.testing.assert_array_equal(out, want_value)
