@@ -634,6 +634,15 @@ def by_shape_tensor(shape):
     return hasattr(shape, "_data") and dumpable() and sizes_of(shape) is None
 
 
+def computed_sizes(shape):
+    """Whether shape sequence ``shape`` holds a Tensor that is not sizes from shapes (``(n,
+    -1)`` with ``n`` computed by the program) while a dumpable trace records: such a shape is
+    made a shape Tensor by ops (`megengine.functional.tensor`), an input of the op, instead of
+    sizes read to the host."""
+    return (type(shape) in (tuple, list) and dumpable()
+            and any(hasattr(s, "_data") and sizes_of(s) is None for s in shape))
+
+
 class ReshapeBy(Op):
     """`Reshape` to the shape that its second input holds, read when the op runs: upstream's
     Reshape operator takes the target shape as an input, and so does a dumped program here

@@ -51,13 +51,27 @@ def _axes(axis, ndim, what):
 
 # ----- shapes -----
 
+def _shape_tensor(shape):
+    """``shape``, or where it is a sequence holding a Tensor computed by the program while a
+    dumpable trace records (`megengine.core.ops.computed_sizes`), one int32 shape Tensor
+    concatenated from its entries, as upstream's astensor1d makes it: the op then takes it as
+    an input and a dumped program follows the sizes it computes."""
+    if not _ops.computed_sizes(shape):
+        return shape
+    for s in shape:
+        if isinstance(s, Tensor) and (s.size != 1 or s.dtype.kind not in "iu"):
+            raise TypeError(f"a shape entry Tensor must hold one integer, got shape {s.shape} "
+                            f"and dtype {s.dtype}")
+    return concat([s if isinstance(s, Tensor) else [s] for s in shape]).astype(np.int32)
+
+
 def reshape(inp, target_shape):
     """``inp`` with a new shape of the same size; one dimension may be -1 (inferred).
 
     ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
     ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
     inp = _tensor(inp)
-    target_shape = _unwrap_shape(target_shape)
+    target_shape = _shape_tensor(_unwrap_shape(target_shape))
     if _ops.by_shape_tensor(target_shape):  # (a dumpable trace: the shape is the op's input)
         return apply(_ops.ReshapeBy(), inp, target_shape)
     shape = _shape_arg(target_shape, "reshape")
@@ -182,23 +196,21 @@ def broadcast_to(inp, shape):
     size at that dim, and a negative size is an error."""
     inp = _tensor(inp)
     shape = _unwrap_shape(shape)
+    keep = [i for i, s in enumerate(shape) if s is None] if isinstance(shape, (list, tuple)) \
+        else []
+    if keep:  # (Tensor entries are not compared with None: `is`)
+        extra = len(shape) - inp.ndim
+        if keep[0] < extra:
+            raise ValueError(f"broadcast_to: None at dim {keep[0]} of a {len(shape)}-d target "
+                             f"names no dim of the input's shape {inp.shape}")
+        shape = [inp.shape[i - extra] if s is None else s for i, s in enumerate(shape)]
+    shape = _shape_tensor(shape)
     if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
         return apply(_BroadcastBy(), inp, shape)
-    keep = []
-    if isinstance(shape, (list, tuple)):
-        keep = [i for i, s in enumerate(shape) if s is None]
-        shape = [0 if s is None else s for s in shape]
-    shape = list(_shape_arg(shape, "broadcast_to"))
+    shape = _shape_arg(shape, "broadcast_to")
     if any(s < 0 for s in shape):
-        raise ValueError(f"broadcast_to: negative size in {tuple(shape)}; write None at a dim to "
+        raise ValueError(f"broadcast_to: negative size in {shape}; write None at a dim to "
                          "keep the input's size there")
-    extra = len(shape) - inp.ndim
-    for i in keep:
-        if i < extra:
-            raise ValueError(f"broadcast_to: None at dim {i} of a {len(shape)}-d target names no "
-                             f"dim of the input's shape {inp.shape}")
-        shape[i] = inp.shape[i - extra]
-    shape = tuple(shape)
     if same_sizes(shape, inp.shape):  # (sizes of a dumpable trace: no guard on their values)
         return inp
     return apply(BroadcastTo(shape), inp)
