@@ -399,3 +399,54 @@ def test_expand_dims_and_squeeze_are_upstreams_axisaddremove(k):
         want_value = fn(mge.tensor(data)).numpy()
         assert out.shape == want_value.shape
         np.testing.assert_array_equal(out, want_value)
+
+
+def _sized(x, s):
+    return (x.reshape(s), F.broadcast_to(x[:1], s), F.linspace(0, 1, s[1]),
+            F.arange(s[0]), F.arange(1, s[1], 2, dtype="int32"))
+
+
+def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
+    # upstream's graph takes a shape Tensor as the second input of Reshape and Broadcast,
+    # and Linspace's start, stop and num as its three inputs; its arange is
+    # linspace(start, start + step * (ceil((stop - start) / step) - 1), num) and a TypeCvt
+    # to another dtype (imperative/python/megengine/functional/tensor.py)
+    import json
+
+    import megengine.core.tensor.megbrain_graph as G
+
+    x = np.random.RandomState(0).rand(4, 3).astype("float32")
+    s = np.array([4, 3], "int32")
+    f = trace(_sized, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x), mge.tensor(s))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x", "s"])
+    file.seek(0)
+    seq = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list, prune_reshape=False)
+    kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq
+             if o.type not in ("Host2DeviceCopy", "ImmutableTensor", "Subtensor")]
+    arange = ["SUB", "TRUE_DIV", "CEIL", "SUB", "MUL", "ADD", "Linspace"]
+    assert kinds == ["Reshape", "Broadcast", "Linspace"] + arange + arange + ["TypeCvt"]
+    reshape, broadcast, linspace = [o for o in seq if o.type in ("Reshape", "Broadcast",
+                                                                 "Linspace")][:3]
+    assert [v.name for v in reshape.inputs] == ["x", "s"] and len(broadcast.inputs) == 2
+    assert json.loads(reshape.params) == {"axis": 7} and json.loads(broadcast.params) == {}
+    assert json.loads(linspace.params) == {"endpoint": True}
+    assert [v.value.tolist() for v in linspace.inputs[:2]] == [[0.0], [1.0]]
+    assert linspace.inputs[2].owner.type == "Subtensor"
+    file.seek(0)
+    net = Network.load(file)
+    assert not [o for o in net.all_oprs if type(o).__name__.endswith(("By", "Of"))]
+    assert [o.name for o in net.all_oprs if o.type in ("Reshape", "Broadcast")] == \
+        ["Reshape", "Broadcast"]
+    # the file follows the sizes it is given, as the eager function
+    for shape in ((4, 3), (2, 6)):
+        data, sizes = np.random.RandomState(1).rand(*shape).astype("float32"), np.array(shape,
+                                                                                        "int32")
+        file.seek(0)
+        got = list(cgtools.GraphInference(file).run(data, sizes).values())
+        want = _sized(mge.tensor(data), mge.tensor(sizes))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
