@@ -551,21 +551,15 @@ class Reshape(Op):
         return (dispatch.apply(Reshape(self.in_shape), grads[0]),)
 
 
-class AddAxis(Op):
-    """Insert size-1 dims at the positions ``axis`` (of the result, ascending), one after
-    another: ``F.expand_dims``, upstream's AddAxis (an AxisAddRemove operator in its graph).
-    No sizes in its parameters, so a dumped program runs it at any input shape."""
+class _AxisAddRemove(Op):
+    """Size-1 dims added or removed at the positions ``axis``, one after another (upstream's
+    AxisAddRemove operator): a reshape to `out_shape` of the input's shape. No sizes in its
+    parameters, so a dumped program runs it at any input shape."""
     format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
     holomorphic = True  # complex gradients: see Op
 
     def __init__(self, axis):
         self.axis = tuple(axis)
-
-    def out_shape(self, shape):
-        shape = list(shape)
-        for a in self.axis:
-            shape.insert(a, 1)
-        return tuple(shape)
 
     def forward(self, x):
         self.in_shape = x.shape
@@ -574,20 +568,25 @@ class AddAxis(Op):
     def backward(self, g):
         return g.reshape(self.in_shape)
 
+
+class AddAxis(_AxisAddRemove):
+    """Insert size-1 dims at the positions ``axis`` (of the result, ascending): ``F.expand_dims``,
+    upstream's AddAxis."""
+
+    def out_shape(self, shape):
+        shape = list(shape)
+        for a in self.axis:
+            shape.insert(a, 1)
+        return tuple(shape)
+
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(RemoveAxis([a - i for i, a in enumerate(self.axis)]), grads[0]),)
 
 
-class RemoveAxis(Op):
-    """Remove the size-1 dims ``axis`` one after another, each position counted after the
-    removals before it (``F.squeeze(x, (1, 3))`` removes 1, then 2), as upstream's RemoveAxis
-    (an AxisAddRemove operator in its graph); what `trace.dump` writes after a reduction
-    without ``keepdims``."""
-    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
-    holomorphic = True  # complex gradients: see Op
-
-    def __init__(self, axis):
-        self.axis = tuple(axis)
+class RemoveAxis(_AxisAddRemove):
+    """Remove the size-1 dims ``axis``, each position counted after the removals before it
+    (``F.squeeze(x, (1, 3))`` removes 1, then 2), as upstream's RemoveAxis; also what
+    `trace.dump` writes after a reduction without ``keepdims``."""
 
     def _axes(self):  # (an int: a file written when this op removed one axis, in utils)
         return (self.axis,) if isinstance(self.axis, (int, np.integer)) else self.axis
@@ -601,13 +600,6 @@ class RemoveAxis(Op):
                                  "only an existing axis of size 1 can be removed")
             del out[a]
         return tuple(out)
-
-    def forward(self, x):
-        self.in_shape = x.shape
-        return x.reshape(self.out_shape(x.shape))
-
-    def backward(self, g):
-        return g.reshape(self.in_shape)
 
     def grad_graph(self, inputs, outputs, grads):
         dims = list(range(len(self.in_shape)))

@@ -1,6 +1,6 @@
 """mgeconvert 1.0.2 (MegEngine's model converter) on this fork's files: an end-to-end check.
 
-Not part of the suite (mgeconvert, onnx and onnxruntime are not dependencies). It dumps four nets
+Not part of the suite (mgeconvert, onnx and onnxruntime are not dependencies). It dumps five nets
 with ``trace(symbolic=True, capture_as_const=True).dump`` and traces them with
 ``trace_module``, converts them with mgeconvert's ``mge_to_onnx``, ``tracedmodule_to_onnx``,
 ``onnx_to_mge`` and ``onnx_to_tracedmodule``, runs the results (onnxruntime, ``GraphInference``,
@@ -68,10 +68,22 @@ class Elementwise(M.Module):
         return d + e + F.sum(c, axis=1).reshape(2, 1), F.minimum(f, 0.5)
 
 
+class Axes(M.Module):
+    """F.squeeze and F.expand_dims: upstream's RemoveAxis and AddAxis, AxisAddRemove operators
+    of the dumped graph (ONNX Squeeze and Unsqueeze)."""
+
+    def forward(self, x):  # (2, 1, 3, 1)
+        a = F.squeeze(x, (1, 3)) * 2  # removes 1, then 2
+        b = F.expand_dims(F.squeeze(x), (0, -1)) + 1
+        c = F.expand_dims(F.relu(a), 1) - F.squeeze(F.sum(x, axis=2, keepdims=True), 3)
+        return a, b, c
+
+
 def nets():
     import bench_models
     return [("small_cnn", SmallCNN(), (2, 3, 8, 8)),
             ("elementwise", Elementwise(), (2, 6, 2, 2)),
+            ("axes", Axes(), (2, 1, 3, 1)),
             ("resnet18", bench_models.MgeResNet18(), (1, 3, 224, 224)),
             ("shufflenet_v2", bench_models.MgeShuffleNetV2(), (1, 3, 224, 224))]
 

@@ -450,3 +450,18 @@ def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
+
+
+def test_a_dumped_squeeze_of_a_dim_that_is_not_one_at_run_time_says_so():
+    from megengine.core.dispatch import apply
+    from megengine.core.ops import RemoveAxis, ShapeError
+    from megengine.jit import ShapeGuardError
+
+    # F.squeeze checked the size when traced: the file's guard names that check
+    file, _ = _dumped_graph(lambda x: F.squeeze(x, (1, 3)), np.ones((2, 1, 3, 1), "float32"))
+    file.seek(0)
+    with pytest.raises(ShapeGuardError, match=r"x.shape\[3\] != 1"):
+        cgtools.GraphInference(file).run(np.ones((2, 1, 3, 4), "float32"))
+    # the operator itself (upstream's RemoveAxis descriptors, one after another) says which
+    with pytest.raises(ShapeError, match=r"squeeze: cannot remove axis 2 of shape \(2, 3, 4\)"):
+        apply(RemoveAxis((1, 2)), mge.tensor(np.ones((2, 1, 3, 4), "float32")))
