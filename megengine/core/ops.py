@@ -570,14 +570,19 @@ class _AxisAddRemove(Op):
 
 
 class AddAxis(_AxisAddRemove):
-    """Insert size-1 dims at the positions ``axis`` (of the result, ascending): ``F.expand_dims``,
-    upstream's AddAxis."""
+    """Insert size-1 dims at the positions ``axis`` (of the result; ascending from
+    ``F.expand_dims``), upstream's AddAxis."""
 
     def out_shape(self, shape):
-        shape = list(shape)
-        for a in self.axis:
-            shape.insert(a, 1)
-        return tuple(shape)
+        out = list(shape)
+        for a in self.axis:  # (a negative position counts from the end of the result)
+            n = len(out) + 1
+            if not -n <= a < n:
+                raise ShapeError(f"expand_dims: cannot add axis {a} to shape {tuple(out)} "
+                                 f"(adding {self.axis} one after another to {tuple(shape)}): "
+                                 f"a new axis is at a position in [{-n}, {n})")
+            out.insert(a % n, 1)
+        return tuple(out)
 
     def grad_graph(self, inputs, outputs, grads):
         return (dispatch.apply(RemoveAxis([a - i for i, a in enumerate(self.axis)]), grads[0]),)
