@@ -551,6 +551,67 @@ class Reshape(Op):
         return (dispatch.apply(Reshape(self.in_shape), grads[0]),)
 
 
+class _AxisAddRemove(Op):
+    """Size-1 dims added or removed at the positions ``axis``, one after another (upstream's
+    AxisAddRemove operator): a reshape to `out_shape` of the input's shape. No sizes in its
+    parameters, so a dumped program runs it at any input shape."""
+    format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
+    holomorphic = True  # complex gradients: see Op
+
+    def __init__(self, axis):
+        self.axis = tuple(axis)
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(self.out_shape(x.shape))
+
+    def backward(self, g):
+        return g.reshape(self.in_shape)
+
+
+class AddAxis(_AxisAddRemove):
+    """Insert size-1 dims at the positions ``axis`` (of the result; ascending from
+    ``F.expand_dims``), upstream's AddAxis."""
+
+    def out_shape(self, shape):
+        out = list(shape)
+        for a in self.axis:  # (a negative position counts from the end of the result)
+            n = len(out) + 1
+            if not -n <= a < n:
+                raise ShapeError(f"expand_dims: cannot add axis {a} to shape {tuple(out)} "
+                                 f"(adding {self.axis} one after another to {tuple(shape)}): "
+                                 f"a new axis is at a position in [{-n}, {n})")
+            out.insert(a % n, 1)
+        return tuple(out)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(RemoveAxis([a - i for i, a in enumerate(self.axis)]), grads[0]),)
+
+
+class RemoveAxis(_AxisAddRemove):
+    """Remove the size-1 dims ``axis``, each position counted after the removals before it
+    (``F.squeeze(x, (1, 3))`` removes 1, then 2), as upstream's RemoveAxis; also what
+    `trace.dump` writes after a reduction without ``keepdims``."""
+
+    def _axes(self):  # (an int: a file written when this op removed one axis, in utils)
+        return (self.axis,) if isinstance(self.axis, (int, np.integer)) else self.axis
+
+    def out_shape(self, shape):
+        axes, out = self._axes(), list(shape)
+        for a in axes:
+            if not -len(out) <= a < len(out) or out[a] != 1:
+                raise ShapeError(f"squeeze: cannot remove axis {a} of shape {tuple(out)} "
+                                 f"(removing {axes} one after another from {tuple(shape)}): "
+                                 "only an existing axis of size 1 can be removed")
+            del out[a]
+        return tuple(out)
+
+    def grad_graph(self, inputs, outputs, grads):
+        dims = list(range(len(self.in_shape)))
+        removed = [dims.pop(a) for a in self._axes()]  # (their positions in the input)
+        return (dispatch.apply(AddAxis(sorted(removed)), grads[0]),)
+
+
 def shape_values(shape, what):
     """The target shape that array ``shape`` (a shape Tensor's, read when an op runs) holds, as
     a tuple of ints: integers, or floats that are whole numbers (upstream reads a computed float
@@ -568,6 +629,15 @@ def by_shape_tensor(shape):
     Tensor, not made from traced shapes (its sizes are expressions then), while a dumpable
     trace records (see `_trace_option.dumpable`)."""
     return hasattr(shape, "_data") and dumpable() and sizes_of(shape) is None
+
+
+def computed_sizes(shape):
+    """Whether shape sequence ``shape`` holds a Tensor that is not sizes from shapes (``(n,
+    -1)`` with ``n`` computed by the program) while a dumpable trace records: such a shape is
+    made a shape Tensor by ops (`megengine.functional.tensor`), an input of the op, instead of
+    sizes read to the host."""
+    return (type(shape) in (tuple, list) and dumpable()
+            and any(hasattr(s, "_data") and sizes_of(s) is None for s in shape))
 
 
 class ReshapeBy(Op):

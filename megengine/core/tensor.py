@@ -482,6 +482,10 @@ class Tensor(metaclass=_TensorType):
             shape = shape[0]
         if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
             return dispatch.apply(_ops.ReshapeBy(), self, shape)
+        if _trace_option._dim_source is not None and _ops.computed_sizes(shape):  # (... and
+            # so are sizes that are Tensors; the first test keeps eager calls fast)
+            from ..functional.tensor import reshape  # functional sits above core: load on use
+            return reshape(self, shape)
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 
     def _broadcast(self, *shape):

@@ -56,8 +56,8 @@ def _remove_axis(inp, axis):
         axes = [as_int(axis)]
     else:
         axes = [as_int(a) for a in axis]
-    axes = sorted(a % inp.ndim for a in axes)
-    return _apply1(RemoveAxis(axis=axes), inp)
+    axes = sorted(a % inp.ndim for a in axes)  # (removed one after another, as upstream's)
+    return _apply1(RemoveAxis(axis=[a - i for i, a in enumerate(axes)]), inp)
 
 
 def _reduce(mode):

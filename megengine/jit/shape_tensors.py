@@ -117,6 +117,8 @@ def propagate(op, values):
     if name == "Reshape" and values[0].size == math.prod(op.shape) and \
             all(type(s) is int for s in op.shape):
         return values[0].reshape(op.shape)
+    if name in ("AddAxis", "RemoveAxis"):  # (F.expand_dims(n, 0) of a size: [n])
+        return values[0].reshape(op.out_shape(values[0].shape))
     if name == "Reduce" and op.axis is None and not op.keepdims and len(values) == 1 and \
             op.mode in ("sum", "prod"):
         fold = math.prod if op.mode == "prod" else sum

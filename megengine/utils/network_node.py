@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core import dispatch
+from ..core import ops as _engine_ops
 from ..core._trace_option import use_symbolic_shape
 from ..core.tensor import Tensor
 from ..device import canonical_device
@@ -267,19 +268,7 @@ class MatMulTransposedB(dispatch.Op):
         return gx, gw
 
 
-class RemoveAxis(dispatch.Op):
-    """Drop size-1 axis ``axis`` (upstream's AxisAddRemove with one remove descriptor): what
-    `trace.dump` writes after a reduction without ``keepdims``, as upstream's graph has it."""
-
-    def __init__(self, axis):
-        self.axis = axis
-
-    def forward(self, x):
-        self.shape = x.shape
-        return x.squeeze(self.axis)
-
-    def backward(self, g):
-        return g.reshape(self.shape)
+RemoveAxis = _engine_ops.RemoveAxis  # (files written while it lived here name it so)
 
 
 def _reduce_dtype(mode, dtype):
@@ -311,7 +300,7 @@ def _upstream_reduce(st, n_slots, scopes):
     for k, a in enumerate(axes):
         parts = [(ReduceOp(op.mode, a, True), "Reduce")]
         if not op.keepdims:
-            parts.append((RemoveAxis(a), "RemoveAxis (reduction)"))
+            parts.append((RemoveAxis((a,)), "RemoveAxis (reduction)"))
         for j, (part, name) in enumerate(parts):
             last = k == len(axes) - 1 and j == len(parts) - 1
             out = st.outs[0] if last else n_slots
@@ -401,6 +390,47 @@ def _upstream_var(st, n_slots, scopes, device):
     return steps, n_slots, consts
 
 
+def _upstream_arange(st, n_slots, scopes):
+    """`F.arange` of Tensor arguments (`_ArangeOf` step ``st``) as upstream's arange builds it
+    (functional/tensor.py): ``num = ceil((stop - start) / step)``, then ``linspace(start, start
+    + step * (num - 1), num)`` (float32) and a TypeCvt to another dtype; the numbers given are
+    float32 constants of the file. (steps, number of slots, {slot: (array, device)})."""
+    from ..core.ops import Add, AsType, Mul, Sub, TrueDiv
+    from ..functional.creation import _LinspaceOf
+    from ..functional.elemwise import Ceil
+
+    op, f32 = st.template, np.dtype(np.float32)
+    scalar, given, consts, args = ((), f32), iter(zip(st.ins, st.metas)), {}, []
+    for v in op.args + (1,):  # start, stop, step (a Tensor given, else a number), and 1
+        if v is None:
+            args.append(next(given))
+        else:
+            consts[n_slots] = (np.array(v, f32), op.device)
+            args.append((n_slots, scalar))
+            n_slots += 1
+    (start, m_start), (stop, m_stop), (step, m_step), (one, _) = args
+    cast = np.dtype(op.dtype) != f32
+    span, ratio, num, less, width, end, values = range(n_slots, n_slots + 7)
+    n_slots += 7
+    for k in range(span, n_slots):
+        if st.outs[0] in scopes:
+            scopes[k] = scopes[st.outs[0]]
+    parts = [(Sub(), (stop, start), (m_stop, m_start), span),
+             (TrueDiv(), (span, step), (scalar, m_step), ratio),
+             (Ceil(), (ratio,), (scalar,), num),
+             (Sub(), (num, one), (scalar, scalar), less),
+             (Mul(), (step, less), (m_step, scalar), width),
+             (Add(), (start, width), (m_start, scalar), end),
+             (_LinspaceOf((None, None, None), f32, op.device), (start, end, num),
+              (m_start, scalar, scalar), values if cast else st.outs[0])]
+    if cast:
+        parts.append((AsType(op.dtype), (values,), (((None,), f32),), st.outs[0]))
+    steps = [_OpStep(st.index, template, None, None, ins, metas, (out,), False,
+                     f"{type(template).__name__} (arange)")
+             for template, ins, metas, out in parts]
+    return steps, n_slots, consts
+
+
 def _reduce_chain(steps, k, read):
     """(fused Reduce op, number of steps) of the chain `_upstream_reduce` writes that starts at
     ``steps[k]``, or None: one Reduce per axis (one mode, axes falling, each keeping its axis),
@@ -430,7 +460,7 @@ def _reduce_chain(steps, k, read):
             break
         if remove:
             rm = op_at(j + 1, RemoveAxis, st)
-            if rm is None or rm.template.axis != op.axis:
+            if rm is None or rm.template.axis not in ((op.axis,), op.axis):  # (int: older files)
                 break
             st = rm
         axes.append(op.axis)
@@ -500,7 +530,8 @@ def upstream_steps(prog):
     Convolution and bias ADD: two steps through a new slot, the same computation. A reduction
     over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
     and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
-    (`_upstream_var`)."""
+    (`_upstream_var`), `F.arange` of Tensors upstream's Linspace of computed bounds
+    (`_upstream_arange`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
@@ -517,6 +548,11 @@ def upstream_steps(prog):
              or _is_op(st, "Std", "megengine.functional.math")) and not st.dyn and not st.sym):
             found, n_slots, new = _upstream_var(st, n_slots, scopes,
                                                 _slot_device(prog, st.ins[0], made_by))
+            steps.extend(found)
+            consts.update(new)
+            continue
+        if _is_op(st, "_ArangeOf", "megengine.functional.tensor"):
+            found, n_slots, new = _upstream_arange(st, n_slots, scopes)
             steps.extend(found)
             consts.update(new)
             continue
@@ -808,6 +844,7 @@ BatchedMeshIndexing = _opr_type("BatchedMeshIndexing", "BatchedMeshIndexing")
 BatchedSetMeshIndexing = _opr_type("BatchedSetMeshIndexing", "BatchedSetMeshIndexing")
 BatchedIncrMeshIndexing = _opr_type("BatchedIncrMeshIndexing", "BatchedIncrMeshIndexing")
 GetVarShape = _opr_type("GetVarShape", "GetVarShape")
+Linspace = _opr_type("Linspace", "Linspace")
 UniformRNG = _opr_type("UniformRNG", "UniformRNG")
 GaussianRNG = _opr_type("GaussianRNG", "GaussianRNG")
 
@@ -850,8 +887,9 @@ def classify(op, in_shapes, dyn_names=()):
                         "axis": d.get("axis")}
     if name in ("AsType", "QuantizedCast"):
         return TypeCvt, {"dtype": d.get("dtype")}
-    if name == "RemoveAxis":
-        return AxisAddRemove, {"remove": (d["axis"],)}
+    if name in ("AddAxis", "RemoveAxis"):  # upstream's network_node shows the axes only
+        return AxisAddRemove, {"axis": list(RemoveAxis._axes(op) if name == "RemoveAxis"
+                                            else d["axis"])}
     if name == "MatMulTransposedB":
         return MatrixMul, {"transposeA": False, "transposeB": True}
     if name == "MatMul":
@@ -875,7 +913,9 @@ def classify(op, in_shapes, dyn_names=()):
               "Identity": Identity,
               "CondTake": CondTake, "TopK": TopK, "Concat": Concat, "BroadcastTo": Broadcast,
               "Reshape": Reshape, "Transpose": Dimshuffle, "Sort": ArgsortForward,
-              "_ShapeOf": GetVarShape}
+              "_ShapeOf": GetVarShape,
+              # the target shape as a second input, as upstream's Reshape and Broadcast take it
+              "ReshapeBy": Reshape, "_BroadcastBy": Broadcast}
     if name in simple:
         cls = simple[name]
         params = {k: v for k, v in d.items() if not _is_array(v)}
@@ -885,6 +925,8 @@ def classify(op, in_shapes, dyn_names=()):
                 axes = tuple(range(len(in_shapes[0]) - 1, -1, -1))
             params = {"pattern": axes}
         return cls, params
+    if name in ("_Linspace", "_LinspaceOf"):  # (start, stop and num: inputs upstream)
+        return Linspace, {"endpoint": True, "comp_node": d.get("device")}
     if name == "_Pool2d":
         return PoolingForward, {"mode": str(d.get("mode")).upper(), "kernel": d.get("kernel"),
                                 "stride": d.get("stride"), "padding": d.get("padding")}
@@ -1006,7 +1048,8 @@ def graph_params(opr):
         axis = _INT_MAX if p["axis"] is None else p["axis"]
         return {"mode": p["mode"], "data_type": "DEFAULT", "axis": axis}
     if t == "AxisAddRemove":  # megdnn's AxisDesc: method 0 adds an axis, 1 removes one
-        desc = [{"method": 1, "axisnum": a} for a in p["remove"]]
+        method = 0 if type(opr._op).__name__ == "AddAxis" else 1
+        desc = [{"method": method, "axisnum": a} for a in p["axis"]]
         return {"nr_desc": len(desc), "desc": desc}
     if t == "Dimshuffle":
         pattern = list(p["pattern"])
@@ -1019,6 +1062,8 @@ def graph_params(opr):
     if t in ("Host2DeviceCopy", "ImmutableTensor", "TypeCvt", "GetVarShape", "Broadcast",
              "Identity", "Copy"):
         return {}
+    if t == "Linspace":
+        return {"endpoint": True}
     if t == "Subtensor":
         found = _subtensor_items(p.get("index"), len(opr.inputs[0].partial_shape))
         if found is not None:
@@ -1070,6 +1115,8 @@ class GraphOperator:
                     ins += [ImmutableTensor(np.array([v], np.int32), f"{self.name}:idx{k}",
                                             ins[0]._device).outputs[0]
                             for k, v in enumerate(found[1])]
+            elif self.type == "Linspace":
+                ins = _linspace_inputs(self.opr, ins)
             elif self.type == "Reduce" and self.opr.params.get("axis") is None:
                 # upstream reduces over every axis to a target shape (1,), its second input
                 ins.append(ImmutableTensor(np.array([1], np.int32), f"{self.name}:shape",
@@ -1085,6 +1132,19 @@ class GraphOperator:
 
     def __repr__(self):
         return f"GraphOperator(name={self.name!r}, type={self.type!r})"
+
+
+def _linspace_inputs(opr, ins):
+    """Upstream's three Linspace inputs (start, stop, num) of `OpNode` ``opr`` with inputs
+    ``ins``: the engine op's numbers (a count computed from shapes at the vars' shapes now) are
+    constant inputs there."""
+    op = _sizes_filled_in(opr._op, opr._dyn, opr._dyn_vars)
+    args = op.args if hasattr(op, "args") else (op.start, op.stop, op.num)
+    given, out = iter(ins), []
+    for v, what, dtype in zip(args, ("start", "stop", "num"), (np.float32, np.float32, np.int32)):
+        out.append(next(given) if v is None else ImmutableTensor(
+            np.array([v], dtype), f"{opr.name}:{what}", op.device).outputs[0])
+    return out
 
 
 def graph_operator(opr):

@@ -73,6 +73,19 @@ def test_reductions_and_shapes_second_order():
                        lambda a: a.prod(1).sum() * a.min(), rand(2, 3, low=0.5))
 
 
+def test_expand_dims_and_squeeze_second_order():
+    # their gradients are the inverse axis operations (RemoveAxis of AddAxis's positions, ...),
+    # themselves recorded; squeeze of (1, 3) removes 1, then 2
+    check_second_order(
+        lambda a: (F.squeeze(F.expand_dims(a, (0, 2)) ** 3 * a.sum(), (0, 2)) ** 2).sum(),
+        lambda a: ((a.unsqueeze(0).unsqueeze(2) ** 3 * a.sum()).squeeze(2).squeeze(0) ** 2).sum(),
+        rand(3, 4))
+    check_second_order(
+        lambda a: (F.expand_dims(F.squeeze(a, (1, 3)), -1) ** 3).sum() * F.squeeze(a).sum(),
+        lambda a: (a.squeeze(3).squeeze(1).unsqueeze(-1) ** 3).sum() * a.squeeze().sum(),
+        rand(2, 1, 3, 1))
+
+
 def test_softmax_logsoftmax_cross_entropy_second_order():
     label = np.array([0, 3, 1, 2])
     check_second_order(lambda x: (F.softmax(x, axis=1) ** 2).sum() + F.logsoftmax(x, 1)[:, 0].sum(),

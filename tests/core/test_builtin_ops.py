@@ -286,6 +286,16 @@ def test_dimshuffle_addaxis_removeaxis_identity_with_gradients():
     y = rng.randn(1, 3, 1).astype(np.float32)
     check_against_torch(lambda a: one(builtin.RemoveAxis(axis=[2, 0]), a),
                         lambda a: a.reshape(3), y)
+    # upstream's AxisAddRemove applies its descriptors one after another, each position counted
+    # on the shape the ones before it left, an added one from the end of its result
+    # (src/opr/impl/tensor_manip.cpp: axis_manip_get_output_layout, ADD_1 at
+    # axis.get(ndim + 1); tensor_manip.h: "All the axis descs would be processed in order")
+    check_against_torch(lambda a: one(builtin.AddAxis(axis=[2, 0]), a),
+                        lambda a: a.unsqueeze(2).unsqueeze(0), x)
+    check_against_torch(lambda a: one(builtin.AddAxis(axis=[-1]), a),
+                        lambda a: a.unsqueeze(-1), x)
+    check_against_torch(lambda a: one(builtin.RemoveAxis(axis=[0, 1]), a),
+                        lambda a: a.squeeze(0).squeeze(1), rng.randn(1, 3, 1).astype(np.float32))
     check_against_torch(lambda a: one(builtin.Identity(), a), lambda a: a.clone(), x)
 
 

@@ -1,6 +1,6 @@
 """mgeconvert 1.0.2 (MegEngine's model converter) on this fork's files: an end-to-end check.
 
-Not part of the suite (mgeconvert, onnx and onnxruntime are not dependencies). It dumps four nets
+Not part of the suite (mgeconvert, onnx and onnxruntime are not dependencies). It dumps five nets
 with ``trace(symbolic=True, capture_as_const=True).dump`` and traces them with
 ``trace_module``, converts them with mgeconvert's ``mge_to_onnx``, ``tracedmodule_to_onnx``,
 ``onnx_to_mge`` and ``onnx_to_tracedmodule``, runs the results (onnxruntime, ``GraphInference``,
@@ -15,7 +15,7 @@ imports the converters' modules directly)::
 
     pip download --no-deps mgeconvert==1.0.2 && tar xzf mgeconvert-1.0.2.tar.gz
     : > mgeconvert-1.0.2/mgeconvert/__init__.py
-    pip install --target /tmp/mgec-deps onnx onnxruntime protobuf
+    pip install --target /tmp/mgec-deps onnx onnxruntime protobuf onnxoptimizer onnxsim
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \\
         PYTHONPATH=$PWD:$PWD/mgeconvert-1.0.2:/tmp/mgec-deps \\
         python tests/interop/mgeconvert_check.py
@@ -68,13 +68,29 @@ class Elementwise(M.Module):
         return d + e + F.sum(c, axis=1).reshape(2, 1), F.minimum(f, 0.5)
 
 
+class Axes(M.Module):
+    """F.squeeze and F.expand_dims: upstream's RemoveAxis and AddAxis, AxisAddRemove operators
+    of the dumped graph (ONNX Squeeze and Unsqueeze)."""
+
+    def forward(self, x):  # (2, 1, 3, 1)
+        a = F.squeeze(x, (1, 3)) * 2  # removes 1, then 2
+        b = F.expand_dims(F.squeeze(x), (0, -1)) + 1
+        c = F.expand_dims(F.relu(a), 1) - F.squeeze(F.sum(x, axis=2, keepdims=True), 3)
+        return a, b, c
+
+
 def nets():
     import bench_models
     return [("small_cnn", SmallCNN(), (2, 3, 8, 8)),
             ("elementwise", Elementwise(), (2, 6, 2, 2)),
+            ("axes", Axes(), (2, 1, 3, 1)),
             ("resnet18", bench_models.MgeResNet18(), (1, 3, 224, 224)),
             ("shufflenet_v2", bench_models.MgeShuffleNetV2(), (1, 3, 224, 224))]
 
+
+# net -> ONNX operators mge_to_onnx must write for it (the dump's AxisAddRemove operators, not
+# Reshape)
+ONNX_OPS = {"axes": {"Squeeze", "Unsqueeze"}}
 
 # (net, direction) -> None when it converts and matches, else the mgeconvert limit that stops it
 LIMITS = {
@@ -82,6 +98,9 @@ LIMITS = {
     ("elementwise", "tracedmodule_to_onnx"): "ignores keepdims and axis tuples of reductions",
     ("elementwise", "onnx_to_mge"): "its ONNX reader has no Exp",
     ("elementwise", "onnx_to_tracedmodule"): "its ONNX reader has no Exp",
+    ("axes", "tracedmodule_to_onnx"): "its TracedModule frontend has no F.expand_dims",
+    ("axes", "onnx_to_mge"): "its ONNX reader has no Squeeze",
+    ("axes", "onnx_to_tracedmodule"): "its ONNX reader has no Squeeze",
     ("shufflenet_v2", "onnx_to_mge"): "its ONNX reader has no Squeeze",
     ("shufflenet_v2", "onnx_to_tracedmodule"): "its ONNX reader has no Squeeze",
 }
@@ -146,6 +165,11 @@ def run_net(name, net, shape, out):
 
     def mge_onnx():
         mge_to_onnx(base + ".mge", base + ".onnx", opset=11)
+        import onnx
+        written = {node.op_type for node in onnx.load(base + ".onnx").graph.node}
+        missing = ONNX_OPS.get(name, set()) - written
+        if missing:
+            raise AssertionError(f"the ONNX model has no {sorted(missing)}: {sorted(written)}")
         return _compare(_onnxruntime(base + ".onnx", x), want)
 
     def tm_onnx():

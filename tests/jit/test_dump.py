@@ -268,6 +268,18 @@ SIZE_ARGUMENTS = {  # a function, its arguments when traced and when the file ru
                                                    np.array([2, -1])],
                        [np.arange(12, dtype="float32"), np.array([-1, 6])],
                        lambda x, s: x.reshape(tuple(s))),
+    # a Tensor among the entries of a shape: upstream's astensor1d concatenates them into the
+    # operator's shape input
+    "reshape(n, -1)": (lambda x, n: x.reshape(n, -1), [np.arange(24, dtype="float32"), 2],
+                       [np.arange(12, dtype="float32"), 4], lambda x, n: x.reshape(n, -1)),
+    "F.reshape((x.shape[0], n, -1))": (
+        lambda x, n: F.reshape(x, (x.shape[0], n, -1)), [np.ones((4, 6), "float32"), 2],
+        [np.arange(24, dtype="float32").reshape(6, 4), 4],
+        lambda x, n: x.reshape(x.shape[0], n, -1)),
+    "broadcast_to((n, None, x.shape[1]))": (
+        lambda x, n: F.broadcast_to(x, (n, None, x.shape[1])), [np.ones((2, 3), "float32"), 4],
+        [np.arange(5, dtype="float32").reshape(1, 5), 3],
+        lambda x, n: np.broadcast_to(x, (n,) + x.shape)),
 }
 
 
@@ -484,3 +496,9 @@ def test_programs_indexed_by_a_traced_tensor_and_random_ops_load():
     mge.random.normal(size=(3,))  # the live generator moves on; the file does not follow it
     (out,) = GraphInference(file).run().values()
     np.testing.assert_array_equal(out, drawn)
+
+
+def test_a_shape_entry_tensor_that_is_not_one_integer_is_refused_in_a_dumpable_trace():
+    f = trace(lambda x, n: x.reshape(n, -1), symbolic=True, capture_as_const=True)
+    with pytest.raises(TypeError, match="shape entry Tensor must hold one integer.*float32"):
+        f(mge.tensor(np.ones(4, "float32")), mge.tensor(2.0))

@@ -232,8 +232,12 @@ def _reductions(seq):
             if o.type in ("Reduce", "AxisAddRemove")]
 
 
-def _removes(axis):
-    return {"nr_desc": 1, "desc": [{"method": 1, "axisnum": axis}]}
+def _removes(*axes):
+    return {"nr_desc": len(axes), "desc": [{"method": 1, "axisnum": a} for a in axes]}
+
+
+def _adds(*axes):
+    return {"nr_desc": len(axes), "desc": [{"method": 0, "axisnum": a} for a in axes]}
 
 
 def _reduce(mode, axis):
@@ -355,3 +359,109 @@ def collections_by_type(seq):
     for o in seq:
         found.setdefault(o.type, []).append(o)
     return found
+
+
+AXES = [
+    # upstream's F.expand_dims is AddAxis of the sorted positions in the result, F.squeeze
+    # RemoveAxis of the sorted positions, each less the number removed before it
+    # (tensor_utils.cpp's _expand_dims_cpp / _squeeze_cpp); each is one AxisAddRemove operator
+    # whose descriptors add (method 0) or remove (method 1) one axis after another
+    # (imperative/src/impl/ops/tensor_manip.cpp: Desc::make_add / Desc::make_remove)
+    (lambda x: F.expand_dims(x, 1), (2, 3), (5, 4), [_adds(1)], [1]),
+    (lambda x: F.expand_dims(x, (-1, 0)), (2, 3), (5, 4), [_adds(0, 3)], [0, 3]),
+    (lambda x: F.squeeze(x, 1), (2, 1, 3), (5, 1, 4), [_removes(1)], [1]),
+    (lambda x: F.squeeze(x, (3, 1)), (2, 1, 3, 1), (5, 1, 4, 1), [_removes(1, 2)], [1, 2]),
+    (lambda x: F.squeeze(x) + 1, (1, 2, 1, 3, 1), (1, 5, 1, 4, 1), [_removes(0, 1, 2)],
+     [0, 1, 2]),
+    (lambda x: F.squeeze(F.expand_dims(x, 0), 0), (2, 3), (5, 4), [_adds(0), _removes(0)],
+     [0, 0]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(AXES)))
+def test_expand_dims_and_squeeze_are_upstreams_axisaddremove(k):
+    import json
+
+    fn, shape, other, want, network_axes = AXES[k]
+    x = np.random.RandomState(k).rand(*shape).astype("float32")
+    file, seq = _dumped_graph(fn, x)
+    assert [o.type for o in seq if o.type in ("Reshape", "AxisAddRemove")] == \
+        ["AxisAddRemove"] * len(want)
+    assert [json.loads(o.params) for o in seq if o.type == "AxisAddRemove"] == want
+    file.seek(0)
+    net = Network.load(file)  # upstream's network_node shows the axes of the descriptors
+    got = [o.params["axis"] for o in net.all_oprs if o.type == "AxisAddRemove"]
+    assert [a for axes in got for a in axes] == network_axes
+    # the file runs at the traced shape and at another one, as the eager function
+    for data in (x, np.random.RandomState(k).rand(*other).astype("float32")):
+        file.seek(0)
+        (out,) = cgtools.GraphInference(file).run(data).values()
+        want_value = fn(mge.tensor(data)).numpy()
+        assert out.shape == want_value.shape
+        np.testing.assert_array_equal(out, want_value)
+
+
+def _sized(x, s):
+    return (x.reshape(s), F.broadcast_to(x[:1], s), F.linspace(0, 1, s[1]),
+            F.arange(s[0]), F.arange(1, s[1], 2, dtype="int32"))
+
+
+def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
+    # upstream's graph takes a shape Tensor as the second input of Reshape and Broadcast,
+    # and Linspace's start, stop and num as its three inputs; its arange is
+    # linspace(start, start + step * (ceil((stop - start) / step) - 1), num) and a TypeCvt
+    # to another dtype (imperative/python/megengine/functional/tensor.py)
+    import json
+
+    import megengine.core.tensor.megbrain_graph as G
+
+    x = np.random.RandomState(0).rand(4, 3).astype("float32")
+    s = np.array([4, 3], "int32")
+    f = trace(_sized, symbolic=True, capture_as_const=True)
+    f(mge.tensor(x), mge.tensor(s))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x", "s"])
+    file.seek(0)
+    seq = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list, prune_reshape=False)
+    kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq
+             if o.type not in ("Host2DeviceCopy", "ImmutableTensor", "Subtensor")]
+    arange = ["SUB", "TRUE_DIV", "CEIL", "SUB", "MUL", "ADD", "Linspace"]
+    assert kinds == ["Reshape", "Broadcast", "Linspace"] + arange + arange + ["TypeCvt"]
+    reshape, broadcast, linspace = [o for o in seq if o.type in ("Reshape", "Broadcast",
+                                                                 "Linspace")][:3]
+    assert [v.name for v in reshape.inputs] == ["x", "s"] and len(broadcast.inputs) == 2
+    assert json.loads(reshape.params) == {"axis": 7} and json.loads(broadcast.params) == {}
+    assert json.loads(linspace.params) == {"endpoint": True}
+    assert [v.value.tolist() for v in linspace.inputs[:2]] == [[0.0], [1.0]]
+    assert linspace.inputs[2].owner.type == "Subtensor"
+    file.seek(0)
+    net = Network.load(file)
+    assert not [o for o in net.all_oprs if type(o).__name__.endswith(("By", "Of"))]
+    assert [o.name for o in net.all_oprs if o.type in ("Reshape", "Broadcast")] == \
+        ["Reshape", "Broadcast"]
+    # the file follows the sizes it is given, as the eager function
+    for shape in ((4, 3), (2, 6)):
+        data, sizes = np.random.RandomState(1).rand(*shape).astype("float32"), np.array(shape,
+                                                                                        "int32")
+        file.seek(0)
+        got = list(cgtools.GraphInference(file).run(data, sizes).values())
+        want = _sized(mge.tensor(data), mge.tensor(sizes))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
+
+
+def test_a_dumped_squeeze_of_a_dim_that_is_not_one_at_run_time_says_so():
+    from megengine.core.dispatch import apply
+    from megengine.core.ops import RemoveAxis, ShapeError
+    from megengine.jit import ShapeGuardError
+
+    # F.squeeze checked the size when traced: the file's guard names that check
+    file, _ = _dumped_graph(lambda x: F.squeeze(x, (1, 3)), np.ones((2, 1, 3, 1), "float32"))
+    file.seek(0)
+    with pytest.raises(ShapeGuardError, match=r"x.shape\[3\] != 1"):
+        cgtools.GraphInference(file).run(np.ones((2, 1, 3, 4), "float32"))
+    # the operator itself (upstream's RemoveAxis descriptors, one after another) says which
+    with pytest.raises(ShapeError, match=r"squeeze: cannot remove axis 2 of shape \(2, 3, 4\)"):
+        apply(RemoveAxis((1, 2)), mge.tensor(np.ones((2, 1, 3, 4), "float32")))

@@ -315,21 +315,23 @@ class Dimshuffle(OpDef):
 
 
 class AddAxis(OpDef):
-    """Insert axes of size 1 at the positions ``axis`` (of the result)."""
+    """Insert axes of size 1 at the positions ``axis``, one after another, as upstream's
+    AxisAddRemove applies its descriptors (``[2, 0]`` on (3, 4): (3, 4, 1), then (1, 3, 4, 1))."""
 
     _params = (("axis", ()),)
 
     def _lower(self, x):
-        return (_F().expand_dims(x, _int_list(self.axis)),)
+        return (dispatch.apply(_engine_ops.AddAxis(_int_list(self.axis)), x),)
 
 
 class RemoveAxis(OpDef):
-    """Remove the size-1 axes ``axis``."""
+    """Remove the size-1 axes ``axis``, one after another (``[0, 1]`` on (1, 3, 1): (3, 1),
+    then (3,)), as upstream's AxisAddRemove applies its descriptors."""
 
     _params = (("axis", ()),)
 
     def _lower(self, x):
-        return (_F().squeeze(x, _int_list(self.axis)),)
+        return (dispatch.apply(_engine_ops.RemoveAxis(_int_list(self.axis)), x),)
 
 
 class Identity(OpDef):
