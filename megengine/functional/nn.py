@@ -62,7 +62,7 @@ class _Softmax(Op):
         self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
@@ -95,7 +95,7 @@ class _LogSoftmax(Op):
         self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
