@@ -496,6 +496,7 @@ class Identity(Op):
     """A copy on the input's own device, the gradient passing through: ``F.copy(x)`` without a
     device and ``M.Identity``, upstream's Identity operator (its Copy names a device)."""
     format_rule = "keep"
+    holomorphic = True  # complex gradients: see Op
 
     def forward(self, x):
         return x.copy()

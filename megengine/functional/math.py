@@ -576,6 +576,8 @@ def dot(inp1, inp2):
 
 
 class MatInv(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): d inv(A) = -inv(A) dA inv(A)
+
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")

@@ -145,6 +145,7 @@ def logsoftmax(inp, axis):
 
 class _Linear(Op):
     """``x @ W.T + b`` as one op: one matmul forward, at most two back."""
+    holomorphic = True  # complex gradients (core/dispatch.py): bilinear, conjugates nothing
 
     def forward(self, x, w, b=None):
         if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -175,6 +176,8 @@ class _Linear(Op):
             # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
             # so its callbacks run before the weight's (as torch's addmm hands them out too)
             self.grad_order = (2, 0, 1)
+            if b.dtype.kind == "c" and y.dtype.kind != "c":  # (+= would cast b to y's dtype)
+                y = y.astype(b.dtype)
             y += b if b.ndim == 1 else b.reshape(-1)
         return y if out_shape is None else y.reshape(out_shape)
 

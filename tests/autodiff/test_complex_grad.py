@@ -114,6 +114,20 @@ COMPLEX_LEAVES = {
         + torch.where(u.real > 0, z, u * 2).real.sum()
         + (torch.split(z, 2, dim=1)[1] * torch.roll(u, 1, 0)[:, :2]).imag.sum()
         + (torch.diag(u[:, :3]) + z[torch.arange(3), torch.tensor([1, 0, 3])]).abs().sum()),
+    "copy_cumsum_pad_cond_take": (
+        lambda z, u: F.abs(F.copy(z) + F.cumsum(u, 1)).sum()
+        + F.real(F.nn.pad(z, ((1, 0), (0, 2)), mode="reflect") * 2j).sum()
+        + F.imag(F.cond_take(F.real(u) > 0, z)[0]).sum(),
+        lambda z, u: (z.clone() + u.cumsum(1)).abs().sum()
+        + (torch.nn.functional.pad(z[None], (0, 2, 1, 0), mode="reflect")[0] * 2j).real.sum()
+        + z[u.real > 0].imag.sum()),
+    "einsum_linear_matinv": (
+        lambda z, u: F.abs(F.einsum("ij,kj->ik", z, u)).sum()
+        + F.real(F.linear(z, u, u[0, :3])).sum()
+        + F.imag(F.matinv(z[:, :3] + mge.tensor(np.eye(3) * 3))).sum(),
+        lambda z, u: torch.einsum("ij,kj->ik", z, u).abs().sum()
+        + torch.nn.functional.linear(z, u, u[0, :3]).real.sum()
+        + torch.linalg.inv(z[:, :3] + 3 * torch.eye(3, dtype=z.dtype)).imag.sum()),
     "setitem_astype": (  # x[i] = v and a cast between complex dtypes
         lambda z, u: F.imag(_set_row(z, u).astype("complex128")).sum(),
         lambda z, u: torch.cat([u[1:2], z[1:]]).to(torch.complex128).imag.sum()),

@@ -126,6 +126,9 @@ SUPPORTED = {  # name -> (megengine call, oracle on the numpy array)
     # float and complex operands promote to complex (numpy's rule; torch's matmul refuses)
     "matmul float @ complex": (lambda z: F.matmul(mge.tensor(np.eye(2, dtype=np.float32)) * 2, z),
                                lambda a: np.eye(2, dtype=np.float32) * 2 @ a),
+    "linear, complex bias": (lambda z: F.linear(mge.tensor(np.ones((2, 3), np.float32)),
+                                                mge.tensor(np.eye(3, dtype=np.float32)), z[0]),
+                             lambda a: np.ones((2, 3), np.float32) + a[0]),
     "mul by float": (lambda z: z * mge.tensor([2.0, 0.5, -1.0]),
                      lambda a: a * np.array([2.0, 0.5, -1.0], np.float32)),
     "where": (lambda z: F.where(mge.tensor([True, False, True]), z, 1.0),
