@@ -272,9 +272,14 @@ def test_float_and_complex_operands_promote_to_complex():
      lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.01)),
     (lambda p: optim.AdamW(p, lr=0.1), lambda p: torch.optim.AdamW(p, lr=0.1)),
     (lambda p: optim.Adagrad(p, lr=0.1), lambda p: torch.optim.Adagrad(p, lr=0.1)),
-], ids=["SGD", "Adam", "AdamW", "Adagrad"])
-def test_optimizers_step_complex_parameters_as_torch(make):
-    z0, target = rand((2, 3), np.complex64, 0), rand((2, 3), np.complex64, 1)
+    (lambda p: optim.Adadelta(p, lr=0.5, weight_decay=0.01),
+     lambda p: torch.optim.Adadelta(p, lr=0.5, weight_decay=0.01)),
+    (lambda p: _MomentumSGD(p, lr=0.1, momentum=0.9),
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+], ids=["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "upstream's _updates protocol"])
+@pytest.mark.parametrize("shape", [(2, 3), ()], ids=["2x3", "0-d"])
+def test_optimizers_step_complex_parameters_as_torch(make, shape):
+    z0, target = rand(shape, np.complex64, 0), rand(shape, np.complex64, 1)
     w = mge.Parameter(z0, dtype=z0.dtype)
     opt, gm = make[0]([w]), GradManager().attach(w)
     t = torch.tensor(z0, requires_grad=True)
@@ -290,9 +295,54 @@ def test_optimizers_step_complex_parameters_as_torch(make):
     np.testing.assert_allclose(w.numpy(), t.detach().numpy(), rtol=1e-5, atol=1e-6)
     state = opt.state_dict()["state"][0]
     for name, value in state.items():  # buffers stay complex, of the parameter's shape
-        if isinstance(value, np.ndarray) and value.ndim:
-            assert value.dtype == np.complex64 and value.shape == (2, 3), name
+        if isinstance(value, np.ndarray) and value.dtype.kind != "i" and value.shape == shape:
+            assert value.dtype == np.complex64, name
     opt.load_state_dict(opt.state_dict())
+
+
+class _MomentumSGD(optim.Optimizer):
+    """An optimizer written for upstream: state made by ``_add_state``, updated by tensor
+    operations in ``_updates``."""
+
+    def __init__(self, params, lr, momentum):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    def _create_state(self, param_group):
+        for p in param_group["params"]:
+            self._add_state(p, "buf")  # zeros of the parameter's (complex) dtype
+
+    def _updates(self, param_group):
+        for p in param_group["params"]:
+            buf = self._state[p]["buf"]
+            buf[...] = buf * param_group["momentum"] + p.grad
+            p[...] = p - param_group["lr"] * buf
+
+
+def _step_lamb_on(w, opt, grads):
+    for g in grads:
+        w.grad = mge.tensor(g, dtype=g.dtype)
+        opt.step().clear_grad()
+    return w.numpy()
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: optim.LAMB(p, lr=0.1, weight_decay=0.01),
+    lambda p: optim.LAMB(p, lr=0.1, always_adapt=True),
+    lambda p: optim.LAMBFp16(p, lr=0.1, weight_decay=0.01),
+], ids=["LAMB", "LAMB always_adapt", "LAMBFp16"])
+def test_lamb_steps_a_complex_parameter_as_its_pairs_of_reals(make):
+    # torch has no LAMB: the oracle is the definition torch's optimizers follow for complex
+    # parameters, the same optimizer on the (..., 2) float view (torch.view_as_real)
+    z0 = rand((2, 3), np.complex64, 0)
+    grads = [rand((2, 3), np.complex64, seed) for seed in (1, 2, 3)]
+    w, pairs = mge.Parameter(z0, dtype=z0.dtype), mge.Parameter(torch.view_as_real(
+        torch.tensor(z0)).numpy())
+    got = _step_lamb_on(w, make([w]), grads)
+    want = _step_lamb_on(pairs, make([pairs]), [torch.view_as_real(torch.tensor(g)).numpy()
+                                                  for g in grads])
+    np.testing.assert_allclose(torch.view_as_real(torch.tensor(got)).numpy(), want,
+                               rtol=1e-6, atol=1e-7)
+    assert got.dtype == np.complex64
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
