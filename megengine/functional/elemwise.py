@@ -225,7 +225,10 @@ Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(
 Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x))
 Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y))
 Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
-Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x), lambda xp, x, y, g: g / xp.sqrt(x * x - 1))
+# sqrt(x - 1) * sqrt(x + 1), not sqrt(x * x - 1): equal for real x, but only the former is
+# acosh's derivative on the complex plane (the latter's branch cut flips its sign off the axis)
+Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x),
+               lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)))
 Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
 Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False,
                holomorphic=False)

@@ -101,6 +101,9 @@ COMPLEX_LEAVES = {
                     lambda z, u: ((z * 0.5).exp().abs() + (z / (u + 3)).imag).sum()),
     "pow_of_both": (lambda z, u: F.abs(z ** (u * 0.3)).sum(),
                     lambda z, u: (z ** (u * 0.3)).abs().sum()),
+    "acosh_asin_atanh": (  # acosh's derivative is 1 / (sqrt(z - 1) sqrt(z + 1)), not its square
+        lambda z, u: F.real(F.acosh(z) * 2j + F.asin(u) + F.atanh(z * 0.5)).sum(),
+        lambda z, u: (z.acosh() * 2j + u.asin() + (z * 0.5).atanh()).real.sum()),
     "sin_log_sqrt": (lambda z, u: F.real(F.sin(z) + F.log(u) * F.sqrt(z)).sum(),
                      lambda z, u: (z.sin() + u.log() * z.sqrt()).real.sum()),
     "matmul_sum_index": (lambda z, u: F.abs((z @ u.T).sum(axis=0)[1:]).sum(),
