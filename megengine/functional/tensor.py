@@ -600,6 +600,9 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     pairs += [(0, 0)] * (src.ndim - len(pairs))
     if mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, src.shape) if max(p)):
         raise ValueError(f"pad: reflect padding {pad_width} must be smaller than shape {src.shape}")
+    if mode == "edge" and any(max(p) and not n for p, n in zip(pairs, src.shape)):
+        raise ValueError(f"pad: edge padding {pad_width} has no edge to repeat on an empty axis "
+                         f"of shape {src.shape}; pad it with mode='constant'")
     return apply(Pad(tuple(pairs), mode, constant_value), src)
 
 
