@@ -226,7 +226,11 @@ def _c_split(rng):
 
 # ----- shape ops and the other linear ops -----
 
-def _shape_case(rng, x):
+SHAPE_OPS = ["broadcast_to", "cond_take", "copy", "cumsum", "expand_dims", "flip", "pad",
+             "pad edge", "repeat", "reshape", "roll", "tile", "transpose", "where"]
+
+
+def _shape_case(rng, name, x):
     shp = x.shape
     nd = len(shp)
     perm = [int(i) for i in rng.permutation(nd)]
@@ -254,15 +258,15 @@ def _shape_case(rng, x):
         "cond_take": (lambda z: F.cond_take(mge.tensor(x.real > 0), z)[0],
                       lambda t: t[torch.tensor(x.real > 0)]),
     }
-    name = pick(rng, sorted(cases))
-    return name, cases[name]
+    return cases[name]
 
 
 @op("c_shape")
 def _c_shape(rng):
-    shp = shape(rng, 1, 3)
+    name = pick(rng, SHAPE_OPS)
+    shp = shape(rng, 1, 3, zero=name != "pad edge")  # (torch's replicate takes no empty dim)
     x = _cvalues(rng, shp)
-    name, (m, t) = _shape_case(rng, x)
+    m, t = _shape_case(rng, name, x)
     return Case(f"{name}(z{shp} {C64})", [x], m, t, layouts=name not in ("where", "cond_take"))
 
 
@@ -272,7 +276,8 @@ def _c_linear(rng):
     n = int(rng.integers(1, 4))
     if name == "matinv":  # well-conditioned: the identity plus a small complex matrix
         x = (np.eye(n) * 2 + _cvalues(rng, (n, n), -0.4, 0.4)).astype(C64)
-        return Case(f"matinv(z{x.shape})", [x], F.matinv, torch.linalg.inv, tol=(5e-4, 5e-4))
+        return Case(f"matinv(z{x.shape})", [x], F.matinv, torch.linalg.inv, tol=(5e-4, 5e-4),
+                    bcast=False)  # (repeated rows: singular)
     if name == "diag":
         x = _cvalues(rng, pick(rng, [(n,), (n, n)]))
         return Case(f"diag(z{x.shape})", [x], F.diag, torch.diag)
