@@ -24,6 +24,26 @@ def _check_dtype(dtype, what):
     return dtype
 
 
+def complex_error(what, dtype, problem="it takes real numbers",
+                  advice="take F.real / F.imag / F.abs of it first"):
+    """The TypeError of an op that refuses a complex tensor (of ``dtype``): one that needs an
+    order (max, sort, relu, ``<``), rounding, or a cast that would drop the imaginary part, or a
+    float function. Upstream's complex tensors take only a few ops and refuse these too."""
+    return TypeError(f"{what}: {problem}, got a complex tensor ({dtype}); {advice}")
+
+
+def no_order(what, dtype):
+    """`complex_error` for an op that compares values."""
+    return complex_error(what, dtype, "complex numbers have no order",
+                         "compare F.abs(x) or F.real(x) instead")
+
+
+def is_complex_data(value):
+    """Whether ``value`` is complex data that says so: a Python complex, or anything with a
+    complex numpy dtype (an array, a numpy scalar, a Tensor). (A list is not looked into.)"""
+    return type(value) is complex or getattr(getattr(value, "dtype", None), "kind", None) == "c"
+
+
 def _as_array(value, dtype, device, copy):
     xp = _device_mod.get_array_module(device)
     if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
@@ -31,6 +51,11 @@ def _as_array(value, dtype, device, copy):
                        device, f"a tensor on {device}")
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
+        if dtype.kind not in "cb" and is_complex_data(value):  # (numpy would only warn)
+            raise complex_error("tensor", getattr(value, "dtype", "complex128"),
+                                f"storing it as {dtype} would drop the imaginary part",
+                                "take F.real / F.imag / F.abs of it first, or ask for "
+                                "dtype='complex64'")
         try:
             arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
         except OverflowError:

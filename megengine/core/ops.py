@@ -9,6 +9,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
+from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
@@ -178,6 +179,8 @@ class TrueDiv(_Binary):
 
 class FloorDiv(_Binary):
     def compute(self, a, b):
+        if a.dtype.kind == "c":  # (numpy's error names ufuncs and casting rules)
+            raise complex_error("floor_div", a.dtype)
         return a // b
 
     def grads(self, g):
@@ -189,6 +192,8 @@ class FloorDiv(_Binary):
 
 class Mod(_Binary):
     def compute(self, a, b):
+        if a.dtype.kind == "c":
+            raise complex_error("mod", a.dtype)
         return a % b
 
     def grads(self, g):
@@ -250,6 +255,8 @@ class Pow(_Binary):
 
 class Maximum(_Binary):
     def compute(self, a, b):
+        if a.dtype.kind == "c":  # (numpy would order them by real part, then imaginary)
+            raise no_order("maximum", a.dtype)
         return xp_of(a).maximum(a, b)
 
     def grads(self, g):
@@ -263,6 +270,8 @@ class Maximum(_Binary):
 
 class Minimum(_Binary):
     def compute(self, a, b):
+        if a.dtype.kind == "c":
+            raise no_order("minimum", a.dtype)
         return xp_of(a).minimum(a, b)
 
     def grads(self, g):
@@ -362,6 +371,8 @@ class _Compare(Op):
 
     def forward(self, a, b):
         dtype = _promote(a, b)
+        if dtype.kind == "c" and self.fn != "equal" and self.fn != "not_equal":
+            raise no_order(self.fn, dtype)  # (== and != keep their meaning)
         return getattr(xp_of(a), self.fn)(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
 
     def backward(self, g):
@@ -437,6 +448,9 @@ class AsType(Op):
 
     def forward(self, x):
         self.in_dtype = x.dtype
+        if x.dtype.kind == "c" and self.dtype.kind not in "cb":  # (numpy would only warn)
+            raise complex_error("astype", x.dtype, f"casting it to {self.dtype} would drop "
+                                "the imaginary part", "take F.real(x) or F.abs(x) first")
         return x.astype(self.dtype)
 
     def backward(self, g):
@@ -447,8 +461,7 @@ class AsType(Op):
 
     def backward_complex(self, g):
         # to complex: a real input gets the real part (dispatch's _ComplexGrad takes it; taken
-        # here before the cast, which numpy would warn about); from complex to a real dtype
-        # (the real part, as numpy casts): the gradient is real, g + 0j
+        # here before the cast, which numpy would warn about); complex to complex: the cast
         if self.in_dtype.kind != "c" and g.dtype.kind == "c":
             g = g.real
         return self.backward(g)
@@ -483,6 +496,7 @@ class Identity(Op):
     """A copy on the input's own device, the gradient passing through: ``F.copy(x)`` without a
     device and ``M.Identity``, upstream's Identity operator (its Copy names a device)."""
     format_rule = "keep"
+    holomorphic = True  # complex gradients: see Op
 
     def forward(self, x):
         return x.copy()
@@ -821,11 +835,15 @@ class SetItem(Op):
         self.index = index
 
     def forward(self, x, v):
+        if v.dtype.kind == "c" and x.dtype.kind != "c":  # (numpy would only warn)
+            raise complex_error("x[index] = v", v.dtype, f"storing it in a {x.dtype} tensor "
+                                "would drop the imaginary part", "take F.real / F.imag / "
+                                "F.abs of it first, or make x complex (x.astype('complex64'))")
         out = x.copy()
         self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
             out[self.index] = v
-        except (IndexError, ValueError) as e:
+        except (IndexError, ValueError, TypeError) as e:  # (TypeError: numpy's, complex v)
             raise type(e)(
                 f"setting a tensor of shape {x.shape} at an index with a value of shape "
                 f"{v.shape}: {e}"
@@ -875,6 +893,9 @@ def _norm_axes(axis, ndim, what):
     return tuple(sorted(out))
 
 
+_ORDERED = frozenset({"max", "min"})
+
+
 class Reduce(Op):
     """sum / mean / prod / max / min over some axes."""
 
@@ -893,8 +914,10 @@ class Reduce(Op):
         else:
             axes = _norm_axes(axis, ndim, mode)
         self.axes = axes
-        if not x.size and mode in ("max", "min"):
-            empty = [a for a in (axes if ndim else ()) if x.shape[a] == 0]
+        if mode in _ORDERED:
+            if x.dtype.kind == "c":
+                raise no_order(mode, x.dtype)
+            empty = [a for a in (axes if ndim else ()) if x.shape[a] == 0] if not x.size else ()
             if empty:
                 # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,)
                 raise ValueError(f"{mode}: cannot reduce over axis {empty[0]} of an empty "

@@ -401,6 +401,9 @@ class Tensor(metaclass=_TensorType):
     def __int__(self):
         return int(self.item())
 
+    def __complex__(self):  # (Python falls back to __float__, which a complex value refuses)
+        return complex(self.item())
+
     def __index__(self):
         if self.dtype.kind not in "iub" or self.size != 1:
             raise TypeError(f"only integer tensors with one element can be an index, not {self.dtype}")
@@ -632,8 +635,8 @@ class Tensor(metaclass=_TensorType):
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None
         value = _operand(value, self)
-        if value.dtype != self.dtype:
-            value = value.astype(self.dtype)
+        if value.dtype != self.dtype and (value.dtype.kind != "c" or self.dtype.kind == "c"):
+            value = value.astype(self.dtype)  # (a complex value for a real x: SetItem refuses)
         result = dispatch.apply(_ops.SetItem(idx), self, value)
         self._inplace(result)
         if whole:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
+from ..core.dtype_rules import complex_error
 from ..core.tensor import Tensor
 
 
@@ -24,14 +25,15 @@ def _pair(value, name, what):
         raise TypeError(f"{what}: {name} must be an int or a pair of ints, got {value!r}") from None
 
 
-def _as_float(x):
+def _as_float(x, what="this function"):
     """Integer input of a float function is computed in float32, as upstream does; complex input
-    raises (a cast would drop its imaginary part)."""
+    raises (a cast would drop its imaginary part), naming ``what`` (a name, or the op)."""
     if x.dtype.kind == "f":
         return x
     if x.dtype.kind == "c":
-        raise TypeError(f"this function takes real numbers, got a complex tensor ({x.dtype}); "
-                        "take F.real / F.imag / F.abs of it first")
+        if not isinstance(what, str):
+            what = type(what).__name__.lstrip("_").lower()
+        raise complex_error(what, x.dtype)
     return x.astype(np.float32)
 
 

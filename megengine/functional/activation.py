@@ -10,6 +10,7 @@ import numpy as np
 
 from ..core import dtype as _dtype
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
@@ -48,6 +49,8 @@ class _Relu(Op):
             self.ty = _aten.aten().relu(_aten.view(x))
             self.y = _aten.array(self.ty)
             return self.y
+        if x.dtype.kind == "c":
+            raise no_order("relu", x.dtype)
         self.y = y = xp_of(x).maximum(x, x.dtype.type(zero))
         return y
 
@@ -111,7 +114,7 @@ class _Activation(Op):
     tx = None  # ATen's view of x, when the ATen path ran
 
     def forward(self, x):
-        self.x = x = _as_float(x)
+        self.x = x = _as_float(x, self)
         if self.aten_forward is not None and x.dtype in _ATEN_FLOATS and x.size \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
@@ -275,7 +278,7 @@ class _Gelu(_Activation):
     tx = None  # ATen's view of x, when the ATen path ran
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if _aten_gelu(x):
             self.x, self.tx = x, _aten.view(x)
             return _aten.array(_aten.aten().gelu(self.tx))
@@ -372,6 +375,8 @@ class _PRelu(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x, w):
         dtype = promote_types(x.dtype, w.dtype)
+        if dtype.kind == "c":
+            raise no_order("prelu", dtype)
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         self.x, self.w = x, w
         try:

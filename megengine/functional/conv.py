@@ -19,6 +19,7 @@ from ..core._trace_option import is_int
 from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
+from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -57,13 +58,16 @@ def _ntuple(value, n, name, what):
     return out
 
 
-def _compute_dtype(*dtypes):
-    """Promoted float dtype of the operands (integer operands compute in float32, as upstream)."""
+def _compute_dtype(what, *dtypes):
+    """Promoted float dtype of the operands (integer operands compute in float32, as upstream;
+    complex ones raise)."""
     dtype = dtypes[0]
     if dtype.kind == "f" and all(d == dtype for d in dtypes[1:]):  # the common case
         return dtype
     for d in dtypes[1:]:
         dtype = promote_types(dtype, d)
+    if dtype.kind == "c":  # (a float cast would drop the imaginary part)
+        raise complex_error(what, dtype)
     return dtype if dtype.kind == "f" else np.dtype(np.float32)
 
 
@@ -219,7 +223,7 @@ class _Convolution(Op):
         out = self._check(x, wf, w)
         dtype = x.dtype
         if dtype != w.dtype or dtype.kind != "f":  # (same float dtypes: the common case)
-            dtype = _compute_dtype(dtype, w.dtype)
+            dtype = _compute_dtype(self.what, dtype, w.dtype)
         tb = None
         if b is not None:
             if b.size != out:
@@ -564,7 +568,7 @@ class _LocalConv2d(Op):
         if (oh, ow) != (woh, wow):
             raise ValueError(f"{what}: the weight of shape {w.shape} has kernels for {woh}x{wow} "
                              f"output positions, but the input of shape {x.shape} gives {oh}x{ow}")
-        dtype = _compute_dtype(x.dtype, w.dtype)
+        dtype = _compute_dtype(what, x.dtype, w.dtype)
         self.dtypes, self.shapes = (x.dtype, w.dtype), (x.shape, w.shape, (g, og, oh, ow))
         aten = _aten.aten()
         cols = aten.im2col(_aten.view(x.astype(dtype, copy=False)), k, self.dilation,
@@ -773,7 +777,7 @@ class _DeformableConv2d(Op):
             raise ValueError(f"{what}: mask of shape {mask.shape} must be (N, dg * KH * KW, OH, "
                              f"OW) = {(n, dg * taps, oh, ow)}")
         torch = _aten.torch_module()
-        dtype = _compute_dtype(x.dtype, w.dtype)
+        dtype = _compute_dtype(what, x.dtype, w.dtype)
         self.dtypes, self.w_shape = (x.dtype, w.dtype, offset.dtype, mask.dtype), w.shape
         needs = self.needs_input_grad
         ins = []

@@ -6,6 +6,7 @@ from .. import device as _device
 from ..core import ops as _ops
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
+from ..core.dtype_rules import is_complex_data, complex_error
 from ..core.tensor import Tensor, as_array
 from .elemwise import _tensor
 
@@ -138,7 +139,13 @@ def ones_like(inp):
 
 
 def full_like(inp, value):
-    """``value`` (cast to inp's dtype) with the shape and device of ``inp``."""
+    """``value`` (cast to inp's dtype) with the shape and device of ``inp``; a complex value
+    needs a complex ``inp``."""
+    inp = _tensor(inp)
+    if inp.dtype.kind != "c" and is_complex_data(value):  # (numpy would only warn)
+        raise complex_error("full_like", getattr(value, "dtype", "complex128"), f"filling a {inp.dtype} "
+                            "tensor with it would drop the imaginary part",
+                            "give a complex inp (inp.astype('complex64')) or a real value")
     return _like(inp, value)
 
 

@@ -82,6 +82,8 @@ def _parse(equation, shapes):
 
 
 class Einsum(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): its contractions conjugate nothing
+
     def __init__(self, equation):
         self.equation = equation
 
@@ -137,8 +139,10 @@ class Einsum(Op):
                       for j, (x, s) in enumerate(zip(self.xs, self.subs)) if j != k]
             consts = [xp.eye(n, dtype=g.dtype) if kind == "eye" else xp.ones(n, g.dtype)
                       for kind, _, n in extras]
-            gk = xp.einsum(eq, g, *others, *consts, optimize=True)
-            grads.append(self._unbroadcast(xp, gk, k).astype(self.dtypes[k], copy=False))
+            gk = self._unbroadcast(xp, xp.einsum(eq, g, *others, *consts, optimize=True), k)
+            if gk.dtype.kind != "c":  # (a real input's complex gradient: the dispatcher takes
+                gk = gk.astype(self.dtypes[k], copy=False)  # its real part)
+            grads.append(gk)
         return tuple(grads)
 
     def _unbroadcast(self, xp, gk, k):

@@ -3,6 +3,7 @@ import numpy as np
 
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
+from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from ._args import _tensor  # (also imported from here by the functional files)
@@ -73,8 +74,7 @@ def _float_pair(op, a, b):
     # atan2/logaddexp are float functions: integer operands compute in float32
     if a.dtype.kind != "f":
         if a.dtype.kind == "c":  # (casting would drop the imaginary part)
-            raise TypeError(f"{type(op).__name__.lower()}: complex operands are not supported "
-                            f"(got {a.dtype}); use F.real / F.imag / F.abs first")
+            raise complex_error(type(op).__name__.lower(), a.dtype)
         op.a = a = a.astype(np.float32)
         op.b = b = b.astype(np.float32)
     return a, b
@@ -169,12 +169,12 @@ class _Unary(Op):
     holomorphic = True
 
     def forward(self, x):
-        if self.to_float and x.dtype.kind != "f":
-            if x.dtype.kind != "c":
+        if x.dtype.kind != "f":
+            if x.dtype.kind == "c":
+                if not self.holomorphic:  # (rounding; a float cast would drop the imaginary part)
+                    raise complex_error(type(self).__name__.lower(), x.dtype)
+            elif self.to_float:
                 x = x.astype(np.float32)
-            elif not self.holomorphic:  # (a float cast would drop the imaginary part)
-                raise TypeError(f"{type(self).__name__.lower()}: complex input is not "
-                                f"supported (got {x.dtype}); use F.real / F.imag / F.abs first")
         self.x = x
         self.y = self.compute(xp_of(x), x)
         return self.y
@@ -225,7 +225,10 @@ Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(
 Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x))
 Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y))
 Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
-Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x), lambda xp, x, y, g: g / xp.sqrt(x * x - 1))
+# sqrt(x - 1) * sqrt(x + 1), not sqrt(x * x - 1): equal for real x, but only the former is
+# acosh's derivative on the complex plane (the latter's branch cut flips its sign off the axis)
+Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x),
+               lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)))
 Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
 Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False,
                holomorphic=False)
@@ -292,6 +295,8 @@ class Clip(Op):
             # only adds the integer out-of-range bound handling (not needed for floats) and
             # costs ~2 us a call, 3x the ufunc on a small map (a ReLU6 per layer at batch 1)
             return _clip_ufunc(x, self.lower, self.upper)
+        if x.dtype.kind == "c":
+            raise no_order("clip", x.dtype)
         xp = xp_of(x)
         if self.needs_input_grad[0]:
             inside = True

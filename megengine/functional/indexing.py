@@ -318,6 +318,7 @@ class CondTake(Op):
     """The elements of x where mask is True (flattened), and their flat indices."""
 
     data_shaped = True
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
 
     def forward(self, mask, x):
         self.in_shape = x.shape

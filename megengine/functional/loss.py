@@ -4,10 +4,11 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype_rules import complex_error
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
-from ._args import _UNSIGNED, _out_of_range
+from ._args import _UNSIGNED, _as_float, _out_of_range
 
 __all__ = [
     "binary_cross_entropy", "cross_entropy", "cross_entropy_with_softmax", "hinge_loss",
@@ -84,6 +85,8 @@ class _PairLoss(Op):
 
     def forward(self, pred, label):
         dtype = promote_types(pred.dtype, label.dtype)
+        if dtype.kind == "c":  # (its mean would be cast to float, dropping the imaginary part)
+            raise complex_error(self.what, dtype)
         pred, label = pred.astype(dtype, copy=False), label.astype(dtype, copy=False)
         self.shapes = (pred.shape, label.shape)
         if (self.aten_loss is not None and type(pred) is np.ndarray
@@ -399,7 +402,7 @@ class _CrossEntropy(Op):
             raise ValueError(
                 f"cross_entropy: label of shape {label.shape} does not match pred of shape "
                 f"{pred.shape}: expected pred's shape without axis {ax}, {expected}")
-        pred = pred if pred.dtype.kind == "f" else pred.astype(np.float32)
+        pred = _as_float(pred, "cross_entropy")
         if label.dtype.kind not in "iu":
             label = label.astype(np.int64)  # upstream takes float class ids too
         classes = pred.shape[ax]

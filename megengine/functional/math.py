@@ -6,6 +6,7 @@ import numpy as np
 from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
+from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -46,6 +47,9 @@ def isinf(inp):
 class Sign(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
+        if x.dtype.kind == "c":  # numpy 2's is z / |z|, numpy 1's and CuPy's sign(real part)
+            raise complex_error("sign", x.dtype, "the sign of a complex number is ambiguous",
+                                "use x / F.abs(x) for z / |z| (torch's sgn), or F.sign(F.real(x))")
         return xp_of(x).sign(x)
 
     def backward(self, g):
@@ -102,6 +106,8 @@ def _arg_reduce_fn(xp, x, fn, axes, keepdims):
 
 def _arg_reduce(inp, axis, keepdims, fn):
     inp = _tensor(inp)
+    if inp.dtype.kind == "c":
+        raise no_order(fn, inp.dtype)
     if axis is None:
         if keepdims:
             raise ValueError(f"{fn}: keepdims=True needs an axis, got axis=None")
@@ -142,7 +148,7 @@ class Var(Op):
 
     def forward(self, x):
         if x.dtype.kind != "f":  # (no call on the float path)
-            x = _as_float(x)
+            x = _as_float(x, self)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
@@ -204,7 +210,7 @@ class LogSumExp(Op):
     def forward(self, x):
         xp = xp_of(x)
         if x.dtype.kind != "f":  # (no call on the float path)
-            x = _as_float(x)
+            x = _as_float(x, self)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "logsumexp")
         if x.size == 0:  # log of an empty sum is -inf (torch's answer; max has no identity)
@@ -246,7 +252,7 @@ class PNorm(Op):
     def forward(self, x):
         xp = xp_of(x)
         if x.dtype.kind != "f":  # (no call on the float path)
-            x = _as_float(x)
+            x = _as_float(x, self)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
         if self.p == 2 and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
@@ -369,6 +375,8 @@ def _sort_key(x, descending):
 
 
 def _check_sortable(inp, what):
+    if inp.dtype.kind == "c":
+        raise no_order(what, inp.dtype)
     if inp.ndim == 0:
         raise ValueError(f"{what}: input must have at least 1 dim, got a scalar")
 
@@ -568,6 +576,8 @@ def dot(inp1, inp2):
 
 
 class MatInv(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): d inv(A) = -inv(A) dA inv(A)
+
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
@@ -640,7 +650,7 @@ class SVD(Op):
         xp = xp_of(x)
         if x.ndim < 2:
             raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
-        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        x = _as_float(x, "svd")
         self.m, self.n = x.shape[-2:]
         full = self.full_matrices and self.compute_uv
         u, s, vh = xp.linalg.svd(x, full_matrices=full)

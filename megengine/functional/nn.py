@@ -62,7 +62,7 @@ class _Softmax(Op):
         self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
@@ -95,7 +95,7 @@ class _LogSoftmax(Op):
         self.ty = None  # ATen's output, when the ATen path ran
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
             self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
@@ -145,6 +145,7 @@ def logsoftmax(inp, axis):
 
 class _Linear(Op):
     """``x @ W.T + b`` as one op: one matmul forward, at most two back."""
+    holomorphic = True  # complex gradients (core/dispatch.py): bilinear, conjugates nothing
 
     def forward(self, x, w, b=None):
         if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -175,6 +176,8 @@ class _Linear(Op):
             # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
             # so its callbacks run before the weight's (as torch's addmm hands them out too)
             self.grad_order = (2, 0, 1)
+            if b.dtype.kind == "c" and y.dtype.kind != "c":  # (+= would cast b to y's dtype)
+                y = y.astype(b.dtype)
             y += b if b.ndim == 1 else b.reshape(-1)
         return y if out_shape is None else y.reshape(out_shape)
 

@@ -76,7 +76,7 @@ class _BatchNorm(Op):
         # input gradients for some strided inputs, e.g. a (2, 3, 3, 1) view with strides
         # (9, 1, 3, 3) next to a contiguous output gradient
         if x.dtype.kind != "f" or not x.flags.c_contiguous:
-            x = xp_of(x).ascontiguousarray(_as_float(x))
+            x = xp_of(x).ascontiguousarray(_as_float(x, self))
         dtype = x.dtype
         if not self.training and len(params) == 4 and not any(self.needs_input_grad):
             # inference of an affine layer with running stats, no gradient: the one kernel
@@ -260,7 +260,7 @@ class _Normalize(Op):
         self.family = family
 
     def forward(self, x, *params):
-        x = _as_float(x)
+        x = _as_float(x, self)
         if (self.family is not None and x.size and x.dtype in _ATEN_NORM_DTYPES
                 and all(p.dtype == x.dtype for p in params) and _aten.use_aten(x, self.family)):
             if self.family == "group_norm":

@@ -60,7 +60,7 @@ class _Pool2d(Op):
         aten = _aten.aten()
         is_max = self.mode == "max"
         if not is_max:
-            x = _as_float(x)
+            x = _as_float(x, self)
         self.x_dtype = x.dtype
         tx = _aten.view(x)
         self.explicit = 2 * ph > kh or 2 * pw > kw

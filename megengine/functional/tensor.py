@@ -523,6 +523,8 @@ _PAD_MODES = {"constant": "constant", "edge": "edge", "replicate": "edge", "refl
 
 
 class Pad(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+
     def __init__(self, pad_width, mode, value):
         self.pad_width, self.mode, self.value = pad_width, mode, value
 
@@ -540,8 +542,11 @@ class Pad(Op):
         # edge/reflect copy input elements to several places: pad the element numbers the same
         # way and sum the gradient of every place back into its source element
         size = int(np.prod(self.in_shape, dtype=np.int64))
-        src = xp.pad(xp.arange(size).reshape(self.in_shape), self.pad_width, mode=self.mode)
-        gx = xp.bincount(src.ravel(), weights=g.ravel(), minlength=size)
+        src = xp.pad(xp.arange(size).reshape(self.in_shape), self.pad_width, mode=self.mode).ravel()
+        g = g.ravel()
+        gx = xp.bincount(src, weights=g.real if g.dtype.kind == "c" else g, minlength=size)
+        if g.dtype.kind == "c":  # (bincount takes real weights)
+            gx = gx + 1j * xp.bincount(src, weights=g.imag, minlength=size)
         return gx.astype(g.dtype).reshape(self.in_shape)
 
     def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
@@ -603,12 +608,17 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     pairs += [(0, 0)] * (src.ndim - len(pairs))
     if mode == "reflect" and any(max(p) >= n for p, n in zip(pairs, src.shape) if max(p)):
         raise ValueError(f"pad: reflect padding {pad_width} must be smaller than shape {src.shape}")
+    if mode == "edge" and any(max(p) and not n for p, n in zip(pairs, src.shape)):
+        raise ValueError(f"pad: edge padding {pad_width} has no edge to repeat on an empty axis "
+                         f"of shape {src.shape}; pad it with mode='constant'")
     return apply(Pad(tuple(pairs), mode, constant_value), src)
 
 
 # ----- cumulative sum (upstream's home for it; F.math re-exports it) -----
 
 class Cumsum(Op):
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+
     def __init__(self, axis):
         self.axis = axis
 

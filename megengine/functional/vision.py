@@ -86,7 +86,7 @@ class _Resize(Op):
         return mats[0], (mats[1] if len(mats) == 2 else None), None
 
     def forward(self, x):
-        x = _as_float(x)
+        x = _as_float(x, self)
         xp = xp_of(x)
         mat_h, mat_w, mat_d = self._matrices(x.shape[2:])
         self.ah = xp.asarray(mat_h, x.dtype)

@@ -103,13 +103,15 @@ class Optimizer:
 
     def _add_state(self, param, state_name, initializer=None):
         """A state tensor for ``param`` (zeros shaped like it, or ``initializer``), as
-        upstream's: ``self._state[param][state_name]``."""
+        upstream's: ``self._state[param][state_name]``. Upstream's zeros are float32; those of a
+        complex parameter are complex (its updates would not fit in float32)."""
         state = self._state.setdefault(param, {})
         if state_name in state:
             raise ValueError(f"{type(self).__name__}._add_state: the state {state_name!r} of "
                              "this parameter exists already")
         if initializer is None:
-            initializer = np.zeros(param.shape, dtype=np.float32)
+            initializer = np.zeros(param.shape, dtype=param.dtype if param.dtype.kind == "c"
+                                   else np.float32)
         state[state_name] = Tensor(initializer, device=param.device)
 
     def _updates(self, param_group):
@@ -409,7 +411,9 @@ def _update_as_real(update, param, grad, state, group):
                   if isinstance(v, Tensor) and v._data.dtype.kind == "c" else v
                   for k, v in state.items()}
     xp = get_array_module(device)
-    update(as_param, _as_real(xp.ascontiguousarray(grad)), real_state, group)
+    if not grad.flags.c_contiguous:  # (ascontiguousarray would make a 0-d grad 1-d)
+        grad = xp.ascontiguousarray(grad)
+    update(as_param, _as_real(grad), real_state, group)
     for k, v in real_state.items():
         if isinstance(v, Tensor) and v._data.shape == as_param._data.shape \
                 and v._data.dtype == as_param._data.dtype:

@@ -253,6 +253,11 @@ def test_pad_constant_value_and_leading_pairs():
         F.pad(mge.tensor(x), ((1, 1),), mode="circular")
     with pytest.raises(ValueError, match="pad"):
         F.pad(mge.tensor(x), ((0, 0), (3, 0)), mode="reflect")
+    empty = mge.tensor(np.zeros((2, 0), np.float32))  # (numpy's own error, torch refuses too)
+    with pytest.raises(ValueError, match=r"^pad: edge padding .* no edge to repeat on an empty "
+                                         r"axis of shape \(2, 0\); pad it with mode='constant'"):
+        F.pad(empty, ((0, 0), (1, 1)), mode="edge")
+    assert F.pad(empty, ((1, 0), (0, 0)), mode="edge").shape == (3, 0)  # not the empty axis
 
 
 def test_pad_accepts_upstream_misspelt_pad_witdth_keyword():

@@ -49,12 +49,15 @@ def shape(rng, lo=0, hi=4, zero=True, max_dim=4):
 
 
 def values(rng, shp, dtype, lo=-3.0, hi=3.0):
-    """An array of ``dtype``: floats uniform in [lo, hi), ints in [lo, hi], bools fair."""
+    """An array of ``dtype``: floats uniform in [lo, hi), ints in [lo, hi], bools fair; complex
+    numbers with real and imaginary parts each uniform in [lo, hi)."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return rng.random(shp) < 0.5
     if dtype.kind in "iu":
         return rng.integers(int(lo), int(hi) + 1, size=shp).astype(dtype)
+    if dtype.kind == "c":
+        return (rng.uniform(lo, hi, size=shp) + 1j * rng.uniform(lo, hi, size=shp)).astype(dtype)
     return rng.uniform(lo, hi, size=shp).astype(dtype)
 
 
@@ -168,7 +171,8 @@ class Case:
     ``inputs``: numpy arrays (the tensor arguments; scalars and options live in the closures).
     ``mge_fn(*tensors)`` and ``torch_fn(*tensors)`` compute the same thing, the latter in
     upstream's convention where torch's differs. ``diff``: indices of the inputs whose
-    gradients are compared (default: the float32 ones). ``dtypes``: expected output dtypes
+    gradients are compared (default: the float32 and complex64 ones; a complex input's gradient
+    is torch's, dL/dx + i dL/dy, as megengine's). ``dtypes``: expected output dtypes
     where upstream's rule differs from torch's (None: torch's). ``tol``: (rtol, atol).
     ``layouts``: draw non-contiguous layouts for the inputs. ``bcast``: the op tolerates a
     broadcast layout (repeated values: no ties that the two frameworks break differently).
@@ -213,7 +217,7 @@ def run(case, rng):
             else Layout(a, lambda t: t, "contig") for a in case.inputs]
     diff = case.diff
     if diff is None:
-        diff = [i for i, a in enumerate(case.inputs) if a.dtype == np.float32]
+        diff = [i for i, a in enumerate(case.inputs) if a.dtype in _DIFF_DTYPES]
     desc = case.desc + " layouts=" + ",".join(lay.name for lay in lays)
 
     ts = [torch.tensor(lay.stored, requires_grad=i in diff)
@@ -228,9 +232,9 @@ def run(case, rng):
         with gm:
             out = case.mge_fn(*[lay.view(x) for lay, x in zip(lays, xs)])
             ys = flat(out)
-            fys = [y for y in ys if np.dtype(y.dtype).kind == "f"]
+            fys = [y for y in ys if np.dtype(y.dtype).kind in "fc"]  # (complex: torch's rule)
             grs = np.random.RandomState(0)
-            dys = [np.asarray(grs.randn(*y.shape)).astype(y.dtype) for y in fys]
+            dys = [_output_grad(grs, y) for y in fys]
             if diff and fys:
                 gm.backward(fys, [mge.tensor(d) for d in dys])
     except Exception as e:  # noqa: BLE001
@@ -263,7 +267,8 @@ def run(case, rng):
         _close(yv, tv, case.tol, f"{desc}: output {k}")
     if not diff or not fys:
         return "ok"
-    tf = [ty for ty in flat(tout) if isinstance(ty, torch.Tensor) and ty.dtype.is_floating_point]
+    tf = [ty for ty in flat(tout) if isinstance(ty, torch.Tensor)
+          and (ty.dtype.is_floating_point or ty.dtype.is_complex)]
     tf_grad = [(ty, torch.tensor(d, dtype=ty.dtype)) for ty, d in zip(tf, dys)
                if ty.requires_grad]
     if tf_grad:
@@ -284,9 +289,22 @@ def run(case, rng):
     return "ok"
 
 
+_DIFF_DTYPES = (np.dtype(np.float32), np.dtype(np.complex64))
+
+
+def _output_grad(rs, y):
+    """A random gradient for the output ``y`` (complex for a complex output)."""
+    g = rs.randn(*y.shape)
+    if np.dtype(y.dtype).kind == "c":
+        g = g + 1j * rs.randn(*y.shape)
+    return np.asarray(g).astype(y.dtype)
+
+
 def _close(a, b, tol, what):
     a = np.asarray(a)
     b = np.asarray(b)
+    if a.dtype.kind == "c" or b.dtype.kind == "c":  # compared as (real, imaginary) pairs
+        a, b = (np.stack([x.real, x.imag], -1) for x in (a, b))
     if a.dtype.kind in "f" or b.dtype.kind in "f":
         rtol, atol = tol or TOL.get(a.dtype, (1e-4, 1e-5))
         a64, b64 = a.astype(np.float64), b.astype(np.float64)

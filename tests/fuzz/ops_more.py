@@ -256,9 +256,8 @@ def _ce_softmax(rng):
                 diff=[0], tol=(2e-4, 2e-5))
 
 
-# ----- complex numbers: compared through their real and imaginary parts -----
-# (values only: the engine's autodiff tracks float tensors, so by design no gradient flows
-# through a complex tensor; see the note above _MakeComplex in functional/elemwise.py)
+# ----- complex numbers made of real parts: values and the parts' gradients through them -----
+# (complex inputs of the other ops: tests/fuzz/ops_complex.py)
 
 def _complex_parts(c):
     if np.dtype(c.dtype) != np.complex64:
@@ -274,7 +273,7 @@ def _complex(rng):
     return Case(f"complex(re{sa}, im{sb})", [a, b],
                 lambda x, y: _complex_parts(F.complex(x, y)),
                 lambda x, y: (lambda c: (c.real, c.imag))(torch.complex(*torch.broadcast_tensors(
-                    x, y))), diff=[])
+                    x, y))))
 
 
 @op("polar", "elemwise")
@@ -285,7 +284,7 @@ def _polar(rng):
     return Case(f"polar(abs{sa}, angle{sb})", [r, th],
                 lambda x, y: _complex_parts(F.polar(x, y)),
                 lambda x, y: (lambda c: (c.real, c.imag))(torch.polar(*torch.broadcast_tensors(
-                    x, y))), diff=[])
+                    x, y))))
 
 
 @op("imag", "elemwise")
@@ -295,7 +294,7 @@ def _imag(rng):
     part = pick(rng, ["imag", "real"])
     return Case(f"{part}(complex(a{shp}, b{shp}))", [a, b],
                 lambda x, y: getattr(F, part)(F.complex(x * 2, y * 3)),
-                lambda x, y: getattr(torch.complex(x * 2, y * 3), part), diff=[])
+                lambda x, y: getattr(torch.complex(x * 2, y * 3), part))
 
 
 # ----- integers: bit shifts -----

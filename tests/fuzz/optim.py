@@ -20,8 +20,10 @@ TOL = (2e-5, 2e-6)
 
 
 def _draw_params(rng):
+    """1-3 parameters, now and then a complex64 one (updated as pairs of reals, torch's rule)."""
     n = int(rng.integers(1, 4))
-    return [values(rng, shape(rng, 0, 3, zero=False), "float32", -2, 2) for _ in range(n)]
+    return [values(rng, shape(rng, 0, 3, zero=False), pick(rng, ["float32"] * 3 + ["complex64"]),
+                   -2, 2) for _ in range(n)]
 
 
 def _groups(rng, n_params, hyper):
@@ -46,10 +48,10 @@ def _run_steps(rng, make_mge, step_ref, init, groups, steps, defaults):
     ref = step_ref()
     cut = int(rng.integers(1, steps)) if steps > 1 else None
     for step in range(steps):
-        grads = [values(rng, p.shape, "float32", -1, 1) if rng.random() < 0.85 else None
+        grads = [values(rng, p.shape, p.dtype, -1, 1) if rng.random() < 0.85 else None
                  for p in init]
         if all(g is None for g in grads):
-            grads[0] = values(rng, init[0].shape, "float32", -1, 1)
+            grads[0] = values(rng, init[0].shape, init[0].dtype, -1, 1)
         for p, g in zip(mparams, grads):
             p.grad = None if g is None else mge.tensor(g)
         if step == cut:
@@ -165,11 +167,18 @@ op("Adadelta")(_torch_case("Adadelta", optim.Adadelta, torch.optim.Adadelta,
 
 # ----- numpy oracles of upstream's formulas -----
 
+def _as_pairs(a):
+    """A complex array as its (..., 2) real and imaginary parts in float64 (torch's
+    view_as_real, which defines a complex parameter's update); a real one in float64."""
+    return np.stack([a.real, a.imag], -1) if a.dtype.kind == "c" else a.astype(np.float64)
+
+
 def _numpy_ref(init, groups, defaults, update):
     """An oracle running ``update(p, g, state, hp)`` (numpy, in place on ``p``) per parameter
-    with its group's hyper-parameters; parameters without a gradient are skipped."""
+    with its group's hyper-parameters; parameters without a gradient are skipped. A complex
+    parameter is updated as its pairs of reals."""
     def start():
-        ps = [p.astype(np.float64) for p in init]
+        ps = [_as_pairs(p) for p in init]
         states = [dict() for _ in init]
         hps = {}
         for idx, hp in groups:
@@ -179,8 +188,9 @@ def _numpy_ref(init, groups, defaults, update):
         def ref(grads):
             for i, g in enumerate(grads):
                 if g is not None:
-                    update(ps[i], g.astype(np.float64), states[i], hps[i])
-            return ps
+                    update(ps[i], _as_pairs(g), states[i], hps[i])
+            return [p[..., 0] + 1j * p[..., 1] if p0.dtype.kind == "c" else p
+                    for p, p0 in zip(ps, init)]
         return ref
     return start
 

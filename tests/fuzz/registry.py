@@ -5,13 +5,14 @@ import warnings
 import numpy as np
 
 from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
-from . import ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops, transforms, vision_warp
+from . import ops_complex, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops
+from . import transforms, vision_warp
 from .gen import Mismatch, run
 
 OPS = {}
 for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vision_warp,
              quant, ops_tensor2, transforms, random_ops, ops_more,
-             ops_nn2, ops_vision2):
+             ops_nn2, ops_vision2, ops_complex):
     OPS.update(_mod.OPS)
 
 

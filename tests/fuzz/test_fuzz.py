@@ -40,7 +40,7 @@ def test_every_family_is_fuzzed():
     assert families >= {"elemwise", "reduction", "matmul", "indexing", "shape", "sorting",
                         "activation", "loss", "normalization", "conv", "pool", "vision",
                         "module", "optimizer", "scheduler", "grad2", "quantization",
-                        "transform", "random", "metric"}
+                        "transform", "random", "metric", "complex"}
 
 
 # ----- the runner must fail where megengine is wrong -----
@@ -59,6 +59,16 @@ def test_runner_catches_a_wrong_gradient():
     # the same value, but a gradient scaled by 2 on megengine's side
     with pytest.raises(Mismatch, match="grad of input 0"):
         run(_case(lambda a: a * 2 - a.detach(), lambda a: a), np.random.default_rng(0))
+
+
+def test_runner_compares_values_and_gradients_through_complex_values():
+    z = (np.arange(6) + 1j * np.arange(6)[::-1]).astype(np.complex64).reshape(2, 3)
+    assert run(_case(lambda a: a * a, lambda a: a * a, x=z), np.random.default_rng(0)) == "ok"
+    with pytest.raises(Mismatch, match="values differ"):  # the imaginary part alone
+        run(_case(lambda a: a + 1e-3j, lambda a: a, x=z), np.random.default_rng(0))
+    with pytest.raises(Mismatch, match="grad of input 0"):  # the same values, gradient 0
+        run(_case(lambda a: a.detach() * 2 + a * 0, lambda a: a * 2, x=z),
+            np.random.default_rng(0))
 
 
 def test_runner_catches_a_wrong_dtype_and_shape():
