@@ -61,7 +61,7 @@ class Grad:
                 raise TypeError(f"Grad.wrt: expected Tensors, got {type(t).__name__}")
         self._start()
         for t in tensors:
-            self._manager.attach(t, callbacks=[_deliver(callback)])
+            self._manager._attach([t], [_deliver(callback)])  # integer tensors too
         return self
 
     def _start(self):
