@@ -141,6 +141,8 @@ class GradManager:
         inputs come in input order (a model's last layer first; a linear or convolution layer's
         bias before its weight, as upstream adds the bias after the product).
         """
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradManager.attach, self, tensors, callbacks)
         if isinstance(tensors, Tensor):
             tensors = [tensors]
         tensors = list(tensors)
@@ -159,8 +161,6 @@ class GradManager:
 
     def _attach(self, tensors, callbacks):
         """`attach` past its checks of the tensors (`Grad.wrt` attaches integer ones too)."""
-        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
-            return dispatch._trace_hook.event(GradManager._attach, self, tensors, callbacks)
         if callbacks is None:
             callbacks = []
         elif callable(callbacks):

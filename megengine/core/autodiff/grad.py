@@ -61,7 +61,10 @@ class Grad:
                 raise TypeError(f"Grad.wrt: expected Tensors, got {type(t).__name__}")
         self._start()
         for t in tensors:
-            self._manager._attach([t], [_deliver(callback)])  # integer tensors too
+            # integer tensors past attach's refusal (upstream's Grad differentiates them; a
+            # trace does not record their attach as an event)
+            attach = self._manager.attach if t.dtype.kind in "fc" else self._manager._attach
+            attach([t], [_deliver(callback)])
         return self
 
     def _start(self):
