@@ -114,7 +114,7 @@ class GradManager:
         self._wanted = None
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
-        # an integer tensor was attached (set by attach, recomputed by detach); while such a
+        # an integer tensor was attached (by Grad.wrt; recomputed by detach); while such a
         # GradManager records, the dispatcher lets integer values carry gradients (_int_on)
         self._has_int = False
         self._int_on = False
