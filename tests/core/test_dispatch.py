@@ -240,6 +240,11 @@ def test_grad_manager_refuses_non_float_tensors_as_upstream(dtype):
         gm.attach([w, mge.tensor([1], dtype=dtype)])
     assert issubclass(AttachError, AssertionError) and gm.attached_tensors() == []
     gm.attach(mge.tensor([1.0], dtype=np.float16))  # float16 is differentiable
+    if dtype is np.bool_:  # core Grad takes integer tensors, never bool ones
+        from megengine.core.autodiff.grad import Grad
+
+        with pytest.raises(AssertionError, match="only float.*bool"):
+            Grad().wrt(mge.tensor([True]))
 
 
 def test_upstream_indexing_set_one_hot_gradients_of_int_tensors():

@@ -63,7 +63,7 @@ class Grad:
         for t in tensors:
             # integer tensors past attach's refusal (upstream's Grad differentiates them; a
             # trace does not record their attach as an event)
-            attach = self._manager.attach if t.dtype.kind in "fc" else self._manager._attach
+            attach = self._manager._attach if t.dtype.kind in "iu" else self._manager.attach
             attach([t], [_deliver(callback)])
         return self
 
