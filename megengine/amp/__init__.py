@@ -5,9 +5,9 @@ float32 master weights), `GradScaler` (loss scaling with overflow detection) and
 storage; the program still sees NCHW tensors: see `megengine.core.format`).
 
 ``megengine.amp.enabled``, ``low_prec_dtype`` and ``high_prec_dtype`` read and set the global
-autocast state, as upstream's module properties do."""
+autocast state, as upstream's module properties do (`megengine.core.tensor.amp` shows the
+same properties)."""
 import sys
-import types
 
 from ..core import amp as _state
 from .autocast import autocast
@@ -18,22 +18,4 @@ __all__ = ["autocast", "GradScaler", "convert_module_format", "convert_tensor_fo
            "enabled", "low_prec_dtype", "high_prec_dtype"]
 
 
-def _state_property(name, doc):
-    def get(module):
-        return getattr(_state, name)
-
-    def set_(module, value):
-        setattr(_state, name, value)
-
-    return property(get, set_, doc=doc)
-
-
-class _AmpModule(types.ModuleType):
-    enabled = _state_property("_enabled", "Whether autocast is on (global).")
-    low_prec_dtype = _state_property(
-        "_low_prec_dtype", "The dtype autocast computes matmul/linear/conv in (default float16).")
-    high_prec_dtype = _state_property(
-        "_high_prec_dtype", "The dtype autocast keeps for precision (default float32).")
-
-
-sys.modules[__name__].__class__ = _AmpModule
+sys.modules[__name__].__class__ = _state.AmpStateModule

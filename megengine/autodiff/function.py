@@ -1,4 +1,6 @@
 """`Function`: a user-defined op with its own forward and backward on Tensors (upstream's API)."""
+import weakref
+
 from ..core.dispatch import Op, apply
 from ..core.tensor import Tensor
 
@@ -16,8 +18,9 @@ class Function:
     ``backward``.
 
     Higher order: when an outer GradManager records the backward, ``backward`` is called on
-    recorded gradient Tensors, so what it computes from them is differentiated too; tensors
-    it saved during ``forward`` count as constants.
+    recorded gradient Tensors, so what it computes from them is differentiated too, and so is
+    what it computes from the input Tensors ``forward`` kept (``self.x = x``), as upstream's
+    (a ``backward`` of ``-sin(self.x) * dy`` gives the second derivative of cos).
     """
 
     def forward(self, *inputs):
@@ -52,7 +55,10 @@ class _FunctionOp(Op):
         return type(self.fn).__name__
 
     def forward(self, *arrays):
-        outs = self.fn.forward(*(Tensor._wrap(a, self.device) for a in arrays))
+        inputs = tuple(Tensor._wrap(a, self.device) for a in arrays)
+        # weak: the inputs stay alive only if forward kept them; grad_graph links those kept
+        self._inputs = [weakref.ref(t) for t in inputs]
+        outs = self.fn.forward(*inputs)
         self.multi = isinstance(outs, (tuple, list))
         outs = tuple(outs) if self.multi else (outs,)
         for o in outs:
@@ -89,4 +95,13 @@ class _FunctionOp(Op):
         return tuple(None if g is None else g._data.copy() for g in gs)
 
     def grad_graph(self, inputs, outputs, grads):
-        return self._gradients(grads)
+        # the input Tensors forward kept stand for the recorded inputs while backward runs, so
+        # an outer GradManager differentiates through them (they are unrecorded again after)
+        kept = [(ref(), t) for ref, t in zip(self._inputs, inputs) if ref() is not None]
+        for mine, recorded in kept:
+            mine._node = recorded._node
+        try:
+            return self._gradients(grads)
+        finally:
+            for mine, _ in kept:
+                mine._node = None

@@ -114,7 +114,7 @@ class GradManager:
         self._wanted = None
         self._kept = []  # outputs to backpropagate from besides y (see _keep_for_backward)
         self._after_backward_callbacks = []
-        # an integer tensor was attached (set by attach, recomputed by detach); while such a
+        # an integer tensor was attached (by Grad.wrt; recomputed by detach); while such a
         # GradManager records, the dispatcher lets integer values carry gradients (_int_on)
         self._has_int = False
         self._int_on = False
@@ -125,8 +125,10 @@ class GradManager:
     def attach(self, tensors, callbacks=None):
         """Attach tensors (one, or an iterable) so that backward writes their ``.grad``.
 
-        Float, integer (upstream's integer gradients) and complex tensors can be attached; a
-        complex tensor's gradient is PyTorch's, ``dL/dx + i dL/dy`` for ``z = x + iy``.
+        Float and complex tensors can be attached; a complex tensor's gradient is PyTorch's,
+        ``dL/dx + i dL/dy`` for ``z = x + iy``. An integer tensor is refused, as upstream's
+        GradManager refuses it (upstream's lower-level ``Grad().wrt`` gives integer gradients,
+        and so does this fork's ``megengine.core.autodiff.grad.Grad``).
 
         ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
         order on the gradient before it is accumulated into ``tensor.grad``. A callback that
@@ -149,12 +151,16 @@ class GradManager:
                 raise AttachError(
                     f"GradManager.attach: expected Tensors, got {type(t).__name__}"
                 )
-            if t.dtype.kind not in "fciu":
+            if t.dtype.kind not in "fc":
                 raise AttachError(
-                    f"GradManager.attach: only float, complex and integer tensors have "
-                    f"gradients, got dtype {t.dtype}; attach a float copy "
-                    "(x.astype('float32')) instead"
+                    f"GradManager.attach: only float (and complex) tensors can be attached to "
+                    f"get gradients, got dtype {t.dtype} and shape {t.shape}; attach a float "
+                    "copy (x.astype('float32')) instead"
                 )
+        return self._attach(tensors, callbacks)
+
+    def _attach(self, tensors, callbacks):
+        """`attach` past its checks of the tensors (`Grad.wrt` attaches integer ones too)."""
         if callbacks is None:
             callbacks = []
         elif callable(callbacks):
@@ -167,7 +173,7 @@ class GradManager:
             kind = t.dtype.kind
             if kind == "c":  # its ops take the dispatcher's complex-aware branch
                 self._has_complex = True
-            elif kind != "f":  # upstream differentiates integer tensors too (int grads)
+            elif kind != "f":  # from Grad.wrt: upstream's Grad gives integer gradients
                 self._has_int = True
             entry = self._attached.get(id(t))
             if entry is None or entry[0]() is not t:

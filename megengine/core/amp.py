@@ -2,6 +2,8 @@
 upstream's amp covers (matmul, linear, convolutions) apply under it; `megengine.amp` is the
 user-facing side. Kept in core so that functional code reads it without importing upward."""
 import contextlib
+import sys
+import types
 
 import numpy as np
 
@@ -68,3 +70,60 @@ def torch_outputs(outs):
         return outs
     return [o.float() if o.dtype.is_floating_point and o.dtype.itemsize == 2
             and str(o.dtype) == "torch.bfloat16" else o for o in outs]
+
+
+def _dtype_name(value):
+    try:
+        return np.dtype(value).name
+    except TypeError:  # "bfloat16" has no numpy dtype; the name is kept as upstream spells it
+        return str(value).lower()
+
+
+# Upstream's `core2` accessors of the autocast state (its conftest and amp tests read them).
+def _get_amp_dtype_autocast():
+    return bool(_enabled)
+
+
+def _set_amp_dtype_autocast(enabled):
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def _get_amp_high_prec_dtype():
+    return _dtype_name(_high_prec_dtype)
+
+
+def _set_amp_high_prec_dtype(dtype):
+    global _high_prec_dtype
+    _engine_dtype(dtype, "high_prec_dtype")
+    _high_prec_dtype = _dtype_name(dtype)
+
+
+def _get_amp_low_prec_dtype():
+    return _dtype_name(_low_prec_dtype)
+
+
+def _set_amp_low_prec_dtype(dtype):
+    global _low_prec_dtype
+    if _dtype_name(dtype) != "bfloat16":  # bfloat16 serves PyTorchModule calls (torch_autocast)
+        _engine_dtype(dtype, "low_prec_dtype")
+    _low_prec_dtype = _dtype_name(dtype)
+
+
+class AmpStateModule(types.ModuleType):
+    """The class of the modules that show the autocast state as properties, as upstream's
+    ``megengine.core.tensor.amp`` and ``megengine.amp`` do (``amp.enabled = True``)."""
+
+    enabled = property(lambda mod: _get_amp_dtype_autocast(),
+                       lambda mod, value: _set_amp_dtype_autocast(value),
+                       doc="Whether autocast is on (global).")
+    low_prec_dtype = property(
+        lambda mod: _get_amp_low_prec_dtype(), lambda mod, value: _set_amp_low_prec_dtype(value),
+        doc="The dtype autocast computes matmul/linear/conv in (default float16).")
+    high_prec_dtype = property(
+        lambda mod: _get_amp_high_prec_dtype(),
+        lambda mod, value: _set_amp_high_prec_dtype(value),
+        doc="The dtype autocast keeps for precision (default float32).")
+
+
+sys.modules[__name__].__class__ = AmpStateModule

@@ -29,6 +29,8 @@ def _operand(value, like):
     """
     if isinstance(value, Tensor):
         return value
+    if value is None:  # Tensor(None) is an empty tensor: x + None would quietly give one
+        raise TypeError("the operand is None and is not supported.")
     if type(value) in (bool, int, float):
         if type(value) is float:
             dtype = like.dtype if like.dtype.kind == "f" else np.float32

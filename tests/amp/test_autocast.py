@@ -21,20 +21,44 @@ from devices import torch_device, torch_host
 
 
 def test_state_as_upstream_checks_it():
-    # upstream's test_autocast.py, with the state module at megengine.core.amp
+    # upstream's newest test_autocast.py: the properties of megengine.amp and of the core state
+    # module (megengine.core.tensor.amp) and its core2 getters agree
+    from megengine.core._imperative_rt import core2
+    from megengine.core.tensor import amp as core_amp
+
     def check(enabled, low, high):
         assert amp.enabled == enabled and origin_amp._enabled == enabled
-        assert amp.low_prec_dtype == low and origin_amp._low_prec_dtype == low
-        assert amp.high_prec_dtype == high and origin_amp._high_prec_dtype == high
+        assert core_amp.enabled == enabled and core2._get_amp_dtype_autocast() == enabled
+        assert amp.low_prec_dtype == low and origin_amp._get_amp_low_prec_dtype() == low
+        assert amp.high_prec_dtype == high and origin_amp._get_amp_high_prec_dtype() == high
+        assert core_amp.low_prec_dtype == low and core2._get_amp_high_prec_dtype() == high
 
     origin = amp.enabled, amp.low_prec_dtype, amp.high_prec_dtype
-    with amp.autocast(low_prec_dtype="low", high_prec_dtype="high"):
-        check(True, "low", "high")
+    assert origin == (False, "float16", "float32")
+    with amp.autocast(low_prec_dtype="float16", high_prec_dtype="float32"):
+        check(True, "float16", "float32")
     check(*origin)
-    amp.enabled, amp.high_prec_dtype, amp.low_prec_dtype = True, "high", "low"
-    check(True, "low", "high")
+    core_amp.enabled, amp.high_prec_dtype, amp.low_prec_dtype = True, np.float32, "bfloat16"
+    check(True, "bfloat16", "float32")  # names as upstream spells them, numpy dtypes too
     amp.enabled, amp.low_prec_dtype, amp.high_prec_dtype = origin
     check(*origin)
+
+
+@pytest.mark.parametrize("name, value", [("low_prec_dtype", "int8"),
+                                         ("high_prec_dtype", "bfloat16"),
+                                         ("low_prec_dtype", "low")])
+def test_setting_a_non_float_precision_is_refused_and_changes_nothing(name, value):
+    # upstream's setters assert "casted type of amp should be float"; bfloat16 is a torch
+    # dtype (for PyTorchModule calls), never an engine compute dtype for the kept precision
+    with pytest.raises(TypeError, match=f"{name}="):
+        setattr(amp, name, value)
+    assert (amp.low_prec_dtype, amp.high_prec_dtype) == ("float16", "float32")
+
+
+def test_core2_reports_that_inputs_are_always_converted():
+    from megengine.core._imperative_rt.core2 import _get_convert_inputs
+
+    assert _get_convert_inputs() is True
 
 
 def test_decorator_nesting_and_exceptions_restore_the_state():

@@ -531,6 +531,43 @@ def test_function_backward_is_differentiated_by_an_outer_grad_manager():
     np.testing.assert_allclose(dy.grad.numpy(), 2 * np.array([1.0, 2.0]) * 3 * a ** 2, rtol=1e-6)
 
 
+def test_function_backward_through_its_saved_input_is_differentiated():
+    # upstream's test_2nd_grad_with_custom_gradient: the input forward keeps (self.x = x)
+    # stands for x when an outer GradManager records the backward; oracle torch's double
+    # backward of a cos whose backward is -sin(x) * dy, x attached to both managers
+    class MySin(Function):
+        def forward(self, x):
+            self.x = x
+            return F.sin(x)
+
+        def backward(self, dy):
+            return F.cos(self.x) * dy
+
+    class MyCos(Function):
+        def forward(self, x):
+            self.x = x
+            return F.cos(x)
+
+        def backward(self, dy):
+            return -MySin()(self.x) * dy
+
+    a = np.random.RandomState(5).rand(6).astype(np.float32)
+    x = Tensor(a)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            cos = MyCos()
+            inner.backward((cos(x) * Tensor(np.arange(6, dtype=np.float32))).sum())
+        first = x.grad.numpy().copy()
+        outer.backward((x.grad * x.grad).sum())
+    t = torch.tensor(a, requires_grad=True)
+    (g,) = torch.autograd.grad((t.cos() * torch.arange(6.0)).sum(), t, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), t)
+    np.testing.assert_allclose(first, g.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(x.grad.numpy(), (g + gg).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert cos.x._node is None  # the kept input is unrecorded again
+
+
 def test_group_inside_a_traced_function_replays():
     from megengine.jit import trace
 

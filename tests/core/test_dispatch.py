@@ -198,22 +198,53 @@ def test_op_outputs_are_arrays_even_when_numpy_gives_a_scalar():
     np.testing.assert_array_equal(x.grad.numpy(), -np.ones((2, 3)))
 
 
-# ----- integer tensors carry gradients while one is attached (upstream's rule) -----
+# ----- integer tensors carry gradients while Grad tracks one (upstream's core rule) -----
+
+def _int_grad(tensors):
+    """A core Grad tracking ``tensors`` (integer ones too) and the gradients it hands out."""
+    from megengine.core.autodiff.grad import Grad
+
+    got = {}
+    grad = Grad()
+    for t in tensors:
+        grad.wrt(t, callback=lambda g, t=t: got.__setitem__(id(t), g))
+    return grad, got
+
 
 def test_integer_gradients_have_the_integer_dtype():
-    # upstream differentiates int32 tensors with int32 gradients; d/dx sum(3x + x*x) = 3 + 2x,
-    # computed by hand in int32
+    # upstream's Grad differentiates int32 tensors with int32 gradients; d/dx sum(3x + x*x)
+    # = 3 + 2x, computed by hand in int32
     from megengine.core import dispatch
 
     xv = np.array([1, -2, 5], np.int32)
     x = mge.tensor(xv)
-    gm = GradManager().attach(x)
-    with gm:
+    grad, got = _int_grad([x])
+    with grad:
         assert dispatch._int_grads == 1
-        gm.backward((x * 3 + x * x).sum())
-    assert dispatch._int_grads == 0  # the switch is off once nothing integer is attached
-    assert x.grad.dtype == np.int32
-    np.testing.assert_array_equal(x.grad.numpy(), 3 + 2 * xv)
+        y = (x * 3 + x * x).sum()
+        grad(y, F.ones_like(y))
+    assert dispatch._int_grads == 0  # the switch is off once nothing integer is tracked
+    assert got[id(x)].dtype == np.int32
+    np.testing.assert_array_equal(got[id(x)].numpy(), 3 + 2 * xv)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32, np.bool_])
+def test_grad_manager_refuses_non_float_tensors_as_upstream(dtype):
+    # upstream's GradManager.attach asserts a floating dtype (its test_grad_manager.py
+    # test_attach_invalid_tensor_dtype); nothing is attached after the refusal
+    from megengine.autodiff.grad_manager import AttachError
+
+    w = mge.Parameter([1.0])
+    gm = GradManager()
+    with pytest.raises(AssertionError, match=f"only float.*{np.dtype(dtype)}"):
+        gm.attach([w, mge.tensor([1], dtype=dtype)])
+    assert issubclass(AttachError, AssertionError) and gm.attached_tensors() == []
+    gm.attach(mge.tensor([1.0], dtype=np.float16))  # float16 is differentiable
+    if dtype is np.bool_:  # core Grad takes integer tensors, never bool ones
+        from megengine.core.autodiff.grad import Grad
+
+        with pytest.raises(AssertionError, match="only float.*bool"):
+            Grad().wrt(mge.tensor([True]))
 
 
 def test_upstream_indexing_set_one_hot_gradients_of_int_tensors():
@@ -243,37 +274,31 @@ def test_float_gradients_are_unchanged_while_an_integer_tensor_is_attached():
     w0 = np.random.RandomState(3).randn(4, 3).astype(np.float32)
     idx0 = np.array([2, 0, 3], np.int32)
     w, idx = mge.Parameter(w0), mge.tensor(idx0)
-    gm = GradManager().attach([w, idx])
-    with gm:
+    grad, got = _int_grad([w, idx])
+    with grad:
         y = F.tanh(w[idx]) * w[idx]
         r = y.astype("int32")  # float -> int: no gradient flows back through it
-        gm.backward((y.sum() + r.astype("float32").sum() * 0) * 2)
+        loss = (y.sum() + r.astype("float32").sum() * 0) * 2
+        grad(loss, F.ones_like(loss))
     tw = torch.tensor(w0, requires_grad=True)
     ti = torch.tensor(idx0, dtype=torch.long)
     ((torch.tanh(tw[ti]) * tw[ti]).sum() * 2).backward()
-    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6, atol=1e-7)
-    assert idx.grad is None
+    np.testing.assert_allclose(got[id(w)].numpy(), tw.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert got.get(id(idx)) is None
 
 
 def test_a_float_result_of_an_attached_integer_tensor_cannot_send_its_gradient_back():
     # upstream: the gradient of TypeCvt from int is InvalidGrad ("invalid grad" at backward)
     x = mge.tensor([1, 2, 3])
-    gm = GradManager().attach(x)
-    with gm:
-        y = x.astype("float32") * 2.0
+    grad, got = _int_grad([x])
+    with grad:
+        y = (x.astype("float32") * 2.0).sum()
         with pytest.raises(RuntimeError, match="invalid grad.*dtype int32"):
-            gm.backward(y.sum())
-    assert x.grad is None
+            grad(y, F.ones_like(y))
+    assert got == {}
     from megengine.core import dispatch
 
     assert dispatch._int_grads == 0
-
-
-def test_bool_tensors_cannot_be_attached():
-    from megengine.autodiff.grad_manager import AttachError
-
-    with pytest.raises(AttachError, match="float, complex and integer.*bool"):
-        GradManager().attach(mge.tensor([True, False]))
 
 
 def test_unrecorded_one_input_op_gets_no_grad_flags_and_an_array_output():

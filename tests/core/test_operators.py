@@ -193,3 +193,14 @@ def test_numpy_ufuncs_on_tensors_give_tensors_on_the_tensors_device():
     buf = np.zeros(3, np.float32)
     np.add(y, x, out=buf)
     np.testing.assert_array_equal(buf, y + x_np)
+
+
+@pytest.mark.parametrize("op", [operator.add, operator.mul, operator.sub, operator.truediv,
+                                operator.iadd, lambda a, b: b - a, operator.eq])
+def test_none_operand_raises_as_upstream(op):
+    # upstream: TypeError "the operand is None and is not supported." (its
+    # test_tensor_wrapper.py); Tensor(None) is empty, so x + None quietly gave an empty tensor
+    x = Tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match="^the operand is None and is not supported.$"):
+        op(x, None)
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])  # an in-place op changed nothing

@@ -5,6 +5,9 @@ import weakref
 from .. import dispatch
 from ..tensor import Tensor
 from ...device import _full_sync
+from ..amp import (_get_amp_dtype_autocast, _get_amp_high_prec_dtype,  # noqa: F401
+                   _get_amp_low_prec_dtype, _set_amp_dtype_autocast,
+                   _set_amp_high_prec_dtype, _set_amp_low_prec_dtype)
 
 __all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex",
            "config_async_level", "get_async_level"]
@@ -129,3 +132,9 @@ def _get_swap_flag():
 
 def _get_drop_flag():
     return _drop_flag
+
+
+def _get_convert_inputs():
+    """Whether ops convert Python scalars and numpy arrays among their inputs to Tensors:
+    always, here (upstream can switch it off for speed; this engine has no such switch)."""
+    return True

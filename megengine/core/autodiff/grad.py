@@ -61,7 +61,10 @@ class Grad:
                 raise TypeError(f"Grad.wrt: expected Tensors, got {type(t).__name__}")
         self._start()
         for t in tensors:
-            self._manager.attach(t, callbacks=[_deliver(callback)])
+            # integer tensors past attach's refusal (upstream's Grad differentiates them; a
+            # trace does not record their attach as an event)
+            attach = self._manager._attach if t.dtype.kind in "iu" else self._manager.attach
+            attach([t], [_deliver(callback)])
         return self
 
     def _start(self):
