@@ -124,7 +124,9 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
     # a list first: replacing while walking would change what the walk sees
     for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
                                                        predicate=is_quantable)):
-        if is_quantable(parent) or submodule.quantize_disabled:
+        # outermost layers only, and nothing inside a QAT layer (the float Conv2d a QAT
+        # ConvBn2d keeps), so that converting again changes nothing
+        if is_quantable(parent) or _is_qat(parent) or submodule.quantize_disabled:
             continue
         new_mod = convert_dict[type(submodule)].from_float_module(submodule)
         new_mod.train(submodule.training)

@@ -79,6 +79,27 @@ def test_quantize_qat_converts_quantizable_layers_sharing_their_parameters():
     assert quantize_qat(net).linear is net.linear
 
 
+def test_quantize_qat_again_leaves_a_qat_layers_inner_layers_float():
+    # MegEngine/Models' ShuffleNetV1 convert.py calls quantize_qat on a model its factory already
+    # converted (upstream raises KeyError on its QAT Linear): converting again changes nothing
+    # here (docs/api/quantization.rst), so the float Conv2d a QAT ConvBn2d keeps stays float and
+    # no unused observers join the state dict, which a strict load_state_dict would refuse
+    class ConvNet(Float.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_bn = Float.ConvBn2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv_bn(x)
+
+    net = quantize_qat(ConvNet(), qconfig=min_max_fakequant_qconfig)
+    keys = set(net.state_dict())
+    quantize_qat(net, qconfig=min_max_fakequant_qconfig)
+    assert isinstance(net.conv_bn, QAT.ConvBn2d)
+    assert type(net.conv_bn.conv) is Float.Conv2d
+    assert set(net.state_dict()) == keys
+
+
 def test_propagate_qconfig_builds_what_each_layer_has():
     net = Net()
     net.quant, net.linear, net.dequant = QAT.QuantStub(), QAT.Linear(3, 3), QAT.DequantStub()
