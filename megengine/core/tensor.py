@@ -213,11 +213,10 @@ class Tensor(metaclass=_TensorType):
         self.grad = None
         self._name = name
         if format != "default":
-            if format == "nhwc" and not isinstance(data, Tensor):
-                # upstream: the array is the NHWC memory; the tensor is its NCHW view
-                xp = _device_mod.array_module_on(self._device)  # on this tensor's GPU
-                self._data = _fmt.to_logical(xp.ascontiguousarray(self._data), "Tensor")
             self.format = format
+            if format == "nhwc":
+                # upstream: `data` is the value (NCHW), which an "nhwc" tensor keeps in NHWC memory
+                self._data = _fmt.channels_last(self._data, self._device)
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
 
@@ -261,8 +260,8 @@ class Tensor(metaclass=_TensorType):
         An ``"nhwc"`` tensor behaves as the NCHW tensor it stands for (shape, indexing, ops,
         ``numpy()``, gradients) while ``megengine.config._auto_format_convert`` is on (the
         default); ops pass the label on by upstream's rules (`megengine.core.format`).
-        ``Tensor(array, format="nhwc")`` reads ``array`` in NHWC order; setting the label
-        keeps the value.
+        ``Tensor(array, format="nhwc")`` is the tensor ``array``, stored in NHWC memory (as
+        upstream's runtime makes it); setting the label keeps the value.
         """
         return self._format
 

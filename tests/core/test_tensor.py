@@ -288,8 +288,8 @@ def test_tuple_shape_is_the_shape_as_ints():
 
 def test_format_label_is_checked_and_kept():
     x = Tensor(np.zeros((1, 2, 2, 3), np.float32), format="nhwc")
-    # the array is read in NHWC order; the tensor is the NCHW one (tests/core/test_format.py)
-    assert x.format == "nhwc" and x.shape == (1, 3, 2, 2)
+    # the tensor is the array given, stored in NHWC memory (tests/core/test_format.py)
+    assert x.format == "nhwc" and x.shape == (1, 2, 2, 3)
     assert Tensor([1.0]).format == "default"
     x.format = "nchw"
     assert x.format == "nchw"
