@@ -175,6 +175,21 @@ class _TensorType(type):
         return sys.modules[__name__ + ".raw_tensor"]
 
 
+def _check_same_kind(t, want_dtype, want_device):
+    """Upstream's rule for ``Tensor(t, dtype=..., device=...)`` of a Tensor ``t``: the new tensor
+    has ``t``'s dtype and device; naming others raises RuntimeError (it converts nothing)."""
+    if want_dtype is not None and not dtype.is_dtype_equal(_check_dtype(want_dtype, "Tensor"),
+                                                           t.dtype):
+        raise RuntimeError(
+            f"Tensor(t, dtype={dtype.dtype_name(np.dtype(want_dtype))}): t is "
+            f"{dtype.dtype_name(t.dtype)}, and a tensor made from a tensor keeps its dtype (as "
+            "upstream's); convert it with t.astype(dtype)")
+    if want_device != t._device:
+        raise RuntimeError(
+            f"Tensor(t, device={want_device!r}): t is on {t._device}, and a tensor made from a "
+            f"tensor stays on its device (as upstream's); move it with t.to({want_device!r})")
+
+
 class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -206,6 +221,8 @@ class Tensor(metaclass=_TensorType):
         if isinstance(data, Tensor) and device is None:
             device = data._device
         self._device = _device_mod.canonical_device(device)
+        if isinstance(data, Tensor):
+            _check_same_kind(data, dtype, self._device)
         made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
         if _trace_option._dim_source is not None:  # dumped program runs at
             made = _trace_option.sizes_tensor(data, dtype, self._device)
