@@ -17,7 +17,6 @@ import copy
 import sys
 
 from ..core import format as _fmt
-from ..core.dispatch import on_device, xp_of
 from ..core.tensor import Tensor
 
 
@@ -32,10 +31,8 @@ def convert_tensor_format(x: Tensor, inplace: bool = True):
         raise TypeError(f"convert_tensor_format: expected a Tensor, got {type(x).__name__}")
     if not _is_nchw_format(x):
         return x
-    xp = xp_of(x._data)
     # an NHWC array (a grouped weight's channel dim 2 innermost), seen in NCHW order
-    with on_device(x._device):  # the copy is allocated on the current GPU
-        data = _fmt.to_logical(xp.ascontiguousarray(_fmt.to_physical(x._data)))
+    data = _fmt.channels_last(x._data, x._device)
     if inplace:
         # replace the storage, not the value: optimizers update it in place from now on
         x._data = data

@@ -5,9 +5,10 @@ Upstream keeps an ``"nhwc"`` tensor's value in NHWC memory order and, with
 ``megengine.config._auto_format_convert`` on (its default), rewrites every shape query, host
 read and layout-sensitive op so that the program sees the NCHW tensor. This engine keeps the
 *logical* (NCHW) value instead; the label travels by upstream's rules, so every value, shape and
-gradient a program sees is the one the unlabelled tensor gives. Physical order is kept where it
-is free: a tensor made from an NHWC array, or converted by `megengine.amp.convert_tensor_format`,
-stores its NCHW value as a channels-last view (numpy/CuPy strides), which elementwise ops
+gradient a program sees is the one the unlabelled tensor gives. Physical order is kept as upstream
+makes it: a tensor made with ``Tensor(data, format="nhwc")`` (``data`` is the NCHW value, as
+upstream's runtime reads it) or converted by `megengine.amp.convert_tensor_format` stores its
+NCHW value as a channels-last view (numpy/CuPy strides), which elementwise ops
 preserve and ATen's convolution, pooling and batch norm read without a copy (they then run
 their channels-last kernels and return channels-last results).
 
@@ -35,7 +36,7 @@ storage is channels-last as C-contiguous arrays: the torch code inside was writt
 tensors torch makes itself (its ``x.view(n, -1)`` fails on channels-last memory), and the layout
 is this engine's optimisation, not something the program asked torch for.
 """
-from .dispatch import Op, xp_of
+from .dispatch import Op, on_device, xp_of
 FORMATS = ("default", "nchw", "nhwc")
 # logical (NCHW) -> physical (NHWC) axis order and back. A 5-D tensor is a grouped convolution
 # weight (G, O/G, I/G, kh, kw): its channel dim is 2, stored innermost (upstream's GIHWO)
@@ -61,18 +62,21 @@ def check_label(value, ndim):
     return value
 
 
-def to_logical(array, what="tensor"):
-    """The NCHW view of an array given in NHWC order (``Tensor(nhwc_array, format="nhwc")``)."""
-    perm = TO_NCHW.get(array.ndim)
-    if perm is None:
-        raise ValueError(f"{what}: format 'nhwc' needs a 4-D (N, H, W, C) array or a 5-D grouped "
-                         f"convolution weight (G, O/G, kh, kw, I/G), got shape {array.shape}")
-    return array.transpose(perm)
+def to_logical(array):
+    """The NCHW view of a 4-D/5-D array in NHWC order (no copy)."""
+    return array.transpose(TO_NCHW[array.ndim])
 
 
 def to_physical(array):
     """The NHWC view of a 4-D/5-D NCHW array (no copy)."""
     return array.transpose(TO_NHWC[array.ndim])
+
+
+def channels_last(array, device):
+    """The same 4-D/5-D NCHW value, copied into NHWC memory order and seen in NCHW order: how an
+    ``"nhwc"`` tensor is stored (``Tensor(data, format="nhwc")``, `convert_tensor_format`)."""
+    with on_device(device):  # the copy is allocated on that GPU
+        return to_logical(xp_of(array).ascontiguousarray(to_physical(array)))
 
 
 def shows_physical(t):

@@ -175,6 +175,21 @@ class _TensorType(type):
         return sys.modules[__name__ + ".raw_tensor"]
 
 
+def _check_same_kind(t, want_dtype, want_device):
+    """Upstream's rule for ``Tensor(t, dtype=..., device=...)`` of a Tensor ``t``: the new tensor
+    has ``t``'s dtype and device; naming others raises RuntimeError (it converts nothing)."""
+    if want_dtype is not None and not dtype.is_dtype_equal(_check_dtype(want_dtype, "Tensor"),
+                                                           t.dtype):
+        raise RuntimeError(
+            f"Tensor(t, dtype={dtype.dtype_name(np.dtype(want_dtype))}): t is "
+            f"{dtype.dtype_name(t.dtype)}, and a tensor made from a tensor keeps its dtype (as "
+            "upstream's); convert it with t.astype(dtype)")
+    if want_device != t._device:
+        raise RuntimeError(
+            f"Tensor(t, device={want_device!r}): t is on {t._device}, and a tensor made from a "
+            f"tensor stays on its device (as upstream's); move it with t.to({want_device!r})")
+
+
 class Tensor(metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -206,6 +221,8 @@ class Tensor(metaclass=_TensorType):
         if isinstance(data, Tensor) and device is None:
             device = data._device
         self._device = _device_mod.canonical_device(device)
+        if isinstance(data, Tensor):
+            _check_same_kind(data, dtype, self._device)
         made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
         if _trace_option._dim_source is not None:  # dumped program runs at
             made = _trace_option.sizes_tensor(data, dtype, self._device)
@@ -213,11 +230,10 @@ class Tensor(metaclass=_TensorType):
         self.grad = None
         self._name = name
         if format != "default":
-            if format == "nhwc" and not isinstance(data, Tensor):
-                # upstream: the array is the NHWC memory; the tensor is its NCHW view
-                xp = _device_mod.array_module_on(self._device)  # on this tensor's GPU
-                self._data = _fmt.to_logical(xp.ascontiguousarray(self._data), "Tensor")
             self.format = format
+            if format == "nhwc":
+                # upstream: `data` is the value (NCHW), which an "nhwc" tensor keeps in NHWC memory
+                self._data = _fmt.channels_last(self._data, self._device)
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
 
@@ -261,8 +277,8 @@ class Tensor(metaclass=_TensorType):
         An ``"nhwc"`` tensor behaves as the NCHW tensor it stands for (shape, indexing, ops,
         ``numpy()``, gradients) while ``megengine.config._auto_format_convert`` is on (the
         default); ops pass the label on by upstream's rules (`megengine.core.format`).
-        ``Tensor(array, format="nhwc")`` reads ``array`` in NHWC order; setting the label
-        keeps the value.
+        ``Tensor(array, format="nhwc")`` is the tensor ``array``, stored in NHWC memory (as
+        upstream's runtime makes it); setting the label keeps the value.
         """
         return self._format
 

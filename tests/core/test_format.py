@@ -1,7 +1,9 @@
-"""Tests for megengine/core/format.py and the format label on Tensor: an "nhwc" tensor made from
-an NHWC array is its NCHW tensor (values, shapes, gradients checked against numpy and PyTorch),
-labels pass through ops by upstream's rules (imperative/src/impl/transformations/format.cpp),
-and with ``_auto_format_convert`` off the tensor shows, and layout ops see, its NHWC array."""
+"""Tests for megengine/core/format.py and the format label on Tensor: ``Tensor(array,
+format="nhwc")`` is the tensor ``array`` (upstream's CreateTensor rule in
+imperative/src/impl/transformations/format.cpp), stored in NHWC memory; it behaves as the
+unlabelled tensor (values, shapes, gradients checked against numpy and PyTorch), labels pass
+through ops by upstream's rules, and with ``_auto_format_convert`` off the tensor shows, and
+layout ops see, its NHWC array."""
 import copy
 import os
 import pickle
@@ -32,15 +34,15 @@ def auto_convert_off():
 
 
 def _pair(shape=(2, 3, 4, 5)):
-    """(plain NCHW tensor, the same tensor made "nhwc" from its NHWC array, the NCHW array)."""
+    """(plain NCHW tensor, the same tensor made "nhwc", the NCHW array)."""
     nchw = np.random.rand(*shape).astype(np.float32)
-    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
-    return Tensor(nchw), Tensor(nhwc, format="nhwc"), nchw
+    return Tensor(nchw), Tensor(nchw, format="nhwc"), nchw
 
 
 # ----- what an "nhwc" tensor is -----
 
-def test_an_nhwc_array_makes_the_nchw_tensor_stored_channels_last():
+def test_an_nhwc_tensor_is_the_array_given_stored_channels_last():
+    # upstream's test_formatted_tensor: tensor(data, format="nhwc") has data's shape and value
     plain, x, nchw = _pair()
     assert x.format == "nhwc" and plain.format == "default"
     assert x.shape == (2, 3, 4, 5) and x._tuple_shape == (2, 3, 4, 5) and x.ndim == 4
@@ -48,11 +50,13 @@ def test_an_nhwc_array_makes_the_nchw_tensor_stored_channels_last():
     # the memory is NHWC: the channel stride is the element size
     if isinstance(x._data, np.ndarray):
         assert x._data.strides[1] == 4 and x._data.transpose(0, 2, 3, 1).flags["C_CONTIGUOUS"]
-    # a grouped convolution weight (G, O/G, I/G, kh, kw) comes as (G, O/G, kh, kw, I/G)
+    # a grouped convolution weight (G, O/G, I/G, kh, kw) is stored as (G, O/G, kh, kw, I/G)
     w = np.random.rand(2, 3, 4, 5, 6).astype(np.float32)  # G=2, O/G=3, I/G=4, kh=5, kw=6
-    t = Tensor(w.transpose(0, 1, 3, 4, 2), format="nhwc")
+    t = Tensor(w, format="nhwc")
     assert t.shape == w.shape
     np.testing.assert_array_equal(t.numpy(), w)
+    if isinstance(t._data, np.ndarray):
+        assert t._data.transpose(0, 1, 3, 4, 2).flags["C_CONTIGUOUS"]
 
 
 def test_labels_from_tensors_and_setting_a_label_keep_the_value():
@@ -186,7 +190,7 @@ def test_setting_a_part_keeps_the_label_and_whole_assignment_takes_the_new_one()
 def test_a_label_is_kept_by_nchw_inputs_too_and_different_labels_are_refused():
     a = Tensor(np.ones((1, 2, 3, 4), np.float32), format="nchw")
     assert (a + 1).format == "nchw" and F.reshape(a, (1, 2, 12, 1)).format == "default"
-    b = Tensor(np.ones((1, 3, 4, 2), np.float32), format="nhwc")
+    b = Tensor(np.ones((1, 2, 3, 4), np.float32), format="nhwc")
     with pytest.raises(ValueError, match="different format labels"):
         a + b
 
@@ -208,10 +212,10 @@ def test_a_formatted_network_gives_torchs_values_and_gradients():
     gamma, beta = rng.rand(1, 6, 1, 1).astype(np.float32), rng.rand(1, 6, 1, 1).astype(np.float32)
 
     def nhwc(a):
-        return Tensor(a.transpose(0, 2, 3, 1), format="nhwc")
+        return Tensor(a, format="nhwc")
 
     x = nhwc(nchw)
-    w = Tensor(w1.reshape(2, 3, 2, 3, 3).transpose(0, 1, 3, 4, 2), format="nhwc")  # grouped
+    w = nhwc(w1.reshape(2, 3, 2, 3, 3))  # grouped
     b, g, be = nhwc(b1), nhwc(gamma), nhwc(beta)
     gm = GradManager().attach([x, w, b, g, be])
     with gm:
@@ -248,8 +252,8 @@ def test_off_shows_the_nhwc_array(auto_convert_off):
     nhwc = nchw.transpose(0, 2, 3, 1)
     assert x.shape == (2, 4, 5, 3) and x._tuple_shape == (2, 4, 5, 3)
     np.testing.assert_array_equal(x.numpy(), nhwc)
-    w = np.random.rand(2, 3, 4, 5, 6).astype(np.float32)
-    assert Tensor(w, format="nhwc").shape == w.shape  # the array given is the memory
+    w = np.random.rand(2, 3, 4, 5, 6).astype(np.float32)  # a grouped weight: I/G goes last
+    np.testing.assert_array_equal(Tensor(w, format="nhwc").numpy(), w.transpose(0, 1, 3, 4, 2))
     plain = Tensor(nchw)
     assert plain.shape == nchw.shape  # unlabelled tensors are unaffected
 

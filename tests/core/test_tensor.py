@@ -9,6 +9,7 @@ import torch
 import megengine as mge
 from megengine.core.dispatch import on_device
 from megengine.core.tensor import CompNode
+from megengine.core.tensor.dtype import qint8
 from megengine import Parameter, Tensor
 from megengine.autodiff import GradManager
 from megengine.device import canonical_device
@@ -29,6 +30,27 @@ def test_parameter_is_a_tensor():
     p = Parameter([1.0, 2.0])
     assert isinstance(p, Tensor)
     assert repr(p).startswith("Parameter(")
+
+
+def test_a_tensor_made_from_a_tensor_keeps_its_dtype_and_device():
+    # upstream's TensorWrapper asserts both (its test_tensor_wrapper::test_tensor_construct_tensor
+    # expects RuntimeError); converting is astype / to
+    x = Tensor([1, 2], device="cpu0")
+    assert Tensor(x).dtype == np.int32 and Tensor(x, dtype="int32").dtype == np.int32
+    assert Tensor(x, device="cpux").device == "cpu0" and Tensor(x, name="n").name == "n"
+    assert Parameter(x, dtype=np.int32).tolist() == [1, 2]
+    with pytest.raises(RuntimeError, match=r"dtype=float32\): t is int32.*t\.astype\(dtype\)"):
+        Tensor(x, dtype="float32")
+    with pytest.raises(RuntimeError, match="keeps its dtype"):
+        Parameter(x, dtype=np.float32)
+    with pytest.raises(RuntimeError, match=r"t is on cpu0.*t\.to\('cpu1'\)"):
+        Tensor(x, device="cpu1")
+    assert Tensor(x.to("cpu1"), device="cpu1").device == "cpu1"
+    # a quantized dtype is another dtype when only its scale differs
+    q = Tensor(np.array([1, 2], np.int8), dtype=qint8(0.5), device="cpu0")  # quantized: CPU
+    assert Tensor(q, dtype=qint8(0.5)).dtype == q.dtype
+    with pytest.raises(RuntimeError, match=r"qint8\(0\.25\)\): t is qint8\(0\.5\)"):
+        Tensor(q, dtype=qint8(0.25))
 
 
 # ----- properties -----
@@ -288,8 +310,8 @@ def test_tuple_shape_is_the_shape_as_ints():
 
 def test_format_label_is_checked_and_kept():
     x = Tensor(np.zeros((1, 2, 2, 3), np.float32), format="nhwc")
-    # the array is read in NHWC order; the tensor is the NCHW one (tests/core/test_format.py)
-    assert x.format == "nhwc" and x.shape == (1, 3, 2, 2)
+    # the tensor is the array given, stored in NHWC memory (tests/core/test_format.py)
+    assert x.format == "nhwc" and x.shape == (1, 2, 2, 3)
     assert Tensor([1.0]).format == "default"
     x.format = "nchw"
     assert x.format == "nchw"

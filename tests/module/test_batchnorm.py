@@ -62,7 +62,7 @@ def test_eval_batch_norm_runs_hooks_and_keeps_a_format_label():
     bn.register_forward_pre_hook(lambda m, inputs: seen.append("pre"))
     bn.register_forward_hook(lambda m, inputs, out: out * 2)
     nchw = np.random.RandomState(2).randn(2, 3, 4, 5).astype(np.float32)
-    x = Tensor(np.ascontiguousarray(nchw.transpose(0, 2, 3, 1)), format="nhwc")
+    x = Tensor(nchw, format="nhwc")
     out = bn(x)
     assert seen == ["pre"] and out.format == "nhwc" and out.shape == (2, 3, 4, 5)
     with torch.no_grad():
