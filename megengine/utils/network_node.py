@@ -912,10 +912,9 @@ def classify(op, in_shapes, dyn_names=()):
               "_ROIAlign": ROIAlignForward, "_Resize": ResizeForward, "Copy": Copy,
               "Identity": Identity,
               "CondTake": CondTake, "TopK": TopK, "Concat": Concat, "BroadcastTo": Broadcast,
-              "Reshape": Reshape, "Transpose": Dimshuffle, "Sort": ArgsortForward,
+              "Transpose": Dimshuffle, "Sort": ArgsortForward,
               "_ShapeOf": GetVarShape,
-              # the target shape as a second input, as upstream's Reshape and Broadcast take it
-              "ReshapeBy": Reshape, "_BroadcastBy": Broadcast}
+              "_BroadcastBy": Broadcast}  # (the target shape as a second input, as upstream's)
     if name in simple:
         cls = simple[name]
         params = {k: v for k, v in d.items() if not _is_array(v)}
@@ -925,6 +924,14 @@ def classify(op, in_shapes, dyn_names=()):
                 axes = tuple(range(len(in_shapes[0]) - 1, -1, -1))
             params = {"pattern": axes}
         return cls, params
+    if name in ("Reshape", "ReshapeBy"):  # upstream's params: the -1's position (its
+        # unspec_axis; megdnn's OptionalAxisV1, 7 for none), taken from the target shape
+        axis = d.get("axis") if name == "ReshapeBy" else \
+            _engine_ops.unspec_axis(d.get("shape"))
+        return Reshape, {"axis": _NO_AXIS if axis is None else axis}
+    if name == "Full":  # F.zeros / F.full / F.zeros_like of sizes from shapes: upstream's
+        # Fill and FillLike, a constant broadcast to the shape (its inputs: `_fill_inputs`)
+        return Broadcast, {}
     if name in ("_Linspace", "_LinspaceOf"):  # (start, stop and num: inputs upstream)
         return Linspace, {"endpoint": True, "comp_node": d.get("device")}
     if name == "_Pool2d":
@@ -975,6 +982,7 @@ def str_to_mge_class(classname):
 # models (mgeconvert) see of an operator
 # --------------------------------------------------------------------------------------------
 _INT_MAX = 2 ** 31 - 1
+_NO_AXIS = 7  # megdnn's OptionalAxisV1 "no axis" (MAX_NDIM)
 # engine operators that upstream's graph has under another C++ type name than our node's type
 _GRAPH_TYPES = {"Softmax": "SoftmaxForward", "BatchedMatmul": "BatchedMatrixMul"}
 
@@ -1058,7 +1066,7 @@ def graph_params(opr):
         axes = p.get("axes")
         return {"axis": axes[0] if isinstance(axes, (tuple, list)) and len(axes) == 1 else axes}
     if t == "Reshape":
-        return {"axis": 7}  # megdnn's OptionalAxisV1 "no axis" (MAX_NDIM)
+        return {"axis": p["axis"]}
     if t in ("Host2DeviceCopy", "ImmutableTensor", "TypeCvt", "GetVarShape", "Broadcast",
              "Identity", "Copy"):
         return {}
@@ -1117,6 +1125,8 @@ class GraphOperator:
                             for k, v in enumerate(found[1])]
             elif self.type == "Linspace":
                 ins = _linspace_inputs(self.opr, ins)
+            elif self.type == "Broadcast" and not ins:
+                ins = _fill_inputs(self.opr)
             elif self.type == "Reduce" and self.opr.params.get("axis") is None:
                 # upstream reduces over every axis to a target shape (1,), its second input
                 ins.append(ImmutableTensor(np.array([1], np.int32), f"{self.name}:shape",
@@ -1145,6 +1155,18 @@ def _linspace_inputs(opr, ins):
         out.append(next(given) if v is None else ImmutableTensor(
             np.array([v], dtype), f"{opr.name}:{what}", op.device).outputs[0])
     return out
+
+
+def _fill_inputs(opr):
+    """Upstream's two Broadcast inputs (the value, the target shape) of `OpNode` ``opr`` whose
+    engine op is a `megengine.core.ops.Full` (sizes from shapes, at the vars' shapes now), as
+    its Fill and FillLike write them: a scalar constant of the output's dtype (as `F.full` of a
+    shape Tensor makes it) and an int32 shape constant."""
+    op = _sizes_filled_in(opr._op, opr._dyn, opr._dyn_vars)
+    return [ImmutableTensor(np.array(op.value, op.dtype), f"{opr.name}:value",
+                            op.device).outputs[0],
+            ImmutableTensor(np.array(op.shape, np.int32).reshape(-1), f"{opr.name}:shape",
+                            op.device).outputs[0]]
 
 
 def graph_operator(opr):
