@@ -390,34 +390,63 @@ def _upstream_var(st, n_slots, scopes, device):
     return steps, n_slots, consts
 
 
-def _upstream_arange(st, n_slots, scopes):
-    """`F.arange` of Tensor arguments (`_ArangeOf` step ``st``) as upstream's arange builds it
+def _arange_of_sizes(st, n_slots):
+    """(steps, bounds, number of slots) of `F.arange` of bounds computed from shapes (`_Arange`
+    step ``st``, ``F.arange(x.shape[0])``): each such bound a float32 `Sizes` value (what
+    ``Tensor(x.shape[0])`` makes: the expression's value at the shapes the file runs at), for
+    `_upstream_arange`; ``bounds`` are start, stop and step, a (slot, meta) pair where a step
+    computes it, else the number."""
+    from ..jit.shape_tensors import Sizes
+
+    op, sym, f32 = st.template, dict(st.sym or ()), np.dtype(np.float32)
+    steps, bounds = [], []
+    for k in ("start", "stop", "step"):
+        if k not in sym:
+            bounds.append(getattr(op, k))
+            continue
+        size = _OpStep(st.index, Sizes(getattr(op, k), f32, op.device), None, None, (), (),
+                       (n_slots,), False, "Sizes (arange)")
+        size.sym = (("values", sym[k]),)
+        steps.append(size)
+        bounds.append((n_slots, ((), f32)))
+        n_slots += 1
+    return steps, bounds, n_slots
+
+
+def _upstream_arange(st, bounds, n_slots, scopes):
+    """`F.arange` (`_ArangeOf` or `_Arange` step ``st``, its ``bounds`` start, stop and step: a
+    (slot, meta) pair of a value of the program, else a number) as upstream's arange builds it
     (functional/tensor.py): ``num = ceil((stop - start) / step)``, then ``linspace(start, start
     + step * (num - 1), num)`` (float32) and a TypeCvt to another dtype; the numbers given are
-    float32 constants of the file. (steps, number of slots, {slot: (array, device)})."""
-    from ..core.ops import Add, AsType, Mul, Sub, TrueDiv
+    float32 constants of the file. One step more than upstream's: the count is ``max(num, 0)``,
+    so that bounds the step never reaches give an empty tensor, as upstream documents and
+    eager calls give (upstream's Linspace casts a negative count to an unsigned size without a
+    check, src/core/impl/graph/helper.cpp copy_tensor_value_to_shape, which C++ leaves
+    undefined). (steps, number of slots, {slot: (array, device)})."""
+    from ..core.ops import Add, AsType, Maximum, Mul, Sub, TrueDiv
     from ..functional.creation import _LinspaceOf
     from ..functional.elemwise import Ceil
 
     op, f32 = st.template, np.dtype(np.float32)
-    scalar, given, consts, args = ((), f32), iter(zip(st.ins, st.metas)), {}, []
-    for v in op.args + (1,):  # start, stop, step (a Tensor given, else a number), and 1
-        if v is None:
-            args.append(next(given))
+    scalar, consts, args = ((), f32), {}, []
+    for v in tuple(bounds) + (1, 0):
+        if type(v) is tuple:
+            args.append(v)
         else:
             consts[n_slots] = (np.array(v, f32), op.device)
             args.append((n_slots, scalar))
             n_slots += 1
-    (start, m_start), (stop, m_stop), (step, m_step), (one, _) = args
+    (start, m_start), (stop, m_stop), (step, m_step), (one, _), (zero, _) = args
     cast = np.dtype(op.dtype) != f32
-    span, ratio, num, less, width, end, values = range(n_slots, n_slots + 7)
-    n_slots += 7
+    span, ratio, up, num, less, width, end, values = range(n_slots, n_slots + 8)
+    n_slots += 8
     for k in range(span, n_slots):
         if st.outs[0] in scopes:
             scopes[k] = scopes[st.outs[0]]
     parts = [(Sub(), (stop, start), (m_stop, m_start), span),
              (TrueDiv(), (span, step), (scalar, m_step), ratio),
-             (Ceil(), (ratio,), (scalar,), num),
+             (Ceil(), (ratio,), (scalar,), up),
+             (Maximum(), (up, zero), (scalar, scalar), num),
              (Sub(), (num, one), (scalar, scalar), less),
              (Mul(), (step, less), (m_step, scalar), width),
              (Add(), (start, width), (m_start, scalar), end),
@@ -530,8 +559,8 @@ def upstream_steps(prog):
     Convolution and bias ADD: two steps through a new slot, the same computation. A reduction
     over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
     and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
-    (`_upstream_var`), `F.arange` of Tensors upstream's Linspace of computed bounds
-    (`_upstream_arange`)."""
+    (`_upstream_var`), `F.arange` of Tensors or of sizes from shapes upstream's Linspace of
+    computed bounds (`_upstream_arange`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
@@ -552,8 +581,17 @@ def upstream_steps(prog):
             consts.update(new)
             continue
         if _is_op(st, "_ArangeOf", "megengine.functional.tensor"):
-            found, n_slots, new = _upstream_arange(st, n_slots, scopes)
+            given = iter(zip(st.ins, st.metas))
+            bounds = [next(given) if v is None else v for v in st.template.args]
+            found, n_slots, new = _upstream_arange(st, bounds, n_slots, scopes)
             steps.extend(found)
+            consts.update(new)
+            continue
+        if (type(st) is _OpStep and type(st.template).__name__ == "_Arange"
+                and type(st.template).__module__ == "megengine.functional.tensor"):
+            sizes, bounds, n_slots = _arange_of_sizes(st, n_slots)
+            found, n_slots, new = _upstream_arange(st, bounds, n_slots, scopes)
+            steps.extend(sizes + found)
             consts.update(new)
             continue
         if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:

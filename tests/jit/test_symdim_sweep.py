@@ -122,6 +122,7 @@ CASES = {
     "full(shape)": _case(lambda x: x + F.full((x.shape[0], 1), 2.0), (2, 3), (4, 3)),
     "zeros(n)": _case(lambda x: x + F.zeros(x.shape[1]), (2, 3), (2, 5)),
     "ones(x.shape)": _case(lambda x: x + F.ones(x.shape), (2, 3), (4, 5)),
+    "arange(stop) below start": _case(lambda x: F.arange(x.shape[1] - 3), (2, 5), (2, 2)),
     # sizes the program computes (Tensors): inputs of upstream's Fill (a constant broadcast to
     # the shape Tensor), read when the dump runs
     "zeros(computed n)": _case(lambda x: F.zeros(_count(x)), (2, 3), (4, 5)),
@@ -130,6 +131,7 @@ CASES = {
     "full(computed shape Tensor)": _case(
         lambda x: x + F.full(F.stack([_count(x[:, 0]), _count(x[0])]), 2.0, "int32"), (2, 3),
         (4, 5)),
+    "arange(computed stop)": _case(lambda x: F.arange(_count(x[0]) - 3), (2, 5), (2, 2)),
     # ----- shapes and axes -----
     "reshape": _case(lambda x: F.reshape(x, (x.shape[0] * x.shape[1], -1)), (2, 3, 4),
                      (3, 5, 4)),

@@ -417,7 +417,8 @@ def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
     file, seq = _dumped_graph(_sized, x, np.array([4, 3], "int32"), names=("x", "s"))
     kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq
              if o.type not in ("Host2DeviceCopy", "ImmutableTensor", "Subtensor")]
-    arange = ["SUB", "TRUE_DIV", "CEIL", "SUB", "MUL", "ADD", "Linspace"]
+    # (and MAX(num, 0): a count below 0 gives an empty tensor, see _upstream_arange)
+    arange = ["SUB", "TRUE_DIV", "CEIL", "MAX", "SUB", "MUL", "ADD", "Linspace"]
     assert kinds == ["Reshape", "Broadcast", "Linspace"] + arange + arange + ["TypeCvt"]
     reshape, broadcast, linspace = [o for o in seq if o.type in ("Reshape", "Broadcast",
                                                                  "Linspace")][:3]
@@ -513,6 +514,28 @@ def test_graph_level_reshape_params_name_the_position_of_the_minus_one(k):
     net = Network.load(file)  # upstream's network_node params are the graph's JSON
     assert [o.params for o in net.all_oprs if o.type == "Reshape"][-1] == {"axis": axis}
     _run_both(lambda x: (fn(x),), file, x)
+
+
+def _aranges(x):
+    return (F.arange(x.shape[1]), F.arange(x.shape[1] / 2, x.shape[0] * 2.5, 0.5, dtype="int32"),
+            F.arange(x.shape[0] - 3))
+
+
+def test_arange_of_sizes_from_shapes_is_upstreams_linspace_of_computed_bounds():
+    # upstream's arange: num = ceil((stop - start) / step), linspace(start, start + step *
+    # (num - 1), num) and a TypeCvt to another dtype (functional/tensor.py); here a bound from
+    # a shape is a Sizes value (its expression at the shapes the file runs at), and the count
+    # is max(num, 0): bounds the step never reaches give an empty tensor, as eager
+    import json
+
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    file, seq = _dumped_graph(_aranges, x)
+    kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq]
+    arange = ["SUB", "TRUE_DIV", "CEIL", "MAX", "SUB", "MUL", "ADD", "Linspace"]
+    assert kinds == (["Host2DeviceCopy", "Sizes"] + arange + ["Sizes", "Sizes"] + arange +
+                     ["TypeCvt", "Sizes"] + arange)
+    for shape in ((4, 3), (2, 6), (7, 1)):  # the last: x.shape[0] - 3 < 0 at (2, 6)
+        _run_both(_aranges, file, np.zeros(shape, "float32"))
 
 
 def test_a_dumped_squeeze_of_a_dim_that_is_not_one_at_run_time_says_so():
