@@ -654,13 +654,34 @@ def computed_sizes(shape):
             and any(hasattr(s, "_data") and sizes_of(s) is None for s in shape))
 
 
+def unspec_axis(shape):
+    """The position of the -1 in target shape ``shape`` (a sequence, whose entries may be
+    Tensors, or a shape Tensor), or None: upstream's Reshape notes it in its graph's params
+    (``unspec_axis``), taken from the shape's value when the op is made, as upstream takes it.
+    Only graph tools read it: the op reshapes to the shape it is given when it runs."""
+    if hasattr(shape, "_data"):
+        shape = shape._data.reshape(-1).tolist()
+    if not isinstance(shape, (list, tuple)):
+        return None
+    for i, s in enumerate(shape):
+        if hasattr(s, "_data") and s._data.size == 1:  # (its value, not a noted host read)
+            s = s._data.reshape(()).tolist()
+        if isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s == -1:
+            return i
+    return None
+
+
 class ReshapeBy(Op):
     """`Reshape` to the shape that its second input holds, read when the op runs: upstream's
     Reshape operator takes the target shape as an input, and so does a dumped program here
-    (`by_shape_tensor`), which then follows the shape it is given."""
+    (`by_shape_tensor`), which then follows the shape it is given. ``axis``: the -1's position
+    when the op was made (`unspec_axis`), for graph tools."""
     format_rule = "reshape"  # how a tensor format label passes (megengine.core.format)
     holomorphic = True  # complex gradients: see Op
     data_shaped = True  # the output's shape is the second input's value
+
+    def __init__(self, axis=None):
+        self.axis = axis
 
     def forward(self, x, shape):
         self.in_shape = x.shape

@@ -500,7 +500,7 @@ class Tensor(metaclass=_TensorType):
                                                      _trace_option.ShapeArray)):
             shape = shape[0]
         if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
-            return dispatch.apply(_ops.ReshapeBy(), self, shape)
+            return dispatch.apply(_ops.ReshapeBy(_ops.unspec_axis(shape)), self, shape)
         if _trace_option._dim_source is not None and _ops.computed_sizes(shape):  # (... and
             # so are sizes that are Tensors; the first test keeps eager calls fast)
             from ..functional.tensor import reshape  # functional sits above core: load on use

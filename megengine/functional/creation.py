@@ -94,8 +94,15 @@ def _shape(shape, what):
 
 def _filled(shape, value, dtype, device, what):
     """A tensor of ``shape`` filled with ``value``: a constant, or an op when the shape holds
-    sizes of a dumpable trace (`megengine.core.ops.Full`)."""
+    sizes of a dumpable trace (`megengine.core.ops.Full`). A shape holding a Tensor the program
+    computes (``F.zeros((n, 3))``, ``F.full(shape_tensor, 2.0)``) is an input of the op there,
+    as upstream's Fill makes it: the value as a constant broadcast to the shape Tensor."""
     dev, xp = _place(device)
+    shape = _unwrap_shape(shape)
+    if dumpable() and (_ops.by_shape_tensor(shape) or _ops.computed_sizes(shape)):
+        from .tensor import broadcast_to  # (tensor.py imports this module)
+
+        return broadcast_to(Tensor._wrap(xp.full((), value, dtype), dev), shape)
     shape = _shape(shape, what)
     if any(map(is_dim, shape)):
         return apply(_ops.Full(shape, value, np.dtype(dtype), dev))

@@ -71,9 +71,10 @@ def reshape(inp, target_shape):
     ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
     ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
     inp = _tensor(inp)
-    target_shape = _shape_tensor(_unwrap_shape(target_shape))
+    given = _unwrap_shape(target_shape)
+    target_shape = _shape_tensor(given)
     if _ops.by_shape_tensor(target_shape):  # (a dumpable trace: the shape is the op's input)
-        return apply(_ops.ReshapeBy(), inp, target_shape)
+        return apply(_ops.ReshapeBy(_ops.unspec_axis(given)), inp, target_shape)
     shape = _shape_arg(target_shape, "reshape")
     if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
         raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "

@@ -390,34 +390,63 @@ def _upstream_var(st, n_slots, scopes, device):
     return steps, n_slots, consts
 
 
-def _upstream_arange(st, n_slots, scopes):
-    """`F.arange` of Tensor arguments (`_ArangeOf` step ``st``) as upstream's arange builds it
+def _arange_of_sizes(st, n_slots):
+    """(steps, bounds, number of slots) of `F.arange` of bounds computed from shapes (`_Arange`
+    step ``st``, ``F.arange(x.shape[0])``): each such bound a float32 `Sizes` value (what
+    ``Tensor(x.shape[0])`` makes: the expression's value at the shapes the file runs at), for
+    `_upstream_arange`; ``bounds`` are start, stop and step, a (slot, meta) pair where a step
+    computes it, else the number."""
+    from ..jit.shape_tensors import Sizes
+
+    op, sym, f32 = st.template, dict(st.sym or ()), np.dtype(np.float32)
+    steps, bounds = [], []
+    for k in ("start", "stop", "step"):
+        if k not in sym:
+            bounds.append(getattr(op, k))
+            continue
+        size = _OpStep(st.index, Sizes(getattr(op, k), f32, op.device), None, None, (), (),
+                       (n_slots,), False, "Sizes (arange)")
+        size.sym = (("values", sym[k]),)
+        steps.append(size)
+        bounds.append((n_slots, ((), f32)))
+        n_slots += 1
+    return steps, bounds, n_slots
+
+
+def _upstream_arange(st, bounds, n_slots, scopes):
+    """`F.arange` (`_ArangeOf` or `_Arange` step ``st``, its ``bounds`` start, stop and step: a
+    (slot, meta) pair of a value of the program, else a number) as upstream's arange builds it
     (functional/tensor.py): ``num = ceil((stop - start) / step)``, then ``linspace(start, start
     + step * (num - 1), num)`` (float32) and a TypeCvt to another dtype; the numbers given are
-    float32 constants of the file. (steps, number of slots, {slot: (array, device)})."""
-    from ..core.ops import Add, AsType, Mul, Sub, TrueDiv
+    float32 constants of the file. One step more than upstream's: the count is ``max(num, 0)``,
+    so that bounds the step never reaches give an empty tensor, as upstream documents and
+    eager calls give (upstream's Linspace casts a negative count to an unsigned size without a
+    check, src/core/impl/graph/helper.cpp copy_tensor_value_to_shape, which C++ leaves
+    undefined). (steps, number of slots, {slot: (array, device)})."""
+    from ..core.ops import Add, AsType, Maximum, Mul, Sub, TrueDiv
     from ..functional.creation import _LinspaceOf
     from ..functional.elemwise import Ceil
 
     op, f32 = st.template, np.dtype(np.float32)
-    scalar, given, consts, args = ((), f32), iter(zip(st.ins, st.metas)), {}, []
-    for v in op.args + (1,):  # start, stop, step (a Tensor given, else a number), and 1
-        if v is None:
-            args.append(next(given))
+    scalar, consts, args = ((), f32), {}, []
+    for v in tuple(bounds) + (1, 0):
+        if type(v) is tuple:
+            args.append(v)
         else:
             consts[n_slots] = (np.array(v, f32), op.device)
             args.append((n_slots, scalar))
             n_slots += 1
-    (start, m_start), (stop, m_stop), (step, m_step), (one, _) = args
+    (start, m_start), (stop, m_stop), (step, m_step), (one, _), (zero, _) = args
     cast = np.dtype(op.dtype) != f32
-    span, ratio, num, less, width, end, values = range(n_slots, n_slots + 7)
-    n_slots += 7
+    span, ratio, up, num, less, width, end, values = range(n_slots, n_slots + 8)
+    n_slots += 8
     for k in range(span, n_slots):
         if st.outs[0] in scopes:
             scopes[k] = scopes[st.outs[0]]
     parts = [(Sub(), (stop, start), (m_stop, m_start), span),
              (TrueDiv(), (span, step), (scalar, m_step), ratio),
-             (Ceil(), (ratio,), (scalar,), num),
+             (Ceil(), (ratio,), (scalar,), up),
+             (Maximum(), (up, zero), (scalar, scalar), num),
              (Sub(), (num, one), (scalar, scalar), less),
              (Mul(), (step, less), (m_step, scalar), width),
              (Add(), (start, width), (m_start, scalar), end),
@@ -530,8 +559,8 @@ def upstream_steps(prog):
     Convolution and bias ADD: two steps through a new slot, the same computation. A reduction
     over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
     and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
-    (`_upstream_var`), `F.arange` of Tensors upstream's Linspace of computed bounds
-    (`_upstream_arange`)."""
+    (`_upstream_var`), `F.arange` of Tensors or of sizes from shapes upstream's Linspace of
+    computed bounds (`_upstream_arange`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
@@ -552,8 +581,17 @@ def upstream_steps(prog):
             consts.update(new)
             continue
         if _is_op(st, "_ArangeOf", "megengine.functional.tensor"):
-            found, n_slots, new = _upstream_arange(st, n_slots, scopes)
+            given = iter(zip(st.ins, st.metas))
+            bounds = [next(given) if v is None else v for v in st.template.args]
+            found, n_slots, new = _upstream_arange(st, bounds, n_slots, scopes)
             steps.extend(found)
+            consts.update(new)
+            continue
+        if (type(st) is _OpStep and type(st.template).__name__ == "_Arange"
+                and type(st.template).__module__ == "megengine.functional.tensor"):
+            sizes, bounds, n_slots = _arange_of_sizes(st, n_slots)
+            found, n_slots, new = _upstream_arange(st, bounds, n_slots, scopes)
+            steps.extend(sizes + found)
             consts.update(new)
             continue
         if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
@@ -912,10 +950,9 @@ def classify(op, in_shapes, dyn_names=()):
               "_ROIAlign": ROIAlignForward, "_Resize": ResizeForward, "Copy": Copy,
               "Identity": Identity,
               "CondTake": CondTake, "TopK": TopK, "Concat": Concat, "BroadcastTo": Broadcast,
-              "Reshape": Reshape, "Transpose": Dimshuffle, "Sort": ArgsortForward,
+              "Transpose": Dimshuffle, "Sort": ArgsortForward,
               "_ShapeOf": GetVarShape,
-              # the target shape as a second input, as upstream's Reshape and Broadcast take it
-              "ReshapeBy": Reshape, "_BroadcastBy": Broadcast}
+              "_BroadcastBy": Broadcast}  # (the target shape as a second input, as upstream's)
     if name in simple:
         cls = simple[name]
         params = {k: v for k, v in d.items() if not _is_array(v)}
@@ -925,6 +962,14 @@ def classify(op, in_shapes, dyn_names=()):
                 axes = tuple(range(len(in_shapes[0]) - 1, -1, -1))
             params = {"pattern": axes}
         return cls, params
+    if name in ("Reshape", "ReshapeBy"):  # upstream's params: the -1's position (its
+        # unspec_axis; megdnn's OptionalAxisV1, 7 for none), taken from the target shape
+        axis = d.get("axis") if name == "ReshapeBy" else \
+            _engine_ops.unspec_axis(d.get("shape"))
+        return Reshape, {"axis": _NO_AXIS if axis is None else axis}
+    if name == "Full":  # F.zeros / F.full / F.zeros_like of sizes from shapes: upstream's
+        # Fill and FillLike, a constant broadcast to the shape (its inputs: `_fill_inputs`)
+        return Broadcast, {}
     if name in ("_Linspace", "_LinspaceOf"):  # (start, stop and num: inputs upstream)
         return Linspace, {"endpoint": True, "comp_node": d.get("device")}
     if name == "_Pool2d":
@@ -975,6 +1020,7 @@ def str_to_mge_class(classname):
 # models (mgeconvert) see of an operator
 # --------------------------------------------------------------------------------------------
 _INT_MAX = 2 ** 31 - 1
+_NO_AXIS = 7  # megdnn's OptionalAxisV1 "no axis" (MAX_NDIM)
 # engine operators that upstream's graph has under another C++ type name than our node's type
 _GRAPH_TYPES = {"Softmax": "SoftmaxForward", "BatchedMatmul": "BatchedMatrixMul"}
 
@@ -1058,7 +1104,7 @@ def graph_params(opr):
         axes = p.get("axes")
         return {"axis": axes[0] if isinstance(axes, (tuple, list)) and len(axes) == 1 else axes}
     if t == "Reshape":
-        return {"axis": 7}  # megdnn's OptionalAxisV1 "no axis" (MAX_NDIM)
+        return {"axis": p["axis"]}
     if t in ("Host2DeviceCopy", "ImmutableTensor", "TypeCvt", "GetVarShape", "Broadcast",
              "Identity", "Copy"):
         return {}
@@ -1117,6 +1163,8 @@ class GraphOperator:
                             for k, v in enumerate(found[1])]
             elif self.type == "Linspace":
                 ins = _linspace_inputs(self.opr, ins)
+            elif self.type == "Broadcast" and not ins:
+                ins = _fill_inputs(self.opr)
             elif self.type == "Reduce" and self.opr.params.get("axis") is None:
                 # upstream reduces over every axis to a target shape (1,), its second input
                 ins.append(ImmutableTensor(np.array([1], np.int32), f"{self.name}:shape",
@@ -1145,6 +1193,18 @@ def _linspace_inputs(opr, ins):
         out.append(next(given) if v is None else ImmutableTensor(
             np.array([v], dtype), f"{opr.name}:{what}", op.device).outputs[0])
     return out
+
+
+def _fill_inputs(opr):
+    """Upstream's two Broadcast inputs (the value, the target shape) of `OpNode` ``opr`` whose
+    engine op is a `megengine.core.ops.Full` (sizes from shapes, at the vars' shapes now), as
+    its Fill and FillLike write them: a scalar constant of the output's dtype (as `F.full` of a
+    shape Tensor makes it) and an int32 shape constant."""
+    op = _sizes_filled_in(opr._op, opr._dyn, opr._dyn_vars)
+    return [ImmutableTensor(np.array(op.value, op.dtype), f"{opr.name}:value",
+                            op.device).outputs[0],
+            ImmutableTensor(np.array(op.shape, np.int32).reshape(-1), f"{opr.name}:shape",
+                            op.device).outputs[0]]
 
 
 def graph_operator(opr):

@@ -82,6 +82,10 @@ def _case(fn, traced, other, expect=FOLLOW, make=_one):
     return fn, traced, other, expect, make
 
 
+def _count(x):  # the number of elements of x, computed by ops (an int32 Tensor)
+    return (x == x).astype("int32").sum()
+
+
 def _deformable(x):
     d = x.shape[0]  # dilation = padding = d keeps the output H x W
     offset = F.zeros((x.shape[0], 18, x.shape[2], x.shape[3]))
@@ -118,6 +122,16 @@ CASES = {
     "full(shape)": _case(lambda x: x + F.full((x.shape[0], 1), 2.0), (2, 3), (4, 3)),
     "zeros(n)": _case(lambda x: x + F.zeros(x.shape[1]), (2, 3), (2, 5)),
     "ones(x.shape)": _case(lambda x: x + F.ones(x.shape), (2, 3), (4, 5)),
+    "arange(stop) below start": _case(lambda x: F.arange(x.shape[1] - 3), (2, 5), (2, 2)),
+    # sizes the program computes (Tensors): inputs of upstream's Fill (a constant broadcast to
+    # the shape Tensor), read when the dump runs
+    "zeros(computed n)": _case(lambda x: F.zeros(_count(x)), (2, 3), (4, 5)),
+    "ones((x.shape[0], computed n))": _case(lambda x: x + F.ones((x.shape[0], _count(x[0]))),
+                                            (2, 3), (4, 5)),
+    "full(computed shape Tensor)": _case(
+        lambda x: x + F.full(F.stack([_count(x[:, 0]), _count(x[0])]), 2.0, "int32"), (2, 3),
+        (4, 5)),
+    "arange(computed stop)": _case(lambda x: F.arange(_count(x[0]) - 3), (2, 5), (2, 2)),
     # ----- shapes and axes -----
     "reshape": _case(lambda x: F.reshape(x, (x.shape[0] * x.shape[1], -1)), (2, 3, 4),
                      (3, 5, 4)),

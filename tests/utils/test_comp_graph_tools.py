@@ -213,13 +213,13 @@ def test_graph_level_subtensor_takes_its_index_values_as_inputs():
     assert [int(v.value[0]) for v in sub.inputs[1:]] == [1, 2, -3, -1]
 
 
-def _dumped_graph(fn, x):
+def _dumped_graph(fn, *arrays, names=("x",)):
     import megengine.core.tensor.megbrain_graph as G
 
     f = trace(fn, symbolic=True, capture_as_const=True)
-    f(mge.tensor(x))
+    f(*[mge.tensor(a) for a in arrays])
     file = io.BytesIO()
-    f.dump(file, arg_names=["x"])
+    f.dump(file, arg_names=list(names))
     file.seek(0)
     return file, cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
 
@@ -413,19 +413,12 @@ def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
     # to another dtype (imperative/python/megengine/functional/tensor.py)
     import json
 
-    import megengine.core.tensor.megbrain_graph as G
-
     x = np.random.RandomState(0).rand(4, 3).astype("float32")
-    s = np.array([4, 3], "int32")
-    f = trace(_sized, symbolic=True, capture_as_const=True)
-    f(mge.tensor(x), mge.tensor(s))
-    file = io.BytesIO()
-    f.dump(file, arg_names=["x", "s"])
-    file.seek(0)
-    seq = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list, prune_reshape=False)
+    file, seq = _dumped_graph(_sized, x, np.array([4, 3], "int32"), names=("x", "s"))
     kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq
              if o.type not in ("Host2DeviceCopy", "ImmutableTensor", "Subtensor")]
-    arange = ["SUB", "TRUE_DIV", "CEIL", "SUB", "MUL", "ADD", "Linspace"]
+    # (and MAX(num, 0): a count below 0 gives an empty tensor, see _upstream_arange)
+    arange = ["SUB", "TRUE_DIV", "CEIL", "MAX", "SUB", "MUL", "ADD", "Linspace"]
     assert kinds == ["Reshape", "Broadcast", "Linspace"] + arange + arange + ["TypeCvt"]
     reshape, broadcast, linspace = [o for o in seq if o.type in ("Reshape", "Broadcast",
                                                                  "Linspace")][:3]
@@ -441,15 +434,108 @@ def test_size_input_ops_are_upstreams_reshape_broadcast_and_linspace():
         ["Reshape", "Broadcast"]
     # the file follows the sizes it is given, as the eager function
     for shape in ((4, 3), (2, 6)):
-        data, sizes = np.random.RandomState(1).rand(*shape).astype("float32"), np.array(shape,
-                                                                                        "int32")
-        file.seek(0)
-        got = list(cgtools.GraphInference(file).run(data, sizes).values())
-        want = _sized(mge.tensor(data), mge.tensor(sizes))
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype and g.shape == w.shape
-            np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
+        data = np.random.RandomState(1).rand(*shape).astype("float32")
+        _run_both(_sized, file, data, np.array(shape, "int32"))
+
+
+def _run_both(fn, file, *arrays):
+    """The dumped ``file`` and eager ``fn`` give the same values, dtypes and shapes."""
+    file.seek(0)
+    got = list(cgtools.GraphInference(file).run(*arrays).values())
+    want = fn(*[mge.tensor(a) for a in arrays])
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
+
+
+def _filled(x, s):
+    n = (x[0] > 0).astype("int32").sum()  # a size the program computes from data
+    return (F.zeros(s), F.ones((x.shape[0], n), "int32"), F.full(n, True),
+            F.zeros_like(x) + x, F.full((x.shape[0], 2), 7.5))
+
+
+def test_creation_is_upstreams_fill_a_constant_broadcast_to_the_shape():
+    # upstream's zeros/ones apply Fill to the shape as a Tensor (astensor1d), its full
+    # broadcasts a Const to it, its zeros_like/full_like apply FillLike
+    # (imperative/python/megengine/functional/tensor.py); Fill and FillLike enter the graph as
+    # an ImmutableTensor of the value broadcast to the shape, FillLike's taken by GetVarShape
+    # (imperative/src/impl/ops/fill.cpp, apply_on_var_node)
+    import json
+
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    s = np.array([2, 3], "int32")
+    file, seq = _dumped_graph(_filled, x, s, names=("x", "s"))
+    assert "Full" not in [o.type for o in seq]
+    fills = [o for o in seq if o.type == "Broadcast"]
+    assert len(fills) == 5 and all(json.loads(o.params) == {} for o in fills)
+    for o, value, dtype in zip(fills, (0, 1, True, 0, 7.5),
+                               ("float32", "int32", "bool", "float32", "float32")):
+        assert len(o.inputs) == 2 and o.inputs[0].owner.type == "ImmutableTensor"
+        assert o.inputs[0].value.tolist() == value and o.inputs[0].dtype == dtype
+        assert o.outputs[0].dtype == dtype and o.inputs[1].dtype == np.int32
+    assert fills[0].inputs[1].name == "s"  # the shape the program is given, read when it runs
+    # sizes from shapes: the shape at the vars' shapes now, as the graph's other size inputs
+    assert [o.inputs[1].value.tolist() for o in fills[3:]] == [[4, 3], [4, 2]]
+    file.seek(0)
+    net = Network.load(file)
+    assert not [o for o in net.all_oprs if o.type in ("Full", "BroadcastBy")]
+    # the file follows the shapes and values it is given, as the eager function
+    _run_both(_filled, file, x, s)
+    y = np.random.RandomState(1).randn(6, 5).astype("float32")
+    _run_both(_filled, file, y, np.array([3, 1, 2], "int32"))
+
+
+RESHAPES = [  # (function of x (4, 3), upstream's unspec_axis: the -1's position, 7 for none)
+    (lambda x: x.reshape(x.shape[0], -1), 1),
+    (lambda x: x.reshape(-1), 0),
+    (lambda x: F.reshape(x, (-1, 2)), 0),
+    (lambda x: x.reshape(6, 2), 7),
+    (lambda x: F.reshape(x, (x.shape[0], (x[0] == x[0]).astype("int32").sum(), -1)), 2),
+    (lambda x: x.reshape(F.concat([x.shape[:1], mge.tensor([-1])])), 1),
+    (lambda x: x.reshape(F.concat([(x[0] == x[0]).astype("int32").sum(keepdims=True),
+                                   mge.tensor([-1])])), 1),
+]
+
+
+@pytest.mark.parametrize("k", range(len(RESHAPES)))
+def test_graph_level_reshape_params_name_the_position_of_the_minus_one(k):
+    # upstream's Tensor.reshape makes builtin.Reshape(axis=unspec_axis), the index of the -1
+    # in the target shape, else Reshape() (core/tensor/array_method.py, _reshape); its graph's
+    # params are megdnn's OptionalAxisV1 JSON, {"axis": 7} (MAX_NDIM) for none
+    import json
+
+    fn, axis = RESHAPES[k]
+    x = np.random.RandomState(k).randn(4, 3).astype("float32")
+    file, seq = _dumped_graph(fn, x)
+    reshapes = [o for o in seq if o.type == "Reshape"]
+    assert json.loads(reshapes[-1].params) == {"axis": axis}
+    file.seek(0)
+    net = Network.load(file)  # upstream's network_node params are the graph's JSON
+    assert [o.params for o in net.all_oprs if o.type == "Reshape"][-1] == {"axis": axis}
+    _run_both(lambda x: (fn(x),), file, x)
+
+
+def _aranges(x):
+    return (F.arange(x.shape[1]), F.arange(x.shape[1] / 2, x.shape[0] * 2.5, 0.5, dtype="int32"),
+            F.arange(x.shape[0] - 3))
+
+
+def test_arange_of_sizes_from_shapes_is_upstreams_linspace_of_computed_bounds():
+    # upstream's arange: num = ceil((stop - start) / step), linspace(start, start + step *
+    # (num - 1), num) and a TypeCvt to another dtype (functional/tensor.py); here a bound from
+    # a shape is a Sizes value (its expression at the shapes the file runs at), and the count
+    # is max(num, 0): bounds the step never reaches give an empty tensor, as eager
+    import json
+
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    file, seq = _dumped_graph(_aranges, x)
+    kinds = [o.type if o.type != "Elemwise" else json.loads(o.params)["mode"] for o in seq]
+    arange = ["SUB", "TRUE_DIV", "CEIL", "MAX", "SUB", "MUL", "ADD", "Linspace"]
+    assert kinds == (["Host2DeviceCopy", "Sizes"] + arange + ["Sizes", "Sizes"] + arange +
+                     ["TypeCvt", "Sizes"] + arange)
+    for shape in ((4, 3), (2, 6), (7, 1)):  # the last: x.shape[0] - 3 < 0 at (2, 6)
+        _run_both(_aranges, file, np.zeros(shape, "float32"))
 
 
 def test_a_dumped_squeeze_of_a_dim_that_is_not_one_at_run_time_says_so():
