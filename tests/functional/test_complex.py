@@ -85,6 +85,19 @@ def test_casts_that_drop_the_imaginary_part_are_refused(dtype):
         mge.tensor(1 + 2j, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+@pytest.mark.parametrize("value", [[1 + 2j, 3], [[1, 2j]], (1 + 0j,), [np.complex64(1 + 2j), 3],
+                                   [mge.tensor([1 + 1j])]],
+                         ids=["python", "nested", "tuple", "numpy scalars", "tensors"])
+def test_a_list_of_complex_values_with_a_real_dtype_is_refused(value, dtype):
+    # numpy raises its own "float() argument ..." for Python complex values, and only warns and
+    # drops the imaginary part of numpy complex scalars and complex tensors
+    with pytest.raises(TypeError, match=f"^tensor: storing it as {dtype} would drop the "
+                                        "imaginary part"):
+        mge.tensor(value, dtype=dtype)
+    assert mge.tensor(value, dtype="bool").numpy().all()  # a cast to bool keeps its meaning
+
+
 def test_writing_complex_values_into_a_real_tensor_is_refused_and_changes_nothing():
     x = mge.tensor([1.0, 2.0, 3.0])
     with pytest.raises(TypeError, match=r"^x\[index\] = v: storing it in a float32 tensor would "
