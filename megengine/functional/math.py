@@ -245,6 +245,7 @@ _ATEN_NORM_DTYPES = _ATEN_TOPK_DTYPES = (np.dtype(np.float32), np.dtype(np.float
 
 class PNorm(Op):
     """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf)."""
+    what = "norm"  # (the public function, for errors)
 
     def __init__(self, p, axis, keepdims):
         self.p, self.axis, self.keepdims = p, axis, keepdims
@@ -360,6 +361,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     two = ord is None or type(ord) in (int, float) and ord == 2
     if two and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
         return apply(Normalize(axis, float(eps)), inp)
+    if x.dtype.kind == "c":  # (else F.norm's error would name norm)
+        raise complex_error("normalize", x.dtype)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
 
 
