@@ -51,6 +51,11 @@ def _as_array(value, dtype, device, copy):
                        device, f"a tensor on {device}")
     if dtype is not None:
         dtype = _check_dtype(dtype, "tensor")
+        if dtype.kind not in "cb" and type(value) in (list, tuple):
+            # its values as numpy reads them, to see complex ones (numpy raises its own
+            # TypeError for Python complex values, warns and drops numpy complex scalars' and
+            # Tensors' imaginary parts)
+            value = np.asarray(value)
         if dtype.kind not in "cb" and is_complex_data(value):  # (numpy would only warn)
             raise complex_error("tensor", getattr(value, "dtype", "complex128"),
                                 f"storing it as {dtype} would drop the imaginary part",

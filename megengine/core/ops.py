@@ -863,7 +863,14 @@ class SetItem(Op):
         out = x.copy()
         self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
-            out[self.index] = v
+            try:
+                out[self.index] = v
+            except ValueError:
+                if v.size != 1 or not v.ndim:
+                    raise
+                # one value of shape (1,) (or (1, 1), ...) into a single element: numpy 2
+                # refuses, upstream broadcasts it to the element (and torch takes it)
+                out[self.index] = v.reshape(())
         except (IndexError, ValueError, TypeError) as e:  # (TypeError: numpy's, complex v)
             raise type(e)(
                 f"setting a tensor of shape {x.shape} at an index with a value of shape "

@@ -27,14 +27,26 @@ def _pair(value, name, what):
 
 def _as_float(x, what="this function"):
     """Integer input of a float function is computed in float32, as upstream does; complex input
-    raises (a cast would drop its imaginary part), naming ``what`` (a name, or the op)."""
+    raises (a cast would drop its imaginary part), naming ``what``: a name, or the op, whose
+    ``what`` attribute is the public function it serves (else its class name says it). An op
+    that is ``holomorphic`` (sigmoid, silu: see `Op`) takes complex input as it is."""
     if x.dtype.kind == "f":
         return x
     if x.dtype.kind == "c":
+        if getattr(what, "holomorphic", False):
+            return x
         if not isinstance(what, str):
-            what = type(what).__name__.lstrip("_").lower()
+            what = getattr(what, "what", None) or type(what).__name__.lstrip("_").lower()
         raise complex_error(what, x.dtype)
     return x.astype(np.float32)
+
+
+def _astype_real(t, dtype, what):
+    """Tensor ``t`` cast to the real ``dtype`` for the function ``what``; a complex ``t``
+    raises, naming ``what`` (the cast would drop its imaginary part)."""
+    if t.dtype.kind == "c":
+        raise complex_error(what, t.dtype)
+    return t.astype(dtype)
 
 
 def _axes(axis, ndim, what):

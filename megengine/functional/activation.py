@@ -133,6 +133,8 @@ class _Activation(Op):
 
 
 def _sigmoid(xp, x):
+    if x.dtype.kind == "c":  # (no order to pick a branch by: the formula, as torch computes it)
+        return 1 / (1 + xp.exp(-x))
     # exp(-|x|) never overflows; both branches keep full relative precision
     e = xp.exp(-xp.abs(x))
     d = 1 + e
@@ -167,6 +169,8 @@ def _normal_cdf(xp, x):
 
 
 class _LeakyRelu(_Activation):
+    what = "leaky_relu"  # (the public function, for errors)
+
     def __init__(self, negative_slope):
         self.slope = negative_slope
 
@@ -205,6 +209,7 @@ class _Relu6(_Activation):
 
 
 class _Sigmoid(_Activation):
+    holomorphic = True  # complex input computes, as torch (and tanh); see `_as_float`
     def aten_forward(self, aten, tx):
         return aten.sigmoid(tx)
 
@@ -321,6 +326,7 @@ class _GeluGrad(Op):
 
 
 class _Silu(_Activation):
+    holomorphic = True  # complex input computes, as torch (and tanh); see `_as_float`
     def aten_forward(self, aten, tx):
         return aten.silu(tx)
 

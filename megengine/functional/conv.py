@@ -456,6 +456,8 @@ class _Im2Col(Op):
             (h, w), zip(self.k, self.s, self.p, self.d), "HW"))
         self.hw = (h, w)
         exact = x.dtype.kind != "f"  # ATen's im2col is float-only: integers go through float64
+        if exact and x.dtype.kind == "c":  # (the cast would drop the imaginary part)
+            raise complex_error(self.what, x.dtype)
         cols = _aten.aten().im2col(_aten.view(x.astype(np.float64) if exact else x), self.k,
                                    self.d, self.p, self.s)
         # (N, C*KH*KW, OH*OW) viewed as upstream's (N, C, OH, OW, KH, KW): no copy

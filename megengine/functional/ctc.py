@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..core.dispatch import Op, apply
+from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
 
@@ -128,6 +129,8 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
     pred = pred if isinstance(pred, Tensor) else Tensor(pred)
     if pred.ndim != 3:
         raise ValueError(f"ctc_loss: pred must be (T, N, C) probabilities, got shape {pred.shape}")
+    if pred.dtype.kind == "c":
+        raise complex_error("ctc_loss", pred.dtype)
     t_max, n, c = pred.shape
 
     def as_ints(x):  # Tensors stay op inputs; numbers and arrays become int32 tensors

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
-from ..core.dtype_rules import complex_error
+from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
@@ -749,6 +749,9 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     if norm not in ("L1", "L2"):
         raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
     pred, label = _pair(pred, label)
+    for t in (pred, label):
+        if t.dtype.kind == "c":  # (else relu's error would name relu)
+            raise no_order("hinge_loss", t.dtype)
     if pred.ndim < 2 or pred.shape != label.shape:
         raise ValueError(f"hinge_loss: expected pred and label of the same shape (N, C, ...), "
                          f"got {pred.shape} and {label.shape}")

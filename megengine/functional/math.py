@@ -245,6 +245,7 @@ _ATEN_NORM_DTYPES = _ATEN_TOPK_DTYPES = (np.dtype(np.float32), np.dtype(np.float
 
 class PNorm(Op):
     """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf)."""
+    what = "norm"  # (the public function, for errors)
 
     def __init__(self, p, axis, keepdims):
         self.p, self.axis, self.keepdims = p, axis, keepdims
@@ -360,6 +361,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     two = ord is None or type(ord) in (int, float) and ord == 2
     if two and x.dtype in _ATEN_NORM_DTYPES and x.size and _aten.use_aten(x, "norm"):
         return apply(Normalize(axis, float(eps)), inp)
+    if x.dtype.kind == "c":  # (else F.norm's error would name norm)
+        raise complex_error("normalize", x.dtype)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
 
 
@@ -581,8 +584,18 @@ class MatInv(Op):
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
-        self.inv = xp_of(x).linalg.inv(x)
-        return self.inv
+        xp = xp_of(x)
+        try:
+            inv = xp.linalg.inv(x)
+        except np.linalg.LinAlgError:  # numpy's: a zero pivot in the LU factorization
+            raise _singular(x) from None
+        # CuPy does not raise (a zero pivot leaves inf / nan): one reduction and a sync to see
+        # it, as upstream's CUDA kernel checks cuBLAS's pivots after each call
+        if xp is not np and x.size and not bool(xp.isfinite(inv).all()) \
+                and bool(xp.isfinite(x).all()):
+            raise _singular(x)
+        self.inv = inv
+        return inv
 
     def backward(self, g):
         xp = xp_of(g)
@@ -594,8 +607,24 @@ class MatInv(Op):
         return (-(inv_t @ grads[0] @ inv_t),)
 
 
+def _singular(x):
+    """The error of `MatInv` on a singular matrix: upstream raises there too (its CPU kernel
+    "pivot value too small", its CUDA one "the U is exactly singular")."""
+    host = x.get() if hasattr(x, "get") else x  # (the error path: which matrix, on the host)
+    n = x.shape[-1]
+    where = "the matrix is"
+    for i, m in enumerate(host.reshape(-1, n, n)):
+        if x.ndim > 2 and np.linalg.matrix_rank(m) < n:
+            index = tuple(int(j) for j in np.unravel_index(i, x.shape[:-2]))
+            where = f"matrix {index[0] if len(index) == 1 else index} of the batch is"
+            break
+    return RuntimeError(f"matinv: {where} singular (a zero pivot in its LU factorization), so "
+                        "it has no inverse; check the input (F.svd gives its singular values)")
+
+
 def matinv(inp):
-    """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``."""
+    """Inverse of a square matrix, or of each one in a batch ``(..., n, n)``; a singular one
+    raises RuntimeError, as upstream."""
     return apply(MatInv(), _tensor(inp))
 
 

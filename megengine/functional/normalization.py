@@ -53,6 +53,7 @@ class _BatchNorm(Op):
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
     # an eval BatchNorm layer's `_aten.LayerViews`, set by `_batch_norm` (F.batch_norm: None)
     cache = None
+    what = "batch_norm"  # (the public function, for errors)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
         self.eps, self.momentum, self.training = eps, momentum, training
@@ -251,8 +252,9 @@ class _Normalize(Op):
 
     tx = None  # ATen's view of x as (rows, M), when the ATen path ran
 
-    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None):
-        self.view, self.eps = view, eps
+    def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None,
+                 what="layer_norm"):
+        self.view, self.eps, self.what = view, eps, what  # (what: the public function, for errors)
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias
         # "layer_norm": ATen's layer norm kernels may serve (`_aten.use_aten`; view (-1, M));
@@ -621,20 +623,23 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
 
     With ``affine``, per-channel ``weight`` and ``bias`` (C elements) scale and shift.
     """
-    inp = _tensor(inp)
+    return _group_norm(_tensor(inp), num_groups, affine, weight, bias, eps, "group_norm")
+
+
+def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
-        raise ValueError(f"group_norm: expected an input (N, C, ...), got shape {inp.shape}")
+        raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
     if num_groups < 1 or c % num_groups:
-        raise ValueError(f"group_norm: {c} channels (input shape {inp.shape}) are not divisible "
+        raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")
     if not affine:
         weight = bias = None
     for t, name in ((weight, "weight"), (bias, "bias")):
-        _check_param(t, c, "group_norm", name)
+        _check_param(t, c, what, name)
     # (ATen's kernel needs a non-empty spatial size: an (N, C) input keeps the array code)
     op = _Normalize((n, num_groups, -1), (n, c, -1), (1, c, 1), eps, weight is not None,
-                    bias is not None, family="group_norm" if inp.ndim > 2 else None)
+                    bias is not None, family="group_norm" if inp.ndim > 2 else None, what=what)
     return _normalize(op, inp, weight, bias)
 
 
@@ -645,7 +650,7 @@ def instance_norm(inp, affine=True, weight=None, bias=None, eps=1e-5):
     inp = _tensor(inp)
     if inp.ndim < 2:
         raise ValueError(f"instance_norm: expected an input (N, C, ...), got shape {inp.shape}")
-    return group_norm(inp, inp.shape[1], affine, weight, bias, eps)
+    return _group_norm(inp, inp.shape[1], affine, weight, bias, eps, "instance_norm")
 
 
 def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=1e-5):

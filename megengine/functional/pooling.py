@@ -12,6 +12,7 @@ import numpy as np
 from ..core import _config
 from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply
+from ..core.dtype_rules import no_order
 from . import _aten
 from ._args import _as_float, _pair, _tensor
 
@@ -61,6 +62,8 @@ class _Pool2d(Op):
         is_max = self.mode == "max"
         if not is_max:
             x = _as_float(x, self)
+        elif x.dtype.kind == "c":
+            raise no_order(what, x.dtype)
         self.x_dtype = x.dtype
         tx = _aten.view(x)
         self.explicit = 2 * ph > kh or 2 * pw > kw

@@ -8,7 +8,7 @@ from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from . import _aten
-from ._args import _pair, _tensor
+from ._args import _astype_real, _pair, _tensor
 
 __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
@@ -135,7 +135,7 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
         raise ValueError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_align")
     samples = _positive_pair(sample_points, "sample_points", "roi_align")
-    inp = inp if inp.dtype == np.float32 else inp.astype(np.float32)
+    inp = inp if inp.dtype == np.float32 else _astype_real(inp, np.float32, "roi_align")
     op = _ROIAlign(mode, float(spatial_scale), 0.5 if aligned else 0.0, pooled, samples)
     return apply(op, inp, rois)
 
@@ -235,7 +235,7 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     if mode not in ("max", "average"):
         raise ValueError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
-    inp = inp if inp.dtype.kind == "f" else inp.astype(np.float32)
+    inp = inp if inp.dtype.kind == "f" else _astype_real(inp, np.float32, "roi_pooling")
     return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
 
 
@@ -389,7 +389,7 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
                 f"{what}: trans must be (K={k} or more, 2 * classes, part_size={part}, "
                 f"part_size={part}) with classes dividing the {inp.shape[1]} channels, got "
                 f"shape {trans.shape}")
-        trans = trans if trans.dtype == np.float32 else trans.astype(np.float32)
+        trans = trans if trans.dtype == np.float32 else _astype_real(trans, np.float32, what)
     op = _DeformablePSROIPooling(bool(no_trans), part, (pooled_h, pooled_w), samples,
                                  float(spatial_scale), float(trans_std))
     return apply(op, inp, rois, trans)

@@ -10,7 +10,8 @@ from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
-from ._args import _as_float, _tensor
+from ..core.dtype_rules import no_order
+from ._args import _as_float, _astype_real, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -61,6 +62,7 @@ def _make_interp_matrix(n_in, n_out, mode, align_corners):
 
 
 class _Resize(Op):
+    what = "interpolate"  # (the public function, for errors)
     """Separable resampling to output ``sizes`` (L; H, W; or D, H, W): ``A_h @ x @ A_w.T`` over
     the last two axes (1-d: the last axis only), trilinear also ``A_d`` along axis 2.
 
@@ -367,7 +369,7 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     img = inp.transpose(0, 3, 1, 2) if channels_last else inp
     int_dtype = None if img.dtype.kind == "f" else img.dtype
     if int_dtype is not None:
-        img = img.astype(np.float32)
+        img = _astype_real(img, np.float32, what)
     extra = () if batch is None else (batch,)
     out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
     if int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
@@ -413,7 +415,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
     if map_xy.ndim != 4 or map_xy.shape[-1] != 2 or map_xy.shape[0] != inp.shape[0]:
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
-    map_xy = map_xy if map_xy.dtype.kind == "f" else map_xy.astype(np.float32)
+    map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
     return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, channels_last)
 
 
@@ -556,6 +558,9 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
                          f"{scores.shape}")
+    for t in (boxes, scores):
+        if t.dtype.kind == "c":
+            raise no_order("nms", t.dtype)
     if max_output is None:
         max_output = boxes.shape[0]
     return apply(Compute(_nms_keep, float(iou_thresh), int(max_output)), boxes, scores)
@@ -598,7 +603,8 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     if out_h < 1 or out_w < 1:
         raise ValueError(f"correlation: an input of {h}x{w} with pad_size {pad_size} is too small "
                          f"for max_displacement {max_displacement} and kernel_size {kernel_size}")
-    data1, data2 = (d if d.dtype.kind == "f" else d.astype(np.float32) for d in (data1, data2))
+    data1, data2 = (d if d.dtype.kind == "f" else _astype_real(d, np.float32, "correlation")
+                    for d in (data1, data2))
     widths = ((0, 0), (0, 0), (pad_size, pad_size), (pad_size, pad_size))
     p1, p2 = (pad(d, widths) if pad_size else d for d in (data1, data2))
     p1h, p1w = p1.shape[2], p1.shape[3]

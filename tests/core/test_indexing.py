@@ -90,3 +90,41 @@ def test_a_tensor_slice_bound_is_read_where_a_trace_sees_it():
     expect = x.copy()
     expect[1:3] = 0
     np.testing.assert_array_equal(t.numpy(), expect)
+
+
+@pytest.mark.parametrize("shape,index,value_shape", [
+    ((3,), 1, (1,)),
+    ((2, 3), (0, 1), (1,)),
+    ((2, 3), (0, 1), (1, 1)),
+    ((2, 3), ([0, 1], [1, 2]), (1,)),
+    ((2, 3), 0, (1, 3)),
+], ids=str)
+def test_a_one_element_value_goes_into_a_single_element_as_torch(shape, index, value_shape):
+    # upstream broadcasts the value to the indexed part; numpy 2 refuses a (1,) value for a
+    # single element ("setting an array element with a sequence"); torch takes it
+    import torch
+
+    a = np.arange(6, dtype=np.float32)[:int(np.prod(shape))].reshape(shape)
+    v = np.full(value_shape, 7, np.float32)
+    w = np.arange(1, 7, dtype=np.float32)[:a.size].reshape(shape)  # a weighted loss
+    x, y = mge.Parameter(a), mge.Parameter(v)
+    gm = GradManager().attach([x, y])
+    with gm:
+        out = x * 1
+        out[index] = y
+        gm.backward((out * mge.tensor(w)).sum())
+    tx, ty = torch.tensor(a, requires_grad=True), torch.tensor(v, requires_grad=True)
+    tout = tx * 1
+    tout[index] = ty
+    (tout * torch.tensor(w)).sum().backward()
+    np.testing.assert_array_equal(out.numpy(), tout.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+    assert y.grad.shape == value_shape
+    np.testing.assert_array_equal(y.grad.numpy(), ty.grad.numpy())
+
+
+def test_a_value_of_several_elements_for_a_single_element_is_still_refused():
+    x = mge.tensor(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) at an index with a value of shape \(2,\)"):
+        x[0, 1] = mge.tensor([1.0, 2.0])
+    assert not x.numpy().any()

@@ -8,6 +8,7 @@ import torch
 
 import megengine as mge
 import megengine.functional as F
+import megengine.module as M
 
 Z = np.array([[1 + 2j, -3 + 0.5j, 0.2 - 1j], [0, 2j, -1.5]], np.complex64)
 
@@ -35,7 +36,19 @@ ORDER = {  # name in the message -> the call
     "less_equal": lambda z: z <= 1,
     "greater": lambda z: F.greater(z, 0),
     "greater_equal": lambda z: F.greater_equal(1.0, z),
+    "max_pool2d": lambda z: F.max_pool2d(_image(z), 1),
+    "adaptive_max_pool2d": lambda z: F.adaptive_max_pool2d(_image(z), 1),
+    "hinge_loss": lambda z: F.nn.hinge_loss(z, z),
+    "nms": lambda z: F.vision.nms(mge.tensor(np.ones((1, 4), "float32")), z[0, :1], 0.5),
 }
+
+
+def _image(z):
+    """The (2, 3) complex tensor as a (1, 1, 2, 3) image."""
+    return z.reshape(1, 1, 2, 3)
+
+
+_ROI = mge.tensor([[0, 0, 0, 1, 1]], dtype="float32")
 
 
 @pytest.mark.parametrize("name", sorted(ORDER))
@@ -45,14 +58,33 @@ def test_ops_that_need_an_order_refuse_complex_input(name):
         ORDER[name](ct())
 
 
-REAL_ONLY = {  # name in the message -> the call (the message says to take F.real / F.imag / F.abs)
+REAL_ONLY = {  # the public function the message names -> the call (the message says to take
+    # F.real / F.imag / F.abs); activations torch refuses for complex input refuse it too
     "floor": F.floor, "ceil": F.ceil, "round": F.round, "trunc": F.trunc,
     "floor_div": lambda z: z // 2, "mod": lambda z: z % 2,
-    "leakyrelu": F.leaky_relu, "relu6": F.relu6, "sigmoid": F.sigmoid, "gelu": F.gelu,
+    "leaky_relu": F.leaky_relu, "relu6": F.relu6, "gelu": F.gelu, "softplus": F.softplus,
+    "logsigmoid": F.logsigmoid, "hswish": F.hswish, "hsigmoid": F.hsigmoid,
     "softmax": F.softmax, "var": F.var, "std": F.std, "svd": F.svd,
+    "norm": F.norm, "normalize": F.normalize,
     "cross_entropy": lambda z: F.nn.cross_entropy(z, mge.tensor([0, 1])),
     "square_loss": lambda z: F.nn.square_loss(z, z),
+    "ctc_loss": lambda z: F.nn.ctc_loss(z.reshape(2, 1, 3), mge.tensor([2]), mge.tensor([[1]]),
+                                        mge.tensor([1])),
     "conv2d": lambda z: F.conv2d(z.reshape(1, 1, 2, 3), mge.tensor(np.ones((1, 1, 1, 1), "float32"))),
+    "avg_pool2d": lambda z: F.avg_pool2d(_image(z), 1),
+    "sliding_window": lambda z: F.sliding_window(_image(z), 1),
+    "adaptive_avg_pool2d": lambda z: F.adaptive_avg_pool2d(_image(z), 1),
+    "batch_norm": lambda z: F.nn.batch_norm(_image(z), training=True),
+    "layer_norm": lambda z: F.nn.layer_norm(z, 3, affine=False),
+    "group_norm": lambda z: F.nn.group_norm(_image(z), 1, affine=False),
+    "instance_norm": lambda z: F.nn.instance_norm(_image(z), affine=False),
+    "interpolate": lambda z: F.vision.interpolate(_image(z), scale_factor=2),
+    "roi_align": lambda z: F.vision.roi_align(_image(z), _ROI, (1, 1)),
+    "roi_pooling": lambda z: F.vision.roi_pooling(_image(z), _ROI, (1, 1)),
+    "warp_perspective": lambda z: F.vision.warp_perspective(
+        _image(z), mge.tensor(np.eye(3, dtype="float32")[None]), (2, 3)),
+    "remap": lambda z: F.vision.remap(_image(z), mge.tensor(np.zeros((1, 2, 3, 2), "float32"))),
+    "correlation": lambda z: F.vision.correlation(_image(z), _image(z), max_displacement=0),
 }
 
 
@@ -61,6 +93,13 @@ def test_real_functions_refuse_complex_input_instead_of_dropping_its_imaginary_p
     with pytest.raises(TypeError, match=f"^{name}: it takes real numbers, got a complex tensor "
                                         r"\(complex64\); take F.real / F.imag / F.abs"):
         REAL_ONLY[name](ct())
+
+
+def test_module_layers_name_the_function_they_call():
+    with pytest.raises(TypeError, match="^leaky_relu: it takes real numbers"):
+        M.LeakyReLU()(ct())
+    with pytest.raises(TypeError, match="^batch_norm: it takes real numbers"):
+        M.BatchNorm2d(1)(_image(ct()))
 
 
 def test_sign_of_a_complex_number_is_refused():
@@ -83,6 +122,19 @@ def test_casts_that_drop_the_imaginary_part_are_refused(dtype):
         mge.Tensor(z, dtype=dtype)
     with pytest.raises(TypeError, match="^tensor: storing it as"):
         mge.tensor(1 + 2j, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+@pytest.mark.parametrize("value", [[1 + 2j, 3], [[1, 2j]], (1 + 0j,), [np.complex64(1 + 2j), 3],
+                                   [mge.tensor([1 + 1j])]],
+                         ids=["python", "nested", "tuple", "numpy scalars", "tensors"])
+def test_a_list_of_complex_values_with_a_real_dtype_is_refused(value, dtype):
+    # numpy raises its own "float() argument ..." for Python complex values, and only warns and
+    # drops the imaginary part of numpy complex scalars and complex tensors
+    with pytest.raises(TypeError, match=f"^tensor: storing it as {dtype} would drop the "
+                                        "imaginary part"):
+        mge.tensor(value, dtype=dtype)
+    assert mge.tensor(value, dtype="bool").numpy().all()  # a cast to bool keeps its meaning
 
 
 def test_writing_complex_values_into_a_real_tensor_is_refused_and_changes_nothing():
@@ -109,6 +161,9 @@ SUPPORTED = {  # name -> (megengine call, oracle on the numpy array)
     "log": (lambda z: F.log(z + 3), lambda a: np.log(a + 3)),
     "sqrt": (F.sqrt, np.sqrt),
     "tanh": (F.tanh, np.tanh),
+    # the activations torch computes for complex input (its sigmoid, silu and tanh)
+    "sigmoid": (F.sigmoid, _torch(torch.sigmoid)),
+    "silu": (F.silu, _torch(torch.nn.functional.silu)),
     "square": (F.square, np.square),
     "pow": (lambda z: z ** 3, lambda a: a ** 3),
     "div": (lambda z: z / (z + 4), lambda a: a / (a + 4)),

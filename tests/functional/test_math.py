@@ -10,7 +10,7 @@ import torch
 import megengine as mge
 import megengine.functional as F
 
-from devices import host_default_device  # noqa: F401  (a fixture)
+from devices import host_default_device, requires_cuda  # noqa: F401  (a fixture)
 from oracle import check_against_torch
 from megengine.autodiff import GradManager
 
@@ -377,6 +377,44 @@ def test_matinv():
     check(F.matinv, torch.linalg.inv, a, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="matinv"):
         F.matinv(mge.tensor(rand(2, 3)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+def test_matinv_of_a_singular_matrix_raises_as_upstream(dtype):
+    # upstream raises (its CUDA kernel: "the U is exactly singular"), as torch.linalg.inv does
+    singular = np.array([[1, 2], [2, 4]], dtype)
+    with pytest.raises(RuntimeError):
+        torch.linalg.inv(torch.tensor(singular))
+    with pytest.raises(RuntimeError, match=r"^matinv: the matrix is singular .* no inverse"):
+        F.matinv(mge.tensor(singular, dtype=dtype))
+    batch = np.stack([np.eye(2, dtype=dtype), singular, np.zeros((2, 2), dtype)])
+    with pytest.raises(RuntimeError, match="^matinv: matrix 1 of the batch is singular"):
+        F.matinv(mge.tensor(batch.reshape(1, 3, 2, 2)[0], dtype=dtype))
+    with pytest.raises(RuntimeError, match=r"^matinv: matrix \(0, 1\) of the batch"):
+        F.matinv(mge.tensor(batch.reshape(1, 3, 2, 2), dtype=dtype))
+
+
+@requires_cuda
+def test_matinv_of_a_singular_matrix_raises_on_a_gpu_where_cupy_does_not(monkeypatch):
+    # CuPy's inv does not raise (a zero pivot leaves inf / nan); a NaN input is no singular one
+    from megengine.device import get_array_module
+
+    xp = get_array_module("gpu0")
+    inv = xp.linalg.inv
+
+    def cupy_inv(a):  # CuPy's rule where numpy would raise
+        try:
+            return inv(a)
+        except np.linalg.LinAlgError:
+            return xp.full(a.shape, np.inf, a.dtype)
+
+    monkeypatch.setattr(xp.linalg, "inv", cupy_inv)
+    singular = mge.tensor([[[2.0, 0.0], [0.0, 2.0]], [[1.0, 2.0], [2.0, 4.0]]], device="gpu0")
+    with pytest.raises(RuntimeError, match="^matinv: matrix 1 of the batch is singular"):
+        F.matinv(singular)
+    out = F.matinv(mge.tensor([[np.nan, 0.0], [0.0, 1.0]], device="gpu0"))
+    assert np.isnan(out.numpy()).any()
+    np.testing.assert_array_equal(F.matinv(singular[0]).numpy(), [[0.5, 0.0], [0.0, 0.5]])
 
 
 @pytest.mark.parametrize("keepdims", [False, True])
