@@ -21,6 +21,17 @@ def test_a_drawn_network_trains_data_parallel_like_one_process_on_both_batches()
     bridge.check_dp(0)
 
 
+def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
+    # each rank then steps on its own half's gradient (the launcher forks: the patch reaches it)
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    real = bridge._mge_step
+    monkeypatch.setattr(bridge, "_mge_step",
+                        lambda net, make_opt, plan, callbacks=(): real(net, make_opt, plan))
+    with pytest.raises(bridge.BridgeMismatch, match="data-parallel rank"):
+        bridge.check_dp(0)
+
+
 def test_draws_cover_the_bridge_features():
     # the first 100 plans reach every block kind and option the fuzzer knows
     kinds, options = set(), set()
@@ -37,7 +48,8 @@ def test_draws_cover_the_bridge_features():
         if len(set(calls)) < len(calls):
             kinds.add("one wrapper called twice")
         options |= {f"{k}={v}" for k, v in opts.items() if k in ("opt", "trace", "midway",
-                                                                  "dtype", "accumulate", "dp")}
+                                                                  "dtype", "accumulate", "dp",
+                                                                  "autocast")}
         options |= {k for k in ("unattached", "eval_step", "lr_step") if opts[k] is not None}
         options |= {"scaler"} if opts["scaler"] else set()
     assert kinds >= {"mlp", "bn", "ln", "tied", "frozen", "two_out", "transposed", "packed",
@@ -48,7 +60,7 @@ def test_draws_cover_the_bridge_features():
     assert options >= {"opt=sgd", "opt=sgd_nesterov", "opt=adam", "opt=adamw", "trace=none",
                        "trace=eager", "trace=symbolic", "midway=save", "midway=deepcopy",
                        "dtype=float32", "dtype=float64", "accumulate=True", "dp=True",
-                       "unattached", "eval_step", "lr_step", "scaler"}
+                       "autocast=True", "unattached", "eval_step", "lr_step", "scaler"}
 
 
 def _seed(**want):
@@ -122,4 +134,18 @@ def test_a_loss_scale_left_in_the_gradients_is_caught(monkeypatch):
                 and bridge.draw(s)[4]["opt"] == "sgd" and not bridge.draw(s)[4]["clip"])
     monkeypatch.setattr(amp.GradScaler, "unscale", lambda self, tensors: self)
     with pytest.raises(bridge.BridgeMismatch):
+        bridge.check(seed)
+
+
+def test_a_torch_block_left_out_of_autocast_is_caught(monkeypatch):
+    # a wrapper that ran its torch module outside torch.autocast: values stay within the
+    # float16 tolerance, the block's output dtype does not
+    import contextlib
+
+    from megengine.core import amp as amp_state
+
+    seed = next(s for s in range(300) if bridge.draw(s)[4]["autocast"])
+    bridge.check(seed)
+    monkeypatch.setattr(amp_state, "torch_autocast", lambda device_type: contextlib.nullcontext())
+    with pytest.raises(bridge.BridgeMismatch, match="output dtype|returned"):
         bridge.check(seed)
