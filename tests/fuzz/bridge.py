@@ -11,8 +11,21 @@ outputs in a tuple, list or dict, a non-contiguous output, a reversed (negative-
 tensors inside list and dict arguments and keyword tensors; SGD (momentum, nesterov, weight
 decay), Adam or AdamW, gradient clipping, a traced step (``symbolic`` either way), and halfway a
 save and load through ``mge.save`` (with the optimizer's state) or a ``copy.deepcopy``, after
-which the copy trains on; at the end, eval-mode outputs."""
+which the copy trains on; at the end, eval-mode outputs.
+
+Image networks (N, C, H, W) add torch blocks of Conv2d, BatchNorm2d and pooling that may return a
+channels-last or permuted (strided) output, with megengine's Conv2d, max_pool2d and flatten
+between them. Any network may hold an nn.Embedding block fed int32 indices computed on the
+megengine side, and a block with a non-persistent buffer taking non-tensor arguments (a string,
+an int); training may switch to eval mode for a step, attach only some parameters to the
+GradManager (the rest must stay unchanged), accumulate two backward passes per step, scale the
+loss with ``amp.GradScaler``, or change the learning rate through ``param_groups`` midway. A
+float32 family (SGD only) runs at tolerances measured for it, some of it under ``amp.autocast``
+against the twin under ``torch.autocast``. Every ``DP_EVERY``-th network also
+trains data-parallel on 2 CPU ranks with the all-reduce callback (`check_dp`), against the twin on
+both ranks' batches together."""
 import argparse
+import contextlib
 import copy
 import io
 import sys
@@ -27,125 +40,72 @@ import megengine as mge
 import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
+from megengine import amp
 from megengine.autodiff import GradManager
 from megengine.device import canonical_device
 from megengine.jit import trace
 from megengine.module.pytorch import PyTorchModule
 
-# Everything in float64: Adam divides a step by the gradient's own size, so in float32 the
-# rounding of a small gradient (a sum over a batch that batch norm centres) moves steps by up to
-# ~1e-3 lr, differently on either side; in float64 a lost or doubled update stands out by orders
-DTYPE = "float64"
-RTOL, ATOL = 1e-7, 1e-9
+from .bridge_blocks import BLOCKS, TwoOut
+
+# float64 by default: Adam divides a step by the gradient's own size, so in float32 the rounding
+# of a small gradient (a sum over a batch that batch norm centres) moves steps by up to ~1e-3 lr,
+# differently on either side; in float64 a lost or doubled update stands out by orders. The
+# float32 family trains with SGD only, whose steps are proportional to the gradients; over its
+# 425 networks in seeds 0-1199 the largest difference was 3.1e-5 * (|want| + 0.1), so its
+# tolerance is about 6 times that. Under autocast (float16 compute, numpy's on megengine's side,
+# ATen's on torch's) 110 networks in seeds 0-999 needed up to 2.1e-2 (an eval output); at that
+# tolerance the values cannot tell whether torch's side ran in float16 at all, so the torch
+# blocks' output dtypes are compared too (`_block_dtypes`).
+TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (2e-4, 2e-5), "autocast": (5e-2, 5e-3)}
 CLASSES = 5
-
-
-# ----- torch blocks (module level, so that whole networks pickle) -----
-
-class Mlp(nn.Module):
-    def __init__(self, d_in, d_out, act):
-        super().__init__()
-        self.fc1, self.fc2, self.act = nn.Linear(d_in, d_out), nn.Linear(d_out, d_out), act
-
-    def forward(self, x):
-        return self.fc2(getattr(torch, self.act)(self.fc1(x)))
-
-
-class BnBlock(nn.Module):
-    """tanh before the batch norm: a bias straight before it would get a gradient that is zero
-    up to rounding, which Adam turns into steps of +-lr that differ from side to side."""
-
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.fc, self.bn = nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out)
-
-    def forward(self, x):
-        return self.bn(torch.tanh(self.fc(x)))
-
-
-class LnResidual(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.ln, self.fc = nn.LayerNorm(d), nn.Linear(d, d)
-
-    def forward(self, x):
-        return x + self.fc(self.ln(x))
-
-
-class Tied(nn.Module):
-    """``dec.weight is enc.weight``: one parameter, two uses."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.enc, self.dec = nn.Linear(d, d), nn.Linear(d, d)
-        self.dec.weight = self.enc.weight
-
-    def forward(self, x):
-        return self.dec(torch.tanh(self.enc(x)))
-
-
-class Frozen(nn.Module):
-    """A frozen weight and a trainable bias and scale."""
-
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.fc = nn.Linear(d_in, d_out)
-        self.fc.weight.requires_grad_(False)
-        self.scale = nn.Parameter(torch.rand(d_out) + 0.5)
-
-    def forward(self, x):
-        return self.fc(x) * self.scale
-
-
-class TwoOut(nn.Module):
-    """Two outputs in a tuple, list or dict; the caller adds them."""
-
-    def __init__(self, d, container):
-        super().__init__()
-        self.fc, self.gate, self.container = nn.Linear(d, d), nn.Parameter(torch.randn(d)), container
-
-    def forward(self, x):
-        a, b = self.fc(x), torch.sigmoid(x * self.gate)
-        return {"tuple": (a, b), "list": [a, b], "dict": {"a": a, "b": b}}[self.container]
-
-
-class Transposed(nn.Module):
-    """Returns a transposed view (non-contiguous); the caller transposes back."""
-
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.fc = nn.Linear(d_in, d_out)
-
-    def forward(self, x):
-        return self.fc(x).t()
-
-
-class Packed(nn.Module):
-    """Tensors inside a list or dict argument and a keyword tensor and float."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.fc = nn.Linear(d, d)
-
-    def forward(self, pair, *, shift, scale):
-        x, y = (pair["x"], pair["y"]) if isinstance(pair, dict) else pair
-        return self.fc(x) * scale + torch.tanh(y) + shift
+DP_EVERY = 10  # every DP_EVERY-th network also trains on 2 ranks (check_dp: seconds each)
 
 
 # ----- drawing a network -----
 
 def draw(seed):
-    """A plan: (blocks, mge linear shapes, stages, training options), all plain data."""
+    """A plan: (blocks, wrappers, megengine layers, stages, training options), all plain data.
+    A megengine layer is ``(d_in, d_out)`` for a Linear, ``(c_in, c_out, "conv")`` for a
+    Conv2d."""
     rng = np.random.default_rng(seed)
-    d = int(rng.integers(3, 9))
-    d_in, blocks, lins, stages = d, [], [], []
+    dp = seed % DP_EVERY == 0  # trained on 2 ranks too: no batch norm (it sees one rank's part)
+    dtype = str(rng.choice(["float64", "float64", "float32"]))
+    blocks, wrappers, lins, stages = [], [], [], []
 
-    def new_block(kind, *args):
+    def add_block(kind, *args):
         blocks.append((kind, args))
+        wrappers.append(len(blocks) - 1)
         return len(blocks) - 1
 
+    shape_in = (int(rng.integers(3, 9)),)
+    if rng.random() < 0.35:  # an image network: (N, C, H, W) stages, then flatten
+        shape_in = (int(rng.integers(1, 4)), int(rng.integers(4, 9)), int(rng.integers(4, 9)))
+        c, h, w = shape_in
+        for _ in range(int(rng.integers(1, 4))):
+            out = int(rng.integers(2, 5))
+            choice = str(rng.choice(["torch", "torch", "mge_conv", "mge_pool"]))
+            if choice == "mge_pool" and min(h, w) >= 2:
+                stages.append(("mge_pool",))
+                h, w = h // 2, w // 2
+            elif choice == "mge_conv":
+                lins.append((c, out, "conv"))
+                stages.append(("mge", len(lins) - 1, "tanh"))
+                c = out
+            else:
+                pool = str(rng.choice(["max", "avg", ""])) if min(h, w) >= 2 else ""
+                layout = str(rng.choice(["nchw", "channels_last", "nhwc"]))
+                add_block("conv", c, out, bool(rng.random() < 0.6 and not dp), pool, layout)
+                stages.append(("call", len(wrappers) - 1, "conv", layout))
+                c, h, w = (out, h // 2, w // 2) if pool else (out, h, w)
+        stages.append(("flatten",))
+    d = shape_in[0] if len(shape_in) == 1 else c * h * w
+
+    # (BatchNorm1d over a few samples can amplify float32 rounding past any tolerance: one float32
+    # network in 500 moved a weight by 4e-3 after a step where float64 moved 1e-14 -> 1e-10)
     square = []  # blocks mapping d -> d: (width, block, wrapper, the stage that calls it)
-    wrappers = []  # the block each wrapper wraps
+    kinds = ["mlp", "ln", "tied", "frozen", "two_out", "transposed", "packed", "embed", "masked",
+             "modal"] + ([] if dp or dtype == "float32" else ["bn"])
     for _ in range(int(rng.integers(2, 6))):
         choice = rng.choice(["torch", "torch", "torch", "reuse", "mge", "mge_param", "reverse"])
         fits = [s for s in square if s[0] == d]
@@ -169,64 +129,66 @@ def draw(seed):
             stages.append(("mge", len(lins) - 1, str(rng.choice(["relu", "tanh", "none"]))))
             d = out
             continue
-        kind = str(rng.choice(["mlp", "bn", "ln", "tied", "frozen", "two_out", "transposed",
-                               "packed"]))
-        out = d if kind in ("ln", "tied", "two_out", "packed") else int(rng.integers(3, 9))
+        kind = str(rng.choice(kinds))
+        out = d if kind in ("ln", "tied", "two_out", "packed", "embed", "modal") else \
+            int(rng.integers(3, 9))
         args = {"mlp": (d, out, str(rng.choice(["relu", "tanh", "sigmoid"]))),
                 "bn": (d, out), "ln": (d,), "tied": (d,), "frozen": (d, out),
                 "two_out": (d, str(rng.choice(["tuple", "list", "dict"]))),
-                "transposed": (d, out), "packed": (d,)}[kind]
-        b = new_block(kind, *args)
-        wrappers.append(b)
-        extra = {"packed": str(rng.choice(["list", "dict"]))}.get(kind)
-        stages.append(("call", len(wrappers) - 1, kind) + ((extra,) if extra else ()))
+                "transposed": (d, out), "packed": (d,), "embed": (d, int(rng.integers(3, 12))),
+                "masked": (d, out), "modal": (d,)}[kind]
+        b = add_block(kind, *args)
+        extra = {"packed": (str(rng.choice(["list", "dict"])),), "embed": args[1:],
+                 "masked": (str(rng.choice(["tanh", "sigmoid"])), int(rng.integers(1, 3)))
+                 }[kind] if kind in ("packed", "embed", "masked") else ()
+        stages.append(("call", len(wrappers) - 1, kind) + extra)
         if out == d:
             square.append((d, b, len(wrappers) - 1, stages[-1]))
         d = out
     lins.append((d, CLASSES))
     stages.append(("mge", len(lins) - 1, "none"))
-    opt = str(rng.choice(["sgd", "sgd_nesterov", "adam", "adamw"]))
+    opt = str(rng.choice(["sgd", "sgd_nesterov"] + (["adam", "adamw"] if dtype == "float64"
+                                                     else [])))
+    steps = int(rng.integers(3, 6))
+    traced = str(rng.choice(["none", "none", "eager", "symbolic"]))
     options = dict(
-        d_in=d_in, batch=int(rng.integers(4, 9)), steps=int(rng.integers(3, 6)), opt=opt,
+        shape_in=shape_in, batch=2 * int(rng.integers(2, 5)), steps=steps, opt=opt, dtype=dtype,
         lr=float(rng.choice([0.01, 0.05])), weight_decay=float(rng.choice([0.0, 0.01])),
-        clip=float(rng.choice([0.0, 0.0, 0.5])),
-        trace=str(rng.choice(["none", "none", "eager", "symbolic"])),
-        midway=str(rng.choice(["none", "none", "save", "deepcopy"])),
+        clip=float(rng.choice([0.0, 0.0, 0.5])), trace=traced,
+        midway="none" if dp else str(rng.choice(["none", "none", "save", "deepcopy"])),
+        # a block whose parameters are not attached to the GradManager: they must stay unchanged
+        unattached=int(rng.integers(len(blocks))) if blocks and rng.random() < 0.2 else None,
+        accumulate=not dp and bool(rng.random() < 0.2),  # two backward passes per step
+        scaler=float(2.0 ** rng.integers(2, 12)) if rng.random() < 0.3 else 0.0,
+        # a traced step must run the ops it recorded, which a block's eval-only code would not
+        eval_step=int(rng.integers(1, 2 * steps)) if traced == "none" and rng.random() < 0.3
+        else None,
+        lr_step=int(rng.integers(1, 2 * steps)) if rng.random() < 0.3 else None,
+        dp=dp,
+        # float16 compute (megengine.amp.autocast on one side, torch.autocast on the other)
+        autocast=dtype == "float32" and bool(rng.random() < 0.3),
     )
     return blocks, wrappers, lins, stages, options
-
-
-def _make_block(kind, args):
-    return {"mlp": Mlp, "bn": BnBlock, "ln": LnResidual, "tied": Tied, "frozen": Frozen,
-            "two_out": TwoOut, "transposed": Transposed, "packed": Packed}[kind](*args)
 
 
 class Hybrid(M.Module):
     """The megengine network of a plan: wrappers of the torch blocks and megengine layers."""
 
-    def __init__(self, torch_blocks, wrappers, lins, stages):
+    def __init__(self, torch_blocks, wrappers, lins, stages, dtype):
         super().__init__()
         self.wraps = [PyTorchModule(torch_blocks[b],
                                     output_cnt=2 if torch_blocks[b].__class__ is TwoOut else 1)
                       for b in wrappers]
-        self.lins = [M.Linear(i, o) for i, o in lins]
+        self.lins = [M.Conv2d(*lin[:2], 3, padding=1) if len(lin) == 3 else M.Linear(*lin)
+                     for lin in lins]
         for lin in self.lins:
-            lin.weight = mge.Parameter(lin.weight.numpy(), dtype=DTYPE)
-            lin.bias = mge.Parameter(lin.bias.numpy(), dtype=DTYPE)
+            lin.weight = mge.Parameter(lin.weight.numpy(), dtype=dtype)
+            lin.bias = mge.Parameter(lin.bias.numpy(), dtype=dtype)
         self.stages = stages
 
     def forward(self, x):
-        for stage in self.stages:
-            if stage[0] == "reverse":
-                x = x[:, ::-1]
-            elif stage[0] == "mge":
-                x = self.lins[stage[1]](x)
-                x = {"relu": F.relu, "tanh": F.tanh, "none": lambda v: v}[stage[2]](x)
-            elif stage[0] == "mge_param":
-                x = F.linear(x, self.wraps[stage[1]].get_param_by_name(stage[2]))
-            else:
-                x = _call(self.wraps[stage[1]], stage, x, transpose=lambda v: v.T)
-        return x
+        return _forward(self.stages, x, MGE_SIDE, self.lins, self.wraps.__getitem__,
+                        lambda w, name: self.wraps[w].get_param_by_name(name))
 
 
 class Twin(nn.Module):
@@ -235,23 +197,47 @@ class Twin(nn.Module):
     def __init__(self, torch_blocks, wrappers, lins, stages):
         super().__init__()
         self.blocks, self.wrappers, self.stages = torch_blocks, wrappers, stages
-        self.lins = nn.ModuleList(nn.Linear(i, o) for i, o in lins)
+        self.lins = nn.ModuleList(nn.Conv2d(*lin[:2], 3, padding=1) if len(lin) == 3 else
+                                  nn.Linear(*lin) for lin in lins)
 
     def forward(self, x):
-        for stage in self.stages:
-            if stage[0] == "reverse":
-                x = torch.flip(x, [1])
-            elif stage[0] == "mge":
-                x = self.lins[stage[1]](x)
-                x = {"relu": torch.relu, "tanh": torch.tanh, "none": lambda v: v}[stage[2]](x)
-            elif stage[0] == "mge_param":
-                x = tF.linear(x, self.blocks[self.wrappers[stage[1]]].get_parameter(stage[2]))
-            else:
-                x = _call(self.blocks[self.wrappers[stage[1]]], stage, x, transpose=lambda v: v.t())
-        return x
+        return _forward(self.stages, x, TORCH_SIDE, self.lins,
+                        lambda w: self.blocks[self.wrappers[w]],
+                        lambda w, name: self.blocks[self.wrappers[w]].get_parameter(name))
 
 
-def _call(module, stage, x, transpose):
+# the stages' operations on either side
+MGE_SIDE = dict(
+    reverse=lambda v: v[:, ::-1], mge_pool=lambda v: F.max_pool2d(v, 2),
+    flatten=lambda v: F.flatten(v, 1), linear=F.linear,
+    act={"relu": F.relu, "tanh": F.tanh, "none": lambda v: v},
+    t=lambda v: v.T, to_nchw=lambda v: F.transpose(v, (0, 3, 1, 2)),
+    indices=lambda v, n: (F.abs(v[:, :2]) * 4).astype("int32") % n)
+TORCH_SIDE = dict(
+    reverse=lambda v: torch.flip(v, [1]), mge_pool=lambda v: tF.max_pool2d(v, 2),
+    flatten=lambda v: torch.flatten(v, 1), linear=tF.linear,
+    act={"relu": torch.relu, "tanh": torch.tanh, "none": lambda v: v},
+    t=lambda v: v.t(), to_nchw=lambda v: v.permute(0, 3, 1, 2),
+    indices=lambda v, n: (v[:, :2].abs() * 4).to(torch.int32) % n)
+
+
+def _forward(stages, x, side, layers, block, param):
+    """A plan's stages, the same code on either side: ``layers`` the megengine layers (or their
+    torch twins), ``block(w)`` wrapper ``w`` (or its torch block), ``param(w, name)`` a wrapped
+    parameter."""
+    for stage in stages:
+        if stage[0] == "mge":
+            x = side["act"][stage[2]](layers[stage[1]](x))
+        elif stage[0] == "mge_param":
+            x = side["linear"](x, param(stage[1], stage[2]))
+        elif stage[0] == "call":
+            x = _call(block(stage[1]), stage, x, side)
+        else:
+            x = side[stage[0]](x)
+    return x
+
+
+def _call(module, stage, x, side):
     """One call stage, the same code on either side (``module``: a wrapper or a torch block)."""
     kind = stage[2]
     if kind == "two_out":
@@ -259,10 +245,16 @@ def _call(module, stage, x, transpose):
         a, b = (out["a"], out["b"]) if isinstance(out, dict) else out
         return a + b
     if kind == "transposed":
-        return transpose(module(x))
+        return side["t"](module(x))
     if kind == "packed":
         pair = {"x": x, "y": x * 0.5} if stage[3] == "dict" else [x, x * 0.5]
         return module(pair, shift=x * 0.25, scale=1.5)
+    if kind == "embed":
+        return module(x, side["indices"](x, stage[3]))
+    if kind == "masked":
+        return module(x, stage[3], power=stage[4])
+    if kind == "conv" and stage[3] == "nhwc":
+        return side["to_nchw"](module(x))
     return module(x)
 
 
@@ -286,14 +278,16 @@ def build(seed):
     """(hybrid, twin, plan) of program ``seed``, with equal initial weights."""
     blocks, wrappers, lins, stages, opts = plan = draw(seed)
     torch.manual_seed(seed)
-    torch_blocks = [_make_block(kind, args).to(getattr(torch, DTYPE)) for kind, args in blocks]
+    mge.random.seed(seed)  # the megengine layers' initial weights: equal on every rank
+    dtype = getattr(torch, opts["dtype"])
+    torch_blocks = [BLOCKS[kind](*args).to(dtype) for kind, args in blocks]
     twin_blocks = copy.deepcopy(nn.ModuleList(torch_blocks))  # (ties kept, memory separate)
-    net = Hybrid(torch_blocks, wrappers, lins, stages)
-    twin = Twin(twin_blocks, wrappers, lins, stages).to(_torch_device(), getattr(torch, DTYPE))
+    net = Hybrid(torch_blocks, wrappers, lins, stages, opts["dtype"])
+    twin = Twin(twin_blocks, wrappers, lins, stages).to(_torch_device(), dtype)
     with torch.no_grad():
         for lin, tlin in zip(net.lins, twin.lins):
-            tlin.weight.copy_(_to_torch(lin.weight.numpy()))
-            tlin.bias.copy_(_to_torch(lin.bias.numpy()))
+            tlin.weight.copy_(_to_torch(lin.weight.numpy()).reshape(tlin.weight.shape))
+            tlin.bias.copy_(_to_torch(lin.bias.numpy()).reshape(tlin.bias.shape))
     return net, twin, plan
 
 
@@ -309,89 +303,209 @@ def _to_torch(array):
 
 
 def _host(t):
-    return t.detach().cpu().numpy()
+    """A host copy (a view of a parameter's memory would follow its later updates)."""
+    return t.detach().cpu().numpy().copy()
 
 
-def _compare(what, got, want):
+def _tolerance(opts):
+    return "autocast" if opts["autocast"] else opts["dtype"]
+
+
+def _compare(what, got, want, tolerance="float64"):
+    rtol, atol = TOLERANCES[tolerance]
     try:
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
     except AssertionError as e:
         raise BridgeMismatch(f"{what}: {e}") from None
 
 
-def _compare_state(net, twin, wrappers, when):
+def _state(net):
+    """Every parameter and buffer of the hybrid as host arrays: torch's side of each wrapper
+    (non-persistent buffers too), megengine's view of it, and the megengine layers."""
+    state = {}
     for w, wrap in enumerate(net.wraps):
-        block = twin.blocks[wrappers[w]]
-        mine = dict(wrap.torch_module.state_dict(keep_vars=True))
-        for name, value in block.state_dict(keep_vars=True).items():
-            _compare(f"{when}: wrapper {w} {name}", _host(mine[name]), _host(value))
-            if name in dict(wrap.named_parameters()) or name in dict(wrap.named_buffers()):
-                _compare(f"{when}: wrapper {w} {name} (megengine's view)",
-                         _named(wrap, name).numpy(), _host(value))
-    for k, (lin, tlin) in enumerate(zip(net.lins, twin.lins)):
-        _compare(f"{when}: megengine linear {k} weight", lin.weight.numpy(),
-                 _host(tlin.weight))
-        _compare(f"{when}: megengine linear {k} bias", lin.bias.numpy(),
-                 _host(tlin.bias))
+        mine = dict(wrap.named_parameters()) | dict(wrap.named_buffers())
+        for name, value in _torch_tensors(wrap.torch_module):
+            state[f"wrapper {w} {name}"] = _host(value)
+            if name in mine:
+                state[f"wrapper {w} {name} (megengine's view)"] = mine[name].numpy()
+    for k, lin in enumerate(net.lins):
+        state[f"megengine layer {k} weight"] = lin.weight.numpy()
+        state[f"megengine layer {k} bias"] = lin.bias.numpy()
+    return state
 
 
-def _named(wrap, name):
-    return dict(list(wrap.named_parameters()) + list(wrap.named_buffers()))[name]
+def _torch_tensors(module):
+    return list(module.named_parameters()) + list(module.named_buffers())
 
 
-def _mge_step(net, make_opt, opts):
+def _twin_state(twin, wrappers):
+    """The twin's counterpart of `_state`."""
+    state = {}
+    for w, b in enumerate(wrappers):
+        for name, value in _torch_tensors(twin.blocks[b]):
+            state[f"wrapper {w} {name}"] = state[f"wrapper {w} {name} (megengine's view)"] = \
+                _host(value)
+    for k, tlin in enumerate(twin.lins):
+        state[f"megengine layer {k} weight"] = _host(tlin.weight)
+        bias = _host(tlin.bias)  # (megengine's Conv2d keeps a (1, C, 1, 1) bias)
+        state[f"megengine layer {k} bias"] = bias.reshape(1, -1, 1, 1) if \
+            isinstance(tlin, nn.Conv2d) else bias
+    return state
+
+
+def _compare_state(got, want, when, tolerance):
+    for name, value in got.items():
+        _compare(f"{when}: {name}", value, want[name], tolerance)
+
+
+def _attached(net, blocks_of_wrappers, opts):
+    """The megengine parameters the GradManager attaches: all but the unattached block's."""
+    skip = {id(p) for w, wrap in enumerate(net.wraps)
+            if blocks_of_wrappers[w] == opts["unattached"] for p in wrap.parameters()}
+    return [p for p in net.parameters() if id(p) not in skip]
+
+
+def _mge_step(net, make_opt, plan, callbacks=()):
+    """The megengine training step of a plan: ``step(*batches)`` -> the loss of each batch."""
+    opts = plan[4]
     params = list(net.parameters())
-    gm, opt = GradManager().attach(params), make_opt(params)
+    gm = GradManager().attach(_attached(net, plan[1], opts), callbacks=list(callbacks))
+    opt = make_opt(params)  # all of them: the unattached ones get no gradient, so no update
+    # the scale grows every other step; in a trace it is a recorded constant, which a traced
+    # step refuses to see changed (TraceMismatchError), so there it stays
+    scaler = amp.GradScaler(opts["scaler"], growth_interval=2 if opts["trace"] == "none" else
+                            1000) if opts["scaler"] else None
 
-    def step(x, y):
-        with gm:
-            loss = F.nn.cross_entropy(net(x), y)
-            gm.backward(loss)
+    def step(*batches):
+        losses = []
+        for x, y in batches:
+            with gm:
+                loss = F.nn.cross_entropy(_logits(net, x, opts), y)
+                if scaler is None:
+                    gm.backward(loss)
+                else:
+                    scaler.backward(gm, loss, unscale_grad=False)
+            losses.append(loss)
+        if scaler is not None:
+            scaler.unscale(gm.attached_tensors())
+            scaler.update()
         if opts["clip"]:
             optim.clip_grad_norm(params, opts["clip"])
         opt.step()
         opt.clear_grad()
-        return loss
+        return losses
 
     if opts["trace"] != "none":
         step = trace(step, symbolic=opts["trace"] == "symbolic")
     return step, opt
 
 
+def _batches(plan, seed, k):
+    """Step ``k``'s batches (two when accumulating) as numpy (x, y) pairs."""
+    opts = plan[4]
+    rng = np.random.default_rng((seed, k))
+    n = opts["batch"]
+    parts = 2 if opts["accumulate"] else 1
+    return [(rng.standard_normal((n,) + opts["shape_in"]).astype(opts["dtype"]),
+             rng.integers(0, CLASSES, n).astype("int32")) for _ in range(parts)]
+
+
+def _logits(net, x, opts):
+    with amp.autocast(enabled=opts["autocast"]):
+        return net(x).astype(opts["dtype"])
+
+
+def _twin_logits(twin, x, opts):
+    with torch.autocast(_torch_device().split(":")[0], torch.float16, enabled=opts["autocast"]):
+        return twin(_to_torch(x)).to(getattr(torch, opts["dtype"]))
+
+
+def _twin_step(twin, topt, batches, opts):
+    topt.zero_grad()
+    losses = []
+    for x, y in batches:
+        loss = tF.cross_entropy(_twin_logits(twin, x, opts), _to_torch(y).long())
+        loss.backward()
+        losses.append(loss.item())
+    if opts["clip"]:
+        torch.nn.utils.clip_grad_norm_([p for g in topt.param_groups for p in g["params"]],
+                                       opts["clip"])
+    topt.step()
+    return losses
+
+
+def _twin_optimizer(twin, plan):
+    unattached = {id(p) for p in twin.blocks[plan[4]["unattached"]].parameters()} \
+        if plan[4]["unattached"] is not None else set()
+    return _optimizers(plan[4])[1]([p for p in twin.parameters() if id(p) not in unattached])
+
+
+def _set_mode(modules, k, opts):
+    """Step ``eval_step`` runs in eval mode; its learning rate and later ones are halved from
+    ``lr_step`` on (through ``param_groups``)."""
+    nets, optimizers = modules
+    for net in nets:
+        net.train(k != opts["eval_step"])
+    if k == opts["lr_step"]:
+        for o in optimizers:
+            for group in o.param_groups:
+                group["lr"] *= 0.5
+
+
 def check(seed):
     """Train program ``seed`` both ways; raises BridgeMismatch on the first difference."""
-    net, twin, (blocks, wrappers, lins, stages, opts) = build(seed)
-    make_opt, make_topt = _optimizers(opts)
-    step, opt = _mge_step(net, make_opt, opts)
-    topt = make_topt([p for p in twin.parameters()])
-    _compare_state(net, twin, wrappers, "initial state")
-    rng = np.random.default_rng(seed + 1)
+    net, twin, plan = build(seed)
+    opts, dtype, tol = plan[4], plan[4]["dtype"], _tolerance(plan[4])
+    make_opt = _optimizers(opts)[0]
+    step, opt = _mge_step(net, make_opt, plan)
+    topt = _twin_optimizer(twin, plan)
+    _compare_state(_state(net), _twin_state(twin, plan[1]), "initial state", tol)
     for k in range(opts["steps"] * 2):
-        x = rng.standard_normal((opts["batch"], opts["d_in"])).astype(DTYPE)
-        y = rng.integers(0, CLASSES, opts["batch"]).astype("int32")
-        loss = step(mge.tensor(x, dtype=DTYPE), mge.tensor(y))
-        topt.zero_grad()
-        tloss = tF.cross_entropy(twin(_to_torch(x)), _to_torch(y).long())
-        tloss.backward()
-        if opts["clip"]:
-            torch.nn.utils.clip_grad_norm_(twin.parameters(), opts["clip"])
-        topt.step()
-        _compare(f"step {k} loss", loss.numpy(), tloss.item())
-        _compare_state(net, twin, wrappers, f"after step {k}")
+        _set_mode(([net, twin], [opt, topt]), k, opts)
+        batches = _batches(plan, seed, k)
+        losses = step(*[(mge.tensor(x, dtype=dtype), mge.tensor(y)) for x, y in batches])
+        tlosses = _twin_step(twin, topt, batches, opts)
+        for loss, tloss in zip(losses, tlosses):
+            _compare(f"step {k} loss", loss.numpy(), tloss, tol)
+        _compare_state(_state(net), _twin_state(twin, plan[1]), f"after step {k}", tol)
         if k == opts["steps"] - 1 and opts["midway"] != "none":
-            net, step, opt = _continue_on_a_copy(net, opt, make_opt, opts)
+            net, step, opt = _continue_on_a_copy(net, opt, make_opt, plan)
     net.eval()
     twin.eval()
-    x = rng.standard_normal((3, opts["d_in"])).astype(DTYPE)
-    with torch.no_grad():
-        _compare("eval output", net(mge.tensor(x, dtype=DTYPE)).numpy(), _host(twin(_to_torch(x))))
+    x = np.random.default_rng(seed).standard_normal((3,) + opts["shape_in"]).astype(dtype)
+    with torch.no_grad(), _block_dtypes([w.torch_module for w in net.wraps]) as got, \
+            _block_dtypes(twin.blocks) as want:
+        _compare("eval output", _logits(net, mge.tensor(x, dtype=dtype), opts).numpy(),
+                 _host(_twin_logits(twin, x, opts)), tol)
+    if got != want:
+        raise BridgeMismatch(f"eval output: the torch blocks returned {got}, their twins {want}")
     return opts
 
 
-def _continue_on_a_copy(net, opt, make_opt, opts):
+@contextlib.contextmanager
+def _block_dtypes(blocks):
+    """The dtype of the (first) output of each call of ``blocks`` and their submodules, in call
+    order (a block's own output is often promoted back to float32 by a residual)."""
+    dtypes = []
+
+    def first(out):
+        return out if isinstance(out, torch.Tensor) else \
+            first(next(iter(out.values())) if isinstance(out, dict) else out[0])
+
+    hooks = [b.register_forward_hook(lambda m, args, out: dtypes.append(str(first(out).dtype)))
+             for b in {m for block in blocks for m in block.modules()}]
+    try:
+        yield dtypes
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _continue_on_a_copy(net, opt, make_opt, plan):
     """Halfway: the network saved and loaded (or deep-copied) with the optimizer's state; the
     copy trains on."""
-    if opts["midway"] == "save":
+    if plan[4]["midway"] == "save":
         buffer = io.BytesIO()
         mge.save({"net": net, "opt": opt.state_dict()}, buffer)
         buffer.seek(0)
@@ -399,19 +513,66 @@ def _continue_on_a_copy(net, opt, make_opt, opts):
         new, state = loaded["net"], loaded["opt"]
     else:
         new, state = copy.deepcopy(net), copy.deepcopy(opt.state_dict())
-    step, new_opt = _mge_step(new, make_opt, opts)
+    step, new_opt = _mge_step(new, make_opt, plan)
     new_opt.load_state_dict(state)
     return new, step, new_opt
+
+
+# ----- data-parallel: 2 CPU ranks against the twin on both ranks' batches -----
+
+def _dp_rank(seed):
+    """One rank of `check_dp`: trains its half of every batch; returns its losses and states."""
+    import megengine.distributed as dist
+
+    net, _, plan = build(seed)
+    opts, rank = plan[4], dist.get_rank()
+    step, opt = _mge_step(net, _optimizers(opts)[0], plan, [dist.make_allreduce_cb("mean")])
+    half = opts["batch"] // 2
+    losses, states = [], []
+    for k in range(opts["steps"] * 2):
+        _set_mode(([net], [opt]), k, opts)
+        (x, y), = _batches(plan, seed, k)
+        x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+        losses.append(float(step((mge.tensor(x, dtype=opts["dtype"]), mge.tensor(y)))[0]))
+        states.append(_state(net))
+    return losses, states
+
+
+def check_dp(seed):
+    """Program ``seed`` trained on 2 CPU ranks, each on half of every batch with the gradients
+    all-reduced ("mean"), against the twin trained on the whole batches (whose mean loss is the
+    mean of the ranks' losses)."""
+    import megengine.distributed as dist
+
+    ranks = dist.launcher(_dp_rank, n_gpus=2, device_type="cpu", timeout=300,
+                          collective_timeout=60)(seed)
+    _, twin, plan = build(seed)
+    opts, tol = plan[4], _tolerance(plan[4])
+    topt = _twin_optimizer(twin, plan)
+    for k in range(opts["steps"] * 2):
+        _set_mode(([twin], [topt]), k, opts)
+        tloss, = _twin_step(twin, topt, _batches(plan, seed, k), opts)
+        _compare(f"data-parallel step {k} mean loss of the ranks",
+                 np.mean([losses[k] for losses, _ in ranks]), tloss, tol)
+        want = _twin_state(twin, plan[1])
+        for r, (_, states) in enumerate(ranks):
+            _compare_state(states[k], want, f"data-parallel rank {r} after step {k}", tol)
+    return opts
 
 
 def fuzz(seeds, start=0):
     bad = 0
     for seed in range(start, start + seeds):
-        try:
-            check(seed)
-        except BridgeMismatch as e:
-            bad += 1
-            print(f"=== network {seed}: {e}\n--- plan ---\n{draw(seed)}", flush=True)
+        for what, run in (("", check), (" (data-parallel)", check_dp)):
+            if run is check_dp and seed % DP_EVERY:
+                continue
+            try:
+                run(seed)
+            except Exception as e:  # a mismatch, or an error where torch trains fine
+                bad += 1
+                name = "" if isinstance(e, BridgeMismatch) else f"{type(e).__name__}: "
+                print(f"=== network {seed}{what}: {name}{e}\n--- plan ---\n{draw(seed)}",
+                      flush=True)
     return bad
 
 

@@ -1,52 +1,87 @@
 """CI slice of the bridge fuzzer (`bridge.py`; full runs offline, ``python -m tests.fuzz.bridge``):
-a few drawn hybrid networks trained against pure torch, and checks that the comparison catches
-what it must."""
+a few drawn hybrid networks trained against pure torch, one trained data-parallel, and checks
+that the comparison catches what it must."""
 import numpy as np
 import pytest
 import torch
 
+from megengine import amp
+
 from . import bridge
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_drawn_networks_train_like_pure_torch(seed):
     bridge.check(seed)  # raises BridgeMismatch naming the first differing loss or tensor
 
 
+def test_a_drawn_network_trains_data_parallel_like_one_process_on_both_batches():
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    bridge.check_dp(0)
+
+
+def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
+    # each rank then steps on its own half's gradient (the launcher forks: the patch reaches it)
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    real = bridge._mge_step
+    monkeypatch.setattr(bridge, "_mge_step",
+                        lambda net, make_opt, plan, callbacks=(): real(net, make_opt, plan))
+    with pytest.raises(bridge.BridgeMismatch, match="data-parallel rank"):
+        bridge.check_dp(0)
+
+
 def test_draws_cover_the_bridge_features():
-    # the first 60 plans reach every block kind and option the fuzzer knows
+    # the first 100 plans reach every block kind and option the fuzzer knows
     kinds, options = set(), set()
-    for seed in range(60):
+    for seed in range(100):
         blocks, wrappers, lins, stages, opts = bridge.draw(seed)
         kinds |= {kind for kind, _ in blocks}
         kinds |= {stage[0] for stage in stages}
+        kinds |= {f"conv {stage[3]}" for stage in stages if stage[2:3] == ("conv",)}
+        kinds |= {f"conv pool={args[3]} bn={args[2]}" for kind, args in blocks if kind == "conv"}
+        kinds |= {"mge conv" for lin in lins if len(lin) == 3}
         if len(set(wrappers)) < len(wrappers):
             kinds.add("one block, two wrappers")
         calls = [stage[1] for stage in stages if stage[0] == "call"]
         if len(set(calls)) < len(calls):
             kinds.add("one wrapper called twice")
-        options |= {f"{k}={v}" for k, v in opts.items() if k in ("opt", "trace", "midway")}
+        options |= {f"{k}={v}" for k, v in opts.items() if k in ("opt", "trace", "midway",
+                                                                  "dtype", "accumulate", "dp",
+                                                                  "autocast")}
+        options |= {k for k in ("unattached", "eval_step", "lr_step") if opts[k] is not None}
+        options |= {"scaler"} if opts["scaler"] else set()
     assert kinds >= {"mlp", "bn", "ln", "tied", "frozen", "two_out", "transposed", "packed",
-                     "reverse", "mge", "mge_param", "one block, two wrappers",
-                     "one wrapper called twice"}
+                     "embed", "masked", "modal", "conv", "reverse", "mge", "mge_param",
+                     "mge_pool", "flatten", "mge conv", "conv nchw", "conv channels_last",
+                     "conv nhwc", "conv pool=max bn=True", "conv pool=avg bn=False",
+                     "one block, two wrappers", "one wrapper called twice"}
     assert options >= {"opt=sgd", "opt=sgd_nesterov", "opt=adam", "opt=adamw", "trace=none",
-                       "trace=eager", "trace=symbolic", "midway=save", "midway=deepcopy"}
+                       "trace=eager", "trace=symbolic", "midway=save", "midway=deepcopy",
+                       "dtype=float32", "dtype=float64", "accumulate=True", "dp=True",
+                       "autocast=True", "unattached", "eval_step", "lr_step", "scaler"}
+
+
+def _seed(**want):
+    return next(s for s in range(300)
+                if all(bridge.draw(s)[4][k] == v for k, v in want.items()))
 
 
 def test_a_wrong_update_on_the_torch_side_is_caught(monkeypatch):
     # a bridge whose update missed or doubled a torch parameter must be found: here the first
     # wrapped parameter of the hybrid gets an extra nudge of 1e-3 after every step
-    seed = next(s for s in range(100) if bridge.draw(s)[4]["midway"] == "none")
+    seed = _seed(midway="none")
     real = bridge._mge_step
 
-    def nudged(net, make_opt, opts):
-        step, opt = real(net, make_opt, opts)
+    def nudged(net, make_opt, plan):
+        step, opt = real(net, make_opt, plan)
 
-        def run(x, y):
-            loss = step(x, y)
+        def run(*batches):
+            losses = step(*batches)
             with torch.no_grad():
                 next(iter(net.wraps[0].torch_module.parameters())).add_(1e-3)
-            return loss
+            return losses
 
         return run, opt
 
@@ -58,11 +93,59 @@ def test_a_wrong_update_on_the_torch_side_is_caught(monkeypatch):
 def test_a_wrong_loss_is_caught(monkeypatch):
     real = bridge._compare
 
-    def compare(what, got, want):
+    def compare(what, got, want, dtype="float64"):
         if what == "step 0 loss":
             got = np.asarray(got) * (1 + 1e-6)
-        real(what, got, want)
+        real(what, got, want, dtype)
 
     monkeypatch.setattr(bridge, "_compare", compare)
     with pytest.raises(bridge.BridgeMismatch, match="step 0 loss"):
-        bridge.check(0)
+        bridge.check(1)
+
+
+def test_an_update_of_an_unattached_parameter_is_caught(monkeypatch):
+    # attaching every parameter trains the block the plan leaves unattached
+    seed = _seed(midway="none", dp=False)
+    seed = next(s for s in range(seed, 300) if bridge.draw(s)[4]["unattached"] is not None
+                and bridge.draw(s)[4]["midway"] == "none")
+    monkeypatch.setattr(bridge, "_attached", lambda net, wrappers, opts: list(net.parameters()))
+    with pytest.raises(bridge.BridgeMismatch, match="wrapper"):
+        bridge.check(seed)
+
+
+def test_a_changed_non_persistent_buffer_is_caught(monkeypatch):
+    seed = next(s for s in range(300) if any(k == "masked" for k, _ in bridge.draw(s)[0]))
+    real = bridge.build
+
+    def build(seed):
+        net, twin, plan = real(seed)
+        wrap = next(w for w in net.wraps if hasattr(w.torch_module, "mask"))
+        wrap.torch_module.mask[0] += 0.5
+        return net, twin, plan
+
+    monkeypatch.setattr(bridge, "build", build)
+    with pytest.raises(bridge.BridgeMismatch, match="mask"):
+        bridge.check(seed)
+
+
+def test_a_loss_scale_left_in_the_gradients_is_caught(monkeypatch):
+    # (with SGD and no clipping: Adam's steps and a clipped gradient hardly see a scale)
+    seed = next(s for s in range(300) if bridge.draw(s)[4]["scaler"]
+                and bridge.draw(s)[4]["opt"] == "sgd" and not bridge.draw(s)[4]["clip"])
+    monkeypatch.setattr(amp.GradScaler, "unscale", lambda self, tensors: self)
+    with pytest.raises(bridge.BridgeMismatch):
+        bridge.check(seed)
+
+
+def test_a_torch_block_left_out_of_autocast_is_caught(monkeypatch):
+    # a wrapper that ran its torch module outside torch.autocast: values stay within the
+    # float16 tolerance, the block's output dtype does not
+    import contextlib
+
+    from megengine.core import amp as amp_state
+
+    seed = next(s for s in range(300) if bridge.draw(s)[4]["autocast"])
+    bridge.check(seed)
+    monkeypatch.setattr(amp_state, "torch_autocast", lambda device_type: contextlib.nullcontext())
+    with pytest.raises(bridge.BridgeMismatch, match="output dtype|returned"):
+        bridge.check(seed)
