@@ -2,6 +2,7 @@
 parameters' gradients, and adapt the scale: back off on inf/nan, grow after a run of good steps."""
 from typing import Iterable
 
+from ..core import dispatch
 from ..core.tensor import Tensor
 from ..core.dispatch import on_device, xp_of
 
@@ -35,9 +36,13 @@ class GradScaler:
 
     or, to accumulate gradients over several batches, ``gm.backward(loss,
     dy=mge.tensor(scaler.scale_factor))`` per batch, then ``scaler.unscale(gm.attached_tensors())``
-    and ``scaler.update()``. The decisions read gradient values on the host: inside
-    ``trace(without_host=True)`` they would run at recording only, so keep the scaler's calls in
-    a ``symbolic=False`` or ``True`` trace (both rerun Python) or outside the traced function.
+    and ``scaler.update()``. Inside a ``symbolic=False`` or ``True`` trace, `backward`,
+    `unscale` and `update` are recorded as calls that each traced call makes again, so a scale
+    that grows or backs off between calls is used as it is then. The decisions read gradient
+    values on the host: inside ``trace(without_host=True)`` they would run at recording only, so
+    keep the scaler's calls out of such a trace. (In the explicit form above, ``mge.tensor(
+    scaler.scale_factor)`` made inside the traced function is a constant of the trace: pass it
+    in as an argument instead.)
     """
 
     def __init__(self, init_scale: float = 2.0 ** 4, growth_factor: float = 2.0,
@@ -54,6 +59,9 @@ class GradScaler:
         """``gm.backward(y, dy * scale_factor)`` (``dy`` defaults to ones), then, with
         ``unscale_grad``, `unscale` the attached tensors' gradients and, with ``update_scale``,
         `update` the scale."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradScaler.backward, self, gm, y, dy,
+                                              unscale_grad=unscale_grad, update_scale=update_scale)
         ys = [] if y is None else list(y) if isinstance(y, (tuple, list)) else [y]
         if dy is None:
             dys = [_full_like(t, self.scale_factor) for t in ys]
@@ -71,6 +79,8 @@ class GradScaler:
     def unscale(self, grad_tensors: Iterable[Tensor]):
         """Divide the ``.grad`` of ``grad_tensors`` by the scale; if any is inf/nan, set them all
         to None instead (the step is skipped) and remember it for `update`."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradScaler.unscale, self, grad_tensors)
         tensors = [t for t in grad_tensors if t is not None]
         if self._check_gradients([getattr(t, "grad", None) for t in tensors]):
             self._found_non_finite = True
@@ -92,6 +102,8 @@ class GradScaler:
     def update(self, new_scale: float = None):
         """Set the scale to ``new_scale``, or adapt it: back off after an overflow, grow after
         ``growth_interval`` clean steps."""
+        if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
+            return dispatch._trace_hook.event(GradScaler.update, self, new_scale)
         if self.growth_interval == 0:
             return
         if new_scale is not None:

@@ -88,3 +88,40 @@ def test_state_dict_round_trip():
         "growth_interval": 3, "_growth_tracker": 2}
     with pytest.raises(KeyError):
         b.load_state_dict({"scale_factor": 1.0})
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_traced_step_uses_the_scale_as_it_grows_and_backs_off(symbolic):
+    # the scaler's calls are replayed on every traced call, so the scale may change between
+    # calls (it was a constant of the trace: the second call raised a TraceMismatchError);
+    # the oracle is the same step run eagerly
+    import megengine.optimizer as optim
+
+    def run(traced):
+        w = mge.Parameter(np.array([1.0, -2.0, 0.5], "float32"))
+        gm = GradManager().attach(w)
+        opt = optim.SGD([w], lr=0.1)
+        scaler = GradScaler(init_scale=4.0, growth_factor=2.0, backoff_factor=0.5,
+                            growth_interval=1)
+
+        def step(x):
+            with gm:
+                loss = (w * x).sum()
+                scaler.backward(gm, loss)
+            opt.step().clear_grad()
+            return loss
+
+        if traced:
+            step = trace(step, symbolic=symbolic)
+        seen = []
+        for k in range(6):  # the fourth batch overflows: backs off, skips the update
+            x = np.array([1.0, 2.0, np.inf if k == 3 else 3.0], "float32")
+            step(mge.tensor(x))
+            seen.append((scaler.scale_factor, w.numpy().copy()))
+        return seen
+
+    eager, traced = run(False), run(True)
+    assert [s for s, _ in eager] == [8.0, 16.0, 32.0, 16.0, 32.0, 64.0]
+    assert [s for s, _ in traced] == [s for s, _ in eager]
+    for (_, a), (_, b) in zip(traced, eager):
+        np.testing.assert_array_equal(a, b)

@@ -372,10 +372,8 @@ def _mge_step(net, make_opt, plan, callbacks=()):
     params = list(net.parameters())
     gm = GradManager().attach(_attached(net, plan[1], opts), callbacks=list(callbacks))
     opt = make_opt(params)  # all of them: the unattached ones get no gradient, so no update
-    # the scale grows every other step; in a trace it is a recorded constant, which a traced
-    # step refuses to see changed (TraceMismatchError), so there it stays
-    scaler = amp.GradScaler(opts["scaler"], growth_interval=2 if opts["trace"] == "none" else
-                            1000) if opts["scaler"] else None
+    # the scale grows every other step, in traced steps too (the scaler's calls are replayed)
+    scaler = amp.GradScaler(opts["scaler"], growth_interval=2) if opts["scaler"] else None
 
     def step(*batches):
         losses = []
