@@ -66,7 +66,8 @@ class TwoOut(nn.Module):
 
     def __init__(self, d, container):
         super().__init__()
-        self.fc, self.gate, self.container = nn.Linear(d, d), nn.Parameter(torch.randn(d)), container
+        self.fc, self.gate = nn.Linear(d, d), nn.Parameter(torch.randn(d))
+        self.container = container
 
     def forward(self, x):
         a, b = self.fc(x), torch.sigmoid(x * self.gate)
