@@ -172,8 +172,10 @@ def test_quantized_dtypes_are_refused_on_a_gpu_before_cupy_sees_them():
 def test_quantized_tensors_on_a_gpu_are_refused_with_the_fix():
     q = mge.tensor([1, 2], dtype=dtype.qint8(0.5), device="cpu0")
     for make in (lambda: mge.tensor([1, 2], dtype=dtype.qint8(0.5), device="gpu0"),
-                 lambda: mge.Tensor(q, device="gpu0"),
                  lambda: q.to("gpu0"),
                  lambda: mge.tensor([1.0, 2.0], device="gpu0").astype(dtype.qint8(0.5))):
         with pytest.raises(TypeError, match="CPU devices only.*cpu0"):
             make()
+    # a tensor made from a tensor stays on its device, quantized or not (as upstream's)
+    with pytest.raises(RuntimeError, match=r"stays on its device.*t\.to\('gpu0'\)"):
+        mge.Tensor(q, device="gpu0")
