@@ -78,6 +78,7 @@ REAL_ONLY = {  # the public function the message names -> the call (the message 
     "layer_norm": lambda z: F.nn.layer_norm(z, 3, affine=False),
     "group_norm": lambda z: F.nn.group_norm(_image(z), 1, affine=False),
     "instance_norm": lambda z: F.nn.instance_norm(_image(z), affine=False),
+    "local_response_norm": lambda z: F.nn.local_response_norm(_image(z), kernel_size=1),
     "interpolate": lambda z: F.vision.interpolate(_image(z), scale_factor=2),
     "roi_align": lambda z: F.vision.roi_align(_image(z), _ROI, (1, 1)),
     "roi_pooling": lambda z: F.vision.roi_pooling(_image(z), _ROI, (1, 1)),
