@@ -280,6 +280,16 @@ def _reduce_dtype(mode, dtype):
     return dtype
 
 
+def _new_slots(st, n_slots, count, scopes):
+    """``count`` new slots, from ``n_slots`` on, for values between the steps that stand for
+    step ``st`` in upstream's form, in the module scope of ``st``'s output: (the slots, the
+    new number of slots)."""
+    new = list(range(n_slots, n_slots + count))
+    if st.outs[0] in scopes:
+        scopes.update((k, scopes[st.outs[0]]) for k in new)
+    return new, n_slots + count
+
+
 def _upstream_reduce(st, n_slots, scopes):
     """Reduce step ``st`` as upstream's graph writes it (array_method's ``_reduce``): one
     Reduce per axis, highest axis first, each keeping its axis, and after each an AxisAddRemove
@@ -303,11 +313,10 @@ def _upstream_reduce(st, n_slots, scopes):
             parts.append((RemoveAxis((a,)), "RemoveAxis (reduction)"))
         for j, (part, name) in enumerate(parts):
             last = k == len(axes) - 1 and j == len(parts) - 1
-            out = st.outs[0] if last else n_slots
-            if not last:
-                n_slots += 1
-                if st.outs[0] in scopes:
-                    scopes[out] = scopes[st.outs[0]]
+            if last:
+                out = st.outs[0]
+            else:
+                (out,), n_slots = _new_slots(st, n_slots, 1, scopes)
             steps.append(_OpStep(st.index, part, None, None, (src,), (meta,), (out,), False,
                                  name))
             shape, dtype = meta
@@ -360,11 +369,7 @@ def _upstream_var(st, n_slots, scopes, device):
     reduced = tuple(n for i, n in enumerate(shape) if i not in axes)
     m_shape = () if op.axis is None else kept
     out_shape = kept if op.keepdims else reduced
-    slots = list(range(n_slots, n_slots + (6 if std else 4)))
-    n_slots += len(slots)
-    for k in slots:
-        if st.outs[0] in scopes:
-            scopes[k] = scopes[st.outs[0]]
+    slots, n_slots = _new_slots(st, n_slots, 6 if std else 4, scopes)
     m, d, two, sq = slots[:4]
     x_meta, scalar = (shape, np.dtype(dtype)), ((), fdt)
     consts = {two: (np.array(2, fdt), device)}
@@ -438,11 +443,8 @@ def _upstream_arange(st, bounds, n_slots, scopes):
             n_slots += 1
     (start, m_start), (stop, m_stop), (step, m_step), (one, _), (zero, _) = args
     cast = np.dtype(op.dtype) != f32
-    span, ratio, up, num, less, width, end, values = range(n_slots, n_slots + 8)
-    n_slots += 8
-    for k in range(span, n_slots):
-        if st.outs[0] in scopes:
-            scopes[k] = scopes[st.outs[0]]
+    (span, ratio, up, num, less, width, end, values), n_slots = _new_slots(st, n_slots, 8,
+                                                                            scopes)
     parts = [(Sub(), (stop, start), (m_stop, m_start), span),
              (TrueDiv(), (span, step), (scalar, m_step), ratio),
              (Ceil(), (ratio,), (scalar,), up),
@@ -595,10 +597,7 @@ def upstream_steps(prog):
             consts.update(new)
             continue
         if _is_op(st, "_Convolution", "megengine.functional.conv") and len(st.ins) == 3:
-            mid = n_slots
-            n_slots += 1
-            if st.outs[0] in scopes:
-                scopes[mid] = scopes[st.outs[0]]
+            (mid,), n_slots = _new_slots(st, n_slots, 1, scopes)
             (x_shape, x_dtype), (w_shape, w_dtype) = st.metas[:2]
             y_meta = (_conv_out_shape(st.template, x_shape, w_shape),
                       np.promote_types(x_dtype, w_dtype))
@@ -618,10 +617,7 @@ def upstream_steps(prog):
             steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins, st.metas,
                                  st.outs, False, "MatMulTransposedB (linear)"))
             continue
-        mid = n_slots
-        n_slots += 1
-        if st.outs[0] in scopes:
-            scopes[mid] = scopes[st.outs[0]]
+        (mid,), n_slots = _new_slots(st, n_slots, 1, scopes)
         y_meta = (tuple(x_shape[:-1]) + (w_shape[0],), np.promote_types(x_dtype, w_dtype))
         steps.append(_OpStep(st.index, MatMulTransposedB(), None, None, st.ins[:2],
                              st.metas[:2], (mid,), False, "MatMulTransposedB (linear)"))
