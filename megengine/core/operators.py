@@ -25,19 +25,16 @@ def _operand(value, like):
     """Turn the other side of an operator into a tensor with upstream's promotion rules.
 
     Python scalars are weak: they take the tensor's dtype, except that a float meeting an
-    integer tensor gives float32 and an int meeting a bool tensor gives int32.
+    integer tensor gives float32, an int meeting a bool tensor gives int32, and a complex
+    meeting a real tensor gives its complex counterpart (complex64, complex128 for float64), as
+    torch's weak scalars do.
     """
     if isinstance(value, Tensor):
         return value
     if value is None:  # Tensor(None) is an empty tensor: x + None would quietly give one
         raise TypeError("the operand is None and is not supported.")
-    if type(value) in (bool, int, float):
-        if type(value) is float:
-            dtype = like.dtype if like.dtype.kind == "f" else np.float32
-        elif type(value) is int and like.dtype.kind == "b":
-            dtype = np.int32
-        else:
-            dtype = like.dtype
+    if type(value) in (bool, int, float, complex):
+        dtype = _scalar_dtype(type(value), like.dtype)
         xp = _device_mod.get_array_module(like._device)
         if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
             with dispatch.on_device(like._device):  # current GPU: make it the tensor's
@@ -45,12 +42,20 @@ def _operand(value, like):
         return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
     if is_sym(value):  # a size of a dumpable trace (x / x.shape[0]): an int, made by an op so
         # that a dumped program computes it at the shapes it runs at (core._trace_option)
-        if type(value.value) is float:  # (h / 2: typed as a Python float would be)
-            dtype = like.dtype if like.dtype.kind == "f" else np.dtype(np.float32)
-        else:
-            dtype = np.dtype(np.int32) if like.dtype.kind == "b" else like.dtype
+        dtype = _scalar_dtype(type(value.value), like.dtype)  # (h / 2: typed as a float is)
         return dispatch.apply(_ops.Full((), value, dtype, like._device))
     return Tensor(value, device=like._device)
+
+
+def _scalar_dtype(kind, dtype):
+    """The dtype a Python scalar of type ``kind`` takes next to a tensor of ``dtype``."""
+    if kind is float and dtype.kind not in "fc":
+        return np.dtype(np.float32)
+    if kind is int and dtype.kind == "b":
+        return np.dtype(np.int32)
+    if kind is complex and dtype.kind != "c":
+        return np.dtype(np.complex128 if dtype == np.float64 else np.complex64)
+    return dtype
 
 
 def _float_pow_operands(a, b):

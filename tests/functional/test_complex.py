@@ -204,3 +204,22 @@ def test_ops_with_one_complex_meaning_match_numpy_and_torch(name):
 def test_a_one_element_complex_tensor_converts_to_a_python_complex():
     assert complex(ct()[0, 0]) == 1 + 2j
     assert ct()[1, 1].item() == 2j
+
+
+
+@pytest.mark.parametrize("dtype, scalar", [
+    (d, s) for d in ["complex64", "complex128"] for s in [0.3, 3, 1 / 3 + 1j / 7]] + [
+    (d, 1 / 3 + 1j / 7) for d in ["float16", "float32", "float64", "int32", "bool"]])
+def test_python_scalars_meeting_complex_take_torchs_dtype_without_rounding(dtype, scalar):
+    """A Python scalar is weak: a float next to complex128 stays float64-exact (it went through
+    float32 before), a complex next to float64 gives complex128 (torch's rule; torch has
+    complex32 for float16 where numpy has none, so complex64 there)."""
+    values = np.array([1, 0.7, -2]) + (0.25j if dtype.startswith("complex") else 0)
+    a = values.astype(dtype)
+    out = mge.tensor(a, dtype=dtype) * scalar
+    expected = str((torch.tensor(a) * scalar).dtype).replace("torch.", "")
+    assert out.dtype == np.dtype("complex64" if expected == "complex32" else expected)
+    exact = a.astype(out.dtype) * np.array(scalar, out.dtype)  # the scalar in the result dtype
+    np.testing.assert_array_equal(out.numpy(), exact)
+    np.testing.assert_array_equal((scalar - mge.tensor(a, dtype=dtype)).numpy(),
+                                  np.array(scalar, out.dtype) - a.astype(out.dtype))
