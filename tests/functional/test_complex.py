@@ -86,6 +86,8 @@ REAL_ONLY = {  # the public function the message names -> the call (the message 
         _image(z), mge.tensor(np.eye(3, dtype="float32")[None]), (2, 3)),
     "remap": lambda z: F.vision.remap(_image(z), mge.tensor(np.zeros((1, 2, 3, 2), "float32"))),
     "correlation": lambda z: F.vision.correlation(_image(z), _image(z), max_displacement=0),
+    "cvt_color": lambda z: F.vision.cvt_color(z.reshape(1, 1, 2, 3), "RGB2GRAY"),
+    "dropout": lambda z: F.nn.dropout(z, 0.5),
 }
 
 
