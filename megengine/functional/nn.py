@@ -10,6 +10,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
@@ -281,6 +282,8 @@ def dropout(inp, drop_prob, training=True):
     inp = _tensor(inp)
     if not training or drop_prob == 0:
         return inp
+    if inp.dtype.kind == "c":
+        raise complex_error("dropout", inp.dtype)
     if inp.dtype.kind != "f":
         raise TypeError(f"dropout: expected a float tensor, got dtype {inp.dtype}")
     return apply(_Dropout(float(drop_prob)), inp)

@@ -10,7 +10,7 @@ from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
-from ..core.dtype_rules import no_order
+from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
@@ -732,6 +732,8 @@ def cvt_color(inp, mode=""):
     mode = str(mode) if "YCrCb" in str(mode) else str(mode).upper()
     if inp.ndim != 4:
         raise ValueError(f"cvt_color: inp must be NHWC images, got shape {inp.shape}")
+    if inp.dtype.kind == "c":
+        raise complex_error("cvt_color", inp.dtype)
     floating = inp.dtype.kind == "f"
     modes = _FLOAT_MODES if floating else _UINT8_MODES
     if mode not in modes:
