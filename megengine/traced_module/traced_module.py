@@ -395,6 +395,7 @@ class _InsertExprs:
         self.graph = graph
         self.expr = expr
         self.tracer = None
+        self.scope = None
         self.pending = []
 
     def __enter__(self):
@@ -405,13 +406,16 @@ class _InsertExprs:
         self.tracer = Tracer(surgery=True)
         self.tracer.__enter__()
         owner = self.graph._inputs[0].owner
-        self.tracer.scopes.append(_Scope(self.graph, owner, self.graph._inputs[0],
-                                         pending=self.pending))
+        self.scope = _Scope(self.graph, owner, self.graph._inputs[0], pending=self.pending)
+        self.tracer.scopes.append(self.scope)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         tracer = self.tracer
         tracer.__exit__(exc_type, exc, tb)
+        for _, node in self.scope.values.values():  # values stood for nodes while recording
+            if isinstance(node, TensorNode):
+                node.value = None
         graph = self.graph
         if exc_type is not None:
             for expr in self.pending:

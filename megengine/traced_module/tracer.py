@@ -274,6 +274,8 @@ class Tracer:
             orig = tensor_dict.get(name)
             if orig is not None:
                 self._set(Tensor, name, orig, _tensor_method_wrapper(name, orig))
+        name = tensor_dict["name"]
+        self._set(Tensor, "name", name, property(name.fget, _name_setter_wrapper(name.fset)))
         self._set(Tensor, "__init__", tensor_dict["__init__"],
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
@@ -375,9 +377,12 @@ class Tracer:
         _assert_same(expr, got, outputs)
 
     def placeholder(self, node):
-        """A tensor standing for ``node`` inside insert_exprs (its value, or zeros)."""
+        """A tensor standing for ``node`` inside insert_exprs (its value, the attribute a
+        getattr node reads, or zeros)."""
         if node.value is not None:
             value = node.value
+        elif isinstance(node.expr, GetAttr) and node.expr.inputs[0].owner is not None:
+            value = node.expr.interpret(node.expr.inputs[0].owner)[0]
         else:
             self.depth += 1
             try:
@@ -406,8 +411,15 @@ class Tracer:
         return tree.unflatten(values)
 
     def _to_nodes(self, result):
+        """Inside insert_exprs: the tensors of a result become their nodes, which hold them
+        until insert_exprs ends (a later call in it computes with them, not with zeros)."""
         leaves, tree = flat_outputs(result)
-        return tree.unflatten([self.node_of(t) for t in leaves]) if leaves else result
+        if not leaves:
+            return result
+        nodes = [self.node_of(t) for t in leaves]
+        for node, value in zip(nodes, leaves):
+            node.value = value
+        return tree.unflatten(nodes)
 
     def _record(self, expr, args, kwargs, run, self_obj=None):
         """Record ``expr`` for ``run(*args, **kwargs)``: its inputs are the tensors and
@@ -701,6 +713,20 @@ def _shape_wrapper(fget):
         return tracer.record_shape(self, value)
 
     return shape
+
+
+def _name_setter_wrapper(fset):
+    """``tensor.name = ...`` in traced code names the tensor's node, as upstream's graphs
+    take the names users give tensors in ``forward``."""
+    def set_name(self, value):
+        fset(self, value)
+        tracer = _active
+        if tracer is None or tracer.depth or not tracer.scopes or not value \
+                or not tracer.known(self):
+            return
+        tracer.scope.graph._namespace.rename(tracer.scope.values[id(self)][1], value)
+
+    return set_name
 
 
 def _untraced_wrapper(orig):
