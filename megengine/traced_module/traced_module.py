@@ -70,6 +70,14 @@ class TracedModule(Module):
                              "structure it was called with): pick one from argdef_graph_map")
         return graphs[0]
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # the loaders registered in megengine.traced_module.serialization update the exprs
+        # (pickle has built every object this module's graphs reach by now)
+        from .serialization import run_loaders
+
+        run_loaders(self)
+
     def _graph_for(self, args, kwargs):
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])

@@ -662,27 +662,41 @@ class _ApplyHook:
         try:
             if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
                 return dispatch.apply(op, *inputs)
-            template = copy.copy(op)  # before forward stores anything on it
-            tracer.depth += 1
-            try:
-                nodes = [tracer.node_of(t) for t in inputs]
-                out = dispatch.apply(op, *inputs)
-            finally:
-                tracer.depth -= 1
-            expr = Apply(template)
-            expr.add_inputs(nodes)
-            expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
-            outs = out if isinstance(out, tuple) else (out,)
-            expr.out_def = flat_outputs(out)[1]
-            expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype, device=t._device)
-                            for t in outs]
-            tracer.scope.emit(expr)
-            for t, n in zip(outs, expr.outputs):
-                tracer.bind(t, n)
-            tracer.check(expr, outs)
-            return out
+            return self._record(copy.copy(op), inputs,  # (copied before forward stores
+                                lambda: dispatch.apply(op, *inputs))  # anything on it)
         finally:
             dispatch._trace_hook = self
+
+    def record_opdef(self, opdef, inputs, lower):
+        """``apply(descriptor, *tensors)`` (megengine.core._imperative_rt.core2): one `Apply`
+        of the descriptor, as upstream records it, whatever ops it is lowered onto."""
+        import copy
+
+        tracer = self.tracer
+        if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
+            return lower(opdef, inputs)
+        return self._record(copy.copy(opdef), inputs, lambda: lower(opdef, inputs))
+
+    def _record(self, template, inputs, run):
+        tracer = self.tracer
+        tracer.depth += 1
+        try:
+            nodes = [tracer.node_of(t) for t in inputs]
+            out = run()
+        finally:
+            tracer.depth -= 1
+        expr = Apply(template)
+        expr.add_inputs(nodes)
+        expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
+        outs = out if isinstance(out, tuple) else (out,)
+        expr.out_def = flat_outputs(out)[1]
+        expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype, device=t._device)
+                        for t in outs]
+        tracer.scope.emit(expr)
+        for t, n in zip(outs, expr.outputs):
+            tracer.bind(t, n)
+        tracer.check(expr, outs)
+        return out
 
     def event(self, fn, *args, **kwargs):
         return dispatch.call_without_trace_hook(fn, *args, **kwargs)

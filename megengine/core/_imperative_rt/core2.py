@@ -35,8 +35,10 @@ def apply(op, *tensors):
         from .opdef import OpDef as _OpDef
 
     if isinstance(op, _OpDef):
-        return op._lower(*[t if type(t).__module__.startswith("megengine.") else _plain(t)
-                           for t in tensors])
+        record = getattr(dispatch._trace_hook, "record_opdef", None)
+        if record is not None:  # trace_module records the descriptor as one Apply step
+            return record(op, tensors, _lower)
+        return _lower(op, tensors)
     if isinstance(op, dispatch.Op):
         out = dispatch.apply(op, *tensors)
         return out if isinstance(out, tuple) else (out,)
@@ -44,6 +46,11 @@ def apply(op, *tensors):
         f"apply: expected an op descriptor from megengine.core.ops.builtin (e.g. "
         f"Elemwise(mode='add')) or a megengine.core.Op, got {type(op).__name__}"
     )
+
+
+def _lower(op, tensors):
+    return op._lower(*[t if type(t).__module__.startswith("megengine.") else _plain(t)
+                       for t in tensors])
 
 
 def _plain(t):
