@@ -612,6 +612,22 @@ def _unlowered(name, instead):
 for _name, _instead in _UNLOWERED.items():
     globals()[_name] = _unlowered(_name, _instead)
 
+
+class _Strategy(enum.Flag):
+    """Upstream's algorithm-choice flags (megdnn's execution policy): ``op.strategy =
+    Convolution.Strategy.PROFILE | Convolution.Strategy.REPRODUCIBLE``. Kept on the
+    descriptor (and in its pickle); this engine picks its kernels itself."""
+
+    HEURISTIC = 1
+    PROFILE = 2
+    REPRODUCIBLE = 4
+    OPTIMIZED = 8
+
+
+for _name in ("Convolution", "ConvBias", "ConvolutionBackwardData", "Convolution3D",
+              "MatrixMul", "BatchedMatrixMul", "Pooling"):
+    globals()[_name].Strategy = _Strategy
+
 __all__ += ["Elemwise", "Reduce", "TypeCvt", "GetVarShape", "Broadcast", "Reshape",
             "Dimshuffle", "AddAxis", "RemoveAxis", "Identity", "Copy", "Concat",
             "IndexingOneHot", "IndexingSetOneHot", "ElemwiseMultiType", "Linspace",
