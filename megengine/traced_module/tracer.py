@@ -738,7 +738,9 @@ def _name_setter_wrapper(fset):
         if tracer is None or tracer.depth or not tracer.scopes or not value \
                 or not tracer.known(self):
             return
-        tracer.scope.graph._namespace.rename(tracer.scope.values[id(self)][1], value)
+        node = tracer.scope.values[id(self)][1]
+        if not isinstance(node.expr, (Input, GetAttr)):  # arguments and attributes keep theirs
+            tracer.scope.graph._namespace.rename(node, value)
 
     return set_name
 

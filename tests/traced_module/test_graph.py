@@ -188,6 +188,7 @@ def test_names_given_to_tensors_in_forward_name_their_nodes():
             self.inner = Named()
 
         def forward(self, x):
+            x.name = "not_an_argument_name"  # arguments keep the names of the parameters
             y = self.inner(x)
             y.name = "doubled"
             return y
@@ -195,7 +196,7 @@ def test_names_given_to_tensors_in_forward_name_their_nodes():
     x = Tensor([1.0, 2.0])
     tm = trace_module(Top(), x)
     assert "doubled" in tm.graph._namespace.used_names
-    assert tm.graph.outputs[0].name == "doubled"
+    assert tm.graph.outputs[0].name == "doubled" and tm.graph.inputs[1].name == "x"
     (plus_one,) = [n for n in tm.inner.graph.nodes() if n.name == "plus_one"]
     assert plus_one.expr.method == "__add__"
     g = tm.graph
