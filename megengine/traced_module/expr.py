@@ -119,6 +119,16 @@ class Expr:
                 repl.users.append(self)
 
     @property
+    def return_val(self):
+        """The expr's result as its call returned it (a node, or a tuple/list/dict of them)."""
+        return self.out_def.unflatten(self.outputs) if self.out_def is not None else \
+            tuple(self.outputs)
+
+    @return_val.setter
+    def return_val(self, value):
+        self.outputs, self.out_def = tree_flatten(value, _is_node)
+
+    @property
     def args(self):
         return self.arg_def.unflatten(self.inputs)[0] if self.arg_def is not None else ()
 
@@ -377,9 +387,10 @@ class CallMethod(Expr):
 
 
 class Apply(Expr):
-    """An engine op applied to traced tensors outside any wrapped call; ``op`` is a copy of
-    the op taken before it ran (an op keeps what its backward needs on itself), and each
-    interpretation applies a fresh copy of it."""
+    """An op applied to traced tensors outside any wrapped call: an engine op, or one of
+    upstream's op descriptors given to ``core2.apply`` (``opdef``, as upstream records them).
+    ``op`` is a copy taken before it ran (an op keeps what its backward needs on itself), and
+    each interpretation applies a fresh copy of it."""
 
     def __init__(self, op):
         super().__init__()
@@ -390,8 +401,13 @@ class Apply(Expr):
         return self.op
 
     def interpret(self, *values):
-        out = dispatch.apply(copy.copy(self.op), *values)
-        return list(out) if isinstance(out, tuple) else [out]
+        op = copy.copy(self.op)
+        if isinstance(op, dispatch.Op):
+            out = dispatch.apply(op, *values)
+            return list(out) if isinstance(out, tuple) else [out]
+        from ..core._imperative_rt.core2 import apply  # an upstream op descriptor
+
+        return list(apply(op, *values))
 
     def _body_text(self):
         return f"apply({type(self.op).__name__}, {', '.join(format(i) for i in self.inputs)})"

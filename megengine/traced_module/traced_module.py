@@ -70,6 +70,14 @@ class TracedModule(Module):
                              "structure it was called with): pick one from argdef_graph_map")
         return graphs[0]
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # the loaders registered in megengine.traced_module.serialization update the exprs
+        # (pickle has built every object this module's graphs reach by now)
+        from .serialization import run_loaders
+
+        run_loaders(self)
+
     def _graph_for(self, args, kwargs):
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])
@@ -395,6 +403,7 @@ class _InsertExprs:
         self.graph = graph
         self.expr = expr
         self.tracer = None
+        self.scope = None
         self.pending = []
 
     def __enter__(self):
@@ -405,13 +414,16 @@ class _InsertExprs:
         self.tracer = Tracer(surgery=True)
         self.tracer.__enter__()
         owner = self.graph._inputs[0].owner
-        self.tracer.scopes.append(_Scope(self.graph, owner, self.graph._inputs[0],
-                                         pending=self.pending))
+        self.scope = _Scope(self.graph, owner, self.graph._inputs[0], pending=self.pending)
+        self.tracer.scopes.append(self.scope)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         tracer = self.tracer
         tracer.__exit__(exc_type, exc, tb)
+        for _, node in self.scope.values.values():  # values stood for nodes while recording
+            if isinstance(node, TensorNode):
+                node.value = None
         graph = self.graph
         if exc_type is not None:
             for expr in self.pending:

@@ -274,6 +274,8 @@ class Tracer:
             orig = tensor_dict.get(name)
             if orig is not None:
                 self._set(Tensor, name, orig, _tensor_method_wrapper(name, orig))
+        name = tensor_dict["name"]
+        self._set(Tensor, "name", name, property(name.fget, _name_setter_wrapper(name.fset)))
         self._set(Tensor, "__init__", tensor_dict["__init__"],
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
@@ -375,9 +377,12 @@ class Tracer:
         _assert_same(expr, got, outputs)
 
     def placeholder(self, node):
-        """A tensor standing for ``node`` inside insert_exprs (its value, or zeros)."""
+        """A tensor standing for ``node`` inside insert_exprs (its value, the attribute a
+        getattr node reads, or zeros)."""
         if node.value is not None:
             value = node.value
+        elif isinstance(node.expr, GetAttr) and node.expr.inputs[0].owner is not None:
+            value = node.expr.interpret(node.expr.inputs[0].owner)[0]
         else:
             self.depth += 1
             try:
@@ -406,8 +411,15 @@ class Tracer:
         return tree.unflatten(values)
 
     def _to_nodes(self, result):
+        """Inside insert_exprs: the tensors of a result become their nodes, which hold them
+        until insert_exprs ends (a later call in it computes with them, not with zeros)."""
         leaves, tree = flat_outputs(result)
-        return tree.unflatten([self.node_of(t) for t in leaves]) if leaves else result
+        if not leaves:
+            return result
+        nodes = [self.node_of(t) for t in leaves]
+        for node, value in zip(nodes, leaves):
+            node.value = value
+        return tree.unflatten(nodes)
 
     def _record(self, expr, args, kwargs, run, self_obj=None):
         """Record ``expr`` for ``run(*args, **kwargs)``: its inputs are the tensors and
@@ -650,27 +662,41 @@ class _ApplyHook:
         try:
             if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
                 return dispatch.apply(op, *inputs)
-            template = copy.copy(op)  # before forward stores anything on it
-            tracer.depth += 1
-            try:
-                nodes = [tracer.node_of(t) for t in inputs]
-                out = dispatch.apply(op, *inputs)
-            finally:
-                tracer.depth -= 1
-            expr = Apply(template)
-            expr.add_inputs(nodes)
-            expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
-            outs = out if isinstance(out, tuple) else (out,)
-            expr.out_def = flat_outputs(out)[1]
-            expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype, device=t._device)
-                            for t in outs]
-            tracer.scope.emit(expr)
-            for t, n in zip(outs, expr.outputs):
-                tracer.bind(t, n)
-            tracer.check(expr, outs)
-            return out
+            return self._record(copy.copy(op), inputs,  # (copied before forward stores
+                                lambda: dispatch.apply(op, *inputs))  # anything on it)
         finally:
             dispatch._trace_hook = self
+
+    def record_opdef(self, opdef, inputs, lower):
+        """``apply(descriptor, *tensors)`` (megengine.core._imperative_rt.core2): one `Apply`
+        of the descriptor, as upstream records it, whatever ops it is lowered onto."""
+        import copy
+
+        tracer = self.tracer
+        if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
+            return lower(opdef, inputs)
+        return self._record(copy.copy(opdef), inputs, lambda: lower(opdef, inputs))
+
+    def _record(self, template, inputs, run):
+        tracer = self.tracer
+        tracer.depth += 1
+        try:
+            nodes = [tracer.node_of(t) for t in inputs]
+            out = run()
+        finally:
+            tracer.depth -= 1
+        expr = Apply(template)
+        expr.add_inputs(nodes)
+        expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
+        outs = out if isinstance(out, tuple) else (out,)
+        expr.out_def = flat_outputs(out)[1]
+        expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype, device=t._device)
+                        for t in outs]
+        tracer.scope.emit(expr)
+        for t, n in zip(outs, expr.outputs):
+            tracer.bind(t, n)
+        tracer.check(expr, outs)
+        return out
 
     def event(self, fn, *args, **kwargs):
         return dispatch.call_without_trace_hook(fn, *args, **kwargs)
@@ -701,6 +727,22 @@ def _shape_wrapper(fget):
         return tracer.record_shape(self, value)
 
     return shape
+
+
+def _name_setter_wrapper(fset):
+    """``tensor.name = ...`` in traced code names the tensor's node, as upstream's graphs
+    take the names users give tensors in ``forward``."""
+    def set_name(self, value):
+        fset(self, value)
+        tracer = _active
+        if tracer is None or tracer.depth or not tracer.scopes or not value \
+                or not tracer.known(self):
+            return
+        node = tracer.scope.values[id(self)][1]
+        if not isinstance(node.expr, (Input, GetAttr)):  # arguments and attributes keep theirs
+            tracer.scope.graph._namespace.rename(node, value)
+
+    return set_name
 
 
 def _untraced_wrapper(orig):

@@ -1,5 +1,7 @@
 """Tests of megengine/core/_imperative_rt/ops.py (`megengine.core.ops.builtin`): each descriptor
 applied with `core2.apply` against torch (values and gradients) or numpy."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -183,6 +185,19 @@ def test_modes_are_upstreams_enum_and_descriptors_compare_by_value():
     op.mode = "mul"  # parameters are attributes, as upstream's
     assert op == E("mul")
     assert "mode=" in repr(op)
+    # a mode equals its name in any case, as upstream's enums compare with strings
+    assert op.mode == "MUL" and op.mode == "mul" and op.mode != "ADD"
+    assert E.Mode.ADD != E.Mode.MUL and {E.Mode.ADD: 1}[E("add").mode] == 1
+
+
+def test_execution_strategy_flags_stay_on_a_pickled_descriptor():
+    # upstream's Convolution.Strategy flags (megdnn's execution policy) combine with |
+    conv = builtin.Convolution(stride_h=2)
+    conv.strategy = conv.Strategy.PROFILE | conv.Strategy.REPRODUCIBLE
+    loaded = pickle.loads(pickle.dumps(conv))
+    assert loaded == conv and loaded.strategy == conv.strategy
+    assert builtin.Convolution.Strategy.HEURISTIC not in loaded.strategy
+    assert builtin.MatrixMul.Strategy is builtin.Convolution.Strategy
 
 
 def test_bad_descriptors_and_applications_say_what_is_wrong():

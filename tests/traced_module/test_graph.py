@@ -115,6 +115,27 @@ def test_insert_a_module_call():
     np.testing.assert_allclose(tm(x).numpy(), m(x).numpy() / 2, rtol=1e-6)
 
 
+def test_inserted_getattrs_keep_no_value_and_read_the_attribute_later():
+    # upstream's test_modification.py (test_insert_module): after insert_exprs no TensorNode
+    # of the graph holds a tensor; a later insert_exprs still computes with the attribute
+    m, tm, x = _traced()
+    g = tm.graph
+    tm.shift = Tensor([3.0])
+    with g.insert_exprs():
+        shifted = g.outputs[0] + g.inputs[0].shift
+    g.replace_node({g.outputs[0]: shifted})
+    g.compile()
+    assert all(n.value is None for n in g.nodes() if isinstance(n, TensorNode))
+    (shift_node,) = [n for n in g.nodes() if n.name == "shift"]
+    with g.insert_exprs():  # a shape the data decides: 3 > 0 keeps one element, zeros none
+        kept, _ = F.cond_take(F.greater(shift_node, 0), shift_node)
+        scaled = g.outputs[0] * F.sum(kept)
+    assert kept.shape == (1,)
+    g.replace_node({g.outputs[0]: scaled})
+    g.compile()
+    np.testing.assert_allclose(tm(x).numpy(), (m(x).numpy() + 3) * 3, rtol=1e-5)
+
+
 def test_delete_by_replacing_with_the_input():
     m, tm, x = _traced()
     g = tm.b0.graph
@@ -150,6 +171,42 @@ def test_rename_refuses_a_used_name():
     assert str(tm.graph.outputs[0]) == "result"
     tm.graph.name = "Top"
     assert tm.graph.get_node_by_name("Top_result").as_unique() is out
+
+
+def test_names_given_to_tensors_in_forward_name_their_nodes():
+    # upstream's test_modification.py (test_set_node_name): ``x.name = ...`` inside a
+    # module's forward, traced or called in insert_exprs, is the name of x's node
+    class Named(M.Module):
+        def forward(self, x):
+            x = x + 1
+            x.name = "plus_one"
+            return x * 2
+
+    class Top(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Named()
+
+        def forward(self, x):
+            x.name = "not_an_argument_name"  # arguments keep the names of the parameters
+            y = self.inner(x)
+            y.name = "doubled"
+            return y
+
+    x = Tensor([1.0, 2.0])
+    tm = trace_module(Top(), x)
+    assert "doubled" in tm.graph._namespace.used_names
+    assert tm.graph.outputs[0].name == "doubled" and tm.graph.inputs[1].name == "x"
+    (plus_one,) = [n for n in tm.inner.graph.nodes() if n.name == "plus_one"]
+    assert plus_one.expr.method == "__add__"
+    g = tm.graph
+    tm.again = Named()
+    with g.insert_exprs():
+        out = g.inputs[0].again(g.outputs[0])
+    g.replace_node({g.outputs[0]: out})
+    g.compile()
+    assert "plus_one" in tm.again.graph._namespace.used_names
+    np.testing.assert_allclose(tm(x).numpy(), ((x.numpy() + 1) * 2 + 1) * 2)
 
 
 def test_flatten_inlines_submodules():

@@ -233,6 +233,23 @@ def test_shape_answers_upstreams_shape_tensor_and_follows_the_input():
         assert int(k.numpy()) == n * 12 + 2 * 3 - 1
 
 
+class AddsOneToShapeByDescriptor(M.Module):
+    def forward(self, x):
+        from megengine.core._imperative_rt.core2 import apply
+        from megengine.core.ops import builtin
+
+        return apply(builtin.Elemwise(mode="ADD"), x.shape, Tensor(1))[0]
+
+
+def test_shape_given_to_a_descriptor_is_upstreams_shape_tensor():
+    # upstream's traced x.shape is an int32 Tensor that core2.apply takes: x.shape + 1
+    tm = trace_module(AddsOneToShapeByDescriptor(), _inp(2, 3))
+    for shape in [(2, 3), (5, 7)]:
+        out = tm(_inp(*shape))
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out.numpy(), np.array(shape) + 1)
+
+
 _calls = [0]
 
 

@@ -2,7 +2,7 @@
 `sync`, `Tensor` and `TensorWeakRef`, on this engine's one dispatcher."""
 import weakref
 
-from .. import dispatch
+from .. import _trace_option, dispatch
 from ..tensor import Tensor
 from ...device import _full_sync
 from ..amp import (_get_amp_dtype_autocast, _get_amp_high_prec_dtype,  # noqa: F401
@@ -26,6 +26,9 @@ def apply(op, *tensors):
     """
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
+            if isinstance(t, _trace_option.Shape):  # x.shape standing for upstream's shape
+                tensors = tensors[:i] + (t.astype("int32"),) + tensors[i + 1:]  # Tensor
+                continue
             raise TypeError(
                 f"apply({op!r}, ...): input {i} is a {type(t).__name__}, not a Tensor; wrap "
                 "values with megengine.Tensor(...) first"
@@ -35,8 +38,10 @@ def apply(op, *tensors):
         from .opdef import OpDef as _OpDef
 
     if isinstance(op, _OpDef):
-        return op._lower(*[t if type(t).__module__.startswith("megengine.") else _plain(t)
-                           for t in tensors])
+        record = getattr(dispatch._trace_hook, "record_opdef", None)
+        if record is not None:  # trace_module records the descriptor as one Apply step
+            return record(op, tensors, _lower)
+        return _lower(op, tensors)
     if isinstance(op, dispatch.Op):
         out = dispatch.apply(op, *tensors)
         return out if isinstance(out, tuple) else (out,)
@@ -44,6 +49,11 @@ def apply(op, *tensors):
         f"apply: expected an op descriptor from megengine.core.ops.builtin (e.g. "
         f"Elemwise(mode='add')) or a megengine.core.Op, got {type(op).__name__}"
     )
+
+
+def _lower(op, tensors):
+    return op._lower(*[t if type(t).__module__.startswith("megengine.") else _plain(t)
+                       for t in tensors])
 
 
 def _plain(t):

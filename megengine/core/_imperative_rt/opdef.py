@@ -10,6 +10,18 @@ __all__ = ["OpDef"]
 _REQUIRED = object()
 
 
+class _Mode(enum.Enum):
+    """A descriptor's mode: equal to its name as a string in any case (``op.mode == "ADD"``,
+    as upstream's mode enums compare)."""
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            return self.name.upper() == other.upper()
+        return self is other
+
+    __hash__ = enum.Enum.__hash__
+
+
 def _modes(name, names):
     """A mode enum as upstream's: members by upper-case name, each valued by its lower-case
     name (what upstream's string form is).
@@ -19,8 +31,8 @@ def _modes(name, names):
     ``"Elemwise.Mode"``), which also lets its members pickle by reference."""
     body = sys._getframe(1).f_locals  # the class body being executed, if any
     owner, module = body.get("__qualname__"), body.get("__module__")
-    return enum.Enum(name, [(n, n.lower()) for n in names], module=module,
-                     qualname=f"{owner}.{name}" if owner else name)
+    return _Mode(name, [(n, n.lower()) for n in names], module=module,
+                 qualname=f"{owner}.{name}" if owner else name)
 
 
 def _coerce(enum_cls, value, what):
