@@ -145,15 +145,43 @@ def _from_cudnn_style(attn_mask, key_padding_mask, query, k_len):
     return attn_mask, key_padding_mask
 
 
-def _per_head(x, projected, heads):
-    """(N, T, width) as (N, T, heads, width per head): a projected input is split between the
-    heads, an unprojected one repeated for each (upstream's reference)."""
+class _Regroup(Op):
+    """``x.reshape(split).transpose(perm).reshape(joined)`` as one op (``split``/``joined`` None:
+    no reshape there): the heads taken apart, (N, T, width) to (N, heads, T, width per head)
+    (views), and put back together after attention. One op where a reshape and a transpose
+    were two."""
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+
+    def __init__(self, split, perm, joined):
+        self.split, self.perm, self.joined = split, perm, joined
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        y = (x if self.split is None else x.reshape(self.split)).transpose(self.perm)
+        self.mid_shape = y.shape
+        return y if self.joined is None else y.reshape(self.joined)
+
+    def _back(self, g):  # (arrays and Tensors alike)
+        inverse = tuple(int(i) for i in np.argsort(self.perm))
+        return g.reshape(self.mid_shape).transpose(inverse).reshape(self.in_shape)
+
+    def backward(self, g):
+        return self._back(g)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (self._back(grads[0]),)
+
+
+def _per_head(x, projected, heads, perm):
+    """(N, T, width) as (N, T, heads, width per head), then transposed by ``perm``: a projected
+    input is split between the heads, an unprojected one repeated for each (upstream's
+    reference)."""
     from .tensor import broadcast_to, expand_dims
 
     n, length, width = x.shape
     if projected:
-        return x.reshape(n, length, heads, width // heads)
-    return broadcast_to(expand_dims(x, 2), (n, length, heads, width))
+        return apply(_Regroup((n, length, heads, width // heads), perm, None), x)
+    return broadcast_to(expand_dims(x, 2), (n, length, heads, width)).transpose(*perm)
 
 
 class _Unpack(Op):
@@ -300,16 +328,17 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
                          f"{k_width}; an unprojected input gives every head its whole width)")
     # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
     head_dim = embed_dim if qproj == 0 else embed_dim // heads
-    q = _per_head(q, qproj, heads).transpose(0, 2, 1, 3)
-    k = _per_head(k, kproj, heads).transpose(0, 2, 3, 1)
-    v = _per_head(v, vproj, heads).transpose(0, 2, 1, 3)
+    q = _per_head(q, qproj, heads, (0, 2, 1, 3))
+    k = _per_head(k, kproj, heads, (0, 2, 3, 1))
+    v = _per_head(v, vproj, heads, (0, 2, 1, 3))
     scores = matmul(q, k) * float(head_dim) ** -0.5  # (N, heads, L, S)
     mask = _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, scores)
     if mask is not None:
         scores = scores + mask
     weights = softmax(scores, axis=-1)
     probs = dropout(weights, attn_drop, training) if training and attn_drop else weights
-    out = matmul(probs, v).transpose(0, 2, 1, 3).reshape(n, q_len, -1)
+    out = matmul(probs, v)  # (N, heads, L, width per head): the heads side by side
+    out = apply(_Regroup(None, (0, 2, 1, 3), (n, q_len, out.shape[1] * out.shape[3])), out)
     out = project(out, wo, bo)
     if training and out_drop:
         out = dropout(out, out_drop, training)
