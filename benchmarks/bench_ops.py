@@ -10,7 +10,10 @@ two modes (``--mode``):
   ``GradManager``, torch by ``.backward``. Both sides then hand every input a gradient buffer
   of its own, laid out as the input is: torch's ``AccumulateGrad`` clones a gradient that is
   shared (``x + y`` gives both inputs the output gradient), a broadcast (``sum``'s expanded
-  gradient) or a strided view (``concat``'s slices), as the GradManager copies them.
+  gradient) or a strided view (``concat``'s slices), as the GradManager copies them. One
+  exception: a contiguous view of the output gradient (``stack``'s along axis 0) torch keeps
+  as ``.grad``, where the GradManager copies a gradient that shares the caller's output
+  gradient, so ``stack``'s fb times three copies more on megengine's side.
   ``--torch-grad autograd`` takes torch's ``autograd.grad`` instead (the round-1 comparator),
   which returns such views uncopied: it times less work than a training step does.
   Ops without a float gradient (argmax, comparisons, one_hot, topk's indices) are timed in
