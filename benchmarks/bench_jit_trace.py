@@ -26,8 +26,9 @@ the round's back-to-back pairs (`_timing.paired_ratio`), and the figures are the
 quartiles of those per-round ratios. Aims: checked calls <= 1.05x eager, capture_as_const
 checked calls <= 1.05x the plain checked ones, replays <= 1x eager.
 
-Then (``--micro``, alone) five patterns of code made of many small ops, 20 loop iterations
-each on an (8, 16) float32 input (Python-scalar constants, tensor operands only, int/slice
+Then (``--micro``, alone) six patterns of code made of many small ops, 20 loop iterations
+each on an (8, 16) float32 input (Python-scalar constants, ``x * 1.0`` and ``** 1``, which
+level-1 graph optimization rewrites to ``x``, tensor operands only, int/slice
 indexing, shape ops, a concat of slices): per pattern the ratio of each checked-call mode
 (``symbolic`` False/True, with and without ``capture_as_const``) to eager, per round the median
 of back-to-back pairs, then the median and quartiles over rounds. Aim: <= 1.15x eager.
@@ -257,8 +258,8 @@ def run_models(args):
 
 # ----- --micro: code made of many small ops (a checked call's cost per op) ------------------
 def _micro_patterns():
-    """Five bodies of 20 loop iterations each on an (8, 16) float32 input: Python-scalar
-    constants, tensor operands only, indexing with ints and slices, shape ops, a concat of
+    """Six bodies of 20 loop iterations each on an (8, 16) float32 input: Python-scalar
+    constants (and ones that leave x as it is), tensor operands only, indexing with ints and slices, shape ops, a concat of
     slices (the patterns of the per-op cost survey of checked calls)."""
     y0 = mge.tensor(np.random.RandomState(0).randn(8, 16).astype("float32"))
 
@@ -266,6 +267,12 @@ def _micro_patterns():
         for _ in range(20):
             x = x * 0.5 + 1.0
             x = F.relu(x) - 0.25
+        return x
+
+    def identities(x):  # (rewritten to x at opt_level >= 1: `megengine.jit.arith_opt`)
+        for _ in range(20):
+            x = x * 1.0
+            x = F.relu(x) ** 1
         return x
 
     def tensors(x):
@@ -288,7 +295,8 @@ def _micro_patterns():
             x = F.concat([x[:, :8], x[:, 8:]], axis=1)
         return x
 
-    return {"x * 0.5 + 1.0; relu(x) - 0.25": scalars, "tensor operands only": tensors,
+    return {"x * 0.5 + 1.0; relu(x) - 0.25": scalars, "x * 1.0; relu(x) ** 1": identities,
+            "tensor operands only": tensors,
             "x[:, i % 8] + x[i % 8, :8]": index, "reshape/transpose/expand_dims/[0]": shapes,
             "concat([x[:, :8], x[:, 8:]], axis=1)": concat}
 

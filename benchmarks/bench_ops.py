@@ -10,7 +10,10 @@ two modes (``--mode``):
   ``GradManager``, torch by ``.backward``. Both sides then hand every input a gradient buffer
   of its own, laid out as the input is: torch's ``AccumulateGrad`` clones a gradient that is
   shared (``x + y`` gives both inputs the output gradient), a broadcast (``sum``'s expanded
-  gradient) or a strided view (``concat``'s slices), as the GradManager copies them.
+  gradient) or a strided view (``concat``'s slices), as the GradManager copies them. One
+  exception: a contiguous view of the output gradient (``stack``'s along axis 0) torch keeps
+  as ``.grad``, where the GradManager copies a gradient that shares the caller's output
+  gradient, so ``stack``'s fb times three copies more on megengine's side.
   ``--torch-grad autograd`` takes torch's ``autograd.grad`` instead (the round-1 comparator),
   which returns such views uncopied: it times less work than a training step does.
   Ops without a float gradient (argmax, comparisons, one_hot, topk's indices) are timed in
@@ -164,6 +167,9 @@ CASES = [
          lambda m, x, y: torch.where(m, x, y)),
     Case("add", two_floats, lambda x, y: x + y, lambda x, y: x + y),
     Case("mul", two_floats, lambda x, y: x * y, lambda x, y: x * y),
+    Case("mul_scalar", one_float, lambda x: x * 0.5, lambda x: x * 0.5),
+    Case("pow2", one_float, lambda x: x ** 2, lambda x: x ** 2),
+    Case("pow_half", positive, lambda x: x ** 0.5, lambda x: x ** 0.5),
     Case("greater", two_floats, lambda x, y: x > y, lambda x, y: x > y, grad=False),
     Case("sqrt", positive, lambda x: F.sqrt(x), lambda x: x.sqrt()),
     Case("exp", one_float, lambda x: F.exp(x), lambda x: x.exp()),

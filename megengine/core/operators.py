@@ -62,6 +62,8 @@ def _float_pow_operands(a, b):
     """Upstream computes a power of integer (or bool) tensors in float32: ``Tensor([1, 2]) ** 2``
     is ``[1., 4.]`` (F.pow's and F.nn.square_loss's documented examples); float operands keep
     their dtype (float16 under autocast)."""
+    if a.dtype.kind == "f" and b.dtype.kind == "f":  # the usual call: nothing to cast
+        return a, b
     return tuple(t.astype(np.float32) if t.dtype.kind in "iub" else t for t in (a, b))
 
 

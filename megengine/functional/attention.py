@@ -5,10 +5,13 @@ on every device and its gradients come from those ops. The weights live in one f
 ``io_weight_bias`` tensor, in upstream's order: query, key, value and output projection weights
 (each ``(in, out)``, used as ``x @ W``, not torch's ``x @ W.T``), then the four biases.
 """
+import math
 from typing import Optional
 
 import numpy as np
 
+from ..core.dispatch import Op, apply
+from ..core.ops import xp_of
 from ..core.tensor import Tensor
 from ._args import _tensor
 
@@ -142,35 +145,104 @@ def _from_cudnn_style(attn_mask, key_padding_mask, query, k_len):
     return attn_mask, key_padding_mask
 
 
-def _per_head(x, projected, heads):
-    """(N, T, width) as (N, T, heads, width per head): a projected input is split between the
-    heads, an unprojected one repeated for each (upstream's reference)."""
+class _Regroup(Op):
+    """``x.reshape(split).transpose(perm).reshape(joined)`` as one op (``split``/``joined`` None:
+    no reshape there): the heads taken apart, (N, T, width) to (N, heads, T, width per head)
+    (views), and put back together after attention. One op where a reshape and a transpose
+    were two."""
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+
+    def __init__(self, split, perm, joined):
+        self.split, self.perm, self.joined = split, perm, joined
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        y = (x if self.split is None else x.reshape(self.split)).transpose(self.perm)
+        self.mid_shape = y.shape
+        return y if self.joined is None else y.reshape(self.joined)
+
+    def _back(self, g):  # (arrays and Tensors alike)
+        inverse = tuple(int(i) for i in np.argsort(self.perm))
+        return g.reshape(self.mid_shape).transpose(inverse).reshape(self.in_shape)
+
+    def backward(self, g):
+        return self._back(g)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        return (self._back(grads[0]),)
+
+
+def _per_head(x, projected, heads, perm):
+    """(N, T, width) as (N, T, heads, width per head), then transposed by ``perm``: a projected
+    input is split between the heads, an unprojected one repeated for each (upstream's
+    reference)."""
     from .tensor import broadcast_to, expand_dims
 
     n, length, width = x.shape
     if projected:
-        return x.reshape(n, length, heads, width // heads)
-    return broadcast_to(expand_dims(x, 2), (n, length, heads, width))
+        return apply(_Regroup((n, length, heads, width // heads), perm, None), x)
+    return broadcast_to(expand_dims(x, 2), (n, length, heads, width)).transpose(*perm)
+
+
+class _Unpack(Op):
+    """The pieces of one packed parameter, in order, as views of the given shapes; a piece of
+    ``transposed`` is handed out transposed (the projections' ``(in, out)`` weights as linear's
+    ``(out, in)``). One op where a split and a reshape per piece were nine, and backward writes
+    each piece's gradient into its place of one array instead of concatenating copies."""
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+    none_for_unused_grads = True  # (a piece nobody used: zeros written in place)
+
+    def __init__(self, shapes, transposed):
+        self.shapes, self.transposed = shapes, transposed
+
+    def forward(self, packed):
+        flat, start, pieces = packed.reshape(-1), 0, []
+        self.packed_shape = packed.shape
+        for shape, turn in zip(self.shapes, self.transposed):
+            end = start + math.prod(shape)
+            piece = flat[start:end].reshape(shape)
+            pieces.append(piece.T if turn else piece)
+            start = end
+        return tuple(pieces)
+
+    def backward(self, *grads):
+        like = next(g for g in grads if g is not None)
+        flat, start = xp_of(like).empty(math.prod(self.packed_shape), like.dtype), 0
+        for shape, turn, g in zip(self.shapes, self.transposed, grads):
+            end = start + math.prod(shape)
+            place = flat[start:end].reshape(shape)
+            if g is None:
+                place[...] = 0
+            else:
+                place[...] = g.T if turn else g
+            start = end
+        return flat.reshape(self.packed_shape)
+
+    def grad_graph(self, inputs, outputs, grads):  # higher-order gradients (core/dispatch.py)
+        from .tensor import concat, zeros
+
+        packed = inputs[0]
+        parts = [zeros(math.prod(shape), dtype=packed.dtype, device=packed.device) if g is None
+                 else (g.transpose(1, 0) if turn else g).reshape(-1)
+                 for shape, turn, g in zip(self.shapes, self.transposed, grads)]
+        return (concat(parts).reshape(packed.shape),)
 
 
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
-    """The projection weights and biases in upstream's packed order, as views of the one tensor."""
-    flat = _tensor(io_weight_bias).reshape(-1)
+    """The projection weights (as linear's ``(out, in)``) and biases in upstream's packed order,
+    as views of the one tensor."""
+    packed = _tensor(io_weight_bias)
     shapes = [(i, o) for i, o in sizes] + [(o,) if b else None for (_, o), b in zip(sizes, biases)]
     shapes = [None if shape is None or shape[-1] == 0 else shape for shape in shapes]
-    need = sum(int(np.prod(shape)) for shape in shapes if shape is not None)
-    if need != flat.shape[0]:
-        raise ValueError(f"multi_head_attention: io_weight_bias holds {flat.shape[0]} values, "
+    need = sum(math.prod(shape) for shape in shapes if shape is not None)
+    if need != packed.size:
+        raise ValueError(f"multi_head_attention: io_weight_bias holds {packed.size} values, "
                          f"the projections given need {need} (weights (in, out): {sizes}; "
                          f"biases q, k, v, o: {biases})")
-    # one Split op for all the pieces: its backward is one concatenate, where a slice per piece
-    # gave each piece's gradient as a full-size zero array to sum (benchmarks/bench_transformer.py)
-    from .tensor import split
-
     present = [shape for shape in shapes if shape is not None]
-    points = np.cumsum([int(np.prod(shape)) for shape in present])[:-1].tolist()
-    pieces = iter(split(flat, points) if points else [flat])
-    parts = [None if shape is None else next(pieces).reshape(shape) for shape in shapes]
+    pieces = iter(apply(_Unpack(tuple(present), tuple(len(shape) == 2 for shape in present)),
+                        packed) if present else ())
+    parts = [None if shape is None else next(pieces) for shape in shapes]
     return parts[:4], parts[4:]
 
 
@@ -205,7 +277,7 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     ``average_attn_weights``.
     """
     from .math import matmul
-    from .nn import dropout, softmax
+    from .nn import dropout, linear, softmax
     from .tensor import expand_dims
 
     what = "multi_head_attention"
@@ -237,11 +309,8 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         io_weight_bias, [(q_in, qproj), (k_in, kproj), (v_in, vproj), (o_in, oproj)],
         [qbias, kbias, vbias, obias])
 
-    def project(x, w, b):
-        if w is None:
-            return x
-        y = matmul(x, w)
-        return y if b is None else y + b
+    def project(x, w, b):  # (w is (out, in): linear's one op for the product and the bias)
+        return x if w is None else linear(x, w, b)
 
     q, k, v = project(query, wq, bq), project(key, wk, bk), project(value, wv, bv)
     if bias_k is not None or add_zero_attn:
@@ -259,16 +328,17 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
                          f"{k_width}; an unprojected input gives every head its whole width)")
     # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
     head_dim = embed_dim if qproj == 0 else embed_dim // heads
-    q = _per_head(q, qproj, heads).transpose(0, 2, 1, 3)
-    k = _per_head(k, kproj, heads).transpose(0, 2, 3, 1)
-    v = _per_head(v, vproj, heads).transpose(0, 2, 1, 3)
+    q = _per_head(q, qproj, heads, (0, 2, 1, 3))
+    k = _per_head(k, kproj, heads, (0, 2, 3, 1))
+    v = _per_head(v, vproj, heads, (0, 2, 1, 3))
     scores = matmul(q, k) * float(head_dim) ** -0.5  # (N, heads, L, S)
     mask = _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len, scores)
     if mask is not None:
         scores = scores + mask
     weights = softmax(scores, axis=-1)
     probs = dropout(weights, attn_drop, training) if training and attn_drop else weights
-    out = matmul(probs, v).transpose(0, 2, 1, 3).reshape(n, q_len, -1)
+    out = matmul(probs, v)  # (N, heads, L, width per head): the heads side by side
+    out = apply(_Regroup(None, (0, 2, 1, 3), (n, q_len, out.shape[1] * out.shape[3])), out)
     out = project(out, wo, bo)
     if training and out_drop:
         out = dropout(out, out_drop, training)

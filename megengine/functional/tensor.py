@@ -217,16 +217,28 @@ def broadcast_to(inp, shape):
     return apply(BroadcastTo(shape), inp)
 
 
-def _same_device(inps):
-    """Tensors from a list that may hold arrays too; those go to the first tensor's device."""
+def _joined_tensors(inps):
+    """The items of concat's or stack's list as tensors: the list as it is when they are
+    tensors already (the usual call, one pass); else arrays and numbers go to the first
+    tensor's device, and an empty shape piece (``x.shape[:0]``) is an empty int32 vector, not
+    numpy's float64 default."""
+    inps = list(inps)
     for t in inps:
         if not isinstance(t, Tensor):
             break
-    else:  # all Tensors already (the usual call): the list as it is
+    else:
         return inps
+    inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
     tensors = [t if isinstance(t, Tensor) else None for t in inps]
     dev = next((t._device for t in tensors if t is not None), None)
     return [t if t is not None else Tensor(x, device=dev) for t, x in zip(tensors, inps)]
+
+
+def _join_axis(axis, ndim, what):
+    """`_axis` of concat's and stack's ``axis``, a plain in-range int taken at once."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
+    return _axis(axis, ndim, what)
 
 
 def _onto(inps, device):
@@ -255,11 +267,12 @@ class Concat(Op):
         self.axis = axis
 
     def forward(self, *xs):
-        axis, ends, end = self.axis, [], 0
-        for x in xs:  # (a Python sum: np.cumsum costs ~2 us of a small concat's ~10)
-            end += x.shape[axis]
-            ends.append(end)
-        self.ends = ends
+        if True in self.needs_input_grad:  # where each input ends, for backward only
+            axis, ends, end = self.axis, [], 0
+            for x in xs:  # (a Python sum: np.cumsum costs ~2 us of a small concat's ~10)
+                end += x.shape[axis]
+                ends.append(end)
+            self.ends = ends
         try:
             out = xp_of(xs[0]).concatenate(_promote_all(xs), axis=self.axis)
         except ValueError:
@@ -289,21 +302,19 @@ def concat(inps, axis=0, device=None):
     as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape.
     The tensors must be on one device, unless ``device`` is given: the result goes there, and
     tensors on other devices are copied there first (gradients flow back to each)."""
-    # an empty shape piece (x.shape[:0]) is an empty int32 vector, not numpy's float64 default
-    inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
-    inps = _same_device(inps)
+    inps = _joined_tensors(inps)
     if not inps:
         raise ValueError("concat: got no tensors to join")
     if device is not None:
         inps = _onto(inps, device)
-    ndims = [t.ndim for t in inps]  # (one pass: a property call per tensor)
+    ndims = [t._data.ndim for t in inps]
     if 0 in ndims:
         inps = [t.reshape(1) if n == 0 else t for t, n in zip(inps, ndims)]
         ndims = [max(n, 1) for n in ndims]
     ndim = ndims[0]
     if ndims.count(ndim) != len(ndims):
         raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")
-    return apply(Concat(_axis(axis, max(ndim, 1), "concat")), *inps)
+    return apply(Concat(_join_axis(axis, ndim, "concat")), *inps)
 
 
 class Stack(Op):
@@ -317,11 +328,16 @@ class Stack(Op):
             if x.shape != shape:
                 raise ValueError(
                     f"stack: tensors must have one shape, got {[x.shape for x in xs]}")
-        # concatenate of views with the new axis: numpy's stack is that behind ~1.5 us of
-        # Python (its dispatcher, expand_dims per array)
-        joined = shape[:self.axis] + (1,) + shape[self.axis:]
-        return xp_of(xs[0]).concatenate([x.reshape(joined) for x in _promote_all(xs)],
-                                        axis=self.axis)
+        # one concatenate: numpy's stack is that behind ~1.5 us of Python (its dispatcher,
+        # expand_dims per array). Joined along an existing axis, the result is the stack with
+        # that axis split in two (input index outer): no view per input
+        axis = self.axis
+        xs = _promote_all(xs)
+        if axis < len(shape):
+            out = xp_of(xs[0]).concatenate(xs, axis=axis)
+            return out.reshape(shape[:axis] + (len(xs),) + shape[axis:])
+        joined = shape + (1,)  # a new last axis
+        return xp_of(xs[0]).concatenate([x.reshape(joined) for x in xs], axis=axis)
 
     def backward(self, g):
         pre = (slice(None),) * self.axis
@@ -336,12 +352,12 @@ class Stack(Op):
 
 def stack(inps, axis=0, device=None):
     """Join same-shape tensors along a new ``axis`` (``device`` as `concat`'s)."""
-    inps = _same_device(list(inps))
+    inps = _joined_tensors(inps)
     if not inps:
         raise ValueError("stack: got no tensors to join")
     if device is not None:
         inps = _onto(inps, device)
-    return apply(Stack(_axis(axis, inps[0].ndim + 1, "stack")), *inps)
+    return apply(Stack(_join_axis(axis, inps[0]._data.ndim + 1, "stack")), *inps)
 
 
 class Split(Op):

@@ -640,10 +640,11 @@ class _Program:
                 # one output (else None: the full path); per input its slot, shape and dtype,
                 # and the guards of its captured inputs (position, `captures.CaptureGuard`)
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
-                # (and None for a rewritten op: the slow path runs its replacement)
+                # (and None for a rewritten op: the slow path runs its replacement, unless
+                # the op itself gives what the replacement gives: `_rewrite_is_the_op`)
                 step.pdict = (_plain_params(step.template.__dict__)
                               if step.metas is not None and not step.multi
-                              and step.rewrite is None else None)
+                              and (step.rewrite is None or _rewrite_is_the_op(step)) else None)
                 # ``==`` takes a 1-element array (``x[idx_tensor]``, ``axis=np.array([1])``)
                 # for the int it equals, in a tuple (an index, a shape, axes) or alone, which
                 # `_op_key` does not, so a checked call also asks that the parameters hold
@@ -753,6 +754,19 @@ def _plain_instance(cls):
                 or "__setstate__" in d:
             return False
     return True
+
+
+def _rewrite_is_the_op(step):
+    """Whether the arithmetic rewrite of op ``step`` (`arith_opt`) gives the values the op gives
+    itself, so that a checked call may run the op on its fast path: ``a * 1``, ``1 * a`` and
+    ``a ** 1`` as ``a`` unchanged in shape and dtype (``x * 1`` and ``x ** 1`` are ``x``, -0.0,
+    inf and NaN included; ``a + 0`` is not: -0.0 + 0 is +0.0, nor is ``a * 0`` at inf). The
+    slow path cost such an op ~7x an eager one (``x * 1.0``)."""
+    from ..core.ops import Mul, Pow
+    from .arith_opt import is_identity_step  # (arith_opt imports this module)
+
+    rewrite = step.rewrite
+    return step.cls in (Mul, Pow) and len(rewrite) == 1 and is_identity_step(rewrite[0])
 
 
 def _plain_params(params):

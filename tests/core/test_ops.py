@@ -56,3 +56,45 @@ def test_bit_operations_refuse_floats_with_their_own_error():
     np.testing.assert_array_equal(F.right_shift(mge.tensor(a), mge.tensor(b)).numpy(), a >> b)
     t = np.array([True, False])
     np.testing.assert_array_equal((mge.tensor(t) & mge.tensor(t[::-1])).numpy(), t & t[::-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("exponent", [2, 2.0, 0.5, -1.0])
+def test_power_by_a_common_exponent_keeps_the_bits_of_numpys_power(dtype, exponent):
+    # x ** 2, x ** 0.5, x ** -1 take square, sqrt and reciprocal (numpy's general power loop is
+    # 3-20x slower): the bits must stay those of numpy's power, specials included, and the
+    # values torch's
+    rs = np.random.RandomState(3)
+    a = (rs.randn(500) * np.exp(rs.uniform(-6, 6, 500))).astype(dtype)
+    a[:7] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0]
+    with np.errstate(all="ignore"):
+        want = a ** np.asarray(exponent, dtype)
+        got = (mge.tensor(a, dtype=dtype) ** exponent).numpy()
+        by_f = F.pow(mge.tensor(a, dtype=dtype), exponent).numpy()
+    assert got.dtype == by_f.dtype == dtype
+    for out in (got, by_f):
+        assert np.array_equal(out, want, equal_nan=True)
+        assert np.array_equal(np.signbit(out), np.signbit(want))  # -0.0 stays -0.0
+    finite = np.isfinite(want)
+    t = torch.tensor(a) ** exponent
+    np.testing.assert_allclose(got[finite], t.numpy()[finite], rtol=2e-3 if dtype == np.float16
+                               else 1e-6)
+
+
+def test_square_by_power_has_torchs_gradient_and_a_second_order():
+    a = np.array([[1.5, -2.0, 0.0], [3.0, -0.25, 7.0]], np.float32)
+    g = np.array([[1.0, -1.0, 2.0], [0.5, 3.0, -2.0]], np.float32)
+    x = mge.Parameter(a)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            y = x ** 2
+            inner.backward((y * mge.tensor(g)).sum())
+        first = x.grad
+        x.grad = None
+        outer.backward((first * first).sum())
+    t = torch.tensor(a, requires_grad=True)
+    (dt,) = torch.autograd.grad(((t ** 2) * torch.tensor(g)).sum(), t, create_graph=True)
+    np.testing.assert_array_equal(first.numpy(), dt.detach().numpy())
+    (ddt,) = torch.autograd.grad((dt * dt).sum(), t)
+    np.testing.assert_allclose(x.grad.numpy(), ddt.numpy(), rtol=1e-6)

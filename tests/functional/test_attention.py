@@ -281,3 +281,54 @@ def test_cudnn_style_masks_are_key_ranges_and_lengths(causal, padded):
     np.testing.assert_allclose(out.numpy(), t_out.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(weights.numpy(), t_w.numpy().reshape(n * heads, lq, lq),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_packed_pieces_take_their_gradients_in_place_and_unused_ones_zero():
+    # the projections' weights come out of io_weight_bias transposed, as linear's (out, in):
+    # a gradient of one piece lands in that piece's place, in the packed (in, out) layout
+    from megengine.functional.attention import _split_io_weight_bias
+
+    e, kdim = 4, 3
+    io = mge.Parameter(np.arange(e * e + kdim * e + e * e + e * e + 2 * e, dtype=np.float32)[None])
+    gm = GradManager().attach(io)
+    c = randn(e, kdim)
+    with gm:
+        (wq, wk, wv, wo), (bq, bk, bv, bo) = _split_io_weight_bias(
+            io, [(e, e), (kdim, e), (e, e), (e, e)], [True, False, False, True])
+        assert wk.shape == (e, kdim) and bk is None and bo.shape == (e,)
+        np.testing.assert_array_equal(wk.numpy(), io.numpy()[0, e * e:e * e + kdim * e]
+                                      .reshape(kdim, e).T)
+        gm.backward((wk * mge.tensor(c)).sum() + bo.sum() * 2)
+    want = np.zeros(io.shape[1], np.float32)
+    want[e * e:e * e + kdim * e] = c.T.reshape(-1)
+    want[-e:] = 2
+    np.testing.assert_array_equal(io.grad.numpy()[0], want)
+
+
+def test_multi_head_attention_second_order_matches_torch():
+    # a gradient penalty through the packed parameter: the unpacking and the projections'
+    # gradients are themselves differentiated
+    n, l, e, heads = 2, 3, 4, 2
+    x, dy = randn(n, l, e), randn(n, l, e)
+    ws, bs = [randn(e, e) for _ in range(4)], [randn(e) for _ in range(4)]
+    io = pack(*ws, bs)
+    mx, mio = mge.Parameter(x), mge.Parameter(io)
+    outer, inner = GradManager().attach([mio]), GradManager().attach([mx])
+    with outer:
+        with inner:
+            out, _ = F.nn.multi_head_attention(mx, mx, mx, e, heads, 0.0, 0.0, mio, qbias=True,
+                                               kbias=True, vbias=True, obias=True, training=False)
+            inner.backward(out, mge.tensor(dy))
+        outer.backward((mx.grad * mx.grad).sum())
+    tx = torch.tensor(x, requires_grad=True)
+    tws = [torch.tensor(w, requires_grad=True) for w in ws]
+    tbs = [torch.tensor(b, requires_grad=True) for b in bs]
+    t_out, _ = torch_mha(tx, tx, tx, heads, *tws, tbs, need_weights=True)  # (no fused kernel)
+    (gx,) = torch.autograd.grad(t_out, tx, torch.tensor(dy), create_graph=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(tws + tbs, torch.autograd.grad(
+        (gx * gx).sum(), tws + tbs, allow_unused=True))]  # (the output bias: none)
+    want = pack(*[g.numpy() for g in grads[:4]], [g.numpy() for g in grads[4:]])
+    np.testing.assert_allclose(mx.grad.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mio.grad.numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    # (atol: the key bias has no effect on the output, its exact gradients are 0, and float32
+    # leaves both sides a rounding residue of the 1e3-sized terms)

@@ -171,6 +171,33 @@ def test_stack_promotes_mixed_dtypes_and_has_a_second_order():
             [t * t, t * t * t], 0) * torch.arange(12.0).reshape(4, 3)).sum(), rand(2, 3))
 
 
+def test_stack_and_concat_take_arrays_axes_and_one_gradient_of_several_inputs():
+    # the all-tensor call skips the list's conversion and the axis's normaliser: arrays still
+    # go to the first tensor's device, a numpy or negative axis still works, a bad one is named,
+    # and concat's backward still splits at the right places when only one input is attached
+    a, b = rand(2, 3), rand(2, 3)
+    x = mge.tensor(a, device="cpu1")
+    for f, tf in ((F.stack, torch.stack), (F.concat, torch.cat)):
+        for axis in (np.int64(1), -1, 0):
+            out = f([x, b], axis=axis)
+            assert out.device == x.device
+            np.testing.assert_array_equal(
+                out.numpy(), tf([torch.tensor(a), torch.tensor(b)], int(axis)).numpy())
+        with pytest.raises(TypeError, match="axis must be an int"):
+            f([x, x], axis=True)
+        with pytest.raises(ValueError, match="out of range"):
+            f([x, x], axis=3)
+    p, q = mge.Parameter(rand(2, 3)), mge.tensor(rand(2, 5))
+    tp = torch.tensor(p.numpy(), requires_grad=True)
+    dy = rand(2, 13)
+    gm = GradManager().attach(p)
+    with gm:
+        gm.backward(F.concat([q, p, q], axis=1), mge.tensor(dy))
+    torch.cat([torch.tensor(q.numpy()), tp, torch.tensor(q.numpy())], 1).backward(
+        torch.tensor(dy))
+    np.testing.assert_array_equal(p.grad.numpy(), tp.grad.numpy())
+
+
 def test_split():
     x = rand(10, 20)
     check(lambda t: F.split(t, 3), lambda t: torch.tensor_split(t, 3), x)
