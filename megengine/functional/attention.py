@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core._trace_option import dumpable
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -172,6 +173,15 @@ class _Regroup(Op):
         return (self._back(grads[0]),)
 
 
+def _regroup(x, split, perm, joined):
+    """`_Regroup`; in a dumpable trace its reshapes and transpose, the graph ops upstream's
+    tools read."""
+    if not dumpable():
+        return apply(_Regroup(split, perm, joined), x)
+    x = (x if split is None else x.reshape(split)).transpose(perm)
+    return x if joined is None else x.reshape(joined)
+
+
 def _per_head(x, projected, heads, perm):
     """(N, T, width) as (N, T, heads, width per head), then transposed by ``perm``: a projected
     input is split between the heads, an unprojected one repeated for each (upstream's
@@ -180,7 +190,7 @@ def _per_head(x, projected, heads, perm):
 
     n, length, width = x.shape
     if projected:
-        return apply(_Regroup((n, length, heads, width // heads), perm, None), x)
+        return _regroup(x, (n, length, heads, width // heads), perm, None)
     return broadcast_to(expand_dims(x, 2), (n, length, heads, width)).transpose(*perm)
 
 
@@ -228,6 +238,22 @@ class _Unpack(Op):
         return (concat(parts).reshape(packed.shape),)
 
 
+def _unpack(packed, shapes):
+    """`_Unpack` of ``packed`` into pieces of ``shapes`` (the 2-d ones transposed); in a
+    dumpable trace one Split, a Reshape per piece and a Dimshuffle per weight, the graph ops
+    upstream's tools read."""
+    turned = tuple(len(shape) == 2 for shape in shapes)
+    if not dumpable():
+        return apply(_Unpack(tuple(shapes), turned), packed)
+    from .tensor import split
+
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = packed.reshape(-1)
+    parts = split(flat, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [flat]
+    return [p.reshape(shape).transpose(1, 0) if turn else p.reshape(shape)
+            for p, shape, turn in zip(parts, shapes, turned)]
+
+
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
     """The projection weights (as linear's ``(out, in)``) and biases in upstream's packed order,
     as views of the one tensor."""
@@ -240,8 +266,7 @@ def _split_io_weight_bias(io_weight_bias, sizes, biases):
                          f"the projections given need {need} (weights (in, out): {sizes}; "
                          f"biases q, k, v, o: {biases})")
     present = [shape for shape in shapes if shape is not None]
-    pieces = iter(apply(_Unpack(tuple(present), tuple(len(shape) == 2 for shape in present)),
-                        packed) if present else ())
+    pieces = iter(_unpack(packed, present) if present else ())
     parts = [None if shape is None else next(pieces) for shape in shapes]
     return parts[:4], parts[4:]
 
@@ -338,7 +363,7 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     weights = softmax(scores, axis=-1)
     probs = dropout(weights, attn_drop, training) if training and attn_drop else weights
     out = matmul(probs, v)  # (N, heads, L, width per head): the heads side by side
-    out = apply(_Regroup(None, (0, 2, 1, 3), (n, q_len, out.shape[1] * out.shape[3])), out)
+    out = _regroup(out, None, (0, 2, 1, 3), (n, q_len, out.shape[1] * out.shape[3]))
     out = project(out, wo, bo)
     if training and out_drop:
         out = dropout(out, out_drop, training)

@@ -332,3 +332,33 @@ def test_multi_head_attention_second_order_matches_torch():
     np.testing.assert_allclose(mio.grad.numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     # (atol: the key bias has no effect on the output, its exact gradients are 0, and float32
     # leaves both sides a rounding residue of the 1e3-sized terms)
+
+
+def test_a_dumped_attention_is_made_of_upstreams_graph_ops_and_runs_at_other_shapes():
+    """Eagerly the heads are regrouped and the packed weights unpacked by one op each; a dump
+    writes them as the Reshape, Dimshuffle and Split operators upstream's tools (network_node,
+    mgeconvert) read, and the loaded file gives the eager values at another batch and length."""
+    import io
+
+    import megengine.module as M
+    import megengine.utils.comp_graph_tools as cgtools
+    from megengine.jit import trace
+    from megengine.utils.network import Network
+
+    m = M.MultiHeadAttention(16, 4, bias=True)
+    m.eval()
+    f = trace(lambda x: m(x, x, x)[0], symbolic=True, capture_as_const=True)
+    rng = np.random.default_rng(0)
+    f(mge.tensor(rng.random((2, 5, 16), dtype=np.float32)))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"], optimize_for_inference=False)
+    file.seek(0)
+    types = {o.type for o in Network.load(file).all_oprs}
+    assert {"Reshape", "Dimshuffle", "Split"} <= types
+    assert types <= {"Host2DeviceCopy", "ImmutableTensor", "Split", "Reshape", "Dimshuffle",
+                     "MatrixMul", "BatchedMatmul", "Elemwise", "Softmax"}
+    file.seek(0)
+    x = rng.random((3, 7, 16), dtype=np.float32)
+    got, = cgtools.GraphInference(file).run(x).values()
+    np.testing.assert_allclose(got, m(mge.tensor(x), mge.tensor(x), mge.tensor(x))[0].numpy(),
+                               rtol=1e-5, atol=1e-6)
