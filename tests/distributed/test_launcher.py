@@ -59,9 +59,11 @@ def _train_then_die():
 def test_a_killed_worker_makes_the_launcher_fail_naming_its_rank():
     start = time.monotonic()
     with pytest.raises(dist.WorkerError, match=r"rank 1 died \(killed by SIGKILL\)") as info:
-        dist.launcher(_train_then_die, n_gpus=2, device_type="cpu", timeout=60)()
+        dist.launcher(_train_then_die, n_gpus=2, device_type="cpu", timeout=240)()
     assert info.value.rank == 1
-    assert time.monotonic() - start < 20
+    # noticed when it happens, not at the timeout (a loose bound: ranks start slowly on a
+    # loaded machine, 20 s was once exceeded)
+    assert time.monotonic() - start < 120
 
 
 def _sleep_forever():
