@@ -86,14 +86,7 @@ class _QuantizedConv(Op):
         xp = xp_of(acc)
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
-            meta = _qd.quant_meta(b.dtype)
-            sb, zb = _scale_zp(b, what, "bias") if meta is not None else (None, 0)
-            if meta is None or meta.cname != "QuantizedS32" or zb or \
-                    not np.isclose(sb, acc_scale, rtol=1e-6, atol=0):
-                raise TypeError(
-                    f"{what}: the bias must be qint32 with scale input scale * weight scale "
-                    f"({acc_scale:g}), got {_qd.dtype_name(b.dtype)}; pass "
-                    f"bias.astype(dtype.qint32(input_scale * weight_scale))")
+            _check_bias(b.dtype, acc_scale, what)
             acc = acc + b.reshape(1, -1, *([1] * (acc.ndim - 2))).astype(np.int64)
         if self.mode in ("identity", "relu"):
             return _qd.requantize_array(acc, acc_scale, self.dtype, relu=self.mode == "relu")
@@ -106,6 +99,18 @@ class _QuantizedConv(Op):
 
     def backward(self, *grads):
         return (None,) * len(self.needs_input_grad)
+
+
+def _check_bias(bias_dtype, acc_scale, what):
+    """A bias must be qint32 with the accumulator's scale, ``input scale * weight scale``, up to
+    the rounding of that product (``qint32(sx * sw)`` of float64 scales is accepted)."""
+    meta = _qd.quant_meta(bias_dtype)
+    info = bias_dtype.metadata["mgb_dtype"] if meta is not None else None
+    if meta is None or meta.cname != "QuantizedS32" or info.get("zero_point", 0) or \
+            abs(info["scale"] - acc_scale) > 1e-6 * acc_scale:  # (np.isclose costs 25 us)
+        raise TypeError(f"{what}: the bias must be qint32 with scale input scale * weight scale "
+                        f"({acc_scale:g}), got {_qd.dtype_name(bias_dtype)}; pass "
+                        f"bias.astype(dtype.qint32(input_scale * weight_scale))")
 
 
 def _geometry(transposed, stride, padding, dilation, output_padding, groups, what):
@@ -322,13 +327,8 @@ def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, compute_mode="defa
     out = _matmul(inp, weight, transpose_b=True, compute_mode=compute_mode)
     if bias is None:
         return out
-    bias, acc_scale = _tensor(bias), _qd.get_scale(out.dtype)
-    meta = _qd.quant_meta(bias.dtype)
-    if meta is None or meta.cname != "QuantizedS32" or \
-            not np.isclose(_qd.get_scale(bias.dtype), acc_scale, rtol=1e-6, atol=0):
-        raise TypeError(f"linear: the bias must be qint32 with scale input scale * weight "
-                        f"scale ({acc_scale:g}), got {_qd.dtype_name(bias.dtype)}; pass "
-                        f"bias.astype(dtype.qint32(input_scale * weight_scale))")
+    bias = _tensor(bias)
+    _check_bias(bias.dtype, _qd.get_scale(out.dtype), "linear")
     if not _qd.is_dtype_equal(bias.dtype, out.dtype):
         bias = apply(_AsAccumulator(out.dtype), bias)
     return out + bias
