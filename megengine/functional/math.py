@@ -557,7 +557,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
     if a._data.dtype.metadata is not None or b._data.dtype.metadata is not None:
         from .quantized import _matmul  # quantized operands: the exact qint32 accumulator
 
-        return _matmul(a, b, transpose_a, transpose_b)
+        return _matmul(a, b, transpose_a, transpose_b, compute_mode)
     if a.ndim == 1 and b.ndim == 1:
         return dot(a, b)
     if transpose_a and a.ndim >= 2:

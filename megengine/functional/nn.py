@@ -219,7 +219,7 @@ def linear(inp, weight, bias=None, compute_mode="default"):
     if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator
         from .quantized import _linear
 
-        return _linear(*inputs)
+        return _linear(*inputs, compute_mode=compute_mode)
     if _amp._enabled:  # megengine.amp.autocast: float16 compute
         inputs = _amp.cast_for_compute(*inputs)
     return apply(_Linear(), *inputs)

@@ -1,6 +1,7 @@
 """Quantized inference kernels (upstream's ``F.quantized``): convolution + bias + activation on
-quantized tensors, its per-sample-weight and transposed forms, and the quantized element-wise
-modes (``_elemwise_multi_type``), with the integer arithmetic emulated exactly.
+quantized tensors, its per-sample-weight and transposed forms, the quantized element-wise
+modes (``_elemwise_multi_type``) and the matmul and linear of quantized tensors (``F.matmul`` /
+``F.linear``), with the integer arithmetic emulated exactly.
 
 How the integer arithmetic is emulated: int8 (or int4/uint8) values minus their zero points are
 convolved in float64 on ATen's kernels. Every product is an integer below 2**16 and every partial
@@ -85,14 +86,7 @@ class _QuantizedConv(Op):
         xp = xp_of(acc)
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
-            meta = _qd.quant_meta(b.dtype)
-            sb, zb = _scale_zp(b, what, "bias") if meta is not None else (None, 0)
-            if meta is None or meta.cname != "QuantizedS32" or zb or \
-                    not np.isclose(sb, acc_scale, rtol=1e-6, atol=0):
-                raise TypeError(
-                    f"{what}: the bias must be qint32 with scale input scale * weight scale "
-                    f"({acc_scale:g}), got {_qd.dtype_name(b.dtype)}; pass "
-                    f"bias.astype(dtype.qint32(input_scale * weight_scale))")
+            _check_bias(b.dtype, acc_scale, what)
             acc = acc + b.reshape(1, -1, *([1] * (acc.ndim - 2))).astype(np.int64)
         if self.mode in ("identity", "relu"):
             return _qd.requantize_array(acc, acc_scale, self.dtype, relu=self.mode == "relu")
@@ -105,6 +99,18 @@ class _QuantizedConv(Op):
 
     def backward(self, *grads):
         return (None,) * len(self.needs_input_grad)
+
+
+def _check_bias(bias_dtype, acc_scale, what):
+    """A bias must be qint32 with the accumulator's scale, ``input scale * weight scale``, up to
+    the rounding of that product (``qint32(sx * sw)`` of float64 scales is accepted)."""
+    meta = _qd.quant_meta(bias_dtype)
+    info = bias_dtype.metadata["mgb_dtype"] if meta is not None else None
+    if meta is None or meta.cname != "QuantizedS32" or info.get("zero_point", 0) or \
+            abs(info["scale"] - acc_scale) > 1e-6 * acc_scale:  # (np.isclose costs 25 us)
+        raise TypeError(f"{what}: the bias must be qint32 with scale input scale * weight scale "
+                        f"({acc_scale:g}), got {_qd.dtype_name(bias_dtype)}; pass "
+                        f"bias.astype(dtype.qint32(input_scale * weight_scale))")
 
 
 def _geometry(transposed, stride, padding, dilation, output_padding, groups, what):
@@ -250,45 +256,79 @@ def _elemwise_multi_type(*args, mode, dtype=None):
     return apply(_Requantize(np.dtype(dtype)), real)
 
 
+# operand kinds upstream's MatrixMul multiplies into a qint32 accumulator (megdnn deduces
+# QuantizedS16 for qint4, a dtype this fork does not provide)
+_MATMUL_KINDS = ("QuantizedS8", "Quantized8Asymm", "Quantized4Asymm")
+
+
 class _QuantizedMatmul(Op):
-    """Matrix product of two quantized tensors: the exact integer products summed (in float64,
-    exact as in the convolution), returned as the qint32 accumulator of scale ``sa * sb``."""
+    """Matrix product of two quantized tensors (upstream's MatrixMul / BatchedMatrixMul on
+    quantized dtypes): the exact integer products summed (in float64, exact as in the
+    convolution), returned as the qint32 accumulator of scale ``a scale * b scale``.
+    ``transpose_a`` / ``transpose_b`` transpose the last two dims first: MatrixMul's own
+    parameters, so that a traced ``F.linear`` dumps one MatrixMul, as upstream's."""
+
+    def __init__(self, transpose_a=False, transpose_b=False):
+        self.transpose_a, self.transpose_b = bool(transpose_a), bool(transpose_b)
 
     def forward(self, a, b):
         _qd.require_host(a, "matmul")
         sa, za = _scale_zp(a, "matmul", "first operand")
         sb, zb = _scale_zp(b, "matmul", "second operand")
-        acc = np.rint(np.matmul(_centered(a, za), _centered(b, zb))).astype(np.int64)
+        a, b = _centered(a, za), _centered(b, zb)
+        if self.transpose_a and a.ndim >= 2:
+            a = a.swapaxes(-1, -2)
+        if self.transpose_b and b.ndim >= 2:
+            b = b.swapaxes(-1, -2)
+        acc = np.rint(np.matmul(a, b)).astype(np.int64)
         return _qd.requantize_array(acc, float(np.float32(sa) * np.float32(sb)), None)
 
     def backward(self, g):
         return None, None
 
 
-def _matmul(a: Tensor, b: Tensor, transpose_a=False, transpose_b=False) -> Tensor:
-    """``F.matmul`` of quantized tensors (upstream's MatrixMul on QuantizedS8): the qint32
-    accumulator with scale ``a scale * b scale``."""
+def _matmul(a: Tensor, b: Tensor, transpose_a=False, transpose_b=False,
+            compute_mode="default") -> Tensor:
+    """``F.matmul`` of quantized tensors (upstream's MatrixMul on qint8, quint8 or quint4
+    operands of one kind): the qint32 accumulator with scale ``a scale * b scale``."""
     a, b = _tensor(a), _tensor(b)
-    if not (_is_quantized(a) and _is_quantized(b)):
+    kinds = [getattr(_qd.quant_meta(t.dtype), "cname", None) for t in (a, b)]
+    if None in kinds:
         raise TypeError(f"matmul: operands of dtypes {_qd.dtype_name(a.dtype)} and "
                         f"{_qd.dtype_name(b.dtype)}: both must be quantized or both not")
-    if transpose_a and a.ndim >= 2:
-        a = a.transpose(*range(a.ndim - 2), a.ndim - 1, a.ndim - 2)
-    if transpose_b and b.ndim >= 2:
-        b = b.transpose(*range(b.ndim - 2), b.ndim - 1, b.ndim - 2)
-    return apply(_QuantizedMatmul(), a, b)
+    if kinds[0] != kinds[1] or kinds[0] not in _MATMUL_KINDS:
+        raise TypeError(f"matmul: quantized operands must be both qint8, both quint8 or both "
+                        f"quint4 (upstream's MatrixMul), got {_qd.dtype_name(a.dtype)} and "
+                        f"{_qd.dtype_name(b.dtype)}; convert them with astype first")
+    _mode(compute_mode, ("default",), "compute_mode", "matmul of quantized tensors")
+    return apply(_QuantizedMatmul(transpose_a, transpose_b), a, b)
 
 
-def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, dtype=None,
-            nonlinear_mode="identity") -> Tensor:
-    """``inp @ weight.T + bias`` on quantized ``inp`` (..., in) and ``weight`` (out, in), with a
-    qint32 ``bias`` of scale ``inp scale * weight scale``, activation fused, requantized to
-    ``dtype`` (what
-    upstream's quantized Linear computes with F.linear on quantized tensors). Runs as a 1x1
-    convolution, so the accumulation is the exact integer one of conv_bias_activation."""
-    inp, weight = _tensor(inp), _tensor(weight)
-    lead = inp.shape[:-1]
-    x = inp.reshape(-1, inp.shape[-1], 1, 1)
-    w = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
-    out = conv_bias_activation(x, w, bias, dtype=dtype, nonlinear_mode=nonlinear_mode)
-    return out.reshape(*lead, weight.shape[0])
+class _AsAccumulator(Op):
+    """A qint32 bias whose scale differs from the accumulator's by rounding only (``qint32(sx *
+    sw)`` of float64 scales against the float32 product): the same integers, labelled with the
+    accumulator's dtype (what upstream's TypeCvt between the two computes, without its float
+    round trip)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, b):
+        return b.astype(self.dtype)
+
+    def backward(self, g):
+        return None
+
+
+def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, compute_mode="default") -> Tensor:
+    """``F.linear`` of quantized tensors, as upstream's: ``matmul(inp, weight, transpose_b)``,
+    the qint32 accumulator (scale ``inp scale * weight scale``), plus ``bias``, a qint32
+    tensor of that scale (an integer addition)."""
+    out = _matmul(inp, weight, transpose_b=True, compute_mode=compute_mode)
+    if bias is None:
+        return out
+    bias = _tensor(bias)
+    _check_bias(bias.dtype, _qd.get_scale(out.dtype), "linear")
+    if not _qd.is_dtype_equal(bias.dtype, out.dtype):
+        bias = apply(_AsAccumulator(out.dtype), bias)
+    return out + bias

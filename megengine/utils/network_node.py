@@ -548,6 +548,24 @@ def _conv_out_shape(op, x_shape, w_shape):
     return (x_shape[0], c, *size)
 
 
+# upstream's graph replaces an operator computing a constant of fewer elements by an
+# ImmutableTensor as it is inserted (GraphOptimizer::replace_const_var)
+_MAX_CONST_FOLDING_SIZE = 1024
+
+
+def _folded_cast(prog, st):
+    """(value, device) of step ``st`` when it is a quantizing or dequantizing cast of a
+    constant small enough for upstream's graph to fold (a quantized layer's bias cast to
+    qint32 at each call is an ImmutableTensor there); else None. Other operators on constants
+    stay operators here."""
+    if not _is_op(st, "QuantizedCast", "megengine.core.dtype") or st.dyn or st.sym:
+        return None
+    info = prog.slots[st.ins[0]]
+    if info.kind != "const" or info.const.size >= _MAX_CONST_FOLDING_SIZE:
+        return None
+    return copy.copy(st.template).forward(info.const), info.device
+
+
 def _is_op(st, cls_name, module):
     return (type(st) is _OpStep and type(st.template).__name__ == cls_name
             and type(st.template).__module__ == module and bool(st.metas))
@@ -562,7 +580,8 @@ def upstream_steps(prog):
     over several axes or without ``keepdims`` (one op here) becomes upstream's Reduce per axis
     and AxisAddRemove (see `_upstream_reduce`), `F.var` / `F.std` upstream's means, SUB and POW
     (`_upstream_var`), `F.arange` of Tensors or of sizes from shapes upstream's Linspace of
-    computed bounds (`_upstream_arange`)."""
+    computed bounds (`_upstream_arange`). A quantizing cast of a constant (a quantized layer's
+    qint32 bias) is its value, as upstream's graph folds it (`_folded_cast`)."""
     from ..core.ops import Add
 
     scopes = dict(getattr(prog, "op_scopes", {}))
@@ -571,6 +590,10 @@ def upstream_steps(prog):
     for st in prog.steps:
         if type(st) is _OpStep:
             made_by.update((o, st) for o in st.outs)
+        folded = _folded_cast(prog, st)
+        if folded is not None:
+            consts[st.outs[0]] = folded
+            continue
         if _is_op(st, "Reduce", "megengine.core.ops"):
             found, n_slots = _upstream_reduce(st, n_slots, scopes)
             steps.extend(found)
@@ -926,6 +949,9 @@ def classify(op, in_shapes, dyn_names=()):
                                             else d["axis"])}
     if name == "MatMulTransposedB":
         return MatrixMul, {"transposeA": False, "transposeB": True}
+    if name == "_QuantizedMatmul":  # (the transposes are its parameters, as upstream's)
+        cls = MatrixMul if max(len(s) for s in in_shapes) <= 2 else BatchedMatrixMul
+        return cls, {"transposeA": d["transpose_a"], "transposeB": d["transpose_b"]}
     if name == "MatMul":
         nd = [len(s) for s in in_shapes]
         if nd == [1, 1]:

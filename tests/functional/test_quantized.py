@@ -203,6 +203,42 @@ def test_plain_conv_linear_and_matmul_of_quantized_tensors_give_the_qint32_accum
                  mge.tensor(np.ones((1, 1, 2), np.int8), dtype=dtype.qint8(1.0)))
 
 
+def test_quantized_matmul_is_upstreams_matrixmul():
+    # upstream's MatrixMul: operands of one kind (qint8, quint8 or quint4), the zero points
+    # subtracted, the int32 accumulator of scale a scale * b scale (float32 product)
+    rng = np.random.RandomState(9)
+    a, b = _ints(rng, (3, 4, 6)), _ints(rng, (3, 5, 4))
+    qa = mge.tensor((a + 128).astype(np.uint8), dtype=dtype.quint8(S_IN, 128))
+    qb = mge.tensor((b + 128).astype(np.uint8), dtype=dtype.quint8(S_W, 128))
+    out = F.matmul(qa, qb, transpose_a=True, transpose_b=True)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(out.numpy(), a.transpose(0, 2, 1) @ b.transpose(0, 2, 1))
+    q8 = mge.tensor(a[0].astype(np.int8), dtype=dtype.qint8(S_IN))
+    with pytest.raises(TypeError, match="both qint8, both quint8 or both quint4"):
+        F.matmul(q8, qb[0])
+    q4 = mge.tensor(np.ones((2, 2), np.int8), dtype=dtype.qint4(1.0))
+    with pytest.raises(TypeError, match="got qint4"):
+        F.matmul(q4, q4)
+    with pytest.raises(ValueError, match="compute_mode"):
+        F.matmul(q8, q8, transpose_b=True, compute_mode="float32")
+
+
+def test_quantized_linear_adds_a_bias_of_the_accumulators_scale_as_integers():
+    # a bias scale computed in float64 (qint32(sx * sw), upstream's module) differs from the
+    # float32 product by rounding only: the same integers are added
+    rng = np.random.RandomState(10)
+    x, w, b = _ints(rng, (4, 9)), _ints(rng, (3, 9)), _ints(rng, (3,), -10 ** 7, 10 ** 7)
+    qx = mge.tensor(x.astype(np.int8), dtype=dtype.qint8(0.05))
+    qw = mge.tensor(w.astype(np.int8), dtype=dtype.qint8(0.02))
+    bias = mge.tensor(b.astype(np.int32), dtype=dtype.qint32(0.05 * 0.02))
+    out = F.linear(qx, qw, bias)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint32(float(np.float32(0.05)
+                                                               * np.float32(0.02))))
+    np.testing.assert_array_equal(out.numpy(), x @ w.T + b)
+    with pytest.raises(TypeError, match="bias must be qint32 with scale"):
+        F.linear(qx, qw, mge.tensor(b.astype(np.int32), dtype=dtype.qint32(0.002)))
+
+
 @pytest.mark.parametrize("qdtype", [dtype.qint8(0.25), dtype.quint8(0.25, 128)])
 def test_relu_of_a_quantized_tensor_clamps_at_the_real_zero(qdtype):
     # quint8 stores the real 0 as its zero point: relu must keep values >= zero_point, not >= 0

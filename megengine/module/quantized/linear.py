@@ -1,7 +1,7 @@
 """Quantized `Linear` and `LinearRelu`: a quantized input times an integer weight plus a qint32
 bias, requantized to the output dtype."""
 from ...core.tensor import Parameter
-from ...functional.quantized import _linear
+from ...functional.nn import linear, relu
 from ..qat import linear as QAT
 from .conv import bias_as_qint32, quantized_weight
 from .module import QuantizedModule, output_dtype_of
@@ -12,7 +12,11 @@ __all__ = ["Linear", "LinearRelu"]
 class Linear(QuantizedModule):
     """Quantized :class:`~.qat.Linear`: ``inp @ weight.T + bias`` with int32 accumulation,
     output in ``dtype``. ``weight`` (out, in) holds integers; ``bias`` stays float and is
-    quantized to qint32 (scale input scale * weight scale) at each call."""
+    quantized to qint32 (scale input scale * weight scale) at each call. Computed as
+    upstream's: ``F.linear`` of the quantized tensors (MatrixMul into the qint32 accumulator,
+    ADD of the bias; exact integers), then a cast to ``dtype`` (TypeCvt: the real value
+    ``acc * scale`` in float32 divided by the output scale, rounded half away from zero,
+    saturated); ``dtype`` None keeps the qint32 accumulator."""
 
     _nonlinear_mode = "identity"
 
@@ -24,7 +28,10 @@ class Linear(QuantizedModule):
 
     def forward(self, inp):
         bias = None if self.bias is None else bias_as_qint32(self.bias, inp, self.weight)
-        return _linear(inp, self.weight, bias, self.output_dtype, self._nonlinear_mode)
+        out = linear(inp, self.weight, bias)
+        if self._nonlinear_mode == "relu":  # (on the integers: exact, before requantization)
+            out = relu(out)
+        return out if self.output_dtype is None else out.astype(self.output_dtype)
 
     @classmethod
     def from_qat_module(cls, qat_module: QAT.Linear):

@@ -1,10 +1,23 @@
 """Tests of megengine/module/quantized/linear.py and linear_bn.py: quantized Linear, LinearRelu,
-LinearBn1d and LinearBnRelu1d against the QAT layers they come from."""
+LinearBn1d and LinearBnRelu1d against the QAT layers they come from, against upstream's integer
+computation, and traced and dumped as upstream's operators."""
+import io
+import json
+
 import numpy as np
 import pytest
 
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+import megengine.utils.comp_graph_tools as cgtools
+from megengine.core.tensor import dtype
+from megengine.core.tensor import megbrain_graph as G
+from megengine.jit import trace
 from megengine.module import qat as QAT
 from megengine.module import quantized as Q
+from megengine.quantization.quantize import quantize, quantize_qat
+from megengine.utils.comp_graph_tools import GraphInference
 from quantized_oracle import check_against_qat, fixed_qat, quantized_input
 
 
@@ -30,3 +43,91 @@ def test_quantized_linear_bn_matches_the_qat_layer(name):
     q = getattr(Q, name).from_qat_module(qat)
     q.eval()
     check_against_qat(qat, q, quantized_input((5, 6)))
+
+
+def _half_away(v):
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+def _quantized_linear(name, rng, n_in=300, n_out=7):
+    """A quantized ``name`` layer (from a QAT layer with fixed ranges) with a random bias."""
+    qat = fixed_qat(getattr(QAT, name)(n_in, n_out))
+    qat.bias._reset(rng.randn(n_out).astype(np.float32))
+    q = getattr(Q, name).from_qat_module(qat)
+    q.eval()
+    return q
+
+
+@pytest.mark.parametrize("name", ["Linear", "LinearRelu"])
+def test_quantized_linear_is_upstreams_integer_linear_then_typecvt(name):
+    # upstream: F.linear of the qint8 tensors (the int32 accumulator of scale sx * sw, plus the
+    # bias quantized to it), then astype(qint8): acc * scale in float32 / output scale,
+    # rounded half away from zero, saturated; LinearRelu clamps the accumulator at 0 first
+    rng = np.random.RandomState(3)
+    q = _quantized_linear(name, rng)
+    _, qx = quantized_input((5, 300), seed=4)
+    sx, sw = dtype.get_scale(qx.dtype), dtype.get_scale(q.weight.dtype)
+    s_acc = np.float32(sx) * np.float32(sw)
+    bias = _half_away(q.bias.numpy() / s_acc).astype(np.int64)
+    acc = qx.numpy().astype(np.int64) @ q.weight.numpy().astype(np.int64).T + bias
+    if name == "LinearRelu":
+        acc = np.maximum(acc, 0)
+    s_out = np.float32(dtype.get_scale(q.output_dtype))
+    want = np.clip(_half_away((acc.astype(np.float32) * s_acc) / s_out), -128, 127)
+    out = q(qx)
+    assert dtype.is_dtype_equal(out.dtype, q.output_dtype)
+    np.testing.assert_array_equal(out.numpy(), want)
+    # the same integers as the exact ConvBias kernel (a 1x1 convolution)
+    conv = F.quantized.conv_bias_activation(
+        qx.reshape(5, 300, 1, 1), q.weight.reshape(7, 300, 1, 1),
+        q.bias.astype(dtype.qint32(float(s_acc))).reshape(1, 7, 1, 1), dtype=q.output_dtype,
+        nonlinear_mode="relu" if name == "LinearRelu" else "identity")
+    np.testing.assert_array_equal(conv.numpy().reshape(5, 7), want)
+
+
+@pytest.mark.parametrize("user_name", [None, "user-linear"])
+def test_traced_quantized_linear_dumps_upstreams_matrixmul_add_typecvt(user_name):
+    # upstream's test_dump_naming (test_quantized_module_auto_naming / _user_naming / _param):
+    # the quantized Linear is a MatrixMul (qint8 x qint8 -> qint32, the weight transposed by
+    # its parameter), the bias ADD and a TypeCvt, named after the module; its bias cast to
+    # qint32 is a constant of the graph (upstream folds it)
+    class Simple(M.Module):
+        def __init__(self):
+            super().__init__(name="simple")
+            self.quant = M.QuantStub()
+            self.linear = M.Linear(3, 3, bias=True, name=user_name)
+            self.linear.weight.name = "user-weight"
+            self.dequant = M.DequantStub()
+
+        def forward(self, x):
+            return self.dequant(self.linear(self.quant(x)))
+
+    m = Simple()
+    quantize_qat(m)
+    quantize(m)
+    m.eval()
+    x = mge.tensor(np.random.RandomState(0).randn(2, 3).astype(np.float32))
+    traced = trace(m, symbolic=True, capture_as_const=True)
+    eager = traced(x).numpy()
+    file = io.BytesIO()
+    traced.dump(file, optimize_for_inference=False, arg_names=("x",), keep_opr_name=True,
+                keep_var_name=2)
+    file.seek(0)
+    ops = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+    lin = "simple." + (user_name or "linear")
+    assert [(op.name, op.type) for op in ops] == [
+        ("x", "Host2DeviceCopy"), ("simple.quant.TypeCvt", "TypeCvt"),
+        (f"{lin}.MatrixMul", "MatrixMul"), (f"{lin}.ADD", "Elemwise"),
+        (f"{lin}.TypeCvt", "TypeCvt"), ("simple.dequant.TypeCvt", "TypeCvt")]
+    matmul = ops[2]
+    if user_name is None:  # (upstream's test names the weight of an unnamed layer)
+        assert [v.name for v in matmul.inputs] == ["simple.quant.TypeCvt",
+                                                   "simple.linear.user-weight"]
+    assert json.loads(matmul.params)["transposeB"] is True
+    assert dtype.is_dtype_equal(matmul.outputs[0].dtype, dtype.qint32(
+        float(np.float32(dtype.get_scale(matmul.inputs[0].dtype))
+              * np.float32(dtype.get_scale(matmul.inputs[1].dtype)))))
+    file.seek(0)
+    got = list(GraphInference(file).run(x.numpy()).values())[0]
+    np.testing.assert_array_equal(got, eager)
+    np.testing.assert_array_equal(eager, m(x).numpy())
