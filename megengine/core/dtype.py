@@ -279,8 +279,8 @@ _HOST_ONLY = ("quantized tensors are supported on CPU devices only here (the sca
 def require_host(a, what):
     """Quantized arrays are numpy arrays: their scale is the numpy dtype's metadata, which this
     fork has not verified CuPy to keep. A CUDA array gets an error naming the fix."""
-    if type(a) is not np.ndarray:
-        raise TypeError(f"{what}: {_HOST_ONLY}")
+    if type(a) is not np.ndarray and not isinstance(a, np.generic):  # (numpy arithmetic on
+        raise TypeError(f"{what}: {_HOST_ONLY}")  # a 0-d array gives a numpy scalar)
 
 
 def refuse_on_gpu(dtype, device, what):

@@ -55,8 +55,9 @@ def int_tuple(shape, what):
 
 def _promote(a, b):
     a, b = a.dtype, b.dtype
-    if a == b:
-        return a  # the common case, without a call into tensor.py
+    if a is b or (a == b and a.metadata is None and b.metadata is None):
+        return a  # the common case, without a call into tensor.py (numpy's == ignores the
+        # metadata quantized dtypes keep their scale in: promote_types compares those)
     from .tensor import promote_types
 
     return promote_types(a, b)
@@ -815,9 +816,12 @@ class GetItem(Op):
         self.in_shape, self.in_dtype = x.shape, x.dtype
         self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
-            return x[self.index]
+            out = x[self.index]
         except IndexError as e:
             raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
+        if x.dtype.metadata is not None and out.dtype.metadata is None:  # one element of a
+            return np.asarray(out).view(x.dtype)  # quantized tensor: a numpy scalar, no scale
+        return out
 
     def backward(self, g):
         return IndexAdd(self.index, self.in_shape, self.in_dtype).forward(g)

@@ -651,8 +651,10 @@ class Tensor(metaclass=_TensorType):
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None
         value = _operand(value, self)
-        if value.dtype != self.dtype and (value.dtype.kind != "c" or self.dtype.kind == "c"):
-            value = value.astype(self.dtype)  # (a complex value for a real x: SetItem refuses)
+        if (value.dtype != self.dtype or value.dtype.metadata != self.dtype.metadata) and \
+                (value.dtype.kind != "c" or self.dtype.kind == "c"):  # (metadata: a quantized
+            # dtype's scale, which == ignores; a complex value for a real x: SetItem refuses)
+            value = value.astype(self.dtype)
         result = dispatch.apply(_ops.SetItem(idx), self, value)
         self._inplace(result)
         if whole:

@@ -138,6 +138,35 @@ def test_mixing_a_quantized_tensor_with_another_dtype_is_refused():
         F.concat([q, mge.tensor([1.0]).astype(dtype.qint8(0.25))])
 
 
+def test_quantized_tensors_of_one_kind_and_another_scale_do_not_mix():
+    # numpy's dtype == ignores the metadata the scale lives in: qint8(0.5) + qint8(0.25) added
+    # the raw integers (0.5 + 0.25 came out as 2 * 0.5); the docs say another scale raises
+    q, r = mge.tensor([1.0, 2.0]).astype(dtype.qint8(0.5)), mge.tensor([0.25, 1.0]).astype(
+        dtype.qint8(0.25))
+    for mixed in (lambda: q + r, lambda: q * r, lambda: F.maximum(q, r), lambda: q == r):
+        with pytest.raises(TypeError, match=r"qint8\(0.5\)\) with a tensor of dtype qint8\(0.25\)"):
+            mixed()
+    assert dtype.is_dtype_equal((q + q).dtype, q.dtype)  # one scale on both sides: allowed
+
+
+def test_one_element_of_a_quantized_tensor_keeps_its_scale():
+    q = mge.tensor([1.0, -2.5, 3.0]).astype(dtype.qint8(0.5))
+    assert dtype.is_dtype_equal(q[1].dtype, q.dtype) and q[1].shape == ()
+    np.testing.assert_array_equal(q[1].astype("float32").numpy(), np.float32(-2.5))
+    np.testing.assert_array_equal(q[2].astype(dtype.qint8(0.25)).numpy(), 12)  # 3.0 / 0.25
+
+
+def test_setting_quantized_values_of_another_scale_requantizes_them():
+    q = mge.tensor([1.0, -2.5, 3.0]).astype(dtype.qint8(0.5))  # integers 2, -5, 6
+    fine = mge.tensor([0.0, 0.0, 0.0]).astype(dtype.qint8(0.25))
+    fine[0] = q[1]  # -2.5 is -10 at scale 0.25 (it wrote the integer -5, -1.25, before)
+    fine[1:] = q[1:]
+    np.testing.assert_array_equal(fine.numpy(), [-10, -10, 12])
+    assert dtype.is_dtype_equal(fine.dtype, dtype.qint8(0.25))
+    fine[2] = fine[0]  # the same scale: the integer as it is
+    np.testing.assert_array_equal(fine.numpy(), [-10, -10, -10])
+
+
 def test_quantized_tensors_survive_save_and_load():
     q = mge.tensor([0.3, -1.2]).astype(dtype.quint8(0.1, 7))
     buf = io.BytesIO()
