@@ -81,6 +81,36 @@ def test_power_by_a_common_exponent_keeps_the_bits_of_numpys_power(dtype, expone
                                else 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("exponent", [3, 1.5, -2.0, 4.0])
+def test_power_of_a_large_array_has_torchs_bits_and_gradient(dtype, exponent):
+    # from 1024 values other exponents run on ATen's pow: torch's bits (x ** 3 is its
+    # x * x * x), and 30-150x numpy's general loop for integer exponents of negative values;
+    # the array code (what CuPy runs) stays close to it
+    from megengine.functional import _aten
+
+    rs = np.random.RandomState(5)
+    a = (rs.randn(64, 64) * 3).astype(dtype)
+    a[0, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    g = rs.randn(64, 64).astype(dtype)
+    x = mge.Parameter(a, dtype=dtype, device="cpu0")  # (numpy arrays: CuPy's are its own)
+    with GradManager().attach(x) as gm:
+        y = x ** exponent
+        gm.backward(y * mge.tensor(g, dtype=dtype, device="cpu0"))
+    t = torch.tensor(a, requires_grad=True)
+    ty = t ** exponent
+    ty.backward(torch.tensor(g))
+    assert y.dtype == dtype
+    assert np.array_equal(y.numpy(), ty.detach().numpy(), equal_nan=True)
+    if exponent == 1.5:  # (its gradient takes x ** 0.5: numpy's sqrt, 1 ulp from torch's)
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6)
+    else:
+        assert np.array_equal(x.grad.numpy(), t.grad.numpy(), equal_nan=True)
+    with _aten.avoided("pow"), np.errstate(all="ignore"):
+        plain = (mge.tensor(a, dtype=dtype, device="cpu0") ** exponent).numpy()
+    np.testing.assert_allclose(plain, y.numpy(), rtol=1e-6)
+
+
 def test_square_by_power_has_torchs_gradient_and_a_second_order():
     a = np.array([[1.5, -2.0, 0.0], [3.0, -0.25, 7.0]], np.float32)
     g = np.array([[1.0, -1.0, 2.0], [0.5, 3.0, -2.0]], np.float32)
