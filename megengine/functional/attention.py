@@ -365,6 +365,10 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     out = matmul(probs, v)  # (N, heads, L, width per head): the heads side by side
     out = _regroup(out, None, (0, 2, 1, 3), (n, q_len, out.shape[1] * out.shape[3]))
     out = project(out, wo, bo)
+    if io_weight_bias is not None and wq is wk is wv is wo is bq is bk is bv is bo is None:
+        # upstream's op takes the packed tensor as an input even when it holds no values, so
+        # an attached one gets its (empty) gradient: its sum, 0, keeps it in the graph
+        out = out + _tensor(io_weight_bias).sum()
     if training and out_drop:
         out = dropout(out, out_drop, training)
     if reslink:  # upstream's residual link: the query added to the output

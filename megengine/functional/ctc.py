@@ -40,10 +40,17 @@ class _CTC(Op):
         ext = self._interleave(xp, label, label_lengths, n)
         lp = xp.take_along_axis(logp, xp.broadcast_to(ext[None], (t_max,) + ext.shape), 2)
         prev2 = xp.concatenate([xp.full((n, 2), -1, np.int64), ext[:, :-2]], axis=1)
-        self.skip = (ext != self.blank) & (ext != prev2)  # may jump over the blank before
+        # a position may jump over the one before it when its symbol differs from the one two
+        # back (so never onto a blank); a label equal to `blank` is a symbol like any other, as
+        # in upstream's recursion and torch's
+        self.skip = ext != prev2
         last = (pred_lengths.astype(np.int64) - 1)
         ends = xp.stack([2 * label_lengths, 2 * label_lengths - 1], axis=1).astype(np.int64)
         alpha = xp.full((t_max, n, ext.shape[1]), -np.inf)
+        # upstream clamps the first frame's probabilities at tiny, the positions a path cannot
+        # start from included, so that an alignment too long for its frames costs a finite loss
+        # (-log(2 * tiny) = 86.6 for float32 at one frame) where torch's is inf
+        alpha[0] = np.log(tiny)
         alpha[0, :, :2] = lp[0, :, :2]
         for t in range(1, t_max):  # one vector step per frame
             a = alpha[t - 1]
@@ -96,6 +103,7 @@ class _CTC(Op):
             beta[t] = nxt = cur
         with np.errstate(invalid="ignore"):
             post = xp.exp(alpha + beta - log_p[None, :, None])  # (T, N, L) occupancy
+        post[0, :, 2:] = 0  # the clamped starts are constants, not emissions of pred[0]
         gl = g.astype(np.float64)
         if self.reduction == "mean":
             gl = gl / (n * label_lengths.astype(np.float64))

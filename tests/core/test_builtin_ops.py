@@ -296,6 +296,9 @@ def test_dimshuffle_addaxis_removeaxis_identity_with_gradients():
     got = one(builtin.Dimshuffle(pattern=(1, "x", 0, 2)), mge.tensor(x))
     assert got.shape == (3, 1, 2, 4)
     np.testing.assert_array_equal(got.numpy(), x.transpose(1, 0, 2)[:, None])
+    # upstream's op (megbrain's Dimshuffle) writes the new axis as -1 in its pattern
+    check_against_torch(lambda a: one(builtin.Dimshuffle(pattern=(-1, 2, 0, -1, 1)), a),
+                        lambda a: a.permute(2, 0, 1)[None, :, :, None], x)
     check_against_torch(lambda a: one(builtin.AddAxis(axis=[0, 3]), a),
                         lambda a: a.unsqueeze(0).unsqueeze(3), x)
     y = rng.randn(1, 3, 1).astype(np.float32)

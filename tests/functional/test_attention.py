@@ -249,6 +249,24 @@ def test_unprojected_inputs_are_repeated_per_head_and_reslink_adds_the_query(unp
         np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_an_io_weight_bias_holding_no_values_gets_an_empty_gradient():
+    # no projection and no bias: upstream's op still takes the packed tensor as an input, so
+    # an attached one gets a gradient of its own (empty) shape, and the output is plain attention
+    n, lq, lk, e, heads = 2, 3, 4, 4, 2
+    q, k, v = randn(n, lq, e), randn(n, lk, e), randn(n, lk, e)
+    t_out = _reference_unprojected(*(torch.tensor(a) for a in (q, k, v)), heads, None, None,
+                                   None, None, e, False)
+    mq, io = mge.tensor(q), mge.tensor(np.zeros((1, 0), np.float32))
+    gm = GradManager().attach([mq, io])
+    with gm:
+        out, _ = F.nn.multi_head_attention(mq, mge.tensor(k), mge.tensor(v), e, heads, 0.0, 0.0,
+                                           io, 0, 0, 0, 0, training=False)
+        gm.backward(out.sum())
+    np.testing.assert_allclose(out.numpy(), t_out.numpy(), rtol=1e-4, atol=1e-5)
+    assert io.grad is not None and io.grad.shape == (1, 0)
+    assert mq.grad is not None
+
+
 def test_reslink_needs_matching_shapes():
     e, heads = 4, 2
     x = mge.tensor(randn(2, 3, e))

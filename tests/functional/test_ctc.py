@@ -90,3 +90,49 @@ def test_traced_ctc_loss_replays_each_calls_labels():
         args = [mge.tensor(a) for a in (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
                                          lengths, label, label_lengths)]
         np.testing.assert_allclose(traced(*args).numpy(), f(*args).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ctc_loss_a_label_equal_to_blank_is_a_symbol_as_in_torch(reduction):
+    # upstream's recursion (and torch's) lets a position skip the one before it whenever its
+    # symbol differs from the one two back; a label that is the blank index is no exception
+    logits, lengths, label, label_lengths = _ctc_case(3)
+    # the blank index below, between other symbols and first; not last: torch's backward
+    # assumes a sample's last symbol is no blank and its gradient there is off
+    label = np.array([[1, 2, 4, 3], [3, 2, 1, 1], [2, 4, 1, 1]], np.int32)
+    check_against_torch(
+        lambda z: F.nn.ctc_loss(F.softmax(z, axis=-1), lengths, label, label_lengths, blank=2,
+                                reduction=reduction),
+        lambda z: torch.nn.functional.ctc_loss(z.log_softmax(-1), torch.tensor(label),
+                                               torch.tensor(lengths), torch.tensor(label_lengths),
+                                               blank=2, reduction=reduction),
+        logits, rtol=1e-5, atol=1e-5)
+
+
+def test_ctc_loss_of_an_alignment_longer_than_its_frames_is_finite_as_upstream():
+    # upstream clamps the first frame's probabilities at float32's tiny, the positions no path
+    # can start from included: one frame for the label (1, 1) (which needs three frames) ends
+    # at two positions that each start at log(tiny), so the loss is -log(2 * tiny), not inf
+    tiny = np.finfo(np.float32).tiny
+    pred = mge.tensor([[[0.3, 0.7]]])
+    loss = F.nn.ctc_loss(pred, [1], [[1, 1]], [2], reduction="sum")
+    np.testing.assert_allclose(loss.item(), -np.log(2 * np.float64(tiny)), rtol=1e-6)
+    # and its gradient is the clamped recursion's: finite differences over three frames that
+    # cannot hold the label (2, 2, 1), whose paths all start from a clamped position
+    rs = np.random.RandomState(4)
+    p = rs.dirichlet(np.ones(3), size=(3, 1)).astype(np.float32)
+    label, lengths, label_lengths = [[2, 2, 1]], [3], [3]
+    x = mge.tensor(p)
+    gm = GradManager().attach([x])
+    with gm:
+        out = F.nn.ctc_loss(x, lengths, label, label_lengths, reduction="sum")
+        gm.backward(out)
+    assert np.isfinite(out.item())
+    eps = 1e-2  # the loss is about 87: float32 rounding needs a wide step
+    for t, c in [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]:
+        d = np.zeros_like(p)
+        d[t, 0, c] = eps
+        loss = [F.nn.ctc_loss(mge.tensor(q), lengths, label, label_lengths, reduction="sum")
+                .item() for q in (p + d, p - d)]
+        numeric = (loss[0] - loss[1]) / (2 * eps)
+        np.testing.assert_allclose(x.grad.numpy()[t, 0, c], numeric, rtol=1e-3, atol=1e-3)

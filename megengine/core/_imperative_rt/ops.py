@@ -306,12 +306,13 @@ class Reshape(OpDef):
 
 
 class Dimshuffle(OpDef):
-    """Permute axes by ``pattern``; an ``'x'`` in it inserts a new axis of size 1."""
+    """Permute axes by ``pattern``; a -1 in it (upstream's and megbrain's spelling) or an
+    ``'x'`` inserts a new axis of size 1."""
 
     _params = (("pattern", _REQUIRED), ("format", "default"))
 
     def _lower(self, x):
-        return (_F().transpose(x, tuple(self.pattern)),)
+        return (_F().transpose(x, tuple("x" if p == -1 else p for p in self.pattern)),)
 
 
 class AddAxis(OpDef):
