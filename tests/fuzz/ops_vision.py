@@ -199,21 +199,25 @@ def _ctc_oracle(prob, pred_len, labels, lab_len, blank, reduction):
     """CTC by its definition, in differentiable torch ops: the forward (alpha) recursion in log
     space over the blank-extended label. (torch's ctc_loss has the right value, but its
     gradient in log_probs is that of log_softmax's input: exp(log_probs) - posterior, right only
-    behind a log_softmax; upstream's loss is differentiated in the probabilities themselves.)"""
+    behind a log_softmax; upstream's loss is differentiated in the probabilities themselves.)
+    Upstream's rules: a label equal to ``blank`` is a symbol like the others (only the
+    interleaved blanks cannot be jumped onto), and the positions a path cannot start from begin
+    at the smallest normal probability, not zero, so a label too long for its frames costs a
+    finite loss."""
     lp = torch.log(prob)
+    start = torch.tensor(float(np.log(np.finfo(np.float32).tiny)), dtype=lp.dtype)
     losses = []
     for i in range(prob.shape[1]):
         ext = [blank]
         for v in labels[i, :lab_len[i]]:
             ext += [int(v), blank]
         s_len = len(ext)
-        neg = torch.tensor(-1e30)  # (not -inf: logsumexp of all -inf has a NaN gradient)
-        alpha = [lp[0, i, ext[0]], lp[0, i, ext[1]]] + [neg] * (s_len - 2)
+        alpha = [lp[0, i, ext[0]], lp[0, i, ext[1]]] + [start] * (s_len - 2)
         for t in range(1, int(pred_len[i])):
             new = []
             for s in range(s_len):
                 terms = [alpha[s]] + ([alpha[s - 1]] if s >= 1 else [])
-                if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                if s % 2 and s >= 2 and ext[s] != ext[s - 2]:  # (a label, not a blank)
                     terms.append(alpha[s - 2])
                 new.append(torch.logsumexp(torch.stack(terms), 0) + lp[t, i, ext[s]])
             alpha = new
@@ -229,12 +233,15 @@ def _ctc(rng):
     n, c = int(rng.integers(1, 4)), int(rng.integers(2, 5))
     blank = int(rng.integers(0, c))
     lab_len = rng.integers(1, 4, size=n)
-    # enough frames for every alignment (repeats need a blank between them)
-    pred_len = np.array([int(rng.integers(2 * ll + 1, 2 * ll + 4)) for ll in lab_len])
+    # mostly enough frames for every alignment (repeats need a blank between them); sometimes
+    # too few (upstream's finite loss of an impossible alignment)
+    low = 1 if rng.random() < 0.2 else 2
+    pred_len = np.array([int(rng.integers(low * ll, 2 * ll + 4)) for ll in lab_len])
     t = int(pred_len.max())
     labels = np.zeros((n, int(lab_len.max())), np.int32)
+    with_blank = rng.random() < 0.3  # a label equal to blank: an ordinary symbol upstream
     for i, ll in enumerate(lab_len):
-        labels[i, :ll] = rng.choice([v for v in range(c) if v != blank], size=ll)
+        labels[i, :ll] = rng.choice([v for v in range(c) if with_blank or v != blank], size=ll)
     logits = values(rng, (t, n, c), "float32", -2, 2)
     prob = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
     reduction = pick(rng, ["mean", "sum", "none"])
