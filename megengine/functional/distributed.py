@@ -85,6 +85,8 @@ def _peers(func):
 
     @functools.wraps(func)
     def wrapper(x, group, *args):
+        if isinstance(x, np.generic):  # a 0-d output's gradient may come as a numpy scalar
+            x = np.asarray(x)
         try:
             return func(x, group, *args)
         except RuntimeError as error:

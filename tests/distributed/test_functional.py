@@ -340,3 +340,29 @@ def test_the_collectives_import_whichever_module_a_program_imports_first(first_i
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == len(fd.__all__)
+
+
+def _scalar_gradients():
+    rank = dist.get_rank()
+    grads = {}
+    for name, collective in (("all_reduce_sum", fd.all_reduce_sum), ("broadcast", fd.broadcast),
+                             ("reduce_sum", fd.reduce_sum)):
+        x = mge.tensor(np.float64(rank + 1), dtype="float64")
+        gm = GradManager().attach([x])
+        with gm:
+            out = collective(x)
+            if out is None:  # reduce_sum off the root: its backward runs without a loss here
+                gm.backward()
+            else:
+                gm.backward(out * mge.tensor(np.float64(10 ** rank), dtype="float64"))
+        grads[name] = None if x.grad is None else (x.grad.shape, float(x.grad.numpy()))
+    return grads
+
+
+def test_gradients_of_collectives_on_0d_tensors(run_ranks):
+    # each rank's loss is out * 10**rank, so every rank's output gradient is distinct; the
+    # 0-d output's gradient reached the adjoint collective as a numpy scalar and failed
+    g0, g1 = run_ranks(_scalar_gradients, 2)
+    assert g0["all_reduce_sum"] == g1["all_reduce_sum"] == ((), 11.0)
+    assert g0["broadcast"] == ((), 11.0)  # the root's input gets the sum of the outputs'
+    assert g0["reduce_sum"] == g1["reduce_sum"] == ((), 1.0)  # the root's output gradient
