@@ -7,28 +7,35 @@ on PYTHONPATH.
 Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` ops
 (all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
 all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
-int32 inputs of random shapes (0-d and empty where the op allows them), over WORLD, over groups
-made by ``dist.new_group`` (any subset, any order: the first rank is the root) and over a
-permuted list of all ranks. Each rank's input is drawn from (seed, step, rank), so this process
-computes every rank's expected output with numpy. Float steps may also be differentiated: each
-rank's loss is ``(out * w).sum()`` with its own ``w``, and the input's gradient from
-``GradManager.backward`` is checked against the hand-derived adjoint collective (all_reduce_sum
-of the ``w``s, the root's ``w`` split for gather, ...). Between them come bad calls that every
-rank can tell are wrong on its own (a non-member calling a group's collective, a list of some
-ranks that is not a group, a shape that does not split, an axis out of range, a bad peer or
-reduce method, a bad new_group): each must raise its error, and the collectives after it must
-still work. Every ``MISMATCH_EVERY``-th seed also runs a program whose ranks give differently
-sized inputs to one collective (which no rank can tell alone): it must fail with
-`WorkerError`/`TimeoutError` within its timeouts, not hang and not return.
+int32 inputs of random shapes (0-d and empty where the op allows them; some transposed or
+strided views), over WORLD, over groups made by ``dist.new_group`` (any subset, any order: the
+first rank is the root) and over a permuted list of all ranks. Each rank's input is drawn from
+(seed, step, rank), so this process computes every rank's expected output with numpy; where the
+result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
+broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
+root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
+own ``w`` (possibly through a transpose, so that the gradient arrives strided), and the input's
+gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
+(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, ...), also through a second
+collective applied to the first one's output. Between them come bad calls that every rank can
+tell are wrong on its own (a non-member calling a group's collective, a list of some ranks that
+is not a group, a shape that does not split, an axis out of range, a bad peer or reduce method,
+a bad new_group): each must raise its error, and the collectives after it must still work.
+Every ``MISMATCH_EVERY``-th seed also runs a program whose ranks give differently sized inputs
+to one collective (upstream requires equal shapes and checks nothing; neither rank can tell
+alone): it must fail with `WorkerError`/`TimeoutError` within its timeouts, not hang and not
+return.
 
 Training (`draw_training`, 2-3 ranks): a small network of Linear, Conv2d, SyncBatchNorm (plain
-BatchNorm in the oracle) and a frozen eval-mode BatchNorm, in float64 (float32 with SGD),
-started from different weights on every rank and made equal with ``dist.bcast_list_``;
+BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD), started from
+different weights on every rank and made equal with ``dist.bcast_list_``;
 ``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
-calls; SGD (momentum, weight decay) or Adam; a few steps whose per-rank batches may be uneven
-(the loss is then scaled so that the reduced gradient is the whole batch's mean). The oracle is
-the same network trained in this process on the concatenated batches with a mean loss: after
-every step each rank's parameters and buffers match it, and all ranks hold identical bytes.
+calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
+under ``jit.trace`` (symbolic or not), whose per-rank batches may be uneven at the end (the loss
+is then scaled so that the reduced gradient is the whole batch's mean). The oracle is the same
+network trained in this process on the concatenated batches with a mean loss: after every step
+each rank's parameters and buffers match it, all ranks hold identical bytes, and the ranks'
+losses together are its loss.
 
 A seed's failures are printed with its plan; ``--only collectives|training`` runs one half."""
 import argparse
@@ -44,6 +51,7 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
+from megengine.jit import trace
 
 FD = F.distributed
 MISMATCH_EVERY = 10
@@ -80,6 +88,7 @@ GRAD_OPS = ("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast", "
             "gather", "scatter", "all_to_all", "remote")
 OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min") + ND_OPS + ("broadcast",
                                                                           "reduce_sum", "remote")
+SAME_EVERYWHERE = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "broadcast")
 # differentiated steps may apply a second collective (`then`) to the output of one of these
 CHAIN_FIRST = ("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast", "scatter",
                "all_to_all")
@@ -130,6 +139,12 @@ def draw_program(seed, mismatch=False):
         if step["grad"] and op in CHAIN_FIRST and rng.random() < 0.3:
             step["then"] = str(rng.choice(["all_reduce_sum", "all_gather"])) if ndim else \
                 "all_reduce_sum"  # (all_gather needs a dim)
+        if op in ("broadcast", "scatter") and rng.random() < 0.5:
+            step["dummy"] = True  # the other members' inputs only say the device (upstream's)
+        if step["grad"]:
+            step["transposed_loss"] = bool(rng.random() < 0.3)  # a non-contiguous gradient
+        elif ndim and rng.random() < 0.3:
+            step["layout"] = "transposed" if ndim > 1 and rng.random() < 0.5 else "strided"
         steps.append(step)
     if mismatch:
         op = str(rng.choice(["all_reduce_sum", "all_gather", "reduce_scatter_sum"]))
@@ -167,10 +182,13 @@ def _members(group, n, groups, seed, i):
     return groups[group]
 
 
-def _input(seed, i, rank, step):
-    """Rank ``rank``'s input of step ``i`` (a mismatch step gives rank 1 one element more)."""
+def _input(seed, i, rank, step, root):
+    """Rank ``rank``'s input of step ``i`` (a mismatch step gives rank 1 more elements; a
+    "dummy" step gives members other than the ``root`` a float32 of one element)."""
     rng = np.random.default_rng([seed, 3, i, rank])
     shape = step["shape"]
+    if step.get("dummy") and rank != root:
+        return rng.standard_normal(1).astype(np.float32)
     if step.get("mismatch") and rank == 1:  # (still splitting into n parts)
         shape = (shape[0] * 2,) + shape[1:]
     if step["dtype"] == "int32":
@@ -203,9 +221,22 @@ def _remote(step, x, rank):
     return FD.remote_recv(step["src"])
 
 
+def _laid_out(array, layout):
+    """``array`` as a Tensor: contiguous, or a transposed or strided view of one."""
+    if layout == "transposed":
+        axes = tuple(reversed(range(array.ndim)))
+        return F.transpose(mge.tensor(np.ascontiguousarray(array.transpose(axes)),
+                                      dtype=array.dtype), axes)
+    if layout == "strided":
+        return mge.tensor(np.repeat(array, 2, axis=-1), dtype=array.dtype)[..., ::2]
+    return mge.tensor(array, dtype=array.dtype)
+
+
 def _run_step(seed, i, step, rank, group):
     """(output, input gradient) of one collective step on this rank, as numpy (or None)."""
-    x = mge.tensor(_input(seed, i, rank, step), dtype=step["dtype"])
+    root = None if step["op"] == "remote" else \
+        group.proc_ranks[0] if isinstance(group, dist.Group) else group[0]
+    x = _laid_out(_input(seed, i, rank, step, root), step.get("layout"))
 
     def run():
         if step["op"] == "remote":
@@ -223,8 +254,12 @@ def _run_step(seed, i, step, rank, group):
         if out is None:  # the output is elsewhere: the kept collective's backward runs here
             gm.backward()
         else:
-            gm.backward((out * mge.tensor(_weight(seed, i, rank, out.shape, step["dtype"]),
-                                          dtype=step["dtype"])).sum())
+            w = _weight(seed, i, rank, out.shape, step["dtype"])
+            if step["transposed_loss"] and out.ndim > 1:
+                out_t = F.transpose(out, tuple(reversed(range(out.ndim))))
+                gm.backward((out_t * mge.tensor(w.T, dtype=w.dtype)).sum())
+            else:
+                gm.backward((out * mge.tensor(w, dtype=w.dtype)).sum())
     return (None if out is None else out.numpy()), (None if x.grad is None else x.grad.numpy())
 
 
@@ -289,7 +324,8 @@ def _parts(a, n, axis):
 def expected(seed, i, step, members):
     """{rank: (output, input gradient)} of a collective step, from every rank's input and output
     gradient (None where the rank gets no output, or its input's gradient is not checked)."""
-    outs = _forward(step, members, {r: _input(seed, i, r, step) for r in members})
+    xs = {r: _input(seed, i, r, step, members[0]) for r in members}
+    outs = _forward(step, members, xs)
     if step.get("then"):
         outs = _forward(_then(step), members, outs)
     if not step["grad"]:
@@ -307,11 +343,16 @@ def _then(step):
 
 def _forward(step, members, xs):
     """{rank: output} of a collective (None where the rank gets none) on the members' inputs."""
-    op, n = step["op"], len(members)
-    stack = np.stack([xs[r] for r in members])
-    dtype, root = stack.dtype, members[0]
+    op, n, root = step["op"], len(members), members[0]
     if op == "remote":
         return {step["src"]: None, step["dst"]: xs[step["src"]]}
+    if op == "broadcast":
+        return dict.fromkeys(members, xs[root])
+    if op == "scatter":
+        parts = _parts(xs[root], n, step["axis"])
+        return {r: parts[k] for k, r in enumerate(members)}
+    stack = np.stack([xs[r] for r in members])
+    dtype = stack.dtype
     if op.startswith("all_reduce"):
         reduce = {"sum": np.sum, "max": np.max, "min": np.min}[op.rsplit("_", 1)[1]]
         return dict.fromkeys(members, reduce(stack, axis=0).astype(dtype))
@@ -320,16 +361,11 @@ def _forward(step, members, xs):
     if op == "reduce_scatter_sum":
         parts = _parts(stack.sum(axis=0).astype(dtype), n, step["axis"])
         return {r: parts[k] for k, r in enumerate(members)}
-    if op == "broadcast":
-        return dict.fromkeys(members, xs[root])
     if op == "reduce_sum":
         return {r: stack.sum(axis=0).astype(dtype) if r == root else None for r in members}
     if op == "gather":
         whole = np.concatenate(list(stack), axis=step["axis"])
         return {r: whole if r == root else None for r in members}
-    if op == "scatter":
-        parts = _parts(xs[root], n, step["axis"])
-        return {r: parts[k] for k, r in enumerate(members)}
     # all_to_all: member k gets part k of every member's input, in group order
     return {r: np.concatenate([_parts(xs[s], n, step["axis"])[k] for s in members],
                               axis=step["concat_axis"]) for k, r in enumerate(members)}
@@ -398,6 +434,12 @@ def check_program(seed, mismatch=False):
                 if got_grad is None:
                     raise DistMismatch(f"{what}: the input got no gradient")
                 _compare(f"{what} input gradient", got_grad, grad, TOLERANCES[step["dtype"]])
+        if step["op"] in SAME_EVERYWHERE or step.get("then"):
+            first = ranks[members[0]][i][0]
+            for r in members[1:]:  # upstream: "bitwise identical in all processes"
+                if not np.array_equal(ranks[r][i][0], first):
+                    raise DistMismatch(f"step {i} ({step['op']}): rank {r}'s output differs "
+                                       f"from rank {members[0]}'s")
     return n, len(steps)
 
 
@@ -451,11 +493,15 @@ def draw_training(seed):
     batches = [[per_rank] * n for _ in range(steps)]
     if rng.random() < 0.5:  # an uneven last batch, as a DataLoader's last one
         batches[-1] = [int(b) for b in rng.integers(1, per_rank + 1, n)]
-    return dict(n=n, image=image, in_channels=int(layers[0][1]) if image else channels,
+    plan = dict(n=n, image=image, in_channels=int(layers[0][1]) if image else channels,
                 layers=layers, dtype=dtype, opt=opt, steps=steps, batches=batches,
                 method=str(rng.choice(["mean", "sum"])),
                 bucket=int(rng.choice([0, 64, 1024, 10 * 1024 * 1024])),
                 attach=int(rng.integers(1, 4)), shared_cb=bool(rng.random() < 0.5))
+    # the step under megengine.jit.trace (symbolic or not), when every step has one shape
+    traceable = all(b == batches[0] for b in batches)
+    plan["trace"] = [None, None, False, True][int(rng.integers(4))] if traceable else None
+    return plan
 
 
 class Net(M.Module):
@@ -576,23 +622,28 @@ def _train_rank(seed, init):
         gm.attach([params[j] for j in part], callbacks=[cb])
     opt = _optimizer(plan, params)
     net.train()
+
+    def step(x, y, sizes):
+        with gm:
+            sq = (net(x) - y) ** 2
+            if len(set(sizes)) == 1 and plan["method"] == "mean":
+                loss = F.mean(sq)  # the usual program: the mean over this rank's part
+            else:  # the whole batch's mean, split over the ranks (undone by "mean")
+                loss = sq.sum() * ((n if plan["method"] == "mean" else 1) / (sum(sizes) * 3))
+            gm.backward(loss)
+        opt.step()
+        opt.clear_grad()
+        return loss
+
+    if plan["trace"] is not None:  # (the sizes are the same at every step then)
+        step = trace(step, symbolic=plan["trace"])
     losses, states = [], []
     for k in range(plan["steps"]):
         x, y = _data(plan, seed, k)
         sizes = plan["batches"][k]
         lo = sum(sizes[:rank])
         x, y = (mge.tensor(a[lo:lo + sizes[rank]], dtype=plan["dtype"]) for a in (x, y))
-        with gm:
-            sq = (net(x) - y) ** 2
-            if len(set(sizes)) == 1 and plan["method"] == "mean":
-                loss = F.mean(sq)  # the usual program: the mean over this rank's part
-            else:  # the whole batch's mean, split over the ranks (undone by "mean")
-                scale = (n if plan["method"] == "mean" else 1) / (sum(sizes) * 3)
-                loss = sq.sum() * scale
-            gm.backward(loss)
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss.numpy()))
+        losses.append(float(step(x, y, sizes).numpy()))
         states.append(_state(net))
     return losses, states
 
