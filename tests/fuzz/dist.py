@@ -16,8 +16,9 @@ broadcast and scatter may pass a dummy of another shape and dtype (upstream take
 root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
 own ``w`` (possibly through a transpose, so that the gradient arrives strided), and the input's
 gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
-(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, ...), also through a second
-collective applied to the first one's output. Between them come bad calls that every rank can
+(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, for a max or min the sum to
+the ranks holding the result, as the fork documents), also through a second collective applied
+to the first one's output. Between them come bad calls that every rank can
 tell are wrong on its own (a non-member calling a group's collective, a list of some ranks that
 is not a group, a shape that does not split, an axis out of range, a bad peer or reduce method,
 a bad new_group): each must raise its error, and the collectives after it must still work.
@@ -31,11 +32,12 @@ BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD), 
 different weights on every rank and made equal with ``dist.bcast_list_``;
 ``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
 calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
-under ``jit.trace`` (symbolic or not), whose per-rank batches may be uneven at the end (the loss
-is then scaled so that the reduced gradient is the whole batch's mean). The oracle is the same
-network trained in this process on the concatenated batches with a mean loss: after every step
-each rank's parameters and buffers match it, all ranks hold identical bytes, and the ranks'
-losses together are its loss.
+under ``jit.trace`` (symbolic or not) or with two backward passes each (gradients accumulated),
+whose per-rank batches may be uneven at the end (the loss is then scaled so that the reduced
+gradient is the whole batch's mean). The oracle is the same network trained in this process on
+the concatenated batches with a mean loss: after every step each rank's parameters and buffers
+match it, all ranks hold identical bytes, and the ranks' losses together are its loss; at the
+end, so are the eval-mode outputs.
 
 A seed's failures are printed with its plan; ``--only collectives|training`` runs one half."""
 import argparse
@@ -84,7 +86,7 @@ def _compare(what, got, want, tolerance):
 
 SPLIT_OPS = ("reduce_scatter_sum", "scatter", "all_to_all")  # an axis must split into n parts
 ND_OPS = ("all_gather", "gather") + SPLIT_OPS  # no 0-d input
-GRAD_OPS = ("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast", "reduce_sum",
+GRAD_OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "reduce_scatter_sum", "broadcast", "reduce_sum",
             "gather", "scatter", "all_to_all", "remote")
 OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min") + ND_OPS + ("broadcast",
                                                                           "reduce_sum", "remote")
@@ -325,16 +327,17 @@ def expected(seed, i, step, members):
     """{rank: (output, input gradient)} of a collective step, from every rank's input and output
     gradient (None where the rank gets no output, or its input's gradient is not checked)."""
     xs = {r: _input(seed, i, r, step, members[0]) for r in members}
-    outs = _forward(step, members, xs)
-    if step.get("then"):
-        outs = _forward(_then(step), members, outs)
+    first = _forward(step, members, xs)
+    outs = _forward(_then(step), members, first) if step.get("then") else first
     if not step["grad"]:
         return {r: (outs[r], None) for r in members}
     ws = {r: _weight(seed, i, r, outs[r].shape, step["dtype"]) for r in members
           if outs[r] is not None}
     if step.get("then"):
-        ws = {r: _adjoint(_then(step), members, ws, k) for k, r in enumerate(members)}
-    return {r: (outs[r], _adjoint(step, members, ws, k)) for k, r in enumerate(members)}
+        ws = {r: _adjoint(_then(step), members, ws, k, first, outs)
+              for k, r in enumerate(members)}
+    return {r: (outs[r], _adjoint(step, members, ws, k, xs, first))
+            for k, r in enumerate(members)}
 
 
 def _then(step):
@@ -371,12 +374,16 @@ def _forward(step, members, xs):
                               axis=step["concat_axis"]) for k, r in enumerate(members)}
 
 
-def _adjoint(step, members, ws, k):
+def _adjoint(step, members, ws, k, xs, outs):
     """The gradient of member ``k``'s input (None: not checked): each op's adjoint collective
-    applied by hand to the output gradients ``ws``."""
+    applied by hand to the output gradients ``ws`` (``xs``, ``outs``: the op's inputs and
+    outputs)."""
     op, n, r, root = step["op"], len(members), members[k], members[0]
     if op == "remote":
         return ws[step["dst"]] if r == step["src"] else None
+    if op in ("all_reduce_max", "all_reduce_min"):  # to the ranks holding the result (as the
+        # fork documents; upstream does not say), summed over the output gradients
+        return (xs[r] == outs[r]) * sum(ws[s] for s in members)
     if op in ("all_reduce_sum", "all_gather"):
         total = sum(ws[s] for s in members)
         return total if op == "all_reduce_sum" else _parts(total, n, step["axis"])[k]
@@ -501,6 +508,10 @@ def draw_training(seed):
     # the step under megengine.jit.trace (symbolic or not), when every step has one shape
     traceable = all(b == batches[0] for b in batches)
     plan["trace"] = [None, None, False, True][int(rng.integers(4))] if traceable else None
+    # two backward passes per step, each rank's batch in two halves (batch statistics of a
+    # half are not the whole batch's: no SyncBatchNorm then)
+    plan["accumulate"] = min(map(min, batches)) > 1 and rng.random() < 0.4 and \
+        not any(spec[0] in ("syncbn", "syncbn1d") for spec in layers)
     return plan
 
 
@@ -585,9 +596,9 @@ def _set_state(net, state, shift=0.0):
 
 
 def _data(plan, seed, k):
-    """Step ``k``'s whole batch (all ranks' parts, in rank order)."""
-    rng = np.random.default_rng([seed, 7, k])
-    total = sum(plan["batches"][k])
+    """Step ``k``'s whole batch (all ranks' parts, in rank order); k=-1: 4 samples to evaluate."""
+    rng = np.random.default_rng([seed, 7, k % 1000])
+    total = sum(plan["batches"][k]) if k >= 0 else 4
     shape = (total, plan["in_channels"], 6, 6) if plan["image"] else (total, plan["in_channels"])
     return (rng.standard_normal(shape).astype(plan["dtype"]),
             rng.standard_normal((total, 3)).astype(plan["dtype"]))
@@ -624,16 +635,21 @@ def _train_rank(seed, init):
     net.train()
 
     def step(x, y, sizes):
-        with gm:
-            sq = (net(x) - y) ** 2
-            if len(set(sizes)) == 1 and plan["method"] == "mean":
-                loss = F.mean(sq)  # the usual program: the mean over this rank's part
-            else:  # the whole batch's mean, split over the ranks (undone by "mean")
-                loss = sq.sum() * ((n if plan["method"] == "mean" else 1) / (sum(sizes) * 3))
-            gm.backward(loss)
+        if len(set(sizes)) == 1 and plan["method"] == "mean" and not plan["accumulate"]:
+            scale = None  # the usual program: the mean over this rank's part
+        else:  # the whole batch's mean, split over the ranks (undone by "mean")
+            scale = (n if plan["method"] == "mean" else 1) / (sum(sizes) * 3)
+        half = x.shape[0] // 2 if plan["accumulate"] else x.shape[0]
+        total = 0
+        for part in (slice(0, half), slice(half, None))[:2 if plan["accumulate"] else 1]:
+            with gm:  # (accumulated: the gradients of both halves add up in .grad)
+                sq = (net(x[part]) - y[part]) ** 2
+                loss = F.mean(sq) if scale is None else sq.sum() * scale
+                gm.backward(loss)
+            total = total + loss
         opt.step()
         opt.clear_grad()
-        return loss
+        return total
 
     if plan["trace"] is not None:  # (the sizes are the same at every step then)
         step = trace(step, symbolic=plan["trace"])
@@ -645,7 +661,8 @@ def _train_rank(seed, init):
         x, y = (mge.tensor(a[lo:lo + sizes[rank]], dtype=plan["dtype"]) for a in (x, y))
         losses.append(float(step(x, y, sizes).numpy()))
         states.append(_state(net))
-    return losses, states
+    net.eval()
+    return losses, states, net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
 
 
 def check_training(seed):
@@ -669,11 +686,11 @@ def check_training(seed):
             opt.step()
             opt.clear_grad()
             want = _state(net)
-            together = sum(losses[k] for losses, _ in ranks) / (
+            together = sum(losses[k] for losses, _, _ in ranks) / (
                 plan["n"] if plan["method"] == "mean" else 1)
             _compare(f"step {k}: the ranks' losses together", np.asarray(together),
                      np.asarray(float(loss.numpy())), TRAIN_TOLERANCES[plan["dtype"]])
-            for r, (_, states) in enumerate(ranks):
+            for r, (_, states, _) in enumerate(ranks):
                 if set(states[k]) != set(want):
                     raise DistMismatch(f"step {k} rank {r}: state keys {sorted(states[k])}")
                 for key in want:
@@ -681,6 +698,11 @@ def check_training(seed):
                              TRAIN_TOLERANCES[plan["dtype"]])
                     if not np.array_equal(states[k][key], ranks[0][1][k][key]):
                         raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank 0's")
+        net.eval()
+        want = net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
+        for r, (_, _, evaluated) in enumerate(ranks):
+            _compare(f"rank {r}'s eval-mode output", evaluated, want,
+                     TRAIN_TOLERANCES[plan["dtype"]])
     finally:
         mge.set_default_device(previous)
     return plan

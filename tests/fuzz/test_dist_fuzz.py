@@ -29,9 +29,9 @@ def test_ranks_giving_differently_sized_inputs_fail_instead_of_hanging():
     dist.check_program(10, mismatch=True)  # an all_gather (gloo aborts the receiving rank)
 
 
-# a rank's own mean loss with "mean"; an uneven last batch, Adam, "sum"; a traced CNN; all with
-# SyncBatchNorm
-@pytest.mark.parametrize("seed", (0, 3, 4))
+# a rank's own mean loss with "mean"; an uneven last batch, Adam, "sum"; a traced CNN (all three
+# with SyncBatchNorm); two backward passes per step
+@pytest.mark.parametrize("seed", (0, 3, 4, 6))
 def test_drawn_networks_train_data_parallel_like_one_process_on_the_whole_batch(seed):
     dist.check_training(seed)
 
@@ -70,7 +70,7 @@ def test_draws_cover_the_distributed_api():
         seen.update({f"ranks={plan['n']}", f"opt={plan['opt']}", f"method={plan['method']}",
                      f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
                      "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
-                     f"trace={plan['trace']}"})
+                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}"})
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
     want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
@@ -80,5 +80,6 @@ def test_draws_cover_the_distributed_api():
              "method=mean", "method=sum", "attach=1", "attach=3", "train dtype=float32",
              "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
              "linear", "layout=transposed", "layout=strided", "dummy=True",
-             "transposed_loss=True", "trace=None", "trace=False", "trace=True"}
+             "transposed_loss=True", "trace=None", "trace=False", "trace=True",
+             "accumulate=True"}
     assert want <= set(seen), want - set(seen)
