@@ -366,3 +366,42 @@ def test_gradients_of_collectives_on_0d_tensors(run_ranks):
     assert g0["all_reduce_sum"] == g1["all_reduce_sum"] == ((), 11.0)
     assert g0["broadcast"] == ((), 11.0)  # the root's input gets the sum of the outputs'
     assert g0["reduce_sum"] == g1["reduce_sum"] == ((), 1.0)  # the root's output gradient
+
+
+def _refused_inputs():
+    """What each bad input raises on each rank, and whether the next collective still works."""
+    rank = dist.get_rank()
+    seen = {}
+    deep = mge.tensor(np.zeros((1,) * 17, np.float32))  # more dims than a shape message holds
+    cases = {
+        "all_reduce_sum int16": lambda: fd.all_reduce_sum(mge.tensor([1, 2], dtype="int16")),
+        "broadcast int16": lambda: fd.broadcast(mge.tensor([1, 2], dtype="int16")),
+        "broadcast 17-d": lambda: fd.broadcast(deep if rank == 0 else mge.tensor([0.0])),
+        "remote 17-d": lambda: fd.remote_send(deep, 1) if rank == 0 else fd.remote_recv(0),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            seen[name] = "no error"
+        except Exception as e:  # noqa: BLE001
+            seen[name] = f"{type(e).__name__}: {e}"
+        ones = mge.tensor(np.ones(2, np.float32))
+        seen[name + " then"] = fd.all_reduce_sum(ones).numpy().tolist()
+    return seen
+
+
+def test_an_input_that_cannot_be_sent_fails_on_every_rank_at_once(run_ranks):
+    # torch.distributed has no int16 (its error read as a dead peer); a root or sender whose
+    # input cannot be described in a shape message raised alone while its peers waited for
+    # that message until the timeout
+    r0, r1 = run_ranks(_refused_inputs, 2, timeout=120)
+    for name in ("all_reduce_sum int16", "broadcast int16"):
+        assert r0[name].startswith("TypeError") and "int16" in r0[name], r0[name]
+    assert r1["all_reduce_sum int16"].startswith("TypeError") and "int16" in r1["all_reduce_sum int16"]
+    for name in ("broadcast 17-d", "remote 17-d"):
+        assert r0[name].startswith("ValueError") and "17" in r0[name], r0[name]
+    for name in ("broadcast int16", "broadcast 17-d", "remote 17-d"):
+        assert r1[name].startswith("ValueError") and "rank 0" in r1[name], r1[name]
+    for seen in (r0, r1):
+        assert all(seen[name + " then"] == [2.0, 2.0] for name in
+                   ("all_reduce_sum int16", "broadcast int16", "broadcast 17-d", "remote 17-d"))
