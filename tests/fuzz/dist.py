@@ -95,7 +95,7 @@ SAME_EVERYWHERE = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_ga
 CHAIN_FIRST = ("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast", "scatter",
                "all_to_all")
 ERRORS = ("non_member", "undeclared_group", "no_split", "bad_axis", "bad_peer", "reduce_method",
-          "bad_new_group")
+          "bad_new_group", "bad_dtype", "unsendable_root")
 
 
 def draw_program(seed, mismatch=False):
@@ -287,6 +287,10 @@ def _run_error(step, rank, n, group):
             dist.make_allreduce_cb(step["method"])
         elif kind == "bad_new_group":
             dist.new_group(step["ranks"])
+        elif kind == "bad_dtype":  # (torch.distributed has no int16)
+            FD.all_gather(x.astype("int16"), dist.WORLD)
+        elif kind == "unsendable_root":  # more dims than a shape message holds, on the root
+            FD.broadcast(x.reshape((1,) * 15 + x.shape) if rank == 0 else x, dist.WORLD)
     except Exception as e:  # noqa: BLE001  (the parent checks type and message)
         return f"{type(e).__name__}: {e}"
     return "no error"
@@ -410,6 +414,8 @@ ERROR_MESSAGES = {  # what each bad call must raise: (exception type, words of i
     "bad_peer": ("ValueError", "the peer must be another rank"),
     "reduce_method": ("ValueError", "reduce_method must be 'sum' or 'mean'"),
     "bad_new_group": ("ValueError", "ranks must be"),
+    "bad_dtype": ("TypeError", "int16 cannot be communicated"),
+    "unsendable_root": ("ValueError", "at most 16 dims"),
 }
 
 
@@ -422,8 +428,9 @@ def check_program(seed, mismatch=False):
     for i, step in enumerate(steps):
         if step["op"] == "error":
             kind = step["kind"]
-            cls, words = ERROR_MESSAGES[kind]
             for r, got in enumerate(ranks):
+                cls, words = ("ValueError", "rank 0 could not send") if r and \
+                    kind == "unsendable_root" else ERROR_MESSAGES[kind]
                 if got[i] is not None and not (got[i].startswith(cls + ":") and words in got[i]):
                     raise DistMismatch(f"step {i} ({kind}) on rank {r}: want {cls} saying "
                                        f"{words!r}, got {got[i]}")
