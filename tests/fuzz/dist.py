@@ -7,8 +7,8 @@ on PYTHONPATH.
 Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` ops
 (all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
 all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
-int32 inputs of random shapes (0-d and empty where the op allows them; some transposed or
-strided views), over WORLD, over groups made by ``dist.new_group`` (any subset, any order: the
+int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty
+where the op allows them; some transposed or strided views), over WORLD, over groups made by ``dist.new_group`` (any subset, any order: the
 first rank is the root) and over a permuted list of all ranks. Each rank's input is drawn from
 (seed, step, rank), so this process computes every rank's expected output with numpy; where the
 result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
@@ -59,7 +59,7 @@ FD = F.distributed
 MISMATCH_EVERY = 10
 TIMEOUT = 240  # seconds for one launch: only a hang comes near it
 COLLECTIVE_TIMEOUT = 60  # seconds a rank waits in a collective for its peers
-TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13), "int32": (0, 0)}
+TOLERANCES = {"float16": (1e-2, 1e-2), "float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}
 TRAIN_TOLERANCES = {"float32": (1e-4, 1e-6), "float64": (1e-9, 1e-12)}
 
 
@@ -86,8 +86,9 @@ def _compare(what, got, want, tolerance):
 
 SPLIT_OPS = ("reduce_scatter_sum", "scatter", "all_to_all")  # an axis must split into n parts
 ND_OPS = ("all_gather", "gather") + SPLIT_OPS  # no 0-d input
-GRAD_OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "reduce_scatter_sum", "broadcast", "reduce_sum",
-            "gather", "scatter", "all_to_all", "remote")
+GRAD_OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather",
+            "reduce_scatter_sum", "broadcast", "reduce_sum", "gather", "scatter", "all_to_all",
+            "remote")
 OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min") + ND_OPS + ("broadcast",
                                                                           "reduce_sum", "remote")
 SAME_EVERYWHERE = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "broadcast")
@@ -116,6 +117,9 @@ def draw_program(seed, mismatch=False):
             continue
         op = str(rng.choice(OPS))
         step = dict(op=op, dtype=str(rng.choice(["float32", "float64", "int32"])))
+        other = np.random.default_rng([seed, 8, i])  # (the other draws stay as they were)
+        if other.random() < 0.15:  # the other dtypes that cross the wire
+            step["dtype"] = str(other.choice(["float16", "int8", "uint8", "int64", "bool"]))
         if op == "remote":
             src, dst = (int(r) for r in rng.permutation(n)[:2])
             step.update(src=src, dst=dst, older=bool(rng.random() < 0.3), group="world")
@@ -137,7 +141,8 @@ def draw_program(seed, mismatch=False):
         elif op in ND_OPS:
             step["axis"] = int(rng.integers(-ndim, ndim))
         step["shape"] = tuple(shape)
-        step["grad"] = step["dtype"] != "int32" and op in GRAD_OPS and bool(rng.random() < 0.5)
+        step["grad"] = step["dtype"].startswith("float") and op in GRAD_OPS and \
+            bool(rng.random() < 0.5)
         if step["grad"] and op in CHAIN_FIRST and rng.random() < 0.3:
             step["then"] = str(rng.choice(["all_reduce_sum", "all_gather"])) if ndim else \
                 "all_reduce_sum"  # (all_gather needs a dim)
@@ -193,9 +198,9 @@ def _input(seed, i, rank, step, root):
         return rng.standard_normal(1).astype(np.float32)
     if step.get("mismatch") and rank == 1:  # (still splitting into n parts)
         shape = (shape[0] * 2,) + shape[1:]
-    if step["dtype"] == "int32":
-        return rng.integers(-50, 50, shape).astype(np.int32)
-    return rng.standard_normal(shape).astype(step["dtype"])
+    if step["dtype"].startswith("float"):
+        return rng.standard_normal(shape).astype(step["dtype"])
+    return rng.integers(-50, 50, shape).astype(step["dtype"])  # (int8 sums wrap, as numpy's)
 
 
 def _weight(seed, i, rank, shape, dtype):
@@ -436,6 +441,7 @@ def check_program(seed, mismatch=False):
                                        f"{words!r}, got {got[i]}")
             continue
         members = _step_members(step, n, groups, seed, i)
+        tolerance = TOLERANCES.get(step["dtype"], (0, 0))  # (integers and bool: exact)
         for r, (out, grad) in expected(seed, i, step, members).items():
             got_out, got_grad = ranks[r][i]
             what = f"step {i} ({step['op']}) rank {r}"
@@ -443,11 +449,11 @@ def check_program(seed, mismatch=False):
                 if (out is None) != (got_out is None):
                     raise DistMismatch(f"{what}: output {got_out}, want {out}")
             else:
-                _compare(f"{what} output", got_out, out, TOLERANCES[step["dtype"]])
+                _compare(f"{what} output", got_out, out, tolerance)
             if grad is not None:
                 if got_grad is None:
                     raise DistMismatch(f"{what}: the input got no gradient")
-                _compare(f"{what} input gradient", got_grad, grad, TOLERANCES[step["dtype"]])
+                _compare(f"{what} input gradient", got_grad, grad, tolerance)
         if step["op"] in SAME_EVERYWHERE or step.get("then"):
             first = ranks[members[0]][i][0]
             for r in members[1:]:  # upstream: "bitwise identical in all processes"
