@@ -74,7 +74,8 @@ def test_draws_cover_the_distributed_api():
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
     want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
-    want |= {"dtype=float32", "dtype=float64", "dtype=int32", "then=all_reduce_sum",
+    want |= {"dtype=float32", "dtype=float64", "dtype=int32", "dtype=float16", "dtype=int8",
+             "dtype=uint8", "dtype=int64", "dtype=bool", "then=all_reduce_sum",
              "then=all_gather", "older=True", "group world", "group perm", "group subgroup",
              "0-d", "empty", "ranks=2", "ranks=3", "opt=sgd", "opt=sgd_momentum", "opt=adam",
              "method=mean", "method=sum", "attach=1", "attach=3", "train dtype=float32",
