@@ -8,8 +8,9 @@ Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` 
 (all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
 all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
 int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty
-where the op allows them; some transposed or strided views), over WORLD, over groups made by ``dist.new_group`` (any subset, any order: the
-first rank is the root) and over a permuted list of all ranks. Each rank's input is drawn from
+where the op allows them; some transposed or strided views), over WORLD, over groups made by
+``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list
+of all ranks. Each rank's input is drawn from
 (seed, step, rank), so this process computes every rank's expected output with numpy; where the
 result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
 broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
@@ -28,8 +29,9 @@ alone): it must fail with `WorkerError`/`TimeoutError` within its timeouts, not 
 return.
 
 Training (`draw_training`, 2-3 ranks): a small network of Linear, Conv2d, SyncBatchNorm (plain
-BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD), started from
-different weights on every rank and made equal with ``dist.bcast_list_``;
+BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD), trained by all
+ranks or by a group of two of three, started from different weights on every rank and made
+equal with ``dist.bcast_list_``;
 ``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
 calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
 under ``jit.trace`` (symbolic or not) or with two backward passes each (gradients accumulated),
@@ -518,6 +520,12 @@ def draw_training(seed):
                 method=str(rng.choice(["mean", "sum"])),
                 bucket=int(rng.choice([0, 64, 1024, 10 * 1024 * 1024])),
                 attach=int(rng.integers(1, 4)), shared_cb=bool(rng.random() < 0.5))
+    # on 3 ranks: maybe only a group of two trains (any order; the third rank idles)
+    other = np.random.default_rng([seed, 9])  # (the other draws stay as they were)
+    plan["members"] = list(range(n))
+    if n == 3 and other.random() < 0.3:
+        plan["members"] = [int(r) for r in other.permutation(n)[:2]]
+        plan["batches"] = batches = [b[:2] for b in batches]
     # the step under megengine.jit.trace (symbolic or not), when every step has one shape
     traceable = all(b == batches[0] for b in batches)
     plan["trace"] = [None, None, False, True][int(rng.integers(4))] if traceable else None
@@ -529,9 +537,10 @@ def draw_training(seed):
 
 
 class Net(M.Module):
-    """The drawn layers; ``sync``: SyncBatchNorm for "syncbn" layers (else BatchNorm)."""
+    """The drawn layers; with a ``group``, SyncBatchNorm over it for "syncbn" layers (without,
+    BatchNorm)."""
 
-    def __init__(self, plan, sync):
+    def __init__(self, plan, group=None):
         super().__init__()
         self.layers = []
         width = plan["in_channels"]  # (of an image network: set at its flatten)
@@ -540,8 +549,8 @@ class Net(M.Module):
             if kind == "conv":
                 layer = M.Conv2d(spec[1], spec[2], spec[3], padding=spec[3] // 2)
             elif kind in ("syncbn", "syncbn1d"):
-                layer = (M.SyncBatchNorm if sync else
-                         M.BatchNorm2d if kind == "syncbn" else M.BatchNorm1d)(spec[1])
+                layer = M.SyncBatchNorm(spec[1], group=group) if group is not None else \
+                    (M.BatchNorm2d if kind == "syncbn" else M.BatchNorm1d)(spec[1])
             elif kind == "frozen_bn":
                 layer = M.BatchNorm2d(spec[1], freeze=True)
             elif kind == "linear":
@@ -586,7 +595,7 @@ def _cast(layer, dtype):
 
 def _initial_state(plan, seed):
     """Every parameter and buffer of the network, drawn from the seed, in the plan's dtype."""
-    net = Net(plan, sync=False)
+    net = Net(plan)
     rng = np.random.default_rng([seed, 6])
     state = {}
     for name, value in net.state_dict().items():
@@ -632,18 +641,27 @@ def _state(net):
 
 
 def _train_rank(seed, init):
+    """One rank's training: (losses, states after each step, eval-mode output); None on a rank
+    outside the training group."""
     plan = draw_training(seed)
-    n, rank = plan["n"], dist.get_rank()
-    net = Net(plan, sync=True)
-    _set_state(net, init, shift=0.25 * rank)  # bcast_list_ must make the ranks equal
-    dist.bcast_list_(net.parameters())
+    rank, members = dist.get_rank(), plan["members"]
+    group = dist.new_group(members) if len(members) < plan["n"] else dist.WORLD
+    if rank not in members:
+        return None
+    n, me = len(members), members.index(rank)  # (me: this rank's part of every batch)
+    net = Net(plan, group)
+    _set_state(net, init, shift=0.25 * me)  # the root holds init: bcast_list_ must spread it
+    dist.bcast_list_(net.parameters(), group)
     params = list(net.parameters())
     gm = GradManager()
-    shared = dist.make_allreduce_cb(plan["method"], bucket_size=plan["bucket"])
+
+    def callback():
+        return dist.make_allreduce_cb(plan["method"], group, bucket_size=plan["bucket"])
+
+    shared = callback()
     for part in np.array_split(np.arange(len(params)), plan["attach"]):
-        cb = shared if plan["shared_cb"] else \
-            dist.make_allreduce_cb(plan["method"], bucket_size=plan["bucket"])
-        gm.attach([params[j] for j in part], callbacks=[cb])
+        gm.attach([params[j] for j in part],
+                  callbacks=[shared if plan["shared_cb"] else callback()])
     opt = _optimizer(plan, params)
     net.train()
 
@@ -670,8 +688,8 @@ def _train_rank(seed, init):
     for k in range(plan["steps"]):
         x, y = _data(plan, seed, k)
         sizes = plan["batches"][k]
-        lo = sum(sizes[:rank])
-        x, y = (mge.tensor(a[lo:lo + sizes[rank]], dtype=plan["dtype"]) for a in (x, y))
+        lo = sum(sizes[:me])
+        x, y = (mge.tensor(a[lo:lo + sizes[me]], dtype=plan["dtype"]) for a in (x, y))
         losses.append(float(step(x, y, sizes).numpy()))
         states.append(_state(net))
     net.eval()
@@ -682,11 +700,13 @@ def check_training(seed):
     """Training plan ``seed`` on its ranks against one process on the whole batches."""
     plan = draw_training(seed)
     init = _initial_state(plan, seed)
-    ranks = _launch(_train_rank, plan["n"], seed, init)
+    results = _launch(_train_rank, plan["n"], seed, init)
+    ranks = {r: results[r] for r in plan["members"]}
+    first = plan["members"][0]
     previous = mge.get_default_device()
     mge.set_default_device("cpu0")  # the ranks' arithmetic (a GPU machine: not cuDNN's)
     try:
-        net = Net(plan, sync=False)
+        net = Net(plan)
         _set_state(net, init)
         gm = GradManager().attach(net.parameters())
         opt = _optimizer(plan, net.parameters())
@@ -699,21 +719,22 @@ def check_training(seed):
             opt.step()
             opt.clear_grad()
             want = _state(net)
-            together = sum(losses[k] for losses, _, _ in ranks) / (
-                plan["n"] if plan["method"] == "mean" else 1)
+            together = sum(losses[k] for losses, _, _ in ranks.values()) / (
+                len(ranks) if plan["method"] == "mean" else 1)
             _compare(f"step {k}: the ranks' losses together", np.asarray(together),
                      np.asarray(float(loss.numpy())), TRAIN_TOLERANCES[plan["dtype"]])
-            for r, (_, states, _) in enumerate(ranks):
+            for r, (_, states, _) in ranks.items():
                 if set(states[k]) != set(want):
                     raise DistMismatch(f"step {k} rank {r}: state keys {sorted(states[k])}")
                 for key in want:
                     _compare(f"step {k} rank {r} {key}", states[k][key], want[key],
                              TRAIN_TOLERANCES[plan["dtype"]])
-                    if not np.array_equal(states[k][key], ranks[0][1][k][key]):
-                        raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank 0's")
+                    if not np.array_equal(states[k][key], ranks[first][1][k][key]):
+                        raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank "
+                                           f"{first}'s")
         net.eval()
         want = net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
-        for r, (_, _, evaluated) in enumerate(ranks):
+        for r, (_, _, evaluated) in ranks.items():
             _compare(f"rank {r}'s eval-mode output", evaluated, want,
                      TRAIN_TOLERANCES[plan["dtype"]])
     finally:

@@ -30,8 +30,8 @@ def test_ranks_giving_differently_sized_inputs_fail_instead_of_hanging():
 
 
 # a rank's own mean loss with "mean"; an uneven last batch, Adam, "sum"; a traced CNN (all three
-# with SyncBatchNorm); two backward passes per step
-@pytest.mark.parametrize("seed", (0, 3, 4, 6))
+# with SyncBatchNorm); two backward passes per step; ranks 2 and 0 of 3 (SyncBatchNorm over them)
+@pytest.mark.parametrize("seed", (0, 3, 4, 6, 20))
 def test_drawn_networks_train_data_parallel_like_one_process_on_the_whole_batch(seed):
     dist.check_training(seed)
 
@@ -70,7 +70,8 @@ def test_draws_cover_the_distributed_api():
         seen.update({f"ranks={plan['n']}", f"opt={plan['opt']}", f"method={plan['method']}",
                      f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
                      "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
-                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}"})
+                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}",
+                     f"trained by {len(plan['members'])} of {plan['n']}"})
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
     want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
@@ -82,5 +83,5 @@ def test_draws_cover_the_distributed_api():
              "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
              "linear", "layout=transposed", "layout=strided", "dummy=True",
              "transposed_loss=True", "trace=None", "trace=False", "trace=True",
-             "accumulate=True"}
+             "accumulate=True", "trained by 2 of 3"}
     assert want <= set(seen), want - set(seen)
