@@ -15,7 +15,8 @@ of all ranks. Each rank's input is drawn from
 result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
 broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
 root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
-own ``w`` (possibly through a transpose, so that the gradient arrives strided), and the input's
+own ``w`` (possibly through a transpose, so that the gradient arrives strided; one member's
+loss may leave the output out and call ``gm.backward()`` without one), and the input's
 gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
 (all_reduce_sum of the ``w``s, the root's ``w`` split for gather, for a max or min the sum to
 the ranks holding the result, as the fork documents), also through a second collective applied
@@ -152,6 +153,8 @@ def draw_program(seed, mismatch=False):
             step["dummy"] = True  # the other members' inputs only say the device (upstream's)
         if step["grad"]:
             step["transposed_loss"] = bool(rng.random() < 0.3)  # a non-contiguous gradient
+            if other.random() < 0.2:  # one member's loss leaves the output out
+                step["unused_by"] = int(other.choice(members))
         elif ndim and rng.random() < 0.3:
             step["layout"] = "transposed" if ndim > 1 and rng.random() < 0.5 else "strided"
         steps.append(step)
@@ -260,8 +263,8 @@ def _run_step(seed, i, step, rank, group):
     gm = GradManager().attach([x])
     with gm:
         out = run()
-        if out is None:  # the output is elsewhere: the kept collective's backward runs here
-            gm.backward()
+        if out is None or rank == step.get("unused_by"):
+            gm.backward()  # no loss here: the kept collective's backward runs all the same
         else:
             w = _weight(seed, i, rank, out.shape, step["dtype"])
             if step["transposed_loss"] and out.ndim > 1:
@@ -342,8 +345,8 @@ def expected(seed, i, step, members):
     outs = _forward(_then(step), members, first) if step.get("then") else first
     if not step["grad"]:
         return {r: (outs[r], None) for r in members}
-    ws = {r: _weight(seed, i, r, outs[r].shape, step["dtype"]) for r in members
-          if outs[r] is not None}
+    ws = {r: _weight(seed, i, r, outs[r].shape, step["dtype"]) * (r != step.get("unused_by"))
+          for r in members if outs[r] is not None}
     if step.get("then"):
         ws = {r: _adjoint(_then(step), members, ws, k, first, outs)
               for k, r in enumerate(members)}

@@ -64,6 +64,7 @@ def test_draws_cover_the_distributed_api():
             seen[f"group {'subgroup' if isinstance(step['group'], int) else step['group']}"] += 1
             if step.get("grad"):
                 seen[f"grad {step['op']}"] += 1
+                seen["unused by a member" if "unused_by" in step else ""] += 1
             if "shape" in step:
                 seen["0-d" if step["shape"] == () else "empty" if 0 in step["shape"] else ""] += 1
         plan = dist.draw_training(seed)
@@ -83,5 +84,5 @@ def test_draws_cover_the_distributed_api():
              "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
              "linear", "layout=transposed", "layout=strided", "dummy=True",
              "transposed_loss=True", "trace=None", "trace=False", "trace=True",
-             "accumulate=True", "trained by 2 of 3"}
+             "accumulate=True", "trained by 2 of 3", "unused by a member"}
     assert want <= set(seen), want - set(seen)
