@@ -71,7 +71,7 @@ def test_draws_cover_the_distributed_api():
         seen.update({f"ranks={plan['n']}", f"opt={plan['opt']}", f"method={plan['method']}",
                      f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
                      "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
-                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}",
+                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}", f"mixed={plan['mixed']}",
                      f"trained by {len(plan['members'])} of {plan['n']}"})
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
@@ -84,5 +84,5 @@ def test_draws_cover_the_distributed_api():
              "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
              "linear", "layout=transposed", "layout=strided", "dummy=True",
              "transposed_loss=True", "trace=None", "trace=False", "trace=True",
-             "accumulate=True", "trained by 2 of 3", "unused by a member"}
+             "accumulate=True", "trained by 2 of 3", "unused by a member", "mixed=True"}
     assert want <= set(seen), want - set(seen)
