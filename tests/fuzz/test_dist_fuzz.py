@@ -71,8 +71,8 @@ def test_draws_cover_the_distributed_api():
         seen.update({f"ranks={plan['n']}", f"opt={plan['opt']}", f"method={plan['method']}",
                      f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
                      "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
-                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}", f"mixed={plan['mixed']}",
-                     f"trained by {len(plan['members'])} of {plan['n']}"})
+                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}",
+                     f"mixed={plan['mixed']}", f"trained by {len(plan['members'])} of {plan['n']}"})
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
     want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
