@@ -35,9 +35,11 @@ __all__ = [
     "broadcast", "reduce_sum", "gather", "scatter", "all_to_all", "remote_send", "remote_recv",
 ]
 
-# dtypes that cross the wire, by code (shape/dtype messages carry the code)
+# dtypes that cross the wire (torch.distributed has no int16), by code (shape/dtype messages
+# carry the code)
 _DTYPES = [np.dtype(t) for t in ("float32", "float16", "float64", "int32", "int64", "int8",
-                                 "int16", "uint8", "bool")]
+                                 "uint8", "bool")]
+_REFUSED = -1  # a message's dtype code when its sender could not send (and raised there)
 _MAX_NDIM = 16
 _torch = _dist = _to_torch = None  # imported on first use: megengine stays torch-free until then
 
@@ -85,6 +87,8 @@ def _peers(func):
 
     @functools.wraps(func)
     def wrapper(x, group, *args):
+        if isinstance(x, np.generic):  # a 0-d output's gradient may come as a numpy scalar
+            x = np.asarray(x)
         try:
             return func(x, group, *args)
         except RuntimeError as error:
@@ -219,26 +223,43 @@ def _meta_tensor(values=None):
     return t
 
 
-def _encode(x, flag=0):
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"megengine.functional.distributed: dtype {x.dtype} cannot be sent; "
-                        f"supported: {', '.join(map(str, _DTYPES))}")
-    if x.ndim > _MAX_NDIM:
-        raise ValueError(f"megengine.functional.distributed: at most {_MAX_NDIM} dims, got {x.ndim}")
-    return [_DTYPES.index(x.dtype), x.ndim, flag, *x.shape]
+def _check_dtype(dtype, what):
+    if np.dtype(dtype) not in _DTYPES:
+        raise TypeError(f"{what}: dtype {np.dtype(dtype)} cannot be communicated (torch."
+                        f"distributed lacks it); supported: {', '.join(map(str, _DTYPES))}; cast "
+                        "the tensor first, e.g. x.astype('int32')")
 
 
-def _decode(t):
+def _encode(x, flag, what):
+    """The shape message of ``x`` and None, or, when ``x`` cannot be sent, a refusal and the
+    error to raise once the peers that wait for the message have it (they raise too)."""
+    try:
+        _check_dtype(x.dtype, what)
+        if x.ndim > _MAX_NDIM:
+            raise ValueError(f"{what}: at most {_MAX_NDIM} dims can be communicated, got a "
+                             f"{x.ndim}-d tensor")
+    except (TypeError, ValueError) as error:
+        return [_REFUSED, 0, 0], error
+    return [_DTYPES.index(x.dtype), x.ndim, flag, *x.shape], None
+
+
+def _decode(t, sender, what):
     values = t.cpu().tolist()
     code, ndim, flag = values[:3]
+    if code == _REFUSED:
+        raise ValueError(f"{what}: rank {sender} could not send its tensor (its own error says "
+                         "why: a dtype or number of dims that cannot be communicated)")
     return tuple(values[3: 3 + ndim]), _DTYPES[code], flag
 
 
-def _bcast_meta(x, group, flag):
+def _bcast_meta(x, group, flag, what):
     """The root's (shape, dtype, flag) on every member of ``group``."""
-    t = _meta_tensor(_encode(x, flag) if group.rank == 0 else None)
+    message, refusal = _encode(x, flag, what) if group.rank == 0 else (None, None)
+    t = _meta_tensor(message)
     _dist.broadcast(t, src=group.root, group=group._pg)
-    return _decode(t)
+    if refusal is not None:
+        raise refusal
+    return _decode(t, group.root, what)
 
 
 def _placeholder(device, tracked):
@@ -386,9 +407,13 @@ class RemoteRecv(Op):
 # --------------------------------------------------------------------------------------------------
 # public functions (upstream's signatures)
 
-def _prepare(inp, group, what):
+def _prepare(inp, group, what, sent=True):
+    """The Group of a collective on ``inp``; ``sent``: every member's ``inp`` goes over the wire
+    (broadcast's and scatter's non-roots only say the device: the root's is checked when sent)."""
     if not isinstance(inp, Tensor):
         raise TypeError(f"{what}: expected a megengine Tensor, got {type(inp).__name__}")
+    if sent:
+        _check_dtype(inp.dtype, what)
     _load()
     return _as_group(group, what)
 
@@ -456,8 +481,8 @@ def reduce_scatter_sum(inp: Tensor, group: Optional[Group] = WORLD, device: Opti
 def broadcast(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] = None) -> Tensor:
     """The root's ``inp`` on every rank. Other ranks' ``inp`` only say the device (the shape and
     dtype come from the root; the gradient of the broadcast reaches the root's ``inp``)."""
-    group = _prepare(inp, group, "broadcast")
-    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)))
+    group = _prepare(inp, group, "broadcast", sent=False)
+    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)), "broadcast")
     if group.rank != 0:
         inp = _placeholder(inp._device, root_records)
     return _place(_recorded(apply(Broadcast(group, shape=shape, dtype=dtype), inp)), device)
@@ -491,8 +516,8 @@ def scatter(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str] =
             axis: int = 0) -> Tensor:
     """Split the root's ``inp`` along ``axis`` into group-size parts; rank i gets part i.
     Other ranks' ``inp`` only say the device (shape and dtype come from the root)."""
-    group = _prepare(inp, group, "scatter")
-    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)))
+    group = _prepare(inp, group, "scatter", sent=False)
+    shape, dtype, root_records = _bcast_meta(inp._data, group, int(_tracked(inp)), "scatter")
     axis = _axis_of(axis, len(shape), "scatter")
     if not shape or shape[axis] % group.size:
         if group.rank == 0:
@@ -532,7 +557,10 @@ def remote_send(inp: Tensor, dest_rank: int) -> None:
     _load()
     dest = _check_peer(dest_rank, "remote_send")
     tracked = _tracked(inp) and inp.dtype.kind == "f"
-    _dist.send(_meta_tensor(_encode(inp._data, flag=int(tracked))), dst=dest)
+    message, refusal = _encode(inp._data, int(tracked), "remote_send")
+    _dist.send(_meta_tensor(message), dst=dest)
+    if refusal is not None:
+        raise refusal
     _recorded(apply(RemoteSend(dest), inp))
 
 
@@ -567,7 +595,7 @@ def remote_recv(src_rank: int, device: Optional[str] = None, inp=None, *older, s
     src = _check_peer(src_rank, "remote_recv")
     meta = _meta_tensor()
     _dist.recv(meta, src=src)
-    sent_shape, sent_dtype, sender_records = _decode(meta)
+    sent_shape, sent_dtype, sender_records = _decode(meta, src, "remote_recv")
     problem = _unexpected(shape, dtype, sent_shape, sent_dtype, src)
     shape, dtype = sent_shape, sent_dtype
     if device is None:

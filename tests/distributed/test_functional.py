@@ -340,3 +340,68 @@ def test_the_collectives_import_whichever_module_a_program_imports_first(first_i
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == len(fd.__all__)
+
+
+def _scalar_gradients():
+    rank = dist.get_rank()
+    grads = {}
+    for name, collective in (("all_reduce_sum", fd.all_reduce_sum), ("broadcast", fd.broadcast),
+                             ("reduce_sum", fd.reduce_sum)):
+        x = mge.tensor(np.float64(rank + 1), dtype="float64")
+        gm = GradManager().attach([x])
+        with gm:
+            out = collective(x)
+            if out is None:  # reduce_sum off the root: its backward runs without a loss here
+                gm.backward()
+            else:
+                gm.backward(out * mge.tensor(np.float64(10 ** rank), dtype="float64"))
+        grads[name] = None if x.grad is None else (x.grad.shape, float(x.grad.numpy()))
+    return grads
+
+
+def test_gradients_of_collectives_on_0d_tensors(run_ranks):
+    # each rank's loss is out * 10**rank, so every rank's output gradient is distinct; the
+    # 0-d output's gradient reached the adjoint collective as a numpy scalar and failed
+    g0, g1 = run_ranks(_scalar_gradients, 2)
+    assert g0["all_reduce_sum"] == g1["all_reduce_sum"] == ((), 11.0)
+    assert g0["broadcast"] == ((), 11.0)  # the root's input gets the sum of the outputs'
+    assert g0["reduce_sum"] == g1["reduce_sum"] == ((), 1.0)  # the root's output gradient
+
+
+def _refused_inputs():
+    """What each bad input raises on each rank, and whether the next collective still works."""
+    rank = dist.get_rank()
+    seen = {}
+    deep = mge.tensor(np.zeros((1,) * 17, np.float32))  # more dims than a shape message holds
+    cases = {
+        "all_reduce_sum int16": lambda: fd.all_reduce_sum(mge.tensor([1, 2], dtype="int16")),
+        "broadcast int16": lambda: fd.broadcast(mge.tensor([1, 2], dtype="int16")),
+        "broadcast 17-d": lambda: fd.broadcast(deep if rank == 0 else mge.tensor([0.0])),
+        "remote 17-d": lambda: fd.remote_send(deep, 1) if rank == 0 else fd.remote_recv(0),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            seen[name] = "no error"
+        except Exception as e:  # noqa: BLE001
+            seen[name] = f"{type(e).__name__}: {e}"
+        ones = mge.tensor(np.ones(2, np.float32))
+        seen[name + " then"] = fd.all_reduce_sum(ones).numpy().tolist()
+    return seen
+
+
+def test_an_input_that_cannot_be_sent_fails_on_every_rank_at_once(run_ranks):
+    # torch.distributed has no int16 (its error read as a dead peer); a root or sender whose
+    # input cannot be described in a shape message raised alone while its peers waited for
+    # that message until the timeout
+    r0, r1 = run_ranks(_refused_inputs, 2, timeout=120)
+    for name in ("all_reduce_sum int16", "broadcast int16"):
+        assert r0[name].startswith("TypeError") and "int16" in r0[name], r0[name]
+    assert r1["all_reduce_sum int16"].startswith("TypeError") and "int16" in r1["all_reduce_sum int16"]
+    for name in ("broadcast 17-d", "remote 17-d"):
+        assert r0[name].startswith("ValueError") and "17" in r0[name], r0[name]
+    for name in ("broadcast int16", "broadcast 17-d", "remote 17-d"):
+        assert r1[name].startswith("ValueError") and "rank 0" in r1[name], r1[name]
+    for seen in (r0, r1):
+        assert all(seen[name + " then"] == [2.0, 2.0] for name in
+                   ("all_reduce_sum int16", "broadcast int16", "broadcast 17-d", "remote 17-d"))

@@ -1,0 +1,793 @@
+"""Offline fuzzing of megengine.distributed: ``python -m tests.fuzz.dist --seeds 100 [--start S]``
+draws, per seed, a program of collectives and a data-parallel training run, runs each on CPU
+ranks under `dist.launcher` (fork, gloo) and checks them against oracles computed in this
+process; the CI slice is `test_dist_fuzz.py`. Run it from the repository root with the checkout
+on PYTHONPATH.
+
+Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` ops
+(all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
+all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
+int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty
+where the op allows them; some transposed or strided views), over WORLD, over groups made by
+``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list
+of all ranks. Each rank's input is drawn from
+(seed, step, rank), so this process computes every rank's expected output with numpy; where the
+result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
+broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
+root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
+own ``w`` (possibly through a transpose, so that the gradient arrives strided; one member's
+loss may leave the output out and call ``gm.backward()`` without one), and the input's
+gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
+(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, for a max or min the sum to
+the ranks holding the result, as the fork documents), also through a second collective applied
+to the first one's output. Between them come bad calls that every rank can
+tell are wrong on its own (a non-member calling a group's collective, a list of some ranks that
+is not a group, a shape that does not split, an axis out of range, a bad peer or reduce method,
+a bad new_group): each must raise its error, and the collectives after it must still work.
+Every ``MISMATCH_EVERY``-th seed also runs a program whose ranks give differently sized inputs
+to one collective (upstream requires equal shapes and checks nothing; neither rank can tell
+alone): it must fail with `WorkerError`/`TimeoutError` within its timeouts, not hang and not
+return.
+
+Training (`draw_training`, 2-3 ranks): a small network of Linear, Conv2d, SyncBatchNorm (plain
+BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD; or float64 with
+a float32 last layer, so that the gradients fill a bucket of each dtype), trained by all
+ranks or by a group of two of three, started from different weights on every rank and made
+equal with ``dist.bcast_list_``;
+``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
+calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
+under ``jit.trace`` (symbolic or not) or with two backward passes each (gradients accumulated),
+whose per-rank batches may be uneven at the end (the loss is then scaled so that the reduced
+gradient is the whole batch's mean). The oracle is the same network trained in this process on
+the concatenated batches with a mean loss: after every step each rank's parameters and buffers
+match it, all ranks hold identical bytes, and the ranks' losses together are its loss; at the
+end, so are the eval-mode outputs.
+
+A seed's failures are printed with its plan; ``--only collectives|training`` runs one half."""
+import argparse
+import faulthandler
+import sys
+import time
+
+import numpy as np
+
+import megengine as mge
+import megengine.distributed as dist
+import megengine.functional as F
+import megengine.module as M
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.jit import trace
+
+FD = F.distributed
+MISMATCH_EVERY = 10
+TIMEOUT = 240  # seconds for one launch: only a hang comes near it
+COLLECTIVE_TIMEOUT = 60  # seconds a rank waits in a collective for its peers
+TOLERANCES = {"float16": (1e-2, 1e-2), "float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}
+TRAIN_TOLERANCES = {"float32": (1e-4, 1e-6), "float64": (1e-9, 1e-12)}
+
+
+class DistMismatch(AssertionError):
+    pass
+
+
+def _launch(func, n, *args, collective_timeout=COLLECTIVE_TIMEOUT):
+    return dist.launcher(func, n_gpus=n, device_type="cpu", timeout=TIMEOUT,
+                         collective_timeout=collective_timeout)(*args)
+
+
+def _compare(what, got, want, tolerance):
+    rtol, atol = tolerance
+    got = np.asarray(got)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise DistMismatch(f"{what}: got {got.dtype}{got.shape}, want {want.dtype}{want.shape}")
+    if not np.allclose(got, want, rtol=rtol, atol=atol):
+        err = np.abs(got.astype(np.float64) - want).max()
+        raise DistMismatch(f"{what}: max abs difference {err:.3g}\n got {got}\nwant {want}")
+
+
+# ----- collectives: drawing a program -----
+
+SPLIT_OPS = ("reduce_scatter_sum", "scatter", "all_to_all")  # an axis must split into n parts
+ND_OPS = ("all_gather", "gather") + SPLIT_OPS  # no 0-d input
+GRAD_OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather",
+            "reduce_scatter_sum", "broadcast", "reduce_sum", "gather", "scatter", "all_to_all",
+            "remote")
+OPS = ("all_reduce_sum", "all_reduce_max", "all_reduce_min") + ND_OPS + ("broadcast",
+                                                                          "reduce_sum", "remote")
+SAME_EVERYWHERE = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather", "broadcast")
+# differentiated steps may apply a second collective (`then`) to the output of one of these
+CHAIN_FIRST = ("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast", "scatter",
+               "all_to_all")
+ERRORS = ("non_member", "undeclared_group", "no_split", "bad_axis", "bad_peer", "reduce_method",
+          "bad_new_group", "bad_dtype", "unsendable_root")
+
+
+def draw_program(seed, mismatch=False):
+    """(world size, groups, steps): ``groups`` are the rank lists every rank passes to
+    new_group first; a step is a dict naming its op, group ("world", a group's index or "perm":
+    a permuted list of all ranks), shape, dtype, axes, whether it is differentiated; error steps
+    have op "error". ``mismatch``: one step whose ranks' shapes differ, last."""
+    rng = np.random.default_rng([seed, 1])
+    n = int(rng.integers(2, 5))
+    groups = []
+    for _ in range(int(rng.integers(0, 3))):
+        size = int(rng.integers(1, n + 1))
+        groups.append([int(r) for r in rng.permutation(n)[:size]])
+    steps = []
+    for i in range(int(rng.integers(3, 9))):
+        if rng.random() < 0.2:
+            steps.append(_draw_error(rng, n, groups))
+            continue
+        op = str(rng.choice(OPS))
+        step = dict(op=op, dtype=str(rng.choice(["float32", "float64", "int32"])))
+        other = np.random.default_rng([seed, 8, i])  # (the other draws stay as they were)
+        if other.random() < 0.15:  # the other dtypes that cross the wire
+            step["dtype"] = str(other.choice(["float16", "int8", "uint8", "int64", "bool"]))
+        if op == "remote":
+            src, dst = (int(r) for r in rng.permutation(n)[:2])
+            step.update(src=src, dst=dst, older=bool(rng.random() < 0.3), group="world")
+            members = [src, dst]
+        else:
+            kinds = ["world", "world", "perm"] + list(range(len(groups)))
+            step["group"] = kinds[int(rng.integers(len(kinds)))]
+            members = _members(step["group"], n, groups, seed, i)
+        ndim = int(rng.integers(1 if op in ND_OPS else 0, 4))
+        shape = [int(d) for d in rng.integers(1, 4, ndim)]
+        if ndim and rng.random() < 0.1:
+            shape[int(rng.integers(ndim))] = 0  # an empty tensor
+        if op in SPLIT_OPS:
+            axis = int(rng.integers(ndim))
+            shape[axis] = len(members) * int(rng.integers(0 if rng.random() < 0.1 else 1, 3))
+            step["axis"] = axis
+            if op == "all_to_all":
+                step["concat_axis"] = int(rng.integers(ndim))
+        elif op in ND_OPS:
+            step["axis"] = int(rng.integers(-ndim, ndim))
+        step["shape"] = tuple(shape)
+        step["grad"] = step["dtype"].startswith("float") and op in GRAD_OPS and \
+            bool(rng.random() < 0.5)
+        if step["grad"] and op in CHAIN_FIRST and rng.random() < 0.3:
+            step["then"] = str(rng.choice(["all_reduce_sum", "all_gather"])) if ndim else \
+                "all_reduce_sum"  # (all_gather needs a dim)
+        if op in ("broadcast", "scatter") and rng.random() < 0.5:
+            step["dummy"] = True  # the other members' inputs only say the device (upstream's)
+        if step["grad"]:
+            step["transposed_loss"] = bool(rng.random() < 0.3)  # a non-contiguous gradient
+            if other.random() < 0.2:  # one member's loss leaves the output out
+                step["unused_by"] = int(other.choice(members))
+        elif ndim and rng.random() < 0.3:
+            step["layout"] = "transposed" if ndim > 1 and rng.random() < 0.5 else "strided"
+        steps.append(step)
+    if mismatch:
+        op = str(rng.choice(["all_reduce_sum", "all_gather", "reduce_scatter_sum"]))
+        steps.append(dict(op=op, dtype="float32", group="world", shape=(n,), axis=0,
+                          grad=False, mismatch=True))
+    return n, groups, steps
+
+
+def _draw_error(rng, n, groups):
+    kind = str(rng.choice(ERRORS))
+    step = dict(op="error", kind=kind, group="world")
+    outside = [i for i, g in enumerate(groups) if len(g) < n]
+    if kind == "non_member" and outside:
+        step["group"] = outside[int(rng.integers(len(outside)))]
+    elif kind == "non_member" or kind == "undeclared_group":
+        step["kind"] = "undeclared_group"
+        size = int(rng.integers(1, n))
+        step["ranks"] = [int(r) for r in rng.permutation(n)[:size]]
+        if step["ranks"] in groups:  # (a group made by new_group is a valid list)
+            step["kind"] = "bad_axis"
+    elif kind == "bad_peer":
+        step["peer"] = str(rng.choice(["self", "world", "negative"]))
+    elif kind == "reduce_method":
+        step["method"] = str(rng.choice(["avg", "MAX", "", "prod"]))
+    elif kind == "bad_new_group":
+        step["ranks"] = [0, n] if rng.random() < 0.5 else [n - 1, 0, n - 1]
+    return step
+
+
+def _members(group, n, groups, seed, i):
+    if group == "world":
+        return list(range(n))
+    if group == "perm":
+        return [int(r) for r in np.random.default_rng([seed, 2, i]).permutation(n)]
+    return groups[group]
+
+
+def _input(seed, i, rank, step, root):
+    """Rank ``rank``'s input of step ``i`` (a mismatch step gives rank 1 more elements; a
+    "dummy" step gives members other than the ``root`` a float32 of one element)."""
+    rng = np.random.default_rng([seed, 3, i, rank])
+    shape = step["shape"]
+    if step.get("dummy") and rank != root:
+        return rng.standard_normal(1).astype(np.float32)
+    if step.get("mismatch") and rank == 1:  # (still splitting into n parts)
+        shape = (shape[0] * 2,) + shape[1:]
+    if step["dtype"].startswith("float"):
+        return rng.standard_normal(shape).astype(step["dtype"])
+    return rng.integers(-50, 50, shape).astype(step["dtype"])  # (int8 sums wrap, as numpy's)
+
+
+def _weight(seed, i, rank, shape, dtype):
+    """Rank ``rank``'s output gradient of step ``i``."""
+    return np.random.default_rng([seed, 4, i, rank]).standard_normal(shape).astype(dtype)
+
+
+# ----- collectives: running a program on the ranks -----
+
+def _call(step, x, group):
+    """The step's collective on this rank: its output (None where upstream returns None)."""
+    op = step["op"]
+    if op in ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "broadcast", "reduce_sum"):
+        return getattr(FD, op)(x, group)
+    if op == "all_to_all":
+        return FD.all_to_all(x, group, split_axis=step["axis"], concat_axis=step["concat_axis"])
+    return getattr(FD, op)(x, group, axis=step["axis"])
+
+
+def _remote(step, x, rank):
+    if rank == step["src"]:
+        return FD.remote_send(x, step["dst"])
+    if step["older"]:  # upstream before 1.8: the receiver names shape and dtype
+        return FD.remote_recv(step["src"], step["shape"], np.dtype(step["dtype"]))
+    return FD.remote_recv(step["src"])
+
+
+def _laid_out(array, layout):
+    """``array`` as a Tensor: contiguous, or a transposed or strided view of one."""
+    if layout == "transposed":
+        axes = tuple(reversed(range(array.ndim)))
+        return F.transpose(mge.tensor(np.ascontiguousarray(array.transpose(axes)),
+                                      dtype=array.dtype), axes)
+    if layout == "strided":
+        return mge.tensor(np.repeat(array, 2, axis=-1), dtype=array.dtype)[..., ::2]
+    return mge.tensor(array, dtype=array.dtype)
+
+
+def _run_step(seed, i, step, rank, group):
+    """(output, input gradient) of one collective step on this rank, as numpy (or None)."""
+    root = None if step["op"] == "remote" else \
+        group.proc_ranks[0] if isinstance(group, dist.Group) else group[0]
+    x = _laid_out(_input(seed, i, rank, step, root), step.get("layout"))
+
+    def run():
+        if step["op"] == "remote":
+            return _remote(step, x, rank)
+        out = _call(step, x, group)
+        # a second collective on the first one's output
+        return _call(_then(step), out, group) if step.get("then") else out
+
+    if not step["grad"]:
+        out = run()
+        return (None if out is None else out.numpy()), None
+    gm = GradManager().attach([x])
+    with gm:
+        out = run()
+        if out is None or rank == step.get("unused_by"):
+            gm.backward()  # no loss here: the kept collective's backward runs all the same
+        else:
+            w = _weight(seed, i, rank, out.shape, step["dtype"])
+            if step["transposed_loss"] and out.ndim > 1:
+                out_t = F.transpose(out, tuple(reversed(range(out.ndim))))
+                gm.backward((out_t * mge.tensor(w.T, dtype=w.dtype)).sum())
+            else:
+                gm.backward((out * mge.tensor(w, dtype=w.dtype)).sum())
+    return (None if out is None else out.numpy()), (None if x.grad is None else x.grad.numpy())
+
+
+def _run_error(step, rank, n, group):
+    """Make the drawn bad call on this rank; returns what it raised (or "no error")."""
+    kind = step["kind"]
+    x = mge.tensor(np.ones((n + 1, 2), np.float32))
+    try:
+        if kind == "non_member":
+            if rank in group.proc_ranks:
+                return None  # the members have nothing wrong to do
+            FD.all_reduce_sum(x, group)
+        elif kind == "undeclared_group":
+            FD.all_reduce_sum(x, step["ranks"])
+        elif kind == "no_split":
+            FD.reduce_scatter_sum(x, dist.WORLD)
+        elif kind == "bad_axis":
+            FD.all_gather(x, dist.WORLD, axis=2)
+        elif kind == "bad_peer":
+            peer = {"self": rank, "world": n, "negative": -1}[step["peer"]]
+            FD.remote_send(x, peer)
+        elif kind == "reduce_method":
+            dist.make_allreduce_cb(step["method"])
+        elif kind == "bad_new_group":
+            dist.new_group(step["ranks"])
+        elif kind == "bad_dtype":  # (torch.distributed has no int16)
+            FD.all_gather(x.astype("int16"), dist.WORLD)
+        elif kind == "unsendable_root":  # more dims than a shape message holds, on the root
+            FD.broadcast(x.reshape((1,) * 15 + x.shape) if rank == 0 else x, dist.WORLD)
+    except Exception as e:  # noqa: BLE001  (the parent checks type and message)
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+def _program_rank(seed, mismatch):
+    n, groups, steps = draw_program(seed, mismatch)
+    rank = dist.get_rank()
+    if mismatch:  # gloo may abort a rank that receives more than it expects: the outcome
+        faulthandler.disable()  # looked for, so pytest's dump of its stack would be noise
+    made = [dist.new_group(g) for g in groups]  # every rank, in the same order
+
+    results = {}
+    for i, step in enumerate(steps):
+        g = step["group"]
+        group = dist.WORLD if g == "world" else made[g] if isinstance(g, int) else \
+            _members(g, n, groups, seed, i)  # "perm": a list of all ranks
+        if step["op"] == "error":
+            results[i] = _run_error(step, rank, n, group)
+        elif rank in _step_members(step, n, groups, seed, i):
+            results[i] = _run_step(seed, i, step, rank, group)
+    return results
+
+
+def _step_members(step, n, groups, seed, i):
+    if step["op"] == "remote":
+        return [step["src"], step["dst"]]
+    return _members(step["group"], n, groups, seed, i)
+
+
+# ----- collectives: the numpy oracle -----
+
+def _parts(a, n, axis):
+    return np.split(a, n, axis=axis)
+
+
+def expected(seed, i, step, members):
+    """{rank: (output, input gradient)} of a collective step, from every rank's input and output
+    gradient (None where the rank gets no output, or its input's gradient is not checked)."""
+    xs = {r: _input(seed, i, r, step, members[0]) for r in members}
+    first = _forward(step, members, xs)
+    outs = _forward(_then(step), members, first) if step.get("then") else first
+    if not step["grad"]:
+        return {r: (outs[r], None) for r in members}
+    ws = {r: _weight(seed, i, r, outs[r].shape, step["dtype"]) * (r != step.get("unused_by"))
+          for r in members if outs[r] is not None}
+    if step.get("then"):
+        ws = {r: _adjoint(_then(step), members, ws, k, first, outs)
+              for k, r in enumerate(members)}
+    return {r: (outs[r], _adjoint(step, members, ws, k, xs, first))
+            for k, r in enumerate(members)}
+
+
+def _then(step):
+    return dict(op=step["then"], axis=0)
+
+
+def _forward(step, members, xs):
+    """{rank: output} of a collective (None where the rank gets none) on the members' inputs."""
+    op, n, root = step["op"], len(members), members[0]
+    if op == "remote":
+        return {step["src"]: None, step["dst"]: xs[step["src"]]}
+    if op == "broadcast":
+        return dict.fromkeys(members, xs[root])
+    if op == "scatter":
+        parts = _parts(xs[root], n, step["axis"])
+        return {r: parts[k] for k, r in enumerate(members)}
+    stack = np.stack([xs[r] for r in members])
+    dtype = stack.dtype
+    if op.startswith("all_reduce"):
+        reduce = {"sum": np.sum, "max": np.max, "min": np.min}[op.rsplit("_", 1)[1]]
+        return dict.fromkeys(members, reduce(stack, axis=0).astype(dtype))
+    if op == "all_gather":
+        return dict.fromkeys(members, np.concatenate(list(stack), axis=step["axis"]))
+    if op == "reduce_scatter_sum":
+        parts = _parts(stack.sum(axis=0).astype(dtype), n, step["axis"])
+        return {r: parts[k] for k, r in enumerate(members)}
+    if op == "reduce_sum":
+        return {r: stack.sum(axis=0).astype(dtype) if r == root else None for r in members}
+    if op == "gather":
+        whole = np.concatenate(list(stack), axis=step["axis"])
+        return {r: whole if r == root else None for r in members}
+    # all_to_all: member k gets part k of every member's input, in group order
+    return {r: np.concatenate([_parts(xs[s], n, step["axis"])[k] for s in members],
+                              axis=step["concat_axis"]) for k, r in enumerate(members)}
+
+
+def _adjoint(step, members, ws, k, xs, outs):
+    """The gradient of member ``k``'s input (None: not checked): each op's adjoint collective
+    applied by hand to the output gradients ``ws`` (``xs``, ``outs``: the op's inputs and
+    outputs)."""
+    op, n, r, root = step["op"], len(members), members[k], members[0]
+    if op == "remote":
+        return ws[step["dst"]] if r == step["src"] else None
+    if op in ("all_reduce_max", "all_reduce_min"):  # to the ranks holding the result (as the
+        # fork documents; upstream does not say), summed over the output gradients
+        return (xs[r] == outs[r]) * sum(ws[s] for s in members)
+    if op in ("all_reduce_sum", "all_gather"):
+        total = sum(ws[s] for s in members)
+        return total if op == "all_reduce_sum" else _parts(total, n, step["axis"])[k]
+    if op == "reduce_scatter_sum":
+        return np.concatenate([ws[s] for s in members], axis=step["axis"])
+    if op == "broadcast":  # other members' inputs only say the device
+        return sum(ws[s] for s in members) if r == root else None
+    if op == "reduce_sum":
+        return ws[root]
+    if op == "gather":
+        return _parts(ws[root], n, step["axis"])[k]
+    if op == "scatter":
+        return np.concatenate([ws[s] for s in members], axis=step["axis"]) if r == root else None
+    # all_to_all: part j of member k's input went to member j, as its k-th concatenated part
+    return np.concatenate([_parts(ws[s], n, step["concat_axis"])[k] for s in members],
+                          axis=step["axis"])
+
+
+ERROR_MESSAGES = {  # what each bad call must raise: (exception type, words of its message)
+    "non_member": ("ValueError", "is not a member"),
+    "undeclared_group": ("ValueError", "create it first"),
+    "no_split": ("ValueError", "equal parts"),
+    "bad_axis": ("ValueError", "out of range"),
+    "bad_peer": ("ValueError", "the peer must be another rank"),
+    "reduce_method": ("ValueError", "reduce_method must be 'sum' or 'mean'"),
+    "bad_new_group": ("ValueError", "ranks must be"),
+    "bad_dtype": ("TypeError", "int16 cannot be communicated"),
+    "unsendable_root": ("ValueError", "at most 16 dims"),
+}
+
+
+def check_program(seed, mismatch=False):
+    """Program ``seed`` on its ranks against the oracle; raises DistMismatch on a difference."""
+    if mismatch:
+        return _check_mismatch(seed)
+    n, groups, steps = draw_program(seed)
+    ranks = _launch(_program_rank, n, seed, False)
+    for i, step in enumerate(steps):
+        if step["op"] == "error":
+            kind = step["kind"]
+            for r, got in enumerate(ranks):
+                cls, words = ("ValueError", "rank 0 could not send") if r and \
+                    kind == "unsendable_root" else ERROR_MESSAGES[kind]
+                if got[i] is not None and not (got[i].startswith(cls + ":") and words in got[i]):
+                    raise DistMismatch(f"step {i} ({kind}) on rank {r}: want {cls} saying "
+                                       f"{words!r}, got {got[i]}")
+            continue
+        members = _step_members(step, n, groups, seed, i)
+        tolerance = TOLERANCES.get(step["dtype"], (0, 0))  # (integers and bool: exact)
+        for r, (out, grad) in expected(seed, i, step, members).items():
+            got_out, got_grad = ranks[r][i]
+            what = f"step {i} ({step['op']}) rank {r}"
+            if out is None or got_out is None:
+                if (out is None) != (got_out is None):
+                    raise DistMismatch(f"{what}: output {got_out}, want {out}")
+            else:
+                _compare(f"{what} output", got_out, out, tolerance)
+            if grad is not None:
+                if got_grad is None:
+                    raise DistMismatch(f"{what}: the input got no gradient")
+                _compare(f"{what} input gradient", got_grad, grad, tolerance)
+        if step["op"] in SAME_EVERYWHERE or step.get("then"):
+            first = ranks[members[0]][i][0]
+            for r in members[1:]:  # upstream: "bitwise identical in all processes"
+                if not np.array_equal(ranks[r][i][0], first):
+                    raise DistMismatch(f"step {i} ({step['op']}): rank {r}'s output differs "
+                                       f"from rank {members[0]}'s")
+    return n, len(steps)
+
+
+def _check_mismatch(seed):
+    """The program with a last step whose ranks' shapes differ: the launch must fail (each rank
+    waits at most a few seconds in a collective), never return."""
+    n, _, steps = draw_program(seed, mismatch=True)
+    start = time.monotonic()
+    try:
+        ranks = _launch(_program_rank, n, seed, True, collective_timeout=10)
+    except (dist.WorkerError, TimeoutError):
+        return n, len(steps)
+    raise DistMismatch(f"step {len(steps) - 1} ({steps[-1]['op']}): ranks gave differently sized "
+                       f"inputs, yet every rank returned after {time.monotonic() - start:.0f}s: "
+                       f"{[r[len(steps) - 1] for r in ranks]}")
+
+
+# ----- data-parallel training -----
+
+def draw_training(seed):
+    """A plan: ranks, layers, dtype, optimizer, reduce method, bucket size, attach groups,
+    per-step per-rank batch sizes."""
+    rng = np.random.default_rng([seed, 5])
+    n = int(rng.integers(2, 4))
+    image = bool(rng.random() < 0.5)
+    layers, channels = [], int(rng.integers(1, 3))
+    if image:
+        for _ in range(int(rng.integers(1, 3))):
+            out = int(rng.integers(2, 5))
+            layers.append(("conv", channels, out, int(rng.integers(1, 3))))
+            kind = str(rng.choice(["syncbn", "frozen_bn", "none"]))
+            if kind != "none":
+                layers.append((kind, out))
+            layers.append(("relu",))
+            channels = out
+        layers.append(("flatten",))
+    else:
+        channels = int(rng.integers(2, 6))
+    for _ in range(int(rng.integers(1, 3))):
+        out = int(rng.integers(2, 6))
+        layers.append(("linear", None, out))
+        if rng.random() < 0.4:
+            layers.append(("syncbn1d", out))
+        layers.append(("relu",))
+    layers.append(("linear", None, 3))
+    dtype = "float64" if rng.random() < 0.8 else "float32"
+    opt = str(rng.choice(["sgd", "sgd_momentum", "adam"] if dtype == "float64" else
+                         ["sgd", "sgd_momentum"]))
+    steps = int(rng.integers(2, 5))
+    per_rank = int(rng.integers(2, 4))
+    batches = [[per_rank] * n for _ in range(steps)]
+    if rng.random() < 0.5:  # an uneven last batch, as a DataLoader's last one
+        batches[-1] = [int(b) for b in rng.integers(1, per_rank + 1, n)]
+    plan = dict(n=n, image=image, in_channels=int(layers[0][1]) if image else channels,
+                layers=layers, dtype=dtype, opt=opt, steps=steps, batches=batches,
+                method=str(rng.choice(["mean", "sum"])),
+                bucket=int(rng.choice([0, 64, 1024, 10 * 1024 * 1024])),
+                attach=int(rng.integers(1, 4)), shared_cb=bool(rng.random() < 0.5))
+    # on 3 ranks: maybe only a group of two trains (any order; the third rank idles)
+    other = np.random.default_rng([seed, 9])  # (the other draws stay as they were)
+    plan["members"] = list(range(n))
+    if n == 3 and other.random() < 0.3:
+        plan["members"] = [int(r) for r in other.permutation(n)[:2]]
+        plan["batches"] = batches = [b[:2] for b in batches]
+    # the step under megengine.jit.trace (symbolic or not), when every step has one shape
+    traceable = all(b == batches[0] for b in batches)
+    plan["trace"] = [None, None, False, True][int(rng.integers(4))] if traceable else None
+    # two backward passes per step, each rank's batch in two halves (batch statistics of a
+    # half are not the whole batch's: no SyncBatchNorm then)
+    plan["accumulate"] = min(map(min, batches)) > 1 and rng.random() < 0.4 and \
+        not any(spec[0] in ("syncbn", "syncbn1d") for spec in layers)
+    # float64 with a float32 last layer: make_allreduce_cb packs a bucket per dtype
+    plan["mixed"] = dtype == "float64" and opt != "adam" and other.random() < 0.25
+    return plan
+
+
+class Net(M.Module):
+    """The drawn layers; with a ``group``, SyncBatchNorm over it for "syncbn" layers (without,
+    BatchNorm)."""
+
+    def __init__(self, plan, group=None):
+        super().__init__()
+        self.layers = []
+        width = plan["in_channels"]  # (of an image network: set at its flatten)
+        for i, spec in enumerate(plan["layers"]):
+            kind = spec[0]
+            if kind == "conv":
+                layer = M.Conv2d(spec[1], spec[2], spec[3], padding=spec[3] // 2)
+            elif kind in ("syncbn", "syncbn1d"):
+                layer = M.SyncBatchNorm(spec[1], group=group) if group is not None else \
+                    (M.BatchNorm2d if kind == "syncbn" else M.BatchNorm1d)(spec[1])
+            elif kind == "frozen_bn":
+                layer = M.BatchNorm2d(spec[1], freeze=True)
+            elif kind == "linear":
+                layer = M.Linear(width, spec[2])
+                width = spec[2]
+            else:
+                layer = kind
+            if kind == "flatten":
+                width = self._flat_width(plan)
+            if isinstance(layer, M.Module):
+                last = i == len(plan["layers"]) - 1 and plan["mixed"]
+                _cast(layer, "float32" if last else plan["dtype"])
+            self.layers.append(layer)
+
+    @staticmethod
+    def _flat_width(plan):
+        side, channels = 6, plan["in_channels"]
+        for spec in plan["layers"]:
+            if spec[0] == "conv":
+                side = side + 2 * (spec[3] // 2) - spec[3] + 1
+                channels = spec[2]
+        return channels * side * side
+
+    def forward(self, x):
+        for layer in self.layers:
+            if layer == "relu":
+                x = F.relu(x)
+            elif layer == "flatten":
+                x = F.flatten(x, 1)
+            else:
+                x = layer(x)
+        return x
+
+
+def _cast(layer, dtype):
+    """The layer's float parameters and buffers in ``dtype`` (new tensors: a write keeps the
+    old tensor's dtype)."""
+    for name, value in list(vars(layer).items()):
+        if isinstance(value, mge.Tensor) and value.dtype.kind == "f":
+            kind = mge.Parameter if isinstance(value, mge.Parameter) else mge.Tensor
+            setattr(layer, name, kind(value.numpy(), dtype=dtype))
+
+
+def _initial_state(plan, seed):
+    """Every parameter and buffer of the network, drawn from the seed, in the plan's dtype."""
+    net = Net(plan)
+    rng = np.random.default_rng([seed, 6])
+    state = {}
+    for name, value in net.state_dict().items():
+        value = np.asarray(value)
+        if name.endswith("running_var"):
+            state[name] = rng.uniform(0.5, 2, value.shape)
+        elif value.dtype.kind == "f":
+            state[name] = rng.standard_normal(value.shape) * (0.5 if "weight" in name else 0.1)
+        else:
+            state[name] = value
+        state[name] = state[name].astype(plan["dtype"] if value.dtype.kind == "f" else value.dtype)
+    return state
+
+
+def _set_state(net, state, shift=0.0):
+    """Load ``state``, the parameters moved by ``shift``."""
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+        moved = state[name] + shift if isinstance(t, mge.Parameter) else state[name]
+        t._reset(mge.tensor(moved, dtype=state[name].dtype))
+
+
+def _data(plan, seed, k):
+    """Step ``k``'s whole batch (all ranks' parts, in rank order); k=-1: 4 samples to evaluate."""
+    rng = np.random.default_rng([seed, 7, k % 1000])
+    total = sum(plan["batches"][k]) if k >= 0 else 4
+    shape = (total, plan["in_channels"], 6, 6) if plan["image"] else (total, plan["in_channels"])
+    return (rng.standard_normal(shape).astype(plan["dtype"]),
+            rng.standard_normal((total, 3)).astype(plan["dtype"]))
+
+
+def _optimizer(plan, params):
+    if plan["opt"] == "adam":
+        # eps well above rounding: a gradient that is zero in exact arithmetic (a bias before a
+        # batch norm) is a rounding error in floats, which Adam's default eps would scale up
+        # to a step of lr, differently on the ranks and in the oracle
+        return optim.Adam(params, lr=0.01, eps=1e-4)
+    return optim.SGD(params, lr=0.05, momentum=0.9 if plan["opt"] == "sgd_momentum" else 0.0,
+                     weight_decay=1e-3)
+
+
+def _state(net):
+    return {k: np.array(v) for k, v in net.state_dict().items()}
+
+
+def _train_rank(seed, init):
+    """One rank's training: (losses, states after each step, eval-mode output); None on a rank
+    outside the training group."""
+    plan = draw_training(seed)
+    rank, members = dist.get_rank(), plan["members"]
+    group = dist.new_group(members) if len(members) < plan["n"] else dist.WORLD
+    if rank not in members:
+        return None
+    n, me = len(members), members.index(rank)  # (me: this rank's part of every batch)
+    net = Net(plan, group)
+    _set_state(net, init, shift=0.25 * me)  # the root holds init: bcast_list_ must spread it
+    dist.bcast_list_(net.parameters(), group)
+    params = list(net.parameters())
+    gm = GradManager()
+
+    def callback():
+        return dist.make_allreduce_cb(plan["method"], group, bucket_size=plan["bucket"])
+
+    shared = callback()
+    for part in np.array_split(np.arange(len(params)), plan["attach"]):
+        gm.attach([params[j] for j in part],
+                  callbacks=[shared if plan["shared_cb"] else callback()])
+    opt = _optimizer(plan, params)
+    net.train()
+
+    def step(x, y, sizes):
+        if len(set(sizes)) == 1 and plan["method"] == "mean" and not plan["accumulate"]:
+            scale = None  # the usual program: the mean over this rank's part
+        else:  # the whole batch's mean, split over the ranks (undone by "mean")
+            scale = (n if plan["method"] == "mean" else 1) / (sum(sizes) * 3)
+        half = x.shape[0] // 2 if plan["accumulate"] else x.shape[0]
+        total = 0
+        for part in (slice(0, half), slice(half, None))[:2 if plan["accumulate"] else 1]:
+            with gm:  # (accumulated: the gradients of both halves add up in .grad)
+                sq = (net(x[part]) - y[part]) ** 2
+                loss = F.mean(sq) if scale is None else sq.sum() * scale
+                gm.backward(loss)
+            total = total + loss
+        opt.step()
+        opt.clear_grad()
+        return total
+
+    if plan["trace"] is not None:  # (the sizes are the same at every step then)
+        step = trace(step, symbolic=plan["trace"])
+    losses, states = [], []
+    for k in range(plan["steps"]):
+        x, y = _data(plan, seed, k)
+        sizes = plan["batches"][k]
+        lo = sum(sizes[:me])
+        x, y = (mge.tensor(a[lo:lo + sizes[me]], dtype=plan["dtype"]) for a in (x, y))
+        losses.append(float(step(x, y, sizes).numpy()))
+        states.append(_state(net))
+    net.eval()
+    return losses, states, net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
+
+
+def _train_tolerance(plan):
+    return TRAIN_TOLERANCES["float32" if plan["mixed"] else plan["dtype"]]
+
+
+def check_training(seed):
+    """Training plan ``seed`` on its ranks against one process on the whole batches."""
+    plan = draw_training(seed)
+    init = _initial_state(plan, seed)
+    results = _launch(_train_rank, plan["n"], seed, init)
+    ranks = {r: results[r] for r in plan["members"]}
+    first = plan["members"][0]
+    previous = mge.get_default_device()
+    mge.set_default_device("cpu0")  # the ranks' arithmetic (a GPU machine: not cuDNN's)
+    try:
+        net = Net(plan)
+        _set_state(net, init)
+        gm = GradManager().attach(net.parameters())
+        opt = _optimizer(plan, net.parameters())
+        net.train()
+        for k in range(plan["steps"]):
+            x, y = (mge.tensor(a, dtype=plan["dtype"]) for a in _data(plan, seed, k))
+            with gm:
+                loss = F.mean((net(x) - y) ** 2)
+                gm.backward(loss)
+            opt.step()
+            opt.clear_grad()
+            want = _state(net)
+            together = sum(losses[k] for losses, _, _ in ranks.values()) / (
+                len(ranks) if plan["method"] == "mean" else 1)
+            _compare(f"step {k}: the ranks' losses together", np.asarray(together),
+                     np.asarray(float(loss.numpy())), _train_tolerance(plan))
+            for r, (_, states, _) in ranks.items():
+                if set(states[k]) != set(want):
+                    raise DistMismatch(f"step {k} rank {r}: state keys {sorted(states[k])}")
+                for key in want:
+                    _compare(f"step {k} rank {r} {key}", states[k][key], want[key],
+                             _train_tolerance(plan))
+                    if not np.array_equal(states[k][key], ranks[first][1][k][key]):
+                        raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank "
+                                           f"{first}'s")
+        net.eval()
+        want = net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
+        for r, (_, _, evaluated) in ranks.items():
+            _compare(f"rank {r}'s eval-mode output", evaluated, want,
+                     _train_tolerance(plan))
+    finally:
+        mge.set_default_device(previous)
+    return plan
+
+
+# ----- the driver -----
+
+def fuzz(seeds, start=0, only=None):
+    bad = 0
+    for seed in range(start, start + seeds):
+        runs = []
+        if only in (None, "collectives"):
+            runs.append(("collectives", check_program, draw_program))
+            if seed % MISMATCH_EVERY == 0:
+                runs.append(("mismatched shapes", lambda s: check_program(s, True),
+                             lambda s: draw_program(s, True)))
+        if only in (None, "training"):
+            runs.append(("training", check_training, draw_training))
+        for what, run, plan in runs:
+            try:
+                run(seed)
+            except Exception as e:  # a mismatch, or an error where the oracle has a value
+                bad += 1
+                name = "" if isinstance(e, DistMismatch) else f"{type(e).__name__}: "
+                print(f"=== seed {seed} ({what}): {name}{e}\n--- plan ---\n{plan(seed)}",
+                      flush=True)
+    return bad
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tests.fuzz.dist", description=__doc__)
+    p.add_argument("--seeds", type=int, default=100, help="seeds (default 100)")
+    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--only", choices=["collectives", "training"], help="run one half")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    bad = fuzz(a.seeds, a.start, a.only)
+    print(f"{a.seeds} seeds ({bad} failing) in {time.time() - t0:.0f}s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

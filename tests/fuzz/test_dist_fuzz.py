@@ -1,0 +1,88 @@
+"""CI slice of the distributed fuzzer (`dist.py`; full runs offline, ``python -m tests.fuzz.dist``):
+a few drawn collective programs and data-parallel trainings against their oracles, and checks
+that the comparisons catch what they must."""
+import collections
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
+
+import megengine.distributed as megengine_dist  # noqa: E402
+import megengine.functional.distributed as fd  # noqa: E402
+
+from . import dist  # noqa: E402
+
+# programs on 2 and 4 ranks, together holding differentiated collectives of every kind, one
+# collective applied to another's output, sub-groups, 0-d, empty and strided inputs, dummy
+# inputs off the root, and bad calls (test_draws_cover_the_distributed_api: the first 100)
+PROGRAMS = (5, 7, 10, 36)
+
+
+@pytest.mark.parametrize("seed", PROGRAMS)
+def test_drawn_collective_programs_match_numpy(seed):
+    dist.check_program(seed)  # raises DistMismatch naming the step, rank and difference
+
+
+def test_ranks_giving_differently_sized_inputs_fail_instead_of_hanging():
+    dist.check_program(10, mismatch=True)  # an all_gather (gloo aborts the receiving rank)
+
+
+# a rank's own mean loss with "mean"; an uneven last batch, Adam, "sum"; a traced CNN (all three
+# with SyncBatchNorm); two backward passes per step; ranks 2 and 0 of 3 (SyncBatchNorm over them)
+@pytest.mark.parametrize("seed", (0, 3, 4, 6, 20))
+def test_drawn_networks_train_data_parallel_like_one_process_on_the_whole_batch(seed):
+    dist.check_training(seed)
+
+
+def test_a_wrong_adjoint_is_caught(monkeypatch):
+    # all_reduce_sum's backward handing back the rank's own output gradient (not their sum);
+    # the launcher forks, so the patch reaches the ranks
+    monkeypatch.setattr(fd.AllReduce, "backward", lambda self, g: g)
+    with pytest.raises(dist.DistMismatch, match="input gradient"):
+        dist.check_program(8)  # (differentiates all_reduce_sum on 4 ranks)
+
+
+def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
+    monkeypatch.setattr(megengine_dist, "make_allreduce_cb",
+                        lambda *args, **kwargs: lambda param, grad: grad)
+    with pytest.raises(dist.DistMismatch, match="step 0 rank 0"):
+        dist.check_training(4)
+
+
+def test_draws_cover_the_distributed_api():
+    seen = collections.Counter()
+    for seed in range(100):
+        n, groups, steps = dist.draw_program(seed)
+        seen[f"world={n}"] += 1
+        seen.update(f"group size {len(g)}" for g in groups if len(g) < n)
+        for step in steps:
+            seen[step["op"] if step["op"] != "error" else step["kind"]] += 1
+            seen.update(f"{key}={step.get(key)}" for key in ("dtype", "then", "older", "layout",
+                                                             "dummy", "transposed_loss"))
+            seen[f"group {'subgroup' if isinstance(step['group'], int) else step['group']}"] += 1
+            if step.get("grad"):
+                seen[f"grad {step['op']}"] += 1
+                seen["unused by a member" if "unused_by" in step else ""] += 1
+            if "shape" in step:
+                seen["0-d" if step["shape"] == () else "empty" if 0 in step["shape"] else ""] += 1
+        plan = dist.draw_training(seed)
+        seen.update({f"ranks={plan['n']}", f"opt={plan['opt']}", f"method={plan['method']}",
+                     f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
+                     "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
+                     f"trace={plan['trace']}", f"accumulate={plan['accumulate']}",
+                     f"mixed={plan['mixed']}", f"trained by {len(plan['members'])} of {plan['n']}"})
+        seen.update(spec[0] for spec in plan["layers"])
+    want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
+    want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
+    want |= {"dtype=float32", "dtype=float64", "dtype=int32", "dtype=float16", "dtype=int8",
+             "dtype=uint8", "dtype=int64", "dtype=bool", "then=all_reduce_sum",
+             "then=all_gather", "older=True", "group world", "group perm", "group subgroup",
+             "0-d", "empty", "ranks=2", "ranks=3", "opt=sgd", "opt=sgd_momentum", "opt=adam",
+             "method=mean", "method=sum", "attach=1", "attach=3", "train dtype=float32",
+             "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
+             "linear", "layout=transposed", "layout=strided", "dummy=True",
+             "transposed_loss=True", "trace=None", "trace=False", "trace=True",
+             "accumulate=True", "trained by 2 of 3", "unused by a member", "mixed=True"}
+    assert want <= set(seen), want - set(seen)
