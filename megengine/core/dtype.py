@@ -314,7 +314,13 @@ def quantize_array(x, dtype):
     zp = info.get("zero_point", 0)
     if zp:
         q = q + zp
-    return xp.clip(q, meta.qmin, meta.qmax).astype(dtype)
+    return _typed(xp, xp.clip(q, meta.qmin, meta.qmax), dtype)
+
+
+def _typed(xp, a, dtype):
+    """``a.astype(dtype)`` as an array: arithmetic on a 0-d array gives a numpy scalar, whose
+    astype drops the metadata a quantized dtype keeps its scale in."""
+    return xp.asarray(a).astype(dtype)
 
 
 def requantize_array(acc, acc_scale, dtype, relu=False):
@@ -325,13 +331,13 @@ def requantize_array(acc, acc_scale, dtype, relu=False):
     if relu:
         acc = xp.maximum(acc, 0)
     if dtype is None:
-        return acc.astype(qint32(acc_scale))
+        return _typed(xp, acc, qint32(acc_scale))
     dtype = np.dtype(dtype)
     meta = quant_meta(dtype)
     if meta is None:  # a float output: the real values
         return (acc.astype(np.float32) * np.float32(acc_scale)).astype(dtype)
     if meta.cname == "QuantizedS32" and _info(dtype)["scale"] == acc_scale:
-        return xp.clip(acc, meta.qmin, meta.qmax).astype(dtype)
+        return _typed(xp, xp.clip(acc, meta.qmin, meta.qmax), dtype)
     return quantize_array(acc.astype(np.float32) * np.float32(acc_scale), dtype)
 
 

@@ -367,8 +367,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     out = project(out, wo, bo)
     if io_weight_bias is not None and wq is wk is wv is wo is bq is bk is bv is bo is None:
         # upstream's op takes the packed tensor as an input even when it holds no values, so
-        # an attached one gets its (empty) gradient: its sum, 0, keeps it in the graph
-        out = out + _tensor(io_weight_bias).sum()
+        # an attached one gets its (empty) gradient: its sum, 0, keeps it in the graph (in the
+        # output's dtype: a float32 packed tensor leaves a float16 attention float16)
+        out = out + _tensor(io_weight_bias).sum().astype(out.dtype)
     if training and out_drop:
         out = dropout(out, out_drop, training)
     if reslink:  # upstream's residual link: the query added to the output

@@ -49,8 +49,10 @@ class _CTC(Op):
         alpha = xp.full((t_max, n, ext.shape[1]), -np.inf)
         # upstream clamps the first frame's probabilities at tiny, the positions a path cannot
         # start from included, so that an alignment too long for its frames costs a finite loss
-        # (-log(2 * tiny) = 86.6 for float32 at one frame) where torch's is inf
-        alpha[0] = np.log(tiny)
+        # (-log(2 * tiny) = 86.6 at one frame) where torch's is inf. Its alpha is float32 for
+        # every pred dtype, so that tiny is float32's (float16's, 6e-5, gave paths that skip
+        # the first symbols a weight that visibly changed ordinary losses)
+        alpha[0] = np.log(np.finfo(np.float32).tiny)
         alpha[0, :, :2] = lp[0, :, :2]
         for t in range(1, t_max):  # one vector step per frame
             a = alpha[t - 1]

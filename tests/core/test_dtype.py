@@ -167,6 +167,18 @@ def test_setting_quantized_values_of_another_scale_requantizes_them():
     np.testing.assert_array_equal(fine.numpy(), [-10, -10, -10])
 
 
+def test_a_0d_tensor_quantizes_to_a_quantized_dtype():
+    # numpy arithmetic on a 0-d array gives a scalar, whose astype dropped the scale: 1.0 at
+    # qint8(0.25) came out as a plain int8 4, which read back as 4.0
+    q = mge.tensor(1.0).astype(dtype.qint8(0.25))
+    assert q.shape == () and dtype.is_dtype_equal(q.dtype, dtype.qint8(0.25))
+    np.testing.assert_array_equal(q.numpy(), 4)
+    assert q.astype("float32").item() == 1.0
+    u = mge.tensor(-0.5).astype(dtype.quint8(0.1, 7))  # -5 + 7
+    assert dtype.is_dtype_equal(u.dtype, dtype.quint8(0.1, 7)) and u.numpy() == 2
+    assert dtype.is_dtype_equal(q.astype(dtype.qint8(0.5)).dtype, dtype.qint8(0.5))
+
+
 def test_quantized_tensors_survive_save_and_load():
     q = mge.tensor([0.3, -1.2]).astype(dtype.quint8(0.1, 7))
     buf = io.BytesIO()

@@ -267,6 +267,24 @@ def test_an_io_weight_bias_holding_no_values_gets_an_empty_gradient():
     assert mq.grad is not None
 
 
+def test_an_io_weight_bias_holding_no_values_keeps_the_outputs_dtype():
+    # the empty packed tensor (float32, as M.MultiHeadAttention makes it) takes no part in the
+    # values: a float16 attention stays float16, the same values as without io_weight_bias
+    n, lq, lk, e, heads = 2, 3, 4, 4, 2
+    q, k, v = (mge.tensor(randn(n, length, e).astype(np.float16)) for length in (lq, lk, lk))
+    io = mge.tensor(np.zeros((1, 0), np.float32))
+    gm = GradManager().attach([io])
+    with gm:
+        out, _ = F.nn.multi_head_attention(q, k, v, e, heads, 0.0, 0.0, io, 0, 0, 0, 0,
+                                           training=False)
+        gm.backward(out.sum())
+    plain, _ = F.nn.multi_head_attention(q, k, v, e, heads, 0.0, 0.0, None, 0, 0, 0, 0,
+                                         training=False)
+    assert plain.dtype == np.float16 and out.dtype == np.float16
+    np.testing.assert_array_equal(out.numpy(), plain.numpy())
+    assert io.grad.shape == (1, 0)
+
+
 def test_reslink_needs_matching_shapes():
     e, heads = 4, 2
     x = mge.tensor(randn(2, 3, e))

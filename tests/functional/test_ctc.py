@@ -136,3 +136,21 @@ def test_ctc_loss_of_an_alignment_longer_than_its_frames_is_finite_as_upstream()
                 .item() for q in (p + d, p - d)]
         numeric = (loss[0] - loss[1]) / (2 * eps)
         np.testing.assert_allclose(x.grad.numpy()[t, 0, c], numeric, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_ctc_loss_clamps_the_unreachable_starts_at_float32s_tiny_for_every_dtype(dtype):
+    # upstream's alpha is float32 whatever pred's dtype, so its clamp is float32's tiny: an
+    # ordinary float16 loss matches torch's (float16's tiny, 6e-5, let a path skipping the
+    # label weigh as much as the real ones: 8.14 for 8.32), and the one-frame case is 86.6
+    p = np.tile(np.array([0.9, 1e-4, 0.1 - 1e-4]), (3, 1, 1)).astype(dtype)
+    want = torch.nn.functional.ctc_loss(
+        torch.tensor(np.log(p.astype(np.float64))), torch.tensor([[1]]), torch.tensor([3]),
+        torch.tensor([1]), reduction="sum").item()
+    loss = F.nn.ctc_loss(mge.tensor(p, dtype=dtype), [3], [[1]], [1], reduction="sum")
+    assert loss.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(loss.item(), want, rtol=1e-3)
+    short = F.nn.ctc_loss(mge.tensor([[[0.3, 0.7]]], dtype=dtype), [1], [[1, 1]], [2],
+                          reduction="sum")
+    np.testing.assert_allclose(short.item(), -np.log(2 * np.float64(np.finfo(np.float32).tiny)),
+                               rtol=1e-3)

@@ -223,6 +223,19 @@ def test_quantized_matmul_is_upstreams_matrixmul():
         F.matmul(q8, q8, transpose_b=True, compute_mode="float32")
 
 
+def test_quantized_dot_of_vectors_is_a_0d_qint32_accumulator():
+    # 1-d by 1-d: the accumulator is one number, still qint32 of scale a scale * b scale (the
+    # scale was dropped: a plain int32 whose real value read as the raw integer)
+    rng = np.random.RandomState(11)
+    a, b = _ints(rng, (6,)), _ints(rng, (6,))
+    qa = mge.tensor(a.astype(np.int8), dtype=dtype.qint8(S_IN))
+    qb = mge.tensor(b.astype(np.int8), dtype=dtype.qint8(S_W))
+    out = F.matmul(qa, qb)
+    assert out.shape == () and dtype.is_dtype_equal(out.dtype, dtype.qint32(S_ACC))
+    np.testing.assert_array_equal(out.numpy(), a @ b)
+    np.testing.assert_allclose(out.astype("float32").item(), (a @ b) * S_ACC, rtol=1e-6)
+
+
 def test_quantized_linear_adds_a_bias_of_the_accumulators_scale_as_integers():
     # a bias scale computed in float64 (qint32(sx * sw), upstream's module) differs from the
     # float32 product by rounding only: the same integers are added
