@@ -33,12 +33,14 @@ def _raise_on_rank_1():
 def test_a_worker_that_raises_is_reported_with_rank_and_traceback():
     start = time.monotonic()
     with pytest.raises(dist.WorkerError, match="rank 1 raised") as info:
-        dist.launcher(_raise_on_rank_1, n_gpus=2, device_type="cpu", timeout=60)()
+        dist.launcher(_raise_on_rank_1, n_gpus=2, device_type="cpu", timeout=120)()
     assert info.value.rank == 1
     assert isinstance(info.value, AssertionError)  # upstream's launcher asserts the exit codes
     assert "ValueError: boom on rank 1" in str(info.value)
     assert "_raise_on_rank_1" in str(info.value)  # the traceback names the function
-    assert time.monotonic() - start < 20  # the waiting rank was stopped, not waited for
+    # the waiting rank was stopped, not waited for until the timeout (a bound far from the
+    # run's few seconds: ranks start slowly on a loaded machine)
+    assert time.monotonic() - start < 60
 
 
 def _train_then_die():
@@ -57,13 +59,10 @@ def _train_then_die():
 
 
 def test_a_killed_worker_makes_the_launcher_fail_naming_its_rank():
-    start = time.monotonic()
     with pytest.raises(dist.WorkerError, match=r"rank 1 died \(killed by SIGKILL\)") as info:
-        dist.launcher(_train_then_die, n_gpus=2, device_type="cpu", timeout=240)()
+        # noticed when it happens: waiting for the timeout would raise TimeoutError instead
+        dist.launcher(_train_then_die, n_gpus=2, device_type="cpu", timeout=120)()
     assert info.value.rank == 1
-    # noticed when it happens, not at the timeout (a loose bound: ranks start slowly on a
-    # loaded machine, 20 s was once exceeded)
-    assert time.monotonic() - start < 120
 
 
 def _sleep_forever():
