@@ -15,6 +15,8 @@ class BatchMatMulActivation(Float.BatchMatMulActivation, QuantizedModule):
     ``x`` (batch, in_features, n), with int32 accumulation, as one batched 1x1 convolution
     (``batch_conv_bias_activation``), output in ``dtype``."""
 
+    _quantized_input = True
+
     def __init__(self, batch, in_features, out_features, bias=True, nonlinear_mode="identity",
                  dtype=None, **kwargs):
         super().__init__(batch, in_features, out_features, bias, nonlinear_mode, **kwargs)

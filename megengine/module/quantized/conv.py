@@ -50,6 +50,7 @@ class Conv2d(Float.Conv2d, QuantizedModule):
     the integer weight and the qint32 bias, output in ``dtype``. Same arguments as
     :class:`~.module.Conv2d` plus ``dtype``, the output's quantized dtype."""
 
+    _quantized_input = True
     _nonlinear_mode = "identity"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -93,6 +94,7 @@ class ConvTranspose2d(Float.ConvTranspose2d, QuantizedModule):
     """Quantized :class:`~.qat.ConvTranspose2d`: transposed convolution of the quantized input
     with the integer weight and a qint32 bias, output in ``dtype``."""
 
+    _quantized_input = True
     _nonlinear_mode = "identity"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,

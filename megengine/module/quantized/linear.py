@@ -18,6 +18,7 @@ class Linear(QuantizedModule):
     ``acc * scale`` in float32 divided by the output scale, rounded half away from zero,
     saturated); ``dtype`` None keeps the qint32 accumulator."""
 
+    _quantized_input = True
     _nonlinear_mode = "identity"
 
     def __init__(self, dtype=None, **kwargs):

@@ -2,6 +2,7 @@
 :func:`~.quantization.quantize` makes from QAT layers."""
 from abc import abstractmethod
 
+from ...core import dtype as _qd
 from ..module import Module
 
 __all__ = ["QuantizedModule"]
@@ -12,10 +13,18 @@ class QuantizedModule(Module):
     ``megengine.core.tensor.dtype``). Made from a QAT layer with :meth:`from_qat_module`;
     calling one in training mode is an error (there is no gradient through integers)."""
 
+    _quantized_input = False  # a layer with integer weights: its input must be quantized
+
     def __call__(self, *inputs, **kwargs):
         if self.training:
             raise ValueError(f"{type(self).__name__}: quantized modules only support inference; "
                              "call .eval() on the network first")
+        if self._quantized_input and inputs and hasattr(inputs[0], "dtype") \
+                and not _qd.is_quantize(inputs[0].dtype):
+            raise TypeError(f"{type(self).__name__}: a quantized layer takes a quantized input, "
+                            f"got {_qd.dtype_name(inputs[0].dtype)}; quantize it first (a "
+                            "QuantStub before the layer, which quantize() converts, or "
+                            "x.astype(megengine.core.tensor.dtype.qint8(scale)))")
         return super().__call__(*inputs, **kwargs)
 
     def __repr__(self):

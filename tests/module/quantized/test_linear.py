@@ -131,3 +131,19 @@ def test_traced_quantized_linear_dumps_upstreams_matrixmul_add_typecvt(user_name
     got = list(GraphInference(file).run(x.numpy()).values())[0]
     np.testing.assert_array_equal(got, eager)
     np.testing.assert_array_equal(eager, m(x).numpy())
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: QAT.Linear(4, 3), (2, 4)), (lambda: QAT.Conv2d(1, 2, 1), (1, 1, 2, 2)),
+    (lambda: QAT.ConvTranspose2d(1, 2, 1), (1, 1, 2, 2)),
+    (lambda: QAT.BatchMatMulActivation(2, 4, 3), (2, 4, 5))])
+def test_a_float_input_to_a_quantized_layer_is_refused_with_the_fix(make, shape):
+    # it failed deep inside with "get_scale: dtype float32 is not a quantized dtype", naming
+    # neither the layer nor a QuantStub
+    qat = make()
+    q = getattr(Q, type(qat).__name__).from_qat_module(fixed_qat(qat))
+    q.eval()
+    x = np.random.RandomState(0).rand(*shape).astype(np.float32)
+    with pytest.raises(TypeError, match=rf"^{type(q).__name__}: a quantized layer takes a "
+                                        r"quantized input, got float32; .*QuantStub"):
+        q(mge.tensor(x))
