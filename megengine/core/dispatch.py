@@ -350,11 +350,19 @@ def _is_float(dtype):
     return dtype.kind == "f"
 
 
-def _array(o):
+def _array(o, inputs=()):
     """An op's output as an array: numpy hands back a scalar (np.float32), not a 0-d array, from a
     ufunc on 0-d arrays or an index that picks one element; consumers that need an array (the
-    torch bridge under the collectives, in-place writes) would otherwise receive a scalar."""
-    return np.asarray(o) if isinstance(o, np.generic) else o
+    torch bridge under the collectives, in-place writes) would otherwise receive a scalar. The
+    scalar's dtype has lost the metadata a quantized input's dtype keeps its scale in (an array
+    result keeps it): an output of that input's integer type takes its dtype back."""
+    if not isinstance(o, np.generic):
+        return o
+    o = np.asarray(o)
+    for a in inputs:
+        if a.dtype.metadata is not None and a.dtype == o.dtype:
+            return o.view(a.dtype)
+    return o
 
 
 def call_without_trace_hook(fn, *args, **kwargs):
@@ -443,8 +451,8 @@ def apply_unhooked(op, inputs):
         if type(out) is np.ndarray:  # the common case: no scalar to turn into an array
             return Tensor._wrap(out, device)
         if isinstance(out, tuple):
-            return tuple([Tensor._wrap(_array(o), device) for o in out])
-        return Tensor._wrap(_array(out), device)
+            return tuple([Tensor._wrap(_array(o, arrays), device) for o in out])
+        return Tensor._wrap(_array(out, arrays), device)
 
     parents = tuple([
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
@@ -461,7 +469,7 @@ def apply_unhooked(op, inputs):
         out = op.forward(*arrays)
     if not isinstance(out, tuple):  # one output, the common case, without the loops below
         if isinstance(out, np.generic):
-            out = np.asarray(out)
+            out = _array(out, arrays)
         node = Node(op, parents, ((out.shape, out.dtype),), keys, run_on)
         if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
             node.saved = (tuple(arrays), (out,), device)
@@ -472,7 +480,7 @@ def apply_unhooked(op, inputs):
             _complex_node(node, arrays)
             t._node = (node, 0)
         return t
-    outs = tuple([_array(o) for o in out])
+    outs = tuple([_array(o, arrays) for o in out])
     node = Node(op, parents, tuple([(o.shape, o.dtype) for o in outs]), keys, run_on)
     if _recording > 1:
         node.saved = (tuple(arrays), outs, device)
@@ -591,7 +599,7 @@ def _apply_wide(op, arrays, parents, keys, run_on, device):
     else:
         out = op.forward(*arrays)
     multi = isinstance(out, tuple)
-    outs = tuple([_array(o) for o in out]) if multi else (_array(out),)
+    outs = tuple([_array(o, arrays) for o in out]) if multi else (_array(out, arrays),)
     int_in = bool(_int_grads) and any(
         p is not None and a.dtype.kind in "iu" for p, a in zip(parents, arrays))
     track_int = int_in and type(op).backward is not Op.backward

@@ -353,7 +353,9 @@ class QuantizedCast(Op):
     def forward(self, x):
         src, dst = quant_meta(x.dtype), quant_meta(self.dtype)
         if dst is None:
-            return dequantize_array(x).astype(self.dtype, copy=False)
+            # (an array, also from a 0-d x: numpy's scalar would pass for the quantized input's
+            # own type in dispatch's _array)
+            return np.asarray(dequantize_array(x)).astype(self.dtype, copy=False)
         if src is not None:
             x = dequantize_array(x)
         return quantize_array(x, self.dtype)

@@ -832,12 +832,9 @@ class GetItem(Op):
         self.in_shape, self.in_dtype = x.shape, x.dtype
         self.index = _bool_masks_as_positions(self.index, x.shape)  # (this call's; backward's)
         try:
-            out = x[self.index]
+            return x[self.index]
         except IndexError as e:
             raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
-        if x.dtype.metadata is not None and out.dtype.metadata is None:  # one element of a
-            return np.asarray(out).view(x.dtype)  # quantized tensor: a numpy scalar, no scale
-        return out
 
     def backward(self, g):
         return IndexAdd(self.index, self.in_shape, self.in_dtype).forward(g)

@@ -220,3 +220,17 @@ def test_quantized_tensors_on_a_gpu_are_refused_with_the_fix():
     # a tensor made from a tensor stays on its device, quantized or not (as upstream's)
     with pytest.raises(RuntimeError, match=r"stays on its device.*t\.to\('gpu0'\)"):
         mge.Tensor(q, device="gpu0")
+
+
+def test_ops_on_a_0d_quantized_tensor_keep_its_scale_as_on_arrays():
+    # numpy gives a scalar, without the dtype metadata, from ops on 0-d arrays: the result read
+    # back as plain int8 (x + x of 1.0 at scale 0.25 came out as 8, not 2.0); casts to a plain
+    # dtype stay plain
+    q0, q1 = (mge.tensor(v).astype(dtype.qint8(0.25)) for v in (1.0, [1.0]))
+    for op in (lambda q: q + q, lambda q: -q, F.relu, lambda q: F.max(q), lambda q: q * 1):
+        zero_d, one_d = op(q0), op(q1)
+        assert dtype.is_dtype_equal(zero_d.dtype, one_d.dtype)
+        np.testing.assert_array_equal(zero_d.astype("float32").numpy(),
+                                      one_d.astype("float32").numpy().reshape(zero_d.shape))
+    plain = q0.astype("int8")
+    assert not dtype.is_quantize(plain.dtype) and plain.numpy() == 1
