@@ -35,13 +35,14 @@ def _reduce(loss, reduction):
                       dtype=loss.dtype if loss.dtype.kind == "f" else np.float32)
 
 
-def _spread(g, shape, reduction):
-    """The gradient of each unreduced loss element, from the reduced loss's gradient ``g``."""
+def _spread(g, shape, reduction, broadcast=True):
+    """The gradient of each unreduced loss element, from the reduced loss's gradient ``g``
+    (not ``broadcast``: still 0-d, for a caller that multiplies it into an array of ``shape``)."""
     if reduction == "none":
         return g
     if reduction == "mean":
         g = g / max(math.prod(shape), 1)
-    return xp_of(g).broadcast_to(g, shape)
+    return xp_of(g).broadcast_to(g, shape) if broadcast else g
 
 
 def _pair(pred, label):
@@ -74,6 +75,10 @@ class _PairLoss(Op):
     # fixed costs decide (8K float32 values, forward + backward through a GradManager: squared
     # error 1.16x torch on ATen against 0.86-1.02x on numpy; 512K: 0.86-0.95x against 1.23-1.47x)
     aten_forward_min = aten_backward_min = 65536
+    # whether ``grads`` multiplies g into an array of the loss's shape, so that a reduced
+    # loss's 0-d gradient needs no broadcast view first (numpy's broadcast_to: ~3 us of Python
+    # a call, a third of a small loss's backward)
+    grads_broadcast_g = False
     tp = None  # the torch views of pred and label, when the forward ran on ATen
 
     def __init__(self, reduction, what):
@@ -113,7 +118,7 @@ class _PairLoss(Op):
             if pred.size >= self.aten_backward_min:
                 return self._backward_aten(g, needs)
             self.diff = pred - label  # what the array code's forward keeps for its backward
-        g = _spread(g, self.loss_shape, self.reduction)
+        g = _spread(g, self.loss_shape, self.reduction, not self.grads_broadcast_g)
         gp, gl = self.grads(xp_of(g), g)
         return (unbroadcast(gp, self.shapes[0]) if needs[0] else None,
                 unbroadcast(gl, self.shapes[1]) if needs[1] and gl is not None else None)
@@ -147,6 +152,8 @@ class _PairLoss(Op):
 
 
 class _L1(_PairLoss):
+    grads_broadcast_g = True
+
     def elementwise(self, xp, pred, label):
         self.diff = pred - label
         return abs(self.diff)
@@ -163,6 +170,8 @@ class _L1(_PairLoss):
 
 
 class _Square(_PairLoss):
+    grads_broadcast_g = True
+
     aten_loss = "mse_loss"
 
     def elementwise(self, xp, pred, label):
@@ -188,6 +197,7 @@ class _SmoothL1(_PairLoss):
     as long as the other steps together; ``clip`` with both bounds runs vectorised (60 us)."""
 
     aten_loss = "smooth_l1_loss"
+    grads_broadcast_g = True
     # ATen's fused forward beats numpy's five passes at any size (8K values: 0.96x torch against
     # 1.86x with where, ~1.35x branch-free); its backward only on many values
     aten_forward_min = 0

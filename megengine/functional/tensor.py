@@ -32,6 +32,8 @@ class AxisError(ValueError, RuntimeError):
 
 def _axis(axis, ndim, what):
     """``axis`` as a non-negative int below ``ndim``."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the usual call, at once (~0.3 us less)
+        return axis % ndim
     if not is_int(axis) or isinstance(axis, bool):
         raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
     axis = as_int(axis)  # (an axis from a dumpable trace's sizes: its value, a guard)
@@ -234,13 +236,6 @@ def _joined_tensors(inps):
     return [t if t is not None else Tensor(x, device=dev) for t, x in zip(tensors, inps)]
 
 
-def _join_axis(axis, ndim, what):
-    """`_axis` of concat's and stack's ``axis``, a plain in-range int taken at once."""
-    if type(axis) is int and -ndim <= axis < ndim:
-        return axis % ndim
-    return _axis(axis, ndim, what)
-
-
 def _onto(inps, device):
     """The tensors of ``inps`` on ``device``: upstream's concat/stack with ``device=`` take their
     inputs from any devices and put the result there (each input not there yet is copied)."""
@@ -314,7 +309,7 @@ def concat(inps, axis=0, device=None):
     ndim = ndims[0]
     if ndims.count(ndim) != len(ndims):
         raise ValueError(f"concat: tensors must have the same ndim, got {[t.shape for t in inps]}")
-    return apply(Concat(_join_axis(axis, ndim, "concat")), *inps)
+    return apply(Concat(_axis(axis, ndim, "concat")), *inps)
 
 
 class Stack(Op):
@@ -357,7 +352,7 @@ def stack(inps, axis=0, device=None):
         raise ValueError("stack: got no tensors to join")
     if device is not None:
         inps = _onto(inps, device)
-    return apply(Stack(_join_axis(axis, inps[0]._data.ndim + 1, "stack")), *inps)
+    return apply(Stack(_axis(axis, inps[0]._data.ndim + 1, "stack")), *inps)
 
 
 class Split(Op):

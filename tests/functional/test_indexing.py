@@ -264,3 +264,26 @@ def test_gather_of_integers_stays_on_the_array_code(host_default_device):
     out = F.gather(mge.tensor(a), 1, mge.tensor(np.array([[4], [0], [2], [1]], np.int32)))
     assert out.dtype == np.int32 and not _on_aten(out._data)
     np.testing.assert_array_equal(out.numpy(), [[4], [5], [12], [16]])
+
+
+@pytest.mark.parametrize("axis", [1, -1, np.int64(1), np.int32(-1)])
+def test_gather_and_indexing_one_hot_take_any_int_axis_as_torch(axis):
+    # a plain in-range int axis is taken without the general normaliser; numpy ints, negative
+    # axes and the general path agree with torch
+    rs = np.random.RandomState(2)
+    x, idx = rs.randn(4, 6).astype(np.float32), rs.randint(0, 6, 4)
+    want = torch.gather(torch.tensor(x), 1, torch.tensor(idx)[:, None]).numpy()
+    got = F.gather(mge.tensor(x), axis, mge.tensor(idx[:, None].astype(np.int32)))
+    np.testing.assert_array_equal(got.numpy(), want)
+    got = F.indexing_one_hot(mge.tensor(x), mge.tensor(idx.astype(np.int32)), axis)
+    np.testing.assert_array_equal(got.numpy(), want[:, 0])
+
+
+@pytest.mark.parametrize("axis, error", [(2, ValueError), (-3, ValueError), (True, TypeError),
+                                         (1.0, TypeError)])
+def test_gather_with_a_bad_axis_raises_naming_it(axis, error):
+    x, idx = mge.tensor(np.ones((2, 3), np.float32)), mge.tensor(np.zeros((2, 1), np.int32))
+    with pytest.raises(error, match="gather: axis"):
+        F.gather(x, axis, idx)
+    with pytest.raises(error, match="concat: axis"):
+        F.concat([x, x], axis=axis)

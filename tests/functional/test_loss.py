@@ -764,3 +764,33 @@ def test_cross_entropy_without_torch_keeps_the_array_code(monkeypatch):
     check(lambda p, y: F.nn.cross_entropy(p, y, label_smooth=0.1),
           lambda p, y: TF.cross_entropy(p, y.long(), label_smoothing=0.1), pred, label)
     assert not rows
+
+
+
+_REDUCED_PAIR = {"l1": (F.nn.l1_loss, TF.l1_loss), "square": (F.nn.square_loss, TF.mse_loss),
+                 "smooth_l1": (F.nn.smooth_l1_loss, TF.smooth_l1_loss)}
+
+
+@pytest.mark.parametrize("broadcast", ["pred", "label"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", sorted(_REDUCED_PAIR))
+def test_reduced_pair_loss_gradients_of_a_broadcast_operand_match_torch(loss, reduction,
+                                                                        broadcast):
+    # a reduced loss's 0-d gradient is multiplied straight into the loss's shape (no broadcast
+    # view first): each operand's gradient still has its own shape, dtype and torch's values
+    ours, theirs = _REDUCED_PAIR[loss]
+    rs = np.random.RandomState(5)
+    shapes = [(6, 1), (6, 9)] if broadcast == "pred" else [(6, 9), (9,)]
+    arrays = [rs.uniform(-2, 2, s).astype(np.float32) for s in shapes]
+    p, y = (mge.tensor(a) for a in arrays)
+    with GradManager().attach([p, y]) as gm:
+        out = ours(p, y, reduction=reduction)
+        gm.backward(out, mge.tensor(np.float32(0.75)))
+    pt, yt = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrays)
+    want = theirs(pt.expand(6, 9), yt.expand(6, 9), reduction=reduction)
+    want.backward(torch.tensor(0.75, dtype=torch.float64))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=1e-6)
+    for t, tt in ((p, pt), (y, yt)):
+        assert t.grad.dtype == np.float32 and t.grad.shape == tuple(tt.shape)
+        np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-6, atol=1e-7)
