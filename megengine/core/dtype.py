@@ -301,6 +301,41 @@ def dequantize_array(a):
     return f * np.float32(info["scale"])
 
 
+def float_value(a):
+    """Integer array ``a`` as float32 for a function that computes in float: a quantized array's
+    real values, any other integers as they are. (Upstream casts the integer inputs of its float
+    modes, true division, exp, log, pow, sigmoid, ..., and of ``mean``, to float32, and that cast
+    of a quantized tensor dequantizes: ``F.exp(q)`` is the exp of ``q``'s values.)"""
+    if a.dtype.metadata is not None and is_quantize(a.dtype):
+        return dequantize_array(a)
+    return a.astype(np.float32)
+
+
+def stored(a):
+    """A quantized array's stored integers as a plain integer array (a view)."""
+    return a.view(np.dtype(a.dtype.str))
+
+
+def saturated(acc, dtype):
+    """Integer array ``acc`` (stored integers of ``dtype``'s scale, computed wider) clipped to
+    ``dtype``'s range, as ``dtype``."""
+    meta = quant_meta(dtype)
+    xp = xp_of(acc)
+    return _typed(xp, xp.clip(acc, meta.qmin, meta.qmax), dtype)
+
+
+def no_quantized_form(what, dtype):
+    """The TypeError for a quantized input of an op whose result on the stored integers is not
+    the values' result (``q * q`` has the scale squared): say how to compute on the values or
+    stay quantized."""
+    return TypeError(
+        f"{what}: the input is quantized ({dtype_name(dtype)}) and {what} has no quantized form "
+        "(computing on the stored integers would not give the values' result). Compute on the "
+        "values, x.astype('float32'), and quantize the result with .astype(qdtype) if needed; "
+        "or use the quantized element-wise module, megengine.module.quantized.Elemwise "
+        "(F.elemwise._elemwise_multi_type: QADD, QMUL, QFUSE_ADD_RELU, ...)")
+
+
 def quantize_array(x, dtype):
     """Float (or integer) array ``x`` quantized to ``dtype``: ``round(x / scale) + zero_point``
     in float32, halves away from zero, saturated to the dtype's range."""

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import device as _device_mod
 from . import dispatch
+from . import dtype as _qd
 from . import ops as _ops
 from ._trace_option import is_sym
 from .tensor import Tensor
@@ -34,6 +35,8 @@ def _operand(value, like):
     if value is None:  # Tensor(None) is an empty tensor: x + None would quietly give one
         raise TypeError("the operand is None and is not supported.")
     if type(value) in (bool, int, float, complex):
+        if like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
+            raise _quantized_scalar(value, like.dtype)
         dtype = _scalar_dtype(type(value), like.dtype)
         xp = _device_mod.get_array_module(like._device)
         if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
@@ -45,6 +48,21 @@ def _operand(value, like):
         dtype = _scalar_dtype(type(value.value), like.dtype)  # (h / 2: typed as a float is)
         return dispatch.apply(_ops.Full((), value, dtype, like._device))
     return Tensor(value, device=like._device)
+
+
+class QuantizedNumberError(TypeError):
+    """A Python number next to a quantized tensor (see `_operand`); a float function (``/``,
+    ``**``, atan2) catches it and computes on the tensor's values instead."""
+
+
+def _quantized_scalar(value, dtype):
+    """A Python number is a value; a quantized tensor holds integers at a scale, which the
+    number would be taken for (``q > 1`` compared the integers with 1)."""
+    name = _qd.dtype_name(dtype)
+    return QuantizedNumberError(
+        f"a Python number ({value!r}) meets a quantized tensor ({name}): the number is a value "
+        f"and the tensor holds integers at a scale. Compute on the values, x.astype('float32'), "
+        f"or quantize the number to the tensor's dtype first, Tensor({value!r}).astype(x.dtype)")
 
 
 def _scalar_dtype(kind, dtype):
@@ -69,11 +87,18 @@ def _float_pow_operands(a, b):
 
 def _binary(op_name, reflected=False):
     op_cls = _ops.BINARY[op_name]
+    values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
     def method(self, other):
         if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
             other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
-        other = _operand(other, self)
+        try:
+            other = _operand(other, self)
+        except QuantizedNumberError:
+            if not values:
+                raise
+            self = self.astype(np.float32)  # q / 2, q ** 2: the values (as q / q does)
+            other = _operand(other, self)
         a, b = (other, self) if reflected else (self, other)
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)

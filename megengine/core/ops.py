@@ -9,6 +9,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
+from .dtype import _zero_point, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
@@ -76,9 +77,19 @@ class ShapeError(ValueError, RuntimeError):
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    # How operands of one quantized dtype (core.dtype) compute; upstream runs an element-wise
+    # mode on quantized operands of one scale on their stored integers, and casts the integer
+    # inputs of its float modes to float32, which dequantizes. "values": a float function, on
+    # the real values; "stored": the stored integers give the values' result exactly (maximum,
+    # minimum keep the order); "sum": so do add and sub where the zero point is 0, saturated to
+    # the dtype's range; None: refused, the stored integers' result is not the values' (q * q
+    # has the scale squared), where computing on them would silently give wrong values
+    quantized = None
 
     def forward(self, a, b):
         dtype = _promote(a, b)
+        if dtype.metadata is not None:
+            return self._quantized(a, b, dtype)
         if a.dtype != dtype:
             a = a.astype(dtype)
         if b.dtype != dtype:
@@ -94,6 +105,16 @@ class _Binary(Op):
                     f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast "
                     f"({e})") from None
             raise
+
+    def _quantized(self, a, b, dtype):
+        how = self.quantized
+        if how == "values":
+            return self.forward(float_value(a), float_value(b))
+        if how == "stored":
+            return self.forward(stored(a), stored(b)).view(dtype)
+        if how == "sum" and not _zero_point(dtype):
+            return saturated(self.forward(stored(a).astype(np.int64), stored(b)), dtype)
+        raise no_quantized_form(_op_name(self), dtype)
 
     def backward(self, g):
         ga, gb = self.grads(g)
@@ -118,6 +139,7 @@ class _Binary(Op):
 
 class Add(_Binary):
     holomorphic = True  # complex gradients: see Op
+    quantized = "sum"
 
     def compute(self, a, b):
         return a + b
@@ -131,6 +153,7 @@ class Add(_Binary):
 
 class Sub(_Binary):
     holomorphic = True  # complex gradients: see Op
+    quantized = "sum"
 
     def compute(self, a, b):
         return a - b
@@ -159,6 +182,7 @@ class Mul(_Binary):
 
 class TrueDiv(_Binary):
     holomorphic = True  # complex gradients: see Op
+    quantized = "values"
 
     def compute(self, a, b):
         if a.dtype.kind != "f" and a.dtype.kind != "c":
@@ -234,6 +258,8 @@ def _power(a, b):
 
 
 class Pow(_Binary):
+    quantized = "values"
+
     def compute(self, a, b):
         if a.dtype.kind in "iu" and (b < 0).any():
             self.a = a = a.astype(np.float32)
@@ -284,6 +310,8 @@ class Pow(_Binary):
 # the result the whole gradient (torch shares it out instead).
 
 class Maximum(_Binary):
+    quantized = "stored"
+
     def compute(self, a, b):
         if a.dtype.kind == "c":  # (numpy would order them by real part, then imaginary)
             raise no_order("maximum", a.dtype)
@@ -299,6 +327,8 @@ class Maximum(_Binary):
 
 
 class Minimum(_Binary):
+    quantized = "stored"
+
     def compute(self, a, b):
         if a.dtype.kind == "c":
             raise no_order("minimum", a.dtype)
@@ -426,10 +456,24 @@ BINARY = {
 }
 
 
+def _op_name(op):
+    return type(op).__name__.lower()
+
+
+def _quantized_sign_op(op, x):
+    """Neg or Abs of a quantized tensor: on the stored integers where the zero point is 0,
+    saturated (-(-128) is 127 in qint8); with a zero point, refused."""
+    if _zero_point(x.dtype):
+        raise no_quantized_form(_op_name(op), x.dtype)
+    return saturated(op.forward(stored(x).astype(np.int64)), x.dtype)
+
+
 class Neg(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     holomorphic = True  # complex gradients: see Op
     def forward(self, x):
+        if x.dtype.metadata is not None:
+            return _quantized_sign_op(self, x)
         return -x
 
     def backward(self, g):
@@ -442,6 +486,8 @@ class Neg(Op):
 class Abs(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
+        if x.dtype.metadata is not None:
+            return _quantized_sign_op(self, x)
         self.x = x
         return abs(x)
 
@@ -462,6 +508,8 @@ class Abs(Op):
 class Invert(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     def forward(self, x):
+        if x.dtype.metadata is not None:  # (bits of the stored integers mean no value)
+            raise no_quantized_form("invert", x.dtype)
         return ~x
 
     def backward(self, g):
@@ -965,8 +1013,11 @@ class Reduce(Op):
         return self.mode in ("sum", "mean", "prod")
 
     def forward(self, x):
+        mode = self.mode
+        if x.dtype.metadata is not None and mode not in _ORDERED:  # a quantized tensor
+            return self._quantized(x)
         self.x = x
-        mode, axis, ndim = self.mode, self.axis, x.ndim
+        axis, ndim = self.axis, x.ndim
         if type(axis) is int and -ndim <= axis < ndim:  # the usual call, without _norm_axes
             axes = (axis % ndim,)
         else:
@@ -1003,6 +1054,16 @@ class Reduce(Op):
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
         return out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+    def _quantized(self, x):
+        """mean of the values (upstream's mean casts to float32, which dequantizes); sum of the
+        stored integers where the zero point is 0, saturated to the dtype's range (upstream's
+        Reduce keeps a quantized dtype); a product's scale is not the input's: refused."""
+        if self.mode == "mean":
+            return self.forward(float_value(x))
+        if self.mode == "sum" and not _zero_point(x.dtype):
+            return saturated(self.forward(stored(x).astype(np.int64)), x.dtype)
+        raise no_quantized_form(self.mode, x.dtype)
 
     def backward(self, g):
         xp = xp_of(g)

@@ -650,7 +650,10 @@ class Tensor(metaclass=_TensorType):
         idx = _ops.normalize_index(index)
         whole = (index is Ellipsis and isinstance(value, Tensor) and value.shape == self.shape)
         label = value._format if whole else None
-        value = _operand(value, self)
+        try:
+            value = _operand(value, self)
+        except QuantizedNumberError:  # a number written into a quantized tensor: its value
+            value = Tensor(value, dtype=np.float32, device=self._device)
         if (value.dtype != self.dtype or value.dtype.metadata != self.dtype.metadata) and \
                 (value.dtype.kind != "c" or self.dtype.kind == "c"):  # (metadata: a quantized
             # dtype's scale, which == ignores; a complex value for a real x: SetItem refuses)
@@ -747,7 +750,7 @@ tensor = Tensor
 # above, so they load once it exists. Their names stay importable from here, where the engine's
 # other layers and user programs have always found them.
 from . import _imperative_rt  # noqa: E402,F401  (loaded by tensor_paths; named here as before)
-from .operators import (_UFUNC_OPS, _augmented, _binary, _float_pow_operands,  # noqa: E402,F401
-                        _operand, _unary)
+from .operators import (_UFUNC_OPS, QuantizedNumberError, _augmented, _binary,  # noqa: E402,F401
+                        _float_pow_operands, _operand, _unary)
 from .tensor_paths import (_function_class, _Later, _upstream_path,  # noqa: E402,F401
                            array_method, as_raw_tensor, megbrain_graph, utils)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
+from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error
 from ..core.tensor import Tensor
 
@@ -29,7 +30,8 @@ def _as_float(x, what="this function"):
     """Integer input of a float function is computed in float32, as upstream does; complex input
     raises (a cast would drop its imaginary part), naming ``what``: a name, or the op, whose
     ``what`` attribute is the public function it serves (else its class name says it). An op
-    that is ``holomorphic`` (sigmoid, silu: see `Op`) takes complex input as it is."""
+    that is ``holomorphic`` (sigmoid, silu: see `Op`) takes complex input as it is. A quantized
+    input gives its real values (upstream's float32 cast dequantizes)."""
     if x.dtype.kind == "f":
         return x
     if x.dtype.kind == "c":
@@ -38,7 +40,7 @@ def _as_float(x, what="this function"):
         if not isinstance(what, str):
             what = getattr(what, "what", None) or type(what).__name__.lstrip("_").lower()
         raise complex_error(what, x.dtype)
-    return x.astype(np.float32)
+    return x.astype(np.float32) if isinstance(x, Tensor) else float_value(x)
 
 
 def _astype_real(t, dtype, what):

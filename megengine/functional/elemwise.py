@@ -3,8 +3,10 @@ import numpy as np
 
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
+from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
+from ..core.operators import QuantizedNumberError, _quantized_scalar
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from ._args import _tensor  # (also imported from here by the functional files)
 
@@ -18,14 +20,21 @@ __all__ = [
 ]
 
 
-def _pair(x, y):
-    """Two operands as Tensors; a Python scalar next to a tensor takes the operators' rules."""
-    if isinstance(x, Tensor):
+def _pair(x, y, values=False):
+    """Two operands as Tensors; a Python scalar next to a tensor takes the operators' rules.
+    ``values``: for a float function (div, pow, atan2), a quantized tensor next to a Python
+    number gives its real values (a number next to a quantized tensor otherwise raises)."""
+    try:
+        if isinstance(x, Tensor):
+            return x, _operand(y, x)
+        if isinstance(y, Tensor):
+            return _operand(x, y), y
+        x = Tensor(x)
         return x, _operand(y, x)
-    if isinstance(y, Tensor):
-        return _operand(x, y), y
-    x = Tensor(x)
-    return x, _operand(y, x)
+    except QuantizedNumberError:
+        if not values:
+            raise
+        return _pair(*[t.astype(np.float32) if isinstance(t, Tensor) else t for t in (x, y)])
 
 
 # ----- binary functions: the ops behind Tensor's operators -----
@@ -33,8 +42,10 @@ def _pair(x, y):
 def _binary_fn(key, name, doc):
     op_cls = BINARY[key]
 
+    values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
+
     def fn(x, y):
-        x, y = _pair(x, y)
+        x, y = _pair(x, y, values)
         return apply(op_cls(), x, y)
 
     fn.__name__ = fn.__qualname__ = name
@@ -52,7 +63,7 @@ mod = _binary_fn("mod", "mod", "Element-wise remainder ``x % y`` (sign of the di
 
 def pow(x, y):
     """Element-wise power ``x ** y``; integer operands give float32, as upstream."""
-    x, y = _float_pow_operands(*_pair(x, y))
+    x, y = _float_pow_operands(*_pair(x, y, values=True))
     return apply(BINARY["pow"](), x, y)
 
 
@@ -75,12 +86,14 @@ def _float_pair(op, a, b):
     if a.dtype.kind != "f":
         if a.dtype.kind == "c":  # (casting would drop the imaginary part)
             raise complex_error(type(op).__name__.lower(), a.dtype)
-        op.a = a = a.astype(np.float32)
-        op.b = b = b.astype(np.float32)
+        op.a = a = float_value(a)
+        op.b = b = float_value(b)
     return a, b
 
 
 class Atan2(_Binary):
+    quantized = "values"
+
     def compute(self, y, x):
         y, x = _float_pair(self, y, x)
         return xp_of(y).arctan2(y, x)
@@ -96,6 +109,8 @@ class Atan2(_Binary):
 
 
 class LogAddExp(_Binary):
+    quantized = "values"
+
     def compute(self, a, b):
         a, b = _float_pair(self, a, b)
         self.out = xp_of(a).logaddexp(a, b)
@@ -111,13 +126,13 @@ class LogAddExp(_Binary):
 
 def atan2(y, x):
     """Element-wise angle of the point ``(x, y)``: arctan(y / x) in the right quadrant."""
-    y, x = _pair(y, x)
+    y, x = _pair(y, x, values=True)
     return apply(Atan2(), y, x)
 
 
 def logaddexp(x, y):
     """Element-wise ``log(exp(x) + exp(y))``, computed without overflow."""
-    x, y = _pair(x, y)
+    x, y = _pair(x, y, values=True)
     return apply(LogAddExp(), x, y)
 
 
@@ -174,7 +189,9 @@ class _Unary(Op):
                 if not self.holomorphic:  # (rounding; a float cast would drop the imaginary part)
                     raise complex_error(type(self).__name__.lower(), x.dtype)
             elif self.to_float:
-                x = x.astype(np.float32)
+                x = float_value(x)  # (a quantized input: its real values)
+            elif x.dtype.metadata is not None:  # square, floor, round of the stored integers
+                raise no_quantized_form(type(self).__name__.lower(), x.dtype)
         self.x = x
         self.y = self.compute(xp_of(x), x)
         return self.y
@@ -340,6 +357,8 @@ def clip(x, lower=None, upper=None):
             is_sym(upper):  # (a bound from a dumpable trace's sizes: an operand, carried)
         out = x if lower is None else maximum(x, lower)
         return out if upper is None else minimum(out, upper)
+    if x.dtype.metadata is not None:  # a quantized tensor: the bounds are values
+        raise _quantized_scalar(lower if lower is not None else upper, x.dtype)
     bounds = []
     for b in (lower, upper):
         if b is not None and not isinstance(b, (int, float, np.number)):

@@ -264,7 +264,9 @@ class Where(Op):
     def forward(self, mask, x, y):
         self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
         dtype = promote_types(x.dtype, y.dtype)
-        return xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+        out = xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+        # (numpy's where drops the metadata a quantized dtype keeps its scale in)
+        return out if dtype.metadata is None else out.view(dtype)
 
     def backward(self, g):
         xp = xp_of(g)

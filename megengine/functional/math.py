@@ -6,6 +6,7 @@ import numpy as np
 from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
+from ..core.dtype import no_quantized_form
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
@@ -50,6 +51,8 @@ class Sign(Op):
         if x.dtype.kind == "c":  # numpy 2's is z / |z|, numpy 1's and CuPy's sign(real part)
             raise complex_error("sign", x.dtype, "the sign of a complex number is ambiguous",
                                 "use x / F.abs(x) for z / |z| (torch's sgn), or F.sign(F.real(x))")
+        if x.dtype.metadata is not None:  # (-1, 0, 1 as stored integers are other values)
+            raise no_quantized_form("sign", x.dtype)
         return xp_of(x).sign(x)
 
     def backward(self, g):

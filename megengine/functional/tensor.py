@@ -7,6 +7,7 @@ from .. import device as _device
 from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
+from ..core.dtype import no_quantized_form, quantize_array
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
@@ -544,7 +545,10 @@ class Pad(Op):
         xp = xp_of(x)
         self.in_shape = x.shape
         if self.mode == "constant":
-            return xp.pad(x, self.pad_width, mode="constant", constant_values=self.value)
+            value = self.value
+            if x.dtype.metadata is not None:  # a quantized tensor: the constant is a value
+                value = quantize_array(np.asarray(value, np.float32), x.dtype)
+            return xp.pad(x, self.pad_width, mode="constant", constant_values=value)
         return xp.pad(x, self.pad_width, mode=self.mode)
 
     def backward(self, g):
@@ -635,6 +639,8 @@ class Cumsum(Op):
         self.axis = axis
 
     def forward(self, x):
+        if x.dtype.metadata is not None:  # (the stored integers' sums are not the values')
+            raise no_quantized_form("cumsum", x.dtype)
         # keep x's dtype: numpy would widen int32 to int64
         return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
 
