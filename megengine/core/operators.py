@@ -35,9 +35,10 @@ def _operand(value, like):
     if value is None:  # Tensor(None) is an empty tensor: x + None would quietly give one
         raise TypeError("the operand is None and is not supported.")
     if type(value) in (bool, int, float, complex):
-        if like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
-            raise _quantized_scalar(value, like.dtype)
-        dtype = _scalar_dtype(type(value), like.dtype)
+        dtype = like.dtype
+        if dtype.metadata is not None and _qd.is_quantize(dtype):
+            raise _quantized_scalar(value, dtype)
+        dtype = _scalar_dtype(type(value), dtype)
         xp = _device_mod.get_array_module(like._device)
         if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
             with dispatch.on_device(like._device):  # current GPU: make it the tensor's

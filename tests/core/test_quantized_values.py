@@ -1,0 +1,207 @@
+"""Ops on quantized tensors compute what the values give, or refuse (docs/api/quantization.rst).
+
+A quantized tensor stores integers ``q``; its values are ``(q - zero_point) * scale``. Each op
+below is run on a quantized tensor and checked against torch on those values, computed here by
+hand from the stored integers: float functions give the float result of the values (upstream
+casts their integer inputs to float32, which dequantizes); order and sum ops keep the quantized
+dtype and give the values' result (saturated); ops whose result on the stored integers is not
+the values' result raise a TypeError that says what to do, and leave the input as it was.
+"""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+from megengine.core.tensor import dtype
+
+from devices import host_default_device  # noqa: F401  (the fixture below)
+
+# quantized tensors live on CPU devices only: on a CUDA machine these tests run on cpu0
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
+_STORED = np.array([[-7, -2, 0, 3], [5, 12, -1, 9]])
+_DTYPES = {  # (dtype, zero point, raw integers)
+    "qint8": (dtype.qint8(0.25), 0, _STORED),
+    "quint8": (dtype.quint8(0.5, 100), 100, _STORED + 100),
+    "qint32": (dtype.qint32(0.125), 0, _STORED * 1000),
+}
+
+
+def _quantized(name):
+    qd, zp, raw = _DTYPES[name]
+    q = mge.tensor(raw, dtype=qd)  # the integers as they are
+    values = (raw - zp) * np.float64(dtype.get_scale(qd))
+    return q, torch.tensor(values, dtype=torch.float32)
+
+
+def _values(t):
+    """A result's values: dequantized by hand when it is quantized."""
+    a = t.numpy()
+    if dtype.is_quantize(t.dtype):
+        zp = dtype.get_zero_point(t.dtype) if "zero_point" in t.dtype.metadata["mgb_dtype"] else 0
+        return (a.astype(np.float64) - zp) * dtype.get_scale(t.dtype)
+    return a
+
+
+# float functions: the float32 result of the values
+FLOAT_FUNCTIONS = {
+    "truediv": (lambda q: q / q[0], lambda v: v / v[0]),
+    "div_number": (lambda q: q / 2, lambda v: v / 2),
+    "rdiv_number": (lambda q: 3.0 / q[1], lambda v: 3.0 / v[1]),
+    "pow_number": (lambda q: q ** 2, lambda v: v ** 2),
+    "F.pow": (lambda q: F.pow(q, 3), lambda v: v ** 3),
+    "exp": (F.exp, torch.exp),
+    "log_of_exp": (lambda q: F.log(F.exp(q)), lambda v: torch.log(torch.exp(v))),
+    "sigmoid": (F.sigmoid, torch.sigmoid),
+    "tanh": (F.tanh, torch.tanh),
+    "sin": (F.sin, torch.sin),
+    "erf": (F.erf, torch.erf),
+    "atan2": (lambda q: F.atan2(q, q[1]), lambda v: torch.atan2(v, v[1])),
+    "atan2_number": (lambda q: F.atan2(q, 2), lambda v: torch.atan2(v, torch.tensor(2.0))),
+    "mean": (F.mean, torch.mean),
+    "mean_axis": (lambda q: F.mean(q, axis=1), lambda v: v.mean(1)),
+    "var": (F.var, lambda v: v.var(unbiased=False)),
+    "norm": (F.norm, torch.linalg.vector_norm),
+    "logsumexp": (lambda q: F.logsumexp(q, axis=1), lambda v: torch.logsumexp(v, 1)),
+    "softmax": (lambda q: F.softmax(q, axis=1), lambda v: torch.softmax(v, 1)),
+    "leaky_relu": (F.leaky_relu, torch.nn.functional.leaky_relu),
+    "gelu": (F.gelu, torch.nn.functional.gelu),
+    "silu": (F.silu, torch.nn.functional.silu),
+    "relu6": (F.relu6, torch.nn.functional.relu6),
+    "hsigmoid": (F.hsigmoid, torch.nn.functional.hardsigmoid),
+    "cross_entropy": (lambda q: F.nn.cross_entropy(q, mge.tensor([0, 3])),
+                      lambda v: torch.nn.functional.cross_entropy(v, torch.tensor([0, 3]))),
+    "interpolate": (lambda q: F.nn.interpolate(q.reshape(1, 1, 2, 4), scale_factor=2),
+                    lambda v: torch.nn.functional.interpolate(v.reshape(1, 1, 2, 4),
+                                                             scale_factor=2, mode="bilinear")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+@pytest.mark.parametrize("case", sorted(FLOAT_FUNCTIONS))
+def test_float_functions_compute_on_the_values(name, case):
+    fn, oracle = FLOAT_FUNCTIONS[case]
+    q, v = _quantized(name)
+    out = fn(q)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), oracle(v).numpy(), rtol=2e-6, atol=1e-6)
+
+
+# ops the stored integers give exactly: the result keeps the quantized dtype
+ORDER_OPS = {
+    "maximum": (lambda q: F.maximum(q, q[1]), lambda v: torch.maximum(v, v[1])),
+    "minimum": (lambda q: F.minimum(q, q[1]), lambda v: torch.minimum(v, v[1])),
+    "max": (lambda q: F.max(q, axis=1), lambda v: v.amax(1)),
+    "min": (F.min, torch.amin),
+    "relu": (F.relu, torch.relu),
+    "where": (lambda q: F.where(q > q[1], q, q[1]), lambda v: torch.where(v > v[1], v, v[1])),
+    "sort": (lambda q: F.sort(q, descending=True)[0], lambda v: v.sort(descending=True)[0]),
+    "topk": (lambda q: F.topk(q, 2)[0], lambda v: v.topk(2, largest=False)[0]),
+    "max_pool": (lambda q: F.max_pool2d(q.reshape(1, 1, 2, 4), 2),
+                 lambda v: torch.nn.functional.max_pool2d(v.reshape(1, 1, 2, 4), 2)),
+    "pad": (lambda q: F.nn.pad(q, ((1, 0), (0, 1)), constant_value=1.5),
+            lambda v: torch.nn.functional.pad(v, (0, 1, 1, 0), value=1.5)),
+    "concat": (lambda q: F.concat([q, q[::-1]]), lambda v: torch.cat([v, v.flip(0)])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+@pytest.mark.parametrize("case", sorted(ORDER_OPS))
+def test_order_and_data_ops_keep_the_dtype_and_the_values(name, case):
+    fn, oracle = ORDER_OPS[case]
+    q, v = _quantized(name)
+    out = fn(q)
+    assert dtype.is_dtype_equal(out.dtype, q.dtype)
+    np.testing.assert_array_equal(_values(out), oracle(v).double().numpy())
+
+
+def test_comparisons_of_one_dtype_compare_the_values():
+    for name in _DTYPES:
+        q, v = _quantized(name)
+        for mge_op, torch_op in ((F.less, torch.lt), (F.equal, torch.eq),
+                                 (F.greater_equal, torch.ge)):
+            np.testing.assert_array_equal(mge_op(q, q[1]).numpy(), torch_op(v, v[1]).numpy())
+
+
+SUM_OPS = {
+    "add": (lambda q: q + q[1], lambda v: v + v[1]),
+    "sub": (lambda q: q - q[1], lambda v: v - v[1]),
+    "F.add": (lambda q: F.add(q, q), lambda v: v + v),
+    "neg": (lambda q: -q, torch.neg),
+    "abs": (abs, torch.abs),
+    "sum": (F.sum, torch.sum),
+    "sum_axis": (lambda q: q.sum(axis=0), lambda v: v.sum(0)),
+}
+
+
+@pytest.mark.parametrize("name", ["qint8", "qint32"])
+@pytest.mark.parametrize("case", sorted(SUM_OPS))
+def test_sums_of_one_scale_without_a_zero_point_keep_the_dtype_and_the_values(name, case):
+    fn, oracle = SUM_OPS[case]
+    q, v = _quantized(name)
+    out = fn(q)
+    assert dtype.is_dtype_equal(out.dtype, q.dtype)
+    np.testing.assert_array_equal(_values(out), oracle(v).double().numpy())
+
+
+def test_quantized_sums_saturate_to_the_dtype_range():
+    # hand values: qint8 stores -128..127; 100 + 100 would wrap to -56 in int8
+    q = mge.tensor([100, -100, -128], dtype=dtype.qint8(0.5))
+    np.testing.assert_array_equal((q + q).numpy(), [127, -128, -128])
+    np.testing.assert_array_equal((q - (-q)).numpy(), [127, -128, -128])
+    np.testing.assert_array_equal((-q).numpy(), [-100, 100, 127])
+    np.testing.assert_array_equal(abs(q).numpy(), [100, 100, 127])
+    assert F.sum(q).numpy() == -128 and dtype.is_dtype_equal(F.sum(q).dtype, q.dtype)
+
+
+REFUSED = {
+    "mul": lambda q: q * q,
+    "F.mul": lambda q: F.mul(q, q),
+    "floor_div": lambda q: q // q,
+    "mod": lambda q: q % q,
+    "square": F.square,
+    "floor": F.floor,
+    "round": F.round,
+    "sign": F.sign,
+    "prod": F.prod,
+    "cumsum": lambda q: F.cumsum(q, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_ops_whose_stored_result_is_not_the_values_result_refuse(name, case):
+    q, _ = _quantized(name)
+    before = q.numpy().copy()
+    with pytest.raises(TypeError, match=r"is quantized \(q.*no quantized form.*astype\('float32'\)"):
+        REFUSED[case](q)
+    np.testing.assert_array_equal(q.numpy(), before)
+
+
+@pytest.mark.parametrize("case", ["add", "sub", "neg", "abs", "sum"])
+def test_sums_with_a_zero_point_refuse(case):
+    q, _ = _quantized("quint8")
+    fn = {"add": lambda q: q + q, "sub": lambda q: q - q, "neg": lambda q: -q, "abs": abs,
+          "sum": F.sum}[case]
+    with pytest.raises(TypeError, match="quint8.*no quantized form"):
+        fn(q)
+
+
+@pytest.mark.parametrize("op", [lambda q: q + 1, lambda q: 2 * q, lambda q: q > 1,
+                                lambda q: F.maximum(q, 0), lambda q: F.clip(q, 0, 1),
+                                lambda q: F.where(q > q, q, 0)])
+def test_a_python_number_next_to_a_quantized_tensor_refuses(op):
+    # the number is a value; taken as a stored integer, q > 1 compared with 0.25 at scale 0.25
+    q, _ = _quantized("qint8")
+    with pytest.raises(TypeError, match=r"Python number .* quantized tensor \(qint8\(0.25\)\)"):
+        op(q)
+
+
+def test_a_number_written_into_a_quantized_tensor_is_quantized_as_a_value():
+    q, _ = _quantized("quint8")  # scale 0.5, zero point 100
+    q[0, 0] = 1.5
+    q[1] = 0
+    assert q.numpy()[0, 0] == 103
+    np.testing.assert_array_equal(q.numpy()[1], [100] * 4)
+    assert dtype.is_dtype_equal(q.dtype, dtype.quint8(0.5, 100))
