@@ -3,6 +3,7 @@ F.linspace, F.eye, F.copy): upstream's `megengine.functional.tensor` names, re-e
 import numpy as np
 
 from .. import device as _device
+from ..core import dtype as _qd
 from ..core import ops as _ops
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
@@ -128,6 +129,10 @@ def full(shape, value, dtype=None, device=None):
 
 def _like(inp, value):
     inp = _tensor(inp)
+    if inp.dtype.metadata is not None and _qd.is_quantize(inp.dtype):
+        # a quantized tensor's like holds the value (zeros_like: the zero point), not an
+        # integer taken for one
+        value = _qd.quantize_array(np.asarray(value, np.float32), inp.dtype)[()]
     shape = inp.shape
     if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
         return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))

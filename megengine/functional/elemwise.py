@@ -142,6 +142,9 @@ class _Logical(Op):
 
     def forward(self, a, b=None):
         xp = xp_of(a)
+        if a.dtype.metadata is not None or (b is not None and b.dtype.metadata is not None):
+            # (the truth of a stored integer is not its value's where there is a zero point)
+            raise no_quantized_form(self.fn, a.dtype if a.dtype.metadata is not None else b.dtype)
         return getattr(xp, self.fn)(a) if b is None else getattr(xp, self.fn)(a, b)
 
     def backward(self, g):

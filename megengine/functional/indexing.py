@@ -2,6 +2,7 @@
 F.cond_take) and their ops: upstream's `megengine.functional.tensor` names, re-exported there."""
 import numpy as np
 
+from ..core import dtype as _qd
 from ..core import ops as _ops
 from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply, on_device
@@ -301,6 +302,8 @@ def where(mask, x=None, y=None):
 
 
 def _non_zero(xp, x):
+    if x.dtype.metadata is not None:  # a quantized tensor: non-zero values (not integers)
+        x = _qd.stored(x) != _qd._zero_point(x.dtype)
     idx = xp.nonzero(x)
     return xp.stack(idx, axis=1).astype(np.int32) if idx else xp.zeros((0, 0), np.int32)
 

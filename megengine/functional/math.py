@@ -6,7 +6,7 @@ import numpy as np
 from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
-from ..core.dtype import no_quantized_form
+from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, IndexAdd, _norm_axes, xp_of
 from ..core.tensor import Tensor
@@ -588,6 +588,8 @@ class MatInv(Op):
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
         xp = xp_of(x)
+        if x.dtype.kind not in "fc":  # integers in float32 (numpy's inv gave float64), a
+            x = float_value(x)  # quantized tensor's values
         try:
             inv = xp.linalg.inv(x)
         except np.linalg.LinAlgError:  # numpy's: a zero pivot in the LU factorization

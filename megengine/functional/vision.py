@@ -372,7 +372,9 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
         img = _astype_real(img, np.float32, what)
     extra = () if batch is None else (batch,)
     out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
-    if int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
+    if int_dtype is not None and int_dtype.metadata is not None:
+        out = out.astype(int_dtype)  # a quantized image: sampled values, quantized again
+    elif int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
         out = apply(_RoundSaturate(int_dtype), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
 

@@ -205,3 +205,37 @@ def test_a_number_written_into_a_quantized_tensor_is_quantized_as_a_value():
     assert q.numpy()[0, 0] == 103
     np.testing.assert_array_equal(q.numpy()[1], [100] * 4)
     assert dtype.is_dtype_equal(q.dtype, dtype.quint8(0.5, 100))
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_likes_and_non_zero_see_the_values(name):
+    q, v = _quantized(name)
+    # zeros_like holds value 0 (quint8: the zero point), ones_like value 1; an integer taken
+    # for a value gave 0 * scale - zero_point * scale and 1 * scale before
+    for fn, value in ((F.zeros_like, 0.0), (F.ones_like, 1.0), (lambda t: F.full_like(t, 2.5), 2.5)):
+        out = fn(q)
+        assert dtype.is_dtype_equal(out.dtype, q.dtype)
+        np.testing.assert_array_equal(_values(out), np.full(v.shape, value))
+    np.testing.assert_array_equal(F.non_zero(q).numpy(), torch.nonzero(v).numpy())
+    np.testing.assert_allclose(F.matinv(q[:, :2]).numpy(), torch.linalg.inv(v[:, :2]).numpy(),
+                               rtol=1e-5)
+    with pytest.raises(TypeError, match="logical_not.*no quantized form"):
+        F.logical_not(q)
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_resampled_quantized_images_are_the_values_samples_quantized_again(name):
+    # (the float samplers are checked against OpenCV's and torch's in tests/functional; here
+    # the property: a quantized image samples its values, then quantizes, within half a step;
+    # it sampled the stored integers and took the samples for integers before)
+    q, v = _quantized(name)
+    img_q, img_v = q.reshape(1, 1, 2, 4), mge.tensor(v.numpy().reshape(1, 1, 2, 4))
+    mat = mge.tensor([[[1, 0, 0.5], [0, 1, 0.25], [0, 0, 1]]], dtype="float32")
+    grid = mge.tensor(np.full((1, 2, 4, 2), 1.25, np.float32))
+    step = dtype.get_scale(q.dtype)
+    for fn in (lambda t: F.vision.warp_perspective(t, mat, (2, 4)),
+               lambda t: F.vision.remap(t, grid)):
+        out, want = fn(img_q), fn(img_v).numpy()
+        assert dtype.is_dtype_equal(out.dtype, q.dtype)
+        assert np.abs(want).max() > 1  # (not all zero)
+        np.testing.assert_allclose(_values(out), want, rtol=0, atol=step / 2 + 1e-6)
