@@ -78,7 +78,18 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
         # rank 0 hosts the rendezvous store, which the others may still need (a new_group of
         # other ranks): nobody leaves before everybody is done. A failure here (a peer still
         # inside a collective this rank skipped) is reported like one in ``func``.
-        group_barrier()
+        try:
+            group_barrier()
+        except RuntimeError as error:
+            text = str(error).strip().splitlines()
+            raise RuntimeError(
+                f"megengine.distributed.launcher: rank {rank} returned from the launched "
+                "function, but the other ranks did not all reach its end within the process "
+                f"group's timeout ({options['timeout']:g} s): a rank is waiting in a "
+                "collective the others did not call (every rank must call the same collectives "
+                "in the same order), or is still computing (raise collective_timeout). "
+                f"torch.distributed said: {text[0] if text else type(error).__name__}"
+            ) from error
         destroy_process_group()
     except BaseException:  # noqa: BLE001  (KeyboardInterrupt and SystemExit are failures too)
         # report before leaving the group: the peers fail as soon as this process's sockets

@@ -196,3 +196,20 @@ def test_forked_ranks_run_torch_kernels_after_the_launching_process_ran_one():
     # (MGE_NUM_THREADS=2: the engine's ATen kernels, first loaded in a rank, set it there)
     assert run_python(code, MGE_NUM_THREADS="2") == ["True", "2"]  # the launcher keeps its own
 
+
+
+def _rank_0_computes_past_the_timeout():
+    if dist.get_rank() == 0:
+        time.sleep(7)
+    return "done"
+
+
+def test_a_rank_left_waiting_at_the_end_says_why():
+    # rank 1 returns at once and waits at the launcher's end-of-run barrier past the timeout
+    # (rank 0 still computing, or in a collective rank 1 did not call: gloo pairs that with the
+    # barrier); it said only "Timed out waiting 3000ms for recv operation to complete"
+    with pytest.raises(dist.WorkerError, match=r"rank 1 returned from the launched function, but "
+                       r"the other ranks did not all reach its end within the process group's "
+                       r"timeout \(3 s\).*same collectives in the same order.*still computing"):
+        dist.launcher(_rank_0_computes_past_the_timeout, n_gpus=2, device_type="cpu",
+                      timeout=60, collective_timeout=3)()
