@@ -410,6 +410,15 @@ def _flatten_outputs(out, expected):
     return tensors, structure
 
 
+def _quantized_input(i, dtype):
+    from ...core.dtype import dtype_name
+
+    return TypeError(
+        f"PyTorchModule: input {i} is a quantized tensor ({dtype_name(dtype)}); torch would get "
+        "its stored integers without the scale. Pass its values, x.astype('float32') (torch's "
+        "own quantized tensors: torch.quantize_per_tensor inside the torch module)")
+
+
 class _TorchCall(Op):
     """One call of the wrapped torch module: forward through torch, backward by torch.autograd."""
     reads_standard_layout = True  # "nhwc" inputs arrive C-contiguous (megengine.core.format)
@@ -439,7 +448,12 @@ class _TorchCall(Op):
             t = to_torch(arrays[i])
             if copy_inputs:
                 t = t.clone()
-            inputs.append(t.requires_grad_(need[i]) if t.is_floating_point() else t)
+            if t.is_floating_point():
+                inputs.append(t.requires_grad_(need[i]))
+            elif arrays[i].dtype.metadata is not None:  # (its scale is dtype metadata)
+                raise _quantized_input(i, arrays[i].dtype)
+            else:
+                inputs.append(t)
         versions = [t._version for t in inputs]
         template = self.template
         if template is _ONE_SLOT:

@@ -462,6 +462,19 @@ def test_wrong_output_count_and_torch_tensor_inputs_are_reported():
         PyTorchModule(nn.Linear(3, 2))(torch.ones(1, 3))
 
 
+def test_a_quantized_input_is_refused_not_passed_as_its_integers():
+    # torch got the stored integers of qint8 [1.0, 2.0] at scale 0.5, [2, 4], and the output
+    # came back as plain int8 [2, 4]
+    from megengine.core.tensor import dtype
+
+    wrap = PyTorchModule(nn.Identity(), device="cpu0")
+    q = mge.tensor([1.0, 2.0], device="cpu0").astype(dtype.qint8(0.5))
+    with pytest.raises(TypeError, match=r"input 1 is a quantized tensor \(qint8\(0.5\)\).*"
+                                        r"astype\('float32'\)"):
+        wrap(mge.tensor([1], dtype="int32", device="cpu0"), q)
+    np.testing.assert_array_equal(wrap(q.astype("float32")).numpy(), [1.0, 2.0])
+
+
 def test_device_mismatch_is_an_error_not_a_copy():
     wrap = PyTorchModule(nn.Linear(2, 2), device="cpu0")
     if mge.is_cuda_available():
