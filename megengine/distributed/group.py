@@ -461,6 +461,15 @@ def new_group(proc_ranks: List[int]) -> Group:
     return Group(proc_ranks)
 
 
+def waiting_failure(message, error):
+    """The RuntimeError for torch.distributed's ``error`` while this rank waited on its peers
+    (its text speaks of sockets and buffers): ``message`` says what and why, torch's first line
+    follows."""
+    text = str(error).strip().splitlines()
+    return RuntimeError(f"{message} torch.distributed said: "
+                        f"{text[0] if text else type(error).__name__}")
+
+
 def group_barrier(group: Group = WORLD) -> None:
     """Wait until every rank of ``group`` reaches this call (nothing to wait for when not
     distributed)."""

@@ -14,7 +14,8 @@ import sys
 import time
 import traceback
 
-from .group import DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group
+from .group import (DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group,
+                    waiting_failure)
 
 __all__ = ["launcher", "WorkerError"]
 
@@ -81,15 +82,13 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
         try:
             group_barrier()
         except RuntimeError as error:
-            text = str(error).strip().splitlines()
-            raise RuntimeError(
+            raise waiting_failure(
                 f"megengine.distributed.launcher: rank {rank} returned from the launched "
                 "function, but the other ranks did not all reach its end within the process "
                 f"group's timeout ({options['timeout']:g} s): a rank is waiting in a "
                 "collective the others did not call (every rank must call the same collectives "
-                "in the same order), or is still computing (raise collective_timeout). "
-                f"torch.distributed said: {text[0] if text else type(error).__name__}"
-            ) from error
+                "in the same order), or is still computing (raise collective_timeout).",
+                error) from error
         destroy_process_group()
     except BaseException:  # noqa: BLE001  (KeyboardInterrupt and SystemExit are failures too)
         # report before leaving the group: the peers fail as soon as this process's sockets

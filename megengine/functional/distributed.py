@@ -92,12 +92,10 @@ def _peers(func):
         try:
             return func(x, group, *args)
         except RuntimeError as error:
-            text = str(error).strip().splitlines()
-            raise RuntimeError(
+            raise _group.waiting_failure(
                 f"megengine.distributed: {name} on {group!r} failed on rank {get_rank()}: a peer "
                 "process died, or did not call the same collective within the process group's "
-                f"timeout ({_group._sd.timeout:g} s). torch.distributed said: "
-                f"{text[0] if text else type(error).__name__}") from error
+                f"timeout ({_group._sd.timeout:g} s).", error) from error
 
     return wrapper
 
