@@ -46,9 +46,9 @@ _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "
            "xor", "lshift", "rshift")
 TENSOR_METHODS = tuple(
     [f"__{p}{n}__" for n in _BINARY for p in ("", "r", "i")]
-    + [f"__{n}__" for n in ("eq", "ne", "lt", "le", "gt", "ge", "neg", "abs", "invert")]
+    + [f"__{n}__" for n in ("eq", "ne", "lt", "le", "gt", "ge", "neg", "pos", "abs", "invert")]
     + ["__getitem__", "__setitem__", "astype", "reshape", "transpose", "flatten", "sum",
-       "mean", "prod", "max", "min", "to", "detach"]
+       "mean", "prod", "max", "min", "to", "detach", "_broadcast"]
 )
 
 _builtin_types = set()  # registered by register_as_builtin
