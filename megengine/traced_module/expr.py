@@ -349,7 +349,7 @@ class CallMethod(Expr):
     def interpret(self, *values):
         args, kwargs = self.arg_def.unflatten(values)
         obj = args[0]
-        if self.method == "shape":  # the dims as 0-d int32 tensors, as while tracing
+        if self.method == "shape":  # (a pickle of an older graph: the dims as 0-d int32 tensors)
             shape = obj.shape
             if isinstance(shape, tuple) and shape and isinstance(shape[0], Tensor):
                 return list(shape)  # being traced again: already recorded tensors
