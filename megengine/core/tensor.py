@@ -415,7 +415,15 @@ class Tensor(metaclass=_TensorType):
         return float(self.item())
 
     def __int__(self):
-        return int(self.item())
+        size = self._size_read()
+        return int(self.item()) if size is None else size
+
+    def _size_read(self):
+        """A size held by this 0-d tensor while a dumpable trace records (``x.shape[0]`` of a
+        shape tensor): its `SymDim`, read as a guard as ``int(x.shape[0])`` of a tuple is."""
+        sizes = _trace_option.sizes_of(self)
+        return _trace_option.as_int(sizes[()]) if sizes is not None and sizes.ndim == 0 \
+            else None
 
     def __complex__(self):  # (Python falls back to __float__, which a complex value refuses)
         return complex(self.item())
@@ -423,7 +431,8 @@ class Tensor(metaclass=_TensorType):
     def __index__(self):
         if self.dtype.kind not in "iub" or self.size != 1:
             raise TypeError(f"only integer tensors with one element can be an index, not {self.dtype}")
-        return int(self.item())
+        size = self._size_read()
+        return int(self.item()) if size is None else size
 
     __hash__ = object.__hash__
 

@@ -30,7 +30,7 @@ from ..module.conv import Conv2d
 from ..module.identity import Identity
 from ..module.adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from ..module.pooling import AvgPool2d, MaxPool2d
-from .expr import CallFunction, CallMethod, Constant, GetAttr, Input, is_call_module
+from .expr import CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, is_call_module
 from .node import TensorNode
 
 # ----- recognising steps -----
@@ -310,7 +310,8 @@ def backward_fold_scale(graph):
             if kind == "add":
                 plan.tie(x, expr.outputs[0])
             continue
-        if isinstance(expr, CallMethod) and expr.method in _SHAPE_METHODS:
+        if isinstance(expr, ShapeOf) or isinstance(expr, CallMethod) \
+                and expr.method in _SHAPE_METHODS:
             continue  # reads only the shape, which a scale leaves alone
         conv = _conv_parts(expr, consts)
         if conv is not None and _is_float_node(conv[0]) and len(expr.outputs) == 1:

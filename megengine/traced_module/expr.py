@@ -25,7 +25,7 @@ from .pytree import TreeDef, tree_flatten
 
 __all__ = ["Expr", "Input", "GetAttr", "Constant", "CallFunction", "CallMethod", "Apply",
            "is_call_module", "is_call_function", "is_call_tensor_method", "is_getattr",
-           "is_constant", "is_input", "is_apply_def"]
+           "is_constant", "is_input", "is_apply_def", "ShapeOf"]
 
 #: the version written into pickles of traced modules (upstream stores one too)
 __version__ = "1.0"
@@ -349,7 +349,7 @@ class CallMethod(Expr):
     def interpret(self, *values):
         args, kwargs = self.arg_def.unflatten(values)
         obj = args[0]
-        if self.method == "shape":  # the dims as 0-d int32 tensors, as while tracing
+        if self.method == "shape":  # (a pickle of an older graph: the dims as 0-d int32 tensors)
             shape = obj.shape
             if isinstance(shape, tuple) and shape and isinstance(shape[0], Tensor):
                 return list(shape)  # being traced again: already recorded tensors
@@ -411,6 +411,44 @@ class Apply(Expr):
 
     def _body_text(self):
         return f"apply({type(self.op).__name__}, {', '.join(format(i) for i in self.inputs)})"
+
+
+class ShapeOf(Apply):
+    """``x.shape`` of a traced tensor: upstream's GetVarShape applied to it (one int32 shape
+    tensor, which the forward indexes). It follows inputs of other shapes and numbers of dims,
+    except where the forward's code counted the traced dims (``fixed_ndim``: it unpacked,
+    sliced, compared or concatenated the shape, or took its ``len``) or reads a size that the
+    input lacks: a call then raises ValueError naming the traced shape."""
+
+    fixed_ndim = False
+
+    def interpret(self, x):
+        traced = self.inputs[0].shape
+        if traced is not None and x.ndim != len(traced):
+            self._check_ndim(x, traced)
+        shape = x.shape
+        if hasattr(shape, "_tensor"):  # traced again (trace_module): a recorded shape tensor
+            if self.fixed_ndim:
+                shape._whole()
+            return [shape._tensor]
+        # (a Tensor of the sizes: what a dumpable jit.trace computes again at other shapes)
+        return [Tensor(shape, dtype=np.int32, device=x._device)]
+
+    def _check_ndim(self, x, traced):
+        name = self.inputs[0].name
+        why = "its forward counted the dims (unpacked, sliced, compared, concatenated or " \
+              f"took len of {name}.shape)" if self.fixed_ndim else None
+        for user in self.outputs[0].users:
+            if why is None and is_call_tensor_method(user) and user.method == "__getitem__":
+                index = user.args[1]
+                if isinstance(index, int) and not -x.ndim <= index < x.ndim:
+                    why = f"its forward reads {name}.shape[{index}]"
+        if why is not None:
+            graph = self.top_graph.name if self.top_graph is not None else "?"
+            raise ValueError(
+                f"graph {graph}: {name} was traced with shape {tuple(traced)} and {why}, so "
+                f"it cannot take an input of shape {tuple(x.shape)} ({x.ndim} dims): trace "
+                f"the module again with a {x.ndim}-dim input")
 
 
 def is_call_module(expr) -> bool:

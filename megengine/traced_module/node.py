@@ -215,14 +215,33 @@ def _surgery_method(name):
     return method
 
 
-# Operators and tensor methods a TensorNode offers inside insert_exprs. Comparison operators
-# are left out: nodes are compared and hashed by identity (graph edits use them as dict keys).
+def _comparison(name):
+    # inside insert_exprs a recorded elementwise comparison, as upstream's; outside it nodes
+    # compare (and hash) by identity, as graph edits use them as dict keys and list items
+    surgery, identity = _surgery_method(name), getattr(object, name)
+
+    def method(self, other):
+        from . import tracer
+
+        return surgery(self, other) if tracer.in_surgery() else identity(self, other)
+
+    method.__name__ = name
+    return method
+
+
+for _n in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(TensorNode, _n, _comparison(_n))
+TensorNode.__hash__ = object.__hash__
+
+# Operators and tensor methods a TensorNode offers inside insert_exprs (upstream's
+# BUILTIN_ARRAY_METHOD, ``to``, ``detach`` and ``T``).
 for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
             "and", "or", "xor", "lshift", "rshift"):
-    for _prefix in ("", "r"):
+    for _prefix in ("", "r", "i"):
         _n = f"__{_prefix}{_op}__"
         setattr(TensorNode, _n, _surgery_method(_n))
-for _n in ("__neg__", "__abs__", "__invert__", "__getitem__", "__setitem__", "astype",
+for _n in ("__neg__", "__pos__", "__abs__", "__invert__", "__getitem__", "__setitem__", "astype",
            "reshape", "transpose", "flatten", "sum", "mean", "prod", "max", "min", "to",
-           "detach"):
+           "detach", "_broadcast"):
     setattr(TensorNode, _n, _surgery_method(_n))
+TensorNode.T = property(lambda self: self.transpose(), doc="``node.transpose()``")

@@ -78,6 +78,15 @@ class TracedModule(Module):
 
         run_loaders(self)
 
+    def __deepcopy__(self, memo):
+        # a copy is no load: the loaders bring a pickle written by older code up to date and
+        # run when one is read, not again on copies of the loaded module (``optimize`` copies
+        # it), as upstream's __deepcopy__ copies the state without __setstate__
+        result = type(self).__new__(type(self))
+        memo[id(self)] = result
+        Module.__setstate__(result, copy.deepcopy(self.__getstate__(), memo))
+        return result
+
     def _graph_for(self, args, kwargs):
         nargs, nkwargs = _normalize_args(self.__dict__.get("_spec"), args, kwargs)
         return self.argdef_graph_map.get(_graph_key(nargs, nkwargs)[1])

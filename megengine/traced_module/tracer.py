@@ -34,10 +34,10 @@ import numpy as np
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..module.module import Module
-from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input,
+from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import tree_flatten
+from .pytree import register_supported_type, tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -46,9 +46,9 @@ _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "
            "xor", "lshift", "rshift")
 TENSOR_METHODS = tuple(
     [f"__{p}{n}__" for n in _BINARY for p in ("", "r", "i")]
-    + [f"__{n}__" for n in ("eq", "ne", "lt", "le", "gt", "ge", "neg", "abs", "invert")]
+    + [f"__{n}__" for n in ("eq", "ne", "lt", "le", "gt", "ge", "neg", "pos", "abs", "invert")]
     + ["__getitem__", "__setitem__", "astype", "reshape", "transpose", "flatten", "sum",
-       "mean", "prod", "max", "min", "to", "detach"]
+       "mean", "prod", "max", "min", "to", "detach", "_broadcast"]
 )
 
 _builtin_types = set()  # registered by register_as_builtin
@@ -285,7 +285,7 @@ class Tracer:
             self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
             self._set(Tensor, "__len__", tensor_dict["__len__"],
                       _untraced_wrapper(tensor_dict["__len__"]))
-        dispatch._trace_hook = _ApplyHook(self)
+        dispatch._trace_hook = self.apply_hook = _ApplyHook(self)
         # shapes are symbolic while tracing, as upstream's trace_module / insert_exprs set them:
         # ``x.shape`` answers a shape Tensor's reads (``x.shape.numpy()``)
         self._symbolic_shape = _trace_option.set_symbolic_shape(True)
@@ -435,18 +435,20 @@ class Tracer:
         self.depth += 1
         try:
             result = run(*args, **kwargs)
+            outs = self_obj if getattr(expr, "method", None) == "__setitem__" else result
+            out_leaves, out_def = flat_outputs(outs)
+            # (at depth 1: the shape of an output written in place is read, not recorded)
+            out_nodes = [TensorNode(expr, shape=t.shape, dtype=t.dtype,
+                                    qparams=getattr(t, "_qparams", None), device=t._device)
+                         for t in out_leaves]
         finally:
             self.depth -= 1
-        outs = self_obj if getattr(expr, "method", None) == "__setitem__" else result
-        out_leaves, out_def = flat_outputs(outs)
         if not out_leaves:
             return result  # nothing tensor-valued came out: a Python value, not a step
         expr.add_inputs(inputs)
         expr.arg_def = arg_def
         expr.out_def = out_def
-        expr.outputs = [TensorNode(expr, shape=t.shape, dtype=t.dtype,
-                                   qparams=getattr(t, "_qparams", None), device=t._device)
-                        for t in out_leaves]
+        expr.outputs = out_nodes
         self.scope.emit(expr)
         for t, n in zip(out_leaves, expr.outputs):
             self.bind(t, n)
@@ -464,25 +466,17 @@ class Tracer:
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
     def record_shape(self, tensor, shape):
-        """``x.shape`` of a traced tensor: a `megengine.core._trace_option.Shape` of 0-d int32
-        tensors, one recorded CallMethod "shape" making them, so reshapes by it follow the
-        input's shape. Upstream's is one int32 shape Tensor; a Shape answers its reads
-        (``.numpy()``, ``.ndim``, ``.astype``) and indexes, unpacks and concatenates as the
-        tuple that the rest of the engine takes for a shape."""
-        node = self.node_of(tensor)
-        self.depth += 1
-        try:
-            dims = tuple(Tensor(np.int32(d), device=tensor._device) for d in shape)
-        finally:
-            self.depth -= 1
-        expr = CallMethod(node, "shape")
-        expr.out_def = flat_outputs(dims)[1]
-        expr.outputs = [TensorNode(expr, shape=(), dtype=np.dtype(np.int32),
-                                   device=tensor._device) for _ in dims]
-        self.scope.emit(expr)
-        for t, n in zip(dims, expr.outputs):
-            self.bind(t, n)
-        return _trace_option.Shape(dims)
+        """``x.shape`` of a traced tensor: one recorded shape tensor (upstream's GetVarShape,
+        a `ShapeOf` step) whose sizes are recorded reads ``shape_tensor[i]``, given back as a
+        `_TracedShape` (a `megengine.core._trace_option.Shape`), so that what the forward
+        computes from sizes follows the shape of the input a call is given."""
+        from ..core._imperative_rt.core2 import apply
+        from ..core._imperative_rt.ops import GetVarShape
+
+        (shape_tensor,) = self.apply_hook._record(
+            GetVarShape(), [tensor], lambda: apply(GetVarShape(), tensor), expr_type=ShapeOf)
+        expr = self.scope.values[id(shape_tensor)][1].expr
+        return _TracedShape(shape_tensor, expr, [shape_tensor[i] for i in range(len(shape))])
 
     def record_tensor_init(self, tensor, args, kwargs):
         """``Tensor(traced, ...)``: a CallFunction of the class, whose output is ``tensor``."""
@@ -591,6 +585,8 @@ class Tracer:
 def _is_pure(expr):
     if isinstance(expr, (GetAttr, Constant)):
         return True
+    if isinstance(expr, ShapeOf):  # kept when it checks the number of dims on each call
+        return not expr.fixed_ndim
     if isinstance(expr, CallMethod) and not isinstance(expr.inputs[0], ModuleNode):
         m = expr.method
         return m != "__setitem__" and not (m.startswith("__i") and m not in ("__invert__",))
@@ -647,6 +643,59 @@ def _input_names(spec, args, kwargs, leaves):
     return names
 
 
+class _TracedShape(_trace_option.Shape):
+    """``x.shape`` while tracing: its sizes are recorded reads ``shape_tensor[i]`` of one
+    recorded shape tensor, so what the forward computes from them follows the input's shape.
+    ``x.shape[-k]`` reads ``shape_tensor[-k]``, the k-th size from the end at any number of
+    dims. A use of the shape as a whole (unpacking, ``len``, slices, comparisons,
+    concatenation, ``numpy()``) counts the traced dims: the `ShapeOf` step then refuses
+    inputs of another number of dims (``fixed_ndim``). ``astype`` is the shape tensor."""
+
+    def __new__(cls, tensor, expr, sizes):
+        self = super().__new__(cls, sizes)
+        self._tensor, self._expr = tensor, expr
+        return self
+
+    def _whole(self):
+        self._expr.fixed_ndim = True
+
+    def __getitem__(self, index):
+        if _trace_option._int_like(index) and -tuple.__len__(self) <= index < 0:
+            return self._tensor[index]  # (recorded)
+        if not _trace_option._int_like(index):
+            self._whole()
+        return super().__getitem__(index)
+
+    def __radd__(self, other):
+        self._whole()
+        return other + tuple(self)
+
+    def astype(self, dtype):
+        if np.dtype(dtype) == np.int32:  # (as core2.apply takes it: upstream's shape Tensor)
+            return self._tensor
+        return self._tensor.astype(dtype)  # (recorded)
+
+
+def _whole_use(name):
+    base = getattr(_trace_option.Shape, name)
+
+    def method(self, *args, **kwargs):
+        self._whole()
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__iter__", "__len__", "__contains__", "__add__", "__mul__", "__rmul__",
+              "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "count", "index",
+              "numpy", "tolist", "item", "__array__", "__array_function__"):
+    setattr(_TracedShape, _name, _whole_use(_name))
+# a call given the whole shape takes its sizes (and counts them: __iter__)
+register_supported_type(_TracedShape, lambda v: (list(v), None),
+                        lambda c, _: _trace_option.Shape(c))
+
+
 class _ApplyHook:
     """``dispatch._trace_hook`` while tracing: ops on traced tensors outside any recorded
     call become `Apply` exprs; events (GradManager, optimizer steps) just run."""
@@ -677,7 +726,7 @@ class _ApplyHook:
             return lower(opdef, inputs)
         return self._record(copy.copy(opdef), inputs, lambda: lower(opdef, inputs))
 
-    def _record(self, template, inputs, run):
+    def _record(self, template, inputs, run, expr_type=Apply):
         tracer = self.tracer
         tracer.depth += 1
         try:
@@ -685,7 +734,7 @@ class _ApplyHook:
             out = run()
         finally:
             tracer.depth -= 1
-        expr = Apply(template)
+        expr = expr_type(template)
         expr.add_inputs(nodes)
         expr.arg_def = tree_flatten((tuple(nodes), {}), lambda x: isinstance(x, Node))[1]
         outs = out if isinstance(out, tuple) else (out,)

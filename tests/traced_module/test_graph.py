@@ -329,3 +329,56 @@ def test_functional_calls_record_every_argument_as_upstream():
     assert expr.kwargs["training"] is True and expr.kwargs["eps"] == 1e-5
     np.testing.assert_allclose(tm(x).numpy(), F.batch_norm(x, weight=tm.weight,
                                                            training=True).numpy(), rtol=1e-6)
+
+
+def test_comparisons_on_nodes_inside_insert_exprs_are_recorded():
+    # upstream's insert_exprs records every Tensor operator on a TensorNode, comparisons
+    # included; outside it nodes compare by identity (dict keys, ``in`` of lists)
+    class ReluNet(M.Module):
+        def forward(self, x):
+            return F.relu(x) * 2
+
+    x = Tensor(np.random.randn(4, 5).astype(np.float32) * 3)
+    tm = trace_module(ReluNet(), x)
+    g = tm.graph
+    relu_out = g.get_function_by_type(F.relu).as_unique().outputs[0]
+    with g.insert_exprs():
+        kept = F.where(relu_out > 1, relu_out, +relu_out * 0)
+        same = (relu_out == relu_out).astype("float32") + (relu_out != relu_out)
+        low = (relu_out <= 1) & (relu_out < 2) | (relu_out >= 3) & (relu_out != 0)
+        out = kept * same + low.astype("float32")
+    g.replace_node({relu_out: out})
+    g.compile()
+    assert {"__gt__", "__eq__", "__ne__", "__le__", "__lt__", "__ge__", "__pos__"} <= {
+        e.method for e in g.exprs() if isinstance(e, CallMethod)}
+    r = np.maximum(x.numpy(), 0)  # the oracle: the same steps on the values, in numpy
+    low = ((r <= 1) & (r < 2)) | ((r >= 3) & (r != 0))
+    expected = np.where(r > 1, r, 0) * 1.0 + low
+    np.testing.assert_allclose(tm(x).numpy(), expected * 2, rtol=1e-6)
+    assert relu_out == relu_out and relu_out != out and relu_out in [out, relu_out]
+    assert len({relu_out: 1, out: 2}) == 2
+
+
+def test_in_place_operators_transpose_and_broadcast_on_nodes_inside_insert_exprs():
+    class ReluNet(M.Module):
+        def forward(self, x):
+            return F.relu(x) * 2
+
+    x = Tensor(np.random.randn(4, 5).astype(np.float32))
+    tm = trace_module(ReluNet(), x)
+    g = tm.graph
+    relu_out = g.get_function_by_type(F.relu).as_unique().outputs[0]
+    with g.insert_exprs():
+        y = relu_out.T
+        y += 1
+        y *= 3
+        out = y.T * relu_out - relu_out[0:1]._broadcast(4, 5)
+    g.replace_node({relu_out: out})
+    g.compile()
+    assert {"__iadd__", "__imul__", "transpose", "_broadcast"} <= {
+        e.method for e in g.exprs() if isinstance(e, CallMethod)}
+    r = np.maximum(x.numpy(), 0)  # the oracle: the same steps in numpy
+    expected = ((r.T + 1) * 3).T * r - np.broadcast_to(r[0:1], (4, 5))
+    np.testing.assert_allclose(tm(x).numpy(), expected * 2, rtol=1e-6)
+    with pytest.raises(TypeError, match="inside `with graph.insert_exprs"):
+        relu_out.T

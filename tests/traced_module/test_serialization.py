@@ -143,3 +143,48 @@ def test_a_second_loader_for_one_key_is_refused(loaders):
             pass
 
     assert S.TENSORMETHOD_LOADER == {"__mul__": first}  # nothing half-registered
+
+
+class AddsOne(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(1, 1, 1)
+        self.bn = M.BatchNorm2d(1)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + 1
+
+
+def test_loaders_run_when_a_pickle_loads_not_on_copies(loaders):
+    # upstream runs the loaders in TracedModule.__setstate__ (pickle) only: its __deepcopy__
+    # copies the state, so a loaded module copied (optimize copies it) is not loaded again
+    import copy
+
+    from megengine.traced_module import optimize
+
+    net = AddsOne()
+    net.eval()
+    x = Tensor(np.random.rand(2, 1, 3, 3).astype(np.float32))
+    tm = trace_module(net, x)
+    calls = []
+
+    @S.register_tensor_method_loader("__add__")
+    def add_ten_more(expr):  # a change that shows if it runs twice: + 1 becomes + 11
+        calls.append(expr)
+        const = Constant(Tensor([10.0]), "ten").outputs[0]
+        add = CallMethod(expr.inputs[0], "__add__")
+        add.set_args_kwargs(expr.inputs[0], const)
+        out = TensorNode(add, shape=expr.outputs[0].shape, dtype=expr.outputs[0].dtype)
+        add.return_val = (out,)
+        expr.set_args_kwargs(out, *expr.args[1:])
+
+    loaded = pickle.loads(pickle.dumps(tm))
+    assert len(calls) == 1
+    expected = net(x).numpy() + 10  # the oracle: the module's output, plus the loader's 10
+    np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5)
+    for copied in (copy.deepcopy(loaded), optimize(loaded, "FuseConvBn")):
+        assert len(calls) == 1
+        np.testing.assert_allclose(copied(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+        _users_agree(copied.graph)
+    copied.graph.compile()
+    np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5)  # the original is left

@@ -11,8 +11,9 @@ from megengine.core.ops import Mul
 from megengine.functional import relu as imported_relu
 from megengine.module.module import Module
 from megengine.traced_module import register_as_builtin, trace_module, wrap
+from megengine.core.ops.builtin import GetVarShape
 from megengine.traced_module.expr import (Apply, CallFunction, CallMethod, Constant, GetAttr,
-                                          Input)
+                                          Input, ShapeOf)
 
 
 class Block(M.Module):
@@ -190,16 +191,70 @@ class ReshapesByShape(M.Module):
 def test_shape_is_traced_so_batch_size_may_change():
     m = ReshapesByShape()
     tm = trace_module(m, _inp(2, 3, 2, 2))
-    shape_reads = tm.graph.get_method_by_type("shape").as_list()
-    assert len(shape_reads) == 2  # the two that feed reshapes; the checks' steps are dropped
-    assert [type(e) for e in tm.graph._exprs].count(CallMethod) == 9  # 2 shape, 2 reshape, 2 mul, 2 fc, 1 add
-    assert "x.shape" in str(tm.graph)
+    shape_reads = [e for e in tm.graph._exprs if isinstance(e, ShapeOf)]
+    # as upstream, each read is one GetVarShape; the one an ``x.shape[1] == 3`` check made is
+    # dropped, the ones unpacked or compared whole stay to check the number of dims
+    assert len(shape_reads) == 4 and all(isinstance(e.opdef, GetVarShape) for e in shape_reads)
+    assert [e.fixed_ndim for e in shape_reads] == [True, True, True, False]
+    assert "apply(GetVarShape, x)" in str(tm.graph)
     for n in (5, 1):
         x = _inp(n, 3, 2, 2)
         out = tm(x)
         assert out.shape == (n, 2)
         np.testing.assert_allclose(out.numpy(), m(x).numpy(), rtol=1e-6)
     assert type(Tensor.shape.fget(x)) is tuple and isinstance(x.shape, tuple)
+    with pytest.raises(ValueError):  # the module itself: 4 sizes to unpack
+        m(_inp(2, 3, 4))
+    with pytest.raises(ValueError, match=r"x was traced with shape \(2, 3, 2, 2\) and its "
+                                         r"forward counted the dims .*\(2, 3, 4\) \(3 dims\)"):
+        tm(_inp(2, 3, 4))
+
+
+class SizesByIndex(M.Module):
+    def forward(self, x):
+        y = x.reshape(x.shape[0], -1) * x.shape[-1]
+        return y + x.shape[-2], F.ones((x.shape[0], x.shape[-1])) * x.shape[1]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (2, 12), (3, 2, 2, 5), (1, 2, 3, 4, 5)])
+def test_sizes_read_by_index_follow_other_numbers_of_dims(shape):
+    # upstream's x.shape is one shape tensor (GetVarShape) that x.shape[i] indexes, so
+    # x.shape[-1] is the last size at any number of dims: the traced module equals the
+    # module wherever the module runs
+    m = SizesByIndex()
+    tm = trace_module(m, _inp(2, 3, 4))
+    x = _inp(*shape)
+    for got, expected in zip(tm(x), m(x)):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+
+
+class ShapeUsedWhole(M.Module):
+    def forward(self, x):
+        return F.zeros(x.shape) + x * x.shape[2]
+
+
+def test_a_shape_used_whole_or_a_missing_size_raise_naming_the_traced_shape():
+    m, x = ShapeUsedWhole(), _inp(2, 3, 4)
+    tm = trace_module(m, x)
+    np.testing.assert_allclose(tm(_inp(5, 1, 2)).shape, (5, 1, 2))  # same number of dims
+    with pytest.raises(ValueError, match=r"traced with shape \(2, 3, 4\) and its forward "
+                                         r"counted the dims .*\(3, 2, 2, 2\) \(4 dims\)"):
+        tm(_inp(3, 2, 2, 2))
+
+    class ReadsThirdSize(M.Module):
+        def forward(self, x):
+            return x * x.shape[2]
+
+    m = ReadsThirdSize()
+    tm = trace_module(m, x)
+    y = _inp(3, 2, 2, 5)
+    np.testing.assert_allclose(tm(y).numpy(), m(y).numpy(), rtol=1e-6)  # x.shape[2] exists
+    with pytest.raises(IndexError):  # the module itself
+        m(_inp(2, 12))
+    with pytest.raises(ValueError, match=r"traced with shape \(2, 3, 4\) and its forward "
+                                         r"reads x.shape\[2\]"):
+        tm(_inp(2, 12))
 
 
 class ReadsShapeAsUpstreamsTensor(M.Module):
@@ -299,3 +354,35 @@ def test_an_error_inside_forward_leaves_nothing_patched():
     assert dispatch._trace_hook is None and "forward" not in vars(m.inner)
     x = _inp(2, 4)
     np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
+
+
+class RepeatsBatch(M.Module):
+    def forward(self, x):
+        return F.repeat(F.ones((1, 2)), x.shape[0], axis=0) + x
+
+
+def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
+    # int(x.shape[0]) of the shape tensor (F.repeat reads its count so) is the size, kept as
+    # a shape guard, as jit.trace keeps int(x.shape[0]) of a tuple: the file runs at the
+    # traced shape and says why it refuses another (it raised DumpError: a value read)
+    import io
+
+    from megengine.core._trace_option import set_symbolic_shape
+    from megengine.jit import ShapeGuardError, trace
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    tm = trace_module(RepeatsBatch(), _inp(3, 2))
+    saved = set_symbolic_shape(True)
+    try:
+        func = trace(tm, capture_as_const=True)
+        x = _inp(3, 2)
+        expected = func(x).numpy()
+        f = io.BytesIO()
+        func.dump(f, arg_names=("x",))
+    finally:
+        set_symbolic_shape(saved)
+    f.seek(0)
+    g = GraphInference(f)
+    np.testing.assert_allclose(list(g.run(inp_dict={"x": x.numpy()}).values())[0], expected)
+    with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] as an int"):
+        g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
