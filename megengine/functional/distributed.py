@@ -92,10 +92,13 @@ def _peers(func):
         try:
             return func(x, group, *args)
         except RuntimeError as error:
+            why = ("the ranks called collectives that differ in op, shapes or dtypes (the check "
+                   "of TORCH_DISTRIBUTED_DEBUG=DETAIL)" if "mismatch between collectives" in
+                   str(error) else "a peer process died, or did not call the same collective "
+                   f"within the process group's timeout ({_group._sd.timeout:g} s)")
             raise _group.waiting_failure(
-                f"megengine.distributed: {name} on {group!r} failed on rank {get_rank()}: a peer "
-                "process died, or did not call the same collective within the process group's "
-                f"timeout ({_group._sd.timeout:g} s).", error) from error
+                f"megengine.distributed: {name} on {group!r} failed on rank {get_rank()}: "
+                f"{why}.", error) from error
 
     return wrapper
 

@@ -213,3 +213,20 @@ def test_a_rank_left_waiting_at_the_end_says_why():
                        r"timeout \(3 s\).*same collectives in the same order.*still computing"):
         dist.launcher(_rank_0_computes_past_the_timeout, n_gpus=2, device_type="cpu",
                       timeout=60, collective_timeout=3)()
+
+
+def _float32_on_rank_0_int32_on_rank_1():
+    x = mge.tensor(np.ones(3, "float32" if dist.get_rank() == 0 else "int32"))
+    return fd.all_reduce_sum(x).numpy().tolist()
+
+
+def test_torch_distributed_debug_detail_catches_collectives_that_differ(monkeypatch):
+    # without it (as upstream) the bytes of one dtype are summed as another's: rank 0 got
+    # [1.0, 1.0, 1.0000001] and rank 1 [1065353216, ...]; torch's fingerprint check, set by
+    # TORCH_DISTRIBUTED_DEBUG=DETAIL in the launching process, compares op, shapes and dtypes
+    monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
+    with pytest.raises(dist.WorkerError, match=r"all_reduce on Group\(\[0, 1\]\) failed on rank "
+                       r"\d: the ranks called collectives that differ in op, shapes or dtypes.*"
+                       r"Detected mismatch between collectives.*dtypes: (Floatvs Int|Intvs Float)"):
+        dist.launcher(_float32_on_rank_0_int32_on_rank_1, n_gpus=2, device_type="cpu",
+                      timeout=60, collective_timeout=10)()
