@@ -103,3 +103,37 @@ def float64_value_and_grads(fn, torch_fn, *arrays, seed=3):
     assert y.dtype == np.float64 and all(x.grad.dtype == np.float64 for x in xs)
     return ([host(y)] + [host(x.grad) for x in xs],
             [ty.detach().numpy()] + [t.grad.numpy() for t in ts])
+
+
+def check_float16_against_torch(fn, torch_fn, *arrays, diff=None, seed=5):
+    """float16 precision where accumulation matters (sums, scans over 10^4-10^5 values): ``fn``
+    on float16 tensors of ``arrays`` must give float16 outputs and input gradients (for one
+    random output gradient) as close to the exact result (torch in float64 on the same float16
+    values) as torch's own float16 result is: within 2x torch's error, or 2 float16 ulps of the
+    result's largest value. ``diff``: the inputs to differentiate (default: every float one)."""
+    if diff is None:
+        diff = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+    arrays = [a.astype(np.float16) if a.dtype.kind == "f" else a for a in arrays]
+    xs = [mge.tensor(a) for a in arrays]
+    gm = GradManager().attach([xs[i] for i in diff])
+    with gm:
+        y = fn(*xs)
+        dy = np.random.RandomState(seed).uniform(0.5, 1, y.shape).astype(np.float16)
+        gm.backward(y, mge.tensor(dy))
+    ours = [y] + [xs[i].grad for i in diff]
+    results = []
+    for dtype in (torch.float16, torch.float64):
+        ts = [torch.tensor(a).to(dtype if a.dtype.kind == "f" else None).requires_grad_(i in diff)
+              for i, a in enumerate(arrays)]
+        ty = torch_fn(*ts)
+        ty.backward(torch.tensor(dy).to(dtype))
+        results.append([ty] + [ts[i].grad for i in diff])
+    for k, (got, theirs, exact) in enumerate(zip(ours, *results)):
+        what = "output" if k == 0 else f"gradient of input {diff[k - 1]}"
+        assert got.dtype == np.float16, f"{what}: {got.dtype}, not float16"
+        exact = exact.detach().numpy()
+        scale = max(np.abs(exact).max(), np.finfo(np.float16).tiny)
+        ours_err = np.abs(got.numpy().astype(np.float64) - exact).max() / scale
+        torch_err = np.abs(theirs.detach().numpy().astype(np.float64) - exact).max() / scale
+        assert ours_err <= max(2 * torch_err, 2 * 2.0 ** -10), \
+            f"{what}: relative error {ours_err:.3g}, torch's float16 {torch_err:.3g}"

@@ -13,8 +13,36 @@ from .dtype import _zero_point, float_value, no_quantized_form, saturated, store
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
-__all__ = ["BINARY", "UNARY", "unbroadcast", "int_tuple", "normalize_index", "xp_of",
+__all__ = ["BINARY", "UNARY", "acc_dtype", "acc_sum", "div_count", "unbroadcast", "int_tuple",
+           "normalize_index", "xp_of",
            "t_unbroadcast", "t_expand"]
+
+
+_F16 = np.dtype(np.float16)  # (compared by identity: native dtypes are singletons, 20 ns a test)
+
+
+def acc_dtype(dtype):
+    """The dtype that sums of ``dtype`` add in, where it is not ``dtype`` itself: float32 for
+    float16, as torch's and upstream's kernels add it (numpy adds float16 in float16, where a
+    long sum along a strided axis, or a scan, stops growing at 2048); else None."""
+    return np.float32 if dtype is _F16 else None
+
+
+def acc_sum(a, axis=None, keepdims=False):
+    """``a.sum(axis, keepdims=keepdims)``, float16 added up in float32 and rounded once."""
+    acc = acc_dtype(a.dtype)
+    if acc is None:
+        return a.sum(axis, keepdims=keepdims)
+    return a.sum(axis, dtype=acc, keepdims=keepdims).astype(a.dtype)
+
+
+def div_count(g, count):
+    """``g / count`` (an array or a Tensor divided by a number of elements: a mean's gradient);
+    float16 divides in float32 and rounds once, as torch: as a float16, a count above 65504 is
+    inf, and every share of the gradient would be 0."""
+    if g.dtype is _F16:
+        return (g.astype(np.float32) / count).astype(_F16)
+    return g / count
 
 
 def unbroadcast(grad, shape):
@@ -26,7 +54,7 @@ def unbroadcast(grad, shape):
         i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
     )
     if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
+        grad = acc_sum(grad, axes, keepdims=True)
     return grad.reshape(shape)
 
 
@@ -1040,6 +1068,10 @@ class Reduce(Op):
                 # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean)
                 out = x.sum(axis=axes, keepdims=True)
                 out /= math.prod(x.shape[a] for a in axes)
+            elif x.dtype is _F16 and (mode == "sum" or mode == "prod"):
+                # float16 adds and multiplies in float32, rounded once (see acc_sum; numpy's
+                # mean already adds float16 in float32)
+                out = getattr(x, mode)(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
             else:
                 out = getattr(x, mode)(axis=axes, keepdims=True)
         if mode == "mean" and x.dtype.kind not in "fc":
@@ -1074,7 +1106,7 @@ class Reduce(Op):
             return xp.broadcast_to(g, x.shape)
         if self.mode == "mean":
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
-            return xp.broadcast_to(g / count, x.shape)
+            return xp.broadcast_to(div_count(g, count), x.shape)
         if self.mode in ("max", "min"):  # every tied element gets all of g (upstream's rule)
             return g * (x == self.out_keep)
         return g * _exclusive_prod(x, axes)
@@ -1087,7 +1119,7 @@ class Reduce(Op):
             return (t_expand(g, x.shape),)
         if self.mode == "mean":
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
-            return (t_expand(g / count, x.shape),)
+            return (t_expand(div_count(g, count), x.shape),)
         if self.mode in ("max", "min"):
             return (g * _const((x == self.out_keep).astype(g.dtype), g),)
         if not (x != 0).all():

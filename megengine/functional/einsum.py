@@ -2,7 +2,7 @@
 import string
 
 from ..core.dispatch import Op, apply
-from ..core.ops import xp_of
+from ..core.ops import acc_sum, xp_of
 from ..core.tensor import Tensor
 from .elemwise import _tensor
 
@@ -147,7 +147,7 @@ class Einsum(Op):
 
     def _unbroadcast(self, xp, gk, k):
         axes = tuple(i for i, (n, full) in enumerate(zip(self.shapes[k], gk.shape)) if n != full)
-        return gk.sum(axis=axes, keepdims=True) if axes else gk
+        return acc_sum(gk, axes, keepdims=True) if axes else gk
 
     def grad_graph(self, inputs, outputs, grads):
         # the same contractions, built from tensors so an outer GradManager records them

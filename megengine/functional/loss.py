@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.dtype_rules import complex_error, no_order
-from ..core.ops import t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _UNSIGNED, _as_float, _out_of_range
@@ -29,9 +29,11 @@ def _reduce(loss, reduction):
         return loss
     xp = xp_of(loss)
     if reduction == "sum":
-        return xp.asarray(loss.sum(), dtype=loss.dtype)
-    # sum / size: ndarray.mean goes through a slower Python-level wrapper
-    return xp.asarray(loss.sum() / max(loss.size, 1),
+        return xp.asarray(acc_sum(loss), dtype=loss.dtype)
+    # sum / size: ndarray.mean goes through a slower Python-level wrapper; float16 adds in
+    # float32 and is divided before its rounding (see acc_sum; its sum may pass float16's max)
+    total = loss.sum(dtype=acc_dtype(loss.dtype))
+    return xp.asarray(total / max(loss.size, 1),
                       dtype=loss.dtype if loss.dtype.kind == "f" else np.float32)
 
 
@@ -41,7 +43,7 @@ def _spread(g, shape, reduction, broadcast=True):
     if reduction == "none":
         return g
     if reduction == "mean":
-        g = g / max(math.prod(shape), 1)
+        g = div_count(g, max(math.prod(shape), 1))
     return xp_of(g).broadcast_to(g, shape) if broadcast else g
 
 
@@ -144,7 +146,7 @@ class _PairLoss(Op):
         pred, label = pred.astype(dtype), label.astype(dtype)
         g = grads[0]
         if self.reduction == "mean":
-            g = g / max(math.prod(self.loss_shape), 1)
+            g = div_count(g, max(math.prod(self.loss_shape), 1))
         gp, gl = self.graph_grads(pred, label, g)
         needs = self.needs_input_grad
         return (t_unbroadcast(gp, tuple(self.shapes[0])) if needs[0] else None,
@@ -453,16 +455,16 @@ class _CrossEntropy(Op):
         if self.with_logits:
             m = pred.max(ax, keepdims=True)
             e = xp.exp(pred - m)
-            s = e.sum(ax, keepdims=True)
+            s = acc_sum(e, ax, keepdims=True)
             loss = m + xp.log(s) - (1 - ls) * self._at_label(xp, pred)
             if ls:
-                loss -= (ls / classes) * pred.sum(ax, keepdims=True)
+                loss -= (ls / classes) * acc_sum(pred, ax, keepdims=True)
             self.e, self.s = e, s
         else:
             self.pred = pred
             loss = -(1 - ls) * xp.log(self._at_label(xp, pred))
             if ls:
-                loss -= (ls / classes) * xp.log(pred).sum(ax, keepdims=True)
+                loss -= (ls / classes) * acc_sum(xp.log(pred), ax, keepdims=True)
         self.loss_shape = expected
         return _reduce(loss.reshape(expected), self.reduction)
 
@@ -493,7 +495,8 @@ class _CrossEntropy(Op):
         # mean over rows of log(s) - shifted[label]
         per_row = xp.log(s)
         per_row -= at_label
-        loss = add(per_row) / pred.shape[0]
+        acc = acc_dtype(per_row.dtype)  # float16 adds in float32: its sum may pass float16's max
+        loss = add(per_row if acc is None else per_row.astype(acc)) / pred.shape[0]
         self.e, self.s, self.fused = e, s, True
         return xp.asarray(loss, dtype=pred.dtype)
 
@@ -573,7 +576,7 @@ class _CrossEntropy(Op):
         if self.reduction == "none":
             grad *= g.reshape(n, 1)
         else:
-            grad *= g / n if self.reduction == "mean" else g
+            grad *= div_count(g, n) if self.reduction == "mean" else g
         return grad, None
 
     @staticmethod
@@ -593,7 +596,7 @@ class _CrossEntropy(Op):
         # softmax: one index array instead of (rows, label) pairs, measured ~2 us less warm
         # and more right after torch's backward
         grad.reshape(-1)[_row_starts(xp_of(e), n, classes) + self.label] -= 1
-        grad *= g / n  # g: the 0-d gradient of the mean
+        grad *= div_count(g, n)  # g: the 0-d gradient of the mean
         return grad, None
 
     # ----- CUDA: ATen's kernels -----
@@ -709,7 +712,7 @@ class _CrossEntropy(Op):
         else:
             gk = g.reshape((1,) * len(shape))
             if self.reduction == "mean":
-                gk = gk / max(math.prod(self.loss_shape), 1)
+                gk = div_count(gk, max(math.prod(self.loss_shape), 1))
         if self.with_logits:
             m = Tensor._wrap(pred._data.max(ax, keepdims=True),
                              pred._device)  # a shift for stability: softmax does not change

@@ -12,7 +12,7 @@ from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import xp_of
+from ..core.ops import acc_dtype, acc_sum, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _as_float, _axes, _out_of_range, _tensor
@@ -69,7 +69,7 @@ class _Softmax(Op):
             self.y = _aten.array(self.ty)
             return self.y
         e = xp_of(x).exp(x - _shift(x, self.axes))
-        e /= e.sum(self.axes, keepdims=True)
+        e /= acc_sum(e, self.axes, keepdims=True)
         self.y = e
         return e
 
@@ -79,7 +79,7 @@ class _Softmax(Op):
             return declare_fresh_gradient(_aten.array(_aten.aten()._softmax_backward_data(
                 _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
         y = self.y
-        return y * (g - (g * y).sum(self.axes, keepdims=True))
+        return y * (g - acc_sum(g * y, self.axes, keepdims=True))
 
     def grad_graph(self, inputs, outputs, grads):
         y, g = outputs[0], grads[0]
@@ -106,7 +106,7 @@ class _LogSoftmax(Op):
         if not x.size:  # no output (and the log of an empty sum would warn)
             self.y = shifted
             return shifted
-        self.y = shifted - xp.log(xp.exp(shifted).sum(self.axes, keepdims=True))
+        self.y = shifted - xp.log(acc_sum(xp.exp(shifted), self.axes, keepdims=True))
         return self.y
 
     def backward(self, g):
@@ -114,7 +114,12 @@ class _LogSoftmax(Op):
             ty = self.ty
             return declare_fresh_gradient(_aten.array(_aten.aten()._log_softmax_backward_data(
                 _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
-        return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
+        acc = acc_dtype(g.dtype)
+        if acc is None:
+            return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
+        # float16: the sum stays float32 (it may pass float16's max where the result does not)
+        s = g.sum(self.axes, keepdims=True, dtype=acc)
+        return (g - xp_of(g).exp(self.y) * s).astype(g.dtype)
 
     def grad_graph(self, inputs, outputs, grads):
         from .elemwise import exp
@@ -194,7 +199,7 @@ class _Linear(Op):
         gw = (g.T.dot(x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = (g.sum(0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None
+        gb = (acc_sum(g, 0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None
         return gx, gw, gb
 
     def grad_graph(self, inputs, outputs, grads):

@@ -6,7 +6,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import acc_dtype, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _tensor
@@ -231,8 +231,8 @@ class _BatchNorm(Op):
         return tuple(out)
 
 
-# dtypes that layer norm takes ATen's kernels for (float16 keeps the array code: upstream and
-# the engine compute it in float16, ATen in float32)
+# dtypes that layer norm takes ATen's kernels for (float16 keeps the array code, which computes
+# it in float32 and rounds the output once, as upstream's kernels (T_ACC float) and ATen's)
 _ATEN_NORM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
@@ -270,8 +270,9 @@ class _Normalize(Op):
             return self._forward_aten(x, params)
         self.tx = None
         xp = xp_of(x)
-        self.x_shape = x.shape
-        x = x.reshape(self.view)
+        self.x_shape, out_dtype = x.shape, x.dtype
+        acc = acc_dtype(x.dtype)  # float16: the statistics and the output in float32 (above)
+        x = x.reshape(self.view) if acc is None else x.reshape(self.view).astype(acc)
         xhat = x - x.mean(-1, keepdims=True)
         var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / x.shape[-1]
         self.inv = 1 / xp.sqrt(var + x.dtype.type(self.eps))
@@ -283,6 +284,8 @@ class _Normalize(Op):
             y = y * self.w
         if self.has_bias:
             y = y + params[-1].reshape(self.affine_shape)
+        if acc is not None:
+            return y.astype(out_dtype).reshape(self.x_shape)
         return (y if y is not self.xhat else y.copy()).reshape(self.x_shape)
 
     def _forward_aten(self, x, params):

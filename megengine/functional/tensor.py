@@ -632,6 +632,16 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
 
 # ----- cumulative sum (upstream's home for it; F.math re-exports it) -----
 
+def _scan(x, axis):
+    """The cumulative sum of ``x`` along ``axis`` in ``x``'s dtype (numpy would widen int32 to
+    int64); float16 adds in float32 and rounds each sum once, as torch's and upstream's scans
+    (a float16 running sum stops growing at 2048)."""
+    acc = _ops.acc_dtype(x.dtype)
+    if acc is not None:
+        return xp_of(x).cumsum(x, axis=axis, dtype=acc).astype(x.dtype)
+    return xp_of(x).cumsum(x, axis=axis, dtype=x.dtype)
+
+
 class Cumsum(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
 
@@ -641,12 +651,11 @@ class Cumsum(Op):
     def forward(self, x):
         if x.dtype.metadata is not None:  # (the stored integers' sums are not the values')
             raise no_quantized_form("cumsum", x.dtype)
-        # keep x's dtype: numpy would widen int32 to int64
-        return xp_of(x).cumsum(x, axis=self.axis, dtype=x.dtype)
+        return _scan(x, self.axis)
 
     def backward(self, g):
         xp = xp_of(g)
-        return xp.flip(xp.cumsum(xp.flip(g, self.axis), axis=self.axis), self.axis)
+        return xp.flip(_scan(xp.flip(g, self.axis), self.axis), self.axis)
 
     def grad_graph(self, inputs, outputs, grads):
         rev = (slice(None),) * self.axis + (slice(None, None, -1),)

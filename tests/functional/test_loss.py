@@ -16,7 +16,7 @@ from megengine.functional.loss import _CrossEntropy
 
 from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
                      requires_torch_cuda, skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch
+from oracle import check_against_torch, check_float16_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -794,3 +794,29 @@ def test_reduced_pair_loss_gradients_of_a_broadcast_operand_match_torch(loss, re
     for t, tt in ((p, pt), (y, yt)):
         assert t.grad.dtype == np.float32 and t.grad.shape == tuple(tt.shape)
         np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# float16 losses over 100,000 values: the mean's sum passed float16's max (inf, or NaN), and
+# its gradient divided by the count read as float16 (inf) was 0; torch adds in float32
+@pytest.mark.parametrize("fn, torch_fn", [
+    (F.nn.l1_loss, TF.l1_loss),
+    (F.nn.square_loss, TF.mse_loss),
+], ids=["l1", "square"])
+def test_float16_losses_add_in_float32(fn, torch_fn):
+    rs = np.random.RandomState(0)
+    check_float16_against_torch(fn, torch_fn, rs.rand(100000) * 2, rs.rand(100000))
+
+
+@pytest.mark.usefixtures("host_default_device")
+def test_float16_cross_entropy_of_many_rows():
+    # (on the CPU: a GPU's cross entropy is ATen's, whose CUDA kernel adds in float32, but the
+    # simulated GPU runs torch's CPU kernel, which adds float16 in float16 and gives inf here;
+    # torch's oracle below computes in float32 for that reason)
+    rs = np.random.RandomState(0)
+    label = rs.randint(0, 4, 50000)
+    check_float16_against_torch(
+        lambda p: F.nn.cross_entropy(p, mge.tensor(label.astype(np.int32))),
+        lambda p: TF.cross_entropy(p.float() if p.dtype == torch.float16 else p,
+                                   torch.tensor(label)).to(p.dtype),
+        rs.rand(50000, 4))
+

@@ -11,7 +11,7 @@ import megengine as mge
 import megengine.functional as F
 
 from devices import host_default_device, requires_cuda  # noqa: F401  (a fixture)
-from oracle import check_against_torch
+from oracle import check_against_torch, check_float16_against_torch
 from megengine.autodiff import GradManager
 
 
@@ -625,3 +625,36 @@ def test_topk_tie_check_tells_a_row_boundary_from_a_tie():
     values, indices = F.topk(mge.tensor(x), 2, descending=True)
     np.testing.assert_array_equal(values.numpy(), [[4.0, 3.0], [9.0, 3.0]])
     np.testing.assert_array_equal(indices.numpy(), [[0, 2], [3, 0]])
+
+
+# numpy adds float16 in float16: along a strided axis a sum of 100,000 values in [0, 1) stopped
+# growing at 2048 (exact: ~50,000), and a mean's gradient divided by the count read as float16
+# (inf from 65505) was 0; torch's and upstream's kernels add in float32 and round once
+@pytest.mark.parametrize("fn, torch_fn", [
+    (lambda x: F.sum(x, axis=0), lambda x: x.sum(0)),
+    (lambda x: x.sum(axis=0, keepdims=True), lambda x: x.sum(0, keepdim=True)),
+    (lambda x: F.mean(x), lambda x: x.mean()),
+    (lambda x: F.norm(x, axis=0), lambda x: x.norm(dim=0)),
+    (lambda x: F.norm(x, ord=3, axis=0), lambda x: x.norm(p=3, dim=0)),
+    (lambda x: F.normalize(x, axis=0), lambda x: torch.nn.functional.normalize(x, dim=0)),
+    (lambda x: F.logsumexp(x, 0), lambda x: torch.logsumexp(x, 0)),
+], ids=["sum", "Tensor.sum", "mean", "norm", "norm3", "normalize", "logsumexp"])
+def test_float16_reductions_add_in_float32(fn, torch_fn):
+    x = np.random.RandomState(0).rand(100000, 3)
+    check_float16_against_torch(fn, torch_fn, x)
+
+
+def test_float16_norm_squares_in_float32():
+    # torch's float16 norm of [300, 400] is 500; squared in float16 the values overflow to inf
+    x = mge.tensor([300, 400], dtype="float16")
+    assert F.norm(x).numpy() == 500 and F.norm(x, ord=3).dtype == np.float16
+
+
+def test_float16_prod_multiplies_in_float32():
+    # as torch's CUDA kernel and upstream's (torch's CPU kernel multiplies float16 in float16:
+    # ~10% off here, as numpy was)
+    x = np.random.RandomState(0).uniform(0.99, 1.01, (3000, 3)).astype(np.float16)
+    got = F.prod(mge.tensor(x), axis=0)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.numpy(), x.astype(np.float64).prod(0), rtol=2 ** -10)
+

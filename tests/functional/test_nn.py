@@ -16,7 +16,7 @@ from megengine.functional import nn as nn_module
 from cuda_kernels import emulate
 from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
                      requires_torch_cuda, skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch, float64_value_and_grads
+from oracle import check_against_torch, check_float16_against_torch, float64_value_and_grads
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -414,3 +414,30 @@ def test_linear_gradient_with_zero_in_features(x_shape):
         gm.backward(y.sum())
     assert x.grad.shape == x_shape and w.grad.shape == (2, 0)
     np.testing.assert_array_equal(b.grad.numpy(), np.full(2, y.size // 2, np.float32))
+
+
+# float16 sums over a strided axis, and a bias gradient summed over 60,000 rows, add in float32
+# as torch's kernels (numpy's float16 sums stopped growing at 2048)
+@pytest.mark.parametrize("fn, torch_fn", [
+    (lambda x: F.softmax(x, 0), lambda x: torch.softmax(x, 0)),
+    (lambda x: F.logsoftmax(x, 0), lambda x: torch.log_softmax(x, 0)),
+], ids=["softmax", "logsoftmax"])
+def test_float16_softmax_over_a_long_axis(fn, torch_fn):
+    check_float16_against_torch(fn, torch_fn, np.random.RandomState(0).rand(100000, 3))
+
+
+def test_float16_linear_bias_gradient_adds_in_float32():
+    rs = np.random.RandomState(0)
+    check_float16_against_torch(F.linear, TF.linear, rs.rand(60000, 3), rs.rand(2, 3) - 0.5,
+                                rs.rand(2))
+
+
+def test_linear_bias_gradient_under_autocast_counts_every_row():
+    x, b = mge.tensor(np.ones((60000, 3), np.float32)), mge.Parameter(np.zeros(2, np.float32))
+    w = mge.tensor(np.zeros((2, 3), np.float32))
+    gm = GradManager().attach([b])
+    with gm, mge.amp.autocast():
+        y = F.linear(x, w, b)
+        assert y.dtype == np.float16
+        gm.backward(y.sum())
+    assert b.grad.dtype == np.float32 and (b.grad.numpy() == 60000).all()  # 2048 before

@@ -11,7 +11,7 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from devices import address, record_aten_kernels, skip_unless_aten_serves_the_default_device
-from oracle import check_against_torch
+from oracle import check_against_torch, check_float16_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
 
@@ -796,3 +796,16 @@ def test_batch_norm_with_one_value_per_channel_on_aten_keeps_upstreams_running_v
     np.testing.assert_allclose(y.numpy(), np.zeros((1, 3), "float32"), atol=1e-5)
     np.testing.assert_allclose(rm.numpy().reshape(-1), 0.2 * x0.reshape(-1), rtol=1e-6)
     np.testing.assert_allclose(rv.numpy().reshape(-1), np.full(3, 0.8), rtol=1e-6)
+
+
+# float16 layer and group norm (instance norm too) compute in float32 and round the output
+# once, as upstream's kernels (float accumulators) and torch's: the statistics rounded to
+# float16 shifted every output of rows of 50,000 values in [3, 4) by ~3 ulps (6x torch's error)
+@pytest.mark.parametrize("fn, torch_fn, shape", [
+    (lambda x: F.layer_norm(x, (50000,), affine=False), lambda x: TF.layer_norm(x, (50000,)),
+     (2, 50000)),
+    (lambda x: F.nn.group_norm(x, 2, affine=False), lambda x: TF.group_norm(x, 2), (2, 4, 20000)),
+], ids=["layer_norm", "group_norm"])  # (instance_norm is group_norm's code)
+def test_float16_normalization_computes_in_float32(fn, torch_fn, shape):
+    check_float16_against_torch(fn, torch_fn, np.random.RandomState(0).rand(*shape) + 3)
+

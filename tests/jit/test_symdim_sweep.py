@@ -407,6 +407,7 @@ NOT_SWEPT = {
     "multi_head_attention": "embed_dim and num_heads must match the packed io_weight_bias, "
                             "whose sizes are fixed; M.MultiHeadAttention's constructor is "
                             "checked below",
+    "acc_sum": "an array helper of the engine (float16 sums in float32), not a user function",
     "t_unbroadcast": "a gradient helper of the engine, not a user function",
     "unbroadcast": "a gradient helper of the engine, not a user function",
 }
