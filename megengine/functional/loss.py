@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
@@ -92,6 +93,8 @@ class _PairLoss(Op):
         dtype = promote_types(pred.dtype, label.dtype)
         if dtype.kind == "c":  # (its mean would be cast to float, dropping the imaginary part)
             raise complex_error(self.what, dtype)
+        if dtype.metadata is not None:  # one quantized dtype: a loss of the values
+            pred, label, dtype = float_value(pred), float_value(label), np.dtype(np.float32)
         pred, label = pred.astype(dtype, copy=False), label.astype(dtype, copy=False)
         self.shapes = (pred.shape, label.shape)
         if (self.aten_loss is not None and type(pred) is np.ndarray

@@ -7,6 +7,7 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.ops import unbroadcast, xp_of
+from ..core.dtype import float_value
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _tensor
@@ -29,6 +30,8 @@ def _vec(a, c, dtype):
     """A torch (C,) view of per-channel array ``a`` in the compute dtype."""
     if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
         return _aten.view(a.reshape(c))
+    if a.dtype.metadata is not None:  # a quantized parameter: its values
+        a = float_value(a)
     # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running stat as
     # if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
     return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
@@ -269,6 +272,7 @@ class _Normalize(Op):
                 return self._forward_aten_group(x, params)
             return self._forward_aten(x, params)
         self.tx = None
+        params = [p if p.dtype.kind == "f" else _as_float(p, self) for p in params]  # (values)
         xp = xp_of(x)
         self.x_shape = x.shape
         x = x.reshape(self.view)

@@ -75,6 +75,23 @@ FLOAT_FUNCTIONS = {
     "interpolate": (lambda q: F.nn.interpolate(q.reshape(1, 1, 2, 4), scale_factor=2),
                     lambda v: torch.nn.functional.interpolate(v.reshape(1, 1, 2, 4),
                                                              scale_factor=2, mode="bilinear")),
+    # losses of two inputs of one quantized dtype (they computed on the stored integers)
+    "l1_loss": (lambda q: F.nn.l1_loss(q, q[::-1]),
+                lambda v: torch.nn.functional.l1_loss(v, v.flip(0))),
+    "square_loss": (lambda q: F.nn.square_loss(q, q[::-1]),
+                    lambda v: torch.nn.functional.mse_loss(v, v.flip(0))),
+    "smooth_l1_loss": (lambda q: F.nn.smooth_l1_loss(q, q[::-1], reduction="none"),
+                       lambda v: torch.nn.functional.smooth_l1_loss(v, v.flip(0),
+                                                                    reduction="none")),
+    "bce_with_logits": (lambda q: F.nn.binary_cross_entropy(q, q[::-1]),
+                        lambda v: torch.nn.functional.binary_cross_entropy_with_logits(
+                            v, v.flip(0))),
+    # quantized affine parameters: their values (they scaled by the stored integers)
+    "layer_norm_params": (lambda q: F.nn.layer_norm(q, (4,), weight=q[0], bias=q[1]),
+                          lambda v: torch.nn.functional.layer_norm(v, (4,), v[0], v[1])),
+    "batch_norm_params": (lambda q: F.nn.batch_norm(q, weight=q[0], bias=q[1], training=True),
+                          lambda v: torch.nn.functional.batch_norm(v, None, None, v[0], v[1],
+                                                                   training=True)),
 }
 
 
@@ -239,3 +256,25 @@ def test_resampled_quantized_images_are_the_values_samples_quantized_again(name)
         assert dtype.is_dtype_equal(out.dtype, q.dtype)
         assert np.abs(want).max() > 1  # (not all zero)
         np.testing.assert_allclose(_values(out), want, rtol=0, atol=step / 2 + 1e-6)
+
+
+def test_triplet_margin_loss_takes_the_values_not_saturated_differences():
+    # hand values: |a - p| = 100 and |a - n| = 10 at qint8(0.5), stored 200 and 20 steps apart;
+    # on the stored integers a - p saturated at 127 steps (63.5) before
+    q = dtype.qint8(0.5)
+    a, p, n = (mge.tensor(np.array([[s]]), dtype=q) for s in (100, -100, 80))
+    out = F.triplet_margin_loss(a, p, n, margin=1.0, p=2)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), 100 - 10 + 1.0)
+
+
+def test_ctc_loss_of_quantized_probabilities_takes_the_values():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(5, 2)).astype(np.float32)  # (T, N, C)
+    qprobs = mge.tensor(probs).astype(dtype.quint8(1 / 128, 0))
+    values = torch.tensor(_values(qprobs), dtype=torch.float32)
+    labels, lengths = np.array([[1, 2], [3, 3]], np.int32), np.array([2, 2], np.int32)
+    out = F.nn.ctc_loss(qprobs, np.array([5, 4], np.int32), labels, lengths)
+    want = torch.nn.functional.ctc_loss(values.log(), torch.tensor(labels), torch.tensor([5, 4]),
+                                        torch.tensor(lengths), reduction="mean")
+    np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5)
