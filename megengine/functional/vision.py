@@ -446,8 +446,11 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     cv_grid = None
     channels = (1, 2, 3) if rows == 2 else (1, 3)
     if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
-            and inp.dtype in (np.float32, np.uint8) and str(inp._device).startswith("cpu")):
-        cv_grid = interp_mode  # upstream's CPU kernel for these is OpenCV's (see above)
+            and (inp.dtype in (np.float32, np.uint8) or inp.dtype.metadata is not None)
+            and str(inp._device).startswith("cpu")):
+        # upstream's CPU kernel for these is OpenCV's (see above); a quantized image samples
+        # its values as a float32 one does
+        cv_grid = interp_mode
     points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
                    format == "NHWC")

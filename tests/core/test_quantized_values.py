@@ -120,6 +120,13 @@ ORDER_OPS = {
     "pad": (lambda q: F.nn.pad(q, ((1, 0), (0, 1)), constant_value=1.5),
             lambda v: torch.nn.functional.pad(v, (0, 1, 1, 0), value=1.5)),
     "concat": (lambda q: F.concat([q, q[::-1]]), lambda v: torch.cat([v, v.flip(0)])),
+    # (these dropped the scale, or filled with stored zeros: value -zero_point * scale)
+    "stack": (lambda q: F.stack([q, q[::-1]], axis=1), lambda v: torch.stack([v, v.flip(0)], 1)),
+    "stack_0d": (lambda q: F.stack([q[0, 0], q[1, 1]]), lambda v: torch.stack([v[0, 0], v[1, 1]])),
+    "diag": (lambda q: F.diag(q[0], k=1), lambda v: torch.diag(v[0], 1)),
+    "sliding_window": (lambda q: F.sliding_window(q.reshape(1, 1, 2, 4), 3, padding=1),
+                       lambda v: torch.nn.functional.unfold(v.reshape(1, 1, 2, 4), 3, padding=1)
+                       .view(1, 1, 3, 3, 2, 4).permute(0, 1, 4, 5, 2, 3)),
 }
 
 
@@ -278,3 +285,38 @@ def test_ctc_loss_of_quantized_probabilities_takes_the_values():
     want = torch.nn.functional.ctc_loss(values.log(), torch.tensor(labels), torch.tensor([5, 4]),
                                         torch.tensor(lengths), reduction="mean")
     np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5)
+
+
+def test_scatter_writes_the_sources_values():
+    # hand values: a qint8(0.5) source of values 0.5 and 1 lands in a qint8(0.25) tensor as
+    # stored 2 and 4 (its stored 1 and 2 were copied before: values 0.25 and 0.5)
+    inp = mge.tensor(np.zeros((1, 3)), dtype=dtype.qint8(0.25))
+    src = mge.tensor(np.array([[1, 2]]), dtype=dtype.qint8(0.5))
+    out = F.scatter(inp, 1, mge.tensor([[2, 0]]), src)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.25))
+    np.testing.assert_array_equal(out.numpy(), [[4, 0, 2]])
+
+
+def test_sliding_window_transpose_sums_saturate_or_refuse():
+    # hand values: two 1x2 windows of stored 100 overlap on the middle pixel of a 1x3 image:
+    # 200 saturates at 127 in qint8 (it wrapped to -56); with a zero point a sum of stored
+    # integers is no value's sum
+    cols = np.full((1, 1, 1, 2, 1, 2), 100)
+    out = F.sliding_window_transpose(mge.tensor(cols, dtype=dtype.qint8(0.5)), (1, 3), (1, 2))
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.5))
+    np.testing.assert_array_equal(out.numpy(), [[[[100, 127, 100]]]])
+    with pytest.raises(TypeError, match="quint8.*no quantized form"):
+        F.sliding_window_transpose(mge.tensor(cols, dtype=dtype.quint8(0.5, 3)), (1, 3), (1, 2))
+
+
+def test_a_quantized_nhwc_image_warps_on_the_float_images_grid():
+    # upstream's CPU warp of an NHWC float32 image samples on OpenCV's 1/32-pixel grid; a
+    # quantized image is its values: the same samples, quantized again (a qint8 image took the
+    # exact grid before, off by up to a 1/32 pixel's interpolation)
+    rng = np.random.default_rng(0)
+    img = (rng.integers(-100, 100, (1, 5, 6, 1)) * 0.125).astype(np.float32)
+    q = mge.tensor(img).astype(dtype.qint8(0.125))
+    mat = mge.tensor([[[0.9, 0.13, 0.31], [-0.07, 1.1, 0.47], [0, 0, 1]]], dtype="float32")
+    out = F.vision.warp_perspective(q, mat, (4, 5), format="NHWC")
+    want = F.vision.warp_perspective(mge.tensor(img), mat, (4, 5), format="NHWC").numpy()
+    np.testing.assert_allclose(_values(out), want, rtol=0, atol=0.125 / 2 + 1e-6)
