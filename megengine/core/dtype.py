@@ -336,6 +336,14 @@ def no_quantized_form(what, dtype):
         "(F.elemwise._elemwise_multi_type: QADD, QMUL, QFUSE_ADD_RELU, ...)")
 
 
+def refuse_quantized(what, *tensors):
+    """Raise `no_quantized_form` for the first quantized one of ``tensors`` (arrays or Tensors):
+    for a function that has no quantized form, a product such as einsum or a convolution."""
+    for t in tensors:
+        if t.dtype.metadata is not None and is_quantize(t.dtype):
+            raise no_quantized_form(what, t.dtype)
+
+
 def quantize_array(x, dtype):
     """Float (or integer) array ``x`` quantized to ``dtype``: ``round(x / scale) + zero_point``
     in float32, halves away from zero, saturated to the dtype's range."""

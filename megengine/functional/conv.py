@@ -19,7 +19,7 @@ from ..core._trace_option import is_int
 from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
-from ..core.dtype import _zero_point, no_quantized_form, saturated, stored
+from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
@@ -627,7 +627,9 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
                       _ntuple(dilation, 2, "dilation", what), what)
-    out = apply(op, _tensor(inp), _tensor(weight))
+    inp, weight = _tensor(inp), _tensor(weight)
+    refuse_quantized(what, inp, weight)
+    out = apply(op, inp, weight)
     return out if bias is None else out + _tensor(bias)
 
 
@@ -834,5 +836,7 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
     op = _DeformableConv2d(_ntuple(stride, 2, "stride", what),
                            _ntuple(padding, 2, "padding", what),
                            _ntuple(dilation, 2, "dilation", what), int(groups), what)
-    out = apply(op, _tensor(inp), _tensor(weight), offset, mask)
+    inp, weight = _tensor(inp), _tensor(weight)
+    refuse_quantized(what, inp, weight)
+    out = apply(op, inp, weight, offset, mask)
     return out if bias is None else out + _tensor(bias)

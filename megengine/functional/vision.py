@@ -8,6 +8,7 @@ import numpy as np
 from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
+from ..core.dtype import refuse_quantized
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
@@ -740,6 +741,8 @@ def cvt_color(inp, mode=""):
     if inp.dtype.kind == "c":
         raise complex_error("cvt_color", inp.dtype)
     floating = inp.dtype.kind == "f"
+    if not floating:  # (a quint8 image is no uint8 image: its values are not its integers)
+        refuse_quantized("cvt_color", inp)
     modes = _FLOAT_MODES if floating else _UINT8_MODES
     if mode not in modes:
         raise ValueError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "

@@ -14,6 +14,8 @@ import torch
 import megengine as mge
 import megengine.functional as F
 from megengine.core.tensor import dtype
+from megengine.quantization.utils import (QuantMode, create_qparams, fake_quant_tensor,
+                                         lsq_forward, tqt_forward)
 
 from devices import host_default_device  # noqa: F401  (the fixture below)
 
@@ -33,6 +35,10 @@ def _quantized(name):
     q = mge.tensor(raw, dtype=qd)  # the integers as they are
     values = (raw - zp) * np.float64(dtype.get_scale(qd))
     return q, torch.tensor(values, dtype=torch.float32)
+
+
+def _round_half_away(t):
+    return torch.sign(t) * torch.floor(torch.abs(t) + 0.5)
 
 
 def _values(t):
@@ -86,6 +92,15 @@ FLOAT_FUNCTIONS = {
     "bce_with_logits": (lambda q: F.nn.binary_cross_entropy(q, q[::-1]),
                         lambda v: torch.nn.functional.binary_cross_entropy_with_logits(
                             v, v.flip(0))),
+    "prelu": (lambda q: F.prelu(q, q[1]), lambda v: torch.where(v > 0, v, v * v[1])),
+    # fake quantization of a quantized input (it gave integers taken for values)
+    "fake_quant": (lambda q: fake_quant_tensor(q, create_qparams(QuantMode.SYMMERTIC, "qint8",
+                                                                 0.35)),
+                   lambda v: torch.fake_quantize_per_tensor_affine(v, 0.35, 0, -128, 127)),
+    "tqt": (lambda q: tqt_forward(-128, 127, q, mge.tensor([-2.0])),
+            lambda v: torch.clamp(_round_half_away(v / 0.25), -128, 127) * 0.25),
+    "lsq": (lambda q: lsq_forward(-128, 127, q, mge.tensor([0.3])),
+            lambda v: torch.floor(torch.clamp(v / 0.3, -128, 127) + 0.5) * 0.3),
     # quantized affine parameters: their values (they scaled by the stored integers)
     "layer_norm_params": (lambda q: F.nn.layer_norm(q, (4,), weight=q[0], bias=q[1]),
                           lambda v: torch.nn.functional.layer_norm(v, (4,), v[0], v[1])),
@@ -190,6 +205,14 @@ REFUSED = {
     "sign": F.sign,
     "prod": F.prod,
     "cumsum": lambda q: F.cumsum(q, 1),
+    # (these computed on the stored integers: a product has the scale squared; a quint8 image
+    # passed for a uint8 one)
+    "einsum": lambda q: F.einsum("ij,kj->ik", q, q),
+    "local_conv2d": lambda q: F.local_conv2d(q.reshape(1, 1, 2, 4), q.reshape(2, 4, 1, 1, 1, 1)),
+    "deformable_conv2d": lambda q: F.deformable_conv2d(
+        q.reshape(1, 1, 2, 4), q[0, :1].reshape(1, 1, 1, 1), F.zeros((1, 2, 2, 4)),
+        F.ones((1, 1, 2, 4))),
+    "cvt_color": lambda q: F.vision.cvt_color(q.reshape(1, 2, 4, 1), "GRAY2RGB"),
 }
 
 
@@ -320,3 +343,33 @@ def test_a_quantized_nhwc_image_warps_on_the_float_images_grid():
     out = F.vision.warp_perspective(q, mat, (4, 5), format="NHWC")
     want = F.vision.warp_perspective(mge.tensor(img), mat, (4, 5), format="NHWC").numpy()
     np.testing.assert_allclose(_values(out), want, rtol=0, atol=0.125 / 2 + 1e-6)
+
+
+def test_a_quantized_bias_next_to_float_input_refuses():
+    # as x + b: the bias was added as its stored integers (x @ w.T + 4 for a value of 1)
+    x = mge.tensor([[1.0, 2.0]])
+    b = mge.tensor([4], dtype=dtype.qint8(0.25))
+    with pytest.raises(TypeError, match=r"mixes a quantized tensor \(qint8\(0.25\)\)"):
+        F.linear(x, x, b)
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_roi_ops_read_quantized_rois_and_images_as_values(name):
+    # (the float roi ops are checked against their references in tests/functional; here the
+    # property: quantized rois and images give the float ones' result. The rois' stored
+    # integers were read as coordinates and batch indices before, and deformable_psroi_pooling
+    # refused a quantized image with a ValueError)
+    qd, zp, _ = _DTYPES[name]
+    scale = dtype.get_scale(qd)
+    img_q = mge.tensor(np.arange(2 * 16).reshape(2, 1, 4, 4) % 11 + zp, dtype=qd)
+    rois_v = np.array([[1, 0.5, 0.25, 3, 2.5], [0, 1, 1, 2.5, 3]], np.float32) * 4 * scale
+    rois_v[:, 0] = [1, 0]
+    rois_q = mge.tensor(np.round(rois_v / scale) + zp, dtype=qd)
+    img_v = img_q.astype("float32")
+    for fn in (lambda x, r: F.vision.roi_align(x, r, (2, 2), spatial_scale=1 / (4 * scale)),
+               lambda x, r: F.vision.roi_pooling(x, r, (2, 2), scale=1 / (4 * scale)),
+               lambda x, r: F.vision.deformable_psroi_pooling(
+                   x, r, F.zeros((2, 2, 1, 1)), True, 1, 2, 2, 2, 1 / (4 * scale))):
+        want = fn(img_v, mge.tensor(rois_v)).numpy()
+        assert np.abs(want).max() > 0  # (not all zero)
+        np.testing.assert_allclose(fn(img_q, rois_q).numpy(), want, rtol=1e-6)
