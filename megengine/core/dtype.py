@@ -296,9 +296,10 @@ def dequantize_array(a):
     info = _info(a.dtype)
     zp = info.get("zero_point", 0)
     f = a.astype(np.float32)
-    if zp:
-        f = f - np.float32(zp)
-    return f * np.float32(info["scale"])
+    if zp:  # (in place: arithmetic on a 0-d array gives a numpy scalar, which the kernels
+        f -= np.float32(zp)  # that take an array, ATen's through the bridge, refuse)
+    f *= np.float32(info["scale"])
+    return f
 
 
 def float_value(a):

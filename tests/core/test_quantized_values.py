@@ -373,3 +373,14 @@ def test_roi_ops_read_quantized_rois_and_images_as_values(name):
         want = fn(img_v, mge.tensor(rois_v)).numpy()
         assert np.abs(want).max() > 0  # (not all zero)
         np.testing.assert_allclose(fn(img_q, rois_q).numpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [F.sigmoid, F.gelu, F.silu, F.softplus, F.relu6, F.leaky_relu,
+                                F.hsigmoid, F.hswish])
+def test_float_functions_of_a_0d_quantized_tensor(fn):
+    # its values were a numpy scalar, which the ATen kernels (CUDA's; the simulated GPU's in
+    # the suite, MGE_SIM_CUDA=1) refuse
+    q = mge.tensor(np.array(131, np.uint8), dtype=dtype.quint8(0.125, 129))
+    out = fn(q)
+    assert out.dtype == np.float32 and out.shape == ()
+    np.testing.assert_allclose(out.numpy(), fn(mge.tensor(0.25)).numpy(), rtol=1e-6)
