@@ -247,19 +247,8 @@ def run(case, rng):
             raise Mismatch(f"{desc}: both refuse, but megengine's error is not its own "
                            f"({type(e).__name__}: {e})") from e
         return "error"
-    if case.refuse:
-        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
-    if terr is not None:
-        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
-                       f"({type(terr).__name__}: {str(terr)[:200]})")
-
-    touts = flat(tout)
-    if len(touts) != len(ys):
-        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
-    for k, (y, ty) in enumerate(zip(ys, touts)):
+    for k, (y, tv, want) in enumerate(outputs(case, desc, ys, tout, terr)):
         yv = y.numpy()
-        tv = ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
-        want = np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype
         if tuple(y.shape) != tuple(tv.shape):
             raise Mismatch(f"{desc}: output {k} shape {tuple(y.shape)}, torch {tv.shape}")
         if np.dtype(y.dtype) != want:
@@ -290,6 +279,24 @@ def run(case, rng):
 
 
 _DIFF_DTYPES = (np.dtype(np.float32), np.dtype(np.complex64))
+
+
+def outputs(case, desc, ys, tout, terr):
+    """megengine computed ``ys`` (its outputs, flat): a Mismatch where it should have refused
+    (upstream or torch does) or gives another number of outputs than torch's ``tout``; else
+    (output, torch's value as an array, expected dtype) for each output."""
+    if case.refuse:
+        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
+    if terr is not None:
+        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
+                       f"({type(terr).__name__}: {str(terr)[:200]})")
+    touts = flat(tout)
+    if len(touts) != len(ys):
+        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
+    tvs = [ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
+           for ty in touts]
+    return [(y, tv, np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype)
+            for k, (y, tv) in enumerate(zip(ys, tvs))]
 
 
 def _output_grad(rs, y):

@@ -20,7 +20,8 @@ import torch
 import megengine as mge
 from megengine.core.tensor import dtype as qd
 
-from .gen import Check, Layout, Mismatch, _close, _is_ours, _torch_call, flat, layout, pick
+from .gen import (Check, Layout, Mismatch, _close, _is_ours, _torch_call, flat, layout, outputs,
+                  pick)
 
 # kind -> (dtype maker, levels the drawn values span on each side of zero)
 _KINDS = {
@@ -113,17 +114,7 @@ def run_quantized(case, rng):
     casts = [str(w.message) for w in caught if "cast" in str(w.message)]
     if casts:
         raise Mismatch(f"{desc}: numpy warned: {casts[0]}")
-    if case.refuse:
-        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
-    if terr is not None:
-        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
-                       f"({type(terr).__name__}: {str(terr)[:200]})")
-    touts = flat(tout)
-    if len(touts) != len(ys):
-        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
-    for k, (y, ty) in enumerate(zip(ys, touts)):
-        tv = ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
-        want = np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype
+    for k, (y, tv, want) in enumerate(outputs(case, desc, ys, tout, terr)):
         what = f"{desc}: output {k}"
         if tuple(y.shape) != tuple(tv.shape):
             raise Mismatch(f"{what} shape {tuple(y.shape)}, torch {tv.shape}")
