@@ -41,10 +41,14 @@ def _draw_dtype(rng, amax, kind):
 
 
 def _snap(x, dt):
-    """``x`` on ``dt``'s grid: the stored integers (a plain integer array). A value keeps its
-    sign (a step away from 0 rather than 0: the case's domain, log's x > 0, holds)."""
+    """``x`` on ``dt``'s grid: the stored integers (a plain integer array). The values stay in
+    ``x``'s range where a grid point is, and keep their signs (a step away from 0 rather than
+    0), so that the case's domain holds (log's x > 0, a probability's [0, 1])."""
     meta, info = qd.quant_meta(dt), dt.metadata["mgb_dtype"]
-    r = np.round(x.astype(np.float64) / info["scale"])
+    x = x.astype(np.float64) / info["scale"]
+    r = np.round(x)
+    if x.size and np.ceil(x.min()) <= np.floor(x.max()):
+        r = r.clip(np.ceil(x.min()), np.floor(x.max()))
     q = np.where((r == 0) & (x != 0), np.sign(x), r) + info.get("zero_point", 0)
     return q.clip(meta.qmin, meta.qmax).astype(dt.str)
 
