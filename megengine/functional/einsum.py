@@ -184,5 +184,7 @@ def einsum(equation, *operands):
     if not operands:
         raise ValueError("einsum: give at least one operand after the equation")
     operands = [_tensor(x) for x in operands]
-    refuse_quantized("einsum", *operands)  # (a product's scale is not its operands')
+    for t in operands:
+        if t._data.dtype.metadata is not None:  # (a product's scale is not its operands')
+            refuse_quantized("einsum", t)
     return apply(Einsum(equation), *operands)
