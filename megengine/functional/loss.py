@@ -761,7 +761,8 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     norm = str(norm).upper()
     if norm not in ("L1", "L2"):
         raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
-    pred, label = _pair(pred, label)
+    pred, label = (t.astype(np.float32) if t.dtype.metadata is not None else t  # (quantized:
+                   for t in _pair(pred, label))  # the values; q * label mixed dtypes)
     for t in (pred, label):
         if t.dtype.kind == "c":  # (else relu's error would name relu)
             raise no_order("hinge_loss", t.dtype)

@@ -695,8 +695,9 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
     from .tensor import pad
 
     inp = _tensor(inp)
-    if inp.dtype.kind == "c":  # (a normalization, as batch/layer norm: refused, as upstream's)
-        _as_float(inp, "local_response_norm")
+    if inp.dtype.kind != "f":  # complex: refused (a normalization, as batch/layer norm, as
+        inp = _as_float(inp, "local_response_norm")  # upstream's); integers in float32, a
+        # quantized tensor's values (its square has no quantized form)
     if inp.ndim < 3:
         raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
     if not is_int(kernel_size) or as_int(kernel_size) < 1:  # (a SymDim: a guard)

@@ -101,6 +101,13 @@ FLOAT_FUNCTIONS = {
             lambda v: torch.clamp(_round_half_away(v / 0.25), -128, 127) * 0.25),
     "lsq": (lambda q: lsq_forward(-128, 127, q, mge.tensor([0.3])),
             lambda v: torch.floor(torch.clamp(v / 0.3, -128, 127) + 0.5) * 0.3),
+    # (these refused: a quantized tensor met a float one, or its square)
+    "normalize": (F.normalize, lambda v: v / torch.linalg.vector_norm(v)),
+    "hinge_loss": (lambda q: F.nn.hinge_loss(q, q[::-1]),
+                   lambda v: torch.relu(1 - v * v.flip(0)).sum(1).mean()),
+    "local_response_norm": (lambda q: F.local_response_norm(q.reshape(1, 2, 4), 3),
+                            lambda v: torch.nn.functional.local_response_norm(
+                                v.reshape(1, 2, 4), 3, alpha=3e-4, beta=0.75, k=2.0)),
     # quantized affine parameters: their values (they scaled by the stored integers)
     "layer_norm_params": (lambda q: F.nn.layer_norm(q, (4,), weight=q[0], bias=q[1]),
                           lambda v: torch.nn.functional.layer_norm(v, (4,), v[0], v[1])),
