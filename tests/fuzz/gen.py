@@ -209,6 +209,20 @@ def _torch_call(fn, ts):
         return None, e
 
 
+def torch_outputs(case, lays, ts):
+    """(torch's outputs, None) or (None, its error) for the inputs ``ts`` through their layouts.
+    Where torch refuses a layout (pixel_shuffle some 5-d transposes: "Unsupported memory
+    format"), contiguous copies of the views decide: megengine has no memory formats."""
+    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
+                                                          zip(lays, xs)]), ts)
+    if terr is not None:
+        tout, terr = _torch_call(lambda *xs: case.torch_fn(
+            *[lay.view(x).clone(memory_format=torch.contiguous_format)
+              if isinstance(x, torch.Tensor) else lay.view(x)
+              for lay, x in zip(lays, xs)]), ts)
+    return tout, terr
+
+
 def run(case, rng):
     """Run ``case`` in both frameworks; raise Mismatch with the case's description."""
     if isinstance(case, Check):
@@ -222,8 +236,7 @@ def run(case, rng):
 
     ts = [torch.tensor(lay.stored, requires_grad=i in diff)
           for i, lay in enumerate(lays)]
-    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
-                                                          zip(lays, xs)]), ts)
+    tout, terr = torch_outputs(case, lays, ts)
     xs = [mge.tensor(lay.stored, dtype=lay.stored.dtype) for lay in lays]
     gm = GradManager()
     if diff:

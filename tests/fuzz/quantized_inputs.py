@@ -20,8 +20,8 @@ import torch
 import megengine as mge
 from megengine.core.tensor import dtype as qd
 
-from .gen import (Check, Layout, Mismatch, _close, _is_ours, _torch_call, flat, layout, outputs,
-                  pick)
+from .gen import (Check, Layout, Mismatch, _close, _is_ours, flat, layout, outputs, pick,
+                  torch_outputs)
 
 # kind -> (dtype maker, levels the drawn values span on each side of zero)
 _KINDS = {
@@ -99,8 +99,7 @@ def run_quantized(case, rng):
 
     ts = [torch.tensor(values_of(lay.stored, quant[i][0]).astype(np.float32) if i in quant
                        else lay.stored) for i, lay in enumerate(lays)]
-    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
-                                                          zip(lays, xs)]), ts)
+    tout, terr = torch_outputs(case, lays, ts)
     xs = [mge.tensor(lay.stored, dtype=quant[i][0] if i in quant else lay.stored.dtype)
           for i, lay in enumerate(lays)]
     with warnings.catch_warnings(record=True) as caught:
