@@ -296,9 +296,10 @@ def dequantize_array(a):
     info = _info(a.dtype)
     zp = info.get("zero_point", 0)
     f = a.astype(np.float32)
-    if zp:
-        f = f - np.float32(zp)
-    return f * np.float32(info["scale"])
+    if zp:  # (in place: arithmetic on a 0-d array gives a numpy scalar, which the kernels
+        f -= np.float32(zp)  # that take an array, ATen's through the bridge, refuse)
+    f *= np.float32(info["scale"])
+    return f
 
 
 def float_value(a):
@@ -334,6 +335,14 @@ def no_quantized_form(what, dtype):
         "values, x.astype('float32'), and quantize the result with .astype(qdtype) if needed; "
         "or use the quantized element-wise module, megengine.module.quantized.Elemwise "
         "(F.elemwise._elemwise_multi_type: QADD, QMUL, QFUSE_ADD_RELU, ...)")
+
+
+def refuse_quantized(what, *tensors):
+    """Raise `no_quantized_form` for the first quantized one of ``tensors`` (arrays or Tensors):
+    for a function that has no quantized form, a product such as einsum or a convolution."""
+    for t in tensors:
+        if t.dtype.metadata is not None and is_quantize(t.dtype):
+            raise no_quantized_form(what, t.dtype)
 
 
 def quantize_array(x, dtype):

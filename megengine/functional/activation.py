@@ -383,6 +383,8 @@ class _PRelu(Op):
         dtype = promote_types(x.dtype, w.dtype)
         if dtype.kind == "c":
             raise no_order("prelu", dtype)
+        if dtype.metadata is not None:  # one quantized dtype: w * x of the values, in float32
+            x, w, dtype = _dtype.float_value(x), _dtype.float_value(w), np.dtype(np.float32)
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         self.x, self.w = x, w
         try:

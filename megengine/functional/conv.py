@@ -19,6 +19,7 @@ from ..core._trace_option import is_int
 from ..core import _config
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply
+from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
@@ -458,11 +459,13 @@ class _Im2Col(Op):
         exact = x.dtype.kind != "f"  # ATen's im2col is float-only: integers go through float64
         if exact and x.dtype.kind == "c":  # (the cast would drop the imaginary part)
             raise complex_error(self.what, x.dtype)
-        cols = _aten.aten().im2col(_aten.view(x.astype(np.float64) if exact else x), self.k,
+        # a quantized input pads with value 0: its zero point
+        zp = _zero_point(x.dtype) if exact and x.dtype.metadata is not None else 0
+        cols = _aten.aten().im2col(_aten.view(x.astype(np.float64) - zp if exact else x), self.k,
                                    self.d, self.p, self.s)
         # (N, C*KH*KW, OH*OW) viewed as upstream's (N, C, OH, OW, KH, KW): no copy
         out = _aten.array(cols.view(n, c, *self.k, oh, ow).permute(0, 1, 4, 5, 2, 3))
-        return out.astype(x.dtype) if exact else out
+        return (out + zp).astype(x.dtype) if exact else out
 
     def backward(self, g):
         n, c, oh, ow, kh, kw = g.shape
@@ -505,6 +508,11 @@ class _Col2Im(Op):
             raise ValueError(f"{what}: input of shape {x.shape} does not match output_size "
                              f"{self.size} with kernel {self.k}, padding {self.p}, stride "
                              f"{self.s}, dilation {self.d} (expected windows {expect} of {self.k})")
+        if x.dtype.metadata is not None:  # quantized: a sum, as add's (saturated; no zero point)
+            if _zero_point(x.dtype):
+                raise no_quantized_form(what, x.dtype)
+            return saturated(_col2im_in_window_order(stored(x).astype(np.int64), self.size,
+                                                     self.k, self.p, self.s, self.d), x.dtype)
         return _col2im_in_window_order(x, self.size, self.k, self.p, self.s, self.d)
 
     def backward(self, g):
@@ -619,7 +627,9 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
                       _ntuple(dilation, 2, "dilation", what), what)
-    out = apply(op, _tensor(inp), _tensor(weight))
+    inp, weight = _tensor(inp), _tensor(weight)
+    refuse_quantized(what, inp, weight)
+    out = apply(op, inp, weight)
     return out if bias is None else out + _tensor(bias)
 
 
@@ -826,5 +836,7 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
     op = _DeformableConv2d(_ntuple(stride, 2, "stride", what),
                            _ntuple(padding, 2, "padding", what),
                            _ntuple(dilation, 2, "dilation", what), int(groups), what)
-    out = apply(op, _tensor(inp), _tensor(weight), offset, mask)
+    inp, weight = _tensor(inp), _tensor(weight)
+    refuse_quantized(what, inp, weight)
+    out = apply(op, inp, weight, offset, mask)
     return out if bias is None else out + _tensor(bias)

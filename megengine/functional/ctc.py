@@ -141,6 +141,8 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
         raise ValueError(f"ctc_loss: pred must be (T, N, C) probabilities, got shape {pred.shape}")
     if pred.dtype.kind == "c":
         raise complex_error("ctc_loss", pred.dtype)
+    if pred.dtype.kind != "f":  # integers (a quantized tensor: its values) in float32
+        pred = pred.astype(np.float32)
     t_max, n, c = pred.shape
 
     def as_ints(x):  # Tensors stay op inputs; numbers and arrays become int32 tensors

@@ -2,6 +2,7 @@
 import string
 
 from ..core.dispatch import Op, apply
+from ..core.dtype import refuse_quantized
 from ..core.ops import acc_sum, xp_of
 from ..core.tensor import Tensor
 from .elemwise import _tensor
@@ -182,4 +183,8 @@ def einsum(equation, *operands):
     """
     if not operands:
         raise ValueError("einsum: give at least one operand after the equation")
-    return apply(Einsum(equation), *[_tensor(x) for x in operands])
+    operands = [_tensor(x) for x in operands]
+    for t in operands:
+        if t._data.dtype.metadata is not None:  # (a product's scale is not its operands')
+            refuse_quantized("einsum", t)
+    return apply(Einsum(equation), *operands)

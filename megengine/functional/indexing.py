@@ -197,9 +197,9 @@ def scatter(inp, axis, index, source):
             f"scatter: index shape {index.shape} exceeds inp shape {inp.shape} off axis {axis}"
         )
     _check_bounds(index._data, inp.shape[axis], "scatter")
-    if source.dtype != inp.dtype:
-        source = source.astype(inp.dtype)
-    return inp._inplace(apply(Scatter(axis), inp, index, source))
+    if source.dtype != inp.dtype or source.dtype.metadata != inp.dtype.metadata:
+        source = source.astype(inp.dtype)  # (metadata: a quantized dtype's scale, which ==
+    return inp._inplace(apply(Scatter(axis), inp, index, source))  # ignores: the values)
 
 
 def indexing_one_hot(src, index, axis=1, keepdims=False):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core._trace_option import is_int
 from ..core.tensor import Tensor
-from ._args import _tensor
+from ._args import _as_float, _tensor
 from .elemwise import abs as _abs
 from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
 from .math import matmul, topk
@@ -200,7 +200,9 @@ def nll_loss(pred, label, axis=1, ignore_index=-1):
 def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
     """0.x ``F.triplet_margin_loss``: mean of ``max(|a - p|_p - |a - n|_p + margin, 0)`` over
     rows of (N, D) inputs."""
-    anchor, positive, negative = _tensor(anchor), _tensor(positive), _tensor(negative)
+    # (a float function: a quantized input's values, not its saturating stored differences)
+    anchor, positive, negative = (_as_float(_tensor(t), "triplet_margin_loss")
+                                  for t in (anchor, positive, negative))
     if not (anchor.ndim == 2 and anchor.shape == positive.shape == negative.shape):
         raise ValueError(f"triplet_margin_loss: anchor, positive and negative must be (N, D) of "
                          f"one shape, got {anchor.shape}, {positive.shape}, {negative.shape}")

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
@@ -94,6 +95,8 @@ class _PairLoss(Op):
         dtype = promote_types(pred.dtype, label.dtype)
         if dtype.kind == "c":  # (its mean would be cast to float, dropping the imaginary part)
             raise complex_error(self.what, dtype)
+        if dtype.metadata is not None:  # one quantized dtype: a loss of the values
+            pred, label, dtype = float_value(pred), float_value(label), np.dtype(np.float32)
         pred, label = pred.astype(dtype, copy=False), label.astype(dtype, copy=False)
         self.shapes = (pred.shape, label.shape)
         if (self.aten_loss is not None and type(pred) is np.ndarray
@@ -761,7 +764,8 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     norm = str(norm).upper()
     if norm not in ("L1", "L2"):
         raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
-    pred, label = _pair(pred, label)
+    pred, label = (t.astype(np.float32) if t.dtype.metadata is not None else t  # (quantized:
+                   for t in _pair(pred, label))  # the values; q * label mixed dtypes)
     for t in (pred, label):
         if t.dtype.kind == "c":  # (else relu's error would name relu)
             raise no_order("hinge_loss", t.dtype)

@@ -373,6 +373,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
         return apply(Normalize(axis, float(eps)), inp)
     if x.dtype.kind == "c":  # (else F.norm's error would name norm)
         raise complex_error("normalize", x.dtype)
+    if x.dtype.metadata is not None:  # a quantized tensor: its values (q / norm mixed dtypes)
+        inp = inp.astype(np.float32)
     return inp / clip(norm(inp, ord, axis, keepdims=True), lower=eps)
 
 

@@ -175,6 +175,8 @@ class _Linear(Op):
         # call right after torch's convolutions (benchmarks/profile_hybrid_step.py)
         y = x.dot(w.T)
         if b is not None:
+            if b.dtype.metadata is not None:  # a quantized bias next to float input: refused,
+                promote_types(y.dtype, b.dtype)  # as x + b is (it was added as integers)
             if b.size != w.shape[0]:
                 raise ValueError(f"linear: bias of shape {b.shape} does not match "
                                  f"{w.shape[0]} out_features")

@@ -6,6 +6,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype import float_value
 from ..core.ops import acc_dtype, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -29,6 +30,8 @@ def _vec(a, c, dtype):
     """A torch (C,) view of per-channel array ``a`` in the compute dtype."""
     if a.dtype == dtype and a.flags.c_contiguous:  # the common case: a view
         return _aten.view(a.reshape(c))
+    if a.dtype.metadata is not None:  # a quantized parameter: its values
+        a = float_value(a)
     # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running stat as
     # if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
     return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
@@ -269,6 +272,7 @@ class _Normalize(Op):
                 return self._forward_aten_group(x, params)
             return self._forward_aten(x, params)
         self.tx = None
+        params = [p if p.dtype.kind == "f" else _as_float(p, self) for p in params]  # (values)
         xp = xp_of(x)
         self.x_shape, out_dtype = x.shape, x.dtype
         acc = acc_dtype(x.dtype)  # float16: the statistics and the output in float32 (above)
@@ -694,8 +698,9 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
     from .tensor import pad
 
     inp = _tensor(inp)
-    if inp.dtype.kind == "c":  # (a normalization, as batch/layer norm: refused, as upstream's)
-        _as_float(inp, "local_response_norm")
+    if inp.dtype.kind != "f":  # complex: refused (a normalization, as batch/layer norm, as
+        inp = _as_float(inp, "local_response_norm")  # upstream's); integers in float32, a
+        # quantized tensor's values (its square has no quantized form)
     if inp.ndim < 3:
         raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
     if not is_int(kernel_size) or as_int(kernel_size) < 1:  # (a SymDim: a guard)

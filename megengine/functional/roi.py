@@ -16,15 +16,19 @@ __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 # ``rois`` is (K, 5): (batch index, x1, y1, x2, y2) in input pixels before ``scale``.
 
 def _check_rois(what, inp, rois):
+    """Checked ``rois``: integer ones in float32 (a quantized tensor's values)."""
     if inp.ndim != 4:
         raise ValueError(f"{what}: inp must be (N, C, H, W), got shape {inp.shape}")
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"{what}: rois must be (K, 5) rows of (batch, x1, y1, x2, y2), got "
                          f"shape {rois.shape}")
+    if rois.dtype.kind != "f":
+        rois = _astype_real(rois, np.float32, what)
     batch = rois._peek()[:, 0].astype(np.int64)  # a check only: unseen by jit.trace
     if batch.size and (batch.min() < 0 or batch.max() >= inp.shape[0]):
         raise ValueError(f"{what}: roi batch indices must be in [0, {inp.shape[0]}), got "
                          f"{sorted(set(batch.tolist()))}")
+    return rois
 
 
 class _ROIAlign(Op):
@@ -129,7 +133,7 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     """
     _config._effective_conv_format("NCHW", "roi_align", supported=("NCHW",))  # as upstream
     inp, rois = _tensor(inp), _tensor(rois)
-    _check_rois("roi_align", inp, rois)
+    rois = _check_rois("roi_align", inp, rois)
     mode = str(mode).lower()
     if mode not in ("average", "max"):
         raise ValueError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
@@ -230,7 +234,7 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     Differentiable in ``inp``.
     """
     inp, rois = _tensor(inp), _tensor(rois)
-    _check_rois("roi_pooling", inp, rois)
+    rois = _check_rois("roi_pooling", inp, rois)
     mode = str(mode).lower()
     if mode not in ("max", "average"):
         raise ValueError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
@@ -367,10 +371,12 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
     """
     what = "deformable_psroi_pooling"
     inp, rois, trans = _tensor(inp), _tensor(rois), _tensor(trans)
+    if inp.dtype.metadata is not None:  # a quantized tensor: its values
+        inp = inp.astype(np.float32)
     if inp.ndim != 4 or inp.dtype != np.float32:
         raise ValueError(f"{what}: inp must be a float32 (N, C, H, W) tensor, got {inp.dtype} "
                          f"of shape {inp.shape}")
-    _check_rois(what, inp, rois)
+    rois = _check_rois(what, inp, rois)
     pooled_h, pooled_w, part, samples = (int(v) for v in (pooled_h, pooled_w, part_size,
                                                            sample_per_part))
     if min(pooled_h, pooled_w, part, samples) < 1:

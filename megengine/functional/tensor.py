@@ -7,7 +7,7 @@ from .. import device as _device
 from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
-from ..core.dtype import no_quantized_form, quantize_array
+from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
 from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
@@ -331,9 +331,12 @@ class Stack(Op):
         xs = _promote_all(xs)
         if axis < len(shape):
             out = xp_of(xs[0]).concatenate(xs, axis=axis)
-            return out.reshape(shape[:axis] + (len(xs),) + shape[axis:])
-        joined = shape + (1,)  # a new last axis
-        return xp_of(xs[0]).concatenate([x.reshape(joined) for x in xs], axis=axis)
+            out = out.reshape(shape[:axis] + (len(xs),) + shape[axis:])
+        else:
+            joined = shape + (1,)  # a new last axis
+            out = xp_of(xs[0]).concatenate([x.reshape(joined) for x in xs], axis=axis)
+        # numpy drops a quantized dtype's scale (its metadata) when it joins arrays
+        return out if xs[0].dtype.metadata is None else out.view(xs[0].dtype)
 
     def backward(self, g):
         pre = (slice(None),) * self.axis
@@ -510,6 +513,9 @@ class Diag(Op):
 
     def forward(self, x):
         self.in_shape = x.shape
+        if x.ndim == 1 and x.dtype.metadata is not None:  # a quantized vector: the matrix's
+            zp = _zero_point(x.dtype)  # zeros are value 0, stored as the zero point
+            return (xp_of(x).diag(stored(x).astype(np.int64) - zp, self.k) + zp).astype(x.dtype)
         return xp_of(x).diag(x, self.k).copy()
 
     def backward(self, g):

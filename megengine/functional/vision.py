@@ -8,6 +8,7 @@ import numpy as np
 from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
+from ..core.dtype import refuse_quantized
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
@@ -446,8 +447,11 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     cv_grid = None
     channels = (1, 2, 3) if rows == 2 else (1, 3)
     if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
-            and inp.dtype in (np.float32, np.uint8) and str(inp._device).startswith("cpu")):
-        cv_grid = interp_mode  # upstream's CPU kernel for these is OpenCV's (see above)
+            and (inp.dtype in (np.float32, np.uint8) or inp.dtype.metadata is not None)
+            and str(inp._device).startswith("cpu")):
+        # upstream's CPU kernel for these is OpenCV's (see above); a quantized image samples
+        # its values as a float32 one does
+        cv_grid = interp_mode
     points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
                    format == "NHWC")
@@ -737,6 +741,8 @@ def cvt_color(inp, mode=""):
     if inp.dtype.kind == "c":
         raise complex_error("cvt_color", inp.dtype)
     floating = inp.dtype.kind == "f"
+    if not floating:  # (a quint8 image is no uint8 image: its values are not its integers)
+        refuse_quantized("cvt_color", inp)
     modes = _FLOAT_MODES if floating else _UINT8_MODES
     if mode not in modes:
         raise ValueError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "

@@ -115,6 +115,12 @@ def _round_half_away(xp, x):
     return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
 
 
+def _values(inp):
+    """A quantized input's values in float32 (fake quantization is a float function: on the
+    stored integers it gave integers taken for values, in the input's dtype)."""
+    return inp.astype("float32") if inp.dtype.metadata is not None else inp
+
+
 def _as_operand(value, like, what):
     """A scale or zero point as a Tensor on ``like``'s device, float32."""
     if value is None:
@@ -191,6 +197,7 @@ def fake_quant_tensor(inp: Tensor, qparams: QParams) -> Tensor:
         raise ValueError("fake_quant_tensor: qparams.dtype_meta is None: give a "
                          "QuantDtypeMeta (or a name such as 'qint8' to create_qparams)")
     meta = qparams.dtype_meta
+    inp = _values(inp)
     scale = _as_operand(qparams.scale, inp, "fake_quant_tensor: qparams.scale")
     if qparams.mode == QuantMode.ASYMMERTIC:
         zero_point = _as_operand(qparams.zero_point, inp, "fake_quant_tensor: qparams.zero_point")
@@ -264,6 +271,7 @@ class TQTOp(Op):
 
 def tqt_forward(qmin: int, qmax: int, inp: Tensor, scale: Tensor) -> Tensor:
     """Fake-quantize ``inp`` with the learnable log2 scale ``scale`` (see :class:`TQTOp`)."""
+    inp = _values(inp)
     scale = _as_operand(scale, inp, "tqt_forward: scale")
     return apply(TQTOp(qmin, qmax), inp, scale)
 
@@ -303,6 +311,7 @@ class LSQOp(Op):
 def lsq_forward(qmin: int, qmax: int, inp: Tensor, step_size: Tensor, zero_point: Tensor = None,
                 scale_grad: Tensor = None) -> Tensor:
     """Fake-quantize ``inp`` with the learnable step size (see :class:`LSQOp`)."""
+    inp = _values(inp)
     step_size = _as_operand(step_size, inp, "lsq_forward: step_size")
     zero_point = _as_operand(0.0 if zero_point is None else zero_point, inp, "lsq_forward: zero_point")
     scale_grad = _as_operand(1.0 if scale_grad is None else scale_grad, inp, "lsq_forward: scale_grad")

@@ -14,6 +14,8 @@ import torch
 import megengine as mge
 import megengine.functional as F
 from megengine.core.tensor import dtype
+from megengine.quantization.utils import (QuantMode, create_qparams, fake_quant_tensor,
+                                         lsq_forward, tqt_forward)
 
 from devices import host_default_device  # noqa: F401  (the fixture below)
 
@@ -33,6 +35,10 @@ def _quantized(name):
     q = mge.tensor(raw, dtype=qd)  # the integers as they are
     values = (raw - zp) * np.float64(dtype.get_scale(qd))
     return q, torch.tensor(values, dtype=torch.float32)
+
+
+def _round_half_away(t):
+    return torch.sign(t) * torch.floor(torch.abs(t) + 0.5)
 
 
 def _values(t):
@@ -75,6 +81,39 @@ FLOAT_FUNCTIONS = {
     "interpolate": (lambda q: F.nn.interpolate(q.reshape(1, 1, 2, 4), scale_factor=2),
                     lambda v: torch.nn.functional.interpolate(v.reshape(1, 1, 2, 4),
                                                              scale_factor=2, mode="bilinear")),
+    # losses of two inputs of one quantized dtype (they computed on the stored integers)
+    "l1_loss": (lambda q: F.nn.l1_loss(q, q[::-1]),
+                lambda v: torch.nn.functional.l1_loss(v, v.flip(0))),
+    "square_loss": (lambda q: F.nn.square_loss(q, q[::-1]),
+                    lambda v: torch.nn.functional.mse_loss(v, v.flip(0))),
+    "smooth_l1_loss": (lambda q: F.nn.smooth_l1_loss(q, q[::-1], reduction="none"),
+                       lambda v: torch.nn.functional.smooth_l1_loss(v, v.flip(0),
+                                                                    reduction="none")),
+    "bce_with_logits": (lambda q: F.nn.binary_cross_entropy(q, q[::-1]),
+                        lambda v: torch.nn.functional.binary_cross_entropy_with_logits(
+                            v, v.flip(0))),
+    "prelu": (lambda q: F.prelu(q, q[1]), lambda v: torch.where(v > 0, v, v * v[1])),
+    # fake quantization of a quantized input (it gave integers taken for values)
+    "fake_quant": (lambda q: fake_quant_tensor(q, create_qparams(QuantMode.SYMMERTIC, "qint8",
+                                                                 0.35)),
+                   lambda v: torch.fake_quantize_per_tensor_affine(v, 0.35, 0, -128, 127)),
+    "tqt": (lambda q: tqt_forward(-128, 127, q, mge.tensor([-2.0])),
+            lambda v: torch.clamp(_round_half_away(v / 0.25), -128, 127) * 0.25),
+    "lsq": (lambda q: lsq_forward(-128, 127, q, mge.tensor([0.3])),
+            lambda v: torch.floor(torch.clamp(v / 0.3, -128, 127) + 0.5) * 0.3),
+    # (these refused: a quantized tensor met a float one, or its square)
+    "normalize": (F.normalize, lambda v: v / torch.linalg.vector_norm(v)),
+    "hinge_loss": (lambda q: F.nn.hinge_loss(q, q[::-1]),
+                   lambda v: torch.relu(1 - v * v.flip(0)).sum(1).mean()),
+    "local_response_norm": (lambda q: F.local_response_norm(q.reshape(1, 2, 4), 3),
+                            lambda v: torch.nn.functional.local_response_norm(
+                                v.reshape(1, 2, 4), 3, alpha=3e-4, beta=0.75, k=2.0)),
+    # quantized affine parameters: their values (they scaled by the stored integers)
+    "layer_norm_params": (lambda q: F.nn.layer_norm(q, (4,), weight=q[0], bias=q[1]),
+                          lambda v: torch.nn.functional.layer_norm(v, (4,), v[0], v[1])),
+    "batch_norm_params": (lambda q: F.nn.batch_norm(q, weight=q[0], bias=q[1], training=True),
+                          lambda v: torch.nn.functional.batch_norm(v, None, None, v[0], v[1],
+                                                                   training=True)),
 }
 
 
@@ -103,6 +142,13 @@ ORDER_OPS = {
     "pad": (lambda q: F.nn.pad(q, ((1, 0), (0, 1)), constant_value=1.5),
             lambda v: torch.nn.functional.pad(v, (0, 1, 1, 0), value=1.5)),
     "concat": (lambda q: F.concat([q, q[::-1]]), lambda v: torch.cat([v, v.flip(0)])),
+    # (these dropped the scale, or filled with stored zeros: value -zero_point * scale)
+    "stack": (lambda q: F.stack([q, q[::-1]], axis=1), lambda v: torch.stack([v, v.flip(0)], 1)),
+    "stack_0d": (lambda q: F.stack([q[0, 0], q[1, 1]]), lambda v: torch.stack([v[0, 0], v[1, 1]])),
+    "diag": (lambda q: F.diag(q[0], k=1), lambda v: torch.diag(v[0], 1)),
+    "sliding_window": (lambda q: F.sliding_window(q.reshape(1, 1, 2, 4), 3, padding=1),
+                       lambda v: torch.nn.functional.unfold(v.reshape(1, 1, 2, 4), 3, padding=1)
+                       .view(1, 1, 3, 3, 2, 4).permute(0, 1, 4, 5, 2, 3)),
 }
 
 
@@ -166,6 +212,14 @@ REFUSED = {
     "sign": F.sign,
     "prod": F.prod,
     "cumsum": lambda q: F.cumsum(q, 1),
+    # (these computed on the stored integers: a product has the scale squared; a quint8 image
+    # passed for a uint8 one)
+    "einsum": lambda q: F.einsum("ij,kj->ik", q, q),
+    "local_conv2d": lambda q: F.local_conv2d(q.reshape(1, 1, 2, 4), q.reshape(2, 4, 1, 1, 1, 1)),
+    "deformable_conv2d": lambda q: F.deformable_conv2d(
+        q.reshape(1, 1, 2, 4), q[0, :1].reshape(1, 1, 1, 1), F.zeros((1, 2, 2, 4)),
+        F.ones((1, 1, 2, 4))),
+    "cvt_color": lambda q: F.vision.cvt_color(q.reshape(1, 2, 4, 1), "GRAY2RGB"),
 }
 
 
@@ -239,3 +293,101 @@ def test_resampled_quantized_images_are_the_values_samples_quantized_again(name)
         assert dtype.is_dtype_equal(out.dtype, q.dtype)
         assert np.abs(want).max() > 1  # (not all zero)
         np.testing.assert_allclose(_values(out), want, rtol=0, atol=step / 2 + 1e-6)
+
+
+def test_triplet_margin_loss_takes_the_values_not_saturated_differences():
+    # hand values: |a - p| = 100 and |a - n| = 10 at qint8(0.5), stored 200 and 20 steps apart;
+    # on the stored integers a - p saturated at 127 steps (63.5) before
+    q = dtype.qint8(0.5)
+    a, p, n = (mge.tensor(np.array([[s]]), dtype=q) for s in (100, -100, 80))
+    out = F.triplet_margin_loss(a, p, n, margin=1.0, p=2)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), 100 - 10 + 1.0)
+
+
+def test_ctc_loss_of_quantized_probabilities_takes_the_values():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(5, 2)).astype(np.float32)  # (T, N, C)
+    qprobs = mge.tensor(probs).astype(dtype.quint8(1 / 128, 0))
+    values = torch.tensor(_values(qprobs), dtype=torch.float32)
+    labels, lengths = np.array([[1, 2], [3, 3]], np.int32), np.array([2, 2], np.int32)
+    out = F.nn.ctc_loss(qprobs, np.array([5, 4], np.int32), labels, lengths)
+    want = torch.nn.functional.ctc_loss(values.log(), torch.tensor(labels), torch.tensor([5, 4]),
+                                        torch.tensor(lengths), reduction="mean")
+    np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5)
+
+
+def test_scatter_writes_the_sources_values():
+    # hand values: a qint8(0.5) source of values 0.5 and 1 lands in a qint8(0.25) tensor as
+    # stored 2 and 4 (its stored 1 and 2 were copied before: values 0.25 and 0.5)
+    inp = mge.tensor(np.zeros((1, 3)), dtype=dtype.qint8(0.25))
+    src = mge.tensor(np.array([[1, 2]]), dtype=dtype.qint8(0.5))
+    out = F.scatter(inp, 1, mge.tensor([[2, 0]]), src)
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.25))
+    np.testing.assert_array_equal(out.numpy(), [[4, 0, 2]])
+
+
+def test_sliding_window_transpose_sums_saturate_or_refuse():
+    # hand values: two 1x2 windows of stored 100 overlap on the middle pixel of a 1x3 image:
+    # 200 saturates at 127 in qint8 (it wrapped to -56); with a zero point a sum of stored
+    # integers is no value's sum
+    cols = np.full((1, 1, 1, 2, 1, 2), 100)
+    out = F.sliding_window_transpose(mge.tensor(cols, dtype=dtype.qint8(0.5)), (1, 3), (1, 2))
+    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.5))
+    np.testing.assert_array_equal(out.numpy(), [[[[100, 127, 100]]]])
+    with pytest.raises(TypeError, match="quint8.*no quantized form"):
+        F.sliding_window_transpose(mge.tensor(cols, dtype=dtype.quint8(0.5, 3)), (1, 3), (1, 2))
+
+
+def test_a_quantized_nhwc_image_warps_on_the_float_images_grid():
+    # upstream's CPU warp of an NHWC float32 image samples on OpenCV's 1/32-pixel grid; a
+    # quantized image is its values: the same samples, quantized again (a qint8 image took the
+    # exact grid before, off by up to a 1/32 pixel's interpolation)
+    rng = np.random.default_rng(0)
+    img = (rng.integers(-100, 100, (1, 5, 6, 1)) * 0.125).astype(np.float32)
+    q = mge.tensor(img).astype(dtype.qint8(0.125))
+    mat = mge.tensor([[[0.9, 0.13, 0.31], [-0.07, 1.1, 0.47], [0, 0, 1]]], dtype="float32")
+    out = F.vision.warp_perspective(q, mat, (4, 5), format="NHWC")
+    want = F.vision.warp_perspective(mge.tensor(img), mat, (4, 5), format="NHWC").numpy()
+    np.testing.assert_allclose(_values(out), want, rtol=0, atol=0.125 / 2 + 1e-6)
+
+
+def test_a_quantized_bias_next_to_float_input_refuses():
+    # as x + b: the bias was added as its stored integers (x @ w.T + 4 for a value of 1)
+    x = mge.tensor([[1.0, 2.0]])
+    b = mge.tensor([4], dtype=dtype.qint8(0.25))
+    with pytest.raises(TypeError, match=r"mixes a quantized tensor \(qint8\(0.25\)\)"):
+        F.linear(x, x, b)
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_roi_ops_read_quantized_rois_and_images_as_values(name):
+    # (the float roi ops are checked against their references in tests/functional; here the
+    # property: quantized rois and images give the float ones' result. The rois' stored
+    # integers were read as coordinates and batch indices before, and deformable_psroi_pooling
+    # refused a quantized image with a ValueError)
+    qd, zp, _ = _DTYPES[name]
+    scale = dtype.get_scale(qd)
+    img_q = mge.tensor(np.arange(2 * 16).reshape(2, 1, 4, 4) % 11 + zp, dtype=qd)
+    rois_v = np.array([[1, 0.5, 0.25, 3, 2.5], [0, 1, 1, 2.5, 3]], np.float32) * 4 * scale
+    rois_v[:, 0] = [1, 0]
+    rois_q = mge.tensor(np.round(rois_v / scale) + zp, dtype=qd)
+    img_v = img_q.astype("float32")
+    for fn in (lambda x, r: F.vision.roi_align(x, r, (2, 2), spatial_scale=1 / (4 * scale)),
+               lambda x, r: F.vision.roi_pooling(x, r, (2, 2), scale=1 / (4 * scale)),
+               lambda x, r: F.vision.deformable_psroi_pooling(
+                   x, r, F.zeros((2, 2, 1, 1)), True, 1, 2, 2, 2, 1 / (4 * scale))):
+        want = fn(img_v, mge.tensor(rois_v)).numpy()
+        assert np.abs(want).max() > 0  # (not all zero)
+        np.testing.assert_allclose(fn(img_q, rois_q).numpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [F.sigmoid, F.gelu, F.silu, F.softplus, F.relu6, F.leaky_relu,
+                                F.hsigmoid, F.hswish])
+def test_float_functions_of_a_0d_quantized_tensor(fn):
+    # its values were a numpy scalar, which the ATen kernels (CUDA's; the simulated GPU's in
+    # the suite, MGE_SIM_CUDA=1) refuse
+    q = mge.tensor(np.array(131, np.uint8), dtype=dtype.quint8(0.125, 129))
+    out = fn(q)
+    assert out.dtype == np.float32 and out.shape == ()
+    np.testing.assert_allclose(out.numpy(), fn(mge.tensor(0.25)).numpy(), rtol=1e-6)

@@ -1,7 +1,8 @@
 """Offline fuzzing: ``python -m tests.fuzz --seeds 2000 [--op NAME ...] [--family F]`` prints,
 per op, the cases run and every discrepancy against torch (not run in CI). Run it from the
 repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
-simulated CUDA device (tests/simcuda: CuPy's code paths on the host)."""
+simulated CUDA device (tests/simcuda: CuPy's code paths on the host); ``--quantized`` reruns
+the cases with their float32 inputs quantized, against torch on the values."""
 import argparse
 import fnmatch
 import os
@@ -29,6 +30,9 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--op", action="append", help="op name or glob (repeatable; default all)")
     p.add_argument("--family", help="only ops of this family (elemwise, reduction, ...)")
+    p.add_argument("--quantized", action="store_true",
+                   help="rerun the cases with their float32 inputs quantized, against torch on "
+                        "the values (tests/fuzz/quantized_inputs.py)")
     p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
     p.add_argument("--list", action="store_true", help="list the ops and their families")
     a = p.parse_args(argv)
@@ -46,7 +50,7 @@ def main(argv=None):
     bad = 0
     for name in names:
         t0 = time.time()
-        (outcomes, msgs), = fuzz([name], a.seeds, a.start).values()
+        (outcomes, msgs), = fuzz([name], a.seeds, a.start, a.quantized).values()
         bad += len(msgs)
         print(f"{OPS[name][0]:10s} {name:16s} {dict(outcomes)} ({time.time() - t0:.1f}s)",
               flush=True)

@@ -209,6 +209,20 @@ def _torch_call(fn, ts):
         return None, e
 
 
+def torch_outputs(case, lays, ts):
+    """(torch's outputs, None) or (None, its error) for the inputs ``ts`` through their layouts.
+    Where torch refuses a layout (pixel_shuffle some 5-d transposes: "Unsupported memory
+    format"), contiguous copies of the views decide: megengine has no memory formats."""
+    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
+                                                          zip(lays, xs)]), ts)
+    if terr is not None:
+        tout, terr = _torch_call(lambda *xs: case.torch_fn(
+            *[lay.view(x).clone(memory_format=torch.contiguous_format)
+              if isinstance(x, torch.Tensor) else lay.view(x)
+              for lay, x in zip(lays, xs)]), ts)
+    return tout, terr
+
+
 def run(case, rng):
     """Run ``case`` in both frameworks; raise Mismatch with the case's description."""
     if isinstance(case, Check):
@@ -222,8 +236,7 @@ def run(case, rng):
 
     ts = [torch.tensor(lay.stored, requires_grad=i in diff)
           for i, lay in enumerate(lays)]
-    tout, terr = _torch_call(lambda *xs: case.torch_fn(*[lay.view(x) for lay, x in
-                                                          zip(lays, xs)]), ts)
+    tout, terr = torch_outputs(case, lays, ts)
     xs = [mge.tensor(lay.stored, dtype=lay.stored.dtype) for lay in lays]
     gm = GradManager()
     if diff:
@@ -247,19 +260,8 @@ def run(case, rng):
             raise Mismatch(f"{desc}: both refuse, but megengine's error is not its own "
                            f"({type(e).__name__}: {e})") from e
         return "error"
-    if case.refuse:
-        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
-    if terr is not None:
-        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
-                       f"({type(terr).__name__}: {str(terr)[:200]})")
-
-    touts = flat(tout)
-    if len(touts) != len(ys):
-        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
-    for k, (y, ty) in enumerate(zip(ys, touts)):
+    for k, (y, tv, want) in enumerate(outputs(case, desc, ys, tout, terr)):
         yv = y.numpy()
-        tv = ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
-        want = np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype
         if tuple(y.shape) != tuple(tv.shape):
             raise Mismatch(f"{desc}: output {k} shape {tuple(y.shape)}, torch {tv.shape}")
         if np.dtype(y.dtype) != want:
@@ -290,6 +292,24 @@ def run(case, rng):
 
 
 _DIFF_DTYPES = (np.dtype(np.float32), np.dtype(np.complex64))
+
+
+def outputs(case, desc, ys, tout, terr):
+    """megengine computed ``ys`` (its outputs, flat): a Mismatch where it should have refused
+    (upstream or torch does) or gives another number of outputs than torch's ``tout``; else
+    (output, torch's value as an array, expected dtype) for each output."""
+    if case.refuse:
+        raise Mismatch(f"{desc}: megengine accepted what upstream refuses ({case.refuse})")
+    if terr is not None:
+        raise Mismatch(f"{desc}: megengine accepted what torch refuses "
+                       f"({type(terr).__name__}: {str(terr)[:200]})")
+    touts = flat(tout)
+    if len(touts) != len(ys):
+        raise Mismatch(f"{desc}: {len(ys)} outputs, torch gives {len(touts)}")
+    tvs = [ty.detach().numpy() if isinstance(ty, torch.Tensor) else np.asarray(ty)
+           for ty in touts]
+    return [(y, tv, np.dtype(case.dtypes[k]) if case.dtypes else tv.dtype)
+            for k, (y, tv) in enumerate(zip(ys, tvs))]
 
 
 def _output_grad(rs, y):

@@ -8,6 +8,7 @@ from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
 from . import ops_complex, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops
 from . import transforms, vision_warp
 from .gen import Mismatch, run
+from .quantized_inputs import run_quantized
 
 OPS = {}
 for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vision_warp,
@@ -16,24 +17,27 @@ for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vi
     OPS.update(_mod.OPS)
 
 
-def run_seed(name, seed):
+def run_seed(name, seed, quantized=False):
     """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
-    Mismatch on a discrepancy."""
+    Mismatch on a discrepancy. ``quantized``: the case's float32 inputs quantized, checked
+    against torch on their values (`quantized_inputs`; also "refused" or "skip")."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     case = OPS[name][1](rng)
+    if quantized:
+        return run_quantized(case, rng)  # (it records numpy's warnings itself)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run(case, rng)
 
 
-def fuzz(names, seeds, start=0):
+def fuzz(names, seeds, start=0, quantized=False):
     """Run ``seeds`` cases of each op; returns {name: (counter of outcomes, [messages])}."""
     report = {}
     for name in names:
         outcomes, msgs = collections.Counter(), []
         for s in range(start, start + seeds):
             try:
-                outcomes[run_seed(name, s)] += 1
+                outcomes[run_seed(name, s, quantized)] += 1
             except Mismatch as e:
                 outcomes["mismatch"] += 1
                 msgs.append(f"seed {s}: {e}")
