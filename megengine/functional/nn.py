@@ -10,6 +10,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import acc_dtype, acc_sum, xp_of
@@ -292,7 +293,8 @@ def dropout(inp, drop_prob, training=True):
     if inp.dtype.kind == "c":
         raise complex_error("dropout", inp.dtype)
     if inp.dtype.kind != "f":
-        raise TypeError(f"dropout: expected a float tensor, got dtype {inp.dtype}")
+        raise TypeError(f"dropout: expected a float tensor, got dtype {dtype_name(inp.dtype)}"
+                        " (convert with .astype('float32'); a quantized tensor gives its values)")
     return apply(_Dropout(float(drop_prob)), inp)
 
 

@@ -391,3 +391,10 @@ def test_float_functions_of_a_0d_quantized_tensor(fn):
     out = fn(q)
     assert out.dtype == np.float32 and out.shape == ()
     np.testing.assert_allclose(out.numpy(), fn(mge.tensor(0.25)).numpy(), rtol=1e-6)
+
+
+def test_dropout_of_a_quantized_tensor_names_its_dtype():
+    q, _ = _quantized("quint8")
+    with pytest.raises(TypeError, match=r"dropout: expected a float tensor, got dtype "
+                                        r"quint8\(0.5, 100\).*astype\('float32'\)"):
+        F.nn.dropout(q, 0.5)
