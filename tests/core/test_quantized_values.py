@@ -50,12 +50,24 @@ def _values(t):
     return a
 
 
+def _idiv_number(q):
+    q /= 2  # (rebinds q to its values' quotient, as q = q / 2)
+    return q
+
+
+def _ipow_number(q):
+    q **= 2
+    return q
+
+
 # float functions: the float32 result of the values
 FLOAT_FUNCTIONS = {
     "truediv": (lambda q: q / q[0], lambda v: v / v[0]),
     "div_number": (lambda q: q / 2, lambda v: v / 2),
     "rdiv_number": (lambda q: 3.0 / q[1], lambda v: 3.0 / v[1]),
     "pow_number": (lambda q: q ** 2, lambda v: v ** 2),
+    "idiv_number": (_idiv_number, lambda v: v / 2),
+    "ipow_number": (_ipow_number, lambda v: v ** 2),
     "F.pow": (lambda q: F.pow(q, 3), lambda v: v ** 3),
     "exp": (F.exp, torch.exp),
     "log_of_exp": (lambda q: F.log(F.exp(q)), lambda v: torch.log(torch.exp(v))),
@@ -244,7 +256,7 @@ def test_sums_with_a_zero_point_refuse(case):
 
 @pytest.mark.parametrize("op", [lambda q: q + 1, lambda q: 2 * q, lambda q: q > 1,
                                 lambda q: F.maximum(q, 0), lambda q: F.clip(q, 0, 1),
-                                lambda q: F.where(q > q, q, 0)])
+                                lambda q: F.where(q > q, q, 0), lambda q: q.__iadd__(1)])
 def test_a_python_number_next_to_a_quantized_tensor_refuses(op):
     # the number is a value; taken as a stored integer, q > 1 compared with 0.25 at scale 0.25
     q, _ = _quantized("qint8")
