@@ -264,6 +264,20 @@ def test_a_python_number_next_to_a_quantized_tensor_refuses(op):
         op(q)
 
 
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_a_quantized_parameter_updated_in_place_keeps_the_values(name):
+    # a Parameter keeps its storage and dtype: p /= 2 writes the quantized quotient (the float
+    # quotient's cast stored it as the integers: 1.5 as stored 1)
+    q, values = _quantized(name)
+    qd = q.dtype
+    p = mge.Parameter(q)
+    p /= 2
+    assert dtype.is_dtype_equal(p.dtype, qd)
+    step = dtype.get_scale(qd)
+    want = _round_half_away(values / 2 / step) * step
+    np.testing.assert_allclose(_values(p), want.numpy(), rtol=0, atol=1e-6)
+
+
 def test_a_number_written_into_a_quantized_tensor_is_quantized_as_a_value():
     q, _ = _quantized("quint8")  # scale 0.5, zero point 100
     q[0, 0] = 1.5
