@@ -278,6 +278,25 @@ def test_a_quantized_parameter_updated_in_place_keeps_the_values(name):
     np.testing.assert_allclose(_values(p), want.numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(8, 4), (2, 4, 8, 8)])  # ATen's forward; numpy's
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_batch_norm_training_updates_quantized_running_stats_by_value(name, shape):
+    # the update is computed on the stats' values and quantized again (it took their stored
+    # integers for values, and cast the updated values to stored integers)
+    q, v = _quantized(name)
+    step = dtype.get_scale(q.dtype)
+    rm, rv = q[0], q[1]
+    trm, trv = v[0].clone(), v[1].clone()
+    x = np.random.RandomState(0).randn(*shape).astype(np.float32)
+    y = F.nn.batch_norm(mge.tensor(x), rm, rv, training=True, momentum=0.9)
+    ty = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv, training=True,
+                                        momentum=0.1)  # (torch's momentum is 1 - upstream's)
+    np.testing.assert_allclose(y.numpy(), ty.numpy(), rtol=1e-5, atol=1e-6)
+    for got, want in ((rm, trm), (rv, trv)):
+        assert dtype.is_dtype_equal(got.dtype, q.dtype)
+        np.testing.assert_allclose(_values(got), want.numpy(), rtol=0, atol=step / 2 + 1e-6)
+
+
 def test_a_number_written_into_a_quantized_tensor_is_quantized_as_a_value():
     q, _ = _quantized("quint8")  # scale 0.5, zero point 100
     q[0, 0] = 1.5
