@@ -96,10 +96,7 @@ def _binary(op_name, reflected=False):
         try:
             other = _operand(other, self)
         except QuantizedNumberError:
-            if not values:
-                raise
-            self = self.astype(np.float32)  # q / 2, q ** 2: the values (as q / q does)
-            other = _operand(other, self)
+            self, other = _values_of(self, other, values)
         a, b = (other, self) if reflected else (self, other)
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)
@@ -109,13 +106,27 @@ def _binary(op_name, reflected=False):
     return method
 
 
+def _values_of(tensor, number, values):
+    """Called while a `QuantizedNumberError` is handled: for a float function (``values``),
+    ``tensor``'s values and the Python ``number`` as their operand (q / 2, q ** 2, q /= 2: as
+    q / q computes); else that error again."""
+    if not values:
+        raise  # (the QuantizedNumberError being handled)
+    tensor = tensor.astype(np.float32)
+    return tensor, _operand(number, tensor)
+
+
 def _augmented(op_name):
     op_cls = _ops.BINARY[op_name]
+    values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
     def method(self, other):
         if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
             other = float(other)
-        a, b = self, _operand(other, self)
+        try:
+            a, b = self, _operand(other, self)
+        except QuantizedNumberError:
+            a, b = _values_of(self, other, values)
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)
         return self._inplace(dispatch.apply(op_cls(), a, b))

@@ -633,6 +633,11 @@ class Tensor(metaclass=_TensorType):
         _note_write()
         if (isinstance(self, Parameter) and not dispatch.is_recording()
                 and op_result.shape == self.shape and _writeable(self._data)):
+            if self._data.dtype.metadata is not None and \
+                    op_result._data.dtype.metadata != self._data.dtype.metadata:
+                # a quantized parameter keeps values: p /= 2 quantizes the float quotient (a
+                # cast of the array would store it as the integers)
+                op_result = op_result.astype(self.dtype)
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = op_result._data.astype(self.dtype, copy=False)

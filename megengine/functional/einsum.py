@@ -3,7 +3,7 @@ import string
 
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import acc_sum, xp_of
+from ..core.ops import acc_dtype, acc_sum, xp_of
 from ..core.tensor import Tensor
 from .elemwise import _tensor
 
@@ -82,6 +82,18 @@ def _parse(equation, shapes):
     return subs, out, sizes
 
 
+def _wide(arrays):
+    """``arrays`` with float16 ones in float32, or None where none is float16: numpy's einsum
+    of two operands adds float16 in float16 (a contraction over 5000 ones stopped at 2048),
+    torch's kernels add in float32 and round once. (The gradients' contractions, optimized,
+    go through numpy's dot, which adds float16 in float32.)"""
+    for a in arrays:
+        if acc_dtype(a.dtype) is not None:
+            return [b if acc_dtype(b.dtype) is None else b.astype(acc_dtype(b.dtype))
+                    for b in arrays]
+    return None
+
+
 class Einsum(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): its contractions conjugate nothing
 
@@ -95,7 +107,10 @@ class Einsum(Op):
         self.xs = xs
         eq = ",".join(self.subs) + "->" + self.out
         # optimize picks a contraction order (and BLAS) for chains such as 'ik,jkl,il->ij'
-        return xp_of(xs[0]).einsum(eq, *xs, optimize=len(xs) > 2)
+        xp, wide = xp_of(xs[0]), _wide(xs)
+        if wide is None:
+            return xp.einsum(eq, *xs, optimize=len(xs) > 2)
+        return xp.einsum(eq, *wide, optimize=len(xs) > 2).astype(xp.result_type(*xs))
 
     def _grad_plan(self, k):
         """How d(out)/d(operand k) contracts: (equation, extra constant arrays spec).

@@ -6,7 +6,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
-from ..core.dtype import float_value
+from ..core.dtype import float_value, quantize_array
 from ..core.ops import acc_dtype, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -35,6 +35,23 @@ def _vec(a, c, dtype):
     # contiguous: ATen's CPU batch-norm kernels read a strided (C,) weight or running stat as
     # if it were contiguous (a parameter sliced w[:, ::2] got wrong gradients)
     return _aten.view(xp_of(a).ascontiguousarray(a.reshape(c), dtype=dtype))
+
+
+def _stat_copy(a, c, dtype):
+    """A torch (C,) copy of running statistic ``a`` in the compute dtype, for ATen to update
+    in place (a quantized one: its values)."""
+    if a.dtype.metadata is not None:
+        a = float_value(a)
+    return _aten.view(a.reshape(c).astype(dtype, copy=True))
+
+
+def _stat_update(t, like):
+    """Updated running statistic ``t`` (a torch (C,) tensor) as an array of ``like``'s shape
+    and dtype (a quantized one: the values quantized, not cast to stored integers)."""
+    a = _aten.array(t).reshape(like.shape)
+    if like.dtype.metadata is not None:
+        return quantize_array(a, like.dtype)
+    return a.astype(like.dtype, copy=False)
 
 
 class _BatchNorm(Op):
@@ -108,8 +125,7 @@ class _BatchNorm(Op):
         if self.has_stats:
             rm_a, rv_a = params[-2:]
             if self.training:  # ATen updates these in place: copies, written back by the caller
-                rm = _aten.view(rm_a.reshape(c).astype(dtype, copy=True))
-                rv = _aten.view(rv_a.reshape(c).astype(dtype, copy=True))
+                rm, rv = _stat_copy(rm_a, c, dtype), _stat_copy(rv_a, c, dtype)
             else:
                 rm, rv = vec(rm_a), vec(rv_a)
         # one value per channel: the unbiased variance is undefined (torch's update gives nan);
@@ -133,8 +149,7 @@ class _BatchNorm(Op):
         if not (self.training and self.has_stats):
             return y
         rm_a, rv_a = params[-2:]
-        return (y, _aten.array(rm).reshape(rm_a.shape).astype(rm_a.dtype, copy=False),
-                _aten.array(rv).reshape(rv_a.shape).astype(rv_a.dtype, copy=False))
+        return y, _stat_update(rm, rm_a), _stat_update(rv, rv_a)
 
     def _forward_cpu(self, x, tw, tb, rm, rv, m):
         """The forward on the CPU in numpy; returns what ``aten.native_batch_norm`` returns

@@ -50,12 +50,24 @@ def _values(t):
     return a
 
 
+def _idiv_number(q):
+    q /= 2  # (rebinds q to its values' quotient, as q = q / 2)
+    return q
+
+
+def _ipow_number(q):
+    q **= 2
+    return q
+
+
 # float functions: the float32 result of the values
 FLOAT_FUNCTIONS = {
     "truediv": (lambda q: q / q[0], lambda v: v / v[0]),
     "div_number": (lambda q: q / 2, lambda v: v / 2),
     "rdiv_number": (lambda q: 3.0 / q[1], lambda v: 3.0 / v[1]),
     "pow_number": (lambda q: q ** 2, lambda v: v ** 2),
+    "idiv_number": (_idiv_number, lambda v: v / 2),
+    "ipow_number": (_ipow_number, lambda v: v ** 2),
     "F.pow": (lambda q: F.pow(q, 3), lambda v: v ** 3),
     "exp": (F.exp, torch.exp),
     "log_of_exp": (lambda q: F.log(F.exp(q)), lambda v: torch.log(torch.exp(v))),
@@ -244,12 +256,45 @@ def test_sums_with_a_zero_point_refuse(case):
 
 @pytest.mark.parametrize("op", [lambda q: q + 1, lambda q: 2 * q, lambda q: q > 1,
                                 lambda q: F.maximum(q, 0), lambda q: F.clip(q, 0, 1),
-                                lambda q: F.where(q > q, q, 0)])
+                                lambda q: F.where(q > q, q, 0), lambda q: q.__iadd__(1)])
 def test_a_python_number_next_to_a_quantized_tensor_refuses(op):
     # the number is a value; taken as a stored integer, q > 1 compared with 0.25 at scale 0.25
     q, _ = _quantized("qint8")
     with pytest.raises(TypeError, match=r"Python number .* quantized tensor \(qint8\(0.25\)\)"):
         op(q)
+
+
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_a_quantized_parameter_updated_in_place_keeps_the_values(name):
+    # a Parameter keeps its storage and dtype: p /= 2 writes the quantized quotient (the float
+    # quotient's cast stored it as the integers: 1.5 as stored 1)
+    q, values = _quantized(name)
+    qd = q.dtype
+    p = mge.Parameter(q)
+    p /= 2
+    assert dtype.is_dtype_equal(p.dtype, qd)
+    step = dtype.get_scale(qd)
+    want = _round_half_away(values / 2 / step) * step
+    np.testing.assert_allclose(_values(p), want.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (2, 4, 8, 8)])  # ATen's forward; numpy's
+@pytest.mark.parametrize("name", sorted(_DTYPES))
+def test_batch_norm_training_updates_quantized_running_stats_by_value(name, shape):
+    # the update is computed on the stats' values and quantized again (it took their stored
+    # integers for values, and cast the updated values to stored integers)
+    q, v = _quantized(name)
+    step = dtype.get_scale(q.dtype)
+    rm, rv = q[0], q[1]
+    trm, trv = v[0].clone(), v[1].clone()
+    x = np.random.RandomState(0).randn(*shape).astype(np.float32)
+    y = F.nn.batch_norm(mge.tensor(x), rm, rv, training=True, momentum=0.9)
+    ty = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv, training=True,
+                                        momentum=0.1)  # (torch's momentum is 1 - upstream's)
+    np.testing.assert_allclose(y.numpy(), ty.numpy(), rtol=1e-5, atol=1e-6)
+    for got, want in ((rm, trm), (rv, trv)):
+        assert dtype.is_dtype_equal(got.dtype, q.dtype)
+        np.testing.assert_allclose(_values(got), want.numpy(), rtol=0, atol=step / 2 + 1e-6)
 
 
 def test_a_number_written_into_a_quantized_tensor_is_quantized_as_a_value():

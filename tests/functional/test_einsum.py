@@ -7,7 +7,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from oracle import check_against_torch
+from oracle import check_against_torch, check_float16_against_torch
 
 CASES = [
     ("ij->ji", [(2, 3)]),
@@ -91,3 +91,19 @@ def test_einsum_grad_only_for_attached_operand():
 def test_einsum_bad_input_says_what_is_wrong(eq, shapes, match):
     with pytest.raises(ValueError, match=match):
         F.einsum(eq, *[mge.tensor(np.zeros(s, np.float32)) for s in shapes])
+
+
+# numpy's einsum of two operands adds float16 in float16: a contraction over 5000 ones stopped
+# at 2048; torch's kernels add in float32 and round once (the gradients' cases: long labels
+# that a gradient sums over)
+@pytest.mark.parametrize("equation, shapes", [
+    ("ij,jk->ik", ((4, 20000), (20000, 3))),
+    ("ij,jk->ik", ((20000, 3), (3, 2))),
+    ("i,ij->j", ((20000,), (20000, 3))),
+    ("bij,bj->bi", ((2, 20000, 3), (2, 3))),
+], ids=["long_contraction", "long_gradient_sum", "vector_matrix", "batched_gradient_sum"])
+def test_float16_einsum_adds_in_float32(equation, shapes):
+    rs = np.random.RandomState(0)
+    check_float16_against_torch(lambda *xs: F.einsum(equation, *xs),
+                                lambda *ts: torch.einsum(equation, *ts),
+                                *[rs.rand(*s) for s in shapes])

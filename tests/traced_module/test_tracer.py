@@ -239,8 +239,9 @@ def test_a_shape_used_whole_or_a_missing_size_raise_naming_the_traced_shape():
     tm = trace_module(m, x)
     np.testing.assert_allclose(tm(_inp(5, 1, 2)).shape, (5, 1, 2))  # same number of dims
     with pytest.raises(ValueError, match=r"traced with shape \(2, 3, 4\) and its forward "
-                                         r"counted the dims .*\(3, 2, 2, 2\) \(4 dims\)"):
-        tm(_inp(3, 2, 2, 2))
+                                         r"counted the dims .*gave it whole to a call such as "
+                                         r"F.zeros\(x.shape\).*\(3, 2, 2, 2\) \(4 dims\)"):
+        tm(_inp(3, 2, 2, 2))  # (F.zeros(x.shape): the error names that use too)
 
     class ReadsThirdSize(M.Module):
         def forward(self, x):
