@@ -48,6 +48,9 @@ def _operand(value, like):
         # that a dumped program computes it at the shapes it runs at (core._trace_option)
         dtype = _scalar_dtype(type(value.value), like.dtype)  # (h / 2: typed as a float is)
         return dispatch.apply(_ops.Full((), value, dtype, like._device))
+    if isinstance(value, np.generic) and value.dtype.kind in "biufc" and \
+            like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
+        raise _quantized_scalar(value.item(), like.dtype)  # a numpy number: as a Python one
     return Tensor(value, device=like._device)
 
 

@@ -64,6 +64,7 @@ def _ipow_number(q):
 FLOAT_FUNCTIONS = {
     "truediv": (lambda q: q / q[0], lambda v: v / v[0]),
     "div_number": (lambda q: q / 2, lambda v: v / 2),
+    "div_numpy_number": (lambda q: q / np.float32(2), lambda v: v / 2),
     "rdiv_number": (lambda q: 3.0 / q[1], lambda v: 3.0 / v[1]),
     "pow_number": (lambda q: q ** 2, lambda v: v ** 2),
     "idiv_number": (_idiv_number, lambda v: v / 2),
@@ -255,6 +256,7 @@ def test_sums_with_a_zero_point_refuse(case):
 
 
 @pytest.mark.parametrize("op", [lambda q: q + 1, lambda q: 2 * q, lambda q: q > 1,
+                                lambda q: q + np.int64(1), lambda q: np.float32(2) * q,
                                 lambda q: F.maximum(q, 0), lambda q: F.clip(q, 0, 1),
                                 lambda q: F.where(q > q, q, 0), lambda q: q.__iadd__(1)])
 def test_a_python_number_next_to_a_quantized_tensor_refuses(op):
