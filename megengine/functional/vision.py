@@ -531,6 +531,8 @@ def _nms_keep_rows(boxes, order, iou_thresh, max_output):
 
 
 def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
+    if scores.dtype.kind != "f":  # (-scores of uint8 or bool wraps or refuses; float64 is exact)
+        scores = scores.astype(np.float64)
     order = xp.argsort(-scores, kind="stable")
     if xp is np:
         return _nms_keep_rows(boxes, order, iou_thresh, max_output)
