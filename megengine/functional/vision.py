@@ -756,7 +756,8 @@ def cvt_color(inp, mode=""):
                          f"shape {inp.shape}")
     if not floating:
         if inp.dtype != np.uint8:
-            raise TypeError(f"cvt_color: integer images must be uint8, got {inp.dtype}")
+            raise TypeError(f"cvt_color: integer images must be uint8, got {inp.dtype} (convert "
+                            "with .astype('uint8') or .astype('float32'))")
         if mode in _YUV420 or mode.startswith("YUV2GRAY"):
             if inp.shape[1] % 3 or inp.shape[2] % 2:
                 raise ValueError(f"cvt_color: a YUV 4:2:0 frame must have 3H/2 rows (H even) and "

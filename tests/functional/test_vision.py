@@ -552,6 +552,9 @@ def test_cvt_color_uint8_modes_by_hand():
     assert F.vision.cvt_color(rgba, "RGBA2GRAY").numpy().ravel().tolist() == [76, 124]
     with pytest.raises(ValueError, match="not supported"):
         F.vision.cvt_color(px.astype(np.float32), "RGB2BGR")
+    with pytest.raises(TypeError, match=r"must be uint8, got int32 \(convert with "
+                                        r"\.astype\('uint8'\) or \.astype\('float32'\)\)"):
+        F.vision.cvt_color(px.astype(np.int32), "RGB2GRAY")
 
 
 def _yuv_loop(frame, to_rgb, planar, u_first):
