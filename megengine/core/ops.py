@@ -502,7 +502,13 @@ class Neg(Op):
     def forward(self, x):
         if x.dtype.metadata is not None:
             return _quantized_sign_op(self, x)
-        return -x
+        try:
+            return -x
+        except TypeError:  # (numpy's or CuPy's refusal of a bool negative)
+            if x.dtype.kind != "b":
+                raise
+        raise TypeError("neg: a bool tensor has no negative; use ~x (F.logical_not) to invert "
+                        "it, or x.astype('int32') for -1 and 0")
 
     def backward(self, g):
         return -g

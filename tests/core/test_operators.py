@@ -105,6 +105,20 @@ def test_an_int_out_of_the_tensors_range_computes_on_the_values(op, dtype, numbe
         np.testing.assert_array_equal(got.numpy(), want.numpy().astype(got.dtype))
 
 
+def test_the_negative_of_a_bool_tensor_is_refused_with_what_to_use():
+    # as upstream and torch refuse it; the message was numpy's (CuPy's on a GPU), naming the
+    # `-` operator of numpy
+    import megengine.functional as F
+
+    x = Tensor(np.array([True, False]))
+    for neg in (operator.neg, F.neg):
+        with pytest.raises(TypeError, match=r"neg: a bool tensor has no negative; use ~x "
+                                            r"\(F.logical_not\) to invert it, or "
+                                            r"x.astype\('int32'\)"):
+            neg(x)
+    assert (-Tensor(np.array([1, -2], np.int8))).tolist() == [-1, 2]
+
+
 def test_an_int_out_of_every_integer_dtype_is_refused_clearly():
     for dtype, number in (("uint8", 2 ** 64), ("int32", 2 ** 63), ("int8", -2 ** 63 - 1)):
         with pytest.raises(OverflowError, match=f"{number} does not fit an integer dtype with "
