@@ -184,7 +184,13 @@ class Sub(_Binary):
     quantized = "sum"
 
     def compute(self, a, b):
-        return a - b
+        try:
+            return a - b
+        except TypeError:  # (numpy's or CuPy's refusal of bool - bool)
+            if a.dtype.kind != "b" or b.dtype.kind != "b":
+                raise
+        raise TypeError("sub: bool tensors are not subtracted; use x ^ y (F.logical_xor) for "
+                        "where they differ, or x.astype('int32') - y.astype('int32')")
 
     def grads(self, g):
         return g, -g

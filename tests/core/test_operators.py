@@ -105,7 +105,7 @@ def test_an_int_out_of_the_tensors_range_computes_on_the_values(op, dtype, numbe
         np.testing.assert_array_equal(got.numpy(), want.numpy().astype(got.dtype))
 
 
-def test_the_negative_of_a_bool_tensor_is_refused_with_what_to_use():
+def test_the_negative_and_differences_of_bool_tensors_are_refused_with_what_to_use():
     # as upstream and torch refuse it; the message was numpy's (CuPy's on a GPU), naming the
     # `-` operator of numpy
     import megengine.functional as F
@@ -117,6 +117,11 @@ def test_the_negative_of_a_bool_tensor_is_refused_with_what_to_use():
                                             r"x.astype\('int32'\)"):
             neg(x)
     assert (-Tensor(np.array([1, -2], np.int8))).tolist() == [-1, 2]
+    for sub in (operator.sub, F.sub):
+        with pytest.raises(TypeError, match=r"sub: bool tensors are not subtracted; use x \^ y "
+                                            r"\(F.logical_xor\)"):
+            sub(x, x)
+    assert (Tensor(np.array([True])) - 1).tolist() == [0]  # (a Python int: int32)
 
 
 def test_an_int_out_of_every_integer_dtype_is_refused_clearly():
