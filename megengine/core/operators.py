@@ -28,7 +28,8 @@ def _operand(value, like):
     Python scalars are weak: they take the tensor's dtype, except that a float meeting an
     integer tensor gives float32, an int meeting a bool tensor gives int32, and a complex
     meeting a real tensor gives its complex counterpart (complex64, complex128 for float64), as
-    torch's weak scalars do.
+    torch's weak scalars do; an int out of an integer dtype's range takes the smallest integer
+    dtype that holds both (uint8 and -2: int16, as upstream's numpy 1 promotion).
     """
     if isinstance(value, Tensor):
         return value
@@ -39,6 +40,9 @@ def _operand(value, like):
         if dtype.metadata is not None and _qd.is_quantize(dtype):
             raise _quantized_scalar(value, dtype)
         dtype = _scalar_dtype(type(value), dtype)
+        if dtype.kind in "iu" and type(value) is int and not \
+                np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
+            dtype = _wider_int(value, dtype)
         xp = _device_mod.get_array_module(like._device)
         if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
             with dispatch.on_device(like._device):  # current GPU: make it the tensor's
@@ -67,6 +71,20 @@ def _quantized_scalar(value, dtype):
         f"a Python number ({value!r}) meets a quantized tensor ({name}): the number is a value "
         f"and the tensor holds integers at a scale. Compute on the values, x.astype('float32'), "
         f"or quantize the number to the tensor's dtype first, Tensor({value!r}).astype(x.dtype)")
+
+
+def _wider_int(value, dtype):
+    """The integer dtype that holds ``dtype`` and the Python int ``value`` it cannot (numpy 1's
+    value-based rule, which upstream's promotion follows: uint8 < -2 compares in int16)."""
+    # (a positive value next to a signed dtype asks for a signed one: -value - 1 has its size)
+    signed = value < 0 or dtype.kind == "i"
+    if -2 ** 63 <= (-value - 1 if value > 0 and signed else value) < 2 ** 64:
+        wide = np.result_type(dtype, np.min_scalar_type(-value - 1 if value > 0 and signed
+                                                        else value))
+        if wide.kind in "iu":
+            return wide
+    raise OverflowError(f"the Python integer {value} does not fit an integer dtype with "
+                        f"{dtype}; give the {dtype} tensor's operand as a float")
 
 
 def _scalar_dtype(kind, dtype):

@@ -183,7 +183,13 @@ class Sub(_Binary):
     quantized = "sum"
 
     def compute(self, a, b):
-        return a - b
+        try:
+            return a - b
+        except TypeError:  # (numpy's or CuPy's refusal of bool - bool)
+            if a.dtype.kind != "b" or b.dtype.kind != "b":
+                raise
+        raise TypeError("sub: bool tensors are not subtracted; use x ^ y (F.logical_xor) for "
+                        "where they differ, or x.astype('int32') - y.astype('int32')")
 
     def grads(self, g):
         return g, -g
@@ -501,7 +507,13 @@ class Neg(Op):
     def forward(self, x):
         if x.dtype.metadata is not None:
             return _quantized_sign_op(self, x)
-        return -x
+        try:
+            return -x
+        except TypeError:  # (numpy's or CuPy's refusal of a bool negative)
+            if x.dtype.kind != "b":
+                raise
+        raise TypeError("neg: a bool tensor has no negative; use ~x (F.logical_not) to invert "
+                        "it, or x.astype('int32') for -1 and 0")
 
     def backward(self, g):
         return -g

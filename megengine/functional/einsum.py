@@ -1,10 +1,11 @@
 """F.einsum: Einstein summation over tensors, as one differentiable op."""
+import functools
 import string
 
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
 from ..core.ops import acc_dtype, acc_sum, xp_of
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, promote_types
 from .elemwise import _tensor
 
 __all__ = ["einsum"]
@@ -104,6 +105,10 @@ class Einsum(Op):
         self.subs, self.out, self.sizes = _parse(self.equation, [x.shape for x in xs])
         self.shapes = [x.shape for x in xs]
         self.dtypes = [x.dtype for x in xs]
+        if any(d != self.dtypes[0] for d in self.dtypes[1:]):  # upstream's promotion, not
+            # numpy's einsum's (int32 and float32 gave float64, int32 and complex64 complex128)
+            want = functools.reduce(promote_types, self.dtypes)
+            xs = tuple(x.astype(want, copy=False) for x in xs)
         self.xs = xs
         eq = ",".join(self.subs) + "->" + self.out
         # optimize picks a contraction order (and BLAS) for chains such as 'ik,jkl,il->ij'

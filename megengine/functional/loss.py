@@ -215,13 +215,13 @@ class _SmoothL1(_PairLoss):
         return (self.beta,)
 
     def elementwise(self, xp, pred, label):
+        if pred.dtype.kind in "iub":  # a float function: integers compute in float32
+            pred, label = pred.astype(np.float32), label.astype(np.float32)
         d = self.diff = pred - label
         ad = abs(d)
         beta = self.beta
         if beta == 0:  # nothing is inside: the loss is L1
             return ad
-        if d.dtype.kind != "f":  # integers: the float64 maths of the formula as written
-            return xp.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
         m = xp.clip(ad, 0, beta)
         loss = ad - m
         m *= m
@@ -233,8 +233,6 @@ class _SmoothL1(_PairLoss):
         d, beta = self.diff, self.beta
         if beta == 0:
             slope = xp.sign(d)
-        elif d.dtype.kind != "f":
-            slope = xp.where(abs(d) < beta, d / beta, xp.sign(d))
         else:  # d / beta inside, its sign outside (at |d| == beta the two agree)
             slope = d * (1 / beta)
             xp.clip(slope, -1, 1, out=slope)

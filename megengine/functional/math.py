@@ -53,6 +53,8 @@ class Sign(Op):
                                 "use x / F.abs(x) for z / |z| (torch's sgn), or F.sign(F.real(x))")
         if x.dtype.metadata is not None:  # (-1, 0, 1 as stored integers are other values)
             raise no_quantized_form("sign", x.dtype)
+        if x.dtype.kind == "b":  # (numpy has no bool sign; False and True are their signs)
+            return x.copy()
         return xp_of(x).sign(x)
 
     def backward(self, g):

@@ -185,8 +185,8 @@ class _Linear(Op):
             # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
             # so its callbacks run before the weight's (as torch's addmm hands them out too)
             self.grad_order = (2, 0, 1)
-            if b.dtype.kind == "c" and y.dtype.kind != "c":  # (+= would cast b to y's dtype)
-                y = y.astype(b.dtype)
+            if b.dtype != y.dtype and (b.dtype.kind == "c" or y.dtype.kind in "iub"):
+                y = y.astype(promote_types(y.dtype, b.dtype))  # (+= would cast b to y's dtype)
             y += b if b.ndim == 1 else b.reshape(-1)
         return y if out_shape is None else y.reshape(out_shape)
 

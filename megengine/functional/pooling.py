@@ -64,6 +64,8 @@ class _Pool2d(Op):
             x = _as_float(x, self)
         elif x.dtype.kind == "c":
             raise no_order(what, x.dtype)
+        elif x.dtype.kind == "b":  # (ATen has no bool max pooling; uint8 has the same order)
+            return self.forward(x.view(np.uint8)).view(np.bool_)
         self.x_dtype = x.dtype
         tx = _aten.view(x)
         self.explicit = 2 * ph > kh or 2 * pw > kw

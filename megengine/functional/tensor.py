@@ -641,11 +641,11 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
 def _scan(x, axis):
     """The cumulative sum of ``x`` along ``axis`` in ``x``'s dtype (numpy would widen int32 to
     int64); float16 adds in float32 and rounds each sum once, as torch's and upstream's scans
-    (a float16 running sum stops growing at 2048)."""
+    (a float16 running sum stops growing at 2048). Bools count in int32, as F.sum's."""
     acc = _ops.acc_dtype(x.dtype)
     if acc is not None:
         return xp_of(x).cumsum(x, axis=axis, dtype=acc).astype(x.dtype)
-    return xp_of(x).cumsum(x, axis=axis, dtype=x.dtype)
+    return xp_of(x).cumsum(x, axis=axis, dtype=np.int32 if x.dtype.kind == "b" else x.dtype)
 
 
 class Cumsum(Op):

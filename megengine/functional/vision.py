@@ -531,6 +531,8 @@ def _nms_keep_rows(boxes, order, iou_thresh, max_output):
 
 
 def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
+    if scores.dtype.kind != "f":  # (-scores of uint8 or bool wraps or refuses; float64 is exact)
+        scores = scores.astype(np.float64)
     order = xp.argsort(-scores, kind="stable")
     if xp is np:
         return _nms_keep_rows(boxes, order, iou_thresh, max_output)
@@ -754,7 +756,8 @@ def cvt_color(inp, mode=""):
                          f"shape {inp.shape}")
     if not floating:
         if inp.dtype != np.uint8:
-            raise TypeError(f"cvt_color: integer images must be uint8, got {inp.dtype}")
+            raise TypeError(f"cvt_color: integer images must be uint8, got {inp.dtype} (convert "
+                            "with .astype('uint8') or .astype('float32'))")
         if mode in _YUV420 or mode.startswith("YUV2GRAY"):
             if inp.shape[1] % 3 or inp.shape[2] % 2:
                 raise ValueError(f"cvt_color: a YUV 4:2:0 frame must have 3H/2 rows (H even) and "

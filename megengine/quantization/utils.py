@@ -116,9 +116,12 @@ def _round_half_away(xp, x):
 
 
 def _values(inp):
-    """A quantized input's values in float32 (fake quantization is a float function: on the
-    stored integers it gave integers taken for values, in the input's dtype)."""
-    return inp.astype("float32") if inp.dtype.metadata is not None else inp
+    """A quantized, integer or bool input's values in float32 (fake quantization is a float
+    function: on the stored integers it gave integers taken for values, in the input's dtype,
+    and on integers it rounded the fake-quantized values into their dtype)."""
+    if inp.dtype.metadata is not None or inp.dtype.kind in "iub":
+        return inp.astype("float32")
+    return inp
 
 
 def _as_operand(value, like, what):

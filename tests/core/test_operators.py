@@ -89,6 +89,49 @@ def test_operator_dtype_promotion():
     assert (2 ** i).tolist() == [2.0, 4.0] and (2 ** i).dtype == np.float32
 
 
+@pytest.mark.parametrize("op", [operator.lt, operator.ge, operator.eq, operator.add,
+                                operator.sub, operator.mul, operator.floordiv])
+@pytest.mark.parametrize("dtype,number", [("uint8", -2), ("uint8", 300), ("int8", -200),
+                                          ("int32", 2 ** 40), ("uint32", -1)])
+def test_an_int_out_of_the_tensors_range_computes_on_the_values(op, dtype, number):
+    # upstream's promotion (numpy 1's, by value): the smallest integer dtype that holds both
+    # (earlier versions of this fork raised numpy's OverflowError: "-2 out of bounds for uint8")
+    a = np.array([1, 3, 100, 7], dtype)
+    values = torch.tensor(a.astype(np.int64))  # (torch wraps -2 to 254 next to uint8)
+    for x, y, tx, ty in ((Tensor(a), number, values, number), (number, Tensor(a), number, values)):
+        got, want = op(x, y), op(tx, ty)
+        assert got.dtype.kind in ("b" if want.dtype == torch.bool else "iu")
+        # (wrapped into the promoted dtype: uint8 - 300 is uint16, as numpy 1 gives)
+        np.testing.assert_array_equal(got.numpy(), want.numpy().astype(got.dtype))
+
+
+def test_the_negative_and_differences_of_bool_tensors_are_refused_with_what_to_use():
+    # as upstream and torch refuse it; the message was numpy's (CuPy's on a GPU), naming the
+    # `-` operator of numpy
+    import megengine.functional as F
+
+    x = Tensor(np.array([True, False]))
+    for neg in (operator.neg, F.neg):
+        with pytest.raises(TypeError, match=r"neg: a bool tensor has no negative; use ~x "
+                                            r"\(F.logical_not\) to invert it, or "
+                                            r"x.astype\('int32'\)"):
+            neg(x)
+    assert (-Tensor(np.array([1, -2], np.int8))).tolist() == [-1, 2]
+    for sub in (operator.sub, F.sub):
+        with pytest.raises(TypeError, match=r"sub: bool tensors are not subtracted; use x \^ y "
+                                            r"\(F.logical_xor\)"):
+            sub(x, x)
+    assert (Tensor(np.array([True])) - 1).tolist() == [0]  # (a Python int: int32)
+
+
+def test_an_int_out_of_every_integer_dtype_is_refused_clearly():
+    for dtype, number in (("uint8", 2 ** 64), ("int32", 2 ** 63), ("int8", -2 ** 63 - 1)):
+        with pytest.raises(OverflowError, match=f"{number} does not fit an integer dtype with "
+                                                f"{dtype}; give the {dtype} tensor's operand as "
+                                                "a float"):
+            Tensor(np.zeros(2, dtype)) + number
+
+
 @pytest.mark.parametrize("op", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
                                 operator.ge])
 def test_comparisons(op):

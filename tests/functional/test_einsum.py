@@ -48,6 +48,30 @@ def test_einsum_integer_operands_are_exact_like_numpy():
     np.testing.assert_array_equal(out.numpy(), np.einsum("ijk,kl->jil", a, b))
 
 
+@pytest.mark.parametrize("other,want", [("float32", "float32"), ("complex64", "complex64"),
+                                        ("float16", "float16")])
+def test_einsum_of_integers_and_floats_takes_upstreams_promotion(other, want):
+    # earlier versions of this fork gave numpy's einsum dtype: int32 and float32 float64,
+    # int32 and complex64 complex128
+    rs = np.random.RandomState(2)
+    a = rs.randint(-5, 6, (3, 4)).astype(np.int32)
+    b = rs.randn(5, 4).astype(other) if other != "complex64" else \
+        (rs.randn(5, 4) + 1j * rs.randn(5, 4)).astype(other)
+    x, y = mge.tensor(a), mge.tensor(b, dtype=other)
+    with GradManager().attach([y]) as gm:
+        out = F.einsum("ij,kj->ik", x, y)
+        gm.backward(out, mge.tensor(np.ones(out.shape, want), dtype=want))
+    tb = torch.tensor(b.astype(np.complex64 if other == "complex64" else np.float32),
+                      requires_grad=True)
+    ta = torch.tensor(a, dtype=tb.dtype)
+    tout = torch.einsum("ij,kj->ik", ta, tb)
+    tout.backward(torch.ones_like(tout))
+    assert out.dtype == np.dtype(want) and y.grad.dtype == np.dtype(other)
+    tol = 2e-2 if other == "float16" else 1e-5
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.grad.numpy(), tb.grad.numpy(), rtol=tol, atol=tol)
+
+
 def test_einsum_second_order():
     # a Hessian-vector product through nested GradManagers vs torch create_graph=True
     rs = np.random.RandomState(2)

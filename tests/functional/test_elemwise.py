@@ -188,6 +188,20 @@ def test_clip_dtypes_and_errors():
         F.clip(a, "0")
 
 
+@pytest.mark.parametrize("lower,upper,want", [(-1, None, "uint8"), (None, 300, "uint8"),
+                                              (300, None, "uint16"), (None, -2, "int16"),
+                                              (-1, 5, "uint8")])
+def test_clip_with_an_int_bound_out_of_the_dtypes_range(lower, upper, want):
+    # no bound on that side, as numpy's clip of two bounds; a bound every value moves to takes
+    # upstream's promotion, as x + bound (earlier versions of this fork raised numpy's
+    # OverflowError "-1 out of bounds for uint8" for one bound)
+    x = np.array([0, 3, 255], np.uint8)
+    got = F.clip(mge.tensor(x), lower, upper)
+    assert got.dtype == np.dtype(want)
+    np.testing.assert_array_equal(got.numpy(), torch.clamp(torch.tensor(x, dtype=torch.int64),
+                                                           lower, upper).numpy())
+
+
 def test_binary_shape_mismatch_raises():
     with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
         F.add(mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.zeros(4, np.float32)))

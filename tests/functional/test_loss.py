@@ -440,11 +440,21 @@ def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduc
     np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy(), rtol=tol, atol=tol)
 
 
-def test_smooth_l1_loss_of_integers_keeps_its_dtype_rules():
-    # integers keep the formula's float64 result (what the op gave before it went branch-free)
-    pred, label = mge.tensor([3, 0, -2, 5]), mge.tensor([2, 0, 1, 5])
-    got = F.nn.smooth_l1_loss(pred, label, beta=1.5, reduction="none")
-    assert got.numpy().tolist() == [0.5 / 1.5, 0.0, 3 - 0.75, 0.0]
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8", "bool"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_smooth_l1_loss_of_integers_is_float32(dtype, reduction):
+    # a float function: integers compute in float32, as square_loss's (earlier versions of this
+    # fork gave float64)
+    pred, label = ([1, 0, 1, 0, 1], [0, 0, 1, 1, 1]) if dtype == "bool" else \
+        ([3, 0, 2, 5, 1], [2, 0, 1, 5, 0])
+    pred, label = np.array(pred, dtype), np.array(label, dtype)
+    got = F.nn.smooth_l1_loss(mge.tensor(pred), mge.tensor(label), beta=1.5,
+                              reduction=reduction)
+    want = TF.smooth_l1_loss(torch.tensor(pred, dtype=torch.float32),
+                             torch.tensor(label, dtype=torch.float32), beta=1.5,
+                             reduction=reduction)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
 
 
 def test_regression_losses_broadcast_label():

@@ -438,6 +438,15 @@ def test_isnan_isinf_sign():
     check(F.sign, torch.sign, rand(3, 4))  # gradient zero, like torch
 
 
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int64"])
+def test_sign_of_integers_and_bools_is_torchs_in_their_dtype(dtype):
+    # earlier versions of this fork raised numpy's UFuncTypeError for bools
+    x = np.array([1, 0, 1, 1] if dtype in ("bool", "uint8") else [3, 0, -2, 1], dtype)
+    got, want = F.sign(mge.tensor(x, dtype=dtype)), torch.sign(torch.tensor(x))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 def test_traced_index_results_replay_with_new_values():
     from megengine.jit import trace
 

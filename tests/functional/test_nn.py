@@ -214,6 +214,21 @@ def test_linear_nd_float64_matches_torch():
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtypes,want", [(("uint8", "bool", "int8"), "int16"),
+                                         (("bool", "bool", "int64"), "int64"),
+                                         (("int8", "int32", "float32"), "float32")])
+def test_linear_with_a_bias_of_a_wider_dtype_promotes(dtypes, want):
+    # x @ w.T, then + bias, as upstream's: the sum takes the promoted dtype (earlier versions of
+    # this fork added the bias in place, which numpy refused: "Cannot cast ufunc 'add' output")
+    rs = np.random.RandomState(0)
+    x, w = rs.randint(0, 2, (3, 4)).astype(dtypes[0]), rs.randint(0, 2, (2, 4)).astype(dtypes[1])
+    b = np.array([-3.5, 100.25] if want == "float32" else [-3, 100], dtypes[2])
+    got = F.linear(mge.tensor(x), mge.tensor(w), mge.tensor(b, dtype=dtypes[2]))
+    tx, tw = torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64))
+    assert got.dtype == np.dtype(want)
+    np.testing.assert_array_equal(got.numpy(), TF.linear(tx, tw, torch.tensor(b, dtype=tx.dtype)))
+
+
 # ----- dropout -----
 
 def test_dropout_training_scales_kept_and_grad_follows_mask():

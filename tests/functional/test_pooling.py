@@ -58,6 +58,20 @@ def test_max_pool2d_keeps_integers():
         y.numpy(), TF.max_pool2d(torch.tensor(x, dtype=torch.float32), 2, padding=1).numpy())
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 1, 1), (2, 1, 0), (3, 2, 1)])
+def test_max_pool2d_of_bools_is_any_over_the_window(kernel, stride, padding):
+    # (earlier versions of this fork raised ATen's "max_pool2d not implemented for 'Bool'" on
+    # overlapping windows and on GPUs)
+    x = np.random.RandomState(0).rand(2, 3, 6, 5) < 0.2
+    y = F.max_pool2d(mge.tensor(x), kernel, stride, padding)
+    want = TF.max_pool2d(torch.tensor(x, dtype=torch.float32), kernel, stride, padding)
+    assert y.dtype == np.bool_
+    np.testing.assert_array_equal(y.numpy(), want.numpy() > 0)
+    got = F.adaptive_max_pool2d(mge.tensor(x), (3, 5))  # (windows that torch's rule shares)
+    np.testing.assert_array_equal(got.numpy(), TF.adaptive_max_pool2d(
+        torch.tensor(x, dtype=torch.float32), (3, 5)).numpy() > 0)
+
+
 @pytest.mark.parametrize("shape,kernel,stride,padding", POOL_CASES)
 @pytest.mark.parametrize("mode", ["average_count_exclude_padding", "average"])
 def test_avg_pool2d(shape, kernel, stride, padding, mode):

@@ -465,3 +465,12 @@ def test_cumsum_of_float16_adds_in_float32(shape, axis):
     # values, exact 25071.9); the gradient is a reversed scan
     x = np.random.RandomState(0).rand(*shape)
     check_float16_against_torch(lambda t: F.cumsum(t, axis), lambda t: t.cumsum(axis), x)
+
+
+def test_cumsum_of_bools_counts_in_int32():
+    # the running count, as F.sum of bools (int32) and torch's cumsum (int64); earlier versions
+    # of this fork gave bools (whether any was True so far)
+    x = np.random.RandomState(1).rand(3, 40) < 0.6
+    got = F.cumsum(mge.tensor(x), 1)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.numpy(), torch.tensor(x).cumsum(1).numpy())

@@ -459,6 +459,20 @@ def test_nms_many_boxes_against_pairwise_loop(thresh, max_output):
     assert keep.tolist() == _nms_loop(boxes, scores, thresh, max_output or 300)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int32", "bool"])
+def test_nms_of_integer_boxes_and_scores_orders_by_value(dtype):
+    # earlier versions of this fork ordered uint8 scores by their negation, which wraps (3
+    # before 200), and refused bool scores
+    rs = np.random.RandomState(2)
+    xy = rs.randint(0, 60, (40, 2))
+    boxes = np.concatenate([xy, xy + rs.randint(1, 30, (40, 2))], 1).astype(dtype)
+    boxes = boxes if dtype != "bool" else rs.randint(0, 2, (40, 4)).astype(bool)
+    scores = rs.randint(0, 2 if dtype == "bool" else 120, 40).astype(dtype)
+    scores[:2], boxes[1] = (0, 1), boxes[0]  # (a score 0 below 1 on the same box)
+    keep = F.vision.nms(mge.tensor(boxes), mge.tensor(scores), 0.4)
+    assert keep.tolist() == _nms_loop(boxes, scores.astype(np.int64), 0.4, 40)
+
+
 # ----- correlation -----
 
 def _correlation_loop(d1, d2, k, md, s1, s2, pad, mul):
@@ -538,6 +552,9 @@ def test_cvt_color_uint8_modes_by_hand():
     assert F.vision.cvt_color(rgba, "RGBA2GRAY").numpy().ravel().tolist() == [76, 124]
     with pytest.raises(ValueError, match="not supported"):
         F.vision.cvt_color(px.astype(np.float32), "RGB2BGR")
+    with pytest.raises(TypeError, match=r"must be uint8, got int32 \(convert with "
+                                        r"\.astype\('uint8'\) or \.astype\('float32'\)\)"):
+        F.vision.cvt_color(px.astype(np.int32), "RGB2GRAY")
 
 
 def _yuv_loop(frame, to_rgb, planar, u_first):

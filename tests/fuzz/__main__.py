@@ -2,7 +2,8 @@
 per op, the cases run and every discrepancy against torch (not run in CI). Run it from the
 repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
 simulated CUDA device (tests/simcuda: CuPy's code paths on the host); ``--quantized`` reruns
-the cases with their float32 inputs quantized, against torch on the values."""
+the cases with their float32 inputs quantized, ``--int`` with them integers (int32, int8, uint8,
+int64, bool), against torch on the values."""
 import argparse
 import fnmatch
 import os
@@ -33,6 +34,9 @@ def main(argv=None):
     p.add_argument("--quantized", action="store_true",
                    help="rerun the cases with their float32 inputs quantized, against torch on "
                         "the values (tests/fuzz/quantized_inputs.py)")
+    p.add_argument("--int", action="store_true",
+                   help="rerun the cases with their float32 inputs integers or bools, against "
+                        "torch on the values (tests/fuzz/integer_inputs.py)")
     p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
     p.add_argument("--list", action="store_true", help="list the ops and their families")
     a = p.parse_args(argv)
@@ -47,10 +51,13 @@ def main(argv=None):
             p.error(f"no op matches {a.op}; see --list")
     if a.family:
         names = [n for n in names if OPS[n][0] == a.family]
+    if a.quantized and a.int:
+        p.error("--quantized and --int are two modes: choose one")
+    mode = "quantized" if a.quantized else "int" if a.int else None
     bad = 0
     for name in names:
         t0 = time.time()
-        (outcomes, msgs), = fuzz([name], a.seeds, a.start, a.quantized).values()
+        (outcomes, msgs), = fuzz([name], a.seeds, a.start, mode).values()
         bad += len(msgs)
         print(f"{OPS[name][0]:10s} {name:16s} {dict(outcomes)} ({time.time() - t0:.1f}s)",
               flush=True)

@@ -127,8 +127,10 @@ def _bce(rng):
     red, logits = pick(rng, _RED), bool(rng.random() < 0.5)
     p = values(rng, shp, "float32", -4, 4) if logits else values(rng, shp, "float32", 0.02, 0.98)
     y = values(rng, shp, "float32", 0, 1)
+    # probabilities: upstream's formula, whose logs torch's clamps at -100 (p = 0 or 1, which
+    # the integer mode draws: NaN or inf in upstream's and megengine's)
     t = (lambda a, b: TF.binary_cross_entropy_with_logits(a, b, reduction=red)) if logits else \
-        (lambda a, b: TF.binary_cross_entropy(a, b, reduction=red))
+        (lambda a, b: _reduce(-(b * torch.log(a) + (1 - b) * torch.log(1 - a)), red))
     return Case(f"binary_cross_entropy({shp}, with_logits={logits}, {red})", [p, y],
                 lambda a, b: F.nn.binary_cross_entropy(a, b, with_logits=logits, reduction=red),
                 t)

@@ -8,6 +8,7 @@ from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
 from . import ops_complex, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops
 from . import transforms, vision_warp
 from .gen import Mismatch, run
+from .integer_inputs import run_integer
 from .quantized_inputs import run_quantized
 
 OPS = {}
@@ -17,27 +18,31 @@ for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vi
     OPS.update(_mod.OPS)
 
 
-def run_seed(name, seed, quantized=False):
+MODES = {"quantized": run_quantized, "int": run_integer}
+
+
+def run_seed(name, seed, mode=None):
     """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
-    Mismatch on a discrepancy. ``quantized``: the case's float32 inputs quantized, checked
-    against torch on their values (`quantized_inputs`; also "refused" or "skip")."""
+    Mismatch on a discrepancy. ``mode`` "quantized" or "int": the case's float32 inputs
+    quantized or integers, checked against torch on their values (`quantized_inputs`,
+    `integer_inputs`; also "refused" or "skip")."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     case = OPS[name][1](rng)
-    if quantized:
-        return run_quantized(case, rng)  # (it records numpy's warnings itself)
+    if mode:
+        return MODES[mode](case, rng)  # (it records numpy's warnings itself)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run(case, rng)
 
 
-def fuzz(names, seeds, start=0, quantized=False):
+def fuzz(names, seeds, start=0, mode=None):
     """Run ``seeds`` cases of each op; returns {name: (counter of outcomes, [messages])}."""
     report = {}
     for name in names:
         outcomes, msgs = collections.Counter(), []
         for s in range(start, start + seeds):
             try:
-                outcomes[run_seed(name, s, quantized)] += 1
+                outcomes[run_seed(name, s, mode)] += 1
             except Mismatch as e:
                 outcomes["mismatch"] += 1
                 msgs.append(f"seed {s}: {e}")

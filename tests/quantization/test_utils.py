@@ -197,6 +197,21 @@ def test_tqt_forward_small_case_by_hand():
     np.testing.assert_allclose(ds, [expected], rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8"])
+def test_fake_quantization_of_integers_is_float32_of_their_values(dtype):
+    # a float function: integers are values (earlier versions of this fork rounded the
+    # fake-quantized values back into the integer dtype: 9 at scale 4 gave 8, tqt's 7 gave 6)
+    x = np.array([1, 3, 5, 7, 9, 30, 101], dtype)  # (x / 4: no halves, whose rounding differs)
+    want = torch.fake_quantize_per_tensor_affine(torch.tensor(x, dtype=torch.float32), 4.0, 0,
+                                                 -8, 7).numpy()
+    qparams = create_qparams(QuantMode.SYMMERTIC, "qint4", mge.tensor(4.0))  # [-8, 7]
+    for y in (tqt_forward(-8, 7, mge.tensor(x), mge.tensor([2.0])),
+              lsq_forward(-8, 7, mge.tensor(x), mge.tensor([4.0])),
+              fake_quant_tensor(mge.tensor(x), qparams)):
+        assert y.dtype == np.float32
+        np.testing.assert_array_equal(y.numpy(), want)
+
+
 def _lsq_numpy(x, s, zp, grad_scale, qmin, qmax, dy):
     """Upstream's LSQ formula (its unit test's reference), written out in numpy."""
     v = x / s + zp

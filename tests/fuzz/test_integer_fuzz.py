@@ -1,0 +1,54 @@
+"""CI slice of the fuzzer's integer mode (`integer_inputs`): a few seeds of every op with its
+float32 inputs as integer or bool tensors, and checks that the mode catches what it must."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+
+from .gen import Case, Mismatch
+from .integer_inputs import run_integer
+from .registry import OPS, run_seed
+
+SEEDS_PER_OP = 4  # about a third of the drawn cases have float32 inputs
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_fuzz_integer_slice(name):
+    for seed in range(SEEDS_PER_OP):
+        run_seed(name, seed, "int")  # raises Mismatch (with the drawn case)
+
+
+def _run(mge_fn, torch_fn, x=None):
+    x = np.arange(-2, 4, dtype=np.float32).reshape(2, 3) if x is None else x
+    return run_integer(Case("probe", [x], mge_fn, torch_fn, layouts=False),
+                       np.random.default_rng(0))
+
+
+def test_integer_mode_accepts_values_wrapping_and_refusals():
+    assert _run(lambda x: x + x, lambda v: v + v) == "ok"
+    assert _run(F.exp, torch.exp) == "ok"  # (float32 of the values)
+    assert _run(lambda x: F.sum(x * 100), lambda v: torch.sum(v * 100),
+                np.full((2, 3), 2, np.float32)) == "ok"  # (int8 sums wrap, as upstream's)
+    assert _run(lambda x: F.nn.dropout(x, 0.5), lambda v: v) == "refused"  # (says to convert)
+
+
+def test_integer_mode_catches_wrong_values_and_dtypes():
+    with pytest.raises(Mismatch, match="an integer result must be exact"):  # truncated
+        _run(lambda x: (x.astype("float32") / 2).astype(x.dtype), lambda v: v / 2)
+    with pytest.raises(Mismatch, match="dtype float64, expected one of"):
+        _run(lambda x: x.astype("float64"), lambda v: v)
+    with pytest.raises(Mismatch, match="values differ"):  # a float function, off
+        _run(lambda x: F.exp(x) + 1e-3, torch.exp)
+
+
+def test_integer_mode_catches_other_errors_and_cast_warnings():
+    def refuse(x):
+        raise TypeError("probe: not taken")  # (it does not say what to do)
+
+    with pytest.raises(Mismatch, match="megengine raised TypeError"):
+        _run(refuse, lambda v: v)
+    with pytest.raises(Mismatch, match="numpy warned: invalid value encountered in cast"):
+        _run(lambda x: mge.tensor(np.full((2, 3), np.nan).astype(np.int32)).astype("float32"),
+             lambda v: v)
