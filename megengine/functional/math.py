@@ -7,7 +7,7 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
-from ..core.dtype_rules import complex_error, no_order
+from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -588,8 +588,13 @@ def dot(inp1, inp2):
         raise ValueError(f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
     if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
         raise ValueError(f"dot: vectors must have one length, got shapes {a.shape} and {b.shape}")
-    # mul + sum rather than the core MatMul: its backward fails for two 1-D operands
-    return (a * b).sum()
+    # mul + sum rather than the core MatMul: its backward fails for two 1-D operands; float16
+    # multiplies and adds in float32, rounded once, as torch's
+    dtype = promote_types(np.dtype(a.dtype), np.dtype(b.dtype))
+    acc = acc_dtype(dtype)
+    if acc is None:
+        return (a * b).sum()
+    return (a.astype(acc) * b.astype(acc)).sum().astype(dtype)
 
 
 class MatInv(Op):
