@@ -597,10 +597,19 @@ def dot(inp1, inp2):
     return (a.astype(acc) * b.astype(acc)).sum().astype(dtype)
 
 
+def _no_float16(x, what):
+    """Refuse a float16 ``x`` for the linear algebra of ``what`` (numpy's and CuPy's have no
+    float16 kernels, nor has torch's on the CPU), before numpy's own error."""
+    if x.dtype == np.float16:
+        raise TypeError(f"{what}: float16 matrices are not supported (no float16 linear-algebra "
+                        "kernel, as in torch on the CPU); convert with x.astype('float32')")
+
+
 class MatInv(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): d inv(A) = -inv(A) dA inv(A)
 
     def forward(self, x):
+        _no_float16(x, "matinv")
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
         xp = xp_of(x)
@@ -697,6 +706,7 @@ class SVD(Op):
         self.full_matrices, self.compute_uv = full_matrices, compute_uv
 
     def forward(self, x):
+        _no_float16(x, "svd")
         xp = xp_of(x)
         if x.ndim < 2:
             raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")

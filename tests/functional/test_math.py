@@ -390,6 +390,17 @@ def test_matinv():
         F.matinv(mge.tensor(rand(2, 3)))
 
 
+@pytest.mark.parametrize("fn", [F.matinv, F.svd])
+def test_linalg_of_float16_is_refused_with_megengines_error(fn):
+    # earlier versions raised numpy's "array type float16 is unsupported in linalg"; torch's
+    # CPU kernels refuse float16 too (the fuzzer's --float16 mode)
+    a = rand(3, 3) + 3 * np.eye(3, dtype=np.float32)
+    with pytest.raises(RuntimeError):
+        getattr(torch.linalg, "inv" if fn is F.matinv else "svd")(torch.tensor(a).half())
+    with pytest.raises(TypeError, match=r"float16 matrices are not supported.*astype\('float32'\)"):
+        fn(mge.tensor(a.astype(np.float16)))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
 def test_matinv_of_a_singular_matrix_raises_as_upstream(dtype):
     # upstream raises (its CUDA kernel: "the U is exactly singular"), as torch.linalg.inv does

@@ -24,8 +24,6 @@ KNOWN = {
     },
     "float16": {
         "roi_align": "computes in float32 and returns float32 (functional/roi.py)",
-        "matinv": "numpy's linalg refuses float16 (its error, not megengine's)",
-        "svd": "numpy's linalg refuses float16 (its error, not megengine's)",
         "complex": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "polar": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "imag": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
