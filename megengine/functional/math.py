@@ -7,7 +7,7 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
-from ..core.dtype_rules import complex_error, no_order
+from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, xp_of
 from ..core.tensor import Tensor
 from . import _aten
@@ -588,14 +588,28 @@ def dot(inp1, inp2):
         raise ValueError(f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
     if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
         raise ValueError(f"dot: vectors must have one length, got shapes {a.shape} and {b.shape}")
-    # mul + sum rather than the core MatMul: its backward fails for two 1-D operands
-    return (a * b).sum()
+    # mul + sum rather than the core MatMul: its backward fails for two 1-D operands; float16
+    # multiplies and adds in float32, rounded once, as torch's
+    dtype = promote_types(np.dtype(a.dtype), np.dtype(b.dtype))
+    acc = acc_dtype(dtype)
+    if acc is None:
+        return (a * b).sum()
+    return (a.astype(acc) * b.astype(acc)).sum().astype(dtype)
+
+
+def _no_float16(x, what):
+    """Refuse a float16 ``x`` for the linear algebra of ``what`` (numpy's and CuPy's have no
+    float16 kernels, nor has torch's on the CPU), before numpy's own error."""
+    if x.dtype == np.float16:
+        raise TypeError(f"{what}: float16 matrices are not supported (no float16 linear-algebra "
+                        "kernel, as in torch on the CPU); convert with x.astype('float32')")
 
 
 class MatInv(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): d inv(A) = -inv(A) dA inv(A)
 
     def forward(self, x):
+        _no_float16(x, "matinv")
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
         xp = xp_of(x)
@@ -692,6 +706,7 @@ class SVD(Op):
         self.full_matrices, self.compute_uv = full_matrices, compute_uv
 
     def forward(self, x):
+        _no_float16(x, "svd")
         xp = xp_of(x)
         if x.ndim < 2:
             raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")

@@ -587,7 +587,7 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
     if mode == "max":
         from .elemwise import maximum
 
-        var_eps = maximum(var, Tensor(np.float32(eps), device=inp._device))
+        var_eps = maximum(var, eps)  # (eps in var's dtype: float16 stays, float64 exact)
     else:
         var_eps = var + eps
     out = centered * var_eps ** -0.5

@@ -773,8 +773,9 @@ def cvt_color(inp, mode=""):
     else:  # YUV2RGB
         mat = np.array([[1, 2.032, 0], [1, -0.395, -0.581], [1, 0, 1.140]])
         bias = -mat[:, 1:] @ np.array([0.5, 0.5])
-    m = Tensor(mat.T.astype(inp.dtype), device=inp.device)
-    return matmul(inp, m) + Tensor(bias.astype(inp.dtype), device=inp.device)
+    # (dtype given: a float64 array alone would be stored as float32)
+    m = Tensor(mat.T, dtype=inp.dtype, device=inp.device)
+    return matmul(inp, m) + Tensor(bias, dtype=inp.dtype, device=inp.device)
 
 
 # ----- optical flow -----

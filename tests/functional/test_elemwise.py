@@ -235,6 +235,21 @@ def test_error_functions_precision_and_edges():
     assert F.erf(mge.tensor([1, 2])).dtype == np.float32  # integers compute in float32
 
 
+def test_error_functions_of_float64_are_float64_precise():
+    # earlier versions computed float64 with float32's 1.2e-7 (the fuzzer's --float64 mode)
+    x = np.concatenate([np.linspace(-6, 6, 241), [1e-12, 0.5, 1.99, 2.0, 2.01, 9.0, 27.0]])
+    for f, t in ((F.erf, torch.erf), (F.erfc, torch.erfc)):
+        y = f(mge.tensor(x, dtype="float64"))
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(y.numpy(), t(torch.tensor(x)).numpy(), rtol=1e-12, atol=0)
+    p = np.linspace(-0.999, 0.999, 199)
+    np.testing.assert_allclose(F.erfinv(mge.tensor(p, dtype="float64")).numpy(),
+                               torch.erfinv(torch.tensor(p)).numpy(), rtol=1e-12)
+    q = np.linspace(0.001, 1.999, 199)
+    np.testing.assert_allclose(F.elemwise.erfcinv(mge.tensor(q, dtype="float64")).numpy(),
+                               torch.erfinv(torch.tensor(1 - q)).numpy(), rtol=1e-12, atol=1e-15)
+
+
 # ----- Elemwise, upstream's op named by mode -----
 
 def test_elemwise_modes_compare_as_their_names():

@@ -372,11 +372,33 @@ def test_dot():
         F.dot(mge.tensor(rand(2, 2)), mge.tensor(rand(2)))
 
 
+def test_dot_of_float16_multiplies_in_float32():
+    # earlier versions rounded each product to float16 before adding (the fuzzer's --float16
+    # mode): error against the exact result beyond torch's float16 dot's
+    check_float16_against_torch(F.dot, torch.dot, rand(4096) * 8, rand(4096) * 8)
+    x = np.float16([0.408203125, 2.552734375, -2.57421875])  # the rounded products: -13.49
+    y = np.float16([-2.4765625, -2.87890625, 1.99609375])
+    exact = float(np.dot(x.astype(np.float64), y.astype(np.float64)))  # -13.4984...
+    got = F.dot(mge.tensor(x), mge.tensor(y))
+    assert got.dtype == np.float16 and got.item() == np.float16(exact) == -13.5
+
+
 def test_matinv():
     a = rand(2, 3, 3) + 3 * np.eye(3, dtype=np.float32)
     check(F.matinv, torch.linalg.inv, a, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="matinv"):
         F.matinv(mge.tensor(rand(2, 3)))
+
+
+@pytest.mark.parametrize("fn", [F.matinv, F.svd])
+def test_linalg_of_float16_is_refused_with_megengines_error(fn):
+    # earlier versions raised numpy's "array type float16 is unsupported in linalg"; torch's
+    # CPU kernels refuse float16 too (the fuzzer's --float16 mode)
+    a = rand(3, 3) + 3 * np.eye(3, dtype=np.float32)
+    with pytest.raises(RuntimeError):
+        getattr(torch.linalg, "inv" if fn is F.matinv else "svd")(torch.tensor(a).half())
+    with pytest.raises(TypeError, match=r"float16 matrices are not supported.*astype\('float32'\)"):
+        fn(mge.tensor(a.astype(np.float16)))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])

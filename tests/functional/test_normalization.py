@@ -660,6 +660,23 @@ def test_sync_batch_norm_eps_mode_max_divides_by_the_larger_of_var_and_eps():
         F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps_mode="mean")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_sync_batch_norm_eps_mode_max_keeps_the_input_dtype(dtype):
+    # earlier versions took eps as a float32 tensor: float16 gave float32, float64 met the
+    # float32 rounding of eps (the fuzzer's --float16 and --float64 modes)
+    x = (np.random.RandomState(0).rand(4, 2, 3) * 1e-2).astype(dtype)  # variance below eps
+    eps = 1e-3
+    rm, rv = (mge.tensor(np.full(2, v, dtype), dtype=dtype) for v in (0.0, 1.0))
+    out = F.nn.sync_batch_norm(mge.tensor(x, dtype=dtype), rm, rv, training=True, eps=eps,
+                               eps_mode="max")
+    t = torch.tensor(x, dtype=torch.float64)
+    var = t.var((0, 2), correction=0, keepdim=True)
+    expect = (t - t.mean((0, 2), keepdim=True)) / torch.sqrt(torch.clamp_min(var, eps))
+    assert out.dtype == np.dtype(dtype) and rm.dtype == np.dtype(dtype)
+    rtol = 1e-3 if dtype == "float16" else 1e-13
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=rtol, atol=rtol)
+
+
 # ----- regressions found by the differential fuzzer (tests/fuzz) -----
 
 @pytest.mark.parametrize("training", [False, True])

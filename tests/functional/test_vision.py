@@ -541,6 +541,20 @@ def test_cvt_color_float_modes():
     _directional_check(lambda t: F.vision.cvt_color(t, "RGB2YUV"), img)
 
 
+def test_cvt_color_float64_keeps_its_coefficients_exact():
+    # earlier versions rounded the coefficients to float32 (the fuzzer's --float64 mode)
+    img = np.random.RandomState(0).rand(2, 3, 4, 3)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    gray = F.vision.cvt_color(mge.tensor(img, dtype="float64"), "BGR2GRAY")
+    assert gray.dtype == np.float64
+    np.testing.assert_allclose(gray.numpy()[..., 0], 0.299 * b + 0.587 * g + 0.114 * r,
+                               rtol=1e-14)
+    yy = r * 0.114 + g * 0.587 + b * 0.299  # megdnn's float RGB2YUV
+    yuv = F.vision.cvt_color(mge.tensor(img, dtype="float64"), "RGB2YUV")
+    np.testing.assert_allclose(yuv.numpy(), np.stack([yy, (r - yy) * 0.492 + 0.5,
+                                                      (b - yy) * 0.877 + 0.5], -1), rtol=1e-14)
+
+
 def test_cvt_color_uint8_modes_by_hand():
     px = np.array([[[[255, 0, 0], [10, 200, 30]]]], np.uint8)
     # (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14

@@ -3,7 +3,8 @@ per op, the cases run and every discrepancy against torch (not run in CI). Run i
 repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
 simulated CUDA device (tests/simcuda: CuPy's code paths on the host); ``--quantized`` reruns
 the cases with their float32 inputs quantized, ``--int`` with them integers (int32, int8, uint8,
-int64, bool), against torch on the values."""
+int64, bool), against torch on the values; ``--float64`` and ``--float16`` with them in that
+dtype, against torch's float64 op and the exact result (tests/fuzz/float_inputs.py)."""
 import argparse
 import fnmatch
 import os
@@ -37,6 +38,10 @@ def main(argv=None):
     p.add_argument("--int", action="store_true",
                    help="rerun the cases with their float32 inputs integers or bools, against "
                         "torch on the values (tests/fuzz/integer_inputs.py)")
+    for dt in ("float64", "float16"):
+        p.add_argument(f"--{dt}", action="store_true",
+                       help=f"rerun the cases with their float32 inputs {dt}: its dtype kept "
+                            "and its precision (tests/fuzz/float_inputs.py)")
     p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
     p.add_argument("--list", action="store_true", help="list the ops and their families")
     a = p.parse_args(argv)
@@ -51,9 +56,10 @@ def main(argv=None):
             p.error(f"no op matches {a.op}; see --list")
     if a.family:
         names = [n for n in names if OPS[n][0] == a.family]
-    if a.quantized and a.int:
-        p.error("--quantized and --int are two modes: choose one")
-    mode = "quantized" if a.quantized else "int" if a.int else None
+    modes = [m for m in ("quantized", "int", "float64", "float16") if getattr(a, m)]
+    if len(modes) > 1:
+        p.error(f"--{' and --'.join(modes)} are {len(modes)} modes: choose one")
+    mode = modes[0] if modes else None
     bad = 0
     for name in names:
         t0 = time.time()

@@ -1,7 +1,8 @@
-"""The fuzzer's input-converting modes (``--quantized``, ``--int``): a drawn case whose inputs
-include float32 tensors is run again with those inputs converted (to quantized tensors, to
-integer or bool tensors) holding values the case's float32 inputs round to, and megengine's
-outcome is checked against torch's float32 op on those values. A `Mode` says how inputs are
+"""The fuzzer's input-converting modes (``--quantized``, ``--int``, ``--float64``,
+``--float16``): a drawn case whose inputs include float32 tensors is run again with those inputs
+converted (to quantized tensors, to integer or bool tensors, to another float dtype) holding
+values the case's float32 inputs round to, and megengine's outcome is checked against torch's
+op on those values (in float32, or the mode's `Mode.oracle_dtype`). A `Mode` says how inputs are
 converted and how a result or a refusal is judged; `run_converted` is the runner they share:
 
 - each output is checked by the mode (its dtype and values against torch's);
@@ -30,6 +31,10 @@ class Mode:
     # whether torch's outputs on the converted arrays themselves (their integer dtypes) are a
     # second oracle, given to `check` as ``native``
     native = False
+    # the dtype of torch's tensors of the converted values (the oracle's precision)
+    oracle_dtype = np.float32
+    # whether a value mismatch reports what megengine's float32 path gives on the values
+    triage = True
 
     def dtypes(self, rng, xs):
         """Target dtypes for the float32 arrays ``xs`` (one per array), or None to skip."""
@@ -109,7 +114,7 @@ def run_converted(case, rng, mode):
     desc = f"{case.desc} {mode.name}=[{', '.join(names)}] layouts=" + \
         ",".join(lay.name for lay in lays)
 
-    ts = [torch.tensor(mode.values(lay.stored, conv[i][0]).astype(np.float32) if i in conv
+    ts = [torch.tensor(mode.values(lay.stored, conv[i][0]).astype(mode.oracle_dtype) if i in conv
                        else lay.stored) for i, lay in enumerate(lays)]
     tout, terr = torch_outputs(case, lays, ts)
     xs = [mge.tensor(lay.stored, dtype=conv[i][0] if i in conv else lay.stored.dtype)
@@ -137,6 +142,8 @@ def run_converted(case, rng, mode):
         try:
             mode.check(y, tv, want, case.tol, what, kept, natives and natives[k])
         except Mismatch as e:
+            if not mode.triage:
+                raise
             raise Mismatch(f"{e}\n ({_float_path(case, lays, ts, k, y, mode)})") from None
     return "ok"
 
@@ -149,8 +156,11 @@ def _native_outputs(case, lays):
         tout, terr = torch_outputs(case, lays, [torch.tensor(lay.stored) for lay in lays])
     if terr is not None:
         return None
-    return [t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-            for t in flat(tout)]
+    return [t.detach().to(_NUMPY_DTYPE.get(t.dtype, t.dtype)).numpy()
+            if isinstance(t, torch.Tensor) else np.asarray(t) for t in flat(tout)]
+
+
+_NUMPY_DTYPE = {torch.complex32: torch.complex64}  # (numpy has no complex32)
 
 
 def _float_path(case, lays, ts, k, y, mode):

@@ -61,6 +61,15 @@ def values(rng, shp, dtype, lo=-3.0, hi=3.0):
     return rng.uniform(lo, hi, size=shp).astype(dtype)
 
 
+def like(arr, x):
+    """Constant ``arr`` (float32, a case's closure: running statistics) as a tensor of the
+    framework of input ``x`` (a megengine or torch tensor), in ``x``'s dtype where that is a
+    float one: the float modes' float64 and float16 inputs meet no float32 constant."""
+    dt = np.dtype(str(x.dtype).replace("torch.", ""))
+    arr = arr.astype(dt) if dt.kind == "f" and not dt.metadata else arr
+    return torch.tensor(arr) if isinstance(x, torch.Tensor) else mge.tensor(arr, arr.dtype)
+
+
 def pick(rng, seq):
     return seq[int(rng.integers(len(seq)))]
 

@@ -259,9 +259,11 @@ def _ce_softmax(rng):
 # ----- complex numbers made of real parts: values and the parts' gradients through them -----
 # (complex inputs of the other ops: tests/fuzz/ops_complex.py)
 
-def _complex_parts(c):
-    if np.dtype(c.dtype) != np.complex64:
-        raise Mismatch(f"complex result of dtype {c.dtype}, want complex64")
+def _complex_parts(c, *parts):
+    # complex128 of float64 parts, else complex64 (float16 ones too: there is no complex32)
+    want = np.complex128 if np.float64 in [np.dtype(p.dtype) for p in parts] else np.complex64
+    if np.dtype(c.dtype) != want:
+        raise Mismatch(f"complex result of dtype {c.dtype}, want {np.dtype(want)}")
     return F.real(c), F.imag(c)
 
 
@@ -271,7 +273,7 @@ def _complex(rng):
     sb = broadcast_partner(rng, sa)
     a, b = values(rng, sa, "float32"), values(rng, sb, "float32")
     return Case(f"complex(re{sa}, im{sb})", [a, b],
-                lambda x, y: _complex_parts(F.complex(x, y)),
+                lambda x, y: _complex_parts(F.complex(x, y), x, y),
                 lambda x, y: (lambda c: (c.real, c.imag))(torch.complex(*torch.broadcast_tensors(
                     x, y))))
 
@@ -282,7 +284,7 @@ def _polar(rng):
     sb = broadcast_partner(rng, sa)
     r, th = values(rng, sa, "float32", 0, 3), values(rng, sb, "float32", -3.1, 3.1)
     return Case(f"polar(abs{sa}, angle{sb})", [r, th],
-                lambda x, y: _complex_parts(F.polar(x, y)),
+                lambda x, y: _complex_parts(F.polar(x, y), x, y),
                 lambda x, y: (lambda c: (c.real, c.imag))(torch.polar(*torch.broadcast_tensors(
                     x, y))))
 

@@ -4,10 +4,9 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-import megengine as mge
 import megengine.functional as F
 
-from .gen import Case, pick, registry, shape, values
+from .gen import Case, like, pick, registry, shape, values
 
 OPS, op = registry()
 
@@ -255,7 +254,7 @@ def _batch_norm(rng):
     def m(a, ww, bb):
         if training:
             return F.nn.batch_norm(a, None, None, ww, bb, training=True)
-        return F.nn.batch_norm(a, mge.tensor(rm), mge.tensor(rv), ww, bb, training=False)
+        return F.nn.batch_norm(a, like(rm, a), like(rv, a), ww, bb, training=False)
     return Case(f"batch_norm(x{shp}, training={training})", [x, w, b], m,
                 # every operand .contiguous(): torch 2.13's CPU batch_norm backward returns wrong
                 # input gradients for a channels-last view with a size-1 spatial dim (shape
@@ -263,7 +262,7 @@ def _batch_norm(rng):
                 # with a strided weight (it reads the weight as if contiguous). The fuzzer found
                 # both; ours agrees with the by-hand gradient g * w / sqrt(var + eps)
                 lambda a, ww, bb: TF.batch_norm(
-                    a.contiguous(), torch.tensor(rm.ravel()), torch.tensor(rv.ravel()),
+                    a.contiguous(), like(rm, a).ravel(), like(rv, a).ravel(),
                     ww.reshape(-1).contiguous(), bb.reshape(-1).contiguous(), training=training),
                 tol=(5e-4, 2e-4), bcast=False)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as TF
 import megengine as mge
 import megengine.functional as F
 
-from .gen import Case, pick, registry, shape, values
+from .gen import Case, like, pick, registry, shape, values
 
 OPS, op = registry()
 
@@ -193,7 +193,7 @@ def _bn_gen(name):
         rm0, rv0 = values(rng, pshape, "float32"), values(rng, pshape, "float32", 0.5, 2)
 
         def m(a, ww, bb):
-            rm, rv = mge.tensor(rm0), mge.tensor(rv0)  # updated in place when training
+            rm, rv = like(rm0, a), like(rv0, a)  # updated in place when training
             if name == "batch_norm2d":
                 y = F.batch_norm2d(a, rm, rv, ww.reshape(pshape), bb.reshape(pshape),
                                    training, momentum, eps)
@@ -203,7 +203,7 @@ def _bn_gen(name):
             return y, rm, rv
 
         def t(a, ww, bb):
-            return _bn_stats_ref(a, torch.tensor(rm0), torch.tensor(rv0), momentum, eps,
+            return _bn_stats_ref(a, like(rm0, a), like(rv0, a), momentum, eps,
                                  training, eps_mode == "max", ww, bb)
         return Case(f"{name}(x{shp}, training={training}, momentum={momentum}, eps={eps}, "
                     f"eps_mode={eps_mode})", [x, w, b], m, t, tol=(5e-4, 2e-4), refuse=refuse,
@@ -269,7 +269,7 @@ def _mha(rng):
             at += s_[0] * s_[1]
         biases = []
         for f in flags:
-            biases.append(iw[at:at + e] if f else torch.zeros(e))
+            biases.append(iw[at:at + e] if f else torch.zeros(e, dtype=iw.dtype))
             at += e if f else 0
         mask = amask
         if causal:

@@ -63,8 +63,8 @@ def _warp_perspective(rng):
     m[:, 2, :2] = values(rng, (n, 2), "float32", -0.05, 0.05)
 
     def torch_fn(a, mat):
-        ys, xs = torch.meshgrid(torch.arange(oh, dtype=torch.float32),
-                                torch.arange(ow, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(oh, dtype=mat.dtype),
+                                torch.arange(ow, dtype=mat.dtype), indexing="ij")
         pts = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # (OH, OW, 3)
         src = torch.einsum("nij,hwj->nhwi", mat, pts)
         return _grid_sample(a, src[..., :2] / src[..., 2:], border)

@@ -39,6 +39,13 @@ def _gray(a, order):
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
+def _yuv_roundtrip(a):
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    y = r * 0.114 + g * 0.587 + b * 0.299  # (megdnn's RGB2YUV reads B, G, R weights)
+    u, v = (r - y) * 0.492, (b - y) * 0.877  # (U, V less their 0.5 offsets)
+    return torch.stack([y + u * 2.032, y + v * -0.581 + u * -0.395, y + v * 1.140], -1)
+
+
 @op("cvt_color", "vision")
 def _cvt_color(rng):
     n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 6))
@@ -62,12 +69,12 @@ def _cvt_color(rng):
         x = rng.integers(0, 256, size=(n, h2 * 3 // 2, w2, 1)).astype(np.uint8)
         return Case(f"cvt_color(x{x.shape} uint8, {mode})", [x],
                     lambda a: F.vision.cvt_color(a, mode), lambda a: a[:, :h2])
-    # RGB2YUV then YUV2RGB gives the image back (megdnn's coefficient pair is rounded to 3-4
-    # digits: 2e-4 of the value), gradients included
+    # RGB2YUV then YUV2RGB gives the image back to 2e-4 (megdnn's coefficient pair is rounded to
+    # 3-4 digits), gradients included: megdnn's two formulas, written out per channel
     x = values(rng, (n, h, w, 3), "float32", 0, 1)
     return Case(f"cvt_color(cvt_color(x{x.shape}, RGB2YUV), YUV2RGB)", [x],
                 lambda a: F.vision.cvt_color(F.vision.cvt_color(a, "RGB2YUV"), "YUV2RGB"),
-                lambda a: a * 1, tol=(1e-3, 1e-3))
+                _yuv_roundtrip, tol=(1e-5, 1e-5))
 
 
 # ----- deformable_psroi_pooling -----

@@ -7,6 +7,7 @@ import numpy as np
 from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
 from . import ops_complex, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops
 from . import transforms, vision_warp
+from .float_inputs import run_float16, run_float64
 from .gen import Mismatch, run
 from .integer_inputs import run_integer
 from .quantized_inputs import run_quantized
@@ -18,14 +19,15 @@ for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vi
     OPS.update(_mod.OPS)
 
 
-MODES = {"quantized": run_quantized, "int": run_integer}
+MODES = {"quantized": run_quantized, "int": run_integer, "float64": run_float64,
+         "float16": run_float16}
 
 
 def run_seed(name, seed, mode=None):
     """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
-    Mismatch on a discrepancy. ``mode`` "quantized" or "int": the case's float32 inputs
-    quantized or integers, checked against torch on their values (`quantized_inputs`,
-    `integer_inputs`; also "refused" or "skip")."""
+    Mismatch on a discrepancy. ``mode`` "quantized", "int", "float64" or "float16": the case's
+    float32 inputs quantized, integers or in the float dtype, checked against torch on their
+    values (`quantized_inputs`, `integer_inputs`, `float_inputs`; also "refused" or "skip")."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     case = OPS[name][1](rng)
     if mode:

@@ -1,0 +1,79 @@
+"""CI slice of the fuzzer's float modes (`float_inputs`): a few seeds of every op with its
+float32 inputs as float64 and as float16 tensors, and checks that the modes catch what they
+must."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+
+from .float_inputs import run_float16, run_float64
+from .gen import Case, Mismatch
+from .registry import OPS, run_seed
+
+SEEDS_PER_OP = 3
+
+_CV_GRID = ("the oracle rounds to OpenCV's grid by the drawn float32 dtype; a float64 or float16 "
+            "image takes the exact points, as upstream's non-OpenCV CPU kernel (an oracle limit)")
+# what the modes still find, left for later (python -m tests.fuzz --float64 / --float16)
+KNOWN = {
+    "float64": {
+        "roi_align": "computes in float32 and returns float32 (functional/roi.py)",
+        "warp_affine_modes": _CV_GRID,
+        "warp_perspective_modes": _CV_GRID,
+    },
+    "float16": {
+        "roi_align": "computes in float32 and returns float32 (functional/roi.py)",
+        "complex": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
+        "polar": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
+        "imag": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
+        "cross_entropy": "the array path adds log-softmax's terms in float16 (1.2x torch's)",
+        "cross_entropy_with_softmax": "as cross_entropy: 1e-5 where the exact loss is 0",
+        "warp_affine_modes": _CV_GRID,
+        "warp_perspective_modes": _CV_GRID,
+    },
+}
+
+
+@pytest.mark.parametrize("mode", ["float64", "float16"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_fuzz_float_slice(name, mode):
+    if name in KNOWN[mode]:
+        pytest.skip(KNOWN[mode][name])
+    for seed in range(SEEDS_PER_OP):
+        run_seed(name, seed, mode)  # raises Mismatch (with the drawn case)
+
+
+def _run(run, mge_fn, torch_fn, x=None):
+    x = np.linspace(-2, 3, 6, dtype=np.float32).reshape(2, 3) if x is None else x
+    return run(Case("probe", [x], mge_fn, torch_fn, layouts=False), np.random.default_rng(0))
+
+
+def test_float64_mode_catches_downcasts_and_float32_arithmetic():
+    assert _run(run_float64, F.exp, torch.exp) == "ok"
+    assert _run(run_float64, lambda x: F.argmax(x, 1), lambda v: torch.argmax(v, 1).int()) \
+        == "ok"
+    with pytest.raises(Mismatch, match="dtype float32, expected float64"):
+        _run(run_float64, lambda x: F.exp(x.astype("float32")), torch.exp)
+    with pytest.raises(Mismatch, match="values differ"):  # float32 arithmetic, cast back
+        _run(run_float64, lambda x: F.exp(x.astype("float32")).astype("float64"), torch.exp)
+
+
+def test_float16_mode_holds_the_error_to_torchs_float16_error():
+    x = np.full(4096, 0.1, np.float32)  # a long float16 sum: torch adds in float32
+    assert _run(run_float16, F.sum, torch.sum, x) == "ok"
+    assert _run(run_float16, F.exp, torch.exp) == "ok"
+    with pytest.raises(Mismatch, match="twice torch's float16 error"):  # stops growing at 256
+        _run(run_float16, lambda v: mge.tensor(np.cumsum(v.numpy())[-1:]),
+             lambda v: torch.cumsum(v, 0)[-1:], x)
+    with pytest.raises(Mismatch, match="dtype float32, expected float16"):
+        _run(run_float16, lambda v: F.exp(v.astype("float32")), torch.exp)
+
+
+def test_float_modes_refuse_no_dtype_silently():
+    def refuse(x):
+        raise TypeError("probe: float64 is not taken")  # (it does not say float32 only)
+
+    with pytest.raises(Mismatch, match="megengine raised TypeError"):
+        _run(run_float64, refuse, lambda v: v)
