@@ -40,9 +40,13 @@ def _operand(value, like):
         if dtype.metadata is not None and _qd.is_quantize(dtype):
             raise _quantized_scalar(value, dtype)
         dtype = _scalar_dtype(type(value), dtype)
-        if dtype.kind in "iu" and type(value) is int and not \
-                np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
-            dtype = _wider_int(value, dtype)
+        if dtype.kind in "iu" and type(value) is int:
+            lo_hi = _INT_RANGE.get(dtype)
+            if lo_hi is None:
+                info = np.iinfo(dtype)  # (~0.7 us a call: once per dtype)
+                lo_hi = _INT_RANGE[dtype] = (int(info.min), int(info.max))
+            if not lo_hi[0] <= value <= lo_hi[1]:
+                dtype = _wider_int(value, dtype)
         xp = _device_mod.get_array_module(like._device)
         if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
             with dispatch.on_device(like._device):  # current GPU: make it the tensor's
@@ -56,6 +60,9 @@ def _operand(value, like):
             like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
         raise _quantized_scalar(value.item(), like.dtype)  # a numpy number: as a Python one
     return Tensor(value, device=like._device)
+
+
+_INT_RANGE = {}  # integer dtype -> (min, max)
 
 
 class QuantizedNumberError(TypeError):
