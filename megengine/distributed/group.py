@@ -282,8 +282,10 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
             kwargs["store"] = _rendezvous_store(master_ip, port, world_size, rank, timeout)
         # TORCH_DISTRIBUTED_DEBUG=DETAIL (torch's check that the ranks' collectives agree in op,
         # shapes and dtypes) as the environment says now: torch reads it once per process, and
-        # a forked worker would keep its parent's first reading
-        dist.set_debug_level_from_env()
+        # a forked worker would keep its parent's first reading (unset: a level set with
+        # dist.set_debug_level() stays)
+        if "TORCH_DISTRIBUTED_DEBUG" in os.environ:
+            dist.set_debug_level_from_env()
         dist.init_process_group(**kwargs)
     except Exception as error:  # torch's errors name neither the cause nor the fix
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
