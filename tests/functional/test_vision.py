@@ -622,6 +622,10 @@ def test_cvt_color_uint8_modes_by_hand():
     # (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14
     assert F.vision.cvt_color(px, "RGB2GRAY").numpy().ravel().tolist() == [76, 124]
     assert F.vision.cvt_color(px, "BGR2GRAY").numpy().ravel().tolist() == [29, 128]
+    # exact grays 138.503 and 120.497: upstream's 14-bit weights give 138 and 121 (OpenCV 4's
+    # 15-bit ones 139 and 120)
+    near_half = np.array([[[[53, 194, 77], [180, 73, 209]]]], np.uint8)
+    assert F.vision.cvt_color(near_half, "RGB2GRAY").numpy().ravel().tolist() == [138, 121]
     assert F.vision.cvt_color(px, "RGB2BGR").numpy().tolist() == [[[[0, 0, 255], [30, 200, 10]]]]
     rgba = np.concatenate([px, np.full((1, 1, 2, 1), 9, np.uint8)], -1)
     assert F.vision.cvt_color(rgba, "RGBA2RGB").numpy().tolist() == px.tolist()
