@@ -160,6 +160,10 @@ class _L1(_PairLoss):
     grads_broadcast_g = True
 
     def elementwise(self, xp, pred, label):
+        if pred.dtype == np.bool_:  # (numpy refuses bool subtraction with its own words)
+            raise TypeError("l1_loss: pred and label are bool, which upstream's pred - label "
+                            "refuses; convert them with .astype('float32') (|pred - label| of "
+                            "bools is pred ^ label)")
         self.diff = pred - label
         return abs(self.diff)
 

@@ -139,9 +139,14 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
         raise ValueError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_align")
     samples = _positive_pair(sample_points, "sample_points", "roi_align")
-    inp = inp if inp.dtype == np.float32 else _astype_real(inp, np.float32, "roi_align")
+    # float64 computes in float64; float16 gives float16 as upstream's kernel does, sampled and
+    # pooled in float32 and rounded once (upstream's adds its samples in float16); other dtypes
+    # compute in float32
+    dtype = inp.dtype if inp.dtype in (np.float16, np.float64) else np.dtype(np.float32)
+    work = inp if inp.dtype == np.float64 else _astype_real(inp, np.float32, "roi_align")
     op = _ROIAlign(mode, float(spatial_scale), 0.5 if aligned else 0.0, pooled, samples)
-    return apply(op, inp, rois)
+    out = apply(op, work, rois)
+    return out if out.dtype == dtype else out.astype(dtype)
 
 
 def _round_half_away(xp, x):

@@ -437,8 +437,8 @@ class ShapeOf(Apply):
     def _check_ndim(self, x, traced):
         name = self.inputs[0].name
         why = "its forward counted the dims (unpacked, sliced, compared, concatenated or " \
-              f"took len of {name}.shape, or gave it whole to a call such as " \
-              f"F.zeros({name}.shape))" if self.fixed_ndim else None
+              f"took len of {name}.shape, or gave it whole to a module's call)" \
+            if self.fixed_ndim else None
         for user in self.outputs[0].users:
             if why is None and is_call_tensor_method(user) and user.method == "__getitem__":
                 index = user.args[1]

@@ -186,14 +186,16 @@ def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
         nt = _namedtuple_type(v)
         if nt is not None:
             return TreeDef("namedtuple", nt, None, [walk(c) for c in v])
-        entry = SUPPORTED_TYPE.get(type(v))
+        # (a Shape subclass, a traced ``x.shape``, is a Shape: what a traced call rebuilds)
+        node_type = Shape if isinstance(v, Shape) else type(v)
+        entry = SUPPORTED_TYPE.get(node_type)
         if entry is None:
             if is_leaf is None:
                 leaves.append(v)
                 return LeafDef(_CONST_LEAF, None, v) if is_const_leaf(v) else LeafDef(_LEAF)
             return TreeDef(_CONST, None, v)
         children, aux = entry.flatten(v)
-        return TreeDef("node", type(v), aux, [walk(c) for c in children])
+        return TreeDef("node", node_type, aux, [walk(c) for c in children])
 
     tree = walk(value)
     return leaves, tree

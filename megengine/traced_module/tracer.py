@@ -37,7 +37,7 @@ from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import register_supported_type, tree_flatten
+from .pytree import tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -455,13 +455,24 @@ class Tracer:
         self.check(expr, out_leaves)
         return self._to_nodes(result) if surgery else result
 
+    def _shape_tensors(self, args, kwargs):
+        """A traced ``x.shape`` given whole to a function or a tensor method
+        (``F.zeros(x.shape)``, ``y.reshape(x.shape)``) as its shape tensor, as upstream's
+        ``x.shape`` is there: the call then follows inputs of other sizes and numbers of dims.
+        (A shape read in an outer graph stays its sizes: they are this graph's inputs.)"""
+        def whole(v):
+            return v._tensor if type(v) is _TracedShape and self.known(v._tensor) else v
+
+        return tuple(map(whole, args)), {k: whole(v) for k, v in kwargs.items()}
+
     def record_function(self, func, args, kwargs, run=None):
-        args, kwargs = _with_defaults(func, args, kwargs)
+        args, kwargs = self._shape_tensors(*_with_defaults(func, args, kwargs))
         return self._record(CallFunction(func), args, kwargs, run or func)
 
     def record_method(self, name, orig, obj, args, kwargs):
         if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):
             obj = self._to_values((obj,), {})[0][0]
+        args, kwargs = self._shape_tensors(args, kwargs)
         return self._record(CallMethod(None, name), args, kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
@@ -691,9 +702,6 @@ for _name in ("__iter__", "__len__", "__contains__", "__add__", "__mul__", "__rm
               "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "count", "index",
               "numpy", "tolist", "item", "__array__", "__array_function__"):
     setattr(_TracedShape, _name, _whole_use(_name))
-# a call given the whole shape takes its sizes (and counts them: __iter__)
-register_supported_type(_TracedShape, lambda v: (list(v), None),
-                        lambda c, _: _trace_option.Shape(c))
 
 
 class _ApplyHook:
@@ -815,6 +823,7 @@ def _tensor_init_wrapper(orig):
         tracer = _active
         if tracer is None or tracer.depth or not tracer.scopes:
             return orig(self, *args, **kwargs)
+        args, kwargs = tracer._shape_tensors(args, kwargs)  # Tensor(x.shape)
         leaves = tree_flatten((args, kwargs), lambda x: isinstance(x, Tensor))[0]
         tracer.depth += 1
         try:

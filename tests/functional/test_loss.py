@@ -543,6 +543,16 @@ def test_square_loss_of_integer_tensors_is_float32_as_upstream_documents():
     assert F.nn.l1_loss(pred, label, reduction="sum").dtype == np.int32
 
 
+def test_l1_loss_of_bools_says_to_convert():
+    # upstream's pred - label refuses bools; earlier versions of this fork raised numpy's
+    # "boolean subtract" error
+    pred, label = mge.tensor([True, False]), mge.tensor([True, True])
+    with pytest.raises(TypeError, match=r"l1_loss: pred and label are bool.*"
+                                        r"\.astype\('float32'\)"):
+        F.nn.l1_loss(pred, label)
+    assert F.nn.l1_loss(pred.astype("float32"), label.astype("float32")).item() == 0.5
+
+
 # ----- second order: the losses' gradients differentiated again -----
 
 def _reduce_torch(t, reduction):

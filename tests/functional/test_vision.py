@@ -357,6 +357,68 @@ def test_roi_align_against_loop_reference_and_gradient(mode, aligned):
                                                     spatial_scale=0.9, aligned=aligned), img)
 
 
+def _roi_align_torch(img, rois, ph, pw, scale, offset, sh, sw, mode):
+    """megdnn's algorithm in torch (its dtype, differentiable): each roi's samples gathered
+    from their four neighbours (zero outside the image), then averaged or maxed per bin."""
+    _, c, h, w = img.shape
+    outs = []
+    for r in rois.tolist():
+        b = int(r[0])
+        x0, y0 = r[1] * scale - offset, r[2] * scale - offset
+        bw = max(r[3] * scale - offset - x0, 0) / pw
+        bh = max(r[4] * scale - offset - y0, 0) / ph
+        steps = [(i + (s + 0.5) / sh, j + (t + 0.5) / sw)
+                 for i in range(ph) for s in range(sh) for j in range(pw) for t in range(sw)]
+        y = torch.tensor([y0 + bh * u for u, _ in steps], dtype=torch.float64)
+        x = torch.tensor([x0 + bw * v for _, v in steps], dtype=torch.float64)
+        yl, xl = torch.floor(y), torch.floor(x)
+        fy, fx = (y - yl).to(img.dtype), (x - xl).to(img.dtype)
+        val = 0
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                yi, xi = (yl + dy).long(), (xl + dx).long()
+                inside = ((yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)).to(img.dtype)
+                val = val + img[b][:, yi.clamp(0, h - 1), xi.clamp(0, w - 1)] * wy * wx * inside
+        val = val.reshape(c, ph, sh, pw, sw)
+        outs.append(val.mean((2, 4)) if mode == "average" else val.amax((2, 4)))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("mode", ["average", "max"])
+def test_roi_align_of_float64_computes_in_float64(mode):
+    # earlier versions of this fork computed float64 in float32 and returned float32
+    img = np.random.RandomState(1).randn(2, 3, 8, 7)
+    g = np.random.RandomState(2).randn(3, 3, 3, 2)
+    x = mge.tensor(img, dtype="float64")
+    gm = GradManager().attach(x)
+    with gm:
+        out = F.vision.roi_align(x, ROIS, (3, 2), mode=mode, spatial_scale=0.9,
+                                 sample_points=(2, 3))
+        gm.backward(out, mge.tensor(g, dtype="float64"))
+    t = torch.tensor(img, requires_grad=True)
+    want = _roi_align_torch(t, ROIS, 3, 2, 0.9, 0.5, 2, 3, mode)
+    (want * torch.tensor(g)).sum().backward()
+    assert out.dtype == np.float64 and x.grad.dtype == np.float64
+    np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_roi_align_of_float16_stays_float16_and_rounds_once():
+    # a float16 result, as upstream's kernel gives, from samples and bins in float32 rounded
+    # once; earlier versions of this fork returned float32
+    img = np.random.RandomState(1).randn(2, 3, 8, 7).astype(np.float16)
+    x = mge.tensor(img)
+    gm = GradManager().attach(x)
+    with gm:
+        out = F.vision.roi_align(x, ROIS, (3, 2), spatial_scale=0.9, sample_points=(2, 3))
+        gm.backward(out.sum())
+    want = _roi_align_torch(torch.tensor(img, dtype=torch.float64), ROIS, 3, 2, 0.9, 0.5, 2, 3,
+                            "average").numpy()
+    assert out.dtype == np.float16 and x.grad.dtype == np.float16
+    np.testing.assert_allclose(out.numpy(), want, rtol=2.0 ** -11, atol=2.0 ** -25)
+    np.testing.assert_array_equal(out.numpy(), want.astype(np.float16))
+
+
 def test_roi_align_images_without_rois_and_no_rois_at_all():
     # the detection poolers hand each FPN level its own share of rois: an image may have none
     img = rand(3, 2, 10, 10)
@@ -560,6 +622,10 @@ def test_cvt_color_uint8_modes_by_hand():
     # (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14
     assert F.vision.cvt_color(px, "RGB2GRAY").numpy().ravel().tolist() == [76, 124]
     assert F.vision.cvt_color(px, "BGR2GRAY").numpy().ravel().tolist() == [29, 128]
+    # exact grays 138.503 and 120.497: upstream's 14-bit weights give 138 and 121 (OpenCV 4's
+    # 15-bit ones 139 and 120)
+    near_half = np.array([[[[53, 194, 77], [180, 73, 209]]]], np.uint8)
+    assert F.vision.cvt_color(near_half, "RGB2GRAY").numpy().ravel().tolist() == [138, 121]
     assert F.vision.cvt_color(px, "RGB2BGR").numpy().tolist() == [[[[0, 0, 255], [30, 200, 10]]]]
     rgba = np.concatenate([px, np.full((1, 1, 2, 1), 9, np.uint8)], -1)
     assert F.vision.cvt_color(rgba, "RGBA2RGB").numpy().tolist() == px.tolist()

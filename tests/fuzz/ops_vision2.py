@@ -14,16 +14,29 @@ OPS, op = registry()
 
 # ----- cvt_color -----
 
-# uint8 modes whose meaning OpenCV shares (same name, same rounding); the YUV <-> RGB modes use
-# megdnn's own coefficients and channel order, so only their float pair's consistency is fuzzed
+# uint8 modes whose meaning OpenCV shares (same name); the YUV <-> RGB modes use megdnn's own
+# coefficients and channel order, so only their float pair's consistency is fuzzed
 _CV2_UINT8 = {"RGB2GRAY": 3, "BGR2GRAY": 3, "RGBA2GRAY": 4, "GRAY2RGB": 1, "RGBA2RGB": 4,
               "RGBA2BGR": 4, "RGB2BGR": 3, "BGR2RGB": 3}
 _YUV420_GRAY = ("YUV2GRAY_NV21", "YUV2GRAY_NV12", "YUV2GRAY_YV12", "YUV2GRAY_YU12")
 
 
+def _gray_uint8(mode):
+    # megdnn's kernel (dnn/src/naive/cvt_color): OpenCV 3's 14-bit weights 4899, 9617, 1868,
+    # rounded half up; OpenCV 4 weighs by 15 bits and differs where the exact gray is near .5
+    def t(a):
+        v = a.long()
+        r, g, b = (v[..., 2], v[..., 1], v[..., 0]) if mode == "BGR2GRAY" else \
+            (v[..., 0], v[..., 1], v[..., 2])
+        return ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14)[..., None].to(torch.uint8)
+    return t
+
+
 def _cv2(mode):
     import cv2
 
+    if mode.endswith("GRAY"):
+        return _gray_uint8(mode)
     code = getattr(cv2, "COLOR_" + mode)
 
     def t(a):

@@ -234,14 +234,66 @@ class ShapeUsedWhole(M.Module):
         return F.zeros(x.shape) + x * x.shape[2]
 
 
-def test_a_shape_used_whole_or_a_missing_size_raise_naming_the_traced_shape():
+class ShapesGivenWhole(M.Module):
+    def forward(self, x, y):
+        return (F.zeros(x.shape) + x, F.ones(shape=x.shape), F.full(x.shape, 2.5),
+                F.broadcast_to(y, x.shape), y.reshape(x.shape[-1], -1).reshape(y.shape),
+                x.flatten().reshape(x.shape), Tensor(x.shape) * 2)
+
+
+@pytest.mark.parametrize("shapes", [((5, 1, 2), (1, 2)), ((3, 2, 2, 2), (2, 1)), ((4, 6), (6,))])
+def test_a_shape_given_whole_to_a_call_follows_other_sizes_and_dims(shapes):
+    # as upstream, the call takes the recorded shape tensor (GetVarShape's output): earlier
+    # versions of this fork unpacked its traced sizes and refused another number of dims
+    m = ShapesGivenWhole()
+    tm = trace_module(m, _inp(2, 3, 4), _inp(1, 4))
+    assert "zeros(getvarshape_out" in str(tm.graph)
+    x, y = _inp(*shapes[0]), _inp(*shapes[1])
+    for got, expected in zip(tm(x, y), m(x, y)):
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+class ZerosOfShape(M.Module):
+    def forward(self, shape, x):
+        return F.zeros(shape) + x
+
+
+class GivesShapeToModule(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = ZerosOfShape()
+
+    def forward(self, x):
+        return self.inner(x.shape, x)
+
+
+def test_a_shape_given_to_a_module_follows_other_sizes():
+    # the module's graph takes the sizes as inputs (earlier versions of this fork raised a
+    # TypeError on every call: the traced structure named the shape's private type)
+    m = GivesShapeToModule()
+    tm = trace_module(m, _inp(2, 3))
+    for shape in [(2, 3), (4, 5)]:
+        x = _inp(*shape)
+        np.testing.assert_array_equal(tm(x).numpy(), m(x).numpy())
+    with pytest.raises(ValueError, match=r"gave it whole to a module's call"):
+        tm(_inp(2, 3, 4))
+
+
+def test_a_shape_counted_whole_or_a_missing_size_raise_naming_the_traced_shape():
     m, x = ShapeUsedWhole(), _inp(2, 3, 4)
     tm = trace_module(m, x)
-    np.testing.assert_allclose(tm(_inp(5, 1, 2)).shape, (5, 1, 2))  # same number of dims
+    y = _inp(3, 2, 2, 2)
+    np.testing.assert_allclose(tm(y).numpy(), m(y).numpy())  # F.zeros(x.shape) follows
+
+    class UnpacksShape(M.Module):
+        def forward(self, x):
+            n, c, h = x.shape
+            return x.reshape(n, c * h)
+
     with pytest.raises(ValueError, match=r"traced with shape \(2, 3, 4\) and its forward "
-                                         r"counted the dims .*gave it whole to a call such as "
-                                         r"F.zeros\(x.shape\).*\(3, 2, 2, 2\) \(4 dims\)"):
-        tm(_inp(3, 2, 2, 2))  # (F.zeros(x.shape): the error names that use too)
+                                         r"counted the dims .*\(3, 2, 2, 2\) \(4 dims\)"):
+        trace_module(UnpacksShape(), x)(y)
 
     class ReadsThirdSize(M.Module):
         def forward(self, x):
