@@ -748,6 +748,10 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     if not 0 <= ls <= 1:
         raise ValueError(f"cross_entropy: label_smooth must be in [0, 1], got {label_smooth}")
     op = _CrossEntropy(int(axis) % ndim, bool(with_logits), ls, reduction)
+    if pred.dtype == np.float16:
+        # computed in float32 and rounded once, as torch's kernel: in float16, m + log(s) -
+        # pred[label] of logits near 100 loses ~0.03 (upstream's float16 ops round each step)
+        return apply(op, pred.astype(np.float32), label).astype(np.float16)
     return apply(op, pred, label)
 
 

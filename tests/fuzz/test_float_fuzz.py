@@ -26,9 +26,6 @@ KNOWN = {
         "complex": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "polar": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "imag": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
-        # upstream composes it of float16 ops (logsumexp - indexing_one_hot), each rounding
-        "cross_entropy": "the array path adds log-softmax's terms in float16 (1.2x torch's)",
-        "cross_entropy_with_softmax": "as cross_entropy: 1e-5 where the exact loss is 0",
         "warp_affine_modes": _CV_GRID,
         "warp_perspective_modes": _CV_GRID,
     },
