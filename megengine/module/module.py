@@ -300,7 +300,8 @@ class Module:
             seen = {id(self)}
         head = "" if prefix is None else prefix + "."
         attrs = vars(self)
-        for attr in sorted(attrs):
+        # (caches are skipped: not state, and a setattr while walking may drop a Sequential's)
+        for attr in sorted(attrs.keys() - _CALL_CACHES):
             for key, leaf in _expand_structure(attr, attrs[attr]):
                 if id(leaf) in seen:
                     continue

@@ -383,3 +383,38 @@ def test_lighting_draws_its_strength_in_units_of_255_as_upstream():
     lit = T.Lighting(0.1).apply(image)
     np.testing.assert_allclose(lit[0, 0], want, rtol=1e-6)
     assert np.abs(lit - image).max() > 1  # a visible change
+
+
+def test_torch_transform_compose_hands_pil_rgb_and_returns_bgr():
+    Image = pytest.importorskip("PIL.Image")
+    ImageOps = pytest.importorskip("PIL.ImageOps")
+    rng = np.random.RandomState(0)
+    bgr = rng.randint(0, 256, size=(6, 5, 3)).astype(np.uint8)
+    seen = []
+
+    def record(img):
+        seen.append((img.mode, np.array(img)))
+        return img
+
+    t = T.TorchTransformCompose(
+        [record, ImageOps.invert, lambda img: img.resize((4, 7))], order=("image", "image_category")
+    )
+    image, label = t.apply((bgr, 3))
+    assert seen[0][0] == "RGB"
+    np.testing.assert_array_equal(seen[0][1], bgr[..., ::-1])
+    expected = np.array(Image.fromarray(255 - bgr[..., ::-1]).resize((4, 7)))[..., ::-1]
+    assert image.dtype == np.uint8 and image.shape == (7, 4, 3) and label == 3
+    np.testing.assert_array_equal(image, expected)
+    batch = t.apply_batch([(bgr, 0), (bgr, 1)])
+    np.testing.assert_array_equal(batch[1][0], expected)
+
+
+def test_torch_transform_compose_gray_images_and_bad_input():
+    ImageOps = pytest.importorskip("PIL.ImageOps")
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    out = T.TorchTransformCompose([ImageOps.mirror]).apply(gray)
+    np.testing.assert_array_equal(out, gray[:, ::-1])
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) BGR or \(H, W, 1\) gray.*\(3, 4, 2\)"):
+        T.TorchTransformCompose([]).apply(np.zeros((3, 4, 2), np.uint8))
+    with pytest.raises(TypeError, match="return PIL images.*returned Tensor"):
+        T.TorchTransformCompose([lambda img: torch.from_numpy(np.array(img))]).apply(gray)

@@ -174,6 +174,41 @@ def test_external_buffer_rebound_by_an_inplace_write(symbolic):
 
 
 @pytest.mark.parametrize("symbolic", MODES)
+def test_buffers_rebound_between_traced_training_steps_are_used(symbolic):
+    # basecls' precise BN (``bn.running_mean = ...`` after an epoch) between calls of its
+    # traced training step: the trace runs on the new buffers, as eagerly and on upstream
+    def make():
+        mge.random.seed(3)
+        net = M.Sequential(M.Conv2d(3, 4, 3), M.BatchNorm2d(4))
+        gm = GradManager().attach(net.parameters())
+        opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x):
+            with gm:
+                loss = net(x).mean()
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+
+        return net, step
+
+    results = []
+    for traced in (False, True):
+        net, step = make()
+        f = trace(step, symbolic=symbolic) if traced else step
+        for i in range(4):
+            if i == 2:
+                net[1].running_mean = mge.tensor(np.full((1, 4, 1, 1), 0.5, "float32"))
+                net[1].running_var = mge.tensor(np.full((1, 4, 1, 1), 2.0, "float32"))
+            f(mge.tensor(np.random.RandomState(i).rand(2, 3, 5, 5).astype("float32")))
+        net.eval()
+        out = net(mge.tensor(np.ones((1, 3, 5, 5), "float32")))
+        results.append([net[1].running_mean, net[1].running_var, net[0].weight, out])
+    for eager, traced in zip(*results):
+        np.testing.assert_array_equal(traced.numpy(), eager.numpy())
+
+
+@pytest.mark.parametrize("symbolic", MODES)
 def test_the_same_tensor_passed_twice(symbolic):
     f = trace(lambda a, b: a * 2 + b, symbolic=symbolic)
     for v in ([1.0, 2.0], [3.0, 5.0]):

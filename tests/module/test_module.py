@@ -686,3 +686,17 @@ def test_state_dict_goes_through_an_overridden_state_dict_hook_at_any_depth():
     raw = net._state_dict()
     assert raw[(TorchBiasConv, "conv.bias")].shape == (3,)
     assert raw[(M.BatchNorm2d, "bn.weight")].shape == (1, 3, 1, 1)
+
+
+def test_children_replaced_while_walking_a_called_sequential():
+    # basecls' RepVGGBlock.convert_to_deploy: `for name, child in m.named_children():
+    # setattr(m, name, convert(child))` over an SE block's Sequential that has been called
+    seq = M.Sequential(Scale(3), M.ReLU(), Scale(3))
+    x = mge.tensor([1.0, -1.0, 4.0])
+    before = seq(x).numpy()
+    walked = []
+    for name, child in seq.named_children():
+        walked.append(name)
+        setattr(seq, name, child)
+    assert walked == ["0", "1", "2"]
+    np.testing.assert_array_equal(seq(x).numpy(), before)

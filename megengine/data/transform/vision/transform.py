@@ -13,6 +13,7 @@ __all__ = [
     "VisionTransform",
     "ToMode",
     "Compose",
+    "TorchTransformCompose",
     "Pad",
     "Resize",
     "ShortestEdgeResize",
@@ -221,6 +222,51 @@ class Compose(VisionTransform):
             for dst, src in zip(group, np.random.permutation(group).tolist()):
                 source[dst] = src
         return [self.transforms[i] for i in source]
+
+
+class TorchTransformCompose(VisionTransform):
+    r"""Apply torchvision-style transforms (callables taking and returning a PIL image) to the
+    image, as upstream does for its users' PIL augmentations (AutoAugment, RandAugment, ...).
+
+    An (H, W, 3) BGR image reaches the transforms as an RGB ``PIL.Image`` and comes back as a
+    uint8 BGR array; an (H, W, 1) image as a gray (``"L"``) one. Only the image changes, and the
+    transforms must return PIL images (or arrays): torchvision's ``ToTensor`` and ``Normalize``
+    are not supported. Needs Pillow.
+
+    Args:
+        transforms: the callables, applied in order.
+    """
+
+    def __init__(self, transforms, *, order=None):
+        super().__init__(order)
+        self.transforms = list(transforms)
+
+    def _apply_image(self, image):
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ImportError("TorchTransformCompose needs Pillow: pip install pillow") from None
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] not in (1, 3):
+            raise ValueError(
+                "TorchTransformCompose takes an (H, W, 3) BGR or (H, W, 1) gray image, "
+                "but got an image of shape {}".format(image.shape)
+            )
+        pixels = image[..., 0] if image.shape[2] == 1 else image[..., ::-1]  # BGR -> RGB
+        result = Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8))
+        for t in self.transforms:
+            result = t(result)
+        if not isinstance(result, (Image.Image, np.ndarray)):
+            raise TypeError(
+                "TorchTransformCompose needs transforms that return PIL images, but {!r} "
+                "returned {}".format(t, type(result).__name__)
+            )
+        result = np.array(result, dtype=np.uint8)
+        if result.ndim == 2:
+            return result[..., np.newaxis]
+        if result.shape[2] == 3:
+            result = result[..., ::-1]  # RGB -> BGR
+        return np.ascontiguousarray(result)
 
 
 class Pad(VisionTransform):
