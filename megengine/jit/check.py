@@ -665,6 +665,10 @@ class _Checker(_Hook):
                                       and t._data.dtype == info.tensor._data.dtype)
             if ok:
                 self.values[expected] = t  # (later uses in this call take the fast path)
+            elif t._data.dtype != info.tensor._data.dtype:  # upstream's words for the two
+                code = f"dtype mismatch: {info.tensor._data.dtype} vs {t._data.dtype}"
+            else:
+                code = f"comp_node mismatch: {info.device} vs {t._device}"
         elif kind == "const" and info.tensor is not None and t is info.tensor:
             # the captured external itself: its value must still be the captured one, as
             # upstream's compiled trace asserts ("tensors not equals"); the op then runs on
@@ -700,7 +704,7 @@ class _Checker(_Hook):
                    + (f", value {_ArrayValue(t._data)!r}" if t.size <= 8 else "") + ")")
             self._mismatch(f"{where}: the trace used {prog.describe(expected)}, this call used "
                            f"{now}", "expect internal node, got external" if kind in _COMPUTED
-                           else "tensors not equals")
+                           else code if kind == "ext" else "tensors not equals")
 
     def _next_main(self, where):
         """(index, step) of the next op or event step, past detach() steps."""

@@ -86,4 +86,8 @@ def test_check_mode_external_swapped_for_another_tensor():
     with pytest.raises(TraceMismatchError) as info:
         f(mge.tensor([2.0]))
     assert "external Parameter" in info.value.detail
-    assert str(info.value) == "trace error because tensors not equals"
+    # upstream's words for an external of another dtype
+    assert str(info.value) == "trace error because dtype mismatch: float32 vs int32"
+    state["w"] = mge.tensor([3.0], device="cpu1")  # (the default device: cpu0, or gpu0)
+    with pytest.raises(TraceMismatchError, match="comp_node mismatch: .* vs cpu1"):
+        f(mge.tensor([2.0]))
