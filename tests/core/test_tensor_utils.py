@@ -123,7 +123,7 @@ def test_einsum_written_as_megengine_sams_subgraph():
 def _iou_subgraph():
     # megvii-research/basedet's structures/op_patch.py: pairwise IoU of (N, 4) and (M, 4) boxes
     # written with AddAxis, index-only Subtensor and Elemwise descriptors, made by `subgraph`
-    @subgraph("IOU", "float32", "cpu0", 2, gopt_level=2)
+    @subgraph("IOU", "float32", mge.get_default_device(), 2, gopt_level=2)
     def iou(inputs, f, c):
         a = f(builtin.AddAxis(axis=[1]), inputs[0])
         b = f(builtin.AddAxis(axis=[0]), inputs[1])
