@@ -190,7 +190,14 @@ def _check_same_kind(t, want_dtype, want_device):
             f"tensor stays on its device (as upstream's); move it with t.to({want_device!r})")
 
 
-class Tensor(metaclass=_TensorType):
+class _InstanceDict:
+    """The plain instance ``__dict__`` that Tensor's own ``__dict__`` property wraps."""
+
+
+_instance_dict = _InstanceDict.__dict__["__dict__"]
+
+
+class Tensor(_InstanceDict, metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
     __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to our reflected operators
@@ -236,6 +243,22 @@ class Tensor(metaclass=_TensorType):
                 self._data = _fmt.channels_last(self._data, self._device)
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
+
+    # Upstream's tensor keeps its value (and autodiff identity) in C++, outside the Python
+    # ``__dict__``: a subclass that adopts another tensor's attributes, basedet's
+    # ``Boxes.__init__`` doing ``self.__dict__ = boxes.__dict__``, gets the same value but stays
+    # a tensor of its own, whose in-place updates (``boxes[:] = clipped``, ``boxes *= s``) leave
+    # the other one as it was. Here the value lives in the instance dict, so assigning a dict
+    # takes a copy of it rather than sharing it.
+    @property
+    def __dict__(self):
+        return _instance_dict.__get__(self)
+
+    @__dict__.setter
+    def __dict__(self, attributes):
+        own = _instance_dict.__get__(self)
+        own.clear()
+        own.update(attributes)
 
     @classmethod
     def _wrap(cls, array, device):

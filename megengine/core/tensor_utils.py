@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from ._imperative_rt.opdef import OpDef
 from ._trace_option import is_dim, is_int
 from .tensor import Tensor, promote_types
 
@@ -214,10 +215,44 @@ def _apply_in_subgraph(op, *args):
 
 def subgraph(name, dtype, device, nr_inputs, gopt_level=None, jit_fusion=False,
              custom_grad=False):
-    """Upstream's ``subgraph``: like `subgraph_fn`, but the result is applied with ``apply``
-    semantics (a tuple of outputs). Here both run the same way; see `subgraph_fn`."""
-    return subgraph_fn(name, dtype, device, nr_inputs, gopt_level=gopt_level,
+    """Upstream's ``subgraph``: the decorated body becomes a function of no arguments that
+    returns an op descriptor, which ``apply(op, *inputs)`` runs, returning a tuple of outputs:
+
+    .. code-block:: python
+
+        @subgraph("Scale", "float32", "cpu0", 1)
+        def scale(inputs, f, c):
+            return [f("*", inputs[0], c(2.0))], [True]
+
+        (y,) = apply(scale(), x)
+
+    (upstream's `subgraph_fn` is ``lambda *args: apply(op(), *args)``). The body runs as in
+    `subgraph_fn`, which says how."""
+    make = subgraph_fn(name, dtype, device, nr_inputs, gopt_level=gopt_level,
                        jit_fusion=jit_fusion, custom_grad=custom_grad)
+
+    def decorator(body):
+        op = _SubgraphOp(name, make(body))
+        return lambda: op
+
+    return decorator
+
+
+class _SubgraphOp(OpDef):
+    """The op `subgraph` makes: applying it runs the subgraph's body on the inputs."""
+
+    def __init__(self, name, run):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_run", run)
+
+    def _key(self):  # one op per subgraph (its body), not per parameter values
+        return (type(self), self._run)
+
+    def __repr__(self):
+        return f"SubgraphOp({self.name!r})"
+
+    def _lower(self, *inputs):
+        return tuple(self._run(*inputs))
 
 
 def subgraph_fn(name, dtype, device, nr_inputs, gopt_level=None, jit_fusion=False,

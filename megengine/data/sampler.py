@@ -103,9 +103,14 @@ class MapSampler(Sampler):
     def __iter__(self) -> Iterator[List]:
         return self.batch()
 
-    @abstractmethod
     def sample(self):
-        """Return all indices of one epoch (over all ranks), in order."""
+        """Return all indices of one epoch (over all ranks), in order.
+
+        Subclasses define it, or override `batch` instead (as upstream, a sampler that
+        overrides `batch`, like basedet's InferenceSampler, needs no ``sample``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.sample: a MapSampler subclass defines sample() (the "
+            "indices of one epoch) or overrides batch()")
 
     def scatter(self, indices: List) -> List:
         r"""Give this rank its share: indices ``rank, rank + world_size, ...``, after

@@ -126,11 +126,25 @@ class Client:
         self._store.set(_USER_PREFIX + str(key), pickle.dumps(val))
 
     def user_get(self, key):
-        """The value some rank set under ``key``, waiting until one has."""
+        """The value some rank set under ``key``, waiting until one has. Bytes come back as
+        ``xmlrpc.client.Binary`` (the bytes are its ``.data``), as upstream's XML-RPC server
+        returns them (basecore's ``gather_pyobj`` reads ``user_get(key).data``)."""
         try:
             data = self._store.get(_USER_PREFIX + str(key))
         except RuntimeError as error:  # torch says "Socket Timeout" and nothing of the key
             raise RuntimeError(
                 f"Client.user_get: no rank set {key!r} within {self._timeout:g} s (or the "
                 f"rendezvous went away): {str(error).strip().splitlines()[0]}") from error
-        return pickle.loads(data)
+        value = pickle.loads(data)
+        if isinstance(value, (bytes, bytearray)):
+            import xmlrpc.client
+
+            return xmlrpc.client.Binary(bytes(value))
+        return value
+
+    def user_pop(self, key):
+        """``user_get(key)``, then the key is removed from the rendezvous (upstream's way to
+        free a large value once its one reader has it)."""
+        value = self.user_get(key)
+        self._store.delete_key(_USER_PREFIX + str(key))
+        return value

@@ -170,3 +170,17 @@ def test_graph_var_and_operator_classes_are_what_load_graph_returns(tmp_path):
     assert not isinstance(mge.tensor([1.0]), rt.VarNode)  # an eager tensor is no graph var
     with pytest.raises(AttributeError, match="no attribute 'NoSuchNode'"):
         rt.NoSuchNode
+
+
+def test_runtime_options_are_reachable_from_core2():
+    # upstream's C++ core exports get_option/set_option here (megengine/dtr.py, basedet's
+    # ModelEMA import them from core2); they are megengine.core's, one state
+    from megengine.core import get_option
+    from megengine.core._imperative_rt import core2
+
+    before = get_option("record_computing_path")
+    core2.set_option("record_computing_path", 1)
+    try:
+        assert get_option("record_computing_path") == 1 == core2.get_option("record_computing_path")
+    finally:
+        core2.set_option("record_computing_path", before)

@@ -598,3 +598,34 @@ def test_repr_lays_out_values_as_upstreams_docstrings_show():
     assert repr(Tensor(np.float32(2.6140645))).startswith("Tensor(2.6140645, device=")
     assert repr(Tensor([[2, 3, 4], [5, 6, 7]])).startswith(
         "Tensor([[2 3 4]\n [5 6 7]], dtype=int32, device=")
+
+
+class _Boxes(Tensor):
+    # megvii-research/basedet's structures/boxes.py: a Tensor subclass that adopts another
+    # tensor's attributes instead of calling Tensor.__init__, and updates itself in place
+    def __init__(self, boxes):
+        self.__dict__ = boxes.__dict__
+
+    def clip(self, h, w):
+        F = mge.functional
+        self[:] = F.concat([F.clip(self[:, 0::2], 0, w), F.clip(self[:, 1::2], 0, h)], 1)
+        return self
+
+
+def test_a_subclass_adopting_a_tensors_dict_is_a_tensor_of_its_own():
+    # upstream keeps a tensor's value outside its Python __dict__: Boxes(t).clip(...) changes
+    # the Boxes, not t (earlier versions of this fork shared the value, so t was clipped too,
+    # and basedet's RPN proposals differed from upstream's)
+    x = mge.tensor([[-3.0, 2.0, 9.0, 40.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        t = x * 2
+        b = _Boxes(t).clip(20, 10)
+        assert type(b) is _Boxes and b is not t
+        np.testing.assert_array_equal(t.numpy(), [[-6, 4, 18, 80]])
+        np.testing.assert_array_equal(b.numpy(), [[0, 10, 4, 20]])  # (x0, x1, y0, y1)
+        b.extra = 1
+        assert not hasattr(t, "extra")
+        gm.backward((b * mge.tensor([1.0, 2.0, 3.0, 4.0])).sum() + t.sum())
+    # through the adopted autodiff history: d/dx of clip(2x) * w + 2x (clipped ends give 0)
+    np.testing.assert_array_equal(x.grad.numpy(), [[2, 8, 2, 2]])  # t1 = 4 passes, weight 3

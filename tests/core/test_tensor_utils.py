@@ -7,8 +7,9 @@ import torch
 import megengine as mge
 from megengine.autodiff import GradManager
 from megengine.core.ops import builtin
+from megengine.core._imperative_rt.core2 import apply
 from megengine.core.tensor.utils import (astensor1d, dtype_promotion, isscalar,
-                                         make_shape_tuple, subgraph_fn)
+                                         make_shape_tuple, subgraph, subgraph_fn)
 from devices import requires_cuda
 from oracle import check_against_torch
 
@@ -117,6 +118,51 @@ def test_einsum_written_as_megengine_sams_subgraph():
     b = rng.randn(2, 4, 5).astype(np.float32)
     check_against_torch(lambda p, q: bmm(p, q), lambda p, q: [p @ q, (p @ q).sum(2)], a, b,
                         rtol=1e-5, atol=1e-5)
+
+
+def _iou_subgraph():
+    # megvii-research/basedet's structures/op_patch.py: pairwise IoU of (N, 4) and (M, 4) boxes
+    # written with AddAxis, index-only Subtensor and Elemwise descriptors, made by `subgraph`
+    @subgraph("IOU", "float32", mge.get_default_device(), 2, gopt_level=2)
+    def iou(inputs, f, c):
+        a = f(builtin.AddAxis(axis=[1]), inputs[0])
+        b = f(builtin.AddAxis(axis=[0]), inputs[1])
+        col = lambda t, i: f(builtin.Subtensor(items=[[2, False, False, False, True]]), t,  # noqa
+                             c(i, dtype="int32"))
+        iw = f("max", f("-", f("min", col(a, 2), col(b, 2)), f("max", col(a, 0), col(b, 0))),
+               c(0.0))
+        ih = f("max", f("-", f("min", col(a, 3), col(b, 3)), f("max", col(a, 1), col(b, 1))),
+               c(0.0))
+        inter = f("*", iw, ih)
+        area = lambda t: f("*", f("-", col(t, 2), col(t, 0)), f("-", col(t, 3), col(t, 1)))  # noqa
+        return [f("/", inter, f("-", f("+", area(a), area(b)), inter))], [True]
+
+    return iou
+
+
+def test_subgraph_makes_an_op_that_apply_runs_as_upstreams():
+    # upstream: subgraph(...)(body) is a function of no arguments returning the op, and
+    # apply(op, *inputs) returns a tuple (earlier versions of this fork called the decorated
+    # body with the inputs, so apply(IOU(), a, b) raised "takes 2 inputs, got 0")
+    iou = _iou_subgraph()
+    op = iou()
+    assert isinstance(op, builtin.OpDef) and op == iou() and "IOU" in repr(op)
+    assert op != _iou_subgraph()()  # another body is another op
+
+    def torch_iou(p, q):
+        lt, rb = torch.maximum(p[:, None, :2], q[None, :, :2]), torch.minimum(p[:, None, 2:],
+                                                                             q[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        area = lambda t: (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])  # noqa: E731
+        return inter / (area(p)[:, None] + area(q)[None] - inter)
+
+    xy = rng.rand(5, 2).astype(np.float32) * 10
+    p = np.concatenate([xy, xy + 1 + rng.rand(5, 2).astype(np.float32) * 5], 1)
+    xy = rng.rand(7, 2).astype(np.float32) * 10
+    q = np.concatenate([xy, xy + 1 + rng.rand(7, 2).astype(np.float32) * 5], 1)
+    out = check_against_torch(lambda a, b: apply(op, a, b), lambda a, b: [torch_iou(a, b)],
+                              p, q)
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (5, 7)
 
 
 def test_subgraph_misuse_is_explained():

@@ -5,6 +5,7 @@ import pytest
 from megengine.data.dataset import ArrayDataset
 from megengine.data.sampler import (
     Infinite,
+    MapSampler,
     RandomSampler,
     ReplacementSampler,
     SequentialSampler,
@@ -185,3 +186,27 @@ def test_random_sampler_batches_are_its_sample_batched_without_listing_the_epoch
         b = RandomSampler(_Sized(11), batch_size=2, drop_last=True, world_size=2, rank=rank, seed=3)
         shard = b.scatter(b.sample())
         assert list(a.batch()) == [shard[i:i + 2] for i in range(0, len(shard) - 1, 2)]
+
+
+def test_a_sampler_that_overrides_batch_needs_no_sample():
+    # upstream's MapSampler.sample raises NotImplementedError rather than being abstract:
+    # basedet's InferenceSampler overrides batch() only (earlier versions of this fork refused
+    # to make it: "Can't instantiate abstract class InferenceSampler")
+    class InferenceSampler(MapSampler):
+        def __init__(self, ds, batch_size=1, world_size=None, rank=None):
+            super().__init__(ds, batch_size, False, None, world_size, rank)
+            begin = self.num_samples * self.rank
+            self.indices = list(range(begin, min(begin + self.num_samples, len(ds))))
+
+        def batch(self):
+            step = self.batch_size
+            return iter([self.indices[i:i + step] for i in range(0, len(self.indices), step)])
+
+    assert list(InferenceSampler(dataset(5), batch_size=2)) == [[0, 1], [2, 3], [4]]
+    assert list(InferenceSampler(dataset(5), 2, world_size=2, rank=1)) == [[3, 4]]
+
+    class NoEpoch(MapSampler):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"NoEpoch.sample: .*defines sample\(\)"):
+        list(NoEpoch(dataset(3)))

@@ -281,6 +281,28 @@ def test_get_client_shares_values_and_user_get_waits_for_the_set(run_ranks):
     assert run_ranks(_share_through_the_client, 2) == [None, ((2, 3), "float32")]
 
 
+def _gather_as_basecore_does():
+    import pickle
+
+    client = dist.get_client()
+    if dist.get_rank() == 1:
+        client.user_set("obj_rank1", pickle.dumps({"boxes": [1.5, 2.5]}))
+        dist.group_barrier()  # rank 0 has popped the key
+        return None
+    got = client.user_pop("obj_rank1")
+    dist.group_barrier()
+    # basecore.utils.gather_pyobj reads .data: upstream's XML-RPC returns bytes as Binary
+    value = pickle.loads(got.data)
+    client.user_set("probe", 0)
+    keys_left = client._store.check(["megengine/user/obj_rank1"])
+    return value, keys_left
+
+
+def test_user_pop_gives_the_value_once_and_bytes_come_back_as_upstreams_binary(run_ranks):
+    # earlier versions of this fork had no user_pop and returned bytes as they were set
+    assert run_ranks(_gather_as_basecore_does, 2) == [({"boxes": [1.5, 2.5]}, False), None]
+
+
 def test_get_client_outside_a_process_group_says_so():
     with pytest.raises(RuntimeError, match="not initialized"):
         dist.get_client()

@@ -5,12 +5,13 @@ import weakref
 from .. import _trace_option, dispatch
 from ..tensor import Tensor
 from ...device import _full_sync
+from .._config import get_option, set_option  # noqa: F401  upstream's C++ exports them here
 from ..amp import (_get_amp_dtype_autocast, _get_amp_high_prec_dtype,  # noqa: F401
                    _get_amp_low_prec_dtype, _set_amp_dtype_autocast,
                    _set_amp_high_prec_dtype, _set_amp_low_prec_dtype)
 
 __all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex",
-           "config_async_level", "get_async_level"]
+           "config_async_level", "get_async_level", "get_option", "set_option"]
 
 
 _OpDef = None
