@@ -90,10 +90,22 @@ class MapSampler(Sampler):
             return self._total_samples
         return len(self.dataset)
 
+    _rank_samples = None  # num_samples as a subclass set it
+
     @property
     def num_samples(self) -> int:
-        """Number of indices this rank gets per epoch."""
+        """Number of indices this rank gets per epoch. A subclass may set it (upstream's is
+        a plain attribute): ``len()`` and `scatter` then use the value set."""
+        if self._rank_samples is not None:
+            return self._rank_samples
         return int(math.ceil(self.sample_count() / self.world_size))
+
+    @num_samples.setter
+    def num_samples(self, value):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) \
+                or value < 0:
+            raise ValueError(f"num_samples should be a non-negative integer, got {value!r}")
+        self._rank_samples = int(value)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -286,6 +298,13 @@ class Infinite(MapSampler):
 
     def __len__(self):
         return np.iinfo(np.int64).max
+
+    def __getattr__(self, name):
+        # what Infinite does not have is the wrapped sampler's (its world_size, rank,
+        # num_samples, indices, ...), as upstream's
+        if name.startswith("__") or name == "sampler":  # (copy/pickle probe before __init__)
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
 
 
 class StreamSampler(Sampler):

@@ -210,3 +210,32 @@ def test_a_sampler_that_overrides_batch_needs_no_sample():
 
     with pytest.raises(NotImplementedError, match=r"NoEpoch.sample: .*defines sample\(\)"):
         list(NoEpoch(dataset(3)))
+
+
+def test_a_subclass_sets_num_samples_as_upstreams_attribute():
+    # upstream's num_samples is a plain attribute (this rank's count) that len() and scatter()
+    # read; a subclass giving each rank its own share sets it (earlier versions of this fork
+    # raised AttributeError: the property had no setter)
+    class Shard(SequentialSampler):
+        def __init__(self, ds, rank):
+            super().__init__(ds, batch_size=2, world_size=2, rank=rank)
+            self.num_samples = 3 if rank == 0 else 2
+
+    assert len(Shard(dataset(5), 0)) == 2 and len(Shard(dataset(5), 1)) == 1
+    # scatter pads the epoch to num_samples * world_size and deals it out
+    assert Shard(dataset(5), 0).scatter(list(range(5))) == [0, 2, 4]
+    with pytest.raises(ValueError, match="num_samples should be a non-negative integer"):
+        Shard(dataset(5), 0).num_samples = -1
+
+
+def test_infinite_passes_other_attributes_to_the_wrapped_sampler():
+    # as upstream's Infinite.__getattr__ (a training loop reads world_size or num_samples
+    # through it)
+    inner = RandomSampler(dataset(6), batch_size=2, world_size=2, rank=1, seed=3)
+    sampler = Infinite(inner)
+    assert (sampler.world_size, sampler.rank, sampler.num_samples) == (2, 1, 3)
+    assert sampler.sample_count() == 6
+    with pytest.raises(AttributeError, match="no_such"):
+        sampler.no_such
+    # before __init__ (as copy and pickle make it) it has no sampler: no endless recursion
+    assert not hasattr(Infinite.__new__(Infinite), "world_size")
