@@ -172,6 +172,8 @@ def _text(value):
 class Input(Expr):
     """A graph argument: ``self`` (a ModuleNode) or a tensor."""
 
+    _is_input = True  # (its node keeps it when pickled: see Node.__getstate__)
+
     def __init__(self, name, node_type=TensorNode, qualname="", owner=None, **node_kwargs):
         super().__init__()
         self.name = name

@@ -208,6 +208,19 @@ class InternalGraph:
         self._top_graph = None
         self._total_ids = None
 
+    def __getstate__(self):
+        return dict(self.__dict__, _relink=True)  # its nodes leave their links out
+
+    def __setstate__(self, state):
+        relink = state.pop("_relink", False)
+        self.__dict__.update(state)
+        if relink:  # each node's producing expr and its users, from the exprs in order
+            for expr in self._exprs:
+                for node in expr.outputs:
+                    node.expr = expr
+                for node in expr.inputs:
+                    node.users.append(expr)
+
     # ----- what it is -----
     @property
     def name(self) -> str:

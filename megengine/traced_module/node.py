@@ -42,6 +42,24 @@ class Node:
         previous, Node._format_spec = Node._format_spec, spec
         return previous
 
+    # ----- pickling -----
+    def __getstate__(self):
+        # The links to the exprs that made and read a node are left out and rebuilt by its
+        # graph when it loads (`InternalGraph.__setstate__`): pickled, they chain node ->
+        # users -> outputs -> users ... through the whole graph, a few recursion levels per
+        # expr (a 60-op forward passed Python's limit). An input keeps its Input expr, which
+        # is in no graph's exprs.
+        state = dict(self.__dict__)
+        state.pop("users", None)
+        if not getattr(state.get("expr"), "_is_input", False):
+            state["expr"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "users" not in state:  # (pickles of earlier versions hold the links)
+            self.users = []
+
     # ----- naming -----
     @property
     def name(self) -> str:
@@ -128,7 +146,7 @@ class ModuleNode(Node):
     def __getstate__(self):
         # A class defined inside a function cannot be pickled by reference: such a node keeps
         # the type of the module it stands for now (a TracedModule) in the pickle instead.
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         if not _findable(state.get("module_type")):
             owner_type = type(state.get("_owner"))
             state["module_type"] = owner_type if _findable(owner_type) else None
@@ -183,7 +201,7 @@ class TensorNode(Node):
         return len(self._shape) if self._shape is not None else None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["value"] = None
         return state
 

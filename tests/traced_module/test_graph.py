@@ -382,3 +382,61 @@ def test_in_place_operators_transpose_and_broadcast_on_nodes_inside_insert_exprs
     np.testing.assert_allclose(tm(x).numpy(), expected * 2, rtol=1e-6)
     with pytest.raises(TypeError, match="inside `with graph.insert_exprs"):
         relu_out.T
+
+
+class _Chain(M.Module):
+    def forward(self, x):
+        for _ in range(300):
+            x = x * 0.5 + 1.0
+        return x
+
+
+def _links(graph):
+    """Each node's producing expr and users, as positions (the graph's structure)."""
+    exprs = list(graph._exprs)
+    nodes = list(graph._inputs) + [n for e in exprs for n in e.outputs]
+    where = {id(e): i for i, e in enumerate(exprs)}
+    return [(where.get(id(n.expr), type(n.expr).__name__), [where[id(u)] for u in n.users])
+            for n in nodes]
+
+
+def test_a_long_traced_forward_pickles_at_pythons_default_recursion_limit():
+    # 600 exprs in a chain: the nodes' links to their exprs and users were pickled, one chain
+    # through the whole graph, and a 60-op forward passed Python's recursion limit
+    # (RecursionError in mge.save or copy.deepcopy; basedet's traced Faster R-CNN needed 1500)
+    import copy
+    import sys
+
+    assert sys.getrecursionlimit() <= 1000
+    x = Tensor(np.arange(3, dtype=np.float32))
+    tm = trace_module(_Chain(), x)
+    for loaded in (pickle.loads(pickle.dumps(tm)), copy.deepcopy(tm)):
+        np.testing.assert_array_equal(loaded(x).numpy(), _Chain()(x).numpy())
+        assert _links(loaded.graph) == _links(tm.graph)
+    # the links are rebuilt, so graph edits still work on the loaded module
+    loaded = pickle.loads(pickle.dumps(tm))
+    out = loaded.graph.outputs[0]
+    with loaded.graph.insert_exprs():
+        neg = F.neg(out)
+    loaded.graph.replace_node({out: neg})
+    loaded.graph.compile()
+    np.testing.assert_array_equal(loaded(x).numpy(), -_Chain()(x).numpy())
+
+
+def test_pickles_that_hold_the_links_still_load(monkeypatch):
+    # what earlier versions of this fork wrote: every node's expr and users in the pickle
+    from megengine.traced_module.graph import InternalGraph
+    from megengine.traced_module.node import Node
+
+    _, tm, x = _traced()
+    expected = tm(x).numpy()
+    monkeypatch.setattr(Node, "__getstate__", lambda self: dict(self.__dict__))
+    monkeypatch.setattr(TensorNode, "__getstate__", lambda self: dict(self.__dict__, value=None))
+    monkeypatch.setattr(ModuleNode, "__getstate__", lambda self: dict(self.__dict__))
+    monkeypatch.setattr(InternalGraph, "__getstate__", lambda self: dict(self.__dict__))
+    data = pickle.dumps(tm)
+    monkeypatch.undo()
+    loaded = pickle.loads(data)
+    np.testing.assert_array_equal(loaded(x).numpy(), expected)
+    for g in (loaded.graph, loaded.b0.graph):
+        assert _links(g) == _links(tm.graph if g is loaded.graph else tm.b0.graph)
