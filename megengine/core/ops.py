@@ -114,13 +114,15 @@ class _Binary(Op):
     quantized = None
 
     def forward(self, a, b):
-        dtype = _promote(a, b)
-        if dtype.metadata is not None:
-            return self._quantized(a, b, dtype)
-        if a.dtype != dtype:
-            a = a.astype(dtype)
-        if b.dtype != dtype:
-            b = b.astype(dtype)
+        dtype = a.dtype
+        if dtype is not b.dtype or dtype.metadata is not None:  # (else nothing to promote)
+            dtype = _promote(a, b)
+            if dtype.metadata is not None:
+                return self._quantized(a, b, dtype)
+            if a.dtype != dtype:
+                a = a.astype(dtype)
+            if b.dtype != dtype:
+                b = b.astype(dtype)
         self.a, self.b = a, b
         try:
             return self.compute(a, b)
