@@ -66,7 +66,7 @@ class _Softmax(Op):
     def forward(self, x):
         x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
-            self.ty = _aten.aten()._softmax(_aten.view(x), self.axes[0], False)
+            self.ty = _aten.ops._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
         e = xp_of(x).exp(x - _shift(x, self.axes))
@@ -99,7 +99,7 @@ class _LogSoftmax(Op):
     def forward(self, x):
         x = _as_float(x, self)
         if _aten_softmax(x, self.axes):
-            self.ty = _aten.aten()._log_softmax(_aten.view(x), self.axes[0], False)
+            self.ty = _aten.ops._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(self.ty)
             return self.y
         xp = xp_of(x)
