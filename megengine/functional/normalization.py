@@ -317,8 +317,8 @@ class _Normalize(Op):
         self.tw = _aten.view(params[0].reshape(m)) if self.has_weight else None
         self.tb = _aten.view(params[-1].reshape(m)) if self.has_bias else None
         self.tx = _aten.view(x2)
-        y, self.mean, self.rstd = _aten.aten().native_layer_norm(self.tx, [m], self.tw, self.tb,
-                                                                 self.eps)
+        y, self.mean, self.rstd = _aten.ops.native_layer_norm(self.tx, [m], self.tw, self.tb,
+                                                              self.eps)
         return _aten.array(y).reshape(self.x_shape)
 
     def _forward_aten_group(self, x, params):
@@ -339,7 +339,7 @@ class _Normalize(Op):
             self.tw = _aten.view(xp_of(x).ones(c, x.dtype))
         # ATen's kernel reads its input as contiguous (N, C, HxW): a copy only when x is not
         self.tx = _aten.view(xp_of(x).ascontiguousarray(x).reshape(n, c, hw))
-        y, self.mean, self.rstd = _aten.aten().native_group_norm(
+        y, self.mean, self.rstd = _aten.ops.native_group_norm(
             self.tx, self.tw, self.tb, n, c, hw, self.view[1], self.eps)
         return _aten.array(y).reshape(self.x_shape)
 
