@@ -67,8 +67,18 @@ def _size_item(s):
     return int(s)
 
 
+def all_ints(sizes):
+    """Whether every item of ``sizes`` is a Python int (not a bool, a numpy int or a SymDim)."""
+    for s in sizes:
+        if type(s) is not int:
+            return False
+    return True
+
+
 def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
+    if type(shape) is tuple and all_ints(shape):  # (the usual call: already one)
+        return shape
     if hasattr(shape, "_data"):
         sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
         # (else Tensor.numpy: a trace notes this host read)
