@@ -1072,6 +1072,18 @@ def _norm_axes(axis, ndim, what):
 
 
 _ORDERED = frozenset({"max", "min"})
+# what ndarray.sum, .prod, .max and .min call, behind ~1 us of Python (numpy's _methods)
+_NP_REDUCE = {"sum": np.add.reduce, "prod": np.multiply.reduce, "max": np.maximum.reduce,
+              "min": np.minimum.reduce}
+
+
+def _reduce_kept(x, mode, axes):
+    """``x`` reduced over ``axes`` by ``mode``, the axes kept (size 1): numpy's ufunc itself for
+    a numpy array (the same call its method makes), else the array's method (CuPy; a mean)."""
+    reduce = _NP_REDUCE.get(mode) if type(x) is np.ndarray else None
+    if reduce is not None:
+        return reduce(x, axes, None, None, True)
+    return getattr(x, mode)(axis=axes, keepdims=True)
 
 
 class Reduce(Op):
@@ -1110,14 +1122,14 @@ class Reduce(Op):
                 out = getattr(x, mode)(keepdims=True)
             elif mode == "mean" and x.dtype in _ATEN_REDUCE_DTYPES and x.size:
                 # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean)
-                out = x.sum(axis=axes, keepdims=True)
+                out = _reduce_kept(x, "sum", axes)
                 out /= math.prod(x.shape[a] for a in axes)
             elif x.dtype is _F16 and (mode == "sum" or mode == "prod"):
                 # float16 adds and multiplies in float32, rounded once (see acc_sum; numpy's
                 # mean already adds float16 in float32)
                 out = getattr(x, mode)(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
             else:
-                out = getattr(x, mode)(axis=axes, keepdims=True)
+                out = _reduce_kept(x, mode, axes)
         if mode == "mean" and x.dtype.kind not in "fc":
             out = out.astype(np.float32)
         elif mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
@@ -1129,6 +1141,8 @@ class Reduce(Op):
             return out
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
+        if len(axes) == ndim:  # (all of them, x.sum(): a scalar)
+            return out.reshape(())
         return out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
     def _quantized(self, x):
