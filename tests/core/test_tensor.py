@@ -121,6 +121,15 @@ def test_reshape_takes_every_spelling_of_the_sizes_as_torch(sizes, torch_sizes):
     check(lambda x: x.reshape(*sizes), lambda x: x.reshape(torch_sizes), rand(2, 3, 4))
 
 
+@pytest.mark.parametrize("axes", [(0, 0, 1), (3, 0, 1), (0, 1), (0, 1, 2, 3), (-4, 0, 1)],
+                         ids=str)
+def test_transpose_refuses_what_is_not_a_permutation_naming_the_axes(axes):
+    with pytest.raises(ValueError, match=rf"transpose: axes \({axes[0]}, .* not a permutation "
+                                         r"of the 3 dims of a tensor of shape \(2, 3, 4\)"):
+        Tensor(rand(2, 3, 4)).transpose(axes)
+    check(lambda x: x.transpose(-1, 0, -2), lambda x: x.permute(-1, 0, -2), rand(2, 3, 4))
+
+
 def test_dimshuffle_is_the_0x_transpose_with_x_for_new_dims():
     # the official ShuffleNetV1 shuffles channels with x.dimshuffle(0, 2, 1, 3, 4)
     a = rand(2, 3, 4, 5, 1)
