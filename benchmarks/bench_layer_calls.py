@@ -1,6 +1,7 @@
 """Fixed cost of one eval layer call on a tiny input (where Python, not the kernel, dominates),
 this engine against PyTorch under ``no_grad``: Conv2d (1x1 and 3x3 depthwise), BatchNorm2d,
-``F.clip`` (ReLU6 as upstream users write it), a binary ``+`` and an empty ``Module`` call.
+``F.clip`` (ReLU6 as upstream users write it), a binary ``+``, ``F.relu``, ``F.softmax``, a
+full sum, an index, a reshape, a transpose and an empty ``Module`` call.
 
 The input is (1, 8, 4, 4) float32, so the kernels take a few microseconds and what is measured is
 the per-call bookkeeping that a MobileNet-style network at batch 1 pays on every layer
@@ -73,6 +74,13 @@ def cases():
         "BatchNorm2d (eval)": (lambda: bn(x), lambda: tbn(xt)),
         "F.clip(x, 0, 6)": (lambda: F.clip(x, 0, 6), lambda: torch.clamp(xt, 0, 6)),
         "x + x": (lambda: x + x, lambda: xt + xt),
+        "F.relu(x)": (lambda: F.relu(x), lambda: torch.relu(xt)),
+        "F.softmax(x, axis=3)": (lambda: F.softmax(x, axis=3), lambda: torch.softmax(xt, 3)),
+        "x.sum()": (lambda: x.sum(), lambda: xt.sum()),
+        "x[:, 3]": (lambda: x[:, 3], lambda: xt[:, 3]),
+        "x.reshape(-1)": (lambda: x.reshape(-1), lambda: xt.reshape(-1)),
+        "x.transpose(0, 2, 3, 1)": (lambda: x.transpose(0, 2, 3, 1),
+                                    lambda: xt.permute(0, 2, 3, 1)),
         "empty Module call": (lambda: empty(x), lambda: tempty(xt)),
     }
     with torch.no_grad():
@@ -123,7 +131,7 @@ def main():
     with torch.no_grad():
         for name, (fm, ft) in cases().items():
             ratios, us_m, us_t = paired_blocks(fm, ft, args.calls, args.steps, args.repeats)
-            print(f"{name:22s} megengine {us_m:6.2f} us  torch {us_t:6.2f} us  "
+            print(f"{name:24s} megengine {us_m:6.2f} us  torch {us_t:6.2f} us  "
                   f"{_timing.describe_ratios(ratios)}")
             _timing.flush()
 

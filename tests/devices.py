@@ -144,17 +144,22 @@ def skip_unless_aten_serves_the_default_device():
 
 def record_aten_kernels(monkeypatch):
     """A list that grows with the name of each ATen kernel the engine looks up from now on
-    (``megengine.functional._aten.aten()`` wrapped for the test): which path an op took."""
+    (``megengine.functional._aten.aten()`` and ``_aten.ops`` wrapped for the test): which path
+    an op took."""
     from megengine.functional import _aten
 
     used, real = [], _aten.aten()
 
-    class Recorder:  # torch.ops.aten, noting each kernel looked up
+    class Recorder:  # torch.ops.aten or `_aten.ops`, noting each kernel looked up
+        def __init__(self, namespace):
+            self.namespace = namespace
+
         def __getattr__(self, name):
             used.append(name)
-            return getattr(real, name)
+            return getattr(self.namespace, name)
 
-    monkeypatch.setattr(_aten, "aten", Recorder)
+    monkeypatch.setattr(_aten, "aten", lambda: Recorder(real))
+    monkeypatch.setattr(_aten, "ops", Recorder(_aten.ops))
     return used
 
 

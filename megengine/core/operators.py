@@ -119,12 +119,13 @@ def _binary(op_name, reflected=False):
     values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
     def method(self, other):
-        if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
-            other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
-        try:
-            other = _operand(other, self)
-        except QuantizedNumberError:
-            self, other = _values_of(self, other, values)
+        if not isinstance(other, Tensor):  # (two tensors, the usual call: nothing to convert)
+            if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
+                other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
+            try:
+                other = _operand(other, self)
+            except QuantizedNumberError:
+                self, other = _values_of(self, other, values)
         a, b = (other, self) if reflected else (self, other)
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)

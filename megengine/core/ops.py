@@ -67,8 +67,18 @@ def _size_item(s):
     return int(s)
 
 
+def all_ints(sizes):
+    """Whether every item of ``sizes`` is a Python int (not a bool, a numpy int or a SymDim)."""
+    for s in sizes:
+        if type(s) is not int:
+            return False
+    return True
+
+
 def int_tuple(shape, what):
     """A shape given as ints, a list/tuple or a Tensor, as a tuple of Python ints."""
+    if type(shape) is tuple and all_ints(shape):  # (the usual call: already one)
+        return shape
     if hasattr(shape, "_data"):
         sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
         # (else Tensor.numpy: a trace notes this host read)
@@ -114,13 +124,15 @@ class _Binary(Op):
     quantized = None
 
     def forward(self, a, b):
-        dtype = _promote(a, b)
-        if dtype.metadata is not None:
-            return self._quantized(a, b, dtype)
-        if a.dtype != dtype:
-            a = a.astype(dtype)
-        if b.dtype != dtype:
-            b = b.astype(dtype)
+        dtype = a.dtype
+        if dtype is not b.dtype or dtype.metadata is not None:  # (else nothing to promote)
+            dtype = _promote(a, b)
+            if dtype.metadata is not None:
+                return self._quantized(a, b, dtype)
+            if a.dtype != dtype:
+                a = a.astype(dtype)
+            if b.dtype != dtype:
+                b = b.astype(dtype)
         self.a, self.b = a, b
         try:
             return self.compute(a, b)
@@ -818,12 +830,12 @@ class Transpose(Op):
         self.axes = axes
 
     def forward(self, x):
-        if self.axes is not None and sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):
-            raise ValueError(
-                f"transpose: axes {self.axes} are not a permutation of the {x.ndim} dims of a "
-                f"tensor of shape {x.shape}"
-            )
-        return x.transpose(self.axes)
+        try:  # (the array checks the axes: ours only words its refusal)
+            return x.transpose(self.axes)
+        except ValueError:  # (numpy's AxisError, an axis out of range, is one too)
+            pass
+        raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
+                         f"dims of a tensor of shape {x.shape}")
 
     def backward(self, g):
         if self.axes is None:
@@ -843,6 +855,8 @@ def normalize_index(index):
     so that a trace sees the mask's value, not positions made from it once.)"""
     if not isinstance(index, tuple):
         index = (index,)
+    if _plain_index(index):  # ints and slices of ints, the usual index: nothing to turn
+        return index
     out = []
     for i in index:
         if hasattr(i, "_data"):
@@ -862,12 +876,31 @@ def normalize_index(index):
     return tuple(out)
 
 
+_PLAIN_ITEMS = frozenset({int, type(None), type(Ellipsis)})  # index items kept as they are
+_PLAIN_BOUNDS = frozenset({int, type(None)})  # slice bounds kept as they are
+
+
+def _plain_index(index):
+    """Whether the index tuple holds only ints, None, Ellipsis and slices of ints or None:
+    nothing for `normalize_index` to turn, no mask (tested by type, ~0.1 us for two items,
+    where the general loops' attribute probes cost ~1 us)."""
+    for i in index:
+        t = type(i)
+        if t not in _PLAIN_ITEMS and (t is not slice or type(i.start) not in _PLAIN_BOUNDS
+                                      or type(i.stop) not in _PLAIN_BOUNDS
+                                      or type(i.step) not in _PLAIN_BOUNDS):
+            return False
+    return True
+
+
 def _bool_masks_as_positions(index, shape):
     """Upstream reads a 1-d bool index as the positions of its True entries (its CondTake),
     without numpy's check that the mask is as long as its axis; a program can rely on that
     (ASR-Transformer's ``kl[..., pad_mask] = 0``). A mask of the axis' length means the same in
     both readings, so only a mismatched one is turned into positions; a position past the
     axis still raises."""
+    if type(index) is tuple and _plain_index(index):
+        return index
     if not any(getattr(i, "dtype", None) is not None and i.dtype == np.bool_ and i.ndim == 1
                for i in index):
         return index
@@ -1039,6 +1072,18 @@ def _norm_axes(axis, ndim, what):
 
 
 _ORDERED = frozenset({"max", "min"})
+# what ndarray.sum, .prod, .max and .min call, behind ~1 us of Python (numpy's _methods)
+_NP_REDUCE = {"sum": np.add.reduce, "prod": np.multiply.reduce, "max": np.maximum.reduce,
+              "min": np.minimum.reduce}
+
+
+def _reduce_kept(x, mode, axes):
+    """``x`` reduced over ``axes`` by ``mode``, the axes kept (size 1): numpy's ufunc itself for
+    a numpy array (the same call its method makes), else the array's method (CuPy; a mean)."""
+    reduce = _NP_REDUCE.get(mode) if type(x) is np.ndarray else None
+    if reduce is not None:
+        return reduce(x, axes, None, None, True)
+    return getattr(x, mode)(axis=axes, keepdims=True)
 
 
 class Reduce(Op):
@@ -1077,14 +1122,14 @@ class Reduce(Op):
                 out = getattr(x, mode)(keepdims=True)
             elif mode == "mean" and x.dtype in _ATEN_REDUCE_DTYPES and x.size:
                 # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean)
-                out = x.sum(axis=axes, keepdims=True)
+                out = _reduce_kept(x, "sum", axes)
                 out /= math.prod(x.shape[a] for a in axes)
             elif x.dtype is _F16 and (mode == "sum" or mode == "prod"):
                 # float16 adds and multiplies in float32, rounded once (see acc_sum; numpy's
                 # mean already adds float16 in float32)
                 out = getattr(x, mode)(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
             else:
-                out = getattr(x, mode)(axis=axes, keepdims=True)
+                out = _reduce_kept(x, mode, axes)
         if mode == "mean" and x.dtype.kind not in "fc":
             out = out.astype(np.float32)
         elif mode in ("sum", "prod") and x.dtype.kind in "iub" and out.dtype != x.dtype:
@@ -1096,6 +1141,8 @@ class Reduce(Op):
             return out
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
+        if len(axes) == ndim:  # (all of them, x.sum(): a scalar)
+            return out.reshape(())
         return out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
     def _quantized(self, x):

@@ -531,6 +531,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor, np.ndarray,
                                                      _trace_option.ShapeArray)):
             shape = shape[0]
+        if type(shape) is tuple and _ops.all_ints(shape):  # (sizes as ints, the usual call)
+            return dispatch.apply(_ops.Reshape(shape), self)
         if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
             return dispatch.apply(_ops.ReshapeBy(_ops.unspec_axis(shape)), self, shape)
         if _trace_option._dim_source is not None and _ops.computed_sizes(shape):  # (... and

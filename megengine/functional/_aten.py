@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-__all__ = ["aten", "op", "view", "array", "torch_module", "set_num_threads", "get_num_threads",
-           "use_aten", "forced", "is_forced", "avoided", "LayerViews", "layer_views"]
+__all__ = ["aten", "op", "ops", "view", "array", "torch_module", "set_num_threads",
+           "get_num_threads", "use_aten", "forced", "is_forced", "avoided", "LayerViews", "layer_views"]
 
 _torch = None
 _aten = None
@@ -92,6 +92,22 @@ def op(name):
                                                                                        name)
         _bindings[name] = f
     return f
+
+
+class _Ops:
+    """`op` spelled as attributes, ``ops.relu(t)``: what code written against the
+    ``torch.ops.aten`` namespace calls instead, each name looked up once (a forward op's
+    binding takes ~1.2 us on a small tensor, against ~2.2 us through ``torch.ops.aten``)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # (copy, pickle and inspect probe for special names)
+            raise AttributeError(name)
+        f = op(name)
+        setattr(self, name, f)  # (later reads find the attribute, without this call)
+        return f
+
+
+ops = _Ops()
 
 
 def view(a):

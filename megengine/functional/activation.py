@@ -46,7 +46,7 @@ class _Relu(Op):
             # ATen's vectorised relu and threshold_backward: one pass each way, where the
             # backward below makes a mask, a product and a NaN check (1M float32 values,
             # forward + backward: 1.3 ms against torch's 0.8 before); CUDA keeps its kernel
-            self.ty = _aten.aten().relu(_aten.view(x))
+            self.ty = _aten.ops.relu(_aten.view(x))
             self.y = _aten.array(self.ty)
             return self.y
         if x.dtype.kind == "c":
@@ -62,7 +62,7 @@ class _Relu(Op):
         if self.ty is not None:
             tg = _aten.view(g.astype(self.y.dtype, copy=False))
             return declare_fresh_gradient(_aten.array(
-                _aten.aten().threshold_backward(tg, self.ty, 0)))
+                _aten.ops.threshold_backward(tg, self.ty, 0)))
         y = self.y
         if _use_relu_kernel(y, g):  # CUDA: one kernel, no boolean temporary
             return _relu_grad_kernel()(g, y)
@@ -102,7 +102,8 @@ class _Activation(Op):
     """``y = f(x)`` element-wise on floats; subclasses give ``compute`` and ``grad``.
 
     A subclass that also gives ``aten_forward(aten, tx)`` and ``aten_backward(aten, tg, tx,
-    ty)`` runs on ATen's kernels for float32/float64 (family "activation", `_aten.use_aten`):
+    ty)`` (``aten``: `_aten.ops`, torch's bindings) runs on ATen's kernels for float32/float64
+    (family "activation", `_aten.use_aten`):
     one vectorised pass each way, where the array code makes several passes and temporaries
     (measured with one thread, forward + backward of 1M float32 values: leaky_relu 9.1 ms
     against torch's 1.1, sigmoid 6.9 against 1.0, silu 7.2 against 1.3, hswish 5.3 against
@@ -118,7 +119,7 @@ class _Activation(Op):
         if self.aten_forward is not None and x.dtype in _ATEN_FLOATS and x.size \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
-            self.ty = self.aten_forward(_aten.aten(), self.tx)
+            self.ty = self.aten_forward(_aten.ops, self.tx)
             self.y = _aten.array(self.ty)
             return self.y
         self.y = self.compute(xp_of(x), x)
@@ -128,7 +129,7 @@ class _Activation(Op):
         if self.tx is not None:
             tg = _aten.view(g.astype(self.x.dtype, copy=False))
             return declare_fresh_gradient(_aten.array(
-                self.aten_backward(_aten.aten(), tg, self.tx, self.ty)))
+                self.aten_backward(_aten.ops, tg, self.tx, self.ty)))
         return self.grad(xp_of(g), self.x, self.y, g)
 
 
@@ -286,13 +287,13 @@ class _Gelu(_Activation):
         x = _as_float(x, self)
         if _aten_gelu(x):
             self.x, self.tx = x, _aten.view(x)
-            return _aten.array(_aten.aten().gelu(self.tx))
+            return _aten.array(_aten.ops.gelu(self.tx))
         return super().forward(x)
 
     def backward(self, g):
         if self.tx is not None:
             tg = _aten.view(g.astype(self.x.dtype, copy=False))
-            return declare_fresh_gradient(_aten.array(_aten.aten().gelu_backward(tg, self.tx)))
+            return declare_fresh_gradient(_aten.array(_aten.ops.gelu_backward(tg, self.tx)))
         return super().backward(g)
 
     def compute(self, xp, x):

@@ -128,3 +128,44 @@ def test_a_value_of_several_elements_for_a_single_element_is_still_refused():
     with pytest.raises(ValueError, match=r"shape \(2, 3\) at an index with a value of shape \(2,\)"):
         x[0, 1] = mge.tensor([1.0, 2.0])
     assert not x.numpy().any()
+
+
+
+def _as_numpy_index(index):
+    """``index`` with tensor bounds read and a mask as its True positions (upstream's reading
+    of a mask shorter than its axis), for numpy and torch."""
+    def item(i):
+        if isinstance(i, slice):
+            return slice(*(int(b) if isinstance(b, mge.Tensor) else b
+                           for b in (i.start, i.stop, i.step)))
+        return np.flatnonzero(i) if isinstance(i, np.ndarray) else i
+    return tuple(item(i) for i in index)
+
+
+@pytest.mark.parametrize("index", [
+    (slice(None), 3), (3, slice(None, 8)), (-1,), (slice(1, None, 2), Ellipsis), (None, 2),
+    (Ellipsis, None, slice(-3, -1)),
+    # next to the plain index: items that are turned or read (a bool, a numpy int, a tensor
+    # bound, a list, a mask) in an otherwise plain tuple
+    (True, 1), (np.int64(2), slice(None)), (slice(mge.tensor(1), 3), 0), ([0, 2], slice(4)),
+    (slice(None), np.array([True, False, True])),
+], ids=str)
+def test_plain_and_mixed_indices_give_torchs_values_and_gradients(index):
+    import torch
+
+    a = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    x = mge.Parameter(a)
+    with GradManager().attach(x) as gm:
+        y = x[index]
+        gm.backward((y * y).sum())
+    t = torch.tensor(a, requires_grad=True)
+    want = t[tuple(torch.tensor(i) if isinstance(i, np.ndarray) else i
+                   for i in _as_numpy_index(index))]
+    (want * want).sum().backward()
+    np.testing.assert_array_equal(y.numpy(), want.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+    # written into: the same positions change
+    u, w = mge.tensor(a), a.copy()
+    u[index] = -1.0
+    w[_as_numpy_index(index)] = -1.0
+    np.testing.assert_array_equal(u.numpy(), w)

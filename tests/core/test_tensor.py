@@ -110,6 +110,26 @@ def test_reshape_transpose_flatten_and_gradients():
         Tensor(a).transpose(0, 0, 1)
 
 
+@pytest.mark.parametrize("sizes,torch_sizes", [
+    ((4, 6), (4, 6)), (((4, 6),), (4, 6)), (([4, 6],), (4, 6)), ((-1,), (-1,)),
+    (((-1, 2),), (-1, 2)), ((np.int64(4), 6), (4, 6)), ((True, 24), (1, 24)),
+    ((Tensor([4, 6]),), (4, 6)), ((Tensor(4), -1), (4, -1)), (((4, np.int32(-1)),), (4, -1)),
+], ids=str)
+def test_reshape_takes_every_spelling_of_the_sizes_as_torch(sizes, torch_sizes):
+    # ints (alone or in a tuple) take a short path; bools, numpy ints, lists and Tensors are
+    # read as before: every spelling gives torch's values and gradients
+    check(lambda x: x.reshape(*sizes), lambda x: x.reshape(torch_sizes), rand(2, 3, 4))
+
+
+@pytest.mark.parametrize("axes", [(0, 0, 1), (3, 0, 1), (0, 1), (0, 1, 2, 3), (-4, 0, 1)],
+                         ids=str)
+def test_transpose_refuses_what_is_not_a_permutation_naming_the_axes(axes):
+    with pytest.raises(ValueError, match=rf"transpose: axes \({axes[0]}, .* not a permutation "
+                                         r"of the 3 dims of a tensor of shape \(2, 3, 4\)"):
+        Tensor(rand(2, 3, 4)).transpose(axes)
+    check(lambda x: x.transpose(-1, 0, -2), lambda x: x.permute(-1, 0, -2), rand(2, 3, 4))
+
+
 def test_dimshuffle_is_the_0x_transpose_with_x_for_new_dims():
     # the official ShuffleNetV1 shuffles channels with x.dimshuffle(0, 2, 1, 3, 4)
     a = rand(2, 3, 4, 5, 1)

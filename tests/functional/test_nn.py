@@ -49,21 +49,31 @@ def softmax_path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("shape,axis,on_aten", [
-    ((2, 2, 32, 32), -1, True), ((2, 2, 32, 32), 2, False), ((410, 10), -1, False),
-    ((8, 32), -1, False),
+@pytest.mark.parametrize("shape,axis,on_aten,on_aten_without_grad", [
+    ((2, 2, 32, 32), -1, True, True), ((2, 2, 32, 32), 2, False, False),
+    ((410, 10), -1, False, False), ((64, 10), -1, False, False), ((8, 32), -1, False, True),
+    ((8, 10), -1, False, True), ((128, 16), -1, False, True),
 ], ids=str)
-def test_softmax_on_cpu_takes_aten_for_long_rows_only(monkeypatch, log, shape, axis, on_aten):
-    # measured (see megengine/functional/_aten.py): ATen is faster for rows of 32 or more in
-    # inputs of 4096 values or more, numpy for short rows; both give torch's values
+def test_softmax_on_cpu_takes_aten_for_long_rows_and_small_inference(
+        monkeypatch, log, shape, axis, on_aten, on_aten_without_grad):
+    # measured (see megengine/functional/nn.py's _aten_softmax): ATen is faster for rows of 32
+    # or more in inputs of 4096 values or more, numpy for short rows; without a gradient also
+    # ATen's kernel for inputs under 4096 values of rows of 16 or more, or of 256 values or
+    # fewer (its fixed cost is the lower); every path gives torch's values
     used = record_aten_kernels(monkeypatch)
     x = rand(*shape, low=-5, high=5)
     ours, theirs = (F.logsoftmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
 
     check(lambda t: ours(t, axis), lambda t: theirs(t, axis), x)  # on the default device
-    used.clear()
-    ours(mge.tensor(x, device="cpu0"), axis)  # the path a CPU array takes
-    assert (("_log_softmax" if log else "_softmax") in used) == on_aten
+    name = "_log_softmax" if log else "_softmax"
+    for grad, expect in ((True, on_aten), (False, on_aten_without_grad)):
+        used.clear()
+        t = mge.tensor(x, device="cpu0")  # the path a CPU array takes
+        with GradManager().attach([t] if grad else []):
+            y = ours(t, axis)
+        assert (name in used) == expect
+        np.testing.assert_allclose(y.numpy(), theirs(torch.tensor(x), axis).numpy(),
+                                   rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.usefixtures("softmax_path")

@@ -118,9 +118,12 @@ def test_batch_norm_errors():
 
 @pytest.mark.parametrize("shape,normalized_shape,affine", [
     ((4, 6), 6, True), ((2, 3, 4, 5), (4, 5), True), ((3, 7), (7,), False),
-])
+    # (a tuple of ints is taken as it is; the other spellings are read)
+    ((2, 3, 4, 5), [4, 5], True), ((2, 3, 4, 5), (np.int64(4), 5), True),
+    ((4, 6), np.int32(6), True),
+], ids=str)
 def test_layer_norm(shape, normalized_shape, affine):
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+    ns = tuple(int(n) for n in np.atleast_1d(normalized_shape))
     x, w, b = rand(*shape), rand(*ns, low=0.5, high=1.5), rand(*ns)
     if affine:
         check(lambda a, c, d: F.layer_norm(a, normalized_shape, True, c, d),
