@@ -248,14 +248,14 @@ class launcher:
                 pass
             # A worker that died without a report (a signal, os._exit) is the cause of whatever
             # its peers report afterwards (connection reset), so it is looked for first.
-            for rank, p in procs.items():
-                if p.exitcode is not None and rank not in values and rank not in errors:
-                    self._drain(results, values, errors, rank)
-                    if rank not in values and rank not in errors:
-                        raise WorkerError(f"megengine.distributed.launcher: rank {rank} died "
-                                          f"({_describe(p.exitcode)}) without returning; the other "
-                                          "workers were stopped", rank)
+            self._raise_if_one_died(procs, results, values, errors)
             if errors:
+                # Its peers can report the dead worker's closed connections a moment before its
+                # exit shows (its sockets close first): give that a moment, on a loaded machine
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    time.sleep(0.02)
+                    self._raise_if_one_died(procs, results, values, errors)
                 rank = next(iter(errors))  # the first report: the others followed from it
                 raise WorkerError(f"megengine.distributed.launcher: rank {rank} raised an exception "
                                   f"(the other workers were stopped):\n{errors[rank]}", rank)
@@ -264,6 +264,15 @@ class launcher:
                 raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
                                    f"within timeout={self.timeout:g} s; all workers were stopped")
         return values
+
+    def _raise_if_one_died(self, procs, results, values, errors):
+        for rank, p in procs.items():
+            if p.exitcode is not None and rank not in values and rank not in errors:
+                self._drain(results, values, errors, rank)
+                if rank not in values and rank not in errors:
+                    raise WorkerError(f"megengine.distributed.launcher: rank {rank} died "
+                                      f"({_describe(p.exitcode)}) without returning; the other "
+                                      "workers were stopped", rank)
 
     @staticmethod
     def _drain(results, values, errors, rank):
