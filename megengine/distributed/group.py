@@ -304,9 +304,10 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         # cpu{r} (one host memory), the device group.comp_node names, so tensors a rank makes
         # by that name and by default meet; also on GPU machines a CPU group stays on the CPU
         set_default_device(f"cpu{device}")
-    # as upstream: each rank draws its own random numbers (data augmentation, dropout);
-    # parameters are made equal with bcast_list_
-    random.seed(int(time.time()) + rank)
+    # as upstream: each rank draws its own megengine.random numbers (parameters are made
+    # equal with bcast_list_); numpy's global RNG stays the launching process's, as upstream
+    # never reseeds it, so programs that make "the same" input on every rank with np.random get it
+    random.rng._seed_engine((int(time.time()) + rank) % 2**32)
 
 
 def _rendezvous_store(master_ip, port, world_size, rank, timeout):

@@ -28,13 +28,20 @@ def seed(seed: int):
     draws (``uniform``, ``normal``, ...) are made on the host and copied to their device, so
     after the same seed they are the same numbers on a CPU and on a GPU.
     """
-    global _global_generator, _global_seed
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
-    _global_generator = np.random.default_rng(int(seed))
-    _global_seed = int(seed)
+    _seed_engine(int(seed))
     np.random.seed(int(seed))
-    _seed_cuda_generators(int(seed))
+
+
+def _seed_engine(seed):
+    """Seed megengine.random's generator and CuPy's, leaving numpy's global RNG as it is: what
+    upstream's per-rank seed in ``init_process_group`` reaches. A launched rank's ``np.random``
+    is its launching process's (forked), so its draws are the same on every rank there."""
+    global _global_generator, _global_seed
+    _global_generator = np.random.default_rng(seed)
+    _global_seed = seed
+    _seed_cuda_generators(seed)
 
 
 def _seed_cuda_generators(seed):

@@ -331,3 +331,22 @@ def test_a_cpu_rank_defaults_to_its_own_device_as_upstreams_launcher(run_ranks):
     # rank r a tensor made on xpu{r} (cpu r here) and one made by default meet in one op
     got = run_ranks(_own_device_meets_the_default, 2)
     assert got == [("cpu0", "cpu0:1", [4.0]), ("cpu1", "cpu1:1", [4.0])]
+
+
+def _numpy_and_megengine_draws():
+    import megengine.random as mr
+
+    return np.random.randn(3).tolist(), mr.normal(size=(3,)).numpy().tolist()
+
+
+def test_launched_ranks_keep_numpys_global_rng_and_draw_their_own_megengine_random(run_ranks):
+    # upstream's launcher forks its workers and init_process_group seeds only megengine's own
+    # generator per rank: np.random in every rank continues the launching process's state (a
+    # program that makes "the same" input on each rank with np.random relies on it), while
+    # megengine.random differs between ranks
+    np.random.seed(7)
+    expected = np.random.randn(3).tolist()
+    np.random.seed(7)
+    (np0, mge0), (np1, mge1) = run_ranks(_numpy_and_megengine_draws, 2)
+    assert np0 == np1 == expected
+    assert mge0 != mge1
