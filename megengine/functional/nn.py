@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..core import _rng as _core_rng
 from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.dtype import dtype_name
@@ -255,8 +256,10 @@ class _Dropout(Op):
             u = _uniform(xp, x.shape, x.dtype)
             y, self.mask = _dropout_kernel()(x, u, x.dtype.type(self.p), scale)
             return y
-        # numpy's global RNG (CuPy's on a GPU), which megengine.random.seed() also seeds
-        keep = xp.random.random_sample(x.shape) >= self.p
+        # megengine.random's generator (CuPy's on a GPU): seeded per launched rank, so ranks
+        # drop different elements, as upstream's; megengine.random.seed() seeds both
+        keep = (_core_rng.generator.random(x.shape) if xp is np
+                else xp.random.random_sample(x.shape)) >= self.p
         # where(), not keep * scale: a scale beyond the dtype's range (float16 at p > 1 - 2**-16)
         # is inf, and 0 * inf would make the dropped elements NaN instead of 0
         self.mask = xp.where(keep, scale, x.dtype.type(0))
@@ -281,10 +284,10 @@ def _use_dropout_kernel(x):
 
 
 def _uniform(xp, shape, dtype):
-    """Uniform draws in [0, 1) of ``dtype``: CuPy draws float32 directly, numpy's legacy
-    generator (the one megengine.random.seed seeds) only float64."""
+    """Uniform draws in [0, 1) of ``dtype``: CuPy draws float32 directly; on the host,
+    megengine.random's generator."""
     if xp is np:
-        return np.random.random_sample(shape).astype(dtype)
+        return _core_rng.generator.random(shape).astype(dtype)
     return xp.random.random_sample(shape, dtype=dtype)
 
 

@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from .. import device as _device
+from ..core import _rng as _core_rng
 from ..core._trace_option import is_dim, is_int
 from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
@@ -13,17 +14,18 @@ from ..device import canonical_device, get_default_device
 __all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "exponential",
            "multinomial", "permutation", "shuffle"]
 
-# megengine.random's own draws come from this generator; seed() replaces it.
-_global_generator = np.random.default_rng()
+# megengine.random's own draws come from this generator (CPU dropout too: core/_rng.py);
+# seed() replaces it.
+_global_generator = _core_rng.generator
 _global_seed = 0  # the last seed() (upstream's get_global_rng_seed reads it)
 
 
 def seed(seed: int):
     """Make random draws reproducible on every device, as upstream's one seed does.
 
-    Reseeds megengine.random's generator, numpy's global RNG (``np.random``: module
-    initialisers and dropout on the CPU draw from it) and, when CUDA is usable, CuPy's
-    generator on every visible GPU (dropout on a GPU draws there, on the device). So one
+    Reseeds megengine.random's generator (dropout on the CPU draws from it too), numpy's
+    global RNG (``np.random``: module initialisers draw from it) and, when CUDA is usable,
+    CuPy's generator on every visible GPU (dropout on a GPU draws there, on the device). So one
     ``seed(n)`` makes a whole training run repeatable on any device. ``megengine.random``'s own
     draws (``uniform``, ``normal``, ...) are made on the host and copied to their device, so
     after the same seed they are the same numbers on a CPU and on a GPU.
@@ -39,7 +41,7 @@ def _seed_engine(seed):
     upstream's per-rank seed in ``init_process_group`` reaches. A launched rank's ``np.random``
     is its launching process's (forked), so its draws are the same on every rank there."""
     global _global_generator, _global_seed
-    _global_generator = np.random.default_rng(seed)
+    _global_generator = _core_rng.generator = np.random.default_rng(seed)
     _global_seed = seed
     _seed_cuda_generators(seed)
 

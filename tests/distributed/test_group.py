@@ -350,3 +350,17 @@ def test_launched_ranks_keep_numpys_global_rng_and_draw_their_own_megengine_rand
     (np0, mge0), (np1, mge1) = run_ranks(_numpy_and_megengine_draws, 2)
     assert np0 == np1 == expected
     assert mge0 != mge1
+
+
+def _dropout_mask():
+    x = mge.tensor(np.ones(256, np.float32))
+    return (mge.functional.nn.dropout(x, 0.5, training=True).numpy() != 0).tolist()
+
+
+def test_launched_ranks_drop_different_elements_as_upstreams():
+    # upstream's dropout draws from its generator seeded per rank in init_process_group; ranks
+    # keep numpy's RNG of the launching process (equal draws there), so a CPU dropout drawing
+    # from np.random dropped the same elements on every rank
+    a, b = dist.launcher(_dropout_mask, n_gpus=2, device_type="cpu")()
+    assert a != b
+    assert 64 < sum(a) < 192 and 64 < sum(b) < 192  # it did drop, about half
