@@ -259,6 +259,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         own = _instance_dict.__get__(self)
         own.clear()
         own.update(attributes)
+        if dispatch._adopt_hook is not None:  # megengine.traced_module records
+            dispatch._adopt_hook(self, attributes)
 
     @classmethod
     def _wrap(cls, array, device):

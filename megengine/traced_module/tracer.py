@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
+from ..functional.creation import copy as _copy
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
@@ -189,14 +190,25 @@ class _Scope:
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
 
-    def attr_key(self, obj):
+    def _attrs(self):
         if self._attr_keys is None:
             keys = {}
             for key, leaf in self.module._flatten(with_key=True, recursive=True):
                 keys.setdefault(id(leaf), (key, leaf))
             self._attr_keys = keys
-        entry = self._attr_keys.get(id(obj))
+        return self._attr_keys
+
+    def attr_key(self, obj):
+        entry = self._attrs().get(id(obj))
         return entry[0] if entry is not None and entry[1] is obj else None
+
+    def tensor_of_dict(self, attributes):
+        """The tensor of this graph (one seen, or an attribute of the module) whose instance
+        dict is ``attributes``, or None."""
+        seen = [obj for obj, _ in self.values.values()]
+        attrs = [leaf for _, leaf in self._attrs().values()]
+        return next((t for t in seen + attrs
+                     if isinstance(t, Tensor) and vars(t) is attributes), None)
 
     def emit(self, expr):
         expr._top_graph = self.graph
@@ -250,6 +262,7 @@ class Tracer:
         self.scopes = []
         self.records = {}  # id(module) -> _ModuleRecord
         self.read_attrs = set()  # ids of the tensors some GetAttr reads
+        self.shared = set()  # nodes two tensors stand for (one adopted the other's attributes)
         self.surgery = surgery
         self._patched = []  # (namespace dict, name, original)
         self._patched_globals = set()
@@ -276,6 +289,8 @@ class Tracer:
                 self._set(Tensor, name, orig, _tensor_method_wrapper(name, orig))
         name = tensor_dict["name"]
         self._set(Tensor, "name", name, property(name.fget, _name_setter_wrapper(name.fset)))
+        self._patched.append((vars(dispatch), "_adopt_hook", dispatch._adopt_hook))
+        dispatch._adopt_hook = self.adopt
         self._set(Tensor, "__init__", tensor_dict["__init__"],
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
@@ -355,6 +370,24 @@ class Tracer:
         scope.emit(expr)
         self.bind(obj, node)
         return node
+
+    def adopt(self, tensor, attributes):
+        """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
+        adopting a tensor's attributes): ``tensor`` stands for ``other``'s node from then on,
+        as upstream's tracer keeps a tensor's node among its attributes (its ``NodeMixin``).
+        An in-place update of either gives that one a node of its own (`record_method`), as
+        it gives it a value of its own."""
+        if self.depth or not self.scopes:
+            return
+        source = self.scope.tensor_of_dict(attributes)
+        if source is not None and source is not tensor:
+            node = self.node_of(source)
+            self.alias(tensor, node)
+            self.shared.add(node)
+
+    def alias(self, tensor, node):
+        """``tensor`` stands for ``node``, whose value (for the checker) another tensor is."""
+        self.scope.values[id(tensor)] = (tensor, node)
 
     def bind(self, obj, node):
         self.scope.values[id(obj)] = (obj, node)
@@ -480,6 +513,11 @@ class Tracer:
         if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):
             obj = self._to_values((obj,), {})[0][0]
         args, kwargs = self._shape_tensors(args, kwargs)
+        if _in_place(name) and self.known(obj) and self.scope.values[id(obj)][1] in self.shared:
+            # one of the tensors that stand for this node is updated in place: the others keep
+            # their value, as here, when the step writes into a copy (F.copy: a new tensor of
+            # the same array) that then stands for this one
+            self.alias(obj, self.node_of(self.record_function(_copy, (obj,), {})))
         return self._record(CallMethod(None, name), args, kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
@@ -615,9 +653,16 @@ def _is_pure(expr):
     if isinstance(expr, ShapeOf):  # kept when it checks the number of dims on each call
         return not expr.fixed_ndim
     if isinstance(expr, CallMethod) and not isinstance(expr.inputs[0], ModuleNode):
-        m = expr.method
-        return m != "__setitem__" and not (m.startswith("__i") and m not in ("__invert__",))
+        return not _in_place(expr.method)
     return False
+
+
+_IN_PLACE = frozenset(["__setitem__"] + [f"__i{n}__" for n in _BINARY])
+
+
+def _in_place(method):
+    """Whether the tensor method ``method`` writes into its tensor (``x[i] = v``, ``x += 1``)."""
+    return method in _IN_PLACE
 
 
 def _drop_dead_pure(graph):

@@ -53,7 +53,7 @@ def test_nothing_stays_patched():
     originals = (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__)
     trace_module(Block(), _inp(2, 4))
     assert (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__) == originals
-    assert dispatch._trace_hook is None
+    assert dispatch._trace_hook is None and dispatch._adopt_hook is None
     assert imported_relu is F.relu
 
 
@@ -491,7 +491,8 @@ def test_an_error_inside_forward_leaves_nothing_patched():
     with pytest.raises(RuntimeError, match="user error"):
         trace_module(m, _inp(2, 4))
     assert (F.relu, Tensor.__add__, Tensor.shape, Module.__call__) == originals
-    assert dispatch._trace_hook is None and "forward" not in vars(m.inner)
+    assert dispatch._trace_hook is None and dispatch._adopt_hook is None
+    assert "forward" not in vars(m.inner)
     x = _inp(2, 4)
     np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
 
@@ -526,3 +527,49 @@ def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
     np.testing.assert_allclose(list(g.run(inp_dict={"x": x.numpy()}).values())[0], expected)
     with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] as an int"):
         g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
+
+
+class _Boxes(Tensor):
+    """A tensor subclass that adopts another tensor's attributes, as basedet's ``Boxes``."""
+
+    def __init__(self, boxes):
+        self.__dict__ = boxes.__dict__
+
+    @property
+    def width(self):
+        return self[:, 2] - self[:, 0]
+
+    def clip(self, upper):  # in place, as basedet's Boxes.clip
+        self[:] = F.clip(self, lower=0, upper=upper)
+        return self
+
+
+class UsesBoxes(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.anchors = Tensor(np.arange(8, dtype=np.float32).reshape(2, 4))
+
+    def forward(self, x):
+        y = x * 2 - 1
+        boxes = _Boxes(y)
+        width = boxes.width  # (computed from y's node)
+        boxes.clip(1.5)  # y keeps its value
+        anchors = _Boxes(self.anchors)
+        anchors *= 2  # the attribute keeps its value
+        y += 1  # boxes keeps its value
+        return width, boxes, y, anchors.width + anchors[:, 1], self.anchors + 0
+
+
+def test_a_tensor_adopting_a_traced_tensors_attributes_stands_for_its_node():
+    # upstream's tracer keeps a tensor's node among its attributes, so a tensor that adopts
+    # them (self.__dict__ = boxes.__dict__) stands for the same node; in-place updates of
+    # either leave the other as it was, as they do eagerly (earlier versions of this fork
+    # recorded the adopting tensor as a constant: the traced module equalled the module only
+    # on the input it was traced with)
+    m = UsesBoxes()
+    tm = trace_module(m, _inp(3, 4))
+    assert not any(isinstance(e, Constant) for e in tm.graph.exprs())
+    calls = [(3, 4), (5, 4), (1, 4)]
+    _assert_follows(tm, m, calls)
+    _assert_follows(pickle.loads(pickle.dumps(tm)), m, calls)
+    _assert_follows(trace_module(tm, _inp(2, 4)), m, calls)
