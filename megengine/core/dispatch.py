@@ -57,6 +57,9 @@ _levels = [0]  # the last level handed out; a GradManagerGroup's members share o
 # this hook (see megengine/jit/tracing.py), state changes call its ``event`` and Tensor.numpy
 # calls its ``read``; None otherwise, so untraced code pays one global read.
 _trace_hook = None
+# megengine.traced_module: while it records, ``hook(tensor, attributes)`` after
+# ``tensor.__dict__ = attributes`` (the tensor then stands for the one it adopted); else None.
+_adopt_hook = None
 # megengine.utils.profiler / tensor_sanity_check: while a Profiler or a TensorSanityCheck runs,
 # every apply goes through this hook (it clears itself, applies, notes the op, reinstalls itself);
 # None otherwise: one more global read per apply.

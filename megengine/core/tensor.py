@@ -257,8 +257,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     @__dict__.setter
     def __dict__(self, attributes):
         own = _instance_dict.__get__(self)
+        if attributes is own:  # ``t.__dict__ = t.__dict__`` changes nothing, as for any object
+            return
         own.clear()
         own.update(attributes)
+        if dispatch._adopt_hook is not None:  # megengine.traced_module records
+            dispatch._adopt_hook(self, attributes)
 
     @classmethod
     def _wrap(cls, array, device):

@@ -418,11 +418,13 @@ class Apply(Expr):
 class ShapeOf(Apply):
     """``x.shape`` of a traced tensor: upstream's GetVarShape applied to it (one int32 shape
     tensor, which the forward indexes). It follows inputs of other shapes and numbers of dims,
-    except where the forward's code counted the traced dims (``fixed_ndim``: it unpacked,
-    sliced, compared or concatenated the shape, or took its ``len``) or reads a size that the
-    input lacks: a call then raises ValueError naming the traced shape."""
+    except where the forward's code (or a module it gave the shape to) counted the traced dims
+    (``fixed_ndim``: it unpacked, sliced, compared or concatenated the shape, or took its
+    ``len``) or reads a size that the input lacks: a call then raises ValueError naming the
+    traced shape."""
 
     fixed_ndim = False
+    read_in_call = None  # the size index a module given the shape reads that needs most dims
 
     def interpret(self, x):
         traced = self.inputs[0].shape
@@ -432,26 +434,39 @@ class ShapeOf(Apply):
         if hasattr(shape, "_tensor"):  # traced again (trace_module): a recorded shape tensor
             if self.fixed_ndim:
                 shape._whole()
+            if self.read_in_call is not None:
+                shape._expr.read_by_call(self.read_in_call)
             return [shape._tensor]
         # (a Tensor of the sizes: what a dumpable jit.trace computes again at other shapes)
         return [Tensor(shape, dtype=np.int32, device=x._device)]
 
+    def read_by_call(self, index):
+        """A module given this shape read its size ``index`` (kept while tracing)."""
+        if self.read_in_call is None or _dims_needed(index) > _dims_needed(self.read_in_call):
+            self.read_in_call = index
+
     def _check_ndim(self, x, traced):
         name = self.inputs[0].name
         why = "its forward counted the dims (unpacked, sliced, compared, concatenated or " \
-              f"took len of {name}.shape, or gave it whole to a module's call)" \
+              f"took len of {name}.shape, there or in a module given it)" \
             if self.fixed_ndim else None
+        missing = lambda index: isinstance(index, int) and not -x.ndim <= index < x.ndim
         for user in self.outputs[0].users:
-            if why is None and is_call_tensor_method(user) and user.method == "__getitem__":
-                index = user.args[1]
-                if isinstance(index, int) and not -x.ndim <= index < x.ndim:
-                    why = f"its forward reads {name}.shape[{index}]"
+            if why is None and is_call_tensor_method(user) and user.method == "__getitem__" \
+                    and missing(user.args[1]):
+                why = f"its forward reads {name}.shape[{user.args[1]}]"
+        if why is None and missing(self.read_in_call):
+            why = f"a module its forward gave {name}.shape reads its size [{self.read_in_call}]"
         if why is not None:
             graph = self.top_graph.name if self.top_graph is not None else "?"
             raise ValueError(
                 f"graph {graph}: {name} was traced with shape {tuple(traced)} and {why}, so "
                 f"it cannot take an input of shape {tuple(x.shape)} ({x.ndim} dims): trace "
                 f"the module again with a {x.ndim}-dim input")
+
+
+def _dims_needed(index):
+    return index + 1 if index >= 0 else -index
 
 
 def is_call_module(expr) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
+from ..functional.creation import copy as _copy
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
@@ -189,14 +190,25 @@ class _Scope:
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
 
-    def attr_key(self, obj):
+    def _attrs(self):
         if self._attr_keys is None:
             keys = {}
             for key, leaf in self.module._flatten(with_key=True, recursive=True):
                 keys.setdefault(id(leaf), (key, leaf))
             self._attr_keys = keys
-        entry = self._attr_keys.get(id(obj))
+        return self._attr_keys
+
+    def attr_key(self, obj):
+        entry = self._attrs().get(id(obj))
         return entry[0] if entry is not None and entry[1] is obj else None
+
+    def tensor_of_dict(self, attributes):
+        """The tensor of this graph (one seen, or an attribute of the module) whose instance
+        dict is ``attributes``, or None."""
+        seen = [obj for obj, _ in self.values.values()]
+        attrs = [leaf for _, leaf in self._attrs().values()]
+        return next((t for t in seen + attrs
+                     if isinstance(t, Tensor) and vars(t) is attributes), None)
 
     def emit(self, expr):
         expr._top_graph = self.graph
@@ -250,6 +262,7 @@ class Tracer:
         self.scopes = []
         self.records = {}  # id(module) -> _ModuleRecord
         self.read_attrs = set()  # ids of the tensors some GetAttr reads
+        self.shared = set()  # nodes two tensors stand for (one adopted the other's attributes)
         self.surgery = surgery
         self._patched = []  # (namespace dict, name, original)
         self._patched_globals = set()
@@ -276,6 +289,8 @@ class Tracer:
                 self._set(Tensor, name, orig, _tensor_method_wrapper(name, orig))
         name = tensor_dict["name"]
         self._set(Tensor, "name", name, property(name.fget, _name_setter_wrapper(name.fset)))
+        self._patched.append((vars(dispatch), "_adopt_hook", dispatch._adopt_hook))
+        dispatch._adopt_hook = self.adopt
         self._set(Tensor, "__init__", tensor_dict["__init__"],
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
@@ -356,6 +371,24 @@ class Tracer:
         self.bind(obj, node)
         return node
 
+    def adopt(self, tensor, attributes):
+        """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
+        adopting a tensor's attributes): ``tensor`` stands for ``other``'s node from then on,
+        as upstream's tracer keeps a tensor's node among its attributes (its ``NodeMixin``).
+        An in-place update of either gives that one a node of its own (`record_method`), as
+        it gives it a value of its own."""
+        if self.depth or not self.scopes:
+            return
+        source = self.scope.tensor_of_dict(attributes)
+        if source is not None and source is not tensor:
+            node = self.node_of(source)
+            self.alias(tensor, node)
+            self.shared.add(node)
+
+    def alias(self, tensor, node):
+        """``tensor`` stands for ``node``, whose value (for the checker) another tensor is."""
+        self.scope.values[id(tensor)] = (tensor, node)
+
     def bind(self, obj, node):
         self.scope.values[id(obj)] = (obj, node)
         if self.values is not None:
@@ -421,17 +454,19 @@ class Tracer:
             node.value = value
         return tree.unflatten(nodes)
 
-    def _record(self, expr, args, kwargs, run, self_obj=None):
+    def _record(self, expr, args, kwargs, run, self_obj=None, shape_inputs=False):
         """Record ``expr`` for ``run(*args, **kwargs)``: its inputs are the tensors and
-        modules among ``((self_obj,) + args, kwargs)``, its outputs the tensors returned."""
+        modules among ``((self_obj,) + args, kwargs)`` (with ``shape_inputs``, also the shape
+        tensor of each traced shape of this graph there), its outputs the tensors returned."""
         surgery = self.surgery and len(self.scopes) == 1
         if surgery:
             args, kwargs = self._to_values(args, kwargs)
             if isinstance(self_obj, Node):
                 self_obj = self._to_values((self_obj,), {})[0][0]
         full = ((self_obj,) + tuple(args) if self_obj is not None else tuple(args), kwargs)
-        leaves, arg_def = tree_flatten(full, lambda x: isinstance(x, (Tensor, Module)))
-        inputs = [self.node_of(x) for x in leaves]
+        leaves, arg_def = tree_flatten(full, lambda x: isinstance(x, (Tensor, Module)) or (
+            shape_inputs and self._own_shape(x)))
+        inputs = [self.node_of(x._tensor if type(x) is _TracedShape else x) for x in leaves]
         self.depth += 1
         try:
             result = run(*args, **kwargs)
@@ -455,15 +490,20 @@ class Tracer:
         self.check(expr, out_leaves)
         return self._to_nodes(result) if surgery else result
 
-    def _shape_tensors(self, args, kwargs):
-        """A traced ``x.shape`` given whole to a function or a tensor method
-        (``F.zeros(x.shape)``, ``y.reshape(x.shape)``) as its shape tensor, as upstream's
-        ``x.shape`` is there: the call then follows inputs of other sizes and numbers of dims.
-        (A shape read in an outer graph stays its sizes: they are this graph's inputs.)"""
-        def whole(v):
-            return v._tensor if type(v) is _TracedShape and self.known(v._tensor) else v
+    def _own_shape(self, value):
+        """Whether ``value`` is ``x.shape`` of a tensor of this graph (a `_TracedShape`)."""
+        return type(value) is _TracedShape and self.known(value._tensor)
 
-        return tuple(map(whole, args)), {k: whole(v) for k, v in kwargs.items()}
+    def _shape_tensors(self, args, kwargs):
+        """A traced ``x.shape`` given whole to a call, alone or inside the tuples, lists and
+        dicts of its arguments (``F.zeros(x.shape)``, ``F.concat([x.shape, y.shape])``), as its
+        shape tensor, as upstream's ``x.shape`` is there: the call then follows inputs of
+        other sizes and numbers of dims. (A shape read in an outer graph stays its sizes: they
+        are this graph's inputs.)"""
+        shapes, tree = tree_flatten((args, kwargs), self._own_shape)
+        if not shapes:
+            return args, kwargs
+        return tree.unflatten([s._tensor for s in shapes])
 
     def record_function(self, func, args, kwargs, run=None):
         args, kwargs = self._shape_tensors(*_with_defaults(func, args, kwargs))
@@ -473,6 +513,11 @@ class Tracer:
         if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):
             obj = self._to_values((obj,), {})[0][0]
         args, kwargs = self._shape_tensors(args, kwargs)
+        if _in_place(name) and self.known(obj) and self.scope.values[id(obj)][1] in self.shared:
+            # one of the tensors that stand for this node is updated in place: the others keep
+            # their value, as here, when the step writes into a copy (F.copy: a new tensor of
+            # the same array) that then stands for this one
+            self.alias(obj, self.node_of(self.record_function(_copy, (obj,), {})))
         return self._record(CallMethod(None, name), args, kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
@@ -487,7 +532,7 @@ class Tracer:
         (shape_tensor,) = self.apply_hook._record(
             GetVarShape(), [tensor], lambda: apply(GetVarShape(), tensor), expr_type=ShapeOf)
         expr = self.scope.values[id(shape_tensor)][1].expr
-        return _TracedShape(shape_tensor, expr, [shape_tensor[i] for i in range(len(shape))])
+        return _TracedShape.reading(shape_tensor, expr, len(shape))
 
     def record_tensor_init(self, tensor, args, kwargs):
         """``Tensor(traced, ...)``: a CallFunction of the class, whose output is ``tensor``."""
@@ -506,9 +551,10 @@ class Tracer:
         if is_builtin(module):
             return self._record(CallMethod(None, "__call__"), args, kwargs,
                                 lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
+        # (a traced x.shape given to it is an input of its graph: the shape tensor, as upstream)
         return self._record(CallMethod(None, "__call__"), args, kwargs,
                             lambda *a, **k: self._trace_user_call(module, a, k, orig_call),
-                            self_obj=module)
+                            self_obj=module, shape_inputs=True)
 
     def _trace_user_call(self, module, args, kwargs, orig_call):
         """Run a user module's call (hooks included) with its forward traced into a graph
@@ -542,9 +588,14 @@ class Tracer:
         if forward is None:
             forward = module.forward
         spec = _call_spec(module)
-        nargs, nkwargs = _normalize_args(spec, args, kwargs)
-        leaves, key = _graph_key(nargs, nkwargs)
         parent = self.scopes[-1] if self.scopes else None
+        # a traced x.shape given to the call is one input, its shape tensor (as the caller's
+        # step records it), which forward sees as a shape whose sizes this graph reads
+        shapes, shapes_def = tree_flatten((args, kwargs), self._own_shape) if parent \
+            else ([], None)
+        given = shapes_def.unflatten([s._tensor for s in shapes]) if shapes else (args, kwargs)
+        nargs, nkwargs = _normalize_args(spec, *given)
+        leaves, key = _graph_key(nargs, nkwargs)
         if parent is None:
             name = qualname = type(module).__name__
         else:
@@ -571,6 +622,9 @@ class Tracer:
                 scope_inputs.append(expr.outputs[0])
                 self.bind(value, expr.outputs[0])
             graph._inputs = scope_inputs
+            if shapes:
+                args, kwargs = shapes_def.unflatten([_TracedShape.reading(
+                    s._tensor, s._expr, tuple.__len__(s), given=True) for s in shapes])
             self.patch_globals_of(forward)
             # functions kept on the instance (``self.add = F.add``) are seen too
             self._patch_namespace(vars(module), _wrapper_of)
@@ -599,9 +653,16 @@ def _is_pure(expr):
     if isinstance(expr, ShapeOf):  # kept when it checks the number of dims on each call
         return not expr.fixed_ndim
     if isinstance(expr, CallMethod) and not isinstance(expr.inputs[0], ModuleNode):
-        m = expr.method
-        return m != "__setitem__" and not (m.startswith("__i") and m not in ("__invert__",))
+        return not _in_place(expr.method)
     return False
+
+
+_IN_PLACE = frozenset(["__setitem__"] + [f"__i{n}__" for n in _BINARY])
+
+
+def _in_place(method):
+    """Whether the tensor method ``method`` writes into its tensor (``x[i] = v``, ``x += 1``)."""
+    return method in _IN_PLACE
 
 
 def _drop_dead_pure(graph):
@@ -660,21 +721,32 @@ class _TracedShape(_trace_option.Shape):
     ``x.shape[-k]`` reads ``shape_tensor[-k]``, the k-th size from the end at any number of
     dims. A use of the shape as a whole (unpacking, ``len``, slices, comparisons,
     concatenation, ``numpy()``) counts the traced dims: the `ShapeOf` step then refuses
-    inputs of another number of dims (``fixed_ndim``). ``astype`` is the shape tensor."""
+    inputs of another number of dims (``fixed_ndim``). ``astype`` is the shape tensor.
+    A module given ``x.shape`` sees one of these too, reading the shape tensor its graph
+    takes (``given``): the `ShapeOf` of the caller's graph keeps which sizes it reads."""
 
-    def __new__(cls, tensor, expr, sizes):
+    def __new__(cls, tensor, expr, sizes, given=False):
         self = super().__new__(cls, sizes)
-        self._tensor, self._expr = tensor, expr
+        self._tensor, self._expr, self._given = tensor, expr, given
         return self
+
+    @classmethod
+    def reading(cls, shape_tensor, expr, ndim, given=False):
+        """The shape whose sizes are recorded reads of ``shape_tensor`` (of the current
+        graph), made by ``expr`` (a `ShapeOf`, of an outer graph when ``given``)."""
+        return cls(shape_tensor, expr, [shape_tensor[i] for i in range(ndim)], given)
 
     def _whole(self):
         self._expr.fixed_ndim = True
 
     def __getitem__(self, index):
-        if _trace_option._int_like(index) and -tuple.__len__(self) <= index < 0:
-            return self._tensor[index]  # (recorded)
+        ndim = tuple.__len__(self)
         if not _trace_option._int_like(index):
             self._whole()
+        elif self._given and -ndim <= index < ndim:
+            self._expr.read_by_call(int(index))
+        if _trace_option._int_like(index) and -ndim <= index < 0:
+            return self._tensor[index]  # (recorded)
         return super().__getitem__(index)
 
     def __radd__(self, other):

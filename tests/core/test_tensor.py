@@ -649,3 +649,10 @@ def test_a_subclass_adopting_a_tensors_dict_is_a_tensor_of_its_own():
         gm.backward((b * mge.tensor([1.0, 2.0, 3.0, 4.0])).sum() + t.sum())
     # through the adopted autodiff history: d/dx of clip(2x) * w + 2x (clipped ends give 0)
     np.testing.assert_array_equal(x.grad.numpy(), [[2, 8, 2, 2]])  # t1 = 4 passes, weight 3
+
+
+def test_a_tensor_given_its_own_dict_is_unchanged():
+    # as for any Python object (earlier versions of this fork emptied the tensor)
+    t = mge.tensor([1.0, 2.0])
+    t.__dict__ = t.__dict__
+    np.testing.assert_array_equal(t.numpy(), [1.0, 2.0])

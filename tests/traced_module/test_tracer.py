@@ -1,4 +1,6 @@
 """Tests of megengine/traced_module/tracer.py: what tracing records, and that it leaves nothing patched."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from megengine.functional import relu as imported_relu
 from megengine.module.module import Module
 from megengine.traced_module import register_as_builtin, trace_module, wrap
 from megengine.core.ops.builtin import GetVarShape
+from megengine.traced_module.pytree import tree_flatten
 from megengine.traced_module.expr import (Apply, CallFunction, CallMethod, Constant, GetAttr,
                                           Input, ShapeOf)
 
@@ -50,7 +53,7 @@ def test_nothing_stays_patched():
     originals = (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__)
     trace_module(Block(), _inp(2, 4))
     assert (F.relu, F.nn.relu, Tensor.__add__, Tensor.__init__, Module.__call__) == originals
-    assert dispatch._trace_hook is None
+    assert dispatch._trace_hook is None and dispatch._adopt_hook is None
     assert imported_relu is F.relu
 
 
@@ -229,6 +232,22 @@ def test_sizes_read_by_index_follow_other_numbers_of_dims(shape):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
 
 
+def _assert_follows(tm, m, calls):
+    """tm equals m on calls of these argument shapes (one shape: one argument)."""
+    for shapes in calls:
+        args = [_inp(*s) for s in (shapes if isinstance(shapes[0], tuple) else [shapes])]
+        got = tree_flatten(tm(*args), _is_tensor)[0]
+        expected = tree_flatten(m(*args), _is_tensor)[0]
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-6)
+
+
+def _is_tensor(x):
+    return isinstance(x, Tensor)
+
+
 class ShapeUsedWhole(M.Module):
     def forward(self, x):
         return F.zeros(x.shape) + x * x.shape[2]
@@ -241,43 +260,111 @@ class ShapesGivenWhole(M.Module):
                 x.flatten().reshape(x.shape), Tensor(x.shape) * 2)
 
 
+class ShapesNested(M.Module):
+    def forward(self, x, y):
+        return (F.concat([x.shape, y.shape]), F.stack((x.shape, x.shape), axis=1),
+                Tensor([x.shape, x.shape]) * 2, _zeros_of({"shape": x.shape, "k": [1]}) + x)
+
+
+@wrap
+def _zeros_of(spec):
+    return F.zeros(spec["shape"])
+
+
+@pytest.mark.parametrize("module, step", [
+    (ShapesGivenWhole, "zeros(getvarshape_out"),
+    # inside an argument's tuples, lists and dicts too
+    (ShapesNested, "concat([getvarshape_out, getvarshape_out_1]")])
 @pytest.mark.parametrize("shapes", [((5, 1, 2), (1, 2)), ((3, 2, 2, 2), (2, 1)), ((4, 6), (6,))])
-def test_a_shape_given_whole_to_a_call_follows_other_sizes_and_dims(shapes):
+def test_a_shape_given_whole_to_a_call_follows_other_sizes_and_dims(module, step, shapes):
     # as upstream, the call takes the recorded shape tensor (GetVarShape's output): earlier
     # versions of this fork unpacked its traced sizes and refused another number of dims
-    m = ShapesGivenWhole()
+    m = module()
     tm = trace_module(m, _inp(2, 3, 4), _inp(1, 4))
-    assert "zeros(getvarshape_out" in str(tm.graph)
-    x, y = _inp(*shapes[0]), _inp(*shapes[1])
-    for got, expected in zip(tm(x, y), m(x, y)):
-        assert got.shape == expected.shape
-        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert step in str(tm.graph)
+    _assert_follows(tm, m, [shapes])
 
 
 class ZerosOfShape(M.Module):
     def forward(self, shape, x):
-        return F.zeros(shape) + x
+        n = shape[0]  # the shape of the caller's x: indexed as there
+        return F.zeros(shape) + x * shape[-1], x.reshape(n, -1), F.concat([shape, shape])
 
 
 class GivesShapeToModule(M.Module):
-    def __init__(self):
+    def __init__(self, inner=None):
         super().__init__()
-        self.inner = ZerosOfShape()
+        self.inner = inner or ZerosOfShape()
 
     def forward(self, x):
-        return self.inner(x.shape, x)
+        return self.inner(x.shape, x), self.inner(shape=x.shape, x=x * 2)[1]
 
 
-def test_a_shape_given_to_a_module_follows_other_sizes():
-    # the module's graph takes the sizes as inputs (earlier versions of this fork raised a
-    # TypeError on every call: the traced structure named the shape's private type)
+def test_a_shape_given_to_a_module_follows_other_sizes_and_dims():
+    # as upstream, the module's graph takes the shape tensor (one input), which its forward
+    # indexes: earlier versions of this fork gave it the traced sizes and refused another
+    # number of dims (and before that raised a TypeError on every call)
     m = GivesShapeToModule()
     tm = trace_module(m, _inp(2, 3))
-    for shape in [(2, 3), (4, 5)]:
+    assert "inner(getvarshape_out, x)" in str(tm.graph)
+    assert [n.name for n in tm.inner.graph.inputs] == ["self", "shape", "x"]
+    shapes = [(2, 3), (4, 5), (2, 3, 4), (5,), (1, 2, 1, 3)]
+    _assert_follows(tm, m, shapes)
+    _assert_follows(pickle.loads(pickle.dumps(tm)), m, shapes)
+    retraced = trace_module(tm, _inp(3, 2))  # traced again: the same graphs
+    assert "inner(getvarshape_out, x)" in str(retraced.graph)
+    _assert_follows(retraced, m, shapes)
+
+
+def test_a_module_given_a_shape_dumps_in_jit_trace():
+    import io
+
+    from megengine.jit import trace
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    m = GivesShapeToModule()
+    func = trace(trace_module(m, _inp(2, 3)), capture_as_const=True)
+    func(_inp(2, 3))
+    f = io.BytesIO()
+    func.dump(f, arg_names=("x",))
+    f.seek(0)
+    g = GraphInference(f)
+    for shape in [(2, 3), (4, 5)]:  # (a dumped program keeps its number of dims)
         x = _inp(*shape)
-        np.testing.assert_array_equal(tm(x).numpy(), m(x).numpy())
-    with pytest.raises(ValueError, match=r"gave it whole to a module's call"):
-        tm(_inp(2, 3, 4))
+        got = list(g.run(inp_dict={"x": x.numpy()}).values())
+        expected = tree_flatten(m(x), _is_tensor)[0]
+        assert len(got) == len(expected)
+        for g_, e in zip(got, expected):
+            np.testing.assert_allclose(g_, e.numpy(), rtol=1e-6)
+
+
+class UnpacksGivenShape(M.Module):
+    def forward(self, shape, x):
+        n, c = shape
+        return x.reshape(n * c)
+
+
+class ReadsGivenThirdSize(M.Module):
+    def forward(self, shape, x):
+        return x * shape[2]
+
+
+def test_a_module_that_counts_a_given_shape_or_misses_a_size_raises_naming_it():
+    m = GivesShapeToModule(UnpacksGivenShape())
+    tm = trace_module(m, _inp(2, 3))
+    for traced in (tm, trace_module(tm, _inp(2, 3))):
+        _assert_follows(traced, m, [(4, 5)])
+        with pytest.raises(ValueError, match=r"x was traced with shape \(2, 3\) and its "
+                                             r"forward counted the dims .*in a module given it"):
+            traced(_inp(2, 3, 4))
+    m = GivesShapeToModule(ReadsGivenThirdSize())
+    tm = trace_module(m, _inp(2, 3, 4))
+    for traced in (tm, trace_module(tm, _inp(2, 3, 4))):  # (traced again: the same)
+        _assert_follows(traced, m, [(3, 2, 2, 5)])
+        with pytest.raises(ValueError, match=r"a module its forward gave x.shape reads its "
+                                             r"size \[2\], so it cannot take an input of "
+                                             r"shape \(2, 3\)"):
+            traced(_inp(2, 3))
 
 
 def test_a_shape_counted_whole_or_a_missing_size_raise_naming_the_traced_shape():
@@ -404,7 +491,8 @@ def test_an_error_inside_forward_leaves_nothing_patched():
     with pytest.raises(RuntimeError, match="user error"):
         trace_module(m, _inp(2, 4))
     assert (F.relu, Tensor.__add__, Tensor.shape, Module.__call__) == originals
-    assert dispatch._trace_hook is None and "forward" not in vars(m.inner)
+    assert dispatch._trace_hook is None and dispatch._adopt_hook is None
+    assert "forward" not in vars(m.inner)
     x = _inp(2, 4)
     np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
 
@@ -439,3 +527,49 @@ def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
     np.testing.assert_allclose(list(g.run(inp_dict={"x": x.numpy()}).values())[0], expected)
     with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] as an int"):
         g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
+
+
+class _Boxes(Tensor):
+    """A tensor subclass that adopts another tensor's attributes, as basedet's ``Boxes``."""
+
+    def __init__(self, boxes):
+        self.__dict__ = boxes.__dict__
+
+    @property
+    def width(self):
+        return self[:, 2] - self[:, 0]
+
+    def clip(self, upper):  # in place, as basedet's Boxes.clip
+        self[:] = F.clip(self, lower=0, upper=upper)
+        return self
+
+
+class UsesBoxes(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.anchors = Tensor(np.arange(8, dtype=np.float32).reshape(2, 4))
+
+    def forward(self, x):
+        y = x * 2 - 1
+        boxes = _Boxes(y)
+        width = boxes.width  # (computed from y's node)
+        boxes.clip(1.5)  # y keeps its value
+        anchors = _Boxes(self.anchors)
+        anchors *= 2  # the attribute keeps its value
+        y += 1  # boxes keeps its value
+        return width, boxes, y, anchors.width + anchors[:, 1], self.anchors + 0
+
+
+def test_a_tensor_adopting_a_traced_tensors_attributes_stands_for_its_node():
+    # upstream's tracer keeps a tensor's node among its attributes, so a tensor that adopts
+    # them (self.__dict__ = boxes.__dict__) stands for the same node; in-place updates of
+    # either leave the other as it was, as they do eagerly (earlier versions of this fork
+    # recorded the adopting tensor as a constant: the traced module equalled the module only
+    # on the input it was traced with)
+    m = UsesBoxes()
+    tm = trace_module(m, _inp(3, 4))
+    assert not any(isinstance(e, Constant) for e in tm.graph.exprs())
+    calls = [(3, 4), (5, 4), (1, 4)]
+    _assert_follows(tm, m, calls)
+    _assert_follows(pickle.loads(pickle.dumps(tm)), m, calls)
+    _assert_follows(trace_module(tm, _inp(2, 4)), m, calls)
