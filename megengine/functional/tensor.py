@@ -4,6 +4,7 @@ upstream's `megengine.functional.tensor` namespace: its creation and indexing fu
 import numpy as np
 
 from .. import device as _device
+from ..core import _trace_option
 from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
@@ -215,7 +216,11 @@ def broadcast_to(inp, shape):
     if any(s < 0 for s in shape):
         raise ValueError(f"broadcast_to: negative size in {shape}; write None at a dim to "
                          "keep the input's size there")
-    if same_sizes(shape, inp.shape):  # (sizes of a dumpable trace: no guard on their values)
+    if same_sizes(shape, inp.shape) and _trace_option._dim_source is not None:
+        # (a dumpable trace at equal sizes: no op, so no guard on their values; its graph
+        # has no in-place writes). Elsewhere a new tensor, as upstream's Broadcast always
+        # makes: returning ``inp`` made ``z[0] = 5`` write into it, and trace_module bound it
+        # to the output's node
         return inp
     return apply(BroadcastTo(shape), inp)
 

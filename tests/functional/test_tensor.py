@@ -77,6 +77,21 @@ def test_broadcast_to(src, dst):
     check(lambda t: F.broadcast_to(t, dst), lambda t: t.broadcast_to(dst), rand(*src))
 
 
+def test_broadcast_to_its_own_shape_is_a_new_tensor():
+    # upstream's Broadcast always makes a new tensor: writing into the result leaves the input
+    # as it was (earlier versions of this fork returned the input itself, so z[0] = 5 wrote
+    # into y), and gradients flow through it (by hand: d(sum(z * z))/dy = 2y)
+    y = mge.tensor([1.0, 2.0])
+    with GradManager().attach(y) as gm:
+        z = F.broadcast_to(y, (2,))
+        gm.backward((z * z).sum())
+    assert z is not y
+    np.testing.assert_array_equal(y.grad.numpy(), [2.0, 4.0])
+    z[0] = 5
+    np.testing.assert_array_equal(y.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(z.numpy(), [5.0, 2.0])
+
+
 def test_broadcast_to_none_keeps_a_dim_and_errors():
     # upstream's test_broadcast_auto_infer
     x = mge.tensor(rand(1, 2, 3))

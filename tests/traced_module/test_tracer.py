@@ -573,3 +573,20 @@ def test_a_tensor_adopting_a_traced_tensors_attributes_stands_for_its_node():
     _assert_follows(tm, m, calls)
     _assert_follows(pickle.loads(pickle.dumps(tm)), m, calls)
     _assert_follows(trace_module(tm, _inp(2, 4)), m, calls)
+
+
+class _BroadcastAndKeep(M.Module):
+    def forward(self, x, y):
+        return F.broadcast_to(y, x.shape), y + 0
+
+
+def test_broadcast_to_at_the_traced_shape_does_not_bind_its_input_to_its_output():
+    # F.broadcast_to(y, x.shape) traced where y already had x's shape returned y itself, and
+    # the tracer bound y to the broadcast's node: y + 0 then read the broadcast (silently
+    # (4, 3) for a (1, 3) y on another call)
+    x, y = (Tensor(np.ones((4, 3), np.float32)) for _ in range(2))
+    tm = trace_module(_BroadcastAndKeep(), x, y)
+    y2 = Tensor(np.arange(3, dtype=np.float32).reshape(1, 3))
+    for got, want in zip(tm(x, y2), _BroadcastAndKeep()(x, y2)):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
