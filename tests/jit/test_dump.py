@@ -502,3 +502,36 @@ def test_a_shape_entry_tensor_that_is_not_one_integer_is_refused_in_a_dumpable_t
     f = trace(lambda x, n: x.reshape(n, -1), symbolic=True, capture_as_const=True)
     with pytest.raises(TypeError, match="shape entry Tensor must hold one integer.*float32"):
         f(mge.tensor(np.ones(4, "float32")), mge.tensor(2.0))
+
+
+def test_a_tensor_made_from_a_traced_tensor_follows_it_in_the_dumped_program():
+    # upstream's Tensor(x) shares x's value, so the traced program computes it from x; a new
+    # tensor made outside the ops was captured as a constant (earlier versions of this fork
+    # dumped a program that returned the traced value, [2, 2, 2], for any x)
+    @trace(capture_as_const=True)
+    def f(x):
+        return mge.Tensor(x) * 2
+
+    f(mge.tensor(np.ones(3, np.float32)))
+    f(mge.tensor(np.ones(3, np.float32)))  # a checked call
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=("x",))
+    buf.seek(0)
+    x = np.arange(3, dtype=np.float32)
+    (out,) = GraphInference(buf).run(inp_dict={"x": x}).values()
+    np.testing.assert_array_equal(out, x * 2)
+
+
+def test_a_tensor_made_from_a_traced_tensor_is_a_new_leaf_as_in_eager_code():
+    # (Tensor(w) starts no gradient path to w, traced or not)
+    def step(w):
+        with GradManager().attach(w) as gm:
+            gm.backward((mge.Tensor(w) * w).sum())
+        return w.grad
+
+    eager = step(mge.Parameter([1.0, 2.0])).numpy()
+    traced = trace(step, symbolic=False)
+    for _ in range(2):
+        got = traced(mge.Parameter([1.0, 2.0])).numpy()
+        np.testing.assert_array_equal(got, eager)
+    np.testing.assert_array_equal(eager, [1.0, 2.0])
