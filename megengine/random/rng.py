@@ -14,9 +14,8 @@ from ..device import canonical_device, get_default_device
 __all__ = ["seed", "RNG", "uniform", "normal", "gamma", "beta", "poisson", "exponential",
            "multinomial", "permutation", "shuffle"]
 
-# megengine.random's own draws come from this generator (CPU dropout too: core/_rng.py);
-# seed() replaces it.
-_global_generator = _core_rng.generator
+# megengine.random's own draws (and CPU dropout's) come from `_core_rng.generator`; seed()
+# replaces it.
 _global_seed = 0  # the last seed() (upstream's get_global_rng_seed reads it)
 
 
@@ -40,8 +39,8 @@ def _seed_engine(seed):
     """Seed megengine.random's generator and CuPy's, leaving numpy's global RNG as it is: what
     upstream's per-rank seed in ``init_process_group`` reaches. A launched rank's ``np.random``
     is its launching process's (forked), so its draws are the same on every rank there."""
-    global _global_generator, _global_seed
-    _global_generator = _core_rng.generator = np.random.default_rng(seed)
+    global _global_seed
+    _core_rng.generator = np.random.default_rng(seed)
     _global_seed = seed
     _seed_cuda_generators(seed)
 
@@ -156,7 +155,7 @@ class RNG:
         self._device = None if device is None else canonical_device(device)
 
     def _gen(self):
-        return self._generator if self._generator is not None else _global_generator
+        return self._generator if self._generator is not None else _core_rng.generator
 
     def _draw(self, method, *args, dtype="float32"):
         """A tensor of ``generator.method(*args)``: an op, so a traced function draws anew on
