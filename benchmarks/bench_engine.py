@@ -116,7 +116,7 @@ def make_data(input_shape, signal, seed=0, batch=BATCH):
 
 def mge_stepper(net_cls, data, mode):
     """A zero-argument callable running the next training step; returns (step, net, last loss)."""
-    np.random.seed(0)  # the same initial weights in every variant
+    mge.random.seed(0)  # the same initial weights in every variant
     net = net_cls()
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)

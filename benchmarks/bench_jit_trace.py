@@ -60,7 +60,7 @@ import _timing  # noqa: E402
 
 
 def make_step(sizes, batch, mode, train=True):
-    np.random.seed(0)
+    mge.random.seed(0)  # the same initial weights in every mode
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [M.Linear(a, b), M.ReLU()]
@@ -136,7 +136,7 @@ def make_net_step(bm, model, options, batch, train, net=None):
     training step) in trace mode ``options`` (None: eager). ``net``: the network to run (the
     eval modes share one, as a script traces the network it has; each training mode trains
     its own)."""
-    np.random.seed(0)
+    mge.random.seed(0)  # the same initial weights in every mode
     if net is None:
         net = bm.MODELS[model][0]()
     rng = np.random.RandomState(1)

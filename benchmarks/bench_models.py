@@ -237,7 +237,7 @@ def copy_weights(mge_net, torch_net):
 
 
 def mge_stepper(model, data, device):
-    np.random.seed(0)
+    mge.random.seed(0)  # the same initial weights on every device
     mge.set_default_device(device)  # parameters are made on the default device
     net = MODELS[model][0]()
     gm = GradManager().attach(net.parameters())

@@ -227,7 +227,7 @@ def steppers(size, variant, data):
     and returning the loss as a float; both networks start from the same weights."""
     s = SIZES[size]
     mge_attn, torch_attn, mge_opt, torch_opt = VARIANTS[variant]
-    np.random.seed(0)
+    mge.random.seed(0)
     net = MgeEncoder(s["d"], s["heads"], s["blocks"], mge_attn)
     tnet = TorchEncoder(s["d"], s["heads"], s["blocks"], torch_attn)
     copy_weights(net, tnet, variant)

@@ -10,15 +10,11 @@ simcuda.install_from_environment()
 
 @pytest.fixture(autouse=True)
 def _seed():
-    np.random.seed(0)
-    _seed_gpus(0)  # dropout on a GPU draws from CuPy's generator, not numpy's
+    from megengine.random import seed
+
+    np.random.seed(0)  # the tests' own data draws
+    seed(0)  # megengine.random's generator (module initialisers, dropout) and CuPy's on each GPU
     yield
-
-
-def _seed_gpus(value):
-    from megengine.random.rng import _seed_cuda_generators
-
-    _seed_cuda_generators(value)  # nothing to do (and no CuPy import) on a machine without CUDA
 
 
 def pytest_report_header(config):

@@ -78,6 +78,7 @@ HERE = {
     ">>> import megengine.functional as F": "test_compatibility_page_examples",
     ">>> from megengine.core._imperative_rt.core2 import apply": "test_compatibility_page_examples",
     "tm = trace_module(net, data)": "test_traced_module_page_example",
+    "mge.random.seed(0)\na = M.Linear(4, 3)": "test_random_page_example",
     "g = G.Graph()": "test_megbrain_graph_example",
     # fragments that need torchrun or two machines: compiled, and their arguments checked
     'dist.init_process_group()  # under torchrun': "test_distributed_fragments",
@@ -169,6 +170,12 @@ def test_compatibility_page_examples():
     for i, code in enumerate(c for kind, c in blocks(DOCS / "compatibility.rst") if kind == "python"):
         run_doctest(code, scope, f"compatibility.rst block {i}")
     assert "apply" in scope, "the last block ran"
+
+
+def test_random_page_example():
+    """docs/api/random.rst: megengine.random.seed makes a layer's initial weights repeat."""
+    (code,) = [c for kind, c in blocks(DOCS / "api" / "random.rst") if kind == "python"]
+    exec(compile(code, "random.rst", "exec"), {})  # the block asserts its own result
 
 
 def test_traced_module_page_example():

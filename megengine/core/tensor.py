@@ -184,9 +184,10 @@ class _TensorType(type):
         return sys.modules[__name__ + ".raw_tensor"]
 
 
-def _check_same_kind(t, want_dtype, want_device):
-    """Upstream's rule for ``Tensor(t, dtype=..., device=...)`` of a Tensor ``t``: the new tensor
-    has ``t``'s dtype and device; naming others raises RuntimeError (it converts nothing)."""
+def _check_same_kind(t, want_dtype, want_device, want_format):
+    """Upstream's rule for ``Tensor(t, dtype=..., device=..., format=...)`` of a Tensor ``t``:
+    the new tensor has ``t``'s dtype, device and format label; naming others raises
+    RuntimeError (it converts nothing)."""
     if want_dtype is not None and not dtype.is_dtype_equal(_check_dtype(want_dtype, "Tensor"),
                                                            t.dtype):
         raise RuntimeError(
@@ -197,6 +198,11 @@ def _check_same_kind(t, want_dtype, want_device):
         raise RuntimeError(
             f"Tensor(t, device={want_device!r}): t is on {t._device}, and a tensor made from a "
             f"tensor stays on its device (as upstream's); move it with t.to({want_device!r})")
+    if want_format not in ("default", t._format):
+        raise RuntimeError(
+            f"Tensor(t, format={want_format!r}): t is labelled {t._format!r}, and a tensor made "
+            f"from a tensor keeps its label (as upstream's); relabel a copy with "
+            f"y = Tensor(t); y.format = {want_format!r} (the value stays)")
 
 
 class _InstanceDict:
@@ -238,7 +244,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             device = data._device
         self._device = _device_mod.canonical_device(device)
         if isinstance(data, Tensor):
-            _check_same_kind(data, dtype, self._device)
+            _check_same_kind(data, dtype, self._device, format)
         made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
         if _trace_option._dim_source is not None:  # dumped program runs at
             made = _trace_option.sizes_tensor(data, dtype, self._device)

@@ -9,10 +9,10 @@ every rank, rank 0 included, joins it as a client. The Server must run on rank 0
 """
 import datetime
 import os
-import pickle
 import socket
 import tempfile
 import weakref
+import xmlrpc.client
 from typing import List
 
 __all__ = ["Server", "Client", "get_free_ports"]
@@ -100,12 +100,14 @@ _USER_PREFIX = "megengine/user/"  # keeps user keys apart from torch's own keys 
 
 class Client:
     """Upstream's client of the rendezvous server, for the key-value pairs ranks share:
-    ``user_set(key, value)`` publishes a small picklable value (a shape, a dtype name, a flag),
+    ``user_set(key, value)`` publishes a small value (a shape, a dtype name, a flag),
     ``user_get(key)`` waits until some rank has set ``key`` and returns its value.
 
     ``Client(master_ip, port)`` connects to the rendezvous at that address, as upstream;
     ``megengine.distributed.get_client()`` gives the one of the current process group. The
-    values live in the group's TCPStore (torch.distributed's rendezvous).
+    values live in the group's TCPStore (torch.distributed's rendezvous), written as XML-RPC
+    writes them, so that they come back as from upstream's XML-RPC server: a tuple as a list,
+    bytes as ``xmlrpc.client.Binary``.
     """
 
     def __init__(self, master_ip: str, port: int, timeout: float = 30):
@@ -122,25 +124,30 @@ class Client:
         return client
 
     def user_set(self, key, val):
-        """Publish ``val`` under ``key`` for every rank (a later set replaces it)."""
-        self._store.set(_USER_PREFIX + str(key), pickle.dumps(val))
+        """Publish ``val`` under ``key`` for every rank (a later set replaces it). ``val`` is
+        what XML-RPC carries, as for upstream's server: None, bools, ints of 32 bits, floats,
+        strs, bytes, and lists, tuples and str-keyed dicts of those."""
+        try:
+            data = xmlrpc.client.dumps((val,), allow_none=True)
+        except (TypeError, OverflowError) as error:  # nothing is set
+            raise type(error)(
+                f"Client.user_set: the value for {key!r} cannot cross upstream's XML-RPC "
+                f"rendezvous ({error}); give None, bools, ints of 32 bits, floats, strs, bytes, "
+                f"or lists, tuples and str-keyed dicts of those (an array: .tolist(); any "
+                f"object: pickle.dumps(obj), read back with pickle.loads(value.data))") from error
+        self._store.set(_USER_PREFIX + str(key), data)
 
     def user_get(self, key):
-        """The value some rank set under ``key``, waiting until one has. Bytes come back as
-        ``xmlrpc.client.Binary`` (the bytes are its ``.data``), as upstream's XML-RPC server
-        returns them (basecore's ``gather_pyobj`` reads ``user_get(key).data``)."""
+        """The value some rank set under ``key``, waiting until one has, as upstream's XML-RPC
+        server returns it: tuples come back as lists, bytes as ``xmlrpc.client.Binary`` (the
+        bytes are its ``.data``; basecore's ``gather_pyobj`` reads ``user_get(key).data``)."""
         try:
             data = self._store.get(_USER_PREFIX + str(key))
         except RuntimeError as error:  # torch says "Socket Timeout" and nothing of the key
             raise RuntimeError(
                 f"Client.user_get: no rank set {key!r} within {self._timeout:g} s (or the "
                 f"rendezvous went away): {str(error).strip().splitlines()[0]}") from error
-        value = pickle.loads(data)
-        if isinstance(value, (bytes, bytearray)):
-            import xmlrpc.client
-
-            return xmlrpc.client.Binary(bytes(value))
-        return value
+        return xmlrpc.client.loads(data.decode())[0][0]
 
     def user_pop(self, key):
         """``user_get(key)``, then the key is removed from the rendezvous (upstream's way to

@@ -6,7 +6,7 @@ from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
-from ..core.operators import QuantizedNumberError, _quantized_scalar, _wider_int
+from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from ._args import _tensor  # (also imported from here by the functional files)
 
@@ -371,14 +371,20 @@ def clip(x, lower=None, upper=None):
     lower, upper = bounds
     if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
         x = x.astype(np.float32)
-    elif x.dtype.kind in "iu":  # an int bound out of x's range: none on that side (as numpy's
-        # clip of two bounds), or where every value moves past the range, upstream's promotion
-        info = np.iinfo(x.dtype)
-        lower = info.min if lower is not None and lower < info.min else lower
-        upper = info.max if upper is not None and upper > info.max else upper
-        for b in (lower, upper):
-            if b is not None and not info.min <= b <= info.max:
-                x = x.astype(_wider_int(b, x.dtype))
+    elif x.dtype.kind == "b" and any(type(b) is int for b in bounds):
+        x = x.astype(np.int32)  # upstream's promotion of a bool tensor and a Python int
+    if x.dtype.kind in "iu":
+        # an int bound past x's range on the side it limits limits nothing (as numpy's clip of
+        # two bounds); one past the other side moves every value out of the range: x widens to
+        # hold it, as upstream's promotion of x + bound does
+        lo, hi = _int_range(x.dtype)
+        beyond = lower if lower is not None and lower > hi else \
+            upper if upper is not None and upper < lo else None
+        if beyond is not None:
+            x = x.astype(_wider_int(beyond, x.dtype))
+            lo, hi = _int_range(x.dtype)
+        lower = lo if lower is not None and lower < lo else lower
+        upper = hi if upper is not None and upper > hi else upper
     return apply(Clip(lower, upper), x)
 
 

@@ -1,7 +1,9 @@
 """`megengine.module.init`: fill a tensor in place with constants or random values.
 
-Random values come from numpy's global generator, which ``megengine.random.seed`` seeds, so
-seeding megengine makes initialization reproducible. Every function writes into the tensor's
+Random values come from megengine.random's generator, as upstream's initialisers draw from
+``megengine.random``: ``megengine.random.seed(n)`` makes initialization reproducible, numpy's
+global RNG (``np.random.seed``) does not reach it, and an unseeded process (each launched rank)
+starts from weights of its own. Every function writes into the tensor's
 existing storage (``Tensor._reset``), so views of it (e.g. a torch module sharing it) see the values.
 """
 import math
@@ -9,6 +11,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from ..core import _rng as _core_rng
 from ..core.tensor import Tensor
 from ..random.rng import _floor_into_range
 
@@ -43,7 +46,7 @@ def ones_(tensor: Tensor) -> None:
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
     """Fill ``tensor`` with samples of U(a, b)."""
     _check_tensor(tensor, "uniform_")
-    draw = np.random.uniform(a, b, size=tensor.shape)
+    draw = _core_rng.generator.uniform(a, b, size=tensor.shape)
     dtype = np.dtype(tensor.dtype)
     if dtype.kind == "f" and a < b and draw.size:
         # rounded down into [a, b) as megengine.random.uniform does: rounding to nearest made
@@ -56,7 +59,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> None:
     """Fill ``tensor`` with samples of N(mean, std**2)."""
     _check_tensor(tensor, "normal_")
-    tensor._reset(np.random.normal(mean, std, size=tensor.shape).astype(tensor.dtype))
+    tensor._reset(_core_rng.generator.normal(mean, std, size=tensor.shape).astype(tensor.dtype))
 
 
 def calculate_gain(nonlinearity: str, param: Optional[Union[int, float]] = None) -> float:

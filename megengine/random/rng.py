@@ -22,17 +22,18 @@ _global_seed = 0  # the last seed() (upstream's get_global_rng_seed reads it)
 def seed(seed: int):
     """Make random draws reproducible on every device, as upstream's one seed does.
 
-    Reseeds megengine.random's generator (dropout on the CPU draws from it too), numpy's
-    global RNG (``np.random``: module initialisers draw from it) and, when CUDA is usable,
-    CuPy's generator on every visible GPU (dropout on a GPU draws there, on the device). So one
-    ``seed(n)`` makes a whole training run repeatable on any device. ``megengine.random``'s own
-    draws (``uniform``, ``normal``, ...) are made on the host and copied to their device, so
-    after the same seed they are the same numbers on a CPU and on a GPU.
+    Reseeds megengine.random's generator (module initialisers and dropout on the CPU draw from
+    it too) and, when CUDA is usable, CuPy's generator on every visible GPU (dropout on a GPU
+    draws there, on the device). So one ``seed(n)`` makes a model's initial weights and a
+    training run repeatable on any device. numpy's global RNG (``np.random``, which data
+    transforms draw from) is the program's own, as in upstream: ``seed`` leaves it alone.
+    ``megengine.random``'s own draws (``uniform``, ``normal``, ...) are made on the host and
+    copied to their device, so after the same seed they are the same numbers on a CPU and on a
+    GPU.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
     _seed_engine(int(seed))
-    np.random.seed(int(seed))
 
 
 def _seed_engine(seed):

@@ -113,7 +113,7 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, 
     import torch
 
     torch.manual_seed(0)
-    np.random.seed(0)
+    mge.random.seed(0)  # the initial weights
     # the reference runs on the CPU like the ranks (CPU workers), so that 1e-6 means the same
     # arithmetic; on a GPU machine the default device would give cuDNN's (TF32) convolutions
     previous = mge.get_default_device()

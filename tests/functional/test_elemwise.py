@@ -188,17 +188,34 @@ def test_clip_dtypes_and_errors():
         F.clip(a, "0")
 
 
-@pytest.mark.parametrize("lower,upper,want", [(-1, None, "uint8"), (None, 300, "uint8"),
-                                              (300, None, "uint16"), (None, -2, "int16"),
-                                              (-1, 5, "uint8")])
-def test_clip_with_an_int_bound_out_of_the_dtypes_range(lower, upper, want):
+_U8, _I8 = np.array([0, 3, 255], np.uint8), np.array([-128, 0, 127], np.int8)
+
+
+@pytest.mark.parametrize("x,lower,upper,want", [
+    (_U8, -1, None, "uint8"), (_U8, None, 300, "uint8"), (_U8, 300, None, "uint16"),
+    (_U8, None, -2, "int16"), (_U8, -1, 5, "uint8"), (_U8, 300, 400, "uint16"),
+    (_U8, 300, 70000, "uint16"), (_U8, -400, -300, "int16"), (_I8, 300, 400, "int16"),
+    (_I8, -400, -300, "int16"), (_I8, 300, -1000, "int16"), (_I8, -1000, 1000, "int8")])
+def test_clip_with_an_int_bound_out_of_the_dtypes_range(x, lower, upper, want):
     # no bound on that side, as numpy's clip of two bounds; a bound every value moves to takes
     # upstream's promotion, as x + bound (earlier versions of this fork raised numpy's
-    # OverflowError "-1 out of bounds for uint8" for one bound)
-    x = np.array([0, 3, 255], np.uint8)
-    got = F.clip(mge.tensor(x), lower, upper)
+    # OverflowError "-1 out of bounds for uint8" for one bound, and with both bounds past the
+    # top of the range gave the dtype's maximum: F.clip(uint8, 300, 400) was 255)
+    got = F.clip(mge.tensor(x, dtype=x.dtype), lower, upper)
     assert got.dtype == np.dtype(want)
     np.testing.assert_array_equal(got.numpy(), torch.clamp(torch.tensor(x, dtype=torch.int64),
+                                                           lower, upper).numpy())
+
+
+@pytest.mark.parametrize("lower,upper,want", [(0, 5, "int32"), (2, None, "int32"),
+                                              (None, 0.5, "float32"), (False, True, "bool")])
+def test_clip_of_a_bool_tensor_takes_upstreams_promotion(lower, upper, want):
+    # a Python int next to a bool tensor is int32 in upstream (earlier versions of this fork
+    # gave int64, a dtype megengine tensors do not hold)
+    x = np.array([True, False])
+    got = F.clip(mge.tensor(x), lower, upper)
+    assert got.dtype == np.dtype(want)
+    np.testing.assert_array_equal(got.numpy(), torch.clamp(torch.tensor(x, dtype=torch.float64),
                                                            lower, upper).numpy())
 
 

@@ -37,7 +37,7 @@ def test_alpha_dest_plus_beta_delta_in_place():
 
 def test_model_ema_as_programs_write_it():
     # YOLOX's ModelEMA.update: ema = d * ema + (1 - d) * model, parameters and buffers
-    np.random.seed(1)
+    mge.random.seed(1)  # the initial weights
     model = M.Sequential(M.Linear(3, 4), M.BatchNorm1d(4))
     ema = copy.deepcopy(model)
     for p in model.parameters():

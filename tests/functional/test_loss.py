@@ -543,6 +543,20 @@ def test_square_loss_of_integer_tensors_is_float32_as_upstream_documents():
     assert F.nn.l1_loss(pred, label, reduction="sum").dtype == np.int32
 
 
+def test_uint8_losses_l1_subtracts_in_the_dtype_square_loss_in_float32():
+    # l1_loss is upstream's abs(pred - label): uint8 1 - 2 wraps to 255 there too;
+    # square_loss converts first (upstream squares the wrapped difference: 65025)
+    pred, label = np.array([1, 5, 0], np.uint8), np.array([2, 3, 0], np.uint8)
+    got = F.nn.l1_loss(mge.tensor(pred), mge.tensor(label), reduction="none")
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got.numpy(), np.abs(pred - label))
+    got = F.nn.square_loss(mge.tensor(pred), mge.tensor(label), reduction="none")
+    want = TF.mse_loss(torch.tensor(pred, dtype=torch.float32),
+                       torch.tensor(label, dtype=torch.float32), reduction="none")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 def test_l1_loss_of_bools_says_to_convert():
     # upstream's pred - label refuses bools; earlier versions of this fork raised numpy's
     # "boolean subtract" error

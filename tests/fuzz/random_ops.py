@@ -450,7 +450,7 @@ def _init(rng):
     what = f"init.{kind} on {shp} {dtype}"
 
     def check():
-        np.random.seed(int(rng.integers(0, 2**31)))  # the global generator init draws from
+        mge.random.seed(int(rng.integers(0, 2**31)))  # the generator init draws from
         t = mge.tensor(np.zeros(shp, dtype))
         fan_in, fan_out = _fans(shp)
         got = init.calculate_fan_in_and_fan_out(t)

@@ -22,7 +22,7 @@ MODES = [False, True]
 def _traced_linear(symbolic):
     """A Linear layer's forward traced with capture_as_const, called twice (recorded, then
     checked once: the guards hold their verdict)."""
-    np.random.seed(0)
+    mge.random.seed(0)  # the initial weights
     net = M.Linear(3, 2)
     f = trace(lambda x: net(x), symbolic=symbolic, capture_as_const=True)
     x = mge.tensor(np.arange(6, dtype="float32").reshape(2, 3))

@@ -40,7 +40,7 @@ def slow_calls(monkeypatch):
 
 def _training(traced_with):
     """Three SGD steps of a small MLP, eager or traced: the losses and final weights."""
-    np.random.seed(0)
+    mge.random.seed(0)  # the layers' initial weights
     net = M.Sequential(M.Linear(6, 8), M.ReLU(), M.Linear(8, 3))
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)

@@ -186,7 +186,7 @@ def test_module_training_matches_eager(symbolic):
             for _ in range(5)]
     runs = []
     for traced in (False, True):
-        np.random.seed(7)  # the layers' initial weights
+        mge.random.seed(7)  # the layers' initial weights
         net = M.Sequential(M.Linear(10, 32), M.ReLU(), M.Linear(32, 4))
         gm = GradManager().attach(net.parameters())
         opt = optim.SGD(net.parameters(), lr=0.05)
@@ -515,7 +515,7 @@ def test_0x_step_with_numpy_batches_and_optimizer_backward(symbolic):
             for _ in range(4)]
     runs = []
     for traced in (False, True):
-        np.random.seed(11)
+        mge.random.seed(11)  # the layers' initial weights
         net = M.Sequential(M.Linear(6, 16), M.ReLU(), M.Linear(16, 3))
         opt = optim.SGD(net.parameters(), lr=0.1)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import megengine as mge
 import megengine.module as M
 from megengine import Parameter, Tensor
 from megengine.module import init
@@ -82,13 +83,23 @@ def test_uniform_and_normal_statistics():
     assert p.dtype == np.float32
 
 
-def test_init_draws_from_numpys_seeded_generator():
-    a, b = _param(4, 4), _param(4, 4)
-    np.random.seed(3)
+def test_init_draws_from_megengine_randoms_generator_not_numpys():
+    # upstream's initialisers draw from megengine.random: its seed makes them repeat, numpy's
+    # global RNG neither reaches them nor is advanced by them (earlier versions of this fork
+    # drew from np.random, which megengine.random.seed also reseeded)
+    a, b, c = _param(4, 4), _param(4, 4), _param(4, 4)
+    mge.random.seed(3)
     init.normal_(a)
-    np.random.seed(3)
+    mge.random.seed(3)
+    np.random.seed(5)
     init.normal_(b)
+    after_init = np.random.rand(2)
+    np.random.seed(5)
+    init.normal_(c)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(b.numpy(), c.numpy())
+    np.random.seed(5)
+    np.testing.assert_array_equal(after_init, np.random.rand(2))
 
 
 @pytest.mark.parametrize("ours,theirs,uniform", [

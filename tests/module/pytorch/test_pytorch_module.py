@@ -521,7 +521,7 @@ def test_traced_training_step_trains_identically(symbolic):
 
     def make():
         torch.manual_seed(3)
-        np.random.seed(3)
+        mge.random.seed(3)
         return LeNet(LeNet_Extract())
 
     data = [(np.random.randn(4, 1, 32, 32).astype("float32"), np.random.randint(0, 10, 4))
@@ -605,7 +605,7 @@ def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
     weights = []
     for old_style in (False, True):
         torch.manual_seed(0)
-        np.random.seed(0)
+        mge.random.seed(0)
         net = LeNet(LeNet_Extract())
         opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
         gm = GradManager().attach(net.parameters())

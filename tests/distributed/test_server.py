@@ -1,0 +1,56 @@
+"""Tests for megengine/distributed/server.py: the Client's values as upstream's XML-RPC server
+returns them."""
+import threading
+import xmlrpc.client
+from xmlrpc.server import SimpleXMLRPCServer
+
+import numpy as np
+import pytest
+
+from megengine.distributed.server import Client
+
+
+@pytest.fixture(scope="module")
+def upstream_proxy():
+    """An XML-RPC server as upstream's (``allow_none=True``) storing user values: the oracle."""
+    server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
+    values = {}
+    server.register_function(lambda key, val: values.__setitem__(key, val) or True, "user_set")
+    server.register_function(values.__getitem__, "user_get")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield xmlrpc.client.ServerProxy("http://127.0.0.1:%d" % server.server_address[1],
+                                    allow_none=True)
+    server.shutdown()
+    server.server_close()
+
+
+def _client():
+    import torch.distributed as tdist
+
+    return Client._over(tdist.HashStore(), 5)
+
+
+@pytest.mark.parametrize("value", [
+    (2, 3), [1, (2, "a")], {"shape": (4, 5), "dtype": "float32"}, b"\x00\x01", None, True, 1.5,
+    "float32", 2 ** 31 - 1, [], {}])
+def test_user_get_returns_values_as_upstreams_xmlrpc_server(upstream_proxy, value):
+    # earlier versions of this fork returned a tuple as a tuple (upstream: a list)
+    client = _client()
+    client.user_set("k", value)
+    got, want = client.user_get("k"), (upstream_proxy.user_set("k", value),
+                                       upstream_proxy.user_get("k"))[1]
+    assert type(got) is type(want) and got == want
+
+
+@pytest.mark.parametrize("value,what", [(np.zeros(2), "ndarray"), (np.int64(3), "int64"),
+                                        (2 ** 31, "int exceeds"), ({1: 2}, "key must be"),
+                                        ({1, 2}, "set")])
+def test_user_set_refuses_what_upstreams_xmlrpc_cannot_carry_and_sets_nothing(
+        upstream_proxy, value, what):
+    # earlier versions of this fork pickled any value; upstream's proxy raises for these
+    with pytest.raises((TypeError, OverflowError), match=what):
+        upstream_proxy.user_set("bad", value)
+    client = _client()
+    with pytest.raises((TypeError, OverflowError), match=f"user_set.*'bad'.*{what}.*tolist"):
+        client.user_set("bad", value)
+    assert not client._store.check(["megengine/user/bad"])
