@@ -552,6 +552,8 @@ class _TorchCall(Op):
         for i, g in zip(slots, got):
             if g is None:
                 continue
+            if g.layout is not torch.strided:  # sparse (nn.Embedding(sparse=True)): made dense
+                g = g.to_dense()
             if g.numel() < _FRESH_MIN_NUMEL:
                 result[i] = from_torch(g).copy()
                 continue

@@ -754,3 +754,64 @@ def test_a_gradient_torch_passes_through_unchanged_is_copied_not_shared():
     np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
     dy._data[...] = -1  # the caller's gradient changes; the parameter's .grad must not
     np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
+
+
+# ----- torch features that real modules use -----
+
+@pytest.mark.parametrize("make", [
+    lambda sparse: nn.Embedding(10, 4, padding_idx=0, sparse=sparse),
+    lambda sparse: nn.EmbeddingBag(10, 4, mode="sum", sparse=sparse),
+], ids=["Embedding", "EmbeddingBag"])
+def test_sparse_gradients_train_like_the_dense_layer(make):
+    """torch hands out a sparse gradient for sparse=True (rows repeated, uncoalesced); megengine
+    gets its dense equal and trains exactly like the dense layer under torch.optim."""
+    torch.manual_seed(0)
+    wrap = PyTorchModule(make(True))
+    reference = make(False).to(torch_device())
+    reference.load_state_dict(wrap.torch_module.state_dict())
+    opt = optim.Adam(wrap.parameters(), lr=0.1)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.1)
+    gm = GradManager().attach(wrap.parameters())
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        idx = rng.randint(0, 4, size=(3, 5))  # few rows: every batch repeats some
+        dy = rng.randn(*reference(torch.tensor(idx, device=torch_device())).shape).astype("float32")
+        with gm:
+            out = wrap(mge.tensor(idx, dtype="int64"))
+            gm.backward(out, mge.tensor(dy))
+        ref_opt.zero_grad()
+        reference(torch.tensor(idx, device=torch_device())).backward(torch.tensor(dy, device=torch_device()))
+        np.testing.assert_allclose(wrap.weight.grad.numpy(), torch_host(reference.weight.grad),
+                                   rtol=1e-6, atol=1e-6)
+        opt.step().clear_grad()
+        ref_opt.step()
+        np.testing.assert_allclose(torch_host(wrap.torch_module.weight), torch_host(reference.weight),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_a_0d_output_such_as_a_loss_computed_in_torch_gets_its_gradient():
+    class Loss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, target):
+            return nn.functional.cross_entropy(self.lin(x), target.long())
+
+    torch.manual_seed(0)
+    wrap = PyTorchModule(Loss())
+    reference = copy.deepcopy(wrap.torch_module)
+    x_np = np.random.randn(4, 3).astype("float32")
+    target = np.array([0, 1, 1, 0])
+    x = mge.tensor(x_np)
+    params = list(wrap.parameters())
+    # megengine's arithmetic on the 0-d output hands its gradient over as a numpy scalar
+    loss = grads_of(lambda: wrap(x, mge.tensor(target)) * 3.0, params + [x])
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    ref_loss = reference(xt, torch.tensor(target, device=torch_device())) * 3.0
+    ref_loss.backward()
+    assert loss.shape == ()
+    np.testing.assert_allclose(loss.numpy(), torch_host(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(wrap.lin.weight.grad.numpy(), torch_host(reference.lin.weight.grad),
+                               rtol=1e-5, atol=1e-7)
