@@ -106,6 +106,9 @@ class PyTorchModule(Module):
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
+        # per mode and set of inputs needing gradients, learned on the first recorded call: does
+        # torch's graph hold a reentrant torch.utils.checkpoint (only torch's backward() runs it)?
+        self._checkpointed = {}
         # the distinct parameters in torch's order, as megengine Parameters and as torch's own
         # tensors: a tied parameter is one op input, so torch sums its gradient once
         self._mge_params, self._torch_params = _Hidden(), _Hidden()
@@ -149,6 +152,7 @@ class PyTorchModule(Module):
         # shared.py); only the addresses the per-call check compares against are new, and
         # mge.load's map_location may have moved everything (the torch tensors, the mirrors)
         self.__dict__.update(state)
+        self.__dict__.setdefault("_checkpointed", {})  # saved by a version without it
         self._device = loaded_device(self._device)
         where = _torch_device(self._device)
         for tmod, name, _ in self._shared.items:
@@ -379,6 +383,41 @@ _engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine"
 _autograd_grad = (_autograd_grad_engine if callable(getattr(_engine, "run_backward", None))
                   else _autograd_grad_public)
 
+def _holds_reentrant_checkpoint(outs):
+    """Whether the torch graph behind ``outs`` holds a torch.utils.checkpoint(use_reentrant=True)
+    node, whose backward refuses torch.autograd.grad (it re-runs the forward and calls backward()
+    itself)."""
+    from torch.utils.checkpoint import CheckpointFunction
+
+    nodes = [o.grad_fn for o in outs if o.grad_fn is not None]
+    seen = set(nodes)
+    for node in nodes:  # grows while it is walked
+        if getattr(node, "_forward_cls", None) is CheckpointFunction:
+            return True
+        for parent, _ in node.next_functions:
+            if parent is not None and parent not in seen:
+                seen.add(parent)
+                nodes.append(parent)
+    return False
+
+
+def _grads_by_backward(outs, wrt, out_grads, params):
+    """``torch.autograd.grad`` for a graph holding a reentrant checkpoint: torch's plain
+    ``backward()`` into ``.grad``, which is taken from ``wrt``; every torch tensor it may reach
+    (``wrt`` and the module's parameters) gets its own ``.grad`` back, so torch's ``.grad`` stays
+    untouched as on the usual path."""
+    reached = list({id(t): t for t in (*wrt, *params)}.values())
+    kept = [t.grad for t in reached]
+    for t in reached:
+        t.grad = None
+    try:
+        torch.autograd.backward(outs, out_grads)
+        return [t.grad for t in wrt]
+    finally:
+        for t, g in zip(reached, kept):
+            t.grad = g
+
+
 _FRESH_MIN_NUMEL = 2048  # below this, a copy costs about what the storage check does
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  # 0: never fresh
 
@@ -494,6 +533,10 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
+            checkpointed = w._checkpointed.get((mode, need))
+            if checkpointed is None:
+                checkpointed = w._checkpointed[mode, need] = _holds_reentrant_checkpoint(outs)
+            self.checkpointed = checkpointed
             # callbacks see this op's inputs and parameters in the order torch hands them out
             self.grad_order = _grad_order.grad_order(w, mode, need, inputs,
                                                      w._torch_params.items, outs)
@@ -530,7 +573,21 @@ class _TorchCall(Op):
                     out_grads.append(to_torch(g))
         result = [None] * len(need)
         if outs and wrt:
-            got = _autograd_grad(outs, wrt, out_grads)
+            if self.checkpointed:
+                got = _grads_by_backward(outs, wrt, out_grads, params)
+            else:
+                try:
+                    got = _autograd_grad(outs, wrt, out_grads)
+                except RuntimeError as e:
+                    if "use_reentrant" not in str(e):
+                        raise
+                    raise RuntimeError(
+                        f"{self!r} ran torch.utils.checkpoint with use_reentrant=True on this "
+                        "call but not on its first recorded call like it (same mode, same inputs "
+                        "needing gradients), when the wrapper learns how to run torch's "
+                        "backward; pass use_reentrant=False to checkpoint (torch's "
+                        "recommendation), or checkpoint on every call"
+                    ) from e
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
             # e.g. through an add; megengine must never give two tensors one gradient array,
             # or an in-place edit (clip_grad_norm) would apply twice. A small gradient gets a

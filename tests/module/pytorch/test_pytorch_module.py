@@ -815,3 +815,60 @@ def test_a_0d_output_such_as_a_loss_computed_in_torch_gets_its_gradient():
     np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(wrap.lin.weight.grad.numpy(), torch_host(reference.lin.weight.grad),
                                rtol=1e-5, atol=1e-7)
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, use_reentrant):
+        super().__init__()
+        self.inner, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.use_reentrant, self.checkpoint = use_reentrant, True
+
+    def block(self, x):
+        return torch.tanh(self.inner(x))
+
+    def forward(self, x):
+        if self.checkpoint:
+            x = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.use_reentrant)
+        else:
+            x = self.block(x)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_torch_checkpoint_inside_the_module_trains_like_torch(use_reentrant):
+    """A reentrant checkpoint refuses torch.autograd.grad; the wrapper runs torch's backward()
+    for it instead, leaving torch's own .grad untouched."""
+    torch.manual_seed(0)
+    wrap = PyTorchModule(_Checkpointed(use_reentrant))
+    reference = copy.deepcopy(wrap.torch_module)
+    opt = optim.SGD(wrap.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x_np = rng.randn(3, 4).astype("float32")
+        x = mge.tensor(x_np)
+        grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+        xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+        ref_opt.zero_grad()
+        (reference(xt) ** 2).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+        for name, p in reference.named_parameters():
+            np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(),
+                                       torch_host(p.grad), rtol=1e-5, atol=1e-6, err_msg=name)
+        opt.step().clear_grad()
+        ref_opt.step()
+    assert all(p.grad is None for p in wrap.torch_module.parameters())
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(torch_host(wrap.torch_module.get_parameter(name)), torch_host(p),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
+    tmod = _Checkpointed(use_reentrant=True)
+    tmod.checkpoint = False
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.ones((2, 4), "float32"))
+    grads_of(lambda: wrap(x).sum(), list(wrap.parameters()) + [x])
+    tmod.checkpoint = True
+    with pytest.raises(RuntimeError, match="use_reentrant=True on this call.*use_reentrant=False"):
+        grads_of(lambda: wrap(x).sum(), list(wrap.parameters()) + [x])
