@@ -26,7 +26,7 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from . import _grad_order
+from . import _grad_order, _watch
 from .shared import loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
@@ -116,6 +116,9 @@ class PyTorchModule(Module):
         # call checks, so a replaced tensor can never silently stop the sharing
         self._shared = _Hidden()
         self._build_mirror(self, torch_module, set())
+        # (torch module, kind, name) of state that came into the torch module later (_watch.py)
+        self._added = _Hidden()
+        _watch.watch(self, torch_module)
         self.train(torch_module.training)
 
     def _build_mirror(self, owner, tmod, seen):
@@ -140,7 +143,7 @@ class PyTorchModule(Module):
             self._shared.items.append((tmod, name, b.data_ptr()))
             setattr(owner, name, mb)
         for name, child in tmod.named_children():
-            if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
+            if not _watch.has_state(child):
                 continue  # stateless (ReLU, pooling): nothing to expose
             _check_attribute_name(owner, name, "submodule")
             mirror = _Mirror(child)
@@ -152,7 +155,9 @@ class PyTorchModule(Module):
         # shared.py); only the addresses the per-call check compares against are new, and
         # mge.load's map_location may have moved everything (the torch tensors, the mirrors)
         self.__dict__.update(state)
-        self.__dict__.setdefault("_checkpointed", {})  # saved by a version without it
+        self.__dict__.setdefault("_checkpointed", {})  # saved by a version without them
+        self.__dict__.setdefault("_added", _Hidden())
+        _watch.watch(self, self._torch_module)
         self._device = loaded_device(self._device)
         where = _torch_device(self._device)
         for tmod, name, _ in self._shared.items:
@@ -203,6 +208,10 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
+        if self._added.items:
+            error = _watch.added_state(self)
+            if error is not None:
+                raise error
         for tmod, name, address in self._shared.items:
             # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
             # there); reading them directly skips nn.Module.__getattr__, a Python call each.
@@ -509,6 +518,10 @@ class _TorchCall(Op):
         else:
             with torch.set_grad_enabled(want_grad):
                 out = w._torch_module(*args, **kwargs)
+        if w._added.items:  # the module made new state in this forward (_watch.py)
+            error = _watch.added_state(w)
+            if error is not None:
+                raise error
         if type(out) is torch.Tensor and w.output_cnt == 1:
             outs, self.structure = [out], None
         else:
