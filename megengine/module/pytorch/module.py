@@ -553,9 +553,13 @@ class _TorchCall(Op):
             # callbacks see this op's inputs and parameters in the order torch hands them out
             self.grad_order = _grad_order.grad_order(w, mode, need, inputs,
                                                      w._torch_params.items, outs)
+        # Outputs are values. torch may return memory others see (an input or a parameter as
+        # is or as a view, one tensor twice, a stride-0 expand), and megengine's set_value
+        # writes into a tensor's own memory; as the view of an array it copies instead
+        # (core/tensor.py, `_reset`), as for megengine's own view ops.
         from_torch = ext.from_torch
-        return tuple([from_torch(o.detach()) for o in outs]) if len(outs) > 1 \
-            else from_torch(outs[0].detach())
+        return tuple([from_torch(o.detach()).view() for o in outs]) if len(outs) > 1 \
+            else from_torch(outs[0].detach()).view()
 
     def backward(self, *grads):
         n = self.n_inputs

@@ -872,3 +872,34 @@ def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
     tmod.checkpoint = True
     with pytest.raises(RuntimeError, match="use_reentrant=True on this call.*use_reentrant=False"):
         grads_of(lambda: wrap(x).sum(), list(wrap.parameters()) + [x])
+
+
+class _ReturnsSharedMemory(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 3))
+
+    def forward(self, x):
+        y = x * 2
+        return (x, x.view(3, 2), x.t(), self.weight, self.weight.detach(), y, y,
+                y.sum(0, keepdim=True).expand(4, 3))
+
+
+def test_set_value_on_outputs_sharing_memory_changes_only_that_output():
+    """Outputs are values, as megengine's own: writing one never reaches the input, the torch
+    parameter or another output it shares memory with, and a stride-0 output takes every value."""
+    tmod = _ReturnsSharedMemory()
+    wrap = PyTorchModule(tmod, output_cnt=8)
+    x_np = np.arange(6, dtype="float32").reshape(2, 3)
+    x = mge.tensor(x_np)
+    wrap(x)  # from the second call on the module gets views of its inputs
+    outs = wrap(x)
+    expected = [o.numpy() for o in outs]
+    for i, out in enumerate(outs):
+        new = np.arange(out.size, dtype="float32").reshape(out.shape) + 100 * (i + 1)
+        out.set_value(new)
+        expected[i] = new
+        np.testing.assert_array_equal(x.numpy(), x_np)
+        np.testing.assert_array_equal(torch_host(tmod.weight), np.ones((2, 3)))
+        for o, e in zip(outs, expected):
+            np.testing.assert_array_equal(o.numpy(), e)
