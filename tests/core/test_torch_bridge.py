@@ -115,6 +115,14 @@ def test_to_torch_zero_dim_and_empty():
     assert te.stride() == contiguous_strides((0, 2, 2))
 
 
+@pytest.mark.parametrize("scalar", [np.float32(2.5), np.float64(-1.25), np.int64(7), np.bool_(True)])
+def test_to_torch_numpy_scalar_is_a_0d_tensor(scalar):
+    """numpy's arithmetic on 0-d arrays returns scalars (a gradient of a 0-d output can be one)."""
+    t = bridge.to_torch(scalar)
+    assert t.shape == () and t.item() == scalar.item()
+    assert t.dtype == torch.from_numpy(np.asarray(scalar)).dtype
+
+
 def test_to_torch_negative_strides_make_a_copy():
     base = np.arange(6, dtype=np.float32)
     a = base[::-1]
