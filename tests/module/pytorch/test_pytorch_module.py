@@ -903,3 +903,44 @@ def test_set_value_on_outputs_sharing_memory_changes_only_that_output():
         np.testing.assert_array_equal(torch_host(tmod.weight), np.ones((2, 3)))
         for o, e in zip(outs, expected):
             np.testing.assert_array_equal(o.numpy(), e)
+
+
+class _Symmetric(nn.Module):
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+
+def _custom_parametrization(layer):
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", _Symmetric())
+    return layer
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
+@pytest.mark.parametrize("parametrize", [
+    torch.nn.utils.parametrizations.weight_norm, torch.nn.utils.parametrizations.spectral_norm,
+    torch.nn.utils.parametrizations.orthogonal, _custom_parametrization,
+    torch.nn.utils.weight_norm,  # the old one: a forward pre-hook recomputes .weight
+], ids=["weight_norm", "spectral_norm", "orthogonal", "custom", "old_weight_norm"])
+def test_parametrized_layers_train_like_torch(parametrize):
+    """Their parameters (``parametrizations.weight.original``, ``weight_g``/``weight_v``) and
+    buffers (spectral norm's power-iteration vectors, updated in forward) train as in torch."""
+    def make():  # twice from one seed: torch cannot deepcopy the old weight_norm's module
+        torch.manual_seed(0)
+        return nn.Sequential(parametrize(nn.Linear(4, 4)), nn.Tanh())
+
+    tmod, reference = make(), make().to(torch_device())
+    wrap = PyTorchModule(tmod)
+    opt = optim.Adam(wrap.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x_np = rng.randn(5, 4).astype("float32")
+        grads_of(lambda: (wrap(mge.tensor(x_np)) ** 2).sum(), list(wrap.parameters()))
+        opt.step().clear_grad()
+        ref_opt.zero_grad()
+        (reference(torch.tensor(x_np, device=torch_device())) ** 2).sum().backward()
+        ref_opt.step()
+    state = tmod.state_dict()
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(torch_host(state[name]), torch_host(value), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
