@@ -41,47 +41,57 @@ def watch(wrapper, torch_module):
         _watched.setdefault(m, weakref.WeakSet()).add(wrapper)
 
 
-def _note(module, kind, name):
+def _note(module, kind, name, value):
+    # torch may still refuse the registration after its hooks ran (a scripted module), and a
+    # buffer's persistence is set after them: `added_state` checks what is there in the end
     for wrapper in _watched.get(module, ()):
-        wrapper._added.items.append((module, kind, name))
+        wrapper._added.items.append((module, kind, name, value))
 
 
 def _on_parameter(module, name, param):
     if module in _watched and param is not None and name not in module._parameters:
-        _note(module, "parameter", name)
+        _note(module, "parameter", name, param)
 
 
 def _on_buffer(module, name, buffer):
-    # whether it is persistent is set after the hooks ran: `added_state` looks then
     if module in _watched and buffer is not None and name not in module._buffers:
-        _note(module, "buffer", name)
+        _note(module, "buffer", name, buffer)
 
 
 def _on_module(module, name, submodule):
     wrappers = _watched.get(module)
     if not wrappers:
         return
-    old = module._modules.get(name)
+    children = module._modules  # (a scripted module's is a wrapper without .get)
+    old = children[name] if name in children else None
     if submodule is old:
         return
     if has_state(submodule) or (old is not None and has_state(old)):
-        _note(module, "submodule", name)
+        _note(module, "submodule", name, submodule)
     else:
         for m in submodule.modules():
             _watched.setdefault(m, weakref.WeakSet()).update(wrappers)
 
 
+_TABLES = {"parameter": "_parameters", "buffer": "_buffers", "submodule": "_modules"}
+
+
 def added_state(wrapper):
     """A ``RuntimeError`` naming the state that came into ``wrapper``'s torch module since it was
-    wrapped, or None (a buffer that turned out non-persistent is forgotten)."""
-    added = [(m, kind, name) for m, kind, name in wrapper._added.items
-             if kind != "buffer" or (name in m._buffers and m._buffers[name] is not None
-                                     and name not in m._non_persistent_buffers_set)]
+    wrapped, or None. Forgotten: what torch refused, what is gone again or left the tree, and a
+    buffer that turned out non-persistent."""
+    paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
+    added = []
+    for note in wrapper._added.items:
+        m, kind, name, value = note
+        table = getattr(m, _TABLES[kind])
+        if id(m) in paths and name in table and table[name] is value and not (
+                kind == "buffer" and name in getattr(m, "_non_persistent_buffers_set", ())):
+            added.append(note)
     wrapper._added.items = added
     if not added:
         return None
-    paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
-    named = [f"{kind} {_join(paths.get(id(m), '?'), name)!r}" for m, kind, name in added]
+    named = [f"{kind} {_join(paths[id(m)], name)!r}" for m, kind, name, _ in added]
     return RuntimeError(
         f"PyTorchModule: the torch module gained {', '.join(named)} after it was wrapped; "
         "megengine's optimizers, GradManagers and state_dict only know what was there when it "

@@ -116,7 +116,8 @@ class PyTorchModule(Module):
         # call checks, so a replaced tensor can never silently stop the sharing
         self._shared = _Hidden()
         self._build_mirror(self, torch_module, set())
-        # (torch module, kind, name) of state that came into the torch module later (_watch.py)
+        # (torch module, kind, name, value) of state that came into the torch module later
+        # (_watch.py)
         self._added = _Hidden()
         _watch.watch(self, torch_module)
         self.train(torch_module.training)

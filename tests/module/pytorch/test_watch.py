@@ -117,3 +117,20 @@ def test_copies_are_watched_on_their_own(copy_of):
     with pytest.raises(RuntimeError, match="parameter '0.scale'"):
         twin(_x())
     wrap(_x())  # the original's torch module did not change
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_what_torch_refuses_or_what_leaves_the_tree_is_not_an_error():
+    scripted = torch.jit.script(_head())
+    wrap = PyTorchModule(scripted)
+    with pytest.raises(RuntimeError, match="Cannot re-assign modules in a ScriptModule"):
+        scripted.new = nn.Linear(2, 2)  # torch refuses it after its registration hooks ran
+    wrap(_x())
+    tmod = _head()
+    wrap = PyTorchModule(tmod)
+    relu = tmod[1]
+    tmod[1] = nn.GELU()  # relu leaves the tree
+    relu.p = nn.Parameter(torch.ones(1))
+    tmod[2].register_buffer("gone", torch.ones(1))
+    del tmod[2].gone
+    wrap(_x())
