@@ -9,7 +9,9 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
   wrapper's attribute name. Optimizer updates and `load_state_dict` write in place, so torch
   sees them at its next forward with no copying. One torch tensor is one megengine tensor
   (shared.py): tied weights and a module wrapped twice train each weight once, and a wrapper
-  pickles and deep-copies as its torch module, its mirrors rebuilt as views on load.
+  pickles and deep-copies as its torch module, its mirrors rebuilt as views on load. The mirrors
+  are fixed at construction: every call checks that no mirrored tensor was replaced, and torch's
+  registration hooks report state added later (_watch.py), so neither trains silently wrong.
 * A call is one op (`_TorchCall`) whose inputs are the tensor arguments followed by the
   parameters. Its forward runs the torch module on zero-copy views, building a torch autograd
   graph only when megengine wants a gradient for an input or a parameter; its backward runs
