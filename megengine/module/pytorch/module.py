@@ -29,7 +29,7 @@ from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
 from . import _grad_order, _watch
-from .shared import loaded_device, mirror_of
+from .shared import TorchBuffer, TorchParameter, loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
 __all__ = ["PyTorchModule"]
@@ -45,6 +45,10 @@ class _Mirror(Module):
     def _module_info_string(self):
         return "torch " + self._info
 
+    def __setattr__(self, name, value):
+        _refuse_replacing_a_mirror(self, name, value)
+        super().__setattr__(name, value)
+
 
 class _Hidden:
     """A list kept out of sight of Module's attribute scan (which looks inside plain lists)."""
@@ -56,6 +60,20 @@ class _Hidden:
 
     def __iter__(self):
         return iter(self.items)
+
+
+def _refuse_replacing_a_mirror(owner, name, value):
+    """A mirror is the torch tensor's memory (or a torch submodule's tensors): something set in
+    its place would be what megengine trains and saves while torch computes with the old one."""
+    current = owner.__dict__.get(name)
+    if value is not current and isinstance(current, (TorchParameter, TorchBuffer, _Mirror)):
+        what = "tensors" if isinstance(current, _Mirror) else "tensor's memory"
+        raise AttributeError(
+            f"PyTorchModule: {name!r} of {owner._module_info_string()} is the torch {what}; "
+            "something new in its place would never reach torch. Write into tensors in place "
+            "(set_value, megengine.module.init, load_state_dict), or change the torch module "
+            "and wrap it again"
+        )
 
 
 def _check_attribute_name(owner, name, what):
@@ -152,6 +170,10 @@ class PyTorchModule(Module):
             mirror = _Mirror(child)
             setattr(owner, name, mirror)
             self._build_mirror(mirror, child, seen)
+
+    def __setattr__(self, name, value):
+        _refuse_replacing_a_mirror(self, name, value)
+        super().__setattr__(name, value)
 
     def __setstate__(self, state):
         # pickle / deepcopy: the mirrors came back as views of the loaded torch tensors (see

@@ -944,3 +944,23 @@ def test_parametrized_layers_train_like_torch(parametrize):
     for name, value in reference.state_dict().items():
         np.testing.assert_allclose(torch_host(state[name]), torch_host(value), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+
+
+def test_assigning_a_new_tensor_over_a_mirror_is_refused_not_silently_untrained():
+    """Before: net.parameters() then listed the new Parameter, which the optimizer moved while
+    torch computed with the old weight, which nothing trained any more."""
+    tmod = nn.Sequential(nn.Linear(3, 2))
+    wrap = PyTorchModule(tmod)
+    mirror = getattr(wrap, "0")
+    kept = mirror.weight
+    for owner, name, new in ((mirror, "weight", mge.Parameter(np.zeros((2, 3), "float32"))),
+                             (wrap, "0", M.Linear(3, 2))):  # the whole torch layer
+        with pytest.raises(AttributeError, match="is the torch tensor.*in place"):
+            setattr(owner, name, new)
+    assert mirror.weight is kept and wrap.get_param_by_name("0.weight") is kept
+    mirror.weight = kept  # the same tensor again is no change
+    wrapped_bias = PyTorchModule(nn.Linear(3, 2))
+    with pytest.raises(AttributeError, match="'bias' of Linear"):
+        wrapped_bias.bias = mge.Parameter(np.zeros(2, "float32"))
+    M.init.zeros_(mirror.weight)  # in place: torch sees it
+    np.testing.assert_array_equal(torch_host(tmod[0].weight), np.zeros((2, 3)))
