@@ -408,6 +408,7 @@ PyObject* copy_to_array(const at::Tensor& t, PyObject* obj) {
 //   which torch may return unchanged, e.g. through an add) or an earlier gradient's: a view of a clone,
 //   declared fresh;
 // * otherwise a view, declared fresh (declare(array)) when the tensor owns its storage alone.
+// A sparse gradient is made dense first.
 // Never are two results views of one memory: megengine must not give two tensors one gradient array,
 // or an in-place edit (clip_grad_norm) would apply twice.
 PyObject* hand_over(PyObject* grads, PyObject* slots, PyObject* result, PyObject* taken, Py_ssize_t min_numel,
@@ -427,8 +428,14 @@ PyObject* hand_over(PyObject* grads, PyObject* slots, PyObject* result, PyObject
     if (slot == -1 && PyErr_Occurred()) throw PyErrorSet{};
     if (slot < 0 || slot >= PyList_GET_SIZE(result)) throw PyError(PyExc_IndexError, "hand_over: slot out of range");
     at::Tensor t = unpack_tensor(obj);
-    if (!t.device().is_cpu() || t.layout() != at::kStrided) {
-      throw PyError(PyExc_ValueError, "hand_over: CPU strided gradients only (CUDA ones take the Python path)");
+    if (!t.device().is_cpu()) {
+      throw PyError(PyExc_ValueError, "hand_over: CPU gradients only (CUDA ones take the Python path)");
+    }
+    if (t.layout() != at::kStrided) {
+      // a sparse gradient (nn.Embedding(sparse=True)): megengine's arrays are dense, so it gets the
+      // dense equal (duplicate rows summed), a new tensor that nothing else sees
+      OwnedRef dense(PyObject_CallMethod(obj, "to_dense", nullptr));
+      t = unpack_tensor(dense.ptr);
     }
     PyObject* array;
     if (t.numel() < min_numel) {
@@ -487,6 +494,10 @@ PyObject* to_torch_py(PyObject* /*module*/, PyObject* array) {
     if (PyArray_Check(array)) return THPVariable_Wrap(array_to_tensor(array));
     if (cuda_to_torch_handler != nullptr && PyObject_HasAttr(array, cai_name)) {
       return PyObject_CallOneArg(cuda_to_torch_handler, array);
+    }
+    if (PyArray_IsScalar(array, Generic)) {  // numpy arithmetic on 0-d arrays returns scalars (the
+      OwnedRef zero_d(PyArray_FromScalar(array, nullptr));  // gradient of a 0-d output): a 0-d copy
+      return THPVariable_Wrap(array_to_tensor(zero_d.ptr));
     }
     throw PyError(PyExc_TypeError, std::string("megengine torch bridge: to_torch expects a numpy.ndarray or a CUDA "
                                                "array with __cuda_array_interface__ (e.g. cupy.ndarray), got ") +

@@ -17,7 +17,8 @@ What a view means here:
 * Both directions share memory: a write through one side is seen by the other, and neither side
   copies. The one exception: a numpy array with a *negative* stride (``a[::-1]``) cannot be
   described to torch, so ``to_torch`` views a C-contiguous copy of it (writes then do not reach
-  ``a``). Misaligned arrays (possible with ``numpy.frombuffer``) raise ``ValueError``.
+  ``a``). Misaligned arrays (possible with ``numpy.frombuffer``) raise ``ValueError``. A numpy
+  scalar (numpy's arithmetic on 0-d arrays returns one) becomes a 0-d tensor holding a copy.
 * Strides of size-1 dimensions are replaced by the value torch would compute for a contiguous
   tensor (numpy leaves arbitrary values there, which can make a tensor look channels-last).
 * A read-only numpy array is viewed anyway: torch has no read-only flag, so do not write through

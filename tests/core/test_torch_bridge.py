@@ -115,6 +115,14 @@ def test_to_torch_zero_dim_and_empty():
     assert te.stride() == contiguous_strides((0, 2, 2))
 
 
+@pytest.mark.parametrize("scalar", [np.float32(2.5), np.float64(-1.25), np.int64(7), np.bool_(True)])
+def test_to_torch_numpy_scalar_is_a_0d_tensor(scalar):
+    """numpy's arithmetic on 0-d arrays returns scalars (a gradient of a 0-d output can be one)."""
+    t = bridge.to_torch(scalar)
+    assert t.shape == () and t.item() == scalar.item()
+    assert t.dtype == torch.from_numpy(np.asarray(scalar)).dtype
+
+
 def test_to_torch_negative_strides_make_a_copy():
     base = np.arange(6, dtype=np.float32)
     a = base[::-1]
@@ -686,7 +694,8 @@ def test_command_line_build_and_info(fake_cache, capsys):
 def _gradient_cases():
     """(grads, taken) covering every branch of the hand-over: small (one non-contiguous),
     fresh, a view of a fresh base, a slice of a bigger buffer, one of the ``taken`` tensors,
-    the same tensor twice, None, and a float64 one."""
+    the same tensor twice, None, a float64 one, and sparse ones (nn.Embedding(sparse=True)'s,
+    repeated rows uncoalesced), big and small."""
     torch.manual_seed(0)
     out_grad = torch.randn(3000)
     fresh = torch.randn(4000)
@@ -694,9 +703,12 @@ def _gradient_cases():
     view_of_base = base.t().contiguous().view(60, 50)  # a view; its base is the copy alone
     transposed_product = torch.randn(70, 40).mm(torch.randn(40, 50)).t()
     big = torch.randn(10000)
+    rows = torch.tensor([[3, 0, 3, 7]])
+    sparse = torch.sparse_coo_tensor(rows, torch.randn(4, 300), (10, 300), check_invariants=True)
+    small_sparse = torch.sparse_coo_tensor(rows, torch.randn(4, 2), (10, 2), check_invariants=True)
     grads = (torch.randn(6), torch.randn(8, 5).t(), fresh, view_of_base, big[:5000],
              out_grad, fresh, None, torch.randn(2500, dtype=torch.float64),
-             transposed_product.contiguous().view(-1))
+             transposed_product.contiguous().view(-1), sparse, small_sparse)
     return grads, (out_grad, torch.zeros(3))
 
 
@@ -728,8 +740,9 @@ def test_cpp_hand_over_equals_the_python_hand_over():
             if g is None:
                 assert a is None
                 continue
-            assert a.dtype == g.numpy().dtype and a.shape == tuple(g.shape)
-            np.testing.assert_array_equal(a, g.numpy())
+            dense = g.to_dense() if g.is_sparse else g  # (sums the repeated rows)
+            assert a.dtype == dense.numpy().dtype and a.shape == tuple(g.shape)
+            np.testing.assert_array_equal(a, dense.numpy())
             assert not any(np.shares_memory(a, t.numpy()) for t in taken)
         for i, a in enumerate(arrays):
             assert not any(np.shares_memory(a, b) for b in arrays[i + 1:])
@@ -737,9 +750,10 @@ def test_cpp_hand_over_equals_the_python_hand_over():
     assert outcomes[0] == outcomes[1]
     # kept without a copy and declared fresh: the fresh tensor (the first time), the two views
     # whose base owns a storage of their size alone, and the clones made for the taken tensor
-    # and for the repeated one; copied (small) or shared (a slice of a bigger buffer): the rest
+    # and for the repeated one, and the big sparse one made dense; copied (small) or shared (a
+    # slice of a bigger buffer): the rest
     assert outcomes[0][1::2] == [False, False, True, True, False, True, True,
-                                              False, True, True]
+                                              False, True, True, True, False]
 
 
 def test_cpp_hand_over_refuses_bad_arguments():

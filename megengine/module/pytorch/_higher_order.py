@@ -21,6 +21,12 @@ def grad_graph(call, inputs, outputs, grads):
             f"{call!r}: its torch graph is gone (the call was already differentiated, or ran "
             "without gradients); run the forward again while the GradManagers record"
         )
+    if call.checkpointed:
+        raise RuntimeError(
+            f"{call!r}: torch.utils.checkpoint(use_reentrant=True) inside the torch module "
+            "has no higher-order gradients (in torch either: its backward builds no graph); "
+            "pass use_reentrant=False to checkpoint"
+        )
     wanted = _wanted(call)
     if not any(wanted):
         return (None,) * len(inputs)
@@ -38,6 +44,12 @@ def _wanted(call):
     params = call.wrapper._torch_params.items
     return [bool(g) for g in need[:n]] + [bool(g) and tp.requires_grad
                                           for tp, g in zip(params, need[n:])]
+
+
+def _dense(g):
+    """A sparse gradient (nn.Embedding(sparse=True)'s) as the first-order path hands it over:
+    dense (``to_dense`` is differentiable, so a graph through it goes on)."""
+    return g.to_dense() if g is not None and g.layout != torch.strided else g
 
 
 class TorchGrad(Op):
@@ -69,8 +81,9 @@ class TorchGrad(Op):
         self.got = [None] * len(self.wrt)
         if outs and self.wrt:
             with torch.enable_grad():
-                self.got = list(torch.autograd.grad(outs, self.wrt, out_grads,
-                                                    create_graph=True, allow_unused=True))
+                got = torch.autograd.grad(outs, self.wrt, out_grads, create_graph=True,
+                                          allow_unused=True)
+            self.got = [_dense(g) for g in got]
         results = []
         for g, target in zip(self.got, self.wrt):
             if g is None:  # not used by the outputs: a zero gradient, on the target's device
@@ -105,6 +118,6 @@ class TorchGrad(Op):
                                       retain_graph=True)
             for (i, _), g in zip(targets, got):
                 if g is not None:
-                    result[i] = _bridge.from_torch(g)
+                    result[i] = _bridge.from_torch(_dense(g))
         self.got = None  # drop the torch graph of the gradient
         return tuple(result)

@@ -9,7 +9,9 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
   wrapper's attribute name. Optimizer updates and `load_state_dict` write in place, so torch
   sees them at its next forward with no copying. One torch tensor is one megengine tensor
   (shared.py): tied weights and a module wrapped twice train each weight once, and a wrapper
-  pickles and deep-copies as its torch module, its mirrors rebuilt as views on load.
+  pickles and deep-copies as its torch module, its mirrors rebuilt as views on load. The mirrors
+  are fixed at construction: every call checks that no mirrored tensor was replaced, and torch's
+  registration hooks report state added later (_watch.py), so neither trains silently wrong.
 * A call is one op (`_TorchCall`) whose inputs are the tensor arguments followed by the
   parameters. Its forward runs the torch module on zero-copy views, building a torch autograd
   graph only when megengine wants a gradient for an input or a parameter; its backward runs
@@ -26,8 +28,8 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from . import _grad_order
-from .shared import loaded_device, mirror_of
+from . import _grad_order, _watch
+from .shared import TorchBuffer, TorchParameter, loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
 __all__ = ["PyTorchModule"]
@@ -43,6 +45,10 @@ class _Mirror(Module):
     def _module_info_string(self):
         return "torch " + self._info
 
+    def __setattr__(self, name, value):
+        _refuse_replacing_a_mirror(self, name, value)
+        super().__setattr__(name, value)
+
 
 class _Hidden:
     """A list kept out of sight of Module's attribute scan (which looks inside plain lists)."""
@@ -54,6 +60,20 @@ class _Hidden:
 
     def __iter__(self):
         return iter(self.items)
+
+
+def _refuse_replacing_a_mirror(owner, name, value):
+    """A mirror is the torch tensor's memory (or a torch submodule's tensors): something set in
+    its place would be what megengine trains and saves while torch computes with the old one."""
+    current = owner.__dict__.get(name)
+    if value is not current and isinstance(current, (TorchParameter, TorchBuffer, _Mirror)):
+        what = "tensors" if isinstance(current, _Mirror) else "tensor's memory"
+        raise AttributeError(
+            f"PyTorchModule: {name!r} of {owner._module_info_string()} is the torch {what}; "
+            "something new in its place would never reach torch. Write into tensors in place "
+            "(set_value, megengine.module.init, load_state_dict), or change the torch module "
+            "and wrap it again"
+        )
 
 
 def _check_attribute_name(owner, name, what):
@@ -106,6 +126,9 @@ class PyTorchModule(Module):
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
+        # per mode and set of inputs needing gradients, learned on the first recorded call: does
+        # torch's graph hold a reentrant torch.utils.checkpoint (only torch's backward() runs it)?
+        self._checkpointed = {}
         # the distinct parameters in torch's order, as megengine Parameters and as torch's own
         # tensors: a tied parameter is one op input, so torch sums its gradient once
         self._mge_params, self._torch_params = _Hidden(), _Hidden()
@@ -113,6 +136,10 @@ class PyTorchModule(Module):
         # call checks, so a replaced tensor can never silently stop the sharing
         self._shared = _Hidden()
         self._build_mirror(self, torch_module, set())
+        # (torch module, kind, name, value) of state that came into the torch module later
+        # (_watch.py)
+        self._added = _Hidden()
+        _watch.watch(self, torch_module)
         self.train(torch_module.training)
 
     def _build_mirror(self, owner, tmod, seen):
@@ -137,18 +164,25 @@ class PyTorchModule(Module):
             self._shared.items.append((tmod, name, b.data_ptr()))
             setattr(owner, name, mb)
         for name, child in tmod.named_children():
-            if next(child.parameters(), None) is None and next(child.buffers(), None) is None:
+            if not _watch.has_state(child):
                 continue  # stateless (ReLU, pooling): nothing to expose
             _check_attribute_name(owner, name, "submodule")
             mirror = _Mirror(child)
             setattr(owner, name, mirror)
             self._build_mirror(mirror, child, seen)
 
+    def __setattr__(self, name, value):
+        _refuse_replacing_a_mirror(self, name, value)
+        super().__setattr__(name, value)
+
     def __setstate__(self, state):
         # pickle / deepcopy: the mirrors came back as views of the loaded torch tensors (see
         # shared.py); only the addresses the per-call check compares against are new, and
         # mge.load's map_location may have moved everything (the torch tensors, the mirrors)
         self.__dict__.update(state)
+        self.__dict__.setdefault("_checkpointed", {})  # saved by a version without them
+        self.__dict__.setdefault("_added", _Hidden())
+        _watch.watch(self, self._torch_module)
         self._device = loaded_device(self._device)
         where = _torch_device(self._device)
         for tmod, name, _ in self._shared.items:
@@ -199,6 +233,10 @@ class PyTorchModule(Module):
         return self._torch_module.state_dict()
 
     def _check_shared(self):
+        if self._added.items:
+            error = _watch.added_state(self)
+            if error is not None:
+                raise error
         for tmod, name, address in self._shared.items:
             # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
             # there); reading them directly skips nn.Module.__getattr__, a Python call each.
@@ -379,6 +417,41 @@ _engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine"
 _autograd_grad = (_autograd_grad_engine if callable(getattr(_engine, "run_backward", None))
                   else _autograd_grad_public)
 
+def _holds_reentrant_checkpoint(outs):
+    """Whether the torch graph behind ``outs`` holds a torch.utils.checkpoint(use_reentrant=True)
+    node, whose backward refuses torch.autograd.grad (it re-runs the forward and calls backward()
+    itself)."""
+    from torch.utils.checkpoint import CheckpointFunction
+
+    nodes = [o.grad_fn for o in outs if o.grad_fn is not None]
+    seen = set(nodes)
+    for node in nodes:  # grows while it is walked
+        if getattr(node, "_forward_cls", None) is CheckpointFunction:
+            return True
+        for parent, _ in node.next_functions:
+            if parent is not None and parent not in seen:
+                seen.add(parent)
+                nodes.append(parent)
+    return False
+
+
+def _grads_by_backward(outs, wrt, out_grads, params):
+    """``torch.autograd.grad`` for a graph holding a reentrant checkpoint: torch's plain
+    ``backward()`` into ``.grad``, which is taken from ``wrt``; every torch tensor it may reach
+    (``wrt`` and the module's parameters) gets its own ``.grad`` back, so torch's ``.grad`` stays
+    untouched as on the usual path."""
+    reached = list({id(t): t for t in (*wrt, *params)}.values())
+    kept = [t.grad for t in reached]
+    for t in reached:
+        t.grad = None
+    try:
+        torch.autograd.backward(outs, out_grads)
+        return [t.grad for t in wrt]
+    finally:
+        for t, g in zip(reached, kept):
+            t.grad = g
+
+
 _FRESH_MIN_NUMEL = 2048  # below this, a copy costs about what the storage check does
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  # 0: never fresh
 
@@ -470,6 +543,10 @@ class _TorchCall(Op):
         else:
             with torch.set_grad_enabled(want_grad):
                 out = w._torch_module(*args, **kwargs)
+        if w._added.items:  # the module made new state in this forward (_watch.py)
+            error = _watch.added_state(w)
+            if error is not None:
+                raise error
         if type(out) is torch.Tensor and w.output_cnt == 1:
             outs, self.structure = [out], None
         else:
@@ -494,12 +571,20 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
+            checkpointed = w._checkpointed.get((mode, need))
+            if checkpointed is None:
+                checkpointed = w._checkpointed[mode, need] = _holds_reentrant_checkpoint(outs)
+            self.checkpointed = checkpointed
             # callbacks see this op's inputs and parameters in the order torch hands them out
             self.grad_order = _grad_order.grad_order(w, mode, need, inputs,
                                                      w._torch_params.items, outs)
+        # Outputs are values. torch may return memory others see (an input or a parameter as
+        # is or as a view, one tensor twice, a stride-0 expand), and megengine's set_value
+        # writes into a tensor's own memory; as the view of an array it copies instead
+        # (core/tensor.py, `_reset`), as for megengine's own view ops.
         from_torch = ext.from_torch
-        return tuple([from_torch(o.detach()) for o in outs]) if len(outs) > 1 \
-            else from_torch(outs[0].detach())
+        return tuple([from_torch(o.detach()).view() for o in outs]) if len(outs) > 1 \
+            else from_torch(outs[0].detach()).view()
 
     def backward(self, *grads):
         n = self.n_inputs
@@ -530,7 +615,21 @@ class _TorchCall(Op):
                     out_grads.append(to_torch(g))
         result = [None] * len(need)
         if outs and wrt:
-            got = _autograd_grad(outs, wrt, out_grads)
+            if self.checkpointed:
+                got = _grads_by_backward(outs, wrt, out_grads, params)
+            else:
+                try:
+                    got = _autograd_grad(outs, wrt, out_grads)
+                except RuntimeError as e:
+                    if "use_reentrant" not in str(e):
+                        raise
+                    raise RuntimeError(
+                        f"{self!r} ran torch.utils.checkpoint with use_reentrant=True on this "
+                        "call but not on its first recorded call like it (same mode, same inputs "
+                        "needing gradients), when the wrapper learns how to run torch's "
+                        "backward; pass use_reentrant=False to checkpoint (torch's "
+                        "recommendation), or checkpoint on every call"
+                    ) from e
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
             # e.g. through an add; megengine must never give two tensors one gradient array,
             # or an in-place edit (clip_grad_norm) would apply twice. A small gradient gets a
@@ -552,6 +651,8 @@ class _TorchCall(Op):
         for i, g in zip(slots, got):
             if g is None:
                 continue
+            if g.layout is not torch.strided:  # sparse (nn.Embedding(sparse=True)): made dense
+                g = g.to_dense()
             if g.numel() < _FRESH_MIN_NUMEL:
                 result[i] = from_torch(g).copy()
                 continue

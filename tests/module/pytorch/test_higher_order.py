@@ -1,5 +1,6 @@
 """Higher-order gradients through a PyTorchModule (module/pytorch/_higher_order.py) against torch."""
 import numpy as np
+import pytest
 import torch
 
 import megengine as mge
@@ -75,3 +76,52 @@ def test_first_order_training_unchanged_by_the_mechanism():
     rp = dict(ref.named_parameters())
     for (n, p) in m.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), rp[n].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _SparseLookup(torch.nn.Module):
+    def __init__(self, sparse):
+        super().__init__()
+        self.table = torch.nn.Embedding(5, 3, sparse=sparse)
+
+    def forward(self, idx, x):
+        return (self.table(idx) * x).sum(-1) ** 2
+
+
+def test_gradient_penalty_through_a_sparse_embedding_matches_the_dense_one():
+    """torch's sparse gradients (first and second order) reach megengine dense."""
+    torch.manual_seed(0)
+    m = PyTorchModule(_SparseLookup(sparse=True))
+    ref = _SparseLookup(sparse=False)
+    ref.load_state_dict(m.torch_module.state_dict())
+    xa = np.random.randn(4, 3).astype(np.float32)
+    idx = np.array([0, 1, 1, 3])
+    x = mge.tensor(xa)
+    gm_x, gm_p = GradManager().attach(x), GradManager().attach(list(m.parameters()))
+    with gm_p:
+        with gm_x:
+            gm_x.backward(m(mge.tensor(idx, dtype="int64"), x).sum())
+        gm_p.backward((x.grad ** 2).sum())
+    tx = torch.tensor(xa, requires_grad=True)
+    g, = torch.autograd.grad(ref(torch.tensor(idx), tx).sum(), tx, create_graph=True)
+    (g ** 2).sum().backward()
+    np.testing.assert_allclose(m.table.weight.grad.numpy(), ref.table.weight.grad.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+class _ReentrantCheckpoint(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.lin, x, use_reentrant=True)
+
+
+def test_higher_order_through_a_reentrant_checkpoint_is_refused_naming_the_fix():
+    m = PyTorchModule(_ReentrantCheckpoint())
+    x = mge.tensor(np.ones((2, 3), np.float32))
+    gm_x, gm_p = GradManager().attach(x), GradManager().attach(list(m.parameters()))
+    with pytest.raises(RuntimeError, match="use_reentrant=True.*no higher-order.*use_reentrant=False"):
+        with gm_p:
+            with gm_x:
+                gm_x.backward(m(x).sum())

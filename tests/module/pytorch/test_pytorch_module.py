@@ -754,3 +754,213 @@ def test_a_gradient_torch_passes_through_unchanged_is_copied_not_shared():
     np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
     dy._data[...] = -1  # the caller's gradient changes; the parameter's .grad must not
     np.testing.assert_array_equal(net.w.grad.numpy(), np.arange(4096, dtype=np.float32))
+
+
+# ----- torch features that real modules use -----
+
+@pytest.mark.parametrize("make", [
+    lambda sparse: nn.Embedding(10, 4, padding_idx=0, sparse=sparse),
+    lambda sparse: nn.EmbeddingBag(10, 4, mode="sum", sparse=sparse),
+], ids=["Embedding", "EmbeddingBag"])
+def test_sparse_gradients_train_like_the_dense_layer(make):
+    """torch hands out a sparse gradient for sparse=True (rows repeated, uncoalesced); megengine
+    gets its dense equal and trains exactly like the dense layer under torch.optim."""
+    torch.manual_seed(0)
+    wrap = PyTorchModule(make(True))
+    reference = make(False).to(torch_device())
+    reference.load_state_dict(wrap.torch_module.state_dict())
+    opt = optim.Adam(wrap.parameters(), lr=0.1)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.1)
+    gm = GradManager().attach(wrap.parameters())
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        idx = rng.randint(0, 4, size=(3, 5))  # few rows: every batch repeats some
+        dy = rng.randn(*reference(torch.tensor(idx, device=torch_device())).shape).astype("float32")
+        with gm:
+            out = wrap(mge.tensor(idx, dtype="int64"))
+            gm.backward(out, mge.tensor(dy))
+        ref_opt.zero_grad()
+        reference(torch.tensor(idx, device=torch_device())).backward(torch.tensor(dy, device=torch_device()))
+        np.testing.assert_allclose(wrap.weight.grad.numpy(), torch_host(reference.weight.grad),
+                                   rtol=1e-6, atol=1e-6)
+        opt.step().clear_grad()
+        ref_opt.step()
+        np.testing.assert_allclose(torch_host(wrap.torch_module.weight), torch_host(reference.weight),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_a_0d_output_such_as_a_loss_computed_in_torch_gets_its_gradient():
+    class Loss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, target):
+            return nn.functional.cross_entropy(self.lin(x), target.long())
+
+    torch.manual_seed(0)
+    wrap = PyTorchModule(Loss())
+    reference = copy.deepcopy(wrap.torch_module)
+    x_np = np.random.randn(4, 3).astype("float32")
+    target = np.array([0, 1, 1, 0])
+    x = mge.tensor(x_np)
+    params = list(wrap.parameters())
+    # megengine's arithmetic on the 0-d output hands its gradient over as a numpy scalar
+    loss = grads_of(lambda: wrap(x, mge.tensor(target)) * 3.0, params + [x])
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    ref_loss = reference(xt, torch.tensor(target, device=torch_device())) * 3.0
+    ref_loss.backward()
+    assert loss.shape == ()
+    np.testing.assert_allclose(loss.numpy(), torch_host(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(wrap.lin.weight.grad.numpy(), torch_host(reference.lin.weight.grad),
+                               rtol=1e-5, atol=1e-7)
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, use_reentrant):
+        super().__init__()
+        self.inner, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.use_reentrant, self.checkpoint = use_reentrant, True
+
+    def block(self, x):
+        return torch.tanh(self.inner(x))
+
+    def forward(self, x):
+        if self.checkpoint:
+            x = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.use_reentrant)
+        else:
+            x = self.block(x)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_torch_checkpoint_inside_the_module_trains_like_torch(use_reentrant):
+    """A reentrant checkpoint refuses torch.autograd.grad; the wrapper runs torch's backward()
+    for it instead, leaving torch's own .grad untouched."""
+    torch.manual_seed(0)
+    wrap = PyTorchModule(_Checkpointed(use_reentrant))
+    reference = copy.deepcopy(wrap.torch_module)
+    opt = optim.SGD(wrap.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x_np = rng.randn(3, 4).astype("float32")
+        x = mge.tensor(x_np)
+        grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+        xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+        ref_opt.zero_grad()
+        (reference(xt) ** 2).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+        for name, p in reference.named_parameters():
+            np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(),
+                                       torch_host(p.grad), rtol=1e-5, atol=1e-6, err_msg=name)
+        opt.step().clear_grad()
+        ref_opt.step()
+    assert all(p.grad is None for p in wrap.torch_module.parameters())
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(torch_host(wrap.torch_module.get_parameter(name)), torch_host(p),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
+    tmod = _Checkpointed(use_reentrant=True)
+    tmod.checkpoint = False
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.ones((2, 4), "float32"))
+    grads_of(lambda: wrap(x).sum(), list(wrap.parameters()) + [x])
+    tmod.checkpoint = True
+    with pytest.raises(RuntimeError, match="use_reentrant=True on this call.*use_reentrant=False"):
+        grads_of(lambda: wrap(x).sum(), list(wrap.parameters()) + [x])
+
+
+class _ReturnsSharedMemory(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 3))
+
+    def forward(self, x):
+        y = x * 2
+        return (x, x.view(3, 2), x.t(), self.weight, self.weight.detach(), y, y,
+                y.sum(0, keepdim=True).expand(4, 3))
+
+
+def test_set_value_on_outputs_sharing_memory_changes_only_that_output():
+    """Outputs are values, as megengine's own: writing one never reaches the input, the torch
+    parameter or another output it shares memory with, and a stride-0 output takes every value."""
+    tmod = _ReturnsSharedMemory()
+    wrap = PyTorchModule(tmod, output_cnt=8)
+    x_np = np.arange(6, dtype="float32").reshape(2, 3)
+    x = mge.tensor(x_np)
+    wrap(x)  # from the second call on the module gets views of its inputs
+    outs = wrap(x)
+    expected = [o.numpy() for o in outs]
+    for i, out in enumerate(outs):
+        new = np.arange(out.size, dtype="float32").reshape(out.shape) + 100 * (i + 1)
+        out.set_value(new)
+        expected[i] = new
+        np.testing.assert_array_equal(x.numpy(), x_np)
+        np.testing.assert_array_equal(torch_host(tmod.weight), np.ones((2, 3)))
+        for o, e in zip(outs, expected):
+            np.testing.assert_array_equal(o.numpy(), e)
+
+
+class _Symmetric(nn.Module):
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+
+def _custom_parametrization(layer):
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", _Symmetric())
+    return layer
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
+@pytest.mark.parametrize("parametrize", [
+    torch.nn.utils.parametrizations.weight_norm, torch.nn.utils.parametrizations.spectral_norm,
+    torch.nn.utils.parametrizations.orthogonal, _custom_parametrization,
+    torch.nn.utils.weight_norm,  # the old one: a forward pre-hook recomputes .weight
+], ids=["weight_norm", "spectral_norm", "orthogonal", "custom", "old_weight_norm"])
+def test_parametrized_layers_train_like_torch(parametrize):
+    """Their parameters (``parametrizations.weight.original``, ``weight_g``/``weight_v``) and
+    buffers (spectral norm's power-iteration vectors, updated in forward) train as in torch."""
+    def make():  # twice from one seed: torch cannot deepcopy the old weight_norm's module
+        torch.manual_seed(0)
+        return nn.Sequential(parametrize(nn.Linear(4, 4)), nn.Tanh())
+
+    tmod, reference = make(), make().to(torch_device())
+    wrap = PyTorchModule(tmod)
+    opt = optim.Adam(wrap.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x_np = rng.randn(5, 4).astype("float32")
+        grads_of(lambda: (wrap(mge.tensor(x_np)) ** 2).sum(), list(wrap.parameters()))
+        opt.step().clear_grad()
+        ref_opt.zero_grad()
+        (reference(torch.tensor(x_np, device=torch_device())) ** 2).sum().backward()
+        ref_opt.step()
+    state = tmod.state_dict()
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(torch_host(state[name]), torch_host(value), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_assigning_a_new_tensor_over_a_mirror_is_refused_not_silently_untrained():
+    """Before: net.parameters() then listed the new Parameter, which the optimizer moved while
+    torch computed with the old weight, which nothing trained any more."""
+    tmod = nn.Sequential(nn.Linear(3, 2))
+    wrap = PyTorchModule(tmod)
+    mirror = getattr(wrap, "0")
+    kept = mirror.weight
+    for owner, name, new in ((mirror, "weight", mge.Parameter(np.zeros((2, 3), "float32"))),
+                             (wrap, "0", M.Linear(3, 2))):  # the whole torch layer
+        with pytest.raises(AttributeError, match="is the torch tensor.*in place"):
+            setattr(owner, name, new)
+    assert mirror.weight is kept and wrap.get_param_by_name("0.weight") is kept
+    mirror.weight = kept  # the same tensor again is no change
+    wrapped_bias = PyTorchModule(nn.Linear(3, 2))
+    with pytest.raises(AttributeError, match="'bias' of Linear"):
+        wrapped_bias.bias = mge.Parameter(np.zeros(2, "float32"))
+    M.init.zeros_(mirror.weight)  # in place: torch sees it
+    np.testing.assert_array_equal(torch_host(tmod[0].weight), np.zeros((2, 3)))

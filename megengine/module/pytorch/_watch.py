@@ -1,0 +1,105 @@
+"""State given to a wrapped torch module after it was wrapped, noticed so the wrapper's next call raises.
+
+A `PyTorchModule` mirrors its torch module's parameters, buffers and stateful submodules once, when
+it is built, and megengine's optimizers and GradManagers hold those mirrors. Torch state that comes
+later would be used by torch's forward but never trained or saved by megengine, silently: a
+parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent buffer registered in
+``forward``, or a stateful submodule put in (``model.fc = nn.Linear(...)`` after wrapping: the old
+head keeps its tensors, so the per-call address check in module.py sees nothing wrong). Walking the
+torch tree on every call would cost more than many calls; torch runs its global registration hooks
+on every such assignment instead, so watching costs a call nothing. The hooks note what came into a
+watched torch module; the wrapper's call reads the notes (`added_state`).
+
+Not noticed, because nothing trains wrongly: stateless submodules swapped (``ReLU`` for ``GELU``;
+they are watched from then on), non-persistent buffers (not state megengine saves), tensors
+replaced under a known name (module.py's address check raises for those).
+"""
+import weakref
+
+import torch
+
+__all__ = ["watch", "has_state", "added_state"]
+
+# torch module -> the wrappers whose torch tree holds it
+_watched = weakref.WeakKeyDictionary()
+_hooks = []
+
+
+def has_state(module):
+    """Whether a torch module holds parameters or buffers (what a wrapper mirrors)."""
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
+def watch(wrapper, torch_module):
+    """Note registrations into ``torch_module``'s tree in ``wrapper._added.items`` from now on."""
+    if not _hooks:
+        hooks = torch.nn.modules.module
+        _hooks.extend([hooks.register_module_parameter_registration_hook(_on_parameter),
+                       hooks.register_module_buffer_registration_hook(_on_buffer),
+                       hooks.register_module_module_registration_hook(_on_module)])
+    for m in torch_module.modules():
+        _watched.setdefault(m, weakref.WeakSet()).add(wrapper)
+
+
+def _note(module, kind, name, value):
+    # torch may still refuse the registration after its hooks ran (a scripted module), and a
+    # buffer's persistence is set after them: `added_state` checks what is there in the end
+    for wrapper in _watched.get(module, ()):
+        wrapper._added.items.append((module, kind, name, value))
+
+
+def _on_parameter(module, name, param):
+    if module in _watched and param is not None and name not in module._parameters:
+        _note(module, "parameter", name, param)
+
+
+def _on_buffer(module, name, buffer):
+    if module in _watched and buffer is not None and name not in module._buffers:
+        _note(module, "buffer", name, buffer)
+
+
+def _on_module(module, name, submodule):
+    wrappers = _watched.get(module)
+    if not wrappers:
+        return
+    children = module._modules  # (a scripted module's is a wrapper without .get)
+    old = children[name] if name in children else None
+    if submodule is old:
+        return
+    if has_state(submodule) or (old is not None and has_state(old)):
+        _note(module, "submodule", name, submodule)
+    else:
+        for m in submodule.modules():
+            _watched.setdefault(m, weakref.WeakSet()).update(wrappers)
+
+
+_TABLES = {"parameter": "_parameters", "buffer": "_buffers", "submodule": "_modules"}
+
+
+def added_state(wrapper):
+    """A ``RuntimeError`` naming the state that came into ``wrapper``'s torch module since it was
+    wrapped, or None. Forgotten: what torch refused, what is gone again or left the tree, and a
+    buffer that turned out non-persistent."""
+    paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
+    added = []
+    for note in wrapper._added.items:
+        m, kind, name, value = note
+        table = getattr(m, _TABLES[kind])
+        if id(m) in paths and name in table and table[name] is value and not (
+                kind == "buffer" and name in getattr(m, "_non_persistent_buffers_set", ())):
+            added.append(note)
+    wrapper._added.items = added
+    if not added:
+        return None
+    named = [f"{kind} {_join(paths[id(m)], name)!r}" for m, kind, name, _ in added]
+    return RuntimeError(
+        f"PyTorchModule: the torch module gained {', '.join(named)} after it was wrapped; "
+        "megengine's optimizers, GradManagers and state_dict only know what was there when it "
+        "was wrapped, so this would never be trained or saved. Create parameters, buffers and "
+        "submodules before wrapping (run one forward pass in torch first for a module that "
+        "creates them in forward), then wrap the module again"
+    )
+
+
+def _join(path, name):
+    return f"{path}.{name}" if path else name

@@ -1,0 +1,136 @@
+"""State given to a wrapped torch module after wrapping (module/pytorch/_watch.py): an error, never
+a tensor torch uses that megengine silently leaves untrained or unsaved."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import megengine as mge
+import megengine.optimizer as optim
+from megengine.autodiff import GradManager
+from megengine.module.pytorch import PyTorchModule
+from devices import torch_device, torch_host
+
+
+def _x():
+    return mge.tensor(np.random.RandomState(0).randn(4, 5).astype("float32"))
+
+
+def _head():
+    return nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+class _LazyState(nn.Module):
+    """Registers a buffer on its first forward (the pattern of running counters and caches)."""
+
+    def __init__(self, persistent):
+        super().__init__()
+        self.lin, self.persistent = nn.Linear(5, 3), persistent
+
+    def forward(self, x):
+        self.register_buffer("cache", x.detach().sum(0), persistent=self.persistent)
+        return self.lin(x) + self.cache[:3]
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda m: m.__setitem__(2, nn.Linear(5, 2)), "submodule '2'"),  # a new head
+    (lambda m: m.append(nn.Linear(3, 2)), "submodule '3'"),
+    (lambda m: setattr(m[0], "scale", nn.Parameter(torch.ones(5))), "parameter '0.scale'"),
+    (lambda m: m[2].register_buffer("stat", torch.ones(3)), "buffer '2.stat'"),
+    (lambda m: torch.nn.utils.parametrizations.weight_norm(m[0]), "submodule '0.parametrizations"),
+    # a stateless newcomer is watched too
+    (lambda m: (m.__setitem__(1, nn.GELU()), setattr(m[1], "p", nn.Parameter(torch.ones(1)))),
+     "parameter '1.p'"),
+], ids=["new_head", "appended", "parameter", "buffer", "weight_norm", "via_a_stateless_newcomer"])
+def test_state_added_after_wrapping_is_an_error_naming_it(change, named):
+    tmod = _head()
+    wrap = PyTorchModule(tmod)
+    wrap(_x())
+    change(tmod)
+    for _ in range(2):  # and it stays an error
+        with pytest.raises(RuntimeError, match=f"gained {named}.*after it was wrapped.*wrap the"):
+            wrap(_x())
+
+
+def test_a_swapped_in_head_is_not_left_silently_untrained():
+    """Before: the old head kept its tensors, the address check passed, the new head never moved."""
+    tmod = _head()
+    wrap = PyTorchModule(tmod)
+    tmod[2] = nn.Linear(5, 2).to(torch_device())
+    gm = GradManager().attach(wrap.parameters())
+    with pytest.raises(RuntimeError, match="submodule '2'"):
+        with gm:
+            gm.backward(wrap(_x()).sum())
+
+
+def test_a_buffer_registered_in_forward_is_an_error_unless_non_persistent():
+    with pytest.raises(RuntimeError, match="gained buffer 'cache'.*forward pass in torch first"):
+        PyTorchModule(_LazyState(persistent=True))(_x())
+    # a cache torch does not save (rotary tables, masks) may come and go on every call
+    torch.manual_seed(0)
+    tmod = _LazyState(persistent=False)
+    reference = copy.deepcopy(tmod).to(torch_device())
+    wrap = PyTorchModule(tmod)
+    for _ in range(3):
+        out = wrap(_x())
+    np.testing.assert_allclose(out.numpy(), torch_host(reference(torch.tensor(_x().numpy(), device=torch_device()))),
+                               rtol=1e-6)
+    # and created before wrapping, a persistent one is ordinary state
+    lazy = _LazyState(persistent=True)
+    lazy(torch.zeros(4, 5))
+    wrap = PyTorchModule(lazy)
+    wrap(_x())
+    assert "cache" in wrap.state_dict()
+
+
+def test_stateless_swaps_and_in_place_updates_still_train_like_torch():
+    torch.manual_seed(0)
+    tmod = _head()
+    wrap = PyTorchModule(tmod)
+    tmod[1] = nn.GELU()  # no state: megengine has nothing to mirror
+    tmod[0].weight = tmod[0].weight  # the same tensor again
+    reference = copy.deepcopy(tmod)
+    opt = optim.SGD(wrap.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    gm = GradManager().attach(wrap.parameters())
+    for _ in range(2):
+        with gm:
+            gm.backward((wrap(_x()) ** 2).sum())
+        opt.step().clear_grad()
+        ref_opt.zero_grad()
+        (reference(torch.tensor(_x().numpy(), device=torch_device())) ** 2).sum().backward()
+        ref_opt.step()
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(torch_host(tmod.get_parameter(name)), torch_host(p), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda w: pickle.loads(pickle.dumps(w))],
+                         ids=["deepcopy", "pickle"])
+def test_copies_are_watched_on_their_own(copy_of):
+    wrap = PyTorchModule(_head())
+    twin = copy_of(wrap)
+    twin.torch_module[0].scale = nn.Parameter(torch.ones(5, device=torch_device()))
+    with pytest.raises(RuntimeError, match="parameter '0.scale'"):
+        twin(_x())
+    wrap(_x())  # the original's torch module did not change
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_what_torch_refuses_or_what_leaves_the_tree_is_not_an_error():
+    scripted = torch.jit.script(_head())
+    wrap = PyTorchModule(scripted)
+    with pytest.raises(RuntimeError, match="Cannot re-assign modules in a ScriptModule"):
+        scripted.new = nn.Linear(2, 2)  # torch refuses it after its registration hooks ran
+    wrap(_x())
+    tmod = _head()
+    wrap = PyTorchModule(tmod)
+    relu = tmod[1]
+    tmod[1] = nn.GELU()  # relu leaves the tree
+    relu.p = nn.Parameter(torch.ones(1))
+    tmod[2].register_buffer("gone", torch.ones(1))
+    del tmod[2].gone
+    wrap(_x())
