@@ -275,9 +275,7 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
-        if structure in (tuple, list):
-            return structure(outs)
-        return dict(zip(structure, outs))
+        return _rebuild(structure, outs)
 
     def _take_input(self, value, tensors):
         """Replace Tensor arguments (also inside lists, tuples and dicts) by placeholders."""
@@ -457,13 +455,14 @@ _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  #
 
 
 def _flatten_outputs(out, expected):
-    """Torch outputs as a list of tensors plus the structure to rebuild (None: a single tensor)."""
+    """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
+    single tensor, else (the container's type, its keys or None)."""
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
     elif isinstance(out, (tuple, list)):
-        tensors, structure = list(out), (list if isinstance(out, list) else tuple)
+        tensors, structure = list(out), (type(out), None)
     elif isinstance(out, dict):
-        tensors, structure = list(out.values()), list(out.keys())
+        tensors, structure = list(out.values()), (type(out), list(out.keys()))
     else:
         raise TypeError(
             f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
@@ -481,6 +480,37 @@ def _flatten_outputs(out, expected):
             f"output_cnt={expected}; pass output_cnt={len(tensors)}"
         )
     return tensors, structure
+
+
+def _rebuild(structure, outs):
+    """The torch module's output container with megengine tensors ``outs`` in it: of its own
+    type where that type can be made from the values (a namedtuple, ``torch.return_types.max``,
+    transformers' ``ModelOutput``), else the plain tuple, list or dict it derives from."""
+    kind, keys = structure
+    if keys is None:
+        plain = tuple if issubclass(kind, tuple) else list
+        if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
+            made = _made(lambda: kind._make(outs) if hasattr(kind, "_make") else kind(outs))
+            if isinstance(made, kind) and len(made) == len(outs) \
+                    and all(a is b for a, b in zip(made, outs)):
+                return made
+        return plain(outs)
+    items = dict(zip(keys, outs))
+    if kind is not dict:  # a dataclass-like mapping takes keywords, others a mapping
+        for make in (lambda: kind(**items), lambda: kind(items)):
+            made = _made(make)
+            if isinstance(made, kind) and list(made.keys()) == keys \
+                    and all(a is b for a, b in zip(made.values(), outs)):
+                return made
+    return items
+
+
+def _made(make):
+    """``make()``, or None where the container's type cannot be made that way."""
+    try:
+        return make()
+    except Exception:  # a constructor taking other arguments: any error it chooses
+        return None
 
 
 def _quantized_input(i, dtype):

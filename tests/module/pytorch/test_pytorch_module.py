@@ -1,5 +1,7 @@
 """PyTorchModule: values, gradients, state and lifetimes against pure PyTorch as the oracle."""
+import collections
 import copy
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -129,6 +131,88 @@ def test_dict_and_list_outputs_keep_their_structure():
     assert isinstance(out, list) and len(out) == 3
     np.testing.assert_allclose(out[2].numpy(), [1, 4])
 
+
+
+Pair = collections.namedtuple("Pair", ["scaled", "shifted"])
+
+
+@dataclasses.dataclass
+class Output(collections.OrderedDict):
+    """A stand-in for transformers' ModelOutput: a dataclass and an OrderedDict whose items are
+    the fields that are not None, read by key or attribute."""
+    logits: torch.Tensor = None
+    loss: torch.Tensor = None
+    hidden: torch.Tensor = None
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) is not None:
+                self[field.name] = getattr(self, field.name)
+
+
+class Tagged(dict):
+    """A dict subclass whose constructor wants more than the items: it cannot be rebuilt."""
+
+    def __init__(self, tag, items):
+        super().__init__(items)
+        self.tag = tag
+
+
+class Structured(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if self.kind == "namedtuple":
+            return Pair(y * 2, y + 1)
+        if self.kind == "return_types":
+            return y.max(dim=1)  # torch.return_types.max(values, indices)
+        if self.kind == "model_output":
+            return Output(logits=y, hidden=torch.tanh(y))  # loss None: not an item
+        return Tagged("t", {"y": y, "z": y * y})
+
+
+@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "tagged"])
+def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
+    tmod = Structured(kind)
+    ref = copy.deepcopy(tmod)
+    xv = np.random.RandomState(0).randn(2, 3).astype("float32")
+    want = ref(torch.tensor(xv))
+    wrap = PyTorchModule(tmod, output_cnt=2)
+    x = mge.tensor(xv)
+    gm = GradManager().attach([x, *wrap.parameters()])
+    with gm:
+        got = wrap(x)
+        gm.backward(sum(F.sum(v * (i + 1)) for i, v in enumerate(_values(got))
+                        if v.dtype == np.float32))
+    # rebuilt as the torch module's own type where it can be (Tagged cannot: a plain dict)
+    assert type(got) is (dict if kind == "tagged" else type(want))
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+    else:
+        assert len(got) == len(want)
+    if kind == "namedtuple":
+        assert got.scaled is got[0] and got.shifted is got[1]
+    if kind == "return_types":
+        assert got.values is got[0] and got.indices is got[1]
+    if kind == "model_output":
+        assert got.logits is got["logits"] and got.hidden is got["hidden"] and got.loss is None
+    for mine, theirs in zip(_values(got), _values(want)):
+        np.testing.assert_allclose(mine.numpy(), theirs.detach().numpy(), rtol=1e-6)
+    xt = torch.tensor(xv, requires_grad=True)
+    sum((v * (i + 1)).sum() for i, v in enumerate(_values(ref(xt)))
+        if v.is_floating_point()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _values(out):
+    return list(out.values()) if isinstance(out, dict) else list(out)
 
 def test_unused_parameter_and_unused_output_get_no_gradient():
     class Partial(nn.Module):
