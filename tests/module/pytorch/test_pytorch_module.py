@@ -1048,3 +1048,25 @@ def test_assigning_a_new_tensor_over_a_mirror_is_refused_not_silently_untrained(
         wrapped_bias.bias = mge.Parameter(np.zeros(2, "float32"))
     M.init.zeros_(mirror.weight)  # in place: torch sees it
     np.testing.assert_array_equal(torch_host(tmod[0].weight), np.zeros((2, 3)))
+
+
+def test_replace_param_over_a_mirror_is_refused_and_replaces_nothing():
+    """Module.replace_param (upstream's deprecated API) set attributes past the guard above."""
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.a_head = M.Linear(2, 2)  # numbered first: a_head.bias (0), a_head.weight (1)
+            self.b_wrap = PyTorchModule(nn.Linear(3, 2))  # b_wrap.bias (2), b_wrap.weight (3)
+
+    net = Net()
+    head_bias, wrapped_weight = net.a_head.bias, net.b_wrap.weight
+    new = {0: mge.Parameter(np.ones(2, "float32")),
+           3: mge.Parameter(np.zeros((2, 3), "float32"))}
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(AttributeError, match="'weight' of Linear.*torch tensor's memory"):
+        net.replace_param(new, 0)
+    assert net.a_head.bias is head_bias and net.b_wrap.weight is wrapped_weight
+    assert net.b_wrap.get_param_by_name("weight") is wrapped_weight
+    with pytest.warns(DeprecationWarning):
+        assert net.replace_param({0: new[0]}, 0) == 4  # the megengine layer's own: replaced
+    assert net.a_head.bias is new[0]
