@@ -947,6 +947,47 @@ def test_torch_checkpoint_inside_the_module_trains_like_torch(use_reentrant):
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+
+def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
+    """torch's backward() fills .grad of every leaf it reaches, not only the module's parameters
+    and inputs: a plain tensor attribute used inside the checkpoint (re-run in backward), a
+    tensor captured from outside used before it. Both keep their .grad (object and values)."""
+    offset = torch.tensor(0.25, device=torch_device(), requires_grad=True)
+
+    class Captures(nn.Module):
+        def __init__(self, use_reentrant):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+            self.scale = torch.tensor(1.5, requires_grad=True)  # not a parameter
+            self.use_reentrant = use_reentrant
+
+        def block(self, x):
+            return torch.tanh(self.inner(x)) * self.scale
+
+        def forward(self, x):
+            return torch.utils.checkpoint.checkpoint(self.block, x + offset,
+                                                     use_reentrant=self.use_reentrant)
+
+    torch.manual_seed(0)
+    tmod = Captures(use_reentrant=True)
+    reference = copy.deepcopy(tmod)
+    reference.use_reentrant = False  # torch.autograd.grad: no .grad touched
+    wrap = PyTorchModule(tmod)
+    tmod.scale.grad = kept = torch.full((), 7.0)
+    x_np = np.random.RandomState(0).randn(3, 4).astype("float32")
+    x = mge.tensor(x_np)
+    for _ in range(2):
+        grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+    assert tmod.scale.grad is kept and float(kept) == 7.0
+    assert offset.grad is None
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    names, params = zip(*reference.named_parameters())
+    want = torch.autograd.grad((reference(xt) ** 2).sum(), [xt, *params])
+    np.testing.assert_allclose(x.grad.numpy(), 2 * torch_host(want[0]), rtol=1e-5, atol=1e-6)
+    for name, g in zip(names, want[1:]):
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
 def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
     tmod = _Checkpointed(use_reentrant=True)
     tmod.checkpoint = False
