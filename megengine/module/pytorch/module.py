@@ -278,6 +278,8 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
+        if structure[0] is tuple:
+            return outs
         return _rebuild(structure, outs)
 
     def _take_input(self, value, tensors):
