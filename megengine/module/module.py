@@ -427,12 +427,36 @@ class Module:
         direct Parameter attributes and those of its submodules are numbered from
         ``start_pos`` in discovery order (sorted attribute names, depth first; only direct
         attributes, not ones inside lists or dicts); ``params[i]``, when present, replaces
-        number ``i`` and must have its shape. Returns how many Parameters were numbered."""
+        number ``i`` and must have its shape. Returns how many Parameters were numbered.
+        Replacements go through each owner's ``setattr`` (a `PyTorchModule` refuses one for a
+        tensor that torch computes with); when one is refused, none is made."""
         if seen is None:
             warnings.warn("Module.replace_param is deprecated since 1.0", DeprecationWarning,
                           stacklevel=2)
             seen = {id(self)}
-        offset = 0
+        numbered = self._numbered_params(seen)
+        chosen = [(i, owner, key, value, params[i]) for i, (owner, key, value) in
+                  enumerate(numbered, start_pos) if params.get(i) is not None]
+        for i, owner, key, value, new in chosen:
+            if tuple(new.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"replace_param: parameter {key!r} (position {i}) has shape "
+                    f"{tuple(value.shape)}, the replacement has {tuple(new.shape)}"
+                )
+        done = []
+        try:
+            for _, owner, key, value, new in chosen:
+                setattr(owner, key, new)
+                done.append((owner, key, value))
+        except BaseException:
+            for owner, key, value in reversed(done):
+                object.__setattr__(owner, key, value)
+            raise
+        return len(numbered)
+
+    def _numbered_params(self, seen):
+        """(owner, attribute name, Parameter) in `replace_param`'s numbering."""
+        numbered = []
         attrs = vars(self)
         for key in sorted(attrs):
             value = attrs[key]
@@ -440,19 +464,10 @@ class Module:
                 continue
             seen.add(id(value))
             if isinstance(value, Parameter):
-                new = params.get(start_pos + offset)
-                if new is not None:
-                    if tuple(new.shape) != tuple(value.shape):
-                        raise ValueError(
-                            f"replace_param: parameter {key!r} (position {start_pos + offset}) "
-                            f"has shape {tuple(value.shape)}, the replacement has "
-                            f"{tuple(new.shape)}"
-                        )
-                    object.__setattr__(self, key, new)
-                offset += 1
+                numbered.append((self, key, value))
             elif isinstance(value, Module):
-                offset += value.replace_param(params, start_pos + offset, seen)
-        return offset
+                numbered.extend(value._numbered_params(seen))
+        return numbered
 
     # ----- state -----
     def _state_entries(self, prefix=""):

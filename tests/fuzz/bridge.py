@@ -20,8 +20,9 @@ megengine side, and a block with a non-persistent buffer taking non-tensor argum
 an int); training may switch to eval mode for a step, attach only some parameters to the
 GradManager (the rest must stay unchanged), accumulate two backward passes per step, scale the
 loss with ``amp.GradScaler``, or change the learning rate through ``param_groups`` midway. A
-float32 family (SGD only) runs at tolerances measured for it, some of it under ``amp.autocast``
-against the twin under ``torch.autocast``. Every ``DP_EVERY``-th network also
+float32 family (SGD only) runs at tolerances measured for it, widened by what a float64 twin
+says the network amplifies (`AMPLIFIED`), some of it under ``amp.autocast`` against the twin
+under ``torch.autocast``. Every ``DP_EVERY``-th network also
 trains data-parallel on 2 CPU ranks with the all-reduce callback (`check_dp`), against the twin on
 both ranks' batches together."""
 import argparse
@@ -58,6 +59,15 @@ from .bridge_blocks import BLOCKS, TwoOut
 # tolerance the values cannot tell whether torch's side ran in float16 at all, so the torch
 # blocks' output dtypes are compared too (`_block_dtypes`).
 TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (2e-4, 2e-5), "autocast": (5e-2, 5e-3)}
+# Some float32 networks amplify rounding far past that. In seed 2003 (before initial weights came
+# from megengine.random) a mask kept one of four features, the other three sigmoid(0) = 0.5, and a
+# LayerNorm over them divided by a spread down to 0.006: within six SGD steps both sides strayed
+# ~1e-5 from the float64 twin (`_Float64Twin`) in opposite directions, megengine the nearer (8e-6
+# against torch's 1.3e-5), and were 2.15e-5 apart. Over 300 float32 networks of seeds 0-1199
+# megengine was the nearer one in 157: its float32 arithmetic is as good as torch's, so each
+# float32 comparison allows, on top of the tolerance, AMPLIFIED times how far torch's float32
+# twin strayed from its float64 twin on that tensor (loss, state tensor, eval output).
+AMPLIFIED = 4
 CLASSES = 5
 DP_EVERY = 10  # every DP_EVERY-th network also trains on 2 ranks (check_dp: seconds each)
 
@@ -311,10 +321,11 @@ def _tolerance(opts):
     return "autocast" if opts["autocast"] else opts["dtype"]
 
 
-def _compare(what, got, want, tolerance="float64"):
+def _compare(what, got, want, tolerance="float64", slack=0.0):
+    """``slack``: how far torch's float32 twin strayed from its float64 twin (`_Float64Twin`)."""
     rtol, atol = TOLERANCES[tolerance]
     try:
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + AMPLIFIED * slack)
     except AssertionError as e:
         raise BridgeMismatch(f"{what}: {e}") from None
 
@@ -354,9 +365,41 @@ def _twin_state(twin, wrappers):
     return state
 
 
-def _compare_state(got, want, when, tolerance):
+def _compare_state(got, want, when, tolerance, slack=None):
     for name, value in got.items():
-        _compare(f"{when}: {name}", value, want[name], tolerance)
+        _compare(f"{when}: {name}", value, want[name], tolerance, (slack or {}).get(name, 0.0))
+
+
+class _Float64Twin:
+    """For the float32 family (autocast aside): the twin in float64 from the same weights, fed
+    the same float32 batches. How far the float32 twin strays from it is how much float32
+    rounding this network amplifies (see AMPLIFIED)."""
+
+    def __init__(self, twin, plan):
+        self.twin, self.plan = copy.deepcopy(twin).double(), plan
+        self.opt = _twin_optimizer(self.twin, plan)
+        self.opts = dict(plan[4], dtype="float64")
+
+    @classmethod
+    def of(cls, twin, plan):
+        return cls(twin, plan) if plan[4]["dtype"] == "float32" and not plan[4]["autocast"] \
+            else None
+
+    def step(self, k, batches, tlosses, want):
+        """Step ``k`` of the float64 twin; the slack of each of the float32 twin's losses
+        ``tlosses`` and of each tensor of its state ``want``."""
+        _set_mode(([self.twin], [self.opt]), k, self.opts)
+        losses = _twin_step(self.twin, self.opt, [(x.astype("float64"), y) for x, y in batches],
+                            self.opts)
+        state = _twin_state(self.twin, self.plan[1])
+        return ([abs(a - b) for a, b in zip(tlosses, losses)],
+                {name: float(np.abs(value - state[name]).max(initial=0.0))
+                 for name, value in want.items()})
+
+    def eval_slack(self, x, want):
+        self.twin.eval()
+        with torch.no_grad():
+            return float(np.abs(want - _host(self.twin(_to_torch(x).double()))).max())
 
 
 def _attached(net, blocks_of_wrappers, opts):
@@ -458,15 +501,19 @@ def check(seed):
     make_opt = _optimizers(opts)[0]
     step, opt = _mge_step(net, make_opt, plan)
     topt = _twin_optimizer(twin, plan)
+    twin64 = _Float64Twin.of(twin, plan)
     _compare_state(_state(net), _twin_state(twin, plan[1]), "initial state", tol)
     for k in range(opts["steps"] * 2):
         _set_mode(([net, twin], [opt, topt]), k, opts)
         batches = _batches(plan, seed, k)
         losses = step(*[(mge.tensor(x, dtype=dtype), mge.tensor(y)) for x, y in batches])
         tlosses = _twin_step(twin, topt, batches, opts)
-        for loss, tloss in zip(losses, tlosses):
-            _compare(f"step {k} loss", loss.numpy(), tloss, tol)
-        _compare_state(_state(net), _twin_state(twin, plan[1]), f"after step {k}", tol)
+        want = _twin_state(twin, plan[1])
+        loss_slack, slack = twin64.step(k, batches, tlosses, want) if twin64 else (
+            [0.0] * len(tlosses), {})
+        for loss, tloss, s in zip(losses, tlosses, loss_slack):
+            _compare(f"step {k} loss", loss.numpy(), tloss, tol, s)
+        _compare_state(_state(net), want, f"after step {k}", tol, slack)
         if k == opts["steps"] - 1 and opts["midway"] != "none":
             net, step, opt = _continue_on_a_copy(net, opt, make_opt, plan)
     net.eval()
@@ -474,8 +521,9 @@ def check(seed):
     x = np.random.default_rng(seed).standard_normal((3,) + opts["shape_in"]).astype(dtype)
     with torch.no_grad(), _block_dtypes([w.torch_module for w in net.wraps]) as got, \
             _block_dtypes(twin.blocks) as want:
-        _compare("eval output", _logits(net, mge.tensor(x, dtype=dtype), opts).numpy(),
-                 _host(_twin_logits(twin, x, opts)), tol)
+        out = _host(_twin_logits(twin, x, opts))
+        _compare("eval output", _logits(net, mge.tensor(x, dtype=dtype), opts).numpy(), out, tol,
+                 twin64.eval_slack(x, out) if twin64 else 0.0)
     if got != want:
         raise BridgeMismatch(f"eval output: the torch blocks returned {got}, their twins {want}")
     return opts
@@ -547,14 +595,17 @@ def check_dp(seed):
     _, twin, plan = build(seed)
     opts, tol = plan[4], _tolerance(plan[4])
     topt = _twin_optimizer(twin, plan)
+    twin64 = _Float64Twin.of(twin, plan)
     for k in range(opts["steps"] * 2):
         _set_mode(([twin], [topt]), k, opts)
-        tloss, = _twin_step(twin, topt, _batches(plan, seed, k), opts)
-        _compare(f"data-parallel step {k} mean loss of the ranks",
-                 np.mean([losses[k] for losses, _ in ranks]), tloss, tol)
+        batches = _batches(plan, seed, k)
+        tloss, = _twin_step(twin, topt, batches, opts)
         want = _twin_state(twin, plan[1])
+        (loss_slack,), slack = twin64.step(k, batches, [tloss], want) if twin64 else ((0.0,), {})
+        _compare(f"data-parallel step {k} mean loss of the ranks",
+                 np.mean([losses[k] for losses, _ in ranks]), tloss, tol, loss_slack)
         for r, (_, states) in enumerate(ranks):
-            _compare_state(states[k], want, f"data-parallel rank {r} after step {k}", tol)
+            _compare_state(states[k], want, f"data-parallel rank {r} after step {k}", tol, slack)
     return opts
 
 

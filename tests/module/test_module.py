@@ -593,6 +593,11 @@ def test_replace_param_by_position():
     with pytest.raises(ValueError, match="shape"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.replace_param({10: Parameter([1.0])}, 10)
+    kept = m.a  # a wrong shape further on: nothing is replaced
+    with pytest.raises(ValueError, match="'c' \\(position 2\\)"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.replace_param({0: Parameter(np.ones(3, np.float32)), 2: Parameter([1.0, 2.0])}, 0)
+    assert m.a is kept
 
 
 def test_zero_grad_is_deprecated_as_upstream():

@@ -21,6 +21,7 @@ import numbers
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ...core import amp as _amp
 from ...core import torch_bridge as _bridge
@@ -28,7 +29,7 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from . import _grad_order, _watch
+from . import _graph, _watch
 from .shared import TorchBuffer, TorchParameter, loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
@@ -126,9 +127,10 @@ class PyTorchModule(Module):
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
-        # per mode and set of inputs needing gradients, learned on the first recorded call: does
-        # torch's graph hold a reentrant torch.utils.checkpoint (only torch's backward() runs it)?
-        self._checkpointed = {}
+        # per mode and set of inputs needing gradients, read off torch's graph on the first
+        # recorded call (_graph.py): the order torch hands out gradients in, and whether the
+        # graph holds a reentrant torch.utils.checkpoint (only torch's backward() runs it)
+        self._learned = {}
         # the distinct parameters in torch's order, as megengine Parameters and as torch's own
         # tensors: a tied parameter is one op input, so torch sums its gradient once
         self._mge_params, self._torch_params = _Hidden(), _Hidden()
@@ -180,7 +182,8 @@ class PyTorchModule(Module):
         # shared.py); only the addresses the per-call check compares against are new, and
         # mge.load's map_location may have moved everything (the torch tensors, the mirrors)
         self.__dict__.update(state)
-        self.__dict__.setdefault("_checkpointed", {})  # saved by a version without them
+        self.__dict__.pop("_checkpointed", None)  # saved by an earlier version: relearned
+        self.__dict__.setdefault("_learned", {})
         self.__dict__.setdefault("_added", _Hidden())
         _watch.watch(self, self._torch_module)
         self._device = loaded_device(self._device)
@@ -275,9 +278,9 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
-        if structure in (tuple, list):
-            return structure(outs)
-        return dict(zip(structure, outs))
+        if structure[0] is tuple:
+            return outs
+        return _rebuild(structure, outs)
 
     def _take_input(self, value, tensors):
         """Replace Tensor arguments (also inside lists, tuples and dicts) by placeholders."""
@@ -417,38 +420,55 @@ _engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine"
 _autograd_grad = (_autograd_grad_engine if callable(getattr(_engine, "run_backward", None))
                   else _autograd_grad_public)
 
-def _holds_reentrant_checkpoint(outs):
-    """Whether the torch graph behind ``outs`` holds a torch.utils.checkpoint(use_reentrant=True)
-    node, whose backward refuses torch.autograd.grad (it re-runs the forward and calls backward()
-    itself)."""
-    from torch.utils.checkpoint import CheckpointFunction
-
-    nodes = [o.grad_fn for o in outs if o.grad_fn is not None]
-    seen = set(nodes)
-    for node in nodes:  # grows while it is walked
-        if getattr(node, "_forward_cls", None) is CheckpointFunction:
-            return True
-        for parent, _ in node.next_functions:
-            if parent is not None and parent not in seen:
-                seen.add(parent)
-                nodes.append(parent)
-    return False
-
-
 def _grads_by_backward(outs, wrt, out_grads, params):
     """``torch.autograd.grad`` for a graph holding a reentrant checkpoint: torch's plain
-    ``backward()`` into ``.grad``, which is taken from ``wrt``; every torch tensor it may reach
-    (``wrt`` and the module's parameters) gets its own ``.grad`` back, so torch's ``.grad`` stays
-    untouched as on the usual path."""
-    reached = list({id(t): t for t in (*wrt, *params)}.values())
+    ``backward()`` into ``.grad``, which is taken from ``wrt``. Every leaf tensor it reaches gets
+    its own ``.grad`` back, so torch's ``.grad`` stays as it was, as on the usual path: ``wrt``,
+    the module's parameters, the leaves of the graph (a tensor captured from outside) and those
+    the checkpoint's forward, re-run inside backward, uses (`_LeafGrads`)."""
+    reached = list({id(t): t for t in (*wrt, *params, *_graph.leaves(outs))}.values())
     kept = [t.grad for t in reached]
     for t in reached:
         t.grad = None
+    inside = _LeafGrads()
     try:
-        torch.autograd.backward(outs, out_grads)
+        if _autograd_grad is _autograd_grad_engine:
+            with inside:  # the engine's entry point: torch.autograd.backward is itself a call
+                # the mode handles, and would run with the mode off
+                _engine.run_backward(tuple(outs), tuple(out_grads), False, False, (), True, True)
+        else:  # a torch without that entry point: leaves used inside the checkpoint not kept
+            torch.autograd.backward(outs, out_grads)
         return [t.grad for t in wrt]
     finally:
+        inside.restore()
         for t, g in zip(reached, kept):
+            t.grad = g
+
+
+class _LeafGrads(TorchFunctionMode):
+    """Active while torch's backward re-runs a reentrant checkpoint's forward: keeps the
+    ``.grad`` (the tensor and a copy of its values, which torch accumulates into in place) of
+    each leaf tensor that forward uses, before the checkpoint's own backward() reaches it;
+    `restore` puts them back."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in (*args, *kwargs.values()):
+            for t in a if type(a) in (list, tuple) else (a,):
+                if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad \
+                        and id(t) not in self.kept:
+                    g = t.grad
+                    self.kept[id(t)] = (t, g, None if g is None else g.clone())
+        return func(*args, **kwargs)
+
+    def restore(self):
+        for t, g, values in self.kept.values():
+            if g is not None:
+                g.copy_(values)
             t.grad = g
 
 
@@ -457,13 +477,14 @@ _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  #
 
 
 def _flatten_outputs(out, expected):
-    """Torch outputs as a list of tensors plus the structure to rebuild (None: a single tensor)."""
+    """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
+    single tensor, else (the container's type, its keys or None)."""
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
     elif isinstance(out, (tuple, list)):
-        tensors, structure = list(out), (list if isinstance(out, list) else tuple)
+        tensors, structure = list(out), (type(out), None)
     elif isinstance(out, dict):
-        tensors, structure = list(out.values()), list(out.keys())
+        tensors, structure = list(out.values()), (type(out), list(out.keys()))
     else:
         raise TypeError(
             f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
@@ -481,6 +502,37 @@ def _flatten_outputs(out, expected):
             f"output_cnt={expected}; pass output_cnt={len(tensors)}"
         )
     return tensors, structure
+
+
+def _rebuild(structure, outs):
+    """The torch module's output container with megengine tensors ``outs`` in it: of its own
+    type where that type can be made from the values (a namedtuple, ``torch.return_types.max``,
+    transformers' ``ModelOutput``), else the plain tuple, list or dict it derives from."""
+    kind, keys = structure
+    if keys is None:
+        plain = tuple if issubclass(kind, tuple) else list
+        if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
+            made = _made(lambda: kind._make(outs) if hasattr(kind, "_make") else kind(outs))
+            if isinstance(made, kind) and len(made) == len(outs) \
+                    and all(a is b for a, b in zip(made, outs)):
+                return made
+        return plain(outs)
+    items = dict(zip(keys, outs))
+    if kind is not dict:  # a dataclass-like mapping takes keywords, others a mapping
+        for make in (lambda: kind(**items), lambda: kind(items)):
+            made = _made(make)
+            if isinstance(made, kind) and list(made.keys()) == keys \
+                    and all(a is b for a, b in zip(made.values(), outs)):
+                return made
+    return items
+
+
+def _made(make):
+    """``make()``, or None where the container's type cannot be made that way."""
+    try:
+        return make()
+    except Exception:  # a constructor taking other arguments: any error it chooses
+        return None
 
 
 def _quantized_input(i, dtype):
@@ -571,13 +623,11 @@ class _TorchCall(Op):
         if want_grad:
             self.inputs = inputs
             self.outs = outs
-            checkpointed = w._checkpointed.get((mode, need))
-            if checkpointed is None:
-                checkpointed = w._checkpointed[mode, need] = _holds_reentrant_checkpoint(outs)
-            self.checkpointed = checkpointed
             # callbacks see this op's inputs and parameters in the order torch hands them out
-            self.grad_order = _grad_order.grad_order(w, mode, need, inputs,
-                                                     w._torch_params.items, outs)
+            known = w._learned.get((mode, need))
+            if known is None:
+                known = w._learned[mode, need] = _graph.read(inputs, w._torch_params.items, outs)
+            self.grad_order, self.checkpointed = known
         # Outputs are values. torch may return memory others see (an input or a parameter as
         # is or as a view, one tensor twice, a stride-0 expand), and megengine's set_value
         # writes into a tensor's own memory; as the view of an array it copies instead

@@ -1,5 +1,7 @@
 """PyTorchModule: values, gradients, state and lifetimes against pure PyTorch as the oracle."""
+import collections
 import copy
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -129,6 +131,88 @@ def test_dict_and_list_outputs_keep_their_structure():
     assert isinstance(out, list) and len(out) == 3
     np.testing.assert_allclose(out[2].numpy(), [1, 4])
 
+
+
+Pair = collections.namedtuple("Pair", ["scaled", "shifted"])
+
+
+@dataclasses.dataclass
+class Output(collections.OrderedDict):
+    """A stand-in for transformers' ModelOutput: a dataclass and an OrderedDict whose items are
+    the fields that are not None, read by key or attribute."""
+    logits: torch.Tensor = None
+    loss: torch.Tensor = None
+    hidden: torch.Tensor = None
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) is not None:
+                self[field.name] = getattr(self, field.name)
+
+
+class Tagged(dict):
+    """A dict subclass whose constructor wants more than the items: it cannot be rebuilt."""
+
+    def __init__(self, tag, items):
+        super().__init__(items)
+        self.tag = tag
+
+
+class Structured(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if self.kind == "namedtuple":
+            return Pair(y * 2, y + 1)
+        if self.kind == "return_types":
+            return y.max(dim=1)  # torch.return_types.max(values, indices)
+        if self.kind == "model_output":
+            return Output(logits=y, hidden=torch.tanh(y))  # loss None: not an item
+        return Tagged("t", {"y": y, "z": y * y})
+
+
+@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "tagged"])
+def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
+    tmod = Structured(kind)
+    ref = copy.deepcopy(tmod)
+    xv = np.random.RandomState(0).randn(2, 3).astype("float32")
+    want = ref(torch.tensor(xv))
+    wrap = PyTorchModule(tmod, output_cnt=2)
+    x = mge.tensor(xv)
+    gm = GradManager().attach([x, *wrap.parameters()])
+    with gm:
+        got = wrap(x)
+        gm.backward(sum(F.sum(v * (i + 1)) for i, v in enumerate(_values(got))
+                        if v.dtype == np.float32))
+    # rebuilt as the torch module's own type where it can be (Tagged cannot: a plain dict)
+    assert type(got) is (dict if kind == "tagged" else type(want))
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+    else:
+        assert len(got) == len(want)
+    if kind == "namedtuple":
+        assert got.scaled is got[0] and got.shifted is got[1]
+    if kind == "return_types":
+        assert got.values is got[0] and got.indices is got[1]
+    if kind == "model_output":
+        assert got.logits is got["logits"] and got.hidden is got["hidden"] and got.loss is None
+    for mine, theirs in zip(_values(got), _values(want)):
+        np.testing.assert_allclose(mine.numpy(), theirs.detach().numpy(), rtol=1e-6)
+    xt = torch.tensor(xv, requires_grad=True)
+    sum((v * (i + 1)).sum() for i, v in enumerate(_values(ref(xt)))
+        if v.is_floating_point()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _values(out):
+    return list(out.values()) if isinstance(out, dict) else list(out)
 
 def test_unused_parameter_and_unused_output_get_no_gradient():
     class Partial(nn.Module):
@@ -863,6 +947,47 @@ def test_torch_checkpoint_inside_the_module_trains_like_torch(use_reentrant):
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+
+def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
+    """torch's backward() fills .grad of every leaf it reaches, not only the module's parameters
+    and inputs: a plain tensor attribute used inside the checkpoint (re-run in backward), a
+    tensor captured from outside used before it. Both keep their .grad (object and values)."""
+    offset = torch.tensor(0.25, device=torch_device(), requires_grad=True)
+
+    class Captures(nn.Module):
+        def __init__(self, use_reentrant):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+            self.scale = torch.tensor(1.5, requires_grad=True)  # not a parameter
+            self.use_reentrant = use_reentrant
+
+        def block(self, x):
+            return torch.tanh(self.inner(x)) * self.scale
+
+        def forward(self, x):
+            return torch.utils.checkpoint.checkpoint(self.block, x + offset,
+                                                     use_reentrant=self.use_reentrant)
+
+    torch.manual_seed(0)
+    tmod = Captures(use_reentrant=True)
+    reference = copy.deepcopy(tmod)
+    reference.use_reentrant = False  # torch.autograd.grad: no .grad touched
+    wrap = PyTorchModule(tmod)
+    tmod.scale.grad = kept = torch.full((), 7.0)
+    x_np = np.random.RandomState(0).randn(3, 4).astype("float32")
+    x = mge.tensor(x_np)
+    for _ in range(2):
+        grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+    assert tmod.scale.grad is kept and float(kept) == 7.0
+    assert offset.grad is None
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    names, params = zip(*reference.named_parameters())
+    want = torch.autograd.grad((reference(xt) ** 2).sum(), [xt, *params])
+    np.testing.assert_allclose(x.grad.numpy(), 2 * torch_host(want[0]), rtol=1e-5, atol=1e-6)
+    for name, g in zip(names, want[1:]):
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
 def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
     tmod = _Checkpointed(use_reentrant=True)
     tmod.checkpoint = False
@@ -964,3 +1089,25 @@ def test_assigning_a_new_tensor_over_a_mirror_is_refused_not_silently_untrained(
         wrapped_bias.bias = mge.Parameter(np.zeros(2, "float32"))
     M.init.zeros_(mirror.weight)  # in place: torch sees it
     np.testing.assert_array_equal(torch_host(tmod[0].weight), np.zeros((2, 3)))
+
+
+def test_replace_param_over_a_mirror_is_refused_and_replaces_nothing():
+    """Module.replace_param (upstream's deprecated API) set attributes past the guard above."""
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.a_head = M.Linear(2, 2)  # numbered first: a_head.bias (0), a_head.weight (1)
+            self.b_wrap = PyTorchModule(nn.Linear(3, 2))  # b_wrap.bias (2), b_wrap.weight (3)
+
+    net = Net()
+    head_bias, wrapped_weight = net.a_head.bias, net.b_wrap.weight
+    new = {0: mge.Parameter(np.ones(2, "float32")),
+           3: mge.Parameter(np.zeros((2, 3), "float32"))}
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(AttributeError, match="'weight' of Linear.*torch tensor's memory"):
+        net.replace_param(new, 0)
+    assert net.a_head.bias is head_bias and net.b_wrap.weight is wrapped_weight
+    assert net.b_wrap.get_param_by_name("weight") is wrapped_weight
+    with pytest.warns(DeprecationWarning):
+        assert net.replace_param({0: new[0]}, 0) == 4  # the megengine layer's own: replaced
+    assert net.a_head.bias is new[0]

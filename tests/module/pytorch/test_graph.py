@@ -1,4 +1,4 @@
-"""megengine/module/pytorch/_grad_order.py: GradManager callbacks see a PyTorchModule's inputs and
+"""megengine/module/pytorch/_graph.py: GradManager callbacks see a PyTorchModule's inputs and
 parameters in the order torch's own hooks (register_post_accumulate_grad_hook) see them."""
 import copy
 
