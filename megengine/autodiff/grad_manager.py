@@ -268,6 +268,7 @@ class GradManager:
                 joined.add(id(node))
             entries[k] = entry = t._node
             wanted[(id(entry[0]), entry[1])] = (entry[0], r, callbacks)
+        key.mark = dispatch._next_seq()  # the leaves made above hold no arrays (holds_arrays)
         return self
 
     def release(self):

@@ -216,12 +216,13 @@ class Key:
     its own GradManagerGroup, which share its level (upstream's visibility rules).
     """
 
-    __slots__ = ("alive", "level", "complex", "__weakref__")
+    __slots__ = ("alive", "level", "complex", "mark", "__weakref__")
 
     def __init__(self, level):
         self.alive = True
         self.level = level
         self.complex = False  # tracks a complex value: counted in _complex_grads
+        self.mark = _next_seq()  # a number after which no node was made yet (holds_arrays)
 
 
 def open_key(level=None):
@@ -233,6 +234,22 @@ def open_key(level=None):
     _active.append(key)
     _recording += 1
     return key
+
+
+def holds_arrays():
+    """Whether an op recorded by an open recording may hold arrays for its backward: a node was
+    made since the first open recording started. Code about to write into a tensor's storage in
+    place asks (`Tensor._reset`, the optimizers): upstream's values never change, so a recorded
+    backward computes with what its forward saw. (Nodes made before that start belong to
+    recordings that ended, whose graphs no backward runs.)"""
+    if not _active:
+        return False
+    first = _active[0]
+    n = _next_seq()
+    if n == first.mark + 1:  # nothing made since the mark: move it past this call's number
+        first.mark = n
+        return False
+    return True
 
 
 def new_level():

@@ -220,6 +220,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     _name = None
     _format = "default"
     _qparams = None
+    # Whether another framework computes with this tensor's memory (a PyTorchModule's mirror of
+    # a torch parameter or buffer): writes must go into that memory, even while recording
+    _pinned_storage = False
     #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
     dmap_callback = None
 
@@ -620,8 +623,15 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return _ops.move_array(self._data, dev)
 
     # ----- in-place value replacement -----
+    # Upstream's values never change: `set_value`, `+=` and an optimizer's update give the tensor
+    # a new value, so a recorded backward always computes with what its forward saw. Here a
+    # write goes into the tensor's storage (torch sees a mirrored parameter's update, and an
+    # update allocates nothing) except while an op recorded by a GradManager may hold the array
+    # for its backward (`dispatch.holds_arrays`): the tensor then gets a new array instead. A
+    # pinned storage stays, and its owner is told (`_wrote_pinned`).
     def _reset(self, other):
-        """Replace the value; writes into the existing storage when shape and dtype allow."""
+        """Replace the value; writes into the existing storage when shape and dtype allow and
+        no recorded op may hold it."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._reset, self, other)
         _note_write()
@@ -638,8 +648,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
                 self._data = value.copy()
                 return self
+        held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
-                and not _views_another_array(self._data)):
+                and not _views_another_array(self._data) and (not held or self._pinned_storage)):
+            if held:
+                self._wrote_pinned()
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = value
@@ -654,8 +667,22 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return self
 
     def set_value(self, value):
-        """Set the value in place (upstream's ``set_value``): the storage is kept when it fits."""
+        """Set the value (upstream's ``set_value``): the storage is kept when it fits and no
+        recorded op may hold it (see `_reset`)."""
         return self._reset(value)
+
+    def _before_recorded_write(self):
+        """Called before the engine writes into this tensor's array in place (an optimizer's
+        update) while a recorded op may hold it (`dispatch.holds_arrays`): the tensor moves to
+        a copy first (see `_reset`)."""
+        if self._pinned_storage:
+            self._wrote_pinned()
+        else:
+            with dispatch.on_device(self._device):
+                self._data = self._data.copy()
+
+    def _wrote_pinned(self):
+        """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
 
     # ----- upstream's memory hints (DTR and swapping) -----
     # Upstream's interpreter may free a tensor's device memory and rebuild the value when it is
@@ -675,11 +702,13 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         """Hint that a swapped-out value is needed again on its device; it is already there."""
 
     def _inplace(self, op_result):
-        """Result of an augmented operator: Parameters update their storage, others rebind."""
+        """Result of an augmented operator: Parameters update their storage while no
+        GradManager records (pinned storage always), others rebind (see `_reset`)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         _note_write()
-        if (isinstance(self, Parameter) and not dispatch.is_recording()
+        recording = dispatch._recording
+        if ((isinstance(self, Parameter) and not recording or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):
             if self._data.dtype.metadata is not None and \
                     op_result._data.dtype.metadata != self._data.dtype.metadata:
@@ -691,6 +720,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                     self._data[...] = op_result._data.astype(self.dtype, copy=False)
             else:
                 self._data[...] = op_result._data.astype(self.dtype, copy=False)
+            if recording:  # pinned storage: it holds the result, and the tensor is the result
+                self._wrote_pinned()
+                self._node = op_result._node
             return self
         self._data = op_result._data
         self._node = op_result._node

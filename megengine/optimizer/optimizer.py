@@ -54,6 +54,8 @@ class Optimizer:
     Subclasses implement ``_update(param, grad, state, group)`` on raw arrays: it writes the new
     value into ``param._data`` in place (the storage is shared, e.g. with torch through the
     PyTorch bridge, so it must never be rebound) and keeps its buffers in the ``state`` dict.
+    (A step while a recorded op may hold a parameter's array, before ``gm.backward``, first
+    moves the parameter to a copy: ``Tensor._before_recorded_write``.)
     Working on raw arrays also keeps the updates out of autodiff. A complex parameter is
     updated as torch's optimizers update one (``view_as_real``): ``_update`` gets it as a float
     parameter of shape ``(..., 2)`` holding its real and imaginary parts (see `_update_as_real`).
@@ -175,6 +177,12 @@ class Optimizer:
         # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
         # where the current device is always the right one)
         _note_write()  # parameters change in place (megengine.jit's captures)
+        if dispatch.holds_arrays():
+            # a step before backward (or within an outer GradManager): upstream's update gives
+            # each parameter a new value, so what the recorded ops saved stays as it was
+            for p in self._params():
+                if p.grad is not None:
+                    p._before_recorded_write()
         scope = dispatch.device_scope()
         states, update = self._state, self._update
         groups = self.param_groups

@@ -36,14 +36,20 @@ def test_batch_norm_training_values_grads_and_running_stats(shape):
     c = shape[1]
     rm0, rv0 = rand(1, c, 1, 1), rand(1, c, 1, 1, low=0.5, high=2)
     rm, rv = mge.tensor(rm0), mge.tensor(rv0)
-    storage = (rm._data, rv._data)
     trm, trv = torch.tensor(rm0.reshape(-1)), torch.tensor(rv0.reshape(-1))
     momentum = 0.8
     check(lambda a, c_, d: F.batch_norm(a, rm, rv, c_, d, training=True, momentum=momentum),
           lambda a, c_, d: TF.batch_norm(a, trm, trv, c_.reshape(-1), d.reshape(-1),
                                          training=True, momentum=1 - momentum),
           x, w, b, rtol=1e-4, atol=1e-4)
-    # the running stats are updated in place, with torch's (unbiased) running variance
+    # the running stats follow torch's (with its unbiased running variance); a call that is
+    # not recorded writes them into their storage (a recorded one gives them new arrays, as a
+    # recorded op may hold the old ones: tests/autodiff/test_recorded_writes.py)
+    storage = (rm._data, rv._data)
+    F.batch_norm(mge.tensor(x), rm, rv, mge.tensor(w), mge.tensor(b), training=True,
+                 momentum=momentum)
+    TF.batch_norm(torch.tensor(x), trm, trv, torch.tensor(w).reshape(-1),
+                  torch.tensor(b).reshape(-1), training=True, momentum=1 - momentum)
     assert rm._data is storage[0] and rv._data is storage[1]
     np.testing.assert_allclose(rm.numpy().reshape(-1), trm.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rv.numpy().reshape(-1), trv.numpy(), rtol=1e-5, atol=1e-6)

@@ -45,7 +45,15 @@ def loaded_device(saved):
 
 
 class _TorchView:
-    """What both kinds of mirror add: the torch tensor they view, and pickling as that tensor."""
+    """What both kinds of mirror add: the torch tensor they view, pinned storage (writes go into
+    torch's memory, see `Tensor._reset`), and pickling as that tensor."""
+
+    _pinned_storage = True
+
+    def _wrote_pinned(self):
+        # written while a recorded op may hold the value: as after an in-place write in torch,
+        # a torch graph that saved the tensor raises at backward instead of using the new value
+        torch.autograd.graph.increment_version(self.torch_tensor)
 
     @property
     def torch_tensor(self):

@@ -21,7 +21,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
-from devices import address, host, requires_torch_cuda, torch_host
+from devices import address, host, requires_torch_cuda, torch_device, torch_host
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -431,3 +431,61 @@ def test_a_dead_tensors_callback_during_mirror_of_does_not_deadlock():
     assert done.wait(10), "the registry lock deadlocked its own thread"
     assert key not in shared._registry
     del mirror
+
+
+def _mirrored_linear():
+    lin = nn.Linear(2, 1, bias=False).to(torch_device())
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    wrap = PyTorchModule(lin)
+    return lin, wrap, wrap.weight
+
+
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(np.full((1, 2), 5, np.float32)),
+    lambda w: w.__iadd__(mge.tensor([[4.0, 3.0]])),
+], ids=["set_value", "+="])
+def test_mirror_written_while_recording_before_its_use_reaches_torch(write):
+    # a mirror's storage is torch's: a write goes there while recording too (`+=` rebound the
+    # mirror to a new array, which torch never saw); the gradient is that of the new value
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([w, x])
+    with gm:
+        write(w)
+        y = wrap(x)
+        gm.backward(y.sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), [[5.0, 5.0]])
+    assert address(w) == address(lin.weight)
+    np.testing.assert_array_equal(host(x.grad), [[5.0, 5.0]])
+    np.testing.assert_array_equal(host(w.grad), [[3.0, 4.0]])
+
+
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(np.zeros((1, 2), np.float32)),
+    lambda w: w.__iadd__(1.0),
+], ids=["set_value", "+="])
+def test_mirror_written_after_torch_saved_it_raises_at_backward(write):
+    # torch computes with the mirror's memory, so the write goes there and torch's graph would
+    # use the new value (x's gradient was [0, 0]): torch's version check raises instead, as
+    # after an in-place write in torch
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = wrap(x)
+        write(w)
+        with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
+            gm.backward(y.sum())
+    assert address(w) == address(lin.weight)
+
+
+def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
+    # a buffer is not a Parameter, but its memory is torch's: `+=` writes there (it gave the
+    # MegEngine tensor a new array, which torch never saw)
+    bn = nn.BatchNorm1d(2).to(torch_device())
+    wrap = PyTorchModule(bn)
+    running = dict(wrap.named_buffers())["running_mean"]
+    running += mge.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(torch_host(bn.running_mean), [1.0, 2.0])
+    assert address(running) == address(bn.running_mean)
