@@ -11,6 +11,7 @@ import numpy as np
 from ..core._trace_option import is_int
 from ..core.tensor import Tensor
 from ._args import _as_float, _tensor
+from .creation import copy
 from .elemwise import abs as _abs
 from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
 from .math import matmul, topk
@@ -169,8 +170,9 @@ def add_update(dest, delta, *, alpha=1.0, beta=1.0, bias=0.0):
 
 
 def identity(inp):
-    """0.x ``F.identity``: a new Tensor with ``inp``'s value (1.x ``F.copy`` / ``M.Identity``)."""
-    return _tensor(inp) + 0
+    """0.x ``F.identity``: a new Tensor with ``inp``'s value and dtype (1.x ``F.copy`` /
+    ``M.Identity``)."""
+    return copy(_tensor(inp))
 
 
 def batch_norm2d(inp, running_mean, running_var, weight, bias, training=False, momentum=0.9,

@@ -103,6 +103,18 @@ def test_shapeof_zero_grad_identity():
     np.testing.assert_allclose(w.grad.numpy(), [2.0, 3.0])
 
 
+def test_identity_keeps_the_dtype():
+    # 0.x's identity operator returns the input's dtype (a bool stays bool: x + 0 made int32)
+    for dt in ("bool", "int8", "float16", "int32"):
+        x = mge.tensor(np.array([1, 0, 1]).astype(dt), dtype=dt)
+        y = F.identity(x)
+        assert y.dtype == x.dtype and y.tolist() == x.tolist() and y is not x
+    from megengine.core.tensor.dtype import qint8
+
+    q = mge.tensor(np.array([1, 2], np.int8), dtype=qint8(0.5))  # (x + 0 refused it)
+    assert F.identity(q).dtype == q.dtype and F.identity(q).tolist() == q.tolist()
+
+
 def test_nll_loss_matches_0x_example_and_torch():
     # 0.x's documented example: nll_loss(log(softmax(x))) equals cross_entropy_with_softmax
     data = mge.tensor(np.array([[1, 0.5], [0.3, 1.2]], dtype=np.float32))
