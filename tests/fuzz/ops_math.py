@@ -146,8 +146,11 @@ def _scalar(rng, name, tdt, divisor):
     return v
 
 
-def _binary_gen(name):
+def _binary_gen(name, alias=None):
+    """Cases of binary op ``name``; ``alias``: another name of it (0.x's), called instead."""
     mfn, mop, tfn = _ARITH[name]
+    if alias:
+        mfn, mop = getattr(F, alias), None
 
     def gen(rng):
         if name in _LOGICAL:
@@ -224,7 +227,7 @@ for _n in _ARITH:
 
 
 @op("clip", "elemwise")
-def _clip(rng):
+def _clip(rng, name="clip"):
     shp = shape(rng)
     dt = pick(rng, ["float32", "float32", "float16", "int32"])
     x = values(rng, shp, dt)
@@ -233,7 +236,7 @@ def _clip(rng):
     if dt == "int32":
         lo = None if lo is None else int(lo)
         hi = None if hi is None else int(hi)
-    return Case(f"clip(x{shp} {dt}, {lo}, {hi})", [x], lambda a: F.clip(a, lo, hi),
+    return Case(f"{name}(x{shp} {dt}, {lo}, {hi})", [x], lambda a: getattr(F, name)(a, lo, hi),
                 lambda a: torch.clamp(a, lo, hi))
 
 

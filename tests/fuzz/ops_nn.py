@@ -102,12 +102,17 @@ def _l1(rng):
 
 
 @op("square_loss", "loss")
-def _square(rng):
+def _square(rng, name="square_loss"):
     shp = shape(rng, 1, 3, zero=False)
     red = pick(rng, _RED)
     p, y = values(rng, shp, "float32"), values(rng, shp, "float32")
-    return Case(f"square_loss({shp}, {red})", [p, y], lambda a, b: F.nn.square_loss(a, b, red),
+    return Case(f"{name}({shp}, {red})", [p, y], lambda a, b: getattr(F.nn, name)(a, b, red),
                 lambda a, b: TF.mse_loss(a, b, reduction=red))
+
+
+@op("mse_loss", "loss")
+def _mse(rng):
+    return _square(rng, "mse_loss")
 
 
 @op("smooth_l1_loss", "loss")
