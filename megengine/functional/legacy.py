@@ -210,6 +210,12 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
                          f"one shape, got {anchor.shape}, {positive.shape}, {negative.shape}")
     if not p > 0:
         raise ValueError(f"triplet_margin_loss: the norm degree p must be > 0, got {p}")
+    half = all(t.dtype == np.float16 for t in (anchor, positive, negative))
+    if half:
+        # computed in float32 and rounded once, as F.nn.cross_entropy: in float16 the
+        # distances near 3 round to steps of 0.002 before d_pos - d_neg cancels them
+        anchor, positive, negative = (t.astype(np.float32) for t in (anchor, positive, negative))
     d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
     d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
-    return maximum(d_pos - d_neg + margin, 0.0).mean()
+    loss = maximum(d_pos - d_neg + margin, 0.0).mean()
+    return loss.astype(np.float16) if half else loss

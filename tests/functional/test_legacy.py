@@ -155,6 +155,18 @@ def test_triplet_margin_loss_matches_torch():
         F.triplet_margin_loss(mge.tensor(a[0]), mge.tensor(pos[0]), mge.tensor(neg[0]))
 
 
+def test_triplet_margin_loss_of_float16_rounds_once():
+    # distances near 3 cancel: float16 steps of 0.002 on the way left it 0.0016 (6 ulps) off
+    a = np.array([[-2.766, -1.259, -2.818], [-0.4617, 2.303, -1.387]], np.float16)
+    pos = np.array([[-0.631, 2.635, -1.478], [-1.051, -1.4375, 1.4375]], np.float16)
+    neg = np.array([[-0.6836, 1.015, 1.087], [-2.25, -1.78, -0.1364]], np.float16)
+    exact = torch.nn.functional.triplet_margin_loss(
+        *(torch.tensor(v, dtype=torch.float64) for v in (a, pos, neg)), margin=0.5, eps=0.0)
+    loss = F.triplet_margin_loss(mge.tensor(a), mge.tensor(pos), mge.tensor(neg), margin=0.5)
+    assert loss.dtype == np.float16
+    assert abs(float(loss.numpy()) - exact.item()) <= 2.0 ** -12  # (an ulp at 0.38)
+
+
 def test_batch_norm2d_matches_torch_in_training():
     rs = np.random.RandomState(3)
     x = rs.randn(2, 3, 4, 4).astype("float32")
