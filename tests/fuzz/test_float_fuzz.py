@@ -73,3 +73,9 @@ def test_float_modes_refuse_no_dtype_silently():
 
     with pytest.raises(Mismatch, match="megengine raised TypeError"):
         _run(run_float64, refuse, lambda v: v)
+
+
+def test_float16_mode_takes_complex64_for_a_complex_result():
+    # float16 and a complex scalar: complex64 (there is no complex32; torch's CPU kernels for
+    # it are few), which the mode accepts where torch has none to compare
+    assert _run(run_float16, lambda x: x / -1.5j, lambda v: v / -1.5j) == "ok"
