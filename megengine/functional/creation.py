@@ -97,8 +97,8 @@ def _fill_value(value, dtype):
     """``value`` as one element of ``dtype``, converted as ``Tensor(value, dtype)`` converts it:
     a Python int outside an integer dtype's range wraps (upstream's Fill and FillLike cast the
     value, as its guide's ``Tensor([127, 128, 129], dtype="int8")``; numpy 2 would raise
-    OverflowError), a float truncates."""
-    return as_array(value, dtype, device="cpu0")[()]
+    OverflowError), a float truncates. A Tensor gives its number (also from a GPU)."""
+    return as_array(_num(value), dtype, device="cpu0")[()]
 
 
 def _filled(shape, value, dtype, device, what):
@@ -132,7 +132,7 @@ def ones(shape, dtype="float32", device=None):
 def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
     if dtype is None:
-        dtype = as_array(value, device="cpu0").dtype
+        dtype = value.dtype if isinstance(value, Tensor) else as_array(value, device="cpu0").dtype
     return _filled(shape, value, dtype, device, "full")
 
 

@@ -130,3 +130,12 @@ def test_fill_values_outside_an_integer_dtype_wrap_as_tensor_makes_them():
     assert F.full((2,), 2 ** 40).dtype == np.int32  # (upstream's int32 for an int)
     y = F.full_like(mge.tensor([1, 2], dtype="int32"), 2.7)
     assert y.dtype == np.int32 and y.tolist() == [2, 2]
+
+
+def test_a_tensor_fill_value_gives_its_number_on_any_device():
+    # (a GPU tensor's value cannot become a host array implicitly: MGE_SIM_CUDA=1 runs this on
+    # one; F.full refused it there)
+    v = mge.tensor(3.5)
+    assert F.full((2,), v).tolist() == [3.5, 3.5] and F.full((2,), v).dtype == np.float32
+    assert F.full_like(mge.tensor([1, 2]), v).tolist() == [3, 3]
+    assert F.full((1,), mge.tensor(2.5, dtype="float16")).dtype == np.float16
