@@ -109,9 +109,9 @@ def _full(rng):
         value = int(value)
     # upstream's dtype None is the value's: int32 for an int (torch: int64), float32, bool
     want = dt or {bool: "bool", int: "int32", float: "float32"}[type(value)]
-    arg = _shape_form(rng, shp)
-    return Case(f"full({arg!r}, {value!r}, dtype={dt})", [],
-                lambda: F.full(arg, value, dtype=dt),
+    arg, mvalue = _shape_form(rng, shp), _number(rng, value)
+    return Case(f"full({arg!r}, {mvalue!r}, dtype={dt})", [],
+                lambda: F.full(arg, mvalue, dtype=dt),
                 lambda: torch.full(shp, _wrapped(value, want), dtype=getattr(torch, want)))
 
 
@@ -136,7 +136,9 @@ def _full_like(rng):
     if isinstance(value, float) and dt == "uint8":
         value = abs(value)  # (a negative float's cast to an unsigned dtype is undefined)
     if name == "full_like":
-        return Case(f"full_like(x{shp} {dt}, {value!r})", [x], lambda a: F.full_like(a, value),
+        mvalue = _number(rng, value)
+        return Case(f"full_like(x{shp} {dt}, {mvalue!r})", [x],
+                    lambda a: F.full_like(a, mvalue),
                     lambda a: torch.full_like(a, _wrapped(value, dt)), writes=0)
     return Case(f"{name}(x{shp} {dt})", [x], getattr(F, name), getattr(torch, name))
 
