@@ -294,16 +294,23 @@ def _reduce_gen(name):
                 axis = ax = tuple(range(ndim))
             t = lambda a: torch.logsumexp(a, dim=ax, keepdim=keep)  # noqa: E731
         m = getattr(F, name)
+        how = ""
+        if name in ("sum", "mean", "prod", "max", "min") and rng.random() < 0.3:
+            m, how = _method(name), " as a Tensor method"  # (upstream's x.sum(axis, keepdims))
         tol = (3e-2, 3e-2) if dt == "float16" else (2e-4, 2e-5)
         # max/min ties (float16, ints): upstream gives every tied element the whole gradient,
         # torch shares it; draw ties only without gradients
         diff = None
         if name in ("max", "min") and dt == "float32":
             x = x + np.arange(x.size, dtype=np.float32).reshape(shp) * 1e-3 if x.size else x
-        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
+        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep}){how}", [x],
                     lambda a: m(a, axis=axis, keepdims=keep), t, dtypes=dtypes, tol=tol,
                     diff=diff, bcast=name not in ("max", "min"))
     return gen
+
+
+def _method(name):
+    return lambda a, **kw: getattr(a, name)(**kw)
 
 
 for _n in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp"):
