@@ -358,6 +358,10 @@ def quantize_array(x, dtype):
     zp = info.get("zero_point", 0)
     if zp:
         q = q + zp
+    if meta.qmax > 2 ** 24:
+        # (qint32: float32 rounds its bound 2**31 - 1 up to 2**31, which the cast wraps to
+        # -2**31; float64 holds the bounds exactly, so a value beyond them saturates)
+        q = q.astype(np.float64)
     return _typed(xp, xp.clip(q, meta.qmin, meta.qmax), dtype)
 
 

@@ -93,6 +93,14 @@ def _shape(shape, what):
     return shape
 
 
+def _fill_value(value, dtype):
+    """``value`` as one element of ``dtype``, converted as ``Tensor(value, dtype)`` converts it:
+    a Python int outside an integer dtype's range wraps (upstream's Fill and FillLike cast the
+    value, as its guide's ``Tensor([127, 128, 129], dtype="int8")``; numpy 2 would raise
+    OverflowError), a float truncates. A Tensor gives its number (also from a GPU)."""
+    return as_array(_num(value), dtype, device="cpu0")[()]
+
+
 def _filled(shape, value, dtype, device, what):
     """A tensor of ``shape`` filled with ``value``: a constant, or an op when the shape holds
     sizes of a dumpable trace (`megengine.core.ops.Full`). A shape holding a Tensor the program
@@ -100,6 +108,7 @@ def _filled(shape, value, dtype, device, what):
     as upstream's Fill makes it: the value as a constant broadcast to the shape Tensor."""
     dev, xp = _place(device)
     shape = _unwrap_shape(shape)
+    value = _fill_value(value, dtype)
     if dumpable() and (_ops.by_shape_tensor(shape) or _ops.computed_sizes(shape)):
         from .tensor import broadcast_to  # (tensor.py imports this module)
 
@@ -123,7 +132,7 @@ def ones(shape, dtype="float32", device=None):
 def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
     if dtype is None:
-        dtype = as_array(value, device="cpu0").dtype
+        dtype = value.dtype if isinstance(value, Tensor) else as_array(value, device="cpu0").dtype
     return _filled(shape, value, dtype, device, "full")
 
 
@@ -133,6 +142,8 @@ def _like(inp, value):
         # a quantized tensor's like holds the value (zeros_like: the zero point), not an
         # integer taken for one
         value = _qd.quantize_array(np.asarray(value, np.float32), inp.dtype)[()]
+    else:
+        value = _fill_value(value, inp.dtype)
     shape = inp.shape
     if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
         return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))

@@ -11,6 +11,7 @@ import numpy as np
 from ..core._trace_option import is_int
 from ..core.tensor import Tensor
 from ._args import _as_float, _tensor
+from .creation import copy
 from .elemwise import abs as _abs
 from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
 from .math import matmul, topk
@@ -169,8 +170,9 @@ def add_update(dest, delta, *, alpha=1.0, beta=1.0, bias=0.0):
 
 
 def identity(inp):
-    """0.x ``F.identity``: a new Tensor with ``inp``'s value (1.x ``F.copy`` / ``M.Identity``)."""
-    return _tensor(inp) + 0
+    """0.x ``F.identity``: a new Tensor with ``inp``'s value and dtype (1.x ``F.copy`` /
+    ``M.Identity``)."""
+    return copy(_tensor(inp))
 
 
 def batch_norm2d(inp, running_mean, running_var, weight, bias, training=False, momentum=0.9,
@@ -208,6 +210,12 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
                          f"one shape, got {anchor.shape}, {positive.shape}, {negative.shape}")
     if not p > 0:
         raise ValueError(f"triplet_margin_loss: the norm degree p must be > 0, got {p}")
+    half = all(t.dtype == np.float16 for t in (anchor, positive, negative))
+    if half:
+        # computed in float32 and rounded once, as F.nn.cross_entropy: in float16 the
+        # distances near 3 round to steps of 0.002 before d_pos - d_neg cancels them
+        anchor, positive, negative = (t.astype(np.float32) for t in (anchor, positive, negative))
     d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
     d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
-    return maximum(d_pos - d_neg + margin, 0.0).mean()
+    loss = maximum(d_pos - d_neg + margin, 0.0).mean()
+    return loss.astype(np.float16) if half else loss

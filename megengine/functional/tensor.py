@@ -216,11 +216,12 @@ def broadcast_to(inp, shape):
     if any(s < 0 for s in shape):
         raise ValueError(f"broadcast_to: negative size in {shape}; write None at a dim to "
                          "keep the input's size there")
-    if same_sizes(shape, inp.shape) and _trace_option._dim_source is not None:
+    if same_sizes(shape, inp.shape) and _trace_option.dumpable():
         # (a dumpable trace at equal sizes: no op, so no guard on their values; its graph
         # has no in-place writes). Elsewhere a new tensor, as upstream's Broadcast always
         # makes: returning ``inp`` made ``z[0] = 5`` write into it, and trace_module bound it
-        # to the output's node
+        # to the output's node. (Not whenever shapes carry sizes: a recording without
+        # symbolic shapes has them after a mask index, and its checked calls have not)
         return inp
     return apply(BroadcastTo(shape), inp)
 

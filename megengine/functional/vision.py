@@ -295,11 +295,14 @@ class _PerspectivePoints(Op):
 
         self.u, self.v = row(0), row(1)
         self.d = xp.ones_like(self.u) if self.affine else row(2)
+        # (at least float32: a float16 point is up to 1/128 pixel off at x = 4, which moved
+        # uint8 results by a level; the mat's gradient keeps its dtype)
+        pdt = np.result_type(mat.dtype, np.float32)
         if self.cv_grid is not None:
             points = (_cv_affine_points(xp, m, ww, hh, self.cv_grid) if self.affine else
                       _cv_perspective_points(xp, self.u, self.v, self.d, self.cv_grid))
-            return xp.stack(points, axis=-1).astype(mat.dtype)
-        return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(mat.dtype)
+            return xp.stack(points, axis=-1).astype(pdt)
+        return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(pdt)
 
     def backward(self, g):
         xp = xp_of(g)

@@ -105,6 +105,14 @@ def test_astype_quantizes_half_away_from_zero_and_dequantizes(qdt, qmin, qmax, z
                                   .astype(np.float32))
 
 
+def test_qint32_saturates_at_its_bounds():
+    # float32 rounds 2**31 - 1 up to 2**31, whose cast wrapped a value past the top to -2**31
+    x = np.array([300.0, -300.0, 1e30, 1.0], np.float32)
+    q = mge.tensor(x).astype(dtype.qint32(7.45058e-08)).numpy().view(np.int32)
+    one = _half_away(np.float32(1.0) / np.float32(7.45058e-08))  # (in float32, as upstream)
+    assert q.tolist() == [2 ** 31 - 1, -2 ** 31, 2 ** 31 - 1, one]
+
+
 def test_requantizing_goes_through_the_real_value():
     q = mge.tensor([1.0, -2.5, 3.0]).astype(dtype.qint8(0.5))
     r = q.astype(dtype.qint8(0.25))

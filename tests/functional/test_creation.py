@@ -117,3 +117,25 @@ def test_a_shape_inside_a_one_tuple_is_unwrapped_as_upstream():
     assert F.broadcast_to(mge.tensor([[1.0], [2.0]]), ((None, 3),)).shape == (2, 3)
     with pytest.raises(TypeError, match="shape entries must be ints"):
         F.zeros(([2, 3], 4))
+
+
+def test_fill_values_outside_an_integer_dtype_wrap_as_tensor_makes_them():
+    # upstream's Fill and FillLike cast the value, as Tensor([127, 128, 129], dtype="int8") is
+    # [127, -128, -127] in its guide (numpy 2 raised OverflowError here); torch wraps uint8 too
+    x8, xu8 = mge.tensor([1, 2], dtype="int8"), mge.tensor([1, 2], dtype="uint8")
+    assert F.full((2,), 300, dtype="int8").tolist() == mge.tensor([300, 300], "int8").tolist()
+    assert F.full_like(x8, 300).tolist() == [44, 44]
+    assert F.full_like(xu8, -3).tolist() == torch.full_like(torch.tensor(xu8.numpy()), -3).tolist()
+    assert F.full((3,), -3, dtype="uint8").tolist() == [253] * 3
+    assert F.full((2,), 2 ** 40).dtype == np.int32  # (upstream's int32 for an int)
+    y = F.full_like(mge.tensor([1, 2], dtype="int32"), 2.7)
+    assert y.dtype == np.int32 and y.tolist() == [2, 2]
+
+
+def test_a_tensor_fill_value_gives_its_number_on_any_device():
+    # (a GPU tensor's value cannot become a host array implicitly: MGE_SIM_CUDA=1 runs this on
+    # one; F.full refused it there)
+    v = mge.tensor(3.5)
+    assert F.full((2,), v).tolist() == [3.5, 3.5] and F.full((2,), v).dtype == np.float32
+    assert F.full_like(mge.tensor([1, 2]), v).tolist() == [3, 3]
+    assert F.full((1,), mge.tensor(2.5, dtype="float16")).dtype == np.float16

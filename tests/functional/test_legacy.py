@@ -103,6 +103,19 @@ def test_shapeof_zero_grad_identity():
     np.testing.assert_allclose(w.grad.numpy(), [2.0, 3.0])
 
 
+def test_identity_keeps_the_dtype():
+    # 0.x's identity operator returns the input's dtype (a bool stays bool: x + 0 made int32)
+    for dt in ("bool", "int8", "float16", "int32"):
+        x = mge.tensor(np.array([1, 0, 1]).astype(dt), dtype=dt)
+        y = F.identity(x)
+        assert y.dtype == x.dtype and y.tolist() == x.tolist() and y is not x
+    from megengine.core.tensor.dtype import qint8
+
+    # (x + 0 refused it; quantized tensors live on the host)
+    q = mge.tensor(np.array([1, 2], np.int8), dtype=qint8(0.5), device="cpu0")
+    assert F.identity(q).dtype == q.dtype and F.identity(q).tolist() == q.tolist()
+
+
 def test_nll_loss_matches_0x_example_and_torch():
     # 0.x's documented example: nll_loss(log(softmax(x))) equals cross_entropy_with_softmax
     data = mge.tensor(np.array([[1, 0.5], [0.3, 1.2]], dtype=np.float32))
@@ -141,6 +154,18 @@ def test_triplet_margin_loss_matches_torch():
         np.testing.assert_allclose(x.grad.numpy(), ta.grad.numpy(), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         F.triplet_margin_loss(mge.tensor(a[0]), mge.tensor(pos[0]), mge.tensor(neg[0]))
+
+
+def test_triplet_margin_loss_of_float16_rounds_once():
+    # distances near 3 cancel: float16 steps of 0.002 on the way left it 0.0016 (6 ulps) off
+    a = np.array([[-2.766, -1.259, -2.818], [-0.4617, 2.303, -1.387]], np.float16)
+    pos = np.array([[-0.631, 2.635, -1.478], [-1.051, -1.4375, 1.4375]], np.float16)
+    neg = np.array([[-0.6836, 1.015, 1.087], [-2.25, -1.78, -0.1364]], np.float16)
+    exact = torch.nn.functional.triplet_margin_loss(
+        *(torch.tensor(v, dtype=torch.float64) for v in (a, pos, neg)), margin=0.5, eps=0.0)
+    loss = F.triplet_margin_loss(mge.tensor(a), mge.tensor(pos), mge.tensor(neg), margin=0.5)
+    assert loss.dtype == np.float16
+    assert abs(float(loss.numpy()) - exact.item()) <= 2.0 ** -12  # (an ulp at 0.38)
 
 
 def test_batch_norm2d_matches_torch_in_training():

@@ -111,6 +111,19 @@ def test_warp_perspective_against_torch_with_mat_gradients():
           lambda i, m: _torch_perspective(i, m, 4, 5), rand(2, 2, 6, 7), mat)
 
 
+def test_warp_of_a_float16_mat_samples_at_float32_points():
+    # rounded to float16, a point was up to 1/128 pixel off at x = 4 (a uint8 result a level)
+    rs = np.random.RandomState(6)
+    mat = np.eye(3) + rs.uniform(-0.05, 0.05, (1, 3, 3))
+    mat[:, :2, 2] += rs.uniform(1, 2, (1, 2))
+    mat = mat.astype(np.float16)
+    img = rand(1, 2, 6, 7) * 100
+    got = F.vision.warp_perspective(img, mat, (4, 5))
+    want = _torch_perspective(torch.tensor(img, dtype=torch.float64),
+                              torch.tensor(mat, dtype=torch.float64), 4, 5)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-3)
+
+
 def test_warp_affine_is_warp_perspective():
     # exact points: NCHW (and every layout on a GPU), as upstream's CUDA kernel
     rs = np.random.RandomState(5)

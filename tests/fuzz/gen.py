@@ -186,12 +186,15 @@ class Case:
     ``layouts``: draw non-contiguous layouts for the inputs. ``bcast``: the op tolerates a
     broadcast layout (repeated values: no ties that the two frameworks break differently).
     ``refuse``: why upstream refuses this call although torch computes it; megengine must
-    raise its own error.
+    raise its own error. ``writes``: the index of the input whose dtype the output takes (an
+    in-place write: scatter, setitem, full_like), so that the converting modes cast torch's
+    values into it.
     """
 
     def __init__(self, desc, inputs, mge_fn, torch_fn, diff=None, dtypes=None, tol=None,
-                 layouts=True, refuse=None, bcast=True):
+                 layouts=True, refuse=None, bcast=True, writes=None):
         self.desc, self.inputs = desc, [np.asarray(a) for a in inputs]
+        self.writes = writes
         self.mge_fn, self.torch_fn = mge_fn, torch_fn
         self.diff, self.dtypes, self.tol = diff, dtypes, tol
         self.use_layouts, self.refuse, self.bcast = layouts, refuse, bcast

@@ -13,9 +13,10 @@ float32 op on the same values (docs/compatibility.rst, the dtype rules):
 - a TypeError or ValueError of megengine's that names the integer (or bool) dtype and says what
   to do (``astype``, a float, the operator to use instead): a refusal, accepted;
 - anything else (a wrong value, float64 for a float result, another error, a numpy warning
-  about a cast) is a Mismatch. Known limits: an in-place write takes the target's dtype
-  (F.scatter of int32 source into a bool tensor stores bools, as upstream's setitem), which
-  the values of torch's float op do not show."""
+  about a cast) is a Mismatch. An in-place write takes the target's dtype (F.scatter of int32
+  source into a bool tensor stores bools, as upstream's setitem), which the values of torch's
+  float op do not show: a case that says which input it writes (``Case.writes``) has torch's
+  values cast into that input's dtype first."""
 import numpy as np
 
 from .converted_inputs import Mode, run_converted, snap

@@ -434,3 +434,57 @@ def _mha(rng):
             f"attn_mask={amask is not None} need_weights={need}")
     return Check(desc, lambda: compare(desc, mm, tm, rng, [xs], to_mge, call=call,
                                        tol=(5e-4, 5e-4)))
+
+
+# ----- fused layers (the float forms that quantization-aware training converts) -----
+
+_FUSED = ("ConvBn2d", "ConvBnRelu2d", "ConvRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d",
+          "ConvTransposeRelu2d", "LinearBn1d", "LinearBnRelu1d", "LinearRelu")
+
+
+@op("fused_layers")
+def _fused(rng):
+    kind = pick(rng, _FUSED)
+    bn, relu = "Bn" in kind, "Relu" in kind
+    mom = float(pick(rng, [0.9, 0.5, float(rng.uniform(0.05, 0.95))]))
+    bias, train = bool(rng.random() < 0.7), bool(rng.random() < 0.6)
+    bn_kw = dict(momentum=mom) if bn else {}
+    if kind.startswith("Linear"):
+        i, o = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        x = (int(rng.integers(2, 4)), i)
+        mm = getattr(M, kind)(i, o, bias=bias, **bn_kw)
+        tlayers = [torch.nn.Linear(i, o, bias=bias)]
+        ours = "linear." if bn else ""  # (LinearRelu is a Linear itself)
+        desc = f"{kind}({i}, {o}, bias={bias}"
+    else:
+        g = int(rng.integers(1, 3))
+        cin, o = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+        k, s, p = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2))
+        x = (int(rng.integers(2, 3)), cin, int(rng.integers(3, 6)), int(rng.integers(3, 6)))
+        kw = dict(stride=s, padding=p, groups=g, bias=bias)
+        transposed = "Transpose" in kind
+        tcls = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+        mm, tlayers = getattr(M, kind)(cin, o, k, **kw, **bn_kw), [tcls(cin, o, k, **kw)]
+        ours = ("conv_transpose2d." if transposed else "conv.") if bn else ""
+        desc = f"{kind}({cin}, {o}, {k}, stride={s}, padding={p}, groups={g}, bias={bias}"
+    names = {ours + "weight": "0.weight", ours + "bias": "0.bias"}
+    if bn:  # upstream's momentum weighs the running value; torch's the batch
+        tlayers.append((torch.nn.BatchNorm2d if len(x) == 4 else torch.nn.BatchNorm1d)(
+            o, momentum=1 - mom))
+        names.update({f"bn.{n}": f"1.{n}" for n in ("weight", "bias", "running_mean",
+                                                    "running_var")})
+    tm = torch.nn.Sequential(*tlayers, *([torch.nn.ReLU()] if relu else []))
+    state = dict(list(mm.named_parameters()) + list(mm.named_buffers()))
+
+    def to_mge(get):  # torch's shapes reshaped to ours; ours alone (LinearBn1d's unused
+        out = {}      # ``bias``, upstream's too): zeros
+        for n, t in state.items():
+            try:
+                out[n] = get(names[n]).reshape(t.shape)
+            except KeyError:
+                out[n] = np.zeros(t.shape, np.float32)
+        return out
+    desc += f"{f', momentum={mom}' if bn else ''}) {'train' if train else 'eval'} x{x}"
+    bufs = ("bn.running_mean", "bn.running_var") if bn and train else ()
+    return Check(desc, lambda: compare(desc, mm, tm, rng, _steps(rng, x, 2), to_mge,
+                                       train=train, buffers=bufs, tol=(5e-4, 5e-4)))

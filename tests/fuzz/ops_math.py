@@ -146,8 +146,11 @@ def _scalar(rng, name, tdt, divisor):
     return v
 
 
-def _binary_gen(name):
+def _binary_gen(name, alias=None):
+    """Cases of binary op ``name``; ``alias``: another name of it (0.x's), called instead."""
     mfn, mop, tfn = _ARITH[name]
+    if alias:
+        mfn, mop = getattr(F, alias), None
 
     def gen(rng):
         if name in _LOGICAL:
@@ -224,7 +227,7 @@ for _n in _ARITH:
 
 
 @op("clip", "elemwise")
-def _clip(rng):
+def _clip(rng, name="clip"):
     shp = shape(rng)
     dt = pick(rng, ["float32", "float32", "float16", "int32"])
     x = values(rng, shp, dt)
@@ -233,7 +236,7 @@ def _clip(rng):
     if dt == "int32":
         lo = None if lo is None else int(lo)
         hi = None if hi is None else int(hi)
-    return Case(f"clip(x{shp} {dt}, {lo}, {hi})", [x], lambda a: F.clip(a, lo, hi),
+    return Case(f"{name}(x{shp} {dt}, {lo}, {hi})", [x], lambda a: getattr(F, name)(a, lo, hi),
                 lambda a: torch.clamp(a, lo, hi))
 
 
@@ -291,16 +294,23 @@ def _reduce_gen(name):
                 axis = ax = tuple(range(ndim))
             t = lambda a: torch.logsumexp(a, dim=ax, keepdim=keep)  # noqa: E731
         m = getattr(F, name)
+        how = ""
+        if name in ("sum", "mean", "prod", "max", "min") and rng.random() < 0.3:
+            m, how = _method(name), " as a Tensor method"  # (upstream's x.sum(axis, keepdims))
         tol = (3e-2, 3e-2) if dt == "float16" else (2e-4, 2e-5)
         # max/min ties (float16, ints): upstream gives every tied element the whole gradient,
         # torch shares it; draw ties only without gradients
         diff = None
         if name in ("max", "min") and dt == "float32":
             x = x + np.arange(x.size, dtype=np.float32).reshape(shp) * 1e-3 if x.size else x
-        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep})", [x],
+        return Case(f"{name}(x{shp} {dt}, axis={axis}, keepdims={keep}){how}", [x],
                     lambda a: m(a, axis=axis, keepdims=keep), t, dtypes=dtypes, tol=tol,
                     diff=diff, bcast=name not in ("max", "min"))
     return gen
+
+
+def _method(name):
+    return lambda a, **kw: getattr(a, name)(**kw)
 
 
 for _n in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp"):

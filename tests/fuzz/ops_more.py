@@ -8,6 +8,7 @@ import megengine as mge
 import megengine.functional as F
 
 from .gen import Case, Check, Mismatch, broadcast_partner, pick, registry, shape, values
+from .ops_math import _binary_gen, _clip
 
 OPS, op = registry()
 
@@ -49,6 +50,22 @@ def _binary_alias(name, tfn):
 
 op("divide", "elemwise")(_binary_alias("divide", torch.true_divide))
 op("multiply", "elemwise")(_binary_alias("multiply", torch.mul))
+op("subtract", "elemwise")(_binary_gen("sub", alias="subtract"))
+op("power", "elemwise")(_binary_gen("pow", alias="power"))
+
+
+@op("clamp", "elemwise")
+def _clamp(rng):
+    return _clip(rng, "clamp")
+
+
+@op("identity", "elemwise")
+def _identity(rng):
+    shp = shape(rng)
+    dt = pick(rng, ["float32", "float32", "float16", "int32", "int8", "bool"])
+    # 0.x's identity operator keeps the dtype (a bool stays bool), as 1.x's F.copy
+    return Case(f"identity(x{shp} {dt})", [values(rng, shp, dt)], F.identity,
+                lambda a: a.clone())
 
 
 @op("top_k", "sorting")
@@ -234,6 +251,35 @@ def _triplet(rng):
     return Case(f"triplet_margin_loss(({n}, {d}), margin={margin}, p={p})", [a, pos, neg],
                 lambda x, y, z: F.triplet_margin_loss(x, y, z, margin, p), t,
                 tol=(2e-4, 2e-5), refuse=refuse, bcast=False)
+
+
+@op("nll_loss", "loss")
+def _nll_loss(rng):
+    n, c = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    extra = shape(rng, 0, 1, zero=False, max_dim=3)
+    pred = values(rng, (n, c) + extra, "float32", -4, 0)  # (log-probabilities)
+    ignore = pick(rng, [-1, -1, int(rng.integers(0, c))])
+    low = -1 if ignore == -1 or rng.random() < 0.2 else 0
+    label = rng.integers(low, c, size=(n,) + extra).astype(np.int32)
+
+    def t(p, y):  # 0.x's: the sum over the kept labels over their count, or over 1 for none
+        kept = max(int((y != ignore).sum()), 1)
+        return torch.nn.functional.nll_loss(p.contiguous(), y.long(), ignore_index=ignore,
+                                            reduction="sum") / kept
+    refuse = None
+    if ignore != -1 and (label == -1).any():
+        refuse = "a label -1 that is not ignore_index is out of range"
+    return Case(f"nll_loss(pred{pred.shape}, label{label.shape}, ignore_index={ignore})",
+                [pred, label], lambda p, y: F.nll_loss(p, y, ignore_index=ignore), t,
+                refuse=refuse)
+
+
+@op("zero_grad", "elemwise")
+def _zero_grad(rng):
+    shp = shape(rng)
+    x = values(rng, shp, "float32")
+    return Case(f"x{shp} * zero_grad(x)", [x], lambda a: a * F.zero_grad(a),
+                lambda a: a * a.detach())
 
 
 @op("cross_entropy_with_softmax", "loss")

@@ -102,12 +102,17 @@ def _l1(rng):
 
 
 @op("square_loss", "loss")
-def _square(rng):
+def _square(rng, name="square_loss"):
     shp = shape(rng, 1, 3, zero=False)
     red = pick(rng, _RED)
     p, y = values(rng, shp, "float32"), values(rng, shp, "float32")
-    return Case(f"square_loss({shp}, {red})", [p, y], lambda a, b: F.nn.square_loss(a, b, red),
+    return Case(f"{name}({shp}, {red})", [p, y], lambda a, b: getattr(F.nn, name)(a, b, red),
                 lambda a, b: TF.mse_loss(a, b, reduction=red))
+
+
+@op("mse_loss", "loss")
+def _mse(rng):
+    return _square(rng, "mse_loss")
 
 
 @op("smooth_l1_loss", "loss")
@@ -235,9 +240,16 @@ def _instance_norm(rng):
     c = shp[1]
     x = values(rng, shp, "float32")
     w, b = values(rng, (c,), "float32"), values(rng, (c,), "float32")
+    tol = (5e-4, 2e-4)
+    if int(np.prod(shp[2:])) == 2:
+        # two values normalise to about -1 and 1 whatever they are: x's gradient is the
+        # cancellation residue of terms var/eps times larger, and ATen's group norm kernel
+        # (ours, and torch's F.group_norm bit for bit) keeps fewer of its bits than torch's
+        # instance_norm, which runs batch norm's (seed 30218: 0.4% apart)
+        tol = (5e-3, 1e-3)
     return Case(f"instance_norm(x{shp})", [x, w, b],
                 lambda a, ww, bb: F.nn.instance_norm(a, True, ww, bb),
-                lambda a, ww, bb: TF.instance_norm(a, weight=ww, bias=bb), tol=(5e-4, 2e-4),
+                lambda a, ww, bb: TF.instance_norm(a, weight=ww, bias=bb), tol=tol,
                 bcast=False)
 
 

@@ -235,7 +235,7 @@ def _scatter(rng):
     x, src = values(rng, shp, "float32"), values(rng, tuple(ishp), "float32")
     return Case(f"scatter(x{shp}, axis={axis}, index{tuple(ishp)})", [x, idx, src],
                 lambda a, i, s: F.scatter(a, axis, i, s),
-                lambda a, i, s: torch.scatter(a, axis, i.long(), s), diff=[0, 2])
+                lambda a, i, s: torch.scatter(a, axis, i.long(), s), diff=[0, 2], writes=0)
 
 
 @op("where", "indexing")

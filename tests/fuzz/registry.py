@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 
 from . import grad2, modules, ops_math, ops_nn, ops_tensor, ops_vision, optim
-from . import ops_complex, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant, random_ops
-from . import transforms, vision_warp
+from . import ops_complex, ops_creation, ops_more, ops_nn2, ops_tensor2, ops_vision2, quant
+from . import random_ops, transforms, vision_warp
 from .float_inputs import run_float16, run_float64
 from .gen import Mismatch, run
 from .integer_inputs import run_integer
@@ -15,7 +15,7 @@ from .quantized_inputs import run_quantized
 OPS = {}
 for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vision_warp,
              quant, ops_tensor2, transforms, random_ops, ops_more,
-             ops_nn2, ops_vision2, ops_complex):
+             ops_nn2, ops_vision2, ops_complex, ops_creation):
     OPS.update(_mod.OPS)
 
 

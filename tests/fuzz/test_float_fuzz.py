@@ -14,20 +14,13 @@ from .registry import OPS, run_seed
 
 SEEDS_PER_OP = 3
 
-_CV_GRID = ("the oracle rounds to OpenCV's grid by the drawn float32 dtype; a float64 or float16 "
-            "image takes the exact points, as upstream's non-OpenCV CPU kernel (an oracle limit)")
 # what the modes still find, left for later (python -m tests.fuzz --float64 / --float16)
 KNOWN = {
-    "float64": {
-        "warp_affine_modes": _CV_GRID,
-        "warp_perspective_modes": _CV_GRID,
-    },
+    "float64": {},
     "float16": {
         "complex": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "polar": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
         "imag": "float16 parts make complex64 (no complex32): float32 parts, torch float16",
-        "warp_affine_modes": _CV_GRID,
-        "warp_perspective_modes": _CV_GRID,
     },
 }
 
@@ -73,3 +66,9 @@ def test_float_modes_refuse_no_dtype_silently():
 
     with pytest.raises(Mismatch, match="megengine raised TypeError"):
         _run(run_float64, refuse, lambda v: v)
+
+
+def test_float16_mode_takes_complex64_for_a_complex_result():
+    # float16 and a complex scalar: complex64 (there is no complex32; torch's CPU kernels for
+    # it are few), which the mode accepts where torch has none to compare
+    assert _run(run_float16, lambda x: x / -1.5j, lambda v: v / -1.5j) == "ok"

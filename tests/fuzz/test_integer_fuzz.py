@@ -52,3 +52,16 @@ def test_integer_mode_catches_other_errors_and_cast_warnings():
     with pytest.raises(Mismatch, match="numpy warned: invalid value encountered in cast"):
         _run(lambda x: mge.tensor(np.full((2, 3), np.nan).astype(np.int32)).astype("float32"),
              lambda v: v)
+
+
+def test_integer_mode_casts_torchs_values_into_a_written_input():
+    # F.full_like(x, 2.5) stores x's dtype: torch's op on the float values shows 2.5, which
+    # ``writes`` casts as the integer tensor holds it (2), a bool one (True)
+    def case(writes):
+        return Case("probe", [np.array([[0, 1], [1, 0]], np.float32)],
+                    lambda x: F.full_like(x, 2.5), lambda v: torch.full_like(v, 2.5),
+                    layouts=False, writes=writes)
+    for seed in range(6):  # (int32, int8, uint8, int64 and bool, drawn by seed)
+        assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
+    with pytest.raises(Mismatch, match="an integer result must be exact"):
+        run_integer(case(None), np.random.default_rng(0))

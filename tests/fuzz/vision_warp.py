@@ -3,6 +3,7 @@ hand-written numpy oracles of upstream's kernels (FlowNet's correlation; OpenCV'
 nearest rounding and, on the CPU's NHWC path, its fixed-point source points), every mode and
 format, gradients by finite differences of the oracles."""
 import numpy as np
+import torch
 
 import megengine as mge
 import megengine.functional as F
@@ -257,20 +258,30 @@ def _warp_case(rng, rows):
     if dt == "float32" and interp == "linear" and not kink:
         diff = [0, 1]
 
-    def points(mm):
-        return _cv_points(mm, oh_, ow_, interp) if cv else _exact_points(mm, oh_, ow_)
+    def oracle(grid):
+        def points(mm):
+            return _cv_points(mm, oh_, ow_, interp) if grid else _exact_points(mm, oh_, ow_)
 
-    def value(a, mm):
-        out = _from_nchw(_sample(_to_nchw(a, nhwc), points(mm), batch, border, bval, interp),
-                         nhwc)
-        return np.clip(np.rint(out), 0, 255) if dt == "uint8" else out
+        def value(a, mm):
+            out = _from_nchw(_sample(_to_nchw(a, nhwc), points(mm), batch, border, bval,
+                                     interp), nhwc)
+            return np.clip(np.rint(out), 0, 255) if dt == "uint8" else out
 
-    m64 = m.astype(np.float64)
+        def exact_value(a, mm):
+            # the documented mat gradient: that of the exact points (straight through the
+            # rounding)
+            m64 = m.astype(np.float64)
+            pts = points(m64) + _exact_points(mm, oh_, ow_) - _exact_points(m64, oh_, ow_)
+            return _from_nchw(_sample(_to_nchw(a, nhwc), pts, batch, border, bval, interp),
+                              nhwc)
+        return numpy_oracle(value, [value, exact_value], out_dtype=dt)
+    on_grid, off_grid = oracle(cv), oracle(False)
 
-    def exact_value(a, mm):
-        # the documented mat gradient: that of the exact points (straight through the rounding)
-        pts = points(m64) + _exact_points(mm, oh_, ow_) - _exact_points(m64, oh_, ow_)
-        return _from_nchw(_sample(_to_nchw(a, nhwc), pts, batch, border, bval, interp), nhwc)
+    def torch_fn(a, mm):
+        # the float modes' float64 and float16 images (torch's tensors here float64) take the
+        # exact points, as upstream's non-OpenCV CPU kernel does: OpenCV's grid is float32's
+        # and uint8's (the integer and quantized modes hand torch float32 values)
+        return (on_grid if a.dtype in (torch.float32, torch.uint8) else off_grid)(a, mm)
 
     if rows == 2:
         def mge_fn(a, mm):
@@ -287,8 +298,7 @@ def _warp_case(rng, rows):
                 f"{out_shape if shape_arg is out_shape else 'Tensor' + str([oh, ow])}, mat_idx="
                 f"{None if mat_idx is None else mat_idx.tolist()}, {border}, border_val={bval}, "
                 f"{interp}{', OpenCV grid' if cv else ''})", [x, m], mge_fn,
-                numpy_oracle(value, [value, exact_value], out_dtype=dt),
-                tol=(5e-4, 5e-4) if dt == "float32" else (0, 1.01), diff=diff, bcast=False,
+                torch_fn, tol=(5e-4, 5e-4) if dt == "float32" else (0, 1.01), diff=diff, bcast=False,
                 layouts=False, dtypes=[dt] if dt == "uint8" else None)
 
 

@@ -115,3 +115,16 @@ def test_arithmetic_of_two_shape_tensor_items_follows_the_input(name):
     want = fn(mge.tensor(x)).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# program 30017: a mask index, then a broadcast of a value to its own shape. Without symbolic
+# shapes the recording carries sizes after the mask (so that replays check them), and
+# broadcast_to took that for a dumpable trace and made no op, while checked calls made one:
+# every call after the first raised TraceMismatchError ("the trace applied Add, this call
+# applies BroadcastTo").
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("symbolic_shape", [False, True])
+def test_broadcast_to_its_own_shape_after_a_mask_index(symbolic, symbolic_shape):
+    def fn(x):
+        return F.broadcast_to(x * 2, x.shape) + x[x > 0].sum()
+    _calls(fn, (2, 3), symbolic=symbolic, symbolic_shape=symbolic_shape)
