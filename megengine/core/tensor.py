@@ -205,6 +205,18 @@ def _check_same_kind(t, want_dtype, want_device, want_format):
             f"y = Tensor(t); y.format = {want_format!r} (the value stays)")
 
 
+def _unpinned_write(t, value, what):
+    """The error for a write into pinned storage (`Tensor._pinned_storage`) that cannot go there:
+    the tensor would take a new array, which the other framework never sees."""
+    kind = "a quantized value" if value.dtype.metadata is not None else \
+        f"a value of shape {tuple(value.shape)}"
+    return ValueError(
+        f"{what}: this tensor is another framework's memory (a PyTorchModule's mirror of a torch "
+        f"parameter or buffer) of shape {tuple(t.shape)} and dtype {t.dtype}, so {kind} could "
+        "never reach it; write a value of its shape, or change the torch module and wrap it "
+        "again")
+
+
 class _InstanceDict:
     """The plain instance ``__dict__`` that Tensor's own ``__dict__`` property wraps."""
 
@@ -643,6 +655,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             value = as_array(other, other.dtype, self._device)  # a quantized value keeps its scale
         else:
             value = as_array(other, self.dtype, self._device)
+        if self._pinned_storage and (value.shape != self._data.shape
+                                     or value.dtype.metadata is not None):
+            raise _unpinned_write(self, value, "set_value")
         if value.dtype.metadata is not None or self._data.dtype.metadata is not None:
             if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
                 # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
@@ -707,6 +722,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         _note_write()
+        if self._pinned_storage and op_result.shape != self.shape:
+            raise _unpinned_write(self, op_result, "an augmented assignment (+=, ...)")
         recording = dispatch._recording
         if ((isinstance(self, Parameter) and not recording or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):

@@ -13,6 +13,7 @@ import socket
 import tempfile
 import weakref
 import xmlrpc.client
+from xml.parsers.expat import ExpatError
 from typing import List
 
 __all__ = ["Server", "Client", "get_free_ports"]
@@ -135,6 +136,14 @@ class Client:
                 f"rendezvous ({error}); give None, bools, ints of 32 bits, floats, strs, bytes, "
                 f"or lists, tuples and str-keyed dicts of those (an array: .tolist(); any "
                 f"object: pickle.dumps(obj), read back with pickle.loads(value.data))") from error
+        try:  # a str with a control character XML cannot hold ("\x00"): upstream's server
+            xmlrpc.client.loads(data)  # cannot read the request; here every user_get would fail
+        except ExpatError as error:
+            raise ValueError(
+                f"Client.user_set: the value for {key!r} holds a str with a control character "
+                f"that XML cannot carry, which upstream's XML-RPC rendezvous refuses ({error}); "
+                f"send bytes instead (s.encode(), read back as value.data.decode()), or "
+                f"pickle.dumps(obj)") from None
         self._store.set(_USER_PREFIX + str(key), data)
 
     def user_get(self, key):

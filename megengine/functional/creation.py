@@ -97,7 +97,11 @@ def _fill_value(value, dtype):
     """``value`` as one element of ``dtype``, converted as ``Tensor(value, dtype)`` converts it:
     a Python int outside an integer dtype's range wraps (upstream's Fill and FillLike cast the
     value, as its guide's ``Tensor([127, 128, 129], dtype="int8")``; numpy 2 would raise
-    OverflowError), a float truncates. A Tensor gives its number (also from a GPU)."""
+    OverflowError), a float truncates. A Tensor gives its number (also from a GPU). (0 and 1,
+    every dtype's, and a float for a float dtype are taken as they are: the conversion cost
+    zeros_like three times its ~2.5 us)"""
+    if type(value) is int and 0 <= value <= 1 or type(value) is float and dtype.kind == "f":
+        return value
     return as_array(_num(value), dtype, device="cpu0")[()]
 
 
@@ -133,7 +137,7 @@ def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
     if dtype is None:
         dtype = value.dtype if isinstance(value, Tensor) else as_array(value, device="cpu0").dtype
-    return _filled(shape, value, dtype, device, "full")
+    return _filled(shape, value, np.dtype(dtype), device, "full")
 
 
 def _like(inp, value):

@@ -54,3 +54,19 @@ def test_user_set_refuses_what_upstreams_xmlrpc_cannot_carry_and_sets_nothing(
     with pytest.raises((TypeError, OverflowError), match=f"user_set.*'bad'.*{what}.*tolist"):
         client.user_set("bad", value)
     assert not client._store.check(["megengine/user/bad"])
+
+
+@pytest.mark.parametrize("value", ["a\x00b", ["esc \x1b[0m"], {"k": "\x0c"}])
+def test_user_set_refuses_a_str_xml_cannot_hold_and_sets_nothing(upstream_proxy, value):
+    # XML 1.0 has no control characters but tab and newlines: upstream's server fails to read
+    # the request, so its user_set raises; here user_set stored it and every rank's user_get
+    # raised ExpatError
+    with pytest.raises(xmlrpc.client.Fault):
+        upstream_proxy.user_set("ctrl", value)
+    client = _client()
+    with pytest.raises(ValueError, match=r"user_set.*'ctrl'.*control character.*pickle"):
+        client.user_set("ctrl", value)
+    assert not client._store.check(["megengine/user/ctrl"])
+    client.user_set("ctrl", "tab\tand\nnewline\r")  # the ones XML holds
+    assert client.user_get("ctrl") == (upstream_proxy.user_set("ctrl", "tab\tand\nnewline\r"),
+                                       upstream_proxy.user_get("ctrl"))[1]

@@ -11,8 +11,9 @@ on every such assignment instead, so watching costs a call nothing. The hooks no
 watched torch module; the wrapper's call reads the notes (`added_state`).
 
 Not noticed, because nothing trains wrongly: stateless submodules swapped (``ReLU`` for ``GELU``;
-they are watched from then on), non-persistent buffers (not state megengine saves), tensors
-replaced under a known name (module.py's address check raises for those).
+they are watched from then on), non-persistent buffers (not state megengine saves), a new name for
+mirrored tensors (``self.head = self.fc``), tensors replaced under a known name (module.py's
+address check raises for those).
 """
 import weakref
 
@@ -41,11 +42,25 @@ def watch(wrapper, torch_module):
         _watched.setdefault(m, weakref.WeakSet()).add(wrapper)
 
 
-def _note(module, kind, name, value):
+def _note(module, kind, name, value, replacing=False):
     # torch may still refuse the registration after its hooks ran (a scripted module), and a
-    # buffer's persistence is set after them: `added_state` checks what is there in the end
+    # buffer's persistence is set after them: `added_state` checks what is there in the end.
+    # A new name for tensors a wrapper mirrors (``self.head = self.fc``) is trained as it is
     for wrapper in _watched.get(module, ()):
-        wrapper._added.items.append((module, kind, name, value))
+        if replacing or not _only_mirrored(wrapper, kind, value):
+            wrapper._added.items.append((module, kind, name, value))
+
+
+def _only_mirrored(wrapper, kind, value):
+    """Whether ``value`` (a parameter, buffer or submodule) holds only tensors ``wrapper``
+    mirrors."""
+    mirrored = set()
+    for m, name, _ in wrapper._shared.items:  # (the tables: getattr may run a parametrization)
+        table = m._parameters if name in m._parameters else m._buffers
+        if name in table:
+            mirrored.add(id(table[name]))
+    tensors = value.state_dict(keep_vars=True).values() if kind == "submodule" else (value,)
+    return all(id(t) in mirrored for t in tensors)
 
 
 def _on_parameter(module, name, param):
@@ -66,8 +81,9 @@ def _on_module(module, name, submodule):
     old = children[name] if name in children else None
     if submodule is old:
         return
-    if has_state(submodule) or (old is not None and has_state(old)):
-        _note(module, "submodule", name, submodule)
+    replacing = old is not None and has_state(old)  # (its tensors stay mirrored, unused)
+    if replacing or has_state(submodule):
+        _note(module, "submodule", name, submodule, replacing)
     else:
         for m in submodule.modules():
             _watched.setdefault(m, weakref.WeakSet()).update(wrappers)

@@ -430,7 +430,7 @@ def _grads_by_backward(outs, wrt, out_grads, params):
     kept = [t.grad for t in reached]
     for t in reached:
         t.grad = None
-    inside = _LeafGrads()
+    inside = _LeafGrads(reached)
     try:
         if _autograd_grad is _autograd_grad_engine:
             with inside:  # the engine's entry point: torch.autograd.backward is itself a call
@@ -449,18 +449,20 @@ class _LeafGrads(TorchFunctionMode):
     """Active while torch's backward re-runs a reentrant checkpoint's forward: keeps the
     ``.grad`` (the tensor and a copy of its values, which torch accumulates into in place) of
     each leaf tensor that forward uses, before the checkpoint's own backward() reaches it;
-    `restore` puts them back."""
+    `restore` puts them back. Not those of ``reached``, whose ``.grad`` the caller set aside
+    (by then it may hold a part of the gradient the caller takes)."""
 
-    def __init__(self):
+    def __init__(self, reached):
         super().__init__()
         self.kept = {}
+        self.reached = {id(t) for t in reached}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         for a in (*args, *kwargs.values()):
             for t in a if type(a) in (list, tuple) else (a,):
                 if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad \
-                        and id(t) not in self.kept:
+                        and id(t) not in self.kept and id(t) not in self.reached:
                     g = t.grad
                     self.kept[id(t)] = (t, g, None if g is None else g.clone())
         return func(*args, **kwargs)

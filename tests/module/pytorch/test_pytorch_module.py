@@ -988,6 +988,40 @@ def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
         np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
+class _SharedAcrossCheckpoint(nn.Module):
+    """One layer inside a reentrant checkpoint and again after it (a shared block): torch's
+    backward reaches the layer's weight after the checkpoint's use, then adds the checkpoint's
+    gradient into that .grad in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = torch.utils.checkpoint.checkpoint(lambda t: torch.tanh(self.fc(t)), x,
+                                              use_reentrant=True)
+        return self.fc(h)
+
+
+def test_a_layer_used_inside_and_after_a_reentrant_checkpoint_trains_like_torch():
+    # the gradient handed to megengine was the .grad torch added into, which the wrapper then
+    # put back to its value before the checkpoint's backward (only the use after it counted)
+    torch.manual_seed(0)
+    tmod = _SharedAcrossCheckpoint().to(torch_device())
+    reference = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    x_np = np.random.RandomState(0).randn(2, 3).astype("float32")
+    x = mge.tensor(x_np)
+    grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    (reference(xt) ** 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    assert all(p.grad is None for p in tmod.parameters())
+
+
 def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
     tmod = _Checkpointed(use_reentrant=True)
     tmod.checkpoint = False

@@ -489,3 +489,18 @@ def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
     running += mge.tensor([1.0, 2.0])
     np.testing.assert_array_equal(torch_host(bn.running_mean), [1.0, 2.0])
     assert address(running) == address(bn.running_mean)
+
+
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(np.zeros((3, 3), np.float32)),
+    lambda w: w.__iadd__(mge.tensor(np.ones((2, 1, 2), np.float32))),  # broadcasts to (2, 1, 2)
+], ids=["set_value", "+="])
+def test_a_write_of_another_shape_into_a_mirror_raises_and_changes_nothing(write):
+    # torch's tensor keeps its shape, so the value could never reach torch: the mirror took a
+    # new array (megengine trained and saved a (3, 3) weight torch never used)
+    lin, wrap, w = _mirrored_linear()
+    with pytest.raises(ValueError, match=r"shape \(1, 2\).*\(3, 3\)|shape \(1, 2\).*\(2, 1, 2\)"):
+        write(w)
+    assert w.shape == (1, 2) and address(w) == address(lin.weight)
+    np.testing.assert_array_equal(host(w), [[1.0, 2.0]])
+    np.testing.assert_array_equal(host(wrap(mge.tensor([[3.0, 4.0]]))), [[11.0]])

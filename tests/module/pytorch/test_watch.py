@@ -37,6 +37,7 @@ class _LazyState(nn.Module):
 
 @pytest.mark.parametrize("change, named", [
     (lambda m: m.__setitem__(2, nn.Linear(5, 2)), "submodule '2'"),  # a new head
+    (lambda m: m.__setitem__(2, m[0]), "submodule '2'"),  # the old head's tensors left unused
     (lambda m: m.append(nn.Linear(3, 2)), "submodule '3'"),
     (lambda m: setattr(m[0], "scale", nn.Parameter(torch.ones(5))), "parameter '0.scale'"),
     (lambda m: m[2].register_buffer("stat", torch.ones(3)), "buffer '2.stat'"),
@@ -44,7 +45,7 @@ class _LazyState(nn.Module):
     # a stateless newcomer is watched too
     (lambda m: (m.__setitem__(1, nn.GELU()), setattr(m[1], "p", nn.Parameter(torch.ones(1)))),
      "parameter '1.p'"),
-], ids=["new_head", "appended", "parameter", "buffer", "weight_norm", "via_a_stateless_newcomer"])
+], ids=["new_head", "tied_head", "appended", "parameter", "buffer", "weight_norm", "via_a_stateless_newcomer"])
 def test_state_added_after_wrapping_is_an_error_naming_it(change, named):
     tmod = _head()
     wrap = PyTorchModule(tmod)
@@ -53,6 +54,43 @@ def test_state_added_after_wrapping_is_an_error_naming_it(change, named):
     for _ in range(2):  # and it stays an error
         with pytest.raises(RuntimeError, match=f"gained {named}.*after it was wrapped.*wrap the"):
             wrap(_x())
+
+
+class _Aliasing(nn.Module):
+    """Gives its layer a second name on each forward (a reference kept for later use)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        self.last = self.fc
+        return self.last(x)
+
+
+@pytest.mark.parametrize("alias", [
+    lambda m: None,  # the forward names the layer again
+    lambda m: setattr(m, "weight", m.fc.weight),  # a parameter named again after wrapping
+], ids=["submodule_in_forward", "parameter"])
+def test_a_new_name_for_mirrored_tensors_trains_like_torch(alias):
+    # torch computes with tensors megengine mirrors and trains: no state was added (it raised
+    # 'gained submodule last')
+    torch.manual_seed(0)
+    tmod = _Aliasing().to(torch_device())
+    reference = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    alias(tmod)
+    gm = GradManager().attach(wrap.parameters())
+    for _ in range(2):
+        with gm:
+            out = wrap(_x())
+            gm.backward((out * out).sum())
+    tx = torch.tensor(_x().numpy(), device=torch_device())
+    for _ in range(2):
+        (reference(tx) ** 2).sum().backward()
+    np.testing.assert_allclose(out.numpy(), torch_host(reference(tx)), rtol=1e-6)
+    np.testing.assert_allclose(wrap.fc.weight.grad.numpy(), torch_host(reference.fc.weight.grad),
+                               rtol=1e-5)
 
 
 def test_a_swapped_in_head_is_not_left_silently_untrained():
