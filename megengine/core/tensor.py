@@ -631,11 +631,20 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # pinned storage stays, and its owner is told (`_wrote_pinned`).
     def _reset(self, other):
         """Replace the value; writes into the existing storage when shape and dtype allow and
-        no recorded op may hold it."""
+        no recorded op may hold it. As upstream's, the tensor becomes ``other`` for autodiff
+        too (see `_track_as`)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
-            return dispatch._trace_hook.event(Tensor._reset, self, other)
+            dispatch._trace_hook.event(Tensor._reset, self, other)
+            return
         _note_write()
+        entry = None
         if isinstance(other, Tensor):
+            entry = other._node
+            if entry is not None and entry[0].live and (
+                    other._device != self._device or other.dtype != self.dtype):
+                # a tracked value comes over by recorded ops, so its gradient goes back
+                other = other.to(self._device).astype(self.dtype)
+                entry = other._node
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
                 value = _ops.move_array(value, self._device)
@@ -647,7 +656,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
                 # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
                 self._data = value.copy()
-                return self
+                self._track_as(entry)
+                return
         held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
                 and not _views_another_array(self._data) and (not held or self._pinned_storage)):
@@ -664,12 +674,23 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                     else value.copy()
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
-        return self
+        self._track_as(entry)
+
+    def _track_as(self, entry):
+        """After a write of a value whose graph entry is ``entry``: upstream's write makes the
+        tensor that value, so later ops differentiate into what made it (``y.set_value(x * 3)``
+        then ``y * 1`` gives x the gradient 3); a value no live recording tracks makes a
+        computed tensor a constant. An attached tensor given such a value stays attached (its
+        leaf stays; upstream's loses its attachment until the next ``record()``)."""
+        if entry is not None and entry[0].live:
+            self._node = entry
+        elif self._node is not None and self._node[0].op is not None:
+            self._node = None
 
     def set_value(self, value):
-        """Set the value (upstream's ``set_value``): the storage is kept when it fits and no
-        recorded op may hold it (see `_reset`)."""
-        return self._reset(value)
+        """Set the value (upstream's ``set_value``, which returns None): the storage is kept
+        when it fits and no recorded op may hold it (see `_reset`)."""
+        self._reset(value)
 
     def _before_recorded_write(self):
         """Called before the engine writes into this tensor's array in place (an optimizer's

@@ -214,3 +214,78 @@ def test_traced_step_writing_an_operand_after_its_use(symbolic):
         step()
         np.testing.assert_allclose(x.grad.numpy(), [3.0 * i, 4.0 * i])
         np.testing.assert_array_equal(c.numpy(), [0, 0])
+
+
+# ----- a write makes the tensor the value written, for autodiff too (upstream's reset) -----
+def test_set_value_to_a_tracked_value_differentiates_into_it():
+    # upstream: y becomes x * 3, so d(y * 1)/dx is 3 (the mul that made the old y is gone)
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * 2
+        y.set_value(x * 3)
+        gm.backward((y * y).sum())
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: (t * 3) ** 2, X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [
+    lambda: np.array([5.0, 7.0], np.float32),
+    lambda: Tensor([5.0, 7.0]),
+    lambda: F.ones(2) * 0 + Tensor([5.0, 7.0]),
+], ids=["numpy", "tensor", "computed untracked"])
+def test_set_value_to_an_untracked_value_makes_a_computed_tensor_a_constant(value):
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * 2
+        y.set_value(value())
+        gm.backward((y * x).sum())
+    c = np.array([5.0, 7.0], np.float32)
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: torch.tensor(c) * t, X))
+
+
+def test_set_value_from_another_dtype_and_device_keeps_the_gradient_path():
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = Tensor([0.0, 0.0], dtype="float16", device="cpu1")
+        y.set_value(x * 3)  # float32 on cpu0: comes over by recorded ops
+        assert y.dtype == np.float16 and y.device == "cpu1"
+        gm.backward((y * y).sum())
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: (t * 3) ** 2, X), rtol=1e-3)
+
+
+def test_attached_tensor_set_to_a_constant_stays_attached():
+    # (upstream's would lose its attachment until the next record(): the later use got no
+    # gradient; here its leaf stays, as for a write before the recording)
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        x.set_value(np.array([3.0, 4.0], np.float32))
+        gm.backward((x * x).sum())
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 8.0])
+
+
+def test_batch_norm_twice_in_one_recording_matches_torch():
+    # the running statistics the first call wrote are read by the second: they carry no
+    # gradient, and the buffers stay untracked (a write gives a tensor its value's tracking)
+    bn = M.BatchNorm1d(2)
+    a = np.random.RandomState(2).randn(4, 2).astype(np.float32)
+    x = Parameter(a)
+    gm = GradManager().attach([x])
+    with gm:
+        y = bn(x) + bn(x * 2)
+        assert not bn.running_mean._tracked and not bn.running_var._tracked
+        gm.backward((y * y).sum())
+    tb = torch.nn.BatchNorm1d(2)
+    np.testing.assert_allclose(x.grad.numpy(),
+                               torch_grad(lambda t: (tb(t) + tb(t * 2)) ** 2, a),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_set_value_returns_none():
+    # upstream's set_value (and _reset) return None
+    t = Tensor([1.0])
+    assert t.set_value([2.0]) is None
+    assert t._reset(np.array([3.0], np.float32)) is None
+    np.testing.assert_array_equal(t.numpy(), [3.0])
