@@ -652,6 +652,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             value = as_array(other, other.dtype, self._device)  # a quantized value keeps its scale
         else:
             value = as_array(other, self.dtype, self._device)
+        if self._pinned_storage and value.shape != self._data.shape:
+            raise self._pinned_shape_error("set_value", value.shape)
         if value.dtype.metadata is not None or self._data.dtype.metadata is not None:
             if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
                 # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
@@ -705,6 +707,16 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     def _wrote_pinned(self):
         """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
 
+    def _pinned_shape_error(self, what, shape):
+        # a new array would be what megengine computes with, while the other framework goes on
+        # with the old memory; torch's own `param.copy_(v)` refuses another shape too
+        return ValueError(
+            f"{what}: this tensor's memory is a torch parameter's or buffer's (a PyTorchModule "
+            f"mirror), of shape {self.shape}; a value of shape {tuple(shape)} cannot go into it "
+            "and torch would never see a new array. Write a value of the same shape, or give "
+            "the torch module a new parameter of the new shape and wrap it again (the tensor "
+            "is unchanged)")
+
     # ----- upstream's memory hints (DTR and swapping) -----
     # Upstream's interpreter may free a tensor's device memory and rebuild the value when it is
     # next read: recomputed from its producer after `_drop()` (only with the `enable_drop`
@@ -727,6 +739,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         GradManager records (pinned storage always), others rebind (see `_reset`)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
+        if self._pinned_storage and op_result.shape != self.shape:
+            raise self._pinned_shape_error("in-place write", op_result.shape)
         _note_write()
         recording = dispatch._recording
         if ((isinstance(self, Parameter) and not recording or self._pinned_storage)

@@ -480,6 +480,31 @@ def test_mirror_written_after_torch_saved_it_raises_at_backward(write):
     assert address(w) == address(lin.weight)
 
 
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(np.zeros((3, 2), np.float32)),
+    lambda w: w._reset(mge.tensor(np.zeros((2,), np.float32))),
+    lambda w: w.__setitem__(Ellipsis, mge.tensor(np.zeros((3, 2), np.float32))),
+    lambda w: w.__iadd__(mge.tensor(np.zeros((3, 1, 2), np.float32))),
+], ids=["set_value", "_reset", "setitem of all", "+= broadcasting"])
+@pytest.mark.parametrize("recording", [False, True])
+def test_mirror_written_with_another_shape_raises_and_keeps_everything(write, recording):
+    # the memory is torch's, which cannot take another shape (torch's own copy_ refuses it);
+    # a new array would be what megengine computes with while torch goes on with the old one
+    lin, wrap, w = _mirrored_linear()
+    with pytest.raises(RuntimeError):  # the oracle: torch refuses the write into its memory
+        with torch.no_grad():
+            lin.weight.copy_(torch.zeros(3, 2))
+    gm = GradManager().attach([w])
+    with gm:
+        if not recording:
+            gm.release()
+        with pytest.raises(ValueError, match=r"of shape \(1, 2\).*wrap it again"):
+            write(w)
+    assert address(w) == address(lin.weight) and w.shape == (1, 2)
+    np.testing.assert_array_equal(host(w), [[1.0, 2.0]])
+    np.testing.assert_array_equal(host(wrap(mge.tensor([[3.0, 4.0]]))), [[11.0]])
+
+
 def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
     # a buffer is not a Parameter, but its memory is torch's: `+=` writes there (it gave the
     # MegEngine tensor a new array, which torch never saw)
