@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from ...core import dispatch
 from ...core import torch_bridge as _bridge
 from ...core.tensor import Parameter, Tensor, _mapped_device
 from ...device import canonical_device
@@ -54,6 +55,7 @@ class _TorchView:
         # written while a recorded op may hold the value: as after an in-place write in torch,
         # a torch graph that saved the tensor raises at backward instead of using the new value
         torch.autograd.graph.increment_version(self.torch_tensor)
+        dispatch.note_pinned_write(self._data)  # megengine's ops that saved it: at gm.backward
 
     @property
     def torch_tensor(self):

@@ -505,6 +505,62 @@ def test_mirror_written_with_another_shape_raises_and_keeps_everything(write, re
     np.testing.assert_array_equal(host(wrap(mge.tensor([[3.0, 4.0]]))), [[11.0]])
 
 
+def _torch_backward_after_a_write(use, write):
+    """The oracle: torch's own backward of ``use(x, w)`` after ``write(w)`` into w's memory."""
+    w = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    x = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    y = use(x, w)
+    with torch.no_grad():
+        write(w)
+    try:
+        y.sum().backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+        return None
+    return x.grad.numpy()
+
+
+@pytest.mark.parametrize("use, torch_use", [
+    (lambda x, w: x * w, lambda x, w: x * w),
+    (lambda x, w: F.matmul(x, w.transpose()), lambda x, w: x @ w.t()),
+    (lambda x, w: x * w.reshape(2), lambda x, w: x * w.reshape(2)),
+], ids=["mul", "matmul", "mul of a view"])
+@pytest.mark.parametrize("write, torch_write", [
+    (lambda w: w.set_value(np.zeros((1, 2), np.float32)), lambda w: w.zero_()),
+    (lambda w: w.__iadd__(1.0), lambda w: w.add_(1.0)),
+], ids=["set_value", "+="])
+def test_mirror_written_after_a_megengine_op_saved_it_raises_at_backward(
+        use, torch_use, write, torch_write):
+    # a tied weight: torch's, also used by a MegEngine op, which kept its array; the write
+    # goes into torch's memory, so that op's backward would compute with the new value (x's
+    # gradient was the written weight): gm.backward raises, as torch's backward does
+    assert _torch_backward_after_a_write(torch_use, torch_write) is None
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = use(x, w)
+        write(w)
+        with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
+            gm.backward(y.sum())
+    with gm:  # the next recording is not refused
+        gm.backward(use(x, w).sum())
+    np.testing.assert_array_equal(host(x.grad).ravel(), host(w).ravel())
+
+
+def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
+    # add's backward reads no value: torch's backward goes on, and so does gm.backward
+    expected = _torch_backward_after_a_write(lambda x, w: x + w, lambda w: w.zero_())
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = x + w
+        w.set_value(np.zeros((1, 2), np.float32))
+        gm.backward(y.sum())
+    np.testing.assert_array_equal(host(x.grad), expected)
+
+
 def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
     # a buffer is not a Parameter, but its memory is torch's: `+=` writes there (it gave the
     # MegEngine tensor a new array, which torch never saw)
