@@ -223,6 +223,10 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # Whether another framework computes with this tensor's memory (a PyTorchModule's mirror of
     # a torch parameter or buffer): writes must go into that memory, even while recording
     _pinned_storage = False
+    # Whether a detach() alias may share this tensor's array (set on both): a write in place
+    # would reach the other, whose value upstream never changes, so the writer takes a new
+    # array instead (pinned storage excepted: torch's detach shares its memory too)
+    _lent = False
     #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
     dmap_callback = None
 
@@ -607,8 +611,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return self.reshape(new)
 
     def detach(self):
-        """A tensor with the same storage (and format label), cut off from autodiff."""
+        """A tensor with the same storage (and format label), cut off from autodiff. As
+        upstream's, a later write into either gives the writer a new array (`_lent`; not
+        inside megengine.jit.trace, whose program knows a detached alias by its array)."""
         t = Tensor._wrap(self._data, self._device)
+        if dispatch._trace_hook is None:
+            t._lent = self._lent = True
         if self._format != "default":
             t._format = self._format
         return t
@@ -662,7 +670,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 return
         held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
-                and not _views_another_array(self._data) and (not held or self._pinned_storage)):
+                and not _views_another_array(self._data)
+                and (self._pinned_storage or not (held or self._lent))):
             if held:
                 self._wrote_pinned()
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -674,6 +683,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             with dispatch.on_device(self._device):  # CuPy copies onto the current GPU
                 self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype \
                     else value.copy()
+            self._lent = False
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
         self._track_as(entry)
@@ -701,8 +711,13 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         if self._pinned_storage:
             self._wrote_pinned()
         else:
-            with dispatch.on_device(self._device):
-                self._data = self._data.copy()
+            self._unshare()
+
+    def _unshare(self):
+        """Move to a copy of the array before a write in place that others must not see."""
+        with dispatch.on_device(self._device):
+            self._data = self._data.copy()
+        self._lent = False
 
     def _wrote_pinned(self):
         """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
@@ -743,7 +758,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             raise self._pinned_shape_error("in-place write", op_result.shape)
         _note_write()
         recording = dispatch._recording
-        if ((isinstance(self, Parameter) and not recording or self._pinned_storage)
+        if ((isinstance(self, Parameter) and not recording and not self._lent
+             or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):
             if self._data.dtype.metadata is not None and \
                     op_result._data.dtype.metadata != self._data.dtype.metadata:

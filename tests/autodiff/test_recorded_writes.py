@@ -139,11 +139,15 @@ def test_eval_batch_norm_statistics_written_after_the_forward():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_train_batch_norm_updates_its_statistics_while_recording():
-    bn = M.BatchNorm1d(2)
-    a = np.random.RandomState(1).randn(4, 2).astype(np.float32)
+def _train_batch_norm_case(seed):
+    """A training BatchNorm1d(2), its input (array and attached Parameter) and GradManager."""
+    a = np.random.RandomState(seed).randn(4, 2).astype(np.float32)
     x = Parameter(a)
-    gm = GradManager().attach([x])
+    return M.BatchNorm1d(2), a, x, GradManager().attach([x])
+
+
+def test_train_batch_norm_updates_its_statistics_while_recording():
+    bn, a, x, gm = _train_batch_norm_case(1)
     with gm:
         y = bn(x)
         gm.backward((y * y * y).sum())
@@ -269,10 +273,7 @@ def test_attached_tensor_set_to_a_constant_stays_attached():
 def test_batch_norm_twice_in_one_recording_matches_torch():
     # the running statistics the first call wrote are read by the second: they carry no
     # gradient, and the buffers stay untracked (a write gives a tensor its value's tracking)
-    bn = M.BatchNorm1d(2)
-    a = np.random.RandomState(2).randn(4, 2).astype(np.float32)
-    x = Parameter(a)
-    gm = GradManager().attach([x])
+    bn, a, x, gm = _train_batch_norm_case(2)
     with gm:
         y = bn(x) + bn(x * 2)
         assert not bn.running_mean._tracked and not bn.running_var._tracked
@@ -289,3 +290,47 @@ def test_set_value_returns_none():
     assert t.set_value([2.0]) is None
     assert t._reset(np.array([3.0], np.float32)) is None
     np.testing.assert_array_equal(t.numpy(), [3.0])
+
+
+# ----- detach(): upstream's alias shares the value, and a later write rebinds only the writer -----
+WRITES_AFTER_DETACH = {
+    "set_value": lambda t: t.set_value(np.array([5.0, 6.0], np.float32)),
+    "_reset": lambda t: t._reset(Tensor([5.0, 6.0])),
+    "+=": lambda t: t.__iadd__(Tensor([4.0, 4.0])),
+    "setitem": lambda t: t.__setitem__(0, 5.0),
+    "init.fill_": lambda t: M.init.fill_(t, 5.0),
+}
+
+
+@pytest.mark.parametrize("side, write", [
+    *[("source", w) for w in WRITES_AFTER_DETACH],
+    ("source", "SGD step"),
+    *[("alias", w) for w in WRITES_AFTER_DETACH],
+])
+def test_a_write_after_detach_leaves_the_other_tensor_alone(side, write):
+    # (the alias saw writes into the source outside recording, and the source saw the alias's
+    # set_value: a parameter changed through x.detach().set_value(v))
+    x = Parameter(X)
+    d = x.detach()
+    written, other = (x, d) if side == "source" else (d, x)
+    before = written.numpy()
+    if write == "SGD step":
+        x.grad = Tensor([1.0, 1.0])
+        optim.SGD([x], lr=1.0).step()
+    else:
+        WRITES_AFTER_DETACH[write](written)
+    assert not np.array_equal(written.numpy(), before)  # the write did happen
+    np.testing.assert_array_equal(other.numpy(), X)
+
+
+def test_storage_is_kept_again_once_a_detached_alias_was_left_behind():
+    x = Parameter(X)
+    d = x.detach()
+    x.set_value(np.zeros(2, np.float32))  # a new array: d keeps [1, 2]
+    where = address(x)
+    x.set_value(np.ones(2, np.float32))  # nothing shares it now: in place
+    x.grad = Tensor([1.0, 1.0])
+    optim.SGD([x], lr=1.0).step()
+    assert address(x) == where
+    np.testing.assert_array_equal(x.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(d.numpy(), X)

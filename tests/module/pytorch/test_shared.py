@@ -561,6 +561,16 @@ def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
     np.testing.assert_array_equal(host(x.grad), expected)
 
 
+def test_detached_alias_of_a_mirror_sees_writes_as_torchs_detach_does():
+    # a mirror's memory is torch's and a write goes there; torch's detach() shares it too
+    lin, wrap, w = _mirrored_linear()
+    t_alias, alias = lin.weight.detach(), w.detach()
+    w.set_value(np.full((1, 2), 7.0, np.float32))
+    np.testing.assert_array_equal(torch_host(t_alias), [[7.0, 7.0]])
+    np.testing.assert_array_equal(host(alias), torch_host(t_alias))
+    assert address(w) == address(lin.weight)
+
+
 def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
     # a buffer is not a Parameter, but its memory is torch's: `+=` writes there (it gave the
     # MegEngine tensor a new array, which torch never saw)
