@@ -257,22 +257,23 @@ def holds_arrays():
 
 
 # Pinned storage (a PyTorchModule mirror's memory, torch's) written in place while a recorded
-# op may hold it: (array, seq) per write. Torch's graph checks its own saved tensors (version
-# counters); for megengine's ops, a backward looks for one recorded before the write that kept
-# that memory (`_refuse_stale_pinned`). Nothing is checked per op: the list is empty unless
-# such a write happened, and it is emptied when no recording is open.
-_pinned_writes = []
+# op may hold it: id(array) -> (array, seq of its last such write). Torch's graph checks its
+# own saved tensors (version counters); for megengine's ops, a backward looks for one recorded
+# before the write that kept that memory (`_refuse_stale_pinned`). Nothing is checked per op:
+# the dict is empty unless such a write happened, and it is emptied when no recording is open.
+# (One entry per array, the last write's: an op recorded before it saw an overwritten value.)
+_pinned_writes = {}
 
 
 def note_pinned_write(array):
     """A pinned ``array`` was written in place while a recorded op may hold it."""
-    _pinned_writes.append((array, _next_seq()))
+    _pinned_writes[id(array)] = (array, _next_seq())
 
 
 def _refuse_stale_pinned(order, key):
     """Raise when an op of this backward (``order``) recorded before a pinned write kept an
     array in that memory: its backward would compute with the new value."""
-    for written, seq in _pinned_writes:
+    for written, seq in _pinned_writes.values():
         lo, hi = _extent(written)
         for node in order:
             op = node.op

@@ -580,3 +580,21 @@ def test_augmented_assignment_to_a_mirrored_buffer_reaches_torch():
     running += mge.tensor([1.0, 2.0])
     np.testing.assert_array_equal(torch_host(bn.running_mean), [1.0, 2.0])
     assert address(running) == address(bn.running_mean)
+
+
+def test_repeated_writes_of_a_mirror_while_recording_keep_one_entry():
+    # a 0.x program recording on across steps writes the same parameters step after step: what
+    # gm.backward checks stays one entry per parameter (the last write's), not one per write
+    from megengine.core import dispatch
+
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * w
+        for i in range(5):
+            w.set_value(np.full((1, 2), i, np.float32))
+        assert len(dispatch._pinned_writes) == 1
+        with pytest.raises(RuntimeError, match="changed in place"):
+            gm.backward(y.sum())
+    assert not dispatch._pinned_writes  # no recording open: nothing left to check
