@@ -265,9 +265,12 @@ def holds_arrays():
 _pinned_writes = {}
 
 
-def note_pinned_write(array):
-    """A pinned ``array`` was written in place while a recorded op may hold it."""
-    _pinned_writes[id(array)] = (array, _next_seq())
+def note_pinned_write(array, before=None):
+    """A pinned ``array`` was written in place while a recorded op may hold it; the ops
+    recorded before the ``before`` seq (default: now) may have kept its old value."""
+    seq = _next_seq() if before is None else before
+    last = _pinned_writes.get(id(array))
+    _pinned_writes[id(array)] = (array, seq if last is None else max(seq, last[1]))
 
 
 def _refuse_stale_pinned(order, key):
@@ -277,7 +280,7 @@ def _refuse_stale_pinned(order, key):
         lo, hi = _extent(written)
         for node in order:
             op = node.op
-            if op is None or node.seq > seq or op.keeps_values_for_shapes or (
+            if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
                     key is not None and key not in node.keys):
                 continue
             kept = list(getattr(op, "__dict__", {}).values())

@@ -719,8 +719,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             self._data = self._data.copy()
         self._lent = False
 
-    def _wrote_pinned(self):
-        """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
+    def _wrote_pinned(self, by=None):
+        """Hook: this tensor's pinned storage was written while a recorded op may hold it;
+        ``by``: the graph node of the op that computed the value written, if any."""
 
     def _pinned_shape_error(self, what, shape):
         # a new array would be what megengine computes with, while the other framework goes on
@@ -772,7 +773,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             else:
                 self._data[...] = op_result._data.astype(self.dtype, copy=False)
             if recording:  # pinned storage: it holds the result, and the tensor is the result
-                self._wrote_pinned()
+                self._wrote_pinned(op_result._node)
                 self._node = op_result._node
             return self
         self._data = op_result._data

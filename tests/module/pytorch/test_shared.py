@@ -461,6 +461,29 @@ def test_mirror_written_while_recording_before_its_use_reaches_torch(write):
     np.testing.assert_array_equal(host(w.grad), [[3.0, 4.0]])
 
 
+@pytest.mark.parametrize("write, torch_write", [
+    (lambda w: w.__imul__(2.0), lambda w: w * 2),
+    (lambda w: w.__setitem__((0, 0), 5.0), lambda w: torch.cat([torch.full((1, 1), 5.0),
+                                                                w[:, 1:]], 1)),
+], ids=["*=", "setitem"])
+def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_it(
+        write, torch_write):
+    # the op that computed the value written kept the old one (mul keeps both operands), but
+    # its backward for the weight reads only the other operand: no error, torch's gradients
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    tx = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    (tx @ torch_write(tw).t()).sum().backward()
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([w, x])
+    with gm:
+        write(w)
+        gm.backward(wrap(x).sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), torch_write(tw).detach().numpy())
+    np.testing.assert_array_equal(host(x.grad), tx.grad.numpy())
+    np.testing.assert_array_equal(host(w.grad), tw.grad.numpy())
+
+
 @pytest.mark.parametrize("write", [
     lambda w: w.set_value(np.zeros((1, 2), np.float32)),
     lambda w: w.__iadd__(1.0),
