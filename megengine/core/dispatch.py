@@ -195,6 +195,10 @@ class Op:
     # one), so ``conj(backward(conj(g)))`` is that gradient. Neither: a gradient that reaches the
     # op through a complex value raises.
     holomorphic = False
+    # True for an op whose backward reads only the shapes of the arrays it keeps (add, sub): a
+    # write into a pinned input after its forward cannot change its gradients
+    # (`_refuse_stale_pinned`)
+    keeps_values_for_shapes = False
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -252,6 +256,63 @@ def holds_arrays():
     return True
 
 
+# Pinned storage (a PyTorchModule mirror's memory, torch's) written in place while a recorded
+# op may hold it: id(array) -> (array, seq of its last such write). Torch's graph checks its
+# own saved tensors (version counters); for megengine's ops, a backward looks for one recorded
+# before the write that kept that memory (`_refuse_stale_pinned`). Nothing is checked per op:
+# the dict is empty unless such a write happened, and it is emptied when no recording is open.
+# (One entry per array, the last write's: an op recorded before it saw an overwritten value.)
+_pinned_writes = {}
+
+
+def note_pinned_write(array, before=None):
+    """A pinned ``array`` was written in place while a recorded op may hold it; the ops
+    recorded before the ``before`` seq (default: now) may have kept its old value."""
+    seq = _next_seq() if before is None else before
+    last = _pinned_writes.get(id(array))
+    _pinned_writes[id(array)] = (array, seq if last is None else max(seq, last[1]))
+
+
+def _refuse_stale_pinned(order, key):
+    """Raise when an op of this backward (``order``) recorded before a pinned write kept an
+    array in that memory: its backward would compute with the new value."""
+    for written, seq in _pinned_writes.values():
+        lo, hi = _extent(written)
+        for node in order:
+            op = node.op
+            if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
+                    key is not None and key not in node.keys):
+                continue
+            kept = list(getattr(op, "__dict__", {}).values())
+            if node.saved is not None:
+                kept.extend(node.saved[0] + node.saved[1])
+            for a in kept:
+                for a in (a if type(a) in (tuple, list) else (a,)):
+                    if type(a) is type(written):
+                        start, end = _extent(a)
+                        if start < hi and lo < end:
+                            raise RuntimeError(
+                                f"{op!r}: a value it saved for this backward was changed in "
+                                "place: the memory of a PyTorchModule's parameter or buffer "
+                                "(torch's), written (set_value, +=, an optimizer's step, "
+                                "load_state_dict) after the forward used it and before "
+                                "gm.backward. Write it before `with gm:` or after the backward")
+
+
+def _extent(a):
+    """(first byte, one past the last byte) of an array's elements, numpy's or CuPy's."""
+    face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
+    lo = hi = face["data"][0]
+    for n, stride in zip(a.shape, a.strides):
+        if n == 0:
+            return lo, lo
+        if stride < 0:
+            lo += (n - 1) * stride
+        else:
+            hi += (n - 1) * stride
+    return lo, hi + a.itemsize
+
+
 def new_level():
     _levels[0] += 1
     return _levels[0]
@@ -264,6 +325,8 @@ def close_key(key):
     if key in _active:
         _active.remove(key)
         _recording -= 1
+        if not _active:
+            _pinned_writes.clear()
         if key.complex:
             key.complex = False
             _complex_grads -= 1
@@ -765,6 +828,8 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
     run ``op.grad_graph`` so that the computation of the gradient is recorded.
     """
     order = _graph_order([y._node[0] for y in ys if y._node is not None])
+    if _pinned_writes:
+        _refuse_stale_pinned(order, key)
     if visited is not None:
         visited.extend(order)
     if free_early is None:

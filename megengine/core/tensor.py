@@ -235,6 +235,10 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # Whether another framework computes with this tensor's memory (a PyTorchModule's mirror of
     # a torch parameter or buffer): writes must go into that memory, even while recording
     _pinned_storage = False
+    # Whether a detach() alias may share this tensor's array (set on both): a write in place
+    # would reach the other, whose value upstream never changes, so the writer takes a new
+    # array instead (pinned storage excepted: torch's detach shares its memory too)
+    _lent = False
     #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
     dmap_callback = None
 
@@ -619,8 +623,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return self.reshape(new)
 
     def detach(self):
-        """A tensor with the same storage (and format label), cut off from autodiff."""
+        """A tensor with the same storage (and format label), cut off from autodiff. As
+        upstream's, a later write into either gives the writer a new array (`_lent`; not
+        inside megengine.jit.trace, whose program knows a detached alias by its array)."""
         t = Tensor._wrap(self._data, self._device)
+        if dispatch._trace_hook is None:
+            t._lent = self._lent = True
         if self._format != "default":
             t._format = self._format
         return t
@@ -643,11 +651,20 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # pinned storage stays, and its owner is told (`_wrote_pinned`).
     def _reset(self, other):
         """Replace the value; writes into the existing storage when shape and dtype allow and
-        no recorded op may hold it."""
+        no recorded op may hold it. As upstream's, the tensor becomes ``other`` for autodiff
+        too (see `_track_as`)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
-            return dispatch._trace_hook.event(Tensor._reset, self, other)
+            dispatch._trace_hook.event(Tensor._reset, self, other)
+            return
         _note_write()
+        entry = None
         if isinstance(other, Tensor):
+            entry = other._node
+            if entry is not None and entry[0].live and (
+                    other._device != self._device or other.dtype != self.dtype):
+                # a tracked value comes over by recorded ops, so its gradient goes back
+                other = other.to(self._device).astype(self.dtype)
+                entry = other._node
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
                 value = _ops.move_array(value, self._device)
@@ -662,10 +679,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             if not dtype.is_dtype_equal(value.dtype, self._data.dtype):
                 # another quantized dtype (a loaded checkpoint's scales): the tensor takes it
                 self._data = value.copy()
-                return self
+                self._track_as(entry)
+                return
         held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
-                and not _views_another_array(self._data) and (not held or self._pinned_storage)):
+                and not _views_another_array(self._data)
+                and (self._pinned_storage or not (held or self._lent))):
             if held:
                 self._wrote_pinned()
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -677,14 +696,26 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             with dispatch.on_device(self._device):  # CuPy copies onto the current GPU
                 self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype \
                     else value.copy()
+            self._lent = False
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
-        return self
+        self._track_as(entry)
+
+    def _track_as(self, entry):
+        """After a write of a value whose graph entry is ``entry``: upstream's write makes the
+        tensor that value, so later ops differentiate into what made it (``y.set_value(x * 3)``
+        then ``y * 1`` gives x the gradient 3); a value no live recording tracks makes a
+        computed tensor a constant. An attached tensor given such a value stays attached (its
+        leaf stays; upstream's loses its attachment until the next ``record()``)."""
+        if entry is not None and entry[0].live:
+            self._node = entry
+        elif self._node is not None and self._node[0].op is not None:
+            self._node = None
 
     def set_value(self, value):
-        """Set the value (upstream's ``set_value``): the storage is kept when it fits and no
-        recorded op may hold it (see `_reset`)."""
-        return self._reset(value)
+        """Set the value (upstream's ``set_value``, which returns None): the storage is kept
+        when it fits and no recorded op may hold it (see `_reset`)."""
+        self._reset(value)
 
     def _before_recorded_write(self):
         """Called before the engine writes into this tensor's array in place (an optimizer's
@@ -693,11 +724,17 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         if self._pinned_storage:
             self._wrote_pinned()
         else:
-            with dispatch.on_device(self._device):
-                self._data = self._data.copy()
+            self._unshare()
 
-    def _wrote_pinned(self):
-        """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
+    def _unshare(self):
+        """Move to a copy of the array before a write in place that others must not see."""
+        with dispatch.on_device(self._device):
+            self._data = self._data.copy()
+        self._lent = False
+
+    def _wrote_pinned(self, by=None):
+        """Hook: this tensor's pinned storage was written while a recorded op may hold it;
+        ``by``: the graph node of the op that computed the value written, if any."""
 
     # ----- upstream's memory hints (DTR and swapping) -----
     # Upstream's interpreter may free a tensor's device memory and rebuild the value when it is
@@ -721,11 +758,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         GradManager records (pinned storage always), others rebind (see `_reset`)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
-        _note_write()
         if self._pinned_storage and op_result.shape != self.shape:
             raise _unpinned_write(self, op_result, "an augmented assignment (+=, ...)")
+        _note_write()
         recording = dispatch._recording
-        if ((isinstance(self, Parameter) and not recording or self._pinned_storage)
+        if ((isinstance(self, Parameter) and not recording and not self._lent
+             or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):
             if self._data.dtype.metadata is not None and \
                     op_result._data.dtype.metadata != self._data.dtype.metadata:
@@ -738,7 +776,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             else:
                 self._data[...] = op_result._data.astype(self.dtype, copy=False)
             if recording:  # pinned storage: it holds the result, and the tensor is the result
-                self._wrote_pinned()
+                self._wrote_pinned(op_result._node)
                 self._node = op_result._node
             return self
         self._data = op_result._data

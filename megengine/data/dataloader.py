@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .. import device as _device
+from ..core import _rng as _core_rng
 from .collator import Collator
 from .dataset import Dataset, StreamDataset
 from .sampler import Sampler, SequentialSampler, StreamSampler
@@ -355,7 +356,8 @@ class WorkerInfo:
     Attributes:
         idx: this worker's id, in ``[0, worker)`` (also ``id``).
         worker: the number of workers (also ``num_workers``).
-        seed: the seed of this worker's ``random`` and ``numpy.random`` generators.
+        seed: the seed of this worker's ``random``, ``numpy.random`` and ``megengine.random``
+            generators.
         dataset: this worker's copy of the dataset.
     """
 
@@ -435,6 +437,9 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
         os.environ["MGE_NUM_THREADS"] = "1"  # (what the engine's ATen kernels set at load)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    # megengine.random too (torch's workers seed torch): the fork copied the parent's
+    # generator, so every worker drew the same numbers, every epoch
+    _core_rng.generator = np.random.default_rng(seed)
     parent = os.getppid()
     while True:
         try:

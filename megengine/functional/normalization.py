@@ -530,11 +530,12 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
     new_mean, new_var = (new_mean if has_mean else None), (new_var if has_var else None)
     if not inplace:
         return out, new_mean, new_var
-    # written into the buffers' own storage; _reset is also what jit.trace replays
+    # written into the buffers' own storage; _reset is also what jit.trace replays. Detached:
+    # the statistics carry no gradient, and _reset gives a tensor its value's graph node
     if has_mean:
-        running_mean._reset(new_mean)
+        running_mean._reset(new_mean.detach())
     if has_var:
-        running_var._reset(new_var)
+        running_var._reset(new_var.detach())
     return out
 
 

@@ -208,6 +208,8 @@ class Optimizer:
                         )
                     if scope is not None:
                         scope.enter(p._device)
+                    if p._lent and not p._pinned_storage:  # a detach() alias keeps the old value
+                        p._unshare()
                     state = states.get(p)
                     if state is None:
                         state = states[p] = {}

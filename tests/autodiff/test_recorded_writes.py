@@ -139,11 +139,15 @@ def test_eval_batch_norm_statistics_written_after_the_forward():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_train_batch_norm_updates_its_statistics_while_recording():
-    bn = M.BatchNorm1d(2)
-    a = np.random.RandomState(1).randn(4, 2).astype(np.float32)
+def _train_batch_norm_case(seed):
+    """A training BatchNorm1d(2), its input (array and attached Parameter) and GradManager."""
+    a = np.random.RandomState(seed).randn(4, 2).astype(np.float32)
     x = Parameter(a)
-    gm = GradManager().attach([x])
+    return M.BatchNorm1d(2), a, x, GradManager().attach([x])
+
+
+def test_train_batch_norm_updates_its_statistics_while_recording():
+    bn, a, x, gm = _train_batch_norm_case(1)
     with gm:
         y = bn(x)
         gm.backward((y * y * y).sum())
@@ -214,3 +218,119 @@ def test_traced_step_writing_an_operand_after_its_use(symbolic):
         step()
         np.testing.assert_allclose(x.grad.numpy(), [3.0 * i, 4.0 * i])
         np.testing.assert_array_equal(c.numpy(), [0, 0])
+
+
+# ----- a write makes the tensor the value written, for autodiff too (upstream's reset) -----
+def test_set_value_to_a_tracked_value_differentiates_into_it():
+    # upstream: y becomes x * 3, so d(y * 1)/dx is 3 (the mul that made the old y is gone)
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * 2
+        y.set_value(x * 3)
+        gm.backward((y * y).sum())
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: (t * 3) ** 2, X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [
+    lambda: np.array([5.0, 7.0], np.float32),
+    lambda: Tensor([5.0, 7.0]),
+    lambda: F.ones(2) * 0 + Tensor([5.0, 7.0]),
+], ids=["numpy", "tensor", "computed untracked"])
+def test_set_value_to_an_untracked_value_makes_a_computed_tensor_a_constant(value):
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * 2
+        y.set_value(value())
+        gm.backward((y * x).sum())
+    c = np.array([5.0, 7.0], np.float32)
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: torch.tensor(c) * t, X))
+
+
+def test_set_value_from_another_dtype_and_device_keeps_the_gradient_path():
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        y = Tensor([0.0, 0.0], dtype="float16", device="cpu1")
+        y.set_value(x * 3)  # float32 on cpu0: comes over by recorded ops
+        assert y.dtype == np.float16 and y.device == "cpu1"
+        gm.backward((y * y).sum())
+    np.testing.assert_allclose(x.grad.numpy(), torch_grad(lambda t: (t * 3) ** 2, X), rtol=1e-3)
+
+
+def test_attached_tensor_set_to_a_constant_stays_attached():
+    # (upstream's would lose its attachment until the next record(): the later use got no
+    # gradient; here its leaf stays, as for a write before the recording)
+    x = Parameter(X)
+    gm = GradManager().attach([x])
+    with gm:
+        x.set_value(np.array([3.0, 4.0], np.float32))
+        gm.backward((x * x).sum())
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 8.0])
+
+
+def test_batch_norm_twice_in_one_recording_matches_torch():
+    # the running statistics the first call wrote are read by the second: they carry no
+    # gradient, and the buffers stay untracked (a write gives a tensor its value's tracking)
+    bn, a, x, gm = _train_batch_norm_case(2)
+    with gm:
+        y = bn(x) + bn(x * 2)
+        assert not bn.running_mean._tracked and not bn.running_var._tracked
+        gm.backward((y * y).sum())
+    tb = torch.nn.BatchNorm1d(2)
+    np.testing.assert_allclose(x.grad.numpy(),
+                               torch_grad(lambda t: (tb(t) + tb(t * 2)) ** 2, a),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_set_value_returns_none():
+    # upstream's set_value (and _reset) return None
+    t = Tensor([1.0])
+    assert t.set_value([2.0]) is None
+    assert t._reset(np.array([3.0], np.float32)) is None
+    np.testing.assert_array_equal(t.numpy(), [3.0])
+
+
+# ----- detach(): upstream's alias shares the value, and a later write rebinds only the writer -----
+WRITES_AFTER_DETACH = {
+    "set_value": lambda t: t.set_value(np.array([5.0, 6.0], np.float32)),
+    "_reset": lambda t: t._reset(Tensor([5.0, 6.0])),
+    "+=": lambda t: t.__iadd__(Tensor([4.0, 4.0])),
+    "setitem": lambda t: t.__setitem__(0, 5.0),
+    "init.fill_": lambda t: M.init.fill_(t, 5.0),
+}
+
+
+@pytest.mark.parametrize("side, write", [
+    *[("source", w) for w in WRITES_AFTER_DETACH],
+    ("source", "SGD step"),
+    *[("alias", w) for w in WRITES_AFTER_DETACH],
+])
+def test_a_write_after_detach_leaves_the_other_tensor_alone(side, write):
+    # (the alias saw writes into the source outside recording, and the source saw the alias's
+    # set_value: a parameter changed through x.detach().set_value(v))
+    x = Parameter(X)
+    d = x.detach()
+    written, other = (x, d) if side == "source" else (d, x)
+    before = written.numpy()
+    if write == "SGD step":
+        x.grad = Tensor([1.0, 1.0])
+        optim.SGD([x], lr=1.0).step()
+    else:
+        WRITES_AFTER_DETACH[write](written)
+    assert not np.array_equal(written.numpy(), before)  # the write did happen
+    np.testing.assert_array_equal(other.numpy(), X)
+
+
+def test_storage_is_kept_again_once_a_detached_alias_was_left_behind():
+    x = Parameter(X)
+    d = x.detach()
+    x.set_value(np.zeros(2, np.float32))  # a new array: d keeps [1, 2]
+    where = address(x)
+    x.set_value(np.ones(2, np.float32))  # nothing shares it now: in place
+    x.grad = Tensor([1.0, 1.0])
+    optim.SGD([x], lr=1.0).step()
+    assert address(x) == where
+    np.testing.assert_array_equal(x.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(d.numpy(), X)

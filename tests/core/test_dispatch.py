@@ -10,7 +10,7 @@ from megengine.core.dispatch import Op, apply
 from megengine.core.dispatch import on_device
 from megengine.optimizer import clip_grad_norm
 
-from devices import shares_memory
+from devices import requires_cuda, shares_memory
 
 
 def test_two_parameters_never_share_a_gradient_array():
@@ -339,3 +339,25 @@ def test_inputs_on_different_devices_are_refused_with_both_names(count):
     with pytest.raises(ValueError, match=rf"Sum: inputs are on different devices \({a.device} "
                                          r"and elsewhere0\); move them with .to\(device\) first"):
         apply(Sum(), *inputs)
+
+
+@pytest.mark.parametrize("view", [
+    lambda a: a, lambda a: a[1:, ::2], lambda a: a[::-1, ::-2], lambda a: a.T, lambda a: a[:0],
+], ids=["whole", "strided", "reversed", "transposed", "empty"])
+def test_extent_of_an_array_is_numpys_byte_bounds(view):
+    # what a backward compares to find an op that kept a written PyTorchModule parameter
+    from megengine.core.dispatch import _extent
+
+    a = view(np.arange(24, dtype=np.float32).reshape(4, 6))
+    lo, hi = np.lib.array_utils.byte_bounds(a)
+    assert _extent(a) == ((lo, lo) if a.size == 0 else (lo, hi))
+
+
+@requires_cuda
+def test_extent_of_a_device_array():
+    from megengine.core.dispatch import _extent
+
+    t = mge.tensor(np.zeros((3, 4), np.float32), device="gpu0")
+    start = t._data.__cuda_array_interface__["data"][0]
+    assert _extent(t._data) == (start, start + 48)
+    assert _extent(t._data[1:, 1:3]) == (start + 20, start + 44)  # rows 1-2, columns 1-2

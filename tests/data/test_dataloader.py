@@ -264,6 +264,28 @@ def test_worker_seeds_follow_numpy_global_seed():
     assert first[0] != first[1]
 
 
+class MegEngineRandomLabel(Transform):
+    def apply(self, input):
+        import megengine.random as mr
+
+        return input[0], int(mr.uniform(0, 1 << 30, (1,)).numpy()[0])
+
+
+def test_worker_megengine_random_differs_across_workers_and_epochs():
+    # each worker seeds megengine.random from its seed as it seeds numpy's and python's (a
+    # forked worker kept the parent's generator: every worker, every epoch drew the same)
+    ds = make_dataset(8)
+    loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), MegEngineRandomLabel(),
+                        num_workers=2)
+    np.random.seed(11)
+    first = [b[1].tolist() for b in loader]
+    second = [b[1].tolist() for b in loader]
+    draws = [v for batch in first + second for v in batch]
+    assert len(set(draws)) == len(draws)  # no draw repeats across workers or epochs
+    np.random.seed(11)  # the workers' seeds follow numpy's global seed, as for np.random
+    assert [b[1].tolist() for b in loader] == first
+
+
 def test_infinite_sampler_with_workers():
     ds = make_dataset(3)
     loader = DataLoader(ds, Infinite(SequentialSampler(ds, batch_size=2)), num_workers=2)

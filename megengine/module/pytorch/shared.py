@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from ...core import dispatch
 from ...core import torch_bridge as _bridge
 from ...core.tensor import Parameter, Tensor, _mapped_device
 from ...device import canonical_device
@@ -50,10 +51,13 @@ class _TorchView:
 
     _pinned_storage = True
 
-    def _wrote_pinned(self):
+    def _wrote_pinned(self, by=None):
         # written while a recorded op may hold the value: as after an in-place write in torch,
         # a torch graph that saved the tensor raises at backward instead of using the new value
         torch.autograd.graph.increment_version(self.torch_tensor)
+        # megengine's ops that saved it, at gm.backward: those recorded before the write, but
+        # not the op that computed the value written (`w *= 2`: its backward reads the 2)
+        dispatch.note_pinned_write(self._data, None if by is None else by[0].seq)
 
     @property
     def torch_tensor(self):

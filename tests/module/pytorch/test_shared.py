@@ -461,6 +461,29 @@ def test_mirror_written_while_recording_before_its_use_reaches_torch(write):
     np.testing.assert_array_equal(host(w.grad), [[3.0, 4.0]])
 
 
+@pytest.mark.parametrize("write, torch_write", [
+    (lambda w: w.__imul__(2.0), lambda w: w * 2),
+    (lambda w: w.__setitem__((0, 0), 5.0), lambda w: torch.cat([torch.full((1, 1), 5.0),
+                                                                w[:, 1:]], 1)),
+], ids=["*=", "setitem"])
+def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_it(
+        write, torch_write):
+    # the op that computed the value written kept the old one (mul keeps both operands), but
+    # its backward for the weight reads only the other operand: no error, torch's gradients
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    tx = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    (tx @ torch_write(tw).t()).sum().backward()
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([w, x])
+    with gm:
+        write(w)
+        gm.backward(wrap(x).sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), torch_write(tw).detach().numpy())
+    np.testing.assert_array_equal(host(x.grad), tx.grad.numpy())
+    np.testing.assert_array_equal(host(w.grad), tw.grad.numpy())
+
+
 @pytest.mark.parametrize("write", [
     lambda w: w.set_value(np.zeros((1, 2), np.float32)),
     lambda w: w.__iadd__(1.0),
@@ -477,6 +500,97 @@ def test_mirror_written_after_torch_saved_it_raises_at_backward(write):
         write(w)
         with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
             gm.backward(y.sum())
+    assert address(w) == address(lin.weight)
+
+
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(np.zeros((3, 2), np.float32)),
+    lambda w: w._reset(mge.tensor(np.zeros((2,), np.float32))),
+    lambda w: w.__setitem__(Ellipsis, mge.tensor(np.zeros((3, 2), np.float32))),
+    lambda w: w.__iadd__(mge.tensor(np.zeros((3, 1, 2), np.float32))),
+], ids=["set_value", "_reset", "setitem of all", "+= broadcasting"])
+@pytest.mark.parametrize("recording", [False, True])
+def test_mirror_written_with_another_shape_raises_and_keeps_everything(write, recording):
+    # the memory is torch's, which cannot take another shape (torch's own copy_ refuses it);
+    # a new array would be what megengine computes with while torch goes on with the old one
+    lin, wrap, w = _mirrored_linear()
+    with pytest.raises(RuntimeError):  # the oracle: torch refuses the write into its memory
+        with torch.no_grad():
+            lin.weight.copy_(torch.zeros(3, 2))
+    gm = GradManager().attach([w])
+    with gm:
+        if not recording:
+            gm.release()
+        with pytest.raises(ValueError, match=r"of shape \(1, 2\).*wrap it again"):
+            write(w)
+    assert address(w) == address(lin.weight) and w.shape == (1, 2)
+    np.testing.assert_array_equal(host(w), [[1.0, 2.0]])
+    np.testing.assert_array_equal(host(wrap(mge.tensor([[3.0, 4.0]]))), [[11.0]])
+
+
+def _torch_backward_after_a_write(use, write):
+    """The oracle: torch's own backward of ``use(x, w)`` after ``write(w)`` into w's memory."""
+    w = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    x = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    y = use(x, w)
+    with torch.no_grad():
+        write(w)
+    try:
+        y.sum().backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+        return None
+    return x.grad.numpy()
+
+
+@pytest.mark.parametrize("use, torch_use", [
+    (lambda x, w: x * w, lambda x, w: x * w),
+    (lambda x, w: F.matmul(x, w.transpose()), lambda x, w: x @ w.t()),
+    (lambda x, w: x * w.reshape(2), lambda x, w: x * w.reshape(2)),
+], ids=["mul", "matmul", "mul of a view"])
+@pytest.mark.parametrize("write, torch_write", [
+    (lambda w: w.set_value(np.zeros((1, 2), np.float32)), lambda w: w.zero_()),
+    (lambda w: w.__iadd__(1.0), lambda w: w.add_(1.0)),
+], ids=["set_value", "+="])
+def test_mirror_written_after_a_megengine_op_saved_it_raises_at_backward(
+        use, torch_use, write, torch_write):
+    # a tied weight: torch's, also used by a MegEngine op, which kept its array; the write
+    # goes into torch's memory, so that op's backward would compute with the new value (x's
+    # gradient was the written weight): gm.backward raises, as torch's backward does
+    assert _torch_backward_after_a_write(torch_use, torch_write) is None
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = use(x, w)
+        write(w)
+        with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
+            gm.backward(y.sum())
+    with gm:  # the next recording is not refused
+        gm.backward(use(x, w).sum())
+    np.testing.assert_array_equal(host(x.grad).ravel(), host(w).ravel())
+
+
+def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
+    # add's backward reads no value: torch's backward goes on, and so does gm.backward
+    expected = _torch_backward_after_a_write(lambda x, w: x + w, lambda w: w.zero_())
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = x + w
+        w.set_value(np.zeros((1, 2), np.float32))
+        gm.backward(y.sum())
+    np.testing.assert_array_equal(host(x.grad), expected)
+
+
+def test_detached_alias_of_a_mirror_sees_writes_as_torchs_detach_does():
+    # a mirror's memory is torch's and a write goes there; torch's detach() shares it too
+    lin, wrap, w = _mirrored_linear()
+    t_alias, alias = lin.weight.detach(), w.detach()
+    w.set_value(np.full((1, 2), 7.0, np.float32))
+    np.testing.assert_array_equal(torch_host(t_alias), [[7.0, 7.0]])
+    np.testing.assert_array_equal(host(alias), torch_host(t_alias))
     assert address(w) == address(lin.weight)
 
 
@@ -504,3 +618,21 @@ def test_a_write_of_another_shape_into_a_mirror_raises_and_changes_nothing(write
     assert w.shape == (1, 2) and address(w) == address(lin.weight)
     np.testing.assert_array_equal(host(w), [[1.0, 2.0]])
     np.testing.assert_array_equal(host(wrap(mge.tensor([[3.0, 4.0]]))), [[11.0]])
+
+
+def test_repeated_writes_of_a_mirror_while_recording_keep_one_entry():
+    # a 0.x program recording on across steps writes the same parameters step after step: what
+    # gm.backward checks stays one entry per parameter (the last write's), not one per write
+    from megengine.core import dispatch
+
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([x])
+    with gm:
+        y = x * w
+        for i in range(5):
+            w.set_value(np.full((1, 2), i, np.float32))
+        assert len(dispatch._pinned_writes) == 1
+        with pytest.raises(RuntimeError, match="changed in place"):
+            gm.backward(y.sum())
+    assert not dispatch._pinned_writes  # no recording open: nothing left to check
