@@ -199,6 +199,10 @@ class Op:
     # write into a pinned input after its forward cannot change its gradients
     # (`_refuse_stale_pinned`)
     keeps_values_for_shapes = False
+    # For an op that keeps arrays its backward may not read, ``backward_reads()``: the arrays
+    # its backward reads for the gradients asked for (``needs_input_grad``), which a write into
+    # pinned memory must not have changed (`_refuse_stale_pinned`); None: all it keeps
+    backward_reads = None
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -283,7 +287,8 @@ def _refuse_stale_pinned(order, key):
             if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
                     key is not None and key not in node.keys):
                 continue
-            kept = list(getattr(op, "__dict__", {}).values())
+            kept = list(getattr(op, "__dict__", {}).values() if op.backward_reads is None
+                        else op.backward_reads())
             if node.saved is not None:
                 kept.extend(node.saved[0] + node.saved[1])
             for a in kept:

@@ -571,6 +571,43 @@ def test_mirror_written_after_a_megengine_op_saved_it_raises_at_backward(
     np.testing.assert_array_equal(host(x.grad).ravel(), host(w).ravel())
 
 
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(w * 2),
+    lambda w: w.__setitem__(Ellipsis, w * 2),
+    lambda w: w.__imul__(2.0),
+], ids=["set_value", "setitem", "*="])
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_mirror_doubled_after_a_mul_used_it_raises_only_where_torchs_does(write, x_needs_grad):
+    # torch's mul saves w only for x's gradient: with x a constant, torch's backward of
+    # y = x * w after w.copy_(w * 2) goes on (the copy carries w * 2's graph); with x needing a
+    # gradient it raises. Ours read w's kept array the same way (mul kept both operands, and
+    # the check looked at both: it raised in both cases)
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    tx = torch.tensor([[3.0, 4.0]], requires_grad=x_needs_grad)
+    w_now = tw * 1  # a non-leaf, which torch lets copy_ write with its graph
+    ty = tx * w_now
+    w_now.copy_(w_now * 2)
+    try:
+        (ty.sum() + w_now.sum()).backward()
+    except RuntimeError as e:
+        assert x_needs_grad and "modified by an inplace operation" in str(e)
+    else:
+        assert not x_needs_grad
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([w, x] if x_needs_grad else [w])
+    with gm:
+        y = x * w
+        write(w)
+        if x_needs_grad:
+            with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
+                gm.backward(y.sum() + w.sum())
+            return
+        gm.backward(y.sum() + w.sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), [[2.0, 4.0]])
+    np.testing.assert_array_equal(host(w.grad), tw.grad.numpy())
+
+
 def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
     # add's backward reads no value: torch's backward goes on, and so does gm.backward
     expected = _torch_backward_after_a_write(lambda x, w: x + w, lambda w: w.zero_())
