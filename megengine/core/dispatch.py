@@ -269,12 +269,10 @@ def holds_arrays():
 _pinned_writes = {}
 
 
-def note_pinned_write(array, before=None):
+def note_pinned_write(array):
     """A pinned ``array`` was written in place while a recorded op may hold it; the ops
-    recorded before the ``before`` seq (default: now) may have kept its old value."""
-    seq = _next_seq() if before is None else before
-    last = _pinned_writes.get(id(array))
-    _pinned_writes[id(array)] = (array, seq if last is None else max(seq, last[1]))
+    recorded before now may have kept its old value."""
+    _pinned_writes[id(array)] = (array, _next_seq())
 
 
 def _refuse_stale_pinned(order, key):

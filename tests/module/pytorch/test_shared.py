@@ -485,6 +485,30 @@ def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_
 
 
 @pytest.mark.parametrize("write", [
+    lambda w, s: w.__imul__(s),
+    lambda w, s: w.set_value(w * s),
+], ids=["*=", "set_value"])
+def test_attached_mirror_scaled_by_an_attached_tensor_raises_not_a_wrong_gradient(write):
+    # s's gradient reads w's old value, which the write replaced in torch's memory: torch's own
+    # mul_ keeps a copy of it (s.grad = x * w), ours would have read the product (earlier
+    # versions of this fork gave s.grad = x * w * s); gm.backward raises instead
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    ts = torch.tensor([[3.0, 5.0]], requires_grad=True)
+    w_now = tw * 1
+    w_now.mul_(ts)
+    (torch.ones(1, 2) @ w_now.t()).sum().backward()
+    np.testing.assert_array_equal(ts.grad.numpy(), [[1.0, 2.0]])  # what a gradient must be
+    lin, wrap, w = _mirrored_linear()
+    s = mge.Parameter([[3.0, 5.0]])
+    gm = GradManager().attach([s])
+    with gm:
+        write(w, s)
+        with pytest.raises(RuntimeError, match="Mul: a value it saved.*changed in place"):
+            gm.backward(wrap(mge.tensor([[1.0, 1.0]])).sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), [[3.0, 10.0]])
+
+
+@pytest.mark.parametrize("write", [
     lambda w: w.set_value(np.zeros((1, 2), np.float32)),
     lambda w: w.__iadd__(1.0),
 ], ids=["set_value", "+="])
