@@ -250,6 +250,9 @@ class TrueDiv(_Binary):
         ga = g / self.b
         return ga if na else None, -ga * self.a / self.b if nb else None
 
+    def backward_reads(self):
+        return (self.b, self.a) if self.needs_input_grad[1] else (self.b,)  # (w /= 2: the 2)
+
     def grads_graph(self, a, b, out, g):
         ga = g / b
         return ga, -ga * a / b

@@ -463,9 +463,10 @@ def test_mirror_written_while_recording_before_its_use_reaches_torch(write):
 
 @pytest.mark.parametrize("write, torch_write", [
     (lambda w: w.__imul__(2.0), lambda w: w * 2),
+    (lambda w: w.__itruediv__(4.0), lambda w: w / 4),
     (lambda w: w.__setitem__((0, 0), 5.0), lambda w: torch.cat([torch.full((1, 1), 5.0),
                                                                 w[:, 1:]], 1)),
-], ids=["*=", "setitem"])
+], ids=["*=", "/=", "setitem"])
 def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_it(
         write, torch_write):
     # the op that computed the value written kept the old one (mul keeps both operands), but
