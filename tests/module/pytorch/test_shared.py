@@ -509,6 +509,22 @@ def test_attached_mirror_scaled_by_an_attached_tensor_raises_not_a_wrong_gradien
     np.testing.assert_array_equal(torch_host(lin.weight), [[3.0, 10.0]])
 
 
+def test_attached_mirror_squared_in_place_raises_not_a_wrong_gradient():
+    # pow's gradient reads its base, which w **= 2 replaced in torch's memory: torch's pow_
+    # keeps a copy (w's gradient 2 * w), earlier versions of this fork gave 2 * w ** 2
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    w_now = tw * 1
+    w_now.pow_(2)
+    (torch.ones(1, 2) @ w_now.t()).sum().backward()
+    np.testing.assert_array_equal(tw.grad.numpy(), [[2.0, 4.0]])
+    lin, wrap, w = _mirrored_linear()
+    gm = GradManager().attach([w])
+    with gm:
+        w **= 2
+        with pytest.raises(RuntimeError, match="Pow: a value it saved.*changed in place"):
+            gm.backward(wrap(mge.tensor([[1.0, 1.0]])).sum())
+
+
 @pytest.mark.parametrize("write", [
     lambda w: w.set_value(np.zeros((1, 2), np.float32)),
     lambda w: w.__iadd__(1.0),
