@@ -199,6 +199,10 @@ class Op:
     # write into a pinned input after its forward cannot change its gradients
     # (`_refuse_stale_pinned`)
     keeps_values_for_shapes = False
+    # For an op that keeps arrays its backward may not read, ``backward_reads()``: the arrays
+    # its backward reads for the gradients asked for (``needs_input_grad``), which a write into
+    # pinned memory must not have changed (`_refuse_stale_pinned`); None: all it keeps
+    backward_reads = None
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -265,12 +269,10 @@ def holds_arrays():
 _pinned_writes = {}
 
 
-def note_pinned_write(array, before=None):
+def note_pinned_write(array):
     """A pinned ``array`` was written in place while a recorded op may hold it; the ops
-    recorded before the ``before`` seq (default: now) may have kept its old value."""
-    seq = _next_seq() if before is None else before
-    last = _pinned_writes.get(id(array))
-    _pinned_writes[id(array)] = (array, seq if last is None else max(seq, last[1]))
+    recorded before now may have kept its old value."""
+    _pinned_writes[id(array)] = (array, _next_seq())
 
 
 def _refuse_stale_pinned(order, key):
@@ -283,7 +285,8 @@ def _refuse_stale_pinned(order, key):
             if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
                     key is not None and key not in node.keys):
                 continue
-            kept = list(getattr(op, "__dict__", {}).values())
+            kept = list(getattr(op, "__dict__", {}).values() if op.backward_reads is None
+                        else op.backward_reads())
             if node.saved is not None:
                 kept.extend(node.saved[0] + node.saved[1])
             for a in kept:

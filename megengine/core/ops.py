@@ -223,6 +223,12 @@ class Mul(_Binary):
         na, nb = self.needs_input_grad
         return g * self.b if na else None, g * self.a if nb else None
 
+    def backward_reads(self):
+        # as torch's mul: `y = x * w` with only w's gradient asked for reads x alone, so a
+        # write into w's (pinned) memory after it changes no gradient
+        na, nb = self.needs_input_grad
+        return (self.b,) * na + (self.a,) * nb
+
     def grads_graph(self, a, b, out, g):
         return g * b, g * a
 
@@ -243,6 +249,9 @@ class TrueDiv(_Binary):
         na, nb = self.needs_input_grad
         ga = g / self.b
         return ga if na else None, -ga * self.a / self.b if nb else None
+
+    def backward_reads(self):
+        return (self.b, self.a) if self.needs_input_grad[1] else (self.b,)  # (w /= 2: the 2)
 
     def grads_graph(self, a, b, out, g):
         ga = g / b

@@ -732,9 +732,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             self._data = self._data.copy()
         self._lent = False
 
-    def _wrote_pinned(self, by=None):
-        """Hook: this tensor's pinned storage was written while a recorded op may hold it;
-        ``by``: the graph node of the op that computed the value written, if any."""
+    def _wrote_pinned(self):
+        """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
 
     # ----- upstream's memory hints (DTR and swapping) -----
     # Upstream's interpreter may free a tensor's device memory and rebuild the value when it is
@@ -776,7 +775,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             else:
                 self._data[...] = op_result._data.astype(self.dtype, copy=False)
             if recording:  # pinned storage: it holds the result, and the tensor is the result
-                self._wrote_pinned(op_result._node)
+                self._wrote_pinned()
                 self._node = op_result._node
             return self
         self._data = op_result._data

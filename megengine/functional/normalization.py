@@ -682,6 +682,10 @@ def instance_norm(inp, affine=True, weight=None, bias=None, eps=1e-5):
     inp = _tensor(inp)
     if inp.ndim < 2:
         raise ValueError(f"instance_norm: expected an input (N, C, ...), got shape {inp.shape}")
+    # ATen's group norm kernel, not the batch norm one torch's F.instance_norm runs on (over
+    # (1, N*C, ...)): forward + backward on one thread took 135 against 422 us on (8, 32, 16,
+    # 16) float32 and 60 against 154 on (2, 3, 2); the latter keeps a few more bits of x's
+    # gradient on two-element instances only (tests/fuzz/ops_nn.py: instance_norm)
     return _group_norm(inp, inp.shape[1], affine, weight, bias, eps, "instance_norm")
 
 

@@ -24,6 +24,20 @@ def _set_grad(t, value):
     t.grad._reset(Tensor._wrap(value.astype(t.grad.dtype, copy=False), t.grad._device))
 
 
+def _clip_norm_recorded(tensors, max_norm, ord):
+    """`clip_grad_norm` through recorded ops, for gradients an outer GradManager records (a
+    penalty on clipped gradients): as upstream's, the result is differentiated through the
+    scale and the total norm."""
+    from .. import functional as F
+
+    total = F.norm(F.stack([F.norm(t.grad.flatten(), ord) for t in tensors]), ord)
+    coef = max_norm / (total + 1e-6)
+    if coef.item() < 1.0:
+        for t in tensors:
+            t.grad._reset(t.grad * coef)
+    return total
+
+
 @_trace_event  # a traced training step replays the clipping itself, not its first result
 def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (upstream's name)
     """Scale the gradients so that their total ``ord``-norm is at most ``max_norm``.
@@ -42,6 +56,8 @@ def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (u
     tensors = _with_grads(tensors, "clip_grad_norm")
     if not tensors:
         return Tensor(0.0)
+    if any(t.grad._tracked for t in tensors):
+        return _clip_norm_recorded(tensors, max_norm, ord)
     # The total norm is the norm of the per-device norms (as of the per-tensor ones), so each
     # device reduces its own gradients with its GPU current and only one number per device
     # crosses over (CuPy cannot stack arrays that live on different GPUs).
@@ -88,7 +104,12 @@ def clip_grad_value(tensors, lower: float, upper: float):
         for t in _with_grads(tensors, "clip_grad_value"):
             if scope is not None:
                 scope.enter(t.grad._device)
-            _set_grad(t, xp_of(t.grad._data).clip(t.grad._data, lower, upper))
+            if t.grad._tracked:  # an outer GradManager records it: clip by a recorded op
+                from ..functional import clip
+
+                t.grad._reset(clip(t.grad, lower, upper))
+            else:
+                _set_grad(t, xp_of(t.grad._data).clip(t.grad._data, lower, upper))
     finally:
         if scope is not None:
             scope.close()

@@ -52,12 +52,15 @@ from .bridge_blocks import BLOCKS, TwoOut
 # float64 by default: Adam divides a step by the gradient's own size, so in float32 the rounding
 # of a small gradient (a sum over a batch that batch norm centres) moves steps by up to ~1e-3 lr,
 # differently on either side; in float64 a lost or doubled update stands out by orders. The
-# float32 family trains with SGD only, whose steps are proportional to the gradients; over its
-# 425 networks in seeds 0-1199 the largest difference was 3.1e-5 * (|want| + 0.1), so its
-# tolerance is about 6 times that. Under autocast (float16 compute, numpy's on megengine's side,
-# ATen's on torch's) 110 networks in seeds 0-999 needed up to 2.1e-2 (an eval output); at that
-# tolerance the values cannot tell whether torch's side ran in float16 at all, so the torch
-# blocks' output dtypes are compared too (`_block_dtypes`).
+# float32 family trains with SGD only, whose steps are proportional to the gradients. Its
+# tolerance, 2e-4 * (|want| + 0.1), was about 6 times the largest difference over its networks
+# in seeds 0-1199 with the older initialisation (3.1e-5 * (|want| + 0.1)); with initial weights
+# from megengine.random its 300 networks outside autocast in seeds 0-1195 differ by at most
+# 4.6e-6 * (|want| + 0.1) (seed 1043, a conv weight after ten steps): ``python -m
+# tests.fuzz.bridge --seeds 1196 --worst``. Under autocast (float16 compute, numpy's on
+# megengine's side, ATen's on torch's) 110 networks in seeds 0-999 needed up to 2.1e-2 (an
+# eval output); at that tolerance the values cannot tell whether torch's side ran in float16
+# at all, so the torch blocks' output dtypes are compared too (`_block_dtypes`).
 TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (2e-4, 2e-5), "autocast": (5e-2, 5e-3)}
 # Some float32 networks amplify rounding far past that. In seed 2003 (before initial weights came
 # from megengine.random) a mask kept one of four features, the other three sigmoid(0) = 0.5, and a
@@ -321,9 +324,17 @@ def _tolerance(opts):
     return "autocast" if opts["autocast"] else opts["dtype"]
 
 
+# while main's --worst runs: the seed running, and the largest difference / (|want| + 0.1) so
+# far with what it was and its seed
+_worst = None
+
+
 def _compare(what, got, want, tolerance="float64", slack=0.0):
     """``slack``: how far torch's float32 twin strayed from its float64 twin (`_Float64Twin`)."""
     rtol, atol = TOLERANCES[tolerance]
+    if _worst is not None and np.size(want):
+        ratio = float((np.abs(np.asarray(got, np.float64) - want) / (np.abs(want) + 0.1)).max())
+        _worst["max"] = max(_worst["max"], (ratio, what, _worst["seed"]))
     try:
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + AMPLIFIED * slack)
     except AssertionError as e:
@@ -609,11 +620,16 @@ def check_dp(seed):
     return opts
 
 
-def fuzz(seeds, start=0):
+def fuzz(seeds, start=0, worst=False):
     bad = 0
     for seed in range(start, start + seeds):
+        if worst:  # the float32 family outside autocast only, measured (`_worst`)
+            opts = draw(seed)[4]
+            if opts["dtype"] != "float32" or opts["autocast"]:
+                continue
+            _worst["seed"] = seed
         for what, run in (("", check), (" (data-parallel)", check_dp)):
-            if run is check_dp and seed % DP_EVERY:
+            if run is check_dp and (seed % DP_EVERY or worst):
                 continue
             try:
                 run(seed)
@@ -629,10 +645,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tests.fuzz.bridge", description=__doc__)
     p.add_argument("--seeds", type=int, default=100, help="networks (default 100)")
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--worst", action="store_true",
+                   help="run the float32 family outside autocast only and print its largest "
+                        "difference in units of (|want| + 0.1), to calibrate its tolerance")
     a = p.parse_args(argv)
+    global _worst
+    _worst = {"seed": None, "max": (0.0, "", None)} if a.worst else None
     t0 = time.time()
-    bad = fuzz(a.seeds, a.start)
+    bad = fuzz(a.seeds, a.start, a.worst)
     print(f"{a.seeds} networks ({bad} failing) in {time.time() - t0:.0f}s")
+    if a.worst:
+        ratio, what, seed = _worst["max"]
+        print(f"largest float32 difference {ratio:.2g} * (|want| + 0.1): network {seed}, {what}")
     return 1 if bad else 0
 
 

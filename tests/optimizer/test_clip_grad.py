@@ -104,3 +104,53 @@ def test_gradients_on_two_gpus_are_clipped_each_with_its_gpu_current():
         np.testing.assert_allclose(b.grad._data, [0.0, 1.5], rtol=1e-5)  # 4 * 0.5 -> 1.5
     finally:
         dispatch.set_device_switcher(previous)
+
+
+@pytest.mark.parametrize("ord", [2.0, 1.0, float("inf")])
+def test_clipping_a_recorded_gradient_keeps_it_recorded(ord):
+    """A penalty on clipped gradients (an outer GradManager records the inner backward) is
+    differentiated through the clipping: through the scale and the total norm, as upstream's
+    ``p.grad._reset(p.grad * coef)`` does. The oracle is the clipping formula written in torch."""
+    from megengine.autodiff import GradManager
+    import megengine.functional as F
+
+    rng = np.random.RandomState(5)
+    xa, wa = rng.randn(6, 4).astype(np.float32), rng.randn(3, 4).astype(np.float32)
+    x, w = mge.tensor(xa), mge.Parameter(wa)
+    gm_in, gm_w = GradManager().attach(x), GradManager().attach(w)
+    with gm_w:
+        with gm_in:
+            gm_in.backward(F.sigmoid(F.linear(x, w)).sum())
+        total = clip_grad_norm(x, 0.1, ord=ord)
+        clipped = x.grad
+        gm_w.backward((clipped ** 2 * F.cos(clipped)).sum())
+    tx, tw = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
+    gx, = torch.autograd.grad(torch.sigmoid(torch.nn.functional.linear(tx, tw)).sum(), tx,
+                              create_graph=True)
+    ttotal = torch.linalg.vector_norm(gx, ord)
+    assert ttotal.item() > 0.1  # the gradient is clipped
+    tclipped = gx * (0.1 / (ttotal + 1e-6))
+    tgw, = torch.autograd.grad((tclipped ** 2 * torch.cos(tclipped)).sum(), tw)
+    np.testing.assert_allclose(total.numpy(), ttotal.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(clipped.numpy(), tclipped.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(w.grad.numpy(), tgw.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_clipping_a_recorded_gradient_by_value_keeps_it_recorded():
+    from megengine.autodiff import GradManager
+    import megengine.functional as F
+
+    xa = np.array([[0.5, -2.0], [1.5, 0.1]], np.float32)
+    wa = np.array([[1.0, -0.5], [2.0, 0.3]], np.float32)
+    x, w = mge.tensor(xa), mge.Parameter(wa)
+    gm_in, gm_w = GradManager().attach(x), GradManager().attach(w)
+    with gm_w:
+        with gm_in:
+            gm_in.backward((F.matmul(x, w) ** 2).sum())
+        clip_grad_value(x, -8.0, 5.0)  # two elements clipped, two kept
+        gm_w.backward((x.grad ** 2).sum())
+    tx, tw = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
+    gx, = torch.autograd.grad((tx @ tw).pow(2).sum(), tx, create_graph=True)
+    tgw, = torch.autograd.grad(gx.clamp(-8.0, 5.0).pow(2).sum(), tw)
+    np.testing.assert_allclose(x.grad.numpy(), gx.detach().clamp(-8.0, 5.0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), tgw.numpy(), rtol=1e-5, atol=1e-6)

@@ -667,29 +667,27 @@ class _TorchCall(Op):
                     out_grads.append(to_torch(g))
         result = [None] * len(need)
         if outs and wrt:
-            if self.checkpointed:
-                got = _grads_by_backward(outs, wrt, out_grads, params)
-            else:
-                try:
-                    got = _autograd_grad(outs, wrt, out_grads)
-                except RuntimeError as e:
-                    if "use_reentrant" in str(e):
-                        raise RuntimeError(
-                            f"{self!r} ran torch.utils.checkpoint with use_reentrant=True on "
-                            "this call but not on its first recorded call like it (same mode, "
-                            "same inputs needing gradients), when the wrapper learns how to run "
-                            "torch's backward; pass use_reentrant=False to checkpoint (torch's "
-                            "recommendation), or checkpoint on every call"
-                        ) from e
-                    if "modified by an inplace operation" in str(e):
-                        raise RuntimeError(
-                            f"{self!r}: a value torch saved for this backward was changed in "
-                            "place. If the program wrote a parameter or buffer of the wrapped "
-                            "module (set_value, +=, an optimizer's step, load_state_dict) after "
-                            "the forward and before gm.backward, write it before `with gm:` or "
-                            f"after the backward (torch: {e})"
-                        ) from e
-                    raise
+            try:
+                got = (_grads_by_backward(outs, wrt, out_grads, params) if self.checkpointed
+                       else _autograd_grad(outs, wrt, out_grads))
+            except RuntimeError as e:
+                if "use_reentrant" in str(e):
+                    raise RuntimeError(
+                        f"{self!r} ran torch.utils.checkpoint with use_reentrant=True on "
+                        "this call but not on its first recorded call like it (same mode, "
+                        "same inputs needing gradients), when the wrapper learns how to run "
+                        "torch's backward; pass use_reentrant=False to checkpoint (torch's "
+                        "recommendation), or checkpoint on every call"
+                    ) from e
+                if "modified by an inplace operation" in str(e):
+                    raise RuntimeError(
+                        f"{self!r}: a value torch saved for this backward was changed in "
+                        "place. If the program wrote a parameter or buffer of the wrapped "
+                        "module (set_value, +=, an optimizer's step, load_state_dict) after "
+                        "the forward and before gm.backward, write it before `with gm:` or "
+                        f"after the backward (torch: {e})"
+                    ) from e
+                raise
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
             # e.g. through an add; megengine must never give two tensors one gradient array,
             # or an in-place edit (clip_grad_norm) would apply twice. A small gradient gets a

@@ -51,13 +51,14 @@ class _TorchView:
 
     _pinned_storage = True
 
-    def _wrote_pinned(self, by=None):
+    def _wrote_pinned(self):
         # written while a recorded op may hold the value: as after an in-place write in torch,
         # a torch graph that saved the tensor raises at backward instead of using the new value
         torch.autograd.graph.increment_version(self.torch_tensor)
-        # megengine's ops that saved it, at gm.backward: those recorded before the write, but
-        # not the op that computed the value written (`w *= 2`: its backward reads the 2)
-        dispatch.note_pinned_write(self._data, None if by is None else by[0].seq)
+        # megengine's ops recorded before the write whose backward reads it, at gm.backward
+        # (the op that computed the value written too: `w *= s` reads the old w for s's
+        # gradient; `w *= 2` reads only the 2, see `Op.backward_reads`)
+        dispatch.note_pinned_write(self._data)
 
     @property
     def torch_tensor(self):

@@ -1022,6 +1022,22 @@ def test_a_layer_used_inside_and_after_a_reentrant_checkpoint_trains_like_torch(
     assert all(p.grad is None for p in tmod.parameters())
 
 
+def test_a_value_changed_in_place_before_a_reentrant_checkpoints_backward_is_named():
+    # torch's own error (a tensor saved for backward modified by an inplace operation) comes
+    # reworded as on the usual path, saying which module and what to do
+    tmod = _SharedAcrossCheckpoint().to(torch_device())
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    gm = GradManager().attach([x])
+    with gm:
+        y = wrap(x).sum()
+        with torch.no_grad():
+            tmod.fc.weight.mul_(2)  # the layer after the checkpoint saved it
+        with pytest.raises(RuntimeError, match=r"PyTorchModule\(.*saved for this backward was "
+                                               r"changed in place.*before `with gm:`"):
+            gm.backward(y)
+
+
 def test_a_reentrant_checkpoint_the_first_recorded_call_did_not_run_is_named():
     tmod = _Checkpointed(use_reentrant=True)
     tmod.checkpoint = False

@@ -463,9 +463,10 @@ def test_mirror_written_while_recording_before_its_use_reaches_torch(write):
 
 @pytest.mark.parametrize("write, torch_write", [
     (lambda w: w.__imul__(2.0), lambda w: w * 2),
+    (lambda w: w.__itruediv__(4.0), lambda w: w / 4),
     (lambda w: w.__setitem__((0, 0), 5.0), lambda w: torch.cat([torch.full((1, 1), 5.0),
                                                                 w[:, 1:]], 1)),
-], ids=["*=", "setitem"])
+], ids=["*=", "/=", "setitem"])
 def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_it(
         write, torch_write):
     # the op that computed the value written kept the old one (mul keeps both operands), but
@@ -482,6 +483,46 @@ def test_attached_mirror_written_by_an_op_before_its_use_differentiates_through_
     np.testing.assert_array_equal(torch_host(lin.weight), torch_write(tw).detach().numpy())
     np.testing.assert_array_equal(host(x.grad), tx.grad.numpy())
     np.testing.assert_array_equal(host(w.grad), tw.grad.numpy())
+
+
+@pytest.mark.parametrize("write", [
+    lambda w, s: w.__imul__(s),
+    lambda w, s: w.set_value(w * s),
+], ids=["*=", "set_value"])
+def test_attached_mirror_scaled_by_an_attached_tensor_raises_not_a_wrong_gradient(write):
+    # s's gradient reads w's old value, which the write replaced in torch's memory: torch's own
+    # mul_ keeps a copy of it (s.grad = x * w), ours would have read the product (earlier
+    # versions of this fork gave s.grad = x * w * s); gm.backward raises instead
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    ts = torch.tensor([[3.0, 5.0]], requires_grad=True)
+    w_now = tw * 1
+    w_now.mul_(ts)
+    (torch.ones(1, 2) @ w_now.t()).sum().backward()
+    np.testing.assert_array_equal(ts.grad.numpy(), [[1.0, 2.0]])  # what a gradient must be
+    lin, wrap, w = _mirrored_linear()
+    s = mge.Parameter([[3.0, 5.0]])
+    gm = GradManager().attach([s])
+    with gm:
+        write(w, s)
+        with pytest.raises(RuntimeError, match="Mul: a value it saved.*changed in place"):
+            gm.backward(wrap(mge.tensor([[1.0, 1.0]])).sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), [[3.0, 10.0]])
+
+
+def test_attached_mirror_squared_in_place_raises_not_a_wrong_gradient():
+    # pow's gradient reads its base, which w **= 2 replaced in torch's memory: torch's pow_
+    # keeps a copy (w's gradient 2 * w), earlier versions of this fork gave 2 * w ** 2
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    w_now = tw * 1
+    w_now.pow_(2)
+    (torch.ones(1, 2) @ w_now.t()).sum().backward()
+    np.testing.assert_array_equal(tw.grad.numpy(), [[2.0, 4.0]])
+    lin, wrap, w = _mirrored_linear()
+    gm = GradManager().attach([w])
+    with gm:
+        w **= 2
+        with pytest.raises(RuntimeError, match="Pow: a value it saved.*changed in place"):
+            gm.backward(wrap(mge.tensor([[1.0, 1.0]])).sum())
 
 
 @pytest.mark.parametrize("write", [
@@ -569,6 +610,43 @@ def test_mirror_written_after_a_megengine_op_saved_it_raises_at_backward(
     with gm:  # the next recording is not refused
         gm.backward(use(x, w).sum())
     np.testing.assert_array_equal(host(x.grad).ravel(), host(w).ravel())
+
+
+@pytest.mark.parametrize("write", [
+    lambda w: w.set_value(w * 2),
+    lambda w: w.__setitem__(Ellipsis, w * 2),
+    lambda w: w.__imul__(2.0),
+], ids=["set_value", "setitem", "*="])
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_mirror_doubled_after_a_mul_used_it_raises_only_where_torchs_does(write, x_needs_grad):
+    # torch's mul saves w only for x's gradient: with x a constant, torch's backward of
+    # y = x * w after w.copy_(w * 2) goes on (the copy carries w * 2's graph); with x needing a
+    # gradient it raises. Ours read w's kept array the same way (mul kept both operands, and
+    # the check looked at both: it raised in both cases)
+    tw = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    tx = torch.tensor([[3.0, 4.0]], requires_grad=x_needs_grad)
+    w_now = tw * 1  # a non-leaf, which torch lets copy_ write with its graph
+    ty = tx * w_now
+    w_now.copy_(w_now * 2)
+    try:
+        (ty.sum() + w_now.sum()).backward()
+    except RuntimeError as e:
+        assert x_needs_grad and "modified by an inplace operation" in str(e)
+    else:
+        assert not x_needs_grad
+    lin, wrap, w = _mirrored_linear()
+    x = mge.Parameter([[3.0, 4.0]])
+    gm = GradManager().attach([w, x] if x_needs_grad else [w])
+    with gm:
+        y = x * w
+        write(w)
+        if x_needs_grad:
+            with pytest.raises(RuntimeError, match="changed in place.*before `with gm:`"):
+                gm.backward(y.sum() + w.sum())
+            return
+        gm.backward(y.sum() + w.sum())
+    np.testing.assert_array_equal(torch_host(lin.weight), [[2.0, 4.0]])
+    np.testing.assert_array_equal(host(w.grad), tw.grad.numpy())
 
 
 def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
