@@ -307,7 +307,7 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     # as upstream: each rank draws its own megengine.random numbers (parameters are made
     # equal with bcast_list_); numpy's global RNG stays the launching process's, as upstream
     # never reseeds it, so programs that make "the same" input on every rank with np.random get it
-    random.rng._seed_engine((int(time.time()) + rank) % 2**32)
+    random.rng.seed((int(time.time()) + rank) % 2**32)
 
 
 def _rendezvous_store(master_ip, port, world_size, rank, timeout):

@@ -31,16 +31,10 @@ def seed(seed: int):
     copied to their device, so after the same seed they are the same numbers on a CPU and on a
     GPU.
     """
+    global _global_seed
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
-    _seed_engine(int(seed))
-
-
-def _seed_engine(seed):
-    """Seed megengine.random's generator and CuPy's, leaving numpy's global RNG as it is: what
-    upstream's per-rank seed in ``init_process_group`` reaches. A launched rank's ``np.random``
-    is its launching process's (forked), so its draws are the same on every rank there."""
-    global _global_seed
+    seed = int(seed)
     _core_rng.generator = np.random.default_rng(seed)
     _global_seed = seed
     _seed_cuda_generators(seed)

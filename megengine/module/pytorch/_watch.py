@@ -8,7 +8,7 @@ parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent bu
 head keeps its tensors, so the per-call address check in module.py sees nothing wrong). Walking the
 torch tree on every call would cost more than many calls; torch runs its global registration hooks
 on every such assignment instead, so watching costs a call nothing. The hooks note what came into a
-watched torch module; the wrapper's call reads the notes (`added_state`).
+watched torch module; the wrapper's call reads the notes (`refuse_added_state`).
 
 Not noticed, because nothing trains wrongly: stateless submodules swapped (``ReLU`` for ``GELU``;
 they are watched from then on), non-persistent buffers (not state megengine saves), a new name for
@@ -19,7 +19,7 @@ import weakref
 
 import torch
 
-__all__ = ["watch", "has_state", "added_state"]
+__all__ = ["watch", "has_state", "refuse_added_state"]
 
 # torch module -> the wrappers whose torch tree holds it
 _watched = weakref.WeakKeyDictionary()
@@ -44,7 +44,7 @@ def watch(wrapper, torch_module):
 
 def _note(module, kind, name, value, replacing=False):
     # torch may still refuse the registration after its hooks ran (a scripted module), and a
-    # buffer's persistence is set after them: `added_state` checks what is there in the end.
+    # buffer's persistence is set after them: `refuse_added_state` checks what is there in the end.
     # A new name for tensors a wrapper mirrors (``self.head = self.fc``) is trained as it is
     for wrapper in _watched.get(module, ()):
         if replacing or not _only_mirrored(wrapper, kind, value):
@@ -92,10 +92,11 @@ def _on_module(module, name, submodule):
 _TABLES = {"parameter": "_parameters", "buffer": "_buffers", "submodule": "_modules"}
 
 
-def added_state(wrapper):
-    """A ``RuntimeError`` naming the state that came into ``wrapper``'s torch module since it was
-    wrapped, or None. Forgotten: what torch refused, what is gone again or left the tree, and a
-    buffer that turned out non-persistent."""
+def refuse_added_state(wrapper):
+    """Raise ``RuntimeError`` naming the state that came into ``wrapper``'s torch module since it
+    was wrapped (the wrapper's calls ask when ``wrapper._added.items`` holds notes). Forgotten:
+    what torch refused, what is gone again or left the tree, and a buffer that turned out
+    non-persistent."""
     paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
     added = []
     for note in wrapper._added.items:
@@ -106,9 +107,9 @@ def added_state(wrapper):
             added.append(note)
     wrapper._added.items = added
     if not added:
-        return None
+        return
     named = [f"{kind} {_join(paths[id(m)], name)!r}" for m, kind, name, _ in added]
-    return RuntimeError(
+    raise RuntimeError(
         f"PyTorchModule: the torch module gained {', '.join(named)} after it was wrapped; "
         "megengine's optimizers, GradManagers and state_dict only know what was there when it "
         "was wrapped, so this would never be trained or saved. Create parameters, buffers and "

@@ -237,9 +237,7 @@ class PyTorchModule(Module):
 
     def _check_shared(self):
         if self._added.items:
-            error = _watch.added_state(self)
-            if error is not None:
-                raise error
+            _watch.refuse_added_state(self)
         for tmod, name, address in self._shared.items:
             # torch keeps parameters and buffers in these dicts (its __setattr__ routes them
             # there); reading them directly skips nn.Module.__getattr__, a Python call each.
@@ -598,9 +596,7 @@ class _TorchCall(Op):
             with torch.set_grad_enabled(want_grad):
                 out = w._torch_module(*args, **kwargs)
         if w._added.items:  # the module made new state in this forward (_watch.py)
-            error = _watch.added_state(w)
-            if error is not None:
-                raise error
+            _watch.refuse_added_state(w)
         if type(out) is torch.Tensor and w.output_cnt == 1:
             outs, self.structure = [out], None
         else:
