@@ -40,6 +40,7 @@ the same through `device_scope`. The switching is done by a *switcher* that
 ``megengine.device`` installs when it finds more than one GPU; with one GPU (the current device
 can only be 0) or none there is no switcher and nothing of this costs more than one ``is None``.
 """
+import weakref
 from itertools import count as _count
 from operator import attrgetter as _attrgetter
 
@@ -257,6 +258,44 @@ def holds_arrays():
     if n == first.mark + 1:  # nothing made since the mark: move it past this call's number
         first.mark = n
         return False
+    return True
+
+
+# Engine caches that keep arrays alive from one call to the next (a layer's torch views of its
+# weights: `functional._aten.LayerViews`, `functional.rnn.WeightViews`): id(array) -> the caches
+# holding it. A write in place into a tensor's array asks whether anything else refers to the
+# array (`Tensor._shared`); these caches are no reason to copy: asked, they let the array go
+# (`release_cached`) and make their views again at the next call (~0.4 us a view). Weak
+# references: a cache that dies unregisters its arrays (its ``__del__``); a live one holds
+# them, so their ids are theirs.
+_cached = {}
+
+
+def cache_holds(cache, arrays, before=()):
+    """``cache`` (with a ``release()`` method) now keeps ``arrays`` and no longer ``before``
+    (None entries are skipped)."""
+    for a in before:
+        if a is not None:
+            holders = _cached.get(id(a))
+            if holders is not None:
+                holders.discard(cache)
+                if not holders:
+                    del _cached[id(a)]
+    for a in arrays:
+        if a is not None:
+            holders = _cached.get(id(a))
+            if holders is None:
+                holders = _cached[id(a)] = weakref.WeakSet()
+            holders.add(cache)
+
+
+def release_cached(array):
+    """Whether some engine cache held ``array``: each such cache lets its arrays go."""
+    holders = _cached.get(id(array))
+    if holders is None:
+        return False
+    for cache in list(holders):
+        cache.release()
     return True
 
 

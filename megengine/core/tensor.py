@@ -235,10 +235,6 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # Whether another framework computes with this tensor's memory (a PyTorchModule's mirror of
     # a torch parameter or buffer): writes must go into that memory, even while recording
     _pinned_storage = False
-    # Whether a detach() alias may share this tensor's array (set on both): a write in place
-    # would reach the other, whose value upstream never changes, so the writer takes a new
-    # array instead (pinned storage excepted: torch's detach shares its memory too)
-    _lent = False
     #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
     dmap_callback = None
 
@@ -624,11 +620,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     def detach(self):
         """A tensor with the same storage (and format label), cut off from autodiff. As
-        upstream's, a later write into either gives the writer a new array (`_lent`; not
-        inside megengine.jit.trace, whose program knows a detached alias by its array)."""
+        upstream's, a later write into either gives the writer a new array (`_shared`)."""
         t = Tensor._wrap(self._data, self._device)
-        if dispatch._trace_hook is None:
-            t._lent = self._lent = True
+        hook = dispatch._trace_hook
+        if hook is not None and hasattr(hook, "detached"):  # megengine.jit.trace records it
+            hook.detached(self, t)
         if self._format != "default":
             t._format = self._format
         return t
@@ -684,7 +680,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
                 and not _views_another_array(self._data)
-                and (self._pinned_storage or not (held or self._lent))):
+                and (self._pinned_storage or not (held or self._shared()))):
             if held:
                 self._wrote_pinned()
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -696,7 +692,6 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             with dispatch.on_device(self._device):  # CuPy copies onto the current GPU
                 self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype \
                     else value.copy()
-            self._lent = False
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
         self._track_as(entry)
@@ -730,7 +725,17 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         """Move to a copy of the array before a write in place that others must not see."""
         with dispatch.on_device(self._device):
             self._data = self._data.copy()
-        self._lent = False
+
+    def _shared(self):
+        """Whether something besides this tensor refers to its array: another tensor over it
+        (``detach()``), a view of it (``reshape``, a slice, ``transpose``: a view keeps its base
+        array alive), an engine cache. A write in place would reach that holder, whose value
+        upstream never changes, so the writer takes a new array instead. (numpy's
+        ``ndarray.resize`` asks the same of the reference count.) Engine caches of views are
+        no such holder: they let the array go (`dispatch.release_cached`)."""
+        if _refs(self) <= _ALONE:
+            return False
+        return not dispatch.release_cached(self._data) or _refs(self) > _ALONE
 
     def _wrote_pinned(self):
         """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
@@ -761,7 +766,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             raise _unpinned_write(self, op_result, "an augmented assignment (+=, ...)")
         _note_write()
         recording = dispatch._recording
-        if ((isinstance(self, Parameter) and not recording and not self._lent
+        if ((isinstance(self, Parameter) and not recording and not self._shared()
              or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):
             if self._data.dtype.metadata is not None and \
@@ -874,6 +879,15 @@ def _views_another_array(array):
     own and is still written in place."""
     base = getattr(array, "base", None)
     return base is not None and type(base) is type(array)
+
+
+def _refs(tensor):
+    return sys.getrefcount(tensor._data)
+
+
+# What `_refs` counts for an array that only its tensor holds (the call's own references
+# included, which vary with the Python version)
+_ALONE = _refs(Tensor._wrap(np.empty(0), "cpu0"))
 
 
 def _writeable(array):

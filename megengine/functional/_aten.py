@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from ..core import dispatch as _dispatch
+
 __all__ = ["aten", "op", "ops", "view", "array", "torch_module", "set_num_threads",
            "get_num_threads", "use_aten", "forced", "is_forced", "avoided", "LayerViews", "layer_views"]
 
@@ -132,17 +134,20 @@ class LayerViews:
     each, one to four a layer on every call of an eval network at batch 1).
 
     Why a kept view is never stale: it is zero-copy, so whatever is written into the array in
-    place (an optimizer step, ``load_state_dict``, ``set_value``, ``w[...] = v``, ``+=``) shows
-    through it; and the entry is found by its key, which holds the ``id`` of each array it was
-    made from while the entry keeps those arrays alive (so no other array can take their ids).
-    A Parameter whose storage is replaced by a new array, or another weight passed to the
-    layer's ``calc_conv``, misses, and the op stores fresh views. Ops store only views of the
+    place shows through it; and the entry is found by its key, which holds the ``id`` of each
+    array it was made from while the entry keeps those arrays alive (so no other array can take
+    their ids). A Parameter whose storage is replaced by a new array, or another weight passed
+    to the layer's ``calc_conv``, misses, and the op stores fresh views. The entry is
+    registered as an engine cache (`dispatch.cache_holds`): a write in place into one of its
+    arrays (an optimizer step, ``load_state_dict``, ``set_value``, ``+=``) first empties it
+    (`release`), so that the kept arrays are not taken for a user's view that must keep the old
+    value (`Tensor._shared`). Ops store only views of the
     arrays' own memory (no dtype cast, no copy) of numpy arrays: a CUDA view also orders
     streams when it is made, so it is made per call. Pickles and copies of a layer leave it
     out (`Module.__getstate__`: views of torch memory are not state).
     """
 
-    __slots__ = ("entry", "args")
+    __slots__ = ("entry", "args", "__weakref__")
 
     def __init__(self):
         # (key, held arrays, views), or None: one tuple, replaced by one assignment, so that
@@ -156,7 +161,21 @@ class LayerViews:
         self.args = None
 
     def fill(self, key, held, views):
+        before = self.entry
         self.entry = (key, held, views)
+        _dispatch.cache_holds(self, held, () if before is None else before[1])
+
+    def release(self):
+        """Let the arrays go (a write in place into one of them is coming: `Tensor._shared`)."""
+        before, self.entry = self.entry, None
+        if before is not None:
+            _dispatch.cache_holds(self, (), before[1])
+
+    def __del__(self):
+        try:
+            self.release()
+        except (AttributeError, TypeError):  # (at exit, modules may be gone)
+            pass
 
     def __reduce__(self):  # pickle, copy and deepcopy: a new empty one
         return type(self), ()

@@ -334,13 +334,14 @@ class WeightViews:
     while the same arrays come back (a view costs ~0.4 us; a bidirectional two-layer LSTM has
     16 weights), and the zero tensor for absent initial states (a new one each call cost 6 us
     at LSTM(64, 64), seq 8, batch 4: a fresh allocation for oneDNN). Only float32 arrays are
-    viewed, without a copy: the views alias their memory, so an in-place write (an optimizer
-    step, ``load_state_dict``, ``set_value``) shows through them, and a replaced array (a new
-    ``_data``, a new Parameter) fails the identity test and is viewed anew. Holds the last
+    viewed, without a copy: the views alias their memory, and a replaced array (a new
+    ``_data``, a new Parameter) fails the identity test and is viewed anew. Registered as an
+    engine cache (`dispatch.cache_holds`): a write in place into a viewed array (an optimizer
+    step, ``load_state_dict``, ``set_value``) first empties it (`release`). Holds the last
     arrays it viewed (one set) until the next call. Copies and pickles as empty: views are
     remade where the arrays live."""
 
-    __slots__ = ("arrays", "views", "zero")
+    __slots__ = ("arrays", "views", "zero", "__weakref__")
 
     def __init__(self):
         self.arrays, self.views, self.zero = (), None, None
@@ -358,7 +359,19 @@ class WeightViews:
         self.views = [view(w) for w in weights] if all(
             w.dtype == _FLOAT32 for w in weights) else None
         self.arrays = tuple(weights)
+        _dispatch.cache_holds(self, self.arrays, arrays)
         return self.views
+
+    def release(self):
+        """Let the arrays go (a write in place into one of them is coming: `Tensor._shared`)."""
+        before, self.arrays, self.views = self.arrays, (), None
+        _dispatch.cache_holds(self, (), before)
+
+    def __del__(self):
+        try:
+            self.release()
+        except (AttributeError, TypeError):  # (at exit, modules may be gone)
+            pass
 
     def zeros(self, shape):
         """A float32 zero tensor of ``shape`` (the stack's zero initial states; ATen's lstm

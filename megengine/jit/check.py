@@ -168,6 +168,7 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
+        self.detached_from = None  # id(t) -> [the tensor whose detach() t is, t's slot]
         # slot -> (shape, its SymDims): what `_trace_option` handed out, in this call or an
         # earlier one of the program (~1 us per shape read saved: a size read of each value
         # of a small-op loop, ``F.expand_dims``); their ``src`` is made this checker's when
@@ -196,6 +197,13 @@ class _Checker(_Hook):
         for s, t in zip(self.prog.arg_slots, leaves):
             values[s] = t
             arrays[s] = t._data
+
+    def detached(self, owner, t):
+        """``t = owner.detach()`` in the call (see `check_source`)."""
+        if self.detached_from is None:
+            self.detached_from = {}
+        self.detached_from[id(t)] = [owner, None]  # (and its slot, once used)
+        self.keep.append(t)  # (its id stays its own)
 
     def read(self, t, value):
         """A checked call runs the Python code that used a value read to the host, and the ops
@@ -633,6 +641,16 @@ class _Checker(_Hook):
         """Raise unless ``t`` comes from where the recorded ``expected`` slot did."""
         prog = self.prog
         s, alias = self._internal(t)
+        e = self.detached_from.get(id(t)) if s is None and self.detached_from else None
+        if e is not None and e[0]._data is t._data:
+            # a detached alias of an external, as recorded (`_Recorder.source`): known by the
+            # tensor only (its array is the external's)
+            if e[1] is None:
+                step = self._expect(_AliasStep, where)
+                self.check_source(e[0], step.src, where)
+                e[1] = step.out
+                self.values[step.out] = t
+            s, alias = e[1], False
         if s is not None:
             if alias:
                 step = self._expect(_AliasStep, where)

@@ -150,6 +150,7 @@ class _Recorder(_Hook):
         self.const_mode = tr._capture_as_const
         self.live = live  # ids of tensors that stay live externals under capture_as_const
         self.ext_by_tensor = {}  # id(external tensor) -> slot
+        self.detached_from = {}  # id(t) -> the tensor whose detach() t is
         self.unresolved = []  # "ext" slots that may turn out to be a .grad
         self.candidates = {}  # id -> tensor whose .grad a function may read
         self.grads_seen = {}  # id(a .grad after an event) -> (its owner, it)
@@ -261,19 +262,39 @@ class _Recorder(_Hook):
     def _outside(self, t):
         return id(t) in self.arg_ids or id(t) in self.ext_seen
 
+    def detached(self, owner, t):
+        """``t = owner.detach()`` in the call (see `source`)."""
+        self.detached_from[id(t)] = owner
+        self.keep.append(t)  # (its id stays its own)
+
+    def _alias(self, s, t, external=False):
+        """A slot for ``t``, a detached alias of slot ``s``'s value. The alias of an external
+        is known by the tensor only: its array is the external's, which stays external (a
+        write into it is an event, not dataflow)."""
+        out = self.prog.new_slot("alias", s)
+        self.prog.slots[out].step = len(self.prog.steps)
+        self.prog.steps.append(_AliasStep(s, out))
+        if s in self.dyn:
+            self.dyn.add(out)
+        if external:
+            self.by_tensor[id(t)] = (out, t._data)
+            self.slot_tensor[out] = t
+        else:
+            self._register(t, out)
+        return out
+
     def source(self, t):
-        """The slot ``t``'s value comes from, adding aliases and externals."""
+        """The slot ``t``'s value comes from, adding aliases and externals. A detached alias
+        of an external (``w.detach()`` of a parameter: 0.x's updates ``w._reset(w.detach() *
+        a + x)``) reads the external's value where it is used, on every call: not a constant
+        made of the array it had (a write into the parameter gives it a new array while
+        another holder may keep the old one: `Tensor._shared`)."""
         s, alias = self._internal(t)
         if s is not None:
-            if not alias:
-                return s
-            out = self.prog.new_slot("alias", s)
-            self.prog.slots[out].step = len(self.prog.steps)
-            self.prog.steps.append(_AliasStep(s, out))
-            if s in self.dyn:
-                self.dyn.add(out)
-            self._register(t, out)
-            return out
+            return self._alias(s, t) if alias else s
+        owner = self.detached_from.get(id(t))
+        if owner is not None and owner._data is t._data:
+            return self._alias(self.source(owner), t, external=True)
         s = self.ext_by_tensor.get(id(t))
         if s is None:
             s = self.prog.new_slot("ext")

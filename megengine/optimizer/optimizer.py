@@ -208,7 +208,7 @@ class Optimizer:
                         )
                     if scope is not None:
                         scope.enter(p._device)
-                    if p._lent and not p._pinned_storage:  # a detach() alias keeps the old value
+                    if not p._pinned_storage and p._shared():  # an alias keeps the old value
                         p._unshare()
                     state = states.get(p)
                     if state is None:
@@ -271,11 +271,13 @@ class Optimizer:
             if g is None:
                 continue
             with dispatch.on_device(p._device):  # CuPy writes/allocates on the current GPU
-                if getattr(g._data.flags, "writeable", True):
-                    g._data[...] = 0
-                else:
+                if not getattr(g._data.flags, "writeable", True):
                     p.grad = Tensor._wrap(get_array_module(p._device).zeros_like(g._data),
                                           p._device)
+                elif g._shared():  # a view or detached alias keeps the old gradient
+                    g._data = get_array_module(p._device).zeros_like(g._data)
+                else:
+                    g._data[...] = 0
         if self._gm is None:
             self._gm = GradManager()
         self._gm.attach(self._params())  # also catches groups added since the last call

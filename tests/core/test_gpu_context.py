@@ -384,9 +384,11 @@ class _RecordsDevice(np.ndarray):
 def test_in_place_writes_run_with_the_tensors_gpu_current(switcher):
     data = np.zeros(2, np.float32).view(_RecordsDevice)
     data.sw, data.writes = switcher, []
+    writes = data.writes
     p = Parameter(np.zeros(2, np.float32))
     p._data, p._device = data, "gpu1"
+    del data  # (another holder of the array would make the writes give p a copy)
     p.set_value(on("gpu1", [1.0, 2.0]))  # Tensor._reset: the optimizers' and load_state_dict's write
     p += on("gpu1", [1.0, 1.0])  # an augmented operator on a Parameter: Tensor._inplace
-    assert data.writes == [1, 1] and switcher.device == 0
+    assert writes == [1, 1] and switcher.device == 0
     np.testing.assert_array_equal(np.asarray(p._data), [2.0, 3.0])

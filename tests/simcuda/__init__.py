@@ -103,7 +103,7 @@ def _route_aten(cupy):
         if device is None or t.device.type != "cpu":
             return out
         wrapped = object.__new__(ndarray)
-        wrapped._a, wrapped._dev = out, device
+        wrapped._a, wrapped._dev, wrapped._keep = out, device, None  # (torch's memory)
         return wrapped
 
     view.__doc__ = "simulated CUDA: " + (real_view.__doc__ or "")

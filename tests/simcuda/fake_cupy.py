@@ -79,7 +79,10 @@ def build(count):
     class ndarray:
         """A simulated CuPy array: a numpy array on simulated device ``device.id``."""
 
-        __slots__ = ("_a", "_dev", "__weakref__")
+        # _keep: the array a view was made from (its owner), held as CuPy's view holds its
+        # ``base``: the engine asks the reference count whether something views an array
+        # (`Tensor._shared`)
+        __slots__ = ("_a", "_dev", "_keep", "__weakref__")
         __array_priority__ = 100  # numpy defers binary operators to us, as it does to CuPy
 
         def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
@@ -90,6 +93,7 @@ def build(count):
                     "the bridge need a real GPU)")
             self._a = np.empty(shape, dtype, order=order)
             self._dev = rt.current()
+            self._keep = None
             live[id(self._a)] = self
 
         # -- what the array is --
@@ -363,14 +367,22 @@ def build(count):
 
     def _wrap(raw, dev):
         a = object.__new__(ndarray)
-        a._a, a._dev = raw, dev
+        a._a, a._dev, a._keep = raw, dev, None
         if raw.base is None:
             live[id(raw)] = a
+        else:  # a view of a device array's buffer holds that array, as CuPy's views do
+            root = raw
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            owner = live.get(id(root))
+            if owner is not None and owner._a is root:
+                a._keep = owner
         return a
 
     def _view(of, raw):
         a = object.__new__(ndarray)
         a._a, a._dev = raw, of._dev
+        a._keep = of if of._keep is None else of._keep
         return a
 
     def _unpickle(raw):
