@@ -22,18 +22,22 @@ gradients, and reused: a module whose graph changes between calls keeps the firs
 __all__ = ["read", "leaves"]
 
 
-def read(inputs, params, outs):
+def read(inputs, params, outs, given=None):
     """``(grad_order, checkpointed)`` of a call. ``grad_order``: the op's input indices in the
     order torch completes their gradients, those it gives none last, in input order;
     ``checkpointed``: whether the graph holds a torch.utils.checkpoint(use_reentrant=True) node,
     whose backward refuses torch.autograd.grad (it re-runs the forward and calls backward()
     itself). ``inputs``: the torch tensors made of the call's tensor arguments; ``params``: the
-    torch parameters (the op's inputs after them); ``outs``: the outputs."""
+    torch parameters (the op's inputs after them); ``outs``: the outputs; ``given``: what the
+    module was called with where it got copies of ``inputs`` (their clone nodes stand for the
+    inputs, as on the calls that pass the inputs themselves)."""
     from torch.utils.checkpoint import CheckpointFunction
 
-    nodes = _nodes(outs)
+    stand_in = {} if given is None else {
+        c.grad_fn: t for c, t in zip(given, inputs) if c is not t and c.grad_fn is not None}
+    nodes = _nodes(outs, stand_in)
     checkpointed = any(getattr(n, "_forward_cls", None) is CheckpointFunction for n in nodes)
-    return _read_order(nodes, inputs, params), checkpointed
+    return _read_order(nodes, inputs, params, stand_in), checkpointed
 
 
 def leaves(outs):
@@ -47,10 +51,11 @@ def leaves(outs):
     return list(found.values())
 
 
-def _nodes(outs):
-    """The autograd nodes behind ``outs``, leaves' AccumulateGrad nodes left out."""
+def _nodes(outs, stand_in=()):
+    """The autograd nodes behind ``outs``, leaves' AccumulateGrad nodes (and ``stand_in``'s,
+    which stand for leaves) left out."""
     nodes = []
-    seen = set()
+    seen = set(stand_in)
     for o in outs:
         root = o.grad_fn
         if root is not None and root not in seen:
@@ -64,11 +69,11 @@ def _nodes(outs):
     return nodes
 
 
-def _read_order(nodes, inputs, params):
+def _read_order(nodes, inputs, params, stand_in):
     position = {id(t): i for i, t in enumerate(inputs)}
     position.update((id(p), i) for i, p in enumerate(params, len(inputs)))
     ready = []
-    for leaf in _leaves_in_ready_order(nodes):
+    for leaf in _leaves_in_ready_order(nodes, stand_in):
         i = position.get(id(leaf))
         if i is not None and i not in ready:
             ready.append(i)
@@ -76,16 +81,21 @@ def _read_order(nodes, inputs, params):
     return tuple(ready + [i for i in range(len(position)) if i not in taken])
 
 
-def _leaves_in_ready_order(nodes):
+def _leaves_in_ready_order(nodes, stand_in):
     """The variables of the AccumulateGrad nodes under ``nodes`` (`_nodes`), in the order their
-    gradients are complete."""
+    gradients are complete (a ``stand_in`` node counts as its leaf's)."""
     order = []  # forward order, reversed below: before each node, the leaves it uses first
     seen = set()
     for node in sorted(nodes, key=lambda n: n._sequence_nr()):
         for parent, _ in reversed(node.next_functions):
-            if parent is not None and parent not in seen and hasattr(parent, "variable"):
+            if parent is None or parent in seen:
+                continue
+            if hasattr(parent, "variable"):
                 seen.add(parent)
                 order.append(parent.variable)
+            elif parent in stand_in:
+                seen.add(parent)
+                order.append(stand_in[parent])
         order.append(None)  # the node itself: no variable
     order.reverse()
     return [v for v in order if v is not None]

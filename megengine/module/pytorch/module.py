@@ -566,26 +566,28 @@ class _TorchCall(Op):
         mode = w._torch_module.training
         learned = w._copy_inputs.get(mode)
         copy_inputs = learned is not False  # first call in each mode: protect inputs, then learn
-        inputs = []
+        inputs = []  # the leaves gradients are taken for
         ext = _bridge._ext or _bridge.load_extension()  # loaded by the wrapper's __init__
         to_torch = ext.to_torch
         for i in range(n):
             t = to_torch(arrays[i])
-            if copy_inputs:
-                t = t.clone()
             if t.is_floating_point():
                 inputs.append(t.requires_grad_(need[i]))
             elif arrays[i].dtype.metadata is not None:  # (its scale is dtype metadata)
                 raise _quantized_input(i, arrays[i].dtype)
             else:
                 inputs.append(t)
-        versions = [t._version for t in inputs]
+        # What the module gets: the leaves, or their copies while it may write into them (a
+        # clone of a leaf that needs a gradient is no leaf, so an in-place op on it is legal
+        # and differentiated, as on the activation a torch network passes on)
+        given = [t.clone() for t in inputs] if copy_inputs else inputs
+        versions = [t._version for t in given]
         template = self.template
         if template is _ONE_SLOT:
-            args, kwargs = inputs, _NO_KWARGS
+            args, kwargs = given, _NO_KWARGS
         else:
-            args = [_fill(t, inputs) for t in template]
-            kwargs = {k: _fill(v, inputs) for k, v in self.kw_template.items()}
+            args = [_fill(t, given) for t in template]
+            kwargs = {k: _fill(v, given) for k, v in self.kw_template.items()}
         if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
             with torch.set_grad_enabled(want_grad), \
                     _amp.torch_autocast(_torch_device(w._device).type):
@@ -606,7 +608,7 @@ class _TorchCall(Op):
         if any(o.is_cuda != on_gpu for o in outs):  # made on the other side (torch.arange(n)
             where = _torch_device(w._device)  # in a module on a GPU): the engine array must
             outs = [o if o.is_cuda == on_gpu else o.to(where) for o in outs]  # match its label
-        written = [i for i in range(n) if inputs[i]._version != versions[i]]
+        written = [i for i in range(n) if given[i]._version != versions[i]]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
             # the shared memory; such a module keeps getting copies, others get views. Learned
@@ -624,7 +626,8 @@ class _TorchCall(Op):
             # callbacks see this op's inputs and parameters in the order torch hands them out
             known = w._learned.get((mode, need))
             if known is None:
-                known = w._learned[mode, need] = _graph.read(inputs, w._torch_params.items, outs)
+                known = w._learned[mode, need] = _graph.read(inputs, w._torch_params.items,
+                                                              outs, given)
             self.grad_order, self.checkpointed = known
         # Outputs are values. torch may return memory others see (an input or a parameter as
         # is or as a view, one tensor twice, a stride-0 expand), and megengine's set_value

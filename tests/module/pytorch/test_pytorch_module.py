@@ -501,6 +501,53 @@ def test_module_that_writes_its_input_in_place_does_not_corrupt_megengine_tensor
         np.testing.assert_allclose(y.numpy(), [4.0, 6.0])
 
 
+@pytest.mark.parametrize("first", ["relu_inplace", "div_"])
+def test_module_writing_its_input_in_place_trains_as_torch_on_a_copy(first):
+    # a torch network whose first op writes its input in place (nn.ReLU(inplace=True),
+    # ``x /= 255``) on an activation that needs a gradient: torch differentiates the in-place
+    # op (its input is no leaf there); here it raised torch's "a leaf Variable that requires
+    # grad is being used in an in-place operation". The megengine value stays as it was, so
+    # the oracle is torch on a copy of the activation.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            if first == "relu_inplace":
+                x = self.relu(x)
+            else:
+                x /= 4.0
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    tnet = Net()
+    wrap = PyTorchModule(copy.deepcopy(tnet))
+    data = np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)
+    w = mge.Parameter(data)
+    gm = GradManager().attach([w] + list(wrap.parameters()))
+    tw = torch.tensor(data, requires_grad=True)
+    for _ in range(2):  # the first call (inputs copied while learning) and a later one
+        with gm:
+            h = w * 2
+            loss = (wrap(h) ** 2).sum() + (h * h).sum()
+            gm.backward(loss)
+        th = tw * 2
+        tloss = (tnet(th.clone()) ** 2).sum() + (th * th).sum()
+        tw.grad = None
+        tnet.zero_grad()
+        tloss.backward()
+        np.testing.assert_allclose(h.numpy(), data * 2)
+        np.testing.assert_allclose(float(loss), float(tloss), rtol=1e-6)
+        np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(wrap.fc.weight.grad.numpy(), tnet.fc.weight.grad.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        w.grad = None
+        for p in wrap.parameters():
+            p.grad = None
+
+
 def test_size_one_strides_are_normalised_for_torch():
     class Flat(nn.Module):
         def __init__(self):
