@@ -137,3 +137,39 @@ def check_float16_against_torch(fn, torch_fn, *arrays, diff=None, seed=5):
         torch_err = np.abs(theirs.detach().numpy().astype(np.float64) - exact).max() / scale
         assert ours_err <= max(2 * torch_err, 2 * 2.0 ** -10), \
             f"{what}: relative error {ours_err:.3g}, torch's float16 {torch_err:.3g}"
+
+
+def check_recorded_clip_grad_norm(devices, max_norm=0.1, ord=2.0):
+    """`clip_grad_norm` of gradients an outer GradManager records, one input on each of
+    ``devices`` (a penalty on the clipped gradients), against the clipping formula written in
+    torch: the total norm over all gradients, the clipped gradients, and the outer gradients of
+    the weights. Returns the megengine inputs and weights (for device checks)."""
+    import megengine.functional as F
+    from megengine.optimizer import clip_grad_norm
+
+    rng = np.random.RandomState(5)
+    xa = [rng.randn(3, 4).astype(np.float32) for _ in devices]
+    wa = [rng.randn(2, 4).astype(np.float32) for _ in devices]
+    xs = [mge.tensor(a, device=d) for a, d in zip(xa, devices)]
+    ws = [mge.Parameter(a, device=d) for a, d in zip(wa, devices)]
+    gm_in, gm_w = GradManager().attach(xs), GradManager().attach(ws)
+    with gm_w:
+        with gm_in:
+            gm_in.backward([F.sigmoid(F.linear(x, w)).sum() for x, w in zip(xs, ws)])
+        total = clip_grad_norm(xs, max_norm, ord=ord)
+        clipped = [x.grad for x in xs]
+        gm_w.backward([(g ** 2 * F.cos(g)).sum() for g in clipped])
+    txs = [torch.tensor(a, requires_grad=True) for a in xa]
+    tws = [torch.tensor(a, requires_grad=True) for a in wa]
+    tgs = torch.autograd.grad(sum(torch.sigmoid(torch.nn.functional.linear(x, w)).sum()
+                                  for x, w in zip(txs, tws)), txs, create_graph=True)
+    ttotal = torch.linalg.vector_norm(torch.cat([g.flatten() for g in tgs]), ord)
+    assert ttotal.item() > max_norm  # the gradients are clipped
+    tclipped = [g * (max_norm / (ttotal + 1e-6)) for g in tgs]
+    tgws = torch.autograd.grad(sum((g ** 2 * torch.cos(g)).sum() for g in tclipped), tws)
+    assert total.device == xs[0].device
+    np.testing.assert_allclose(total.numpy(), ttotal.detach().numpy(), rtol=1e-5)
+    for g, tg, w, tgw in zip(clipped, tclipped, ws, tgws):
+        np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w.grad.numpy(), tgw.numpy(), rtol=1e-4, atol=1e-6)
+    return xs, ws

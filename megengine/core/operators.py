@@ -56,6 +56,11 @@ def _operand(value, like):
     if isinstance(value, np.generic) and value.dtype.kind in "biufc" and \
             like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
         raise _quantized_scalar(value.item(), like.dtype)  # a numpy number: as a Python one
+    if isinstance(value, np.integer) and value.dtype.itemsize == 8 and \
+            value != value.astype(np.int32):
+        # Tensor() stores a 64-bit int as int32, as upstream's does; one int32 cannot hold keeps
+        # its dtype instead of wrapping (x + np.int64(2 ** 40) added 0; upstream refuses it)
+        return Tensor(value, dtype=value.dtype, device=like._device)
     return Tensor(value, device=like._device)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
-from ..core.dtype_rules import complex_error, no_order
+from ..core.dtype_rules import _NARROW, complex_error, no_order, promote_types
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
@@ -348,7 +348,8 @@ _PLAIN_BOUND = frozenset({int, float})  # bounds of these exact types need no co
 def clip(x, lower=None, upper=None):
     """Limit each element of ``x`` to ``[lower, upper]``; either bound may be None (not both).
 
-    Bounds are numbers or Tensors; a float bound on an integer tensor gives a float32 result.
+    Bounds are numbers or Tensors; a float bound on an integer tensor gives a float32 result,
+    and a numpy scalar bound (``np.int16(3)``) promotes ``x`` as ``x + bound`` does.
     """
     if lower is None and upper is None:
         raise ValueError("clip: at least one of lower and upper must be given, got both None")
@@ -364,10 +365,15 @@ def clip(x, lower=None, upper=None):
         raise _quantized_scalar(lower if lower is not None else upper, x.dtype)
     bounds = []
     for b in (lower, upper):
-        if b is not None and not isinstance(b, (int, float, np.number)):
+        if b is not None and not isinstance(b, (int, float, np.number, np.bool_)):
             raise TypeError(f"clip: bounds must be numbers or Tensors, got {type(b).__name__}")
-        # Python scalars are weak in numpy: the result keeps x's dtype
-        bounds.append(b.item() if isinstance(b, np.generic) else b)
+        if isinstance(b, np.generic):
+            # a numpy scalar is a typed operand, as in x + b (upstream's promotion): x takes
+            # the dtype of x with Tensor(b)'s (which narrows float64 and int64 to 32 bits)
+            dtype = promote_types(x.dtype, _NARROW.get(b.dtype, b.dtype))
+            x = x if x.dtype == dtype else x.astype(dtype)
+            b = b.item()
+        bounds.append(b)  # (Python scalars are weak: the result keeps x's dtype)
     lower, upper = bounds
     if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
         x = x.astype(np.float32)

@@ -415,18 +415,19 @@ class _CrossEntropy(Op):
             a -= (classes == self.label_k) * a.dtype.type(value)
 
     def forward(self, pred, label):
-        ax, ls = self.axis, self.ls
-        expected = pred.shape[:ax] + pred.shape[ax + 1:]
+        ax, ls, shape = self.axis, self.ls, pred.shape
+        expected = shape[:ax] + shape[ax + 1:]
         if label.shape != expected:
             raise ValueError(
                 f"cross_entropy: label of shape {label.shape} does not match pred of shape "
-                f"{pred.shape}: expected pred's shape without axis {ax}, {expected}")
-        pred = _as_float(pred, "cross_entropy")
+                f"{shape}: expected pred's shape without axis {ax}, {expected}")
+        if pred.dtype.kind != "f":  # (_as_float's first test: no call for float logits)
+            pred = _as_float(pred, "cross_entropy")
         if label.dtype.kind not in "iu":
             label = label.astype(np.int64)  # upstream takes float class ids too
-        classes = pred.shape[ax]
-        if (type(pred) is np.ndarray and ax == 1 and pred.ndim == 2 and self.with_logits
-                and pred.shape[0] and "cross_entropy" not in _aten._forced):  # is_forced inline
+        classes = shape[ax]
+        if (type(pred) is np.ndarray and ax == 1 and len(shape) == 2 and self.with_logits
+                and shape[0] and "cross_entropy" not in _aten._forced):  # is_forced inline
             # (the cheap tests first: the narrow rows that stay on numpy skip the use_aten call)
             if ((classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW)
                     and pred.dtype in _ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy")):

@@ -24,17 +24,32 @@ def _set_grad(t, value):
     t.grad._reset(Tensor._wrap(value.astype(t.grad.dtype, copy=False), t.grad._device))
 
 
+def _by_device(tensors):
+    """``{device: [tensors whose gradient is there]}``, the first gradient's device first."""
+    groups = {}
+    for t in tensors:
+        groups.setdefault(t.grad._device, []).append(t)
+    return groups
+
+
 def _clip_norm_recorded(tensors, max_norm, ord):
     """`clip_grad_norm` through recorded ops, for gradients an outer GradManager records (a
     penalty on clipped gradients): as upstream's, the result is differentiated through the
-    scale and the total norm."""
+    scale and the total norm. As unrecorded, each device reduces its own gradients and the
+    per-device norms meet on the first gradient's device (an op refuses two devices)."""
     from .. import functional as F
 
-    total = F.norm(F.stack([F.norm(t.grad.flatten(), ord) for t in tensors]), ord)
+    groups = _by_device(tensors)
+    first = tensors[0].grad._device
+    partial = [F.norm(F.stack([F.norm(t.grad.flatten(), ord) for t in group]), ord).to(first)
+               for group in groups.values()]
+    total = partial[0] if len(partial) == 1 else F.norm(F.stack(partial), ord)
     coef = max_norm / (total + 1e-6)
     if coef.item() < 1.0:
-        for t in tensors:
-            t.grad._reset(t.grad * coef)
+        for device, group in groups.items():
+            device_coef = coef.to(device)
+            for t in group:
+                t.grad._reset(t.grad * device_coef)
     return total
 
 
@@ -61,9 +76,7 @@ def clip_grad_norm(tensors, max_norm: float, ord: float = 2.0):  # noqa: A002 (u
     # The total norm is the norm of the per-device norms (as of the per-tensor ones), so each
     # device reduces its own gradients with its GPU current and only one number per device
     # crosses over (CuPy cannot stack arrays that live on different GPUs).
-    groups = {}
-    for t in tensors:
-        groups.setdefault(t.grad._device, []).append(t)
+    groups = _by_device(tensors)
     scope = dispatch.device_scope()  # None unless there are several GPUs
     try:
         partial = []

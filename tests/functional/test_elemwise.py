@@ -219,6 +219,33 @@ def test_clip_of_a_bool_tensor_takes_upstreams_promotion(lower, upper, want):
                                                            lower, upper).numpy())
 
 
+@pytest.mark.parametrize("dtype,lower,upper,want", [
+    ("int8", np.int16(3), None, "int16"), ("int8", None, np.uint8(3), "int16"),
+    ("int8", np.int32(3), np.int32(7), "int32"), ("int16", 1, np.int32(3), "int32"),
+    ("int8", 3, np.int32(70000), "int32"), ("int8", np.float32(1.5), None, "float32"),
+    ("float16", np.float32(1.5), None, "float32"), ("float16", None, np.float16(1.5), "float16"),
+    ("int8", np.bool_(True), None, "int8"), ("float32", None, np.bool_(True), "float32"),
+    ("int8", np.int64(3), None, "int32"), ("float16", np.float64(1.5), None, "float32")])
+def test_clip_with_a_numpy_scalar_bound_promotes_as_an_operand(dtype, lower, upper, want):
+    # upstream's convert_inputs types a numpy scalar as a tensor: MegEngine 1.13 gives int16 for
+    # clip(int8, np.int16(3), None), float32 for clip(float16, np.float32(1.5), None), as for
+    # x + np.int16(3); np.int64 / np.float64 take the 32-bit dtype Tensor() stores them as (as
+    # x + np.int64(3) does here; upstream refuses those dtypes). Earlier versions of this fork
+    # kept x's dtype and refused np.bool_ bounds
+    x = np.array([0, 1, 2, 9], dtype)
+    got = F.clip(mge.tensor(x, dtype=dtype), lower, upper)
+    assert got.dtype == np.dtype(want)
+    lo = -np.inf if lower is None else float(lower)
+    hi = np.inf if upper is None else float(upper)
+    np.testing.assert_array_equal(got.numpy(), np.clip(x.astype(np.float64), lo, hi))
+
+
+def test_clip_of_float16_with_numpy_float32_bounds_differentiates_like_torch():
+    x = np.array([-2.0, 0.0, 0.5, 1.0, 3.0], np.float16)
+    check_against_torch(lambda t: F.clip(t, np.float32(0), np.float32(1)),
+                        lambda t: torch.clamp(t.float(), 0, 1), x, check_dtype=True)
+
+
 def test_binary_shape_mismatch_raises():
     with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
         F.add(mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.zeros(4, np.float32)))

@@ -95,6 +95,17 @@ def test_optimizer_steps_on_gpu1_match_torch(make):
     assert _current() == 0
 
 
+def test_clipping_recorded_gradients_on_gpu0_and_gpu1_matches_torch():
+    pytest.importorskip("torch")
+    from oracle import check_recorded_clip_grad_norm
+
+    xs, ws = check_recorded_clip_grad_norm(("gpu0", "gpu1"))
+    for i, (x, w) in enumerate(zip(xs, ws)):
+        _on(x.grad, i)
+        _on(w.grad, i)
+    assert _current() == 0
+
+
 def test_conv_pool_batchnorm_on_gpu1_match_torch():
     torch = pytest.importorskip("torch")
     xv = np.random.randn(2, 2, 6, 6).astype(np.float32)
