@@ -630,10 +630,15 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return t
 
     def to(self, device):
+        """A new tensor with this value on ``device`` (a Copy op, differentiable), also on the
+        device it is on, as upstream's: ``y = x.to(x.device)`` keeps its value when x is
+        written (earlier versions of this fork returned x itself)."""
+        return dispatch.apply(_ops.Copy(_device_mod.canonical_device(device)), self)
+
+    def _to(self, device):
+        """``to`` for the engine's own temporaries: itself when it is already there."""
         dev = _device_mod.canonical_device(device)
-        if dev == self._device:
-            return self
-        return dispatch.apply(_ops.Copy(dev), self)
+        return self if dev == self._device else dispatch.apply(_ops.Copy(dev), self)
 
     def _to_device_array(self, dev):
         return _ops.move_array(self._data, dev)
@@ -659,7 +664,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             if entry is not None and entry[0].live and (
                     other._device != self._device or other.dtype != self.dtype):
                 # a tracked value comes over by recorded ops, so its gradient goes back
-                other = other.to(self._device).astype(self.dtype)
+                other = other._to(self._device).astype(self.dtype)
                 entry = other._node
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is

@@ -49,7 +49,7 @@ class Exponential(Distribution):
         # Inverse-CDF sampling: u ~ U[0, 1) gives -log(1 - u) / rate, finite because u < 1,
         # and differentiable in `rate` (the reparameterization gradient is -sample / rate).
         shape = self._extended_shape(sample_shape)
-        u = uniform(size=shape).to(self.rate.device)
+        u = uniform(size=shape)._to(self.rate.device)
         return -F.log1p(-u) / F.broadcast_to(self.rate, shape)
 
     def log_prob(self, value) -> Tensor:

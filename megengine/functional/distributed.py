@@ -420,7 +420,7 @@ def _prepare(inp, group, what, sent=True):
 
 
 def _place(out, device):
-    return out if device is None or out is None else out.to(device)
+    return out if device is None or out is None else out._to(device)
 
 
 def _axis_of(axis, ndim, what):

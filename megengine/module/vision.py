@@ -102,7 +102,7 @@ class _AdditiveNoise(Module):
             n, _, h, w = inp.shape
             noise = self.sample((n, 1, h, w))
             noise = F.broadcast_to(noise, inp.shape)
-        return inp + noise.to(inp.device)
+        return inp + noise._to(inp.device)
 
     def sample(self, size):
         raise NotImplementedError(f"{type(self).__name__} must define sample(size)")

@@ -41,13 +41,13 @@ def _clip_norm_recorded(tensors, max_norm, ord):
 
     groups = _by_device(tensors)
     first = tensors[0].grad._device
-    partial = [F.norm(F.stack([F.norm(t.grad.flatten(), ord) for t in group]), ord).to(first)
+    partial = [F.norm(F.stack([F.norm(t.grad.flatten(), ord) for t in group]), ord)._to(first)
                for group in groups.values()]
     total = partial[0] if len(partial) == 1 else F.norm(F.stack(partial), ord)
     coef = max_norm / (total + 1e-6)
     if coef.item() < 1.0:
         for device, group in groups.items():
-            device_coef = coef.to(device)
+            device_coef = coef._to(device)
             for t in group:
                 t.grad._reset(t.grad * device_coef)
     return total

@@ -418,7 +418,7 @@ def gaussian(shape, mean: float = 0, std: float = 1, comp_node=None, comp_graph=
         raise ValueError("gaussian(comp_graph=...): this engine has no 0.x computing graphs; "
                          "leave comp_graph out")
     out = normal(mean, std, size=_shape(shape, "gaussian"))
-    return out if comp_node is None else out.to(comp_node)
+    return out if comp_node is None else out._to(comp_node)
 
 
 def manual_seed(seed_value: int):

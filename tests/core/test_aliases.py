@@ -28,6 +28,7 @@ VIEWS = {
     "squeeze": lambda p: F.squeeze(F.expand_dims(p, 0), 0),
     "broadcast_to": lambda p: F.broadcast_to(p, (2,) + p.shape),
     "detach": lambda p: p.detach(),
+    "to its own device": lambda p: p.to(p.device),  # (upstream: a Copy, a new tensor)
 }
 
 
@@ -161,3 +162,13 @@ def test_a_traced_function_reads_a_detached_parameter_that_trains_outside_it(mod
         opt.step()
         del held
     np.testing.assert_allclose(host(w), [-1.0, 6.0])
+
+
+def test_to_its_own_device_is_a_new_differentiable_tensor():
+    x = Parameter(np.array([1.0, 2.0], np.float32))
+    gm = GradManager().attach(x)
+    with gm:
+        y = x.to(x.device)
+        assert y is not x
+        gm.backward((y * y).sum())
+    np.testing.assert_array_equal(host(x.grad), [2.0, 4.0])
