@@ -738,12 +738,18 @@ _USES = [
      lambda x, w: _TF.embedding(torch.tensor([1, 0, 1]), w)),
     ("max_pool2d", _X23, lambda x, w: F.max_pool2d(w.reshape(1, 1, 2, 3), 2, 1),
      lambda x, w: _TF.max_pool2d(w.reshape(1, 1, 2, 3), 2, 1)),
+    ("max_pool2d disjoint", _X23, lambda x, w: F.max_pool2d(w.reshape(1, 1, 2, 3), 1, 1),
+     lambda x, w: _TF.max_pool2d(w.reshape(1, 1, 2, 3), 1, 1)),
+    ("avg_pool2d", _X23, lambda x, w: F.avg_pool2d(w.reshape(1, 1, 2, 3), 2, 1),
+     lambda x, w: _TF.avg_pool2d(w.reshape(1, 1, 2, 3), 2, 1)),
+    ("adaptive_avg_pool2d", _X23, lambda x, w: F.adaptive_avg_pool2d(w.reshape(1, 1, 2, 3), 1),
+     lambda x, w: _TF.adaptive_avg_pool2d(w.reshape(1, 1, 2, 3), 1)),
 ]
-# Where torch's backward saved more than it reads (clip and gather the whole input for a mask
-# or a shape, var a view of it) or refuses a write into the base of split's views, torch raises;
-# ours kept what its backward reads (the mask, the shape), so it computes with what its forward
-# saw: upstream's gradient
-_KEPT_WHAT_IT_READS = {"clip", "gather", "split", "var"}
+# Where torch's backward saved more than it reads (clip, gather and pooling the whole input for
+# a mask, a shape or the maxima's indices, var a view of it) or refuses a write into the base of
+# split's views, torch raises; ours kept what its backward reads (the mask, the shape, the
+# indices), so it computes with what its forward saw: upstream's gradient
+_KEPT_WHAT_IT_READS = {"clip", "gather", "split", "var", "max_pool2d", "avg_pool2d"}
 
 
 def _torch_grads_after_a_write(use, x_value, needs, write):
