@@ -150,6 +150,16 @@ class Output(collections.OrderedDict):
                 self[field.name] = getattr(self, field.name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Boxes:
+    """A dataclass that is not a mapping (a detection head's result): tensor fields next to
+    fields holding other values."""
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    loss: torch.Tensor = None
+    stride: int = 8
+
+
 class Tagged(dict):
     """A dict subclass whose constructor wants more than the items: it cannot be rebuilt."""
 
@@ -172,11 +182,20 @@ class Structured(nn.Module):
             return y.max(dim=1)  # torch.return_types.max(values, indices)
         if self.kind == "model_output":
             return Output(logits=y, hidden=torch.tanh(y))  # loss None: not an item
+        if self.kind == "defaultdict":
+            out = collections.defaultdict(list)
+            out["y"], out["z"] = y, y * y
+            return out
+        if self.kind == "dataclass":
+            return Boxes(y * 2, torch.tanh(y))
         return Tagged("t", {"y": y, "z": y * y})
 
 
-@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "tagged"])
+@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "defaultdict",
+                                  "dataclass", "tagged"])
 def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
+    # earlier versions of this fork gave a defaultdict back without its default_factory and
+    # refused a dataclass that is not a mapping (TypeError)
     tmod = Structured(kind)
     ref = copy.deepcopy(tmod)
     xv = np.random.RandomState(0).randn(2, 3).astype("float32")
@@ -192,7 +211,7 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
     assert type(got) is (dict if kind == "tagged" else type(want))
     if isinstance(want, dict):
         assert list(got) == list(want)
-    else:
+    elif kind != "dataclass":
         assert len(got) == len(want)
     if kind == "namedtuple":
         assert got.scaled is got[0] and got.shifted is got[1]
@@ -200,6 +219,11 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
         assert got.values is got[0] and got.indices is got[1]
     if kind == "model_output":
         assert got.logits is got["logits"] and got.hidden is got["hidden"] and got.loss is None
+    if kind == "defaultdict":
+        assert got.default_factory is want.default_factory and got["missing"] == []
+    if kind == "dataclass":  # the tensor fields converted, the others as torch returned them
+        assert (got.loss, got.stride) == (want.loss, want.stride)
+        assert [type(v) for v in _values(got)] == [mge.Tensor, mge.Tensor]
     for mine, theirs in zip(_values(got), _values(want)):
         np.testing.assert_allclose(mine.numpy(), theirs.detach().numpy(), rtol=1e-6)
     xt = torch.tensor(xv, requires_grad=True)
@@ -212,7 +236,25 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
 
 
 def _values(out):
-    return list(out.values()) if isinstance(out, dict) else list(out)
+    if isinstance(out, dict):
+        return list(out.values())
+    if dataclasses.is_dataclass(out):  # its tensor fields
+        return [getattr(out, f.name) for f in dataclasses.fields(out)
+                if hasattr(getattr(out, f.name), "dtype")]
+    return list(out)
+
+
+def test_a_dataclass_output_with_tensors_inside_a_field_is_refused_clearly():
+    @dataclasses.dataclass
+    class Levels:
+        features: list
+
+    class Pyramid(nn.Module):
+        def forward(self, x):
+            return Levels([x, x * 2])
+
+    with pytest.raises(TypeError, match="Levels whose field 'features' holds tensors in a list"):
+        PyTorchModule(Pyramid(), output_cnt=2)(mge.tensor([1.0]))
 
 def test_unused_parameter_and_unused_output_get_no_gradient():
     class Partial(nn.Module):
