@@ -451,7 +451,9 @@ class _LeafGrads(TorchFunctionMode):
     ``.grad`` (the tensor and a copy of its values, which torch accumulates into in place) of
     each leaf tensor that forward uses, before the checkpoint's own backward() reaches it;
     `restore` puts them back. Not those of ``reached``, whose ``.grad`` the caller set aside
-    (by then it may hold a part of the gradient the caller takes)."""
+    (by then it may hold a part of the gradient the caller takes). The checkpoint's backward()
+    is itself a call the mode handles, with the mode off: it runs with the mode on again, so
+    that a reentrant checkpoint nested inside, whose forward re-runs there, is watched too."""
 
     def __init__(self, reached):
         super().__init__()
@@ -466,6 +468,16 @@ class _LeafGrads(TorchFunctionMode):
                         and id(t) not in self.kept and id(t) not in self.reached:
                     g = t.grad
                     self.kept[id(t)] = (t, g, None if g is None else g.clone())
+        if func is torch.autograd.backward and _autograd_grad is _autograd_grad_engine:
+            grads = kwargs.get("grad_tensors")
+            if type(grads) in (tuple, list) and all(type(g) is torch.Tensor for g in grads):
+                retain = kwargs.get("retain_graph")
+                create = bool(kwargs.get("create_graph"))
+                with self:  # (the engine's entry point: torch.autograd.backward would come
+                    # back here with the mode off)
+                    return _engine.run_backward(
+                        tuple(args[0]), tuple(grads), create if retain is None else retain,
+                        create, tuple(kwargs.get("inputs") or ()), True, True)
         return func(*args, **kwargs)
 
     def restore(self):

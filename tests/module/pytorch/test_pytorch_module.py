@@ -1030,6 +1030,51 @@ def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
         np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
+class _NestedCheckpoints(nn.Module):
+    """A reentrant checkpoint inside another. Its function is re-run twice in backward: inside
+    the outer checkpoint's re-run (under no_grad) and in its own backward(), which the outer
+    checkpoint's backward() starts; only the latter uses ``gain`` (an inference fast path,
+    as nn.MultiheadAttention's, takes the other branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.gain = torch.tensor(1.5, requires_grad=True)  # a leaf, not a parameter
+
+    def inner(self, h):
+        return torch.sin(h) * (self.gain if torch.is_grad_enabled() else 1.5)
+
+    def outer(self, x):
+        return self.fc(torch.utils.checkpoint.checkpoint(self.inner, self.fc(x),
+                                                         use_reentrant=True))
+
+    def forward(self, x):
+        return self.head(torch.utils.checkpoint.checkpoint(self.outer, x, use_reentrant=True))
+
+
+# (torch's own warning: the inner checkpoint's first run, inside the outer one's no_grad forward)
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True")
+def test_a_reentrant_checkpoint_nested_in_another_trains_like_torch_and_keeps_grads():
+    # the leaves the inner checkpoint's own re-run uses keep their .grad too: earlier versions
+    # of this fork watched only the outer re-run, and torch's backward() added into gain.grad
+    torch.manual_seed(0)
+    tmod = _NestedCheckpoints().to(torch_device())
+    reference = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    tmod.gain.grad = kept = torch.full((), 7.0, device=torch_device())
+    x_np = np.random.RandomState(0).randn(3, 4).astype("float32")
+    x = mge.tensor(x_np)
+    grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+    assert tmod.gain.grad is kept and float(kept) == 7.0
+    assert all(p.grad is None for p in tmod.parameters())
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    (reference(xt) ** 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 class _SharedAcrossCheckpoint(nn.Module):
     """One layer inside a reentrant checkpoint and again after it (a shared block): torch's
     backward reaches the layer's weight after the checkpoint's use, then adds the checkpoint's
