@@ -1030,6 +1030,17 @@ def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
         np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
+def _assert_grads_of_torchs_backward(wrap, reference, x, x_np):
+    """The gradients of x and of the wrapped parameters for ``(wrap(x) ** 2).sum()`` are those
+    torch's backward() gives for the same loss of ``reference`` (a copy of the torch module)."""
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    (reference(xt) ** 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 class _NestedCheckpoints(nn.Module):
     """A reentrant checkpoint inside another. Its function is re-run twice in backward: inside
     the outer checkpoint's re-run (under no_grad) and in its own backward(), which the outer
@@ -1067,12 +1078,7 @@ def test_a_reentrant_checkpoint_nested_in_another_trains_like_torch_and_keeps_gr
     grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
     assert tmod.gain.grad is kept and float(kept) == 7.0
     assert all(p.grad is None for p in tmod.parameters())
-    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
-    (reference(xt) ** 2).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
-    for name, p in reference.named_parameters():
-        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    _assert_grads_of_torchs_backward(wrap, reference, x, x_np)
 
 
 class _SharedAcrossCheckpoint(nn.Module):
@@ -1100,12 +1106,7 @@ def test_a_layer_used_inside_and_after_a_reentrant_checkpoint_trains_like_torch(
     x_np = np.random.RandomState(0).randn(2, 3).astype("float32")
     x = mge.tensor(x_np)
     grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
-    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
-    (reference(xt) ** 2).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
-    for name, p in reference.named_parameters():
-        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    _assert_grads_of_torchs_backward(wrap, reference, x, x_np)
     assert all(p.grad is None for p in tmod.parameters())
 
 
