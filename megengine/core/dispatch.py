@@ -195,15 +195,13 @@ class Op:
     # one), so ``conj(backward(conj(g)))`` is that gradient. Neither: a gradient that reaches the
     # op through a complex value raises.
     holomorphic = False
-    # True for an op whose backward reads only the shapes of the arrays it keeps (add, sub): a
-    # write into a pinned input after its forward cannot change its gradients
-    # (`_refuse_stale_pinned`)
-    keeps_values_for_shapes = False
     # For an op that keeps arrays its backward may not read: the arrays its backward reads for
     # the gradients asked for (``needs_input_grad``), which a write into pinned memory must not
     # have changed (`_refuse_stale_pinned`), as torch's saved tensors: a method
     # ``backward_reads()`` giving them, or a tuple of the names of the attributes holding them
-    # (``("y",)``: exp's backward reads its output, not its input); None: all it keeps
+    # (``("y",)``: exp's backward reads its output, not its input; ``()``: add's and sub's
+    # read only shapes, and a write into a pinned input cannot change their gradients); None:
+    # all it keeps
     backward_reads = None
 
     def forward(self, *inputs):
@@ -284,10 +282,11 @@ def _refuse_stale_pinned(order, key):
         lo, hi = _extent(written)
         for node in order:
             op = node.op
-            if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
-                    key is not None and key not in node.keys):
+            if op is None or node.seq >= seq or (key is not None and key not in node.keys):
                 continue
             reads = op.backward_reads
+            if reads == ():  # (its recorded backward reads no value either: add, sub)
+                continue
             if reads is None:
                 kept = list(getattr(op, "__dict__", {}).values())
             elif type(reads) is tuple:

@@ -179,7 +179,7 @@ class _Binary(Op):
 class Add(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
-    keeps_values_for_shapes = True
+    backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
         return a + b
@@ -194,7 +194,7 @@ class Add(_Binary):
 class Sub(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
-    keeps_values_for_shapes = True
+    backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
         try:
