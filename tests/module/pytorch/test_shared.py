@@ -697,6 +697,11 @@ _USES = [
      lambda x, w: _TF.batch_norm(x, None, None, w[0, :2], w[1, :2], training=True)),
     ("layer_norm", _X23, lambda x, w: F.layer_norm(x, (3,), True, w[0], w[1]),
      lambda x, w: _TF.layer_norm(x, (3,), w[0], w[1])),
+    ("group_norm", _X23[None] + 1, lambda x, w: F.nn.group_norm(x, 1, True, w[0, :2], w[1, :2]),
+     lambda x, w: _TF.group_norm(x, 1, w[0, :2], w[1, :2])),
+    ("instance_norm", _X23[None] + 1,
+     lambda x, w: F.nn.instance_norm(x, affine=True, weight=w[0, :2], bias=w[1, :2]),
+     lambda x, w: _TF.instance_norm(x, weight=w[0, :2], bias=w[1, :2])),
     ("abs", _X23, lambda x, w: F.abs(w) * x, lambda x, w: w.abs() * x),
     ("clip", _X23, lambda x, w: F.clip(w, 0.7, 1.2), lambda x, w: w.clamp(0.7, 1.2)),
     ("clip by x", _X23, lambda x, w: F.clip(w, x, 1.2), lambda x, w: w.clamp(x, torch.tensor(1.2))),
@@ -746,10 +751,12 @@ _USES = [
      lambda x, w: _TF.adaptive_avg_pool2d(w.reshape(1, 1, 2, 3), 1)),
 ]
 # Where torch's backward saved more than it reads (clip, gather and pooling the whole input for
-# a mask, a shape or the maxima's indices, var a view of it) or refuses a write into the base of
-# split's views, torch raises; ours kept what its backward reads (the mask, the shape, the
-# indices), so it computes with what its forward saw: upstream's gradient
-_KEPT_WHAT_IT_READS = {"clip", "gather", "split", "var", "max_pool2d", "avg_pool2d"}
+# a mask, a shape or the maxima's indices, var a view of it), saved the weight itself where
+# ours keeps a copy (group_norm; torch's instance_norm copies it too) or refuses a write into the
+# base of split's views, torch raises; ours kept what its backward reads (the mask, the shape,
+# the indices, the copy), so it computes with what its forward saw: upstream's gradient
+_KEPT_WHAT_IT_READS = {"clip", "gather", "split", "var", "max_pool2d", "avg_pool2d",
+                       "group_norm"}
 
 
 def _torch_grads_after_a_write(use, x_value, needs, write):
