@@ -778,27 +778,27 @@ def _torch_grads_after_a_write(use, x_value, needs, write):
     return [None if t.grad is None else t.grad.numpy() for t in (x, w)]
 
 
-@pytest.mark.parametrize("use, x_value, torch_use", [
-    pytest.param(use, x_value, torch_use or use, id=name)
+@pytest.mark.parametrize("name, use, x_value, torch_use", [
+    pytest.param(name, use, x_value, torch_use or use, id=name)
     for name, x_value, use, torch_use in _USES])
 @pytest.mark.parametrize("needs", [(False, True), (True, False), (True, True)],
                          ids=["w needs grad", "x needs grad", "both need grads"])
 def test_mirror_written_after_a_use_raises_exactly_where_torchs_backward_does(
-        request, use, x_value, torch_use, needs):
+        name, use, x_value, torch_use, needs):
     # each op says which of its arrays its backward reads for the gradients asked for, as
     # torch's saves them (x @ w with only w's gradient asked for reads x; exp reads its
     # output; sum a shape): a write into the mirror after the use makes gm.backward raise
     # exactly where torch's backward does, and gives torch's gradients where torch's does not.
     # Earlier versions of this fork raised for every op but add and sub, and missed the
-    # arrays of the ops running on ATen's kernels (conv, batch_norm, layer_norm), whose
-    # gradients for x were then computed with the written weight
+    # arrays of the ops running on ATen's kernels (conv and the norms), whose gradients for x
+    # were then computed with the written weight
     try:
         want = _torch_grads_after_a_write(torch_use, x_value, needs, write=False)
     except RuntimeError as e:  # nothing of what needs a gradient is used
         assert "does not require grad" in str(e)
         return
     torch_raises = _torch_grads_after_a_write(torch_use, x_value, needs, write=True) is None
-    if request.node.callspec.id.split("-")[-1] in _KEPT_WHAT_IT_READS:
+    if name in _KEPT_WHAT_IT_READS:
         assert torch_raises  # (the list stays true)
         torch_raises = False
     wrap = PyTorchModule(_Weight(_W).to(torch_device()))
