@@ -196,13 +196,13 @@ class Op:
     # one), so ``conj(backward(conj(g)))`` is that gradient. Neither: a gradient that reaches the
     # op through a complex value raises.
     holomorphic = False
-    # True for an op whose backward reads only the shapes of the arrays it keeps (add, sub): a
-    # write into a pinned input after its forward cannot change its gradients
-    # (`_refuse_stale_pinned`)
-    keeps_values_for_shapes = False
-    # For an op that keeps arrays its backward may not read, ``backward_reads()``: the arrays
-    # its backward reads for the gradients asked for (``needs_input_grad``), which a write into
-    # pinned memory must not have changed (`_refuse_stale_pinned`); None: all it keeps
+    # For an op that keeps arrays its backward may not read: the arrays its backward reads for
+    # the gradients asked for (``needs_input_grad``), which a write into pinned memory must not
+    # have changed (`_refuse_stale_pinned`), as torch's saved tensors: a method
+    # ``backward_reads()`` giving them, or a tuple of the names of the attributes holding them
+    # (``("y",)``: exp's backward reads its output, not its input; ``()``: add's and sub's
+    # read only shapes, and a write into a pinned input cannot change their gradients); None:
+    # all it keeps
     backward_reads = None
 
     def forward(self, *inputs):
@@ -321,16 +321,22 @@ def _refuse_stale_pinned(order, key):
         lo, hi = _extent(written)
         for node in order:
             op = node.op
-            if op is None or node.seq >= seq or op.keeps_values_for_shapes or (
-                    key is not None and key not in node.keys):
+            if op is None or node.seq >= seq or (key is not None and key not in node.keys):
                 continue
-            kept = list(getattr(op, "__dict__", {}).values() if op.backward_reads is None
-                        else op.backward_reads())
+            reads = op.backward_reads
+            if reads == ():  # (its recorded backward reads no value either: add, sub)
+                continue
+            if reads is None:
+                kept = list(getattr(op, "__dict__", {}).values())
+            elif type(reads) is tuple:
+                kept = [getattr(op, name, None) for name in reads]
+            else:
+                kept = list(reads())
             if node.saved is not None:
                 kept.extend(node.saved[0] + node.saved[1])
             for a in kept:
                 for a in (a if type(a) in (tuple, list) else (a,)):
-                    if type(a) is type(written):
+                    if type(a) is type(written) or _is_torch_tensor(a):
                         start, end = _extent(a)
                         if start < hi and lo < end:
                             raise RuntimeError(
@@ -341,11 +347,23 @@ def _refuse_stale_pinned(order, key):
                                 "gm.backward. Write it before `with gm:` or after the backward")
 
 
+def _is_torch_tensor(a):
+    """Whether ``a`` is a torch tensor (an op running on ATen's kernels keeps views of its
+    arrays as torch tensors), asked without importing torch."""
+    return type(a).__module__.startswith("torch") and hasattr(a, "data_ptr")
+
+
 def _extent(a):
-    """(first byte, one past the last byte) of an array's elements, numpy's or CuPy's."""
-    face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
-    lo = hi = face["data"][0]
-    for n, stride in zip(a.shape, a.strides):
+    """(first byte, one past the last byte) of an array's elements: numpy's, CuPy's or a torch
+    tensor's."""
+    if _is_torch_tensor(a):
+        lo = hi = a.data_ptr()
+        strides = [s * a.element_size() for s in a.stride()]
+    else:
+        face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
+        lo = hi = face["data"][0]
+        strides = a.strides
+    for n, stride in zip(a.shape, strides):
         if n == 0:
             return lo, lo
         if stride < 0:

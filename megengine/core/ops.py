@@ -179,7 +179,7 @@ class _Binary(Op):
 class Add(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
-    keeps_values_for_shapes = True
+    backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
         return a + b
@@ -194,7 +194,7 @@ class Add(_Binary):
 class Sub(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
-    keeps_values_for_shapes = True
+    backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
         try:
@@ -259,6 +259,8 @@ class TrueDiv(_Binary):
 
 
 class FloorDiv(_Binary):
+    backward_reads = ()  # (no gradient)
+
     def compute(self, a, b):
         if a.dtype.kind == "c":  # (numpy's error names ufuncs and casting rules)
             raise complex_error("floor_div", a.dtype)
@@ -278,8 +280,11 @@ class Mod(_Binary):
         return a % b
 
     def grads(self, g):
-        xp = xp_of(g)
-        return g, -g * xp.floor(self.a / self.b)
+        # only the gradients asked for: `w % x` with a constant x reads neither operand
+        return g, -g * xp_of(g).floor(self.a / self.b) if self.needs_input_grad[1] else None
+
+    def backward_reads(self):
+        return (self.a, self.b) if self.needs_input_grad[1] else ()  # (as torch's remainder)
 
     def grads_graph(self, a, b, out, g):
         return g, -g * (a // b)  # floor division: piecewise constant, no gradient of its own
@@ -445,6 +450,12 @@ class MatMul(Op):
         if self.needs_input_grad[1]:
             gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape)
         return ga, gb
+
+    def backward_reads(self):
+        # as torch's mm: a's gradient reads b, b's reads a (`x @ w` with only w's gradient
+        # asked for reads x alone)
+        na, nb = self.needs_input_grad
+        return (self.b,) * na + (self.a,) * nb
 
     def grad_graph(self, inputs, outputs, grads):
         a, b = inputs
@@ -1179,6 +1190,10 @@ class Reduce(Op):
         if self.mode in ("max", "min"):  # every tied element gets all of g (upstream's rule)
             return g * (x == self.out_keep)
         return g * _exclusive_prod(x, axes)
+
+    def backward_reads(self):
+        # sum and mean read only x's shape; max, min and prod its values (and the result)
+        return () if self.mode == "sum" or self.mode == "mean" else (self.x, self.out_keep)
 
     def grad_graph(self, inputs, outputs, grads):
         x, axes = self.x, self.axes

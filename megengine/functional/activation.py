@@ -113,6 +113,7 @@ class _Activation(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
     aten_forward = None
     tx = None  # ATen's view of x, when the ATen path ran
+    backward_reads = ("x", "tx")  # what the gradient reads (see `Op`), as torch's saves
 
     def forward(self, x):
         self.x = x = _as_float(x, self)
@@ -211,6 +212,7 @@ class _Relu6(_Activation):
 
 class _Sigmoid(_Activation):
     holomorphic = True  # complex input computes, as torch (and tanh); see `_as_float`
+    backward_reads = ("y", "ty")
     def aten_forward(self, aten, tx):
         return aten.sigmoid(tx)
 

@@ -185,6 +185,7 @@ class _Unary(Op):
 
     to_float = True
     holomorphic = True
+    backward_reads = ("x",)  # what ``grad`` reads of x and y (see `Op`), as torch's saves
 
     def forward(self, x):
         if x.dtype.kind != "f":
@@ -209,9 +210,10 @@ class _Unary(Op):
         return (self.grad(_TENSOR_MATH, x, outputs[0], grads[0]),)
 
 
-def _unary(name, compute, grad, to_float=True, holomorphic=True):
+def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",)):
     return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
-                                  "to_float": to_float, "holomorphic": holomorphic})
+                                  "to_float": to_float, "holomorphic": holomorphic,
+                                  "backward_reads": reads})
 
 
 def _zero_grad(xp, x, y, g):
@@ -229,21 +231,26 @@ def _round_half_away(xp, x):
     return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
 
 
-Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y)
-Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1))
+Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y,
+             reads=("y",))
+Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1),
+               reads=("y",))
 Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
 Log1p = _unary("Log1p", lambda xp, x: xp.log1p(x), lambda xp, x, y, g: g / (x + 1))
-Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y))
+Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y),
+              reads=("y",))
 Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False)
 Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.cos(x))
 Cos = _unary("Cos", lambda xp, x: xp.cos(x), lambda xp, x, y, g: -g * xp.sin(x))
-Tan = _unary("Tan", lambda xp, x: xp.tan(x), lambda xp, x, y, g: g * (1 + y * y))
+Tan = _unary("Tan", lambda xp, x: xp.tan(x), lambda xp, x, y, g: g * (1 + y * y),
+             reads=("y",))
 Asin = _unary("Asin", lambda xp, x: xp.arcsin(x), lambda xp, x, y, g: g / xp.sqrt(1 - x * x))
 Acos = _unary("Acos", lambda xp, x: xp.arccos(x), lambda xp, x, y, g: -g / xp.sqrt(1 - x * x))
 Atan = _unary("Atan", lambda xp, x: xp.arctan(x), lambda xp, x, y, g: g / (1 + x * x))
 Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(x))
 Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x))
-Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y))
+Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y),
+              reads=("y",))
 Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
 # sqrt(x - 1) * sqrt(x + 1), not sqrt(x * x - 1): equal for real x, but only the former is
 # acosh's derivative on the complex plane (the latter's branch cut flips its sign off the axis)
@@ -251,13 +258,13 @@ Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x),
                lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)))
 Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
 Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False,
-               holomorphic=False)
+               holomorphic=False, reads=())
 Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _zero_grad, to_float=False,
-              holomorphic=False)
+              holomorphic=False, reads=())
 Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _zero_grad, to_float=False,
-               holomorphic=False)
+               holomorphic=False, reads=())
 Round = _unary("Round", _keep_ints(_round_half_away), _zero_grad, to_float=False,
-               holomorphic=False)
+               holomorphic=False, reads=())
 
 
 def _unary_fn(op_cls, name, doc):

@@ -214,6 +214,11 @@ class _Linear(Op):
         gb = (acc_sum(g, 0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None
         return gx, gw, gb
 
+    def backward_reads(self):
+        # as torch's addmm: x's gradient reads w, w's reads x (the bias's reads neither)
+        needs = self.needs_input_grad
+        return (self.w,) * needs[0] + (self.x,) * needs[1]
+
     def grad_graph(self, inputs, outputs, grads):
         needs = self.needs_input_grad
         x, w = inputs[0], inputs[1]

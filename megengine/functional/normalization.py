@@ -329,10 +329,14 @@ class _Normalize(Op):
         n, c = x.shape[:2]
         self.m = hw = x.size // (n * c)  # the spatial size, ATen's HxW
         self.param_shapes = [p.shape for p in params]
-        # (ATen's kernel reads weight and bias as contiguous: a strided one is copied)
-        contiguous = xp_of(x).ascontiguousarray
-        self.tw = _aten.view(contiguous(params[0].reshape(c))) if self.has_weight else None
-        self.tb = _aten.view(contiguous(params[-1].reshape(c))) if self.has_bias else None
+        # (ATen's kernel reads weight and bias as contiguous: a strided one is copied.) The
+        # weight, which backward reads, is kept as a copy of c values, as torch's instance_norm
+        # keeps it (repeated): a write into a PyTorchModule's weight after this forward and
+        # before backward changes no gradient (see dispatch's `_refuse_stale_pinned`)
+        xp = xp_of(x)
+        self.tw = _aten.view(xp.array(params[0].reshape(c))) if self.has_weight else None
+        self.tb = _aten.view(xp.ascontiguousarray(params[-1].reshape(c))) \
+            if self.has_bias else None
         if self.tb is not None and self.tw is None:
             # ATen's backward fails ("tensor does not have a device") asked for the bias's
             # gradient without a weight: a weight of ones changes no value
@@ -373,6 +377,13 @@ class _Normalize(Op):
         if self.has_bias:
             out.append(_fresh(gb, self.param_shapes[-1]) if mask[2] else None)
         return tuple(out)
+
+    def backward_reads(self):
+        if self.tx is None:  # the array code's
+            return self.xhat, self.inv, self.w
+        if self.family == "group_norm":  # (not the bias: ATen's backward takes none)
+            return self.tx, self.tw, self.mean, self.rstd
+        return self.tx, self.tw, self.tb, self.mean, self.rstd
 
     def backward(self, g):
         if self.tx is not None:

@@ -221,6 +221,12 @@ class _Pool2d(Op):
             gx = gx[:, :, ph:gx.shape[2] - ph, pw:gx.shape[3] - pw]
         return _aten.array(gx)
 
+    def backward_reads(self):
+        # average pooling's gradient reads the input's shape alone; max pooling's the indices of
+        # the maxima (disjoint windows: the input and the maxima, compared)
+        if self.mode != "max":
+            return ()
+        return (self.x, self.out) if self.slices is not None else (self.indices,)
 
     def grad_graph(self, inputs, outputs, grads):
         """The pooling's gradient as a recorded op, so that it can be differentiated again

@@ -353,6 +353,23 @@ def test_extent_of_an_array_is_numpys_byte_bounds(view):
     assert _extent(a) == ((lo, lo) if a.size == 0 else (lo, hi))
 
 
+@pytest.mark.parametrize("view", [
+    lambda a: a, lambda a: a[1:, ::2], lambda a: a.T, lambda a: a[:0], lambda a: a[:1].expand(3, 6)
+    if isinstance(a, torch.Tensor) else np.broadcast_to(a[:1], (3, 6)),
+], ids=["whole", "strided", "transposed", "empty", "expanded"])
+def test_extent_of_a_torch_tensor_is_that_of_the_array_it_views(view):
+    # an op running on ATen's kernels keeps torch views of its arrays (conv's weight): a write
+    # into a PyTorchModule parameter is found in them too
+    from megengine.core.dispatch import _extent
+
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)
+    start, end = _extent(view(torch.from_numpy(a)))
+    if view(a).size == 0:  # (torch's empty tensor has no address: 0)
+        assert start == end
+    else:
+        assert (start, end) == _extent(view(a))
+
+
 @requires_cuda
 def test_extent_of_a_device_array():
     from megengine.core.dispatch import _extent

@@ -17,6 +17,9 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
   graph only when megengine wants a gradient for an input or a parameter; its backward runs
   `torch.autograd.grad` over that graph and hands the gradients back as views.
 """
+import collections
+import copy
+import dataclasses
 import numbers
 
 import numpy as np
@@ -448,7 +451,9 @@ class _LeafGrads(TorchFunctionMode):
     ``.grad`` (the tensor and a copy of its values, which torch accumulates into in place) of
     each leaf tensor that forward uses, before the checkpoint's own backward() reaches it;
     `restore` puts them back. Not those of ``reached``, whose ``.grad`` the caller set aside
-    (by then it may hold a part of the gradient the caller takes)."""
+    (by then it may hold a part of the gradient the caller takes). The checkpoint's backward()
+    is itself a call the mode handles, with the mode off: it runs with the mode on again, so
+    that a reentrant checkpoint nested inside, whose forward re-runs there, is watched too."""
 
     def __init__(self, reached):
         super().__init__()
@@ -463,6 +468,16 @@ class _LeafGrads(TorchFunctionMode):
                         and id(t) not in self.kept and id(t) not in self.reached:
                     g = t.grad
                     self.kept[id(t)] = (t, g, None if g is None else g.clone())
+        if func is torch.autograd.backward and _autograd_grad is _autograd_grad_engine:
+            grads = kwargs.get("grad_tensors")
+            if type(grads) in (tuple, list) and all(type(g) is torch.Tensor for g in grads):
+                retain = kwargs.get("retain_graph")
+                create = bool(kwargs.get("create_graph"))
+                with self:  # (the engine's entry point: torch.autograd.backward would come
+                    # back here with the mode off)
+                    return _engine.run_backward(
+                        tuple(args[0]), tuple(grads), create if retain is None else retain,
+                        create, tuple(kwargs.get("inputs") or ()), True, True)
         return func(*args, **kwargs)
 
     def restore(self):
@@ -478,17 +493,22 @@ _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  #
 
 def _flatten_outputs(out, expected):
     """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
-    single tensor, else (the container's type, its keys or None)."""
+    single tensor, else (the container's type, its keys or None, more): for a mapping, the
+    arguments its type takes before the items (a defaultdict's default_factory); for a
+    dataclass, a copy of it without its tensor fields (the keys)."""
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
     elif isinstance(out, (tuple, list)):
-        tensors, structure = list(out), (type(out), None)
+        tensors, structure = list(out), (type(out), None, None)
     elif isinstance(out, dict):
-        tensors, structure = list(out.values()), (type(out), list(out.keys()))
+        args = (out.default_factory,) if isinstance(out, collections.defaultdict) else ()
+        tensors, structure = list(out.values()), (type(out), list(out.keys()), args)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        tensors, structure = _tensor_fields(out)
     else:
         raise TypeError(
             f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
-            "tensor, a tuple/list of tensors or a dict of tensors"
+            "tensor, a tuple/list of tensors, a dict of tensors or a dataclass"
         )
     for t in tensors:
         if not isinstance(t, torch.Tensor):
@@ -504,11 +524,33 @@ def _flatten_outputs(out, expected):
     return tensors, structure
 
 
+def _tensor_fields(out):
+    """(The tensors in a dataclass ``out``'s fields, its structure for `_rebuild`): the fields
+    holding a tensor are outputs; the others (None, numbers, strings) come back as they are."""
+    template, names, tensors = copy.copy(out), [], []
+    for field in dataclasses.fields(out):
+        value = getattr(out, field.name)
+        if isinstance(value, torch.Tensor):
+            names.append(field.name)
+            tensors.append(value)
+            object.__setattr__(template, field.name, None)  # (frozen ones too)
+        elif isinstance(value, (tuple, list, dict)) and any(
+                isinstance(v, torch.Tensor)
+                for v in (value.values() if isinstance(value, dict) else value)):
+            raise TypeError(
+                f"PyTorchModule: the torch module returned {type(out).__name__} whose field "
+                f"{field.name!r} holds tensors in a {type(value).__name__}; a dataclass output "
+                "gives each tensor a field of its own")
+    return tensors, (type(out), names, template)
+
+
 def _rebuild(structure, outs):
     """The torch module's output container with megengine tensors ``outs`` in it: of its own
     type where that type can be made from the values (a namedtuple, ``torch.return_types.max``,
-    transformers' ``ModelOutput``), else the plain tuple, list or dict it derives from."""
-    kind, keys = structure
+    transformers' ``ModelOutput``, a defaultdict with its default_factory, a dataclass: a copy
+    of torch's with the tensor fields replaced), else the plain tuple, list or dict it derives
+    from."""
+    kind, keys, more = structure
     if keys is None:
         plain = tuple if issubclass(kind, tuple) else list
         if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
@@ -517,9 +559,14 @@ def _rebuild(structure, outs):
                     and all(a is b for a, b in zip(made, outs)):
                 return made
         return plain(outs)
+    if type(more) is not tuple:  # a dataclass: the copy without its tensor fields
+        made = copy.copy(more)
+        for name, t in zip(keys, outs):
+            object.__setattr__(made, name, t)
+        return made
     items = dict(zip(keys, outs))
     if kind is not dict:  # a dataclass-like mapping takes keywords, others a mapping
-        for make in (lambda: kind(**items), lambda: kind(items)):
+        for make in (lambda: kind(*more, **items), lambda: kind(*more, items)):
             made = _made(make)
             if isinstance(made, kind) and list(made.keys()) == keys \
                     and all(a is b for a, b in zip(made.values(), outs)):

@@ -150,6 +150,16 @@ class Output(collections.OrderedDict):
                 self[field.name] = getattr(self, field.name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Boxes:
+    """A dataclass that is not a mapping (a detection head's result): tensor fields next to
+    fields holding other values."""
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    loss: torch.Tensor = None
+    stride: int = 8
+
+
 class Tagged(dict):
     """A dict subclass whose constructor wants more than the items: it cannot be rebuilt."""
 
@@ -172,11 +182,20 @@ class Structured(nn.Module):
             return y.max(dim=1)  # torch.return_types.max(values, indices)
         if self.kind == "model_output":
             return Output(logits=y, hidden=torch.tanh(y))  # loss None: not an item
+        if self.kind == "defaultdict":
+            out = collections.defaultdict(list)
+            out["y"], out["z"] = y, y * y
+            return out
+        if self.kind == "dataclass":
+            return Boxes(y * 2, torch.tanh(y))
         return Tagged("t", {"y": y, "z": y * y})
 
 
-@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "tagged"])
+@pytest.mark.parametrize("kind", ["namedtuple", "return_types", "model_output", "defaultdict",
+                                  "dataclass", "tagged"])
 def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
+    # earlier versions of this fork gave a defaultdict back without its default_factory and
+    # refused a dataclass that is not a mapping (TypeError)
     tmod = Structured(kind)
     ref = copy.deepcopy(tmod)
     xv = np.random.RandomState(0).randn(2, 3).astype("float32")
@@ -192,7 +211,7 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
     assert type(got) is (dict if kind == "tagged" else type(want))
     if isinstance(want, dict):
         assert list(got) == list(want)
-    else:
+    elif kind != "dataclass":
         assert len(got) == len(want)
     if kind == "namedtuple":
         assert got.scaled is got[0] and got.shifted is got[1]
@@ -200,6 +219,11 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
         assert got.values is got[0] and got.indices is got[1]
     if kind == "model_output":
         assert got.logits is got["logits"] and got.hidden is got["hidden"] and got.loss is None
+    if kind == "defaultdict":
+        assert got.default_factory is want.default_factory and got["missing"] == []
+    if kind == "dataclass":  # the tensor fields converted, the others as torch returned them
+        assert (got.loss, got.stride) == (want.loss, want.stride)
+        assert [type(v) for v in _values(got)] == [mge.Tensor, mge.Tensor]
     for mine, theirs in zip(_values(got), _values(want)):
         np.testing.assert_allclose(mine.numpy(), theirs.detach().numpy(), rtol=1e-6)
     xt = torch.tensor(xv, requires_grad=True)
@@ -212,7 +236,25 @@ def test_namedtuple_and_dict_subclass_outputs_keep_their_type(kind):
 
 
 def _values(out):
-    return list(out.values()) if isinstance(out, dict) else list(out)
+    if isinstance(out, dict):
+        return list(out.values())
+    if dataclasses.is_dataclass(out):  # its tensor fields
+        return [getattr(out, f.name) for f in dataclasses.fields(out)
+                if hasattr(getattr(out, f.name), "dtype")]
+    return list(out)
+
+
+def test_a_dataclass_output_with_tensors_inside_a_field_is_refused_clearly():
+    @dataclasses.dataclass
+    class Levels:
+        features: list
+
+    class Pyramid(nn.Module):
+        def forward(self, x):
+            return Levels([x, x * 2])
+
+    with pytest.raises(TypeError, match="Levels whose field 'features' holds tensors in a list"):
+        PyTorchModule(Pyramid(), output_cnt=2)(mge.tensor([1.0]))
 
 def test_unused_parameter_and_unused_output_get_no_gradient():
     class Partial(nn.Module):
@@ -1035,6 +1077,57 @@ def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
         np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), 2 * torch_host(g),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
+def _assert_grads_of_torchs_backward(wrap, reference, x, x_np):
+    """The gradients of x and of the wrapped parameters for ``(wrap(x) ** 2).sum()`` are those
+    torch's backward() gives for the same loss of ``reference`` (a copy of the torch module)."""
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    (reference(xt) ** 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
+    for name, p in reference.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+class _NestedCheckpoints(nn.Module):
+    """A reentrant checkpoint inside another. Its function is re-run twice in backward: inside
+    the outer checkpoint's re-run (under no_grad) and in its own backward(), which the outer
+    checkpoint's backward() starts; only the latter uses ``gain`` (an inference fast path,
+    as nn.MultiheadAttention's, takes the other branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.gain = torch.tensor(1.5, requires_grad=True)  # a leaf, not a parameter
+
+    def inner(self, h):
+        return torch.sin(h) * (self.gain if torch.is_grad_enabled() else 1.5)
+
+    def outer(self, x):
+        return self.fc(torch.utils.checkpoint.checkpoint(self.inner, self.fc(x),
+                                                         use_reentrant=True))
+
+    def forward(self, x):
+        return self.head(torch.utils.checkpoint.checkpoint(self.outer, x, use_reentrant=True))
+
+
+# (torch's own warning: the inner checkpoint's first run, inside the outer one's no_grad forward)
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True")
+def test_a_reentrant_checkpoint_nested_in_another_trains_like_torch_and_keeps_grads():
+    # the leaves the inner checkpoint's own re-run uses keep their .grad too: earlier versions
+    # of this fork watched only the outer re-run, and torch's backward() added into gain.grad
+    torch.manual_seed(0)
+    tmod = _NestedCheckpoints().to(torch_device())
+    reference = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    tmod.gain.grad = kept = torch.full((), 7.0, device=torch_device())
+    x_np = np.random.RandomState(0).randn(3, 4).astype("float32")
+    x = mge.tensor(x_np)
+    grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
+    assert tmod.gain.grad is kept and float(kept) == 7.0
+    assert all(p.grad is None for p in tmod.parameters())
+    _assert_grads_of_torchs_backward(wrap, reference, x, x_np)
+
+
 class _SharedAcrossCheckpoint(nn.Module):
     """One layer inside a reentrant checkpoint and again after it (a shared block): torch's
     backward reaches the layer's weight after the checkpoint's use, then adds the checkpoint's
@@ -1060,12 +1153,7 @@ def test_a_layer_used_inside_and_after_a_reentrant_checkpoint_trains_like_torch(
     x_np = np.random.RandomState(0).randn(2, 3).astype("float32")
     x = mge.tensor(x_np)
     grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])
-    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
-    (reference(xt) ** 2).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-5, atol=1e-6)
-    for name, p in reference.named_parameters():
-        np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(), torch_host(p.grad),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    _assert_grads_of_torchs_backward(wrap, reference, x, x_np)
     assert all(p.grad is None for p in tmod.parameters())
 
 
