@@ -653,7 +653,10 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     def _reset(self, other):
         """Replace the value; writes into the existing storage when shape and dtype allow and
         no recorded op may hold it. As upstream's, the tensor becomes ``other`` for autodiff
-        too (see `_track_as`)."""
+        too (see `_track_as`), and a Tensor value brings its dtype (``p.set_value(
+        p.astype("float16"))`` makes p float16); other values (arrays, numbers) take the
+        tensor's. The tensor stays on its device. A PyTorchModule's mirror keeps torch's
+        dtype, as torch's ``copy_``."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             dispatch._trace_hook.event(Tensor._reset, self, other)
             return
@@ -661,10 +664,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         entry = None
         if isinstance(other, Tensor):
             entry = other._node
-            if entry is not None and entry[0].live and (
-                    other._device != self._device or other.dtype != self.dtype):
+            cast = self._pinned_storage and other.dtype != self.dtype
+            if entry is not None and entry[0].live and (other._device != self._device or cast):
                 # a tracked value comes over by recorded ops, so its gradient goes back
-                other = other._to(self._device).astype(self.dtype)
+                other = other._to(self._device)
+                if cast:
+                    other = other.astype(self.dtype)
                 entry = other._node
             value = other._data
             if other._device != self._device:  # the value comes over; the tensor stays where it is
@@ -685,7 +690,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         held = dispatch.holds_arrays()  # a recorded op may hold the array: it must not change
         if (value.shape == self._data.shape and _writeable(self._data)
                 and not _views_another_array(self._data)
-                and (self._pinned_storage or not (held or self._shared()))):
+                and (self._pinned_storage
+                     or value.dtype == self._data.dtype and not (held or self._shared()))):
             if held:
                 self._wrote_pinned()
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
@@ -695,8 +701,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 self._data[...] = value
         else:
             with dispatch.on_device(self._device):  # CuPy copies onto the current GPU
-                self._data = value.astype(self.dtype, copy=True) if value.dtype != self.dtype \
-                    else value.copy()
+                self._data = value.copy()  # (an array or number has the tensor's dtype now)
             if self._node is not None and self._node[0].op is None:
                 self._node[0].out_meta = ((self._data.shape, self._data.dtype),)
         self._track_as(entry)
@@ -764,7 +769,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     def _inplace(self, op_result):
         """Result of an augmented operator: Parameters update their storage while no
-        GradManager records (pinned storage always), others rebind (see `_reset`)."""
+        GradManager records (pinned storage always), others rebind (see `_reset`). As
+        upstream's, the tensor takes the result's dtype (``int_param += 1.5`` is float32; a
+        quantized parameter keeps its dtype, a PyTorchModule's mirror torch's)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this write as an event
             return dispatch._trace_hook.event(Tensor._inplace, self, op_result)
         if self._pinned_storage and op_result.shape != self.shape:
@@ -772,6 +779,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         _note_write()
         recording = dispatch._recording
         if ((isinstance(self, Parameter) and not recording and not self._shared()
+             and (op_result.dtype == self.dtype or self._data.dtype.metadata is not None)
              or self._pinned_storage)
                 and op_result.shape == self.shape and _writeable(self._data)):
             if self._data.dtype.metadata is not None and \
@@ -797,9 +805,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return dispatch.apply(_ops.GetItem(_ops.normalize_index(index)), self)
 
     def __setitem__(self, index, value):
-        if index is Ellipsis and isinstance(value, Tensor) and value.shape != self.shape:
-            # upstream: `t[...] = v` makes t the tensor v (its `_reset`), whatever v's shape, so
-            # a buffer made as Tensor(0.0) can be filled by `pe[...] = table` (ASR-Transformer)
+        if index is Ellipsis and isinstance(value, Tensor) and (
+                value.shape != self.shape or value.dtype != self.dtype
+                and value.dtype.metadata is None and self.dtype.metadata is None):
+            # upstream: `t[...] = v` makes t the tensor v (its `_reset`), whatever v's shape
+            # and dtype, so a buffer made as Tensor(0.0) can be filled by `pe[...] = table`
+            # (ASR-Transformer)
             # a copy on this tensor's device, its own array: in-place updates of one (an
             # optimizer's) must not reach the other; an op, so a trace sees where it came from
             self._inplace(dispatch.apply(_ops.Copy(self._device), value))

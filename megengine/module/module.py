@@ -537,9 +537,15 @@ class Module:
                 else:
                     mismatched.append(f"{key}: expected shape {var.shape}, got {value.shape}")
                     continue
-            if not np.can_cast(value.dtype, var.dtype, "same_kind"):
-                mismatched.append(f"{key}: expected dtype {var.dtype}, got {value.dtype}")
-                continue
+            if var._pinned_storage:  # a PyTorchModule's: torch's dtype stays, as its copy_
+                if not np.can_cast(value.dtype, var.dtype, "same_kind"):
+                    mismatched.append(f"{key}: expected dtype {var.dtype}, got {value.dtype}")
+                    continue
+            elif value.dtype != var.dtype and value.dtype.metadata is None \
+                    and var.dtype.metadata is None:
+                # as upstream's, the value brings its dtype (a float16 checkpoint makes the
+                # module float16), as a Tensor would store it (float64 as float32)
+                value = Tensor(value, device=var._device)
             writes.append((var, value))
         unexpected = []
         if isinstance(state_dict, Mapping):

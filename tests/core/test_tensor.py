@@ -656,3 +656,32 @@ def test_a_tensor_given_its_own_dict_is_unchanged():
     t = mge.tensor([1.0, 2.0])
     t.__dict__ = t.__dict__
     np.testing.assert_array_equal(t.numpy(), [1.0, 2.0])
+
+
+def _iadd(t, v):
+    t += v
+
+
+@pytest.mark.parametrize("target, write, dtype, value", [
+    # (what upstream 1.13 gives, measured: a Tensor value brings its dtype, as `_reset` makes
+    # the tensor that value; an array, list or number takes the tensor's dtype)
+    ("int32", lambda t: t.set_value(Tensor([1.5, 2.5])), "float32", [1.5, 2.5]),
+    ("float32", lambda t: t.set_value(Tensor([3, 4], dtype="int32")), "int32", [3, 4]),
+    ("float32", lambda t: t._reset(t.astype("float16")), "float16", [1.0, 2.0]),
+    ("float32", lambda t: t.__setitem__(Ellipsis, Tensor([3, 4], dtype="int32")), "int32",
+     [3, 4]),
+    ("int32", lambda t: t.set_value(np.array([1.5, 2.5], np.float32)), "int32", [1, 2]),
+    ("float32", lambda t: t.set_value(np.array([5, 6], np.int64)), "float32", [5.0, 6.0]),
+    ("float32", lambda t: t.set_value([7, 8]), "float32", [7.0, 8.0]),
+    ("float32", lambda t: t.__setitem__(slice(None), Tensor([3, 4], dtype="int32")), "float32",
+     [3.0, 4.0]),
+    ("int32", lambda t: _iadd(t, 1.5), "float32", [2.5, 3.5]),
+    ("float16", lambda t: _iadd(t, Tensor([1.0, 1.0])), "float32", [2.0, 3.0]),
+    ("float32", lambda t: _iadd(t, Tensor([1.0, 1.0], dtype="float16")), "float32", [2.0, 3.0]),
+])
+@pytest.mark.parametrize("kind", [Tensor, Parameter])
+def test_a_written_tensor_value_brings_its_dtype_as_upstream(kind, target, write, dtype, value):
+    t = kind(np.array([1, 2], target))
+    write(t)
+    assert t.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(host(t), value)

@@ -886,3 +886,19 @@ def test_repeated_writes_of_a_mirror_while_recording_keep_one_entry():
         with pytest.raises(RuntimeError, match="changed in place"):
             gm.backward(y.sum())
     assert not dispatch._pinned_writes  # no recording open: nothing left to check
+
+
+def test_a_mirror_keeps_torchs_dtype_when_written_with_another():
+    # a MegEngine tensor written with a Tensor of another dtype takes that dtype (upstream's
+    # `_reset`); a mirror's memory is torch's parameter, whose dtype stays, as torch's copy_
+    lin = torch.nn.Linear(2, 2)
+    wrap = PyTorchModule(lin)
+    w = dict(wrap.named_parameters())["weight"]
+    w.set_value(mge.tensor(np.full((2, 2), 0.5, np.float16)))
+    w += mge.tensor(np.ones((2, 2), np.int32))
+    w[...] = w * mge.tensor(np.full((2, 2), 2, np.int32))
+    wrap.load_state_dict({k: np.full(v.shape, 4, np.float16) if k == "bias" else v
+                          for k, v in wrap.state_dict().items()})
+    assert w.dtype == np.float32 and lin.weight.dtype == torch.float32
+    np.testing.assert_array_equal(torch_host(lin.weight), np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(torch_host(lin.bias), [4.0, 4.0])
