@@ -172,3 +172,60 @@ def test_to_its_own_device_is_a_new_differentiable_tensor():
         assert y is not x
         gm.backward((y * y).sum())
     np.testing.assert_array_equal(host(x.grad), [2.0, 4.0])
+
+
+# ----- random programs: views, aliases and writes against a model where every value is a copy
+
+_MAKE = {  # name -> (megengine view, the same on numpy values)
+    "reshape": (lambda t: t.reshape(-1), lambda a: a.reshape(-1)),
+    "slice": (lambda t: t[1:], lambda a: a[1:]),
+    "transpose": (lambda t: t.T, lambda a: a.T),
+    "expand_dims": (lambda t: F.expand_dims(t, 0), lambda a: a[None]),
+    "detach": (lambda t: t.detach(), lambda a: a),
+    "to": (lambda t: t.to(t.device), lambda a: a),
+    "copy": (lambda t: F.copy(t), lambda a: a),
+}
+
+
+def _write(rs, t, a):
+    """A random write into tensor ``t`` (value ``a``): returns the new value."""
+    kind = rs.randint(6)
+    v = rs.randn(*a.shape).astype(np.float32)
+    if kind == 0:
+        t.set_value(v)
+        return v
+    if kind == 1:
+        t += Tensor(v, device=t.device)
+        return a + v
+    if kind == 2:
+        t[...] = Tensor(v, device=t.device)
+        return v
+    if kind == 3 and a.ndim and a.shape[0]:
+        t[0] = Tensor(v[0], device=t.device)
+        out = a.copy()
+        out[0] = v[0]
+        return out
+    if kind == 4 and isinstance(t, Parameter):
+        t.grad = Tensor(v, device=t.device)
+        optim.SGD([t], lr=0.5).step()
+        return a - 0.5 * v
+    M.init.fill_(t, 3.0)
+    return np.full_like(a, 3.0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_programs_of_views_and_writes_keep_value_semantics(seed):
+    rs = np.random.RandomState(seed)
+    base = rs.randn(3, 4).astype(np.float32)
+    live = [(Parameter(base), base.copy())]  # (tensor, its value in the model)
+    for _ in range(12):
+        t, a = live[rs.randint(len(live))]
+        if rs.rand() < 0.5 and len(live) < 8:
+            name = sorted(_MAKE)[rs.randint(len(_MAKE))]
+            view, model = _MAKE[name]
+            live.append((view(t), model(a).copy()))
+        else:
+            i = next(i for i, (u, _) in enumerate(live) if u is t)
+            live[i] = (t, _write(rs, t, a).astype(np.float32))
+        for u, want in live:
+            np.testing.assert_allclose(host(u), want, rtol=1e-6, atol=1e-6)
