@@ -477,7 +477,7 @@ class MatMul(Op):
 class _NoGradBinary(_Binary):
     fn = None
 
-    def compute(self, a, b):
+    def forward(self, a, b):
         # bit operations are defined on integers (and/or/xor also on bools); say so instead of
         # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
         kinds = "iu" if self.fn.endswith("shift") else "iub"
@@ -485,6 +485,14 @@ class _NoGradBinary(_Binary):
             what = "integers" if kinds == "iu" else "integers or bools"
             raise TypeError(f"{self.fn}: operands must be {what}, got {a.dtype} and {b.dtype}; "
                             f"cast them with .astype('int32') first")
+        if a.dtype != b.dtype and a.dtype.metadata is None and b.dtype.metadata is None:
+            # a bool and an integer meet in the integer (upstream refuses mixed operands here;
+            # its float32 for arithmetic on them would refuse them with a misleading dtype)
+            dtype = np.promote_types(a.dtype, b.dtype)
+            a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+        return super().forward(a, b)
+
+    def compute(self, a, b):
         return getattr(xp_of(a), self.fn)(a, b)
 
 
