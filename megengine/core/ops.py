@@ -1134,6 +1134,11 @@ class Reduce(Op):
         axis, ndim = self.axis, x.ndim
         if type(axis) is int and -ndim <= axis < ndim:  # the usual call, without _norm_axes
             axes = (axis % ndim,)
+        elif not ndim and axis is not None:
+            # upstream reduces a 0-d tensor over axis 0 or -1 as one of shape (1,), so keepdims
+            # gives shape (1,) (below)
+            _norm_axes(axis, 1, mode)
+            axes = ()
         else:
             axes = _norm_axes(axis, ndim, mode)
         self.axes = axes
@@ -1168,7 +1173,7 @@ class Reduce(Op):
             out = out.astype(np.int32 if x.dtype.kind == "b" else x.dtype)
         self.out_keep = out
         if self.keepdims:
-            return out
+            return out if ndim or axis is None else out.reshape((1,))
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
         if len(axes) == ndim:  # (all of them, x.sum(): a scalar)
