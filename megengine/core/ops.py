@@ -1086,6 +1086,11 @@ class DuplicateAxisError(ValueError, AssertionError):
     both, so either ``except`` catches it."""
 
 
+def names_an_axis(axis):
+    """Whether ``axis`` names at least one axis (None and ``()`` name none)."""
+    return is_int(axis) or is_dim(axis) or bool(axis)
+
+
 def _norm_axes(axis, ndim, what):
     if axis is None:
         return tuple(range(ndim))
@@ -1134,7 +1139,7 @@ class Reduce(Op):
         axis, ndim = self.axis, x.ndim
         if type(axis) is int and -ndim <= axis < ndim:  # the usual call, without _norm_axes
             axes = (axis % ndim,)
-        elif not ndim and axis is not None:
+        elif not ndim and names_an_axis(axis):
             # upstream reduces a 0-d tensor over axis 0 or -1 as one of shape (1,), so keepdims
             # gives shape (1,) (below)
             _norm_axes(axis, 1, mode)
@@ -1173,7 +1178,7 @@ class Reduce(Op):
             out = out.astype(np.int32 if x.dtype.kind == "b" else x.dtype)
         self.out_keep = out
         if self.keepdims:
-            return out if ndim or axis is None else out.reshape((1,))
+            return out if ndim or not names_an_axis(axis) else out.reshape((1,))
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
         if len(axes) == ndim:  # (all of them, x.sum(): a scalar)

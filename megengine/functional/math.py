@@ -8,7 +8,8 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, xp_of
+from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, names_an_axis,
+                        xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float
@@ -204,7 +205,7 @@ def _one_if_scalar(inp, axis):
     """A 0-d tensor reduced over an axis (0 or -1) reduces as one of shape (1,), as upstream's
     reductions (``keepdims=True`` gives shape (1,)); the engine's Reduce op does the same."""
     inp = _tensor(inp)
-    return inp.reshape(1) if inp.ndim == 0 and axis is not None else inp
+    return inp.reshape(1) if inp.ndim == 0 and names_an_axis(axis) else inp
 
 
 def var(inp, axis=None, keepdims=False):

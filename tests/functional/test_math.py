@@ -724,3 +724,11 @@ def test_argmax_of_a_0d_tensor_over_an_axis_says_it_has_none(fn):
     # this fork raised IndexError("tuple index out of range")
     with pytest.raises(ValueError, match="0-d tensor has no axis 0"):
         getattr(F, fn)(mge.tensor(3.0), 0)
+
+
+@pytest.mark.parametrize("fn", ["sum", "max", "var", "logsumexp", "norm"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_a_0d_tensor_reduced_over_no_axis_keeps_shape_0d(fn, keepdims):
+    # axis=() names no axis: a 0-d tensor stays 0-d with keepdims, as torch's (x.sum(dim=()))
+    got = getattr(F, fn)(mge.tensor(3.0), axis=(), keepdims=keepdims)
+    assert got.shape == ()
