@@ -88,10 +88,13 @@ def _as_array(value, dtype, device, copy):
 
 
 _PROMOTE_CACHE = {}
+_FLOAT32 = np.dtype(np.float32)
 
 
 def promote_types(a, b):
-    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins.
+    """Result dtype of a binary op, as upstream: floats win over ints; the wider float wins;
+    float16 meeting another dtype counts as float32, and bools meeting integers give float32
+    (upstream's ``dtype_promotion``: ``int8 + float16`` and ``bool + int32`` are float32).
     A complex dtype wins over floats and ints (float32 and complex64 give complex64, float64
     and complex64 complex128), as numpy and torch; casting it to the float would drop the
     imaginary part."""
@@ -99,8 +102,13 @@ def promote_types(a, b):
     r = _PROMOTE_CACHE.get(key)
     if (a.metadata is not None or b.metadata is not None) and _quantized_pair(a, b):
         return a  # one quantized dtype on both sides (numpy's == ignores the metadata)
+    if r is None and a != b and np.float16 in (a, b) and "c" not in (a.kind, b.kind):
+        r = _PROMOTE_CACHE[key] = promote_types(*(_FLOAT32 if d == np.float16 else d
+                                                 for d in (a, b)))
     if r is None:
-        if a.kind in "fc" and b.kind not in "fc":
+        if "b" in (a.kind, b.kind) and {a.kind, b.kind} <= {"b", "i", "u"} and a != b:
+            r = _FLOAT32  # a bool and an integer: neither holds the other's values
+        elif a.kind in "fc" and b.kind not in "fc":
             r = a
         elif b.kind in "fc" and a.kind not in "fc":
             r = b
@@ -110,6 +118,15 @@ def promote_types(a, b):
                 r = np.dtype(np.float32)
         _PROMOTE_CACHE[key] = r
     return r
+
+
+def numpy_scalar_is_weak(dtype, scalar_dtype):
+    """Whether a numpy scalar of ``scalar_dtype`` next to a tensor of ``dtype`` takes the
+    tensor's dtype, as upstream's (a numpy int or bool next to a float tensor, a numpy bool next
+    to an integer one: float16 + np.int16(2) is float16, int8 + np.bool_(True) int8); other
+    numpy scalars are typed operands (`promote_types` with their dtype)."""
+    return (dtype.kind == "f" and scalar_dtype.kind in "biu") or \
+        (dtype.kind in "iu" and scalar_dtype.kind == "b")
 
 
 def _quantized_pair(a, b):

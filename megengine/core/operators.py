@@ -6,6 +6,7 @@ import numpy as np
 from .. import device as _device_mod
 from . import dispatch
 from . import dtype as _qd
+from .dtype_rules import numpy_scalar_is_weak
 from . import ops as _ops
 from ._trace_option import is_sym
 from .tensor import Tensor
@@ -56,6 +57,9 @@ def _operand(value, like):
     if isinstance(value, np.generic) and value.dtype.kind in "biufc" and \
             like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
         raise _quantized_scalar(value.item(), like.dtype)  # a numpy number: as a Python one
+    if isinstance(value, np.generic) and numpy_scalar_is_weak(like.dtype, value.dtype):
+        # (two tensors of those dtypes give float32: float16 + int16, int8 + bool)
+        return Tensor(value, dtype=like.dtype, device=like._device)
     if isinstance(value, np.integer) and value.dtype.itemsize == 8 and \
             value != value.astype(np.int32):
         # Tensor() stores a 64-bit int as int32, as upstream's does; one int32 cannot hold keeps

@@ -477,7 +477,7 @@ class MatMul(Op):
 class _NoGradBinary(_Binary):
     fn = None
 
-    def compute(self, a, b):
+    def forward(self, a, b):
         # bit operations are defined on integers (and/or/xor also on bools); say so instead of
         # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
         kinds = "iu" if self.fn.endswith("shift") else "iub"
@@ -485,6 +485,14 @@ class _NoGradBinary(_Binary):
             what = "integers" if kinds == "iu" else "integers or bools"
             raise TypeError(f"{self.fn}: operands must be {what}, got {a.dtype} and {b.dtype}; "
                             f"cast them with .astype('int32') first")
+        if a.dtype != b.dtype and a.dtype.metadata is None and b.dtype.metadata is None:
+            # a bool and an integer meet in the integer (upstream refuses mixed operands here;
+            # its float32 for arithmetic on them would refuse them with a misleading dtype)
+            dtype = np.promote_types(a.dtype, b.dtype)
+            a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+        return super().forward(a, b)
+
+    def compute(self, a, b):
         return getattr(xp_of(a), self.fn)(a, b)
 
 
@@ -1078,6 +1086,11 @@ class DuplicateAxisError(ValueError, AssertionError):
     both, so either ``except`` catches it."""
 
 
+def names_an_axis(axis):
+    """Whether ``axis`` names at least one axis (None and ``()`` name none)."""
+    return is_int(axis) or is_dim(axis) or bool(axis)
+
+
 def _norm_axes(axis, ndim, what):
     if axis is None:
         return tuple(range(ndim))
@@ -1126,6 +1139,11 @@ class Reduce(Op):
         axis, ndim = self.axis, x.ndim
         if type(axis) is int and -ndim <= axis < ndim:  # the usual call, without _norm_axes
             axes = (axis % ndim,)
+        elif not ndim and names_an_axis(axis):
+            # upstream reduces a 0-d tensor over axis 0 or -1 as one of shape (1,), so keepdims
+            # gives shape (1,) (below)
+            _norm_axes(axis, 1, mode)
+            axes = ()
         else:
             axes = _norm_axes(axis, ndim, mode)
         self.axes = axes
@@ -1160,7 +1178,7 @@ class Reduce(Op):
             out = out.astype(np.int32 if x.dtype.kind == "b" else x.dtype)
         self.out_keep = out
         if self.keepdims:
-            return out
+            return out if ndim or not names_an_axis(axis) else out.reshape((1,))
         if len(axes) == 1 and ndim:
             return out.squeeze(axes[0])
         if len(axes) == ndim:  # (all of them, x.sum(): a scalar)

@@ -194,6 +194,14 @@ class _LeakyRelu(_Activation):
 
 
 class _Relu6(_Activation):
+    def forward(self, x):
+        if x.dtype.kind in "iu" and x.dtype.metadata is None:
+            # integers stay integers, as upstream's relu6 (and relu here): a clip in their dtype
+            self.x = x
+            self.y = xp_of(x).clip(x, x.dtype.type(0), x.dtype.type(6))
+            return self.y
+        return super().forward(x)
+
     def aten_forward(self, aten, tx):
         return aten.hardtanh(tx, 0.0, 6.0)
 

@@ -4,7 +4,8 @@ import numpy as np
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
-from ..core.dtype_rules import _NARROW, complex_error, no_order, promote_types
+from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
+                                promote_types)
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
@@ -377,15 +378,15 @@ def clip(x, lower=None, upper=None):
         if isinstance(b, np.generic):
             # a numpy scalar is a typed operand, as in x + b (upstream's promotion): x takes
             # the dtype of x with Tensor(b)'s (which narrows float64 and int64 to 32 bits)
-            dtype = promote_types(x.dtype, _NARROW.get(b.dtype, b.dtype))
-            x = x if x.dtype == dtype else x.astype(dtype)
+            if not numpy_scalar_is_weak(x.dtype, b.dtype):
+                x = x.astype(promote_types(x.dtype, _NARROW.get(b.dtype, b.dtype)))
             b = b.item()
         bounds.append(b)  # (Python scalars are weak: the result keeps x's dtype)
     lower, upper = bounds
     if x.dtype.kind != "f" and any(isinstance(b, float) for b in bounds):
         x = x.astype(np.float32)
     elif x.dtype.kind == "b" and any(type(b) is int for b in bounds):
-        x = x.astype(np.int32)  # upstream's promotion of a bool tensor and a Python int
+        x = x.astype(np.float32)  # upstream's promotion of a bool tensor and a Python int
     if x.dtype.kind in "iu":
         # an int bound past x's range on the side it limits limits nothing (as numpy's clip of
         # two bounds); one past the other side moves every value out of the range: x widens to

@@ -8,7 +8,8 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, xp_of
+from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, names_an_axis,
+                        xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float
@@ -117,6 +118,8 @@ def _arg_reduce(inp, axis, keepdims, fn):
         if keepdims:
             raise ValueError(f"{fn}: keepdims=True needs an axis, got axis=None")
         axes = None
+    elif inp.ndim == 0:  # (upstream asserts; _norm_axes takes axis 0 of a 0-d tensor)
+        raise ValueError(f"{fn}: a 0-d tensor has no axis {axis}; call {fn}(x) without an axis")
     else:
         axes = _norm_axes(axis, inp.ndim, fn)
     empty = [a for a in (range(inp.ndim) if axes is None else axes) if inp.shape[a] == 0]
@@ -198,14 +201,21 @@ class Std(Var):
         return super().grad_graph(inputs, outputs, (g,))
 
 
+def _one_if_scalar(inp, axis):
+    """A 0-d tensor reduced over an axis (0 or -1) reduces as one of shape (1,), as upstream's
+    reductions (``keepdims=True`` gives shape (1,)); the engine's Reduce op does the same."""
+    inp = _tensor(inp)
+    return inp.reshape(1) if inp.ndim == 0 and names_an_axis(axis) else inp
+
+
 def var(inp, axis=None, keepdims=False):
     """Variance (divides by N, like upstream) over ``axis``."""
-    return apply(Var(axis, keepdims), _tensor(inp))
+    return apply(Var(axis, keepdims), _one_if_scalar(inp, axis))
 
 
 def std(inp, axis=None, keepdims=False):
     """Standard deviation: ``sqrt(var(inp, axis, keepdims))``."""
-    return apply(Std(axis, keepdims), _tensor(inp))
+    return apply(Std(axis, keepdims), _one_if_scalar(inp, axis))
 
 
 class LogSumExp(Op):
@@ -240,7 +250,7 @@ class LogSumExp(Op):
 
 def logsumexp(inp, axis, keepdims=False):
     """``log(sum(exp(inp), axis))`` computed without overflow."""
-    return apply(LogSumExp(axis, keepdims), _tensor(inp))
+    return apply(LogSumExp(axis, keepdims), _one_if_scalar(inp, axis))
 
 
 # dtypes that F.norm (p = 2) and F.topk take to ATen (topk: floats, whose descending key -x is
@@ -312,7 +322,7 @@ def norm(inp, ord=None, axis=None, keepdims=False):
     ``ord``: any p > 0 (``sum(|x|**p) ** (1/p)``), 0 (number of non-zeros), ``inf`` (``max |x|``),
     ``-inf`` (``min |x|``).
     """
-    inp = _tensor(inp)
+    inp = _one_if_scalar(inp, axis)
     if ord is None:
         ord = 2
     if is_dim(ord):  # (an order from a dumpable trace's sizes: its value, a guard)

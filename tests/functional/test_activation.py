@@ -353,3 +353,14 @@ def test_activations_keep_nn_as_their_home():
     op = pickle.loads(pickle.dumps(act_module._LeakyRelu(0.25)))
     assert type(op) is act_module._LeakyRelu and op.slope == 0.25
     assert b"megengine.functional.nn" in pickle.dumps(act_module._LeakyRelu(0.25))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32"])
+def test_relu6_of_integers_keeps_their_dtype(dtype):
+    # upstream 1.13 measured: F.relu6 of an int8 tensor is int8 (earlier versions of this fork
+    # gave float32); the values are torch's hardtanh(x, 0, 6)
+    x = np.array([-3, 0, 2, 6, 7, 100]).astype(dtype)
+    got = F.relu6(mge.tensor(x, dtype=dtype))
+    assert got.dtype == np.dtype(dtype)
+    want = torch.nn.functional.hardtanh(torch.tensor(x.astype(np.float64)), 0.0, 6.0)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

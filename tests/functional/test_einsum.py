@@ -49,10 +49,11 @@ def test_einsum_integer_operands_are_exact_like_numpy():
 
 
 @pytest.mark.parametrize("other,want", [("float32", "float32"), ("complex64", "complex64"),
-                                        ("float16", "float16")])
+                                        ("float16", "float32")])
 def test_einsum_of_integers_and_floats_takes_upstreams_promotion(other, want):
     # earlier versions of this fork gave numpy's einsum dtype: int32 and float32 float64,
-    # int32 and complex64 complex128
+    # int32 and complex64 complex128; int32 and float16 are float32 (upstream 1.13 measured:
+    # float16 meeting an integer counts as float32)
     rs = np.random.RandomState(2)
     a = rs.randint(-5, 6, (3, 4)).astype(np.int32)
     b = rs.randn(5, 4).astype(other) if other != "complex64" else \

@@ -689,3 +689,46 @@ def test_float16_prod_multiplies_in_float32():
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.numpy(), x.astype(np.float64).prod(0), rtol=2 ** -10)
 
+
+
+@pytest.mark.parametrize("fn", ["sum", "mean", "max", "min", "prod", "var", "std", "norm",
+                                "logsumexp", "method_sum", "method_max"])
+@pytest.mark.parametrize("axis", [0, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_a_0d_tensor_reduces_over_axis_0_or_minus_1_as_shape_1(fn, axis, keepdims):
+    # upstream 1.13 measured: F.sum(mge.tensor(3.0), -1) is 3.0 of shape (), and keepdims=True
+    # gives shape (1,), for every reduction (earlier versions of this fork refused axis -1,
+    # kept shape () with keepdims and raised IndexError in var / std)
+    x = mge.tensor(3.0)
+    with GradManager().attach([x]) as gm:
+        if fn.startswith("method_"):
+            y = getattr(x, fn[7:])(axis=axis, keepdims=keepdims)
+        else:
+            y = getattr(F, fn)(x, axis=axis, keepdims=keepdims)
+        gm.backward(y.sum())
+    t = torch.tensor([3.0], requires_grad=True)
+    tfn = {"var": lambda v: v.var(0, unbiased=False), "std": lambda v: v.std(0, unbiased=False),
+           "norm": lambda v: v.norm(dim=0), "logsumexp": lambda v: v.logsumexp(0),
+           "max": lambda v: v.amax(0), "min": lambda v: v.amin(0)}.get(
+        fn.replace("method_", ""), lambda v: getattr(v, fn.replace("method_", ""))(0))
+    want = tfn(t)
+    want.backward()
+    assert y.shape == ((1,) if keepdims else ())
+    np.testing.assert_allclose(y.numpy().reshape(()), want.detach().numpy(), rtol=1e-6)
+    assert x.grad.shape == () and float(x.grad) == pytest.approx(float(t.grad[0]))
+
+
+@pytest.mark.parametrize("fn", ["argmax", "argmin"])
+def test_argmax_of_a_0d_tensor_over_an_axis_says_it_has_none(fn):
+    # upstream asserts "axis 0 is out of bounds for tensor of dimension 0"; earlier versions of
+    # this fork raised IndexError("tuple index out of range")
+    with pytest.raises(ValueError, match="0-d tensor has no axis 0"):
+        getattr(F, fn)(mge.tensor(3.0), 0)
+
+
+@pytest.mark.parametrize("fn", ["sum", "max", "var", "logsumexp", "norm"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_a_0d_tensor_reduced_over_no_axis_keeps_shape_0d(fn, keepdims):
+    # axis=() names no axis: a 0-d tensor stays 0-d with keepdims, as torch's (x.sum(dim=()))
+    got = getattr(F, fn)(mge.tensor(3.0), axis=(), keepdims=keepdims)
+    assert got.shape == ()

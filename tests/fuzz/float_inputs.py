@@ -69,6 +69,8 @@ class _Float(Mode):
         want = {np.result_type(self.dtype, *[k for k in kept if k.kind in "fc"])}
         if ref is not None:
             want.add(np.dtype(ref.dtype))
+        if self.dtype == np.float16 and any(k.kind in "biu" for k in kept):
+            want.add(np.dtype(np.float32))  # (upstream's float16 meeting an integer tensor)
         if want_value.dtype.kind == "c":  # (float16 and a complex scalar: torch's complex32
             want.add(np.result_type(self.dtype, np.complex64))  # where it has a kernel)
         if dt not in want:

@@ -212,6 +212,11 @@ def _binary_gen(name, alias=None):
 
 
 def _promoted(a, b):
+    # upstream's promotion of two tensors: float16 meeting another dtype counts as float32, a
+    # bool meeting an integer gives float32
+    f16_int = {a.dtype, b.dtype} & {torch.float16, torch.bool} and a.dtype != b.dtype
+    if f16_int and not (a.dtype.is_complex or b.dtype.is_complex):
+        a, b = (x.float() if x.dtype in (torch.float16, torch.bool) else x for x in (a, b))
     rt = torch.promote_types(a.dtype, b.dtype)
     return a.to(rt), b.to(rt)
 
