@@ -579,6 +579,14 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             return reshape(self, shape)
         return dispatch.apply(_ops.Reshape(_ops.int_tuple(shape, "reshape")), self)
 
+    def __round__(self, ndigits=None):
+        """``round(t)``: upstream's ``F.round``, halves away from zero, a tensor of t's dtype."""
+        if ndigits is not None:
+            raise TypeError(f"round(tensor, {ndigits!r}): a tensor rounds to integers only, as "
+                            "upstream's; scale first, e.g. F.round(t * 10 ** n) / 10 ** n")
+        from ..functional.elemwise import round as round_  # functional sits above core
+        return round_(self)
+
     def _broadcast(self, *shape):
         """Upstream's private ``Tensor._broadcast``: ``F.broadcast_to(self, shape)``, the shape
         given as one tuple, list or Tensor, or as separate sizes (as `reshape` takes it)."""

@@ -514,6 +514,8 @@ class Module:
         Without ``strict``, missing and unexpected keys are only logged (a warning).
         """
         if isinstance(state_dict, Mapping):
+            state_dict = self._from_upstream_layouts(state_dict)
+
             def closure(key, _):
                 return state_dict.get(key)
         elif callable(state_dict):
@@ -571,6 +573,16 @@ class Module:
             logger.warning("Missing params in `strict=False` mode, missing=%s", set(missing))
         for var, value in writes:
             var._reset(value)  # in place: the storage (and anyone sharing it) keeps its address
+
+    def _from_upstream_layouts(self, state_dict):
+        """``state_dict`` with the entries of upstream's own storage layouts that a module here
+        stores otherwise (an upstream LSTM's ``_flatten_weights``) rewritten by that module's
+        ``_upstream_state(prefix, state_dict)``."""
+        for name, module in self.named_modules():
+            rewrite = getattr(module, "_upstream_state", None)
+            if rewrite is not None:
+                state_dict = rewrite(name + "." if name else "", state_dict)
+        return state_dict
 
     # ----- printing -----
     def _module_info_string(self) -> str:

@@ -147,6 +147,35 @@ class RNNBase(Module):
             for layer in range(num_layers)
         ]
 
+    def _upstream_state(self, prefix, state_dict):
+        """Upstream 1.13's RNN/LSTM keep one ``_flatten_weights`` Parameter, the weights their
+        forward uses (its cells' weights, also saved, go unused): per layer and direction,
+        ``weight_ih``, ``weight_hh`` and with ``bias`` ``bias_ih``, ``bias_hh``, each
+        row-major, one after the other (measured against upstream's output). A checkpoint
+        holding it loads into the cells here, in place of its unused cell entries."""
+        key = prefix + "_flatten_weights"
+        if key not in state_dict:
+            return state_dict
+        flat = state_dict[key]
+        flat = (flat.numpy() if isinstance(flat, Tensor) else np.asarray(flat)).reshape(-1)
+        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        pieces = [(f"{prefix}cells.{layer}.{d}.{name}", getattr(cell, name).shape)
+                  for layer, row in enumerate(self.cells) for d, cell in enumerate(row)
+                  for name in names]
+        need = sum(int(np.prod(shape)) for _, shape in pieces)
+        if flat.size != need:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: upstream's {key} holds {flat.size} "
+                f"values, this layer's weights {need}: it was saved from another layer "
+                "(input_size, hidden_size, num_layers, bidirectional, bias)")
+        out = {k: v for k, v in state_dict.items() if k != key}
+        at = 0
+        for name, shape in pieces:
+            n = int(np.prod(shape))
+            out[name] = flat[at:at + n].reshape(shape)
+            at += n
+        return out
+
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.num_directions * self.hidden_size
 

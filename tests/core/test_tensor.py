@@ -685,3 +685,15 @@ def test_a_written_tensor_value_brings_its_dtype_as_upstream(kind, target, write
     write(t)
     assert t.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(host(t), value)
+
+
+def test_builtin_round_is_upstreams_elementwise_round():
+    # upstream 1.13 measured: round(t) is F.round (halves away from zero), a Tensor of t's
+    # dtype; round(t, 1) raises TypeError
+    t = Tensor([0.5, 1.5, 2.5, -1.5, -0.4, 2.6])
+    r = round(t)
+    assert isinstance(r, Tensor) and r.dtype == np.float32
+    np.testing.assert_array_equal(host(r), [1.0, 2.0, 3.0, -2.0, -0.0, 3.0])
+    assert round(Tensor([1, 2], dtype="int32")).dtype == np.int32
+    with pytest.raises(TypeError, match="rounds to integers only"):
+        round(t, 1)

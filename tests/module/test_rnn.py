@@ -8,6 +8,8 @@ import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
 
+from devices import host
+
 
 def torch_name(mge_name):
     """cells.<layer>.<direction>.weight_ih -> weight_ih_l<layer>[_reverse]."""
@@ -191,3 +193,34 @@ def test_without_initial_states_every_layer_starts_from_zeros_in_training():
     for k, p in m.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), tparams[torch_name(k)].grad.numpy(),
                                    rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_an_upstream_checkpoint_with_flatten_weights_loads_what_its_forward_used(kind, bias):
+    # upstream 1.13's RNN/LSTM compute with one `_flatten_weights` Parameter (saved beside its
+    # cells' unused weights): per layer and direction w_ih, w_hh (and b_ih, b_hh), row-major,
+    # one after the other (measured against upstream's own output). That is torch's flat
+    # weight order too, so torch's module filled from the same values is the oracle.
+    rs = np.random.RandomState(3)
+    layer = getattr(M, kind)(2, 3, num_layers=2, bidirectional=True, bias=bias)
+    tlayer = getattr(torch.nn, kind)(2, 3, num_layers=2, bidirectional=True, bias=bias)
+    size = sum(p.numel() for p in tlayer._flat_weights)
+    flat = rs.uniform(-0.5, 0.5, (size,)).astype(np.float32)
+    at = 0
+    with torch.no_grad():
+        for p in tlayer._flat_weights:
+            p.copy_(torch.from_numpy(flat[at:at + p.numel()]).reshape(p.shape))
+            at += p.numel()
+    gates = 4 * 3 if kind == "LSTM" else 3
+    state = {"rnn." + k: np.zeros_like(v) for k, v in layer.state_dict().items()}  # (unused)
+    state["rnn._flatten_weights"] = flat.reshape(gates, -1)  # (upstream's 2-d shape)
+    net = M.Module()
+    net.rnn = layer
+    net.load_state_dict(state)
+    x = rs.randn(4, 2, 2).astype(np.float32)
+    np.testing.assert_allclose(host(layer(mge.tensor(x))[0]),
+                               tlayer(torch.from_numpy(x))[0].detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="saved from another layer"):
+        M.Sequential(getattr(M, kind)(2, 4)).load_state_dict({"0._flatten_weights": flat})
