@@ -466,14 +466,19 @@ class MatMul(Op):
 class _NoGradBinary(_Binary):
     fn = None
 
-    def compute(self, a, b):
+    def forward(self, a, b):
         # bit operations are defined on integers (and/or/xor also on bools); say so instead of
-        # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
+        # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats),
+        # naming the operands' own dtypes (promoted, an int and a float are two floats)
         kinds = "iu" if self.fn.endswith("shift") else "iub"
-        if a.dtype.kind not in kinds or b.dtype.kind not in kinds:
+        dtype = _promote(a, b)
+        if dtype.metadata is None and dtype.kind not in kinds:  # (quantized: forward says)
             what = "integers" if kinds == "iu" else "integers or bools"
             raise TypeError(f"{self.fn}: operands must be {what}, got {a.dtype} and {b.dtype}; "
                             f"cast them with .astype('int32') first")
+        return super().forward(a, b)
+
+    def compute(self, a, b):
         return getattr(xp_of(a), self.fn)(a, b)
 
 
