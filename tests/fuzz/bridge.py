@@ -53,15 +53,17 @@ from .bridge_blocks import BLOCKS, TwoOut
 # of a small gradient (a sum over a batch that batch norm centres) moves steps by up to ~1e-3 lr,
 # differently on either side; in float64 a lost or doubled update stands out by orders. The
 # float32 family trains with SGD only, whose steps are proportional to the gradients. Its
-# tolerance, 2e-4 * (|want| + 0.1), was about 6 times the largest difference over its networks
-# in seeds 0-1199 with the older initialisation (3.1e-5 * (|want| + 0.1)); with initial weights
-# from megengine.random its 300 networks outside autocast in seeds 0-1195 differ by at most
-# 4.6e-6 * (|want| + 0.1) (seed 1043, a conv weight after ten steps): ``python -m
-# tests.fuzz.bridge --seeds 1196 --worst``. Under autocast (float16 compute, numpy's on
+# tolerance, 8e-6 * (|want| + 0.1) on top of the slack (`AMPLIFIED`), is 4 times the largest
+# difference beyond the slack over its 942 networks outside autocast in seeds 0-2999 and
+# 31000-31999, 2e-6 * (|want| + 0.1) (network 31941, an eval output: megengine 1.7e-6 from the
+# float64 twin, torch 2.3e-7); in all (the slack included) they differ by up to 0.23 * (|want|
+# + 0.1) (31130, diverging): ``python -m tests.fuzz.bridge --seeds 3000 --worst`` and
+# ``--seeds 1000 --start 31000 --worst``. (It was 2e-4, 43 times the largest difference in all
+# over 300 networks of seeds 0-1195, 4.6e-6.) Under autocast (float16 compute, numpy's on
 # megengine's side, ATen's on torch's) 110 networks in seeds 0-999 needed up to 2.1e-2 (an
 # eval output); at that tolerance the values cannot tell whether torch's side ran in float16
 # at all, so the torch blocks' output dtypes are compared too (`_block_dtypes`).
-TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (2e-4, 2e-5), "autocast": (5e-2, 5e-3)}
+TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (8e-6, 8e-7), "autocast": (5e-2, 5e-3)}
 # Some float32 networks amplify rounding far past that. In seed 2003 (before initial weights came
 # from megengine.random) a mask kept one of four features, the other three sigmoid(0) = 0.5, and a
 # LayerNorm over them divided by a spread down to 0.006: within six SGD steps both sides strayed
@@ -325,7 +327,8 @@ def _tolerance(opts):
 
 
 # while main's --worst runs: the seed running, the networks measured, and the largest
-# difference beyond the slack / (|want| + 0.1) so far with what it was and its seed
+# difference / (|want| + 0.1) so far, beyond the slack ("beyond": what the tolerance must
+# cover) and in all ("raw"), each with what it was and its seed
 _worst = None
 
 
@@ -333,10 +336,10 @@ def _compare(what, got, want, tolerance="float64", slack=0.0):
     """``slack``: how far torch's float32 twin strayed from its float64 twin (`_Float64Twin`)."""
     rtol, atol = TOLERANCES[tolerance]
     if _worst is not None and np.size(want):
-        # (what the tolerance must cover: the difference less the slack allowed on top of it)
-        ratio = float(((np.abs(np.asarray(got, np.float64) - want) - AMPLIFIED * slack)
-                       / (np.abs(want) + 0.1)).max())
-        _worst["max"] = max(_worst["max"], (ratio, what, _worst["seed"]))
+        diff = np.abs(np.asarray(got, np.float64) - want)
+        for key, d in (("beyond", diff - AMPLIFIED * slack), ("raw", diff)):
+            ratio = float((d / (np.abs(want) + 0.1)).max())
+            _worst[key] = max(_worst[key], (ratio, what, _worst["seed"]))
     try:
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + AMPLIFIED * slack)
     except AssertionError as e:
@@ -662,19 +665,22 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--worst", action="store_true",
                    help="run the float32 family outside autocast only and print its largest "
-                        "difference in units of (|want| + 0.1), to calibrate its tolerance")
+                        "difference in units of (|want| + 0.1), beyond the slack (what the "
+                        "tolerance must cover) and in all, to calibrate its tolerance")
     a = p.parse_args(argv)
     global _worst
-    _worst = {"seed": None, "networks": 0, "max": (0.0, "", None)} if a.worst else None
+    _worst = {"seed": None, "networks": 0, "beyond": (0.0, "", None), "raw": (0.0, "", None)} \
+        if a.worst else None
     t0 = time.time()
     bad = fuzz(a.seeds, a.start, a.worst)
     # (--worst skips the seeds that draw other families: it says how many networks it ran)
     ran = f"{_worst['networks']} float32 networks of {a.seeds} seeds" if a.worst \
         else f"{a.seeds} networks"
     print(f"{ran} ({bad} failing) in {time.time() - t0:.0f}s")
-    if a.worst:
-        ratio, what, seed = _worst["max"]
-        print(f"largest float32 difference {ratio:.2g} * (|want| + 0.1): network {seed}, {what}")
+    for key, how in (("beyond", "beyond the slack"), ("raw", "in all")) if a.worst else ():
+        ratio, what, seed = _worst[key]
+        print(f"largest float32 difference {how}: {ratio:.2g} * (|want| + 0.1), network "
+              f"{seed}, {what}")
     return 1 if bad else 0
 
 
