@@ -478,11 +478,13 @@ class _NoGradBinary(_Binary):
     fn = None
 
     def forward(self, a, b):
-        # bit operations are defined on integers (and/or/xor also on bools); say so instead of
-        # numpy's "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
-        kinds = "iu" if self.fn.endswith("shift") else "iub"
-        if a.dtype.kind not in kinds or b.dtype.kind not in kinds:
-            what = "integers" if kinds == "iu" else "integers or bools"
+        # bit operations are defined on integers (and/or/xor also on bools, a shift on an
+        # integer with a bool); say so, naming the operands' own dtypes, instead of numpy's
+        # "ufunc ... could not be safely coerced" (the op fuzzer's shift of floats)
+        shift = self.fn.endswith("shift")
+        if a.dtype.kind not in "iub" or b.dtype.kind not in "iub" or (
+                shift and a.dtype.kind == b.dtype.kind == "b"):
+            what = "integers" if shift else "integers or bools"
             raise TypeError(f"{self.fn}: operands must be {what}, got {a.dtype} and {b.dtype}; "
                             f"cast them with .astype('int32') first")
         if a.dtype != b.dtype and a.dtype.metadata is None and b.dtype.metadata is None:

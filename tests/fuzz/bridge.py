@@ -53,15 +53,17 @@ from .bridge_blocks import BLOCKS, TwoOut
 # of a small gradient (a sum over a batch that batch norm centres) moves steps by up to ~1e-3 lr,
 # differently on either side; in float64 a lost or doubled update stands out by orders. The
 # float32 family trains with SGD only, whose steps are proportional to the gradients. Its
-# tolerance, 2e-4 * (|want| + 0.1), was about 6 times the largest difference over its networks
-# in seeds 0-1199 with the older initialisation (3.1e-5 * (|want| + 0.1)); with initial weights
-# from megengine.random its 300 networks outside autocast in seeds 0-1195 differ by at most
-# 4.6e-6 * (|want| + 0.1) (seed 1043, a conv weight after ten steps): ``python -m
-# tests.fuzz.bridge --seeds 1196 --worst``. Under autocast (float16 compute, numpy's on
+# tolerance, 8e-6 * (|want| + 0.1) on top of the slack (`AMPLIFIED`), is 4 times the largest
+# difference beyond the slack over its 942 networks outside autocast in seeds 0-2999 and
+# 31000-31999, 2e-6 * (|want| + 0.1) (network 31941, an eval output: megengine 1.7e-6 from the
+# float64 twin, torch 2.3e-7); in all (the slack included) they differ by up to 0.23 * (|want|
+# + 0.1) (31130, diverging): ``python -m tests.fuzz.bridge --seeds 3000 --worst`` and
+# ``--seeds 1000 --start 31000 --worst``. (It was 2e-4, 43 times the largest difference in all
+# over 300 networks of seeds 0-1195, 4.6e-6.) Under autocast (float16 compute, numpy's on
 # megengine's side, ATen's on torch's) 110 networks in seeds 0-999 needed up to 2.1e-2 (an
 # eval output); at that tolerance the values cannot tell whether torch's side ran in float16
 # at all, so the torch blocks' output dtypes are compared too (`_block_dtypes`).
-TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (2e-4, 2e-5), "autocast": (5e-2, 5e-3)}
+TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (8e-6, 8e-7), "autocast": (5e-2, 5e-3)}
 # Some float32 networks amplify rounding far past that. In seed 2003 (before initial weights came
 # from megengine.random) a mask kept one of four features, the other three sigmoid(0) = 0.5, and a
 # LayerNorm over them divided by a spread down to 0.006: within six SGD steps both sides strayed
@@ -324,8 +326,9 @@ def _tolerance(opts):
     return "autocast" if opts["autocast"] else opts["dtype"]
 
 
-# while main's --worst runs: the seed running, and the largest difference / (|want| + 0.1) so
-# far with what it was and its seed
+# while main's --worst runs: the seed running, the networks measured, and the largest
+# difference / (|want| + 0.1) so far, beyond the slack ("beyond": what the tolerance must
+# cover) and in all ("raw"), each with what it was and its seed
 _worst = None
 
 
@@ -333,8 +336,10 @@ def _compare(what, got, want, tolerance="float64", slack=0.0):
     """``slack``: how far torch's float32 twin strayed from its float64 twin (`_Float64Twin`)."""
     rtol, atol = TOLERANCES[tolerance]
     if _worst is not None and np.size(want):
-        ratio = float((np.abs(np.asarray(got, np.float64) - want) / (np.abs(want) + 0.1)).max())
-        _worst["max"] = max(_worst["max"], (ratio, what, _worst["seed"]))
+        diff = np.abs(np.asarray(got, np.float64) - want)
+        for key, d in (("beyond", diff - AMPLIFIED * slack), ("raw", diff)):
+            ratio = float((d / (np.abs(want) + 0.1)).max())
+            _worst[key] = max(_worst[key], (ratio, what, _worst["seed"]))
     try:
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + AMPLIFIED * slack)
     except AssertionError as e:
@@ -505,6 +510,14 @@ def _set_mode(modules, k, opts):
                 group["lr"] *= 0.5
 
 
+def _diverged(tlosses):
+    """Whether the twin's training has diverged (a loss not finite): past it nothing compares.
+    A draw can diverge (network 31130: SGD with nesterov at lr 0.05, the loss 2.8 to 4e25 in
+    eight steps on both sides alike, then overflowing), and megengine's ``amp.GradScaler`` then
+    skips the step that the twin, which has no scaler, takes into nan."""
+    return not np.isfinite(tlosses).all()
+
+
 def check(seed):
     """Train program ``seed`` both ways; raises BridgeMismatch on the first difference."""
     net, twin, plan = build(seed)
@@ -519,6 +532,8 @@ def check(seed):
         batches = _batches(plan, seed, k)
         losses = step(*[(mge.tensor(x, dtype=dtype), mge.tensor(y)) for x, y in batches])
         tlosses = _twin_step(twin, topt, batches, opts)
+        if _diverged(tlosses):
+            return opts
         want = _twin_state(twin, plan[1])
         loss_slack, slack = twin64.step(k, batches, tlosses, want) if twin64 else (
             [0.0] * len(tlosses), {})
@@ -611,6 +626,8 @@ def check_dp(seed):
         _set_mode(([twin], [topt]), k, opts)
         batches = _batches(plan, seed, k)
         tloss, = _twin_step(twin, topt, batches, opts)
+        if _diverged([tloss]):
+            break
         want = _twin_state(twin, plan[1])
         (loss_slack,), slack = twin64.step(k, batches, [tloss], want) if twin64 else ((0.0,), {})
         _compare(f"data-parallel step {k} mean loss of the ranks",
@@ -628,6 +645,7 @@ def fuzz(seeds, start=0, worst=False):
             if opts["dtype"] != "float32" or opts["autocast"]:
                 continue
             _worst["seed"] = seed
+            _worst["networks"] += 1
         for what, run in (("", check), (" (data-parallel)", check_dp)):
             if run is check_dp and (seed % DP_EVERY or worst):
                 continue
@@ -647,16 +665,22 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--worst", action="store_true",
                    help="run the float32 family outside autocast only and print its largest "
-                        "difference in units of (|want| + 0.1), to calibrate its tolerance")
+                        "difference in units of (|want| + 0.1), beyond the slack (what the "
+                        "tolerance must cover) and in all, to calibrate its tolerance")
     a = p.parse_args(argv)
     global _worst
-    _worst = {"seed": None, "max": (0.0, "", None)} if a.worst else None
+    _worst = {"seed": None, "networks": 0, "beyond": (0.0, "", None), "raw": (0.0, "", None)} \
+        if a.worst else None
     t0 = time.time()
     bad = fuzz(a.seeds, a.start, a.worst)
-    print(f"{a.seeds} networks ({bad} failing) in {time.time() - t0:.0f}s")
-    if a.worst:
-        ratio, what, seed = _worst["max"]
-        print(f"largest float32 difference {ratio:.2g} * (|want| + 0.1): network {seed}, {what}")
+    # (--worst skips the seeds that draw other families: it says how many networks it ran)
+    ran = f"{_worst['networks']} float32 networks of {a.seeds} seeds" if a.worst \
+        else f"{a.seeds} networks"
+    print(f"{ran} ({bad} failing) in {time.time() - t0:.0f}s")
+    for key, how in (("beyond", "beyond the slack"), ("raw", "in all")) if a.worst else ():
+        ratio, what, seed = _worst[key]
+        print(f"largest float32 difference {how}: {ratio:.2g} * (|want| + 0.1), network "
+              f"{seed}, {what}")
     return 1 if bad else 0
 
 

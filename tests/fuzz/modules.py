@@ -7,7 +7,8 @@ import megengine as mge
 import megengine.module as M
 from megengine.autodiff import GradManager
 
-from .gen import Check, Layout, Mismatch, close, flat, layout, pick, registry, values
+from .gen import Check, Layout, Mismatch, close, flat, layout, pick, registry, shape, values
+from .ops_nn2 import normalized_axes
 
 OPS, op = registry("module")
 
@@ -488,3 +489,156 @@ def _fused(rng):
     bufs = ("bn.running_mean", "bn.running_var") if bn and train else ()
     return Check(desc, lambda: compare(desc, mm, tm, rng, _steps(rng, x, 2), to_mge,
                                        train=train, buffers=bufs, tol=(5e-4, 5e-4)))
+
+
+# ----- thin layers over fuzzed functions: their arguments and defaults reach the function -----
+
+class _TorchFn(torch.nn.Module):
+    """A torch function as a module (``compare`` takes modules), with optional parameters."""
+
+    def __init__(self, fn, **params):
+        super().__init__()
+        self.fn = fn
+        for n, v in params.items():
+            setattr(self, n, torch.nn.Parameter(torch.tensor(v)))
+
+    def forward(self, *xs):
+        return self.fn(self, *xs)
+
+
+def _upstream_softmax_axis(ndim):  # upstream's axis=None: 0 for 0-, 1- and 3-d inputs, else 1
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _sliding_window_args(rng):
+    return [tuple(int(v) for v in rng.integers(lo, hi, size=2))
+            for lo, hi in ((1, 3), (0, 2), (1, 3), (1, 3))]  # kernel, padding, stride, dilation
+
+
+def _sliding_window_layer(rng, transpose):
+    k, p, s, d = _sliding_window_args(rng)
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    size = tuple(int(d_ * (k_ - 1)) + 1 - 2 * p_ + int(rng.integers(0, 4))
+                 for k_, p_, d_ in zip(k, p, d))
+    size = tuple(max(v, 1) for v in size)
+    out = tuple((i + 2 * p_ - d_ * (k_ - 1) - 1) // s_ + 1 for i, k_, p_, s_, d_ in
+                zip(size, k, p, s, d))
+    args = f"kernel_size={k}, padding={p}, stride={s}, dilation={d}"
+    if not transpose:
+        def t(_, x):
+            cols = torch.nn.functional.unfold(x, k, d, p, s)
+            return cols.reshape(n, c, *k, *out).permute(0, 1, 4, 5, 2, 3)
+        return (f"SlidingWindow({args})", M.SlidingWindow(k, p, s, d), t, (n, c) + size)
+
+    def tt(_, w):
+        cols = w.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k[0] * k[1], out[0] * out[1])
+        return torch.nn.functional.fold(cols, size, k, d, p, s)
+    return (f"SlidingWindowTranspose({size}, {args})", M.SlidingWindowTranspose(size, k, p, s, d),
+            tt, (n, c) + out + k)
+
+
+def _adaptive_layer(rng, kind):
+    shp = (int(rng.integers(1, 3)), int(rng.integers(1, 3))) + tuple(
+        int(v) for v in rng.integers(1, 8, size=2))
+    o = tuple(int(rng.integers(1, n + 1)) for n in shp[2:])
+    oshp = o[0] if o[0] == o[1] and rng.random() < 0.5 else o
+    # upstream's windows, not torch's adaptive bins (see ops_nn's adaptive_avg_pool2d)
+    stride = tuple(n // m for n, m in zip(shp[2:], o))
+    kernel = tuple(n - (m - 1) * st for n, m, st in zip(shp[2:], o, stride))
+    pool = getattr(torch.nn.functional, "avg_pool2d" if kind == "Avg" else "max_pool2d")
+    return (f"Adaptive{kind}Pool2d({oshp})", getattr(M, f"Adaptive{kind}Pool2d")(oshp),
+            lambda _, x: pool(x, kernel, stride), shp)
+
+
+def _general_norm_layer(rng):
+    shp, axes, arg = normalized_axes(rng)
+    nd = len(shp)
+    ns = [shp[a] for a in axes]
+    eps = float(pick(rng, [1e-5, 1e-3, 0.1]))
+    affine = bool(rng.random() < 0.7)
+    if len(arg) == 1 and rng.random() < 0.5:
+        arg, ns = arg[0], ns[0]  # (ints for one axis, as upstream takes them)
+    mm = M.GeneralNorm(ns if affine or rng.random() < 0.5 else None, arg, eps, affine)
+    wshape = [shp[i] if i in axes else 1 for i in range(nd)]
+
+    def t(m, x):
+        y = (x - x.mean(axes, keepdim=True)) / torch.sqrt(
+            x.var(axes, correction=0, keepdim=True) + eps)
+        return y * m.weight.reshape(wshape) + m.bias.reshape(wshape) if affine else y
+    wb = [shp[a] for a in axes]
+    params = dict(weight=np.ones(wb, np.float32), bias=np.zeros(wb, np.float32)) if affine \
+        else {}
+    # a spread inside each normalized group (see ops_nn2's general_norm)
+    spread = np.expand_dims(rng.permutation(int(np.prod(wb))).reshape(wb).astype(np.float32),
+                            [i for i in range(nd) if i not in axes])
+    return (f"GeneralNorm({ns}, {arg}, eps={eps}, affine={affine})", mm, t, shp, params,
+            spread)
+
+
+_PLAIN = {"ReLU": torch.relu, "Sigmoid": torch.sigmoid, "SiLU": torch.nn.functional.silu,
+          "GELU": torch.nn.functional.gelu}
+
+
+@op("thin_layers")
+def _thin_layer(rng):
+    kind = pick(rng, ["plain", "LeakyReLU", "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+                      "LocalResponseNorm", "PixelShuffle", "SlidingWindow",
+                      "SlidingWindowTranspose", "GeneralNorm", "Concat"])
+    params, spread, call, distinct = {}, 0.0, None, False
+    if kind == "plain":
+        name = pick(rng, sorted(_PLAIN))
+        fn = _PLAIN[name]
+        desc, mm, t, x = f"{name}()", getattr(M, name)(), lambda _, a: fn(a), shape(rng, 0, 4)
+    elif kind == "LeakyReLU":
+        slope = None if rng.random() < 0.3 else float(pick(rng, [0.2, -0.5, 1.5]))
+        mm = M.LeakyReLU() if slope is None else M.LeakyReLU(slope)
+        s = 0.01 if slope is None else slope  # upstream's default
+        desc, t, x = f"LeakyReLU({slope or ''})", (
+            lambda _, a: torch.nn.functional.leaky_relu(a, s)), shape(rng, 0, 4)
+    elif kind == "Softmax":
+        x = shape(rng, 1, 4, zero=False)
+        axis = None if rng.random() < 0.4 else int(rng.integers(-len(x), len(x)))
+        dim = _upstream_softmax_axis(len(x)) if axis is None else axis
+        desc, mm, t = f"Softmax(axis={axis})", M.Softmax(axis), lambda _, a: torch.softmax(a,
+                                                                                          dim)
+    elif kind.startswith("Adaptive"):
+        desc, mm, t, x = _adaptive_layer(rng, kind[8:11])
+        distinct = kind == "AdaptiveMaxPool2d"
+    elif kind == "LocalResponseNorm":
+        x = (int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(1, 4)),
+             int(rng.integers(1, 4)))
+        if rng.random() < 0.3:  # upstream's defaults: kernel_size 5, k 2, alpha 1e-4, beta 0.75
+            mm, (size, k, alpha, beta) = M.LocalResponseNorm(), (5, 2.0, 1e-4, 0.75)
+        else:
+            size, k, alpha, beta = (pick(rng, [1, 3, 5]), pick(rng, [2.0, 0.5]),
+                                    pick(rng, [1e-4, 0.1]), pick(rng, [0.75, 1.0]))
+            mm = M.LocalResponseNorm(size, k, alpha, beta)
+        desc = f"LocalResponseNorm({size}, k={k}, alpha={alpha}, beta={beta})"
+        # upstream's alpha multiplies the plain sum of squares; torch's divides it by the window
+        t = lambda _, a: torch.nn.functional.local_response_norm(  # noqa: E731
+            a.contiguous(), size, alpha * size, beta, k)
+    elif kind == "PixelShuffle":
+        r = int(rng.integers(1, 4))
+        x = shape(rng, 0, 2, zero=False) + (r * r * int(rng.integers(1, 3)),
+                                            int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        desc, mm, t = f"PixelShuffle({r})", M.PixelShuffle(r), (
+            lambda _, a: torch.nn.functional.pixel_shuffle(a, r))
+    elif kind.startswith("SlidingWindow"):
+        desc, mm, t, x = _sliding_window_layer(rng, kind.endswith("Transpose"))
+    elif kind == "GeneralNorm":
+        desc, mm, t, x, params, spread = _general_norm_layer(rng)
+    else:
+        n, axis = int(rng.integers(1, 4)), int(rng.integers(0, 2))
+        x = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        desc, mm, t = f"Concat() of {n} on axis {axis}", M.Concat(), (
+            lambda _, *xs: torch.cat(xs, axis))
+        call = lambda m, *xs: m(list(xs), axis) if isinstance(m, M.Module) else m(*xs)  # noqa
+        steps = [[values(rng, x, "float32") for _ in range(n)]]
+    tm = _TorchFn(t, **params)
+    if kind != "Concat":
+        steps = _steps(rng, x, 1 if distinct else None)
+        for step in steps:  # distinct values: no ties that the frameworks break differently
+            step[0] = (rng.permutation(step[0].size).reshape(x) / 7).astype(np.float32) \
+                if distinct else (step[0] + spread).astype(np.float32)
+    desc += f" x{x}"
+    return Check(desc, lambda: compare(desc, mm, tm, rng, steps, same_names(mm), call=call))

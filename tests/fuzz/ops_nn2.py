@@ -118,13 +118,20 @@ def _lrn(rng):
                 tol=(2e-4, 2e-5), refuse=refuse)
 
 
-@op("general_norm", "normalization")
-def _general_norm(rng):
+def normalized_axes(rng):
+    """(shape, its sorted axes to normalize, those axes as passed: some counted from the end)
+    for general_norm and GeneralNorm."""
     shp = shape(rng, 1, 4, zero=False)
     nd = len(shp)
     axes = sorted(int(a) for a in rng.choice(nd, size=int(rng.integers(1, nd + 1)),
                                              replace=False))
-    arg = [a - nd if rng.random() < 0.3 else a for a in axes]
+    return shp, axes, [a - nd if rng.random() < 0.3 else a for a in axes]
+
+
+@op("general_norm", "normalization")
+def _general_norm(rng):
+    shp, axes, arg = normalized_axes(rng)
+    nd = len(shp)
     arg = arg[0] if len(arg) == 1 and rng.random() < 0.5 else arg
     refuse = None
     if len(axes) > 1 and rng.random() < 0.08:
