@@ -262,12 +262,13 @@ def holds_arrays():
 
 
 # Engine caches that keep arrays alive from one call to the next (a layer's torch views of its
-# weights: `functional._aten.LayerViews`, `functional.rnn.WeightViews`): id(array) -> the caches
-# holding it. A write in place into a tensor's array asks whether anything else refers to the
-# array (`Tensor._shared`); these caches are no reason to copy: asked, they let the array go
-# (`release_cached`) and make their views again at the next call (~0.4 us a view). Weak
-# references: a cache that dies unregisters its arrays (its ``__del__``); a live one holds
-# them, so their ids are theirs.
+# weights: `functional._aten.LayerViews`, `functional.rnn.WeightViews`): id(array) -> a weak
+# reference to the cache holding it. A write in place into a tensor's array asks whether
+# anything else refers to the array (`Tensor._shared`); such a cache is no reason to copy:
+# asked, it lets its arrays go (`release_cached`) and makes its views again at the next call
+# (~0.4 us a view). One cache per array (an array two layers share, tied weights, is copied
+# on write instead: correct, and rare); a live cache holds its arrays, so their ids are theirs,
+# and a dying one unregisters them (its ``__del__``).
 _cached = {}
 
 
@@ -276,26 +277,23 @@ def cache_holds(cache, arrays, before=()):
     (None entries are skipped)."""
     for a in before:
         if a is not None:
-            holders = _cached.get(id(a))
-            if holders is not None:
-                holders.discard(cache)
-                if not holders:
-                    del _cached[id(a)]
-    for a in arrays:
-        if a is not None:
-            holders = _cached.get(id(a))
-            if holders is None:
-                holders = _cached[id(a)] = weakref.WeakSet()
-            holders.add(cache)
+            ref = _cached.get(id(a))
+            if ref is not None and ref() is cache:
+                del _cached[id(a)]
+    if arrays:
+        ref = weakref.ref(cache)
+        for a in arrays:
+            if a is not None:
+                _cached[id(a)] = ref
 
 
 def release_cached(array):
-    """Whether some engine cache held ``array``: each such cache lets its arrays go."""
-    holders = _cached.get(id(array))
-    if holders is None:
+    """Whether an engine cache held ``array``: it lets its arrays go."""
+    ref = _cached.get(id(array))
+    cache = None if ref is None else ref()
+    if cache is None:
         return False
-    for cache in list(holders):
-        cache.release()
+    cache.release()
     return True
 
 
