@@ -229,3 +229,20 @@ def test_random_programs_of_views_and_writes_keep_value_semantics(seed):
             live[i] = (t, _write(rs, t, a).astype(np.float32))
         for u, want in live:
             np.testing.assert_allclose(host(u), want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_weight_two_layers_share_is_written_and_both_use_the_new_value():
+    # (each array registers one layer's view cache: the other's hold makes the step copy)
+    a, b = M.Conv2d(2, 2, 1, bias=False), M.Conv2d(2, 2, 1, bias=False)
+    b.weight = a.weight
+    x = Tensor(np.random.RandomState(2).randn(1, 2, 3, 3).astype(np.float32))
+    a.eval()
+    b.eval()
+    a(x)
+    b(x)
+    w = host(a.weight)
+    a.weight.grad = Tensor(np.ones(w.shape, np.float32), device=a.weight.device)
+    optim.SGD([a.weight], lr=1.0).step()
+    want = torch.nn.functional.conv2d(torch.from_numpy(host(x)), torch.from_numpy(w - 1)).numpy()
+    np.testing.assert_allclose(host(a(x)), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(host(b(x)), want, rtol=1e-6, atol=1e-6)
