@@ -1,5 +1,6 @@
 """Samplers: they decide which sample indices form each batch (or, for streams, the batch size)."""
 import collections.abc
+import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import Iterator, List
@@ -264,7 +265,8 @@ class ReplacementSampler(MapSampler):
 
     def sample(self) -> List:
         n = len(self.dataset)
-        count = self.sample_count()
+        # every rank's share is drawn (as upstream), none repeated to fill the last rank's
+        count = self.num_samples * self.world_size
         if self.weights is None:
             return self.rng.randint(n, size=count).tolist()
         return self.rng.choice(n, size=count, replace=True, p=self.weights).tolist()
@@ -319,7 +321,15 @@ class StreamSampler(Sampler):
         self.batch_size = _check_positive_int("batch_size", batch_size)
 
     def __iter__(self):
-        return self
+        return self.batch()
 
-    def __next__(self):
-        return range(self.batch_size)
+    def sample(self):
+        """The positions in the stream: 0, 1, 2, ... without end."""
+        return itertools.count()
+
+    def batch(self):
+        """Yield the positions of each batch: ``[0, ..., batch_size - 1]``, then the next
+        ``batch_size`` positions, and so on, as upstream's."""
+        positions = self.sample()
+        while True:
+            yield list(itertools.islice(positions, self.batch_size))

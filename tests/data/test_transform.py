@@ -356,6 +356,13 @@ def test_hue_rotates_colors_and_keeps_grays():
     assert T.HueTransform(0).apply(bgr) is bgr
 
 
+def test_hue_refuses_images_without_three_channels():
+    # upstream's cv2.cvtColor(BGR2HSV_FULL) refuses them too (cv2.error, "Bad number of channels")
+    gray = np.zeros((4, 5, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) BGR image, but got shape \(4, 5, 1\)"):
+        T.HueTransform(0.2).apply(gray)
+
+
 def test_noise_and_lighting():
     image = np.full((8, 8, 3), 100.0, dtype=np.float32)
     np.testing.assert_array_equal(T.GaussianNoise(mean=0.0, std=0.0).apply(image), image)

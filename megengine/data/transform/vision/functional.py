@@ -242,6 +242,9 @@ def bgr_to_hsv(image):
     r"""uint8 BGR (H, W, 3) to full-range HSV: H, S, V all in [0, 255] (OpenCV's
     COLOR_BGR2HSV_FULL, its integer algorithm)."""
     bgr = np.asarray(image).astype(np.int64)
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ValueError("bgr_to_hsv needs an (H, W, 3) BGR image, but got shape {}; hue "
+                         "applies to colour images only".format(bgr.shape))
     b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
     v = bgr.max(axis=-1)
     diff = v - bgr.min(axis=-1)
