@@ -164,15 +164,18 @@ class DataLoader:
         self.parallel_stream = bool(parallel_stream)
 
     def __iter__(self):
+        # as upstream's, every iteration (with workers or not) takes the next seed of
+        # megengine.random's data stream: its workers are seeded with it plus their index
+        seed = int(_core_rng.data_seeds.random_raw())
         if self.datakind == "stream":
             if self.num_workers == 0:
                 return _SerialStreamIter(self)
             if self.parallel_stream:
-                return _ParallelStreamIter(self)
-            return _ParallelIter(self, _stream_batches(_StreamReader(self), self.sampler.batch_size))
+                return _ParallelStreamIter(self, seed)
+            return _ParallelIter(self, _stream_batches(_StreamReader(self), self.sampler.batch_size), seed)
         if self.num_workers == 0:
             return _SerialMapIter(self)
-        return _ParallelIter(self, iter(self.sampler))
+        return _ParallelIter(self, iter(self.sampler), seed)
 
     def __len__(self):
         if self.datakind == "stream":
@@ -608,7 +611,7 @@ class _ParallelIter:
     """Hands batches (lists of indices, or of stream samples) to workers and yields the
     results in order, keeping up to two batches per worker in flight."""
 
-    def __init__(self, loader, payloads):
+    def __init__(self, loader, payloads, base_seed):
         self._loader = loader
         self._payloads = payloads
         self._pool = None
@@ -617,7 +620,6 @@ class _ParallelIter:
         self._pending = {}  # batch id -> list of result pieces, None while missing
         self._abandoned = set()  # batch ids replaced by timeout_event; late results are dropped
         self._exhausted = False
-        base_seed = int(np.random.randint(0, 2**31 - loader.num_workers))
         self._pool = _WorkerPool(loader, base_seed)
         try:
             for _ in range(2 * loader.num_workers):
@@ -725,10 +727,10 @@ class _ParallelStreamIter(_ParallelIter):
     and yields the answers in asking order; a worker whose stream ended is asked no more,
     and the iteration ends when every worker's stream has."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, base_seed):
         self._live = list(range(loader.num_workers))
         self._turn = 0
-        super().__init__(loader, iter(()))
+        super().__init__(loader, iter(()), base_seed)
 
     def _dispatch(self):
         if not self._live:
