@@ -407,20 +407,28 @@ class _WorkerError:
             self.exc_type = None
 
     def to_exception(self):
-        # upstream's worker exits on an exception and its loader reports that the worker
-        # "exited unexpectedly": the words are kept so that code and searches matching them
-        # still find this error, which also carries the worker's own traceback
+        # upstream 1.13 raises RuntimeError("Caught <type> in DataLoader worker process <i>.
+        # Original Traceback ..."), older upstreams said the worker "exited unexpectedly", torch
+        # raises the worker's own type: the error is the worker's type and a RuntimeError too,
+        # and keeps those words, so that code and searches written for any of them find it
         message = (
             "Caught {} in DataLoader worker process {}; the loader stopped its workers (on "
-            "upstream MegEngine the worker exits and the error reads: DataLoader worker exited "
-            "unexpectedly).\nOriginal traceback (in the worker):\n{}".format(
+            "older upstream MegEngine the worker exits and the error reads: DataLoader worker "
+            "exited unexpectedly).\nOriginal traceback (in the worker):\n{}".format(
                 self.type_name, self.worker_id, self.text
             )
         )
         if self.exc_type is KeyError:
             message = _KeyErrorMessage(message)
+        exc_type = self.exc_type
+        if exc_type is None or issubclass(exc_type, StopIteration):
+            # (a StopIteration raised from __next__ would end the loop without a word)
+            return RuntimeError(message)
         try:
-            return self.exc_type(message) if self.exc_type is not None else RuntimeError(message)
+            if not issubclass(exc_type, RuntimeError):
+                exc_type = type(exc_type.__name__, (exc_type, RuntimeError),
+                                {"__module__": exc_type.__module__, "__qualname__": exc_type.__qualname__})
+            return exc_type(message)
         except Exception:  # an exception type that needs other arguments
             return RuntimeError(message)
 

@@ -156,6 +156,9 @@ def test_worker_exception_is_reraised_with_traceback():
     assert next(it)[1].tolist() == [2, 3]
     with pytest.raises(KeyError) as info:
         next(it)
+    # upstream 1.13 measured: RuntimeError("Caught KeyError in DataLoader worker process 0.
+    # Original Traceback ..."); the error is the worker's type (as torch's) and a RuntimeError
+    assert isinstance(info.value, RuntimeError)
     text = str(info.value)
     assert "Caught KeyError in DataLoader worker process 0" in text
     assert "exited unexpectedly" in text  # upstream's words for it, which its users match
@@ -174,6 +177,18 @@ def test_worker_exception_of_unpicklable_type_becomes_runtime_error():
     ds = make_dataset(4)
     with pytest.raises(RuntimeError, match="(?s)Caught LocalError.*boom"):
         list(DataLoader(ds, transform=Fail(), num_workers=2))
+    assert_no_children()
+
+
+def test_a_workers_stop_iteration_is_not_the_end_of_the_loop():
+    class Stop(ArrayDataset):
+        def __getitem__(self, index):
+            raise StopIteration
+
+    ds = Stop(np.zeros(4))
+    # upstream 1.13 measured: RuntimeError (Caught StopIteration in DataLoader worker process 0)
+    with pytest.raises(RuntimeError, match="Caught StopIteration"):
+        list(DataLoader(ds, num_workers=2))
     assert_no_children()
 
 
