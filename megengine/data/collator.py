@@ -39,7 +39,7 @@ class Collator:
             inputs = [x.numpy() for x in inputs]
             elem = inputs[0]
         if isinstance(elem, np.ndarray):
-            if elem.dtype.kind in "OSUa":
+            if elem.dtype.kind == "O":  # (arrays of str or bytes stack, as upstream)
                 raise TypeError(_ERR_FORMAT.format("an array of dtype {}".format(elem.dtype)))
             shapes = {np.shape(x) for x in inputs}
             if len(shapes) > 1:

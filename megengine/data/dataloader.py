@@ -199,7 +199,8 @@ def _to_tensors(batch):
     from .. import Tensor  # only here: megengine.data itself runs on numpy alone
 
     if isinstance(batch, np.ndarray):
-        return Tensor(batch)
+        # (a batch of names, an array of str, stays on the host: a Tensor holds numbers)
+        return batch if batch.dtype.kind in "SU" else Tensor(batch)
     if isinstance(batch, collections.abc.Mapping):
         return {k: _to_tensors(v) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):

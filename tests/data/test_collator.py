@@ -27,6 +27,14 @@ def test_strings_come_back_as_the_sequence_they_came_in():
     assert Collator().apply([[1, "a"], [2, "b"]])[1] == ("a", "b")
 
 
+def test_arrays_of_strings_stack():
+    # upstream 1.13 measured: np.stack of two ["a", "b"] arrays, dtype <U1; only object
+    # arrays are refused
+    out = Collator().apply([np.array(["a", "b"]), np.array(["c", "d"])])
+    assert out.dtype == np.dtype("<U1") and out.tolist() == [["a", "b"], ["c", "d"]]
+    assert Collator().apply([np.array(b"x"), np.array(b"y")]).tolist() == [b"x", b"y"]
+
+
 def test_a_field_mixing_arrays_and_numbers():
     # upstream 1.13 measured: np.stack decides; equal shapes stack, others raise ValueError
     np.testing.assert_array_equal(Collator().apply([np.array(1.5), 2]), [1.5, 2.0])

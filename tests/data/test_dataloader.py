@@ -382,6 +382,12 @@ def test_preload_gives_tensors():
     batch = next(iter(DataLoader(ds, SequentialSampler(ds, batch_size=2), preload=True)))
     assert isinstance(batch[0], megengine.Tensor)
     np.testing.assert_array_equal(batch[0].numpy(), ds.arrays[0][:2])
+    # an array of names stays a host array (a Tensor holds numbers); upstream 1.13's preload
+    # fails on strings with a RecursionError
+    names = ArrayDataset(np.zeros((4, 1), np.float32), np.array([["a", "b"], ["c", "d"]] * 2))
+    values, labels = next(iter(DataLoader(names, SequentialSampler(names, batch_size=2), preload=True)))
+    assert isinstance(values, megengine.Tensor)
+    assert isinstance(labels, np.ndarray) and labels.tolist() == [["a", "b"], ["c", "d"]]
 
 
 class Sharded(StreamDataset):
