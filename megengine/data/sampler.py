@@ -273,16 +273,14 @@ class ReplacementSampler(MapSampler):
 
 
 class Infinite(MapSampler):
-    r"""Wrap a :class:`MapSampler` so that it never ends: when the wrapped sampler's
-    epoch is over, a new epoch starts."""
+    r"""Wrap a :class:`MapSampler` (or any iterable of batches of indices, as upstream) so that
+    it never ends: when the wrapped sampler's epoch is over, a new epoch starts."""
 
     def __init__(self, sampler):
-        if not isinstance(sampler, MapSampler):
-            raise TypeError("Infinite wraps a MapSampler, e.g. Infinite(RandomSampler(dataset, batch_size=8))")
+        if not isinstance(sampler, collections.abc.Iterable):
+            raise TypeError("Infinite wraps a sampler (an iterable of batches of indices), e.g. "
+                            "Infinite(RandomSampler(dataset, batch_size=8)), but got {!r}".format(sampler))
         self.sampler = sampler
-        self.batch_size = sampler.batch_size
-        self.drop_last = sampler.drop_last
-        self.dataset = sampler.dataset
         self.sampler_iter = iter(sampler)
 
     def sample(self):

@@ -111,8 +111,14 @@ def test_infinite_restarts_epochs():
     assert [next(sampler) for _ in range(5)] == [[0, 1], [2], [0, 1], [2], [0, 1]]
     assert len(sampler) == np.iinfo(np.int64).max
     assert sampler.batch_size == 2
-    with pytest.raises(TypeError, match="MapSampler"):
-        Infinite([[0]])
+
+
+def test_infinite_wraps_any_iterable_of_batches():
+    # upstream 1.13 measured: Infinite([[1, 2], [3]]) gives [1, 2], [3], [1, 2], ...
+    batches = iter(Infinite([[1, 2], [3]]))
+    assert [next(batches) for _ in range(3)] == [[1, 2], [3], [1, 2]]
+    with pytest.raises(TypeError, match="iterable of batches"):
+        Infinite(5)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])

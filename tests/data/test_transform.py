@@ -67,6 +67,10 @@ def test_pad_and_flip_functions():
     np.testing.assert_array_equal(F.flip(image, 1)[:, :, 0], [[2, 1], [4, 3]])
     np.testing.assert_array_equal(F.flip(image, 0)[:, :, 0], [[3, 4], [1, 2]])
     np.testing.assert_array_equal(F.flip(image, -1)[:, :, 0], [[4, 3], [2, 1]])
+    # upstream 1.13 measured (cv2.flip's rule): any positive code flips horizontally, any
+    # negative one both ways
+    np.testing.assert_array_equal(F.flip(image, 2)[:, :, 0], [[2, 1], [4, 3]])
+    np.testing.assert_array_equal(F.flip(image, -5)[:, :, 0], [[4, 3], [2, 1]])
 
 
 def test_gray_and_hsv_against_colorsys():
