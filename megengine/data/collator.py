@@ -17,9 +17,11 @@ class Collator:
     r"""Merges a list of samples into a mini-batch.
 
     Arrays are stacked along a new first axis (megengine Tensors too: they are copied to host
-    arrays first, so a batch is numpy whatever the dataset returns), numbers become 1-D arrays, strings stay
-    lists, and dicts, named tuples, tuples and lists are collated element by element
-    (tuples and lists come back as lists): ``[(CHW, label), ...]`` -> ``[NCHW, N]``.
+    arrays first, so a batch is numpy whatever the dataset returns), numbers become 1-D arrays,
+    strings are given back as the sequence they came in (a tuple of names from a DataLoader's
+    batch or a tuple sample's field, a list from a dict's field, as upstream), and dicts, named
+    tuples, tuples and lists are collated element by element (tuples and lists come back as
+    lists): ``[(CHW, label), ...]`` -> ``[NCHW, N]``.
     """
 
     def apply(self, inputs):
@@ -37,9 +39,9 @@ class Collator:
             inputs = [x.numpy() for x in inputs]
             elem = inputs[0]
         if isinstance(elem, np.ndarray):
-            if elem.dtype.kind in "OSUa":
+            if elem.dtype.kind == "O":  # (arrays of str or bytes stack, as upstream)
                 raise TypeError(_ERR_FORMAT.format("an array of dtype {}".format(elem.dtype)))
-            shapes = {x.shape for x in inputs}
+            shapes = {np.shape(x) for x in inputs}
             if len(shapes) > 1:
                 raise ValueError(
                     "Collator cannot stack arrays of different shapes {} into one batch; "
@@ -48,7 +50,7 @@ class Collator:
                 )
             return np.ascontiguousarray(np.stack(inputs))
         if isinstance(elem, (str, bytes, np.str_, np.bytes_)):
-            return list(inputs)
+            return inputs  # as given: a DataLoader's batch is a tuple, a field of it one too
         if isinstance(elem, np.generic):  # numpy scalar
             return np.array(inputs)
         if isinstance(elem, float):
@@ -63,7 +65,7 @@ class Collator:
                     "Collator got samples with different numbers of elements {}; every sample "
                     "of a batch must have the same structure".format(sorted({len(x) for x in inputs}))
                 )
-            columns = [self.apply(list(samples)) for samples in zip(*inputs)]
+            columns = [self.apply(samples) for samples in zip(*inputs)]
             if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
                 return type(elem)(*columns)
             return columns

@@ -164,15 +164,18 @@ class DataLoader:
         self.parallel_stream = bool(parallel_stream)
 
     def __iter__(self):
+        # as upstream's, every iteration (with workers or not) takes the next seed of
+        # megengine.random's data stream: its workers are seeded with it plus their index
+        seed = int(_core_rng.data_seeds.random_raw())
         if self.datakind == "stream":
             if self.num_workers == 0:
                 return _SerialStreamIter(self)
             if self.parallel_stream:
-                return _ParallelStreamIter(self)
-            return _ParallelIter(self, _stream_batches(_StreamReader(self), self.sampler.batch_size))
+                return _ParallelStreamIter(self, seed)
+            return _ParallelIter(self, _stream_batches(_StreamReader(self), self.sampler.batch_size), seed)
         if self.num_workers == 0:
             return _SerialMapIter(self)
-        return _ParallelIter(self, iter(self.sampler))
+        return _ParallelIter(self, iter(self.sampler), seed)
 
     def __len__(self):
         if self.datakind == "stream":
@@ -196,7 +199,8 @@ def _to_tensors(batch):
     from .. import Tensor  # only here: megengine.data itself runs on numpy alone
 
     if isinstance(batch, np.ndarray):
-        return Tensor(batch)
+        # (a batch of names, an array of str, stays on the host: a Tensor holds numbers)
+        return batch if batch.dtype.kind in "SU" else Tensor(batch)
     if isinstance(batch, collections.abc.Mapping):
         return {k: _to_tensors(v) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
@@ -404,20 +408,28 @@ class _WorkerError:
             self.exc_type = None
 
     def to_exception(self):
-        # upstream's worker exits on an exception and its loader reports that the worker
-        # "exited unexpectedly": the words are kept so that code and searches matching them
-        # still find this error, which also carries the worker's own traceback
+        # upstream 1.13 raises RuntimeError("Caught <type> in DataLoader worker process <i>.
+        # Original Traceback ..."), older upstreams said the worker "exited unexpectedly", torch
+        # raises the worker's own type: the error is the worker's type and a RuntimeError too,
+        # and keeps those words, so that code and searches written for any of them find it
         message = (
             "Caught {} in DataLoader worker process {}; the loader stopped its workers (on "
-            "upstream MegEngine the worker exits and the error reads: DataLoader worker exited "
-            "unexpectedly).\nOriginal traceback (in the worker):\n{}".format(
+            "older upstream MegEngine the worker exits and the error reads: DataLoader worker "
+            "exited unexpectedly).\nOriginal traceback (in the worker):\n{}".format(
                 self.type_name, self.worker_id, self.text
             )
         )
         if self.exc_type is KeyError:
             message = _KeyErrorMessage(message)
+        exc_type = self.exc_type
+        if exc_type is None or issubclass(exc_type, StopIteration):
+            # (a StopIteration raised from __next__ would end the loop without a word)
+            return RuntimeError(message)
         try:
-            return self.exc_type(message) if self.exc_type is not None else RuntimeError(message)
+            if not issubclass(exc_type, RuntimeError):
+                exc_type = type(exc_type.__name__, (exc_type, RuntimeError),
+                                {"__module__": exc_type.__module__, "__qualname__": exc_type.__qualname__})
+            return exc_type(message)
         except Exception:  # an exception type that needs other arguments
             return RuntimeError(message)
 
@@ -608,7 +620,7 @@ class _ParallelIter:
     """Hands batches (lists of indices, or of stream samples) to workers and yields the
     results in order, keeping up to two batches per worker in flight."""
 
-    def __init__(self, loader, payloads):
+    def __init__(self, loader, payloads, base_seed):
         self._loader = loader
         self._payloads = payloads
         self._pool = None
@@ -617,7 +629,6 @@ class _ParallelIter:
         self._pending = {}  # batch id -> list of result pieces, None while missing
         self._abandoned = set()  # batch ids replaced by timeout_event; late results are dropped
         self._exhausted = False
-        base_seed = int(np.random.randint(0, 2**31 - loader.num_workers))
         self._pool = _WorkerPool(loader, base_seed)
         try:
             for _ in range(2 * loader.num_workers):
@@ -725,10 +736,10 @@ class _ParallelStreamIter(_ParallelIter):
     and yields the answers in asking order; a worker whose stream ended is asked no more,
     and the iteration ends when every worker's stream has."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, base_seed):
         self._live = list(range(loader.num_workers))
         self._turn = 0
-        super().__init__(loader, iter(()))
+        super().__init__(loader, iter(()), base_seed)
 
     def _dispatch(self):
         if not self._live:

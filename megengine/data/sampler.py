@@ -1,5 +1,6 @@
 """Samplers: they decide which sample indices form each batch (or, for streams, the batch size)."""
 import collections.abc
+import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import Iterator, List
@@ -264,23 +265,22 @@ class ReplacementSampler(MapSampler):
 
     def sample(self) -> List:
         n = len(self.dataset)
-        count = self.sample_count()
+        # every rank's share is drawn (as upstream), none repeated to fill the last rank's
+        count = self.num_samples * self.world_size
         if self.weights is None:
             return self.rng.randint(n, size=count).tolist()
         return self.rng.choice(n, size=count, replace=True, p=self.weights).tolist()
 
 
 class Infinite(MapSampler):
-    r"""Wrap a :class:`MapSampler` so that it never ends: when the wrapped sampler's
-    epoch is over, a new epoch starts."""
+    r"""Wrap a :class:`MapSampler` (or any iterable of batches of indices, as upstream) so that
+    it never ends: when the wrapped sampler's epoch is over, a new epoch starts."""
 
     def __init__(self, sampler):
-        if not isinstance(sampler, MapSampler):
-            raise TypeError("Infinite wraps a MapSampler, e.g. Infinite(RandomSampler(dataset, batch_size=8))")
+        if not isinstance(sampler, collections.abc.Iterable):
+            raise TypeError("Infinite wraps a sampler (an iterable of batches of indices), e.g. "
+                            "Infinite(RandomSampler(dataset, batch_size=8)), but got {!r}".format(sampler))
         self.sampler = sampler
-        self.batch_size = sampler.batch_size
-        self.drop_last = sampler.drop_last
-        self.dataset = sampler.dataset
         self.sampler_iter = iter(sampler)
 
     def sample(self):
@@ -319,7 +319,15 @@ class StreamSampler(Sampler):
         self.batch_size = _check_positive_int("batch_size", batch_size)
 
     def __iter__(self):
-        return self
+        return self.batch()
 
-    def __next__(self):
-        return range(self.batch_size)
+    def sample(self):
+        """The positions in the stream: 0, 1, 2, ... without end."""
+        return itertools.count()
+
+    def batch(self):
+        """Yield the positions of each batch: ``[0, ..., batch_size - 1]``, then the next
+        ``batch_size`` positions, and so on, as upstream's."""
+        positions = self.sample()
+        while True:
+            yield list(itertools.islice(positions, self.batch_size))

@@ -26,7 +26,9 @@ def seed(seed: int):
     it too) and, when CUDA is usable, CuPy's generator on every visible GPU (dropout on a GPU
     draws there, on the device). So one ``seed(n)`` makes a model's initial weights and a
     training run repeatable on any device. numpy's global RNG (``np.random``, which data
-    transforms draw from) is the program's own, as in upstream: ``seed`` leaves it alone.
+    transforms draw from) is the program's own, as in upstream: ``seed`` leaves it alone; it
+    does restart the stream each DataLoader iteration takes its workers' seeds from, so seeded
+    workers draw from ``np.random`` what upstream's draw.
     ``megengine.random``'s own draws (``uniform``, ``normal``, ...) are made on the host and
     copied to their device, so after the same seed they are the same numbers on a CPU and on a
     GPU.
@@ -36,6 +38,7 @@ def seed(seed: int):
         raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
     seed = int(seed)
     _core_rng.generator = np.random.default_rng(seed)
+    _core_rng.data_seeds = np.random.MT19937(seed)  # the DataLoader's worker seeds
     _global_seed = seed
     _seed_cuda_generators(seed)
 

@@ -14,7 +14,32 @@ def test_arrays_numbers_and_tuples():
     np.testing.assert_array_equal(images[:, 0, 0], [0, 1, 2, 3])
     assert ints.tolist() == [0, 1, 2, 3] and ints.dtype.kind == "i"
     assert floats.dtype == np.float64 and floats.tolist() == [0.0, 0.5, 1.0, 1.5]
-    assert names == ["s0", "s1", "s2", "s3"]
+    # upstream 1.13 measured: strings come back as the sequence the collator was given, here
+    # a tuple sample's field (zip's tuple)
+    assert names == ("s0", "s1", "s2", "s3")
+
+
+def test_strings_come_back_as_the_sequence_they_came_in():
+    # upstream 1.13 measured: a DataLoader's batch of names is a tuple (its transform's
+    # apply_batch gives a tuple), a dict's field a list
+    assert Collator().apply(("a", "bc")) == ("a", "bc")
+    assert Collator().apply([{"name": "a"}, {"name": "b"}]) == {"name": ["a", "b"]}
+    assert Collator().apply([[1, "a"], [2, "b"]])[1] == ("a", "b")
+
+
+def test_arrays_of_strings_stack():
+    # upstream 1.13 measured: np.stack of two ["a", "b"] arrays, dtype <U1; only object
+    # arrays are refused
+    out = Collator().apply([np.array(["a", "b"]), np.array(["c", "d"])])
+    assert out.dtype == np.dtype("<U1") and out.tolist() == [["a", "b"], ["c", "d"]]
+    assert Collator().apply([np.array(b"x"), np.array(b"y")]).tolist() == [b"x", b"y"]
+
+
+def test_a_field_mixing_arrays_and_numbers():
+    # upstream 1.13 measured: np.stack decides; equal shapes stack, others raise ValueError
+    np.testing.assert_array_equal(Collator().apply([np.array(1.5), 2]), [1.5, 2.0])
+    with pytest.raises(ValueError, match=r"different shapes \[\(\), \(2,\)\]"):
+        Collator().apply([np.ones(2), 3])
 
 
 def test_numpy_scalars_dicts_and_namedtuples():

@@ -156,6 +156,9 @@ def test_worker_exception_is_reraised_with_traceback():
     assert next(it)[1].tolist() == [2, 3]
     with pytest.raises(KeyError) as info:
         next(it)
+    # upstream 1.13 measured: RuntimeError("Caught KeyError in DataLoader worker process 0.
+    # Original Traceback ..."); the error is the worker's type (as torch's) and a RuntimeError
+    assert isinstance(info.value, RuntimeError)
     text = str(info.value)
     assert "Caught KeyError in DataLoader worker process 0" in text
     assert "exited unexpectedly" in text  # upstream's words for it, which its users match
@@ -174,6 +177,18 @@ def test_worker_exception_of_unpicklable_type_becomes_runtime_error():
     ds = make_dataset(4)
     with pytest.raises(RuntimeError, match="(?s)Caught LocalError.*boom"):
         list(DataLoader(ds, transform=Fail(), num_workers=2))
+    assert_no_children()
+
+
+def test_a_workers_stop_iteration_is_not_the_end_of_the_loop():
+    class Stop(ArrayDataset):
+        def __getitem__(self, index):
+            raise StopIteration
+
+    ds = Stop(np.zeros(4))
+    # upstream 1.13 measured: RuntimeError (Caught StopIteration in DataLoader worker process 0)
+    with pytest.raises(RuntimeError, match="Caught StopIteration"):
+        list(DataLoader(ds, num_workers=2))
     assert_no_children()
 
 
@@ -253,15 +268,29 @@ class RandomLabel(Transform):
         return input[0], np.random.randint(1 << 30)
 
 
-def test_worker_seeds_follow_numpy_global_seed():
+def test_worker_seeds_follow_megengine_random_seed_as_upstreams():
+    import megengine.random as mr
+
     ds = make_dataset(6)
     loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), RandomLabel(), num_workers=2)
+    mr.seed(3)
+    # upstream 1.13 measured: after megengine.random.seed(3) its workers draw these (worker w
+    # seeds np.random with MT19937(3).random_raw() + w; batches go round-robin)
+    assert [b[1].tolist() for b in loader] == [
+        [1039755882, 989268269], [283795236, 118211056], [938206186, 338061086]]
+    # the next iteration takes the stream's next seed; reseeding restarts it
+    assert [b[1].tolist() for b in loader][0] != [1039755882, 989268269]
+    mr.seed(3)
+    assert [b[1].tolist() for b in loader][0] == [1039755882, 989268269]
+    # an iteration without workers takes a seed too, as upstream's
+    mr.seed(3)
+    list(DataLoader(ds, SequentialSampler(ds, batch_size=2)))
+    assert [b[1].tolist() for b in loader][0] != [1039755882, 989268269]
+    # and the main process's np.random is left alone
     np.random.seed(7)
-    first = [b[1].tolist() for b in loader]
-    np.random.seed(7)
-    second = [b[1].tolist() for b in loader]
-    assert first == second
-    assert first[0] != first[1]
+    expected = np.random.RandomState(7).rand()
+    list(loader)
+    assert np.random.rand() == expected
 
 
 class MegEngineRandomLabel(Transform):
@@ -274,15 +303,17 @@ class MegEngineRandomLabel(Transform):
 def test_worker_megengine_random_differs_across_workers_and_epochs():
     # each worker seeds megengine.random from its seed as it seeds numpy's and python's (a
     # forked worker kept the parent's generator: every worker, every epoch drew the same)
+    import megengine.random as mr
+
     ds = make_dataset(8)
     loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), MegEngineRandomLabel(),
                         num_workers=2)
-    np.random.seed(11)
+    mr.seed(11)
     first = [b[1].tolist() for b in loader]
     second = [b[1].tolist() for b in loader]
     draws = [v for batch in first + second for v in batch]
     assert len(set(draws)) == len(draws)  # no draw repeats across workers or epochs
-    np.random.seed(11)  # the workers' seeds follow numpy's global seed, as for np.random
+    mr.seed(11)  # the workers' seeds follow megengine.random's seed, as for np.random
     assert [b[1].tolist() for b in loader] == first
 
 
@@ -351,6 +382,12 @@ def test_preload_gives_tensors():
     batch = next(iter(DataLoader(ds, SequentialSampler(ds, batch_size=2), preload=True)))
     assert isinstance(batch[0], megengine.Tensor)
     np.testing.assert_array_equal(batch[0].numpy(), ds.arrays[0][:2])
+    # an array of names stays a host array (a Tensor holds numbers); upstream 1.13's preload
+    # fails on strings with a RecursionError
+    names = ArrayDataset(np.zeros((4, 1), np.float32), np.array([["a", "b"], ["c", "d"]] * 2))
+    values, labels = next(iter(DataLoader(names, SequentialSampler(names, batch_size=2), preload=True)))
+    assert isinstance(values, megengine.Tensor)
+    assert isinstance(labels, np.ndarray) and labels.tolist() == [["a", "b"], ["c", "d"]]
 
 
 class Sharded(StreamDataset):

@@ -66,6 +66,20 @@ def test_replacement_sampler():
     assert len([i for b in ReplacementSampler(ds) for i in b]) == 5
 
 
+def test_replacement_sampler_draws_every_ranks_share():
+    # upstream 1.13 measured: 5 samples over 2 ranks draw 2 * 3 indices per epoch
+    # (RandomState(7).randint(5, size=6) is [4, 1, 3, 3, 4, 1], then [0, 1, 2, 2, 0, 4]);
+    # rank 1 takes every second one: no index is repeated from the start to fill its share
+    sampler = ReplacementSampler(dataset(5), batch_size=2, seed=7, world_size=2, rank=1)
+    assert list(sampler) == [[1, 3], [1]]
+    assert list(sampler) == [[1, 2], [4]]
+    weighted = ReplacementSampler(dataset(5), batch_size=2, num_samples=7, weights=[1, 2, 3, 1, 2],
+                                  seed=7, world_size=3, rank=0)
+    p = np.array([1, 2, 3, 1, 2]) / 9
+    draws = np.random.RandomState(7).choice(5, size=9, p=p)
+    assert [i for b in weighted for i in b] == draws[0::3].tolist()
+
+
 def test_replacement_sampler_weights():
     ds = dataset(4)
     sampler = ReplacementSampler(ds, batch_size=1000, num_samples=4000, weights=[0, 1, 0, 3], seed=0)
@@ -97,8 +111,14 @@ def test_infinite_restarts_epochs():
     assert [next(sampler) for _ in range(5)] == [[0, 1], [2], [0, 1], [2], [0, 1]]
     assert len(sampler) == np.iinfo(np.int64).max
     assert sampler.batch_size == 2
-    with pytest.raises(TypeError, match="MapSampler"):
-        Infinite([[0]])
+
+
+def test_infinite_wraps_any_iterable_of_batches():
+    # upstream 1.13 measured: Infinite([[1, 2], [3]]) gives [1, 2], [3], [1, 2], ...
+    batches = iter(Infinite([[1, 2], [3]]))
+    assert [next(batches) for _ in range(3)] == [[1, 2], [3], [1, 2]]
+    with pytest.raises(TypeError, match="iterable of batches"):
+        Infinite(5)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
@@ -127,6 +147,10 @@ def test_stream_sampler():
     sampler = StreamSampler(batch_size=3)
     assert sampler.batch_size == 3
     assert list(next(iter(sampler))) == [0, 1, 2]
+    # upstream 1.13 measured: the positions go on from batch to batch; a new iteration restarts
+    batches = iter(sampler)
+    assert [next(batches) for _ in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert next(iter(sampler)) == [0, 1, 2]
 
 
 def _epochs_seen_by_this_rank():

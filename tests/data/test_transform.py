@@ -67,6 +67,10 @@ def test_pad_and_flip_functions():
     np.testing.assert_array_equal(F.flip(image, 1)[:, :, 0], [[2, 1], [4, 3]])
     np.testing.assert_array_equal(F.flip(image, 0)[:, :, 0], [[3, 4], [1, 2]])
     np.testing.assert_array_equal(F.flip(image, -1)[:, :, 0], [[4, 3], [2, 1]])
+    # upstream 1.13 measured (cv2.flip's rule): any positive code flips horizontally, any
+    # negative one both ways
+    np.testing.assert_array_equal(F.flip(image, 2)[:, :, 0], [[2, 1], [4, 3]])
+    np.testing.assert_array_equal(F.flip(image, -5)[:, :, 0], [[4, 3], [2, 1]])
 
 
 def test_gray_and_hsv_against_colorsys():
@@ -354,6 +358,13 @@ def test_hue_rotates_colors_and_keeps_grays():
         assert abs(ob - eb * 255) <= 3 and abs(og - eg * 255) <= 3 and abs(orr - er * 255) <= 3
     assert out[0, 2].tolist() == [90, 90, 90]
     assert T.HueTransform(0).apply(bgr) is bgr
+
+
+def test_hue_refuses_images_without_three_channels():
+    # upstream's cv2.cvtColor(BGR2HSV_FULL) refuses them too (cv2.error, "Bad number of channels")
+    gray = np.zeros((4, 5, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) BGR image, but got shape \(4, 5, 1\)"):
+        T.HueTransform(0.2).apply(gray)
 
 
 def test_noise_and_lighting():

@@ -145,14 +145,15 @@ def pad(input, size, value):
 
 @wrap_keepdims
 def flip(image, flipCode):
-    r"""Flip an image: ``flipCode`` 1 horizontally, 0 vertically, -1 both (OpenCV's codes)."""
-    if flipCode == 1:
+    r"""Flip an image: ``flipCode`` 1 horizontally, 0 vertically, -1 both (OpenCV's codes; as
+    ``cv2.flip``, any positive code flips horizontally and any negative one both ways)."""
+    if not isinstance(flipCode, (int, np.integer)) or isinstance(flipCode, (bool, np.bool_)):
+        raise ValueError("flipCode should be 1 (horizontal), 0 (vertical) or -1 (both), got {!r}".format(flipCode))
+    if flipCode > 0:
         return np.ascontiguousarray(image[:, ::-1])
     if flipCode == 0:
         return np.ascontiguousarray(image[::-1])
-    if flipCode == -1:
-        return np.ascontiguousarray(image[::-1, ::-1])
-    raise ValueError("flipCode should be 1 (horizontal), 0 (vertical) or -1 (both), got {!r}".format(flipCode))
+    return np.ascontiguousarray(image[::-1, ::-1])
 
 
 _INTERPOLATIONS = {
@@ -196,7 +197,7 @@ def resize(input, size, interpolation=INTER_LINEAR):
     followed on ARM machines), a float64 filter that differs from IPP's only on sums within
     about 1e-5 of a half. float32 images are OpenCV's to the
     bit outside IPP's cases (linear and cubic with 1, 3 or 4 channels), within a few float32
-    units there. 16-bit images are within a level of OpenCV's (int8 ones with
+    units there. 16-bit images are within a level of OpenCV's (int8 and int32 ones with
     ``INTER_LINEAR_EXACT`` too). An image of the requested size comes back as a copy.
     """
     if len(size) != 2:
@@ -242,6 +243,9 @@ def bgr_to_hsv(image):
     r"""uint8 BGR (H, W, 3) to full-range HSV: H, S, V all in [0, 255] (OpenCV's
     COLOR_BGR2HSV_FULL, its integer algorithm)."""
     bgr = np.asarray(image).astype(np.int64)
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ValueError("bgr_to_hsv needs an (H, W, 3) BGR image, but got shape {}; hue "
+                         "applies to colour images only".format(bgr.shape))
     b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
     v = bgr.max(axis=-1)
     diff = v - bgr.min(axis=-1)
