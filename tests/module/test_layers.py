@@ -18,6 +18,15 @@ def test_linear(bias):
     run_both(m, torch.nn.Linear(5, 3, bias=bias), randn(2, 4, 5))
 
 
+def test_linear_relu_takes_upstreams_keyword():
+    # upstream's LinearRelu.forward(self, inp): m(inp=x) works there
+    m = M.LinearRelu(5, 3)
+    m.bias[...] = np.array([0.5, -0.5, 0.0], np.float32)
+    x = randn(2, 5)
+    expected = np.maximum(x @ m.weight.numpy().T + m.bias.numpy(), 0)
+    np.testing.assert_allclose(m(inp=mge.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_conv1d():
     m = M.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
     assert m.weight.shape == (2, 3, 2, 3)
