@@ -70,6 +70,16 @@ def test_conv_transpose2d(kwargs):
     run_both(m, torch.nn.ConvTranspose2d(4, 6, **kwargs), randn(2, 4, 5, 5), rtol=1e-4, atol=1e-4)
 
 
+def test_conv_layers_carry_upstreams_attributes():
+    # upstream 1.13 measured: every convolution has output_padding (0 unless transposed) and
+    # LocalConv2d a padding_mode of "zeros"; code that reads them failed here before
+    for m in [M.Conv1d(2, 4, 3), M.Conv2d(2, 4, 3), M.Conv3d(2, 4, 3), M.LocalConv2d(2, 4, 5, 5, 3),
+              M.DeformableConv2d(2, 4, 3), M.RegionRestrictedConv(4, 4, 3, groups=4)]:
+        assert m.output_padding == 0, type(m).__name__
+    assert M.ConvTranspose2d(2, 4, 3, output_padding=(1, 0), stride=2).output_padding == (1, 0)
+    assert M.LocalConv2d(2, 4, 5, 5, 3).padding_mode == "zeros"
+
+
 def test_conv_rejects_bad_configuration():
     with pytest.raises(ValueError, match=r"divisible by groups \(3\)"):
         M.Conv2d(4, 6, 3, groups=3)
