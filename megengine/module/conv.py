@@ -54,6 +54,8 @@ class _ConvNd(Module):
     in/groups, *k)``; transposed convolution swaps in and out. Bias is ``(1, out, 1, ...)``.
     """
 
+    output_padding = 0  # upstream's layers all carry it; the transposed ones set their own
+
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                  groups, bias, conv_mode, compute_mode, **kwargs):
         super().__init__(**kwargs)
@@ -300,6 +302,7 @@ class LocalConv2d(_ConvNd):
     (groups, OH, OW, in/groups, kh, kw, out/groups); there is no bias."""
 
     _transposed = False
+    padding_mode = "zeros"  # as upstream's attribute: the layer pads with zeros only
 
     def __init__(self, in_channels: int, out_channels: int, input_height: int,
                  input_width: int, kernel_size: Union[int, Tuple[int, int]],

@@ -10,8 +10,9 @@ __all__ = ["ConvBn2d", "ConvBnRelu2d"]
 
 
 class _ConvBnActivation2d(Module):
-    """Holds ``conv`` (a Conv2d) and ``bn`` (a BatchNorm2d over its output channels); the
-    children's names are upstream's, so state dicts carry over (``conv.weight``, ``bn.running_mean``)."""
+    """Holds ``conv`` (a Conv2d, ``padding_mode`` included) and ``bn`` (a BatchNorm2d over its
+    output channels); the children's names are upstream's, so state dicts carry over
+    (``conv.weight``, ``bn.running_mean``)."""
 
     def __init__(self, in_channels: int, out_channels: int,
                  kernel_size: Union[int, Tuple[int, int]],
@@ -19,10 +20,11 @@ class _ConvBnActivation2d(Module):
                  padding: Union[int, Tuple[int, int]] = 0,
                  dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
                  conv_mode: str = "cross_correlation", compute_mode: str = "default",
-                 eps=1e-5, momentum=0.9, affine=True, track_running_stats=True, **kwargs):
+                 eps=1e-5, momentum=0.9, affine=True, track_running_stats=True,
+                 padding_mode: str = "zeros", **kwargs):
         super().__init__(**kwargs)
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                           groups, bias, conv_mode, compute_mode)
+                           groups, bias, conv_mode, compute_mode, padding_mode)
         self.bn = BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats)
 
 

@@ -46,5 +46,5 @@ class LinearRelu(Linear):
     """``relu(x W^T + b)``: upstream's fused target of ``fuse_linear_bn_relu_module`` in eval
     mode (the batch norm folded away)."""
 
-    def forward(self, x):
-        return F.relu(super().forward(x))
+    def forward(self, inp):  # upstream's argument name
+        return F.relu(super().forward(inp))

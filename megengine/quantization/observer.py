@@ -172,7 +172,9 @@ class SyncExponentialMovingAverageObserver(ExponentialMovingAverageObserver):
 class HistogramObserver(MinMaxObserver):
     """A :class:`MinMaxObserver` that also keeps a histogram of what it saw (``bins`` bins over
     ``[min_val, max_val]``, re-binned as the range grows) and picks the min/max that minimise
-    the L2 quantization error of that histogram, cutting outliers off. For calibration."""
+    the L2 quantization error of that histogram, cutting outliers off. For calibration: as
+    upstream's, it records every batch it sees, also in evaluation mode and when disabled
+    (``eval()``, ``disable_observer``), so a calibration pass may run the network in ``eval()``."""
 
     def __init__(self, bins: int = 2048, upsample_rate: int = 128,
                  mode: QuantMode = QuantMode.SYMMERTIC, eps: float = 0.00001,
@@ -244,6 +246,10 @@ class HistogramObserver(MinMaxObserver):
         return new_min, new_max
 
     def get_qparams(self):
+        if self.histogram.numpy()[0] == -1:
+            raise ValueError("HistogramObserver has observed no data yet: run calibration "
+                             "batches through the network before asking for its scale "
+                             "(quantize(), get_qparams())")
         new_min, new_max = self._non_linear_param_search()
         return self._calculate_qparams(new_min, new_max)
 
@@ -270,8 +276,8 @@ class HistogramObserver(MinMaxObserver):
         return combined_min, combined_max, downsample_rate, start_idx
 
     def forward(self, x_orig):
-        if not self.enabled:
-            return x_orig
+        # no `enabled` check: upstream's histogram observer records in eval mode too, and
+        # calibration scripts rely on it (net.eval(); net(batch); quantize(net))
         x = x_orig.numpy()
         old_min, old_max = float(self.min_val.numpy()), float(self.max_val.numpy())
         hist = self.histogram.numpy()

@@ -1,10 +1,12 @@
 """ConvBn2d / ConvBnRelu2d against torch's Conv2d + BatchNorm2d (+ ReLU): values, gradients,
-running statistics, and upstream's state-dict names."""
+running statistics, padding modes (kept by the QAT layer), and upstream's state-dict names."""
 import numpy as np
 import pytest
 import torch
 
+import megengine as mge
 import megengine.module as M
+from megengine.quantization import disable_fake_quant, quantize_qat
 from module_oracle import randn, run_both
 
 
@@ -46,3 +48,23 @@ def test_state_dict_names_are_upstreams():
     assert keys == {"conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean",
                     "bn.running_var"}
     assert "conv.bias" not in M.ConvBn2d(2, 3, 1, bias=False).state_dict()
+
+
+@pytest.mark.parametrize("cls, relu", [(M.ConvBn2d, False), (M.ConvBnRelu2d, True)])
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate"])
+def test_padding_mode_reaches_the_conv_and_its_qat_layer(cls, relu, padding_mode):
+    # upstream 1.13's fused layers take padding_mode (after track_running_stats) and pass it to
+    # their Conv2d; earlier versions of this fork refused the argument
+    kw = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    m = cls(**kw, padding_mode=padding_mode)
+    assert m.conv.padding_mode == padding_mode
+    t = TorchConvBn(relu, **kw, padding_mode=padding_mode)
+    run_both(m, t, randn(2, 3, 6, 7), rtol=1e-4, atol=1e-4)
+    m.eval()
+    x = randn(2, 3, 6, 7)
+    expected = m(mge.tensor(x)).numpy()
+    qat = quantize_qat(m, inplace=False)
+    assert qat.conv.padding_mode == padding_mode
+    disable_fake_quant(qat)
+    qat.eval()
+    np.testing.assert_allclose(qat(mge.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-5)

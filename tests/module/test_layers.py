@@ -18,6 +18,15 @@ def test_linear(bias):
     run_both(m, torch.nn.Linear(5, 3, bias=bias), randn(2, 4, 5))
 
 
+def test_linear_relu_takes_upstreams_keyword():
+    # upstream's LinearRelu.forward(self, inp): m(inp=x) works there
+    m = M.LinearRelu(5, 3)
+    m.bias[...] = np.array([0.5, -0.5, 0.0], np.float32)
+    x = randn(2, 5)
+    expected = np.maximum(x @ m.weight.numpy().T + m.bias.numpy(), 0)
+    np.testing.assert_allclose(m(inp=mge.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_conv1d():
     m = M.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
     assert m.weight.shape == (2, 3, 2, 3)
@@ -59,6 +68,16 @@ def test_conv_transpose2d(kwargs):
     g = kwargs.get("groups", 1)
     assert m.weight.shape[:-2] == ((4, 6) if g == 1 else (g, 2, 3))  # (in, out) swapped
     run_both(m, torch.nn.ConvTranspose2d(4, 6, **kwargs), randn(2, 4, 5, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_layers_carry_upstreams_attributes():
+    # upstream 1.13 measured: every convolution has output_padding (0 unless transposed) and
+    # LocalConv2d a padding_mode of "zeros"; code that reads them failed here before
+    for m in [M.Conv1d(2, 4, 3), M.Conv2d(2, 4, 3), M.Conv3d(2, 4, 3), M.LocalConv2d(2, 4, 5, 5, 3),
+              M.DeformableConv2d(2, 4, 3), M.RegionRestrictedConv(4, 4, 3, groups=4)]:
+        assert m.output_padding == 0, type(m).__name__
+    assert M.ConvTranspose2d(2, 4, 3, output_padding=(1, 0), stride=2).output_padding == (1, 0)
+    assert M.LocalConv2d(2, 4, 5, 5, 3).padding_mode == "zeros"
 
 
 def test_conv_rejects_bad_configuration():

@@ -79,6 +79,29 @@ def test_disabled_and_eval_observers_do_not_update_and_pass_the_input_through():
     assert not m.enabled and float(m.max_val.numpy()) == 1.0
 
 
+def test_histogram_observer_records_in_eval_mode_and_when_disabled_as_upstream():
+    # upstream's HistogramObserver records every batch (calibration runs the network in
+    # eval()); earlier versions of this fork skipped them and quantize() then gave NaNs
+    x = np.linspace(-1.0, 2.0, 31).astype("float32")
+    h = ob.HistogramObserver(bins=64)
+    h.eval()
+    assert h(mge.tensor(x)) is not None and not h.enabled
+    assert (float(h.min_val.numpy()), float(h.max_val.numpy())) == (-1.0, 2.0)
+    # upstream 1.13 measured 0.015318627469241619 (below min/max's 2 / 127.5: outliers cut)
+    np.testing.assert_allclose(h.get_qparams().scale.numpy(), 0.015318627469241619, rtol=1e-6)
+    h.disable()
+    h(mge.tensor(x * 2))
+    assert (float(h.min_val.numpy()), float(h.max_val.numpy())) == (-2.0, 4.0)
+    assert float(h.histogram.numpy().sum()) == 62.0
+    # upstream 1.13 measured 0.030637254938483238
+    np.testing.assert_allclose(h.get_qparams().scale.numpy(), 0.030637254938483238, rtol=1e-6)
+
+
+def test_histogram_observer_that_saw_nothing_refuses_to_give_a_scale():
+    with pytest.raises(ValueError, match="observed no data"):
+        ob.HistogramObserver().get_qparams()
+
+
 def test_sync_observers_without_a_process_group_equal_the_local_ones():
     x = mge.tensor(np.random.randn(10).astype("float32"))
     for sync, local in ((ob.SyncMinMaxObserver(), ob.MinMaxObserver()),

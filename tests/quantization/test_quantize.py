@@ -17,6 +17,7 @@ from megengine.module import qat as QAT
 from megengine.module import quantized as Q
 from megengine.optimizer import SGD
 from megengine.quantization import (
+    calibration_qconfig,
     ema_fakequant_qconfig,
     min_max_fakequant_qconfig,
     passive_qconfig,
@@ -304,6 +305,31 @@ def test_a_quantized_network_computes_what_the_qat_network_does():
     assert dtype.get_scale(inner.dtype) == pytest.approx(
         float(qat_net.conv1.act_observer.get_qparams().scale.numpy()), rel=1e-6)
     assert inner.numpy().min() >= 0  # the fused relu
+
+
+def test_calibration_observes_batches_run_in_eval_mode_too():
+    # upstream's histogram observers record every batch, also in eval() (where calibration
+    # scripts run the network); earlier versions of this fork skipped eval-mode batches, so
+    # here the larger second batch saturated after quantize()
+    net = Float.Sequential(Float.QuantStub(), Float.Linear(4, 3), Float.DequantStub())
+    net[1].weight[...] = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
+    net[1].bias[...] = np.zeros(3, np.float32)
+    quantize_qat(net, qconfig=calibration_qconfig)
+    net.train()
+    net(mge.tensor(np.random.RandomState(0).randn(16, 4).astype(np.float32)))
+    net.eval()
+    x = mge.tensor(3 * np.random.RandomState(1).randn(16, 4).astype(np.float32))
+    expected = net(x).numpy()
+    # upstream 1.13 measured: 0.05417962744832039 (input), 0.03051876462996006 (output)
+    np.testing.assert_allclose(net[0].act_observer.get_qparams().scale.numpy(),
+                               0.05417962744832039, rtol=1e-6)
+    np.testing.assert_allclose(net[1].act_observer.get_qparams().scale.numpy(),
+                               0.03051876462996006, rtol=1e-6)
+    quantize(net)
+    net.eval()
+    got = net(x).numpy()
+    # upstream 1.13 measured a largest difference of 0.0502 from the float output
+    np.testing.assert_allclose(got, expected, rtol=0, atol=0.06)
 
 
 def test_a_quantized_network_survives_save_load_and_trace_dump(tmp_path):

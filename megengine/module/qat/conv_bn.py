@@ -29,8 +29,8 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, BnFoldQATModule):
         conv, bn = float_module.conv, float_module.bn
         qat_module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                         conv.conv_mode, conv.compute_mode, name=float_module.name)
-        qat_module.conv.padding_mode = conv.padding_mode
+                         conv.conv_mode, conv.compute_mode, padding_mode=conv.padding_mode,
+                         name=float_module.name)
         qat_module.conv.weight = conv.weight
         qat_module.conv.bias = conv.bias
         qat_module.bn = bn
