@@ -248,6 +248,9 @@ class Compute(Op):
 
 
 def _one_hot(xp, x, num_classes):
+    # a class out of range would give a row of zeros: a silently wrong label (upstream's
+    # kernel asserts on a negative one, torch refuses both)
+    _check_bounds(x, num_classes, "one_hot")
     return (x[..., None] == xp.arange(num_classes, dtype=x.dtype)).astype(x.dtype)
 
 

@@ -287,3 +287,13 @@ def test_gather_with_a_bad_axis_raises_naming_it(axis, error):
         F.gather(x, axis, idx)
     with pytest.raises(error, match="concat: axis"):
         F.concat([x, x], axis=axis)
+
+
+def test_one_hot_refuses_a_class_out_of_range():
+    # a negative class or one >= num_classes gave a row of zeros: a silently lost label
+    # (upstream 1.13's kernel asserts on -1; torch's one_hot refuses both)
+    assert F.one_hot(mge.tensor([0, 2]), 3).numpy().tolist() == [[1, 0, 0], [0, 0, 1]]
+    for bad, lo, hi in [([-1, 1], -1, 1), ([0, 3], 0, 3)]:
+        with pytest.raises(IndexError, match=rf"one_hot: index values must be in \[0, 3\), "
+                                             rf"got min {lo} and max {hi}"):
+            F.one_hot(mge.tensor(bad), 3)
