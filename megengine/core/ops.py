@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
-from .dtype import _zero_point, float_value, no_quantized_form, saturated, stored
+from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
@@ -99,6 +99,14 @@ def _promote(a, b):
     from .tensor import promote_types
 
     return promote_types(a, b)
+
+
+def gemm_dtype(dtype):
+    """The dtype a matrix product of two ``dtype`` matrices computes in and gives: 8- and
+    16-bit integers accumulate in int32 and give int32, as upstream's int8 MatrixMul (Int8 x
+    Int8 -> Int32: [100, 100] @ [100, 100] is 20000 where int8 wraps to 32); others their own."""
+    small = dtype.kind in "iu" and dtype.itemsize < 4 and dtype.metadata is None
+    return np.dtype(np.int32) if small else dtype  # (quantized dtypes: their own rules)
 
 
 class BroadcastError(ValueError, RuntimeError):
@@ -410,6 +418,13 @@ class MatMul(Op):
 
     def forward(self, a, b):
         dtype = _promote(a, b)
+        if dtype.metadata is not None:  # `q @ q`: numpy would multiply the stored integers
+            raise TypeError(f"matmul: the operands are quantized ({dtype_name(dtype)}); use "
+                            "F.matmul(a, b), which accumulates their integers exactly (qint32), "
+                            "as upstream's MatrixMul, or compute on the values "
+                            "(a.astype('float32') @ b.astype('float32'))")
+        if a.ndim > 1 or b.ndim > 1:  # (two vectors: a dot product, which keeps int8 upstream)
+            dtype = gemm_dtype(dtype)
         a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
