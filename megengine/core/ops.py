@@ -1098,6 +1098,11 @@ class SetItem(Op):
         return gx, gv
 
 
+class AxisError(ValueError, RuntimeError):
+    """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
+    what upstream raises (its C++ shape check) and its users catch."""
+
+
 class DuplicateAxisError(ValueError, AssertionError):
     """An axis named twice. numpy raises ValueError, upstream asserts (AssertionError): this is
     both, so either ``except`` catches it."""
@@ -1116,7 +1121,7 @@ def _norm_axes(axis, ndim, what):
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < max(ndim, 1):
-            raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
+            raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise DuplicateAxisError(f"{what}: axis {axis} names the same dim twice")

@@ -9,7 +9,7 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
+from ..core.ops import AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
@@ -25,11 +25,6 @@ __all__ = [
     "zeros_like",
     "complex", "imag", "polar", "real",
 ]
-
-
-class AxisError(ValueError, RuntimeError):
-    """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
-    what upstream raises (its C++ shape check) and its users catch."""
 
 
 def _axis(axis, ndim, what):

@@ -380,6 +380,9 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
         raise ValueError(f"{what}: inp must be a 4-d image batch, got shape {inp.shape}")
     img = inp.transpose(0, 3, 1, 2) if channels_last else inp
     int_dtype = None if img.dtype.kind == "f" else img.dtype
+    if img.dtype.kind == "b":  # (no bool kernel upstream; a cast back to bool would be lossy)
+        raise TypeError(f"{what}: bool images are not supported; convert with "
+                        ".astype('uint8') or .astype('float32')")
     if int_dtype is not None:
         img = _astype_real(img, np.float32, what)
     extra = () if batch is None else (batch,)

@@ -914,3 +914,17 @@ def test_interpolate_trilinear_matches_torch_with_gradients(align):
                    ).sum(), x)
     with pytest.raises(ValueError, match="expects a 5-d input"):
         F.vision.interpolate(mge.tensor(x[0]), size=(2, 2, 2), mode="trilinear")
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.vision.warp_perspective(x, mge.tensor(np.eye(3, dtype="float32")[None]), (3, 3)),
+    lambda x: F.vision.warp_affine(x.reshape(1, 4, 4, 1),
+                                   mge.tensor(np.eye(3, dtype="float32")[None, :2]), (3, 3)),
+    lambda x: F.vision.remap(x, mge.tensor(np.zeros((1, 2, 2, 2), "float32")))])
+def test_warps_refuse_bool_images(call):
+    # numpy's "Invalid integer data type 'b'." came out of the rounding back to the image's dtype
+    # (upstream has no bool kernel either)
+    x = mge.tensor(np.ones((1, 1, 4, 4), bool))
+    with pytest.raises(TypeError, match=r"bool images are not supported; convert with "
+                                        r"\.astype\('uint8'\)"):
+        call(x)
