@@ -344,8 +344,11 @@ class Pow(_Binary):
             ga = (g * b * a if type(b) is np.ndarray and b.ndim == 0 and b == 2
                   else g * (b * _power(a, b - 1)))  # (torch's order: its bits)
         if self.needs_input_grad[1]:
-            safe = xp.where(a > 0, a, 1)
-            gb = g * self.out * xp.where(a > 0, xp.log(safe), 0)
+            # out * log(a), as torch's and upstream's: NaN for a negative base (a ** b has no
+            # real derivative in b there), 0 where a == 0 and b >= 0 (torch's choice)
+            zero = (a == 0) & (b >= 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gb = xp.where(zero, 0, g * (self.out * xp.log(xp.where(zero, 1, a))))
         return ga, gb
 
     def backward_complex(self, g):
@@ -368,8 +371,8 @@ class Pow(_Binary):
         if self.needs_input_grad[1]:
             from ..functional.elemwise import log  # functional sits above core: load on use
 
-            pos = _const(self.a > 0, a).astype(out.dtype)
-            gb = g * out * log(a * pos + (1 - pos)) * pos  # log(a) where a > 0, else 0
+            zero = _const((self.a == 0) & (self.b >= 0), a).astype(out.dtype)
+            gb = g * out * log(a + zero) * (1 - zero)  # as grads: 0 where a == 0 and b >= 0
         return ga, gb
 
 
