@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dispatch
 from .dispatch import Op, xp_of
-from .dtype import _zero_point, float_value, no_quantized_form, saturated, stored
+from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
@@ -99,6 +99,14 @@ def _promote(a, b):
     from .tensor import promote_types
 
     return promote_types(a, b)
+
+
+def gemm_dtype(dtype):
+    """The dtype a matrix product of two ``dtype`` matrices computes in and gives: 8- and
+    16-bit integers accumulate in int32 and give int32, as upstream's int8 MatrixMul (Int8 x
+    Int8 -> Int32: [100, 100] @ [100, 100] is 20000 where int8 wraps to 32); others their own."""
+    small = dtype.kind in "iu" and dtype.itemsize < 4 and dtype.metadata is None
+    return np.dtype(np.int32) if small else dtype  # (quantized dtypes: their own rules)
 
 
 class BroadcastError(ValueError, RuntimeError):
@@ -336,8 +344,11 @@ class Pow(_Binary):
             ga = (g * b * a if type(b) is np.ndarray and b.ndim == 0 and b == 2
                   else g * (b * _power(a, b - 1)))  # (torch's order: its bits)
         if self.needs_input_grad[1]:
-            safe = xp.where(a > 0, a, 1)
-            gb = g * self.out * xp.where(a > 0, xp.log(safe), 0)
+            # out * log(a), as torch's and upstream's: NaN for a negative base (a ** b has no
+            # real derivative in b there), 0 where a == 0 and b >= 0 (torch's choice)
+            zero = (a == 0) & (b >= 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gb = xp.where(zero, 0, g * (self.out * xp.log(xp.where(zero, 1, a))))
         return ga, gb
 
     def backward_complex(self, g):
@@ -360,8 +371,8 @@ class Pow(_Binary):
         if self.needs_input_grad[1]:
             from ..functional.elemwise import log  # functional sits above core: load on use
 
-            pos = _const(self.a > 0, a).astype(out.dtype)
-            gb = g * out * log(a * pos + (1 - pos)) * pos  # log(a) where a > 0, else 0
+            zero = _const((self.a == 0) & (self.b >= 0), a).astype(out.dtype)
+            gb = g * out * log(a + zero) * (1 - zero)  # as grads: 0 where a == 0 and b >= 0
         return ga, gb
 
 
@@ -410,6 +421,13 @@ class MatMul(Op):
 
     def forward(self, a, b):
         dtype = _promote(a, b)
+        if dtype.metadata is not None:  # `q @ q`: numpy would multiply the stored integers
+            raise TypeError(f"matmul: the operands are quantized ({dtype_name(dtype)}); use "
+                            "F.matmul(a, b), which accumulates their integers exactly (qint32), "
+                            "as upstream's MatrixMul, or compute on the values "
+                            "(a.astype('float32') @ b.astype('float32'))")
+        if a.ndim > 1 or b.ndim > 1:  # (two vectors: a dot product, which keeps int8 upstream)
+            dtype = gemm_dtype(dtype)
         a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
@@ -1083,6 +1101,11 @@ class SetItem(Op):
         return gx, gv
 
 
+class AxisError(ValueError, RuntimeError):
+    """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
+    what upstream raises (its C++ shape check) and its users catch."""
+
+
 class DuplicateAxisError(ValueError, AssertionError):
     """An axis named twice. numpy raises ValueError, upstream asserts (AssertionError): this is
     both, so either ``except`` catches it."""
@@ -1101,7 +1124,7 @@ def _norm_axes(axis, ndim, what):
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < max(ndim, 1):
-            raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
+            raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise DuplicateAxisError(f"{what}: axis {axis} names the same dim twice")
@@ -1189,12 +1212,14 @@ class Reduce(Op):
 
     def _quantized(self, x):
         """mean of the values (upstream's mean casts to float32, which dequantizes); sum of the
-        stored integers where the zero point is 0, saturated to the dtype's range (upstream's
-        Reduce keeps a quantized dtype); a product's scale is not the input's: refused."""
+        values at the input's scale and zero point, ``sum(q - zp) + zp``, saturated to the
+        dtype's range (upstream's Reduce keeps a quantized dtype: quint8(0.5, 10) values 1, 2, 3
+        sum to 6.0, stored 22); a product's scale is not the input's: refused."""
         if self.mode == "mean":
             return self.forward(float_value(x))
-        if self.mode == "sum" and not _zero_point(x.dtype):
-            return saturated(self.forward(stored(x).astype(np.int64)), x.dtype)
+        if self.mode == "sum":
+            zp = _zero_point(x.dtype)
+            return saturated(self.forward(stored(x).astype(np.int64) - zp) + zp, x.dtype)
         raise no_quantized_form(self.mode, x.dtype)
 
     def backward(self, g):

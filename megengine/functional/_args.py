@@ -4,6 +4,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error
+from ..core.ops import AxisError
 from ..core.tensor import Tensor
 
 
@@ -58,7 +59,7 @@ def _axes(axis, ndim, what):
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < ndim:
-            raise ValueError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
+            raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.add(int(a) % ndim)
     return tuple(sorted(out))
 

@@ -60,8 +60,8 @@ def _ntuple(value, n, name, what):
 
 
 def _compute_dtype(what, *dtypes):
-    """Promoted float dtype of the operands (integer operands compute in float32, as upstream;
-    complex ones raise)."""
+    """Promoted float dtype of the operands (integer operands compute in float32; upstream 1.13
+    refuses them, except int8 in conv_transpose2d, which it gives int32; complex ones raise)."""
     dtype = dtypes[0]
     if dtype.kind == "f" and all(d == dtype for d in dtypes[1:]):  # the common case
         return dtype

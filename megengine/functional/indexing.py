@@ -248,6 +248,9 @@ class Compute(Op):
 
 
 def _one_hot(xp, x, num_classes):
+    # a class out of range would give a row of zeros: a silently wrong label (upstream's
+    # kernel asserts on a negative one, torch refuses both)
+    _check_bounds(x, num_classes, "one_hot")
     return (x[..., None] == xp.arange(num_classes, dtype=x.dtype)).astype(x.dtype)
 
 
@@ -295,10 +298,25 @@ def where(mask, x=None, y=None):
         raise ValueError("where: give both x and y, or neither")
     if mask.dtype != np.bool_:
         raise ValueError(f"where: mask must be bool, got dtype {mask.dtype}")
-    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+    if isinstance(x, Tensor) and isinstance(y, Tensor) and x.dtype != y.dtype:
+        dtype = _where_dtype(x.dtype, y.dtype)
+        x, y = x.astype(dtype), y.astype(dtype)
+    elif not isinstance(x, Tensor) and not isinstance(y, Tensor):
         x = Tensor(x, device=mask._device)
     x, y = (x, _operand(y, x)) if isinstance(x, Tensor) else (_operand(x, y), y)
     return apply(Where(), mask, x, y)
+
+
+def _where_dtype(a, b):
+    """The dtype of ``where`` of two tensors, as upstream's where promotes them (its Python
+    ``dtype_promotion``, not the elementwise ops' rule): a float operand's dtype wins (int32 with
+    float16 is float16), integers and bools meet as numpy's (bool with int32 is int32, uint8
+    with int8 int16). Quantized and complex operands keep `Where`'s own rule."""
+    if a.metadata is not None or b.metadata is not None or "c" in (a.kind, b.kind):
+        return promote_types(a, b)
+    if (a.kind == "f") != (b.kind == "f"):
+        return a if a.kind == "f" else b
+    return np.promote_types(a, b)
 
 
 def _non_zero(xp, x):

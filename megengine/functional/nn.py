@@ -14,7 +14,7 @@ from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import acc_dtype, acc_sum, xp_of
+from ..core.ops import acc_dtype, acc_sum, gemm_dtype, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _as_float, _axes, _out_of_range, _tensor
@@ -169,8 +169,9 @@ class _Linear(Op):
                 f"linear: input of shape {x.shape} does not match weight of shape {w.shape}; "
                 "expected input (..., in_features) and weight (out_features, in_features)"
             )
-        if x.dtype != w.dtype:
-            dtype = promote_types(x.dtype, w.dtype)
+        dtype = promote_types(x.dtype, w.dtype) if x.dtype != w.dtype else x.dtype
+        dtype = gemm_dtype(dtype)  # (int8 gives int32)
+        if x.dtype != dtype or w.dtype != dtype:
             x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         out_shape = None
         if x.ndim > 2:

@@ -1,6 +1,7 @@
 """Pooling (F.nn.max_pool2d/avg_pool2d and the adaptive ones) on ATen's kernels, forward and backward.
 
-The ops keep upstream's semantics (stride defaults to the window, max padding is -inf, the two
+The ops keep upstream's semantics (stride defaults to the window, max padding is the dtype's
+lowest value (a window of padding alone gives it, as upstream's kernel: -3.4e38 for float32), the two
 average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
 ``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. Two
 measured choices on the CPU: max pooling of non-overlapping windows is faster as numpy slices
@@ -31,7 +32,7 @@ class _Pool2d(Op):
     """Max or average pooling of an NCHW input.
 
     ATen pads implicitly only up to half the window; upstream allows any padding, so a wider
-    padding is made explicit (``constant_pad_nd``: -inf for max, 0 for average) and the kernel
+    padding is made explicit (``constant_pad_nd``: the lowest value for max, 0 for average) and the kernel
     runs unpadded; "average_count_exclude_padding" then rescales each window by
     kh * kw / (its real elements). The max gradient goes to the first maximum of each window,
     as torch routes it.
@@ -73,7 +74,8 @@ class _Pool2d(Op):
         if self.explicit:
             fill = 0.0
             if is_max:
-                fill = -np.inf if x.dtype.kind == "f" else int(np.iinfo(x.dtype).min)
+                info = np.finfo if x.dtype.kind == "f" else np.iinfo
+                fill = info(x.dtype).min.item()
             tx = aten.constant_pad_nd(tx, [pw, pw, ph, ph], fill)
             pad = (0, 0)
         self.tx, self.pad = tx, pad
@@ -302,7 +304,8 @@ class _MaxPoolGather(Op):
 
 
 def max_pool2d(inp, kernel_size, stride=None, padding=0):
-    """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``, padding is -inf."""
+    """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``; the padding takes
+    the dtype's lowest value."""
     _config._effective_conv_format("NCHW", "max_pool2d", supported=("NCHW",))
     kernel = _pair(kernel_size, "kernel_size", "max_pool2d")
     stride = kernel if stride is None else _pair(stride, "stride", "max_pool2d")
@@ -310,14 +313,15 @@ def max_pool2d(inp, kernel_size, stride=None, padding=0):
                          "max_pool2d"), _tensor(inp))
 
 
-_AVG_MODES = ("average_count_exclude_padding", "average")
+_AVG_MODES = ("average_count_exclude_padding", "average", "max")
 
 
 def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exclude_padding"):
     """2-d average pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``.
 
     ``mode`` "average_count_exclude_padding" (default) divides by the real elements in each
-    window; "average" divides by kh*kw, counting the zero padding.
+    window; "average" divides by kh*kw, counting the zero padding; "max" is ``max_pool2d``, as
+    upstream's mode (earlier versions of this fork refused it).
     """
     m = str(getattr(mode, "name", mode)).lower()
     if m not in _AVG_MODES:

@@ -9,7 +9,7 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import BroadcastError, int_tuple, unbroadcast, xp_of
+from ..core.ops import AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
@@ -25,11 +25,6 @@ __all__ = [
     "zeros_like",
     "complex", "imag", "polar", "real",
 ]
-
-
-class AxisError(ValueError, RuntimeError):
-    """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
-    what upstream raises (its C++ shape check) and its users catch."""
 
 
 def _axis(axis, ndim, what):
@@ -88,7 +83,10 @@ def reshape(inp, target_shape):
 
 def flatten(inp, start_axis=0, end_axis=-1):
     """Merge the dimensions ``start_axis..end_axis`` (inclusive) into one."""
-    return Tensor.flatten(_tensor(inp), start_axis, end_axis)
+    inp = _tensor(inp)
+    for axis in (start_axis, end_axis):  # (an axis out of range would wrap around)
+        _axis(axis, max(inp.ndim, 1), "flatten")
+    return Tensor.flatten(inp, start_axis, end_axis)
 
 
 def transpose(inp, pattern):
@@ -384,7 +382,7 @@ class Split(Op):
 
 def split(inp, nsplits_or_sections, axis=0):
     """Split ``inp`` along ``axis``: into N near-equal parts (the first ones one larger), or at
-    the indices of a list of sections. Returns a list of tensors."""
+    the indices of a list of sections. Returns a tuple of tensors, as upstream's."""
     inp = _tensor(inp)
     axis = _axis(axis, inp.ndim, "split")
     size = inp.shape[axis]
@@ -406,7 +404,7 @@ def split(inp, nsplits_or_sections, axis=0):
             err.add_note(f"split: sections {points} must be increasing and within the size "
                          f"{size} of axis {axis}")
             raise err
-    return list(apply(Split(bounds, axis), inp))
+    return tuple(apply(Split(bounds, axis), inp))
 
 
 def repeat(inp, repeats, axis=None):
@@ -461,7 +459,7 @@ def meshgrid(*inputs, indexing="xy"):
         view = [1] * len(inputs)
         view[order.index(i)] = t.shape[0]
         out.append(broadcast_to(t.reshape(view), shape))
-    return out
+    return tuple(out)  # (upstream returns a tuple too)
 
 
 def flip(inp, axis):

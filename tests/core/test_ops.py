@@ -136,3 +136,21 @@ def test_square_by_power_has_torchs_gradient_and_a_second_order():
     np.testing.assert_array_equal(first.numpy(), dt.detach().numpy())
     (ddt,) = torch.autograd.grad((dt * dt).sum(), t)
     np.testing.assert_allclose(x.grad.numpy(), ddt.numpy(), rtol=1e-6)
+
+
+def test_power_gradient_in_the_exponent_is_nan_for_a_negative_base():
+    # torch's and upstream 1.13's (measured): d(a ** b)/db = a ** b * log(a) is NaN where a < 0
+    # (no real derivative), 0 where a == 0 and b >= 0; earlier versions of this fork gave 0
+    # for every a <= 0, silently stopping a learned exponent
+    av, bv = [-2.0, -1.0, 0.0, 0.0, 2.0], [2.0, 3.0, 0.0, 2.0, 0.5]
+    a, b = mge.Parameter(av), mge.Parameter(bv)
+    gm = GradManager().attach([a, b])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with gm:
+            gm.backward((a ** b).sum())
+    ta = torch.tensor(av, requires_grad=True)
+    tb = torch.tensor(bv, requires_grad=True)
+    (ta ** tb).sum().backward()
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-6)
+    assert np.isnan(b.grad.numpy()[:2]).all() and b.grad.numpy()[2:4].tolist() == [0.0, 0.0]

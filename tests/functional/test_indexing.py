@@ -118,6 +118,32 @@ def test_where():
     assert [i.tolist() for i in idx] == [[0, 1], [0, 1]]
 
 
+@pytest.mark.parametrize("a, b, want", [
+    # upstream 1.13 measured: where promotes by its own rule, not the elementwise ops' (where
+    # int32 + float16 is float32): a float operand's dtype wins, integers and bools as numpy's
+    ("int32", "float16", "float16"), ("bool", "float16", "float16"), ("bool", "int32", "int32"),
+    ("uint8", "int8", "int16"), ("bool", "uint8", "uint8"), ("float16", "float32", "float32"),
+    ("int32", "float32", "float32")])
+def test_where_of_two_dtypes_promotes_as_upstream_where(a, b, want):
+    x, y = np.array([3, 0, 1], a), np.array([1, 2, 0], b)
+    mask = np.array([True, False, True])
+    for first, second in [(x, y), (y, x)]:
+        out = F.where(mge.tensor(mask), mge.tensor(first), mge.tensor(second))
+        assert out.dtype == np.dtype(want)
+        np.testing.assert_array_equal(out.numpy(), np.where(mask, first, second).astype(want))
+
+
+def test_where_of_two_dtypes_passes_each_gradient_in_its_dtype():
+    x = mge.Parameter(np.array([1.0, 2.0, 3.0], "float16"))
+    y = mge.Parameter(np.array([4.0, 5.0, 6.0], "float32"))
+    gm = GradManager().attach([x, y])
+    with gm:
+        out = F.where(mge.tensor([True, False, True]), x, y)
+        gm.backward((out * mge.tensor([1.0, 2.0, 3.0])).sum())
+    assert out.dtype == np.float32 and x.grad.dtype == np.float16
+    assert x.grad.numpy().tolist() == [1.0, 0.0, 3.0] and y.grad.numpy().tolist() == [0.0, 2.0, 0.0]
+
+
 def test_non_zero_and_cond_take():
     c = np.array([[1, 0, 2], [0, 3, 0]], np.int32)
     nz = F.non_zero(mge.tensor(c))
@@ -287,3 +313,13 @@ def test_gather_with_a_bad_axis_raises_naming_it(axis, error):
         F.gather(x, axis, idx)
     with pytest.raises(error, match="concat: axis"):
         F.concat([x, x], axis=axis)
+
+
+def test_one_hot_refuses_a_class_out_of_range():
+    # a negative class or one >= num_classes gave a row of zeros: a silently lost label
+    # (upstream 1.13's kernel asserts on -1; torch's one_hot refuses both)
+    assert F.one_hot(mge.tensor([0, 2]), 3).numpy().tolist() == [[1, 0, 0], [0, 0, 1]]
+    for bad, lo, hi in [([-1, 1], -1, 1), ([0, 3], 0, 3)]:
+        with pytest.raises(IndexError, match=rf"one_hot: index values must be in \[0, 3\), "
+                                             rf"got min {lo} and max {hi}"):
+            F.one_hot(mge.tensor(bad), 3)

@@ -732,3 +732,15 @@ def test_a_0d_tensor_reduced_over_no_axis_keeps_shape_0d(fn, keepdims):
     # axis=() names no axis: a 0-d tensor stays 0-d with keepdims, as torch's (x.sum(dim=()))
     got = getattr(F, fn)(mge.tensor(3.0), axis=(), keepdims=keepdims)
     assert got.shape == ()
+
+
+@pytest.mark.parametrize("fn", [F.sum, F.mean, F.max, F.argmax, F.var, F.logsumexp,
+                                lambda x, axis: F.softmax(x, axis), lambda x, axis: x.sum(axis)])
+def test_reduction_axis_out_of_range_is_also_a_runtime_error(fn):
+    # upstream raises RuntimeError (its C++ shape check) for an axis out of range; this is a
+    # ValueError too, as numpy's (earlier versions of this fork raised ValueError alone)
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    for axis in (2, -3):
+        with pytest.raises(RuntimeError, match=rf"axis {axis} is out of range") as info:
+            fn(x, axis=axis)
+        assert isinstance(info.value, ValueError)

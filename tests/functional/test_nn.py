@@ -224,7 +224,7 @@ def test_linear_nd_float64_matches_torch():
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtypes,want", [(("uint8", "int8", "int8"), "int16"),
+@pytest.mark.parametrize("dtypes,want", [(("uint8", "int8", "int8"), "int32"),  # (an int32 product)
                                          (("bool", "bool", "int64"), "float32"),
                                          (("int8", "int32", "float32"), "float32")])
 def test_linear_with_a_bias_of_a_wider_dtype_promotes(dtypes, want):
@@ -237,6 +237,34 @@ def test_linear_with_a_bias_of_a_wider_dtype_promotes(dtypes, want):
     tx, tw = torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64))
     assert got.dtype == np.dtype(want)
     np.testing.assert_array_equal(got.numpy(), TF.linear(tx, tw, torch.tensor(b, dtype=tx.dtype)))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16"])
+def test_products_of_small_integers_are_int32(dtype):
+    # upstream 1.13 measured: matmul / linear / @ of int8 give int32 ([100, 100] @ [100, 100] is
+    # 20000; int8 wrapped it to 32, and a linear's int32 bias was then added to the 32); a dot
+    # product of two vectors keeps int8 there. Upstream refuses uint8 and int16: here they
+    # take the same int32 product rather than wrap.
+    v = 100 if dtype != "int16" else 300
+    a, b = mge.tensor(np.full((2, 2), v, dtype)), mge.tensor(np.full((2, 3), v, dtype))
+    want = np.full((2, 3), 2 * v * v)
+    for out in [F.matmul(a, b), a @ b, F.matmul(a.reshape(1, 2, 2), b).reshape(2, 3),
+                F.linear(a, F.transpose(b, (1, 0)), mge.tensor(np.array([5, 5, 5], "int32"))) - 5]:
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out.numpy(), want)
+    assert F.matmul(a[0], a[0]).dtype == np.dtype(dtype)  # two vectors: a dot product
+
+
+def test_at_operator_refuses_quantized_operands(host_default_device):  # (quantized: host only)
+    # `q @ q` multiplied the stored integers (a plain int8 [[20]] for values [[1, 2]] at scale
+    # 0.5: scale and range lost); F.matmul accumulates them in qint32, as upstream's MatrixMul
+    from megengine.core.tensor import dtype as qd
+    q = mge.tensor(np.array([[1.0, 2.0]], "float32")).astype(qd.qint8(0.5))
+    with pytest.raises(TypeError, match=r"matmul: the operands are quantized \(qint8\(0.5\)\); "
+                                        r"use F.matmul"):
+        q @ F.transpose(q, (1, 0))
+    # values 1 * 1 + 2 * 2
+    assert F.matmul(q, F.transpose(q, (1, 0))).astype("float32").numpy().tolist() == [[5.0]]
 
 
 # ----- dropout -----

@@ -107,13 +107,16 @@ def test_adaptive_pools_follow_upstreams_window_rule():
           lambda a: TF.avg_pool2d(a, (4, 4), (3, 3)), x)
 
 
+LOWEST = float(np.finfo(np.float32).min)  # max pooling's padding value, as upstream's kernel's
+
+
 @pytest.mark.parametrize("padding", [2, (2, 1)])
 def test_padding_wider_than_half_the_window(padding):
     # upstream allows it; ATen's kernels do not, so the op pads explicitly
     x = rand(2, 3, 7, 6)
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
     check(lambda a: F.max_pool2d(a, 2, 1, padding),
-          lambda a: TF.max_pool2d(TF.pad(a, (pw, pw, ph, ph), value=-float("inf")), 2, 1), x)
+          lambda a: TF.max_pool2d(TF.pad(a, (pw, pw, ph, ph), value=LOWEST), 2, 1), x)
     check(lambda a: F.avg_pool2d(a, 3, 1, padding, "average"),
           lambda a: TF.avg_pool2d(TF.pad(a, (pw, pw, ph, ph)), 3, 1), x)
 
@@ -352,3 +355,22 @@ def test_max_pool_without_gradient_propagates_nan_like_torch():
     x[0, 0, :3, :3] = -np.inf
     y = F.max_pool2d(mge.tensor(x), 3, 2, 1)
     np.testing.assert_array_equal(y.numpy(), TF.max_pool2d(torch.tensor(x), 3, 2, 1).numpy())
+
+
+def test_avg_pool2d_max_mode_is_max_pooling():
+    # upstream 1.13 measured: avg_pool2d(mode="max") of arange(16) (4x4), window 2, stride 2,
+    # padding 1: [[0, 2, 3], [8, 10, 11], [12, 14, 15]], max_pool2d's result
+    x = mge.tensor(np.arange(16, dtype="float32").reshape(1, 1, 4, 4))
+    out = F.avg_pool2d(x, 2, 2, 1, mode="max")
+    assert out.numpy()[0, 0].tolist() == [[0, 2, 3], [8, 10, 11], [12, 14, 15]]
+    np.testing.assert_array_equal(out.numpy(), F.max_pool2d(x, 2, 2, 1).numpy())
+
+
+def test_max_pool2d_window_of_padding_alone_gives_the_lowest_value():
+    # upstream 1.13 measured: a window that covers only padding gives float32's lowest value
+    # (-3.4028235e38), not -inf (window 2, padding 2 of a 4x4 input: the border windows)
+    x = mge.tensor(np.arange(16, dtype="float32").reshape(1, 1, 4, 4))
+    out = F.max_pool2d(x, 2, padding=2).numpy()[0, 0]
+    low = np.finfo(np.float32).min
+    assert out[1:3, 1:3].tolist() == [[5, 7], [13, 15]]
+    assert (out[0] == low).all() and (out[:, 0] == low).all() and np.isfinite(out).all()

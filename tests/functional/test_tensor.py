@@ -489,3 +489,24 @@ def test_cumsum_of_bools_counts_in_int32():
     got = F.cumsum(mge.tensor(x), 1)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got.numpy(), torch.tensor(x).cumsum(1).numpy())
+
+
+def test_split_and_meshgrid_return_tuples():
+    # upstream 1.13 measured: F.split and F.meshgrid return tuples (earlier versions of this
+    # fork returned lists)
+    parts = F.split(mge.tensor([1, 2, 3, 4, 5]), [1, 3])
+    assert type(parts) is tuple and [p.numpy().tolist() for p in parts] == [[1], [2, 3], [4, 5]]
+    assert type(F.split(mge.tensor([1, 2, 3, 4]), 2)) is tuple
+    grids = F.meshgrid(mge.tensor([1, 2, 3]), mge.tensor([4, 5]))
+    assert type(grids) is tuple
+    assert [g.numpy().tolist() for g in grids] == [[[1, 2, 3], [1, 2, 3]], [[4, 4, 4], [5, 5, 5]]]
+
+
+def test_flatten_refuses_an_axis_out_of_range():
+    # flatten(x, 0, 4) of a 4-d x returned x unflattened (the axis wrapped around to 0)
+    x = mge.tensor(np.zeros((2, 3, 4, 5), "float32"))
+    for start, end in [(0, 4), (4, -1), (-5, 2)]:
+        with pytest.raises(ValueError, match="flatten: axis -?[45] is out of range for 4 dims"):
+            F.flatten(x, start, end)
+    assert F.flatten(x, -3, -2).shape == (2, 12, 5)
+    assert F.flatten(mge.tensor(3.0)).shape == (1,)

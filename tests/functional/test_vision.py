@@ -703,6 +703,24 @@ def test_traced_warp_replays_each_calls_mat_idx():
 
 # ----- interpolate (values against torch are in test_nn.py) -----
 
+@pytest.mark.parametrize("dtype, row, bilinear, nearest", [
+    # upstream 1.13 measured (a 2x2 image of two such rows resized to (2, 3) and (2, 4)): the
+    # middle of each row is its mean rounded half away from zero (-0.5 is -1, 127.5 is 128)
+    ("uint8", [0, 255], [0, 128, 255], [0, 0, 255, 255]),
+    ("uint8", [10, 13], [10, 12, 13], [10, 10, 13, 13]),
+    ("int8", [-1, 0], [-1, -1, 0], [-1, -1, 0, 0]),
+    ("int8", [-128, 127], [-128, -1, 127], [-128, -128, 127, 127])])
+def test_interpolate_keeps_int8_and_uint8_images(dtype, row, bilinear, nearest):
+    # earlier versions of this fork gave float32 (127.5 for the first row's middle)
+    x = mge.tensor(np.array([row, row], dtype).reshape(1, 1, 2, 2))
+    for out, want in [(F.nn.interpolate(x, size=(2, 3)), bilinear),
+                      (F.nn.interpolate(x, size=(2, 3), align_corners=True), bilinear),
+                      (F.nn.interpolate(x, size=(2, 4), mode="nearest"), nearest)]:
+        assert out.dtype == np.dtype(dtype)
+        assert out.numpy()[0, 0].tolist() == [want, want]
+    assert F.nn.interpolate(x.astype("int32"), size=(2, 3)).dtype == np.float32
+
+
 def test_interpolate_upstream_example_and_argument_rules():
     x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
     want = [[1., 1.25, 1.75, 2.], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
@@ -896,3 +914,17 @@ def test_interpolate_trilinear_matches_torch_with_gradients(align):
                    ).sum(), x)
     with pytest.raises(ValueError, match="expects a 5-d input"):
         F.vision.interpolate(mge.tensor(x[0]), size=(2, 2, 2), mode="trilinear")
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.vision.warp_perspective(x, mge.tensor(np.eye(3, dtype="float32")[None]), (3, 3)),
+    lambda x: F.vision.warp_affine(x.reshape(1, 4, 4, 1),
+                                   mge.tensor(np.eye(3, dtype="float32")[None, :2]), (3, 3)),
+    lambda x: F.vision.remap(x, mge.tensor(np.zeros((1, 2, 2, 2), "float32")))])
+def test_warps_refuse_bool_images(call):
+    # numpy's "Invalid integer data type 'b'." came out of the rounding back to the image's dtype
+    # (upstream has no bool kernel either)
+    x = mge.tensor(np.ones((1, 1, 4, 4), bool))
+    with pytest.raises(TypeError, match=r"bool images are not supported; convert with "
+                                        r"\.astype\('uint8'\)"):
+        call(x)
