@@ -559,14 +559,26 @@ def _fuse_add(then):
     return lambda x, y: then(add(x, y))
 
 
+def _in_input_dtype(compare):
+    """A comparison mode of upstream's Elemwise op: 0 / 1 in its inputs' (promoted) dtype,
+    as upstream's op and ``M.Elemwise("lt")`` give (``F.less`` and ``x < y`` give bool)."""
+    def call(x, y):
+        from ..core.tensor_utils import convert_inputs
+
+        x, y = convert_inputs(x if isinstance(y, Tensor) else _tensor(x), y)
+        return compare(x, y).astype(x.dtype)
+    return call
+
+
 # mode -> the function that computes it (each one differentiable through its ops)
 _MODES = {
     "RELU": _nn("relu"), "ABS": abs, "ACOS": acos, "ASIN": asin, "ATAN2": atan2, "CEIL": ceil,
     "COS": cos, "EXP": exp, "EXPM1": expm1, "FLOOR": floor, "LOG": log, "LOG1P": log1p,
     "NEGATE": neg, "SIGMOID": _nn("sigmoid"), "SIN": sin, "TANH": tanh, "ADD": add,
     "FLOOR_DIV": floor_div, "MAX": maximum, "MIN": minimum, "MOD": mod, "MUL": mul, "POW": pow,
-    "SUB": sub, "TRUE_DIV": div, "LOG_SUM_EXP": logaddexp, "LT": less, "LEQ": less_equal,
-    "EQ": equal, "NEQ": not_equal, "SHL": left_shift, "SHR": right_shift, "ROUND": round,
+    "SUB": sub, "TRUE_DIV": div, "LOG_SUM_EXP": logaddexp, "LT": _in_input_dtype(less),
+    "LEQ": _in_input_dtype(less_equal), "EQ": _in_input_dtype(equal),
+    "NEQ": _in_input_dtype(not_equal), "CLIP": clip, "PRELU": _nn("prelu"), "SHL": left_shift, "SHR": right_shift, "ROUND": round,
     "ERF": erf, "ERFINV": erfinv, "ERFC": erfc, "ERFCINV": erfcinv, "H_SWISH": _nn("hswish"),
     "NOT": logical_not, "AND": logical_and, "OR": logical_or, "XOR": logical_xor,
     "SILU": _nn("silu"), "GELU": _nn("gelu"), "SINH": sinh, "COSH": cosh, "ASINH": asinh,

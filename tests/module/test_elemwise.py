@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import megengine as mge
 import megengine.module as M
 from tests.oracle import check_against_torch
 
@@ -53,12 +54,29 @@ def test_ternary_and_quaternary_fused_modes():
 
 
 def test_comparisons_and_unknown_mode():
+    # upstream 1.13 measured: the layer's comparisons give 0 / 1 in the inputs' dtype
+    # (lt of [1., 2, 3] and [2., 2, 2] is float32 [1, 0, 0]; of int32s int32 [1, 0, 0]), where
+    # F.less and x < y give bool
     out = M.Elemwise("lt")(A, B)
-    np.testing.assert_array_equal(out.numpy(), A < B)
-    assert M.Elemwise("eq")(A, A).numpy().all()
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), (A < B).astype(np.float32))
+    ints = M.Elemwise("leq")(np.array([1, 2, 3], np.int32), np.array([2, 2, 2], np.int32))
+    assert ints.dtype == np.int32 and ints.numpy().tolist() == [1, 1, 0]
+    assert M.Elemwise("eq")(A, A).numpy().tolist() == np.ones_like(A).tolist()
+    assert M.Elemwise("neq")(A, B).dtype == np.float32
     with pytest.raises(ValueError, match="unknown method 'fuse_nothing'"):
         M.Elemwise("fuse_nothing")
     assert repr(M.Elemwise("add")) == "Elemwise(method='add')"
+
+
+def test_clip_and_prelu_modes():
+    # upstream 1.13 measured: clip of [1, 2, 3] between [2, 2, 2] and [2, 3, 4] is [2, 2, 3]
+    lo, hi = np.full(3, 2.0, np.float32), np.array([2.0, 3.0, 4.0], np.float32)
+    got = M.Elemwise("clip")(*map(mge.tensor, (np.array([1.0, 2.0, 3.0], np.float32), lo, hi)))
+    assert got.numpy().tolist() == [2.0, 2.0, 3.0]
+    check_against_torch(M.Elemwise("clip"), lambda x, a, b: torch.minimum(torch.maximum(x, a), b),
+                        B, C - 0.5, C + 0.5, diff=[0])
+    check_against_torch(M.Elemwise("prelu"), lambda x, w: torch.where(x > 0, x, x * w), B, C)
 
 
 def test_error_function_modes_and_fast_tanh():

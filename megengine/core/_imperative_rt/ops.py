@@ -49,6 +49,7 @@ def _build_elemwise_table():
     backward kernels: (forward input or output, output gradient) -> input gradient."""
     F = _F()
     where, sig = F.where, F.sigmoid
+    from ...functional.elemwise import _MODES as _elemwise_modes
 
     def gelu_grad(x, dy):
         cdf = 0.5 * (1.0 + F.erf(x * float(1 / np.sqrt(2.0))))
@@ -88,8 +89,9 @@ def _build_elemwise_table():
         "TRUE_DIV": (2, operator.truediv), "FLOOR_DIV": (2, F.floor_div), "MOD": (2, F.mod),
         "POW": (2, F.pow),
         "MAX": (2, F.maximum), "MIN": (2, F.minimum), "LOG_SUM_EXP": (2, F.logaddexp),
-        "LT": (2, F.less), "LEQ": (2, F.less_equal), "EQ": (2, F.equal),
-        "NEQ": (2, F.not_equal), "SHL": (2, F.left_shift), "SHR": (2, F.right_shift),
+        # comparisons give 0 / 1 in the inputs' dtype, as upstream's op (F.less gives bool)
+        "LT": (2, _elemwise_modes["LT"]), "LEQ": (2, _elemwise_modes["LEQ"]),
+        "EQ": (2, _elemwise_modes["EQ"]), "NEQ": (2, _elemwise_modes["NEQ"]), "SHL": (2, F.left_shift), "SHR": (2, F.right_shift),
         "ATAN2": (2, F.atan2), "AND": (2, F.logical_and), "OR": (2, F.logical_or),
         "XOR": (2, F.logical_xor), "PRELU": (2, F.prelu), "SAFE_DIV": (2, safe_div),
         "FUSE_ADD_RELU": (2, lambda x, y: F.relu(x + y)),
