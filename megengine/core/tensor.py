@@ -620,9 +620,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return self.transpose()
 
     def flatten(self, start_axis=0, end_axis=-1):
+        from ..functional.tensor import _axis  # (an axis out of range raises, as upstream's)
+
         shape = self.shape
         nd = len(shape)
-        s, e = start_axis % max(nd, 1), end_axis % max(nd, 1)
+        s, e = _axis(start_axis, max(nd, 1), "flatten"), _axis(end_axis, max(nd, 1), "flatten")
         new = shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
         return self.reshape(new)
 

@@ -83,10 +83,7 @@ def reshape(inp, target_shape):
 
 def flatten(inp, start_axis=0, end_axis=-1):
     """Merge the dimensions ``start_axis..end_axis`` (inclusive) into one."""
-    inp = _tensor(inp)
-    for axis in (start_axis, end_axis):  # (an axis out of range would wrap around)
-        _axis(axis, max(inp.ndim, 1), "flatten")
-    return Tensor.flatten(inp, start_axis, end_axis)
+    return Tensor.flatten(_tensor(inp), start_axis, end_axis)
 
 
 def transpose(inp, pattern):

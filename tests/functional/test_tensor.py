@@ -508,5 +508,7 @@ def test_flatten_refuses_an_axis_out_of_range():
     for start, end in [(0, 4), (4, -1), (-5, 2)]:
         with pytest.raises(ValueError, match="flatten: axis -?[45] is out of range for 4 dims"):
             F.flatten(x, start, end)
-    assert F.flatten(x, -3, -2).shape == (2, 12, 5)
+        with pytest.raises(ValueError, match="flatten: axis -?[45] is out of range for 4 dims"):
+            x.flatten(start, end)  # the method too
+    assert F.flatten(x, -3, -2).shape == (2, 12, 5) == x.flatten(-3, -2).shape
     assert F.flatten(mge.tensor(3.0)).shape == (1,)
