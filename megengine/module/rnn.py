@@ -1,6 +1,7 @@
 """Recurrent layers: RNNCell, LSTMCell, and the multi-layer (bidirectional) RNN and LSTM."""
 import math
 import numbers
+from collections import OrderedDict
 from typing import Optional, Tuple
 
 import numpy as np
@@ -147,21 +148,38 @@ class RNNBase(Module):
             for layer in range(num_layers)
         ]
 
+    def _flat_pieces(self):
+        """Upstream 1.13's RNN/LSTM keep one ``_flatten_weights`` Parameter of shape
+        (gates * hidden, n), the weights their forward uses (its cells' weights, also saved, go
+        unused): per layer and direction, ``weight_ih``, ``weight_hh`` and with ``bias``
+        ``bias_ih``, ``bias_hh``, each row-major, one after the other (measured against
+        upstream's output). Its pieces: (cell, weight name) in that order."""
+        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        return [(f"cells.{layer}.{d}.{name}", cell, name) for layer, row in enumerate(self.cells)
+                for d, cell in enumerate(row) for name in names]
+
+    def _state_dict(self, rst=None, prefix="", keep_var=False):
+        """With upstream's ``_flatten_weights`` (`_flat_pieces`) first, as upstream orders its
+        entries, so that upstream loads the checkpoint with ``strict=True`` and computes with
+        these weights; loading here takes the cells' values from it (`_upstream_state`)."""
+        if rst is None:
+            rst = OrderedDict()
+        flat = np.concatenate([getattr(cell, name).numpy().reshape(-1)
+                               for _, cell, name in self._flat_pieces()])
+        flat = flat.reshape(self.cells[0][0].gate_hidden_size, -1)
+        rst[(type(self), prefix + "_flatten_weights")] = Tensor(flat) if keep_var else flat
+        return super()._state_dict(rst, prefix, keep_var)
+
     def _upstream_state(self, prefix, state_dict):
-        """Upstream 1.13's RNN/LSTM keep one ``_flatten_weights`` Parameter, the weights their
-        forward uses (its cells' weights, also saved, go unused): per layer and direction,
-        ``weight_ih``, ``weight_hh`` and with ``bias`` ``bias_ih``, ``bias_hh``, each
-        row-major, one after the other (measured against upstream's output). A checkpoint
-        holding it loads into the cells here, in place of its unused cell entries."""
+        """A checkpoint holding upstream's ``_flatten_weights`` (`_flat_pieces`) loads into the
+        cells, in place of its unused cell entries."""
         key = prefix + "_flatten_weights"
         if key not in state_dict:
             return state_dict
         flat = state_dict[key]
         flat = (flat.numpy() if isinstance(flat, Tensor) else np.asarray(flat)).reshape(-1)
-        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        pieces = [(f"{prefix}cells.{layer}.{d}.{name}", getattr(cell, name).shape)
-                  for layer, row in enumerate(self.cells) for d, cell in enumerate(row)
-                  for name in names]
+        pieces = [(prefix + key_, getattr(cell, name).shape)
+                  for key_, cell, name in self._flat_pieces()]
         need = sum(int(np.prod(shape)) for _, shape in pieces)
         if flat.size != need:
             raise ValueError(

@@ -224,3 +224,34 @@ def test_an_upstream_checkpoint_with_flatten_weights_loads_what_its_forward_used
                                atol=1e-6)
     with pytest.raises(ValueError, match="saved from another layer"):
         M.Sequential(getattr(M, kind)(2, 4)).load_state_dict({"0._flatten_weights": flat})
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_holds_upstreams_flatten_weights_so_upstream_loads_it_strictly(kind, bias):
+    # upstream 1.13 measured: its RNN/LSTM state_dict starts with `_flatten_weights` (shape
+    # (gates * hidden, sum of input sizes + hidden per layer and direction + 2 with bias)), the
+    # weights its forward uses; a checkpoint saved here with it loaded into upstream's layers
+    # with strict=True and gave the same outputs (within 1.2e-7, 8 configurations). Its order
+    # is torch's flat weight order: torch's layer filled from the cells is the oracle.
+    layer = getattr(M, kind)(3, 4, num_layers=2, bidirectional=True, bias=bias)
+    state = layer.state_dict()
+    gates = 4 * 4 if kind == "LSTM" else 4
+    assert list(state)[0] == "_flatten_weights"
+    assert state["_flatten_weights"].shape == (gates, 2 * (3 + 4 + 2 * bias) + 2 * (8 + 4 + 2 * bias))
+    tlayer = getattr(torch.nn, kind)(3, 4, num_layers=2, bidirectional=True, bias=bias)
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    with torch.no_grad():
+        for layer_i in range(2):
+            for d in range(2):
+                for name in names:
+                    tname = f"{name}_l{layer_i}" + ("_reverse" if d else "")
+                    getattr(tlayer, tname).copy_(torch.from_numpy(
+                        state[f"cells.{layer_i}.{d}.{name}"]))
+    want = torch.cat([p.detach().reshape(-1) for p in tlayer._flat_weights]).numpy()
+    np.testing.assert_array_equal(state["_flatten_weights"].reshape(-1), want)
+    assert isinstance(layer.state_dict(keep_var=True)["_flatten_weights"], mge.Tensor)
+    again = getattr(M, kind)(3, 4, num_layers=2, bidirectional=True, bias=bias)
+    again.load_state_dict(state)  # (strict: the key is known here too)
+    x = mge.tensor(np.random.RandomState(0).randn(5, 2, 3).astype(np.float32))
+    np.testing.assert_array_equal(host(again(x)[0]), host(layer(x)[0]))
