@@ -1,9 +1,12 @@
 """`save` and `load` in upstream MegEngine 1.x's pickle format; `load` can move tensors, torch's too."""
 import functools
 import io
+import operator
 import pickle
 import re
 import threading
+
+import numpy as np
 
 from .core.tensor import Tensor
 from .device import canonical_device, parse_device_name
@@ -32,7 +35,33 @@ def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
         raise TypeError(
             f"save: f must be a file name or a writable binary file, got {type(f).__name__}"
         )
-    pickle_module.dump(obj, f, pickle_protocol)
+    pickler = getattr(pickle_module, "Pickler", None)
+    if isinstance(pickler, type):
+        _portable_pickler(pickler)(f, pickle_protocol).dump(obj)
+    else:
+        pickle_module.dump(obj, f, pickle_protocol)
+
+
+@functools.lru_cache(maxsize=None)
+def _portable_pickler(base):
+    """A subclass of the pickler class ``base`` that writes numpy arrays and scalars through
+    names numpy 1.x and 2.x share (one class per ``base``).
+
+    An array is ``numpy.ndarray((0,), "b")`` given numpy's own pickled state by
+    ``ndarray.__setstate__``, which is what numpy's ``_reconstruct`` does under its private
+    module name; a scalar is its 0-d array indexed by ``()``.
+    """
+
+    class _PortablePickler(base):
+        def reducer_override(self, obj):
+            if type(obj) is np.ndarray:
+                return np.ndarray, ((0,), "b"), obj.__reduce__()[2]
+            if isinstance(obj, np.generic):
+                return operator.getitem, (np.asarray(obj), ())
+            parent = getattr(super(), "reducer_override", None)  # cloudpickle's, say
+            return NotImplemented if parent is None else parent(obj)
+
+    return _PortablePickler
 
 
 def load(f, map_location=None, pickle_module=pickle):

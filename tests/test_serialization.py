@@ -4,6 +4,7 @@ import copyreg
 import io
 import pickle
 import pickletools
+import types
 
 import numpy as np
 import pytest
@@ -175,6 +176,73 @@ def test_saved_tensors_are_in_upstreams_format(monkeypatch):
     assert (tname, tdtype, tdev) == ("Tensor", np.dtype(np.float32), here)
     np.testing.assert_array_equal(pvalue, [0, 1, 2])
     assert type(pvalue) is np.ndarray and pstate == {} and tstate == {}
+
+
+def _modules_named(data):
+    """The modules of the globals a pickle stream names."""
+    modules = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            modules.add(module)
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(data)).load()
+    return modules
+
+
+def test_saved_numpy_values_name_no_module_numpy_1_lacks():
+    # Upstream's wheels run numpy 1.x, which has no `numpy._core` (numpy 2 pickles its arrays
+    # and scalars through it): a file saved here with numpy 2's own pickling failed in upstream
+    # 1.13's mge.load with "No module named 'numpy._core'" (upstream 1.13 measured, with numpy
+    # 1.23.5); written as below, upstream 1.13 loads the same objects.
+    values = {
+        "c": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "strided": np.arange(10, dtype=np.int16)[::3],
+        "zero_d": np.array(2.5, np.float16), "empty": np.zeros((0, 4), np.uint8),
+        "objects": np.array([1, "a", None], dtype=object),
+        "record": np.array([(1, 2.5)], dtype=[("i", "<i4"), ("f", "<f8")]),
+        "f32": np.float32(0.1), "i64": np.int64(-7), "bool": np.bool_(True),
+        "c64": np.complex64(1 - 2j), "when": np.datetime64("2024-01-02"),
+    }
+    f = io.BytesIO()
+    mge.save({"values": values, "t": mge.tensor([1.0, 2.0]), "dtype": np.dtype("float16")}, f)
+    assert {m for m in _modules_named(f.getvalue()) if m.startswith("numpy")} == {"numpy"}
+
+    f.seek(0)
+    back = mge.load(f)
+    for name, v in values.items():
+        b = back["values"][name]
+        assert type(b) is type(v) and b.dtype == v.dtype, name
+        if isinstance(v, np.ndarray):
+            assert b.shape == v.shape and b.flags.writeable, name
+            assert b.tolist() == v.tolist(), name
+        else:
+            assert b == v, name
+    assert back["values"]["fortran"].flags.f_contiguous  # numpy's own layout is kept
+    np.testing.assert_array_equal(back["t"].numpy(), [1.0, 2.0])
+    assert back["dtype"] == np.float16
+
+
+def test_a_pickle_modules_own_reducer_override_still_runs():
+    # a pickle module whose Pickler has a reducer_override of its own (cloudpickle's pickles
+    # functions by value through it) keeps it, next to the numpy names
+    class Marker:
+        pass
+
+    class OwnPickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            return (str, ("marked",)) if isinstance(obj, Marker) else NotImplemented
+
+    module = types.SimpleNamespace(Pickler=OwnPickler, Unpickler=pickle.Unpickler,
+                                   dump=pickle.dump, load=pickle.load)
+    f = io.BytesIO()
+    mge.save({"m": Marker(), "a": np.ones(2, np.float32)}, f, pickle_module=module)
+    assert {m for m in _modules_named(f.getvalue()) if m.startswith("numpy")} == {"numpy"}
+    f.seek(0)
+    back = mge.load(f, pickle_module=module)
+    assert back["m"] == "marked" and back["a"].tolist() == [1.0, 1.0]
 
 
 # ----- round trips -----

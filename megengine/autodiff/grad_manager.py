@@ -521,12 +521,16 @@ def _pair_outputs(y, dy, what, scope=None):
                 d = Tensor._wrap(move_array(d._data, t._device), t._device)  # device
             a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
             reshaped = a.shape != t.shape
-            if reshaped and a.size != t.size:
-                raise ValueError(
-                    f"{what}: output gradient of shape {a.shape} for an output of shape {t.shape}"
-                )
-            if reshaped:  # upstream takes [1.0] for a 0-d loss (1.0-era losses were (1,))
-                a = a.reshape(t.shape)
+            if reshaped and a.size == t.size:
+                a = a.reshape(t.shape)  # upstream takes [1.0] for a 0-d loss (1.0-era: (1,))
+            elif reshaped:  # upstream broadcasts dy to y's shape (a scalar, a row)
+                try:
+                    a = xp.ascontiguousarray(xp.broadcast_to(a, t.shape))
+                except ValueError:
+                    raise ValueError(
+                        f"{what}: output gradient of shape {a.shape} for an output of shape "
+                        f"{t.shape}; it must have the output's shape or broadcast to it"
+                    ) from None
             a = a.astype(t.dtype, copy=False)
             given.append(d if isinstance(d, Tensor) and d.dtype == t.dtype and not reshaped
                          else a)

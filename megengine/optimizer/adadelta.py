@@ -23,9 +23,14 @@ class Adadelta(Optimizer):
         if not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
             raise ValueError(f"Adadelta: invalid rho {rho!r}; it must be in [0, 1]")
 
+    # the step count is not used, but kept as upstream's state has it
+    _state_buffers = ("square_avg", "acc_delta")
+    _counts_steps = True
+
     def _update(self, param, grad, state, group):
         rho, eps = group["rho"], group["eps"]
         data = param._data
+        state["step"] = state.get("step", 0) + 1
         square_avg = self._buffer(state, "square_avg", param)
         acc_delta = self._buffer(state, "acc_delta", param)
         if use_fused(data, grad):  # CUDA: one kernel per parameter

@@ -22,6 +22,9 @@ class Adagrad(Optimizer):
         super()._check_group(group)
         _check_non_negative(group["lr_decay"], "lr_decay")
 
+    _state_buffers = ("square_avg",)
+    _counts_steps = True
+
     def _update(self, param, grad, state, group):
         data = param._data
         state["step"] = step = state.get("step", 0) + 1

@@ -59,6 +59,9 @@ class Adam(Optimizer):
         super()._check_group(group)
         _check_betas(group, type(self).__name__)
 
+    _state_buffers = ("exp_avg", "exp_avg_sq")
+    _counts_steps = True
+
     def _update(self, param, grad, state, group):
         data = param._data
         if use_fused(data, grad):  # CUDA: one kernel per parameter

@@ -31,6 +31,9 @@ class LAMB(Optimizer):
         super()._check_group(group)
         _check_betas(group, type(self).__name__)
 
+    _state_buffers = ("exp_avg", "exp_avg_sq")
+    _counts_steps = True
+
     def _lamb_step(self, weight, grad, state, group, param):
         """Update the moments in ``state`` and ``weight`` (an array, changed in place)."""
         beta1, beta2 = group["betas"]

@@ -163,6 +163,22 @@ class Optimizer:
         self._check_group(group)
         self.param_groups.append(group)
 
+    #: the buffers an engine optimizer keeps per parameter, and whether it counts steps
+    _state_buffers = ()
+    _counts_steps = False
+
+    def _fresh_state(self, param, group):
+        """The state ``param`` starts from (zero buffers, step 0), as host arrays. An engine
+        optimizer makes it at the parameter's first update; ``state_dict()`` lists it for a
+        parameter not updated yet, since upstream's optimizers make it when the parameter
+        joins and upstream's ``load_state_dict`` needs every parameter's state."""
+        if type(self)._updates is not Optimizer._updates:  # upstream's protocol: its own state
+            return {}
+        state = {name: np.zeros(param.shape, param.dtype) for name in self._state_buffers}
+        if self._counts_steps:
+            state["step"] = 0
+        return state
+
     def _check_group(self, group):
         """Reject hyperparameters that make no sense; subclasses add their own checks."""
         for name in ("lr", "weight_decay", "eps"):
@@ -356,11 +372,15 @@ class Optimizer:
         return [p for group in self.param_groups for p in group["params"]]
 
     # ----- state dicts -----
-    def state_dict(self) -> dict:
+    def state_dict(self, keep_var=False) -> dict:
         """The optimizer's state: hyperparameters per group and buffers per parameter.
 
         Parameters are numbered in group order; buffers are host numpy arrays (copies), so the
-        result pickles with ``megengine.save`` and later steps do not change it.
+        result pickles with ``megengine.save`` and later steps do not change it. As in
+        upstream's, every parameter has its state (a parameter not updated yet: the zeros it
+        starts from) and a step count is a float32 0-d array, so upstream's
+        ``load_state_dict`` reads the result. ``keep_var=True`` gives the state's Tensors
+        themselves instead, as upstream's.
         """
         index = {id(p): i for i, p in enumerate(self._params())}
         groups = []
@@ -368,10 +388,14 @@ class Optimizer:
             g = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             g["params"] = [index[id(p)] for p in group["params"]]
             groups.append(g)
-        state = {
-            index[id(p)]: {k: _to_host(v) for k, v in st.items()}
-            for p, st in self._state.items() if st
-        }
+        export = _as_tensor if keep_var else _to_host
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = {**self._fresh_state(p, group), **self._state.get(p, {})}
+                if st:
+                    state[index[id(p)]] = {k: export(_step_as_saved(v) if k == "step" else v)
+                                           for k, v in st.items()}
         return {"param_groups": groups, "state": state}
 
     def load_state_dict(self, state: dict):
@@ -393,12 +417,20 @@ class Optimizer:
                     f"load_state_dict: parameter group {i} has {len(saved['params'])} "
                     f"parameters in the state, {len(group['params'])} here"
                 )
+            missing = [k for k in self._defaults if k not in saved]
+            if missing:  # (extra keys, such as a scheduler's "initial_lr", are kept)
+                raise ValueError(
+                    f"load_state_dict: parameter group {i} of the state lacks {missing}, which "
+                    f"{type(self).__name__} needs: is it the state of another optimizer?"
+                )
+        engine = type(self)._updates is Optimizer._updates
         new_state = {}
         for group, saved in zip(self.param_groups, saved_groups):
             for p, idx in zip(group["params"], saved["params"]):
                 st = state["state"].get(idx)
                 if st is not None:
-                    new_state[p] = {k: _to_device(v, p, k) for k, v in st.items()}
+                    new_state[p] = {k: _saved_step(v) if k == "step" and engine
+                                    else _to_device(v, p, k) for k, v in st.items()}
         for group, saved in zip(self.param_groups, saved_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
             self._check_group(group)
@@ -458,6 +490,23 @@ def _to_host(value):
     if isinstance(value, np.ndarray):
         return value.copy()
     return copy.deepcopy(value)
+
+
+def _as_tensor(value):
+    return value if isinstance(value, Tensor) else Tensor(_to_host(value))
+
+
+def _step_as_saved(value):
+    """An engine optimizer's step count (an int) as upstream's state dicts hold it."""
+    return np.array(value, np.float32) if isinstance(value, int) else value
+
+
+def _saved_step(value):
+    """An engine optimizer's step count (an int) from a state dict's (upstream's: a float32
+    0-d array; an int in earlier versions of this fork)."""
+    if isinstance(value, Tensor):
+        value = value.numpy()
+    return int(np.asarray(value).item())
 
 
 def _to_device(value, param, name):

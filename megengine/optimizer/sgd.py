@@ -15,14 +15,24 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-        super().__init__(params, defaults)
+        # nesterov is not a group hyperparameter, as upstream's (whose state dicts' groups are
+        # lr, momentum and weight_decay); a group may still carry its own "nesterov"
+        self.nesterov = nesterov
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    def _nesterov(self, group):
+        return group.get("nesterov", self.nesterov)
 
     def _check_group(self, group):
         super()._check_group(group)
         _check_non_negative(group["momentum"], "momentum")
-        if group["nesterov"] and group["momentum"] <= 0:
+        if self._nesterov(group) and group["momentum"] <= 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
+
+    _state_buffers = ("momentum_buffer",)
+
+    def _fresh_state(self, param, group):
+        return super()._fresh_state(param, group) if group["momentum"] != 0 else {}
 
     def _update(self, param, grad, state, group):
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
@@ -30,8 +40,8 @@ class SGD(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             if momentum != 0:
                 v = self._buffer(state, "momentum_buffer", param)
-                _sgd_momentum_kernel()(grad, lr, weight_decay, momentum, bool(group["nesterov"]),
-                                       data, v)
+                _sgd_momentum_kernel()(grad, lr, weight_decay, momentum,
+                                       bool(self._nesterov(group)), data, v)
             else:
                 _sgd_kernel()(grad, lr, weight_decay, data)
             return
@@ -41,7 +51,7 @@ class SGD(Optimizer):
             v = self._buffer(state, "momentum_buffer", param)
             v *= momentum
             v += grad
-            grad = grad + momentum * v if group["nesterov"] else v
+            grad = grad + momentum * v if self._nesterov(group) else v
         data -= lr * grad  # in place: the parameter keeps its storage
 
 

@@ -154,9 +154,10 @@ def test_backward_default_output_gradient_is_ones_and_checks_shapes():
     with gm:
         gm.backward(x * 3)
     np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 3.0))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError,
+                       match=r"shape \(2,\) for an output of shape \(2, 3\).*broadcast"):
         with gm:
-            gm.backward(x * 3, np.ones(3, np.float32))
+            gm.backward(x * 3, np.ones(2, np.float32))
     with pytest.raises(ValueError, match="outputs"):
         with gm:
             gm.backward([x * 3], [None, None])
@@ -168,6 +169,30 @@ def test_backward_default_output_gradient_is_ones_and_checks_shapes():
     with pytest.raises(ValueError, match=r"output gradient of shape \(2,\) for an output"):
         with gm:
             gm.backward((x * x).mean(), Tensor(np.ones(2, np.float32)))
+
+
+def test_output_gradients_broadcast_to_the_outputs_shape():
+    # upstream 1.13 measured: for y of shape (5, 4), dy of shape (), (4,) or (1, 4) gives the
+    # gradients of dy broadcast to (5, 4); the oracle is torch's backward of the broadcast dy
+    a, b = rand(5, 3), rand(3, 4)
+    row = rand(4)
+    gm = GradManager()
+    for dy in (np.float32(2.5), row, row[None]):
+        x, w = Tensor(a), Parameter(b)
+        gm.attach([x, w])
+        with gm:
+            gm.backward(F.tanh(x @ w), Tensor(dy))
+        tx, tw = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+        torch.tanh(tx @ tw).backward(torch.tensor(np.broadcast_to(dy, (5, 4)).copy()))
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+    # the gradient of an attached output is its own writable array, not the broadcast view
+    x = Tensor(rand(2, 3))
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(x, Tensor(np.float32(2.0)))
+    x.grad += 1
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 3.0))
 
 
 def test_attach_an_intermediate_inside_recording():

@@ -35,7 +35,8 @@ def test_step_skips_parameters_without_grad():
     opt.step()
     assert p.tolist() == [0.5, 2.5]
     assert q.tolist() == [3.0]
-    assert set(opt.state_dict()["state"]) == {0}  # no buffer was made for q
+    # q's state is the zeros it starts from (upstream's state dicts list every parameter)
+    assert opt.state_dict()["state"][1]["momentum_buffer"].tolist() == [0.0]
 
 
 def test_step_checks_the_gradients():
@@ -163,6 +164,76 @@ def test_state_dict_is_a_snapshot():
         np.testing.assert_array_equal(sd["state"][0][k], v)
     assert sd["state"][0]["step"] == 1
     assert isinstance(sd["state"][0]["exp_avg"], np.ndarray)
+
+
+# The layout of upstream 1.13's state dicts (upstream 1.13 measured): SGD's groups hold lr,
+# momentum and weight_decay (nesterov is the optimizer's, not a group's); every parameter has
+# its state (zeros from construction on), with or without a step; a step count is a float32
+# 0-d array. Upstream's load_state_dict needs every parameter's state and the same group keys,
+# so the state dicts this fork made before failed there (KeyError, ValueError, or a dtype
+# assertion on the int step).
+UPSTREAM_STATE_KEYS = [
+    (lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+     ["lr", "momentum", "params", "weight_decay"], ["momentum_buffer"]),
+    (lambda ps: Adam(ps, lr=0.1), ["betas", "eps", "lr", "params", "weight_decay"],
+     ["exp_avg", "exp_avg_sq", "step"]),
+    (lambda ps: AdamW(ps, lr=0.1), ["betas", "eps", "lr", "params", "weight_decay"],
+     ["exp_avg", "exp_avg_sq", "step"]),
+    (lambda ps: Adagrad(ps, lr=0.1), ["eps", "lr", "lr_decay", "params", "weight_decay"],
+     ["square_avg", "step"]),
+    (lambda ps: Adadelta(ps, lr=0.1), ["eps", "lr", "params", "rho", "weight_decay"],
+     ["acc_delta", "square_avg", "step"]),
+]
+
+
+@pytest.mark.parametrize("make, group_keys, state_keys", UPSTREAM_STATE_KEYS)
+def test_state_dict_has_upstreams_layout(make, group_keys, state_keys):
+    p, q = mge.Parameter([1.0, 2.0]), mge.Parameter([3.0])
+    opt = make([p, q])
+    before = opt.state_dict()
+    assert sorted(before["param_groups"][0]) == group_keys
+    assert sorted(before["state"]) == [0, 1]
+    for i in (0, 1):
+        assert sorted(before["state"][i]) == state_keys
+    p.grad = mge.Tensor([1.0, -1.0])  # q has no gradient: its state stays as made
+    opt.step()
+    opt.step()
+    after = opt.state_dict()
+    assert sorted(after["state"]) == [0, 1] and sorted(after["state"][1]) == state_keys
+    for i, steps in ((0, 2), (1, 0)):
+        if "step" in state_keys:
+            step = after["state"][i]["step"]
+            assert type(step) is np.ndarray and step.dtype == np.float32 and step.shape == ()
+            assert step == steps
+    for name in state_keys:
+        if name != "step":
+            assert after["state"][1][name].tolist() == [0.0]
+            assert after["state"][0][name].dtype == np.float32
+    # keep_var=True gives the state's Tensors (upstream's argument)
+    kept = opt.state_dict(keep_var=True)["state"][0]
+    assert all(isinstance(v, mge.Tensor) for v in kept.values())
+
+
+def test_state_dicts_in_the_old_layout_and_of_other_optimizers():
+    # this fork's earlier layout (int step, SGD's "nesterov" in the group) still loads
+    p = mge.Parameter([1.0, 2.0])
+    old = {"param_groups": [{"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
+                             "params": [0]}],
+           "state": {0: {"momentum_buffer": np.array([0.5, 0.5], np.float32)}}}
+    sgd = SGD([p], lr=0.1, momentum=0.9)
+    sgd.load_state_dict(old)
+    p.grad = mge.Tensor([1.0, 1.0])
+    sgd.step()  # nesterov, from the loaded group: buf = 0.9*0.5 + 1; p -= 0.1*(1 + 0.9*buf)
+    np.testing.assert_allclose(p.numpy(), np.array([1.0, 2.0]) - 0.1 * (1 + 0.9 * 1.45), rtol=1e-6)
+    adam = Adam([p], lr=0.1)
+    adam.load_state_dict({"param_groups": [dict(adam.state_dict()["param_groups"][0])],
+                          "state": {0: {"exp_avg": np.zeros(2, np.float32),
+                                        "exp_avg_sq": np.zeros(2, np.float32), "step": 3}}})
+    assert adam._state[p]["step"] == 3
+    # the state of another optimizer lacks hyperparameters this one needs: refused, unchanged
+    with pytest.raises(ValueError, match=r"lacks \['betas', 'eps'\].*another optimizer"):
+        adam.load_state_dict(sgd.state_dict())
+    assert adam._state[p]["step"] == 3 and adam.param_groups[0]["lr"] == 0.1
 
 
 def test_state_buffers_are_tensors_that_show_the_current_value():
