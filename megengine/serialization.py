@@ -76,7 +76,9 @@ def load(f, map_location=None, pickle_module=pickle):
       is a key goes to its value, others stay where they were saved; names are compared as the
       devices upstream's name parser reads (streams left out: ``"gpu0:0"`` and ``"gpu0"`` are one
       key, ``"cpu:0"`` is ``"cpu0"``, ``"multithread4:1"`` is ``"cpu1"``; ``"gpux"`` is not
-      ``"gpu0"``);
+      ``"gpu0"``); a tensor saved under the default device's name (``"xpux:0"``: ``save``
+      records tensors on the device the default resolves to so, as upstream) also matches the
+      key of the device that name resolves to here (``"cpu0"``, or ``"gpu0"`` with a GPU);
     - a callable ``fn(saved device) -> device``; it receives the saved logical name, such as
       ``"gpu0:0"`` or ``"xpux:0"``.
 
@@ -139,6 +141,20 @@ def _saved_key(dev):
     return kind + number
 
 
+def _mapped_by_table(table, dev):
+    """Where a dict ``map_location`` (``table``, by `_device_key`) sends a tensor saved on
+    ``dev``. Upstream matches keys exactly; here a tensor saved on the default device's name
+    (``"xpux:0"``, as `Tensor._saved_device` and upstream record default tensors) also goes where
+    the key naming the device that name resolves to on this machine says (``{"cpu0": ...}``)."""
+    key = _saved_key(dev)
+    if key in table or not key.endswith("x"):
+        return table.get(key, dev)
+    try:
+        return table.get(canonical_device(key), dev)
+    except (RuntimeError, ValueError):
+        return dev
+
+
 def _device_mapper(map_location):
     """Turn ``map_location`` into a function: saved device name -> device name."""
     if map_location is None:
@@ -160,7 +176,7 @@ def _device_mapper(map_location):
         for key, value in map_location.items():
             _device_key(value, "map_location's values")
             table[_device_key(key, "map_location's keys")] = value
-        return lambda dev: table.get(_saved_key(dev), dev)
+        return lambda dev: _mapped_by_table(table, dev)
     if callable(map_location):
         return map_location
     raise TypeError(

@@ -171,7 +171,7 @@ def test_saved_tensors_are_in_upstreams_format(monkeypatch):
     monkeypatch.setattr(module, "Parameter", type("Parameter", (Receiver,), {}))
     pickle.loads(f.getvalue())
     (pname, pvalue, pdtype, pdev), pstate, (tname, tvalue, tdtype, tdev), tstate = seen
-    here = canonical_device() + ":0"  # the tensors were made on the default device
+    here = "xpux:0"  # made on the default device: saved under its name, as upstream's
     assert (pname, pdtype, pdev) == ("Parameter", np.dtype(np.int32), here)
     assert (tname, tdtype, tdev) == ("Tensor", np.dtype(np.float32), here)
     np.testing.assert_array_equal(pvalue, [0, 1, 2])
@@ -389,12 +389,33 @@ def test_a_tensor_saved_on_a_gpu_loads_there_or_where_map_location_says():
     f.seek(0)
     back = mge.load(f)
     assert back["w"].device == "gpu0" and type(back["w"]._data).__module__.startswith("cupy")
-    for map_location, where in (("cpu0", "cpu0"), ({"gpu0": "cpu0"}, "cpu0"),
-                                ({"gpu0:0": "cpu1"}, "cpu1")):
+    # (gpu0 is the default device's: saved as "xpux:0", as upstream saves default tensors)
+    for map_location, where in (("cpu0", "cpu0"), ({"xpux": "cpu0"}, "cpu0"),
+                                ({"xpux:0": "cpu1"}, "cpu1")):
         f.seek(0)
         back = mge.load(f, map_location=map_location)
         assert str(back["w"].device) == where and isinstance(back["w"]._data, np.ndarray)
         np.testing.assert_array_equal(host(back["w"]), [1.0, 2.0])
+
+
+def test_a_tensor_on_the_default_device_is_saved_under_its_name_as_upstreams():
+    # upstream 1.13 records its default-device tensors as "xpux:0" and refuses to mix a loaded
+    # "cpu0:0" tensor with them (measured: `t.comp_node == out_cn` failed); a file saved here
+    # now loads there and adds to its tensors without map_location (measured too)
+    assert mge.tensor([1.0]).__getnewargs__()[2] == "xpux:0"
+    assert mge.tensor([1.0], device="cpu1").__getnewargs__()[2] == "cpu1:0"
+    f = io.BytesIO()
+    mge.save({"w": mge.Parameter([1.0, 2.0]), "b": mge.tensor([3.0], device="cpu1")}, f)
+    seen = []
+    f.seek(0)
+    back = mge.load(f, map_location=lambda dev: seen.append(dev) or dev)
+    assert seen == ["xpux:0", "cpu1:0"]
+    assert back["w"].device == mge.tensor([0.0]).device and back["b"].device == "cpu1"
+    mge.set_default_device("cpu1")
+    try:
+        assert mge.tensor([1.0]).__getnewargs__()[2] == "cpu1:0"  # the default's own name
+    finally:
+        mge.set_default_device("xpux")
 
 
 def test_bad_arguments():

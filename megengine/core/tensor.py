@@ -519,7 +519,18 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         value = self.numpy()
         if _fmt.shows_physical(self):  # the pickle holds the NCHW value, as upstream's default
             value = _fmt.to_logical(value)
-        return (value, self.dtype, self.device.logical_name)
+        return (value, self.dtype, self._saved_device())
+
+    def _saved_device(self):
+        """The device name a pickle records: the default device's name (``"xpux:0"``) for a
+        tensor on the device it resolves to, as upstream records its default-device tensors
+        (its ops refuse to mix a loaded ``"cpu0:0"`` tensor with ``xpux`` ones), else the
+        tensor's own (``"cpu1:0"``, ``"gpu0:2"``)."""
+        name = self.device.logical_name
+        default = _device_mod.get_default_device()
+        if name.endswith(":0") and name[:-2] == _device_mod.canonical_device(default):
+            return default if ":" in default else default + ":0"
+        return name
 
     def __getstate__(self):
         state = {}
