@@ -97,7 +97,9 @@ class PyTorchModule(Module):
         device: a megengine device name (``"cpu0"``, ``"xpux"``, ``"gpu0"``, ...); default: the
             default device.
         output_cnt: how many tensors the torch module returns (a tuple/list of that length, or
-            a dict with that many entries; 1 means a single tensor).
+            a dict with that many entries; 1 means a single tensor), checked on every call;
+            None: any number (a model whose outputs differ between train and eval, or come
+            one per image).
         infer_shape: optional ``callable(*input_shapes) -> output shape(s)`` used by
             `infer_output_shapes` instead of running the module on torch's meta device.
     """
@@ -108,11 +110,11 @@ class PyTorchModule(Module):
                 f"PyTorchModule: expected a torch.nn.Module, got {type(torch_module).__name__}; "
                 "wrap functions in a small nn.Module first"
             )
-        if isinstance(output_cnt, bool) or not isinstance(output_cnt, numbers.Integral) \
-                or output_cnt < 1:
+        if output_cnt is not None and (isinstance(output_cnt, bool) or not isinstance(
+                output_cnt, numbers.Integral) or output_cnt < 1):
             raise ValueError(
                 f"PyTorchModule: output_cnt must be a positive int (how many tensors the torch "
-                f"module returns), got {output_cnt!r}"
+                f"module returns) or None (any number), got {output_cnt!r}"
             )
         if infer_shape is not None and not callable(infer_shape):
             raise TypeError(
@@ -126,7 +128,7 @@ class PyTorchModule(Module):
         torch_module.to(_torch_device(device))
         self._torch_module = torch_module
         self._device = device
-        self.output_cnt = int(output_cnt)
+        self.output_cnt = None if output_cnt is None else int(output_cnt)
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
@@ -279,7 +281,7 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
-        if structure[0] is tuple:
+        if structure.flat:
             return outs
         return _rebuild(structure, outs)
 
@@ -493,83 +495,118 @@ _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  #
 
 def _flatten_outputs(out, expected):
     """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
-    single tensor, else (the container's type, its keys or None, more): for a mapping, the
-    arguments its type takes before the items (a defaultdict's default_factory); for a
-    dataclass, a copy of it without its tensor fields (the keys)."""
+    single tensor, else the `_Node` of its container, containers nested to any depth (a
+    detector's list of dicts) and holding None, numbers and strings as they are."""
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
-    elif isinstance(out, (tuple, list)):
-        tensors, structure = list(out), (type(out), None, None)
-    elif isinstance(out, dict):
-        args = (out.default_factory,) if isinstance(out, collections.defaultdict) else ()
-        tensors, structure = list(out.values()), (type(out), list(out.keys()), args)
-    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
-        tensors, structure = _tensor_fields(out)
+    elif isinstance(out, (tuple, list, dict)) or _is_dataclass(out):
+        tensors = []
+        structure = _take_outputs(out, tensors)
     else:
         raise TypeError(
             f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
-            "tensor, a tuple/list of tensors, a dict of tensors or a dataclass"
+            "tensor, or tuples, lists, dicts or dataclasses of tensors (nested too)"
         )
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"PyTorchModule: the torch module returned a {type(t).__name__} among its "
-                "outputs; every output must be a tensor"
-            )
-    if len(tensors) != expected:
+    if expected is not None and len(tensors) != expected:
         raise ValueError(
             f"PyTorchModule: the torch module returned {len(tensors)} tensor(s) but "
-            f"output_cnt={expected}; pass output_cnt={len(tensors)}"
+            f"output_cnt={expected}; pass output_cnt={len(tensors)}, or output_cnt=None where "
+            "the count changes (train and eval outputs differ, one item per image)"
+        )
+    if not tensors:
+        raise ValueError(
+            f"PyTorchModule: the torch module returned {type(out).__name__} with no tensor in "
+            "it; a wrapped module must return at least one tensor"
         )
     return tensors, structure
 
 
-def _tensor_fields(out):
-    """(The tensors in a dataclass ``out``'s fields, its structure for `_rebuild`): the fields
-    holding a tensor are outputs; the others (None, numbers, strings) come back as they are."""
-    template, names, tensors = copy.copy(out), [], []
-    for field in dataclasses.fields(out):
-        value = getattr(out, field.name)
-        if isinstance(value, torch.Tensor):
-            names.append(field.name)
-            tensors.append(value)
-            object.__setattr__(template, field.name, None)  # (frozen ones too)
-        elif isinstance(value, (tuple, list, dict)) and any(
-                isinstance(v, torch.Tensor)
-                for v in (value.values() if isinstance(value, dict) else value)):
-            raise TypeError(
-                f"PyTorchModule: the torch module returned {type(out).__name__} whose field "
-                f"{field.name!r} holds tensors in a {type(value).__name__}; a dataclass output "
-                "gives each tensor a field of its own")
-    return tensors, (type(out), names, template)
+_TENSOR = object()  # a tensor's place in an output structure
+_KEPT = (type(None), bool, int, float, complex, str)  # output values passed on as they are
+
+
+class _Node:
+    """An output container: its type, its keys (a mapping's, a dataclass's fields that hold
+    tensors) or None, what makes it (`_rebuild`), and its items' structures (`_TENSOR`, a
+    `_Node`, or a value kept as it is)."""
+
+    __slots__ = ("kind", "keys", "more", "items", "flat")
+
+    def __init__(self, kind, keys, more, items):
+        self.kind, self.keys, self.more, self.items = kind, keys, more, items
+        self.flat = kind is tuple and all(i is _TENSOR for i in items)  # returned as is
+
+
+def _is_dataclass(out):
+    return dataclasses.is_dataclass(out) and not isinstance(out, type)
+
+
+def _take_outputs(out, tensors):
+    """``out``'s structure for `_rebuild`, its tensors appended to ``tensors`` in order. For a
+    mapping, ``more`` holds the arguments its type takes before the items (a defaultdict's
+    default_factory); for a dataclass, a copy of it without its tensor-holding fields."""
+    if isinstance(out, torch.Tensor):
+        tensors.append(out)
+        return _TENSOR
+    if isinstance(out, _KEPT):
+        return out
+    if isinstance(out, (tuple, list)):
+        return _Node(type(out), None, None, [_take_outputs(v, tensors) for v in out])
+    if isinstance(out, dict):
+        more = (out.default_factory,) if isinstance(out, collections.defaultdict) else ()
+        return _Node(type(out), list(out.keys()), more,
+                     [_take_outputs(v, tensors) for v in out.values()])
+    if _is_dataclass(out):
+        template, names, items = copy.copy(out), [], []
+        for field in dataclasses.fields(out):
+            value = getattr(out, field.name)
+            if isinstance(value, (torch.Tensor, tuple, list, dict)) or _is_dataclass(value):
+                names.append(field.name)
+                items.append(_take_outputs(value, tensors))
+                object.__setattr__(template, field.name, None)  # (frozen ones too)
+        return _Node(type(out), names, template, items)
+    raise TypeError(
+        f"PyTorchModule: the torch module returned a {type(out).__name__} among its outputs; "
+        "outputs are tensors in tuples, lists, dicts and dataclasses, next to None, numbers "
+        "and strings"
+    )
 
 
 def _rebuild(structure, outs):
-    """The torch module's output container with megengine tensors ``outs`` in it: of its own
-    type where that type can be made from the values (a namedtuple, ``torch.return_types.max``,
-    transformers' ``ModelOutput``, a defaultdict with its default_factory, a dataclass: a copy
-    of torch's with the tensor fields replaced), else the plain tuple, list or dict it derives
-    from."""
-    kind, keys, more = structure
+    """The torch module's output with megengine tensors ``outs`` in its tensors' places."""
+    return _build(structure, iter(outs))
+
+
+def _build(node, outs):
+    """A container of its own type where that type can be made from the values (a namedtuple,
+    ``torch.return_types.max``, transformers' ``ModelOutput``, a defaultdict with its
+    default_factory, a dataclass: a copy of torch's with the tensor fields replaced), else the
+    plain tuple, list or dict it derives from."""
+    if node is _TENSOR:
+        return next(outs)
+    if type(node) is not _Node:
+        return node  # None, a number, a string
+    kind, keys, more = node.kind, node.keys, node.more
+    values = [_build(item, outs) for item in node.items]
     if keys is None:
         plain = tuple if issubclass(kind, tuple) else list
         if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
-            made = _made(lambda: kind._make(outs) if hasattr(kind, "_make") else kind(outs))
-            if isinstance(made, kind) and len(made) == len(outs) \
-                    and all(a is b for a, b in zip(made, outs)):
+            made = _made(lambda: kind._make(values) if hasattr(kind, "_make") else kind(values))
+            if isinstance(made, kind) and len(made) == len(values) \
+                    and all(a is b for a, b in zip(made, values)):
                 return made
-        return plain(outs)
+        return plain(values)
     if type(more) is not tuple:  # a dataclass: the copy without its tensor fields
         made = copy.copy(more)
-        for name, t in zip(keys, outs):
-            object.__setattr__(made, name, t)
+        for name, v in zip(keys, values):
+            object.__setattr__(made, name, v)
         return made
-    items = dict(zip(keys, outs))
+    items = dict(zip(keys, values))
     if kind is not dict:  # a dataclass-like mapping takes keywords, others a mapping
         for make in (lambda: kind(*more, **items), lambda: kind(*more, items)):
             made = _made(make)
             if isinstance(made, kind) and list(made.keys()) == keys \
-                    and all(a is b for a, b in zip(made.values(), outs)):
+                    and all(a is b for a, b in zip(made.values(), values)):
                 return made
     return items
 
