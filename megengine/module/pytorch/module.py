@@ -560,7 +560,7 @@ def _take_outputs(out, tensors):
         template, names, items = copy.copy(out), [], []
         for field in dataclasses.fields(out):
             value = getattr(out, field.name)
-            if isinstance(value, (torch.Tensor, tuple, list, dict)) or _is_dataclass(value):
+            if _holds_tensor(value):  # the others (names, strides, objects) stay in the copy
                 names.append(field.name)
                 items.append(_take_outputs(value, tensors))
                 object.__setattr__(template, field.name, None)  # (frozen ones too)
@@ -570,6 +570,18 @@ def _take_outputs(out, tensors):
         "outputs are tensors in tuples, lists, dicts and dataclasses, next to None, numbers "
         "and strings"
     )
+
+
+def _holds_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    if _is_dataclass(value):
+        return any(_holds_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
 
 
 def _rebuild(structure, outs):

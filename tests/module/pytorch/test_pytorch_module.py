@@ -301,10 +301,14 @@ def test_nested_outputs_keep_their_structure_and_train_like_torch():
 
 
 def test_containers_inside_containers_and_none_among_outputs():
+    class Names:  # no container the wrapper knows, holding no tensor: a dataclass keeps it
+        pass
+
     @dataclasses.dataclass
     class Levels:
         features: list
         extra: object = None
+        names: list = dataclasses.field(default_factory=lambda: [Names()])
 
     Pair = collections.namedtuple("Pair", ["main", "aux"])
 
@@ -318,6 +322,7 @@ def test_containers_inside_containers_and_none_among_outputs():
         levels, flat, pair = PyTorchModule(Many(), output_cnt=None)(x)
         gm.backward(levels.features[1].sum() + pair.aux["sq"].sum())
     assert type(levels) is Levels and levels.extra is None and len(levels.features) == 2
+    assert type(levels.names[0]) is Names
     assert flat[1:] == (None, "tag", 3)
     np.testing.assert_allclose(flat[0].numpy(), [2, 3])
     assert type(pair) is Pair
