@@ -20,6 +20,7 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
 import collections
 import copy
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
@@ -281,7 +282,7 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
-        if structure.flat:
+        if structure.kind is tuple and structure.flat:
             return outs
         return _rebuild(structure, outs)
 
@@ -497,8 +498,14 @@ def _flatten_outputs(out, expected):
     """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
     single tensor, else the `_Node` of its container, containers nested to any depth (a
     detector's list of dicts) and holding None, numbers and strings as they are."""
+    kind = type(out)
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
+    elif (kind is tuple or kind is list) and all(type(t) is torch.Tensor for t in out):
+        tensors, structure = list(out), _flat_sequence(kind, len(out))  # the usual cases
+    elif kind is dict and all(type(t) is torch.Tensor for t in out.values()):
+        tensors = list(out.values())
+        structure = _Node(dict, list(out), (), [_TENSOR] * len(tensors))
     elif isinstance(out, (tuple, list, dict)) or _is_dataclass(out):
         tensors = []
         structure = _take_outputs(out, tensors)
@@ -534,7 +541,13 @@ class _Node:
 
     def __init__(self, kind, keys, more, items):
         self.kind, self.keys, self.more, self.items = kind, keys, more, items
-        self.flat = kind is tuple and all(i is _TENSOR for i in items)  # returned as is
+        self.flat = all(i is _TENSOR for i in items)  # tensors only: no walk to rebuild it
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_sequence(kind, n):
+    """The `_Node` of a plain tuple or list of ``n`` tensors (shared: nodes never change)."""
+    return _Node(kind, None, None, [_TENSOR] * n)
 
 
 def _is_dataclass(out):
@@ -599,7 +612,8 @@ def _build(node, outs):
     if type(node) is not _Node:
         return node  # None, a number, a string
     kind, keys, more = node.kind, node.keys, node.more
-    values = [_build(item, outs) for item in node.items]
+    values = [next(outs) for _ in node.items] if node.flat \
+        else [_build(item, outs) for item in node.items]
     if keys is None:
         plain = tuple if issubclass(kind, tuple) else list
         if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
