@@ -287,11 +287,19 @@ class PyTorchModule(Module):
         return _rebuild(structure, outs)
 
     def _take_input(self, value, tensors):
-        """Replace Tensor arguments (also inside lists, tuples and dicts) by placeholders."""
-        if type(value) in (list, tuple):
-            return _Nested(type(value), [self._take_input(v, tensors) for v in value])
-        if type(value) is dict:
-            return _Nested(dict, {k: self._take_input(v, tensors) for k, v in value.items()})
+        """Replace Tensor arguments (also inside lists, tuples and dicts, their subclasses
+        too: a namedtuple, an OrderedDict) by placeholders."""
+        if isinstance(value, (list, tuple, dict)):
+            kind, held = type(value), len(tensors)
+            if isinstance(value, dict):
+                more = (value.default_factory,) \
+                    if isinstance(value, collections.defaultdict) else ()
+                nested = _Nested(kind, {k: self._take_input(v, tensors)
+                                        for k, v in value.items()}, more)
+            else:
+                nested = _Nested(kind, [self._take_input(v, tensors) for v in value])
+            # a subclass holding no tensor is passed as it is (a torch.Size)
+            return nested if kind in (list, tuple, dict) or len(tensors) > held else value
         if isinstance(value, Tensor):
             if value._device != self._device:
                 raise ValueError(
@@ -362,15 +370,17 @@ class _Slot:
 
 
 class _Nested:
-    """A list, tuple or dict argument that holds tensor inputs somewhere inside."""
+    """A list, tuple or dict argument that holds tensor inputs somewhere inside; ``more``: what
+    a mapping's type takes before its items (`_remake`)."""
 
-    __slots__ = ("kind", "items")
+    __slots__ = ("kind", "items", "more")
 
-    def __init__(self, kind, items):
-        self.kind, self.items = kind, items
+    def __init__(self, kind, items, more=()):
+        self.kind, self.items, self.more = kind, items, more
 
     def __eq__(self, other):
-        return type(other) is _Nested and other.kind is self.kind and other.items == self.items
+        return type(other) is _Nested and other.kind is self.kind and other.items == self.items \
+            and other.more == self.more
 
     def __hash__(self):
         return hash(self.kind)
@@ -384,9 +394,15 @@ def _fill(template, values):
     if isinstance(template, _Slot):
         return values[template.index]
     if isinstance(template, _Nested):
-        if template.kind is dict:
-            return {k: _fill(v, values) for k, v in template.items.items()}
-        return template.kind(_fill(v, values) for v in template.items)
+        kind, items = template.kind, template.items
+        if kind is dict:
+            return {k: _fill(v, values) for k, v in items.items()}
+        if kind is list or kind is tuple:
+            return kind([_fill(v, values) for v in items])
+        if isinstance(items, dict):  # a namedtuple, an OrderedDict: made as its own type
+            return _remake(kind, list(items), template.more,
+                           [_fill(v, values) for v in items.values()])
+        return _remake(kind, None, None, [_fill(v, values) for v in items])
     return template
 
 
@@ -506,14 +522,14 @@ def _flatten_outputs(out, expected):
     elif kind is dict and all(type(t) is torch.Tensor for t in out.values()):
         tensors = list(out.values())
         structure = _Node(dict, list(out), (), [_TENSOR] * len(tensors))
-    elif isinstance(out, (tuple, list, dict)) or _is_dataclass(out):
+    else:
         tensors = []
         structure = _take_outputs(out, tensors)
-    else:
-        raise TypeError(
-            f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
-            "tensor, or tuples, lists, dicts or dataclasses of tensors (nested too)"
-        )
+        if type(structure) is not _Node:  # None, a number, a string
+            raise TypeError(
+                f"PyTorchModule: the torch module returned {type(out).__name__}; it must return "
+                "a tensor, or tuples, lists, dicts or dataclasses of tensors (nested too)"
+            )
     if expected is not None and len(tensors) != expected:
         raise ValueError(
             f"PyTorchModule: the torch module returned {len(tensors)} tensor(s) but "
@@ -578,6 +594,14 @@ def _take_outputs(out, tensors):
                 items.append(_take_outputs(value, tensors))
                 object.__setattr__(template, field.name, None)  # (frozen ones too)
         return _Node(type(out), names, template, items)
+    if isinstance(out, Tensor):
+        raise TypeError(
+            "PyTorchModule: the torch module returned a megengine Tensor: megengine tensors "
+            "reached it other than as arguments (through an attribute, or inside an object of "
+            "a class of its own, which the wrapper does not look into), and the torch module "
+            "computed with them outside torch. Pass them as arguments, in tuples, lists or "
+            "dicts if need be: they arrive as torch tensors"
+        )
     raise TypeError(
         f"PyTorchModule: the torch module returned a {type(out).__name__} among its outputs; "
         "outputs are tensors in tuples, lists, dicts and dataclasses, next to None, numbers "
@@ -603,17 +627,21 @@ def _rebuild(structure, outs):
 
 
 def _build(node, outs):
-    """A container of its own type where that type can be made from the values (a namedtuple,
-    ``torch.return_types.max``, transformers' ``ModelOutput``, a defaultdict with its
-    default_factory, a dataclass: a copy of torch's with the tensor fields replaced), else the
-    plain tuple, list or dict it derives from."""
     if node is _TENSOR:
         return next(outs)
     if type(node) is not _Node:
         return node  # None, a number, a string
-    kind, keys, more = node.kind, node.keys, node.more
     values = [next(outs) for _ in node.items] if node.flat \
         else [_build(item, outs) for item in node.items]
+    return _remake(node.kind, node.keys, node.more, values)
+
+
+def _remake(kind, keys, more, values):
+    """A container of type ``kind`` holding ``values`` (under ``keys`` for a mapping or a
+    dataclass) where that type can be made from them (a namedtuple, ``torch.return_types.max``,
+    transformers' ``ModelOutput``, a defaultdict with its default_factory in ``more``, a
+    dataclass: a copy of ``more`` with the fields ``keys`` replaced), else the plain tuple, list
+    or dict it derives from."""
     if keys is None:
         plain = tuple if issubclass(kind, tuple) else list
         if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence

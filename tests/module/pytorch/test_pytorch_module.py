@@ -871,6 +871,71 @@ def test_tensors_inside_list_and_dict_arguments_are_inputs_with_gradients():
     np.testing.assert_allclose(c.grad.numpy(), np.ones(3), rtol=1e-6)
 
 
+Batch = collections.namedtuple("Batch", ["images", "weights"])
+
+
+class ReadsBatch(nn.Module):
+    """Reads its argument by attribute (a namedtuple) or by key (a dict subclass), as a data
+    pipeline's batch, and checks the type it got."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.scale = nn.Linear(3, 2)
+
+    def forward(self, batch, size):
+        assert type(batch) is self.kind and type(size) is torch.Size, (type(batch), type(size))
+        if isinstance(batch, tuple):
+            images, weights = batch.images, batch.weights
+        else:
+            images, weights = batch["images"], batch["weights"]
+        return (self.scale(images) * weights).reshape(size)
+
+
+@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict])
+def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
+    # earlier versions of this fork passed them on with the megengine tensors inside, which the
+    # torch module then computed with outside torch (no gradient reached its parameters)
+    rs = np.random.RandomState(0)
+    x_np, w_np = rs.randn(4, 3).astype("float32"), rs.randn(4, 2).astype("float32")
+
+    def batch(x, w):
+        if kind is Batch:
+            return Batch(x, w)
+        if kind is collections.defaultdict:
+            return collections.defaultdict(list, images=x, weights=w)
+        return collections.OrderedDict(images=x, weights=w)
+
+    tmod = ReadsBatch(kind)
+    ref = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    x, w = mge.tensor(x_np), mge.tensor(w_np)
+    y = grads_of(lambda: wrap(batch(x, w), torch.Size([8])), [x, w, *wrap.parameters()])
+    xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
+    yt = ref(batch(xt, wt), torch.Size([8]))
+    yt.sum().backward()
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-6)
+    for mine, theirs in ((x, xt), (w, wt)):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-6)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5)
+
+
+def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported():
+    class Holder:  # an argument of a class of its own: the wrapper does not look inside
+        def __init__(self, t):
+            self.t = t
+
+    class ReadsHolder(nn.Module):
+        def forward(self, x, holder):
+            return x + holder.t
+
+    x = mge.tensor([1.0])
+    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+        PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
+
+
 def test_input_writes_are_learned_per_mode():
     class WritesInEval(nn.Module):
         def forward(self, x):
