@@ -20,6 +20,7 @@ How it fits the engine (DESIGN.md, "The PyTorch bridge"):
 import collections
 import copy
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
@@ -97,7 +98,9 @@ class PyTorchModule(Module):
         device: a megengine device name (``"cpu0"``, ``"xpux"``, ``"gpu0"``, ...); default: the
             default device.
         output_cnt: how many tensors the torch module returns (a tuple/list of that length, or
-            a dict with that many entries; 1 means a single tensor).
+            a dict with that many entries; 1 means a single tensor), checked on every call;
+            None: any number (a model whose outputs differ between train and eval, or come
+            one per image).
         infer_shape: optional ``callable(*input_shapes) -> output shape(s)`` used by
             `infer_output_shapes` instead of running the module on torch's meta device.
     """
@@ -108,11 +111,11 @@ class PyTorchModule(Module):
                 f"PyTorchModule: expected a torch.nn.Module, got {type(torch_module).__name__}; "
                 "wrap functions in a small nn.Module first"
             )
-        if isinstance(output_cnt, bool) or not isinstance(output_cnt, numbers.Integral) \
-                or output_cnt < 1:
+        if output_cnt is not None and (isinstance(output_cnt, bool) or not isinstance(
+                output_cnt, numbers.Integral) or output_cnt < 1):
             raise ValueError(
                 f"PyTorchModule: output_cnt must be a positive int (how many tensors the torch "
-                f"module returns), got {output_cnt!r}"
+                f"module returns) or None (any number), got {output_cnt!r}"
             )
         if infer_shape is not None and not callable(infer_shape):
             raise TypeError(
@@ -126,7 +129,7 @@ class PyTorchModule(Module):
         torch_module.to(_torch_device(device))
         self._torch_module = torch_module
         self._device = device
-        self.output_cnt = int(output_cnt)
+        self.output_cnt = None if output_cnt is None else int(output_cnt)
         self._infer_shape = infer_shape
         # per train/eval mode, learned on the first call: does the module write its inputs?
         self._copy_inputs = {}
@@ -279,16 +282,24 @@ class PyTorchModule(Module):
         structure = op.structure
         if structure is None:
             return outs[0]
-        if structure[0] is tuple:
+        if structure.kind is tuple and structure.flat:
             return outs
         return _rebuild(structure, outs)
 
     def _take_input(self, value, tensors):
-        """Replace Tensor arguments (also inside lists, tuples and dicts) by placeholders."""
-        if type(value) in (list, tuple):
-            return _Nested(type(value), [self._take_input(v, tensors) for v in value])
-        if type(value) is dict:
-            return _Nested(dict, {k: self._take_input(v, tensors) for k, v in value.items()})
+        """Replace Tensor arguments (also inside lists, tuples and dicts, their subclasses
+        too: a namedtuple, an OrderedDict) by placeholders."""
+        if isinstance(value, (list, tuple, dict)):
+            kind, held = type(value), len(tensors)
+            if isinstance(value, dict):
+                more = (value.default_factory,) \
+                    if isinstance(value, collections.defaultdict) else ()
+                nested = _Nested(kind, {k: self._take_input(v, tensors)
+                                        for k, v in value.items()}, more)
+            else:
+                nested = _Nested(kind, [self._take_input(v, tensors) for v in value])
+            # a subclass holding no tensor is passed as it is (a torch.Size)
+            return nested if kind in (list, tuple, dict) or len(tensors) > held else value
         if isinstance(value, Tensor):
             if value._device != self._device:
                 raise ValueError(
@@ -359,15 +370,17 @@ class _Slot:
 
 
 class _Nested:
-    """A list, tuple or dict argument that holds tensor inputs somewhere inside."""
+    """A list, tuple or dict argument that holds tensor inputs somewhere inside; ``more``: what
+    a mapping's type takes before its items (`_remake`)."""
 
-    __slots__ = ("kind", "items")
+    __slots__ = ("kind", "items", "more")
 
-    def __init__(self, kind, items):
-        self.kind, self.items = kind, items
+    def __init__(self, kind, items, more=()):
+        self.kind, self.items, self.more = kind, items, more
 
     def __eq__(self, other):
-        return type(other) is _Nested and other.kind is self.kind and other.items == self.items
+        return type(other) is _Nested and other.kind is self.kind and other.items == self.items \
+            and other.more == self.more
 
     def __hash__(self):
         return hash(self.kind)
@@ -381,9 +394,15 @@ def _fill(template, values):
     if isinstance(template, _Slot):
         return values[template.index]
     if isinstance(template, _Nested):
-        if template.kind is dict:
-            return {k: _fill(v, values) for k, v in template.items.items()}
-        return template.kind(_fill(v, values) for v in template.items)
+        kind, items = template.kind, template.items
+        if kind is dict:
+            return {k: _fill(v, values) for k, v in items.items()}
+        if kind is list or kind is tuple:
+            return kind([_fill(v, values) for v in items])
+        if isinstance(items, dict):  # a namedtuple, an OrderedDict: made as its own type
+            return _remake(kind, list(items), template.more,
+                           [_fill(v, values) for v in items.values()])
+        return _remake(kind, None, None, [_fill(v, values) for v in items])
     return template
 
 
@@ -493,83 +512,155 @@ _storage_use_count = getattr(torch._C, "_storage_Use_Count", lambda cdata: 0)  #
 
 def _flatten_outputs(out, expected):
     """Torch outputs as a list of tensors plus the structure to rebuild (`_rebuild`): None for a
-    single tensor, else (the container's type, its keys or None, more): for a mapping, the
-    arguments its type takes before the items (a defaultdict's default_factory); for a
-    dataclass, a copy of it without its tensor fields (the keys)."""
+    single tensor, else the `_Node` of its container, containers nested to any depth (a
+    detector's list of dicts) and holding None, numbers and strings as they are."""
+    kind = type(out)
     if isinstance(out, torch.Tensor):
         tensors, structure = [out], None
-    elif isinstance(out, (tuple, list)):
-        tensors, structure = list(out), (type(out), None, None)
-    elif isinstance(out, dict):
-        args = (out.default_factory,) if isinstance(out, collections.defaultdict) else ()
-        tensors, structure = list(out.values()), (type(out), list(out.keys()), args)
-    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
-        tensors, structure = _tensor_fields(out)
+    elif (kind is tuple or kind is list) and all(type(t) is torch.Tensor for t in out):
+        tensors, structure = list(out), _flat_sequence(kind, len(out))  # the usual cases
+    elif kind is dict and all(type(t) is torch.Tensor for t in out.values()):
+        tensors = list(out.values())
+        structure = _Node(dict, list(out), (), [_TENSOR] * len(tensors))
     else:
-        raise TypeError(
-            f"PyTorchModule: the torch module returned {type(out).__name__}; it must return a "
-            "tensor, a tuple/list of tensors, a dict of tensors or a dataclass"
-        )
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
+        tensors = []
+        structure = _take_outputs(out, tensors)
+        if type(structure) is not _Node:  # None, a number, a string
             raise TypeError(
-                f"PyTorchModule: the torch module returned a {type(t).__name__} among its "
-                "outputs; every output must be a tensor"
+                f"PyTorchModule: the torch module returned {type(out).__name__}; it must return "
+                "a tensor, or tuples, lists, dicts or dataclasses of tensors (nested too)"
             )
-    if len(tensors) != expected:
+    if expected is not None and len(tensors) != expected:
         raise ValueError(
             f"PyTorchModule: the torch module returned {len(tensors)} tensor(s) but "
-            f"output_cnt={expected}; pass output_cnt={len(tensors)}"
+            f"output_cnt={expected}; pass output_cnt={len(tensors)}, or output_cnt=None where "
+            "the count changes (train and eval outputs differ, one item per image)"
+        )
+    if not tensors:
+        raise ValueError(
+            f"PyTorchModule: the torch module returned {type(out).__name__} with no tensor in "
+            "it; a wrapped module must return at least one tensor"
         )
     return tensors, structure
 
 
-def _tensor_fields(out):
-    """(The tensors in a dataclass ``out``'s fields, its structure for `_rebuild`): the fields
-    holding a tensor are outputs; the others (None, numbers, strings) come back as they are."""
-    template, names, tensors = copy.copy(out), [], []
-    for field in dataclasses.fields(out):
-        value = getattr(out, field.name)
-        if isinstance(value, torch.Tensor):
-            names.append(field.name)
-            tensors.append(value)
-            object.__setattr__(template, field.name, None)  # (frozen ones too)
-        elif isinstance(value, (tuple, list, dict)) and any(
-                isinstance(v, torch.Tensor)
-                for v in (value.values() if isinstance(value, dict) else value)):
-            raise TypeError(
-                f"PyTorchModule: the torch module returned {type(out).__name__} whose field "
-                f"{field.name!r} holds tensors in a {type(value).__name__}; a dataclass output "
-                "gives each tensor a field of its own")
-    return tensors, (type(out), names, template)
+_TENSOR = object()  # a tensor's place in an output structure
+_KEPT = (type(None), bool, int, float, complex, str)  # output values passed on as they are
+
+
+class _Node:
+    """An output container: its type, its keys (a mapping's, a dataclass's fields that hold
+    tensors) or None, what makes it (`_rebuild`), and its items' structures (`_TENSOR`, a
+    `_Node`, or a value kept as it is)."""
+
+    __slots__ = ("kind", "keys", "more", "items", "flat")
+
+    def __init__(self, kind, keys, more, items):
+        self.kind, self.keys, self.more, self.items = kind, keys, more, items
+        self.flat = all(i is _TENSOR for i in items)  # tensors only: no walk to rebuild it
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_sequence(kind, n):
+    """The `_Node` of a plain tuple or list of ``n`` tensors (shared: nodes never change)."""
+    return _Node(kind, None, None, [_TENSOR] * n)
+
+
+def _is_dataclass(out):
+    return dataclasses.is_dataclass(out) and not isinstance(out, type)
+
+
+def _take_outputs(out, tensors):
+    """``out``'s structure for `_rebuild`, its tensors appended to ``tensors`` in order. For a
+    mapping, ``more`` holds the arguments its type takes before the items (a defaultdict's
+    default_factory); for a dataclass, a copy of it without its tensor-holding fields."""
+    if isinstance(out, torch.Tensor):
+        tensors.append(out)
+        return _TENSOR
+    if isinstance(out, _KEPT):
+        return out
+    if isinstance(out, (tuple, list)):
+        return _Node(type(out), None, None, [_take_outputs(v, tensors) for v in out])
+    if isinstance(out, dict):
+        more = (out.default_factory,) if isinstance(out, collections.defaultdict) else ()
+        return _Node(type(out), list(out.keys()), more,
+                     [_take_outputs(v, tensors) for v in out.values()])
+    if _is_dataclass(out):
+        template, names, items = copy.copy(out), [], []
+        for field in dataclasses.fields(out):
+            value = getattr(out, field.name)
+            if _holds_tensor(value):  # the others (names, strides, objects) stay in the copy
+                names.append(field.name)
+                items.append(_take_outputs(value, tensors))
+                object.__setattr__(template, field.name, None)  # (frozen ones too)
+        return _Node(type(out), names, template, items)
+    if isinstance(out, Tensor):
+        raise TypeError(
+            "PyTorchModule: the torch module returned a megengine Tensor: megengine tensors "
+            "reached it other than as arguments (through an attribute, or inside an object of "
+            "a class of its own, which the wrapper does not look into), and the torch module "
+            "computed with them outside torch. Pass them as arguments, in tuples, lists or "
+            "dicts if need be: they arrive as torch tensors"
+        )
+    raise TypeError(
+        f"PyTorchModule: the torch module returned a {type(out).__name__} among its outputs; "
+        "outputs are tensors in tuples, lists, dicts and dataclasses, next to None, numbers "
+        "and strings"
+    )
+
+
+def _holds_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    if _is_dataclass(value):
+        return any(_holds_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
 
 
 def _rebuild(structure, outs):
-    """The torch module's output container with megengine tensors ``outs`` in it: of its own
-    type where that type can be made from the values (a namedtuple, ``torch.return_types.max``,
-    transformers' ``ModelOutput``, a defaultdict with its default_factory, a dataclass: a copy
-    of torch's with the tensor fields replaced), else the plain tuple, list or dict it derives
-    from."""
-    kind, keys, more = structure
+    """The torch module's output with megengine tensors ``outs`` in its tensors' places."""
+    return _build(structure, iter(outs))
+
+
+def _build(node, outs):
+    if node is _TENSOR:
+        return next(outs)
+    if type(node) is not _Node:
+        return node  # None, a number, a string
+    values = [next(outs) for _ in node.items] if node.flat \
+        else [_build(item, outs) for item in node.items]
+    return _remake(node.kind, node.keys, node.more, values)
+
+
+def _remake(kind, keys, more, values):
+    """A container of type ``kind`` holding ``values`` (under ``keys`` for a mapping or a
+    dataclass) where that type can be made from them (a namedtuple, ``torch.return_types.max``,
+    transformers' ``ModelOutput``, a defaultdict with its default_factory in ``more``, a
+    dataclass: a copy of ``more`` with the fields ``keys`` replaced), else the plain tuple, list
+    or dict it derives from."""
     if keys is None:
         plain = tuple if issubclass(kind, tuple) else list
         if kind is not plain:  # a namedtuple has _make; torch.return_types take one sequence
-            made = _made(lambda: kind._make(outs) if hasattr(kind, "_make") else kind(outs))
-            if isinstance(made, kind) and len(made) == len(outs) \
-                    and all(a is b for a, b in zip(made, outs)):
+            made = _made(lambda: kind._make(values) if hasattr(kind, "_make") else kind(values))
+            if isinstance(made, kind) and len(made) == len(values) \
+                    and all(a is b for a, b in zip(made, values)):
                 return made
-        return plain(outs)
+        return plain(values)
     if type(more) is not tuple:  # a dataclass: the copy without its tensor fields
         made = copy.copy(more)
-        for name, t in zip(keys, outs):
-            object.__setattr__(made, name, t)
+        for name, v in zip(keys, values):
+            object.__setattr__(made, name, v)
         return made
-    items = dict(zip(keys, outs))
+    items = dict(zip(keys, values))
     if kind is not dict:  # a dataclass-like mapping takes keywords, others a mapping
         for make in (lambda: kind(*more, **items), lambda: kind(*more, items)):
             made = _made(make)
             if isinstance(made, kind) and list(made.keys()) == keys \
-                    and all(a is b for a, b in zip(made.values(), outs)):
+                    and all(a is b for a, b in zip(made.values(), values)):
                 return made
     return items
 

@@ -244,17 +244,141 @@ def _values(out):
     return list(out)
 
 
-def test_a_dataclass_output_with_tensors_inside_a_field_is_refused_clearly():
+class TinyDetector(nn.Module):
+    """The shape of torchvision's detectors: images and targets as lists (targets: a dict per
+    image), a dict of losses in train mode, a list of dicts per image (int64 labels, a varying
+    number of boxes) in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 5)
+
+    def forward(self, images, targets=None):
+        feats = [self.head(img.mean(dim=(1, 2))) for img in images]
+        if self.training:
+            box = sum(((f[:4] - t["boxes"][0]) ** 2).sum() for f, t in zip(feats, targets))
+            cls = sum(f[4] * t["labels"].float().sum() for f, t in zip(feats, targets))
+            return {"loss_box": box, "loss_cls": cls}
+        return [{"boxes": f[:4].reshape(1, 4).repeat(i + 1, 1), "scores": f[4:].sigmoid(),
+                 "labels": torch.full((i + 1,), i, dtype=torch.int64)}
+                for i, f in enumerate(feats)]
+
+
+def test_nested_outputs_keep_their_structure_and_train_like_torch():
+    # earlier versions of this fork refused a list of dicts (a detector's eval output) and any
+    # output count differing from output_cnt, e.g. between train and eval
+    rs = np.random.RandomState(0)
+    imgs = [rs.randn(3, 4, 5).astype("float32"), rs.randn(3, 6, 2).astype("float32")]
+    targets = [{"boxes": rs.randn(1, 4).astype("float32"), "labels": np.array([1, 2])},
+               {"boxes": rs.randn(1, 4).astype("float32"), "labels": np.array([0])}]
+    tmod = TinyDetector()
+    ref = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod, output_cnt=None)
+    gm = GradManager().attach(list(wrap.parameters()))
+    with gm:
+        losses = wrap([mge.tensor(i) for i in imgs],
+                      [{k: mge.tensor(v, dtype=v.dtype) for k, v in t.items()} for t in targets])
+        gm.backward(losses["loss_box"] + 2 * losses["loss_cls"])
+    want = ref([torch.tensor(i) for i in imgs],
+               [{k: torch.tensor(v) for k, v in t.items()} for t in targets])
+    (want["loss_box"] + 2 * want["loss_cls"]).backward()
+    assert list(losses) == ["loss_box", "loss_cls"]
+    for k in losses:
+        np.testing.assert_allclose(losses[k].numpy(), want[k].detach().numpy(), rtol=1e-5)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+    wrap.eval(), ref.eval()
+    got = wrap([mge.tensor(i) for i in imgs])
+    want = ref([torch.tensor(i) for i in imgs])
+    assert type(got) is list and len(got) == 2
+    for mine, theirs in zip(got, want):
+        assert list(mine) == ["boxes", "scores", "labels"]
+        for k in theirs:
+            assert mine[k].dtype == theirs[k].detach().numpy().dtype
+            np.testing.assert_allclose(mine[k].numpy(), theirs[k].detach().numpy(), rtol=1e-5)
+
+
+def test_containers_inside_containers_and_none_among_outputs():
+    class Names:  # no container the wrapper knows, holding no tensor: a dataclass keeps it
+        pass
+
     @dataclasses.dataclass
     class Levels:
         features: list
+        extra: object = None
+        names: list = dataclasses.field(default_factory=lambda: [Names()])
 
-    class Pyramid(nn.Module):
+    Pair = collections.namedtuple("Pair", ["main", "aux"])
+
+    class Many(nn.Module):
         def forward(self, x):
-            return Levels([x, x * 2])
+            return Levels([x, x * 2]), (x + 1, None, "tag", 3), Pair(x * 3, {"sq": x * x})
 
-    with pytest.raises(TypeError, match="Levels whose field 'features' holds tensors in a list"):
-        PyTorchModule(Pyramid(), output_cnt=2)(mge.tensor([1.0]))
+    x = mge.tensor([1.0, 2.0])
+    gm = GradManager().attach([x])
+    with gm:
+        levels, flat, pair = PyTorchModule(Many(), output_cnt=None)(x)
+        gm.backward(levels.features[1].sum() + pair.aux["sq"].sum())
+    assert type(levels) is Levels and levels.extra is None and len(levels.features) == 2
+    assert type(levels.names[0]) is Names
+    assert flat[1:] == (None, "tag", 3)
+    np.testing.assert_allclose(flat[0].numpy(), [2, 3])
+    assert type(pair) is Pair
+    np.testing.assert_allclose(pair.main.numpy(), [3, 6])
+    np.testing.assert_allclose(x.grad.numpy(), [2 + 2, 2 + 4])  # d(2x + x^2)/dx
+
+
+def test_output_cnt_none_takes_outputs_that_differ_between_train_and_eval():
+    Outputs = collections.namedtuple("Outputs", ["logits", "aux_logits"])
+
+    class WithAux(nn.Module):  # googlenet / inception_v3: aux logits in train mode only
+        def __init__(self):
+            super().__init__()
+            self.main, self.aux = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            if self.training:
+                return Outputs(self.main(x), self.aux(x))
+            return self.main(x)
+
+    tmod = WithAux()
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    counted = PyTorchModule(copy.deepcopy(tmod), output_cnt=2)
+    counted.eval()
+    with pytest.raises(ValueError, match="returned 1 tensor.*output_cnt=2.*output_cnt=None"):
+        counted(mge.tensor(x))
+    wrap = PyTorchModule(tmod, output_cnt=None)
+    out = wrap(mge.tensor(x))
+    assert type(out) is Outputs
+    wrap.eval()
+    got = wrap(mge.tensor(x))
+    assert type(got) is mge.Tensor
+    np.testing.assert_allclose(got.numpy(), tmod.main(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-6)
+
+
+def test_outputs_that_are_no_tensors_are_refused_clearly():
+    class Returns(nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return self.value(x)
+
+    class Boxes:  # no container the wrapper knows: what it holds cannot be found
+        pass
+
+    x = mge.tensor([1.0])
+    with pytest.raises(TypeError, match="returned a Boxes among its outputs"):
+        PyTorchModule(Returns(lambda x: (x, Boxes())), output_cnt=None)(x)
+    with pytest.raises(ValueError, match="returned list with no tensor"):
+        PyTorchModule(Returns(lambda x: [None, 1]), output_cnt=None)(x)
+    with pytest.raises(TypeError, match="returned int; it must return a tensor"):
+        PyTorchModule(Returns(lambda x: 3), output_cnt=None)(x)
+
 
 def test_unused_parameter_and_unused_output_get_no_gradient():
     class Partial(nn.Module):
@@ -745,6 +869,71 @@ def test_tensors_inside_list_and_dict_arguments_are_inputs_with_gradients():
     np.testing.assert_allclose(y.item(), (a_np * b_np).sum() + 6.0, rtol=1e-5)
     np.testing.assert_allclose(a.grad.numpy(), b_np, rtol=1e-6)
     np.testing.assert_allclose(c.grad.numpy(), np.ones(3), rtol=1e-6)
+
+
+Batch = collections.namedtuple("Batch", ["images", "weights"])
+
+
+class ReadsBatch(nn.Module):
+    """Reads its argument by attribute (a namedtuple) or by key (a dict subclass), as a data
+    pipeline's batch, and checks the type it got."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.scale = nn.Linear(3, 2)
+
+    def forward(self, batch, size):
+        assert type(batch) is self.kind and type(size) is torch.Size, (type(batch), type(size))
+        if isinstance(batch, tuple):
+            images, weights = batch.images, batch.weights
+        else:
+            images, weights = batch["images"], batch["weights"]
+        return (self.scale(images) * weights).reshape(size)
+
+
+@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict])
+def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
+    # earlier versions of this fork passed them on with the megengine tensors inside, which the
+    # torch module then computed with outside torch (no gradient reached its parameters)
+    rs = np.random.RandomState(0)
+    x_np, w_np = rs.randn(4, 3).astype("float32"), rs.randn(4, 2).astype("float32")
+
+    def batch(x, w):
+        if kind is Batch:
+            return Batch(x, w)
+        if kind is collections.defaultdict:
+            return collections.defaultdict(list, images=x, weights=w)
+        return collections.OrderedDict(images=x, weights=w)
+
+    tmod = ReadsBatch(kind)
+    ref = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    x, w = mge.tensor(x_np), mge.tensor(w_np)
+    y = grads_of(lambda: wrap(batch(x, w), torch.Size([8])), [x, w, *wrap.parameters()])
+    xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
+    yt = ref(batch(xt, wt), torch.Size([8]))
+    yt.sum().backward()
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-6)
+    for mine, theirs in ((x, xt), (w, wt)):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-6)
+    refp = dict(ref.named_parameters())
+    for name, p in wrap.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5)
+
+
+def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported():
+    class Holder:  # an argument of a class of its own: the wrapper does not look inside
+        def __init__(self, t):
+            self.t = t
+
+    class ReadsHolder(nn.Module):
+        def forward(self, x, holder):
+            return x + holder.t
+
+    x = mge.tensor([1.0])
+    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+        PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
 
 
 def test_input_writes_are_learned_per_mode():
