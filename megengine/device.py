@@ -234,7 +234,8 @@ def canonical_device(device=None) -> str:
     """
     if device is None:
         device = _default_device
-    name = str(getattr(device, "logical_name", device))
+    # (a CompNode is a str: its text names the device; other objects by their logical name)
+    name = str(device) if isinstance(device, str) else str(getattr(device, "logical_name", device))
     kind, index = parse_device_name(name)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"

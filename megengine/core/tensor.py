@@ -35,9 +35,20 @@ class CompNode(str):
 
     @property
     def logical_name(self):
-        """The name with its stream, as upstream spells it: ``"cpu0:0"``, ``"gpu1:0"``."""
+        """The name with its stream, as upstream spells it: ``"cpu1:0"``, ``"gpu1:0"``; for the
+        device the default device resolves to, the default's name (``"xpux:0"``), as upstream
+        names its default-device tensors (pickles record it: upstream's ops refuse to mix a
+        loaded ``"cpu0:0"`` tensor with its ``xpux`` ones). A tensor does not remember the
+        name it was made with, so an explicit ``"cpu0"`` there is ``"xpux:0"`` too."""
         name = str(self)
-        return name if ":" in name else name + ":0"
+        if ":" in name:
+            return name
+        from ..device import canonical_device, get_default_device
+
+        default = get_default_device()
+        if name == canonical_device(default):
+            return default if ":" in default else default + ":0"
+        return name + ":0"
 
     @property
     def physical_name(self):
@@ -519,18 +530,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         value = self.numpy()
         if _fmt.shows_physical(self):  # the pickle holds the NCHW value, as upstream's default
             value = _fmt.to_logical(value)
-        return (value, self.dtype, self._saved_device())
-
-    def _saved_device(self):
-        """The device name a pickle records: the default device's name (``"xpux:0"``) for a
-        tensor on the device it resolves to, as upstream records its default-device tensors
-        (its ops refuse to mix a loaded ``"cpu0:0"`` tensor with ``xpux`` ones), else the
-        tensor's own (``"cpu1:0"``, ``"gpu0:2"``)."""
-        name = self.device.logical_name
-        default = _device_mod.get_default_device()
-        if name.endswith(":0") and name[:-2] == _device_mod.canonical_device(default):
-            return default if ":" in default else default + ":0"
-        return name
+        return (value, self.dtype, self.device.logical_name)
 
     def __getstate__(self):
         state = {}

@@ -371,9 +371,14 @@ def test_qparams_created_on_first_use_and_per_tensor():
 
 
 def test_device_logical_name_carries_the_stream():
-    x = Tensor([1.0], device="cpux")
-    assert x.device == "cpu0" and x.device.logical_name == "cpu0:0"
-    assert canonical_device(x.device.logical_name) == "cpu0"
+    x = Tensor([1.0], device="cpu1")
+    assert x.device == "cpu1" and x.device.logical_name == "cpu1:0"
+    assert canonical_device(x.device.logical_name) == "cpu1"
+    # the device the default resolves to is named as the default, as upstream's default tensors
+    # (upstream 1.13 measured: Tensor([1.0]).device.logical_name is "xpux:0")
+    y = Tensor([1.0])
+    assert y.device.logical_name == mge.get_default_device() + ":0"
+    assert canonical_device(y.device.logical_name) == str(y.device)
 
 
 def test_device_physical_name_is_the_resolved_device_with_its_stream():
