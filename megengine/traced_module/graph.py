@@ -66,7 +66,8 @@ class NameSpace:
             base = getattr(expr.func, "__name__", "func").lower() + "_out"
         elif isinstance(expr, CallMethod):
             if isinstance(expr.inputs[0], ModuleNode) and expr.method == "__call__":
-                base = f"{expr.inputs[0].name}_out"
+                callee = expr.__dict__.pop("_callee_name", None)  # the read it was called by
+                base = f"{callee or expr.inputs[0].name}_out"
                 qual = f"{expr.inputs[0].qualname}.[out]"
             else:
                 base = expr.method.strip("_") + "_out"

@@ -189,6 +189,7 @@ class _Scope:
         self.values = {id(module): (module, self_node)}  # id -> (object, node)
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
+        self.call_names = {}  # id(submodule) -> the name of its latest read (`read_attribute`)
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -296,6 +297,8 @@ class Tracer:
         self._set(Module, "__call__", vars(Module)["__call__"],
                   _module_call_wrapper(vars(Module)["__call__"]))
         if not self.surgery:
+            self._set(Module, "__getattribute__", vars(Module).get("__getattribute__"),
+                      _module_getattribute_wrapper(Module.__getattribute__))
             shape = tensor_dict["shape"]
             self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
             self._set(Tensor, "__len__", tensor_dict["__len__"],
@@ -316,6 +319,8 @@ class Tracer:
             target, name, orig = self._patched.pop()
             if isinstance(target, dict):
                 target[name] = orig
+            elif orig is None:  # the class had none of its own
+                delattr(target, name)
             else:
                 setattr(target, name, orig)
         return False
@@ -370,6 +375,30 @@ class Tracer:
         scope.emit(expr)
         self.bind(obj, node)
         return node
+
+    def read_attribute(self, value):
+        """Traced code read ``value``, a submodule or tensor, as an attribute: as upstream, its
+        getattr is recorded here, where it is read (``self.relu(self.bn(self.conv(x)))``
+        reads relu, bn, conv in that order, which ids and names follow), and each further
+        read of a submodule takes a name of its own, which its call's outputs are named
+        after (the second ``self.a(x)`` gives ``a_1_out``)."""
+        scope = self.scope
+        self.depth += 1
+        try:
+            key = scope.attr_key(value)
+        finally:
+            self.depth -= 1
+        if key is None:
+            return
+        first = not self.known(value)
+        node = self.node_of(value)
+        if isinstance(value, Module):
+            name = node._name
+            if not first:
+                namespace = scope.graph._namespace
+                name = namespace.create_unique_name(key.replace(".", "_"))
+                namespace.used_names[name] = node
+            scope.call_names[id(value)] = name
 
     def adopt(self, tensor, attributes):
         """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
@@ -548,11 +577,13 @@ class Tracer:
         self.check(expr, [tensor])
 
     def call_module(self, module, args, kwargs, orig_call):
+        expr = CallMethod(None, "__call__")
+        expr._callee_name = self.scope.call_names.get(id(module))
         if is_builtin(module):
-            return self._record(CallMethod(None, "__call__"), args, kwargs,
+            return self._record(expr, args, kwargs,
                                 lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
         # (a traced x.shape given to it is an input of its graph: the shape tensor, as upstream)
-        return self._record(CallMethod(None, "__call__"), args, kwargs,
+        return self._record(expr, args, kwargs,
                             lambda *a, **k: self._trace_user_call(module, a, k, orig_call),
                             self_obj=module, shape_inputs=True)
 
@@ -628,6 +659,10 @@ class Tracer:
             self.patch_globals_of(forward)
             # functions kept on the instance (``self.add = F.add``) are seen too
             self._patch_namespace(vars(module), _wrapper_of)
+            if type(module).forward is _sequential_forward():
+                # without its cached call order, forward reads all its layers before calling
+                # the first, as upstream's Sequential.forward does (their getattrs come first)
+                module.__dict__.pop("_call_order", None)
             result = forward(*args, **kwargs)
             out_leaves, out_def = tree_flatten(result, lambda x: isinstance(x, Tensor))
             for leaf in _const_leaves(out_def):
@@ -907,6 +942,23 @@ def _tensor_init_wrapper(orig):
 
     __init__.__wrapped__ = orig
     return __init__
+
+
+def _module_getattribute_wrapper(orig):
+    def __getattribute__(self, name):
+        value = orig(self, name)
+        if isinstance(value, (Tensor, Module)):
+            tracer = _active
+            if tracer is not None and not tracer.depth and tracer.scopes:
+                tracer.read_attribute(value)
+        return value
+
+    return __getattribute__
+
+
+def _sequential_forward():
+    from ..module.sequential import Sequential
+    return Sequential.forward
 
 
 def _module_call_wrapper(orig):

@@ -590,3 +590,34 @@ def test_broadcast_to_at_the_traced_shape_does_not_bind_its_input_to_its_output(
     for got, want in zip(tm(x, y2), _BroadcastAndKeep()(x, y2)):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+class _ReadOrder(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.act = M.Linear(3, 3), M.Linear(3, 3), M.ReLU()
+        self.w = Tensor(np.ones(3, "float32"))
+        self.seq = M.Sequential(M.Linear(3, 3), M.ReLU())
+
+    def forward(self, x):
+        y = self.b(self.act(self.a(x * self.w))) + self.a(x)
+        return self.seq(y)
+
+
+def test_attributes_are_recorded_where_forward_reads_them_as_upstream():
+    # upstream records a getattr where Python evaluates ``self.b``, before the call's
+    # argument ``self.act(self.a(...))`` runs; a second read of ``a`` names its call's
+    # output ``a_1_out``; Sequential reads all its layers first. Names and ids as upstream
+    # 1.13 measured (trace_module of this module, ``graph.nodes(recursive=True)``).
+    tm = trace_module(_ReadOrder(), Tensor(np.ones((2, 3), "float32")))
+    nodes = tm.graph.nodes(recursive=True).as_list()
+    assert [n.name for n in nodes] == [
+        "self", "x", "b", "act", "a", "w", "mul_out", "a_out", "act_out", "b_out", "a_1_out",
+        "add_out", "seq", "seq_out", "self", "inp", "_0", "_1", "_0_out", "_1_out"]
+    assert [n._id for n in nodes] == list(range(20))
+    assert str(tm.graph.get_node_by_id(4).as_unique()) == "a"
+    x = Tensor(np.random.rand(2, 3).astype("float32"))
+    m = tm  # the traced module computes what its forward does
+    expect = m.seq(m.b(m.act(m.a(x * m.w))) + m.a(x))
+    np.testing.assert_allclose(tm(x).numpy(), expect.numpy(), rtol=1e-6)
+    assert "__getattribute__" not in vars(Module)  # nothing is left patched
