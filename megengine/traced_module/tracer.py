@@ -38,7 +38,7 @@ from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import tree_flatten
+from .pytree import SUPPORTED_TYPE, tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -737,8 +737,10 @@ def _input_names(spec, args, kwargs, leaves):
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{name}_{k}")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
+        elif isinstance(value, (list, tuple)) or type(value) in SUPPORTED_TYPE:
+            items = value if isinstance(value, (list, tuple)) else \
+                SUPPORTED_TYPE[type(value)].flatten(value)[0]  # register_supported_type's
+            for i, v in enumerate(items):
                 walk(v, f"{name}_{i}")
 
     for i, a in enumerate(args):
