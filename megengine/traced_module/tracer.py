@@ -231,12 +231,15 @@ class _ModuleRecord:
         self.outdefs = {}
 
 
-def _with_defaults(func, args, kwargs):
+def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional; other callables stay as called."""
-    if not (getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+    in ``expr.kwargs``). Only for megengine.functional and (``method``, ``args`` starting
+    with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as ``x.sum(1, False)``;
+    other callables stay as called."""
+    if not method and not (getattr(func, "__module__", None) or "").startswith(
+            "megengine.functional"):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -547,7 +550,8 @@ class Tracer:
             # their value, as here, when the step writes into a copy (F.copy: a new tensor of
             # the same array) that then stands for this one
             self.alias(obj, self.node_of(self.record_function(_copy, (obj,), {})))
-        return self._record(CallMethod(None, name), args, kwargs,
+        args, kwargs = _with_defaults(orig, (obj,) + tuple(args), kwargs, method=True)
+        return self._record(CallMethod(None, name), args[1:], kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
     def record_shape(self, tensor, shape):

@@ -621,3 +621,21 @@ def test_attributes_are_recorded_where_forward_reads_them_as_upstream():
     expect = m.seq(m.b(m.act(m.a(x * m.w))) + m.a(x))
     np.testing.assert_allclose(tm(x).numpy(), expect.numpy(), rtol=1e-6)
     assert "__getattribute__" not in vars(Module)  # nothing is left patched
+
+
+class _Reductions(M.Module):
+    def forward(self, x):
+        return x.mean(), x.sum(axis=1), x.flatten(1), x.max(1, keepdims=True), x.reshape(-1)
+
+
+def test_tensor_methods_record_every_argument_as_upstream():
+    # upstream 1.13 measured ([e.args[1:], e.kwargs] of each CallMethod): defaults filled
+    # in, positional, as for functional calls; *args methods (reshape) stay as called
+    tm = trace_module(_Reductions(), Tensor(np.ones((2, 3), "float32")))
+    calls = [e for e in tm.graph.exprs() if isinstance(e, CallMethod)]
+    assert [(e.method, e.args[1:], e.kwargs) for e in calls] == [
+        ("mean", (None, False), {}), ("sum", (1, False), {}), ("flatten", (1, -1), {}),
+        ("max", (1, True), {}), ("reshape", (-1,), {})]
+    x = Tensor(np.random.rand(2, 3).astype("float32"))
+    for got, expected in zip(tm(x), _Reductions()(x)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
