@@ -955,7 +955,10 @@ def _module_getattribute_wrapper(orig):
         value = orig(self, name)
         if isinstance(value, (Tensor, Module)):
             tracer = _active
-            if tracer is not None and not tracer.depth and tracer.scopes:
+            # (an attribute the instance holds, as upstream: a property's value is read by
+            # the property itself)
+            if tracer is not None and not tracer.depth and tracer.scopes \
+                    and name in orig(self, "__dict__"):
                 tracer.read_attribute(value)
         return value
 
