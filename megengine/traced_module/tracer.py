@@ -190,6 +190,8 @@ class _Scope:
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
         self.call_names = {}  # id(submodule) -> the name of its latest read (`read_attribute`)
+        self.defer_names = False  # while on, exprs wait for a name until first used
+        self.unnamed = set()  # those exprs (`_TracedShape.reading`)
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -219,7 +221,16 @@ class _Scope:
             self.pending.append(expr)
         else:
             self.graph._exprs.append(expr)
-        self.graph._namespace.auto_name(expr)
+        if self.defer_names:
+            self.unnamed.add(expr)
+        else:
+            self.graph._namespace.auto_name(expr)
+
+    def name_on_use(self, node):
+        """Name ``node`` now if its expr waits for a name (a size of a shape read ahead)."""
+        if node.expr in self.unnamed:
+            self.unnamed.discard(node.expr)
+            self.graph._namespace.auto_name(node.expr)
 
 
 class _ModuleRecord:
@@ -363,6 +374,7 @@ class Tracer:
         scope = self.scope
         entry = scope.values.get(id(obj))
         if entry is not None and entry[0] is obj:
+            scope.name_on_use(entry[1])
             return entry[1]
         key = scope.attr_key(obj)
         self.depth += 1
@@ -676,6 +688,8 @@ class Tracer:
             graph._outputs = [self.node_of(t) for t in out_leaves]
         finally:
             self.scopes.pop()
+        for expr in list(scope.unnamed):  # (read ahead, never used: dropped next)
+            scope.name_on_use(expr.outputs[0])
         _drop_dead_pure(graph)
         record = self.records.get(id(module))
         if record is None:
@@ -775,7 +789,15 @@ class _TracedShape(_trace_option.Shape):
     def reading(cls, shape_tensor, expr, ndim, given=False):
         """The shape whose sizes are recorded reads of ``shape_tensor`` (of the current
         graph), made by ``expr`` (a `ShapeOf`, of an outer graph when ``given``)."""
-        return cls(shape_tensor, expr, [shape_tensor[i] for i in range(ndim)], given)
+        # every size is read now, as its step must come before what uses it; only the sizes
+        # used take a name (upstream reads a size where the forward does: the names match)
+        scope = _active.scope
+        scope.defer_names = True
+        try:
+            sizes = [shape_tensor[i] for i in range(ndim)]
+        finally:
+            scope.defer_names = False
+        return cls(shape_tensor, expr, sizes, given)
 
     def _whole(self):
         self._expr.fixed_ndim = True
@@ -788,7 +810,14 @@ class _TracedShape(_trace_option.Shape):
             self._expr.read_by_call(int(index))
         if _trace_option._int_like(index) and -ndim <= index < 0:
             return self._tensor[index]  # (recorded)
-        return super().__getitem__(index)
+        got = super().__getitem__(index)
+        _name_read(got if isinstance(got, tuple) else (got,))
+        return got
+
+    def __iter__(self):  # unpacking counts the dims and reads every size, in order
+        self._whole()
+        _name_read(tuple.__iter__(self))
+        return _trace_option.Shape.__iter__(self)
 
     def __radd__(self, other):
         self._whole()
@@ -798,6 +827,19 @@ class _TracedShape(_trace_option.Shape):
         if np.dtype(dtype) == np.int32:  # (as core2.apply takes it: upstream's shape Tensor)
             return self._tensor
         return self._tensor.astype(dtype)  # (recorded)
+
+
+def _name_read(sizes):
+    """The forward read ``sizes`` (of a `_TracedShape`): they take their names now, in the
+    order read, as upstream names a size where it is read."""
+    tracer = _active
+    if tracer is None or not tracer.scopes:
+        return
+    scope = tracer.scope
+    for size in sizes:
+        entry = scope.values.get(id(size))
+        if entry is not None and entry[0] is size:
+            scope.name_on_use(entry[1])
 
 
 def _whole_use(name):
@@ -811,7 +853,7 @@ def _whole_use(name):
     return method
 
 
-for _name in ("__iter__", "__len__", "__contains__", "__add__", "__mul__", "__rmul__",
+for _name in ("__len__", "__contains__", "__add__", "__mul__", "__rmul__",
               "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "count", "index",
               "numpy", "tolist", "item", "__array__", "__array_function__"):
     setattr(_TracedShape, _name, _whole_use(_name))

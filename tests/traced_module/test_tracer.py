@@ -662,3 +662,27 @@ def test_a_property_reads_its_attribute_once_as_upstream():
     tm = trace_module(_PropertyHead(), Tensor(np.ones((2, 3), "float32")))
     assert [n.name for n in tm.graph.nodes()] == [
         "self", "x", "bn", "bn_1_out", "_head", "_head_out", "_head_1_out", "add_out"]
+
+
+class _SizesRead(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc(x)
+        a = a.reshape(a.shape[0], -1)
+        n, c, w = x.shape
+        return a, x.reshape(x.shape[0], 2, -1) * w
+
+
+def test_sizes_take_names_where_forward_reads_them_as_upstream():
+    # upstream 1.13 measured: a size is named where it is read (unpacking reads all three,
+    # getitem_out_1.._3, of which n and c go unused), so x.shape[0] after it is getitem_out_4
+    tm = trace_module(_SizesRead(), Tensor(np.ones((2, 3, 4), "float32")))
+    assert [n.name for n in tm.graph.nodes()] == [
+        "self", "x", "fc", "fc_out", "getvarshape_out", "getitem_out", "reshape_out",
+        "getvarshape_out_1", "getitem_out_3", "getvarshape_out_2", "getitem_out_4",
+        "reshape_out_1", "mul_out"]
+    x = Tensor(np.random.rand(5, 3, 4).astype("float32"))
+    assert [o.shape for o in tm(x)] == [(5, 12), (5, 2, 6)]
