@@ -43,6 +43,7 @@ outputs and parameters), `dump_testcases` (``input_data``); their names are impo
 import hashlib
 import io
 import json
+import warnings
 import zipfile
 from collections import namedtuple
 
@@ -126,11 +127,11 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
     ``input_data`` (upstream's test cases): see `make_testcases`; the program is run on each
     case as it is written to the file, and the outputs are stored next to the inputs."""
     unknown = set(options) - _NO_EFFECT
-    if unknown:
-        raise TypeError(f"dump() got unexpected keyword arguments {sorted(unknown)}; its "
-                        f"options are arg_names, output_names, user_info, enable_metadata, "
-                        f"input_data, repeat, silent, no_assert, maxerr, resize_input, "
-                        f"input_transform and {sorted(_NO_EFFECT)}")
+    if unknown:  # (a ValueError, as upstream's optimize_for_inference raises for them)
+        raise ValueError(f"dump() got unknown options {sorted(unknown)}; its "
+                         f"options are arg_names, output_names, user_info, enable_metadata, "
+                         f"input_data, repeat, silent, no_assert, maxerr, resize_input, "
+                         f"input_transform and {sorted(_NO_EFFECT)}")
     optimize = bool(options.get("optimize_for_inference", True))
     if optimize:
         from ..utils.network_optimize import check_options
@@ -253,8 +254,10 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
                               "silent": bool(silent)}
     elif (repeat, silent, no_assert, resize_input, input_transform) != (1, False, False, False,
                                                                          None):
-        raise TypeError("dump: repeat, silent, no_assert, resize_input and input_transform "
-                        "describe the test cases of input_data=..., which was not given")
+        # upstream accepts them without test cases (programs pass no_assert=True habitually)
+        warnings.warn("dump: repeat, silent, no_assert, resize_input and input_transform "
+                      "describe the test cases of input_data=..., which was not given: "
+                      "they are ignored", stacklevel=3)
     data = write_file(graph, w, file)
     # upstream counts its input and constant operators too; an alias is no operator
     n_oprs = len(inputs) + len(consts) + sum("alias" not in st for st in steps)

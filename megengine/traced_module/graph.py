@@ -7,7 +7,9 @@ return filters (``as_list()``, ``as_unique()``, narrowing by type, id or name).
 Editing: ``insert_exprs()`` (record new calls on nodes), ``replace_node``, ``compile`` (drop
 unused exprs), ``add_input_node``/``add_output_node``/``reset_outputs`` (top graph only).
 """
+import builtins
 import fnmatch
+import keyword
 import re
 from typing import Dict, List, Optional, Sequence
 
@@ -17,7 +19,9 @@ from .pytree import tree_flatten
 
 __all__ = ["InternalGraph", "NameSpace", "ExprFilter", "NodeFilter"]
 
-_RESERVED = {"self", "None", "True", "False", "inf", "nan"}
+# names a node never takes, as upstream: Python's builtins and keywords (``input``, ``filter``,
+# ``max`` become ``input_1``, ...) and inf / nan
+_TAKEN = frozenset(vars(builtins)) | frozenset(keyword.kwlist) | {"inf", "nan", "NoneType"}
 
 
 class NameSpace:
@@ -34,10 +38,12 @@ class NameSpace:
         name = re.sub(r"[^0-9a-zA-Z_]+", "_", name) or "node"
         if name[0].isdigit():
             name = "_" + name
-        base, n = name, 0
-        while self.used_names.get(name) is not None:
-            n += 1
-            name = f"{base}_{n}"
+        while self.used_names.get(name) is not None or name in _TAKEN:
+            # as upstream, a taken ``layer_1`` becomes ``layer_2``, a taken ``add_out``
+            # ``add_out_1``
+            numbered = re.match(r"(.*)_(\d+)$", name)
+            name = f"{numbered.group(1)}_{int(numbered.group(2)) + 1}" if numbered \
+                else f"{name}_1"
         self.used_names[name] = node
         return name
 
@@ -61,17 +67,23 @@ class NameSpace:
             qual = f"{expr.inputs[0].qualname}.{expr.name}"
         elif isinstance(expr, Constant):
             base = expr.name or ("const_module" if isinstance(expr.outputs[0], ModuleNode)
-                                 else "const_tensor")
+                                 else "const_" + type(expr.value).__name__.lower())
         elif isinstance(expr, CallFunction):
-            base = getattr(expr.func, "__name__", "func").lower() + "_out"
+            name = getattr(expr.func, "__name__", "func")
+            base = name.lower() + "_out"
+            qual = f"{self.qualname}.[func_{name}]"  # (upstream's qualnames of steps)
         elif isinstance(expr, CallMethod):
             if isinstance(expr.inputs[0], ModuleNode) and expr.method == "__call__":
-                base = f"{expr.inputs[0].name}_out"
+                callee = expr.__dict__.pop("_callee_name", None)  # the read it was called by
+                base = f"{callee or expr.inputs[0].name}_out"
                 qual = f"{expr.inputs[0].qualname}.[out]"
             else:
                 base = expr.method.strip("_") + "_out"
+                qual = f"{self.qualname}.[method_{expr.method.strip('_')}]"
         else:
-            base = type(getattr(expr, "op", expr)).__name__.lower() + "_out"
+            name = type(getattr(expr, "op", expr)).__name__.lower()
+            base = name + "_out"
+            qual = f"{self.qualname}.[def_{name}]"
         orig = None
         if isinstance(expr, GetAttr):
             orig = expr.name

@@ -24,10 +24,16 @@ NodeType = namedtuple("NodeType", ["flatten", "unflatten"])
 SUPPORTED_TYPE = {}  # container type -> its NodeType
 
 
-def register_supported_type(type_, flatten, unflatten):
+def register_supported_type(type_, flatten=None, unflatten=None):
     """Let ``type_`` be looked inside: ``flatten(value) -> (children, aux)`` and
-    ``unflatten(children, aux) -> value``; ``aux`` must be picklable and comparable."""
-    SUPPORTED_TYPE[type_] = NodeType(flatten, unflatten)
+    ``unflatten(children, aux) -> value``; ``aux`` must be picklable and comparable. Without
+    the two functions ``type_`` is a leaf, as upstream registers it: its values are kept as
+    constants of the graph, as values of every other type already are here."""
+    if (flatten is None) != (unflatten is None):
+        raise TypeError(f"register_supported_type({type_.__name__}): give both flatten and "
+                        f"unflatten (a container type) or neither (a leaf type)")
+    if flatten is not None:
+        SUPPORTED_TYPE[type_] = NodeType(flatten, unflatten)
 
 
 register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))

@@ -481,7 +481,12 @@ def _inline(graph, owner):
         flat._inputs.append(e.outputs[0])
         node_map[node] = e.outputs[0]
 
-    def copy_exprs(g, nmap):
+    def flat_name(node, prefix):
+        # as upstream, an inlined graph's nodes are named after the call's module node
+        # (``b1_relu_out``, ``seq__0``); the top graph's keep theirs (``a_1_out``)
+        return f"{prefix}_{node._name}" if prefix else node._name
+
+    def copy_exprs(g, nmap, prefix=""):
         for expr in g._exprs:
             sub = expr.graph if is_call_module(expr) else None
             if sub is not None and not getattr(expr.inputs[0].owner, "is_qat", False):
@@ -492,15 +497,15 @@ def _inline(graph, owner):
                 sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
                 sub_map.update(zip(sub._inputs[1:], leaves))
                 made = len(flat._exprs)
-                copy_exprs(sub, sub_map)
+                copy_exprs(sub, sub_map, nmap[expr.inputs[0]].name)
                 made = set(id(n) for e in flat._exprs[made:] for n in e.outputs)
                 for o, so in zip(expr.outputs, sub._outputs):
                     nmap[o] = sub_map[so]
-                    # as upstream, a result the inlined graph made is named after the call
-                    # (``conv_bn_out``); where it came from stays in ``_orig_name``
+                    # as upstream, a result the inlined graph made takes the call's output's
+                    # name (``conv_bn_out``); where it came from stays in ``_orig_name``
                     if id(nmap[o]) in made:
                         made.discard(id(nmap[o]))
-                        flat._namespace.rename(nmap[o], f"{nmap[expr.inputs[0]].name}_out")
+                        flat._namespace.rename(nmap[o], flat_name(o, prefix))
                 continue
             new = copy.copy(expr)
             new._id = Expr._next_id[0]
@@ -517,7 +522,7 @@ def _inline(graph, owner):
                 n = copy.copy(o)
                 renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
                 n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
-                                  _name="" if renamed else o._name,
+                                  _name=flat_name(o, prefix),
                                   _made_as=None if renamed else o._orig_name)
                 Node._next_id[0] += 1
                 if isinstance(n, TensorNode):

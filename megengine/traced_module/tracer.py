@@ -38,7 +38,7 @@ from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import tree_flatten
+from .pytree import SUPPORTED_TYPE, tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -189,6 +189,9 @@ class _Scope:
         self.values = {id(module): (module, self_node)}  # id -> (object, node)
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
+        self.call_names = {}  # id(submodule) -> the name of its latest read (`read_attribute`)
+        self.defer_names = False  # while on, exprs wait for a name until first used
+        self.unnamed = set()  # those exprs (`_TracedShape.reading`)
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -218,7 +221,16 @@ class _Scope:
             self.pending.append(expr)
         else:
             self.graph._exprs.append(expr)
-        self.graph._namespace.auto_name(expr)
+        if self.defer_names:
+            self.unnamed.add(expr)
+        else:
+            self.graph._namespace.auto_name(expr)
+
+    def name_on_use(self, node):
+        """Name ``node`` now if its expr waits for a name (a size of a shape read ahead)."""
+        if node.expr in self.unnamed:
+            self.unnamed.discard(node.expr)
+            self.graph._namespace.auto_name(node.expr)
 
 
 class _ModuleRecord:
@@ -230,12 +242,15 @@ class _ModuleRecord:
         self.outdefs = {}
 
 
-def _with_defaults(func, args, kwargs):
+def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional; other callables stay as called."""
-    if not (getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+    in ``expr.kwargs``). Only for megengine.functional and (``method``, ``args`` starting
+    with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as ``x.sum(1, False)``;
+    other callables stay as called."""
+    if not method and not (getattr(func, "__module__", None) or "").startswith(
+            "megengine.functional"):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -296,6 +311,8 @@ class Tracer:
         self._set(Module, "__call__", vars(Module)["__call__"],
                   _module_call_wrapper(vars(Module)["__call__"]))
         if not self.surgery:
+            self._set(Module, "__getattribute__", vars(Module).get("__getattribute__"),
+                      _module_getattribute_wrapper(Module.__getattribute__))
             shape = tensor_dict["shape"]
             self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
             self._set(Tensor, "__len__", tensor_dict["__len__"],
@@ -316,6 +333,8 @@ class Tracer:
             target, name, orig = self._patched.pop()
             if isinstance(target, dict):
                 target[name] = orig
+            elif orig is None:  # the class had none of its own
+                delattr(target, name)
             else:
                 setattr(target, name, orig)
         return False
@@ -355,6 +374,7 @@ class Tracer:
         scope = self.scope
         entry = scope.values.get(id(obj))
         if entry is not None and entry[0] is obj:
+            scope.name_on_use(entry[1])
             return entry[1]
         key = scope.attr_key(obj)
         self.depth += 1
@@ -370,6 +390,30 @@ class Tracer:
         scope.emit(expr)
         self.bind(obj, node)
         return node
+
+    def read_attribute(self, value):
+        """Traced code read ``value``, a submodule or tensor, as an attribute: as upstream, its
+        getattr is recorded here, where it is read (``self.relu(self.bn(self.conv(x)))``
+        reads relu, bn, conv in that order, which ids and names follow), and each further
+        read of a submodule takes a name of its own, which its call's outputs are named
+        after (the second ``self.a(x)`` gives ``a_1_out``)."""
+        scope = self.scope
+        self.depth += 1
+        try:
+            key = scope.attr_key(value)
+        finally:
+            self.depth -= 1
+        if key is None:
+            return
+        first = not self.known(value)
+        node = self.node_of(value)
+        if isinstance(value, Module):
+            name = node._name
+            if not first:
+                namespace = scope.graph._namespace
+                name = namespace.create_unique_name(key.replace(".", "_"))
+                namespace.used_names[name] = node
+            scope.call_names[id(value)] = name
 
     def adopt(self, tensor, attributes):
         """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
@@ -518,7 +562,8 @@ class Tracer:
             # their value, as here, when the step writes into a copy (F.copy: a new tensor of
             # the same array) that then stands for this one
             self.alias(obj, self.node_of(self.record_function(_copy, (obj,), {})))
-        return self._record(CallMethod(None, name), args, kwargs,
+        args, kwargs = _with_defaults(orig, (obj,) + tuple(args), kwargs, method=True)
+        return self._record(CallMethod(None, name), args[1:], kwargs,
                             lambda *a, **k: orig(obj, *a, **k), self_obj=obj)
 
     def record_shape(self, tensor, shape):
@@ -548,11 +593,13 @@ class Tracer:
         self.check(expr, [tensor])
 
     def call_module(self, module, args, kwargs, orig_call):
+        expr = CallMethod(None, "__call__")
+        expr._callee_name = self.scope.call_names.get(id(module))
         if is_builtin(module):
-            return self._record(CallMethod(None, "__call__"), args, kwargs,
+            return self._record(expr, args, kwargs,
                                 lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
         # (a traced x.shape given to it is an input of its graph: the shape tensor, as upstream)
-        return self._record(CallMethod(None, "__call__"), args, kwargs,
+        return self._record(expr, args, kwargs,
                             lambda *a, **k: self._trace_user_call(module, a, k, orig_call),
                             self_obj=module, shape_inputs=True)
 
@@ -628,6 +675,10 @@ class Tracer:
             self.patch_globals_of(forward)
             # functions kept on the instance (``self.add = F.add``) are seen too
             self._patch_namespace(vars(module), _wrapper_of)
+            if type(module).forward is _sequential_forward():
+                # without its cached call order, forward reads all its layers before calling
+                # the first, as upstream's Sequential.forward does (their getattrs come first)
+                module.__dict__.pop("_call_order", None)
             result = forward(*args, **kwargs)
             out_leaves, out_def = tree_flatten(result, lambda x: isinstance(x, Tensor))
             for leaf in _const_leaves(out_def):
@@ -637,6 +688,8 @@ class Tracer:
             graph._outputs = [self.node_of(t) for t in out_leaves]
         finally:
             self.scopes.pop()
+        for expr in list(scope.unnamed):  # (read ahead, never used: dropped next)
+            scope.name_on_use(expr.outputs[0])
         _drop_dead_pure(graph)
         record = self.records.get(id(module))
         if record is None:
@@ -702,8 +755,10 @@ def _input_names(spec, args, kwargs, leaves):
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{name}_{k}")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
+        elif isinstance(value, (list, tuple)) or type(value) in SUPPORTED_TYPE:
+            items = value if isinstance(value, (list, tuple)) else \
+                SUPPORTED_TYPE[type(value)].flatten(value)[0]  # register_supported_type's
+            for i, v in enumerate(items):
                 walk(v, f"{name}_{i}")
 
     for i, a in enumerate(args):
@@ -734,7 +789,15 @@ class _TracedShape(_trace_option.Shape):
     def reading(cls, shape_tensor, expr, ndim, given=False):
         """The shape whose sizes are recorded reads of ``shape_tensor`` (of the current
         graph), made by ``expr`` (a `ShapeOf`, of an outer graph when ``given``)."""
-        return cls(shape_tensor, expr, [shape_tensor[i] for i in range(ndim)], given)
+        # every size is read now, as its step must come before what uses it; only the sizes
+        # used take a name (upstream reads a size where the forward does: the names match)
+        scope = _active.scope
+        scope.defer_names = True
+        try:
+            sizes = [shape_tensor[i] for i in range(ndim)]
+        finally:
+            scope.defer_names = False
+        return cls(shape_tensor, expr, sizes, given)
 
     def _whole(self):
         self._expr.fixed_ndim = True
@@ -747,7 +810,14 @@ class _TracedShape(_trace_option.Shape):
             self._expr.read_by_call(int(index))
         if _trace_option._int_like(index) and -ndim <= index < 0:
             return self._tensor[index]  # (recorded)
-        return super().__getitem__(index)
+        got = super().__getitem__(index)
+        _name_read(got if isinstance(got, tuple) else (got,))
+        return got
+
+    def __iter__(self):  # unpacking counts the dims and reads every size, in order
+        self._whole()
+        _name_read(tuple.__iter__(self))
+        return _trace_option.Shape.__iter__(self)
 
     def __radd__(self, other):
         self._whole()
@@ -757,6 +827,19 @@ class _TracedShape(_trace_option.Shape):
         if np.dtype(dtype) == np.int32:  # (as core2.apply takes it: upstream's shape Tensor)
             return self._tensor
         return self._tensor.astype(dtype)  # (recorded)
+
+
+def _name_read(sizes):
+    """The forward read ``sizes`` (of a `_TracedShape`): they take their names now, in the
+    order read, as upstream names a size where it is read."""
+    tracer = _active
+    if tracer is None or not tracer.scopes:
+        return
+    scope = tracer.scope
+    for size in sizes:
+        entry = scope.values.get(id(size))
+        if entry is not None and entry[0] is size:
+            scope.name_on_use(entry[1])
 
 
 def _whole_use(name):
@@ -770,7 +853,7 @@ def _whole_use(name):
     return method
 
 
-for _name in ("__iter__", "__len__", "__contains__", "__add__", "__mul__", "__rmul__",
+for _name in ("__len__", "__contains__", "__add__", "__mul__", "__rmul__",
               "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "count", "index",
               "numpy", "tolist", "item", "__array__", "__array_function__"):
     setattr(_TracedShape, _name, _whole_use(_name))
@@ -907,6 +990,26 @@ def _tensor_init_wrapper(orig):
 
     __init__.__wrapped__ = orig
     return __init__
+
+
+def _module_getattribute_wrapper(orig):
+    def __getattribute__(self, name):
+        value = orig(self, name)
+        if isinstance(value, (Tensor, Module)):
+            tracer = _active
+            # (an attribute the instance holds, as upstream: a property's value is read by
+            # the property itself)
+            if tracer is not None and not tracer.depth and tracer.scopes \
+                    and name in orig(self, "__dict__"):
+                tracer.read_attribute(value)
+        return value
+
+    return __getattribute__
+
+
+def _sequential_forward():
+    from ..module.sequential import Sequential
+    return Sequential.forward
 
 
 def _module_call_wrapper(orig):

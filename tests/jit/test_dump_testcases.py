@@ -89,8 +89,9 @@ def test_test_case_errors_are_clear():
         g = trace(lambda x: x.reshape(6), symbolic=True, capture_as_const=True)
         g(mge.tensor(np.zeros((2, 3), "float32")))
         g.dump(io.BytesIO(), input_data="#rand(0, 1, 5)")
-    with pytest.raises(TypeError, match="input_data"):
-        f.dump(io.BytesIO(), repeat=2)
+    # upstream 1.13 measured: without input_data these options are accepted (and ignored)
+    with pytest.warns(UserWarning, match="input_data=..., which was not given"):
+        f.dump(io.BytesIO(), repeat=2, no_assert=True)
     with pytest.raises(DumpError, match="gives 2 arrays"):
         f.dump(io.BytesIO(), input_data=[[np.zeros((2, 3)), np.zeros((2, 3))]])
 

@@ -22,7 +22,7 @@ def test_replace_inputs_lets_one_expr_read_a_new_node():
     x = Tensor(np.random.randn(2, 3).astype(np.float32))
     tm = trace_module(net, x)
     graph = tm.graph
-    call_b = graph.get_module_by_type(M.Linear).as_list()[1].users[0]
+    call_b = graph.get_node_by_name("TwoLinear_b").as_unique().users[0]
     a_out = call_b.inputs[1]
     with graph.insert_exprs():
         doubled = a_out * 2
@@ -37,7 +37,8 @@ def test_replace_inputs_refuses_wrong_nodes():
     net = TwoLinear()
     x = Tensor(np.random.randn(2, 3).astype(np.float32))
     graph = trace_module(net, x).graph
-    call_a, call_b = [n.users[0] for n in graph.get_module_by_type(M.Linear).as_list()]
+    call_a, call_b = [graph.get_node_by_name(f"TwoLinear_{n}").as_unique().users[0]
+                      for n in ("a", "b")]
     with pytest.raises(ValueError, match="no input"):
         call_a.replace_inputs({call_b.outputs[0]: graph.inputs[1]})
     with pytest.raises(ValueError, match="made after"):  # b's output comes after a

@@ -281,3 +281,35 @@ def test_flatten_names_inlined_results_after_the_call_and_keeps_their_origin():
     assert [n._orig_name for n in cat.inputs] == ["bn_out", "conv_bn.1_out"]
     cat.inputs[1].name = "renamed"
     assert cat.inputs[1]._orig_name == "conv_bn.1_out"
+
+
+class _FcRelu(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(3, 3)
+
+    def forward(self, x):
+        return F.relu(self.fc(x))
+
+
+class _CallsTwice(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = _FcRelu()
+        self.seq = M.Sequential(_FcRelu(), M.ReLU())
+
+    def forward(self, x):
+        return self.seq(self.a(x)) + self.a(x)
+
+
+def test_flatten_names_inlined_nodes_after_their_call_as_upstream():
+    # an inlined graph's nodes are prefixed by the call's module node (``seq`` + ``_0``),
+    # the top graph's keep their names (``a_1_out``): upstream 1.13 measured
+    # (``[n.name for n in tm.flatten().graph.nodes()]``)
+    x = Tensor(np.random.rand(2, 3).astype("float32"))
+    tm = trace_module(_CallsTwice(), x)
+    flat = tm.flatten()
+    assert [n.name for n in flat.graph.nodes()] == [
+        "self", "x", "a_fc", "a_fc_out", "a_out", "seq__1", "seq__0_fc", "seq__0_fc_out",
+        "seq__0_out", "seq_out", "a_fc_out_1", "a_1_out", "add_out"]
+    np.testing.assert_allclose(flat(x).numpy(), tm(x).numpy(), rtol=1e-6)

@@ -590,3 +590,99 @@ def test_broadcast_to_at_the_traced_shape_does_not_bind_its_input_to_its_output(
     for got, want in zip(tm(x, y2), _BroadcastAndKeep()(x, y2)):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+class _ReadOrder(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.act = M.Linear(3, 3), M.Linear(3, 3), M.ReLU()
+        self.w = Tensor(np.ones(3, "float32"))
+        self.seq = M.Sequential(M.Linear(3, 3), M.ReLU())
+
+    def forward(self, x):
+        y = self.b(self.act(self.a(x * self.w))) + self.a(x)
+        return self.seq(y)
+
+
+def test_attributes_are_recorded_where_forward_reads_them_as_upstream():
+    # upstream records a getattr where Python evaluates ``self.b``, before the call's
+    # argument ``self.act(self.a(...))`` runs; a second read of ``a`` names its call's
+    # output ``a_1_out``; Sequential reads all its layers first. Names and ids as upstream
+    # 1.13 measured (trace_module of this module, ``graph.nodes(recursive=True)``).
+    tm = trace_module(_ReadOrder(), Tensor(np.ones((2, 3), "float32")))
+    nodes = tm.graph.nodes(recursive=True).as_list()
+    assert [n.name for n in nodes] == [
+        "self", "x", "b", "act", "a", "w", "mul_out", "a_out", "act_out", "b_out", "a_1_out",
+        "add_out", "seq", "seq_out", "self", "inp", "_0", "_1", "_0_out", "_1_out"]
+    assert [n._id for n in nodes] == list(range(20))
+    assert str(tm.graph.get_node_by_id(4).as_unique()) == "a"
+    x = Tensor(np.random.rand(2, 3).astype("float32"))
+    m = tm  # the traced module computes what its forward does
+    expect = m.seq(m.b(m.act(m.a(x * m.w))) + m.a(x))
+    np.testing.assert_allclose(tm(x).numpy(), expect.numpy(), rtol=1e-6)
+    assert "__getattribute__" not in vars(Module)  # nothing is left patched
+
+
+class _Reductions(M.Module):
+    def forward(self, x):
+        return x.mean(), x.sum(axis=1), x.flatten(1), x.max(1, keepdims=True), x.reshape(-1)
+
+
+def test_tensor_methods_record_every_argument_as_upstream():
+    # upstream 1.13 measured ([e.args[1:], e.kwargs] of each CallMethod): defaults filled
+    # in, positional, as for functional calls; *args methods (reshape) stay as called
+    tm = trace_module(_Reductions(), Tensor(np.ones((2, 3), "float32")))
+    calls = [e for e in tm.graph.exprs() if isinstance(e, CallMethod)]
+    assert [(e.method, e.args[1:], e.kwargs) for e in calls] == [
+        ("mean", (None, False), {}), ("sum", (1, False), {}), ("flatten", (1, -1), {}),
+        ("max", (1, True), {}), ("reshape", (-1,), {})]
+    x = Tensor(np.random.rand(2, 3).astype("float32"))
+    for got, expected in zip(tm(x), _Reductions()(x)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+
+
+class _PropertyHead(M.Module):
+    def __init__(self):
+        super().__init__()
+        self._head = M.Linear(3, 3)
+        self.bn = M.BatchNorm1d(3)
+
+    @property
+    def head(self):
+        return self._head
+
+    def forward(self, x):
+        if self.bn is not None:  # a read of bn, as the call's is another
+            x = self.bn(x)
+        return self.head(x) + self.head(x)
+
+
+def test_a_property_reads_its_attribute_once_as_upstream():
+    # upstream 1.13 measured: [n.name for n in tm.graph.nodes()]
+    tm = trace_module(_PropertyHead(), Tensor(np.ones((2, 3), "float32")))
+    assert [n.name for n in tm.graph.nodes()] == [
+        "self", "x", "bn", "bn_1_out", "_head", "_head_out", "_head_1_out", "add_out"]
+
+
+class _SizesRead(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = M.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc(x)
+        a = a.reshape(a.shape[0], -1)
+        n, c, w = x.shape
+        return a, x.reshape(x.shape[0], 2, -1) * w
+
+
+def test_sizes_take_names_where_forward_reads_them_as_upstream():
+    # upstream 1.13 measured: a size is named where it is read (unpacking reads all three,
+    # getitem_out_1.._3, of which n and c go unused), so x.shape[0] after it is getitem_out_4
+    tm = trace_module(_SizesRead(), Tensor(np.ones((2, 3, 4), "float32")))
+    assert [n.name for n in tm.graph.nodes()] == [
+        "self", "x", "fc", "fc_out", "getvarshape_out", "getitem_out", "reshape_out",
+        "getvarshape_out_1", "getitem_out_3", "getvarshape_out_2", "getitem_out_4",
+        "reshape_out_1", "mul_out"]
+    x = Tensor(np.random.rand(5, 3, 4).astype("float32"))
+    assert [o.shape for o in tm(x)] == [(5, 12), (5, 2, 6)]
