@@ -203,7 +203,19 @@ def _mapping_unpickler(base):
         def find_class(self, module, name):
             if module == "torch.storage" and name == "_load_from_bytes":
                 return _load_torch_storage
-            return super().find_class(module, name)
+            try:
+                return super().find_class(module, name)
+            except (AttributeError, ImportError) as e:
+                if module.split(".")[0] != "megengine":
+                    raise
+                # an internal class of upstream's that this engine does not have (a pickled
+                # TracedModule's graph nodes: megengine.traced_module.node.NodeMixin, ...)
+                raise pickle.UnpicklingError(
+                    f"load: the file names {module}.{name}, an internal class of upstream "
+                    f"MegEngine that this engine does not provide ({e}). Files of tensors, "
+                    "state dicts, modules and optimizer states load; for a pickled "
+                    "TracedModule, load it in upstream and save its state_dict, then trace the "
+                    "module here (megengine.traced_module.trace_module)") from None
 
     return _MappingUnpickler
 
