@@ -144,7 +144,7 @@ def _saved_key(dev):
 def _mapped_by_table(table, dev):
     """Where a dict ``map_location`` (``table``, by `_device_key`) sends a tensor saved on
     ``dev``. Upstream matches keys exactly; here a tensor saved on the default device's name
-    (``"xpux:0"``, as `Tensor._saved_device` and upstream record default tensors) also goes where
+    (``"xpux:0"``, as `CompNode.logical_name` and upstream name default tensors) also goes where
     the key naming the device that name resolves to on this machine says (``{"cpu0": ...}``)."""
     key = _saved_key(dev)
     if key in table or not key.endswith("x"):
