@@ -221,8 +221,36 @@ def parse_device_name(name: str):
     raise ValueError(f"unknown device {name!r}: expected {_NAME_FORMS}")
 
 
+class _Device(str):
+    """A canonical device name ("cpu0", "gpu1"; equal to and hashed as that text) that also
+    remembers the name the program asked for, as upstream's logical comp node name
+    (``_logical``: "xpux:0" for the default device, "cpu0:0" for ``device="cpu0"``). Tensors keep
+    the one they were made with, an op's outputs take their input's, so
+    ``x.device.logical_name`` and the name ``mge.save`` records are the program's own."""
+
+    def __reduce__(self):  # pickled as its text: files never name this class
+        return (str, (str(self),))
+
+
+_NAMED = {}  # (canonical, logical) -> its _Device, made once
+
+
+@functools.lru_cache(maxsize=256)
+def _logical_name(name):
+    """Upstream's logical name of a device name: the name with its stream ("cpu0" -> "cpu0:0",
+    "xpu" -> "xpux:0", "cpu:0" -> "cpu0:0"); multithread and default-CPU names as given."""
+    m = _DEVICE_RE.fullmatch(name)
+    if m is None or m.group(1) == "multithread":
+        return name if ":" in name else name + ":0"
+    kind, number, stream = m.groups()
+    if number is None:
+        number = "x" if kind == "xpu" and stream is None else "0"
+    return f"{kind}{number}:{stream or 0}"
+
+
 def canonical_device(device=None) -> str:
-    """Validate a device name and return the device it means: "cpu<N>" or "gpu<N>".
+    """Validate a device name and return the device it means: "cpu<N>" or "gpu<N>" (a str that
+    also remembers the name as given: ``_Device``).
 
     "xpux"/"xpuN" mean "the best device there is": a GPU when CUDA is available, else the CPU
     device of that number. "cpuN" are upstream's CPU computing nodes: one host memory, but
@@ -232,23 +260,31 @@ def canonical_device(device=None) -> str:
     here use their libraries' own thread pools. Names are parsed as upstream parses them
     (`parse_device_name`): "cpu:0" is "cpu0", "gpu0:1" is "gpu0" (one stream per device here).
     """
+    if type(device) is _Device:  # a tensor's own: already checked
+        return device
     if device is None:
         device = _default_device
-    # (a CompNode is a str: its text names the device; other objects by their logical name)
+    # a CompNode is a str naming the device, and may carry its tensor's logical name; other
+    # objects (upstream's CompNode-likes) by their logical name
+    logical = getattr(device, "_logical", None)
     name = str(device) if isinstance(device, str) else str(getattr(device, "logical_name", device))
     kind, index = parse_device_name(name)
     if kind == "xpu":
         kind = "gpu" if is_cuda_available() else "cpu"
-    if kind == "cpu":
-        return "cpu" + ("0" if index == "x" else str(int(index)))
-    if not is_cuda_available():
-        raise RuntimeError(
-            f"device {name!r} needs CUDA, but no CUDA device is usable here: install CuPy "
-            "(pip install cupy-cuda12x) on a machine with an NVIDIA GPU, or use 'cpu0'/'xpux'"
-        )
-    if index != "x" and int(index) >= get_device_count("gpu"):
-        raise ValueError(f"device {name!r}: only {get_device_count('gpu')} GPU(s) are visible")
-    return "gpu" + ("0" if index == "x" else str(int(index)))
+    if kind == "gpu":
+        if not is_cuda_available():
+            raise RuntimeError(
+                f"device {name!r} needs CUDA, but no CUDA device is usable here: install CuPy "
+                "(pip install cupy-cuda12x) on a machine with an NVIDIA GPU, or use 'cpu0'/'xpux'"
+            )
+        if index != "x" and int(index) >= get_device_count("gpu"):
+            raise ValueError(f"device {name!r}: only {get_device_count('gpu')} GPU(s) are visible")
+    key = (kind + ("0" if index == "x" else str(int(index))), logical or _logical_name(name))
+    named = _NAMED.get(key)
+    if named is None:
+        named = _NAMED[key] = _Device(key[0])
+        named._logical = key[1]
+    return named
 
 
 def get_default_device() -> str:

@@ -77,8 +77,8 @@ def load(f, map_location=None, pickle_module=pickle):
       devices upstream's name parser reads (streams left out: ``"gpu0:0"`` and ``"gpu0"`` are one
       key, ``"cpu:0"`` is ``"cpu0"``, ``"multithread4:1"`` is ``"cpu1"``; ``"gpux"`` is not
       ``"gpu0"``); a tensor saved under the default device's name (``"xpux:0"``: ``save``
-      records tensors on the device the default resolves to so, as upstream) also matches the
-      key of the device that name resolves to here (``"cpu0"``, or ``"gpu0"`` with a GPU);
+      records each tensor under the name it was made with, as upstream) also matches the key
+      of the device that name resolves to here (``"cpu0"``, or ``"gpu0"`` with a GPU);
     - a callable ``fn(saved device) -> device``; it receives the saved logical name, such as
       ``"gpu0:0"`` or ``"xpux:0"``.
 

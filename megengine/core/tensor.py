@@ -33,22 +33,23 @@ def as_array(value, dtype=None, device=None, copy=True):
 class CompNode(str):
     """A device name as upstream's ``Tensor.device`` reports it; compares equal to the name."""
 
+    def __new__(cls, name, logical=None):
+        self = str.__new__(cls, name)
+        # the name the tensor was made with (a `_Device` carries it), else the text's own
+        self._logical = logical or getattr(name, "_logical", None)
+        return self
+
     @property
     def logical_name(self):
-        """The name with its stream, as upstream spells it: ``"cpu1:0"``, ``"gpu1:0"``; for the
-        device the default device resolves to, the default's name (``"xpux:0"``), as upstream
-        names its default-device tensors (pickles record it: upstream's ops refuse to mix a
-        loaded ``"cpu0:0"`` tensor with its ``xpux`` ones). A tensor does not remember the
-        name it was made with, so an explicit ``"cpu0"`` there is ``"xpux:0"`` too."""
-        name = str(self)
-        if ":" in name:
-            return name
-        from ..device import canonical_device, get_default_device
+        """The name the program gave, with its stream, as upstream spells it: ``"cpu0:0"`` for a
+        tensor made with ``device="cpu0"`` (and every result computed from it), ``"xpux:0"``
+        for the default device (pickles record it: upstream's ops refuse to mix a loaded
+        ``"cpu0:0"`` tensor with its ``xpux`` ones)."""
+        if self._logical:
+            return self._logical
+        from ..device import _logical_name
 
-        default = get_default_device()
-        if name == canonical_device(default):
-            return default if ":" in default else default + ":0"
-        return name + ":0"
+        return _logical_name(str(self))
 
     @property
     def physical_name(self):
@@ -520,8 +521,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return f"Tensor({body}{extra}, device={self._device_label()})"
 
     def _device_label(self):
-        dev = str(self._device)
-        return dev if ":" in dev else dev + ":0"
+        return self.device.logical_name
 
     # Pickling as upstream 1.x does, so files move between upstream and this engine both ways:
     # `__getnewargs__` gives (value, dtype, device logical name) to `cls.__new__`, and the state

@@ -8,7 +8,7 @@ import types
 import numpy as np
 
 from ..core.tensor import Tensor
-from ..device import canonical_device
+from ..device import _Device, canonical_device
 from ._program import _DimExpr, _Ref, _host, _is_array
 from .dump_devices import recorded_name
 
@@ -43,6 +43,8 @@ class _Writer:
         t = type(v)
         if v is None or t is bool or t is int or t is str:
             return v
+        if t is _Device:  # an op's device: the device it resolves to, as text
+            return str(v)
         if t is float:
             return {"float": repr(v)}  # repr round-trips, and keeps nan/inf out of bare JSON
         if t is complex:

@@ -1,5 +1,7 @@
 """Tests of megengine/core/tensor.py: properties, methods, indexing, pickling and devices of
 tensors against torch (operators: test_operators.py; dtype rules: test_dtype_rules.py)."""
+import io
+import pickle
 from functools import partial
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 import megengine as mge
+import megengine.functional as F
 from megengine.core.dispatch import on_device
 from megengine.core.tensor import CompNode
 from megengine.core.tensor.dtype import qint8
@@ -381,6 +384,36 @@ def test_device_logical_name_carries_the_stream():
     assert canonical_device(y.device.logical_name) == str(y.device)
 
 
+def test_a_tensor_remembers_the_device_name_it_was_made_with():
+    # upstream 1.13 measured (CPU machine): each tensor's logical name is the name its program
+    # gave, with the stream; results of ops, grads and moves take their input's; repr shows it
+    for name, logical in [("cpu0", "cpu0:0"), ("cpux", "cpux:0"), ("cpu:0", "cpu0:0"),
+                          ("cpu0:1", "cpu0:1"), ("cpu1", "cpu1:0"), ("cpu:default", "cpu:default")]:
+        t = Tensor([1.0], device=name)
+        assert t.device.logical_name == logical
+        assert repr(t) == f"Tensor([1.], device={logical})"
+    a = Tensor([1.0, 2.0], device="cpu0")
+    assert Tensor([1.0, 2.0]).device.logical_name == mge.get_default_device() + ":0"
+    for derived in [a + 1, 1 + a, a * a, F.exp(a), a[0], a.reshape(2, 1), F.zeros_like(a),
+                    F.full_like(a, 2), F.concat([a, a]), Tensor(a), mge.tensor(a),
+                    F.zeros((2,), device="cpu0"), F.copy(Tensor([1.0]), "cpu0")]:
+        assert derived.device.logical_name == "cpu0:0"
+    assert a.to("xpux").device.logical_name == "xpux:0"
+    assert Tensor([1.0], device=a.device).device.logical_name == "cpu0:0"
+    p = mge.Parameter([1.0, 2.0], device="cpu0")
+    gm = GradManager().attach([p])
+    with gm:
+        gm.backward((p * 3).sum())
+    assert p.grad.device.logical_name == "cpu0:0"
+    # upstream's core/test_serialization.py: the name survives mge.save / mge.load
+    f = io.BytesIO()
+    mge.save({"a": a, "x": Tensor([1.0], device="cpux")}, f)
+    f.seek(0)
+    back = mge.load(f)
+    assert back["a"].device.logical_name == "cpu0:0" and back["x"].device.logical_name == "cpux:0"
+    assert pickle.loads(pickle.dumps(a)).device.logical_name == "cpu0:0"
+
+
 def test_device_physical_name_is_the_resolved_device_with_its_stream():
     # upstream's CompNode.physical_name; MegEngine/invis prints it in its Tensor repr
     assert Tensor([1.0], device="xpux").device.physical_name == canonical_device("xpux") + ":0"
@@ -451,8 +484,6 @@ def test_an_op_that_names_its_output_device_labels_its_result_so():
 
 @requires_cuda
 def test_copy_to_the_cpu_and_back_keeps_devices_and_gradients():
-    import megengine.functional as F
-
     t = Parameter([1.0, 2.0], device="gpu0")
     gm = GradManager().attach([t])
     with gm:
@@ -556,8 +587,6 @@ def test_whole_assignment_of_another_shape_from_another_device_stays_on_its_devi
 def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
     # MegEngine/NeRF hands `.numpy()` of a broadcast tensor to torch.searchsorted, which warned
     # about (and copied) the strided layout
-    import megengine.functional as F
-
     base = np.arange(6, dtype=np.float32).reshape(2, 3)
     for t, expected in ((Tensor(base).T, base.T),
                         (F.broadcast_to(Tensor(base[0]), (4, 3)), np.broadcast_to(base[0], (4, 3)))):
