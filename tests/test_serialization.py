@@ -385,17 +385,20 @@ def test_unmatched_dict_keeps_the_saved_device(saved_on_gpu):
 @requires_cuda
 def test_a_tensor_saved_on_a_gpu_loads_there_or_where_map_location_says():
     f = io.BytesIO()
-    mge.save({"w": mge.Parameter([1.0, 2.0], device="gpu0")}, f)
+    mge.save({"w": mge.Parameter([1.0, 2.0], device="gpu0"),
+              "d": mge.Parameter([1.0, 2.0], device="xpux")}, f)
     f.seek(0)
     back = mge.load(f)
-    assert back["w"].device == "gpu0" and type(back["w"]._data).__module__.startswith("cupy")
-    # (gpu0 is the default device's: saved as "xpux:0", as upstream saves default tensors)
-    for map_location, where in (("cpu0", "cpu0"), ({"xpux": "cpu0"}, "cpu0"),
-                                ({"xpux:0": "cpu1"}, "cpu1")):
+    for k in "wd":
+        assert back[k].device == "gpu0" and type(back[k]._data).__module__.startswith("cupy")
+    # saved as "gpu0:0" and "xpux:0", the names they were made with, as upstream saves them
+    for map_location, where in (("cpu0", "cpu0"), ({"gpu0": "cpu0", "xpux": "cpu0"}, "cpu0"),
+                                ({"gpu0:0": "cpu1", "xpux:0": "cpu1"}, "cpu1")):
         f.seek(0)
         back = mge.load(f, map_location=map_location)
-        assert str(back["w"].device) == where and isinstance(back["w"]._data, np.ndarray)
-        np.testing.assert_array_equal(host(back["w"]), [1.0, 2.0])
+        for k in "wd":
+            assert str(back[k].device) == where and isinstance(back[k]._data, np.ndarray)
+            np.testing.assert_array_equal(host(back[k]), [1.0, 2.0])
 
 
 def test_a_tensor_on_the_default_device_is_saved_under_its_name_as_upstreams():
