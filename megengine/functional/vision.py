@@ -239,6 +239,8 @@ class _Sample(Op):
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
         img_t = xp.ascontiguousarray(img.transpose(0, 2, 3, 1))  # (N, H, W, C)
         bsel = batch.reshape(-1, 1, 1)
+        # float16 images are summed in float32 and rounded once, as torch's grid_sample
+        acc = np.float32 if img.dtype == np.float16 else img.dtype
         out = 0
         self.saved = []
         for dx, dy, wgt, dwx, dwy in corners:
@@ -250,9 +252,9 @@ class _Sample(Op):
                 valid = vx & vy
                 vals = xp.where(valid[..., None], vals, img.dtype.type(self.border_val))
                 wk = wgt * valid  # ... and pass no gradient to the image
-            out = out + wgt[..., None].astype(img.dtype) * vals
+            out = out + wgt[..., None].astype(acc) * vals
             self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
-        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype, copy=False)
 
     def backward(self, g):
         xp = xp_of(g)

@@ -63,6 +63,22 @@ def test_remap_linear_against_grid_sample(border, padding):
           img, pts.astype(np.float32))
 
 
+def test_remap_of_a_float16_image_rounds_once():
+    # torch's float16 grid_sample sums the four corners in float32 and rounds once; summing in
+    # float16 strayed up to 4.6 ulps (the fuzzer's float16 mode, seed 34308 of remap_modes)
+    rs = np.random.RandomState(4)
+    img = rs.randn(2, 3, 6, 7).astype(np.float16)
+    pts = np.stack([rs.uniform(0, 6, (2, 40, 40)), rs.uniform(0, 5, (2, 40, 40))], -1)
+    pts = pts.astype(np.float16)
+    out = F.vision.remap(img, pts)
+    assert out.dtype == np.float16
+    exact = _grid_sample(torch.tensor(img, dtype=torch.float64),
+                         torch.tensor(pts[..., 0], dtype=torch.float64),
+                         torch.tensor(pts[..., 1], dtype=torch.float64)).numpy()
+    ulp = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+    assert (np.abs(out.numpy().astype(np.float64) - exact) <= ulp).all()
+
+
 def test_remap_nearest_against_grid_sample():
     img = rand(1, 2, 5, 6)
     pts = np.random.RandomState(2).uniform(0, 4.4, (1, 3, 4, 2)).astype(np.float32)
