@@ -188,13 +188,14 @@ class Case:
     ``refuse``: why upstream refuses this call although torch computes it; megengine must
     raise its own error. ``writes``: the index of the input whose dtype the output takes (an
     in-place write: scatter, setitem, full_like), so that the converting modes cast torch's
-    values into it.
+    values into it. ``rounds``: an integer result is the float result rounded half away from
+    zero and saturated (upstream's Resize of int8/uint8 images), which the integer mode expects.
     """
 
     def __init__(self, desc, inputs, mge_fn, torch_fn, diff=None, dtypes=None, tol=None,
-                 layouts=True, refuse=None, bcast=True, writes=None):
+                 layouts=True, refuse=None, bcast=True, writes=None, rounds=False):
         self.desc, self.inputs = desc, [np.asarray(a) for a in inputs]
-        self.writes = writes
+        self.writes, self.rounds = writes, rounds
         self.mge_fn, self.torch_fn = mge_fn, torch_fn
         self.diff, self.dtypes, self.tol = diff, dtypes, tol
         self.use_layouts, self.refuse, self.bcast = layouts, refuse, bcast

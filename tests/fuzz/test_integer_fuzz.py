@@ -43,6 +43,25 @@ def test_integer_mode_catches_wrong_values_and_dtypes():
         _run(lambda x: F.exp(x) + 1e-3, torch.exp)
 
 
+def test_integer_mode_rounds_where_the_case_says_the_op_rounds():
+    # upstream's int8 Resize rounds half away from zero: torch's -1.5 and 2.5 are -2 and 3 and
+    # its -0.75 is -1; the mode expects that only of a case that says so (``rounds``)
+    x = np.array([[-3.0, 0.0, 5.0, 0.0, 7.0]], np.float32)
+
+    def run(rounds, by, trunc=False):
+        def fn(x):
+            v = x.astype("float32") / by
+            return (v if trunc else F.sign(v) * F.floor(F.abs(v) + 0.5)).astype(x.dtype)
+        case = Case("probe", [x], fn, lambda v: v / by, layouts=False, rounds=rounds)
+        return {run_integer(case, np.random.default_rng(seed)) for seed in range(8)}
+
+    assert run(True, 2) == run(True, 4) == {"ok"}
+    with pytest.raises(Mismatch, match="an integer result must be exact"):
+        run(False, 2)
+    with pytest.raises(Mismatch, match="an integer result must be exact"):  # truncated
+        run(True, 4, trunc=True)
+
+
 def test_integer_mode_catches_other_errors_and_cast_warnings():
     def refuse(x):
         raise TypeError("probe: not taken")  # (it does not say what to do)
