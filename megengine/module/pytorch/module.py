@@ -696,6 +696,16 @@ class _TorchCall(Op):
     def __repr__(self):
         return f"PyTorchModule({type(self.wrapper._torch_module).__name__})"
 
+    def output_count_advice(self, recorded, now):
+        """What a trace says when this call gave ``now`` tensors where it recorded ``recorded``
+        (`megengine.jit.record.count_changed`)."""
+        return (f"{self!r} has output_cnt=None, which lets its number of outputs change "
+                "between eager calls only: a trace records one per call signature, and neither "
+                "the data nor the torch module's train/eval mode is part of the signature. Make "
+                "the torch module return a fixed number of tensors (pad them, or stack them "
+                "into one), trace training and evaluation as two functions (a trace each), or "
+                "call this PyTorchModule outside the traced function")
+
     def forward(self, *arrays):
         w = self.wrapper
         n = self.n_inputs

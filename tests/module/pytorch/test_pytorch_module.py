@@ -845,6 +845,61 @@ def test_traced_training_step_trains_identically(symbolic):
     assert eager_losses[-1] != eager_losses[0]
 
 
+class _TwoInTraining(nn.Module):
+    """(x * 2, x + 1) in training, x * 2 alone in eval (a detector's losses vs boxes)."""
+
+    def forward(self, x):
+        return (x * 2, x + 1) if self.training else x * 2
+
+
+class _OnePerPositive(nn.Module):
+    """One output per positive item of x: a count that depends on the data."""
+
+    def forward(self, x):
+        return tuple(x[i:i + 1] * 10 for i in range(int((x > 0).sum())))
+
+
+@pytest.mark.parametrize("mode", [dict(symbolic=False), dict(symbolic=True),
+                                  dict(without_host=True)])
+@pytest.mark.parametrize("case", ["train_eval", "data"])
+def test_a_traced_pytorchmodule_whose_output_count_changes_says_what_to_do(mode, case):
+    # Earlier versions of this fork raised the general "operator mismatch" in checked calls,
+    # and a without_host replay split eval's one output along its first axis into two
+    # (x * 2 = [2, 4] came back as the scalars 2 and 4), dropped outputs past the recorded
+    # count, or returned None for missing ones.
+    from megengine.jit import TraceMismatchError, trace
+
+    m = PyTorchModule(_TwoInTraining() if case == "train_eval" else _OnePerPositive(),
+                      output_cnt=None)
+
+    def f(x):
+        out = m(x)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    traced = trace(f, **mode)
+    first = np.array([1.0, 2.0, -1.0], "float32")
+    got = [o.numpy() for o in traced(mge.tensor(first))]
+    want = [np.array([2.0, 4.0, -2.0]), np.array([2.0, 3.0, 0.0])] if case == "train_eval" \
+        else [np.array([10.0]), np.array([20.0])]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    if case == "train_eval":
+        m.eval()
+        x = first
+    else:
+        x = np.array([1.0, -2.0, -1.0], "float32")
+    with pytest.raises(TraceMismatchError) as info:
+        traced(mge.tensor(x))
+    detail = info.value.detail
+    name = type(m.torch_module).__name__
+    assert f"op #0 (PyTorchModule({name})): the trace had 2 outputs, this call has 1" in detail
+    assert "output_cnt=None" in detail and "two functions" in detail
+    if case == "train_eval":  # what the message advises: a trace each for train and eval
+        eval_step = trace(f, **mode)
+        for _ in range(2):
+            np.testing.assert_array_equal(eval_step(mge.tensor(x))[0].numpy(), x * 2)
+
+
 def test_frozen_torch_parameter_gets_no_gradient_even_when_attached():
     tmod, ref = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     ref.load_state_dict(tmod.state_dict())
