@@ -929,6 +929,14 @@ def test_tensors_inside_list_and_dict_arguments_are_inputs_with_gradients():
 Batch = collections.namedtuple("Batch", ["images", "weights"])
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchFields:
+    """A batch as a dataclass: tensor fields next to a field of another value."""
+    images: object
+    weights: object
+    source: str = "train"
+
+
 class ReadsBatch(nn.Module):
     """Reads its argument by attribute (a namedtuple) or by key (a dict subclass), as a data
     pipeline's batch, and checks the type it got."""
@@ -940,23 +948,28 @@ class ReadsBatch(nn.Module):
 
     def forward(self, batch, size):
         assert type(batch) is self.kind and type(size) is torch.Size, (type(batch), type(size))
-        if isinstance(batch, tuple):
+        if isinstance(batch, BatchFields):
+            assert batch.source == "train"
+        if isinstance(batch, (tuple, BatchFields)):
             images, weights = batch.images, batch.weights
         else:
             images, weights = batch["images"], batch["weights"]
         return (self.scale(images) * weights).reshape(size)
 
 
-@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict])
+@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict,
+                                  BatchFields])
 def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
     # earlier versions of this fork passed them on with the megengine tensors inside, which the
-    # torch module then computed with outside torch (no gradient reached its parameters)
+    # torch module then computed with outside torch (no gradient reached its parameters); a
+    # dataclass's tensor fields arrive as torch tensors too, as torch's FSDP moves its inputs
+    # (torch.distributed.utils._apply_to_tensors), its other fields as they are
     rs = np.random.RandomState(0)
     x_np, w_np = rs.randn(4, 3).astype("float32"), rs.randn(4, 2).astype("float32")
 
     def batch(x, w):
-        if kind is Batch:
-            return Batch(x, w)
+        if kind in (Batch, BatchFields):
+            return kind(x, w)
         if kind is collections.defaultdict:
             return collections.defaultdict(list, images=x, weights=w)
         return collections.OrderedDict(images=x, weights=w)
@@ -965,7 +978,10 @@ def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
     ref = copy.deepcopy(tmod)
     wrap = PyTorchModule(tmod)
     x, w = mge.tensor(x_np), mge.tensor(w_np)
-    y = grads_of(lambda: wrap(batch(x, w), torch.Size([8])), [x, w, *wrap.parameters()])
+    given = batch(x, w)
+    y = grads_of(lambda: wrap(given, torch.Size([8])), [x, w, *wrap.parameters()])
+    if kind is BatchFields:  # the caller's dataclass is left as it was
+        assert given.images is x and given.weights is w
     xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
     yt = ref(batch(xt, wt), torch.Size([8]))
     yt.sum().backward()
@@ -980,15 +996,34 @@ def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
 def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported():
     class Holder:  # an argument of a class of its own: the wrapper does not look inside
         def __init__(self, t):
-            self.t = t
+            self.t, self.note = t, "n"
+
+    ran = []
 
     class ReadsHolder(nn.Module):
         def forward(self, x, holder):
+            ran.append(1)
             return x + holder.t
 
     x = mge.tensor([1.0])
-    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+    # refused before torch runs (earlier versions of this fork ran the torch module, which
+    # computed with the megengine tensor outside torch, and refused only its output)
+    with pytest.raises(TypeError, match=r"class Holder holds megengine tensors in its "
+                                        r"attributes \['t'\].*Make the class a dataclass"):
         PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
+    assert not ran
+    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0])))  # (no megengine tensor in it)
+
+    class ReadsGlobal(nn.Module):  # a megengine tensor reached through an attribute
+        def __init__(self, t):
+            super().__init__()
+            self.t = t
+
+        def forward(self, x):
+            return x + self.t
+
+    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+        PyTorchModule(ReadsGlobal(mge.tensor([2.0])))(x)
 
 
 def test_input_writes_are_learned_per_mode():
