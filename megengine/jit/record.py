@@ -20,7 +20,7 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
          "anew; within one such signature the ops must not change.")
 
 
-def count_changed(where, op, recorded, now):
+def count_mismatch_text(where, op, recorded, now):
     """(message, hint) for op ``op`` giving ``now`` outputs where the trace had ``recorded``.
     An op whose number of outputs may change between calls (a PyTorchModule with
     ``output_cnt=None``) says what to do instead (its ``output_count_advice``)."""

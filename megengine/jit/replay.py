@@ -9,7 +9,7 @@ import numpy as np
 
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
                        _OpStep, _at_path, _decode, _host, _thaw)
-from .record import _INPLACE, count_changed
+from .record import _INPLACE, count_mismatch_text
 
 
 def replay(prog, leaves, profile=None):
@@ -80,9 +80,9 @@ def _run(prog, leaves, profile):
             # zip would drop outputs, or split a single output along its first axis)
             if (type(out) is tuple) is not step.multi or step.multi and len(out) != len(
                     step.outs):
-                message, hint = count_changed(f"replaying op #{step.index} ({step.name})", op,
-                                              len(step.outs),
-                                              len(out) if type(out) is tuple else 1)
+                message, hint = count_mismatch_text(
+                    f"replaying op #{step.index} ({step.name})", op, len(step.outs),
+                    len(out) if type(out) is tuple else 1)
                 raise TraceMismatchError(f"{message}. {hint}", "operator mismatch")
             if step.multi:
                 for s, o in zip(step.outs, out):

@@ -724,7 +724,7 @@ class _TorchCall(Op):
 
     def output_count_advice(self, recorded, now):
         """What a trace says when this call gave ``now`` tensors where it recorded ``recorded``
-        (`megengine.jit.record.count_changed`)."""
+        (`megengine.jit.record.count_mismatch_text`)."""
         return (f"{self!r} has output_cnt=None, which lets its number of outputs change "
                 "between eager calls only: a trace records one per call signature, and neither "
                 "the data nor the torch module's train/eval mode is part of the signature. Make "
