@@ -161,8 +161,10 @@ def make_loaders(train_set, test_set, train_transform, test_transform, batch_siz
     train_loader = DataLoader(
         train_set, RandomSampler(train_set, batch_size=batch_size, seed=seed), train_transform
     )
+    # (a sampler refuses a batch larger than its dataset, as upstream's: a small test set is
+    # read in one batch)
     test_loader = DataLoader(
-        test_set, SequentialSampler(test_set, batch_size=256), test_transform
+        test_set, SequentialSampler(test_set, batch_size=min(256, len(test_set))), test_transform
     )
     return train_loader, test_loader
 

@@ -40,7 +40,9 @@ class MapSampler(Sampler):
 
     Args:
         dataset: the dataset to sample from (only ``len(dataset)`` is used).
-        batch_size: number of indices in each batch. Default: 1
+        batch_size: number of indices in each batch, at most a rank's share of the epoch
+            (``ceil(num_samples / world_size)``; more raises ``ValueError``, as upstream).
+            Default: 1
         drop_last: drop the last batch if it is smaller than ``batch_size``. Default: False
         num_samples: number of samples drawn in one epoch over all ranks; default ``len(dataset)``.
         world_size: number of ranks (distributed processes) sharing the epoch; default the
@@ -84,6 +86,24 @@ class MapSampler(Sampler):
         self.seed = seed
         self.rng = np.random.RandomState(seed)
         self._total_samples = num_samples  # None: decided by sample_count()
+        self._check_share(len(dataset) if num_samples is None else num_samples)
+
+    def _check_share(self, count):
+        """Refuse, as upstream, an epoch of ``count`` samples whose share per rank is smaller
+        than one batch (with ``drop_last`` the loader would yield no batch at all). Upstream
+        counts ``len(dataset)`` (or ``num_samples``), also where ``indices`` are given."""
+        share = int(math.ceil(count / self.world_size))
+        if share < self.batch_size:
+            split = "" if self.world_size == 1 else ", {} per rank over world_size={}".format(
+                share, self.world_size)
+            fixes = (["batch_size <= {}".format(share)] if share else []) + (
+                ["fewer ranks"] if self.world_size > 1 else []) + [
+                "more samples (a larger dataset or num_samples)"]
+            raise ValueError(
+                "{}: batch_size={} is more than an epoch gives a rank ({} samples{}); with "
+                "drop_last=True no batch would be yielded, and upstream refuses it either way: "
+                "use {}".format(type(self).__name__, self.batch_size, count, split,
+                                 " or ".join(fixes)))
 
     def sample_count(self) -> int:
         """How many indices :meth:`sample` returns per epoch, over all ranks."""

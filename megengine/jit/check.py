@@ -41,7 +41,8 @@ from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _E
                        _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
                        _is_array, _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text,
                        _tensors_in)
-from .record import _COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims
+from .record import (_COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims,
+                     count_mismatch_text)
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
@@ -452,8 +453,9 @@ class _Checker(_Hook):
         try:
             self.arrays[s] = out._data
         except AttributeError:  # several outputs where the trace had one
-            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had 1 output, this call "
-                           f"has {len(out)}", "operator mismatch")
+            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, 1,
+                                                len(out))
+            self._mismatch(message, "operator mismatch", hint)
         values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
         if step.free_big:  # (the values as large as FREE_BYTES when recorded)
             self._free(step.free_big)
@@ -573,8 +575,9 @@ class _Checker(_Hook):
                 dispatch._trace_hook = self
         outs = out if type(out) is tuple else (out,)
         if len(outs) != len(step.outs):
-            self._mismatch(f"{_Where(self.n_ops - 1, op)}: the trace had {len(step.outs)} "
-                           f"outputs, this call has {len(outs)}", "operator mismatch")
+            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op,
+                                                len(step.outs), len(outs))
+            self._mismatch(message, "operator mismatch", hint)
         for o, s in zip(outs, step.outs):
             self._register(o, s)
         if step.free:

@@ -20,6 +20,15 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
          "anew; within one such signature the ops must not change.")
 
 
+def count_mismatch_text(where, op, recorded, now):
+    """(message, hint) for op ``op`` giving ``now`` outputs where the trace had ``recorded``.
+    An op whose number of outputs may change between calls (a PyTorchModule with
+    ``output_cnt=None``) says what to do instead (its ``output_count_advice``)."""
+    advice = getattr(op, "output_count_advice", None)
+    return (f"{where}: the trace had {recorded} output{'' if recorded == 1 else 's'}, this call "
+            f"has {now}", _HINT if advice is None else advice(recorded, now))
+
+
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
@@ -96,11 +105,11 @@ class _Hook:
             return s, False  # the same value and autodiff link, in another tensor object
         return s, True  # the same array without its autodiff link: a detached alias
 
-    def _mismatch(self, message, reason):
+    def _mismatch(self, message, reason, hint=_HINT):
         self.failed = True
         if dispatch._trace_hook is self:
             dispatch._trace_hook = None  # code in the user's finally/except blocks runs plainly
-        raise TraceMismatchError(f"{message}. {_HINT}", reason)
+        raise TraceMismatchError(f"{message}. {hint}", reason)
 
     def _internal_write(self, fn, args, kwargs):
         """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is

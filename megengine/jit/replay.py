@@ -9,7 +9,7 @@ import numpy as np
 
 from ._program import (TraceError, TraceMismatchError, _AliasStep, _ArrayValue, _EventStep,
                        _OpStep, _at_path, _decode, _host, _thaw)
-from .record import _INPLACE
+from .record import _INPLACE, count_mismatch_text
 
 
 def replay(prog, leaves, profile=None):
@@ -66,12 +66,7 @@ def _run(prog, leaves, profile):
             if (dispatch._recording or dispatch._trace_hook is not None
                     or dispatch._profile_hook is not None or dispatch._format_hook is not None):
                 # autodiff (or an outer trace, a profiler, format labels) must see it
-                out = apply(op, *ins)
-                if step.multi:
-                    for s, o in zip(step.outs, out):
-                        values[s] = o
-                else:
-                    values[step.outs[0]] = out
+                out, arrays = apply(op, *ins), False
             else:
                 # apply's no-autodiff path, minus the checks the recording already made
                 op.needs_input_grad = step.no_grad
@@ -80,12 +75,20 @@ def _run(prog, leaves, profile):
                     out = dispatch._forward_on(run_on, op, [v._data for v in ins])  # several GPUs
                 else:
                     out = op.forward(*[v._data for v in ins])
-                device = op.out_device or run_on
-                if step.multi:
-                    for s, o in zip(step.outs, out):
-                        values[s] = wrap(o, device)
-                else:
-                    values[step.outs[0]] = wrap(out, device)
+                arrays, device = True, op.out_device or run_on
+            # (an op whose number of outputs changed, a PyTorchModule with output_cnt=None:
+            # zip would drop outputs, or split a single output along its first axis)
+            if (type(out) is tuple) is not step.multi or step.multi and len(out) != len(
+                    step.outs):
+                message, hint = count_mismatch_text(
+                    f"replaying op #{step.index} ({step.name})", op, len(step.outs),
+                    len(out) if type(out) is tuple else 1)
+                raise TraceMismatchError(f"{message}. {hint}", "operator mismatch")
+            if step.multi:
+                for s, o in zip(step.outs, out):
+                    values[s] = wrap(o, device) if arrays else o
+            else:
+                values[step.outs[0]] = wrap(out, device) if arrays else out
         elif t is _AliasStep:
             v = values[step.src]
             values[step.out] = wrap(v._data, v._device)

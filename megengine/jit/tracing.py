@@ -553,10 +553,14 @@ class trace:
         returns is dumped with its backward (`megengine.jit.dump_backward`).
         """
         from .dump import dump_program
+        from .dump_format import DumpError
         if not self._capture_as_const:
             raise ValueError("you must specify capture_as_const=True at __init__ to use dump")
         if self._last is None:
-            raise RuntimeError("should do record first before dump")
+            # (upstream 1.13 raises a ValueError here, earlier versions a RuntimeError:
+            # DumpError is both, so code catching either still does)
+            raise DumpError("trace.dump: nothing was recorded yet: call the traced function "
+                            "once with example inputs (f(x), or f.trace(x)) before dump()")
         return dump_program(self._last.optimized or self._last, file, arg_names=arg_names,
                             output_names=output_names, _function=self.__wrapped__, **options)
 

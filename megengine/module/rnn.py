@@ -21,8 +21,9 @@ _NONLINEARITIES = {"tanh": F.tanh, "relu": F.relu}
 class RNNCellBase(Module):
     """Weights of one recurrent step with ``num_chunks`` gates stacked along dim 0 (PyTorch's
     layout): ``weight_ih`` (gates * hidden, input), ``weight_hh`` (gates * hidden, hidden),
-    ``bias_ih``/``bias_hh`` (gates * hidden,). Without ``bias`` the biases are zero buffers,
-    as upstream keeps them."""
+    ``bias_ih``/``bias_hh`` (gates * hidden,). Without ``bias`` the biases are buffers, as
+    upstream keeps them (its checkpoints load with ``strict=True``), that the steps never add:
+    a checkpoint loaded into them changes nothing (`_biases`)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, **kwargs):
         super().__init__(**kwargs)
@@ -52,8 +53,18 @@ class RNNCellBase(Module):
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
 
+    def _biases(self):
+        """(b_ih, b_hh) that a step adds: zeros without ``bias``, whatever a checkpoint wrote
+        into the buffers (upstream's RNN/LSTM ignore them; its cells add them, against its
+        docs' "does not use bias weights")."""
+        if self.bias:
+            return self.bias_ih, self.bias_hh
+        zero = F.zeros_like(self.bias_ih)
+        return zero, zero
+
     def _gates(self, x, h):
-        return F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+        b_ih, b_hh = self._biases() if self.bias else (None, None)
+        return F.linear(x, self.weight_ih, b_ih) + F.linear(h, self.weight_hh, b_hh)
 
     def _check_input(self, x):
         if x.ndim != 2 or x.shape[1] != self.input_size:
@@ -85,7 +96,7 @@ class RNNCell(RNNCellBase):
         if higher_order_possible():  # per-op steps: their gradient can be differentiated
             return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
         return rnn_layer(self.nonlinearity, input, h, None, self.weight_ih, self.weight_hh,
-                         self.bias_ih, self.bias_hh)[1]
+                         *self._biases())[1]
 
 
 class LSTMCell(RNNCellBase):
@@ -103,8 +114,8 @@ class LSTMCell(RNNCellBase):
         else:
             h, c = hx
         if not higher_order_possible():
-            return rnn_layer("lstm", input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
-                             self.bias_hh)[1:]
+            return rnn_layer("lstm", input, h, c, self.weight_ih, self.weight_hh,
+                             *self._biases())[1:]
         n = self.hidden_size  # per-op steps: their gradient can be differentiated
         gates = self._gates(input, h)
         i = F.sigmoid(gates[:, 0:n])
@@ -230,7 +241,7 @@ class RNNBase(Module):
                     state = self._state_at(hx, layer * self.num_directions + d)
                     h, c = (state, None) if self.mode != "lstm" else state
                 y, *final = rnn_layer(self.mode, layer_in, h, c, cell.weight_ih, cell.weight_hh,
-                                      cell.bias_ih, cell.bias_hh, reverse=d == 1)
+                                      *cell._biases(), reverse=d == 1)
                 outs.append(y)
                 finals.append(final[0] if self.mode != "lstm" else tuple(final))
             layer_in = outs[0] if len(outs) == 1 else F.concat(outs, axis=2)
@@ -270,7 +281,7 @@ class RNNBase(Module):
             # the whole stack as one op (`rnn_stack`): no zero states, concatenations, stacks
             # or transposes as ops of their own
             weights = [w for row in self.cells for cell in row
-                       for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+                       for w in (cell.weight_ih, cell.weight_hh) + cell._biases()]
             views = self.__dict__.get("_weight_views")
             if views is None:  # (made at the first call, also after a load: never saved)
                 views = self.__dict__["_weight_views"] = WeightViews()

@@ -143,6 +143,33 @@ def test_other_bad_arguments():
         RandomSampler(ds, indices=5)
 
 
+@pytest.mark.parametrize("make, share", [
+    (lambda ds: SequentialSampler(ds, batch_size=8), 7),
+    (lambda ds: SequentialSampler(ds, batch_size=8, drop_last=True), 7),
+    (lambda ds: RandomSampler(ds, batch_size=4, world_size=3, rank=0), 3),
+    (lambda ds: SequentialSampler(ds, batch_size=5, drop_last=True, world_size=2, rank=1), 4),
+    (lambda ds: ReplacementSampler(ds, batch_size=4, num_samples=3), 3),
+    (lambda ds: ReplacementSampler(ds, batch_size=5, num_samples=8, world_size=2, rank=0), 4),
+])
+def test_a_ranks_share_smaller_than_a_batch_is_refused(make, share):
+    # upstream 1.13 measured: with 7 samples each of these raised ValueError ("num_samples
+    # should be greater than batch_size, but got num_samples=<share> ..."), drop_last or not;
+    # earlier versions of this fork accepted them, and with drop_last=True yielded no batch
+    with pytest.raises(ValueError, match=r"batch_size=\d is more than an epoch gives a rank"
+                       r".*use batch_size <= {}".format(share)):
+        make(dataset(7))
+
+
+def test_a_share_of_exactly_one_batch_and_indices_are_accepted_as_upstream():
+    # upstream 1.13 measured: a share equal to batch_size gives one batch; with indices its
+    # check counts len(dataset), so 3 indices in batches of 4 give one short batch
+    assert list(SequentialSampler(dataset(7), batch_size=4, world_size=2, rank=1)) == [[1, 3, 5, 0]]
+    assert len(RandomSampler(dataset(7), batch_size=3, world_size=3, rank=0)) == 1
+    assert list(SequentialSampler(dataset(7), batch_size=4, indices=[0, 1, 2])) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="use more samples"):  # (upstream: ValueError too)
+        SequentialSampler(dataset(0))
+
+
 def test_stream_sampler():
     sampler = StreamSampler(batch_size=3)
     assert sampler.batch_size == 3

@@ -255,3 +255,36 @@ def test_state_dict_holds_upstreams_flatten_weights_so_upstream_loads_it_strictl
     again.load_state_dict(state)  # (strict: the key is known here too)
     x = mge.tensor(np.random.RandomState(0).randn(5, 2, 3).astype(np.float32))
     np.testing.assert_array_equal(host(again(x)[0]), host(layer(x)[0]))
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "RNN", "LSTM"])
+def test_without_bias_biases_a_checkpoint_writes_into_the_buffers_are_not_added(kind):
+    # upstream 1.13 measured: with bias=False the layers keep bias_ih/bias_hh buffers, saved in
+    # state_dict, so a checkpoint with nonzero values there loads with strict=True (and saves
+    # them again); its RNN and LSTM then compute without them, as its docs say ("does not use
+    # bias weights"). (Its cells add them: here they do not either.) Torch's layer without
+    # bias, filled with the same weights, is the oracle for values and gradients.
+    rs = np.random.RandomState(7)
+    cell = kind.endswith("Cell")
+    kw = {} if cell else dict(num_layers=2, bidirectional=True)
+    m = getattr(M, kind)(3, 4, bias=False, **kw)
+    t = getattr(torch.nn, kind)(3, 4, bias=False, **kw)
+    state = m.state_dict()
+    biases = [k for k in state if "bias" in k]
+    assert biases and all(not k.startswith("_") for k in biases)
+    for k in biases:
+        state[k] = rs.uniform(0.5, 1.0, state[k].shape).astype(np.float32)
+    m.load_state_dict(state)  # (strict)
+    assert all(np.array_equal(m.state_dict()[k], state[k]) for k in biases)
+    name = (lambda k: k) if cell else torch_name
+    x = rs.randn(*((2, 3) if cell else (5, 2, 3))).astype(np.float32)
+    n_states = 2 if "LSTM" in kind else 1
+    states = tuple(rs.randn(*((2, 4) if cell else (4, 2, 4))).astype(np.float32)
+                   for _ in range(n_states))
+    compare(m, t, x, states if n_states == 2 else states[0], name)
+    # the per-step path (two GradManagers recording: higher-order gradients possible)
+    xm = mge.tensor(x)
+    with GradManager().attach(xm), GradManager().attach(list(m.parameters())):
+        y = flat(m(xm))[0]
+    np.testing.assert_allclose(y.numpy(), flat(t(torch.from_numpy(x)))[0].detach().numpy(),
+                               rtol=1e-5, atol=1e-5)

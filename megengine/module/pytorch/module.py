@@ -288,7 +288,20 @@ class PyTorchModule(Module):
 
     def _take_input(self, value, tensors):
         """Replace Tensor arguments (also inside lists, tuples and dicts, their subclasses
-        too: a namedtuple, an OrderedDict) by placeholders."""
+        too: a namedtuple, an OrderedDict, and in a dataclass's fields, as torch's FSDP moves
+        its inputs) by placeholders. An object of another class holding megengine tensors in
+        its attributes is refused: torch would get megengine tensors."""
+        if _is_dataclass(value):
+            template, names, items = copy.copy(value), [], []
+            for field in dataclasses.fields(value):
+                held = len(tensors)
+                item = self._take_input(getattr(value, field.name), tensors)
+                if len(tensors) > held:  # the others (names, options) stay in the copy
+                    names.append(field.name)
+                    items.append(item)
+                    object.__setattr__(template, field.name, None)  # (frozen ones too)
+            # (`_fill` makes a copy of the template with the torch tensors in those fields)
+            return _Nested(type(value), dict(zip(names, items)), template) if names else value
         if isinstance(value, (list, tuple, dict)):
             kind, held = type(value), len(tensors)
             if isinstance(value, dict):
@@ -312,6 +325,16 @@ class PyTorchModule(Module):
             raise TypeError(
                 "PyTorchModule: got a torch.Tensor argument; pass megengine tensors (mge.tensor) "
                 "so gradients flow through megengine"
+            )
+        held = [] if isinstance(value, type) else [
+            k for k, v in getattr(value, "__dict__", {}).items() if _holds(v, Tensor)]
+        if held:
+            raise TypeError(
+                f"PyTorchModule: an argument of class {type(value).__name__} holds megengine "
+                f"tensors in its attributes {held}, which the wrapper does not look into (torch "
+                "would get megengine tensors, and no gradient would reach them). Make the class "
+                "a dataclass (its fields arrive as torch tensors), or pass the tensors as "
+                "arguments, in tuples, lists or dicts if need be"
             )
         return value
 
@@ -589,7 +612,7 @@ def _take_outputs(out, tensors):
         template, names, items = copy.copy(out), [], []
         for field in dataclasses.fields(out):
             value = getattr(out, field.name)
-            if _holds_tensor(value):  # the others (names, strides, objects) stay in the copy
+            if _holds(value, torch.Tensor):  # the others (names, strides, objects) stay in the copy
                 names.append(field.name)
                 items.append(_take_outputs(value, tensors))
                 object.__setattr__(template, field.name, None)  # (frozen ones too)
@@ -597,10 +620,11 @@ def _take_outputs(out, tensors):
     if isinstance(out, Tensor):
         raise TypeError(
             "PyTorchModule: the torch module returned a megengine Tensor: megengine tensors "
-            "reached it other than as arguments (through an attribute, or inside an object of "
-            "a class of its own, which the wrapper does not look into), and the torch module "
-            "computed with them outside torch. Pass them as arguments, in tuples, lists or "
-            "dicts if need be: they arrive as torch tensors"
+            "reached it other than as arguments (through an attribute of the torch module, or "
+            "deeper inside an argument object than its own attributes, where the wrapper does "
+            "not look), and the torch module computed with them outside torch. Pass them as "
+            "arguments, in tuples, lists, dicts or dataclasses if need be: they arrive as torch "
+            "tensors"
         )
     raise TypeError(
         f"PyTorchModule: the torch module returned a {type(out).__name__} among its outputs; "
@@ -609,15 +633,17 @@ def _take_outputs(out, tensors):
     )
 
 
-def _holds_tensor(value):
-    if isinstance(value, torch.Tensor):
+def _holds(value, kind):
+    """Whether ``value`` is a tensor of class ``kind`` (torch's or megengine's), or holds one in
+    tuples, lists, dicts and dataclasses."""
+    if isinstance(value, kind):
         return True
     if isinstance(value, (tuple, list)):
-        return any(_holds_tensor(v) for v in value)
+        return any(_holds(v, kind) for v in value)
     if isinstance(value, dict):
-        return any(_holds_tensor(v) for v in value.values())
+        return any(_holds(v, kind) for v in value.values())
     if _is_dataclass(value):
-        return any(_holds_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
+        return any(_holds(getattr(value, f.name), kind) for f in dataclasses.fields(value))
     return False
 
 
@@ -695,6 +721,16 @@ class _TorchCall(Op):
 
     def __repr__(self):
         return f"PyTorchModule({type(self.wrapper._torch_module).__name__})"
+
+    def output_count_advice(self, recorded, now):
+        """What a trace says when this call gave ``now`` tensors where it recorded ``recorded``
+        (`megengine.jit.record.count_mismatch_text`)."""
+        return (f"{self!r} has output_cnt=None, which lets its number of outputs change "
+                "between eager calls only: a trace records one per call signature, and neither "
+                "the data nor the torch module's train/eval mode is part of the signature. Make "
+                "the torch module return a fixed number of tensors (pad them, or stack them "
+                "into one), trace training and evaluation as two functions (a trace each), or "
+                "call this PyTorchModule outside the traced function")
 
     def forward(self, *arrays):
         w = self.wrapper

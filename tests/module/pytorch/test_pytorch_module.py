@@ -845,6 +845,61 @@ def test_traced_training_step_trains_identically(symbolic):
     assert eager_losses[-1] != eager_losses[0]
 
 
+class _TwoInTraining(nn.Module):
+    """(x * 2, x + 1) in training, x * 2 alone in eval (a detector's losses vs boxes)."""
+
+    def forward(self, x):
+        return (x * 2, x + 1) if self.training else x * 2
+
+
+class _OnePerPositive(nn.Module):
+    """One output per positive item of x: a count that depends on the data."""
+
+    def forward(self, x):
+        return tuple(x[i:i + 1] * 10 for i in range(int((x > 0).sum())))
+
+
+@pytest.mark.parametrize("mode", [dict(symbolic=False), dict(symbolic=True),
+                                  dict(without_host=True)])
+@pytest.mark.parametrize("case", ["train_eval", "data"])
+def test_a_traced_pytorchmodule_whose_output_count_changes_says_what_to_do(mode, case):
+    # Earlier versions of this fork raised the general "operator mismatch" in checked calls,
+    # and a without_host replay split eval's one output along its first axis into two
+    # (x * 2 = [2, 4] came back as the scalars 2 and 4), dropped outputs past the recorded
+    # count, or returned None for missing ones.
+    from megengine.jit import TraceMismatchError, trace
+
+    m = PyTorchModule(_TwoInTraining() if case == "train_eval" else _OnePerPositive(),
+                      output_cnt=None)
+
+    def f(x):
+        out = m(x)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    traced = trace(f, **mode)
+    first = np.array([1.0, 2.0, -1.0], "float32")
+    got = [o.numpy() for o in traced(mge.tensor(first))]
+    want = [np.array([2.0, 4.0, -2.0]), np.array([2.0, 3.0, 0.0])] if case == "train_eval" \
+        else [np.array([10.0]), np.array([20.0])]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    if case == "train_eval":
+        m.eval()
+        x = first
+    else:
+        x = np.array([1.0, -2.0, -1.0], "float32")
+    with pytest.raises(TraceMismatchError) as info:
+        traced(mge.tensor(x))
+    detail = info.value.detail
+    name = type(m.torch_module).__name__
+    assert f"op #0 (PyTorchModule({name})): the trace had 2 outputs, this call has 1" in detail
+    assert "output_cnt=None" in detail and "two functions" in detail
+    if case == "train_eval":  # what the message advises: a trace each for train and eval
+        eval_step = trace(f, **mode)
+        for _ in range(2):
+            np.testing.assert_array_equal(eval_step(mge.tensor(x))[0].numpy(), x * 2)
+
+
 def test_frozen_torch_parameter_gets_no_gradient_even_when_attached():
     tmod, ref = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     ref.load_state_dict(tmod.state_dict())
@@ -874,6 +929,14 @@ def test_tensors_inside_list_and_dict_arguments_are_inputs_with_gradients():
 Batch = collections.namedtuple("Batch", ["images", "weights"])
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchFields:
+    """A batch as a dataclass: tensor fields next to a field of another value."""
+    images: object
+    weights: object
+    source: str = "train"
+
+
 class ReadsBatch(nn.Module):
     """Reads its argument by attribute (a namedtuple) or by key (a dict subclass), as a data
     pipeline's batch, and checks the type it got."""
@@ -885,23 +948,28 @@ class ReadsBatch(nn.Module):
 
     def forward(self, batch, size):
         assert type(batch) is self.kind and type(size) is torch.Size, (type(batch), type(size))
-        if isinstance(batch, tuple):
+        if isinstance(batch, BatchFields):
+            assert batch.source == "train"
+        if isinstance(batch, (tuple, BatchFields)):
             images, weights = batch.images, batch.weights
         else:
             images, weights = batch["images"], batch["weights"]
         return (self.scale(images) * weights).reshape(size)
 
 
-@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict])
+@pytest.mark.parametrize("kind", [Batch, collections.OrderedDict, collections.defaultdict,
+                                  BatchFields])
 def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
     # earlier versions of this fork passed them on with the megengine tensors inside, which the
-    # torch module then computed with outside torch (no gradient reached its parameters)
+    # torch module then computed with outside torch (no gradient reached its parameters); a
+    # dataclass's tensor fields arrive as torch tensors too, as torch's FSDP moves its inputs
+    # (torch.distributed.utils._apply_to_tensors), its other fields as they are
     rs = np.random.RandomState(0)
     x_np, w_np = rs.randn(4, 3).astype("float32"), rs.randn(4, 2).astype("float32")
 
     def batch(x, w):
-        if kind is Batch:
-            return Batch(x, w)
+        if kind in (Batch, BatchFields):
+            return kind(x, w)
         if kind is collections.defaultdict:
             return collections.defaultdict(list, images=x, weights=w)
         return collections.OrderedDict(images=x, weights=w)
@@ -910,7 +978,10 @@ def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
     ref = copy.deepcopy(tmod)
     wrap = PyTorchModule(tmod)
     x, w = mge.tensor(x_np), mge.tensor(w_np)
-    y = grads_of(lambda: wrap(batch(x, w), torch.Size([8])), [x, w, *wrap.parameters()])
+    given = batch(x, w)
+    y = grads_of(lambda: wrap(given, torch.Size([8])), [x, w, *wrap.parameters()])
+    if kind is BatchFields:  # the caller's dataclass is left as it was
+        assert given.images is x and given.weights is w
     xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
     yt = ref(batch(xt, wt), torch.Size([8]))
     yt.sum().backward()
@@ -925,15 +996,34 @@ def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
 def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported():
     class Holder:  # an argument of a class of its own: the wrapper does not look inside
         def __init__(self, t):
-            self.t = t
+            self.t, self.note = t, "n"
+
+    ran = []
 
     class ReadsHolder(nn.Module):
         def forward(self, x, holder):
+            ran.append(1)
             return x + holder.t
 
     x = mge.tensor([1.0])
-    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+    # refused before torch runs (earlier versions of this fork ran the torch module, which
+    # computed with the megengine tensor outside torch, and refused only its output)
+    with pytest.raises(TypeError, match=r"class Holder holds megengine tensors in its "
+                                        r"attributes \['t'\].*Make the class a dataclass"):
         PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
+    assert not ran
+    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0])))  # (no megengine tensor in it)
+
+    class ReadsGlobal(nn.Module):  # a megengine tensor reached through an attribute
+        def __init__(self, t):
+            super().__init__()
+            self.t = t
+
+        def forward(self, x):
+            return x + self.t
+
+    with pytest.raises(TypeError, match="returned a megengine Tensor.*Pass them as arguments"):
+        PyTorchModule(ReadsGlobal(mge.tensor([2.0])))(x)
 
 
 def test_input_writes_are_learned_per_mode():
