@@ -68,6 +68,15 @@ def test_adaptive_pooling_flops_are_upstreams_count():
         assert total.flops == expected and details.flops[0]["flops_num"] == expected
 
 
+def test_conv_transpose_3d_has_no_flops_formula_as_upstream():
+    # upstream 1.13 measured: ConvTranspose3d(2, 3, 3, stride=2) of (1, 2, 3, 3, 3) is hooked
+    # (its parameters and activation are counted) but has no FLOPs formula: total 0, no row
+    # (earlier versions of this fork counted it as a transposed convolution, 5403)
+    total, details = stats(M.ConvTranspose3d(2, 3, 3, stride=2), input_shapes=(1, 2, 3, 3, 3))
+    assert total.flops == 0 and [r["name"] for r in details.flops] == ["total"]
+    assert len(details.params) == 3 and total.act_dims == 1 * 3 * 7 * 7 * 7
+
+
 def test_batch_matmul_flops_and_the_total_rows_channels_are_upstreams():
     # upstream 1.13 measured: BatchMatMulActivation(2, 3, 4, bias=False) of (2, 3, 5) counts 90
     # (batch * in * n * in: its formula reads in where out is meant; earlier versions of this
