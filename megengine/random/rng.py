@@ -72,6 +72,11 @@ def _shape(size, what):
         items = None if isinstance(size, str) else list(size)
     except TypeError:
         items = None
+    if items is not None:
+        # a whole float (``n / 2`` of an even n) is its int, as upstream's int32 shape
+        # conversion reads it; a fraction is refused (upstream truncated it silently)
+        items = [int(s) if isinstance(s, (float, np.floating)) and float(s).is_integer()
+                 else s for s in items]
     if items is None or not all(is_int(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
     # (a size from x.shape in a dumpable trace stays one: the draw's op carries it)

@@ -84,6 +84,19 @@ def test_scalar_parameters_without_size_give_one_element_as_upstream():
     assert rand.gamma(2.0, size=(2, 3)).shape == (2, 3)
 
 
+def test_whole_float_sizes_are_read_as_ints_as_upstream():
+    # upstream 1.13 measured: size=(2.0, 3) draws (2, 3) for uniform, normal, gamma, beta and
+    # poisson (a size computed as n / 2); earlier versions of this fork refused it. A fraction
+    # is refused (upstream truncated it silently)
+    assert rand.uniform(size=(2.0, 3)).shape == (2, 3)
+    assert rand.normal(size=[np.float32(2), 3]).shape == (2, 3)
+    assert rand.gamma(2.0, size=(2.0, 3)).shape == (2, 3)
+    assert rand.beta(2.0, 3.0, size=(2.0, 3)).shape == (2, 3)
+    assert rand.poisson(2.0, size=(2.0, 3)).shape == (2, 3)
+    with pytest.raises(TypeError, match="size"):
+        rand.uniform(size=(2.5, 3))
+
+
 def test_seeds_beyond_32_bits_are_accepted_as_upstream():
     # upstream's seed is a uint64: programs seed with int(time.time() * 1000) (upstream 1.13
     # measured: seed(2**32) and seed(2**40) draw; earlier versions of this fork refused them)
