@@ -25,8 +25,9 @@ class MegEngineLogFormatter(logging.Formatter):
     date = "%(asctime)s "
     msg = "%(message)s"
     max_lines = 256
+    # (upstream tags these three levels only: CRITICAL prints as plainly as INFO)
     _TAGS = {logging.DEBUG: ("DBG ", "\x1b[36m"), logging.WARNING: ("WRN ", "\x1b[1;31m"),
-             logging.ERROR: ("ERR ", "\x1b[1;4;31m"), logging.CRITICAL: ("ERR ", "\x1b[1;4;31m")}
+             logging.ERROR: ("ERR ", "\x1b[1;4;31m")}
 
     def __init__(self, fmt=None, datefmt="%d %H:%M:%S", style="%", color=False, full=False):
         super().__init__(fmt, datefmt, style)
@@ -42,6 +43,9 @@ class MegEngineLogFormatter(logging.Formatter):
         else:
             self._style._fmt = self.date + tag + self.msg
         text = super().format(record)
+        start = text.find("Traceback ")
+        if not self.full and start != -1:  # a traceback on the console is indented, as upstream
+            text = text[:start] + "  " + text[start:].replace("\n", "\n  ")
         lines = text.split("\n")
         if not self.full and len(lines) >= self.max_lines:
             keep = self.max_lines // 2

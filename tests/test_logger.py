@@ -47,6 +47,24 @@ def test_levels_and_tags(console):
     assert lines[0].endswith(" plain") and "WRN careful" in lines[1] and "ERR broken" in lines[2]
 
 
+def test_critical_is_untagged_and_a_traceback_is_indented_as_upstream(console):
+    # upstream 1.13 measured (colours aside): "<date> crit" for CRITICAL, and a logged
+    # exception's traceback indented by two spaces ("  Traceback ...", "    File ...",
+    # "  ValueError: boom"); earlier versions of this fork tagged CRITICAL "ERR" and left the
+    # traceback at the margin
+    log, out = console
+    log.critical("crit")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("exc")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(" crit") and "ERR" not in lines[0]
+    assert lines[1].endswith(" ERR exc")
+    assert lines[2] == "  Traceback (most recent call last):"
+    assert lines[3].startswith("    File ") and lines[-1] == "  ValueError: boom"
+
+
 def test_set_log_level_returns_the_previous_and_updates_existing(console):
     log, out = console
     assert mge.set_log_level(logging.ERROR) == logging.INFO

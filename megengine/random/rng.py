@@ -34,8 +34,9 @@ def seed(seed: int):
     GPU.
     """
     global _global_seed
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed: expected an int in [0, 2**32), got {seed!r}")
+    # upstream's seed is a uint64 (programs seed with int(time.time() * 1000), beyond 2**32)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
     seed = int(seed)
     _core_rng.generator = np.random.default_rng(seed)
     _core_rng.data_seeds = np.random.MT19937(seed)  # the DataLoader's worker seeds
@@ -71,6 +72,11 @@ def _shape(size, what):
         items = None if isinstance(size, str) else list(size)
     except TypeError:
         items = None
+    if items is not None:
+        # a whole float (``n / 2`` of an even n) is its int, as upstream's int32 shape
+        # conversion reads it; a fraction is refused (upstream truncated it silently)
+        items = [int(s) if isinstance(s, (float, np.floating)) and float(s).is_integer()
+                 else s for s in items]
     if items is None or not all(is_int(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
     # (a size from x.shape in a dumpable trace stays one: the draw's op carries it)
@@ -136,9 +142,11 @@ def _param_shape(size, *params):
                          f"{' and '.join(str(np.shape(p)) for p in params)} do not broadcast "
                          "(numpy's rules); make them broadcastable") from None
     # (an int 0 means no size, as upstream; a shape Tensor is not compared with 0)
-    if size is None or (is_int(size) and size == 0):
-        return base
-    return _shape(size, "random") + base
+    if not (size is None or (is_int(size) and size == 0)):
+        base = _shape(size, "random") + base
+    # scalar parameters and no size (or size ()) give one draw shaped (1,), as upstream's
+    # uniform and normal without a size
+    return base or (1,)
 
 
 class RNG:
@@ -382,7 +390,11 @@ class _Multinomial(Op):
 
 
 class _Shuffled(Op):
-    """A copy of the input with its first axis in a random order."""
+    """A copy of the input with its first axis in a random order; its gradient goes back to
+    the rows they came from, as upstream's ShuffleRNG's."""
+
+    holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+    backward_reads = ()  # (the order only)
 
     def __init__(self, rng):
         self.rng = rng
@@ -390,10 +402,13 @@ class _Shuffled(Op):
     def forward(self, x):
         # the order is drawn on the host (the seed governs it on every device), then indexes
         # the array on its own device
-        return x[xp_of(x).asarray(self.rng._gen().permutation(x.shape[0]))]
+        self.order = xp_of(x).asarray(self.rng._gen().permutation(x.shape[0]))
+        return x[self.order]
 
     def backward(self, g):
-        return None  # upstream's permutation has no gradient
+        grad = xp_of(g).empty_like(g)
+        grad[self.order] = g  # (a permutation: each row is written once)
+        return grad
 
 
 _default_rng = RNG()

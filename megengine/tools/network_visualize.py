@@ -5,7 +5,9 @@ dumps), and its graph as a TensorBoard log where a TensorBoard writer is install
 What is counted (`op_flops`): the layer operators as `megengine.utils.module_stats` counts the
 layers they come from (a convolution ``numel(out) * (Cin/groups * prod(kernel) + bias)``, a
 transposed one ``numel(in) * Cout/groups * prod(kernel) + numel(out) * bias``, batch, layer,
-group and instance normalization ``7 * numel(in)``, pooling ``numel(out) * prod(kernel)``)
+group and instance normalization ``7 * numel(in)``, pooling ``numel(out) * prod(kernel)``;
+an adaptive pooling is dumped as a pooling and counted so, where module_stats counts the layer
+by upstream's formula)
 and, as upstream's tool, a matrix product ``numel(out) * K`` and an elementwise operator
 ``numel(out)``. Parameters are the program's constants (every ``ImmutableTensor``: captured
 parameters and buffers such as batch norm's running statistics, and numbers the program uses);

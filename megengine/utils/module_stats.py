@@ -58,7 +58,9 @@ def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
-@register_flops(M.conv._ConvNd)
+# the types upstream gives a formula (ConvTranspose3d has none there, so its calls add no
+# FLOPs row, as upstream)
+@register_flops(M.Conv1d, M.Conv2d, M.Conv3d, M.LocalConv2d, M.DeformableConv2d)
 def flops_conv(module, inputs, outputs):
     # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
@@ -66,7 +68,7 @@ def flops_conv(module, inputs, outputs):
     return _numel(outputs[0].shape) * (module.in_channels // module.groups * _numel(k) + bias)
 
 
-@register_flops(M.ConvTranspose2d, M.ConvTranspose3d)
+@register_flops(M.ConvTranspose2d)
 def flops_conv_transpose(module, inputs, outputs):
     # every input element is scattered to Cout/groups * prod(kernel) outputs; bias per output
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
@@ -89,13 +91,15 @@ def flops_pool(module, inputs, outputs):
 
 @register_flops(M.adaptive_pooling._AdaptivePoolNd)
 def flops_adaptive_pool(module, inputs, outputs):
-    # the window of each output element, as the adaptive pooling ops choose it (stride
-    # floor(in / out), window in - (out - 1) * stride)
+    # upstream's count, so that totals match the numbers its users publish: its formula takes
+    # the stride as floor(in / (in - 1)) where the pooling's floor(in / out) is meant, so the
+    # window is 1 per axis of 3 or more, 0 for an axis of 2, and (where upstream divides by
+    # zero) 1 for an axis of 1 here
+    def window(size):
+        return 1 if size == 1 else size - (size - 1) * (size // (size - 1))
+
     ih, iw = inputs[0].shape[2:4]
-    oh, ow = outputs[0].shape[2:4]
-    sh, sw = ih // oh, iw // ow
-    kh, kw = ih - (oh - 1) * sh, iw - (ow - 1) * sw
-    return _numel(outputs[0].shape) * kh * kw
+    return _numel(outputs[0].shape) * window(ih) * window(iw)
 
 
 @register_flops(M.Linear)
@@ -106,11 +110,12 @@ def flops_linear(module, inputs, outputs):
 
 @register_flops(M.BatchMatMulActivation)
 def flops_batch_matmul(module, inputs, outputs):
-    # weight (batch, out, in) @ x (batch, in, n): batch * out * n outputs of in multiply-adds
-    batch, out_features, in_features = module.weight.shape
-    n = inputs[0].shape[-1]
+    # upstream's count: batch * in * (n + bias) * in for weight (batch, out, in) @ x (batch,
+    # in, n); its formula reads the weight's last axis (in) where out is meant, so the count
+    # is the multiply-adds' batch * out * n * in only when out == in
+    batch, in_features, n = inputs[0].shape
     bias = 1 if module.bias is not None else 0
-    return batch * out_features * n * (in_features + bias)
+    return batch * in_features * (n + bias) * module.weight.shape[2]
 
 
 #: the layer types whose calls are counted (subclasses included)
@@ -199,12 +204,13 @@ def _add_totals(rows, key, bar_length_max, fmt):
 
 
 def _table(rows, header):
+    """The header and the rows as upstream logs them (``tabulate`` of the header row and the
+    rows: left-aligned columns two spaces apart, no trailing blanks, a rule above and below)."""
     cells = [[str(h) for h in header]] + [[str(r.get(h, "")) for h in header] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     rule = "  ".join("-" * w for w in widths)
-    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(cells[0], widths)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
-    return "\n".join(lines + [rule])
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([rule] + lines + [rule])
 
 
 def _is_shapes(x):
@@ -263,10 +269,11 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
             as ``input_size``: both still work (a tuple of ints, or a list of such tuples, in
             place of ``inputs`` is taken as shapes).
         cal_params, cal_flops, cal_activations: which of the three to count.
-        logging_to_stdout: log the tables and the summary (logger ``megengine.utils.module_stats``).
+        logging_to_stdout: log the tables (logger ``megengine.utils.module_stats``); the
+            summary is logged either way, as upstream's.
         bar_length_max: the width of the longest ``#`` bar in the tables.
         log_params, log_flops, log_activations: which tables to log (upstream's older
-            spelling; the summary is always logged when ``logging_to_stdout``).
+            spelling).
 
     Returns:
         ``(total_stats, stats_details)``: ``total_stats(param_size, param_dims, flops, act_size,
@@ -372,7 +379,11 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         for r in flops:
             r["flops_cum"] = r.pop("flops_num_cum")
             r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
-        flops.append({"name": "total", "flops": sizeof_fmt(total_flops, suffix="OPs")})
+        # upstream's total row shows, under output_shapes, the sum of the outputs' second
+        # dimensions (channels, for convolutions)
+        channels = sum(s[1] for r in flops for s in r["output_shapes"] if len(s) > 1)
+        flops.append({"name": "total", "flops": sizeof_fmt(total_flops, suffix="OPs"),
+                      "output_shapes": channels})
         summary["total_flops"] = sizeof_fmt(total_flops, suffix="OPs")
         if logging_to_stdout and log_flops:
             logger.info("flops stats: \n" + _table(flops, [
@@ -391,9 +402,9 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
             logger.info("activations stats: \n" + _table(activations, header))
     if cal_flops and cal_params and total_param_size:
         summary["flops/param_size"] = f"{total_flops / total_param_size:3.3f}"
-    if logging_to_stdout:
-        logger.info("summary\n" + _table([{"item": k, "value": v} for k, v in summary.items()],
-                                         ["item", "value"]))
+    # (upstream logs the summary also when logging_to_stdout is False)
+    logger.info("summary\n" + _table([{"item": k, "value": v} for k, v in summary.items()],
+                                     ["item", "value"]))
     return (total_stats(param_size=total_param_size, param_dims=total_param_dims,
                         flops=total_flops, act_size=total_act_size, act_dims=total_act_dims),
             stats_details(params=params, flops=flops, activations=activations))

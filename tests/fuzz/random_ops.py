@@ -154,6 +154,7 @@ def _param_case(rng, name, draw_params, sample, check_one, n_hi=3000):
         shp = ()  # upstream: no size (or 0) gives the parameters' broadcast shape
     if arrays is not None:
         shp = tuple(shp) + np.broadcast_shapes(*(a.shape for a in arrays))
+    shp = tuple(shp) or (1,)  # upstream 1.13 measured: a draw of no shape is one element, (1,)
     what = f"{sd}.{name}({', '.join(map(repr, values))}, tensors={arrays is not None}, size={shp})"
 
     def check():

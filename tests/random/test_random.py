@@ -73,6 +73,67 @@ def test_size_none_gives_one_element_as_upstream():
     assert rand.normal(size=4).shape == (4,)
 
 
+def test_scalar_parameters_without_size_give_one_element_as_upstream():
+    # upstream 1.13 measured: gamma(2.0), beta(2, 3), poisson(2.0), gamma(mge.tensor(2.0)) and
+    # gamma(2.0, size=()) are all shaped (1,), as normal() and uniform() are (earlier versions
+    # of this fork gave 0-d draws)
+    assert rand.gamma(2.0).shape == (1,) and rand.beta(2.0, 3.0).shape == (1,)
+    assert rand.poisson(2.0).shape == (1,) and rand.exponential(2.0).shape == (1,)
+    assert rand.gamma(mge.tensor(2.0), mge.tensor(1.0)).shape == (1,)
+    assert rand.gamma(2.0, size=()).shape == (1,) and rand.poisson(3.0, size=0).shape == (1,)
+    assert rand.gamma(2.0, size=(2, 3)).shape == (2, 3)
+
+
+def test_whole_float_sizes_are_read_as_ints_as_upstream():
+    # upstream 1.13 measured: size=(2.0, 3) draws (2, 3) for uniform, normal, gamma, beta and
+    # poisson (a size computed as n / 2); earlier versions of this fork refused it. A fraction
+    # is refused (upstream truncated it silently)
+    assert rand.uniform(size=(2.0, 3)).shape == (2, 3)
+    assert rand.normal(size=[np.float32(2), 3]).shape == (2, 3)
+    assert rand.gamma(2.0, size=(2.0, 3)).shape == (2, 3)
+    assert rand.beta(2.0, 3.0, size=(2.0, 3)).shape == (2, 3)
+    assert rand.poisson(2.0, size=(2.0, 3)).shape == (2, 3)
+    with pytest.raises(TypeError, match="size"):
+        rand.uniform(size=(2.5, 3))
+
+
+def test_seeds_beyond_32_bits_are_accepted_as_upstream():
+    # upstream's seed is a uint64: programs seed with int(time.time() * 1000) (upstream 1.13
+    # measured: seed(2**32) and seed(2**40) draw; earlier versions of this fork refused them)
+    for big in (2**32, 2**40, 2**64 - 1):
+        rand.seed(big)
+        a = rand.uniform(size=(4,)).numpy()
+        rand.seed(big)
+        np.testing.assert_array_equal(rand.uniform(size=(4,)).numpy(), a)
+    with pytest.raises(ValueError, match="2\\*\\*64"):
+        rand.seed(2**64)
+
+
+def test_permutation_and_shuffle_pass_gradients_back_to_the_rows_they_took():
+    # upstream 1.13 measured: x = 10 * [[0, 1], [2, 3], [4, 5]], y = permutation(x) = [[0, 10],
+    # [40, 50], [20, 30]], loss (y * w).sum() with w = [[1, 2], [3, 4], [5, 6]] gives x.grad
+    # [[1, 2], [5, 6], [3, 4]]: row i of w goes back to the row y took; shuffle of y = x * 1
+    # alike (earlier versions of this fork gave no gradient)
+    from megengine.autodiff import GradManager
+
+    x = mge.Parameter(np.arange(6, dtype="float32").reshape(3, 2) * 10)
+    w = np.arange(6, dtype="float32").reshape(3, 2) + 1
+    gm = GradManager().attach([x])
+    for draw in ("permutation", "shuffle"):
+        x.grad = None
+        with gm:
+            if draw == "permutation":
+                y = rand.permutation(x * 1)
+            else:
+                y = x * 1
+                rand.shuffle(y)
+            gm.backward((y * mge.tensor(w)).sum())
+        rows = (y.numpy()[:, 0] / 20).astype(int)  # the row of x each row of y took
+        expected = np.empty_like(w)
+        expected[rows] = w
+        np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
 def test_size_given_as_a_tensor():
     # the detection programs' sample_labels draw `uniform(size=mask.sum())`: a 0-d count
     mask = mge.tensor(np.array([1, 0, 1, 1, 0], dtype=bool))
@@ -133,6 +194,7 @@ def test_rng_objects_have_their_own_stream():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: rand.seed(-1), ValueError, "seed"),
+    (lambda: rand.seed(2**64), ValueError, "seed"),
     (lambda: rand.seed(1.5), ValueError, "seed"),
     (lambda: rand.uniform(low=1.0, high=0.0), ValueError, "low < high"),
     (lambda: rand.normal(std=-1.0), ValueError, "std"),

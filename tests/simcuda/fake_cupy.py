@@ -746,6 +746,10 @@ def build(count):
 
     class _Random(types.ModuleType):
         def seed(self, seed=None):
+            if seed is not None and seed >= 2**32:  # cupy's seed is a uint64, numpy's 32 bits
+                if seed >= 2**64:
+                    raise TypeError(f"Cannot cast {seed} to uint64")
+                seed = [seed & 0xFFFFFFFF, seed >> 32]
             generators[rt.current()] = np.random.RandomState(seed)
 
         def __getattr__(self, name):

@@ -41,7 +41,7 @@ def test_conv_linear_norm_pool_flops_by_hand():
         "3": n * 8 * 4 * 4 * 2 * 2,            # out numel * window
         "4": n * 4 * 4 * 4 * (8 // 2 * 3 * 1),  # groups=2, no bias
         "5": n * 4 * 2 * 2 * 4,
-        "6": n * 4 * 1 * 1 * (2 * 2),           # window of a 2x2 -> 1x1 adaptive pool
+        "6": 0,  # upstream's adaptive pooling formula counts an axis of 2 as 0 (see below)
     }
     assert got == expected
     assert total.flops == sum(expected.values())
@@ -51,6 +51,41 @@ def test_conv_linear_norm_pool_flops_by_hand():
     assert total.act_dims == sum(act.values())
     assert total.act_size == 4 * sum(act.values())
     assert details.activations[-1]["name"] == "total"
+
+
+def test_adaptive_pooling_flops_are_upstreams_count():
+    # upstream 1.13 measured: AdaptiveAvgPool2d((1, 1)) of (2, 3, 7, 5) counts 6 (one per
+    # output element: its formula takes the stride as floor(in / (in - 1))), AdaptiveAvgPool2d(2)
+    # of (1, 2, 8, 8) counts 8, AdaptiveMaxPool2d((2, 3)) of (1, 2, 2, 9) counts 0 (the window
+    # of an axis of 2 is 0); of (2, 3, 1, 4) upstream divides by zero, here the axis of 1 is a
+    # window of 1 (earlier versions of this fork counted the pooling windows: 210, 128, 36)
+    cases = [(M.AdaptiveAvgPool2d((1, 1)), (2, 3, 7, 5), 6),
+             (M.AdaptiveAvgPool2d(2), (1, 2, 8, 8), 8),
+             (M.AdaptiveMaxPool2d((2, 3)), (1, 2, 2, 9), 0),
+             (M.AdaptiveAvgPool2d((1, 1)), (2, 3, 1, 4), 6)]
+    for layer, shape, expected in cases:
+        total, details = stats(layer, input_shapes=shape)
+        assert total.flops == expected and details.flops[0]["flops_num"] == expected
+
+
+def test_conv_transpose_3d_has_no_flops_formula_as_upstream():
+    # upstream 1.13 measured: ConvTranspose3d(2, 3, 3, stride=2) of (1, 2, 3, 3, 3) is hooked
+    # (its parameters and activation are counted) but has no FLOPs formula: total 0, no row
+    # (earlier versions of this fork counted it as a transposed convolution, 5403)
+    total, details = stats(M.ConvTranspose3d(2, 3, 3, stride=2), input_shapes=(1, 2, 3, 3, 3))
+    assert total.flops == 0 and [r["name"] for r in details.flops] == ["total"]
+    assert len(details.params) == 3 and total.act_dims == 1 * 3 * 7 * 7 * 7
+
+
+def test_batch_matmul_flops_and_the_total_rows_channels_are_upstreams():
+    # upstream 1.13 measured: BatchMatMulActivation(2, 3, 4, bias=False) of (2, 3, 5) counts 90
+    # (batch * in * n * in: its formula reads in where out is meant; earlier versions of this
+    # fork counted batch * out * n * in = 120), and the flops table's total row has
+    # output_shapes 4, the sum of the outputs' second dimensions
+    total, details = stats(M.BatchMatMulActivation(2, 3, 4, bias=False),
+                           inputs=np.ones((2, 3, 5), np.float32))
+    assert total.flops == 90
+    assert details.flops[-1] == {"name": "total", "flops": "90.000 OPs", "output_shapes": 4}
 
 
 def test_linear_conv_transpose_and_batch_matmul_flops():
@@ -74,7 +109,9 @@ def test_linear_conv_transpose_and_batch_matmul_flops():
     assert got["fc_nobias"] == 7 * 3 * 5
     # transposed: each input element scatters to Cout * k*k outputs, plus a bias per output
     assert got["up"] == (1 * 2 * 3 * 3) * (4 * 9) + (1 * 4 * 7 * 7)
-    assert got["bmm"] == 2 * 4 * 5 * (3 + 1)      # batch * out * n multiply-adds of in, + bias
+    # upstream's formula, batch * in * (n + bias) * in (its bias=True forward fails on a bias
+    # shape, so this one is read from its formula)
+    assert got["bmm"] == 2 * 3 * (5 + 1) * 3
     # activations carry mean/std when real inputs were given
     assert {"mean", "std"} <= set(details.activations[0])
 
@@ -245,6 +282,49 @@ def test_logged_tables():
     assert "flops stats" in text and "activations stats" in text and "summary" in text
     assert "param stats" not in text  # log_params=False
     assert "total_flops" in text and "8.000 OPs" in text  # 1*2*3 + 2
+
+
+def _logged(*args, **kw):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    ms.logger.addHandler(handler)
+    try:
+        module_stats(*args, **kw)
+    finally:
+        ms.logger.removeHandler(handler)
+    return [r.getMessage() for r in records]
+
+
+def test_logged_tables_are_upstreams_text():
+    # upstream 1.13 measured (its tables are tabulate's: the header is the first row, no rule
+    # under it, no trailing blanks; the summary is logged also with logging_to_stdout=False).
+    # Earlier versions of this fork ruled off the header, padded the last column and left the
+    # summary out with logging_to_stdout=False.
+    net = M.Linear(3, 2)
+    net.load_state_dict({"weight": np.array([[1, 2, 3], [4, 5, 6]], "float32"),
+                         "bias": np.array([0.5, -0.5], "float32")})
+    params, flops, acts, summary = _logged(net, input_shapes=(1, 3), bar_length_max=5)
+    assert flops == (
+        "flops stats: \n"
+        "-----  ----------  ------------  -------------  ---------  ---------  ----------  -----\n"
+        "name   class_name  input_shapes  output_shapes  flops      flops_cum  percentage  bar\n"
+        "       Linear      [(1, 3)]      [(1, 2)]       8.000 OPs  8.000 OPs  100.00%     #####\n"
+        "total                            2              8.000 OPs\n"
+        "-----  ----------  ------------  -------------  ---------  ---------  ----------  -----")
+    assert params.splitlines()[3:5] == [
+        "-w     float32  (2, 3)  3.5   1.71  6          32     24.000 B  24.000 B  75.00%"
+        "      #####",
+        "-b     float32  (2,)    0     0.5   2          32     8.000 B   32.000 B  25.00%      #"]
+    assert acts.splitlines()[2] == ("name   class_name  dtype    shape   nbits  act_dim  size     "
+                                    "size_cum  percentage  size_bar")
+    expected_summary = (
+        "summary\n----------------  ---------\nitem              value\n#params           2\n"
+        "total_param_dims  8.000\ntotal_param_size  32.000 B\ntotal_flops       8.000 OPs\n"
+        "total_act_dims    2.000\ntotal_act_size    8.000 B\nflops/param_size  0.250\n"
+        "----------------  ---------")
+    assert summary == expected_summary
+    assert _logged(net, input_shapes=(1, 3), logging_to_stdout=False) == [expected_summary]
 
 
 def test_register_flops_for_a_new_layer_type():

@@ -11,6 +11,7 @@ import megengine as mge
 import megengine.module as M
 from megengine.core import dispatch
 from megengine.core.dispatch import Op
+from megengine.utils import tuple_function
 from megengine.utils import types as mtypes
 from megengine.utils.deprecation import deprecated, deprecated_func, deprecated_kwargs_default
 from megengine.utils.future import Future
@@ -125,6 +126,10 @@ def test_get_ndtuple():
         _pair((1, 2, 3))
     with pytest.raises(AssertionError, match=">= 1"):  # upstream asserted
         _pair_nonzero((1, 0))
+    # upstream 1.13 has _triple_nonzero too: _triple_nonzero(4) == (4, 4, 4)
+    assert tuple_function._triple_nonzero(4) == (4, 4, 4)
+    with pytest.raises(AssertionError, match=">= 1"):
+        tuple_function._triple_nonzero((1, 0, 2))
     assert mtypes._pair is _pair and mtypes.get_ndtuple is get_ndtuple
 
 
