@@ -17,7 +17,7 @@ __all__ = [
 
 _SUBMODULES = {"amp", "autodiff", "config", "core", "data", "distributed", "dtr", "experimental",
                "functional", "hub", "jit", "logger", "module", "optimizer", "quantization",
-               "random", "serialization", "device", "traced_module", "utils"}
+               "random", "serialization", "device", "traced_module", "utils", "version"}
 
 
 def _exit(code):

@@ -19,6 +19,7 @@ __all__ = [
     "get_cuda_compute_capability",
     "get_cuda_device_property",
     "get_cuda_version",
+    "get_cuda_driver_version",
     "get_cudnn_version",
     "get_tensorrt_version",
     "get_allocated_memory",
@@ -394,6 +395,14 @@ def get_cuda_version() -> int:
     own, so the runtime CuPy uses is the one that counts. Raises when CUDA is not usable.
     """
     return int(_need_cuda("get_cuda_version").cuda.runtime.runtimeGetVersion())
+
+
+def get_cuda_driver_version() -> int:
+    """The newest CUDA version the installed driver supports, as ``1000 * major + 10 * minor``;
+    0 where CUDA is not usable (upstream 1.13 measured: 0 on a machine without a GPU)."""
+    if not is_cuda_available():
+        return 0
+    return int(_cupy().cuda.runtime.driverGetVersion())
 
 
 def get_cudnn_version() -> int:

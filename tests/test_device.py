@@ -147,6 +147,8 @@ def test_cuda_queries_without_cuda_say_so():
                   lambda: dev.get_cuda_device_property(0)):
         with pytest.raises(RuntimeError, match="no CUDA device is usable"):
             query()
+    assert dev.get_cuda_driver_version() == 0  # (upstream 1.13 measured on a CPU machine: 0)
+    assert mge.get_cuda_driver_version() == 0
 
 
 @pytest.mark.skipif(not mge.is_cuda_available(), reason="needs a CUDA device")
@@ -158,6 +160,7 @@ def test_cuda_queries_match_cupy():
     prop = dev.get_cuda_device_property(0)
     assert prop.major * 10 + prop.minor == int(cc) and prop.total_memory > 0
     assert dev.get_cuda_version() == cupy.cuda.runtime.runtimeGetVersion()
+    assert dev.get_cuda_driver_version() == cupy.cuda.runtime.driverGetVersion()
     total, free = dev.get_mem_status_bytes("gpu0")
     assert total == prop.total_memory and 0 < free <= total
     x = mge.tensor(np.ones(1 << 20, np.float32), device="gpu0")

@@ -65,6 +65,7 @@ UPSTREAM = {
         AdaptiveMaxPool2d BatchNorm1d BatchNorm2d SyncBatchNorm Concat Conv2d ConvRelu2d
         ConvTranspose2d LocalConv2d ConvBn2d ConvBnRelu2d Dropout Elemwise Embedding Identity
         Linear Module AvgPool2d MaxPool2d DequantStub QuantStub Sequential""".split()),
+    "megengine.version": (False, ["__version__", "git_version"]),
     "megengine.optimizer": (False, """Adadelta Adagrad Adam AdamW clip_grad_norm
         clip_grad_value LRScheduler MultiStepLR CosineAnnealingLR Optimizer SGD""".split()),
 }
@@ -80,6 +81,13 @@ def test_public_names_contain_upstreams(name):
         star = {}
         exec(f"from {name} import *", star)
         assert sorted(set(expected) - set(star)) == []
+
+
+def test_version_module_gives_the_package_version():
+    import megengine.version
+
+    assert megengine.version.__version__ == mge.__version__ and mge.version is megengine.version
+    assert isinstance(megengine.version.git_version, str)
 
 
 def test_moved_homes_are_the_same_objects():
