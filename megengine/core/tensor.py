@@ -61,6 +61,9 @@ class CompNode(str):
         stream = name.partition(":")[2] or "0"
         return canonical_device(name.partition(":")[0]) + ":" + stream
 
+    def __repr__(self):  # upstream's: the device, and the name it was asked by
+        return f'CompNode("{self.physical_name}" from "{self.logical_name}")'
+
     # Upstream compares comp nodes by the device they resolve to, so on a machine without a
     # GPU `tensor.device == "xpu0"` holds for a tensor on "cpu0". Equal text is the fast path;
     # only differing names are resolved, and a name that does not resolve compares unequal.

@@ -399,6 +399,7 @@ def test_a_tensor_remembers_the_device_name_it_was_made_with():
                     F.zeros((2,), device="cpu0"), F.copy(Tensor([1.0]), "cpu0")]:
         assert derived.device.logical_name == "cpu0:0"
     assert a.to("xpux").device.logical_name == "xpux:0"
+    assert repr(a.to("xpux").device) == f'CompNode("{canonical_device("xpux")}:0" from "xpux:0")'
     assert Tensor([1.0], device=a.device).device.logical_name == "cpu0:0"
     p = mge.Parameter([1.0, 2.0], device="cpu0")
     gm = GradManager().attach([p])
