@@ -187,6 +187,13 @@ def test_clip_with_tensor_bounds():
     check(F.clip, torch.clamp, x, lo, hi)
 
 
+def test_clip_with_tensor_bounds_at_a_tie_gives_the_gradient_to_x_alone():
+    # as torch's; upstream 1.13 measured: x [1, 2, 0], lower [0, 2, 0], upper [1, 0, 3] (the
+    # tie counted twice); documented in docs/compatibility.rst
+    x, lo, hi = (np.array(v, np.float32) for v in ([1.0, 0.5, 2.0], [0.0, 0.5, 0.0], [1.0, 1.0, 1.0]))
+    check(F.clip, torch.clamp, x, lo, hi)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
 def test_clip_of_both_bounds_keeps_nan_infinities_and_the_dtype_like_torch(dtype):
     x0 = np.array([[np.nan, -np.inf, np.inf, -7, 0, 3, 6, 9]] * 2, "float64")
