@@ -9,7 +9,7 @@ from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import xp_of
+from ..core.ops import LinearMap, xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _tensor
@@ -288,7 +288,7 @@ class _Sample(Op):
                 "remap / warp_perspective / warp_affine: the gradient with respect to the "
                 "sampling points (map_xy, mat) cannot be differentiated again; detach them "
                 "(mat.detach()) inside a higher-order computation")
-        gimg = (apply(_LinearMap(self.image_grad, self.resample), grads[0])
+        gimg = (apply(LinearMap(self.image_grad, self.resample), grads[0])
                 if self.needs_input_grad[0] else None)
         return (gimg, None, None)[:len(inputs)]
 
@@ -306,24 +306,6 @@ class _Sample(Op):
                     gx, gy = gx + dwx * s, gy + dwy * s
             gpts = xp.stack([gx, gy], axis=-1).astype(self.pts_dtype)
         return (gimg, gpts, None)[:len(self.needs_input_grad)]
-
-
-class _LinearMap(Op):
-    """A linear map given with its adjoint (on arrays), as an op: its gradient is the adjoint,
-    whose gradient is the map again (derivatives of higher order alternate between the two).
-    `_Sample`'s image gradient for fixed points is one: ``A^T g``, with adjoint ``A``."""
-
-    def __init__(self, fn, adjoint):
-        self.fn, self.adjoint = fn, adjoint
-
-    def forward(self, x):
-        return self.fn(x)
-
-    def backward(self, g):
-        return self.adjoint(g)
-
-    def grad_graph(self, inputs, outputs, grads):
-        return (apply(_LinearMap(self.adjoint, self.fn), grads[0]),)
 
 
 class _PerspectivePoints(Op):

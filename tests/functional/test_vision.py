@@ -446,6 +446,19 @@ def test_roi_align_of_float64_computes_in_float64(mode):
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["average", "max"])
+def test_roi_align_second_order(mode):
+    # a gradient penalty through a detector's roi_align: upstream 1.13 differentiates the
+    # gradient again (measured); earlier versions of this fork raised "_ROIAlign has no
+    # grad_graph"
+    img, r = rand(2, 2, 8, 7, seed=8), rand(3, 2, 3, 2, seed=9)
+    check_second_order(
+        lambda a: (F.vision.roi_align(a * a, ROIS, (3, 2), mode=mode, spatial_scale=0.9,
+                                      sample_points=(2, 3)) ** 3 * r).sum(),
+        lambda a: (_roi_align_torch(a * a, ROIS, 3, 2, 0.9, 0.5, 2, 3, mode) ** 3
+                   * torch.tensor(r)).sum(), img)
+
+
 def test_roi_align_of_float16_stays_float16_and_rounds_once():
     # a float16 result, as upstream's kernel gives, from samples and bins in float32 rounded
     # once; earlier versions of this fork returned float32
