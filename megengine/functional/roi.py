@@ -233,7 +233,28 @@ class _ROIPooling(Op):
             self.index = (batch, src_y, src_x, count > 0)
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
 
+    def resample(self, img):
+        """The forward's map applied to ``img``, linear for fixed rois: each bin's mean, or its
+        value at the forward's maximum (the adjoint of `image_grad`)."""
+        xp = xp_of(img)
+        c = img.shape[1]
+        if self.mode == "average":
+            batch, ysel, xsel, valid, count = self.index
+            k, ph, pw = count.shape[:3]
+            vals = img[batch.reshape(k, 1, 1, 1, 1), :, ysel, xsel].reshape(k, ph, pw, -1, c)
+            out = xp.where(valid, vals, 0).sum(axis=3) / xp.maximum(count, 1)
+        else:
+            batch, ys, xs, has = self.index
+            out = img[batch.reshape(-1, 1, 1, 1), xp.arange(c), ys, xs] * has
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
+
     def backward(self, g):
+        return self.image_grad(g), None
+
+    def image_grad(self, g):
         xp = xp_of(g)
         n, c, h, w = self.img_shape
         k, _, ph, pw = g.shape
@@ -254,7 +275,7 @@ class _ROIPooling(Op):
         flat = ((bs * c + cidx) * h + ys) * w + xs
         flat = xp.broadcast_to(flat, share.shape)
         gimg = xp.bincount(flat.ravel(), weights=share.ravel(), minlength=n * c * h * w)
-        return gimg.astype(g.dtype).reshape(self.img_shape), None
+        return gimg.astype(g.dtype).reshape(self.img_shape)
 
 
 def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):

@@ -495,8 +495,11 @@ def test_roi_align_images_without_rois_and_no_rois_at_all():
 
 
 def _roi_pool_loop(img, rois, ph, pw, scale, mode):
+    """megdnn's roi pooling one bin at a time, on numpy arrays or (differentiable) torch
+    tensors."""
     _, c, h, w = img.shape
-    out = np.zeros((len(rois), c, ph, pw), np.float32)
+    out = (torch.zeros((len(rois), c, ph, pw), dtype=img.dtype) if torch.is_tensor(img)
+           else np.zeros((len(rois), c, ph, pw), np.float32))
     for k, r in enumerate(rois):
         b = int(r[0])
         x1, y1, x2, y2 = (int(np.sign(v) * np.floor(abs(v) + 0.5)) for v in r[1:] * scale)
@@ -509,7 +512,8 @@ def _roi_pool_loop(img, rois, ph, pw, scale, mode):
                 we = min(max(int(np.ceil((j + 1) * bw)) + x1, 0), w)
                 win = img[b, :, hs:he, ws:we].reshape(c, -1)
                 if win.shape[1]:
-                    out[k, :, i, j] = win.max(1) if mode == "max" else win.mean(1)
+                    out[k, :, i, j] = win.mean(1) if mode != "max" else (
+                        win.amax(1) if torch.is_tensor(win) else win.max(1))
     return out
 
 
@@ -523,6 +527,20 @@ def test_roi_pooling_against_loop_reference_and_gradient(mode):
     # a small step keeps each window's maximum where it is
     _directional_check(lambda x: F.vision.roi_pooling(x, rois, (3, 2), mode=mode, scale=0.9), img,
                        eps=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_roi_pooling_second_order(mode):
+    # upstream 1.13 differentiates roi_pooling's gradient again (measured); earlier versions
+    # of this fork raised "_ROIPooling has no grad_graph"
+    img = rand(2, 2, 8, 7)
+    rois = np.concatenate([ROIS, [[0, 20, 20, 30, 30]]]).astype(np.float32)  # empty: zeros
+    r = rand(4, 2, 3, 2, seed=9)
+    check_second_order(
+        lambda a: (F.vision.roi_pooling(a * a, rois, (3, 2), mode=mode, scale=0.9) ** 3
+                   * r).sum(),
+        lambda a: (_roi_pool_loop(a * a, rois, 3, 2, 0.9, mode) ** 3 * torch.tensor(r)).sum(),
+        img)
 
 
 # ----- nms -----
