@@ -687,6 +687,25 @@ class Identity(Op):
         return grads
 
 
+class LinearMap(Op):
+    """A linear map given with its adjoint (functions on arrays), as an op: its gradient is the
+    adjoint, whose gradient is the map again (derivatives of higher order alternate between
+    the two). The gradient of a sampling (a warp, roi_align) for fixed points is one, so a
+    gradient penalty can differentiate it again."""
+
+    def __init__(self, fn, adjoint):
+        self.fn, self.adjoint = fn, adjoint
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def backward(self, g):
+        return self.adjoint(g)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (dispatch.apply(LinearMap(self.adjoint, self.fn), grads[0]),)
+
+
 class Full(Op):
     """``value`` in a new array of ``shape`` on ``device`` (no inputs): what F.zeros, F.full,
     F.zeros_like and a size used as a tensor operand (``x / x.shape[0]``) make while a dumpable

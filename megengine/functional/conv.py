@@ -472,6 +472,10 @@ class _Im2Col(Op):
         tg = _aten.view(g).permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
         return _aten.array(_aten.aten().col2im(tg, self.hw, self.k, self.d, self.p, self.s))
 
+    def grad_graph(self, inputs, outputs, grads):
+        # linear: the gradient is col2im, whose own gradient is im2col again
+        return (apply(_Col2Im(self.hw, self.k, self.p, self.s, self.d, self.what), grads[0]),)
+
 
 def _col2im_in_window_order(x, size, k, p, s, d):
     """Sum (N, C, OH, OW, KH, KW) windows into (N, C, *size), adding into each pixel in the
@@ -521,6 +525,9 @@ class _Col2Im(Op):
         oh = (self.size[0] + 2 * self.p[0] - self.d[0] * (self.k[0] - 1) - 1) // self.s[0] + 1
         ow = cols.shape[2] // oh
         return _aten.array(cols.view(n, c, *self.k, oh, ow).permute(0, 1, 4, 5, 2, 3))
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(_Im2Col(self.k, self.p, self.s, self.d, self.what), grads[0]),)
 
 
 def sliding_window(inp, kernel_size, padding=0, stride=1, dilation=1):

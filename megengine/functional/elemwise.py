@@ -217,8 +217,10 @@ def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",)):
                                   "backward_reads": reads})
 
 
-def _zero_grad(xp, x, y, g):
-    return xp.zeros_like(g)
+def _no_grad(xp, x, y, g):
+    # piecewise constant: no gradient (None, as upstream's), not zeros, so that an optimizer's
+    # weight decay and momentum skip a parameter reached only through it, as upstream's do
+    return None
 
 
 def _keep_ints(f):
@@ -258,13 +260,13 @@ Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.
 Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x),
                lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)))
 Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
-Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _zero_grad, to_float=False,
+Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _no_grad, to_float=False,
                holomorphic=False, reads=())
-Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _zero_grad, to_float=False,
+Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _no_grad, to_float=False,
               holomorphic=False, reads=())
-Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _zero_grad, to_float=False,
+Trunc = _unary("Trunc", _keep_ints(lambda xp, x: xp.trunc(x)), _no_grad, to_float=False,
                holomorphic=False, reads=())
-Round = _unary("Round", _keep_ints(_round_half_away), _zero_grad, to_float=False,
+Round = _unary("Round", _keep_ints(_round_half_away), _no_grad, to_float=False,
                holomorphic=False, reads=())
 
 
@@ -297,10 +299,10 @@ tanh = _unary_fn(Tanh, "tanh", "Element-wise hyperbolic tangent.")
 asinh = _unary_fn(Asinh, "asinh", "Element-wise inverse hyperbolic sine.")
 acosh = _unary_fn(Acosh, "acosh", "Element-wise inverse hyperbolic cosine.")
 atanh = _unary_fn(Atanh, "atanh", "Element-wise inverse hyperbolic tangent.")
-floor = _unary_fn(Floor, "floor", "Element-wise floor (gradient 0).")
-ceil = _unary_fn(Ceil, "ceil", "Element-wise ceiling (gradient 0).")
-trunc = _unary_fn(Trunc, "trunc", "Element-wise rounding toward zero (gradient 0).")
-round = _unary_fn(Round, "round", "Element-wise rounding, halves away from zero (gradient 0).")
+floor = _unary_fn(Floor, "floor", "Element-wise floor (no gradient).")
+ceil = _unary_fn(Ceil, "ceil", "Element-wise ceiling (no gradient).")
+trunc = _unary_fn(Trunc, "trunc", "Element-wise rounding toward zero (no gradient).")
+round = _unary_fn(Round, "round", "Element-wise rounding, halves away from zero (no gradient).")
 
 
 try:  # the ufunc under np.clip's Python wrapper (numpy >= 2; numpy 1.x keeps it in np.core)

@@ -59,14 +59,14 @@ class Sign(Op):
         return xp_of(x).sign(x)
 
     def backward(self, g):
-        return xp_of(g).zeros_like(g)
+        return None  # piecewise constant: no gradient, as upstream's (see floor)
 
     def grad_graph(self, inputs, outputs, grads):
-        return (grads[0] * 0,)
+        return (None,)
 
 
 def sign(x):
-    """Element-wise sign: -1, 0 or 1, in x's dtype (gradient 0)."""
+    """Element-wise sign: -1, 0 or 1, in x's dtype (no gradient)."""
     return apply(Sign(), _tensor(x))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core import _config
 from ..core.dispatch import Op, apply
-from ..core.ops import xp_of
+from ..core.ops import LinearMap, xp_of
 from . import _aten
 from ._args import _astype_real, _pair, _tensor
 
@@ -50,7 +50,7 @@ class _ROIAlign(Op):
         xp = xp_of(img)
         n, c, h, w = self.img_shape = img.shape
         (ph, pw), (sh, sw) = self.pooled, self.samples
-        k = rois.shape[0]
+        k = self.k = rois.shape[0]
         r = rois.astype(np.float64)
         batch = r[:, 0].astype(np.int64)
         start = r[:, 1:3] * self.scale - self.offset  # (x, y)
@@ -92,7 +92,33 @@ class _ROIAlign(Op):
             self.groups.append((int(b), idx, image, grid, tuple(samples.shape), arg))
         return out
 
+    def resample(self, img):
+        """The forward's map applied to ``img``, linear for fixed rois: the same samples,
+        averaged, or taken where the forward found each bin's maximum (the adjoint of
+        `image_grad`)."""
+        xp = xp_of(img)
+        c = img.shape[1]
+        (ph, pw), (sh, sw) = self.pooled, self.samples
+        out = xp.empty((self.k, c, ph, pw), img.dtype)
+        aten, window = _aten.aten(), [self.samples[0], self.samples[1]]
+        for b, idx, _, grid, _, arg in self.groups:
+            samples = aten.grid_sampler_2d(_aten.view(img[b:b + 1]), _aten.view(grid), 0, 0,
+                                           False)
+            if arg is None:
+                pooled = aten.avg_pool2d(samples, window, window, [0, 0], False, True, None)
+            else:
+                pooled = samples.flatten(2).gather(2, arg.flatten(2)).view(arg.shape)
+            kb = int(idx.shape[0])
+            out[idx] = _aten.array(pooled).reshape(c, kb, ph, pw).transpose(1, 0, 2, 3)
+        return out
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
+
     def backward(self, g):
+        return self.image_grad(g), None
+
+    def image_grad(self, g):
         xp = xp_of(g)
         c = g.shape[1]
         (ph, pw), (sh, sw) = self.pooled, self.samples
@@ -112,7 +138,7 @@ class _ROIAlign(Op):
             gin, _ = aten.grid_sampler_2d_backward(gs, _aten.view(image), _aten.view(grid), 0,
                                                    0, False, [True, False])
             gimg[b] += _aten.array(gin)[0]
-        return gimg, None
+        return gimg
 
 
 def _positive_pair(value, name, what):
@@ -207,7 +233,28 @@ class _ROIPooling(Op):
             self.index = (batch, src_y, src_x, count > 0)
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
 
+    def resample(self, img):
+        """The forward's map applied to ``img``, linear for fixed rois: each bin's mean, or its
+        value at the forward's maximum (the adjoint of `image_grad`)."""
+        xp = xp_of(img)
+        c = img.shape[1]
+        if self.mode == "average":
+            batch, ysel, xsel, valid, count = self.index
+            k, ph, pw = count.shape[:3]
+            vals = img[batch.reshape(k, 1, 1, 1, 1), :, ysel, xsel].reshape(k, ph, pw, -1, c)
+            out = xp.where(valid, vals, 0).sum(axis=3) / xp.maximum(count, 1)
+        else:
+            batch, ys, xs, has = self.index
+            out = img[batch.reshape(-1, 1, 1, 1), xp.arange(c), ys, xs] * has
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
+
     def backward(self, g):
+        return self.image_grad(g), None
+
+    def image_grad(self, g):
         xp = xp_of(g)
         n, c, h, w = self.img_shape
         k, _, ph, pw = g.shape
@@ -228,7 +275,7 @@ class _ROIPooling(Op):
         flat = ((bs * c + cidx) * h + ys) * w + xs
         flat = xp.broadcast_to(flat, share.shape)
         gimg = xp.bincount(flat.ravel(), weights=share.ravel(), minlength=n * c * h * w)
-        return gimg.astype(g.dtype).reshape(self.img_shape), None
+        return gimg.astype(g.dtype).reshape(self.img_shape)
 
 
 def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):

@@ -9,7 +9,7 @@ from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import xp_of
+from ..core.ops import LinearMap, xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _tensor
@@ -256,20 +256,50 @@ class _Sample(Op):
             self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype, copy=False)
 
-    def backward(self, g):
+    def image_grad(self, g):
+        """``A^T g``: for fixed points the output is ``A img`` (plus the border value read
+        outside a constant border, which does not depend on the image)."""
         xp = xp_of(g)
         n, c, h, w = self.img_shape
+        # scatter-add per channel: bincount over the (image, row, column) of every corner
+        flat = xp.concatenate([f.ravel() for f, _, _, _, _ in self.saved])
+        weights = xp.concatenate([wk.ravel() for _, wk, _, _, _ in self.saved])
+        reps = len(self.saved)
+        gimg = xp.empty(self.img_shape, self.dtype)
+        for ch in range(c):
+            gc = xp.tile(g[:, ch].ravel(), reps) * weights
+            gimg[:, ch] = xp.bincount(flat, weights=gc, minlength=n * h * w).reshape(n, h, w)
+        return gimg
+
+    def resample(self, img):
+        """``A img``: an image of the forward input's shape read at the forward's points, 0
+        outside a constant border (the adjoint of `image_grad`)."""
+        xp = xp_of(img)
+        n, c, h, w = self.img_shape
+        pixels = xp.ascontiguousarray(img.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
+        out = 0
+        for f, wk, _, _, _ in self.saved:
+            out = out + wk[..., None].astype(img.dtype) * pixels[f]
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def grad_graph(self, inputs, outputs, grads):
+        # the image's gradient, linear in g, as a recorded op (a gradient penalty through a
+        # warp); the points' gradient depends on the image and has no recorded form here
+        if self.needs_input_grad[1]:
+            raise RuntimeError(
+                "remap / warp_perspective / warp_affine: the gradient with respect to the "
+                "sampling points (map_xy, mat) cannot be differentiated again; detach them "
+                "(mat.detach()) inside a higher-order computation")
+        gimg = (apply(LinearMap(self.image_grad, self.resample), grads[0])
+                if self.needs_input_grad[0] else None)
+        return (gimg, None, None)[:len(inputs)]
+
+    def backward(self, g):
         gimg = gpts = None
         if self.needs_input_grad[0]:
-            # scatter-add per channel: bincount over the (image, row, column) of every corner
-            flat = xp.concatenate([f.ravel() for f, _, _, _, _ in self.saved])
-            weights = xp.concatenate([wk.ravel() for _, wk, _, _, _ in self.saved])
-            reps = len(self.saved)
-            gimg = xp.empty(self.img_shape, self.dtype)
-            for ch in range(c):
-                gc = xp.tile(g[:, ch].ravel(), reps) * weights
-                gimg[:, ch] = xp.bincount(flat, weights=gc, minlength=n * h * w).reshape(n, h, w)
+            gimg = self.image_grad(g)
         if self.needs_input_grad[1]:
+            xp = xp_of(g)
             gx = gy = xp.zeros(g.shape[:1] + g.shape[2:])
             if self.interp != "nearest":  # nearest is piecewise constant: zero gradient
                 g_t = g.transpose(0, 2, 3, 1)

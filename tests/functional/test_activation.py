@@ -177,6 +177,17 @@ def test_prelu(wshape):
           grad_shape={1: lambda g: g.reshape(wshape)})
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kinks_at_zero_follow_torch(dtype):
+    # at exactly 0: leaky_relu and prelu take the negative slope, abs 0, as torch's (upstream
+    # 1.13 measured: slope 1 and -1 there); documented in docs/compatibility.rst
+    x = np.array([0.0, -0.0, -1.5, 2.0], dtype)
+    w = np.array([0.25], dtype)
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype == "float16" else {}
+    check(lambda t, v: F.leaky_relu(t, 0.1) + F.prelu(t, v) + F.abs(t),
+          lambda t, v: TF.leaky_relu(t, 0.1) + TF.prelu(t, v) + torch.abs(t), x, w, **tol)
+
+
 def test_prelu_bad_weight_shape_names_both():
     with pytest.raises(ValueError, match=r"prelu.*\(5,\).*\(2, 3, 4\)"):
         F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))

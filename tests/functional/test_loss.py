@@ -348,6 +348,13 @@ def test_l1_loss(reduction):
           lambda p, y: TF.l1_loss(p, y, reduction=reduction), rand(4, 5), rand(4, 5))
 
 
+def test_l1_loss_where_prediction_equals_label_has_torchs_zero_gradient():
+    # as torch's sign(0); upstream 1.13 measured -1 there (documented in docs/compatibility.rst)
+    pred, label = np.array([1.0, 2.5, 3.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32)
+    check(lambda p, y: F.nn.l1_loss(p, y, reduction="none"),
+          lambda p, y: TF.l1_loss(p, y, reduction="none"), pred, label)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_square_loss(reduction):
     check(lambda p, y: F.nn.square_loss(p, y, reduction=reduction),

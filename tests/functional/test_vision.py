@@ -127,6 +127,36 @@ def test_warp_perspective_against_torch_with_mat_gradients():
           lambda i, m: _torch_perspective(i, m, 4, 5), rand(2, 2, 6, 7), mat)
 
 
+@pytest.mark.parametrize("border,padding", [("replicate", "border"), ("constant", "zeros")])
+def test_remap_and_warp_second_order_through_the_image(border, padding):
+    # a gradient penalty through a warp: upstream 1.13 differentiates the image's gradient
+    # again (measured); earlier versions of this fork raised "_Sample has no grad_graph"
+    img, r = rand(1, 2, 4, 5, seed=5), rand(1, 2, 3, 3, seed=7)
+    rs = np.random.RandomState(6)
+    pts = np.stack([rs.uniform(-1, 5, (1, 3, 3)), rs.uniform(-1, 4, (1, 3, 3))], -1)
+    pts = pts.astype(np.float32)
+    check_second_order(
+        lambda a: (F.vision.remap(a * a, mge.tensor(pts), border_mode=border) ** 3 * r).sum(),
+        lambda a: (_grid_sample(a * a, torch.tensor(pts[..., 0]), torch.tensor(pts[..., 1]),
+                                padding=padding) ** 3 * torch.tensor(r)).sum(), img)
+    mat = np.array([[[1.1, 0.1, -0.3], [-0.1, 0.9, 0.4], [0.01, 0.0, 1.0]]], np.float32)
+    check_second_order(
+        lambda a: (F.vision.warp_perspective(a * a, mge.tensor(mat), (3, 3)) ** 3 * r).sum(),
+        lambda a: (_torch_perspective(a * a, torch.tensor(mat), 3, 3) ** 3 * torch.tensor(r)
+                   ).sum(), img)
+
+
+def test_warp_second_order_refuses_a_recorded_mat():
+    img = mge.Parameter(rand(1, 1, 4, 4))
+    mat = mge.Parameter(np.eye(3, dtype=np.float32)[None])
+    outer, inner = GradManager().attach([img, mat]), GradManager().attach([img, mat])
+    with outer:
+        with inner:
+            y = (F.vision.warp_perspective(img * img, mat, (3, 3)) ** 2).sum()
+            with pytest.raises(RuntimeError, match="sampling points .* cannot be differentiated"):
+                inner.backward(y)
+
+
 def test_warp_of_a_float16_mat_samples_at_float32_points():
     # rounded to float16, a point was up to 1/128 pixel off at x = 4 (a uint8 result a level)
     rs = np.random.RandomState(6)
@@ -432,6 +462,19 @@ def test_roi_align_of_float64_computes_in_float64(mode):
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["average", "max"])
+def test_roi_align_second_order(mode):
+    # a gradient penalty through a detector's roi_align: upstream 1.13 differentiates the
+    # gradient again (measured); earlier versions of this fork raised "_ROIAlign has no
+    # grad_graph"
+    img, r = rand(2, 2, 8, 7, seed=8), rand(3, 2, 3, 2, seed=9)
+    check_second_order(
+        lambda a: (F.vision.roi_align(a * a, ROIS, (3, 2), mode=mode, spatial_scale=0.9,
+                                      sample_points=(2, 3)) ** 3 * r).sum(),
+        lambda a: (_roi_align_torch(a * a, ROIS, 3, 2, 0.9, 0.5, 2, 3, mode) ** 3
+                   * torch.tensor(r)).sum(), img)
+
+
 def test_roi_align_of_float16_stays_float16_and_rounds_once():
     # a float16 result, as upstream's kernel gives, from samples and bins in float32 rounded
     # once; earlier versions of this fork returned float32
@@ -468,8 +511,11 @@ def test_roi_align_images_without_rois_and_no_rois_at_all():
 
 
 def _roi_pool_loop(img, rois, ph, pw, scale, mode):
+    """megdnn's roi pooling one bin at a time, on numpy arrays or (differentiable) torch
+    tensors."""
     _, c, h, w = img.shape
-    out = np.zeros((len(rois), c, ph, pw), np.float32)
+    out = (torch.zeros((len(rois), c, ph, pw), dtype=img.dtype) if torch.is_tensor(img)
+           else np.zeros((len(rois), c, ph, pw), np.float32))
     for k, r in enumerate(rois):
         b = int(r[0])
         x1, y1, x2, y2 = (int(np.sign(v) * np.floor(abs(v) + 0.5)) for v in r[1:] * scale)
@@ -482,7 +528,8 @@ def _roi_pool_loop(img, rois, ph, pw, scale, mode):
                 we = min(max(int(np.ceil((j + 1) * bw)) + x1, 0), w)
                 win = img[b, :, hs:he, ws:we].reshape(c, -1)
                 if win.shape[1]:
-                    out[k, :, i, j] = win.max(1) if mode == "max" else win.mean(1)
+                    out[k, :, i, j] = win.mean(1) if mode != "max" else (
+                        win.amax(1) if torch.is_tensor(win) else win.max(1))
     return out
 
 
@@ -496,6 +543,20 @@ def test_roi_pooling_against_loop_reference_and_gradient(mode):
     # a small step keeps each window's maximum where it is
     _directional_check(lambda x: F.vision.roi_pooling(x, rois, (3, 2), mode=mode, scale=0.9), img,
                        eps=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_roi_pooling_second_order(mode):
+    # upstream 1.13 differentiates roi_pooling's gradient again (measured); earlier versions
+    # of this fork raised "_ROIPooling has no grad_graph"
+    img = rand(2, 2, 8, 7)
+    rois = np.concatenate([ROIS, [[0, 20, 20, 30, 30]]]).astype(np.float32)  # empty: zeros
+    r = rand(4, 2, 3, 2, seed=9)
+    check_second_order(
+        lambda a: (F.vision.roi_pooling(a * a, rois, (3, 2), mode=mode, scale=0.9) ** 3
+                   * r).sum(),
+        lambda a: (_roi_pool_loop(a * a, rois, 3, 2, 0.9, mode) ** 3 * torch.tensor(r)).sum(),
+        img)
 
 
 # ----- nms -----
