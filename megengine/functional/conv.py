@@ -225,6 +225,10 @@ class _Convolution(Op):
         dtype = x.dtype
         if dtype != w.dtype or dtype.kind != "f":  # (same float dtypes: the common case)
             dtype = _compute_dtype(self.what, dtype, w.dtype)
+        if b is not None and b.dtype != dtype and b.dtype.kind == dtype.kind == "f":
+            # a wider bias widens the result, as upstream's convolution-then-add (float16 input
+            # and weight with a float32 bias give float32): computed in that dtype here
+            dtype = np.promote_types(dtype, b.dtype)
         tb = None
         if b is not None:
             if b.size != out:

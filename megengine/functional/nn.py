@@ -171,6 +171,10 @@ class _Linear(Op):
             )
         dtype = promote_types(x.dtype, w.dtype) if x.dtype != w.dtype else x.dtype
         dtype = gemm_dtype(dtype)  # (int8 gives int32)
+        if b is not None and b.dtype != dtype and b.dtype.kind == dtype.kind == "f":
+            # a wider bias widens the result, as upstream's matmul-then-add (float16 input and
+            # weight with a float32 bias give float32): computed in that dtype here
+            dtype = promote_types(dtype, b.dtype)
         if x.dtype != dtype or w.dtype != dtype:
             x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         out_shape = None

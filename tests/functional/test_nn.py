@@ -191,6 +191,34 @@ def test_linear_input_without_grad():
     check(F.linear, TF.linear, x, w, b, diff=[1, 2])
 
 
+@pytest.mark.parametrize("fn", ["linear", "conv2d"])
+def test_a_float32_bias_widens_float16_linear_and_conv_to_float32(fn):
+    # upstream 1.13 measured: float16 input and weight with a float32 bias give float32 (its
+    # matmul / convolution, then + bias); here computed in float32, torch's float32 the oracle
+    rs = np.random.RandomState(0)
+    if fn == "linear":
+        x, w, b = rs.randn(3, 5), rs.randn(4, 5), rs.randn(4)
+        torch_fn, mge_fn = TF.linear, F.linear
+    else:
+        x, w, b = rs.randn(2, 3, 5, 5), rs.randn(4, 3, 3, 3), rs.randn(1, 4, 1, 1)
+        torch_fn, mge_fn = (lambda x, w, b: TF.conv2d(x, w, b.reshape(-1))), F.conv2d
+    x, w, b = x.astype(np.float16), w.astype(np.float16), b.astype(np.float32)
+    ts = [torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b)]
+    want = torch_fn(*ts)
+    want.backward(torch.ones_like(want))
+    ms = [mge.tensor(a) for a in (x, w, b)]
+    gm = GradManager().attach(ms)
+    with gm:
+        y = mge_fn(*ms)
+        gm.backward(y, F.ones_like(y))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for m, t in zip(ms, ts):  # each gradient in its tensor's dtype
+        assert m.grad.dtype == m.dtype
+        np.testing.assert_allclose(m.grad.numpy().astype(np.float32), t.grad.numpy(),
+                                   rtol=2e-3, atol=2e-3)
+
+
 def test_linear_shape_mismatch_names_both():
     with pytest.raises(ValueError, match=r"linear.*\(3, 6\).*\(4, 5\)"):
         F.linear(mge.tensor(rand(3, 6)), mge.tensor(rand(4, 5)))
