@@ -851,7 +851,16 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 (value.dtype.kind != "c" or self.dtype.kind == "c"):  # (metadata: a quantized
             # dtype's scale, which == ignores; a complex value for a real x: SetItem refuses)
             value = value.astype(self.dtype)
-        result = dispatch.apply(_ops.SetItem(idx), self, value)
+        if index is Ellipsis:
+            # upstream's `t[...] = v` is its `_reset`: t becomes the value, so what t held
+            # before gets no gradient (None, as upstream's), not zeros through a SetItem
+            if value.shape != self.shape:  # (a number, or a value that broadcasts)
+                from ..functional.tensor import broadcast_to
+
+                value = broadcast_to(value, self.shape)
+            result = dispatch.apply(_ops.Copy(self._device), value)
+        else:
+            result = dispatch.apply(_ops.SetItem(idx), self, value)
         self._inplace(result)
         if whole:
             self._format = label  # `t[...] = other` replaces all of t, its format label included

@@ -571,6 +571,24 @@ def test_whole_assignment_of_another_shape_makes_the_tensor_that_value_as_upstre
     assert address(p) == storage and (p.numpy() == 1).all()
 
 
+@pytest.mark.parametrize("value", ["tensor", "number"])
+def test_whole_assignment_leaves_what_the_tensor_held_without_gradient(value):
+    # upstream 1.13 measured (its `_reset`): after `y = x * 2; y[...] = v`, x's gradient is
+    # None (not zeros), so weight decay and momentum leave x alone; v gets its gradient
+    x = Parameter(np.ones((2, 3), np.float32))
+    v = Parameter(np.full((2, 3), 5.0, np.float32))
+    gm = GradManager().attach([x, v])
+    with gm:
+        y = x * 2
+        y[...] = 3.0 if value == "number" else v * 1
+        gm.backward((y * y).sum())
+    assert x.grad is None and y.shape == (2, 3)
+    if value == "number":  # (a number fills the shape here; upstream's y becomes 0-d)
+        assert v.grad is None and (y.numpy() == 3).all()
+    else:  # d sum(y^2) / dv = 2 v
+        np.testing.assert_array_equal(v.grad.numpy(), np.full((2, 3), 10.0))
+
+
 @requires_cuda
 @pytest.mark.parametrize("home, other", [("gpu0", "cpu0"), ("cpu0", "gpu0")])
 def test_whole_assignment_of_another_shape_from_another_device_stays_on_its_device(home, other):
