@@ -3,7 +3,7 @@ import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
-from ..core.dtype_rules import complex_error
+from ..core.dtype_rules import complex_error, promote_types
 from ..core.ops import AxisError
 from ..core.tensor import Tensor
 
@@ -11,6 +11,15 @@ from ..core.tensor import Tensor
 def _tensor(x):
     """``x`` as a Tensor: Tensors pass through, numbers, lists and arrays become one."""
     return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _bias_widened(dtype, bias):
+    """The dtype a product (linear, convolution) computes in: ``dtype``, or a wider float
+    bias's (float16 input and weight with a float32 bias give float32), as upstream's
+    product-then-add gives."""
+    if bias is not None and bias.dtype != dtype and bias.dtype.kind == dtype.kind == "f":
+        return promote_types(dtype, bias.dtype)
+    return dtype
 
 
 def _pair(value, name, what):

@@ -24,7 +24,7 @@ from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _tensor
+from ._args import _bias_widened, _tensor
 from .indexing import Compute
 from .math import sum as _sum
 from .tensor import concat
@@ -225,10 +225,7 @@ class _Convolution(Op):
         dtype = x.dtype
         if dtype != w.dtype or dtype.kind != "f":  # (same float dtypes: the common case)
             dtype = _compute_dtype(self.what, dtype, w.dtype)
-        if b is not None and b.dtype != dtype and b.dtype.kind == dtype.kind == "f":
-            # a wider bias widens the result, as upstream's convolution-then-add (float16 input
-            # and weight with a float32 bias give float32): computed in that dtype here
-            dtype = np.promote_types(dtype, b.dtype)
+        dtype = _bias_widened(dtype, b)
         tb = None
         if b is not None:
             if b.size != out:

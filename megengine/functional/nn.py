@@ -17,7 +17,7 @@ from ..core.fused import fused_kernel, use_fused
 from ..core.ops import acc_dtype, acc_sum, gemm_dtype, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _as_float, _axes, _out_of_range, _tensor
+from ._args import _as_float, _axes, _bias_widened, _out_of_range, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
@@ -170,11 +170,7 @@ class _Linear(Op):
                 "expected input (..., in_features) and weight (out_features, in_features)"
             )
         dtype = promote_types(x.dtype, w.dtype) if x.dtype != w.dtype else x.dtype
-        dtype = gemm_dtype(dtype)  # (int8 gives int32)
-        if b is not None and b.dtype != dtype and b.dtype.kind == dtype.kind == "f":
-            # a wider bias widens the result, as upstream's matmul-then-add (float16 input and
-            # weight with a float32 bias give float32): computed in that dtype here
-            dtype = promote_types(dtype, b.dtype)
+        dtype = _bias_widened(gemm_dtype(dtype), b)  # (int8 gives int32)
         if x.dtype != dtype or w.dtype != dtype:
             x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         out_shape = None
