@@ -63,7 +63,7 @@ class RNNCellBase(Module):
         return zero, zero
 
     def _gates(self, x, h):
-        b_ih, b_hh = self._biases() if self.bias else (None, None)
+        b_ih, b_hh = (self.bias_ih, self.bias_hh) if self.bias else (None, None)
         return F.linear(x, self.weight_ih, b_ih) + F.linear(h, self.weight_hh, b_hh)
 
     def _check_input(self, x):
