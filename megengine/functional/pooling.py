@@ -1,8 +1,8 @@
 """Pooling (F.nn.max_pool2d/avg_pool2d and the adaptive ones) on ATen's kernels, forward and backward.
 
 The ops keep upstream's semantics (stride defaults to the window, max padding is the dtype's
-lowest value (a window of padding alone gives it, as upstream's kernel: -3.4e38 for float32), the two
-average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
+lowest value (a window of padding alone gives it, as upstream's kernel: -3.4e38 for float32),
+the two average modes, upstream's adaptive window rule) and run ``aten.max_pool2d_with_indices`` /
 ``aten.avg_pool2d`` and their backward kernels on zero-copy views of the engine's arrays. Two
 measured choices on the CPU: max pooling of non-overlapping windows is faster as numpy slices
 (see `_Pool2d._disjoint_max`), of overlapping ones on ATen's channels-last kernel
@@ -32,8 +32,8 @@ class _Pool2d(Op):
     """Max or average pooling of an NCHW input.
 
     ATen pads implicitly only up to half the window; upstream allows any padding, so a wider
-    padding is made explicit (``constant_pad_nd``: the lowest value for max, 0 for average) and the kernel
-    runs unpadded; "average_count_exclude_padding" then rescales each window by
+    padding is made explicit (``constant_pad_nd``: the lowest value for max, 0 for average) and
+    the kernel runs unpadded; "average_count_exclude_padding" then rescales each window by
     kh * kw / (its real elements). The max gradient goes to the first maximum of each window,
     as torch routes it.
     """

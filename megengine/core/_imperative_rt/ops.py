@@ -91,7 +91,8 @@ def _build_elemwise_table():
         "MAX": (2, F.maximum), "MIN": (2, F.minimum), "LOG_SUM_EXP": (2, F.logaddexp),
         # comparisons give 0 / 1 in the inputs' dtype, as upstream's op (F.less gives bool)
         "LT": (2, _elemwise_modes["LT"]), "LEQ": (2, _elemwise_modes["LEQ"]),
-        "EQ": (2, _elemwise_modes["EQ"]), "NEQ": (2, _elemwise_modes["NEQ"]), "SHL": (2, F.left_shift), "SHR": (2, F.right_shift),
+        "EQ": (2, _elemwise_modes["EQ"]), "NEQ": (2, _elemwise_modes["NEQ"]),
+        "SHL": (2, F.left_shift), "SHR": (2, F.right_shift),
         "ATAN2": (2, F.atan2), "AND": (2, F.logical_and), "OR": (2, F.logical_or),
         "XOR": (2, F.logical_xor), "PRELU": (2, F.prelu), "SAFE_DIV": (2, safe_div),
         "FUSE_ADD_RELU": (2, lambda x, y: F.relu(x + y)),
