@@ -629,8 +629,10 @@ def _add_grad(t, grad):
     if held is None:
         t.grad = grad
         return
-    if _tracked(held) or _tracked(grad):
-        total = held + grad  # recorded, so an outer GradManager sees the sum
+    if _tracked(held) or _tracked(grad) or held.dtype != grad.dtype:
+        # recorded, so an outer GradManager sees the sum; a .grad the user set to another
+        # dtype (int32) meets the gradient by the engine's rules (float32), as upstream's
+        total = held + grad
     else:
         total = Tensor._wrap(held._data + grad._data, t._device)
     if held._pinned_storage:  # storage lent by torch (a PyTorchModule's tensor) stays its own

@@ -240,6 +240,13 @@ def test_accumulation_goes_into_a_grad_the_user_set():
         gm.backward((p * 2).sum())
     assert p.grad is t
     np.testing.assert_array_equal(t.numpy(), [12.0, 22.0])
+    # upstream 1.13 measured: an int32 .grad plus float32 gradients is float32 ([2.5, 2.5])
+    u = Tensor(np.array([1, 1], "int32"))
+    p.grad = u
+    with gm:
+        gm.backward((p * 1.5).sum())
+    assert p.grad is u and u.dtype == np.float32
+    np.testing.assert_array_equal(u.numpy(), [2.5, 2.5])
 
 
 def test_accumulation_leaves_other_holders_of_the_first_gradient_alone():
