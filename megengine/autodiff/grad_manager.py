@@ -395,18 +395,20 @@ class GradManager:
                             flags = g.flags
                             if flags.writeable and flags.c_contiguous:
                                 claimed[id(g)] = g
-                                ready.append((t, Tensor._wrap(g, t._device)))
+                                ready.append((t, Tensor._wrap(g, t._device), False))
                                 continue
-                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device)))
+                        ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device), False))
                         continue
                     grad = _run_callbacks(t, g, callbacks, claimed)
                     if grad is not None:
-                        ready.append((t, grad))
+                        ready.append((t, grad, bool(callbacks)))
                 for callback in self._after_backward_callbacks:
                     callback()
             finally:
                 _backwarding = None
-            for t, grad in ready:
+            for t, grad, from_callback in ready:
+                if from_callback:  # a callback may keep (or share) the Tensor it returned
+                    grad = _own_tensor(grad)
                 if t.grad is None:  # the common case inline: the first gradient of a step
                     t.grad = grad
                     continue
@@ -610,14 +612,34 @@ def _run_callbacks(t, g, callbacks, claimed):
     return grad
 
 
+def _own_tensor(grad):
+    """A new Tensor object for ``grad``'s value (and graph entry): the ``.grad`` that later
+    backward passes accumulate into (see `_add_grad`) is no other holder's object. Made once the
+    after-backward callbacks ran: an all-reduce callback gives its Tensor its value then."""
+    own = Tensor._wrap(grad._data, grad._device)
+    own._node, own._format = grad._node, grad._format
+    return own
+
+
 def _add_grad(t, grad):
-    if t.grad is None:
+    """Upstream's ``t.grad += grad``: the ``.grad`` object takes the sum, so a user holding it
+    (or who set it) sees it grow. The sum is a new array: another tensor sharing the old one (a
+    view, a bucket of the all-reduce, a tensor the gradient was made from) keeps its values."""
+    held = t.grad
+    if held is None:
         t.grad = grad
-    elif _tracked(t.grad) or _tracked(grad):
-        t.grad = t.grad + grad  # recorded, so an outer GradManager sees the sum
+        return
+    if _tracked(held) or _tracked(grad) or held.dtype != grad.dtype:
+        # recorded, so an outer GradManager sees the sum; a .grad the user set to another
+        # dtype (int32) meets the gradient by the engine's rules (float32), as upstream's
+        total = held + grad
     else:
-        t.grad = Tensor._wrap(t.grad._data + grad._data, t._device)
-        t.grad._format = grad._format
+        total = Tensor._wrap(held._data + grad._data, t._device)
+    if held._pinned_storage:  # storage lent by torch (a PyTorchModule's tensor) stays its own
+        held._reset(total)
+    else:
+        held._data, held._node = total._data, total._node
+    held._format = grad._format
 
 
 def _tracked(t):

@@ -297,8 +297,17 @@ class _Gelu(_Activation):
         x = _as_float(x, self)
         if _aten_gelu(x):
             self.x, self.tx = x, _aten.view(x)
-            return _aten.array(_aten.ops.gelu(self.tx))
-        return super().forward(x)
+            y = _aten.array(_aten.ops.gelu(self.tx))
+        else:
+            y = super().forward(x)
+        xp = xp_of(y)
+        # gelu's limits are inf at +inf (upstream 1.13's value) and -0 at -inf, where x * Phi(x)
+        # is inf * 0 (and ATen's float32 kernel gives NaN at +inf too, as torch's gelu). Only
+        # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
+        # through) finds; finite inputs keep their results.
+        if y.size and xp.isnan(xp.min(y)):
+            y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
+        return y
 
     def backward(self, g):
         if self.tx is not None:

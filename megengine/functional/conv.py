@@ -765,7 +765,8 @@ class _DeformableConv2d(Op):
 
     The forward runs torch ops over views of the engine's arrays, recording torch's autograd
     graph only when a gradient is wanted; backward is ``torch.autograd.grad`` over it, so what
-    backward keeps is exactly what torch keeps.
+    backward keeps is exactly what torch keeps. Under an outer GradManager the gradient is
+    `_DeformableConv2dGrad`, an op that torch differentiates once more.
     """
 
     def __init__(self, stride, padding, dilation, groups, what):
@@ -797,33 +798,108 @@ class _DeformableConv2d(Op):
             raise ValueError(f"{what}: mask of shape {mask.shape} must be (N, dg * KH * KW, OH, "
                              f"OW) = {(n, dg * taps, oh, ow)}")
         torch = _aten.torch_module()
-        dtype = _compute_dtype(what, x.dtype, w.dtype)
+        self.dtype = _compute_dtype(what, x.dtype, w.dtype)
         self.dtypes, self.w_shape = (x.dtype, w.dtype, offset.dtype, mask.dtype), w.shape
+        self.out_hw = (oh, ow)
         needs = self.needs_input_grad
-        ins = []
-        for a, need in zip((x, wf, offset, mask), needs):
-            t = _aten.view(a.astype(dtype, copy=False))
-            ins.append(t.requires_grad_() if need else t)
+        ins = self.torch_inputs((x, w, offset, mask), needs)
         with torch.set_grad_enabled(any(needs)):
-            cols = _deform_sample(torch, ins[0], ins[2], ins[3], (kh, kw), self.stride,
-                                  self.padding, self.dilation, (oh, ow))
-            y = torch.matmul(ins[1].reshape(g, o // g, cg * taps),
-                             cols.reshape(n, g, cg * taps, oh * ow)).reshape(n, o, oh, ow)
+            y = self.run(torch, ins)
         if any(needs):
             self.y, self.ins = y, ins
         return _aten.array(y.detach())
+
+    def torch_inputs(self, arrays, needs):
+        """Torch views of x, the weight as (O, C/groups, KH, KW), offset and mask in the
+        compute dtype; those ``needs`` marks require gradients."""
+        x, w, offset, mask = arrays
+        ins = []
+        for a, need in zip((x, _flat_weight(w, self.groups, 2, self.what, False), offset, mask),
+                           needs):
+            t = _aten.view(a.astype(self.dtype, copy=False))
+            ins.append(t.requires_grad_() if need else t)
+        return ins
+
+    def run(self, torch, ins):
+        """The convolution of the torch tensors ``ins`` (`torch_inputs`)."""
+        x, wf, offset, mask = ins
+        g, (o, cg, kh, kw), (oh, ow) = self.groups, wf.shape, self.out_hw
+        cols = _deform_sample(torch, x, offset, mask, (kh, kw), self.stride, self.padding,
+                              self.dilation, (oh, ow))
+        return torch.matmul(wf.reshape(g, o // g, cg * kh * kw),
+                            cols.reshape(x.shape[0], g, cg * kh * kw, oh * ow)).reshape(
+                                x.shape[0], o, oh, ow)
+
+    def engine_grads(self, got, needs, slots=range(4)):
+        """Torch gradients ``got`` (one per True in ``needs``) as arrays of the inputs' dtypes
+        (the weight's in its own shape), None where not needed."""
+        found = iter(got)
+        grads = []
+        for i, need in zip(slots, needs):
+            g = next(found) if need else None
+            if g is not None:
+                g = _aten.array(g.detach()).astype(self.dtypes[i] if i < 4 else self.dtype,
+                                                   copy=False)
+                g = g.reshape(self.w_shape) if i == 1 else g
+            grads.append(g)
+        return tuple(grads)
 
     def backward(self, gy):
         torch = _aten.torch_module()
         needs = self.needs_input_grad
         wanted = [t for t, need in zip(self.ins, needs) if need]
-        found = iter(torch.autograd.grad(self.y, wanted, _aten.view(gy)))
-        grads = []
-        for need, dtype in zip(needs, self.dtypes):
-            grads.append(_aten.array(next(found)).astype(dtype, copy=False) if need else None)
-        if grads[1] is not None:
-            grads[1] = grads[1].reshape(self.w_shape)
-        return tuple(grads)
+        return self.engine_grads(torch.autograd.grad(self.y, wanted, _aten.view(gy)), needs)
+
+    def grad_graph(self, inputs, outputs, grads):
+        needs = self.needs_input_grad
+        got = apply(_DeformableConv2dGrad(self), *inputs, grads[0])
+        got = iter(got if isinstance(got, tuple) else (got,))
+        return tuple(next(got) if need else None for need in needs)
+
+
+class _DeformableConv2dGrad(Op):
+    """The gradients of a `_DeformableConv2d` as an op, so that they can be differentiated
+    again (gradient penalties): inputs x, weight, offset, mask and the output gradient;
+    outputs the gradients the convolution's inputs need. Its forward runs the convolution
+    again and ``torch.autograd.grad(..., create_graph=True)`` over it; its backward
+    differentiates those gradients with torch."""
+
+    def __init__(self, conv):
+        self.conv = conv
+
+    def __repr__(self):
+        return f"_DeformableConv2dGrad({self.conv.what})"
+
+    def forward(self, x, w, offset, mask, gy):
+        torch = _aten.torch_module()
+        conv, needs = self.conv, self.needs_input_grad
+        first = conv.needs_input_grad
+        self.ins = conv.torch_inputs((x, w, offset, mask),
+                                     [a or b for a, b in zip(first, needs)])
+        self.gy = _aten.view(gy.astype(conv.dtype, copy=False)).detach()
+        if needs[4]:
+            self.gy.requires_grad_()
+        with torch.enable_grad():
+            y = conv.run(torch, self.ins)
+            self.got = torch.autograd.grad(y, [t for t, f in zip(self.ins, first) if f],
+                                           self.gy, create_graph=True)
+        out = [g for g in conv.engine_grads(self.got, first) if g is not None]
+        return tuple(out) if len(out) != 1 else out[0]
+
+    def backward(self, *ggs):
+        torch = _aten.torch_module()
+        needs = self.needs_input_grad
+        targets = [t for t, need in zip((*self.ins, self.gy), needs) if need]
+        ys, dys = [], []
+        for g, gg in zip(self.got, ggs):
+            if gg is not None and g.requires_grad:
+                ys.append(g)
+                dys.append(_aten.view(gg.astype(self.conv.dtype, copy=False)).reshape(g.shape))
+        self.got = None  # the graph of the gradients is used once
+        if not ys:
+            return (None,) * len(needs)
+        got = torch.autograd.grad(ys, targets, dys, allow_unused=True)
+        return self.conv.engine_grads(got, needs, range(5))
 
 
 def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0, dilation=1,

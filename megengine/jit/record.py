@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from ..core import _trace_option, dispatch
 from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
+from ..device import _Device
 from ..utils.naming import AutoNaming
 from ._program import (_COMPUTED, TraceError, TraceMismatchError, _AliasStep, _EventStep,
                        _OpStep, _Ref, _Struct, _dim_slots, _freeze, _host, _op_key, _refs_in, _same_bits,
@@ -44,17 +45,21 @@ def _is_iterator(value):
     return known
 
 
+# values that never hold sizes; _Device is a device name (a str), the parameter of Copy and
+# creation ops
+_PLAIN_TYPES = frozenset((int, bool, float, str, _Device, type(None)))
+
+
 def _may_hold_dims(v):
     """False where `_trace_option.has_dims` would be (every op's parameters are asked, on every
     op of a checked call with symbolic sizes): plain values, and tuples or lists of them."""
     t = type(v)
     if t is tuple or t is list:
         for x in v:
-            tx = type(x)
-            if not (tx is int or tx is bool or tx is float or tx is str or x is None):
+            if type(x) not in _PLAIN_TYPES:
                 return True
         return False
-    return not (t is int or t is bool or t is float or t is str or v is None)
+    return t not in _PLAIN_TYPES
 
 
 class _Hook:

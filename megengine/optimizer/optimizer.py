@@ -167,17 +167,20 @@ class Optimizer:
     _state_buffers = ()
     _counts_steps = False
 
-    def _fresh_state(self, param, group):
-        """The state ``param`` starts from (zero buffers, step 0), as host arrays. An engine
-        optimizer makes it at the parameter's first update; ``state_dict()`` lists it for a
-        parameter not updated yet, since upstream's optimizers make it when the parameter
-        joins and upstream's ``load_state_dict`` needs every parameter's state."""
+    @property
+    def _state_names(self):
+        return (*self._state_buffers, "step") if self._counts_steps else self._state_buffers
+
+    def _fresh_state(self, param, group, names):
+        """The state ``param`` starts from under ``names`` (of `_state_names`: zero buffers, step
+        0), as host arrays. An engine optimizer makes it at the parameter's first update;
+        ``state_dict()`` lists it for a parameter not updated yet, since upstream's optimizers
+        make it when the parameter joins and upstream's ``load_state_dict`` needs every
+        parameter's state."""
         if type(self)._updates is not Optimizer._updates:  # upstream's protocol: its own state
             return {}
-        state = {name: np.zeros(param.shape, param.dtype) for name in self._state_buffers}
-        if self._counts_steps:
-            state["step"] = 0
-        return state
+        return {name: 0 if name == "step" else np.zeros(param.shape, param.dtype)
+                for name in names}
 
     def _check_group(self, group):
         """Reject hyperparameters that make no sense; subclasses add their own checks."""
@@ -392,7 +395,13 @@ class Optimizer:
         state = {}
         for group in self.param_groups:
             for p in group["params"]:
-                st = {**self._fresh_state(p, group), **self._state.get(p, {})}
+                st = self._state.get(p, {})
+                names = self._state_names
+                missing = [name for name in names if name not in st]
+                if missing:  # a parameter not updated yet: the state it starts from
+                    st = {**self._fresh_state(p, group, missing), **st}
+                # the names in their order (Adagrad's update adds "step" first), then any others
+                st = {**{name: st[name] for name in names if name in st}, **st}
                 if st:
                     state[index[id(p)]] = {k: export(_step_as_saved(v) if k == "step" else v)
                                            for k, v in st.items()}

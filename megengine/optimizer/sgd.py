@@ -31,8 +31,8 @@ class SGD(Optimizer):
 
     _state_buffers = ("momentum_buffer",)
 
-    def _fresh_state(self, param, group):
-        return super()._fresh_state(param, group) if group["momentum"] != 0 else {}
+    def _fresh_state(self, param, group, names):
+        return super()._fresh_state(param, group, names) if group["momentum"] != 0 else {}
 
     def _update(self, param, grad, state, group):
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]

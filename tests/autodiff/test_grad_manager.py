@@ -221,11 +221,105 @@ def test_grads_accumulate_over_two_backwards():
     with gm:
         gm.backward((x * 3).sum())
     np.testing.assert_array_equal(x.grad.numpy(), [5.0, 7.0])
-    np.testing.assert_array_equal(first.numpy(), [2.0, 4.0])  # the old grad tensor is untouched
+    # upstream 1.13 measured: the second gradient goes into the same .grad object
+    assert first is x.grad
+    np.testing.assert_array_equal(first.numpy(), [5.0, 7.0])
     x.grad = None
     with gm:
         gm.backward(x.sum())
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
+
+
+def test_accumulation_goes_into_a_grad_the_user_set():
+    # upstream 1.13 measured: p.grad = t, then a backward adds into t ([10, 20] + 2 each)
+    p = Parameter([1.0, 2.0])
+    t = Tensor([10.0, 20.0])
+    p.grad = t
+    gm = GradManager().attach(p)
+    with gm:
+        gm.backward((p * 2).sum())
+    assert p.grad is t
+    np.testing.assert_array_equal(t.numpy(), [12.0, 22.0])
+    # upstream 1.13 measured: an int32 .grad plus float32 gradients is float32 ([2.5, 2.5])
+    u = Tensor(np.array([1, 1], "int32"))
+    p.grad = u
+    with gm:
+        gm.backward((p * 1.5).sum())
+    assert p.grad is u and u.dtype == np.float32
+    np.testing.assert_array_equal(u.numpy(), [2.5, 2.5])
+
+
+def test_accumulation_leaves_other_holders_of_the_first_gradient_alone():
+    """What reached .grad from elsewhere keeps its values when .grad accumulates; oracle:
+    torch's AccumulateGrad (a shared first gradient is cloned, the later ones added in place)."""
+    # a callback keeps the Tensor it returns (torch: a hook that saves its gradient)
+    saved = []
+    p = Parameter([1.0, 2.0])
+    gm = GradManager().attach(p, callbacks=[lambda _, g: (saved.append(g), g)[1]])
+    with gm:
+        gm.backward((p * 2).sum())
+    with gm:
+        gm.backward((p * 3).sum())
+    tp = torch.tensor([1.0, 2.0], requires_grad=True)
+    tsaved = []
+    tp.register_hook(lambda g: (tsaved.append(g), g)[1])
+    (tp * 2).sum().backward()
+    (tp * 3).sum().backward()
+    for ours, theirs in zip(saved + [p.grad], tsaved + [tp.grad]):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())  # [2, 2], [3, 3]; [5, 5]
+
+    # a callback returns one tensor for two parameters: each .grad is its own object
+    shared = Tensor([1.0, 1.0])
+    a, b = Parameter([0.0, 0.0]), Parameter([0.0, 0.0])
+    gm = GradManager().attach([a, b], callbacks=[lambda _, g: shared])
+    with gm:
+        gm.backward((a + b).sum())
+    gm_a = GradManager().attach(a)
+    with gm_a:
+        gm_a.backward((a * 4).sum())
+    np.testing.assert_array_equal(a.grad.numpy(), [5.0, 5.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(shared.numpy(), [1.0, 1.0])
+
+    # the dy given to backward reaches .grad unchanged through y = x * 1
+    x = Parameter([1.0, 2.0])
+    dy = Tensor([7.0, 8.0])
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(x * 1, dy)
+    with gm:
+        gm.backward(x.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [8.0, 9.0])
+    np.testing.assert_array_equal(dy.numpy(), [7.0, 8.0])
+
+    # a first gradient that is a view of another tensor's array (reshape's gradient)
+    w = Parameter(np.zeros((2, 2), "float32"))
+    gm = GradManager().attach(w)
+    with gm:
+        gm.backward((w.reshape(4) * Tensor([1.0, 2.0, 3.0, 4.0])).sum())
+    view_of = Tensor._wrap(w.grad._data.reshape(4), w.grad._device)  # shares its memory
+    with gm:
+        gm.backward(w.sum())
+    np.testing.assert_array_equal(w.grad.numpy(), [[2.0, 3.0], [4.0, 5.0]])
+    np.testing.assert_array_equal(view_of.numpy(), [1.0, 2.0, 3.0, 4.0])
+
+
+def test_recorded_accumulation_goes_into_the_same_grad():
+    # upstream 1.13 measured: while an outer GradManager records, the second inner backward
+    # adds into the same .grad object, and the outer backward differentiates the sum
+    x = Parameter([1.0, 2.0])
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            inner.backward((x ** 3).sum())
+        first = x.grad
+        with inner:
+            inner.backward((x ** 2).sum())
+        assert first is x.grad
+        np.testing.assert_array_equal(first.numpy(), [5.0, 16.0])  # 3x^2 + 2x
+        outer.backward(x.grad.sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [13.0, 30.0])  # + 6x + 2, into the same object
+    assert first is x.grad
 
 
 def test_unused_and_detached_tensors_get_no_gradient():

@@ -256,6 +256,26 @@ def test_gelu_second_order_matches_torch(gelu_path):
                                      lambda t: (TF.gelu(t) ** 2).sum(), x0, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_gelu_at_the_infinities_is_its_limit(gelu_path, dtype):
+    # upstream 1.13 measured (float32): gelu(inf) = inf; gelu(-inf) is its limit -0 here
+    # (upstream's inf * 0 gives NaN, as torch 2.13 gives at both); NaN stays NaN, and the
+    # gradient there is NaN as upstream's and torch's. Finite inputs keep the path's results.
+    if gelu_path == "arrays" and dtype == "float16":
+        pytest.skip("float16 runs on ATen only")
+    finite = np.array([-40.0, -5.5, 0.0, 1e-3, 5.0, 40.0], dtype)
+    x = np.concatenate([np.array([np.inf, -np.inf, np.nan], dtype), finite])
+    xt = mge.tensor(x, dtype=dtype)
+    gm = GradManager().attach([xt])
+    with gm:
+        y = F.gelu(xt)
+        gm.backward(y.sum())
+    got = host(y)
+    assert got.dtype == np.dtype(dtype)
+    assert got[0] == np.inf and got[1] == 0 and np.signbit(got[1]) and np.isnan(got[2])
+    np.testing.assert_array_equal(got[3:], host(F.gelu(mge.tensor(finite, dtype=dtype))))
+    assert np.isnan(host(xt.grad)[:3]).all()
+
 # ----- regressions found by the differential fuzzer (tests/fuzz) -----
 
 def test_prelu_gradient_when_weight_broadcasts_the_input():

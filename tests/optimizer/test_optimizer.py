@@ -214,6 +214,21 @@ def test_state_dict_has_upstreams_layout(make, group_keys, state_keys):
     assert all(isinstance(v, mge.Tensor) for v in kept.values())
 
 
+@pytest.mark.parametrize("make, group_keys, state_keys", UPSTREAM_STATE_KEYS)
+def test_state_dict_makes_fresh_state_only_for_parameters_not_updated(make, group_keys,
+                                                                      state_keys, monkeypatch):
+    p, q = mge.Parameter([1.0, 2.0]), mge.Parameter([3.0])
+    opt = make([p, q])
+    p.grad = mge.Tensor([1.0, -1.0])
+    opt.step()
+    asked = []
+    fresh = type(opt)._fresh_state
+    monkeypatch.setattr(type(opt), "_fresh_state",
+                        lambda self, param, *args: asked.append(param) or fresh(self, param, *args))
+    state = opt.state_dict()["state"]
+    assert asked == [q]  # p's state exists: no zero buffers are made for it
+    assert list(state[0]) == list(state[1])  # in one order (Adagrad's update adds its step first)
+
 def test_state_dicts_in_the_old_layout_and_of_other_optimizers():
     # this fork's earlier layout (int step, SGD's "nesterov" in the group) still loads
     p = mge.Parameter([1.0, 2.0])
