@@ -208,14 +208,13 @@ def _mapping_unpickler(base):
             except (AttributeError, ImportError) as e:
                 if module.split(".")[0] != "megengine":
                     raise
-                # an internal class of upstream's that this engine does not have (a pickled
-                # TracedModule's graph nodes: megengine.traced_module.node.NodeMixin, ...)
+                # an internal class of upstream's that this engine does not have
                 raise pickle.UnpicklingError(
                     f"load: the file names {module}.{name}, an internal class of upstream "
                     f"MegEngine that this engine does not provide ({e}). Files of tensors, "
-                    "state dicts, modules and optimizer states load; for a pickled "
-                    "TracedModule, load it in upstream and save its state_dict, then trace the "
-                    "module here (megengine.traced_module.trace_module)") from None
+                    "state dicts, modules, optimizer states and TracedModules load; for other "
+                    "objects, load the file in upstream and save the module's state_dict, "
+                    "then build (or trace) the module here") from None
 
     return _MappingUnpickler
 

@@ -520,24 +520,26 @@ def test_a_callable_map_location_that_answers_nonsense_is_named():
 
 
 def test_a_file_naming_an_upstream_internal_class_says_what_loads(monkeypatch):
-    # upstream 1.13's pickled TracedModule names megengine.traced_module.node.NodeMixin (trace20
-    # measured), which this engine lacks: a clear error instead of pickle's AttributeError
+    # a class of upstream's that this engine lacks (upstream's TracedModule files, which once
+    # failed here on megengine.traced_module.node.NodeMixin, load now: a made-up name stands
+    # in): a clear error instead of pickle's AttributeError
     import megengine.traced_module.node as node
 
     class NodeMixin:
         pass
 
-    NodeMixin.__module__, NodeMixin.__qualname__ = "megengine.traced_module.node", "NodeMixin"
-    monkeypatch.setattr(node, "NodeMixin", NodeMixin, raising=False)
+    NodeMixin.__module__, NodeMixin.__qualname__ = "megengine.traced_module.node", "Missing"
+    monkeypatch.setattr(node, "Missing", NodeMixin, raising=False)
     data = pickle.dumps({"graph": NodeMixin()})
     monkeypatch.undo()
     with pytest.raises(pickle.UnpicklingError,
-                       match="megengine.traced_module.node.NodeMixin, an internal class of "
-                             "upstream.*trace_module"):
+                       match="megengine.traced_module.node.Missing, an internal class of "
+                             "upstream.*TracedModules load"):
         mge.load(io.BytesIO(data))
     import json
 
     NodeMixin.__module__ = "json"  # other packages' classes keep pickle's own error
+    NodeMixin.__qualname__ = "NodeMixin"
     monkeypatch.setattr(json, "NodeMixin", NodeMixin, raising=False)
     data = pickle.dumps({"graph": NodeMixin()})
     monkeypatch.undo()

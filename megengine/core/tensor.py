@@ -115,6 +115,8 @@ class QParams:
         return {n: getattr(self, n) for n in self.__slots__}
 
     def __setstate__(self, state):
+        if isinstance(state, tuple):  # upstream's pickles: its slots as (None, {name: value})
+            state = state[1] or {}
         for n in self.__slots__:
             setattr(self, n, state.get(n))
 

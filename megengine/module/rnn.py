@@ -205,6 +205,18 @@ class RNNBase(Module):
             at += n
         return out
 
+    def __setstate__(self, state):
+        # An RNN/LSTM pickled by upstream (mge.save of the module, a TracedModule file) holds
+        # the weights its forward uses in _flatten_weights (`_flat_pieces`): the cells take them.
+        flat = state.pop("_flatten_weights", None)
+        if "_modules" in state:
+            state["_modules"] = [k for k in state["_modules"] if k != "_flatten_weights"]
+        super().__setstate__(state)
+        if flat is not None:
+            values = self._upstream_state("", {"_flatten_weights": flat})
+            for key, cell, name in self._flat_pieces():
+                getattr(cell, name).set_value(values[key])
+
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.num_directions * self.hidden_size
 

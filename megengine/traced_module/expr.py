@@ -222,6 +222,12 @@ class GetAttr(Expr):
         return f'getattr({self.inputs[0]}, "{self.name}") -> ({kind})'
 
 
+def no_args_def():
+    """The TreeDef of ``((), {})``: the arguments of an expr that takes none."""
+    return TreeDef("node", tuple, None, [TreeDef("node", tuple, None, []),
+                                         TreeDef("node", dict, [], [])])
+
+
 class Constant(Expr):
     """A value captured while tracing (a tensor made inside forward from Python data, a
     global tensor, a module that is no attribute of the traced one)."""
@@ -230,8 +236,7 @@ class Constant(Expr):
         super().__init__()
         self.value = value
         self.name = name
-        self.arg_def = TreeDef("node", tuple, None, [TreeDef("node", tuple, None, []),
-                                                      TreeDef("node", dict, [], [])])
+        self.arg_def = no_args_def()
         self.outputs = [_value_node(self, value)]
 
     def interpret(self):

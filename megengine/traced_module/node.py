@@ -206,6 +206,11 @@ class TensorNode(Node):
         return state
 
 
+class NodeMixin:
+    """Upstream's base of objects that stand for a node while tracing; its pickled TreeDefs
+    name it among a leaf's types (nothing here derives from it)."""
+
+
 def _findable(cls):
     """Whether pickle can find ``cls`` again by its module and qualified name."""
     import sys

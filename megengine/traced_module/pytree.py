@@ -144,8 +144,13 @@ class TreeDef:
         return {k: getattr(self, k) for k in ("kind", "type", "aux", "children", "num_leaves")}
 
     def __setstate__(self, state):
-        for k, v in state.items():
-            object.__setattr__(self, k, v)
+        if "children_defs" in state:  # upstream's TreeDef, converted with its graph
+            from ._upstream import treedef_state
+
+            treedef_state(self, state)
+        else:
+            for k, v in state.items():
+                object.__setattr__(self, k, v)
         self._finish()
 
     def __repr__(self):
@@ -165,6 +170,17 @@ class LeafDef(TreeDef):
     """The TreeDef of a leaf (upstream's class name, which tools test with isinstance)."""
 
     __slots__ = ()
+
+
+class ArgsIndex:
+    """Upstream's marker of an argument's position (its pickled LeafDefs name the class)."""
+
+    def __init__(self, index=0, name=""):
+        self.index = index
+        self.name = name
+
+    def __repr__(self):
+        return self.name
 
 
 def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):

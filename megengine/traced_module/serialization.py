@@ -11,6 +11,7 @@ load puts those into the graph before the expr and recounts every node's users.
 """
 import importlib
 
+from ._upstream import _ModuleState  # noqa: F401 (upstream's pickles name it here)
 from .expr import Apply, CallFunction, CallMethod, Input, is_call_module
 
 __all__ = ["register_opdef_loader", "register_functional_loader",

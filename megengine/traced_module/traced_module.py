@@ -14,7 +14,7 @@ import inspect
 from ..core.tensor import Tensor
 from ..module.module import Module, _access_structure
 from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
-from .graph import InternalGraph
+from .graph import InternalGraph, NameSpace  # (NameSpace: where upstream's pickles find it)
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
 from .tracer import Tracer, _Scope, _assert_same
@@ -71,7 +71,14 @@ class TracedModule(Module):
         return graphs[0]
 
     def __setstate__(self, state):
+        from . import _upstream
+
+        upstream = _upstream.is_upstream_state(state)  # a file written by upstream MegEngine
+        if upstream:
+            state = _upstream.convert_module_state(state)
         super().__setstate__(state)
+        if upstream:
+            _upstream.link_module(self)
         # the loaders registered in megengine.traced_module.serialization update the exprs
         # (pickle has built every object this module's graphs reach by now)
         from .serialization import run_loaders
