@@ -43,7 +43,7 @@ def is_upstream(data):
         return "mgv2"
     if data[4:8] == b"mgb1" or data[:4] == b"mgb1":
         return "mgb1"
-    if data[:4] in (b"mgbs", b"mgbg") or data[:8] == b"mgbtest0":
+    if data[:4] in (b"mgbs", b"mgbg", b"MGBC", b"MGBS") or data[:8] == b"mgbtest0":
         return data[:4].decode()
     return None
 
@@ -172,10 +172,10 @@ def _type_ids(name):
 # --------------------------------------------------------------------------------------------
 # dtypes, tensors, values
 # --------------------------------------------------------------------------------------------
-_DTYPES = {0: "float32", 1: "uint8", 2: "int8", 3: "int16", 4: "int32", 9: "float16"}
+_DTYPES = {0: "float32", 1: "uint8", 2: "int8", 3: "int16", 4: "int32", 9: "float16", 18: "bool"}
 _DTYPE_NAMES = ("Float32 Uint8 Int8 Int16 Int32 IntB1 IntB2 IntB4 Byte Float16 UintB4 "
                 "Quantized8Asymm QuantizedS32 QuantizedS8 Quantized4Asymm QuantizedS4 "
-                "QuantizedS16 BFloat16").split()
+                "QuantizedS16 BFloat16 Bool").split()
 
 
 def _dtype(table, where):
@@ -184,7 +184,7 @@ def _dtype(table, where):
         name = _DTYPE_NAMES[kind] if 0 <= kind < len(_DTYPE_NAMES) else f"#{kind}"
         raise UpstreamFormatError(
             f"load: {where} has dtype {name}, which this reader does not provide (float32, "
-            "float16, int8/16/32 and uint8 are read); quantized networks: dump the float "
+            "float16, int8/16/32, uint8 and bool are read); quantized networks: dump the float "
             "network and quantize it with megengine.quantization in this fork")
     return np.dtype(_DTYPES[kind])
 
@@ -335,13 +335,25 @@ def _op_broadcast(op, x, shape):
     return _F().broadcast_to(x, _ints(shape, op, "target shape"))
 
 
+def _broadcast_size(a, b):
+    """The size two broadcast sizes give. A traced size (`SymDim`) is not compared (that would
+    fix the program to its value): two of them give upstream's broadcast expression."""
+    if type(b) is int:
+        return a if b == 1 else b
+    if type(a) is int:
+        return b if a == 1 else a
+    from ..core._trace_option import SymDim
+    return SymDim(b.value if a.value == 1 else a.value, ("bcast", a.tree, b.tree), a.src,
+                  a.nonneg and b.nonneg)
+
+
 def _op_get_var_shape(op, *xs):
     shape = ()
     for x in xs:  # several inputs: the shape they broadcast to
         s = tuple(x.shape)
         n = max(len(shape), len(s))
         shape, s = (1,) * (n - len(shape)) + shape, (1,) * (n - len(s)) + s
-        shape = tuple(b if type(a) is int and a == 1 else a for a, b in zip(shape, s))
+        shape = tuple(_broadcast_size(a, b) for a, b in zip(shape, s))
     axis = op.p(0, "i", _NO_AXIS)
     return _Shape(shape if axis == _NO_AXIS else shape[axis:axis + 1])
 
@@ -391,18 +403,32 @@ def _op_concat(op, *xs):
     return _F().concat([_tensor(x, op) for x in xs], axis)
 
 
-def _op_subtensor(op, x, *args):
-    # items (axis, has begin, has end, has step, has idx): their values are the next inputs
+def _index(op, args, vector):
+    """The index tuple of upstream's index description (items (axis, has begin, has end, has
+    step, has idx), their values the inputs ``args`` in that order); ``vector``: idx inputs
+    are index arrays (IndexingMultiAxisVec), else single positions (Subtensor)."""
     args, index = list(args), {}
     for axis, begin, end, step, idx in _structs(op, 0, "<b????"):
         take = lambda has: _scalar(args.pop(0), op) if has else None
-        if idx:
+        if idx and vector:
+            index[axis] = _tensor(args.pop(0), op)
+        elif idx:  # (a position given as a tensor of one item: a 0-d index removes the axis)
             index[axis] = take(True)
+            if not isinstance(index[axis], (int, np.integer)) and not _is_host(index[axis]):
+                index[axis] = index[axis].reshape(())
         else:
             index[axis] = slice(take(begin), take(end), take(step))
     if args:
         op.refuse(f"{len(args)} index inputs more than its index description uses")
-    full = tuple(index.get(a, slice(None)) for a in range(max(index, default=-1) + 1))
+    return tuple(index.get(a, slice(None)) for a in range(max(index, default=-1) + 1))
+
+
+def _op_indexing(op, x, *args):
+    return _tensor(x, op)[_index(op, args, True)]
+
+
+def _op_subtensor(op, x, *args):
+    full = _index(op, args, False)
     if type(x) is _Shape:  # a size taken from a shape stays a vector (upstream's scalars are
         if len(full) != 1:  # vectors of one item)
             op.refuse("indexing a shape with more than one axis")
@@ -412,9 +438,10 @@ def _op_subtensor(op, x, *args):
 
 def _scalar(v, op):
     if _is_host(v):
-        if v.size != 1:
-            op.refuse(f"an index of shape {v.shape}")
-        return _items(v)[0]
+        items = _items(v)
+        if len(items) != 1:
+            op.refuse(f"an index of {len(items)} values")
+        return items[0]
     return v  # a tensor index: indexing with a tensor
 
 
@@ -438,6 +465,10 @@ def _op_reduce(op, x, *target):
     fn = getattr(F, {"sum_sqr": "sum"}.get(_REDUCE[mode], _REDUCE[mode]))
     if axis == _AXIS_FROM_SHAPE:
         shape = _ints(target[0], op, "target shape") if target else op.refuse("a missing shape")
+        if len(shape) != x.ndim and all(type(t) is int and t == 1 for t in shape):
+            return fn(x).reshape(shape)  # everything, to (1,): upstream's scalar
+        if len(shape) != x.ndim:
+            op.refuse(f"reducing a {x.ndim}-d input to the target shape {shape}")
         axes = tuple(i for i, t in enumerate(shape) if type(t) is int and t == 1 and
                      not (type(x.shape[i]) is int and x.shape[i] == 1))
         return fn(x, axis=axes, keepdims=True) if axes else x
@@ -480,6 +511,72 @@ def _op_split(op, x, *sizes):
     return tuple(_F().split(x, cuts, axis))
 
 
+def _op_dot(op, a, b):
+    return _F().dot(a, b)
+
+
+def _op_linspace(op, start, stop, num):
+    n = _scalar(num, op)
+    return _F().linspace(_scalar(start, op) if _is_host(start) else start,
+                         _scalar(stop, op) if _is_host(stop) else stop,
+                         n if bool(op.p(0, "B", 1)) else n + 1)[:n]
+
+
+_PAD_MODES = {0: "edge", 1: "reflect", 2: "constant"}
+
+
+def _op_padding(op, x):
+    mode = op.p(15, "I", 2)
+    if mode not in _PAD_MODES:
+        op.refuse(f"padding mode {mode}")
+    width = tuple((op.p(i, "I"), op.p(7 + i, "I")) for i in range(x.ndim))
+    return _F().nn.pad(x, width, _PAD_MODES[mode], op.p(14, "f", 0.0))
+
+
+def _op_cumsum(op, x):
+    F = _F()
+    axis = op.p(0, "i", 2147483647)
+    axis = x.ndim - 1 if axis == 2147483647 else axis
+    exclusive, reverse = bool(op.p(1, "B", 1)), bool(op.p(2, "B", 0))
+    y = F.flip(x, axis) if reverse else x
+    y = F.cumsum(y, axis)
+    if exclusive:
+        y = y - (F.flip(x, axis) if reverse else x)
+    return F.flip(y, axis) if reverse else y
+
+
+def _op_topk(op, x, k):
+    mode = op.require(0, "I", (0, 1, 2), "TopK mode")
+    out = _F().topk(x, _scalar(k, op), kth_only=mode == 0, no_sort=mode == 1)
+    return out[0] if mode == 0 else tuple(out)
+
+
+def _op_argsort(op, x):
+    out = _F().sort(x, descending=bool(op.require(0, "I", (0, 1), "order")))
+    return tuple(out)
+
+
+def _op_conv_backward_data(op, w, x):
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 8)
+    sparse = op.require(7, "I", (0, 1), "sparse mode")
+    return _F().conv_transpose2d(x, w, None, (op.p(3, "I", 1), op.p(4, "I", 1)),
+                                 _pair(op, 1, 2), 0, (op.p(5, "I", 1), op.p(6, "I", 1)),
+                                 w.shape[0] if sparse else 1)
+
+
+def _op_batch_norm(op, x, scale, bias, mean, var):
+    """Inference-mode BatchNorm (a dump without optimize_for_inference keeps it): the normalized
+    output is the last of upstream's outputs; the others are the statistics it used and an
+    empty reserve."""
+    op.require(1, "I", (1,), "BatchNorm forward mode (only INFERENCE is read)")
+    op.require(0, "I", (2,), "BatchNorm param_dim (only DIM_1C11 is read)")
+    F = _F()
+    y = F.batch_norm(x, mean, var, scale, bias, training=False, eps=op.p(2, "d", 1e-4))
+    extra = (mean, var, F.zeros((0,), dtype=x.dtype))
+    return extra[:len(op.outputs) - 1] + (y,)
+
+
 def _op_arg(fn):
     def run(op, x):
         return getattr(_F(), fn)(x, axis=op.p(0, "i", 0), keepdims=True)
@@ -500,10 +597,18 @@ def _op_elemwise(op, *xs):
         n = max(map(len, items))
         items = [i * n if len(i) == 1 else i for i in items]
         return _Shape(_HOST_ELEMWISE[mode](*args) for args in zip(*items))
-    return apply(Elemwise(mode), *[_tensor(x, op) for x in xs])[0]
+    xs = [_tensor(x, op) for x in xs]
+    if mode in _LOGICAL:
+        return _LOGICAL[mode](*[x.astype("int32") for x in xs])
+    return apply(Elemwise(mode), *xs)[0]
 
 
-_HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b,
+# the logical modes on bool tensors, through integer comparisons: F.logical_and and its kin make
+# op classes a dumped program cannot name (megengine/functional/elemwise.py `_logical`), and a
+# loaded file is a dumped program
+_LOGICAL = {"AND": lambda a, b: a * b != 0, "OR": lambda a, b: a + b != 0,
+            "XOR": lambda a, b: a != b, "NOT": lambda a: a == 0}
+_HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
                   "TRUE_DIV": lambda a, b: a / b}
 
@@ -518,14 +623,18 @@ _OPERATORS = {
     "Subtensor": _op_subtensor, "ReduceV2": _op_reduce, "TypeCvtV2": _op_typecvt,
     "PowC": _op_powc, "Softmax": _op_softmax, "LayerNorm": _op_layer_norm, "Split": _op_split,
     "Argmax": _op_arg("argmax"), "Argmin": _op_arg("argmin"), "Elemwise": _op_elemwise,
+    "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
+    "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
+    "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
 }
 _OPERATORS = {k: v for k, v in _OPERATORS.items() if v is not None}
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": 1, "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
-                "Split": 1, "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
+                "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
+                "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
                 "AxisAddRemove": None, "Elemwise": None}
-_SOURCES = ("Host2DeviceCopy", "ImmutableTensor")
+_SOURCES = ("Host2DeviceCopy", "ImmutableTensor", "MultipleDeviceTensorHolder")
 _KNOWN_IDS = {}
 for _name in list(_OPERATORS) + list(_SOURCES) + [
         "SharedDeviceTensor", "MultipleDeviceTensorHolder", "VolatileSharedDeviceTensor",
@@ -581,8 +690,12 @@ def _model(data):
     return _Table(buf, struct.unpack_from("<I", buf, 0)[0])
 
 
+# Metadata.optimize_options: flags in the low bits, the layout transform from bit 32 (values of
+# upstream 1.13's files)
 _OPTION_BITS = {0: "enable_io16xc32", 1: "enable_ioc16", 2: "enable_fuse_conv_bias_nonlinearity",
-                3: "enable_fuse_conv_bias_with_z", 6: "enable_fuse_grain"}
+                3: "enable_fuse_conv_bias_with_z", 5: "enable_fuse_preprocess",
+                6: "enable_fuse_grain"}
+_LAYOUTS = {1: "enable_nchw4", 4: "enable_nchw44", 6: "enable_nchw32", 7: "enable_chwn4"}
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -603,6 +716,8 @@ def _metadata(model):
     options = md.scalar(2, "Q", 0)
     meta = {"user_info": user_info, "graph_modified": bool(md.scalar(1, "?", False)),
             "optimized_for_inference": bool(options)}
+    if options >> 32 in _LAYOUTS:
+        meta[_LAYOUTS[options >> 32]] = True
     meta.update({name: True for bit, name in _OPTION_BITS.items() if options >> bit & 1})
     return meta
 
@@ -652,11 +767,11 @@ def _translate(ops, names, outputs, aliases, meta):
                       _dtype(t.table(3), op.where())))
     consts = {}
     for op in ops:
-        if op.type == "ImmutableTensor":
-            if len(op.tensors) != 1:
-                op.refuse(f"a constant with {len(op.tensors)} values")
-            consts[op.outputs[0]] = (_host_tensor(op.tensors[0], op.where()),
-                                     names[op.outputs[0]] or op.name)
+        if op.type in ("ImmutableTensor", "MultipleDeviceTensorHolder"):
+            if len(op.tensors) != len(op.outputs):
+                op.refuse(f"{len(op.tensors)} values for {len(op.outputs)} outputs")
+            for t, k in zip(op.tensors, op.outputs):
+                consts[k] = (_host_tensor(t, op.where()), names[k] or t.string(0) or op.name)
 
     def program(*args):
         values = dict(zip((op.outputs[0] for op in inputs), args))
@@ -672,6 +787,8 @@ def _translate(ops, names, outputs, aliases, meta):
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
             out = _OPERATORS[op.type](op, *ins)
             out = out if type(out) is tuple else (out,)
+            # upstream's graph has no 0-d values: its scalars are vectors of one item
+            out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)
             if len(out) != len(op.outputs):
                 op.refuse(f"{len(op.outputs)} outputs (it computes {len(out)})")
             values.update(zip(op.outputs, out))
