@@ -785,7 +785,10 @@ def _translate(ops, names, outputs, aliases, meta):
             n = _DATA_INPUTS.get(op.type, len(ins))
             if n is not None:
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
-            out = _OPERATORS[op.type](op, *ins)
+            try:
+                out = _OPERATORS[op.type](op, *ins)
+            except NotImplementedError as e:  # (a mode the engine does not provide)
+                op.refuse(f"what it computes ({e})")
             out = out if type(out) is tuple else (out,)
             # upstream's graph has no 0-d values: its scalars are vectors of one item
             out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)

@@ -14,7 +14,7 @@ from megengine.jit.dump import load
 from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
-MODELS = ["cnn", "resnet", "mobile", "mlp", "transformer", "misc", "convbias"]
+MODELS = ["cnn", "resnet", "mobile", "mlp", "transformer", "misc", "ops", "convbias"]
 
 
 def _files(name):
@@ -128,6 +128,33 @@ def test_unsupported_operator_is_named():
     with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(Softmaz\).*Softmaz.*"
                                                   r"re-dump"):
         load(io.BytesIO(data))
+
+
+def _first_param_field(data, type_name, field):
+    """The byte offset of param field ``field`` of the first ``type_name`` operator of a file."""
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    buf = data[4:]  # (upstream writes the buffer's size first)
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    for k, t in enumerate(model.tables(2)):
+        op = _Op(t, k)
+        if op.type == type_name and op.param is not None and op.param.offsets[field:field + 1]:
+            return 4 + op.param.pos + op.param.offsets[field]
+    raise AssertionError(f"no {type_name} with param field {field}")
+
+
+def test_unsupported_parameter_is_named():
+    data = bytearray(_data("cnn"))
+    at = _first_param_field(data, "Elemwise", 0)
+    data[at:at + 4] = (43).to_bytes(4, "little")  # Elemwise mode RMULH (quantized kernels only)
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(Elemwise\).*RMULH"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("ops"))
+    at = _first_param_field(data, "BatchNormV1", 1)  # forward mode INFERENCE -> TRAINING
+    data[at:at + 4] = (0).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=r"\(BatchNormV1\): BatchNorm forward mode"):
+        load(io.BytesIO(bytes(data)))
 
 
 def test_older_upstream_formats_are_refused():

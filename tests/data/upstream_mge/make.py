@@ -127,6 +127,23 @@ class Misc(M.Module):  # shape manipulation, indexing, reductions, casts
         return a, b + c, e.prod(axis=0), F.argmax(x, axis=1), F.mean(x, axis=0)
 
 
+class Ops(M.Module):  # operators of dumps without optimize_for_inference, indexing, sorting
+    def __init__(self):
+        super().__init__()
+        self.bn = M.BatchNorm2d(2)
+        self.up = M.ConvTranspose2d(2, 2, 2, stride=2)
+
+    def forward(self, x):
+        y = self.up(self.bn(x))  # BatchNorm stays an operator without optimize_for_inference
+        mask = (y > 0) & ~(y > 1) | (y < -1) ^ (y < -2)
+        z = F.where(mask, y, -y).reshape(x.shape[0], -1)
+        vals, idx = F.topk(z, 3, descending=True)
+        srt, _ = F.sort(z[:, :5], descending=True)
+        padded = F.nn.pad(x, ((0, 0), (0, 0), (1, 0), (0, 2)))
+        return (vals, idx, srt, F.cumsum(z, 1)[:, [0, 2, 4]], padded, z[0, 0] + F.dot(z[0], z[1]),
+                F.sum(z))
+
+
 def make(name, net, inputs, options, batch2=None):
     net.eval()
 
@@ -157,6 +174,8 @@ def make(name, net, inputs, options, batch2=None):
 
 def main(out_dir):
     os.chdir(out_dir)
+    mge.random.seed(0)  # (the modules' initial weights)
+    np.random.seed(0)
     rng = np.random.RandomState(0)
     img = lambda *s: rng.randn(*s).astype("float32")
     make("cnn", CNN(), {"data": img(2, 3, 12, 12)}, {}, batch2=3)
@@ -167,6 +186,7 @@ def main(out_dir):
     make("mlp", MLP(), {"x": img(4, 6)}, {"optimize_for_inference": False}, batch2=2)
     make("transformer", Transformer(), {"x": img(2, 5, 8)}, {}, batch2=3)
     make("misc", Misc(), {"x": img(3, 4), "y": img(3, 4)}, {})
+    make("ops", Ops(), {"x": img(2, 2, 3, 3)}, {"optimize_for_inference": False}, batch2=3)
     make("convbias", MobileBlock(), {"data": img(2, 4, 6, 6)},
          {"enable_fuse_conv_bias_nonlinearity": True})
 
