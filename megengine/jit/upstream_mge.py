@@ -21,6 +21,8 @@ FlatBuffers schema (``schema_v2.fbs``, ``opr_param_defs.fbs``, ``dtype.fbs``); o
 ids are upstream's ``XXHash64`` (seed 20160701) of the registered name (`_type_id`).
 """
 import io
+import math
+import operator
 import pickle
 import struct
 
@@ -214,8 +216,10 @@ class _Op:
         raise UpstreamFormatError(f"load: {self.where()}: {what} is not provided by this "
                                   f"reader; {_WHAT_TO_DO}")
 
-    def require(self, i, fmt, allowed, what):
-        v = self.p(i, fmt)
+    def require(self, i, fmt, allowed, what, default=0):
+        """Param field ``i`` (``default`` when absent, the schema's default), which must be one
+        of ``allowed``."""
+        v = self.p(i, fmt, default)
         if v not in allowed:
             self.refuse(f"{what} {v}")
         return v
@@ -477,6 +481,11 @@ def _op_reduce(op, x, *target):
 
 def _op_typecvt(op, x):
     dtype = _dtype(op.param, op.where())
+    if type(x) is _Shape:  # sizes stay sizes (as floats for scale arithmetic: h * 2.0)
+        if dtype.kind == "f":
+            return _Shape(v * 1.0 for v in x)
+        return _Shape(v if isinstance(v, int) or type(v).__name__ == "SymDim" and
+                      type(v.value) is int else math.trunc(v) for v in x)
     return x.astype(dtype)
 
 
@@ -577,6 +586,49 @@ def _op_batch_norm(op, x, scale, bias, mean, var):
     return extra[:len(op.outputs) - 1] + (y,)
 
 
+_RESIZE_MODES = {0: "nearest", 1: "bilinear"}
+
+
+def _op_resize(op, x, size):
+    mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
+    op.require(1, "I", (0,), "format (layout)", default=1)  # (Resize's default is NHWC)
+    return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
+                                   align_corners=False if mode else None)
+
+
+def _op_set_one_hot(op, x, index, value):
+    from ..core._imperative_rt.core2 import apply
+    from ..core._imperative_rt.ops import IndexingSetOneHot
+    return apply(IndexingSetOneHot(axis=op.p(0, "i", 0)), x, index, value)[0]
+
+
+def _op_set_indexing(op, x, value, *args):
+    y = _F().copy(x)
+    y[_index(op, args, True)] = _tensor(value, op)
+    return y
+
+
+_COND_TAKE = {0: lambda d, v, e: abs(d - v) < e, 1: lambda d, v, e: abs(d - v) >= e,
+              2: operator.lt, 3: operator.le, 4: operator.gt, 5: operator.ge}
+
+
+def _op_cond_take(op, data, mask):
+    mode = op.require(0, "I", tuple(_COND_TAKE), "CondTake mode")
+    val, eps = op.p(1, "f", 0.0), op.p(2, "f", 1e-6)
+    fn = _COND_TAKE[mode]
+    cond = fn(mask, val, eps) if mode < 2 else fn(mask, val)
+    return tuple(_F().cond_take(cond, data))
+
+
+def _op_convolution3d(op, x, w):
+    op.require(0, "I", (0,), "convolution mode")
+    op.require(12, "I", (0,), "format (layout)")
+    sparse = op.require(10, "I", (0, 1), "sparse mode")
+    triple = lambda first, default: tuple(op.p(first + i, "I", default) for i in range(3))
+    return _F().conv3d(x, w, None, triple(4, 1), triple(1, 0), triple(7, 1),
+                       w.shape[0] if sparse else 1)
+
+
 def _op_arg(fn):
     def run(op, x):
         return getattr(_F(), fn)(x, axis=op.p(0, "i", 0), keepdims=True)
@@ -590,6 +642,8 @@ def _op_elemwise(op, *xs):
     code = op.p(0, "I", 0)
     mode = _ELEMWISE_MODES[code] if code < len(_ELEMWISE_MODES) else op.refuse(
         f"Elemwise mode #{code}")
+    if len(xs) == 1 and type(xs[0]) is _Shape and mode in _HOST_UNARY:
+        return _Shape(_HOST_UNARY[mode](v) for v in xs[0])
     if any(type(x) is _Shape for x in xs) and all(_is_host(x) for x in xs):
         if mode not in _HOST_ELEMWISE:
             op.refuse(f"Elemwise mode {mode} on shapes")
@@ -608,6 +662,7 @@ def _op_elemwise(op, *xs):
 # loaded file is a dumped program
 _LOGICAL = {"AND": lambda a, b: a * b != 0, "OR": lambda a, b: a + b != 0,
             "XOR": lambda a, b: a != b, "NOT": lambda a: a == 0}
+_HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
                   "TRUE_DIV": lambda a, b: a / b}
@@ -626,11 +681,15 @@ _OPERATORS = {
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
     "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
     "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
+    "ResizeV2": _op_resize, "IndexingSetOneHot": _op_set_one_hot,
+    "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
+    "Convolution3D": _op_convolution3d,
 }
 _OPERATORS = {k: v for k, v in _OPERATORS.items() if v is not None}
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
-_DATA_INPUTS = {"TypeCvtV2": 1, "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
+_DATA_INPUTS = {"TypeCvtV2": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+                "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
                 "AxisAddRemove": None, "Elemwise": None}
