@@ -39,14 +39,23 @@ _WHAT_TO_DO = ("re-dump the model with upstream MegEngine 1.13's trace.dump defa
                "(model_version=2), or trace and dump it with this fork")
 
 
+# upstream's formats this reader recognizes but does not read -> what wrote them
+_OTHER_FORMATS = {
+    "mgb1": "upstream's FlatBuffers format of model_version=1",
+    "MGBC": "upstream's dump_format='FBS' (a header, the values, then FlatBuffers of "
+            "model_version=1)",
+}
+
+
 def is_upstream(data):
-    """The upstream format name ``data`` (a file's first bytes) is in, or None."""
+    """The upstream format ``data`` (a file's first bytes) is in ("mgv2", "mgb1", "MGBC"), or
+    None."""
     if data[8:12] == b"mgv2" or data[4:8] == b"mgv2":
         return "mgv2"
-    if data[4:8] == b"mgb1" or data[:4] == b"mgb1":
+    if data[4:8] == b"mgb1":  # (FlatBuffers' file identifier, after the root offset)
         return "mgb1"
-    if data[:4] in (b"mgbs", b"mgbg", b"MGBC", b"MGBS") or data[:8] == b"mgbtest0":
-        return data[:4].decode()
+    if data[:4] == b"MGBC":
+        return "MGBC"
     return None
 
 
@@ -683,12 +692,12 @@ _OPERATORS = {
     "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
     "ResizeV2": _op_resize, "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
-    "Convolution3D": _op_convolution3d,
+    "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 _OPERATORS = {k: v for k, v in _OPERATORS.items() if v is not None}
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
-_DATA_INPUTS = {"TypeCvtV2": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+_DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -786,9 +795,8 @@ def read_upstream(data):
     kind = is_upstream(data)
     if kind != "mgv2":
         raise UpstreamFormatError(
-            f"load: this is an upstream MegEngine graph file in the {kind!r} format (written by "
-            f"upstream versions before 1.13's default model_version=2), which this fork does "
-            f"not read; {_WHAT_TO_DO}")
+            f"load: this is an upstream MegEngine graph file in the {kind!r} format "
+            f"({_OTHER_FORMATS[kind]}), which this fork does not read; {_WHAT_TO_DO}")
     try:
         model = _model(data)
         version = model.scalar(1, "I")

@@ -140,8 +140,13 @@ class Ops(M.Module):  # operators of dumps without optimize_for_inference, index
         vals, idx = F.topk(z, 3, descending=True)
         srt, _ = F.sort(z[:, :5], descending=True)
         padded = F.nn.pad(x, ((0, 0), (0, 0), (1, 0), (0, 2)))
+        big = F.vision.interpolate(x, scale_factor=2)  # (bilinear; its size computed in-graph)
+        hot = F.one_hot(idx[:, 0] % 4, 4)
+        w = F.copy(z)
+        w[:, idx[0, :2]] = 0.0  # (set by an index vector)
+        taken, _ = F.cond_take(z > 0.5, z)
         return (vals, idx, srt, F.cumsum(z, 1)[:, [0, 2, 4]], padded, z[0, 0] + F.dot(z[0], z[1]),
-                F.sum(z))
+                F.sum(z), big, hot, w, taken)
 
 
 def make(name, net, inputs, options, batch2=None):
@@ -178,7 +183,7 @@ def main(out_dir):
     np.random.seed(0)
     rng = np.random.RandomState(0)
     img = lambda *s: rng.randn(*s).astype("float32")
-    make("cnn", CNN(), {"data": img(2, 3, 12, 12)}, {}, batch2=3)
+    make("cnn", CNN(), {"data": img(2, 3, 12, 12)}, {})
     make("resnet", ResNet(), {"data": img(2, 3, 8, 8)}, {"keep_param_name": True,
                                                           "keep_opr_name": True}, batch2=1)
     make("mobile", MobileBlock(), {"data": img(2, 4, 6, 6)}, {"user_info": {"model": "mobile"}},
