@@ -50,6 +50,8 @@ _OTHER_FORMATS = {
 def is_upstream(data):
     """The upstream format ``data`` (a file's first bytes) is in ("mgv2", "mgb1", "MGBC"), or
     None."""
+    if data[:8] == b"mgbtest0":  # (the model follows its test cases' count)
+        return is_upstream(data[12:])
     if data[8:12] == b"mgv2" or data[4:8] == b"mgv2":
         return "mgv2"
     if data[4:8] == b"mgb1":  # (FlatBuffers' file identifier, after the root offset)
@@ -208,7 +210,6 @@ class _Op:
         self.type_id = t.scalar(1, "Q")
         self.type = t.string(0) or _KNOWN_IDS.get(self.type_id)
         self.name = t.string(2)
-        self.param_type = t.scalar(3, "B")
         self.param = t.table(4)
         self.inputs = t.scalars(7, "I")
         self.outputs = t.scalars(8, "I")
@@ -262,7 +263,7 @@ def _items(v):
 
 # --------------------------------------------------------------------------------------------
 # operators: each runs as this fork's functional code on Tensors; values computed from shapes
-# stay host arrays (dtype object, holding the traced sizes) so that the trace records sizes
+# stay on the host (`_Shape`, holding the traced sizes) so that the trace records sizes
 # --------------------------------------------------------------------------------------------
 def _F():
     from .. import functional as F
@@ -270,26 +271,33 @@ def _F():
 
 
 def _ints(v, op, what):
-    """A host value as a tuple of sizes (traced sizes stay what they are)."""
+    """A host value (a shape or a constant) as a tuple of sizes; traced sizes stay `SymDim`s."""
     if not _is_host(v):
         op.refuse(f"a {what} computed from tensor values (not from shapes or constants)")
     return _items(v)
 
 
-def _pair(op, h, w):
-    return (op.p(h, "I", 0), op.p(w, "I", 0))
+def _pair(op, h, w, default):
+    return (op.p(h, "I", default), op.p(w, "I", default))
 
 
 def _nchw(op, field):
     op.require(field, "I", (0,), "format (layout)")
 
 
+def _conv_args(op, w, pad, sparse):
+    """(stride, padding, dilation, groups) of a 2-d convolution whose param has pad_h, pad_w,
+    stride_h, stride_w, dilate_h, dilate_w from field ``pad`` on and its sparse mode (a group
+    filter's first dim is the groups) in field ``sparse``."""
+    groups = w.shape[0] if op.require(sparse, "I", (0, 1), "sparse mode") else 1
+    return (_pair(op, pad + 2, pad + 3, 1), _pair(op, pad, pad + 1, 0),
+            _pair(op, pad + 4, pad + 5, 1), groups)
+
+
 def _op_convolution(op, x, w):
     op.require(0, "I", (0,), "convolution mode")
     _nchw(op, 8)
-    sparse = op.require(7, "I", (0, 1), "sparse mode")
-    return _F().conv2d(x, w, None, (op.p(3, "I", 1), op.p(4, "I", 1)), _pair(op, 1, 2),
-                       (op.p(5, "I", 1), op.p(6, "I", 1)), w.shape[0] if sparse else 1)
+    return _F().conv2d(x, w, None, *_conv_args(op, w, 1, 7))
 
 
 _NONLINEAR = {0: None, 1: "relu", 2: "sigmoid", 3: "hswish"}
@@ -299,10 +307,8 @@ def _op_conv_bias(op, x, w, b, *z):
     nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
     op.require(1, "I", (0,), "convolution mode")
     _nchw(op, 3)
-    sparse = op.require(2, "I", (0, 1), "sparse mode")
     F = _F()
-    y = F.conv2d(x, w, None, (op.p(6, "I", 1), op.p(7, "I", 1)), _pair(op, 4, 5),
-                 (op.p(8, "I", 1), op.p(9, "I", 1)), w.shape[0] if sparse else 1) + b
+    y = F.conv2d(x, w, None, *_conv_args(op, w, 4, 2)) + b
     if z:
         y = y + z[0]
     return y if _NONLINEAR[nonline] is None else getattr(F, _NONLINEAR[nonline])(y)
@@ -312,11 +318,10 @@ def _op_pooling(op, x):
     mode = op.require(0, "I", (0, 1, 2), "pooling mode")
     _nchw(op, 7)
     F = _F()
-    window = (op.p(5, "I", 2), op.p(6, "I", 2))
-    stride = (op.p(3, "I", 2), op.p(4, "I", 2))
+    window, stride, padding = _pair(op, 5, 6, 2), _pair(op, 3, 4, 2), _pair(op, 1, 2, 0)
     if mode == 0:
-        return F.max_pool2d(x, window, stride, _pair(op, 1, 2))
-    return F.avg_pool2d(x, window, stride, _pair(op, 1, 2),
+        return F.max_pool2d(x, window, stride, padding)
+    return F.avg_pool2d(x, window, stride, padding,
                         "average" if mode == 1 else "average_count_exclude_padding")
 
 
@@ -577,10 +582,8 @@ def _op_argsort(op, x):
 def _op_conv_backward_data(op, w, x):
     op.require(0, "I", (0,), "convolution mode")
     _nchw(op, 8)
-    sparse = op.require(7, "I", (0, 1), "sparse mode")
-    return _F().conv_transpose2d(x, w, None, (op.p(3, "I", 1), op.p(4, "I", 1)),
-                                 _pair(op, 1, 2), 0, (op.p(5, "I", 1), op.p(6, "I", 1)),
-                                 w.shape[0] if sparse else 1)
+    stride, padding, dilation, groups = _conv_args(op, w, 1, 7)
+    return _F().conv_transpose2d(x, w, None, stride, padding, 0, dilation, groups)
 
 
 def _op_batch_norm(op, x, scale, bias, mean, var):
@@ -677,9 +680,9 @@ _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": l
                   "TRUE_DIV": lambda a, b: a / b}
 
 
-# upstream's registered operator name -> (function on the input values, handles host values)
+# upstream's registered operator name -> the function computing its outputs from its inputs
 _OPERATORS = {
-    "Convolution": _op_convolution, "ConvolutionV0": None, "ConvBiasForward": _op_conv_bias,
+    "Convolution": _op_convolution, "ConvBiasForward": _op_conv_bias,
     "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
     "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
     "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,
@@ -694,7 +697,6 @@ _OPERATORS = {
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
-_OPERATORS = {k: v for k, v in _OPERATORS.items() if v is not None}
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
@@ -744,6 +746,7 @@ def _tensor(v, op):
 # the file
 # --------------------------------------------------------------------------------------------
 def _model(data):
+    """(the Model table at the start of ``data``, the bytes it takes)."""
     if len(data) < 12:
         raise UpstreamFormatError(f"load: the upstream .mge file is truncated ({len(data)} "
                                   "bytes)")
@@ -753,9 +756,25 @@ def _model(data):
         if len(buf) < size:
             raise UpstreamFormatError(f"load: the upstream .mge file is truncated: it says "
                                       f"{size} bytes follow, {len(buf)} do")
+        end = 4 + size
     else:
-        buf = data
-    return _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+        buf, end = data, len(data)
+    return _Table(buf, struct.unpack_from("<I", buf, 0)[0]), end
+
+
+def _testcases(data, count):
+    """The values of ``count`` test cases (upstream's ``dump(input_data=...)``: after the model,
+    a graph of constants each, the inputs and the expected outputs sorted by name)."""
+    cases = []
+    for k in range(count):
+        model, end = _model(data)
+        consts = {}
+        for op in (_Op(t, i) for i, t in enumerate(model.tables(2))):
+            for t, out in zip(op.tensors, op.outputs):
+                consts[out] = _host_tensor(t, f"test case {k}, {op.where()}")
+        cases.append([consts[v.scalar(0, "I")] for v in model.tables(4)])
+        data = data[end:]
+    return cases
 
 
 # Metadata.optimize_options: flags in the low bits, the layout transform from bit 32 (values of
@@ -798,7 +817,10 @@ def read_upstream(data):
             f"load: this is an upstream MegEngine graph file in the {kind!r} format "
             f"({_OTHER_FORMATS[kind]}), which this fork does not read; {_WHAT_TO_DO}")
     try:
-        model = _model(data)
+        count = 0
+        if data[:8] == b"mgbtest0":
+            count, data = struct.unpack_from("<I", data, 8)[0], data[12:]
+        model, end = _model(data)
         version = model.scalar(1, "I")
         if version != 2:
             raise UpstreamFormatError(f"load: upstream model_version {version} is not read "
@@ -808,30 +830,73 @@ def read_upstream(data):
         outputs = [v.scalar(0, "I") for v in model.tables(4)]
         aliases = {v.scalar(0, "I"): v.string(1) for v in model.tables(5)}
         meta = _metadata(model)
+        cases = _testcases(data[end:], count)
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise UpstreamFormatError(f"load: the upstream .mge file is truncated or corrupt "
                                   f"({e})") from e
     for op in ops:
-        if op.type not in _OPERATORS and op.type not in _SOURCES:
+        if op.type not in _OPERATORS and op.type not in _SOURCES and op.type != "AssertEqual":
             what = f"operator type {op.type}" if op.type else (
                 f"an operator of unknown type id {op.type_id:#x}")
             raise UpstreamFormatError(
                 f"load: {op.where()}: {what} is not provided by this reader (it reads "
                 f"{', '.join(sorted(_OPERATORS))}); {_WHAT_TO_DO}")
-    return _translate(ops, names, outputs, aliases, meta)
+    return _translate(ops, names, outputs, aliases, meta, cases)
 
 
-def _translate(ops, names, outputs, aliases, meta):
+def _testcases_json(cases, feeds, names, asserts, specs, out_names, outputs, arrays):
+    """graph.json's ``testcases`` (see `megengine.jit.dump`) of upstream's test cases, their
+    arrays added to ``arrays``."""
+    order = sorted(_input_spec(op, names)[0] for op in feeds)  # (upstream's order of values)
+    out_of = {a.inputs[0]: out_names[outputs.index(a.inputs[1])] for a in asserts
+              if a.inputs[1] in outputs}
+    expect_name = {_input_spec(op, names)[0]: out_of.get(op.outputs[0]) for op in feeds}
+
+    def add(array):
+        arrays[len(arrays)] = array
+        return len(arrays) - 1
+
+    json_cases = []
+    for values in cases:
+        if len(values) != len(order):
+            raise UpstreamFormatError(f"load: a test case holds {len(values)} values for the "
+                                      f"{len(order)} inputs {order}; the file is corrupt")
+        named = dict(zip(order, values))
+        json_cases.append({
+            "inputs": {n: add(named[n]) for n, _, _ in specs},
+            "outputs": {expect_name[n]: add(v) for n, v in named.items()
+                        if expect_name.get(n) is not None}})
+    check = asserts[0] if asserts else None
+    return {"cases": json_cases, "no_assert": check is None,
+            "maxerr": check.p(0, "f", 1e-4) if check else 1e-4,
+            "silent": not (check and check.p(1, "B", 0))}
+
+
+def _input_spec(op, names):
+    t = op.tensors[0] if op.tensors else op.refuse("an input without its tensor description")
+    return (t.string(0) or names[op.outputs[0]], tuple(t.scalars(1, "I")),
+            _dtype(t.table(3), op.where()))
+
+
+def _translate(ops, names, outputs, aliases, meta, cases):
     from ..core.tensor import Tensor
     from .dump import read_file
     from .tracing import trace
 
-    inputs = [op for op in ops if op.type == "Host2DeviceCopy"]
-    specs = []
-    for op in inputs:
-        t = op.tensors[0] if op.tensors else op.refuse("an input without its tensor description")
-        specs.append((t.string(0) or names[op.outputs[0]], tuple(t.scalars(1, "I")),
-                      _dtype(t.table(3), op.where())))
+    # a file with test cases checks its outputs with AssertEqual(expected input, output): the
+    # program computes the outputs; the expected values go to the test cases
+    asserts = [op for op in ops if op.type == "AssertEqual"]
+    expected = {op.inputs[0]: op for op in asserts}
+    outputs = [next((a.inputs[1] for a in asserts if a.outputs[0] == i), i) for i in outputs]
+    feeds = [op for op in ops if op.type == "Host2DeviceCopy"]
+    inputs = [op for op in feeds if op.outputs[0] not in expected]
+    needed, live = set(outputs), []  # the operators the outputs need (not the checks' error)
+    for op in reversed(ops):
+        if needed.intersection(op.outputs) and op.type not in _SOURCES:
+            needed.update(op.inputs)
+            live.append(op)
+    live.reverse()
+    specs = [_input_spec(op, names) for op in inputs]
     consts = {}
     for op in ops:
         if op.type in ("ImmutableTensor", "MultipleDeviceTensorHolder"):
@@ -845,9 +910,7 @@ def _translate(ops, names, outputs, aliases, meta):
         for k, (value, name) in consts.items():
             values[k] = value.view(_Constant)
             values[k].name = name
-        for op in ops:
-            if op.type in _SOURCES:
-                continue
+        for op in live:
             ins = [values[i] for i in op.inputs]
             n = _DATA_INPUTS.get(op.type, len(ins))
             if n is not None:
@@ -872,6 +935,9 @@ def _translate(ops, names, outputs, aliases, meta):
            enable_metadata=meta is not None)
     buf.seek(0)
     graph, arrays = read_file(buf)
+    if cases:
+        graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
+                                             outputs, arrays)
     if meta is not None:
         from .dump_format import _Writer
         w = _Writer()
@@ -881,5 +947,4 @@ def _translate(ops, names, outputs, aliases, meta):
             "optimized_for_inference": meta["optimized_for_inference"],
             "optimize_options": w.value({k: v for k, v in meta.items()
                                          if k.startswith("enable_")}, "options")}
-    graph["upstream_format"] = "mgv2"
     return graph, arrays

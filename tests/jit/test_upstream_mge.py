@@ -95,6 +95,22 @@ def test_other_entry_points(name):
            want)
 
 
+def test_test_cases_of_input_data():
+    # testcase.mge: upstream's dump(input_data=["#rand(0,1,2,4)"], maxerr=1e-3, silent=True);
+    # the expected outputs it stores are upstream 1.13's
+    from megengine.utils.comp_graph_tools import load_and_inference
+
+    path = os.path.join(DATA, "testcase.mge")
+    prog = load(path)
+    assert [(n, s) for n, s, _ in prog.inputs] == [("data", (2, 4))]
+    assert prog.testcase_options == {"maxerr": pytest.approx(1e-3), "no_assert": False,
+                                     "silent": True}
+    (inputs, expected), = prog.testcases
+    assert list(inputs) == ["data"] and list(expected) == prog.outputs
+    _check([v.numpy() for v in prog.run(inputs).values()], list(expected.values()))
+    _check(list(load_and_inference(path)[0].values()), list(expected.values()))
+
+
 def test_load_network_and_run_tool():
     path, ref = _files("cnn")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

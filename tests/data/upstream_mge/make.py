@@ -177,6 +177,22 @@ def make(name, net, inputs, options, batch2=None):
     print(name, os.path.getsize(f"{name}.mge"), "bytes")
 
 
+def make_testcase():
+    """testcase.mge: upstream's dump(input_data=...), test cases after the model; no .npz (the
+    expected outputs in the file are upstream's)."""
+    net = M.Sequential(M.Linear(4, 3), M.ReLU())
+    net.eval()
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return net(x)
+
+    f(mge.tensor(np.ones((2, 4), "float32")))
+    f.dump("testcase.mge", arg_names=["data"], input_data=["#rand(0,1,2,4)"],
+           maxerr=1e-3, silent=True)
+    print("testcase", os.path.getsize("testcase.mge"), "bytes")
+
+
 def main(out_dir):
     os.chdir(out_dir)
     mge.random.seed(0)  # (the modules' initial weights)
@@ -194,6 +210,7 @@ def main(out_dir):
     make("ops", Ops(), {"x": img(2, 2, 3, 3)}, {"optimize_for_inference": False}, batch2=3)
     make("convbias", MobileBlock(), {"data": img(2, 4, 6, 6)},
          {"enable_fuse_conv_bias_nonlinearity": True})
+    make_testcase()
 
 
 if __name__ == "__main__":
