@@ -18,7 +18,7 @@ operator and what to do; nothing is guessed.
 
 The layout of the tables (field order, enum values, defaults) follows upstream's published
 FlatBuffers schema (``schema_v2.fbs``, ``opr_param_defs.fbs``, ``dtype.fbs``); operator type
-ids are upstream's ``XXHash64`` (seed 20160701) of the registered name (`_type_id`).
+ids are upstream's ``XXHash64`` (seed 20160701) of the registered name (`_type_ids`).
 """
 import io
 import math
@@ -464,13 +464,15 @@ def _scalar(v, op):
 
 
 _REDUCE = {0: "sum", 1: "sum_sqr", 2: "prod", 3: "min", 4: "max", 5: "mean"}
-_AXIS_FROM_SHAPE = 2147483647  # Reduce's "reduce to the target shape of the second input"
+# an axis param's "none given" (INT_MAX): Reduce reduces to the target shape of its second
+# input, Cumsum runs along the last axis
+_NO_AXIS_GIVEN = 2147483647
 
 
 def _op_reduce(op, x, *target):
     mode = op.require(0, "I", tuple(_REDUCE), "reduce mode")
     op.require(2, "I", (0,), "reduce data_type")
-    axis = op.p(1, "i", _AXIS_FROM_SHAPE)
+    axis = op.p(1, "i", _NO_AXIS_GIVEN)
     if type(x) is _Shape and axis in (0, -1) and _REDUCE[mode] in ("sum", "prod"):
         total = 0 if mode == 0 else 1  # a size computed from a shape (flatten's product)
         for v in x:
@@ -481,7 +483,7 @@ def _op_reduce(op, x, *target):
     if mode == 1:
         x = x * x
     fn = getattr(F, {"sum_sqr": "sum"}.get(_REDUCE[mode], _REDUCE[mode]))
-    if axis == _AXIS_FROM_SHAPE:
+    if axis == _NO_AXIS_GIVEN:
         shape = _ints(target[0], op, "target shape") if target else op.refuse("a missing shape")
         if len(shape) != x.ndim and all(type(t) is int and t == 1 for t in shape):
             return fn(x).reshape(shape)  # everything, to (1,): upstream's scalar
@@ -496,10 +498,11 @@ def _op_reduce(op, x, *target):
 def _op_typecvt(op, x):
     dtype = _dtype(op.param, op.where())
     if type(x) is _Shape:  # sizes stay sizes (as floats for scale arithmetic: h * 2.0)
+        from ..core._trace_option import SymDim
         if dtype.kind == "f":
             return _Shape(v * 1.0 for v in x)
-        return _Shape(v if isinstance(v, int) or type(v).__name__ == "SymDim" and
-                      type(v.value) is int else math.trunc(v) for v in x)
+        is_int = lambda v: type(v) is int or type(v) is SymDim and type(v.value) is int
+        return _Shape(v if is_int(v) else math.trunc(v) for v in x)
     return x.astype(dtype)
 
 
@@ -558,8 +561,8 @@ def _op_padding(op, x):
 
 def _op_cumsum(op, x):
     F = _F()
-    axis = op.p(0, "i", 2147483647)
-    axis = x.ndim - 1 if axis == 2147483647 else axis
+    axis = op.p(0, "i", _NO_AXIS_GIVEN)
+    axis = x.ndim - 1 if axis == _NO_AXIS_GIVEN else axis
     exclusive, reverse = bool(op.p(1, "B", 1)), bool(op.p(2, "B", 0))
     y = F.flip(x, axis) if reverse else x
     y = F.cumsum(y, axis)
