@@ -788,9 +788,19 @@ _OPTION_BITS = {0: "enable_io16xc32", 1: "enable_ioc16", 2: "enable_fuse_conv_bi
 _LAYOUTS = {1: "enable_nchw4", 4: "enable_nchw44", 6: "enable_nchw32", 7: "enable_chwn4"}
 
 
+# what upstream's pickled user_info may name: numpy arrays, dtypes and scalars (no code from a
+# file; anything else is given as the pickle's bytes, as upstream gives bytes that it cannot
+# unpickle)
+_USER_INFO_CLASSES = {("numpy.core.multiarray", "_reconstruct"),
+                      ("numpy.core.multiarray", "scalar"), ("numpy", "ndarray"),
+                      ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):  # user_info of plain values only: no code from a file
-        raise pickle.UnpicklingError(f"{module}.{name}")
+    def find_class(self, module, name):
+        if (module, name) in _USER_INFO_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"user_info names {module}.{name}")
 
 
 def _metadata(model):
@@ -801,8 +811,8 @@ def _metadata(model):
     raw = md.bytes(3)
     try:
         user_info = _PlainUnpickler(io.BytesIO(raw)).load() if raw else None
-    except Exception:  # upstream gives the bytes when they do not unpickle
-        user_info = raw
+    except Exception:  # (this fork's files hold no bytes: an array of them)
+        user_info = np.frombuffer(raw, np.uint8).copy()
     options = md.scalar(2, "Q", 0)
     meta = {"user_info": user_info, "graph_modified": bool(md.scalar(1, "?", False)),
             "optimized_for_inference": bool(options)}
@@ -893,6 +903,16 @@ def _translate(ops, names, outputs, aliases, meta, cases):
     outputs = [next((a.inputs[1] for a in asserts if a.outputs[0] == i), i) for i in outputs]
     feeds = [op for op in ops if op.type == "Host2DeviceCopy"]
     inputs = [op for op in feeds if op.outputs[0] not in expected]
+    made = set()
+    for op in ops:  # (ids out of order or range: a corrupt file)
+        missing = [i for i in op.inputs if i not in made]
+        if missing:
+            raise UpstreamFormatError(f"load: {op.where()} reads var #{missing[0]}, which no "
+                                      "operator before it computes; the file is corrupt")
+        made.update(op.outputs)
+    if any(i not in made for i in outputs) or not made <= set(range(len(names))):
+        raise UpstreamFormatError("load: the file's outputs or vars name vars it does not "
+                                  "hold; the file is corrupt")
     needed, live = set(outputs), []  # the operators the outputs need (not the checks' error)
     for op in reversed(ops):
         if needed.intersection(op.outputs) and op.type not in _SOURCES:
@@ -920,8 +940,15 @@ def _translate(ops, names, outputs, aliases, meta, cases):
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
             try:
                 out = _OPERATORS[op.type](op, *ins)
+            except UpstreamFormatError:
+                raise
             except NotImplementedError as e:  # (a mode the engine does not provide)
                 op.refuse(f"what it computes ({e})")
+            except Exception as e:  # (shapes or values that do not fit its inputs)
+                raise UpstreamFormatError(
+                    f"load: {op.where()} cannot be computed from its inputs "
+                    f"({type(e).__name__}: {e}); the file is corrupt, or uses it in a way "
+                    f"this reader does not provide") from e
             out = out if type(out) is tuple else (out,)
             # upstream's graph has no 0-d values: its scalars are vectors of one item
             out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)
@@ -935,19 +962,16 @@ def _translate(ops, names, outputs, aliases, meta, cases):
     buf = io.BytesIO()
     out_names = [aliases.get(i) or names[i] for i in outputs]
     f.dump(buf, arg_names=[n for n, _, _ in specs], output_names=out_names,
-           enable_metadata=meta is not None)
+           enable_metadata=meta is not None, user_info=meta and meta["user_info"])
     buf.seek(0)
     graph, arrays = read_file(buf)
     if cases:
         graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
                                              outputs, arrays)
-    if meta is not None:
+    if meta is not None:  # (the user_info is the dump's; the flags are the file's)
         from .dump_format import _Writer
-        w = _Writer()
-        graph["metadata"] = {
-            "user_info": w.value(meta["user_info"], "user_info"),
-            "graph_modified": meta["graph_modified"],
-            "optimized_for_inference": meta["optimized_for_inference"],
-            "optimize_options": w.value({k: v for k, v in meta.items()
-                                         if k.startswith("enable_")}, "options")}
+        options = {k: v for k, v in meta.items() if k.startswith("enable_")}
+        graph["metadata"].update(graph_modified=meta["graph_modified"],
+                                 optimized_for_inference=meta["optimized_for_inference"],
+                                 optimize_options=_Writer().value(options, "options"))
     return graph, arrays

@@ -1,7 +1,6 @@
 """Upstream MegEngine's binary .mge files (megengine/jit/upstream_mge.py), read through every
 loader. The files and upstream's outputs for them are in tests/data/upstream_mge (made by
 make.py there with a real upstream MegEngine 1.13; upstream 1.13 measured)."""
-import ast
 import io
 import os
 import subprocess
@@ -44,7 +43,16 @@ def test_load_runs_as_upstream(name):
         (n, ref["in_" + n].shape, ref["in_" + n].dtype) for n in feeds]
     _check([v.numpy() for v in prog.run(feeds).values()], _outputs(ref))
     # the metadata upstream's Network.load gives (its repr stored by make.py)
-    assert prog.metadata == ast.literal_eval(str(ref["metadata"]))
+    want = eval(str(ref["metadata"]), {"array": np.array, "float32": "float32"})
+    assert prog.metadata.keys() == want.keys()
+    info = prog.metadata.pop("user_info")
+    assert prog.metadata == {k: v for k, v in want.items() if k != "user_info"}
+    if isinstance(info, dict):  # (mobile.mge: a dict holding a numpy array)
+        assert info.keys() == want["user_info"].keys()
+        for k, v in info.items():
+            np.testing.assert_array_equal(v, want["user_info"][k], strict=True)
+    else:
+        assert info == want["user_info"]
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "transformer", "ops"])
@@ -171,6 +179,33 @@ def test_unsupported_parameter_is_named():
     data[at:at + 4] = (0).to_bytes(4, "little")
     with pytest.raises(UpstreamFormatError, match=r"\(BatchNormV1\): BatchNorm forward mode"):
         load(io.BytesIO(bytes(data)))
+
+
+def test_corrupt_graph_is_refused():
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    data = bytearray(_data("mlp"))
+    buf = bytes(data[4:])
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    op = next(_Op(t, k) for k, t in enumerate(model.tables(2)) if _Op(t, k).inputs)
+    at = 4 + op_inputs_at(model, op.index)
+    data[at:at + 4] = (10 ** 6).to_bytes(4, "little")  # an input var no operator computes
+    with pytest.raises(UpstreamFormatError, match=r"reads var #1000000.*corrupt"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("mlp"))
+    weights = next(_Op(t, k) for k, t in enumerate(model.tables(2))
+                   if _Op(t, k).type == "MatrixMulV2")
+    at = 4 + op_inputs_at(model, weights.index)
+    data[at:at + 8] = data[at + 4:at + 8] + data[at:at + 4]  # (the matmul's inputs swapped)
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(\w+\) cannot be computed "
+                                                  r"from its inputs \(BroadcastError"):
+        load(io.BytesIO(bytes(data)))
+
+
+def op_inputs_at(model, index):
+    """The byte offset (in the FlatBuffer) of the first input id of operator ``index``."""
+    return model.tables(2)[index]._target(7) + 4
 
 
 def test_older_upstream_formats_are_refused():

@@ -202,7 +202,7 @@ def main(out_dir):
     make("cnn", CNN(), {"data": img(2, 3, 12, 12)}, {})
     make("resnet", ResNet(), {"data": img(2, 3, 8, 8)}, {"keep_param_name": True,
                                                           "keep_opr_name": True}, batch2=1)
-    make("mobile", MobileBlock(), {"data": img(2, 4, 6, 6)}, {"user_info": {"model": "mobile"}},
+    make("mobile", MobileBlock(), {"data": img(2, 4, 6, 6)}, {"user_info": {"model": "mobile", "mean": np.array([0.5, 0.25], "float32")}},
          batch2=3)
     make("mlp", MLP(), {"x": img(4, 6)}, {"optimize_for_inference": False}, batch2=2)
     make("transformer", Transformer(), {"x": img(2, 5, 8)}, {}, batch2=3)
