@@ -39,6 +39,7 @@ Dump an inference function traced with ``capture_as_const=True``.
 
 The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
 outputs and parameters), `dump_testcases` (``input_data``); their names are importable here.
+`read_file` also reads upstream MegEngine's binary ``.mge`` files, translated by `upstream_mge`.
 """
 import hashlib
 import io
@@ -428,7 +429,8 @@ def _on_device(a, device):
 
 
 def read_file(file):
-    """(graph.json as a dict, {array index: host array}) of a file `dump_program` wrote."""
+    """(graph.json as a dict, {array index: host array}) of a file `dump_program` wrote, or of
+    an upstream MegEngine ``.mge`` file translated into that form (`upstream_mge`)."""
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
         with open(file, "rb") as f:
             data = f.read()
