@@ -1,5 +1,6 @@
 """Reading upstream MegEngine's binary ``.mge`` graph files (what upstream 1.13's ``trace.dump``
-writes by default: FlatBuffers, file identifier ``mgv2``) as a program of this fork.
+writes: FlatBuffers, file identifier ``mgv2``, ``model_version`` 2 or 1, optionally after the
+test cases' header of ``input_data``) as a program of this fork.
 
 `read_upstream` decodes the file with a small FlatBuffers reader (`_Table`: root offset,
 vtables, scalars, strings, vectors, union members), then runs upstream's operators, one entry
@@ -36,14 +37,14 @@ class UpstreamFormatError(ValueError):
 
 
 _WHAT_TO_DO = ("re-dump the model with upstream MegEngine 1.13's trace.dump defaults "
-               "(model_version=2), or trace and dump it with this fork")
+               "(dump_format=None, model_version=2), or trace and dump it with this fork")
 
 
 # upstream's formats this reader recognizes but does not read -> what wrote them
 _OTHER_FORMATS = {
-    "mgb1": "upstream's FlatBuffers format of model_version=1",
-    "MGBC": "upstream's dump_format='FBS' (a header, the values, then FlatBuffers of "
-            "model_version=1)",
+    "mgb1": "upstream's older FlatBuffers schema, as in files of dump_format='FBS'",
+    "MGBC": "upstream's dump_format='FBS': a header, the values, then FlatBuffers of its older "
+            "schema (mgb1)",
 }
 
 
@@ -685,7 +686,9 @@ _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": l
 
 # upstream's registered operator name -> the function computing its outputs from its inputs
 _OPERATORS = {
-    "Convolution": _op_convolution, "ConvBiasForward": _op_conv_bias,
+    # (ConvolutionV2: Convolution's name in files of model_version=1)
+    "Convolution": _op_convolution, "ConvolutionV2": _op_convolution,
+    "ConvBiasForward": _op_conv_bias,
     "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
     "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
     "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,
@@ -835,9 +838,9 @@ def read_upstream(data):
             count, data = struct.unpack_from("<I", data, 8)[0], data[12:]
         model, end = _model(data)
         version = model.scalar(1, "I")
-        if version != 2:
+        if version not in (1, 2):  # (1: operators of serialization version 1 only)
             raise UpstreamFormatError(f"load: upstream model_version {version} is not read "
-                                      f"(model_version 2 is); {_WHAT_TO_DO}")
+                                      f"(model_version 1 and 2 are); {_WHAT_TO_DO}")
         ops = [_Op(t, k) for k, t in enumerate(model.tables(2))]
         names = [t.string(0) for t in model.tables(3)]
         outputs = [v.scalar(0, "I") for v in model.tables(4)]

@@ -205,6 +205,8 @@ def main(out_dir):
     make("mobile", MobileBlock(), {"data": img(2, 4, 6, 6)}, {"user_info": {"model": "mobile", "mean": np.array([0.5, 0.25], "float32")}},
          batch2=3)
     make("mlp", MLP(), {"x": img(4, 6)}, {"optimize_for_inference": False}, batch2=2)
+    make("mlp_v1", M.Sequential(M.Linear(6, 3), M.ReLU()), {"x": img(3, 6)},
+         {"model_version": 1}, batch2=2)  # (serialization version 1 operators only)
     make("transformer", Transformer(), {"x": img(2, 5, 8)}, {}, batch2=3)
     make("misc", Misc(), {"x": img(3, 4), "y": img(3, 4)}, {})
     make("ops", Ops(), {"x": img(2, 2, 3, 3)}, {"optimize_for_inference": False}, batch2=3)
