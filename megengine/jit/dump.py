@@ -39,6 +39,7 @@ Dump an inference function traced with ``capture_as_const=True``.
 
 The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
 outputs and parameters), `dump_testcases` (``input_data``); their names are importable here.
+`read_file` also reads upstream MegEngine's binary ``.mge`` files, translated by `upstream_mge`.
 """
 import hashlib
 import io
@@ -428,7 +429,8 @@ def _on_device(a, device):
 
 
 def read_file(file):
-    """(graph.json as a dict, {array index: host array}) of a file `dump_program` wrote."""
+    """(graph.json as a dict, {array index: host array}) of a file `dump_program` wrote, or of
+    an upstream MegEngine ``.mge`` file translated into that form (`upstream_mge`)."""
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
         with open(file, "rb") as f:
             data = f.read()
@@ -436,13 +438,18 @@ def read_file(file):
         data = file.read()
     if data[:8] == _MAGIC:
         data = data[16:16 + int.from_bytes(data[8:16], "little")]
+    elif data[:2] != b"PK":  # not this fork's archive: upstream's binary formats
+        from .upstream_mge import is_upstream, read_upstream
+        if is_upstream(data):
+            return read_upstream(data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         graph = json.loads(z.read("graph.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
         raise ValueError("load: not a program written by megengine.jit.trace.dump of this fork "
-                         f"({e}); upstream MegEngine's .mge graphs cannot be read here: dump the "
-                         "model again with this fork's trace.dump") from e
+                         f"({e}), nor an upstream MegEngine .mge file of the mgv2 format (the "
+                         "default of upstream 1.13's trace.dump): dump the model again with "
+                         "this fork's trace.dump or upstream 1.13's") from e
     if graph.get("format") != FORMAT or graph.get("version") not in _READABLE_VERSIONS:
         raise ValueError(f"load: unsupported file format {graph.get('format')!r} version "
                          f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")

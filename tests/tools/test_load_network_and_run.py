@@ -166,7 +166,7 @@ def test_bad_input_gives_clear_errors(tiny, two_inputs, tmp_path, capsys):
     np.save(tmp_path / "a.npy", np.zeros((2, 3), "float32"))
     cases = [
         ([str(tmp_path / "missing.mge")], "no such model file"),
-        ([str(tmp_path / "up.mge")], "upstream MegEngine's .mge graphs cannot be read"),
+        ([str(tmp_path / "up.mge")], "nor an upstream MegEngine .mge file"),
         ([plain, "--input", "image:#rand(0,1)"], "no input named 'image'; its inputs are ['data']"),
         ([two_inputs, "--input", str(tmp_path / "a.npy")], "names no input"),
         ([two_inputs, "--input", "a:#rand(1)"], "bad random spec"),

@@ -119,7 +119,7 @@ def test_log_path_needs_a_tensorboard_writer(tiny, tmp_path, capsys):
 def test_bad_files(tmp_path, capsys):
     (tmp_path / "up.mge").write_bytes(b"\x00mgb" * 50)
     for path, message in ((tmp_path / "nope.mge", "no such model file"),
-                          (tmp_path / "up.mge", "upstream MegEngine's .mge graphs cannot be read"),
+                          (tmp_path / "up.mge", "nor an upstream MegEngine .mge file"),
                           (tmp_path, "is a directory")):
         with pytest.raises(SystemExit) as e:
             nv.main([str(path), "--all"])

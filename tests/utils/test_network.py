@@ -229,7 +229,7 @@ def test_metadata_of_a_network_dump():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match=r"\.mge graphs cannot be read"):
+    with pytest.raises(ValueError, match=r"nor an upstream MegEngine \.mge file"):
         Network.load(io.BytesIO(b"mgb0001" + bytes(100)))
     net = _add_mul_net()
     a = net.input_vars[0]

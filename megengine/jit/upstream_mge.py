@@ -1,0 +1,980 @@
+"""Reading upstream MegEngine's binary ``.mge`` graph files (what upstream 1.13's ``trace.dump``
+writes: FlatBuffers, file identifier ``mgv2``, ``model_version`` 2 or 1, optionally after the
+test cases' header of ``input_data``) as a program of this fork.
+
+`read_upstream` decodes the file with a small FlatBuffers reader (`_Table`: root offset,
+vtables, scalars, strings, vectors, union members), then runs upstream's operators, one entry
+of `_OPERATORS` each, as this fork's functional calls inside a `trace`, and dumps that trace:
+the result is the (graph.json, arrays) pair of a file of this fork, so every loader
+(`megengine.jit.dump.load`, `Network.load`, ``load_graph``, ``comp_graph_tools``,
+``load_network_and_run``, ``megenginelite``) reads upstream's files through `read_file`.
+
+Shapes computed inside upstream's graph (``GetVarShape`` -> ``Subtensor`` -> ``Concat`` ->
+``Reshape``, as ``trace(symbolic=True)`` dumps them) are computed here on the traced sizes, so
+the program runs at other input sizes (another batch) as upstream's does.
+
+What a file holds that this reader does not provide (an operator type, a parameter value such
+as a non-NCHW format, a quantized dtype) raises `UpstreamFormatError` at load time, naming the
+operator and what to do; nothing is guessed.
+
+The layout of the tables (field order, enum values, defaults) follows upstream's published
+FlatBuffers schema (``schema_v2.fbs``, ``opr_param_defs.fbs``, ``dtype.fbs``); operator type
+ids are upstream's ``XXHash64`` (seed 20160701) of the registered name (`_type_ids`).
+"""
+import io
+import math
+import operator
+import pickle
+import struct
+
+import numpy as np
+
+__all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
+
+
+class UpstreamFormatError(ValueError):
+    """An upstream ``.mge`` file this fork cannot read (its format, an operator, a value)."""
+
+
+_WHAT_TO_DO = ("re-dump the model with upstream MegEngine 1.13's trace.dump defaults "
+               "(dump_format=None, model_version=2), or trace and dump it with this fork")
+
+
+# upstream's formats this reader recognizes but does not read -> what wrote them
+_OTHER_FORMATS = {
+    "mgb1": "upstream's older FlatBuffers schema, as in files of dump_format='FBS'",
+    "MGBC": "upstream's dump_format='FBS': a header, the values, then FlatBuffers of its older "
+            "schema (mgb1)",
+}
+
+
+def is_upstream(data):
+    """The upstream format ``data`` (a file's first bytes) is in ("mgv2", "mgb1", "MGBC"), or
+    None."""
+    if data[:8] == b"mgbtest0":  # (the model follows its test cases' count)
+        return is_upstream(data[12:])
+    if data[8:12] == b"mgv2" or data[4:8] == b"mgv2":
+        return "mgv2"
+    if data[4:8] == b"mgb1":  # (FlatBuffers' file identifier, after the root offset)
+        return "mgb1"
+    if data[:4] == b"MGBC":
+        return "MGBC"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# FlatBuffers
+# --------------------------------------------------------------------------------------------
+class _Table:
+    """A FlatBuffers table at ``pos`` of ``buf``; fields are read by their index in the schema
+    (a union field takes two indices: its type, then its value)."""
+
+    def __init__(self, buf, pos):
+        self.buf, self.pos = buf, pos
+        vtable = pos - self._unpack("<i", pos)
+        size = self._unpack("<H", vtable)
+        self.offsets = [self._unpack("<H", vtable + 4 + 2 * i) for i in range((size - 4) // 2)]
+
+    def _unpack(self, fmt, pos):
+        if not 0 <= pos <= len(self.buf) - struct.calcsize(fmt):
+            raise UpstreamFormatError("load: the upstream .mge file is truncated or corrupt "
+                                      f"(a reference to byte {pos} of {len(self.buf)})")
+        return struct.unpack_from(fmt, self.buf, pos)[0]
+
+    def _field(self, i):
+        return self.offsets[i] if i < len(self.offsets) else 0
+
+    def scalar(self, i, fmt, default=0):
+        o = self._field(i)
+        return self._unpack("<" + fmt, self.pos + o) if o else default
+
+    def _target(self, i):
+        o = self._field(i)
+        if not o:
+            return None
+        p = self.pos + o
+        return p + self._unpack("<I", p)
+
+    def table(self, i):
+        p = self._target(i)
+        return None if p is None else _Table(self.buf, p)
+
+    def bytes(self, i):
+        p = self._target(i)
+        if p is None:
+            return None
+        n = self._unpack("<I", p)
+        self._unpack("B", p + 3 + n) if n else None  # (bounds check)
+        return bytes(self.buf[p + 4:p + 4 + n])
+
+    def string(self, i):
+        b = self.bytes(i)
+        return None if b is None else b.decode("utf-8", "replace")
+
+    def tables(self, i):
+        p = self._target(i)
+        if p is None:
+            return []
+        return [_Table(self.buf, q + self._unpack("<I", q))
+                for q in range(p + 4, p + 4 + 4 * self._unpack("<I", p), 4)]
+
+    def scalars(self, i, fmt):
+        p = self._target(i)
+        if p is None:
+            return []
+        n = self._unpack("<I", p)
+        self._unpack(fmt, p + 4 + (n - 1) * struct.calcsize(fmt)) if n else None
+        return list(struct.unpack_from(f"<{n}{fmt}", self.buf, p + 4))
+
+
+# --------------------------------------------------------------------------------------------
+# operator type ids
+# --------------------------------------------------------------------------------------------
+_M64 = (1 << 64) - 1
+_P1, _P2, _P3 = 11400714785074694791, 14029467366897019727, 1609587929392839161
+_P4, _P5 = 9650029242287828579, 2870177450012600261
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc, v):
+    return _rotl((acc + v * _P2) & _M64, 31) * _P1 & _M64
+
+
+def _xxh64(data, seed):
+    """XXH64 of ``data`` (bytes), as upstream's compile-time ``XXHash64CT``."""
+    n, p = len(data), 0
+    word = lambda k, size: int.from_bytes(data[k:k + size], "little")
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while p + 32 <= n:
+            v = [_round(v[k], word(p + 8 * k, 8)) for k in range(4)]
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for x in v:
+            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while p + 8 <= n:
+        h = (_rotl(h ^ _round(0, word(p, 8)), 27) * _P1 + _P4) & _M64
+        p += 8
+    if p + 4 <= n:
+        h = (_rotl(h ^ (word(p, 4) * _P1 & _M64), 23) * _P2 + _P3) & _M64
+        p += 4
+    for b in data[p:]:
+        h = (_rotl(h ^ (b * _P5 & _M64), 11) * _P1) & _M64
+    h ^= h >> 33
+    h = h * _P2 & _M64
+    h ^= h >> 29
+    h = h * _P3 & _M64
+    h ^= h >> 32
+    return h or 1
+
+
+def _type_ids(name):
+    """The ids upstream writes for the operator registered as ``name`` ("ReshapeV1"): the hash
+    of the name without its version suffix (operators of serialization version 1) and of the
+    name with its terminating NUL (version 2)."""
+    bare = name[:-2] if len(name) > 2 and name[-2] == "V" and name[-1].isdigit() else name
+    return {_xxh64(bare.encode(), 20160701): name,
+            _xxh64(name.encode() + b"\0", 20160701): name}
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes, tensors, values
+# --------------------------------------------------------------------------------------------
+_DTYPES = {0: "float32", 1: "uint8", 2: "int8", 3: "int16", 4: "int32", 9: "float16", 18: "bool"}
+_DTYPE_NAMES = ("Float32 Uint8 Int8 Int16 Int32 IntB1 IntB2 IntB4 Byte Float16 UintB4 "
+                "Quantized8Asymm QuantizedS32 QuantizedS8 Quantized4Asymm QuantizedS4 "
+                "QuantizedS16 BFloat16 Bool").split()
+
+
+def _dtype(table, where):
+    kind = 0 if table is None else table.scalar(0, "b")
+    if kind not in _DTYPES:
+        name = _DTYPE_NAMES[kind] if 0 <= kind < len(_DTYPE_NAMES) else f"#{kind}"
+        raise UpstreamFormatError(
+            f"load: {where} has dtype {name}, which this reader does not provide (float32, "
+            "float16, int8/16/32, uint8 and bool are read); quantized networks: dump the float "
+            "network and quantize it with megengine.quantization in this fork")
+    return np.dtype(_DTYPES[kind])
+
+
+class _Op:
+    """One operator of the file: its type name, name, param table, inputs, outputs, tensors."""
+
+    def __init__(self, t, k):
+        self.index = k
+        self.type_id = t.scalar(1, "Q")
+        self.type = t.string(0) or _KNOWN_IDS.get(self.type_id)
+        self.name = t.string(2)
+        self.param = t.table(4)
+        self.inputs = t.scalars(7, "I")
+        self.outputs = t.scalars(8, "I")
+        self.tensors = t.tables(11)
+
+    def where(self):
+        name = f" {self.name!r}" if self.name else ""
+        return f"operator #{self.index} ({self.type or hex(self.type_id)}{name})"
+
+    def p(self, i, fmt, default=0):
+        return default if self.param is None else self.param.scalar(i, fmt, default)
+
+    def refuse(self, what):
+        raise UpstreamFormatError(f"load: {self.where()}: {what} is not provided by this "
+                                  f"reader; {_WHAT_TO_DO}")
+
+    def require(self, i, fmt, allowed, what, default=0):
+        """Param field ``i`` (``default`` when absent, the schema's default), which must be one
+        of ``allowed``."""
+        v = self.p(i, fmt, default)
+        if v not in allowed:
+            self.refuse(f"{what} {v}")
+        return v
+
+
+def _host_tensor(t, where):
+    shape = tuple(t.scalars(1, "I"))
+    dtype = _dtype(t.table(3), where)
+    data = t.bytes(6)
+    if data is None or len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise UpstreamFormatError(f"load: {where}: its value holds "
+                                  f"{None if data is None else len(data)} bytes, not those of "
+                                  f"a {dtype} array of shape {shape}; the file is corrupt")
+    return np.frombuffer(data, dtype).reshape(shape).copy()
+
+
+class _Shape(tuple):
+    """A vector computed from shapes (``GetVarShape`` and arithmetic on it): its items are the
+    traced sizes, kept as they are so that the trace records where they came from (a numpy
+    array of them would read their values)."""
+
+
+def _is_host(v):
+    return isinstance(v, (np.ndarray, _Shape))
+
+
+def _items(v):
+    """A host vector's items (constants as Python numbers)."""
+    return tuple(v) if type(v) is _Shape else tuple(v.reshape(-1).tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# operators: each runs as this fork's functional code on Tensors; values computed from shapes
+# stay on the host (`_Shape`, holding the traced sizes) so that the trace records sizes
+# --------------------------------------------------------------------------------------------
+def _F():
+    from .. import functional as F
+    return F
+
+
+def _ints(v, op, what):
+    """A host value (a shape or a constant) as a tuple of sizes; traced sizes stay `SymDim`s."""
+    if not _is_host(v):
+        op.refuse(f"a {what} computed from tensor values (not from shapes or constants)")
+    return _items(v)
+
+
+def _pair(op, h, w, default):
+    return (op.p(h, "I", default), op.p(w, "I", default))
+
+
+def _nchw(op, field):
+    op.require(field, "I", (0,), "format (layout)")
+
+
+def _conv_args(op, w, pad, sparse):
+    """(stride, padding, dilation, groups) of a 2-d convolution whose param has pad_h, pad_w,
+    stride_h, stride_w, dilate_h, dilate_w from field ``pad`` on and its sparse mode (a group
+    filter's first dim is the groups) in field ``sparse``."""
+    groups = w.shape[0] if op.require(sparse, "I", (0, 1), "sparse mode") else 1
+    return (_pair(op, pad + 2, pad + 3, 1), _pair(op, pad, pad + 1, 0),
+            _pair(op, pad + 4, pad + 5, 1), groups)
+
+
+def _op_convolution(op, x, w):
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 8)
+    return _F().conv2d(x, w, None, *_conv_args(op, w, 1, 7))
+
+
+_NONLINEAR = {0: None, 1: "relu", 2: "sigmoid", 3: "hswish"}
+
+
+def _op_conv_bias(op, x, w, b, *z):
+    nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
+    op.require(1, "I", (0,), "convolution mode")
+    _nchw(op, 3)
+    F = _F()
+    y = F.conv2d(x, w, None, *_conv_args(op, w, 4, 2)) + b
+    if z:
+        y = y + z[0]
+    return y if _NONLINEAR[nonline] is None else getattr(F, _NONLINEAR[nonline])(y)
+
+
+def _op_pooling(op, x):
+    mode = op.require(0, "I", (0, 1, 2), "pooling mode")
+    _nchw(op, 7)
+    F = _F()
+    window, stride, padding = _pair(op, 5, 6, 2), _pair(op, 3, 4, 2), _pair(op, 1, 2, 0)
+    if mode == 0:
+        return F.max_pool2d(x, window, stride, padding)
+    return F.avg_pool2d(x, window, stride, padding,
+                        "average" if mode == 1 else "average_count_exclude_padding")
+
+
+def _op_adaptive_pooling(op, x, shape):
+    mode = op.require(0, "I", (0, 1, 2), "pooling mode")
+    _nchw(op, 1)
+    oshp = _ints(shape, op, "output size")
+    F = _F()
+    return F.adaptive_max_pool2d(x, oshp) if mode == 0 else F.adaptive_avg_pool2d(x, oshp)
+
+
+def _op_matmul(op, a, b):
+    op.require(3, "I", (0,), "format")
+    return _F().matmul(a, b, bool(op.p(0, "B")), bool(op.p(1, "B")))
+
+
+_NO_AXIS = 7  # OptionalAxisV1's "no axis" (upstream's MAX_NDIM)
+
+
+def _op_reshape(op, x, shape):
+    target = list(_ints(shape, op, "target shape"))
+    axis = op.p(0, "i", _NO_AXIS)
+    if axis != _NO_AXIS:
+        target[axis] = -1  # the size upstream infers (its entry in the shape is a placeholder)
+    return _F().reshape(x, tuple(target))
+
+
+def _op_broadcast(op, x, shape):
+    return _F().broadcast_to(x, _ints(shape, op, "target shape"))
+
+
+def _broadcast_size(a, b):
+    """The size two broadcast sizes give. A traced size (`SymDim`) is not compared (that would
+    fix the program to its value): two of them give upstream's broadcast expression."""
+    if type(b) is int:
+        return a if b == 1 else b
+    if type(a) is int:
+        return b if a == 1 else a
+    from ..core._trace_option import SymDim
+    return SymDim(b.value if a.value == 1 else a.value, ("bcast", a.tree, b.tree), a.src,
+                  a.nonneg and b.nonneg)
+
+
+def _op_get_var_shape(op, *xs):
+    shape = ()
+    for x in xs:  # several inputs: the shape they broadcast to
+        s = tuple(x.shape)
+        n = max(len(shape), len(s))
+        shape, s = (1,) * (n - len(shape)) + shape, (1,) * (n - len(s)) + s
+        shape = tuple(_broadcast_size(a, b) for a, b in zip(shape, s))
+    axis = op.p(0, "i", _NO_AXIS)
+    return _Shape(shape if axis == _NO_AXIS else shape[axis:axis + 1])
+
+
+def _op_dimshuffle(op, x):
+    pattern = op.param.scalars(0, "i") if op.param is not None else []
+    return _F().transpose(x, tuple("x" if p == -1 else p for p in pattern))
+
+
+def _op_axis_add_remove(op, x):
+    from ..core import ops as _ops
+    from ..core.dispatch import apply
+
+    items = _structs(op, 0, "<Ii")  # (method: 0 add, 1 remove; axis)
+    for method, axis in items:
+        if method not in (0, 1):
+            op.refuse(f"axis method {method}")
+        if type(x) is _Shape:
+            continue  # (shape vectors are flat: upstream's scalars are vectors of one item)
+        if _is_host(x):
+            x = np.expand_dims(x, axis) if method == 0 else np.squeeze(x, axis)
+        else:  # (the engine's op: F.squeeze's check of the size would guard the trace)
+            x = apply((_ops.AddAxis if method == 0 else _ops.RemoveAxis)((axis,)), x)
+    return x
+
+
+def _structs(op, field, fmt):
+    """The vector of fixed-size structs in param field ``field``, each as a tuple."""
+    if op.param is None:
+        return []
+    p = op.param._target(field)
+    if p is None:
+        return []
+    n = op.param._unpack("<I", p)
+    size = struct.calcsize(fmt)
+    if n:
+        op.param._unpack("B", p + 4 + n * size - 1)  # (bounds check)
+    return [struct.unpack_from(fmt, op.param.buf, p + 4 + k * size) for k in range(n)]
+
+
+def _op_concat(op, *xs):
+    axis = op.p(0, "i", 0)
+    if any(type(x) is _Shape for x in xs) and all(_is_host(x) for x in xs):
+        return _Shape(sum((_items(x) for x in xs), ()))
+    if all(_is_host(x) for x in xs):
+        return np.concatenate(xs, axis)
+    return _F().concat([_tensor(x, op) for x in xs], axis)
+
+
+def _index(op, args, vector):
+    """The index tuple of upstream's index description (items (axis, has begin, has end, has
+    step, has idx), their values the inputs ``args`` in that order); ``vector``: idx inputs
+    are index arrays (IndexingMultiAxisVec), else single positions (Subtensor)."""
+    args, index = list(args), {}
+    for axis, begin, end, step, idx in _structs(op, 0, "<b????"):
+        take = lambda has: _scalar(args.pop(0), op) if has else None
+        if idx and vector:
+            index[axis] = _tensor(args.pop(0), op)
+        elif idx:  # (a position given as a tensor of one item: a 0-d index removes the axis)
+            index[axis] = take(True)
+            if not isinstance(index[axis], (int, np.integer)) and not _is_host(index[axis]):
+                index[axis] = index[axis].reshape(())
+        else:
+            index[axis] = slice(take(begin), take(end), take(step))
+    if args:
+        op.refuse(f"{len(args)} index inputs more than its index description uses")
+    return tuple(index.get(a, slice(None)) for a in range(max(index, default=-1) + 1))
+
+
+def _op_indexing(op, x, *args):
+    return _tensor(x, op)[_index(op, args, True)]
+
+
+def _op_subtensor(op, x, *args):
+    full = _index(op, args, False)
+    if type(x) is _Shape:  # a size taken from a shape stays a vector (upstream's scalars are
+        if len(full) != 1:  # vectors of one item)
+            op.refuse("indexing a shape with more than one axis")
+        return _Shape(x[full[0]] if type(full[0]) is slice else (x[full[0]],))
+    return x[full]
+
+
+def _scalar(v, op):
+    if _is_host(v):
+        items = _items(v)
+        if len(items) != 1:
+            op.refuse(f"an index of {len(items)} values")
+        return items[0]
+    return v  # a tensor index: indexing with a tensor
+
+
+_REDUCE = {0: "sum", 1: "sum_sqr", 2: "prod", 3: "min", 4: "max", 5: "mean"}
+# an axis param's "none given" (INT_MAX): Reduce reduces to the target shape of its second
+# input, Cumsum runs along the last axis
+_NO_AXIS_GIVEN = 2147483647
+
+
+def _op_reduce(op, x, *target):
+    mode = op.require(0, "I", tuple(_REDUCE), "reduce mode")
+    op.require(2, "I", (0,), "reduce data_type")
+    axis = op.p(1, "i", _NO_AXIS_GIVEN)
+    if type(x) is _Shape and axis in (0, -1) and _REDUCE[mode] in ("sum", "prod"):
+        total = 0 if mode == 0 else 1  # a size computed from a shape (flatten's product)
+        for v in x:
+            total = total + v if mode == 0 else total * v
+        return _Shape((total,))
+    x = _tensor(x, op)
+    F = _F()
+    if mode == 1:
+        x = x * x
+    fn = getattr(F, {"sum_sqr": "sum"}.get(_REDUCE[mode], _REDUCE[mode]))
+    if axis == _NO_AXIS_GIVEN:
+        shape = _ints(target[0], op, "target shape") if target else op.refuse("a missing shape")
+        if len(shape) != x.ndim and all(type(t) is int and t == 1 for t in shape):
+            return fn(x).reshape(shape)  # everything, to (1,): upstream's scalar
+        if len(shape) != x.ndim:
+            op.refuse(f"reducing a {x.ndim}-d input to the target shape {shape}")
+        axes = tuple(i for i, t in enumerate(shape) if type(t) is int and t == 1 and
+                     not (type(x.shape[i]) is int and x.shape[i] == 1))
+        return fn(x, axis=axes, keepdims=True) if axes else x
+    return fn(x, axis=axis, keepdims=True)
+
+
+def _op_typecvt(op, x):
+    dtype = _dtype(op.param, op.where())
+    if type(x) is _Shape:  # sizes stay sizes (as floats for scale arithmetic: h * 2.0)
+        from ..core._trace_option import SymDim
+        if dtype.kind == "f":
+            return _Shape(v * 1.0 for v in x)
+        is_int = lambda v: type(v) is int or type(v) is SymDim and type(v.value) is int
+        return _Shape(v if is_int(v) else math.trunc(v) for v in x)
+    return x.astype(dtype)
+
+
+def _op_powc(op, x):
+    return x ** op.p(0, "f", 0.0)
+
+
+def _op_softmax(op, x):
+    return _F().softmax(x, axis=op.p(0, "i", -1))
+
+
+def _op_layer_norm(op, x, *wb):
+    """(output, mean, 1 / std) over the last ``normalized_dim`` axes, as upstream's three
+    outputs."""
+    affine = bool(op.p(0, "B", 1))
+    nd, eps = op.p(2, "Q", 1), op.p(1, "f", 1e-5)
+    F = _F()
+    y = F.layer_norm(x, tuple(x.shape[x.ndim - nd:]), affine, *(wb if affine else ()), eps=eps)
+    axes = tuple(range(x.ndim - nd, x.ndim))
+    mean = F.mean(x, axis=axes)
+    rstd = 1 / F.sqrt(F.mean((x - F.mean(x, axis=axes, keepdims=True)) ** 2, axis=axes) + eps)
+    return y, mean, rstd
+
+
+def _op_split(op, x, *sizes):
+    axis = op.p(0, "i", 0)
+    sizes = [_scalar(s, op) for s in sizes]
+    cuts, total = [], 0
+    for s in sizes[:-1]:
+        total = total + s
+        cuts.append(total)
+    return tuple(_F().split(x, cuts, axis))
+
+
+def _op_dot(op, a, b):
+    return _F().dot(a, b)
+
+
+def _op_linspace(op, start, stop, num):
+    n = _scalar(num, op)
+    return _F().linspace(_scalar(start, op) if _is_host(start) else start,
+                         _scalar(stop, op) if _is_host(stop) else stop,
+                         n if bool(op.p(0, "B", 1)) else n + 1)[:n]
+
+
+_PAD_MODES = {0: "edge", 1: "reflect", 2: "constant"}
+
+
+def _op_padding(op, x):
+    mode = op.p(15, "I", 2)
+    if mode not in _PAD_MODES:
+        op.refuse(f"padding mode {mode}")
+    width = tuple((op.p(i, "I"), op.p(7 + i, "I")) for i in range(x.ndim))
+    return _F().nn.pad(x, width, _PAD_MODES[mode], op.p(14, "f", 0.0))
+
+
+def _op_cumsum(op, x):
+    F = _F()
+    axis = op.p(0, "i", _NO_AXIS_GIVEN)
+    axis = x.ndim - 1 if axis == _NO_AXIS_GIVEN else axis
+    exclusive, reverse = bool(op.p(1, "B", 1)), bool(op.p(2, "B", 0))
+    y = F.flip(x, axis) if reverse else x
+    y = F.cumsum(y, axis)
+    if exclusive:
+        y = y - (F.flip(x, axis) if reverse else x)
+    return F.flip(y, axis) if reverse else y
+
+
+def _op_topk(op, x, k):
+    mode = op.require(0, "I", (0, 1, 2), "TopK mode")
+    out = _F().topk(x, _scalar(k, op), kth_only=mode == 0, no_sort=mode == 1)
+    return out[0] if mode == 0 else tuple(out)
+
+
+def _op_argsort(op, x):
+    out = _F().sort(x, descending=bool(op.require(0, "I", (0, 1), "order")))
+    return tuple(out)
+
+
+def _op_conv_backward_data(op, w, x):
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 8)
+    stride, padding, dilation, groups = _conv_args(op, w, 1, 7)
+    return _F().conv_transpose2d(x, w, None, stride, padding, 0, dilation, groups)
+
+
+def _op_batch_norm(op, x, scale, bias, mean, var):
+    """Inference-mode BatchNorm (a dump without optimize_for_inference keeps it): the normalized
+    output is the last of upstream's outputs; the others are the statistics it used and an
+    empty reserve."""
+    op.require(1, "I", (1,), "BatchNorm forward mode (only INFERENCE is read)")
+    op.require(0, "I", (2,), "BatchNorm param_dim (only DIM_1C11 is read)")
+    F = _F()
+    y = F.batch_norm(x, mean, var, scale, bias, training=False, eps=op.p(2, "d", 1e-4))
+    extra = (mean, var, F.zeros((0,), dtype=x.dtype))
+    return extra[:len(op.outputs) - 1] + (y,)
+
+
+_RESIZE_MODES = {0: "nearest", 1: "bilinear"}
+
+
+def _op_resize(op, x, size):
+    mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
+    op.require(1, "I", (0,), "format (layout)", default=1)  # (Resize's default is NHWC)
+    return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
+                                   align_corners=False if mode else None)
+
+
+def _op_set_one_hot(op, x, index, value):
+    from ..core._imperative_rt.core2 import apply
+    from ..core._imperative_rt.ops import IndexingSetOneHot
+    return apply(IndexingSetOneHot(axis=op.p(0, "i", 0)), x, index, value)[0]
+
+
+def _op_set_indexing(op, x, value, *args):
+    y = _F().copy(x)
+    y[_index(op, args, True)] = _tensor(value, op)
+    return y
+
+
+_COND_TAKE = {0: lambda d, v, e: abs(d - v) < e, 1: lambda d, v, e: abs(d - v) >= e,
+              2: operator.lt, 3: operator.le, 4: operator.gt, 5: operator.ge}
+
+
+def _op_cond_take(op, data, mask):
+    mode = op.require(0, "I", tuple(_COND_TAKE), "CondTake mode")
+    val, eps = op.p(1, "f", 0.0), op.p(2, "f", 1e-6)
+    fn = _COND_TAKE[mode]
+    cond = fn(mask, val, eps) if mode < 2 else fn(mask, val)
+    return tuple(_F().cond_take(cond, data))
+
+
+def _op_convolution3d(op, x, w):
+    op.require(0, "I", (0,), "convolution mode")
+    op.require(12, "I", (0,), "format (layout)")
+    sparse = op.require(10, "I", (0, 1), "sparse mode")
+    triple = lambda first, default: tuple(op.p(first + i, "I", default) for i in range(3))
+    return _F().conv3d(x, w, None, triple(4, 1), triple(1, 0), triple(7, 1),
+                       w.shape[0] if sparse else 1)
+
+
+def _op_arg(fn):
+    def run(op, x):
+        return getattr(_F(), fn)(x, axis=op.p(0, "i", 0), keepdims=True)
+    return run
+
+
+def _op_elemwise(op, *xs):
+    from ..core._imperative_rt.core2 import apply
+    from ..core._imperative_rt.ops import _ELEMWISE_MODES, Elemwise
+
+    code = op.p(0, "I", 0)
+    mode = _ELEMWISE_MODES[code] if code < len(_ELEMWISE_MODES) else op.refuse(
+        f"Elemwise mode #{code}")
+    if len(xs) == 1 and type(xs[0]) is _Shape and mode in _HOST_UNARY:
+        return _Shape(_HOST_UNARY[mode](v) for v in xs[0])
+    if any(type(x) is _Shape for x in xs) and all(_is_host(x) for x in xs):
+        if mode not in _HOST_ELEMWISE:
+            op.refuse(f"Elemwise mode {mode} on shapes")
+        items = [_items(x) for x in xs]  # arithmetic on shapes (vectors, or one item each)
+        n = max(map(len, items))
+        items = [i * n if len(i) == 1 else i for i in items]
+        return _Shape(_HOST_ELEMWISE[mode](*args) for args in zip(*items))
+    xs = [_tensor(x, op) for x in xs]
+    if mode in _LOGICAL:
+        return _LOGICAL[mode](*[x.astype("int32") for x in xs])
+    return apply(Elemwise(mode), *xs)[0]
+
+
+# the logical modes on bool tensors, through integer comparisons: F.logical_and and its kin make
+# op classes a dumped program cannot name (megengine/functional/elemwise.py `_logical`), and a
+# loaded file is a dumped program
+_LOGICAL = {"AND": lambda a, b: a * b != 0, "OR": lambda a, b: a + b != 0,
+            "XOR": lambda a, b: a != b, "NOT": lambda a: a == 0}
+_HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
+_HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
+                  "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
+                  "TRUE_DIV": lambda a, b: a / b}
+
+
+# upstream's registered operator name -> the function computing its outputs from its inputs
+_OPERATORS = {
+    # (ConvolutionV2: Convolution's name in files of model_version=1)
+    "Convolution": _op_convolution, "ConvolutionV2": _op_convolution,
+    "ConvBiasForward": _op_conv_bias,
+    "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
+    "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
+    "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,
+    "Dimshuffle": _op_dimshuffle, "AxisAddRemove": _op_axis_add_remove, "Concat": _op_concat,
+    "Subtensor": _op_subtensor, "ReduceV2": _op_reduce, "TypeCvtV2": _op_typecvt,
+    "PowC": _op_powc, "Softmax": _op_softmax, "LayerNorm": _op_layer_norm, "Split": _op_split,
+    "Argmax": _op_arg("argmax"), "Argmin": _op_arg("argmin"), "Elemwise": _op_elemwise,
+    "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
+    "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
+    "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
+    "ResizeV2": _op_resize, "IndexingSetOneHot": _op_set_one_hot,
+    "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
+    "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
+}
+# how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
+# None: the operator takes host values too (arithmetic on shapes)
+_DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+                "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
+                "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
+                "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
+                "AxisAddRemove": None, "Elemwise": None}
+_SOURCES = ("Host2DeviceCopy", "ImmutableTensor", "MultipleDeviceTensorHolder")
+_KNOWN_IDS = {}
+for _name in list(_OPERATORS) + list(_SOURCES) + [
+        "SharedDeviceTensor", "MultipleDeviceTensorHolder", "VolatileSharedDeviceTensor",
+        "ElemwiseMultiType", "ConvolutionBackwardData", "Linspace", "Fill", "Dropout",
+        "BatchNormForward", "IndexingMultiAxisVec", "IndexingOneHot", "TopK", "Argsort",
+        "WarpPerspective", "Resize", "ResizeV1", "ConvBias", "TypeCvt", "Reduce", "Pooling",
+        "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape", "GetVarShape",
+        "SetSubtensor", "IncrSubtensor", "Copy", "Identity", "AssertEqual", "CondTake",
+        "Padding", "RelayoutFormat", "Convolution3D", "Deconvolution", "LocalShare",
+        "SplitV1", "ConcatV1", "Eye", "Cumsum", "NMSKeep", "ROIAlign", "Remap"]:
+    _KNOWN_IDS.update(_type_ids(_name))
+
+
+class _Constant(np.ndarray):
+    """A constant of the file (an ImmutableTensor's value): a host array until an operator
+    needs it as a Tensor (shape arithmetic reads it on the host), then one Tensor named as
+    upstream names it."""
+
+    name = tensor = None
+
+
+def _tensor(v, op):
+    """A Tensor for an operator's input (a host value becomes a constant)."""
+    if not _is_host(v):
+        return v
+    from ..core.tensor import Tensor
+    if type(v) is _Constant:
+        if v.tensor is None:
+            v.tensor = Tensor(v.view(np.ndarray), dtype=v.dtype, name=v.name)
+        return v.tensor
+    if type(v) is _Shape:
+        # sizes used as data (a head size scaling attention): the traced values, each a guard
+        # of the program (it raises when run at shapes where they differ)
+        return Tensor(np.array([int(x) for x in v], np.int32), dtype=np.int32)
+    return Tensor(v, dtype=v.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the file
+# --------------------------------------------------------------------------------------------
+def _model(data):
+    """(the Model table at the start of ``data``, the bytes it takes)."""
+    if len(data) < 12:
+        raise UpstreamFormatError(f"load: the upstream .mge file is truncated ({len(data)} "
+                                  "bytes)")
+    if data[8:12] == b"mgv2":  # (upstream writes the size of the buffer first)
+        size = struct.unpack_from("<I", data, 0)[0]
+        buf = data[4:4 + size]
+        if len(buf) < size:
+            raise UpstreamFormatError(f"load: the upstream .mge file is truncated: it says "
+                                      f"{size} bytes follow, {len(buf)} do")
+        end = 4 + size
+    else:
+        buf, end = data, len(data)
+    return _Table(buf, struct.unpack_from("<I", buf, 0)[0]), end
+
+
+def _testcases(data, count):
+    """The values of ``count`` test cases (upstream's ``dump(input_data=...)``: after the model,
+    a graph of constants each, the inputs and the expected outputs sorted by name)."""
+    cases = []
+    for k in range(count):
+        model, end = _model(data)
+        consts = {}
+        for op in (_Op(t, i) for i, t in enumerate(model.tables(2))):
+            for t, out in zip(op.tensors, op.outputs):
+                consts[out] = _host_tensor(t, f"test case {k}, {op.where()}")
+        cases.append([consts[v.scalar(0, "I")] for v in model.tables(4)])
+        data = data[end:]
+    return cases
+
+
+# Metadata.optimize_options: flags in the low bits, the layout transform from bit 32 (values of
+# upstream 1.13's files)
+_OPTION_BITS = {0: "enable_io16xc32", 1: "enable_ioc16", 2: "enable_fuse_conv_bias_nonlinearity",
+                3: "enable_fuse_conv_bias_with_z", 5: "enable_fuse_preprocess",
+                6: "enable_fuse_grain"}
+_LAYOUTS = {1: "enable_nchw4", 4: "enable_nchw44", 6: "enable_nchw32", 7: "enable_chwn4"}
+
+
+# what upstream's pickled user_info may name: numpy arrays, dtypes and scalars (no code from a
+# file; anything else is given as the pickle's bytes, as upstream gives bytes that it cannot
+# unpickle)
+_USER_INFO_CLASSES = {("numpy.core.multiarray", "_reconstruct"),
+                      ("numpy.core.multiarray", "scalar"), ("numpy", "ndarray"),
+                      ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _USER_INFO_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"user_info names {module}.{name}")
+
+
+def _metadata(model):
+    """Upstream's Metadata table as upstream's ``Network.metadata`` dict (None: no metadata)."""
+    md = model.table(7)
+    if md is None or not md.scalar(0, "?", False):
+        return None
+    raw = md.bytes(3)
+    try:
+        user_info = _PlainUnpickler(io.BytesIO(raw)).load() if raw else None
+    except Exception:  # (this fork's files hold no bytes: an array of them)
+        user_info = np.frombuffer(raw, np.uint8).copy()
+    options = md.scalar(2, "Q", 0)
+    meta = {"user_info": user_info, "graph_modified": bool(md.scalar(1, "?", False)),
+            "optimized_for_inference": bool(options)}
+    if options >> 32 in _LAYOUTS:
+        meta[_LAYOUTS[options >> 32]] = True
+    meta.update({name: True for bit, name in _OPTION_BITS.items() if options >> bit & 1})
+    return meta
+
+
+def read_upstream(data):
+    """(graph.json dict, arrays) of this fork's format for the upstream file bytes ``data``."""
+    kind = is_upstream(data)
+    if kind != "mgv2":
+        raise UpstreamFormatError(
+            f"load: this is an upstream MegEngine graph file in the {kind!r} format "
+            f"({_OTHER_FORMATS[kind]}), which this fork does not read; {_WHAT_TO_DO}")
+    try:
+        count = 0
+        if data[:8] == b"mgbtest0":
+            count, data = struct.unpack_from("<I", data, 8)[0], data[12:]
+        model, end = _model(data)
+        version = model.scalar(1, "I")
+        if version not in (1, 2):  # (1: operators of serialization version 1 only)
+            raise UpstreamFormatError(f"load: upstream model_version {version} is not read "
+                                      f"(model_version 1 and 2 are); {_WHAT_TO_DO}")
+        ops = [_Op(t, k) for k, t in enumerate(model.tables(2))]
+        names = [t.string(0) for t in model.tables(3)]
+        outputs = [v.scalar(0, "I") for v in model.tables(4)]
+        aliases = {v.scalar(0, "I"): v.string(1) for v in model.tables(5)}
+        meta = _metadata(model)
+        cases = _testcases(data[end:], count)
+    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        raise UpstreamFormatError(f"load: the upstream .mge file is truncated or corrupt "
+                                  f"({e})") from e
+    for op in ops:
+        if op.type not in _OPERATORS and op.type not in _SOURCES and op.type != "AssertEqual":
+            what = f"operator type {op.type}" if op.type else (
+                f"an operator of unknown type id {op.type_id:#x}")
+            raise UpstreamFormatError(
+                f"load: {op.where()}: {what} is not provided by this reader (it reads "
+                f"{', '.join(sorted(_OPERATORS))}); {_WHAT_TO_DO}")
+    return _translate(ops, names, outputs, aliases, meta, cases)
+
+
+def _testcases_json(cases, feeds, names, asserts, specs, out_names, outputs, arrays):
+    """graph.json's ``testcases`` (see `megengine.jit.dump`) of upstream's test cases, their
+    arrays added to ``arrays``."""
+    order = sorted(_input_spec(op, names)[0] for op in feeds)  # (upstream's order of values)
+    out_of = {a.inputs[0]: out_names[outputs.index(a.inputs[1])] for a in asserts
+              if a.inputs[1] in outputs}
+    expect_name = {_input_spec(op, names)[0]: out_of.get(op.outputs[0]) for op in feeds}
+
+    def add(array):
+        arrays[len(arrays)] = array
+        return len(arrays) - 1
+
+    json_cases = []
+    for values in cases:
+        if len(values) != len(order):
+            raise UpstreamFormatError(f"load: a test case holds {len(values)} values for the "
+                                      f"{len(order)} inputs {order}; the file is corrupt")
+        named = dict(zip(order, values))
+        json_cases.append({
+            "inputs": {n: add(named[n]) for n, _, _ in specs},
+            "outputs": {expect_name[n]: add(v) for n, v in named.items()
+                        if expect_name.get(n) is not None}})
+    check = asserts[0] if asserts else None
+    return {"cases": json_cases, "no_assert": check is None,
+            "maxerr": check.p(0, "f", 1e-4) if check else 1e-4,
+            "silent": not (check and check.p(1, "B", 0))}
+
+
+def _input_spec(op, names):
+    t = op.tensors[0] if op.tensors else op.refuse("an input without its tensor description")
+    return (t.string(0) or names[op.outputs[0]], tuple(t.scalars(1, "I")),
+            _dtype(t.table(3), op.where()))
+
+
+def _translate(ops, names, outputs, aliases, meta, cases):
+    from ..core.tensor import Tensor
+    from .dump import read_file
+    from .tracing import trace
+
+    # a file with test cases checks its outputs with AssertEqual(expected input, output): the
+    # program computes the outputs; the expected values go to the test cases
+    asserts = [op for op in ops if op.type == "AssertEqual"]
+    expected = {op.inputs[0]: op for op in asserts}
+    outputs = [next((a.inputs[1] for a in asserts if a.outputs[0] == i), i) for i in outputs]
+    feeds = [op for op in ops if op.type == "Host2DeviceCopy"]
+    inputs = [op for op in feeds if op.outputs[0] not in expected]
+    made = set()
+    for op in ops:  # (ids out of order or range: a corrupt file)
+        missing = [i for i in op.inputs if i not in made]
+        if missing:
+            raise UpstreamFormatError(f"load: {op.where()} reads var #{missing[0]}, which no "
+                                      "operator before it computes; the file is corrupt")
+        made.update(op.outputs)
+    if any(i not in made for i in outputs) or not made <= set(range(len(names))):
+        raise UpstreamFormatError("load: the file's outputs or vars name vars it does not "
+                                  "hold; the file is corrupt")
+    needed, live = set(outputs), []  # the operators the outputs need (not the checks' error)
+    for op in reversed(ops):
+        if needed.intersection(op.outputs) and op.type not in _SOURCES:
+            needed.update(op.inputs)
+            live.append(op)
+    live.reverse()
+    specs = [_input_spec(op, names) for op in inputs]
+    consts = {}
+    for op in ops:
+        if op.type in ("ImmutableTensor", "MultipleDeviceTensorHolder"):
+            if len(op.tensors) != len(op.outputs):
+                op.refuse(f"{len(op.tensors)} values for {len(op.outputs)} outputs")
+            for t, k in zip(op.tensors, op.outputs):
+                consts[k] = (_host_tensor(t, op.where()), names[k] or t.string(0) or op.name)
+
+    def program(*args):
+        values = dict(zip((op.outputs[0] for op in inputs), args))
+        for k, (value, name) in consts.items():
+            values[k] = value.view(_Constant)
+            values[k].name = name
+        for op in live:
+            ins = [values[i] for i in op.inputs]
+            n = _DATA_INPUTS.get(op.type, len(ins))
+            if n is not None:
+                ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
+            try:
+                out = _OPERATORS[op.type](op, *ins)
+            except UpstreamFormatError:
+                raise
+            except NotImplementedError as e:  # (a mode the engine does not provide)
+                op.refuse(f"what it computes ({e})")
+            except Exception as e:  # (shapes or values that do not fit its inputs)
+                raise UpstreamFormatError(
+                    f"load: {op.where()} cannot be computed from its inputs "
+                    f"({type(e).__name__}: {e}); the file is corrupt, or uses it in a way "
+                    f"this reader does not provide") from e
+            out = out if type(out) is tuple else (out,)
+            # upstream's graph has no 0-d values: its scalars are vectors of one item
+            out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)
+            if len(out) != len(op.outputs):
+                op.refuse(f"{len(op.outputs)} outputs (it computes {len(out)})")
+            values.update(zip(op.outputs, out))
+        return [_tensor(values[i], ops[0]) for i in outputs]
+
+    f = trace(program, symbolic=True, capture_as_const=True)
+    f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+    buf = io.BytesIO()
+    out_names = [aliases.get(i) or names[i] for i in outputs]
+    f.dump(buf, arg_names=[n for n, _, _ in specs], output_names=out_names,
+           enable_metadata=meta is not None, user_info=meta and meta["user_info"])
+    buf.seek(0)
+    graph, arrays = read_file(buf)
+    if cases:
+        graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
+                                             outputs, arrays)
+    if meta is not None:  # (the user_info is the dump's; the flags are the file's)
+        from .dump_format import _Writer
+        options = {k: v for k, v in meta.items() if k.startswith("enable_")}
+        graph["metadata"].update(graph_modified=meta["graph_modified"],
+                                 optimized_for_inference=meta["optimized_for_inference"],
+                                 optimize_options=_Writer().value(options, "options"))
+    return graph, arrays

@@ -1,0 +1,219 @@
+"""Makes the upstream ``.mge`` files that tests/jit/test_upstream_mge.py reads, with upstream's
+own outputs for them.
+
+It needs a real upstream MegEngine 1.13 (Python 3.10; this fork cannot run it). Run it from a
+directory where the fork is not importable, e.g.::
+
+    cd /tmp && PYTHONPATH=/path/to/upstream/site-packages python3.10 \\
+        /path/to/tests/data/upstream_mge/make.py /path/to/tests/data/upstream_mge
+
+For each model NAME it writes NAME.mge (``trace.dump`` with the options listed in MODELS) and
+NAME.npz: the inputs (``in_<name>``) and the outputs upstream's loader (`GraphInference`)
+computes from the file (``out_<k>``) at the traced batch size, upstream's metadata, and, for files that run at other shapes, ``in2_<name>`` / ``out2_<k>`` at another batch size.
+"""
+import os
+import sys
+
+import numpy as np
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.jit import trace
+from megengine.utils.comp_graph_tools import GraphInference
+from megengine.utils.network import Network
+
+
+class CNN(M.Module):  # convolutions (groups, stride, dilation), BN in eval, pooling, linear
+    def __init__(self):
+        super().__init__()
+        self.c1 = M.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = M.BatchNorm2d(8)
+        self.c2 = M.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False)
+        self.fc = M.Linear(8 * 2 * 2, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.c1(x)))
+        x = F.max_pool2d(x, 2)
+        x = F.avg_pool2d(self.c2(x), 2, stride=1, padding=1)
+        x = F.adaptive_avg_pool2d(x, (2, 2))
+        return F.softmax(self.fc(F.flatten(x, 1)), axis=1)
+
+
+class Block(M.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = M.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = M.BatchNorm2d(cout)
+        self.c2 = M.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = M.BatchNorm2d(cout)
+        self.down = (M.Sequential(M.Conv2d(cin, cout, 1, stride, bias=False), M.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        y = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        return F.relu(y + (self.down(x) if self.down is not None else x))
+
+
+class ResNet(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = M.Conv2d(3, 4, 3, 1, 1)
+        self.l1 = Block(4, 4, 1)
+        self.l2 = Block(4, 8, 2)
+        self.fc = M.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.l2(self.l1(F.relu(self.stem(x))))
+        return self.fc(F.flatten(F.adaptive_max_pool2d(x, 1), 1))
+
+
+class MobileBlock(M.Module):  # depthwise convolution, relu6, hswish
+    def __init__(self):
+        super().__init__()
+        self.pw = M.Conv2d(4, 12, 1)
+        self.dw = M.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.bn = M.BatchNorm2d(12)
+        self.out = M.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        y = F.relu6(self.pw(x))
+        y = F.hswish(self.bn(self.dw(y)))
+        return x + self.out(y), F.sigmoid(y).mean(axis=(2, 3))
+
+
+class MLP(M.Module):  # dropout in eval mode, elementwise activations
+    def __init__(self):
+        super().__init__()
+        self.a = M.Linear(6, 16)
+        self.drop = M.Dropout(0.3)
+        self.b = M.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.drop(F.gelu(self.a(x)))
+        h = F.tanh(h) * F.exp(-F.abs(h)) + F.leaky_relu(h, 0.1)
+        return self.b(h), F.logsumexp(h, axis=1), F.max(h, axis=1), h.sum(axis=1, keepdims=True)
+
+
+class Transformer(M.Module):  # layer norm, batched matmul, softmax, gelu, split/concat heads
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = M.LayerNorm(d)
+        self.qkv = M.Linear(d, 3 * d)
+        self.proj = M.Linear(d, d)
+        self.ln2 = M.LayerNorm(d)
+        self.ff1 = M.Linear(d, 2 * d)
+        self.ff2 = M.Linear(2 * d, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = F.split(self.qkv(self.ln1(x)), 3, axis=2)
+        split = lambda a: a.reshape(n, t, self.heads, d // self.heads).transpose(0, 2, 1, 3)
+        q, k, v = split(q), split(k), split(v)
+        att = F.softmax(F.matmul(q, k.transpose(0, 1, 3, 2)) / (d // self.heads) ** 0.5, axis=-1)
+        o = F.matmul(att, v).transpose(0, 2, 1, 3).reshape(n, t, d)
+        x = x + self.proj(o)
+        return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+
+
+class Misc(M.Module):  # shape manipulation, indexing, reductions, casts
+    def forward(self, x, y):
+        a = F.concat([x, y * 2], axis=1)[:, 1:5:2, None]
+        b = F.expand_dims(x[0], 0).astype("float16").astype("float32")
+        c = F.broadcast_to(F.squeeze(y[:, :1], 1).reshape(-1, 1), (x.shape[0], 4))
+        d = F.clip(x, -0.5, 0.5) ** 2 + F.maximum(x, y) - F.minimum(x, 0.1)
+        e = F.transpose(d, (1, 0)).reshape(4, -1)
+        return a, b + c, e.prod(axis=0), F.argmax(x, axis=1), F.mean(x, axis=0)
+
+
+class Ops(M.Module):  # operators of dumps without optimize_for_inference, indexing, sorting
+    def __init__(self):
+        super().__init__()
+        self.bn = M.BatchNorm2d(2)
+        self.up = M.ConvTranspose2d(2, 2, 2, stride=2)
+
+    def forward(self, x):
+        y = self.up(self.bn(x))  # BatchNorm stays an operator without optimize_for_inference
+        mask = (y > 0) & ~(y > 1) | (y < -1) ^ (y < -2)
+        z = F.where(mask, y, -y).reshape(x.shape[0], -1)
+        vals, idx = F.topk(z, 3, descending=True)
+        srt, _ = F.sort(z[:, :5], descending=True)
+        padded = F.nn.pad(x, ((0, 0), (0, 0), (1, 0), (0, 2)))
+        big = F.vision.interpolate(x, scale_factor=2)  # (bilinear; its size computed in-graph)
+        hot = F.one_hot(idx[:, 0] % 4, 4)
+        w = F.copy(z)
+        w[:, idx[0, :2]] = 0.0  # (set by an index vector)
+        taken, _ = F.cond_take(z > 0.5, z)
+        return (vals, idx, srt, F.cumsum(z, 1)[:, [0, 2, 4]], padded, z[0, 0] + F.dot(z[0], z[1]),
+                F.sum(z), big, hot, w, taken)
+
+
+def make(name, net, inputs, options, batch2=None):
+    net.eval()
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(*args):
+        return net(*args)
+
+    arrays = [mge.tensor(v) for v in inputs.values()]
+    outs = f(*arrays)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    f.dump(f"{name}.mge", arg_names=list(inputs), **options)
+    data = {f"in_{k}": v for k, v in inputs.items()}
+    # the file is the reference: upstream's loader runs it (on "misc", upstream's trace of
+    # F.clip differs from the eager call; the file's value is what a loader must give)
+    got = GraphInference(f"{name}.mge").run(inp_dict=inputs)
+    data.update({f"out_{i}": v for i, v in enumerate(got.values())})
+    if batch2 is not None:
+        inp2 = {k: np.random.RandomState(1).randn(batch2, *v.shape[1:]).astype(v.dtype)
+                for k, v in inputs.items()}
+        got = GraphInference(f"{name}.mge").run(inp_dict=inp2)
+        data.update({f"in2_{k}": v for k, v in inp2.items()})
+        data.update({f"out2_{i}": v for i, v in enumerate(got.values())})
+    meta = Network.load(f"{name}.mge").metadata  # upstream's reading of the file's metadata
+    data["metadata"] = np.array(repr(meta))
+    np.savez_compressed(f"{name}.npz", **data)
+    print(name, os.path.getsize(f"{name}.mge"), "bytes")
+
+
+def make_testcase():
+    """testcase.mge: upstream's dump(input_data=...), test cases after the model; no .npz (the
+    expected outputs in the file are upstream's)."""
+    net = M.Sequential(M.Linear(4, 3), M.ReLU())
+    net.eval()
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        return net(x)
+
+    f(mge.tensor(np.ones((2, 4), "float32")))
+    f.dump("testcase.mge", arg_names=["data"], input_data=["#rand(0,1,2,4)"],
+           maxerr=1e-3, silent=True)
+    print("testcase", os.path.getsize("testcase.mge"), "bytes")
+
+
+def main(out_dir):
+    os.chdir(out_dir)
+    mge.random.seed(0)  # (the modules' initial weights)
+    np.random.seed(0)
+    rng = np.random.RandomState(0)
+    img = lambda *s: rng.randn(*s).astype("float32")
+    make("cnn", CNN(), {"data": img(2, 3, 12, 12)}, {})
+    make("resnet", ResNet(), {"data": img(2, 3, 8, 8)}, {"keep_param_name": True,
+                                                          "keep_opr_name": True}, batch2=1)
+    make("mobile", MobileBlock(), {"data": img(2, 4, 6, 6)}, {"user_info": {"model": "mobile", "mean": np.array([0.5, 0.25], "float32")}},
+         batch2=3)
+    make("mlp", MLP(), {"x": img(4, 6)}, {"optimize_for_inference": False}, batch2=2)
+    make("mlp_v1", M.Sequential(M.Linear(6, 3), M.ReLU()), {"x": img(3, 6)},
+         {"model_version": 1}, batch2=2)  # (serialization version 1 operators only)
+    make("transformer", Transformer(), {"x": img(2, 5, 8)}, {}, batch2=3)
+    make("misc", Misc(), {"x": img(3, 4), "y": img(3, 4)}, {})
+    make("ops", Ops(), {"x": img(2, 2, 3, 3)}, {"optimize_for_inference": False}, batch2=3)
+    make("convbias", MobileBlock(), {"data": img(2, 4, 6, 6)},
+         {"enable_fuse_conv_bias_nonlinearity": True})
+    make_testcase()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,225 @@
+"""Upstream MegEngine's binary .mge files (megengine/jit/upstream_mge.py), read through every
+loader. The files and upstream's outputs for them are in tests/data/upstream_mge (made by
+make.py there with a real upstream MegEngine 1.13; upstream 1.13 measured)."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megengine.jit.dump import load
+from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
+MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias"]
+
+
+def _files(name):
+    path = os.path.join(DATA, name + ".mge")
+    ref = np.load(os.path.join(DATA, name + ".npz"))
+    return path, ref
+
+
+def _outputs(ref, prefix="out_"):
+    return [ref[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in ref))]
+
+
+def _check(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        g = np.asarray(g)
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(w).max()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_load_runs_as_upstream(name):
+    path, ref = _files(name)
+    prog = load(path)
+    feeds = {n: ref["in_" + n] for n, _, _ in prog.inputs}
+    assert [(n, s, d) for n, s, d in prog.inputs] == [
+        (n, ref["in_" + n].shape, ref["in_" + n].dtype) for n in feeds]
+    _check([v.numpy() for v in prog.run(feeds).values()], _outputs(ref))
+    # the metadata upstream's Network.load gives (its repr stored by make.py)
+    want = eval(str(ref["metadata"]), {"array": np.array, "float32": "float32"})
+    assert prog.metadata.keys() == want.keys()
+    info = prog.metadata.pop("user_info")
+    assert prog.metadata == {k: v for k, v in want.items() if k != "user_info"}
+    if isinstance(info, dict):  # (mobile.mge: a dict holding a numpy array)
+        assert info.keys() == want["user_info"].keys()
+        for k, v in info.items():
+            np.testing.assert_array_equal(v, want["user_info"][k], strict=True)
+    else:
+        assert info == want["user_info"]
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops"])
+def test_runs_at_another_batch_size(name):
+    path, ref = _files(name)
+    prog = load(path)
+    feeds = {n: ref["in2_" + n] for n, _, _ in prog.inputs}
+    out = prog.run(feeds, strict_shape=False)
+    _check([v.numpy() for v in out.values()], _outputs(ref, "out2_"))
+
+
+def test_names_as_upstream():
+    # resnet.mge: keep_param_name and keep_opr_name; names of upstream 1.13 measured
+    from megengine.utils.network import Network
+
+    net = Network.load(os.path.join(DATA, "resnet.mge"))
+    assert [v.name for v in net.input_vars] == ["data"]
+    assert [v.name for v in net.output_vars] == ["fc.ADD"]
+    # (upstream also lists the constants of its shape arithmetic, which this fork computes
+    # from the traced sizes: const<-1>[26], const<0>[24], const{2}[22])
+    assert sorted(o.name for o in net.params_filter) == [
+        "const{4,4,3,3}[400]", "const{4,4,3,3}[447]", "const{8,4,1,1}[592]",
+        "const{8,4,3,3}[500]", "const{8,8,3,3}[547]", "fc.bias", "fc.weight", "l2.b1.bias",
+        "stem.bias", "stem.weight"]
+
+
+@pytest.mark.parametrize("name", ["cnn", "mobile"])
+def test_other_entry_points(name):
+    from megengine.core.tensor.megbrain_graph import load_graph
+    from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
+    from megenginelite import LiteNetwork
+
+    path, ref = _files(name)
+    want = _outputs(ref)
+    feeds = {k[3:]: ref[k] for k in ref if k.startswith("in_")}
+    _check(list(GraphInference(path).run(inp_dict=feeds).values()), want)
+    _check(list(load_and_inference(path, [feeds])[0].values()), want)
+    with open(path, "rb") as f:
+        loaded = load_graph(io.BytesIO(f.read()))
+    assert [v.name for v in loaded.output_vars_list] == list(load(path).outputs)
+    lite = LiteNetwork()
+    lite.load(path)
+    for n, v in feeds.items():
+        lite.get_io_tensor(n).set_data_by_copy(v)
+    lite.forward()
+    lite.wait()
+    _check([lite.get_io_tensor(lite.get_output_name(i)).to_numpy() for i in range(len(want))],
+           want)
+
+
+def test_test_cases_of_input_data():
+    # testcase.mge: upstream's dump(input_data=["#rand(0,1,2,4)"], maxerr=1e-3, silent=True);
+    # the expected outputs it stores are upstream 1.13's
+    from megengine.utils.comp_graph_tools import load_and_inference
+
+    path = os.path.join(DATA, "testcase.mge")
+    prog = load(path)
+    assert [(n, s) for n, s, _ in prog.inputs] == [("data", (2, 4))]
+    assert prog.testcase_options == {"maxerr": pytest.approx(1e-3), "no_assert": False,
+                                     "silent": True}
+    (inputs, expected), = prog.testcases
+    assert list(inputs) == ["data"] and list(expected) == prog.outputs
+    _check([v.numpy() for v in prog.run(inputs).values()], list(expected.values()))
+    _check(list(load_and_inference(path)[0].values()), list(expected.values()))
+
+
+def test_load_network_and_run_tool():
+    path, ref = _files("cnn")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", path],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_type_ids_are_upstreams():
+    # ids in upstream 1.13's files: Elemwise, ReshapeV1 (serialization version 1: the name
+    # without version, no NUL) and Convolution (version 2: the name with its NUL)
+    assert _type_ids("Elemwise")[0xD6C488C11172EC08] == "Elemwise"
+    assert _type_ids("ReshapeV1")[0xBA3296A9AA9B5098] == "ReshapeV1"
+    assert _type_ids("Convolution")[0xBC193EEF48C27B7E] == "Convolution"
+
+
+def _data(name):
+    with open(os.path.join(DATA, name + ".mge"), "rb") as f:
+        return f.read()
+
+
+def test_truncated_file_is_refused():
+    data = _data("cnn")
+    for cut in (40, len(data) // 2, len(data) - 8):
+        with pytest.raises(UpstreamFormatError, match="truncated"):
+            load(io.BytesIO(data[:cut]))
+
+
+def test_unsupported_operator_is_named():
+    data = _data("cnn").replace(b"Softmax", b"Softmaz")  # an operator type no reader knows
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(Softmaz\).*Softmaz.*"
+                                                  r"re-dump"):
+        load(io.BytesIO(data))
+
+
+def _first_param_field(data, type_name, field):
+    """The byte offset of param field ``field`` of the first ``type_name`` operator of a file."""
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    buf = data[4:]  # (upstream writes the buffer's size first)
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    for k, t in enumerate(model.tables(2)):
+        op = _Op(t, k)
+        if op.type == type_name and op.param is not None and op.param.offsets[field:field + 1]:
+            return 4 + op.param.pos + op.param.offsets[field]
+    raise AssertionError(f"no {type_name} with param field {field}")
+
+
+def test_unsupported_parameter_is_named():
+    data = bytearray(_data("cnn"))
+    at = _first_param_field(data, "Elemwise", 0)
+    data[at:at + 4] = (43).to_bytes(4, "little")  # Elemwise mode RMULH (quantized kernels only)
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(Elemwise\).*RMULH"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("ops"))
+    at = _first_param_field(data, "BatchNormV1", 1)  # forward mode INFERENCE -> TRAINING
+    data[at:at + 4] = (0).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=r"\(BatchNormV1\): BatchNorm forward mode"):
+        load(io.BytesIO(bytes(data)))
+
+
+def test_corrupt_graph_is_refused():
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    data = bytearray(_data("mlp"))
+    buf = bytes(data[4:])
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    op = next(_Op(t, k) for k, t in enumerate(model.tables(2)) if _Op(t, k).inputs)
+    at = 4 + op_inputs_at(model, op.index)
+    data[at:at + 4] = (10 ** 6).to_bytes(4, "little")  # an input var no operator computes
+    with pytest.raises(UpstreamFormatError, match=r"reads var #1000000.*corrupt"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("mlp"))
+    weights = next(_Op(t, k) for k, t in enumerate(model.tables(2))
+                   if _Op(t, k).type == "MatrixMulV2")
+    at = 4 + op_inputs_at(model, weights.index)
+    data[at:at + 8] = data[at + 4:at + 8] + data[at:at + 4]  # (the matmul's inputs swapped)
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(\w+\) cannot be computed "
+                                                  r"from its inputs \(BroadcastError"):
+        load(io.BytesIO(bytes(data)))
+
+
+def op_inputs_at(model, index):
+    """The byte offset (in the FlatBuffer) of the first input id of operator ``index``."""
+    return model.tables(2)[index]._target(7) + 4
+
+
+def test_older_upstream_formats_are_refused():
+    with pytest.raises(UpstreamFormatError, match="'mgb1' format.*model_version=2"):
+        load(io.BytesIO(b"\x10\x00\x00\x00mgb1" + bytes(40)))
+    # the first bytes of upstream 1.13's dump(..., dump_format="FBS")
+    with pytest.raises(UpstreamFormatError, match="'MGBC' format.*dump_format='FBS'"):
+        load(io.BytesIO(b"MGBC" + bytes(12) + b"\xa0\x04" + bytes(40)))
+    with pytest.raises(ValueError, match="nor an upstream MegEngine .mge file"):
+        load(io.BytesIO(b"not a model at all, not at all"))
+
+
+def test_import_megengine_does_not_load_the_reader():
+    code = "import sys, megengine; print('megengine.jit.upstream_mge' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.stdout.strip() == "False", out.stderr
