@@ -144,7 +144,7 @@ def __getattr__(name):
     if name == "_imperative_rt_logger":  # upstream's handle on its C++ core's log level
         from .core._imperative_rt import Logger
 
-        return Logger()
+        return Logger
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -43,6 +43,24 @@ def test_logger_shares_the_megbrain_loggers_level():
         _set_mgb_log_level(previous)
 
 
+def test_logger_is_in_utils_and_set_on_the_class():
+    # upstream 1.13 measured: `from megengine.core._imperative_rt.utils import Logger` is the
+    # same class, `Logger.set_log_level(Logger.LogLevel.Error)` works on the class and returns
+    # the previous LogLevel; megengine.logger._imperative_rt_logger is that class
+    from megengine import logger as mlogger
+    from megengine.core._imperative_rt import utils
+    from megengine.logger import _set_mgb_log_level
+
+    assert utils.Logger is Logger and mlogger._imperative_rt_logger is Logger
+    previous = _set_mgb_log_level(logging.INFO)
+    try:
+        assert Logger.set_log_level(Logger.LogLevel.Error) == Logger.LogLevel.Info
+        assert Logger.set_log_level(Logger.LogLevel.Warn) == Logger.LogLevel.Error
+        assert logging.getLogger("megbrain").level == logging.WARNING
+    finally:
+        _set_mgb_log_level(previous)
+
+
 def test_tensor_weak_ref_and_sync():
     assert Tensor is mge.Tensor
     x = mge.tensor([1.0, 2.0])

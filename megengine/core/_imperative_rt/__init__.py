@@ -1,6 +1,6 @@
 """Upstream's `megengine.core._imperative_rt` names (its C++ runtime) on this engine: CompNode,
-TensorAttr, Logger, and the submodules `core2` (apply, sync), `ops` (the op descriptors) and
-`imperative`.
+TensorAttr, Logger, and the submodules `core2` (apply, sync), `ops` (the op descriptors),
+`imperative` and `utils` (Logger, where upstream defines it).
 
 Upstream programs and tests import these below the public API. Here they are thin: a
 descriptor's work is done by this engine's ops (see `ops.py`), `apply` is the one dispatcher.
@@ -100,9 +100,10 @@ class Logger:
         Warn = logging.WARNING
         Error = logging.ERROR
 
-    def set_log_level(self, level):
+    @staticmethod
+    def set_log_level(level):
         """Set the level (a ``Logger.LogLevel``, or the `logging` level it stands for);
-        returns the previous one."""
+        returns the previous one. Static, as upstream's: programs call it on the class."""
         from ... import logger as _logger
 
         try:
