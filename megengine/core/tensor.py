@@ -252,6 +252,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     # Whether another framework computes with this tensor's memory (a PyTorchModule's mirror of
     # a torch parameter or buffer): writes must go into that memory, even while recording
     _pinned_storage = False
+    # Whether this is a var of a program being built (`megengine.utils.network_node.VarNode`):
+    # ``x[...] = v`` stays an op over x there, as in upstream's graph
+    _graph_var = False
     #: set by ``mge.load`` while it unpickles: saved device name -> device to place the tensor on
     dmap_callback = None
 
@@ -853,7 +856,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 (value.dtype.kind != "c" or self.dtype.kind == "c"):  # (metadata: a quantized
             # dtype's scale, which == ignores; a complex value for a real x: SetItem refuses)
             value = value.astype(self.dtype)
-        if index is Ellipsis:
+        if index is Ellipsis and not self._graph_var:
             # upstream's `t[...] = v` is its `_reset`: t becomes the value, so what t held
             # before gets no gradient (None, as upstream's), not zeros through a SetItem
             if value.shape != self.shape:  # (a number, or a value that broadcasts)

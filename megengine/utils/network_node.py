@@ -78,6 +78,8 @@ class VarNode(Tensor, NetworkNode):
     shape, as upstream.
     """
 
+    _graph_var = True  # (`x[...] = v` is a SetItem op over x, see Tensor.__setitem__)
+
     def __new__(cls, owner_opr=None, *args, **kwargs):
         if isinstance(owner_opr, VarNode):  # megbrain_graph.VarNode(var): upstream wraps its
             return owner_opr  # C++ var in a Python view; here the var is its own view

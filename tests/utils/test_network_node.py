@@ -182,6 +182,11 @@ def test_in_place_writes_rebind_the_varnode_and_spare_earlier_readers():
     np.testing.assert_array_equal(value(xx), expect + 1)
     np.testing.assert_array_equal(value(before), x * 2)
     assert before.owner.inputs[0] is not xx
+    xx[...] = d[:1]  # a whole write (upstream's test_set_value) broadcasts into the var
+    np.testing.assert_array_equal(value(xx), np.broadcast_to(d[:1], (5, 5)))
+    xx[...] = 7
+    np.testing.assert_array_equal(value(xx), np.full((5, 5), 7))
+    np.testing.assert_array_equal(value(before), x * 2)
 
 
 @pytest.mark.parametrize("layer, shape", [
