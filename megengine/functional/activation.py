@@ -304,8 +304,9 @@ class _Gelu(_Activation):
         # gelu's limits are inf at +inf (upstream 1.13's value) and -0 at -inf, where x * Phi(x)
         # is inf * 0 (and ATen's float32 kernel gives NaN at +inf too, as torch's gelu). Only
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
-        # through) finds; finite inputs keep their results.
-        if y.size and xp.isnan(xp.min(y)):
+        # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
+        # runs there. Finite inputs keep their results.
+        if xp is not np or (y.size and np.isnan(np.min(y))):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y
 
