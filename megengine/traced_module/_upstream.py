@@ -259,11 +259,39 @@ def convert_module_state(state):
         fork_key = _graph_key(*_normalize_args(state["_spec"], args[1:], kwargs))[1]
         graphs[fork_key] = graph
         out_value = _from_leaves(state["argdef_outdef_map"][key], graph._outputs)
+        orders = graph.__dict__.pop("_dict_orders", None)  # (a pickle of this fork)
+        if orders:
+            out_value = _dicts_in_order(out_value, iter(orders))
+            graph._outputs = tree_flatten(out_value, _is_node)[0]
         outdefs[fork_key] = _node_tree(out_value, graph._outputs, "results")
     state["argdef_graph_map"], state["argdef_outdef_map"] = graphs, outdefs
     state["_modules"] = [k for k in state.get("_modules", []) if k in state and
                          isinstance(state[k], (Module, list, tuple, dict))]
     return state
+
+
+_DICTS = (dict, OrderedDict, defaultdict)
+
+
+def _dict_orders(value):
+    """The key order of each dict in ``value`` (depth first), which upstream's TreeDefs sort."""
+    if type(value) in _DICTS:
+        return [tuple(value)] + [o for v in value.values() for o in _dict_orders(v)]
+    if type(value) in (tuple, list):
+        return [o for v in value for o in _dict_orders(v)]
+    return []
+
+
+def _dicts_in_order(value, orders):
+    """``value`` with its dicts' keys in ``orders`` again (`_dict_orders`)."""
+    if type(value) in _DICTS:
+        out = type(value)() if type(value) is not defaultdict else defaultdict()
+        for k in next(orders):
+            out[k] = _dicts_in_order(value[k], orders)
+        return out
+    if type(value) in (tuple, list):
+        return type(value)(_dicts_in_order(v, orders) for v in value)
+    return value
 
 
 def link_module(module):
@@ -566,13 +594,16 @@ def module_state(module):
     for key, graph in module.argdef_graph_map.items():
         args, kwargs = key.unflatten(graph._inputs[1:])
         inputs, up_key = upstream_tree(((graph._inputs[0], *args), kwargs))
-        out_leaves, outdefs_key = upstream_tree(
-            module.argdef_outdef_map[key].unflatten(graph._outputs))
+        out_value = module.argdef_outdef_map[key].unflatten(graph._outputs)
+        out_leaves, outdefs_key = upstream_tree(out_value)
         written = writer.ref(graph)
         writer.finish()
         # the graph's inputs and outputs in the order of upstream's TreeDefs' leaves
         written.state.update(_inputs=writer.refs(_nodes(inputs)),
                              _outputs=writer.refs(_nodes(out_leaves)))
+        orders = _dict_orders(out_value)
+        if any(list(o) != sorted(o) for o in orders):  # results come back in their order
+            written.state["_dict_orders"] = orders
         graphs[up_key], outdefs[up_key] = written, outdefs_key
     state.update(argdef_graph_map=graphs, argdef_outdef_map=outdefs, watch_points=[],
                  watch_node_value={}, end_points=[])
