@@ -1,4 +1,5 @@
-"""Reading `TracedModule` pickles written by upstream MegEngine 1.6+ (``.tm`` files).
+"""Upstream MegEngine's layout of a pickled `TracedModule` (``.tm`` files), both ways: reading
+the files upstream 1.6+ writes, and writing this fork's modules so that upstream 1.13 loads them.
 
 Upstream pickles its graphs under the class names this fork uses (``...traced_module.expr
 .CallFunction``, ``...node.TensorNode``, ``...pytree.TreeDef``, ``...traced_module
@@ -14,6 +15,12 @@ upstream's (it carries upstream's ``dump_info``) then converts its graphs here, 
 ``__setstate__``, when pickle has built every object they reach: this fork's TreeDefs,
 arguments, op descriptors, devices, links and graph keys. What cannot be converted (a function
 or a container type this engine lacks) raises ``pickle.UnpicklingError`` naming it.
+
+Writing (`module_state`, which ``TracedModule.__reduce_ex__`` pickles): each graph object
+becomes a `_Pickled` stand-in, an instance of its class (upstream's name for it) with the state
+upstream's ``__getstate__`` gives, plus what this fork keeps besides under keys upstream sets
+as unused attributes (the reading above keeps them). A module upstream cannot hold raises
+`NotExpressible`, and pickles in this fork's own layout instead.
 """
 import copyreg
 import importlib
@@ -322,7 +329,9 @@ def link_module(module):
 
 # ----- writing: a TracedModule pickled in upstream's layout -----
 
-WRITTEN_VERSION = "1.13.1"  # the upstream version whose layout the pickles here follow
+# the version the exprs carry: 1.13's layout, and no version of upstream's own (upstream brings
+# a call of a pickle of another version to its own signature, as it must for this fork's calls)
+WRITTEN_VERSION = "1.13.1"
 _UPSTREAM_OPS = "megengine.core._imperative_rt.ops"  # where upstream's op descriptors live
 _NODE_EXTRAS = ("_made_as",)  # kept beyond upstream's state (upstream sets them, unused)
 _SHAPE_EXTRAS = ("fixed_ndim", "read_in_call")
