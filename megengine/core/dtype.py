@@ -42,6 +42,8 @@ class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
     Copies are the object itself, so ``is`` comparisons survive ``deepcopy``.
     """
 
+    __module__ = "megengine.core.tensor.dtype"  # its home in upstream, where pickles find it
+
     def __new__(cls, name: str, cname, np_dtype_str: str, qmin: int, qmax: int,
                 is_unsigned: bool = None):
         if not isinstance(np_dtype_str, str):
@@ -51,7 +53,11 @@ class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
             raise ValueError(f"QuantDtypeMeta {name!r}: qmin ({qmin}) exceeds qmax ({qmax})")
         if is_unsigned is None:
             is_unsigned = np_dtype_str[0] == "u"
-        return super().__new__(cls, name, cname, np_dtype_str, qmin, qmax, is_unsigned)
+        meta = super().__new__(cls, name, cname, np_dtype_str, qmin, qmax, is_unsigned)
+        # a built-in meta is one object (FakeQuantize and PassiveObserver compare with ``is``),
+        # also when a pickle (upstream's or this fork's) makes it again
+        builtin = globals().get("_builtin_quant_dtypes", {}).get(name)
+        return builtin if builtin == meta and type(builtin) is cls else meta
 
     def __copy__(self):
         return self
@@ -60,14 +66,11 @@ class QuantDtypeMeta(namedtuple("QuantDtypeMeta",
         return self
 
     def __reduce__(self):
-        # a built-in meta unpickles as the built-in object itself, so the identity checks of
-        # FakeQuantize and PassiveObserver hold after mge.save / mge.load
-        if _builtin_quant_dtypes.get(self.name) == self:
-            return _builtin_quant_dtype, (self.name,)
+        # as upstream pickles it (a built-in meta unpickles as the built-in object: `__new__`)
         return QuantDtypeMeta, tuple(self)
 
 
-def _builtin_quant_dtype(name):
+def _builtin_quant_dtype(name):  # (what pickles of earlier versions of this fork call)
     return _builtin_quant_dtypes[name]
 
 

@@ -96,6 +96,7 @@ class QParams:
     """
 
     __slots__ = ("mode", "dtype_meta", "scale", "zero_point")
+    __module__ = "megengine.quantization.utils"  # its home in upstream, where pickles find it
 
     def __init__(self, mode=None, dtype_meta=None, scale=None, zero_point=None):
         self.mode, self.dtype_meta, self.scale, self.zero_point = mode, dtype_meta, scale, zero_point
@@ -111,8 +112,8 @@ class QParams:
 
     __hash__ = None
 
-    def __getstate__(self):
-        return {n: getattr(self, n) for n in self.__slots__}
+    def __getstate__(self):  # as upstream pickles its slots (its QParams has no __setstate__)
+        return None, {n: getattr(self, n) for n in self.__slots__}
 
     def __setstate__(self, state):
         if isinstance(state, tuple):  # upstream's pickles: its slots as (None, {name: value})

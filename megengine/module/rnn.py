@@ -169,15 +169,18 @@ class RNNBase(Module):
         return [(f"cells.{layer}.{d}.{name}", cell, name) for layer, row in enumerate(self.cells)
                 for d, cell in enumerate(row) for name in names]
 
+    def _flat_weights(self):
+        flat = np.concatenate([getattr(cell, name).numpy().reshape(-1)
+                               for _, cell, name in self._flat_pieces()])
+        return flat.reshape(self.cells[0][0].gate_hidden_size, -1)
+
     def _state_dict(self, rst=None, prefix="", keep_var=False):
         """With upstream's ``_flatten_weights`` (`_flat_pieces`) first, as upstream orders its
         entries, so that upstream loads the checkpoint with ``strict=True`` and computes with
         these weights; loading here takes the cells' values from it (`_upstream_state`)."""
         if rst is None:
             rst = OrderedDict()
-        flat = np.concatenate([getattr(cell, name).numpy().reshape(-1)
-                               for _, cell, name in self._flat_pieces()])
-        flat = flat.reshape(self.cells[0][0].gate_hidden_size, -1)
+        flat = self._flat_weights()
         rst[(type(self), prefix + "_flatten_weights")] = Tensor(flat) if keep_var else flat
         return super()._state_dict(rst, prefix, keep_var)
 
@@ -204,6 +207,14 @@ class RNNBase(Module):
             out[name] = flat[at:at + n].reshape(shape)
             at += n
         return out
+
+    def __getstate__(self):
+        # pickled with upstream's _flatten_weights (`_flat_pieces`), which upstream's forward
+        # computes with (mge.save of the module, a TracedModule file); loading here takes the
+        # cells' weights from it again (`__setstate__`)
+        state = dict(super().__getstate__())
+        state["_flatten_weights"] = Parameter(self._flat_weights())
+        return state
 
     def __setstate__(self, state):
         # An RNN/LSTM pickled by upstream (mge.save of the module, a TracedModule file) holds

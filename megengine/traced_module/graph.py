@@ -27,6 +27,8 @@ _TAKEN = frozenset(vars(builtins)) | frozenset(keyword.kwlist) | {"inf", "nan", 
 class NameSpace:
     """The names used in one graph: each node's name is unique in its graph."""
 
+    __module__ = "megengine.traced_module.traced_module"  # where upstream's pickles find it
+
     def __init__(self, name, qualname):
         self.name = name
         self.qualname = qualname
@@ -203,6 +205,8 @@ def _node_iter(graph, recursive, seen):
 
 class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
+
+    __module__ = "megengine.traced_module.traced_module"  # where upstream's pickles find it
 
     # TracedModule.set_watch_points / set_end_points (class defaults: graphs pickled before
     # these existed load with none)

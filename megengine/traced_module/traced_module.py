@@ -9,6 +9,7 @@ Calling a TracedModule interprets its graph. As upstream, tensor attributes that
 reads are left out of the TracedModule.
 """
 import copy
+import copyreg
 import inspect
 
 from ..core.tensor import Tensor
@@ -70,12 +71,35 @@ class TracedModule(Module):
                              "structure it was called with): pick one from argdef_graph_map")
         return graphs[0]
 
+    def __reduce_ex__(self, protocol):
+        # pickled (mge.save, pickle.dump) in upstream's layout, which upstream MegEngine loads
+        # and so does this fork (`__setstate__`), losing nothing; a graph upstream cannot hold
+        # (a PyTorchModule, an engine op of this fork) pickles in this fork's own layout
+        from . import _upstream
+
+        try:
+            state = _upstream.module_state(self)
+        except _upstream.NotExpressible:
+            return super().__reduce_ex__(protocol)
+        if type(self) in _CONTAINERS.values():  # upstream's module lists and dicts are
+            state["_container"] = type(self).__name__  # TracedModules
+            return copyreg._reconstructor, (TracedModule, object, None), state
+        return copyreg.__newobj__, (type(self),), state
+
+    def __copy__(self):
+        result = type(self).__new__(type(self))
+        result.__dict__.update(self.__dict__)
+        return result
+
     def __setstate__(self, state):
         from . import _upstream
 
         upstream = _upstream.is_upstream_state(state)  # a file written by upstream MegEngine
         if upstream:
             state = _upstream.convert_module_state(state)
+        container = state.pop("_container", None)
+        if container is not None:  # a module list or dict, pickled as upstream's TracedModule
+            self.__class__ = _CONTAINERS[container]
         super().__setstate__(state)
         if upstream:
             _upstream.link_module(self)
@@ -292,6 +316,9 @@ class _ModuleDict(TracedModule):
 
     def items(self):
         return [(k, self[k]) for k in self._keys]
+
+
+_CONTAINERS = {c.__name__: c for c in (_ModuleList, _ModuleDict)}
 
 
 def _module_container(value):
