@@ -394,7 +394,7 @@ def _op_axis_add_remove(op, x):
             continue  # (shape vectors are flat: upstream's scalars are vectors of one item)
         if _is_host(x):
             x = np.expand_dims(x, axis) if method == 0 else np.squeeze(x, axis)
-        else:  # (the engine's op: F.squeeze's check of the size would guard the trace)
+        else:  # (the engine's op checks the size itself; F.squeeze would add a guard to runs)
             x = apply((_ops.AddAxis if method == 0 else _ops.RemoveAxis)((axis,)), x)
     return x
 
@@ -667,17 +667,9 @@ def _op_elemwise(op, *xs):
         n = max(map(len, items))
         items = [i * n if len(i) == 1 else i for i in items]
         return _Shape(_HOST_ELEMWISE[mode](*args) for args in zip(*items))
-    xs = [_tensor(x, op) for x in xs]
-    if mode in _LOGICAL:
-        return _LOGICAL[mode](*[x.astype("int32") for x in xs])
-    return apply(Elemwise(mode), *xs)[0]
+    return apply(Elemwise(mode), *[_tensor(x, op) for x in xs])[0]
 
 
-# the logical modes on bool tensors, through integer comparisons: F.logical_and and its kin make
-# op classes a dumped program cannot name (megengine/functional/elemwise.py `_logical`), and a
-# loaded file is a dumped program
-_LOGICAL = {"AND": lambda a, b: a * b != 0, "OR": lambda a, b: a + b != 0,
-            "XOR": lambda a, b: a != b, "NOT": lambda a: a == 0}
 _HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
