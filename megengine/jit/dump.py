@@ -524,9 +524,14 @@ def load(file, device=None):
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
-    prog.steps = engine_steps(prog.steps, [o["slot"] for o in graph["outputs"]])
     prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
     prog.dyn_read = {s: tuple(shape) for s, shape in graph.get("fixed_shapes", ())}
+    # the slots read from outside the steps: the outputs, and the values whose shapes the
+    # guards and fixed-shape checks read (a reduction fused away would drop those values)
+    from .shape_guards import _slots
+    read = [o["slot"] for o in graph["outputs"]] + list(prog.dyn_read)
+    read += [s for tree, _, _, _ in prog.shape_guards for s in sorted(_slots(tree))]
+    prog.steps = engine_steps(prog.steps, read)
     prog.loaded = True  # (its checks' messages speak of a file, not of a replay)
     if prog.symbolic_shape:
         from .shape_guards import ShapeContext
