@@ -4,8 +4,9 @@ test cases' header of ``input_data``) as a program of this fork.
 
 `read_upstream` decodes the file with a small FlatBuffers reader (`_Table`: root offset,
 vtables, scalars, strings, vectors, union members), then runs upstream's operators, one entry
-of `_OPERATORS` each, as this fork's functional calls inside a `trace`, and dumps that trace:
-the result is the (graph.json, arrays) pair of a file of this fork, so every loader
+of `_OPERATORS` each, as this fork's functional calls inside a `trace`, and dumps that trace
+in memory (`dump.in_memory`, no archive written and read back): the result is the
+(graph.json, arrays) pair of a file of this fork, so every loader
 (`megengine.jit.dump.load`, `Network.load`, ``load_graph``, ``comp_graph_tools``,
 ``load_network_and_run``, ``megenginelite``) reads upstream's files through `read_file`.
 
@@ -888,7 +889,7 @@ def _input_spec(op, names):
 
 def _translate(ops, names, outputs, aliases, meta, cases):
     from ..core.tensor import Tensor
-    from .dump import read_file
+    from .dump import in_memory, program_json
     from .tracing import trace
 
     # a file with test cases checks its outputs with AssertEqual(expected input, output): the
@@ -954,12 +955,12 @@ def _translate(ops, names, outputs, aliases, meta, cases):
 
     f = trace(program, symbolic=True, capture_as_const=True)
     f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
-    buf = io.BytesIO()
     out_names = [aliases.get(i) or names[i] for i in outputs]
-    f.dump(buf, arg_names=[n for n, _, _ in specs], output_names=out_names,
-           enable_metadata=meta is not None, user_info=meta and meta["user_info"])
-    buf.seek(0)
-    graph, arrays = read_file(buf)
+    # what f.dump would write, handed over as read back (no archive to compress and read)
+    graph, arrays = in_memory(*program_json(
+        f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,
+        enable_metadata=meta is not None, user_info=meta and meta["user_info"],
+        _function=program))
     if cases:
         graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
                                              outputs, arrays)

@@ -434,6 +434,27 @@ def test_logical_ops_are_dumped_and_loaded(name):
     np.testing.assert_array_equal(got, oracle(a, b))
 
 
+def test_a_program_handed_over_in_memory_is_the_file_read_back():
+    # (what the reader of upstream .mge files uses instead of writing and reading a zip)
+    from megengine.core.tensor import dtype as qdtype
+    from megengine.jit.dump import in_memory, program_json, read_file, write_file
+
+    # (quantized tensors live on the CPU only)
+    q = mge.tensor([0.5, -1.0, 2.0], device="cpu0").astype(qdtype.qint8(0.25))
+    f = trace(lambda x: (F.logical_not(x > 0), x.reshape(x.shape[0], -1) + q.astype("float32")),
+              symbolic=True, capture_as_const=True)
+    f(mge.tensor(np.ones((2, 3), "float32"), device="cpu0"))
+    options = dict(arg_names=["x"], user_info={"k": (1, 2.5)}, input_data=[np.ones((4, 3))])
+    graph, arrays = in_memory(*program_json(f._dumped_program(), **options))
+    file_graph, file_arrays = read_file(io.BytesIO(write_file(*program_json(
+        f._dumped_program(), **options), None)))
+    assert graph == file_graph and "quantized_arrays" in graph and "testcases" in graph
+    assert sorted(arrays) == sorted(file_arrays)
+    for i, a in arrays.items():
+        assert a.dtype == file_arrays[i].dtype and a.dtype.metadata == file_arrays[i].dtype.metadata
+        np.testing.assert_array_equal(a, file_arrays[i], strict=True)
+
+
 def test_scalar_constants_keep_their_shape_in_the_file():
     # a 0-d constant (x.sum() * 2) stays 0-d: written 1-d, the output became shape (1,)
     f = trace(lambda x: (x.sum() * 2, x * mge.tensor(3.0)), symbolic=True,
