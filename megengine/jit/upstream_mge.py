@@ -735,9 +735,11 @@ def _tensor(v, op):
             v.tensor = Tensor(v.view(np.ndarray), dtype=v.dtype, name=v.name)
         return v.tensor
     if type(v) is _Shape:
-        # sizes used as data (a head size scaling attention): the traced values, each a guard
-        # of the program (it raises when run at shapes where they differ)
-        return Tensor(np.array([int(x) for x in v], np.int32), dtype=np.int32)
+        # sizes used as data (a head size scaling attention, a mean over the batch): a Tensor
+        # of the traced sizes follows the shapes a run has; float32 after upstream's TypeCvt
+        # to a float (``x.shape[1] * 0.5``), as upstream's graph computes it
+        floats = any(type(getattr(x, "value", x)) is float for x in v)
+        return Tensor(list(v), dtype=np.float32 if floats else np.int32)
     return Tensor(v, dtype=v.dtype)
 
 

@@ -149,6 +149,11 @@ class Ops(M.Module):  # operators of dumps without optimize_for_inference, index
                 F.sum(z), big, hot, w, taken)
 
 
+class Sizes(M.Module):  # sizes used as data: a mean over the batch, a float scale of a size
+    def forward(self, x):
+        return x.sum(0) / x.shape[0] + x * (x.shape[1] * 0.5)
+
+
 def make(name, net, inputs, options, batch2=None):
     net.eval()
 
@@ -213,6 +218,7 @@ def main(out_dir):
     make("convbias", MobileBlock(), {"data": img(2, 4, 6, 6)},
          {"enable_fuse_conv_bias_nonlinearity": True})
     make_testcase()
+    make("sizes", Sizes(), {"x": img(2, 3, 4)}, {}, batch2=3)
 
 
 if __name__ == "__main__":
