@@ -613,6 +613,10 @@ def _op_resize(op, x, size):
                                    align_corners=False if mode else None)
 
 
+def _op_one_hot(op, x, index):
+    return _F().indexing_one_hot(x, index, op.p(0, "i", 0), keepdims=True)
+
+
 def _op_set_one_hot(op, x, index, value):
     from ..core._imperative_rt.core2 import apply
     from ..core._imperative_rt.ops import IndexingSetOneHot
@@ -692,7 +696,8 @@ _OPERATORS = {
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
     "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
     "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
-    "ResizeV2": _op_resize, "IndexingSetOneHot": _op_set_one_hot,
+    "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
+    "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }

@@ -14,7 +14,7 @@ from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
-          "sizes"]
+          "sizes", "onehot"]
 
 
 def _files(name):
@@ -57,7 +57,7 @@ def test_load_runs_as_upstream(name):
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
-                                  "sizes"])
+                                  "sizes", "onehot"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
