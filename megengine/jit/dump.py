@@ -40,6 +40,8 @@ Dump an inference function traced with ``capture_as_const=True``.
 The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
 outputs and parameters), `dump_testcases` (``input_data``); their names are importable here.
 `read_file` also reads upstream MegEngine's binary ``.mge`` files, translated by `upstream_mge`.
+`program_json` builds a program's graph.json and arrays; `write_file` writes them as the file,
+`in_memory` hands them over as `read_file` would give them back (no archive in between).
 """
 import hashlib
 import io
