@@ -152,9 +152,24 @@ class _Logical(Op):
         return (None,) * len(self.needs_input_grad)
 
 
-def _logical(name, fn, doc, unary=False):
-    op_cls = type(name, (_Logical,), {"fn": fn})
+# (module-level classes: a dumped program names its ops' classes, and a loader imports them)
+class LogicalAnd(_Logical):
+    fn = "logical_and"
 
+
+class LogicalOr(_Logical):
+    fn = "logical_or"
+
+
+class LogicalXor(_Logical):
+    fn = "logical_xor"
+
+
+class LogicalNot(_Logical):
+    fn = "logical_not"
+
+
+def _logical(op_cls, doc, unary=False):
     if unary:
         def f(x):
             return apply(op_cls(), _tensor(x))
@@ -162,15 +177,15 @@ def _logical(name, fn, doc, unary=False):
         def f(x, y):
             return apply(op_cls(), *_pair(x, y))
 
-    f.__name__ = f.__qualname__ = fn
+    f.__name__ = f.__qualname__ = op_cls.fn
     f.__doc__ = doc
     return f
 
 
-logical_and = _logical("LogicalAnd", "logical_and", "Element-wise logical AND (bool).")
-logical_or = _logical("LogicalOr", "logical_or", "Element-wise logical OR (bool).")
-logical_xor = _logical("LogicalXor", "logical_xor", "Element-wise logical XOR (bool).")
-logical_not = _logical("LogicalNot", "logical_not", "Element-wise logical NOT (bool).", unary=True)
+logical_and = _logical(LogicalAnd, "Element-wise logical AND (bool).")
+logical_or = _logical(LogicalOr, "Element-wise logical OR (bool).")
+logical_xor = _logical(LogicalXor, "Element-wise logical XOR (bool).")
+logical_not = _logical(LogicalNot, "Element-wise logical NOT (bool).", unary=True)
 
 
 # ----- unary functions -----

@@ -40,6 +40,8 @@ Dump an inference function traced with ``capture_as_const=True``.
 The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
 outputs and parameters), `dump_testcases` (``input_data``); their names are importable here.
 `read_file` also reads upstream MegEngine's binary ``.mge`` files, translated by `upstream_mge`.
+`program_json` builds a program's graph.json and arrays; `write_file` writes them as the file,
+`in_memory` hands them over as `read_file` would give them back (no archive in between).
 """
 import hashlib
 import io
@@ -119,11 +121,27 @@ def _input_dependent(prog):
     return varying
 
 
-def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=None,
+def dump_program(prog, file, **options):
+    """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring and
+    `program_json` for the options. Returns upstream's dump result (`DumpInfo`)."""
+    graph, w = program_json(prog, **options)
+    data = write_file(graph, w, file)
+    steps, consts = graph["steps"], graph["consts"]
+    # upstream counts its input and constant operators too; an alias is no operator
+    n_oprs = len(graph["inputs"]) + len(consts) + sum("alias" not in st for st in steps)
+    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
+    return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
+                    int.from_bytes(digest[:8], "little"), [i["name"] for i in graph["inputs"]],
+                    [o["name"] for o in graph["outputs"]],
+                    [c["name"] for c in consts if "name" in c])
+
+
+def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
                  enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
                  maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
                  **options):
-    """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring.
+    """(graph.json as a dict, the `_Writer` holding its arrays) of ``prog``: what
+    `write_file` writes and `in_memory` hands over as read back, without an archive.
 
     ``input_data`` (upstream's test cases): see `make_testcases`; the program is run on each
     case as it is written to the file, and the outputs are stored next to the inputs."""
@@ -243,10 +261,9 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         from ..utils.network import Network
         net = Network.load(io.BytesIO(write_file(graph, w, None)))
         graph, w = net._graph_json(options, user_info, enable_metadata, False)
-        steps, consts = graph["steps"], graph["consts"]
     if input_data is not None:
-        data = write_file(graph, w, None)  # the program as the file holds it computes the cases
-        cases = make_testcases(load(io.BytesIO(data)), input_data, repeat=repeat,
+        # the program as the file holds it computes the cases
+        cases = make_testcases(program_of(*in_memory(graph, w)), input_data, repeat=repeat,
                                resize_input=resize_input, input_transform=input_transform)
         graph["testcases"] = {"cases": [{"inputs": {k: w.array(v) for k, v in ins.items()},
                                          "outputs": {k: w.array(v) for k, v in outs.items()}}
@@ -258,14 +275,8 @@ def dump_program(prog, file, *, arg_names=None, output_names=None, user_info=Non
         # upstream accepts them without test cases (programs pass no_assert=True habitually)
         warnings.warn("dump: repeat, silent, no_assert, resize_input and input_transform "
                       "describe the test cases of input_data=..., which was not given: "
-                      "they are ignored", stacklevel=3)
-    data = write_file(graph, w, file)
-    # upstream counts its input and constant operators too; an alias is no operator
-    n_oprs = len(inputs) + len(consts) + sum("alias" not in st for st in steps)
-    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).digest()
-    return DumpInfo(n_oprs, len(data), sum(w.arrays[c["array"]].nbytes for c in consts),
-                    int.from_bytes(digest[:8], "little"), in_names, out_names,
-                    [c["name"] for c in consts if "name" in c])
+                      "they are ignored", stacklevel=4)
+    return graph, w
 
 
 # ops without inputs that make their value on the device they name (F.zeros of a shape from
@@ -340,8 +351,7 @@ def metadata_json(w, user_info, graph_modified, options):
 def write_file(graph, w, file):
     """Write graph.json and ``w``'s arrays as the zip archive; ``file`` None: only return the
     bytes."""
-    if w.qdtypes:
-        graph["quantized_arrays"] = w.qdtypes
+    _note_quantized(graph, w)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("graph.json", json.dumps(graph))
@@ -358,6 +368,20 @@ def write_file(graph, w, file):
     else:
         file.write(data)
     return data
+
+
+def _note_quantized(graph, w):
+    if w.qdtypes:
+        graph["quantized_arrays"] = w.qdtypes
+
+
+def in_memory(graph, w):
+    """What `read_file` gives for the file `write_file` writes of ``graph`` and ``w``'s arrays,
+    without writing it: the zip's compression and reading back cost more than the rest of
+    loading a large upstream ``.mge`` file (`upstream_mge`). The arrays are ``w``'s own."""
+    _note_quantized(graph, w)
+    graph = json.loads(json.dumps(graph))  # (as a file gives it: lists, a copy of its own)
+    return graph, _with_qdtypes(graph, dict(enumerate(w.arrays)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,10 +482,15 @@ def read_file(file):
         if name.startswith("arrays/"):
             with z.open(name) as f:
                 arrays[int(name[7:-4])] = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    return graph, _with_qdtypes(graph, arrays)
+
+
+def _with_qdtypes(graph, arrays):
+    """``arrays`` with the quantized ones viewed in their dtypes (.npy drops dtype metadata)."""
     for i, info in graph.get("quantized_arrays", ()):
         arrays[i] = arrays[i].view(np.dtype(arrays[i].dtype, metadata={"mgb_dtype": _read(info,
                                                                                           arrays)}))
-    return graph, arrays
+    return arrays
 
 
 def read_op(s, arrays, k):
@@ -498,7 +527,11 @@ def load(file, device=None):
     """Read a file `dump_program` wrote. ``device``: where its values go instead of the devices
     it records (a name, a dict ``{recorded name: name}`` or a function, as upstream's
     ``map_location``; see `dump_devices.device_mapper`)."""
-    graph, arrays = read_file(file)
+    return program_of(*read_file(file), device)
+
+
+def program_of(graph, arrays, device=None):
+    """The `LoadedProgram` of a file's graph.json and arrays (`read_file`, `in_memory`)."""
     place = device_mapper(device, graph["version"])
     prog = _Program()
     for _ in range(graph["n_slots"]):
@@ -524,9 +557,14 @@ def load(file, device=None):
                        s["multi"], s["name"])
         prog.steps.append(step)
     prog.out = [_Ref(o["slot"]) for o in graph["outputs"]]
-    prog.steps = engine_steps(prog.steps, [o["slot"] for o in graph["outputs"]])
     prog.symbolic_shape, prog.shape_guards = read_shapes(graph)
     prog.dyn_read = {s: tuple(shape) for s, shape in graph.get("fixed_shapes", ())}
+    # the slots read from outside the steps: the outputs, and the values whose shapes the
+    # guards and fixed-shape checks read (a reduction fused away would drop those values)
+    from .shape_guards import _slots
+    read = [o["slot"] for o in graph["outputs"]] + list(prog.dyn_read)
+    read += [s for tree, _, _, _ in prog.shape_guards for s in sorted(_slots(tree))]
+    prog.steps = engine_steps(prog.steps, read)
     prog.loaded = True  # (its checks' messages speak of a file, not of a replay)
     if prog.symbolic_shape:
         from .shape_guards import ShapeContext

@@ -553,6 +553,11 @@ class trace:
         returns is dumped with its backward (`megengine.jit.dump_backward`).
         """
         from .dump import dump_program
+        return dump_program(self._dumped_program(), file, arg_names=arg_names,
+                            output_names=output_names, _function=self.__wrapped__, **options)
+
+    def _dumped_program(self):
+        """The program `dump` writes: the latest recorded one (its optimized form)."""
         from .dump_format import DumpError
         if not self._capture_as_const:
             raise ValueError("you must specify capture_as_const=True at __init__ to use dump")
@@ -561,8 +566,7 @@ class trace:
             # DumpError is both, so code catching either still does)
             raise DumpError("trace.dump: nothing was recorded yet: call the traced function "
                             "once with example inputs (f(x), or f.trace(x)) before dump()")
-        return dump_program(self._last.optimized or self._last, file, arg_names=arg_names,
-                            output_names=output_names, _function=self.__wrapped__, **options)
+        return self._last.optimized or self._last
 
     def get_profile(self):
         """Time per op type over the profiled calls: ``{"profiler": {"calls", "total_seconds",

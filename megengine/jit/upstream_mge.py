@@ -4,8 +4,9 @@ test cases' header of ``input_data``) as a program of this fork.
 
 `read_upstream` decodes the file with a small FlatBuffers reader (`_Table`: root offset,
 vtables, scalars, strings, vectors, union members), then runs upstream's operators, one entry
-of `_OPERATORS` each, as this fork's functional calls inside a `trace`, and dumps that trace:
-the result is the (graph.json, arrays) pair of a file of this fork, so every loader
+of `_OPERATORS` each, as this fork's functional calls inside a `trace`, and dumps that trace
+in memory (`dump.in_memory`, no archive written and read back): the result is the
+(graph.json, arrays) pair of a file of this fork, so every loader
 (`megengine.jit.dump.load`, `Network.load`, ``load_graph``, ``comp_graph_tools``,
 ``load_network_and_run``, ``megenginelite``) reads upstream's files through `read_file`.
 
@@ -394,7 +395,7 @@ def _op_axis_add_remove(op, x):
             continue  # (shape vectors are flat: upstream's scalars are vectors of one item)
         if _is_host(x):
             x = np.expand_dims(x, axis) if method == 0 else np.squeeze(x, axis)
-        else:  # (the engine's op: F.squeeze's check of the size would guard the trace)
+        else:  # (the engine's op checks the size itself; F.squeeze would add a guard to runs)
             x = apply((_ops.AddAxis if method == 0 else _ops.RemoveAxis)((axis,)), x)
     return x
 
@@ -612,6 +613,10 @@ def _op_resize(op, x, size):
                                    align_corners=False if mode else None)
 
 
+def _op_one_hot(op, x, index):
+    return _F().indexing_one_hot(x, index, op.p(0, "i", 0), keepdims=True)
+
+
 def _op_set_one_hot(op, x, index, value):
     from ..core._imperative_rt.core2 import apply
     from ..core._imperative_rt.ops import IndexingSetOneHot
@@ -667,17 +672,9 @@ def _op_elemwise(op, *xs):
         n = max(map(len, items))
         items = [i * n if len(i) == 1 else i for i in items]
         return _Shape(_HOST_ELEMWISE[mode](*args) for args in zip(*items))
-    xs = [_tensor(x, op) for x in xs]
-    if mode in _LOGICAL:
-        return _LOGICAL[mode](*[x.astype("int32") for x in xs])
-    return apply(Elemwise(mode), *xs)[0]
+    return apply(Elemwise(mode), *[_tensor(x, op) for x in xs])[0]
 
 
-# the logical modes on bool tensors, through integer comparisons: F.logical_and and its kin make
-# op classes a dumped program cannot name (megengine/functional/elemwise.py `_logical`), and a
-# loaded file is a dumped program
-_LOGICAL = {"AND": lambda a, b: a * b != 0, "OR": lambda a, b: a + b != 0,
-            "XOR": lambda a, b: a != b, "NOT": lambda a: a == 0}
 _HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
@@ -699,7 +696,8 @@ _OPERATORS = {
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
     "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
     "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
-    "ResizeV2": _op_resize, "IndexingSetOneHot": _op_set_one_hot,
+    "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
+    "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
@@ -742,9 +740,11 @@ def _tensor(v, op):
             v.tensor = Tensor(v.view(np.ndarray), dtype=v.dtype, name=v.name)
         return v.tensor
     if type(v) is _Shape:
-        # sizes used as data (a head size scaling attention): the traced values, each a guard
-        # of the program (it raises when run at shapes where they differ)
-        return Tensor(np.array([int(x) for x in v], np.int32), dtype=np.int32)
+        # sizes used as data (a head size scaling attention, a mean over the batch): a Tensor
+        # of the traced sizes follows the shapes a run has; float32 after upstream's TypeCvt
+        # to a float (``x.shape[1] * 0.5``), as upstream's graph computes it
+        floats = any(type(getattr(x, "value", x)) is float for x in v)
+        return Tensor(list(v), dtype=np.float32 if floats else np.int32)
     return Tensor(v, dtype=v.dtype)
 
 
@@ -896,7 +896,7 @@ def _input_spec(op, names):
 
 def _translate(ops, names, outputs, aliases, meta, cases):
     from ..core.tensor import Tensor
-    from .dump import read_file
+    from .dump import in_memory, program_json
     from .tracing import trace
 
     # a file with test cases checks its outputs with AssertEqual(expected input, output): the
@@ -962,12 +962,12 @@ def _translate(ops, names, outputs, aliases, meta, cases):
 
     f = trace(program, symbolic=True, capture_as_const=True)
     f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
-    buf = io.BytesIO()
     out_names = [aliases.get(i) or names[i] for i in outputs]
-    f.dump(buf, arg_names=[n for n, _, _ in specs], output_names=out_names,
-           enable_metadata=meta is not None, user_info=meta and meta["user_info"])
-    buf.seek(0)
-    graph, arrays = read_file(buf)
+    # what f.dump would write, handed over as read back (no archive to compress and read)
+    graph, arrays = in_memory(*program_json(
+        f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,
+        enable_metadata=meta is not None, user_info=meta and meta["user_info"],
+        _function=program))
     if cases:
         graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
                                              outputs, arrays)

@@ -280,6 +280,23 @@ def test_fixed_size_file_checks_the_data_shapes_it_read():
             g.run(np.array([1, 3, 2], "float32"))
 
 
+def test_fixed_size_file_checks_a_data_shape_read_off_a_reduction_it_fuses():
+    # the size read is that of a mean with keepdims=True, which the loader runs fused with the
+    # squeeze after it: the check of its shape was lost and the file silently gave
+    # F.zeros of the traced count (3) for an input with 2 positive items
+    def fn(x):
+        r = F.mean(F.expand_dims(x[x > 0], 1), axis=1, keepdims=True)
+        return F.squeeze(r, 1) * 2, F.zeros((r.shape[0],))
+
+    g = GraphInference(io.BytesIO(_dumped(fn, np.array([1, -1, 2, 3], "float32"),
+                                          symbolic_shape=False)))
+    doubled, zeros = g.run(np.array([3, -1, 2, 1], "float32")).values()
+    np.testing.assert_allclose(doubled, [6, 4, 2])
+    np.testing.assert_allclose(zeros, [0, 0, 0])
+    with pytest.raises(ShapeGuardError, match=r"is \(2, 1\) now, \(3, 1\) when traced"):
+        g.run(np.array([1, 2, -3, -4], "float32"))
+
+
 def test_network_dump_keeps_a_guard_on_a_value_the_outputs_do_not_read():
     # the branch taken on g's size shaped the output, but g is no input of it: Network.dump
     # left the guard out (with a warning) and the reloaded program gave the traced branch

@@ -419,6 +419,46 @@ def test_engine_checks_guard_too_squeeze_at_a_batch_of_one():
         _run(buf, _data(1, 1, 3))
 
 
+# a guard (squeeze's check that the axis has size 1, a size used as an int) on the output of a
+# reduction with keepdims=True, which the loader fuses with the step after it into one Reduce;
+# numpy's results are the oracle
+GUARDED_REDUCTIONS = {
+    "squeeze(mean)": (lambda x: F.squeeze(F.mean(F.sigmoid(x), axis=3, keepdims=True), 3),
+                      lambda x: (1 / (1 + np.exp(-x))).mean(3)),
+    "squeeze() of a sum": (lambda x: F.squeeze(F.sum(x, axis=3, keepdims=True)),
+                           lambda x: x.sum(3)),
+    "squeeze(prod(mean))": (lambda x: F.squeeze(F.prod(F.mean(x, axis=3, keepdims=True), axis=2,
+                                                       keepdims=True), 2),
+                            lambda x: x.mean(3, keepdims=True).prod(2)),
+    "expand_dims(squeeze(max))": (lambda x: F.expand_dims(F.squeeze(F.max(x, axis=3,
+                                                                          keepdims=True), 3), 0),
+                                  lambda x: x.max(3)[None]),
+    "reshape(squeeze(mean))": (lambda x: F.reshape(F.squeeze(F.mean(x, axis=3, keepdims=True), 3),
+                                                   (x.shape[0], -1)),
+                               lambda x: x.mean(3).reshape(x.shape[0], -1)),
+    "flatten(squeeze(min))": (lambda x: F.flatten(F.squeeze(F.min(x, axis=2, keepdims=True), 2),
+                                                  1),
+                              lambda x: x.min(2).reshape(x.shape[0], -1)),
+    "a slice by int(size of a mean)": (
+        lambda x: F.squeeze(F.mean(x, axis=3, keepdims=True), 3)[
+            :, :int(F.mean(x, axis=3, keepdims=True).shape[1]) - 1],
+        lambda x: x.mean(3)[:, :2]),
+}
+
+
+@pytest.mark.parametrize("name", list(GUARDED_REDUCTIONS))
+def test_guards_on_reductions_the_loader_fuses_run_at_other_batches(name):
+    # (earlier, the fused step no longer made the guarded value: AttributeError on None)
+    fn, oracle = GUARDED_REDUCTIONS[name]
+    buf = _dump(fn, (2, 3, 4, 5))
+    for n in (2, 3, 5):
+        x = _data(n, 3, 4, 5)
+        got, = _run(buf, x)
+        want = oracle(x)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_rank_must_match_and_fixed_shape_programs_keep_their_error():
     buf = _dump(lambda x: x * 2, (2, 3))
     with pytest.raises(ValueError, match="has 3 dims.*traced with 2"):

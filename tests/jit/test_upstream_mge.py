@@ -13,7 +13,8 @@ from megengine.jit.dump import load
 from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
-MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias"]
+MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
+          "sizes", "onehot"]
 
 
 def _files(name):
@@ -55,7 +56,8 @@ def test_load_runs_as_upstream(name):
         assert info == want["user_info"]
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops"])
+@pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
+                                  "sizes", "onehot"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)

@@ -149,6 +149,17 @@ class Ops(M.Module):  # operators of dumps without optimize_for_inference, index
                 F.sum(z), big, hot, w, taken)
 
 
+class Sizes(M.Module):  # sizes used as data: a mean over the batch, a float scale of a size
+    def forward(self, x):
+        return x.sum(0) / x.shape[0] + x * (x.shape[1] * 0.5)
+
+
+class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
+    def forward(self, x):
+        return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
+                F.nn.cross_entropy(x, F.argmax(x, axis=1)))
+
+
 def make(name, net, inputs, options, batch2=None):
     net.eval()
 
@@ -213,6 +224,8 @@ def main(out_dir):
     make("convbias", MobileBlock(), {"data": img(2, 4, 6, 6)},
          {"enable_fuse_conv_bias_nonlinearity": True})
     make_testcase()
+    make("sizes", Sizes(), {"x": img(2, 3, 4)}, {}, batch2=3)
+    make("onehot", OneHot(), {"x": img(3, 5)}, {}, batch2=2)
 
 
 if __name__ == "__main__":
