@@ -13,8 +13,9 @@ from megengine.jit.dump import load
 from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
+# (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
-          "sizes", "onehot"]
+          "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs"]
 
 
 def _files(name):
@@ -57,7 +58,7 @@ def test_load_runs_as_upstream(name):
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
-                                  "sizes", "onehot"])
+                                  "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
@@ -81,7 +82,7 @@ def test_names_as_upstream():
         "stem.bias", "stem.weight"]
 
 
-@pytest.mark.parametrize("name", ["cnn", "mobile"])
+@pytest.mark.parametrize("name", ["cnn", "mobile", "mobile_fbs"])
 def test_other_entry_points(name):
     from megengine.core.tensor.megbrain_graph import load_graph
     from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
@@ -105,14 +106,20 @@ def test_other_entry_points(name):
            want)
 
 
-def test_test_cases_of_input_data():
-    # testcase.mge: upstream's dump(input_data=["#rand(0,1,2,4)"], maxerr=1e-3, silent=True);
-    # the expected outputs it stores are upstream 1.13's
+@pytest.mark.parametrize("name, output", [("testcase", "FUSE_ADD_RELU(0.bias,0.MatrixMul)[90]"),
+                                          ("testcase_fbs", "1.RELU")])
+def test_test_cases_of_input_data(name, output):
+    # testcase.mge: upstream's dump(input_data=["#rand(0,1,2,4)"], maxerr=1e-3, silent=True)
+    # (testcase_fbs.mge: with dump_format="FBS"); the expected outputs it stores are upstream
+    # 1.13's
     from megengine.utils.comp_graph_tools import load_and_inference
 
-    path = os.path.join(DATA, "testcase.mge")
+    path = os.path.join(DATA, name + ".mge")
     prog = load(path)
     assert [(n, s) for n, s, _ in prog.inputs] == [("data", (2, 4))]
+    # the output's name in the file (the FBS file names only the check: its expected value
+    # "1.RELU:expect" is that of the output "1.RELU")
+    assert prog.outputs == [output]
     assert prog.testcase_options == {"maxerr": pytest.approx(1e-3), "no_assert": False,
                                      "silent": True}
     (inputs, expected), = prog.testcases
@@ -142,8 +149,9 @@ def _data(name):
         return f.read()
 
 
-def test_truncated_file_is_refused():
-    data = _data("cnn")
+@pytest.mark.parametrize("name", ["cnn", "cnn_fbs"])
+def test_truncated_file_is_refused(name):
+    data = _data(name)
     for cut in (40, len(data) // 2, len(data) - 8):
         with pytest.raises(UpstreamFormatError, match="truncated"):
             load(io.BytesIO(data[:cut]))
@@ -153,6 +161,27 @@ def test_unsupported_operator_is_named():
     data = _data("cnn").replace(b"Softmax", b"Softmaz")  # an operator type no reader knows
     with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(Softmaz\).*Softmaz.*"
                                                   r"re-dump"):
+        load(io.BytesIO(data))
+
+
+def test_fbs_header_of_older_releases():
+    # upstream's releases before 1.13 write the size of the values right after the magic and
+    # 4 reserved bytes (its serializer_oss.cpp's layout), 1.13 after 8 more (zero) bytes
+    data = _data("cnn_fbs")
+    assert data[:4] == b"MGBC" and data[4:16] == bytes(12)
+    path, ref = _files("cnn_fbs")
+    prog = load(io.BytesIO(data[:8] + data[16:]))
+    _check([v.numpy() for v in prog.run({"data": ref["in_data"]}).values()], _outputs(ref))
+
+
+def test_unsupported_operator_of_fbs_file_is_named():
+    # files of dump_format="FBS" name operators by type id only: Softmax's (upstream 1.13's
+    # id, the hash of "Softmax" with its NUL) made unknown
+    softmax = next(k for k, v in _type_ids("Softmax").items() if v == "Softmax" and
+                   k.to_bytes(8, "little") in _data("cnn_fbs"))
+    data = _data("cnn_fbs").replace(softmax.to_bytes(8, "little"), (12345).to_bytes(8, "little"))
+    with pytest.raises(UpstreamFormatError, match=r"operator #\d+ \(0x3039\).*unknown type id "
+                                                  r"0x3039.*re-dump"):
         load(io.BytesIO(data))
 
 
@@ -210,11 +239,12 @@ def op_inputs_at(model, index):
     return model.tables(2)[index]._target(7) + 4
 
 
-def test_older_upstream_formats_are_refused():
-    with pytest.raises(UpstreamFormatError, match="'mgb1' format.*model_version=2"):
+def test_other_upstream_formats_are_refused():
+    # FlatBuffers of schema mgb1 without the header and values of an FBS file
+    with pytest.raises(UpstreamFormatError, match="'mgb1' format.*MGBC.*model_version=2"):
         load(io.BytesIO(b"\x10\x00\x00\x00mgb1" + bytes(40)))
-    # the first bytes of upstream 1.13's dump(..., dump_format="FBS")
-    with pytest.raises(UpstreamFormatError, match="'MGBC' format.*dump_format='FBS'"):
+    # the first bytes of upstream 1.13's dump(..., dump_format="FBS"), the graph missing
+    with pytest.raises(UpstreamFormatError, match="MGBC.*truncated or corrupt"):
         load(io.BytesIO(b"MGBC" + bytes(12) + b"\xa0\x04" + bytes(40)))
     with pytest.raises(ValueError, match="nor an upstream MegEngine .mge file"):
         load(io.BytesIO(b"not a model at all, not at all"))
