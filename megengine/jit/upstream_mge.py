@@ -572,6 +572,7 @@ def _op_dot(op, a, b):
 
 def _op_linspace(op, start, stop, num):
     n = _scalar(num, op)
+    n = int(n) if type(n) is float else n  # (F.arange's count is a float32 constant)
     return _F().linspace(_scalar(start, op) if _is_host(start) else start,
                          _scalar(stop, op) if _is_host(stop) else stop,
                          n if bool(op.p(0, "B", 1)) else n + 1)[:n]
@@ -760,7 +761,9 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape", "GetVarShape",
         "SetSubtensor", "IncrSubtensor", "Copy", "Identity", "AssertEqual", "CondTake",
         "Padding", "RelayoutFormat", "Convolution3D", "Deconvolution", "LocalShare",
-        "SplitV1", "ConcatV1", "Eye", "Cumsum", "NMSKeep", "ROIAlign", "Remap"]:
+        "SplitV1", "ConcatV1", "Eye", "Cumsum", "NMSKeep", "ROIAlign", "Remap",
+        # (refused; named so in files of mgb1, which hold type ids only)
+        "Diag", "LRN", "Images2Neibs", "WarpPerspectiveV2"]:
     _KNOWN_IDS.update(_type_ids(_name))
 
 

@@ -33,7 +33,8 @@ def _check(got, want):
     for g, w in zip(got, want):
         g = np.asarray(g)
         assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(w).max()))
+        scale = np.abs(w[np.isfinite(w)].astype(np.float64)).max(initial=1.0)  # (inf, nan kept)
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -142,6 +143,13 @@ def test_type_ids_are_upstreams():
     assert _type_ids("Elemwise")[0xD6C488C11172EC08] == "Elemwise"
     assert _type_ids("ReshapeV1")[0xBA3296A9AA9B5098] == "ReshapeV1"
     assert _type_ids("Convolution")[0xBC193EEF48C27B7E] == "Convolution"
+    # ids of operators this reader refuses, in upstream 1.13's files of dump_format="FBS"
+    # (which hold no type names): F.diag, F.vision.warp_perspective, local_response_norm,
+    # F.sliding_window; an error names them
+    from megengine.jit.upstream_mge import _KNOWN_IDS
+    assert [_KNOWN_IDS.get(i) for i in (0x44F2813CBAA5C1E3, 0xDF0AF09D7156A836,
+                                        0xEB5C6AB46DCA7AC, 0x1FD3BDFBC60C1609)] == [
+        "Diag", "WarpPerspectiveV2", "LRN", "Images2Neibs"]
 
 
 def _data(name):

@@ -160,9 +160,11 @@ class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy'
                 F.nn.cross_entropy(x, F.argmax(x, axis=1)))
 
 
-class Compare(M.Module):  # comparisons with a bool result (ElemwiseMultiType in FBS files)
+class Compare(M.Module):  # comparisons with a bool result (ElemwiseMultiType in FBS files);
+    # F.arange (Linspace of a float32 count, without optimize_for_inference)
     def forward(self, x, y):
-        return x < y, x <= y, F.equal(x, y), F.not_equal(x, y), F.isnan(x), F.isinf(x)
+        return (x < y, x <= y, F.equal(x, y), F.not_equal(x, y), F.isnan(x), F.isinf(x),
+                y[1] + F.arange(4))
 
 
 def make(name, net, inputs, options, batch2=None):
@@ -244,7 +246,8 @@ def main(out_dir):
     x[0, 0], x[1, 1] = np.nan, np.inf
     y = x.copy()
     y[0, 1:] += np.array([1, -1, 0], "float32")
-    make("compare_fbs", Compare(), {"x": x, "y": y}, {"dump_format": "FBS"})
+    make("compare_fbs", Compare(), {"x": x, "y": y},
+         {"dump_format": "FBS", "optimize_for_inference": False})
 
 
 if __name__ == "__main__":
