@@ -911,7 +911,7 @@ def _read_v1(data):
         op.values = []
         for x in op.tensors:
             n, skip = x.scalar(4, "I"), x.scalar(5, "I")
-            if at + skip + n > size_at:
+            if at + n > size_at:  # (the size counts the bytes skipped)
                 raise UpstreamFormatError("load: the upstream .mge file is truncated or "
                                           f"corrupt ({op.where()}: its value is past the "
                                           "values)")

@@ -182,6 +182,23 @@ def test_fbs_header_of_older_releases():
     _check([v.numpy() for v in prog.run({"data": ref["in_data"]}).values()], _outputs(ref))
 
 
+def test_fbs_value_past_the_values_is_refused():
+    import struct
+    from megengine.jit.upstream_mge import _Table
+
+    data = bytearray(_data("cnn_fbs"))
+    graph_at = 24 + struct.unpack_from("<Q", data, 16)[0] + 4  # (upstream 1.13's header)
+    buf = bytes(data[graph_at:])
+    graph = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    tensor = graph.tables(3)[0].tables(7)[0]  # the first constant's value: 20 bytes
+    at = graph_at + tensor.pos + tensor.offsets[4]  # (Tensor.data_size)
+    assert struct.unpack_from("<I", data, at)[0] == 20
+    data[at:at + 4] = (10 ** 6).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=r"operator #0 \(ImmutableTensor\): its value "
+                                                  r"is past the values"):
+        load(io.BytesIO(bytes(data)))
+
+
 def test_unsupported_operator_of_fbs_file_is_named():
     # files of dump_format="FBS" name operators by type id only: Softmax's (upstream 1.13's
     # id, the hash of "Softmax" with its NUL) made unknown
