@@ -1,6 +1,8 @@
 """Reading upstream MegEngine's binary ``.mge`` graph files (what upstream 1.13's ``trace.dump``
 writes: FlatBuffers, file identifier ``mgv2``, ``model_version`` 2 or 1, optionally after the
-test cases' header of ``input_data``) as a program of this fork.
+test cases' header of ``input_data``; and its older format, the default of releases before
+1.13 and 1.13's ``dump_format="FBS"``: ``MGBC``, the values, FlatBuffers of schema ``mgb1``)
+as a program of this fork.
 
 `read_upstream` decodes the file with a small FlatBuffers reader (`_Table`: root offset,
 vtables, scalars, strings, vectors, union members), then runs upstream's operators, one entry
@@ -19,7 +21,8 @@ as a non-NCHW format, a quantized dtype) raises `UpstreamFormatError` at load ti
 operator and what to do; nothing is guessed.
 
 The layout of the tables (field order, enum values, defaults) follows upstream's published
-FlatBuffers schema (``schema_v2.fbs``, ``opr_param_defs.fbs``, ``dtype.fbs``); operator type
+FlatBuffers schema (``schema_v2.fbs``, ``schema.fbs`` for ``mgb1``, whose operators hold the
+same param tables, ``opr_param_defs.fbs``, ``dtype.fbs``); operator type
 ids are upstream's ``XXHash64`` (seed 20160701) of the registered name (`_type_ids`).
 """
 import io
@@ -43,9 +46,8 @@ _WHAT_TO_DO = ("re-dump the model with upstream MegEngine 1.13's trace.dump defa
 
 # upstream's formats this reader recognizes but does not read -> what wrote them
 _OTHER_FORMATS = {
-    "mgb1": "upstream's older FlatBuffers schema, as in files of dump_format='FBS'",
-    "MGBC": "upstream's dump_format='FBS': a header, the values, then FlatBuffers of its older "
-            "schema (mgb1)",
+    "mgb1": "upstream's older FlatBuffers schema without the header and the values that "
+            "files of dump_format='FBS' hold (which start with MGBC and are read)",
 }
 
 
@@ -112,12 +114,20 @@ class _Table:
         b = self.bytes(i)
         return None if b is None else b.decode("utf-8", "replace")
 
-    def tables(self, i):
+    def _refs(self, i):
+        """The positions a vector of tables or strings refers to."""
         p = self._target(i)
         if p is None:
             return []
-        return [_Table(self.buf, q + self._unpack("<I", q))
-                for q in range(p + 4, p + 4 + 4 * self._unpack("<I", p), 4)]
+        n = self._unpack("<I", p)
+        return [q + self._unpack("<I", q) for q in range(p + 4, p + 4 + 4 * n, 4)]
+
+    def tables(self, i):
+        return [_Table(self.buf, q) for q in self._refs(i)]
+
+    def strings(self, i):
+        return [bytes(self.buf[q + 4:q + 4 + self._unpack("<I", q)]).decode("utf-8", "replace")
+                for q in self._refs(i)]
 
     def scalars(self, i, fmt):
         p = self._target(i)
@@ -205,7 +215,8 @@ def _dtype(table, where):
 
 
 class _Op:
-    """One operator of the file: its type name, name, param table, inputs, outputs, tensors."""
+    """One operator of the file: its type name, name, param table, inputs, outputs, tensors
+    (and their values: ``values``, bytes each)."""
 
     def __init__(self, t, k):
         self.index = k
@@ -216,6 +227,23 @@ class _Op:
         self.inputs = t.scalars(7, "I")
         self.outputs = t.scalars(8, "I")
         self.tensors = t.tables(11)
+        self.values = [x.bytes(6) for x in self.tensors]
+
+    @classmethod
+    def v1(cls, t, k):
+        """An operator of the older schema (``mgb1``): no type name, no output ids (its
+        outputs take the next ids, `_nr_outputs` of them), values out of band (set by the
+        caller), output names with the operator."""
+        op = cls.__new__(cls)
+        op.index = k
+        op.type_id = t.scalar(0, "Q")
+        op.type = _KNOWN_IDS.get(op.type_id)
+        op.name = t.string(12)
+        op.param = t.table(2)
+        op.inputs = t.scalars(3, "I")
+        op.tensors = t.tables(7)
+        op.output_names = t.strings(5)
+        return op
 
     def where(self):
         name = f" {self.name!r}" if self.name else ""
@@ -237,10 +265,9 @@ class _Op:
         return v
 
 
-def _host_tensor(t, where):
+def _host_tensor(t, data, where):
     shape = tuple(t.scalars(1, "I"))
     dtype = _dtype(t.table(3), where)
-    data = t.bytes(6)
     if data is None or len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
         raise UpstreamFormatError(f"load: {where}: its value holds "
                                   f"{None if data is None else len(data)} bytes, not those of "
@@ -545,6 +572,7 @@ def _op_dot(op, a, b):
 
 def _op_linspace(op, start, stop, num):
     n = _scalar(num, op)
+    n = int(n) if type(n) is float else n  # (F.arange's count is a float32 constant)
     return _F().linspace(_scalar(start, op) if _is_host(start) else start,
                          _scalar(stop, op) if _is_host(stop) else stop,
                          n if bool(op.p(0, "B", 1)) else n + 1)[:n]
@@ -675,6 +703,17 @@ def _op_elemwise(op, *xs):
     return apply(Elemwise(mode), *[_tensor(x, op) for x in xs])[0]
 
 
+# ElemwiseMultiType's modes with a bool result (upstream 1.13's values; its files of mgv2 hold
+# Elemwise and TypeCvt instead, those of mgb1 this operator)
+_MULTI_TYPE_MODES = {58: "equal", 59: "not_equal", 60: "less", 61: "less_equal", 62: "isnan",
+                     63: "isinf"}
+
+
+def _op_elemwise_multi_type(op, *xs):
+    code = op.require(0, "I", tuple(_MULTI_TYPE_MODES), "ElemwiseMultiType mode")
+    return getattr(_F(), _MULTI_TYPE_MODES[code])(*xs)
+
+
 _HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
@@ -683,9 +722,11 @@ _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": l
 
 # upstream's registered operator name -> the function computing its outputs from its inputs
 _OPERATORS = {
-    # (ConvolutionV2: Convolution's name in files of model_version=1)
+    # (ConvolutionV2: Convolution's name in files of model_version=1; ConvBiasForwardV4 and
+    # ConvolutionBackwardDataV2: the names of ConvBiasForward and ConvolutionBackwardData in
+    # files of mgb1, which name operators by type id only)
     "Convolution": _op_convolution, "ConvolutionV2": _op_convolution,
-    "ConvBiasForward": _op_conv_bias,
+    "ConvBiasForward": _op_conv_bias, "ConvBiasForwardV4": _op_conv_bias,
     "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
     "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
     "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,
@@ -693,9 +734,11 @@ _OPERATORS = {
     "Subtensor": _op_subtensor, "ReduceV2": _op_reduce, "TypeCvtV2": _op_typecvt,
     "PowC": _op_powc, "Softmax": _op_softmax, "LayerNorm": _op_layer_norm, "Split": _op_split,
     "Argmax": _op_arg("argmax"), "Argmin": _op_arg("argmin"), "Elemwise": _op_elemwise,
+    "ElemwiseMultiType": _op_elemwise_multi_type,
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
     "Padding": _op_padding, "CumsumV1": _op_cumsum, "TopK": _op_topk, "Argsort": _op_argsort,
-    "ConvolutionBackwardData": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
+    "ConvolutionBackwardData": _op_conv_backward_data,
+    "ConvolutionBackwardDataV2": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
     "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
@@ -718,7 +761,9 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape", "GetVarShape",
         "SetSubtensor", "IncrSubtensor", "Copy", "Identity", "AssertEqual", "CondTake",
         "Padding", "RelayoutFormat", "Convolution3D", "Deconvolution", "LocalShare",
-        "SplitV1", "ConcatV1", "Eye", "Cumsum", "NMSKeep", "ROIAlign", "Remap"]:
+        "SplitV1", "ConcatV1", "Eye", "Cumsum", "NMSKeep", "ROIAlign", "Remap",
+        # (refused; named so in files of mgb1, which hold type ids only)
+        "Diag", "LRN", "Images2Neibs", "WarpPerspectiveV2"]:
     _KNOWN_IDS.update(_type_ids(_name))
 
 
@@ -776,8 +821,8 @@ def _testcases(data, count):
         model, end = _model(data)
         consts = {}
         for op in (_Op(t, i) for i, t in enumerate(model.tables(2))):
-            for t, out in zip(op.tensors, op.outputs):
-                consts[out] = _host_tensor(t, f"test case {k}, {op.where()}")
+            for t, v, out in zip(op.tensors, op.values, op.outputs):
+                consts[out] = _host_tensor(t, v, f"test case {k}, {op.where()}")
         cases.append([consts[v.scalar(0, "I")] for v in model.tables(4)])
         data = data[end:]
     return cases
@@ -806,17 +851,17 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"user_info names {module}.{name}")
 
 
-def _metadata(model):
-    """Upstream's Metadata table as upstream's ``Network.metadata`` dict (None: no metadata)."""
-    md = model.table(7)
+def _metadata(md, info=3, opts=2):
+    """Upstream's Metadata table ``md`` as upstream's ``Network.metadata`` dict (None: no
+    metadata); its user_info and optimize_options are fields ``info`` and ``opts``."""
     if md is None or not md.scalar(0, "?", False):
         return None
-    raw = md.bytes(3)
+    raw = md.bytes(info)
     try:
         user_info = _PlainUnpickler(io.BytesIO(raw)).load() if raw else None
     except Exception:  # (this fork's files hold no bytes: an array of them)
         user_info = np.frombuffer(raw, np.uint8).copy()
-    options = md.scalar(2, "Q", 0)
+    options = md.scalar(opts, "Q", 0)
     meta = {"user_info": user_info, "graph_modified": bool(md.scalar(1, "?", False)),
             "optimized_for_inference": bool(options)}
     if options >> 32 in _LAYOUTS:
@@ -825,10 +870,81 @@ def _metadata(model):
     return meta
 
 
+# how many vars the operators of more than one output compute (upstream 1.13 measured)
+_NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "BatchNormV1": 4,
+               "TopK": lambda op: 1 if op.p(0, "I") == 0 else 2,  # (mode KTH_ONLY: one)
+               "Split": lambda op: len(op.inputs) - 1,  # (the data, then a size each)
+               "MultipleDeviceTensorHolder": lambda op: len(op.tensors)}
+
+
+def _nr_outputs(op):
+    """How many vars an operator of an ``mgb1`` file computes (that schema numbers the vars
+    in order, without ids)."""
+    if op.output_names:
+        return len(op.output_names)
+    n = _NR_OUTPUTS.get(op.type, 1)
+    return n if type(n) is int else n(op)
+
+
+def _read_v1(data):
+    """What `_read_v2` gives (no aliases) for an ``MGBC`` file: a header (the magic,
+    reserved bytes, the size of the values), the values of the operators' tensors in order,
+    then the size-prefixed FlatBuffers graph of the older schema (``mgb1``). Upstream 1.13
+    writes 8 more reserved bytes before the size of the values than older releases did."""
+    for at in (16, 8):
+        begin = at + 8
+        size_at = begin + struct.unpack_from("<Q", data, at)[0] if len(data) >= begin else -1
+        if 0 <= size_at <= len(data) - 12 and data[size_at + 8:size_at + 12] == b"mgb1":
+            break
+    else:
+        raise UpstreamFormatError("load: the upstream .mge file (MGBC) is truncated or "
+                                  "corrupt: no graph where its header says")
+    size = struct.unpack_from("<I", data, size_at)[0]
+    buf = data[size_at + 4:size_at + 4 + size]
+    if len(buf) < size:
+        raise UpstreamFormatError(f"load: the upstream .mge file is truncated: it says {size} "
+                                  f"bytes follow, {len(buf)} do")
+    graph = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    ops, names, at = [], [], begin
+    for k, t in enumerate(graph.tables(3)):
+        op = _Op.v1(t, k)
+        op.values = []
+        for x in op.tensors:
+            n, skip = x.scalar(4, "I"), x.scalar(5, "I")
+            if at + n > size_at:  # (the size counts the bytes skipped)
+                raise UpstreamFormatError("load: the upstream .mge file is truncated or "
+                                          f"corrupt ({op.where()}: its value is past the "
+                                          "values)")
+            op.values.append(data[at + skip:at + n] if n else None)
+            at += n
+        op.outputs = list(range(len(names), len(names) + _nr_outputs(op)))
+        names += op.output_names or [None] * len(op.outputs)
+        ops.append(op)
+    p = graph._target(4)
+    outputs = [] if p is None else [graph._unpack("<I", p + 4 + 8 * i)
+                                    for i in range(graph._unpack("<I", p))]
+    return ops, names, outputs, {}, _metadata(graph.table(5), info=2, opts=3), size_at + 4 + size
+
+
+def _read_v2(data):
+    """(operators, var names, output vars, output aliases, metadata, the bytes it takes) of
+    the model of schema ``mgv2`` at the start of ``data``."""
+    model, end = _model(data)
+    version = model.scalar(1, "I")
+    if version not in (1, 2):  # (1: operators of serialization version 1 only)
+        raise UpstreamFormatError(f"load: upstream model_version {version} is not read "
+                                  f"(model_version 1 and 2 are); {_WHAT_TO_DO}")
+    return ([_Op(t, k) for k, t in enumerate(model.tables(2))],
+            [t.string(0) for t in model.tables(3)],
+            [v.scalar(0, "I") for v in model.tables(4)],
+            {v.scalar(0, "I"): v.string(1) for v in model.tables(5)},
+            _metadata(model.table(7)), end)
+
+
 def read_upstream(data):
     """(graph.json dict, arrays) of this fork's format for the upstream file bytes ``data``."""
     kind = is_upstream(data)
-    if kind != "mgv2":
+    if kind not in ("mgv2", "MGBC"):
         raise UpstreamFormatError(
             f"load: this is an upstream MegEngine graph file in the {kind!r} format "
             f"({_OTHER_FORMATS[kind]}), which this fork does not read; {_WHAT_TO_DO}")
@@ -836,17 +952,8 @@ def read_upstream(data):
         count = 0
         if data[:8] == b"mgbtest0":
             count, data = struct.unpack_from("<I", data, 8)[0], data[12:]
-        model, end = _model(data)
-        version = model.scalar(1, "I")
-        if version not in (1, 2):  # (1: operators of serialization version 1 only)
-            raise UpstreamFormatError(f"load: upstream model_version {version} is not read "
-                                      f"(model_version 1 and 2 are); {_WHAT_TO_DO}")
-        ops = [_Op(t, k) for k, t in enumerate(model.tables(2))]
-        names = [t.string(0) for t in model.tables(3)]
-        outputs = [v.scalar(0, "I") for v in model.tables(4)]
-        aliases = {v.scalar(0, "I"): v.string(1) for v in model.tables(5)}
-        meta = _metadata(model)
-        cases = _testcases(data[end:], count)
+        ops, names, outputs, aliases, meta, end = (_read_v1 if kind == "MGBC" else _read_v2)(data)
+        cases = _testcases(data[end:], count)  # (of schema mgv2 after either)
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise UpstreamFormatError(f"load: the upstream .mge file is truncated or corrupt "
                                   f"({e})") from e
@@ -906,6 +1013,12 @@ def _translate(ops, names, outputs, aliases, meta, cases):
     outputs = [next((a.inputs[1] for a in asserts if a.outputs[0] == i), i) for i in outputs]
     feeds = [op for op in ops if op.type == "Host2DeviceCopy"]
     inputs = [op for op in feeds if op.outputs[0] not in expected]
+    for a in asserts:  # (a file of mgb1 names the check, not the value it checks: that is
+        # its expected value's name without the ":expect" upstream's dump adds)
+        expect = next((_input_spec(op, names)[0] for op in feeds
+                       if op.outputs[0] == a.inputs[0]), "")
+        if names[a.inputs[1]] is None and expect.endswith(":expect"):
+            names[a.inputs[1]] = expect[:-len(":expect")]
     made = set()
     for op in ops:  # (ids out of order or range: a corrupt file)
         missing = [i for i in op.inputs if i not in made]
@@ -928,8 +1041,8 @@ def _translate(ops, names, outputs, aliases, meta, cases):
         if op.type in ("ImmutableTensor", "MultipleDeviceTensorHolder"):
             if len(op.tensors) != len(op.outputs):
                 op.refuse(f"{len(op.tensors)} values for {len(op.outputs)} outputs")
-            for t, k in zip(op.tensors, op.outputs):
-                consts[k] = (_host_tensor(t, op.where()), names[k] or t.string(0) or op.name)
+            for t, v, k in zip(op.tensors, op.values, op.outputs):
+                consts[k] = (_host_tensor(t, v, op.where()), names[k] or t.string(0) or op.name)
 
     def program(*args):
         values = dict(zip((op.outputs[0] for op in inputs), args))

@@ -160,6 +160,13 @@ class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy'
                 F.nn.cross_entropy(x, F.argmax(x, axis=1)))
 
 
+class Compare(M.Module):  # comparisons with a bool result (ElemwiseMultiType in FBS files);
+    # F.arange (Linspace of a float32 count, without optimize_for_inference)
+    def forward(self, x, y):
+        return (x < y, x <= y, F.equal(x, y), F.not_equal(x, y), F.isnan(x), F.isinf(x),
+                y[1] + F.arange(4))
+
+
 def make(name, net, inputs, options, batch2=None):
     net.eval()
 
@@ -188,8 +195,8 @@ def make(name, net, inputs, options, batch2=None):
     print(name, os.path.getsize(f"{name}.mge"), "bytes")
 
 
-def make_testcase():
-    """testcase.mge: upstream's dump(input_data=...), test cases after the model; no .npz (the
+def make_testcase(name="testcase", **options):
+    """NAME.mge: upstream's dump(input_data=...), test cases after the model; no .npz (the
     expected outputs in the file are upstream's)."""
     net = M.Sequential(M.Linear(4, 3), M.ReLU())
     net.eval()
@@ -199,9 +206,9 @@ def make_testcase():
         return net(x)
 
     f(mge.tensor(np.ones((2, 4), "float32")))
-    f.dump("testcase.mge", arg_names=["data"], input_data=["#rand(0,1,2,4)"],
-           maxerr=1e-3, silent=True)
-    print("testcase", os.path.getsize("testcase.mge"), "bytes")
+    f.dump(f"{name}.mge", arg_names=["data"], input_data=["#rand(0,1,2,4)"],
+           maxerr=1e-3, silent=True, **options)
+    print(name, os.path.getsize(f"{name}.mge"), "bytes")
 
 
 def main(out_dir):
@@ -226,6 +233,21 @@ def main(out_dir):
     make_testcase()
     make("sizes", Sizes(), {"x": img(2, 3, 4)}, {}, batch2=3)
     make("onehot", OneHot(), {"x": img(3, 5)}, {}, batch2=2)
+    # upstream's older format (MGBC: a header, the values, FlatBuffers of schema mgb1), which
+    # upstream releases before 1.13 wrote by default
+    make("cnn_fbs", CNN(), {"data": img(2, 3, 12, 12)}, {"dump_format": "FBS"}, batch2=3)
+    make("mobile_fbs", MobileBlock(), {"data": img(2, 4, 6, 6)},
+         {"dump_format": "FBS", "enable_fuse_conv_bias_nonlinearity": True,
+          "user_info": {"model": "mobile"}}, batch2=3)
+    make("ops_fbs", Ops(), {"x": img(2, 2, 3, 3)},
+         {"dump_format": "FBS", "optimize_for_inference": False}, batch2=3)
+    make_testcase("testcase_fbs", dump_format="FBS")
+    x = img(2, 4)
+    x[0, 0], x[1, 1] = np.nan, np.inf
+    y = x.copy()
+    y[0, 1:] += np.array([1, -1, 0], "float32")
+    make("compare_fbs", Compare(), {"x": x, "y": y},
+         {"dump_format": "FBS", "optimize_for_inference": False})
 
 
 if __name__ == "__main__":
