@@ -3,7 +3,8 @@ Python load_and_run) on inputs from files, on random data or on the test cases t
 ``--iter`` times after ``--warm-up`` runs; print each run's time and a summary of the outputs,
 check the stored test cases' outputs, and write a profile with ``--profile``.
 
-The file is one `megengine.jit.trace.dump` wrote (upstream's binary ``.mge`` cannot be read).
+The file is one `megengine.jit.trace.dump` wrote, or an upstream MegEngine ``.mge`` file
+(`megengine.jit.upstream_mge`).
 ``--enable-io16xc32`` / ``--enable-ioc16`` run it converted to float16, as upstream's optimizer
 does. Other options of upstream's C++ graph runtime (``--fast-run``, the ``--enable-*`` layout and fusion
 passes, ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
