@@ -359,6 +359,11 @@ def _build(tracer, module, is_top, memo):
     for k, v in list(state.items()):
         if isinstance(v, Tensor) and id(v) not in tracer.read_attrs and k != "_modules":
             del state[k]  # as upstream: a tensor forward never reads is not kept
+        elif callable(v) and not isinstance(v, (Module, type)):
+            # a function attribute (self.act = lambda x: ...): the graph holds what forward
+            # called; upstream's TracedModule drops it too, and a lambda would make the
+            # TracedModule impossible to save
+            del state[k]
         else:
             state[k] = _replace_modules(tracer, v, memo)
             if k != "_modules":
