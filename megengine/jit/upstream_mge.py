@@ -33,6 +33,8 @@ import struct
 
 import numpy as np
 
+from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (OptionalAxisV1's "no axis")
+
 __all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
 
 
@@ -374,9 +376,6 @@ def _op_adaptive_pooling(op, x, shape):
 def _op_matmul(op, a, b):
     op.require(3, "I", (0,), "format")
     return _F().matmul(a, b, bool(op.p(0, "B")), bool(op.p(1, "B")))
-
-
-_NO_AXIS = 7  # OptionalAxisV1's "no axis" (upstream's MAX_NDIM)
 
 
 def _op_reshape(op, x, shape):

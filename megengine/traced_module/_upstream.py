@@ -28,6 +28,7 @@ import inspect
 import pickle
 from collections import OrderedDict, defaultdict
 
+from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (None in this fork's op)
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, _is_node,
                    no_args_def)
@@ -35,7 +36,6 @@ from .node import ModuleNode, TensorNode
 from .pytree import SUPPORTED_TYPE, TreeDef, tree_flatten
 
 UPSTREAM = "upstream"  # the kind of a TreeDef that holds upstream's pickled state
-_NO_AXIS = 7  # upstream's "no axis" of an op descriptor (MEGDNN_MAX_NDIM): None here
 
 
 def is_upstream_state(state):
@@ -324,7 +324,6 @@ def link_module(module):
         if graph._total_ids is None:
             ids = [n._id for n in graph.nodes()], [e._id for e in graph.exprs()]
             graph._total_ids = tuple(max(i, default=-1) + 1 for i in ids)
-
 
 
 # ----- writing: a TracedModule pickled in upstream's layout -----

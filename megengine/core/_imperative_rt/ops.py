@@ -256,6 +256,11 @@ class TypeCvt(OpDef):
         return (x.astype(self.dtype),)
 
 
+# upstream's "no axis" of its OptionalAxis params (its MAX_NDIM), which its files and pickles
+# hold; None in these descriptors
+NO_AXIS = 7
+
+
 class GetVarShape(OpDef):
     """The input's shape as an int32 tensor on its device (one entry when ``axis`` is given).
 
