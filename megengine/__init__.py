@@ -1,4 +1,6 @@
 """megengine: MegEngine's 1.x Python API on a numpy engine, with PyTorch modules embeddable inside."""
+import warnings as _warnings
+
 from .device import (_full_sync, _sync, get_default_device, get_device_count,
                      is_cuda_available, set_default_device)
 from .logger import enable_debug_log, get_logger, set_log_file, set_log_level
@@ -7,6 +9,14 @@ from .logger import enable_debug_log, get_logger, set_log_file, set_log_level
 from .tensor import Parameter, Tensor, tensor
 
 __version__ = "1.13.0.dev0+fork"
+
+# The engine's numpy kernels give IEEE results for log(0), 0 / 0, sqrt(-1), overflow and the
+# mean of nothing (inf, NaN) silently, as upstream's C++ kernels and torch's do: numpy's
+# RuntimeWarnings for them are left out where megengine's own code computes. A program's own
+# numpy code, and the RuntimeWarnings megengine issues itself, still warn.
+_warnings.filterwarnings(
+    "ignore", r"(divide by zero|invalid value|overflow|underflow) encountered"
+    r"|Mean of empty slice|Degrees of freedom <= 0", RuntimeWarning, r"megengine(\.|$)")
 
 __all__ = [
     "Tensor", "Parameter", "tensor", "get_default_device", "set_default_device",

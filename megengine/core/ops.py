@@ -1162,6 +1162,9 @@ def _reduce_kept(x, mode, axes):
     reduce = _NP_REDUCE.get(mode) if type(x) is np.ndarray else None
     if reduce is not None:
         return reduce(x, axes, None, None, True)
+    if mode == "mean" and x.size == 0 and type(x) is np.ndarray:
+        with np.errstate(invalid="ignore"):  # NaN (0 / 0) without numpy's two warnings
+            return x.sum(axis=axes, keepdims=True) / x.dtype.type(0)
     return getattr(x, mode)(axis=axes, keepdims=True)
 
 

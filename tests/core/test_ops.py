@@ -154,3 +154,38 @@ def test_power_gradient_in_the_exponent_is_nan_for_a_negative_base():
     (ta ** tb).sum().backward()
     np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-6)
     assert np.isnan(b.grad.numpy()[:2]).all() and b.grad.numpy()[2:4].tolist() == [0.0, 0.0]
+
+
+def test_floating_point_special_cases_give_inf_and_nan_without_numpy_warnings():
+    # Upstream's C++ kernels and torch's give inf / NaN for these without a word; numpy warns.
+    # Under -W error::RuntimeWarning (a test suite's common setting) the engine must not stop,
+    # while the program's own numpy call still does.
+    import subprocess
+    import sys
+
+    code = """if True:
+        import numpy as np, megengine as mge, megengine.functional as F
+        from megengine.autodiff import GradManager
+        x = mge.Parameter(np.array([0.0, -1.0, 1.0], np.float32))
+        gm = GradManager().attach(x)
+        with gm:
+            ys = [F.log(x), F.sqrt(x), x / 0, F.exp(x * 1000), F.log1p(x - 1), x ** -1,
+                  F.logsumexp(mge.tensor(np.full((2, 2), -np.inf, np.float32)), axis=1),
+                  mge.tensor(np.full(3, 6e4, np.float16)) * 2,
+                  F.mean(F.zeros((0, 3)), axis=0)]
+            gm.backward(F.log(x).sum())
+        print([y.numpy().tolist() for y in ys] + [x.grad.numpy().tolist()])
+        try:
+            np.log(np.zeros(1, np.float32))
+        except RuntimeWarning as e:
+            print("program's own:", e)
+    """
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    values, own = out.stdout.strip().splitlines()
+    nan, inf = float("nan"), float("inf")
+    assert values == str([[-inf, nan, 0.0], [0.0, nan, 1.0], [nan, -inf, inf],
+                          [1.0, 0.0, inf], [-inf, nan, 0.0], [inf, -1.0, 1.0], [-inf, -inf],
+                          [inf, inf, inf], [nan, nan, nan]] + [[inf, -1.0, 1.0]])
+    assert own == "program's own: divide by zero encountered in log"

@@ -16,7 +16,7 @@ def test_float16_dropout_with_an_overflowing_scale_drops_to_zero_not_nan():
     rand.seed(1)
     x = mge.tensor(np.ones(2000, np.float16))
     gm = GradManager().attach([x])
-    with gm, pytest.warns(RuntimeWarning, match="overflow"):  # (numpy's, on the scale)
+    with gm:
         y = F.nn.dropout(x, 0.99999)
         gm.backward(y.sum())
     v, g = y.numpy(), x.grad.numpy()
