@@ -28,6 +28,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ...core import amp as _amp
+from ...core import dispatch as _dispatch
 from ...core import torch_bridge as _bridge
 from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
@@ -762,6 +763,11 @@ class _TorchCall(Op):
         else:
             args = [_fill(t, given) for t in template]
             kwargs = {k: _fill(v, given) for k, v in self.kw_template.items()}
+        # torch may write parameters in place in forward (nn.Embedding(max_norm=...) renormalises
+        # the rows it looks up, a clamp_ under no_grad): a megengine op recorded before may
+        # have kept the old value for its backward, which must then raise, as torch's does
+        params = w._torch_params.items
+        param_versions = [p._version for p in params] if _dispatch._recording > 0 else None
         if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
             with torch.set_grad_enabled(want_grad), \
                     _amp.torch_autocast(_torch_device(w._device).type):
@@ -773,6 +779,10 @@ class _TorchCall(Op):
                 out = w._torch_module(*args, **kwargs)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
+        if param_versions is not None and [p._version for p in params] != param_versions:
+            for mp, p, version in zip(w._mge_params.items, params, param_versions):
+                if p._version != version:
+                    _dispatch.note_pinned_write(mp._data)
         if type(out) is torch.Tensor and w.output_cnt == 1:
             outs, self.structure = [out], None
         else:
@@ -858,7 +868,10 @@ class _TorchCall(Op):
                         "place. If the program wrote a parameter or buffer of the wrapped "
                         "module (set_value, +=, an optimizer's step, load_state_dict) after "
                         "the forward and before gm.backward, write it before `with gm:` or "
-                        f"after the backward (torch: {e})"
+                        "after the backward. If the torch module wrote it in its own forward "
+                        "after using it (nn.Embedding(max_norm=...) renormalises the rows it "
+                        "looks up), torch alone raises the same: use the value before the "
+                        f"write, or compute with a copy (torch: {e})"
                     ) from e
                 raise
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
