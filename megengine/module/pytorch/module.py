@@ -361,11 +361,28 @@ class PyTorchModule(Module):
         return f"{type(self._torch_module).__name__}, device={self._device}"
 
 
+_MIRRORED_DTYPES = frozenset((torch.float16, torch.float32, torch.float64, torch.int8, torch.int16,
+                              torch.int32, torch.int64, torch.uint8, torch.bool))  # numpy's too
+
+
 def _refuse_unsupported(torch_module):
     """Modules whose tensors cannot be mirrored at construction get a clear refusal here."""
-    lazy = [name for name, t in list(torch_module.named_parameters())
-            + list(torch_module.named_buffers())
-            if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    named = list(torch_module.named_parameters()) + list(torch_module.named_buffers())
+    lazy = [name for name, t in named if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    non_persistent = {f"{prefix}.{b}" if prefix else b for prefix, m in torch_module.named_modules()
+                      for b in getattr(m, "_non_persistent_buffers_set", ())}
+    odd = {name: str(t.dtype).replace("torch.", "") for name, t in named
+           if t.dtype not in _MIRRORED_DTYPES and name not in non_persistent}
+    if odd:
+        raise TypeError(
+            f"PyTorchModule: the torch module's parameters or buffers {odd} have dtypes megengine "
+            "cannot hold (numpy has no bfloat16 and megengine no complex tensors), so their memory "
+            "cannot be shared. Keep bfloat16 ones in float32 (module.float()) and compute in "
+            "bfloat16 under megengine.amp.autocast(low_prec_dtype='bfloat16') or torch.autocast "
+            "inside forward; keep a complex one as its real view (torch.view_as_real, a last "
+            "dimension of 2) and call torch.view_as_complex in forward; or register such a "
+            "tensor as a non-persistent buffer (megengine then neither trains nor saves it)"
+        )
     if lazy:
         raise ValueError(
             f"PyTorchModule: the torch module has uninitialized (lazy) parameters or buffers "
