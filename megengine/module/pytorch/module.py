@@ -258,6 +258,16 @@ class PyTorchModule(Module):
                 if current is None:
                     current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
+                if isinstance(tmod, torch.nn.RNNBase) and isinstance(current, torch.Tensor):
+                    # on a GPU, flatten_parameters() copies the weights into new memory on
+                    # every call (ATen's _cudnn_rnn_flatten_weight, then set_)
+                    raise RuntimeError(
+                        f"PyTorchModule: the weight {name!r} of torch {type(tmod).__name__} "
+                        "moved to new memory, as flatten_parameters() does on a GPU on every "
+                        "call, so it no longer shares memory with megengine. Call "
+                        "flatten_parameters() once, on the GPU, before wrapping the module, "
+                        "not in forward; then wrap the module again"
+                    )
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
                     "tensor (assigned anew, or moved by .to()/.half()), so it no longer shares "
