@@ -393,6 +393,15 @@ def _refuse_unsupported(torch_module):
             "dimension of 2) and call torch.view_as_complex in forward; or register such a "
             "tensor as a non-persistent buffer (megengine then neither trains nor saves it)"
         )
+    hooked = [name for name, t in named if getattr(t, "_post_accumulate_grad_hooks", None)]
+    if hooked:
+        raise ValueError(
+            f"PyTorchModule: the torch parameters {hooked} have hooks that run after torch "
+            "accumulates a gradient into .grad (register_post_accumulate_grad_hook); the wrapper "
+            "hands gradients to megengine instead, so they would never run. Remove them and act "
+            "on the gradient with a hook on the tensor (register_hook, which runs) or a megengine "
+            "GradManager callback (GradManager().attach(params, callbacks=...))"
+        )
     if lazy:
         raise ValueError(
             f"PyTorchModule: the torch module has uninitialized (lazy) parameters or buffers "
