@@ -240,6 +240,32 @@ def test_frozen_and_sometimes_unused_parameters_train_like_torch(optimizer):
     assert net.wrap.get_param_by_name("b.weight").grad is None
 
 
+def test_a_submodule_unfrozen_during_training_trains_like_torch():
+    torch.manual_seed(0)
+    tmod = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))
+    tmod[0].requires_grad_(False)
+    ref = copy.deepcopy(tmod).to(torch_device())
+    wrap = PyTorchModule(tmod)
+    first = torch_host(tmod[0].weight).copy()
+    opt = optim.SGD(wrap.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    gm = GradManager().attach(wrap.parameters())
+    for step, (x,) in enumerate(_batches((5, 4), steps=4)):
+        if step == 2:
+            tmod[0].requires_grad_(True)
+            ref[0].requires_grad_(True)
+        with gm:
+            gm.backward(F.sum(wrap(mge.tensor(x)) ** 2))
+        opt.step().clear_grad()
+        ref_opt.zero_grad()
+        (ref(torch.tensor(x, device=torch_device())) ** 2).sum().backward()
+        ref_opt.step()
+    for name, value in ref.state_dict().items():
+        np.testing.assert_allclose(torch_host(tmod.state_dict()[name]), torch_host(value),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.allclose(torch_host(tmod[0].weight), first)  # trained after unfreezing
+
+
 class _Lookup(nn.Module):
     def __init__(self, **kwargs):
         super().__init__()
