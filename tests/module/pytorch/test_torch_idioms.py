@@ -443,6 +443,7 @@ def test_attention_and_transformer_layers_train_like_torch(make, mode):
 
 
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True:UserWarning")
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype:UserWarning")
 def test_transformer_encoder_fast_path_in_eval_inference_matches_torch():
     """Without gradients in eval mode torch runs its fused fast path (and with a padding mask
     nested tensors); the wrapper's call is such a call too."""
@@ -481,6 +482,7 @@ class _Packed(nn.Module):
         return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], h
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("make", [
     lambda: _Recurrent(nn.LSTM, bidirectional=True, dropout=0.3),
@@ -544,6 +546,7 @@ def _traced():
     return torch.jit.trace(_Block(), torch.randn(3, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("make", [_compiled, _traced], ids=["torch.compile", "torch.jit.trace"])
 def test_compiled_and_traced_modules_train_like_torch(make):
     try:
