@@ -214,6 +214,25 @@ def test_hooks_on_gradient_accumulation_are_refused_as_they_would_never_run():
         PyTorchModule(tmod)
 
 
+class _WithAuxiliaryLoss(nn.Module):
+    """A mixture-of-experts style module returning its load-balancing loss next to its output
+    (kept in an attribute instead, megengine could not differentiate it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.experts = nn.Linear(4, 2), nn.ModuleList([nn.Linear(4, 3) for _ in range(2)])
+
+    def forward(self, x):
+        weights = torch.softmax(self.gate(x), dim=-1)
+        y = sum(weights[:, i:i + 1] * expert(x) for i, expert in enumerate(self.experts))
+        return y, (weights.mean(0) ** 2).sum() * 2
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_an_auxiliary_loss_returned_as_an_output_trains_like_torch(optimizer):
+    _train_like_torch(_WithAuxiliaryLoss, _batches((5, 4)), optimizer, output_cnt=2)
+
+
 # ----- frozen, unused and tied parameters -----
 
 class _PartlyFrozen(nn.Module):
