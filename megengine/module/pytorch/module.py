@@ -28,6 +28,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ...core import amp as _amp
+from ...core import dispatch as _dispatch
 from ...core import torch_bridge as _bridge
 from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
@@ -257,6 +258,16 @@ class PyTorchModule(Module):
                 if current is None:
                     current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
+                if isinstance(tmod, torch.nn.RNNBase) and isinstance(current, torch.Tensor):
+                    # on a GPU, flatten_parameters() copies the weights into new memory on
+                    # every call (ATen's _cudnn_rnn_flatten_weight, then set_)
+                    raise RuntimeError(
+                        f"PyTorchModule: the weight {name!r} of torch {type(tmod).__name__} "
+                        "moved to new memory, as flatten_parameters() does on a GPU on every "
+                        "call, so it no longer shares memory with megengine. Call "
+                        "flatten_parameters() once, on the GPU, before wrapping the module, "
+                        "not in forward; then wrap the module again"
+                    )
                 raise RuntimeError(
                     f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
                     "tensor (assigned anew, or moved by .to()/.half()), so it no longer shares "
@@ -360,11 +371,37 @@ class PyTorchModule(Module):
         return f"{type(self._torch_module).__name__}, device={self._device}"
 
 
+_MIRRORED_DTYPES = frozenset((torch.float16, torch.float32, torch.float64, torch.int8, torch.int16,
+                              torch.int32, torch.int64, torch.uint8, torch.bool))  # numpy's too
+
+
 def _refuse_unsupported(torch_module):
     """Modules whose tensors cannot be mirrored at construction get a clear refusal here."""
-    lazy = [name for name, t in list(torch_module.named_parameters())
-            + list(torch_module.named_buffers())
-            if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    named = list(torch_module.named_parameters()) + list(torch_module.named_buffers())
+    lazy = [name for name, t in named if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    non_persistent = {f"{prefix}.{b}" if prefix else b for prefix, m in torch_module.named_modules()
+                      for b in getattr(m, "_non_persistent_buffers_set", ())}
+    odd = {name: str(t.dtype).replace("torch.", "") for name, t in named
+           if t.dtype not in _MIRRORED_DTYPES and name not in non_persistent}
+    if odd:
+        raise TypeError(
+            f"PyTorchModule: the torch module's parameters or buffers {odd} have dtypes megengine "
+            "cannot hold (numpy has no bfloat16 and megengine no complex tensors), so their memory "
+            "cannot be shared. Keep bfloat16 ones in float32 (module.float()) and compute in "
+            "bfloat16 under megengine.amp.autocast(low_prec_dtype='bfloat16') or torch.autocast "
+            "inside forward; keep a complex one as its real view (torch.view_as_real, a last "
+            "dimension of 2) and call torch.view_as_complex in forward; or register such a "
+            "tensor as a non-persistent buffer (megengine then neither trains nor saves it)"
+        )
+    hooked = [name for name, t in named if getattr(t, "_post_accumulate_grad_hooks", None)]
+    if hooked:
+        raise ValueError(
+            f"PyTorchModule: the torch parameters {hooked} have hooks that run after torch "
+            "accumulates a gradient into .grad (register_post_accumulate_grad_hook); the wrapper "
+            "hands gradients to megengine instead, so they would never run. Remove them and act "
+            "on the gradient with a hook on the tensor (register_hook, which runs) or a megengine "
+            "GradManager callback (GradManager().attach(params, callbacks=...))"
+        )
     if lazy:
         raise ValueError(
             f"PyTorchModule: the torch module has uninitialized (lazy) parameters or buffers "
@@ -762,6 +799,11 @@ class _TorchCall(Op):
         else:
             args = [_fill(t, given) for t in template]
             kwargs = {k: _fill(v, given) for k, v in self.kw_template.items()}
+        # torch may write parameters in place in forward (nn.Embedding(max_norm=...) renormalises
+        # the rows it looks up, a clamp_ under no_grad): a megengine op recorded before may
+        # have kept the old value for its backward, which must then raise, as torch's does
+        params = w._torch_params.items
+        param_versions = [p._version for p in params] if _dispatch._recording > 0 else None
         if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
             with torch.set_grad_enabled(want_grad), \
                     _amp.torch_autocast(_torch_device(w._device).type):
@@ -773,6 +815,10 @@ class _TorchCall(Op):
                 out = w._torch_module(*args, **kwargs)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
+        if param_versions is not None and [p._version for p in params] != param_versions:
+            for mp, p, version in zip(w._mge_params.items, params, param_versions):
+                if p._version != version:
+                    _dispatch.note_pinned_write(mp._data)
         if type(out) is torch.Tensor and w.output_cnt == 1:
             outs, self.structure = [out], None
         else:
@@ -858,7 +904,10 @@ class _TorchCall(Op):
                         "place. If the program wrote a parameter or buffer of the wrapped "
                         "module (set_value, +=, an optimizer's step, load_state_dict) after "
                         "the forward and before gm.backward, write it before `with gm:` or "
-                        f"after the backward (torch: {e})"
+                        "after the backward. If the torch module wrote it in its own forward "
+                        "after using it (nn.Embedding(max_norm=...) renormalises the rows it "
+                        "looks up), torch alone raises the same: use the value before the "
+                        f"write, or compute with a copy (torch: {e})"
                     ) from e
                 raise
             # torch may return one tensor (or the incoming gradient itself) for several inputs,
