@@ -45,6 +45,13 @@ def is_complex_data(value):
 
 
 def _as_array(value, dtype, device, copy):
+    if getattr(value, "requires_grad", False) and type(value).__module__.startswith("torch"):
+        # (torch refuses numpy() of it, pointing to detach(), which would lose its gradient)
+        raise TypeError(
+            "cannot make a megengine tensor from a torch tensor that requires grad: megengine "
+            "would hold a copy of its value, and its gradient would be lost. To train through "
+            "the torch code that made it, return it as one more output of the PyTorchModule "
+            "that runs that code (output_cnt); to use its value alone, pass tensor.detach()")
     xp = _device_mod.get_array_module(device)
     if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
         _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),

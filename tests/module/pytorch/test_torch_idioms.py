@@ -233,6 +233,32 @@ def test_an_auxiliary_loss_returned_as_an_output_trains_like_torch(optimizer):
     _train_like_torch(_WithAuxiliaryLoss, _batches((5, 4)), optimizer, output_cnt=2)
 
 
+def test_an_auxiliary_loss_kept_in_an_attribute_is_refused_with_the_fix():
+    # torch's own error ("Can't call numpy() on Tensor that requires grad. Use
+    # tensor.detach()...") pointed to a detach that would drop the loss's gradient silently
+    class Kept(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _WithAuxiliaryLoss()
+
+        def forward(self, x):
+            y, self.aux_loss = self.inner(x)
+            return y
+
+    tmod = Kept()
+    wrap = PyTorchModule(tmod)
+    gm = GradManager().attach(wrap.parameters())
+    x = mge.tensor(np.ones((5, 4), np.float32))
+    with gm:
+        loss = wrap(x).sum()
+        for use in (lambda: loss + tmod.aux_loss, lambda: mge.tensor(tmod.aux_loss),
+                    lambda: F.add(loss, tmod.aux_loss)):
+            with pytest.raises(TypeError, match="return it as one more output of the "
+                                                "PyTorchModule"):
+                use()
+        gm.backward(loss + tmod.aux_loss.item())  # its value alone: allowed
+
+
 # ----- frozen, unused and tied parameters -----
 
 class _PartlyFrozen(nn.Module):
