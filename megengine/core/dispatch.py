@@ -340,9 +340,13 @@ def _refuse_stale_pinned(order, key):
                             raise RuntimeError(
                                 f"{op!r}: a value it saved for this backward was changed in "
                                 "place: the memory of a PyTorchModule's parameter or buffer "
-                                "(torch's), written (set_value, +=, an optimizer's step, "
-                                "load_state_dict) after the forward used it and before "
-                                "gm.backward. Write it before `with gm:` or after the backward")
+                                "(torch's), written after the forward used it and before "
+                                "gm.backward. Written by the program (set_value, +=, an "
+                                "optimizer's step, load_state_dict): write it before `with gm:` "
+                                "or after the backward. Written by the torch module in its own "
+                                "forward (nn.Embedding(max_norm=...) renormalises the rows it "
+                                "looks up), which torch alone refuses the same way: use the "
+                                "parameter only after that forward, or use a copy of it")
 
 
 def _is_torch_tensor(a):
