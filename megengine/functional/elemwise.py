@@ -93,6 +93,7 @@ def _float_pair(op, a, b):
 
 
 class Atan2(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     quantized = "values"
 
     def compute(self, y, x):
@@ -110,6 +111,7 @@ class Atan2(_Binary):
 
 
 class LogAddExp(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     quantized = "values"
 
     def compute(self, a, b):
@@ -229,7 +231,15 @@ class _Unary(Op):
 def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",)):
     return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
                                   "to_float": to_float, "holomorphic": holomorphic,
-                                  "backward_reads": reads})
+                                  "backward_reads": reads,
+                                  "autocast": "high" if name in _AUTOCAST_HIGH else None})
+
+
+# the functions upstream's autocast computes in its high precision dtype (float32; its atan is
+# atan2(x, 1)): every other unary function keeps its input's dtype under autocast (tanh, floor,
+# abs, ...)
+_AUTOCAST_HIGH = {"Exp", "Expm1", "Log", "Log1p", "Sqrt", "Sin", "Cos", "Tan", "Asin", "Acos",
+                  "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh"}
 
 
 def _no_grad(xp, x, y, g):
