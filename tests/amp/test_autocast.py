@@ -366,3 +366,10 @@ def test_traced_functions_cast_as_eager_ones(symbolic):
         assert (mm.dtype, e.dtype, d.dtype) == (np.float16, np.float32, np.float32)
         np.testing.assert_allclose(e.numpy(), np.exp(x), rtol=1e-6)
 
+
+def test_upstreams_import_path_of_the_state_module():
+    import megengine.core.tensor.amp as core_amp  # upstream's path (a module here, not a package)
+
+    assert core_amp is origin_amp
+    with amp.autocast():
+        assert core_amp.enabled and core_amp._get_amp_dtype_autocast()
