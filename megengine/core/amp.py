@@ -77,8 +77,8 @@ def autocasts(op):
 
 def not_covered(func):
     """Decorate a function that upstream runs as one op its autocast has no rule for (multi-head
-    attention): it runs with autocast off, so its result keeps its inputs' dtype, although the
-    ops it is composed of here (matmul, linear) are ones autocast covers."""
+    attention, Elemwise's FAST_TANH): it runs with autocast off, so its result keeps its inputs'
+    dtype, although the ops it is composed of here (matmul, division) are ones autocast covers."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         if not _enabled:

@@ -1,6 +1,7 @@
 """Element-wise math functions (F.add, F.exp, F.clip, ...): thin wrappers over elemwise ops."""
 import numpy as np
 
+from ..core import amp as _amp
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
@@ -621,8 +622,10 @@ _MODES = {
     "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
     "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
     "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
-    # upstream's kernel is this rational approximation of tanh, not tanh itself
-    "FAST_TANH": lambda x: div(mul(x, add(27, mul(x, x))), add(27, mul(9, mul(x, x)))),
+    # upstream's kernel is this rational approximation of tanh, not tanh itself (one mode, which
+    # autocast leaves in its input's dtype: its division is not cast)
+    "FAST_TANH": _amp.not_covered(
+        lambda x: div(mul(x, add(27, mul(x, x))), add(27, mul(9, mul(x, x))))),
     # gradient modes: (forward input or output, incoming gradient) -> input gradient
     "ABS_GRAD": lambda x, g: mul(_math("sign")(x), g),
     "SIGMOID_GRAD": lambda y, g: mul(mul(y, sub(1, y)), g),
