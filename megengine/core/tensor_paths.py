@@ -1,7 +1,7 @@
 """Upstream's module paths below `megengine.core.tensor`, which here is a module (the Tensor
-class's file), not a package: ``.dtype``, ``.amp``, ``.utils``, ``.array_method``, ``.megbrain_graph``,
-and upstream 1.0-1.2's ``.tensor_wrapper``, ``.function``, ``.raw_tensor``, ``.core``,
-``.tensor``, registered as aliases when `megengine.core.tensor` loads."""
+class's file), not a package: ``.dtype``, ``.amp``, ``.utils``, ``.array_method``,
+``.megbrain_graph``, and upstream 1.0-1.2's ``.tensor_wrapper``, ``.function``, ``.raw_tensor``,
+``.core``, ``.tensor``, registered as aliases when `megengine.core.tensor` loads."""
 import sys
 
 from . import _imperative_rt
