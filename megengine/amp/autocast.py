@@ -12,7 +12,10 @@ class autocast:
     ``low_prec_dtype``: the compute dtype of matmul, linear and convolutions, and the
     ``torch.autocast`` dtype of PyTorchModule calls (default ``"float16"``; ``"bfloat16"`` works
     for PyTorchModule calls only, numpy has no bfloat16).
-    ``high_prec_dtype``: the dtype kept for precision (default ``"float32"``).
+    ``high_prec_dtype``: the dtype of the float functions upstream's autocast keeps precise
+    (``exp``, ``log``, ``sqrt``, true division, ``**``, ``logsoftmax``, ``cross_entropy``, layer
+    norm, ...: float16 operands give float32; default ``"float32"``). Other ops keep their
+    inputs' dtypes; see docs/api/amp.rst for the list.
 
     Parameters stay float32: each covered op casts its inputs (an op, so gradients are cast
     back), which makes float32 master weights with float16 compute. Use `GradScaler` against
@@ -28,13 +31,14 @@ class autocast:
 
     def __enter__(self):
         self._saved.append((_state._enabled, _state._low_prec_dtype, _state._high_prec_dtype))
-        _state._enabled = self.enabled
+        _state._set_amp_dtype_autocast(self.enabled)
         _state._low_prec_dtype = self.low_prec_dtype
         _state._high_prec_dtype = self.high_prec_dtype
         return self
 
     def __exit__(self, *exc):
-        _state._enabled, _state._low_prec_dtype, _state._high_prec_dtype = self._saved.pop()
+        enabled, _state._low_prec_dtype, _state._high_prec_dtype = self._saved.pop()
+        _state._set_amp_dtype_autocast(enabled)
         return False
 
     def __call__(self, func):

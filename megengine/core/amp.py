@@ -1,11 +1,16 @@
 """The autocast state (upstream's ``megengine.core.tensor.amp``) and the casts that the ops
-upstream's amp covers (matmul, linear, convolutions) apply under it; `megengine.amp` is the
-user-facing side. Kept in core so that functional code reads it without importing upward."""
+upstream's amp covers apply under it: linear and the 2-d convolutions call `cast_for_compute`,
+and `dispatch.apply` casts the inputs of the ops whose class sets ``autocast`` (`_cast_inputs`,
+as upstream's dispatcher does); `megengine.amp` is the user-facing side. Kept in core so that
+functional code reads it without importing upward."""
 import contextlib
+import functools
 import sys
 import types
 
 import numpy as np
+
+from . import dispatch
 
 _enabled = False
 _high_prec_dtype = "float32"
@@ -49,6 +54,44 @@ def cast_for_precision(*tensors):
                  for t in tensors)
 
 
+def _cast_inputs(op, inputs):
+    """`dispatch.apply`'s hook while autocast is on, for an op whose class sets ``autocast``:
+    upstream's dtype-promote rules. "high" (exp, log, sqrt, true division, pow, layer norm, ...):
+    floating inputs to the high precision dtype, so float16 operands give float32 (integer ones
+    compute in float32 anyway); "low" (the ``@`` operator's matrix product): floating inputs to
+    the low precision dtype."""
+    if op.autocast == "high":
+        dtype = _engine_dtype(_high_prec_dtype, "high_prec_dtype")
+    elif all(t.ndim == 1 for t in inputs):  # two vectors: upstream's dot, which it leaves alone
+        return inputs
+    else:
+        dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
+    return tuple(t.astype(dtype) if t.dtype.kind == "f" and t.dtype != dtype else t
+                 for t in inputs)
+
+
+def autocasts(op):
+    """Whether `dispatch.apply` casts ``op``'s inputs now (autocast is on and covers the op)."""
+    return dispatch._autocast_hook is not None and op.autocast is not None
+
+
+def not_covered(func):
+    """Decorate a function that upstream runs as one op its autocast has no rule for (multi-head
+    attention, Elemwise's FAST_TANH): it runs with autocast off, so its result keeps its inputs'
+    dtype, although the ops it is composed of here (matmul, division) are ones autocast covers."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if not _enabled:
+            return func(*args, **kwargs)
+        _set_amp_dtype_autocast(False)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _set_amp_dtype_autocast(True)
+
+    return wrapper
+
+
 def torch_autocast(device_type):
     """A context that runs torch code under ``torch.autocast(device_type, low_prec_dtype)``
     while megengine's autocast is on, or does nothing. Only the PyTorch bridge calls it (torch
@@ -87,6 +130,7 @@ def _get_amp_dtype_autocast():
 def _set_amp_dtype_autocast(enabled):
     global _enabled
     _enabled = bool(enabled)
+    dispatch._autocast_hook = _cast_inputs if _enabled else None
 
 
 def _get_amp_high_prec_dtype():

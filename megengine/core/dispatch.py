@@ -72,6 +72,10 @@ _symbolic_hook = None
 # megengine.core.format: once any tensor carries a format label ("nhwc", "nchw"), every apply
 # goes through this hook, which labels the op's outputs by upstream's rules; None until then.
 _format_hook = None
+# megengine.amp.autocast: while it is on, the inputs of an op whose class sets ``autocast`` pass
+# through this hook first, which casts them by upstream's rules (see megengine/core/amp.py);
+# None otherwise: one more global read per apply.
+_autocast_hook = None
 # How many recordings have an integer tensor attached. Upstream differentiates integer tensors
 # too (an int32 gradient through int32 ops); while this is 0 only float values carry gradients,
 # so ordinary recording pays one global read for it, on recorded ops only.
@@ -204,6 +208,10 @@ class Op:
     # read only shapes, and a write into a pinned input cannot change their gradients); None:
     # all it keeps
     backward_reads = None
+    # How megengine.amp.autocast casts this op's inputs (upstream's dtype-promote rules): "high",
+    # every input to the high precision dtype (float32; upstream's exp, log, true division, ...);
+    # "low", float inputs to the low precision dtype (float16; matrix products); None: untouched.
+    autocast = None
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -526,6 +534,8 @@ def apply(op, *inputs):
     """Run ``op`` on tensors; return a Tensor, or a tuple of Tensors for multi-output ops."""
     if _symbolic_hook is not None and (r := _symbolic_hook(op, inputs)) is not NotImplemented:
         return r
+    if _autocast_hook is not None and op.autocast is not None:  # megengine.amp.autocast
+        inputs = _autocast_hook(op, inputs)
     if _trace_hook is not None:  # megengine.jit.trace: it records/checks, then applies
         # (``.__call__`` spelled out: CPython specializes a method call and runs it in the same
         # interpreter loop, where calling the object goes through its type's call slot,

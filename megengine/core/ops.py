@@ -242,6 +242,7 @@ class Mul(_Binary):
 
 
 class TrueDiv(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     holomorphic = True  # complex gradients: see Op
     quantized = "values"
 
@@ -327,6 +328,7 @@ def _power(a, b):
 
 
 class Pow(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     quantized = "values"
 
     def compute(self, a, b):
@@ -417,6 +419,7 @@ class Minimum(_Binary):
 
 class MatMul(Op):
     """numpy.matmul semantics: 1-D operands are promoted, batch dims broadcast."""
+    autocast = "low"  # `a @ b` under megengine.amp.autocast: float16, as F.matmul
     holomorphic = True  # complex gradients: see Op
 
     def forward(self, a, b):

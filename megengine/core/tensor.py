@@ -186,6 +186,10 @@ class _TensorType(type):
         return utils
 
     @property
+    def amp(cls):  # upstream's `import megengine.core.tensor.amp as amp` (the autocast state)
+        return amp
+
+    @property
     def megbrain_graph(cls):  # upstream's `import megengine.core.tensor.megbrain_graph as G`
         return megbrain_graph
 

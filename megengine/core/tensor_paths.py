@@ -1,10 +1,11 @@
 """Upstream's module paths below `megengine.core.tensor`, which here is a module (the Tensor
-class's file), not a package: ``.dtype``, ``.utils``, ``.array_method``, ``.megbrain_graph``,
-and upstream 1.0-1.2's ``.tensor_wrapper``, ``.function``, ``.raw_tensor``, ``.core``,
-``.tensor``, registered as aliases when `megengine.core.tensor` loads."""
+class's file), not a package: ``.dtype``, ``.amp``, ``.utils``, ``.array_method``,
+``.megbrain_graph``, and upstream 1.0-1.2's ``.tensor_wrapper``, ``.function``, ``.raw_tensor``,
+``.core``, ``.tensor``, registered as aliases when `megengine.core.tensor` loads."""
 import sys
 
 from . import _imperative_rt
+from . import amp
 from . import dtype
 from . import ops as _ops
 from .tensor import Tensor
@@ -14,6 +15,7 @@ _HOME = "megengine.core.tensor"  # the module the paths hang below
 # `import megengine.core.tensor.dtype` (upstream's path) finds the module although that file is
 # a module, not a package (see also `megengine.core.tensor._TensorType`)
 sys.modules.setdefault(_HOME + ".dtype", dtype)
+sys.modules.setdefault(_HOME + ".amp", amp)  # upstream's autocast state, as `.dtype`
 
 # upstream's internal layer that programs and upstream's tests import below the public API:
 # `megengine.core._imperative_rt` (its `ops` module is also `megengine.core.ops.builtin`) and

@@ -239,6 +239,7 @@ class _Sigmoid(_Activation):
 
 
 class _HSigmoid(_Activation):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     def aten_forward(self, aten, tx):
         return aten.hardsigmoid(tx)
 
@@ -369,6 +370,7 @@ class _Silu(_Activation):
 
 
 class _Softplus(_Activation):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     # ATen's softplus is x itself above x = 20 (threshold), where the formula below adds
     # log1p(exp(-x)) < 2.1e-9: below float32's resolution there, ~1e-10 relative in float64
     def aten_forward(self, aten, tx):
@@ -388,6 +390,7 @@ class _Softplus(_Activation):
 
 
 class _LogSigmoid(_Activation):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     def compute(self, xp, x):
         return xp.minimum(x, 0) - _log1p_exp_neg_abs(xp, x)
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core import amp as _amp
 from ..core._trace_option import dumpable
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
@@ -271,6 +272,7 @@ def _split_io_weight_bias(io_weight_bias, sizes, biases):
     return parts[:4], parts[4:]
 
 
+@_amp.not_covered  # upstream's MultiHeadAttn op: autocast leaves it alone
 def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: int,
                          num_heads: int, attn_drop: float, out_drop: float,
                          io_weight_bias: Optional[Tensor], qproj_size: Optional[int] = None,

@@ -352,8 +352,8 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
         inputs += (_tensor(bias),)
     if inputs[0]._data.dtype.metadata is not None:  # quantized: the exact qint32 accumulator
         return _quantized_conv(nd, transposed, what, inputs, op)
-    if _amp._enabled:  # megengine.amp.autocast: float16 compute
-        inputs = _amp.cast_for_compute(*inputs)
+    if _amp._enabled and nd < 3:  # megengine.amp.autocast: float16 compute (upstream's 3-d
+        inputs = _amp.cast_for_compute(*inputs)  # convolutions promote, as without autocast)
     return apply(op, *inputs)
 
 

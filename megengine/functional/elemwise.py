@@ -1,6 +1,7 @@
 """Element-wise math functions (F.add, F.exp, F.clip, ...): thin wrappers over elemwise ops."""
 import numpy as np
 
+from ..core import amp as _amp
 from ..core._trace_option import is_sym
 from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
@@ -93,6 +94,7 @@ def _float_pair(op, a, b):
 
 
 class Atan2(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     quantized = "values"
 
     def compute(self, y, x):
@@ -110,6 +112,7 @@ class Atan2(_Binary):
 
 
 class LogAddExp(_Binary):
+    autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
     quantized = "values"
 
     def compute(self, a, b):
@@ -229,7 +232,15 @@ class _Unary(Op):
 def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",)):
     return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
                                   "to_float": to_float, "holomorphic": holomorphic,
-                                  "backward_reads": reads})
+                                  "backward_reads": reads,
+                                  "autocast": "high" if name in _AUTOCAST_HIGH else None})
+
+
+# the functions upstream's autocast computes in its high precision dtype (float32; its atan is
+# atan2(x, 1)): every other unary function keeps its input's dtype under autocast (tanh, floor,
+# abs, ...)
+_AUTOCAST_HIGH = {"Exp", "Expm1", "Log", "Log1p", "Sqrt", "Sin", "Cos", "Tan", "Asin", "Acos",
+                  "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh"}
 
 
 def _no_grad(xp, x, y, g):
@@ -611,8 +622,10 @@ _MODES = {
     "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
     "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
     "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
-    # upstream's kernel is this rational approximation of tanh, not tanh itself
-    "FAST_TANH": lambda x: div(mul(x, add(27, mul(x, x))), add(27, mul(9, mul(x, x)))),
+    # upstream's kernel is this rational approximation of tanh, not tanh itself (one mode, which
+    # autocast leaves in its input's dtype: its division is not cast)
+    "FAST_TANH": _amp.not_covered(
+        lambda x: div(mul(x, add(27, mul(x, x))), add(27, mul(9, mul(x, x))))),
     # gradient modes: (forward input or output, incoming gradient) -> input gradient
     "ABS_GRAD": lambda x, g: mul(_math("sign")(x), g),
     "SIGMOID_GRAD": lambda y, g: mul(mul(y, sub(1, y)), g),

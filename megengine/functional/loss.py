@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ..core import amp as _amp
 from ..core.dispatch import Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
@@ -181,6 +182,7 @@ class _L1(_PairLoss):
 
 
 class _Square(_PairLoss):
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's pow
     grads_broadcast_g = True
 
     aten_loss = "mse_loss"
@@ -257,6 +259,8 @@ class _SmoothL1(_PairLoss):
 
 
 class _BinaryCrossEntropy(_PairLoss):
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
+
     def __init__(self, reduction, what, with_logits):
         super().__init__(reduction, what)
         self.with_logits = with_logits
@@ -395,6 +399,7 @@ def _rows(xp, n):
 
 class _CrossEntropy(Op):
     """Log-softmax and negative log-likelihood (with label smoothing) fused with the reduction."""
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
 
     def __init__(self, axis, with_logits, label_smooth, reduction):
         self.axis, self.with_logits, self.ls, self.reduction = \
@@ -753,7 +758,7 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     if not 0 <= ls <= 1:
         raise ValueError(f"cross_entropy: label_smooth must be in [0, 1], got {label_smooth}")
     op = _CrossEntropy(int(axis) % ndim, bool(with_logits), ls, reduction)
-    if pred._data.dtype == _FLOAT16:
+    if pred._data.dtype == _FLOAT16 and not _amp.autocasts(op):  # (autocast: float32 out)
         # computed in float32 and rounded once, as torch's kernel: in float16, m + log(s) -
         # pred[label] of logits near 100 loses ~0.03 (upstream's float16 ops round each step)
         return apply(op, pred.astype(np.float32), label).astype(np.float16)

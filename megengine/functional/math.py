@@ -3,7 +3,6 @@ import math as _pymath
 
 import numpy as np
 
-from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
@@ -219,6 +218,8 @@ def std(inp, axis=None, keepdims=False):
 
 
 class LogSumExp(Op):
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
+
     def __init__(self, axis, keepdims):
         self.axis, self.keepdims = axis, keepdims
 
@@ -345,6 +346,7 @@ class Normalize(Op):
 
     Backward: with c = max(n, eps) and y = x / c, dx = (g - y * sum(g * y) [n > eps]) / c
     (the sum over ``axes``; where the norm is below eps, c is a constant)."""
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's sqrt and division
 
     def __init__(self, axis, eps):
         self.axis, self.eps = axis, eps
@@ -577,7 +579,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
     ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
     """
-    a, b = _amp.cast_for_compute(*_pair(inp1, inp2))  # megengine.amp.autocast: float16 compute
+    a, b = _pair(inp1, inp2)  # (under megengine.amp.autocast MatMul computes in float16)
     if a._data.dtype.metadata is not None or b._data.dtype.metadata is not None:
         from .quantized import _matmul  # quantized operands: the exact qint32 accumulator
 

@@ -99,6 +99,7 @@ class _Softmax(Op):
 class _LogSoftmax(Op):
     """``x - logsumexp(x)`` along ``axes``; ATen's kernels where softmax takes them
     (`_aten_softmax`)."""
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):

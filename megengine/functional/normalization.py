@@ -267,6 +267,7 @@ class _Normalize(Op):
     ``affine_view``/``affine_shape`` say how weight and bias broadcast against x. Inputs: x,
     then weight and bias if present.
     """
+    autocast = "high"  # megengine.amp.autocast: float32, as upstream's LayerNorm and GroupNorm
 
     tx = None  # ATen's view of x as (rows, M), when the ATen path ran
 

@@ -241,3 +241,140 @@ def test_amp_training_of_the_guides_lenet_reaches_float32_accuracy():
     # 2 epochs of Adam: 0.90-0.95 over seeds 0-2 in both precisions (measured)
     assert fp32_acc > 0.88
     assert amp_acc >= fp32_acc - 0.03, (amp_acc, fp32_acc)
+
+
+# Upstream's autocast also casts at its dispatcher (DTypePromoteTransformation): the float
+# functions below compute in the high precision dtype, so a float16 operand gives float32, while
+# the rest keep float16 (dtypes upstream 1.13 measured). Oracle: torch in float32 on the same
+# float16 values; the float16 input's gradient stays float16.
+_X16 = np.array([[0.25, -0.5, 0.75], [0.875, -0.125, 0.625]], "float16")
+_LABEL = np.array([2, 0], "int32")
+_TO_FLOAT32 = {
+    "exp": (F.exp, torch.exp),
+    "log": (lambda x: F.log(F.abs(x) + 1), lambda t: torch.log(t.abs() + 1)),
+    "sqrt": (lambda x: F.sqrt(F.abs(x)), lambda t: t.abs().sqrt()),
+    "sin": (F.sin, torch.sin), "cos": (F.cos, torch.cos), "tan": (F.tan, torch.tan),
+    "asin": (F.asin, torch.asin), "acos": (F.acos, torch.acos), "atan": (F.atan, torch.atan),
+    "sinh": (F.sinh, torch.sinh), "cosh": (F.cosh, torch.cosh), "asinh": (F.asinh, torch.asinh),
+    "acosh": (lambda x: F.acosh(F.abs(x) + 1), lambda t: torch.acosh(t.abs() + 1)),
+    "atanh": (F.atanh, torch.atanh), "expm1": (F.expm1, torch.expm1),
+    "log1p": (lambda x: F.log1p(F.abs(x)), lambda t: torch.log1p(t.abs())),
+    "softplus": (F.softplus, torch.nn.functional.softplus),
+    "logsigmoid": (F.logsigmoid, torch.nn.functional.logsigmoid),
+    "hsigmoid": (F.hsigmoid, torch.nn.functional.hardsigmoid),
+    "truediv": (lambda x: x / 3, lambda t: t / 3),
+    "rtruediv": (lambda x: 3 / (x + 2), lambda t: 3 / (t + 2)),
+    "pow": (lambda x: x ** 2, lambda t: t ** 2),
+    "F.pow": (lambda x: F.pow(F.abs(x), 0.5), lambda t: t.abs() ** 0.5),
+    "atan2": (lambda x: F.atan2(x, x + 1), lambda t: torch.atan2(t, t + 1)),
+    "logaddexp": (lambda x: F.logaddexp(x, x * 2), lambda t: torch.logaddexp(t, t * 2)),
+    "logsumexp": (lambda x: F.logsumexp(x, 1), lambda t: torch.logsumexp(t, 1)),
+    "logsoftmax": (lambda x: F.logsoftmax(x, 1), lambda t: torch.log_softmax(t, 1)),
+    "normalize": (lambda x: F.normalize(x, axis=1),
+                  lambda t: torch.nn.functional.normalize(t, dim=1)),
+    "layer_norm": (lambda x: F.layer_norm(x, (3,), affine=False),
+                   lambda t: torch.nn.functional.layer_norm(t, (3,))),
+    "cross_entropy": (lambda x: F.nn.cross_entropy(x, mge.tensor(_LABEL)),
+                      lambda t: torch.nn.functional.cross_entropy(t, torch.tensor(_LABEL).long())),
+    "bce": (lambda x: F.nn.binary_cross_entropy(x, mge.tensor(np.ones((2, 3), "float16"))),
+            lambda t: torch.nn.functional.binary_cross_entropy_with_logits(t, torch.ones(2, 3))),
+    "square_loss": (lambda x: F.nn.square_loss(x, x * 0.5, reduction="sum"),
+                    lambda t: ((t - t * 0.5) ** 2).sum()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TO_FLOAT32))
+def test_float_functions_give_float32_of_float16_under_autocast(name):
+    fn, torch_fn = _TO_FLOAT32[name]
+    x = mge.Parameter(_X16)
+    gm = GradManager().attach([x])
+    with gm:
+        with amp.autocast():
+            y = fn(x)
+        gm.backward(y.sum())
+    assert y.dtype == np.float32  # upstream 1.13 measured: float32 (earlier versions: float16)
+    t = torch.tensor(_X16.astype("float32"), requires_grad=True)
+    ty = torch_fn(t)
+    ty.sum().backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=2e-3, atol=2e-3)
+    assert x.grad.dtype == np.float16  # the gradient takes its tensor's dtype
+    np.testing.assert_allclose(x.grad.numpy().astype("float32"), t.grad.numpy(),
+                               rtol=4e-3, atol=4e-3)
+    with amp.autocast(high_prec_dtype="float16"):  # the high precision dtype is what they take
+        assert fn(mge.tensor(_X16.astype("float32"))).dtype == np.float16
+
+
+@pytest.mark.parametrize("fn", [F.tanh, F.sigmoid, F.relu, F.abs, F.floor, F.gelu,
+                                lambda x: x * 1.5, lambda x: x + 2, lambda x: F.softmax(x, 1),
+                                lambda x: F.sum(x, 1), lambda x: F.max(x, 1),
+                                lambda x: F.elemwise._elwise(x, mode="fast_tanh")])
+def test_other_functions_keep_float16_under_autocast(fn):
+    with amp.autocast():
+        assert fn(mge.tensor(_X16)).dtype == np.float16  # upstream 1.13 measured
+
+
+def test_the_matmul_operator_computes_in_float16_and_a_dot_product_is_left_alone():
+    rng = np.random.RandomState(1)
+    a, b = rng.randn(3, 4).astype("float32"), rng.randn(4, 2).astype("float32")
+    u, v = rng.randn(4).astype("float32"), rng.randn(4).astype("float32")
+    with amp.autocast():
+        y = mge.tensor(a) @ mge.tensor(b)
+        assert y.dtype == np.float16  # upstream 1.13 measured (earlier versions: float32)
+        # two vectors are upstream's dot product, which autocast leaves in float32 (measured)
+        assert (mge.tensor(u) @ mge.tensor(v)).dtype == np.float32
+        assert F.matmul(mge.tensor(u), mge.tensor(v)).dtype == np.float32
+    expected = a.astype("float16").astype("float32") @ b.astype("float16").astype("float32")
+    np.testing.assert_allclose(y.numpy().astype("float32"), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: M.Conv3d(2, 3, 2), lambda: M.ConvTranspose3d(2, 3, 2)])
+def test_3d_convolutions_are_not_autocast(make):
+    # upstream's autocast covers its 2-d convolutions only: Convolution3D promotes as without
+    # autocast (upstream 1.13 measured: float32 out of float32, and of float16 input too)
+    m = make()
+    x = np.random.RandomState(2).randn(1, 2, 3, 3, 3).astype("float32")
+    expected = m(mge.tensor(x)).numpy()
+    with amp.autocast():
+        y = m(mge.tensor(x))
+        assert m(mge.tensor(x.astype("float16"))).dtype == np.float32
+    assert y.dtype == np.float32  # earlier versions of this fork: float16
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_multi_head_attention_keeps_its_inputs_dtype_under_autocast():
+    # upstream runs it as one op (MultiHeadAttn) that its autocast has no rule for: float32 in,
+    # float32 out (upstream 1.13 measured; earlier versions of this fork gave float16)
+    m = M.MultiHeadAttention(4, 2)
+    q = mge.tensor(np.random.RandomState(3).randn(3, 2, 4).astype("float32"))
+    expected = m(q, q, q)[0].numpy()
+    with amp.autocast():
+        y = m(q, q, q)[0]
+        assert amp.enabled  # still on after the call
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_traced_functions_cast_as_eager_ones(symbolic):
+    from megengine.jit import trace
+
+    w = mge.Parameter(np.random.RandomState(4).randn(3, 2).astype("float32"))
+
+    @trace(symbolic=symbolic)
+    @amp.autocast()
+    def f(x):
+        return F.matmul(x, w), F.exp(x), x / 2
+
+    for seed in range(3):
+        x = np.random.RandomState(seed).randn(2, 3).astype("float32")
+        mm, e, d = f(mge.tensor(x))
+        assert (mm.dtype, e.dtype, d.dtype) == (np.float16, np.float32, np.float32)
+        np.testing.assert_allclose(e.numpy(), np.exp(x), rtol=1e-6)
+
+
+def test_upstreams_import_path_of_the_state_module():
+    import megengine.core.tensor.amp as core_amp  # upstream's path (a module here, not a package)
+
+    assert core_amp is origin_amp
+    with amp.autocast():
+        assert core_amp.enabled and core_amp._get_amp_dtype_autocast()

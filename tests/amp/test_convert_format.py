@@ -179,15 +179,18 @@ def test_convert_tensor_format_rejects_non_tensors():
     assert amp.convert_tensor_format(t) is t  # not 4-D/5-D: unchanged
 
 
-def test_the_amp_page_example_runs():
-    # docs/api/amp.rst, "Tensor format (NHWC)": its code block runs as written
+@pytest.mark.parametrize("index", [0, 1])
+def test_the_amp_page_examples_run(index):
+    # docs/api/amp.rst, "What autocast changes" and "Tensor format (NHWC)": each code block runs
+    # as written
     import re
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "api" / "amp.rst").read_text()
     blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|[ \t]*\n)+)", page)
-    assert len(blocks) == 1
-    exec(compile("\n".join(line[4:] for line in blocks[0].splitlines()), "amp.rst", "exec"), {})
+    assert len(blocks) == 2
+    code = "\n".join(line[4:] for line in blocks[index].splitlines())
+    exec(compile(code, "amp.rst", "exec"), {})
 
 
 def test_a_pytorch_module_gets_converted_inputs_in_torchs_own_layout():
