@@ -172,9 +172,21 @@ def test_pooling_a_quantized_tensor_keeps_its_dtype_and_rounds_the_mean():
     assert dtype.is_dtype_equal(avg.dtype, q.dtype)
     np.testing.assert_array_equal(avg.numpy(), _half_away(torch.nn.functional.avg_pool2d(t, 2)
                                                           .numpy()))
-    u = mge.tensor((ints + 128).astype(np.uint8), dtype=dtype.quint8(0.1, 128))
-    np.testing.assert_array_equal(F.avg_pool2d(u, 2).numpy().astype(np.int64) - 128,
-                                  avg.numpy())
+
+
+def test_average_pooling_of_quint8_rounds_the_stored_mean():
+    # upstream 1.13 measured: with zero point 128 the window (127, 126, 127, 126) averages to
+    # the stored 126.5 -> 127 (its distance to the zero point, -1.5, would round to 126);
+    # padding is the real 0 (the zero point) in "average" mode, left out when excluded
+    u = mge.tensor(np.array([[127, 126, 126, 130], [127, 126, 125, 131]], np.uint8)
+                   .reshape(1, 1, 2, 4), dtype=dtype.quint8(0.1, 128))
+    out = F.avg_pool2d(u, 2)
+    assert dtype.is_dtype_equal(out.dtype, u.dtype)
+    assert out.numpy().tolist() == [[[[127, 128]]]]
+    assert F.avg_pool2d(u, 2, 2, 1, mode="average").numpy().tolist() == [
+        [[[128, 127, 129], [128, 127, 129]]]]
+    assert F.avg_pool2d(u, 2, 2, 1, mode="average_count_exclude_padding").numpy().tolist() == [
+        [[[127, 126, 130], [127, 126, 131]]]]
 
 
 def test_plain_conv_linear_and_matmul_of_quantized_tensors_give_the_qint32_accumulator():
