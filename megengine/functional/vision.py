@@ -128,7 +128,8 @@ _INTERP_MODES = ("bilinear", "linear", "bicubic", "nearest", "trilinear")
 
 def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corners=None):
     """Resize NCHW ``inp`` (N, C, L for "linear", N, C, D, H, W for "trilinear") to ``size``
-    or by ``scale_factor``. Other integers give float32; int8 and uint8 keep their dtype.
+    or by ``scale_factor``. Other integers give float32; int8, uint8 and quantized dtypes keep
+    their dtype.
 
     ``mode``: "bilinear", "linear", "bicubic", "nearest" or "trilinear". ``align_corners``
     (linear modes only,
@@ -177,6 +178,8 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
         # an int8 / uint8 image stays one, as upstream's Resize keeps it: rounded half away
         # from zero and saturated (measured: at most 1 level off upstream's, in ~0.3% of pixels)
         out = apply(_RoundSaturate(inp.dtype, half_away=True), out)
+    elif inp.dtype.metadata is not None:  # a quantized image stays quantized, as upstream's
+        out = out.astype(inp.dtype)  # Resize: the sampled values, quantized again
     return out
 
 

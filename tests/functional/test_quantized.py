@@ -272,3 +272,20 @@ def test_relu_of_a_quantized_tensor_clamps_at_the_real_zero(qdtype):
     y = F.relu(q)
     assert dtype.is_dtype_equal(y.dtype, qdtype)
     np.testing.assert_array_equal(y.astype("float32").numpy(), np.maximum(x, 0))
+
+
+def test_nearest_resize_of_a_quantized_image_keeps_its_dtype():
+    # upstream 1.13 measured: Resize keeps a quantized dtype (qint8, quint8 with its zero point)
+    # and nearest sampling copies the stored integers; earlier versions of this fork gave the
+    # float32 values
+    q = mge.tensor(np.array([[1, -2], [3, 127]], np.int8).reshape(1, 1, 2, 2),
+                   dtype=dtype.qint8(0.1))
+    y = F.vision.interpolate(q, scale_factor=2, mode="nearest")
+    assert dtype.is_dtype_equal(y.dtype, q.dtype)
+    assert y.numpy().tolist() == [[[[1, 1, -2, -2], [1, 1, -2, -2], [3, 3, 127, 127],
+                                    [3, 3, 127, 127]]]]
+    u = mge.tensor(np.array([[1, 200], [3, 127]], np.uint8).reshape(1, 1, 2, 2),
+                   dtype=dtype.quint8(0.1, 100))
+    y = F.vision.interpolate(u, size=(3, 2), mode="nearest")
+    assert dtype.is_dtype_equal(y.dtype, u.dtype)
+    assert y.numpy().tolist() == [[[[1, 200], [1, 200], [3, 127]]]]
