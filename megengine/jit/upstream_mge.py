@@ -394,6 +394,18 @@ def _op_conv_bias(op, x, w, b, *z):
     return y.astype(op.dtype()) if quantized else y
 
 
+def _op_batch_conv_bias(op, x, w, b):
+    """``F.quantized.batch_conv_bias_activation``: a weight (N, out, in, kh, kw) per sample
+    (param: nonlinearity, mode, pad, stride and dilation from field 2, sparse, format)."""
+    nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
+    op.require(1, "I", (0,), "convolution mode")
+    _nchw(op, 9)
+    stride, padding, dilation, _ = _conv_args(op, w, 2, 8)
+    op.require(8, "I", (0,), "sparse mode")
+    return _F().quantized.batch_conv_bias_activation(x, w, b, op.dtype(), stride, padding,
+                                                     dilation, 1, _NONLINEAR[nonline])
+
+
 def _quantized(x):
     from ..core.dtype import is_quantize
     return not _is_host(x) and is_quantize(x.dtype)
@@ -785,6 +797,8 @@ _OPERATORS = {
     # files of mgb1, which name operators by type id only)
     "Convolution": _op_convolution, "ConvolutionV2": _op_convolution,
     "ConvBiasForward": _op_conv_bias, "ConvBiasForwardV4": _op_conv_bias,
+    "BatchConvBiasForward": _op_batch_conv_bias,  # (V1: its name in files of mgb1)
+    "BatchConvBiasForwardV1": _op_batch_conv_bias,
     "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
     "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
     "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,

@@ -16,7 +16,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 # (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
-          "q_block_fbs", "q_out"]
+          "q_block_fbs", "q_out", "q_batchconv"]
 
 
 def _files(name):
@@ -131,14 +131,16 @@ def test_test_cases_of_input_data(name, output):
     _check(list(load_and_inference(path)[0].values()), list(expected.values()))
 
 
-@pytest.mark.parametrize("name", ["q_cbr", "q_block_fbs", "q_out"])
-@pytest.mark.parametrize("prefix", ["", "2"])
+@pytest.mark.parametrize("name, prefix", [("q_cbr", ""), ("q_cbr", "2"), ("q_block_fbs", ""),
+                                          ("q_block_fbs", "2"), ("q_out", ""), ("q_out", "2"),
+                                          ("q_batchconv", "")])
 def test_quantized_networks_compute_upstreams_integers(name, prefix):
     # upstream's quantize_qat + quantize, traced and dumped (make.py): q_cbr's ConvBias on
     # qint8 (conv-bn-relu), pooling, MatrixMul to qint32 + the bias, TypeCvt back to float;
     # q_block_fbs (quint8 with zero points, dump_format="FBS"): ElemwiseMultiType QFUSE_ADD_RELU,
     # QADD, QMUL, a Concat of requantized inputs, average pooling; q_out's quantized outputs
-    # (ConvolutionBackwardData, QH_SWISH, QFUSE_ADD_SIGMOID, QSUB). Equal to the last bit, and
+    # (ConvolutionBackwardData, QH_SWISH, QFUSE_ADD_SIGMOID, QSUB); q_batchconv's BatchConvBias
+    # (F.quantized.batch_conv_bias_activation, relu). Equal to the last bit, and
     # the outputs' quantized dtypes carry upstream's scales
     from megengine.core.tensor import dtype
 

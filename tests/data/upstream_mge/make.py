@@ -218,6 +218,21 @@ class QOut(M.Module):  # quantized outputs (integers with their scales); transpo
         return self.fc(F.flatten(p, 1)), self.h(y), self.sig(y, y), self.sub(y, self.h(y)), p
 
 
+class QBatchConv(M.Module):  # F.quantized.batch_conv_bias_activation: a weight per sample
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = mge.Parameter(w), mge.Parameter(b)
+
+    def forward(self, x):
+        from megengine.core.tensor import dtype
+
+        qx = x.astype(dtype.qint8(0.05))
+        qw = self.w.astype(dtype.qint8(0.04))
+        qb = self.b.astype(dtype.qint32(dtype.get_scale(qx.dtype) * dtype.get_scale(qw.dtype)))
+        return F.quantized.batch_conv_bias_activation(qx, qw, qb, dtype=dtype.qint8(0.1),
+                                                      padding=1, nonlinear_mode="relu")
+
+
 class QConv(M.Module):  # (dumped with 4-bit dtypes: refused)
     def __init__(self):
         super().__init__()
@@ -362,6 +377,8 @@ def main(out_dir):
                                      "enable_fuse_conv_bias_nonlinearity": True}, eager=True)
     make("q_lowbit", quantized(QConv(), ema_lowbit_fakequant_qconfig, rng, (1, 2, 4, 4)),
          {"data": img(1, 2, 4, 4)}, {})
+    make("q_batchconv", QBatchConv(img(2, 3, 2, 3, 3) * 0.1, img(1, 3, 1, 1) * 0.2),
+         {"data": img(2, 2, 4, 4)}, {})
 
 
 if __name__ == "__main__":
