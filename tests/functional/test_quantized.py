@@ -274,7 +274,7 @@ def test_relu_of_a_quantized_tensor_clamps_at_the_real_zero(qdtype):
     np.testing.assert_array_equal(y.astype("float32").numpy(), np.maximum(x, 0))
 
 
-def test_nearest_resize_of_a_quantized_image_keeps_its_dtype():
+def test_resize_of_a_quantized_image_keeps_its_dtype():
     # upstream 1.13 measured: Resize keeps a quantized dtype (qint8, quint8 with its zero point)
     # and nearest sampling copies the stored integers; earlier versions of this fork gave the
     # float32 values
@@ -289,3 +289,13 @@ def test_nearest_resize_of_a_quantized_image_keeps_its_dtype():
     y = F.vision.interpolate(u, size=(3, 2), mode="nearest")
     assert dtype.is_dtype_equal(y.dtype, u.dtype)
     assert y.numpy().tolist() == [[[[1, 200], [1, 200], [3, 127]]]]
+    # bilinear: the blended values quantized again (upstream 1.13 measured, first row)
+    q = mge.tensor(np.array([1, -2, 3, 127, 5, 6, 7, 8], np.int8).reshape(1, 1, 2, 4),
+                   dtype=dtype.qint8(0.1))
+    y = F.nn.interpolate(q, scale_factor=2)
+    assert dtype.is_dtype_equal(y.dtype, q.dtype)
+    assert y.numpy()[0, 0, 0].tolist() == [1, 0, -1, -1, 2, 34, 96, 127]
+    u = mge.tensor(np.array([1, 200, 3, 127, 5, 6, 7, 8], np.uint8).reshape(1, 1, 2, 4),
+                   dtype=dtype.quint8(0.1, 100))
+    assert F.nn.interpolate(u, scale_factor=2).numpy()[0, 0, 0].tolist() == [
+        1, 51, 150, 151, 52, 34, 96, 127]
