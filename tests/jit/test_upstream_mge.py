@@ -191,6 +191,23 @@ def test_four_bit_quantized_file_is_refused():
         load(os.path.join(DATA, "q_lowbit.mge"))
 
 
+def test_quantized_dtype_without_its_scale_is_refused():
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    data = bytearray(_data("q_cbr"))
+    buf = bytes(data[4:])  # (upstream writes the buffer's size first)
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    conv = next(_Op(t, k) for k, t in enumerate(model.tables(2))
+                if _Op(t, k).type == "ConvBiasForward")
+    dtype_table = conv.output_dtype  # QuantizedS8; its param union's type (field 1) set to NONE
+    assert dtype_table.scalar(0, "b") == 13 and dtype_table.scalar(1, "B") == 1
+    data[4 + dtype_table.pos + dtype_table.offsets[1]] = 0
+    with pytest.raises(UpstreamFormatError, match=r"\(ConvBiasForward\) has dtype QuantizedS8 "
+                                                  r"without its scale; the file is corrupt"):
+        load(io.BytesIO(bytes(data)))
+
+
 def test_load_network_and_run_tool():
     path, ref = _files("cnn")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
