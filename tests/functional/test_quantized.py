@@ -299,3 +299,16 @@ def test_resize_of_a_quantized_image_keeps_its_dtype():
                    dtype=dtype.quint8(0.1, 100))
     assert F.nn.interpolate(u, scale_factor=2).numpy()[0, 0, 0].tolist() == [
         1, 51, 150, 151, 52, 34, 96, 127]
+
+
+def test_bilinear_resize_of_a_quantized_image_rounds_as_upstream():
+    # upstream 1.13 measured (a ConvRelu2d output resized to (7, 5) in an upstream dump): its
+    # kernel's float32 blend puts (0, 1) and (1, 1), 30.5 and 22.5 in exact arithmetic, below
+    # the half: 30 and 22 (earlier versions of this fork resampled with matrices: 31 and 23)
+    ints = [[48, 23, 0, 0], [27, 0, 0, 54], [0, 0, 0, 61], [36, 0, 96, 39]]
+    q = mge.tensor(np.array(ints, np.int8).reshape(1, 1, 4, 4), dtype=dtype.qint8(0.048))
+    y = F.nn.interpolate(q, size=(7, 5))
+    assert dtype.is_dtype_equal(y.dtype, q.dtype)
+    assert y.numpy()[0, 0].tolist() == [
+        [48, 30, 12, 0, 0], [41, 22, 7, 6, 19], [29, 10, 1, 15, 50], [14, 4, 0, 17, 58],
+        [3, 1, 3, 23, 59], [23, 7, 31, 57, 47], [36, 11, 48, 79, 39]]
