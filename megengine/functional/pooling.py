@@ -128,8 +128,11 @@ class _Pool2d(Op):
         return _aten.array(y.contiguous())
 
     def _quantized(self, x):
-        """Pooling of quantized integers (inference): max, or the average of the integers
-        rounded half away from zero (upstream's integer pooling), in the input's dtype."""
+        """Pooling of quantized integers (inference): max, or the average of the stored
+        integers rounded half away from zero (upstream's integer pooling), in the input's dtype.
+        Padding holds the real value 0, the zero point; an asymmetric dtype's average is
+        rounded as stored (126.5 -> 127 with zero point 128), not as its distance to the zero
+        point, as upstream 1.13 measured."""
         from ..core import dtype as qdtype
         from ..core.dispatch import xp_of
 
@@ -137,8 +140,8 @@ class _Pool2d(Op):
         if meta is None:
             return self.forward(x.view(np.dtype(x.dtype.str)))
         zp = x.dtype.metadata["mgb_dtype"].get("zero_point", 0)
-        y = self.forward(x.astype(np.float32) - np.float32(zp))
-        q = qdtype.round_half_away(xp_of(y), y) + zp
+        y = self.forward(x.astype(np.float32) - np.float32(zp)) + np.float32(zp)
+        q = qdtype.round_half_away(xp_of(y), y)
         return q.clip(meta.qmin, meta.qmax).astype(x.dtype)
 
     def _disjoint_max(self, x, oh, ow):

@@ -16,9 +16,16 @@ Shapes computed inside upstream's graph (``GetVarShape`` -> ``Subtensor`` -> ``C
 ``Reshape``, as ``trace(symbolic=True)`` dumps them) are computed here on the traced sizes, so
 the program runs at other input sizes (another batch) as upstream's does.
 
+Quantized networks (upstream's ``quantize_qat`` + ``quantize``, then ``trace.dump``) run on this
+fork's quantized kernels (`megengine.functional.quantized`, the quantized dtypes of
+`megengine.core.dtype`): a value's dtype (qint8, quint8, qint32) takes the scale and zero
+point of its ``LinearQuantizationParam``, and an operator's output dtype, the scale its
+result is requantized to, is the ``output_dtype`` the file gives it (ConvBias,
+ElemwiseMultiType's quantized modes, ConvolutionBackwardData).
+
 What a file holds that this reader does not provide (an operator type, a parameter value such
-as a non-NCHW format, a quantized dtype) raises `UpstreamFormatError` at load time, naming the
-operator and what to do; nothing is guessed.
+as a non-NCHW format, a 4-bit quantized dtype) raises `UpstreamFormatError` at load time,
+naming the operator and what to do; nothing is guessed.
 
 The layout of the tables (field order, enum values, defaults) follows upstream's published
 FlatBuffers schema (``schema_v2.fbs``, ``schema.fbs`` for ``mgb1``, whose operators hold the
@@ -212,16 +219,33 @@ _DTYPES = {0: "float32", 1: "uint8", 2: "int8", 3: "int16", 4: "int32", 9: "floa
 _DTYPE_NAMES = ("Float32 Uint8 Int8 Int16 Int32 IntB1 IntB2 IntB4 Byte Float16 UintB4 "
                 "Quantized8Asymm QuantizedS32 QuantizedS8 Quantized4Asymm QuantizedS4 "
                 "QuantizedS16 BFloat16 Bool").split()
+# quantized dtypes (DTypeEnum -> this fork's dtype of a scale, and a zero point where asymmetric)
+_QUANTIZED = {11: "quint8", 12: "qint32", 13: "qint8"}
 
 
 def _dtype(table, where):
+    """The dtype of upstream's DType table (None: float32); a quantized one carries the scale
+    (and zero point) of its LinearQuantizationParam."""
     kind = 0 if table is None else table.scalar(0, "b")
+    if kind in _QUANTIZED:
+        from ..core import dtype as qd
+
+        param = table.table(2)  # (the DTypeParam union: its type is field 1)
+        if param is None or table.scalar(1, "B") != 1:
+            raise UpstreamFormatError(f"load: {where} has dtype {_DTYPE_NAMES[kind]} without "
+                                      "its scale; the file is corrupt")
+        scale = param.scalar(0, "f")
+        if kind == 11:
+            return qd.quint8(scale, param.scalar(1, "B"))
+        return getattr(qd, _QUANTIZED[kind])(scale)
     if kind not in _DTYPES:
         name = _DTYPE_NAMES[kind] if 0 <= kind < len(_DTYPE_NAMES) else f"#{kind}"
         raise UpstreamFormatError(
             f"load: {where} has dtype {name}, which this reader does not provide (float32, "
-            "float16, int8/16/32, uint8 and bool are read); quantized networks: dump the float "
-            "network and quantize it with megengine.quantization in this fork")
+            "float16, int8/16/32, uint8, bool and the quantized qint8, quint8 and qint32 are "
+            "read; 4-bit quantized values are packed two to a byte, which it does not unpack); "
+            "quantize with 8-bit dtypes, or dump the float network and quantize it with "
+            "megengine.quantization in this fork")
     return np.dtype(_DTYPES[kind])
 
 
@@ -237,6 +261,7 @@ class _Op:
         self.param = t.table(4)
         self.inputs = t.scalars(7, "I")
         self.outputs = t.scalars(8, "I")
+        self.output_dtype = t.table(10)
         self.tensors = t.tables(11)
         self.values = [x.bytes(6) for x in self.tensors]
 
@@ -252,6 +277,7 @@ class _Op:
         op.name = t.string(12)
         op.param = t.table(2)
         op.inputs = t.scalars(3, "I")
+        op.output_dtype = t.table(6)
         op.tensors = t.tables(7)
         op.output_names = t.strings(5)
         return op
@@ -259,6 +285,11 @@ class _Op:
     def where(self):
         name = f" {self.name!r}" if self.name else ""
         return f"operator #{self.index} ({self.type or hex(self.type_id)}{name})"
+
+    def dtype(self):
+        """The dtype the file gives the operator's output (a quantized one with its scale), or
+        None where it gives none."""
+        return None if self.output_dtype is None else _dtype(self.output_dtype, self.where())
 
     def p(self, i, fmt, default=0):
         return default if self.param is None else self.param.scalar(i, fmt, default)
@@ -340,18 +371,44 @@ def _op_convolution(op, x, w):
     return _F().conv2d(x, w, None, *_conv_args(op, w, 1, 7))
 
 
-_NONLINEAR = {0: None, 1: "relu", 2: "sigmoid", 3: "hswish"}
+# ConvBias's nonlinearities by upstream's names (F.quantized's; F's without the "_")
+_NONLINEAR = {0: "identity", 1: "relu", 2: "sigmoid", 3: "h_swish"}
 
 
 def _op_conv_bias(op, x, w, b, *z):
     nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
     op.require(1, "I", (0,), "convolution mode")
     _nchw(op, 3)
-    F = _F()
-    y = F.conv2d(x, w, None, *_conv_args(op, w, 4, 2)) + b
-    if z:
-        y = y + z[0]
-    return y if _NONLINEAR[nonline] is None else getattr(F, _NONLINEAR[nonline])(y)
+    F, args, quantized = _F(), _conv_args(op, w, 4, 2), _quantized(x)
+    if quantized and not z:  # the integer kernel, requantized to the dtype the file gives
+        return F.quantized.conv_bias_activation(x, w, b, op.dtype(), *args, _NONLINEAR[nonline])
+    if quantized:  # a fused residual (enable_fuse_conv_bias_with_z), as upstream's reference
+        # kernel adds it: the accumulator's value plus z's in float32, activated, quantized
+        y = (F.quantized.conv_bias_activation(x, w, b, None, *args).astype("float32") +
+             z[0].astype("float32"))
+    else:
+        y = F.conv2d(x, w, None, *args) + b
+        y = y + z[0] if z else y
+    if nonline:
+        y = getattr(F, _NONLINEAR[nonline].replace("_", ""))(y)
+    return y.astype(op.dtype()) if quantized else y
+
+
+def _op_batch_conv_bias(op, x, w, b):
+    """``F.quantized.batch_conv_bias_activation``: a weight (N, out, in, kh, kw) per sample
+    (param: nonlinearity, mode, pad, stride and dilation from field 2, sparse, format)."""
+    nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
+    op.require(1, "I", (0,), "convolution mode")
+    _nchw(op, 9)
+    stride, padding, dilation, _ = _conv_args(op, w, 2, 8)
+    op.require(8, "I", (0,), "sparse mode")
+    return _F().quantized.batch_conv_bias_activation(x, w, b, op.dtype(), stride, padding,
+                                                     dilation, 1, _NONLINEAR[nonline])
+
+
+def _quantized(x):
+    from ..core.dtype import is_quantize
+    return not _is_host(x) and is_quantize(x.dtype)
 
 
 def _op_pooling(op, x):
@@ -615,7 +672,11 @@ def _op_conv_backward_data(op, w, x):
     op.require(0, "I", (0,), "convolution mode")
     _nchw(op, 8)
     stride, padding, dilation, groups = _conv_args(op, w, 1, 7)
-    return _F().conv_transpose2d(x, w, None, stride, padding, 0, dilation, groups)
+    F = _F()
+    if _quantized(x):  # (requantized to the dtype the file gives)
+        return F.quantized.conv_transpose2d(x, w, None, op.dtype(), stride, padding, 0,
+                                            dilation, groups)
+    return F.conv_transpose2d(x, w, None, stride, padding, 0, dilation, groups)
 
 
 def _op_batch_norm(op, x, scale, bias, mean, var):
@@ -702,14 +763,24 @@ def _op_elemwise(op, *xs):
     return apply(Elemwise(mode), *[_tensor(x, op) for x in xs])[0]
 
 
-# ElemwiseMultiType's modes with a bool result (upstream 1.13's values; its files of mgv2 hold
-# Elemwise and TypeCvt instead, those of mgb1 this operator)
+# ElemwiseMultiType's modes (upstream 1.13's values): with a bool result (its files of mgv2
+# hold Elemwise and TypeCvt instead, those of mgb1 this operator), and the quantized ones, 6-53
+# and 57 in the order of this engine's list of them (QADD, QFUSE_ADD_RELU, ..., QCOND_LT_MOV)
 _MULTI_TYPE_MODES = {58: "equal", 59: "not_equal", 60: "less", 61: "less_equal", 62: "isnan",
                      63: "isinf"}
 
 
+def _quantized_modes():
+    from ..core._imperative_rt.ops import _MULTITYPE_Q
+    return dict(zip([*range(6, 54), 57], _MULTITYPE_Q))
+
+
 def _op_elemwise_multi_type(op, *xs):
-    code = op.require(0, "I", tuple(_MULTI_TYPE_MODES), "ElemwiseMultiType mode")
+    code = op.p(0, "I", 0)
+    quantized = _quantized_modes()
+    if code in quantized:  # (computed on the values, quantized to the dtype the file gives)
+        return _F().quantized._elemwise_multi_type(*xs, mode=quantized[code], dtype=op.dtype())
+    op.require(0, "I", tuple(_MULTI_TYPE_MODES), "ElemwiseMultiType mode")
     return getattr(_F(), _MULTI_TYPE_MODES[code])(*xs)
 
 
@@ -726,6 +797,8 @@ _OPERATORS = {
     # files of mgb1, which name operators by type id only)
     "Convolution": _op_convolution, "ConvolutionV2": _op_convolution,
     "ConvBiasForward": _op_conv_bias, "ConvBiasForwardV4": _op_conv_bias,
+    "BatchConvBiasForward": _op_batch_conv_bias,  # (V1: its name in files of mgb1)
+    "BatchConvBiasForwardV1": _op_batch_conv_bias,
     "PoolingV1": _op_pooling, "AdaptivePoolingV1": _op_adaptive_pooling,
     "MatrixMulV2": _op_matmul, "BatchedMatrixMulV2": _op_matmul, "ReshapeV1": _op_reshape,
     "Broadcast": _op_broadcast, "GetVarShapeV1": _op_get_var_shape,
@@ -997,8 +1070,20 @@ def _input_spec(op, names):
             _dtype(t.table(3), op.where()))
 
 
+def _holds_quantized(ops, consts):
+    """Whether the file's values or operators' results (ConvBias's, a TypeCvt's) are of a
+    quantized dtype."""
+    from ..core.dtype import is_quantize
+
+    return (any(is_quantize(v.dtype) for v, _ in consts.values()) or
+            any(is_quantize(op.dtype()) for op in ops if op.output_dtype is not None) or
+            any(is_quantize(_dtype(op.param, op.where())) for op in ops
+                if op.type == "TypeCvtV2"))
+
+
 def _translate(ops, names, outputs, aliases, meta, cases):
     from ..core.tensor import Tensor
+    from ..device import get_default_device, set_default_device
     from .dump import in_memory, program_json
     from .tracing import trace
 
@@ -1069,14 +1154,20 @@ def _translate(ops, names, outputs, aliases, meta, cases):
             values.update(zip(op.outputs, out))
         return [_tensor(values[i], ops[0]) for i in outputs]
 
-    f = trace(program, symbolic=True, capture_as_const=True)
-    f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
     out_names = [aliases.get(i) or names[i] for i in outputs]
-    # what f.dump would write, handed over as read back (no archive to compress and read)
-    graph, arrays = in_memory(*program_json(
-        f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,
-        enable_metadata=meta is not None, user_info=meta and meta["user_info"],
-        _function=program))
+    default = get_default_device()
+    if _holds_quantized(ops, consts):  # quantized tensors live on CPU devices only: the
+        set_default_device("cpu0")  # program runs on cpu0, recorded so (on a CUDA machine too)
+    try:
+        f = trace(program, symbolic=True, capture_as_const=True)
+        f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+        # what f.dump would write, handed over as read back (no archive to compress and read)
+        graph, arrays = in_memory(*program_json(
+            f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,
+            enable_metadata=meta is not None, user_info=meta and meta["user_info"],
+            _function=program))
+    finally:
+        set_default_device(default)
     if cases:
         graph["testcases"] = _testcases_json(cases, feeds, names, asserts, specs, out_names,
                                              outputs, arrays)

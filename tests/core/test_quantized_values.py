@@ -91,9 +91,6 @@ FLOAT_FUNCTIONS = {
     "hsigmoid": (F.hsigmoid, torch.nn.functional.hardsigmoid),
     "cross_entropy": (lambda q: F.nn.cross_entropy(q, mge.tensor([0, 3])),
                       lambda v: torch.nn.functional.cross_entropy(v, torch.tensor([0, 3]))),
-    "interpolate": (lambda q: F.nn.interpolate(q.reshape(1, 1, 2, 4), scale_factor=2),
-                    lambda v: torch.nn.functional.interpolate(v.reshape(1, 1, 2, 4),
-                                                             scale_factor=2, mode="bilinear")),
     # losses of two inputs of one quantized dtype (they computed on the stored integers)
     "l1_loss": (lambda q: F.nn.l1_loss(q, q[::-1]),
                 lambda v: torch.nn.functional.l1_loss(v, v.flip(0))),

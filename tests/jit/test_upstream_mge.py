@@ -15,7 +15,8 @@ from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 # (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
-          "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs"]
+          "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
+          "q_block_fbs", "q_out", "q_batchconv"]
 
 
 def _files(name):
@@ -59,7 +60,8 @@ def test_load_runs_as_upstream(name):
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
-                                  "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs"])
+                                  "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs",
+                                  "q_cbr", "q_block_fbs", "q_out"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
@@ -83,7 +85,7 @@ def test_names_as_upstream():
         "stem.bias", "stem.weight"]
 
 
-@pytest.mark.parametrize("name", ["cnn", "mobile", "mobile_fbs"])
+@pytest.mark.parametrize("name", ["cnn", "mobile", "mobile_fbs", "q_cbr"])
 def test_other_entry_points(name):
     from megengine.core.tensor.megbrain_graph import load_graph
     from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
@@ -127,6 +129,83 @@ def test_test_cases_of_input_data(name, output):
     assert list(inputs) == ["data"] and list(expected) == prog.outputs
     _check([v.numpy() for v in prog.run(inputs).values()], list(expected.values()))
     _check(list(load_and_inference(path)[0].values()), list(expected.values()))
+
+
+@pytest.mark.parametrize("name, prefix", [("q_cbr", ""), ("q_cbr", "2"), ("q_block_fbs", ""),
+                                          ("q_block_fbs", "2"), ("q_out", ""), ("q_out", "2"),
+                                          ("q_batchconv", "")])
+def test_quantized_networks_compute_upstreams_integers(name, prefix):
+    # upstream's quantize_qat + quantize, traced and dumped (make.py): q_cbr's ConvBias on
+    # qint8 (conv-bn-relu), pooling, MatrixMul to qint32 + the bias, TypeCvt back to float;
+    # q_block_fbs (quint8 with zero points, dump_format="FBS"): ElemwiseMultiType QFUSE_ADD_RELU,
+    # QADD, QMUL, a Concat of requantized inputs, average pooling; q_out's quantized outputs
+    # (ConvolutionBackwardData, QH_SWISH, QFUSE_ADD_SIGMOID, QSUB); q_batchconv's BatchConvBias
+    # (F.quantized.batch_conv_bias_activation, relu). Equal to the last bit, and
+    # the outputs' quantized dtypes carry upstream's scales
+    from megengine.core.tensor import dtype
+
+    path, ref = _files(name)
+    got = load(path).run({"data": ref[f"in{prefix}_data"]}, strict_shape=False)
+    want = _outputs(ref, f"out{prefix}_")
+    for i, (g, w) in enumerate(zip(got.values(), want)):
+        g = g.numpy()
+        np.testing.assert_array_equal(g, w, strict=True)
+        info = eval(str(ref[f"dtype_{i}"])) if f"dtype_{i}" in ref else None
+        assert (g.dtype.metadata and dict(g.dtype.metadata["mgb_dtype"])) == (info or None)
+        if info is not None:
+            assert dtype.get_scale(g.dtype) == info["scale"]  # (float32's value, exactly)
+
+
+def test_quantized_program_runs_on_cpu0():
+    # quantized tensors live on CPU devices only: a quantized file's program takes its inputs
+    # on cpu0, also where the default device is a GPU (MGE_SIM_CUDA=1 runs these tests so)
+    import megengine as mge
+    from megengine.jit.dump import read_file
+
+    default = mge.get_default_device()
+    graph, _ = read_file(os.path.join(DATA, "q_cbr.mge"))
+    assert [i["device"] for i in graph["inputs"]] == ["cpu0"]
+    assert mge.get_default_device() == default
+    graph, _ = read_file(os.path.join(DATA, "cnn.mge"))  # (a float one: the default device)
+    assert [i["device"] for i in graph["inputs"]] == ["xpux"]
+
+
+def test_fused_residual_of_quantized_conv_bias():
+    # q_z.mge: dump(enable_fuse_conv_bias_with_z=True): ConvBias(x, w, b, z) of qint8 computes
+    # as upstream's reference kernel: the accumulator's value plus z's, relu, quantized once,
+    # within one step of the output scale of the network's own outputs (which requantize the
+    # convolution before the add). Upstream 1.13's CPU kernel leaves z out (upstream 1.13
+    # measured: its run of the file equals the graph without the residual, out_*)
+    path, ref = _files("q_z")
+    got = [v.numpy() for v in load(path).run({"data": ref["in_data"]}).values()]
+    for g, eager, upstream in zip(got, _outputs(ref, "eager_"), _outputs(ref)):
+        step = np.diff(np.unique(eager)).min()  # (the output's scale)
+        assert np.abs(g - eager).max() <= step * 1.001
+        assert np.abs(g - upstream).max() > 10 * step
+
+
+def test_four_bit_quantized_file_is_refused():
+    # q_lowbit.mge: ema_lowbit_fakequant_qconfig, QuantizedS4 values packed two to a byte
+    with pytest.raises(UpstreamFormatError, match=r"ImmutableTensor\) has dtype QuantizedS4, "
+                                                  r"which this reader does not provide.*8-bit"):
+        load(os.path.join(DATA, "q_lowbit.mge"))
+
+
+def test_quantized_dtype_without_its_scale_is_refused():
+    import struct
+    from megengine.jit.upstream_mge import _Op, _Table
+
+    data = bytearray(_data("q_cbr"))
+    buf = bytes(data[4:])  # (upstream writes the buffer's size first)
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    conv = next(_Op(t, k) for k, t in enumerate(model.tables(2))
+                if _Op(t, k).type == "ConvBiasForward")
+    dtype_table = conv.output_dtype  # QuantizedS8; its param union's type (field 1) set to NONE
+    assert dtype_table.scalar(0, "b") == 13 and dtype_table.scalar(1, "B") == 1
+    data[4 + dtype_table.pos + dtype_table.offsets[1]] = 0
+    with pytest.raises(UpstreamFormatError, match=r"\(ConvBiasForward\) has dtype QuantizedS8 "
+                                                  r"without its scale; the file is corrupt"):
+        load(io.BytesIO(bytes(data)))
 
 
 def test_load_network_and_run_tool():

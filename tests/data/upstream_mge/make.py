@@ -167,7 +167,104 @@ class Compare(M.Module):  # comparisons with a bool result (ElemwiseMultiType in
                 y[1] + F.arange(4))
 
 
-def make(name, net, inputs, options, batch2=None):
+class QCBR(M.Module):  # MegEngine/Models' quantized path: conv-bn-relu, pooling, linear
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = M.QuantStub(), M.DequantStub()
+        self.conv = M.ConvBnRelu2d(3, 8, 3, padding=1)
+        self.pool = M.MaxPool2d(2)
+        self.fc = M.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.pool(self.conv(self.quant(x)))
+        return self.dequant(self.fc(F.flatten(x, 1)))
+
+
+class QBlock(M.Module):  # a residual block: quantized add-relu, add, mul, concat, avg pooling
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = M.QuantStub(), M.DequantStub()
+        self.c1 = M.ConvBnRelu2d(4, 8, 3, padding=1)
+        self.c2 = M.ConvBn2d(8, 8, 3, padding=1, groups=2)
+        self.sc = M.ConvBn2d(4, 8, 1)
+        self.add_relu = M.Elemwise("fuse_add_relu")
+        self.c3 = M.ConvRelu2d(8, 4, 3, stride=2, padding=1)
+        self.c4 = M.Conv2d(8, 4, 1, stride=2)
+        self.cat, self.add, self.mul = M.Concat(), M.Elemwise("add"), M.Elemwise("mul")
+        self.pool = M.AvgPool2d(2)
+
+    def forward(self, x):
+        x = self.quant(x)
+        y = self.add_relu(self.c2(self.c1(x)), self.sc(x))
+        a, b = self.c3(y), self.c4(y)
+        return (self.dequant(self.pool(self.cat([a, b], axis=1))),
+                self.dequant(self.mul(self.add(a, b), b)))
+
+
+class QOut(M.Module):  # quantized outputs (integers with their scales); transposed conv,
+    # quantized h_swish, add-sigmoid, sub
+    def __init__(self):
+        super().__init__()
+        self.quant = M.QuantStub()
+        self.up = M.ConvTranspose2d(2, 2, 2, stride=2, bias=False)
+        self.c = M.ConvRelu2d(2, 4, 3, padding=1)
+        self.fc = M.Linear(4, 3)
+        self.h, self.sig = M.Elemwise("h_swish"), M.Elemwise("fuse_add_sigmoid")
+        self.sub = M.Elemwise("sub")
+
+    def forward(self, x):
+        y = self.c(self.up(self.quant(x)))
+        p = F.max_pool2d(y, 4)
+        return self.fc(F.flatten(p, 1)), self.h(y), self.sig(y, y), self.sub(y, self.h(y)), p
+
+
+class QBatchConv(M.Module):  # F.quantized.batch_conv_bias_activation: a weight per sample
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = mge.Parameter(w), mge.Parameter(b)
+
+    def forward(self, x):
+        from megengine.core.tensor import dtype
+
+        qx = x.astype(dtype.qint8(0.05))
+        qw = self.w.astype(dtype.qint8(0.04))
+        qb = self.b.astype(dtype.qint32(dtype.get_scale(qx.dtype) * dtype.get_scale(qw.dtype)))
+        return F.quantized.batch_conv_bias_activation(qx, qw, qb, dtype=dtype.qint8(0.1),
+                                                      padding=1, nonlinear_mode="relu")
+
+
+class QConv(M.Module):  # (dumped with 4-bit dtypes: refused)
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = M.QuantStub(), M.DequantStub()
+        self.conv = M.ConvRelu2d(2, 2, 3)
+
+    def forward(self, x):
+        return self.dequant(self.conv(self.quant(x)))
+
+
+def quantized(net, qconfig, rng, shape, then=None):
+    """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
+    mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
+    the scales: passive_qconfig), and quantized."""
+    from megengine.quantization import quantize, quantize_qat, reset_qconfig
+
+    for name, b in net.named_buffers():
+        if name.endswith("running_var"):
+            b.set_value(rng.uniform(0.5, 2, b.shape).astype("float32"))
+        elif name.endswith("running_mean"):
+            b.set_value(rng.randn(*b.shape).astype("float32") * 0.1)
+    qat = quantize_qat(net, qconfig=qconfig)
+    qat.train()
+    for _ in range(3):
+        qat(mge.tensor(rng.randn(*shape).astype("float32")))
+    if then is not None:
+        reset_qconfig(qat, then)
+    qat.eval()
+    return quantize(qat)
+
+
+def make(name, net, inputs, options, batch2=None, eager=False):
     net.eval()
 
     @trace(symbolic=True, capture_as_const=True)
@@ -183,6 +280,14 @@ def make(name, net, inputs, options, batch2=None):
     # F.clip differs from the eager call; the file's value is what a loader must give)
     got = GraphInference(f"{name}.mge").run(inp_dict=inputs)
     data.update({f"out_{i}": v for i, v in enumerate(got.values())})
+    for i, v in enumerate(got.values()):  # (.npy keeps no dtype metadata: the scales)
+        if v.dtype.metadata:
+            data[f"dtype_{i}"] = np.array(repr(dict(v.dtype.metadata["mgb_dtype"])))
+    if eager:  # the network's own outputs (on q_z.mge, upstream's CPU kernel of the fused
+        # ConvBias leaves the residual out)
+        out = net(*arrays)
+        data.update({f"eager_{i}": v.numpy() for i, v in
+                     enumerate(out if isinstance(out, (tuple, list)) else (out,))})
     if batch2 is not None:
         inp2 = {k: np.random.RandomState(1).randn(batch2, *v.shape[1:]).astype(v.dtype)
                 for k, v in inputs.items()}
@@ -248,6 +353,32 @@ def main(out_dir):
     y[0, 1:] += np.array([1, -1, 0], "float32")
     make("compare_fbs", Compare(), {"x": x, "y": y},
          {"dump_format": "FBS", "optimize_for_inference": False})
+    # quantized networks (quantize_qat, calibration, quantize), as upstream users deploy them
+    from functools import partial
+    from megengine.quantization import (QConfig, ema_fakequant_qconfig,
+                                        ema_lowbit_fakequant_qconfig, passive_qconfig)
+    from megengine.quantization.fake_quant import FakeQuantize
+    from megengine.quantization.observer import ExponentialMovingAverageObserver, MinMaxObserver
+    from megengine.quantization.utils import QuantMode
+
+    asym = {"dtype": "quint8", "mode": QuantMode.ASYMMERTIC}
+    quint8 = QConfig(weight_observer=partial(MinMaxObserver, **asym),
+                     act_observer=partial(ExponentialMovingAverageObserver, **asym),
+                     weight_fake_quant=partial(FakeQuantize, dtype="quint8"),
+                     act_fake_quant=partial(FakeQuantize, dtype="quint8"))
+    make("q_cbr", quantized(QCBR(), ema_fakequant_qconfig, rng, (2, 3, 8, 8)),
+         {"data": img(2, 3, 8, 8)}, {}, batch2=3)
+    make("q_block_fbs", quantized(QBlock(), quint8, rng, (2, 4, 8, 8)),
+         {"data": img(2, 4, 8, 8)}, {"dump_format": "FBS"}, batch2=3)
+    make("q_out", quantized(QOut(), ema_fakequant_qconfig, rng, (2, 2, 2, 2), passive_qconfig),
+         {"data": img(2, 2, 2, 2)}, {}, batch2=1)
+    make("q_z", quantized(QBlock(), ema_fakequant_qconfig, rng, (2, 4, 8, 8)),
+         {"data": img(2, 4, 8, 8)}, {"enable_fuse_conv_bias_with_z": True,
+                                     "enable_fuse_conv_bias_nonlinearity": True}, eager=True)
+    make("q_lowbit", quantized(QConv(), ema_lowbit_fakequant_qconfig, rng, (1, 2, 4, 4)),
+         {"data": img(1, 2, 4, 4)}, {})
+    make("q_batchconv", QBatchConv(img(2, 3, 2, 3, 3) * 0.1, img(1, 3, 1, 1) * 0.2),
+         {"data": img(2, 2, 4, 4)}, {})
 
 
 if __name__ == "__main__":
