@@ -74,8 +74,10 @@ def _shape(size, what):
         items = None
     if items is not None:
         # a whole float (``n / 2`` of an even n) is its int, as upstream's int32 shape
-        # conversion reads it; a fraction is refused (upstream truncated it silently)
+        # conversion reads it; a fraction is refused (upstream truncated it silently); a 0-d
+        # integer Tensor (``(mask.sum(), 4)``) is its value, as upstream's shape conversion
         items = [int(s) if isinstance(s, (float, np.floating)) and float(s).is_integer()
+                 else s.item() if isinstance(s, Tensor) and s.ndim == 0 and s.dtype.kind in "iu"
                  else s for s in items]
     if items is None or not all(is_int(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
@@ -92,6 +94,8 @@ def _dist_param(value, name, what, zero_ok=False):
     (negative, NaN, or 0 where ``zero_ok`` is False) is refused with its name instead of numpy's
     "a <= 0" or a silent NaN. ``zero_ok`` (Tensor values only): 0 gives the degenerate draw 0,
     as numpy and torch (gamma, poisson)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a numpy scalar array is its number, as upstream takes it
     if isinstance(value, Tensor):
         arr = value.numpy()
         ok = arr >= 0 if zero_ok else arr > 0  # (NaN fails both)
@@ -163,16 +167,26 @@ class RNG:
     def _gen(self):
         return self._generator if self._generator is not None else _core_rng.generator
 
-    def _draw(self, method, *args, dtype="float32"):
+    def _draw(self, method, *args, dtype="float32", params=()):
         """A tensor of ``generator.method(*args)``: an op, so a traced function draws anew on
-        every replay instead of repeating the first call's numbers."""
-        device = canonical_device(self._device if self._device is not None else get_default_device())
+        every replay instead of repeating the first call's numbers. It lives on this RNG's
+        device; without one, on the device of the first Tensor in ``params`` (the
+        distribution's parameters, as upstream's GammaRNG / BetaRNG / PoissonRNG run where
+        their inputs are), else on the default device."""
+        device = self._device
+        if device is None:
+            device = next((p._device for p in params if isinstance(p, Tensor)), None)
+        if device is None:
+            device = canonical_device(get_default_device())
         return apply(_Draw(self, method, args, np.dtype(dtype), device))
 
     def uniform(self, low: float = 0, high: float = 1, size=None):
         """Samples of U[low, high) (``high`` excluded, also after rounding to float32), float32,
         shape ``size`` (None means (1,))."""
         low, high = _number(low, "low", "uniform"), _number(high, "high", "uniform")
+        if not (np.isfinite(low) and np.isfinite(high)):
+            # (upstream's low + (high - low) * u gives inf and NaN; numpy raised OverflowError)
+            raise ValueError(f"uniform: low and high must be finite, got low={low}, high={high}")
         if not low < high:
             raise ValueError(f"uniform: needs low < high, got low={low}, high={high}")
         return self._draw("uniform", low, high, _shape(size, "uniform"))
@@ -190,29 +204,33 @@ class RNG:
         dtype = _param_dtype("gamma", shape=shape, scale=scale)
         k = _dist_param(shape, "shape", "gamma", zero_ok=True)
         theta = _dist_param(scale, "scale", "gamma", zero_ok=True)
-        return self._draw("gamma", k, theta, _param_shape(size, k, theta), dtype=dtype)
+        return self._draw("gamma", k, theta, _param_shape(size, k, theta), dtype=dtype,
+                          params=(shape, scale))
 
     def beta(self, alpha, beta, size=None):
         """Samples of Beta(alpha, beta); Tensor parameters broadcast after ``size``. float32,
         or the dtype of float Tensor parameters (float16 gives float16)."""
         dtype = _param_dtype("beta", alpha=alpha, beta=beta)
         a, b = _dist_param(alpha, "alpha", "beta"), _dist_param(beta, "beta", "beta")
-        return self._draw("beta", a, b, _param_shape(size, a, b), dtype=dtype)
+        return self._draw("beta", a, b, _param_shape(size, a, b), dtype=dtype,
+                          params=(alpha, beta))
 
     def poisson(self, lam, size=None):
         """Samples of Poisson(lam) as float32, or as a float Tensor ``lam``'s dtype; a Tensor
         ``lam`` broadcasts after ``size``."""
         dtype = _param_dtype("poisson", lam=lam)
-        lam = _dist_param(lam, "lam", "poisson", zero_ok=True)
-        return self._draw("poisson", lam, _param_shape(size, lam), dtype=dtype)
+        lam_value = _dist_param(lam, "lam", "poisson", zero_ok=True)
+        return self._draw("poisson", lam_value, _param_shape(size, lam_value), dtype=dtype,
+                          params=(lam,))
 
     def exponential(self, rate=1.0, size=None):
         """Samples of Exp(rate) (density ``rate * exp(-rate * x)``, mean ``1 / rate``), float32
         or a float Tensor ``rate``'s dtype (as gamma); a Tensor ``rate`` broadcasts after
         ``size``."""
         dtype = _param_dtype("exponential", rate=rate)
-        rate = _dist_param(rate, "rate", "exponential")
-        return self._draw("exponential", rate, _param_shape(size, rate), dtype=dtype)
+        rate_value = _dist_param(rate, "rate", "exponential")
+        return self._draw("exponential", rate_value, _param_shape(size, rate_value), dtype=dtype,
+                          params=(rate,))
 
     def multinomial(self, input: Tensor, num_samples: int, replacement: bool = False):
         """Draw ``num_samples`` category indices (int32) per row of ``input``, a 1-d or 2-d

@@ -132,6 +132,8 @@ def test_shuffle_of_one_row_still_works():
     (lambda: rand.normal(mge.tensor([0.0, 1.0]), 1.0, size=(2,)), TypeError,
      r"normal: mean must be a number, got a Tensor of shape \(2,\)"),
     (lambda: rand.uniform(mge.tensor([0.0, 1.0]), 2.0), TypeError, "uniform: low"),
+    # upstream's low + (high - low) * u gives inf and NaN; numpy raised an OverflowError
+    (lambda: rand.uniform(0.0, float("inf")), ValueError, "low and high must be finite"),
 ])
 def test_bad_arguments_say_what_was_wrong(call, error, match):
     with pytest.raises(error, match=match):
@@ -152,3 +154,47 @@ def test_one_element_tensor_bounds_are_read_as_numbers():
     u = rand.RNG(seed=4).uniform(mge.tensor(1.0), mge.tensor([2.0]), size=(6,)).numpy()
     np.testing.assert_array_equal(u, rand.RNG(seed=4).uniform(1.0, 2.0, size=(6,)).numpy())
     assert u.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta", "poisson", "exponential"])
+def test_draws_from_tensor_parameters_live_on_the_parameters_device(name):
+    # upstream 1.13 measured: gamma / beta / poisson of Tensors on cpu1 give a cpu1:0 draw (its
+    # kernels run where their inputs are); a draw with two parameters takes the first one's
+    # device (shape on cpu1, scale on cpu0: cpu1:0); earlier versions of this fork put the
+    # draw on the default device
+    p = mge.tensor([1.0, 2.0], device="cpu1")
+    q = mge.tensor([1.0, 2.0], device="cpu0")
+    args = {"gamma": (p, q), "beta": (p, q), "poisson": (p,), "exponential": (p,)}[name]
+    out = getattr(rand, name)(*args, size=(3,))
+    assert out.device.logical_name == "cpu1:0" and out.shape == (3, 2)
+    # a seeded RNG with a device draws there, and default-device parameters stay on theirs
+    assert getattr(rand.RNG(1, device="cpu2"), name)(*args).device.logical_name == "cpu2:0"
+    default = getattr(rand, name)(*(mge.tensor([1.0, 2.0]) for _ in args))
+    assert default.device.logical_name == "xpux:0"
+
+
+@pytest.mark.parametrize("draw", [
+    lambda size: rand.uniform(size=size), lambda size: rand.normal(size=size),
+    lambda size: rand.gamma(2.0, size=size), lambda size: rand.beta(2.0, 3.0, size=size),
+    lambda size: rand.poisson(3.0, size=size),
+])
+def test_a_size_may_hold_0d_integer_tensors(draw):
+    # upstream 1.13 measured: size=(mge.tensor(2), 3) gives shape (2, 3), a count taken from a
+    # tensor (mask.sum()) next to an int; earlier versions of this fork raised TypeError
+    assert draw((mge.tensor(2), 3)).shape == (2, 3)
+    assert draw([np.int64(2), mge.tensor(3, dtype="int16")]).shape == (2, 3)
+    with pytest.raises(TypeError, match="size must be"):
+        draw((mge.tensor(2.0), 3))  # a float Tensor is no count
+
+
+@pytest.mark.parametrize("name, args", [
+    ("gamma", (np.array(2.0), np.array(3.0))), ("beta", (np.array(2.0), 3.0)),
+    ("poisson", (np.array(4.0),)),
+])
+def test_numpy_0d_array_parameters_are_numbers(name, args):
+    # upstream 1.13 measured: gamma(np.array(2.0), size=(2,)) is a float32 draw of shape (2,);
+    # earlier versions of this fork raised TypeError
+    out = getattr(rand.RNG(seed=6), name)(*args, size=(2,))
+    assert out.shape == (2,) and out.dtype == np.float32
+    numbers = tuple(float(a) for a in args)
+    np.testing.assert_array_equal(out.numpy(), getattr(rand.RNG(seed=6), name)(*numbers, size=(2,)).numpy())
