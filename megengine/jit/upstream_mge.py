@@ -352,8 +352,20 @@ def _pair(op, h, w, default):
     return (op.p(h, "I", default), op.p(w, "I", default))
 
 
-def _nchw(op, field):
-    op.require(field, "I", (0,), "format (layout)")
+# upstream's tensor layouts by their number in its param enum Convolution.Format, which ConvBias,
+# Pooling, AdaptivePooling and Resize share (its legacy ConvolutionV0.Format numbers the first
+# nine alike); this reader computes NCHW only
+_LAYOUTS = ("NCHW", "NHWC", "NHWCD4", "NCHW4", "NCHW8", "NCHW32", "NCHW88", "NCHW44",
+            "NCHW44_DOT", "NCHW4_NCHW32", "NCHW32_NCHW4", "NCHW4_NCHW", "NHWC_NCHW",
+            "NHWC_NCHW4_IC_SMALL", "NCHW_NCHW4_IC_SMALL", "CHWN4", "NCHW64", "NCHW4_NHWC")
+
+
+def _nchw(op, field, default=0, layouts=_LAYOUTS):
+    """Refuse a layout (param field ``field``) other than the first of ``layouts``, by name."""
+    v = op.p(field, "I", default)
+    if v != 0:
+        name = layouts[v] if v < len(layouts) else "unknown"
+        op.refuse(f"the {name} layout (format {v}; only {layouts[0]} is read)")
 
 
 def _conv_args(op, w, pad, sparse):
@@ -696,7 +708,7 @@ _RESIZE_MODES = {0: "nearest", 1: "bilinear"}
 
 def _op_resize(op, x, size):
     mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
-    op.require(1, "I", (0,), "format (layout)", default=1)  # (Resize's default is NHWC)
+    _nchw(op, 1, default=1)  # (Resize's default is NHWC)
     return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
                                    align_corners=False if mode else None)
 
@@ -731,7 +743,7 @@ def _op_cond_take(op, data, mask):
 
 def _op_convolution3d(op, x, w):
     op.require(0, "I", (0,), "convolution mode")
-    op.require(12, "I", (0,), "format (layout)")
+    _nchw(op, 12, layouts=("NCDHW", "NDHWC"))
     sparse = op.require(10, "I", (0, 1), "sparse mode")
     triple = lambda first, default: tuple(op.p(first + i, "I", default) for i in range(3))
     return _F().conv3d(x, w, None, triple(4, 1), triple(1, 0), triple(7, 1),

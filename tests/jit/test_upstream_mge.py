@@ -316,6 +316,18 @@ def test_unsupported_parameter_is_named():
         load(io.BytesIO(bytes(data)))
 
 
+def test_other_layout_is_named():
+    # ResizeV2 stores its format (NCHW = 0 differs from its default, NHWC); upstream's enum
+    # Convolution.Format numbers NCHW4 3 and NCHW44 7
+    data = bytearray(_data("ops"))
+    at = _first_param_field(data, "ResizeV2", 1)
+    for number, name in [(3, "NCHW4"), (7, "NCHW44"), (1, "NHWC"), (99, "unknown")]:
+        data[at:at + 4] = number.to_bytes(4, "little")
+        with pytest.raises(UpstreamFormatError, match=rf"\(ResizeV2\b.*: the {name} layout "
+                                                      rf"\(format {number}; only NCHW is read\)"):
+            load(io.BytesIO(bytes(data)))
+
+
 def test_corrupt_graph_is_refused():
     import struct
     from megengine.jit.upstream_mge import _Op, _Table
