@@ -619,9 +619,9 @@ def _op_layer_norm(op, x, *wb):
     F = _F()
     y = F.layer_norm(x, tuple(x.shape[x.ndim - nd:]), affine, *(wb if affine else ()), eps=eps)
     axes = tuple(range(x.ndim - nd, x.ndim))
-    mean = F.mean(x, axis=axes)
-    rstd = 1 / F.sqrt(F.mean((x - F.mean(x, axis=axes, keepdims=True)) ** 2, axis=axes) + eps)
-    return y, mean, rstd
+    mean = F.mean(x, axis=axes, keepdims=True)
+    rstd = 1 / F.sqrt(F.mean((x - mean) ** 2, axis=axes) + eps)
+    return y, F.squeeze(mean, axes), rstd
 
 
 def _op_split(op, x, *sizes):
