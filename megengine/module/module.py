@@ -1,6 +1,5 @@
 """`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
 import functools
-import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 from ..core.tensor import Parameter, Tensor
+from ..logger import get_logger
 
 __all__ = ["Module", "HookHandler", "LoadStateDictError"]
 
@@ -25,7 +25,8 @@ def _naming_scopes():
         return AutoNaming.scopes
     return AutoNaming.scopes
 
-logger = logging.getLogger(__name__)
+# megengine's logger, as upstream's: its lines carry the date and the WRN tag
+logger = get_logger(__name__)
 
 # Attributes that layers keep from one call to the next, made at a call and never saved:
 # conv and batch-norm layers' torch views of their parameters (`functional._aten.LayerViews`),
@@ -217,7 +218,7 @@ class Module:
         if self.__dict__.get("_short_name") and self._short_name != key:
             logger.warning(
                 "try setting the submodule `%s` to `%s`'s new attribute `%s`, its name `%s` "
-                "will remain unchanged", self._short_name, type(parent).__name__, key,
+                "will remain unchanged", self._short_name, type(parent), key,
                 self._short_name,
             )
             return
