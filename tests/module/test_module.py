@@ -479,6 +479,39 @@ def test_a_named_submodule_set_again_logs_upstreams_warning():
     assert not log.logger.propagate  # its own console handler writes upstream's "WRN" line
 
 
+def test_a_tensor_set_as_a_second_attribute_logs_upstreams_warning():
+    class Inner(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = Parameter(np.ones(2, np.float32))
+
+    class Outer(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+            self.w2 = self.inner.w  # a weight shared with a second attribute
+            self.t = Tensor([2.0])
+            self.t2 = self.t
+            self.t3 = self.t2  # warned about too, by its first name
+            self.named = Tensor([1.0], name="kept")
+            self.again = self.named  # a user's name is the name: nothing to warn about
+
+    with _ModuleLog() as log:
+        outer = Outer()
+    # upstream 1.13 measured: "submodule" for Tensors too, the first attribute's name kept
+    head, tail = "try setting the submodule", "will remain unchanged"
+    assert log.messages == [
+        f"{head} `w` to `{Outer!r}`'s new attribute `w2`, its name `w` {tail}",
+        f"{head} `t` to `{Outer!r}`'s new attribute `t2`, its name `t` {tail}",
+        f"{head} `t` to `{Outer!r}`'s new attribute `t3`, its name `t` {tail}"]
+    assert [n for n, _ in outer.named_parameters()] == ["inner.w"]
+    with _ModuleLog() as log:
+        outer.inner.w.name = "renamed"  # a name given after the first attribute, then set again
+        Inner.__setattr__(outer.inner, "w", outer.inner.w)
+    assert log.messages == [
+        f"{head} `w` to `{Inner!r}`'s new attribute `renamed`, its name `w` {tail}"]
+
+
 def test_attribute_rules_before_init():
     class ListFirst(M.Module):
         def __init__(self):
