@@ -1,6 +1,5 @@
 """`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
 import functools
-import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 from ..core.tensor import Parameter, Tensor
+from ..logger import get_logger
 
 __all__ = ["Module", "HookHandler", "LoadStateDictError"]
 
@@ -25,7 +25,8 @@ def _naming_scopes():
         return AutoNaming.scopes
     return AutoNaming.scopes
 
-logger = logging.getLogger(__name__)
+# megengine's logger, as upstream's: its lines carry the date and the WRN tag
+logger = get_logger(__name__)
 
 # Attributes that layers keep from one call to the next, made at a call and never saved:
 # conv and batch-norm layers' torch views of their parameters (`functional._aten.LayerViews`),
@@ -96,6 +97,30 @@ def _access_structure(obj, key: str, callback: Callable = None):
 def _is_module_like(obj):
     # What upstream tracks in ``_modules`` for repr: modules and containers that may hold them.
     return isinstance(obj, (Module, list, tuple, dict))
+
+
+def _is_module_or_tensor(obj):
+    return isinstance(obj, (Module, Tensor))
+
+
+def _warn_named_twice(first, parent, key):
+    # upstream's wording, "submodule" for a Tensor too, the class as its repr prints it
+    logger.warning(
+        "try setting the submodule `%s` to `%s`'s new attribute `%s`, its name `%s` will "
+        "remain unchanged", first, type(parent), key, first,
+    )
+
+
+def _tensor_take_name(tensor, parent, key):
+    """Record the attribute a Tensor was first set as (a name the user gave it wins), as
+    upstream's naming does; a Tensor set as another attribute later (a weight shared by two
+    layers, a spectral norm's ``weight_orig``) keeps it, and the warning says so."""
+    short = tensor.name or key
+    first = getattr(tensor, "_short_name", None)
+    if first and first != short:
+        _warn_named_twice(first, parent, short)
+        return
+    object.__setattr__(tensor, "_short_name", short)
 
 
 def _expand_structure(key, obj):
@@ -209,23 +234,25 @@ class Module:
                 for key, leaf in _expand_structure(name, value):
                     if isinstance(leaf, Module):
                         leaf._take_name(self, prefix, key)
+                    else:
+                        _tensor_take_name(leaf, self, key)
         object.__setattr__(self, name, value)
 
     def _take_name(self, parent, prefix, key):
         """Record where this module sits (upstream's automatic naming); a module already
         named under another attribute keeps its first name."""
         if self.__dict__.get("_short_name") and self._short_name != key:
-            logger.warning(
-                "try setting the submodule `%s` to `%s`'s new attribute `%s`, its name `%s` "
-                "will remain unchanged", self._short_name, type(parent).__name__, key,
-                self._short_name,
-            )
+            _warn_named_twice(self._short_name, parent, key)
             return
         full = key if not prefix else prefix + "." + key
         object.__setattr__(self, "_short_name", key)
         object.__setattr__(self, "_name", full)
-        for sub_key, leaf in self._flatten(recursive=False, with_key=True, predicate=_is_module):
-            leaf._take_name(self, full, sub_key)
+        for sub_key, leaf in self._flatten(recursive=False, with_key=True,
+                                           predicate=_is_module_or_tensor):
+            if isinstance(leaf, Module):
+                leaf._take_name(self, full, sub_key)
+            else:
+                _tensor_take_name(leaf, self, sub_key)
 
     def __delattr__(self, name):
         modules = self.__dict__.get("_modules")
