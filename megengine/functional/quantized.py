@@ -236,12 +236,35 @@ def batch_conv_bias_activation(inp: Tensor, weight: Tensor, bias: Tensor, dtype=
             or weight.shape[2] != inp.shape[1]:
         raise ValueError(f"{what}: expected inp (N, C, H, W) and weight (N, out, C, kh, kw) "
                          f"with the same N and C, got {inp.shape} and {weight.shape}")
+    if _is_quantized(inp) and _is_quantized(weight):
+        # one op, as upstream's BatchConvBias: a traced call runs at other batch sizes
+        _check_conv_mode(conv_mode, compute_mode, what)
+        mode = _mode(nonlinear_mode, _NONLINEAR, "nonlinear_mode", what)
+        geometry = _geometry(False, stride, padding, dilation, 0, 1, what)
+        op = _QuantizedBatchConv(geometry, None if dtype is None else np.dtype(dtype), mode,
+                                 what)
+        return apply(op, inp, weight) if bias is None else apply(op, inp, weight, _tensor(bias))
     n, c, h, w = inp.shape
     out = _conv_bias(False, inp.reshape(1, n * c, h, w),
                      weight.reshape(n * weight.shape[1], *weight.shape[2:]),
                      None if bias is None else _tile_bias(_tensor(bias), n), dtype, stride,
                      padding, dilation, n, nonlinear_mode, conv_mode, compute_mode, what)
     return out.reshape(n, -1, *out.shape[2:])
+
+
+class _QuantizedBatchConv(_QuantizedConv):
+    """`_QuantizedConv` with a weight (N, out, C, kh, kw) per sample (upstream's BatchConvBias):
+    one grouped convolution with the batch as the groups, formed at run time."""
+
+    def forward(self, x, w, b=None):
+        n = x.shape[0]
+        geometry = self.geometry[:-1] + (n,)  # (the groups last)
+        conv = _QuantizedConv(geometry, self.dtype, self.mode, self.what)
+        if b is not None:
+            b = np.tile(b.reshape(1, -1, 1, 1), (1, n, 1, 1))
+        out = conv.forward(x.reshape(1, n * x.shape[1], *x.shape[2:]),
+                           w.reshape(n * w.shape[1], *w.shape[2:]), b)
+        return out.reshape(n, -1, *out.shape[2:])
 
 
 def _tile_bias(bias, n):

@@ -109,6 +109,39 @@ def test_batch_conv_bias_activation_uses_one_weight_per_sample():
         np.testing.assert_array_equal(out.numpy()[n:n + 1], expect)
 
 
+def test_traced_batch_conv_bias_activation_runs_at_other_batch_sizes():
+    # one op, as upstream's BatchConvBias: earlier versions of this fork traced it as reshapes
+    # of the traced batch size, and the dumped program refused others (ShapeGuardError)
+    import io
+
+    from megengine.jit import trace
+    from megengine.jit.dump import load
+
+    def f(x, w, b):
+        return F.quantized.batch_conv_bias_activation(
+            x.astype(dtype.qint8(S_IN)), w.astype(dtype.qint8(S_W)),
+            b.astype(dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT), padding=1)
+
+    rng = np.random.RandomState(7)
+
+    def args(n):
+        return [rng.randn(n, 2, 4, 4).astype(np.float32) * 0.5,
+                rng.randn(n, 3, 2, 3, 3).astype(np.float32) * 0.05,
+                rng.randn(1, 3, 1, 1).astype(np.float32) * 0.01]
+
+    traced = trace(f, symbolic=True, capture_as_const=True)
+    traced(*[mge.tensor(a) for a in args(2)])
+    buf = io.BytesIO()
+    traced.dump(buf, arg_names=["x", "w", "b"])
+    buf.seek(0)
+    prog = load(buf)
+    for n in (2, 3, 1):
+        a = args(n)
+        got = list(prog.run(dict(zip("xwb", a))).values())[0].numpy()
+        np.testing.assert_array_equal(got, f(*[mge.tensor(v) for v in a]).numpy())
+        assert got.shape == (n, 3, 4, 4)
+
+
 def test_quantized_conv_transpose2d():
     rng = np.random.RandomState(5)
     x, w = _ints(rng, (2, 4, 4, 4)), _ints(rng, (4, 3, 3, 3))
@@ -350,6 +383,16 @@ def test_resize_of_a_quantized_image_keeps_its_dtype():
                    dtype=dtype.quint8(0.1, 100))
     assert F.nn.interpolate(u, scale_factor=2).numpy()[0, 0, 0].tolist() == [
         1, 51, 150, 151, 52, 34, 96, 127]
+
+
+@pytest.mark.parametrize("qdt", [dtype.qint32(0.5), dtype.qint4(0.5), dtype.quint4(0.5, 3)])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_resize_of_a_qint32_or_4_bit_image_is_refused(qdt, mode):
+    # upstream 1.13 measured: its Resize raises for QuantizedS32 ("Unsupported input DType in
+    # Resize") and for 4-bit images; earlier versions of this fork resized their integers
+    q = mge.tensor(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) * 0.1).astype(qdt)
+    with pytest.raises(TypeError, match=r"image cannot be resized.*qint8 and quint8.*astype"):
+        F.vision.interpolate(q, size=(6, 6), mode=mode)
 
 
 def test_bilinear_resize_of_a_quantized_image_rounds_as_upstream():
