@@ -321,7 +321,9 @@ def _elemwise_multi_type(*args, mode, dtype=None):
         real = apply(_HSwish(), _elwise(*values, mode="ADD"))
     else:
         real = _elwise(*values, mode=name[1:])
-    return apply(_Requantize(np.dtype(dtype), name in _BY_DIVISION, 64), real)
+    kinds = {_qd.quant_meta(d).cname for d in [t.dtype for t in tensors] + [np.dtype(dtype)]}
+    by_division = name in _BY_DIVISION or (name in _QINT8_VECTORIZED and kinds != {"QuantizedS8"})
+    return apply(_Requantize(np.dtype(dtype), by_division, 64), real)
 
 
 class _HSwish(Op):
@@ -339,6 +341,9 @@ class _HSwish(Op):
 # H_SWISH, FUSE_ADD_H_SWISH, FUSE_MUL_ADD3 and TRUE_DIV multiply by its reciprocal; the other
 # modes measured give the same integers either way)
 _BY_DIVISION = ("QNEGATE", "QCOND_LEQ_MOV", "QSWITCH_GT0", "QMOD")
+# modes whose multiplying kernel upstream has for qint8 only (measured: QTRUE_DIV of quint8
+# divides)
+_QINT8_VECTORIZED = ("QTRUE_DIV",)
 
 
 # operand kinds upstream's MatrixMul multiplies into a qint32 accumulator (megdnn deduces

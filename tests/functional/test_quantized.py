@@ -227,6 +227,14 @@ def test_quantized_elemwise_modes_round_as_upstreams_kernels():
     x, y = _q([-61, 49, 19], dtype.qint8(0.1)), _q([24, -122, 38], dtype.qint8(0.1))
     np.testing.assert_array_equal(
         _elemwise_multi_type(x, y, mode="QADD", dtype=dtype.qint8(0.2)).numpy(), [-19, -37, 29])
+    # QTRUE_DIV: 1.8 / 0.8 is 7.5 steps of 0.3; qint8 multiplies by 1 / 0.3 (8), quint8
+    # divides by 0.3 (7 from the zero point 128)
+    div = [_elemwise_multi_type(_q(a, qa), _q(b, qb), mode="QTRUE_DIV", dtype=qo).numpy()
+           .tolist() for a, b, qa, qb, qo in [
+               ([9, 11], [8, 8], dtype.qint8(0.2), dtype.qint8(0.1), dtype.qint8(0.3)),
+               ([137, 139], [136, 136], dtype.quint8(0.2, 128), dtype.quint8(0.1, 128),
+                dtype.quint8(0.3, 128))]]
+    assert div == [[8, 9], [135, 137]]
     # h_swish: upstream's vector code (whole blocks of 64) multiplies by float32 1/6, its
     # scalar code divides by 6: 6.29 (17 at 0.37) comes out as 8.5 steps of 0.74, or 8.4999...
     h = _elemwise_multi_type(_q(np.full(65, 17), dtype.qint8(0.37)), mode="QH_SWISH",
