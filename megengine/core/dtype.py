@@ -9,9 +9,13 @@ element ``q`` is ``(q - zero_point) * scale``. numpy keeps the metadata through 
 reshapes, transposes and indexing, so those need no code here; numpy's equality ignores it
 (``qint8(0.5) == np.int8``), so code that compares dtypes must use :func:`is_dtype_equal`.
 
-Rounding: ``Tensor.astype(qdtype)`` rounds halves away from zero (C's ``round``, what upstream's
-kernels do) in float32, ``value / scale``; the numpy helpers ``convert_to_*`` use ``np.round``
-(halves to even), as upstream's Python helpers do.
+A tensor holds its quantized dtype's scale rounded to float32, as upstream's C++ dtypes do
+(:func:`tensor_dtype`): ``x.astype(qint8(0.1)).dtype`` has scale 0.10000000149011612.
+
+Rounding: ``Tensor.astype(qdtype)`` computes in float32 what upstream's x86 kernels compute
+(:func:`quantize_array`, :func:`requantize`): ``value * (1 / scale)`` (4-bit dtypes: ``value /
+scale``), halves away from zero; the numpy helpers ``convert_to_*`` use ``np.round`` (halves
+to even) on ``value / scale``, as upstream's Python helpers do.
 """
 import re
 from collections import namedtuple
@@ -348,24 +352,102 @@ def refuse_quantized(what, *tensors):
             raise no_quantized_form(what, t.dtype)
 
 
-def quantize_array(x, dtype):
-    """Float (or integer) array ``x`` quantized to ``dtype``: ``round(x / scale) + zero_point``
-    in float32, halves away from zero, saturated to the dtype's range."""
-    meta = quant_meta(dtype)
+# the quantized kinds whose conversions upstream 1.13's x86 kernels vectorize (TypeCvt, the
+# requantization of ConvBias and ElemwiseMultiType): float -> quantized multiplies by the
+# reciprocal of the scale; its 4-bit (and 1-bit) kinds divide by the scale (both measured)
+_VECTORIZED = ("QuantizedS8", "Quantized8Asymm", "QuantizedS32")
+
+
+def tensor_dtype(dtype):
+    """``dtype`` as a tensor holds it: a quantized dtype's scale rounded to float32, as upstream's
+    C++ dtypes store it (``x.astype(qint8(0.1)).dtype`` has scale 0.10000000149011612, while
+    ``qint8(0.1)`` itself keeps 0.1)."""
     info = _info(dtype)
-    require_host(x, f"quantize to {dtype_name(dtype)}")
-    xp = xp_of(x)
-    if x.dtype != np.float32 and x.dtype != np.float64:
-        x = x.astype(np.float32)
-    q = round_half_away(xp, x / x.dtype.type(info["scale"]))
-    zp = info.get("zero_point", 0)
+    if info is None or "scale" not in info:  # (not quantized: as it is)
+        return dtype
+    scale32 = float(np.float32(info["scale"]))
+    if scale32 == info["scale"]:
+        return dtype
+    return np.dtype(dtype.str, metadata={"mgb_dtype": dict(info, scale=scale32)})
+
+
+def vector_part(xp, shape, block, rows=1):
+    """Which elements of an array of ``shape`` upstream's x86 kernels handle with vector code
+    (a boolean array): the array (C order) is ``rows`` equal rows, and in each row the whole
+    blocks of ``block`` elements from its start are vector code, the elements after the last
+    whole block scalar code (measured)."""
+    size = int(np.prod(shape))
+    width = size // rows if rows else 0
+    cols = xp.arange(width) < width - width % block
+    return xp.broadcast_to(cols, (rows, width)).reshape(shape)
+
+
+def round_as_kernel(v, block, rows=1):
+    """Float32 array ``v`` rounded half away from zero as upstream's x86 kernels round it: the
+    vector code (`vector_part`) as ``trunc(v +- 0.5)`` in float32, which also takes 0.49999997
+    up to 1 and an odd integer between 2**23 and 2**24 up by one; the scalar code as C's
+    ``round`` (measured)."""
+    xp = xp_of(v)
+    v = xp.asarray(v)
+    vector = xp.trunc(v + xp.copysign(np.float32(0.5), v))
+    return xp.where(vector_part(xp, v.shape, block, rows), vector, round_half_away(xp, v))
+
+
+def _quantized(xp, q, dtype):
+    """Rounded values ``q`` (float) plus ``dtype``'s zero point, saturated to its range, as a
+    tensor's array of ``dtype`` (`tensor_dtype`). NaN becomes the lowest integer (upstream 1.13
+    measured: -128 for qint8, 0 for quint8, -2**31 for qint32)."""
+    meta = quant_meta(dtype)
+    zp = _info(dtype).get("zero_point", 0)
     if zp:
         q = q + zp
     if meta.qmax > 2 ** 24:
         # (qint32: float32 rounds its bound 2**31 - 1 up to 2**31, which the cast wraps to
-        # -2**31; float64 holds the bounds exactly, so a value beyond them saturates)
+        # -2**31, as upstream's kernel does with any value past the top; float64 holds the
+        # bounds exactly, so a value beyond them saturates)
         q = q.astype(np.float64)
-    return _typed(xp, xp.clip(q, meta.qmin, meta.qmax), dtype)
+    q = xp.where(xp.isnan(q), meta.qmin, xp.clip(q, meta.qmin, meta.qmax))
+    return _typed(xp, q, tensor_dtype(dtype))
+
+
+def quantize_array(x, dtype, by_division=False, block=8, rows=1):
+    """Float (or integer) array ``x`` quantized to ``dtype`` in float32 as upstream's kernels
+    compute it: ``round(x * (1 / scale))`` for 8- and 32-bit dtypes, rounded in blocks of
+    ``block`` in each of ``rows`` rows (`round_as_kernel`; upstream's TypeCvt from float32:
+    blocks of 8 over the whole array); ``round(x / scale)``, halves away from zero, for 4-bit
+    ones and with ``by_division`` (upstream's generic element-wise kernels); plus the zero
+    point, saturated (`_quantized`)."""
+    require_host(x, f"quantize to {dtype_name(dtype)}")
+    xp = xp_of(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    scale = np.float32(_info(dtype)["scale"])
+    if by_division or quant_meta(dtype).cname not in _VECTORIZED:
+        return _quantized(xp, round_half_away(xp, x / scale), dtype)
+    return _quantized(xp, round_as_kernel(x * (np.float32(1) / scale), block, rows), dtype)
+
+
+def requantize(a, dtype):
+    """Quantized array ``a`` converted to quantized ``dtype`` as upstream 1.13's TypeCvt
+    (measured): between 8- and 32-bit dtypes, the integers (zero point removed) times one
+    float32 ratio of the scales, rounded in blocks of 32 (an 8-bit source) or 8 (qint32); the
+    ratio is ``src / dst``, or ``src * (1 / dst)`` where quint8 is the source, or the target
+    of a qint8 source. From or to a 4-bit dtype, the float32 value divided by the target's
+    scale, rounded half away from zero."""
+    src, dst = quant_meta(a.dtype).cname, quant_meta(dtype).cname
+    if src not in _VECTORIZED or dst not in _VECTORIZED:
+        return quantize_array(dequantize_array(a), dtype, by_division=True)
+    info = _info(a.dtype)
+    sa, sb = np.float32(info["scale"]), np.float32(_info(dtype)["scale"])
+    if src == "Quantized8Asymm" or (src == "QuantizedS8" and dst == "Quantized8Asymm"):
+        ratio = sa * (np.float32(1) / sb)
+    else:
+        ratio = sa / sb
+    ints = stored(a).astype(np.float32)
+    if info.get("zero_point", 0):
+        ints -= np.float32(info["zero_point"])
+    block = 8 if src == "QuantizedS32" else 32
+    return _quantized(xp_of(a), round_as_kernel(ints * ratio, block), dtype)
 
 
 def _typed(xp, a, dtype):
@@ -375,28 +457,30 @@ def _typed(xp, a, dtype):
 
 
 def requantize_array(acc, acc_scale, dtype, relu=False):
-    """Integer accumulator ``acc`` (real value ``acc * acc_scale``) as ``dtype``: the value is
-    formed in float32 (upstream's qint32 -> qint8 conversion dequantizes, then quantizes);
-    a qint32 target of the same scale keeps the integers exactly."""
+    """Integer accumulator ``acc`` (real value ``acc * acc_scale``) as ``dtype``: a qint32
+    target of the same scale (or None) keeps the integers exactly; a float one gets the real
+    values; another quantized one, what upstream's TypeCvt from qint32 gives (`requantize`)."""
     xp = xp_of(acc)
     if relu:
         acc = xp.maximum(acc, 0)
     if dtype is None:
-        return _typed(xp, acc, qint32(acc_scale))
+        return _typed(xp, acc, tensor_dtype(qint32(acc_scale)))
     dtype = np.dtype(dtype)
     meta = quant_meta(dtype)
     if meta is None:  # a float output: the real values
         return (acc.astype(np.float32) * np.float32(acc_scale)).astype(dtype)
-    if meta.cname == "QuantizedS32" and _info(dtype)["scale"] == acc_scale:
-        return _typed(xp, xp.clip(acc, meta.qmin, meta.qmax), dtype)
-    return quantize_array(acc.astype(np.float32) * np.float32(acc_scale), dtype)
+    if meta.cname == "QuantizedS32" and np.float32(_info(dtype)["scale"]) == acc_scale:
+        return _typed(xp, xp.clip(acc, meta.qmin, meta.qmax), tensor_dtype(dtype))
+    meta32 = _builtin_quant_dtypes["qint32"]
+    acc32 = _typed(xp, xp.clip(acc, meta32.qmin, meta32.qmax), qint32(acc_scale))
+    return requantize(acc32, dtype)
 
 
 class QuantizedCast(Op):
     """``Tensor.astype`` where either side is quantized: float -> quantized rounds and
-    saturates, quantized -> float dequantizes, quantized -> quantized goes through the float
-    value (as upstream's TypeCvt). No gradient flows through it: quantized tensors are for
-    inference (upstream's quantized modules refuse training)."""
+    saturates (`quantize_array`), quantized -> float dequantizes, quantized -> quantized
+    scales the integers as upstream's TypeCvt (`requantize`). No gradient flows through it:
+    quantized tensors are for inference (upstream's quantized modules refuse training)."""
 
     def __init__(self, dtype):
         self.dtype = dtype
@@ -408,7 +492,7 @@ class QuantizedCast(Op):
             # own type in dispatch's _array)
             return np.asarray(dequantize_array(x)).astype(self.dtype, copy=False)
         if src is not None:
-            x = dequantize_array(x)
+            return requantize(x, self.dtype)
         return quantize_array(x, self.dtype)
 
     def backward(self, g):

@@ -74,11 +74,12 @@ def _as_array(value, dtype, device, copy):
             # numpy 2 refuses Python ints outside an integer dtype's range; upstream wraps them
             # (its guide: Tensor([127, 128, 129], dtype="int8") is [127, -128, -127])
             arr = xp.array(value, dtype=np.int64).astype(dtype)
-        if dtype.metadata is not None and arr.dtype.metadata is None:
+        if dtype.metadata is not None and arr.dtype.metadata != dtype.metadata:
             # a quantized dtype (its scale is metadata): the values are the stored integers, and
-            # numpy keeps an input's own int8 dtype when only metadata differs
+            # numpy keeps an input's own int8 dtype (and its scale) when only metadata differs
+            _refuse_other_scale(arr.dtype, dtype)
             arr = arr.view(dtype)
-        return arr
+        return _with_tensor_scale(arr)
     try:
         arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
     except (ValueError, TypeError) as e:
@@ -91,7 +92,29 @@ def _as_array(value, dtype, device, copy):
             f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}); "
             "give numbers, nested lists of numbers or a numeric array"
         )
-    return arr
+    return _with_tensor_scale(arr)
+
+
+def _refuse_other_scale(data_dtype, asked):
+    """Integers of quantized ``data_dtype`` are not relabelled with another scale (upstream 1.13
+    raises too): ``tensor(q.numpy(), dtype=qint8(s))`` takes ``q``'s integers only where their
+    scale is ``s`` (as float32, as tensors hold it)."""
+    if data_dtype.metadata is None or not dtype.is_quantize(data_dtype) or \
+            not dtype.is_quantize(asked) or \
+            dtype.tensor_dtype(data_dtype).metadata == dtype.tensor_dtype(asked).metadata:
+        return
+    raise TypeError(f"tensor: the data is {dtype.dtype_name(data_dtype)}, another quantized "
+                    f"dtype than the {dtype.dtype_name(asked)} asked for; convert the values "
+                    "with tensor(data).astype(dtype), or pass the stored integers as a plain "
+                    "integer array")
+
+
+def _with_tensor_scale(arr):
+    """``arr`` with a quantized dtype's scale rounded to float32, as a tensor holds it
+    (`dtype.tensor_dtype`)."""
+    if arr.dtype.metadata is None or not dtype.is_quantize(arr.dtype):
+        return arr
+    return arr.view(dtype.tensor_dtype(arr.dtype))
 
 
 _PROMOTE_CACHE = {}

@@ -210,8 +210,8 @@ def _check_same_kind(t, want_dtype, want_device, want_format):
     """Upstream's rule for ``Tensor(t, dtype=..., device=..., format=...)`` of a Tensor ``t``:
     the new tensor has ``t``'s dtype, device and format label; naming others raises
     RuntimeError (it converts nothing)."""
-    if want_dtype is not None and not dtype.is_dtype_equal(_check_dtype(want_dtype, "Tensor"),
-                                                           t.dtype):
+    if want_dtype is not None and not dtype.is_dtype_equal(
+            dtype.tensor_dtype(_check_dtype(want_dtype, "Tensor")), t.dtype):
         raise RuntimeError(
             f"Tensor(t, dtype={dtype.dtype_name(np.dtype(want_dtype))}): t is "
             f"{dtype.dtype_name(t.dtype)}, and a tensor made from a tensor keeps its dtype (as "
@@ -893,8 +893,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
 
 def _astype_quantized(x, to):
-    """``astype`` where a side is quantized (numpy's == ignores the scale, so compare it)."""
-    if dtype.is_dtype_equal(to, x._data.dtype):
+    """``astype`` where a side is quantized (numpy's == ignores the scale, so compare it, as a
+    tensor holds it: float32)."""
+    if dtype.is_dtype_equal(dtype.tensor_dtype(to), x._data.dtype):
         return x
     if not (dtype.is_quantize(to) or dtype.is_quantize(x._data.dtype)):
         return dispatch.apply(_ops.AsType(to), x)  # metadata that is not ours

@@ -6,14 +6,17 @@ modes (``_elemwise_multi_type``) and the matmul and linear of quantized tensors 
 How the integer arithmetic is emulated: int8 (or int4/uint8) values minus their zero points are
 convolved in float64 on ATen's kernels. Every product is an integer below 2**16 and every partial
 sum an integer far below 2**53, so the float64 result *is* the int32 accumulator upstream's
-kernels compute, whatever order ATen sums in. The qint32 bias (scale ``input scale * weight
-scale``) is added as an integer, the activation applied, and the accumulator requantized to the
-output dtype as upstream's qint32 -> qint8 conversion does: the float32 value
-``acc * acc_scale`` divided by the output scale, rounded half away from zero, saturated.
+kernels compute, whatever order ATen sums in. As upstream's kernel (measured), the accumulator's
+value ``acc * acc_scale`` and the qint32 bias's value (scale ``input scale * weight scale``)
+are summed in float32, the activation applied, and the sum quantized to the output dtype:
+times the reciprocal of its scale, rounded half away from zero (`dtype.round_as_kernel`, in
+blocks of 16 of each output plane), saturated. A qint32 output of the accumulator's scale (or
+``dtype=None``) is the integer sum itself; a qint32 output of another scale is refused, as
+upstream refuses it.
 
 Element-wise quantized modes (``QADD``, ``QFUSE_ADD_RELU``, ``QMUL``, ...) dequantize their
-inputs to float32, run the float mode and quantize the result, which is what upstream's
-ElemwiseMultiType kernels compute.
+inputs to float32, run the float mode and quantize the result as upstream's ElemwiseMultiType
+kernels do (`_elemwise_multi_type`).
 """
 import numpy as np
 
@@ -54,14 +57,23 @@ def _centered(a, zp):
     return f - zp if zp else f
 
 
-def _activate_float(xp, v, mode):
+def _activate_float(xp, v, mode, block, rows):
     if mode == "relu":
         return xp.maximum(v, 0)
     if mode == "sigmoid":
         return 1 / (1 + xp.exp(-v))
     if mode == "h_swish":
-        return v * xp.clip(v + 3, 0, 6) / 6
+        return _h_swish(xp, v, block, rows)
     return v
+
+
+def _h_swish(xp, v, block, rows=1):
+    """``v * relu6(v + 3) / 6`` in float32 as upstream 1.13's quantized kernels compute it
+    (measured): its vector code (`dtype.vector_part`) multiplies by float32 1/6, its scalar
+    code divides by 6; the two round some halves differently."""
+    prod = v * xp.clip(v + np.float32(3), 0, 6)
+    return xp.where(_qd.vector_part(xp, prod.shape, block, rows), prod * np.float32(1 / 6),
+                    prod / np.float32(6))
 
 
 class _QuantizedConv(Op):
@@ -87,18 +99,40 @@ class _QuantizedConv(Op):
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
             _check_bias(b.dtype, acc_scale, what)
-            acc = acc + b.reshape(1, -1, *([1] * (acc.ndim - 2))).astype(np.int64)
-        if self.mode in ("identity", "relu"):
+            b = b.reshape(1, -1, *([1] * (acc.ndim - 2)))
+        keeps = _keeps_integers(self.dtype, acc_scale)
+        if not keeps and getattr(_qd.quant_meta(self.dtype), "cname", None) == "QuantizedS32":
+            raise TypeError(f"{what}: a qint32 output must have the accumulator's scale, input "
+                            f"scale * weight scale ({acc_scale:g}), as upstream's ConvBias "
+                            f"requires; got {_qd.dtype_name(self.dtype)}. Pass dtype=None for "
+                            "the accumulator, or an 8-bit quantized output dtype")
+        if self.mode in ("identity", "relu") and keeps:
+            if b is not None:
+                acc = acc + b.astype(np.int64)
             return _qd.requantize_array(acc, acc_scale, self.dtype, relu=self.mode == "relu")
-        value = _activate_float(xp, acc.astype(np.float32) * np.float32(acc_scale), self.mode)
         if self.dtype is None:
             raise ValueError(f"{what}: nonlinear_mode {self.mode!r} needs an output dtype")
+        # upstream's kernel: the accumulator's and the bias's values, each in float32, summed,
+        # activated, quantized (the sum of the integers would round differently)
+        value = acc.astype(np.float32) * np.float32(acc_scale)
+        if b is not None:
+            value += _qd.dequantize_array(b)
+        # (upstream's kernel runs each output plane in blocks of 16, measured)
+        rows = value.shape[0] * value.shape[1]
+        value = _activate_float(xp, value, self.mode, 16, rows)
         if not _qd.is_quantize(self.dtype):
             return value.astype(self.dtype)
-        return _qd.quantize_array(value, self.dtype)
+        return _qd.quantize_array(value, self.dtype, block=16, rows=rows)
 
     def backward(self, *grads):
         return (None,) * len(self.needs_input_grad)
+
+
+def _keeps_integers(dtype, acc_scale):
+    """Whether output ``dtype`` is the qint32 accumulator itself (None, or qint32 of its scale)."""
+    meta = _qd.quant_meta(dtype) if dtype is not None else None
+    return dtype is None or (meta is not None and meta.cname == "QuantizedS32" and
+                             float(np.float32(_qd.get_scale(dtype))) == acc_scale)
 
 
 def _check_bias(bias_dtype, acc_scale, what):
@@ -202,12 +236,35 @@ def batch_conv_bias_activation(inp: Tensor, weight: Tensor, bias: Tensor, dtype=
             or weight.shape[2] != inp.shape[1]:
         raise ValueError(f"{what}: expected inp (N, C, H, W) and weight (N, out, C, kh, kw) "
                          f"with the same N and C, got {inp.shape} and {weight.shape}")
+    if _is_quantized(inp) and _is_quantized(weight):
+        # one op, as upstream's BatchConvBias: a traced call runs at other batch sizes
+        _check_conv_mode(conv_mode, compute_mode, what)
+        mode = _mode(nonlinear_mode, _NONLINEAR, "nonlinear_mode", what)
+        geometry = _geometry(False, stride, padding, dilation, 0, 1, what)
+        op = _QuantizedBatchConv(geometry, None if dtype is None else np.dtype(dtype), mode,
+                                 what)
+        return apply(op, inp, weight) if bias is None else apply(op, inp, weight, _tensor(bias))
     n, c, h, w = inp.shape
     out = _conv_bias(False, inp.reshape(1, n * c, h, w),
                      weight.reshape(n * weight.shape[1], *weight.shape[2:]),
                      None if bias is None else _tile_bias(_tensor(bias), n), dtype, stride,
                      padding, dilation, n, nonlinear_mode, conv_mode, compute_mode, what)
     return out.reshape(n, -1, *out.shape[2:])
+
+
+class _QuantizedBatchConv(_QuantizedConv):
+    """`_QuantizedConv` with a weight (N, out, C, kh, kw) per sample (upstream's BatchConvBias):
+    one grouped convolution with the batch as the groups, formed at run time."""
+
+    def forward(self, x, w, b=None):
+        n = x.shape[0]
+        geometry = self.geometry[:-1] + (n,)  # (the groups last)
+        conv = _QuantizedConv(geometry, self.dtype, self.mode, self.what)
+        if b is not None:
+            b = np.tile(b.reshape(1, -1, 1, 1), (1, n, 1, 1))
+        out = conv.forward(x.reshape(1, n * x.shape[1], *x.shape[2:]),
+                           w.reshape(n * w.shape[1], *w.shape[2:]), b)
+        return out.reshape(n, -1, *out.shape[2:])
 
 
 def _tile_bias(bias, n):
@@ -221,13 +278,14 @@ def _tile_bias(bias, n):
 # ----- quantized element-wise modes (upstream's ElemwiseMultiType "Q..." modes) -----
 
 class _Requantize(Op):
-    """Float array -> quantized ``dtype`` (no gradient)."""
+    """Float array -> quantized ``dtype`` (no gradient), ``by_division`` and ``block`` as
+    `quantize_array`."""
 
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype, by_division=False, block=8):
+        self.dtype, self.by_division, self.block = dtype, by_division, block
 
     def forward(self, x):
-        return _qd.quantize_array(x, self.dtype)
+        return _qd.quantize_array(x, self.dtype, self.by_division, self.block)
 
     def backward(self, g):
         return None
@@ -237,7 +295,10 @@ def _elemwise_multi_type(*args, mode, dtype=None):
     """Upstream's quantized element-wise op: ``mode`` is a quantized mode name ("QADD",
     "QFUSE_ADD_RELU", "QMUL", "QABS", ...: "Q" + a float Elemwise mode), the inputs quantized
     tensors, ``dtype`` the output's quantized dtype. Computes the float mode on the dequantized
-    inputs and quantizes the result (half away from zero, saturated)."""
+    inputs in float32 and quantizes the result as upstream 1.13's x86 kernels (measured):
+    times the reciprocal of the output scale, rounded in blocks of 64 (`round_as_kernel`),
+    or, for the modes of its generic kernel (`_BY_DIVISION`), divided by the output scale,
+    halves away from zero; saturated."""
     from .elemwise import _elwise
 
     name = str(getattr(mode, "name", mode)).upper()
@@ -252,8 +313,37 @@ def _elemwise_multi_type(*args, mode, dtype=None):
         if not _is_quantized(t):
             raise TypeError(f"_elemwise_multi_type({name}): inputs must be quantized tensors, "
                             f"got dtype {t.dtype}")
-    real = _elwise(*[t.astype("float32") for t in tensors], mode=name[1:])
-    return apply(_Requantize(np.dtype(dtype)), real)
+    values = [t.astype("float32") for t in tensors]
+    # (h_swish with upstream's own arithmetic, `_h_swish`; a wrong input count errs in _elwise)
+    if name == "QH_SWISH" and len(values) == 1:
+        real = apply(_HSwish(), values[0])
+    elif name == "QFUSE_ADD_H_SWISH" and len(values) == 2:
+        real = apply(_HSwish(), _elwise(*values, mode="ADD"))
+    else:
+        real = _elwise(*values, mode=name[1:])
+    kinds = {_qd.quant_meta(d).cname for d in [t.dtype for t in tensors] + [np.dtype(dtype)]}
+    by_division = name in _BY_DIVISION or (name in _QINT8_VECTORIZED and kinds != {"QuantizedS8"})
+    return apply(_Requantize(np.dtype(dtype), by_division, 64), real)
+
+
+class _HSwish(Op):
+    """`_h_swish` on a float32 array (no gradient: the quantized modes are inference only)."""
+
+    def forward(self, v):
+        return _h_swish(xp_of(v), v, 64)
+
+    def backward(self, g):
+        return None
+
+
+# modes whose result upstream 1.13's x86 kernels quantize dividing by the output scale,
+# halves away from zero (measured; ADD, SUB, MUL, MIN, MAX, RELU, ABS, FUSE_ADD_RELU,
+# H_SWISH, FUSE_ADD_H_SWISH, FUSE_MUL_ADD3 and TRUE_DIV multiply by its reciprocal; the other
+# modes measured give the same integers either way)
+_BY_DIVISION = ("QNEGATE", "QCOND_LEQ_MOV", "QSWITCH_GT0", "QMOD")
+# modes whose multiplying kernel upstream has for qint8 only (measured: QTRUE_DIV of quint8
+# divides)
+_QINT8_VECTORIZED = ("QTRUE_DIV",)
 
 
 # operand kinds upstream's MatrixMul multiplies into a qint32 accumulator (megdnn deduces

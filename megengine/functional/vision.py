@@ -222,6 +222,7 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     if len(sizes) != spatial or any(s < 1 for s in sizes):
         raise ValueError(f"{what}: output size {sizes} must be {spatial} positive ints")
     if inp.dtype.metadata is not None:  # a quantized image stays quantized, as upstream's
+        _refuse_unresizable(inp.dtype, what)
         return apply(_QuantizedResize(sizes, mode, align_corners), inp)
     out = apply(_Resize(sizes, mode, align_corners), inp)
     if inp.dtype in _IMAGE_INTS:
@@ -232,6 +233,18 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
 
 
 _IMAGE_INTS = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+def _refuse_unresizable(dtype, what):
+    """Upstream's Resize takes 8-bit quantized images only (upstream 1.13 measured: qint32 and
+    4-bit ones raise)."""
+    from ..core import dtype as qdtype
+
+    meta = qdtype.quant_meta(dtype)
+    if meta is not None and meta.cname not in ("QuantizedS8", "Quantized8Asymm"):
+        raise TypeError(f"{what}: a {qdtype.dtype_name(dtype)} image cannot be resized (upstream's "
+                        "Resize takes qint8 and quint8 images only); convert it first, e.g. "
+                        "inp.astype(dtype.qint8(scale)) or inp.astype('float32')")
 
 
 # ----- sampling at arbitrary points: remap, warp_perspective, warp_affine -----

@@ -27,20 +27,21 @@ def _ints(rng, shape, lo=-128, hi=128):
     return rng.randint(lo, hi, shape)
 
 
-def _requantize(acc, out_scale, relu=False, qmin=-128, qmax=127):
-    """Upstream's qint32 -> qint8: the float32 value acc * acc scale over the output scale,
-    rounded half away from zero, saturated."""
+def _requantize(acc, out_scale, relu=False, qmin=-128, qmax=127, bias=None):
+    """Upstream's ConvBias on qint8 (measured): the accumulator's float32 value acc * acc scale
+    plus the bias's, times float32 1 / output scale, rounded half away from zero, saturated."""
+    v = acc.astype(np.float32) * np.float32(S_ACC)
+    if bias is not None:
+        v = v + bias.reshape(1, -1, 1, 1).astype(np.float32) * np.float32(S_ACC)
     if relu:
-        acc = np.maximum(acc, 0)
-    v = (acc.astype(np.float32) * np.float32(S_ACC)) / np.float32(out_scale)
-    return np.clip(_half_away(v), qmin, qmax)
+        v = np.maximum(v, 0)
+    return np.clip(_half_away(v * (np.float32(1) / np.float32(out_scale))), qmin, qmax)
 
 
-def _torch_acc(x, w, b=None, transposed=False, **kw):
+def _torch_acc(x, w, transposed=False, **kw):
     fn = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
     acc = fn(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), **kw)
-    acc = acc.numpy().round().astype(np.int64)
-    return acc if b is None else acc + b.reshape(1, -1, 1, 1)
+    return acc.numpy().round().astype(np.int64)
 
 
 @pytest.mark.parametrize("mode", ["identity", "relu"])
@@ -57,7 +58,7 @@ def test_conv_bias_activation_is_the_exact_integer_convolution(mode, kw):
         mge.Parameter(b.astype(np.int32), dtype=dtype.qint32(S_ACC)),
         dtype=dtype.qint8(S_OUT), nonlinear_mode=mode, **kw)
     assert dtype.is_dtype_equal(out.dtype, dtype.qint8(S_OUT))
-    expect = _requantize(_torch_acc(x, w, b, **kw), S_OUT, relu=mode == "relu")
+    expect = _requantize(_torch_acc(x, w, **kw), S_OUT, relu=mode == "relu", bias=b)
     np.testing.assert_array_equal(out.numpy(), expect)
 
 
@@ -104,8 +105,41 @@ def test_batch_conv_bias_activation_uses_one_weight_per_sample():
         mge.tensor(b.astype(np.int32), dtype=dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT),
         stride=1, padding=1)
     for n in range(3):
-        expect = _requantize(_torch_acc(x[n:n + 1], w[n], b, padding=1), S_OUT)
+        expect = _requantize(_torch_acc(x[n:n + 1], w[n], padding=1), S_OUT, bias=b)
         np.testing.assert_array_equal(out.numpy()[n:n + 1], expect)
+
+
+def test_traced_batch_conv_bias_activation_runs_at_other_batch_sizes():
+    # one op, as upstream's BatchConvBias: earlier versions of this fork traced it as reshapes
+    # of the traced batch size, and the dumped program refused others (ShapeGuardError)
+    import io
+
+    from megengine.jit import trace
+    from megengine.jit.dump import load
+
+    def f(x, w, b):
+        return F.quantized.batch_conv_bias_activation(
+            x.astype(dtype.qint8(S_IN)), w.astype(dtype.qint8(S_W)),
+            b.astype(dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT), padding=1)
+
+    rng = np.random.RandomState(7)
+
+    def args(n):
+        return [rng.randn(n, 2, 4, 4).astype(np.float32) * 0.5,
+                rng.randn(n, 3, 2, 3, 3).astype(np.float32) * 0.05,
+                rng.randn(1, 3, 1, 1).astype(np.float32) * 0.01]
+
+    traced = trace(f, symbolic=True, capture_as_const=True)
+    traced(*[mge.tensor(a) for a in args(2)])
+    buf = io.BytesIO()
+    traced.dump(buf, arg_names=["x", "w", "b"])
+    buf.seek(0)
+    prog = load(buf)
+    for n in (2, 3, 1):
+        a = args(n)
+        got = list(prog.run(dict(zip("xwb", a))).values())[0].numpy()
+        np.testing.assert_array_equal(got, f(*[mge.tensor(v) for v in a]).numpy())
+        assert got.shape == (n, 3, 4, 4)
 
 
 def test_quantized_conv_transpose2d():
@@ -117,8 +151,8 @@ def test_quantized_conv_transpose2d():
         mge.tensor(w.astype(np.int8), dtype=dtype.qint8(S_W)),
         mge.tensor(b.astype(np.int32), dtype=dtype.qint32(S_ACC)), dtype=dtype.qint8(S_OUT),
         stride=2, padding=1, output_padding=1)
-    acc = _torch_acc(x, w, b, transposed=True, stride=2, padding=1, output_padding=1)
-    np.testing.assert_array_equal(out.numpy(), _requantize(acc, S_OUT))
+    acc = _torch_acc(x, w, transposed=True, stride=2, padding=1, output_padding=1)
+    np.testing.assert_array_equal(out.numpy(), _requantize(acc, S_OUT, bias=b))
 
 
 def test_quantized_conv_errors_name_the_fix():
@@ -131,6 +165,36 @@ def test_quantized_conv_errors_name_the_fix():
         F.quantized.conv_bias_activation(x, mge.tensor(np.ones((1, 1, 1, 1), np.float32)), None)
     with pytest.raises(ValueError, match="nonlinear_mode must be one of"):
         F.quantized.conv_bias_activation(x, w, None, nonlinear_mode="tanh")
+    # upstream 1.13 measured: its ConvBias refuses a qint32 output of another scale
+    with pytest.raises(TypeError, match=r"qint32 output must have the accumulator's scale"):
+        F.quantized.conv_bias_activation(x, w, None, dtype=dtype.qint32(S_OUT))
+
+
+def _q(ints, qdt):
+    return mge.tensor(np.array(ints).astype(qdt), dtype=qdt)
+
+
+def test_conv_bias_sums_the_values_in_float32_as_upstreams_kernel():
+    # upstream 1.13 measured: the accumulator's value (acc * 0.03 in float32) plus the bias's,
+    # times 1 / output scale; the integer sum acc + bias gave -122 and -121 for the first two
+    x = _q(np.arange(-20, -12).reshape(1, 1, 1, 8), dtype.qint8(0.1))
+    w = _q(np.ones((2, 1, 1, 1)), dtype.qint8(0.3))
+    s = float(np.float32(0.1) * np.float32(0.3))
+    b = _q(np.array([-223, 101]).reshape(1, 2, 1, 1), dtype.qint32(s))
+    out = F.quantized.conv_bias_activation(x, w, b, dtype=dtype.qint8(2 * s))
+    np.testing.assert_array_equal(out.numpy()[0, :, 0], [[-121, -121, -120, -120, -120, -119,
+                                                          -119, -118],
+                                                         [41, 41, 42, 42, 43, 43, 44, 44]])
+
+
+def test_conv_bias_rounds_blocks_of_16_of_each_plane_as_upstreams_vector_code():
+    # upstream 1.13 measured: values of 0.49999997 round up to 1 in the whole blocks of 16 of
+    # each output plane (trunc(v + 0.5) in float32), to 0 after them
+    half = float(np.nextafter(np.float32(0.5), np.float32(0)))
+    x = _q(np.ones((2, 1, 5, 5)), dtype.qint8(half))
+    w = _q(np.ones((2, 1, 1, 1)), dtype.qint8(1.0))
+    out = F.quantized.conv_bias_activation(x, w, None, dtype=dtype.qint8(1.0)).numpy()
+    np.testing.assert_array_equal(out.reshape(4, 25), [[1] * 16 + [0] * 9] * 4)
 
 
 @pytest.mark.parametrize("mode, fn", [
@@ -145,9 +209,37 @@ def test_quantized_elemwise_modes_dequantize_compute_and_requantize(mode, fn):
     args = (qa,) if mode in ("QABS", "QRELU") else (qa, qb)
     out = _elemwise_multi_type(*args, mode=mode, dtype=dtype.qint8(0.2))
     real = fn(a.astype(np.float32) * np.float32(0.03), b.astype(np.float32) * np.float32(0.07))
-    expect = np.clip(_half_away(real.astype(np.float32) / np.float32(0.2)), -128, 127)
-    assert dtype.is_dtype_equal(out.dtype, dtype.qint8(0.2))
+    # the result times the reciprocal of the output scale, as upstream's kernels (measured)
+    expect = np.clip(_half_away(real.astype(np.float32) * (np.float32(1) / np.float32(0.2))),
+                     -128, 127)
+    assert dtype.get_scale(out.dtype) == float(np.float32(0.2))
     np.testing.assert_array_equal(out.numpy(), expect)
+
+
+def test_quantized_elemwise_modes_round_as_upstreams_kernels():
+    # upstream 1.13 measured: 70 at qint8(0.03) is 2.1, 10.5 steps of 0.2: QRELU and QABS
+    # multiply by 1 / 0.2 (11), QNEGATE divides by 0.2 (-10); QADD multiplies (dividing gave
+    # -18, -36, 28)
+    a = _q([70, -70, 70], dtype.qint8(0.03))
+    out = [_elemwise_multi_type(a, mode=m, dtype=dtype.qint8(0.2)).numpy().tolist()
+           for m in ("QRELU", "QNEGATE", "QABS")]
+    assert out == [[11, 0, 11], [-10, 10, -10], [11, 11, 11]]
+    x, y = _q([-61, 49, 19], dtype.qint8(0.1)), _q([24, -122, 38], dtype.qint8(0.1))
+    np.testing.assert_array_equal(
+        _elemwise_multi_type(x, y, mode="QADD", dtype=dtype.qint8(0.2)).numpy(), [-19, -37, 29])
+    # QTRUE_DIV: 1.8 / 0.8 is 7.5 steps of 0.3; qint8 multiplies by 1 / 0.3 (8), quint8
+    # divides by 0.3 (7 from the zero point 128)
+    div = [_elemwise_multi_type(_q(a, qa), _q(b, qb), mode="QTRUE_DIV", dtype=qo).numpy()
+           .tolist() for a, b, qa, qb, qo in [
+               ([9, 11], [8, 8], dtype.qint8(0.2), dtype.qint8(0.1), dtype.qint8(0.3)),
+               ([137, 139], [136, 136], dtype.quint8(0.2, 128), dtype.quint8(0.1, 128),
+                dtype.quint8(0.3, 128))]]
+    assert div == [[8, 9], [135, 137]]
+    # h_swish: upstream's vector code (whole blocks of 64) multiplies by float32 1/6, its
+    # scalar code divides by 6: 6.29 (17 at 0.37) comes out as 8.5 steps of 0.74, or 8.4999...
+    h = _elemwise_multi_type(_q(np.full(65, 17), dtype.qint8(0.37)), mode="QH_SWISH",
+                             dtype=dtype.qint8(0.74))
+    np.testing.assert_array_equal(h.numpy(), [9] * 64 + [8])
 
 
 def test_quantized_elemwise_errors():
@@ -299,6 +391,16 @@ def test_resize_of_a_quantized_image_keeps_its_dtype():
                    dtype=dtype.quint8(0.1, 100))
     assert F.nn.interpolate(u, scale_factor=2).numpy()[0, 0, 0].tolist() == [
         1, 51, 150, 151, 52, 34, 96, 127]
+
+
+@pytest.mark.parametrize("qdt", [dtype.qint32(0.5), dtype.qint4(0.5), dtype.quint4(0.5, 3)])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_resize_of_a_qint32_or_4_bit_image_is_refused(qdt, mode):
+    # upstream 1.13 measured: its Resize raises for QuantizedS32 ("Unsupported input DType in
+    # Resize") and for 4-bit images; earlier versions of this fork resized their integers
+    q = mge.tensor(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) * 0.1).astype(qdt)
+    with pytest.raises(TypeError, match=r"image cannot be resized.*qint8 and quint8.*astype"):
+        F.vision.interpolate(q, size=(6, 6), mode=mode)
 
 
 def test_bilinear_resize_of_a_quantized_image_rounds_as_upstream():

@@ -14,9 +14,9 @@ class Linear(QuantizedModule):
     output in ``dtype``. ``weight`` (out, in) holds integers; ``bias`` stays float and is
     quantized to qint32 (scale input scale * weight scale) at each call. Computed as
     upstream's: ``F.linear`` of the quantized tensors (MatrixMul into the qint32 accumulator,
-    ADD of the bias; exact integers), then a cast to ``dtype`` (TypeCvt: the real value
-    ``acc * scale`` in float32 divided by the output scale, rounded half away from zero,
-    saturated); ``dtype`` None keeps the qint32 accumulator."""
+    ADD of the bias; exact integers), then a cast to ``dtype`` (TypeCvt: the integers times
+    the float32 ratio of the scales, rounded half away from zero, saturated); ``dtype`` None
+    keeps the qint32 accumulator."""
 
     _quantized_input = True
     _nonlinear_mode = "identity"
