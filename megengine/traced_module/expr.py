@@ -143,30 +143,58 @@ class Expr:
     def interpret(self, *values):
         raise NotImplementedError(f"{type(self).__name__} is not run by interpret")
 
-    def _args_text(self):
-        args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((), {})
-        parts = [_text(a) for a in args] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
-        return ", ".join(parts)
+    def _args_text(self, args=None, kwargs=None):
+        if args is None:
+            args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((), {})
+        return _call_text(args, kwargs)
 
     def _outputs_text(self):
-        return ", ".join(format(o) for o in self.outputs)  # format: "{:i}" adds the ids
+        # as upstream: the result as the call returned it (``(a, b)`` for a tuple, a dict as
+        # a dict), printed by ``str``, whose nodes print by name ("{:i}" adds the ids)
+        if not self.outputs:
+            return ""
+        if self.out_def is None:
+            return ", ".join(str(o) for o in self.outputs) + " = "
+        return str(self.return_val) + " = "
 
     def __repr__(self):
-        return f"%{self._id}:\t{self._outputs_text()} = {self._body_text()}"
+        return f"%{self._id}:\t{self._outputs_text()}{self._body_text()}"
 
     def _body_text(self):
         return type(self).__name__
 
 
-def _text(value):
-    if isinstance(value, Node):
-        return format(value)
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(_text(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_text(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+# megengine.functional's functions whose module upstream 1.13 names otherwise, as a printed
+# call names it (upstream 1.13 measured: the last part of each function's __module__)
+_UPSTREAM_HOMES = {
+    **{(home, name): "nn" for home, names in {
+        "pooling": ("adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"),
+        "conv": ("conv1d", "conv2d", "conv3d", "conv_transpose2d", "conv_transpose3d",
+                 "deformable_conv2d", "local_conv2d", "region_restricted_conv",
+                 "sliding_window", "sliding_window_transpose"),
+        "normalization": ("batch_norm", "general_norm", "group_norm", "instance_norm",
+                          "layer_norm", "local_response_norm", "sync_batch_norm"),
+        "tensor": ("indexing_one_hot", "one_hot", "pad"),
+        "math": ("logsumexp",), "attention": ("multi_head_attention",),
+        "roi": ("deformable_psroi_pooling",)}.items() for name in names},
+    ("roi", "roi_align"): "vision", ("roi", "roi_pooling"): "vision",
+    ("ctc", "ctc_loss"): "loss",
+    **{("elemwise", name): "tensor" for name in ("complex", "imag", "polar", "real")},
+    # (megengine.distributed.functional upstream)
+    **{("distributed", name): "functional" for name in (
+        "all_gather", "all_reduce_max", "all_reduce_min", "all_reduce_sum", "all_to_all",
+        "broadcast", "gather", "reduce_scatter_sum", "reduce_sum", "remote_recv",
+        "remote_send", "scatter")},
+}
+
+
+def _call_text(args, kwargs):
+    """The arguments of a call as upstream prints them: ``str`` of each (a string unquoted,
+    the items of a container by ``repr``), and the positional and the keyword part joined by
+    ", " even where one is empty (``conv(x, )``, ``f(, k=1)``)."""
+    positional = ", ".join(str(a) for a in args)
+    named = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{positional}, {named}"
 
 
 class Input(Expr):
@@ -184,7 +212,7 @@ class Input(Expr):
         self.outputs = [node]
 
     def _body_text(self):
-        return "Input"
+        return "Input()"
 
 
 def _value_node(expr, value):
@@ -217,9 +245,23 @@ class GetAttr(Expr):
         return [_access_structure(module, name)]
 
     def _body_text(self):
-        out = self.outputs[0]
-        kind = out.module_type.__name__ if isinstance(out, ModuleNode) else "Tensor"
-        return f'getattr({self.inputs[0]}, "{self.name}") -> ({kind})'
+        return f'getattr({self.inputs[0]}, "{self.name}") -> ({_kind_text(self.outputs[0])})'
+
+
+def _kind_text(node):
+    """What upstream prints for the kind of a node: ``Tensor``, a layer's class, or
+    ``Module`` for a module that is traced into (upstream's graphs record no class for
+    those)."""
+    if not isinstance(node, ModuleNode):
+        return "Tensor"
+    owner = node.owner
+    if owner is not None:
+        from .tracer import is_builtin
+
+        if not is_builtin(owner):
+            return "Module"
+    mtype = node.module_type
+    return mtype.__name__ if isinstance(mtype, type) else str(mtype)
 
 
 def no_args_def():
@@ -243,9 +285,9 @@ class Constant(Expr):
         return [self.value]
 
     def _body_text(self):
-        if isinstance(self.value, Tensor):
-            return f"Constant(Tensor{tuple(self.value.shape)} {self.value.dtype})"
-        return f"Constant({type(self.value).__name__})"
+        # as upstream: the constant's name (none for those tracing makes) and its kind
+        kind = "Module" if isinstance(self.outputs[0], ModuleNode) else "Tensor"
+        return f"Constant({self.name or ''}) -> ({kind})"
 
 
 def _function_ref(func):
@@ -320,13 +362,13 @@ class CallFunction(Expr):
 
     def _body_text(self):
         func = self.func
-        if isinstance(func, type):
-            fname = func.__name__
-        else:
-            mod = getattr(func, "__module__", "") or ""
-            short = mod.rsplit(".", 1)[-1] if mod.startswith("megengine.functional") else mod
-            fname = f"{short}.{func.__name__}" if short else func.__name__
-        return f"{fname}({self._args_text()})"
+        name = getattr(func, "__name__", None) or type(func).__name__
+        # as upstream: the last part of the function's module, where upstream's
+        # megengine.functional has it (F.max_pool2d is nn.max_pool2d: pooling.py here)
+        home = (getattr(func, "__module__", None) or "").rsplit(".", 1)[-1]
+        home = _UPSTREAM_HOMES.get((home, name), home)
+        return f"{home}.{name}({self._args_text()})" if home else \
+            f"{name}({self._args_text()})"
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -385,12 +427,10 @@ class CallMethod(Expr):
     def _body_text(self):
         obj = self.inputs[0] if self.inputs else "?"
         args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((None,), {})
-        rest = [_text(a) for a in args[1:]] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
-        if self.method == "__call__":
-            return f"{obj}({', '.join(rest)})"
         if self.method == "shape":
             return f"{obj}.shape"
-        return f"{obj}.{self.method}({', '.join(rest)})"
+        method = "" if self.method == "__call__" else f".{self.method}"
+        return f"{obj}{method}({self._args_text(args[1:], kwargs)})"
 
 
 class Apply(Expr):
@@ -416,8 +456,16 @@ class Apply(Expr):
 
         return list(apply(op, *values))
 
+    def _outputs_text(self):
+        return ", ".join(str(o) for o in self.outputs) + " = " if self.outputs else ""
+
     def _body_text(self):
-        return f"apply({type(self.op).__name__}, {', '.join(format(i) for i in self.inputs)})"
+        # as upstream: the op's name (an Elemwise by its mode: ``ADD(x, y)``) and its inputs
+        op = self.op
+        name = type(op).__name__
+        if name in ("Elemwise", "ElemwiseMultiType") and hasattr(op, "mode"):
+            name = getattr(op.mode, "name", op.mode)
+        return f"{name}({', '.join(str(i) for i in self.inputs)})"
 
 
 class ShapeOf(Apply):

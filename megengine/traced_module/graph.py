@@ -504,11 +504,12 @@ class InternalGraph:
     def __format__(self, spec=""):
         previous = Node._set_format_spec(spec)
         try:
+            # as upstream, an empty body still has its line
             body = "\n\t".join(repr(e) for e in self._exprs)
-            head = f"{self._name}.Graph ({', '.join(format(i) for i in self._inputs)}) {{"
-            outs = ", ".join(format(o) for o in self._outputs)
-            return f"{head}\n\t{body}\n\treturn {outs}\n}}" if body else \
-                f"{head}\n\treturn {outs}\n}}"
+            name = f"{self._name}.Graph" if self._name else ""
+            head = f"{name} ({', '.join(str(i) for i in self._inputs)}) {{"
+            outs = ", ".join(str(o) for o in self._outputs)
+            return f"{head}\n\t{body}\n\treturn {outs}\n}}"
         finally:
             Node._set_format_spec(previous)
 

@@ -78,7 +78,7 @@ def test_printing_names_each_step():
     text = str(tm.b0.graph)
     assert text.startswith("Net_b0.Graph (self, x) {")
     assert 'conv = getattr(self, "conv") -> (Conv2d)' in text
-    assert "relu_out = nn.relu(conv_out)" in text and "return add_out" in text
+    assert "relu_out = nn.relu(conv_out, )" in text and "return add_out" in text
 
 
 def test_insert_replace_compile():
