@@ -460,12 +460,16 @@ class Apply(Expr):
         return ", ".join(str(o) for o in self.outputs) + " = " if self.outputs else ""
 
     def _body_text(self):
-        # as upstream: the op's name (an Elemwise by its mode: ``ADD(x, y)``) and its inputs
-        op = self.op
-        name = type(op).__name__
-        if name in ("Elemwise", "ElemwiseMultiType") and hasattr(op, "mode"):
-            name = getattr(op.mode, "name", op.mode)
-        return f"{name}({', '.join(str(i) for i in self.inputs)})"
+        return f"{op_name(self.op)}({', '.join(str(i) for i in self.inputs)})"
+
+
+def op_name(op):
+    """An op's name as upstream prints and names its Apply steps: its class, an Elemwise its
+    mode (``ADD(x, y)``, whose output is ``add_out``; upstream 1.13 measured)."""
+    name = type(op).__name__
+    if name in ("Elemwise", "ElemwiseMultiType") and hasattr(op, "mode"):
+        name = getattr(op.mode, "name", op.mode)
+    return str(name)
 
 
 class ShapeOf(Apply):

@@ -13,7 +13,7 @@ import keyword
 import re
 from typing import Dict, List, Optional, Sequence
 
-from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input
+from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input, op_name
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
 
@@ -83,7 +83,8 @@ class NameSpace:
                 base = expr.method.strip("_") + "_out"
                 qual = f"{self.qualname}.[method_{expr.method.strip('_')}]"
         else:
-            name = type(getattr(expr, "op", expr)).__name__.lower()
+            name = op_name(expr.op).lower() if hasattr(expr, "op") else \
+                type(expr).__name__.lower()
             base = name + "_out"
             qual = f"{self.qualname}.[def_{name}]"
         orig = None
