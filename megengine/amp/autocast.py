@@ -8,7 +8,8 @@ class autocast:
     """Run the ops upstream's amp covers in low precision inside a ``with`` block or a decorated
     function (upstream's ``megengine.amp.autocast``).
 
-    ``enabled``: turn autocast on (or, with False, off inside an outer autocast).
+    ``enabled``: turn autocast on (or, with False, off inside an outer autocast; the dtypes
+    are then left as they are, as upstream's disabled autocast leaves them).
     ``low_prec_dtype``: the compute dtype of matmul, linear and convolutions, and the
     ``torch.autocast`` dtype of PyTorchModule calls (default ``"float16"``; ``"bfloat16"`` works
     for PyTorchModule calls only, numpy has no bfloat16).
@@ -30,11 +31,12 @@ class autocast:
         self._saved = []  # a stack: one autocast object may be entered again inside itself
 
     def __enter__(self):
+        # (returns None, as upstream's: ``with autocast() as a`` binds None)
         self._saved.append((_state._enabled, _state._low_prec_dtype, _state._high_prec_dtype))
         _state._set_amp_dtype_autocast(self.enabled)
-        _state._low_prec_dtype = self.low_prec_dtype
-        _state._high_prec_dtype = self.high_prec_dtype
-        return self
+        if self.enabled:
+            _state._low_prec_dtype = self.low_prec_dtype
+            _state._high_prec_dtype = self.high_prec_dtype
 
     def __exit__(self, *exc):
         enabled, _state._low_prec_dtype, _state._high_prec_dtype = self._saved.pop()
