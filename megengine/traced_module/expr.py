@@ -367,8 +367,39 @@ class CallFunction(Expr):
         # megengine.functional has it (F.max_pool2d is nn.max_pool2d: pooling.py here)
         home = (getattr(func, "__module__", None) or "").rsplit(".", 1)[-1]
         home = _UPSTREAM_HOMES.get((home, name), home)
-        return f"{home}.{name}({self._args_text()})" if home else \
-            f"{name}({self._args_text()})"
+        text = self._args_text(*self._upstream_args())
+        return f"{home}.{name}({text})" if home else f"{name}({text})"
+
+    def _upstream_args(self):
+        """(args, kwargs) as upstream prints the call: a parameter upstream's function lacks
+        (F.matmul's ``format``, F.sort's ``axis``, F.batch_norm's ``param_dim``, ...) is left
+        out where it has its default, as `mge.save` leaves it out for upstream."""
+        args, kwargs = self.args, self.kwargs
+        func = self.func
+        from ._upstream import _UPSTREAM_LACKS
+
+        lacks = _UPSTREAM_LACKS.get(getattr(func, "__name__", None), ())
+        if not lacks or not (getattr(func, "__module__", None) or "").startswith(
+                "megengine.functional"):
+            return args, kwargs
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            return args, kwargs
+        names = list(params)
+
+        def at_default(value, name):
+            default = params[name].default
+            return value is default or (type(value) is type(default) and value == default)
+
+        args, kwargs = list(args), dict(kwargs)
+        for name in sorted((n for n in lacks if n in params), key=names.index, reverse=True):
+            if name in kwargs:
+                if at_default(kwargs[name], name):
+                    del kwargs[name]
+            elif names.index(name) == len(args) - 1 and at_default(args[-1], name):
+                args.pop()  # (a trailing positional argument only: the others keep places)
+        return tuple(args), kwargs
 
     def __getstate__(self):
         state = dict(self.__dict__)

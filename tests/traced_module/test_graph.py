@@ -629,3 +629,33 @@ def test_a_graph_without_steps_prints_its_empty_line_as_upstream():
 
     tm = trace_module(Same(), Tensor(np.ones(2, "float32")))
     assert str(tm.graph) == "Same.Graph (self, x) {\n\t\n\treturn x\n}"
+
+
+class _FunctionalSteps(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.rm = Tensor(np.zeros((1, 3, 1, 1), "float32"))
+        self.rv = Tensor(np.ones((1, 3, 1, 1), "float32"))
+
+    def forward(self, x):
+        y = F.batch_norm(x, self.rm, self.rv, training=False)
+        z = F.matmul(y.reshape(2, -1), y.reshape(2, -1), transpose_b=True)
+        p = F.nn.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        s, i = F.sort(z)
+        return z, p, s, i
+
+
+def test_parameters_upstream_lacks_are_not_printed_at_their_defaults():
+    # upstream 1.13 measured: its print of this graph's calls (keyword arguments sorted);
+    # earlier versions of this fork also printed compute_mode= and param_dim= of batch_norm,
+    # matmul's format, pad's pad_witdth= and sort's axis, which upstream's functions lack
+    tm = trace_module(_FunctionalSteps(), Tensor(np.random.rand(2, 3, 2, 2).astype("float32")))
+    lines = str(tm.graph).split("\n")
+    assert lines[3] == "\t%4:\tbatch_norm_out = nn.batch_norm(x, rm, rv, None, None, " \
+        "eps=1e-05, inplace=True, momentum=0.9, training=False)"
+    assert lines[6:9] == [
+        "\t%7:\tmatmul_out = math.matmul(reshape_out, reshape_out_1, False, True, default, )",
+        "\t%8:\tpad_out = nn.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant, 0.0, )",
+        "\t%9:\t(sort_out, sort_out_1) = math.sort(matmul_out, False, )"]
+    expr = tm.graph._exprs[5]  # the graph itself keeps them
+    assert expr.args[-1] == "default" and len(expr.args) == 6
