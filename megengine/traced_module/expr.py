@@ -188,6 +188,11 @@ _UPSTREAM_HOMES = {
 }
 
 
+# megengine.functional's functions whose dtype and device upstream 1.13 takes by keyword only
+# (measured: its signatures against these), which a printed call names as upstream records them
+_UPSTREAM_KEYWORD_ONLY = frozenset(["arange", "eye", "full", "linspace", "ones", "zeros"])
+
+
 def _call_text(args, kwargs):
     """The arguments of a call as upstream prints them: ``str`` of each (a string unquoted,
     the items of a container by ``repr``), and the positional and the keyword part joined by
@@ -373,14 +378,18 @@ class CallFunction(Expr):
     def _upstream_args(self):
         """(args, kwargs) as upstream prints the call: a parameter upstream's function lacks
         (F.matmul's ``format``, F.sort's ``axis``, F.batch_norm's ``param_dim``, ...) is left
-        out where it has its default, as `mge.save` leaves it out for upstream."""
+        out where it has its default, as `mge.save` leaves it out for upstream, and the
+        ``dtype`` and ``device`` that upstream's F.zeros & co. take by keyword only are
+        keywords (upstream sorts them: ``device=None, dtype=float32``)."""
         args, kwargs = self.args, self.kwargs
         func = self.func
         from ._upstream import _UPSTREAM_LACKS
 
-        lacks = _UPSTREAM_LACKS.get(getattr(func, "__name__", None), ())
-        if not lacks or not (getattr(func, "__module__", None) or "").startswith(
-                "megengine.functional"):
+        name = getattr(func, "__name__", None)
+        lacks = _UPSTREAM_LACKS.get(name, ())
+        keyword_only = name in _UPSTREAM_KEYWORD_ONLY
+        if not (lacks or keyword_only) or not (getattr(func, "__module__", None) or ""
+                                               ).startswith("megengine.functional"):
             return args, kwargs
         try:
             params = inspect.signature(func).parameters
@@ -399,6 +408,10 @@ class CallFunction(Expr):
                     del kwargs[name]
             elif names.index(name) == len(args) - 1 and at_default(args[-1], name):
                 args.pop()  # (a trailing positional argument only: the others keep places)
+        if keyword_only and "dtype" in names and len(args) > names.index("dtype"):
+            first = names.index("dtype")  # (dtype and device are the last parameters)
+            kwargs.update(zip(names[first:], args[first:]))
+            args, kwargs = args[:first], dict(sorted(kwargs.items()))
         return tuple(args), kwargs
 
     def __getstate__(self):

@@ -659,3 +659,28 @@ def test_parameters_upstream_lacks_are_not_printed_at_their_defaults():
         "\t%9:\t(sort_out, sort_out_1) = math.sort(matmul_out, False, )"]
     expr = tm.graph._exprs[5]  # the graph itself keeps them
     assert expr.args[-1] == "default" and len(expr.args) == 6
+
+
+class _Made(M.Module):
+    def forward(self, x):
+        a = F.zeros(x.shape, dtype="int32")
+        b = F.full((2, 3), 0.5)
+        c = F.linspace(0, 1, 3)
+        d = F.arange(0, 6, 2)
+        e = F.eye(3, 2)
+        f = F.ones((2, 3), dtype="float16")
+        return x + a + b + f, c + d, e
+
+
+def test_dtype_and_device_print_by_keyword_as_upstream_takes_them():
+    # upstream 1.13 measured: its F.zeros, full, linspace, arange, eye and ones take dtype and
+    # device by keyword only, and print them sorted (earlier versions of this fork printed
+    # them by position: "tensor.zeros(getvarshape_out, int32, None, )")
+    tm = trace_module(_Made(), Tensor(np.random.rand(2, 3).astype("float32")))
+    assert str(tm.graph).split("\n")[2:8] == [
+        "\t%3:\tzeros_out = tensor.zeros(getvarshape_out, device=None, dtype=int32)",
+        "\t%4:\tfull_out = tensor.full((2, 3), 0.5, device=None, dtype=None)",
+        "\t%5:\tlinspace_out = tensor.linspace(0, 1, 3, device=None, dtype=float32)",
+        "\t%6:\tarange_out = tensor.arange(0, 6, 2, device=None, dtype=float32)",
+        "\t%7:\teye_out = tensor.eye(3, 2, device=None, dtype=float32)",
+        "\t%8:\tones_out = tensor.ones((2, 3), device=None, dtype=float16)"]
