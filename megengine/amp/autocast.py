@@ -1,6 +1,7 @@
 """`autocast`: a context manager and decorator that turns mixed precision on (or off) inside."""
 import functools
 
+from ..core import _config
 from ..core import amp as _state
 
 
@@ -20,7 +21,8 @@ class autocast:
 
     Parameters stay float32: each covered op casts its inputs (an op, so gradients are cast
     back), which makes float32 master weights with float16 compute. Use `GradScaler` against
-    float16 gradient underflow. The state is global (not per thread), as upstream's.
+    float16 gradient underflow. The state is global (not per thread), as upstream's. Inside
+    an enabled autocast ``megengine.config._compute_mode`` is ``"float32"``, as upstream sets it.
     """
 
     def __init__(self, enabled: bool = True, low_prec_dtype: str = "float16",
@@ -32,15 +34,21 @@ class autocast:
 
     def __enter__(self):
         # (returns None, as upstream's: ``with autocast() as a`` binds None)
-        self._saved.append((_state._enabled, _state._low_prec_dtype, _state._high_prec_dtype))
+        mode = None
+        if self.enabled:  # as upstream, an enabled autocast runs in compute mode "float32"
+            mode = _config._reset_execution_config(compute_mode="float32")[3]
+        self._saved.append((_state._enabled, _state._low_prec_dtype, _state._high_prec_dtype,
+                            mode))
         _state._set_amp_dtype_autocast(self.enabled)
         if self.enabled:
             _state._low_prec_dtype = self.low_prec_dtype
             _state._high_prec_dtype = self.high_prec_dtype
 
     def __exit__(self, *exc):
-        enabled, _state._low_prec_dtype, _state._high_prec_dtype = self._saved.pop()
+        enabled, _state._low_prec_dtype, _state._high_prec_dtype, mode = self._saved.pop()
         _state._set_amp_dtype_autocast(enabled)
+        if mode is not None:
+            _config._reset_execution_config(compute_mode=mode)
         return False
 
     def __call__(self, func):

@@ -391,6 +391,8 @@ def test_entering_gives_none_and_a_disabled_autocast_leaves_the_dtypes():
     # object and set the dtypes of a disabled one)
     with amp.autocast() as entered:
         assert entered is None and amp.enabled
+        assert mge.config._compute_mode == "float32"  # (upstream sets it; earlier: "default")
+    assert mge.config._compute_mode == "default"
     with amp.autocast(enabled=False, high_prec_dtype="float16", low_prec_dtype="float32"):
         assert (amp.enabled, amp.high_prec_dtype, amp.low_prec_dtype) == \
             (False, "float32", "float16")
