@@ -58,7 +58,7 @@ class GradScaler:
                  update_scale="if_unscale_grad"):
         """``gm.backward(y, dy * scale_factor)`` (``dy`` defaults to ones), then, with
         ``unscale_grad``, `unscale` the attached tensors' gradients and, with ``update_scale``,
-        `update` the scale."""
+        `update` the scale. Returns None, as upstream's."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradScaler.backward, self, gm, y, dy,
                                               unscale_grad=unscale_grad, update_scale=update_scale)
@@ -74,24 +74,25 @@ class GradScaler:
             self.unscale(gm.attached_tensors())
             if update_scale:
                 self.update()
-        return self
 
     def unscale(self, grad_tensors: Iterable[Tensor]):
-        """Divide the ``.grad`` of ``grad_tensors`` by the scale; if any is inf/nan, set them all
-        to None instead (the step is skipped) and remember it for `update`."""
+        """Divide the ``.grad`` of ``grad_tensors`` by the scale, in place (the gradient tensors
+        stay the same objects, as upstream's); if any is inf/nan, set them all to None instead
+        (the step is skipped) and remember it for `update`. As upstream, only these gradients
+        decide: a later call with finite ones unscales them although an earlier call since
+        the last `update` found inf/nan (`update` still backs off)."""
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradScaler.unscale, self, grad_tensors)
-        tensors = [t for t in grad_tensors if t is not None]
-        if self._check_gradients([getattr(t, "grad", None) for t in tensors]):
+        # (None entries and tensors without a gradient are skipped; upstream raises on them)
+        tensors = [t for t in grad_tensors if getattr(t, "grad", None) is not None]
+        if self._check_gradients([t.grad for t in tensors]):
             self._found_non_finite = True
-        if self._found_non_finite:
             for t in tensors:
                 t.grad = None
         else:
             inv = 1.0 / self.scale_factor
             for t in tensors:
-                if getattr(t, "grad", None) is not None:
-                    t.grad = t.grad * inv
+                t.grad._reset(t.grad * inv)
         return self
 
     def _check_gradients(self, grads):

@@ -308,9 +308,45 @@ class _BinaryCrossEntropy(_PairLoss):
                 -g * (log(pred) - log(1 - pred)))
 
 
-def _pair_loss(op, pred, label):
+def _pair_loss(op, pred, label, autocast_dtype=None):
     pred, label = _pair(pred, label)
+    if autocast_dtype is not None and _low_high_precision(op):
+        return _autocast_loss(op, (pred, label), autocast_dtype(pred.dtype, label.dtype))
     return apply(op, pred, label)
+
+
+def _low_high_precision(op):
+    """Whether autocast is on for ``op`` with a high_prec_dtype other than float32."""
+    return _amp.autocasts(op) and _amp._get_amp_high_prec_dtype() != "float32"
+
+
+def _autocast_loss(op, inputs, dtype):
+    """A loss under an autocast whose high_prec_dtype is not float32, as upstream gives it:
+    upstream composes its losses of elementwise ops (the float functions among them compute in
+    high_prec_dtype) and reduces with ``mean``, which always gives float32. So the unreduced
+    loss is computed (in float32 here, rounded once), cast to ``dtype``, the dtype upstream's
+    elementwise steps end in, and then reduced: "mean" in float32, "sum" in ``dtype``."""
+    reduction, op.reduction = op.reduction, "none"
+    high = _high(np.float32)
+
+    @_amp.not_covered  # (the casts are ours: the division of the mean stays float32)
+    def compute():
+        loss = apply(op, *[t.astype(high) if t.dtype.kind == "f" and t.dtype != high else t
+                           for t in inputs]).astype(dtype)
+        if reduction == "mean":
+            return loss.astype(np.float32).mean()
+        return loss.sum() if reduction == "sum" else loss
+
+    return compute()
+
+
+def _high(*dtypes):
+    """high_prec_dtype promoted with ``dtypes``: what an upstream elementwise step of a float
+    function (log, exp, pow) mixed with operands of ``dtypes`` gives under autocast."""
+    result = _amp._engine_dtype(_amp._high_prec_dtype, "high_prec_dtype")
+    for dtype in dtypes:
+        result = promote_types(result, np.dtype(dtype))
+    return result
 
 
 def l1_loss(pred, label, reduction="mean"):
@@ -322,7 +358,9 @@ def l1_loss(pred, label, reduction="mean"):
 def square_loss(pred, label, reduction="mean"):
     """Mean (or sum, or each) squared error ``(pred - label) ** 2``."""
     _check_reduction(reduction, "square_loss")
-    return _pair_loss(_Square(reduction, "square_loss"), pred, label)
+    # (autocast: upstream's (pred - label) ** 2, in high_prec_dtype)
+    return _pair_loss(_Square(reduction, "square_loss"), pred, label,
+                      autocast_dtype=lambda pred_dtype, label_dtype: _high())
 
 
 mse_loss = square_loss
@@ -340,7 +378,9 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
     """Binary cross entropy of ``pred`` (logits by default, else probabilities) and ``label``."""
     _check_reduction(reduction, "binary_cross_entropy")
     op = _BinaryCrossEntropy(reduction, "binary_cross_entropy", bool(with_logits))
-    return _pair_loss(op, pred, label)
+    # (autocast: upstream's label * logsigmoid(pred) + ..., the label's dtype and the high one)
+    return _pair_loss(op, pred, label,
+                      autocast_dtype=lambda pred_dtype, label_dtype: _high(label_dtype))
 
 
 # Rows shorter than this stay on numpy: ATen's log_softmax is slow on rows narrower than its
@@ -758,6 +798,12 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     if not 0 <= ls <= 1:
         raise ValueError(f"cross_entropy: label_smooth must be in [0, 1], got {label_smooth}")
     op = _CrossEntropy(int(axis) % ndim, bool(with_logits), ls, reduction)
+    if _low_high_precision(op):
+        # upstream's logsumexp(pred) - pred[label] (float functions in high_prec_dtype, pred's
+        # own max added back), log(pred[label]) without logits, and with label smoothing a
+        # pred.mean(axis), which is float32
+        dtype = np.dtype(np.float32) if ls else _high(pred.dtype) if with_logits else _high()
+        return _autocast_loss(op, (pred, label), dtype)
     if pred._data.dtype == _FLOAT16 and not _amp.autocasts(op):  # (autocast: float32 out)
         # computed in float32 and rounded once, as torch's kernel: in float16, m + log(s) -
         # pred[label] of logits near 100 loses ~0.03 (upstream's float16 ops round each step)

@@ -3,6 +3,7 @@ import math as _pymath
 
 import numpy as np
 
+from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
 from ..core.dtype import float_value, no_quantized_form
@@ -251,7 +252,8 @@ class LogSumExp(Op):
 
 def logsumexp(inp, axis, keepdims=False):
     """``log(sum(exp(inp), axis))`` computed without overflow."""
-    return apply(LogSumExp(axis, keepdims), _one_if_scalar(inp, axis))
+    inp, op = _one_if_scalar(inp, axis), LogSumExp(axis, keepdims)
+    return _amp.promoted_with_inputs(op, apply(op, inp), inp)  # (autocast: upstream's dtype)
 
 
 # dtypes that F.norm (p = 2) and F.topk take to ATen (topk: floats, whose descending key -x is

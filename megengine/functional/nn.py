@@ -155,7 +155,8 @@ def softmax(inp, axis=None):
 def logsoftmax(inp, axis):
     """``log(softmax(x))`` along ``axis``, computed as ``x - logsumexp(x)``."""
     inp = _tensor(inp)
-    return apply(_LogSoftmax(_axes(axis, inp.ndim, "logsoftmax")), inp)
+    op = _LogSoftmax(_axes(axis, inp.ndim, "logsoftmax"))
+    return _amp.promoted_with_inputs(op, apply(op, inp), inp)  # (autocast: upstream's dtype)
 
 
 # ----- linear -----

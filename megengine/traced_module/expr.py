@@ -143,30 +143,63 @@ class Expr:
     def interpret(self, *values):
         raise NotImplementedError(f"{type(self).__name__} is not run by interpret")
 
-    def _args_text(self):
-        args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((), {})
-        parts = [_text(a) for a in args] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
-        return ", ".join(parts)
+    def _args_text(self, args=None, kwargs=None):
+        if args is None:
+            args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((), {})
+        return _call_text(args, kwargs)
 
     def _outputs_text(self):
-        return ", ".join(format(o) for o in self.outputs)  # format: "{:i}" adds the ids
+        # as upstream: the result as the call returned it (``(a, b)`` for a tuple, a dict as
+        # a dict), printed by ``str``, whose nodes print by name ("{:i}" adds the ids)
+        if not self.outputs:
+            return ""
+        if self.out_def is None:
+            return ", ".join(str(o) for o in self.outputs) + " = "
+        return str(self.return_val) + " = "
 
     def __repr__(self):
-        return f"%{self._id}:\t{self._outputs_text()} = {self._body_text()}"
+        return f"%{self._id}:\t{self._outputs_text()}{self._body_text()}"
 
     def _body_text(self):
         return type(self).__name__
 
 
-def _text(value):
-    if isinstance(value, Node):
-        return format(value)
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(_text(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_text(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+# megengine.functional's functions whose module upstream 1.13 names otherwise, as a printed
+# call names it (upstream 1.13 measured: the last part of each function's __module__)
+_UPSTREAM_HOMES = {
+    **{(home, name): "nn" for home, names in {
+        "pooling": ("adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"),
+        "conv": ("conv1d", "conv2d", "conv3d", "conv_transpose2d", "conv_transpose3d",
+                 "deformable_conv2d", "local_conv2d", "region_restricted_conv",
+                 "sliding_window", "sliding_window_transpose"),
+        "normalization": ("batch_norm", "general_norm", "group_norm", "instance_norm",
+                          "layer_norm", "local_response_norm", "sync_batch_norm"),
+        "tensor": ("indexing_one_hot", "one_hot", "pad"),
+        "math": ("logsumexp",), "attention": ("multi_head_attention",),
+        "roi": ("deformable_psroi_pooling",)}.items() for name in names},
+    ("roi", "roi_align"): "vision", ("roi", "roi_pooling"): "vision",
+    ("ctc", "ctc_loss"): "loss",
+    **{("elemwise", name): "tensor" for name in ("complex", "imag", "polar", "real")},
+    # (megengine.distributed.functional upstream)
+    **{("distributed", name): "functional" for name in (
+        "all_gather", "all_reduce_max", "all_reduce_min", "all_reduce_sum", "all_to_all",
+        "broadcast", "gather", "reduce_scatter_sum", "reduce_sum", "remote_recv",
+        "remote_send", "scatter")},
+}
+
+
+# megengine.functional's functions whose dtype and device upstream 1.13 takes by keyword only
+# (measured: its signatures against these), which a printed call names as upstream records them
+_UPSTREAM_KEYWORD_ONLY = frozenset(["arange", "eye", "full", "linspace", "ones", "zeros"])
+
+
+def _call_text(args, kwargs):
+    """The arguments of a call as upstream prints them: ``str`` of each (a string unquoted,
+    the items of a container by ``repr``), and the positional and the keyword part joined by
+    ", " even where one is empty (``conv(x, )``, ``f(, k=1)``)."""
+    positional = ", ".join(str(a) for a in args)
+    named = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{positional}, {named}"
 
 
 class Input(Expr):
@@ -184,7 +217,7 @@ class Input(Expr):
         self.outputs = [node]
 
     def _body_text(self):
-        return "Input"
+        return "Input()"
 
 
 def _value_node(expr, value):
@@ -217,9 +250,23 @@ class GetAttr(Expr):
         return [_access_structure(module, name)]
 
     def _body_text(self):
-        out = self.outputs[0]
-        kind = out.module_type.__name__ if isinstance(out, ModuleNode) else "Tensor"
-        return f'getattr({self.inputs[0]}, "{self.name}") -> ({kind})'
+        return f'getattr({self.inputs[0]}, "{self.name}") -> ({_kind_text(self.outputs[0])})'
+
+
+def _kind_text(node):
+    """What upstream prints for the kind of a node: ``Tensor``, a layer's class, or
+    ``Module`` for a module that is traced into (upstream's graphs record no class for
+    those)."""
+    if not isinstance(node, ModuleNode):
+        return "Tensor"
+    owner = node.owner
+    if owner is not None:
+        from .tracer import is_builtin
+
+        if not is_builtin(owner):
+            return "Module"
+    mtype = node.module_type
+    return mtype.__name__ if isinstance(mtype, type) else str(mtype)
 
 
 def no_args_def():
@@ -243,9 +290,9 @@ class Constant(Expr):
         return [self.value]
 
     def _body_text(self):
-        if isinstance(self.value, Tensor):
-            return f"Constant(Tensor{tuple(self.value.shape)} {self.value.dtype})"
-        return f"Constant({type(self.value).__name__})"
+        # as upstream: the constant's name (none for those tracing makes) and its kind
+        kind = "Module" if isinstance(self.outputs[0], ModuleNode) else "Tensor"
+        return f"Constant({self.name or ''}) -> ({kind})"
 
 
 def _function_ref(func):
@@ -320,13 +367,52 @@ class CallFunction(Expr):
 
     def _body_text(self):
         func = self.func
-        if isinstance(func, type):
-            fname = func.__name__
-        else:
-            mod = getattr(func, "__module__", "") or ""
-            short = mod.rsplit(".", 1)[-1] if mod.startswith("megengine.functional") else mod
-            fname = f"{short}.{func.__name__}" if short else func.__name__
-        return f"{fname}({self._args_text()})"
+        name = getattr(func, "__name__", None) or type(func).__name__
+        # as upstream: the last part of the function's module, where upstream's
+        # megengine.functional has it (F.max_pool2d is nn.max_pool2d: pooling.py here)
+        home = (getattr(func, "__module__", None) or "").rsplit(".", 1)[-1]
+        home = _UPSTREAM_HOMES.get((home, name), home)
+        text = self._args_text(*self._upstream_args())
+        return f"{home}.{name}({text})" if home else f"{name}({text})"
+
+    def _upstream_args(self):
+        """(args, kwargs) as upstream prints the call: a parameter upstream's function lacks
+        (F.matmul's ``format``, F.sort's ``axis``, F.batch_norm's ``param_dim``, ...) is left
+        out where it has its default, as `mge.save` leaves it out for upstream, and the
+        ``dtype`` and ``device`` that upstream's F.zeros & co. take by keyword only are
+        keywords (upstream sorts them: ``device=None, dtype=float32``)."""
+        args, kwargs = self.args, self.kwargs
+        func = self.func
+        from ._upstream import _UPSTREAM_LACKS
+
+        name = getattr(func, "__name__", None)
+        lacks = _UPSTREAM_LACKS.get(name, ())
+        keyword_only = name in _UPSTREAM_KEYWORD_ONLY
+        if not (lacks or keyword_only) or not (getattr(func, "__module__", None) or ""
+                                               ).startswith("megengine.functional"):
+            return args, kwargs
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            return args, kwargs
+        names = list(params)
+
+        def at_default(value, name):
+            default = params[name].default
+            return value is default or (type(value) is type(default) and value == default)
+
+        args, kwargs = list(args), dict(kwargs)
+        for name in sorted((n for n in lacks if n in params), key=names.index, reverse=True):
+            if name in kwargs:
+                if at_default(kwargs[name], name):
+                    del kwargs[name]
+            elif names.index(name) == len(args) - 1 and at_default(args[-1], name):
+                args.pop()  # (a trailing positional argument only: the others keep places)
+        if keyword_only and "dtype" in names and len(args) > names.index("dtype"):
+            first = names.index("dtype")  # (dtype and device are the last parameters)
+            kwargs.update(zip(names[first:], args[first:]))
+            args, kwargs = args[:first], dict(sorted(kwargs.items()))
+        return tuple(args), kwargs
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -385,12 +471,10 @@ class CallMethod(Expr):
     def _body_text(self):
         obj = self.inputs[0] if self.inputs else "?"
         args, kwargs = self.arg_def.unflatten(self.inputs) if self.arg_def else ((None,), {})
-        rest = [_text(a) for a in args[1:]] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
-        if self.method == "__call__":
-            return f"{obj}({', '.join(rest)})"
         if self.method == "shape":
             return f"{obj}.shape"
-        return f"{obj}.{self.method}({', '.join(rest)})"
+        method = "" if self.method == "__call__" else f".{self.method}"
+        return f"{obj}{method}({self._args_text(args[1:], kwargs)})"
 
 
 class Apply(Expr):
@@ -416,8 +500,20 @@ class Apply(Expr):
 
         return list(apply(op, *values))
 
+    def _outputs_text(self):
+        return ", ".join(str(o) for o in self.outputs) + " = " if self.outputs else ""
+
     def _body_text(self):
-        return f"apply({type(self.op).__name__}, {', '.join(format(i) for i in self.inputs)})"
+        return f"{op_name(self.op)}({', '.join(str(i) for i in self.inputs)})"
+
+
+def op_name(op):
+    """An op's name as upstream prints and names its Apply steps: its class, an Elemwise its
+    mode (``ADD(x, y)``, whose output is ``add_out``; upstream 1.13 measured)."""
+    name = type(op).__name__
+    if name in ("Elemwise", "ElemwiseMultiType") and hasattr(op, "mode"):
+        name = getattr(op.mode, "name", op.mode)
+    return str(name)
 
 
 class ShapeOf(Apply):

@@ -13,7 +13,7 @@ import keyword
 import re
 from typing import Dict, List, Optional, Sequence
 
-from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input
+from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input, op_name
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
 
@@ -83,7 +83,8 @@ class NameSpace:
                 base = expr.method.strip("_") + "_out"
                 qual = f"{self.qualname}.[method_{expr.method.strip('_')}]"
         else:
-            name = type(getattr(expr, "op", expr)).__name__.lower()
+            name = op_name(expr.op).lower() if hasattr(expr, "op") else \
+                type(expr).__name__.lower()
             base = name + "_out"
             qual = f"{self.qualname}.[def_{name}]"
         orig = None
@@ -504,11 +505,12 @@ class InternalGraph:
     def __format__(self, spec=""):
         previous = Node._set_format_spec(spec)
         try:
+            # as upstream, an empty body still has its line
             body = "\n\t".join(repr(e) for e in self._exprs)
-            head = f"{self._name}.Graph ({', '.join(format(i) for i in self._inputs)}) {{"
-            outs = ", ".join(format(o) for o in self._outputs)
-            return f"{head}\n\t{body}\n\treturn {outs}\n}}" if body else \
-                f"{head}\n\treturn {outs}\n}}"
+            name = f"{self._name}.Graph" if self._name else ""
+            head = f"{name} ({', '.join(str(i) for i in self._inputs)}) {{"
+            outs = ", ".join(str(o) for o in self._outputs)
+            return f"{head}\n\t{body}\n\treturn {outs}\n}}"
         finally:
             Node._set_format_spec(previous)
 

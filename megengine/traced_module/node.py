@@ -90,11 +90,9 @@ class Node:
     def top_graph(self):
         return self._top_graph
 
-    def __str__(self):
-        return self._name
-
     def __repr__(self):
-        return self.__format__("")  # as upstream: the name ("{:i}" while a graph prints so)
+        # as upstream, str and repr: the name ("%3_x" while a graph prints with "{:i}")
+        return self.__format__("")
 
     def __format__(self, spec):
         spec = spec or Node._format_spec

@@ -216,6 +216,12 @@ class TracedModule(Module):
             return None  # defaults or keyword-only arguments would be filled in
         return graph, self.argdef_outdef_map[key]
 
+    def __repr__(self):
+        # a list or dict of modules prints as a TracedModule too: upstream traces those into
+        # TracedModules (upstream 1.13 measured)
+        text = super().__repr__()
+        return "TracedModule" + text[len(type(self).__name__):]
+
     def flatten(self) -> "TracedModule":
         """A TracedModule with the same attributes whose graph has every traced submodule's
         graph inlined (its getattrs read from the top: ``block0.conv1``)."""
@@ -370,7 +376,11 @@ def _build(tracer, module, is_top, memo):
                 container = _module_container(state[k])
                 if container is not None:  # as upstream: lists/dicts of modules -> modules
                     state[k] = container
-    state["_modules"] = [k for k in state.get("_modules", []) if k in state]
+    # as upstream, the submodules in the order forward first read them (its repr lists them
+    # so); the ones it never read (upstream's TracedModule lacks them) after those
+    modules = [k for k in state.get("_modules", []) if k in state]
+    read = [k for k in tracer.read_order.get(id(module), ()) if k in modules]
+    state["_modules"] = read + [k for k in modules if k not in read]
     tm.__dict__.update(state)
     spec = _call_spec(module)
     object.__setattr__(tm, "argdef_graph_map", record.graphs)

@@ -277,6 +277,9 @@ class Tracer:
         self.scopes = []
         self.records = {}  # id(module) -> _ModuleRecord
         self.read_attrs = set()  # ids of the tensors some GetAttr reads
+        # id(module) -> {attribute name: None}: the attributes its forward read, in the order
+        # it first read them (upstream's TracedModule holds its submodules in that order)
+        self.read_order = {}
         self.shared = set()  # nodes two tensors stand for (one adopted the other's attributes)
         self.surgery = surgery
         self._patched = []  # (namespace dict, name, original)
@@ -382,6 +385,7 @@ class Tracer:
             if key is not None:
                 expr = GetAttr(scope.self_node, key, obj)
                 self.read_attrs.add(id(obj))
+                self.read_order.setdefault(id(scope.module), {})[key.split(".")[0]] = None
             else:
                 expr = Constant(obj)
         finally:

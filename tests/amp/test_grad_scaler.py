@@ -125,3 +125,80 @@ def test_a_traced_step_uses_the_scale_as_it_grows_and_backs_off(symbolic):
     assert [s for s, _ in traced] == [s for s, _ in eager]
     for (_, a), (_, b) in zip(traced, eager):
         np.testing.assert_array_equal(a, b)
+
+
+def _linear_under_amp():
+    import megengine.module as M
+
+    lin = M.Linear(3, 2)
+    lin.weight[...] = mge.tensor(np.array([[0.5, -0.25, 0.125], [1.0, 0.75, -0.5]], "float32"))
+    lin.bias[...] = mge.tensor(np.array([0.1, -0.2], "float32"))
+    return lin, GradManager().attach(lin.parameters())
+
+
+def test_an_amp_training_loop_scales_as_upstream():
+    # upstream 1.13 measured on this loop: backward returns None; the scale grows x3 after
+    # 2 clean steps and backs off x0.25 on a step whose input holds inf (step 3) and on one
+    # whose float16 forward overflows (step 4), whose gradients are dropped
+    import megengine.optimizer as optim
+    from megengine.amp import autocast
+
+    lin, gm = _linear_under_amp()
+    opt = optim.SGD(lin.parameters(), lr=0.1)
+    scaler = GradScaler(init_scale=4.0, growth_factor=3.0, backoff_factor=0.25,
+                        growth_interval=2)
+    seen = []
+    for i in range(6):
+        x = np.array([[1.0, 2.0, -1.0], [0.5, -0.5, 2.0]], "float32") * (i + 1)
+        if i == 3:
+            x[0, 0] = np.inf
+        if i == 4:
+            x = x * 3000.0
+        with gm:
+            with autocast():
+                loss = (lin(mge.tensor(x)).astype("float32") ** 2).mean()
+            assert scaler.backward(gm, loss) is None
+        seen.append((scaler.scale_factor, scaler._growth_tracker, lin.weight.grad is None))
+        opt.step().clear_grad()
+    assert seen == [(4.0, 1, False), (12.0, 0, False), (12.0, 1, False), (3.0, 0, True),
+                    (0.75, 0, True), (0.75, 1, False)]
+    # upstream's parameters after the six steps (float16 compute: within its rounding)
+    np.testing.assert_allclose(lin.weight.numpy(), [[0.770569, 1.076725, -1.456136],
+                                                    [-1.75433, -8.461199, 8.421615]],
+                               rtol=3e-3, atol=1e-3)
+    np.testing.assert_allclose(lin.bias.numpy(), [0.020972, -0.645492], rtol=3e-3, atol=1e-3)
+
+
+def test_unscale_divides_the_gradient_tensors_in_place():
+    # upstream 1.13 measured: a reference to a gradient taken before unscale sees the unscaled
+    # values (earlier versions of this fork replaced .grad by a new tensor)
+    lin, gm = _linear_under_amp()
+    scaler = GradScaler(init_scale=8.0, growth_interval=1)
+    with gm:
+        loss = (lin(mge.tensor([[1.0, 2.0, -1.0], [0.5, -0.5, 2.0]])) ** 2).mean()
+        gm.backward(loss, dy=mge.tensor(scaler.scale_factor))
+    grad = lin.weight.grad
+    np.testing.assert_allclose(grad.numpy(), [[1.35, -1.65, 5.9], [9.05, 24.55, -19.8]],
+                               rtol=1e-6)
+    assert scaler.unscale(gm.attached_tensors()) is scaler and lin.weight.grad is grad
+    np.testing.assert_allclose(grad.numpy(), [[0.16875, -0.20625, 0.7375],
+                                              [1.13125, 3.06875, -2.475]], rtol=1e-6)
+
+
+def test_only_the_gradients_unscaled_decide_whether_they_are_dropped():
+    # upstream 1.13 measured: gradients accumulated after an unscale that found inf are
+    # unscaled (not dropped) by the next unscale; update still backs off (earlier versions of
+    # this fork dropped every gradient until the next update)
+    lin, gm = _linear_under_amp()
+    scaler = GradScaler(init_scale=2.0, growth_interval=3)
+    x = np.array([[1.0, 2.0, -1.0], [0.5, -0.5, 2.0]], "float32")
+    with gm:
+        scaler.backward(gm, (lin(mge.tensor(x)) * np.inf).mean(), unscale_grad=False)
+    scaler.unscale(gm.attached_tensors())
+    assert lin.weight.grad is None and scaler._found_non_finite
+    with gm:
+        scaler.backward(gm, lin(mge.tensor(x * 2)).mean(), unscale_grad=False)
+    scaler.unscale(gm.attached_tensors())
+    np.testing.assert_allclose(lin.weight.grad.numpy(), [[0.75, 0.75, 0.5]] * 2)
+    scaler.update()
+    assert (scaler.scale_factor, scaler._growth_tracker) == (1.0, 0)

@@ -6,8 +6,10 @@ import pytest
 
 import megengine.functional as F
 import megengine.module as M
-from megengine import Tensor
-from megengine.traced_module import trace_module
+from megengine import Parameter, Tensor
+from megengine.core._imperative_rt.core2 import apply
+from megengine.core.ops import builtin
+from megengine.traced_module import trace_module, wrap
 from megengine.traced_module.expr import CallFunction, CallMethod, GetAttr
 from megengine.traced_module.node import ModuleNode, TensorNode
 
@@ -78,7 +80,7 @@ def test_printing_names_each_step():
     text = str(tm.b0.graph)
     assert text.startswith("Net_b0.Graph (self, x) {")
     assert 'conv = getattr(self, "conv") -> (Conv2d)' in text
-    assert "relu_out = nn.relu(conv_out)" in text and "return add_out" in text
+    assert "relu_out = nn.relu(conv_out, )" in text and "return add_out" in text
 
 
 def test_insert_replace_compile():
@@ -470,3 +472,215 @@ def test_names_and_qualnames_follow_upstreams_namespace():
         "_Builtins.layer_1.[out]", "_Builtins.[method_add]", "_Builtins.layer_1.[out]",
         "_Builtins.[method_add]", "_Builtins.[func_relu]", "_Builtins.[func_relu]",
         "_Builtins.[method_add]"]
+
+
+# ----- printing, as upstream 1.13 prints (upstream 1.13 measured: the expected texts are
+# upstream's print of these very modules) -----
+
+@wrap
+def scaled(x, k):
+    return x * k
+
+
+class _ResBlock(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = M.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.bn1 = M.BatchNorm2d(2)
+        self.conv2 = M.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.bn2 = M.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.nn.relu(self.bn2(self.conv2(y)) + x)
+        y = F.adaptive_avg_pool2d(F.max_pool2d(y, 2), 1)
+        return F.flatten(y, 1)
+
+
+class _Pair(M.Module):
+    def forward(self, x):
+        return {"a": x, "b": [x + 1, x - 1]}
+
+
+class _Steps(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(np.ones((3, 3), "float32"))
+        self.pair = _Pair()
+        self.fc = M.Linear(3, 3)
+        self.heads = [M.Linear(3, 3), M.Linear(3, 3)]
+
+    def forward(self, x):
+        (s,) = apply(builtin.Elemwise(mode="ADD"), x, Tensor([1.0, 2.0, 3.0]))
+        d = self.pair(scaled(s, 3))
+        top, idx = F.topk(d["a"], 2, descending=True)
+        parts = F.split(x.T @ self.w.T, 3, axis=1)
+        y = self.fc(self.fc(F.concat(d["b"], axis=0)))
+        for head in self.heads:
+            y = head(y)
+        return top, idx, parts[0], y.astype("float16").reshape(-1)
+
+
+_RESBLOCK_REPR = """TracedModule(
+  (bn1): BatchNorm2d(2, eps=1e-05, momentum=0.9, affine=True, track_running_stats=True)
+  (conv1): Conv2d(2, 2, kernel_size=(3, 3), padding=(1, 1), bias=False)
+  (bn2): BatchNorm2d(2, eps=1e-05, momentum=0.9, affine=True, track_running_stats=True)
+  (conv2): Conv2d(2, 2, kernel_size=(3, 3), padding=(1, 1), bias=False)
+)"""
+
+_RESBLOCK_GRAPH = """_ResBlock.Graph (self, x) {
+	%2:	bn1 = getattr(self, "bn1") -> (BatchNorm2d)
+	%3:	conv1 = getattr(self, "conv1") -> (Conv2d)
+	%4:	conv1_out = conv1(x, )
+	%5:	bn1_out = bn1(conv1_out, )
+	%6:	relu_out = nn.relu(bn1_out, )
+	%7:	bn2 = getattr(self, "bn2") -> (BatchNorm2d)
+	%8:	conv2 = getattr(self, "conv2") -> (Conv2d)
+	%9:	conv2_out = conv2(relu_out, )
+	%10:	bn2_out = bn2(conv2_out, )
+	%11:	add_out = bn2_out.__add__(x, )
+	%12:	relu_out_1 = nn.relu(add_out, )
+	%13:	max_pool2d_out = nn.max_pool2d(relu_out_1, 2, None, 0, )
+	%14:	adaptive_avg_pool2d_out = nn.adaptive_avg_pool2d(max_pool2d_out, 1, )
+	%15:	flatten_out = tensor.flatten(adaptive_avg_pool2d_out, 1, -1, )
+	return flatten_out
+}"""
+
+_STEPS_REPR = """TracedModule(
+  (pair): TracedModule()
+  (fc): Linear(in_features=3, out_features=3, bias=True)
+  (heads): TracedModule(
+    (0): Linear(in_features=3, out_features=3, bias=True)
+    (1): Linear(in_features=3, out_features=3, bias=True)
+  )
+)"""
+
+_STEPS_GRAPH = """_Steps.Graph (self, x) {
+	%2:	const_tensor = Constant() -> (Tensor)
+	%3:	add_out = ADD(x, const_tensor)
+	%4:	pair = getattr(self, "pair") -> (Module)
+	%5:	scaled_out = test_graph.scaled(add_out, 3, )
+	%6:	{'a': pair_out, 'b': [pair_out_1, pair_out_2]} = pair(scaled_out, )
+	%11:	(topk_out, topk_out_1) = math.topk(pair_out, 2, True, False, False, )
+	%12:	transpose_out = x.transpose(, )
+	%13:	w = getattr(self, "w") -> (Tensor)
+	%14:	transpose_out_1 = w.transpose(, )
+	%15:	matmul_out = transpose_out.__matmul__(transpose_out_1, )
+	%16:	(split_out, split_out_1, split_out_2) = tensor.split(matmul_out, 3, 1, )
+	%17:	fc = getattr(self, "fc") -> (Linear)
+	%18:	concat_out = tensor.concat([pair_out_1, pair_out_2], 0, None, )
+	%19:	fc_1_out = fc(concat_out, )
+	%20:	fc_1_out_1 = fc(fc_1_out, )
+	%21:	heads_0 = getattr(self, "heads.0") -> (Linear)
+	%22:	heads_0_out = heads_0(fc_1_out_1, )
+	%23:	heads_1 = getattr(self, "heads.1") -> (Linear)
+	%24:	heads_1_out = heads_1(heads_0_out, )
+	%25:	astype_out = heads_1_out.astype(float16, )
+	%26:	reshape_out = astype_out.reshape(-1, )
+	return topk_out, topk_out_1, split_out, reshape_out
+}"""
+
+_PAIR_GRAPH_IP = """_Steps_pair.Graph (%9__Steps_pair_self, %10__Steps_pair_x) {
+	%9:	%11__Steps_pair_add_out = %10__Steps_pair_x.__add__(1, )
+	%10:	%12__Steps_pair_sub_out = %10__Steps_pair_x.__sub__(1, )
+	return %10__Steps_pair_x, %11__Steps_pair_add_out, %12__Steps_pair_sub_out
+}"""
+
+
+def test_a_resnet_block_prints_as_upstream():
+    # earlier versions of this fork left out the trailing ", " of a call, named F.max_pool2d
+    # after its file here (pooling.max_pool2d) and listed the submodules as defined
+    tm = trace_module(_ResBlock(), Tensor(np.random.rand(1, 2, 4, 4).astype("float32")))
+    assert repr(tm) == _RESBLOCK_REPR
+    assert str(tm.graph) == _RESBLOCK_GRAPH
+    with_ids = "{:i}".format(tm.graph).split("\n")
+    assert with_ids[0] == "_ResBlock.Graph (%0_self, %1_x) {"
+    assert with_ids[2] == "\t%3:\t%3_conv1 = getattr(%0_self, \"conv1\") -> (Conv2d)"
+    assert with_ids[12] == \
+        "\t%13:\t%13_max_pool2d_out = nn.max_pool2d(%12_relu_out_1, 2, None, 0, )"
+    assert with_ids[-2] == "\treturn %15_flatten_out"
+    exprs = tm.graph._exprs
+    assert str(exprs[3]) == repr(exprs[3]) == "%5:\tbn1_out = bn1(conv1_out, )"
+    node = exprs[3].outputs[0]
+    assert (str(node), repr(node), "{:i}".format(node), "{:p}".format(node),
+            "{:ip}".format(node)) == ("bn1_out", "bn1_out", "%5_bn1_out", "_ResBlock_bn1_out",
+                                      "%5__ResBlock_bn1_out")
+
+
+def test_steps_of_every_kind_print_as_upstream():
+    # several results in parentheses (a dict as a dict), an Apply by its op (an Elemwise by its
+    # mode), a Constant by its name and kind, a traced submodule's kind Module, a container of
+    # modules as a TracedModule, strings unquoted; earlier versions of this fork printed
+    # "a, b = ...", "apply(Elemwise, x, c)", "Constant(Tensor(3,) float32)", "-> (_Pair)",
+    # "astype('float16')" and "_ModuleList("
+    tm = trace_module(_Steps(), Tensor(np.random.rand(3, 3).astype("float32")))
+    assert repr(tm) == _STEPS_REPR
+    assert str(tm.graph) == _STEPS_GRAPH
+    assert "{:ip}".format(tm.pair.graph) == _PAIR_GRAPH_IP
+    assert str(tm.graph._exprs[0]) == "%2:\tconst_tensor = Constant() -> (Tensor)"
+    inputs = [n.expr for n in tm.pair.graph.inputs]
+    assert [str(e) for e in inputs] == ["%7:\tself = Input()", "%8:\tx = Input()"]
+
+
+def test_a_graph_without_steps_prints_its_empty_line_as_upstream():
+    class Same(M.Module):
+        def forward(self, x):
+            return x
+
+    tm = trace_module(Same(), Tensor(np.ones(2, "float32")))
+    assert str(tm.graph) == "Same.Graph (self, x) {\n\t\n\treturn x\n}"
+
+
+class _FunctionalSteps(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.rm = Tensor(np.zeros((1, 3, 1, 1), "float32"))
+        self.rv = Tensor(np.ones((1, 3, 1, 1), "float32"))
+
+    def forward(self, x):
+        y = F.batch_norm(x, self.rm, self.rv, training=False)
+        z = F.matmul(y.reshape(2, -1), y.reshape(2, -1), transpose_b=True)
+        p = F.nn.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        s, i = F.sort(z)
+        return z, p, s, i
+
+
+def test_parameters_upstream_lacks_are_not_printed_at_their_defaults():
+    # upstream 1.13 measured: its print of this graph's calls (keyword arguments sorted);
+    # earlier versions of this fork also printed compute_mode= and param_dim= of batch_norm,
+    # matmul's format, pad's pad_witdth= and sort's axis, which upstream's functions lack
+    tm = trace_module(_FunctionalSteps(), Tensor(np.random.rand(2, 3, 2, 2).astype("float32")))
+    lines = str(tm.graph).split("\n")
+    assert lines[3] == "\t%4:\tbatch_norm_out = nn.batch_norm(x, rm, rv, None, None, " \
+        "eps=1e-05, inplace=True, momentum=0.9, training=False)"
+    assert lines[6:9] == [
+        "\t%7:\tmatmul_out = math.matmul(reshape_out, reshape_out_1, False, True, default, )",
+        "\t%8:\tpad_out = nn.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant, 0.0, )",
+        "\t%9:\t(sort_out, sort_out_1) = math.sort(matmul_out, False, )"]
+    expr = tm.graph._exprs[5]  # the graph itself keeps them
+    assert expr.args[-1] == "default" and len(expr.args) == 6
+
+
+class _Made(M.Module):
+    def forward(self, x):
+        a = F.zeros(x.shape, dtype="int32")
+        b = F.full((2, 3), 0.5)
+        c = F.linspace(0, 1, 3)
+        d = F.arange(0, 6, 2)
+        e = F.eye(3, 2)
+        f = F.ones((2, 3), dtype="float16")
+        return x + a + b + f, c + d, e
+
+
+def test_dtype_and_device_print_by_keyword_as_upstream_takes_them():
+    # upstream 1.13 measured: its F.zeros, full, linspace, arange, eye and ones take dtype and
+    # device by keyword only, and print them sorted (earlier versions of this fork printed
+    # them by position: "tensor.zeros(getvarshape_out, int32, None, )")
+    tm = trace_module(_Made(), Tensor(np.random.rand(2, 3).astype("float32")))
+    assert str(tm.graph).split("\n")[2:8] == [
+        "\t%3:\tzeros_out = tensor.zeros(getvarshape_out, device=None, dtype=int32)",
+        "\t%4:\tfull_out = tensor.full((2, 3), 0.5, device=None, dtype=None)",
+        "\t%5:\tlinspace_out = tensor.linspace(0, 1, 3, device=None, dtype=float32)",
+        "\t%6:\tarange_out = tensor.arange(0, 6, 2, device=None, dtype=float32)",
+        "\t%7:\teye_out = tensor.eye(3, 2, device=None, dtype=float32)",
+        "\t%8:\tones_out = tensor.ones((2, 3), device=None, dtype=float16)"]

@@ -62,6 +62,9 @@ def test_upstream_file_loads_runs_and_names_as_upstream(name):
     with open(os.path.join(DATA, name + ".txt")) as f:
         upstream_text = f.read()
     assert _expr_heads(str(tm.graph)) == _expr_heads(upstream_text)
+    # printed as upstream prints it, to the character (earlier versions of this fork printed
+    # "conv(x)", "a, b = f(x)", "pooling.max_pool2d(...)")
+    assert str(tm.graph) == upstream_text.rstrip("\n")
 
 
 @pytest.mark.parametrize("name", ["convnet", "qat"])
