@@ -220,7 +220,8 @@ class _WithAuxiliaryLoss(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.gate, self.experts = nn.Linear(4, 2), nn.ModuleList([nn.Linear(4, 3) for _ in range(2)])
+        self.gate = nn.Linear(4, 2)
+        self.experts = nn.ModuleList([nn.Linear(4, 3) for _ in range(2)])
 
     def forward(self, x):
         weights = torch.softmax(self.gate(x), dim=-1)
@@ -364,7 +365,8 @@ def test_a_weight_the_torch_module_renormalises_after_a_megengine_op_used_it(h_n
     h, weight = mge.tensor(h_np), wrap.get_param_by_name("emb.weight")
     gm = GradManager().attach([weight] + ([h] if h_needs_grad else []))
     ref_h = torch.tensor(h_np, device=torch_device(), requires_grad=h_needs_grad)
-    ref_loss = (ref_h @ ref.emb.weight.t()).sum() + ref(torch.tensor(idx, device=torch_device())).sum()
+    ref_idx = torch.tensor(idx, device=torch_device())
+    ref_loss = (ref_h @ ref.emb.weight.t()).sum() + ref(ref_idx).sum()
     with gm:
         loss = F.sum(F.matmul(h, weight, transpose_b=True)) + F.sum(wrap(mge.tensor(idx)))
         if h_needs_grad:
@@ -387,7 +389,8 @@ def _mlp(dtype):
 
 @pytest.mark.parametrize("dtype, optimizer", [
     ("float64", "sgd momentum"), ("float64", "adam"),
-    ("float16", "sgd momentum"),  # (Adam's eps, 1e-8, is 0 in float16: infinite steps on both sides)
+    # (Adam's eps, 1e-8, is 0 in float16: infinite steps on both sides)
+    ("float16", "sgd momentum"),
 ])
 def test_float64_and_float16_modules_train_like_torch(dtype, optimizer):
     rtol, atol = (1e-10, 1e-12) if dtype == "float64" else (1e-3, 1e-3)
@@ -524,7 +527,8 @@ class _Packed(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
                                                    enforce_sorted=False)
         out, h = self.rnn(packed)
-        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], h
+        padded = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return padded[0], h
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
@@ -556,8 +560,9 @@ def test_an_rnn_whose_weights_flatten_parameters_moved_is_named_with_the_fix(mon
     wrap = PyTorchModule(_Recurrent(nn.LSTM), output_cnt=None)
     x = mge.tensor(np.zeros((2, 5, 4), "float32"))
     wrap(x)  # this call moves them
-    with pytest.raises(RuntimeError, match="weight 'weight_ih_l0' of torch LSTM moved to new "
-                                           "memory.*flatten_parameters\\(\\) once.*before wrapping"):
+    moved = ("weight 'weight_ih_l0' of torch LSTM moved to new memory"
+             ".*flatten_parameters\\(\\) once.*before wrapping")
+    with pytest.raises(RuntimeError, match=moved):
         wrap(x)
 
 
