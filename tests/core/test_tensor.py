@@ -2,6 +2,7 @@
 tensors against torch (operators: test_operators.py; dtype rules: test_dtype_rules.py)."""
 import io
 import pickle
+import warnings
 from functools import partial
 
 import numpy as np
@@ -752,3 +753,19 @@ def test_builtin_round_is_upstreams_elementwise_round():
     assert round(Tensor([1, 2], dtype="int32")).dtype == np.int32
     with pytest.raises(TypeError, match="rounds to integers only"):
         round(t, 1)
+
+
+def test_a_tensor_made_from_a_torch_tensor_copies_it_without_numpys_warning():
+    # torch's __array__ takes no copy keyword: numpy 2 warns when asked for a copy through it,
+    # which a program run with -W error (or pytest's filterwarnings = error) stops on; earlier
+    # versions of this fork asked numpy so
+    src = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = mge.tensor(src)
+        h = mge.tensor(src, dtype="float16")
+        p = mge.Parameter(src[0])
+    src.zero_()  # the tensors hold copies
+    np.testing.assert_array_equal(t.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert h.dtype == np.float16 and h.numpy()[1, 2] == 5
+    np.testing.assert_array_equal(p.numpy(), [0, 1, 2])
