@@ -133,6 +133,7 @@ def wrap(func):
     for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
         setattr(recorded, attr, getattr(func, attr, None))
     recorded.__wrapped__ = func
+    recorded._bind_when_traced = True  # recorded as upstream: ``f(y, 2.0, 1.0, )``
     return recorded
 
 
@@ -246,11 +247,11 @@ def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional and (``method``, ``args`` starting
-    with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as ``x.sum(1, False)``;
-    other callables stay as called."""
-    if not method and not (getattr(func, "__module__", None) or "").startswith(
-            "megengine.functional"):
+    in ``expr.kwargs``). Only for megengine.functional, `wrap`ped functions and (``method``,
+    ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as
+    ``x.sum(1, False)``; other callables stay as called."""
+    if not method and not getattr(func, "_bind_when_traced", False) and not (
+            getattr(func, "__module__", None) or "").startswith("megengine.functional"):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -599,6 +600,14 @@ class Tracer:
     def call_module(self, module, args, kwargs, orig_call):
         expr = CallMethod(None, "__call__")
         expr._callee_name = self.scope.call_names.get(id(module))
+        # as upstream records a module call: forward's parameters positional, defaults filled
+        # in (``self.mm(y, shift=4.0)`` is ``mm(y, 2.0, 4.0, )``)
+        from .traced_module import _call_spec, _normalize_args
+
+        try:
+            args, kwargs = _normalize_args(_call_spec(module), args, kwargs)
+        except TypeError:
+            pass  # a bad call: the call itself says what is wrong
         if is_builtin(module):
             return self._record(expr, args, kwargs,
                                 lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
@@ -664,8 +673,13 @@ class Tracer:
             self_expr.outputs[0]._top_graph = graph
             graph._namespace.auto_name(self_expr)
             names = _input_names(spec, nargs, nkwargs, leaves)
-            for value, pname in zip(leaves, names):
-                expr = Input(pname, TensorNode, f"{qualname}.[{pname}]", shape=value.shape,
+            self.depth += 1  # (a tensor given twice is known by its second Input: the shape
+            try:             # read for it is no step, as upstream records none)
+                in_shapes = [value.shape for value in leaves]
+            finally:
+                self.depth -= 1
+            for value, pname, shape in zip(leaves, names, in_shapes):
+                expr = Input(pname, TensorNode, f"{qualname}.[{pname}]", shape=shape,
                              dtype=value.dtype, device=value._device)
                 expr._top_graph = graph
                 expr.outputs[0]._top_graph = graph

@@ -686,3 +686,56 @@ def test_sizes_take_names_where_forward_reads_them_as_upstream():
         "reshape_out_1", "mul_out"]
     x = Tensor(np.random.rand(5, 3, 4).astype("float32"))
     assert [o.shape for o in tm(x)] == [(5, 12), (5, 2, 6)]
+
+
+@wrap
+def _scaled(x, scale=2.0, bias=0.0):
+    return x * scale + bias
+
+
+class _Scaler(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = M.Linear(3, 3)
+
+    def forward(self, x, scale=2.0, shift=1.0):
+        return self.lin(x) * scale + shift
+
+
+class _BindsCalls(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.mm = _Scaler()
+
+    def forward(self, x):
+        return _scaled(self.mm(x, shift=4.0), bias=1.0)
+
+
+def test_module_and_wrapped_calls_record_bound_arguments_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): keywords made positional, defaults filled in
+    tm = trace_module(_BindsCalls(), _inp(2, 3))
+    assert [str(e) for e in tm.graph._exprs[1:]] == [
+        "%3:\tmm_out = mm(x, 2.0, 4.0, )",
+        f"%10:\t_scaled_out = {__name__.rsplit('.', 1)[-1]}._scaled(mm_out, 2.0, 1.0, )"]
+    x = _inp(2, 3)
+    expect = (tm.mm.lin(x) * 2.0 + 4.0) * 2.0 + 1.0
+    np.testing.assert_allclose(tm(x).numpy(), expect.numpy(), rtol=1e-6)
+
+
+class _GivenTwice(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.mm = _Scaler()
+
+    def forward(self, x):
+        return self.mm(x, x)
+
+
+def test_a_tensor_given_twice_records_no_shape_step_as_upstream():
+    # upstream 1.13 measured (print(tm.mm.graph)): the second parameter takes the tensor;
+    # no GetVarShape is recorded for it
+    tm = trace_module(_GivenTwice(), _inp(2, 3))
+    assert str(tm.graph._exprs[-1]) == "%3:\tmm_out = mm(x, x, 1.0, )"
+    assert [n.name for n in tm.mm.graph.nodes()] == [
+        "self", "x", "scale", "lin", "lin_out", "mul_out", "add_out"]
+    assert not [e for e in tm.mm.graph.exprs() if isinstance(e, ShapeOf)]
