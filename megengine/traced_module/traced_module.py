@@ -45,9 +45,25 @@ def _normalize_args(spec, args, kwargs):
 
 
 def _graph_key(args, kwargs):
-    """(tensor leaves, TreeDef) of normalised arguments: the TreeDef selects the graph."""
-    return tree_flatten((tuple(args), dict(kwargs)),
+    """(tensor leaves, TreeDef) of normalised arguments: the TreeDef selects the graph. As
+    upstream, the keyword arguments and the values of dict arguments come in the order of
+    their sorted keys (``d_0`` is the input of ``d``'s first key)."""
+    return tree_flatten(_sorted_dicts((tuple(args), dict(kwargs))),
                         lambda x: isinstance(x, (Tensor, TensorNode)))
+
+
+def _sorted_dicts(value):
+    """``value`` with each plain dict in it (in tuples, lists and dicts) in sorted key order;
+    keys that do not sort with each other (mixed types) keep their order."""
+    if type(value) is dict:
+        try:
+            keys = sorted(value)
+        except TypeError:
+            keys = list(value)
+        return {k: _sorted_dicts(value[k]) for k in keys}
+    if type(value) in (tuple, list):
+        return type(value)(_sorted_dicts(v) for v in value)
+    return value
 
 
 class TracedModule(Module):

@@ -763,27 +763,40 @@ def _const_leaves(tree):
 
 
 def _input_names(spec, args, kwargs, leaves):
-    """Names of the tensor inputs from forward's parameter names (``x``, ``xs_0``, ...)."""
+    """Names of the tensor inputs, as upstream names them: a tensor argument by its parameter
+    (``x``), a tensor inside a nested argument by the parameter and its index among the
+    argument's flattened values (``pairs_1``; a dict's values in the order of its sorted
+    keys), the extra positional and keyword arguments as the ``*args``/``**kwargs``
+    parameter holds them (``args_0``, ``kwargs_0``)."""
+    from .traced_module import _sorted_dicts
+
     params = list(spec.args[1:]) if spec is not None else []
+    varargs = (spec.varargs if spec is not None else None) or "args"
+    varkw = (spec.varkw if spec is not None else None) or "kwargs"
+    kwonly = set(spec.kwonlyargs) if spec is not None else set()
     names = []
 
-    def walk(value, name):
-        if isinstance(value, Tensor):
+    def add(name, value, first=0):
+        if isinstance(value, Tensor) and not first:
             names.append(name)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{name}_{k}")
-        elif isinstance(value, (list, tuple)) or type(value) in SUPPORTED_TYPE:
-            items = value if isinstance(value, (list, tuple)) else \
-                SUPPORTED_TYPE[type(value)].flatten(value)[0]  # register_supported_type's
-            for i, v in enumerate(items):
-                walk(v, f"{name}_{i}")
+            return 1
+        # (every value a leaf, as upstream indexes them; dicts in sorted key order)
+        values = tree_flatten(_sorted_dicts(value))[0]
+        names.extend(f"{name}_{first + i}" for i, v in enumerate(values)
+                     if isinstance(v, Tensor))
+        return len(values)
 
-    for i, a in enumerate(args):
-        walk(a, params[i] if i < len(params) else f"args_{i}")
-    for k, v in kwargs.items():
-        walk(v, k)
-    if len(names) != len(leaves):  # structures the walk does not know (namedtuples): plain
+    for i, a in enumerate(args[:len(params)]):
+        add(params[i], a)
+    if len(args) > len(params):
+        add(varargs, tuple(args[len(params):]))
+    extra_index = 0  # (the leaves follow the sorted keys: kwonly and extra ones mixed)
+    for k in _sorted_dicts(kwargs):
+        if k in kwonly:
+            add(k, kwargs[k])
+        else:
+            extra_index += add(varkw, [kwargs[k]], extra_index)
+    if len(names) != len(leaves):  # structures the walk does not know: plain
         names = [f"arg_{i}" for i in range(len(leaves))]
     return names
 

@@ -113,7 +113,7 @@ def test_nested_arguments_and_outputs():
     m = Structured()
     pair, table = (_inp(2), _inp(2)), {"x": _inp(2)}
     tm = trace_module(m, pair, table)
-    assert [n.name for n in tm.graph.inputs] == ["self", "pair_0", "pair_1", "table_x"]
+    assert [n.name for n in tm.graph.inputs] == ["self", "pair_0", "pair_1", "table_0"]
     new = (_inp(2), _inp(2)), {"x": _inp(2)}
     out, ref = tm(*new), m(*new)
     assert set(out) == {"sum", "parts"} and isinstance(out["parts"], list)
@@ -739,3 +739,27 @@ def test_a_tensor_given_twice_records_no_shape_step_as_upstream():
     assert [n.name for n in tm.mm.graph.nodes()] == [
         "self", "x", "scale", "lin", "lin_out", "mul_out", "add_out"]
     assert not [e for e in tm.mm.graph.exprs() if isinstance(e, ShapeOf)]
+
+
+class _DictAndNested(M.Module):
+    def forward(self, x, d, pairs):
+        return x + d["k"] + d["a"] + pairs[1][0] + pairs[0]
+
+
+def test_dict_and_nested_inputs_are_named_by_flat_index_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): a dict's values in sorted key order, each
+    # input named by its index among the argument's flattened values
+    x = _inp(2, 3)
+    args = (x, {"k": x + 1, "a": x + 2}, (x + 3, [x + 4, x + 5]))
+    tm = trace_module(_DictAndNested(), *args)
+    assert [str(e) for e in tm.graph._exprs] == [
+        "%7:\tadd_out = x.__add__(d_1, )",
+        "%8:\tadd_out_1 = add_out.__add__(d_0, )",
+        "%9:\tadd_out_2 = add_out_1.__add__(pairs_1, )",
+        "%10:\tadd_out_3 = add_out_2.__add__(pairs_0, )"]
+    assert [n.name for n in tm.graph.inputs] == [
+        "self", "x", "d_0", "d_1", "pairs_0", "pairs_1", "pairs_2"]
+    y = _inp(2, 3)
+    new = (y, {"a": y * 2, "k": y * 3}, (y * 4, [y * 5, y * 6]))  # keys in another order
+    np.testing.assert_allclose(tm(*new).numpy(), (y + y * 3 + y * 2 + y * 5 + y * 4).numpy(),
+                               rtol=1e-6)
