@@ -393,10 +393,13 @@ def _build(tracer, module, is_top, memo):
                 if container is not None:  # as upstream: lists/dicts of modules -> modules
                     state[k] = container
     # as upstream, the submodules in the order forward first read them (its repr lists them
-    # so); the ones it never read (upstream's TracedModule lacks them) after those
+    # so); the ones it never read are dropped with their parameters, as upstream drops them
     modules = [k for k in state.get("_modules", []) if k in state]
     read = [k for k in tracer.read_order.get(id(module), ()) if k in modules]
-    state["_modules"] = read + [k for k in modules if k not in read]
+    for k in modules:
+        if k not in read and _holds_module(state[k]):
+            del state[k]
+    state["_modules"] = read + [k for k in modules if k not in read and k in state]
     tm.__dict__.update(state)
     spec = _call_spec(module)
     object.__setattr__(tm, "argdef_graph_map", record.graphs)
@@ -410,6 +413,16 @@ def _build(tracer, module, is_top, memo):
     object.__setattr__(tm, "is_qat", isinstance(module, QATModule) or
                        bool(module.__dict__.get("is_qat", False)))
     return tm
+
+
+def _holds_module(value):
+    if isinstance(value, Module):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_module(v) for v in value.values())
+    return False
 
 
 def _replace_modules(tracer, value, memo):

@@ -396,7 +396,7 @@ class Tracer:
         self.bind(obj, node)
         return node
 
-    def read_attribute(self, value):
+    def read_attribute(self, value, owner=None, name=None):
         """Traced code read ``value``, a submodule or tensor, as an attribute: as upstream, its
         getattr is recorded here, where it is read (``self.relu(self.bn(self.conv(x)))``
         reads relu, bn, conv in that order, which ids and names follow), and each further
@@ -410,6 +410,8 @@ class Tracer:
             self.depth -= 1
         if key is None:
             return
+        if owner is scope.module:  # (an alias, ``self.b = self.a``, is read as itself too)
+            self.read_order.setdefault(id(owner), {})[name] = None
         first = not self.known(value)
         node = self.node_of(value)
         if isinstance(value, Module):
@@ -1032,7 +1034,7 @@ def _module_getattribute_wrapper(orig):
             # the property itself)
             if tracer is not None and not tracer.depth and tracer.scopes \
                     and name in orig(self, "__dict__"):
-                tracer.read_attribute(value)
+                tracer.read_attribute(value, self, name)
         return value
 
     return __getattribute__
