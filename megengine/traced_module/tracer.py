@@ -600,6 +600,12 @@ class Tracer:
         self.check(expr, [tensor])
 
     def call_module(self, module, args, kwargs, orig_call):
+        if not self.is_traced(module):
+            # a module that is no attribute (a module-level ``RELU = M.ReLU()``, an inline
+            # ``M.Sigmoid()(x)``) is traced into, as upstream: its steps are recorded here and
+            # its tensors are constants (``nn.relu(x, )``)
+            self.patch_globals_of(type(module).forward)
+            return orig_call(module, *args, **kwargs)
         expr = CallMethod(None, "__call__")
         expr._callee_name = self.scope.call_names.get(id(module))
         # as upstream records a module call: forward's parameters positional, defaults filled

@@ -763,3 +763,49 @@ def test_dict_and_nested_inputs_are_named_by_flat_index_as_upstream():
     new = (y, {"a": y * 2, "k": y * 3}, (y * 4, [y * 5, y * 6]))  # keys in another order
     np.testing.assert_allclose(tm(*new).numpy(), (y + y * 3 + y * 2 + y * 5 + y * 4).numpy(),
                                rtol=1e-6)
+
+
+class _GlobalUser(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = M.Linear(2, 2)
+
+    def forward(self, x):
+        return F.relu(self.lin(x)) + 1
+
+
+_GLOBAL_RELU = M.ReLU()
+_GLOBAL_USER = _GlobalUser()
+
+
+class _CallsModulesNotAttributes(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin2 = M.Linear(2, 2)
+
+    def forward(self, x):
+        y = _GLOBAL_USER(x)
+        y = self.lin2(y)
+        return M.Softmax(axis=1)(y) + _GLOBAL_RELU(y)
+
+
+def test_modules_that_are_no_attributes_are_traced_into_as_upstream():
+    # upstream 1.13 measured (print(tm.graph), list(tm.state_dict())): their steps are
+    # recorded, their parameters are constants
+    tm = trace_module(_CallsModulesNotAttributes(), _inp(1, 2))
+    assert [str(e) for e in tm.graph._exprs] == [
+        "%2:\tconst_parameter = Constant() -> (Tensor)",
+        "%3:\tconst_parameter_1 = Constant() -> (Tensor)",
+        "%4:\tlinear_out = nn.linear(x, const_parameter, const_parameter_1, default, )",
+        "%5:\trelu_out = nn.relu(linear_out, )",
+        "%6:\tadd_out = relu_out.__add__(1, )",
+        "%7:\tlin2 = getattr(self, \"lin2\") -> (Linear)",
+        "%8:\tlin2_out = lin2(add_out, )",
+        "%9:\tsoftmax_out = nn.softmax(lin2_out, 1, )",
+        "%10:\trelu_out_1 = nn.relu(lin2_out, )",
+        "%11:\tadd_out_1 = softmax_out.__add__(relu_out_1, )"]
+    assert list(tm.state_dict()) == ["lin2.bias", "lin2.weight"]
+    x = _inp(1, 2)
+    y = tm.lin2(_GLOBAL_USER(x))
+    np.testing.assert_allclose(tm(x).numpy(), (F.softmax(y, 1) + F.relu(y)).numpy(),
+                               rtol=1e-6)
