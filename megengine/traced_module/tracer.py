@@ -190,9 +190,12 @@ class _Scope:
         self.values = {id(module): (module, self_node)}  # id -> (object, node)
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
-        self.call_names = {}  # id(submodule) -> the name of its latest read (`read_attribute`)
+        # id(submodule) or the node of a submodule's getattr -> the name of its latest read
+        self.call_names = {}
         self.defer_names = False  # while on, exprs wait for a name until first used
         self.unnamed = set()  # those exprs (`_TracedShape.reading`)
+        self.attr_nodes = {}  # attribute name of a submodule read -> the node of its getattr
+        self.reads = {}  # id(submodule) -> [(node, call name)] of its reads not yet called
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -412,6 +415,9 @@ class Tracer:
             return
         if owner is scope.module:  # (an alias, ``self.b = self.a``, is read as itself too)
             self.read_order.setdefault(id(owner), {})[name] = None
+        if isinstance(value, Module) and owner is scope.module:
+            self._read_submodule(value, name)
+            return
         first = not self.known(value)
         node = self.node_of(value)
         if isinstance(value, Module):
@@ -421,6 +427,33 @@ class Tracer:
                 name = namespace.create_unique_name(key.replace(".", "_"))
                 namespace.used_names[name] = node
             scope.call_names[id(value)] = name
+
+    def _read_submodule(self, module, name):
+        """``self.<name>``, a submodule: a getattr of ``name`` the first time, which the call
+        after it uses. A submodule under two names (``self.b = self.a``) has a getattr per name
+        read, as upstream."""
+        scope = self.scope
+        node = scope.attr_nodes.get(name)
+        if node is None:
+            self.depth += 1
+            try:
+                expr = GetAttr(scope.self_node, name, module)
+            finally:
+                self.depth -= 1
+            node = scope.attr_nodes[name] = expr.outputs[0]
+            scope.emit(expr)
+            call_name = node._name
+        else:
+            namespace = scope.graph._namespace
+            call_name = namespace.create_unique_name(name)
+            namespace.used_names[call_name] = node
+        self.bind(module, node)
+        # a call is named after the latest read of its name (upstream's ``self.fc(self.fc(x))``
+        # gives fc_1_out, fc_1_out_1)
+        scope.call_names[id(module)] = scope.call_names[node] = call_name
+        # the next call of the module is of this read, unless another read comes first:
+        # ``self.b(self.a(x))`` reads b, a, calls a, then b
+        scope.reads.setdefault(id(module), []).append(node)
 
     def adopt(self, tensor, attributes):
         """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
@@ -607,7 +640,13 @@ class Tracer:
             self.patch_globals_of(type(module).forward)
             return orig_call(module, *args, **kwargs)
         expr = CallMethod(None, "__call__")
-        expr._callee_name = self.scope.call_names.get(id(module))
+        reads = self.scope.reads.get(id(module))
+        if reads:  # the latest read of the module not yet called is the one called
+            node = reads.pop()
+            expr._callee_name = self.scope.call_names[node]
+            self.bind(module, node)
+        else:
+            expr._callee_name = self.scope.call_names.get(id(module))
         # as upstream records a module call: forward's parameters positional, defaults filled
         # in (``self.mm(y, shift=4.0)`` is ``mm(y, 2.0, 4.0, )``)
         from .traced_module import _call_spec, _normalize_args

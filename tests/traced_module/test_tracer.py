@@ -809,3 +809,44 @@ def test_modules_that_are_no_attributes_are_traced_into_as_upstream():
     y = tm.lin2(_GLOBAL_USER(x))
     np.testing.assert_allclose(tm(x).numpy(), (F.softmax(y, 1) + F.relu(y)).numpy(),
                                rtol=1e-6)
+
+
+class _Aliases(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = M.ReLU()
+        self.b = self.a
+        self.c = M.Linear(2, 2)
+        self.d = self.c
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.d(self.c(x)) + self.d(x)
+
+
+def test_a_submodule_under_two_names_is_read_by_each_as_upstream():
+    # upstream 1.13 measured: print(tm.graph), list(tm.state_dict()), repr(tm)
+    tm = trace_module(_Aliases(), _inp(1, 2))
+    assert str(tm.graph) == "\n".join([
+        "_Aliases.Graph (self, x) {",
+        '\t%2:\tb = getattr(self, "b") -> (ReLU)',
+        '\t%3:\ta = getattr(self, "a") -> (ReLU)',
+        "\t%4:\ta_out = a(x, )",
+        "\t%5:\tb_out = b(a_out, )",
+        '\t%6:\td = getattr(self, "d") -> (Linear)',
+        '\t%7:\tc = getattr(self, "c") -> (Linear)',
+        "\t%8:\tc_out = c(x, )",
+        "\t%9:\td_out = d(c_out, )",
+        "\t%10:\tadd_out = b_out.__add__(d_out, )",
+        "\t%11:\td_1_out = d(x, )",
+        "\t%12:\tadd_out_1 = add_out.__add__(d_1_out, )",
+        "\treturn add_out_1",
+        "}"])
+    assert list(tm.state_dict()) == ["c.bias", "c.weight"]
+    assert repr(tm) == "\n".join([
+        "TracedModule(", "  (b): ReLU()", "  (a): ReLU()",
+        "  (d): Linear(in_features=2, out_features=2, bias=True)",
+        "  (c): Linear(in_features=2, out_features=2, bias=True)", ")"])
+    assert tm.b is tm.a and tm.d is tm.c
+    x = _inp(1, 2)
+    y = tm.c(x)
+    np.testing.assert_allclose(tm(x).numpy(), (F.relu(x) + tm.c(y) + y).numpy(), rtol=1e-6)
