@@ -61,9 +61,9 @@ def _sorted_dicts(value):
         except TypeError:
             keys = list(value)
         return {k: _sorted_dicts(value[k]) for k in keys}
-    if type(value) in (tuple, list):
-        return type(value)(_sorted_dicts(v) for v in value)
-    return value
+    if type(value) in (tuple, list) and any(type(v) in (dict, tuple, list) for v in value):
+        return type(value)([_sorted_dicts(v) for v in value])
+    return value  # (no dict inside: as it is, the common case of every call)
 
 
 class TracedModule(Module):
