@@ -38,7 +38,7 @@ from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import SUPPORTED_TYPE, tree_flatten
+from .pytree import tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -195,7 +195,7 @@ class _Scope:
         self.defer_names = False  # while on, exprs wait for a name until first used
         self.unnamed = set()  # those exprs (`_TracedShape.reading`)
         self.attr_nodes = {}  # attribute name of a submodule read -> the node of its getattr
-        self.reads = {}  # id(submodule) -> [(node, call name)] of its reads not yet called
+        self.reads = {}  # id(submodule) -> the nodes of its reads not yet called
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -413,7 +413,7 @@ class Tracer:
             self.depth -= 1
         if key is None:
             return
-        if owner is scope.module:  # (an alias, ``self.b = self.a``, is read as itself too)
+        if owner is scope.module:  # (by the name read: ``self.b = self.a`` keeps b when read)
             self.read_order.setdefault(id(owner), {})[name] = None
         if isinstance(value, Module) and owner is scope.module:
             self._read_submodule(value, name)
