@@ -74,9 +74,6 @@ class RNNCellBase(Module):
     def _zeros(self, x):
         return F.zeros((x.shape[0], self.hidden_size), dtype=x.dtype, device=x.device)
 
-    def _module_info_string(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
-
 
 class RNNCell(RNNCellBase):
     """One Elman step: ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, ``act`` tanh or relu.
@@ -317,11 +314,6 @@ class RNNBase(Module):
         if self.batch_first:
             output = output.transpose((1, 0, 2))
         return output, self._pack_finals(finals)
-
-    def _module_info_string(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
-                f"bidirectional={self.bidirectional}")
 
 
 class RNN(RNNBase):

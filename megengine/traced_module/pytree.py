@@ -69,13 +69,16 @@ def _const_equal(a, b):
 class TreeDef:
     """The shape of a nested value: containers, constants and where the leaves go."""
 
-    __slots__ = ("kind", "type", "aux", "children", "num_leaves", "_hash", "_plain_args")
+    __slots__ = ("kind", "type", "aux", "children", "num_leaves", "_hash", "_plain_args",
+                 "_leaf_type")
 
-    def __init__(self, kind, type_=None, aux=None, children=()):
+    def __init__(self, kind, type_=None, aux=None, children=(), leaf_type=None):
         self.kind = kind  # "leaf", "const", "const_leaf", "namedtuple" or "node"
         self.type = type_
         self.aux = aux  # a node: the container's aux data; a const: the value
         self.children = tuple(children)
+        # a leaf: its value's type (or, unpickled, its name), for printing only: not compared
+        self._leaf_type = leaf_type
         self.num_leaves = ((1 if kind in (_LEAF, _CONST_LEAF) else 0)
                            + sum(c.num_leaves for c in self.children))
         self._finish()
@@ -141,9 +144,13 @@ class TreeDef:
 
     def __getstate__(self):
         # the hash is not stored: hashes of types differ between processes
-        return {k: getattr(self, k) for k in ("kind", "type", "aux", "children", "num_leaves")}
+        state = {k: getattr(self, k) for k in ("kind", "type", "aux", "children", "num_leaves")}
+        if self.kind == _LEAF:
+            state["_leaf_type"] = _leaf_name(self._leaf_type)  # (a local class would not pickle)
+        return state
 
     def __setstate__(self, state):
+        object.__setattr__(self, "_leaf_type", None)
         if "children_defs" in state:  # upstream's TreeDef, converted with its graph
             from ._upstream import treedef_state
 
@@ -154,16 +161,39 @@ class TreeDef:
         self._finish()
 
     def __repr__(self):
+        # as upstream prints its TreeDefs: ``((Module, Tensor, 2.0), {'k':Tensor})``
         if self.kind == _LEAF:
-            return "*"
-        if self.kind == _CONST_LEAF:
-            return f"*{self.aux!r}"
-        if self.kind == _CONST:
-            return repr(self.aux)
+            return _leaf_name(self._leaf_type)
+        if self.kind in (_CONST, _CONST_LEAF):
+            return str(self.aux)
+        t = self.type if isinstance(self.type, type) else type(None)
+        if issubclass(t, dict):
+            return "{" + ", ".join(f"{k!r}:{c!r}" for k, c in zip(self.aux, self.children)) + "}"
         inner = ", ".join(repr(c) for c in self.children)
-        if self.aux is not None and self.kind != "namedtuple":
-            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.aux, self.children))
+        if issubclass(t, list):
+            return f"[{inner}]"
+        if issubclass(t, tuple):
+            return f"({inner})"
+        if isinstance(self.aux, (list, tuple)) and len(self.aux) == len(self.children):
+            inner = ", ".join(f"{k!r}={c!r}" for k, c in zip(self.aux, self.children))
         return f"{getattr(self.type, '__name__', self.type)}({inner})"
+
+
+def _leaf_name(leaf_type):
+    """How upstream prints a leaf of this type: ``Module``, ``Tensor`` or the type's name."""
+    if leaf_type is None or isinstance(leaf_type, str):
+        return leaf_type or "Tensor"
+    from ..module import Module
+    from .node import ModuleNode
+
+    if issubclass(leaf_type, (Module, ModuleNode)):
+        return "Module"
+    from ..tensor import Tensor
+    from .node import TensorNode
+
+    if issubclass(leaf_type, (Tensor, TensorNode)):
+        return "Tensor"
+    return leaf_type.__name__
 
 
 class LeafDef(TreeDef):
@@ -204,7 +234,7 @@ def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
     def walk(v):
         if is_leaf is not None and is_leaf(v):
             leaves.append(v)
-            return LeafDef(_LEAF)
+            return LeafDef(_LEAF, leaf_type=type(v))
         nt = _namedtuple_type(v)
         if nt is not None:
             return TreeDef("namedtuple", nt, None, [walk(c) for c in v])
@@ -214,7 +244,8 @@ def tree_flatten(value, is_leaf=None, *, is_const_leaf=None):
         if entry is None:
             if is_leaf is None:
                 leaves.append(v)
-                return LeafDef(_CONST_LEAF, None, v) if is_const_leaf(v) else LeafDef(_LEAF)
+                return LeafDef(_CONST_LEAF, None, v) if is_const_leaf(v) else \
+                    LeafDef(_LEAF, leaf_type=type(v))
             return TreeDef(_CONST, None, v)
         children, aux = entry.flatten(v)
         return TreeDef("node", node_type, aux, [walk(c) for c in children])

@@ -45,9 +45,25 @@ def _normalize_args(spec, args, kwargs):
 
 
 def _graph_key(args, kwargs):
-    """(tensor leaves, TreeDef) of normalised arguments: the TreeDef selects the graph."""
-    return tree_flatten((tuple(args), dict(kwargs)),
+    """(tensor leaves, TreeDef) of normalised arguments: the TreeDef selects the graph. As
+    upstream, the keyword arguments and the values of dict arguments come in the order of
+    their sorted keys (``d_0`` is the input of ``d``'s first key)."""
+    return tree_flatten(_sorted_dicts((tuple(args), dict(kwargs))),
                         lambda x: isinstance(x, (Tensor, TensorNode)))
+
+
+def _sorted_dicts(value):
+    """``value`` with each plain dict in it (in tuples, lists and dicts) in sorted key order;
+    keys that do not sort with each other (mixed types) keep their order."""
+    if type(value) is dict:
+        try:
+            keys = sorted(value)
+        except TypeError:
+            keys = list(value)
+        return {k: _sorted_dicts(value[k]) for k in keys}
+    if type(value) in (tuple, list) and any(type(v) in (dict, tuple, list) for v in value):
+        return type(value)([_sorted_dicts(v) for v in value])
+    return value  # (no dict inside: as it is, the common case of every call)
 
 
 class TracedModule(Module):
@@ -377,10 +393,13 @@ def _build(tracer, module, is_top, memo):
                 if container is not None:  # as upstream: lists/dicts of modules -> modules
                     state[k] = container
     # as upstream, the submodules in the order forward first read them (its repr lists them
-    # so); the ones it never read (upstream's TracedModule lacks them) after those
+    # so); the ones it never read are dropped with their parameters, as upstream drops them
     modules = [k for k in state.get("_modules", []) if k in state]
     read = [k for k in tracer.read_order.get(id(module), ()) if k in modules]
-    state["_modules"] = read + [k for k in modules if k not in read]
+    for k in modules:
+        if k not in read and _holds_module(state[k]):
+            del state[k]
+    state["_modules"] = read + [k for k in modules if k not in read and k in state]
     tm.__dict__.update(state)
     spec = _call_spec(module)
     object.__setattr__(tm, "argdef_graph_map", record.graphs)
@@ -394,6 +413,16 @@ def _build(tracer, module, is_top, memo):
     object.__setattr__(tm, "is_qat", isinstance(module, QATModule) or
                        bool(module.__dict__.get("is_qat", False)))
     return tm
+
+
+def _holds_module(value):
+    if isinstance(value, Module):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_module(v) for v in value.values())
+    return False
 
 
 def _replace_modules(tracer, value, memo):

@@ -38,7 +38,7 @@ from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, Expr, GetAttr, Input, ShapeOf,
                    flat_outputs)
 from .node import ModuleNode, Node, TensorNode
-from .pytree import SUPPORTED_TYPE, tree_flatten
+from .pytree import tree_flatten
 
 _active = None  # the Tracer that records right now, or None
 
@@ -133,6 +133,7 @@ def wrap(func):
     for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
         setattr(recorded, attr, getattr(func, attr, None))
     recorded.__wrapped__ = func
+    recorded._bind_when_traced = True  # recorded as upstream: ``f(y, 2.0, 1.0, )``
     return recorded
 
 
@@ -189,9 +190,12 @@ class _Scope:
         self.values = {id(module): (module, self_node)}  # id -> (object, node)
         self._attr_keys = None
         self.pending = pending  # insert_exprs: new exprs go here, not into graph._exprs
-        self.call_names = {}  # id(submodule) -> the name of its latest read (`read_attribute`)
+        # id(submodule) or the node of a submodule's getattr -> the name of its latest read
+        self.call_names = {}
         self.defer_names = False  # while on, exprs wait for a name until first used
         self.unnamed = set()  # those exprs (`_TracedShape.reading`)
+        self.attr_nodes = {}  # attribute name of a submodule read -> the node of its getattr
+        self.reads = {}  # id(submodule) -> the nodes of its reads not yet called
 
     def _attrs(self):
         if self._attr_keys is None:
@@ -246,11 +250,11 @@ def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional and (``method``, ``args`` starting
-    with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as ``x.sum(1, False)``;
-    other callables stay as called."""
-    if not method and not (getattr(func, "__module__", None) or "").startswith(
-            "megengine.functional"):
+    in ``expr.kwargs``). Only for megengine.functional, `wrap`ped functions and (``method``,
+    ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as
+    ``x.sum(1, False)``; other callables stay as called."""
+    if not method and not getattr(func, "_bind_when_traced", False) and not (
+            getattr(func, "__module__", None) or "").startswith("megengine.functional"):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -395,7 +399,7 @@ class Tracer:
         self.bind(obj, node)
         return node
 
-    def read_attribute(self, value):
+    def read_attribute(self, value, owner=None, name=None):
         """Traced code read ``value``, a submodule or tensor, as an attribute: as upstream, its
         getattr is recorded here, where it is read (``self.relu(self.bn(self.conv(x)))``
         reads relu, bn, conv in that order, which ids and names follow), and each further
@@ -409,6 +413,11 @@ class Tracer:
             self.depth -= 1
         if key is None:
             return
+        if owner is scope.module:  # (by the name read: ``self.b = self.a`` keeps b when read)
+            self.read_order.setdefault(id(owner), {})[name] = None
+        if isinstance(value, Module) and owner is scope.module:
+            self._read_submodule(value, name)
+            return
         first = not self.known(value)
         node = self.node_of(value)
         if isinstance(value, Module):
@@ -418,6 +427,33 @@ class Tracer:
                 name = namespace.create_unique_name(key.replace(".", "_"))
                 namespace.used_names[name] = node
             scope.call_names[id(value)] = name
+
+    def _read_submodule(self, module, name):
+        """``self.<name>``, a submodule: a getattr of ``name`` the first time, which the call
+        after it uses. A submodule under two names (``self.b = self.a``) has a getattr per name
+        read, as upstream."""
+        scope = self.scope
+        node = scope.attr_nodes.get(name)
+        if node is None:
+            self.depth += 1
+            try:
+                expr = GetAttr(scope.self_node, name, module)
+            finally:
+                self.depth -= 1
+            node = scope.attr_nodes[name] = expr.outputs[0]
+            scope.emit(expr)
+            call_name = node._name
+        else:
+            namespace = scope.graph._namespace
+            call_name = namespace.create_unique_name(name)
+            namespace.used_names[call_name] = node
+        self.bind(module, node)
+        # a call is named after the latest read of its name (upstream's ``self.fc(self.fc(x))``
+        # gives fc_1_out, fc_1_out_1)
+        scope.call_names[id(module)] = scope.call_names[node] = call_name
+        # the next call of the module is of this read, unless another read comes first:
+        # ``self.b(self.a(x))`` reads b, a, calls a, then b
+        scope.reads.setdefault(id(module), []).append(node)
 
     def adopt(self, tensor, attributes):
         """``tensor.__dict__ = other.__dict__`` in traced code (basedet's ``Boxes.__init__``
@@ -597,8 +633,28 @@ class Tracer:
         self.check(expr, [tensor])
 
     def call_module(self, module, args, kwargs, orig_call):
+        if not self.is_traced(module):
+            # a module that is no attribute (a module-level ``RELU = M.ReLU()``, an inline
+            # ``M.Sigmoid()(x)``) is traced into, as upstream: its steps are recorded here and
+            # its tensors are constants (``nn.relu(x, )``)
+            self.patch_globals_of(type(module).forward)
+            return orig_call(module, *args, **kwargs)
         expr = CallMethod(None, "__call__")
-        expr._callee_name = self.scope.call_names.get(id(module))
+        reads = self.scope.reads.get(id(module))
+        if reads:  # the latest read of the module not yet called is the one called
+            node = reads.pop()
+            expr._callee_name = self.scope.call_names[node]
+            self.bind(module, node)
+        else:
+            expr._callee_name = self.scope.call_names.get(id(module))
+        # as upstream records a module call: forward's parameters positional, defaults filled
+        # in (``self.mm(y, shift=4.0)`` is ``mm(y, 2.0, 4.0, )``)
+        from .traced_module import _call_spec, _normalize_args
+
+        try:
+            args, kwargs = _normalize_args(_call_spec(module), args, kwargs)
+        except TypeError:
+            pass  # a bad call: the call itself says what is wrong
         if is_builtin(module):
             return self._record(expr, args, kwargs,
                                 lambda *a, **k: orig_call(module, *a, **k), self_obj=module)
@@ -664,8 +720,13 @@ class Tracer:
             self_expr.outputs[0]._top_graph = graph
             graph._namespace.auto_name(self_expr)
             names = _input_names(spec, nargs, nkwargs, leaves)
-            for value, pname in zip(leaves, names):
-                expr = Input(pname, TensorNode, f"{qualname}.[{pname}]", shape=value.shape,
+            self.depth += 1  # (a tensor given twice is known by its second Input: the shape
+            try:             # read for it is no step, as upstream records none)
+                in_shapes = [value.shape for value in leaves]
+            finally:
+                self.depth -= 1
+            for value, pname, shape in zip(leaves, names, in_shapes):
+                expr = Input(pname, TensorNode, f"{qualname}.[{pname}]", shape=shape,
                              dtype=value.dtype, device=value._device)
                 expr._top_graph = graph
                 expr.outputs[0]._top_graph = graph
@@ -749,27 +810,40 @@ def _const_leaves(tree):
 
 
 def _input_names(spec, args, kwargs, leaves):
-    """Names of the tensor inputs from forward's parameter names (``x``, ``xs_0``, ...)."""
+    """Names of the tensor inputs, as upstream names them: a tensor argument by its parameter
+    (``x``), a tensor inside a nested argument by the parameter and its index among the
+    argument's flattened values (``pairs_1``; a dict's values in the order of its sorted
+    keys), the extra positional and keyword arguments as the ``*args``/``**kwargs``
+    parameter holds them (``args_0``, ``kwargs_0``)."""
+    from .traced_module import _sorted_dicts
+
     params = list(spec.args[1:]) if spec is not None else []
+    varargs = (spec.varargs if spec is not None else None) or "args"
+    varkw = (spec.varkw if spec is not None else None) or "kwargs"
+    kwonly = set(spec.kwonlyargs) if spec is not None else set()
     names = []
 
-    def walk(value, name):
-        if isinstance(value, Tensor):
+    def add(name, value, first=0):
+        if isinstance(value, Tensor) and not first:
             names.append(name)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{name}_{k}")
-        elif isinstance(value, (list, tuple)) or type(value) in SUPPORTED_TYPE:
-            items = value if isinstance(value, (list, tuple)) else \
-                SUPPORTED_TYPE[type(value)].flatten(value)[0]  # register_supported_type's
-            for i, v in enumerate(items):
-                walk(v, f"{name}_{i}")
+            return 1
+        # (every value a leaf, as upstream indexes them; dicts in sorted key order)
+        values = tree_flatten(_sorted_dicts(value))[0]
+        names.extend(f"{name}_{first + i}" for i, v in enumerate(values)
+                     if isinstance(v, Tensor))
+        return len(values)
 
-    for i, a in enumerate(args):
-        walk(a, params[i] if i < len(params) else f"args_{i}")
-    for k, v in kwargs.items():
-        walk(v, k)
-    if len(names) != len(leaves):  # structures the walk does not know (namedtuples): plain
+    for i, a in enumerate(args[:len(params)]):
+        add(params[i], a)
+    if len(args) > len(params):
+        add(varargs, tuple(args[len(params):]))
+    extra_index = 0  # (the leaves follow the sorted keys: kwonly and extra ones mixed)
+    for k in _sorted_dicts(kwargs):
+        if k in kwonly:
+            add(k, kwargs[k])
+        else:
+            extra_index += add(varkw, [kwargs[k]], extra_index)
+    if len(names) != len(leaves):  # structures the walk does not know: plain
         names = [f"arg_{i}" for i in range(len(leaves))]
     return names
 
@@ -1005,7 +1079,7 @@ def _module_getattribute_wrapper(orig):
             # the property itself)
             if tracer is not None and not tracer.depth and tracer.scopes \
                     and name in orig(self, "__dict__"):
-                tracer.read_attribute(value)
+                tracer.read_attribute(value, self, name)
         return value
 
     return __getattribute__

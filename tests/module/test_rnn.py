@@ -288,3 +288,14 @@ def test_without_bias_biases_a_checkpoint_writes_into_the_buffers_are_not_added(
         y = flat(m(xm))[0]
     np.testing.assert_allclose(y.numpy(), flat(t(torch.from_numpy(x)))[0].detach().numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_reprs_are_upstreams():
+    # upstream 1.13 measured: repr() of the recurrent layers prints no arguments
+    assert repr(M.RNNCell(3, 4, bias=False, nonlinearity="relu")) == "RNNCell()"
+    assert repr(M.LSTMCell(3, 4)) == "LSTMCell()"
+    assert repr(M.RNN(3, 4)) == "RNN(\n  (cells.0.0): RNNCell()\n)"
+    assert repr(M.LSTM(3, 4, num_layers=2, bias=False, batch_first=True, dropout=0.5,
+                       bidirectional=True)) == (
+        "LSTM(\n  (cells.0.0): LSTMCell()\n  (cells.0.1): LSTMCell()\n"
+        "  (cells.1.0): LSTMCell()\n  (cells.1.1): LSTMCell()\n)")

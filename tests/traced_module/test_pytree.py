@@ -1,4 +1,6 @@
 """Tests of megengine/traced_module/pytree.py: flattening nested values (tracer, upstream forms)."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,37 @@ def test_register_supported_type_from_the_package_names_a_containers_inputs():
         assert int not in SUPPORTED_TYPE
     finally:
         SUPPORTED_TYPE.pop(_Pair, None)
+
+
+def test_treedefs_print_as_upstream():
+    # upstream 1.13 measured: repr(expr.arg_def) and repr(expr.out_def) of these steps, and
+    # the out_def of the inner graph (tm.s.argdef_outdef_map)
+    import megengine.functional as F
+    from megengine.traced_module import trace_module
+
+    class Inner(M.Module):
+        def forward(self, x, k=2.0):
+            return {"a": [x, x + 1], "b": x * k}
+
+    class Outer(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = Inner()
+
+        def forward(self, x):
+            r = self.s(x)
+            y = F.concat([r["a"][0], r["b"]], axis=0)
+            return y.astype("float16").reshape(-1)
+
+    tm = trace_module(Outer(), Tensor(np.ones((1, 2), "float32")))
+    got = [(repr(e.arg_def), repr(e.out_def)) for e in tm.graph._exprs[1:]]
+    assert got == [
+        ("((Module, Tensor, 2.0), {})", "{'a':[Tensor, Tensor], 'b':Tensor}"),
+        ("(([Tensor, Tensor], 0, None), {})", "Tensor"),
+        ("((Tensor, float16), {})", "Tensor"),
+        ("((Tensor, -1), {})", "Tensor")]
+    assert [repr(d) for d in tm.s.argdef_outdef_map.values()] == [
+        "{'a':[Tensor, Tensor], 'b':Tensor}"]
+    # a pickled TreeDef keeps the names of its leaves (a local class's too)
+    back = pickle.loads(pickle.dumps(tm.graph._exprs[1].arg_def))
+    assert repr(back) == "((Module, Tensor, 2.0), {})"

@@ -342,3 +342,25 @@ def test_function_attributes_are_left_out_so_a_lambda_does_not_stop_saving():
     w, b = net.fc.weight.numpy(), net.fc.bias.numpy()
     want = (x.numpy() @ w.T + b) * 2 * 3  # by hand
     np.testing.assert_allclose(loaded(x).numpy(), want, rtol=1e-6)
+
+
+class _Unread(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = M.Linear(3, 3)
+        self.unused = M.Linear(3, 3)
+        self.unused_seq = M.Sequential(M.ReLU(), M.Linear(3, 3))
+        self.w = mge.Parameter(np.ones(3, dtype="float32"))
+        self.w_unused = mge.Parameter(np.ones(3, dtype="float32"))
+
+    def forward(self, x):
+        return self.used(x) + self.w
+
+
+def test_submodules_forward_never_reads_are_dropped_as_upstream():
+    # upstream 1.13 measured: list(tm.state_dict()) and repr(tm)
+    tm = trace_module(_Unread(), Tensor(np.ones((2, 3), "float32")))
+    assert list(tm.state_dict()) == ["w", "used.bias", "used.weight"]
+    assert repr(tm) == ("TracedModule(\n"
+                        "  (used): Linear(in_features=3, out_features=3, bias=True)\n)")
+    assert not hasattr(tm, "unused") and not hasattr(tm, "unused_seq")

@@ -113,7 +113,7 @@ def test_nested_arguments_and_outputs():
     m = Structured()
     pair, table = (_inp(2), _inp(2)), {"x": _inp(2)}
     tm = trace_module(m, pair, table)
-    assert [n.name for n in tm.graph.inputs] == ["self", "pair_0", "pair_1", "table_x"]
+    assert [n.name for n in tm.graph.inputs] == ["self", "pair_0", "pair_1", "table_0"]
     new = (_inp(2), _inp(2)), {"x": _inp(2)}
     out, ref = tm(*new), m(*new)
     assert set(out) == {"sum", "parts"} and isinstance(out["parts"], list)
@@ -686,3 +686,167 @@ def test_sizes_take_names_where_forward_reads_them_as_upstream():
         "reshape_out_1", "mul_out"]
     x = Tensor(np.random.rand(5, 3, 4).astype("float32"))
     assert [o.shape for o in tm(x)] == [(5, 12), (5, 2, 6)]
+
+
+@wrap
+def _scaled(x, scale=2.0, bias=0.0):
+    return x * scale + bias
+
+
+class _Scaler(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = M.Linear(3, 3)
+
+    def forward(self, x, scale=2.0, shift=1.0):
+        return self.lin(x) * scale + shift
+
+
+class _BindsCalls(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.mm = _Scaler()
+
+    def forward(self, x):
+        return _scaled(self.mm(x, shift=4.0), bias=1.0)
+
+
+def test_module_and_wrapped_calls_record_bound_arguments_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): keywords made positional, defaults filled in
+    tm = trace_module(_BindsCalls(), _inp(2, 3))
+    assert [str(e) for e in tm.graph._exprs[1:]] == [
+        "%3:\tmm_out = mm(x, 2.0, 4.0, )",
+        f"%10:\t_scaled_out = {__name__.rsplit('.', 1)[-1]}._scaled(mm_out, 2.0, 1.0, )"]
+    x = _inp(2, 3)
+    expect = (tm.mm.lin(x) * 2.0 + 4.0) * 2.0 + 1.0
+    np.testing.assert_allclose(tm(x).numpy(), expect.numpy(), rtol=1e-6)
+
+
+class _GivenTwice(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.mm = _Scaler()
+
+    def forward(self, x):
+        return self.mm(x, x)
+
+
+def test_a_tensor_given_twice_records_no_shape_step_as_upstream():
+    # upstream 1.13 measured (print(tm.mm.graph)): the second parameter takes the tensor;
+    # no GetVarShape is recorded for it
+    tm = trace_module(_GivenTwice(), _inp(2, 3))
+    assert str(tm.graph._exprs[-1]) == "%3:\tmm_out = mm(x, x, 1.0, )"
+    assert [n.name for n in tm.mm.graph.nodes()] == [
+        "self", "x", "scale", "lin", "lin_out", "mul_out", "add_out"]
+    assert not [e for e in tm.mm.graph.exprs() if isinstance(e, ShapeOf)]
+
+
+class _DictAndNested(M.Module):
+    def forward(self, x, d, pairs):
+        return x + d["k"] + d["a"] + pairs[1][0] + pairs[0]
+
+
+def test_dict_and_nested_inputs_are_named_by_flat_index_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): a dict's values in sorted key order, each
+    # input named by its index among the argument's flattened values
+    x = _inp(2, 3)
+    args = (x, {"k": x + 1, "a": x + 2}, (x + 3, [x + 4, x + 5]))
+    tm = trace_module(_DictAndNested(), *args)
+    assert [str(e) for e in tm.graph._exprs] == [
+        "%7:\tadd_out = x.__add__(d_1, )",
+        "%8:\tadd_out_1 = add_out.__add__(d_0, )",
+        "%9:\tadd_out_2 = add_out_1.__add__(pairs_1, )",
+        "%10:\tadd_out_3 = add_out_2.__add__(pairs_0, )"]
+    assert [n.name for n in tm.graph.inputs] == [
+        "self", "x", "d_0", "d_1", "pairs_0", "pairs_1", "pairs_2"]
+    y = _inp(2, 3)
+    new = (y, {"a": y * 2, "k": y * 3}, (y * 4, [y * 5, y * 6]))  # keys in another order
+    np.testing.assert_allclose(tm(*new).numpy(), (y + y * 3 + y * 2 + y * 5 + y * 4).numpy(),
+                               rtol=1e-6)
+
+
+class _GlobalUser(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = M.Linear(2, 2)
+
+    def forward(self, x):
+        return F.relu(self.lin(x)) + 1
+
+
+_GLOBAL_RELU = M.ReLU()
+_GLOBAL_USER = _GlobalUser()
+
+
+class _CallsModulesNotAttributes(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin2 = M.Linear(2, 2)
+
+    def forward(self, x):
+        y = _GLOBAL_USER(x)
+        y = self.lin2(y)
+        return M.Softmax(axis=1)(y) + _GLOBAL_RELU(y)
+
+
+def test_modules_that_are_no_attributes_are_traced_into_as_upstream():
+    # upstream 1.13 measured (print(tm.graph), list(tm.state_dict())): their steps are
+    # recorded, their parameters are constants
+    tm = trace_module(_CallsModulesNotAttributes(), _inp(1, 2))
+    assert [str(e) for e in tm.graph._exprs] == [
+        "%2:\tconst_parameter = Constant() -> (Tensor)",
+        "%3:\tconst_parameter_1 = Constant() -> (Tensor)",
+        "%4:\tlinear_out = nn.linear(x, const_parameter, const_parameter_1, default, )",
+        "%5:\trelu_out = nn.relu(linear_out, )",
+        "%6:\tadd_out = relu_out.__add__(1, )",
+        "%7:\tlin2 = getattr(self, \"lin2\") -> (Linear)",
+        "%8:\tlin2_out = lin2(add_out, )",
+        "%9:\tsoftmax_out = nn.softmax(lin2_out, 1, )",
+        "%10:\trelu_out_1 = nn.relu(lin2_out, )",
+        "%11:\tadd_out_1 = softmax_out.__add__(relu_out_1, )"]
+    assert list(tm.state_dict()) == ["lin2.bias", "lin2.weight"]
+    x = _inp(1, 2)
+    y = tm.lin2(_GLOBAL_USER(x))
+    np.testing.assert_allclose(tm(x).numpy(), (F.softmax(y, 1) + F.relu(y)).numpy(),
+                               rtol=1e-6)
+
+
+class _Aliases(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = M.ReLU()
+        self.b = self.a
+        self.c = M.Linear(2, 2)
+        self.d = self.c
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.d(self.c(x)) + self.d(x)
+
+
+def test_a_submodule_under_two_names_is_read_by_each_as_upstream():
+    # upstream 1.13 measured: print(tm.graph), list(tm.state_dict()), repr(tm)
+    tm = trace_module(_Aliases(), _inp(1, 2))
+    assert str(tm.graph) == "\n".join([
+        "_Aliases.Graph (self, x) {",
+        '\t%2:\tb = getattr(self, "b") -> (ReLU)',
+        '\t%3:\ta = getattr(self, "a") -> (ReLU)',
+        "\t%4:\ta_out = a(x, )",
+        "\t%5:\tb_out = b(a_out, )",
+        '\t%6:\td = getattr(self, "d") -> (Linear)',
+        '\t%7:\tc = getattr(self, "c") -> (Linear)',
+        "\t%8:\tc_out = c(x, )",
+        "\t%9:\td_out = d(c_out, )",
+        "\t%10:\tadd_out = b_out.__add__(d_out, )",
+        "\t%11:\td_1_out = d(x, )",
+        "\t%12:\tadd_out_1 = add_out.__add__(d_1_out, )",
+        "\treturn add_out_1",
+        "}"])
+    assert list(tm.state_dict()) == ["c.bias", "c.weight"]
+    assert repr(tm) == "\n".join([
+        "TracedModule(", "  (b): ReLU()", "  (a): ReLU()",
+        "  (d): Linear(in_features=2, out_features=2, bias=True)",
+        "  (c): Linear(in_features=2, out_features=2, bias=True)", ")"])
+    assert tm.b is tm.a and tm.d is tm.c
+    x = _inp(1, 2)
+    y = tm.c(x)
+    np.testing.assert_allclose(tm(x).numpy(), (F.relu(x) + tm.c(y) + y).numpy(), rtol=1e-6)
