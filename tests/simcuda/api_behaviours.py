@@ -154,8 +154,10 @@ def _elementwise_type_rules(cupy, fake):
 def _array_methods(cupy, fake):
     # every method and operator of the simulated ndarray must exist on CuPy's: one CuPy lacks
     # (__index__, say) would let engine code pass the simulation and fail on a GPU
+    # (the simulation's own slots: its host array, device and the owner a view keeps alive)
+    slots = ("_dev", "_keep", "__slots__", "__weakref__")
     extra = sorted(n for n in set(dir(fake.ndarray)) - set(dir(cupy.ndarray))
-                   if not n.startswith("_a") and n not in ("_dev", "__slots__", "__weakref__"))
+                   if not n.startswith("_a") and n not in slots)
     if extra:
         return "MISMATCH", f"the simulated cupy.ndarray has what CuPy's lacks: {extra}"
     return "OK", "the simulated cupy.ndarray has no method or operator CuPy's lacks"
