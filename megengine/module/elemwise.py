@@ -27,6 +27,3 @@ class Elemwise(Module):
 
     def forward(self, *inps):
         return _elemwise._elwise(*inps, mode=_mode(self.method))
-
-    def _module_info_string(self) -> str:
-        return f"method={self.method!r}"
