@@ -42,12 +42,88 @@ def test_max_pool2d(shape, kernel, stride, padding):
           x)
 
 
-def test_max_pool2d_ties_route_the_gradient_like_torch():
-    # after a relu most windows hold several equal zeros: one element gets the gradient
+def _tied_max_pool_grad(x, g, kernel, stride, padding):
+    """Upstream's max pooling gradient, written out window by window: each window's gradient
+    goes whole to every real element equal to its maximum (padding holds the lowest value)."""
+    (kh, kw), (sh, sw), (ph, pw) = ((v, v) if isinstance(v, int) else v
+                                    for v in (kernel, stride, padding))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+                constant_values=np.finfo(x.dtype).min)
+    gx = np.zeros(xp.shape)
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            win = (slice(None), slice(None), slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))
+            hit = xp[win] == xp[win].max(axis=(2, 3), keepdims=True)
+            gx[win] += hit * g[:, :, i:i + 1, j:j + 1]
+    return gx[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+
+
+def _max_pool_grad(x0, args, g0=None, pool=F.max_pool2d):
+    x = mge.tensor(x0)
+    gm = GradManager().attach([x])
+    with gm:
+        y = pool(x, *args)
+        gm.backward(y, mge.tensor(g0) if g0 is not None else F.ones_like(y))
+    return y.numpy(), x.grad.numpy()
+
+
+def test_windows_that_do_not_overlap_give_every_tied_maximum_the_gradient_as_upstream():
+    # upstream 1.13 measured: each window's gradient goes whole to every element equal to its
+    # maximum (torch gives it to the first alone, as earlier versions of this fork did)
+    x = np.array([[[[1, 1, 2, 2], [1, 1, 2, 3], [0, 5, 4, 4], [5, 0, 4, 4]]]], np.float32)
+    g = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    _, gx = _max_pool_grad(x, (2,), g)
+    np.testing.assert_array_equal(gx[0, 0], [[1, 1, 0, 0], [1, 1, 0, 2], [0, 3, 4, 4],
+                                             [3, 0, 4, 4]])
+    _, gx = _max_pool_grad(x, ((2, 2),), g, pool=F.adaptive_max_pool2d)  # (2x2 windows too)
+    np.testing.assert_array_equal(gx[0, 0], [[1, 1, 0, 0], [1, 1, 0, 2], [0, 3, 4, 4],
+                                             [3, 0, 4, 4]])
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (2, 2, 1), (2, 3, 0), (3, 3, 1),
+                                                    ((1, 2), (2, 2), (0, 1))])
+def test_max_pool2d_ties_after_a_relu_share_the_gradient(kernel, stride, padding):
+    # after a relu many windows hold several equal zeros or equal values (a padded window runs
+    # on ATen's kernel, an unpadded one as numpy slices: the same rule)
     x = np.maximum(rand(2, 3, 8, 8), 0)
     x[0, 0, :2, :2] = 1.5
-    check(lambda a: F.max_pool2d(a, 2), lambda a: TF.max_pool2d(a, 2), x)
+    x[1, 2, 3:6, 2:5] = 0.75
+    g = rand(*F.max_pool2d(mge.tensor(x), kernel, stride, padding).shape)
+    _, gx = _max_pool_grad(x, (kernel, stride, padding), g)
+    np.testing.assert_allclose(gx, _tied_max_pool_grad(x, g, kernel, stride, padding),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_overlapping_windows_route_ties_like_torch():
+    # overlapping windows give a window's gradient to its first maximum, ATen's scatter by
+    # index (upstream's every-tie rule costs a pass per kernel tap there: documented)
+    x = np.maximum(rand(2, 3, 8, 8), 0)
+    x[0, 0, :2, :2] = 1.5
     check(lambda a: F.max_pool2d(a, 3, 1, 1), lambda a: TF.max_pool2d(a, 3, 1, 1), x)
+    check(lambda a: F.max_pool2d(a, 3, 2, 1), lambda a: TF.max_pool2d(a, 3, 2, 1), x)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (2, 2, 1), (3, 3, 0)])
+def test_gradient_of_tied_maxima_is_differentiable(kernel, stride, padding):
+    # the penalty's gradient for v passes the adjoint of the scatter to every tied maximum:
+    # S^T u sums u over each window's maxima; S is written out from the window-by-window rule
+    x0 = np.maximum(np.random.RandomState(2).randn(1, 2, 6, 6), 0).astype("float32")
+    x0[0, 0, :3, :3] = 0.5
+    oh = (6 + 2 * padding - kernel) // stride + 1
+    v0 = np.random.RandomState(3).randn(1, 2, oh, oh).astype("float32")
+    x, v = mge.Parameter(x0), mge.Parameter(v0)
+    gm_outer, gm_inner = GradManager().attach([v]), GradManager().attach([x])
+    with gm_outer:
+        with gm_inner:
+            gm_inner.backward((F.max_pool2d(x, kernel, stride, padding) * v).sum())
+        g = x.grad
+        x.grad = None
+        gm_outer.backward((g ** 2 * x).sum())
+    eye = np.eye(v0.size).reshape((v0.size,) + v0.shape)
+    S = np.stack([_tied_max_pool_grad(x0, e, kernel, stride, padding).ravel() for e in eye], 1)
+    np.testing.assert_allclose(g.numpy().ravel(), S @ v0.ravel(), rtol=1e-6, atol=1e-6)
+    want = S.T @ (2 * (S @ v0.ravel()) * x0.ravel())
+    np.testing.assert_allclose(v.grad.numpy().ravel(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_max_pool2d_keeps_integers():
