@@ -53,10 +53,15 @@ def _as_array(value, dtype, device, copy):
             "the torch code that made it, return it as one more output of the PyTorchModule "
             "that runs that code (output_cnt); to use its value alone, pass tensor.detach()")
     xp = _device_mod.get_array_module(device)
-    if copy and xp is np and type(value).__module__.startswith("torch"):
+    if type(value).__module__.startswith("torch") and \
+            getattr(getattr(value, "device", None), "type", None) == "cpu":
         # torch's __array__ takes no ``copy`` keyword, so numpy 2 warns (a DeprecationWarning,
-        # an error under ``-W error``) when asked for a copy of it: copy numpy's view instead
-        value, copy = np.asarray(value).copy(), False
+        # an error under ``-W error``) when asked for a copy of it: numpy's view of it is an
+        # array like any other from here on (copied as asked, or moved to the device)
+        try:
+            value = np.asarray(value)
+        except TypeError as e:  # (a dtype numpy lacks: bfloat16)
+            raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
     if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
         _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),
                        device, f"a tensor on {device}")
