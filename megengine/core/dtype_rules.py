@@ -44,24 +44,31 @@ def is_complex_data(value):
     return type(value) is complex or getattr(getattr(value, "dtype", None), "kind", None) == "c"
 
 
-def _as_array(value, dtype, device, copy):
-    if getattr(value, "requires_grad", False) and type(value).__module__.startswith("torch"):
+def _torch_data(t):
+    """A torch tensor given as a tensor's data: one that requires grad is refused (megengine
+    would hold a copy and lose its gradient); a CPU one is numpy's view of it, an array like any
+    other from here on (copied as asked, or moved to the device): torch's __array__ takes no
+    ``copy`` keyword, so numpy 2 warns (a DeprecationWarning, an error under ``-W error``) when
+    asked for a copy through it. A CUDA one is left to the device's array module."""
+    if getattr(t, "requires_grad", False):
         # (torch refuses numpy() of it, pointing to detach(), which would lose its gradient)
         raise TypeError(
             "cannot make a megengine tensor from a torch tensor that requires grad: megengine "
             "would hold a copy of its value, and its gradient would be lost. To train through "
             "the torch code that made it, return it as one more output of the PyTorchModule "
             "that runs that code (output_cnt); to use its value alone, pass tensor.detach()")
+    if getattr(getattr(t, "device", None), "type", None) != "cpu":
+        return t
+    try:
+        return np.asarray(t)
+    except TypeError as e:  # (a dtype numpy lacks: bfloat16)
+        raise TypeError(f"cannot make a tensor from {type(t).__name__}: {e}") from None
+
+
+def _as_array(value, dtype, device, copy):
+    if type(value).__module__.startswith("torch"):
+        value = _torch_data(value)
     xp = _device_mod.get_array_module(device)
-    if type(value).__module__.startswith("torch") and \
-            getattr(getattr(value, "device", None), "type", None) == "cpu":
-        # torch's __array__ takes no ``copy`` keyword, so numpy 2 warns (a DeprecationWarning,
-        # an error under ``-W error``) when asked for a copy of it: numpy's view of it is an
-        # array like any other from here on (copied as asked, or moved to the device)
-        try:
-            value = np.asarray(value)
-        except TypeError as e:  # (a dtype numpy lacks: bfloat16)
-            raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
     if xp is not np:  # a GPU: quantized dtypes stay on the host (their scale is numpy metadata)
         _refuse_on_gpu(np.dtype(dtype) if dtype is not None else getattr(value, "dtype", None),
                        device, f"a tensor on {device}")

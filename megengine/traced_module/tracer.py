@@ -824,7 +824,7 @@ def _input_names(spec, args, kwargs, leaves):
     names = []
 
     def add(name, value, first=0):
-        if isinstance(value, Tensor) and not first:
+        if isinstance(value, Tensor):
             names.append(name)
             return 1
         # (every value a leaf, as upstream indexes them; dicts in sorted key order)
