@@ -117,9 +117,23 @@ def test_backward_outside_recording_raises():
         y = x * 2
     with pytest.raises(RuntimeError, match="not recording"):
         gm.backward(y)
-    with pytest.raises(ValueError, match="backward"):
+
+
+def test_backward_of_nothing_only_releases():
+    # upstream 1.13 measured: gm.backward() (y None) and gm.backward([]) differentiate nothing
+    # and end the recording; the next recording's backward works as before
+    x = Tensor([1.0])
+    gm = GradManager().attach(x)
+    for nothing in ((), (None,), ([],)):
         with gm:
-            gm.backward()
+            x * 2  # recorded, not differentiated
+            gm.backward(*nothing)
+            assert x.grad is None and not (x * 2)._tracked
+    with gm:
+        gm.backward((x * 3).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0])
+    with pytest.raises(RuntimeError, match="not recording"):
+        gm.backward()
 
 
 def test_context_manager_releases_on_error():
