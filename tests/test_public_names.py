@@ -129,3 +129,24 @@ def test_nvof_refuses_with_a_reason():
         F.vision.nvof(mge.tensor(np.zeros((1, 2, 4, 4, 3), "uint8")))
     with pytest.raises(RuntimeError, match="Optical Flow SDK"):
         F.vision.nvof(mge.tensor(np.zeros((1, 2, 4, 4, 4), "uint8")))
+
+
+def test_submodules_upstreams_import_megengine_loads_are_attributes():
+    # upstream 1.13 measured: after `import megengine` (nothing else), megengine.module.qat,
+    # .quantized and megengine.functional.inplace, .debug_param, .external are in sys.modules,
+    # so `M.qat.Conv2d` works without importing the package. Here they load on first use.
+    import subprocess
+    import sys
+
+    code = ("import sys, megengine.module as M, megengine.functional as F\n"
+            "assert 'megengine.module.qat' not in sys.modules\n"
+            "from megengine.module.qat import Conv2d\n"
+            "from megengine.module.quantized import Linear\n"
+            "assert M.qat.Conv2d is Conv2d and M.quantized.Linear is Linear\n"
+            "assert callable(F.debug_param.set_execution_strategy)\n"
+            "assert F.inplace.__name__ == 'megengine.functional.inplace'\n"
+            "assert F.external.__name__ == 'megengine.functional.external'\n"
+            "try:\n    M.quantize\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "module 'megengine.module' has no attribute 'quantize'"

@@ -12,7 +12,8 @@ class Function:
 
     Both take and return Tensors. ``forward`` runs outside autodiff (what it computes is not
     recorded); ``backward`` returns one gradient per input (``None`` for none; extra trailing
-    ``None`` values are ignored) and receives ``None`` for an output nobody used. Call an
+    ``None`` values are ignored, and inputs past the gradients it returns get none) and
+    receives ``None`` for an output nobody used. Call an
     instance on tensors: ``y = MyFunction()(x)``.
     Values ``forward`` stores on ``self`` (or passes to ``save_for_backward``) are there in
     ``backward``.
@@ -73,12 +74,14 @@ class _FunctionOp(Op):
         gs = self.fn.backward(*grads)
         gs = tuple(gs) if isinstance(gs, (tuple, list)) else (gs,)
         n = len(self.needs_input_grad)
-        if len(gs) == 1 and gs[0] is None and n > 1:
-            gs = (None,) * n  # a bare None: no gradient for any input
         if len(gs) > n and all(g is None for g in gs[n:]):
             # trailing Nones past the inputs carry nothing; programs written for upstream return
             # them (DMVFN's straight-through RoundSTE: ``return grad, None`` for one input)
             gs = gs[:n]
+        if len(gs) < n:
+            # the inputs past the returned gradients get none, as upstream's: a backward of
+            # ``forward(self, x, mask)`` may return only x's gradient (a bare None: none at all)
+            gs = gs + (None,) * (n - len(gs))
         if len(gs) != n:
             raise RuntimeError(f"{self!r}.backward returned {len(gs)} gradients for {n} inputs")
         for g in gs:

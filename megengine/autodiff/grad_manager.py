@@ -316,12 +316,11 @@ class GradManager:
         While a GradManager that started recording earlier still records, the gradients are
         computed with recorded ops, so that GradManager can differentiate them again.
         ``y`` may be omitted when only outputs kept by distributed ops are differentiated
-        (the sending side of ``remote_send``).
+        (the sending side of ``remote_send``); with none kept, as upstream's, it differentiates
+        nothing and only releases (``y=[]`` alike).
         """
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradManager.backward, self, y, dy)
-        if y is None and not self._kept:
-            raise ValueError("GradManager.backward: give the tensor(s) to differentiate")
         if not self._recording:
             raise RuntimeError(
                 "GradManager.backward: not recording; compute y inside `with gm:` or after "

@@ -121,8 +121,8 @@ class QParams:
         for n in self.__slots__:
             setattr(self, n, state.get(n))
 
-    def __repr__(self):
-        return "QParams(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+    def __repr__(self):  # str() of each field, as upstream's: mode=QuantMode.SYMMERTIC
+        return "QParams(" + ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__) + ")"
 
 
 def _same(a, b):

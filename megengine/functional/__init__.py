@@ -17,9 +17,10 @@ from . import quantized  # noqa: F401,E402  (F.quantized.conv_bias_activation, .
 
 
 def __getattr__(name):
-    # F.distributed (upstream's collectives) loads on first use: it pulls in megengine.distributed
-    if name == "distributed":
+    # F.distributed (upstream's collectives) loads on first use: it pulls in megengine.distributed.
+    # F.inplace, F.debug_param and F.external too: upstream's `import megengine` imports them.
+    if name in ("distributed", "inplace", "debug_param", "external"):
         import importlib
 
-        return importlib.import_module(".distributed", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'megengine.functional' has no attribute {name!r}")

@@ -56,3 +56,14 @@ __all__ = [
     "SlidingWindow", "SlidingWindowTranspose", "DeformablePSROIPooling", "RegionRestrictedConv",
     "GeneralNorm", "MultiHeadAttention",
 ]
+
+
+def __getattr__(name):
+    # M.qat / M.quantized load on first use: upstream's `import megengine` imports them (so
+    # `M.qat.Conv2d` works there without importing the package); here they stay out of
+    # `import megengine` to keep it fast.
+    if name in ("qat", "quantized"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module 'megengine.module' has no attribute {name!r}")

@@ -46,9 +46,6 @@ class LeakyReLU(Module):
     def forward(self, inputs):
         return F.leaky_relu(inputs, self.negative_slope)
 
-    def _module_info_string(self) -> str:
-        return f"negative_slope={self.negative_slope}"
-
 
 class PReLU(Module):
     """LeakyReLU with a learned slope: one shared (``weight`` shape (1,)) or one per channel
@@ -64,9 +61,6 @@ class PReLU(Module):
 
     def forward(self, inputs):
         return F.prelu(inputs, self.weight)
-
-    def _module_info_string(self) -> str:
-        return f"num_parameters={self.num_parameters}"
 
 
 class Softmax(Module):

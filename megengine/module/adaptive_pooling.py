@@ -10,9 +10,6 @@ class _AdaptivePoolNd(Module):
         super().__init__(**kwargs)
         self.oshp = oshp
 
-    def _module_info_string(self) -> str:
-        return f"oshp={self.oshp}"
-
 
 class AdaptiveMaxPool2d(_AdaptivePoolNd):
     """Max pooling whose window and stride are chosen so the output is ``oshp`` (an int or (OH, OW))."""

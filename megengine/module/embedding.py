@@ -65,6 +65,3 @@ class Embedding(Module):
             raise ValueError(f"Embedding.from_pretrained: embeddings must be 2-d, got shape {shape}")
         return cls(shape[0], shape[1], padding_idx=padding_idx, max_norm=max_norm,
                    norm_type=norm_type, initial_weight=embeddings, freeze=freeze)
-
-    def _module_info_string(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"

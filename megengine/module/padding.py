@@ -25,6 +25,3 @@ class Pad(Module):
 
     def forward(self, src):
         return F.pad(src, pad_width=self.pad_width, mode=self.mode, constant_value=self.pad_val)
-
-    def _module_info_string(self) -> str:
-        return f"pad_width={self.pad_width}, mode={self.mode!r}, constant_val={self.pad_val}"

@@ -14,6 +14,3 @@ class PixelShuffle(Module):
 
     def forward(self, x):
         return F.pixel_shuffle(x, self.upscale_factor)
-
-    def _module_info_string(self) -> str:
-        return f"upscale_factor={self.upscale_factor}"

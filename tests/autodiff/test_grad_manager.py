@@ -117,9 +117,23 @@ def test_backward_outside_recording_raises():
         y = x * 2
     with pytest.raises(RuntimeError, match="not recording"):
         gm.backward(y)
-    with pytest.raises(ValueError, match="backward"):
+
+
+def test_backward_of_nothing_only_releases():
+    # upstream 1.13 measured: gm.backward() (y None) and gm.backward([]) differentiate nothing
+    # and end the recording; the next recording's backward works as before
+    x = Tensor([1.0])
+    gm = GradManager().attach(x)
+    for nothing in ((), (None,), ([],)):
         with gm:
-            gm.backward()
+            x * 2  # recorded, not differentiated
+            gm.backward(*nothing)
+            assert x.grad is None and not (x * 2)._tracked
+    with gm:
+        gm.backward((x * 3).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0])
+    with pytest.raises(RuntimeError, match="not recording"):
+        gm.backward()
 
 
 def test_context_manager_releases_on_error():
@@ -830,6 +844,36 @@ def test_function_backward_may_return_trailing_nones():
         np.testing.assert_array_equal(y.numpy(), [[0.0, 1.0, 0.0]])  # p=0 never, p=1 always
         gm.backward((y * Tensor([[1.0, 2.0, 3.0]])).sum())
     np.testing.assert_array_equal(x.grad.numpy(), [[1.0, 2.0, 3.0]])  # identity gradient
+
+
+def test_function_backward_may_return_fewer_gradients_than_inputs():
+    # upstream 1.13 measured: the inputs past the gradients backward returns get none
+    # (a mask input: x.grad [1, 0, 1]; three inputs, two gradients: [2.0], [3.0], None)
+    class Masked(Function):
+        def forward(self, x, mask):
+            self.mask = mask
+            return x * mask
+
+        def backward(self, dy):
+            return dy * self.mask
+
+    class Three(Function):
+        def forward(self, a, b, c):
+            return a * b + c
+
+        def backward(self, dy):
+            return dy * 2, dy * 3
+
+    x, mask = Tensor([1.0, 2.0, 3.0]), Tensor([1.0, 0.0, 1.0])
+    gm = GradManager().attach(x)
+    with gm:
+        gm.backward(Masked()(x, mask).sum())
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.0, 1.0])
+    abc = [Tensor([1.0]) for _ in range(3)]
+    gm = GradManager().attach(abc)
+    with gm:
+        gm.backward(Three()(*abc))
+    assert [t.grad.numpy().tolist() for t in abc[:2]] == [[2.0], [3.0]] and abc[2].grad is None
 
 
 def test_function_backward_with_a_surplus_gradient_is_refused():

@@ -91,6 +91,19 @@ def test_conv_rejects_bad_configuration():
         "Conv2d(4, 6, kernel_size=(3, 3), stride=(2, 2), bias=False)"
 
 
+def test_reprs_of_layers_that_print_no_arguments():
+    # upstream 1.13 measured: these layers' repr names no argument (their Module's default)
+    layers = [M.LeakyReLU(0.2), M.PReLU(3), M.AdaptiveAvgPool2d((2, 3)), M.AdaptiveMaxPool2d(2),
+              M.Embedding(10, 3), M.PixelShuffle(2), M.Pad(((0, 0), (1, 1))),
+              M.LocalResponseNorm()]
+    assert [repr(m) for m in layers] == [
+        "LeakyReLU()", "PReLU()", "AdaptiveAvgPool2d()", "AdaptiveMaxPool2d()", "Embedding()",
+        "PixelShuffle()", "Pad()", "LocalResponseNorm()"]
+    # and these name theirs (upstream 1.13 measured)
+    assert repr(M.Softmax(axis=1)) == "Softmax(axis=1)"
+    assert repr(M.Dropout(0.3)) == "Dropout(drop_prob=0.3)"
+
+
 def test_max_pool2d():
     run_both(M.MaxPool2d(3, stride=2, padding=1), torch.nn.MaxPool2d(3, stride=2, padding=1),
              randn(2, 3, 7, 8))

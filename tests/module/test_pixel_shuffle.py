@@ -11,4 +11,3 @@ from tests.oracle import check_against_torch
 def test_matches_torch(shape, r):
     x = np.random.RandomState(0).randn(*shape).astype(np.float32)
     check_against_torch(M.PixelShuffle(r), torch.nn.PixelShuffle(r), x)
-    assert repr(M.PixelShuffle(r)) == f"PixelShuffle(upscale_factor={r})"

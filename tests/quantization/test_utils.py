@@ -356,3 +356,12 @@ def test_fake_quant_gradient_can_be_differentiated_again():
         gm2.backward(first.sum())
     np.testing.assert_allclose(first.numpy(), [1.0, 3.0, 0.0, -6.0])  # fq: .5, 1.5, clipped, -3
     np.testing.assert_allclose(x.grad.numpy(), [2.0, 2.0, 0.0, 2.0])
+
+
+def test_qparams_repr_prints_each_field_as_upstream():
+    # upstream 1.13 measured: str() of each field (the mode as QuantMode.SYMMERTIC)
+    qparams = create_qparams(QuantMode.ASYMMERTIC, "quint8", mge.tensor(0.5), mge.tensor(10))
+    assert repr(qparams) == (
+        "QParams(mode=QuantMode.ASYMMERTIC, dtype_meta=QuantDtypeMeta(name='quint8', "
+        "cname='Quantized8Asymm', np_dtype_str='uint8', qmin=0, qmax=255, is_unsigned=True), "
+        "scale=Tensor(0.5, device=xpux:0), zero_point=Tensor(10, dtype=int32, device=xpux:0))")
