@@ -376,9 +376,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     @property
     def qparams(self):
-        """Quantization parameters (a :class:`QParams`, created empty on first access)."""
+        """Quantization parameters (a :class:`QParams`, created on first access: symmetric mode,
+        no dtype, scale or zero point, as upstream's)."""
         if self._qparams is None:
-            self._qparams = QParams()
+            from ..quantization.utils import QuantMode
+
+            self._qparams = QParams(QuantMode.SYMMERTIC)
         return self._qparams
 
     @property

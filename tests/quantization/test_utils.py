@@ -143,7 +143,7 @@ def test_fake_quant_bias_with_only_the_input_scale_set():
     step = np.float32(0.5) * np.float32(0.01)
     b = fake_quant_bias(bias, scale_only, w)
     np.testing.assert_allclose(b.numpy(), np.round(bias.numpy() / step) * step, atol=1e-7)
-    assert scale_only.qparams.mode is None  # the input's own qparams are left as they were
+    assert scale_only.qparams.mode is QuantMode.SYMMERTIC and scale_only.qparams.dtype_meta is None
 
 
 def test_fake_quant_bias_leaves_the_bias_alone_when_upstream_does():
@@ -365,3 +365,10 @@ def test_qparams_repr_prints_each_field_as_upstream():
         "QParams(mode=QuantMode.ASYMMERTIC, dtype_meta=QuantDtypeMeta(name='quint8', "
         "cname='Quantized8Asymm', np_dtype_str='uint8', qmin=0, qmax=255, is_unsigned=True), "
         "scale=Tensor(0.5, device=xpux:0), zero_point=Tensor(10, dtype=int32, device=xpux:0))")
+
+
+def test_a_tensors_first_qparams_are_symmetric_and_empty():
+    # upstream 1.13 measured: repr(mge.tensor([1.0]).qparams) is
+    # QParams(mode=QuantMode.SYMMERTIC, dtype_meta=None, scale=None, zero_point=None)
+    assert repr(mge.tensor([1.0]).qparams) == (
+        "QParams(mode=QuantMode.SYMMERTIC, dtype_meta=None, scale=None, zero_point=None)")
