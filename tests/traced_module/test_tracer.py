@@ -529,6 +529,48 @@ def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
         g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
 
 
+class _Tail(M.Module):
+    def forward(self, x):
+        return x * 2, x.shape[0]
+
+
+class SlicesBySize(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.tail = _Tail()
+
+    def forward(self, x):
+        n = x.shape[0]
+        y, m = self.tail(x)
+        y[: n // 2] = 0
+        return x[1 : n - 1], y, x[m - 2 :]
+
+
+def test_slice_bounds_computed_from_sizes_follow_the_input_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): a slice is looked into, so a bound computed
+    # from a size (here, or a size a submodule returned) is a step the slice reads; earlier
+    # versions of this fork kept the traced bound as a constant and sliced 4 rows at 6 too
+    tm = trace_module(SlicesBySize(), Tensor(np.ones((4, 3), np.float32)))
+    assert str(tm.graph).splitlines()[5:] == [
+        "\t%11:\tfloordiv_out = getitem_out.__floordiv__(2, )",
+        "\t%12:\tsetitem_out = tail_out.__setitem__(slice(None, floordiv_out, None), 0, )",
+        "\t%13:\tsub_out = getitem_out.__sub__(1, )",
+        "\t%14:\tgetitem_out_1 = x.__getitem__(slice(1, sub_out, None), )",
+        "\t%15:\tsub_out_1 = tail_out_1.__sub__(2, )",
+        "\t%16:\tgetitem_out_2 = x.__getitem__(slice(sub_out_1, None, None), )",
+        "\treturn getitem_out_1, setitem_out, getitem_out_2",
+        "}",
+    ]
+    for n in (4, 6, 3):
+        a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        doubled = a * 2
+        doubled[: n // 2] = 0
+        for got, want in zip(tm(Tensor(a)), (a[1 : n - 1], doubled, a[n - 2 :])):
+            np.testing.assert_array_equal(got.numpy(), want)
+        for got, want in zip(pickle.loads(pickle.dumps(tm))(Tensor(a)), tm(Tensor(a))):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 class _Boxes(Tensor):
     """A tensor subclass that adopts another tensor's attributes, as basedet's ``Boxes``."""
 
