@@ -729,6 +729,21 @@ def _op_set_indexing(op, x, value, *args):
     return y
 
 
+def _op_set_subtensor(op, x, value, *args):
+    """``y[1:n] = v`` of single positions and slices (upstream's SetSubtensor: a new tensor)."""
+    y = _F().copy(x)
+    y[_index(op, args, False)] = value
+    return y
+
+
+def _op_incr_subtensor(op, x, value, *args):
+    """IncrSubtensor: ``value`` added to the positions and slices of a copy of ``x``."""
+    y = _F().copy(x)
+    index = _index(op, args, False)
+    y[index] = y[index] + value
+    return y
+
+
 _COND_TAKE = {0: lambda d, v, e: abs(d - v) < e, 1: lambda d, v, e: abs(d - v) >= e,
               2: operator.lt, 3: operator.le, 4: operator.gt, 5: operator.ge}
 
@@ -826,11 +841,13 @@ _OPERATORS = {
     "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
+    "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+                "SetSubtensor": 2, "IncrSubtensor": 2,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -843,7 +860,7 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "SharedDeviceTensor", "VolatileSharedDeviceTensor", "Fill", "Dropout",
         "BatchNormForward", "WarpPerspective", "Resize", "ResizeV1", "ConvBias", "TypeCvt",
         "Reduce", "Pooling", "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape",
-        "GetVarShape", "SetSubtensor", "IncrSubtensor", "Copy", "AssertEqual",
+        "GetVarShape", "Copy", "AssertEqual",
         "RelayoutFormat", "Deconvolution", "LocalShare", "SplitV1", "ConcatV1", "Eye",
         "Cumsum", "NMSKeep", "ROIAlign", "Remap", "Diag", "LRN", "Images2Neibs",
         "WarpPerspectiveV2"]:

@@ -154,6 +154,22 @@ class Sizes(M.Module):  # sizes used as data: a mean over the batch, a float sca
         return x.sum(0) / x.shape[0] + x * (x.shape[1] * 0.5)
 
 
+class SetSub(M.Module):  # slice assignment (SetSubtensor), bounds from sizes too, as
+    # upstream's preprocessing tests fill a warp matrix; IncrSubtensor by its descriptor
+    def forward(self, x):
+        from megengine.core._imperative_rt.core2 import apply
+        from megengine.core.ops import builtin
+
+        n = x.shape[0]
+        y = x * 1
+        y[: n // 2] = 0
+        m = F.broadcast_to(F.zeros((1,)), (n, 3, 3))
+        m[:, 0, 0] = x[:, 0, 0]
+        m[:, 1, 2] = x[:, 1, 1] * 2
+        inc = builtin.IncrSubtensor([[1, True, True, False, False]])
+        return y, m, apply(inc, x, x[:, :1], mge.tensor(0), mge.tensor(1))[0]
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -379,6 +395,13 @@ def main(out_dir):
          {"data": img(1, 2, 4, 4)}, {})
     make("q_batchconv", QBatchConv(img(2, 3, 2, 3, 3) * 0.1, img(1, 3, 1, 1) * 0.2),
          {"data": img(2, 2, 4, 4)}, {})
+    make_setsub()
+
+
+def make_setsub():
+    """setsub.mge (its own random inputs: the files above keep theirs)."""
+    x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
+    make("setsub", SetSub(), {"x": x}, {}, batch2=3)
 
 
 if __name__ == "__main__":
