@@ -729,6 +729,26 @@ def _op_set_indexing(op, x, value, *args):
     return y
 
 
+# megdnn's WarpPerspective interpolation and border modes this engine samples with
+_WARP_INTERP = {0: "nearest", 1: "linear"}
+_WARP_BORDER = {0: "replicate", 1: "reflect", 2: "reflect_101", 3: "wrap", 4: "constant"}
+
+
+def _op_warp_perspective(op, x, mat, *rest):
+    """WarpPerspectiveV2: (image, matrices, [mat_idx], output size); params imode, bmode,
+    format (NCHW or NHWC), border_val."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    layout = op.require(2, "I", (0, 1), "layout")
+    if len(rest) not in (1, 2):
+        op.refuse(f"{2 + len(rest)} inputs")
+    mat_idx = _tensor(rest[0], op) if len(rest) == 2 else None
+    return _F().vision.warp_perspective(
+        x, _tensor(mat, op), _ints(rest[-1], op, "output size"), mat_idx=mat_idx,
+        border_mode=_WARP_BORDER[bmode], border_val=op.p(3, "f", 0.0),
+        format=("NCHW", "NHWC")[layout], interp_mode=_WARP_INTERP[imode])
+
+
 def _op_set_subtensor(op, x, value, *args):
     """``y[1:n] = v`` of single positions and slices (upstream's SetSubtensor: a new tensor)."""
     y = _F().copy(x)
@@ -842,12 +862,13 @@ _OPERATORS = {
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
+    "WarpPerspectiveV2": _op_warp_perspective, "MatrixInverse": lambda op, x: _F().matinv(x),
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
-                "SetSubtensor": 2, "IncrSubtensor": 2,
+                "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -862,8 +883,7 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "Reduce", "Pooling", "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape",
         "GetVarShape", "Copy", "AssertEqual",
         "RelayoutFormat", "Deconvolution", "LocalShare", "SplitV1", "ConcatV1", "Eye",
-        "Cumsum", "NMSKeep", "ROIAlign", "Remap", "Diag", "LRN", "Images2Neibs",
-        "WarpPerspectiveV2"]:
+        "Cumsum", "NMSKeep", "ROIAlign", "Remap", "Diag", "LRN", "Images2Neibs"]:
     _KNOWN_IDS.update(_type_ids(_name))
 
 
@@ -1189,7 +1209,13 @@ def _translate(ops, names, outputs, aliases, meta, cases):
         set_default_device("cpu0")  # program runs on cpu0, recorded so (on a CUDA machine too)
     try:
         f = trace(program, symbolic=True, capture_as_const=True)
-        f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+        from ..functional.math import MatInv  # (a MatrixInverse of zero inputs is singular)
+
+        MatInv.singular_ok = True
+        try:
+            f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+        finally:
+            MatInv.singular_ok = False
         # what f.dump would write, handed over as read back (no archive to compress and read)
         graph, arrays = in_memory(*program_json(
             f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,

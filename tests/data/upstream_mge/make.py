@@ -170,6 +170,26 @@ class SetSub(M.Module):  # slice assignment (SetSubtensor), bounds from sizes to
         return y, m, apply(inc, x, x[:, :1], mge.tensor(0), mge.tensor(1))[0]
 
 
+class Warp(M.Module):  # preprocessing as upstream's traced_module tests dump it: a warp
+    # matrix filled by slice assignment, WarpPerspectiveV2 of an NHWC image (the CPU kernel's
+    # sampling) and of an NCHW image per matrix (mat_idx; whole-pixel shifts),
+    # MatrixInverse
+    def forward(self, img, x, roi, idx):
+        n, h, w, _ = img.shape
+        scale = F.maximum((roi[:, 1, 0] - roi[:, 0, 0]) / w, (roi[:, 1, 1] - roi[:, 0, 1]) / h)
+        m = F.broadcast_to(F.zeros((1,)), (n, 3, 3))
+        m[:, 0, 0] = scale
+        m[:, 0, 2] = roi[:, 0, 0]
+        m[:, 1, 1] = scale
+        m[:, 1, 2] = roi[:, 0, 1]
+        m[:, 2, 2] = 1
+        a = F.vision.warp_perspective(img, m, (h, w), border_mode="constant", format="NHWC")
+        shift = mge.tensor([[[1, 0, 1], [0, 1, 2], [0, 0, 1]], [[1, 0, -1], [0, 1, 0], [0, 0, 1]],
+                            [[1, 0, 0], [0, 1, 1], [0, 0, 1]]], dtype="float32")
+        b = F.vision.warp_perspective(x, shift, (3, 4), mat_idx=idx, border_mode="reflect")
+        return a, b, F.matinv(m)
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -399,9 +419,14 @@ def main(out_dir):
 
 
 def make_setsub():
-    """setsub.mge (its own random inputs: the files above keep theirs)."""
+    """setsub.mge and warp.mge (their own random inputs: the files above keep theirs)."""
     x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
     make("setsub", SetSub(), {"x": x}, {}, batch2=3)
+    rng = np.random.RandomState(6)
+    roi = np.array([[[1, 2], [7, 12]], [[0, 0], [4, 5]]], "float32")
+    make("warp", Warp(), {"img": rng.randint(0, 256, (2, 14, 8, 3)).astype("float32"),
+                          "x": rng.randn(2, 2, 5, 6).astype("float32"), "roi": roi,
+                          "idx": np.array([1, 0, 1], "int32")}, {})
 
 
 if __name__ == "__main__":
