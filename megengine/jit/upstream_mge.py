@@ -749,6 +749,57 @@ def _op_warp_perspective(op, x, mat, *rest):
         format=("NCHW", "NHWC")[layout], interp_mode=_WARP_INTERP[imode])
 
 
+def _op_warp_affine(op, x, mat, out_shape):
+    """WarpAffineV2: (image, matrices, output size); params imode, border_mode, border_val,
+    format (NHWC by default, or NCHW)."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    layout = op.require(3, "I", (0, 1), "layout", default=1)
+    return _F().vision.warp_affine(
+        x, _tensor(mat, op), _ints(out_shape, op, "output size"),
+        border_mode=_WARP_BORDER[bmode], border_val=op.p(2, "f", 0.0),
+        format=("NCHW", "NHWC")[layout], interp_mode=_WARP_INTERP[imode])
+
+
+def _op_remap(op, x, map_xy):
+    """RemapV1: params imode, border_type, format (NCHW here), scalar."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    _nchw(op, 2, default=1)
+    return _F().vision.remap(x, _tensor(map_xy, op), border_mode=_WARP_BORDER[bmode],
+                             scalar=op.p(3, "f", 0.0), interp_mode=_WARP_INTERP[imode])
+
+
+class _NotComputed:
+    """An output this reader does not compute (the argmax indices of ROIAlign and ROIPooling,
+    which only their backward reads): an operator reading it is refused."""
+
+
+def _op_roi_align(op, x, rois):
+    """ROIAlignV1: params mode, format, spatial_scale, offset (0.5: aligned), pooled and
+    sample sizes; its second output (argmax indices) is not computed."""
+    mode = op.require(0, "I", (0, 1), "pooling mode")
+    _nchw(op, 1)
+    offset = op.p(3, "f", 0.0)
+    if offset not in (0.0, 0.5):
+        op.refuse(f"the sample offset {offset}")
+    y = _F().vision.roi_align(
+        x, _tensor(rois, op), (op.p(4, "I", 1), op.p(5, "I", 1)),
+        mode=("max", "average")[mode], spatial_scale=op.p(2, "f", 1.0),
+        sample_points=(op.p(6, "I", 2), op.p(7, "I", 2)), aligned=offset == 0.5)
+    return (y, _NotComputed()) if len(op.outputs) == 2 else y
+
+
+def _op_roi_pooling(op, x, rois, shape):
+    """ROIPooling: params mode, scale; (image, rois, output size); its second output (argmax
+    indices) is not computed."""
+    mode = op.require(0, "I", (0, 1), "pooling mode")
+    size = _ints(shape, op, "output size")
+    y = _F().vision.roi_pooling(x, _tensor(rois, op), size[-2:], mode=("max", "average")[mode],
+                                scale=op.p(1, "f", 1.0))
+    return (y, _NotComputed()) if len(op.outputs) == 2 else y
+
+
 def _op_set_subtensor(op, x, value, *args):
     """``y[1:n] = v`` of single positions and slices (upstream's SetSubtensor: a new tensor)."""
     y = _F().copy(x)
@@ -863,12 +914,15 @@ _OPERATORS = {
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
     "WarpPerspectiveV2": _op_warp_perspective, "MatrixInverse": lambda op, x: _F().matinv(x),
+    "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
+    "ROIPooling": _op_roi_pooling,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
                 "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
+                "WarpAffineV2": 1, "ROIPooling": 2,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -1181,6 +1235,8 @@ def _translate(ops, names, outputs, aliases, meta, cases):
             values[k].name = name
         for op in live:
             ins = [values[i] for i in op.inputs]
+            if any(type(v) is _NotComputed for v in ins):
+                op.refuse("reading the argmax indices of ROIAlign or ROIPooling")
             n = _DATA_INPUTS.get(op.type, len(ins))
             if n is not None:
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
@@ -1197,7 +1253,8 @@ def _translate(ops, names, outputs, aliases, meta, cases):
                     f"this reader does not provide") from e
             out = out if type(out) is tuple else (out,)
             # upstream's graph has no 0-d values: its scalars are vectors of one item
-            out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)
+            out = tuple(o.reshape(1) if not _is_host(o) and type(o) is not _NotComputed
+                        and o.ndim == 0 else o for o in out)
             if len(out) != len(op.outputs):
                 op.refuse(f"{len(op.outputs)} outputs (it computes {len(out)})")
             values.update(zip(op.outputs, out))

@@ -190,6 +190,19 @@ class Warp(M.Module):  # preprocessing as upstream's traced_module tests dump it
         return a, b, F.matinv(m)
 
 
+class Vision(M.Module):  # WarpAffineV2 (NHWC), RemapV1, ROIAlignV1 (aligned or not, max
+    # or average), ROIPooling (their argmax outputs unread)
+    def forward(self, x, rois, map_xy):
+        mat = mge.tensor([[[1.0, 0.1, 0.5], [0.0, 1.0, 1.0]], [[0.9, 0.0, 0.0], [0.2, 1.1, -1.0]]])
+        a = F.vision.warp_affine(x.transpose(0, 2, 3, 1), mat, (6, 7), border_mode="constant",
+                                 border_val=0.5)
+        b = F.vision.remap(x, map_xy, border_mode="reflect")
+        c = F.vision.roi_align(x, rois, (2, 3), spatial_scale=0.5, sample_points=2)
+        d = F.vision.roi_align(x, rois, 2, mode="max", sample_points=(1, 2), aligned=False)
+        e = F.vision.roi_pooling(x, rois, (3, 2), scale=0.5)
+        return a, b, c, d, e
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -419,7 +432,8 @@ def main(out_dir):
 
 
 def make_setsub():
-    """setsub.mge and warp.mge (their own random inputs: the files above keep theirs)."""
+    """setsub.mge, warp.mge and vision.mge (their own random inputs: the files above keep
+    theirs)."""
     x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
     make("setsub", SetSub(), {"x": x}, {}, batch2=3)
     rng = np.random.RandomState(6)
@@ -427,6 +441,9 @@ def make_setsub():
     make("warp", Warp(), {"img": rng.randint(0, 256, (2, 14, 8, 3)).astype("float32"),
                           "x": rng.randn(2, 2, 5, 6).astype("float32"), "roi": roi,
                           "idx": np.array([1, 0, 1], "int32")}, {})
+    rois = np.array([[0, 1.5, 1, 9, 12], [1, 0, 2.5, 7, 7], [1, 3, 3, 4, 4]], "float32")
+    make("vision", Vision(), {"x": rng.rand(2, 3, 8, 8).astype("float32"), "rois": rois,
+                              "map_xy": (rng.rand(2, 5, 6, 2) * 9 - 1).astype("float32")}, {})
 
 
 if __name__ == "__main__":
