@@ -770,6 +770,28 @@ def _op_remap(op, x, map_xy):
                              scalar=op.p(3, "f", 0.0), interp_mode=_WARP_INTERP[imode])
 
 
+def _op_lrn(op, x):
+    """LRN: params n, k, alpha, beta."""
+    return _F().nn.local_response_norm(x, op.p(0, "I", 5), op.p(1, "f", 2.0),
+                                       op.p(2, "f", 1e-4), op.p(3, "f", 0.75))
+
+
+def _op_images2neibs(op, x):
+    """Images2Neibs (F.sliding_window): params pad, stride, dilate, window (h, w each)."""
+    return _F().sliding_window(x, _pair(op, 6, 7, 3), _pair(op, 0, 1, 0), _pair(op, 2, 3, 1),
+                               _pair(op, 4, 5, 1))
+
+
+def _op_correlation(op, a, b):
+    """CorrelationForward: params format, kernel_size, max_displacement, stride1, stride2,
+    pad_size, is_multiply."""
+    _nchw(op, 0)
+    return _F().vision.correlation(
+        a, b, kernel_size=op.p(1, "I", 1), max_displacement=op.p(2, "I", 1),
+        stride1=op.p(3, "I", 1), stride2=op.p(4, "I", 1), pad_size=op.p(5, "I", 0),
+        is_multiply=bool(op.p(6, "B", 1)))
+
+
 class _NotComputed:
     """An output this reader does not compute (the argmax indices of ROIAlign and ROIPooling,
     which only their backward reads): an operator reading it is refused."""
@@ -915,7 +937,8 @@ _OPERATORS = {
     "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
     "WarpPerspectiveV2": _op_warp_perspective, "MatrixInverse": lambda op, x: _F().matinv(x),
     "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
-    "ROIPooling": _op_roi_pooling,
+    "ROIPooling": _op_roi_pooling, "LRN": _op_lrn, "Images2Neibs": _op_images2neibs,
+    "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
@@ -937,7 +960,7 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "Reduce", "Pooling", "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape",
         "GetVarShape", "Copy", "AssertEqual",
         "RelayoutFormat", "Deconvolution", "LocalShare", "SplitV1", "ConcatV1", "Eye",
-        "Cumsum", "NMSKeep", "ROIAlign", "Remap", "Diag", "LRN", "Images2Neibs"]:
+        "Cumsum", "NMSKeep", "ROIAlign", "Remap"]:
     _KNOWN_IDS.update(_type_ids(_name))
 
 

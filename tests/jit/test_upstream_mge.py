@@ -16,7 +16,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 # (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
-          "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision"]
+          "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours"]
 
 
 def _files(name):
@@ -223,8 +223,7 @@ def test_type_ids_are_upstreams():
     assert _type_ids("ReshapeV1")[0xBA3296A9AA9B5098] == "ReshapeV1"
     assert _type_ids("Convolution")[0xBC193EEF48C27B7E] == "Convolution"
     # ids of operators in upstream 1.13's files of dump_format="FBS" (which hold no type
-    # names): F.diag, local_response_norm, F.sliding_window (refused: an error names them)
-    # and F.vision.warp_perspective (read)
+    # names): F.diag, F.vision.warp_perspective, local_response_norm, F.sliding_window
     from megengine.jit.upstream_mge import _KNOWN_IDS
     assert [_KNOWN_IDS.get(i) for i in (0x44F2813CBAA5C1E3, 0xDF0AF09D7156A836,
                                         0xEB5C6AB46DCA7AC, 0x1FD3BDFBC60C1609)] == [

@@ -203,6 +203,14 @@ class Vision(M.Module):  # WarpAffineV2 (NHWC), RemapV1, ROIAlignV1 (aligned or 
         return a, b, c, d, e
 
 
+class Neighbours(M.Module):  # LRN, Diag, Images2Neibs (F.sliding_window), CorrelationForward
+    def forward(self, x):
+        return (F.nn.local_response_norm(x, 3, 1.5, 1e-3, 0.6), F.diag(x[0, 0, 0], k=1),
+                F.sliding_window(x, (2, 3), padding=(1, 0), stride=(2, 1), dilation=(1, 2)),
+                F.vision.correlation(x, x * 0.5, kernel_size=3, max_displacement=2, stride1=1,
+                                     stride2=2, pad_size=2, is_multiply=False))
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -432,8 +440,8 @@ def main(out_dir):
 
 
 def make_setsub():
-    """setsub.mge, warp.mge and vision.mge (their own random inputs: the files above keep
-    theirs)."""
+    """setsub.mge, warp.mge, vision.mge and neighbours.mge (their own random inputs: the files
+    above keep theirs)."""
     x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
     make("setsub", SetSub(), {"x": x}, {}, batch2=3)
     rng = np.random.RandomState(6)
@@ -444,6 +452,7 @@ def make_setsub():
     rois = np.array([[0, 1.5, 1, 9, 12], [1, 0, 2.5, 7, 7], [1, 3, 3, 4, 4]], "float32")
     make("vision", Vision(), {"x": rng.rand(2, 3, 8, 8).astype("float32"), "rois": rois,
                               "map_xy": (rng.rand(2, 5, 6, 2) * 9 - 1).astype("float32")}, {})
+    make("neighbours", Neighbours(), {"x": rng.rand(2, 3, 6, 7).astype("float32")}, {})
 
 
 if __name__ == "__main__":
