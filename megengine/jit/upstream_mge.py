@@ -792,9 +792,29 @@ def _op_correlation(op, a, b):
         is_multiply=bool(op.p(6, "B", 1)))
 
 
+def _op_resize3d(op, x, size):
+    """Resize3D (trilinear interpolation): params imode, format (NCDHW here), align_corners."""
+    op.require(0, "I", (1,), "interpolation mode", default=1)
+    op.require(1, "I", (0,), "layout (only NCDHW is read)", default=1)
+    return _F().vision.interpolate(x, _ints(size, op, "output size"), mode="trilinear",
+                                   align_corners=bool(op.p(2, "B", 0)))
+
+
+def _op_svd(op, x):
+    """SVD: params full_matrices, compute_uv; outputs U, S, Vh (U and Vh empty without
+    compute_uv: not computed here)."""
+    full, uv = bool(op.p(0, "B", 0)), bool(op.p(1, "B", 1))
+    out = _F().svd(x, full_matrices=full, compute_uv=uv)
+    if uv:
+        return tuple(out)
+    s = out[1] if isinstance(out, (tuple, list)) else out
+    return (_NotComputed(), s, _NotComputed()) if len(op.outputs) == 3 else s
+
+
 class _NotComputed:
     """An output this reader does not compute (the argmax indices of ROIAlign and ROIPooling,
-    which only their backward reads): an operator reading it is refused."""
+    which only their backward reads; the empty U and Vh of an SVD without compute_uv): an
+    operator reading it is refused."""
 
 
 def _op_roi_align(op, x, rois):
@@ -939,13 +959,14 @@ _OPERATORS = {
     "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
     "ROIPooling": _op_roi_pooling, "LRN": _op_lrn, "Images2Neibs": _op_images2neibs,
     "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
+    "Resize3D": _op_resize3d, "SVD": _op_svd,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
                 "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
-                "WarpAffineV2": 1, "ROIPooling": 2,
+                "WarpAffineV2": 1, "ROIPooling": 2, "Resize3D": 1,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -1259,7 +1280,8 @@ def _translate(ops, names, outputs, aliases, meta, cases):
         for op in live:
             ins = [values[i] for i in op.inputs]
             if any(type(v) is _NotComputed for v in ins):
-                op.refuse("reading the argmax indices of ROIAlign or ROIPooling")
+                op.refuse("reading an output this reader does not compute (the argmax indices "
+                          "of ROIAlign or ROIPooling, U or Vh of an SVD without compute_uv)")
             n = _DATA_INPUTS.get(op.type, len(ins))
             if n is not None:
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]

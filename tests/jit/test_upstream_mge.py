@@ -16,7 +16,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 # (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
-          "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours"]
+          "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
+          "volume"]
 
 
 def _files(name):

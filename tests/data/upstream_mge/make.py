@@ -211,6 +211,13 @@ class Neighbours(M.Module):  # LRN, Diag, Images2Neibs (F.sliding_window), Corre
                                      stride2=2, pad_size=2, is_multiply=False))
 
 
+class Volume(M.Module):  # Resize3D (trilinear, align_corners or not), SVD's singular values
+    def forward(self, x):
+        return (F.vision.interpolate(x, size=(3, 5, 4), mode="trilinear"),
+                F.vision.interpolate(x, scale_factor=1.5, mode="trilinear", align_corners=True),
+                F.svd(x[:, 0, 0])[1])  # (upstream 1.13's compute_uv=False raises)
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -440,7 +447,7 @@ def main(out_dir):
 
 
 def make_setsub():
-    """setsub.mge, warp.mge, vision.mge and neighbours.mge (their own random inputs: the files
+    """setsub, warp, vision, neighbours and volume.mge (their own random inputs: the files
     above keep theirs)."""
     x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
     make("setsub", SetSub(), {"x": x}, {}, batch2=3)
@@ -453,6 +460,7 @@ def make_setsub():
     make("vision", Vision(), {"x": rng.rand(2, 3, 8, 8).astype("float32"), "rois": rois,
                               "map_xy": (rng.rand(2, 5, 6, 2) * 9 - 1).astype("float32")}, {})
     make("neighbours", Neighbours(), {"x": rng.rand(2, 3, 6, 7).astype("float32")}, {})
+    make("volume", Volume(), {"x": rng.rand(2, 2, 4, 4, 3).astype("float32")}, {})
 
 
 if __name__ == "__main__":
