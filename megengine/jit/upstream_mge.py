@@ -1303,6 +1303,13 @@ def _translate(ops, names, outputs, aliases, meta, cases):
             if len(out) != len(op.outputs):
                 op.refuse(f"{len(op.outputs)} outputs (it computes {len(out)})")
             values.update(zip(op.outputs, out))
+        for i in outputs:
+            if type(values[i]) is _NotComputed:
+                raise UpstreamFormatError(
+                    f"load: the output {names[i]!r} is an output this reader does not "
+                    f"compute (the argmax indices of ROIAlign or ROIPooling, U or Vh of an SVD "
+                    f"without compute_uv, which only their backward reads): dump the model "
+                    f"without it")
         return [_tensor(values[i], ops[0]) for i in outputs]
 
     out_names = [aliases.get(i) or names[i] for i in outputs]

@@ -251,6 +251,13 @@ def test_a_singular_matrix_inverse_raises_when_the_file_runs():
     assert not MatInv.singular_ok
 
 
+def test_an_output_the_reader_does_not_compute_is_refused_naming_it():
+    # roi_index.mge (upstream 1.13's dump) outputs ROIAlign's argmax indices
+    with pytest.raises(UpstreamFormatError, match=r"the output 'ROIAlign:o1' .* argmax indices "
+                                                  r"of ROIAlign"):
+        load(os.path.join(DATA, "roi_index.mge"))
+
+
 @pytest.mark.parametrize("name", ["cnn", "cnn_fbs"])
 def test_truncated_file_is_refused(name):
     data = _data(name)

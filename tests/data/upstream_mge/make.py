@@ -446,9 +446,26 @@ def main(out_dir):
     make_setsub()
 
 
+def make_roi_index():
+    """roi_index.mge: ROIAlign's argmax indices as the output (refused: not computed); no .npz."""
+    from megengine.core._imperative_rt.core2 import apply
+    from megengine.core.ops import builtin
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x, rois):
+        op = builtin.ROIAlign(mode="max", spatial_scale=1.0, offset=0.0, pooled_height=2,
+                              pooled_width=2, sample_height=2, sample_width=2)
+        return apply(op, x, rois)[1]
+
+    f(mge.tensor(np.ones((1, 2, 4, 4), "float32")),
+      mge.tensor(np.array([[0, 0, 0, 3, 3]], "float32")))
+    f.dump("roi_index.mge", arg_names=["x", "rois"])
+    print("roi_index", os.path.getsize("roi_index.mge"), "bytes")
+
+
 def make_setsub():
-    """setsub, warp, vision, neighbours and volume.mge (their own random inputs: the files
-    above keep theirs)."""
+    """setsub, warp, vision, neighbours, volume and roi_index.mge (their own random inputs: the
+    files above keep theirs)."""
     x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
     make("setsub", SetSub(), {"x": x}, {}, batch2=3)
     rng = np.random.RandomState(6)
@@ -461,6 +478,7 @@ def make_setsub():
                               "map_xy": (rng.rand(2, 5, 6, 2) * 9 - 1).astype("float32")}, {})
     make("neighbours", Neighbours(), {"x": rng.rand(2, 3, 6, 7).astype("float32")}, {})
     make("volume", Volume(), {"x": rng.rand(2, 2, 4, 4, 3).astype("float32")}, {})
+    make_roi_index()
 
 
 if __name__ == "__main__":
