@@ -942,10 +942,21 @@ def normalize_index(index):
         elif type(i) is slice and any(hasattr(b, "_data") for b in (i.start, i.stop, i.step)):
             # `x[1:n]` with a Tensor bound: its value is read here, where a trace sees the read
             # (a new value re-traces, dump refuses), not later inside the op as a stale constant
-            i = slice(*(b.__index__() if hasattr(b, "_data") else b
-                        for b in (i.start, i.stop, i.step)))
+            i = slice(*(_slice_bound(b) for b in (i.start, i.stop, i.step)))
         out.append(i)
     return tuple(out)
+
+
+def _slice_bound(b):
+    """A slice bound as an int, or the `SymDim` a size tensor holds while a dumpable trace
+    records (``n - 1`` of a traced module's shape tensor), which the slice then carries as
+    ``x[: x.shape[0] - 1]`` carries it, instead of a guard on its value."""
+    if not hasattr(b, "_data"):
+        return b
+    sizes = sizes_of(b)
+    if sizes is not None and sizes.ndim == 0 and is_dim(sizes[()]):
+        return sizes[()]
+    return b.__index__()
 
 
 _PLAIN_ITEMS = frozenset({int, type(None), type(Ellipsis)})  # index items kept as they are

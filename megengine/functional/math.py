@@ -621,6 +621,10 @@ def _no_float16(x, what):
 
 class MatInv(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): d inv(A) = -inv(A) dA inv(A)
+    #: set while megengine.jit.upstream_mge records a file's program on zero inputs, where the
+    #: matrices a file computes from its inputs are singular: one then gives its pseudo-inverse
+    #: (values recorded are not kept; a run of the program raises as upstream)
+    singular_ok = False
 
     def forward(self, x):
         _no_float16(x, "matinv")
@@ -632,12 +636,16 @@ class MatInv(Op):
         try:
             inv = xp.linalg.inv(x)
         except np.linalg.LinAlgError:  # numpy's: a zero pivot in the LU factorization
-            raise _singular(x) from None
+            if not MatInv.singular_ok:
+                raise _singular(x) from None
+            inv = xp.linalg.pinv(x)
         # CuPy does not raise (a zero pivot leaves inf / nan): one reduction and a sync to see
         # it, as upstream's CUDA kernel checks cuBLAS's pivots after each call
         if xp is not np and x.size and not bool(xp.isfinite(inv).all()) \
                 and bool(xp.isfinite(x).all()):
-            raise _singular(x)
+            if not MatInv.singular_ok:
+                raise _singular(x)
+            inv = xp.linalg.pinv(x)
         self.inv = inv
         return inv
 

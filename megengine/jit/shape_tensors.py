@@ -106,6 +106,8 @@ def propagate(op, values):
         return got if isinstance(got, np.ndarray) else objects(got)
     if name == "AsType" and np.dtype(op.dtype).kind in "iu":
         return values[0]
+    if name in ("Copy", "Identity") and len(values) == 1:  # (Tensor(shape_tensor), F.copy)
+        return values[0]
     if name in _ELEMWISE and len(values) == 2:
         got = _ELEMWISE[name](values[0], values[1])
         # (numpy's arithmetic on two 0-d object arrays, s[0] * s[1], gives the bare item)

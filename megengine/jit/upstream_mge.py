@@ -729,6 +729,134 @@ def _op_set_indexing(op, x, value, *args):
     return y
 
 
+# megdnn's WarpPerspective interpolation and border modes this engine samples with
+_WARP_INTERP = {0: "nearest", 1: "linear"}
+_WARP_BORDER = {0: "replicate", 1: "reflect", 2: "reflect_101", 3: "wrap", 4: "constant"}
+
+
+def _op_warp_perspective(op, x, mat, *rest):
+    """WarpPerspectiveV2: (image, matrices, [mat_idx], output size); params imode, bmode,
+    format (NCHW or NHWC), border_val."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    layout = op.require(2, "I", (0, 1), "layout")
+    if len(rest) not in (1, 2):
+        op.refuse(f"{2 + len(rest)} inputs")
+    mat_idx = _tensor(rest[0], op) if len(rest) == 2 else None
+    return _F().vision.warp_perspective(
+        x, _tensor(mat, op), _ints(rest[-1], op, "output size"), mat_idx=mat_idx,
+        border_mode=_WARP_BORDER[bmode], border_val=op.p(3, "f", 0.0),
+        format=("NCHW", "NHWC")[layout], interp_mode=_WARP_INTERP[imode])
+
+
+def _op_warp_affine(op, x, mat, out_shape):
+    """WarpAffineV2: (image, matrices, output size); params imode, border_mode, border_val,
+    format (NHWC by default, or NCHW)."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    layout = op.require(3, "I", (0, 1), "layout", default=1)
+    return _F().vision.warp_affine(
+        x, _tensor(mat, op), _ints(out_shape, op, "output size"),
+        border_mode=_WARP_BORDER[bmode], border_val=op.p(2, "f", 0.0),
+        format=("NCHW", "NHWC")[layout], interp_mode=_WARP_INTERP[imode])
+
+
+def _op_remap(op, x, map_xy):
+    """RemapV1: params imode, border_type, format (NCHW here), scalar."""
+    imode = op.require(0, "I", tuple(_WARP_INTERP), "interpolation mode", default=1)
+    bmode = op.require(1, "I", tuple(_WARP_BORDER), "border mode")
+    _nchw(op, 2, default=1)
+    return _F().vision.remap(x, _tensor(map_xy, op), border_mode=_WARP_BORDER[bmode],
+                             scalar=op.p(3, "f", 0.0), interp_mode=_WARP_INTERP[imode])
+
+
+def _op_lrn(op, x):
+    """LRN: params n, k, alpha, beta."""
+    return _F().nn.local_response_norm(x, op.p(0, "I", 5), op.p(1, "f", 2.0),
+                                       op.p(2, "f", 1e-4), op.p(3, "f", 0.75))
+
+
+def _op_images2neibs(op, x):
+    """Images2Neibs (F.sliding_window): params pad, stride, dilate, window (h, w each)."""
+    return _F().sliding_window(x, _pair(op, 6, 7, 3), _pair(op, 0, 1, 0), _pair(op, 2, 3, 1),
+                               _pair(op, 4, 5, 1))
+
+
+def _op_correlation(op, a, b):
+    """CorrelationForward: params format, kernel_size, max_displacement, stride1, stride2,
+    pad_size, is_multiply."""
+    _nchw(op, 0)
+    return _F().vision.correlation(
+        a, b, kernel_size=op.p(1, "I", 1), max_displacement=op.p(2, "I", 1),
+        stride1=op.p(3, "I", 1), stride2=op.p(4, "I", 1), pad_size=op.p(5, "I", 0),
+        is_multiply=bool(op.p(6, "B", 1)))
+
+
+def _op_resize3d(op, x, size):
+    """Resize3D (trilinear interpolation): params imode, format (NCDHW here), align_corners."""
+    op.require(0, "I", (1,), "interpolation mode", default=1)
+    op.require(1, "I", (0,), "layout (only NCDHW is read)", default=1)
+    return _F().vision.interpolate(x, _ints(size, op, "output size"), mode="trilinear",
+                                   align_corners=bool(op.p(2, "B", 0)))
+
+
+def _op_svd(op, x):
+    """SVD: params full_matrices, compute_uv; outputs U, S, Vh (U and Vh empty without
+    compute_uv: not computed here)."""
+    full, uv = bool(op.p(0, "B", 0)), bool(op.p(1, "B", 1))
+    out = _F().svd(x, full_matrices=full, compute_uv=uv)
+    if uv:
+        return tuple(out)
+    s = out[1] if isinstance(out, (tuple, list)) else out
+    return (_NotComputed(), s, _NotComputed()) if len(op.outputs) == 3 else s
+
+
+class _NotComputed:
+    """An output this reader does not compute (the argmax indices of ROIAlign and ROIPooling,
+    which only their backward reads; the empty U and Vh of an SVD without compute_uv): an
+    operator reading it is refused."""
+
+
+def _op_roi_align(op, x, rois):
+    """ROIAlignV1: params mode, format, spatial_scale, offset (0.5: aligned), pooled and
+    sample sizes; its second output (argmax indices) is not computed."""
+    mode = op.require(0, "I", (0, 1), "pooling mode")
+    _nchw(op, 1)
+    offset = op.p(3, "f", 0.0)
+    if offset not in (0.0, 0.5):
+        op.refuse(f"the sample offset {offset}")
+    y = _F().vision.roi_align(
+        x, _tensor(rois, op), (op.p(4, "I", 1), op.p(5, "I", 1)),
+        mode=("max", "average")[mode], spatial_scale=op.p(2, "f", 1.0),
+        sample_points=(op.p(6, "I", 2), op.p(7, "I", 2)), aligned=offset == 0.5)
+    return (y, _NotComputed()) if len(op.outputs) == 2 else y
+
+
+def _op_roi_pooling(op, x, rois, shape):
+    """ROIPooling: params mode, scale; (image, rois, output size); its second output (argmax
+    indices) is not computed."""
+    mode = op.require(0, "I", (0, 1), "pooling mode")
+    size = _ints(shape, op, "output size")
+    y = _F().vision.roi_pooling(x, _tensor(rois, op), size[-2:], mode=("max", "average")[mode],
+                                scale=op.p(1, "f", 1.0))
+    return (y, _NotComputed()) if len(op.outputs) == 2 else y
+
+
+def _op_set_subtensor(op, x, value, *args):
+    """``y[1:n] = v`` of single positions and slices (upstream's SetSubtensor: a new tensor)."""
+    y = _F().copy(x)
+    y[_index(op, args, False)] = value
+    return y
+
+
+def _op_incr_subtensor(op, x, value, *args):
+    """IncrSubtensor: ``value`` added to the positions and slices of a copy of ``x``."""
+    y = _F().copy(x)
+    index = _index(op, args, False)
+    y[index] = y[index] + value
+    return y
+
+
 _COND_TAKE = {0: lambda d, v, e: abs(d - v) < e, 1: lambda d, v, e: abs(d - v) >= e,
               2: operator.lt, 3: operator.le, 4: operator.gt, 5: operator.ge}
 
@@ -826,11 +954,19 @@ _OPERATORS = {
     "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
+    "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
+    "WarpPerspectiveV2": _op_warp_perspective, "MatrixInverse": lambda op, x: _F().matinv(x),
+    "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
+    "ROIPooling": _op_roi_pooling, "LRN": _op_lrn, "Images2Neibs": _op_images2neibs,
+    "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
+    "Resize3D": _op_resize3d, "SVD": _op_svd,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+                "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
+                "WarpAffineV2": 1, "ROIPooling": 2, "Resize3D": 1,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
@@ -843,10 +979,9 @@ for _name in list(_OPERATORS) + list(_SOURCES) + [
         "SharedDeviceTensor", "VolatileSharedDeviceTensor", "Fill", "Dropout",
         "BatchNormForward", "WarpPerspective", "Resize", "ResizeV1", "ConvBias", "TypeCvt",
         "Reduce", "Pooling", "AdaptivePooling", "MatrixMul", "BatchedMatrixMul", "Reshape",
-        "GetVarShape", "SetSubtensor", "IncrSubtensor", "Copy", "AssertEqual",
+        "GetVarShape", "Copy", "AssertEqual",
         "RelayoutFormat", "Deconvolution", "LocalShare", "SplitV1", "ConcatV1", "Eye",
-        "Cumsum", "NMSKeep", "ROIAlign", "Remap", "Diag", "LRN", "Images2Neibs",
-        "WarpPerspectiveV2"]:
+        "Cumsum", "NMSKeep", "ROIAlign", "Remap"]:
     _KNOWN_IDS.update(_type_ids(_name))
 
 
@@ -1144,6 +1279,9 @@ def _translate(ops, names, outputs, aliases, meta, cases):
             values[k].name = name
         for op in live:
             ins = [values[i] for i in op.inputs]
+            if any(type(v) is _NotComputed for v in ins):
+                op.refuse("reading an output this reader does not compute (the argmax indices "
+                          "of ROIAlign or ROIPooling, U or Vh of an SVD without compute_uv)")
             n = _DATA_INPUTS.get(op.type, len(ins))
             if n is not None:
                 ins = [_tensor(v, op) for v in ins[:n]] + ins[n:]
@@ -1160,10 +1298,18 @@ def _translate(ops, names, outputs, aliases, meta, cases):
                     f"this reader does not provide") from e
             out = out if type(out) is tuple else (out,)
             # upstream's graph has no 0-d values: its scalars are vectors of one item
-            out = tuple(o.reshape(1) if not _is_host(o) and o.ndim == 0 else o for o in out)
+            out = tuple(o.reshape(1) if not _is_host(o) and type(o) is not _NotComputed
+                        and o.ndim == 0 else o for o in out)
             if len(out) != len(op.outputs):
                 op.refuse(f"{len(op.outputs)} outputs (it computes {len(out)})")
             values.update(zip(op.outputs, out))
+        for i in outputs:
+            if type(values[i]) is _NotComputed:
+                raise UpstreamFormatError(
+                    f"load: the output {names[i]!r} is an output this reader does not "
+                    f"compute (the argmax indices of ROIAlign or ROIPooling, U or Vh of an SVD "
+                    f"without compute_uv, which only their backward reads): dump the model "
+                    f"without it")
         return [_tensor(values[i], ops[0]) for i in outputs]
 
     out_names = [aliases.get(i) or names[i] for i in outputs]
@@ -1172,7 +1318,13 @@ def _translate(ops, names, outputs, aliases, meta, cases):
         set_default_device("cpu0")  # program runs on cpu0, recorded so (on a CUDA machine too)
     try:
         f = trace(program, symbolic=True, capture_as_const=True)
-        f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+        from ..functional.math import MatInv  # (a MatrixInverse of zero inputs is singular)
+
+        MatInv.singular_ok = True
+        try:
+            f(*[Tensor(np.zeros(shape, dtype), dtype=dtype) for _, shape, dtype in specs])
+        finally:
+            MatInv.singular_ok = False
         # what f.dump would write, handed over as read back (no archive to compress and read)
         graph, arrays = in_memory(*program_json(
             f._dumped_program(), arg_names=[n for n, _, _ in specs], output_names=out_names,

@@ -2,7 +2,7 @@
 
 A graph's inputs, an expr's arguments and a module's outputs are nested Python values. The
 traced graph sees only their *leaves* (tensors, modules, nodes); everything else (ints, strings,
-``None``, slices, dtypes) is a constant that the `TreeDef` keeps, so that ``unflatten`` rebuilds
+``None``, dtypes) is a constant that the `TreeDef` keeps, so that ``unflatten`` rebuilds
 the same structure from new leaves. Two TreeDefs are equal when their structures and constants
 are: a traced module keeps one graph per argument structure (`TracedModule.argdef_graph_map`).
 """
@@ -40,6 +40,10 @@ register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))
 register_supported_type(list, lambda v: (list(v), None), lambda c, _: list(c))
 # ``x.shape`` while tracing (its sizes are traced tensors: a call given it follows the input)
 register_supported_type(Shape, lambda v: (list(v), None), lambda c, _: Shape(c))
+# a slice is looked into, as upstream's: ``x[:n - 1]`` with ``n`` a traced size reads the
+# size's node, so the traced module follows the input's shape
+register_supported_type(slice, lambda v: ([v.start, v.stop, v.step], None),
+                        lambda c, _: slice(*c))
 register_supported_type(dict, lambda v: ([v[k] for k in v], list(v)),
                         lambda c, keys: dict(zip(keys, c)))
 register_supported_type(OrderedDict, lambda v: ([v[k] for k in v], list(v)),

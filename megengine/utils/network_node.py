@@ -997,8 +997,13 @@ def classify(op, in_shapes, dyn_names=()):
     if name in ("_Linspace", "_LinspaceOf"):  # (start, stop and num: inputs upstream)
         return Linspace, {"endpoint": True, "comp_node": d.get("device")}
     if name == "_Pool2d":
-        return PoolingForward, {"mode": str(d.get("mode")).upper(), "kernel": d.get("kernel"),
-                                "stride": d.get("stride"), "padding": d.get("padding")}
+        params = {"mode": str(d.get("mode")).upper(), "kernel": d.get("kernel"),
+                  "stride": d.get("stride"), "padding": d.get("padding")}
+        if str(d.get("what")).startswith("adaptive"):
+            # upstream's F.adaptive_*_pool2d is its AdaptivePooling operator (params: mode,
+            # format); the windows are kept too (tools count FLOPs from them)
+            return AdaptivePoolingForward, dict(params, format="NCHW")
+        return PoolingForward, params
     if name in ("GetItem", "SetItem", "IndexAdd"):
         adv = "index" in dyn_names or _has_array(d.get("index"))
         cls = {("GetItem", False): Subtensor, ("GetItem", True): IndexingMultiAxisVec,
@@ -1107,6 +1112,8 @@ def graph_params(opr):
         (wh, ww), (sh, sw), (ph, pw) = _hw(p["kernel"]), _hw(p["stride"]), _hw(p["padding"])
         return {"mode": p["mode"], "pad_h": ph, "pad_w": pw, "stride_h": sh, "stride_w": sw,
                 "window_h": wh, "window_w": ww, "format": "NCHW"}
+    if t == "AdaptivePoolingForward":
+        return {"mode": p["mode"], "format": "NCHW"}
     if t == "BatchNormForward":
         return {"param_dim": "DIM_1C11", "fwd_mode": "TRAINING" if p.get("training") else
                 "INFERENCE", "epsilon": p.get("eps", 1e-5)}
@@ -1189,6 +1196,11 @@ class GraphOperator:
                 ins = _linspace_inputs(self.opr, ins)
             elif self.type == "Broadcast" and not ins:
                 ins = _fill_inputs(self.opr)
+            elif self.type == "AdaptivePoolingForward":
+                # upstream's second input: the output size (OH, OW)
+                oshp = np.array(self.opr.outputs[0].shape[2:], np.int32)
+                ins.append(ImmutableTensor(oshp, f"{self.name}:shape", ins[0]._device)
+                           .outputs[0])
             elif self.type == "Reduce" and self.opr.params.get("axis") is None:
                 # upstream reduces over every axis to a target shape (1,), its second input
                 ins.append(ImmutableTensor(np.array([1], np.int32), f"{self.name}:shape",

@@ -258,6 +258,12 @@ def _shape_tensor_math(x):
     return x.reshape(F.concat([s[:1], (s[1:] // 1).prod().reshape(1)]))
 
 
+def _zero_first_half(x):
+    y = x * 1
+    y[: mge.Tensor(x.shape)[0] // 2] = 0
+    return y
+
+
 SHAPE_VALUES = {  # name -> (function, traced shape, other shapes)
     "F.concat([x.shape[:1], tensor([-1])])": (
         lambda x: F.reshape(x, F.concat([x.shape[:1], mge.tensor([-1])])), (2, 3, 4),
@@ -281,6 +287,12 @@ SHAPE_VALUES = {  # name -> (function, traced shape, other shapes)
     "F.broadcast_to(y, x.shape)": (lambda x: F.broadcast_to(x.sum(0, keepdims=True), x.shape),
                                    (2, 3), [(3, 3), (4, 5)]),
     "F.zeros(x.shape)": (lambda x: F.zeros(x.shape) + x, (2, 3), [(3, 3), (4, 5)]),
+    # a slice's and a setitem's bound from a shape tensor (as a traced module's graph computes
+    # them: x.shape is its GetVarShape tensor there); earlier versions of this fork guarded the
+    # bounds (upstream 1.13 measured: its dump of x[1 : n - 1] traced at 4 rows gives 4 rows at 6)
+    "x[1 : Tensor(x.shape)[0] - 1]": (lambda x: x[1 : mge.Tensor(x.shape)[0] - 1], (4, 3),
+                                      [(6, 3), (3, 2)]),
+    "y[: Tensor(x.shape)[0] // 2] = 0": (_zero_first_half, (4, 3), [(6, 3), (3, 2)]),
 }
 
 

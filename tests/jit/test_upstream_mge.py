@@ -16,7 +16,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 # (NAME_fbs: upstream's dump_format="FBS", the older format: MGBC, schema mgb1)
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
-          "q_block_fbs", "q_out", "q_batchconv"]
+          "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
+          "volume"]
 
 
 def _files(name):
@@ -61,7 +62,7 @@ def test_load_runs_as_upstream(name):
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
                                   "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs",
-                                  "q_cbr", "q_block_fbs", "q_out"])
+                                  "q_cbr", "q_block_fbs", "q_out", "setsub"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
@@ -222,9 +223,8 @@ def test_type_ids_are_upstreams():
     assert _type_ids("Elemwise")[0xD6C488C11172EC08] == "Elemwise"
     assert _type_ids("ReshapeV1")[0xBA3296A9AA9B5098] == "ReshapeV1"
     assert _type_ids("Convolution")[0xBC193EEF48C27B7E] == "Convolution"
-    # ids of operators this reader refuses, in upstream 1.13's files of dump_format="FBS"
-    # (which hold no type names): F.diag, F.vision.warp_perspective, local_response_norm,
-    # F.sliding_window; an error names them
+    # ids of operators in upstream 1.13's files of dump_format="FBS" (which hold no type
+    # names): F.diag, F.vision.warp_perspective, local_response_norm, F.sliding_window
     from megengine.jit.upstream_mge import _KNOWN_IDS
     assert [_KNOWN_IDS.get(i) for i in (0x44F2813CBAA5C1E3, 0xDF0AF09D7156A836,
                                         0xEB5C6AB46DCA7AC, 0x1FD3BDFBC60C1609)] == [
@@ -234,6 +234,28 @@ def test_type_ids_are_upstreams():
 def _data(name):
     with open(os.path.join(DATA, name + ".mge"), "rb") as f:
         return f.read()
+
+
+def test_a_singular_matrix_inverse_raises_when_the_file_runs():
+    # the program is recorded on zero inputs, where warp.mge's matrix is singular (recorded
+    # with its pseudo-inverse); run, a singular matrix raises as upstream 1.13's does
+    # (measured: "pivot value too small" from its CPU kernel)
+    path, ref = _files("warp")
+    prog = load(path)
+    feeds = {n: ref["in_" + n] for n, _, _ in prog.inputs}
+    feeds["roi"] = np.zeros_like(feeds["roi"])
+    with pytest.raises(RuntimeError, match="singular"):
+        prog.run(feeds)
+    from megengine.functional.math import MatInv
+
+    assert not MatInv.singular_ok
+
+
+def test_an_output_the_reader_does_not_compute_is_refused_naming_it():
+    # roi_index.mge (upstream 1.13's dump) outputs ROIAlign's argmax indices
+    with pytest.raises(UpstreamFormatError, match=r"the output 'ROIAlign:o1' .* argmax indices "
+                                                  r"of ROIAlign"):
+        load(os.path.join(DATA, "roi_index.mge"))
 
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_fbs"])

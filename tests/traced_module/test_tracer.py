@@ -529,6 +529,109 @@ def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
         g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
 
 
+class _Tail(M.Module):
+    def forward(self, x):
+        return x * 2, x.shape[0]
+
+
+class SlicesBySize(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.tail = _Tail()
+
+    def forward(self, x):
+        n = x.shape[0]
+        y, m = self.tail(x)
+        y[: n // 2] = 0
+        return x[1 : n - 1], y, x[m - 2 :]
+
+
+def test_slice_bounds_computed_from_sizes_follow_the_input_as_upstream():
+    # upstream 1.13 measured (print(tm.graph)): a slice is looked into, so a bound computed
+    # from a size (here, or a size a submodule returned) is a step the slice reads; earlier
+    # versions of this fork kept the traced bound as a constant and sliced 4 rows at 6 too
+    tm = trace_module(SlicesBySize(), Tensor(np.ones((4, 3), np.float32)))
+    assert str(tm.graph).splitlines()[5:] == [
+        "\t%11:\tfloordiv_out = getitem_out.__floordiv__(2, )",
+        "\t%12:\tsetitem_out = tail_out.__setitem__(slice(None, floordiv_out, None), 0, )",
+        "\t%13:\tsub_out = getitem_out.__sub__(1, )",
+        "\t%14:\tgetitem_out_1 = x.__getitem__(slice(1, sub_out, None), )",
+        "\t%15:\tsub_out_1 = tail_out_1.__sub__(2, )",
+        "\t%16:\tgetitem_out_2 = x.__getitem__(slice(sub_out_1, None, None), )",
+        "\treturn getitem_out_1, setitem_out, getitem_out_2",
+        "}",
+    ]
+    for n in (4, 6, 3):
+        a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        doubled = a * 2
+        doubled[: n // 2] = 0
+        for got, want in zip(tm(Tensor(a)), (a[1 : n - 1], doubled, a[n - 2 :])):
+            np.testing.assert_array_equal(got.numpy(), want)
+        for got, want in zip(pickle.loads(pickle.dumps(tm))(Tensor(a)), tm(Tensor(a))):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_slice_bounds_computed_from_sizes_dump_and_follow_the_input_as_upstream():
+    # upstream 1.13 measured (jit.trace of the traced module, dumped, GraphInference at 4, 6
+    # and 3 rows): shapes (2, 3), (4, 3), (2, 3) / (4, 3), (6, 3), (2, 3) / (1, 3), (3, 3),
+    # (2, 3), the values the module computes; earlier versions of this fork guarded the bounds
+    import io
+
+    from megengine.core._trace_option import set_symbolic_shape
+    from megengine.jit import trace
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    tm = trace_module(SlicesBySize(), Tensor(np.ones((4, 3), np.float32)))
+    saved = set_symbolic_shape(True)
+    try:
+        func = trace(tm, symbolic=True, capture_as_const=True)
+        func(Tensor(np.ones((4, 3), np.float32)))
+        f = io.BytesIO()
+        func.dump(f, arg_names=("x",))
+    finally:
+        set_symbolic_shape(saved)
+    f.seek(0)
+    g = GraphInference(f)
+    for n in (4, 6, 3):
+        a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        doubled = a * 2
+        doubled[: n // 2] = 0
+        got = list(g.run(inp_dict={"x": a}).values())
+        for g_, want in zip(got, (a[1 : n - 1], doubled, a[n - 2 :])):
+            np.testing.assert_array_equal(g_, want)
+
+
+class HalfByShapeTensor(M.Module):
+    def forward(self, x):
+        return x[: Tensor(x.shape)[0] // 2]
+
+
+def test_a_copy_of_the_shape_tensor_dumps_and_follows_the_input():
+    # Tensor(x.shape) in a traced module is a copy of its GetVarShape tensor (an Identity op);
+    # earlier versions of this fork lost its sizes there and refused to dump (DumpError)
+    # (upstream 1.13 measured: its dump gives 2, 3 and 1 rows at 4, 6 and 3)
+    import io
+
+    from megengine.core._trace_option import set_symbolic_shape
+    from megengine.jit import trace
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    tm = trace_module(HalfByShapeTensor(), Tensor(np.ones((4, 3), np.float32)))
+    saved = set_symbolic_shape(True)
+    try:
+        func = trace(tm, symbolic=True, capture_as_const=True)
+        func(Tensor(np.ones((4, 3), np.float32)))
+        f = io.BytesIO()
+        func.dump(f, arg_names=("x",))
+    finally:
+        set_symbolic_shape(saved)
+    f.seek(0)
+    g = GraphInference(f)
+    for n in (4, 6, 3):
+        a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        np.testing.assert_array_equal(list(g.run(inp_dict={"x": a}).values())[0], a[: n // 2])
+
+
 class _Boxes(Tensor):
     """A tensor subclass that adopts another tensor's attributes, as basedet's ``Boxes``."""
 

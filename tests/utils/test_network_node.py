@@ -217,3 +217,45 @@ def test_convolution_with_bias_is_dumped_as_convolution_and_add(layer, shape):
     file.seek(0)
     got = list(GraphInference(file).run(x).values())[0]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_pooling_is_upstreams_adaptive_pooling_operator():
+    # upstream 1.13 measured (Network.load, then megbrain_graph.load_graph + get_oprs_seq):
+    # AdaptivePooling / AdaptivePoolingForward with params {format, mode} and, at the graph
+    # level, an int32 second input of shape (2,), the output size; earlier versions of this fork
+    # wrote it as a PoolingForward of its windows
+    import json
+
+    import megengine.core.tensor.megbrain_graph as G
+    import megengine.utils.comp_graph_tools as cgtools
+
+    @trace(symbolic=True, capture_as_const=True)
+    def fwd(x):
+        return F.adaptive_avg_pool2d(x, (2, 3)), F.adaptive_max_pool2d(x, 2), F.avg_pool2d(x, 2)
+
+    x = np.random.rand(1, 2, 6, 6).astype("float32")
+    fwd(mge.tensor(x))
+    file = io.BytesIO()
+    fwd.dump(file, arg_names=["x"], optimize_for_inference=False)
+    file.seek(0)
+    net = Network.load(file)
+    adaptive = net.opr_filter.type(N.AdaptivePoolingForward).as_list()
+    assert [(o.type, o.params["mode"], o.params["format"]) for o in adaptive] == [
+        ("AdaptivePooling", "AVERAGE", "NCHW"), ("AdaptivePooling", "MAX", "NCHW")]
+    assert net.opr_filter.type(N.PoolingForward).as_count() == 1
+    file.seek(0)
+    seq = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+    graph_level = [o for o in seq if o.type == "AdaptivePoolingForward"]
+    assert [json.loads(o.params) for o in graph_level] == [
+        {"format": "NCHW", "mode": "AVERAGE"}, {"format": "NCHW", "mode": "MAX"}]
+    assert [o.inputs[1].owner.numpy().tolist() for o in graph_level] == [[2, 3], [2, 2]]
+    assert [o.inputs[1].dtype for o in graph_level] == [np.int32, np.int32]
+    # the program still computes the pools (torch's adaptive pooling agrees on these windows)
+    import torch
+
+    file.seek(0)
+    got = list(GraphInference(file).run(x).values())
+    t = torch.tensor(x)
+    np.testing.assert_allclose(got[0], torch.nn.functional.adaptive_avg_pool2d(t, (2, 3)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(got[1], torch.nn.functional.adaptive_max_pool2d(t, 2))

@@ -154,6 +154,70 @@ class Sizes(M.Module):  # sizes used as data: a mean over the batch, a float sca
         return x.sum(0) / x.shape[0] + x * (x.shape[1] * 0.5)
 
 
+class SetSub(M.Module):  # slice assignment (SetSubtensor), bounds from sizes too, as
+    # upstream's preprocessing tests fill a warp matrix; IncrSubtensor by its descriptor
+    def forward(self, x):
+        from megengine.core._imperative_rt.core2 import apply
+        from megengine.core.ops import builtin
+
+        n = x.shape[0]
+        y = x * 1
+        y[: n // 2] = 0
+        m = F.broadcast_to(F.zeros((1,)), (n, 3, 3))
+        m[:, 0, 0] = x[:, 0, 0]
+        m[:, 1, 2] = x[:, 1, 1] * 2
+        inc = builtin.IncrSubtensor([[1, True, True, False, False]])
+        return y, m, apply(inc, x, x[:, :1], mge.tensor(0), mge.tensor(1))[0]
+
+
+class Warp(M.Module):  # preprocessing as upstream's traced_module tests dump it: a warp
+    # matrix filled by slice assignment, WarpPerspectiveV2 of an NHWC image (the CPU kernel's
+    # sampling) and of an NCHW image per matrix (mat_idx; whole-pixel shifts),
+    # MatrixInverse
+    def forward(self, img, x, roi, idx):
+        n, h, w, _ = img.shape
+        scale = F.maximum((roi[:, 1, 0] - roi[:, 0, 0]) / w, (roi[:, 1, 1] - roi[:, 0, 1]) / h)
+        m = F.broadcast_to(F.zeros((1,)), (n, 3, 3))
+        m[:, 0, 0] = scale
+        m[:, 0, 2] = roi[:, 0, 0]
+        m[:, 1, 1] = scale
+        m[:, 1, 2] = roi[:, 0, 1]
+        m[:, 2, 2] = 1
+        a = F.vision.warp_perspective(img, m, (h, w), border_mode="constant", format="NHWC")
+        shift = mge.tensor([[[1, 0, 1], [0, 1, 2], [0, 0, 1]], [[1, 0, -1], [0, 1, 0], [0, 0, 1]],
+                            [[1, 0, 0], [0, 1, 1], [0, 0, 1]]], dtype="float32")
+        b = F.vision.warp_perspective(x, shift, (3, 4), mat_idx=idx, border_mode="reflect")
+        return a, b, F.matinv(m)
+
+
+class Vision(M.Module):  # WarpAffineV2 (NHWC), RemapV1, ROIAlignV1 (aligned or not, max
+    # or average), ROIPooling (their argmax outputs unread)
+    def forward(self, x, rois, map_xy):
+        mat = mge.tensor([[[1.0, 0.1, 0.5], [0.0, 1.0, 1.0]], [[0.9, 0.0, 0.0], [0.2, 1.1, -1.0]]])
+        a = F.vision.warp_affine(x.transpose(0, 2, 3, 1), mat, (6, 7), border_mode="constant",
+                                 border_val=0.5)
+        b = F.vision.remap(x, map_xy, border_mode="reflect")
+        c = F.vision.roi_align(x, rois, (2, 3), spatial_scale=0.5, sample_points=2)
+        d = F.vision.roi_align(x, rois, 2, mode="max", sample_points=(1, 2), aligned=False)
+        e = F.vision.roi_pooling(x, rois, (3, 2), scale=0.5)
+        return a, b, c, d, e
+
+
+class Neighbours(M.Module):  # LRN, Diag, Images2Neibs (F.sliding_window), CorrelationForward
+    def forward(self, x):
+        return (F.nn.local_response_norm(x, 3, 1.5, 1e-3, 0.6), F.diag(x[0, 0, 0], k=1),
+                F.sliding_window(x, (2, 3), padding=(1, 0), stride=(2, 1), dilation=(1, 2)),
+                F.vision.correlation(x, x * 0.5, kernel_size=3, max_displacement=2, stride1=1,
+                                     stride2=2, pad_size=2, is_multiply=False))
+
+
+class Volume(M.Module):  # Resize3D (trilinear, align_corners or not), SVD's singular values
+    def forward(self, x):
+        return (F.vision.interpolate(x, size=(3, 5, 4), mode="trilinear"),
+                F.vision.interpolate(x, scale_factor=1.5, mode="trilinear", align_corners=True),
+                F.svd(x[:, 0, 0])[1])  # (upstream 1.13's compute_uv=False raises)
+
+
 class OneHot(M.Module):  # IndexingOneHot: F.indexing_one_hot and cross_entropy's pick
     def forward(self, x):
         return (F.indexing_one_hot(x, F.argmin(x, axis=1), 1),
@@ -379,6 +443,42 @@ def main(out_dir):
          {"data": img(1, 2, 4, 4)}, {})
     make("q_batchconv", QBatchConv(img(2, 3, 2, 3, 3) * 0.1, img(1, 3, 1, 1) * 0.2),
          {"data": img(2, 2, 4, 4)}, {})
+    make_setsub()
+
+
+def make_roi_index():
+    """roi_index.mge: ROIAlign's argmax indices as the output (refused: not computed); no .npz."""
+    from megengine.core._imperative_rt.core2 import apply
+    from megengine.core.ops import builtin
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x, rois):
+        op = builtin.ROIAlign(mode="max", spatial_scale=1.0, offset=0.0, pooled_height=2,
+                              pooled_width=2, sample_height=2, sample_width=2)
+        return apply(op, x, rois)[1]
+
+    f(mge.tensor(np.ones((1, 2, 4, 4), "float32")),
+      mge.tensor(np.array([[0, 0, 0, 3, 3]], "float32")))
+    f.dump("roi_index.mge", arg_names=["x", "rois"])
+    print("roi_index", os.path.getsize("roi_index.mge"), "bytes")
+
+
+def make_setsub():
+    """setsub, warp, vision, neighbours, volume and roi_index.mge (their own random inputs: the
+    files above keep theirs)."""
+    x = np.random.RandomState(5).randn(2, 3, 4).astype("float32")
+    make("setsub", SetSub(), {"x": x}, {}, batch2=3)
+    rng = np.random.RandomState(6)
+    roi = np.array([[[1, 2], [7, 12]], [[0, 0], [4, 5]]], "float32")
+    make("warp", Warp(), {"img": rng.randint(0, 256, (2, 14, 8, 3)).astype("float32"),
+                          "x": rng.randn(2, 2, 5, 6).astype("float32"), "roi": roi,
+                          "idx": np.array([1, 0, 1], "int32")}, {})
+    rois = np.array([[0, 1.5, 1, 9, 12], [1, 0, 2.5, 7, 7], [1, 3, 3, 4, 4]], "float32")
+    make("vision", Vision(), {"x": rng.rand(2, 3, 8, 8).astype("float32"), "rois": rois,
+                              "map_xy": (rng.rand(2, 5, 6, 2) * 9 - 1).astype("float32")}, {})
+    make("neighbours", Neighbours(), {"x": rng.rand(2, 3, 6, 7).astype("float32")}, {})
+    make("volume", Volume(), {"x": rng.rand(2, 2, 4, 4, 3).astype("float32")}, {})
+    make_roi_index()
 
 
 if __name__ == "__main__":
