@@ -351,12 +351,16 @@ class Stack(Op):
 
 
 def stack(inps, axis=0, device=None):
-    """Join same-shape tensors along a new ``axis`` (``device`` as `concat`'s)."""
+    """Join same-shape tensors along a new ``axis`` (``device`` as `concat`'s).
+
+    As upstream (and as in `concat`), a 0-d item counts as shape ``(1,)``: three scalars stack
+    to shape ``(3, 1)``, or ``(1, 3)`` with ``axis=-1``."""
     inps = _joined_tensors(inps)
     if not inps:
         raise ValueError("stack: got no tensors to join")
     if device is not None:
         inps = _onto(inps, device)
+    inps = [t.reshape(1) if t._data.ndim == 0 else t for t in inps]
     return apply(Stack(_axis(axis, inps[0]._data.ndim + 1, "stack")), *inps)
 
 

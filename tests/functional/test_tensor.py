@@ -511,3 +511,18 @@ def test_flatten_refuses_an_axis_out_of_range():
             x.flatten(start, end)  # the method too
     assert F.flatten(x, -3, -2).shape == (2, 12, 5) == x.flatten(-3, -2).shape
     assert F.flatten(mge.tensor(3.0)).shape == (1,)
+
+
+def test_stack_of_0d_tensors_counts_each_as_shape_1():
+    # upstream 1.13 measured: F.stack of three 0-d tensors is (3, 1), (1, 3) with axis=-1, and
+    # [0-d, (1,)] stacks to (2, 1); a 0-d input's gradient is 0-d
+    s = [mge.tensor(1.0), mge.tensor(2.0), mge.Parameter(3.0)]
+    assert F.stack(s).numpy().tolist() == [[1.0], [2.0], [3.0]]
+    assert F.stack(s, axis=-1).shape == (1, 3) and F.stack(s, axis=1).shape == (1, 3)
+    assert F.stack([mge.tensor(1.0), mge.tensor([2.0])]).shape == (2, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        F.stack(s, axis=2)
+    gm = GradManager().attach(s[2])
+    with gm:
+        gm.backward((F.stack(s) * mge.tensor([[1.0], [2.0], [5.0]])).sum())
+    assert s[2].grad.shape == () and s[2].grad.item() == 5.0
