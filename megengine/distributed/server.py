@@ -6,9 +6,14 @@ hosts the rendezvous (torch's TCPStore) itself, so a Server is optional; code wr
 upstream that starts one first still works: the Server hosts the TCPStore on ``port`` and
 every rank, rank 0 included, joins it as a client. The Server must run on rank 0's machine
 (upstream's master node).
+
+The store runs in a process of its own, forked when the Server is made: torch's store server
+looks up each connecting peer's host name, and a rank forked while that lookup held glibc's
+resolver lock would wait forever for the lock in its own first lookup.
 """
 import datetime
 import os
+import signal
 import socket
 import tempfile
 import weakref
@@ -37,24 +42,21 @@ def _remove_marker(path, pid):
 class Server:
     """Host the rendezvous of ``init_process_group`` on ``port`` of this machine (0: a free
     port, read it back from ``py_server_port``). Keep the object alive until every rank has
-    joined; it serves until it is garbage collected."""
+    joined; it serves until it is garbage collected (or this process ends)."""
 
     def __init__(self, port: int = 0):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise ValueError(f"Server: port must be an int in [0, 65535], got {port!r}")
-        import torch.distributed as dist
-
-        try:
-            self._store = dist.TCPStore("localhost", port, is_master=True,
-                                        wait_for_workers=False,
-                                        timeout=datetime.timedelta(seconds=30))
-        except Exception as error:  # torch's text does not say which port
-            raise RuntimeError(f"Server: cannot listen on port {port}: {error}") from error
-        self.py_server_port = self._store.port
+        if not hasattr(os, "fork"):  # no fork, so no forked rank to deadlock: serve from here
+            self._store = _listen(port)
+            self.py_server_port, self._pid = self._store.port, os.getpid()
+        else:
+            self.py_server_port, self._pid, stop = _fork_store_process(port)
+            weakref.finalize(self, _stop_store_process, self._pid, stop)
         path = _marker(self.py_server_port)
         with open(path, "w") as f:
-            f.write(str(os.getpid()))
-        weakref.finalize(self, _remove_marker, path, os.getpid())
+            f.write(str(self._pid))
+        weakref.finalize(self, _remove_marker, path, self._pid)
 
     @property
     def port(self) -> int:
@@ -62,6 +64,65 @@ class Server:
 
     def __repr__(self):
         return f"<megengine.distributed.Server on port {self.py_server_port}>"
+
+
+def _listen(port):
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore("localhost", port, is_master=True, wait_for_workers=False,
+                             timeout=datetime.timedelta(seconds=30))
+    except Exception as error:  # torch's text does not say which port
+        raise RuntimeError(f"Server: cannot listen on port {port}: {error}") from error
+
+
+def _fork_store_process(port):
+    """Fork the process that hosts the store: (its port, its pid, the pipe end that stops it).
+    It serves until a byte or end-of-file arrives on that pipe, so it also ends with this
+    process (and with the ranks forked from it, which hold copies of the pipe end)."""
+    import torch.distributed  # noqa: F401  (imported here: the child must not import after fork)
+
+    stop_r, stop_w = os.pipe()
+    said_r, said_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the store's process: nothing of the parent runs here, not even atexit
+        status = 1
+        try:
+            os.close(stop_w)
+            os.close(said_r)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
+            try:
+                store = _listen(port)
+                os.write(said_w, f"ok {store.port}".encode())
+            except Exception as error:  # noqa: BLE001  (told to the owner, which raises it)
+                os.write(said_w, f"error {error}".encode())
+                raise
+            os.close(said_w)
+            os.read(stop_r, 1)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(stop_r)
+    os.close(said_w)
+    with os.fdopen(said_r, "rb") as said:  # read to its end: torch's errors span lines
+        answer = said.read().decode(errors="replace").rstrip("\n")
+    if not answer.startswith("ok "):
+        _stop_store_process(pid, stop_w)
+        raise RuntimeError(answer[len("error "):] if answer.startswith("error ")
+                           else f"Server: the process hosting port {port} ended at its start")
+    return int(answer[3:]), pid, stop_w
+
+
+def _stop_store_process(pid, stop):
+    try:
+        os.write(stop, b"x")  # a byte, not end-of-file: forked ranks hold the pipe open too
+    except OSError:  # the store's process has ended already
+        pass
+    os.close(stop)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped already (a SIGCHLD handler of the program)
+        pass
 
 
 def join_server(master_ip: str, port: int, timeout: float):
