@@ -295,8 +295,9 @@ class Profiler(ContextDecorator):
         """Write the latest recording in each requested format (``<path>/<pid>.<format>``)."""
         if self._start_ns is None:
             return  # never started: nothing to write
-        os.makedirs(self._path, exist_ok=True)
-        if not os.path.isdir(self._path):
+        if not os.path.exists(self._path):
+            os.makedirs(self._path)
+        if not os.path.isdir(self._path):  # a file of that name: upstream warns and goes on
             logger.warning(f"{self._path} is not a directory, cannot write profiling results")
             return
         if Profiler.CHROME_TIMELINE in self._formats:

@@ -267,3 +267,18 @@ def test_memory_flow_layout_by_hand():
     assert rects["B"]["x"] == pytest.approx(left + width / 2)
     assert rects["B"]["width"] == pytest.approx(width / 2)  # alive: drawn to the end
     assert rects["C"]["x"] == pytest.approx(left + width / 4)
+
+
+def test_a_file_where_the_results_go_warns_and_the_block_runs(tmp_path, caplog):
+    # upstream 1.13 measured: Profiler(<an existing file>) runs its block and warns
+    # "<path> is not a directory, cannot write profiling results"
+    import logging
+
+    path = tmp_path / "taken"
+    path.write_text("mine")
+    with caplog.at_level(logging.WARNING):
+        with Profiler(str(path), format="chrome_timeline.json"):
+            y = (mge.tensor([1.5]) * 2).numpy()
+    assert y.tolist() == [3.0] and path.read_text() == "mine"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is not a directory, cannot write profiling results"]
