@@ -154,7 +154,9 @@ ORDER_OPS = {
     "concat": (lambda q: F.concat([q, q[::-1]]), lambda v: torch.cat([v, v.flip(0)])),
     # (these dropped the scale, or filled with stored zeros: value -zero_point * scale)
     "stack": (lambda q: F.stack([q, q[::-1]], axis=1), lambda v: torch.stack([v, v.flip(0)], 1)),
-    "stack_0d": (lambda q: F.stack([q[0, 0], q[1, 1]]), lambda v: torch.stack([v[0, 0], v[1, 1]])),
+    # (F.stack counts 0-d items as shape (1,), as upstream)
+    "stack_0d": (lambda q: F.stack([q[0, 0], q[1, 1]]),
+                 lambda v: torch.stack([v[0, 0], v[1, 1]])[:, None]),
     "diag": (lambda q: F.diag(q[0], k=1), lambda v: torch.diag(v[0], 1)),
     "sliding_window": (lambda q: F.sliding_window(q.reshape(1, 1, 2, 4), 3, padding=1),
                        lambda v: torch.nn.functional.unfold(v.reshape(1, 1, 2, 4), 3, padding=1)
