@@ -179,8 +179,9 @@ def _stack(rng):
     axis = int(rng.integers(-len(base) - 1, len(base) + 1))
     k = int(rng.integers(1, 4))
     xs = [values(rng, base, "float32") for _ in range(k)]
+    # a 0-d item counts as shape (1,), as upstream's (torch's stack keeps it 0-d)
     return Case(f"stack({k} x {base}, axis={axis})", xs, lambda *a: F.stack(list(a), axis),
-                lambda *a: torch.stack(list(a), axis))
+                lambda *a: torch.stack([t.reshape(t.shape or (1,)) for t in a], axis))
 
 
 @op("split", "shape")
