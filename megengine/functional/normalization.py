@@ -674,7 +674,8 @@ def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
-    num_groups = _size(num_groups)  # (a TracedModule's size tensor: its value, or its SymDim)
+    if isinstance(num_groups, Tensor):  # (a TracedModule's size tensor: its SymDim or value)
+        num_groups = _size(num_groups)
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")
