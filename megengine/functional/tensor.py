@@ -388,6 +388,10 @@ def split(inp, nsplits_or_sections, axis=0):
     inp = _tensor(inp)
     axis = _axis(axis, inp.ndim, "split")
     size = inp.shape[axis]
+    if isinstance(nsplits_or_sections, Tensor) and nsplits_or_sections.ndim == 0:
+        # a count as a 0-d Tensor, as upstream takes it (a TracedModule computes x.shape[1] // 2
+        # so): its value (a guard in a dumpable trace: it fixes the number of outputs)
+        nsplits_or_sections = int(nsplits_or_sections)
     if is_int(nsplits_or_sections):
         # (a count from a dumpable trace's sizes fixes the number of outputs: a guard)
         n = int(nsplits_or_sections)
