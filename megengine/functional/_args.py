@@ -4,7 +4,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, promote_types
-from ..core.ops import AxisError
+from ..core.ops import AxisError, _size_item
 from ..core.tensor import Tensor
 
 
@@ -20,6 +20,16 @@ def _bias_widened(dtype, bias):
     if bias is not None and bias.dtype != dtype and bias.dtype.kind == dtype.kind == "f":
         return promote_types(dtype, bias.dtype)
     return dtype
+
+
+def _size(value):
+    """A size or count argument (``k``, ``repeats``, a section, an output size) as a Python int,
+    or as the int `SymDim` it holds while a dumpable trace records: a size from ``x.shape``, or
+    a one-element size tensor, which is what a TracedModule's graph computes from ``x.shape``
+    (``GetVarShape(x)[0] // 2``). The op then carries the expression, so a dumped program
+    computes it at the shapes it runs at; ``int()`` of either would be a guard. Other Tensors
+    are read (a noted host read), as ``int()`` reads them."""
+    return value if is_dim(value) else _size_item(value)
 
 
 def _pair(value, name, what):

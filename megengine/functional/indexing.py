@@ -4,11 +4,11 @@ import numpy as np
 
 from ..core import dtype as _qd
 from ..core import ops as _ops
-from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply, on_device
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
+from ._args import _size
 from .elemwise import _tensor
 from .tensor import _axis  # (this file's names are re-exported at the end of that one)
 
@@ -256,9 +256,10 @@ def _one_hot(xp, x, num_classes):
 
 def one_hot(inp, num_classes):
     """One-hot encoding of an integer tensor: a new last dim of size ``num_classes``."""
-    # (a count from x.shape in a dumpable trace stays an expression: Compute keeps it as an
-    # op parameter, which a dumped program computes at the shapes it runs at)
-    num_classes = num_classes if is_dim(num_classes) else int(num_classes)
+    # (a count from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
+    # expression: Compute keeps it as an op parameter, which a dumped program computes at the
+    # shapes it runs at)
+    num_classes = _size(num_classes)
     return apply(Compute(_one_hot, num_classes), _int_index(inp, "one_hot"))
 
 

@@ -12,7 +12,7 @@ from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, names_
                         xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float
+from ._args import _as_float, _size
 from .elemwise import _pair, _tensor, clip, sqrt
 from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
@@ -559,9 +559,9 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     """
     inp = _tensor(inp)
     _check_sortable(inp, "topk")
-    # (a k from x.shape in a dumpable trace stays an expression, TopK's parameter; its sign and
-    # its comparison with the row length are guards)
-    k, n = k if is_dim(k) else int(k), inp.shape[-1]
+    # (a k from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
+    # expression, TopK's parameter; its sign and its comparison with the row length are guards)
+    k, n = _size(k), inp.shape[-1]
     if k == 0:
         raise ValueError("topk: k must not be 0")
     if k < 0:

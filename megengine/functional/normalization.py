@@ -10,7 +10,7 @@ from ..core.dtype import float_value, quantize_array
 from ..core.ops import acc_dtype, all_ints, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _tensor
+from ._args import _as_float, _size, _tensor
 
 __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
            "local_response_norm", "sync_batch_norm"]
@@ -674,6 +674,8 @@ def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
+    if isinstance(num_groups, Tensor):  # (a TracedModule's size tensor: its SymDim or value)
+        num_groups = _size(num_groups)
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")

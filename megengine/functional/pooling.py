@@ -14,8 +14,9 @@ from ..core import _config
 from ..core._trace_option import is_dim
 from ..core.dispatch import Op, apply
 from ..core.dtype_rules import no_order
+from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _pair, _tensor
+from ._args import _as_float, _pair, _size, _tensor
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
 
@@ -380,12 +381,17 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
 
 
 def _size_pair(oshp, what):
-    """``oshp`` as (OH, OW); sizes read from ``x.shape`` in a dumpable trace stay expressions
-    (`megengine.core._trace_option`), so that the windows follow the input's size."""
-    if is_dim(oshp):
+    """``oshp`` as (OH, OW); sizes read from ``x.shape`` in a dumpable trace, and a
+    TracedModule's size tensors, stay expressions (`megengine.core._trace_option`), so that the
+    windows follow the input's size."""
+    def held(s):  # (a size that may hold an expression)
+        return is_dim(s) or (isinstance(s, Tensor) and s.ndim == 0)
+
+    if held(oshp):
+        oshp = _size(oshp)
         return oshp, oshp
-    if isinstance(oshp, (tuple, list)) and len(oshp) == 2 and any(map(is_dim, oshp)):
-        return tuple(s if is_dim(s) else _pair(s, "oshp", what)[0] for s in oshp)
+    if isinstance(oshp, (tuple, list)) and len(oshp) == 2 and any(map(held, oshp)):
+        return tuple(_size(s) if held(s) else _pair(s, "oshp", what)[0] for s in oshp)
     return _pair(oshp, "oshp", what)
 
 

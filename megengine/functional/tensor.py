@@ -11,6 +11,7 @@ from ..core.dispatch import Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
 from ..core.ops import AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
+from ._args import _size
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
     _Arange, _ArangeOf, _Eye, _Linspace, _LinspaceOf, _dtype, _like, _num, _place, _shape,
@@ -387,6 +388,10 @@ def split(inp, nsplits_or_sections, axis=0):
     inp = _tensor(inp)
     axis = _axis(axis, inp.ndim, "split")
     size = inp.shape[axis]
+    if isinstance(nsplits_or_sections, Tensor) and nsplits_or_sections.ndim == 0:
+        # a count as a 0-d Tensor, as upstream takes it (a TracedModule computes x.shape[1] // 2
+        # so): its value (a guard in a dumpable trace: it fixes the number of outputs)
+        nsplits_or_sections = int(nsplits_or_sections)
     if is_int(nsplits_or_sections):
         # (a count from a dumpable trace's sizes fixes the number of outputs: a guard)
         n = int(nsplits_or_sections)
@@ -397,7 +402,9 @@ def split(inp, nsplits_or_sections, axis=0):
         # with // (0 <= rest < n), so that a size of a dumpable trace stays an expression
         bounds = [k * div + rest - (rest - k) * ((rest - k + n) // n) for k in range(n + 1)]
     else:
-        points = [p if is_dim(p) else int(p) for p in nsplits_or_sections]
+        # (sections from x.shape in a dumpable trace, or a TracedModule's size tensors, stay
+        # expressions: the bounds follow the input)
+        points = [_size(p) for p in nsplits_or_sections]
         bounds = [0] + points + [size]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
             # upstream's exact text (code matches it); what is wrong shows as a note under it
@@ -416,7 +423,9 @@ def repeat(inp, repeats, axis=None):
         raise TypeError(f"repeat: repeats must be one int (every element repeated alike), got "
                         f"{repeats!r}; for per-element counts index with "
                         "np.repeat(np.arange(n), counts)")
-    repeats = int(repeats)
+    # (a count from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
+    # expression: the broadcast and reshape below carry it)
+    repeats = _size(repeats)
     if repeats < 1:
         raise ValueError(f"repeat: repeats must be >= 1, got {repeats}")
     if axis is None:

@@ -12,7 +12,7 @@ from ..core.dtype import refuse_quantized
 from ..core.ops import LinearMap, xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
-from ._args import _as_float, _astype_real, _tensor
+from ._args import _as_float, _astype_real, _size, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -208,8 +208,9 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
             held = sizes_of(size)  # (a Tensor made of x.shape in a dumpable trace: SymDims)
             size = size.numpy().tolist() if held is None else held.tolist()
         sizes = (size,) * spatial if is_int(size) else tuple(size)
-        # (sizes from x.shape in a dumpable trace stay expressions; int() would fix them)
-        sizes = tuple(s if is_dim(s) else int(s) for s in sizes)
+        # (sizes from x.shape in a dumpable trace, or a TracedModule's size tensors, stay
+        # expressions; int() would fix them)
+        sizes = tuple(_size(s) for s in sizes)
     else:
         scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) or \
             is_sym(scale_factor) else tuple(scale_factor)

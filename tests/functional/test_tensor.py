@@ -228,6 +228,18 @@ def test_split():
     assert "must be increasing" in info.value.__notes__[0]  # ours, shown in the traceback
 
 
+def test_split_takes_a_count_as_a_0d_tensor():
+    # upstream 1.13 measured on (4, 3): tensor(2) and tensor(2.0) give 2 parts of 2 rows,
+    # tensor(3) parts of 2, 1 and 1 rows, tensor([2]) (sections) 2 and 2; a TracedModule passes
+    # a count computed from x.shape so. Earlier versions of this fork raised TypeError.
+    x = mge.tensor(np.arange(12, dtype=np.float32).reshape(4, 3))
+    for count, rows in [(mge.tensor(2), [2, 2]), (mge.tensor(2.0), [2, 2]),
+                        (mge.tensor(3), [2, 1, 1]), (mge.tensor([2]), [2, 2])]:
+        parts = F.split(x, count)
+        assert [p.shape for p in parts] == [(r, 3) for r in rows]
+        np.testing.assert_array_equal(np.concatenate([p.numpy() for p in parts]), x.numpy())
+
+
 @pytest.mark.parametrize("axis", [None, 0, 1])
 def test_repeat(axis):
     check(lambda t: F.repeat(t, 3, axis), lambda t: torch.repeat_interleave(t, 3, axis), rand(2, 3))

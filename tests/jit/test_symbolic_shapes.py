@@ -20,6 +20,7 @@ from megengine.core._trace_option import Shape, SymDim, set_symbolic_shape
 from megengine.jit import trace
 from megengine.jit.dump import _MAGIC, DumpError
 from megengine.jit.shape_guards import ShapeGuardError
+from megengine.traced_module import trace_module
 from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
 
@@ -325,6 +326,67 @@ def test_a_shape_tensor_no_rule_follows_is_an_input_of_the_op_or_a_read_the_dump
         _dump(read, (2, 3))
 
 
+# ----- sizes given to functions, also as a TracedModule's graph computes them ---------------
+# A TracedModule computes ``x.shape[0] // 2`` from its GetVarShape tensor: an int32 tensor, which
+# the functions below carry as they carry the size itself. Earlier versions of this fork read
+# such a tensor as an int (a guard: ShapeGuardError at another batch size), and F.repeat read
+# ``x.shape[0]`` itself so. Upstream 1.13 measured (trace_module, then trace(symbolic=True,
+# capture_as_const=True).dump, traced at (4, 3), GraphInference at (6, 3)): each follows the
+# input, except group_norm, whose dump upstream refuses (the traced module itself follows).
+
+def _group_norm_of_pairs(a):
+    g = a.reshape(len(a) // 2, -1)
+    g = (g - g.mean(1, keepdims=True)) / np.sqrt(g.var(1, keepdims=True) + 1e-5)
+    return g.reshape(1, len(a), 3, 1)
+
+
+SIZED_BY_THE_BATCH = {  # name -> (function of x of shape (n, 3), numpy oracle)
+    "F.topk(x, n // 2)": (lambda x: F.topk(x[:, 0], x.shape[0] // 2)[0],
+                          lambda a: np.sort(a[:, 0])[: len(a) // 2]),
+    "F.repeat(x, n)": (lambda x: F.repeat(x[:1], x.shape[0], axis=0),
+                       lambda a: np.repeat(a[:1], len(a), axis=0)),
+    "F.split(x, [n // 2])": (lambda x: F.split(x, [x.shape[0] // 2])[1],
+                             lambda a: a[len(a) // 2:]),
+    "F.nn.interpolate(size=(n * 2, 6))": (
+        lambda x: F.nn.interpolate(x.reshape(1, 1, x.shape[0], 3), size=(x.shape[0] * 2, 6),
+                                   mode="nearest"),
+        lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[None, None]),
+    "F.one_hot(y, n)": (lambda x: F.one_hot(F.zeros((3,), "int32"), x.shape[0]),
+                        lambda a: np.eye(len(a), dtype="int32")[[0, 0, 0]]),
+    "F.adaptive_avg_pool2d(y, (n // 2, 1))": (
+        lambda x: F.adaptive_avg_pool2d(x.reshape(1, 1, x.shape[0], 3), (x.shape[0] // 2, 1)),
+        lambda a: a.reshape(-1, 6).mean(1).reshape(1, 1, -1, 1)),
+    "F.nn.group_norm(y, n // 2)": (
+        lambda x: F.nn.group_norm(x.reshape(1, x.shape[0], 3, 1), x.shape[0] // 2, affine=False),
+        _group_norm_of_pairs),
+}
+
+
+class _Calls(M.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("name", list(SIZED_BY_THE_BATCH))
+@pytest.mark.parametrize("traced_module", [False, True], ids=["function", "TracedModule"])
+def test_sizes_given_to_functions_follow_the_batch(name, traced_module):
+    fn, oracle = SIZED_BY_THE_BATCH[name]
+    if traced_module:
+        fn = trace_module(_Calls(fn), mge.tensor(_data(4, 3)))
+    buf = _dump(fn, (4, 3))
+    for n in (6, 8, 2):
+        x = _data(n, 3)
+        want = oracle(x)
+        runs = [_run(buf, x)[0]] + ([fn(mge.tensor(x)).numpy()] if traced_module else [])
+        for got in runs:
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
     from megengine.core import _trace_option as opt
 
@@ -373,8 +435,10 @@ def _eye_by_shape(x):  # (F.eye of a size is an op that follows it: numpy's own 
     return x @ mge.tensor(np.eye(x.shape[1], dtype="float32"))
 
 
-def _repeat_by_shape(x):
-    return F.repeat(x, x.shape[1], axis=1)
+def _pad_by_shape(x):
+    # upstream 1.13 measured: its dump keeps the traced width (traced at (2, 3), run at (2, 4) it
+    # gives (2, 7) where eager gives (2, 8)); here the width is a guard
+    return F.nn.pad(x, ((0, 0), (0, x.shape[1])))
 
 
 # name -> (function, traced shape, a shape where the guard holds, a shape where it fails,
@@ -387,8 +451,8 @@ GUARDS = {
     "int": (_int, (2, 3), (2, 6), (3, 3), "int(x.shape[0])"),
     "int() of a float size": (_int_of_float, (1, 1, 4, 3), (2, 1, 4, 5), (1, 1, 6, 3),
                               "int(x.shape[2] * 1.5)"),
-    "an op parameter not carried": (_repeat_by_shape, (2, 3), (5, 3), (2, 4),
-                                    "F.repeat(x, x.shape[1], axis=1)"),
+    "an op parameter not carried": (_pad_by_shape, (2, 3), (5, 3), (2, 4),
+                                    "F.nn.pad(x, ((0, 0), (0, x.shape[1])))"),
 }
 
 

@@ -497,13 +497,13 @@ def test_an_error_inside_forward_leaves_nothing_patched():
     np.testing.assert_allclose(m.inner(x).numpy(), Block.forward(m.inner, x).numpy())
 
 
-class RepeatsBatch(M.Module):
+class PadsByBatch(M.Module):
     def forward(self, x):
-        return F.repeat(F.ones((1, 2)), x.shape[0], axis=0) + x
+        return F.nn.pad(x, ((0, x.shape[0]), (0, 0)))
 
 
 def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
-    # int(x.shape[0]) of the shape tensor (F.repeat reads its count so) is the size, kept as
+    # int(x.shape[0]) of the shape tensor (F.nn.pad reads its widths so) is the size, kept as
     # a shape guard, as jit.trace keeps int(x.shape[0]) of a tuple: the file runs at the
     # traced shape and says why it refuses another (it raised DumpError: a value read)
     import io
@@ -512,7 +512,7 @@ def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
     from megengine.jit import ShapeGuardError, trace
     from megengine.utils.comp_graph_tools import GraphInference
 
-    tm = trace_module(RepeatsBatch(), _inp(3, 2))
+    tm = trace_module(PadsByBatch(), _inp(3, 2))
     saved = set_symbolic_shape(True)
     try:
         func = trace(tm, capture_as_const=True)
