@@ -11,6 +11,19 @@ from .module import Module
 __all__ = ["Embedding"]
 
 
+def _advance_numpy_global_rng(count: int, chunk: int = 1 << 20) -> None:
+    """Draw ``count`` uniforms from numpy's global generator and drop them.
+
+    Upstream's ``Embedding`` builds its weight from ``np.random.uniform(size=...)`` before
+    ``reset_parameters`` overwrites it from ``megengine.random``, so a program's later
+    ``np.random`` draws (after ``np.random.seed``) depend on it; the same draws here keep them
+    upstream's. Drawn in chunks, which leave the generator where one draw would.
+    """
+    while count > 0:
+        np.random.uniform(size=min(count, chunk))
+        count -= chunk
+
+
 class Embedding(Module):
     """``weight`` (num_embeddings, embedding_dim); ``forward(indices)`` returns its rows.
 
@@ -37,6 +50,7 @@ class Embedding(Module):
         self.freeze = freeze
         shape = (num_embeddings, embedding_dim)
         if initial_weight is None:
+            _advance_numpy_global_rng(num_embeddings * embedding_dim)
             self.weight = Parameter(np.zeros(shape, np.float32))
             self.reset_parameters()
         else:

@@ -325,6 +325,29 @@ def test_embedding():
         M.Embedding(5, 2, padding_idx=0)
 
 
+def test_embedding_advances_numpys_global_generator_as_upstream():
+    # upstream 1.13 measured: after np.random.seed(0), M.Embedding(10, 4) leaves
+    # np.random.rand() at 0.359507900573786 (it draws a throwaway uniform weight first); given
+    # its weight (initial_weight, from_pretrained) it draws nothing: 0.5488135039273248
+    np.random.seed(0)
+    M.Embedding(10, 4)
+    assert np.random.rand() == 0.359507900573786
+    w = mge.tensor(np.ones((3, 5), np.float32))
+    np.random.seed(0)
+    M.Embedding(3, 5, initial_weight=w)
+    assert np.random.rand() == 0.5488135039273248
+    np.random.seed(0)
+    M.Embedding.from_pretrained(w)
+    assert np.random.rand() == 0.5488135039273248
+    # a table larger than one chunk of the draw leaves the generator where numpy's one draw does
+    np.random.seed(1)
+    np.random.uniform(size=(1100, 1000))
+    expected = np.random.rand()
+    np.random.seed(1)
+    M.Embedding(1100, 1000)
+    assert np.random.rand() == expected
+
+
 def test_dropout_statistics_and_modes():
     m = M.Dropout(0.3)
     x = mge.tensor(np.ones((200, 200), np.float32))
