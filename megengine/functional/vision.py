@@ -8,7 +8,7 @@ import numpy as np
 from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
-from ..core.dtype import refuse_quantized
+from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import LinearMap, xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
@@ -422,8 +422,8 @@ class _PerspectivePoints(Op):
 
 
 # Upstream's CPU warp_affine and warp_perspective run OpenCV's algorithms when the image is
-# NHWC float32 or uint8 with few channels (megdnn's is_cv_available: affine 1-3 channels,
-# perspective 1 or 3 and no mat_idx): the source point is rounded to the 1/32-pixel grid of
+# NHWC float32 or uint8 with few channels (affine 1-3 channels, perspective 1 or 3, with or
+# without mat_idx; upstream 1.13 measured): the source point is rounded to the 1/32-pixel grid of
 # the interpolation tables (nearest: to whole pixels); warp_affine first computes it in
 # 1/1024-pixel fixed point. A point 0.667 px into a pixel samples at 21/32 = 0.656.
 # Upstream's CUDA kernels use the exact point, and so does this engine on GPUs.
@@ -470,8 +470,12 @@ def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
     return border_mode, interp_mode
 
 
-def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, channels_last):
-    """Run `_Sample` on an NCHW (or NHWC) image; integer images are rounded back to their dtype."""
+def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, channels_last,
+            cv=False):
+    """Run `_Sample` on an NCHW (or NHWC) image; integer images are rounded back to their dtype
+    as upstream's CPU kernels do: OpenCV's (``cv``) in fixed point, halves up, with the border
+    value cast to the dtype first (C's cast: truncated, wrapped); the others clip and round
+    halves away from zero."""
     if inp.ndim != 4:
         raise ValueError(f"{what}: inp must be a 4-d image batch, got shape {inp.shape}")
     img = inp.transpose(0, 3, 1, 2) if channels_last else inp
@@ -479,27 +483,36 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     if img.dtype.kind == "b":  # (no bool kernel upstream; a cast back to bool would be lossy)
         raise TypeError(f"{what}: bool images are not supported; convert with "
                         ".astype('uint8') or .astype('float32')")
+    plain_int = int_dtype is not None and int_dtype.metadata is None
     if int_dtype is not None:
         img = _astype_real(img, np.float32, what)
+    border_val = float(border_val)
+    if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
+        border_val = float(np.array(int(border_val)).astype(int_dtype))
     extra = () if batch is None else (batch,)
-    out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
-    if int_dtype is not None and int_dtype.metadata is not None:
+    out = apply(_Sample(interp_mode, border_mode, border_val), img, points, *extra)
+    if int_dtype is not None and not plain_int:
         out = out.astype(int_dtype)  # a quantized image: sampled values, quantized again
-    elif int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
-        out = apply(_RoundSaturate(int_dtype), out)
+    elif plain_int:
+        out = apply(_RoundSaturate(int_dtype, "half_up" if cv else "half_away"), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
 
 
 class _RoundSaturate(Op):
-    """Float pixels back to an integer dtype: rounded to nearest (halves to even, or away from
-    zero with ``half_away``), clipped to its range."""
+    """Float pixels back to an integer dtype: rounded to nearest (halves to even; ``half_away``
+    from zero, or ``"half_up"``), clipped to its range."""
 
     def __init__(self, dtype, half_away=False):
         self.dtype, self.half_away = np.dtype(dtype), half_away
 
     def forward(self, x):
         xp, info = xp_of(x), np.iinfo(self.dtype)
-        rounded = xp.copysign(xp.floor(xp.abs(x) + 0.5), x) if self.half_away else xp.rint(x)
+        if self.half_away == "half_up":  # OpenCV's fixed point: (sum + half) >> bits
+            rounded = xp.floor(x.astype(np.float64) + 0.5)
+        elif self.half_away:  # (floor(|x| + 0.5) in float32 would take 0.49999997 to 1)
+            rounded = round_half_away(xp, x)
+        else:
+            rounded = xp.rint(x)
         return xp.clip(rounded, info.min, info.max).astype(self.dtype)
 
     def backward(self, g):
@@ -531,6 +544,11 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
+    if inp.dtype.kind in "iu" and inp.dtype.metadata is None:
+        # an integer image's border value is rounded to its dtype first (upstream 1.13
+        # measured: uint8 0.5 -> 1, 300 -> 255, -1 -> 0)
+        info = np.iinfo(inp.dtype)
+        scalar = float(round_half_away(np, np.clip(float(scalar), info.min, info.max)))
     return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, channels_last)
 
 
@@ -558,7 +576,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     oh, ow = _out_hw(out_shape, what)
     cv_grid = None
     channels = (1, 2, 3) if rows == 2 else (1, 3)
-    if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
+    if (format == "NHWC" and inp.ndim == 4 and inp.shape[3] in channels
             and (inp.dtype in (np.float32, np.uint8) or inp.dtype.metadata is not None)
             and str(inp._device).startswith("cpu")):
         # upstream's CPU kernel for these is OpenCV's (see above); a quantized image samples
@@ -566,7 +584,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
         cv_grid = interp_mode
     points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
-                   format == "NHWC")
+                   format == "NHWC", cv=cv_grid is not None)
 
 
 def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate", border_val=0.0,
@@ -579,10 +597,11 @@ def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate",
     matrix per image). ``out_shape`` is (h, w). Border and interpolation modes as `remap`.
     Gradients reach ``inp`` and ``mat``.
 
-    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels without ``mat_idx`` samples
-    where upstream's CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32
-    pixel (nearest mode: to whole pixels). Elsewhere the points are exact, as upstream's
-    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
+    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels samples where upstream's
+    CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode:
+    to whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
+    Elsewhere the points are exact, as upstream's CUDA kernel. The gradient in ``mat`` is that
+    of the exact points either way.
     """
     return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
                  format, interp_mode, 3)
@@ -598,8 +617,9 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
 
     On the CPU, an NHWC float32 or uint8 image of 1-3 channels samples where upstream's CPU
     kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode: to
-    whole pixels). Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's
-    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
+    whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
+    Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's CUDA kernel.
+    The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
                  interp_mode, 2)

@@ -262,12 +262,14 @@ def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
         want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, interp_mode=interp).numpy()
         np.testing.assert_allclose(got.numpy(), want.transpose(0, 2, 3, 1), rtol=1e-6,
                                    atol=1e-6)
-    if interp == "linear":  # exact points differ; with mat_idx upstream has no OpenCV kernel
+        # with mat_idx too (upstream 1.13 measured: its NHWC mat_idx path is OpenCV's as well)
+        indexed = F.vision.warp_perspective(img, mat[::-1], (4, 7), mat_idx=[1, 0],
+                                            format="NHWC", interp_mode=interp)
+        np.testing.assert_allclose(indexed.numpy(), want[::-1].transpose(0, 2, 3, 1),
+                                   rtol=1e-6, atol=1e-6)
+    if interp == "linear":  # exact points differ
         exact = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), mat, (4, 7)).numpy()
         assert not np.allclose(got.numpy(), exact.transpose(0, 2, 3, 1), atol=1e-3)
-        indexed = F.vision.warp_perspective(img, mat, (4, 7), mat_idx=[0, 1], format="NHWC")
-        np.testing.assert_allclose(indexed.numpy(), exact.transpose(0, 2, 3, 1), rtol=1e-5,
-                                   atol=1e-5)
 
 
 @pytest.mark.usefixtures("host_default_device")  # the CPU kernel's rounding
@@ -344,6 +346,29 @@ def test_conv_format_switch_sets_the_image_layout_as_upstream():
     finally:
         config._conv_format = "default"
     np.testing.assert_array_equal(out.numpy(), want_w)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
+def test_uint8_warps_round_and_fill_the_border_as_upstreams_cpu_kernels():
+    # upstream 1.13 measured (the constants below). Every point sits half a pixel off, so the
+    # results are x.5 ties and border values: OpenCV's kernel (NHWC, 1-3 channels, mat_idx or
+    # not) rounds halves up in fixed point and truncates border_val to uint8 first (300 -> 44,
+    # -3.7 -> 253); the others round halves away from zero with the border value as given,
+    # and remap rounds its scalar to uint8 first (0.5 -> 1)
+    img = np.array([[10, 11, 40], [20, 27, 50]], np.uint8)
+    mat = np.array([[[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]]], np.float32)
+    nhwc, nchw = img[None, :, :, None], img[None, None]
+    for idx in (None, [0]):
+        out = F.vision.warp_perspective(nhwc, mat, (2, 3), mat_idx=idx, border_mode="constant",
+                                        border_val=300.0, format="NHWC")
+        assert out.numpy()[0, ..., 0].tolist() == [[17, 32, 45], [34, 41, 46]]
+    out = F.vision.warp_affine(nhwc, mat[:, :2], (2, 3), border_mode="constant", border_val=-3.7)
+    assert out.numpy()[0, ..., 0].tolist() == [[17, 32, 149], [138, 146, 202]]
+    out = F.vision.warp_perspective(nchw, mat, (2, 3), border_mode="constant", border_val=300.0)
+    assert out.numpy()[0, 0].tolist() == [[17, 32, 173], [162, 169, 238]]
+    pts = np.array([[[[0.5, 0], [2.5, 0], [1.5, 1]]]], np.float32)
+    out = F.vision.remap(nchw, pts, border_mode="constant", scalar=0.5)
+    assert out.numpy()[0, 0].tolist() == [[11, 21, 39]]
 
 
 def test_warp_of_uint8_rounds_and_bad_modes_say_so():
