@@ -278,10 +278,16 @@ class _Sample(Op):
     """``out[b, c, oh, ow] = img[batch[b], c]`` read at ``points[b, oh, ow] = (x, y)``; gradients
     reach the image and (linear mode) the points. ``batch`` (an input, so that traces replay
     it) picks the image of each point set; default one per image. Works channels-last inside,
-    so that every gather and scatter moves whole pixel vectors."""
+    so that every gather and scatter moves whole pixel vectors.
 
-    def __init__(self, interp, border, border_val):
+    ``order`` is how upstream's kernel rounds the blend, in the images' float type (float32
+    for float16 and integer ones): "table" multiplies each pixel by its corner's weight
+    (OpenCV's weight tables; exact weights on its 1/32 grid), "warp" by the x factor, then the
+    y factor (megdnn's warp kernels), "remap" as megdnn's remap kernel orders them."""
+
+    def __init__(self, interp, border, border_val, order="table"):
         self.interp, self.border, self.border_val = interp, border, border_val
+        self.order = order
 
     def forward(self, img, points, batch=None):
         xp = xp_of(img)
@@ -289,8 +295,11 @@ class _Sample(Op):
         self.img_shape, self.dtype, self.pts_dtype = img.shape, img.dtype, points.dtype
         batch = xp.arange(points.shape[0]) if batch is None else batch.astype(np.int64)
         px, py = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
-        if self.interp == "nearest":
-            x0, y0 = xp.floor(px + 0.5), xp.floor(py + 0.5)
+        # float16 images are summed in float32 and rounded once, as upstream's kernels
+        acc = np.float32 if img.dtype == np.float16 else img.dtype
+        factors = [None] * 4
+        if self.interp == "nearest":  # halves to even, as upstream's remap
+            x0, y0 = xp.rint(px), xp.rint(py)
             corners = [(0, 0, xp.ones_like(px), None, None)]
         else:
             x0, y0 = xp.floor(px), xp.floor(py)
@@ -300,14 +309,17 @@ class _Sample(Op):
                        (1, 0, fx * (1 - fy), 1 - fy, -fx),
                        (0, 1, (1 - fx) * fy, -fy, 1 - fx),
                        (1, 1, fx * fy, fy, fx)]
+            if self.order != "table":  # the factors in the kernel's order, in its float type
+                ax, ay = fx.astype(acc), fy.astype(acc)
+                bx, by = 1 - ax, 1 - ay
+                factors = ([(bx, by), (ax, by), (bx, ay), (ax, ay)] if self.order == "warp"
+                           else [(bx, by), (by, ax), (bx, ay), (ay, ax)])
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
         img_t = xp.ascontiguousarray(img.transpose(0, 2, 3, 1))  # (N, H, W, C)
         bsel = batch.reshape(-1, 1, 1)
-        # float16 images are summed in float32 and rounded once, as torch's grid_sample
-        acc = np.float32 if img.dtype == np.float16 else img.dtype
         out = 0
         self.saved = []
-        for dx, dy, wgt, dwx, dwy in corners:
+        for (dx, dy, wgt, dwx, dwy), fac in zip(corners, factors):
             xi, vx = _border_index(xp, x0 + dx, w, self.border)
             yi, vy = _border_index(xp, y0 + dy, h, self.border)
             vals = img_t[bsel, yi, xi]  # (B, OH, OW, C)
@@ -316,7 +328,10 @@ class _Sample(Op):
                 valid = vx & vy
                 vals = xp.where(valid[..., None], vals, img.dtype.type(self.border_val))
                 wk = wgt * valid  # ... and pass no gradient to the image
-            out = out + wgt[..., None].astype(acc) * vals
+            if fac is None:
+                out = out + wgt[..., None].astype(acc) * vals
+            else:
+                out = out + vals.astype(acc, copy=False) * fac[0][..., None] * fac[1][..., None]
             self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype, copy=False)
 
@@ -406,6 +421,21 @@ class _PerspectivePoints(Op):
             points = (_cv_affine_points(xp, m, ww, hh, self.cv_grid) if self.affine else
                       _cv_perspective_points(xp, self.u, self.v, self.d, self.cv_grid))
             return xp.stack(points, axis=-1).astype(pdt)
+        if pdt == np.float32:
+            # megdnn's other kernels work in float32: (M0 w + M1 h) + M2 in that order, then
+            # one division (the exact points were up to 1e-5 pixel off theirs)
+            m32 = mat.astype(np.float32)
+            h32, w32 = hh.astype(np.float32), ww.astype(np.float32)
+
+            def row32(r):
+                return (m32[:, r, 0, None, None] * w32 + m32[:, r, 1, None, None] * h32
+                        + m32[:, r, 2, None, None])
+
+            u, v = row32(0), row32(1)
+            if not self.affine:
+                d = row32(2)
+                u, v = u / d, v / d
+            return xp.stack([u, v], axis=-1)
         return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(pdt)
 
     def backward(self, g):
@@ -490,7 +520,8 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
         border_val = float(np.array(int(border_val)).astype(int_dtype))
     extra = () if batch is None else (batch,)
-    out = apply(_Sample(interp_mode, border_mode, border_val), img, points, *extra)
+    order = "table" if cv else ("remap" if what == "remap" else "warp")
+    out = apply(_Sample(interp_mode, border_mode, border_val, order), img, points, *extra)
     if int_dtype is not None and not plain_int:
         out = out.astype(int_dtype)  # a quantized image: sampled values, quantized again
     elif plain_int:

@@ -349,6 +349,28 @@ def test_conv_format_switch_sets_the_image_layout_as_upstream():
 
 
 @pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
+def test_float32_warps_and_remap_round_as_upstreams_cpu_kernels():
+    # upstream 1.13 measured, to the bit: megdnn's kernels compute the points in float32
+    # ((M0 w + M1 h) + M2, one division) and blend pixel * x factor * y factor (remap in its
+    # own order); float64 points were 1-2 float32 ulps off here (0.047 on larger images)
+    img = np.array([[[[201.7, 13.3, 97.1, 250.9], [5.5, 180.2, 33.3, 77.7],
+                      [140.4, 66.6, 222.2, 9.9]]]], np.float32)
+    mat = np.array([[[0.91, -0.13, 0.37], [0.11, 0.87, 0.29], [0.013, -0.021, 1.03]]],
+                   np.float32)
+    want = [115.50568389892578, 76.24524688720703, 73.7451400756836, 58.39652633666992,
+            143.4287872314453, 96.71176147460938]
+    got = F.vision.warp_perspective(img, mat, (2, 3)).numpy()
+    np.testing.assert_array_equal(got.ravel(), np.float32(want))
+    want = [114.05463409423828, 77.68559265136719, 83.18313598632812, 59.46959686279297,
+            139.74423217773438, 101.89324951171875]
+    got = F.vision.warp_affine(img, mat[:, :2], (2, 3), format="NCHW").numpy()
+    np.testing.assert_array_equal(got.ravel(), np.float32(want))
+    pts = np.array([[[[0.37, 0.29], [1.291, 0.4], [2.7, 1.33]]]], np.float32)
+    want = [114.05464172363281, 77.59232330322266, 67.41930389404297]
+    np.testing.assert_array_equal(F.vision.remap(img, pts).numpy().ravel(), np.float32(want))
+
+
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
 def test_uint8_warps_round_and_fill_the_border_as_upstreams_cpu_kernels():
     # upstream 1.13 measured (the constants below). Every point sits half a pixel off, so the
     # results are x.5 ties and border values: OpenCV's kernel (NHWC, 1-3 channels, mat_idx or
