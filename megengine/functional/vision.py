@@ -250,7 +250,8 @@ def _refuse_unresizable(dtype, what):
 # ----- sampling at arbitrary points: remap, warp_perspective, warp_affine -----
 # Output pixel (h, w) reads the input at a source point (x, y) in pixel units (pixel centres at
 # integers, no half-pixel shift). "linear" blends the four neighbours, "nearest" takes the one at
-# floor(x + 0.5); neighbours outside the image follow OpenCV's border modes, as megdnn does.
+# x rounded halves to even; neighbours outside the image follow OpenCV's border modes, as
+# megdnn does.
 
 _BORDERS = ("replicate", "constant", "reflect", "reflect_101", "wrap")
 

@@ -370,6 +370,15 @@ def test_float32_warps_and_remap_round_as_upstreams_cpu_kernels():
     np.testing.assert_array_equal(F.vision.remap(img, pts).numpy().ravel(), np.float32(want))
 
 
+def test_nearest_remap_rounds_halves_to_even():
+    # upstream 1.13 measured: x = 0.5, 1.5, 2.5, -0.5 read columns 0, 2, 2, 0 (earlier versions
+    # of this fork took floor(x + 0.5): 1, 2, 3, 0)
+    img = np.array([[[[10, 20, 30, 40]]]], np.float32)
+    pts = np.array([[[[0.5, 0], [1.5, 0], [2.5, 0], [-0.5, 0]]]], np.float32)
+    out = F.vision.remap(img, pts, border_mode="constant", scalar=7.0, interp_mode="nearest")
+    assert out.numpy().ravel().tolist() == [10, 30, 30, 10]
+
+
 @pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
 def test_uint8_warps_round_and_fill_the_border_as_upstreams_cpu_kernels():
     # upstream 1.13 measured (the constants below). Every point sits half a pixel off, so the
