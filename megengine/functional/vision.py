@@ -424,7 +424,7 @@ class _PerspectivePoints(Op):
             return xp.stack(points, axis=-1).astype(pdt)
         if pdt == np.float32:
             # megdnn's other kernels work in float32: (M0 w + M1 h) + M2 in that order, then
-            # one division (the exact points were up to 1e-5 pixel off theirs)
+            # one division (float64 points moved 0-255 results by up to 7e-4 off theirs)
             m32 = mat.astype(np.float32)
             h32, w32 = hh.astype(np.float32), ww.astype(np.float32)
 
@@ -457,7 +457,7 @@ class _PerspectivePoints(Op):
 # without mat_idx; upstream 1.13 measured): the source point is rounded to the 1/32-pixel grid of
 # the interpolation tables (nearest: to whole pixels); warp_affine first computes it in
 # 1/1024-pixel fixed point. A point 0.667 px into a pixel samples at 21/32 = 0.656.
-# Upstream's CUDA kernels use the exact point, and so does this engine on GPUs.
+# Upstream's CUDA kernels have no such grid, nor does this engine on GPUs.
 _AB_BITS, _INTER_BITS = 10, 5
 
 
@@ -519,27 +519,29 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
         img = _astype_real(img, np.float32, what)
     border_val = float(border_val)
     if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
-        border_val = float(np.array(int(border_val)).astype(int_dtype))
+        # (x86 truncates to a 32-bit int first; beyond its range that is INT_MIN)
+        whole = int(border_val) if abs(border_val) < 2.0 ** 31 else -2 ** 31
+        border_val = float(np.array(whole, np.int64).astype(int_dtype))
     extra = () if batch is None else (batch,)
     order = "table" if cv else ("remap" if what == "remap" else "warp")
     out = apply(_Sample(interp_mode, border_mode, border_val, order), img, points, *extra)
     if int_dtype is not None and not plain_int:
         out = out.astype(int_dtype)  # a quantized image: sampled values, quantized again
     elif plain_int:
-        out = apply(_RoundSaturate(int_dtype, "half_up" if cv else "half_away"), out)
+        out = apply(_RoundSaturate(int_dtype, half_away=not cv, half_up=cv), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
 
 
 class _RoundSaturate(Op):
-    """Float pixels back to an integer dtype: rounded to nearest (halves to even; ``half_away``
-    from zero, or ``"half_up"``), clipped to its range."""
+    """Float pixels back to an integer dtype: rounded to nearest (halves to even; away from
+    zero with ``half_away``, up with ``half_up``), clipped to its range."""
 
-    def __init__(self, dtype, half_away=False):
-        self.dtype, self.half_away = np.dtype(dtype), half_away
+    def __init__(self, dtype, half_away=False, half_up=False):
+        self.dtype, self.half_away, self.half_up = np.dtype(dtype), half_away, half_up
 
     def forward(self, x):
         xp, info = xp_of(x), np.iinfo(self.dtype)
-        if self.half_away == "half_up":  # OpenCV's fixed point: (sum + half) >> bits
+        if self.half_up:  # OpenCV's fixed point: (sum + half) >> bits
             rounded = xp.floor(x.astype(np.float64) + 0.5)
         elif self.half_away:  # (floor(|x| + 0.5) in float32 would take 0.49999997 to 1)
             rounded = round_half_away(xp, x)
@@ -632,8 +634,9 @@ def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate",
     On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels samples where upstream's
     CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode:
     to whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
-    Elsewhere the points are exact, as upstream's CUDA kernel. The gradient in ``mat`` is that
-    of the exact points either way.
+    Elsewhere the points are computed in float32 as upstream's other kernels do (on GPUs too;
+    upstream's CUDA kernel has no 1/32 grid). The gradient in ``mat`` is that of the exact
+    points either way.
     """
     return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
                  format, interp_mode, 3)
@@ -650,8 +653,8 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
     On the CPU, an NHWC float32 or uint8 image of 1-3 channels samples where upstream's CPU
     kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode: to
     whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
-    Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's CUDA kernel.
-    The gradient in ``mat`` is that of the exact points either way.
+    Elsewhere (other layouts, dtypes, GPUs) the points are computed in float32 as upstream's
+    other kernels do. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
                  interp_mode, 2)
