@@ -8,7 +8,7 @@ import numpy as np
 from ..core import _config
 from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
-from ..core.dtype import refuse_quantized
+from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import LinearMap, xp_of
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
@@ -256,7 +256,8 @@ def _refuse_unresizable(dtype, what):
 # ----- sampling at arbitrary points: remap, warp_perspective, warp_affine -----
 # Output pixel (h, w) reads the input at a source point (x, y) in pixel units (pixel centres at
 # integers, no half-pixel shift). "linear" blends the four neighbours, "nearest" takes the one at
-# floor(x + 0.5); neighbours outside the image follow OpenCV's border modes, as megdnn does.
+# x rounded halves to even; neighbours outside the image follow OpenCV's border modes, as
+# megdnn does.
 
 _BORDERS = ("replicate", "constant", "reflect", "reflect_101", "wrap")
 
@@ -284,10 +285,16 @@ class _Sample(Op):
     """``out[b, c, oh, ow] = img[batch[b], c]`` read at ``points[b, oh, ow] = (x, y)``; gradients
     reach the image and (linear mode) the points. ``batch`` (an input, so that traces replay
     it) picks the image of each point set; default one per image. Works channels-last inside,
-    so that every gather and scatter moves whole pixel vectors."""
+    so that every gather and scatter moves whole pixel vectors.
 
-    def __init__(self, interp, border, border_val):
+    ``order`` is how upstream's kernel rounds the blend, in the images' float type (float32
+    for float16 and integer ones): "table" multiplies each pixel by its corner's weight
+    (OpenCV's weight tables; exact weights on its 1/32 grid), "warp" by the x factor, then the
+    y factor (megdnn's warp kernels), "remap" as megdnn's remap kernel orders them."""
+
+    def __init__(self, interp, border, border_val, order="table"):
         self.interp, self.border, self.border_val = interp, border, border_val
+        self.order = order
 
     def forward(self, img, points, batch=None):
         xp = xp_of(img)
@@ -295,8 +302,11 @@ class _Sample(Op):
         self.img_shape, self.dtype, self.pts_dtype = img.shape, img.dtype, points.dtype
         batch = xp.arange(points.shape[0]) if batch is None else batch.astype(np.int64)
         px, py = points[..., 0].astype(np.float64), points[..., 1].astype(np.float64)
-        if self.interp == "nearest":
-            x0, y0 = xp.floor(px + 0.5), xp.floor(py + 0.5)
+        # float16 images are summed in float32 and rounded once, as upstream's kernels
+        acc = np.float32 if img.dtype == np.float16 else img.dtype
+        factors = [None] * 4
+        if self.interp == "nearest":  # halves to even, as upstream's remap
+            x0, y0 = xp.rint(px), xp.rint(py)
             corners = [(0, 0, xp.ones_like(px), None, None)]
         else:
             x0, y0 = xp.floor(px), xp.floor(py)
@@ -306,14 +316,17 @@ class _Sample(Op):
                        (1, 0, fx * (1 - fy), 1 - fy, -fx),
                        (0, 1, (1 - fx) * fy, -fy, 1 - fx),
                        (1, 1, fx * fy, fy, fx)]
+            if self.order != "table":  # the factors in the kernel's order, in its float type
+                ax, ay = fx.astype(acc), fy.astype(acc)
+                bx, by = 1 - ax, 1 - ay
+                factors = ([(bx, by), (ax, by), (bx, ay), (ax, ay)] if self.order == "warp"
+                           else [(bx, by), (by, ax), (bx, ay), (ay, ax)])
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
         img_t = xp.ascontiguousarray(img.transpose(0, 2, 3, 1))  # (N, H, W, C)
         bsel = batch.reshape(-1, 1, 1)
-        # float16 images are summed in float32 and rounded once, as torch's grid_sample
-        acc = np.float32 if img.dtype == np.float16 else img.dtype
         out = 0
         self.saved = []
-        for dx, dy, wgt, dwx, dwy in corners:
+        for (dx, dy, wgt, dwx, dwy), fac in zip(corners, factors):
             xi, vx = _border_index(xp, x0 + dx, w, self.border)
             yi, vy = _border_index(xp, y0 + dy, h, self.border)
             vals = img_t[bsel, yi, xi]  # (B, OH, OW, C)
@@ -322,7 +335,10 @@ class _Sample(Op):
                 valid = vx & vy
                 vals = xp.where(valid[..., None], vals, img.dtype.type(self.border_val))
                 wk = wgt * valid  # ... and pass no gradient to the image
-            out = out + wgt[..., None].astype(acc) * vals
+            if fac is None:
+                out = out + wgt[..., None].astype(acc) * vals
+            else:
+                out = out + vals.astype(acc, copy=False) * fac[0][..., None] * fac[1][..., None]
             self.saved.append(((bsel * h + yi) * w + xi, wk, vals, dwx, dwy))
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype, copy=False)
 
@@ -412,6 +428,21 @@ class _PerspectivePoints(Op):
             points = (_cv_affine_points(xp, m, ww, hh, self.cv_grid) if self.affine else
                       _cv_perspective_points(xp, self.u, self.v, self.d, self.cv_grid))
             return xp.stack(points, axis=-1).astype(pdt)
+        if pdt == np.float32:
+            # megdnn's other kernels work in float32: (M0 w + M1 h) + M2 in that order, then
+            # one division (float64 points moved 0-255 results by up to 7e-4 off theirs)
+            m32 = mat.astype(np.float32)
+            h32, w32 = hh.astype(np.float32), ww.astype(np.float32)
+
+            def row32(r):
+                return (m32[:, r, 0, None, None] * w32 + m32[:, r, 1, None, None] * h32
+                        + m32[:, r, 2, None, None])
+
+            u, v = row32(0), row32(1)
+            if not self.affine:
+                d = row32(2)
+                u, v = u / d, v / d
+            return xp.stack([u, v], axis=-1)
         return xp.stack([self.u / self.d, self.v / self.d], axis=-1).astype(pdt)
 
     def backward(self, g):
@@ -428,11 +459,11 @@ class _PerspectivePoints(Op):
 
 
 # Upstream's CPU warp_affine and warp_perspective run OpenCV's algorithms when the image is
-# NHWC float32 or uint8 with few channels (megdnn's is_cv_available: affine 1-3 channels,
-# perspective 1 or 3 and no mat_idx): the source point is rounded to the 1/32-pixel grid of
+# NHWC float32 or uint8 with few channels (affine 1-3 channels, perspective 1 or 3, with or
+# without mat_idx; upstream 1.13 measured): the source point is rounded to the 1/32-pixel grid of
 # the interpolation tables (nearest: to whole pixels); warp_affine first computes it in
 # 1/1024-pixel fixed point. A point 0.667 px into a pixel samples at 21/32 = 0.656.
-# Upstream's CUDA kernels use the exact point, and so does this engine on GPUs.
+# Upstream's CUDA kernels have no such grid, nor does this engine on GPUs.
 _AB_BITS, _INTER_BITS = 10, 5
 
 
@@ -476,8 +507,12 @@ def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
     return border_mode, interp_mode
 
 
-def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, channels_last):
-    """Run `_Sample` on an NCHW (or NHWC) image; integer images are rounded back to their dtype."""
+def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, channels_last,
+            cv=False):
+    """Run `_Sample` on an NCHW (or NHWC) image; integer images are rounded back to their dtype
+    as upstream's CPU kernels do: OpenCV's (``cv``) in fixed point, halves up, with the border
+    value cast to the dtype first (C's cast: truncated, wrapped); the others clip and round
+    halves away from zero."""
     if inp.ndim != 4:
         raise ValueError(f"{what}: inp must be a 4-d image batch, got shape {inp.shape}")
     img = inp.transpose(0, 3, 1, 2) if channels_last else inp
@@ -485,27 +520,39 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     if img.dtype.kind == "b":  # (no bool kernel upstream; a cast back to bool would be lossy)
         raise TypeError(f"{what}: bool images are not supported; convert with "
                         ".astype('uint8') or .astype('float32')")
+    plain_int = int_dtype is not None and int_dtype.metadata is None
     if int_dtype is not None:
         img = _astype_real(img, np.float32, what)
+    border_val = float(border_val)
+    if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
+        # (x86 truncates to a 32-bit int first; beyond its range that is INT_MIN)
+        whole = int(border_val) if abs(border_val) < 2.0 ** 31 else -2 ** 31
+        border_val = float(np.array(whole, np.int64).astype(int_dtype))
     extra = () if batch is None else (batch,)
-    out = apply(_Sample(interp_mode, border_mode, float(border_val)), img, points, *extra)
-    if int_dtype is not None and int_dtype.metadata is not None:
+    order = "table" if cv else ("remap" if what == "remap" else "warp")
+    out = apply(_Sample(interp_mode, border_mode, border_val, order), img, points, *extra)
+    if int_dtype is not None and not plain_int:
         out = out.astype(int_dtype)  # a quantized image: sampled values, quantized again
-    elif int_dtype is not None:  # as the uint8 kernels: round to nearest, saturate
-        out = apply(_RoundSaturate(int_dtype), out)
+    elif plain_int:
+        out = apply(_RoundSaturate(int_dtype, half_away=not cv, half_up=cv), out)
     return out.transpose(0, 2, 3, 1) if channels_last else out
 
 
 class _RoundSaturate(Op):
-    """Float pixels back to an integer dtype: rounded to nearest (halves to even, or away from
-    zero with ``half_away``), clipped to its range."""
+    """Float pixels back to an integer dtype: rounded to nearest (halves to even; away from
+    zero with ``half_away``, up with ``half_up``), clipped to its range."""
 
-    def __init__(self, dtype, half_away=False):
-        self.dtype, self.half_away = np.dtype(dtype), half_away
+    def __init__(self, dtype, half_away=False, half_up=False):
+        self.dtype, self.half_away, self.half_up = np.dtype(dtype), half_away, half_up
 
     def forward(self, x):
         xp, info = xp_of(x), np.iinfo(self.dtype)
-        rounded = xp.copysign(xp.floor(xp.abs(x) + 0.5), x) if self.half_away else xp.rint(x)
+        if self.half_up:  # OpenCV's fixed point: (sum + half) >> bits
+            rounded = xp.floor(x.astype(np.float64) + 0.5)
+        elif self.half_away:  # (floor(|x| + 0.5) in float32 would take 0.49999997 to 1)
+            rounded = round_half_away(xp, x)
+        else:
+            rounded = xp.rint(x)
         return xp.clip(rounded, info.min, info.max).astype(self.dtype)
 
     def backward(self, g):
@@ -537,6 +584,11 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
+    if inp.dtype.kind in "iu" and inp.dtype.metadata is None:
+        # an integer image's border value is rounded to its dtype first (upstream 1.13
+        # measured: uint8 0.5 -> 1, 300 -> 255, -1 -> 0)
+        info = np.iinfo(inp.dtype)
+        scalar = float(round_half_away(np, np.clip(float(scalar), info.min, info.max)))
     return _sample("remap", inp, map_xy, border_mode, scalar, interp_mode, None, channels_last)
 
 
@@ -564,7 +616,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     oh, ow = _out_hw(out_shape, what)
     cv_grid = None
     channels = (1, 2, 3) if rows == 2 else (1, 3)
-    if (format == "NHWC" and batch is None and inp.ndim == 4 and inp.shape[3] in channels
+    if (format == "NHWC" and inp.ndim == 4 and inp.shape[3] in channels
             and (inp.dtype in (np.float32, np.uint8) or inp.dtype.metadata is not None)
             and str(inp._device).startswith("cpu")):
         # upstream's CPU kernel for these is OpenCV's (see above); a quantized image samples
@@ -572,7 +624,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
         cv_grid = interp_mode
     points = apply(_PerspectivePoints(oh, ow, cv_grid), mat)
     return _sample(what, inp, points, border_mode, border_val, interp_mode, batch,
-                   format == "NHWC")
+                   format == "NHWC", cv=cv_grid is not None)
 
 
 def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate", border_val=0.0,
@@ -585,10 +637,12 @@ def warp_perspective(inp, mat, out_shape, mat_idx=None, border_mode="replicate",
     matrix per image). ``out_shape`` is (h, w). Border and interpolation modes as `remap`.
     Gradients reach ``inp`` and ``mat``.
 
-    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels without ``mat_idx`` samples
-    where upstream's CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32
-    pixel (nearest mode: to whole pixels). Elsewhere the points are exact, as upstream's
-    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
+    On the CPU, an NHWC float32 or uint8 image of 1 or 3 channels samples where upstream's
+    CPU kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode:
+    to whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
+    Elsewhere the points are computed in float32 as upstream's other kernels do (on GPUs too;
+    upstream's CUDA kernel has no 1/32 grid). The gradient in ``mat`` is that of the exact
+    points either way.
     """
     return _warp("warp_perspective", inp, mat, out_shape, mat_idx, border_mode, border_val,
                  format, interp_mode, 3)
@@ -604,8 +658,9 @@ def warp_affine(inp, mat, out_shape, border_mode="replicate", border_val=0.0, fo
 
     On the CPU, an NHWC float32 or uint8 image of 1-3 channels samples where upstream's CPU
     kernel (OpenCV's algorithm) does: source points rounded to 1/32 pixel (nearest mode: to
-    whole pixels). Elsewhere (other layouts, dtypes, GPUs) the points are exact, as upstream's
-    CUDA kernel. The gradient in ``mat`` is that of the exact points either way.
+    whole pixels), uint8 results rounded halves up, a uint8 ``border_val`` truncated.
+    Elsewhere (other layouts, dtypes, GPUs) the points are computed in float32 as upstream's
+    other kernels do. The gradient in ``mat`` is that of the exact points either way.
     """
     return _warp("warp_affine", inp, mat, out_shape, None, border_mode, border_val, format,
                  interp_mode, 2)

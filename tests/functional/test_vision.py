@@ -262,12 +262,14 @@ def test_warp_perspective_nhwc_on_cpu_samples_on_upstreams_grid(interp):
         want = F.vision.remap(img.transpose(0, 3, 1, 2), pts, interp_mode=interp).numpy()
         np.testing.assert_allclose(got.numpy(), want.transpose(0, 2, 3, 1), rtol=1e-6,
                                    atol=1e-6)
-    if interp == "linear":  # exact points differ; with mat_idx upstream has no OpenCV kernel
+        # with mat_idx too (upstream 1.13 measured: its NHWC mat_idx path is OpenCV's as well)
+        indexed = F.vision.warp_perspective(img, mat[::-1], (4, 7), mat_idx=[1, 0],
+                                            format="NHWC", interp_mode=interp)
+        np.testing.assert_allclose(indexed.numpy(), want[::-1].transpose(0, 2, 3, 1),
+                                   rtol=1e-6, atol=1e-6)
+    if interp == "linear":  # exact points differ
         exact = F.vision.warp_perspective(img.transpose(0, 3, 1, 2), mat, (4, 7)).numpy()
         assert not np.allclose(got.numpy(), exact.transpose(0, 2, 3, 1), atol=1e-3)
-        indexed = F.vision.warp_perspective(img, mat, (4, 7), mat_idx=[0, 1], format="NHWC")
-        np.testing.assert_allclose(indexed.numpy(), exact.transpose(0, 2, 3, 1), rtol=1e-5,
-                                   atol=1e-5)
 
 
 @pytest.mark.usefixtures("host_default_device")  # the CPU kernel's rounding
@@ -344,6 +346,60 @@ def test_conv_format_switch_sets_the_image_layout_as_upstream():
     finally:
         config._conv_format = "default"
     np.testing.assert_array_equal(out.numpy(), want_w)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
+def test_float32_warps_and_remap_round_as_upstreams_cpu_kernels():
+    # upstream 1.13 measured, to the bit: megdnn's kernels compute the points in float32
+    # ((M0 w + M1 h) + M2, one division) and blend pixel * x factor * y factor (remap in its
+    # own order); float64 points were 1-2 float32 ulps off here (0.047 on larger images)
+    img = np.array([[[[201.7, 13.3, 97.1, 250.9], [5.5, 180.2, 33.3, 77.7],
+                      [140.4, 66.6, 222.2, 9.9]]]], np.float32)
+    mat = np.array([[[0.91, -0.13, 0.37], [0.11, 0.87, 0.29], [0.013, -0.021, 1.03]]],
+                   np.float32)
+    want = [115.50568389892578, 76.24524688720703, 73.7451400756836, 58.39652633666992,
+            143.4287872314453, 96.71176147460938]
+    got = F.vision.warp_perspective(img, mat, (2, 3)).numpy()
+    np.testing.assert_array_equal(got.ravel(), np.float32(want))
+    want = [114.05463409423828, 77.68559265136719, 83.18313598632812, 59.46959686279297,
+            139.74423217773438, 101.89324951171875]
+    got = F.vision.warp_affine(img, mat[:, :2], (2, 3), format="NCHW").numpy()
+    np.testing.assert_array_equal(got.ravel(), np.float32(want))
+    pts = np.array([[[[0.37, 0.29], [1.291, 0.4], [2.7, 1.33]]]], np.float32)
+    want = [114.05464172363281, 77.59232330322266, 67.41930389404297]
+    np.testing.assert_array_equal(F.vision.remap(img, pts).numpy().ravel(), np.float32(want))
+
+
+def test_nearest_remap_rounds_halves_to_even():
+    # upstream 1.13 measured: x = 0.5, 1.5, 2.5, -0.5 read columns 0, 2, 2, 0 (earlier versions
+    # of this fork took floor(x + 0.5): 1, 2, 3, 0)
+    img = np.array([[[[10, 20, 30, 40]]]], np.float32)
+    pts = np.array([[[[0.5, 0], [1.5, 0], [2.5, 0], [-0.5, 0]]]], np.float32)
+    out = F.vision.remap(img, pts, border_mode="constant", scalar=7.0, interp_mode="nearest")
+    assert out.numpy().ravel().tolist() == [10, 30, 30, 10]
+
+
+@pytest.mark.usefixtures("host_default_device")  # the CPU kernels' rounding
+def test_uint8_warps_round_and_fill_the_border_as_upstreams_cpu_kernels():
+    # upstream 1.13 measured (the constants below). Every point sits half a pixel off, so the
+    # results are x.5 ties and border values: OpenCV's kernel (NHWC, 1-3 channels, mat_idx or
+    # not) rounds halves up in fixed point and truncates border_val to uint8 first (300 -> 44,
+    # -3.7 -> 253); the others round halves away from zero with the border value as given,
+    # and remap rounds its scalar to uint8 first (0.5 -> 1)
+    img = np.array([[10, 11, 40], [20, 27, 50]], np.uint8)
+    mat = np.array([[[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]]], np.float32)
+    nhwc, nchw = img[None, :, :, None], img[None, None]
+    for idx in (None, [0]):
+        out = F.vision.warp_perspective(nhwc, mat, (2, 3), mat_idx=idx, border_mode="constant",
+                                        border_val=300.0, format="NHWC")
+        assert out.numpy()[0, ..., 0].tolist() == [[17, 32, 45], [34, 41, 46]]
+    out = F.vision.warp_affine(nhwc, mat[:, :2], (2, 3), border_mode="constant", border_val=-3.7)
+    assert out.numpy()[0, ..., 0].tolist() == [[17, 32, 149], [138, 146, 202]]
+    out = F.vision.warp_perspective(nchw, mat, (2, 3), border_mode="constant", border_val=300.0)
+    assert out.numpy()[0, 0].tolist() == [[17, 32, 173], [162, 169, 238]]
+    pts = np.array([[[[0.5, 0], [2.5, 0], [1.5, 1]]]], np.float32)
+    out = F.vision.remap(nchw, pts, border_mode="constant", scalar=0.5)
+    assert out.numpy()[0, 0].tolist() == [[11, 21, 39]]
 
 
 def test_warp_of_uint8_rounds_and_bad_modes_say_so():

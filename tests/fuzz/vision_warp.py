@@ -241,7 +241,7 @@ def _warp_case(rng, rows):
     # upstream's CPU kernel for these is OpenCV's: rounded source points (its CUDA kernel, as
     # this engine on a GPU, samples at the exact points)
     on_cpu = str(canonical_device(None)).startswith("cpu")
-    cv = (on_cpu and nhwc and mat_idx is None and dt in ("float32", "uint8")
+    cv = (on_cpu and nhwc and dt in ("float32", "uint8")
           and c in ((1, 2, 3) if rows == 2 else (1, 3)))
     oh_, ow_ = (oh, ow) if isinstance(out_shape, tuple) else (oh, oh)
     exact = _exact_points(m.astype(np.float64), oh_, ow_)
@@ -263,9 +263,14 @@ def _warp_case(rng, rows):
             return _cv_points(mm, oh_, ow_, interp) if grid else _exact_points(mm, oh_, ow_)
 
         def value(a, mm):
-            out = _from_nchw(_sample(_to_nchw(a, nhwc), points(mm), batch, border, bval,
-                                     interp), nhwc)
-            return np.clip(np.rint(out), 0, 255) if dt == "uint8" else out
+            # uint8 as upstream 1.13 measured: OpenCV's kernel (grid) casts the border value
+            # to uint8 as C does and rounds halves up; megdnn's rounds halves away from zero
+            b = float(np.int64(bval).astype(np.uint8)) if grid and dt == "uint8" else bval
+            out = _from_nchw(_sample(_to_nchw(a, nhwc), points(mm), batch, border, b, interp),
+                             nhwc)
+            if dt != "uint8":
+                return out
+            return np.clip(np.floor(out + 0.5) if grid else np.trunc(out + 0.5), 0, 255)
 
         def exact_value(a, mm):
             # the documented mat gradient: that of the exact points (straight through the
