@@ -3,9 +3,10 @@
 
 How calls are seen. While a `Tracer` is active (and only then) it patches:
 
-- the public functions of ``megengine.functional`` and its submodules, in those modules'
-  namespaces and in the globals of each traced ``forward`` (so ``from megengine.functional
-  import relu`` is seen too);
+- the public functions of ``megengine.functional`` and its submodules, and
+  ``megengine.random``'s draws (``uniform``, ``normal``, ``permutation``, ``shuffle``, ...), in
+  those modules' namespaces and in the globals of each traced ``forward`` (so ``from
+  megengine.functional import relu`` is seen too);
 - the operators and tensor-returning methods of `Tensor`, and ``Tensor.__init__`` (a tensor
   made from traced tensors, ``Tensor([1, x, 1])``);
 - ``Module.__call__``;
@@ -86,9 +87,41 @@ def is_builtin(module) -> bool:
 
 
 def _functional_modules():
+    """The modules whose public functions a trace records as one step each: megengine.functional
+    and megengine.random (a draw recorded as a step draws anew on every call of the traced
+    module, from the generator ``megengine.random.seed`` sets)."""
     return [m for name, m in list(sys.modules.items())
-            if m is not None and (name == "megengine.functional"
-                                  or name.startswith("megengine.functional."))]
+            if m is not None and any(name == home or name.startswith(home + ".")
+                                     for home in _RECORDED_HOMES)]
+
+
+_RECORDED_HOMES = ("megengine.functional", "megengine.random")
+
+
+def _recorded_home(func):
+    """Whether ``func`` belongs to megengine.functional or megengine.random."""
+    home = getattr(func, "__module__", None) or ""
+    return any(home == h or home.startswith(h + ".") for h in _RECORDED_HOMES)
+
+
+def _is_recordable(name, value):
+    if name.startswith("_") or not _recorded_home(value):
+        return False
+    if isinstance(value, types.FunctionType):
+        return True
+    # megengine.random's module-level draws (uniform, normal, ...) are methods of its default
+    # RNG, as upstream's; an RNG object of the program's own is not recorded (see _ApplyHook)
+    from ..random import rng
+
+    return isinstance(value, types.MethodType) and value.__self__ is rng._default_rng
+
+
+def _writes_argument(func):
+    """Whether ``func`` works in place on its first argument and returns None
+    (``megengine.random.shuffle``): its step gives that argument, updated, as its output."""
+    from ..random import rng
+
+    return getattr(func, "__func__", None) is rng.RNG.shuffle
 
 
 def _make_wrapper(func):
@@ -105,12 +138,13 @@ def _make_wrapper(func):
 
 
 def _functional_wrappers():
-    """original -> wrapper for every public function of megengine.functional (cached)."""
+    """original -> wrapper for every public function of megengine.functional and
+    megengine.random (cached)."""
     for mod in _functional_modules():
         for name, value in list(vars(mod).items()):
-            if (isinstance(value, types.FunctionType) and not name.startswith("_")
-                    and (value.__module__ or "").startswith("megengine.functional")
-                    and value not in _wrapper_of and value not in _wrappers):
+            if (isinstance(value, (types.FunctionType, types.MethodType))
+                    and value not in _wrappers and value not in _wrapper_of
+                    and _is_recordable(name, value)):
                 _wrapper_of[value] = w = _make_wrapper(value)
                 _wrappers.add(w)
     return _wrapper_of
@@ -250,11 +284,12 @@ def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional, `wrap`ped functions and (``method``,
+    in ``expr.kwargs``). Only for megengine.functional, megengine.random, `wrap`ped functions
+    and (``method``,
     ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as
     ``x.sum(1, False)``; other callables stay as called."""
-    if not method and not getattr(func, "_bind_when_traced", False) and not (
-            getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+    if not method and not getattr(func, "_bind_when_traced", False) and not _recorded_home(
+            func):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -352,7 +387,7 @@ class Tracer:
 
     def _patch_namespace(self, namespace, wrappers):
         for name, value in list(namespace.items()):
-            if isinstance(value, types.FunctionType):
+            if isinstance(value, (types.FunctionType, types.MethodType)):
                 w = wrappers.get(value)
                 if w is not None:
                     self._patched.append((namespace, name, value))
@@ -555,6 +590,8 @@ class Tracer:
         try:
             result = run(*args, **kwargs)
             outs = self_obj if getattr(expr, "method", None) == "__setitem__" else result
+            if isinstance(expr, CallFunction) and _writes_argument(expr.func):
+                outs = args[0]  # (shuffle: the tensor it shuffled in place)
             out_leaves, out_def = flat_outputs(outs)
             # (at depth 1: the shape of an output written in place is read, not recorded)
             out_nodes = [TensorNode(expr, shape=t.shape, dtype=t.dtype,
@@ -951,6 +988,8 @@ class _ApplyHook:
         dispatch._trace_hook = None
         try:
             if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
+                if not tracer.depth and tracer.scopes and _is_draw(op):
+                    raise _frozen_draw_error(op)
                 return dispatch.apply(op, *inputs)
             return self._record(copy.copy(op), inputs,  # (copied before forward stores
                                 lambda: dispatch.apply(op, *inputs))  # anything on it)
@@ -994,6 +1033,24 @@ class _ApplyHook:
     def read(self, t, value):
         """A value read to the host (``.numpy()``, ``.item()``, a shape Tensor) while tracing:
         what Python computes from it is a constant of the graph, as with upstream's tracer."""
+
+
+def _is_draw(op):
+    """Whether ``op`` draws random numbers (an op of megengine.random)."""
+    from ..random import rng
+
+    return isinstance(op, (rng._Draw, rng._Multinomial, rng._Shuffled))
+
+
+def _frozen_draw_error(op):
+    """A draw in a traced forward that no recorded call made (a method of an RNG object): its
+    value would be a constant of the graph, the same on every call, so it is refused."""
+    return TypeError(
+        f"trace_module: forward draws random numbers ({op!r}) with a method of a "
+        "megengine.random.RNG object, which a traced module cannot record: it would repeat "
+        "this draw on every call. Draw with megengine.random's module-level functions "
+        "(megengine.random.uniform, normal, permutation, ...), which are recorded and draw "
+        "anew on every call, or draw outside forward and pass the values in")
 
 
 def _tensor_method_wrapper(name, orig):
