@@ -32,6 +32,7 @@ import types
 
 import numpy as np
 
+from ..core import _rng as _core_rng
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..functional.creation import copy as _copy
@@ -200,6 +201,19 @@ def _assert_same(expr, got, expected):
                     "record (Python state, randomness); make it a module or function "
                     "input, or keep it out of forward"
                 )
+
+
+def rng_state():
+    """megengine.random's generator and its state (a recorded draw changes the state)."""
+    generator = _core_rng.generator
+    return generator, generator.bit_generator.state
+
+
+def set_rng_state(state):
+    """Make ``state`` (from `rng_state`) megengine.random's generator and state again."""
+    generator, bit_state = state
+    generator.bit_generator.state = bit_state
+    _core_rng.generator = generator
 
 
 def call_function(func, args, kwargs):
@@ -513,19 +527,25 @@ class Tracer:
         if self.values is not None:
             self.values[node] = _copy_value(obj)
 
-    def check(self, expr, outputs):
-        """The checker: run ``expr`` again on copies of its inputs' recorded values."""
+    def check(self, expr, outputs, rng_start=None):
+        """The checker: run ``expr`` again on copies of its inputs' recorded values (and, given
+        ``rng_start``, from the state megengine.random's generator had when the step ran, so a
+        draw is checked to give the same draw again)."""
         if self.values is None:
             return
         try:
             inputs = [_copy_value(self.values[n]) for n in expr.inputs]
         except KeyError:
             return  # an input made outside this trace (insert_exprs): nothing to compare
+        rng_end = rng_state()
+        if rng_start is not None:
+            set_rng_state(rng_start)
         self.depth += 1
         try:
             got = expr.interpret(*inputs)
         finally:
             self.depth -= 1
+            set_rng_state(rng_end)
         _assert_same(expr, got, outputs)
 
     def placeholder(self, node):
@@ -586,6 +606,7 @@ class Tracer:
         leaves, arg_def = tree_flatten(full, lambda x: isinstance(x, (Tensor, Module)) or (
             shape_inputs and self._own_shape(x)))
         inputs = [self.node_of(x._tensor if type(x) is _TracedShape else x) for x in leaves]
+        rng_start = rng_state() if self.values is not None else None  # (for the checker)
         self.depth += 1
         try:
             result = run(*args, **kwargs)
@@ -608,7 +629,7 @@ class Tracer:
         self.scope.emit(expr)
         for t, n in zip(out_leaves, expr.outputs):
             self.bind(t, n)
-        self.check(expr, out_leaves)
+        self.check(expr, out_leaves, rng_start)
         return self._to_nodes(result) if surgery else result
 
     def _own_shape(self, value):
@@ -1043,14 +1064,25 @@ def _is_draw(op):
 
 
 def _frozen_draw_error(op):
-    """A draw in a traced forward that no recorded call made (a method of an RNG object): its
-    value would be a constant of the graph, the same on every call, so it is refused."""
+    """A draw in a traced forward that no recorded call made: its value would be a constant of
+    the graph, the same on every call, so it is refused."""
+    from ..random import rng
+
+    if getattr(op, "rng", None) is rng._default_rng:  # megengine.random's, under another name
+        where = ("in code trace_module does not record (a helper that keeps megengine.random's "
+                 "functions under its own names, such as megengine.distributions' sample)")
+        todo = "call megengine.random's functions in forward, make the helper one step with " \
+               "megengine.traced_module.wrap"
+    else:
+        where = "with a method of a megengine.random.RNG object, which trace_module does not " \
+                "record"
+        todo = "draw with megengine.random's module-level functions (megengine.random." \
+               "uniform, normal, permutation, ...), which are recorded and draw anew on every " \
+               "call"
     return TypeError(
-        f"trace_module: forward draws random numbers ({op!r}) with a method of a "
-        "megengine.random.RNG object, which a traced module cannot record: it would repeat "
-        "this draw on every call. Draw with megengine.random's module-level functions "
-        "(megengine.random.uniform, normal, permutation, ...), which are recorded and draw "
-        "anew on every call, or draw outside forward and pass the values in")
+        f"trace_module: forward draws random numbers ({op!r}) {where}; the traced module "
+        f"would repeat this draw on every call. To trace it, {todo}, or draw outside forward "
+        "and pass the values in")
 
 
 def _tensor_method_wrapper(name, orig):

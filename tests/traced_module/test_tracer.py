@@ -1096,3 +1096,20 @@ def test_a_draw_of_an_rng_object_in_forward_is_refused_not_frozen():
     assert dispatch._trace_hook is None
     y = OwnRNG()(_inp(2, 2))  # nothing left patched: the module still runs
     assert y.shape == (2, 2)
+
+
+def test_expr_checker_checks_a_draw_from_the_generator_state_it_drew_from():
+    from megengine.traced_module import enable_expr_checker
+
+    class DropsOut(M.Module):
+        def forward(self, x):
+            return F.dropout(x, 0.5) + 1
+
+    enable_expr_checker()
+    try:  # (without the state a draw started from, each draw would fail the check)
+        trace_module(_Draws(), _inp(3, 3))
+        trace_module(DropsOut(), _inp(16, 4))
+        with pytest.raises(ValueError, match="_counting"):  # still checks
+            trace_module(Counting(), _inp(3))
+    finally:
+        enable_expr_checker(False)
