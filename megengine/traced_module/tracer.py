@@ -648,6 +648,11 @@ class Tracer:
         return tree.unflatten([s._tensor for s in shapes])
 
     def record_function(self, func, args, kwargs, run=None):
+        if _recorded_home(func) and getattr(func, "__name__", None) in ("seed", "manual_seed"):
+            raise TypeError(
+                f"trace_module: forward calls megengine.random.{func.__name__}, which a traced "
+                "module cannot record (it would not reseed on its calls, and draw otherwise "
+                "than the module); seed before calling the module instead")
         args, kwargs = self._shape_tensors(*_with_defaults(func, args, kwargs))
         return self._record(CallFunction(func), args, kwargs, run or func)
 

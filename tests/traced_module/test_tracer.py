@@ -1113,3 +1113,27 @@ def test_expr_checker_checks_a_draw_from_the_generator_state_it_drew_from():
             trace_module(Counting(), _inp(3))
     finally:
         enable_expr_checker(False)
+
+
+def test_seeding_in_a_traced_forward_is_refused_and_insert_exprs_records_a_draw():
+    import megengine.random as R
+
+    class Seeds(M.Module):
+        def forward(self, x):
+            R.seed(3)  # the module draws the same on every call; a traced one could not
+            return x + R.uniform(size=2)
+
+    with pytest.raises(TypeError, match="megengine.random.seed.*seed before calling"):
+        trace_module(Seeds(), _inp(2, 2))
+    assert dispatch._trace_hook is None
+
+    tm = trace_module(Block(), _inp(2, 4))
+    graph = tm.graph
+    relu = graph.get_function_by_type(F.relu).as_unique()
+    with graph.insert_exprs():
+        noisy = relu.outputs[0] + R.normal(size=(2, 3))
+    graph.replace_node({relu.outputs[0]: noisy})
+    graph.compile()
+    assert "normal_out = random.normal(0, 1, (2, 3), )" in str(graph)
+    x = _inp(2, 4)
+    assert not np.array_equal(tm(x).numpy(), tm(x).numpy())
