@@ -299,9 +299,8 @@ def _with_defaults(func, args, kwargs, method=False):
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
     in ``expr.kwargs``). Only for megengine.functional, megengine.random, `wrap`ped functions
-    and (``method``,
-    ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as
-    ``x.sum(1, False)``; other callables stay as called."""
+    and (``method``, ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is
+    recorded as ``x.sum(1, False)``; other callables stay as called."""
     if not method and not getattr(func, "_bind_when_traced", False) and not _recorded_home(
             func):
         return args, kwargs
