@@ -287,6 +287,13 @@ class RNG:
         inp._reset(self.permutation(inp))
 
 
+def _permutation_of_size(n, *, dtype: str = "int32"):
+    """``permutation(n)`` where ``n`` is a size a TracedModule computes from ``x.shape`` (a 0-d
+    integer Tensor there, an int in the module it was traced from): a permutation of
+    ``range(n)``, as the module draws, not a shuffled copy of the one-element Tensor."""
+    return _default_rng.permutation(int(n.item()) if isinstance(n, Tensor) else n, dtype=dtype)
+
+
 def _refuse_empty(inp, what):
     """Upstream's shuffle (``shuffle`` and ``permutation`` of a Tensor) asserts "size needs to
     be greater than 0"; the same refusal, saying what to do, before anything is changed."""

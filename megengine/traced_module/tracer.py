@@ -652,8 +652,42 @@ class Tracer:
                 f"trace_module: forward calls megengine.random.{func.__name__}, which a traced "
                 "module cannot record (it would not reseed on its calls, and draw otherwise "
                 "than the module); seed before calling the module instead")
+        func = self._permutation_func(func, args, kwargs)
         args, kwargs = self._shape_tensors(*_with_defaults(func, args, kwargs))
         return self._record(CallFunction(func), args, kwargs, run or func)
+
+    def _permutation_func(self, func, args, kwargs):
+        """``megengine.random.permutation(x.shape[0])``: the size is a 0-d Tensor while
+        tracing, which permutation would shuffle as a one-element Tensor, where the module,
+        given an int, permutes ``range(n)``; such a call is recorded as a permutation of a size
+        (``random._permutation_of_size``)."""
+        from ..random import rng
+
+        if getattr(func, "__func__", None) is not rng.RNG.permutation \
+                or func.__self__ is not rng._default_rng:
+            return func
+        n = args[0] if args else kwargs.get("n")
+        return rng._permutation_of_size if self._computed_from_shapes(n) else func
+
+    def _computed_from_shapes(self, value):
+        """Whether ``value`` is a tensor this graph computed from ``x.shape`` sizes alone (and
+        Python numbers): an int in the module the forward belongs to."""
+        if not (isinstance(value, Tensor) and value.ndim == 0 and self.known(value)):
+            return False
+        todo, seen = [self.scope.values[id(value)][1]], set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            expr = node.expr
+            if isinstance(expr, ShapeOf):
+                continue
+            if not isinstance(expr, (CallMethod, CallFunction)) or any(
+                    isinstance(n, ModuleNode) for n in expr.inputs):
+                return False  # (an input, attribute, constant, op or module call)
+            todo.extend(expr.inputs)
+        return True
 
     def record_method(self, name, orig, obj, args, kwargs):
         if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):

@@ -1137,3 +1137,27 @@ def test_seeding_in_a_traced_forward_is_refused_and_insert_exprs_records_a_draw(
     assert "normal_out = random.normal(0, 1, (2, 3), )" in str(graph)
     x = _inp(2, 4)
     assert not np.array_equal(tm(x).numpy(), tm(x).numpy())
+
+
+def test_permutation_of_a_size_from_x_shape_permutes_range_as_the_module():
+    import megengine.random as R
+
+    class Permutes(M.Module):
+        def forward(self, x):
+            # (an int in the module, a 0-d Tensor while tracing; a Tensor of data is shuffled)
+            return (x[R.permutation(x.shape[0])], R.permutation(x.shape[0] // 2 + 1),
+                    R.permutation(x.sum().astype("int32")))
+
+    m = Permutes()
+    tm = trace_module(m, _inp(4, 2))
+    assert "random._permutation_of_size(getitem_out, dtype=int32)" in str(tm.graph)
+    assert "random.permutation(astype_out, dtype=int32)" in str(tm.graph)
+    x = Tensor(np.arange(12, dtype=np.float32).reshape(6, 2))
+    for module in (tm, pickle.loads(pickle.dumps(tm))):
+        R.seed(2)
+        expected = [t.numpy() for t in m(x)]
+        R.seed(2)
+        got = [t.numpy() for t in module(x)]
+        assert [g.shape for g in got] == [(6, 2), (4,), (1,)]
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
