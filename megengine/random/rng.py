@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import _rng as _core_rng
-from ..core._trace_option import is_dim, is_int
+from ..core._trace_option import is_dim, is_int, sizes_of
 from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import move_array
 from ..core.tensor import Tensor
@@ -65,7 +65,8 @@ def _shape(size, what):
         # programs' label sampling) is one dimension, as an int is
         if size.dtype.kind not in "iu":
             raise TypeError(f"{what}: a size tensor must hold integers, got dtype {size.dtype}")
-        size = size.tolist()
+        sizes = sizes_of(size)  # a shape tensor of a dumpable trace (a TracedModule's): SymDims
+        size = size.tolist() if sizes is None else sizes.tolist()
         if not isinstance(size, list):
             size = (size,)
     try:
@@ -77,8 +78,8 @@ def _shape(size, what):
         # conversion reads it; a fraction is refused (upstream truncated it silently); a 0-d
         # integer Tensor (``(mask.sum(), 4)``) is its value, as upstream's shape conversion
         items = [int(s) if isinstance(s, (float, np.floating)) and float(s).is_integer()
-                 else s.item() if isinstance(s, Tensor) and s.ndim == 0 and s.dtype.kind in "iu"
-                 else s for s in items]
+                 else _size_item(s) if isinstance(s, Tensor) and s.ndim == 0
+                 and s.dtype.kind in "iu" else s for s in items]
     if items is None or not all(is_int(s) for s in items):
         raise TypeError(f"{what}: size must be None, an int or a tuple of ints, got {size!r}")
     # (a size from x.shape in a dumpable trace stays one: the draw's op carries it)
@@ -86,6 +87,14 @@ def _shape(size, what):
     if any(s < 0 for s in shape):
         raise ValueError(f"{what}: size must not be negative, got {shape}")
     return shape
+
+
+def _size_item(size):
+    """A 0-d integer Tensor in a size: its value, or, when it is a size of ``x.shape`` in a
+    dumpable trace (a TracedModule's ``shape_tensor[0]``), its SymDim, so that a dumped
+    program draws at the batch size of each input."""
+    sizes = sizes_of(size)
+    return sizes.ravel()[0] if sizes is not None and sizes.size == 1 else size.item()
 
 
 def _dist_param(value, name, what, zero_ok=False):
@@ -276,6 +285,13 @@ class RNG:
             raise TypeError(f"shuffle: expected a Tensor, got {type(inp).__name__}")
         _refuse_empty(inp, "shuffle")
         inp._reset(self.permutation(inp))
+
+
+def _permutation_of_size(n, *, dtype: str = "int32"):
+    """``permutation(n)`` where ``n`` is a size a TracedModule computes from ``x.shape`` (a 0-d
+    integer Tensor there, an int in the module it was traced from): a permutation of
+    ``range(n)``, as the module draws, not a shuffled copy of the one-element Tensor."""
+    return _default_rng.permutation(int(n.item()) if isinstance(n, Tensor) else n, dtype=dtype)
 
 
 def _refuse_empty(inp, what):

@@ -331,6 +331,8 @@ class CallFunction(Expr):
         from . import tracer
 
         result = tracer.call_function(self.func, args, kwargs)
+        if tracer._writes_argument(self.func):
+            result = args[0]  # (shuffle: its step gives the tensor it shuffled in place)
         return _output_values(result)
 
     @property
@@ -370,7 +372,9 @@ class CallFunction(Expr):
         name = getattr(func, "__name__", None) or type(func).__name__
         # as upstream: the last part of the function's module, where upstream's
         # megengine.functional has it (F.max_pool2d is nn.max_pool2d: pooling.py here)
-        home = (getattr(func, "__module__", None) or "").rsplit(".", 1)[-1]
+        module = getattr(func, "__module__", None) or ""
+        # (megengine.random's draws live in megengine/random/rng.py: ``random.uniform``)
+        home = "random" if module.startswith("megengine.random") else module.rsplit(".", 1)[-1]
         home = _UPSTREAM_HOMES.get((home, name), home)
         text = self._args_text(*self._upstream_args())
         return f"{home}.{name}({text})" if home else f"{name}({text})"

@@ -18,7 +18,7 @@ from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
 from .graph import InternalGraph, NameSpace  # (NameSpace: where upstream's pickles find it)
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
-from .tracer import Tracer, _Scope, _assert_same
+from .tracer import Tracer, _Scope, _assert_same, rng_state, set_rng_state
 from .utils import _convert_kwargs_to_args
 
 __all__ = ["TracedModule", "trace_module"]
@@ -469,6 +469,7 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     if not isinstance(mod, Module):
         raise TypeError(f"trace_module expects a megengine Module, got {type(mod).__name__}")
     tracer = Tracer()
+    rng_start = rng_state()
     with tracer:
         result = tracer.trace_forward(mod, args, kwargs)
     memo = {}
@@ -477,7 +478,12 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     tm.graph._reset_ids()
     if tracer.values is not None:  # enable_expr_checker: the whole module, too
         expected = tree_flatten(result, lambda x: isinstance(x, Tensor))[0]
-        got = tree_flatten(tm(*args, **kwargs), lambda x: isinstance(x, Tensor))[0]
+        rng_end = rng_state()
+        set_rng_state(rng_start)  # (its draws from where the traced forward's started)
+        try:
+            got = tree_flatten(tm(*args, **kwargs), lambda x: isinstance(x, Tensor))[0]
+        finally:
+            set_rng_state(rng_end)
         _assert_same(f"the traced {type(mod).__name__}", got, expected)
     return tm
 

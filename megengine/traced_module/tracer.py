@@ -3,9 +3,10 @@
 
 How calls are seen. While a `Tracer` is active (and only then) it patches:
 
-- the public functions of ``megengine.functional`` and its submodules, in those modules'
-  namespaces and in the globals of each traced ``forward`` (so ``from megengine.functional
-  import relu`` is seen too);
+- the public functions of ``megengine.functional`` and its submodules, and
+  ``megengine.random``'s draws (``uniform``, ``normal``, ``permutation``, ``shuffle``, ...), in
+  those modules' namespaces and in the globals of each traced ``forward`` (so ``from
+  megengine.functional import relu`` is seen too);
 - the operators and tensor-returning methods of `Tensor`, and ``Tensor.__init__`` (a tensor
   made from traced tensors, ``Tensor([1, x, 1])``);
 - ``Module.__call__``;
@@ -31,6 +32,7 @@ import types
 
 import numpy as np
 
+from ..core import _rng as _core_rng
 from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..functional.creation import copy as _copy
@@ -86,9 +88,41 @@ def is_builtin(module) -> bool:
 
 
 def _functional_modules():
+    """The modules whose public functions a trace records as one step each: megengine.functional
+    and megengine.random (a draw recorded as a step draws anew on every call of the traced
+    module, from the generator ``megengine.random.seed`` sets)."""
     return [m for name, m in list(sys.modules.items())
-            if m is not None and (name == "megengine.functional"
-                                  or name.startswith("megengine.functional."))]
+            if m is not None and any(name == home or name.startswith(home + ".")
+                                     for home in _RECORDED_HOMES)]
+
+
+_RECORDED_HOMES = ("megengine.functional", "megengine.random")
+
+
+def _recorded_home(func):
+    """Whether ``func`` belongs to megengine.functional or megengine.random."""
+    home = getattr(func, "__module__", None) or ""
+    return any(home == h or home.startswith(h + ".") for h in _RECORDED_HOMES)
+
+
+def _is_recordable(name, value):
+    if name.startswith("_") or not _recorded_home(value):
+        return False
+    if isinstance(value, types.FunctionType):
+        return True
+    # megengine.random's module-level draws (uniform, normal, ...) are methods of its default
+    # RNG, as upstream's; an RNG object of the program's own is not recorded (see _ApplyHook)
+    from ..random import rng
+
+    return isinstance(value, types.MethodType) and value.__self__ is rng._default_rng
+
+
+def _writes_argument(func):
+    """Whether ``func`` works in place on its first argument and returns None
+    (``megengine.random.shuffle``): its step gives that argument, updated, as its output."""
+    from ..random import rng
+
+    return getattr(func, "__func__", None) is rng.RNG.shuffle
 
 
 def _make_wrapper(func):
@@ -105,12 +139,13 @@ def _make_wrapper(func):
 
 
 def _functional_wrappers():
-    """original -> wrapper for every public function of megengine.functional (cached)."""
+    """original -> wrapper for every public function of megengine.functional and
+    megengine.random (cached)."""
     for mod in _functional_modules():
         for name, value in list(vars(mod).items()):
-            if (isinstance(value, types.FunctionType) and not name.startswith("_")
-                    and (value.__module__ or "").startswith("megengine.functional")
-                    and value not in _wrapper_of and value not in _wrappers):
+            if (isinstance(value, (types.FunctionType, types.MethodType))
+                    and value not in _wrappers and value not in _wrapper_of
+                    and _is_recordable(name, value)):
                 _wrapper_of[value] = w = _make_wrapper(value)
                 _wrappers.add(w)
     return _wrapper_of
@@ -166,6 +201,19 @@ def _assert_same(expr, got, expected):
                     "record (Python state, randomness); make it a module or function "
                     "input, or keep it out of forward"
                 )
+
+
+def rng_state():
+    """megengine.random's generator and its state (a recorded draw changes the state)."""
+    generator = _core_rng.generator
+    return generator, generator.bit_generator.state
+
+
+def set_rng_state(state):
+    """Make ``state`` (from `rng_state`) megengine.random's generator and state again."""
+    generator, bit_state = state
+    generator.bit_generator.state = bit_state
+    _core_rng.generator = generator
 
 
 def call_function(func, args, kwargs):
@@ -250,11 +298,11 @@ def _with_defaults(func, args, kwargs, method=False):
     """As upstream records a functional call: every parameter before ``*`` positional, every
     one after it by keyword, defaults filled in (its guide: ``F.batch_norm(x, weight=w,
     bias=b, training=True)`` has ``expr.args == (x, None, None, weight, bias)`` and ``eps``
-    in ``expr.kwargs``). Only for megengine.functional, `wrap`ped functions and (``method``,
-    ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is recorded as
-    ``x.sum(1, False)``; other callables stay as called."""
-    if not method and not getattr(func, "_bind_when_traced", False) and not (
-            getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+    in ``expr.kwargs``). Only for megengine.functional, megengine.random, `wrap`ped functions
+    and (``method``, ``args`` starting with the tensor) Tensor's methods: ``x.sum(axis=1)`` is
+    recorded as ``x.sum(1, False)``; other callables stay as called."""
+    if not method and not getattr(func, "_bind_when_traced", False) and not _recorded_home(
+            func):
         return args, kwargs
     try:
         sig = inspect.signature(func)
@@ -352,7 +400,7 @@ class Tracer:
 
     def _patch_namespace(self, namespace, wrappers):
         for name, value in list(namespace.items()):
-            if isinstance(value, types.FunctionType):
+            if isinstance(value, (types.FunctionType, types.MethodType)):
                 w = wrappers.get(value)
                 if w is not None:
                     self._patched.append((namespace, name, value))
@@ -478,19 +526,25 @@ class Tracer:
         if self.values is not None:
             self.values[node] = _copy_value(obj)
 
-    def check(self, expr, outputs):
-        """The checker: run ``expr`` again on copies of its inputs' recorded values."""
+    def check(self, expr, outputs, rng_start=None):
+        """The checker: run ``expr`` again on copies of its inputs' recorded values (and, given
+        ``rng_start``, from the state megengine.random's generator had when the step ran, so a
+        draw is checked to give the same draw again)."""
         if self.values is None:
             return
         try:
             inputs = [_copy_value(self.values[n]) for n in expr.inputs]
         except KeyError:
             return  # an input made outside this trace (insert_exprs): nothing to compare
+        rng_end = rng_state()
+        if rng_start is not None:
+            set_rng_state(rng_start)
         self.depth += 1
         try:
             got = expr.interpret(*inputs)
         finally:
             self.depth -= 1
+            set_rng_state(rng_end)
         _assert_same(expr, got, outputs)
 
     def placeholder(self, node):
@@ -551,10 +605,13 @@ class Tracer:
         leaves, arg_def = tree_flatten(full, lambda x: isinstance(x, (Tensor, Module)) or (
             shape_inputs and self._own_shape(x)))
         inputs = [self.node_of(x._tensor if type(x) is _TracedShape else x) for x in leaves]
+        rng_start = rng_state() if self.values is not None else None  # (for the checker)
         self.depth += 1
         try:
             result = run(*args, **kwargs)
             outs = self_obj if getattr(expr, "method", None) == "__setitem__" else result
+            if isinstance(expr, CallFunction) and _writes_argument(expr.func):
+                outs = args[0]  # (shuffle: the tensor it shuffled in place)
             out_leaves, out_def = flat_outputs(outs)
             # (at depth 1: the shape of an output written in place is read, not recorded)
             out_nodes = [TensorNode(expr, shape=t.shape, dtype=t.dtype,
@@ -571,7 +628,7 @@ class Tracer:
         self.scope.emit(expr)
         for t, n in zip(out_leaves, expr.outputs):
             self.bind(t, n)
-        self.check(expr, out_leaves)
+        self.check(expr, out_leaves, rng_start)
         return self._to_nodes(result) if surgery else result
 
     def _own_shape(self, value):
@@ -590,8 +647,47 @@ class Tracer:
         return tree.unflatten([s._tensor for s in shapes])
 
     def record_function(self, func, args, kwargs, run=None):
+        if _recorded_home(func) and getattr(func, "__name__", None) in ("seed", "manual_seed"):
+            raise TypeError(
+                f"trace_module: forward calls megengine.random.{func.__name__}, which a traced "
+                "module cannot record (it would not reseed on its calls, and draw otherwise "
+                "than the module); seed before calling the module instead")
+        func = self._permutation_func(func, args, kwargs)
         args, kwargs = self._shape_tensors(*_with_defaults(func, args, kwargs))
         return self._record(CallFunction(func), args, kwargs, run or func)
+
+    def _permutation_func(self, func, args, kwargs):
+        """``megengine.random.permutation(x.shape[0])``: the size is a 0-d Tensor while
+        tracing, which permutation would shuffle as a one-element Tensor, where the module,
+        given an int, permutes ``range(n)``; such a call is recorded as a permutation of a size
+        (``random._permutation_of_size``)."""
+        from ..random import rng
+
+        if getattr(func, "__func__", None) is not rng.RNG.permutation \
+                or func.__self__ is not rng._default_rng:
+            return func
+        n = args[0] if args else kwargs.get("n")
+        return rng._permutation_of_size if self._computed_from_shapes(n) else func
+
+    def _computed_from_shapes(self, value):
+        """Whether ``value`` is a tensor this graph computed from ``x.shape`` sizes alone (and
+        Python numbers): an int in the module the forward belongs to."""
+        if not (isinstance(value, Tensor) and value.ndim == 0 and self.known(value)):
+            return False
+        todo, seen = [self.scope.values[id(value)][1]], set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            expr = node.expr
+            if isinstance(expr, ShapeOf):
+                continue
+            if not isinstance(expr, (CallMethod, CallFunction)) or any(
+                    isinstance(n, ModuleNode) for n in expr.inputs):
+                return False  # (an input, attribute, constant, op or module call)
+            todo.extend(expr.inputs)
+        return True
 
     def record_method(self, name, orig, obj, args, kwargs):
         if self.surgery and len(self.scopes) == 1 and isinstance(obj, Node):
@@ -951,6 +1047,8 @@ class _ApplyHook:
         dispatch._trace_hook = None
         try:
             if tracer.depth or not tracer.scopes or not any(tracer.is_traced(t) for t in inputs):
+                if not tracer.depth and tracer.scopes and _is_draw(op):
+                    raise _frozen_draw_error(op)
                 return dispatch.apply(op, *inputs)
             return self._record(copy.copy(op), inputs,  # (copied before forward stores
                                 lambda: dispatch.apply(op, *inputs))  # anything on it)
@@ -994,6 +1092,35 @@ class _ApplyHook:
     def read(self, t, value):
         """A value read to the host (``.numpy()``, ``.item()``, a shape Tensor) while tracing:
         what Python computes from it is a constant of the graph, as with upstream's tracer."""
+
+
+def _is_draw(op):
+    """Whether ``op`` draws random numbers (an op of megengine.random)."""
+    from ..random import rng
+
+    return isinstance(op, (rng._Draw, rng._Multinomial, rng._Shuffled))
+
+
+def _frozen_draw_error(op):
+    """A draw in a traced forward that no recorded call made: its value would be a constant of
+    the graph, the same on every call, so it is refused."""
+    from ..random import rng
+
+    if getattr(op, "rng", None) is rng._default_rng:  # megengine.random's, under another name
+        where = ("in code trace_module does not record (a helper that keeps megengine.random's "
+                 "functions under its own names, such as megengine.distributions' sample)")
+        todo = "call megengine.random's functions in forward, make the helper one step with " \
+               "megengine.traced_module.wrap"
+    else:
+        where = "with a method of a megengine.random.RNG object, which trace_module does not " \
+                "record"
+        todo = "draw with megengine.random's module-level functions (megengine.random." \
+               "uniform, normal, permutation, ...), which are recorded and draw anew on every " \
+               "call"
+    return TypeError(
+        f"trace_module: forward draws random numbers ({op!r}) {where}; the traced module "
+        f"would repeat this draw on every call. To trace it, {todo}, or draw outside forward "
+        "and pass the values in")
 
 
 def _tensor_method_wrapper(name, orig):
