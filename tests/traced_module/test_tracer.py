@@ -502,28 +502,37 @@ class PadsByBatch(M.Module):
         return F.nn.pad(x, ((0, x.shape[0]), (0, 0)))
 
 
-def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
-    # int(x.shape[0]) of the shape tensor (F.nn.pad reads its widths so) is the size, kept as
-    # a shape guard, as jit.trace keeps int(x.shape[0]) of a tuple: the file runs at the
-    # traced shape and says why it refuses another (it raised DumpError: a value read)
+def _dumped_inference(tm, x, **options):
+    """``tm`` run once by a capturing jit.trace under symbolic shapes (as upstream's dump of a
+    traced module runs), dumped with input name "x", and loaded as a GraphInference; and what
+    the trace returned at ``x``."""
     import io
 
     from megengine.core._trace_option import set_symbolic_shape
-    from megengine.jit import ShapeGuardError, trace
+    from megengine.jit import trace
     from megengine.utils.comp_graph_tools import GraphInference
 
-    tm = trace_module(PadsByBatch(), _inp(3, 2))
     saved = set_symbolic_shape(True)
     try:
-        func = trace(tm, capture_as_const=True)
-        x = _inp(3, 2)
-        expected = func(x).numpy()
+        func = trace(tm, capture_as_const=True, **options)
+        out = func(x)
         f = io.BytesIO()
         func.dump(f, arg_names=("x",))
     finally:
         set_symbolic_shape(saved)
     f.seek(0)
-    g = GraphInference(f)
+    return GraphInference(f), out
+
+
+def test_a_size_read_as_an_int_dumps_as_in_jit_trace():
+    # int(x.shape[0]) of the shape tensor (F.nn.pad reads its widths so) is the size, kept as
+    # a shape guard, as jit.trace keeps int(x.shape[0]) of a tuple: the file runs at the
+    # traced shape and says why it refuses another (it raised DumpError: a value read)
+    from megengine.jit import ShapeGuardError
+
+    x = _inp(3, 2)
+    g, expected = _dumped_inference(trace_module(PadsByBatch(), x), x)
+    expected = expected.numpy()
     np.testing.assert_allclose(list(g.run(inp_dict={"x": x.numpy()}).values())[0], expected)
     with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] as an int"):
         g.run(inp_dict={"x": np.ones((5, 2), np.float32)})
@@ -575,23 +584,8 @@ def test_slice_bounds_computed_from_sizes_dump_and_follow_the_input_as_upstream(
     # upstream 1.13 measured (jit.trace of the traced module, dumped, GraphInference at 4, 6
     # and 3 rows): shapes (2, 3), (4, 3), (2, 3) / (4, 3), (6, 3), (2, 3) / (1, 3), (3, 3),
     # (2, 3), the values the module computes; earlier versions of this fork guarded the bounds
-    import io
-
-    from megengine.core._trace_option import set_symbolic_shape
-    from megengine.jit import trace
-    from megengine.utils.comp_graph_tools import GraphInference
-
-    tm = trace_module(SlicesBySize(), Tensor(np.ones((4, 3), np.float32)))
-    saved = set_symbolic_shape(True)
-    try:
-        func = trace(tm, symbolic=True, capture_as_const=True)
-        func(Tensor(np.ones((4, 3), np.float32)))
-        f = io.BytesIO()
-        func.dump(f, arg_names=("x",))
-    finally:
-        set_symbolic_shape(saved)
-    f.seek(0)
-    g = GraphInference(f)
+    x = Tensor(np.ones((4, 3), np.float32))
+    g, _ = _dumped_inference(trace_module(SlicesBySize(), x), x, symbolic=True)
     for n in (4, 6, 3):
         a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
         doubled = a * 2
@@ -610,23 +604,8 @@ def test_a_copy_of_the_shape_tensor_dumps_and_follows_the_input():
     # Tensor(x.shape) in a traced module is a copy of its GetVarShape tensor (an Identity op);
     # earlier versions of this fork lost its sizes there and refused to dump (DumpError)
     # (upstream 1.13 measured: its dump gives 2, 3 and 1 rows at 4, 6 and 3)
-    import io
-
-    from megengine.core._trace_option import set_symbolic_shape
-    from megengine.jit import trace
-    from megengine.utils.comp_graph_tools import GraphInference
-
-    tm = trace_module(HalfByShapeTensor(), Tensor(np.ones((4, 3), np.float32)))
-    saved = set_symbolic_shape(True)
-    try:
-        func = trace(tm, symbolic=True, capture_as_const=True)
-        func(Tensor(np.ones((4, 3), np.float32)))
-        f = io.BytesIO()
-        func.dump(f, arg_names=("x",))
-    finally:
-        set_symbolic_shape(saved)
-    f.seek(0)
-    g = GraphInference(f)
+    x = Tensor(np.ones((4, 3), np.float32))
+    g, _ = _dumped_inference(trace_module(HalfByShapeTensor(), x), x, symbolic=True)
     for n in (4, 6, 3):
         a = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
         np.testing.assert_array_equal(list(g.run(inp_dict={"x": a}).values())[0], a[: n // 2])
