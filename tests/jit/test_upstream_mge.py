@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import megengine as mge
 from megengine.jit.dump import load
 from megengine.jit.upstream_mge import UpstreamFormatError, _type_ids
 
@@ -46,7 +47,13 @@ def test_load_runs_as_upstream(name):
     feeds = {n: ref["in_" + n] for n, _, _ in prog.inputs}
     assert [(n, s, d) for n, s, d in prog.inputs] == [
         (n, ref["in_" + n].shape, ref["in_" + n].dtype) for n in feeds]
-    _check([v.numpy() for v in prog.run(feeds).values()], _outputs(ref))
+    got, want = [v.numpy() for v in prog.run(feeds).values()], _outputs(ref)
+    if name == "vision" and not mge.get_default_device().startswith("cpu"):
+        # its NHWC warp_affine: upstream's CPU kernel (OpenCV's) samples on a 1/32-pixel grid,
+        # a GPU (upstream's CUDA kernel, this engine's) at the exact points: a point at most
+        # 1/64 px off per axis moves a value of this [0, 1) image by at most 2/64
+        np.testing.assert_allclose(got.pop(0), want.pop(0), rtol=0, atol=1 / 32)
+    _check(got, want)
     # the metadata upstream's Network.load gives (its repr stored by make.py)
     want = eval(str(ref["metadata"]), {"array": np.array, "float32": "float32"})
     assert prog.metadata.keys() == want.keys()
