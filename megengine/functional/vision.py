@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..core import _config
-from ..core._trace_option import as_int, is_dim, is_int, is_sym, sizes_of
+from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import LinearMap, xp_of
