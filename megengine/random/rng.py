@@ -7,7 +7,7 @@ from .. import device as _device
 from ..core import _rng as _core_rng
 from ..core._trace_option import is_dim, is_int, sizes_of
 from ..core.dispatch import Op, apply, xp_of
-from ..core.ops import move_array
+from ..core.ops import _size_item, move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device, get_default_device
 
@@ -76,7 +76,8 @@ def _shape(size, what):
     if items is not None:
         # a whole float (``n / 2`` of an even n) is its int, as upstream's int32 shape
         # conversion reads it; a fraction is refused (upstream truncated it silently); a 0-d
-        # integer Tensor (``(mask.sum(), 4)``) is its value, as upstream's shape conversion
+        # integer Tensor (``(mask.sum(), 4)``) is its value, as upstream's shape conversion (a
+        # size of ``x.shape`` in a dumpable trace: its SymDim, so a dump follows the batch)
         items = [int(s) if isinstance(s, (float, np.floating)) and float(s).is_integer()
                  else _size_item(s) if isinstance(s, Tensor) and s.ndim == 0
                  and s.dtype.kind in "iu" else s for s in items]
@@ -87,14 +88,6 @@ def _shape(size, what):
     if any(s < 0 for s in shape):
         raise ValueError(f"{what}: size must not be negative, got {shape}")
     return shape
-
-
-def _size_item(size):
-    """A 0-d integer Tensor in a size: its value, or, when it is a size of ``x.shape`` in a
-    dumpable trace (a TracedModule's ``shape_tensor[0]``), its SymDim, so that a dumped
-    program draws at the batch size of each input."""
-    sizes = sizes_of(size)
-    return sizes.ravel()[0] if sizes is not None and sizes.size == 1 else size.item()
 
 
 def _dist_param(value, name, what, zero_ok=False):
