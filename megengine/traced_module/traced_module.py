@@ -469,7 +469,7 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     if not isinstance(mod, Module):
         raise TypeError(f"trace_module expects a megengine Module, got {type(mod).__name__}")
     tracer = Tracer()
-    rng_start = rng_state()
+    rng_start = rng_state() if tracer.values is not None else None  # (for the checker)
     with tracer:
         result = tracer.trace_forward(mod, args, kwargs)
     memo = {}

@@ -87,22 +87,25 @@ def is_builtin(module) -> bool:
         "megengine.traced_module")
 
 
+_RECORDED_HOMES = ("megengine.functional", "megengine.random")
+
+
+def _in_recorded_home(module_name):
+    """Whether ``module_name`` is megengine.functional or megengine.random, or inside them."""
+    return any(module_name == h or module_name.startswith(h + ".") for h in _RECORDED_HOMES)
+
+
 def _functional_modules():
     """The modules whose public functions a trace records as one step each: megengine.functional
     and megengine.random (a draw recorded as a step draws anew on every call of the traced
     module, from the generator ``megengine.random.seed`` sets)."""
     return [m for name, m in list(sys.modules.items())
-            if m is not None and any(name == home or name.startswith(home + ".")
-                                     for home in _RECORDED_HOMES)]
-
-
-_RECORDED_HOMES = ("megengine.functional", "megengine.random")
+            if m is not None and _in_recorded_home(name)]
 
 
 def _recorded_home(func):
     """Whether ``func`` belongs to megengine.functional or megengine.random."""
-    home = getattr(func, "__module__", None) or ""
-    return any(home == h or home.startswith(h + ".") for h in _RECORDED_HOMES)
+    return _in_recorded_home(getattr(func, "__module__", None) or "")
 
 
 def _is_recordable(name, value):
