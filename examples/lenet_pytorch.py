@@ -30,7 +30,11 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+
+try:  # a progress bar where tqdm is installed (the fork depends on it; a bare PYTHONPATH may not)
+    from tqdm import tqdm
+except ImportError:
+    tqdm = None
 
 import megengine as mge
 import megengine.functional as F
@@ -178,9 +182,10 @@ def train_one_epoch(net, loader, gm, opt, epoch, epochs):
     losses = []
     # A progress bar only on a terminal: in a log file tqdm's hundreds of \r updates are noise
     # (the per-epoch summary line is printed either way).
-    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr,
-               disable=not sys.stderr.isatty())
-    for images, labels in bar:
+    bar = None
+    if tqdm is not None and sys.stderr.isatty():
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
+    for images, labels in bar if bar is not None else loader:
         images, labels = mge.tensor(images), mge.tensor(labels)
         # Inside `with gm:` every op on attached parameters is recorded -- the whole torch
         # extractor is ONE op, whose backward is torch.autograd -- and gm.backward() writes
@@ -194,8 +199,10 @@ def train_one_epoch(net, loader, gm, opt, epoch, epochs):
         opt.step()
         opt.clear_grad()
         losses.append(float(loss.numpy()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if bar is not None:
+        bar.close()
     return losses
 
 
@@ -399,8 +406,12 @@ def train_and_check(args):
     # Keys: lenet_extractor_wrap.conv1.weight, ..., mge_classifier.weight, ...
     mge.save(net.state_dict(), weights_path)
     plot_path = out / "lenet_training.png"
-    plot_history(history, plot_path)
-    print(f"saved {weights_path} and {plot_path}")
+    try:
+        plot_history(history, plot_path)
+        print(f"saved {weights_path} and {plot_path}")
+    except ImportError:  # the demo's extra; the training and its checks need no plot
+        print(f"saved {weights_path} (matplotlib is not installed: no plot; "
+              "pip install matplotlib for it)")
 
     agreement = check_plain_torch(weights_path, test_loader, preds, lenet_extractor)
     print(f"plain PyTorch extractor + numpy classifier from {weights_path.name} agrees with the "

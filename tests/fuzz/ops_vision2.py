@@ -4,6 +4,11 @@ megdnn's naive DeformablePSROIPooling, gradients by finite differences)."""
 import numpy as np
 import torch
 
+try:  # the oracle of the uint8 channel modes; without it only the *2GRAY modes are drawn
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
+
 import megengine.functional as F
 
 from .gen import Case, pick, registry, values
@@ -33,8 +38,6 @@ def _gray_uint8(mode):
 
 
 def _cv2(mode):
-    import cv2
-
     if mode.endswith("GRAY"):
         return _gray_uint8(mode)
     code = getattr(cv2, "COLOR_" + mode)
@@ -71,7 +74,7 @@ def _cvt_color(rng):
         return Case(f"cvt_color(x{x.shape} float32, {mode})", [x],
                     lambda a: F.vision.cvt_color(a, mode), t, tol=(1e-5, 1e-6))
     if kind == "uint8":
-        mode = pick(rng, sorted(_CV2_UINT8))
+        mode = pick(rng, sorted(m for m in _CV2_UINT8 if cv2 is not None or m.endswith("GRAY")))
         x = rng.integers(0, 256, size=(n, h, w, _CV2_UINT8[mode])).astype(np.uint8)
         return Case(f"cvt_color(x{x.shape} uint8, {mode})", [x],
                     lambda a: F.vision.cvt_color(a, mode), _cv2(mode))

@@ -23,13 +23,17 @@ def calculate_md5(filename, chunk_size=1 << 20):
 
 
 def download_file(url, target, md5=None, timeout=500):
-    r"""Download ``url`` to the file ``target`` with a tqdm progress bar, checking ``md5``.
+    r"""Download ``url`` to the file ``target``, checking ``md5``; with a progress bar where tqdm
+    is installed.
 
     The file is written under a temporary name and moved into place only when complete
     and matching ``md5``. Raises ``OSError`` (``urllib.error.URLError``) when the URL
     cannot be read and ``RuntimeError`` on a checksum mismatch.
     """
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a declared dependency, but a bare PYTHONPATH may lack it
+        tqdm = None
 
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
@@ -38,17 +42,19 @@ def download_file(url, target, md5=None, timeout=500):
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = response.headers.get("Content-Length")
-            with tqdm(
-                total=int(total) if total else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=os.path.basename(target),
-            ) as bar:
+            bar = None
+            if tqdm is not None:
+                bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                           unit_divisor=1024, desc=os.path.basename(target))
+            try:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     digest.update(chunk)
-                    bar.update(len(chunk))
+                    if bar is not None:
+                        bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
         if md5 is not None and digest.hexdigest() != md5:
             raise RuntimeError(
                 "{} was downloaded from {} but its md5 is {}, not the expected {}; the file is "
