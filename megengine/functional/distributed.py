@@ -203,13 +203,31 @@ def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
     return out
 
 
+_alltoall_by_scatters = False  # set once torch's backend refused alltoall in this process
+
+
 @_peers
 def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
+    global _alltoall_by_scatters
     parts = _chunks(x, group.size, split_axis, what)
     xp = xp_of(x)
     buf = xp.empty((group.size,) + parts[0].shape, x.dtype)
-    _dist.all_to_all(_by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group),
-                     _by_torch_rank([_to_torch(p) for p in parts], group), group=group._pg)
+    outputs = _by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group)
+    inputs = _by_torch_rank([_to_torch(p) for p in parts], group)
+    if not _alltoall_by_scatters:
+        try:
+            _dist.all_to_all(outputs, inputs, group=group._pg)
+        except RuntimeError as error:  # raised before anything is sent, on every member alike
+            if "does not support alltoall" not in str(error):
+                raise
+            _alltoall_by_scatters = True
+    if _alltoall_by_scatters:
+        # gloo before torch 2.12 has no alltoall: each member scatters its parts in turn, in
+        # torch's (sorted) rank order, so output i is what torch's group rank i sent
+        me = group.proc_ranks[group.rank]
+        for i, src in enumerate(sorted(group.proc_ranks)):
+            _dist.scatter(outputs[i], scatter_list=inputs if src == me else None, src=src,
+                          group=group._pg)
     _after_gpu(buf)
     return _join(buf, concat_axis)
 

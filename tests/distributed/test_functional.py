@@ -253,6 +253,42 @@ def test_remote_send_recv_pipeline_values_and_gradients(group_results):
     assert dtype == "int32"
 
 
+def _all_to_all_by_scatters():
+    """all_to_all as it runs where torch's backend has no alltoall (gloo before torch 2.12):
+    forced here, so the fallback runs on every torch. WORLD with its gradient, then groups whose
+    order differs from torch's sorted ranks."""
+    fd._alltoall_by_scatters = True
+    rank, n = dist.get_rank(), dist.get_world_size()
+    out = {}
+    x = mge.Parameter(_input("all_to_all", rank, n, "float32"))
+    gm = GradManager().attach([x])
+    with gm:
+        y = fd.all_to_all(x)
+        gm.backward((y * _weight("all_to_all", rank, y.shape)).sum())
+    out["world"] = (y.numpy(), x.grad.numpy())
+    v = mge.tensor(np.arange(6, dtype=np.int32) + 10 * rank)
+    out["reversed"] = fd.all_to_all(v, group=dist.new_group([2, 1, 0])).numpy()
+    pair = dist.new_group([2, 0])
+    if rank in (0, 2):
+        out["pair"] = fd.all_to_all(v, group=pair).numpy()
+    return out
+
+
+def test_all_to_all_by_scatters_where_the_backend_lacks_alltoall(run_ranks):
+    results = run_ranks(_all_to_all_by_scatters, 3)
+    n = 3
+    xs = [_input("all_to_all", r, n, "float32") for r in range(n)]
+    ws = [_weight("all_to_all", r, xs[r].shape) for r in range(n)]
+    for r, (want_out, want_grad) in enumerate(_expect("all_to_all", xs, ws, n)):
+        np.testing.assert_array_equal(results[r]["world"][0], want_out)
+        np.testing.assert_array_equal(results[r]["world"][1], want_grad)
+    vs = [np.arange(6, dtype=np.int32) + 10 * r for r in range(n)]
+    for order, key in (([2, 1, 0], "reversed"), ([2, 0], "pair")):
+        for i, r in enumerate(order):  # member i gets part i of each member's input, in order
+            want = np.concatenate([np.split(vs[m], len(order))[i] for m in order])
+            np.testing.assert_array_equal(results[r][key], want, err_msg=f"{key}, rank {r}")
+
+
 def _older_remote_recv_forms():
     """Upstream before 1.8 named the shape and dtype on the receiving side."""
     out = {}
