@@ -1,4 +1,5 @@
 """`Function`: a user-defined op with its own forward and backward on Tensors (upstream's API)."""
+import warnings
 import weakref
 
 from ..core.dispatch import Op, apply
@@ -74,16 +75,19 @@ class _FunctionOp(Op):
         gs = self.fn.backward(*grads)
         gs = tuple(gs) if isinstance(gs, (tuple, list)) else (gs,)
         n = len(self.needs_input_grad)
-        if len(gs) > n and all(g is None for g in gs[n:]):
-            # trailing Nones past the inputs carry nothing; programs written for upstream return
-            # them (DMVFN's straight-through RoundSTE: ``return grad, None`` for one input)
+        if len(gs) > n:
+            # upstream drops gradients past the inputs. Trailing Nones carry nothing (DMVFN's
+            # straight-through RoundSTE returns ``grad, None`` for one input); anything else is
+            # dropped too, but said, since it usually means a slip in backward
+            if any(g is not None for g in gs[n:]):
+                warnings.warn(
+                    f"{self!r}.backward returned {len(gs)} gradients for {n} inputs; the last "
+                    f"{len(gs) - n} are ignored, as upstream MegEngine does", stacklevel=2)
             gs = gs[:n]
         if len(gs) < n:
             # the inputs past the returned gradients get none, as upstream's: a backward of
             # ``forward(self, x, mask)`` may return only x's gradient (a bare None: none at all)
             gs = gs + (None,) * (n - len(gs))
-        if len(gs) != n:
-            raise RuntimeError(f"{self!r}.backward returned {len(gs)} gradients for {n} inputs")
         for g in gs:
             if g is not None and not isinstance(g, Tensor):
                 raise TypeError(
