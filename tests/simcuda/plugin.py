@@ -12,10 +12,12 @@ __all__ = ["unsimulated_reason", "KNOWN_GPU_GAPS"]
 KNOWN_GPU_GAPS = {}
 
 # What torch and the bridge say when a test needs torch's CUDA (PyTorchModule on a GPU, a
-# device array handed to torch outside the ATen route): this machine's torch has none, and the
-# simulation does not pretend it has.
+# device array handed to torch outside the ATen route): this machine's torch has none (a CPU
+# build, or a CUDA build without a GPU or driver), and the simulation does not pretend it has.
 _TORCH_CUDA_MESSAGES = ("Torch not compiled with CUDA enabled",
-                        "has no usable CUDA; install a CUDA build of torch")
+                        "has no usable CUDA; install a CUDA build of torch",
+                        "Found no NVIDIA driver on your system",
+                        "No CUDA GPUs are available")
 
 
 def unsimulated_reason(exc):
