@@ -8,6 +8,9 @@ __all__ = ["Tensor", "Parameter", "tensor"]
 # engine's classes this public home makes files written here load on upstream and back.
 Tensor.__module__ = __name__
 Parameter.__module__ = __name__
+# Python 3.13+'s inspect reads a class's first line (__firstlineno__) in the file of its
+# __module__, this one: without it, inspect says there is no source, as Python 3.11 does
+Tensor.__firstlineno__ = Parameter.__firstlineno__ = None
 
 #: the Tensor class under its lower-case name: ``megengine.tensor([1, 2])`` makes a Tensor and
 #: ``isinstance(x, megengine.tensor)`` holds. ``megengine/__init__.py`` imports this name over

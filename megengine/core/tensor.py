@@ -97,6 +97,7 @@ class QParams:
 
     __slots__ = ("mode", "dtype_meta", "scale", "zero_point")
     __module__ = "megengine.quantization.utils"  # its home in upstream, where pickles find it
+    __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
     def __init__(self, mode=None, dtype_meta=None, scale=None, zero_point=None):
         self.mode, self.dtype_meta, self.scale, self.zero_point = mode, dtype_meta, scale, zero_point

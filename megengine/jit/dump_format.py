@@ -22,6 +22,7 @@ class DumpError(ValueError, RuntimeError):
     """
 
     __module__ = "megengine.jit.dump"  # its public home, which re-exports it
+    __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
 
 class _Writer:

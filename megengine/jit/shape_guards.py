@@ -30,6 +30,7 @@ class ShapeGuardError(ValueError):
     """A dumped program run at input shapes its traced Python code did not allow for."""
 
     __module__ = "megengine.jit"
+    __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
 
 def user_line():

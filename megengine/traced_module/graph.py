@@ -28,6 +28,7 @@ class NameSpace:
     """The names used in one graph: each node's name is unique in its graph."""
 
     __module__ = "megengine.traced_module.traced_module"  # where upstream's pickles find it
+    __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
     def __init__(self, name, qualname):
         self.name = name
@@ -208,6 +209,7 @@ class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
 
     __module__ = "megengine.traced_module.traced_module"  # where upstream's pickles find it
+    __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
     # TracedModule.set_watch_points / set_end_points (class defaults: graphs pickled before
     # these existed load with none)
