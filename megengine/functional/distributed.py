@@ -207,11 +207,15 @@ def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
 def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
     parts = _chunks(x, group.size, split_axis, what)
     xp = xp_of(x)
-    buf = xp.empty((group.size,) + parts[0].shape, x.dtype)
-    _dist.all_to_all(_by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group),
-                     _by_torch_rank([_to_torch(p) for p in parts], group), group=group._pg)
-    _after_gpu(buf)
-    return _join(buf, concat_axis)
+    # all_to_all_single on one stacked buffer, not the list form: gloo has only the former
+    # before torch 2.12 ("Backend gloo does not support alltoall" on 2.8 to 2.11). Its parts
+    # are in torch's rank order: sent as such, and the received ones put back in group order.
+    send = xp.stack(_by_torch_rank(parts, group))
+    received = xp.empty_like(send)
+    _dist.all_to_all_single(_to_torch(received), _to_torch(send), group=group._pg)
+    _after_gpu(received)
+    order = sorted(range(group.size), key=group._slot.__getitem__)
+    return _join(received if order == sorted(order) else received[order], concat_axis)
 
 
 # shape/dtype messages: [dtype code, ndim, flag, shape...] as one small int64 tensor
