@@ -42,7 +42,7 @@
 
 // From libtorch_python (declared in torch/csrc/autograd/python_variable.h, which we avoid including).
 extern PyObject* THPVariableClass;
-// Its parameter changed type: a value up to torch 2.5, const& since 2.6 (and && as well since 2.11).
+// Its parameter changed type: a value up to torch 2.5, const& since 2.6 (2.11 adds a && overload).
 // The declaration must match the library's symbol, or loading fails on an undefined symbol.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
 PyObject* THPVariable_Wrap(const at::TensorBase& var);
