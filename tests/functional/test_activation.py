@@ -350,12 +350,9 @@ def test_relu_on_aten_keeps_upstreams_select_for_nan_gradients():
 
 def test_hswish_slope_at_the_kinks_per_path():
     """At exactly x = -3 and 3 upstream's rule (the array code) takes the middle piece's slope
-    (2x + 3) / 6; ATen's is torch's own: 0 at -3 and 1 at 3 on torch 2.8 and 2.13, the middle
-    slope on torch 2.5 (measured)."""
+    (2x + 3) / 6; ATen's (torch's) takes 0 at -3 and 1 at 3."""
     x = mge.tensor(np.array([-3.0, 3.0], np.float32))
-    tx = torch.tensor(x.numpy(), requires_grad=True)
-    (torch_slopes,) = torch.autograd.grad(TF.hardswish(tx).sum(), tx)
-    for avoid, want in (((), torch_slopes.numpy()), (("activation",), [-0.5, 1.5])):
+    for avoid, want in (((), [0.0, 1.0]), (("activation",), [-0.5, 1.5])):
         with _aten.avoided(*avoid):
             with GradManager().attach(x) as gm:
                 gm.backward(F.hswish(x).sum())

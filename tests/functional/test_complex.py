@@ -9,7 +9,6 @@ import torch
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
-from oracle import needs_torch
 
 Z = np.array([[1 + 2j, -3 + 0.5j, 0.2 - 1j], [0, 2j, -1.5]], np.complex64)
 
@@ -195,10 +194,7 @@ SUPPORTED = {  # name -> (megengine call, oracle on the numpy array)
 }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=needs_torch("2.5", "complex to bool by both parts; torch 2.3 read "
-                                             "the real part only, 2j gave False"))
-    if n == "to bool" else n for n in sorted(SUPPORTED)])
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
 def test_ops_with_one_complex_meaning_match_numpy_and_torch(name):
     fn, oracle = SUPPORTED[name]
     out = fn(ct())

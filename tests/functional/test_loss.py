@@ -16,7 +16,7 @@ from megengine.functional.loss import _CrossEntropy
 
 from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
                      requires_torch_cuda, skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch, check_float16_against_torch, needs_torch
+from oracle import check_against_torch, check_float16_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -841,8 +841,7 @@ def test_reduced_pair_loss_gradients_of_a_broadcast_operand_match_torch(loss, re
 # its gradient divided by the count read as float16 (inf) was 0; torch adds in float32
 @pytest.mark.parametrize("fn, torch_fn", [
     (F.nn.l1_loss, TF.l1_loss),
-    pytest.param(F.nn.square_loss, TF.mse_loss, marks=needs_torch(
-        "2.8", "mse_loss's float16 backward on the CPU; torch 2.5 lacks it")),
+    (F.nn.square_loss, TF.mse_loss),
 ], ids=["l1", "square"])
 def test_float16_losses_add_in_float32(fn, torch_fn):
     rs = np.random.RandomState(0)
