@@ -890,8 +890,7 @@ class _TorchCall(Op):
                 got = (_grads_by_backward(outs, wrt, out_grads, params) if self.checkpointed
                        else _autograd_grad(outs, wrt, out_grads))
             except RuntimeError as e:
-                # (torch before 2.5 says "Checkpointing is not compatible with .grad()")
-                if "use_reentrant" in str(e) or "not compatible with .grad()" in str(e):
+                if "use_reentrant" in str(e):
                     raise RuntimeError(
                         f"{self!r} ran torch.utils.checkpoint with use_reentrant=True on "
                         "this call but not on its first recorded call like it (same mode, "
