@@ -150,13 +150,9 @@ def _join(buf, axis):
 @_peers
 def _reduce_scatter(x, group, axis, what="reduce_scatter_sum"):
     parts = _chunks(x, group.size, axis, what)
-    # reduce_scatter_tensor on the parts concatenated in torch's rank order, not the list form:
-    # gloo has only the former before torch 2.8 ("does not support reduce_scatter"), and takes
-    # it concatenated along axis 0 only (a stacked (n, ...) buffer aborts the process)
-    send = xp_of(x).concatenate(_by_torch_rank(parts, group))
     out = xp_of(x).empty(parts[0].shape, x.dtype)
-    _dist.reduce_scatter_tensor(_to_torch(out), _to_torch(send), op=_dist.ReduceOp.SUM,
-                                group=group._pg)
+    _dist.reduce_scatter(_to_torch(out), _by_torch_rank([_to_torch(p) for p in parts], group),
+                         op=_dist.ReduceOp.SUM, group=group._pg)
     _after_gpu(out)
     return out
 
