@@ -73,8 +73,9 @@ import torch
 from . import _config
 from .. import device as _device
 
-# The oldest torch the suite passes on, pyproject.toml's floor: megengine.distributed's
-# reduce_scatter needs gloo's (torch 2.8), and torch before 2.3 cannot read numpy 2's arrays.
+# The oldest torch the suite was measured to pass on, pyproject.toml's floor: on torch 2.3 and
+# 2.5 megengine.distributed's reduce_scatter fails on gloo and data-parallel runs sometimes hang;
+# torch 2.1 cannot even read numpy 2's arrays ("Could not infer dtype of numpy.float32").
 # Refused here, where every path into torch passes, rather than failing later and obscurely.
 _TORCH_FLOOR = (2, 8)
 if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < _TORCH_FLOOR:
