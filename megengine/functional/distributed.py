@@ -215,7 +215,7 @@ def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
     _dist.all_to_all_single(_to_torch(received), _to_torch(send), group=group._pg)
     _after_gpu(received)
     order = sorted(range(group.size), key=group._slot.__getitem__)
-    return _join(received if order == sorted(order) else received[order], concat_axis)
+    return _join(received if order == list(range(group.size)) else received[order], concat_axis)
 
 
 # shape/dtype messages: [dtype code, ndim, flag, shape...] as one small int64 tensor
