@@ -33,6 +33,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/SmallVector.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstring>
@@ -41,7 +42,13 @@
 
 // From libtorch_python (declared in torch/csrc/autograd/python_variable.h, which we avoid including).
 extern PyObject* THPVariableClass;
-PyObject* THPVariable_Wrap(at::TensorBase&& var);
+// Its parameter changed type: a value up to torch 2.5, const& since 2.6 (2.11 adds a && overload).
+// The declaration must match the library's symbol, or loading fails on an undefined symbol.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
+PyObject* THPVariable_Wrap(const at::TensorBase& var);
+#else
+PyObject* THPVariable_Wrap(at::TensorBase var);
+#endif
 
 #define MGE_STRINGIZE_IMPL(x) #x
 #define MGE_STRINGIZE(x) MGE_STRINGIZE_IMPL(x)

@@ -1,6 +1,18 @@
 """megengine: MegEngine's 1.x Python API on a numpy engine, with PyTorch modules embeddable inside."""
 import warnings as _warnings
 
+import numpy as _np
+
+# The engine's dtypes follow numpy 2's promotion rules (NEP 50): under numpy 1.x a 0-d float16 or
+# float32 array meeting a Python float becomes float64, so F.clip, F.sigmoid or F.logsumexp of a
+# 0-d tensor would silently return float64. Refused here rather than computed wrongly.
+if int(_np.__version__.split(".")[0]) < 2:
+    raise ImportError(
+        f"megengine needs numpy 2.0 or newer, found numpy {_np.__version__} "
+        f"({_np.__file__}): numpy 1.x promotes 0-d float16/float32 values to float64. Upgrade with "
+        f"pip install 'numpy>=2.0' (upstream MegEngine's wheels need numpy<2: keep them in another "
+        f"environment).")
+
 from .device import (_full_sync, _sync, get_default_device, get_device_count,
                      is_cuda_available, set_default_device)
 from .logger import enable_debug_log, get_logger, set_log_file, set_log_level

@@ -1,10 +1,20 @@
 """PyTorch as the oracle: run a function in megengine and in torch on the same inputs and compare
 values, dtypes and gradients (shared by the core and functional tests)."""
 import numpy as np
+import pytest
 import torch
 
 import megengine as mge
 from megengine.autodiff import GradManager
+
+
+def needs_torch(version, what):
+    """Skip mark for a test whose torch oracle needs torch ``version`` ("2.13") or newer: the
+    engine supports older torch releases (pyproject.toml's floor) that lack ``what``."""
+    have = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return pytest.mark.skipif(have < tuple(int(p) for p in version.split(".")),
+                              reason=f"the torch oracle needs torch {version}+ ({what}); this "
+                                     f"is torch {torch.__version__}")
 
 
 def _outputs(out, index):

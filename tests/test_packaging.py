@@ -50,3 +50,20 @@ def test_wheel_ships_the_cpp_source_the_license_and_the_build_command(wheel):
     assert "megengine/module/pytorch/__main__.py" in names
     assert "megenginelite/network.py" in names  # upstream's wheel ships MegEngine Lite's API too
     assert not any(n.endswith(".so") for n in names), "the operator is compiled on the user's machine"
+
+
+@pytest.mark.parametrize("package, old, module", [("numpy", "1.26.4", "megengine"),
+                                                  ("torch", "2.5.1", "megengine.module.pytorch")])
+def test_a_dependency_below_its_declared_floor_is_refused_at_import(tmp_path, package, old, module):
+    # the floor pyproject.toml declares is the one the import enforces, with what to do about it;
+    # a stand-in package that reports an old version comes first on the path
+    floor = re.search(rf'"{package}>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text(f"__version__ = {old!r}\n")
+    run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path,
+                         env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"})
+    assert run.returncode != 0
+    assert f"ImportError: megengine needs {package} {floor} or newer, found {package} {old}" \
+        in run.stderr
+    assert f"pip install '{package}>={floor}'" in run.stderr

@@ -73,6 +73,18 @@ import torch
 from . import _config
 from .. import device as _device
 
+# The oldest torch the suite was measured to pass on, pyproject.toml's floor: on torch 2.3 and
+# 2.5 megengine.distributed's reduce_scatter fails on gloo and data-parallel runs sometimes hang;
+# torch 2.1 cannot even read numpy 2's arrays ("Could not infer dtype of numpy.float32").
+# Refused here, where every path into torch passes, rather than failing later and obscurely.
+_TORCH_FLOOR = (2, 8)
+if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < _TORCH_FLOOR:
+    _floor = "%d.%d" % _TORCH_FLOOR
+    raise ImportError(
+        f"megengine needs torch {_floor} or newer, found torch {torch.__version__} "
+        f"({torch.__file__}). Upgrade it, e.g. to the CPU build: pip install 'torch>={_floor}' "
+        f"--index-url https://download.pytorch.org/whl/cpu")
+
 _config._sync_torch_backends(torch)  # cuDNN switches set in megengine.config before torch loaded
 
 __all__ = ["to_torch", "from_torch", "load_extension", "build", "cache_dir", "cache_root", "library_path",

@@ -203,33 +203,19 @@ def _scatter(x, group, axis, part_shape, dtype, xp, what="scatter"):
     return out
 
 
-_alltoall_by_scatters = False  # set once torch's backend refused alltoall in this process
-
-
 @_peers
 def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
-    global _alltoall_by_scatters
     parts = _chunks(x, group.size, split_axis, what)
     xp = xp_of(x)
-    buf = xp.empty((group.size,) + parts[0].shape, x.dtype)
-    outputs = _by_torch_rank([_to_torch(buf[i]) for i in range(group.size)], group)
-    inputs = _by_torch_rank([_to_torch(p) for p in parts], group)
-    if not _alltoall_by_scatters:
-        try:
-            _dist.all_to_all(outputs, inputs, group=group._pg)
-        except RuntimeError as error:  # raised before anything is sent, on every member alike
-            if "does not support alltoall" not in str(error):
-                raise
-            _alltoall_by_scatters = True
-    if _alltoall_by_scatters:
-        # gloo before torch 2.12 has no alltoall: each member scatters its parts in turn, in
-        # torch's (sorted) rank order, so output i is what torch's group rank i sent
-        me = group.proc_ranks[group.rank]
-        for i, src in enumerate(sorted(group.proc_ranks)):
-            _dist.scatter(outputs[i], scatter_list=inputs if src == me else None, src=src,
-                          group=group._pg)
-    _after_gpu(buf)
-    return _join(buf, concat_axis)
+    # all_to_all_single on one stacked buffer, not the list form: gloo has only the former
+    # before torch 2.12 ("Backend gloo does not support alltoall" on 2.8 to 2.11). Its parts
+    # are in torch's rank order: sent as such, and the received ones put back in group order.
+    send = xp.stack(_by_torch_rank(parts, group))
+    received = xp.empty_like(send)
+    _dist.all_to_all_single(_to_torch(received), _to_torch(send), group=group._pg)
+    _after_gpu(received)
+    order = sorted(range(group.size), key=group._slot.__getitem__)
+    return _join(received if order == list(range(group.size)) else received[order], concat_axis)
 
 
 # shape/dtype messages: [dtype code, ndim, flag, shape...] as one small int64 tensor

@@ -253,11 +253,9 @@ def test_remote_send_recv_pipeline_values_and_gradients(group_results):
     assert dtype == "int32"
 
 
-def _all_to_all_by_scatters():
-    """all_to_all as it runs where torch's backend has no alltoall (gloo before torch 2.12):
-    forced here, so the fallback runs on every torch. WORLD with its gradient, then groups whose
-    order differs from torch's sorted ranks."""
-    fd._alltoall_by_scatters = True
+def _all_to_all_in_groups():
+    """all_to_all on WORLD with its gradient, then in groups whose order differs from torch's
+    sorted ranks (the stacked buffer torch exchanges is in its rank order)."""
     rank, n = dist.get_rank(), dist.get_world_size()
     out = {}
     x = mge.Parameter(_input("all_to_all", rank, n, "float32"))
@@ -274,8 +272,8 @@ def _all_to_all_by_scatters():
     return out
 
 
-def test_all_to_all_by_scatters_where_the_backend_lacks_alltoall(run_ranks):
-    results = run_ranks(_all_to_all_by_scatters, 3)
+def test_all_to_all_in_groups_of_another_order(run_ranks):
+    results = run_ranks(_all_to_all_in_groups, 3)
     n = 3
     xs = [_input("all_to_all", r, n, "float32") for r in range(n)]
     ws = [_weight("all_to_all", r, xs[r].shape) for r in range(n)]
