@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-try:  # a progress bar where tqdm is installed (the fork depends on it; a bare PYTHONPATH may not)
+try:  # a progress bar where tqdm is installed (a dependency; a bare PYTHONPATH may lack it)
     from tqdm import tqdm
 except ImportError:
     tqdm = None
@@ -184,7 +184,8 @@ def train_one_epoch(net, loader, gm, opt, epoch, epochs):
     # (the per-epoch summary line is printed either way).
     bar = None
     if tqdm is not None and sys.stderr.isatty():
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+                   file=sys.stderr)
     for images, labels in bar if bar is not None else loader:
         images, labels = mge.tensor(images), mge.tensor(labels)
         # Inside `with gm:` every op on attached parameters is recorded -- the whole torch
@@ -407,11 +408,13 @@ def train_and_check(args):
     mge.save(net.state_dict(), weights_path)
     plot_path = out / "lenet_training.png"
     try:
-        plot_history(history, plot_path)
-        print(f"saved {weights_path} and {plot_path}")
-    except ImportError:  # the demo's extra; the training and its checks need no plot
+        import matplotlib  # noqa: F401  (the demo's extra: training and checks need no plot)
+    except ImportError:
         print(f"saved {weights_path} (matplotlib is not installed: no plot; "
               "pip install matplotlib for it)")
+    else:
+        plot_history(history, plot_path)
+        print(f"saved {weights_path} and {plot_path}")
 
     agreement = check_plain_torch(weights_path, test_loader, preds, lenet_extractor)
     print(f"plain PyTorch extractor + numpy classifier from {weights_path.name} agrees with the "
