@@ -323,8 +323,9 @@ def _where_dtype(a, b):
 def _non_zero(xp, x):
     if x.dtype.metadata is not None:  # a quantized tensor: non-zero values (not integers)
         x = _qd.stored(x) != _qd._zero_point(x.dtype)
-    idx = xp.nonzero(x)
-    return xp.stack(idx, axis=1).astype(np.int32) if idx else xp.zeros((0, 0), np.int32)
+    if x.ndim == 0:  # (n, 0), as torch's: n is 1 for a non-zero scalar (numpy 2.1+ refuses it)
+        return xp.zeros((int(x != 0), 0), np.int32)
+    return xp.stack(xp.nonzero(x), axis=1).astype(np.int32)
 
 
 _non_zero.data_shaped = True
@@ -332,7 +333,7 @@ _non_zero.data_shaped = True
 
 def non_zero(condition, as_tuple=False):
     """Indices (int32) of the non-zero elements: an ``(n, ndim)`` tensor, or a tuple of ``ndim``
-    1-D tensors with ``as_tuple``."""
+    1-D tensors with ``as_tuple`` (a 0-d input gives ``(1, 0)`` or ``(0, 0)``, as torch's)."""
     condition = _tensor(condition)
     idx = apply(Compute(_non_zero), condition)
     return tuple(idx[:, d] for d in range(condition.ndim)) if as_tuple else idx

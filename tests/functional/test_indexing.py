@@ -149,6 +149,10 @@ def test_non_zero_and_cond_take():
     nz = F.non_zero(mge.tensor(c))
     assert nz.dtype == np.int32
     np.testing.assert_array_equal(nz.numpy(), torch.nonzero(torch.tensor(c)).numpy())
+    for value in (3.0, 0.0, True):  # a 0-d input: (n, 0) as torch's, on every numpy 2.x
+        nz = F.non_zero(mge.tensor(value))
+        assert nz.dtype == np.int32 and nz.shape == tuple(torch.nonzero(torch.tensor(value)).shape)
+        assert F.non_zero(mge.tensor(value), as_tuple=True) == ()
     mask = c > 0
     x = rand(2, 3)
     check(lambda t: F.cond_take(mge.tensor(mask), t)[0], lambda t: t[torch.tensor(mask)], x)
