@@ -11,8 +11,8 @@ from megengine.autodiff import GradManager
 def needs_torch(version, what):
     """Skip mark for a test whose torch oracle needs torch ``version`` ("2.13") or newer: the
     engine supports older torch releases (pyproject.toml's floor) that lack ``what``."""
-    have = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    return pytest.mark.skipif(have < tuple(int(p) for p in version.split(".")),
+    # (torch.__version__ is a TorchVersion: it compares with a version string)
+    return pytest.mark.skipif(torch.__version__ < version,
                               reason=f"the torch oracle needs torch {version}+ ({what}); this "
                                      f"is torch {torch.__version__}")
 
