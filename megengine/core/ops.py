@@ -447,16 +447,16 @@ class MatMul(Op):
             # projections). A non-contiguous ``a`` is copied once here; backward reuses the copy.
             self.a = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
             self.a_shape = a.shape
-            return self.a.dot(b).reshape(a.shape[:-1] + b.shape[1:])
-        return a @ b
+            return matmul(self.a, b).reshape(a.shape[:-1] + b.shape[1:])
+        return matmul(a, b)
 
     def backward(self, g):
         xp = xp_of(g)
         a, b = self.a, self.b
         if self.a_shape is not None:  # forward's one 2-d gemm
             g = g.reshape(a.shape[0], b.shape[1])
-            ga = g.dot(b.T).reshape(self.a_shape) if self.needs_input_grad[0] else None
-            gb = a.T.dot(g) if self.needs_input_grad[1] else None
+            ga = matmul(g, b.T).reshape(self.a_shape) if self.needs_input_grad[0] else None
+            gb = matmul(a.T, g) if self.needs_input_grad[1] else None
             return ga, gb
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
@@ -467,9 +467,9 @@ class MatMul(Op):
             g = g[..., None]
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            ga = unbroadcast(matmul(g, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
-            gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape)
+            gb = unbroadcast(matmul(xp.swapaxes(a2, -1, -2), g), b2.shape).reshape(b.shape)
         return ga, gb
 
     def backward_reads(self):
@@ -1338,6 +1338,54 @@ def _aten_reduce(x, mode, axes):
     if mode == "mean":
         out /= math.prod(x.shape[a] for a in axes)  # (a fresh result: divided in place)
     return out
+
+
+# Matrix products of float32/float64 numpy arrays run on ATen (torch's BLAS, in torch's intra-op
+# pool) from the size at which numpy's BLAS would start threads of its own: OpenBLAS, which
+# numpy's wheels carry, threads a gemm above m * n * k = 4 * 65536 and a gemv from 2304 * 4
+# matrix elements (its interface/gemm.c and gemv.c). Its threads are a second pool beside
+# torch's, sized to every core whatever torch.set_num_threads / MGE_NUM_THREADS say, and its
+# idle workers spin for ~0.1 s after each product on the cores ATen's next kernels run on.
+# ShuffleNetV2's training step at batch 8 on two threads (two cores), its FC layer's three
+# products on OpenBLAS: 431 ms, 303 ms with OpenBLAS's workers made to sleep at once
+# (OPENBLAS_THREAD_TIMEOUT=4), torch 266 ms; benchmarks/bench_threads.py: 1.71x torch's step
+# with them on OpenBLAS, 1.27x on ATen (1.13x at one thread). Below the sizes numpy stays:
+# its products run on the calling thread there, at ~1 us per call against ATen's ~4. With one
+# thread MKL's and OpenBLAS's gemms are within ~15% of each other at these sizes, either way.
+_GEMM_THREADED = 4 * 65536
+_GEMV_THREADED = 4 * 2304
+_ATEN_GEMM_DTYPES = _ATEN_REDUCE_DTYPES
+_matmul = None  # ATen's matmul (torch's binding), looked up with _aten
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` (numpy.matmul) of arrays of one dtype, on ATen where numpy's BLAS would run
+    each product on threads of its own (above); ``a.dot(b)`` for 1-D / 2-D operands otherwise
+    (equal there, with less dispatch: ~5 us less per call right after torch's convolutions,
+    benchmarks/profile_hybrid_step.py). ``out``: a C-contiguous array of the result's shape and
+    dtype to write to, which is returned."""
+    if type(a) is np.ndarray and a.dtype is b.dtype and a.dtype in _ATEN_GEMM_DTYPES \
+            and a.ndim and b.ndim:
+        m = a.shape[-2] if a.ndim > 1 else 1
+        k = a.shape[-1]
+        n = b.shape[-1] if b.ndim > 1 else 1
+        size = m * n * k
+        if (size > _GEMM_THREADED if m > 1 and n > 1 else size >= _GEMV_THREADED) \
+                and k == b.shape[-2 if b.ndim > 1 else 0] \
+                and (a.ndim < 3 or b.ndim < 3 or a.shape[:-2] == b.shape[:-2]):
+            if _aten is None:
+                _load_aten()
+            if _aten.use_aten(a, "gemm"):
+                global _matmul
+                if _matmul is None:
+                    _matmul = _aten.op("matmul")
+                if out is None:
+                    return _aten.array(_matmul(_aten.view(a), _aten.view(b)))
+                _matmul(_aten.view(a), _aten.view(b), out=_aten.view(out))
+                return out
+    if out is not None:
+        return xp_of(a).matmul(a, b, out=out)
+    return a.dot(b) if a.ndim < 3 and b.ndim < 3 else a @ b
 
 
 def _load_aten():

@@ -11,7 +11,8 @@ devices (`use_aten`).
 Threads: the kernels run on torch's intra-op thread pool, so they follow torch's own setting
 (``OMP_NUM_THREADS`` at start-up, ``torch.set_num_threads`` at run time), as upstream MegEngine's
 CPU kernels follow its device's thread count. `set_num_threads` / `get_num_threads` here set and
-read that one pool without the caller importing torch.
+read that one pool without the caller importing torch. It is the engine's only pool: matrix
+products large enough for numpy's BLAS to thread come here too (family "gemm").
 """
 import contextlib
 import os
@@ -226,8 +227,11 @@ _forced = set()
 # row 3.8 us against 6.2 for numpy's bounds check and fancy indexing.
 # "pow": a float32/float64 array to one exponent from 1024 values (`core/ops.py` Pow, where
 # the measurements are): 512K values ** 3 0.22 ms against numpy's 31.9.
+# "gemm": float32/float64 matrix products of the sizes numpy's BLAS would run on threads of
+# its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
-                     "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow"})
+                     "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
+                     "gemm"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

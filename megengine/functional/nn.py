@@ -15,6 +15,7 @@ from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import acc_dtype, acc_sum, gemm_dtype, xp_of
+from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _as_float, _axes, _bias_widened, _out_of_range, _tensor
@@ -185,8 +186,9 @@ class _Linear(Op):
             x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
         self.x, self.w, self.out_shape = x, w, out_shape
         # ndarray.dot is matmul for a 2-d (or 1-d) input, with less dispatch: ~5 us less per
-        # call right after torch's convolutions (benchmarks/profile_hybrid_step.py)
-        y = x.dot(w.T)
+        # call right after torch's convolutions (benchmarks/profile_hybrid_step.py); large
+        # products go to ATen (`core.ops.matmul`)
+        y = _matmul(x, w.T)
         if b is not None:
             if b.dtype.metadata is not None:  # a quantized bias next to float input: refused,
                 promote_types(y.dtype, b.dtype)  # as x + b is (it was added as integers)
@@ -208,10 +210,10 @@ class _Linear(Op):
         if self.out_shape is not None:  # N-d: the (rows, out) matrix forward's gemm made
             g = g.reshape(x.shape[0], w.shape[0])
         # dot, as in forward: with g and x 2-d (or 1-d) each gradient is one gemm (gemv)
-        gx = g.dot(w) if needs[0] else None
+        gx = _matmul(g, w) if needs[0] else None
         if gx is not None and self.out_shape is not None:
             gx = gx.reshape(self.out_shape[:-1] + (w.shape[1],))
-        gw = (g.T.dot(x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
+        gw = (_matmul(g.T, x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         gb = (acc_sum(g, 0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None

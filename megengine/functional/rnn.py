@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 from ..core.dispatch import Op, apply, declare_fresh_gradient, xp_of
+from ..core.ops import matmul as _matmul
 from ..core.tensor import promote_types
 from . import _aten
 from ._args import _tensor
@@ -109,11 +110,11 @@ class _RecurrentLayer(Op):
         # whichever is the smaller pass
         scale_weights = steps * n >= hidden
         if scale_weights:
-            xg = x.reshape(steps * n, -1).dot((w_ih * half[:, None]).T)
+            xg = _matmul(x.reshape(steps * n, -1), (w_ih * half[:, None]).T)
             xg += bias * half
             w_rec = w_hh * half[:, None]
         else:
-            xg = x.reshape(steps * n, -1).dot(w_ih.T)
+            xg = _matmul(x.reshape(steps * n, -1), w_ih.T)
             xg += bias
             w_rec = w_hh
         gates = xg.reshape(steps, n, 4 * hidden)  # each step's pre-activations, then its i, f, g, o
@@ -229,7 +230,7 @@ class _RecurrentLayer(Op):
         return tuple(g if need else None for g, need in zip(out, needs))
 
     def _rnn_forward(self, xp, x, h0, w_ih, w_hh, bias, steps, n, hidden):
-        y = x.reshape(steps * n, -1).dot(w_ih.T)
+        y = _matmul(x.reshape(steps * n, -1), w_ih.T)
         y += bias
         y = y.reshape(steps, n, hidden)  # step t's input projection until it is h_t
         step_gemm = _step_gemm(xp, w_hh, h0, y, y)
@@ -264,10 +265,10 @@ class _RecurrentLayer(Op):
             dg, dh = self._rnn_backward(xp, gy, gh, order, steps, n, hidden)
         needs = self.needs_input_grad
         dg2 = dg.reshape(steps * n, -1)
-        gx = dg2.dot(self.w_ih).reshape(self.x_shape) if needs[0] else None
+        gx = _matmul(dg2, self.w_ih).reshape(self.x_shape) if needs[0] else None
         gh0 = dh if needs[1] else None
         k = 3 if lstm else 2  # where the weights start among the inputs
-        gw_ih = dg2.T.dot(x.reshape(steps * n, -1)) if needs[k] else None
+        gw_ih = _matmul(dg2.T, x.reshape(steps * n, -1)) if needs[k] else None
         gw_hh = None
         if needs[k + 1]:
             # h_(t-1) of each step: h0 for the first step run, y of the step run before
@@ -276,7 +277,7 @@ class _RecurrentLayer(Op):
                 h_prev[:-1], h_prev[-1] = y[1:], self.h0
             else:
                 h_prev[1:], h_prev[0] = y[:-1], self.h0
-            gw_hh = dg2.T.dot(h_prev.reshape(steps * n, hidden))
+            gw_hh = _matmul(dg2.T, h_prev.reshape(steps * n, hidden))
         # both biases enter every step's gates as a sum: each gets the same gradient (a copy
         # for the second, as no two gradients may share memory)
         gb_ih = dg2.sum(0) if needs[k + 2] else None
@@ -298,7 +299,7 @@ class _RecurrentLayer(Op):
         prev = None
         for t in reversed(order):  # sequential only through dh and dc
             if prev is not None:
-                xp.matmul(dg[prev].reshape(n, 4 * hidden), w_hh, out=dh)
+                _matmul(dg[prev].reshape(n, 4 * hidden), w_hh, out=dh)
                 dc *= f[prev]
             if gy is not None:
                 dh += gy[t]
@@ -307,7 +308,7 @@ class _RecurrentLayer(Op):
             xp.multiply(dc[:, None, :], e[t, :, :3], out=dg[t, :, :3])
             xp.multiply(dh, e[t, :, 3], out=dg[t, :, 3])
             prev = t
-        dh = dg[prev].reshape(n, 4 * hidden).dot(w_hh)
+        dh = _matmul(dg[prev].reshape(n, 4 * hidden), w_hh)
         dc *= f[prev]
         return dg, dh, dc
 
@@ -321,12 +322,12 @@ class _RecurrentLayer(Op):
         prev = None
         for t in reversed(order):
             if prev is not None:
-                xp.matmul(dz[prev], w_hh, out=dh)
+                _matmul(dz[prev], w_hh, out=dh)
             if gy is not None:
                 dh += gy[t]
             xp.multiply(dh, d[t], out=dz[t])
             prev = t
-        return dz, dz[prev].dot(w_hh)
+        return dz, _matmul(dz[prev], w_hh)
 
 
 class WeightViews:

@@ -10,6 +10,7 @@ from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import LinearMap, xp_of
+from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor
 from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _size, _tensor
@@ -100,20 +101,21 @@ class _Resize(Op):
         self.ah = xp.asarray(mat_h, x.dtype)
         self.aw = None if mat_w is None else xp.asarray(mat_w, x.dtype)
         self.ad = None if mat_d is None else xp.asarray(mat_d, x.dtype)
+        # (products on ATen where numpy's BLAS would thread them: core/ops.py matmul)
         if self.aw is None:  # 1-d: (N, C, L)
-            return x @ self.ah.T
-        out = self.ah @ (x @ self.aw.T)
+            return _mm(x, self.ah.T)
+        out = _mm(self.ah, _mm(x, self.aw.T))
         if self.ad is not None:  # depth: contract axis 2, then put the new depth back there
             out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
         return out
 
     def backward(self, g):
         if self.aw is None:
-            return g @ self.ah
+            return _mm(g, self.ah)
         if self.ad is not None:
             xp = xp_of(g)
             g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
-        return (self.ah.T @ g) @ self.aw
+        return _mm(_mm(self.ah.T, g), self.aw)
 
     def grad_graph(self, inputs, outputs, grads):
         """`backward` as recorded matmuls with the constant resampling matrices (a gradient

@@ -78,6 +78,24 @@ def test_layer_matches_torch_both_directions(mode, dtype, aten_gemm):
             run_both(mode, x, h0, c0, reverse, dtype)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "tanh"])
+def test_large_layers_take_their_products_to_aten_and_match_torch(mode, monkeypatch):
+    # the input projection of all steps, backward's per-step recurrent products and the
+    # weights' gradients are above the sizes numpy's BLAS would thread (core/ops.py matmul):
+    # they run on ATen. float64: the step loop (oneDNN's LSTM takes float32 only).
+    from megengine.core import ops as core_ops
+
+    core_ops.matmul(np.ones((2, 2)), np.ones((2, 2)))  # (loads the ATen entry)
+    calls = []
+    real = _aten.op("matmul")
+    monkeypatch.setattr(core_ops, "_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rs = np.random.RandomState(9)
+    x = rs.randn(3, 16, 128)
+    h0, c0 = rs.randn(16, 256), rs.randn(16, 256)
+    run_both(mode, x, h0, c0, False, np.float64)
+    assert len(calls) >= 5
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lstm_backward_factors_made_per_step_for_large_layers(dtype, monkeypatch):
     # (layers above the size limit make them in the loop; the tests' small ones after it)
