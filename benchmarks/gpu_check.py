@@ -19,7 +19,9 @@ What it does, in this order (under 5 minutes on one H200):
    at batch 64 and 784-4096-10 at batch 4096; and the memory of CuPy's pool and torch's
    allocator over 5,000 hybrid steps (it must not grow); then, in a process of its own,
    ``bench_fused_kernels.py --quick`` (softmax / cross entropy / relu: the fused CUDA paths
-   against the array code and torch; its gpu0 rows are shown, without aims).
+   against the array code and torch; its gpu0 rows are shown, without aims); then
+   ``bench_threads.py --quick --threads 1,<cores>`` (the CPU side: the engine's training step
+   against torch's at one thread and at every core, which a 2-core machine cannot show).
 4. On a machine with two or more GPUs, also ``pytest tests/simcuda/multi_gpu_cases.py`` (engine
    work on gpu1 while gpu0 is current; the simulated run's cases on real GPUs), at the same time
    as runs 1 and 2; with one GPU the summary says it was not run and why.
@@ -411,12 +413,28 @@ def run_fused_bench(args, log_dir, timeout=240):
     """bench_fused_kernels.py (the fused paths against the array code and torch, per device) in a
     process of its own; its gpu0 rows go into the summary as they are (no aims: they are the
     evidence for keeping or dropping the fused paths on CUDA)."""
-    name = "fused kernels (bench_fused_kernels.py)"
     # --quick (20 calls x 2 repeats): enough to see a factor, and it keeps the check short
-    command = [sys.executable, str(REPO / "benchmarks" / "bench_fused_kernels.py"), "--quick"]
+    return _run_script("fused kernels (bench_fused_kernels.py)", "bench_fused_kernels.py",
+                       ["--quick"], "gpu0", log_dir, timeout)
+
+
+def run_threads_bench(args, log_dir, timeout=240):
+    """bench_threads.py --quick at one thread and at every core of this machine (its CPU side:
+    the engine's step against torch's as the thread count grows; a 2-core machine cannot show
+    it), in a process of its own after everything else; its table and verdict go into the
+    summary (its aim is the script's own)."""
+    cores = os.cpu_count() or 1
+    return _run_script("CPU threads (bench_threads.py)", "bench_threads.py",
+                       ["--quick", "--threads", f"1,{cores}"], "  threads", log_dir, timeout)
+
+
+def _run_script(name, script, script_args, first_row, log_dir, timeout):
+    """Run benchmarks/``script`` with ``script_args`` (log in ``log_dir``); its output from the
+    first line starting with ``first_row`` on becomes the summary's rows."""
+    command = [sys.executable, str(REPO / "benchmarks" / script)] + script_args
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    log = Path(log_dir) / "bench_fused_kernels.log"
+    log = Path(log_dir) / (Path(script).stem + ".log")
     try:
         run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                              cwd=REPO)
@@ -429,8 +447,10 @@ def run_fused_bench(args, log_dir, timeout=240):
         tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
         return dict(name=name, ok=False, error=f"exit {run.returncode}: {tail[0]} (log {log})")
     lines = run.stdout.splitlines()
-    rows = lines[next((i for i, line in enumerate(lines) if line.startswith("gpu0")), len(lines)):]
-    return dict(name=name, ok=True, rows=rows or ["(no gpu0 rows: see the log)"], log=str(log))
+    rows = lines[next((i for i, line in enumerate(lines) if line.startswith(first_row)),
+                      len(lines)):]
+    return dict(name=name, ok=True, rows=rows or [f"(no {first_row.strip()} rows: see the log)"],
+                log=str(log))
 
 
 # ----- the summary --------------------------------------------------------------------------------
@@ -463,7 +483,9 @@ def summary(suites, benches, seconds, notes=(), checks=()):
             lines.append(f"bench, {b['name']:36s} {figures} (no aim; the issue measured ~115 us "
                          "for from_torch through DLPack)")
         elif "rows" in b:
-            lines.append(f"bench, {b['name']}: us per forward+backward, no aims (log {b['log']})")
+            what = ("us per forward+backward, no aims" if "fused" in b["name"]
+                    else "the script's table and verdict")
+            lines.append(f"bench, {b['name']}: {what} (log {b['log']})")
             lines.extend("    " + row for row in b["rows"])
         elif "memory" in b:
             before, after, growth = b["memory"]
@@ -537,7 +559,9 @@ def main(argv=None):
     if not args.skip_bench:
         for name, stage in (("GPU benchmarks", lambda: run_benchmarks(args)),
                             ("fused kernels (bench_fused_kernels.py)",
-                             lambda: [run_fused_bench(args, log_dir)])):
+                             lambda: [run_fused_bench(args, log_dir)]),
+                            ("CPU threads (bench_threads.py)",
+                             lambda: [run_threads_bench(args, log_dir)])):
             try:
                 benches += stage()
             except Exception as e:  # noqa: BLE001  (the summary must still come)

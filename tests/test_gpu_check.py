@@ -132,6 +132,9 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
         dict(name="engine MLP 784-256-10, batch 64", ok=True, ratio=1.5, torch_ms=1.0, mge_ms=1.5)])
     monkeypatch.setattr(gpu_check, "run_fused_bench", lambda args, log_dir: dict(
         name="fused kernels", ok=True, rows=["gpu0:", "  softmax row"], log="log"))
+    monkeypatch.setattr(gpu_check, "run_threads_bench", lambda args, log_dir: dict(
+        name="CPU threads (bench_threads.py)", ok=True, rows=["  threads  variant", "  1 row"],
+        log="log"))
     assert gpu_check.main(["--log-dir", str(tmp_path)]) == 1
     assert sorted(runs, key=len) == [{}, {"MGE_DEFAULT_DEVICE": "cpu0"}]  # (run at the same time)
     text = (tmp_path / "summary.txt").read_text()
@@ -139,6 +142,8 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
     assert "1.50x torch" in text and "aim <= 1.20x: MISSED" in text and "tests/x.py::test_y" in text
     assert "check, API check (tests/simcuda/api_check.py): PASS (api-check: no mismatches" in text
     assert "    gpu0:\n      softmax row" in text
+    assert "CPU threads (bench_threads.py): the script's table and verdict" in text
+    assert "      threads  variant\n      1 row" in text
     assert json.loads((tmp_path / "results.json").read_text())["benchmarks"][0]["ratio"] == 1.5
     assert text.strip() in capsys.readouterr().out
 
@@ -190,6 +195,25 @@ def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypat
     result = gpu_check.run_fused_bench(argparse.Namespace(quick=False), tmp_path)
     assert not result["ok"] and "exit 1: ValueError: no" in result["error"]
     assert "ERROR exit 1" in gpu_check.summary([], [result], 1.0)
+
+
+def test_the_threads_bench_runs_at_one_thread_and_every_core(gpu_check, monkeypatch, tmp_path):
+    calls = []
+    output = ("machine line\nshufflenet_v2 ...\n  threads  variant  ratio\n  1  megengine  1.1x\n"
+              "  megengine / torch at 16 threads over the same at 1: 1.05x (aim <= 1.10x: met)\n")
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=output, stderr="")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 16)
+    result = gpu_check.run_threads_bench(argparse.Namespace(quick=False), tmp_path)
+    assert calls[0][1].endswith("bench_threads.py")
+    assert calls[0][2:] == ["--quick", "--threads", "1,16"]
+    assert result["ok"] and result["rows"][0] == "  threads  variant  ratio"
+    assert result["rows"][-1].endswith("(aim <= 1.10x: met)")
+    assert (tmp_path / "bench_threads.log").read_text().startswith("machine line")
 
 
 def test_the_api_check_runs_first_and_its_mismatches_fail_the_check(gpu_check, monkeypatch,
