@@ -22,7 +22,13 @@ __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_n
 # wins when each sample has few values per channel (its kernel then runs channels-last,
 # vectorised along C). Measured forward, one thread: (256, 512) as BatchNorm1d sees it 60 us
 # against 130; (1024, 64) 34 against 96; (32, 64, 16, 1) 67 against 79; (32, 128, 4, 4) even;
-# (64, 64, 8, 8) 490 against 270. So numpy above this many values per sample and channel.
+# (64, 64, 8, 8) 490 against 270. So numpy above this many values per sample and channel, and
+# only while torch's pool (the engine's, `functional._aten`) has one thread: numpy's passes run
+# on the calling thread, ATen's kernel on the pool. Measured with two threads, training forward:
+# (8, 64, 56, 56) 2.2 ms on ATen against 3.1 for numpy, (8, 232, 14, 14) 0.49 against 0.58,
+# (8, 58, 28, 28) 0.47 against 0.47, (8, 24, 112, 112) 3.5 against 2.3 (one thread: 4.2
+# against 2.4, 0.81 against 0.50, 0.82 against 0.49, 6.2 against 2.2); with more threads
+# ATen's share of each pass shrinks and numpy's does not.
 _NUMPY_BN_MIN_SPATIAL = 16
 
 
@@ -56,7 +62,8 @@ def _stat_update(t, like):
 
 class _BatchNorm(Op):
     """Batch norm of an (N, C, ...) input per channel: the training forward of feature maps in
-    numpy on the CPU (measured faster, see `_forward_cpu` and `_NUMPY_BN_MIN_SPATIAL`), ATen's
+    numpy on the CPU with one thread (measured faster, see `_forward_cpu` and
+    `_NUMPY_BN_MIN_SPATIAL`), ATen's
     ``native_batch_norm`` elsewhere, inference on the CPU included (one fused pass: 0.26 ms
     against numpy's 0.53 for (8, 144, 56, 56), 13 us against 37 for ShuffleNetV2's small maps
     at batch 1); backward always ATen's.
@@ -131,7 +138,8 @@ class _BatchNorm(Op):
         # one value per channel: the unbiased variance is undefined (torch's update gives nan);
         # upstream trains on, so the running variance takes the biased one (0) instead
         single = self.training and rm is not None and m < 2
-        if self.training and type(x) is np.ndarray and m > _NUMPY_BN_MIN_SPATIAL * x.shape[0]:
+        if self.training and type(x) is np.ndarray and m > _NUMPY_BN_MIN_SPATIAL * x.shape[0] \
+                and _aten.get_num_threads() == 1:
             y, save_mean, save_invstd = self._forward_cpu(x, tw, tb, rm, rv, m)
         else:
             y, save_mean, save_invstd = _aten.op("native_batch_norm")(

@@ -778,22 +778,38 @@ def test_batch_norm_inference_values_and_gradients_match_torch(shape, strided, a
     _bn_against_torch(shape, dtype, affine, strided, training=False, eps=1e-3)
 
 
+@pytest.fixture
+def one_thread():
+    """torch's pool (the engine's) at one thread for the test: batch norm's numpy forward."""
+    from megengine.functional import _aten
+
+    before = _aten.get_num_threads()
+    _aten.set_num_threads(1)
+    yield
+    _aten.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape,strided", [
     ((33, 7), False), ((6, 5), True),  # BatchNorm1d's (N, C): one value per sample: ATen
     ((6, 5, 3), False), ((4, 3, 4, 4), True),  # up to 16 values per sample: ATen
-    ((4, 3, 5, 4), False),  # 20: numpy's passes
+    ((4, 3, 5, 4), False),  # 20: numpy's passes (with one thread: the fixture)
 ])
 @pytest.mark.parametrize("momentum,eps", [(0.9, 1e-5), (0.6, 1e-2)])
 def test_batch_norm_training_on_both_forward_paths_matches_torch(shape, strided, affine, dtype,
-                                                                 momentum, eps):
+                                                                 momentum, eps, one_thread):
     _bn_against_torch(shape, dtype, affine, strided, training=True, momentum=momentum,
                       eps=eps, rtol=1e-4 if dtype == "float32" else 1e-7,
                       atol=1e-5 if dtype == "float32" else 1e-9)
 
 
-def test_batch_norm_training_forward_path_follows_the_values_per_channel(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_training_forward_path_follows_the_values_per_channel_and_threads(
+        monkeypatch, threads):
+    # numpy's passes for feature maps while the pool has one thread; ATen's kernel, which
+    # runs on the pool, with more
+    from megengine.functional import _aten
     from megengine.functional.normalization import _BatchNorm
 
     calls = []
@@ -804,11 +820,17 @@ def test_batch_norm_training_forward_path_follows_the_values_per_channel(monkeyp
         return real(self, *args)
 
     monkeypatch.setattr(_BatchNorm, "_forward_cpu", spy)
-    for shape in ((8, 4), (2, 4, 16), (2, 4, 17), (2, 4, 3, 6)):
-        F.batch_norm(mge.tensor(rand(*shape)), training=True)
-        F.batch_norm(mge.tensor(rand(*shape)), mge.tensor(np.zeros(4, "float32")),
-                     mge.tensor(np.ones(4, "float32")), training=False)
-    on_numpy = [(2, 4, 17), (2, 4, 3, 6)] if type(mge.tensor(1.0)._data) is np.ndarray else []
+    before = _aten.get_num_threads()
+    _aten.set_num_threads(threads)
+    try:
+        for shape in ((8, 4), (2, 4, 16), (2, 4, 17), (2, 4, 3, 6)):
+            F.batch_norm(mge.tensor(rand(*shape)), training=True)
+            F.batch_norm(mge.tensor(rand(*shape)), mge.tensor(np.zeros(4, "float32")),
+                         mge.tensor(np.ones(4, "float32")), training=False)
+    finally:
+        _aten.set_num_threads(before)
+    on_numpy = [(2, 4, 17), (2, 4, 3, 6)] if type(mge.tensor(1.0)._data) is np.ndarray \
+        and threads == 1 else []
     assert calls == on_numpy  # inference never takes it
 
 
