@@ -229,9 +229,11 @@ _forced = set()
 # the measurements are): 512K values ** 3 0.22 ms against numpy's 31.9.
 # "gemm": float32/float64 matrix products of the sizes numpy's BLAS would run on threads of
 # its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
+# "update": SGD's update of float32/float64 parameters from 65536 elements
+# (`optimizer/sgd.py`, where the measurements are).
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
-                     "gemm"})
+                     "gemm", "update"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

@@ -12,16 +12,17 @@ SHAPES = [(3, 4), (5,), ()]
 
 
 def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, atol=1e-6,
-                     device="cpu0"):
+                     device="cpu0", shapes=SHAPES):
     """Feed both optimizers the same random gradients for ``steps`` steps; compare every step.
 
     ``make_mge(params)`` / ``make_torch(params)`` build the optimizers. ``reference``, if
     given, replaces torch: ``reference(values, grads, t)`` updates a list of float64 arrays.
     The megengine parameters live on ``device``: on "cpu0" the numpy update runs, on "gpu0"
-    the fused CUDA kernel (checked). Also checks that each parameter keeps its storage.
+    the fused CUDA kernel (checked). ``shapes``: the parameters' shapes. Also checks that each
+    parameter keeps its storage.
     """
     rng = np.random.RandomState(1)
-    init = [np.asarray(rng.randn(*s), dtype=np.float32) for s in SHAPES]
+    init = [np.asarray(rng.randn(*s), dtype=np.float32) for s in shapes]
     params = [mge.Parameter(v, device=device) for v in init]
     addresses = [address(p) for p in params]
     opt = make_mge(params)
@@ -33,7 +34,7 @@ def run_side_by_side(make_mge, make_torch, steps=5, reference=None, rtol=1e-5, a
     else:
         values = [v.astype(np.float64) for v in init]
     for t in range(1, steps + 1):
-        grads = [np.asarray(rng.randn(*s), dtype=np.float32) for s in SHAPES]
+        grads = [np.asarray(rng.randn(*s), dtype=np.float32) for s in shapes]
         for p, g in zip(params, grads):
             p.grad = mge.Tensor(g, device=device)
             assert use_fused(p._data, p.grad._data) == device.startswith("gpu")

@@ -17,6 +17,37 @@ def test_sgd_matches_torch(side_by_side, kw):
     side_by_side(lambda ps: SGD(ps, **kw), lambda ps: torch.optim.SGD(ps, **kw))
 
 
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
+])
+def test_sgd_updates_large_parameters_on_aten_as_torch(side_by_side_on_cpu, kw, monkeypatch):
+    # a parameter from 65536 elements updates with ATen's in-place ops (torch's thread pool),
+    # smaller ones with numpy's passes: the same values either way
+    from megengine.optimizer.sgd import SGD as Sgd
+
+    sizes = []
+    real = Sgd._update_aten
+
+    def spy(self, param, data, *args):
+        sizes.append(data.size)
+        return real(self, param, data, *args)
+
+    monkeypatch.setattr(Sgd, "_update_aten", spy)
+    shapes = [(256, 256), (3, 4), (65535,)]
+    side_by_side_on_cpu(lambda ps: SGD(ps, **kw), lambda ps: torch.optim.SGD(ps, **kw),
+                        steps=3, shapes=shapes)
+    assert sizes == [65536] * 3  # the large one, each step
+    sizes.clear()
+    from megengine.functional import _aten
+
+    with _aten.avoided("update"):  # numpy's passes for all: the same values
+        side_by_side_on_cpu(lambda ps: SGD(ps, **kw), lambda ps: torch.optim.SGD(ps, **kw),
+                            steps=3, shapes=shapes)
+    assert sizes == []
+
+
 def test_sgd_keeps_a_momentum_buffer_only_with_momentum():
     p, q = mge.Parameter([1.0, 2.0]), mge.Parameter([3.0])
     opt = SGD([{"params": [p], "momentum": 0.9}, {"params": [q]}], lr=0.1)
