@@ -230,7 +230,7 @@ _forced = set()
 # "gemm": float32/float64 matrix products of the sizes numpy's BLAS would run on threads of
 # its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
 # "update": SGD's update of float32/float64 parameters from 65536 elements
-# (`optimizer/sgd.py`, where the measurements are).
+# (`optimizer/optimizer.py` update_on_aten, where the measurements are).
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
                      "gemm", "update"})

@@ -1,9 +1,7 @@
 """`SGD`: stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
-import numpy as np
-
 from ..core.fused import fused_kernel, use_fused
 from ..functional import _aten
-from .optimizer import Optimizer, _check_non_negative
+from .optimizer import Optimizer, _check_non_negative, update_on_aten
 
 __all__ = ["SGD"]
 
@@ -48,8 +46,7 @@ class SGD(Optimizer):
             else:
                 _sgd_kernel()(grad, lr, weight_decay, data)
             return
-        if type(data) is np.ndarray and data.size >= _ATEN_UPDATE_MIN and data.dtype is grad.dtype \
-                and data.dtype in _ATEN_UPDATE_DTYPES and _aten.use_aten(data, "update"):
+        if update_on_aten(data, grad):
             self._update_aten(param, data, grad, state, group)
             return
         if weight_decay != 0:
@@ -74,16 +71,6 @@ class SGD(Optimizer):
             v.mul_(float(momentum)).add_(g)
             g = g.add(v, alpha=float(momentum)) if self._nesterov(group) else v
         p.add_(g, alpha=-float(lr))
-
-
-# Parameters from this many elements update on ATen on the CPU (float32/float64; family "update"
-# in `functional._aten`). Measured, SGD with momentum over every parameter of bench_models'
-# networks, numpy's passes against ATen's for those from 65536 elements: ResNet-18 (11.7M
-# values) 16.9 ms against 13.8 with one thread (numpy's ``lr * v`` is a temporary), 13.3 against
-# 7.4 with two; ShuffleNetV2 (2.3M in 169 parameters) 3.3 against 3.5 with one, 4.5 against 3.2
-# with two. Smaller parameters stay on numpy: a view and an ATen call cost more than the pass.
-_ATEN_UPDATE_MIN = 65536
-_ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # The same update as `SGD._update`'s array code, one CUDA kernel per parameter. The weight-decay
