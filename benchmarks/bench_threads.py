@@ -32,7 +32,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("megengine", "megengine, numpy BLAS")
@@ -121,8 +120,9 @@ def main():
     ref = counts[0]
     for t in counts[1:]:
         for v in VARIANTS:
-            print(f"  {v}, {ref} -> {t} threads: speed-up megengine {med[ref, v][1] / med[t, v][1]:.2f}x, "
-                  f"torch beside it {med[ref, v][2] / med[t, v][2]:.2f}x")
+            gain, torch_gain = (med[ref, v][i] / med[t, v][i] for i in (1, 2))
+            print(f"  {v}, {ref} -> {t} threads: speed-up megengine {gain:.2f}x, torch beside it "
+                  f"{torch_gain:.2f}x")
         rel = med[t, "megengine"][0] / med[ref, "megengine"][0]
         print(f"  megengine / torch at {t} threads over the same at {ref}: {rel:.2f}x "
               f"({_timing.verdict(rel, AIM)})")

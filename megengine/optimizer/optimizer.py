@@ -496,6 +496,7 @@ def _as_real(a):
 _ATEN_UPDATE_MIN = 65536
 _ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+
 def update_on_aten(data, grad):
     """Whether the update of numpy parameter ``data`` runs as ATen's ops on torch views of the
     arrays (torch's thread pool) rather than numpy's passes (see above)."""
