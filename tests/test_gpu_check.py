@@ -174,15 +174,21 @@ def test_the_multi_gpu_cases_run_beside_the_suite_only_with_two_gpus(gpu_check, 
         assert "multi_gpu_cases.py): not run, it needs 2 GPUs and this machine has 1" in text
 
 
-def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypatch, tmp_path):
+def _fake_subprocess(gpu_check, monkeypatch, output, returncode=0):
+    """gpu_check's subprocess.run answering ``output``; returns the list of commands it got."""
     calls = []
-    output = "machine line\ncpu0:\n  cpu row\ngpu0:\n  op shape arrays fused torch\n  softmax 1 2 3\n"
 
     def fake_run(command, **kwargs):
         calls.append(command)
-        return subprocess.CompletedProcess(command, 0, stdout=output, stderr="")
+        return subprocess.CompletedProcess(command, returncode, stdout=output, stderr="")
 
     monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    return calls
+
+
+def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypatch, tmp_path):
+    output = "machine line\ncpu0:\n  cpu row\ngpu0:\n  op shape arrays fused torch\n  softmax 1 2 3\n"
+    calls = _fake_subprocess(gpu_check, monkeypatch, output)
     result = gpu_check.run_fused_bench(argparse.Namespace(quick=False), tmp_path)
     assert calls[0][1].endswith("bench_fused_kernels.py") and calls[0][2:] == ["--quick"]
     assert result["ok"] and result["rows"] == ["gpu0:", "  op shape arrays fused torch", "  softmax 1 2 3"]
@@ -198,15 +204,9 @@ def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypat
 
 
 def test_the_threads_bench_runs_at_one_thread_and_every_core(gpu_check, monkeypatch, tmp_path):
-    calls = []
     output = ("machine line\nshufflenet_v2 ...\n  threads  variant  ratio\n  1  megengine  1.1x\n"
               "  megengine / torch at 16 threads over the same at 1: 1.05x (aim <= 1.10x: met)\n")
-
-    def fake_run(command, **kwargs):
-        calls.append(command)
-        return subprocess.CompletedProcess(command, 0, stdout=output, stderr="")
-
-    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    calls = _fake_subprocess(gpu_check, monkeypatch, output)
     monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 16)
     result = gpu_check.run_threads_bench(argparse.Namespace(quick=False), tmp_path)
     assert calls[0][1].endswith("bench_threads.py")
@@ -218,15 +218,9 @@ def test_the_threads_bench_runs_at_one_thread_and_every_core(gpu_check, monkeypa
 
 def test_the_api_check_runs_first_and_its_mismatches_fail_the_check(gpu_check, monkeypatch,
                                                                     tmp_path):
-    calls = []
     output = ("api-check: CuPy 14.2.0\nMISMATCH cupy cuda.Foo: cupy.cuda has no attribute 'Foo'  "
               "[megengine/x.py:3]\n\napi-check: 1 MISMATCH line(s)\n")
-
-    def fake_run(command, **kwargs):
-        calls.append(command)
-        return subprocess.CompletedProcess(command, 1, stdout=output, stderr="")
-
-    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    calls = _fake_subprocess(gpu_check, monkeypatch, output, returncode=1)
     result = gpu_check.run_api_check(tmp_path)
     assert calls[0][1].endswith("tests/simcuda/api_check.py") and "--quiet" in calls[0]
     assert not result["ok"] and result["verdict"] == "api-check: 1 MISMATCH line(s)"
