@@ -499,10 +499,11 @@ _ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def update_on_aten(data, grad):
     """Whether the update of numpy parameter ``data`` runs as ATen's ops on torch views of the
-    arrays (torch's thread pool) rather than numpy's passes (see above)."""
+    arrays (torch's thread pool) rather than numpy's passes (see above). C-contiguous storage
+    only: ops in place on a view must reach the array's own memory."""
     return type(data) is np.ndarray and data.size >= _ATEN_UPDATE_MIN \
         and data.dtype is grad.dtype and data.dtype in _ATEN_UPDATE_DTYPES \
-        and _aten.use_aten(data, "update")
+        and data.flags.c_contiguous and _aten.use_aten(data, "update")
 
 
 def _check_non_negative(value, name):
