@@ -11,6 +11,10 @@ import megengine.module as M
 from megengine.autodiff import GradManager
 from megengine.core import ops as core_ops
 from megengine.functional import _aten
+from devices import host_default_device  # noqa: F401  (the fixture)
+
+# the CPU's paths (numpy arrays), also on a machine whose default device is a GPU
+pytestmark = pytest.mark.usefixtures("host_default_device")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import megengine as mge
 from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional.rnn import rnn_layer
+from devices import host_default_device  # noqa: F401  (a fixture)
 
 GATES = {"lstm": 4, "tanh": 1, "relu": 1}
 
@@ -79,7 +80,8 @@ def test_layer_matches_torch_both_directions(mode, dtype, aten_gemm):
 
 
 @pytest.mark.parametrize("mode", ["lstm", "tanh"])
-def test_large_layers_take_their_products_to_aten_and_match_torch(mode, monkeypatch):
+def test_large_layers_take_their_products_to_aten_and_match_torch(mode, monkeypatch,
+                                                                  host_default_device):
     # the input projection of all steps, backward's per-step recurrent products and the
     # weights' gradients are above the sizes numpy's BLAS would thread (core/ops.py matmul):
     # they run on ATen. float64: the step loop (oneDNN's LSTM takes float32 only).
