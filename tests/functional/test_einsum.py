@@ -30,6 +30,37 @@ CASES = [
 ]
 
 
+# two operands: numpy's plain loop below 65536 label combinations, its optimized path (matrix
+# products) from there; the same values either way
+LARGE = [
+    ("bij,bjk->bik", [(16, 64, 64), (16, 64, 64)], True),  # 4M combinations
+    ("ij,jk->ik", [(64, 32), (32, 32)], True),  # 65536 exactly
+    ("ij,jk->ik", [(63, 32), (32, 32)], False),  # 64512
+    ("ii,ij->j", [(300, 300), (300, 256)], True),  # 76800 (a diagonal: i once)
+    ("ii->i", [(300, 300)], False),  # its gradient: two operands (g, an identity) with a fresh
+                                     # label, 90000 combinations
+]
+
+
+@pytest.mark.parametrize("eq,shapes,optimized", LARGE, ids=[f"{c[0]}-{c[2]}" for c in LARGE])
+def test_einsum_takes_numpys_optimized_path_for_large_contractions(eq, shapes, optimized,
+                                                                   monkeypatch):
+    seen = []
+    real = np.einsum
+
+    def spy(*args, optimize=False, **kwargs):
+        seen.append(bool(optimize))
+        return real(*args, optimize=optimize, **kwargs)
+
+    monkeypatch.setattr(np, "einsum", spy)
+    rs = np.random.RandomState(3)
+    arrays = [rs.randn(*s).astype(np.float32) for s in shapes]
+    check_against_torch(lambda *xs: F.einsum(eq, *xs), lambda *ts: torch.einsum(eq, *ts),
+                        *arrays, rtol=1e-4, atol=1e-4)
+    if type(mge.tensor(1.0)._data) is np.ndarray:  # (on a GPU CuPy's einsum runs)
+        assert seen[0] is optimized  # the forward's call
+
+
 @pytest.mark.parametrize("eq,shapes", CASES, ids=[c[0] for c in CASES])
 def test_einsum_values_and_grads_match_torch(eq, shapes):
     rs = np.random.RandomState(0)
