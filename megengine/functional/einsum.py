@@ -3,9 +3,11 @@ import functools
 import math
 import string
 
+import numpy as np
+
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import acc_dtype, acc_sum, xp_of
+from ..core.ops import acc_dtype, acc_sum, matmul, xp_of
 from ..core.tensor import Tensor, promote_types
 from .elemwise import _tensor
 
@@ -97,19 +99,68 @@ def _wide(arrays):
     return None
 
 
-# einsum's ``optimize``: a contraction order for chains such as 'ik,jkl,il->ij', and matrix
-# products (BLAS) for contractions that are one; it costs ~20 us of planning per call. numpy's
-# plain loop over every combination of labels is cheaper below ~65536 combinations and slower
-# above (one thread, float32: 'ij,jk->ik' 8^3 4.2 us plain against 22 optimized, 64^3 89 against
-# 30; 'bij,bjk->bik' 4x8^3 8.9 against 21, 16x32^3 309 against 43, (16, 64, 64) 907 against
-# 113). Earlier versions of this fork took the plain loop for every two-operand forward.
+# numpy's plain einsum loop over every combination of labels is cheaper than a matrix product
+# below ~65536 combinations and far slower above (one thread, float32: 'ij,jk->ik' 8^3 4.2 us
+# plain against 22 through numpy's ``optimize``, 64^3 89 against 30; 'bij,bjk->bik' 4x8^3 8.9
+# against 21, 16x32^3 309 against 43, (16, 64, 64) 907 against 113). From there a contraction
+# of two numpy operands is one batched matrix product (`_as_matmul`) through `core.ops.matmul`
+# (numpy's BLAS on the calling thread, or ATen in torch's pool where numpy's would start its
+# own threads, as numpy's ``optimize`` path does); chains of three or more take numpy's
+# ``optimize`` (a contraction order; ~20 us of planning per call). Earlier versions of this
+# fork took the plain loop for every two-operand forward.
 _OPTIMIZE_MIN = 65536
 
 
-def _optimize(n_operands, label_sizes):
-    """numpy's einsum ``optimize`` for a call on ``n_operands`` operands whose labels have these
-    sizes: always for chains of three or more, for two from _OPTIMIZE_MIN combinations."""
-    return n_operands > 2 or math.prod(label_sizes) >= _OPTIMIZE_MIN
+def _contract(xp, eq, operands, label_sizes):
+    """``xp.einsum(eq, *operands)`` by the cheapest of the paths above."""
+    if len(operands) > 2:
+        return xp.einsum(eq, *operands, optimize=True)
+    if len(operands) == 2 and math.prod(label_sizes) >= _OPTIMIZE_MIN:
+        if xp is np:
+            out = _as_matmul(eq, *operands)
+            if out is not None:
+                return out
+        return xp.einsum(eq, *operands, optimize=True)
+    return xp.einsum(eq, *operands)
+
+
+def _as_matmul(eq, a, b):
+    """Two-operand ``np.einsum(eq, a, b)`` as one batched matrix product: the labels both keep
+    (batch), those only one keeps (rows of a, columns of b) and those both sum (the inner
+    dimension) each merged into one axis; a label only one operand has and drops is summed
+    first. None where that does not apply (a label repeated in an operand, a size-1 dimension
+    broadcast against another size, other dtypes)."""
+    lhs, out = eq.split("->")
+    sa, sb = lhs.split(",")
+    if a.dtype is not b.dtype or a.dtype.kind != "f" or len(set(sa)) < len(sa) \
+            or len(set(sb)) < len(sb):
+        return None
+    sizes = {}
+    for sub, shape in ((sa, a.shape), (sb, b.shape)):
+        for c, n in zip(sub, shape):
+            if sizes.setdefault(c, n) != n:  # broadcast: numpy's einsum does it
+                return None
+    drop_a = [i for i, c in enumerate(sa) if c not in sb and c not in out]
+    drop_b = [i for i, c in enumerate(sb) if c not in sa and c not in out]
+    if drop_a:
+        a, sa = a.sum(tuple(drop_a)), "".join(c for c in sa if c in sb or c in out)
+    if drop_b:
+        b, sb = b.sum(tuple(drop_b)), "".join(c for c in sb if c in sa or c in out)
+    batch = [c for c in out if c in sa and c in sb]
+    rows = [c for c in out if c in sa and c not in sb]
+    cols = [c for c in out if c in sb and c not in sa]
+    inner = [c for c in sa if c in sb and c not in out]
+
+    def size(labels):
+        return math.prod(sizes[c] for c in labels)
+
+    a3 = a.transpose([sa.index(c) for c in batch + rows + inner]).reshape(
+        size(batch), size(rows), size(inner))
+    b3 = b.transpose([sb.index(c) for c in batch + inner + cols]).reshape(
+        size(batch), size(inner), size(cols))
+    y = matmul(a3, b3).reshape([sizes[c] for c in batch + rows + cols])
+    order = batch + rows + cols
+    return y.transpose([order.index(c) for c in out])
 
 
 class Einsum(Op):
@@ -129,10 +180,9 @@ class Einsum(Op):
         self.xs = xs
         eq = ",".join(self.subs) + "->" + self.out
         xp, wide = xp_of(xs[0]), _wide(xs)
-        optimize = _optimize(len(xs), self.sizes.values())
         if wide is None:
-            return xp.einsum(eq, *xs, optimize=optimize)
-        return xp.einsum(eq, *wide, optimize=optimize).astype(xp.result_type(*xs))
+            return _contract(xp, eq, xs, self.sizes.values())
+        return _contract(xp, eq, wide, self.sizes.values()).astype(xp.result_type(*xs))
 
     def _grad_plan(self, k):
         """How d(out)/d(operand k) contracts: (equation, extra constant arrays spec).
@@ -179,9 +229,8 @@ class Einsum(Op):
                       for kind, _, n in extras]
             operands = [g, *others, *consts]
             terms = eq.partition("->")[0].split(",")  # (fresh diagonal labels: sizes too)
-            optimize = _optimize(len(operands), {c: n for t, o in zip(terms, operands)
-                                                 for c, n in zip(t, o.shape)}.values())
-            gk = xp.einsum(eq, *(_wide(operands) or operands), optimize=optimize)
+            sizes = {c: n for t, o in zip(terms, operands) for c, n in zip(t, o.shape)}
+            gk = _contract(xp, eq, _wide(operands) or operands, sizes.values())
             gk = self._unbroadcast(xp, gk, k)
             if gk.dtype.kind != "c":  # (a real input's complex gradient: the dispatcher takes
                 gk = gk.astype(self.dtypes[k], copy=False)  # its real part)
