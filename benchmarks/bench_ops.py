@@ -112,6 +112,13 @@ def matrices(size):
     return [rs.randn(m, k).astype(np.float32), rs.randn(k, n).astype(np.float32)]
 
 
+def batched_matrices(size):
+    """Eight (m/4, k/4) @ (k/4, n/4) products: attention-sized batches at the medium size."""
+    rs = _rs(size, 9)
+    m, k, n = (max(d // 4, 1) for d in size["mm"])
+    return [rs.randn(8, m, k).astype(np.float32), rs.randn(8, k, n).astype(np.float32)]
+
+
 def three_floats(size):
     rs = _rs(size, 5)
     return [rs.randn(*size["ew"]).astype(np.float32) for _ in range(3)]
@@ -162,6 +169,8 @@ CASES = [
     Case("mean_axis1", logits, lambda x, y: F.mean(x, axis=1), lambda x, y: x.mean(1)),
     Case("max_axis1", logits, lambda x, y: F.max(x, axis=1), lambda x, y: x.amax(1)),
     Case("matmul", matrices, lambda a, b: F.matmul(a, b), lambda a, b: a @ b),
+    Case("einsum_bmm", batched_matrices, lambda a, b: F.einsum("bij,bjk->bik", a, b),
+         lambda a, b: torch.einsum("bij,bjk->bik", a, b)),
     Case("clip", one_float, lambda x: F.clip(x, -1.0, 1.0), lambda x: x.clamp(-1.0, 1.0)),
     Case("where", mask_and_two, lambda m, x, y: F.where(m, x, y),
          lambda m, x, y: torch.where(m, x, y)),
