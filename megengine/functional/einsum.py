@@ -103,11 +103,11 @@ def _wide(arrays):
 # below ~65536 combinations and far slower above (one thread, float32: 'ij,jk->ik' 8^3 4.2 us
 # plain against 22 through numpy's ``optimize``, 64^3 89 against 30; 'bij,bjk->bik' 4x8^3 8.9
 # against 21, 16x32^3 309 against 43, (16, 64, 64) 907 against 113). From there a contraction
-# of two numpy operands is one batched matrix product (`_as_matmul`) through `core.ops.matmul`
-# (numpy's BLAS on the calling thread, or ATen in torch's pool where numpy's would start its
-# own threads, as numpy's ``optimize`` path does); chains of three or more take numpy's
-# ``optimize`` (a contraction order; ~20 us of planning per call). Earlier versions of this
-# fork took the plain loop for every two-operand forward.
+# of two numpy operands is one batched matrix product (`_as_matmul`) through `core.ops.matmul`:
+# numpy's BLAS on the calling thread, or ATen in torch's pool where numpy's BLAS would start
+# threads of its own (which numpy's ``optimize`` path lets it do). Chains of three or more take
+# numpy's ``optimize`` (a contraction order; ~20 us of planning per call), as do CuPy arrays.
+# Earlier versions of this fork took the plain loop for every two-operand forward.
 _OPTIMIZE_MIN = 65536
 
 
