@@ -11,8 +11,10 @@ devices (`use_aten`).
 Threads: the kernels run on torch's intra-op thread pool, so they follow torch's own setting
 (``OMP_NUM_THREADS`` at start-up, ``torch.set_num_threads`` at run time), as upstream MegEngine's
 CPU kernels follow its device's thread count. `set_num_threads` / `get_num_threads` here set and
-read that one pool without the caller importing torch. It is the engine's only pool: matrix
-products large enough for numpy's BLAS to thread come here too (family "gemm").
+read that one pool without the caller importing torch. The engine's matrix products large
+enough for numpy's BLAS to thread come here too (family "gemm"), so that two pools do not take
+turns spinning on the same cores; numpy's linear algebra (matinv, svd) and einsum chains of
+three or more operands still run on numpy's BLAS (docs/compatibility.rst, "CPU threads").
 """
 import contextlib
 import os
