@@ -1,7 +1,8 @@
 """Matrix products of float32/float64 numpy arrays run on ATen (torch's thread pool) from the sizes
 at which numpy's BLAS would start threads of its own (`megengine/core/ops.py` ``matmul``); below
 them, and for other dtypes, numpy computes them. Values and gradients are checked against float64
-numpy products on both paths; which path ran is counted through the op's ATen entry."""
+numpy products on both paths (interpolation against torch's); which path ran is counted through
+the op's ATen entry."""
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("host_default_device")
 
 @pytest.fixture
 def aten_calls(monkeypatch):
-    """The number of matrix products the engine sent to ATen since the fixture was made."""
+    """The matrix products (their operand shapes) the engine sent to ATen from here on."""
     core_ops.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))  # (loads _aten)
     calls = []
     real = _aten.op("matmul")
