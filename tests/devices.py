@@ -163,6 +163,24 @@ def record_aten_kernels(monkeypatch):
     return used
 
 
+def record_aten_matmuls(monkeypatch):
+    """A list that grows with the operand shapes of each matrix product the engine sends to
+    ATen from now on (`megengine/core/ops.py` ``matmul``'s ATen entry, wrapped for the test):
+    which products took torch's pool."""
+    from megengine.core import ops as core_ops
+    from megengine.functional import _aten
+
+    core_ops.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))  # (loads _aten)
+    calls, real = [], _aten.op("matmul")
+
+    def counting(*args, **kwargs):
+        calls.append(tuple(a.shape for a in args[:2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_ops, "_matmul", counting)
+    return calls
+
+
 def child_env(env=None):
     """The environment for a fresh Python process a test starts (default: this one's).
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 from ..core.dispatch import Op, apply, declare_fresh_gradient, xp_of
+from ..core.ops import _ATEN_GEMM_DTYPES
 from ..core.ops import matmul as _matmul
 from ..core.tensor import promote_types
 from . import _aten
@@ -41,7 +42,6 @@ __all__ = ["rnn_layer", "rnn_stack", "WeightViews", "higher_order_possible"]
 _MODES = ("lstm", "tanh", "relu")
 _WHOLE_SEQUENCE_FACTORS = 1 << 16  # gate values (see _lstm_forward)
 _ONEDNN_LSTM = 2  # mkldnn_rnn_layer's mode for an LSTM (torch's cell-type enum)
-_ATEN_GEMM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 _FLOAT32 = np.dtype(np.float32)
 
 

@@ -12,7 +12,7 @@ import megengine.module as M
 from megengine.autodiff import GradManager
 from megengine.core import ops as core_ops
 from megengine.functional import _aten
-from devices import host_default_device  # noqa: F401  (the fixture)
+from devices import host_default_device, record_aten_matmuls  # noqa: F401  (a fixture)
 
 # the CPU's paths (numpy arrays), also on a machine whose default device is a GPU
 pytestmark = pytest.mark.usefixtures("host_default_device")
@@ -21,16 +21,7 @@ pytestmark = pytest.mark.usefixtures("host_default_device")
 @pytest.fixture
 def aten_calls(monkeypatch):
     """The matrix products (their operand shapes) the engine sent to ATen from here on."""
-    core_ops.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))  # (loads _aten)
-    calls = []
-    real = _aten.op("matmul")
-
-    def counting(*args, **kwargs):
-        calls.append(tuple(a.shape for a in args[:2]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core_ops, "_matmul", counting)
-    return calls
+    return record_aten_matmuls(monkeypatch)
 
 
 def _summed_to(g, shape):

@@ -11,7 +11,7 @@ import megengine as mge
 from megengine.autodiff import GradManager
 from megengine.functional import _aten
 from megengine.functional.rnn import rnn_layer
-from devices import host_default_device  # noqa: F401  (a fixture)
+from devices import host_default_device, record_aten_matmuls  # noqa: F401  (a fixture)
 
 GATES = {"lstm": 4, "tanh": 1, "relu": 1}
 
@@ -85,12 +85,7 @@ def test_large_layers_take_their_products_to_aten_and_match_torch(mode, monkeypa
     # the input projection of all steps, backward's per-step recurrent products and the
     # weights' gradients are above the sizes numpy's BLAS would thread (core/ops.py matmul):
     # they run on ATen. float64: the step loop (oneDNN's LSTM takes float32 only).
-    from megengine.core import ops as core_ops
-
-    core_ops.matmul(np.ones((2, 2)), np.ones((2, 2)))  # (loads the ATen entry)
-    calls = []
-    real = _aten.op("matmul")
-    monkeypatch.setattr(core_ops, "_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = record_aten_matmuls(monkeypatch)
     rs = np.random.RandomState(9)
     x = rs.randn(3, 16, 128)
     h0, c0 = rs.randn(16, 256), rs.randn(16, 256)
