@@ -415,7 +415,7 @@ def run_fused_bench(args, log_dir, timeout=240):
     evidence for keeping or dropping the fused paths on CUDA)."""
     # --quick (20 calls x 2 repeats): enough to see a factor, and it keeps the check short
     return _run_script("fused kernels (bench_fused_kernels.py)", "bench_fused_kernels.py",
-                       ["--quick"], "gpu0", log_dir, timeout)
+                       ["--quick"], "gpu0", "us per forward+backward, no aims", log_dir, timeout)
 
 
 def run_threads_bench(args, log_dir, timeout=240):
@@ -425,12 +425,14 @@ def run_threads_bench(args, log_dir, timeout=240):
     summary (its aim is the script's own)."""
     cores = os.cpu_count() or 1
     return _run_script("CPU threads (bench_threads.py)", "bench_threads.py",
-                       ["--quick", "--threads", f"1,{cores}"], "  threads", log_dir, timeout)
+                       ["--quick", "--threads", f"1,{cores}"], "  threads",
+                       "the script's table and verdict", log_dir, timeout)
 
 
-def _run_script(name, script, script_args, first_row, log_dir, timeout):
+def _run_script(name, script, script_args, first_row, what, log_dir, timeout):
     """Run benchmarks/``script`` with ``script_args`` (log in ``log_dir``); its output from the
-    first line starting with ``first_row`` on becomes the summary's rows."""
+    first line starting with ``first_row`` on becomes the summary's rows, headed by ``what``
+    they are."""
     command = [sys.executable, str(REPO / "benchmarks" / script)] + script_args
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
@@ -450,7 +452,7 @@ def _run_script(name, script, script_args, first_row, log_dir, timeout):
     rows = lines[next((i for i, line in enumerate(lines) if line.startswith(first_row)),
                       len(lines)):]
     return dict(name=name, ok=True, rows=rows or [f"(no {first_row.strip()} rows: see the log)"],
-                log=str(log))
+                what=what, log=str(log))
 
 
 # ----- the summary --------------------------------------------------------------------------------
@@ -483,9 +485,7 @@ def summary(suites, benches, seconds, notes=(), checks=()):
             lines.append(f"bench, {b['name']:36s} {figures} (no aim; the issue measured ~115 us "
                          "for from_torch through DLPack)")
         elif "rows" in b:
-            what = ("us per forward+backward, no aims" if "fused" in b["name"]
-                    else "the script's table and verdict")
-            lines.append(f"bench, {b['name']}: {what} (log {b['log']})")
+            lines.append(f"bench, {b['name']}: {b['what']} (log {b['log']})")
             lines.extend("    " + row for row in b["rows"])
         elif "memory" in b:
             before, after, growth = b["memory"]

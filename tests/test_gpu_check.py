@@ -131,10 +131,11 @@ def test_main_writes_the_summary_and_fails_when_a_run_fails(gpu_check, monkeypat
     monkeypatch.setattr(gpu_check, "run_benchmarks", lambda args: [
         dict(name="engine MLP 784-256-10, batch 64", ok=True, ratio=1.5, torch_ms=1.0, mge_ms=1.5)])
     monkeypatch.setattr(gpu_check, "run_fused_bench", lambda args, log_dir: dict(
-        name="fused kernels", ok=True, rows=["gpu0:", "  softmax row"], log="log"))
+        name="fused kernels", ok=True, rows=["gpu0:", "  softmax row"],
+        what="us per forward+backward, no aims", log="log"))
     monkeypatch.setattr(gpu_check, "run_threads_bench", lambda args, log_dir: dict(
         name="CPU threads (bench_threads.py)", ok=True, rows=["  threads  variant", "  1 row"],
-        log="log"))
+        what="the script's table and verdict", log="log"))
     assert gpu_check.main(["--log-dir", str(tmp_path)]) == 1
     assert sorted(runs, key=len) == [{}, {"MGE_DEFAULT_DEVICE": "cpu0"}]  # (run at the same time)
     text = (tmp_path / "summary.txt").read_text()
