@@ -1,4 +1,5 @@
 """Tests of megengine/functional/normalization.py: values, gradients and running statistics against torch."""
+import contextlib
 from functools import partial
 
 import numpy as np
@@ -778,15 +779,24 @@ def test_batch_norm_inference_values_and_gradients_match_torch(shape, strided, a
     _bn_against_torch(shape, dtype, affine, strided, training=False, eps=1e-3)
 
 
-@pytest.fixture
-def one_thread():
-    """torch's pool (the engine's) at one thread for the test: batch norm's numpy forward."""
+@contextlib.contextmanager
+def _pool_threads(n):
+    """torch's pool (the engine's) at ``n`` threads for the block."""
     from megengine.functional import _aten
 
     before = _aten.get_num_threads()
-    _aten.set_num_threads(1)
-    yield
-    _aten.set_num_threads(before)
+    _aten.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _aten.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """The test at one thread: batch norm's numpy forward."""
+    with _pool_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -809,7 +819,6 @@ def test_batch_norm_training_forward_path_follows_the_values_per_channel_and_thr
         monkeypatch, threads):
     # numpy's passes for feature maps while the pool has one thread; ATen's kernel, which
     # runs on the pool, with more
-    from megengine.functional import _aten
     from megengine.functional.normalization import _BatchNorm
 
     calls = []
@@ -820,15 +829,11 @@ def test_batch_norm_training_forward_path_follows_the_values_per_channel_and_thr
         return real(self, *args)
 
     monkeypatch.setattr(_BatchNorm, "_forward_cpu", spy)
-    before = _aten.get_num_threads()
-    _aten.set_num_threads(threads)
-    try:
+    with _pool_threads(threads):
         for shape in ((8, 4), (2, 4, 16), (2, 4, 17), (2, 4, 3, 6)):
             F.batch_norm(mge.tensor(rand(*shape)), training=True)
             F.batch_norm(mge.tensor(rand(*shape)), mge.tensor(np.zeros(4, "float32")),
                          mge.tensor(np.ones(4, "float32")), training=False)
-    finally:
-        _aten.set_num_threads(before)
     on_numpy = [(2, 4, 17), (2, 4, 3, 6)] if type(mge.tensor(1.0)._data) is np.ndarray \
         and threads == 1 else []
     assert calls == on_numpy  # inference never takes it
