@@ -111,17 +111,27 @@ def _wide(arrays):
 _OPTIMIZE_MIN = 65536
 
 
-def _contract(xp, eq, operands, label_sizes):
-    """``xp.einsum(eq, *operands)`` by the cheapest of the paths above."""
+def _contract(xp, eq, operands):
+    """``xp.einsum(eq, *operands)`` (``eq`` explicit, with '->') by the cheapest of the paths
+    above."""
     if len(operands) > 2:
         return xp.einsum(eq, *operands, optimize=True)
-    if len(operands) == 2 and math.prod(label_sizes) >= _OPTIMIZE_MIN:
+    if len(operands) == 2 and _combinations(eq, operands) >= _OPTIMIZE_MIN:
         if xp is np:
             out = _as_matmul(eq, *operands)
             if out is not None:
                 return out
         return xp.einsum(eq, *operands, optimize=True)
     return xp.einsum(eq, *operands)
+
+
+def _combinations(eq, operands):
+    """How many combinations of label values the plain loop of ``eq`` visits."""
+    sizes = {}
+    for sub, x in zip(eq.partition("->")[0].split(","), operands):
+        for c, n in zip(sub, x.shape):
+            sizes[c] = max(sizes.get(c, 1), n)
+    return math.prod(sizes.values())
 
 
 def _as_matmul(eq, a, b):
@@ -181,8 +191,8 @@ class Einsum(Op):
         eq = ",".join(self.subs) + "->" + self.out
         xp, wide = xp_of(xs[0]), _wide(xs)
         if wide is None:
-            return _contract(xp, eq, xs, self.sizes.values())
-        return _contract(xp, eq, wide, self.sizes.values()).astype(xp.result_type(*xs))
+            return _contract(xp, eq, xs)
+        return _contract(xp, eq, wide).astype(xp.result_type(*xs))
 
     def _grad_plan(self, k):
         """How d(out)/d(operand k) contracts: (equation, extra constant arrays spec).
@@ -228,9 +238,7 @@ class Einsum(Op):
             consts = [xp.eye(n, dtype=g.dtype) if kind == "eye" else xp.ones(n, g.dtype)
                       for kind, _, n in extras]
             operands = [g, *others, *consts]
-            terms = eq.partition("->")[0].split(",")  # (fresh diagonal labels: sizes too)
-            sizes = {c: n for t, o in zip(terms, operands) for c, n in zip(t, o.shape)}
-            gk = _contract(xp, eq, _wide(operands) or operands, sizes.values())
+            gk = _contract(xp, eq, _wide(operands) or operands)
             gk = self._unbroadcast(xp, gk, k)
             if gk.dtype.kind != "c":  # (a real input's complex gradient: the dispatcher takes
                 gk = gk.astype(self.dtypes[k], copy=False)  # its real part)
