@@ -564,10 +564,8 @@ def _exclusive(g, claimed):
     base = g.base  # inline _owner: this runs once per parameter per step
     owner = g if base is None else (base if type(base) is type(g) and base.base is None else None)
     if type(g) is np.ndarray:
-        if owner is None:  # foreign memory: not copied when the op that made it says it is fresh
-            # (inline dispatch.fresh_owner: a numpy view's foreign key is its base)
-            fresh = dispatch._fresh_owners
-            owner = base if fresh and fresh.get(id(base)) is base else None
+        if owner is None and dispatch._fresh_owners:  # foreign memory: not copied when the op
+            owner = dispatch.fresh_owner(g)  # that made it declared it fresh
     else:
         if owner is not None and dispatch.foreign_memory(owner) is not None:
             owner = None  # CuPy: torch's memory through the bridge (see _owner)

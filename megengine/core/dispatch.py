@@ -799,8 +799,16 @@ def foreign_memory(a):
 
 
 def _foreign_key(a):
-    """What identifies ``a``'s foreign memory: numpy's ``base``, CuPy's memory object."""
-    return a.base if type(a) is np.ndarray else foreign_memory(a)
+    """What identifies ``a``'s foreign memory: the object at the end of numpy's ``base`` chain
+    (numpy keeps the chain of a view of a view: a fresh gradient reshaped to its parameter's
+    shape has its unreshaped array as ``base``; None there: numpy's own memory), CuPy's memory
+    object."""
+    if type(a) is not np.ndarray:
+        return foreign_memory(a)
+    key = a.base
+    while type(key) is np.ndarray:
+        key = key.base
+    return key
 
 
 def declare_fresh_gradient(a):

@@ -455,8 +455,8 @@ class MatMul(Op):
         a, b = self.a, self.b
         if self.a_shape is not None:  # forward's one 2-d gemm
             g = g.reshape(a.shape[0], b.shape[1])
-            ga = matmul(g, b.T).reshape(self.a_shape) if self.needs_input_grad[0] else None
-            gb = matmul(a.T, g) if self.needs_input_grad[1] else None
+            ga = grad_matmul(g, b.T).reshape(self.a_shape) if self.needs_input_grad[0] else None
+            gb = grad_matmul(a.T, g) if self.needs_input_grad[1] else None
             return ga, gb
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
@@ -467,9 +467,9 @@ class MatMul(Op):
             g = g[..., None]
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = unbroadcast(matmul(g, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+            ga = unbroadcast(grad_matmul(g, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
-            gb = unbroadcast(matmul(xp.swapaxes(a2, -1, -2), g), b2.shape).reshape(b.shape)
+            gb = unbroadcast(grad_matmul(xp.swapaxes(a2, -1, -2), g), b2.shape).reshape(b.shape)
         return ga, gb
 
     def backward_reads(self):
@@ -1386,6 +1386,13 @@ def matmul(a, b, out=None):
     if out is not None:
         return xp_of(a).matmul(a, b, out=out)
     return a.dot(b) if a.ndim < 3 and b.ndim < 3 else a @ b
+
+
+def grad_matmul(a, b):
+    """`matmul` for a backward: its result is a new buffer, declared so
+    (`dispatch.declare_fresh_gradient`), so that a GradManager hands an ATen product (a view of
+    torch's memory) to ``.grad`` without a copy, as numpy's own."""
+    return dispatch.declare_fresh_gradient(matmul(a, b))
 
 
 def _load_aten():

@@ -23,8 +23,9 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 
-__all__ = ["aten", "op", "ops", "view", "array", "torch_module", "set_num_threads",
-           "get_num_threads", "use_aten", "forced", "is_forced", "avoided", "LayerViews", "layer_views"]
+__all__ = ["aten", "op", "ops", "view", "array", "fresh_gradient", "torch_module",
+           "set_num_threads", "get_num_threads", "use_aten", "forced", "is_forced", "avoided",
+           "LayerViews", "layer_views"]
 
 _torch = None
 _aten = None
@@ -127,6 +128,13 @@ def array(t):
     if _from_torch is None:
         _load()
     return _from_torch(t)
+
+
+def fresh_gradient(t):
+    """`array` of ``t``, a buffer that an ATen backward kernel has just allocated, declared
+    the gradient's alone (`dispatch.declare_fresh_gradient`): a GradManager hands it, or a
+    reshape of it, to ``.grad`` without a copy."""
+    return _dispatch.declare_fresh_gradient(array(t))
 
 
 class LayerViews:

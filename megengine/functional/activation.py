@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..core import dtype as _dtype
-from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dispatch import Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
@@ -61,8 +61,7 @@ class _Relu(Op):
         # where y <= 0 gives 0, not NaN (as torch's threshold_backward)
         if self.ty is not None:
             tg = _aten.view(g.astype(self.y.dtype, copy=False))
-            return declare_fresh_gradient(_aten.array(
-                _aten.ops.threshold_backward(tg, self.ty, 0)))
+            return _aten.fresh_gradient(_aten.ops.threshold_backward(tg, self.ty, 0))
         y = self.y
         if _use_relu_kernel(y, g):  # CUDA: one kernel, no boolean temporary
             return _relu_grad_kernel()(g, y)
@@ -129,8 +128,7 @@ class _Activation(Op):
     def backward(self, g):
         if self.tx is not None:
             tg = _aten.view(g.astype(self.x.dtype, copy=False))
-            return declare_fresh_gradient(_aten.array(
-                self.aten_backward(_aten.ops, tg, self.tx, self.ty)))
+            return _aten.fresh_gradient(self.aten_backward(_aten.ops, tg, self.tx, self.ty))
         return self.grad(xp_of(g), self.x, self.y, g)
 
 
@@ -314,7 +312,7 @@ class _Gelu(_Activation):
     def backward(self, g):
         if self.tx is not None:
             tg = _aten.view(g.astype(self.x.dtype, copy=False))
-            return declare_fresh_gradient(_aten.array(_aten.ops.gelu_backward(tg, self.tx)))
+            return _aten.fresh_gradient(_aten.ops.gelu_backward(tg, self.tx))
         return super().backward(g)
 
     def compute(self, xp, x):

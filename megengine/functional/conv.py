@@ -250,14 +250,14 @@ class _Convolution(Op):
         gx, gw, gb = _aten.aten().convolution_backward(
             _aten.view(gy), self.tx, self.tw, self.bias_sizes, self.stride, self.padding,
             self.dilation, self.transposed, self.output_padding, self.groups, mask)
+        # ATen's fresh buffers, declared so: a GradManager hands them to .grad without a copy
         x_dtype, w_dtype = self.dtypes
-        gx = _aten.array(gx).astype(x_dtype, copy=False) if mask[0] else None
-        gw = _aten.array(gw).reshape(self.w_shape).astype(w_dtype, copy=False) \
-            if mask[1] else None
+        fresh = _aten.fresh_gradient
+        gx = fresh(gx).astype(x_dtype, copy=False) if mask[0] else None
+        gw = fresh(gw).reshape(self.w_shape).astype(w_dtype, copy=False) if mask[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = _aten.array(gb).reshape(self.b_shape).astype(self.b_dtype, copy=False) \
-            if mask[2] else None
+        gb = fresh(gb).reshape(self.b_shape).astype(self.b_dtype, copy=False) if mask[2] else None
         return gx, gw, gb
 
     def grad_graph(self, inputs, outputs, output_grads):

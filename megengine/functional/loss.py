@@ -713,7 +713,7 @@ class _CrossEntropy(Op):
             at_label = tp.gather(1, self.target.unsqueeze(1))
             grad = glogp.div_(at_label)
         # a new buffer nothing else sees: .grad may take it without a copy
-        return declare_fresh_gradient(_aten.array(grad.reshape(self.pred_shape))), None
+        return _aten.fresh_gradient(grad.reshape(self.pred_shape)), None
 
     fused = False  # set by _forward_mean_2d
     logp = None  # set by _forward_aten (a torch tensor) and _forward_rows_aten (an array)

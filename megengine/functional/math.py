@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core._trace_option import as_int, is_dim
-from ..core.dispatch import Op, apply, declare_fresh_gradient, on_device
+from ..core.dispatch import Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, names_an_axis,
@@ -369,7 +369,7 @@ class Normalize(Op):
         gy.masked_fill_(self.n <= self.eps, 0)  # there c = eps does not depend on x
         gx = tg.sub(y.mul(gy)).div_(self.c)
         # a new buffer nothing else sees: .grad may take it without a copy
-        return declare_fresh_gradient(_aten.array(gx))
+        return _aten.fresh_gradient(gx)
 
     def grad_graph(self, inputs, outputs, grads):
         # the same formula in Tensor arithmetic, recorded (the mask is piecewise constant)

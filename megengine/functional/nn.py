@@ -10,11 +10,11 @@ import numpy as np
 
 from ..core import _rng as _core_rng
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dispatch import Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import acc_dtype, acc_sum, gemm_dtype, xp_of
+from ..core.ops import acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -87,8 +87,8 @@ class _Softmax(Op):
     def backward(self, g):
         if self.ty is not None:
             ty = self.ty
-            return declare_fresh_gradient(_aten.array(_aten.aten()._softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
+            return _aten.fresh_gradient(_aten.aten()._softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
         y = self.y
         return y * (g - acc_sum(g * y, self.axes, keepdims=True))
 
@@ -124,8 +124,8 @@ class _LogSoftmax(Op):
     def backward(self, g):
         if self.ty is not None:
             ty = self.ty
-            return declare_fresh_gradient(_aten.array(_aten.aten()._log_softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype)))
+            return _aten.fresh_gradient(_aten.aten()._log_softmax_backward_data(
+                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
         acc = acc_dtype(g.dtype)
         if acc is None:
             return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
@@ -210,10 +210,10 @@ class _Linear(Op):
         if self.out_shape is not None:  # N-d: the (rows, out) matrix forward's gemm made
             g = g.reshape(x.shape[0], w.shape[0])
         # dot, as in forward: with g and x 2-d (or 1-d) each gradient is one gemm (gemv)
-        gx = _matmul(g, w) if needs[0] else None
+        gx = grad_matmul(g, w) if needs[0] else None
         if gx is not None and self.out_shape is not None:
             gx = gx.reshape(self.out_shape[:-1] + (w.shape[1],))
-        gw = (_matmul(g.T, x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
+        gw = (grad_matmul(g.T, x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
         gb = (acc_sum(g, 0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, quantize_array
 from ..core.ops import acc_dtype, all_ints, unbroadcast, xp_of
 from ..core.tensor import Tensor
@@ -204,11 +204,11 @@ class _BatchNorm(Op):
             _aten.view(xp_of(g).ascontiguousarray(g)), tx, tw, rm, rv, save_mean, save_invstd,
             self.training, self.eps, mask)
         # ATen's fresh buffers, declared so: the GradManager takes them without a copy
-        grads = [declare_fresh_gradient(_aten.array(gx)) if mask[0] else None]
+        grads = [_aten.fresh_gradient(gx) if mask[0] else None]
         for has, i, got in ((self.has_weight, i_w, gw), (self.has_bias, i_b, gb)):
             if has:
                 k = i - 1
-                grads.append(declare_fresh_gradient(_aten.array(got)).reshape(
+                grads.append(_aten.fresh_gradient(got).reshape(
                     self.param_shapes[k]).astype(
                     self.param_dtypes[k], copy=False) if mask[i] else None)
         if self.has_stats:
@@ -262,10 +262,10 @@ class _BatchNorm(Op):
 _ATEN_NORM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
+
 def _fresh(t, shape):
-    """An engine array of ATen's fresh gradient ``t`` in ``shape``, declared fresh so that the
-    GradManager takes it without a copy."""
-    return declare_fresh_gradient(_aten.array(t)).reshape(shape)
+    """ATen's fresh gradient ``t`` (`_aten.fresh_gradient`) in ``shape``."""
+    return _aten.fresh_gradient(t).reshape(shape)
 
 
 class _Normalize(Op):

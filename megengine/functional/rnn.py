@@ -30,7 +30,7 @@ from operator import is_
 import numpy as np
 
 from ..core import dispatch as _dispatch
-from ..core.dispatch import Op, apply, declare_fresh_gradient, xp_of
+from ..core.dispatch import Op, apply, xp_of
 from ..core.ops import _ATEN_GEMM_DTYPES
 from ..core.ops import matmul as _matmul
 from ..core.tensor import promote_types
@@ -223,8 +223,7 @@ class _RecurrentLayer(Op):
             *args[:5], args[5], args[6], y, h_n, c_n, view(gy, tuple(y.shape)),
             view(gh, tuple(h_n.shape)), view(gc, tuple(c_n.shape)), self.reverse,
             _ONEDNN_LSTM, hidden, 1, True, True, False, [], False, workspace)
-        gx, gw_ih, gw_hh, gb_ih, gb_hh, gh0, gc0 = (declare_fresh_gradient(_aten.array(g))
-                                                     for g in grads)
+        gx, gw_ih, gw_hh, gb_ih, gb_hh, gh0, gc0 = (_aten.fresh_gradient(g) for g in grads)
         needs = self.needs_input_grad
         out = (gx.reshape(self.x_shape), gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh)
         return tuple(g if need else None for g, need in zip(out, needs))

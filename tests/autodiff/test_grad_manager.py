@@ -13,6 +13,8 @@ from megengine.core.dispatch import on_device
 from megengine import Parameter, Tensor
 from megengine.autodiff import Function, GradManager
 
+from devices import host_default_device, record_aten_matmuls  # noqa: F401  (a fixture)
+
 
 def rand(*shape):
     return np.asarray(np.random.randn(*shape), dtype=np.float32)
@@ -928,3 +930,53 @@ def test_callbacks_see_parameters_in_torchs_gradient_order():
         gm.backward(F.loss.cross_entropy(h, Tensor(y)))
     assert len(torch_seen) == 6
     assert seen == torch_seen
+
+
+# ----- ATen's gradient buffers go to .grad as they are -----
+
+@pytest.mark.usefixtures("host_default_device")
+def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
+    """Convolution, batch norm and a linear layer large enough for ATen's matrix product
+    (`core.ops.matmul`) give gradients in buffers that torch's kernels have just allocated; the
+    GradManager hands them to .grad (reshaped to the parameter's shape) without copying them.
+    The conv's weight is used twice and the gradients of two backward passes accumulate in place,
+    checked against torch."""
+    import torch.nn.functional as TF
+
+    import megengine.autodiff.grad_manager as gm_module
+    import megengine.module as M
+
+    copied = []
+    real = gm_module._exclusive
+
+    def exclusive(g, claimed):
+        out = real(g, claimed)
+        if out is not g:
+            copied.append(g.shape)
+        return out
+
+    monkeypatch.setattr(gm_module, "_exclusive", exclusive)
+    products = record_aten_matmuls(monkeypatch)
+    rng = np.random.RandomState(0)
+    xs = [rng.randn(8, 3, 12, 12).astype(np.float32) for _ in range(2)]
+    conv, bn = M.Conv2d(3, 3, 3, padding=1), M.BatchNorm2d(3)
+    fc = M.Linear(3 * 12 * 12, 600)
+    params = [conv.weight, conv.bias, bn.weight, bn.bias, fc.weight, fc.bias]
+    init = [p.numpy().copy() for p in params]
+    gm = GradManager().attach(params)
+    for x in xs:
+        with gm:
+            h = bn(conv(F.relu(conv(Tensor(x)))))
+            gm.backward((fc(F.flatten(h, 1)) ** 2).mean())
+    assert copied == [] and products  # (the linear layer's products ran on ATen)
+
+    tw, tb, bw, bb, fw, fb = (torch.tensor(a.reshape(-1) if a.ndim == 4 and a.shape[0] == 1
+                                           else a, requires_grad=True) for a in init)
+    for x in xs:
+        c = lambda v: TF.conv2d(v, tw, tb.reshape(-1), padding=1)  # noqa: E731
+        h = TF.batch_norm(c(TF.relu(c(torch.tensor(x)))), None, None, bw, bb, training=True,
+                          eps=bn.eps)
+        ((TF.linear(h.flatten(1), fw, fb)) ** 2).mean().backward()
+    for p, t in zip(params, (tw, tb, bw, bb, fw, fb)):
+        np.testing.assert_allclose(p.grad.numpy().reshape(t.shape), t.grad.numpy(),
+                                   rtol=2e-4, atol=1e-6)
