@@ -5,6 +5,8 @@ Tests run on the default device (``xpux``: a GPU when CUDA is usable, else the C
 torch module wrapped by ``PyTorchModule`` may live on the GPU. Tests never read
 ``__array_interface__``, ``.ctypes`` or ``torch.Tensor.numpy()`` themselves: they call these.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ import megengine as mge
 from megengine.device import canonical_device
 
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
-           "device_array", "host_default_device", "child_env", "run_python",
+           "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
 
 
@@ -161,6 +163,19 @@ def record_aten_kernels(monkeypatch):
     monkeypatch.setattr(_aten, "aten", lambda: Recorder(real))
     monkeypatch.setattr(_aten, "ops", Recorder(_aten.ops))
     return used
+
+
+@contextlib.contextmanager
+def pool_threads(n):
+    """torch's thread pool (the engine's CPU kernels') at ``n`` threads for the block."""
+    from megengine.functional import _aten
+
+    before = _aten.get_num_threads()
+    _aten.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _aten.set_num_threads(before)
 
 
 def record_aten_matmuls(monkeypatch):

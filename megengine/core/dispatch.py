@@ -929,7 +929,18 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
                 node.free()
 
 
+# From this many elements, element-wise work on numpy arrays may run on torch's thread pool
+# (functional/_aten.py "pool", where the measurements are): the callers' cheap first test.
+POOL_MIN = 262144
+
+
 def _add_arrays(a, b):
+    if a.size >= POOL_MIN:  # a large gradient sum: torch's pool, when it has several threads
+        from .ops import _pooled
+
+        out = _pooled("add", a, b)
+        if out is not None:
+            return out
     return a + b
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import dispatch
-from .dispatch import Op, xp_of
+from .dispatch import POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
@@ -119,6 +119,13 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
+def _pooled(name, a, b):
+    """`functional._aten.pooled_binary` (loaded on first use: functional sits above core)."""
+    if _aten is None:
+        _load_aten()
+    return _aten.pooled_binary(name, a, b)
+
+
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
@@ -190,6 +197,10 @@ class Add(_Binary):
     backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
+        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
+            out = _pooled("add", a, b)
+            if out is not None:
+                return out
         return a + b
 
     def grads(self, g):
@@ -205,6 +216,10 @@ class Sub(_Binary):
     backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
+        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
+            out = _pooled("sub", a, b)
+            if out is not None:
+                return out
         try:
             return a - b
         except TypeError:  # (numpy's or CuPy's refusal of bool - bool)
@@ -224,6 +239,10 @@ class Mul(_Binary):
     holomorphic = True  # complex gradients: see Op
 
     def compute(self, a, b):
+        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
+            out = _pooled("mul", a, b)
+            if out is not None:
+                return out
         return a * b
 
     def grads(self, g):

@@ -7,10 +7,11 @@ from .. import device as _device
 from ..core import _trace_option
 from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
-from ..core.dispatch import Op, apply
+from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
 from ..core.ops import AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
+from . import _aten
 from ._args import _size
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
@@ -272,7 +273,12 @@ class Concat(Op):
                 ends.append(end)
             self.ends = ends
         try:
-            out = xp_of(xs[0]).concatenate(_promote_all(xs), axis=self.axis)
+            xs = _promote_all(xs)
+            out = None
+            if xs[0].size * len(xs) >= POOL_MIN:  # large: torch's pool, when it has threads
+                out = _aten.pooled_concat(xs, self.axis)
+            if out is None:
+                out = xp_of(xs[0]).concatenate(xs, axis=self.axis)
         except ValueError:
             raise ValueError(
                 f"concat: shapes {[x.shape for x in xs]} differ outside axis {self.axis}"

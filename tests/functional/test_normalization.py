@@ -1,5 +1,4 @@
 """Tests of megengine/functional/normalization.py: values, gradients and running statistics against torch."""
-import contextlib
 from functools import partial
 
 import numpy as np
@@ -11,7 +10,8 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import address, record_aten_kernels, skip_unless_aten_serves_the_default_device
+from devices import (address, pool_threads, record_aten_kernels,
+                     skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch, check_float16_against_torch
 from oracle import check_second_order_against_torch as check_second_order
 
@@ -779,23 +779,10 @@ def test_batch_norm_inference_values_and_gradients_match_torch(shape, strided, a
     _bn_against_torch(shape, dtype, affine, strided, training=False, eps=1e-3)
 
 
-@contextlib.contextmanager
-def _pool_threads(n):
-    """torch's pool (the engine's) at ``n`` threads for the block."""
-    from megengine.functional import _aten
-
-    before = _aten.get_num_threads()
-    _aten.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _aten.set_num_threads(before)
-
-
 @pytest.fixture
 def one_thread():
     """The test at one thread: batch norm's numpy forward."""
-    with _pool_threads(1):
+    with pool_threads(1):
         yield
 
 
@@ -829,7 +816,7 @@ def test_batch_norm_training_forward_path_follows_the_values_per_channel_and_thr
         return real(self, *args)
 
     monkeypatch.setattr(_BatchNorm, "_forward_cpu", spy)
-    with _pool_threads(threads):
+    with pool_threads(threads):
         for shape in ((8, 4), (2, 4, 16), (2, 4, 17), (2, 4, 3, 6)):
             F.batch_norm(mge.tensor(rand(*shape)), training=True)
             F.batch_norm(mge.tensor(rand(*shape)), mge.tensor(np.zeros(4, "float32")),
