@@ -929,6 +929,11 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
                 node.free()
 
 
+# The float dtypes the engine's ATen paths and fused CUDA kernels take (each op's measurements
+# are beside its use). float16 keeps each op's array code, which follows upstream's precision
+# for it (float32 accumulation where upstream's kernels have it); other dtypes have no such path.
+KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
 # From this many elements, element-wise work on numpy arrays may run on torch's thread pool
 # (functional/_aten.py "pool", where the measurements are): the callers' cheap first test.
 POOL_MIN = 262144

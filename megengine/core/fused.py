@@ -9,9 +9,9 @@ torch (tests/optimizer/test_fused_kernels.py, tests/functional/test_nn.py).
 """
 import numpy as np
 
-__all__ = ["fused_kernel", "use_fused"]
+from .dispatch import KERNEL_FLOATS
 
-_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+__all__ = ["fused_kernel", "use_fused"]
 
 
 def fused_kernel(in_params, out_params, body, name):
@@ -35,5 +35,5 @@ def use_fused(data, grad):
     """Whether a fused CUDA kernel serves ``data`` and ``grad``: CuPy arrays of one float32/float64
     dtype. numpy arrays (and other dtypes, e.g. float16, on the GPU) take the array-module code,
     which works on either module."""
-    return (type(data) is not np.ndarray and data.dtype in _FUSED_DTYPES
+    return (type(data) is not np.ndarray and data.dtype in KERNEL_FLOATS
             and grad.dtype == data.dtype and type(grad) is type(data))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import dispatch
-from .dispatch import POOL_MIN, Op, xp_of
+from .dispatch import KERNEL_FLOATS, POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import complex_error, no_order
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
@@ -1240,7 +1240,7 @@ class Reduce(Op):
         if out is None:
             if not ndim:
                 out = getattr(x, mode)(keepdims=True)
-            elif mode == "mean" and x.dtype in _ATEN_REDUCE_DTYPES and x.size:
+            elif mode == "mean" and x.dtype in KERNEL_FLOATS and x.size:
                 # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean)
                 out = _reduce_kept(x, "sum", axes)
                 out /= math.prod(x.shape[a] for a in axes)
@@ -1329,7 +1329,6 @@ class Reduce(Op):
 # 2.7 against 3.3; so from _ATEN_ROWS_MIN output rows they take ATen at any size.
 _ATEN_REDUCE_MIN = 8192
 _ATEN_ROWS_MIN = 64
-_ATEN_REDUCE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _aten = None  # megengine.functional._aten, imported at the first large reduction
 _aten_kernels = {}  # Reduce's mode -> ATen's function (torch's binding), filled with _aten
 
@@ -1337,7 +1336,7 @@ _aten_kernels = {}  # Reduce's mode -> ATen's function (torch's binding), filled
 def _aten_reduce(x, mode, axes):
     """``x`` (a numpy array) reduced over ``axes`` with keepdims on ATen, or None where numpy
     does it (see above)."""
-    if mode == "prod" or x.dtype not in _ATEN_REDUCE_DTYPES or not axes:
+    if mode == "prod" or x.dtype not in KERNEL_FLOATS or not axes:
         return None
     if mode == "max" or mode == "min":
         if len(axes) == x.ndim:
@@ -1373,7 +1372,6 @@ def _aten_reduce(x, mode, axes):
 # thread MKL's and OpenBLAS's gemms are within ~15% of each other at these sizes, either way.
 _GEMM_THREADED = 4 * 65536
 _GEMV_THREADED = 4 * 2304
-_ATEN_GEMM_DTYPES = _ATEN_REDUCE_DTYPES
 _matmul = None  # ATen's matmul (torch's binding), looked up with _aten
 
 
@@ -1383,7 +1381,7 @@ def matmul(a, b, out=None):
     (equal there, with less dispatch: ~5 us less per call right after torch's convolutions,
     benchmarks/profile_hybrid_step.py). ``out``: a C-contiguous array of the result's shape and
     dtype to write to, which is returned."""
-    if type(a) is np.ndarray and a.dtype is b.dtype and a.dtype in _ATEN_GEMM_DTYPES \
+    if type(a) is np.ndarray and a.dtype is b.dtype and a.dtype in KERNEL_FLOATS \
             and a.ndim and b.ndim:
         m = a.shape[-2] if a.ndim > 1 else 1
         k = a.shape[-1]

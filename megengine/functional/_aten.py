@@ -339,11 +339,10 @@ def _added(families_set, families):
 # (`np.empty`): torch's CPU allocator does not ask for transparent huge pages, and a large
 # buffer of its own page-faults in (8M float32 values took 23 ms here, numpy's 6). The values
 # are the same: IEEE sums, differences and products, and copies, whichever pool runs them.
-_POOL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 def _pool_worth(a):
-    return a.dtype in _POOL_DTYPES and use_aten(a, "pool") and _torch.get_num_threads() > 1
+    return (a.dtype in _dispatch.KERNEL_FLOATS and use_aten(a, "pool")
+            and _torch.get_num_threads() > 1)
 
 
 def pooled_binary(name, a, b):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..core import dtype as _dtype
-from ..core.dispatch import Op, apply
+from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
@@ -41,7 +41,7 @@ class _Relu(Op):
         # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop. A
         # quantized value's zero is its zero point (quint8 stores real 0 as zero_point)
         zero = 0 if x.dtype.metadata is None else _dtype._zero_point(x.dtype)
-        if type(x) is np.ndarray and x.dtype in _ATEN_FLOATS and x.dtype.metadata is None \
+        if type(x) is np.ndarray and x.dtype in KERNEL_FLOATS and x.dtype.metadata is None \
                 and x.size and _aten.use_aten(x, "activation"):
             # ATen's vectorised relu and threshold_backward: one pass each way, where the
             # backward below makes a mask, a product and a NaN check (1M float32 values,
@@ -116,7 +116,7 @@ class _Activation(Op):
 
     def forward(self, x):
         self.x = x = _as_float(x, self)
-        if self.aten_forward is not None and x.dtype in _ATEN_FLOATS and x.size \
+        if self.aten_forward is not None and x.dtype in KERNEL_FLOATS and x.size \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
             self.ty = self.aten_forward(_aten.ops, self.tx)
@@ -275,8 +275,6 @@ class _HSwish(_Activation):
 
 # dtypes ATen's gelu kernels take on both devices (computed in float32 for float16)
 _ATEN_GELU_DTYPES = frozenset(map(np.dtype, ("float16", "float32", "float64")))
-# dtypes for which ATen's softmax was measured on the CPU
-_ATEN_FLOATS = frozenset(map(np.dtype, ("float32", "float64")))
 
 
 def _aten_gelu(x):

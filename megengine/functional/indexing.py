@@ -4,7 +4,7 @@ import numpy as np
 
 from ..core import dtype as _qd
 from ..core import ops as _ops
-from ..core.dispatch import Op, apply, on_device
+from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
 from ..core.ops import unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
@@ -94,13 +94,12 @@ class TakeAlongAxis(Op):
 # "gather"): with one thread, (256, 1000) at one index per row 3.8 us for the views, the int64
 # index and the kernel against 6.2 us for numpy's bounds check (2.8), open grid (1.3) and fancy
 # indexing (2.1); the bounds check is what the ATen path saves, so it is taken at every size.
-_ATEN_GATHER_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _takes_aten(x, index):
     """Whether gathering from engine array ``x`` at ``index`` runs on ATen (see above)."""
     return (type(x) is np.ndarray and type(index) is np.ndarray
-            and x.dtype in _ATEN_GATHER_DTYPES and _aten.use_aten(x, "gather"))
+            and x.dtype in KERNEL_FLOATS and _aten.use_aten(x, "gather"))
 
 
 def _aten_gather(x, index, axis, dropped, what):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply, declare_fresh_gradient
+from ..core.dispatch import KERNEL_FLOATS, Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
@@ -58,9 +58,6 @@ def _pair(pred, label):
 
 
 _ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
-# dtypes of the CPU's ATen paths; float16 stays on the array code, which computes in float16 as
-# upstream does
-_ATEN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)  # ATen's class index dtype
 _FLOAT16 = np.dtype(np.float16)
 
@@ -104,7 +101,7 @@ class _PairLoss(Op):
         self.shapes = (pred.shape, label.shape)
         if (self.aten_loss is not None and type(pred) is np.ndarray
                 and pred.size >= max(self.aten_forward_min, 1) and pred.shape == label.shape
-                and dtype in _ATEN_DTYPES and _aten.use_aten(pred, "pair_loss")):
+                and dtype in KERNEL_FLOATS and _aten.use_aten(pred, "pair_loss")):
             self.loss_shape, self.loss_dtype = pred.shape, dtype
             self.arrays = pred, label  # for a backward on numpy (fewer values)
             self.tp, self.tl = _aten.view(pred), _aten.view(label)
@@ -475,7 +472,7 @@ class _CrossEntropy(Op):
                 and shape[0] and "cross_entropy" not in _aten._forced):  # is_forced inline
             # (the cheap tests first: the narrow rows that stay on numpy skip the use_aten call)
             if ((classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW)
-                    and pred.dtype in _ATEN_DTYPES and _aten.use_aten(pred, "cross_entropy")):
+                    and pred.dtype in KERNEL_FLOATS and _aten.use_aten(pred, "cross_entropy")):
                 if not self.needs_input_grad[0] and not ls and label.dtype.itemsize <= 4:
                     return self._loss_rows_aten(pred, label)  # evaluation: the loss alone
                 # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy

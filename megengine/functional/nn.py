@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core import _rng as _core_rng
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
@@ -22,7 +22,7 @@ from ._args import _as_float, _axes, _bias_widened, _out_of_range, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
-    _AS_A, _AS_P, _ATEN_FLOATS, _ATEN_GELU_DTYPES, _RELU_GRAD, _Activation, _Gelu, _GeluGrad,
+    _AS_A, _AS_P, _ATEN_GELU_DTYPES, _RELU_GRAD, _Activation, _Gelu, _GeluGrad,
     _HSigmoid, _HSwish, _LeakyRelu, _LogSigmoid, _PRelu, _Relu, _Relu6, _Sigmoid, _Silu,
     _Softplus, _aten_gelu, _float_t, _log1p_exp_neg_abs, _mask, _normal_cdf, _relu_grad_kernel,
     _sigmoid, _use_relu_kernel, gelu, hsigmoid, hswish, leaky_relu, logsigmoid, prelu, relu,
@@ -59,7 +59,7 @@ def _aten_softmax(x, axes, needs_input_grad):
     axis = axes[0]
     row, size = x.shape[axis], x.size
     grad = not needs_input_grad or needs_input_grad[0]  # (unknown outside dispatch: wanted)
-    return _aten.use_aten(x, "softmax", cpu_worth=axis == x.ndim - 1 and x.dtype in _ATEN_FLOATS
+    return _aten.use_aten(x, "softmax", cpu_worth=axis == x.ndim - 1 and x.dtype in KERNEL_FLOATS
                           and (row >= 32 and size >= 4096
                                or not grad and size < 4096 and (row >= 16 or size <= 256)))
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
-from ..core.dispatch import Op, apply
+from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
 from ..core.ops import acc_dtype, all_ints, unbroadcast, xp_of
 from ..core.tensor import Tensor
@@ -257,9 +257,6 @@ class _BatchNorm(Op):
         return tuple(out)
 
 
-# dtypes that layer norm takes ATen's kernels for (float16 keeps the array code, which computes
-# it in float32 and rounds the output once, as upstream's kernels (T_ACC float) and ATen's)
-_ATEN_NORM_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
 
@@ -290,7 +287,7 @@ class _Normalize(Op):
 
     def forward(self, x, *params):
         x = _as_float(x, self)
-        if (self.family is not None and x.size and x.dtype in _ATEN_NORM_DTYPES
+        if (self.family is not None and x.size and x.dtype in KERNEL_FLOATS
                 and _same_dtype(params, x.dtype) and _aten.use_aten(x, self.family)):
             if self.family == "group_norm":
                 return self._forward_aten_group(x, params)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core import _config
 from ..core._trace_option import is_dim
-from ..core.dispatch import Op, apply
+from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.tensor import Tensor
 from . import _aten
@@ -21,8 +21,6 @@ from ._args import _as_float, _pair, _size, _tensor
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
 
 
-# dtypes whose overlapping max pooling on the CPU runs on ATen's channels-last kernel
-_CHANNELS_LAST_DTYPES = frozenset(map(np.dtype, ("float32", "float64")))
 
 
 def _has_nan(x):
@@ -91,7 +89,7 @@ class _Pool2d(Op):
             self.tied = kh <= sh and kw <= sw
             if self.tied and not (ph or pw) and type(x) is np.ndarray and not _has_nan(x):
                 return self._disjoint_max(x, oh, ow)
-            if type(x) is np.ndarray and x.dtype in _CHANNELS_LAST_DTYPES:
+            if type(x) is np.ndarray and x.dtype in KERNEL_FLOATS:
                 y = self._max_channels_last(tx)
             else:
                 ty, indices = aten.max_pool2d_with_indices(tx, self.kernel, self.stride, pad,

@@ -30,8 +30,7 @@ from operator import is_
 import numpy as np
 
 from ..core import dispatch as _dispatch
-from ..core.dispatch import Op, apply, xp_of
-from ..core.ops import _ATEN_GEMM_DTYPES
+from ..core.dispatch import KERNEL_FLOATS, Op, apply, xp_of
 from ..core.ops import matmul as _matmul
 from ..core.tensor import promote_types
 from . import _aten
@@ -613,7 +612,7 @@ def _step_gemm(xp, w, h0, y, acc):
     step (a cell) adds the gemm to the input projection in numpy: the four views would cost
     more than MKL saves on a single gemm.
     """
-    if len(y) > 1 and type(y) is np.ndarray and y.dtype in _ATEN_GEMM_DTYPES \
+    if len(y) > 1 and type(y) is np.ndarray and y.dtype in KERNEL_FLOATS \
             and _aten.use_aten(y, "rnn"):
         torch = _aten.torch_module()
         view = _aten.view
