@@ -126,6 +126,13 @@ def _pooled(name, a, b):
     return _aten.pooled_binary(name, a, b)
 
 
+def _pooled_reshape(a, shape):
+    """`functional._aten.pooled_reshape` (loaded on first use)."""
+    if _aten is None:
+        _load_aten()
+    return _aten.pooled_reshape(a, shape)
+
+
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
@@ -779,6 +786,10 @@ class Reshape(Op):
             ) from None
 
     def backward(self, g):
+        if g.size >= POOL_MIN and not g.flags.c_contiguous:  # (a transpose's gradient): the
+            out = _pooled_reshape(g, self.in_shape)  # copy on torch's pool, when it has threads
+            if out is not None:
+                return out
         return g.reshape(self.in_shape)
 
     def grad_graph(self, inputs, outputs, grads):

@@ -25,7 +25,8 @@ from ..core import dispatch as _dispatch
 
 __all__ = ["aten", "op", "ops", "view", "array", "fresh_gradient", "torch_module",
            "set_num_threads", "get_num_threads", "use_aten", "forced", "is_forced", "avoided",
-           "LayerViews", "layer_views", "pooled_binary", "pooled_concat"]
+           "LayerViews", "layer_views", "pooled_binary", "pooled_concat",
+           "pooled_reshape"]
 
 _torch = None
 _aten = None
@@ -241,9 +242,9 @@ _forced = set()
 # its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
 # "update": SGD's update of float32/float64 parameters from 65536 elements
 # (`optimizer/optimizer.py` update_on_aten, where the measurements are).
-# "pool": sums, differences and products of two large float arrays of one shape, gradient sums
-# and joins (`pooled_binary`, `pooled_concat`, where the measurements are), while torch's pool
-# has more than one thread.
+# "pool": sums, differences and products of two large float arrays of one shape, gradient sums,
+# joins and the copies of reshapes' gradients (`pooled_binary`, where the measurements are),
+# while torch's pool has more than one thread.
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
                      "gemm", "update", "pool"})
@@ -379,6 +380,24 @@ def pooled_concat(arrays, axis):
     out = np.empty(shape, dtype)
     op("cat")([_to_torch(a) for a in arrays], axis, out=_to_torch(out))
     return out
+
+
+def pooled_reshape(a, shape):
+    """``a.reshape(shape)`` of a numpy array that is not C-contiguous, with the copy numpy would
+    make for it on torch's pool when that pays (above), else None (also when the reshape is a
+    view after all, or numpy 2.0 cannot tell: its reshape has no ``copy`` argument)."""
+    if type(a) is not np.ndarray or not _pool_worth(a):
+        return None
+    try:
+        a.reshape(shape, copy=False)
+        return None  # a view: nothing to copy
+    except ValueError:  # a copy is needed
+        pass
+    except TypeError:
+        return None
+    out = np.empty(a.shape, a.dtype)
+    _to_torch(out).copy_(_to_torch(a))
+    return out.reshape(shape)
 
 
 def set_num_threads(n):

@@ -1,5 +1,6 @@
-"""Large element-wise sums, differences, products, gradient sums and joins of float32/float64
-numpy arrays run on ATen (torch's thread pool) while that pool has more than one thread
+"""Large element-wise sums, differences, products, gradient sums, joins and reshape gradients'
+copies of float32/float64 numpy arrays run on ATen (torch's thread pool) while that pool has more
+than one thread
 (`megengine/functional/_aten.py` "pool"); with one thread, below ``dispatch.POOL_MIN`` elements
 and for other dtypes, shapes or layouts numpy computes them. The values are checked bit for bit
 against numpy's own operators (IEEE operations and copies: both pools give the same bits), the
@@ -131,3 +132,45 @@ def test_a_join_of_mismatched_shapes_says_so_on_either_path(kernels):
             with pytest.raises(ValueError, match=r"concat: shapes .* differ outside axis 1"):
                 F.concat([mge.tensor(a), mge.tensor(b[:, :, :40])], 1)
     assert kernels == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_reshapes_strided_gradient_is_copied_on_the_pool(monkeypatch, threads):
+    # a channel shuffle, x.reshape(...).transpose(...).reshape(...): backward hands the first
+    # reshape a transposed gradient whose dims it merges, which numpy would copy on one thread
+    copies, real = [], _aten.pooled_reshape
+
+    def spy(a, shape):
+        out = real(a, shape)
+        copies.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_aten, "pooled_reshape", spy)
+    a, g = _arrays(LARGE, "float32")
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    with pool_threads(threads):
+        with gm:
+            y = x.reshape(4, 2, 8, 64, 64).transpose(0, 2, 1, 3, 4).reshape(LARGE)
+            gm.backward(y, mge.tensor(g))
+    # the last reshape's gradient is a view (contiguous); the first one's is the copy
+    assert copies == [threads > 1]
+    expected = g.reshape(4, 8, 2, 64, 64).transpose(0, 2, 1, 3, 4).reshape(LARGE)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+def test_a_strided_gradient_that_reshapes_as_a_view_is_not_copied(monkeypatch):
+    # x.reshape(4, 16, 4096).transpose(0, 2, 1): the reshape's gradient is strided, but giving
+    # it x's shape splits its last dim, which numpy does as a view
+    seen, real = [], _aten.pooled_reshape
+    monkeypatch.setattr(_aten, "pooled_reshape",
+                        lambda a, shape: seen.append(real(a, shape)) or seen[-1])
+    a, g = _arrays(LARGE, "float32")
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    gt = np.ascontiguousarray(g.reshape(4, 16, 4096).transpose(0, 2, 1))
+    with pool_threads(2):
+        with gm:
+            gm.backward(x.reshape(4, 16, 4096).transpose(0, 2, 1), mge.tensor(gt))
+    assert len(seen) == 1 and seen[0] is None
+    np.testing.assert_array_equal(x.grad.numpy(), g)
