@@ -1,10 +1,10 @@
 """Large element-wise sums, differences, products, gradient sums, joins and reshape gradients'
 copies of float32/float64 numpy arrays run on ATen (torch's thread pool) while that pool has more
-than one thread
-(`megengine/functional/_aten.py` "pool"); with one thread, below ``dispatch.POOL_MIN`` elements
-and for other dtypes, shapes or layouts numpy computes them. The values are checked bit for bit
-against numpy's own operators (IEEE operations and copies: both pools give the same bits), the
-gradients against hand-derived ones; which path ran is counted through `_aten.op`."""
+than one thread (`megengine/functional/_aten.py` "pool"); with one thread, below
+``dispatch.POOL_MIN`` elements and for other dtypes, shapes or layouts numpy computes them. The
+values are checked bit for bit against numpy's own operators (IEEE operations and copies: both
+pools give the same bits), the gradients against hand-derived ones; which path ran is counted
+through `_aten.op` (the reshape's copy through `_aten.pooled_reshape`)."""
 import numpy as np
 import pytest
 
