@@ -491,8 +491,9 @@ def _as_real(a):
 # values) 16.9 ms against 13.8 with one thread (numpy's ``lr * v`` is a temporary), 13.3 against
 # 7.4 with two; ShuffleNetV2 (2.3M in 169 parameters) 3.3 against 3.5 with one, 4.5 against 3.2
 # with two. Smaller parameters stay on numpy: a view and an ATen call cost more than the pass.
-# Adam's dozen passes stay on numpy: as ATen's ops they took longer (one thread, a (1024, 1024)
-# parameter: 6.4 ms against 3.7; two threads 10.8 against 5.1).
+# Adam's and AdamW's dozen passes take ATen's ops from 2**19 elements, and only while torch's pool
+# has more than one thread (`adam.py` adam_on_aten, where the measurements are): with one thread
+# numpy's passes are as fast.
 _ATEN_UPDATE_MIN = 65536
 _ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
