@@ -231,9 +231,9 @@ _forced = set()
 # the measurements are): 512K values ** 3 0.22 ms against numpy's 31.9.
 # "gemm": float32/float64 matrix products of the sizes numpy's BLAS would run on threads of
 # its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
-# "update": SGD's update of float32/float64 parameters from 65536 elements, Adam's and AdamW's
-# from 2**19 while the pool has more than one thread (`optimizer/optimizer.py` update_on_aten
-# and `optimizer/adam.py` adam_on_aten, where the measurements are).
+# "update": SGD's update of float32/float64 parameters from 65536 elements; Adam's, AdamW's,
+# Adagrad's and Adadelta's from 2**19 while the pool has more than one thread
+# (`optimizer/optimizer.py` update_on_aten and passes_on_aten, where the measurements are).
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
                      "gemm", "update"})

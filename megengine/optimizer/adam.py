@@ -4,7 +4,7 @@ import numpy as np
 from ..core.dispatch import xp_of
 from ..core.fused import fused_kernel, use_fused
 from ..functional import _aten
-from .optimizer import Optimizer, update_on_aten
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["Adam"]
 
@@ -70,7 +70,7 @@ class Adam(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=False)
             return
-        if adam_on_aten(data, grad):
+        if passes_on_aten(data, grad):
             adam_aten(param, grad, state, group, decoupled=False)
             return
         if group["weight_decay"] != 0:
@@ -92,34 +92,11 @@ def adam_fused(param, grad, state, group, decoupled):
                    param._data, m, v)
 
 
-# Parameters from this many elements update on ATen on the CPU while torch's pool has more than
-# one thread (`update_on_aten` says which parameters may): numpy's dozen passes, each split over
-# the threads. Measured at two threads (the best of interleaved runs, nothing else running),
-# numpy's passes against ATen's: one parameter of 65536 elements 0.10 ms against 0.17 (a view
-# and an ATen call per pass cost more than the threads save), 262144 0.38 against 0.39, 524288
-# 1.10 against 0.83, (1024, 1024) 2.5 against 1.7; Adam's step over a small transformer's 73
-# parameters (d=512, 6 layers, 23.0M values) 65.7 ms against 51.9, AdamW's 71.2 against 60.8.
-# With one thread ATen's ops are no faster ((1024, 1024): 2.7 ms against 2.6).
-_ATEN_ADAM_MIN = 1 << 19
-
-
-def adam_on_aten(data, grad):
-    """Whether Adam's (AdamW's) update of numpy parameter ``data`` runs as ATen's ops
-    (`adam_aten`): a large parameter (`update_on_aten`), while torch's pool has several
-    threads; with one, numpy's passes are as fast and take no view per operand."""
-    return data.size >= _ATEN_ADAM_MIN and update_on_aten(data, grad) \
-        and _aten.get_num_threads() > 1
-
-
 def adam_aten(param, grad, state, group, decoupled):
     """Adam's (``decoupled``: AdamW's) update of one numpy parameter as ATen's ops on torch
-    views of the arrays, on torch's thread pool: the numpy code's operations (`Adam._update`,
-    `adam_direction`, `AdamW._update`) one by one in its order, so the same results bit for
-    bit. The two scratch arrays come from numpy (``np.empty_like``), not from torch: torch's
-    CPU allocator hands out a large block whose pages fault in one by one on first write,
-    numpy's asks for huge pages ((2048, 2048) at two threads: 24.7 ms with torch's scratch,
-    14.2 with numpy's). The square root stays numpy's: torch's CPU ``sqrt`` is not correctly
-    rounded (1 ulp off for about one float32 value in six, one float64 value in eighty)."""
+    views of the arrays, on torch's thread pool (`passes_on_aten`): the numpy code's operations
+    (`Adam._update`, `adam_direction`, `AdamW._update`) one by one in its order, so the same
+    results bit for bit."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
     data = param._data

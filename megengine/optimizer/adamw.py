@@ -1,6 +1,7 @@
 """`AdamW`: Adam with weight decay decoupled from the gradient."""
 from ..core.fused import use_fused
-from .adam import Adam, adam_aten, adam_direction, adam_fused, adam_on_aten
+from .adam import Adam, adam_aten, adam_direction, adam_fused
+from .optimizer import passes_on_aten
 
 __all__ = ["AdamW"]
 
@@ -21,7 +22,7 @@ class AdamW(Adam):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=True)
             return
-        if adam_on_aten(data, grad):
+        if passes_on_aten(data, grad):
             adam_aten(param, grad, state, group, decoupled=True)
             return
         delta = adam_direction(grad, state, group, param)  # a fresh array: changed in place
