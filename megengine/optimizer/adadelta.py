@@ -40,7 +40,7 @@ class Adadelta(Optimizer):
             _adadelta_kernel()(grad, group["lr"], rho, 1 - rho, eps, group["weight_decay"],
                                data, square_avg, acc_delta)
             return
-        if passes_on_aten(data, grad):
+        if passes_on_aten(data, grad, group):
             _update_aten(data, grad, square_avg, acc_delta, group)
             return
         if group["weight_decay"] != 0:

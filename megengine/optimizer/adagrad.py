@@ -36,7 +36,7 @@ class Adagrad(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             _adagrad_kernel()(grad, clr, group["eps"], group["weight_decay"], data, square_sum)
             return
-        if passes_on_aten(data, grad):
+        if passes_on_aten(data, grad, group):
             _update_aten(data, grad, square_sum, clr, group)
             return
         if group["weight_decay"] != 0:

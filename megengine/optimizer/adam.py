@@ -70,7 +70,7 @@ class Adam(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=False)
             return
-        if passes_on_aten(data, grad):
+        if passes_on_aten(data, grad, group):
             adam_aten(param, grad, state, group, decoupled=False)
             return
         if group["weight_decay"] != 0:

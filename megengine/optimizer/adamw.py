@@ -22,7 +22,7 @@ class AdamW(Adam):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=True)
             return
-        if passes_on_aten(data, grad):
+        if passes_on_aten(data, grad, group):
             adam_aten(param, grad, state, group, decoupled=True)
             return
         delta = adam_direction(grad, state, group, param)  # a fresh array: changed in place

@@ -517,20 +517,25 @@ def update_on_aten(data, grad):
 _ATEN_PASSES_MIN = 1 << 19
 
 
-def passes_on_aten(data, grad):
+def passes_on_aten(data, grad, group):
     """Whether an update of many passes (Adam's, Adagrad's, Adadelta's) over numpy parameter
     ``data`` runs as ATen's ops on torch views of the arrays: a large parameter that
     `update_on_aten` accepts, while torch's pool has several threads (with one, numpy's passes
     are as fast and need no view per operand). The ATen code does numpy's operations one by one
     in the same order, into scratch arrays from numpy (``np.empty_like``), and leaves the square
-    roots to numpy: the same results bit for bit.
+    roots to numpy: the same results bit for bit. So ``group``'s hyperparameters must be Python
+    numbers: numpy computes with a numpy float64 one in float64 (NEP 50), ATen in the array's
+    dtype.
 
     Why not torch's: a block fresh from the system faults its pages in one by one under torch's
     allocator, in huge pages under numpy's (4M float32 values: a process's first ``torch.ones``
     10.4 ms, ``np.ones`` 0.75); torch's CPU ``sqrt`` is not correctly rounded (1 ulp off for
     about one float32 value in six, one float64 value in eighty)."""
     return data.size >= _ATEN_PASSES_MIN and update_on_aten(data, grad) \
-        and _aten.get_num_threads() > 1
+        and _aten.get_num_threads() > 1 and not any(
+            isinstance(v, np.generic) or isinstance(v, tuple)
+            and any(isinstance(b, np.generic) for b in v)
+            for k, v in group.items() if k != "params")
 
 
 def _check_non_negative(value, name):

@@ -29,16 +29,16 @@ def _pool_threads(n):
         _aten.set_num_threads(before)
 
 
-def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch):
+def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch, hyper=None):
     """Three steps of optimizer ``name`` over parameters of ``shapes``: the sizes of the
     parameters whose update took ATen's ops, and the parameters and state buffers after the
     steps on the paths the engine chose and on numpy's passes alone (family "update"
-    avoided)."""
+    avoided). ``hyper``: the hyperparameters (default `HYPER`'s)."""
     sizes = []
     real = adam.passes_on_aten
 
-    def spy(data, grad):
-        on_aten = real(data, grad)
+    def spy(data, grad, group):
+        on_aten = real(data, grad, group)
         if on_aten:
             sizes.append(data.size)
         return on_aten
@@ -57,7 +57,8 @@ def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch):
     for avoid in ([], ["update"]):
         with _aten.avoided(*avoid):
             ps = [mge.Parameter(v.copy(), dtype=dtype, device="cpu0") for v in init]
-            opt = getattr(optimizer, name)(ps, weight_decay=weight_decay, **HYPER[name])
+            opt = getattr(optimizer, name)(ps, weight_decay=weight_decay,
+                                           **(hyper or HYPER[name]))
             for step_grads in grads:
                 for p, g in zip(ps, step_grads):
                     p.grad = mge.Tensor(g, dtype=dtype, device="cpu0")
@@ -94,3 +95,14 @@ def test_large_parameters_keep_numpys_passes_with_one_thread(name, monkeypatch):
     with _pool_threads(1):
         sizes, _ = _steps_on_both_paths(name, "float32", [(1024, 512)], 0.01, monkeypatch)
     assert sizes == []
+
+
+def test_numpy_float_hyperparameters_keep_numpys_passes(monkeypatch):
+    # numpy computes float32 passes with a numpy float64 scalar in float64 (NEP 50), ATen's ops
+    # in float32: such an update stays on numpy's passes, whose results it keeps
+    for hyper in (dict(HYPER["Adam"], lr=np.float64(0.0123)),
+                  dict(HYPER["Adam"], betas=(0.8, np.float64(0.99)))):
+        with _pool_threads(2):
+            sizes, _ = _steps_on_both_paths("Adam", "float32", [(1024, 512)], 0.0, monkeypatch,
+                                            hyper)
+        assert sizes == []
