@@ -491,6 +491,7 @@ def _as_real(a):
 # values) 16.9 ms against 13.8 with one thread (numpy's ``lr * v`` is a temporary), 13.3 against
 # 7.4 with two; ShuffleNetV2 (2.3M in 169 parameters) 3.3 against 3.5 with one, 4.5 against 3.2
 # with two. Smaller parameters stay on numpy: a view and an ATen call cost more than the pass.
+# The updates of many passes (Adam's, Adagrad's, Adadelta's) have a rule of their own below.
 _ATEN_UPDATE_MIN = 65536
 _ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -527,7 +528,7 @@ def passes_on_aten(data, grad, group):
     numbers: numpy computes with a numpy float64 one in float64 (NEP 50), ATen in the array's
     dtype.
 
-    Why not torch's: a block fresh from the system faults its pages in one by one under torch's
+    Scratch and square roots from numpy, not torch: a block fresh from the system faults its pages in one by one under torch's
     allocator, in huge pages under numpy's (4M float32 values: a process's first ``torch.ones``
     10.4 ms, ``np.ones`` 0.75); torch's CPU ``sqrt`` is not correctly rounded (1 ulp off for
     about one float32 value in six, one float64 value in eighty)."""
