@@ -534,7 +534,7 @@ def passes_on_aten(data, grad, group):
     about one float32 value in six, one float64 value in eighty)."""
     return data.size >= _ATEN_PASSES_MIN and update_on_aten(data, grad) \
         and _aten.get_num_threads() > 1 and not any(
-            isinstance(v, np.generic) or isinstance(v, tuple)
+            isinstance(v, np.generic) or isinstance(v, (tuple, list))
             and any(isinstance(b, np.generic) for b in v)
             for k, v in group.items() if k != "params")
 

@@ -101,7 +101,7 @@ def test_numpy_float_hyperparameters_keep_numpys_passes(monkeypatch):
     # numpy computes float32 passes with a numpy float64 scalar in float64 (NEP 50), ATen's ops
     # in float32: such an update stays on numpy's passes, whose results it keeps
     for hyper in (dict(HYPER["Adam"], lr=np.float64(0.0123)),
-                  dict(HYPER["Adam"], betas=(0.8, np.float64(0.99)))):
+                  dict(HYPER["Adam"], betas=[0.8, np.float64(0.99)])):
         with _pool_threads(2):
             sizes, _ = _steps_on_both_paths("Adam", "float32", [(1024, 512)], 0.0, monkeypatch,
                                             hyper)
