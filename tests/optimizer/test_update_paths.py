@@ -9,6 +9,7 @@ import megengine as mge
 from megengine import optimizer
 from megengine.functional import _aten
 from megengine.optimizer import adadelta, adagrad, adam, adamw
+from megengine.optimizer.optimizer import passes_on_aten
 
 HYPER = {  # a parameter's update, weight decay apart
     "Adam": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
@@ -35,7 +36,7 @@ def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch, hyper=N
     steps on the paths the engine chose and on numpy's passes alone (family "update"
     avoided). ``hyper``: the hyperparameters (default `HYPER`'s)."""
     sizes = []
-    real = adam.passes_on_aten
+    real = passes_on_aten
 
     def spy(data, grad, group):
         on_aten = real(data, grad, group)
@@ -101,8 +102,13 @@ def test_numpy_float_hyperparameters_keep_numpys_passes(monkeypatch):
     # numpy computes float32 passes with a numpy float64 scalar in float64 (NEP 50), ATen's ops
     # in float32: such an update stays on numpy's passes, whose results it keeps
     for hyper in (dict(HYPER["Adam"], lr=np.float64(0.0123)),
-                  dict(HYPER["Adam"], betas=[0.8, np.float64(0.99)])):
+                  dict(HYPER["Adam"], betas=(0.8, np.float64(0.99)))):
         with _pool_threads(2):
             sizes, _ = _steps_on_both_paths("Adam", "float32", [(1024, 512)], 0.0, monkeypatch,
                                             hyper)
         assert sizes == []
+    # a parameter group may give its betas as a list
+    data = np.zeros((1024, 512), np.float32)
+    with _pool_threads(2):
+        assert passes_on_aten(data, data, {"lr": 0.01, "betas": [0.8, 0.99]})
+        assert not passes_on_aten(data, data, {"lr": 0.01, "betas": [0.8, np.float64(0.99)]})
