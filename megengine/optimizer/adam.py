@@ -116,7 +116,7 @@ def adam_aten(param, grad, state, group, decoupled):
     s.mul_(1 - beta2)
     tv.mul_(beta2).add_(s)
     torch.div(tv, 1 - beta2 ** step, out=s)
-    np.sqrt(scratch, out=scratch)
+    np.sqrt(scratch, out=scratch)  # numpy's square root (`passes_on_aten`)
     s.add_(eps)
     torch.div(tm, 1 - beta1 ** step, out=d)
     d.div_(s)

@@ -62,4 +62,3 @@ def test_adam_update_is_upstreams_formula_step_by_step(name, weight_decay, shape
             delta = delta + weight_decay * w
         w = w - 0.01 * delta
         np.testing.assert_array_equal(p.numpy(), w, err_msg=f"step {t}")
-
