@@ -240,8 +240,9 @@ _forced = set()
 # the measurements are): 512K values ** 3 0.22 ms against numpy's 31.9.
 # "gemm": float32/float64 matrix products of the sizes numpy's BLAS would run on threads of
 # its own (`core/ops.py` matmul, where the measurements are): one thread pool, torch's.
-# "update": SGD's update of float32/float64 parameters from 65536 elements
-# (`optimizer/optimizer.py` update_on_aten, where the measurements are).
+# "update": SGD's update of float32/float64 parameters from 65536 elements; Adam's, AdamW's,
+# Adagrad's and Adadelta's from 2**19 while the pool has more than one thread
+# (`optimizer/optimizer.py` update_on_aten and passes_on_aten, where the measurements are).
 # "pool": sums, differences and products of two large float arrays of one shape, gradient sums,
 # joins and the copies of reshapes' gradients (`pooled_binary`, where the measurements are),
 # while torch's pool has more than one thread.

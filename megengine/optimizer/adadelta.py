@@ -1,6 +1,9 @@
 """`Adadelta`: step sizes from running averages of squared gradients and squared updates."""
+import numpy as np
+
 from ..core.fused import fused_kernel, use_fused
-from .optimizer import Optimizer
+from ..functional import _aten
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["Adadelta"]
 
@@ -37,6 +40,9 @@ class Adadelta(Optimizer):
             _adadelta_kernel()(grad, group["lr"], rho, 1 - rho, eps, group["weight_decay"],
                                data, square_avg, acc_delta)
             return
+        if passes_on_aten(data, grad, group):
+            _update_aten(data, grad, square_avg, acc_delta, group)
+            return
         if group["weight_decay"] != 0:
             grad = grad + group["weight_decay"] * data
         square_avg *= rho
@@ -45,6 +51,34 @@ class Adadelta(Optimizer):
         data -= group["lr"] * delta
         acc_delta *= rho
         acc_delta += (1 - rho) * (delta * delta)
+
+
+def _update_aten(data, grad, square_avg, acc_delta, group):
+    """`Adadelta._update`'s numpy code as ATen's ops on torch views, on torch's thread pool
+    (`passes_on_aten`): its operations one by one in its order, so the same results bit for
+    bit."""
+    rho, eps = group["rho"], group["eps"]
+    torch, view = _aten.torch_module(), _aten.view
+    scratch, delta = np.empty_like(data), np.empty_like(data)
+    p, g, sa, ad = view(data), view(grad), view(square_avg), view(acc_delta)
+    s, d = view(scratch), view(delta)
+    if group["weight_decay"] != 0:  # g = grad + weight_decay * param
+        g = torch.mul(p, group["weight_decay"], out=view(np.empty_like(data))).add_(g)
+    sa.mul_(rho)
+    torch.mul(g, g, out=s)
+    s.mul_(1 - rho)
+    sa.add_(s)
+    torch.add(ad, eps, out=d)
+    np.sqrt(delta, out=delta)  # numpy's square roots, as its ``** 0.5``
+    torch.add(sa, eps, out=s)
+    np.sqrt(scratch, out=scratch)
+    d.div_(s).mul_(g)
+    torch.mul(d, group["lr"], out=s)
+    p.sub_(s)
+    ad.mul_(rho)
+    torch.mul(d, d, out=s)
+    s.mul_(1 - rho)
+    ad.add_(s)
 
 
 # The same update as `Adadelta._update`'s array code, one CUDA kernel per parameter.

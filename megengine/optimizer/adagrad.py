@@ -1,6 +1,9 @@
 """`Adagrad`: per-element learning rates from the sum of squared gradients."""
+import numpy as np
+
 from ..core.fused import fused_kernel, use_fused
-from .optimizer import Optimizer, _check_non_negative
+from ..functional import _aten
+from .optimizer import Optimizer, _check_non_negative, passes_on_aten
 
 __all__ = ["Adagrad"]
 
@@ -33,10 +36,31 @@ class Adagrad(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             _adagrad_kernel()(grad, clr, group["eps"], group["weight_decay"], data, square_sum)
             return
+        if passes_on_aten(data, grad, group):
+            _update_aten(data, grad, square_sum, clr, group)
+            return
         if group["weight_decay"] != 0:
             grad = grad + group["weight_decay"] * data
         square_sum += grad * grad
         data -= clr * (grad / (square_sum + group["eps"]) ** 0.5)
+
+
+def _update_aten(data, grad, square_sum, clr, group):
+    """`Adagrad._update`'s numpy code as ATen's ops on torch views, on torch's thread pool
+    (`passes_on_aten`): its operations one by one in its order, so the same results bit for
+    bit."""
+    torch, view = _aten.torch_module(), _aten.view
+    scratch = np.empty_like(data)
+    p, g, ss, s = view(data), view(grad), view(square_sum), view(scratch)
+    if group["weight_decay"] != 0:  # g = grad + weight_decay * param
+        g = torch.mul(p, group["weight_decay"], out=view(np.empty_like(data))).add_(g)
+    torch.mul(g, g, out=s)
+    ss.add_(s)
+    torch.add(ss, group["eps"], out=s)
+    np.sqrt(scratch, out=scratch)  # numpy's square root, as its ``** 0.5``
+    torch.div(g, s, out=s)
+    s.mul_(clr)
+    p.sub_(s)
 
 
 # The same update as `Adagrad._update`'s array code (eps inside the square root, as upstream).

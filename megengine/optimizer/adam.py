@@ -1,7 +1,10 @@
 """`Adam`: adaptive moment estimation with bias correction and L2 weight decay."""
+import numpy as np
+
 from ..core.dispatch import xp_of
 from ..core.fused import fused_kernel, use_fused
-from .optimizer import Optimizer
+from ..functional import _aten
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["Adam"]
 
@@ -67,6 +70,9 @@ class Adam(Optimizer):
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=False)
             return
+        if passes_on_aten(data, grad, group):
+            adam_aten(param, grad, state, group, decoupled=False)
+            return
         if group["weight_decay"] != 0:
             grad = grad + group["weight_decay"] * data
         step = adam_direction(grad, state, group, param)
@@ -84,6 +90,41 @@ def adam_fused(param, grad, state, group, decoupled):
     _adam_kernel()(grad, group["lr"], beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta1 ** step,
                    1 - beta2 ** step, group["eps"], group["weight_decay"], bool(decoupled),
                    param._data, m, v)
+
+
+def adam_aten(param, grad, state, group, decoupled):
+    """Adam's (``decoupled``: AdamW's) update of one numpy parameter as ATen's ops on torch
+    views of the arrays, on torch's thread pool (`passes_on_aten`): the numpy code's operations
+    (`Adam._update`, `adam_direction`, `AdamW._update`) one by one in its order, so the same
+    results bit for bit."""
+    beta1, beta2 = group["betas"]
+    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    data = param._data
+    m = Optimizer._buffer(state, "exp_avg", param)
+    v = Optimizer._buffer(state, "exp_avg_sq", param)
+    state["step"] = step = state.get("step", 0) + 1
+    torch, view = _aten.torch_module(), _aten.view
+    scratch, direction = np.empty_like(m), np.empty_like(m)
+    p, g, tm, tv = view(data), view(grad), view(m), view(v)
+    s, d = view(scratch), view(direction)
+    if weight_decay != 0 and not decoupled:  # g = grad + weight_decay * param, into d
+        torch.mul(p, weight_decay, out=d)
+        g = d.add_(g)  # (a sum of two terms is the same either way round)
+    torch.mul(g, 1 - beta1, out=s)
+    tm.mul_(beta1).add_(s)
+    torch.mul(g, g, out=s)
+    s.mul_(1 - beta2)
+    tv.mul_(beta2).add_(s)
+    torch.div(tv, 1 - beta2 ** step, out=s)
+    np.sqrt(scratch, out=scratch)  # numpy's square root (`passes_on_aten`)
+    s.add_(eps)
+    torch.div(tm, 1 - beta1 ** step, out=d)
+    d.div_(s)
+    if weight_decay != 0 and decoupled:
+        torch.mul(p, weight_decay, out=s)
+        d.add_(s)
+    d.mul_(lr)
+    p.sub_(d)
 
 
 # The same update as the array code of `Adam._update` / `AdamW._update` (with `adam_direction`):

@@ -1,6 +1,7 @@
 """`AdamW`: Adam with weight decay decoupled from the gradient."""
 from ..core.fused import use_fused
-from .adam import Adam, adam_direction, adam_fused
+from .adam import Adam, adam_aten, adam_direction, adam_fused
+from .optimizer import passes_on_aten
 
 __all__ = ["AdamW"]
 
@@ -20,6 +21,9 @@ class AdamW(Adam):
         data = param._data
         if use_fused(data, grad):  # CUDA: one kernel per parameter
             adam_fused(param, grad, state, group, decoupled=True)
+            return
+        if passes_on_aten(data, grad, group):
+            adam_aten(param, grad, state, group, decoupled=True)
             return
         delta = adam_direction(grad, state, group, param)  # a fresh array: changed in place
         if group["weight_decay"] != 0:

@@ -491,10 +491,8 @@ def _as_real(a):
 # values) 16.9 ms against 13.8 with one thread (numpy's ``lr * v`` is a temporary), 13.3 against
 # 7.4 with two; ShuffleNetV2 (2.3M in 169 parameters) 3.3 against 3.5 with one, 4.5 against 3.2
 # with two. Smaller parameters stay on numpy: a view and an ATen call cost more than the pass.
-# Adam's dozen passes stay on numpy: as ATen's ops they took longer (one thread, a (1024, 1024)
-# parameter: 6.4 ms against 3.7; two threads 10.8 against 5.1).
+# The updates of many passes (Adam's, Adagrad's, Adadelta's) have a rule of their own below.
 _ATEN_UPDATE_MIN = 65536
-_ATEN_UPDATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def update_on_aten(data, grad):
@@ -502,8 +500,43 @@ def update_on_aten(data, grad):
     arrays (torch's thread pool) rather than numpy's passes (see above). C-contiguous storage
     only: ops in place on a view must reach the array's own memory."""
     return type(data) is np.ndarray and data.size >= _ATEN_UPDATE_MIN \
-        and data.dtype is grad.dtype and data.dtype in _ATEN_UPDATE_DTYPES \
+        and data.dtype is grad.dtype and data.dtype in dispatch.KERNEL_FLOATS \
         and data.flags.c_contiguous and _aten.use_aten(data, "update")
+
+
+# The updates of many passes (Adam's and AdamW's fourteen, Adagrad's seven, Adadelta's sixteen)
+# take ATen's ops from this many elements, and only while torch's pool has more than one thread:
+# numpy's passes, each split over the threads. Measured at two threads (the best of interleaved
+# runs, nothing else running), numpy's passes against ATen's: Adam of one parameter of 65536
+# elements 0.10 ms against 0.17 (a view and an ATen call per pass cost more than the threads
+# save), 262144 0.38 against 0.39, 524288 1.10 against 0.83, (1024, 1024) 2.5 against 1.7;
+# Adam's step over a small transformer's 73 parameters (d=512, 6 layers, 23.0M values) 65.7 ms
+# against 51.9, AdamW's 71.2 against 60.8; Adagrad of 524288 elements 0.74 against 0.51, 4M 17.3
+# against 6.7; Adadelta 1.39 against 1.04, 26.0 against 14.1. With one thread ATen's ops are no
+# faster up to 1M elements ((1024, 1024): Adam 2.7 ms against 2.6, Adagrad 2.2 against 2.1).
+_ATEN_PASSES_MIN = 1 << 19
+
+
+def passes_on_aten(data, grad, group):
+    """Whether an update of many passes (Adam's, Adagrad's, Adadelta's) over numpy parameter
+    ``data`` runs as ATen's ops on torch views of the arrays: a large parameter that
+    `update_on_aten` accepts, while torch's pool has several threads (with one, numpy's passes
+    are as fast and need no view per operand). The ATen code does numpy's operations one by one
+    in the same order, into scratch arrays from numpy (``np.empty_like``), and leaves the square
+    roots to numpy: the same results bit for bit. So ``group``'s hyperparameters must be Python
+    numbers: numpy computes with a numpy float64 one in float64 (NEP 50), ATen in the array's
+    dtype.
+
+    Scratch and square roots from numpy, not torch: a block fresh from the system faults its
+    pages in one by one under torch's allocator, in huge pages under numpy's (4M float32
+    values: a process's first ``torch.ones`` 10.4 ms, ``np.ones`` 0.75); torch's CPU ``sqrt``
+    is not correctly rounded (1 ulp off for about one float32 value in six, one float64 value
+    in eighty)."""
+    return data.size >= _ATEN_PASSES_MIN and update_on_aten(data, grad) \
+        and _aten.get_num_threads() > 1 and not any(
+            isinstance(v, np.generic) or isinstance(v, (tuple, list))
+            and any(isinstance(b, np.generic) for b in v)
+            for k, v in group.items() if k != "params")
 
 
 def _check_non_negative(value, name):
