@@ -1,7 +1,5 @@
 """The updates of many passes (Adam, AdamW, Adagrad, Adadelta) of large parameters on ATen's ops
 while torch's pool has several threads: the same bits as numpy's passes."""
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -10,6 +8,7 @@ from megengine import optimizer
 from megengine.functional import _aten
 from megengine.optimizer import adadelta, adagrad, adam, adamw
 from megengine.optimizer.optimizer import passes_on_aten
+from devices import pool_threads
 
 HYPER = {  # a parameter's update, weight decay apart
     "Adam": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
@@ -17,17 +16,6 @@ HYPER = {  # a parameter's update, weight decay apart
     "Adagrad": dict(lr=0.01, lr_decay=0.1, eps=1e-6),
     "Adadelta": dict(lr=1.0, rho=0.8, eps=1e-6),
 }
-
-
-@contextlib.contextmanager
-def _pool_threads(n):
-    """torch's pool (the engine's) at ``n`` threads for the block (the suite runs at one)."""
-    before = _aten.get_num_threads()
-    _aten.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _aten.set_num_threads(before)
 
 
 def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch, hyper=None):
@@ -79,7 +67,7 @@ def test_large_parameters_update_on_aten_bit_for_bit_with_threads(
     # passes; the same operations in the same order: the same bits as numpy's passes
     pair = dtype == "complex64"  # two real values an element
     shapes = [(1024 >> pair, 512), (3, 4), ((1 << (19 - pair)) - 1,)]
-    with _pool_threads(2):
+    with pool_threads(2):
         sizes, (engine, numpy_only) = _steps_on_both_paths(name, dtype, shapes, weight_decay,
                                                            monkeypatch)
     assert sizes == [1 << 19] * 3  # the large one, each step of the first run
@@ -93,7 +81,7 @@ def test_large_parameters_update_on_aten_bit_for_bit_with_threads(
 @pytest.mark.parametrize("name", list(HYPER))
 def test_large_parameters_keep_numpys_passes_with_one_thread(name, monkeypatch):
     # one thread: numpy's passes are as fast as ATen's and need no views
-    with _pool_threads(1):
+    with pool_threads(1):
         sizes, _ = _steps_on_both_paths(name, "float32", [(1024, 512)], 0.01, monkeypatch)
     assert sizes == []
 
@@ -103,12 +91,12 @@ def test_numpy_float_hyperparameters_keep_numpys_passes(monkeypatch):
     # in float32: such an update stays on numpy's passes, whose results it keeps
     for hyper in (dict(HYPER["Adam"], lr=np.float64(0.0123)),
                   dict(HYPER["Adam"], betas=(0.8, np.float64(0.99)))):
-        with _pool_threads(2):
+        with pool_threads(2):
             sizes, _ = _steps_on_both_paths("Adam", "float32", [(1024, 512)], 0.0, monkeypatch,
                                             hyper)
         assert sizes == []
     # a parameter group may give its betas as a list
     data = np.zeros((1024, 512), np.float32)
-    with _pool_threads(2):
+    with pool_threads(2):
         assert passes_on_aten(data, data, {"lr": 0.01, "betas": [0.8, 0.99]})
         assert not passes_on_aten(data, data, {"lr": 0.01, "betas": [0.8, np.float64(0.99)]})
