@@ -343,8 +343,7 @@ def _added(families_set, families):
 # are the same: IEEE sums, differences and products, and copies, whichever pool runs them.
 
 def _pool_worth(a):
-    return (a.dtype in _dispatch.KERNEL_FLOATS and use_aten(a, "pool")
-            and _torch.get_num_threads() > 1)
+    return a.dtype in _dispatch.KERNEL_FLOATS and use_aten(a, "pool") and get_num_threads() > 1
 
 
 def pooled_binary(name, a, b):
