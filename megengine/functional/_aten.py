@@ -342,6 +342,7 @@ def _added(families_set, families):
 # buffer of its own page-faults in (8M float32 values took 23 ms here, numpy's 6). The values
 # are the same: IEEE sums, differences and products, and copies, whichever pool runs them.
 
+
 def _pool_worth(a):
     return a.dtype in _dispatch.KERNEL_FLOATS and use_aten(a, "pool") and get_num_threads() > 1
 
