@@ -783,9 +783,12 @@ def _apply_wide(op, arrays, parents, keys, run_on, device):
 
 
 # Foreign buffers (another framework's memory seen through a view, e.g. torch's) that an op's
-# backward allocated for one gradient and that nothing else references: id(owner) -> owner.
-# A GradManager hands such a gradient to .grad as it is instead of copying it (memory it cannot
-# see the owner of might alias). Entries live until the backward pass that made them ends.
+# backward allocated for one gradient and that nothing else references: id(key) -> a weak
+# reference to the key (`_foreign_key`). A GradManager hands such a gradient to .grad as it is
+# instead of copying it (memory it cannot see the owner of might alias). Entries are weak so
+# that a declared gradient is freed as soon as backward has used it, as any other (strong ones
+# kept every declared input gradient of a network alive until the end of backward: ShuffleNetV2's
+# backward took 261 ms against 190 at one thread); they are cleared when the pass ends.
 _fresh_owners = {}
 
 
@@ -799,16 +802,28 @@ def foreign_memory(a):
 
 
 def _foreign_key(a):
-    """What identifies ``a``'s foreign memory: the object at the end of numpy's ``base`` chain
-    (numpy keeps the chain of a view of a view: a fresh gradient reshaped to its parameter's
-    shape has its unreshaped array as ``base``; None there: numpy's own memory), CuPy's memory
-    object."""
+    """What identifies ``a``'s foreign memory, or None for memory of numpy's or CuPy's own. A
+    numpy array: the view the bridge made of the foreign buffer, the last array of ``a``'s
+    ``base`` chain (numpy keeps the chain of a view of a view: a fresh gradient reshaped to its
+    parameter's shape has its unreshaped array as ``base``), whose ``base`` is not an array.
+    A CuPy array: its memory object."""
     if type(a) is not np.ndarray:
         return foreign_memory(a)
-    key = a.base
-    while type(key) is np.ndarray:
-        key = key.base
-    return key
+    while True:
+        base = a.base
+        if base is None:
+            return None
+        if type(base) is not np.ndarray:
+            return a
+        a = base
+
+
+def _referent(key):
+    """A weak reference to ``key``, or (for objects that take none) a function returning it."""
+    try:
+        return weakref.ref(key)
+    except TypeError:
+        return lambda: key
 
 
 def declare_fresh_gradient(a):
@@ -817,15 +832,18 @@ def declare_fresh_gradient(a):
     pass; returns ``a``."""
     key = _foreign_key(a)
     if key is not None:
-        _fresh_owners[id(key)] = key
+        _fresh_owners[id(key)] = _referent(key)
     return a
 
 
 def fresh_owner(a):
-    """``a``'s foreign owner when an op declared it fresh (`declare_fresh_gradient`), else None."""
+    """``a``'s foreign key (`_foreign_key`) when an op declared it fresh
+    (`declare_fresh_gradient`), else None."""
     key = _foreign_key(a)
-    if key is not None and _fresh_owners.get(id(key)) is key:
-        return key
+    if key is not None:
+        ref = _fresh_owners.get(id(key))
+        if ref is not None and ref() is key:
+            return key
     return None
 
 

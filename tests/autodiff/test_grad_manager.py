@@ -980,3 +980,42 @@ def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
     for p, t in zip(params, (tw, tb, bw, bb, fw, fb)):
         np.testing.assert_allclose(p.grad.numpy().reshape(t.shape), t.grad.numpy(),
                                    rtol=2e-4, atol=1e-6)
+
+
+def test_gradients_declared_fresh_are_freed_once_backward_has_used_them(monkeypatch):
+    """An input gradient an ATen kernel allocated (ReLU's, declared fresh so that .grad could
+    take it without a copy) is freed as soon as the op below it has used it, not at the end of
+    backward: checked from the backward of a Function at the bottom of a chain of ReLUs, which
+    runs last. (Earlier versions of this fork kept every such gradient alive to the end.)"""
+    from megengine.functional import _aten
+
+    made, real = [], _aten.fresh_gradient
+
+    def recording(t):
+        a = real(t)
+        made.append(weakref.ref(a))
+        return a
+
+    monkeypatch.setattr(_aten, "fresh_gradient", recording)
+    alive_at_bottom = []
+
+    class Bottom(Function):
+        def forward(self, x):
+            return x * 1.0
+
+        def backward(self, g):
+            gc.collect()
+            alive_at_bottom.append(sum(r() is not None for r in made))
+            return g
+
+    x = Parameter(rand(64, 1024))
+    gm = GradManager().attach(x)
+    with gm:
+        h = Bottom()(x)
+        for _ in range(6):
+            h = F.relu(h + 0.5)
+        gm.backward(h.sum())
+    if not made:
+        pytest.skip("ReLU's backward runs on the array code here (no ATen gradient buffers)")
+    assert len(made) == 6 and alive_at_bottom == [1]  # the last one: the gradient it was given
+    np.testing.assert_array_equal(x.grad.numpy(), (x.numpy() > -0.5) * 1.0)
