@@ -257,9 +257,6 @@ class _BatchNorm(Op):
         return tuple(out)
 
 
-
-
-
 def _fresh(t, shape):
     """ATen's fresh gradient ``t`` (`_aten.fresh_gradient`) in ``shape``."""
     return _aten.fresh_gradient(t).reshape(shape)
