@@ -982,6 +982,7 @@ def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
                                    rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.usefixtures("host_default_device")  # (numpy's arrays: CuPy's take no weak reference)
 def test_gradients_declared_fresh_are_freed_once_backward_has_used_them(monkeypatch):
     """An input gradient an ATen kernel allocated (ReLU's, declared fresh so that .grad could
     take it without a copy) is freed as soon as the op below it has used it, not at the end of
