@@ -250,12 +250,10 @@ class _Convolution(Op):
         gx, gw, gb = _aten.aten().convolution_backward(
             _aten.view(gy), self.tx, self.tw, self.bias_sizes, self.stride, self.padding,
             self.dilation, self.transposed, self.output_padding, self.groups, mask)
-        # the parameters' gradients, ATen's fresh buffers, declared so: a GradManager hands them
-        # to .grad without a copy (the input's is not: on a GPU a declared buffer is held to the
-        # end of backward, `dispatch.declare_fresh_gradient`, and this one is activation-sized)
+        # ATen's fresh buffers, declared so: a GradManager hands them to .grad without a copy
         x_dtype, w_dtype = self.dtypes
         fresh = _aten.fresh_gradient
-        gx = _aten.array(gx).astype(x_dtype, copy=False) if mask[0] else None
+        gx = fresh(gx).astype(x_dtype, copy=False) if mask[0] else None
         gw = fresh(gw).reshape(self.w_shape).astype(w_dtype, copy=False) if mask[1] else None
         if len(needs) == 2:
             return gx, gw

@@ -788,6 +788,41 @@ def test_cupy_views_of_one_torch_buffer_never_become_two_grads_on_it():
         dispatch.forget_fresh_gradients()
 
 
+class _SlottedUnownedMemory:
+    """CuPy's UnownedMemory as it is: no weak reference to it, its torch owner as ``_owner``."""
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner):
+        self._owner = owner
+
+
+_SlottedUnownedMemory.__name__ = "UnownedMemory"
+
+
+def test_a_cupy_gradient_declared_fresh_is_held_only_through_its_owner():
+    # CuPy's memory objects take no weak reference; the registry holds the torch tensor that
+    # owns the memory weakly instead, so that the buffer is freed once backward has used it
+    from megengine.autodiff.grad_manager import _exclusive
+    from megengine.core import dispatch
+
+    class Owner:  # stands for the torch tensor the bridge made for the view
+        pass
+
+    owner = Owner()
+    owner_alive = weakref.ref(owner)
+    grad = _FakeCupyArray(_SlottedUnownedMemory(owner))
+    try:
+        dispatch.declare_fresh_gradient(grad)
+        assert _exclusive(grad, {}) is grad  # taken as it is
+        other = _FakeCupyArray(_SlottedUnownedMemory(Owner()))  # not declared: copied
+        assert _exclusive(other, {}) is not other
+        del grad, owner
+        gc.collect()
+        assert owner_alive() is None  # the registry did not keep it
+    finally:
+        dispatch.forget_fresh_gradients()
+
+
 def test_in_place_write_to_an_attached_tensor_differentiates_the_attached_value():
     # upstream differentiates w.r.t. the value that was attached; a write into the tensor
     # during recording (F.scatter writes its inp, as upstream; `p[i] = v`) rebinds the
