@@ -153,8 +153,9 @@ def test_a_reshapes_strided_gradient_is_copied_on_the_pool(monkeypatch, threads)
         with gm:
             y = x.reshape(4, 2, 8, 64, 64).transpose(0, 2, 1, 3, 4).reshape(LARGE)
             gm.backward(y, mge.tensor(g))
-    # the last reshape's gradient is a view (contiguous); the first one's is the copy
-    assert copies == [threads > 1]
+    # the last reshape's gradient is a view (contiguous); the first one's is the copy (numpy
+    # 2.0's reshape cannot say whether it would copy, having no ``copy`` argument: numpy's then)
+    assert copies == [threads > 1 and np.lib.NumpyVersion(np.__version__) >= "2.1.0"]
     expected = g.reshape(4, 8, 2, 64, 64).transpose(0, 2, 1, 3, 4).reshape(LARGE)
     np.testing.assert_array_equal(x.grad.numpy(), expected)
 
