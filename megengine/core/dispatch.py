@@ -967,9 +967,9 @@ POOL_MIN = 262144
 
 def _add_arrays(a, b):
     if a.size >= POOL_MIN:  # a large gradient sum: torch's pool, when it has several threads
-        from .ops import _pooled
+        from ..functional import _aten  # (functional sits above core: imported on use)
 
-        out = _pooled("add", a, b)
+        out = _aten.pooled_binary("add", a, b)
         if out is not None:
             return out
     return a + b

@@ -119,20 +119,6 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
-def _pooled(name, a, b):
-    """`functional._aten.pooled_binary` (loaded on first use: functional sits above core)."""
-    if _aten is None:
-        _load_aten()
-    return _aten.pooled_binary(name, a, b)
-
-
-def _pooled_reshape(a, shape):
-    """`functional._aten.pooled_reshape` (loaded on first use)."""
-    if _aten is None:
-        _load_aten()
-    return _aten.pooled_reshape(a, shape)
-
-
 class _Binary(Op):
     """An elemwise op on two broadcast inputs; subclasses give ``compute`` and ``grads``."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
@@ -144,6 +130,9 @@ class _Binary(Op):
     # the dtype's range; None: refused, the stored integers' result is not the values' (q * q
     # has the scale squared), where computing on them would silently give wrong values
     quantized = None
+    # The ATen op ("add", "sub", "mul") that computes it for two large float arrays of one shape
+    # on torch's pool, while that has several threads (`functional._aten.pooled_binary`)
+    pooled = None
 
     def forward(self, a, b):
         dtype = a.dtype
@@ -156,6 +145,10 @@ class _Binary(Op):
             if b.dtype != dtype:
                 b = b.astype(dtype)
         self.a, self.b = a, b
+        if self.pooled is not None and a.size >= POOL_MIN:
+            out = (_aten or _load_aten()).pooled_binary(self.pooled, a, b)
+            if out is not None:
+                return out
         try:
             return self.compute(a, b)
         except ValueError as e:
@@ -201,13 +194,10 @@ class _Binary(Op):
 class Add(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
+    pooled = "add"
     backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
-        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
-            out = _pooled("add", a, b)
-            if out is not None:
-                return out
         return a + b
 
     def grads(self, g):
@@ -220,13 +210,10 @@ class Add(_Binary):
 class Sub(_Binary):
     holomorphic = True  # complex gradients: see Op
     quantized = "sum"
+    pooled = "sub"
     backward_reads = ()  # (shapes only)
 
     def compute(self, a, b):
-        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
-            out = _pooled("sub", a, b)
-            if out is not None:
-                return out
         try:
             return a - b
         except TypeError:  # (numpy's or CuPy's refusal of bool - bool)
@@ -244,12 +231,9 @@ class Sub(_Binary):
 
 class Mul(_Binary):
     holomorphic = True  # complex gradients: see Op
+    pooled = "mul"
 
     def compute(self, a, b):
-        if a.size >= POOL_MIN:  # large: torch's pool, when it has several threads
-            out = _pooled("mul", a, b)
-            if out is not None:
-                return out
         return a * b
 
     def grads(self, g):
@@ -787,7 +771,7 @@ class Reshape(Op):
 
     def backward(self, g):
         if g.size >= POOL_MIN and not g.flags.c_contiguous:  # (a transpose's gradient): the
-            out = _pooled_reshape(g, self.in_shape)  # copy on torch's pool, when it has threads
+            out = (_aten or _load_aten()).pooled_reshape(g, self.in_shape)  # copy on the pool
             if out is not None:
                 return out
         return g.reshape(self.in_shape)
@@ -1424,10 +1408,12 @@ def grad_matmul(a, b):
 
 
 def _load_aten():
+    """`megengine.functional._aten`, imported on first use (functional sits above core)."""
     global _aten
-    from ..functional import _aten as module  # functional sits above core: load on use
+    from ..functional import _aten as module
 
     _aten = module
+    return module
 
 
 def _aten_kernel(mode):
