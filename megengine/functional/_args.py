@@ -32,7 +32,7 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
-def _pair(value, name, what):
+def _int_pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-def _pair(x, y, values=False):
+def _operands(x, y, values=False):
     """Two operands as Tensors; a Python scalar next to a tensor takes the operators' rules.
     ``values``: for a float function (div, pow, atan2), a quantized tensor next to a Python
     number gives its real values (a number next to a quantized tensor otherwise raises)."""
@@ -36,7 +36,7 @@ def _pair(x, y, values=False):
     except QuantizedNumberError:
         if not values:
             raise
-        return _pair(*[t.astype(np.float32) if isinstance(t, Tensor) else t for t in (x, y)])
+        return _operands(*[t.astype(np.float32) if isinstance(t, Tensor) else t for t in (x, y)])
 
 
 # ----- binary functions: the ops behind Tensor's operators -----
@@ -47,7 +47,7 @@ def _binary_fn(key, name, doc):
     values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
     def fn(x, y):
-        x, y = _pair(x, y, values)
+        x, y = _operands(x, y, values)
         return apply(op_cls(), x, y)
 
     fn.__name__ = fn.__qualname__ = name
@@ -65,7 +65,7 @@ mod = _binary_fn("mod", "mod", "Element-wise remainder ``x % y`` (sign of the di
 
 def pow(x, y):
     """Element-wise power ``x ** y``; integer operands give float32, as upstream."""
-    x, y = _float_pow_operands(*_pair(x, y, values=True))
+    x, y = _float_pow_operands(*_operands(x, y, values=True))
     return apply(BINARY["pow"](), x, y)
 
 
@@ -83,7 +83,7 @@ greater = _binary_fn("gt", "greater", "Element-wise ``x > y`` (bool).")
 greater_equal = _binary_fn("ge", "greater_equal", "Element-wise ``x >= y`` (bool).")
 
 
-def _float_pair(op, a, b):
+def _float_operands(op, a, b):
     # atan2/logaddexp are float functions: integer operands compute in float32
     if a.dtype.kind != "f":
         if a.dtype.kind == "c":  # (casting would drop the imaginary part)
@@ -98,7 +98,7 @@ class Atan2(_Binary):
     quantized = "values"
 
     def compute(self, y, x):
-        y, x = _float_pair(self, y, x)
+        y, x = _float_operands(self, y, x)
         return xp_of(y).arctan2(y, x)
 
     def grads(self, g):
@@ -116,7 +116,7 @@ class LogAddExp(_Binary):
     quantized = "values"
 
     def compute(self, a, b):
-        a, b = _float_pair(self, a, b)
+        a, b = _float_operands(self, a, b)
         self.out = xp_of(a).logaddexp(a, b)
         return self.out
 
@@ -130,13 +130,13 @@ class LogAddExp(_Binary):
 
 def atan2(y, x):
     """Element-wise angle of the point ``(x, y)``: arctan(y / x) in the right quadrant."""
-    y, x = _pair(y, x, values=True)
+    y, x = _operands(y, x, values=True)
     return apply(Atan2(), y, x)
 
 
 def logaddexp(x, y):
     """Element-wise ``log(exp(x) + exp(y))``, computed without overflow."""
-    x, y = _pair(x, y, values=True)
+    x, y = _operands(x, y, values=True)
     return apply(LogAddExp(), x, y)
 
 
@@ -178,7 +178,7 @@ def _logical(op_cls, doc, unary=False):
             return apply(op_cls(), _tensor(x))
     else:
         def f(x, y):
-            return apply(op_cls(), *_pair(x, y))
+            return apply(op_cls(), *_operands(x, y))
 
     f.__name__ = f.__qualname__ = op_cls.fn
     f.__doc__ = doc
@@ -732,7 +732,7 @@ def complex(real, imag):
     Gradients flow through it, in PyTorch's convention: ``real`` gets the real part and
     ``imag`` the imaginary part of the complex gradient (see `polar`).
     """
-    re, im = _pair(_float_operand(real, "complex"), _float_operand(imag, "complex"))
+    re, im = _operands(_float_operand(real, "complex"), _float_operand(imag, "complex"))
     return apply(_MakeComplex(), re, im)
 
 

@@ -49,7 +49,7 @@ def _spread(g, shape, reduction, broadcast=True):
     return xp_of(g).broadcast_to(g, shape) if broadcast else g
 
 
-def _pair(pred, label):
+def _pred_label(pred, label):
     """Both operands as Tensors; a Python number takes the other side's dtype rules."""
     if isinstance(pred, Tensor):
         return pred, _operand(label, pred)
@@ -306,7 +306,7 @@ class _BinaryCrossEntropy(_PairLoss):
 
 
 def _pair_loss(op, pred, label, autocast_dtype=None):
-    pred, label = _pair(pred, label)
+    pred, label = _pred_label(pred, label)
     if autocast_dtype is not None and _low_high_precision(op):
         return _autocast_loss(op, (pred, label), autocast_dtype(pred.dtype, label.dtype))
     return apply(op, pred, label)
@@ -824,7 +824,7 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     if norm not in ("L1", "L2"):
         raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
     pred, label = (t.astype(np.float32) if t.dtype.metadata is not None else t  # (quantized:
-                   for t in _pair(pred, label))  # the values; q * label mixed dtypes)
+                   for t in _pred_label(pred, label))  # the values; q * label mixed dtypes)
     for t in (pred, label):
         if t.dtype.kind == "c":  # (else relu's error would name relu)
             raise no_order("hinge_loss", t.dtype)

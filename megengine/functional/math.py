@@ -13,7 +13,7 @@ from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, names_
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
-from .elemwise import _pair, _tensor, clip, sqrt
+from .elemwise import _operands, _tensor, clip, sqrt
 from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
 # megengine.functional.math:Cumsum still load
@@ -579,7 +579,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
     ``transpose_a``/``transpose_b`` transpose the last two dims of the operand first.
     """
-    a, b = _pair(inp1, inp2)  # (under megengine.amp.autocast MatMul computes in float16)
+    a, b = _operands(inp1, inp2)  # (under megengine.amp.autocast MatMul computes in float16)
     if a._data.dtype.metadata is not None or b._data.dtype.metadata is not None:
         from .quantized import _matmul  # quantized operands: the exact qint32 accumulator
 
@@ -595,7 +595,7 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
 def dot(inp1, inp2):
     """Dot product of two vectors (1-D or scalars; a scalar is broadcast)."""
-    a, b = _pair(inp1, inp2)
+    a, b = _operands(inp1, inp2)
     if a.ndim > 1 or b.ndim > 1:
         raise ValueError(f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
     if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
@@ -689,7 +689,7 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
     """Cross product of 3-vectors along ``axisa`` of ``a`` and ``axisb`` of ``b`` (numpy's
     arguments; ``axis`` sets all three); the other dims broadcast, the result's vectors lie along
     ``axisc``. Differentiable in both inputs."""
-    a, b = _pair(a, b)
+    a, b = _operands(a, b)
     if axis is not None:
         axisa = axisb = axisc = axis
     for t, ax, name in ((a, axisa, "a"), (b, axisb, "b")):

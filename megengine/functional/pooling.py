@@ -16,7 +16,7 @@ from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _pair, _size, _tensor
+from ._args import _as_float, _int_pair, _size, _tensor
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
 
@@ -352,9 +352,9 @@ def max_pool2d(inp, kernel_size, stride=None, padding=0):
     """2-d max pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``; the padding takes
     the dtype's lowest value."""
     _config._effective_conv_format("NCHW", "max_pool2d", supported=("NCHW",))
-    kernel = _pair(kernel_size, "kernel_size", "max_pool2d")
-    stride = kernel if stride is None else _pair(stride, "stride", "max_pool2d")
-    return apply(_Pool2d("max", kernel, stride, _pair(padding, "padding", "max_pool2d"),
+    kernel = _int_pair(kernel_size, "kernel_size", "max_pool2d")
+    stride = kernel if stride is None else _int_pair(stride, "stride", "max_pool2d")
+    return apply(_Pool2d("max", kernel, stride, _int_pair(padding, "padding", "max_pool2d"),
                          "max_pool2d"), _tensor(inp))
 
 
@@ -372,9 +372,9 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
     if m not in _AVG_MODES:
         raise ValueError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
     _config._effective_conv_format("NCHW", "avg_pool2d", supported=("NCHW",))
-    kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
-    stride = kernel if stride is None else _pair(stride, "stride", "avg_pool2d")
-    return apply(_Pool2d(m, kernel, stride, _pair(padding, "padding", "avg_pool2d"),
+    kernel = _int_pair(kernel_size, "kernel_size", "avg_pool2d")
+    stride = kernel if stride is None else _int_pair(stride, "stride", "avg_pool2d")
+    return apply(_Pool2d(m, kernel, stride, _int_pair(padding, "padding", "avg_pool2d"),
                          "avg_pool2d"), _tensor(inp))
 
 
@@ -389,8 +389,8 @@ def _size_pair(oshp, what):
         oshp = _size(oshp)
         return oshp, oshp
     if isinstance(oshp, (tuple, list)) and len(oshp) == 2 and any(map(held, oshp)):
-        return tuple(_size(s) if held(s) else _pair(s, "oshp", what)[0] for s in oshp)
-    return _pair(oshp, "oshp", what)
+        return tuple(_size(s) if held(s) else _int_pair(s, "oshp", what)[0] for s in oshp)
+    return _int_pair(oshp, "oshp", what)
 
 
 def _adaptive(inp, oshp, mode, what):

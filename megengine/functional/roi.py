@@ -8,7 +8,7 @@ from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import LinearMap, xp_of
 from . import _aten
-from ._args import _astype_real, _pair, _tensor
+from ._args import _astype_real, _int_pair, _tensor
 
 __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
@@ -142,7 +142,7 @@ class _ROIAlign(Op):
 
 
 def _positive_pair(value, name, what):
-    pair = _pair(value, name, what)
+    pair = _int_pair(value, name, what)
     if min(pair) < 1:
         raise ValueError(f"{what}: {name} must be positive, got {value!r}")
     return pair

@@ -348,7 +348,8 @@ def _ints(v, op, what):
     return _items(v)
 
 
-def _pair(op, h, w, default):
+def _param_pair(op, h, w, default):
+    """Two integer params of ``op`` (fields ``h`` and ``w``) as an (h, w) pair."""
     return (op.p(h, "I", default), op.p(w, "I", default))
 
 
@@ -373,8 +374,8 @@ def _conv_args(op, w, pad, sparse):
     stride_h, stride_w, dilate_h, dilate_w from field ``pad`` on and its sparse mode (a group
     filter's first dim is the groups) in field ``sparse``."""
     groups = w.shape[0] if op.require(sparse, "I", (0, 1), "sparse mode") else 1
-    return (_pair(op, pad + 2, pad + 3, 1), _pair(op, pad, pad + 1, 0),
-            _pair(op, pad + 4, pad + 5, 1), groups)
+    return (_param_pair(op, pad + 2, pad + 3, 1), _param_pair(op, pad, pad + 1, 0),
+            _param_pair(op, pad + 4, pad + 5, 1), groups)
 
 
 def _op_convolution(op, x, w):
@@ -427,7 +428,8 @@ def _op_pooling(op, x):
     mode = op.require(0, "I", (0, 1, 2), "pooling mode")
     _nchw(op, 7)
     F = _F()
-    window, stride, padding = _pair(op, 5, 6, 2), _pair(op, 3, 4, 2), _pair(op, 1, 2, 0)
+    window, stride = _param_pair(op, 5, 6, 2), _param_pair(op, 3, 4, 2)
+    padding = _param_pair(op, 1, 2, 0)
     if mode == 0:
         return F.max_pool2d(x, window, stride, padding)
     return F.avg_pool2d(x, window, stride, padding,
@@ -778,8 +780,8 @@ def _op_lrn(op, x):
 
 def _op_images2neibs(op, x):
     """Images2Neibs (F.sliding_window): params pad, stride, dilate, window (h, w each)."""
-    return _F().sliding_window(x, _pair(op, 6, 7, 3), _pair(op, 0, 1, 0), _pair(op, 2, 3, 1),
-                               _pair(op, 4, 5, 1))
+    return _F().sliding_window(x, _param_pair(op, 6, 7, 3), _param_pair(op, 0, 1, 0),
+                               _param_pair(op, 2, 3, 1), _param_pair(op, 4, 5, 1))
 
 
 def _op_correlation(op, a, b):

@@ -16,27 +16,19 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d", "
            "LocalConv2d", "ConvRelu2d", "ConvTransposeRelu2d", "RegionRestrictedConv"]
 
 
-def _pair(value, what, allow_zero):
-    """An int or a pair of ints as a pair of non-negative (or positive) ints."""
+def _sizes(value, n, what, allow_zero):
+    """An int or ``n`` ints (a pair, a triple) as an n-tuple of non-negative (or positive)
+    ints."""
     # (a size from x.shape in a dumpable trace is read here: its value, a guard; a layer made
     # inside a traced function has parameters of fixed shapes anyway)
-    pair = (value, value) if is_int(value) else tuple(value)
-    pair = tuple(as_int(v) if is_dim(v) else v for v in pair)
+    sizes = (value,) * n if is_int(value) else tuple(value)
+    sizes = tuple(as_int(v) if is_dim(v) else v for v in sizes)
     lowest = 0 if allow_zero else 1
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= lowest for v in pair):
-        raise ValueError(f"{what} must be an int >= {lowest} or a pair of them, got {value!r}")
-    return tuple(int(v) for v in pair)
-
-
-def _triple(value, what, allow_zero):
-    """An int or three ints as a triple of non-negative (or positive) ints."""
-    triple = (value,) * 3 if is_int(value) else tuple(value)
-    triple = tuple(as_int(v) if is_dim(v) else v for v in triple)  # (a SymDim: a guard)
-    lowest = 0 if allow_zero else 1
-    if len(triple) != 3 or not all(isinstance(v, (int, np.integer)) and v >= lowest
-                                   for v in triple):
-        raise ValueError(f"{what} must be an int >= {lowest} or three of them, got {value!r}")
-    return tuple(int(v) for v in triple)
+    if len(sizes) != n or not all(isinstance(v, (int, np.integer)) and v >= lowest
+                                  for v in sizes):
+        count = {2: "a pair", 3: "three"}[n]
+        raise ValueError(f"{what} must be an int >= {lowest} or {count} of them, got {value!r}")
+    return tuple(int(v) for v in sizes)
 
 
 def _single(value, what, allow_zero):
@@ -179,9 +171,9 @@ class Conv2d(_ConvNd):
                  conv_mode: str = "cross_correlation", compute_mode: str = "default",
                  padding_mode: str = "zeros", **kwargs):
         super().__init__(
-            in_channels, out_channels, _pair(kernel_size, "Conv2d kernel_size", False),
-            _pair(stride, "Conv2d stride", False), _pair(padding, "Conv2d padding", True),
-            _pair(dilation, "Conv2d dilation", False), groups, bias, conv_mode, compute_mode,
+            in_channels, out_channels, _sizes(kernel_size, 2, "Conv2d kernel_size", False),
+            _sizes(stride, 2, "Conv2d stride", False), _sizes(padding, 2, "Conv2d padding", True),
+            _sizes(dilation, 2, "Conv2d dilation", False), groups, bias, conv_mode, compute_mode,
             **kwargs,
         )
         self._set_padding_mode(padding_mode)
@@ -221,12 +213,12 @@ class ConvTranspose2d(_ConvNd):
                  output_padding: Union[int, Tuple[int, int]] = 0,
                  dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
                  conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
-        self.output_padding = _pair(output_padding, "ConvTranspose2d output_padding", True)
+        self.output_padding = _sizes(output_padding, 2, "ConvTranspose2d output_padding", True)
         super().__init__(
-            in_channels, out_channels, _pair(kernel_size, "ConvTranspose2d kernel_size", False),
-            _pair(stride, "ConvTranspose2d stride", False),
-            _pair(padding, "ConvTranspose2d padding", True),
-            _pair(dilation, "ConvTranspose2d dilation", False), groups, bias, conv_mode,
+            in_channels, out_channels, _sizes(kernel_size, 2, "ConvTranspose2d kernel_size", False),
+            _sizes(stride, 2, "ConvTranspose2d stride", False),
+            _sizes(padding, 2, "ConvTranspose2d padding", True),
+            _sizes(dilation, 2, "ConvTranspose2d dilation", False), groups, bias, conv_mode,
             compute_mode, **kwargs,
         )
 
@@ -249,9 +241,9 @@ class Conv3d(_ConvNd):
                  dilation: Union[int, Tuple[int, int, int]] = 1, groups: int = 1,
                  bias: bool = True, conv_mode: str = "cross_correlation", **kwargs):
         super().__init__(
-            in_channels, out_channels, _triple(kernel_size, "Conv3d kernel_size", False),
-            _triple(stride, "Conv3d stride", False), _triple(padding, "Conv3d padding", True),
-            _triple(dilation, "Conv3d dilation", False), groups, bias, conv_mode, "default",
+            in_channels, out_channels, _sizes(kernel_size, 3, "Conv3d kernel_size", False),
+            _sizes(stride, 3, "Conv3d stride", False), _sizes(padding, 3, "Conv3d padding", True),
+            _sizes(dilation, 3, "Conv3d dilation", False), groups, bias, conv_mode, "default",
             **kwargs,
         )
 
@@ -278,12 +270,12 @@ class ConvTranspose3d(_ConvNd):
                  output_padding: Union[int, Tuple[int, int, int]] = 0,
                  dilation: Union[int, Tuple[int, int, int]] = 1, groups: int = 1,
                  bias: bool = True, **kwargs):
-        self.output_padding = _triple(output_padding, "ConvTranspose3d output_padding", True)
+        self.output_padding = _sizes(output_padding, 3, "ConvTranspose3d output_padding", True)
         super().__init__(
-            in_channels, out_channels, _triple(kernel_size, "ConvTranspose3d kernel_size", False),
-            _triple(stride, "ConvTranspose3d stride", False),
-            _triple(padding, "ConvTranspose3d padding", True),
-            _triple(dilation, "ConvTranspose3d dilation", False), groups, bias,
+            in_channels, out_channels, _sizes(kernel_size, 3, "ConvTranspose3d kernel_size", False),
+            _sizes(stride, 3, "ConvTranspose3d stride", False),
+            _sizes(padding, 3, "ConvTranspose3d padding", True),
+            _sizes(dilation, 3, "ConvTranspose3d dilation", False), groups, bias,
             "cross_correlation", "default", **kwargs,
         )
 
@@ -312,10 +304,10 @@ class LocalConv2d(_ConvNd):
                  conv_mode: str = "cross_correlation", **kwargs):
         self.input_height, self.input_width = int(input_height), int(input_width)
         super().__init__(
-            in_channels, out_channels, _pair(kernel_size, "LocalConv2d kernel_size", False),
-            _pair(stride, "LocalConv2d stride", False),
-            _pair(padding, "LocalConv2d padding", True),
-            _pair(dilation, "LocalConv2d dilation", False), groups, False, conv_mode, "default",
+            in_channels, out_channels, _sizes(kernel_size, 2, "LocalConv2d kernel_size", False),
+            _sizes(stride, 2, "LocalConv2d stride", False),
+            _sizes(padding, 2, "LocalConv2d padding", True),
+            _sizes(dilation, 2, "LocalConv2d dilation", False), groups, False, conv_mode, "default",
             **kwargs,
         )
 
@@ -355,10 +347,11 @@ class DeformableConv2d(_ConvNd):
                  dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, bias: bool = True,
                  conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
         super().__init__(
-            in_channels, out_channels, _pair(kernel_size, "DeformableConv2d kernel_size", False),
-            _pair(stride, "DeformableConv2d stride", False),
-            _pair(padding, "DeformableConv2d padding", True),
-            _pair(dilation, "DeformableConv2d dilation", False), groups, bias, conv_mode,
+            in_channels, out_channels,
+            _sizes(kernel_size, 2, "DeformableConv2d kernel_size", False),
+            _sizes(stride, 2, "DeformableConv2d stride", False),
+            _sizes(padding, 2, "DeformableConv2d padding", True),
+            _sizes(dilation, 2, "DeformableConv2d dilation", False), groups, bias, conv_mode,
             compute_mode, **kwargs,
         )
 
@@ -391,10 +384,10 @@ class RegionRestrictedConv(_ConvNd):
         self.padding_mode = padding_mode
         super().__init__(
             in_channels, out_channels,
-            _pair(kernel_size, "RegionRestrictedConv kernel_size", False),
-            _pair(stride, "RegionRestrictedConv stride", False),
-            _pair(padding, "RegionRestrictedConv padding", True),
-            _pair(dilation, "RegionRestrictedConv dilation", False), groups, bias, conv_mode,
+            _sizes(kernel_size, 2, "RegionRestrictedConv kernel_size", False),
+            _sizes(stride, 2, "RegionRestrictedConv stride", False),
+            _sizes(padding, 2, "RegionRestrictedConv padding", True),
+            _sizes(dilation, 2, "RegionRestrictedConv dilation", False), groups, bias, conv_mode,
             compute_mode, **kwargs,
         )
 

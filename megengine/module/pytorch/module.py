@@ -331,7 +331,7 @@ class PyTorchModule(Module):
                     f"{self._device}; move it with .to({self._device!r})"
                 )
             tensors.append(value)
-            return _Slot(len(tensors) - 1)
+            return _InputSlot(len(tensors) - 1)
         if isinstance(value, torch.Tensor):
             raise TypeError(
                 "PyTorchModule: got a torch.Tensor argument; pass megengine tensors (mge.tensor) "
@@ -411,7 +411,7 @@ def _refuse_unsupported(torch_module):
         )
 
 
-class _Slot:
+class _InputSlot:
     """Stands for the i-th tensor input in an argument template."""
 
     __slots__ = ("index",)
@@ -420,7 +420,7 @@ class _Slot:
         self.index = index
 
     def __eq__(self, other):  # jit.trace compares ops' arguments call by call
-        return type(other) is _Slot and other.index == self.index
+        return type(other) is _InputSlot and other.index == self.index
 
     def __hash__(self):
         return hash(self.index)
@@ -446,12 +446,12 @@ class _Nested:
         return hash(self.kind)
 
 
-_ONE_SLOT = (_Slot(0),)  # the template of a call with one tensor argument (shared, never changed)
+_ONE_SLOT = (_InputSlot(0),)  # the template of a call with one tensor argument (shared, unchanged)
 _NO_KWARGS = {}
 
 
 def _fill(template, values):
-    if isinstance(template, _Slot):
+    if isinstance(template, _InputSlot):
         return values[template.index]
     if isinstance(template, _Nested):
         kind, items = template.kind, template.items
