@@ -1164,9 +1164,18 @@ def names_an_axis(axis):
 
 
 def _norm_axes(axis, ndim, what):
+    """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
+    non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
+    `DuplicateAxisError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
+    (upstream reduces a 0-d tensor as one of shape (1,))."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if is_int(axis) else tuple(axis)
+    try:
+        axes = (axis,) if is_int(axis) or is_dim(axis) else tuple(axis)
+    except TypeError:  # (not iterable)
+        axes = None
+    if axes is None or not all(is_int(a) or is_dim(a) for a in axes):
+        raise TypeError(f"{what}: axis must be an int or a sequence of ints, got {axis!r}")
     out = []
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)

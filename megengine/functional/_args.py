@@ -71,18 +71,6 @@ def _astype_real(t, dtype, what):
     return t.astype(dtype)
 
 
-def _axes(axis, ndim, what):
-    """``axis`` (an int or a sequence) as a sorted tuple of non-negative axes, checked."""
-    axes = (axis,) if is_int(axis) else tuple(axis)
-    out = set()
-    for a in axes:
-        a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
-        if not -ndim <= a < ndim:
-            raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
-        out.add(int(a) % ndim)
-    return tuple(sorted(out))
-
-
 # signed integer dtype -> the unsigned one of its width (unsigned dtypes map to themselves)
 _UNSIGNED = {np.dtype(f"int{b}"): np.dtype(f"uint{b}") for b in (8, 16, 32, 64)}
 _UNSIGNED.update({u: u for u in list(_UNSIGNED.values())})

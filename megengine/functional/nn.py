@@ -14,11 +14,11 @@ from ..core.dispatch import KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
+from ..core.ops import _norm_axes, acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _as_float, _axes, _bias_widened, _out_of_range, _tensor
+from ._args import _as_float, _bias_widened, _out_of_range, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
@@ -145,18 +145,28 @@ def _get_softmax_axis(ndim):
     return 0 if ndim in (0, 1, 3) else 1
 
 
+def _softmax_input(inp, axis, what):
+    """(input, axes) of softmax / logsoftmax: an axis named twice is refused, as upstream's
+    logsoftmax asserts; a 0-d input is taken as one of shape (1,) (upstream 1.13 measured:
+    ``F.softmax(tensor(2.0))`` is ``[1.]``, its logsoftmax ``[0.]``)."""
+    inp = _tensor(inp)
+    if inp.ndim == 0:
+        inp = inp.reshape(1)
+    return inp, _norm_axes(axis, inp.ndim, what)
+
+
 def softmax(inp, axis=None):
     """``exp(x) / sum(exp(x))`` along ``axis`` (default: 0 for 0/1/3-d input, else 1)."""
-    inp = _tensor(inp)
     if axis is None:
-        axis = _get_softmax_axis(inp.ndim)
-    return apply(_Softmax(_axes(axis, inp.ndim, "softmax")), inp)
+        axis = _get_softmax_axis(getattr(inp, "ndim", 0))
+    inp, axes = _softmax_input(inp, axis, "softmax")
+    return apply(_Softmax(axes), inp)
 
 
 def logsoftmax(inp, axis):
     """``log(softmax(x))`` along ``axis``, computed as ``x - logsumexp(x)``."""
-    inp = _tensor(inp)
-    op = _LogSoftmax(_axes(axis, inp.ndim, "logsoftmax"))
+    inp, axes = _softmax_input(inp, axis, "logsoftmax")
+    op = _LogSoftmax(axes)
     return _amp.promoted_with_inputs(op, apply(op, inp), inp)  # (autocast: upstream's dtype)
 
 

@@ -42,12 +42,11 @@ def _axis(axis, ndim, what):
 
 
 def _axes(axis, ndim, what):
-    """One axis or a sequence of them, as sorted non-negative ints."""
-    axes = [axis] if is_int(axis) else list(axis)
-    out = sorted(_axis(a, ndim, what) for a in axes)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{what}: repeated axis in {axis}")
-    return out
+    """One axis or a sequence of them, as sorted non-negative ints (`core.ops._norm_axes`,
+    except that a 0-d tensor has no axis here)."""
+    if ndim == 0:
+        raise AxisError(f"{what}: a 0-d tensor has no axis {axis}")
+    return _ops._norm_axes(axis, ndim, what)
 
 
 # ----- shapes -----
