@@ -770,8 +770,8 @@ class Reshape(Op):
             ) from None
 
     def backward(self, g):
-        if g.size >= POOL_MIN and not g.flags.c_contiguous:  # (a transpose's gradient): the
-            out = (_aten or _load_aten()).pooled_reshape(g, self.in_shape)  # copy on the pool
+        if g.size >= POOL_MIN and not g.flags.c_contiguous:  # (a transpose's gradient): a
+            out = (_aten or _load_aten()).pooled_reshape(g, self.in_shape)  # view, or a copy
             if out is not None:
                 return out
         return g.reshape(self.in_shape)

@@ -384,14 +384,14 @@ def pooled_concat(arrays, axis):
 
 
 def pooled_reshape(a, shape):
-    """``a.reshape(shape)`` of a numpy array that is not C-contiguous, with the copy numpy would
-    make for it on torch's pool when that pays (above), else None (also when the reshape is a
-    view after all, or numpy 2.0 cannot tell: its reshape has no ``copy`` argument)."""
+    """``a.reshape(shape)`` of a numpy array that is not C-contiguous: a view where numpy makes
+    one, else the copy numpy would make, on torch's pool, when that pays (above); None when it
+    does not (or numpy 2.0 cannot tell a view from a copy: its reshape has no ``copy``
+    argument)."""
     if type(a) is not np.ndarray or not _pool_worth(a):
         return None
     try:
-        a.reshape(shape, copy=False)
-        return None  # a view: nothing to copy
+        return a.reshape(shape, copy=False)  # a view: nothing to copy
     except ValueError:  # a copy is needed
         pass
     except TypeError:
