@@ -10,7 +10,7 @@ from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_i
 from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
-from ._args import _tensor  # (also imported from here by the functional files)
+from ._args import _as_float, _tensor  # (_tensor: also imported from here by the functional files)
 
 __all__ = [
     "abs", "acos", "acosh", "add", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "clip",
@@ -207,17 +207,21 @@ class _Unary(Op):
     backward_reads = ("x",)  # what ``grad`` reads of x and y (see `Op`), as torch's saves
 
     def forward(self, x):
-        if x.dtype.kind != "f":
-            if x.dtype.kind == "c":
-                if not self.holomorphic:  # (rounding; a float cast would drop the imaginary part)
-                    raise complex_error(type(self).__name__.lower(), x.dtype)
-            elif self.to_float:
-                x = float_value(x)  # (a quantized input: its real values)
-            elif x.dtype.metadata is not None:  # square, floor, round of the stored integers
-                raise no_quantized_form(type(self).__name__.lower(), x.dtype)
-        self.x = x
+        self.x = x = self.input(x)
         self.y = self.compute(xp_of(x), x)
         return self.y
+
+    def input(self, x):
+        """``x`` as this function computes it: a float function (``to_float``) computes integers
+        in float32 and a quantized input's real values (`_as_float`); complex input raises
+        unless the function is ``holomorphic`` (a float cast would drop the imaginary part)."""
+        if self.to_float:
+            return _as_float(x, self)
+        if x.dtype.kind == "c" and not self.holomorphic:  # (rounding)
+            raise complex_error(type(self).__name__.lstrip("_").lower(), x.dtype)
+        if x.dtype.metadata is not None:  # square, floor, round of the stored integers
+            raise no_quantized_form(type(self).__name__.lower(), x.dtype)
+        return x
 
     def backward(self, g):
         return self.grad(xp_of(g), self.x, self.y, g)
