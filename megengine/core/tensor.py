@@ -615,6 +615,17 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         from ..functional.elemwise import round as round_  # functional sits above core
         return round_(self)
 
+    def __floor__(self):
+        """``math.floor(t)``: upstream's ``F.floor``, a tensor of t's shape and dtype (not a
+        Python int, so it also takes a tensor of several elements)."""
+        from ..functional.elemwise import floor  # functional sits above core
+        return floor(self)
+
+    def __ceil__(self):
+        """``math.ceil(t)``: upstream's ``F.ceil``, a tensor of t's shape and dtype."""
+        from ..functional.elemwise import ceil  # functional sits above core
+        return ceil(self)
+
     def _broadcast(self, *shape):
         """Upstream's private ``Tensor._broadcast``: ``F.broadcast_to(self, shape)``, the shape
         given as one tuple, list or Tensor, or as separate sizes (as `reshape` takes it)."""

@@ -758,6 +758,23 @@ def test_builtin_round_is_upstreams_elementwise_round():
         round(t, 1)
 
 
+def test_math_floor_and_ceil_are_upstreams_elementwise_ops():
+    # upstream 1.13 measured: math.floor(Tensor([1.4, -2.5])) is Tensor([1.0, -3.0]) float32,
+    # math.ceil of it Tensor([2.0, -2.0]); of int32 [3, -3] both give that int32 Tensor back
+    import math
+
+    t = Tensor([1.4, -2.5])
+    lo, hi = math.floor(t), math.ceil(t)
+    assert isinstance(lo, Tensor) and lo.dtype == np.float32 and hi.dtype == np.float32
+    np.testing.assert_array_equal(host(lo), [1.0, -3.0])
+    np.testing.assert_array_equal(host(hi), [2.0, -2.0])
+    i = Tensor([3, -3], dtype="int32")
+    for f in (math.floor, math.ceil):
+        r = f(i)
+        assert isinstance(r, Tensor) and r.dtype == np.int32
+        np.testing.assert_array_equal(host(r), [3, -3])
+
+
 def test_a_tensor_made_from_a_torch_tensor_copies_it_without_numpys_warning():
     # torch's __array__ takes no copy keyword: numpy 2 warns when asked for a copy through it,
     # which a program run with -W error (or pytest's filterwarnings = error) stops on; earlier
