@@ -466,6 +466,21 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         a = self.numpy()
         return a if dtype is None else a.astype(dtype, copy=False)
 
+    def __dlpack__(self, stream=None, *, copy=None, **kwargs):
+        """DLPack, as upstream's Tensor: a capsule over this tensor's memory, no copy
+        (`megengine.utils.dlpack.to_dlpack`), so that ``torch.from_dlpack(t)``,
+        ``torch.asarray(t)`` and ``np.from_dlpack(t)`` share it; ``copy=True`` hands over a
+        copy. The capsule is DLPack's first kind, which every consumer takes (newer protocol
+        keywords such as ``max_version`` ask for nothing else)."""
+        from ..utils.dlpack import to_dlpack  # utils sits above core
+
+        return to_dlpack(Tensor._wrap(self._data.copy(), self._device) if copy else self, stream)
+
+    def __dlpack_device__(self):
+        """(DLPack device type, device index) of this tensor's memory: (1, 0) on the CPU, (2, n)
+        on CUDA device n."""
+        return self._data.__dlpack_device__()
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """numpy's operators and ufuncs on tensors, as upstream: ``np.add(t, array)``,
         ``array + t``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on the

@@ -40,6 +40,26 @@ def test_from_torch_capsule_and_object_share_memory():
     np.testing.assert_array_equal(y.numpy(), t.numpy() * 2)
 
 
+@pytest.mark.parametrize("consumer", ["from_dlpack", "asarray", "as_tensor"])
+def test_a_tensor_speaks_dlpack_itself_as_upstreams(consumer):
+    # upstream 1.13's Tensor has __dlpack__ / __dlpack_device__ (measured): torch takes the
+    # tensor itself and shares its memory. Here torch.asarray / as_tensor of a Tensor raised
+    # "len() of a 0-d tensor" before (torch walked it as a sequence).
+    x = cpu_tensor(np.arange(6, dtype=np.float32).reshape(2, 3).T)  # a strided view too
+    assert x.__dlpack_device__() == (1, 0)  # DLPack's kDLCPU, device 0
+    t = getattr(torch, consumer)(x)
+    assert t.shape == (3, 2) and t.stride() == (1, 3)
+    np.testing.assert_array_equal(t.numpy(), x.numpy())
+    t[0, 1] = -7.0  # one memory: the engine sees torch's write
+    assert x.numpy()[0, 1] == -7.0
+    b = np.from_dlpack(x)
+    assert np.shares_memory(b, x._data)
+    copied = torch.utils.dlpack.from_dlpack(x.__dlpack__(copy=True))  # (numpy >= 2.1 asks so)
+    copied[0, 0] = 99.0
+    assert x.numpy()[0, 0] == 0.0 and copied[0, 0] == 99.0
+    assert torch.tensor(x).data_ptr() != t.data_ptr()  # torch.tensor copies, as for any input
+
+
 def test_round_trip_through_torch_keeps_the_address():
     x = cpu_tensor(np.random.rand(4, 5).astype("float32"))
     back = from_dlpack(torch.utils.dlpack.to_dlpack(torch.utils.dlpack.from_dlpack(to_dlpack(x))))
