@@ -207,15 +207,10 @@ class _TensorType(type):
         return sys.modules[__name__ + ".raw_tensor"]
 
 
-def _check_same_kind(t, want_dtype, want_device, want_format, is_const):
+def _check_same_kind(t, want_dtype, want_device, want_format):
     """Upstream's rule for ``Tensor(t, dtype=..., device=..., format=...)`` of a Tensor ``t``:
     the new tensor has ``t``'s dtype, device and format label; naming others raises
-    RuntimeError (it converts nothing), as does ``is_const=True``, which only a new value takes."""
-    if is_const:
-        raise RuntimeError(
-            "Tensor(t, is_const=True): t is a Tensor, and is_const applies only to a tensor made "
-            "from a new value (an array, list or number), as upstream's; drop is_const, or pass "
-            "t.numpy()")
+    RuntimeError (it converts nothing)."""
     if want_dtype is not None and not dtype.is_dtype_equal(
             dtype.tensor_dtype(_check_dtype(want_dtype, "Tensor")), t.dtype):
         raise RuntimeError(
@@ -290,7 +285,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             device = data._device
         self._device = _device_mod.canonical_device(device)
         if isinstance(data, Tensor):
-            _check_same_kind(data, dtype, self._device, format, is_const)
+            _check_same_kind(data, dtype, self._device, format)
         made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
         if _trace_option._dim_source is not None:  # dumped program runs at
             made = _trace_option.sizes_tensor(data, dtype, self._device)

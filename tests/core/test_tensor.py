@@ -37,17 +37,6 @@ def test_parameter_is_a_tensor():
     assert repr(p).startswith("Parameter(")
 
 
-def test_is_const_is_refused_for_a_tensor_made_from_a_tensor():
-    # upstream 1.13 measured: Tensor(np.ones(2), is_const=True) is [1.0, 1.0];
-    # Tensor(tensor([1.0]), is_const=True) (or is_const=1) raises RuntimeError (an assertion)
-    np.testing.assert_array_equal(host(Tensor(np.ones(2, "float32"), is_const=True)), [1, 1])
-    x = Tensor([1.0])
-    for flag in (True, 1):
-        with pytest.raises(RuntimeError, match=r"is_const=True\): t is a Tensor.*t\.numpy\(\)"):
-            Tensor(x, is_const=flag)
-    np.testing.assert_array_equal(host(Tensor(x, is_const=False)), [1.0])
-
-
 def test_a_tensor_made_from_a_tensor_keeps_its_dtype_and_device():
     # upstream's TensorWrapper asserts both (its test_tensor_wrapper::test_tensor_construct_tensor
     # expects RuntimeError); converting is astype / to
