@@ -37,6 +37,14 @@ def test_parameter_is_a_tensor():
     assert repr(p).startswith("Parameter(")
 
 
+def test_is_const_is_taken_for_a_tensor_made_from_a_tensor():
+    # upstream 1.13 raises RuntimeError for Tensor(tensor, is_const=True) (measured); a real
+    # program (megcup-feedback: Parameter(t, is_const=True)) relies on it, so it is taken here
+    x = Tensor([1.0, 2.0])
+    for cls in (Tensor, mge.Parameter):
+        np.testing.assert_array_equal(host(cls(x, is_const=True)), [1.0, 2.0])
+
+
 def test_a_tensor_made_from_a_tensor_keeps_its_dtype_and_device():
     # upstream's TensorWrapper asserts both (its test_tensor_wrapper::test_tensor_construct_tensor
     # expects RuntimeError); converting is astype / to
