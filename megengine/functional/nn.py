@@ -157,8 +157,9 @@ def _softmax_input(inp, axis, what):
 
 def softmax(inp, axis=None):
     """``exp(x) / sum(exp(x))`` along ``axis`` (default: 0 for 0/1/3-d input, else 1)."""
+    inp = _tensor(inp)
     if axis is None:
-        axis = _get_softmax_axis(getattr(inp, "ndim", 0))
+        axis = _get_softmax_axis(inp.ndim)
     inp, axes = _softmax_input(inp, axis, "softmax")
     return apply(_Softmax(axes), inp)
 

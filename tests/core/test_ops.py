@@ -237,3 +237,5 @@ def test_softmax_of_a_0d_tensor_is_one_of_shape_1_as_upstream(log):
     np.testing.assert_array_equal(y.numpy(), [0.0 if log else 1.0])
     with pytest.raises(ops.AxisError, match="axis 1 is out of range"):
         F.softmax(s, axis=1)
+    # (a nested list is a 2-d input: the default axis is 1, as for a 2-d Tensor)
+    np.testing.assert_allclose(F.softmax([[0.0, 0.0], [1.0, 1.0]]).numpy(), np.full((2, 2), 0.5))
