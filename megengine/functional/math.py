@@ -14,7 +14,7 @@ from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
 from .elemwise import _operands, _tensor, clip, sqrt
-from .tensor import Compute, _axis, _grid_index, put_back, stack, swapaxes
+from .tensor import Compute, _axis, _grid_index, concat, put_back, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
 # megengine.functional.math:Cumsum still load
 from .tensor import Cumsum, cumsum  # noqa: F401
@@ -697,9 +697,11 @@ def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
             raise ValueError(f"cross: {name} must have size 3 along axis {ax}, got shape "
                              f"{t.shape}")
     a, b = _move_axis(a, axisa, -1), _move_axis(b, axisb, -1)
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    out = stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    # components as size-1 slices joined by concat: a 1-d vector's a[..., 0] would be 0-d, which
+    # F.stack counts as shape (1,) (upstream's rule), giving (3, 1) for two (3,) vectors
+    a0, a1, a2 = a[..., 0:1], a[..., 1:2], a[..., 2:3]
+    b0, b1, b2 = b[..., 0:1], b[..., 1:2], b[..., 2:3]
+    out = concat([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
     return _move_axis(out, -1, axisc)
 
 

@@ -495,6 +495,8 @@ def test_cross_against_torch_with_gradients():
     # broadcasting, vectors on another axis
     check(lambda a, b: F.cross(a, b, axis=1), lambda a, b: torch.linalg.cross(a, b, dim=1),
           rand(2, 3, 5), rand(1, 3, 5))
+    # two plain 3-vectors: a (3,) vector, as torch's (earlier versions of this fork gave (3, 1))
+    check(F.cross, lambda a, b: torch.linalg.cross(a, b), rand(3), rand(3))
 
 
 def test_cross_axes_like_numpy():
