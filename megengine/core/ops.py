@@ -19,6 +19,17 @@ __all__ = ["BINARY", "UNARY", "acc_dtype", "acc_sum", "div_count", "unbroadcast"
 
 
 _F16 = np.dtype(np.float16)  # (compared by identity: native dtypes are singletons, 20 ns a test)
+CAST_MIN = 4096  # float16 <-> float32 conversions this large run on ATen (`cast`)
+
+
+def cast(a, dtype):
+    """``a.astype(dtype)``; float16 <-> float32 of `CAST_MIN` values or more on ATen's vectorised
+    conversion (`functional._aten.half_cast`, where the measurements are), the same values."""
+    if a.size >= CAST_MIN and (a.dtype is _F16 or dtype == _F16):
+        out = (_aten or _load_aten()).half_cast(a, dtype)
+        if out is not None:
+            return out
+    return a.astype(dtype)
 
 
 def acc_dtype(dtype):
@@ -643,12 +654,12 @@ class AsType(Op):
         if x.dtype.kind == "c" and self.dtype.kind not in "cb":  # (numpy would only warn)
             raise complex_error("astype", x.dtype, f"casting it to {self.dtype} would drop "
                                 "the imaginary part", "take F.real(x) or F.abs(x) first")
-        return x.astype(self.dtype)
+        return cast(x, self.dtype)
 
     def backward(self, g):
         # an integer input wants a gradient only while an integer tensor is attached (see
         # dispatch._apply_wide, which stops one coming back from a float result)
-        return g.astype(self.in_dtype) if self.in_dtype.kind == "f" or \
+        return cast(g, self.in_dtype) if self.in_dtype.kind == "f" or \
             self.needs_input_grad[0] else None
 
     def backward_complex(self, g):
@@ -1391,9 +1402,9 @@ def matmul(a, b, out=None):
     but numpy has no float16 gemm, and its loop took 40-80x a float32 product (a DeiT-tiny step
     under ``amp.autocast``: 53 s with it, 4.5 s now, 0.9-1.5 s in float32)."""
     if a.dtype is _F16 and b.dtype is _F16 and type(a) is np.ndarray:
-        r = matmul(a.astype(np.float32), b.astype(np.float32))
+        r = matmul(cast(a, np.float32), cast(b, np.float32))
         if out is None:
-            return r.astype(_F16)
+            return cast(r, _F16)
         np.copyto(out, r, casting="same_kind")
         return out
     if type(a) is np.ndarray and a.dtype is b.dtype and a.dtype in KERNEL_FLOATS \

@@ -239,3 +239,50 @@ def test_softmax_of_a_0d_tensor_is_one_of_shape_1_as_upstream(log):
         F.softmax(s, axis=1)
     # (a nested list is a 2-d input: the default axis is 1, as for a 2-d Tensor)
     np.testing.assert_allclose(F.softmax([[0.0, 0.0], [1.0, 1.0]]).numpy(), np.full((2, 2), 0.5))
+
+
+# ----- float16 <-> float32 conversions (core.ops.cast: ATen's vectorised loop from CAST_MIN) -----
+
+def _same_values(a, b):
+    """Bit for bit, a NaN matching any NaN (ATen's conversion quiets a signalling NaN)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    both_nan = np.isnan(a) & np.isnan(b)
+    bits = {2: np.uint16, 4: np.uint32}[a.dtype.itemsize]
+    assert ((a.view(bits) == b.view(bits)) | both_nan).all()
+
+
+def test_large_half_casts_take_aten_and_give_numpys_values(monkeypatch):
+    from megengine.functional import _aten
+
+    taken, real = [], _aten.half_cast
+    monkeypatch.setattr(_aten, "half_cast", lambda a, d: taken.append(real(a, d)) or taken[-1])
+    every_half = np.arange(65536, dtype=np.uint16).view(np.float16)  # all of them, NaNs too
+    _same_values(ops.cast(every_half, np.float32), every_half.astype(np.float32))
+    rng = np.random.default_rng(0)
+    singles = rng.integers(0, 2 ** 32, 1 << 18, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = np.array([65504, 65519.99, 65520, 6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8, -0.0, np.inf],
+                     np.float32)  # largest, the overflow boundary, subnormals, ties to even
+    singles = np.concatenate([singles, edges, rng.standard_normal(4096).astype(np.float32)])
+    with np.errstate(over="ignore"):
+        _same_values(ops.cast(singles, np.float16), singles.astype(np.float16))
+    assert len(taken) == 2 and all(t is not None for t in taken)
+    small = np.ones(ops.CAST_MIN - 1, np.float32)  # below the size: numpy's, no ATen call
+    _same_values(ops.cast(small, np.float16), small.astype(np.float16))
+    assert len(taken) == 2
+    with _aten.avoided("cast"):
+        _same_values(ops.cast(singles[:8192], np.float16), singles[:8192].astype(np.float16))
+
+
+def test_astype_to_float16_and_its_gradient_match_torch():
+    a = np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32)
+    x = mge.Parameter(a)
+    gm = GradManager().attach(x)
+    g = np.random.default_rng(2).standard_normal((64, 128)).astype(np.float16)
+    with gm:
+        y = x.astype("float16")
+        gm.backward(y, mge.tensor(g))
+    tx = torch.tensor(a, requires_grad=True)
+    ty = tx.to(torch.float16)
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
