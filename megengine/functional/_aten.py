@@ -414,12 +414,13 @@ _HALF_CASTS = {(np.dtype(np.float16), np.dtype(np.float32)),
 
 
 def half_cast(a, dtype):
-    """``a.astype(dtype)`` of a C-contiguous numpy array from float16 to float32 or back, on
-    ATen's conversion (above), else None (other dtypes, arrays or devices: the caller's
-    ``astype``). Callers check ``a.size >= core.ops.CAST_MIN`` first (`core.ops.cast`)."""
+    """``a.astype(dtype)`` of a numpy array from float16 to float32 or back, on ATen's
+    conversion (above), into a C-contiguous array (a transposed ``a`` too), else None (other
+    dtypes, arrays with a negative stride, CuPy arrays: the caller's ``astype``). Callers
+    check ``a.size >= core.ops.CAST_MIN`` first (`core.ops.cast`)."""
     dtype = np.dtype(dtype)
     if type(a) is not np.ndarray or (a.dtype, dtype) not in _HALF_CASTS \
-            or not a.flags.c_contiguous or not use_aten(a, "cast"):
+            or min(a.strides, default=0) < 0 or not use_aten(a, "cast"):
         return None
     out = np.empty(a.shape, dtype)
     _to_torch(out).copy_(_to_torch(a))
