@@ -166,7 +166,10 @@ def _nbits(dtype):
 
 def _mean_std(t):
     a = np.asarray(t.numpy(), dtype=np.float32)
-    return f"{a.mean():.3g}", f"{a.std():.3g}"
+    # float32 statistics of huge values overflow to inf or nan: upstream shows them so,
+    # without a warning (models with random weights reach such values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return f"{a.mean():.3g}", f"{a.std():.3g}"
 
 
 def get_param_stats(param: Tensor):

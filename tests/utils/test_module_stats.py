@@ -2,6 +2,7 @@
 (upstream's formulas) and parameter counts against an equivalent torch model."""
 import collections
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -263,6 +264,21 @@ def test_cal_switches_and_missing_inputs():
     assert total.act_dims == 0 and details.activations == []
     with pytest.raises(ValueError, match="input_shapes"):
         module_stats(net)
+
+
+def test_statistics_of_huge_activations_are_inf_or_nan_without_a_warning():
+    # upstream 1.13 measured: a 1x1 convolution by 1e20 of arange(16) shows mean 7.5e+20 and std
+    # inf, by 3e38 mean inf and std nan, and warns of neither (HQSNet with random weights
+    # reaches such values)
+    for scale, want in ((1e20, ("7.5e+20", "inf")), (3e38, ("inf", "nan"))):
+        conv = M.Conv2d(1, 1, 1, bias=False)
+        conv.weight._reset(mge.tensor(np.full((1, 1, 1, 1), scale, "float32")))
+        x = np.arange(16, dtype="float32").reshape(1, 1, 4, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, details = stats(conv, inputs=(x,))
+        row = details.activations[0]
+        assert (row["mean"], row["std"]) == want
 
 
 def test_logged_tables():
