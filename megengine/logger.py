@@ -13,12 +13,16 @@ if not isinstance(_default_level, int):  # an unknown name: getLevelName returns
     _default_level = logging.INFO
 
 
+_WHOLE = {"whole": True}  # ``logger.info(msg, extra=_WHOLE)``: the console shows all of msg
+
+
 class MegEngineLogFormatter(logging.Formatter):
     """Upstream's layout: ``<date> <tag> <message>``, tags DBG/WRN/ERR, colours on terminals.
 
     The log file set by :func:`set_log_file` gets the long layout (date, line, file and logger
     name) without colours. Messages of more than ``max_lines`` lines keep their head and tail
-    on the console.
+    on the console, unless logged with ``extra=_WHOLE`` (module_stats' tables: upstream's
+    module_stats lifts the limit for them).
     """
 
     date_full = "[%(asctime)s %(lineno)d@%(filename)s:%(name)s] "
@@ -47,7 +51,7 @@ class MegEngineLogFormatter(logging.Formatter):
         if not self.full and start != -1:  # a traceback on the console is indented, as upstream
             text = text[:start] + "  " + text[start:].replace("\n", "\n  ")
         lines = text.split("\n")
-        if not self.full and len(lines) >= self.max_lines:
+        if not self.full and len(lines) >= self.max_lines and not getattr(record, "whole", 0):
             keep = self.max_lines // 2
             omitted = len(lines) - 2 * keep
             text = "\n".join(lines[:keep] + [

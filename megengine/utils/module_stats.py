@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import module as M
 from ..core.tensor import Tensor
-from ..logger import get_logger
+from ..logger import _WHOLE, get_logger
 from .module_utils import set_module_mode_safe
 
 __all__ = ["module_stats", "sizeof_fmt", "register_flops", "register_hook_module", "hook_modules",
@@ -375,7 +375,7 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         if logging_to_stdout and log_params:
             logger.info("param stats: \n" + _table(params, [
                 "name", "dtype", "shape", "mean", "std", "param_dim", "nbits", "size", "size_cum",
-                "percentage", "size_bar"]))
+                "percentage", "size_bar"]), extra=_WHOLE)
     if cal_flops:
         total_flops = _add_totals(flops, "flops_num", bar_length_max,
                                   lambda n: sizeof_fmt(n, suffix="OPs"))
@@ -391,7 +391,7 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         if logging_to_stdout and log_flops:
             logger.info("flops stats: \n" + _table(flops, [
                 "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
-                "percentage", "bar"]))
+                "percentage", "bar"]), extra=_WHOLE)
     if cal_activations:
         total_act_dims, total_act_size = _finish_size_rows(activations, "act_dim",
                                                            bar_length_max)
@@ -402,7 +402,7 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                       "size_cum", "percentage", "size_bar"]
             if has_inputs:
                 header[4:4] = ["mean", "std"]
-            logger.info("activations stats: \n" + _table(activations, header))
+            logger.info("activations stats: \n" + _table(activations, header), extra=_WHOLE)
     if cal_flops and cal_params and total_param_size:
         summary["flops/param_size"] = f"{total_flops / total_param_size:3.3f}"
     # (upstream logs the summary also when logging_to_stdout is False)

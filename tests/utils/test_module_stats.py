@@ -369,3 +369,27 @@ def test_sizeof_fmt():
     assert sizeof_fmt(3 * 1024 ** 3) == "3.000 GiB"
     assert sizeof_fmt(2e9, suffix="OPs") == "2.000 GOPs"
     assert sizeof_fmt(999, suffix="") == "999.000 "
+
+
+def test_a_long_table_reaches_the_console_whole_as_upstreams():
+    # upstream 1.13's module_stats sets MegEngineLogFormatter.max_lines to inf: its tables are
+    # never cut on the console. Here a message of max_lines lines or more keeps only its head
+    # and tail, except module_stats' tables (HQS-Net's 645 rows lost 393 before)
+    import io
+
+    from megengine.logger import MegEngineLogFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(MegEngineLogFormatter())
+    ms.logger.addHandler(handler)
+    net = M.Sequential(*[M.Linear(1, 1) for _ in range(MegEngineLogFormatter.max_lines)])
+    try:
+        stats(net, input_shapes=(1, 1), logging_to_stdout=True)
+        ms.logger.info("\n".join(["x"] * MegEngineLogFormatter.max_lines))  # another message
+    finally:
+        ms.logger.removeHandler(handler)
+    text = out.getvalue()
+    rows = MegEngineLogFormatter.max_lines - 1
+    assert f"\n{rows}-w " in text and f"\n{rows}-b " in text  # the last layer's param rows
+    assert text.count("log lines omitted") == 1  # only the other message was cut
