@@ -348,6 +348,34 @@ def test_relu_on_aten_keeps_upstreams_select_for_nan_gradients():
     np.testing.assert_array_equal(t.grad.numpy(), [0, 0, np.nan])  # y <= 0: 0, not NaN
 
 
+def test_float16_relu_matches_torch_exactly_on_both_paths(monkeypatch):
+    # float16 takes ATen's relu and threshold_backward on the CPU too (numpy computes float16
+    # element by element, 35-80x slower); a select is exact, so both paths give torch's values
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 256)).astype(np.float16)
+    x[0, :4] = [0.0, -0.0, np.inf, -np.inf]
+    g = rng.standard_normal((64, 256)).astype(np.float16)
+    g[0, 4:7] = [np.nan, np.inf, np.nan]
+    x[0, 4:7] = [-1.0, 0.0, 2.0]  # a NaN / inf gradient where y <= 0 gives 0, as upstream's
+    xt = torch.tensor(x, requires_grad=True)
+    TF.relu(xt).backward(torch.from_numpy(g))
+    want_y = TF.relu(torch.from_numpy(x)).numpy()
+    want_g = np.where(x > 0, g, np.float16(0))  # torch's threshold_backward: the same select
+    np.testing.assert_array_equal(xt.grad.numpy(), want_g)
+    used = record_aten_kernels(monkeypatch)
+    for avoid in ((), ("activation",)):
+        used.clear()
+        with _aten.avoided(*avoid):
+            t = mge.tensor(x, device="cpu0")
+            with GradManager().attach(t) as gm:
+                y = F.relu(t)
+                gm.backward(y, mge.tensor(g, device="cpu0"))
+        assert y.dtype == t.grad.dtype == np.float16
+        assert set(used) == (set() if avoid else {"relu", "threshold_backward"})
+        np.testing.assert_array_equal(y.numpy(), want_y)
+        np.testing.assert_array_equal(t.grad.numpy(), want_g)
+
+
 def test_hswish_slope_at_the_kinks_per_path():
     """At exactly x = -3 and 3 upstream's rule (the array code) takes the middle piece's slope
     (2x + 3) / 6; ATen's (torch's) takes 0 at -3 and 1 at 3."""
