@@ -415,16 +415,25 @@ _HALF_CASTS = {(np.dtype(np.float16), np.dtype(np.float32)),
 
 def half_cast(a, dtype):
     """``a.astype(dtype)`` of a numpy array from float16 to float32 or back, on ATen's
-    conversion (above), into a C-contiguous array (a transposed ``a`` too), else None (other
-    dtypes, arrays with a negative stride, CuPy arrays: the caller's ``astype``). Callers
-    check ``a.size >= core.ops.CAST_MIN`` first (`core.ops.cast`)."""
+    conversion (above), else None (other dtypes, CuPy arrays, and strided views that are not
+    a contiguous block: the caller's ``astype``). Callers check ``a.size >= core.ops.CAST_MIN``
+    first (`core.ops.cast`). A transposed block (a matrix product's backward operand) converts
+    in memory order and keeps its layout, as numpy's ``astype`` does: element by element in
+    the transposed order, ATen's conversion took longer than numpy's (1024 x 1024: 4.0 ms
+    against 3.0)."""
     dtype = np.dtype(dtype)
     if type(a) is not np.ndarray or (a.dtype, dtype) not in _HALF_CASTS \
-            or min(a.strides, default=0) < 0 or not use_aten(a, "cast"):
+            or not use_aten(a, "cast"):
         return None
+    order = None
+    if not a.flags.c_contiguous:
+        order = np.argsort(a.strides)[::-1]  # the axes in memory order
+        a = a.transpose(order)
+        if not a.flags.c_contiguous:
+            return None
     out = np.empty(a.shape, dtype)
     _to_torch(out).copy_(_to_torch(a))
-    return out
+    return out if order is None else out.transpose(np.argsort(order))
 
 
 def set_num_threads(n):
