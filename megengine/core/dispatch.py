@@ -957,7 +957,9 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
 
 # The float dtypes the engine's ATen paths and fused CUDA kernels take (each op's measurements
 # are beside its use). float16 keeps each op's array code, which follows upstream's precision
-# for it (float32 accumulation where upstream's kernels have it); other dtypes have no such path.
+# for it (float32 accumulation where upstream's kernels have it), except where ATen gives the
+# same values (ReLU, gelu, float16 <-> float32 casts: each says so); other dtypes have no such
+# path.
 KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # From this many elements, element-wise work on numpy arrays may run on torch's thread pool

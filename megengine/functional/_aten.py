@@ -398,9 +398,14 @@ def pooled_reshape(a, shape):
         pass
     except TypeError:
         return None
-    out = np.empty(a.shape, a.dtype)
+    return _copied(a, a.dtype).reshape(shape)
+
+
+def _copied(a, dtype):
+    """A new C-contiguous numpy array of ``a``'s values in ``dtype``, written by ATen's copy."""
+    out = np.empty(a.shape, dtype)
     _to_torch(out).copy_(_to_torch(a))
-    return out.reshape(shape)
+    return out
 
 
 # float16 <-> float32 conversions, numpy's and ATen's: the same values (IEEE's round to nearest
@@ -431,8 +436,7 @@ def half_cast(a, dtype):
         a = a.transpose(order)
         if not a.flags.c_contiguous:
             return None
-    out = np.empty(a.shape, dtype)
-    _to_torch(out).copy_(_to_torch(a))
+    out = _copied(a, dtype)
     return out if order is None else out.transpose(np.argsort(order))
 
 

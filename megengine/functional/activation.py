@@ -36,7 +36,10 @@ def _float_t(t):
 
 # ----- element-wise activations -----
 
-_ATEN_RELU_DTYPES = frozenset(map(np.dtype, ("float16", "float32", "float64")))
+# The float dtypes ReLU and gelu take ATen's kernels for: float16 too, unlike the other
+# activations (`KERNEL_FLOATS`): ReLU's select is exact in any dtype (its ATen path is the
+# CPU's), and ATen's gelu computes float16 in float32 (on both devices)
+_ATEN_HALF_FLOATS = frozenset(map(np.dtype, ("float16", "float32", "float64")))
 
 
 class _Relu(Op):
@@ -45,7 +48,7 @@ class _Relu(Op):
         # integers stay integers, as upstream; a typed zero keeps numpy on its fast loop. A
         # quantized value's zero is its zero point (quint8 stores real 0 as zero_point)
         zero = 0 if x.dtype.metadata is None else _dtype._zero_point(x.dtype)
-        if type(x) is np.ndarray and x.dtype in _ATEN_RELU_DTYPES and x.size \
+        if type(x) is np.ndarray and x.dtype in _ATEN_HALF_FLOATS and x.size \
                 and _aten.use_aten(x, "activation"):
             # ATen's vectorised relu and threshold_backward: one pass each way, where the
             # backward below makes a mask, a product and a NaN check (1M float32 values,
@@ -279,14 +282,10 @@ class _HSwish(_Activation):
         return (grads[0] * (mid * (2 * x + 3) / 6 + _mask(self.x > 3, x)),)
 
 
-# dtypes ATen's gelu kernels take on both devices (computed in float32 for float16)
-_ATEN_GELU_DTYPES = frozenset(map(np.dtype, ("float16", "float32", "float64")))
-
-
 def _aten_gelu(x):
     """Whether gelu of ``x`` runs on ATen's exact-erf kernels (`_aten.use_aten`): on the CPU they
     are ~20x faster than the array code's polynomial; on CUDA one fused kernel."""
-    return x.dtype in _ATEN_GELU_DTYPES and _aten.use_aten(x, "gelu")
+    return x.dtype in _ATEN_HALF_FLOATS and _aten.use_aten(x, "gelu")
 
 
 class _Gelu(_Activation):
