@@ -218,7 +218,7 @@ class _Unary(Op):
         if self.to_float:
             return _as_float(x, self)
         if x.dtype.kind == "c" and not self.holomorphic:  # (rounding)
-            raise complex_error(type(self).__name__.lstrip("_").lower(), x.dtype)
+            raise complex_error(type(self).__name__.lower(), x.dtype)
         if x.dtype.metadata is not None:  # square, floor, round of the stored integers
             raise no_quantized_form(type(self).__name__.lower(), x.dtype)
         return x
