@@ -958,9 +958,10 @@ def run_backward(ys, dys, wanted, free_graph=True, key=None, graph=False, visite
 # The float dtypes the engine's ATen paths and fused CUDA kernels take (each op's measurements
 # are beside its use). float16 keeps each op's array code, which follows upstream's precision
 # for it (float32 accumulation where upstream's kernels have it), except where ATen gives the
-# same values (ReLU, gelu, float16 <-> float32 casts: each says so); other dtypes have no such
-# path.
+# same values (ReLU, gelu, casts, sums, differences and products: each says so) or torch's
+# (softmax, log_softmax: float32 inside, rounded once); other dtypes have no such path.
 KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT16 = np.dtype(np.float16)  # (compared by identity: native dtypes are singletons, 20 ns)
 
 # From this many elements, element-wise work on numpy arrays may run on torch's thread pool
 # (functional/_aten.py "pool", where the measurements are): the callers' cheap first test.
@@ -968,10 +969,12 @@ POOL_MIN = 262144
 
 
 def _add_arrays(a, b):
-    if a.size >= POOL_MIN:  # a large gradient sum: torch's pool, when it has several threads
+    # a large gradient sum on torch's pool, when it has several threads; float16 on ATen's
+    # vectorised loop (`functional._aten.binary`)
+    if a.size >= POOL_MIN or a.dtype is FLOAT16:
         from ..functional import _aten  # (functional sits above core: imported on use)
 
-        out = _aten.pooled_binary("add", a, b)
+        out = _aten.binary("add", a, b)
         if out is not None:
             return out
     return a + b

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..core import amp as _amp
-from ..core.dispatch import KERNEL_FLOATS, Op, apply, declare_fresh_gradient
+from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
@@ -59,7 +59,6 @@ def _pred_label(pred, label):
 
 _ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 _INT64 = np.dtype(np.int64)  # ATen's class index dtype
-_FLOAT16 = np.dtype(np.float16)
 
 
 class _PairLoss(Op):
@@ -801,7 +800,7 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
         # pred.mean(axis), which is float32
         dtype = np.dtype(np.float32) if ls else _high(pred.dtype) if with_logits else _high()
         return _autocast_loss(op, (pred, label), dtype)
-    if pred._data.dtype == _FLOAT16 and not _amp.autocasts(op):  # (autocast: float32 out)
+    if pred._data.dtype is FLOAT16 and not _amp.autocasts(op):  # (autocast: float32 out)
         # computed in float32 and rounded once, as torch's kernel: in float16, m + log(s) -
         # pred[label] of logits near 100 loses ~0.03 (upstream's float16 ops round each step)
         return apply(op, pred.astype(np.float32), label).astype(np.float16)

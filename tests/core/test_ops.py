@@ -280,6 +280,63 @@ def test_large_half_casts_take_aten_and_give_numpys_values(monkeypatch):
         _same_values(ops.cast(singles[:8192], np.float16), singles[:8192].astype(np.float16))
 
 
+# ----- float16 sums, differences and products (ATen's vectorised loops from _aten.HALF_MIN) -----
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # (numpy's oracle)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_float16_arithmetic_takes_aten_and_gives_numpys_values(monkeypatch):
+    # numpy's float16 ufuncs are the oracle: each element in float32, rounded once (IEEE's
+    # correctly rounded result); ATen's loops must give the same bits, NaN payloads aside
+    from megengine.functional import _aten
+
+    rng = np.random.default_rng(4)
+    a, b = (rng.integers(0, 2 ** 16, 1 << 18, dtype=np.uint64).astype(np.uint16).view(np.float16)
+            for _ in range(2))  # every kind of value: subnormals, infinities, NaNs, overflow
+    normal = rng.standard_normal((64, 256)).astype(np.float16)
+    row = rng.standard_normal(256).astype(np.float16)
+    cases = [(a, b), (normal, row), (row, normal), (normal.T, normal.T[::-1]),
+             (normal, np.float16(0.1) * np.ones((), np.float16))]
+    used, real = [], _aten.op
+    monkeypatch.setattr(_aten, "op", lambda name: used.append(name) or real(name))
+    for x, y in cases:
+        tx, ty = mge.tensor(x, device="cpu0"), mge.tensor(y, device="cpu0")
+        for got, want in ((tx + ty, x + y), (tx - ty, x - y), (tx * ty, x * y)):
+            assert got.dtype == np.float16
+            _same_values(got.numpy(), want)
+    assert used.count("add") == used.count("sub") == used.count("mul") == len(cases)
+    used.clear()
+    small = normal[0, :_aten.HALF_MIN // 2 - 1]  # below the size (both operands): numpy's
+    _same_values((mge.tensor(small) * mge.tensor(small)).numpy(), small * small)
+    assert used == []
+    # the product's gradients (g * the other operand) and gradient sums take the same loops
+    wa, wb = mge.Parameter(normal), mge.Parameter(row)
+    g = rng.standard_normal((64, 256)).astype(np.float16)
+    with GradManager().attach([wa, wb]) as gm:
+        gm.backward(wa * wb + wa * wa, mge.tensor(g))
+    torch_a = torch.tensor(normal, requires_grad=True)
+    torch_b = torch.tensor(row, requires_grad=True)
+    (torch_a * torch_b + torch_a * torch_a).backward(torch.from_numpy(g))
+    _same_values(wa.grad.numpy(), torch_a.grad.numpy())
+    assert wb.grad.dtype == np.float16
+    np.testing.assert_allclose(wb.grad.numpy(), torch_b.grad.numpy(), rtol=2e-3, atol=2e-3)
+    # forward: two products and a sum; backward: four products (two per product) and two sums
+    # adding wa's three gradients
+    assert used.count("mul") == 6 and used.count("add") == 3
+
+
+def test_float16_sums_add_in_float32_and_round_once():
+    # 4099 values of 1 in float16 (numpy's own float16 sum stops growing at 2048, its float32
+    # accumulation converts one value at a time): exactly 4100 after rounding to float16
+    ones = np.ones((3, 4099), np.float16)
+    np.testing.assert_array_equal(ops.acc_sum(ones, 1), np.full(3, 4100, np.float16))
+    assert ops.acc_sum(ones, (0, 1)).dtype == np.float16
+    x = np.random.default_rng(5).standard_normal((394, 768)).astype(np.float16)
+    want = torch.from_numpy(x).double().sum(0).half().numpy()  # exact sum, rounded once
+    got = ops.acc_sum(x, 0, keepdims=True)
+    assert got.shape == (1, 768)
+    np.testing.assert_allclose(got[0], want, rtol=2 ** -10, atol=2 ** -14)
+
+
 def test_astype_to_float16_and_its_gradient_match_torch():
     a = np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32)
     x = mge.Parameter(a)

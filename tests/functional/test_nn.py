@@ -525,6 +525,30 @@ def test_float16_softmax_over_a_long_axis(fn, torch_fn):
     check_float16_against_torch(fn, torch_fn, np.random.RandomState(0).rand(100000, 3))
 
 
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("shape,axis", [((8, 10), -1), ((2, 3, 17, 17), -1), ((40, 6), 0)],
+                         ids=str)
+def test_float16_softmax_on_cpu_is_torchs_kernel(monkeypatch, log, shape, axis):
+    # float16 takes ATen's kernels on the CPU at any size (numpy's float16 loops are slow and
+    # round each pass): torch's values and gradients bit for bit, float32 inside
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 4).astype(np.float16)
+    g = rng.standard_normal(shape).astype(np.float16)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.log_softmax(xt, axis) if log else torch.softmax(xt, axis)
+    yt.backward(torch.from_numpy(g))
+    used = record_aten_kernels(monkeypatch)
+    t = mge.tensor(x, device="cpu0")
+    with GradManager().attach(t) as gm:
+        y = F.logsoftmax(t, axis) if log else F.softmax(t, axis)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    name = "_log_softmax" if log else "_softmax"
+    assert {name, name + "_backward_data"} <= set(used)
+    assert y.dtype == t.grad.dtype == np.float16
+    np.testing.assert_array_equal(y.numpy(), yt.detach().numpy())
+    np.testing.assert_array_equal(t.grad.numpy(), xt.grad.numpy())
+
+
 def test_float16_linear_bias_gradient_adds_in_float32():
     rs = np.random.RandomState(0)
     check_float16_against_torch(F.linear, TF.linear, rs.rand(60000, 3), rs.rand(2, 3) - 0.5,
