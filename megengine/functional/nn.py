@@ -218,7 +218,9 @@ class _Linear(Op):
             self.grad_order = (2, 0, 1)
             if b.dtype != y.dtype and (b.dtype.kind == "c" or y.dtype.kind in "iub"):
                 y = y.astype(promote_types(y.dtype, b.dtype))  # (+= would cast b to y's dtype)
-            y += b if b.ndim == 1 else b.reshape(-1)
+            b = b if b.ndim == 1 else b.reshape(-1)
+            if y.dtype is not FLOAT16 or _aten.binary("add", y, b, out=y) is None:
+                y += b  # (float16: ATen's vectorised loop, `_aten.binary`)
         return y if out_shape is None else y.reshape(out_shape)
 
     def backward(self, g):

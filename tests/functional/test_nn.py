@@ -549,6 +549,21 @@ def test_float16_softmax_on_cpu_is_torchs_kernel(monkeypatch, log, shape, axis):
     np.testing.assert_array_equal(t.grad.numpy(), xt.grad.numpy())
 
 
+def test_float16_linear_adds_its_bias_on_aten_with_numpys_values(monkeypatch):
+    # the product: float32 rounded once (docs/api/amp.rst); the bias: numpy's float16 sum's
+    # bits (each element in float32, rounded once), added by ATen's vectorised loop
+    rng = np.random.default_rng(7)
+    x, w = (rng.standard_normal(s).astype(np.float16) for s in ((4, 50, 64), (96, 64)))
+    b = rng.standard_normal(96).astype(np.float16)
+    used, real = [], _aten.op
+    monkeypatch.setattr(_aten, "op", lambda name: used.append(name) or real(name))
+    y = F.linear(mge.tensor(x, device="cpu0"), mge.tensor(w, device="cpu0"),
+                 mge.tensor(b, device="cpu0"))
+    want = (x.astype(np.float32) @ w.T.astype(np.float32)).astype(np.float16) + b
+    assert y.dtype == np.float16 and used.count("add") == 1
+    np.testing.assert_array_equal(y.numpy(), want)
+
+
 def test_float16_linear_bias_gradient_adds_in_float32():
     rs = np.random.RandomState(0)
     check_float16_against_torch(F.linear, TF.linear, rs.rand(60000, 3), rs.rand(2, 3) - 0.5,
