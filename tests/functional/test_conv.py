@@ -10,7 +10,8 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import address, device_array, host, views_foreign_memory
+from devices import (address, device_array, host, host_default_device,  # noqa: F401
+                     views_foreign_memory)
 from oracle import check_against_torch, check_second_order_against_torch
 
 
@@ -769,3 +770,48 @@ def test_conv_gradients_after_inference_calls_and_of_mixed_dtypes_match_torch():
     np.testing.assert_allclose(host(y), ty.detach().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(host(x.grad), tx.grad.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(host(w.grad), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn, torch_fn, w_shape, kwargs", [
+    (F.conv2d, TF.conv2d, (8, 4, 3, 3), dict(stride=2, padding=1)),
+    (F.conv2d, TF.conv2d, (8, 2, 3, 3), dict(padding=1, groups=2)),
+    (F.conv_transpose2d, TF.conv_transpose2d, (4, 8, 3, 3), dict(stride=2, padding=1)),
+    (F.conv1d, TF.conv1d, (8, 4, 5), dict(padding=2)),
+], ids=["conv2d", "groups", "transposed", "conv1d"])
+def test_float16_convolution_on_cpu_adds_in_float32_and_rounds_once(fn, torch_fn, w_shape, kwargs):
+    # the oracle: torch's float32 convolution of the same float16 values, rounded to float16
+    # once (forward, and each gradient from the float16 output gradient)
+    rng = np.random.default_rng(8)
+    nd = len(w_shape) - 2
+    x = rng.standard_normal((2, 4) + (9,) * nd).astype(np.float16)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(np.float16)
+    b = rng.standard_normal(w_shape[1] if fn is F.conv_transpose2d else w_shape[0])
+    b = b.astype(np.float16)
+    tx, tw, tb = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b))
+    ty = torch_fn(tx, tw, tb, **kwargs)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float16)
+    ty.backward(torch.from_numpy(g.astype(np.float32)))
+    xs = [mge.tensor(a, device="cpu0") for a in (x, w, b)]
+    with GradManager().attach(xs) as gm:
+        y = fn(*xs, **kwargs)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    assert y.dtype == np.float16 and all(t.grad.dtype == np.float16 for t in xs)
+    np.testing.assert_array_equal(y.numpy(), ty.detach().half().numpy())
+    for t, want in zip(xs, (tx, tw, tb)):
+        np.testing.assert_array_equal(t.grad.numpy(), want.grad.half().numpy())
+
+
+@pytest.mark.usefixtures("host_default_device")  # (the CPU's path)
+def test_float16_conv_layer_sees_its_weights_written_in_place():
+    # the float32 copies made per call are not kept as the layer's views: a write to the
+    # float16 weight shows in the next call
+    conv = mge.module.Conv2d(3, 4, 3, padding=1)
+    conv.weight._reset(conv.weight.astype("float16"))
+    conv.bias._reset(conv.bias.astype("float16"))
+    x = np.random.default_rng(9).standard_normal((1, 3, 6, 6)).astype(np.float16)
+    for scale in (1, 2):
+        if scale == 2:
+            conv.weight[...] = conv.weight * 2
+        w, b = (torch.tensor(p.numpy().astype(np.float32)) for p in (conv.weight, conv.bias))
+        want = TF.conv2d(torch.tensor(x.astype(np.float32)), w, b.reshape(-1), padding=1)
+        np.testing.assert_array_equal(conv(mge.tensor(x)).numpy(), want.half().numpy())
