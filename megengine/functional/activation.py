@@ -123,8 +123,8 @@ class _Activation(_Unary):
     tx = None  # ATen's view of x, when the ATen path ran
     backward_reads = ("x", "tx")  # what the gradient reads (see `Op`), as torch's saves
 
-    def forward(self, x):
-        self.x = x = self.input(x)
+    def _forward(self, x):
+        self.x = x
         if self.aten_forward is not None and x.dtype in KERNEL_FLOATS and x.size \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
@@ -134,7 +134,7 @@ class _Activation(_Unary):
         self.y = self.compute(xp_of(x), x)
         return self.y
 
-    def backward(self, g):
+    def _backward(self, g):
         if self.tx is not None:
             tg = _aten.view(g.astype(self.x.dtype, copy=False))
             return _aten.fresh_gradient(self.aten_backward(_aten.ops, tg, self.tx, self.ty))

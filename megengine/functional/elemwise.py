@@ -3,13 +3,14 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core._trace_option import is_sym
-from ..core.dispatch import Op, apply
+from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
+from ..core.ops import BINARY, UNARY, _Binary, cast, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
+from . import _aten
 from ._args import _as_float, _tensor  # (_tensor: also imported from here by the functional files)
 
 __all__ = [
@@ -199,15 +200,31 @@ class _Unary(Op):
     Float functions (``to_float``) compute integer inputs in float32, as upstream does, and
     complex inputs in complex: each grad rule is ``g * f'(x)`` of a complex-differentiable
     ``f`` (``holomorphic``, see `Op`), which gives the complex gradients too.
+
+    float16 on the CPU (numpy arrays of ``_aten.HALF_MIN`` values or more) computes in float32,
+    forward and backward, each result rounded to float16 once (``half``), as torch's CPU
+    kernels compute float16: numpy's float16 loops convert one element at a time, and a
+    function of several passes rounded after each. Measured with one thread, forward and
+    backward of (512, 512): sigmoid 23.4 ms against 0.35 in float32, tanh 10.6 against 0.26,
+    leaky_relu 19.6 against 0.21, silu 37.6 against 0.35.
     """
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
     to_float = True
     holomorphic = True
     backward_reads = ("x",)  # what ``grad`` reads of x and y (see `Op`), as torch's saves
+    half = False  # float16 computed in float32 (above)
 
     def forward(self, x):
-        self.x = x = self.input(x)
+        x = self.input(x)
+        if x.dtype is FLOAT16 and type(x) is np.ndarray and x.size >= _aten.HALF_MIN:
+            self.half = True
+            return cast(self._forward(cast(x, np.float32)), FLOAT16)
+        return self._forward(x)
+
+    def _forward(self, x):
+        """``f(x)`` in ``x``'s dtype, keeping what backward reads."""
+        self.x = x
         self.y = self.compute(xp_of(x), x)
         return self.y
 
@@ -224,6 +241,13 @@ class _Unary(Op):
         return x
 
     def backward(self, g):
+        if self.half:
+            gx = self._backward(cast(g, np.float32))
+            return None if gx is None else cast(gx, FLOAT16)
+        return self._backward(g)
+
+    def _backward(self, g):
+        """The input's gradient in the dtype `_forward` computed in."""
         return self.grad(xp_of(g), self.x, self.y, g)
 
     def grad_graph(self, inputs, outputs, grads):
