@@ -746,3 +746,23 @@ def test_reduction_axis_out_of_range_is_also_a_runtime_error(fn):
         with pytest.raises(RuntimeError, match=rf"axis {axis} is out of range") as info:
             fn(x, axis=axis)
         assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("mode", ["max", "min", "sum", "mean", "prod"])
+@pytest.mark.parametrize("axis", [0, 1, None])
+def test_float16_reductions_on_cpu(mode, axis):
+    # reduced in float32 and rounded once: max and min are numpy's own float16 result (exact,
+    # NaN propagating), sums, means and products the exact float64 result rounded (within a
+    # float16 step: float32 adds 300 terms with error far below it)
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.9, 1.1, (300, 40)) if mode == "prod" else rng.standard_normal((300, 40))
+    x = x.astype(np.float16)
+    x[5, 7] = np.nan if mode in ("max", "min") else x[5, 7]
+    y = getattr(F, mode)(mge.tensor(x, device="cpu0"), axis=axis)
+    assert y.dtype == np.float16
+    if mode in ("max", "min"):
+        np.testing.assert_array_equal(y.numpy(), getattr(np, mode)(x, axis=axis))
+        return
+    exact = getattr(np, mode)(x.astype(np.float64), axis=axis)
+    step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+    assert (np.abs(y.numpy().astype(np.float64) - exact) <= step).all()
