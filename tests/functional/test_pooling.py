@@ -450,3 +450,27 @@ def test_max_pool2d_window_of_padding_alone_gives_the_lowest_value():
     low = np.finfo(np.float32).min
     assert out[1:3, 1:3].tolist() == [[5, 7], [13, 15]]
     assert (out[0] == low).all() and (out[:, 0] == low).all() and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("fn, torch_fn, kwargs", [
+    (F.max_pool2d, TF.max_pool2d, dict(kernel_size=2)),
+    (F.max_pool2d, TF.max_pool2d, dict(kernel_size=3, stride=2, padding=1)),
+    (F.avg_pool2d, partial(TF.avg_pool2d, count_include_pad=False),  # (upstream's default)
+     dict(kernel_size=3, stride=2, padding=1)),
+], ids=["max-disjoint", "max-overlapping", "avg"])
+def test_float16_pooling_on_cpu_pools_in_float32_and_rounds_once(fn, torch_fn, kwargs):
+    # the oracle: torch's float32 pooling of the same float16 values, rounded once; distinct
+    # values (no ties, where the two engines' max-pooling gradients differ by design)
+    rng = np.random.default_rng(12)
+    x = (rng.permutation(2 * 3 * 12 * 12) / 4 - 100).astype(np.float16).reshape(2, 3, 12, 12)
+    tx = torch.tensor(x.astype(np.float32), requires_grad=True)
+    ty = torch_fn(tx, **kwargs)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float16)
+    ty.backward(torch.from_numpy(g.astype(np.float32)))
+    t = mge.tensor(x, device="cpu0")
+    with GradManager().attach(t) as gm:
+        y = fn(t, **kwargs)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    assert y.dtype == t.grad.dtype == np.float16
+    np.testing.assert_array_equal(y.numpy(), ty.detach().half().numpy())
+    np.testing.assert_array_equal(t.grad.numpy(), tx.grad.half().numpy())
