@@ -1328,6 +1328,8 @@ class Reduce(Op):
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
             return xp.broadcast_to(div_count(g, count), x.shape)
         if self.mode in ("max", "min"):  # every tied element gets all of g (upstream's rule)
+            if g.dtype is _F16 and type(g) is np.ndarray:  # (numpy's float16 loop: see forward)
+                return cast(cast(g, np.float32) * (x == self.out_keep), _F16)
             return g * (x == self.out_keep)
         return g * _exclusive_prod(x, axes)
 

@@ -276,6 +276,11 @@ def test_large_half_casts_take_aten_and_give_numpys_values(monkeypatch):
     for view in (singles[:8192][::-1], singles[:16384:2]):  # not a contiguous block: numpy's
         _same_values(ops.cast(view, np.float16), view.astype(np.float16))
     assert len(taken) == 5 and taken[-2:] == [None, None]
+    for shape, part in (((64, 128), every_half[:1]), ((64, 128), every_half[:64, None]),
+                        ((4, 64, 32), every_half[None, :64, None])):
+        spread = np.broadcast_to(part, shape)  # a broadcast (a sum's gradient): ATen's copy
+        _same_values(ops.cast(spread, np.float32), spread.astype(np.float32))
+    assert len(taken) == 8 and all(t is not None for t in taken[-3:])
     with _aten.avoided("cast"):
         _same_values(ops.cast(singles[:8192], np.float16), singles[:8192].astype(np.float16))
 
