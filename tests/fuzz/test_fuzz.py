@@ -325,3 +325,15 @@ def test_warp_oracle_rounds_a_nearest_half_to_even():
         got = _sample(img, pts, [0], border, 0.0, "nearest")
         np.testing.assert_array_equal(got[0, 0, :, 0], expected)
     assert run_seed("warp_affine_modes", 50219, "float16") == "ok"
+
+
+def test_a_refused_case_keeps_the_values_it_is_refused_for():
+    from .gen import case_layouts
+
+    # nll_loss float16 case 51299: the label [0, -1] with ignore_index=0 is refused (-1 is out
+    # of range), but a broadcast layout made it [0, 0], which megengine rightly computed
+    assert run_seed("nll_loss", 51299, "float16") == "error"
+    rng = np.random.default_rng(0)
+    case = Case("probe", [np.arange(4.0, dtype=np.float32)], F.abs, torch.abs, refuse="why")
+    names = {lay.name for _ in range(200) for lay in case_layouts(rng, case, case.inputs)}
+    assert names and not any(n.startswith("broadcast") for n in names)
