@@ -6,12 +6,13 @@ import math
 import numpy as np
 
 from ..core import _config
+from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import LinearMap, acc_dtype, xp_of
 from ..core.ops import matmul as _mm
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _size, _tensor
 from .math import matmul
@@ -915,6 +916,7 @@ def _cvt_uint8(xp, x, mode):
     return _yuv420_to_rgb(xp, x, *_YUV420[mode])
 
 
+@_amp.not_covered  # upstream's CvtColor op: autocast leaves it alone (its matmul here too)
 def cvt_color(inp, mode=""):
     """Convert NHWC images between colour formats, as upstream's modes.
 
@@ -960,9 +962,13 @@ def cvt_color(inp, mode=""):
     else:  # YUV2RGB
         mat = np.array([[1, 2.032, 0], [1, -0.395, -0.581], [1, 0, 1.140]])
         bias = -mat[:, 1:] @ np.array([0.5, 0.5])
+    # float16 in float32 (its coefficients too: 2.032 has no float16), rounded once
+    dtype = promote_types(inp.dtype, np.dtype(np.float32))
+    x = inp if inp.dtype == dtype else inp.astype(dtype)
     # (dtype given: a float64 array alone would be stored as float32)
-    m = Tensor(mat.T, dtype=inp.dtype, device=inp.device)
-    return matmul(inp, m) + Tensor(bias, dtype=inp.dtype, device=inp.device)
+    out = matmul(x, Tensor(mat.T, dtype=dtype, device=inp.device)) + \
+        Tensor(bias, dtype=dtype, device=inp.device)
+    return out if inp.dtype == dtype else out.astype(inp.dtype)
 
 
 # ----- optical flow -----

@@ -8,6 +8,7 @@ import torch
 
 import megengine as mge
 import megengine.functional as F
+from megengine import amp
 from megengine.autodiff import GradManager
 
 from devices import host_default_device, requires_cuda  # noqa: F401  (fixture used by name)
@@ -764,6 +765,26 @@ def test_cvt_color_float64_keeps_its_coefficients_exact():
     yuv = F.vision.cvt_color(mge.tensor(img, dtype="float64"), "RGB2YUV")
     np.testing.assert_allclose(yuv.numpy(), np.stack([yy, (r - yy) * 0.492 + 0.5,
                                                       (b - yy) * 0.877 + 0.5], -1), rtol=1e-14)
+
+
+def test_cvt_color_of_float16_is_rounded_once_and_autocast_leaves_float32_alone():
+    img = np.random.RandomState(1).rand(2, 8, 8, 3).astype(np.float16)
+    r, g, b = (img[..., i].astype(np.float64) for i in range(3))
+    yy = r * 0.114 + g * 0.587 + b * 0.299  # megdnn's float RGB2YUV
+    exact = np.stack([yy, (r - yy) * 0.492 + 0.5, (b - yy) * 0.877 + 0.5], -1)
+    got = F.vision.cvt_color(mge.tensor(img), "RGB2YUV")
+    # (float16 coefficients and a float16 bias add were up to 1.4 ulps off; one rounding
+    # is within half an ulp, and float32's own error)
+    assert got.dtype == np.float16
+    assert (np.abs(got.numpy() - exact) / np.spacing(np.abs(exact).astype(np.float16))).max() \
+        <= 0.51
+    # upstream 1.13 measured: under autocast a float32 image gives the same float32 values
+    # (CvtColor is no op autocast covers; this matmul was cast to float16: 3e-4 off)
+    x = mge.tensor(img.astype(np.float32))
+    with amp.autocast():
+        inside = F.vision.cvt_color(x, "RGB2YUV")
+    assert inside.dtype == np.float32
+    np.testing.assert_array_equal(inside.numpy(), F.vision.cvt_color(x, "RGB2YUV").numpy())
 
 
 def test_cvt_color_uint8_modes_by_hand():
