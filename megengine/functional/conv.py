@@ -754,7 +754,9 @@ def _deform_sample(torch, x, offset, mask, k, s, p, d, out_hw):
     taps, length = kh * kw, oh * ow
     groups = offset.shape[1] // (2 * taps)
     off = offset.reshape(n, groups, taps, 2, oh, ow)
-    dev, dt = x.device, x.dtype
+    # the points and their weights in the offset's dtype (float32 for float16 input, whose
+    # points 4 apart from 0 are 1/256 pixel coarse), and so the samples
+    dev, dt = x.device, offset.dtype
     tap_y = (torch.arange(kh, device=dev, dtype=dt) * d[0]).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=dev, dtype=dt) * d[1]).repeat(kh)
     pos_y = torch.arange(oh, device=dev, dtype=dt) * s[0] - p[0]
@@ -828,13 +830,15 @@ class _DeformableConv2d(Op):
         return _aten.array(y.detach())
 
     def torch_inputs(self, arrays, needs):
-        """Torch views of x, the weight as (O, C/groups, KH, KW), offset and mask in the
-        compute dtype; those ``needs`` marks require gradients."""
+        """Torch views of x and the weight as (O, C/groups, KH, KW) in the compute dtype,
+        offset and mask in it or float32, the wider (upstream computes them in float32); those
+        ``needs`` marks require gradients."""
         x, w, offset, mask = arrays
         ins = []
-        for a, need in zip((x, _flat_weight(w, self.groups, 2, self.what, False), offset, mask),
-                           needs):
-            t = _aten.view(a.astype(self.dtype, copy=False))
+        wide = promote_types(self.dtype, np.dtype(np.float32))
+        for a, dt, need in zip((x, _flat_weight(w, self.groups, 2, self.what, False), offset,
+                                mask), (self.dtype, self.dtype, wide, wide), needs):
+            t = _aten.view(a.astype(dt, copy=False))
             ins.append(t.requires_grad_() if need else t)
         return ins
 
@@ -844,9 +848,10 @@ class _DeformableConv2d(Op):
         g, (o, cg, kh, kw), (oh, ow) = self.groups, wf.shape, self.out_hw
         cols = _deform_sample(torch, x, offset, mask, (kh, kw), self.stride, self.padding,
                               self.dilation, (oh, ow))
-        return torch.matmul(wf.reshape(g, o // g, cg * kh * kw),
+        # float16: sampled and multiplied in float32, rounded once
+        return torch.matmul(wf.to(cols.dtype).reshape(g, o // g, cg * kh * kw),
                             cols.reshape(x.shape[0], g, cg * kh * kw, oh * ow)).reshape(
-                                x.shape[0], o, oh, ow)
+                                x.shape[0], o, oh, ow).to(x.dtype)
 
     def engine_grads(self, got, needs, slots=range(4)):
         """Torch gradients ``got`` (one per True in ``needs``) as arrays of the inputs' dtypes
@@ -912,7 +917,7 @@ class _DeformableConv2dGrad(Op):
         for g, gg in zip(self.got, ggs):
             if gg is not None and g.requires_grad:
                 ys.append(g)
-                dys.append(_aten.view(gg.astype(self.conv.dtype, copy=False)).reshape(g.shape))
+                dys.append(_aten.view(gg).to(g.dtype).reshape(g.shape))  # (offset's: float32)
         self.got = None  # the graph of the gradients is used once
         if not ys:
             return (None,) * len(needs)
@@ -927,7 +932,8 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
 
     ``weight`` (out, in/groups, kh, kw) or (groups, out/groups, in/groups, kh, kw);
     ``offset`` (N, 2 * dg * kh * kw, OH, OW) holds (dy, dx) per deformable group and tap;
-    ``mask`` (N, dg * kh * kw, OH, OW). Offset and mask compute in float32, as upstream.
+    ``mask`` (N, dg * kh * kw, OH, OW). Offset and mask compute in float32, as upstream (float16
+    input is sampled at float32 points and multiplied in float32, rounded once).
     """
     what = "deformable_conv2d"
     _check_conv_mode(conv_mode, compute_mode, what)

@@ -155,21 +155,34 @@ class Var(Op):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
+        return self._rounded(self._variance(x))
+
+    def _variance(self, x):
+        """The variance with kept axes, float16 in float32 (`_rounded` rounds it once): numpy's
+        float16 mean rounds before the deviations are taken, and their squares go subnormal
+        (var of [1000, 1000.5, 1001, 999.5] was 0.375 for 0.3125, as torch's kernel gives)."""
         if x.dtype.kind != "f":  # (no call on the float path)
             x = _as_float(x, self)
+        self.dtype = x.dtype
+        acc = acc_dtype(x.dtype)
+        if acc is not None:
+            x = x.astype(acc)
         self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
             self.d = x
-            out = xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
-        else:
-            self.d = d = x - x.mean(axis=axes, keepdims=True)
-            out = (d * d).mean(axis=axes, keepdims=True)
-        return out.reshape(_out_shape(x.shape, axes, self.keepdims))
+            return xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
+        self.d = d = x - x.mean(axis=axes, keepdims=True)
+        return (d * d).mean(axis=axes, keepdims=True)
+
+    def _rounded(self, out):
+        out = out.astype(self.dtype, copy=False)
+        return out.reshape(_out_shape(self.d.shape, self.axes, self.keepdims))
 
     def backward(self, g):
         g = g.reshape(_keep_shape(self.d.shape, self.axes))
-        return g * (2.0 / (self.count or 1)) * self.d  # count 0: d is empty
+        # (count 0: d is empty; float16: computed with float32 deviations, rounded once)
+        return (g * (2.0 / (self.count or 1)) * self.d).astype(self.dtype, copy=False)
 
     def grad_graph(self, inputs, outputs, grads):
         x = _float_t(inputs[0])
@@ -183,12 +196,13 @@ class Std(Var):
     the NaN of sqrt's infinite slope times var's zero gradient."""
 
     def forward(self, x):
-        self.out = out = xp_of(x).sqrt(super().forward(x))
-        return out
+        # (float16: the root of the float32 variance, rounded once)
+        self.out = out = xp_of(x).sqrt(self._variance(x))
+        return self._rounded(out)
 
     def backward(self, g):
         xp = xp_of(g)
-        s = self.out.reshape(_keep_shape(self.d.shape, self.axes))
+        s = self.out  # (kept axes)
         g = g.reshape(s.shape)
         return super().backward(xp.where(s == 0, 0, g / (2 * xp.where(s == 0, 1, s))))
 

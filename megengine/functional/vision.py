@@ -6,12 +6,13 @@ import math
 import numpy as np
 
 from ..core import _config
+from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import LinearMap, xp_of
+from ..core.ops import LinearMap, acc_dtype, xp_of
 from ..core.ops import matmul as _mm
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
 from ._args import _as_float, _astype_real, _size, _tensor
 from .math import matmul
@@ -97,37 +98,49 @@ class _Resize(Op):
     def forward(self, x):
         x = _as_float(x, self)
         xp = xp_of(x)
+        # float16 resamples in float32, rounded once, as torch's kernels: rounding between the
+        # passes (and float16 weights) left an error of the inputs' ulps, where neighbours of
+        # opposite signs average to a small value (--float16 fuzz case 51776: 40 ulps)
+        self.dtype = dtype = x.dtype
+        acc = acc_dtype(dtype)
+        if acc is not None:
+            x = x.astype(acc)
         mat_h, mat_w, mat_d = self._matrices(x.shape[2:])
         self.ah = xp.asarray(mat_h, x.dtype)
         self.aw = None if mat_w is None else xp.asarray(mat_w, x.dtype)
         self.ad = None if mat_d is None else xp.asarray(mat_d, x.dtype)
         # (products on ATen where numpy's BLAS would thread them: core/ops.py matmul)
         if self.aw is None:  # 1-d: (N, C, L)
-            return _mm(x, self.ah.T)
+            return _mm(x, self.ah.T).astype(dtype, copy=False)
         out = _mm(self.ah, _mm(x, self.aw.T))
         if self.ad is not None:  # depth: contract axis 2, then put the new depth back there
             out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
-        return out
+        return out.astype(dtype, copy=False)
 
     def backward(self, g):
+        g = g.astype(self.ah.dtype, copy=False)  # (float16: in float32, as forward)
         if self.aw is None:
-            return _mm(g, self.ah)
+            return _mm(g, self.ah).astype(self.dtype, copy=False)
         if self.ad is not None:
             xp = xp_of(g)
             g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
-        return _mm(_mm(self.ah.T, g), self.aw)
+        return _mm(_mm(self.ah.T, g), self.aw).astype(self.dtype, copy=False)
 
     def grad_graph(self, inputs, outputs, grads):
         """`backward` as recorded matmuls with the constant resampling matrices (a gradient
         penalty through an up- or downsampling layer differentiates it)."""
         g = grads[0]
+        dtype = g.dtype
+        if g.dtype != self.ah.dtype:  # float16: in float32, as forward
+            g = g.astype(self.ah.dtype)
         ah = Tensor._wrap(self.ah, g._device)
         if self.aw is None:
-            return (g @ ah,)
+            return ((g @ ah).astype(dtype),)
         if self.ad is not None:  # (N, C, H, W, D') @ A_d, then depth back to axis 2
             g = (g.transpose(0, 1, 3, 4, 2) @ Tensor._wrap(self.ad, g._device))
             g = g.transpose(0, 1, 4, 2, 3)
-        return ((Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device),)
+        g = (Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device)
+        return (g.astype(dtype),)
 
 
 class _QuantizedResize(_Resize):
@@ -903,6 +916,7 @@ def _cvt_uint8(xp, x, mode):
     return _yuv420_to_rgb(xp, x, *_YUV420[mode])
 
 
+@_amp.not_covered  # upstream's CvtColor op: autocast leaves it alone (its matmul here too)
 def cvt_color(inp, mode=""):
     """Convert NHWC images between colour formats, as upstream's modes.
 
@@ -948,9 +962,13 @@ def cvt_color(inp, mode=""):
     else:  # YUV2RGB
         mat = np.array([[1, 2.032, 0], [1, -0.395, -0.581], [1, 0, 1.140]])
         bias = -mat[:, 1:] @ np.array([0.5, 0.5])
+    # float16 in float32 (its coefficients too: 2.032 has no float16), rounded once
+    dtype = promote_types(inp.dtype, np.dtype(np.float32))
+    x = inp if inp.dtype == dtype else inp.astype(dtype)
     # (dtype given: a float64 array alone would be stored as float32)
-    m = Tensor(mat.T, dtype=inp.dtype, device=inp.device)
-    return matmul(inp, m) + Tensor(bias, dtype=inp.dtype, device=inp.device)
+    out = matmul(x, Tensor(mat.T, dtype=dtype, device=inp.device)) + \
+        Tensor(bias, dtype=dtype, device=inp.device)
+    return out if inp.dtype == dtype else out.astype(inp.dtype)
 
 
 # ----- optical flow -----

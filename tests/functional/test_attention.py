@@ -267,6 +267,33 @@ def test_an_io_weight_bias_holding_no_values_gets_an_empty_gradient():
     assert mq.grad is not None
 
 
+def test_float16_attention_is_rounded_once():
+    # composed of float16 steps that each rounded, the output was up to 1.8e-3 of its largest
+    # value off the exact one (torch in float64 on the same float16 values; --float16 fuzz case
+    # 51311: 2.5x torch's float16 error); computed in float32, it is within one float16 ulp
+    rs = np.random.RandomState(0)
+    n, lq, lk, e, heads = 2, 3, 4, 8, 2
+    for _ in range(4):
+        q, k, v = (rs.randn(n, length, e).astype(np.float16) for length in (lq, lk, lk))
+        ws = [rs.randn(e, e).astype(np.float16) for _ in range(4)]
+        bs = [rs.randn(e).astype(np.float16) for _ in range(4)]
+        ins = [mge.tensor(a) for a in (q, k, v, pack(*ws, bs))]
+        gm = GradManager().attach(ins)
+        with gm:
+            out, weights = F.nn.multi_head_attention(
+                *ins[:3], e, heads, 0.0, 0.0, ins[3], qbias=True, kbias=True, vbias=True,
+                obias=True, need_weights=True, training=False)
+            gm.backward(out.sum())
+        assert out.dtype == weights.dtype == np.float16
+        assert all(t.grad.dtype == np.float16 for t in ins)
+        t64 = [torch.tensor(a, dtype=torch.float64) for a in (q, k, v)]
+        exact, _ = torch_mha(*t64, heads, *(torch.tensor(w, dtype=torch.float64) for w in ws),
+                             [torch.tensor(b, dtype=torch.float64) for b in bs])
+        exact = exact.numpy()
+        ulp = np.spacing(np.float16(np.abs(exact).max())).astype(np.float64)
+        assert np.abs(out.numpy() - exact).max() <= ulp
+
+
 def test_an_io_weight_bias_holding_no_values_keeps_the_outputs_dtype():
     # the empty packed tensor (float32, as M.MultiHeadAttention makes it) takes no part in the
     # values: a float16 attention stays float16, the same values as without io_weight_bias

@@ -470,6 +470,27 @@ def test_deformable_conv2d_is_twice_differentiable(groups, dg, stride, padding, 
 
     check_second_order_against_torch(loss, torch_loss, x, w, offset, mask, rtol=1e-3, atol=1e-3)
 
+def test_deformable_conv2d_of_float16_samples_in_float32():
+    # float16 points 32 pixels in are 1/64 pixel coarse: their bilinear weights were up to 1/128
+    # off (fuzz case 51028 of --float16: 12 ulps off). The exact result: the reference in
+    # float64 on the same float16 values; ours is rounded once
+    np.random.seed(4)
+    x, w = rand(1, 2, 40, 40).astype(np.float16), rand(2, 2, 3, 3).astype(np.float16)
+    offset = rand(1, 18, 3, 3, low=-1.5, high=1.5)  # (float32, as upstream computes them)
+    mask = rand(1, 9, 3, 3, low=0.0, high=1.0)
+    xs = [mge.tensor(a) for a in (x, w, offset, mask)]
+    gm = GradManager().attach(xs)
+    with gm:
+        y = F.deformable_conv2d(*xs, None, stride=16)
+        gm.backward(y.sum())
+    assert y.dtype == np.float16 and [t.grad.dtype for t in xs] == [np.float16, np.float16,
+                                                                    np.float32, np.float32]
+    exact = _torch_deformable(*(torch.tensor(a, dtype=torch.float64) for a in (x, w, offset, mask)),
+                              16, 0, 1, 1).numpy()
+    ulp = np.spacing(np.float16(np.abs(exact).max())).astype(np.float64)
+    assert np.abs(y.numpy() - exact).max() <= ulp
+
+
 def test_deformable_conv2d_without_offsets_is_conv2d():
     x, w, b = rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(1, 4, 1, 1)
     offset, mask = np.zeros((2, 18, 6, 6), np.float32), np.ones((2, 9, 6, 6), np.float32)

@@ -8,6 +8,7 @@ import torch
 
 import megengine as mge
 import megengine.functional as F
+from megengine import amp
 from megengine.autodiff import GradManager
 
 from devices import host_default_device, requires_cuda  # noqa: F401  (fixture used by name)
@@ -766,6 +767,26 @@ def test_cvt_color_float64_keeps_its_coefficients_exact():
                                                       (b - yy) * 0.877 + 0.5], -1), rtol=1e-14)
 
 
+def test_cvt_color_of_float16_is_rounded_once_and_autocast_leaves_float32_alone():
+    img = np.random.RandomState(1).rand(2, 8, 8, 3).astype(np.float16)
+    r, g, b = (img[..., i].astype(np.float64) for i in range(3))
+    yy = r * 0.114 + g * 0.587 + b * 0.299  # megdnn's float RGB2YUV
+    exact = np.stack([yy, (r - yy) * 0.492 + 0.5, (b - yy) * 0.877 + 0.5], -1)
+    got = F.vision.cvt_color(mge.tensor(img), "RGB2YUV")
+    # (float16 coefficients and a float16 bias add were up to 1.4 ulps off; one rounding
+    # is within half an ulp, and float32's own error)
+    assert got.dtype == np.float16
+    assert (np.abs(got.numpy() - exact) / np.spacing(np.abs(exact).astype(np.float16))).max() \
+        <= 0.51
+    # upstream 1.13 measured: under autocast a float32 image gives the same float32 values
+    # (CvtColor is no op autocast covers; this matmul was cast to float16: 3e-4 off)
+    x = mge.tensor(img.astype(np.float32))
+    with amp.autocast():
+        inside = F.vision.cvt_color(x, "RGB2YUV")
+    assert inside.dtype == np.float32
+    np.testing.assert_array_equal(inside.numpy(), F.vision.cvt_color(x, "RGB2YUV").numpy())
+
+
 def test_cvt_color_uint8_modes_by_hand():
     px = np.array([[[[255, 0, 0], [10, 200, 30]]]], np.uint8)
     # (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14
@@ -1035,6 +1056,20 @@ def test_interpolate_second_order(mode, align):
         lambda a: (F.nn.interpolate(a * a, size=size, mode=mode, **kw) ** 2 * r).sum(),
         lambda a: (torch.nn.functional.interpolate(a * a, size=size, mode=mode, **kw) ** 2
                    * torch.tensor(r)).sum(), x)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "trilinear"])
+def test_interpolate_of_float16_resamples_in_float32(mode):
+    from oracle import check_float16_against_torch
+
+    # the values of --float16 fuzz case 51776: its rows average to -1.121 and 1.147, each
+    # rounded to float16 between the passes, and leave 0.013: 40 ulps off (0.8%)
+    x = np.array([[[[-0.3933, -1.849], [2.822, -0.5283]], [[-0.1681, 2.377], [-2.66, 0.2908]]]],
+                 np.float32)
+    x, size = (x[None], (1, 1, 1)) if mode == "trilinear" else (x, (1, 1))
+    check_float16_against_torch(
+        lambda a: F.vision.interpolate(a, size=size, mode=mode),
+        lambda a: torch.nn.functional.interpolate(a, size=size, mode=mode), x)
 
 
 @pytest.mark.parametrize("align", [False, True])

@@ -17,7 +17,7 @@ import torch
 
 import megengine as mge
 
-from .gen import Check, Layout, Mismatch, _is_ours, flat, layout, outputs, torch_outputs
+from .gen import Check, Mismatch, _is_ours, case_layouts, flat, outputs, torch_outputs
 
 
 class Mode:
@@ -107,8 +107,7 @@ def run_converted(case, rng, mode):
     if conv is None:
         return "skip"
     arrs = [conv[i][1] if i in conv else a for i, a in enumerate(case.inputs)]
-    lays = [layout(rng, a, bcast=case.bcast) if case.use_layouts
-            else Layout(a, lambda t: t, "contig") for a in arrs]
+    lays = case_layouts(rng, case, arrs)
     names = [mode.dtype_name(conv[i][0]) if i in conv else str(a.dtype)
              for i, a in enumerate(arrs)]
     desc = f"{case.desc} {mode.name}=[{', '.join(names)}] layouts=" + \

@@ -309,3 +309,31 @@ def test_jit_channel_mask_keeps_channels_tied_at_rounding_level():
                                   [False, False, True])
     z = np.array([0.0, 3e-8, 0.0], np.float32)
     assert eval(_ABOVE, {"F": F, "c": mge.tensor(z)}).numpy().all()  # noqa: S307
+
+
+def test_warp_oracle_rounds_a_nearest_half_to_even():
+    from .vision_warp import _sample
+
+    # float16 matrices make exact half-pixel source points (float16 case 50219 of
+    # warp_affine_modes: a source row of -3.5). upstream 1.13 measured, warp_perspective
+    # nearest NHWC on an arange(25) 5x5 image, rows shifted by 0.5: column 0 reads [0, 10, 10];
+    # shifted by -3.5 with a reflect border: [15, 5, 5] (rows -4, -2, -2: halves to even)
+    img = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
+    for off, border, expected in ((0.5, "replicate", [0, 10, 10]), (-3.5, "reflect", [15, 5, 5])):
+        pts = np.zeros((1, 3, 1, 2))
+        pts[0, :, 0, 1] = np.arange(3) + off
+        got = _sample(img, pts, [0], border, 0.0, "nearest")
+        np.testing.assert_array_equal(got[0, 0, :, 0], expected)
+    assert run_seed("warp_affine_modes", 50219, "float16") == "ok"
+
+
+def test_a_refused_case_keeps_the_values_it_is_refused_for():
+    from .gen import case_layouts
+
+    # nll_loss float16 case 51299: the label [0, -1] with ignore_index=0 is refused (-1 is out
+    # of range), but a broadcast layout made it [0, 0], which megengine rightly computed
+    assert run_seed("nll_loss", 51299, "float16") == "error"
+    rng = np.random.default_rng(0)
+    case = Case("probe", [np.arange(4.0, dtype=np.float32)], F.abs, torch.abs, refuse="why")
+    names = {lay.name for _ in range(200) for lay in case_layouts(rng, case, case.inputs)}
+    assert names and not any(n.startswith("broadcast") for n in names)

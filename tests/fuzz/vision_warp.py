@@ -97,8 +97,9 @@ def _border(p, n, mode):
 
 def _sample(img, pts, batch, border, bval, interp):
     """NCHW float64 ``img`` read at ``pts`` (B, OH, OW, 2) = (x, y) of image ``batch[b]``:
-    nearest rounds to floor(v + 0.5); linear weights the four neighbours, each border-mapped on
-    its own (a constant border reads ``bval``)."""
+    nearest rounds halves to even, as upstream's remap (a float16 matrix makes exact halves);
+    linear weights the four neighbours, each border-mapped on its own (a constant border reads
+    ``bval``)."""
     _, c, h, w = img.shape
     b_, oh, ow, _ = pts.shape
     out = np.zeros((b_, c, oh, ow))
@@ -113,7 +114,7 @@ def _sample(img, pts, batch, border, bval, interp):
                         return np.full(c, bval)
                     return img[batch[b], :, jy, jx]
                 if interp == "nearest":
-                    out[b, :, y, x] = read(np.floor(px + 0.5), np.floor(py + 0.5))
+                    out[b, :, y, x] = read(np.rint(px), np.rint(py))
                     continue
                 x0, y0 = np.floor(px), np.floor(py)
                 fx, fy = px - x0, py - y0
