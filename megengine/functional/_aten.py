@@ -453,11 +453,11 @@ _HALF_CASTS = {(np.dtype(np.float16), np.dtype(np.float32)),
 def half_cast(a, dtype):
     """``a.astype(dtype)`` of a numpy array from float16 to float32 or back, on ATen's
     conversion (above), else None (other dtypes, CuPy arrays, and strided views that are
-    neither a contiguous block nor a broadcast: the caller's ``astype``). Callers check ``a.size >= core.ops.CAST_MIN``
-    first (`core.ops.cast`). A transposed block (a matrix product's backward operand) converts
-    in memory order and keeps its layout, as numpy's ``astype`` does: element by element in
-    the transposed order, ATen's conversion took longer than numpy's (1024 x 1024: 4.0 ms
-    against 3.0)."""
+    neither a contiguous block nor a broadcast: the caller's ``astype``). Callers check
+    ``a.size >= core.ops.CAST_MIN`` first (`core.ops.cast`). A transposed block (a matrix
+    product's backward operand) converts in memory order and keeps its layout, as numpy's
+    ``astype`` does: element by element in the transposed order, ATen's conversion took longer
+    than numpy's (1024 x 1024: 4.0 ms against 3.0)."""
     dtype = np.dtype(dtype)
     if type(a) is not np.ndarray or (a.dtype, dtype) not in _HALF_CASTS \
             or not use_aten(a, "cast"):
