@@ -14,6 +14,7 @@ class MultiStepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, milestones, gamma: float = 0.1, current_epoch: int = -1):
+        given = milestones
         milestones = list(milestones)
         if not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
             raise TypeError(f"MultiStepLR: milestones must be ints, got {milestones!r}")
@@ -21,7 +22,8 @@ class MultiStepLR(LRScheduler):
             raise ValueError(
                 f"MultiStepLR: milestones must be increasing epoch indices, got {milestones}"
             )
-        self.milestones = milestones
+        # a list or tuple is kept as given (upstream's state_dict shows it so)
+        self.milestones = given if isinstance(given, (list, tuple)) else milestones
         self.gamma = gamma
         super().__init__(optimizer, current_epoch)
 

@@ -80,10 +80,12 @@ def test_state_dict_has_upstreams_keys_and_base_lrs_follow_the_optimizer():
     # {'milestones': (2, 4), 'gamma': 0.5, 'current_epoch': 3}; a schedule of an optimizer with
     # lr=1.0 that loads {..., 'current_epoch': 3, 'base_lrs': [0.1], 'extra': 1} keeps base_lrs
     # [1.0], sets no 'extra' attribute, and its next step gives lr 0.25
-    sched = MultiStepLR(SGD([mge.Parameter([1.0])], lr=0.1), [2, 4], gamma=0.5)
+    sched = MultiStepLR(SGD([mge.Parameter([1.0])], lr=0.1), (2, 4), gamma=0.5)
     for _ in range(3):
         sched.step()
-    assert sched.state_dict() == {"milestones": [2, 4], "gamma": 0.5, "current_epoch": 3}
+    state = sched.state_dict()
+    assert state == {"milestones": (2, 4), "gamma": 0.5, "current_epoch": 3}
+    assert type(state["milestones"]) is tuple
 
     opt = SGD([mge.Parameter([1.0])], lr=1.0)
     tuned = MultiStepLR(opt, [2, 4], gamma=0.5)
