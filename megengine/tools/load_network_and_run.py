@@ -34,7 +34,7 @@ SPEED_ONLY = {
     "--fast-run": "it times upstream's MegDNN algorithms to pick the fastest; this fork runs "
                   "each op on one kernel (ATen's for convolutions), so there is nothing to choose",
     "--reproducible": "it restricts upstream's MegDNN algorithm choice to deterministic ones; "
-                      "this fork has no algorithm choice and its kernels are deterministic",
+                      "this fork has no algorithm choice to restrict",
     "--weight-preprocess": "it preprocesses weights for upstream's winograd/im2col MegDNN "
                            "kernels, which this fork does not have",
 }
