@@ -55,8 +55,9 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay))
+        # upstream's key order, which printed param_groups and state dicts show
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+                                      eps=eps))
 
     def _check_group(self, group):
         super()._check_group(group)

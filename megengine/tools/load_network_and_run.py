@@ -6,8 +6,10 @@ check the stored test cases' outputs, and write a profile with ``--profile``.
 The file is one `megengine.jit.trace.dump` wrote, or an upstream MegEngine ``.mge`` file
 (`megengine.jit.upstream_mge`).
 ``--enable-io16xc32`` / ``--enable-ioc16`` run it converted to float16, as upstream's optimizer
-does. Other options of upstream's C++ graph runtime (``--fast-run``, the ``--enable-*`` layout and fusion
-passes, ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
+does. ``--fast-run``, ``--reproducible`` and ``--weight-preprocess``, which choose among upstream's
+kernels for the same values, are accepted with a note that they have nothing to do here. Other
+options of upstream's C++ graph runtime (the ``--enable-*`` layout and fusion passes,
+``--dump-cpp-model``, ...) are refused with the reason, never ignored.
 """
 import argparse
 import io
@@ -25,12 +27,18 @@ from ._common import (ToolError, add_float16, add_unsupported, converted, float1
                       reject_unsupported, run_tool)
 
 _CPP_OPTIMIZER = "a pass of upstream's C++ graph optimizer, which this fork does not have"
+# Upstream's options that only choose which MegDNN kernel computes the same values. Scripts pass
+# them for speed (a deployment check's `load_network_and_run m.mge --fast-run --profile p.json`),
+# so they are accepted; a note says there is nothing to choose here
+SPEED_ONLY = {
+    "--fast-run": "it times upstream's MegDNN algorithms to pick the fastest; this fork runs "
+                  "each op on one kernel (ATen's for convolutions), so there is nothing to choose",
+    "--reproducible": "it restricts upstream's MegDNN algorithm choice to deterministic ones; "
+                      "this fork has no algorithm choice to restrict",
+    "--weight-preprocess": "it preprocesses weights for upstream's winograd/im2col MegDNN "
+                           "kernels, which this fork does not have",
+}
 UNSUPPORTED = {
-    "--fast-run": (False, "it times MegDNN's convolution algorithms inside upstream's C++ "
-                          "runtime to pick the fastest; this fork runs each op on one kernel "
-                          "(ATen's for convolutions), so there is nothing to choose"),
-    "--reproducible": (False, "it restricts upstream's MegDNN algorithm choice; this fork has "
-                              "no algorithm choice"),
     "--optimize-for-inference": (False, _CPP_OPTIMIZER + " (see docs/api/network.rst)"),
     "--enable-hwcd4": (False, "the NHWCD4 layout is " + _CPP_OPTIMIZER),
     "--enable-nchw4": (False, "the NCHW4 layout is " + _CPP_OPTIMIZER),
@@ -48,8 +56,6 @@ UNSUPPORTED = {
     "--get-static-mem-info": (True, "it reports upstream's static memory planner, which this "
                                     "fork does not have (arrays are numpy/CuPy arrays)"),
     "--custom-op-lib": (True, "it loads C++ custom operators built against upstream's runtime"),
-    "--weight-preprocess": (False, "it preprocesses weights for upstream's winograd/im2col "
-                                   "MegDNN kernels, which this fork does not have"),
     "--focused-nvprof": (False, "it brackets the last run for nvprof through pycuda; profile "
                                 "with --profile (megengine.utils.profiler) instead"),
 }
@@ -99,6 +105,10 @@ def build_parser():
     parser.add_argument("--no-check-testcases", action="store_true",
                         help="run the file's stored test cases without comparing the outputs")
     add_float16(parser)
+    speed = parser.add_argument_group("options of upstream's C++ runtime that only choose its "
+                                      "kernels (accepted: nothing to do here)")
+    for flag, reason in SPEED_ONLY.items():
+        speed.add_argument(flag, action="store_true", help=f"accepted, no effect: {reason}")
     add_unsupported(parser, UNSUPPORTED)
     return parser
 
@@ -340,6 +350,9 @@ def _run(args):
         enable_debug_log()
     if args.log:
         set_log_file(args.log)
+    for flag, reason in SPEED_ONLY.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")):
+            logger.info("%s has no effect here: %s", flag, reason)
     if args.device:
         from ..device import canonical_device, set_default_device
 

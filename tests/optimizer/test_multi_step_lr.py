@@ -69,7 +69,36 @@ def test_errors():
     with pytest.raises(KeyError, match="initial_lr"):
         MultiStepLR(SGD([mge.Parameter([1.0])], lr=1.0), [1], current_epoch=3)
     sched = MultiStepLR(opt, [1])
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(KeyError, match="no 'milestones'"):
         sched.load_state_dict({"nonsense": 1})
     with pytest.raises(NotImplementedError):
         LRScheduler(SGD([mge.Parameter([1.0])], lr=1.0))
+
+
+def test_state_dict_has_upstreams_keys_and_base_lrs_follow_the_optimizer():
+    # upstream 1.13 measured: MultiStepLR(SGD(lr=0.1), (2, 4), 0.5) stepped 3 times has state
+    # {'milestones': (2, 4), 'gamma': 0.5, 'current_epoch': 3}; a schedule of an optimizer with
+    # lr=1.0 that loads {..., 'current_epoch': 3, 'base_lrs': [0.1], 'extra': 1} keeps base_lrs
+    # [1.0], sets no 'extra' attribute, and its next step gives lr 0.25
+    sched = MultiStepLR(SGD([mge.Parameter([1.0])], lr=0.1), (2, 4), gamma=0.5)
+    for _ in range(3):
+        sched.step()
+    state = sched.state_dict()
+    assert state == {"milestones": (2, 4), "gamma": 0.5, "current_epoch": 3}
+    assert type(state["milestones"]) is tuple
+
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    tuned = MultiStepLR(opt, [2, 4], gamma=0.5)
+    tuned.load_state_dict({"milestones": [2, 4], "gamma": 0.5, "current_epoch": 3,
+                           "base_lrs": [0.1], "extra": 1})
+    assert tuned.base_lrs == [1.0] and not hasattr(tuned, "extra")
+    tuned.step()
+    assert opt.param_groups[0]["lr"] == 0.25 and tuned.get_lr() == [0.25]
+
+
+def test_load_state_dict_missing_key_changes_nothing():
+    # upstream 1.13 measured: a state dict without 'gamma' raises KeyError
+    sched = MultiStepLR(SGD([mge.Parameter([1.0])], lr=1.0), [2, 4], gamma=0.5)
+    with pytest.raises(KeyError, match="no 'gamma'"):
+        sched.load_state_dict({"milestones": [1], "current_epoch": 7})
+    assert sched.milestones == [2, 4] and sched.current_epoch == 0

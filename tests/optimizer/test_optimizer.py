@@ -617,3 +617,23 @@ def test_an_upstream_protocol_step_is_not_recorded_by_a_recording_grad_manager()
     np.testing.assert_allclose(w.grad.numpy(), 1 + 2 * X.T @ err, rtol=1e-5)
     np.testing.assert_allclose(b.grad.numpy(), [2 * err.sum()], rtol=1e-5)
     assert address(w) == w_address and opt._state[w]["exp_avg"]._node is None
+
+
+def test_param_group_keys_in_upstreams_order():
+    # upstream 1.13 measured: list(opt.param_groups[0]) and the state dict's group keys
+    # (printed dicts show this order)
+    import megengine.module as M
+    from megengine import optimizer as optim
+
+    want = {
+        "SGD": ["lr", "momentum", "weight_decay"],
+        "Adam": ["lr", "weight_decay", "betas", "eps"],
+        "AdamW": ["lr", "weight_decay", "betas", "eps"],
+        "Adagrad": ["lr", "lr_decay", "eps", "weight_decay"],
+        "Adadelta": ["lr", "rho", "eps", "weight_decay"],
+    }
+    net = M.Linear(2, 2)
+    for name, keys in want.items():
+        opt = getattr(optim, name)(net.parameters(), **({} if name == "Adadelta" else {"lr": 0.1}))
+        assert list(opt.param_groups[0]) == ["params"] + keys, name
+        assert list(opt.state_dict()["param_groups"][0]) == keys + ["params"], name

@@ -149,7 +149,7 @@ def test_float16_options_exclude_each_other(two_inputs, capsys):
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["--fast-run"], ["--enable-nchw4"], ["--dump-cpp-model", "x"],
+@pytest.mark.parametrize("flag", [["--embed-input"], ["--enable-nchw4"], ["--dump-cpp-model", "x"],
                                   ["--optimize-for-inference"]])
 def test_cpp_runtime_options_are_refused(tiny, capsys, flag):
     _, plain, _ = tiny
@@ -158,6 +158,22 @@ def test_cpp_runtime_options_are_refused(tiny, capsys, flag):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"{flag[0]} is not supported by this fork" in err
+
+
+def test_kernel_choice_options_are_accepted_with_a_note(tiny, tmp_path):
+    # upstream 1.13 measured: a deployment check's `load_network_and_run model.mge --fast-run
+    # --iter 60 --profile mma.json --weight-preprocess` runs and writes the profile
+    net, plain, _ = tiny
+    log = tmp_path / "run.log"
+    flags = ["--fast-run", "--reproducible", "--weight-preprocess"]
+    out = lnr.main([plain, "--iter", "2", "--profile", str(tmp_path / "p.json"),
+                    "--log", str(log)] + flags)
+    x = np.random.RandomState(0).uniform(size=(1, 2, 4, 4)).astype("float32")
+    np.testing.assert_allclose(out["logits"], eager(net, x), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "p.json").exists()
+    text = log.read_text()
+    for flag in flags:
+        assert f"{flag} has no effect here" in text
 
 
 def test_bad_input_gives_clear_errors(tiny, two_inputs, tmp_path, capsys):
@@ -213,8 +229,8 @@ def test_module_entry_point(tiny):
     assert run.returncode == 0, run.stderr
     assert "iter 1: duration=" in run.stdout and "logits" in run.stdout
     run = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", plain,
-                          "--fast-run"], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 2 and "--fast-run is not supported" in run.stderr
+                          "--enable-nchw4"], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "--enable-nchw4 is not supported" in run.stderr
 
 
 def test_device_option(tiny, capsys):
