@@ -71,6 +71,9 @@ def test_param_groups_have_their_own_lr_and_can_be_changed_between_steps():
 
 
 def test_add_param_group():
+    # upstream 1.13 measured: its add_param_group makes no state for the new group, so the next
+    # step of a stateful optimizer raises KeyError (AdamW: self._state[param]); torch's and this
+    # fork's give the group its state
     p, q = mge.Parameter([1.0]), mge.Parameter([1.0])
     opt = SGD([p], lr=1.0, momentum=0.5)
     opt.add_param_group({"params": [q], "lr": 0.25})
@@ -150,6 +153,34 @@ def test_load_state_dict_restores_hyperparameters_and_checks_shapes():
     with pytest.raises(ValueError, match="parameter groups"):
         SGD([{"params": [mge.Parameter([0.0])]}, {"params": [mge.Parameter([0.0])]}],
             lr=0.1).load_state_dict(sd)
+
+
+def test_load_state_dict_keeps_a_schedulers_initial_lr_as_torch():
+    # A state saved after MultiStepLR (its groups carry "initial_lr") loaded into a fresh
+    # optimizer, the order a resumed program may take. upstream 1.13 measured: ValueError
+    # "loaded state dict contains a parameter group that doesn't match the keys of optimizer's
+    # group"; this fork keeps the extra key and the saved rates, as torch's load_state_dict.
+    from megengine.optimizer import MultiStepLR
+
+    p = mge.Parameter([1.0, 2.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    sched = MultiStepLR(opt, milestones=[1], gamma=0.5)
+    p.grad = mge.Tensor([1.0, 1.0])
+    opt.step()
+    sched.step()
+    fresh = SGD([mge.Parameter([0.0, 0.0])], lr=0.3, momentum=0.9)
+    fresh.load_state_dict(opt.state_dict())
+
+    tp = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.9)
+    tsched = torch.optim.lr_scheduler.MultiStepLR(topt, milestones=[1], gamma=0.5)
+    tp.grad = torch.tensor([1.0, 1.0])
+    topt.step()
+    tsched.step()
+    tfresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.3, momentum=0.9)
+    tfresh.load_state_dict(topt.state_dict())
+    for key in ("lr", "initial_lr"):
+        assert fresh.param_groups[0][key] == pytest.approx(tfresh.param_groups[0][key])
 
 
 def test_state_dict_is_a_snapshot():
