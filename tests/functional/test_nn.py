@@ -219,6 +219,21 @@ def test_a_float32_bias_widens_float16_linear_and_conv_to_float32(fn):
                                    rtol=2e-3, atol=2e-3)
 
 
+def test_float16_linear_adds_its_bias_before_rounding():
+    # by hand: [1, 1] @ [0.25, 2**-14 + 2**-18] - 0.25 = 2**-14 + 2**-18, a float16 value; the
+    # product rounded to float16 first (0.25) left 0.0 (upstream 1.13 measured: 0.0 under
+    # autocast; torch's addmm rounds once, as here; float16 fuzz case 53381: 7 ulps)
+    x = mge.tensor(np.ones((1, 2), np.float16))
+    w = mge.tensor(np.array([[0.25, 2.0 ** -14 + 2.0 ** -18]], np.float16))
+    b = mge.tensor(np.array([-0.25], np.float16))
+    y = F.linear(x, w, b)
+    assert y.dtype == np.float16 and y.item() == 2.0 ** -14 + 2.0 ** -18
+    rs = np.random.RandomState(0)
+    check_float16_against_torch(F.linear, TF.linear, rs.randn(64, 96).astype(np.float32),
+                                rs.randn(48, 96).astype(np.float32),
+                                rs.randn(48).astype(np.float32))
+
+
 def test_linear_shape_mismatch_names_both():
     with pytest.raises(ValueError, match=r"linear.*\(3, 6\).*\(4, 5\)"):
         F.linear(mge.tensor(rand(3, 6)), mge.tensor(rand(4, 5)))
