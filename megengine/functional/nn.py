@@ -14,7 +14,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import _norm_axes, acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
+from ..core.ops import (_norm_axes, acc_dtype, acc_sum, cast, gemm_dtype, grad_matmul,
+                        xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -205,7 +206,12 @@ class _Linear(Op):
         # ndarray.dot is matmul for a 2-d (or 1-d) input, with less dispatch: ~5 us less per
         # call right after torch's convolutions (benchmarks/profile_hybrid_step.py); large
         # products go to ATen (`core.ops.matmul`)
-        y = _matmul(x, w.T)
+        # float16 with a float16 bias (on the CPU): the float32 product and the bias added
+        # before the one rounding, as torch's addmm and the convolutions here; rounded twice, a
+        # bias that cancels the product was up to 7 ulps off (float16 fuzz case 53381)
+        fused = b is not None and x.dtype is FLOAT16 and b.dtype is FLOAT16 \
+            and type(x) is np.ndarray
+        y = _matmul(cast(x, np.float32), cast(w.T, np.float32)) if fused else _matmul(x, w.T)
         if b is not None:
             if b.dtype.metadata is not None:  # a quantized bias next to float input: refused,
                 promote_types(y.dtype, b.dtype)  # as x + b is (it was added as integers)
@@ -218,9 +224,9 @@ class _Linear(Op):
             self.grad_order = (2, 0, 1)
             if b.dtype != y.dtype and (b.dtype.kind == "c" or y.dtype.kind in "iub"):
                 y = y.astype(promote_types(y.dtype, b.dtype))  # (+= would cast b to y's dtype)
-            b = b if b.ndim == 1 else b.reshape(-1)
-            if y.dtype is not FLOAT16 or _aten.binary("add", y, b, out=y) is None:
-                y += b  # (float16: ATen's vectorised loop, `_aten.binary`)
+            y += b if b.ndim == 1 else b.reshape(-1)
+            if fused:
+                y = cast(y, np.float16)
         return y if out_shape is None else y.reshape(out_shape)
 
     def backward(self, g):

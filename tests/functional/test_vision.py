@@ -721,6 +721,18 @@ def test_correlation_against_loop_reference(args):
                                atol=1e-6)
 
 
+def test_correlation_of_float16_is_rounded_once():
+    # float16 added up tap by tap was several ulps off (float16 fuzz case 52685: 1.3x torch's
+    # float16 error); the exact result is the loop reference in float64 on the float16 values
+    args = (5, 1, 3, 2, 0, True)
+    d1, d2 = (rand(1, 3, 9, 9, seed=s).astype(np.float16) for s in (3, 4))
+    out = F.vision.correlation(mge.tensor(d1), mge.tensor(d2), *args)
+    exact = _correlation_loop(d1.astype(np.float64), d2.astype(np.float64), *args)
+    assert out.dtype == np.float16
+    assert (np.abs(out.numpy() - exact) / np.spacing(np.abs(exact).astype(np.float16))).max() \
+        <= 0.51
+
+
 def test_correlation_gradients_and_errors():
     d1, d2 = rand(1, 2, 6, 7, seed=1), rand(1, 2, 6, 7, seed=2)
     _directional_check(lambda a: F.vision.correlation(a, d2, 3, 2, 1, 1, 1), d1)
