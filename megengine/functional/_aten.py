@@ -362,14 +362,13 @@ def _pool_worth(a):
 HALF_MIN = 1024
 
 
-def binary(name, a, b, out=None):
+def binary(name, a, b):
     """``a + b``, ``a - b`` or ``a * b`` (``name``: "add", "sub", "mul") of two numpy arrays of
     one dtype computed by ATen where that pays, else None: float16 arrays (broadcast, any
     strides) from `HALF_MIN` values on ATen's vectorised loops (`half`, below), float32 and
     float64 arrays of one shape, C-contiguous, on torch's pool while it has several threads
-    (above). ``out``: ``a`` itself, for ``a += b`` (``b`` broadcast to ``a``'s shape). Callers
-    test ``a.size >= dispatch.POOL_MIN`` or a float16 dtype first (else no call: nothing to
-    gain)."""
+    (above). Callers test ``a.size >= dispatch.POOL_MIN`` or a float16 dtype first (else no
+    call: nothing to gain)."""
     if type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype is not b.dtype:
         return None
     if a.dtype is _dispatch.FLOAT16:
@@ -386,10 +385,7 @@ def binary(name, a, b, out=None):
         shape = a.shape
     else:
         return None
-    if out is None:
-        out = np.empty(shape, a.dtype)
-    elif out is not a or shape != a.shape:
-        return None
+    out = np.empty(shape, a.dtype)
     op(name)(_to_torch(a), _to_torch(b), out=_to_torch(out))
     return out
 
