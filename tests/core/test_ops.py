@@ -356,3 +356,38 @@ def test_astype_to_float16_and_its_gradient_match_torch():
     ty.backward(torch.from_numpy(g))
     np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
     np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+# ----- float16 maximum and minimum (computed in float32 from _aten.HALF_MIN values) -----
+
+@pytest.mark.parametrize("fn, pick", [(F.maximum, np.maximum), (F.minimum, np.minimum)])
+def test_float16_maximum_minimum_compute_in_float32_with_numpys_values(monkeypatch, fn, pick):
+    # numpy's float16 ufunc is the oracle, bit for bit (signed zeros, infinities, NaNs); the
+    # gradients are upstream's rule (ties to the first operand) written with numpy's masks
+    rng = np.random.default_rng(6)
+    a, b = (rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+            for _ in range(2))
+    a[:64], b[:64] = -0.0, 0.0  # (numpy keeps the first of two equal zeros)
+    b[64:128] = a[64:128]  # ties: the first operand takes the gradient
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda x, d: taken.append(np.dtype(d)) or real(x, d))
+    g = rng.standard_normal(4096).astype(np.float16)
+    for x, y in ((a, b), (a, np.zeros((), np.float16)), (a.reshape(64, 64), b[:64])):
+        wa, wb = mge.Parameter(x, device="cpu0"), mge.Parameter(y, device="cpu0")
+        with GradManager().attach([wa, wb]) as gm:
+            out = fn(wa, wb)
+            gm.backward(out, mge.tensor(g.reshape(out.shape), device="cpu0"))
+        _same_values(out.numpy(), pick(x, y))
+        first = (x >= y) if pick is np.maximum else (x <= y)
+        first = np.broadcast_to(first, out.shape)
+        gx = g.reshape(out.shape) * first
+        gy = g.reshape(out.shape) * ~first
+        if y.shape != out.shape:  # a broadcast operand's gradient: summed in float32
+            gy = gy.astype(np.float32).reshape(-1, *y.shape).sum(0).astype(np.float16)
+        _same_values(wa.grad.numpy(), gx)
+        _same_values(wb.grad.numpy(), gy)
+        assert taken and taken[-1] == np.float16  # the float32 path ran
+        taken.clear()
+    small = mge.tensor(a[:100], device="cpu0")  # below the size: numpy's float16 loop
+    _same_values(fn(small, small * 0.5).numpy(), pick(a[:100], a[:100] * np.float16(0.5)))
+    assert np.dtype(np.float32) not in taken
