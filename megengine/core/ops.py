@@ -689,6 +689,11 @@ class Abs(Op):
         return abs(x)
 
     def backward(self, g):
+        if g.dtype is _F16 and half_operands(g):
+            # numpy's float16 sign and product convert one element at a time: in float32, the
+            # same values (g, -g or a signed 0). One thread, forward and backward of (512, 512):
+            # 2.0-2.2 ms before, 0.34 after (float32 0.24)
+            return cast(cast(g, np.float32) * np.sign(cast(self.x, np.float32)), _F16)
         return g * xp_of(g).sign(self.x)
 
     def backward_complex(self, g):

@@ -391,3 +391,24 @@ def test_float16_maximum_minimum_compute_in_float32_with_numpys_values(monkeypat
     small = mge.tensor(a[:100], device="cpu0")  # below the size: numpy's float16 loop
     _same_values(fn(small, small * 0.5).numpy(), pick(a[:100], a[:100] * np.float16(0.5)))
     assert np.dtype(np.float32) not in taken
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # (NaN * 0)
+def test_float16_abs_gradient_computes_in_float32_with_numpys_values(monkeypatch):
+    # numpy's float16 g * sign(x) is the oracle, bit for bit (signed zeros where x is 0, NaN
+    # where x is); below _aten.HALF_MIN values numpy's float16 loop runs
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+    x[:4] = [0.0, -0.0, np.inf, -np.inf]
+    g = rng.standard_normal(4096).astype(np.float16)
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    for n, path in ((4096, [np.float32, np.float32, np.float16]), (1000, [])):
+        w = mge.Parameter(x[:n], device="cpu0")
+        with GradManager().attach(w) as gm:
+            y = F.abs(w)
+            gm.backward(y, mge.tensor(g[:n], device="cpu0"))
+        _same_values(y.numpy(), np.abs(x[:n]))
+        _same_values(w.grad.numpy(), g[:n] * np.sign(x[:n]))
+        assert taken == path
+        taken.clear()
