@@ -624,6 +624,11 @@ class _Compare(Op):
         dtype = _promote(a, b)
         if dtype.kind == "c" and self.fn != "equal" and self.fn != "not_equal":
             raise no_order(self.fn, dtype)  # (== and != keep their meaning)
+        if dtype is _F16 and a.dtype is b.dtype and half_operands(a, b):
+            # numpy's float16 comparisons convert one element at a time; float32 holds every
+            # float16 value: the same answers. One thread, (512, 512): x > 0 1.19 ms before,
+            # 0.045 after, x == y 0.44 and 0.073 (float32 0.021 and 0.030)
+            a, b, dtype = cast(a, np.float32), cast(b, np.float32), np.dtype(np.float32)
         return getattr(xp_of(a), self.fn)(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
 
     def backward(self, g):

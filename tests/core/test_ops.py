@@ -412,3 +412,22 @@ def test_float16_abs_gradient_computes_in_float32_with_numpys_values(monkeypatch
         _same_values(w.grad.numpy(), g[:n] * np.sign(x[:n]))
         assert taken == path
         taken.clear()
+
+
+@pytest.mark.parametrize("op", ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"])
+def test_float16_comparisons_compute_in_float32_with_numpys_answers(monkeypatch, op):
+    # numpy's float16 comparisons are the oracle (NaNs, signed zeros, infinities included)
+    rng = np.random.default_rng(9)
+    a, b = (rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+            for _ in range(2))
+    a[:3], b[:3] = [0.0, -0.0, np.nan], [-0.0, 0.0, np.nan]
+    b[3:100] = a[3:100]
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda x, d: taken.append(np.dtype(d)) or real(x, d))
+    for x, y in ((a, b), (a.reshape(64, 64), b[:64]), (a, np.float16(0)), (a[:1000], b[:1000])):
+        got = getattr(mge.tensor(x, device="cpu0"), op)(
+            y if np.ndim(y) == 0 else mge.tensor(y, device="cpu0"))
+        assert got.dtype == np.bool_
+        np.testing.assert_array_equal(got.numpy(), getattr(x, op)(y))
+        assert taken == ([np.float32] * 2 if x.size >= 1024 else [])  # the float32 path
+        taken.clear()
