@@ -10,6 +10,8 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.core import ops
 
+from oracle import within_a_float16_step
+
 
 def test_mul_and_div_compute_only_the_gradients_asked_for():
     # a masked logit (-inf) scaled by a constant: its gradient is 0, and the constant's
@@ -433,13 +435,6 @@ def test_float16_comparisons_compute_in_float32_with_numpys_answers(monkeypatch,
         taken.clear()
 
 
-def _within_a_float16_step(got, exact):
-    """``got`` (float16) within one float16 step of ``exact`` (float64) everywhere."""
-    assert got.dtype == np.float16
-    step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
-    assert (np.abs(got.astype(np.float64) - exact) <= step).all()
-
-
 @pytest.mark.parametrize("name", ["div", "square", "cube", "sqrt", "pow1.5"])
 def test_float16_division_and_powers_compute_in_float32_rounded_once(monkeypatch, name):
     # quotients, squares and square roots: numpy's float16 values bit for bit (each computed in
@@ -466,7 +461,7 @@ def test_float16_division_and_powers_compute_in_float32_rounded_once(monkeypatch
     want = {"div": a / b, "square": np.square(a), "sqrt": np.sqrt(a)}.get(name)
     if want is not None:
         _same_values(y.numpy(), want)
-    _within_a_float16_step(y.numpy(), ty.detach().numpy())
-    _within_a_float16_step(wa.grad.numpy(), ta.grad.numpy())
+    within_a_float16_step(y.numpy(), ty.detach().numpy())
+    within_a_float16_step(wa.grad.numpy(), ta.grad.numpy())
     if exponent is None:
-        _within_a_float16_step(wb.grad.numpy(), tb.grad.numpy())
+        within_a_float16_step(wb.grad.numpy(), tb.grad.numpy())
