@@ -477,10 +477,10 @@ def _zero_ties_first(out, a, b):
 
 class Maximum(_Binary):
     quantized = "stored"
-    # float16 in float32 (`_Binary.half_in_float32`): numpy's float16 values, the gradients' g * mask
-    # too. One thread, forward and backward of (512, 512) (a noisy machine): F.minimum(x, x / 2)
-    # 10.9-15.7 ms before, 3.1-3.8 after; F.maximum(x, 0.0) 11.4-16.0 before, 0.5-2.7 after
-    # (float32 0.3-0.5; numpy's float16 comparison and product loops were the time)
+    # float16 in float32 (`_Binary.half_in_float32`): numpy's float16 values, the gradients'
+    # g * mask too. One thread, forward and backward of (512, 512) (a noisy machine):
+    # F.minimum(x, x / 2) 10.9-15.7 ms before, 3.1-3.8 after; F.maximum(x, 0.0) 11.4-16.0
+    # before, 0.5-2.7 after (float32 0.3-0.5; numpy's float16 comparison and product loops)
     half_in_float32 = True
 
     def compute(self, a, b):
