@@ -11,7 +11,7 @@ import megengine as mge
 import megengine.functional as F
 
 from devices import host_default_device, requires_cuda  # noqa: F401  (a fixture)
-from oracle import check_against_torch, check_float16_against_torch
+from oracle import check_against_torch, check_float16_against_torch, within_a_float16_step
 from megengine.autodiff import GradManager
 
 
@@ -697,6 +697,35 @@ def test_float16_norm_squares_in_float32():
     # torch's float16 norm of [300, 400] is 500; squared in float16 the values overflow to inf
     x = mge.tensor([300, 400], dtype="float16")
     assert F.norm(x).numpy() == 500 and F.norm(x, ord=3).dtype == np.float16
+
+
+@pytest.mark.parametrize("fn, torch_fn", [
+    (lambda x: F.norm(x, axis=1), lambda t: t.norm(dim=1)),
+    (lambda x: F.norm(x, ord=3, axis=0), lambda t: t.norm(p=3, dim=0)),
+    (lambda x: F.normalize(x, axis=1), lambda t: torch.nn.functional.normalize(t, dim=1)),
+], ids=["norm", "norm3", "normalize"])
+def test_float16_norms_compute_in_float32_rounded_once(monkeypatch, fn, torch_fn):
+    # on the CPU from _aten.HALF_MIN values, as torch's CPU kernels: values and gradients
+    # within a float16 step of the exact ones (torch in float64 on the same float16 values); a
+    # zero row normalizes to 0 (eps is float32's, not float16's 0), as torch's
+    from megengine.functional import math
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    x[5] = 0
+    taken, real = [], math.cast
+    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    w = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(w) as gm:
+        y = fn(w)
+        g = rng.uniform(0.5, 1, y.shape).astype(np.float16)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    want = torch_fn(t)
+    want.backward(torch.tensor(g, dtype=torch.float64))
+    assert taken[0] == np.float32  # the float32 path ran
+    within_a_float16_step(y.numpy(), want.detach().numpy())
+    within_a_float16_step(w.grad.numpy(), t.grad.numpy())
 
 
 def test_float16_prod_multiplies_in_float32():
