@@ -14,7 +14,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import _norm_axes, acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
+from ..core.ops import _norm_axes, _product, acc_dtype, acc_sum, gemm_dtype, grad_matmul, xp_of
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -292,10 +292,13 @@ class _Dropout(Op):
         # where(), not keep * scale: a scale beyond the dtype's range (float16 at p > 1 - 2**-16)
         # is inf, and 0 * inf would make the dropped elements NaN instead of 0
         self.mask = xp.where(keep, scale, x.dtype.type(0))
-        return x * self.mask
+        # (float16 products on ATen's vectorised loop, numpy's values: `_product`. One thread,
+        # forward and backward of (512, 512) at p = 0.1: 4.6-4.7 ms before, 1.2 after, as
+        # float32; drawing the mask is most of it)
+        return _product(x, self.mask)
 
     def backward(self, g):
-        return g * self.mask
+        return _product(g, self.mask)
 
     def grad_graph(self, inputs, outputs, grads):
         return (grads[0] * _mask(self.mask, grads[0]),)
