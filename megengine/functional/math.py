@@ -100,6 +100,11 @@ def min(inp, axis=None, keepdims=False):
 
 
 def _arg_reduce_fn(xp, x, fn, axes, keepdims):
+    if x.dtype is FLOAT16 and half_operands(x):
+        # numpy's float16 loop converts one element at a time; float32 holds every float16
+        # value, in the same order (NaN first, ties to the first): the same indices. One
+        # thread, (512, 512) over axis 1: 1.39 ms before, 0.062 after (float32 0.036-0.045)
+        x = cast(x, np.float32)
     if axes is None:
         return xp.asarray(getattr(xp, fn)(x), dtype=np.int32)
     # several axes: reduced one after another, highest first, as upstream does

@@ -811,3 +811,20 @@ def test_float16_reductions_on_cpu(mode, axis):
     exact = getattr(np, mode)(x.astype(np.float64), axis=axis)
     step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
     assert (np.abs(y.numpy().astype(np.float64) - exact) <= step).all()
+
+
+@pytest.mark.parametrize("fn", ["argmax", "argmin"])
+def test_large_float16_argmax_argmin_compare_in_float32_with_numpys_indices(monkeypatch, fn):
+    # numpy's float16 argmax / argmin is the oracle (NaNs, ties, signed zeros, infinities)
+    from megengine.functional import math
+
+    rng = np.random.default_rng(16)
+    x = rng.integers(0, 2 ** 16, (64, 64), dtype=np.uint64).astype(np.uint16).view(np.float16)
+    x[:32] = rng.standard_normal((32, 64)).astype(np.float16)  # (finite rows: ties of values)
+    x[:8, ::3], x[8:16, 1::2] = 0.0, -0.0
+    taken, real = [], math.cast
+    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    for axis in (None, 0, 1):
+        got = getattr(F, fn)(mge.tensor(x, device="cpu0"), axis)
+        np.testing.assert_array_equal(got.numpy(), getattr(np, fn)(x, axis))
+    assert taken == [np.float32] * 3  # the float32 path ran
