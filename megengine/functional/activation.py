@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..core import dtype as _dtype
-from ..core.dispatch import KERNEL_FLOATS, Op, apply
+from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
@@ -308,7 +308,7 @@ class _Gelu(_Activation):
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
         # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
         # runs there. Finite inputs keep their results.
-        if xp is not np or (y.size and np.isnan(np.min(y))):
+        if xp is not np or (y.size and _any_nan(y)):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y
 
@@ -466,6 +466,16 @@ def hsigmoid(x):
 def hswish(x):
     """Element-wise ``x * relu6(x + 3) / 6``."""
     return apply(_HSwish(), _tensor(x))
+
+
+def _any_nan(y):
+    """Whether a numpy array of one or more values holds a NaN: its min, a fast reduction NaN
+    propagates through; float16's on ATen, as numpy's float16 min converts one element at a
+    time ((512, 512): 1.8 ms against 0.05; a float16 gelu's forward and backward took 2.8-3.1
+    ms for float32's 0.7-0.9, now 0.95)."""
+    if y.dtype is FLOAT16 and _aten.use_aten(y, "half"):
+        return bool(_aten.view(y).amin().isnan())
+    return np.isnan(np.min(y))
 
 
 def gelu(x):
