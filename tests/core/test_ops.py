@@ -465,3 +465,23 @@ def test_float16_division_and_powers_compute_in_float32_rounded_once(monkeypatch
     within_a_float16_step(wa.grad.numpy(), ta.grad.numpy())
     if exponent is None:
         within_a_float16_step(wb.grad.numpy(), tb.grad.numpy())
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_float16_max_min_gradients_find_ties_in_float32(monkeypatch, mode):
+    # upstream's rule (every element equal to the result takes all of g), with the ties found
+    # by numpy's float16 comparison as the oracle; bit for bit
+    rng = np.random.default_rng(19)
+    x = rng.integers(-3, 4, (64, 64)).astype(np.float16)  # (many ties per row)
+    x[3, :] = -0.0
+    x[3, 5] = 0.0  # (equal zeros of two signs: both tied)
+    g = rng.standard_normal(64).astype(np.float16)
+    taken, real = [], ops.cast
+    w = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(w) as gm:
+        y = getattr(F, mode)(w, axis=1)
+        monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(a.shape) or real(a, d))
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    tied = x == getattr(np, mode)(x, axis=1, keepdims=True)
+    _same_values(w.grad.numpy(), (g[:, None].astype(np.float32) * tied).astype(np.float16))
+    assert (64, 64) in taken[:2] and (64, 1) in taken[:2]  # x and the result in float32
