@@ -24,8 +24,15 @@ CAST_MIN = 4096  # float16 <-> float32 conversions this large run on ATen (`cast
 
 def cast(a, dtype):
     """``a.astype(dtype)``; float16 <-> float32 of `CAST_MIN` values or more on ATen's vectorised
-    conversion (`functional._aten.half_cast`, where the measurements are), the same values."""
+    conversion (`functional._aten.half_cast`, where the measurements are), the same values
+    (bools and integers to float16 too, by way of float32)."""
     if a.size >= CAST_MIN and (a.dtype is _F16 or dtype == _F16):
+        if a.dtype.kind in "biu" and a.dtype.metadata is None and type(a) is np.ndarray:
+            # bools and integers to float16 by way of float32, whose conversion numpy
+            # vectorises: the same values (an integer float32 rounds is past float16's range,
+            # where both give inf). (512, 512) bools: 1.6 ms before, 0.054 after; forward and
+            # backward of (x > 0).astype(x.dtype) * x 4.0 ms before, 0.34 after (float32 0.24)
+            a = a.astype(np.float32)
         out = (_aten or _load_aten()).half_cast(a, dtype)
         if out is not None:
             return out

@@ -485,3 +485,21 @@ def test_float16_max_min_gradients_find_ties_in_float32(monkeypatch, mode):
     tied = x == getattr(np, mode)(x, axis=1, keepdims=True)
     _same_values(w.grad.numpy(), (g[:, None].astype(np.float32) * tied).astype(np.float16))
     assert (64, 64) in taken[:2] and (64, 1) in taken[:2]  # x and the result in float32
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # (numpy's)
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int16", "int32", "int64"])
+def test_bools_and_integers_to_float16_convert_by_way_of_float32(monkeypatch, dtype):
+    # numpy's own conversion is the oracle, bit for bit (integers past float16's range: inf)
+    from megengine.functional import _aten
+
+    rng = np.random.default_rng(20)
+    a = rng.integers(0, 2, 8192) if dtype == "bool" else rng.integers(
+        -70000 if dtype != "uint8" else 0, 70000, 8192)
+    a = a.astype(dtype) if dtype in ("bool", "int32", "int64") else \
+        rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, 8192, endpoint=True).astype(dtype)
+    taken, real = [], _aten.half_cast
+    monkeypatch.setattr(_aten, "half_cast", lambda x, d: taken.append(x.dtype) or real(x, d))
+    got = mge.tensor(a, dtype=dtype, device="cpu0").astype("float16").numpy()
+    _same_values(got, a.astype(np.float16))
+    assert taken == [np.float32]  # ATen's conversion from float32 ran
