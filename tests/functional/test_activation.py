@@ -16,7 +16,7 @@ from megengine.functional import activation as act_module
 from cuda_kernels import emulate
 from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
                      skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch, float64_value_and_grads
+from oracle import check_against_torch, float64_value_and_grads, within_a_float16_step
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -296,6 +296,32 @@ def test_large_float16_gelu_finds_its_infinities_without_numpys_float16_min(monk
             assert got[where] == np.inf and got[where + 1] == 0 and np.signbit(got[where + 1])
             assert np.isnan(got[where + 2])
     assert np.dtype(np.float16) not in mins
+
+
+def test_large_float16_prelu_computes_in_float32_rounded_once(monkeypatch):
+    # the output is numpy's float16 where(x > 0, x, x * w), bit for bit; x's gradient too
+    # (where(x > 0, g, g * w)); w's, summed over the rows, within a float16 step of the exact
+    # sum (torch in float64 on the same values)
+    from megengine.functional import activation
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    w = rng.uniform(0.1, 0.4, 64).astype(np.float16)
+    g = rng.standard_normal((64, 64)).astype(np.float16)
+    taken, real = [], activation.cast
+    monkeypatch.setattr(activation, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    mx, mw = mge.Parameter(x, device="cpu0"), mge.Parameter(w, device="cpu0")
+    with GradManager().attach([mx, mw]) as gm:
+        y = F.prelu(mx, mw)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    assert taken[:2] == [np.float32, np.float32]  # the float32 path ran
+    np.testing.assert_array_equal(y.numpy().view(np.uint16),
+                                  np.where(x > 0, x, x * w).view(np.uint16))
+    np.testing.assert_array_equal(mx.grad.numpy().view(np.uint16),
+                                  np.where(x > 0, g, g * w).view(np.uint16))
+    tx = torch.tensor(x, dtype=torch.float64)
+    exact = torch.where(tx > 0, 0, torch.tensor(g, dtype=torch.float64) * tx).sum(0).numpy()
+    within_a_float16_step(mw.grad.numpy(), exact)
 
 
 # ----- regressions found by the differential fuzzer (tests/fuzz) -----
