@@ -115,6 +115,21 @@ def float64_value_and_grads(fn, torch_fn, *arrays, seed=3):
             [ty.detach().numpy()] + [t.grad.numpy() for t in ts])
 
 
+def within_a_float16_step(got, exact, steps=1):
+    """``got`` (a float16 array) within one float16 step (or ``steps``) of ``exact`` (float64:
+    torch in float64 on the same float16 values) everywhere: a result computed in float32 and
+    rounded once. Where ``exact`` is past float16's range, ``got`` must be its infinity."""
+    assert got.dtype == np.float16, got.dtype
+    with np.errstate(over="ignore"):
+        rounded = exact.astype(np.float16)
+    past = np.isinf(rounded) & np.isfinite(exact)
+    assert (got[past] == rounded[past]).all(), "not infinite past float16's range"
+    exact, got = exact[~past], got[~past].astype(np.float64)
+    step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+    assert (np.abs(got - exact) <= steps * step).all(), \
+        f"{np.max(np.abs(got - exact) / step):.3g} float16 steps off"
+
+
 def check_float16_against_torch(fn, torch_fn, *arrays, diff=None, seed=5):
     """float16 precision where accumulation matters (sums, scans over 10^4-10^5 values): ``fn``
     on float16 tensors of ``arrays`` must give float16 outputs and input gradients (for one

@@ -369,10 +369,24 @@ class Clip(Op):
     """``x`` limited to ``[lower, upper]``; gradient passes where x is inside (ends included)."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
 
+    half = False  # float16 computed in float32 (below)
+
     def __init__(self, lower, upper):
         self.lower, self.upper = lower, upper
 
     def forward(self, x):
+        if x.dtype is FLOAT16 and type(x) is np.ndarray and x.size >= _aten.HALF_MIN:
+            # numpy's float16 loops convert one element at a time: in float32, the same values
+            # with the bounds rounded to float16 first, as numpy's float16 clip takes Python
+            # numbers (so x == float16(0.1) is inside [0.1, 1]). One thread, forward and
+            # backward of (512, 512): F.clip(x, -1, 1) 8.9-10.5 ms before, 0.33 after (float32 0.2)
+            self.half = True
+            self.lower, self.upper = (None if b is None else float(np.float16(b))
+                                      for b in (self.lower, self.upper))
+            return cast(self._forward(cast(x, np.float32), half=True), FLOAT16)
+        return self._forward(x)
+
+    def _forward(self, x, half=False):
         if type(x) is np.ndarray and x.dtype.kind == "f" and self.lower is not None \
                 and self.upper is not None and not self.needs_input_grad[0]:
             # inference on a float numpy array: the clip ufunc itself. np.clip's Python wrapper
@@ -389,6 +403,10 @@ class Clip(Op):
             if self.upper is not None:
                 inside = inside & (x <= self.upper)
             self.inside = inside
+        if half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
+            # maximum and minimum take the CPU instruction's choice of two signed zeros)
+            return xp.clip(x, -np.inf if self.lower is None else self.lower,
+                           np.inf if self.upper is None else self.upper)
         if self.lower is None:
             return xp.minimum(x, self.upper)
         if self.upper is None:
@@ -399,6 +417,8 @@ class Clip(Op):
         return xp.clip(x, self.lower, self.upper)
 
     def backward(self, g):
+        if self.half:  # (the float16 product's loop: see forward)
+            return cast(cast(g, np.float32) * self.inside, FLOAT16)
         return g * self.inside
 
     def grad_graph(self, inputs, outputs, grads):

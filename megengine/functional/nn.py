@@ -14,8 +14,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (_norm_axes, acc_dtype, acc_sum, cast, gemm_dtype, grad_matmul,
-                        xp_of)
+from ..core.ops import (_norm_axes, _product, acc_dtype, acc_sum, cast, gemm_dtype,
+                        grad_matmul, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -25,9 +25,9 @@ from ._args import _as_float, _bias_widened, _out_of_range, _tensor
 from .activation import (  # noqa: F401
     _AS_A, _AS_P, _ATEN_HALF_FLOATS, _RELU_GRAD, _Activation, _Gelu, _GeluGrad,
     _HSigmoid, _HSwish, _LeakyRelu, _LogSigmoid, _PRelu, _Relu, _Relu6, _Sigmoid, _Silu,
-    _Softplus, _aten_gelu, _float_t, _log1p_exp_neg_abs, _mask, _normal_cdf, _relu_grad_kernel,
-    _sigmoid, _use_relu_kernel, gelu, hsigmoid, hswish, leaky_relu, logsigmoid, prelu, relu,
-    relu6, sigmoid, silu, softplus)
+    _Softplus, _any_nan, _aten_gelu, _float_t, _log1p_exp_neg_abs, _mask, _normal_cdf,
+    _relu_grad_kernel, _sigmoid, _use_relu_kernel, gelu, hsigmoid, hswish, leaky_relu,
+    logsigmoid, prelu, relu, relu6, sigmoid, silu, softplus)
 
 __all__ = [
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
@@ -298,10 +298,13 @@ class _Dropout(Op):
         # where(), not keep * scale: a scale beyond the dtype's range (float16 at p > 1 - 2**-16)
         # is inf, and 0 * inf would make the dropped elements NaN instead of 0
         self.mask = xp.where(keep, scale, x.dtype.type(0))
-        return x * self.mask
+        # (float16 products on ATen's vectorised loop, numpy's values: `_product`. One thread,
+        # forward and backward of (512, 512) at p = 0.1: 4.6-4.7 ms before, 1.2 after, as
+        # float32; drawing the mask is most of it)
+        return _product(x, self.mask)
 
     def backward(self, g):
-        return g * self.mask
+        return _product(g, self.mask)
 
     def grad_graph(self, inputs, outputs, grads):
         return (grads[0] * _mask(self.mask, grads[0]),)

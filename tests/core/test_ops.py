@@ -10,6 +10,8 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.core import ops
 
+from oracle import within_a_float16_step
+
 
 def test_mul_and_div_compute_only_the_gradients_asked_for():
     # a masked logit (-inf) scaled by a constant: its gradient is 0, and the constant's
@@ -356,3 +358,148 @@ def test_astype_to_float16_and_its_gradient_match_torch():
     ty.backward(torch.from_numpy(g))
     np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
     np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+# ----- float16 maximum and minimum (computed in float32 from _aten.HALF_MIN values) -----
+
+@pytest.mark.parametrize("fn, pick", [(F.maximum, np.maximum), (F.minimum, np.minimum)])
+def test_float16_maximum_minimum_compute_in_float32_with_numpys_values(monkeypatch, fn, pick):
+    # numpy's float16 ufunc is the oracle, bit for bit (signed zeros, infinities, NaNs); the
+    # gradients are upstream's rule (ties to the first operand) written with numpy's masks
+    rng = np.random.default_rng(6)
+    a, b = (rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+            for _ in range(2))
+    a[:64], b[:64] = -0.0, 0.0  # (numpy keeps the first of two equal zeros)
+    b[64:128] = a[64:128]  # ties: the first operand takes the gradient
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda x, d: taken.append(np.dtype(d)) or real(x, d))
+    g = rng.standard_normal(4096).astype(np.float16)
+    for x, y in ((a, b), (a, np.zeros((), np.float16)), (a.reshape(64, 64), b[:64])):
+        wa, wb = mge.Parameter(x, device="cpu0"), mge.Parameter(y, device="cpu0")
+        with GradManager().attach([wa, wb]) as gm:
+            out = fn(wa, wb)
+            gm.backward(out, mge.tensor(g.reshape(out.shape), device="cpu0"))
+        _same_values(out.numpy(), pick(x, y))
+        first = (x >= y) if pick is np.maximum else (x <= y)
+        first = np.broadcast_to(first, out.shape)
+        gx = g.reshape(out.shape) * first
+        gy = g.reshape(out.shape) * ~first
+        if y.shape != out.shape:  # a broadcast operand's gradient: summed in float32
+            gy = gy.astype(np.float32).reshape(-1, *y.shape).sum(0).astype(np.float16)
+        _same_values(wa.grad.numpy(), gx)
+        _same_values(wb.grad.numpy(), gy)
+        assert taken and taken[-1] == np.float16  # the float32 path ran
+        taken.clear()
+    small = mge.tensor(a[:100], device="cpu0")  # below the size: numpy's float16 loop
+    _same_values(fn(small, small * 0.5).numpy(), pick(a[:100], a[:100] * np.float16(0.5)))
+    assert np.dtype(np.float32) not in taken
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # (NaN * 0)
+def test_float16_abs_gradient_computes_in_float32_with_numpys_values(monkeypatch):
+    # numpy's float16 g * sign(x) is the oracle, bit for bit (signed zeros where x is 0, NaN
+    # where x is); below _aten.HALF_MIN values numpy's float16 loop runs
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+    x[:4] = [0.0, -0.0, np.inf, -np.inf]
+    g = rng.standard_normal(4096).astype(np.float16)
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    for n, path in ((4096, [np.float32, np.float32, np.float16]), (1000, [])):
+        w = mge.Parameter(x[:n], device="cpu0")
+        with GradManager().attach(w) as gm:
+            y = F.abs(w)
+            gm.backward(y, mge.tensor(g[:n], device="cpu0"))
+        _same_values(y.numpy(), np.abs(x[:n]))
+        _same_values(w.grad.numpy(), g[:n] * np.sign(x[:n]))
+        assert taken == path
+        taken.clear()
+
+
+@pytest.mark.parametrize("op", ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"])
+def test_float16_comparisons_compute_in_float32_with_numpys_answers(monkeypatch, op):
+    # numpy's float16 comparisons are the oracle (NaNs, signed zeros, infinities included)
+    rng = np.random.default_rng(9)
+    a, b = (rng.integers(0, 2 ** 16, 4096, dtype=np.uint64).astype(np.uint16).view(np.float16)
+            for _ in range(2))
+    a[:3], b[:3] = [0.0, -0.0, np.nan], [-0.0, 0.0, np.nan]
+    b[3:100] = a[3:100]
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda x, d: taken.append(np.dtype(d)) or real(x, d))
+    for x, y in ((a, b), (a.reshape(64, 64), b[:64]), (a, np.float16(0)), (a[:1000], b[:1000])):
+        got = getattr(mge.tensor(x, device="cpu0"), op)(
+            y if np.ndim(y) == 0 else mge.tensor(y, device="cpu0"))
+        assert got.dtype == np.bool_
+        np.testing.assert_array_equal(got.numpy(), getattr(x, op)(y))
+        assert taken == ([np.float32] * 2 if x.size >= 1024 else [])  # the float32 path
+        taken.clear()
+
+
+@pytest.mark.parametrize("name", ["div", "square", "cube", "sqrt", "pow1.5"])
+def test_float16_division_and_powers_compute_in_float32_rounded_once(monkeypatch, name):
+    # quotients, squares and square roots: numpy's float16 values bit for bit (each computed in
+    # float32 and rounded once is IEEE's float16 result); other powers and every gradient
+    # within a float16 step of the exact value (torch in float64 on the same float16 values;
+    # numpy's float16 passes rounded each step of a gradient)
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((64, 64)).astype(np.float16)
+    b = (rng.uniform(0.5, 2, (64, 64)) * rng.choice([-1, 1], (64, 64))).astype(np.float16)
+    g = rng.standard_normal((64, 64)).astype(np.float16)
+    if name != "div":
+        a = np.abs(a)
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda x, d: taken.append(np.dtype(d)) or real(x, d))
+    wa, wb = mge.Parameter(a, device="cpu0"), mge.Parameter(b, device="cpu0")
+    ta, tb = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (a, b))
+    exponent = {"square": 2, "cube": 3, "sqrt": 0.5, "pow1.5": 1.5}.get(name)
+    with GradManager().attach([wa, wb]) as gm:
+        y = wa / wb if exponent is None else wa ** exponent
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    ty = ta / tb if exponent is None else ta ** exponent
+    ty.backward(torch.tensor(g, dtype=torch.float64))
+    assert np.dtype(np.float32) in taken  # the float32 path ran
+    want = {"div": a / b, "square": np.square(a), "sqrt": np.sqrt(a)}.get(name)
+    if want is not None:
+        _same_values(y.numpy(), want)
+    within_a_float16_step(y.numpy(), ty.detach().numpy())
+    within_a_float16_step(wa.grad.numpy(), ta.grad.numpy())
+    if exponent is None:
+        within_a_float16_step(wb.grad.numpy(), tb.grad.numpy())
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_float16_max_min_gradients_find_ties_in_float32(monkeypatch, mode):
+    # upstream's rule (every element equal to the result takes all of g), with the ties found
+    # by numpy's float16 comparison as the oracle; bit for bit
+    rng = np.random.default_rng(19)
+    x = rng.integers(-3, 4, (64, 64)).astype(np.float16)  # (many ties per row)
+    x[3, :] = -0.0
+    x[3, 5] = 0.0  # (equal zeros of two signs: both tied)
+    g = rng.standard_normal(64).astype(np.float16)
+    taken, real = [], ops.cast
+    w = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(w) as gm:
+        y = getattr(F, mode)(w, axis=1)
+        monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(a.shape) or real(a, d))
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    tied = x == getattr(np, mode)(x, axis=1, keepdims=True)
+    _same_values(w.grad.numpy(), (g[:, None].astype(np.float32) * tied).astype(np.float16))
+    assert (64, 64) in taken[:2] and (64, 1) in taken[:2]  # x and the result in float32
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # (numpy's)
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int16", "int32", "int64"])
+def test_bools_and_integers_to_float16_convert_by_way_of_float32(monkeypatch, dtype):
+    # numpy's own conversion is the oracle, bit for bit (integers past float16's range: inf)
+    from megengine.functional import _aten
+
+    rng = np.random.default_rng(20)
+    a = rng.integers(0, 2, 8192) if dtype == "bool" else rng.integers(
+        -70000 if dtype != "uint8" else 0, 70000, 8192)
+    a = a.astype(dtype) if dtype in ("bool", "int32", "int64") else \
+        rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, 8192, endpoint=True).astype(dtype)
+    taken, real = [], _aten.half_cast
+    monkeypatch.setattr(_aten, "half_cast", lambda x, d: taken.append(x.dtype) or real(x, d))
+    got = mge.tensor(a, dtype=dtype, device="cpu0").astype("float16").numpy()
+    _same_values(got, a.astype(np.float16))
+    assert taken == [np.float32]  # ATen's conversion from float32 ran

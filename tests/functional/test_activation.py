@@ -16,7 +16,7 @@ from megengine.functional import activation as act_module
 from cuda_kernels import emulate
 from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
                      skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch, float64_value_and_grads
+from oracle import check_against_torch, float64_value_and_grads, within_a_float16_step
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -275,6 +275,54 @@ def test_gelu_at_the_infinities_is_its_limit(gelu_path, dtype):
     assert got[0] == np.inf and got[1] == 0 and np.signbit(got[1]) and np.isnan(got[2])
     np.testing.assert_array_equal(got[3:], host(F.gelu(mge.tensor(finite, dtype=dtype))))
     assert np.isnan(host(xt.grad)[:3]).all()
+
+def test_large_float16_gelu_finds_its_infinities_without_numpys_float16_min(monkeypatch):
+    # the NaN test before the fix-up at the infinities takes ATen's min for float16 (numpy's
+    # float16 min converts one element at a time: 1.8 ms for (512, 512)); the limits as above
+    skip_unless_aten_serves_the_default_device()
+    mins, real = [], np.min
+    monkeypatch.setattr(np, "min", lambda a, *args, **kw: mins.append(a.dtype) or real(a, *args,
+                                                                                      **kw))
+    x = np.random.default_rng(18).uniform(-6, 6, 4096).astype(np.float16)
+    want = TF.gelu(torch.tensor(x)).numpy()
+    for where in (None, 7, 4000):
+        if where is not None:
+            x[where], x[where + 1], x[where + 2] = np.inf, -np.inf, np.nan
+        got = host(F.gelu(mge.tensor(x, dtype="float16")))
+        assert got.dtype == np.float16
+        finite = np.isfinite(x)
+        np.testing.assert_array_equal(got[finite], want[finite])
+        if where is not None:
+            assert got[where] == np.inf and got[where + 1] == 0 and np.signbit(got[where + 1])
+            assert np.isnan(got[where + 2])
+    assert np.dtype(np.float16) not in mins
+
+
+def test_large_float16_prelu_computes_in_float32_rounded_once(monkeypatch):
+    # the output is numpy's float16 where(x > 0, x, x * w), bit for bit; x's gradient too
+    # (where(x > 0, g, g * w)); w's, summed over the rows, within a float16 step of the exact
+    # sum (torch in float64 on the same values)
+    from megengine.functional import activation
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    w = rng.uniform(0.1, 0.4, 64).astype(np.float16)
+    g = rng.standard_normal((64, 64)).astype(np.float16)
+    taken, real = [], activation.cast
+    monkeypatch.setattr(activation, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    mx, mw = mge.Parameter(x, device="cpu0"), mge.Parameter(w, device="cpu0")
+    with GradManager().attach([mx, mw]) as gm:
+        y = F.prelu(mx, mw)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    assert taken[:2] == [np.float32, np.float32]  # the float32 path ran
+    np.testing.assert_array_equal(y.numpy().view(np.uint16),
+                                  np.where(x > 0, x, x * w).view(np.uint16))
+    np.testing.assert_array_equal(mx.grad.numpy().view(np.uint16),
+                                  np.where(x > 0, g, g * w).view(np.uint16))
+    tx = torch.tensor(x, dtype=torch.float64)
+    exact = torch.where(tx > 0, 0, torch.tensor(g, dtype=torch.float64) * tx).sum(0).numpy()
+    within_a_float16_step(mw.grad.numpy(), exact)
+
 
 # ----- regressions found by the differential fuzzer (tests/fuzz) -----
 

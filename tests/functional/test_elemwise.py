@@ -279,6 +279,41 @@ def test_clip_of_float16_with_numpy_float32_bounds_differentiates_like_torch():
                         lambda t: torch.clamp(t.float(), 0, 1), x, check_dtype=True)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # (NaN * 0)
+@pytest.mark.parametrize("lower, upper", [(-1, 1), (0.1, 6), (0, None), (None, -0.0), (0.0, 0.0),
+                                          (1, -1), (-70000.5, 1e-7)])
+def test_float16_clip_computes_in_float32_with_numpys_float16_values(monkeypatch, lower, upper):
+    # numpy's float16 clip with the same Python bounds is the oracle, bit for bit (signed zeros,
+    # infinities, NaNs; a bound rounds to float16 first, so float16(0.1) is inside [0.1, 6]);
+    # the gradient passes where numpy's float16 comparisons put x inside (ends included)
+    from megengine.functional import elemwise
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2 ** 16, 8192, dtype=np.uint64).astype(np.uint16).view(np.float16)
+    x[:8] = [0.0, -0.0, 0.1, 6, 1, -1, 1e-7, -70000.5]
+    x[8:4096] = rng.standard_normal(4088)  # (mostly finite values near the bounds)
+    g = rng.standard_normal(8192).astype(np.float16)
+    taken, real = [], elemwise.cast
+    monkeypatch.setattr(elemwise, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    with np.errstate(over="ignore"):  # (numpy's float16 of -70000.5 is -inf)
+        want = np.clip(x, -np.inf if lower is None else lower, np.inf if upper is None else upper)
+        inside = np.ones(8192, bool)
+        if lower is not None:
+            inside &= x >= lower
+        if upper is not None:
+            inside &= x <= upper
+        w = mge.Parameter(x, device="cpu0")
+        with GradManager().attach(w) as gm:
+            y = F.clip(w, lower, upper)
+            gm.backward(y, mge.tensor(g, device="cpu0"))
+        assert taken == [np.float32, np.float16, np.float32, np.float16]  # the float32 path
+        same = lambda a, b: ((a.view(np.uint16) == b.view(np.uint16)) | np.isnan(a) & np.isnan(b))
+        assert y.dtype == np.float16 and same(y.numpy(), want).all()
+        assert same(w.grad.numpy(), g * inside).all()
+        # inference (no gradient) takes the same path
+        assert same(F.clip(mge.tensor(x, device="cpu0"), lower, upper).numpy(), want).all()
+
+
 def test_binary_shape_mismatch_raises():
     with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
         F.add(mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.zeros(4, np.float32)))

@@ -11,7 +11,7 @@ import megengine as mge
 import megengine.functional as F
 
 from devices import host_default_device, requires_cuda  # noqa: F401  (a fixture)
-from oracle import check_against_torch, check_float16_against_torch
+from oracle import check_against_torch, check_float16_against_torch, within_a_float16_step
 from megengine.autodiff import GradManager
 
 
@@ -699,6 +699,35 @@ def test_float16_norm_squares_in_float32():
     assert F.norm(x).numpy() == 500 and F.norm(x, ord=3).dtype == np.float16
 
 
+@pytest.mark.parametrize("fn, torch_fn", [
+    (lambda x: F.norm(x, axis=1), lambda t: t.norm(dim=1)),
+    (lambda x: F.norm(x, ord=3, axis=0), lambda t: t.norm(p=3, dim=0)),
+    (lambda x: F.normalize(x, axis=1), lambda t: torch.nn.functional.normalize(t, dim=1)),
+], ids=["norm", "norm3", "normalize"])
+def test_float16_norms_compute_in_float32_rounded_once(monkeypatch, fn, torch_fn):
+    # on the CPU from _aten.HALF_MIN values, as torch's CPU kernels: values and gradients
+    # within a float16 step of the exact ones (torch in float64 on the same float16 values); a
+    # zero row normalizes to 0 (eps is float32's, not float16's 0), as torch's
+    from megengine.functional import math
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    x[5] = 0
+    taken, real = [], math.cast
+    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    w = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(w) as gm:
+        y = fn(w)
+        g = rng.uniform(0.5, 1, y.shape).astype(np.float16)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    want = torch_fn(t)
+    want.backward(torch.tensor(g, dtype=torch.float64))
+    assert taken[0] == np.float32  # the float32 path ran
+    within_a_float16_step(y.numpy(), want.detach().numpy())
+    within_a_float16_step(w.grad.numpy(), t.grad.numpy())
+
+
 def test_float16_prod_multiplies_in_float32():
     # as torch's CUDA kernel and upstream's (torch's CPU kernel multiplies float16 in float16:
     # ~10% off here, as numpy was)
@@ -782,3 +811,46 @@ def test_float16_reductions_on_cpu(mode, axis):
     exact = getattr(np, mode)(x.astype(np.float64), axis=axis)
     step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
     assert (np.abs(y.numpy().astype(np.float64) - exact) <= step).all()
+
+
+@pytest.mark.parametrize("fn", ["argmax", "argmin"])
+def test_large_float16_argmax_argmin_compare_in_float32_with_numpys_indices(monkeypatch, fn):
+    # numpy's float16 argmax / argmin is the oracle (NaNs, ties, signed zeros, infinities)
+    from megengine.functional import math
+
+    rng = np.random.default_rng(16)
+    x = rng.integers(0, 2 ** 16, (64, 64), dtype=np.uint64).astype(np.uint16).view(np.float16)
+    x[:32] = rng.standard_normal((32, 64)).astype(np.float16)  # (finite rows: ties of values)
+    x[:8, ::3], x[8:16, 1::2] = 0.0, -0.0
+    taken, real = [], math.cast
+    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    for axis in (None, 0, 1):
+        got = getattr(F, fn)(mge.tensor(x, device="cpu0"), axis)
+        np.testing.assert_array_equal(got.numpy(), getattr(np, fn)(x, axis))
+    assert taken == [np.float32] * 3  # the float32 path ran
+
+
+@pytest.mark.parametrize("fn, torch_fn", [
+    (lambda x: F.var(x, 1), lambda t: t.var(1, unbiased=False)),
+    (lambda x: F.std(x, 0), lambda t: t.std(0, unbiased=False)),
+], ids=["var", "std"])
+def test_float16_var_std_gradients_compute_in_float32_rounded_once(monkeypatch, fn, torch_fn):
+    # the value and the gradient within a float16 step of the exact ones (torch in float64 on
+    # the same float16 values); the gradient was g * (2 / n) rounded to float16 first
+    from megengine.functional import math
+
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((64, 64)) * 3 + 100).astype(np.float16)
+    taken, real = [], math.cast
+    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    w = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(w) as gm:
+        y = fn(w)
+        g = rng.uniform(0.5, 1, y.shape).astype(np.float16)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    want = torch_fn(t)
+    want.backward(torch.tensor(g, dtype=torch.float64))
+    assert taken[0] == np.float32  # the float32 path ran
+    within_a_float16_step(y.numpy(), want.detach().numpy())
+    within_a_float16_step(w.grad.numpy(), t.grad.numpy())

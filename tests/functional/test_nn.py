@@ -344,6 +344,33 @@ def test_dropout_follows_the_megengine_seed():
     assert 5 < (a == 0).sum() < 45  # it did drop, and not everything
 
 
+def test_float16_dropout_multiplies_on_aten_with_numpys_values(monkeypatch):
+    # the same draws through numpy's float16 product (the "half" family avoided) are the
+    # oracle, bit for bit: the output and the gradient (ATen's vectorised product rounds once,
+    # as numpy's float16 loop)
+    from megengine.functional import _aten
+
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((64, 64)) * 300).astype(np.float16)
+    g = rng.standard_normal((64, 64)).astype(np.float16)
+    runs = []
+    used, real = [], _aten.op
+    monkeypatch.setattr(_aten, "op", lambda name: used.append(name) or real(name))
+    for avoid in (("half",), ()):
+        with _aten.avoided(*avoid):
+            w = mge.Parameter(x, device="cpu0")
+            mge.random.seed(4)
+            with GradManager().attach(w) as gm:
+                y = F.nn.dropout(w, 0.3)
+                gm.backward(y, mge.tensor(g, device="cpu0"))
+            runs.append((y.numpy(), w.grad.numpy()))
+        assert used.count("mul") == (0 if avoid else 2)  # the forward and the backward
+    (y0, g0), (y1, g1) = runs
+    assert y1.dtype == g1.dtype == np.float16 and 0.25 < (y1 == 0).mean() < 0.35
+    np.testing.assert_array_equal(y1.view(np.uint16), y0.view(np.uint16))
+    np.testing.assert_array_equal(g1.view(np.uint16), g0.view(np.uint16))
+
+
 @pytest.fixture
 def dropout_kernel_used(tmp_path, monkeypatch, host_default_device):
     """Route dropout's forward through its CUDA kernel's body compiled as C++."""

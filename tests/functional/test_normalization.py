@@ -12,7 +12,7 @@ from megengine.autodiff import GradManager
 
 from devices import (address, pool_threads, record_aten_kernels,
                      skip_unless_aten_serves_the_default_device)
-from oracle import check_against_torch, check_float16_against_torch
+from oracle import check_against_torch, check_float16_against_torch, within_a_float16_step
 from oracle import check_second_order_against_torch as check_second_order
 
 
@@ -849,3 +849,41 @@ def test_batch_norm_with_one_value_per_channel_on_aten_keeps_upstreams_running_v
 def test_float16_normalization_computes_in_float32(fn, torch_fn, shape):
     check_float16_against_torch(fn, torch_fn, np.random.RandomState(0).rand(*shape) + 3)
 
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.parametrize("param_dtype", ["float16", "float32"])
+def test_float16_layer_and_group_norm_compute_in_float32_on_aten(monkeypatch, norm, param_dtype):
+    # on the CPU from _aten.HALF_MIN values, as torch's CPU kernels: x's gradient within a
+    # float16 step of the exact value (torch in float64 on the same values; numpy's float16
+    # passes were up to 136 steps off), the output within a step of its largest value (where
+    # xhat * w + b cancels, float32's rounding of the terms is a step of the small result, as
+    # in torch's float16 kernel), each gradient in its input's dtype
+    from megengine.functional import normalization
+
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal((4, 8, 16, 16)) * 3 + 1).astype(np.float16)
+    shape = (16, 16) if norm == "layer" else (8,)
+    w, b = (rng.uniform(0.5, 1.5, shape).astype(param_dtype) for _ in range(2))
+    g = rng.standard_normal(x.shape).astype(np.float16)
+    taken, real = [], normalization.cast
+    monkeypatch.setattr(normalization, "cast", lambda a, d: taken.append(a.dtype) or real(a, d))
+    params = [mge.Parameter(a, device="cpu0") for a in (x, w, b)]
+    tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    with GradManager().attach(params) as gm:
+        if norm == "layer":
+            y = F.layer_norm(params[0], shape, weight=params[1], bias=params[2])
+            want = TF.layer_norm(tx, shape, tw, tb)
+        else:
+            y = F.nn.group_norm(params[0], 4, weight=params[1], bias=params[2])
+            want = TF.group_norm(tx, 4, tw, tb)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    want.backward(torch.tensor(g, dtype=torch.float64))
+    assert taken and taken[0] == np.float16  # the float32 path ran
+    exact = want.detach().numpy()
+    assert y.dtype == np.float16
+    assert np.abs(y.numpy() - exact).max() <= 2 ** -10 * np.abs(exact).max()
+    within_a_float16_step(params[0].grad.numpy(), tx.grad.numpy())
+    for p, t in zip(params[1:], (tw, tb)):
+        assert p.grad.dtype == np.dtype(param_dtype)
+        np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=2 ** -10, atol=1e-3)

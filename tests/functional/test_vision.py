@@ -1084,6 +1084,34 @@ def test_interpolate_of_float16_resamples_in_float32(mode):
         lambda a: torch.nn.functional.interpolate(a, size=size, mode=mode), x)
 
 
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_large_float16_interpolate_converts_on_aten_with_the_same_values(monkeypatch, mode):
+    # the float16 <-> float32 conversions around the float32 resampling take ATen's vectorised
+    # loop (`core.ops.cast`); numpy's conversions (the "cast" family avoided) are the oracle,
+    # bit for bit, forward and backward
+    from megengine.functional import _aten
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 8, 32, 32)).astype(np.float16)
+    g = rng.standard_normal((2, 8, 64, 64)).astype(np.float16)
+    taken, real = [], _aten.half_cast
+    monkeypatch.setattr(_aten, "half_cast", lambda a, d: taken.append(real(a, d)) or taken[-1])
+    runs = []
+    for avoid in (("cast",), ()):
+        with _aten.avoided(*avoid):
+            w = mge.Parameter(x, device="cpu0")
+            with GradManager().attach(w) as gm:
+                y = F.nn.interpolate(w, scale_factor=2, mode=mode)
+                gm.backward(y, mge.tensor(g, device="cpu0"))
+            runs.append((y.numpy(), w.grad.numpy()))
+        # each way: x, y, g and x's gradient
+        assert sum(t is not None for t in taken) == (0 if avoid else 4)
+    (y0, g0), (y1, g1) = runs
+    assert y1.dtype == g1.dtype == np.float16
+    np.testing.assert_array_equal(y1.view(np.uint16), y0.view(np.uint16))
+    np.testing.assert_array_equal(g1.view(np.uint16), g0.view(np.uint16))
+
+
 @pytest.mark.parametrize("align", [False, True])
 def test_interpolate_trilinear_matches_torch_with_gradients(align):
     x = np.random.RandomState(3).rand(2, 2, 4, 3, 5).astype("float32")
