@@ -699,20 +699,28 @@ def test_float16_norm_squares_in_float32():
     assert F.norm(x).numpy() == 500 and F.norm(x, ord=3).dtype == np.float16
 
 
-@pytest.mark.parametrize("fn, torch_fn", [
-    (lambda x: F.norm(x, axis=1), lambda t: t.norm(dim=1)),
-    (lambda x: F.norm(x, ord=3, axis=0), lambda t: t.norm(p=3, dim=0)),
-    (lambda x: F.normalize(x, axis=1), lambda t: torch.nn.functional.normalize(t, dim=1)),
-], ids=["norm", "norm3", "normalize"])
-def test_float16_norms_compute_in_float32_rounded_once(monkeypatch, fn, torch_fn):
+def _zero_row(x):
+    x[5] = 0  # (normalize: eps is float32's, not float16's 0; a zero row gives 0, as torch's)
+    return x
+
+
+@pytest.mark.parametrize("fn, torch_fn, inputs", [
+    (lambda x: F.norm(x, axis=1), lambda t: t.norm(dim=1), _zero_row),
+    (lambda x: F.norm(x, ord=3, axis=0), lambda t: t.norm(p=3, dim=0), _zero_row),
+    (lambda x: F.normalize(x, axis=1), lambda t: torch.nn.functional.normalize(t, dim=1),
+     _zero_row),
+    (lambda x: F.var(x, 1), lambda t: t.var(1, unbiased=False), lambda x: x * 3 + 100),
+    (lambda x: F.std(x, 0), lambda t: t.std(0, unbiased=False), lambda x: x * 3 + 100),
+], ids=["norm", "norm3", "normalize", "var", "std"])
+def test_float16_norms_and_variances_compute_in_float32_rounded_once(monkeypatch, fn,
+                                                                      torch_fn, inputs):
     # on the CPU from _aten.HALF_MIN values, as torch's CPU kernels: values and gradients
-    # within a float16 step of the exact ones (torch in float64 on the same float16 values); a
-    # zero row normalizes to 0 (eps is float32's, not float16's 0), as torch's
+    # within a float16 step of the exact ones (torch in float64 on the same float16 values);
+    # var's gradient was g * (2 / n) rounded to float16 first
     from megengine.functional import math
 
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((64, 64)).astype(np.float16)
-    x[5] = 0
+    x = inputs(rng.standard_normal((64, 64))).astype(np.float16)
     taken, real = [], math.cast
     monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
     w = mge.Parameter(x, device="cpu0")
@@ -828,29 +836,3 @@ def test_large_float16_argmax_argmin_compare_in_float32_with_numpys_indices(monk
         got = getattr(F, fn)(mge.tensor(x, device="cpu0"), axis)
         np.testing.assert_array_equal(got.numpy(), getattr(np, fn)(x, axis))
     assert taken == [np.float32] * 3  # the float32 path ran
-
-
-@pytest.mark.parametrize("fn, torch_fn", [
-    (lambda x: F.var(x, 1), lambda t: t.var(1, unbiased=False)),
-    (lambda x: F.std(x, 0), lambda t: t.std(0, unbiased=False)),
-], ids=["var", "std"])
-def test_float16_var_std_gradients_compute_in_float32_rounded_once(monkeypatch, fn, torch_fn):
-    # the value and the gradient within a float16 step of the exact ones (torch in float64 on
-    # the same float16 values); the gradient was g * (2 / n) rounded to float16 first
-    from megengine.functional import math
-
-    rng = np.random.default_rng(17)
-    x = (rng.standard_normal((64, 64)) * 3 + 100).astype(np.float16)
-    taken, real = [], math.cast
-    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
-    w = mge.Parameter(x, device="cpu0")
-    with GradManager().attach(w) as gm:
-        y = fn(w)
-        g = rng.uniform(0.5, 1, y.shape).astype(np.float16)
-        gm.backward(y, mge.tensor(g, device="cpu0"))
-    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    want = torch_fn(t)
-    want.backward(torch.tensor(g, dtype=torch.float64))
-    assert taken[0] == np.float32  # the float32 path ran
-    within_a_float16_step(y.numpy(), want.detach().numpy())
-    within_a_float16_step(w.grad.numpy(), t.grad.numpy())
