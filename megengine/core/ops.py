@@ -39,6 +39,19 @@ def cast(a, dtype):
     return a.astype(dtype)
 
 
+def as_dtype(a, dtype):
+    """``a`` in ``dtype``: ``a`` itself when it is, else `cast`'s new array."""
+    return a if a.dtype == dtype else cast(a, dtype)
+
+
+def to_half(grads):
+    """Gradients computed in float32 for float16 inputs, rounded to float16 once: one array, or
+    a tuple of arrays and Nones (inputs without a gradient)."""
+    if type(grads) is tuple:
+        return tuple(None if g is None else cast(g, _F16) for g in grads)
+    return None if grads is None else cast(grads, _F16)
+
+
 def half_operands(a, b=None):
     """Whether a float16 op on ``a`` (and ``b``) computes in float32, rounded once: numpy
     arrays of `functional._aten.HALF_MIN` values or more (either operand), where numpy's
@@ -221,7 +234,7 @@ class _Binary(Op):
                 grads = self._backward(cast(g, np.float32))
             finally:
                 self.a, self.b = a, b
-            return tuple(None if x is None else cast(x, _F16) for x in grads)
+            return to_half(grads)
         return self._backward(g)
 
     def compute_half(self, a, b):

@@ -12,7 +12,7 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import cast, half_operands, t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import cast, half_operands, t_unbroadcast, to_half, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _tensor
@@ -432,8 +432,7 @@ class _PRelu(Op):
 
     def backward(self, g):
         if self.half:
-            grads = self._backward(cast(g, np.float32))
-            return tuple(None if a is None else cast(a, FLOAT16) for a in grads)
+            return to_half(self._backward(cast(g, np.float32)))
         return self._backward(g)
 
     def _backward(self, g):

@@ -21,7 +21,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
-from ..core.ops import cast, xp_of
+from ..core.ops import as_dtype, cast, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _bias_widened, _tensor
@@ -243,9 +243,9 @@ class _Convolution(Op):
             if b.size != out:
                 raise ValueError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
                                  f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
-            tb = _aten.view(cast(b.reshape(out), dtype) if b.dtype != dtype else b.reshape(out))
-        tx = _aten.view(x if x.dtype == dtype else cast(x, dtype))
-        tw = _aten.view(wf if wf.dtype == dtype else cast(wf, dtype))
+            tb = _aten.view(as_dtype(b.reshape(out), dtype))
+        tx = _aten.view(as_dtype(x, dtype))
+        tw = _aten.view(as_dtype(wf, dtype))
         slow = wf.shape[1] == 1 and self._few_input_channels(x, wf)  # (the first test, inline)
         if cache is not None and type(w) is np.ndarray and x.dtype == dtype \
                 and w.dtype == dtype and w.flags.c_contiguous \
@@ -266,21 +266,16 @@ class _Convolution(Op):
         # ATen's fresh buffers, declared so: a GradManager hands them to .grad without a copy
         x_dtype, w_dtype = self.dtypes
         fresh = _aten.fresh_gradient
-        gx = _as(fresh(gx), x_dtype) if mask[0] else None
-        gw = _as(fresh(gw).reshape(self.w_shape), w_dtype) if mask[1] else None
+        gx = as_dtype(fresh(gx), x_dtype) if mask[0] else None
+        gw = as_dtype(fresh(gw).reshape(self.w_shape), w_dtype) if mask[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = _as(fresh(gb).reshape(self.b_shape), self.b_dtype) if mask[2] else None
+        gb = as_dtype(fresh(gb).reshape(self.b_shape), self.b_dtype) if mask[2] else None
         return gx, gw, gb
 
     def grad_graph(self, inputs, outputs, output_grads):
         """The gradients as differentiable convolutions (see `_conv_grads`)."""
         return _conv_grads(self, inputs, output_grads[0])
-
-
-def _as(a, dtype):
-    """``a`` in ``dtype``: itself, or a new array (float16 on `cast`'s fast conversion)."""
-    return a if a.dtype == dtype else cast(a, dtype)
 
 
 def _conv_grads(op, inputs, gy):

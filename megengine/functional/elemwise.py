@@ -7,10 +7,9 @@ from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import BINARY, UNARY, _Binary, cast, unbroadcast, xp_of
+from ..core.ops import BINARY, UNARY, _Binary, cast, half_operands, to_half, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
-from . import _aten
 from ._args import _as_float, _tensor  # (_tensor: also imported from here by the functional files)
 
 __all__ = [
@@ -217,7 +216,7 @@ class _Unary(Op):
 
     def forward(self, x):
         x = self.input(x)
-        if x.dtype is FLOAT16 and type(x) is np.ndarray and x.size >= _aten.HALF_MIN:
+        if x.dtype is FLOAT16 and half_operands(x):
             self.half = True
             return cast(self._forward(cast(x, np.float32)), FLOAT16)
         return self._forward(x)
@@ -242,8 +241,7 @@ class _Unary(Op):
 
     def backward(self, g):
         if self.half:
-            gx = self._backward(cast(g, np.float32))
-            return None if gx is None else cast(gx, FLOAT16)
+            return to_half(self._backward(cast(g, np.float32)))
         return self._backward(g)
 
     def _backward(self, g):
@@ -375,7 +373,7 @@ class Clip(Op):
         self.lower, self.upper = lower, upper
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and type(x) is np.ndarray and x.size >= _aten.HALF_MIN:
+        if x.dtype is FLOAT16 and half_operands(x):
             # numpy's float16 loops convert one element at a time: in float32, the same values
             # with the bounds rounded to float16 first, as numpy's float16 clip takes Python
             # numbers (so x == float16(0.1) is inside [0.1, 1]). One thread, forward and
@@ -383,10 +381,10 @@ class Clip(Op):
             self.half = True
             self.lower, self.upper = (None if b is None else float(np.float16(b))
                                       for b in (self.lower, self.upper))
-            return cast(self._forward(cast(x, np.float32), half=True), FLOAT16)
+            return cast(self._forward(cast(x, np.float32)), FLOAT16)
         return self._forward(x)
 
-    def _forward(self, x, half=False):
+    def _forward(self, x):
         if type(x) is np.ndarray and x.dtype.kind == "f" and self.lower is not None \
                 and self.upper is not None and not self.needs_input_grad[0]:
             # inference on a float numpy array: the clip ufunc itself. np.clip's Python wrapper
@@ -403,7 +401,7 @@ class Clip(Op):
             if self.upper is not None:
                 inside = inside & (x <= self.upper)
             self.inside = inside
-        if half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
+        if self.half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
             # maximum and minimum take the CPU instruction's choice of two signed zeros)
             return xp.clip(x, -np.inf if self.lower is None else self.lower,
                            np.inf if self.upper is None else self.upper)

@@ -8,7 +8,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, declare_fresh_gra
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
 from ..core.ops import (acc_dtype, acc_sum, cast, div_count, half_operands, t_unbroadcast,
-                        unbroadcast, xp_of)
+                        to_half, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _UNSIGNED, _as_float, _out_of_range
@@ -131,8 +131,7 @@ class _PairLoss(Op):
 
     def backward(self, g):
         if self.half:  # in float32, as forward, each gradient rounded once
-            grads = self._backward(cast(g, np.float32))
-            return tuple(None if x is None else cast(x, FLOAT16) for x in grads)
+            return to_half(self._backward(cast(g, np.float32)))
         return self._backward(g)
 
     def _backward(self, g):

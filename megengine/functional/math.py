@@ -8,8 +8,8 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, cast, half_operands,
-                        names_an_axis, xp_of)
+from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
+                        half_operands, names_an_axis, to_half, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
@@ -181,7 +181,7 @@ class Var(Op):
         return (d * d).mean(axis=axes, keepdims=True)
 
     def _rounded(self, out):
-        out = out if out.dtype == self.dtype else cast(out, self.dtype)
+        out = as_dtype(out, self.dtype)
         return out.reshape(_out_shape(self.d.shape, self.axes, self.keepdims))
 
     def backward(self, g):
@@ -189,10 +189,8 @@ class Var(Op):
         # (count 0: d is empty.) float16: in float32, as forward, rounded once: numpy's float16
         # loops took 6-7x a float32 pass ((512, 512) over rows, forward and backward, one
         # thread: 2.1-3.7 ms before, 0.61 after, float32 0.35-0.53)
-        if g.dtype != self.d.dtype:
-            g = cast(g, self.d.dtype)
-        gx = g * (2.0 / (self.count or 1)) * self.d
-        return gx if gx.dtype == self.dtype else cast(gx, self.dtype)
+        gx = as_dtype(g, self.d.dtype) * (2.0 / (self.count or 1)) * self.d
+        return as_dtype(gx, self.dtype)
 
     def grad_graph(self, inputs, outputs, grads):
         x = _float_t(inputs[0])
@@ -328,7 +326,7 @@ class PNorm(Op):
 
     def backward(self, g):
         if self.half:
-            return cast(self._backward(cast(g, np.float32)), FLOAT16)
+            return to_half(self._backward(cast(g, np.float32)))
         return self._backward(g)
 
     def _backward(self, g):
@@ -415,7 +413,7 @@ class Normalize(Op):
 
     def backward(self, g):
         if self.half:
-            return cast(_aten.array(self._backward(cast(g, np.float32))), FLOAT16)
+            return to_half(_aten.array(self._backward(cast(g, np.float32))))
         return _aten.fresh_gradient(self._backward(g))
 
     def _backward(self, g):

@@ -7,7 +7,7 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
-from ..core.ops import acc_dtype, all_ints, cast, half_operands, unbroadcast, xp_of
+from ..core.ops import acc_dtype, all_ints, as_dtype, cast, half_operands, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size, _tensor
@@ -295,7 +295,7 @@ class _Normalize(Op):
             # before, 0.51 after (float32 0.47-0.63); group norm of (16, 32, 32, 32) in 4 groups
             # 4.8 before, 1.8 after (float32 0.6-0.7)
             self.half = [x.dtype] + [p.dtype for p in params]
-            x, params = cast(x, np.float32), [_as_dtype(p, np.float32) for p in params]
+            x, params = cast(x, np.float32), [as_dtype(p, np.float32) for p in params]
             return cast(self._forward_on_aten(x, params), FLOAT16)
         if (self.family is not None and x.size and x.dtype in KERNEL_FLOATS
                 and _same_dtype(params, x.dtype) and _aten.use_aten(x, self.family)):
@@ -407,7 +407,7 @@ class _Normalize(Op):
     def backward(self, g):
         if self.half is not None:  # (in float32, as forward; each gradient in its input's dtype)
             grads = self._backward_aten(cast(g, np.float32))
-            return tuple(None if a is None else _as_dtype(a, d) for a, d in zip(grads, self.half))
+            return tuple(None if a is None else as_dtype(a, d) for a, d in zip(grads, self.half))
         if self.tx is not None:
             return self._backward_aten(g)
         needs = self.needs_input_grad
@@ -456,11 +456,6 @@ class _Normalize(Op):
         if self.has_bias:
             out.append(g.sum(axis=axes).reshape(self.param_shapes[-1]) if needs[-1] else None)
         return tuple(out)
-
-
-def _as_dtype(a, dtype):
-    """``a`` in ``dtype``: itself, or converted (float16 <-> float32 on ATen: `cast`)."""
-    return a if a.dtype == dtype else cast(a, dtype)
 
 
 def _same_dtype(arrays, dtype):

@@ -10,7 +10,7 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import LinearMap, acc_dtype, cast, xp_of
+from ..core.ops import LinearMap, acc_dtype, as_dtype, cast, xp_of
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
@@ -69,13 +69,6 @@ def _make_interp_matrix(n_in, n_out, mode, align_corners):
     return m
 
 
-def _in(a, dtype):
-    """``a.astype(dtype, copy=False)``; float16 <-> float32 on ATen's vectorised conversion
-    (`core.ops.cast`, the same values): numpy's took most of a float16 resize. One thread,
-    forward and backward of (16, 32, 32, 32) doubled: 22-28 ms before, 7 after (float32 6-9)."""
-    return a if a.dtype == dtype else cast(a, dtype)
-
-
 class _Resize(Op):
     what = "interpolate"  # (the public function, for errors)
     """Separable resampling to output ``sizes`` (L; H, W; or D, H, W): ``A_h @ x @ A_w.T`` over
@@ -110,7 +103,10 @@ class _Resize(Op):
         # opposite signs average to a small value (--float16 fuzz case 51776: 40 ulps)
         self.dtype = dtype = x.dtype
         acc = acc_dtype(dtype)
-        if acc is not None:  # (the conversions on ATen: `_in`)
+        # The conversions on ATen's (`core.ops.cast`, the same values): numpy's took most of a
+        # float16 resize (one thread, forward and backward of (16, 32, 32, 32) doubled: 22-28
+        # ms before, 7 after; float32 6-9)
+        if acc is not None:
             x = cast(x, acc)
         mat_h, mat_w, mat_d = self._matrices(x.shape[2:])
         self.ah = xp.asarray(mat_h, x.dtype)
@@ -118,20 +114,20 @@ class _Resize(Op):
         self.ad = None if mat_d is None else xp.asarray(mat_d, x.dtype)
         # (products on ATen where numpy's BLAS would thread them: core/ops.py matmul)
         if self.aw is None:  # 1-d: (N, C, L)
-            return _in(_mm(x, self.ah.T), dtype)
+            return as_dtype(_mm(x, self.ah.T), dtype)
         out = _mm(self.ah, _mm(x, self.aw.T))
         if self.ad is not None:  # depth: contract axis 2, then put the new depth back there
             out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
-        return _in(out, dtype)
+        return as_dtype(out, dtype)
 
     def backward(self, g):
-        g = _in(g, self.ah.dtype)  # (float16: in float32, as forward)
+        g = as_dtype(g, self.ah.dtype)  # (float16: in float32, as forward)
         if self.aw is None:
-            return _in(_mm(g, self.ah), self.dtype)
+            return as_dtype(_mm(g, self.ah), self.dtype)
         if self.ad is not None:
             xp = xp_of(g)
             g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
-        return _in(_mm(_mm(self.ah.T, g), self.aw), self.dtype)
+        return as_dtype(_mm(_mm(self.ah.T, g), self.aw), self.dtype)
 
     def grad_graph(self, inputs, outputs, grads):
         """`backward` as recorded matmuls with the constant resampling matrices (a gradient
