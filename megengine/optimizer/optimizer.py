@@ -518,8 +518,8 @@ _ATEN_PASSES_MIN = 1 << 19
 
 
 def passes_on_aten(data, grad, group):
-    """Whether an update of many passes (Adam's, Adagrad's, Adadelta's) over numpy parameter
-    ``data`` runs as ATen's ops on torch views of the arrays: a large parameter that
+    """Whether an update of many passes (Adam's, Adagrad's, Adadelta's, LAMB's) over numpy
+    parameter ``data`` runs as ATen's ops on torch views of the arrays: a large parameter that
     `update_on_aten` accepts, while torch's pool has several threads (with one, numpy's passes
     are as fast and need no view per operand). The ATen code does numpy's operations one by one
     in the same order, into scratch arrays from numpy (``np.empty_like``), and leaves the square
