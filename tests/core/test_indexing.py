@@ -206,11 +206,12 @@ def test_the_gradient_of_an_integer_index_sums_repeats_as_torch(
     grads = []
     for avoid in ([], ["index_add"]):
         with _aten.avoided(*avoid), pool_threads(threads):
-            x = mge.Parameter(a, dtype=dtype)
+            x = mge.Parameter(a, dtype=dtype, device="cpu0")  # (numpy arrays: the CPU's path)
             gm = GradManager().attach([x])
             with gm:
-                gm.backward(x[tuple(mge.tensor(i) if isinstance(i, np.ndarray) else i
-                                    for i in idx)], mge.tensor(g, dtype=dtype))
+                y = x[tuple(mge.tensor(i, device="cpu0") if isinstance(i, np.ndarray) else i
+                            for i in idx)]
+                gm.backward(y, mge.tensor(g, dtype=dtype, device="cpu0"))
             grads.append(x.grad.numpy())
     assert taken == [on_aten, False]
     assert grads[0].dtype == dtype and grads[0].tobytes() == grads[1].tobytes()
