@@ -40,8 +40,26 @@ def cast_for_compute(*tensors):
     if not _enabled:
         return tensors
     dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
+    _refuse_complex_with_real(tensors)
     return tuple(t if t is None or t.dtype.kind != "f" or t.dtype == dtype else t.astype(dtype)
                  for t in tensors)
+
+
+def _refuse_complex_with_real(tensors):
+    """A complex operand beside a real floating one, where autocast computes in the low
+    precision dtype. torch's autocast casts only the real operand (complex tensors are not
+    eligible), and its matmul then refuses the mixed dtypes (torch 2.13 measured, float32 or
+    float16 with complex64). Here the product would promote to complex anyway, so the cast
+    would only round the real operand: refused as torch does, saying how to get the product."""
+    kinds = {t.dtype.kind for t in tensors if t is not None}
+    if "c" in kinds and "f" in kinds:
+        real = next(t.dtype for t in tensors if t is not None and t.dtype.kind == "f")
+        cplx = next(t.dtype for t in tensors if t is not None and t.dtype.kind == "c")
+        raise TypeError(
+            f"autocast: a {real} operand with a {cplx} one; autocast computes this op in "
+            f"{_low_prec_dtype}, which has no complex form (torch's autocast refuses the pair "
+            f"too). Cast the real operand to {cplx} first (x.astype('{cplx}')), or compute "
+            "this op outside autocast (amp.autocast(enabled=False))")
 
 
 def cast_for_precision(*tensors):
@@ -66,6 +84,7 @@ def _cast_inputs(op, inputs):
         return inputs
     else:
         dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
+        _refuse_complex_with_real(inputs)
     return tuple(t.astype(dtype) if t.dtype.kind == "f" and t.dtype != dtype else t
                  for t in inputs)
 

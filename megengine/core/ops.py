@@ -1197,6 +1197,44 @@ def add_at(out, index, g):
         xp.add.at(out, index, g)
 
 
+# The gradient of x[idx] (one integer array along an axis, the axes before it whole: x[idx],
+# x[:, idx]) of float32/float64 numpy arrays from _ATEN_INDEX_ADD_MIN values of g
+# takes ATen's index_add_ (family "index_add"). Both add each index's slice in the index's order,
+# so every element sums in the same order: numpy's values bit for bit (repeated indices too, at
+# 1 and 2 threads). np.add.at adds element by element; ATen adds whole slices with vectorised
+# loops. Measured with one thread, numpy against ATen (best of 30): zeros (4096, 1024) and 4096
+# indices 38.7-46.9 ms against 3.1-3.2; (10000, 256) and 512 indices 1.24 ms against 0.17;
+# 1024 values 11-12 us against 7; 512 values a tie (7 us).
+_ATEN_INDEX_ADD_MIN = 1024
+
+
+def _index_add_on_aten(out, index, g):
+    """``out[index] += g`` (``out``: fresh zeros) by ATen's index_add_ where the index is one
+    integer array after whole axes, in a large float32/float64 numpy gradient (see above);
+    False where `add_at` is to do it."""
+    if type(out) is not np.ndarray or out.dtype not in KERNEL_FLOATS or g.dtype != out.dtype \
+            or g.size < _ATEN_INDEX_ADD_MIN or type(index) is not tuple or not index:
+        return False
+    axis = len(index) - 1
+    idx = index[axis]
+    if type(idx) is not np.ndarray or idx.dtype.kind not in "iu" or any(
+            type(i) is not slice or i != slice(None) for i in index[:axis]):
+        return False
+    if _aten is None:
+        _load_aten()
+    if not _aten.use_aten(out, "index_add"):
+        return False
+    positions = idx.astype(np.int64).reshape(-1)  # (a copy: negative positions are made
+    positions[positions < 0] += out.shape[axis]  # positive in it, as torch takes them)
+    rows = g.reshape(out.shape[:axis] + positions.shape + out.shape[axis + 1:])
+    try:
+        _aten.view(out).index_add_(axis, _aten.view(positions), _aten.view(rows))
+    except (IndexError, RuntimeError):  # a position out of bounds: add_at raises numpy's error
+        out[...] = 0
+        return False
+    return True
+
+
 class IndexAdd(Op):
     """The gradient of ``x[index]``: zeros of x's shape with ``g`` added at ``index``."""
     holomorphic = True  # complex gradients: see Op
@@ -1209,7 +1247,7 @@ class IndexAdd(Op):
         out = xp.zeros(self.shape, self.dtype)
         if _is_basic(self.index):
             out[self.index] = g
-        else:
+        elif not _index_add_on_aten(out, self.index, g):
             add_at(out, self.index, g)
         return out
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor, _note_write
-from .group import WORLD, Group, group_barrier, is_distributed
+from .group import WORLD, Group, _not_initialized, group_barrier, is_distributed
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
            "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
@@ -165,7 +165,9 @@ class AllreduceCallback:
     >>> gm = GradManager().attach(model.parameters(), callbacks=[dist.make_allreduce_cb("mean")])
 
     Every rank must compute gradients for the same parameters in the same order (the same
-    model and code), as with upstream and torch DDP.
+    model and code), as with upstream and torch DDP. Build it after ``dist.init_process_group``
+    (or inside a ``dist.launcher`` function): without a process group it raises a
+    ``RuntimeError`` unless ``backend`` is given, as upstream asserts.
     """
 
     def __init__(self, reduce_method: str, group: Group = WORLD, backend: str = None,
@@ -176,6 +178,10 @@ class AllreduceCallback:
         if not isinstance(bucket_size, int) or bucket_size < 0:
             raise ValueError(f"make_allreduce_cb: bucket_size must be a non-negative int (bytes; "
                              f"0 = one collective per gradient), got {bucket_size!r}")
+        if backend is None and not is_distributed():
+            # upstream asserts here too: the backend is read from the process group; a callback
+            # built before it would fail only at the first backward
+            raise _not_initialized("make_allreduce_cb")
         if backend not in (None, "auto") and is_distributed():
             from .group import get_backend
 

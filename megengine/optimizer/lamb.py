@@ -2,8 +2,9 @@
 import numpy as np
 
 from ..core.tensor import Tensor
+from ..functional import _aten
 from .adam import _check_betas
-from .optimizer import Optimizer
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["LAMB", "LAMBFp16"]
 
@@ -45,6 +46,10 @@ class LAMB(Optimizer):
             state["exp_avg_sq"] = Tensor._wrap(v, param._device)
         state["step"] = step = state.get("step", 0) + 1
         grad = grad.astype(weight.dtype, copy=False)
+        adapt = self.always_adapt or group["weight_decay"] > 0
+        if passes_on_aten(weight, grad, group):
+            _lamb_aten(weight, grad, m, v, step, group, self.bias_correction, adapt)
+            return
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
@@ -57,16 +62,56 @@ class LAMB(Optimizer):
         if decay != 0:
             update += decay * weight
         ratio = 1.0
-        if self.always_adapt or decay > 0:
+        if adapt:
             # norms in float64 on the host: a few scalars per parameter, no overflow in float16
-            w_norm = float(np.sqrt(float((weight.astype("float64") ** 2).sum())))
-            u_norm = float(np.sqrt(float((update.astype("float64") ** 2).sum())))
-            if w_norm > 0 and u_norm > 0:
-                ratio = w_norm / u_norm
+            ratio = _trust_ratio(float((weight.astype("float64") ** 2).sum()),
+                                 float((update.astype("float64") ** 2).sum()))
         weight -= (group["lr"] * ratio) * update
 
     def _update(self, param, grad, state, group):
         self._lamb_step(param._data, grad, state, group, param)
+
+
+def _trust_ratio(weight_squares, update_squares):
+    """||w|| / ||u|| from their sums of squares, or 1 where either norm is 0."""
+    w_norm, u_norm = float(np.sqrt(weight_squares)), float(np.sqrt(update_squares))
+    return w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+
+
+def _lamb_aten(weight, grad, m, v, step, group, bias_correction, adapt):
+    """`LAMB._lamb_step`'s numpy code as ATen's ops on torch views of the arrays, on torch's
+    thread pool (`passes_on_aten`): its operations one by one in its order, so the same results
+    bit for bit. The squares of the norms are formed on ATen in float64 (exact conversions and
+    products) and summed by numpy, whose pairwise sum the numpy code's is."""
+    beta1, beta2 = group["betas"]
+    eps, decay = group["eps"], group["weight_decay"]
+    torch, view = _aten.torch_module(), _aten.view
+    scratch, update = np.empty_like(weight), np.empty_like(weight)
+    p, g, tm, tv = view(weight), view(grad), view(m), view(v)
+    s, u = view(scratch), view(update)
+    tm.mul_(beta1).add_(torch.mul(g, 1 - beta1, out=s))
+    tv.mul_(beta2)
+    torch.mul(g, g, out=s)
+    tv.add_(s.mul_(1 - beta2))
+    if bias_correction:  # m / (1 - b1**t) / (sqrt(v / (1 - b2**t)) + eps)
+        torch.div(tv, 1 - beta2 ** step, out=s)
+        np.sqrt(scratch, out=scratch)  # numpy's square roots, as its ``** 0.5``
+        torch.div(tm, 1 - beta1 ** step, out=u)
+    else:  # m / (sqrt(v) + eps)
+        np.sqrt(v, out=scratch)
+        u.copy_(tm)
+    u.div_(s.add_(eps))
+    if decay != 0:
+        u.add_(torch.mul(p, decay, out=s))
+    ratio = 1.0
+    if adapt:
+        squares = np.empty(weight.shape, np.float64)
+        sq = view(squares)
+        sq.copy_(p).mul_(sq)
+        weight_squares = float(squares.sum())
+        sq.copy_(u).mul_(sq)
+        ratio = _trust_ratio(weight_squares, float(squares.sum()))
+    p.sub_(u.mul_(group["lr"] * ratio))
 
 
 class LAMBFp16(LAMB):

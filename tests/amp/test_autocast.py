@@ -332,6 +332,29 @@ def test_the_matmul_operator_computes_in_float16_and_a_dot_product_is_left_alone
     np.testing.assert_allclose(y.numpy().astype("float32"), expected, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("real_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("product", ["@", "matmul", "linear"])
+def test_a_real_operand_with_a_complex_one_is_refused_as_torchs_autocast_does(product, real_dtype):
+    rng = np.random.RandomState(2)
+    a = rng.randn(3, 4).astype(real_dtype)
+    c = (rng.randn(4, 2) + 1j * rng.randn(4, 2)).astype("complex64")
+    # torch's oracle: autocast casts the real operand to float16 and leaves the complex one;
+    # its matrix product then refuses the pair
+    with pytest.raises(RuntimeError, match="same dtype"):
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.matmul(torch.from_numpy(a), torch.from_numpy(c))
+    run = {"@": lambda x, y: x @ y, "matmul": F.matmul, "linear": lambda x, y: F.linear(x, y.T)}
+    x, y = mge.tensor(a), mge.tensor(c)
+    with amp.autocast():
+        with pytest.raises(TypeError, match=f"a {real_dtype} operand with a complex64 one.*"
+                           r"x.astype\('complex64'\)"):
+            run[product](x, y)
+        # cast as the message says, the product is torch's complex one (no float16 rounding)
+        got = run[product](x.astype("complex64"), y)
+    want = torch.matmul(torch.from_numpy(a).to(torch.complex64), torch.from_numpy(c))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("make", [lambda: M.Conv3d(2, 3, 2), lambda: M.ConvTranspose3d(2, 3, 2)])
 def test_3d_convolutions_are_not_autocast(make):
     # upstream's autocast covers its 2-d convolutions only: Convolution3D promotes as without

@@ -1,9 +1,14 @@
 """Tensor indexing edge cases (empty index lists, empty tensors) against numpy, values and grads."""
 import numpy as np
 import pytest
+import torch
 
 import megengine as mge
 from megengine.autodiff import GradManager
+from megengine.core import ops
+from megengine.functional import _aten
+
+from devices import pool_threads
 
 
 @pytest.mark.parametrize("shape,index", [
@@ -169,3 +174,49 @@ def test_plain_and_mixed_indices_give_torchs_values_and_gradients(index):
     u[index] = -1.0
     w[_as_numpy_index(index)] = -1.0
     np.testing.assert_array_equal(u.numpy(), w)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,index,on_aten", [
+    ((300, 16), lambda r: (r.randint(-300, 300, 1000),), True),  # repeats, negative positions
+    ((300, 16), lambda r: (r.randint(0, 300, (20, 50)).astype("int32"),), True),
+    ((4, 300, 8), lambda r: (slice(None), r.randint(0, 300, 500)), True),
+    ((300, 16), lambda r: (slice(None), r.randint(0, 16, 600)), True),
+    ((10, 4), lambda r: (r.randint(0, 10, 8),), False),  # 32 values: numpy's add.at
+    ((6, 300), lambda r: (r.randint(0, 6, 40), slice(2, 9)), False),  # (not whole axes first)
+], ids=lambda v: str(v) if isinstance(v, (tuple, bool)) else "")
+def test_the_gradient_of_an_integer_index_sums_repeats_as_torch(
+        monkeypatch, dtype, shape, index, on_aten, threads):
+    # a large gradient of x[idx] (one integer array after whole axes) takes ATen's index_add_,
+    # which adds the slices in the index's order as numpy's add.at: the same bits on both
+    # paths, and torch's gradient of x[idx] (which sums in another order) within rounding
+    rng = np.random.RandomState(1)
+    idx = index(rng)
+    a = rng.randn(*shape).astype(dtype)
+    out_shape = np.zeros(shape)[idx].shape
+    g = (rng.randn(*out_shape) * rng.choice([1e-3, 1.0, 1e3], out_shape)).astype(dtype)
+    taken, real = [], ops._index_add_on_aten
+
+    def spy(*args):  # whether each gradient took ATen's path
+        taken.append(real(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(ops, "_index_add_on_aten", spy)
+    grads = []
+    for avoid in ([], ["index_add"]):
+        with _aten.avoided(*avoid), pool_threads(threads):
+            x = mge.Parameter(a, dtype=dtype, device="cpu0")  # (numpy arrays: the CPU's path)
+            gm = GradManager().attach([x])
+            with gm:
+                y = x[tuple(mge.tensor(i, device="cpu0") if isinstance(i, np.ndarray) else i
+                            for i in idx)]
+                gm.backward(y, mge.tensor(g, dtype=dtype, device="cpu0"))
+            grads.append(x.grad.numpy())
+    assert taken == [on_aten, False]
+    assert grads[0].dtype == dtype and grads[0].tobytes() == grads[1].tobytes()
+    t = torch.tensor(a, requires_grad=True)
+    t[tuple(torch.from_numpy(i.astype("int64")) if isinstance(i, np.ndarray) else i
+            for i in idx)].backward(torch.from_numpy(g))
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(grads[0], t.grad.numpy(), rtol=tol, atol=tol * 1e3)

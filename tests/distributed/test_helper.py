@@ -105,7 +105,13 @@ def test_allreduce_callback_arguments_are_checked():
         dist.make_allreduce_cb("max")
     with pytest.raises(ValueError, match="bucket_size must be a non-negative int"):
         dist.make_allreduce_cb("mean", bucket_size=-1)
-    cb = dist.make_allreduce_cb("MEAN")  # upstream lower-cases it
+    # upstream 1.13 measured: without a process group make_allreduce_cb("mean") asserts "please
+    # call init_process_group first"; with a backend given it builds
+    assert not dist.is_distributed()
+    with pytest.raises(RuntimeError, match=r"make_allreduce_cb: the process group is not "
+                       r"initialized; call dist.init_process_group\(...\) first"):
+        dist.make_allreduce_cb("mean")
+    cb = dist.make_allreduce_cb("MEAN", backend="gloo")  # upstream lower-cases it
     with pytest.raises(RuntimeError, match="runs inside GradManager.backward"):
         cb(mge.Parameter([1.0]), mge.tensor([1.0]))
 

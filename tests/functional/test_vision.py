@@ -1070,6 +1070,22 @@ def test_interpolate_second_order(mode, align):
                    * torch.tensor(r)).sum(), x)
 
 
+@pytest.mark.parametrize("mode", ["linear", "bilinear", "trilinear"])
+def test_interpolate_gradients_recorded_under_autocast_compute_in_float32(mode):
+    # upstream 1.13 measured: under autocast interpolate's gradient equals float32's bit for
+    # bit (its resize backward is no op autocast casts). The recorded gradient did its products
+    # with `@`, which autocast computes in float16: first and second order ~1e-3 off torch's
+    shape = {"linear": (2, 3, 5), "bilinear": (2, 3, 4, 5), "trilinear": (1, 2, 3, 4, 5)}[mode]
+    size = {"linear": (7,), "bilinear": (7, 3), "trilinear": (5, 2, 7)}[mode]
+    x = rand(*shape, seed=5)
+    r = rand(*shape[:2], *size, seed=6)
+    with amp.autocast():
+        check_second_order(
+            lambda a: (F.nn.interpolate(a * a, size=size, mode=mode) ** 2 * r).sum(),
+            lambda a: (torch.nn.functional.interpolate(a * a, size=size, mode=mode) ** 2
+                       * torch.tensor(r)).sum(), x)
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic", "trilinear"])
 def test_interpolate_of_float16_resamples_in_float32(mode):
     from oracle import check_float16_against_torch

@@ -1,12 +1,12 @@
-"""The updates of many passes (Adam, AdamW, Adagrad, Adadelta) of large parameters on ATen's ops
-while torch's pool has several threads: the same bits as numpy's passes."""
+"""The updates of many passes (Adam, AdamW, Adagrad, Adadelta, LAMB) of large parameters on ATen's
+ops while torch's pool has several threads: the same bits as numpy's passes."""
 import numpy as np
 import pytest
 
 import megengine as mge
 from megengine import optimizer
 from megengine.functional import _aten
-from megengine.optimizer import adadelta, adagrad, adam, adamw
+from megengine.optimizer import adadelta, adagrad, adam, adamw, lamb
 from megengine.optimizer.optimizer import passes_on_aten
 from devices import pool_threads
 
@@ -15,6 +15,7 @@ HYPER = {  # a parameter's update, weight decay apart
     "AdamW": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
     "Adagrad": dict(lr=0.01, lr_decay=0.1, eps=1e-6),
     "Adadelta": dict(lr=1.0, rho=0.8, eps=1e-6),
+    "LAMB": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),  # (weight decay: the trust ratio)
 }
 
 
@@ -32,7 +33,7 @@ def _steps_on_both_paths(name, dtype, shapes, weight_decay, monkeypatch, hyper=N
             sizes.append(data.size)
         return on_aten
 
-    for module in (adam, adamw, adagrad, adadelta):
+    for module in (adam, adamw, adagrad, adadelta, lamb):
         monkeypatch.setattr(module, "passes_on_aten", spy)
     rng = np.random.RandomState(0)
 
@@ -76,6 +77,32 @@ def test_large_parameters_update_on_aten_bit_for_bit_with_threads(
         assert len(got) == len(expected) == 1 + len(getattr(optimizer, name)._state_buffers)
         for a, b in zip(got, expected):
             assert a.dtype == b.dtype == dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("hyper", [dict(bias_correction=False), dict(always_adapt=True)])
+def test_lamb_without_bias_correction_or_always_adapting_updates_on_aten_bit_for_bit(
+        hyper, monkeypatch):
+    shapes = [(1024, 512), (3, 4)]
+    with pool_threads(2):
+        sizes, (engine, numpy_only) = _steps_on_both_paths(
+            "LAMB", "float32", shapes, 0.0, monkeypatch, dict(HYPER["LAMB"], **hyper))
+    assert sizes == [1 << 19] * 3
+    for got, expected in zip(engine, numpy_only):
+        for a, b in zip(got, expected):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_lamb_fp16s_float32_master_copy_updates_on_aten_bit_for_bit(monkeypatch):
+    # float16 parameters: the float32 master copy and moments update on ATen, the parameter
+    # gets the master rounded; state: exp_avg, exp_avg_sq and param_fp32
+    with pool_threads(2):
+        sizes, (engine, numpy_only) = _steps_on_both_paths(
+            "LAMBFp16", "float16", [(1024, 512), (3, 4)], 0.1, monkeypatch, HYPER["LAMB"])
+    assert sizes == [1 << 19] * 3
+    for got, expected in zip(engine, numpy_only):
+        assert sorted(a.dtype.name for a in got) == ["float16", "float32", "float32", "float32"]
+        for a, b in zip(got, expected):
+            assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("name", list(HYPER))
