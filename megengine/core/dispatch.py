@@ -212,6 +212,37 @@ class Op:
     # every input to the high precision dtype (float32; upstream's exp, log, true division, ...);
     # "low", float inputs to the low precision dtype (float16; matrix products); None: untouched.
     autocast = None
+    # float16 on the CPU: True for an op whose float16 numpy inputs compute in float32, forward
+    # and backward, each result rounded to float16 once, as torch's CPU kernels compute
+    # float16 (numpy's float16 loops convert one element at a time, 10-100x a float32 pass, and
+    # a function of several passes rounds after each). Which calls do is `computes_half`'s
+    # rule; the wrappers that `__init_subclass__` puts around the class's forward and backward
+    # do the rest (`_half_forward`), wherever an op is called from: `apply`, a jit replay, a
+    # dumped program's backward. Classes that leave it False get no wrapper and pay nothing.
+    half_in_float32 = False
+    half_dtypes = None  # the input dtypes of a call that computed float16 in float32 (above)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            method = getattr(cls, name)
+            inner = getattr(method, "half_inner", None)
+            if cls.half_in_float32 and inner is None:
+                wrap = _half_forward if name == "forward" else _half_backward
+                setattr(cls, name, wrap(method))
+            elif not cls.half_in_float32 and inner is not None:  # a subclass that opts out
+                setattr(cls, name, inner)
+
+    def computes_half(self, arrays):
+        """Whether this call, with a float16 input among ``arrays``, computes in float32
+        (`half_in_float32`): when every input is float16 (an op that promotes mixed dtypes
+        computes those in their promoted dtype) and they are numpy arrays, one of
+        `functional._aten.HALF_MIN` values or more (`ops.half_operands`; CuPy arrays keep
+        their own float16 kernels). An op whose rule differs overrides this."""
+        for a in arrays:
+            if a.dtype is not FLOAT16:
+                return False
+        return _half_ops().half_operands(*arrays)
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -1121,6 +1152,66 @@ def _zeros_like_meta(meta, slot):
     shape, dtype = meta
     present = next(g for g in slot if g is not None)  # backward only visits nodes with one
     return xp_of(present).zeros(shape, dtype)
+
+
+def _half_ops():
+    """`megengine.core.ops`, which holds the float16 conversions (`ops.cast`), loaded when a
+    float16 call first needs it (it imports this module)."""
+    global _ops
+    if _ops is None:
+        from . import ops as _ops
+    return _ops
+
+
+_ops = None
+
+
+def _half_forward(forward):
+    """``forward`` of an op class that sets `Op.half_in_float32`: a call that `computes_half`
+    runs ``forward`` on its float16 inputs converted to float32 (other inputs as they are)
+    and rounds its float32 outputs to float16 once; other calls go straight through."""
+    def half_forward(self, *arrays):
+        for a in arrays:
+            if a.dtype is FLOAT16:
+                if self.computes_half(arrays):
+                    return _forward_in_float32(self, forward, arrays)
+                break
+        return forward(self, *arrays)
+
+    half_forward.half_inner = forward
+    half_forward.__doc__, half_forward.__name__ = forward.__doc__, forward.__name__
+    return half_forward
+
+
+def _forward_in_float32(op, forward, arrays):
+    cast = _half_ops().cast
+    op.half_dtypes = tuple([a.dtype for a in arrays])
+    out = forward(op, *[cast(a, np.float32) if a.dtype is FLOAT16 else a for a in arrays])
+    if isinstance(out, tuple):
+        return tuple([cast(o, FLOAT16) if o.dtype == np.float32 else o for o in out])
+    return cast(out, FLOAT16) if out.dtype == np.float32 else out  # (integer outputs stay)
+
+
+def _half_backward(backward):
+    """``backward`` of an op class that sets `Op.half_in_float32`: after a forward that
+    computed in float32, the float16 output gradients are converted to float32, and each
+    input's gradient is rounded once to that input's own dtype (a float32 input mixed with
+    float16 ones, such as a normalization's parameters, keeps float32)."""
+    def half_backward(self, *grads):
+        dtypes = self.half_dtypes
+        if dtypes is None:
+            return backward(self, *grads)
+        cast = _half_ops().cast
+        out = backward(self, *[cast(g, np.float32) if g is not None and g.dtype is FLOAT16
+                                else g for g in grads])
+        if not isinstance(out, (tuple, list)):
+            return out if out is None or out.dtype == dtypes[0] else cast(out, dtypes[0])
+        return tuple([g if g is None or g.dtype == d else cast(g, d)
+                      for g, d in zip(out, dtypes)])
+
+    half_backward.half_inner = backward
+    half_backward.__doc__, half_backward.__name__ = backward.__doc__, backward.__name__
+    return half_backward
 
 
 def xp_of(a):

@@ -9,7 +9,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
-                        half_operands, names_an_axis, to_half, xp_of)
+                        half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
@@ -284,22 +284,16 @@ class PNorm(Op):
     """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf).
 
     float16 numpy arrays of `_aten.HALF_MIN` values or more compute in float32, forward and
-    backward, rounded once (``half``), as torch's CPU kernels: numpy's float16 loops convert one
-    element at a time. One thread, forward and backward of (512, 512) over axis 1: 2.1-2.3 ms
-    before, 0.23 after (float32 0.18)."""
+    backward, rounded once (`Op.half_in_float32`), as torch's CPU kernels: numpy's float16 loops
+    convert one element at a time. One thread, forward and backward of (512, 512) over axis 1:
+    2.1-2.3 ms before, 0.23 after (float32 0.18)."""
     what = "norm"  # (the public function, for errors)
-    half = False  # float16 computed in float32 (above)
+    half_in_float32 = True  # (above)
 
     def __init__(self, p, axis, keepdims):
         self.p, self.axis, self.keepdims = p, axis, keepdims
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and half_operands(x):
-            self.half = True
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
-
-    def _forward(self, x):
         xp = xp_of(x)
         if x.dtype.kind != "f":  # (no call on the float path)
             x = _as_float(x, self)
@@ -325,11 +319,6 @@ class PNorm(Op):
         return out.reshape(_out_shape(x.shape, axes, self.keepdims))
 
     def backward(self, g):
-        if self.half:
-            return to_half(self._backward(cast(g, np.float32)))
-        return self._backward(g)
-
-    def _backward(self, g):
         xp = xp_of(g)
         x, out, p = self.x, self.out, self.p
         g = g.reshape(out.shape)
@@ -386,23 +375,17 @@ class Normalize(Op):
     (the sum over ``axes``; where the norm is below eps, c is a constant).
 
     float16 numpy arrays of `_aten.HALF_MIN` values or more compute so in float32, rounded
-    once (``half``), as torch's CPU kernels compute float16: numpy's float16 loops convert one
-    element at a time, and ``eps`` as a float16 was 0 (a zero row gave NaN, torch's 0). One
-    thread, forward and backward of (512, 512) over axis 1: 10.5-11.6 ms before, 0.46 after
-    (float32 0.32-0.35)."""
+    once (`Op.half_in_float32`), as torch's CPU kernels compute float16: numpy's float16 loops
+    convert one element at a time, and ``eps`` as a float16 was 0 (a zero row gave NaN, torch's
+    0). One thread, forward and backward of (512, 512) over axis 1: 10.5-11.6 ms before, 0.46
+    after (float32 0.32-0.35). (CuPy's float16 takes ATen's CUDA float16 kernels.)"""
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's sqrt and division
-    half = False  # float16 computed in float32 (above)
+    half_in_float32 = True  # (above)
 
     def __init__(self, axis, eps):
         self.axis, self.eps = axis, eps
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and type(x) is np.ndarray:  # (CuPy's: ATen's CUDA float16)
-            self.half = True
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
-
-    def _forward(self, x):
         self.axes = axes = _norm_axes(self.axis, x.ndim, "normalize")
         tx = _aten.view(x)
         n = _aten.op("linalg_vector_norm")(tx, 2, axes, True)
@@ -412,8 +395,6 @@ class Normalize(Op):
         return _aten.array(y)
 
     def backward(self, g):
-        if self.half:
-            return to_half(_aten.array(self._backward(cast(g, np.float32))))
         return _aten.fresh_gradient(self._backward(g))
 
     def _backward(self, g):
