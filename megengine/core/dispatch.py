@@ -221,6 +221,9 @@ class Op:
     # dumped program's backward. Classes that leave it False get no wrapper and pay nothing.
     half_in_float32 = False
     half_dtypes = None  # the input dtypes of a call that computed float16 in float32 (above)
+    # while such a call's forward runs: its inputs as given (float16), for an op whose backward
+    # keeps them rather than their float32 copies (maximum and minimum); None after
+    half_inputs = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1211,7 +1214,11 @@ def _half_forward(forward):
 def _forward_in_float32(op, forward, arrays):
     cast = _half_ops().cast
     op.half_dtypes = tuple([a.dtype for a in arrays])
-    out = forward(op, *[cast(a, np.float32) if a.dtype is FLOAT16 else a for a in arrays])
+    op.half_inputs = arrays
+    try:
+        out = forward(op, *[cast(a, np.float32) if a.dtype is FLOAT16 else a for a in arrays])
+    finally:
+        op.half_inputs = None  # (not kept alive by the op)
     if isinstance(out, tuple):
         return tuple([cast(o, FLOAT16) if o.dtype == np.float32 else o for o in out])
     return cast(out, FLOAT16) if out.dtype == np.float32 else out  # (integer outputs stay)
