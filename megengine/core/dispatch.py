@@ -1179,8 +1179,8 @@ def _arity(method):
 
 
 # The wrappers below come in one- and two-array forms besides the general one: a float32
-# call through them costs a frame and a dtype test, where ``*arrays`` cost another ~0.2 us
-# (a quarter of a small elemwise op's forward)
+# call through them costs a frame and a dtype test (~45 ns, against ~2 us for a small
+# elemwise op's whole call), where repacking ``*arrays`` costs ~100 ns more
 
 def _half_forward(forward):
     """``forward`` of an op class that sets `Op.half_in_float32`: a call that `computes_half`
