@@ -631,7 +631,8 @@ def _add_grad(t, grad):
         # dtype (int32) meets the gradient by the engine's rules (float32), as upstream's
         total = held + grad
     else:
-        total = Tensor._wrap(held._data + grad._data, t._device)
+        # (float16 on ATen's vectorised loop, numpy's values: `dispatch._add_arrays`)
+        total = Tensor._wrap(dispatch._add_arrays(held._data, grad._data), t._device)
     if held._pinned_storage:  # storage lent by torch (a PyTorchModule's tensor) stays its own
         held._reset(total)
     else:

@@ -212,6 +212,40 @@ class Op:
     # every input to the high precision dtype (float32; upstream's exp, log, true division, ...);
     # "low", float inputs to the low precision dtype (float16; matrix products); None: untouched.
     autocast = None
+    # float16 on the CPU: True for an op whose float16 numpy inputs compute in float32, forward
+    # and backward, each result rounded to float16 once, as torch's CPU kernels compute
+    # float16 (numpy's float16 loops convert one element at a time, 10-100x a float32 pass, and
+    # a function of several passes rounds after each). Which calls do is `computes_half`'s
+    # rule; the wrappers that `__init_subclass__` puts around the class's forward and backward
+    # do the rest (`_half_forward`), wherever an op is called from: `apply`, a jit replay, a
+    # dumped program's backward. Classes that leave it False get no wrapper and pay nothing.
+    half_in_float32 = False
+    half_dtypes = None  # the input dtypes of a call that computed float16 in float32 (above)
+    # while such a call's forward runs: its inputs as given (float16), for an op whose backward
+    # keeps them rather than their float32 copies (maximum and minimum); None after
+    half_inputs = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            method = getattr(cls, name)
+            inner = getattr(method, "half_inner", None)
+            if cls.half_in_float32 and inner is None:
+                wrap = _half_forward if name == "forward" else _half_backward
+                setattr(cls, name, wrap(method))
+            elif not cls.half_in_float32 and inner is not None:  # a subclass that opts out
+                setattr(cls, name, inner)
+
+    def computes_half(self, arrays):
+        """Whether this call, with a float16 input among ``arrays``, computes in float32
+        (`half_in_float32`): when every input is float16 (an op that promotes mixed dtypes
+        computes those in their promoted dtype) and they are numpy arrays, one of
+        `functional._aten.HALF_MIN` values or more (`ops.half_operands`; CuPy arrays keep
+        their own float16 kernels). An op whose rule differs overrides this."""
+        for a in arrays:
+            if a.dtype is not FLOAT16:
+                return False
+        return _half_ops().half_operands(*arrays)
 
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -1121,6 +1155,103 @@ def _zeros_like_meta(meta, slot):
     shape, dtype = meta
     present = next(g for g in slot if g is not None)  # backward only visits nodes with one
     return xp_of(present).zeros(shape, dtype)
+
+
+def _half_ops():
+    """`megengine.core.ops`, which holds the float16 conversions (`ops.cast`), loaded when a
+    float16 call first needs it (it imports this module)."""
+    global _ops
+    if _ops is None:
+        from . import ops as _ops
+    return _ops
+
+
+_ops = None
+
+
+def _arity(method):
+    """How many arrays ``method(self, ...)`` takes, where that is fixed (no defaults, no
+    ``*args``); else None."""
+    code = getattr(method, "__code__", None)
+    if code is None or code.co_flags & 0x0C or method.__defaults__:  # (*args, **kwargs)
+        return None
+    return code.co_argcount - 1
+
+
+# The wrappers below come in one- and two-array forms besides the general one: a float32
+# call through them costs a frame and a dtype test (~45 ns, against ~2 us for a small
+# elemwise op's whole call), where repacking ``*arrays`` costs ~100 ns more
+
+def _half_forward(forward):
+    """``forward`` of an op class that sets `Op.half_in_float32`: a call that `computes_half`
+    runs ``forward`` on its float16 inputs converted to float32 (other inputs as they are)
+    and rounds its float32 outputs to float16 once; other calls go straight through."""
+    arity = _arity(forward)
+    if arity == 1:
+        def half_forward(self, x):
+            if x.dtype is FLOAT16 and self.computes_half((x,)):
+                return _forward_in_float32(self, forward, (x,))
+            return forward(self, x)
+    elif arity == 2:
+        def half_forward(self, a, b):
+            if (a.dtype is FLOAT16 or b.dtype is FLOAT16) and self.computes_half((a, b)):
+                return _forward_in_float32(self, forward, (a, b))
+            return forward(self, a, b)
+    else:
+        def half_forward(self, *arrays):
+            for a in arrays:
+                if a.dtype is FLOAT16:
+                    if self.computes_half(arrays):
+                        return _forward_in_float32(self, forward, arrays)
+                    break
+            return forward(self, *arrays)
+
+    half_forward.half_inner = forward
+    half_forward.__doc__, half_forward.__name__ = forward.__doc__, forward.__name__
+    return half_forward
+
+
+def _forward_in_float32(op, forward, arrays):
+    cast = _half_ops().cast
+    op.half_dtypes = tuple([a.dtype for a in arrays])
+    op.half_inputs = arrays
+    try:
+        out = forward(op, *[cast(a, np.float32) if a.dtype is FLOAT16 else a for a in arrays])
+    finally:
+        op.half_inputs = None  # (not kept alive by the op)
+    if isinstance(out, tuple):
+        return tuple([cast(o, FLOAT16) if o.dtype == np.float32 else o for o in out])
+    return cast(out, FLOAT16) if out.dtype == np.float32 else out  # (integer outputs stay)
+
+
+def _half_backward(backward):
+    """``backward`` of an op class that sets `Op.half_in_float32`: after a forward that
+    computed in float32, the float16 output gradients are converted to float32, and each
+    input's gradient is rounded once to that input's own dtype (a float32 input mixed with
+    float16 ones, such as a normalization's parameters, keeps float32)."""
+    if _arity(backward) == 1:
+        def half_backward(self, g):
+            if self.half_dtypes is None:
+                return backward(self, g)
+            return _backward_in_float32(self, backward, (g,))
+    else:
+        def half_backward(self, *grads):
+            if self.half_dtypes is None:
+                return backward(self, *grads)
+            return _backward_in_float32(self, backward, grads)
+
+    half_backward.half_inner = backward
+    half_backward.__doc__, half_backward.__name__ = backward.__doc__, backward.__name__
+    return half_backward
+
+
+def _backward_in_float32(op, backward, grads):
+    cast, dtypes = _half_ops().cast, op.half_dtypes
+    out = backward(op, *[cast(g, np.float32) if g is not None and g.dtype is FLOAT16 else g
+                         for g in grads])
+    if not isinstance(out, (tuple, list)):
+        return out if out is None or out.dtype == dtypes[0] else cast(out, dtypes[0])
+    return tuple([g if g is None or g.dtype == d else cast(g, d) for g, d in zip(out, dtypes)])
 
 
 def xp_of(a):

@@ -44,23 +44,19 @@ def as_dtype(a, dtype):
     return a if a.dtype == dtype else cast(a, dtype)
 
 
-def to_half(grads):
-    """Gradients computed in float32 for float16 inputs, rounded to float16 once: one array, or
-    a tuple of arrays and Nones (inputs without a gradient)."""
-    if type(grads) is tuple:
-        return tuple(None if g is None else cast(g, _F16) for g in grads)
-    return None if grads is None else cast(grads, _F16)
-
-
-def half_operands(a, b=None):
-    """Whether a float16 op on ``a`` (and ``b``) computes in float32, rounded once: numpy
-    arrays of `functional._aten.HALF_MIN` values or more (either operand), where numpy's
-    float16 loops, converting one element at a time, take 10-100x a float32 pass. CuPy arrays
-    keep their own float16 kernels. Callers test the float16 dtype first."""
-    if type(a) is not np.ndarray or b is not None and type(b) is not np.ndarray:
-        return False
+def half_operands(*arrays):
+    """Whether a float16 op on ``arrays`` computes in float32, rounded once: numpy arrays, one
+    of `functional._aten.HALF_MIN` values or more, where numpy's float16 loops, converting one
+    element at a time, take 10-100x a float32 pass. CuPy arrays keep their own float16
+    kernels. Callers test the float16 dtype first (an op opts in with `Op.half_in_float32`)."""
+    for a in arrays:
+        if type(a) is not np.ndarray:
+            return False
     least = (_aten or _load_aten()).HALF_MIN
-    return a.size >= least or b is not None and b.size >= least
+    for a in arrays:
+        if a.size >= least:
+            return True
+    return False
 
 
 def acc_dtype(dtype):
@@ -178,14 +174,11 @@ class _Binary(Op):
     # loops are slow), and for two large float arrays of one shape on torch's pool while that
     # has several threads (`functional._aten.binary`)
     pooled = None
-    # Whether float16 numpy operands (from `_aten.HALF_MIN` values) compute in float32 and
-    # round once (`half`), forward and backward, as torch's CPU kernels compute float16: numpy's
-    # float16 loops convert one element at a time (`half_operands`), and round each step of a
-    # gradient of several. Maximum, minimum and division give numpy's float16 values (float32
-    # holds the 2 * 11 + 2 bits that make one rounding IEEE's float16 quotient), the others a
-    # value within a float16 step of the exact one
-    half_in_float32 = False
-    half = False  # this call computed in float32 (above)
+    # Subclasses that set `Op.half_in_float32` compute two float16 numpy operands in float32,
+    # rounded once, forward and backward (numpy's float16 passes round each step of a gradient
+    # of several). Maximum, minimum and division give numpy's float16 values (float32 holds the
+    # 2 * 11 + 2 bits that make one rounding IEEE's float16 quotient), the others a value
+    # within a float16 step of the exact one. (Add, sub and mul take ATen's float16 loops.)
 
     def forward(self, a, b):
         dtype = a.dtype
@@ -198,9 +191,6 @@ class _Binary(Op):
             if b.dtype != dtype:
                 b = b.astype(dtype)
         self.a, self.b = a, b
-        if self.half_in_float32 and a.dtype is _F16 and half_operands(a, b):
-            self.half = True
-            return self.compute_half(a, b)
         if self.pooled is not None and (a.size >= POOL_MIN or a.dtype is _F16):
             out = (_aten or _load_aten()).binary(self.pooled, a, b)
             if out is not None:
@@ -227,21 +217,6 @@ class _Binary(Op):
         raise no_quantized_form(_op_name(self), dtype)
 
     def backward(self, g):
-        if self.half:  # in float32, as forward, each gradient rounded once
-            a, b = self.a, self.b
-            self.a, self.b = cast(a, np.float32), cast(b, np.float32)  # (for `grads`)
-            try:
-                grads = self._backward(cast(g, np.float32))
-            finally:
-                self.a, self.b = a, b
-            return to_half(grads)
-        return self._backward(g)
-
-    def compute_half(self, a, b):
-        """``compute(a, b)`` of float16 arrays in float32, rounded once (`half_in_float32`)."""
-        return cast(self.compute(cast(a, np.float32), cast(b, np.float32)), _F16)
-
-    def _backward(self, g):
         ga, gb = self.grads(g)
         na, nb = self.needs_input_grad
         return (unbroadcast(ga, self.a.shape) if na and ga is not None else None,
@@ -483,63 +458,79 @@ class Pow(_Binary):
 # the bounds, and maximum(x, x) has gradient 1), and a reduction gives every element equal to
 # the result the whole gradient (torch shares it out instead).
 
+def _half_extreme(op, out, a, b, chooses_first):
+    """``out``, the maximum or minimum of float16 ``a`` and ``b`` computed in float32
+    (`Op.half_in_float32`), with numpy's float16 choice of two zeros (`_zero_ties_first`).
+    For backward ``op`` keeps the float16 operands (`Op.half_inputs`) and, where a gradient is
+    wanted, the mask of the first operand's, instead of the float32 copies: kept until
+    backward, those grew the heap past what glibc trims at, so that every step page-faulted its
+    fresh buffers anew (one thread, F.maximum(x, y) of (512, 512) forward and backward: 992
+    faults and ~5 ms a step with the copies, none and 0.45 ms without; F.clip with Tensor
+    bounds, two of these, 3.2 ms with them, 1.7-1.9 without)."""
+    if any(op.needs_input_grad):
+        op.first = chooses_first(a, b)
+    op.a, op.b = op.half_inputs
+    return _zero_ties_first(out, a, b)
+
+
 def _zero_ties_first(out, a, b):
-    """``out`` (a float16 maximum or minimum of ``a`` and ``b`` computed in float32) with
-    numpy's float16 choice where the operands are zeros of two signs: the first. numpy's float16
-    loops take the first of two equal operands, its float32 loops whichever the CPU's
+    """``out`` (a maximum or minimum of float16 values ``a`` and ``b`` computed in float32)
+    with numpy's float16 choice where the operands are zeros of two signs: the first. numpy's
+    float16 loops take the first of two equal operands, its float32 loops whichever the CPU's
     instruction does; equal values are otherwise the same bits, and NaNs propagate either way."""
-    bits = np.uint16
-    zeros = ((a.view(bits) | b.view(bits)) & 0x7FFF) == 0  # (a few passes over 16-bit integers)
-    if zeros.any():
+    if (out == 0).any():  # (two zeros give a zero: one pass over the result, mostly all)
+        zeros = (a == 0) & (b == 0)
         np.copyto(out, np.broadcast_to(a, out.shape), where=zeros)
     return out
 
 
 class Maximum(_Binary):
     quantized = "stored"
-    # float16 in float32 (`_Binary.half_in_float32`): numpy's float16 values, the gradients'
+    # float16 in float32 (`Op.half_in_float32`): numpy's float16 values, the gradients'
     # g * mask too. One thread, forward and backward of (512, 512) (a noisy machine):
     # F.minimum(x, x / 2) 10.9-15.7 ms before, 3.1-3.8 after; F.maximum(x, 0.0) 11.4-16.0
     # before, 0.5-2.7 after (float32 0.3-0.5; numpy's float16 comparison and product loops)
     half_in_float32 = True
+    first = None  # float16 computed in float32: where the first operand takes the gradient
 
     def compute(self, a, b):
         if a.dtype.kind == "c":  # (numpy would order them by real part, then imaginary)
             raise no_order("maximum", a.dtype)
+        if self.half_dtypes is not None:
+            return _half_extreme(self, np.maximum(a, b), a, b, np.greater_equal)
         return xp_of(a).maximum(a, b)
 
-    def compute_half(self, a, b):
-        return _zero_ties_first(super().compute_half(a, b), a, b)
-
     def grads(self, g):
-        first = self.a >= self.b
+        first = self.a >= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
         return g * first if na else None, g * ~first if nb else None
 
     def grads_graph(self, a, b, out, g):
-        first = _const((self.a >= self.b).astype(g.dtype), g)
+        first = _const((self.a >= self.b if self.first is None else self.first)
+                       .astype(g.dtype), g)
         return g * first, g * (1 - first)
 
 
 class Minimum(_Binary):
     quantized = "stored"
     half_in_float32 = True  # (as Maximum's)
+    first = None
 
     def compute(self, a, b):
         if a.dtype.kind == "c":
             raise no_order("minimum", a.dtype)
+        if self.half_dtypes is not None:
+            return _half_extreme(self, np.minimum(a, b), a, b, np.less_equal)
         return xp_of(a).minimum(a, b)
 
-    def compute_half(self, a, b):
-        return _zero_ties_first(super().compute_half(a, b), a, b)
-
     def grads(self, g):
-        first = self.a <= self.b
+        first = self.a <= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
         return g * first if na else None, g * ~first if nb else None
 
     def grads_graph(self, a, b, out, g):
-        first = _const((self.a <= self.b).astype(g.dtype), g)
+        first = _const((self.a <= self.b if self.first is None else self.first)
+                       .astype(g.dtype), g)
         return g * first, g * (1 - first)
 
 

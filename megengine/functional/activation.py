@@ -12,7 +12,7 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import cast, half_operands, t_unbroadcast, to_half, unbroadcast, xp_of
+from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _tensor
@@ -294,6 +294,9 @@ class _Gelu(_Activation):
     1.5e-7, so the relative error grows where gelu is small, ~0.5 % near x = -4)."""
 
     tx = None  # ATen's view of x, when the ATen path ran
+    # ATen's gelu computes float16 in float32 itself (`_aten_gelu`); where it does not serve,
+    # the array code's does (`_Unary.forward`, whose wrapper takes float16 to float32)
+    half_in_float32 = False
 
     def forward(self, x):
         x = self.input(x)
@@ -404,7 +407,11 @@ class _LogSigmoid(_Activation):
 
 class _PRelu(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
-    half = False  # float16 computed in float32 (`forward`)
+    # numpy's float16 loops convert one element at a time: float16 in float32 (`Op`), x * w
+    # rounded once (numpy's float16 values), the gradients too (w's summed in float32 from the
+    # exact products). One thread, forward and backward of (512, 512) with a weight per column:
+    # 7.6-9.9 ms before, 3.1 after (float32 2.2-3.0)
+    half_in_float32 = True
 
     def forward(self, x, w):
         dtype = promote_types(x.dtype, w.dtype)
@@ -413,16 +420,6 @@ class _PRelu(Op):
         if dtype.metadata is not None:  # one quantized dtype: w * x of the values, in float32
             x, w, dtype = _dtype.float_value(x), _dtype.float_value(w), np.dtype(np.float32)
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
-        if dtype is FLOAT16 and half_operands(x, w):
-            # numpy's float16 loops convert one element at a time: in float32, x * w rounded
-            # once (numpy's float16 values), the gradients too (w's summed in float32 from the
-            # exact products). One thread, forward and backward of (512, 512) with a weight per
-            # column: 7.6-9.9 ms before, 3.1 after (float32 2.2-3.0)
-            self.half = True
-            return cast(self._forward(cast(x, np.float32), cast(w, np.float32)), FLOAT16)
-        return self._forward(x, w)
-
-    def _forward(self, x, w):
         self.x, self.w = x, w
         try:
             return xp_of(x).where(x > 0, x, x * w)
@@ -431,11 +428,6 @@ class _PRelu(Op):
                              f"of shape {x.shape}") from None
 
     def backward(self, g):
-        if self.half:
-            return to_half(self._backward(cast(g, np.float32)))
-        return self._backward(g)
-
-    def _backward(self, g):
         xp = xp_of(g)
         pos = self.x > 0
         # x may have been broadcast against w (upstream's rule): reduce back to x's shape

@@ -182,7 +182,10 @@ class _Convolution(Op):
     # a layer's `_aten.LayerViews`, set by `_conv` when a module passes one (F.conv*: None)
     cache = None
     # float16 on the CPU computes in float32 and rounds once (`_prepare`): the gradient
-    # arriving is converted up, the results down
+    # arriving is converted up, the results down. Not `Op.half_in_float32`: whether a call does
+    # follows the dtype its operands compute in, a float32 bias widening float16 ones
+    # (`_bias_widened`), at any size; and a layer's kept views (`cache`) are keyed on the
+    # weight's identity, which the mechanism's float32 copy would change on every call
     half = False
 
     def forward(self, x, w, b=None):

@@ -3,11 +3,11 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core._trace_option import is_sym
-from ..core.dispatch import FLOAT16, Op, apply
+from ..core.dispatch import Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import BINARY, UNARY, _Binary, cast, half_operands, to_half, unbroadcast, xp_of
+from ..core.ops import BINARY, UNARY, _Binary, unbroadcast, xp_of
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from ._args import _as_float, _tensor  # (_tensor: also imported from here by the functional files)
@@ -201,9 +201,9 @@ class _Unary(Op):
     ``f`` (``holomorphic``, see `Op`), which gives the complex gradients too.
 
     float16 on the CPU (numpy arrays of ``_aten.HALF_MIN`` values or more) computes in float32,
-    forward and backward, each result rounded to float16 once (``half``), as torch's CPU
-    kernels compute float16: numpy's float16 loops convert one element at a time, and a
-    function of several passes rounded after each. Measured with one thread, forward and
+    forward and backward, each result rounded to float16 once (`Op.half_in_float32`), as
+    torch's CPU kernels compute float16: numpy's float16 loops convert one element at a time,
+    and a function of several passes rounded after each. Measured with one thread, forward and
     backward of (512, 512): sigmoid 23.4 ms against 0.35 in float32, tanh 10.6 against 0.26,
     leaky_relu 19.6 against 0.21, silu 37.6 against 0.35.
     """
@@ -212,14 +212,10 @@ class _Unary(Op):
     to_float = True
     holomorphic = True
     backward_reads = ("x",)  # what ``grad`` reads of x and y (see `Op`), as torch's saves
-    half = False  # float16 computed in float32 (above)
+    half_in_float32 = True  # (above)
 
     def forward(self, x):
-        x = self.input(x)
-        if x.dtype is FLOAT16 and half_operands(x):
-            self.half = True
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
+        return self._forward(self.input(x))
 
     def _forward(self, x):
         """``f(x)`` in ``x``'s dtype, keeping what backward reads."""
@@ -240,8 +236,6 @@ class _Unary(Op):
         return x
 
     def backward(self, g):
-        if self.half:
-            return to_half(self._backward(cast(g, np.float32)))
         return self._backward(g)
 
     def _backward(self, g):
@@ -366,25 +360,20 @@ except ImportError:  # pragma: no cover (numpy 1.x)
 class Clip(Op):
     """``x`` limited to ``[lower, upper]``; gradient passes where x is inside (ends included)."""
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
-
-    half = False  # float16 computed in float32 (below)
+    # numpy's float16 loops convert one element at a time: float16 in float32 (`Op`), the same
+    # values with the bounds rounded to float16 first (`forward`). One thread, forward and
+    # backward of (512, 512): F.clip(x, -1, 1) 8.9-10.5 ms before, 0.33 after (float32 0.2)
+    half_in_float32 = True
 
     def __init__(self, lower, upper):
         self.lower, self.upper = lower, upper
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and half_operands(x):
-            # numpy's float16 loops convert one element at a time: in float32, the same values
-            # with the bounds rounded to float16 first, as numpy's float16 clip takes Python
-            # numbers (so x == float16(0.1) is inside [0.1, 1]). One thread, forward and
-            # backward of (512, 512): F.clip(x, -1, 1) 8.9-10.5 ms before, 0.33 after (float32 0.2)
-            self.half = True
+        half = self.half_dtypes is not None  # float16 x, here in float32
+        if half:  # the bounds as numpy's float16 clip takes Python numbers: rounded to float16
+            # first (so x == float16(0.1) is inside [0.1, 1])
             self.lower, self.upper = (None if b is None else float(np.float16(b))
                                       for b in (self.lower, self.upper))
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
-
-    def _forward(self, x):
         if type(x) is np.ndarray and x.dtype.kind == "f" and self.lower is not None \
                 and self.upper is not None and not self.needs_input_grad[0]:
             # inference on a float numpy array: the clip ufunc itself. np.clip's Python wrapper
@@ -401,7 +390,7 @@ class Clip(Op):
             if self.upper is not None:
                 inside = inside & (x <= self.upper)
             self.inside = inside
-        if self.half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
+        if half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
             # maximum and minimum take the CPU instruction's choice of two signed zeros)
             return xp.clip(x, -np.inf if self.lower is None else self.lower,
                            np.inf if self.upper is None else self.upper)
@@ -415,8 +404,6 @@ class Clip(Op):
         return xp.clip(x, self.lower, self.upper)
 
     def backward(self, g):
-        if self.half:  # (the float16 product's loop: see forward)
-            return cast(cast(g, np.float32) * self.inside, FLOAT16)
         return g * self.inside
 
     def grad_graph(self, inputs, outputs, grads):

@@ -7,8 +7,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
-from ..core.ops import (acc_dtype, acc_sum, cast, div_count, half_operands, t_unbroadcast,
-                        to_half, unbroadcast, xp_of)
+from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _UNSIGNED, _as_float, _out_of_range
@@ -83,7 +82,12 @@ class _PairLoss(Op):
     # a call, a third of a small loss's backward)
     grads_broadcast_g = False
     tp = None  # the torch views of pred and label, when the forward ran on ATen
-    half = False  # float16 computed in float32 (`forward`)
+    # numpy's float16 loops convert one element at a time, and round each step: float16 in
+    # float32 (`Op`; ATen's fused loss where float32 takes it), rounded once, as torch's CPU
+    # kernels compute float16 (numpy's passes left squared errors' gradients up to 7 float16
+    # steps off, BCE's 6630). One thread, forward and backward of (512, 512), mean: squared
+    # error 22-24 ms before, 0.46 after; L1 4.5-4.9, 0.53 (float32 0.4)
+    half_in_float32 = True
 
     def __init__(self, reduction, what):
         self.reduction, self.what = reduction, what
@@ -100,18 +104,6 @@ class _PairLoss(Op):
             pred, label, dtype = float_value(pred), float_value(label), np.dtype(np.float32)
         pred, label = pred.astype(dtype, copy=False), label.astype(dtype, copy=False)
         self.shapes = (pred.shape, label.shape)
-        if dtype is FLOAT16 and half_operands(pred, label):
-            # numpy's float16 loops convert one element at a time, and round each step: in
-            # float32 (ATen's fused loss where float32 takes it), rounded once, as torch's CPU
-            # kernels compute float16 (numpy's passes left squared errors' gradients up to 7
-            # float16 steps off, BCE's 6630). One thread, forward and backward of (512, 512),
-            # mean: squared error 22-24 ms before, 0.46 after; L1 4.5-4.9, 0.53 (float32 0.4)
-            self.half = True
-            return cast(self._forward(cast(pred, np.float32), cast(label, np.float32)), FLOAT16)
-        return self._forward(pred, label)
-
-    def _forward(self, pred, label):
-        dtype = pred.dtype
         if (self.aten_loss is not None and type(pred) is np.ndarray
                 and pred.size >= max(self.aten_forward_min, 1) and pred.shape == label.shape
                 and dtype in KERNEL_FLOATS and _aten.use_aten(pred, "pair_loss")):
@@ -130,11 +122,6 @@ class _PairLoss(Op):
         return _reduce(loss, self.reduction)
 
     def backward(self, g):
-        if self.half:  # in float32, as forward, each gradient rounded once
-            return to_half(self._backward(cast(g, np.float32)))
-        return self._backward(g)
-
-    def _backward(self, g):
         needs = self.needs_input_grad
         if self.tp is not None:
             pred, label = self.arrays

@@ -9,7 +9,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
-                        half_operands, names_an_axis, to_half, xp_of)
+                        half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
@@ -48,6 +48,11 @@ def isinf(inp):
 
 class Sign(Op):
     format_rule = "elemwise"  # how a tensor format label passes (megengine.core.format)
+    # float16 in float32 (`Op.half_in_float32`): -1, 0 and 1 are exact either way, where
+    # numpy's float16 sign converts one element at a time (one thread, (512, 512), with a
+    # backward pass: 0.54 ms before, 0.32 after, float32 0.26)
+    half_in_float32 = True
+
     def forward(self, x):
         if x.dtype.kind == "c":  # numpy 2's is z / |z|, numpy 1's and CuPy's sign(real part)
             raise complex_error("sign", x.dtype, "the sign of a complex number is ambiguous",
@@ -284,22 +289,16 @@ class PNorm(Op):
     """``sum(|x| ** p) ** (1 / p)`` over some axes (p not 0 or +-inf).
 
     float16 numpy arrays of `_aten.HALF_MIN` values or more compute in float32, forward and
-    backward, rounded once (``half``), as torch's CPU kernels: numpy's float16 loops convert one
-    element at a time. One thread, forward and backward of (512, 512) over axis 1: 2.1-2.3 ms
-    before, 0.23 after (float32 0.18)."""
+    backward, rounded once (`Op.half_in_float32`), as torch's CPU kernels: numpy's float16 loops
+    convert one element at a time. One thread, forward and backward of (512, 512) over axis 1:
+    2.1-2.3 ms before, 0.23 after (float32 0.18)."""
     what = "norm"  # (the public function, for errors)
-    half = False  # float16 computed in float32 (above)
+    half_in_float32 = True  # (above)
 
     def __init__(self, p, axis, keepdims):
         self.p, self.axis, self.keepdims = p, axis, keepdims
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and half_operands(x):
-            self.half = True
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
-
-    def _forward(self, x):
         xp = xp_of(x)
         if x.dtype.kind != "f":  # (no call on the float path)
             x = _as_float(x, self)
@@ -325,11 +324,6 @@ class PNorm(Op):
         return out.reshape(_out_shape(x.shape, axes, self.keepdims))
 
     def backward(self, g):
-        if self.half:
-            return to_half(self._backward(cast(g, np.float32)))
-        return self._backward(g)
-
-    def _backward(self, g):
         xp = xp_of(g)
         x, out, p = self.x, self.out, self.p
         g = g.reshape(out.shape)
@@ -386,23 +380,17 @@ class Normalize(Op):
     (the sum over ``axes``; where the norm is below eps, c is a constant).
 
     float16 numpy arrays of `_aten.HALF_MIN` values or more compute so in float32, rounded
-    once (``half``), as torch's CPU kernels compute float16: numpy's float16 loops convert one
-    element at a time, and ``eps`` as a float16 was 0 (a zero row gave NaN, torch's 0). One
-    thread, forward and backward of (512, 512) over axis 1: 10.5-11.6 ms before, 0.46 after
-    (float32 0.32-0.35)."""
+    once (`Op.half_in_float32`), as torch's CPU kernels compute float16: numpy's float16 loops
+    convert one element at a time, and ``eps`` as a float16 was 0 (a zero row gave NaN, torch's
+    0). One thread, forward and backward of (512, 512) over axis 1: 10.5-11.6 ms before, 0.46
+    after (float32 0.32-0.35). (CuPy's float16 takes ATen's CUDA float16 kernels.)"""
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's sqrt and division
-    half = False  # float16 computed in float32 (above)
+    half_in_float32 = True  # (above)
 
     def __init__(self, axis, eps):
         self.axis, self.eps = axis, eps
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and type(x) is np.ndarray:  # (CuPy's: ATen's CUDA float16)
-            self.half = True
-            return cast(self._forward(cast(x, np.float32)), FLOAT16)
-        return self._forward(x)
-
-    def _forward(self, x):
         self.axes = axes = _norm_axes(self.axis, x.ndim, "normalize")
         tx = _aten.view(x)
         n = _aten.op("linalg_vector_norm")(tx, 2, axes, True)
@@ -412,8 +400,6 @@ class Normalize(Op):
         return _aten.array(y)
 
     def backward(self, g):
-        if self.half:
-            return to_half(_aten.array(self._backward(cast(g, np.float32))))
         return _aten.fresh_gradient(self._backward(g))
 
     def _backward(self, g):
@@ -467,8 +453,16 @@ def _check_sortable(inp, what):
         raise ValueError(f"{what}: input must have at least 1 dim, got a scalar")
 
 
+def _in_order(x):
+    """``x``, or for a float16 numpy array of `_aten.HALF_MIN` values or more its float32
+    values, which hold every float16 value in the same order: the same indices, where numpy's
+    float16 comparisons convert one element at a time (see `_PickLast.forward`)."""
+    return cast(x, np.float32) if x.dtype is FLOAT16 and half_operands(x) else x
+
+
 def _argsort(xp, x, descending):
-    return xp.argsort(_sort_key(x, descending), axis=-1, kind="stable").astype(np.int32)
+    return xp.argsort(_sort_key(_in_order(x), descending), axis=-1, kind="stable") \
+        .astype(np.int32)
 
 
 def argsort(inp, descending=False):
@@ -484,7 +478,7 @@ class _PickLast(Op):
 
     def forward(self, x):
         xp = xp_of(x)
-        idx = self.indices(xp, x)
+        idx = self.indices(xp, _in_order(x))  # (float16: the order of its float32 values)
         self.in_shape = x.shape
         self.grid = _grid_index(xp, idx, idx.ndim - 1)
         return x[self.grid], idx.astype(np.int32)
@@ -541,6 +535,13 @@ class TopK(_PickLast):
         if (not self.kth_only and x.dtype in KERNEL_FLOATS and x.size
                 and _aten.use_aten(x, "topk")):
             return self._forward_aten(xp_of(x), x)
+        if not self.kth_only and x.dtype is FLOAT16 and half_operands(x) \
+                and _aten.use_aten(x, "topk"):
+            # float16: ATen's topk of its float32 values (the same order), the values rounded
+            # back exactly. numpy's argpartition took 3.2 ms on (512, 512) for k = 5, in either
+            # dtype, where ATen's topk takes 0.7 ms (one thread)
+            values, idx = self._forward_aten(xp_of(x), cast(x, np.float32))
+            return cast(values, FLOAT16), idx
         return super().forward(x)
 
     def indices(self, xp, x):

@@ -7,7 +7,7 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
-from ..core.ops import acc_dtype, all_ints, as_dtype, cast, half_operands, unbroadcast, xp_of
+from ..core.ops import acc_dtype, all_ints, half_operands, unbroadcast, xp_of
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size, _tensor
@@ -272,7 +272,13 @@ class _Normalize(Op):
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's LayerNorm and GroupNorm
 
     tx = None  # ATen's view of x as (rows, M), when the ATen path ran
-    half = None  # float16 x computed in float32 on ATen (`forward`): the inputs' dtypes
+    # numpy's float16 loops convert one element at a time: float16 x computes on ATen's float32
+    # kernels (`computes_half`), each result rounded once, as torch's CPU kernels compute
+    # float16 (numpy's passes left x's gradient up to 136 float16 steps off). One thread,
+    # forward and backward: layer norm of (512, 512) over rows 3.9-5.7 ms before, 0.51 after
+    # (float32 0.47-0.63); group norm of (16, 32, 32, 32) in 4 groups 4.8 before, 1.8 after
+    # (float32 0.6-0.7)
+    half_in_float32 = True
 
     def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None,
                  what="layer_norm"):
@@ -283,20 +289,16 @@ class _Normalize(Op):
         # "group_norm": its group norm kernels (view (N, groups, -1))
         self.family = family
 
+    def computes_half(self, arrays):
+        """float16 x on ATen's kernels (`half_in_float32`), its parameters float16 or float32
+        (float32 ones keep their dtype and their gradients')."""
+        x, params = arrays[0], arrays[1:]
+        return (self.family is not None and x.dtype is FLOAT16 and half_operands(x)
+                and all(p.dtype is FLOAT16 or p.dtype == np.float32 for p in params)
+                and _aten.use_aten(x, self.family))
+
     def forward(self, x, *params):
         x = _as_float(x, self)
-        if (self.family is not None and x.dtype is FLOAT16 and half_operands(x)
-                and all(p.dtype is FLOAT16 or p.dtype == np.float32 for p in params)
-                and _aten.use_aten(x, self.family)):
-            # numpy's float16 loops convert one element at a time: ATen's float32 kernels on
-            # the values converted, each result rounded once, as torch's CPU kernels compute
-            # float16 (numpy's passes left x's gradient up to 136 float16 steps off). One
-            # thread, forward and backward: layer norm of (512, 512) over rows 3.9-5.7 ms
-            # before, 0.51 after (float32 0.47-0.63); group norm of (16, 32, 32, 32) in 4 groups
-            # 4.8 before, 1.8 after (float32 0.6-0.7)
-            self.half = [x.dtype] + [p.dtype for p in params]
-            x, params = cast(x, np.float32), [as_dtype(p, np.float32) for p in params]
-            return cast(self._forward_on_aten(x, params), FLOAT16)
         if (self.family is not None and x.size and x.dtype in KERNEL_FLOATS
                 and _same_dtype(params, x.dtype) and _aten.use_aten(x, self.family)):
             return self._forward_on_aten(x, params)
@@ -405,9 +407,6 @@ class _Normalize(Op):
         return self.tx, self.tw, self.tb, self.mean, self.rstd
 
     def backward(self, g):
-        if self.half is not None:  # (in float32, as forward; each gradient in its input's dtype)
-            grads = self._backward_aten(cast(g, np.float32))
-            return tuple(None if a is None else as_dtype(a, d) for a, d in zip(grads, self.half))
         if self.tx is not None:
             return self._backward_aten(g)
         needs = self.needs_input_grad

@@ -53,21 +53,14 @@ class _Pool2d(Op):
     # their gradients are exact either way; averages add in float32, as torch's): ATen's
     # float16 CPU kernels and numpy's float16 loops took ~10x float32 (one thread, 2x2 max
     # pooling of (16, 32, 32, 32), forward and backward: 59 ms against 6.3)
-    half = False
+    half_in_float32 = True
+
+    def computes_half(self, arrays):
+        """Any float16 numpy input (`half_in_float32`), however small, as this op has pooled
+        float16 since it first did so in float32 (the values stay)."""
+        return type(arrays[0]) is np.ndarray
 
     def forward(self, x):
-        if x.dtype is FLOAT16 and type(x) is np.ndarray:
-            self.half = True
-        return self._in_float32(self._forward, x)
-
-    def backward(self, g):
-        return self._in_float32(self._backward, g)
-
-    def _in_float32(self, fn, a):
-        """``fn(a)``; for a float16 pooling on the CPU (`half`), of ``a`` in float32, rounded."""
-        return cast(fn(cast(a, np.float32)), FLOAT16) if self.half else fn(a)
-
-    def _forward(self, x):
         if x.dtype.metadata is not None:  # a quantized tensor (megengine.core.tensor.dtype)
             return self._quantized(x)
         what = self.what
@@ -244,7 +237,9 @@ class _Pool2d(Op):
         """The adjoint of max pooling's backward (a scatter of g to each window's maxima):
         ``gg`` (the input's shape) read at those maxima (summed over tied ones), in the
         output's shape."""
-        return self._in_float32(self._gathered_at_max, gg)
+        if self.half_dtypes is not None:  # (a float16 pooling: in float32, as its backward)
+            return cast(self._gathered_at_max(cast(gg, np.float32)), FLOAT16)
+        return self._gathered_at_max(gg)
 
     def _gathered_at_max(self, gg):
         if self.slices is not None:
@@ -268,7 +263,7 @@ class _Pool2d(Op):
         picked = tg.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
         return _aten.array(picked.contiguous())
 
-    def _backward(self, g):
+    def backward(self, g):
         if self.mode == "max" and self.slices is not None:
             return self._disjoint_max_backward(g)
         aten = _aten.aten()

@@ -669,6 +669,10 @@ def _scan(x, axis):
 
 class Cumsum(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): a linear map, real coefficients
+    # float16 in float32 (`Op.half_in_float32`): `_scan`'s sums, where numpy's float16 scan
+    # converts one element at a time. One thread, forward and backward of (512, 512) along
+    # axis 1: 6.0 ms before, 2.9 after (float32 2.1)
+    half_in_float32 = True
 
     def __init__(self, axis):
         self.axis = axis

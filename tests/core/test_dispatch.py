@@ -378,3 +378,119 @@ def test_extent_of_a_device_array():
     start = t._data.__cuda_array_interface__["data"][0]
     assert _extent(t._data) == (start, start + 48)
     assert _extent(t._data[1:, 1:3]) == (start + 20, start + 44)  # rows 1-2, columns 1-2
+
+
+# ----- float16 computed in float32 on the CPU (`Op.half_in_float32`) -----
+
+class _HalfProduct(Op):
+    """x * w, noting the dtypes its forward and backward see; a second, int32 output (argmax)."""
+    half_in_float32 = True
+
+    def forward(self, x, w):
+        self.seen = (x.dtype, w.dtype)
+        self.x, self.w = x, w
+        return x * w, np.argmax(x, axis=-1).astype(np.int32)
+
+    def backward(self, g, g_index):
+        self.seen_grad = g.dtype
+        return g * self.w, (g * self.x).sum(0)
+
+
+class _HalfProductMixed(_HalfProduct):
+    """The same, its weight float16 or float32 (as a normalization's parameters)."""
+
+    def computes_half(self, arrays):
+        return arrays[0].dtype == np.float16 and arrays[0].size >= 1024
+
+
+class _HalfProductOptedOut(_HalfProduct):
+    half_in_float32 = False
+
+
+def _half_case(n, w_dtype=np.float16):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, 8)).astype(np.float16)
+    w = rng.standard_normal(8).astype(w_dtype)
+    g = rng.standard_normal((n, 8)).astype(np.float16)
+    return x, w, g
+
+
+def test_half_in_float32_computes_float16_in_float32_rounded_once():
+    # hand-computed: the product of the float32 values rounded to float16 once; the gradients
+    # of the float32 gradient likewise (w's summed in float32 first, then rounded)
+    x, w, g = _half_case(256)  # 2048 values: from functional._aten.HALF_MIN (1024)
+    op = _HalfProduct()
+    op.needs_input_grad = (True, True)
+    y, index = op.forward(x, w)
+    assert op.seen == (np.float32, np.float32)
+    assert y.dtype == np.float16 and index.dtype == np.int32  # (integer outputs stay)
+    x32, w32, g32 = (a.astype(np.float32) for a in (x, w, g))
+    np.testing.assert_array_equal(y, (x32 * w32).astype(np.float16))
+    np.testing.assert_array_equal(index, np.argmax(x, axis=-1))
+    gx, gw = op.backward(g, np.zeros(256, np.float16))
+    assert op.seen_grad == np.float32
+    np.testing.assert_array_equal(gx, (g32 * w32).astype(np.float16))
+    np.testing.assert_array_equal(gw, (g32 * x32).sum(0).astype(np.float16))
+    assert gx.dtype == gw.dtype == np.float16
+
+
+def test_half_in_float32_through_apply_and_a_gradient_manager():
+    x, w, g = _half_case(256)
+    mx, mw = mge.Parameter(x, device="cpu0"), mge.Parameter(w, device="cpu0")
+    with GradManager().attach([mx, mw]) as gm:
+        y, index = apply(_HalfProduct(), mx, mw)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    x32, w32, g32 = (a.astype(np.float32) for a in (x, w, g))
+    assert y.dtype == np.float16 and index.dtype == np.int32
+    np.testing.assert_array_equal(y.numpy(), (x32 * w32).astype(np.float16))
+    np.testing.assert_array_equal(mx.grad.numpy(), (g32 * w32).astype(np.float16))
+    np.testing.assert_array_equal(mw.grad.numpy(), (g32 * x32).sum(0).astype(np.float16))
+
+
+def test_half_in_float32_gives_a_float32_input_a_float32_gradient():
+    # an op whose rule takes float32 inputs beside float16 ones (computes_half): those stay as
+    # they are, forward and backward; the float16 ones compute in float32 and round back
+    x, w, g = _half_case(256, np.float32)
+    op = _HalfProductMixed()
+    op.needs_input_grad = (True, True)
+    y, _ = op.forward(x, w)
+    assert op.seen == (np.float32, np.float32) and y.dtype == np.float16
+    x32, g32 = x.astype(np.float32), g.astype(np.float32)
+    np.testing.assert_array_equal(y, (x32 * w).astype(np.float16))
+    gx, gw = op.backward(g, np.zeros(256, np.float16))
+    assert gx.dtype == np.float16 and gw.dtype == np.float32
+    np.testing.assert_array_equal(gx, (g32 * w).astype(np.float16))
+    np.testing.assert_array_equal(gw, (g32 * x32).sum(0))
+
+
+class _NotNumpy(np.ndarray):
+    """Stands for a CuPy array: an array whose type is not numpy's own."""
+
+
+@pytest.mark.parametrize("case", ["small", "mixed", "not numpy", "opted out"])
+def test_half_in_float32_leaves_other_calls_alone(case):
+    # fewer than HALF_MIN values, a float32 operand (the default rule: every input float16,
+    # as an op that promotes mixed dtypes computes them in float32 itself), a CuPy-like
+    # array (CuPy keeps its float16 kernels), a subclass that opts out: float16 as it is
+    n = 64 if case == "small" else 256  # (64 * 8 values: fewer than HALF_MIN)
+    x, w, g = _half_case(n, np.float32 if case == "mixed" else np.float16)
+    if case == "not numpy":
+        x = x.view(_NotNumpy)
+    op = (_HalfProductOptedOut if case == "opted out" else _HalfProduct)()
+    op.needs_input_grad = (True, True)
+    y, _ = op.forward(x, w)
+    assert op.seen == (x.dtype, w.dtype)
+    assert y.dtype == np.result_type(x, w)
+    np.testing.assert_array_equal(y, x * w)
+    gx, gw = op.backward(g, None)
+    assert op.seen_grad == np.float16
+    np.testing.assert_array_equal(gx, g * w)
+
+
+def test_op_classes_without_half_in_float32_keep_their_own_methods():
+    # nothing wraps their forward and backward: their calls pay nothing for the rule
+    from megengine.core.ops import Add
+
+    assert _HalfProductOptedOut.forward is _HalfProduct.forward.half_inner
+    assert _HalfProductOptedOut.backward is _HalfProduct.backward.half_inner
+    assert Add.forward is vars(Add.__mro__[1])["forward"]  # (_Binary's own)

@@ -286,15 +286,15 @@ def test_float16_clip_computes_in_float32_with_numpys_float16_values(monkeypatch
     # numpy's float16 clip with the same Python bounds is the oracle, bit for bit (signed zeros,
     # infinities, NaNs; a bound rounds to float16 first, so float16(0.1) is inside [0.1, 6]);
     # the gradient passes where numpy's float16 comparisons put x inside (ends included)
-    from megengine.functional import elemwise
+    from megengine.core import ops  # (its cast: the float32 path, `Op.half_in_float32`)
 
     rng = np.random.default_rng(7)
     x = rng.integers(0, 2 ** 16, 8192, dtype=np.uint64).astype(np.uint16).view(np.float16)
     x[:8] = [0.0, -0.0, 0.1, 6, 1, -1, 1e-7, -70000.5]
     x[8:4096] = rng.standard_normal(4088)  # (mostly finite values near the bounds)
     g = rng.standard_normal(8192).astype(np.float16)
-    taken, real = [], elemwise.cast
-    monkeypatch.setattr(elemwise, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
     with np.errstate(over="ignore"):  # (numpy's float16 of -70000.5 is -inf)
         want = np.clip(x, -np.inf if lower is None else lower, np.inf if upper is None else upper)
         inside = np.ones(8192, bool)

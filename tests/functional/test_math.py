@@ -717,12 +717,14 @@ def test_float16_norms_and_variances_compute_in_float32_rounded_once(monkeypatch
     # on the CPU from _aten.HALF_MIN values, as torch's CPU kernels: values and gradients
     # within a float16 step of the exact ones (torch in float64 on the same float16 values);
     # var's gradient was g * (2 / n) rounded to float16 first
-    from megengine.functional import math
+    from megengine.core import ops  # (its cast: norms' float32 path, `Op.half_in_float32`)
+    from megengine.functional import math  # (var's and std's)
 
     rng = np.random.default_rng(12)
     x = inputs(rng.standard_normal((64, 64))).astype(np.float16)
-    taken, real = [], math.cast
-    monkeypatch.setattr(math, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    taken, real = [], ops.cast
+    for module in (ops, math):
+        monkeypatch.setattr(module, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
     w = mge.Parameter(x, device="cpu0")
     with GradManager().attach(w) as gm:
         y = fn(w)
@@ -836,3 +838,65 @@ def test_large_float16_argmax_argmin_compare_in_float32_with_numpys_indices(monk
         got = getattr(F, fn)(mge.tensor(x, device="cpu0"), axis)
         np.testing.assert_array_equal(got.numpy(), getattr(np, fn)(x, axis))
     assert taken == [np.float32] * 3  # the float32 path ran
+
+
+def test_large_float16_sign_computes_in_float32_with_numpys_values(monkeypatch):
+    # numpy's float16 sign is the oracle, bit for bit (signed zeros, infinities, NaNs)
+    from megengine.core import ops  # (its cast: the float32 path, `Op.half_in_float32`)
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    x[0, :6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 6e-8]
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    got = F.sign(mge.tensor(x, device="cpu0")).numpy()
+    assert got.dtype == np.float16 and taken[0] == np.float32  # the float32 path ran
+    np.testing.assert_array_equal(got.view(np.uint16), np.sign(x).view(np.uint16))
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_large_float16_topk_and_sort_order_by_their_float32_values(descending):
+    # torch's float16 topk gives the values; the indices pick them from x (which of equal
+    # values at the k-th place is taken is unspecified, as upstream's); the gradient goes to
+    # the picked elements. numpy's stable float16 argsort is sort's oracle, ties included
+    rng = np.random.default_rng(18)
+    x = (rng.standard_normal((32, 256)) * 4).astype(np.float16)  # (float16: many ties)
+    x[0, :3] = [0.0, -0.0, np.inf]  # (NaN: torch's topk takes it first, this fork's last)
+    mx = mge.Parameter(x, device="cpu0")
+    g = rng.standard_normal((32, 5)).astype(np.float16)
+    with GradManager().attach(mx) as gm:
+        values, idx = F.topk(mx, 5, descending=descending)
+        gm.backward(values, mge.tensor(g, device="cpu0"))
+    want = torch.topk(torch.tensor(x), 5, largest=descending, sorted=True).values.numpy()
+    assert values.dtype == np.float16
+    np.testing.assert_array_equal(values.numpy().view(np.uint16), want.view(np.uint16))
+    idx = idx.numpy()
+    np.testing.assert_array_equal(np.take_along_axis(x, idx, 1).view(np.uint16),
+                                  want.view(np.uint16))
+    grad = np.zeros_like(x)
+    np.put_along_axis(grad, idx, g, 1)
+    np.testing.assert_array_equal(mx.grad.numpy(), grad)
+    x[1, :2] = np.nan
+    order = np.argsort(-x if descending else x, axis=-1, kind="stable")
+    got, got_idx = F.sort(mge.tensor(x, device="cpu0"), descending=descending)
+    np.testing.assert_array_equal(got_idx.numpy(), order)
+    np.testing.assert_array_equal(got.numpy().view(np.uint16),
+                                  np.take_along_axis(x, order, 1).view(np.uint16))
+    np.testing.assert_array_equal(F.argsort(mge.tensor(x, device="cpu0"), descending).numpy(),
+                                  order)
+
+
+def test_large_float16_cumsum_is_the_float32_scan_rounded_once():
+    # the forward and the gradient (a reversed scan) as float32 scans of the float16 values,
+    # each sum rounded once (hand-computed with numpy)
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((64, 64)).astype(np.float16)
+    g = rng.standard_normal((64, 64)).astype(np.float16)
+    mx = mge.Parameter(x, device="cpu0")
+    with GradManager().attach(mx) as gm:
+        y = F.cumsum(mx, 1)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    np.testing.assert_array_equal(y.numpy(), np.cumsum(x.astype(np.float32), 1)
+                                  .astype(np.float16))
+    np.testing.assert_array_equal(mx.grad.numpy(), np.cumsum(
+        g[:, ::-1].astype(np.float32), 1)[:, ::-1].astype(np.float16))

@@ -859,15 +859,15 @@ def test_float16_layer_and_group_norm_compute_in_float32_on_aten(monkeypatch, no
     # passes were up to 136 steps off), the output within a step of its largest value (where
     # xhat * w + b cancels, float32's rounding of the terms is a step of the small result, as
     # in torch's float16 kernel), each gradient in its input's dtype
-    from megengine.functional import normalization
+    from megengine.core import ops  # (its cast: the float32 path, `Op.half_in_float32`)
 
     rng = np.random.default_rng(15)
     x = (rng.standard_normal((4, 8, 16, 16)) * 3 + 1).astype(np.float16)
     shape = (16, 16) if norm == "layer" else (8,)
     w, b = (rng.uniform(0.5, 1.5, shape).astype(param_dtype) for _ in range(2))
     g = rng.standard_normal(x.shape).astype(np.float16)
-    taken, real = [], normalization.cast
-    monkeypatch.setattr(normalization, "cast", lambda a, d: taken.append(a.dtype) or real(a, d))
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(a.dtype) or real(a, d))
     params = [mge.Parameter(a, device="cpu0") for a in (x, w, b)]
     tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
     with GradManager().attach(params) as gm:
