@@ -188,6 +188,20 @@ def test_kinks_at_zero_follow_torch(dtype):
           lambda t, v: TF.leaky_relu(t, 0.1) + TF.prelu(t, v) + torch.abs(t), x, w, **tol)
 
 
+def test_prelu_takes_upstreams_names_and_the_older_ones():
+    x, w = mge.tensor([-2.0, -0.5, 0.0, 1.5]), mge.tensor([0.25])
+    # upstream 1.13 measured: prelu(x=x, y=w) and prelu(x, w) give [-0.5, -0.125, 0, 1.5]
+    expected = [-0.5, -0.125, 0.0, 1.5]
+    np.testing.assert_array_equal(F.prelu(x=x, y=w).numpy(), expected)
+    np.testing.assert_array_equal(F.prelu(x, w).numpy(), expected)
+    # upstream 1.13 refuses inp= (its earlier releases' name); kept here for older code
+    np.testing.assert_array_equal(F.prelu(inp=x, weight=w).numpy(), expected)
+    with pytest.raises(TypeError, match="'x' and its older name 'inp'"):
+        F.prelu(x, w, inp=x)
+    with pytest.raises(TypeError, match="missing argument 'y'"):
+        F.prelu(x)
+
+
 def test_prelu_bad_weight_shape_names_both():
     with pytest.raises(ValueError, match=r"prelu.*\(5,\).*\(2, 3, 4\)"):
         F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))
