@@ -37,7 +37,13 @@ megengine.quantization.fake_quant megengine.quantization.utils megengine.hub
 megengine.utils.module_stats megengine.utils.network megengine.utils.network_node
 megengine.utils.comp_graph_tools megengine.utils.profiler megengine.utils.module_utils
 megengine.traced_module megengine.serialization megengine.device megengine.logger
-megengine.dtr megengine.config megengine.core.tensor.dtype""".split()
+megengine.dtr megengine.config megengine.core.tensor.dtype megengine.version
+megengine.experimental megengine.data.transform.vision.functional megengine.utils
+megengine.utils.bn_fusion megengine.utils.dlpack megengine.utils.hook megengine.utils.naming
+megengine.utils.tensor_sanity_check megengine.utils.deprecation megengine.utils.future
+megengine.utils.max_recursion_limit megengine.utils.tuple_function
+megengine.utils.persistent_cache megengine.utils.http_download
+megengine.utils.profile_analyzer""".split()
 
 KINDS = {"POSITIONAL_OR_KEYWORD": "PK", "POSITIONAL_ONLY": "PO", "KEYWORD_ONLY": "KO",
          "VAR_POSITIONAL": "VP", "VAR_KEYWORD": "VK"}
@@ -127,7 +133,10 @@ def walk():
     out = {}
     seen = set()
     for modname in MODULES:
-        module = importlib.import_module(modname)
+        try:
+            module = importlib.import_module(modname)
+        except ImportError:  # a module upstream's wheel cannot load without an extra package
+            continue
         names = getattr(module, "__all__", None) or [n for n in dir(module)
                                                      if not n.startswith("_")]
         for name in names:
