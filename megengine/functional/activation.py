@@ -515,12 +515,17 @@ def logsigmoid(inp):
     return apply(_LogSigmoid(), _tensor(inp))
 
 
-def prelu(x=None, y=None, *, inp=None, weight=None):
+def prelu(x=None, y=None, **older_names):
     """Element-wise ``x`` where positive, else ``y * x`` (``y``, the slope, broadcasts).
 
     ``x`` and ``y`` are upstream 1.13's names; ``inp`` and ``weight``, those of earlier upstream
-    releases, are accepted as keywords too.
+    releases, are accepted as keywords too. They arrive through ``**older_names`` rather than as
+    keyword-only parameters so that a traced module records ``prelu(x, w)`` as upstream's does,
+    without ``inp=None, weight=None``.
     """
+    inp, weight = older_names.pop("inp", None), older_names.pop("weight", None)
+    if older_names:
+        raise TypeError(f"prelu() got an unexpected keyword argument {next(iter(older_names))!r}")
     x = _renamed("prelu", "x", x, "inp", inp)
     y = _renamed("prelu", "y", y, "weight", weight)
     x = _tensor(x)

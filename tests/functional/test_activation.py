@@ -200,6 +200,22 @@ def test_prelu_takes_upstreams_names_and_the_older_ones():
         F.prelu(x, w, inp=x)
     with pytest.raises(TypeError, match="missing argument 'y'"):
         F.prelu(x)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'slope'"):
+        F.prelu(x, slope=w)
+
+
+def test_prelu_traces_as_upstreams():
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    class Net(M.Module):
+        def forward(self, x, w):
+            return F.prelu(x, w)
+
+    traced = tm.trace_module(Net(), mge.tensor(rand(1, 3, 2, 2)), mge.tensor([0.1]))
+    expr, = [e for e in traced.graph.exprs() if "prelu" in str(e)]
+    # upstream 1.13 measured: "%3:\tprelu_out = nn.prelu(x, w, )", two args, kwargs {}
+    assert (str(expr), len(expr.args), expr.kwargs) == ("%3:\tprelu_out = nn.prelu(x, w, )", 2, {})
 
 
 def test_prelu_bad_weight_shape_names_both():
