@@ -124,7 +124,8 @@ def test_init_hidden_of_a_batch_size_alone():
     assert (h.shape, h.dtype, h.device) == ((4, 5, 3), np.float32, mge.get_default_device())
     assert not h.numpy().any()
     hc = M.LSTM(4, 3).init_hidden(5)
-    assert isinstance(hc, tuple) and [(t.shape, t.dtype) for t in hc] == [((1, 5, 3), np.float32)] * 2
+    assert isinstance(hc, tuple)
+    assert [(t.shape, t.dtype) for t in hc] == [((1, 5, 3), np.float32)] * 2
     assert not any(t.numpy().any() for t in hc)
 
 
