@@ -57,17 +57,17 @@ class DataLoader:
             loads in the main process. Batches come back in sampler order either way.
         timeout: if positive, the longest wait in seconds for a batch from the workers
             or for the next item of a stream; then ``timeout_event`` is called.
-        timeout_event: called on a timeout. Its return value is used in place of what
-            was waited for (a batch from the workers, or the stream's next item). The
-            default raises ``RuntimeError``.
-        divide: with several workers, split each batch among all workers (collating in
-            the main process) instead of giving each batch to one worker.
         preload: give batches as ``megengine.Tensor`` instead of numpy arrays.
         parallel_stream: for a StreamDataset with workers, let every worker iterate the
             dataset itself (``get_worker_info().idx`` tells them apart, e.g. to read
             different shards) and take batches from the workers in turn; the iteration ends
             when all of their streams have. Without it the main process reads the one
             stream and hands its samples to the workers.
+        timeout_event: called on a timeout. Its return value is used in place of what
+            was waited for (a batch from the workers, or the stream's next item). The
+            default raises ``RuntimeError``.
+        divide: with several workers, split each batch among all workers (collating in
+            the main process) instead of giving each batch to one worker.
 
     A worker's exception is raised again in the main process with the worker's traceback
     in its message. Workers are shut down when the iteration ends, fails, or its iterator
@@ -83,10 +83,10 @@ class DataLoader:
         collator: Collator = None,
         num_workers: int = 0,
         timeout: float = 0,
-        timeout_event: Callable = raise_timeout_error,
-        divide: bool = False,
         preload: bool = False,
         parallel_stream: bool = False,
+        timeout_event: Callable = raise_timeout_error,
+        divide: bool = False,
     ):
         if not isinstance(num_workers, (int, np.integer)) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(

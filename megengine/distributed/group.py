@@ -203,7 +203,7 @@ def _check_int(name, value):
 
 def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = None,
                        world_size: Optional[int] = None, rank: Optional[int] = None,
-                       device: Optional[int] = None, backend: Optional[str] = None,
+                       device: Optional[int] = None, backend: Optional[str] = "auto",
                        device_type: str = "xpu", timeout: float = DEFAULT_TIMEOUT, *,
                        master_port: Optional[int] = None, dev: Optional[int] = None) -> None:
     """Join the process group of ``world_size`` processes as ``rank``.

@@ -86,3 +86,12 @@ def _out_of_range(indices, n):
     if unsigned is None:  # not a fixed-width integer: compare both ends
         return bool(indices.min() < 0 or indices.max() >= n)
     return bool(indices.view(unsigned).max() >= n)
+
+
+def _renamed(func, name, value, old_name, old_value):
+    """The argument given as ``name`` or as its older name ``old_name`` (exactly one of them)."""
+    if (value is None) == (old_value is None):
+        raise TypeError(f"{func}() missing argument {name!r} (also accepted as {old_name!r})"
+                        if value is None else
+                        f"{func}() got {name!r} and its older name {old_name!r}; pass one")
+    return old_value if value is None else value

@@ -15,7 +15,7 @@ from ..core.fused import fused_kernel, use_fused
 from ..core.ops import t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
-from ._args import _tensor
+from ._args import _renamed, _tensor
 from .elemwise import _Unary
 
 __all__ = ["gelu", "hsigmoid", "hswish", "leaky_relu", "logsigmoid", "prelu", "relu", "relu6",
@@ -507,10 +507,21 @@ def logsigmoid(inp):
     return apply(_LogSigmoid(), _tensor(inp))
 
 
-def prelu(inp, weight):
-    """Element-wise ``x`` where positive, else ``weight * x`` (``weight`` broadcasts)."""
-    inp = _tensor(inp)
-    return apply(_PRelu(), inp, _operand(weight, inp))
+def prelu(x=None, y=None, **older_names):
+    """Element-wise ``x`` where positive, else ``y * x`` (``y``, the slope, broadcasts).
+
+    ``x`` and ``y`` are upstream 1.13's names; ``inp`` and ``weight``, those of earlier upstream
+    releases, are accepted as keywords too. They arrive through ``**older_names`` rather than as
+    keyword-only parameters so that a traced module records ``prelu(x, w)`` as upstream's does,
+    without ``inp=None, weight=None``.
+    """
+    inp, weight = older_names.pop("inp", None), older_names.pop("weight", None)
+    if older_names:
+        raise TypeError(f"prelu() got an unexpected keyword argument {next(iter(older_names))!r}")
+    x = _renamed("prelu", "x", x, "inp", inp)
+    y = _renamed("prelu", "y", y, "weight", weight)
+    x = _tensor(x)
+    return apply(_PRelu(), x, _operand(y, x))
 
 
 # Upstream's home for these is `megengine.functional.nn` (which re-exports them), and they keep

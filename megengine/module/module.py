@@ -151,12 +151,12 @@ class HookHandler:
 
     _ids = count()
 
-    def __init__(self, hooks: "OrderedDict", hook: Callable):
+    def __init__(self, source_dict: "OrderedDict", hook: Callable):
         if not callable(hook):
             raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
         self.id = next(HookHandler._ids)
-        self._hooks = hooks
-        hooks[self.id] = hook
+        self._hooks = source_dict
+        source_dict[self.id] = hook
 
     def remove(self):
         self._hooks.pop(self.id, None)

@@ -316,6 +316,10 @@ class RNNBase(Module):
         return output, self._pack_finals(finals)
 
 
+def _zeros_like_args(like):
+    return {} if like is None else {"dtype": like.dtype, "device": like.device}
+
+
 class RNN(RNNBase):
     """Multi-layer Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)`` per layer.
 
@@ -336,9 +340,11 @@ class RNN(RNNBase):
         return RNNCell(self._layer_input_size(layer), self.hidden_size, self.bias,
                        self.nonlinearity)
 
-    def init_hidden(self, batch_size, like):
+    def init_hidden(self, batch_size, like=None):
+        """Zero hidden state for ``batch_size`` sequences: float32 on the default device, as
+        upstream's, or ``like``'s dtype and device (forward passes its input)."""
         return F.zeros((self.num_directions * self.num_layers, batch_size, self.hidden_size),
-                       dtype=like.dtype, device=like.device)
+                       **_zeros_like_args(like))
 
     @staticmethod
     def _state_at(hx, i):
@@ -365,10 +371,10 @@ class LSTM(RNNBase):
     def create_cell(self, layer):
         return LSTMCell(self._layer_input_size(layer), self.hidden_size, self.bias)
 
-    def init_hidden(self, batch_size, like):
+    def init_hidden(self, batch_size, like=None):
+        """Zero ``(h, c)`` for ``batch_size`` sequences, as :meth:`RNN.init_hidden`'s."""
         shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
-        zeros = F.zeros(shape, dtype=like.dtype, device=like.device)
-        return zeros, F.zeros(shape, dtype=like.dtype, device=like.device)
+        return F.zeros(shape, **_zeros_like_args(like)), F.zeros(shape, **_zeros_like_args(like))
 
     @staticmethod
     def _state_at(hx, i):

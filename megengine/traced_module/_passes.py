@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 _PASSES = ("FuseConvBn", "FuseAddMul", "BackwardFoldScale")
 
 
-def optimize(module, enabled_pass: Union[str, Sequence[str]] = "FuseConvBn"):
+def optimize(module, enabled_pass: Union[str, Sequence[str]] = ("FuseConvBn",)):
     """Return a copy of the TracedModule ``module`` with the passes named in ``enabled_pass``
     run on its graph and the graphs it calls (``module`` itself is left as it was).
 

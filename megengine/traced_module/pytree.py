@@ -24,16 +24,18 @@ NodeType = namedtuple("NodeType", ["flatten", "unflatten"])
 SUPPORTED_TYPE = {}  # container type -> its NodeType
 
 
-def register_supported_type(type_, flatten=None, unflatten=None):
-    """Let ``type_`` be looked inside: ``flatten(value) -> (children, aux)`` and
-    ``unflatten(children, aux) -> value``; ``aux`` must be picklable and comparable. Without
-    the two functions ``type_`` is a leaf, as upstream registers it: its values are kept as
-    constants of the graph, as values of every other type already are here."""
-    if (flatten is None) != (unflatten is None):
-        raise TypeError(f"register_supported_type({type_.__name__}): give both flatten and "
-                        f"unflatten (a container type) or neither (a leaf type)")
-    if flatten is not None:
-        SUPPORTED_TYPE[type_] = NodeType(flatten, unflatten)
+def register_supported_type(type, flatten_fn=None, unflatten_fn=None):
+    """Let ``type`` be looked inside: ``flatten_fn(value) -> (children, aux)`` and
+    ``unflatten_fn(children, aux) -> value``; ``aux`` must be picklable and comparable. Without
+    the two functions ``type`` is a leaf, as upstream registers it: its values are kept as
+    constants of the graph, as values of every other type already are here. The parameter names
+    are upstream's (earlier versions of this fork named them ``type_``, ``flatten`` and
+    ``unflatten``)."""
+    if (flatten_fn is None) != (unflatten_fn is None):
+        raise TypeError(f"register_supported_type({type.__name__}): give both flatten_fn and "
+                        f"unflatten_fn (a container type) or neither (a leaf type)")
+    if flatten_fn is not None:
+        SUPPORTED_TYPE[type] = NodeType(flatten_fn, unflatten_fn)
 
 
 register_supported_type(tuple, lambda v: (list(v), None), lambda c, _: tuple(c))

@@ -74,6 +74,8 @@ class Profiler(ContextDecorator):
         format: ``"chrome_timeline.json"`` (a Chrome trace) or ``"memory_flow.svg"`` (the
             arrays' lifetimes over their addresses).
         formats: several formats (a list), instead of ``format``.
+        with_backtrace, with_scopes: upstream's switches for Python backtraces and scope
+            records in the trace; accepted, without effect (scopes are always recorded).
         profile_device: wait for a GPU after each op on it so its time is the op's own
             (default 1); 0 records launch times only.
         sample_rate, num_tensor_watch, enable_cupti: accepted as upstream; no effect here.
@@ -97,10 +99,11 @@ class Profiler(ContextDecorator):
                      "enable_cupti": 0}
     valid_formats = {"chrome_timeline.json", "memory_flow.svg"}
     # older upstream releases' arguments: accepted, without effect
-    _legacy_options = ("with_backtrace", "with_scopes", "topic", "align_time")
+    _legacy_options = ("topic", "align_time")
 
     def __init__(self, path: str = "profile", format: str = "chrome_timeline.json",
-                 formats: List[str] = None, **kwargs) -> None:
+                 formats: List[str] = None, with_backtrace: bool = False,
+                 with_scopes: bool = False, **kwargs) -> None:
         if not formats:
             formats = [format]
         if isinstance(formats, str):

@@ -390,6 +390,19 @@ def test_preload_gives_tensors():
     assert isinstance(labels, np.ndarray) and labels.tolist() == [["a", "b"], ["c", "d"]]
 
 
+def test_positional_arguments_in_upstreams_order():
+    import megengine
+
+    # upstream 1.13 measured: DataLoader(ds, sampler, None, None, 0, 0, True) gives Tensors (the
+    # seventh argument is preload), with False numpy arrays
+    ds = make_dataset(4)
+    sampler = SequentialSampler(ds, batch_size=2)
+    assert isinstance(next(iter(DataLoader(ds, sampler, None, None, 0, 0, True)))[0],
+                      megengine.Tensor)
+    assert isinstance(next(iter(DataLoader(ds, sampler, None, None, 0, 0, False)))[0],
+                      np.ndarray)
+
+
 class Sharded(StreamDataset):
     """Worker w of get_worker_info() streams (w * 100 + i) for i < lengths[w]; finite."""
 

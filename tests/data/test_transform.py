@@ -241,6 +241,11 @@ def test_random_resized_crop_of_a_thin_image_keeps_a_pixel_and_resize_refuses_em
         F.resize(np.zeros((1, 0, 3), np.uint8), (2, 2))
 
 
+def test_compose_without_transforms_is_empty():
+    # upstream 1.13 measured: Compose().transforms == []
+    assert T.Compose().transforms == []
+
+
 def test_normalize_tomode_and_compose_order():
     image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     mask = np.ones((2, 2, 1), np.uint8)

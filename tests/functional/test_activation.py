@@ -188,6 +188,36 @@ def test_kinks_at_zero_follow_torch(dtype):
           lambda t, v: TF.leaky_relu(t, 0.1) + TF.prelu(t, v) + torch.abs(t), x, w, **tol)
 
 
+def test_prelu_takes_upstreams_names_and_the_older_ones():
+    x, w = mge.tensor([-2.0, -0.5, 0.0, 1.5]), mge.tensor([0.25])
+    # upstream 1.13 measured: prelu(x=x, y=w) and prelu(x, w) give [-0.5, -0.125, 0, 1.5]
+    expected = [-0.5, -0.125, 0.0, 1.5]
+    np.testing.assert_array_equal(F.prelu(x=x, y=w).numpy(), expected)
+    np.testing.assert_array_equal(F.prelu(x, w).numpy(), expected)
+    # upstream 1.13 refuses inp= (its earlier releases' name); kept here for older code
+    np.testing.assert_array_equal(F.prelu(inp=x, weight=w).numpy(), expected)
+    with pytest.raises(TypeError, match="'x' and its older name 'inp'"):
+        F.prelu(x, w, inp=x)
+    with pytest.raises(TypeError, match="missing argument 'y'"):
+        F.prelu(x)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'slope'"):
+        F.prelu(x, slope=w)
+
+
+def test_prelu_traces_as_upstreams():
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    class Net(M.Module):
+        def forward(self, x, w):
+            return F.prelu(x, w)
+
+    traced = tm.trace_module(Net(), mge.tensor(rand(1, 3, 2, 2)), mge.tensor([0.1]))
+    expr, = [e for e in traced.graph.exprs() if "prelu" in str(e)]
+    # upstream 1.13 measured: "%3:\tprelu_out = nn.prelu(x, w, )", two args, kwargs {}
+    assert (str(expr), len(expr.args), expr.kwargs) == ("%3:\tprelu_out = nn.prelu(x, w, )", 2, {})
+
+
 def test_prelu_bad_weight_shape_names_both():
     with pytest.raises(ValueError, match=r"prelu.*\(5,\).*\(2, 3, 4\)"):
         F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))

@@ -116,6 +116,19 @@ def test_rnn_shapes_defaults_and_errors():
         M.RNNCell(2, 2, nonlinearity="sigmoid")
 
 
+def test_init_hidden_of_a_batch_size_alone():
+    # upstream 1.13 measured: RNN(4, 3, num_layers=2, bidirectional=True).init_hidden(5) is float32
+    # zeros of shape (4, 5, 3) on the default device; LSTM(4, 3).init_hidden(5) is a tuple of two
+    # float32 zeros of shape (1, 5, 3)
+    h = M.RNN(4, 3, num_layers=2, bidirectional=True).init_hidden(5)
+    assert (h.shape, h.dtype, h.device) == ((4, 5, 3), np.float32, mge.get_default_device())
+    assert not h.numpy().any()
+    hc = M.LSTM(4, 3).init_hidden(5)
+    assert isinstance(hc, tuple)
+    assert [(t.shape, t.dtype) for t in hc] == [((1, 5, 3), np.float32)] * 2
+    assert not any(t.numpy().any() for t in hc)
+
+
 def test_dropout_between_layers_only_in_training():
     m = M.LSTM(4, 4, num_layers=2, dropout=0.5)
     x = mge.tensor(np.random.randn(3, 2, 4).astype(np.float32))

@@ -105,14 +105,16 @@ def test_register_supported_type_from_the_package_names_a_containers_inputs():
         def forward(self, p):
             return p.a * 2 + p.b
 
-    T.register_supported_type(_Pair, lambda p: ([p.a, p.b], None), lambda c, _: _Pair(*c))
+    # upstream 1.13's parameter names (measured: type, flatten_fn, unflatten_fn)
+    T.register_supported_type(type=_Pair, flatten_fn=lambda p: ([p.a, p.b], None),
+                              unflatten_fn=lambda c, _: _Pair(*c))
     try:
         x, y = Tensor(np.ones(3, "float32")), Tensor(np.arange(3, dtype="float32"))
         tm = T.trace_module(ScaledSum(), _Pair(x, y))
         # upstream 1.13 measured: inputs self, p_0, p_1; tm(_Pair(y, x)) == [1, 3, 5]
         assert [n.name for n in tm.graph.inputs] == ["self", "p_0", "p_1"]
         np.testing.assert_equal(tm(_Pair(y, x)).numpy(), [1.0, 3.0, 5.0])
-        with pytest.raises(TypeError, match="both flatten and unflatten"):
+        with pytest.raises(TypeError, match="both flatten_fn and unflatten_fn"):
             T.register_supported_type(int, lambda v: ([], None))
         T.register_supported_type(int)  # a leaf type, as upstream registers one
         assert int not in SUPPORTED_TYPE

@@ -182,6 +182,10 @@ def test_argument_checks(tmp_path):
     quiet = Profiler(str(tmp_path), sample_rate=3, num_tensor_watch=1, enable_cupti=1,
                      profile_device=0, with_backtrace=True)
     assert quiet.formats == ["chrome_timeline.json"]
+    # upstream 1.13 measured: Profiler(path, format, None, True, True) is accepted (the fourth and
+    # fifth arguments are with_backtrace and with_scopes)
+    assert Profiler(str(tmp_path), "chrome_timeline.json", None, True, True).formats == \
+        ["chrome_timeline.json"]
     with Profiler(str(tmp_path)):
         with pytest.raises(RuntimeError, match="do not nest"):
             Profiler(str(tmp_path)).start()

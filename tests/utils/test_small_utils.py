@@ -101,6 +101,18 @@ def test_hook_handler_is_the_modules():
     assert calls == [(1, 2)]
 
 
+def test_hook_handler_by_upstreams_keywords():
+    # upstream 1.13 measured: HookHandler(source_dict=d, hook=f) puts f into the OrderedDict d
+    # under the handler's id, and remove() empties d again
+    from collections import OrderedDict
+
+    hooks, hook = OrderedDict(), lambda *args: None
+    handle = HookHandler(source_dict=hooks, hook=hook)
+    assert list(hooks.items()) == [(handle.id, hook)]
+    handle.remove()
+    assert hooks == OrderedDict()
+
+
 # ----- future -----
 def test_future_hands_a_value_between_threads():
     fut = Future(ack=True)

@@ -177,7 +177,7 @@ class Compose(VisionTransform):
             shuffled at every sample, e.g. ``[(1, 3), (2, 4)]``.
     """
 
-    def __init__(self, transforms=None, batch_compose=False, shuffle_indices=None, *, order=None):
+    def __init__(self, transforms=(), batch_compose=False, shuffle_indices=None, *, order=None):
         super().__init__(order)
         self.transforms = list(transforms or [])
         self._set_order()
