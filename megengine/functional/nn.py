@@ -441,3 +441,11 @@ from .loss import cross_entropy_with_softmax  # noqa: E402,F401  (0.x: F.cross_e
 # upstream's F.nn.__all__ lists these too: `from megengine.functional.nn import *` gives them
 __all__ += ["deformable_psroi_pooling", "indexing_one_hot", "logsumexp", "normalize", "one_hot",
             "pad", "remap", "warp_affine", "warp_perspective"]
+# upstream's nn.py imports these for its own use, so F.nn.<name> reaches them there, and
+# programs that alias it (`import megengine.functional.nn as F`) call F.concat, F.reshape, ...
+from .elemwise import exp, log, log1p, maximum, minimum  # noqa: E402,F401
+from .math import max, sum  # noqa: E402,F401
+from .tensor import (  # noqa: E402,F401
+    broadcast_to, concat, expand_dims, ones, repeat, reshape, squeeze, transpose, zeros,
+    zeros_like,
+)

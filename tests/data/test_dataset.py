@@ -18,6 +18,7 @@ from megengine.data.dataset import (
     Dataset,
     MapDataset,
     StreamDataset,
+    VisionDataset,
 )
 
 
@@ -215,3 +216,21 @@ def test_mnist_download_checks_md5(tmp_path, monkeypatch, http_root):
     with pytest.raises(RuntimeError, match="md5"):
         MNIST(other, train=False, download=True, timeout=5)
     assert "t10k-images-idx3-ubyte.gz" not in os.listdir(other)
+
+
+def test_vision_dataset_keeps_the_order_it_was_given():
+    # upstream 1.13 measured: Asthestarsfalll/CrowdHuman's dataset prints self.order, the list it
+    # was given (the same object); order=None gives ('image',); a name outside supported_order
+    # raises NotImplementedError
+    class Boxes(VisionDataset):
+        supported_order = ("image", "boxes", "info")
+
+        def __init__(self, order=None):
+            super().__init__("/tmp", order=order, supported_order=self.supported_order)
+
+    order = ["image", "boxes"]
+    assert Boxes(order).order is order
+    assert Boxes(("boxes", "image")).order == ("boxes", "image")
+    assert Boxes().order == ("image",)
+    with pytest.raises(NotImplementedError, match="masks"):
+        Boxes(["image", "masks"])

@@ -307,6 +307,21 @@ def test_order_validation():
         T.RandomHorizontalFlip(order=("mask",)).apply(np.zeros((2, 2, 1)))
 
 
+def test_order_is_the_callers_sequence():
+    # upstream 1.13 measured: a transform keeps the order it was given (a list stays that list
+    # object, also in the transforms of a Compose), order=None gives ('image',), and this
+    # Compose maps a 10 image to a (3, 2, 3) float32 10 with the boxes unchanged
+    order = ["image", "boxes"]
+    compose = T.Compose([T.Normalize(mean=5, std=0.5), T.ToMode()], order=order)
+    assert compose.order is order and compose.transforms[0].order is order
+    assert T.Normalize().order == ("image",)
+    image = np.full((2, 3, 3), 10, dtype=np.uint8)
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
+    out_image, out_boxes = compose.apply((image, boxes))
+    np.testing.assert_array_equal(out_image, np.full((3, 2, 3), 10, dtype=np.float32))
+    np.testing.assert_array_equal(out_boxes, boxes)
+
+
 def test_color_transforms():
     rng = np.random.RandomState(0)
     image = rng.randint(0, 256, size=(4, 5, 3)).astype(np.uint8)

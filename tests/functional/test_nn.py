@@ -607,3 +607,24 @@ def test_linear_bias_gradient_under_autocast_counts_every_row():
         assert y.dtype == np.float16
         gm.backward(y.sum())
     assert b.grad.dtype == np.float32 and (b.grad.numpy() == 60000).all()  # 2048 before
+
+
+# upstream 1.13 measured: dir(megengine.functional.nn) holds these functions of F (its nn.py
+# imports them for its own use), and megvii-research/zipfls's DenseNet, which imports
+# megengine.functional.nn as F, calls F.concat through it; none is in upstream's F.nn.__all__
+UPSTREAM_NN_IMPORTS = """broadcast_to concat exp expand_dims log log1p max maximum minimum ones
+    repeat reshape squeeze sum transpose zeros zeros_like""".split()
+
+
+@pytest.mark.parametrize("name", UPSTREAM_NN_IMPORTS)
+def test_nn_module_holds_the_functions_upstreams_imports(name):
+    assert getattr(nn_module, name) is getattr(F, name)
+    assert name not in nn_module.__all__
+
+
+def test_nn_module_concat_and_sum_as_an_aliased_program_calls_them():
+    a = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    b = -a
+    out = nn_module.concat([mge.tensor(a), mge.tensor(b)], 1)
+    np.testing.assert_array_equal(out.numpy(), np.concatenate([a, b], 1))
+    np.testing.assert_array_equal(nn_module.sum(out, axis=1).numpy(), np.zeros((1, 3)))

@@ -30,7 +30,9 @@ class VisionDataset(MapDataset):
                     raise NotImplementedError(
                         "{!r} is unsupported by {}; supported: {}".format(key, type(self).__name__, supported_order)
                     )
-        self.order = tuple(order)
+        # the caller's sequence itself, as upstream keeps it: a program printing its dataset's
+        # order shows the list it passed
+        self.order = order
 
     def __getitem__(self, index):
         raise NotImplementedError

@@ -75,7 +75,7 @@ class VisionTransform(Transform):
                     "{!r} is an unsupported data type for {}; supported: image, coords, boxes, "
                     "mask, keypoints, polygons, *category, *info".format(key, type(self).__name__)
                 )
-        self.order = tuple(order)
+        self.order = order  # the caller's sequence itself, as upstream keeps it
 
     def apply_batch(self, inputs: Sequence[Tuple]):
         r"""Apply the transform to every sample of a batch."""
