@@ -7,8 +7,8 @@ from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import (BINARY, UNARY, _Binary, _product, cast, t_unbroadcast, unbroadcast,
-                        xp_of)
+from ..core.ops import (BINARY, UNARY, BroadcastError, _Binary, _product, cast, t_unbroadcast,
+                        unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -433,6 +433,12 @@ class ClipByTensors(Op):
     backward_reads = ()  # (the masks forward made)
 
     def forward(self, x, lower, upper):
+        if not x.shape == lower.shape == upper.shape:
+            try:
+                np.broadcast_shapes(x.shape, lower.shape, upper.shape)
+            except ValueError:
+                raise BroadcastError(f"clip: shapes {x.shape} (x), {lower.shape} (lower) and "
+                                     f"{upper.shape} (upper) do not broadcast") from None
         out = _clamp_on_aten(x, lower, upper)
         if any(self.needs_input_grad):
             self.shapes = x.shape, lower.shape, upper.shape
@@ -478,8 +484,8 @@ def _times_mask(g, mask):
 
 def _clamp_on_aten(x, lower, upper):
     """ATen's clamp of float16 numpy arrays (broadcast) from `_aten.HALF_MIN` values, into a
-    numpy array; else None (numpy's float16 maximum and minimum convert one element at a
-    time: (512, 512) 4 ms against 0.08)."""
+    numpy array; else None (numpy's float16 clip converts one element at a time: (512, 512)
+    bounds, one thread, 4.0 ms against 0.08)."""
     if x.dtype is not FLOAT16 or type(x) is not np.ndarray or type(lower) is not np.ndarray \
             or type(upper) is not np.ndarray \
             or max(x.size, lower.size, upper.size) < _aten.HALF_MIN \

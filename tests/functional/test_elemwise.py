@@ -362,6 +362,13 @@ def test_clip_with_tensor_bounds_equal_above_x_gives_the_gradient_to_lower():
                                                         [0.0] * 2048]
 
 
+def test_clip_with_tensor_bounds_that_do_not_broadcast_says_so():
+    x, lo, hi = (mge.tensor(np.zeros(n, np.float32)) for n in (3, 4, 4))
+    with pytest.raises(ValueError, match=r"clip: shapes \(3,\) \(x\), \(4,\) \(lower\) and "
+                                         r"\(4,\) \(upper\) do not broadcast"):
+        F.clip(x, lo, hi)
+
+
 def test_clip_with_tensor_bounds_second_order_matches_torch():
     from oracle import check_second_order_against_torch
 
