@@ -49,6 +49,7 @@ class _FunctionOp(Op):
     """Adapts a user Function (Tensor in, Tensor out) to the dispatcher's array-level op."""
 
     none_for_unused_grads = True  # upstream hands None, not zeros, for an unused output
+    grad_autocast = True  # backward is user code: autocast casts its ops, as upstream's (Op)
 
     def __init__(self, fn, device):
         self.fn, self.device = fn, device

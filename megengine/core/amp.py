@@ -119,13 +119,19 @@ def not_covered(func):
     def wrapper(*args, **kwargs):
         if not _enabled:
             return func(*args, **kwargs)
-        _set_amp_dtype_autocast(False)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            _set_amp_dtype_autocast(True)
+        return run_uncovered(func, *args, **kwargs)
 
     return wrapper
+
+
+def run_uncovered(func, *args, **kwargs):
+    """``func(*args, **kwargs)`` with autocast off, and on again after (also when it raises);
+    autocast is on when this is called (`not_covered`, `dispatch`'s recorded gradients)."""
+    _set_amp_dtype_autocast(False)
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _set_amp_dtype_autocast(True)
 
 
 def torch_autocast(device_type):

@@ -208,6 +208,14 @@ class Op:
     # read only shapes, and a write into a pinned input cannot change their gradients); None:
     # all it keeps
     backward_reads = None
+    # Whether megengine.amp.autocast casts the ops of this op's recorded gradient
+    # (``grad_graph``). Upstream runs a built-in op's gradient as one op its autocast has no
+    # rule for (upstream 1.13 measured: under autocast matinv's first- and second-order
+    # gradients are float32's bit for bit), as the raw backward computes it here, so
+    # ``grad_graph`` runs with autocast off; a user's `autodiff.Function` sets True: its
+    # backward is Python code whose ops upstream's autocast casts (measured: ``g @ w.T`` of
+    # float32 tensors in it gives float16)
+    grad_autocast = False
     # How megengine.amp.autocast casts this op's inputs (upstream's dtype-promote rules): "high",
     # every input to the high precision dtype (float32; upstream's exp, log, true division, ...);
     # "low", float inputs to the low precision dtype (float16; matrix products); None: untouched.
@@ -1147,6 +1155,10 @@ def _graph_step(node, op, slot):
             g if g is not None else Tensor._wrap(_zeros_like_meta(meta, out_arrays), device)
             for g, meta in zip(slot, node.out_meta)
         ]
+    if _autocast_hook is not None and not getattr(op, "grad_autocast", False):
+        from . import amp  # (loaded: it installed the hook)
+
+        return amp.run_uncovered(grad_graph, tuple(inputs), tuple(outputs), tuple(slot))
     return grad_graph(tuple(inputs), tuple(outputs), tuple(slot))
 
 

@@ -922,7 +922,8 @@ _ELEMWISE = {
     "LogAddExp": "LOG_SUM_EXP", "LogicalAnd": "AND", "LogicalOr": "OR", "LogicalXor": "XOR",
     "LogicalNot": "NOT", "Sign": "SIGN", "Clip": "CLIP", "_Relu": "RELU", "_Relu6": "RELU6",
     "_Sigmoid": "SIGMOID", "_HSigmoid": "HSIGMOID", "_HSwish": "H_SWISH", "_Gelu": "GELU",
-    "_Silu": "SILU", "_Softplus": "SOFTPLUS", "_LogSigmoid": "LOGSIGMOID"}
+    "_Silu": "SILU", "_Softplus": "SOFTPLUS", "_LogSigmoid": "LOGSIGMOID",
+    "ClipByTensors": "CLIP"}  # (upstream's three-input CLIP: float16 F.clip, Tensor bounds)
 _REDUCE = {"sum": "SUM", "mean": "MEAN", "prod": "PRODUCT", "max": "MAX", "min": "MIN"}
 
 

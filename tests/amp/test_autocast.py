@@ -400,6 +400,43 @@ def test_traced_functions_cast_as_eager_ones(symbolic):
         np.testing.assert_allclose(e.numpy(), np.exp(x), rtol=1e-6)
 
 
+def _recorded_function_backward_dtypes(autocast_backward):
+    """The dtypes the ops of a user Function's backward give when an outer GradManager
+    records that backward (its recorded path), autocast on in forward and in backward or not."""
+    from megengine.autodiff import Function
+
+    w = mge.tensor(np.random.RandomState(0).rand(3, 3).astype(np.float32))
+    seen = []
+
+    class Square(Function):  # (x * x) @ w
+        def forward(self, x):
+            self.x = x
+            return (x * x) @ w
+
+        def backward(self, g):
+            seen.append((g.astype("float32") @ w.T).dtype)
+            return (g @ w.T).astype("float32") * 2 * self.x
+
+    x = mge.Parameter(np.random.RandomState(1).rand(2, 3).astype(np.float32))
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            with amp.autocast():
+                y = Square()(x)
+            with amp.autocast(enabled=autocast_backward):
+                inner.backward(y.astype("float32").sum())
+        assert x.grad._tracked  # (the recorded path ran)
+    return seen
+
+
+def test_a_user_functions_recorded_backward_is_cast_by_autocast_as_upstream():
+    # upstream 1.13 measured: in a Function's backward under autocast, the float32 product
+    # g @ w.T gives float16 (its backward is user code, whose ops autocast covers), unlike a
+    # built-in op's recorded gradient (matinv's: float32, tests/functional/test_math.py)
+    assert _recorded_function_backward_dtypes(True) == [np.float16]
+    assert _recorded_function_backward_dtypes(False) == [np.float32]
+
+
 def test_upstreams_import_path_of_the_state_module():
     import megengine.core.tensor.amp as core_amp  # upstream's path (a module here, not a package)
 

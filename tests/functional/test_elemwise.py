@@ -314,6 +314,96 @@ def test_float16_clip_computes_in_float32_with_numpys_float16_values(monkeypatch
         assert same(F.clip(mge.tensor(x, device="cpu0"), lower, upper).numpy(), want).all()
 
 
+@pytest.mark.parametrize("shapes", [((64, 64), (64, 64), (64, 64)), ((64, 64), (64,), (64, 1)),
+                                    ((8, 64), (64,), ()), ((64, 64), (64, 64), (1, 64))])
+@pytest.mark.parametrize("order", ["lower < upper", "lower > upper"])
+def test_float16_clip_with_tensor_bounds_gives_torchs_values_and_gradients(shapes, order):
+    # torch's float16 clamp is the oracle: its values bit for bit (a selection: signed zeros
+    # and infinities included; NaN where torch's is), its gradients on x and both bounds, ties
+    # of x with a bound included (integer values: many ties), summed over the broadcast dims
+    # in float32 and rounded once (torch's float16 sums add in float32 too)
+    rng = np.random.default_rng(11)
+    xs, ls, us = shapes
+    x = rng.integers(-4, 5, xs).astype(np.float16)
+    x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    lo, hi = rng.integers(-3, 1, ls), rng.integers(1, 4, us)
+    if order == "lower > upper":  # upper everywhere; its gradient all of g
+        lo, hi = lo + 4, hi - 4
+    lo, hi = np.asarray(lo, np.float16), np.asarray(hi, np.float16)
+    g = rng.standard_normal(np.broadcast_shapes(xs, ls, us)).astype(np.float16)
+    # (no gradient where x is NaN: torch gives it to nobody, maximum then minimum to upper)
+    g[np.broadcast_to(np.isnan(x), g.shape)] = 0
+    ws = [mge.Parameter(a, device="cpu0") for a in (x, lo, hi)]
+    with GradManager().attach(ws) as gm:
+        y = F.clip(*ws)
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, lo, hi)]
+    ty = torch.clamp(*ts)
+    ty.backward(torch.tensor(g))
+    same = lambda a, b: ((a.view(np.uint16) == b.view(np.uint16)) | np.isnan(a) & np.isnan(b))
+    assert y.dtype == np.float16 and same(y.numpy(), ty.detach().numpy()).all()
+    for w, t in zip(ws, ts):
+        assert w.grad.dtype == np.float16
+        np.testing.assert_array_equal(w.grad.numpy(), t.grad.numpy())
+    inference = F.clip(*(mge.tensor(a, device="cpu0") for a in (x, lo, hi)))
+    assert same(inference.numpy(), ty.detach().numpy()).all()
+
+
+def test_clip_with_tensor_bounds_equal_above_x_gives_the_gradient_to_lower():
+    # maximum(x, lower) then minimum(., upper), upstream's ties (the first operand): of
+    # lower == upper above x, lower takes the gradient (torch's clamp gives it to neither);
+    # float16 (one op, ClipByTensors) and float32 (the two ops) alike
+    for dtype in ("float32", "float16"):
+        x, lo, hi = (np.full(2048, v, dtype) for v in (0.0, 2.0, 2.0))
+        ws = [mge.Parameter(a, device="cpu0") for a in (x, lo, hi)]
+        with GradManager().attach(ws) as gm:
+            gm.backward(F.clip(*ws).sum())
+        assert [w.grad.numpy().tolist() for w in ws] == [[0.0] * 2048, [1.0] * 2048,
+                                                        [0.0] * 2048]
+
+
+def test_clip_with_tensor_bounds_that_do_not_broadcast_says_so():
+    x, lo, hi = (mge.tensor(np.zeros(n, np.float16)) for n in (3, 4, 4))
+    with pytest.raises(ValueError, match=r"clip: shapes \(3,\) \(x\), \(4,\) \(lower\) and "
+                                         r"\(4,\) \(upper\) do not broadcast"):
+        F.clip(x, lo, hi)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_clip_with_tensor_bounds_second_order_matches_torch(dtype):
+    # the recorded gradient (an outer GradManager differentiates it): torch's double backward
+    # in float64 on the same values; float16 of 4096 values: one op on ATen (ClipByTensors)
+    rng = np.random.RandomState(4)
+    x, lo, hi = rng.randn(64, 64), rng.uniform(-1, 0, 64), rng.uniform(0, 1, (64, 1))
+    x, lo, hi = (v.astype(dtype) for v in (x, lo, hi))
+    r = rng.randn(64, 64).astype(np.float32)
+    v = [rng.randn(*a.shape).astype(np.float32) for a in (x, lo, hi)]
+
+    def loss(clip, a, b, c, cast):
+        return (cast(clip(a * a, b * b - 1, c)) ** 2 * r).sum()
+
+    ps = [mge.Parameter(a) for a in (x, lo, hi)]
+    outer, inner = GradManager().attach(ps), GradManager().attach(ps)
+    with outer:
+        with inner:
+            inner.backward(loss(F.clip, *ps, lambda t: t.astype("float32")))
+        firsts = [p.grad for p in ps]
+        for p in ps:
+            p.grad = None
+        outer.backward(sum((g.astype("float32") * mge.tensor(w)).sum()
+                           for g, w in zip(firsts, v)))
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, lo, hi)]
+    r = torch.tensor(r, dtype=torch.float64)
+    tg = torch.autograd.grad(loss(torch.clamp, *ts, lambda t: t), ts, create_graph=True)
+    th = torch.autograd.grad(sum((g * torch.tensor(w, dtype=torch.float64)).sum()
+                                 for g, w in zip(tg, v)), ts)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == "float16" else dict(rtol=2e-4, atol=2e-5)
+    for g, p, t, h in zip(firsts, ps, tg, th):
+        assert g.dtype == p.grad.dtype == dtype
+        np.testing.assert_allclose(g.numpy().astype(np.float64), t.detach().numpy(), **tol)
+        np.testing.assert_allclose(p.grad.numpy().astype(np.float64), h.numpy(), **tol)
+
+
 def test_binary_shape_mismatch_raises():
     with pytest.raises(ValueError, match=r"\(3,\).*\(4,\)"):
         F.add(mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.zeros(4, np.float32)))

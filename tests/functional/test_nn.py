@@ -425,6 +425,37 @@ def test_embedding_padding_idx_gets_no_gradient():
           lambda i, a: TF.embedding(i.long(), a, padding_idx=2), idx, w)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_large_embedding_gradients_take_aten_with_add_ats_values(dtype):
+    # many repeated indices, each row's sum in index order: numpy's add.at is the oracle bit
+    # for bit (float16 rounded at each step, as torch's embedding backward: checked against it
+    # too), with and without the padding row; on ATen (index_add_ / embedding backward) and on
+    # the array code ("index_add" avoided)
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 300, (64, 40)).astype(np.int32)
+    idx[:16] = rng.integers(0, 4, (16, 40))
+    w = rng.standard_normal((300, 48)).astype(dtype)
+    g = (rng.standard_normal((64, 40, 48)) * 30).astype(dtype)
+    for padding_idx in (None, -298):
+        want = np.zeros_like(w)
+        np.add.at(want, idx.reshape(-1), g.reshape(-1, 48))
+        if padding_idx is not None:
+            want[padding_idx] = 0
+        if dtype == "float16":
+            tw = torch.tensor(w, requires_grad=True)
+            TF.embedding(torch.tensor(idx, dtype=torch.long), tw,
+                         padding_idx=padding_idx).backward(torch.tensor(g))
+            np.testing.assert_array_equal(tw.grad.numpy(), want)
+        for avoid in ((), ("index_add",)):
+            with _aten.avoided(*avoid):
+                p = mge.Parameter(w, dtype=dtype, device="cpu0")
+                with GradManager().attach(p) as gm:
+                    y = F.embedding(mge.tensor(idx, device="cpu0"), p, padding_idx=padding_idx)
+                    gm.backward(y, mge.tensor(g, dtype=dtype, device="cpu0"))
+            assert p.grad.dtype == dtype
+            assert p.grad.numpy().tobytes() == want.tobytes()
+
+
 def test_embedding_errors():
     w = mge.tensor(rand(4, 3))
     with pytest.raises(ValueError, match=r"embedding: indices must be in \[0, 4\)"):
