@@ -314,24 +314,20 @@ class TrueDiv(_Binary):
     # float16 passes left the divisor's gradient up to 1.9 float16 steps off. One thread,
     # forward and backward of (512, 512): x / 3 3.1 ms before, 0.28 after (float32 0.24);
     # x / (x * x + 1) 7.1 before, 1.1 after (float32 0.5-0.7)
-    # Backward keeps the float16 operands, not their float32 copies (`_keep_half_operands`).
     half_in_float32 = True
 
     def compute(self, a, b):
         if a.dtype.kind != "f" and a.dtype.kind != "c":
             self.a = a = a.astype(np.float32)
             self.b = b = b.astype(np.float32)
-        if self.half_dtypes is not None:
-            _keep_half_operands(self)
         return a / b
 
     def grads(self, g):
         # only the gradients asked for: `x / T` with a constant T must not compute -g*x/T**2
         # (a wasted array, and NaN warnings where x is infinite and g is 0, as after a mask)
         na, nb = self.needs_input_grad
-        b = _float32_operand(self, self.b)
-        ga = g / b
-        return ga if na else None, -ga * _float32_operand(self, self.a) / b if nb else None
+        ga = g / self.b
+        return ga if na else None, -ga * self.a / self.b if nb else None
 
     def backward_reads(self):
         return (self.b, self.a) if self.needs_input_grad[1] else (self.b,)  # (w /= 2: the 2)
@@ -386,26 +382,6 @@ _SAME_AS_POW = {2.0: np.square, 0.5: np.sqrt, -1.0: np.reciprocal}
 _ATEN_POW_MIN = 1024
 
 
-def _keep_half_operands(op):
-    """Let ``op``, a binary op computing float16 in float32 (`Op.half_in_float32`), keep its
-    float16 operands (`Op.half_inputs`) for backward instead of their float32 copies: twice
-    the memory, held from forward to backward for each division or power of a float16
-    network. Backward converts them again (`_float32_operand`): the same values, bit for bit.
-    Measured with one thread, three layers of ``h = h @ w; h = h / (h ** 2 + 1) ** 1.5 / 2``
-    on (2048, 128) float16 activations, forward and backward: 23.5 MiB of numpy memory at the
-    peak before, 14.0 after, 27-40 ms a step either way. (A lone (512, 512) ``x / y`` in a
-    loop takes 0.7-0.9 ms a step before, 3 after: its fresh buffers in backward make glibc
-    give memory back and page it in again at each step; with glibc's trimming off, 0.67 and
-    0.58.)"""
-    op.a, op.b = op.half_inputs
-
-
-def _float32_operand(op, a):
-    """Operand ``a`` of ``op`` as its backward computes with it: float32 where forward kept
-    the float16 operands (`_keep_half_operands`)."""
-    return a if op.half_dtypes is None else cast(a, np.float32)
-
-
 def _power(a, b):
     """``a ** b`` of arrays, ``b`` 0-d where it is one exponent (see above)."""
     if (type(b) is np.ndarray or isinstance(b, np.generic)) and b.ndim == 0 \
@@ -428,25 +404,18 @@ class Pow(_Binary):
     # numpy's float16 passes left x ** 3's gradient up to 3.3 float16 steps off. One thread,
     # forward and backward of (512, 512), before and after: x ** 2 7.5 and 0.56 ms, x ** 3
     # 11.6 and 0.61, x ** 1.5 8.3 and 1.1, x ** 0.5 8.4 and 0.5 (float32 0.2-1.1)
-    # Backward keeps the float16 operands (`_keep_half_operands`), and the float32 power
-    # only where the exponent's gradient is wanted (that gradient reads it).
     half_in_float32 = True
 
     def compute(self, a, b):
         if a.dtype.kind in "iu" and (b < 0).any():
             self.a = a = a.astype(np.float32)
             self.b = b = b.astype(np.float32)
-        out = _power(a, b)
-        if self.half_dtypes is None:
-            self.out = out
-        else:
-            _keep_half_operands(self)
-            self.out = out if any(self.needs_input_grad[1:]) else None
-        return out
+        self.out = _power(a, b)
+        return self.out
 
     def grads(self, g):
         xp = xp_of(g)
-        a, b = _float32_operand(self, self.a), _float32_operand(self, self.b)
+        a, b = self.a, self.b
         ga = gb = None
         if self.needs_input_grad[0]:  # (b * a ** 1 is exactly 2 * a: no power to take)
             ga = (g * b * a if type(b) is np.ndarray and b.ndim == 0 and b == 2
