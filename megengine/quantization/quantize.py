@@ -85,11 +85,13 @@ def quantize(module: Module, inplace: bool = True, mapping: dict = None):
 
     if _is_qat(module):
         return convert(module)
-    for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
-                                                       predicate=_is_qat)):
-        if _is_qat(parent):
-            continue
-        set_expand_structure(module, key, convert(submodule))
+    # every layer is converted before any is replaced, so that a layer that fails to convert
+    # leaves the module as it was (upstream 1.13 measured: the layers before it were replaced)
+    converted = [(key, convert(submodule)) for key, submodule, parent in list(
+        module._flatten(with_key=True, with_parent=True, predicate=_is_qat))
+        if not _is_qat(parent)]
+    for key, new_mod in converted:
+        set_expand_structure(module, key, new_mod)
     return module
 
 
@@ -121,7 +123,10 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
         new_mod.train(module.training)
         propagate_qconfig(new_mod, qconfig)
         return new_mod
-    # a list first: replacing while walking would change what the walk sees
+    # every layer is converted before any is replaced: replacing while walking would change
+    # what the walk sees, and a layer that fails to convert leaves the module as it was
+    # (upstream 1.13 measured: the layers before it were replaced)
+    converted = []
     for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
                                                        predicate=is_quantable)):
         # outermost layers only, and nothing inside a QAT layer (the float Conv2d a QAT
@@ -130,6 +135,8 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
             continue
         new_mod = convert_dict[type(submodule)].from_float_module(submodule)
         new_mod.train(submodule.training)
+        converted.append((key, new_mod))
+    for key, new_mod in converted:
         set_expand_structure(module, key, new_mod)
     propagate_qconfig(module, qconfig)
     return module

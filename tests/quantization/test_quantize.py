@@ -247,6 +247,58 @@ def test_quantize_with_a_mapping_a_qat_root_and_an_unknown_layer():
         quantize(qat_net)
 
 
+class _FourLayers(Float.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = Float.Linear(3, 3)
+        self.b = Float.Linear(3, 3)
+        self.c = Float.Conv2d(3, 3, 1)
+        self.d = Float.Linear(3, 3)
+
+    def forward(self, x):
+        return x
+
+
+class _FailsToConvert(Float.Module):
+    @classmethod
+    def from_float_module(cls, module):
+        raise RuntimeError("this layer cannot be converted")
+
+    from_qat_module = from_float_module
+
+
+def _layers_and_values(net):
+    return ([(name, type(m)) for name, m in net.named_modules()],
+            {k: np.asarray(v).copy() for k, v in net.state_dict().items()})
+
+
+def _assert_unchanged(before, after):
+    assert before[0] == after[0]
+    assert before[1].keys() == after[1].keys()
+    for k, v in before[1].items():
+        np.testing.assert_array_equal(v, after[1][k])
+
+
+def test_a_layer_that_fails_to_convert_leaves_the_network_as_it_was():
+    # upstream 1.13 measured: quantize_qat with {Conv2d: a class whose from_float_module
+    # raises} left a and b QAT layers and c, d float; quantize likewise left a and b quantized.
+    # Here every layer is converted before any is replaced.
+    net = _FourLayers()
+    before = _layers_and_values(net)
+    with pytest.raises(RuntimeError, match="cannot be converted"):
+        quantize_qat(net, mapping={Float.Conv2d: _FailsToConvert})
+    _assert_unchanged(before, _layers_and_values(net))
+
+    quantize_qat(net)
+    before = _layers_and_values(net)
+    with pytest.raises(RuntimeError, match="cannot be converted"):
+        quantize(net, mapping={QAT.Conv2d: _FailsToConvert})
+    _assert_unchanged(before, _layers_and_values(net))
+    quantize(net)  # the same network still converts
+    assert [type(m) for m in (net.a, net.b, net.c, net.d)] == [Q.Linear, Q.Linear, Q.Conv2d,
+                                                               Q.Linear]
+
+
 def test_quantized_layers_refuse_training_and_qat_layers_without_observers():
     q_net = quantize(init_qat_net(), inplace=False)
     q_net.train()
