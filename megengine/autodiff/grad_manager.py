@@ -1,6 +1,7 @@
 """`GradManager` (and `gm1 | gm2` groups): which tensors want gradients, when ops are recorded,
 and backward into `.grad`."""
 import weakref
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -166,9 +167,12 @@ class GradManager:
         elif callable(callbacks):
             callbacks = [callbacks]
         else:
-            callbacks = list(callbacks)
+            callbacks = list(callbacks) if isinstance(callbacks, Iterable) else [callbacks]
             if not all(callable(c) for c in callbacks):
-                raise TypeError("GradManager.attach: callbacks must be callables cb(tensor, grad)")
+                raise TypeError("GradManager.attach: callbacks must be a callable cb(tensor, "
+                                "grad) or a list of them, got "
+                                + ", ".join(type(c).__name__ for c in callbacks
+                                            if not callable(c)))
         for t in tensors:
             kind = t.dtype.kind
             if kind == "c":  # its ops take the dispatcher's complex-aware branch

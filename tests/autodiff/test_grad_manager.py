@@ -66,6 +66,20 @@ def test_attach_rejects_bool_and_non_tensors():
         GradManager().attach(Tensor([1.0]), callbacks=[1])
 
 
+@pytest.mark.parametrize("callbacks", [3, [lambda t, g: g, "cb"]])
+def test_attach_with_bad_callbacks_says_so_and_attaches_nothing(callbacks):
+    # a lone non-callable gave "'int' object is not iterable"; the tensors stay unattached
+    w, v = Parameter([1.0]), Parameter([2.0])
+    gm = GradManager().attach([w])
+    with pytest.raises(TypeError, match="callbacks must be a callable .* or a list of them, "
+                                        "got (int|str)"):
+        gm.attach([w, v], callbacks=callbacks)
+    assert gm.attached_tensors() == [w]
+    with gm:
+        gm.backward((w * v).sum())
+    assert w.grad.tolist() == [2.0] and v.grad is None
+
+
 def test_callbacks_run_in_order_and_change_the_gradient():
     x = Tensor([1.0, 2.0])
     seen = []
