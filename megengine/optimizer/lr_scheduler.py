@@ -49,6 +49,9 @@ class LRScheduler:
 
     def load_state_dict(self, state_dict: dict):
         """Restore what ``state_dict`` returned; the optimizer's lrs are not rewritten."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected the dict that "
+                            f"state_dict() returned, got {type(state_dict).__name__}")
         unknown = set(state_dict) - set(self.state_dict())
         if unknown:
             raise ValueError(
