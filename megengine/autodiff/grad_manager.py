@@ -409,6 +409,8 @@ class GradManager:
                     callback()
             finally:
                 _backwarding = None
+            for t, grad, from_callback in ready:  # before any .grad changes
+                _check_grad_slot(t, grad, from_callback)
             for t, grad, from_callback in ready:
                 if from_callback:  # a callback may keep (or share) the Tensor it returned
                     grad = _own_tensor(grad)
@@ -620,6 +622,32 @@ def _own_tensor(grad):
     own = Tensor._wrap(grad._data, grad._device)
     own._node, own._format = grad._node, grad._format
     return own
+
+
+def _check_grad_slot(t, grad, from_callback):
+    """Refuse, before backward changes any ``.grad``, a gradient a callback reshaped and a
+    ``.grad`` the user set that the gradient cannot be added to (torch refuses both; upstream
+    1.13 measured: the other tensors' ``.grad`` had grown when it raised, and a reshaped
+    gradient became ``.grad`` as it was)."""
+    shape = t._data.shape
+    if from_callback and grad._data.shape != shape:
+        raise ValueError(
+            f"GradManager.backward: a callback returned a gradient of shape {grad.shape} for a "
+            f"tensor of shape {t.shape}; callbacks must keep the gradient's shape (no .grad "
+            "was changed)")
+    held = t.grad
+    if held is None:
+        return
+    if not isinstance(held, Tensor):
+        raise TypeError(
+            f"GradManager.backward: the .grad of a tensor of shape {t.shape} is a "
+            f"{type(held).__name__}; set it to None or to a Tensor of the tensor's shape (no "
+            ".grad was changed)")
+    if held._data.shape != shape:
+        raise ValueError(
+            f"GradManager.backward: the .grad of a tensor of shape {t.shape} has shape "
+            f"{held.shape}, so its gradient cannot be added to it; set it to None or to a "
+            "Tensor of the tensor's shape (no .grad was changed)")
 
 
 def _add_grad(t, grad):

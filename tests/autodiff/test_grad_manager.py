@@ -1081,3 +1081,52 @@ def test_float16_gradients_accumulate_with_numpys_float16_sums():
             gm.backward(x * 1, Tensor(g, device="cpu0"))
     assert x.grad.dtype == np.float16
     np.testing.assert_array_equal(x.grad.numpy().view(np.uint16), (g1 + g2).view(np.uint16))
+
+
+def _three_params():
+    return [Parameter(np.full(3, float(i + 1), np.float32)) for i in range(3)]
+
+
+def _grads(ws):
+    return [None if w.grad is None else w.grad.numpy().tolist() for w in ws]
+
+
+@pytest.mark.parametrize("spoil", ["callback reshapes", "callback reshapes, grads held",
+                                   ".grad of another shape", ".grad an array"])
+def test_a_backward_that_cannot_deliver_changes_no_grad(spoil):
+    # upstream 1.13 measured: with w1.grad of shape (5,), or w1's callback returning a (7,)
+    # gradient, backward raised after w0.grad and w2.grad had grown (1 -> 7 and 1 -> 3), and
+    # with no .grad held the (7,) gradient became w1.grad. torch refuses both (a hook that
+    # changes the size of the gradient; a .grad of another shape). Here nothing changes, and
+    # the error names the fix.
+    ws = _three_params()
+    gm = GradManager().attach(ws[:1]).attach(ws[2:])
+    if spoil.startswith("callback"):
+        gm.attach(ws[1:2], callbacks=lambda t, g: Tensor(np.ones(7, np.float32)))
+    else:
+        gm.attach(ws[1:2])
+    if spoil != "callback reshapes":
+        for w in ws:
+            w.grad = Tensor(np.ones(3, np.float32))
+    if spoil == ".grad of another shape":
+        ws[1].grad = Tensor(np.ones(5, np.float32))
+    if spoil == ".grad an array":
+        ws[1].grad = np.ones(3, np.float32)
+    before = _grads(ws[::2])
+    error, match = ((TypeError, "is a ndarray") if spoil == ".grad an array" else
+                    (ValueError, r"callbacks must keep" if spoil.startswith("callback")
+                     else r"has shape \(5,\)"))
+    with pytest.raises(error, match=match):
+        with gm:
+            gm.backward((ws[0] * ws[1] * ws[2]).sum())
+    assert _grads(ws[::2]) == before
+    if spoil != ".grad an array":
+        assert _grads(ws[1:2]) == [None if spoil == "callback reshapes" else
+                                   [1.0] * (5 if spoil.startswith(".grad") else 3)]
+    # the manager is released and works again once the .grad is fixed
+    ws[1].grad = None
+    gm2 = GradManager().attach(ws)
+    with gm2:
+        gm2.backward((ws[0] * ws[1] * ws[2]).sum())
+    expected_held = 0.0 if spoil == "callback reshapes" else 1.0
+    assert _grads(ws) == [[expected_held + 6.0] * 3, [3.0] * 3, [expected_held + 2.0] * 3]
