@@ -214,12 +214,13 @@ class Module:
     def __setattr__(self, name, value):
         if name != "_modules":
             modules = self.__dict__.get("_modules")
+            # (first: it refuses a container with a non-str key before anything changes)
+            leaves = _expand_structure(name, value)
             if _is_module_like(value):
                 # Catch a forgotten super().__init__() at the assignment, not at the first call.
                 # Upstream refuses any list/tuple/dict here; a container without Modules or
                 # Tensors (a kernel-size tuple) is harmless, so only those that hold them are.
-                if modules is None and (isinstance(value, Module)
-                                        or _expand_structure(name, value)):
+                if modules is None and (isinstance(value, Module) or leaves):
                     raise AttributeError(
                         f"cannot assign module before Module.__init__() call: {name!r} "
                         f"(a {type(value).__name__}) was set before super().__init__(); "
@@ -231,7 +232,7 @@ class Module:
                 modules.remove(name)
             if "_short_name" in self.__dict__:  # __init__ has run: name the subtree
                 prefix = self._name or self.name
-                for key, leaf in _expand_structure(name, value):
+                for key, leaf in leaves:
                     if isinstance(leaf, Module):
                         leaf._take_name(self, prefix, key)
                     else:

@@ -107,6 +107,8 @@ def test_dict_with_non_str_key_holding_a_module_is_rejected():
     with pytest.raises(TypeError, match="use str keys"):
         net.table = {"ok": [Scale(1)], True: {"a": mge.tensor([1.0])}}
     assert not hasattr(net, "table")
+    # nor is anything else changed: the repr order list had "table" left in it
+    assert "table" not in net._modules
     net.plain = {True: 1, False: 0, 3: "x"}  # non-str keys without tensors are fine
     vars(net)["sneaked"] = {2: Scale(1)}  # found at discovery time too
     with pytest.raises(AssertionError, match="error key: 2"):
