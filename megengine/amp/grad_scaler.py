@@ -124,12 +124,19 @@ class GradScaler:
                 "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval,
                 "_growth_tracker": self._growth_tracker}
 
+    _STATE_KEYS = ("scale_factor", "growth_factor", "backoff_factor", "growth_interval",
+                   "_growth_tracker")
+
     def load_state_dict(self, state):
-        self.scale_factor = state["scale_factor"]
-        self.growth_factor = state["growth_factor"]
-        self.backoff_factor = state["backoff_factor"]
-        self.growth_interval = state["growth_interval"]
-        self._growth_tracker = state["_growth_tracker"]
+        """Restore what `state_dict` returned. Every key is looked up before any is set, so a
+        state that lacks one changes nothing (upstream 1.13 measured: the keys before the
+        missing one were set when its KeyError came)."""
+        missing = [k for k in self._STATE_KEYS if k not in state]
+        if missing:
+            raise KeyError(f"GradScaler.load_state_dict: the state lacks {missing}; pass what "
+                           f"GradScaler.state_dict() returned (keys {list(self._STATE_KEYS)})")
+        for key in self._STATE_KEYS:
+            setattr(self, key, state[key])
 
 
 def _full_like(t, value):
