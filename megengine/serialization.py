@@ -152,6 +152,13 @@ def load(f, map_location=None, pickle_module=pickle):
             if isinstance(unpickler, type):
                 return _mapping_unpickler(unpickler)(f).load()
             return pickle_module.load(f)
+        except (EOFError, pickle.UnpicklingError) as e:
+            name = getattr(f, "name", None)
+            raise type(e)(
+                f"load: {'the data' if name is None else repr(name)} is not a complete file "
+                f"written by mge.save or pickle ({e}): it may have been cut short (a save that "
+                "was interrupted, a partial download) or be of another format (read a file of "
+                "torch.save with torch.load)") from e
         finally:
             Tensor.dmap_callback = previous
 

@@ -313,6 +313,22 @@ def test_a_failed_save_keeps_the_file_that_was_there(tmp_path):
     assert not (tmp_path / "new.mge").exists()  # no truncated file where none was
 
 
+@pytest.mark.parametrize("cut", [0, 10, -5])
+def test_a_truncated_file_says_so(tmp_path, cut):
+    # upstream 1.13 measured: EOFError "Ran out of input" and UnpicklingError "pickle data was
+    # truncated", naming neither the file nor the likely cause; the types stay upstream's
+    path = tmp_path / "ckpt.mge"
+    mge.save({"w": mge.Tensor(np.arange(1000, dtype=np.float32))}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    with pytest.raises((EOFError, pickle.UnpicklingError),
+                       match=r"load: '.*ckpt.mge' is not a complete file written by mge.save .*"
+                             r"cut short"):
+        mge.load(path)
+    with pytest.raises((EOFError, pickle.UnpicklingError), match="load: the data is not"):
+        mge.load(io.BytesIO(data[:cut]))
+
+
 def test_files_are_plain_pickles():
     f = io.BytesIO()
     mge.save(mge.Tensor([1.0, 2.0]), f, pickle_protocol=2)
