@@ -337,6 +337,15 @@ class GradManager:
         # allocate on the current device, so each tensor's is made current (None: one GPU/CPU)
         scope = dispatch.device_scope()
         try:
+            outputs = None if y is None else _pair_outputs(y, dy, "GradManager.backward", scope)
+        except BaseException:
+            # a bad y or dy leaves the recording as it was, so backward can be called again
+            # with correct ones (torch checks them before it frees its graph; upstream 1.13
+            # measured: the recording was gone, "no computation history")
+            if scope is not None:
+                scope.close()
+            raise
+        try:
             ys, dys, given = [], [], []
             # Outputs kept by distributed ops join y as roots. The backward runs ops in the
             # reverse of their forward order (dispatch._graph_order), so the collectives'
@@ -351,8 +360,7 @@ class GradManager:
                     ys.append(t)
                     dys.append(zeros)
                     given.append(zeros)
-            if y is not None:
-                outputs = _pair_outputs(y, dy, "GradManager.backward", scope)
+            if outputs is not None:
                 for mine, theirs in zip((ys, dys, given), outputs):
                     mine.extend(theirs)
             wanted = self._wanted  # made by record() (holding the nodes: their ids stay theirs)
@@ -526,7 +534,11 @@ def _pair_outputs(y, dy, what, scope=None):
         else:
             if isinstance(d, Tensor) and d._device != t._device:  # comes over to the output's
                 d = Tensor._wrap(move_array(d._data, t._device), t._device)  # device
-            a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            try:
+                a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            except (TypeError, ValueError):
+                raise TypeError(f"{what}: an output gradient must be a Tensor, an array or a "
+                                f"number, got {type(d).__name__}") from None
             reshaped = a.shape != t.shape
             if reshaped and a.size == t.size:
                 a = a.reshape(t.shape)  # upstream takes [1.0] for a 0-d loss (1.0-era: (1,))

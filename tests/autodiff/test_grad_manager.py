@@ -1130,3 +1130,27 @@ def test_a_backward_that_cannot_deliver_changes_no_grad(spoil):
         gm2.backward((ws[0] * ws[1] * ws[2]).sum())
     expected_held = 0.0 if spoil == "callback reshapes" else 1.0
     assert _grads(ws) == [[expected_held + 6.0] * 3, [3.0] * 3, [expected_held + 2.0] * 3]
+
+
+@pytest.mark.parametrize("bad_dy, error, match", [
+    (np.ones(4, np.float32), ValueError, r"output gradient of shape \(4,\)"),
+    ([np.ones(3, np.float32)] * 2, ValueError, "1 outputs but 2 output gradients"),
+    ("x", TypeError, "must be a Tensor, an array or a number, got str"),
+])
+def test_a_backward_refusing_its_arguments_keeps_the_recording(bad_dy, error, match):
+    # upstream 1.13 measured: after backward(y, dy) refused dy (a (4,) dy for a (3,) y), a
+    # second backward(y, good dy) raised "no computation history". torch checks the
+    # arguments before it frees its graph, and so does this fork: the retry gives torch's
+    # gradients, and nothing was added to .grad by the refused call.
+    w, v = Parameter(np.ones(3, np.float32)), Parameter(np.full(3, 2.0, np.float32))
+    gm = GradManager().attach([w, v])
+    with gm:
+        y = w * v
+        with pytest.raises(error, match=match):
+            gm.backward(y, bad_dy)
+        assert w.grad is None and v.grad is None
+        gm.backward(y, Tensor(np.array([1.0, 2.0, 3.0], np.float32)))
+    tw, tv = (torch.tensor(a, requires_grad=True) for a in ([1.0] * 3, [2.0] * 3))
+    (tw * tv).backward(torch.tensor([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
+    np.testing.assert_array_equal(v.grad.numpy(), tv.grad.numpy())
