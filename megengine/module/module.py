@@ -162,6 +162,12 @@ class HookHandler:
         self._hooks.pop(self.id, None)
 
 
+def _value_error(error, key):
+    """``error`` (raised for the value of ``key``) again, its message naming the key."""
+    return type(error)(f"load_state_dict: the value of {key!r} cannot be loaded: {error}; "
+                       "nothing was loaded")
+
+
 class LoadStateDictError(KeyError, ValueError):
     """``load_state_dict`` found missing/unexpected keys or mismatched values.
 
@@ -560,7 +566,10 @@ class Module:
             if value is None:
                 missing.append(key)
                 continue
-            value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            try:
+                value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            except (TypeError, ValueError) as e:  # (a ragged list)
+                raise _value_error(e, key) from None
             if value.shape != var.shape:
                 if owner._flat_state and value.size == var.size:
                     value = value.reshape(var.shape)
@@ -575,7 +584,10 @@ class Module:
                     and var.dtype.metadata is None:
                 # as upstream's, the value brings its dtype (a float16 checkpoint makes the
                 # module float16), as a Tensor would store it (float64 as float32)
-                value = Tensor(value, device=var._device)
+                try:
+                    value = Tensor(value, device=var._device)
+                except (TypeError, ValueError) as e:  # (strings, objects)
+                    raise _value_error(e, key) from None
             writes.append((var, value))
         unexpected = []
         if isinstance(state_dict, Mapping):

@@ -223,6 +223,23 @@ def test_non_strict_loads_what_matches_and_logs():
         net.load_state_dict({"w": np.ones(4, np.float32)}, strict=False)
 
 
+@pytest.mark.parametrize("bad, error", [
+    (np.array(["a", "b"]), TypeError),  # not numbers
+    ([[1.0, 2.0], [3.0]], ValueError),  # a ragged list
+])
+def test_a_value_that_is_no_array_of_numbers_is_named_and_nothing_loads(bad, error):
+    # the error (of the type it was) now names the key; the values before it stay unwritten
+    net = Tree()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    sd = {k: v + 1 for k, v in net.state_dict().items()}
+    sd["z_last.w"] = bad
+    with pytest.raises(error, match=r"load_state_dict: the value of 'z_last.w' cannot be "
+                                    r"loaded: .*nothing was loaded"):
+        net.load_state_dict(sd)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_load_state_dict_with_closure_skips_none():
     net = Scale(3)
     seen = []
