@@ -263,6 +263,12 @@ class Optimizer:
                     f"of shape {p.shape}; nothing was updated (set its .grad to a Tensor of "
                     "the parameter's shape, or None to skip it)"
                 )
+            if g._data.dtype.kind == "c" and p._data.dtype.kind != "c":  # (torch refuses it)
+                raise TypeError(
+                    f"{type(self).__name__}.step: a complex gradient ({g.dtype}) for parameter "
+                    f"{i} of dtype {p.dtype}; nothing was updated (give it a real gradient: "
+                    "F.real of it, or make the parameter complex)"
+                )
 
     def _update(self, param, grad, state, group):
         raise NotImplementedError(f"{type(self).__name__}._update")
