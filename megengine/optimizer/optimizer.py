@@ -263,6 +263,12 @@ class Optimizer:
                     f"of shape {p.shape}; nothing was updated (set its .grad to a Tensor of "
                     "the parameter's shape, or None to skip it)"
                 )
+            if p._data.dtype.kind not in "fc":  # (upstream 1.13 measured: failed midway too)
+                raise TypeError(
+                    f"{type(self).__name__}.step: parameter {i} is of dtype {p.dtype}, which an "
+                    "update cannot write, and has a gradient; nothing was updated (make it a "
+                    "float Parameter, or set its .grad to None)"
+                )
             if g._data.dtype.kind == "c" and p._data.dtype.kind != "c":  # (torch refuses it)
                 raise TypeError(
                     f"{type(self).__name__}.step: a complex gradient ({g.dtype}) for parameter "
