@@ -244,10 +244,11 @@ class Optimizer:
         return self
 
     def _check_grads(self):
-        """Refuse a step with a gradient that is not a Tensor of its parameter's shape before
-        any parameter is updated, so that a failed step changes nothing (torch refuses such a
-        ``.grad`` when it is set; upstream 1.13 measured: the parameters before the bad one
-        were updated when the step raised)."""
+        """Refuse a step that could not update every parameter with a gradient (a ``.grad``
+        that is not a Tensor of its parameter's shape, a complex one for a real parameter, an
+        integer parameter) before any is updated, so that a failed step changes nothing (torch
+        refuses such a ``.grad`` when it is set; upstream 1.13 measured: the parameters before
+        the bad one were updated when the step raised)."""
         for i, p in enumerate(self._params()):
             g = p.grad
             if g is None:
