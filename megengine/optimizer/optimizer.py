@@ -480,8 +480,12 @@ class Optimizer:
                         f"load_state_dict: the state of parameter {idx} is a "
                         f"{type(st).__name__}, expected a dict of buffer name -> array"
                     )
-                new_state[p] = {k: _saved_step(v) if k == "step" and engine
-                                else _to_device(v, p, k) for k, v in st.items()}
+                try:
+                    new_state[p] = {k: _saved_step(v) if k == "step" and engine
+                                    else _to_device(v, p, k) for k, v in st.items()}
+                except _NotNumbers as e:
+                    raise ValueError(f"load_state_dict: the state of parameter {idx} cannot "
+                                     f"be loaded: {e}") from None
         # every group is checked before any changes (torch's load_state_dict changes nothing
         # when it raises; upstream 1.13 measured: the groups before a bad one were updated)
         new_groups = []
@@ -618,12 +622,19 @@ def _step_as_saved(value):
     return np.array(value, np.float32) if isinstance(value, int) else value
 
 
+class _NotNumbers(ValueError):
+    """A state entry holds something other than numbers (`load_state_dict` names its owner)."""
+
+
 def _saved_step(value):
     """An engine optimizer's step count (an int) from a state dict's (upstream's: a float32
     0-d array; an int in earlier versions of this fork)."""
     if isinstance(value, Tensor):
         value = value.numpy()
-    return int(np.asarray(value).item())
+    try:
+        return int(np.asarray(value).item())
+    except (TypeError, ValueError) as e:
+        raise _NotNumbers(f"its 'step' must be a number, got {value!r} ({e})") from None
 
 
 def _to_device(value, param, name):
@@ -643,5 +654,9 @@ def _to_device(value, param, name):
         with get_array_module(param._device).cuda.Device(int(param._device[3:])):
             array = get_array_module(param._device).array(value, dtype=param.dtype)
     else:
-        array = np.array(value, dtype=param.dtype)
+        try:
+            array = np.array(value, dtype=param.dtype)
+        except (TypeError, ValueError) as e:
+            raise _NotNumbers(f"its {name!r} must hold numbers, got dtype {value.dtype} "
+                              f"({e})") from None
     return Tensor._wrap(array, param._device)  # buffers live in the state as Tensors

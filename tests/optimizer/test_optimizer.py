@@ -225,7 +225,7 @@ def test_load_state_dict_restores_hyperparameters_and_checks_shapes():
 
 
 @pytest.mark.parametrize("spoil", ["negative lr", "bad momentum", "state shape", "group count",
-                                   "state entry", "group entry"])
+                                   "state entry", "group entry", "buffer of strings"])
 def test_a_failed_load_state_dict_changes_nothing(spoil):
     # upstream 1.13 measured: a state whose group 0 has lr 7.0 and whose group 1 has one
     # parameter too few raised ValueError after group 0's lr had become 7.0 (and a negative lr
@@ -250,11 +250,17 @@ def test_a_failed_load_state_dict_changes_nothing(spoil):
         saved["param_groups"][1]["params"] = saved["param_groups"][1]["params"][:1]
     elif spoil == "state entry":
         saved["state"][2] = "momentum"
+    elif spoil == "buffer of strings":
+        saved["state"][2]["momentum_buffer"] = np.array(["a", "b"])
     else:
         del saved["param_groups"][1]["params"]
     before = _optimizer_snapshot(opt)
     groups = [id(g) for g in opt.param_groups]
-    with pytest.raises((ValueError, TypeError)):
+    match = {"state entry": "state of parameter 2 is a str",
+             "buffer of strings": "state of parameter 2 cannot be loaded: its "
+                                  "'momentum_buffer' must hold numbers",
+             "group entry": "group 1 of the state is not a dict with a 'params'"}.get(spoil)
+    with pytest.raises((ValueError, TypeError), match=match):
         opt.load_state_dict(saved)
     _assert_same(before, _optimizer_snapshot(opt))
     assert [id(g) for g in opt.param_groups] == groups
