@@ -146,6 +146,9 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
     """Give every QAT layer new observers and fake quantizers from ``qconfig``, starting
     from the qparams its current ones give (those with ``set_qparams``: PassiveObserver, TQT,
     LSQ). Returns the module (a deep copy when ``inplace=False``)."""
+    if not isinstance(qconfig, QConfig):
+        raise TypeError(f"reset_qconfig: qconfig must be a QConfig, got "
+                        f"{type(qconfig).__name__}")
     if not inplace:
         module = deepcopy(module)
 
@@ -155,15 +158,23 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
             inst.set_qparams(qparams)
         return inst
 
+    # every layer's new observers and fake quantizers are built before any is set, so a
+    # factory that raises leaves the module as it was
+    built = []
     for m in list(module._flatten(predicate=_is_qat)):
+        new = {}
         if m.with_weight:
             weight_params = m.get_weight_qparams()
-            m.weight_observer = build(qconfig.weight_observer, weight_params)
-            m.weight_fake_quant = build(qconfig.weight_fake_quant, weight_params)
+            new["weight_observer"] = build(qconfig.weight_observer, weight_params)
+            new["weight_fake_quant"] = build(qconfig.weight_fake_quant, weight_params)
         if m.with_act:
             act_params = m.get_activation_qparams()
-            m.act_observer = build(qconfig.act_observer, act_params)
-            m.act_fake_quant = build(qconfig.act_fake_quant, act_params)
+            new["act_observer"] = build(qconfig.act_observer, act_params)
+            new["act_fake_quant"] = build(qconfig.act_fake_quant, act_params)
+        built.append((m, new))
+    for m, new in built:
+        for name, value in new.items():
+            setattr(m, name, value)
     return module
 
 

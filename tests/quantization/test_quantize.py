@@ -128,6 +128,32 @@ def test_reset_qconfig_carries_the_qparams_over():
                                np.log2(50 / 127), rtol=1e-5)
 
 
+def test_reset_qconfig_that_fails_leaves_every_layer_as_it_was():
+    # upstream 1.13 measured: with a QConfig whose act_observer factory raises, the first
+    # layer's weight observer had been replaced when the error came. Here every layer's new
+    # observers are built before any is set. A non-QConfig is refused by name (upstream:
+    # AttributeError, no 'weight_observer').
+    from megengine.quantization.qconfig import QConfig
+
+    net = _FourLayers()
+    quantize_qat(net)
+    layers = (net.a, net.b, net.c, net.d)
+    held = [(m.weight_observer, m.act_observer, m.weight_fake_quant, m.act_fake_quant)
+            for m in layers]
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("this observer cannot be built")
+
+    bad = QConfig(weight_observer=MinMaxObserver, act_observer=fails,
+                  weight_fake_quant=None, act_fake_quant=None)
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        reset_qconfig(net, bad)
+    with pytest.raises(TypeError, match="reset_qconfig: qconfig must be a QConfig, got int"):
+        reset_qconfig(net, 3)
+    assert all(a is b for m, old in zip(layers, held) for a, b in zip(
+        (m.weight_observer, m.act_observer, m.weight_fake_quant, m.act_fake_quant), old))
+
+
 def test_enable_and_disable_observer_and_fake_quant():
     net = init_qat_net()
     disable_observer(net)
