@@ -124,3 +124,29 @@ def test_load_state_dict_checks_the_values_and_changes_nothing(state, error, mat
     sched.step()
     assert sched.optimizer.param_groups[0]["lr"] == 0.5
 
+
+
+def test_a_step_to_a_bad_epoch_leaves_the_schedule_where_it_was():
+    # upstream 1.13 measured: step("x") raised TypeError ('<' between str and int) with
+    # current_epoch already "x", and every later step() raised too
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    sched = MultiStepLR(opt, [2, 4], gamma=0.5)
+    sched.step()
+    with pytest.raises(TypeError, match=r"MultiStepLR.step: epoch must be a number .* got 'x'"):
+        sched.step("x")
+    assert sched.current_epoch == 1 and opt.param_groups[0]["lr"] == 1.0
+
+    class Failing(MultiStepLR):
+        def get_lr(self):
+            if self.current_epoch == 3:
+                raise RuntimeError("no lr for epoch 3")
+            return super().get_lr()
+
+    sched = Failing(opt, [2, 4], gamma=0.5)
+    sched.step()
+    sched.step()  # epoch 2: lr 0.5
+    with pytest.raises(RuntimeError, match="no lr for epoch 3"):
+        sched.step()
+    assert sched.current_epoch == 2 and opt.param_groups[0]["lr"] == 0.5
+    sched.step(4)
+    assert opt.param_groups[0]["lr"] == 0.25
