@@ -85,6 +85,10 @@ class GradScaler:
             return dispatch._trace_hook.event(GradScaler.unscale, self, grad_tensors)
         # (None entries and tensors without a gradient are skipped; upstream raises on them)
         tensors = [t for t in grad_tensors if getattr(t, "grad", None) is not None]
+        for t in tensors:  # before any gradient changes
+            if not isinstance(t.grad, Tensor):
+                raise TypeError(f"GradScaler.unscale: a tensor's .grad must be a Tensor or None, "
+                                f"got {type(t.grad).__name__}; nothing was unscaled")
         if self._check_gradients([t.grad for t in tensors]):
             self._found_non_finite = True
             for t in tensors:
