@@ -2,8 +2,11 @@
 import functools
 import io
 import operator
+import os
 import pickle
 import re
+import shutil
+import tempfile
 import threading
 
 import numpy as np
@@ -27,10 +30,12 @@ def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
     ``mge.load`` reads it and ``pickle.load`` does too. Different Python versions may default to
     different pickle protocols: pass ``pickle_protocol`` explicitly to load the file with
     another Python.
+
+    A save to a file name that fails (an object pickle cannot write) leaves the file as it was:
+    an existing file is replaced only once the new one is complete, and a new one is removed.
     """
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
-        with open(f, "wb") as fout:
-            return save(obj, fout, pickle_module, pickle_protocol)
+        return _save_to_path(obj, os.fsdecode(f), pickle_module, pickle_protocol)
     if not hasattr(f, "write"):
         raise TypeError(
             f"save: f must be a file name or a writable binary file, got {type(f).__name__}"
@@ -40,6 +45,39 @@ def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
         _portable_pickler(pickler)(f, pickle_protocol).dump(obj)
     else:
         pickle_module.dump(obj, f, pickle_protocol)
+
+
+def _save_to_path(obj, path, pickle_module, pickle_protocol):
+    """`save` to a file name without losing what was there when pickling fails midway (upstream
+    1.13 and torch measured: an existing checkpoint was left truncated, unloadable). An existing
+    regular file is written beside itself and swapped in by ``os.replace`` (keeping its mode);
+    a new file is written in place and removed on failure; anything else (a device such as
+    /dev/null, a directory that takes no new files) is written in place as before."""
+    target = os.path.realpath(path)  # a symbolic link keeps pointing at the new file
+    if not os.path.isfile(target):
+        existed = os.path.exists(target)
+        try:
+            with open(path, "wb") as fout:
+                return save(obj, fout, pickle_module, pickle_protocol)
+        except BaseException:
+            if not existed and os.path.isfile(target):
+                os.unlink(target)
+            raise
+    try:
+        fd, temp = tempfile.mkstemp(prefix=os.path.basename(target) + ".",
+                                    suffix=".saving", dir=os.path.dirname(target))
+    except OSError:  # a directory that takes no new files: in place
+        with open(path, "wb") as fout:
+            return save(obj, fout, pickle_module, pickle_protocol)
+    try:
+        with os.fdopen(fd, "wb") as fout:
+            save(obj, fout, pickle_module, pickle_protocol)
+        shutil.copymode(target, temp)
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,6 +152,13 @@ def load(f, map_location=None, pickle_module=pickle):
             if isinstance(unpickler, type):
                 return _mapping_unpickler(unpickler)(f).load()
             return pickle_module.load(f)
+        except (EOFError, pickle.UnpicklingError) as e:
+            name = getattr(f, "name", None)
+            raise type(e)(
+                f"load: {'the data' if name is None else repr(name)} is not a complete file "
+                f"written by mge.save or pickle ({e}): it may have been cut short (a save that "
+                "was interrupted, a partial download) or be of another format (read a file of "
+                "torch.save with torch.load)") from e
         finally:
             Tensor.dmap_callback = previous
 

@@ -286,6 +286,49 @@ def test_save_and_load_with_paths(tmp_path):
     np.testing.assert_array_equal(mge.load(path)["w"].numpy(), [1.0, 2.0])  # a PathLike too
 
 
+def _unpicklable():
+    # (a local function: AttributeError; upstream's test at module level: PicklingError)
+    return {"w": mge.Tensor(np.ones(50000, np.float32)), "f": lambda: 0}
+
+
+def test_a_failed_save_keeps_the_file_that_was_there(tmp_path):
+    # upstream 1.13 and torch measured: saving a dict holding a lambda over a good checkpoint
+    # raised PicklingError and left the file truncated (EOFError on load). Here the old file
+    # stays, with its mode, and a symbolic link still points at it.
+    path = tmp_path / "ckpt.mge"
+    mge.save({"w": mge.Tensor(np.arange(50000, dtype=np.float32))}, path)
+    path.chmod(0o640)
+    link = tmp_path / "latest.mge"
+    link.symlink_to(path)
+    for target in (path, link):
+        with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
+            mge.save(_unpicklable(), target)
+        np.testing.assert_array_equal(mge.load(path)["w"].numpy()[:3], [0.0, 1.0, 2.0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.mge", "latest.mge"]
+    mge.save({"w": mge.Tensor([5.0])}, link)  # a good save replaces the file the link names
+    assert link.is_symlink() and mge.load(path)["w"].tolist() == [5.0]
+    assert path.stat().st_mode & 0o777 == 0o640
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
+        mge.save(_unpicklable(), tmp_path / "new.mge")
+    assert not (tmp_path / "new.mge").exists()  # no truncated file where none was
+
+
+@pytest.mark.parametrize("cut", [0, 10, -5])
+def test_a_truncated_file_says_so(tmp_path, cut):
+    # upstream 1.13 measured: EOFError "Ran out of input" and UnpicklingError "pickle data was
+    # truncated", naming neither the file nor the likely cause; the types stay upstream's
+    path = tmp_path / "ckpt.mge"
+    mge.save({"w": mge.Tensor(np.arange(1000, dtype=np.float32))}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    with pytest.raises((EOFError, pickle.UnpicklingError),
+                       match=r"load: '.*ckpt.mge' is not a complete file written by mge.save .*"
+                             r"cut short"):
+        mge.load(path)
+    with pytest.raises((EOFError, pickle.UnpicklingError), match="load: the data is not"):
+        mge.load(io.BytesIO(data[:cut]))
+
+
 def test_files_are_plain_pickles():
     f = io.BytesIO()
     mge.save(mge.Tensor([1.0, 2.0]), f, pickle_protocol=2)

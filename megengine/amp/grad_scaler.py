@@ -85,6 +85,10 @@ class GradScaler:
             return dispatch._trace_hook.event(GradScaler.unscale, self, grad_tensors)
         # (None entries and tensors without a gradient are skipped; upstream raises on them)
         tensors = [t for t in grad_tensors if getattr(t, "grad", None) is not None]
+        for t in tensors:  # before any gradient changes
+            if not isinstance(t.grad, Tensor):
+                raise TypeError(f"GradScaler.unscale: a tensor's .grad must be a Tensor or None, "
+                                f"got {type(t.grad).__name__}; nothing was unscaled")
         if self._check_gradients([t.grad for t in tensors]):
             self._found_non_finite = True
             for t in tensors:
@@ -124,12 +128,19 @@ class GradScaler:
                 "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval,
                 "_growth_tracker": self._growth_tracker}
 
+    _STATE_KEYS = ("scale_factor", "growth_factor", "backoff_factor", "growth_interval",
+                   "_growth_tracker")
+
     def load_state_dict(self, state):
-        self.scale_factor = state["scale_factor"]
-        self.growth_factor = state["growth_factor"]
-        self.backoff_factor = state["backoff_factor"]
-        self.growth_interval = state["growth_interval"]
-        self._growth_tracker = state["_growth_tracker"]
+        """Restore what `state_dict` returned. Every key is looked up before any is set, so a
+        state that lacks one changes nothing (upstream 1.13 measured: the keys before the
+        missing one were set when its KeyError came)."""
+        missing = [k for k in self._STATE_KEYS if k not in state]
+        if missing:
+            raise KeyError(f"GradScaler.load_state_dict: the state lacks {missing}; pass what "
+                           f"GradScaler.state_dict() returned (keys {list(self._STATE_KEYS)})")
+        for key in self._STATE_KEYS:
+            setattr(self, key, state[key])
 
 
 def _full_like(t, value):

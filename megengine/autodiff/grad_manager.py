@@ -1,6 +1,7 @@
 """`GradManager` (and `gm1 | gm2` groups): which tensors want gradients, when ops are recorded,
 and backward into `.grad`."""
 import weakref
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -166,9 +167,12 @@ class GradManager:
         elif callable(callbacks):
             callbacks = [callbacks]
         else:
-            callbacks = list(callbacks)
+            callbacks = list(callbacks) if isinstance(callbacks, Iterable) else [callbacks]
             if not all(callable(c) for c in callbacks):
-                raise TypeError("GradManager.attach: callbacks must be callables cb(tensor, grad)")
+                raise TypeError("GradManager.attach: callbacks must be a callable cb(tensor, "
+                                "grad) or a list of them, got "
+                                + ", ".join(type(c).__name__ for c in callbacks
+                                            if not callable(c)))
         for t in tensors:
             kind = t.dtype.kind
             if kind == "c":  # its ops take the dispatcher's complex-aware branch
@@ -333,6 +337,15 @@ class GradManager:
         # allocate on the current device, so each tensor's is made current (None: one GPU/CPU)
         scope = dispatch.device_scope()
         try:
+            outputs = None if y is None else _pair_outputs(y, dy, "GradManager.backward", scope)
+        except BaseException:
+            # a bad y or dy leaves the recording as it was, so backward can be called again
+            # with correct ones (torch checks them before it frees its graph; upstream 1.13
+            # measured: the recording was gone, "no computation history")
+            if scope is not None:
+                scope.close()
+            raise
+        try:
             ys, dys, given = [], [], []
             # Outputs kept by distributed ops join y as roots. The backward runs ops in the
             # reverse of their forward order (dispatch._graph_order), so the collectives'
@@ -347,8 +360,7 @@ class GradManager:
                     ys.append(t)
                     dys.append(zeros)
                     given.append(zeros)
-            if y is not None:
-                outputs = _pair_outputs(y, dy, "GradManager.backward", scope)
+            if outputs is not None:
                 for mine, theirs in zip((ys, dys, given), outputs):
                     mine.extend(theirs)
             wanted = self._wanted  # made by record() (holding the nodes: their ids stay theirs)
@@ -405,6 +417,8 @@ class GradManager:
                     callback()
             finally:
                 _backwarding = None
+            for t, grad, from_callback in ready:  # before any .grad changes
+                _check_grad_slot(t, grad, from_callback)
             for t, grad, from_callback in ready:
                 if from_callback:  # a callback may keep (or share) the Tensor it returned
                     grad = _own_tensor(grad)
@@ -520,7 +534,11 @@ def _pair_outputs(y, dy, what, scope=None):
         else:
             if isinstance(d, Tensor) and d._device != t._device:  # comes over to the output's
                 d = Tensor._wrap(move_array(d._data, t._device), t._device)  # device
-            a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            try:
+                a = d._data if isinstance(d, Tensor) else xp.asarray(d, t.dtype)
+            except (TypeError, ValueError):
+                raise TypeError(f"{what}: an output gradient must be a Tensor, an array or a "
+                                f"number, got {type(d).__name__}") from None
             reshaped = a.shape != t.shape
             if reshaped and a.size == t.size:
                 a = a.reshape(t.shape)  # upstream takes [1.0] for a 0-d loss (1.0-era: (1,))
@@ -616,6 +634,32 @@ def _own_tensor(grad):
     own = Tensor._wrap(grad._data, grad._device)
     own._node, own._format = grad._node, grad._format
     return own
+
+
+def _check_grad_slot(t, grad, from_callback):
+    """Refuse, before backward changes any ``.grad``, a gradient a callback reshaped and a
+    ``.grad`` the user set that the gradient cannot be added to (torch refuses both; upstream
+    1.13 measured: the other tensors' ``.grad`` had grown when it raised, and a reshaped
+    gradient became ``.grad`` as it was)."""
+    shape = t._data.shape
+    if from_callback and grad._data.shape != shape:
+        raise ValueError(
+            f"GradManager.backward: a callback returned a gradient of shape {grad.shape} for a "
+            f"tensor of shape {t.shape}; callbacks must keep the gradient's shape (no .grad "
+            "was changed)")
+    held = t.grad
+    if held is None:
+        return
+    if not isinstance(held, Tensor):
+        raise TypeError(
+            f"GradManager.backward: the .grad of a tensor of shape {t.shape} is a "
+            f"{type(held).__name__}; set it to None or to a Tensor of the tensor's shape (no "
+            ".grad was changed)")
+    if held._data.shape != shape:
+        raise ValueError(
+            f"GradManager.backward: the .grad of a tensor of shape {t.shape} has shape "
+            f"{held.shape}, so its gradient cannot be added to it; set it to None or to a "
+            "Tensor of the tensor's shape (no .grad was changed)")
 
 
 def _add_grad(t, grad):

@@ -83,8 +83,14 @@ class MapSampler(Sampler):
         self.drop_last = bool(drop_last)
         self.world_size = world_size
         self.rank = int(rank)
+        try:
+            rng = np.random.RandomState(seed)
+        except (TypeError, ValueError) as e:  # (numpy's type, as upstream raises)
+            raise type(e)(
+                "seed should be None or an integer in [0, 2**32), but got seed={!r}".format(seed)
+            ) from None
         self.seed = seed
-        self.rng = np.random.RandomState(seed)
+        self.rng = rng
         self._total_samples = num_samples  # None: decided by sample_count()
         self._check_share(len(dataset) if num_samples is None else num_samples)
 

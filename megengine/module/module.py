@@ -162,6 +162,12 @@ class HookHandler:
         self._hooks.pop(self.id, None)
 
 
+def _value_error(error, key):
+    """``error`` (raised for the value of ``key``) again, its message naming the key."""
+    return type(error)(f"load_state_dict: the value of {key!r} cannot be loaded: {error}; "
+                       "nothing was loaded")
+
+
 class LoadStateDictError(KeyError, ValueError):
     """``load_state_dict`` found missing/unexpected keys or mismatched values.
 
@@ -214,12 +220,13 @@ class Module:
     def __setattr__(self, name, value):
         if name != "_modules":
             modules = self.__dict__.get("_modules")
+            # (first: it refuses a container with a non-str key before anything changes)
+            leaves = _expand_structure(name, value)
             if _is_module_like(value):
                 # Catch a forgotten super().__init__() at the assignment, not at the first call.
                 # Upstream refuses any list/tuple/dict here; a container without Modules or
                 # Tensors (a kernel-size tuple) is harmless, so only those that hold them are.
-                if modules is None and (isinstance(value, Module)
-                                        or _expand_structure(name, value)):
+                if modules is None and (isinstance(value, Module) or leaves):
                     raise AttributeError(
                         f"cannot assign module before Module.__init__() call: {name!r} "
                         f"(a {type(value).__name__}) was set before super().__init__(); "
@@ -231,7 +238,7 @@ class Module:
                 modules.remove(name)
             if "_short_name" in self.__dict__:  # __init__ has run: name the subtree
                 prefix = self._name or self.name
-                for key, leaf in _expand_structure(name, value):
+                for key, leaf in leaves:
                     if isinstance(leaf, Module):
                         leaf._take_name(self, prefix, key)
                     else:
@@ -559,7 +566,10 @@ class Module:
             if value is None:
                 missing.append(key)
                 continue
-            value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            try:
+                value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            except (TypeError, ValueError) as e:  # (a ragged list)
+                raise _value_error(e, key) from None
             if value.shape != var.shape:
                 if owner._flat_state and value.size == var.size:
                     value = value.reshape(var.shape)
@@ -574,7 +584,10 @@ class Module:
                     and var.dtype.metadata is None:
                 # as upstream's, the value brings its dtype (a float16 checkpoint makes the
                 # module float16), as a Tensor would store it (float64 as float32)
-                value = Tensor(value, device=var._device)
+                try:
+                    value = Tensor(value, device=var._device)
+                except (TypeError, ValueError) as e:  # (strings, objects)
+                    raise _value_error(e, key) from None
             writes.append((var, value))
         unexpected = []
         if isinstance(state_dict, Mapping):

@@ -16,6 +16,10 @@ def _with_grads(tensors, what):
     for t in tensors:
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: expected Tensors, got {type(t).__name__}")
+        # checked before any gradient is clipped, so a bad one leaves the others as they were
+        if t.grad is not None and not isinstance(t.grad, Tensor):
+            raise TypeError(f"{what}: a tensor's .grad must be a Tensor or None, got "
+                            f"{type(t.grad).__name__}; nothing was clipped")
     return [t for t in tensors if t.grad is not None]
 
 

@@ -1,4 +1,6 @@
 """`LRScheduler`: the base of learning-rate schedules that rewrite an optimizer's group lrs."""
+import numbers
+
 from .optimizer import Optimizer
 
 __all__ = ["LRScheduler"]
@@ -39,8 +41,17 @@ class LRScheduler:
 
     def step(self, epoch=None):
         """Advance to the next epoch (or to ``epoch``) and write its lrs into the optimizer."""
+        if epoch is not None and (not isinstance(epoch, numbers.Real) or isinstance(epoch, bool)):
+            raise TypeError(f"{type(self).__name__}.step: epoch must be a number (or None for "
+                            f"the next one), got {epoch!r}")
+        previous = self.current_epoch
         self.current_epoch = self.current_epoch + 1 if epoch is None else epoch
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        try:
+            lrs = list(self.get_lr())
+        except BaseException:  # the schedule stays where it was (upstream 1.13: it moved on)
+            self.current_epoch = previous
+            raise
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
 
     def state_dict(self) -> dict:
@@ -49,6 +60,9 @@ class LRScheduler:
 
     def load_state_dict(self, state_dict: dict):
         """Restore what ``state_dict`` returned; the optimizer's lrs are not rewritten."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected the dict that "
+                            f"state_dict() returned, got {type(state_dict).__name__}")
         unknown = set(state_dict) - set(self.state_dict())
         if unknown:
             raise ValueError(

@@ -196,6 +196,7 @@ class Optimizer:
         # CuPy allocates (state buffers) and launches kernels on its current device: with several
         # GPUs each parameter's device is made current for its update (None: one GPU or CPU,
         # where the current device is always the right one)
+        self._check_grads()
         _note_write()  # parameters change in place (megengine.jit's captures)
         if dispatch.holds_arrays():
             # a step before backward (or within an outer GradManager): upstream's update gives
@@ -215,17 +216,7 @@ class Optimizer:
                     g = p.grad
                     if g is None:
                         continue
-                    if not isinstance(g, Tensor):
-                        raise TypeError(
-                            f"{type(self).__name__}.step: a parameter's .grad must be a Tensor or "
-                            f"None, got {type(g).__name__}"
-                        )
                     grad = g._data
-                    if grad.shape != p._data.shape:
-                        raise ValueError(
-                            f"{type(self).__name__}.step: gradient of shape {grad.shape} for a "
-                            f"parameter of shape {p.shape}"
-                        )
                     if scope is not None:
                         scope.enter(p._device)
                     if not p._pinned_storage and p._shared():  # an alias keeps the old value
@@ -251,6 +242,40 @@ class Optimizer:
             self._gm.attach(self._params())
             _record_0x(self._gm)
         return self
+
+    def _check_grads(self):
+        """Refuse a step that could not update every parameter with a gradient (a ``.grad``
+        that is not a Tensor of its parameter's shape, a complex one for a real parameter, an
+        integer parameter) before any is updated, so that a failed step changes nothing (torch
+        refuses such a ``.grad`` when it is set; upstream 1.13 measured: the parameters before
+        the bad one were updated when the step raised)."""
+        for i, p in enumerate(self._params()):
+            g = p.grad
+            if g is None:
+                continue
+            if not isinstance(g, Tensor):
+                raise TypeError(
+                    f"{type(self).__name__}.step: the .grad of parameter {i} (shape {p.shape}) "
+                    f"must be a Tensor or None, got {type(g).__name__}; nothing was updated"
+                )
+            if g._data.shape != p._data.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.step: gradient of shape {g.shape} for parameter {i} "
+                    f"of shape {p.shape}; nothing was updated (set its .grad to a Tensor of "
+                    "the parameter's shape, or None to skip it)"
+                )
+            if p._data.dtype.kind not in "fc":  # (upstream 1.13 measured: failed midway too)
+                raise TypeError(
+                    f"{type(self).__name__}.step: parameter {i} is of dtype {p.dtype}, which an "
+                    "update cannot write, and has a gradient; nothing was updated (make it a "
+                    "float Parameter, or set its .grad to None)"
+                )
+            if g._data.dtype.kind == "c" and p._data.dtype.kind != "c":  # (torch refuses it)
+                raise TypeError(
+                    f"{type(self).__name__}.step: a complex gradient ({g.dtype}) for parameter "
+                    f"{i} of dtype {p.dtype}; nothing was updated (give it a real gradient: "
+                    "F.real of it, or make the parameter complex)"
+                )
 
     def _update(self, param, grad, state, group):
         raise NotImplementedError(f"{type(self).__name__}._update")
@@ -409,8 +434,13 @@ class Optimizer:
         return {"param_groups": groups, "state": state}
 
     def load_state_dict(self, state: dict):
-        """Restore what ``state_dict`` returned (the parameters must be in the same order)."""
-        if not isinstance(state, dict) or set(state) != {"param_groups", "state"}:
+        """Restore what ``state_dict`` returned (the parameters must be in the same order).
+
+        Everything is checked before anything changes: when it raises, the optimizer's groups
+        and state are as they were."""
+        if not isinstance(state, dict) or set(state) != {"param_groups", "state"} \
+                or not isinstance(state["param_groups"], (list, tuple)) \
+                or not isinstance(state["state"], dict):
             raise ValueError(
                 "load_state_dict: expected a dict with 'param_groups' and 'state' as made by "
                 "Optimizer.state_dict()"
@@ -422,6 +452,11 @@ class Optimizer:
                 f"optimizer has {len(self.param_groups)}"
             )
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(
+                    f"load_state_dict: parameter group {i} of the state is not a dict with a "
+                    "'params' entry; pass what Optimizer.state_dict() returned"
+                )
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
                     f"load_state_dict: parameter group {i} has {len(saved['params'])} "
@@ -438,12 +473,29 @@ class Optimizer:
         for group, saved in zip(self.param_groups, saved_groups):
             for p, idx in zip(group["params"], saved["params"]):
                 st = state["state"].get(idx)
-                if st is not None:
+                if st is None:
+                    continue
+                if not isinstance(st, dict):
+                    raise ValueError(
+                        f"load_state_dict: the state of parameter {idx} is a "
+                        f"{type(st).__name__}, expected a dict of buffer name -> array"
+                    )
+                try:
                     new_state[p] = {k: _saved_step(v) if k == "step" and engine
                                     else _to_device(v, p, k) for k, v in st.items()}
+                except _NotNumbers as e:
+                    raise ValueError(f"load_state_dict: the state of parameter {idx} cannot "
+                                     f"be loaded: {e}") from None
+        # every group is checked before any changes (torch's load_state_dict changes nothing
+        # when it raises; upstream 1.13 measured: the groups before a bad one were updated)
+        new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
-            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
-            self._check_group(group)
+            new_group = {**group, **{k: copy.deepcopy(v) for k, v in saved.items()
+                                     if k != "params"}}
+            self._check_group(new_group)
+            new_groups.append(new_group)
+        for group, new_group in zip(self.param_groups, new_groups):
+            group.update(new_group)  # in place: schedulers hold the group dicts
         self._state = new_state
 
 
@@ -570,12 +622,19 @@ def _step_as_saved(value):
     return np.array(value, np.float32) if isinstance(value, int) else value
 
 
+class _NotNumbers(ValueError):
+    """A state entry holds something other than numbers (`load_state_dict` names its owner)."""
+
+
 def _saved_step(value):
     """An engine optimizer's step count (an int) from a state dict's (upstream's: a float32
     0-d array; an int in earlier versions of this fork)."""
     if isinstance(value, Tensor):
         value = value.numpy()
-    return int(np.asarray(value).item())
+    try:
+        return int(np.asarray(value).item())
+    except (TypeError, ValueError) as e:
+        raise _NotNumbers(f"its 'step' must be a number, got {value!r} ({e})") from None
 
 
 def _to_device(value, param, name):
@@ -595,5 +654,9 @@ def _to_device(value, param, name):
         with get_array_module(param._device).cuda.Device(int(param._device[3:])):
             array = get_array_module(param._device).array(value, dtype=param.dtype)
     else:
-        array = np.array(value, dtype=param.dtype)
+        try:
+            array = np.array(value, dtype=param.dtype)
+        except (TypeError, ValueError) as e:
+            raise _NotNumbers(f"its {name!r} must hold numbers, got dtype {value.dtype} "
+                              f"({e})") from None
     return Tensor._wrap(array, param._device)  # buffers live in the state as Tensors

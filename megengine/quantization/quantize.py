@@ -85,11 +85,13 @@ def quantize(module: Module, inplace: bool = True, mapping: dict = None):
 
     if _is_qat(module):
         return convert(module)
-    for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
-                                                       predicate=_is_qat)):
-        if _is_qat(parent):
-            continue
-        set_expand_structure(module, key, convert(submodule))
+    # every layer is converted before any is replaced, so that a layer that fails to convert
+    # leaves the module as it was (upstream 1.13 measured: the layers before it were replaced)
+    converted = [(key, convert(submodule)) for key, submodule, parent in list(
+        module._flatten(with_key=True, with_parent=True, predicate=_is_qat))
+        if not _is_qat(parent)]
+    for key, new_mod in converted:
+        set_expand_structure(module, key, new_mod)
     return module
 
 
@@ -121,7 +123,10 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
         new_mod.train(module.training)
         propagate_qconfig(new_mod, qconfig)
         return new_mod
-    # a list first: replacing while walking would change what the walk sees
+    # every layer is converted before any is replaced: replacing while walking would change
+    # what the walk sees, and a layer that fails to convert leaves the module as it was
+    # (upstream 1.13 measured: the layers before it were replaced)
+    converted = []
     for key, submodule, parent in list(module._flatten(with_key=True, with_parent=True,
                                                        predicate=is_quantable)):
         # outermost layers only, and nothing inside a QAT layer (the float Conv2d a QAT
@@ -130,6 +135,8 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
             continue
         new_mod = convert_dict[type(submodule)].from_float_module(submodule)
         new_mod.train(submodule.training)
+        converted.append((key, new_mod))
+    for key, new_mod in converted:
         set_expand_structure(module, key, new_mod)
     propagate_qconfig(module, qconfig)
     return module
@@ -139,6 +146,9 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
     """Give every QAT layer new observers and fake quantizers from ``qconfig``, starting
     from the qparams its current ones give (those with ``set_qparams``: PassiveObserver, TQT,
     LSQ). Returns the module (a deep copy when ``inplace=False``)."""
+    if not isinstance(qconfig, QConfig):
+        raise TypeError(f"reset_qconfig: qconfig must be a QConfig, got "
+                        f"{type(qconfig).__name__}")
     if not inplace:
         module = deepcopy(module)
 
@@ -148,15 +158,23 @@ def reset_qconfig(module: Module, qconfig: QConfig, inplace: bool = True):
             inst.set_qparams(qparams)
         return inst
 
+    # every layer's new observers and fake quantizers are built before any is set, so a
+    # factory that raises leaves the module as it was
+    built = []
     for m in list(module._flatten(predicate=_is_qat)):
+        new = {}
         if m.with_weight:
             weight_params = m.get_weight_qparams()
-            m.weight_observer = build(qconfig.weight_observer, weight_params)
-            m.weight_fake_quant = build(qconfig.weight_fake_quant, weight_params)
+            new["weight_observer"] = build(qconfig.weight_observer, weight_params)
+            new["weight_fake_quant"] = build(qconfig.weight_fake_quant, weight_params)
         if m.with_act:
             act_params = m.get_activation_qparams()
-            m.act_observer = build(qconfig.act_observer, act_params)
-            m.act_fake_quant = build(qconfig.act_fake_quant, act_params)
+            new["act_observer"] = build(qconfig.act_observer, act_params)
+            new["act_fake_quant"] = build(qconfig.act_fake_quant, act_params)
+        built.append((m, new))
+    for m, new in built:
+        for name, value in new.items():
+            setattr(m, name, value)
     return module
 
 

@@ -78,6 +78,18 @@ def test_growth_interval_zero_is_a_fixed_scale_without_checks():
     assert scaler.scale_factor == 2.0
 
 
+@pytest.mark.parametrize("growth_interval", [0, 2000])
+def test_unscale_refuses_a_grad_that_is_not_a_tensor_before_unscaling_any(growth_interval):
+    # earlier versions of this fork, with growth_interval=0 (no checks), halved the first
+    # gradient before an AttributeError ('str' object has no attribute '_reset') came
+    scaler = GradScaler(init_scale=2.0, growth_interval=growth_interval)
+    a, b = mge.Parameter([1.0]), mge.Parameter([1.0])
+    a.grad, b.grad = mge.tensor([4.0]), "grad"
+    with pytest.raises(TypeError, match="must be a Tensor or None, got str; nothing was"):
+        scaler.unscale([a, b])
+    assert a.grad.tolist() == [4.0]
+
+
 def test_state_dict_round_trip():
     a = GradScaler(init_scale=32.0, growth_interval=3)
     a._growth_tracker = 2
@@ -86,8 +98,13 @@ def test_state_dict_round_trip():
     assert b.state_dict() == a.state_dict() == {
         "scale_factor": 32.0, "growth_factor": 2.0, "backoff_factor": 0.5,
         "growth_interval": 3, "_growth_tracker": 2}
-    with pytest.raises(KeyError):
-        b.load_state_dict({"scale_factor": 1.0})
+    # upstream 1.13 measured: {"scale_factor": 1024.0, "growth_factor": 3.0} raised KeyError
+    # 'backoff_factor' after setting both; here it changes nothing and names what is missing
+    before = b.state_dict()
+    with pytest.raises(KeyError, match=r"lacks \['backoff_factor', 'growth_interval', "
+                                       r"'_growth_tracker'\]"):
+        b.load_state_dict({"scale_factor": 1024.0, "growth_factor": 3.0})
+    assert b.state_dict() == before
 
 
 @pytest.mark.parametrize("symbolic", [False, True])

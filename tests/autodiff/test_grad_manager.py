@@ -66,6 +66,20 @@ def test_attach_rejects_bool_and_non_tensors():
         GradManager().attach(Tensor([1.0]), callbacks=[1])
 
 
+@pytest.mark.parametrize("callbacks", [3, [lambda t, g: g, "cb"]])
+def test_attach_with_bad_callbacks_says_so_and_attaches_nothing(callbacks):
+    # a lone non-callable gave "'int' object is not iterable"; the tensors stay unattached
+    w, v = Parameter([1.0]), Parameter([2.0])
+    gm = GradManager().attach([w])
+    with pytest.raises(TypeError, match="callbacks must be a callable .* or a list of them, "
+                                        "got (int|str)"):
+        gm.attach([w, v], callbacks=callbacks)
+    assert gm.attached_tensors() == [w]
+    with gm:
+        gm.backward((w * v).sum())
+    assert w.grad.tolist() == [2.0] and v.grad is None
+
+
 def test_callbacks_run_in_order_and_change_the_gradient():
     x = Tensor([1.0, 2.0])
     seen = []
@@ -1067,3 +1081,76 @@ def test_float16_gradients_accumulate_with_numpys_float16_sums():
             gm.backward(x * 1, Tensor(g, device="cpu0"))
     assert x.grad.dtype == np.float16
     np.testing.assert_array_equal(x.grad.numpy().view(np.uint16), (g1 + g2).view(np.uint16))
+
+
+def _three_params():
+    return [Parameter(np.full(3, float(i + 1), np.float32)) for i in range(3)]
+
+
+def _grads(ws):
+    return [None if w.grad is None else w.grad.numpy().tolist() for w in ws]
+
+
+@pytest.mark.parametrize("spoil", ["callback reshapes", "callback reshapes, grads held",
+                                   ".grad of another shape", ".grad an array"])
+def test_a_backward_that_cannot_deliver_changes_no_grad(spoil):
+    # upstream 1.13 measured: with w1.grad of shape (5,), or w1's callback returning a (7,)
+    # gradient, backward raised after w0.grad and w2.grad had grown (1 -> 7 and 1 -> 3), and
+    # with no .grad held the (7,) gradient became w1.grad. torch refuses both (a hook that
+    # changes the size of the gradient; a .grad of another shape). Here nothing changes, and
+    # the error names the fix.
+    ws = _three_params()
+    gm = GradManager().attach(ws[:1]).attach(ws[2:])
+    if spoil.startswith("callback"):
+        gm.attach(ws[1:2], callbacks=lambda t, g: Tensor(np.ones(7, np.float32)))
+    else:
+        gm.attach(ws[1:2])
+    if spoil != "callback reshapes":
+        for w in ws:
+            w.grad = Tensor(np.ones(3, np.float32))
+    if spoil == ".grad of another shape":
+        ws[1].grad = Tensor(np.ones(5, np.float32))
+    if spoil == ".grad an array":
+        ws[1].grad = np.ones(3, np.float32)
+    before = _grads(ws[::2])
+    error, match = ((TypeError, "is a ndarray") if spoil == ".grad an array" else
+                    (ValueError, r"callbacks must keep" if spoil.startswith("callback")
+                     else r"has shape \(5,\)"))
+    with pytest.raises(error, match=match):
+        with gm:
+            gm.backward((ws[0] * ws[1] * ws[2]).sum())
+    assert _grads(ws[::2]) == before
+    if spoil != ".grad an array":
+        assert _grads(ws[1:2]) == [None if spoil == "callback reshapes" else
+                                   [1.0] * (5 if spoil.startswith(".grad") else 3)]
+    # the manager is released and works again once the .grad is fixed
+    ws[1].grad = None
+    gm2 = GradManager().attach(ws)
+    with gm2:
+        gm2.backward((ws[0] * ws[1] * ws[2]).sum())
+    expected_held = 0.0 if spoil == "callback reshapes" else 1.0
+    assert _grads(ws) == [[expected_held + 6.0] * 3, [3.0] * 3, [expected_held + 2.0] * 3]
+
+
+@pytest.mark.parametrize("bad_dy, error, match", [
+    (np.ones(4, np.float32), ValueError, r"output gradient of shape \(4,\)"),
+    ([np.ones(3, np.float32)] * 2, ValueError, "1 outputs but 2 output gradients"),
+    ("x", TypeError, "must be a Tensor, an array or a number, got str"),
+])
+def test_a_backward_refusing_its_arguments_keeps_the_recording(bad_dy, error, match):
+    # upstream 1.13 measured: after backward(y, dy) refused dy (a (4,) dy for a (3,) y), a
+    # second backward(y, good dy) raised "no computation history". torch checks the
+    # arguments before it frees its graph, and so does this fork: the retry gives torch's
+    # gradients, and nothing was added to .grad by the refused call.
+    w, v = Parameter(np.ones(3, np.float32)), Parameter(np.full(3, 2.0, np.float32))
+    gm = GradManager().attach([w, v])
+    with gm:
+        y = w * v
+        with pytest.raises(error, match=match):
+            gm.backward(y, bad_dy)
+        assert w.grad is None and v.grad is None
+        gm.backward(y, Tensor(np.array([1.0, 2.0, 3.0], np.float32)))
+    tw, tv = (torch.tensor(a, requires_grad=True) for a in ([1.0] * 3, [2.0] * 3))
+    (tw * tv).backward(torch.tensor([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
+    np.testing.assert_array_equal(v.grad.numpy(), tv.grad.numpy())

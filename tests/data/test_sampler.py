@@ -141,6 +141,11 @@ def test_other_bad_arguments():
         ReplacementSampler(ds, num_samples=0)
     with pytest.raises(ValueError, match="indices"):
         RandomSampler(ds, indices=5)
+    # upstream 1.13 raises numpy's errors, of these types ("Cannot cast scalar from
+    # dtype('<U1') to dtype('int64')", "Seed must be between 0 and 2**32 - 1")
+    for seed, error in (("x", TypeError), (-1, ValueError), (2**32, ValueError)):
+        with pytest.raises(error, match=r"seed should be None or an integer in \[0, 2\*\*32\)"):
+            RandomSampler(ds, seed=seed)
 
 
 @pytest.mark.parametrize("make, share", [

@@ -107,6 +107,8 @@ def test_dict_with_non_str_key_holding_a_module_is_rejected():
     with pytest.raises(TypeError, match="use str keys"):
         net.table = {"ok": [Scale(1)], True: {"a": mge.tensor([1.0])}}
     assert not hasattr(net, "table")
+    # nor is anything else changed: the repr order list had "table" left in it
+    assert "table" not in net._modules
     net.plain = {True: 1, False: 0, 3: "x"}  # non-str keys without tensors are fine
     vars(net)["sneaked"] = {2: Scale(1)}  # found at discovery time too
     with pytest.raises(AssertionError, match="error key: 2"):
@@ -219,6 +221,23 @@ def test_non_strict_loads_what_matches_and_logs():
     assert net.w.numpy().tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="expected shape"):  # shapes are checked even then
         net.load_state_dict({"w": np.ones(4, np.float32)}, strict=False)
+
+
+@pytest.mark.parametrize("bad, error", [
+    (np.array(["a", "b"]), TypeError),  # not numbers
+    ([[1.0, 2.0], [3.0]], ValueError),  # a ragged list
+])
+def test_a_value_that_is_no_array_of_numbers_is_named_and_nothing_loads(bad, error):
+    # the error (of the type it was) now names the key; the values before it stay unwritten
+    net = Tree()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    sd = {k: v + 1 for k, v in net.state_dict().items()}
+    sd["z_last.w"] = bad
+    with pytest.raises(error, match=r"load_state_dict: the value of 'z_last.w' cannot be "
+                                    r"loaded: .*nothing was loaded"):
+        net.load_state_dict(sd)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 def test_load_state_dict_with_closure_skips_none():

@@ -63,6 +63,20 @@ def test_clip_grad_value():
         clip_grad_value([p], 1.0, -1.0)
 
 
+@pytest.mark.parametrize("clip", [lambda ps: clip_grad_value(ps, -1.0, 1.0),
+                                  lambda ps: clip_grad_norm(ps, 1.0)])
+def test_a_grad_that_is_not_a_tensor_is_refused_before_any_is_clipped(clip):
+    # upstream 1.13 measured: clip_grad_value over three tensors whose last .grad is "x"
+    # clipped the first two (10 -> 1) and then raised AttributeError (no '_reset')
+    ps = [mge.Parameter(np.ones(3, np.float32)) for _ in range(3)]
+    for p in ps[:2]:
+        p.grad = mge.Tensor(np.full(3, 10.0, np.float32))
+    ps[2].grad = "x"
+    with pytest.raises(TypeError, match=r"\.grad must be a Tensor or None, got str; nothing"):
+        clip(ps)
+    assert [p.grad.tolist() for p in ps[:2]] == [[10.0] * 3] * 2
+
+
 def test_gradients_on_two_gpus_are_clipped_each_with_its_gpu_current():
     """With several GPUs each device reduces and scales its own gradients with its GPU current
     (CuPy cannot stack arrays of two GPUs); the total is the norm over all of them. A fake

@@ -54,3 +54,9 @@ def test_explicit_epoch_and_state_dict_resume():
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match="CosineAnnealingLR"):
         CosineAnnealingLR(SGD([mge.Parameter([1.0])], lr=1.0), **kw)
+
+
+def test_a_scheduler_refuses_a_state_that_is_not_a_dict():
+    sched = CosineAnnealingLR(SGD([mge.Parameter([1.0])], lr=1.0), T_max=4)
+    with pytest.raises(TypeError, match="CosineAnnealingLR.load_state_dict: expected the dict"):
+        sched.load_state_dict([("T_max", 2)])

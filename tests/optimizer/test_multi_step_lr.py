@@ -102,3 +102,51 @@ def test_load_state_dict_missing_key_changes_nothing():
     with pytest.raises(KeyError, match="no 'gamma'"):
         sched.load_state_dict({"milestones": [1], "current_epoch": 7})
     assert sched.milestones == [2, 4] and sched.current_epoch == 0
+
+
+@pytest.mark.parametrize("state, error, match", [
+    (3, TypeError, "expected the dict"),
+    ({"milestones": "24", "gamma": 0.5, "current_epoch": 1}, TypeError, "list of ints"),
+    ({"milestones": [4, 2], "gamma": 0.5, "current_epoch": 1}, ValueError, "increasing"),
+    ({"milestones": [1, 2], "gamma": "0.5", "current_epoch": 1}, TypeError, "gamma"),
+    ({"milestones": [1, 2], "gamma": 0.5, "current_epoch": 1.5}, TypeError, "current_epoch"),
+])
+def test_load_state_dict_checks_the_values_and_changes_nothing(state, error, match):
+    # upstream 1.13 measured: each loads, and the next step raises TypeError (milestones "24",
+    # gamma "0.5") or decays by unsorted milestones; torch's sets whatever the dict holds.
+    # Here the values get the constructor's checks before any is set.
+    sched = MultiStepLR(SGD([mge.Parameter([1.0])], lr=1.0), [2, 4], gamma=0.5)
+    sched.step()
+    before = dict(sched.__dict__)
+    with pytest.raises(error, match=match):
+        sched.load_state_dict(state)
+    assert sched.__dict__ == before
+    sched.step()
+    assert sched.optimizer.param_groups[0]["lr"] == 0.5
+
+
+
+def test_a_step_to_a_bad_epoch_leaves_the_schedule_where_it_was():
+    # upstream 1.13 measured: step("x") raised TypeError ('<' between str and int) with
+    # current_epoch already "x", and every later step() raised too
+    opt = SGD([mge.Parameter([1.0])], lr=1.0)
+    sched = MultiStepLR(opt, [2, 4], gamma=0.5)
+    sched.step()
+    with pytest.raises(TypeError, match=r"MultiStepLR.step: epoch must be a number .* got 'x'"):
+        sched.step("x")
+    assert sched.current_epoch == 1 and opt.param_groups[0]["lr"] == 1.0
+
+    class Failing(MultiStepLR):
+        def get_lr(self):
+            if self.current_epoch == 3:
+                raise RuntimeError("no lr for epoch 3")
+            return super().get_lr()
+
+    sched = Failing(opt, [2, 4], gamma=0.5)
+    sched.step()
+    sched.step()  # epoch 2: lr 0.5
+    with pytest.raises(RuntimeError, match="no lr for epoch 3"):
+        sched.step()
+    assert sched.current_epoch == 2 and opt.param_groups[0]["lr"] == 0.5
+    sched.step(4)
+    assert opt.param_groups[0]["lr"] == 0.25

@@ -1,4 +1,5 @@
 """The Optimizer base: groups, skipping, in-place steps, state dicts, the 0.x zero_grad/backward."""
+import copy
 import io
 
 import numpy as np
@@ -48,6 +49,74 @@ def test_step_checks_the_gradients():
     p.grad = np.ones(2, np.float32)
     with pytest.raises(TypeError, match="must be a Tensor"):
         opt.step()
+
+
+def _optimizer_snapshot(opt):
+    """Deep copies of everything a failed call must leave as it was."""
+    return ([p.numpy().copy() for p in opt._params()],
+            [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+             for g in opt.param_groups],
+            opt.state_dict())
+
+
+def _assert_same(before, after):
+    assert type(before) is type(after)
+    if isinstance(before, dict):
+        assert before.keys() == after.keys()
+        for k in before:
+            _assert_same(before[k], after[k])
+    elif isinstance(before, (list, tuple)):
+        assert len(before) == len(after)
+        for b, a in zip(before, after):
+            _assert_same(b, a)
+    elif isinstance(before, np.ndarray):
+        assert before.dtype == after.dtype
+        np.testing.assert_array_equal(before, after)
+    else:
+        assert before == after
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.5, momentum=0.9),
+                                  lambda ps: Adam(ps, lr=0.5)])
+@pytest.mark.parametrize("bad", [np.ones((5, 5), np.float32), "grad",
+                                 np.ones(3, np.complex64)])
+def test_a_failed_step_updates_no_parameter(make, bad):
+    # upstream 1.13 measured: SGD.step with parameter 1 of 3 given a (5, 5) gradient raised
+    # after parameter 0 had moved from 1.0 to 0.5; torch refuses such a .grad when it is set,
+    # so a step never sees one (nor a complex .grad for a real parameter: "assigned grad has
+    # data of a different type"). Here the step checks every gradient before it updates any.
+    ps = [mge.Parameter(np.full(3, float(i + 1), np.float32)) for i in range(3)]
+    opt = make(ps)
+    for p in ps:
+        p.grad = mge.Tensor(np.ones(3, np.float32))
+    opt.step()  # some state to keep
+    ps[1].grad = mge.Tensor(bad) if isinstance(bad, np.ndarray) else bad
+    before = _optimizer_snapshot(opt)
+    with pytest.raises((ValueError, TypeError), match="parameter 1.*nothing was updated"):
+        opt.step()
+    _assert_same(before, _optimizer_snapshot(opt))
+    ps[1].grad = mge.Tensor(np.ones(3, np.float32))
+    opt.step()  # and the next good step updates all three
+    assert all((p.numpy() != b).all() for p, b in zip(ps, before[0]))
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.5, momentum=0.9),
+                                  lambda ps: Adam(ps, lr=0.5)])
+def test_a_step_with_an_integer_parameter_to_update_updates_nothing(make):
+    # upstream 1.13 measured: SGD and Adam over two float parameters and an int32 one, all
+    # with gradients, raised (an elemwise dtype assertion) after updating the float ones
+    ps = [mge.Parameter(np.ones(3, np.float32)) for _ in range(2)]
+    ps.append(mge.Parameter(np.ones(3, np.int32)))
+    opt = make(ps)
+    for p in ps:
+        p.grad = mge.Tensor(np.ones(3, np.float32))
+    before = _optimizer_snapshot(opt)
+    with pytest.raises(TypeError, match="parameter 2 is of dtype int32.*nothing was updated"):
+        opt.step()
+    _assert_same(before, _optimizer_snapshot(opt))
+    ps[2].grad = None  # skipped, as any parameter without a gradient
+    opt.step()
+    assert [p.tolist() for p in ps] == [[0.5] * 3, [0.5] * 3, [1, 1, 1]]
 
 
 def test_clear_grad_sets_grads_to_none_and_step_chains():
@@ -153,6 +222,48 @@ def test_load_state_dict_restores_hyperparameters_and_checks_shapes():
     with pytest.raises(ValueError, match="parameter groups"):
         SGD([{"params": [mge.Parameter([0.0])]}, {"params": [mge.Parameter([0.0])]}],
             lr=0.1).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("spoil", ["negative lr", "bad momentum", "state shape", "group count",
+                                   "state entry", "group entry", "buffer of strings"])
+def test_a_failed_load_state_dict_changes_nothing(spoil):
+    # upstream 1.13 measured: a state whose group 0 has lr 7.0 and whose group 1 has one
+    # parameter too few raised ValueError after group 0's lr had become 7.0 (and a negative lr
+    # or a (9,) momentum buffer for a (2,) parameter loaded without an error). torch checks
+    # the whole state before it changes anything; so does this fork, whose own checks refuse
+    # the bad values.
+    a, b, c = (mge.Parameter(np.ones(n, np.float32)) for n in (3, 2, 2))
+    opt = SGD([{"params": [a]}, {"params": [b, c], "lr": 0.5}], lr=0.1, momentum=0.9)
+    for p in (a, b, c):
+        p.grad = mge.Tensor(np.ones(p.shape, np.float32))
+    opt.step()
+    saved = opt.state_dict()
+    saved["param_groups"][0]["lr"] = 7.0  # a good change before the bad one
+    saved["state"][0]["momentum_buffer"] = np.full(3, 5.0, np.float32)
+    if spoil == "negative lr":
+        saved["param_groups"][1]["lr"] = -7.0
+    elif spoil == "bad momentum":
+        saved["param_groups"][1]["momentum"] = -1.0
+    elif spoil == "state shape":
+        saved["state"][2]["momentum_buffer"] = np.zeros(9, np.float32)
+    elif spoil == "group count":
+        saved["param_groups"][1]["params"] = saved["param_groups"][1]["params"][:1]
+    elif spoil == "state entry":
+        saved["state"][2] = "momentum"
+    elif spoil == "buffer of strings":
+        saved["state"][2]["momentum_buffer"] = np.array(["a", "b"])
+    else:
+        del saved["param_groups"][1]["params"]
+    before = _optimizer_snapshot(opt)
+    groups = [id(g) for g in opt.param_groups]
+    match = {"state entry": "state of parameter 2 is a str",
+             "buffer of strings": "state of parameter 2 cannot be loaded: its "
+                                  "'momentum_buffer' must hold numbers",
+             "group entry": "group 1 of the state is not a dict with a 'params'"}.get(spoil)
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict(saved)
+    _assert_same(before, _optimizer_snapshot(opt))
+    assert [id(g) for g in opt.param_groups] == groups
 
 
 def test_load_state_dict_keeps_a_schedulers_initial_lr_as_torch():

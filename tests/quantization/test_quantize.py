@@ -128,6 +128,32 @@ def test_reset_qconfig_carries_the_qparams_over():
                                np.log2(50 / 127), rtol=1e-5)
 
 
+def test_reset_qconfig_that_fails_leaves_every_layer_as_it_was():
+    # upstream 1.13 measured: with a QConfig whose act_observer factory raises, the first
+    # layer's weight observer had been replaced when the error came. Here every layer's new
+    # observers are built before any is set. A non-QConfig is refused by name (upstream:
+    # AttributeError, no 'weight_observer').
+    from megengine.quantization.qconfig import QConfig
+
+    net = _FourLayers()
+    quantize_qat(net)
+    layers = (net.a, net.b, net.c, net.d)
+    held = [(m.weight_observer, m.act_observer, m.weight_fake_quant, m.act_fake_quant)
+            for m in layers]
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("this observer cannot be built")
+
+    bad = QConfig(weight_observer=MinMaxObserver, act_observer=fails,
+                  weight_fake_quant=None, act_fake_quant=None)
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        reset_qconfig(net, bad)
+    with pytest.raises(TypeError, match="reset_qconfig: qconfig must be a QConfig, got int"):
+        reset_qconfig(net, 3)
+    assert all(a is b for m, old in zip(layers, held) for a, b in zip(
+        (m.weight_observer, m.act_observer, m.weight_fake_quant, m.act_fake_quant), old))
+
+
 def test_enable_and_disable_observer_and_fake_quant():
     net = init_qat_net()
     disable_observer(net)
@@ -245,6 +271,58 @@ def test_quantize_with_a_mapping_a_qat_root_and_an_unknown_layer():
     qat_net.linear.set_qconfig(min_max_fakequant_qconfig)
     with pytest.raises(TypeError, match="no quantized layer for QATExample.*mapping"):
         quantize(qat_net)
+
+
+class _FourLayers(Float.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = Float.Linear(3, 3)
+        self.b = Float.Linear(3, 3)
+        self.c = Float.Conv2d(3, 3, 1)
+        self.d = Float.Linear(3, 3)
+
+    def forward(self, x):
+        return x
+
+
+class _FailsToConvert(Float.Module):
+    @classmethod
+    def from_float_module(cls, module):
+        raise RuntimeError("this layer cannot be converted")
+
+    from_qat_module = from_float_module
+
+
+def _layers_and_values(net):
+    return ([(name, type(m)) for name, m in net.named_modules()],
+            {k: np.asarray(v).copy() for k, v in net.state_dict().items()})
+
+
+def _assert_unchanged(before, after):
+    assert before[0] == after[0]
+    assert before[1].keys() == after[1].keys()
+    for k, v in before[1].items():
+        np.testing.assert_array_equal(v, after[1][k])
+
+
+def test_a_layer_that_fails_to_convert_leaves_the_network_as_it_was():
+    # upstream 1.13 measured: quantize_qat with {Conv2d: a class whose from_float_module
+    # raises} left a and b QAT layers and c, d float; quantize likewise left a and b quantized.
+    # Here every layer is converted before any is replaced.
+    net = _FourLayers()
+    before = _layers_and_values(net)
+    with pytest.raises(RuntimeError, match="cannot be converted"):
+        quantize_qat(net, mapping={Float.Conv2d: _FailsToConvert})
+    _assert_unchanged(before, _layers_and_values(net))
+
+    quantize_qat(net)
+    before = _layers_and_values(net)
+    with pytest.raises(RuntimeError, match="cannot be converted"):
+        quantize(net, mapping={QAT.Conv2d: _FailsToConvert})
+    _assert_unchanged(before, _layers_and_values(net))
+    quantize(net)  # the same network still converts
+    assert [type(m) for m in (net.a, net.b, net.c, net.d)] == [Q.Linear, Q.Linear, Q.Conv2d,
+                                                               Q.Linear]
 
 
 def test_quantized_layers_refuse_training_and_qat_layers_without_observers():

@@ -233,8 +233,22 @@ class PyTorchModule(Module):
         return self
 
     def load_torch_state_dict(self, state_dict, strict=True):
-        """Load a plain torch ``state_dict`` (e.g. from ``torch.load``) into the shared storage."""
-        result = self._torch_module.load_state_dict(state_dict, strict=strict)
+        """Load a plain torch ``state_dict`` (e.g. from ``torch.load``) into the shared storage.
+
+        When torch's ``load_state_dict`` raises (a shape mismatch; with ``strict``, a missing or
+        unexpected key) nothing is loaded: torch's has then already copied the entries that
+        fit, so the values from before are written back (the call holds a copy of the
+        module's parameters and buffers while it runs)."""
+        self._check_shared()  # (a broken sharing first: nothing should load then)
+        held = list(self._torch_module.state_dict(keep_vars=True).values())
+        before = [t.detach().clone() for t in held]
+        try:
+            result = self._torch_module.load_state_dict(state_dict, strict=strict)
+        except BaseException:
+            with torch.no_grad():
+                for t, value in zip(held, before):
+                    t.copy_(value)
+            raise
         self._check_shared()
         return result
 

@@ -1050,6 +1050,34 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
         wrap.load_torch_state_dict(tmod.state_dict())
 
 
+@pytest.mark.parametrize("spoil", ["shape", "unexpected key", "missing key"])
+def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
+    # torch 2.13 measured: nn.Module.load_state_dict copies every entry that fits, then raises
+    # for a (9,) "1.weight" (or an unexpected "zzz"): the first layer had the new values.
+    # Here the wrapper writes the old values back, so megengine's and torch's views of the
+    # shared storage keep what they had.
+    tmod = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3), nn.BatchNorm1d(3))
+    wrap = PyTorchModule(tmod)
+    before = {k: v.copy() for k, v in wrap.state_dict().items()}
+    sd = {k: v + 100 for k, v in tmod.state_dict().items()}
+    if spoil == "shape":
+        sd["1.weight"] = torch.zeros(9)
+    elif spoil == "unexpected key":
+        sd["zzz"] = torch.zeros(1)
+    else:
+        del sd["2.running_var"]
+    with pytest.raises(RuntimeError, match="Error\\(s\\) in loading state_dict"):
+        wrap.load_torch_state_dict(sd)
+    for k, v in wrap.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    for k, v in tmod.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k])
+    if spoil != "shape":  # without strict the same dict loads, in the same storage
+        wrap.load_torch_state_dict(sd, strict=False)
+        np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
+        np.testing.assert_array_equal(tmod[0].weight.detach().numpy(), before["0.weight"] + 100)
+
+
 def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
     """The guide's era: opt.zero_grad(); loss = net(x); opt.backward(loss); opt.step()."""
     data = [(np.random.randn(4, 1, 32, 32).astype("float32"), np.random.randint(0, 10, 4))
