@@ -58,6 +58,11 @@ def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
+# The formulas return numpy scalars of upstream's types (np.int64 counts, np.float64 where
+# upstream's formula computes in floats: convolutions and adaptive pooling), so that a row's
+# ``flops_num`` prints as upstream's (``912.0`` for a convolution).
+
+
 # the types upstream gives a formula (ConvTranspose3d has none there, so its calls add no
 # FLOPs row, as upstream)
 @register_flops(M.Conv1d, M.Conv2d, M.Conv3d, M.LocalConv2d, M.DeformableConv2d)
@@ -65,7 +70,8 @@ def flops_conv(module, inputs, outputs):
     # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
-    return _numel(outputs[0].shape) * (module.in_channels // module.groups * _numel(k) + bias)
+    return np.float64(_numel(outputs[0].shape)
+                      * (module.in_channels // module.groups * _numel(k) + bias))
 
 
 @register_flops(M.ConvTranspose2d)
@@ -73,20 +79,20 @@ def flops_conv_transpose(module, inputs, outputs):
     # every input element is scattered to Cout/groups * prod(kernel) outputs; bias per output
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
-    return (_numel(inputs[0].shape) * (module.out_channels // module.groups * _numel(k))
-            + _numel(outputs[0].shape) * bias)
+    return np.int64(_numel(inputs[0].shape) * (module.out_channels // module.groups * _numel(k))
+                    + _numel(outputs[0].shape) * bias)
 
 
 @register_flops(M.batchnorm._BatchNorm, M.GroupNorm, M.LayerNorm, M.InstanceNorm)
 def flops_norm(module, inputs, outputs):
-    return _numel(inputs[0].shape) * 7  # upstream's constant per element
+    return np.int64(_numel(inputs[0].shape) * 7)  # upstream's constant per element
 
 
 @register_flops(M.pooling._PoolNd)
 def flops_pool(module, inputs, outputs):
     k = module.kernel_size
     window = _numel(k) if isinstance(k, (tuple, list)) else k * k
-    return _numel(outputs[0].shape) * window
+    return np.int64(_numel(outputs[0].shape) * window)
 
 
 @register_flops(M.adaptive_pooling._AdaptivePoolNd)
@@ -99,13 +105,13 @@ def flops_adaptive_pool(module, inputs, outputs):
         return 1 if size == 1 else size - (size - 1) * (size // (size - 1))
 
     ih, iw = inputs[0].shape[2:4]
-    return _numel(outputs[0].shape) * window(ih) * window(iw)
+    return np.float64(_numel(outputs[0].shape) * window(ih) * window(iw))
 
 
 @register_flops(M.Linear)
 def flops_linear(module, inputs, outputs):
     bias = module.out_features if module.bias is not None else 0
-    return _numel(outputs[0].shape) * module.in_features + bias
+    return np.int64(_numel(outputs[0].shape) * module.in_features + bias)
 
 
 @register_flops(M.BatchMatMulActivation)
@@ -192,14 +198,15 @@ def get_activation_stats(output: Tensor, has_input=False):
     return row
 
 
-def _add_totals(rows, key, bar_length_max, fmt):
-    """Cumulative column, share and bar per row; a "total" row appended; returns the total."""
+def _add_totals(rows, key, bar_length_max, fmt, cum_key=None):
+    """Cumulative column (``cum_key``, default ``key + "_cum"``), share and bar per row, in
+    upstream's key order; returns the total."""
     total = sum(int(r[key]) for r in rows)
     largest = max([r[key] for r in rows] + [0])
     running = 0
     for r in rows:
         running += int(r[key])
-        r[key + "_cum"] = fmt(running)
+        r[cum_key or key + "_cum"] = fmt(running)
         r["ratio"] = r[key] / total if total else 0.0
         r["percentage"] = f"{r['ratio'] * 100:.2f}%"
         r["bar"] = "#" * (int(r[key] / largest * bar_length_max) if largest else 0)
@@ -321,10 +328,11 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         if cal_flops:
             fn = _flops_fn(module)
             if fn is not None:
-                flops.append({"name": name, "class_name": class_name,
-                              "input_shapes": [tuple(i.shape) for i in inps],
+                # upstream's key order (printing a row shows it)
+                flops.append({"input_shapes": [tuple(i.shape) for i in inps],
                               "output_shapes": [tuple(o.shape) for o in outs_list],
-                              "flops_num": fn(module, inps, outs_list)})
+                              "flops_num": fn(module, inps, outs_list),
+                              "name": name, "class_name": class_name})
         if cal_params:
             for attr in ("weight", "bias"):
                 note_param(module, attr, getattr(module, attr, None))
@@ -378,9 +386,8 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 "percentage", "size_bar"]), extra=_WHOLE)
     if cal_flops:
         total_flops = _add_totals(flops, "flops_num", bar_length_max,
-                                  lambda n: sizeof_fmt(n, suffix="OPs"))
+                                  lambda n: sizeof_fmt(n, suffix="OPs"), cum_key="flops_cum")
         for r in flops:
-            r["flops_cum"] = r.pop("flops_num_cum")
             r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
         # upstream's total row shows, under output_shapes, the sum of the outputs' second
         # dimensions (channels, for convolutions)

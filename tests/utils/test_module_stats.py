@@ -393,3 +393,33 @@ def test_a_long_table_reaches_the_console_whole_as_upstreams():
     rows = MegEngineLogFormatter.max_lines - 1
     assert f"\n{rows}-w " in text and f"\n{rows}-b " in text  # the last layer's param rows
     assert text.count("log lines omitted") == 1  # only the other message was cut
+
+
+def test_flops_rows_have_upstreams_number_types_and_key_order():
+    # upstream 1.13 measured: its formulas give np.float64 for convolutions and adaptive pooling
+    # (912.0, 2.0) and np.int64 for the others; each row's keys come in this order
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = M.Conv2d(2, 3, 3)
+            self.t = M.ConvTranspose2d(3, 2, 2, stride=2)
+            self.bn = M.BatchNorm2d(2)
+            self.p = M.MaxPool2d(2)
+            self.a = M.AdaptiveAvgPool2d(1)
+            self.l = M.Linear(2, 4)
+
+        def forward(self, x):
+            x = self.p(self.bn(self.t(self.c(x))))
+            return self.l(self.a(x).reshape(1, 2))
+
+    _, details = stats(Net(), inputs=(np.ones((1, 2, 6, 6), "float32"),))
+    rows = {r["name"]: r for r in details.flops}
+    expected = {"c": (np.float64, 912.0), "t": (np.int64, 512), "bn": (np.int64, 896),
+                "p": (np.int64, 128), "a": (np.float64, 2.0), "l": (np.int64, 12)}
+    for name, (kind, value) in expected.items():
+        assert type(rows[name]["flops_num"]) is kind and rows[name]["flops_num"] == value, name
+        assert list(rows[name]) == ["input_shapes", "output_shapes", "flops_num", "name",
+                                    "class_name", "flops_cum", "ratio", "percentage", "bar",
+                                    "flops"]
+    assert repr(rows["c"]["flops_num"]) in ("912.0", "np.float64(912.0)")
+    assert list(rows["total"]) == ["name", "flops", "output_shapes"]
