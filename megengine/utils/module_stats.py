@@ -58,9 +58,10 @@ def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
-# The formulas return numpy scalars of upstream's types (np.int64 counts, np.float64 where
-# upstream's formula computes in floats: convolutions and adaptive pooling), so that a row's
-# ``flops_num`` prints as upstream's (``912.0`` for a convolution).
+# The formulas return floats where upstream's compute in floats (convolutions and adaptive
+# pooling), ints elsewhere, so that a row prints as upstream's (``912.0`` for a convolution).
+# Python numbers, not upstream's numpy scalars: under numpy 2 those would print as
+# ``np.float64(912.0)``, where upstream (on numpy 1) prints ``912.0``.
 
 
 # the types upstream gives a formula (ConvTranspose3d has none there, so its calls add no
@@ -70,8 +71,8 @@ def flops_conv(module, inputs, outputs):
     # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
-    return np.float64(_numel(outputs[0].shape)
-                      * (module.in_channels // module.groups * _numel(k) + bias))
+    return float(_numel(outputs[0].shape)
+                 * (module.in_channels // module.groups * _numel(k) + bias))
 
 
 @register_flops(M.ConvTranspose2d)
@@ -79,20 +80,20 @@ def flops_conv_transpose(module, inputs, outputs):
     # every input element is scattered to Cout/groups * prod(kernel) outputs; bias per output
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
-    return np.int64(_numel(inputs[0].shape) * (module.out_channels // module.groups * _numel(k))
-                    + _numel(outputs[0].shape) * bias)
+    return (_numel(inputs[0].shape) * (module.out_channels // module.groups * _numel(k))
+            + _numel(outputs[0].shape) * bias)
 
 
 @register_flops(M.batchnorm._BatchNorm, M.GroupNorm, M.LayerNorm, M.InstanceNorm)
 def flops_norm(module, inputs, outputs):
-    return np.int64(_numel(inputs[0].shape) * 7)  # upstream's constant per element
+    return _numel(inputs[0].shape) * 7  # upstream's constant per element
 
 
 @register_flops(M.pooling._PoolNd)
 def flops_pool(module, inputs, outputs):
     k = module.kernel_size
     window = _numel(k) if isinstance(k, (tuple, list)) else k * k
-    return np.int64(_numel(outputs[0].shape) * window)
+    return _numel(outputs[0].shape) * window
 
 
 @register_flops(M.adaptive_pooling._AdaptivePoolNd)
@@ -105,13 +106,13 @@ def flops_adaptive_pool(module, inputs, outputs):
         return 1 if size == 1 else size - (size - 1) * (size // (size - 1))
 
     ih, iw = inputs[0].shape[2:4]
-    return np.float64(_numel(outputs[0].shape) * window(ih) * window(iw))
+    return float(_numel(outputs[0].shape) * window(ih) * window(iw))
 
 
 @register_flops(M.Linear)
 def flops_linear(module, inputs, outputs):
     bias = module.out_features if module.bias is not None else 0
-    return np.int64(_numel(outputs[0].shape) * module.in_features + bias)
+    return _numel(outputs[0].shape) * module.in_features + bias
 
 
 @register_flops(M.BatchMatMulActivation)

@@ -395,9 +395,10 @@ def test_a_long_table_reaches_the_console_whole_as_upstreams():
     assert text.count("log lines omitted") == 1  # only the other message was cut
 
 
-def test_flops_rows_have_upstreams_number_types_and_key_order():
-    # upstream 1.13 measured: its formulas give np.float64 for convolutions and adaptive pooling
-    # (912.0, 2.0) and np.int64 for the others; each row's keys come in this order
+def test_flops_rows_print_as_upstreams_with_its_key_order():
+    # upstream 1.13 measured (numpy 1.26): its formulas compute in floats for convolutions and
+    # adaptive pooling (rows print 912.0, 2.0), in integers for the others; each row's keys
+    # come in this order. Python numbers here, so that numpy 2 prints them the same way.
     class Net(M.Module):
         def __init__(self):
             super().__init__()
@@ -414,12 +415,11 @@ def test_flops_rows_have_upstreams_number_types_and_key_order():
 
     _, details = stats(Net(), inputs=(np.ones((1, 2, 6, 6), "float32"),))
     rows = {r["name"]: r for r in details.flops}
-    expected = {"c": (np.float64, 912.0), "t": (np.int64, 512), "bn": (np.int64, 896),
-                "p": (np.int64, 128), "a": (np.float64, 2.0), "l": (np.int64, 12)}
-    for name, (kind, value) in expected.items():
-        assert type(rows[name]["flops_num"]) is kind and rows[name]["flops_num"] == value, name
+    expected = {"c": "912.0", "t": "512", "bn": "896", "p": "128", "a": "2.0", "l": "12"}
+    for name, text in expected.items():
+        assert repr(rows[name]["flops_num"]) == text, name
         assert list(rows[name]) == ["input_shapes", "output_shapes", "flops_num", "name",
                                     "class_name", "flops_cum", "ratio", "percentage", "bar",
                                     "flops"]
-    assert repr(rows["c"]["flops_num"]) in ("912.0", "np.float64(912.0)")
+    assert repr(rows["c"]["ratio"]) == repr(912 / 2462)
     assert list(rows["total"]) == ["name", "flops", "output_shapes"]
