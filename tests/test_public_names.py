@@ -151,3 +151,34 @@ def test_submodules_upstreams_import_megengine_loads_are_attributes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "module 'megengine.module' has no attribute 'quantize'"
+
+
+# upstream 1.13 measured: dir() of these F submodules also holds these megengine functions,
+# imported there for the modules' own use, which programs reach as F.<sub>.<name>
+UPSTREAM_MODULE_LEVEL = {
+    "math": "broadcast_to expand_dims squeeze",
+    "tensor": "ceil cos sin get_default_device",
+    "elemwise": "hsigmoid hswish relu relu6 sigmoid",
+    "vision": "argsort broadcast_to expand_dims floor reshape transpose",
+    "loss": """abs broadcast_to cumsum equal indexing_one_hot linspace log logaddexp logsigmoid
+        logsumexp maximum ones relu where zeros""",
+    "metric": "abs broadcast_to maximum minimum transpose",
+    "utils": "abs copy maximum minimum ones zeros",
+    "debug_param": "get_logger",
+    "quantized": "get_execution_strategy",
+    "nn": """all_reduce_sum conv_bias_activation exclude_from_trace get_cudnn_version
+        get_default_device get_execution_strategy get_logger is_cuda_available is_distributed
+        nvof""",
+}
+
+
+@pytest.mark.parametrize("sub", sorted(UPSTREAM_MODULE_LEVEL))
+def test_submodules_hold_upstreams_module_level_functions(sub):
+    module = importlib.import_module("megengine.functional." + sub)
+    homes = (F, mge, F.quantized, F.debug_param, F.vision, F.distributed,
+             importlib.import_module("megengine.device"), importlib.import_module("megengine.jit"),
+             importlib.import_module("megengine.distributed"))
+    for name in UPSTREAM_MODULE_LEVEL[sub].split():
+        value = getattr(module, name)
+        # the same function as its home's (F.relu, mge.get_logger, ...)
+        assert any(getattr(home, name, None) is value for home in homes), (sub, name)

@@ -14,8 +14,19 @@ _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dt
 _SUPPORTED_KINDS = "biufc"
 
 
+class DTypeNameError(ValueError, TypeError):
+    """A dtype numpy cannot read (``astype('Float32')``). Upstream's ``astype`` raises
+    ValueError for it, numpy a TypeError: this one is caught as either."""
+
+
 def _check_dtype(dtype, what):
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as e:
+        raise DTypeNameError(
+            f"{what}: {dtype!r} is not a dtype ({e}); use a dtype name such as 'float32', "
+            "'int32' or 'bool', or a numpy type such as np.float32"
+        ) from None
     if dtype.kind not in _SUPPORTED_KINDS:
         raise TypeError(
             f"{what}: dtype {dtype} is not supported; use a bool, integer or float dtype "

@@ -54,3 +54,7 @@ def set_execution_strategy(option: str):
 # upstream 1.0-1.3 names: the strategy was documented for convolutions, and applied to all
 get_conv_execution_strategy = get_execution_strategy
 set_conv_execution_strategy = set_execution_strategy
+
+
+# Upstream's debug_param module also holds megengine.get_logger at module level
+from ..logger import get_logger  # noqa: E402,F401

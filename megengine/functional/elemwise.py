@@ -887,3 +887,7 @@ def imag(complex):
     """The imaginary part of a complex tensor (float); its gradient ``g`` flows back as
     ``1j * g``."""
     return apply(_Part("imag"), _tensor(complex))
+
+
+# Upstream's elemwise module also holds these activations at module level (F.elemwise.relu, ...)
+from .activation import hsigmoid, hswish, relu, relu6, sigmoid  # noqa: E402,F401

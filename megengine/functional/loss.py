@@ -851,3 +851,21 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
 from .ctc import ctc_loss  # noqa: E402
 
 __all__ += ["ctc_loss"]
+
+
+# Upstream's loss module also holds these functions of F at module level (F.loss.where, ...)
+from .activation import logsigmoid, relu  # noqa: E402,F401
+from .elemwise import equal, log, logaddexp, maximum  # noqa: E402,F401
+from .math import logsumexp  # noqa: E402,F401
+from .tensor import (  # noqa: E402,F401
+    broadcast_to, cumsum, indexing_one_hot, linspace, ones, where, zeros)
+
+
+def __getattr__(name):
+    # F.loss.abs is F.abs, as upstream's module holds it; given on lookup only, so that the
+    # code above keeps Python's abs of numpy arrays
+    if name == "abs":
+        from .elemwise import abs
+
+        return abs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -859,3 +859,7 @@ def _check_non_finite(inps, scale=1.0):
                                       t._device))
     dev = inps[0]._device if inps else None
     return Tensor(np.array([int(found)], np.int32), device=dev)
+
+
+# Upstream's math module also holds these functions of F at module level (F.math.squeeze, ...)
+from .tensor import broadcast_to, expand_dims, squeeze  # noqa: E402,F401

@@ -27,3 +27,8 @@ def topk_accuracy(logits, target, topk=1):
     n = logits.shape[0]
     accs = [hit[:, :int(k)].astype("float32").sum() / n for k in ks]
     return accs[0] if is_int(topk) else accs
+
+
+# Upstream's metric module also holds these functions of F at module level (F.metric.abs, ...)
+from .elemwise import abs, maximum, minimum  # noqa: E402,F401
+from .tensor import broadcast_to, transpose  # noqa: E402,F401

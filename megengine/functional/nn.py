@@ -471,3 +471,23 @@ from .tensor import (  # noqa: E402,F401
     broadcast_to, concat, expand_dims, ones, repeat, reshape, squeeze, transpose, zeros,
     zeros_like,
 )
+
+
+# Upstream's nn module also holds these at module level (F.nn.conv_bias_activation, ...)
+from ..device import get_cudnn_version, get_default_device, is_cuda_available  # noqa: E402,F401
+from ..logger import get_logger  # noqa: E402,F401
+from .debug_param import get_execution_strategy  # noqa: E402,F401
+from .quantized import conv_bias_activation  # noqa: E402,F401
+from .vision import nvof  # noqa: E402,F401
+
+# ... and these, loaded on first use: they pull in megengine.distributed and megengine.jit
+_LAZY = {"all_reduce_sum": ".distributed", "is_distributed": "..distributed",
+         "exclude_from_trace": "..jit"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

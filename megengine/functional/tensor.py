@@ -702,3 +702,8 @@ from .indexing import (  # noqa: E402,F401  (upstream's names here; `indexing` h
     Compute, CondTake, Scatter, TakeAlongAxis, Where, _check_bounds, _grid_index, _int_index,
     _non_zero, _one_hot, cond_take, gather, indexing_one_hot, non_zero, one_hot, put_back, scatter,
     where)
+
+
+# Upstream's tensor module also holds these at module level (F.tensor.cos, ...)
+from ..device import get_default_device  # noqa: E402,F401
+from .elemwise import ceil, cos, sin  # noqa: E402,F401

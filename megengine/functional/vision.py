@@ -998,3 +998,9 @@ def nvof(src, precision=1):
                        "MegEngine's C++ core on a GPU's optical-flow unit, which this fork does "
                        "not have; compute the flow with the SDK or OpenCV's CUDA module "
                        "(NVIDIA optical flow) and pass it in as a tensor")
+
+
+# Upstream's vision module also holds these functions of F at module level (F.vision.floor, ...)
+from .elemwise import floor  # noqa: E402,F401
+from .math import argsort  # noqa: E402,F401
+from .tensor import broadcast_to, expand_dims, reshape, transpose  # noqa: E402,F401

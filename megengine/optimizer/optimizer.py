@@ -307,8 +307,12 @@ class Optimizer:
 
         Existing gradients are zeroed in place, as upstream's (deprecated) ``zero_grad``.
         The optimizer's own GradManager, attached to its parameters, starts recording if it
-        is not already; ``backward(loss)`` then computes the gradients.
+        is not already; ``backward(loss)`` then computes the gradients. Each call warns a
+        ``DeprecationWarning`` with upstream's text, as upstream 1.x does.
         """
+        # stacklevel 3: past this method and _trace_event's wrapper, at the caller's line
+        warnings.warn("Call to deprecated method zero_grad. (use clear_grad instead) -- "
+                      "Deprecated since version 1.0.", DeprecationWarning, stacklevel=3)
         _note_write()  # gradients are zeroed in place (megengine.jit's captures)
         for p in self._params():
             g = p.grad

@@ -58,6 +58,12 @@ def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
+# The formulas return floats where upstream's compute in floats (convolutions and adaptive
+# pooling), ints elsewhere, so that a row prints as upstream's (``912.0`` for a convolution).
+# Python numbers, not upstream's numpy scalars: under numpy 2 those would print as
+# ``np.float64(912.0)``, where upstream (on numpy 1) prints ``912.0``.
+
+
 # the types upstream gives a formula (ConvTranspose3d has none there, so its calls add no
 # FLOPs row, as upstream)
 @register_flops(M.Conv1d, M.Conv2d, M.Conv3d, M.LocalConv2d, M.DeformableConv2d)
@@ -65,7 +71,8 @@ def flops_conv(module, inputs, outputs):
     # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
-    return _numel(outputs[0].shape) * (module.in_channels // module.groups * _numel(k) + bias)
+    return float(_numel(outputs[0].shape)
+                 * (module.in_channels // module.groups * _numel(k) + bias))
 
 
 @register_flops(M.ConvTranspose2d)
@@ -99,7 +106,7 @@ def flops_adaptive_pool(module, inputs, outputs):
         return 1 if size == 1 else size - (size - 1) * (size // (size - 1))
 
     ih, iw = inputs[0].shape[2:4]
-    return _numel(outputs[0].shape) * window(ih) * window(iw)
+    return float(_numel(outputs[0].shape) * window(ih) * window(iw))
 
 
 @register_flops(M.Linear)
@@ -192,14 +199,15 @@ def get_activation_stats(output: Tensor, has_input=False):
     return row
 
 
-def _add_totals(rows, key, bar_length_max, fmt):
-    """Cumulative column, share and bar per row; a "total" row appended; returns the total."""
+def _add_totals(rows, key, bar_length_max, fmt, cum_key=None):
+    """Cumulative column (``cum_key``, default ``key + "_cum"``), share and bar per row, in
+    upstream's key order; returns the total."""
     total = sum(int(r[key]) for r in rows)
     largest = max([r[key] for r in rows] + [0])
     running = 0
     for r in rows:
         running += int(r[key])
-        r[key + "_cum"] = fmt(running)
+        r[cum_key or key + "_cum"] = fmt(running)
         r["ratio"] = r[key] / total if total else 0.0
         r["percentage"] = f"{r['ratio'] * 100:.2f}%"
         r["bar"] = "#" * (int(r[key] / largest * bar_length_max) if largest else 0)
@@ -321,10 +329,11 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         if cal_flops:
             fn = _flops_fn(module)
             if fn is not None:
-                flops.append({"name": name, "class_name": class_name,
-                              "input_shapes": [tuple(i.shape) for i in inps],
+                # upstream's key order (printing a row shows it)
+                flops.append({"input_shapes": [tuple(i.shape) for i in inps],
                               "output_shapes": [tuple(o.shape) for o in outs_list],
-                              "flops_num": fn(module, inps, outs_list)})
+                              "flops_num": fn(module, inps, outs_list),
+                              "name": name, "class_name": class_name})
         if cal_params:
             for attr in ("weight", "bias"):
                 note_param(module, attr, getattr(module, attr, None))
@@ -378,9 +387,8 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 "percentage", "size_bar"]), extra=_WHOLE)
     if cal_flops:
         total_flops = _add_totals(flops, "flops_num", bar_length_max,
-                                  lambda n: sizeof_fmt(n, suffix="OPs"))
+                                  lambda n: sizeof_fmt(n, suffix="OPs"), cum_key="flops_cum")
         for r in flops:
-            r["flops_cum"] = r.pop("flops_num_cum")
             r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
         # upstream's total row shows, under output_shapes, the sum of the outputs' second
         # dimensions (channels, for convolutions)

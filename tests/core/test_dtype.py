@@ -314,3 +314,16 @@ def test_ops_on_a_0d_quantized_tensor_keep_its_scale_as_on_arrays():
                                       one_d.astype("float32").numpy().reshape(zero_d.shape))
     plain = q0.astype("int8")
     assert not dtype.is_quantize(plain.dtype) and plain.numpy() == 1
+
+
+def test_a_dtype_name_numpy_cannot_read_raises_valueerror_as_upstreams_astype():
+    # upstream 1.13 measured: x.astype("Float32") and x.astype(5) raise ValueError ("can not
+    # convert to numpy.dtype from str"); numpy's own error is a TypeError, still caught here
+    x = mge.tensor([1, 2])
+    for bad in ("Float32", "floatx", 5):
+        with pytest.raises(ValueError, match="is not a dtype.*'float32'") as info:
+            x.astype(bad)
+        assert isinstance(info.value, TypeError)
+    with pytest.raises(ValueError, match="'Float32' is not a dtype"):
+        mge.tensor([1], dtype="Float32")
+    assert x.astype("float32").dtype == np.float32

@@ -303,6 +303,19 @@ def test_order_validation():
         T.Normalize(order=("image", "weird"))
     with pytest.raises(ValueError, match="order"):
         T.Normalize(order="image")
+    # upstream 1.13 measured: a bare string raises NotImplementedError ("i is unsupported data
+    # type") in a transform, a Compose and a VisionDataset; a non-sequence ValueError
+    from megengine.data.dataset.vision.meta_vision import VisionDataset
+
+    for make in (lambda: T.ToMode(order="image"), lambda: T.Compose([], order="image"),
+                 lambda: VisionDataset("/tmp", order="image", supported_order=("image",))):
+        with pytest.raises(NotImplementedError, match="the string order='image'"):
+            make()
+    for make in (lambda: T.ToMode(order=5),
+                 lambda: VisionDataset("/tmp", order=5, supported_order=("image",))):
+        with pytest.raises(ValueError, match="order=5") as info:
+            make()
+        assert not isinstance(info.value, NotImplementedError)
     with pytest.raises(ValueError, match="'image'"):
         T.RandomHorizontalFlip(order=("mask",)).apply(np.zeros((2, 2, 1)))
 

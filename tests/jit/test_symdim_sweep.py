@@ -412,6 +412,8 @@ NOT_SWEPT = {
     "acc_sum": "an array helper of the engine (float16 sums in float32), not a user function",
     "t_unbroadcast": "a gradient helper of the engine, not a user function",
     "unbroadcast": "a gradient helper of the engine, not a user function",
+    "conv_bias_activation": "F.quantized's convolution of quantized tensors, in F.nn too as "
+                            "upstream's module holds it; the sweep covers the float ops",
 }
 
 

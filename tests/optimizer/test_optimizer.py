@@ -606,6 +606,9 @@ def test_0x_forward_before_zero_grad_trains_from_the_second_step(traced):
 
     with _warnings.catch_warnings():
         _warnings.simplefilter("error")  # only the first step warns
+        # (besides upstream's deprecation of each zero_grad call)
+        _warnings.filterwarnings("ignore", "Call to deprecated method zero_grad",
+                                 DeprecationWarning)
         got = _train_0x_forward_first(4, traced)
     for g, want in zip(got, _train_1x(3)):
         np.testing.assert_allclose(g, want, rtol=1e-6)
@@ -779,3 +782,22 @@ def test_param_group_keys_in_upstreams_order():
         opt = getattr(optim, name)(net.parameters(), **({} if name == "Adadelta" else {"lr": 0.1}))
         assert list(opt.param_groups[0]) == ["params"] + keys, name
         assert list(opt.state_dict()["param_groups"][0]) == keys + ["params"], name
+
+
+def test_zero_grad_warns_upstreams_deprecation_at_the_callers_line():
+    # upstream 1.13 measured: each opt.zero_grad() warns DeprecationWarning "Call to deprecated
+    # method zero_grad. (use clear_grad instead) -- Deprecated since version 1.0.", pointing at
+    # the caller's line; it still zeroes the gradients (the 0.x flow relies on it)
+    import warnings
+
+    w = mge.Parameter(np.ones(3, "float32"))
+    w.grad = mge.tensor(np.full(3, 2.0, "float32"))
+    opt = SGD([w], lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.zero_grad()
+    assert [str(c.message) for c in caught] == [
+        "Call to deprecated method zero_grad. (use clear_grad instead) -- "
+        "Deprecated since version 1.0."]
+    assert caught[0].category is DeprecationWarning and caught[0].filename == __file__
+    np.testing.assert_array_equal(w.grad.numpy(), np.zeros(3, "float32"))

@@ -393,3 +393,33 @@ def test_a_long_table_reaches_the_console_whole_as_upstreams():
     rows = MegEngineLogFormatter.max_lines - 1
     assert f"\n{rows}-w " in text and f"\n{rows}-b " in text  # the last layer's param rows
     assert text.count("log lines omitted") == 1  # only the other message was cut
+
+
+def test_flops_rows_print_as_upstreams_with_its_key_order():
+    # upstream 1.13 measured (numpy 1.26): its formulas compute in floats for convolutions and
+    # adaptive pooling (rows print 912.0, 2.0), in integers for the others; each row's keys
+    # come in this order. Python numbers here, so that numpy 2 prints them the same way.
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = M.Conv2d(2, 3, 3)
+            self.t = M.ConvTranspose2d(3, 2, 2, stride=2)
+            self.bn = M.BatchNorm2d(2)
+            self.p = M.MaxPool2d(2)
+            self.a = M.AdaptiveAvgPool2d(1)
+            self.l = M.Linear(2, 4)
+
+        def forward(self, x):
+            x = self.p(self.bn(self.t(self.c(x))))
+            return self.l(self.a(x).reshape(1, 2))
+
+    _, details = stats(Net(), inputs=(np.ones((1, 2, 6, 6), "float32"),))
+    rows = {r["name"]: r for r in details.flops}
+    expected = {"c": "912.0", "t": "512", "bn": "896", "p": "128", "a": "2.0", "l": "12"}
+    for name, text in expected.items():
+        assert repr(rows[name]["flops_num"]) == text, name
+        assert list(rows[name]) == ["input_shapes", "output_shapes", "flops_num", "name",
+                                    "class_name", "flops_cum", "ratio", "percentage", "bar",
+                                    "flops"]
+    assert repr(rows["c"]["ratio"]) == repr(912 / 2462)
+    assert list(rows["total"]) == ["name", "flops", "output_shapes"]

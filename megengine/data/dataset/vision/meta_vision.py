@@ -4,6 +4,12 @@ import os
 
 from ..meta_dataset import MapDataset
 
+
+class OrderError(ValueError, NotImplementedError):
+    """A bare string given as ``order`` (``order="image"`` for ``order=("image",)``). Upstream
+    reads the string's characters as names and raises NotImplementedError for the first one
+    ("i is unsupported data type"); this error says what is wrong and is caught as either."""
+
 __all__ = ["VisionDataset"]
 
 
@@ -22,7 +28,10 @@ class VisionDataset(MapDataset):
         self.root = root
         if order is None:
             order = ("image",)
-        if isinstance(order, str) or not isinstance(order, collections.abc.Sequence):
+        if isinstance(order, str):
+            raise OrderError("order should be a sequence of names such as ('image',), but got "
+                             "the string order={!r}".format(order))
+        if not isinstance(order, collections.abc.Sequence):
             raise ValueError("order should be a sequence of names, but got order={!r}".format(order))
         if supported_order is not None:
             for key in order:

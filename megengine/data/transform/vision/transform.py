@@ -6,6 +6,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from ...dataset.vision.meta_vision import OrderError
 from ..meta_transform import Transform
 from . import functional as F
 
@@ -60,7 +61,12 @@ class VisionTransform(Transform):
         super().__init__()
         if order is None:
             order = ("image",)
-        elif isinstance(order, str) or not isinstance(order, collections.abc.Sequence):
+        elif isinstance(order, str):
+            raise OrderError(
+                "order should be a sequence of names such as ('image', 'image_category'), "
+                "but got the string order={!r}".format(order)
+            )
+        elif not isinstance(order, collections.abc.Sequence):
             raise ValueError(
                 "order should be a sequence of names such as ('image', 'image_category'), "
                 "but got order={!r}".format(order)
