@@ -377,6 +377,29 @@ def test_graph_is_freed_after_backward():
     assert x.grad is not None
 
 
+@pytest.mark.parametrize("use", [
+    lambda h, w: h + w, lambda h, w: w - h, lambda h, w: h * 0.5, lambda h, w: h / 4.0,
+    lambda h, w: 3.0 / w + h, lambda h, w: w * h.sum(), lambda h, w: w * h.mean(axis=0),
+    lambda h, w: h % 3.0 + w])
+def test_recorded_ops_keep_no_input_their_backward_does_not_read(use):
+    # an op keeps for backward only what its gradient reads, as torch saves: a + b, a * 0.5,
+    # sum and mean read shapes only, so the intermediate h is not held until backward (a
+    # ResNet-50's residual adds held 28 % of its saved activations; F.mean's input too)
+    w = Tensor(rand(4, 100))
+    gm = GradManager().attach(w)
+    with gm:
+        h = w * 2.0  # (whose backward reads only the 2.0)
+        released = weakref.ref(h._data)
+        y = use(h, w)
+        del h
+        gc.collect()
+        assert released() is None
+        gm.backward(y.sum())
+    tw = torch.tensor(w.numpy(), requires_grad=True)
+    use(tw * 2.0, tw).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_nothing_recorded_without_attached_inputs():
     x = Tensor([1.0])
     gm = GradManager().attach(Tensor([0.0]))
