@@ -164,10 +164,10 @@ class ShapeOnly:
     (both operands of ``x + y``, the ``x`` of ``x * 0.5``): the shape its gradient takes. The
     array itself would stay alive until backward; torch's graph does not save these either."""
 
-    __slots__ = ("shape",)
+    __slots__ = ("shape", "dtype")
 
-    def __init__(self, shape):
-        self.shape = shape
+    def __init__(self, a):
+        self.shape, self.dtype = a.shape, a.dtype
 
 
 class _Binary(Op):
@@ -213,9 +213,9 @@ class _Binary(Op):
             # their shapes (a ResNet-50's adds held 168 MB of 594 at batch 4 until backward)
             reads = reads if type(reads) is tuple else reads()
             if not any(r is self.a for r in reads):
-                self.a = ShapeOnly(a.shape)
+                self.a = ShapeOnly(a)
             if not any(r is self.b for r in reads):
-                self.b = ShapeOnly(b.shape)
+                self.b = ShapeOnly(b)
         return out
 
     def _compute(self, a, b):
@@ -1454,7 +1454,7 @@ class Reduce(Op):
             out = out.astype(np.int32 if x.dtype.kind == "b" else x.dtype)
         self.out_keep = out
         if (mode == "sum" or mode == "mean") and True in self.needs_input_grad:
-            self.x = ShapeOnly(x.shape)  # (their backward reads the shape only: see _Binary)
+            self.x = ShapeOnly(x)  # (their backward reads the shape only: see _Binary)
         if self.keepdims:
             return out if ndim or not names_an_axis(axis) else out.reshape((1,))
         if len(axes) == 1 and ndim:
