@@ -12,7 +12,7 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import ShapeOnly, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
@@ -228,6 +228,15 @@ class _Relu6(_Activation):
 class _Sigmoid(_Activation):
     holomorphic = True  # complex input computes, as torch (and tanh); see `_as_float`
     backward_reads = ("y", "ty")
+
+    def _forward(self, x):
+        y = super()._forward(x)
+        if True in self.needs_input_grad:  # backward reads y only: x need not stay alive
+            self.x = ShapeOnly(x)  # (its dtype is the gradient's)
+            if self.tx is not None:  # (what tells the ATen path; sigmoid_backward takes ty)
+                self.tx = self.x
+        return y
+
     def aten_forward(self, aten, tx):
         return aten.sigmoid(tx)
 

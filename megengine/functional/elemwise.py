@@ -7,8 +7,8 @@ from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import (BINARY, UNARY, BroadcastError, _Binary, _product, cast, t_unbroadcast,
-                        unbroadcast, xp_of)
+from ..core.ops import (BINARY, UNARY, BroadcastError, ShapeOnly, _Binary, _product, cast,
+                        t_unbroadcast, unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -222,8 +222,13 @@ class _Unary(Op):
     def _forward(self, x):
         """``f(x)`` in ``x``'s dtype, keeping what backward reads."""
         self.x = x
-        self.y = self.compute(xp_of(x), x)
-        return self.y
+        y = self.y = self.compute(xp_of(x), x)
+        if True in self.needs_input_grad:  # recorded: the other one only as its shape
+            if "x" not in self.backward_reads:  # (exp, tanh, sqrt: x need not stay alive)
+                self.x = ShapeOnly(x)
+            if "y" not in self.backward_reads:
+                self.y = ShapeOnly(y)
+        return y
 
     def input(self, x):
         """``x`` as this function computes it: a float function (``to_float``) computes integers
@@ -670,11 +675,11 @@ Erfc = _unary("Erfc", _cast_like(_erfc64),
               holomorphic=False)
 Erfinv = _unary("Erfinv", _cast_like(_erfinv64),
                 lambda xp, x, y, g: g * (np.sqrt(np.pi) / 2) * xp.exp(y * y),
-                holomorphic=False)
+                holomorphic=False, reads=("y",))
 Erfcinv = _unary("Erfcinv", _cast_like(lambda xp, x: _erfinv64(
     xp, 1 - x.astype(np.float64), x.dtype == np.float64)),
                  lambda xp, x, y, g: -g * (np.sqrt(np.pi) / 2) * xp.exp(y * y),
-                 holomorphic=False)
+                 holomorphic=False, reads=("y",))
 
 erf = _unary_fn(Erf, "erf", "Element-wise error function ``2/sqrt(pi) * int_0^x exp(-t^2) dt``.")
 erfc = _unary_fn(Erfc, "erfc", "Element-wise complementary error function ``1 - erf(x)``.")
