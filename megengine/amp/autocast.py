@@ -27,6 +27,10 @@ class autocast:
 
     def __init__(self, enabled: bool = True, low_prec_dtype: str = "float16",
                  high_prec_dtype: str = "float32"):
+        # refused here, not at the first covered op as upstream's (its accepted values are
+        # "float16", "bfloat16" and "float32"), so a typo points at its own line
+        _state._check_low_prec_dtype(low_prec_dtype)
+        _state._engine_dtype(high_prec_dtype, "high_prec_dtype")
         self.enabled = enabled
         self.low_prec_dtype = low_prec_dtype
         self.high_prec_dtype = high_prec_dtype

@@ -24,10 +24,18 @@ def _engine_dtype(name, which):
         dtype = None
     if dtype is None or dtype.kind != "f":
         raise TypeError(
-            f"autocast: {which}={name!r} is not a floating dtype this engine computes in "
-            "(numpy has float16, float32 and float64, no bfloat16). A PyTorchModule alone can "
-            "run under low_prec_dtype='bfloat16'; megengine's own ops need 'float16'")
+            f"autocast: {which}={name!r} is not a floating dtype this engine computes in: "
+            "use 'float16' or 'float32' (upstream accepts 'float16', 'bfloat16' and 'float32'; "
+            "numpy has no bfloat16, so only a PyTorchModule runs under "
+            "low_prec_dtype='bfloat16')")
     return dtype
+
+
+def _check_low_prec_dtype(dtype):
+    """Refuse a ``low_prec_dtype`` that is not a float dtype (bfloat16 serves PyTorchModule
+    calls, see `torch_autocast`)."""
+    if _dtype_name(dtype) != "bfloat16":
+        _engine_dtype(dtype, "low_prec_dtype")
 
 
 def cast_for_compute(*tensors):
@@ -191,8 +199,7 @@ def _get_amp_low_prec_dtype():
 
 def _set_amp_low_prec_dtype(dtype):
     global _low_prec_dtype
-    if _dtype_name(dtype) != "bfloat16":  # bfloat16 serves PyTorchModule calls (torch_autocast)
-        _engine_dtype(dtype, "low_prec_dtype")
+    _check_low_prec_dtype(dtype)
     _low_prec_dtype = _dtype_name(dtype)
 
 

@@ -598,6 +598,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     # ----- conversions that keep autodiff -----
     def astype(self, dtype):
+        if dtype is None:  # numpy reads None as float64; upstream raises RuntimeError
+            raise RuntimeError("astype: dtype None is not a dtype; name the dtype to cast to, "
+                               "e.g. x.astype('float32')")
         dtype = _check_dtype(dtype, "astype")
         own = self._data.dtype
         if dtype is own:  # numpy's builtin dtypes are singletons: same object, same metadata

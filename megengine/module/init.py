@@ -44,8 +44,12 @@ def ones_(tensor: Tensor) -> None:
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
-    """Fill ``tensor`` with samples of U(a, b)."""
+    """Fill ``tensor`` with samples of U(a, b); ``a >= b`` raises AssertionError, as
+    upstream's."""
     _check_tensor(tensor, "uniform_")
+    # as upstream's (its megengine.random.uniform asserts low < high), not numpy's ValueError
+    assert a < b, (f"uniform_: U(a, b) is not defined when a >= b (got a={a}, b={b}); "
+                   "pass a < b, or use fill_ for a constant")
     draw = _core_rng.generator.uniform(a, b, size=tensor.shape)
     dtype = np.dtype(tensor.dtype)
     if dtype.kind == "f" and a < b and draw.size:
@@ -57,9 +61,11 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> None:
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> None:
-    """Fill ``tensor`` with samples of N(mean, std**2)."""
+    """Fill ``tensor`` with samples of N(mean, std**2): ``mean + std * z`` for standard normal
+    draws ``z``, so a negative ``std`` mirrors them, as upstream's (numpy refuses it)."""
     _check_tensor(tensor, "normal_")
-    tensor._reset(_core_rng.generator.normal(mean, std, size=tensor.shape).astype(tensor.dtype))
+    draw = mean + std * _core_rng.generator.standard_normal(size=tensor.shape)
+    tensor._reset(np.asarray(draw).astype(tensor.dtype))
 
 
 def calculate_gain(nonlinearity: str, param: Optional[Union[int, float]] = None) -> float:

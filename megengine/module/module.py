@@ -576,6 +576,13 @@ class Module:
                 else:
                     mismatched.append(f"{key}: expected shape {var.shape}, got {value.shape}")
                     continue
+            if value.dtype.kind == "c" and var.dtype.kind != "c":
+                # refused, as every cast that would drop the imaginary part (torch's copy_
+                # drops it with a warning; upstream's load fails on a complex value)
+                mismatched.append(f"{key}: expected dtype {var.dtype}, got {value.dtype} (a "
+                                  "complex value does not load into a real one; load np.real "
+                                  "of it, or make the parameter complex first)")
+                continue
             if var._pinned_storage:  # a PyTorchModule's: torch's dtype stays, as its copy_
                 if not np.can_cast(value.dtype, var.dtype, "same_kind"):
                     mismatched.append(f"{key}: expected dtype {var.dtype}, got {value.dtype}")

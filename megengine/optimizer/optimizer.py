@@ -646,6 +646,16 @@ def _to_device(value, param, name):
         value = value.numpy()
     if not isinstance(value, np.ndarray):
         return copy.deepcopy(value)
+    if value.dtype.kind == "O":  # (numpy's cast would read None as NaN)
+        bad = [v for v in value.flat if not isinstance(v, numbers.Number)]
+        if bad:
+            raise _NotNumbers(f"its {name!r} must hold numbers, got {bad[0]!r} in an array "
+                              "of objects")
+        value = np.array(value.tolist())
+    if value.dtype.kind == "c" and param.dtype.kind != "c":
+        # refused (numpy's cast would drop the imaginary part with a ComplexWarning only)
+        raise _NotNumbers(f"its {name!r} is complex ({value.dtype}) but its parameter is real "
+                          f"({param.dtype}); pass the state of a real parameter")
     if value.shape != param.shape and value.ndim == 0:
         # a scalar state tensor (upstream's protocol: _add_state(p, "step", initializer=0.0))
         return Tensor(value, dtype=value.dtype, device=param.device)

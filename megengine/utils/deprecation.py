@@ -19,11 +19,29 @@ def _note(doc, version, reason):
     return (doc + "\n\n" + body + "\n") if doc else body + "\n"
 
 
+def _kind(wrapper, name, args):
+    """How the deprecated package words a call of ``wrapper``: "method" when it is a method of
+    its first argument's class, "class method" when a classmethod of its first argument (a
+    class), else "function (or staticmethod)"."""
+    if args:
+        first = args[0]
+        owner = first if inspect.isclass(first) else type(first)
+        found = inspect.getattr_static(owner, name, None)  # (no property or __getattr__ runs)
+        if found is wrapper:
+            return "method"
+        if isinstance(found, classmethod) and found.__func__ is wrapper:
+            return "class method"
+    return "function (or staticmethod)"
+
+
 def deprecated(reason=None, version=None, action=None, category=DeprecationWarning, **kwargs):
     """``@deprecated(version="1.2", reason="use g instead")`` on a function, method or class: each
     call (each instantiation) warns ``category`` with "Call to deprecated function (or
-    staticmethod) f. (use g instead) -- Deprecated since version 1.2.", and the docstring gets a
-    ``.. deprecated::`` note, as the ``deprecated`` package's Sphinx decorator that upstream uses.
+    staticmethod) f. (use g instead) -- Deprecated since version 1.2." ("method", "class
+    method" or "class" in place of "function (or staticmethod)" for those), and the docstring
+    gets a ``.. deprecated::`` note, as the ``deprecated`` package's Sphinx decorator that
+    upstream uses. (Earlier versions of this fork said "function (or staticmethod)" for
+    methods and class methods too.)
 
     ``action``: a ``warnings`` filter action applied to these warnings only ("error",
     "ignore", "always", ...). ``line_length`` and other options of that package are accepted
@@ -34,28 +52,24 @@ def deprecated(reason=None, version=None, action=None, category=DeprecationWarni
         raise TypeError(f"deprecated: reason must be a string, got {type(reason).__name__}")
 
     def decorate(obj):
-        if inspect.isclass(obj):
-            what, name = "class", obj.__name__
-        else:
-            what, name = "function (or staticmethod)", getattr(obj, "__name__", repr(obj))
-        message = f"Call to deprecated {what} {name}."
-        if reason:
-            message += f" ({reason})"
+        name = getattr(obj, "__name__", repr(obj))
+        tail = f" ({reason})" if reason else ""
         if version:
-            message += f" -- Deprecated since version {version}."
+            tail += f" -- Deprecated since version {version}."
 
-        def warn():
+        def warn(what):
             with warnings.catch_warnings():
                 if action:
                     warnings.simplefilter(action, category)
-                warnings.warn(message, category=category, stacklevel=3)
+                warnings.warn(f"Call to deprecated {what} {name}.{tail}", category=category,
+                              stacklevel=3)
 
         if inspect.isclass(obj):
             original_new = obj.__new__
 
             def __new__(cls, *args, **kw):
                 if cls is obj:
-                    warn()
+                    warn("class")
                 if original_new is object.__new__:
                     return original_new(cls)
                 return original_new(cls, *args, **kw)
@@ -66,7 +80,7 @@ def deprecated(reason=None, version=None, action=None, category=DeprecationWarni
 
         @functools.wraps(obj)
         def wrapper(*args, **kw):
-            warn()
+            warn(_kind(wrapper, name, args))
             return obj(*args, **kw)
 
         wrapper.__doc__ = _note(obj.__doc__, version, reason)

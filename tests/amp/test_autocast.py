@@ -528,3 +528,16 @@ def test_losses_under_a_float16_high_precision_give_upstreams_dtypes(case):
     assert x.grad.dtype == np.float32
     if grad is not None:
         np.testing.assert_allclose(x.grad.numpy(), grad, rtol=2e-3, atol=5e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{"low_prec_dtype": "bogus"}, {"low_prec_dtype": "int8"},
+                                    {"high_prec_dtype": "bogus"}])
+def test_autocast_refuses_a_non_float_dtype_at_construction(kwargs):
+    # upstream 1.13 measured: autocast(low_prec_dtype="bogus") constructs and the first covered
+    # op raises RuntimeError ("casted type of amp should be float, but you give bogus"); it
+    # accepts "float16", "bfloat16" and "float32". Here the constructor refuses, naming those
+    # (earlier versions of this fork also refused at the first op only)
+    with pytest.raises(TypeError, match=r"prec_dtype='.*'float16', 'bfloat16' and 'float32'"):
+        amp.autocast(**kwargs)
+    assert not amp.enabled
+    assert (amp.low_prec_dtype, amp.high_prec_dtype) == ("float16", "float32")

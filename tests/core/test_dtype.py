@@ -327,3 +327,11 @@ def test_a_dtype_name_numpy_cannot_read_raises_valueerror_as_upstreams_astype():
     with pytest.raises(ValueError, match="'Float32' is not a dtype"):
         mge.tensor([1], dtype="Float32")
     assert x.astype("float32").dtype == np.float32
+
+
+def test_astype_none_raises_as_upstream():
+    # upstream 1.13 measured: tensor([1, 2]).astype(None) raises RuntimeError ("unsupported
+    # numpy dtype <class 'numpy.float64'>"); earlier versions of this fork cast to float64
+    x = mge.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="dtype None is not a dtype.*'float32'"):
+        x.astype(None)

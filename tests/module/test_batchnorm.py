@@ -68,3 +68,29 @@ def test_eval_batch_norm_runs_hooks_and_keeps_a_format_label():
     with torch.no_grad():
         expect = theirs(torch.from_numpy(nchw)).numpy() * 2  # the forward hook's output
     np.testing.assert_allclose(host(out), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls, tcls, shape", [(M.BatchNorm1d, torch.nn.BatchNorm1d, (1, 3)),
+                                              (M.BatchNorm1d, torch.nn.BatchNorm1d, (1, 3, 1)),
+                                              (M.BatchNorm2d, torch.nn.BatchNorm2d, (1, 3, 1, 1))])
+def test_training_on_one_value_per_channel_is_refused_as_torch(cls, tcls, shape):
+    # upstream 1.13 measured on these shapes: zeros out and running_var [nan nan nan] (the
+    # variance of one value divided by 0); torch raises ValueError ("Expected more than 1
+    # value per channel when training"). Earlier versions of this fork gave zeros and a
+    # running_var of 0.9. Nothing changes; eval mode and a batch of two still work.
+    x = np.arange(1, 4, dtype=np.float32).reshape(shape)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        tcls(3)(torch.tensor(x))
+    bn = cls(3)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*\.eval\(\)"):
+        bn(Tensor(x))
+    np.testing.assert_array_equal(bn.running_var.numpy(), np.ones((1, 3, 1, 1)))
+    np.testing.assert_array_equal(bn.running_mean.numpy(), np.zeros((1, 3, 1, 1)))
+    untracked = cls(3, track_running_stats=False)
+    untracked.eval()  # (no running statistics: batch statistics still)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        untracked(Tensor(x))
+    bn.eval()
+    np.testing.assert_allclose(bn(Tensor(x)).numpy(), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+    bn.train()
+    assert bn(Tensor(np.concatenate([x, x + 1]))).shape == (2,) + shape[1:]

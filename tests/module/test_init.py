@@ -165,3 +165,26 @@ def test_norm_and_embedding_default_init():
     prelu = M.PReLU(3, init=0.1)
     assert prelu.weight.shape == (1, 3, 1, 1) and np.allclose(prelu.weight.numpy(), 0.1)
     assert M.PReLU(init=1).weight.dtype == np.float32
+
+
+def test_normal_negative_std_mirrors_the_draws_as_upstream():
+    # upstream 1.13 measured: seed(3); normal_(a, 1, 2) and seed(3); normal_(b, 1, -2) give
+    # (a - 1) == -(b - 1) to 2.4e-7 (earlier versions of this fork raised numpy's "scale < 0")
+    a, b = _param(50, 20), _param(50, 20)
+    mge.random.seed(3)
+    init.normal_(a, 1.0, 2.0)
+    mge.random.seed(3)
+    init.normal_(b, 1.0, -2.0)
+    np.testing.assert_allclose(b.numpy() - 1, -(a.numpy() - 1), atol=1e-6)
+    assert abs(b.numpy().std() - 2.0) < 0.1
+
+
+@pytest.mark.parametrize("a, b", [(1.0, -1.0), (1.0, 1.0)])
+def test_uniform_refuses_an_empty_range_as_upstream(a, b):
+    # upstream 1.13 measured: uniform_(t, 1, -1) and uniform_(t, 1, 1) raise AssertionError
+    # ("Uniform is not defined when low >= high"); the tensor is left as it was
+    p = _param(3, 3)
+    before = p.numpy().copy()
+    with pytest.raises(AssertionError, match="a >= b"):
+        init.uniform_(p, a, b)
+    np.testing.assert_array_equal(p.numpy(), before)

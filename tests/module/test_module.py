@@ -154,6 +154,18 @@ def test_load_state_dict_accepts_tensors_and_casts_dtype():
     assert net.count.item() == 2 and net.count.dtype == np.int32
 
 
+def test_load_state_dict_refuses_a_complex_value_for_a_real_parameter():
+    # torch's load_state_dict drops the imaginary part with a warning; upstream 1.13 measured:
+    # a complex64 weight into M.Linear raises an unrelated RuntimeError ("layout should be
+    # contiguous"). Earlier versions of this fork made the parameter complex64
+    net = Scale(3)
+    with pytest.raises(LoadStateDictError, match=r"w: expected dtype float32, got complex64"):
+        net.load_state_dict({"w": np.array([1 + 2j, 3, 4], np.complex64),
+                             "count": np.array(7, np.int64)})
+    assert net.w.dtype == np.float32 and net.w.numpy().tolist() == [1, 2, 3]
+    assert net.count.item() == 0
+
+
 def test_strict_errors_list_every_problem_and_change_nothing():
     net = Tree()
     before = {k: v.copy() for k, v in net.state_dict().items()}

@@ -225,7 +225,8 @@ def test_load_state_dict_restores_hyperparameters_and_checks_shapes():
 
 
 @pytest.mark.parametrize("spoil", ["negative lr", "bad momentum", "state shape", "group count",
-                                   "state entry", "group entry", "buffer of strings"])
+                                   "state entry", "group entry", "buffer of strings",
+                                   "buffer holding None", "complex buffer"])
 def test_a_failed_load_state_dict_changes_nothing(spoil):
     # upstream 1.13 measured: a state whose group 0 has lr 7.0 and whose group 1 has one
     # parameter too few raised ValueError after group 0's lr had become 7.0 (and a negative lr
@@ -252,6 +253,10 @@ def test_a_failed_load_state_dict_changes_nothing(spoil):
         saved["state"][2] = "momentum"
     elif spoil == "buffer of strings":
         saved["state"][2]["momentum_buffer"] = np.array(["a", "b"])
+    elif spoil == "buffer holding None":  # (earlier versions of this fork loaded it as NaN)
+        saved["state"][2]["momentum_buffer"] = np.array([1.0, None])
+    elif spoil == "complex buffer":  # (earlier versions dropped the imaginary part)
+        saved["state"][2]["momentum_buffer"] = np.array([1.0, 2j])
     else:
         del saved["param_groups"][1]["params"]
     before = _optimizer_snapshot(opt)
@@ -259,6 +264,9 @@ def test_a_failed_load_state_dict_changes_nothing(spoil):
     match = {"state entry": "state of parameter 2 is a str",
              "buffer of strings": "state of parameter 2 cannot be loaded: its "
                                   "'momentum_buffer' must hold numbers",
+             "buffer holding None": "'momentum_buffer' must hold numbers, got None",
+             "complex buffer": "'momentum_buffer' is complex \\(complex128\\) but its "
+                               "parameter is real",
              "group entry": "group 1 of the state is not a dict with a 'params'"}.get(spoil)
     with pytest.raises((ValueError, TypeError), match=match):
         opt.load_state_dict(saved)

@@ -38,6 +38,39 @@ def test_deprecated_function_warns_and_documents():
     assert "Add two numbers." in old_add.__doc__ and ".. deprecated:: 1.2" in old_add.__doc__
 
 
+def test_deprecated_methods_are_worded_as_upstreams():
+    # upstream 1.13 measured (its decorator on a method m, a classmethod c, a staticmethod s):
+    # a.m() and A.m(a) -> "Call to deprecated method m. (use g) -- Deprecated since version
+    # 1.2."; A.c() and a.c() -> "... class method c. ..."; A.s() and A.s(a) -> "... function (or
+    # staticmethod) s. ..." (earlier versions of this fork said "function (or staticmethod)"
+    # for all of them)
+    class A:
+        @deprecated(version="1.2", reason="use g")
+        def m(self):
+            return 1
+
+        @classmethod
+        @deprecated(version="1.2")
+        def c(cls):
+            return 2
+
+        @staticmethod
+        @deprecated(version="1.2")
+        def s(a=None):
+            return 3
+
+    a = A()
+    cases = [(lambda: a.m(), "method m. (use g)"), (lambda: A.m(a), "method m. (use g)"),
+             (lambda: A.c(), "class method c."), (lambda: a.c(), "class method c."),
+             (lambda: A.s(), "function (or staticmethod) s."),
+             (lambda: A.s(a), "function (or staticmethod) s.")]
+    for call, words in cases:
+        with pytest.warns(DeprecationWarning) as rec:
+            call()
+        assert str(rec[0].message) == (f"Call to deprecated {words} -- Deprecated since "
+                                       "version 1.2.")
+
+
 def test_deprecated_class_and_action():
     @deprecated(version="1.0", reason="gone", action="error")
     class Old:
