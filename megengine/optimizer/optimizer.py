@@ -664,13 +664,12 @@ def _to_device(value, param, name):
             f"load_state_dict: state {name!r} has shape {value.shape}, but its parameter has "
             f"shape {param.shape}"
         )
+    try:  # (on the host first, so that every device refuses the same values)
+        array = np.array(value, dtype=param.dtype)
+    except (TypeError, ValueError) as e:
+        raise _NotNumbers(f"its {name!r} must hold numbers, got dtype {value.dtype} "
+                          f"({e})") from None
     if param._device.startswith("gpu"):
         with get_array_module(param._device).cuda.Device(int(param._device[3:])):
-            array = get_array_module(param._device).array(value, dtype=param.dtype)
-    else:
-        try:
-            array = np.array(value, dtype=param.dtype)
-        except (TypeError, ValueError) as e:
-            raise _NotNumbers(f"its {name!r} must hold numbers, got dtype {value.dtype} "
-                              f"({e})") from None
+            array = get_array_module(param._device).asarray(array)
     return Tensor._wrap(array, param._device)  # buffers live in the state as Tensors
