@@ -32,8 +32,10 @@ sqrt and sigmoid their input): resnet50 2221 / 1776 MB (1.25x) -> 1749 / 1843 (0
 resnet50_amp 2277 / 1854 (1.23x) -> 1954 / 1982 (0.99x); transformer 713 / 637 (1.12x) ->
 584 / 605 (0.97x); unet 580 / 592 (0.98x) -> 558 / 569 (0.98x); lstm 131 / 142 (0.92x) -> 128 /
 142 (0.90x); resnet50_trace 2977 / 1848 (1.61x) -> 2911 / 1779 (1.64x): the first (recording)
-call of a trace keeps every value of the call until it ends (``jit/record.py``'s ``keep``), where
-later calls free values past their last use and stay at eager's level. Step times after, paired:
+call of a trace kept every value of the call until it ended (``jit/record.py``'s ``keep``), and
+checked calls the outputs of the ops they check on their slow path (batch norm's). Once both
+freed values as eager code does: resnet50_trace 3209 / 1832 (1.75x) -> 1720 / 1897 (0.91x);
+the recording call alone freeing them gave 2467 / 1822 (1.35x). Step times after, paired:
 resnet50 0.95x (load 1), resnet50_amp 1.03x, transformer 1.04x, lstm 1.01x, unet 1.09x,
 resnet50_trace 1.16x (load 4-7). A full run took ~16 minutes at load 4-7. The script prints
 which checkout's ``megengine`` it imported (put one first on PYTHONPATH to measure it).

@@ -129,10 +129,18 @@ class _Activation(_Unary):
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
             self.ty = self.aten_forward(_aten.ops, self.tx)
-            self.y = _aten.array(self.ty)
-            return self.y
-        self.y = self.compute(xp_of(x), x)
-        return self.y
+            y = self.y = _aten.array(self.ty)
+        else:
+            y = self.y = self.compute(xp_of(x), x)
+        if True in self.needs_input_grad:  # recorded: the other one only as its shape
+            if "x" not in self.backward_reads:  # (sigmoid: its gradient reads y)
+                self.x = ShapeOnly(x)  # (its dtype is the gradient's)
+                if self.tx is not None:  # (what tells the ATen path)
+                    self.tx = self.x
+            if "y" not in self.backward_reads:  # (gelu, silu, ...: their gradients read x)
+                self.y = ShapeOnly(y)
+                self.ty = None
+        return y
 
     def _backward(self, g):
         if self.tx is not None:
@@ -227,15 +235,7 @@ class _Relu6(_Activation):
 
 class _Sigmoid(_Activation):
     holomorphic = True  # complex input computes, as torch (and tanh); see `_as_float`
-    backward_reads = ("y", "ty")
-
-    def _forward(self, x):
-        y = super()._forward(x)
-        if True in self.needs_input_grad:  # backward reads y only: x need not stay alive
-            self.x = ShapeOnly(x)  # (its dtype is the gradient's)
-            if self.tx is not None:  # (what tells the ATen path; sigmoid_backward takes ty)
-                self.tx = self.x
-        return y
+    backward_reads = ("y", "ty")  # (not x: `_Activation._forward` keeps its shape)
 
     def aten_forward(self, aten, tx):
         return aten.sigmoid(tx)

@@ -14,8 +14,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (_index_add_on_aten, _norm_axes, _product, acc_dtype, acc_sum, cast,
-                        gemm_dtype, grad_matmul, xp_of)
+from ..core.ops import (ShapeOnly, _index_add_on_aten, _norm_axes, _product, acc_dtype, acc_sum,
+                        cast, gemm_dtype, grad_matmul, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -227,6 +227,13 @@ class _Linear(Op):
             y += b if b.ndim == 1 else b.reshape(-1)
             if fused:
                 y = cast(y, np.float16)
+        needs = self.needs_input_grad
+        if True in needs:  # recorded: keep only what backward reads (`backward_reads`), the
+            # other operand as its shape (x, for a constant weight: as torch's addmm saves)
+            if not needs[1]:
+                self.x = ShapeOnly(x)
+            if not needs[0]:
+                self.w = ShapeOnly(w)
         return y if out_shape is None else y.reshape(out_shape)
 
     def backward(self, g):

@@ -1,6 +1,7 @@
 """Recording a traced function's first call into a `_Program`, as ``dispatch._trace_hook``
 (see `tracing`); `_Hook` is what recording and checking (`check`) share."""
 import copy
+import functools
 import itertools
 import weakref
 from collections.abc import Iterator
@@ -10,9 +11,9 @@ from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..device import _Device
 from ..utils.naming import AutoNaming
-from ._program import (_COMPUTED, TraceError, TraceMismatchError, _AliasStep, _EventStep,
-                       _OpStep, _Ref, _Struct, _dim_slots, _freeze, _host, _op_key, _refs_in, _same_bits,
-                       _tensor_paths, _tensors_in)
+from ._program import (_COMPUTED, FREE_BYTES, TraceError, TraceMismatchError, _AliasStep,
+                       _EventStep, _OpStep, _Ref, _Struct, _dim_slots, _freeze, _host, _op_key,
+                       _refs_in, _same_bits, _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -185,6 +186,71 @@ class _Recorder(_Hook):
         # their sizes are SymDims in every trace, so ops built from them follow the data
         self.dyn = program.dyn_slots = set()  # (frozen when the recording ends)
         program.dyn_sizes = bool(tr._symbolic_shape)
+        self.watched = []  # weak references to the values held weakly (see `_register`)
+        self.slot_node = {}  # slot -> (a weak reference to its weakly held tensor's autodiff
+        # node, the output index)
+        self.names = {}  # slot -> its tensor's name (see `source`; the live ones' at the end)
+
+    # ----- values held weakly -----
+    # A value the call makes (an op's or an event's output, a detached alias) of FREE_BYTES or
+    # more is held weakly, as eager code holds its temporaries: once the function lets go of
+    # it, its array is freed (a ResNet-50 step's recording call kept every activation until it
+    # ended: 1.6x eager's peak memory). Recording keeps its slot, shape and dtype (the steps'
+    # ``metas``) instead. The maps of `_Hook` then hold weak references: ``by_tensor`` entries
+    # and ``slot_tensor`` values are `weakref.ref`s (see `_internal`), and a callback takes the
+    # ids of a tensor or array out of the maps when it dies, so a new one that reuses the id
+    # is not taken for it.
+    def _register(self, t, slot):
+        arr = t._data
+        if arr.nbytes < FREE_BYTES or self.prog.slots[slot].kind not in _COMPUTED:
+            return super()._register(t, slot)  # (small values: kept, cheaper than watched)
+        try:
+            ra = weakref.ref(arr, functools.partial(self._array_gone, id(arr)))
+            rt = weakref.ref(t, functools.partial(self._tensor_gone, id(t)))
+        except TypeError:  # (an array module whose arrays take no weak references)
+            return super()._register(t, slot)
+        self.watched.append(ra)
+        self.watched.append(rt)
+        self.by_tensor[id(t)] = (slot, ra)
+        self.by_array[id(arr)] = slot
+        self.slot_tensor[slot] = rt
+        node = t._node  # (its autodiff node and output index)
+        self.slot_node[slot] = None if node is None else (weakref.ref(node[0]), node[1])
+
+    def _array_gone(self, key, _ref):
+        self.by_array.pop(key, None)
+
+    def _tensor_gone(self, key, _ref):
+        e = self.by_tensor.get(key)
+        if e is not None and type(e[1]) is weakref.ref:  # (a strong entry holds its tensor's
+            del self.by_tensor[key]  # array: never the array of a tensor that reuses the id)
+
+    def _held(self, s):
+        """The tensor that holds slot ``s``'s value, or None once a weakly held one died."""
+        t = self.slot_tensor.get(s)
+        return t() if type(t) is weakref.ref else t
+
+    def _internal(self, t):
+        """`_Hook._internal`, for maps that may hold weak references."""
+        e = self.by_tensor.get(id(t))
+        if e is not None:
+            a = e[1]
+            if (a() if type(a) is weakref.ref else a) is t._data:
+                return e[0], False
+        s = self.by_array.get(id(t._data))
+        if s is None:
+            return None, False
+        node = t._node
+        if node is not None:
+            held = self._held(s)
+            if held is not None:
+                if node == held._node:
+                    return s, False
+            else:  # (its tensor died: the node it had)
+                had = self.slot_node.get(s)
+                if had is not None and had[0]() is node[0] and had[1] == node[1]:
+                    return s, False
+        return s, True  # the same array without its autodiff link: a detached alias
 
     # ----- symbolic shapes (megengine.core._trace_option.SymDim) -----
     def dim_slot(self, t):
@@ -305,6 +371,10 @@ class _Recorder(_Hook):
         another holder may keep the old one: `Tensor._shared`)."""
         s, alias = self._internal(t)
         if s is not None:
+            if t._name and not alias and self._held(s) is t:
+                # a user's name (``x.name = "o_x"``) for `trace.dump`, noted as the value is
+                # used: a weakly held tensor may be gone when the call ends
+                self.names[s] = t._name
             return self._alias(s, t) if alias else s
         owner = self.detached_from.get(id(t))
         if owner is not None and owner._data is t._data:
@@ -404,7 +474,7 @@ class _Recorder(_Hook):
                 return Tensor._wrap(info.const, info.device)  # (captured by capture_as_const)
             if info.kind == "ext":
                 return info.tensor
-            t = self.slot_tensor.get(s)
+            t = self._held(s)
             if t is None or self.by_array.get(id(t._data)) != s:
                 raise LookupError(s)
             return t
@@ -489,7 +559,7 @@ class _Recorder(_Hook):
         # value: later uses must come from its slot.
         for t in _tensors_in((args, kwargs)):
             e = self.by_tensor.get(id(t))
-            if e is not None and e[1] is t._data:
+            if e is not None and (e[1]() if type(e[1]) is weakref.ref else e[1]) is t._data:
                 continue
             s = self.by_array.get(id(t._data))
             if s is not None:
@@ -591,9 +661,16 @@ class _Recorder(_Hook):
             info = prog.slots[s]
             weak.append((s, weakref.ref(info.tensor)))
             info.tensor = None
-        prog.var_names = {s: t._name for s, t in self.slot_tensor.items()
-                          if t._name and prog.slots[s].kind == "op"}  # x.name = "o_x"
+        names = self.names
+        for s in list(self.slot_tensor):
+            t = self._held(s)
+            if t is not None and t._name:
+                names[s] = t._name
+        prog.var_names = {s: n for s, n in names.items()
+                          if prog.slots[s].kind == "op"}  # x.name = "o_x"
         self.keep.clear()
+        self.watched.clear()
+        self.slot_node.clear()
         self.by_tensor.clear()
         self.by_array.clear()
         self.slot_tensor.clear()

@@ -1,5 +1,7 @@
 """Tests of megengine/functional/activation.py (F.relu, F.gelu, F.prelu, ...): values and gradients
 against torch.nn.functional, on ATen's kernels and on array code."""
+import gc
+import weakref
 from functools import partial
 
 import numpy as np
@@ -53,6 +55,34 @@ def test_activation_value_and_grad(name, fn, torch_fn):
 def test_activation_extreme_inputs_stay_finite(name, fn, torch_fn):
     x = np.array([-1e4, -100, -30, -1e-3, 0.0, 1e-3, 30, 100, 1e4], np.float32)
     check(fn, torch_fn, x, rtol=1e-5, atol=1e-6)
+
+
+# the activations whose gradients read x (not y, as torch's save x alone: gelu, silu, ...)
+X_READERS = [a for a in ACTIVATIONS if a[0] not in ("relu", "sigmoid")]
+
+
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("name,fn,torch_fn", X_READERS, ids=[a[0] for a in X_READERS])
+def test_activations_whose_gradient_reads_x_do_not_keep_their_output(name, fn, torch_fn, path):
+    # y is used only by ``y * 2.0`` (whose backward reads the 2.0): once the program drops it,
+    # nothing holds y's array until backward (the activation's op kept it, and ATen's view)
+    if path == "aten":
+        skip_unless_aten_serves_the_default_device()
+    x = rand(3, 40, low=-5, high=5)
+    w = mge.tensor(x)
+    gm = GradManager().attach(w)
+    with _aten.avoided("activation", "gelu") if path == "arrays" else _aten.avoided():
+        with gm:
+            y = fn(w)
+            released = weakref.ref(y._data)
+            z = y * 2.0
+            del y
+            gc.collect()
+            assert released() is None
+            gm.backward(z.sum())
+    tx = torch.tensor(x, requires_grad=True)
+    (torch_fn(tx) * 2.0).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_activations_are_in_F_and_F_nn():

@@ -1,5 +1,7 @@
 """Tests of megengine/functional/nn.py (softmax, linear, dropout, embedding, the F.nn namespace):
 values and gradients against torch.nn.functional."""
+import gc
+import weakref
 from functools import partial
 
 import numpy as np
@@ -189,6 +191,44 @@ def test_linear(xshape, bias):
 def test_linear_input_without_grad():
     x, w, b = rand(3, 5), rand(4, 5), rand(4)
     check(F.linear, TF.linear, x, w, b, diff=[1, 2])
+
+
+@pytest.mark.parametrize("xshape", [(8, 5), (2, 4, 5), (5,)])
+def test_linear_with_a_constant_weight_does_not_keep_its_input(xshape):
+    # only x's gradient is asked, which reads the weight: as torch's addmm saves, x's array is
+    # not held until backward (h, used by nothing else here, is dropped)
+    a, w, b = rand(*xshape), rand(4, 5), rand(4)
+    t = mge.tensor(a)
+    gm = GradManager().attach(t)
+    with gm:
+        h = t * 2.0  # (whose backward reads only the 2.0)
+        released = weakref.ref(h._data)
+        y = F.linear(h, mge.tensor(w), mge.tensor(b))
+        del h
+        gc.collect()
+        assert released() is None
+        gm.backward((y * y).sum())
+    ta = torch.tensor(a, requires_grad=True)
+    (TF.linear(ta * 2.0, torch.tensor(w), torch.tensor(b)) ** 2).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), ta.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_with_a_constant_input_does_not_keep_its_weight():
+    # the other way round: only the weight's gradient is asked, which reads x
+    a, w = rand(6, 5), rand(4, 5)
+    t = mge.tensor(w)
+    gm = GradManager().attach(t)
+    with gm:
+        h = t * 2.0
+        released = weakref.ref(h._data)
+        y = F.linear(mge.tensor(a), h)
+        del h
+        gc.collect()
+        assert released() is None
+        gm.backward((y * y).sum())
+    tw = torch.tensor(w, requires_grad=True)
+    (TF.linear(torch.tensor(a), tw * 2.0) ** 2).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn", ["linear", "conv2d"])
