@@ -35,7 +35,7 @@ import numpy as np
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core._trace_option import SymDim, has_dims
-from ..core.tensor import Tensor, _writes
+from ..core.tensor import Parameter, Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
                        _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
@@ -649,6 +649,12 @@ class _Checker(_Hook):
     def check_source(self, t, expected, where):
         """Raise unless ``t`` comes from where the recorded ``expected`` slot did."""
         prog = self.prog
+        if isinstance(t, Parameter) and t is prog.slots[expected].tensor \
+                and prog.slots[expected].kind == "ext":
+            # the Parameter itself, also after a write gave it another value's array (see
+            # `record._Recorder._after_event`)
+            self.values[expected] = t
+            return
         s, alias = self._internal(t)
         e = self.detached_from.get(id(t)) if s is None and self.detached_from else None
         if e is not None and e[0]._data is t._data:
@@ -879,6 +885,8 @@ class _Checker(_Hook):
         """After an event that got tensor ``t``: if ``t`` now holds another value of this call
         (``Tensor._inplace`` rebinds a non-Parameter to the result), later uses of ``t`` come
         from that value's slot; ``t`` no longer stands in ``values`` for what it held."""
+        if isinstance(t, Parameter) and any(b is t for b in self.prog.base):
+            return  # (a Parameter from outside stays itself: `record._Recorder._after_event`)
         self._index()
         e = self.by_tensor.get(id(t))
         if e is not None and e[1] is t._data:
