@@ -380,6 +380,13 @@ class _Recorder(_Hook):
         s = self._outside_parameter(t)
         if s is not None:
             return s
+        owner = self.detached_from.get(id(t))
+        if (owner is not None and owner._data is t._data
+                and self._outside_parameter(owner) is not None
+                and self.by_tensor.get(id(t), (None, None))[1] is not t._data):
+            # (its first use: the detach() of such a Parameter is known by the tensor, as
+            # below, also where a write gave the Parameter the array of a value of this call)
+            return self._alias(self.source(owner), t, external=True)
         s, alias = self._internal(t)
         if s is not None:
             if t._name and not alias and self._held(s) is t:

@@ -190,6 +190,29 @@ def test_writes_into_a_parameter_and_an_external_stay_side_effects(mode, size):
         d.dump(io.BytesIO())
 
 
+@pytest.mark.parametrize("size", [3, 8192])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_a_parameter_written_into_is_read_through_detach(mode, size):
+    # as above: its detach() after the write reads the Parameter itself on every call
+    def writer():
+        w = mge.Parameter(np.arange(size, dtype=np.float32))
+
+        def f(x):
+            w[...] -= x * 0.5
+            d = w.detach()
+            return d * 2 + d
+
+        return f, w
+
+    f, w = writer()
+    eager, eager_w = writer()
+    g = trace(f, **mode)
+    for v in INPUTS + INPUTS:
+        v = np.resize(np.float32(v), size)
+        np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
+        np.testing.assert_allclose(w.numpy(), eager_w.numpy())
+
+
 @pytest.mark.parametrize("symbolic", [False, True])
 def test_a_write_moving_between_an_argument_and_a_value_of_the_call_is_a_mismatch(symbolic):
     # the same ops either way; only the tensor written into differs (y[...] = v of another
