@@ -35,7 +35,7 @@ import numpy as np
 from ..autodiff.function import _FunctionOp
 from ..core import dispatch
 from ..core._trace_option import SymDim, has_dims
-from ..core.tensor import Tensor, _writes
+from ..core.tensor import Parameter, Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
                        _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
@@ -649,9 +649,16 @@ class _Checker(_Hook):
     def check_source(self, t, expected, where):
         """Raise unless ``t`` comes from where the recorded ``expected`` slot did."""
         prog = self.prog
+        if isinstance(t, Parameter) and t is prog.slots[expected].tensor \
+                and prog.slots[expected].kind == "ext":
+            # the Parameter itself, also after a write gave it another value's array (see
+            # `record._Recorder._after_event`)
+            self.values[expected] = t
+            return
         s, alias = self._internal(t)
-        e = self.detached_from.get(id(t)) if s is None and self.detached_from else None
-        if e is not None and e[0]._data is t._data:
+        e = self.detached_from.get(id(t)) if self.detached_from else None
+        if e is not None and (s is None or self._outside_parameter(e[0])) \
+                and e[0]._data is t._data:
             # a detached alias of an external, as recorded (`_Recorder.source`): known by the
             # tensor only (its array is the external's)
             if e[1] is None:
@@ -875,10 +882,17 @@ class _Checker(_Hook):
             for (_, t), (_, s) in zip(fresh, step.out_paths):
                 self._register(t, s)
 
+    def _outside_parameter(self, t):
+        """Whether ``t`` is a Parameter from outside the call, read live (see
+        `record._Recorder._outside_parameter`)."""
+        return isinstance(t, Parameter) and any(b is t for b in self.prog.base)
+
     def _rebound(self, t):
         """After an event that got tensor ``t``: if ``t`` now holds another value of this call
         (``Tensor._inplace`` rebinds a non-Parameter to the result), later uses of ``t`` come
         from that value's slot; ``t`` no longer stands in ``values`` for what it held."""
+        if self._outside_parameter(t):
+            return  # (a Parameter from outside stays itself: `record._Recorder._after_event`)
         self._index()
         e = self.by_tensor.get(id(t))
         if e is not None and e[1] is t._data:

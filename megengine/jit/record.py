@@ -363,12 +363,30 @@ class _Recorder(_Hook):
             self._register(t, out)
         return out
 
+    def _outside_parameter(self, t):
+        """The slot of ``t`` if it is a Parameter from outside the call, read live; else None.
+        It stays itself after a write into it (see `_after_event`)."""
+        if not isinstance(t, Parameter):
+            return None
+        s = self.ext_by_tensor.get(id(t))
+        return s if s is not None and self.prog.slots[s].kind == "ext" else None
+
     def source(self, t):
         """The slot ``t``'s value comes from, adding aliases and externals. A detached alias
         of an external (``w.detach()`` of a parameter: 0.x's updates ``w._reset(w.detach() *
         a + x)``) reads the external's value where it is used, on every call: not a constant
         made of the array it had (a write into the parameter gives it a new array while
         another holder may keep the old one: `Tensor._shared`)."""
+        s = self._outside_parameter(t)
+        if s is not None:
+            return s
+        owner = self.detached_from.get(id(t))
+        if (owner is not None and owner._data is t._data
+                and self._outside_parameter(owner) is not None
+                and self.by_tensor.get(id(t), (None, None))[1] is not t._data):
+            # (its first use: the detach() of such a Parameter is known by the tensor, as
+            # below, also where a write gave the Parameter the array of a value of this call)
+            return self._alias(self.source(owner), t, external=True)
         s, alias = self._internal(t)
         if s is not None:
             if t._name and not alias and self._held(s) is t:
@@ -556,8 +574,14 @@ class _Recorder(_Hook):
             if isinstance(g, Tensor) and id(g) not in self.grads_seen:
                 self.grads_seen[id(g)] = (a, g)  # g kept alive here: its id stays unique
         # A tensor rebound to another value (Tensor._inplace on a non-Parameter) now holds that
-        # value: later uses must come from its slot.
+        # value: later uses must come from its slot. A Parameter from outside the call stays
+        # itself, read where it is used (a replay reads it live): whether a write goes into its
+        # storage or gives it the result's array depends on who else holds its array
+        # (`Tensor._shared`), which differs between this call and later ones (a checked call
+        # lets go of values as large as FREE_BYTES sooner, and holds no external's array)
         for t in _tensors_in((args, kwargs)):
+            if self._outside_parameter(t) is not None:
+                continue
             e = self.by_tensor.get(id(t))
             if e is not None and (e[1]() if type(e[1]) is weakref.ref else e[1]) is t._data:
                 continue

@@ -155,11 +155,11 @@ def test_a_write_into_an_argument_stays_a_side_effect_and_is_not_dumped(mode):
         d.dump(io.BytesIO())
 
 
-def _writer():
-    """A function writing into a Parameter (its storage) and an external non-Parameter tensor
-    (rebound), with the two tensors."""
-    w = mge.Parameter([1.0, 2.0, 3.0])
-    buf = mge.tensor([0.0, 0.0, 0.0])
+def _writer(size=3):
+    """A function writing into a Parameter of ``size`` values (its storage) and an external
+    non-Parameter tensor (rebound), with the two tensors."""
+    w = mge.Parameter(np.arange(1, size + 1, dtype=np.float32))
+    buf = mge.tensor(np.zeros(size, np.float32))
 
     def f(x):
         w[...] -= x * 0.5
@@ -170,12 +170,17 @@ def _writer():
     return f, w, buf
 
 
+# 8192 values (32 KiB, past `megengine.jit._program.FREE_BYTES`): checked calls let go of
+# ``w[...]``'s view of w early, so the write goes into w's storage there, while the recording
+# gave w the result's array (earlier versions of this fork failed the second call)
+@pytest.mark.parametrize("size", [3, 8192])
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-def test_writes_into_a_parameter_and_an_external_stay_side_effects(mode):
-    f, w, buf = _writer()
-    eager, eager_w, eager_buf = _writer()
+def test_writes_into_a_parameter_and_an_external_stay_side_effects(mode, size):
+    f, w, buf = _writer(size)
+    eager, eager_w, eager_buf = _writer(size)
     g = trace(f, **mode)
-    for v in INPUTS:
+    for v in INPUTS + INPUTS:
+        v = np.resize(np.float32(v), size)
         np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
         np.testing.assert_allclose(w.numpy(), eager_w.numpy())
         np.testing.assert_allclose(buf.numpy(), eager_buf.numpy())
@@ -183,6 +188,29 @@ def test_writes_into_a_parameter_and_an_external_stay_side_effects(mode):
     d(mge.tensor(INPUTS[0]))
     with pytest.raises(DumpError, match=r"Tensor\._inplace"):
         d.dump(io.BytesIO())
+
+
+@pytest.mark.parametrize("size", [3, 8192])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_a_parameter_written_into_is_read_through_detach(mode, size):
+    # as above: its detach() after the write reads the Parameter itself on every call
+    def writer():
+        w = mge.Parameter(np.arange(size, dtype=np.float32))
+
+        def f(x):
+            w[...] -= x * 0.5
+            d = w.detach()
+            return d * 2 + d
+
+        return f, w
+
+    f, w = writer()
+    eager, eager_w = writer()
+    g = trace(f, **mode)
+    for v in INPUTS + INPUTS:
+        v = np.resize(np.float32(v), size)
+        np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
+        np.testing.assert_allclose(w.numpy(), eager_w.numpy())
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
