@@ -488,6 +488,16 @@ def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
             _check_param(t, c, what, name)  # raises, saying which tensor and its shape
     return c
 
+
+def _check_batch_stats(what, inp, hint):
+    """Refuse batch statistics of one value per channel (an (N, C, ...) input of N * ... == 1),
+    as torch: its variance is 0/0 (upstream 1.13 gives zeros out and a NaN running_var).
+    ``hint`` says what to do instead."""
+    if inp.ndim >= 2 and inp.size == inp.shape[1] != 0:
+        raise ValueError(f"{what}: expected more than 1 value per channel when training, got "
+                         f"input shape {inp.shape}; train on a batch of 2 or more, or {hint}")
+
+
 def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None, *,
                training=False, momentum=0.9, eps=1e-5, inplace=True, compute_mode="default",
                param_dim="dim_1c11"):
@@ -535,6 +545,8 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
         out = apply(op, inp, weight, bias, running_mean, running_var)
         return out if out_dtype is None else out.astype(out_dtype)
     c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
+    if training:
+        _check_batch_stats(what, inp, "pass training=False to normalize by running statistics")
     if not training and not (has_mean and has_var):
         raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
     if training and inplace:

@@ -526,8 +526,11 @@ class _Recorder(_Hook):
             if written is not None:
                 r, t = written[1], args[0]
                 out = self._write(fn, t, args[1])
-                # t holds the result now (a non-Parameter rebinds): later uses read its slot
+                # t holds the result now (a non-Parameter rebinds): later uses read its slot.
+                # The entry is strong, which `_tensor_gone` leaves: t is kept, so its id stays
+                # its own to the end of the call (as the checker's `_write_internal`)
                 self.by_tensor[id(t)] = (r, t._data)
+                self.keep.append(t)
                 return out
         # a generator (model.parameters()) would be empty on replay: keep what it yields
         if any(_is_iterator(a) for a in args):

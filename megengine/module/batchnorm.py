@@ -5,7 +5,7 @@ from .. import functional as F
 from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
-from ..functional.normalization import _batch_norm
+from ..functional.normalization import _batch_norm, _check_batch_stats
 from . import init
 from .module import Module
 from .normalization import _affine_parameters, _reset_affine
@@ -82,13 +82,9 @@ class _BatchNorm(Module):
                                training=False, eps=self.eps)
         else:
             track = self.track_running_stats
-            if (self.training or not track) and x.size == x.shape[1]:
-                # one value per channel: its variance is 0/0. Upstream 1.13 measured: zeros out
-                # and NaN running_var; torch raises this ValueError
-                raise ValueError(
-                    f"{type(self).__name__}: expected more than 1 value per channel when "
-                    f"training, got input shape {shape}; train on a batch of 2 or more, or "
-                    "call .eval() to normalize by the running statistics")
+            if self.training or not track:  # (the input's own shape in the message)
+                _check_batch_stats(type(self).__name__, inp,
+                                   "call .eval() to normalize by the running statistics")
             out = F.batch_norm(
                 x, self.running_mean if track else None, self.running_var if track else None,
                 weight, bias,

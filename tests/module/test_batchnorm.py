@@ -94,3 +94,17 @@ def test_training_on_one_value_per_channel_is_refused_as_torch(cls, tcls, shape)
     np.testing.assert_allclose(bn(Tensor(x)).numpy(), x / np.sqrt(1 + 1e-5), rtol=1e-6)
     bn.train()
     assert bn(Tensor(np.concatenate([x, x + 1]))).shape == (2,) + shape[1:]
+
+
+def test_sync_batch_norm_on_one_process_refuses_one_value_per_channel_as_batch_norm():
+    # one process: SyncBatchNorm is BatchNorm (its statistics are this process's batch), so
+    # it has BatchNorm's rule (torch's SyncBatchNorm raises the same ValueError where the
+    # world has one process). Distributed, the values of all ranks count.
+    x = np.arange(1, 4, dtype=np.float32).reshape(1, 3, 1, 1)
+    bn = M.SyncBatchNorm(3)
+    with pytest.raises(ValueError, match=r"SyncBatchNorm: expected more than 1 value per"):
+        bn(Tensor(x))
+    np.testing.assert_array_equal(bn.running_var.numpy(), np.ones((1, 3, 1, 1)))
+    two = np.concatenate([x, x + 1])
+    expect = torch.nn.BatchNorm2d(3)(torch.tensor(two)).detach().numpy()
+    np.testing.assert_allclose(bn(Tensor(two)).numpy(), expect, rtol=1e-5, atol=1e-5)
