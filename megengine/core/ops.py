@@ -1209,8 +1209,12 @@ class GetItem(Op):
 
 
 def add_at(out, index, g):
-    """``out[index] += g`` with repeated positions summed (``xp.add.at``); a complex ``out`` by
-    its real and imaginary parts, since CuPy's add.at takes no complex numbers."""
+    """``out[index] += g`` into fresh zeros ``out`` (a gradient) with repeated positions summed
+    (``xp.add.at``, or ATen's index_add_ where it serves: `_index_add_on_aten`, below); a
+    complex ``out`` by its real and imaginary parts, since CuPy's add.at takes no complex
+    numbers."""
+    if _index_add_on_aten(out, index, g):
+        return
     xp = xp_of(out)
     if out.dtype.kind == "c" and xp is not np:
         xp.add.at(out.real, index, g.real)
@@ -1233,7 +1237,7 @@ _ATEN_INDEX_ADD_MIN = 1024
 def _index_add_on_aten(out, index, g):
     """``out[index] += g`` (``out``: fresh zeros) by ATen's index_add_ where the index is one
     integer array after whole axes, in a large float32/float64 numpy gradient (see above);
-    False where `add_at` is to do it."""
+    False where numpy's or CuPy's add.at is to do it (`add_at`)."""
     if type(out) is not np.ndarray or out.dtype not in KERNEL_FLOATS or g.dtype != out.dtype \
             or g.size < _ATEN_INDEX_ADD_MIN or type(index) is not tuple or not index:
         return False
@@ -1269,7 +1273,7 @@ class IndexAdd(Op):
         out = xp.zeros(self.shape, self.dtype)
         if _is_basic(self.index):
             out[self.index] = g
-        elif not _index_add_on_aten(out, self.index, g):
+        else:
             add_at(out, self.index, g)
         return out
 

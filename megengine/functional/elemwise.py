@@ -8,7 +8,7 @@ from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
 from ..core.ops import (BINARY, UNARY, BroadcastError, ShapeOnly, _Binary, _product, cast,
-                        t_unbroadcast, unbroadcast, xp_of)
+                        half_operands, t_unbroadcast, unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -491,9 +491,7 @@ def _clamp_on_aten(x, lower, upper):
     """ATen's clamp of float16 numpy arrays (broadcast) from `_aten.HALF_MIN` values, into a
     numpy array; else None (numpy's float16 clip converts one element at a time: (512, 512)
     bounds, one thread, 4.0 ms against 0.08)."""
-    if x.dtype is not FLOAT16 or type(x) is not np.ndarray or type(lower) is not np.ndarray \
-            or type(upper) is not np.ndarray \
-            or max(x.size, lower.size, upper.size) < _aten.HALF_MIN \
+    if x.dtype is not FLOAT16 or not half_operands(x, lower, upper) \
             or not _aten.use_aten(x, "half"):
         return None
     out = np.empty(np.broadcast_shapes(x.shape, lower.shape, upper.shape), x.dtype)

@@ -14,8 +14,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (ShapeOnly, _index_add_on_aten, _norm_axes, _product, acc_dtype, acc_sum,
-                        cast, gemm_dtype, grad_matmul, xp_of)
+from ..core.ops import (ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
+                        gemm_dtype, grad_matmul, half_operands, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -358,12 +358,11 @@ def _embedding_grad_on_aten(g, idx, rows):
     """The weight gradient of an embedding of float16 numpy rows ``g`` picked at ``idx``
     (1-d) by ATen's embedding backward, whose values are add.at's bit for bit (each sum rounded
     to float16 at each step, in index order; measured on random sizes, repeats and infinities,
-    at 1 and 2 threads); None for other arrays, which `_index_add_on_aten` or add.at take.
-    numpy's float16 add.at converts one element at a time. Vocabulary 30000 x 256 and 4096
-    indices, forward and backward with one thread, add.at before and ATen after: float16
-    33-47 ms and 5-10; float32 (on `_index_add_on_aten`) 35 and 13, float64 33-36 and 11-13."""
-    if type(g) is not np.ndarray or g.dtype is not FLOAT16 or g.size < _aten.HALF_MIN \
-            or not _aten.use_aten(g, "index_add"):
+    at 1 and 2 threads); None for other arrays, which `core.ops.add_at` takes. numpy's float16
+    add.at converts one element at a time. Vocabulary 30000 x 256 and 4096 indices, forward
+    and backward with one thread, add.at before and ATen after: float16 33-47 ms and 5-10;
+    float32 (ATen's index_add_, in `add_at`) 35 and 13, float64 33-36 and 11-13."""
+    if g.dtype is not FLOAT16 or not half_operands(g) or not _aten.use_aten(g, "index_add"):
         return None
     if idx.dtype != np.int64 and idx.dtype != np.int32:
         idx = idx.astype(np.int64)
@@ -395,10 +394,8 @@ class _Embedding(Op):
         idx, g = self.idx.reshape(-1), g.reshape(-1, self.w_shape[1])
         gw = _embedding_grad_on_aten(g, idx, self.w_shape[0])
         if gw is None:
-            xp = xp_of(g)
-            gw = xp.zeros(self.w_shape, g.dtype)
-            if not _index_add_on_aten(gw, (idx,), g):
-                xp.add.at(gw, idx, g)
+            gw = xp_of(g).zeros(self.w_shape, g.dtype)
+            add_at(gw, (idx,), g)
         if self.padding_idx is not None:
             gw[self.padding_idx] = 0
         return None, gw
