@@ -12,6 +12,7 @@ from ..core import dispatch
 from ..core.tensor import Parameter, Tensor, _note_write
 from ..device import get_array_module
 from ..functional import _aten
+from ..utils.deprecation import deprecated
 
 __all__ = ["Optimizer"]
 
@@ -301,7 +302,8 @@ class Optimizer:
         for p in self._params():
             p.grad = None
 
-    @_trace_event
+    @deprecated(version="1.0", reason="use clear_grad instead")  # (outermost: the warning
+    @_trace_event  # points at the caller's line)
     def zero_grad(self):
         """0.x: zero the gradients and start recording the forward pass for ``backward``.
 
@@ -310,9 +312,6 @@ class Optimizer:
         is not already; ``backward(loss)`` then computes the gradients. Each call warns a
         ``DeprecationWarning`` with upstream's text, as upstream 1.x does.
         """
-        # stacklevel 3: past this method and _trace_event's wrapper, at the caller's line
-        warnings.warn("Call to deprecated method zero_grad. (use clear_grad instead) -- "
-                      "Deprecated since version 1.0.", DeprecationWarning, stacklevel=3)
         _note_write()  # gradients are zeroed in place (megengine.jit's captures)
         for p in self._params():
             g = p.grad
