@@ -5,7 +5,7 @@ from .. import functional as F
 from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
-from ..functional.normalization import _batch_norm, _check_batch_stats
+from ..functional.normalization import _batch_norm, _check_batch_stats, _sync_batch_norm
 from . import init
 from .module import Module
 from .normalization import _affine_parameters, _reset_affine
@@ -163,10 +163,11 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"SyncBatchNorm: expected {self.num_features} channels, got input "
                              f"shape {inp.shape}")
         tracking = self.training and self.track_running_stats
-        return F.sync_batch_norm(inp, self.running_mean if tracking else None,
-                                 self.running_var if tracking else None, self.weight, self.bias,
-                                 training=True, momentum=self.momentum, eps=self.eps,
-                                 group=self.group)
+        return _sync_batch_norm(inp, self.running_mean if tracking else None,
+                                self.running_var if tracking else None, self.weight, self.bias,
+                                True, self.momentum, self.eps, "additive", self.group,
+                                "SyncBatchNorm", "call .eval() to normalize by the running "
+                                "statistics")
 
 
 __all__.append("SyncBatchNorm")  # appended with the class: the rest of the file is edited elsewhere
