@@ -658,6 +658,20 @@ def test_sync_batch_norm_eps_mode_max_divides_by_the_larger_of_var_and_eps():
         F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps_mode="mean")
 
 
+@pytest.mark.parametrize("eps_mode", ["additive", "max"])
+def test_sync_batch_norm_training_refuses_one_value_per_channel(eps_mode):
+    # as batch_norm (the variance of one value is 0/0); an empty batch leaves the statistics
+    rm, rv = mge.tensor(np.zeros(2, "f4")), mge.tensor(np.ones(2, "f4"))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.nn.sync_batch_norm(mge.tensor(rand(1, 2, 1)), rm, rv, training=True, eps_mode=eps_mode)
+    if eps_mode == "max":  # (additive, not distributed, is batch_norm's)
+        out = F.nn.sync_batch_norm(mge.tensor(np.zeros((0, 2), "f4")), rm, rv, training=True,
+                                   eps_mode=eps_mode)
+        assert out.shape == (0, 2)
+    np.testing.assert_array_equal(rm.numpy(), np.zeros(2))
+    np.testing.assert_array_equal(rv.numpy(), np.ones(2))
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_sync_batch_norm_eps_mode_max_keeps_the_input_dtype(dtype):
     # earlier versions took eps as a float32 tensor: float16 gave float32, float64 met the
