@@ -561,8 +561,15 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
             if t is not None and not isinstance(t, Tensor):
                 raise TypeError(f"{what}: {name} must be a Tensor to be updated in place, "
                                 f"got {type(t).__name__}")
-    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
     has_stats = has_mean or has_var
+    if training and inp._data.size == 0:
+        # an empty batch has no statistics (ATen's kernel refuses it): as upstream, an empty
+        # output, through the affine map so that weight and bias get their (zero) gradients,
+        # and the running statistics left alone
+        out = _empty_batch_affine(inp, c, weight, bias)
+        out = out if out_dtype is None else out.astype(out_dtype)
+        return (out, running_mean, running_var) if has_stats and not inplace else out
+    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
     if has_stats:
         # a missing one of the pair is stood in for by its initial value; its update is dropped
         for t, fill in ((running_mean, 0.0), (running_var, 1.0)):
@@ -588,6 +595,15 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
     if has_var:
         running_var._reset(new_var.detach())
     return out
+
+
+def _empty_batch_affine(inp, c, weight, bias):
+    stat_shape = (1, c) + (1,) * (inp.ndim - 2)
+    if weight is not None:
+        inp = inp * _tensor(weight).reshape(stat_shape)
+    if bias is not None:
+        inp = inp + _tensor(bias).reshape(stat_shape)
+    return inp
 
 
 def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, training=False,

@@ -5,7 +5,8 @@ from .. import functional as F
 from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
-from ..functional.normalization import _batch_norm, _check_batch_stats, _sync_batch_norm
+from ..functional.normalization import (_batch_norm, _check_batch_stats, _empty_batch_affine,
+                                       _sync_batch_norm)
 from . import init
 from .module import Module
 from .normalization import _affine_parameters, _reset_affine
@@ -102,10 +103,7 @@ class _BatchNorm(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, "
                              f"got input shape {shape}")
-        out = x
-        if self.weight is not None:
-            out = out * self.weight + self.bias
-        return out.reshape(shape)
+        return _empty_batch_affine(x, self.num_features, self.weight, self.bias).reshape(shape)
 
     def _module_info_string(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
