@@ -598,6 +598,8 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
 
 
 def _empty_batch_affine(inp, c, weight, bias):
+    """A batch norm's output on an empty (N, C, ...) batch: only the affine map, through which
+    weight and bias get their (zero) gradients."""
     stat_shape = (1, c) + (1,) * (inp.ndim - 2)
     if weight is not None:
         inp = inp * _tensor(weight).reshape(stat_shape)
