@@ -1,5 +1,6 @@
 """Data-parallel helpers: `make_allreduce_cb` (bucketed gradient all-reduce), `bcast_list_`, `synchronized`,
-parameter packing (`param_pack_split`/`param_pack_concat`) and `get_device_count_by_fork`.
+parameter packing (`param_pack_split`/`param_pack_concat`, `get_offsets`, `pack_allreduce_split`)
+and `get_device_count_by_fork`.
 
 ``make_allreduce_cb("mean")`` is a GradManager callback. Each gradient it is given is copied into
 a flat bucket of its dtype (upstream's param pack, torch DDP's buckets); a bucket is all-reduced
@@ -24,7 +25,7 @@ from .group import WORLD, Group, _not_initialized, group_barrier, is_distributed
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
            "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
-           "param_pack_concat"]
+           "param_pack_concat", "get_offsets", "pack_allreduce_split"]
 
 DEFAULT_BUCKET_SIZE = 10 * 1024 * 1024  # bytes, as upstream's param-pack threshold
 
@@ -158,6 +159,43 @@ def bcast_list_(inps: list, group: Group = WORLD):
             t._data[...] = data
 
 
+def get_offsets(shapes) -> list:
+    """The offsets of `param_pack_concat` and `param_pack_split` for tensors of ``shapes``
+    packed one after another without gaps: ``[begin0, end0, begin1, end1, ...]``."""
+    offsets, end = [], 0
+    for shape in shapes:
+        begin, end = end, end + int(np.prod(shape, dtype=np.int64))
+        offsets += [begin, end]
+    return offsets
+
+
+def _reduce_method(method, what):
+    if not isinstance(method, str) or method.lower() not in ("sum", "mean"):
+        raise ValueError(f"{what}: reduce_method must be 'sum' or 'mean', got {method!r}")
+    return method.lower()
+
+
+def pack_allreduce_split(pack_list, shapes, group, reduce_method) -> list:
+    """Sum (``"sum"``) or average (``"mean"``) each tensor of ``pack_list`` over ``group`` with
+    one all-reduce of them all packed together; the reduced tensors, of ``shapes``. It is
+    differentiable, as the collective and the packing are."""
+    from ..functional import distributed as fd
+
+    method = _reduce_method(reduce_method, "pack_allreduce_split")
+    offsets = get_offsets(shapes)
+    packed = fd.all_reduce_sum(param_pack_concat(pack_list, None, offsets), group)
+    if method == "mean":
+        packed = packed / fd._as_group(group, "pack_allreduce_split").size
+    return param_pack_split(packed, offsets, shapes)
+
+
+def _bucket_size(value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"make_allreduce_cb: bucket_size must be a non-negative int (bytes; "
+                         f"0 = one collective per gradient), got {value!r}")
+    return value
+
+
 class AllreduceCallback:
     """GradManager callback that sums (``"sum"``) or averages (``"mean"``) each gradient over
     ``group``, packing gradients into buckets of ``bucket_size`` bytes (per dtype).
@@ -172,12 +210,8 @@ class AllreduceCallback:
 
     def __init__(self, reduce_method: str, group: Group = WORLD, backend: str = None,
                  bucket_size: int = DEFAULT_BUCKET_SIZE):
-        if not isinstance(reduce_method, str) or reduce_method.lower() not in ("sum", "mean"):
-            raise ValueError(f"make_allreduce_cb: reduce_method must be 'sum' or 'mean', got "
-                             f"{reduce_method!r}")
-        if not isinstance(bucket_size, int) or bucket_size < 0:
-            raise ValueError(f"make_allreduce_cb: bucket_size must be a non-negative int (bytes; "
-                             f"0 = one collective per gradient), got {bucket_size!r}")
+        reduce_method = _reduce_method(reduce_method, "make_allreduce_cb")
+        _bucket_size(bucket_size)
         if backend is None and not is_distributed():
             # upstream asserts here too: the backend is read from the process group; a callback
             # built before it would fail only at the first backward
@@ -188,11 +222,20 @@ class AllreduceCallback:
             if backend != get_backend():
                 raise ValueError(f"make_allreduce_cb: backend {backend!r} differs from the process "
                                  f"group's {get_backend()!r}")
-        self.reduce_method = reduce_method.lower()
+        self.reduce_method = reduce_method
         self.group = group
         self.bucket_size = bucket_size
         self._hooked = weakref.WeakSet()  # GradManagers whose after-backward hook calls _flush
         self._reset()
+
+    @property
+    def _param_pack_thd(self):
+        """Upstream's name of ``bucket_size``, which its own tests set on a callback."""
+        return self.bucket_size
+
+    @_param_pack_thd.setter
+    def _param_pack_thd(self, value):
+        self.bucket_size = _bucket_size(value)
 
     def _reset(self):
         self._pending = defaultdict(list)  # dtype -> [(param, grad array)] not yet reduced

@@ -489,13 +489,20 @@ def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
     return c
 
 
-def _check_batch_stats(what, inp, hint):
+def _check_batch_stats(what, inp, hint, group_count=None):
     """Refuse batch statistics of one value per channel (an (N, C, ...) input of N * ... == 1),
     as torch: its variance is 0/0 (upstream 1.13 gives zeros out and a NaN running_var).
-    ``hint`` says what to do instead."""
-    if inp.ndim >= 2 and inp.size == inp.shape[1] != 0:
-        raise ValueError(f"{what}: expected more than 1 value per channel when training, got "
-                         f"input shape {inp.shape}; train on a batch of 2 or more, or {hint}")
+    ``hint`` says what to do instead. ``group_count``: the values per channel over the ranks
+    of a synced batch norm's group, which count instead of the input's own."""
+    if group_count is None:
+        if inp.ndim >= 2 and inp.size == inp.shape[1] != 0:
+            raise ValueError(f"{what}: expected more than 1 value per channel when training, "
+                             f"got input shape {inp.shape}; train on a batch of 2 or more, or "
+                             f"{hint}")
+    elif group_count == 1:
+        raise ValueError(f"{what}: expected more than 1 value per channel over the ranks of the "
+                         f"group when training, got 1 (input shape {inp.shape} on this rank); "
+                         f"give the ranks a batch of 2 or more in all, or {hint}")
 
 
 def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None, *,
@@ -554,8 +561,15 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
             if t is not None and not isinstance(t, Tensor):
                 raise TypeError(f"{what}: {name} must be a Tensor to be updated in place, "
                                 f"got {type(t).__name__}")
-    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
     has_stats = has_mean or has_var
+    if training and inp._data.size == 0:
+        # an empty batch has no statistics (ATen's kernel refuses it): as upstream, an empty
+        # output, through the affine map so that weight and bias get their (zero) gradients,
+        # and the running statistics left alone
+        out = _empty_batch_affine(inp, c, weight, bias)
+        out = out if out_dtype is None else out.astype(out_dtype)
+        return (out, running_mean, running_var) if has_stats and not inplace else out
+    inputs = [inp] + [_tensor(t) for t in (weight, bias) if t is not None]
     if has_stats:
         # a missing one of the pair is stood in for by its initial value; its update is dropped
         for t, fill in ((running_mean, 0.0), (running_var, 1.0)):
@@ -583,6 +597,17 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
     return out
 
 
+def _empty_batch_affine(inp, c, weight, bias):
+    """A batch norm's output on an empty (N, C, ...) batch: only the affine map, through which
+    weight and bias get their (zero) gradients."""
+    stat_shape = (1, c) + (1,) * (inp.ndim - 2)
+    if weight is not None:
+        inp = inp * _tensor(weight).reshape(stat_shape)
+    if bias is not None:
+        inp = inp + _tensor(bias).reshape(stat_shape)
+    return inp
+
+
 def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, training=False,
                     momentum=0.9, eps=1e-5, eps_mode="additive", group=None):
     """Batch normalization whose training statistics are those of the whole batch over the
@@ -595,11 +620,20 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
     as `batch_norm`). ``eps_mode``: ``"additive"`` divides by ``sqrt(var + eps)``, ``"max"``
     by ``sqrt(max(var, eps))``. Not distributed, or not training, with ``"additive"`` it is
     `batch_norm`. ``inp`` is (N, C, ...); parameters and running stats hold C elements.
+    Training on one value per channel over the group raises ``ValueError``, as `batch_norm`.
     """
+    return _sync_batch_norm(inp, running_mean, running_var, weight, bias, training, momentum,
+                            eps, eps_mode, group, "sync_batch_norm",
+                            "pass training=False to normalize by running statistics")
+
+
+def _sync_batch_norm(inp, running_mean, running_var, weight, bias, training, momentum, eps,
+                     eps_mode, group, what, hint):
+    """`sync_batch_norm`'s body; ``what`` names the caller in errors (the function or the
+    SyncBatchNorm layer) and ``hint`` says how it avoids batch statistics."""
     mode = str(eps_mode).lower()
     if mode not in ("additive", "max"):
-        raise ValueError(f"sync_batch_norm: unknown eps_mode {eps_mode!r}; use 'additive' or "
-                         "'max'")
+        raise ValueError(f"{what}: unknown eps_mode {eps_mode!r}; use 'additive' or 'max'")
     from .. import distributed as dist  # (above functional: loaded when first needed)
 
     synced = training and dist.is_distributed()
@@ -607,7 +641,7 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
         return batch_norm(inp, running_mean, running_var, weight, bias, training=training,
                           momentum=momentum, eps=eps)
     inp = _tensor(inp)
-    c = _check_bn_args("sync_batch_norm", inp, running_mean, running_var, weight, bias)
+    c = _check_bn_args(what, inp, running_mean, running_var, weight, bias)
     stat_shape = (1, c) + (1,) * (inp.ndim - 2)
     axes = (0,) + tuple(range(2, inp.ndim))
     if training:
@@ -626,12 +660,16 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
         # one more small all-reduce, and the variance loses no digits to cancellation
         sums = total(_concat_stats(inp.sum(axis=axes), local))
         count = sums[c:]
+        n = float(count.numpy()[0])
+        # every rank of the group sees the same count, so all of them raise (none waits for a
+        # peer's next collective), before anything is updated
+        _check_batch_stats(what, inp, hint, n if synced else None)
         mean = (sums[:c] / count).reshape(stat_shape)
         centered = inp - mean
         var = (total((centered * centered).sum(axis=axes)) / count).reshape(stat_shape)
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("sync_batch_norm: running_mean and running_var are needed when "
+            raise ValueError(f"{what}: running_mean and running_var are needed when "
                              "training=False")
         mean = _tensor(running_mean).reshape(stat_shape)
         var = _tensor(running_var).reshape(stat_shape)
@@ -647,9 +685,8 @@ def sync_batch_norm(inp, running_mean, running_var, weight=None, bias=None, trai
         out = out * _tensor(weight).reshape(stat_shape)
     if bias is not None:
         out = out + _tensor(bias).reshape(stat_shape)
-    if training:
-        n = float(count.numpy()[0])
-        unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+    if training and n:  # (an empty batch over the group has no statistics to take in)
+        unbiased = var.detach() * (n / (n - 1.0))
         for t, batch in ((running_mean, mean), (running_var, unbiased)):
             if t is not None:
                 t._reset(t * momentum + batch.detach().reshape(t.shape) * (1 - momentum))

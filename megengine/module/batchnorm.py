@@ -5,7 +5,8 @@ from .. import functional as F
 from ..core import dispatch as _dispatch
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
-from ..functional.normalization import _batch_norm, _check_batch_stats
+from ..functional.normalization import (_batch_norm, _check_batch_stats, _empty_batch_affine,
+                                       _sync_batch_norm)
 from . import init
 from .module import Module
 from .normalization import _affine_parameters, _reset_affine
@@ -102,10 +103,7 @@ class _BatchNorm(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, "
                              f"got input shape {shape}")
-        out = x
-        if self.weight is not None:
-            out = out * self.weight + self.bias
-        return out.reshape(shape)
+        return _empty_batch_affine(x, self.num_features, self.weight, self.bias).reshape(shape)
 
     def _module_info_string(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -163,10 +161,11 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"SyncBatchNorm: expected {self.num_features} channels, got input "
                              f"shape {inp.shape}")
         tracking = self.training and self.track_running_stats
-        return F.sync_batch_norm(inp, self.running_mean if tracking else None,
-                                 self.running_var if tracking else None, self.weight, self.bias,
-                                 training=True, momentum=self.momentum, eps=self.eps,
-                                 group=self.group)
+        return _sync_batch_norm(inp, self.running_mean if tracking else None,
+                                self.running_var if tracking else None, self.weight, self.bias,
+                                True, self.momentum, self.eps, "additive", self.group,
+                                "SyncBatchNorm", "call .eval() to normalize by the running "
+                                "statistics")
 
 
 __all__.append("SyncBatchNorm")  # appended with the class: the rest of the file is edited elsewhere

@@ -1,4 +1,4 @@
-"""Tests for megengine/distributed/helper.py: bucketed all-reduce callback, bcast_list_, synchronized."""
+"""Tests for megengine/distributed/helper.py: bucketed all-reduce callback, bcast_list_, synchronized, parameter packing."""
 import time
 
 import numpy as np
@@ -56,6 +56,16 @@ def _helper_checks():
 
     start = time.monotonic()
     out["synchronized"] = (slow_on_rank_1(), time.monotonic() - start)
+
+    from megengine.distributed.helper import pack_allreduce_split
+
+    for method in ("sum", "mean"):  # upstream's callback reduces with it (one collective)
+        params = [mge.Parameter(g) for g in _grads(rank)]
+        gm = GradManager().attach(params)
+        with gm:
+            reduced = pack_allreduce_split(params, SHAPES, dist.WORLD, method)
+            gm.backward(sum((r * mge.tensor(w)).sum() for r, w in zip(reduced, _grads(rank + 2))))
+        out["pack", method] = ([r.numpy() for r in reduced], [p.grad.numpy() for p in params])
     return out
 
 
@@ -98,6 +108,37 @@ def test_synchronized_waits_for_every_rank(helper_results):
     assert helper_results[0]["synchronized"][0] == 0
     assert helper_results[1]["synchronized"][0] == 10
     assert helper_results[0]["synchronized"][1] >= 0.45  # rank 0 waited for rank 1's sleep
+
+
+@pytest.mark.parametrize("method", ["sum", "mean"])
+def test_pack_allreduce_split_reduces_each_tensor_and_differentiates(helper_results, method):
+    scale = 0.5 if method == "mean" else 1.0
+    want = [(a + b) * scale for a, b in zip(_grads(0), _grads(1))]
+    # each rank's loss is sum(reduced * w_rank): an input's gradient is the ranks' w, scaled
+    want_grad = [(a + b) * scale for a, b in zip(_grads(2), _grads(3))]
+    for rank in range(2):
+        reduced, grads = helper_results[rank]["pack", method]
+        for got, w in zip(reduced + grads, want + want_grad):
+            np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-6)
+
+
+def test_get_offsets_packs_shapes_one_after_another():
+    from megengine.distributed.helper import get_offsets
+
+    # (2, 3): 6 values, a scalar: 1, (4,): 4, an empty (0, 5): none
+    assert get_offsets([(2, 3), (), (4,), (0, 5)]) == [0, 6, 6, 7, 7, 11, 11, 11]
+    assert get_offsets([]) == []
+
+
+def test_upstreams_param_pack_threshold_name_sets_the_bucket_size():
+    # upstream's test_param_pack sets cb._param_pack_thd; here it is bucket_size
+    cb = dist.make_allreduce_cb("MEAN", dist.WORLD, backend="gloo")
+    assert cb._param_pack_thd == cb.bucket_size == 10 * 1024 * 1024
+    cb._param_pack_thd = 0
+    assert cb.bucket_size == 0
+    with pytest.raises(ValueError, match="bucket_size must be a non-negative int"):
+        cb._param_pack_thd = -1
+    assert cb.bucket_size == 0
 
 
 def test_allreduce_callback_arguments_are_checked():

@@ -658,6 +658,41 @@ def test_sync_batch_norm_eps_mode_max_divides_by_the_larger_of_var_and_eps():
         F.nn.sync_batch_norm(mge.tensor(x), rm, rv, eps_mode="mean")
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_batch_norm_training_on_an_empty_batch_leaves_the_statistics(inplace):
+    # as upstream (and the BatchNorm layers): an empty output, the running statistics as they
+    # were; weight and bias get zero gradients (ATen's kernel refused the empty batch)
+    rm, rv = mge.tensor(np.zeros(2, "f4")), mge.tensor(np.ones(2, "f4"))
+    w, b = mge.Parameter(np.ones(2, "f4")), mge.Parameter(np.zeros(2, "f4"))
+    gm = GradManager().attach([w, b])
+    with gm:
+        got = F.batch_norm(mge.tensor(np.ones((0, 2, 3), "f4")), rm, rv, w, b, training=True,
+                           inplace=inplace)
+        out = got if inplace else got[0]
+        gm.backward(out.sum())
+    assert out.shape == (0, 2, 3)
+    if not inplace:
+        np.testing.assert_array_equal(got[1].numpy(), np.zeros(2))
+        np.testing.assert_array_equal(got[2].numpy(), np.ones(2))
+    np.testing.assert_array_equal(rm.numpy(), np.zeros(2))
+    np.testing.assert_array_equal(rv.numpy(), np.ones(2))
+    np.testing.assert_array_equal(w.grad.numpy(), np.zeros(2))
+    np.testing.assert_array_equal(b.grad.numpy(), np.zeros(2))
+
+
+@pytest.mark.parametrize("eps_mode", ["additive", "max"])
+def test_sync_batch_norm_training_refuses_one_value_per_channel(eps_mode):
+    # as batch_norm (the variance of one value is 0/0); an empty batch leaves the statistics
+    rm, rv = mge.tensor(np.zeros(2, "f4")), mge.tensor(np.ones(2, "f4"))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.nn.sync_batch_norm(mge.tensor(rand(1, 2, 1)), rm, rv, training=True, eps_mode=eps_mode)
+    out = F.nn.sync_batch_norm(mge.tensor(np.zeros((0, 2), "f4")), rm, rv, training=True,
+                               eps_mode=eps_mode)
+    assert out.shape == (0, 2)
+    np.testing.assert_array_equal(rm.numpy(), np.zeros(2))
+    np.testing.assert_array_equal(rv.numpy(), np.ones(2))
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_sync_batch_norm_eps_mode_max_keeps_the_input_dtype(dtype):
     # earlier versions took eps as a float32 tensor: float16 gave float32, float64 met the
