@@ -189,7 +189,7 @@ class _Recorder(_Hook):
         self.watched = []  # weak references to the values held weakly (see `_register`)
         self.slot_node = {}  # slot -> (a weak reference to its weakly held tensor's autodiff
         # node, the output index)
-        self.names = {}  # slot -> its tensor's name (see `source`; the live ones' at the end)
+        self.names = {}  # slot -> its tensor's name (see `named`; the live ones' at the end)
 
     # ----- values held weakly -----
     # A value the call makes (an op's or an event's output, a detached alias) of FREE_BYTES or
@@ -363,6 +363,16 @@ class _Recorder(_Hook):
             self._register(t, out)
         return out
 
+    def named(self, t, name):
+        """``t.name = name`` in the call: a user's name of a value (``x.name = "o_x"``) for
+        `trace.dump`, noted now, since a weakly held tensor may die before the call ends
+        (the names of the tensors still alive then are read in `finish_recording`). An empty
+        name leaves the one given before, as upstream's dump keeps it."""
+        if name:
+            s, alias = self._internal(t)
+            if s is not None and not alias and self._held(s) is t:
+                self.names[s] = name
+
     def _outside_parameter(self, t):
         """The slot of ``t`` if it is a Parameter from outside the call, read live; else None.
         It stays itself after a write into it (see `_after_event`)."""
@@ -389,10 +399,6 @@ class _Recorder(_Hook):
             return self._alias(self.source(owner), t, external=True)
         s, alias = self._internal(t)
         if s is not None:
-            if t._name and not alias and self._held(s) is t:
-                # a user's name (``x.name = "o_x"``) for `trace.dump`, noted as the value is
-                # used: a weakly held tensor may be gone when the call ends
-                self.names[s] = t._name
             return self._alias(s, t) if alias else s
         owner = self.detached_from.get(id(t))
         if owner is not None and owner._data is t._data:

@@ -217,7 +217,7 @@ def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
     def step(x):
         with gm:
             h = F.matmul(x, w) * 2.0  # (64 x 64 float32: 16 KB, a value the call lets go of)
-            h.name = "o_h"  # (a named value, noted as it is used)
+            h.name = "o_h"  # (a named value, noted as it is named)
             ref = weakref.ref(h._data)
             y = F.exp(h)  # (whose backward reads its output, not h)
             del h
