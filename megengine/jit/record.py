@@ -495,7 +495,9 @@ class _Recorder(_Hook):
                 return t
             info = self.prog.slots[s]
             if info.kind == "const":
-                return Tensor._wrap(info.const, info.device)  # (captured by capture_as_const)
+                if info.tensor is not None:  # captured by capture_as_const: its value now,
+                    return info.tensor  # as eager code reads it (a write may have changed it)
+                return Tensor._wrap(info.const, info.device)
             if info.kind == "ext":
                 return info.tensor
             t = self._held(s)
