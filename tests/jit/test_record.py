@@ -303,6 +303,50 @@ def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
 
 
 @pytest.mark.parametrize("symbolic", MODES)
+def test_detached_values_are_let_go_of_after_their_last_use(symbolic):
+    # a detach() result (and the value it shares its array with) is freed once the function
+    # drops it, in the recording call and in checked calls, as eagerly: both kept it to the
+    # end of the call. A loop of detached values (truncated backpropagation's pattern) held
+    # every step's array; new tensors that take up the ids of dead ones are not taken for them
+    import megengine.functional as F
+
+    released = []
+    w = mge.Parameter(np.random.RandomState(0).rand(64, 64).astype("float32") * 0.1)
+    gm = GradManager().attach(w)
+
+    def step(x):
+        refs = []
+        with gm:
+            for _ in range(4):
+                h = F.matmul(x, w)  # (64 x 64 float32: 16 KB, a value the call lets go of)
+                refs.append(weakref.ref(h._data))
+                x = F.tanh(h.detach())  # (whose backward reads its output only)
+                del h
+            unused = x.detach()  # (detached and never used)
+            refs.append(weakref.ref(unused._data))
+            del unused
+            loss = (x * w).sum()
+            gm.backward(loss)
+        gc.collect()
+        released.append([r() is None for r in refs])
+        return loss
+
+    def run(fn, x):
+        w.grad = None
+        return fn(x).numpy(), w.grad.numpy()
+
+    f = trace(step, symbolic=symbolic)
+    xs = [mge.tensor(np.random.RandomState(i).rand(64, 64).astype("float32")) for i in (1, 2, 3)]
+    got = [run(f, x) for x in xs]
+    want = [run(step, x) for x in xs]
+    # the four matmuls' outputs freed, the last tanh (x) still held by the loss's backward
+    assert released == [[True] * 4 + [False]] * 6  # the record, two checked calls, eager's
+    for (a, ga), (b, gb) in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ga, gb)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
 def test_checked_calls_let_go_of_values_once_the_maps_are_in_use(symbolic):
     # a batch norm's running statistics (externals given to an op of several outputs, checked
     # on the slow path) make a checked call look tensors up in the maps of `_Hook`; the values
