@@ -186,6 +186,8 @@ class _Checker(_Hook):
         for later calls (``shapes_made``) refer to this checker until then."""
         self.values = self.arrays = self.leaves = None
         self.keep = self.dead = self.by_tensor = self.by_array = self.slot_tensor = None
+        if self.detached_from:  # (emptied: its weak references' callbacks refer to it, a
+            self.detached_from.clear()  # cycle that would hold the owners until a collection)
         self.sized_arrays = self.detached_from = None
 
     @property
