@@ -418,6 +418,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     @name.setter
     def name(self, value):
         self._name = value
+        hook = dispatch._trace_hook
+        if hook is not None and hasattr(hook, "named"):  # megengine.jit.trace notes it for
+            hook.named(self, value)  # trace.dump now: the tensor may die before the call ends
 
     @property
     def _tracked(self):

@@ -596,8 +596,15 @@ class _Program:
         self.sized_order = tuple(sorted(self.sized_slots))
         kept = set(self.out_refs)
         frees = {}
+        steps = self.steps
         for s, k in last.items():
             if self.slots[s].kind in ("op", "alias", "event") and s not in kept:
+                while type(steps[k]) is _AliasStep and k + 1 < len(steps):
+                    # a checked call takes a detach() up as it checks the op or event that
+                    # first uses it, the next step but aliases, and lets go after that step
+                    # (an alias step's own frees never ran there: a detached value's source
+                    # was kept to the end of the call)
+                    k += 1
                 frees.setdefault(k, []).append(s)
         # a checked call (see `check`): per step index k, how many op steps come before it,
         # and a bound on the slots that the arguments and the steps before it made

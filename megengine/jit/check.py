@@ -169,7 +169,8 @@ class _Checker(_Hook):
         self.keep = []  # tensors and arrays whose ids key the maps: alive during the call
         self.ext_seen = set()  # ids of externals accepted by the slow path
         self.excluded = set()  # ids of tensors made by exclude_from_trace blocks
-        self.detached_from = None  # id(t) -> [the tensor whose detach() t is, t's slot]
+        self.detached_from = None  # id(t) -> [the tensor whose detach() t is, t's slot,
+        # `_detached_ref`]
         # slot -> (shape, its SymDims): what `_trace_option` handed out, in this call or an
         # earlier one of the program (~1 us per shape read saved: a size read of each value
         # of a small-op loop, ``F.expand_dims``); their ``src`` is made this checker's when
@@ -185,7 +186,9 @@ class _Checker(_Hook):
         for later calls (``shapes_made``) refer to this checker until then."""
         self.values = self.arrays = self.leaves = None
         self.keep = self.dead = self.by_tensor = self.by_array = self.slot_tensor = None
-        self.sized_arrays = None
+        if self.detached_from:  # (emptied: its weak references' callbacks refer to it, a
+            self.detached_from.clear()  # cycle that would hold the owners until a collection)
+        self.sized_arrays = self.detached_from = None
 
     @property
     def n_ops(self):
@@ -203,8 +206,8 @@ class _Checker(_Hook):
         """``t = owner.detach()`` in the call (see `check_source`)."""
         if self.detached_from is None:
             self.detached_from = {}
-        self.detached_from[id(t)] = [owner, None]  # (and its slot, once used)
-        self.keep.append(t)  # (its id stays its own)
+        self.detached_from[id(t)] = [owner, None, self._detached_ref(t)]  # (the slot: once
+        # used)
 
     def read(self, t, value):
         """A checked call runs the Python code that used a value read to the host, and the ops

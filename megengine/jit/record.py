@@ -63,6 +63,10 @@ def _may_hold_dims(v):
     return t not in _PLAIN_TYPES
 
 
+def _forget(table, key, _ref):
+    table.pop(key, None)
+
+
 class _Hook:
     """What recording and checking share: which slot each tensor of this call holds."""
 
@@ -110,6 +114,13 @@ class _Hook:
         if node is not None and node == self.slot_tensor[s]._node:
             return s, False  # the same value and autodiff link, in another tensor object
         return s, True  # the same array without its autodiff link: a detached alias
+
+    def _detached_ref(self, t):
+        """A weak reference to ``t``, a detach() result with an entry in ``detached_from``,
+        that takes the entry out when ``t`` dies: it lives as long as the function holds ``t``
+        (kept to the end of the call, a detached value held its array, and its owner, as long),
+        and a new tensor that reuses the id is not taken for it."""
+        return weakref.ref(t, functools.partial(_forget, self.detached_from, id(t)))
 
     def _mismatch(self, message, reason, hint=_HINT):
         self.failed = True
@@ -165,7 +176,7 @@ class _Recorder(_Hook):
         self.const_mode = tr._capture_as_const
         self.live = live  # ids of tensors that stay live externals under capture_as_const
         self.ext_by_tensor = {}  # id(external tensor) -> slot
-        self.detached_from = {}  # id(t) -> the tensor whose detach() t is
+        self.detached_from = {}  # id(t) -> (the tensor whose detach() t is, `_detached_ref`)
         self.unresolved = []  # "ext" slots that may turn out to be a .grad
         self.candidates = {}  # id -> tensor whose .grad a function may read
         self.grads_seen = {}  # id(a .grad after an event) -> (its owner, it)
@@ -189,7 +200,7 @@ class _Recorder(_Hook):
         self.watched = []  # weak references to the values held weakly (see `_register`)
         self.slot_node = {}  # slot -> (a weak reference to its weakly held tensor's autodiff
         # node, the output index)
-        self.names = {}  # slot -> its tensor's name (see `source`; the live ones' at the end)
+        self.names = {}  # slot -> its tensor's name (see `named`; the live ones' at the end)
 
     # ----- values held weakly -----
     # A value the call makes (an op's or an event's output, a detached alias) of FREE_BYTES or
@@ -344,8 +355,7 @@ class _Recorder(_Hook):
 
     def detached(self, owner, t):
         """``t = owner.detach()`` in the call (see `source`)."""
-        self.detached_from[id(t)] = owner
-        self.keep.append(t)  # (its id stays its own)
+        self.detached_from[id(t)] = (owner, self._detached_ref(t))
 
     def _alias(self, s, t, external=False):
         """A slot for ``t``, a detached alias of slot ``s``'s value. The alias of an external
@@ -362,6 +372,16 @@ class _Recorder(_Hook):
         else:
             self._register(t, out)
         return out
+
+    def named(self, t, name):
+        """``t.name = name`` in the call: a user's name of a value (``x.name = "o_x"``) for
+        `trace.dump`, noted now, since a weakly held tensor may die before the call ends
+        (the names of the tensors still alive then are read in `finish_recording`). An empty
+        name leaves the one given before, as upstream's dump keeps it."""
+        if name:
+            s, alias = self._internal(t)
+            if s is not None and not alias and self._held(s) is t:
+                self.names[s] = name
 
     def _outside_parameter(self, t):
         """The slot of ``t`` if it is a Parameter from outside the call, read live; else None.
@@ -380,7 +400,7 @@ class _Recorder(_Hook):
         s = self._outside_parameter(t)
         if s is not None:
             return s
-        owner = self.detached_from.get(id(t))
+        owner = self.detached_from.get(id(t), (None,))[0]
         if (owner is not None and owner._data is t._data
                 and self._outside_parameter(owner) is not None
                 and self.by_tensor.get(id(t), (None, None))[1] is not t._data):
@@ -389,12 +409,7 @@ class _Recorder(_Hook):
             return self._alias(self.source(owner), t, external=True)
         s, alias = self._internal(t)
         if s is not None:
-            if t._name and not alias and self._held(s) is t:
-                # a user's name (``x.name = "o_x"``) for `trace.dump`, noted as the value is
-                # used: a weakly held tensor may be gone when the call ends
-                self.names[s] = t._name
             return self._alias(s, t) if alias else s
-        owner = self.detached_from.get(id(t))
         if owner is not None and owner._data is t._data:
             return self._alias(self.source(owner), t, external=True)
         s = self.ext_by_tensor.get(id(t))
@@ -489,7 +504,9 @@ class _Recorder(_Hook):
                 return t
             info = self.prog.slots[s]
             if info.kind == "const":
-                return Tensor._wrap(info.const, info.device)  # (captured by capture_as_const)
+                if info.tensor is not None:  # captured by capture_as_const: its value now,
+                    return info.tensor  # as eager code reads it (a write may have changed it)
+                return Tensor._wrap(info.const, info.device)
             if info.kind == "ext":
                 return info.tensor
             t = self._held(s)
@@ -703,6 +720,7 @@ class _Recorder(_Hook):
         self.slot_tensor.clear()
         self.candidates.clear()
         self.grads_seen.clear()
+        self.detached_from.clear()
         for s, ref in weak:
             info = prog.slots[s]
             t = ref()

@@ -3,6 +3,7 @@ first call. Externals are read live on every call (or frozen with capture_as_con
 made inside are constants, random ops draw afresh on replay, detach cuts gradients, tensor
 index arguments are inputs, in-place writes into internal and argument tensors replay."""
 import gc
+import io
 import weakref
 
 import numpy as np
@@ -74,6 +75,64 @@ def test_gradients_reach_a_captured_parameter_on_every_call(symbolic):
         w.grad = None
         x = mge.tensor(np.arange(3, dtype="float32") + k)
         np.testing.assert_array_equal(f(x).numpy(), x.numpy())  # d(x . w)/dw = x
+
+
+# a write into a Parameter inside the traced function, as 0.x's update code and
+# ``p[...] = ...`` make it
+PARAMETER_WRITES = {
+    "setitem": lambda p, x: p.__setitem__(Ellipsis, p + x),
+    "augmented setitem": lambda p, x: p.__setitem__(Ellipsis, p[...] + x),
+    "_reset": lambda p, x: p._reset(p + x),
+}
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("how", sorted(PARAMETER_WRITES))
+def test_capture_as_const_with_a_write_into_a_parameter(how, symbolic):
+    # upstream: the first call computes with the written value; the second stops with "tensors
+    # not equals" (the capture changed), and no later call computes with a stale value. Its
+    # dump holds the write as dataflow; here the write stays a side effect, which dump refuses
+    # (symbolic=True's first call read the value captured before the write where opt_level's
+    # rewrites ran ``p * 1``: it returned 0)
+    from megengine.jit.dump import DumpError
+
+    def body(p, x):
+        y = p * 3
+        PARAMETER_WRITES[how](p, x)
+        return y + p * 1
+
+    p = mge.Parameter(np.zeros((64, 64), "float32"))  # (16 KiB: values let go of, too)
+    x = mge.tensor(np.ones((64, 64), "float32"))
+    f = trace(lambda x: body(p, x), symbolic=symbolic, capture_as_const=True)
+    np.testing.assert_array_equal(f(x).numpy(), np.ones((64, 64)))  # 0 * 3 + (0 + 1) * 1
+    np.testing.assert_array_equal(p.numpy(), np.ones((64, 64)))
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because tensors not equals"
+    assert "capture_as_const" in info.value.detail
+    np.testing.assert_array_equal(p.numpy(), np.ones((64, 64)))  # (refused before its write)
+    with pytest.raises(DumpError, match="in-place write"):
+        f.dump(io.BytesIO())
+
+
+def test_a_rewritten_op_on_a_captured_parameter_reaches_its_gradient():
+    # symbolic=True computes ``w * 1`` as opt_level's rewrite (``w``): the rewrite read the
+    # captured copy, off autodiff, so the first call left w.grad None
+    w = mge.Parameter(np.array([1.0, -2.0, 3.0], "float32"))
+    gm = GradManager().attach(w)
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        with gm:
+            loss = (x * (w * 1)).sum()
+            gm.backward(loss)
+        return loss
+
+    for k in range(2):  # the recording call, then a checked one
+        w.grad = None
+        x = mge.tensor(np.arange(3, dtype="float32") + k)
+        np.testing.assert_array_equal(f(x).numpy(), (x * w).sum().numpy())
+        np.testing.assert_array_equal(w.grad.numpy(), x.numpy())  # d(x . w)/dw = x
 
 
 @pytest.mark.parametrize("options", [{"symbolic": False}, {"symbolic": True},
@@ -217,7 +276,7 @@ def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
     def step(x):
         with gm:
             h = F.matmul(x, w) * 2.0  # (64 x 64 float32: 16 KB, a value the call lets go of)
-            h.name = "o_h"  # (a named value, noted as it is used)
+            h.name = "o_h"  # (a named value, noted as it is named)
             ref = weakref.ref(h._data)
             y = F.exp(h)  # (whose backward reads its output, not h)
             del h
@@ -241,6 +300,50 @@ def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
         np.testing.assert_array_equal(ga, gb)
     (prog,) = f._programs.values()
     assert "o_h" in prog.var_names.values()
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_detached_values_are_let_go_of_after_their_last_use(symbolic):
+    # a detach() result (and the value it shares its array with) is freed once the function
+    # drops it, in the recording call and in checked calls, as eagerly: both kept it to the
+    # end of the call. A loop of detached values (truncated backpropagation's pattern) held
+    # every step's array; new tensors that take up the ids of dead ones are not taken for them
+    import megengine.functional as F
+
+    released = []
+    w = mge.Parameter(np.random.RandomState(0).rand(64, 64).astype("float32") * 0.1)
+    gm = GradManager().attach(w)
+
+    def step(x):
+        refs = []
+        with gm:
+            for _ in range(4):
+                h = F.matmul(x, w)  # (64 x 64 float32: 16 KB, a value the call lets go of)
+                refs.append(weakref.ref(h._data))
+                x = F.tanh(h.detach())  # (whose backward reads its output only)
+                del h
+            unused = x.detach()  # (detached and never used)
+            refs.append(weakref.ref(unused._data))
+            del unused
+            loss = (x * w).sum()
+            gm.backward(loss)
+        gc.collect()
+        released.append([r() is None for r in refs])
+        return loss
+
+    def run(fn, x):
+        w.grad = None
+        return fn(x).numpy(), w.grad.numpy()
+
+    f = trace(step, symbolic=symbolic)
+    xs = [mge.tensor(np.random.RandomState(i).rand(64, 64).astype("float32")) for i in (1, 2, 3)]
+    got = [run(f, x) for x in xs]
+    want = [run(step, x) for x in xs]
+    # the four matmuls' outputs freed, the last tanh (x) still held by the loss's backward
+    assert released == [[True] * 4 + [False]] * 6  # the record, two checked calls, eager's
+    for (a, ga), (b, gb) in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ga, gb)
 
 
 @pytest.mark.parametrize("symbolic", MODES)

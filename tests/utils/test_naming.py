@@ -115,6 +115,44 @@ def test_dumped_operators_are_named_by_module_scope(symbolic):
     assert AutoNaming.scopes == []  # every module call closed its scope
 
 
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_names_of_values_the_call_lets_go_of_name_their_vars(symbolic):
+    # values of 16 KiB or more are let go of as soon as the function drops them (jit/record.py);
+    # a name given to one, before or after its last use, still names its var in the file, as
+    # upstream's dump names it: the last name given, an empty one leaving the one before
+    import gc
+
+    def body(x):
+        h = F.exp(x)
+        h.name = "named_h"  # before its use
+        g = h * 2
+        r = F.relu(g)
+        g.name = "late_g"  # after its last use
+        s = r - 1
+        s.name = "kept"
+        s.name = ""  # (no name given: the earlier one stays)
+        u = F.sqrt(s)
+        u.name = "first"
+        v = u * 3
+        u.name = "renamed"
+        del h, g, s, u
+        gc.collect()
+        return v + 1
+
+    f = trace(body, symbolic=symbolic, capture_as_const=True)
+    x = np.full((64, 64), 2.0, "float32")  # (16 KiB a value)
+    want = body(mge.tensor(x)).numpy()
+    np.testing.assert_array_equal(f(mge.tensor(x)).numpy(), want)
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"], optimize_for_inference=False)
+    file.seek(0)
+    ops = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+    assert [[v.name for v in o.outputs] for o in ops] == [
+        ["x"], ["named_h"], ["late_g"], ["RELU"], ["kept"], ["renamed"], ["MUL[1]"], ["ADD"]]
+    file.seek(0)
+    np.testing.assert_array_equal(cgtools.GraphInference(file).run(x)["ADD"], want)
+
+
 def test_a_top_module_without_a_name_and_a_plain_function_add_no_scope():
     ops, info, _ = _ops(lambda x: 2 * F.exp(x))
     assert [o.name for o in ops] == ["x", "EXP", "MUL"] and info.outputs == ["MUL"]
