@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import _rng as _core_rng
+from ..logger import get_logger
 from .collator import Collator
 from .dataset import Dataset, StreamDataset
 from .sampler import Sampler, SequentialSampler, StreamSampler
@@ -27,9 +28,16 @@ from .transform import PseudoTransform, Transform
 
 __all__ = ["DataLoader", "get_worker_info", "WorkerInfo", "raise_timeout_error"]
 
+logger = get_logger(__name__)
+
 _POLL_S = 0.1  # how often a waiting main process checks that its workers are alive
 _WORKER_POLL_S = 1.0  # how often an idle worker checks that the main process is alive
 _SHUTDOWN_GRACE_S = 0.5  # how long busy workers get to finish before they are terminated
+
+
+class SamplerKindError(AssertionError, TypeError):
+    """A stream dataset given a map sampler, or the reverse. Upstream asserts
+    (AssertionError); a TypeError is what the mistake is, so this is both."""
 
 
 def raise_timeout_error():
@@ -111,7 +119,7 @@ class DataLoader:
             if sampler is None:
                 sampler = StreamSampler(batch_size=1)
             elif not isinstance(sampler, StreamSampler):
-                raise TypeError(
+                raise SamplerKindError(
                     "a StreamDataset is read in stream order, so its sampler must be a "
                     "StreamSampler, e.g. sampler=StreamSampler(batch_size=32); got {}".format(type(sampler).__name__)
                 )
@@ -120,7 +128,7 @@ class DataLoader:
             if sampler is None:
                 sampler = SequentialSampler(dataset, batch_size=1, drop_last=False)
             elif isinstance(sampler, StreamSampler):
-                raise TypeError(
+                raise SamplerKindError(
                     "StreamSampler is for a StreamDataset; for a map-style dataset use a "
                     "MapSampler such as SequentialSampler(dataset, batch_size=...) or RandomSampler"
                 )
@@ -162,6 +170,13 @@ class DataLoader:
         # Stream + workers: each worker reads its own iterator of the dataset (telling them
         # apart by get_worker_info().idx) instead of the main process reading one stream.
         self.parallel_stream = bool(parallel_stream)
+        if self.datakind == "stream" and self.num_workers > 1 and not self.parallel_stream:
+            # upstream logs this too; programs' logs look the same
+            logger.warning(
+                "the main process reads the whole stream for %d workers, which may slow "
+                "loading; set parallel_stream=True to let every worker read its own stream",
+                self.num_workers,
+            )
 
     def __iter__(self):
         # as upstream's, every iteration (with workers or not) takes the next seed of

@@ -336,13 +336,18 @@ def _uniform(xp, shape, dtype):
     return xp.random.random_sample(shape, dtype=dtype)
 
 
+class DropProbError(ValueError, AssertionError):
+    """A dropout probability outside [0, 1). A ValueError is what the mistake is; upstream
+    asserts (AssertionError): this is both, so either ``except`` catches it."""
+
+
 def dropout(inp, drop_prob, training=True):
     """Zero each element with probability ``drop_prob`` and scale the rest by 1/(1 - p).
 
     With ``training`` False (or p == 0) the input is returned as is.
     """
     if not 0 <= drop_prob < 1:
-        raise ValueError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
+        raise DropProbError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
     inp = _tensor(inp)
     if not training or drop_prob == 0:
         return inp

@@ -1,6 +1,7 @@
 """Tests of megengine/data/dataloader.py: serial and worker-process loading, streams,
 errors, timeouts and worker shutdown."""
 import gc
+import logging
 import multiprocessing
 import os
 import time
@@ -92,6 +93,33 @@ def test_bad_arguments():
         DataLoader(ds, timeout_event=3)
     with pytest.raises(TypeError, match="no length"):
         len(DataLoader(Numbers(3)))
+
+
+def test_a_sampler_of_the_wrong_kind_is_upstreams_assertion_too():
+    # upstream 1.13 asserts that the sampler's kind matches the dataset's (measured); the
+    # error is a TypeError here and an AssertionError, so code catching either sees it
+    ds = make_dataset()
+    for dataset, sampler in [(Numbers(3), SequentialSampler(ds, batch_size=2)),
+                             (ds, StreamSampler(batch_size=2))]:
+        with pytest.raises(AssertionError):
+            DataLoader(dataset, sampler)
+
+
+def test_a_stream_read_for_several_workers_by_the_main_process_is_logged():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("megengine.data.dataloader")
+    log.addHandler(handler)
+    try:
+        DataLoader(Numbers(3), StreamSampler(batch_size=2), num_workers=2)
+        assert len(records) == 1 and "parallel_stream=True" in records[0].getMessage()
+        for quiet in [dict(num_workers=2, parallel_stream=True), dict(num_workers=1)]:
+            DataLoader(Numbers(3), StreamSampler(batch_size=2), **quiet)
+        DataLoader(make_dataset(), num_workers=2)
+        assert len(records) == 1
+    finally:
+        log.removeHandler(handler)
 
 
 def test_serial_batches_in_order_with_transform():

@@ -372,6 +372,10 @@ def test_dropout_off_is_identity_and_bad_prob_raises():
     assert F.dropout(x, 0.0) is x
     with pytest.raises(ValueError, match=r"dropout: drop_prob must be in \[0, 1\)"):
         F.dropout(x, 1.0)
+    # upstream 1.13 asserts the range (measured): the error is an AssertionError too
+    for p in (1.0, -0.1):
+        with pytest.raises(AssertionError, match="drop_prob"):
+            F.nn.dropout(x, p)
 
 
 def test_dropout_follows_the_megengine_seed():
