@@ -1,5 +1,6 @@
 """Data-parallel helpers: `make_allreduce_cb` (bucketed gradient all-reduce), `bcast_list_`, `synchronized`,
-parameter packing (`param_pack_split`/`param_pack_concat`) and `get_device_count_by_fork`.
+parameter packing (`param_pack_split`/`param_pack_concat`, `get_offsets`) and
+`get_device_count_by_fork`.
 
 ``make_allreduce_cb("mean")`` is a GradManager callback. Each gradient it is given is copied into
 a flat bucket of its dtype (upstream's param pack, torch DDP's buckets); a bucket is all-reduced
@@ -24,7 +25,7 @@ from .group import WORLD, Group, _not_initialized, group_barrier, is_distributed
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
            "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
-           "param_pack_concat"]
+           "param_pack_concat", "get_offsets"]
 
 DEFAULT_BUCKET_SIZE = 10 * 1024 * 1024  # bytes, as upstream's param-pack threshold
 
@@ -83,6 +84,16 @@ def _pack_ranges(offsets, what):
                              f"[begin, end) pairs, got {offsets}")
         last = end
     return ranges
+
+
+def get_offsets(shapes):
+    """The ``[begin0, end0, begin1, end1, ...]`` offsets that pack tensors of ``shapes`` one
+    after another, without gaps (what `param_pack_concat` and `param_pack_split` take)."""
+    offsets, end = [], 0
+    for shape in shapes:
+        begin, end = end, end + int(np.prod(shape, dtype=np.int64))
+        offsets += [begin, end]
+    return offsets
 
 
 def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
