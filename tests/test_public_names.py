@@ -1,4 +1,4 @@
-"""The public names of F, its submodules, M and the optimizers against upstream's.
+"""The public names of F and its submodules, M, the optimizers and some utilities: upstream's.
 
 The expected names are written out from upstream MegEngine 1.x's sources
 (imperative/python/megengine/...): a module's ``__all__`` where upstream defines one (what
@@ -68,6 +68,21 @@ UPSTREAM = {
     "megengine.version": (False, ["__version__", "git_version"]),
     "megengine.optimizer": (False, """Adadelta Adagrad Adam AdamW clip_grad_norm
         clip_grad_value LRScheduler MultiStepLR CosineAnnealingLR Optimizer SGD""".split()),
+    # the names these modules define themselves (not what they import), but upstream's
+    # receptive-field functions of its graph tools (module_stats), register_method_to_class
+    # (utils) and the old all-reduce callback's pack_allreduce_split / TensorFuture (helper)
+    "megengine.utils.module_stats": (False, """dict2table flops_adaptivePool flops_batchmatmul
+        flops_convNd flops_convNdTranspose flops_linear flops_norm flops_pool
+        get_activation_stats get_op_stats get_param_stats module_stats print_activations_stats
+        print_op_stats print_param_stats print_summary register_flops register_hook_module
+        sizeof_fmt sum_activations_stats sum_op_stats sum_param_stats get_dtype_bit""".split()),
+    "megengine.quantization.utils": (False, """LSQParams QParams QParamsModuleMixin QuantMode
+        Round create_qparams fake_quant_bias fake_quant_tensor lsq_forward
+        tqt_forward""".split()),
+    "megengine.distributed.helper": (False, """AllreduceCallback bcast_list_ get_offsets
+        make_allreduce_cb param_pack_concat param_pack_split synchronized
+        get_device_count_by_fork""".split()),
+    "megengine.traced_module.fake_quant": (False, ["FakeQuantize"]),
 }
 
 

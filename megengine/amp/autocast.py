@@ -16,8 +16,10 @@ class autocast:
     for PyTorchModule calls only, numpy has no bfloat16).
     ``high_prec_dtype``: the dtype of the float functions upstream's autocast keeps precise
     (``exp``, ``log``, ``sqrt``, true division, ``**``, ``logsoftmax``, ``cross_entropy``, layer
-    norm, ...: float16 operands give float32; default ``"float32"``). Other ops keep their
-    inputs' dtypes; see docs/api/amp.rst for the list.
+    norm, ...: float16 operands give float32; default ``"float32"``; ``"bfloat16"`` is accepted
+    as upstream's, and those ops then refuse it). Other ops keep their inputs' dtypes; see
+    docs/api/amp.rst for the list. Both precisions are one of upstream's ``"float16"``,
+    ``"bfloat16"`` and ``"float32"``.
 
     Parameters stay float32: each covered op casts its inputs (an op, so gradients are cast
     back), which makes float32 master weights with float16 compute. Use `GradScaler` against
@@ -27,10 +29,10 @@ class autocast:
 
     def __init__(self, enabled: bool = True, low_prec_dtype: str = "float16",
                  high_prec_dtype: str = "float32"):
-        # refused here, not at the first covered op as upstream's (its accepted values are
-        # "float16", "bfloat16" and "float32"), so a typo points at its own line
-        _state._check_low_prec_dtype(low_prec_dtype)
-        _state._engine_dtype(high_prec_dtype, "high_prec_dtype")
+        # refused here, not at the first covered op as upstream's, so a typo points at its
+        # own line
+        _state._check_prec_dtype(low_prec_dtype, "low_prec_dtype")
+        _state._check_prec_dtype(high_prec_dtype, "high_prec_dtype")
         self.enabled = enabled
         self.low_prec_dtype = low_prec_dtype
         self.high_prec_dtype = high_prec_dtype

@@ -3,7 +3,7 @@ parameters' gradients, and adapt the scale: back off on inf/nan, grow after a ru
 from typing import Iterable
 
 from ..core import dispatch
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, check_grad_is_tensor
 from ..core.dispatch import on_device, xp_of
 
 
@@ -86,9 +86,7 @@ class GradScaler:
         # (None entries and tensors without a gradient are skipped; upstream raises on them)
         tensors = [t for t in grad_tensors if getattr(t, "grad", None) is not None]
         for t in tensors:  # before any gradient changes
-            if not isinstance(t.grad, Tensor):
-                raise TypeError(f"GradScaler.unscale: a tensor's .grad must be a Tensor or None, "
-                                f"got {type(t.grad).__name__}; nothing was unscaled")
+            check_grad_is_tensor(t, "GradScaler.unscale", "nothing was unscaled")
         if self._check_gradients([t.grad for t in tensors]):
             self._found_non_finite = True
             for t in tensors:

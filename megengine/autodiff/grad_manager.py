@@ -8,7 +8,7 @@ import numpy as np
 from ..core import dispatch
 from ..core.dispatch import Node
 from ..core.ops import Copy, move_array
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, check_grad_is_tensor
 from ..device import get_array_module
 
 __all__ = ["GradManager", "GradManagerGroup", "grad", "get_backwarding_grad_manager"]
@@ -647,14 +647,10 @@ def _check_grad_slot(t, grad, from_callback):
             f"GradManager.backward: a callback returned a gradient of shape {grad.shape} for a "
             f"tensor of shape {t.shape}; callbacks must keep the gradient's shape (no .grad "
             "was changed)")
+    check_grad_is_tensor(t, "GradManager.backward", "no .grad was changed")
     held = t.grad
     if held is None:
         return
-    if not isinstance(held, Tensor):
-        raise TypeError(
-            f"GradManager.backward: the .grad of a tensor of shape {t.shape} is a "
-            f"{type(held).__name__}; set it to None or to a Tensor of the tensor's shape (no "
-            ".grad was changed)")
     if held._data.shape != shape:
         raise ValueError(
             f"GradManager.backward: the .grad of a tensor of shape {t.shape} has shape "

@@ -17,25 +17,31 @@ _high_prec_dtype = "float32"
 _low_prec_dtype = "float16"
 
 
+# the precisions upstream's autocast accepts (its setters refuse any other, float64 too)
+_PREC_DTYPES = ("float16", "bfloat16", "float32")
+
+
 def _engine_dtype(name, which):
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind != "f":
+    """The numpy dtype an op computes in for a precision checked by `_check_prec_dtype`;
+    bfloat16 (no numpy dtype) is refused here, at the first engine op that would use it."""
+    if _dtype_name(name) == "bfloat16":
         raise TypeError(
-            f"autocast: {which}={name!r} is not a floating dtype this engine computes in: "
-            "use 'float16' or 'float32' (upstream accepts 'float16', 'bfloat16' and 'float32'; "
+            f"autocast: {which}='bfloat16' has no engine dtype (numpy has no bfloat16): only "
+            "a PyTorchModule runs under low_prec_dtype='bfloat16'; for megengine's own ops "
+            f"use {which}='float16' or 'float32'")
+    return np.dtype(_dtype_name(name))
+
+
+def _check_prec_dtype(dtype, which):
+    """Refuse a ``low_prec_dtype`` or ``high_prec_dtype`` upstream refuses: anything but
+    float16, bfloat16 and float32 (bfloat16 serves PyTorchModule calls, see `torch_autocast`;
+    megengine's ops refuse it in `_engine_dtype`)."""
+    if _dtype_name(dtype) not in _PREC_DTYPES:
+        raise TypeError(
+            f"autocast: {which}={dtype!r} is not a precision autocast computes in: use "
+            "'float16' or 'float32' (upstream accepts 'float16', 'bfloat16' and 'float32'; "
             "numpy has no bfloat16, so only a PyTorchModule runs under "
             "low_prec_dtype='bfloat16')")
-    return dtype
-
-
-def _check_low_prec_dtype(dtype):
-    """Refuse a ``low_prec_dtype`` that is not a float dtype (bfloat16 serves PyTorchModule
-    calls, see `torch_autocast`)."""
-    if _dtype_name(dtype) != "bfloat16":
-        _engine_dtype(dtype, "low_prec_dtype")
 
 
 def cast_for_compute(*tensors):
@@ -189,7 +195,7 @@ def _get_amp_high_prec_dtype():
 
 def _set_amp_high_prec_dtype(dtype):
     global _high_prec_dtype
-    _engine_dtype(dtype, "high_prec_dtype")
+    _check_prec_dtype(dtype, "high_prec_dtype")
     _high_prec_dtype = _dtype_name(dtype)
 
 
@@ -199,7 +205,7 @@ def _get_amp_low_prec_dtype():
 
 def _set_amp_low_prec_dtype(dtype):
     global _low_prec_dtype
-    _check_low_prec_dtype(dtype)
+    _check_prec_dtype(dtype, "low_prec_dtype")
     _low_prec_dtype = _dtype_name(dtype)
 
 

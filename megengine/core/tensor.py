@@ -967,6 +967,19 @@ def _note_write():
     _writes[0] += 1
 
 
+def check_grad_is_tensor(t, where, unchanged, owner="a tensor's"):
+    """Refuse ``t.grad`` unless it is None or a Tensor: ``.grad`` is a plain attribute a user
+    may set to anything, and the callers (a step, clipping, unscaling, backward) check every
+    tensor before they change any. ``where`` names the caller, ``unchanged`` says what was
+    left as it was, ``owner`` which tensor it is ("parameter 3's")."""
+    grad = t.grad
+    if grad is not None and not isinstance(grad, Tensor):
+        raise TypeError(
+            f"{where}: {owner} .grad must be a Tensor or None, got {type(grad).__name__} (on a "
+            f"tensor of shape {t.shape}); set it to None or to a Tensor of the tensor's shape "
+            f"({unchanged})")
+
+
 def _views_another_array(array):
     """Whether ``array`` is a view of another array of its kind: the output of a view op
     (reshape, transpose, a slice) shares its input's memory. Upstream's tensors are values, so

@@ -530,13 +530,16 @@ class TopK(_PickLast):
     def __init__(self, k, descending, kth_only, no_sort):
         self.k, self.descending, self.kth_only, self.no_sort = k, descending, kth_only, no_sort
 
+    tied = count = None  # kth_only: the elements equal to the k-th value, and how many
+
     def forward(self, x):
+        if self.kth_only:
+            return self._forward_kth(x)
         # (floats: the array code's descending key, -x, is exact for them)
-        if (not self.kth_only and x.dtype in KERNEL_FLOATS and x.size
+        if (x.dtype in KERNEL_FLOATS and x.size
                 and _aten.use_aten(x, "topk")):
             return self._forward_aten(xp_of(x), x)
-        if not self.kth_only and x.dtype is FLOAT16 and half_operands(x) \
-                and _aten.use_aten(x, "topk"):
+        if x.dtype is FLOAT16 and half_operands(x) and _aten.use_aten(x, "topk"):
             # float16: ATen's topk of its float32 values (the same order), the values rounded
             # back exactly. numpy's argpartition took 3.2 ms on (512, 512) for k = 5, in either
             # dtype, where ATen's topk takes 0.7 ms (one thread)
@@ -562,6 +565,31 @@ class TopK(_PickLast):
             idx = xp.take_along_axis(idx, order, -1)
         return idx
 
+
+    def _forward_kth(self, x):
+        """The k-th value of each row, whose gradient every element of the row equal to it
+        shares equally, as upstream's (1.13 measured: a row with five elements tied at the
+        k-th value gives each a fifth; so does torch's ``amax`` for its maximum), although
+        the index returned is one of them."""
+        values, idx = super().forward(x)
+        if self.needs_input_grad[0]:
+            tied = x == values
+            tied[self.grid] = True  # (a NaN k-th value equals nothing: it keeps its gradient)
+            self.tied = tied.astype(x.dtype)
+            self.count = self.tied.sum(axis=-1, keepdims=True)
+        return values, idx
+
+    def backward(self, g, _):
+        if self.kth_only:  # (divided first, as upstream: 7 / 3 rounds once)
+            return (g / self.count) * self.tied
+        return super().backward(g, _)
+
+    def grad_graph(self, inputs, outputs, grads):
+        if self.kth_only:
+            device = grads[0]._device
+            return ((grads[0] / Tensor._wrap(self.count, device))
+                    * Tensor._wrap(self.tied, device),)
+        return super().grad_graph(inputs, outputs, grads)
 
     def _forward_aten(self, xp, x):
         """The k smallest keys by ATen's topk: numpy's argpartition took 3.0 ms on (256, 1000)

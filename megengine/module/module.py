@@ -11,6 +11,7 @@ import numpy as np
 from ..core import dispatch as _dispatch
 from ..core.tensor import Parameter, Tensor
 from ..logger import get_logger
+from ..utils.deprecation import deprecated
 
 __all__ = ["Module", "HookHandler", "LoadStateDictError"]
 
@@ -438,11 +439,11 @@ class Module:
         """``train(False)``."""
         self.train(False)
 
+    @deprecated(version="1.0")
     def zero_grad(self) -> None:
         """Set every parameter's existing gradient to zeros (deprecated since 1.0, as upstream:
-        GradManager gives fresh gradients, or use ``optimizer.clear_grad()``)."""
-        warnings.warn("Module.zero_grad is deprecated since 1.0: use optimizer.clear_grad()",
-                      DeprecationWarning, stacklevel=2)
+        GradManager gives fresh gradients, or use ``optimizer.clear_grad()``). Each call warns a
+        ``DeprecationWarning`` in upstream's words."""
         for p in self.parameters():
             if p.grad is not None:
                 p.grad._reset(np.zeros(p.grad.shape, p.grad.dtype))
@@ -456,6 +457,7 @@ class Module:
         self.apply(fn)
         return self
 
+    @deprecated(version="1.0")
     def replace_param(self, params: dict, start_pos: int, seen=None) -> int:
         """Replace Parameters by position (deprecated since 1.0, as upstream): the module's
         direct Parameter attributes and those of its submodules are numbered from
@@ -463,10 +465,10 @@ class Module:
         attributes, not ones inside lists or dicts); ``params[i]``, when present, replaces
         number ``i`` and must have its shape. Returns how many Parameters were numbered.
         Replacements go through each owner's ``setattr`` (a `PyTorchModule` refuses one for a
-        tensor that torch computes with); when one is refused, none is made."""
+        tensor that torch computes with); when one is refused, none is made. Each call warns a
+        ``DeprecationWarning`` in upstream's words (upstream's also warns once more per
+        submodule, from inside megengine: here the numbering does not call itself)."""
         if seen is None:
-            warnings.warn("Module.replace_param is deprecated since 1.0", DeprecationWarning,
-                          stacklevel=2)
             seen = {id(self)}
         numbered = self._numbered_params(seen)
         chosen = [(i, owner, key, value, params[i]) for i, (owner, key, value) in

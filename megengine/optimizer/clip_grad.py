@@ -3,7 +3,7 @@ import numpy as np
 
 from ..core import dispatch
 from ..core.dispatch import xp_of
-from ..core.tensor import Tensor
+from ..core.tensor import Tensor, check_grad_is_tensor
 from .optimizer import _trace_event
 
 __all__ = ["clip_grad_norm", "clip_grad_value"]
@@ -17,9 +17,7 @@ def _with_grads(tensors, what):
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: expected Tensors, got {type(t).__name__}")
         # checked before any gradient is clipped, so a bad one leaves the others as they were
-        if t.grad is not None and not isinstance(t.grad, Tensor):
-            raise TypeError(f"{what}: a tensor's .grad must be a Tensor or None, got "
-                            f"{type(t.grad).__name__}; nothing was clipped")
+        check_grad_is_tensor(t, what, "nothing was clipped")
     return [t for t in tensors if t.grad is not None]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..autodiff import GradManager
 from ..core import dispatch
-from ..core.tensor import Parameter, Tensor, _note_write
+from ..core.tensor import Parameter, Tensor, _note_write, check_grad_is_tensor
 from ..device import get_array_module
 from ..functional import _aten
 from ..utils.deprecation import deprecated
@@ -251,14 +251,11 @@ class Optimizer:
         refuses such a ``.grad`` when it is set; upstream 1.13 measured: the parameters before
         the bad one were updated when the step raised)."""
         for i, p in enumerate(self._params()):
+            check_grad_is_tensor(p, f"{type(self).__name__}.step", "nothing was updated",
+                                 owner=f"parameter {i}'s")
             g = p.grad
             if g is None:
                 continue
-            if not isinstance(g, Tensor):
-                raise TypeError(
-                    f"{type(self).__name__}.step: the .grad of parameter {i} (shape {p.shape}) "
-                    f"must be a Tensor or None, got {type(g).__name__}; nothing was updated"
-                )
             if g._data.shape != p._data.shape:
                 raise ValueError(
                     f"{type(self).__name__}.step: gradient of shape {g.shape} for parameter {i} "

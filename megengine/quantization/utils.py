@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from .. import functional as F
+from ..autodiff.function import Function
 from ..core.dispatch import Op, apply, xp_of
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import unbroadcast
@@ -25,7 +27,7 @@ from ..core.tensor import QParams, Tensor
 __all__ = [
     "QuantMode", "QParams", "LSQParams", "QParamsModuleMixin", "QuantDtypeMeta",
     "create_qparams", "create_quantized_dtype", "fake_quant_tensor", "fake_quant_bias",
-    "tqt_forward", "lsq_forward", "get_quant_dtype_meta", "narrow_quant_dtype_meta",
+    "tqt_forward", "lsq_forward", "get_quant_dtype_meta", "narrow_quant_dtype_meta", "Round",
 ]
 
 
@@ -107,6 +109,18 @@ def create_qparams(mode: QuantMode = QuantMode.SYMMERTIC,
     if not isinstance(mode, QuantMode):
         raise TypeError(f"create_qparams: mode must be a QuantMode, got {mode!r}")
     return _builtin_qparams[mode](dtype_meta=dtype_meta, scale=scale, zero_point=zero_point)
+
+
+class Round(Function):
+    """``Round()(x)``: `F.round` (halves away from zero) with the straight-through gradient
+    (passed on unchanged), for quantization-aware training code of its own (``F.round``
+    itself gives no gradient through its steps)."""
+
+    def forward(self, x):
+        return F.round(x)
+
+    def backward(self, output_grads):
+        return output_grads
 
 
 def _round_half_away(xp, x):

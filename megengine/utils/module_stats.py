@@ -12,6 +12,11 @@ an activation is a hooked layer's (first) output.
 
 Layers of other types (activations, elementwise ops, a `PyTorchModule`) are not counted, as
 upstream; `register_hook_module` and `register_flops` add types.
+
+The steps `module_stats` takes are public, as upstream's: `get_op_stats`, `get_param_stats` and
+`get_activation_stats` make one row, `sum_op_stats`, `sum_param_stats` and
+`sum_activations_stats` add the totals, `print_op_stats`, `print_param_stats`,
+`print_activations_stats` and `print_summary` log the tables (`dict2table` makes one).
 """
 import collections
 import functools
@@ -21,12 +26,16 @@ from typing import Iterable
 import numpy as np
 
 from .. import module as M
+from ..core.dtype import get_dtype_bit
 from ..core.tensor import Tensor
 from ..logger import _WHOLE, get_logger
 from .module_utils import set_module_mode_safe
 
 __all__ = ["module_stats", "sizeof_fmt", "register_flops", "register_hook_module", "hook_modules",
-           "get_param_stats", "get_activation_stats", "total_stats", "stats_details"]
+           "get_param_stats", "get_activation_stats", "total_stats", "stats_details",
+           "get_op_stats", "sum_op_stats", "sum_param_stats", "sum_activations_stats",
+           "print_op_stats", "print_param_stats", "print_activations_stats", "print_summary",
+           "dict2table"]
 
 logger = get_logger(__name__)
 
@@ -67,7 +76,7 @@ def _numel(shape):
 # the types upstream gives a formula (ConvTranspose3d has none there, so its calls add no
 # FLOPs row, as upstream)
 @register_flops(M.Conv1d, M.Conv2d, M.Conv3d, M.LocalConv2d, M.DeformableConv2d)
-def flops_conv(module, inputs, outputs):
+def flops_convNd(module, inputs, outputs):
     # every output element: Cin/groups * prod(kernel) multiply-adds, plus one bias add
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
@@ -76,7 +85,7 @@ def flops_conv(module, inputs, outputs):
 
 
 @register_flops(M.ConvTranspose2d)
-def flops_conv_transpose(module, inputs, outputs):
+def flops_convNdTranspose(module, inputs, outputs):
     # every input element is scattered to Cout/groups * prod(kernel) outputs; bias per output
     k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
     bias = 1 if module.bias is not None else 0
@@ -97,7 +106,7 @@ def flops_pool(module, inputs, outputs):
 
 
 @register_flops(M.adaptive_pooling._AdaptivePoolNd)
-def flops_adaptive_pool(module, inputs, outputs):
+def flops_adaptivePool(module, inputs, outputs):
     # upstream's count, so that totals match the numbers its users publish: its formula takes
     # the stride as floor(in / (in - 1)) where the pooling's floor(in / out) is meant, so the
     # window is 1 per axis of 3 or more, 0 for an axis of 2, and (where upstream divides by
@@ -116,7 +125,7 @@ def flops_linear(module, inputs, outputs):
 
 
 @register_flops(M.BatchMatMulActivation)
-def flops_batch_matmul(module, inputs, outputs):
+def flops_batchmatmul(module, inputs, outputs):
     # upstream's count: batch * in * (n + bias) * in for weight (batch, out, in) @ x (batch,
     # in, n); its formula reads the weight's last axis (in) where out is meant, so the count
     # is the multiply-adds' batch * out * n * in only when out == in
@@ -168,7 +177,7 @@ def sizeof_fmt(num, suffix="B"):
 
 
 def _nbits(dtype):
-    return np.dtype(dtype).itemsize * 8
+    return get_dtype_bit(np.dtype(dtype).name)  # (as upstream: a bool is 1 bit)
 
 
 def _mean_std(t):
@@ -214,14 +223,105 @@ def _add_totals(rows, key, bar_length_max, fmt, cum_key=None):
     return total
 
 
-def _table(rows, header):
-    """The header and the rows as upstream logs them (``tabulate`` of the header row and the
-    rows: left-aligned columns two spaces apart, no trailing blanks, a rule above and below)."""
-    cells = [[str(h) for h in header]] + [[str(r.get(h, "")) for h in header] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+def dict2table(list_of_dict, header):
+    """The table of ``list_of_dict`` under ``header``: the header, then one row per dict, its
+    values in the header's order (``""`` where a dict lacks a key)."""
+    return [list(header)] + [[d.get(h, "") for h in header] for d in list_of_dict]
+
+
+def _format_table(table):
+    """``table`` (`dict2table`'s rows, the header first) as upstream logs it (``tabulate`` of
+    the rows: left-aligned columns two spaces apart, no trailing blanks, a rule above and
+    below)."""
+    cells = [[str(c) for c in row] for row in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     rule = "  ".join("-" * w for w in widths)
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join([rule] + lines + [rule])
+
+
+def get_op_stats(module, inputs, outputs):
+    """One call's FLOPs row: ``input_shapes``, ``output_shapes`` and ``flops_num`` by the
+    formula `register_flops` gave the module's type; None for a type without one."""
+    fn = _flops_fn(module)
+    if fn is None:
+        return None
+    outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+    # upstream's key order (printing a row shows it)
+    return {"input_shapes": [tuple(i.shape) for i in inputs],
+            "output_shapes": [tuple(o.shape) for o in outputs],
+            "flops_num": fn(module, inputs, outputs)}
+
+
+def sum_op_stats(flops, bar_length_max=20):
+    """Add to each FLOPs row (`get_op_stats`' with a ``name``) its ``flops_cum``, ``ratio``,
+    ``percentage``, ``bar`` and formatted ``flops``, and append a "total" row; returns
+    ``(total flops, flops)``."""
+    total = _add_totals(flops, "flops_num", bar_length_max,
+                        lambda n: sizeof_fmt(n, suffix="OPs"), cum_key="flops_cum")
+    for r in flops:
+        r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
+    # upstream's total row shows, under output_shapes, the sum of the outputs' second
+    # dimensions (channels, for convolutions)
+    channels = sum(s[1] for r in flops for s in r["output_shapes"] if len(s) > 1)
+    flops.append({"name": "total", "flops": sizeof_fmt(total, suffix="OPs"),
+                  "output_shapes": channels})
+    return total, flops
+
+
+def _sum_size_rows(rows, dim_key, bar_length_max):
+    """Totals of a params or activations table, ``(dims, bytes)``; formats each row's size
+    (with its cumulative size, share and bar) and appends the "total" row."""
+    total_dims = sum(int(r[dim_key]) for r in rows)
+    total_size = _add_totals(rows, "size", bar_length_max, sizeof_fmt)
+    for r in rows:
+        r["size_bar"] = r.pop("bar")
+        r["size"] = sizeof_fmt(r["size"])
+    rows.append({"name": "total", dim_key: total_dims, "size": sizeof_fmt(total_size)})
+    return total_dims, total_size
+
+
+def sum_param_stats(params, bar_length_max=20):
+    """Totals of the parameter rows (`get_param_stats`' with a ``name``), which get
+    ``size_cum``, ``ratio``, ``percentage``, ``size_bar`` and a formatted ``size``, and a
+    "total" row; returns ``(total param_dim, total bytes, params)``."""
+    return (*_sum_size_rows(params, "param_dim", bar_length_max), params)
+
+
+def sum_activations_stats(activations, bar_length_max=20):
+    """`sum_param_stats` for activation rows (`get_activation_stats`'); returns
+    ``(total act_dim, total bytes, activations)``."""
+    return (*_sum_size_rows(activations, "act_dim", bar_length_max), activations)
+
+
+def print_op_stats(flops):
+    """Log the FLOPs table (rows after `sum_op_stats`)."""
+    logger.info("flops stats: \n" + _format_table(dict2table(flops, [
+        "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
+        "percentage", "bar"])), extra=_WHOLE)
+
+
+def print_param_stats(params):
+    """Log the parameters table (rows after `sum_param_stats`)."""
+    logger.info("param stats: \n" + _format_table(dict2table(params, [
+        "name", "dtype", "shape", "mean", "std", "param_dim", "nbits", "size", "size_cum",
+        "percentage", "size_bar"])), extra=_WHOLE)
+
+
+def print_activations_stats(activations, has_input=False):
+    """Log the activations table (rows after `sum_activations_stats`); ``has_input``: with
+    the ``mean`` and ``std`` columns (real inputs, not zeros of given shapes)."""
+    header = ["name", "class_name", "dtype", "shape", "nbits", "act_dim", "size", "size_cum",
+              "percentage", "size_bar"]
+    if has_input:
+        header[4:4] = ["mean", "std"]
+    logger.info("activations stats: \n" + _format_table(dict2table(activations, header)),
+                extra=_WHOLE)
+
+
+def print_summary(**kwargs):
+    """Log the summary table: one ``item  value`` row per keyword, in the order given."""
+    logger.info("summary\n" + _format_table([["item", "value"], *kwargs.items()]))
 
 
 def _is_shapes(x):
@@ -249,18 +349,6 @@ def _to_tensors(x):
     if isinstance(x, (list, tuple)):
         return [_to_tensors(v) for v in x]
     return Tensor(x, dtype=np.float32)
-
-
-def _finish_size_rows(rows, dim_key, bar_length_max):
-    """Totals of a params or activations table, ``(dims, bytes)``; formats each row's size
-    (with its bar) and appends the "total" row."""
-    total_dims = sum(int(r[dim_key]) for r in rows)
-    total_size = _add_totals(rows, "size", bar_length_max, sizeof_fmt)
-    for r in rows:
-        r["size_bar"] = r.pop("bar")
-        r["size"] = sizeof_fmt(r["size"])
-    rows.append({"name": "total", dim_key: total_dims, "size": sizeof_fmt(total_size)})
-    return total_dims, total_size
 
 
 def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_shapes: list = None,
@@ -327,13 +415,10 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         class_name = type(module).__name__
         outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         if cal_flops:
-            fn = _flops_fn(module)
-            if fn is not None:
-                # upstream's key order (printing a row shows it)
-                flops.append({"input_shapes": [tuple(i.shape) for i in inps],
-                              "output_shapes": [tuple(o.shape) for o in outs_list],
-                              "flops_num": fn(module, inps, outs_list),
-                              "name": name, "class_name": class_name})
+            row = get_op_stats(module, inps, outs_list)
+            if row is not None:
+                row["name"], row["class_name"] = name, class_name
+                flops.append(row)
         if cal_params:
             for attr in ("weight", "bias"):
                 note_param(module, attr, getattr(module, attr, None))
@@ -377,45 +462,25 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
     summary = {"#params": len(params)}
     total_flops = total_param_dims = total_param_size = total_act_dims = total_act_size = 0
     if cal_params:
-        total_param_dims, total_param_size = _finish_size_rows(params, "param_dim",
-                                                               bar_length_max)
+        total_param_dims, total_param_size, _ = sum_param_stats(params, bar_length_max)
         summary["total_param_dims"] = sizeof_fmt(total_param_dims, suffix="")
         summary["total_param_size"] = sizeof_fmt(total_param_size)
         if logging_to_stdout and log_params:
-            logger.info("param stats: \n" + _table(params, [
-                "name", "dtype", "shape", "mean", "std", "param_dim", "nbits", "size", "size_cum",
-                "percentage", "size_bar"]), extra=_WHOLE)
+            print_param_stats(params)
     if cal_flops:
-        total_flops = _add_totals(flops, "flops_num", bar_length_max,
-                                  lambda n: sizeof_fmt(n, suffix="OPs"), cum_key="flops_cum")
-        for r in flops:
-            r["flops"] = sizeof_fmt(r["flops_num"], suffix="OPs")
-        # upstream's total row shows, under output_shapes, the sum of the outputs' second
-        # dimensions (channels, for convolutions)
-        channels = sum(s[1] for r in flops for s in r["output_shapes"] if len(s) > 1)
-        flops.append({"name": "total", "flops": sizeof_fmt(total_flops, suffix="OPs"),
-                      "output_shapes": channels})
+        total_flops, _ = sum_op_stats(flops, bar_length_max)
         summary["total_flops"] = sizeof_fmt(total_flops, suffix="OPs")
         if logging_to_stdout and log_flops:
-            logger.info("flops stats: \n" + _table(flops, [
-                "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
-                "percentage", "bar"]), extra=_WHOLE)
+            print_op_stats(flops)
     if cal_activations:
-        total_act_dims, total_act_size = _finish_size_rows(activations, "act_dim",
-                                                           bar_length_max)
+        total_act_dims, total_act_size, _ = sum_activations_stats(activations, bar_length_max)
         summary["total_act_dims"] = sizeof_fmt(total_act_dims, suffix="")
         summary["total_act_size"] = sizeof_fmt(total_act_size)
         if logging_to_stdout and log_activations:
-            header = ["name", "class_name", "dtype", "shape", "nbits", "act_dim", "size",
-                      "size_cum", "percentage", "size_bar"]
-            if has_inputs:
-                header[4:4] = ["mean", "std"]
-            logger.info("activations stats: \n" + _table(activations, header), extra=_WHOLE)
+            print_activations_stats(activations, has_inputs)
     if cal_flops and cal_params and total_param_size:
         summary["flops/param_size"] = f"{total_flops / total_param_size:3.3f}"
-    # (upstream logs the summary also when logging_to_stdout is False)
-    logger.info("summary\n" + _table([{"item": k, "value": v} for k, v in summary.items()],
-                                     ["item", "value"]))
+    print_summary(**summary)  # (also when logging_to_stdout is False, as upstream)
     return (total_stats(param_size=total_param_size, param_dims=total_param_dims,
                         flops=total_flops, act_size=total_act_size, act_dims=total_act_dims),
             stats_details(params=params, flops=flops, activations=activations))

@@ -45,11 +45,12 @@ def test_state_as_upstream_checks_it():
 
 
 @pytest.mark.parametrize("name, value", [("low_prec_dtype", "int8"),
-                                         ("high_prec_dtype", "bfloat16"),
+                                         ("high_prec_dtype", "float64"),
+                                         ("low_prec_dtype", "float64"),
                                          ("low_prec_dtype", "low")])
 def test_setting_a_non_float_precision_is_refused_and_changes_nothing(name, value):
-    # upstream's setters assert "casted type of amp should be float"; bfloat16 is a torch
-    # dtype (for PyTorchModule calls), never an engine compute dtype for the kept precision
+    # upstream's setters assert "casted type of amp should be float" for all but float16,
+    # bfloat16 and float32 (float64 too, 1.13 measured)
     with pytest.raises(TypeError, match=f"{name}="):
         setattr(amp, name, value)
     assert (amp.low_prec_dtype, amp.high_prec_dtype) == ("float16", "float32")
@@ -131,8 +132,20 @@ def test_outside_autocast_nothing_is_cast():
 
 def test_bfloat16_is_refused_by_engine_ops_with_a_reason():
     with amp.autocast(low_prec_dtype="bfloat16"):
-        with pytest.raises(TypeError, match="no bfloat16"):
+        with pytest.raises(TypeError, match="low_prec_dtype='bfloat16' has no engine dtype"):
             F.linear(mge.tensor(np.ones((2, 3))), mge.tensor(np.ones((4, 3))))
+
+
+def test_bfloat16_high_precision_is_accepted_and_refused_by_the_ops_that_use_it():
+    # upstream 1.13 accepts high_prec_dtype="bfloat16" (autocast and the setter) and computes
+    # exp & co. in bfloat16; numpy has none, so those ops refuse here, the others run
+    x = mge.tensor(np.ones((2, 3), "float16"))
+    with amp.autocast(high_prec_dtype="bfloat16"):
+        assert amp.high_prec_dtype == "bfloat16"
+        assert F.matmul(x, x.T).dtype == np.float16  # low precision: not affected
+        with pytest.raises(TypeError, match="high_prec_dtype='bfloat16' has no engine dtype"):
+            F.exp(x)
+    assert amp.high_prec_dtype == "float32"
 
 
 class _Block(torch.nn.Module):
@@ -531,12 +544,14 @@ def test_losses_under_a_float16_high_precision_give_upstreams_dtypes(case):
 
 
 @pytest.mark.parametrize("kwargs", [{"low_prec_dtype": "bogus"}, {"low_prec_dtype": "int8"},
-                                    {"high_prec_dtype": "bogus"}])
+                                    {"high_prec_dtype": "bogus"}, {"high_prec_dtype": "float64"},
+                                    {"low_prec_dtype": "float64"}])
 def test_autocast_refuses_a_non_float_dtype_at_construction(kwargs):
     # upstream 1.13 measured: autocast(low_prec_dtype="bogus") constructs and the first covered
     # op raises RuntimeError ("casted type of amp should be float, but you give bogus"); it
-    # accepts "float16", "bfloat16" and "float32". Here the constructor refuses, naming those
-    # (earlier versions of this fork also refused at the first op only)
+    # accepts "float16", "bfloat16" and "float32" only (its setters refuse float64 too). Here
+    # the constructor refuses, naming those (earlier versions of this fork also refused at the
+    # first op only, and accepted float64)
     with pytest.raises(TypeError, match=r"prec_dtype='.*'float16', 'bfloat16' and 'float32'"):
         amp.autocast(**kwargs)
     assert not amp.enabled

@@ -1147,7 +1147,7 @@ def test_a_backward_that_cannot_deliver_changes_no_grad(spoil):
     if spoil == ".grad an array":
         ws[1].grad = np.ones(3, np.float32)
     before = _grads(ws[::2])
-    error, match = ((TypeError, "is a ndarray") if spoil == ".grad an array" else
+    error, match = ((TypeError, "got ndarray") if spoil == ".grad an array" else
                     (ValueError, r"callbacks must keep" if spoil.startswith("callback")
                      else r"has shape \(5,\)"))
     with pytest.raises(error, match=match):

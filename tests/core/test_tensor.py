@@ -797,3 +797,45 @@ def test_a_tensor_made_from_a_torch_tensor_copies_it_without_numpys_warning():
     np.testing.assert_array_equal(t.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
     assert h.dtype == np.float16 and h.numpy()[1, 2] == 5
     np.testing.assert_array_equal(p.numpy(), [0, 1, 2])
+
+
+def _grad_step(p):
+    from megengine.optimizer import SGD
+
+    SGD([p], lr=0.1).step()
+
+
+def _grad_backward(p):
+    gm = GradManager().attach([p])
+    with gm:
+        gm.backward((p * 2).sum())
+
+
+def _grad_clip(p):
+    from megengine.optimizer import clip_grad_value
+
+    clip_grad_value([p], -1.0, 1.0)
+
+
+def _grad_unscale(p):
+    from megengine.amp import GradScaler
+
+    GradScaler().unscale([p])
+
+
+@pytest.mark.parametrize("call, where, unchanged", [
+    (_grad_step, "SGD.step", "nothing was updated"),
+    (_grad_backward, "GradManager.backward", "no .grad was changed"),
+    (_grad_clip, "clip_grad_value", "nothing was clipped"),
+    (_grad_unscale, "GradScaler.unscale", "nothing was unscaled")])
+def test_a_grad_that_is_not_a_tensor_is_refused_in_one_wording_everywhere(call, where, unchanged):
+    # `check_grad_is_tensor` is the one refusal; each caller names itself and what it left
+    p = mge.Parameter(np.ones(3, np.float32))
+    p.grad = np.ones(3, np.float32)
+    owner = "parameter 0's" if where == "SGD.step" else "a tensor's"
+    message = (f"{where}: {owner} .grad must be a Tensor or None, got ndarray (on a tensor of "
+               f"shape (3,)); set it to None or to a Tensor of the tensor's shape ({unchanged})")
+    with pytest.raises(TypeError) as info:
+        call(p)
+    assert str(info.value) == message
+    assert p.numpy().tolist() == [1.0] * 3 and p.grad.tolist() == [1.0] * 3

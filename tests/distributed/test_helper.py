@@ -122,14 +122,6 @@ def test_pack_allreduce_split_reduces_each_tensor_and_differentiates(helper_resu
             np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-6)
 
 
-def test_get_offsets_packs_shapes_one_after_another():
-    from megengine.distributed.helper import get_offsets
-
-    # (2, 3): 6 values, a scalar: 1, (4,): 4, an empty (0, 5): none
-    assert get_offsets([(2, 3), (), (4,), (0, 5)]) == [0, 6, 6, 7, 7, 11, 11, 11]
-    assert get_offsets([]) == []
-
-
 def test_upstreams_param_pack_threshold_name_sets_the_bucket_size():
     # upstream's test_param_pack sets cb._param_pack_thd; here it is bucket_size
     cb = dist.make_allreduce_cb("MEAN", dist.WORLD, backend="gloo")
@@ -206,6 +198,23 @@ def test_param_pack_split_and_concat_against_numpy():
     np.testing.assert_allclose(pa.numpy(), a_np, rtol=1e-6)
     np.testing.assert_allclose(pb.numpy(), b_np, rtol=1e-6)
     assert ps.shape == () and np.isclose(ps.item(), s_np, rtol=1e-6)
+
+
+def test_get_offsets_packs_shapes_without_gaps_and_round_trips():
+    # upstream's param-pack test: get_offsets, then concat and split back
+    from megengine.distributed.helper import get_offsets, param_pack_concat, param_pack_split
+
+    shapes = [(2, 3), (), (4,), (1, 0)]
+    offsets = get_offsets(shapes)
+    assert offsets == [0, 6, 6, 7, 7, 11, 11, 11]  # 6, 1, 4 and 0 elements
+    values = [np.asarray(np.random.RandomState(i).randn(*s), "float32")
+              for i, s in enumerate(shapes)]
+    flat = param_pack_concat([mge.Tensor(v) for v in values], mge.Tensor(offsets), offsets)
+    np.testing.assert_array_equal(flat.numpy(), np.concatenate([v.ravel() for v in values]))
+    for got, want in zip(param_pack_split(flat, offsets, shapes), values):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert get_offsets([]) == []
 
 
 def test_param_pack_rejects_bad_offsets():

@@ -268,6 +268,43 @@ def test_topk_kth_only_and_upstream_example():
         F.topk(mge.tensor(x), 0)
 
 
+def _kth_shared_by_ties(t, k, descending):
+    """torch's k-th value of each row as a reduction whose gradient ties share equally: the
+    extreme (amin / amax) of the elements not past the k-th, which are the k-th's ties."""
+    kth = torch.topk(t, k, largest=descending)[0][..., -1:].detach()
+    if descending:
+        return torch.amin(torch.where(t < kth, torch.inf, t), dim=-1)
+    return torch.amax(torch.where(t > kth, -torch.inf, t), dim=-1)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_topk_kth_only_gradient_is_shared_by_the_tied_values(k, descending):
+    # upstream 1.13 measured: kth_only's gradient goes in equal parts to every element equal
+    # to the k-th value (a row of five ties gives each a fifth), as torch's amax shares its own
+    x = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 2, 2, 1, 1, 7, 7, 0, 3, 3],
+                  [5, 5, 5, 5, 5, 1, 1, 1, 1, 1]], np.float32)
+    check(lambda t: F.topk(t, k, descending=descending, kth_only=True)[0],
+          lambda t: _kth_shared_by_ties(t, k, descending), x)
+    # hand-computed: the 4 smallest of row 1 end at 2, held three times
+    t = mge.tensor(x)
+    with GradManager().attach(t) as gm:
+        gm.backward(F.topk(t, 4, kth_only=True)[0], mge.tensor([5.0, 7.0, 11.0]))
+    np.testing.assert_array_equal(t.grad.numpy()[1], [np.float32(7) / np.float32(3)] * 3 + [0] * 7)
+
+
+def test_topk_kth_only_gradient_is_recorded_for_a_second_order():
+    x = np.array([[2.0, 1.0, 2.0, 0.0]], np.float32)
+    t = mge.tensor(x)
+    with GradManager().attach(t) as outer:
+        with GradManager().attach(t) as inner:
+            kth = F.topk(t, 2, descending=True, kth_only=True)[0]  # 2.0, tied twice
+            inner.backward((kth * kth).sum())  # d/dx = 2 kth / 2 at each tie
+        np.testing.assert_array_equal(t.grad.numpy(), [[2.0, 0.0, 2.0, 0.0]])
+        outer.backward(t.grad.sum())  # t.grad.sum() is 2 kth: [1, 0, 1, 0] added to .grad
+    np.testing.assert_array_equal(t.grad.numpy(), [[3.0, 0.0, 3.0, 0.0]])
+
+
 def test_topk_negative_k_flips_the_direction_as_upstream():
     # upstream passes -k to its kernel for descending=True, so a negative k asks the other end;
     # the detection programs' sample_labels calls topk(rand, k=num_samples - num_valid) < 0

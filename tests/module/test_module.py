@@ -716,10 +716,18 @@ def test_replace_param_by_position():
     assert m.a is kept
 
 
-def test_zero_grad_is_deprecated_as_upstream():
+@pytest.mark.parametrize("name, args", [("zero_grad", ()), ("replace_param", ({}, 0))])
+def test_zero_grad_and_replace_param_warn_as_upstream(name, args):
+    # upstream decorates both with the deprecated package's @deprecated(version="1.0"), whose
+    # text for a method is "Call to deprecated method <name>. -- Deprecated since version
+    # <version>."; one warning per call, at the caller's line
     net = Scale(2)
-    with pytest.warns(DeprecationWarning, match="zero_grad"):
-        net.zero_grad()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(net, name)(*args)
+    assert [(w.category, str(w.message), w.filename) for w in caught] == [
+        (DeprecationWarning, f"Call to deprecated method {name}. -- Deprecated since version 1.0.",
+         __file__)]
 
 
 def test_load_state_dict_strict_forms_as_upstream():

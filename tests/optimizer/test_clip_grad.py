@@ -72,7 +72,7 @@ def test_a_grad_that_is_not_a_tensor_is_refused_before_any_is_clipped(clip):
     for p in ps[:2]:
         p.grad = mge.Tensor(np.full(3, 10.0, np.float32))
     ps[2].grad = "x"
-    with pytest.raises(TypeError, match=r"\.grad must be a Tensor or None, got str; nothing"):
+    with pytest.raises(TypeError, match=r"\.grad must be a Tensor or None, got str .*nothing"):
         clip(ps)
     assert [p.grad.tolist() for p in ps[:2]] == [[10.0] * 3] * 2
 

@@ -372,3 +372,22 @@ def test_a_tensors_first_qparams_are_symmetric_and_empty():
     # QParams(mode=QuantMode.SYMMERTIC, dtype_meta=None, scale=None, zero_point=None)
     assert repr(mge.tensor([1.0]).qparams) == (
         "QParams(mode=QuantMode.SYMMERTIC, dtype_meta=None, scale=None, zero_point=None)")
+
+
+def test_round_rounds_halves_away_from_zero_with_a_straight_through_gradient():
+    # upstream's quantization.utils.Round; torch's straight-through round (x + (round(x) -
+    # x).detach()) is the oracle off the halves, where torch rounds to even
+    from megengine.quantization.utils import Round
+
+    values = np.array([[2.4, -2.6, 0.0], [7.9, -0.2, 3.51]], np.float32)
+    x = mge.tensor(values)
+    with GradManager().attach(x) as gm:
+        y = Round()(x)
+        gm.backward((y * y).sum())
+    tx = torch.tensor(values, requires_grad=True)
+    ty = tx + (torch.round(tx) - tx).detach()
+    (ty * ty).sum().backward()
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+    # halves away from zero, as upstream's F.round (hand-computed)
+    np.testing.assert_array_equal(Round()(mge.tensor([0.5, -1.5, 2.5])).numpy(), [1, -2, 3])

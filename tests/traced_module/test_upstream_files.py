@@ -129,9 +129,9 @@ def test_loaded_file_jit_trace_dump():
 
 
 def test_upstream_class_not_provided_is_named():
-    with pytest.raises(pickle.UnpicklingError, match=r"megengine\.traced_module\.fake_quant"
-                                                     r"\.FakeQuantize"):
-        mge.load(io.BytesIO(b"cmegengine.traced_module.fake_quant\nFakeQuantize\n."))
+    with pytest.raises(pickle.UnpicklingError, match=r"megengine\.traced_module\.checker"
+                                                     r"\.TracedModuleChecker"):
+        mge.load(io.BytesIO(b"cmegengine.traced_module.checker\nTracedModuleChecker\n."))
 
 
 def test_upstream_function_not_provided_is_named():

@@ -423,3 +423,66 @@ def test_flops_rows_print_as_upstreams_with_its_key_order():
                                     "flops"]
     assert repr(rows["c"]["ratio"]) == repr(912 / 2462)
     assert list(rows["total"]) == ["name", "flops", "output_shapes"]
+
+
+def _records(call):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    ms.logger.addHandler(handler)
+    try:
+        result = call()
+    finally:
+        ms.logger.removeHandler(handler)
+    return result, [r.getMessage() for r in records]
+
+
+def test_the_steps_of_module_stats_are_public_as_upstreams():
+    # upstream 1.13's get_op_stats / sum_*_stats / print_*_stats / print_summary / dict2table,
+    # which its network tools call one by one; values by hand (upstream's formulas)
+    conv, lin = M.Conv2d(3, 4, 3, padding=1), M.Linear(5, 2)
+    x = mge.tensor(np.ones((1, 3, 5, 5), "float32"))
+    y, z = conv(x), lin(x)
+    assert ms.get_op_stats(M.ReLU(), [x], y) is None  # no FLOPs formula
+    # 1 * 4 * 5 * 5 outputs * (3 * 3 * 3 + a bias); 30 outputs * 5 inputs + 2 biases
+    assert ms.get_op_stats(conv, [x], y) == {"input_shapes": [(1, 3, 5, 5)],
+                                             "output_shapes": [(1, 4, 5, 5)], "flops_num": 2800}
+    assert ms.get_op_stats(lin, (x,), (z,))["flops_num"] == 152 == ms.flops_linear(lin, [x], [z])
+    assert ms.flops_convNd(conv, [x], [y]) == 2800  # upstream's name of the formula
+    flops = [dict(ms.get_op_stats(conv, [x], y), name="c", class_name="Conv2d"),
+             dict(ms.get_op_stats(lin, [x], z), name="l", class_name="Linear")]
+    total, rows = ms.sum_op_stats(flops, bar_length_max=10)
+    assert total == 2952 and rows is flops
+    assert [(r["flops_cum"], r["percentage"], r["bar"], r["flops"]) for r in rows[:2]] == [
+        ("2.800 KOPs", "94.85%", "#" * 10, "2.800 KOPs"),
+        ("2.952 KOPs", "5.15%", "", "152.000 OPs")]
+    assert rows[2] == {"name": "total", "flops": "2.952 KOPs", "output_shapes": 4 + 3}
+    params = [dict(ms.get_param_stats(conv.weight), name="c-w"),
+              dict(ms.get_param_stats(conv.bias), name="c-b")]
+    dims, size, rows = ms.sum_param_stats(params, 8)
+    assert (dims, size, rows[-1]) == (112, 448, {"name": "total", "param_dim": 112,
+                                                 "size": "448.000 B"})
+    assert [(r["size"], r["size_cum"], r["percentage"], r["size_bar"]) for r in rows[:2]] == [
+        ("432.000 B", "432.000 B", "96.43%", "#" * 8), ("16.000 B", "448.000 B", "3.57%", "")]
+    acts = [dict(ms.get_activation_stats(y), name="c", class_name="Conv2d")]
+    assert ms.sum_activations_stats(acts)[:2] == (100, 400)
+    assert ms.dict2table([{"a": 1, "b": 2}, {"b": 3, "z": 9}], ["a", "b"]) == [
+        ["a", "b"], [1, 2], ["", 3]]
+    _, logged = _records(lambda: (ms.print_op_stats(flops), ms.print_param_stats(params),
+                                  ms.print_activations_stats(acts),
+                                  ms.print_summary(a=1, bb="x")))
+    assert [m.split("\n")[0] for m in logged] == [
+        "flops stats: ", "param stats: ", "activations stats: ", "summary"]
+    assert logged[0].splitlines()[3] == ("c      Conv2d      [(1, 3, 5, 5)]  [(1, 4, 5, 5)]  "
+                                         "2.800 KOPs   2.800 KOPs  94.85%      ##########")
+    assert logged[3] == "summary\n----  -----\nitem  value\na     1\nbb    x\n----  -----"
+
+
+def test_module_stats_logs_what_its_public_steps_log():
+    net = M.Sequential(M.Conv2d(3, 4, 3), M.Linear(2, 3))
+    x = np.ones((1, 3, 4, 4), "float32")
+    (_, details), logged = _records(lambda: module_stats(net, x, bar_length_max=7))
+    _, again = _records(lambda: (ms.print_param_stats(details.params),
+                                 ms.print_op_stats(details.flops),
+                                 ms.print_activations_stats(details.activations, True)))
+    assert logged[:3] == again
