@@ -565,7 +565,6 @@ class TopK(_PickLast):
             idx = xp.take_along_axis(idx, order, -1)
         return idx
 
-
     def _forward_kth(self, x):
         """The k-th value of each row, whose gradient every element of the row equal to it
         shares equally, as upstream's (1.13 measured: a row with five elements tied at the
