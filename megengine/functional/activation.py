@@ -335,8 +335,9 @@ class _Gelu(_Activation):
 
     def compute(self, xp, x):
         cdf = _normal_cdf(xp, x)
-        if True in self.needs_input_grad:  # recorded: gelu'(x) now, x and Phi(x) not kept
-            self.derivative = _gelu_derivative(xp, x, cdf)  # (see `_Silu`)
+        # recorded: gelu'(x) now, x and Phi(x) not kept (see `_Silu`)
+        self.derivative = (_gelu_derivative(xp, x, cdf) if True in self.needs_input_grad
+                           else None)  # (None: an op called again keeps no earlier one)
         return x * cdf
 
     def grad(self, xp, x, y, g):
@@ -392,8 +393,8 @@ class _Silu(_Activation):
     # and 2.57-2.59x at 64K; gelu 5.05-5.30x and 4.98-5.07x, 2.40-2.69x and 2.62-2.94x).
     def compute(self, xp, x):
         s = _sigmoid(xp, x)
-        if True in self.needs_input_grad:  # recorded
-            self.derivative = s * (1 + x * (1 - s))
+        self.derivative = (s * (1 + x * (1 - s)) if True in self.needs_input_grad  # recorded
+                           else None)  # (None: an op called again keeps no earlier one)
         return x * s
 
     def grad(self, xp, x, y, g):
