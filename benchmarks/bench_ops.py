@@ -130,6 +130,14 @@ def mask_and_two(size):
     return [rs.rand(*size["ew"]) > 0.5, x, y]
 
 
+def half_rows_and_index(size):
+    """float16 rows and 4 * rows indices into them (repeats): x[idx], whose gradient sums the
+    repeated rows (float16 in index order, as numpy's add.at and torch)."""
+    rs = _rs(size, 10)
+    n, c = size["rows"], size["cols"]
+    return [rs.randn(n, c).astype(np.float16), rs.randint(0, n, 4 * n).astype(np.int32)]
+
+
 def _long(t):
     return t.long()
 
@@ -159,6 +167,7 @@ CASES = [
          lambda x, y: torch.gather(x, 1, _long(y)[:, None])),
     Case("indexing_one_hot", logits, lambda x, y: F.indexing_one_hot(x, y, 1),
          lambda x, y: torch.gather(x, 1, _long(y)[:, None])[:, 0]),
+    Case("index_rows_f16", half_rows_and_index, lambda x, i: x[i], lambda x, i: x[_long(i)]),
     Case("one_hot", logits, lambda x, y: F.one_hot(y, x.shape[1]),
          lambda x, y: TF.one_hot(_long(y), x.shape[1]).int(), grad=False),
     Case("topk5", logits, lambda x, y: F.topk(x, 5, descending=True)[0],
@@ -204,7 +213,8 @@ def steppers(case, size, mode, torch_grad="backward"):
     xs = [mge.tensor(a) for a in arrays]
     ts = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
     out = case.mge(*xs)
-    dy = np.asarray(np.random.RandomState(0).randn(*out.shape), dtype=np.float32)
+    dy = np.asarray(np.random.RandomState(0).randn(*out.shape),  # (float16 for a float16 op)
+                    dtype=out.dtype if out.dtype == np.float16 else np.float32)
     dy_m, dy_t = mge.tensor(dy), torch.from_numpy(dy)
     attached = [xs[i] for i in diff]
     gm = GradManager().attach(attached)

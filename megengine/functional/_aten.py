@@ -250,8 +250,8 @@ _forced = set()
 # are).
 # "half": float16 sums, differences and products from 1024 values (`binary`, where the
 # measurements are).
-# "index_add": the gradient of x[idx] of float32/float64 arrays from 1024 values, ATen's
-# index_add_ (`core/ops.py` IndexAdd, where the measurements are).
+# "index_add": the gradient of x[idx] of float arrays from 1024 values, ATen's index_add_
+# (float16: index_put_'s accumulation; `core/ops.py` IndexAdd, where the measurements are).
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
                      "gemm", "update", "pool", "cast", "half", "index_add"})

@@ -177,7 +177,7 @@ def test_plain_and_mixed_indices_give_torchs_values_and_gradients(index):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("shape,index,on_aten", [
     ((300, 16), lambda r: (r.randint(-300, 300, 1000),), True),  # repeats, negative positions
     ((300, 16), lambda r: (r.randint(0, 300, (20, 50)).astype("int32"),), True),
@@ -190,7 +190,9 @@ def test_the_gradient_of_an_integer_index_sums_repeats_as_torch(
         monkeypatch, dtype, shape, index, on_aten, threads):
     # a large gradient of x[idx] (one integer array after whole axes) takes ATen's index_add_,
     # which adds the slices in the index's order as numpy's add.at: the same bits on both
-    # paths, and torch's gradient of x[idx] (which sums in another order) within rounding
+    # paths, and torch's gradient of x[idx] (which sums in another order) within rounding;
+    # float16 takes index_put_'s accumulation, torch's own: its gradient bit for bit (each
+    # sum rounded to float16 in the index's order, as numpy's add.at)
     rng = np.random.RandomState(1)
     idx = index(rng)
     a = rng.randn(*shape).astype(dtype)
@@ -218,5 +220,8 @@ def test_the_gradient_of_an_integer_index_sums_repeats_as_torch(
     t = torch.tensor(a, requires_grad=True)
     t[tuple(torch.from_numpy(i.astype("int64")) if isinstance(i, np.ndarray) else i
             for i in idx)].backward(torch.from_numpy(g))
+    if dtype == "float16":
+        assert grads[0].tobytes() == t.grad.numpy().tobytes()
+        return
     tol = 1e-4 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(grads[0], t.grad.numpy(), rtol=tol, atol=tol * 1e3)

@@ -467,6 +467,72 @@ def test_float16_division_and_powers_compute_in_float32_rounded_once(monkeypatch
         within_a_float16_step(wb.grad.numpy(), tb.grad.numpy())
 
 
+def _float16_div_pow_cases(a, b, g):
+    """name -> (the function, its gradients computed by hand in float32 from the float16
+    values and rounded once: what forward's float32 copies of the operands gave backward)."""
+    a32, b32, g32 = a.astype(np.float32), b.astype(np.float32), g.astype(np.float32)
+    f16 = lambda v: np.asarray(v, np.float32).astype(np.float16)
+
+    def quotient(b32):
+        ga = g32 / b32
+        return f16(ga), f16(-ga * a32 / b32)
+
+    return {
+        "x / y": (lambda x, y: x / y, quotient(b32)),
+        "x / y[0]": (lambda x, y: x / y[0], quotient(b32[0])),
+        "x / 3": (lambda x, y: x / 3, (quotient(np.float32(3))[0], None)),
+        "x ** 2": (lambda x, y: x ** 2, (f16(g32 * np.float32(2) * a32), None)),
+        "x ** 3": (lambda x, y: x ** 3, (f16(g32 * (np.float32(3) * np.square(a32))), None)),
+        "x ** y": (lambda x, y: x ** y, (f16(g32 * (b32 * a32 ** (b32 - 1))),
+                                         f16(g32 * (a32 ** b32 * np.log(a32))))),
+    }
+
+
+@pytest.mark.parametrize("name", ["x / y", "x / y[0]", "x / 3", "x ** 2", "x ** 3", "x ** y"])
+def test_float16_division_and_powers_keep_float16_operands_for_backward(name):
+    # a recorded float16 division or power holds its float16 operands from forward to
+    # backward, not float32 copies of them (2 bytes more per value each), and the float32
+    # power only for x ** y (the exponent's gradient reads it); backward converts them again,
+    # so the gradients are the float32 formulas' bit for bit (and within a float16 step of
+    # torch's float64 ones on the same values)
+    rng = np.random.default_rng(21)
+    a = rng.uniform(0.5, 2, (64, 128)).astype(np.float16)
+    b = (rng.uniform(0.5, 2, (64, 128)) * rng.choice([-1, 1], (64, 128))).astype(np.float16)
+    g = rng.standard_normal((64, 128)).astype(np.float16)
+    fn, (want_a, want_b) = _float16_div_pow_cases(a, b, g)[name]
+    if name == "x / y[0]":  # (a broadcast divisor, its gradient summed over the rows)
+        want_b = (-g.astype(np.float32) * a / b[0].astype(np.float32) ** 2).sum(0)
+    wa, wb = mge.Parameter(a, device="cpu0"), mge.Parameter(b, device="cpu0")
+    with GradManager().attach([wa, wb]) as gm:
+        y = fn(wa, wb)
+        op = y._node[0].op
+        assert op.half_dtypes is not None  # (the float32 path ran)
+        held = [v for v in vars(op).values() if isinstance(v, np.ndarray) and v.size > 1
+                and v is not wa._data and v is not wb._data]
+        if name == "x ** y":
+            assert [v.dtype for v in held] == [np.float32]  # (the power; half the output's)
+        elif name == "x / y[0]":
+            assert [v.dtype for v in held] == [np.float16]  # (the row, an operand itself)
+        else:
+            assert held == []
+        gm.backward(y, mge.tensor(g, device="cpu0"))
+    _same_values(wa.grad.numpy(), want_a)
+    if want_b is None:
+        assert wb.grad is None
+    elif name == "x / y[0]":  # (summed in float32, rounded once: within a float16 step)
+        within_a_float16_step(wb.grad.numpy()[0], want_b)
+        assert not wb.grad.numpy()[1:].any()
+    else:
+        _same_values(wb.grad.numpy(), want_b)
+    ta, tb = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (a, b))
+    ty = fn(ta, tb)
+    ty.backward(torch.tensor(g, dtype=torch.float64))
+    within_a_float16_step(y.numpy(), ty.detach().numpy())
+    for w, t in ((wa, ta), (wb, tb)):
+        if t.grad is not None:
+            within_a_float16_step(w.grad.numpy(), t.grad.numpy())
+
+
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_float16_max_min_gradients_find_ties_in_float32(monkeypatch, mode):
     # upstream's rule (every element equal to the result takes all of g), with the ties found

@@ -85,6 +85,31 @@ def test_activations_whose_gradient_reads_x_do_not_keep_their_output(name, fn, t
     np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["silu", "gelu"])
+def test_silu_and_gelu_array_code_keep_one_array_for_backward(name):
+    # a recorded call on the array code (what CuPy runs when torch has no CUDA) keeps f'(x)
+    # alone, computed in forward (x and sigmoid(x) / Phi(x) were kept before: two arrays,
+    # where torch keeps x alone); its gradient is g * f'(x) as before, against torch's
+    x = rand(3, 40, low=-5, high=5)
+    g = rand(3, 40, low=-1, high=1)
+    fn, torch_fn = {"silu": (F.silu, TF.silu), "gelu": (F.gelu, TF.gelu)}[name]
+    w = mge.tensor(x)
+    gm = GradManager().attach(w)
+    with _aten.avoided("activation", "gelu"):
+        with gm:
+            y = fn(w)
+            op = y._node[0].op
+            kept = [v for v in vars(op).values()  # (arrays of either device; not ShapeOnly)
+                    if hasattr(v, "dtype") and hasattr(v, "size") and v.size > 1]
+            assert [v.shape for v in kept] == [x.shape] and op.tx is None  # (array code)
+            assert kept[0] is op.derivative and w._data is not op.x  # (not x: its shape)
+            gm.backward(y, mge.tensor(g))
+    tx = torch.tensor(x, requires_grad=True)
+    torch_fn(tx).backward(torch.from_numpy(g))
+    tol = dict(rtol=1e-5, atol=1e-6) if name == "silu" else dict(rtol=1e-6, atol=3e-6)
+    np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), **tol)
+
+
 def test_activations_are_in_F_and_F_nn():
     for name, _, _ in ACTIVATIONS:
         name = name.split("_0")[0]

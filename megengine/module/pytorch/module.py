@@ -235,20 +235,16 @@ class PyTorchModule(Module):
     def load_torch_state_dict(self, state_dict, strict=True):
         """Load a plain torch ``state_dict`` (e.g. from ``torch.load``) into the shared storage.
 
-        When torch's ``load_state_dict`` raises (a shape mismatch; with ``strict``, a missing or
-        unexpected key) nothing is loaded: torch's has then already copied the entries that
-        fit, so the values from before are written back (the call holds a copy of the
-        module's parameters and buffers while it runs)."""
+        torch's ``load_state_dict`` checks the entries (with ``strict``, missing and unexpected
+        keys; shapes; values that are not tensors) with its copies held back; they are made
+        afterwards, one tensor at a time, only when it raised nothing. So a refusal loads
+        nothing (torch's own copies every entry that fits before it raises), and the call
+        needs no copy of the module's state to undo one."""
         self._check_shared()  # (a broken sharing first: nothing should load then)
-        held = list(self._torch_module.state_dict(keep_vars=True).values())
-        before = [t.detach().clone() for t in held]
-        try:
+        deferred = _DeferredCopies(self._torch_module.state_dict(keep_vars=True).values())
+        with deferred:
             result = self._torch_module.load_state_dict(state_dict, strict=strict)
-        except BaseException:
-            with torch.no_grad():
-                for t, value in zip(held, before):
-                    t.copy_(value)
-            raise
+        deferred.copy()
         self._check_shared()
         return result
 
@@ -537,6 +533,35 @@ def _grads_by_backward(outs, wrt, out_grads, params):
         inside.restore()
         for t, g in zip(reached, kept):
             t.grad = g
+
+
+class _DeferredCopies(TorchFunctionMode):
+    """Active while torch's ``load_state_dict`` checks a state dict: its in-place copies into
+    ``tensors`` (a module's parameters and buffers) are kept as pairs, not made; `copy` makes
+    them afterwards, in torch's order (a tied tensor named twice takes the last value, as with
+    torch). Each pair's copy is tried on one value here (a dtype torch does not convert, such
+    as a quantized tensor's, a sparse tensor), so that it is refused before anything is
+    written."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.targets = {id(t) for t in tensors}
+        self.pairs = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_ and id(args[0]) in self.targets and not kwargs \
+                and len(args) == 2 and isinstance(args[1], torch.Tensor):
+            target, value = args
+            if value.numel():  # (torch's error, if any, from a view of one value)
+                target.new_empty(()).copy_(value[(0,) * value.dim()])
+            self.pairs.append((target, value))
+            return target
+        return func(*args, **(kwargs or {}))
+
+    def copy(self):
+        with torch.no_grad():
+            for target, value in self.pairs:
+                target.copy_(value)
 
 
 class _LeafGrads(TorchFunctionMode):

@@ -1050,12 +1050,13 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
         wrap.load_torch_state_dict(tmod.state_dict())
 
 
-@pytest.mark.parametrize("spoil", ["shape", "unexpected key", "missing key"])
+@pytest.mark.parametrize("spoil", ["shape", "unexpected key", "missing key", "dtype"])
 def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     # torch 2.13 measured: nn.Module.load_state_dict copies every entry that fits, then raises
     # for a (9,) "1.weight" (or an unexpected "zzz"): the first layer had the new values.
-    # Here the wrapper writes the old values back, so megengine's and torch's views of the
-    # shared storage keep what they had.
+    # Here the wrapper makes the copies only after torch's checks passed, so megengine's and
+    # torch's views of the shared storage keep what they had (a quantized value, which torch
+    # does not copy into a float tensor, is found before anything is written too).
     tmod = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3), nn.BatchNorm1d(3))
     wrap = PyTorchModule(tmod)
     before = {k: v.copy() for k, v in wrap.state_dict().items()}
@@ -1064,6 +1065,8 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
         sd["1.weight"] = torch.zeros(9)
     elif spoil == "unexpected key":
         sd["zzz"] = torch.zeros(1)
+    elif spoil == "dtype":
+        sd["1.weight"] = torch.quantize_per_tensor(sd["1.weight"], 0.5, 0, torch.qint8)
     else:
         del sd["2.running_var"]
     with pytest.raises(RuntimeError, match="Error\\(s\\) in loading state_dict"):
@@ -1072,10 +1075,30 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
         np.testing.assert_array_equal(v, before[k])
     for k, v in tmod.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k])
-    if spoil != "shape":  # without strict the same dict loads, in the same storage
+    if spoil not in ("shape", "dtype"):  # without strict the same dict loads, in place
         wrap.load_torch_state_dict(sd, strict=False)
         np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
         np.testing.assert_array_equal(tmod[0].weight.detach().numpy(), before["0.weight"] + 100)
+
+
+def test_loading_a_torch_state_dict_allocates_no_copy_of_the_state():
+    # the values go straight from the state dict into the shared storage, a float64 one
+    # converted on the way as torch's load_state_dict converts it: torch's allocator (its
+    # profiler's memory events) serves no tensor as large as a layer's weight meanwhile,
+    # where a copy of the state kept to undo a refusal took them all
+    tmod = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256), nn.BatchNorm1d(256))
+    wrap = PyTorchModule(tmod)
+    sd = {k: v.double() + 1 for k, v in tmod.state_dict().items()}
+    want = copy.deepcopy(tmod)
+    want.load_state_dict(sd)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        wrap.load_torch_state_dict(sd)
+    largest = max([e.cpu_memory_usage for e in prof.events()], default=0)
+    assert largest < 256 * 256 * 4, largest  # (one weight: 256 KiB)
+    for k, v in want.state_dict().items():
+        np.testing.assert_array_equal(wrap.state_dict()[k], v.numpy())
+        assert tmod.state_dict()[k].dtype == v.dtype
 
 
 def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
