@@ -239,12 +239,26 @@ class PyTorchModule(Module):
         keys; shapes; values that are not tensors) with its copies held back; they are made
         afterwards, one tensor at a time, only when it raised nothing. So a refusal loads
         nothing (torch's own copies every entry that fits before it raises), and the call
-        needs no copy of the module's state to undo one."""
+        needs no copy of the module's state to undo one. Where a module of the tree has a
+        load-state-dict post hook (``register_load_state_dict_post_hook``), which may read or
+        change the loaded values, torch's copies are made as it goes instead, and a refusal
+        writes back the values from before, held for the call."""
         self._check_shared()  # (a broken sharing first: nothing should load then)
-        deferred = _DeferredCopies(self._torch_module.state_dict(keep_vars=True).values())
-        with deferred:
-            result = self._torch_module.load_state_dict(state_dict, strict=strict)
-        deferred.copy()
+        held = list(self._torch_module.state_dict(keep_vars=True).values())
+        if any(m._load_state_dict_post_hooks for m in self._torch_module.modules()):
+            before = [t.detach().clone() for t in held]
+            try:
+                result = self._torch_module.load_state_dict(state_dict, strict=strict)
+            except BaseException:
+                with torch.no_grad():
+                    for t, value in zip(held, before):
+                        t.copy_(value)
+                raise
+        else:
+            deferred = _DeferredCopies(held)
+            with deferred:
+                result = self._torch_module.load_state_dict(state_dict, strict=strict)
+            deferred.copy()
         self._check_shared()
         return result
 

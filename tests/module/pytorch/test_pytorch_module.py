@@ -1101,6 +1101,28 @@ def test_loading_a_torch_state_dict_allocates_no_copy_of_the_state():
         assert tmod.state_dict()[k].dtype == v.dtype
 
 
+def test_a_load_post_hook_sees_the_loaded_values_and_a_refusal_still_loads_nothing():
+    # torch runs a module's load-state-dict post hooks inside load_state_dict: one that reads
+    # the weights (to refresh something derived from them) must see the new values, as with
+    # torch alone, and a refused dict must still leave the shared storage as it was
+    tmod = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3))
+    seen = []
+    tmod[0].register_load_state_dict_post_hook(
+        lambda module, keys: seen.append(module.weight.detach().clone()))
+    wrap = PyTorchModule(tmod)
+    sd = {k: v + 100 for k, v in tmod.state_dict().items()}
+    wrap.load_torch_state_dict(sd)
+    torch.testing.assert_close(seen[-1], sd["0.weight"])
+    np.testing.assert_array_equal(wrap.state_dict()["0.weight"], sd["0.weight"].numpy())
+    before = {k: v.copy() for k, v in wrap.state_dict().items()}
+    bad = {k: v + 1 for k, v in sd.items()}
+    bad["1.weight"] = torch.zeros(9)
+    with pytest.raises(RuntimeError, match="Error\\(s\\) in loading state_dict"):
+        wrap.load_torch_state_dict(bad)
+    for k, v in wrap.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_zero_x_optimizer_flow_trains_like_the_grad_manager_flow():
     """The guide's era: opt.zero_grad(); loss = net(x); opt.backward(loss); opt.step()."""
     data = [(np.random.randn(4, 1, 32, 32).astype("float32"), np.random.randint(0, 10, 4))
