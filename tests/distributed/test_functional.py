@@ -567,3 +567,36 @@ def test_collective_comm_runs_the_collective_its_mode_names(run_ranks):
             in got[r]["all_reduce_mean"]
     np.testing.assert_array_equal(got[0]["reduce_sum"], xs[0] + xs[1])
     assert got[1]["reduce_sum"] is None  # as reduce_sum: the result is the root's
+
+
+def _edge_inputs_in_groups():
+    rank = dist.get_rank()
+    reversed_pair = dist.new_group([1, 0])  # both ranks, root 1
+    out = {}
+    for case in ("float16", "int8", "zero_rows", "strided"):
+        x = _edge_view(case, mge.tensor(_edge_array(case, rank)))
+        out["broadcast", case] = fd.broadcast(x, reversed_pair).numpy()
+        out["all_gather", case] = fd.all_gather(x, reversed_pair).numpy()
+        out["all_reduce_min", case] = fd.all_reduce_min(x, reversed_pair).numpy()
+    if rank == 1:  # a group of some of the ranks: only its member calls
+        alone = dist.new_group([1])
+        x = mge.tensor(_edge_array("int8", 1))
+        out["alone"] = (fd.all_reduce_sum(x, alone).numpy(), fd.all_gather(x, alone).numpy(),
+                        fd.broadcast(x, alone).numpy())
+    return out
+
+
+def test_edge_inputs_in_a_group_rooted_at_rank_1_and_a_group_of_one_rank(run_ranks):
+    got = run_ranks(_edge_inputs_in_groups, 2)
+    for case in ("float16", "int8", "zero_rows", "strided"):
+        xs = [_edge_view(case, _edge_array(case, r)) for r in range(2)]
+        for r in range(2):
+            for name, want in (("broadcast", xs[1]), ("all_gather", np.concatenate([xs[1], xs[0]])),
+                               ("all_reduce_min", np.minimum(*xs))):
+                value = got[r][name, case]
+                assert value.dtype == want.dtype and value.shape == want.shape, (name, case, r)
+                np.testing.assert_array_equal(value, want, err_msg=f"{name} {case} rank {r}")
+    x = _edge_array("int8", 1)
+    for value in got[1]["alone"]:
+        np.testing.assert_array_equal(value, x)
+        assert value.dtype == np.int8
