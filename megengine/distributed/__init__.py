@@ -4,6 +4,9 @@ Importing it does not import torch; ``init_process_group`` (or a launched worker
 collectives themselves are in ``megengine.functional.distributed`` (``megengine.distributed.functional``
 re-exports them under upstream's older module name).
 """
+import sys
+import types
+
 from . import group, helper  # noqa: F401
 from .group import (
     WORLD,
@@ -16,6 +19,8 @@ from .group import (
     get_rank,
     get_world_size,
     group_barrier,
+    group_end,
+    group_start,
     init_process_group,
     is_distributed,
     new_group,
@@ -34,7 +39,7 @@ __all__ = [
     "get_world_size", "get_backend", "new_group", "group_barrier", "override_backend",
     "bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback", "launcher",
     "WorkerError", "Server", "Client", "get_client", "get_free_ports", "get_py_server_addr",
-    "get_mm_server_addr",
+    "get_mm_server_addr", "group_start", "group_end",
 ]
 
 
@@ -48,3 +53,21 @@ def __getattr__(name):
 
         return importlib.import_module(".functional", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """This package's module type: gives it upstream's ``dist.backend`` property."""
+
+    @property
+    def backend(self):
+        """The collectives' backend, ``"gloo"`` or ``"nccl"`` (as `get_backend`); only after
+        init_process_group, as upstream. Setting it to the backend in use (or ``"auto"``) is
+        accepted; another one raises ValueError: one torch backend serves the process group."""
+        return group._state("backend").backend
+
+    @backend.setter
+    def backend(self, value):
+        group._check_same_backend(value, "backend")
+
+
+sys.modules[__name__].__class__ = _Package

@@ -16,7 +16,8 @@ from .server import Server  # noqa: F401  (upstream 1.0's programs import it fro
 __all__ = [
     "Group", "WORLD", "init_process_group", "is_distributed", "get_rank", "get_world_size",
     "get_backend", "new_group", "group_barrier", "destroy_process_group", "override_backend",
-    "DEFAULT_TIMEOUT", "get_py_server_addr", "get_mm_server_addr", "get_client",
+    "DEFAULT_TIMEOUT", "get_py_server_addr", "get_mm_server_addr", "get_client", "group_start",
+    "group_end",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective or the rendezvous waits for a peer before raising
@@ -45,6 +46,9 @@ class _State:
 
 
 _sd = None  # the _State once init_process_group has run
+# the keys of this process's rendezvous in its store: set by a launched worker, whose
+# launcher's server outlives one call (each call meets under keys of its own)
+_rendezvous_prefix = ""
 
 
 def _not_initialized(what):
@@ -279,7 +283,11 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         if from_env:
             kwargs["init_method"] = "env://"
         else:
-            kwargs["store"] = _rendezvous_store(master_ip, port, world_size, rank, timeout)
+            store = _rendezvous_store(master_ip, port, world_size, rank, timeout)
+            # torch's keys under the prefix; get_client's values in the store itself, where
+            # a Client(master_ip, port) sees them, as upstream's
+            kwargs["store"] = (dist.PrefixStore(_rendezvous_prefix, store)
+                               if _rendezvous_prefix else store)
         # TORCH_DISTRIBUTED_DEBUG=DETAIL (torch's check that the ranks' collectives agree in op,
         # shapes and dtypes) as the environment says now: torch reads it once per process, and
         # a forked worker would keep its parent's first reading (unset: a level set with
@@ -291,7 +299,7 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
         raise _rendezvous_error(error, master_ip, port, world_size, rank, timeout) from error
     _sd = _State(master_ip, port, world_size, rank, device, backend, timeout, from_env,
                  device_type)
-    _sd.store = kwargs.get("store")
+    _sd.store = None if from_env else store
     WORLD.reset(list(range(world_size)))
 
     from .. import random
@@ -312,8 +320,8 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
 
 def _rendezvous_store(master_ip, port, world_size, rank, timeout):
     """The TCPStore the ranks meet in: rank 0 hosts it, unless a `Server` on rank 0's machine
-    already does on ``port`` (upstream's hand-started jobs create one first); then rank 0
-    joins it too."""
+    already does on ``port`` (a launcher's, or one that upstream's hand-started jobs create
+    first); then rank 0 joins it too."""
     import torch.distributed as dist
 
     limit = _timedelta(timeout)
@@ -383,6 +391,8 @@ def destroy_process_group() -> None:
     _sd = None
     _groups.clear()
     _made.clear()
+    _batch.depth = 0
+    _batch.sends.clear()
     WORLD.proc_ranks = None
     WORLD._pg = None
 
@@ -443,18 +453,27 @@ def _state(what):
     return _sd
 
 
+def _check_same_backend(new_backend, what):
+    """Upstream switches the collectives' backend (NCCL or RCCL) on a live process group; one
+    torch backend serves every collective here, so only the one in use (or "auto") is
+    accepted."""
+    sd = _state(what)
+    new_backend = _ALIASES.get(new_backend, new_backend)
+    if new_backend not in (None, sd.backend):
+        raise ValueError(f"{what}: the process group runs on {sd.backend}; {new_backend!r} "
+                         "would need a second process group (the backend is chosen once, by "
+                         "init_process_group's backend argument)")
+
+
 class override_backend:
     """Upstream's context manager to switch the collective backend; one torch backend serves
     every collective here, so only the backend already in use is accepted."""
 
     def __init__(self, new_backend):
-        self.new_backend = _ALIASES.get(new_backend, new_backend)
+        self.new_backend = new_backend
 
     def __enter__(self):
-        sd = _state("override_backend")
-        if self.new_backend not in (None, sd.backend):
-            raise ValueError(f"override_backend: the process group runs on {sd.backend}; "
-                             f"{self.new_backend!r} would need a second process group")
+        _check_same_backend(self.new_backend, "override_backend")
         return self
 
     def __exit__(self, *exc):
@@ -491,3 +510,53 @@ def group_barrier(group: Group = WORLD) -> None:
         dist.barrier(group=group._pg, device_ids=[_sd.device])
     else:
         dist.barrier(group=group._pg)
+
+
+class _Batch:
+    """The state of group_start/group_end: how deep the calls nest, and the sends posted
+    since the outermost group_start (torch Work handles with the arrays they read from)."""
+
+    def __init__(self):
+        self.depth = 0
+        self.sends = []
+
+
+_batch = _Batch()
+
+
+def group_start() -> None:
+    """Open a batch of communication, closed by `group_end` (upstream's grouping of NCCL
+    calls); batches nest. Inside a batch, ``remote_send`` returns once its tensor is posted,
+    and the send completes by the outermost ``group_end``: every rank may send before it
+    receives (an exchange around a ring) without waiting for its peer. Collectives run in
+    the order they are called, as outside a batch: their results are the same."""
+    _batch.depth += 1
+
+
+def group_end() -> None:
+    """Close the batch `group_start` opened; the outermost one waits until every send posted
+    in the batch has completed."""
+    if _batch.depth == 0:
+        raise RuntimeError("group_end: no batch is open; call dist.group_start() first, once "
+                           "per group_end")
+    _batch.depth -= 1
+    if _batch.depth:
+        return
+    sends, _batch.sends = _batch.sends, []
+    for dest, work, _source in sends:
+        try:
+            work.wait()
+        except RuntimeError as error:
+            raise waiting_failure(
+                f"group_end: a remote_send to rank {dest} posted in this batch did not "
+                f"complete within the process group's timeout ({_sd.timeout:g} s): rank "
+                f"{dest} died, or did not call remote_recv for it.", error) from error
+
+
+def _in_batch() -> bool:
+    return _batch.depth > 0
+
+
+def _post_send(work, dest, source):
+    """Keep an asynchronous send of ``source`` to ``dest`` until the batch ends."""
+    _batch.sends.append((dest, work, source))

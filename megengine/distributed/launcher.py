@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import queue as _queue
 import signal
-import socket
 import sys
 import time
 import traceback
 
+from . import group as _group
 from .group import (DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group,
                     waiting_failure)
+from .server import Server
 
 __all__ = ["launcher", "WorkerError"]
 
@@ -31,12 +32,6 @@ class WorkerError(RuntimeError, AssertionError):
         self.rank = rank
 
 
-def _free_port(host):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("" if host in ("localhost", "127.0.0.1") else host, 0))
-        return s.getsockname()[1]
-
-
 def _gpu_count():
     """GPUs the workers can use, counted without initializing CUDA here: CUDA cannot be used in
     a process forked after its parent initialized it (torch counts through NVML; the engine's GPU
@@ -50,10 +45,14 @@ def _gpu_count():
     return torch.cuda.device_count()
 
 
-def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False, profile=None):
-    """One launched process: join the group, run ``func``, report (rank, ok, value/traceback)."""
+def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False, profile=None,
+            call=1):
+    """One launched process: join the group, run ``func``, report (rank, ok, value/traceback).
+    ``call`` counts the launcher's calls: each one meets in keys of its own in the launcher's
+    long-lived rendezvous server (the keys of an earlier call would mislead this one)."""
     status = 0
     try:
+        _group._rendezvous_prefix = f"megengine_launch_{call}/"
         if forked and options["device_type"] == "cpu":
             # a CPU worker forked from a process that may have used CUDA (CuPy initialises it
             # with the first GPU array): CUDA calls would fail here, so tensors stay on the CPU
@@ -148,7 +147,10 @@ class launcher:
         world_size: processes over all machines (default ``n_gpus``).
         rank_start: the global rank of this machine's first process.
         master_ip: address of the machine of rank 0.
-        port: the rendezvous port; 0 picks a free one (single machine only).
+        port: the rendezvous port. On the machine of rank 0 (``rank_start=0``) the launcher
+            serves the rendezvous from when it is made, as upstream's: its ``server`` is the
+            `Server`, and its ``port`` the port served on (0 picks a free one: read it from
+            ``.port`` for the other machines). Other machines give that port.
         device_type: ``"xpu"`` (GPU when there is one), ``"gpu"`` or ``"cpu"``. Forked
             ``"cpu"`` workers keep their tensors on the CPU and never touch CUDA (a CUDA
             context does not survive ``fork``), so they may be launched from a process that
@@ -181,9 +183,10 @@ class launcher:
         if rank_start + n_gpus > world_size:
             raise ValueError(f"launcher: ranks {rank_start}..{rank_start + n_gpus - 1} do not fit "
                              f"in world_size={world_size}")
-        if port == 0 and world_size > n_gpus:
-            raise ValueError("launcher: a job over several machines needs an explicit port, the "
-                             "same on every machine")
+        if port == 0 and rank_start != 0:
+            raise ValueError(f"launcher: ranks from rank_start={rank_start} join the "
+                             "rendezvous the launcher of rank 0 serves; give its port (that "
+                             "launcher's .port)")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"launcher: timeout must be positive seconds or None, got {timeout!r}")
         if start_method is None:
@@ -194,16 +197,20 @@ class launcher:
         self.world_size = world_size
         self.rank_start = rank_start
         self.master_ip = master_ip
-        self.port = port
         self.device_type = device_type
         self.backend = backend
         self.timeout = timeout
         self.collective_timeout = collective_timeout
         self.context = multiprocessing.get_context(start_method)
+        self.port = port
+        if rank_start == 0:  # as upstream's: rank 0's machine serves from now on
+            self.server = Server(port)
+            self.port = self.server.py_server_port
+        self._calls = 0
 
     def __call__(self, *args, **kwargs):
-        port = self.port or _free_port(self.master_ip)
-        options = dict(master_ip=self.master_ip, port=port, world_size=self.world_size,
+        self._calls += 1
+        options = dict(master_ip=self.master_ip, port=self.port, world_size=self.world_size,
                        backend=self.backend, device_type=self.device_type,
                        timeout=self.collective_timeout)
         if self.context.get_start_method() == "fork":
@@ -226,7 +233,8 @@ class launcher:
                 rank = self.rank_start + local
                 procs[rank] = self.context.Process(
                     target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
-                                          self.context.get_start_method() == "fork", profile),
+                                          self.context.get_start_method() == "fork", profile,
+                                          self._calls),
                     # not daemonic: a daemonic process may not start children, and a rank's
                     # DataLoader(num_workers=k) starts k worker processes (upstream's launcher
                     # allows it); so no rank may outlive this call: _stop below.

@@ -1,11 +1,11 @@
-"""`Server`: upstream's rendezvous server for a hand-started job, and `get_free_ports`.
+"""`Server`: upstream's rendezvous server for a launcher or a hand-started job, and `get_free_ports`.
 
-Upstream's ``launcher`` starts a ``Server(port)`` on the master machine and each worker's
-``init_process_group(master_ip, port, ...)`` reaches it. Here rank 0's ``init_process_group``
-hosts the rendezvous (torch's TCPStore) itself, so a Server is optional; code written for
-upstream that starts one first still works: the Server hosts the TCPStore on ``port`` and
-every rank, rank 0 included, joins it as a client. The Server must run on rank 0's machine
-(upstream's master node).
+A ``launcher`` starts a ``Server(port)`` on the master machine, as upstream's, and each
+worker's ``init_process_group(master_ip, port, ...)`` reaches it. Without one, rank 0's
+``init_process_group`` hosts the rendezvous (torch's TCPStore) itself, so a hand-started job
+needs no Server; code written for upstream that starts one first still works: the Server hosts
+the TCPStore on ``port`` and every rank, rank 0 included, joins it as a client. The Server must
+run on rank 0's machine (upstream's master node).
 
 The store runs in a process of its own, forked when the Server is made: torch's store server
 looks up each connecting peer's host name, and a rank forked while that lookup held glibc's

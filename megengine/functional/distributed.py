@@ -218,6 +218,34 @@ def _all_to_all(x, group, split_axis, concat_axis, what="all_to_all"):
     return _join(received if order == list(range(group.size)) else received[order], concat_axis)
 
 
+def _send(tensor, dest):
+    """Send ``tensor`` to rank ``dest``. Between group_start and group_end the send is only
+    posted (group_end waits for it), so that ranks may all send before they receive."""
+    if _group._in_batch():
+        _group._post_send(_dist.isend(tensor, dst=dest), dest, tensor)
+        return
+    try:
+        _dist.send(tensor, dst=dest)
+    except RuntimeError as error:  # torch speaks of buffers: say who and what to do
+        raise _group.waiting_failure(
+            f"megengine.distributed: sending to rank {dest} failed on rank {get_rank()}: rank "
+            f"{dest} died, or did not receive (remote_recv) within the process group's timeout "
+            f"({_group._sd.timeout:g} s). Ranks that all send before they receive put those "
+            "sends and receives between dist.group_start() and dist.group_end().",
+            error) from error
+
+
+def _recv(tensor, src):
+    """Receive into ``tensor`` from rank ``src``."""
+    try:
+        _dist.recv(tensor, src=src)
+    except RuntimeError as error:
+        raise _group.waiting_failure(
+            f"megengine.distributed: receiving from rank {src} failed on rank {get_rank()}: "
+            f"rank {src} died, or did not send (remote_send) within the process group's "
+            f"timeout ({_group._sd.timeout:g} s).", error) from error
+
+
 # shape/dtype messages: [dtype code, ndim, flag, shape...] as one small int64 tensor
 
 def _meta_tensor(values=None):
@@ -380,12 +408,12 @@ class RemoteSend(Op):
 
     def forward(self, x):
         self.shape, self.dtype = x.shape, x.dtype
-        _dist.send(_to_torch(xp_of(x).ascontiguousarray(x)), dst=self.dest)
+        _send(_to_torch(xp_of(x).ascontiguousarray(x)), self.dest)
         return xp_of(x).zeros((), np.float32)
 
     def backward(self, g):
         grad = xp_of(g).empty(self.shape, self.dtype)
-        _dist.recv(_to_torch(grad), src=self.dest)
+        _recv(_to_torch(grad), self.dest)
         _after_gpu(grad)
         return grad
 
@@ -399,13 +427,13 @@ class RemoteRecv(Op):
 
     def forward(self, placeholder):
         out = self.xp.empty(self.shape, self.dtype)
-        _dist.recv(_to_torch(out), src=self.src)
+        _recv(_to_torch(out), self.src)
         _after_gpu(out)
         return out
 
     def backward(self, g):
         if self.send_grad:
-            _dist.send(_to_torch(xp_of(g).ascontiguousarray(g)), dst=self.src)
+            _send(_to_torch(xp_of(g).ascontiguousarray(g)), self.src)
         return None
 
 
@@ -545,6 +573,22 @@ def all_to_all(inp: Tensor, group: Optional[Group] = WORLD, device: Optional[str
     return _place(_recorded(apply(AllToAll(group, split_axis=split_axis, concat_axis=concat_axis), inp)), device)
 
 
+def collective_comm(inp: Tensor, mode, group: Optional[Group], device: Optional[str]):
+    """Upstream's common entry of the collectives above: the one ``mode`` names (a
+    ``CollectiveComm.Mode`` member of ``megengine.core.ops.builtin``, or its name in any case,
+    such as ``"all_reduce_sum"``) on ``inp`` over ``group``, its result placed on ``device``
+    (None: where the collective leaves it)."""
+    from ..core._imperative_rt.opdef import _coerce
+    from ..core._imperative_rt.ops import CollectiveComm
+
+    mode = _coerce(CollectiveComm.Mode, mode, "collective_comm")
+    if mode is CollectiveComm.Mode.ALL_REDUCE_PROD:
+        raise NotImplementedError(
+            "collective_comm: mode ALL_REDUCE_PROD is not provided (torch.distributed's gloo "
+            "has no product all-reduce for every dtype); use all_reduce_sum on logs")
+    return globals()[mode.name.lower()](inp, group, device)
+
+
 def _check_peer(rank, what):
     world = _group._state(what).world_size
     if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world or rank == get_rank():
@@ -563,7 +607,7 @@ def remote_send(inp: Tensor, dest_rank: int) -> None:
     dest = _check_peer(dest_rank, "remote_send")
     tracked = _tracked(inp) and inp.dtype.kind == "f"
     message, refusal = _encode(inp._data, int(tracked), "remote_send")
-    _dist.send(_meta_tensor(message), dst=dest)
+    _send(_meta_tensor(message), dest)
     if refusal is not None:
         raise refusal
     _recorded(apply(RemoteSend(dest), inp))
@@ -599,7 +643,7 @@ def remote_recv(src_rank: int, device: Optional[str] = None, inp=None, *older, s
     _load()
     src = _check_peer(src_rank, "remote_recv")
     meta = _meta_tensor()
-    _dist.recv(meta, src=src)
+    _recv(meta, src)
     sent_shape, sent_dtype, sender_records = _decode(meta, src, "remote_recv")
     problem = _unexpected(shape, dtype, sent_shape, sent_dtype, src)
     shape, dtype = sent_shape, sent_dtype

@@ -439,3 +439,164 @@ def test_an_input_that_cannot_be_sent_fails_on_every_rank_at_once(run_ranks):
     for seen in (r0, r1):
         assert all(seen[name + " then"] == [2.0, 2.0] for name in
                    ("all_reduce_sum int16", "broadcast int16", "broadcast 17-d", "remote 17-d"))
+
+
+# upstream's collective tests run dtypes float32, int32, int8 and uint8 and shapes from () to
+# (99, 77); here also float16, zero-size inputs and inputs that are strided or transposed views
+# (the collectives read them through zero-copy views of contiguous arrays): name -> (shape of
+# the array made, dtype, the view of it that is communicated)
+EDGE_CASES = {
+    "float16": ((4, 3), "float16", None),
+    "int8": ((4, 3), "int8", None),
+    "uint8": ((4, 3), "uint8", None),
+    "int32": ((4, 3), "int32", None),
+    "zero_rows": ((0, 3), "float32", None),
+    "zero_columns": ((2, 0), "float32", None),
+    "strided": ((4, 6), "float32", lambda t: t[:, ::2]),
+    "transposed": ((6, 4), "float32", lambda t: t.transpose(1, 0)),
+}
+EDGE_COLLECTIVES = ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "all_gather",
+                    "reduce_scatter_sum", "broadcast", "reduce_sum", "gather", "scatter",
+                    "all_to_all")
+
+
+def _edge_array(case, rank):
+    shape, dtype, _ = EDGE_CASES[case]
+    rng = np.random.RandomState(zlib.crc32(f"edge/{case}/{rank}".encode()))
+    low = 0 if dtype == "uint8" else -4  # small integers: sums exact in float16, ties in max/min
+    return rng.randint(low, 5, size=shape).astype(dtype)
+
+
+def _edge_view(case, a):
+    view = EDGE_CASES[case][2]
+    return a if view is None else view(a)
+
+
+def _edge_worker():
+    rank = dist.get_rank()
+    results = {}
+    for case in EDGE_CASES:
+        for name in EDGE_COLLECTIVES:
+            a = _edge_array(case, rank)
+            floating = a.dtype.kind == "f"
+            x = mge.Parameter(a) if floating else mge.tensor(a, dtype=a.dtype)
+            gm = GradManager().attach([x] if floating else [])
+            with gm:
+                view = _edge_view(case, x)
+                if case in ("strided", "transposed"):
+                    assert not view._data.flags.c_contiguous  # what the case is about
+                out = getattr(fd, name)(view)
+                if floating:
+                    if out is None:
+                        gm.backward()
+                    else:
+                        w = _weight(f"edge/{case}/{name}", rank, out.shape).astype(a.dtype)
+                        gm.backward((out * mge.tensor(w)).sum())
+            grad = None if not floating or x.grad is None else (x.grad.numpy(), str(x.grad.dtype))
+            results[case, name] = (None if out is None else (out.numpy(), str(out.dtype)), grad)
+    return results
+
+
+@pytest.fixture(scope="module")
+def edge_results(run_ranks):
+    return run_ranks(_edge_worker, 2)
+
+
+@pytest.mark.parametrize("name", EDGE_COLLECTIVES)
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_collectives_on_edge_inputs_match_numpy(edge_results, case, name):
+    arrays = [_edge_array(case, r) for r in range(2)]
+    xs = [_edge_view(case, a) for a in arrays]  # what each rank communicates, as numpy sees it
+    got = [edge_results[r][case, name] for r in range(2)]
+    ws = [_weight(f"edge/{case}/{name}", r, g[0][0].shape).astype(xs[0].dtype)
+          if g[0] is not None else np.zeros(0, xs[0].dtype) for r, g in enumerate(got)]
+    expected = _expect(name, xs, ws, 2)
+    for r in range(2):
+        (out, grad), (want_out, want_grad) = got[r], expected[r]
+        if want_out is None:
+            assert out is None, f"rank {r}: expected None"
+        else:
+            assert out[1] == str(xs[0].dtype), f"rank {r}: dtype {out[1]}"
+            assert out[0].shape == want_out.shape, f"rank {r}: shape {out[0].shape}"
+            np.testing.assert_array_equal(out[0], want_out, err_msg=f"rank {r} value")
+        if xs[0].dtype.kind != "f":
+            continue
+        if want_grad is None:
+            assert grad is None, f"rank {r}: expected no gradient"
+            continue
+        # the gradient of the communicated view, in its place in the array it views
+        full = np.zeros_like(arrays[r])
+        _edge_view(case, full)[...] = want_grad
+        assert grad[1] == str(arrays[r].dtype), f"rank {r}: gradient dtype {grad[1]}"
+        np.testing.assert_array_equal(grad[0], full, err_msg=f"rank {r} gradient")
+
+
+def _through_collective_comm():
+    from megengine.core.ops.builtin import CollectiveComm
+
+    rank = dist.get_rank()
+    x = mge.tensor(np.arange(4, dtype="float32") + 10 * rank)
+    out = {
+        "gather": fd.collective_comm(x, CollectiveComm.Mode.ALL_GATHER, dist.WORLD, None).numpy(),
+        "max": fd.collective_comm(x, "all_reduce_max", dist.WORLD, None).numpy(),  # a name
+        "reduce_sum": fd.collective_comm(x, "REDUCE_SUM", dist.WORLD, None),
+    }
+    on = fd.collective_comm(x, CollectiveComm.Mode.REDUCE_SCATTER_SUM, dist.WORLD, "cpu1")
+    out["scatter"], out["device"] = on.numpy(), on.device
+    for bad in ("all_reduce_prod", "all_reduce_mean"):
+        try:
+            fd.collective_comm(x, bad, dist.WORLD, None)
+        except (NotImplementedError, ValueError) as error:
+            out[bad] = f"{type(error).__name__}: {error}"
+    out["reduce_sum"] = None if out["reduce_sum"] is None else out["reduce_sum"].numpy()
+    return out
+
+
+def test_collective_comm_runs_the_collective_its_mode_names(run_ranks):
+    # upstream's megengine.functional.distributed.collective_comm(inp, mode, group, device)
+    got = run_ranks(_through_collective_comm, 2)
+    xs = [np.arange(4, dtype="float32") + 10 * r for r in range(2)]
+    for r in range(2):
+        np.testing.assert_array_equal(got[r]["gather"], np.concatenate(xs))
+        np.testing.assert_array_equal(got[r]["max"], np.maximum(*xs))
+        np.testing.assert_array_equal(got[r]["scatter"], np.split(xs[0] + xs[1], 2)[r])
+        assert str(got[r]["device"]) == "cpu1"
+        assert "NotImplementedError: collective_comm: mode ALL_REDUCE_PROD is not provided" \
+            in got[r]["all_reduce_prod"]
+        assert "ValueError: collective_comm: unknown mode 'all_reduce_mean'" \
+            in got[r]["all_reduce_mean"]
+    np.testing.assert_array_equal(got[0]["reduce_sum"], xs[0] + xs[1])
+    assert got[1]["reduce_sum"] is None  # as reduce_sum: the result is the root's
+
+
+def _edge_inputs_in_groups():
+    rank = dist.get_rank()
+    reversed_pair = dist.new_group([1, 0])  # both ranks, root 1
+    out = {}
+    for case in ("float16", "int8", "zero_rows", "strided"):
+        x = _edge_view(case, mge.tensor(_edge_array(case, rank)))
+        out["broadcast", case] = fd.broadcast(x, reversed_pair).numpy()
+        out["all_gather", case] = fd.all_gather(x, reversed_pair).numpy()
+        out["all_reduce_min", case] = fd.all_reduce_min(x, reversed_pair).numpy()
+    if rank == 1:  # a group of some of the ranks: only its member calls
+        alone = dist.new_group([1])
+        x = mge.tensor(_edge_array("int8", 1))
+        out["alone"] = (fd.all_reduce_sum(x, alone).numpy(), fd.all_gather(x, alone).numpy(),
+                        fd.broadcast(x, alone).numpy())
+    return out
+
+
+def test_edge_inputs_in_a_group_rooted_at_rank_1_and_a_group_of_one_rank(run_ranks):
+    got = run_ranks(_edge_inputs_in_groups, 2)
+    for case in ("float16", "int8", "zero_rows", "strided"):
+        xs = [_edge_view(case, _edge_array(case, r)) for r in range(2)]
+        for r in range(2):
+            for name, want in (("broadcast", xs[1]), ("all_gather", np.concatenate([xs[1], xs[0]])),
+                               ("all_reduce_min", np.minimum(*xs))):
+                value = got[r][name, case]
+                assert value.dtype == want.dtype and value.shape == want.shape, (name, case, r)
+                np.testing.assert_array_equal(value, want, err_msg=f"{name} {case} rank {r}")
+    x = _edge_array("int8", 1)
+    for value in got[1]["alone"]:
+        np.testing.assert_array_equal(value, x)
+        assert value.dtype == np.int8

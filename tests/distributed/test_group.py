@@ -365,3 +365,91 @@ def test_launched_ranks_drop_different_elements_as_upstreams():
     a, b = dist.launcher(_dropout_mask, n_gpus=2, device_type="cpu")()
     assert a != b
     assert 64 < sum(a) < 192 and 64 < sum(b) < 192  # it did drop, about half
+
+
+def _backend_property():
+    out = {"read": (dist.backend, dist.get_backend())}
+    dist.backend = "gloo"  # the backend in use, or upstream's "auto": nothing changes
+    dist.backend = "auto"
+    try:
+        dist.backend = "nccl"
+    except ValueError as error:
+        out["other"] = str(error)
+    out["after"] = dist.backend
+    return out
+
+
+def test_backend_is_a_module_property_as_upstreams(run_ranks):
+    # upstream: `dist.backend` reads the process group's backend and assigning sets it; one
+    # torch backend serves the group here, so only the one in use is accepted
+    (got,) = run_ranks(_backend_property, 1)
+    assert got["read"] == ("gloo", "gloo")
+    assert got["after"] == "gloo"
+    assert "backend: the process group runs on gloo; 'nccl' would need a second process group" \
+        in got["other"]
+    for attempt in (lambda: dist.backend, lambda: setattr(dist, "backend", "gloo")):
+        with pytest.raises(RuntimeError, match="backend: the process group is not initialized"):
+            attempt()
+    assert "backend" not in vars(dist)  # the failed assignment left no module attribute
+
+
+def _exchange_around_a_ring(batched):
+    """Every rank sends to the next and receives from the previous, sends first."""
+    rank, n = dist.get_rank(), dist.get_world_size()
+    x = mge.tensor(np.arange(3, dtype="float32") + 10 * rank)
+    if batched:
+        dist.group_start()
+        dist.group_start()  # batches nest, as NCCL's group calls
+    fd.remote_send(x, (rank + 1) % n)
+    got = fd.remote_recv((rank - 1) % n)
+    total = fd.all_reduce_sum(x)  # a collective in the batch: the same result as outside
+    if batched:
+        dist.group_end()
+        dist.group_end()
+    return got.numpy().tolist(), total.numpy().tolist()
+
+
+def test_sends_between_group_start_and_group_end_complete_by_group_end(run_ranks):
+    # upstream's group_start/group_end batch NCCL calls: ranks that all send before they
+    # receive meet inside a batch; outside one, each send waits for its receiver, so the ring
+    # waits on itself until the timeout
+    got = run_ranks(_exchange_around_a_ring, 2, True)
+    assert got == [([10.0, 11.0, 12.0], [10.0, 12.0, 14.0]), ([0.0, 1.0, 2.0], [10.0, 12.0, 14.0])]
+
+
+def test_a_ring_of_sends_outside_a_batch_waits_on_itself():
+    # what the batch is for (and that the test above can fail)
+    # (torch said only "Timed out waiting 3000ms for send operation to complete")
+    with pytest.raises(dist.WorkerError, match=r"sending to rank \d failed on rank \d: rank \d "
+                       r"died, or did not receive \(remote_recv\) within the process group's "
+                       r"timeout \(3 s\). Ranks that all send before they receive put those "
+                       r"sends and receives between dist.group_start\(\) and dist.group_end"):
+        dist.launcher(_exchange_around_a_ring, n_gpus=2, device_type="cpu", timeout=60,
+                      collective_timeout=3)(False)
+
+
+def test_group_end_without_group_start_says_so():
+    # outside a process group too, as upstream's pair works there
+    dist.group_start()
+    dist.group_end()
+    with pytest.raises(RuntimeError, match=r"group_end: no batch is open; call "
+                                           r"dist.group_start\(\) first"):
+        dist.group_end()
+
+
+def _rank_0_sends_in_a_batch_nobody_receives():
+    if dist.get_rank() == 0:
+        dist.group_start()
+        fd.remote_send(mge.tensor([1.0, 2.0]), 1)  # posted: returns at once
+        dist.group_end()  # waits for it
+    else:
+        time.sleep(6)  # past the timeout (rank 1's own end-of-run barrier would time out too)
+    return "done"
+
+
+def test_group_end_names_a_send_that_never_completed():
+    with pytest.raises(dist.WorkerError, match=r"rank 0 raised(.|\n)*group_end: a remote_send "
+                       r"to rank 1 posted in this batch did not complete within the process "
+                       r"group's timeout \(3 s\): rank 1 died, or did not call remote_recv"):
+        dist.launcher(_rank_0_sends_in_a_batch_nobody_receives, n_gpus=2, device_type="cpu",
+                      timeout=60, collective_timeout=3)()

@@ -81,8 +81,26 @@ def test_bad_launcher_arguments_are_explained():
         dist.launcher(_who, n_gpus=0)
     with pytest.raises(ValueError, match="do not fit in world_size=2"):
         dist.launcher(_who, n_gpus=2, world_size=2, rank_start=1)
-    with pytest.raises(ValueError, match="needs an explicit port"):
-        dist.launcher(_who, n_gpus=2, world_size=4)
+    with pytest.raises(ValueError, match=r"rank_start=2 join the rendezvous the launcher of "
+                                         r"rank 0 serves; give its port \(that launcher's .port\)"):
+        dist.launcher(_who, n_gpus=2, world_size=4, rank_start=2)
+
+
+def _rendezvous_port():
+    return dist.get_py_server_addr()[1]
+
+
+def test_the_launcher_serves_the_rendezvous_from_when_it_is_made_as_upstreams():
+    # upstream's launcher makes a Server on rank 0's machine at once and sets .port to its
+    # port (0 picks one), which users read, e.g. to start the other machines' launchers
+    run = dist.launcher(_rendezvous_port, n_gpus=2, device_type="cpu", timeout=60)
+    assert isinstance(run.server, dist.Server) and run.port == run.server.py_server_port > 0
+    assert run() == [run.port] * 2  # the ranks met there
+    # called again, the ranks meet at the same server under keys of their own: an earlier
+    # call's keys (rank addresses of processes that are gone) would mislead them
+    assert run() == [run.port] * 2
+    # a job over several machines: rank 0's machine may let its server pick the port
+    assert dist.launcher(_who, n_gpus=2, world_size=4).port > 0
 
 
 def _rank_1_skips_the_collective():

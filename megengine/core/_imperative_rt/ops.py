@@ -534,11 +534,6 @@ class CollectiveComm(OpDef):
         from ...distributed import group as _group
         from ...functional import distributed as fd
 
-        if self.mode is CollectiveComm.Mode.ALL_REDUCE_PROD:
-            raise NotImplementedError(
-                "CollectiveComm(mode=ALL_REDUCE_PROD) is not provided (torch.distributed's "
-                "gloo has no product all-reduce for every dtype); use all_reduce_sum on logs"
-            )
         world = _group.get_world_size() if _group.is_distributed() else 1
         if int(self.nr_devices) != world:
             raise ValueError(
@@ -546,8 +541,7 @@ class CollectiveComm(OpDef):
                 f"{world} ranks; only the default group (all ranks) is reachable by descriptor, "
                 "use megengine.functional.distributed with a Group for others"
             )
-        fn = getattr(fd, self.mode.name.lower())
-        return (fn(x),)
+        return (fd.collective_comm(x, self.mode, _group.WORLD, None),)
 
 
 class ParamPackConcat(OpDef):
