@@ -439,7 +439,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     requires_grad = property(_no_requires_grad, _no_requires_grad, _no_requires_grad)
 
     def numpy(self):
-        """The value as a host numpy array (a copy: writing to it does not change the tensor)."""
+        """The value as a read-only host numpy array (a copy; upstream hands out a read-only
+        view, so a program writing into it, as into a ``state_dict()`` value, is told so
+        instead of changing a copy nobody reads)."""
         data = self._data
         if self._device.startswith("gpu"):
             value = data.get()
@@ -451,6 +453,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             dispatch._trace_hook.read(self, value)  # (item, int(), tolist, shapes come here)
         if not _fmt.auto_convert and self._format == "nhwc":  # upstream's raw NHWC value
             value = np.ascontiguousarray(_fmt.to_physical(value))
+        value.flags.writeable = False
         return value
 
     def _peek(self):

@@ -7,7 +7,8 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
-from ..core.ops import acc_dtype, acc_sum, div_count, t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import (BroadcastError, ShapeError, acc_dtype, acc_sum, div_count, t_unbroadcast,
+                        unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _UNSIGNED, _as_float, _out_of_range
@@ -115,9 +116,9 @@ class _PairLoss(Op):
             return _aten.array(loss)
         try:
             loss = self.elementwise(xp_of(pred), pred, label)
-        except ValueError:
-            raise ValueError(f"{self.what}: pred of shape {pred.shape} and label of shape "
-                             f"{label.shape} do not broadcast") from None
+        except ValueError:  # (upstream's elementwise shape check raises RuntimeError)
+            raise BroadcastError(f"{self.what}: pred of shape {pred.shape} and label of shape "
+                                 f"{label.shape} do not broadcast") from None
         self.loss_shape = loss.shape
         return _reduce(loss, self.reduction)
 
@@ -465,7 +466,7 @@ class _CrossEntropy(Op):
         ax, ls, shape = self.axis, self.ls, pred.shape
         expected = shape[:ax] + shape[ax + 1:]
         if label.shape != expected:
-            raise ValueError(
+            raise ShapeError(  # (upstream's indexing_one_hot shape assertion: RuntimeError)
                 f"cross_entropy: label of shape {label.shape} does not match pred of shape "
                 f"{shape}: expected pred's shape without axis {ax}, {expected}")
         if pred.dtype.kind != "f":  # (_as_float's first test: no call for float logits)
@@ -784,6 +785,11 @@ class _CrossEntropy(Op):
         return grad * gk, None
 
 
+class LabelDimError(ValueError, AssertionError):
+    """A cross-entropy label whose dims are not pred's less one. A ValueError is what the mistake
+    is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
+
+
 def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reduction="mean"):
     """Multi-class cross entropy of ``pred`` (logits by default) and integer class ``label``.
 
@@ -795,8 +801,8 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     label = label if isinstance(label, Tensor) else Tensor(label)
     ndim = pred._data.ndim
     if ndim != label._data.ndim + 1:
-        raise ValueError(f"cross_entropy: label must have one dim less than pred, got pred of "
-                         f"shape {pred.shape} and label of shape {label.shape}")
+        raise LabelDimError(f"cross_entropy: label must have one dim less than pred, got pred "
+                            f"of shape {pred.shape} and label of shape {label.shape}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"cross_entropy: axis {axis} is out of range for pred of shape "
                          f"{pred.shape}")
@@ -838,7 +844,7 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
         if t.dtype.kind == "c":  # (else relu's error would name relu)
             raise no_order("hinge_loss", t.dtype)
     if pred.ndim < 2 or pred.shape != label.shape:
-        raise ValueError(f"hinge_loss: expected pred and label of the same shape (N, C, ...), "
+        raise ShapeError(f"hinge_loss: expected pred and label of the same shape (N, C, ...), "
                          f"got {pred.shape} and {label.shape}")
     margin = relu(1.0 - pred * label)
     loss = (margin if norm == "L1" else margin * margin).sum(axis=1)

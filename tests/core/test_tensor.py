@@ -88,13 +88,21 @@ def test_properties():
         len(Tensor(1.0))
 
 
-def test_numpy_returns_a_copy():
+def test_numpy_returns_a_read_only_copy():
     t = Tensor([1.0, 2.0])
     n = t.numpy()
-    n[0] = 9
+    # read-only, as upstream's: a write is refused instead of changing a copy nobody reads
+    with pytest.raises(ValueError, match="read-only"):
+        n[0] = 9
+    with pytest.raises(ValueError, match="read-only"):
+        np.asarray(t)[0] = 9
     assert t.tolist() == [1.0, 2.0]
     assert isinstance(n, np.ndarray) and n.dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(t), [1.0, 2.0])
+    t[0] = 5  # a copy: later writes to the tensor leave it as it was
+    assert n.tolist() == [1.0, 2.0] and t.tolist() == [5.0, 2.0]
+    m = n.copy()  # what a program writes into instead
+    m[0] = 9
+    assert m.tolist() == [9.0, 2.0]
 
 
 def test_astype_and_its_gradient():
@@ -452,7 +460,8 @@ def test_getnewargs_are_upstreams_value_dtype_device():
     default = mge.get_default_device()
     assert type(value) is np.ndarray and dtype == np.int16 and device == default + ":0"
     np.testing.assert_array_equal(value, [[0, 1], [2, 3]])
-    value[0, 0] = 9  # a copy: the tensor keeps its value
+    value.flags.writeable = True  # read-only as numpy()'s, but a copy: the tensor keeps its value
+    value[0, 0] = 9
     assert p.numpy()[0, 0] == 0
     # cls.__new__(cls, *newargs) alone rebuilds the tensor, as pickle does
     q = Parameter.__new__(Parameter, *p.__getnewargs__())
@@ -622,7 +631,7 @@ def test_numpy_of_a_transposed_or_broadcast_tensor_is_a_c_ordered_copy():
     for t, expected in ((Tensor(base).T, base.T),
                         (F.broadcast_to(Tensor(base[0]), (4, 3)), np.broadcast_to(base[0], (4, 3)))):
         a = t.numpy()
-        assert a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
+        assert a.flags["C_CONTIGUOUS"] and not a.flags["WRITEABLE"]  # read-only, as upstream's
         np.testing.assert_array_equal(a, expected)
 
 

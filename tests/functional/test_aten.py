@@ -101,7 +101,7 @@ def test_a_torch_that_cannot_be_imported_leaves_the_cpu_families_on_array_code()
             "ce = F.nn.cross_entropy(F.zeros((4, 8)), mge.tensor([0, 1, 2, 7]))\n"
             "r = F.ones((128, 128))\n"  # reductions from 8192 elements take ATen with torch
             "s = (F.sum(r, axis=1) + F.mean(r, axis=0) + F.max(r, axis=1)).numpy()\n"
-            "s += F.gather(r, 1, F.zeros((128, 1), 'int32'))[:, 0].numpy() - 1\n"  # ATen's too
+            "s = s + F.gather(r, 1, F.zeros((128, 1), 'int32'))[:, 0].numpy() - 1\n"  # ATen's too
             "print(round(float(y.sum().numpy())), round(float(ce.numpy()) / np.log(8), 6), "
             "set(s.tolist()), 'torch' in sys.modules and sys.modules['torch'] is not None)\n")
     # cross entropy of equal logits over 8 classes: log(8)

@@ -175,7 +175,8 @@ def test_a_nan_read_replays_and_the_read_costs_nothing_untraced():
     assert dispatch._trace_hook is None
     t = mge.tensor([1.0])
     a = t.numpy()
-    a[0] = 7.0  # numpy() is still a copy
+    a.flags.writeable = True  # numpy() is still a copy (read-only, as upstream's, until made
+    a[0] = 7.0  # writable: it owns its memory)
     assert t.item() == 1.0
 
 

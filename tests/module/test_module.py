@@ -123,9 +123,27 @@ def test_state_dict_is_numpy_copies_in_order():
     assert list(sd)[:3] == ["bias", "blocks.0.count", "blocks.0.w"]
     assert set(sd) == set(EXPECTED_PARAMS) | {k for k, _ in net.named_buffers()}
     assert all(type(v) is np.ndarray for v in sd.values())
-    sd["blocks.0.w"][...] = 100  # a copy: the module is not changed
+    with pytest.raises(ValueError, match="read-only"):  # as upstream: not a way to edit
+        sd["blocks.0.w"][...] = 100
     assert net.blocks[0].w.numpy().tolist() == [1, 2, 3]
     assert all(isinstance(v, Tensor) for v in net.state_dict(keep_var=True).values())
+
+
+def test_state_dict_keep_var_entries_of_batch_norm_are_its_tensors():
+    # a model EMA written over state_dict(keep_var=True) (YOLOX's form) reaches the norm layers
+    # (upstream 1.13 hands out 1-d reshapes there, which such a write leaves apart: documented)
+    from megengine.functional.inplace import _inplace_add_
+
+    ema, model = M.BatchNorm2d(3), M.BatchNorm2d(3)
+    model.weight._reset(model.weight * 0 + 3)
+    model.running_mean._reset(model.running_mean + 2)
+    ema_sd, model_sd = ema.state_dict(keep_var=True), model.state_dict(keep_var=True)
+    assert ema_sd["weight"] is ema.weight and ema_sd["running_mean"] is ema.running_mean
+    for k, v in ema_sd.items():
+        _inplace_add_(v, model_sd[k], alpha=0.75, beta=0.25)
+    np.testing.assert_array_equal(ema.weight.numpy().ravel(), [1.5] * 3)  # 0.75 * 1 + 0.25 * 3
+    np.testing.assert_array_equal(ema.running_mean.numpy().ravel(), [0.5] * 3)
+    assert ema.state_dict()["weight"].shape == (3,)  # without keep_var: 1-d, as upstream
 
 
 def test_load_state_dict_round_trip_writes_in_place():
