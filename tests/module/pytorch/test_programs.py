@@ -111,19 +111,27 @@ def _image_batches(steps, seed=1):
             for _ in range(steps)]
 
 
-def _sgd_schedule(params):
-    opt = optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    return opt, optim.MultiStepLR(opt, milestones=[2, 5], gamma=0.1)
+def _sgd(params):
+    return optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
-def test_a_batch_norm_backbone_resumed_from_a_checkpoint_trains_like_torch():
+def _schedule(opt):
+    return optim.MultiStepLR(opt, milestones=[2, 5], gamma=0.1)
+
+
+@pytest.mark.parametrize("order", ["scheduler first", "optimizer state first"])
+def test_a_batch_norm_backbone_resumed_from_a_checkpoint_trains_like_torch(order):
+    """Either order of building the scheduler and loading the optimizer's state resumes at the
+    loaded lr (upstream accepts only the first; the second trained the first resumed epoch
+    at the initial lr in earlier versions of this fork)."""
     _seed()
     backbone = _Backbone().to(torch_device())
     net = _Classifier(backbone)
     ref = nn.Sequential(copy.deepcopy(backbone), _torch_twin(net.head))
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ref_sched = torch.optim.lr_scheduler.MultiStepLR(ref_opt, milestones=[2, 5], gamma=0.1)
-    opt, sched = _sgd_schedule(net.parameters())
+    opt = _sgd(net.parameters())
+    sched = _schedule(opt)
     gm = GradManager().attach(net.parameters())
     ref.train()
     for step, (x, y) in enumerate(_image_batches(8)):
@@ -138,10 +146,13 @@ def test_a_batch_norm_backbone_resumed_from_a_checkpoint_trains_like_torch():
             net = _Classifier(backbone)
             assert set(checkpoint["net"]) == set(net.state_dict())
             net.load_state_dict(checkpoint["net"])
-            # the scheduler before the optimizer's state (upstream's order; see
-            # docs/compatibility.rst)
-            opt, sched = _sgd_schedule(net.parameters())
-            opt.load_state_dict(checkpoint["opt"])
+            opt = _sgd(net.parameters())
+            if order == "scheduler first":
+                sched = _schedule(opt)
+                opt.load_state_dict(checkpoint["opt"])
+            else:
+                opt.load_state_dict(checkpoint["opt"])
+                sched = _schedule(opt)
             sched.load_state_dict(checkpoint["sched"])
             gm = GradManager().attach(net.parameters())
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
