@@ -1,6 +1,7 @@
 """Whole training programs with torch modules inside megengine networks (a BatchNorm backbone
-resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, traced steps, frozen and
-unattached parts, fine-tuning), each against a pure-torch twin of the same network and data.
+resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, traced steps, frozen
+and unattached parts, a GRU, fine-tuning), each against a pure-torch twin of the same network
+and data.
 
 The twins compute the megengine layers (Linear, Conv2d, cross_entropy, ...) with torch's, whose
 float32 rounding differs from megengine's numpy arithmetic, so losses and weights are compared
@@ -429,6 +430,76 @@ def test_autocast_and_grad_scaler_around_a_torch_block_skip_and_scale_like_torch
     _assert_torch_states_equal(block, ref[0], rtol=2e-3, atol=1e-4)
 
 
+# ----- a MoCo-style module writing its key encoder and its queue in forward -----
+
+class _MoCo(nn.Module):
+    """Momentum contrast: the key encoder follows the trained query encoder by a moving average
+    written in place inside forward, and the keys go into a queue buffer written in place."""
+
+    def __init__(self, dim=4, size=8, momentum=0.9, temperature=0.2):
+        super().__init__()
+        self.size, self.momentum, self.temperature = size, momentum, temperature
+        self.encoder_q = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(),
+                                       nn.Linear(6, dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
+        self.register_buffer("queue", tF.normalize(torch.randn(dim, size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def forward(self, im_q, im_k):
+        q = tF.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+                pk.mul_(self.momentum).add_(pq, alpha=1 - self.momentum)
+            k = tF.normalize(self.encoder_k(im_k), dim=1)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ self.queue.clone()], 1)
+        labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
+        with torch.no_grad():
+            ptr = int(self.queue_ptr)
+            self.queue[:, ptr:ptr + len(k)] = k.T
+            self.queue_ptr[0] = (ptr + len(k)) % self.size
+        return logits / self.temperature, labels
+
+
+def _view_pairs(steps):
+    rng = np.random.RandomState(0)
+    pairs = []
+    for _ in range(steps):
+        x = rng.randn(4, 5).astype("float32")
+        pairs.append([x + 0.1 * rng.randn(4, 5).astype("float32") for _ in range(2)])
+    return pairs
+
+
+def test_a_moco_module_writing_its_key_encoder_and_queue_in_forward_trains_like_torch():
+    """Writes into torch parameters and buffers during a recorded forward reach megengine's
+    mirrors (shared memory), the int64 labels come back as int64, and the frozen key encoder
+    gets no gradient, so weight decay skips it as torch's does."""
+    _seed()
+    moco = _MoCo().to(torch_device())
+    ref = copy.deepcopy(moco)
+    wrap = PyTorchModule(moco, output_cnt=2)
+    gm = GradManager().attach(wrap.parameters())
+    opt = optim.SGD(wrap.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for step, (a, b) in enumerate(_view_pairs(5)):
+        with gm:
+            logits, labels = wrap(mge.tensor(a), mge.tensor(b))
+            loss = F.nn.cross_entropy(logits, labels)
+            gm.backward(loss)
+        assert labels.dtype == np.int64
+        assert all(p.grad is None for p in wrap.encoder_k.parameters())
+        opt.step().clear_grad()
+        ref_opt.zero_grad()
+        ref_logits, ref_labels = ref(_tensor(a), _tensor(b))
+        ref_loss = tF.cross_entropy(ref_logits, ref_labels)
+        ref_loss.backward()
+        ref_opt.step()
+        np.testing.assert_allclose(loss.numpy(), torch_host(ref_loss), rtol=RTOL,
+                                   err_msg=f"loss of step {step}")
+    assert moco.queue_ptr.item() == 20 % 8
+    np.testing.assert_array_equal(wrap.queue.numpy(), torch_host(moco.queue))  # one memory
+    _assert_torch_states_equal(moco, ref)
+
+
 # ----- traced training steps against eager ones -----
 
 def _bn_program(step_fn_of):
@@ -518,9 +589,27 @@ def _distillation_program(step_fn_of):
     return [step(mge.tensor(x), mge.tensor(y)).numpy() for x, y in _digit_batches(4)], net
 
 
+def _moco_program(step_fn_of):
+    """The MoCo module, which writes torch state in forward and reads its queue pointer on the
+    host, whole in one wrapper."""
+    wrap = PyTorchModule(_MoCo().to(torch_device()), output_cnt=2)
+    gm = GradManager().attach(wrap.parameters())
+    opt = optim.SGD(wrap.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    def step(a, b):
+        with gm:
+            loss = F.nn.cross_entropy(*wrap(a, b))
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    step = step_fn_of(step)
+    return [step(mge.tensor(a), mge.tensor(b)).numpy() for a, b in _view_pairs(5)], wrap
+
+
 @pytest.mark.parametrize("symbolic", [False, True])
 @pytest.mark.parametrize("program", [_bn_program, _lstm_program, _amp_program,
-                                     _distillation_program])
+                                     _distillation_program, _moco_program])
 def test_traced_training_steps_equal_eager_ones_bit_for_bit(program, symbolic):
     _seed()
     eager, eager_net = program(lambda step: step)
