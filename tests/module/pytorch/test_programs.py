@@ -1,7 +1,7 @@
 """Whole training programs with torch modules inside megengine networks (a BatchNorm backbone
-resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, traced steps, frozen
-and unattached parts, a GRU, fine-tuning), each against a pure-torch twin of the same network
-and data.
+resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, a GAN, traced steps,
+frozen and unattached parts, a GRU, fine-tuning), each against a pure-torch twin of the same
+network and data.
 
 The twins compute the megengine layers (Linear, Conv2d, cross_entropy, ...) with torch's, whose
 float32 rounding differs from megengine's numpy arithmetic, so losses and weights are compared
@@ -498,6 +498,73 @@ def test_a_moco_module_writing_its_key_encoder_and_queue_in_forward_trains_like_
     assert moco.queue_ptr.item() == 20 % 8
     np.testing.assert_array_equal(wrap.queue.numpy(), torch_host(moco.queue))  # one memory
     _assert_torch_states_equal(moco, ref)
+
+
+# ----- a GAN: a torch generator and a megengine discriminator -----
+
+class _Discriminator(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = M.Linear(2, 8)
+        self.l2 = M.Linear(8, 1)
+
+    def forward(self, x):
+        return self.l2(F.leaky_relu(self.l1(x), 0.2))
+
+
+def _bce_with_logits(logits, target):
+    """Binary cross-entropy of logits against a constant target, computed stably."""
+    return F.mean(F.relu(logits) - logits * target + F.log(1 + F.exp(-F.abs(logits))))
+
+
+def test_a_gan_with_a_torch_generator_and_two_grad_managers_trains_like_torch():
+    """The discriminator's step takes the generator's output detached; the generator's step
+    goes through the discriminator, whose parameters its GradManager does not attach (they
+    get no gradient). The generator's linear layer before batch norm has no bias: a bias there
+    has a gradient of rounding noise only, which Adam scales up to steps of lr on either side."""
+    _seed()
+    generator = nn.Sequential(nn.Linear(3, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+                              nn.Linear(8, 2)).to(torch_device())
+    ref_g = copy.deepcopy(generator)
+    gen, disc = PyTorchModule(generator), _Discriminator()
+    ref_d = nn.Sequential(_torch_twin(disc.l1), nn.LeakyReLU(0.2), _torch_twin(disc.l2))
+    gm_d, gm_g = GradManager().attach(disc.parameters()), GradManager().attach(gen.parameters())
+    opt_d = optim.Adam(disc.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    opt_g = optim.Adam(gen.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    ref_opt_d = torch.optim.Adam(ref_d.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    ref_opt_g = torch.optim.Adam(ref_g.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    ones, zeros = _tensor(np.ones((6, 1), "float32")), _tensor(np.zeros((6, 1), "float32"))
+    rng = np.random.RandomState(0)
+    for step in range(4):
+        real, z = rng.randn(6, 2).astype("float32") + 2, rng.randn(6, 3).astype("float32")
+        with gm_d:
+            fake = gen(mge.tensor(z)).detach()
+            loss_d = (_bce_with_logits(disc(mge.tensor(real)), 1.0)
+                      + _bce_with_logits(disc(fake), 0.0))
+            gm_d.backward(loss_d)
+        assert all(p.grad is None for p in gen.parameters())
+        opt_d.step().clear_grad()
+        with gm_g:
+            loss_g = _bce_with_logits(disc(gen(mge.tensor(z))), 1.0)
+            gm_g.backward(loss_g)
+        assert all(p.grad is None for p in disc.parameters())
+        opt_g.step().clear_grad()
+        ref_opt_d.zero_grad()
+        ref_loss_d = (tF.binary_cross_entropy_with_logits(ref_d(_tensor(real)), ones)
+                      + tF.binary_cross_entropy_with_logits(ref_d(ref_g(_tensor(z)).detach()),
+                                                            zeros))
+        ref_loss_d.backward()
+        ref_opt_d.step()
+        ref_opt_g.zero_grad()
+        ref_loss_g = tF.binary_cross_entropy_with_logits(ref_d(ref_g(_tensor(z))), ones)
+        ref_loss_g.backward()
+        ref_opt_g.step()
+        for got, want, name in ((loss_d, ref_loss_d, "D"), (loss_g, ref_loss_g, "G")):
+            np.testing.assert_allclose(got.numpy(), torch_host(want), rtol=RTOL,
+                                       err_msg=f"{name} loss of step {step}")
+    _assert_torch_states_equal(generator, ref_g)
+    np.testing.assert_allclose(disc.l1.weight.numpy(), torch_host(ref_d[0].weight),
+                               rtol=RTOL * 10, atol=ATOL * 10)
 
 
 # ----- traced training steps against eager ones -----
