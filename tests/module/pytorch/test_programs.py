@@ -1,7 +1,7 @@
 """Whole training programs with torch modules inside megengine networks (a BatchNorm backbone
-resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, a GAN, traced steps,
-frozen and unattached parts, a GRU, fine-tuning), each against a pure-torch twin of the same
-network and data.
+resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, a GAN, a greedy
+decoder loop, traced steps, frozen and unattached parts, a GRU, fine-tuning), each against a
+pure-torch twin of the same network and data.
 
 The twins compute the megengine layers (Linear, Conv2d, cross_entropy, ...) with torch's, whose
 float32 rounding differs from megengine's numpy arithmetic, so losses and weights are compared
@@ -567,6 +567,92 @@ def test_a_gan_with_a_torch_generator_and_two_grad_managers_trains_like_torch():
                                rtol=RTOL * 10, atol=ATOL * 10)
 
 
+# ----- a greedy decoder loop calling a torch cell once per time step -----
+
+STEPS = 4
+
+
+class _Cell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        self.cell = nn.GRUCell(HIDDEN, HIDDEN)
+
+    def forward(self, token, h):
+        return self.cell(self.embed(token), h)
+
+
+class _GreedyDecoder(M.Module):
+    """The state crosses from torch to megengine and back at every step, and megengine's argmax
+    (int32) is the next step's token."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = PyTorchModule(cell)
+        self.mix = M.Linear(HIDDEN, HIDDEN)
+        self.out = M.Linear(HIDDEN, VOCAB)
+
+    def forward(self, h, token):
+        logits = []
+        for _ in range(STEPS):
+            h = self.cell(token, h)
+            h = F.tanh(self.mix(h)) + h
+            logits.append(self.out(h))
+            token = F.argmax(logits[-1], axis=1).astype("int32")
+        return F.stack(logits, 1)
+
+
+def _sequence_batches(steps):
+    rng = np.random.RandomState(0)
+    return [(rng.randn(3, HIDDEN).astype("float32"), rng.randint(0, VOCAB, 3).astype("int32"),
+             rng.randint(0, VOCAB, (3, STEPS)).astype("int32")) for _ in range(steps)]
+
+
+def _decoder_program(step_fn_of):
+    """The greedy decoder: one wrapper called STEPS times in each traced step."""
+    net = _GreedyDecoder(_Cell().to(torch_device()))
+    gm = GradManager().attach(net.parameters())
+    opt = optim.Adam(net.parameters(), lr=0.02)
+
+    def step(h, token, target):
+        with gm:
+            logits = net(h, token)
+            loss = F.nn.cross_entropy(logits.reshape(-1, VOCAB), target.reshape(-1))
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    step = step_fn_of(step)
+    return [step(*(mge.tensor(a) for a in batch)).numpy()
+            for batch in _sequence_batches(4)], net
+
+
+def test_a_greedy_decoder_loop_calling_a_torch_cell_per_step_trains_like_torch():
+    _seed()
+    losses, net = _decoder_program(lambda step: step)
+    _seed()
+    cell = _Cell().to(torch_device())
+    net0 = _GreedyDecoder(copy.deepcopy(cell))  # the megengine layers as they started
+    mix, out = _torch_twin(net0.mix), _torch_twin(net0.out)
+    ref_opt = torch.optim.Adam([*cell.parameters(), *mix.parameters(), *out.parameters()],
+                               lr=0.02)
+    for step, (h, token, target) in enumerate(_sequence_batches(4)):
+        h, token, logits = _tensor(h), _tensor(token), []
+        for _ in range(STEPS):
+            h = cell(token, h)
+            h = torch.tanh(mix(h)) + h
+            logits.append(out(h))
+            token = logits[-1].argmax(1).int()
+        ref_loss = tF.cross_entropy(torch.stack(logits, 1).reshape(-1, VOCAB),
+                                    _tensor(target, torch.int64).reshape(-1))
+        ref_opt.zero_grad()
+        ref_loss.backward()
+        ref_opt.step()
+        np.testing.assert_allclose(losses[step], torch_host(ref_loss), rtol=RTOL,
+                                   err_msg=f"loss of step {step}")
+    _assert_torch_states_equal(net.cell.torch_module, cell)
+
+
 # ----- traced training steps against eager ones -----
 
 def _bn_program(step_fn_of):
@@ -676,7 +762,7 @@ def _moco_program(step_fn_of):
 
 @pytest.mark.parametrize("symbolic", [False, True])
 @pytest.mark.parametrize("program", [_bn_program, _lstm_program, _amp_program,
-                                     _distillation_program, _moco_program])
+                                     _distillation_program, _moco_program, _decoder_program])
 def test_traced_training_steps_equal_eager_ones_bit_for_bit(program, symbolic):
     _seed()
     eager, eager_net = program(lambda step: step)
