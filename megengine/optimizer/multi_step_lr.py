@@ -61,6 +61,7 @@ class MultiStepLR(LRScheduler):
         if not isinstance(gamma, numbers.Real) or isinstance(gamma, bool):
             raise TypeError(f"{where}: gamma must be a number, got {gamma!r}")
         self.milestones, self.gamma, self.current_epoch = milestones, gamma, epoch
+        self._keep_loaded_lrs()
 
     def get_lr(self):
         factor = self.gamma ** bisect_right(self.milestones, self.current_epoch)

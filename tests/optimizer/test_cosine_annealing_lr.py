@@ -60,3 +60,29 @@ def test_a_scheduler_refuses_a_state_that_is_not_a_dict():
     sched = CosineAnnealingLR(SGD([mge.Parameter([1.0])], lr=1.0), T_max=4)
     with pytest.raises(TypeError, match="CosineAnnealingLR.load_state_dict: expected the dict"):
         sched.load_state_dict([("T_max", 2)])
+
+
+@pytest.mark.parametrize("order", ["scheduler first", "optimizer state first"])
+def test_a_schedule_resumed_over_a_loaded_optimizer_goes_on_at_the_loaded_lr_as_torchs(order):
+    """The base LRScheduler's load_state_dict: a scheduler built after the optimizer's state
+    was loaded puts the loaded lr back over the first epoch's its constructor set."""
+    def run(opt_cls, sched_cls, params):
+        opt = opt_cls(params, lr=1.0)
+        sched = sched_cls(opt, T_max=10, eta_min=0.1)
+        _lrs(sched, opt, 3)
+        saved = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+        opt = opt_cls(params, lr=1.0)
+        if order == "scheduler first":
+            sched = sched_cls(opt, T_max=10, eta_min=0.1)
+            opt.load_state_dict(saved["opt"])
+        else:
+            opt.load_state_dict(saved["opt"])
+            sched = sched_cls(opt, T_max=10, eta_min=0.1)
+        sched.load_state_dict(saved["sched"])
+        return _lrs(sched, opt, 4)
+
+    got = run(SGD, CosineAnnealingLR, [mge.Parameter([1.0])])
+    want = run(torch.optim.SGD, torch.optim.lr_scheduler.CosineAnnealingLR,
+               [torch.nn.Parameter(torch.zeros(1))])
+    assert want[0][0] < 1.0  # the lr of epoch 3, not the initial one
+    np.testing.assert_allclose(got, want, rtol=1e-9)

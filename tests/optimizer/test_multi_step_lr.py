@@ -150,3 +150,62 @@ def test_a_step_to_a_bad_epoch_leaves_the_schedule_where_it_was():
     assert sched.current_epoch == 2 and opt.param_groups[0]["lr"] == 0.5
     sched.step(4)
     assert opt.param_groups[0]["lr"] == 0.25
+
+
+def _resumed_lrs(order, make_opt, make_sched, params, saved):
+    """The lrs of 4 epochs of a schedule resumed from ``saved`` (an optimizer's and a
+    scheduler's state dicts) with the scheduler built before or after the optimizer's state
+    is loaded."""
+    opt = make_opt(params)
+    if order == "scheduler first":  # upstream's order (its only one)
+        sched = make_sched(opt)
+        opt.load_state_dict(saved["opt"])
+    else:  # torch accepts this too (so does this fork: the state's "initial_lr" is kept)
+        opt.load_state_dict(saved["opt"])
+        sched = make_sched(opt)
+    sched.load_state_dict(saved["sched"])
+    return _lrs(sched, opt, 4)
+
+
+def _saved_after(epochs, make_opt, make_sched, params):
+    opt = make_opt(params)
+    sched = make_sched(opt)
+    _lrs(sched, opt, epochs)
+    return {"opt": opt.state_dict(), "sched": sched.state_dict()}
+
+
+@pytest.mark.parametrize("order", ["scheduler first", "optimizer state first"])
+def test_a_resumed_schedule_goes_on_at_the_loaded_lr_in_either_order_as_torchs(order):
+    """Built after the optimizer's state was loaded, the scheduler's constructor sets the first
+    epoch's lr; loading its state puts the loaded lr back, as torch's keeps it (earlier
+    versions of this fork trained the first resumed epoch at the initial lr)."""
+    ours = (lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda o: MultiStepLR(o, [2, 5], gamma=0.1))
+    theirs = (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+              lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 5], gamma=0.1))
+    params = [mge.Parameter([1.0])]
+    tparams = [torch.nn.Parameter(torch.zeros(1))]
+    got = _resumed_lrs(order, *ours, params, _saved_after(4, *ours, params))
+    want = _resumed_lrs(order, *theirs, tparams, _saved_after(4, *theirs, tparams))
+    assert want[0] == [pytest.approx(0.01)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_lrs_set_after_the_schedule_started_are_kept_by_a_load_as_upstreams():
+    """Only the lrs this schedule's constructor wrote over a loaded optimizer are put back:
+    lrs a later step() or the user set stay (upstream's load_state_dict rewrites none)."""
+    opt = SGD([mge.Parameter([1.0])], lr=0.1)
+    sched = MultiStepLR(opt, [2], gamma=0.1)
+    _lrs(sched, opt, 3)
+    saved = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+    for change in ("step", "by hand"):
+        opt2 = SGD([mge.Parameter([1.0])], lr=0.1)
+        opt2.load_state_dict(saved["opt"])
+        sched2 = MultiStepLR(opt2, [2], gamma=0.1)
+        if change == "step":
+            sched2.step()  # epoch 1: lr 0.1
+            want = 0.1
+        else:
+            opt2.param_groups[0]["lr"] = want = 0.05
+        sched2.load_state_dict(saved["sched"])
+        assert opt2.param_groups[0]["lr"] == want, change
+        assert sched2.state_dict() == saved["sched"]

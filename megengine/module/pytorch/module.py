@@ -801,6 +801,9 @@ def _quantized_input(i, dtype):
 class _TorchCall(Op):
     """One call of the wrapped torch module: forward through torch, backward by torch.autograd."""
     reads_standard_layout = True  # "nhwc" inputs arrive C-contiguous (megengine.core.format)
+    # torch code may return outputs whose shapes its inputs' values decide (``x[x > 0]``,
+    # ``nonzero``, a detector's boxes), so a traced program lets them change from call to call
+    data_shaped = True
 
     def __init__(self, wrapper, template, kw_template, n_inputs):
         self.wrapper = wrapper

@@ -845,6 +845,63 @@ def test_traced_training_step_trains_identically(symbolic):
     assert eager_losses[-1] != eager_losses[0]
 
 
+class _Positives(nn.Module):
+    """The positive values of a linear layer's output: as many as the data decides."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h[h > 0]
+
+
+def _train_on_positives(step_fn_of):
+    torch.manual_seed(0)
+    wrap = PyTorchModule(_Positives().to(torch_device()))
+    gm = GradManager().attach(wrap.parameters())
+    opt = optim.SGD(wrap.parameters(), lr=0.1)
+
+    def step(x):
+        with gm:
+            v = wrap(x)
+            loss = F.sum(v ** 2) / (v.shape[0] + 1)  # a mean that uses the output's size
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    step = step_fn_of(step)
+    rng = np.random.RandomState(0)
+    return [step(mge.tensor(rng.randn(4, 3).astype("float32"))).numpy() for _ in range(4)]
+
+
+@pytest.mark.parametrize("kw", [dict(symbolic=False), dict(symbolic=True),
+                                dict(symbolic=True, without_host=True)])
+def test_a_traced_step_follows_output_shapes_the_data_decides(kw):
+    """A torch module's output shapes may depend on its inputs' values (masking, nonzero, a
+    detector's boxes): traced steps follow them as eager ones, as for megengine's cond_take.
+    Earlier versions of this fork raised TraceMismatchError at the second call's size, and a
+    without_host replay computed with the recorded size without an error."""
+    from megengine.jit import trace
+
+    eager = _train_on_positives(lambda step: step)
+    assert len({(np.float32(v)).tobytes() for v in eager}) == 4
+    traced = _train_on_positives(lambda step: trace(step, **kw))
+    np.testing.assert_array_equal(traced, eager)
+
+
+def test_a_without_host_replay_refuses_a_data_decided_size_read_as_a_python_int():
+    """With symbolic_shape=False a size is a Python int baked into the program: a replay whose
+    size differs is refused, not computed with the recorded one."""
+    from megengine.jit import trace
+    from megengine.jit import TraceMismatchError
+
+    with pytest.raises(TraceMismatchError, match="shape"):
+        _train_on_positives(lambda step: trace(step, symbolic=True, without_host=True,
+                                               symbolic_shape=False))
+
+
 class _TwoInTraining(nn.Module):
     """(x * 2, x + 1) in training, x * 2 alone in eval (a detector's losses vs boxes)."""
 
