@@ -88,9 +88,14 @@ def _broadcast(self, *shape):
 
 def _reset_zero(self):
     """0.x ``Tensor.reset_zero()``: set every element to zero in place (1.x:
-    ``x[...] = 0``)."""
+    ``x[...] = 0``). Each call warns upstream 1.x's DeprecationWarning, in its words (written
+    here: the core does not import `megengine.utils.deprecation`, a higher layer)."""
+    import warnings
+
     from .dispatch import on_device, xp_of
 
+    warnings.warn("Call to deprecated method reset_zero. (use ``*= 0`` instead) -- Deprecated "
+                  "since version 1.0.", DeprecationWarning, stacklevel=2)
     with on_device(self._device):  # CuPy allocates on the current GPU
         self._reset(xp_of(self._data).zeros_like(self._data))  # not data * 0: NaN * 0 is NaN
 

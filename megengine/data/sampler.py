@@ -337,6 +337,10 @@ class StreamSampler(Sampler):
     r"""Sampler for a :class:`~.StreamDataset`: it only sets how many consecutive
     samples of the stream form one batch.
 
+    It has no ``drop_last`` (nor has upstream's: only the map-style samplers take one). A
+    :class:`~.DataLoader` reading a finite stream ends after a last, short batch of what is
+    left, as a map-style sampler with ``drop_last=False``, with workers or without.
+
     Args:
         batch_size: samples per batch. Default: 1
     """

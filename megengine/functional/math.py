@@ -631,6 +631,12 @@ def _has_equal_neighbours(xp, values):
     return bool((values[..., 1:] == values[..., :-1]).any())
 
 
+class TopKZeroError(ValueError, RuntimeError):
+    """``topk`` asked for no element (k == 0). A ValueError is what the mistake is; upstream's
+    kernel refuses it with a RuntimeError (its C++ check): this is both, so either ``except``
+    catches it."""
+
+
 def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     """The ``k`` smallest (``descending``: largest) elements of each row and their int32 indices.
 
@@ -647,7 +653,7 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     # expression, TopK's parameter; its sign and its comparison with the row length are guards)
     k, n = _size(k), inp.shape[-1]
     if k == 0:
-        raise ValueError("topk: k must not be 0")
+        raise TopKZeroError("topk: k must not be 0")
     if k < 0:
         k, descending = -k, not descending
     k = k if k <= n else n  # (min is this module's reduction)

@@ -69,19 +69,6 @@ def _sizeof(num, suffix="B"):
     return sizeof_fmt(num, suffix=suffix)
 
 
-def _with_totals(rows, key, bar_length_max, fmt):
-    """Cumulative, percentage and bar columns of ``rows`` by ``key``; returns the total."""
-    total = sum(r[key] for r in rows)
-    largest = max([r[key] for r in rows] + [0])
-    running = 0
-    for r in rows:
-        running += r[key]
-        r["cum"] = fmt(running)
-        r["percentage"] = f"{r[key] / total * 100:.2f}%" if total else "0.00%"
-        r["bar"] = "#" * (int(r[key] / largest * bar_length_max) if largest else 0)
-    return total
-
-
 def collect(net):
     """(params, flops, activations) rows of a loaded `Network`: one dict per constant, per
     counted operator and per computing operator."""
@@ -174,30 +161,29 @@ def visualize(model_path, log_path=None, bar_length_max=20, log_params=True, log
     """Print the tables of ``model_path`` (a dumped program) that the ``log_*`` switches choose
     and the summary; write the graph to ``log_path`` as a TensorBoard log when it is given.
     Returns ``(total_param_size, total_flops)`` (bytes, ops), as upstream."""
+    from ..utils.module_stats import _add_totals  # (here: it loads megengine.module)
+
     net = load_network(model_path)
     params, flops, acts = collect(net)
     total_dims = sum(r["param_dim"] for r in params)
-    total_size = _with_totals(params, "size", bar_length_max, _sizeof)
-    total_flops = _with_totals(flops, "flops_num", bar_length_max,
-                               lambda n: _sizeof(n, "OPs"))
+    total_size = _add_totals(params, "size", bar_length_max, _sizeof)
+    total_flops = _add_totals(flops, "flops_num", bar_length_max, lambda n: _sizeof(n, "OPs"),
+                              cum_key="flops_cum")
     total_act_dims = sum(r["act_dim"] for r in acts)
-    total_act_size = _with_totals(acts, "size", bar_length_max, _sizeof)
+    total_act_size = _add_totals(acts, "size", bar_length_max, _sizeof)
     if log_params:
-        rows = [dict(r, size=_sizeof(r["size"]), size_cum=r["cum"], size_bar=r["bar"])
-                for r in params]
+        rows = [dict(r, size=_sizeof(r["size"]), size_bar=r["bar"]) for r in params]
         print_out("param stats:\n" + _table(rows, [
             "name", "dtype", "shape", "mean", "std", "param_dim", "nbits", "size", "size_cum",
             "percentage", "size_bar"], {"name": "total", "param_dim": total_dims,
                                         "size": _sizeof(total_size)}))
     if log_flops:
-        rows = [dict(r, flops=_sizeof(r["flops_num"], "OPs"), flops_cum=r["cum"])
-                for r in flops]
+        rows = [dict(r, flops=_sizeof(r["flops_num"], "OPs")) for r in flops]
         print_out("flops stats:\n" + _table(rows, [
             "name", "class_name", "input_shapes", "output_shapes", "flops", "flops_cum",
             "percentage", "bar"], {"name": "total", "flops": _sizeof(total_flops, "OPs")}))
     if log_activations:
-        rows = [dict(r, size=_sizeof(r["size"]), size_cum=r["cum"], size_bar=r["bar"])
-                for r in acts]
+        rows = [dict(r, size=_sizeof(r["size"]), size_bar=r["bar"]) for r in acts]
         print_out("activations stats:\n" + _table(rows, [
             "name", "class_name", "dtype", "shape", "nbits", "act_dim", "size", "size_cum",
             "percentage", "size_bar"], {"name": "total", "act_dim": total_act_dims,

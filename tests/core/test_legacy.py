@@ -1,5 +1,7 @@
 """megengine.core's MegEngine 0.x names (megengine/core/legacy.py): each is its 1.x object, and
 0.x's Buffer is module state that optimizers leave alone."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -61,8 +63,15 @@ def test_0x_tensor_methods():
     np.testing.assert_array_equal(row.broadcast(2, 3).numpy(), np.broadcast_to(row.numpy(), (2, 3)))
     np.testing.assert_array_equal(row.broadcast((4, 3)).numpy(), np.ones((4, 1)) * row.numpy())
     b = core.Buffer(np.array([1.0, np.nan, np.inf], "float32"))
-    b.reset_zero()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b.reset_zero()
     np.testing.assert_array_equal(b.numpy(), np.zeros(3))
+    # upstream 1.13's warning (its docs: reset_zero is deprecated since 1.0, use ``*= 0``),
+    # pointing at the caller's line
+    assert [(w.category, str(w.message), w.filename) for w in caught] == [
+        (DeprecationWarning, "Call to deprecated method reset_zero. (use ``*= 0`` instead) -- "
+         "Deprecated since version 1.0.", __file__)]
 
 
 def test_buffer_is_reachable_as_mge_buffer():

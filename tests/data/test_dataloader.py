@@ -366,6 +366,18 @@ def test_stream_batches(num_workers):
     assert_no_children()
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("n, labels", [(8, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+                                       (9, [[0, 1, 2, 3], [4, 5, 6, 7], [8]]), (0, [])])
+def test_a_finite_stream_ends_after_what_is_left(n, labels, num_workers):
+    # StreamSampler has no drop_last (upstream's neither: its docs give drop_last to the map
+    # samplers only): a finite stream ends its loader as a map sampler's default
+    # drop_last=False does, the rest in a short batch, and never with an empty one
+    loader = DataLoader(Numbers(n), StreamSampler(batch_size=4), num_workers=num_workers)
+    assert [b[1].tolist() for b in loader] == labels
+    assert_no_children()
+
+
 class OldFormat(StreamDataset):
     """MegEngine's older stream items: (False, sample) or (True, batch of samples)."""
 

@@ -58,6 +58,11 @@ def test_tables_follow_the_switches(tiny, capsys):
     # the largest row (the convolution) has the full bar
     conv_line = next(line for line in out.splitlines() if line.startswith("conv.Convolution"))
     assert conv_line.rstrip().endswith("#" * 10)
+    # the cumulative and share columns, by hand from TINY_FLOPS (1409 in all): the first row
+    # 864 of them, the last (the linear's bias ADD, 5 OPs) ends the running sum at the total
+    assert conv_line.split()[-3:-1] == ["OPs", "61.32%"] and "864.000 OPs  864.000 OPs" in conv_line
+    last = next(line for line in out.splitlines() if line.startswith("fc.ADD"))
+    assert last.split()[-2:] == ["KOPs", "0.35%"] and "1.409 KOPs" in last
     nv.main([plain])  # no switch: the summary only, as upstream
     out = capsys.readouterr().out
     assert "summary" in out and "flops stats:" not in out
