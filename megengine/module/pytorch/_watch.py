@@ -1,14 +1,15 @@
-"""State given to a wrapped torch module after it was wrapped: new state noticed so the wrapper's next call raises, a buffer rebound in forward taken back into the shared memory.
+"""Torch state changed after wrapping: new state refused, buffers rebound in forward kept shared.
 
 A `PyTorchModule` mirrors its torch module's parameters, buffers and stateful submodules once, when
 it is built, and megengine's optimizers and GradManagers hold those mirrors. Torch state that comes
 later would be used by torch's forward but never trained or saved by megengine, silently: a
-parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent buffer registered in
-``forward``, or a stateful submodule put in (``model.fc = nn.Linear(...)`` after wrapping: the old
-head keeps its tensors, so the per-call address check in module.py sees nothing wrong). Walking the
-torch tree on every call would cost more than many calls; torch runs its global registration hooks
-on every such assignment instead, so watching costs a call nothing. The hooks note what came into a
-watched torch module; the wrapper's call reads the notes (`refuse_added_state`).
+parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent buffer registered
+(or registered as None, then set) in ``forward``, or a stateful submodule put in (``model.fc =
+nn.Linear(...)`` after wrapping: the old head keeps its tensors, so the per-call address check in
+module.py sees nothing wrong). Walking the torch tree on every call would cost more than many
+calls; torch runs its global registration hooks on every such assignment instead, so watching
+costs a call nothing. The hooks note what came into a watched torch module; the wrapper's call
+reads the notes (`refuse_added_state`).
 
 Not noticed, because nothing trains wrongly: stateless submodules swapped (``ReLU`` for ``GELU``;
 they are watched from then on), non-persistent buffers (not state megengine saves), a new name for
@@ -80,13 +81,17 @@ def _on_buffer(module, name, buffer):
     buffers = module._buffers
     if name not in buffers:
         _note(module, "buffer", name, buffer)
-    elif type(buffers) is dict and buffers[name] is not None and buffers[name] is not buffer:
-        # a rebinding: the hook runs before torch stores the new tensor, so the table still
-        # holds the old one (the shared one, on the first rebinding of a call)
-        for wrapper in _watched[module]:
-            noted = wrapper._rebound.items
-            if not any(m is module and n == name for m, n, _ in noted):
-                noted.append((module, name, buffers[name]))
+    elif type(buffers) is dict:  # (a scripted module's is a wrapper, and sets no buffers here)
+        old = buffers[name]
+        if old is None:  # registered empty, so not mirrored: state that came later
+            _note(module, "buffer", name, buffer)
+        elif old is not buffer:
+            # a rebinding: the hook runs before torch stores the new tensor, so the table still
+            # holds the old one (the shared one, on the first rebinding of a call)
+            for wrapper in _watched[module]:
+                noted = wrapper._rebound.items
+                if not any(m is module and n == name for m, n, _ in noted):
+                    noted.append((module, name, old))
 
 
 def _on_module(module, name, submodule):
@@ -137,10 +142,10 @@ def refuse_added_state(wrapper):
 def adopt_rebound_buffers(wrapper):
     """After a forward of ``wrapper``'s torch module that rebound mirrored buffers (noted in
     ``wrapper._rebound.items``), copy each new value into the shared tensor and put that back
-    under its name. A new value of another shape, dtype or device cannot live in the shared memory: the old
-    tensor is put back (the torch module stays whole and usable) and ``RuntimeError`` says
-    what to do. Notes about tensors that are shared again by now (a ``functional_call``
-    swaps buffers and swaps them back) are dropped."""
+    under its name. A new value of another shape, dtype or device cannot live in the shared
+    memory: the old tensor is put back (the torch module stays whole and usable) and
+    ``RuntimeError`` says what to do. Notes about tensors that are shared again by now (a
+    ``functional_call`` swaps buffers and swaps them back) are dropped."""
     noted, wrapper._rebound.items = wrapper._rebound.items, []
     addresses = {(id(m), name): address for m, name, address in wrapper._shared.items}
     refused = []

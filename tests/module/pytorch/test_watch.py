@@ -268,3 +268,31 @@ def test_a_functional_call_inside_forward_leaves_the_shared_buffers_as_they_were
     np.testing.assert_allclose(wrap(x).numpy(), (x.numpy() - 1) / np.sqrt(4 + 1e-5), rtol=1e-6)
     np.testing.assert_array_equal(torch_host(tmod.bn.running_mean), np.zeros(5))
     np.testing.assert_array_equal(wrap.bn.running_var.numpy(), np.ones(5))
+
+
+class _CachesLast(nn.Module):
+    """Registers its cache empty (None) and fills it in forward: torch's state_dict has it from
+    then on."""
+
+    def __init__(self, persistent):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        self.register_buffer("last", None, persistent=persistent)
+
+    def forward(self, x):
+        self.last = x.detach().mean(0)
+        return self.lin(x)
+
+
+def test_a_buffer_registered_empty_and_set_in_forward_is_named_until_wrapped_after_it():
+    """Before: megengine's state_dict silently lacked 'last', which torch's had."""
+    tmod = _CachesLast(persistent=True)
+    with pytest.raises(RuntimeError, match="gained buffer 'last' after it was wrapped"):
+        PyTorchModule(tmod)(_x())
+    PyTorchModule(_CachesLast(persistent=False))(_x())  # not state megengine saves: fine
+    tmod = _CachesLast(persistent=True)
+    tmod(torch.zeros(1, 5, device=torch_device()))  # the fix: one torch forward, then wrap
+    wrap = PyTorchModule(tmod)
+    wrap(_x())  # rebinding it in forward is then taken into the shared memory
+    np.testing.assert_allclose(wrap.state_dict()["last"], _x().numpy().mean(0), rtol=1e-6)
+    assert wrap.state_dict().keys() == tmod.state_dict().keys()
