@@ -1,25 +1,32 @@
-"""State given to a wrapped torch module after it was wrapped, noticed so the wrapper's next call raises.
+"""Torch state changed after wrapping: new state refused, buffers rebound in forward kept shared.
 
 A `PyTorchModule` mirrors its torch module's parameters, buffers and stateful submodules once, when
 it is built, and megengine's optimizers and GradManagers hold those mirrors. Torch state that comes
 later would be used by torch's forward but never trained or saved by megengine, silently: a
-parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent buffer registered in
-``forward``, or a stateful submodule put in (``model.fc = nn.Linear(...)`` after wrapping: the old
-head keeps its tensors, so the per-call address check in module.py sees nothing wrong). Walking the
-torch tree on every call would cost more than many calls; torch runs its global registration hooks
-on every such assignment instead, so watching costs a call nothing. The hooks note what came into a
-watched torch module; the wrapper's call reads the notes (`refuse_added_state`).
+parameter added to the module (``m.scale = nn.Parameter(...)``), a persistent buffer registered
+(or registered as None, then set) in ``forward``, or a stateful submodule put in (``model.fc =
+nn.Linear(...)`` after wrapping: the old head keeps its tensors, so the per-call address check in
+module.py sees nothing wrong). Walking the torch tree on every call would cost more than many
+calls; torch runs its global registration hooks on every such assignment instead, so watching
+costs a call nothing. The hooks note what came into a watched torch module; the wrapper's call
+reads the notes (`refuse_added_state`).
 
 Not noticed, because nothing trains wrongly: stateless submodules swapped (``ReLU`` for ``GELU``;
 they are watched from then on), non-persistent buffers (not state megengine saves), a new name for
 mirrored tensors (``self.head = self.fc``), tensors replaced under a known name (module.py's
 address check raises for those).
+
+A mirrored buffer that the torch module's own forward rebinds (``self.ema = self.ema * 0.9 +
+...``, a common torch idiom for running statistics, where torch's BatchNorm writes in place) is
+the one replacement that is taken in: the same hook notes it, and after the forward
+`adopt_rebound_buffers` copies the new value into the shared memory and puts the shared tensor
+back under the name, so torch and megengine go on seeing one tensor with the value torch gave it.
 """
 import weakref
 
 import torch
 
-__all__ = ["watch", "has_state", "refuse_added_state"]
+__all__ = ["watch", "has_state", "refuse_added_state", "adopt_rebound_buffers"]
 
 # torch module -> the wrappers whose torch tree holds it
 _watched = weakref.WeakKeyDictionary()
@@ -69,8 +76,22 @@ def _on_parameter(module, name, param):
 
 
 def _on_buffer(module, name, buffer):
-    if module in _watched and buffer is not None and name not in module._buffers:
+    if module not in _watched or buffer is None:
+        return
+    buffers = module._buffers
+    if name not in buffers:
         _note(module, "buffer", name, buffer)
+    elif type(buffers) is dict:  # (a scripted module's is a wrapper, and sets no buffers here)
+        old = buffers[name]
+        if old is None:  # registered empty, so not mirrored: state that came later
+            _note(module, "buffer", name, buffer)
+        elif old is not buffer:
+            # a rebinding: the hook runs before torch stores the new tensor, so the table still
+            # holds the old one (the shared one, on the first rebinding of a call)
+            for wrapper in _watched[module]:
+                noted = wrapper._rebound.items
+                if not any(m is module and n == name for m, n, _ in noted):
+                    noted.append((module, name, old))
 
 
 def _on_module(module, name, submodule):
@@ -116,6 +137,49 @@ def refuse_added_state(wrapper):
         "submodules before wrapping (run one forward pass in torch first for a module that "
         "creates them in forward), then wrap the module again"
     )
+
+
+def adopt_rebound_buffers(wrapper):
+    """After a forward of ``wrapper``'s torch module that rebound mirrored buffers (noted in
+    ``wrapper._rebound.items``), copy each new value into the shared tensor and put that back
+    under its name. A new value of another shape, dtype or device cannot live in the shared
+    memory: the old tensor is put back (the torch module stays whole and usable) and
+    ``RuntimeError`` says what to do. Notes about tensors that are shared again by now (a
+    ``functional_call`` swaps buffers and swaps them back) are dropped."""
+    noted, wrapper._rebound.items = wrapper._rebound.items, []
+    addresses = {(id(m), name): address for m, name, address in wrapper._shared.items}
+    refused = []
+    for module, name, old in noted:
+        new = module._buffers.get(name)
+        if addresses.get((id(module), name)) != old.data_ptr() or new is None \
+                or new.data_ptr() == old.data_ptr():
+            continue
+        if new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+            with torch.no_grad():
+                # (a view of the old memory, ``self.buf.t()``, is read whole before the write)
+                overlaps = new.untyped_storage().data_ptr() == old.untyped_storage().data_ptr()
+                old.copy_(new.clone() if overlaps else new)
+        else:
+            refused.append((module, name, old, new))
+        module._buffers[name] = old
+    if refused:
+        paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
+        named = "; ".join(
+            f"{_join(paths.get(id(m), '?'), name)!r} was {_described(old)}, is now "
+            f"{_described(new)}" for m, name, old, new in refused)
+        raise RuntimeError(
+            f"PyTorchModule: the torch module's forward assigned its buffer(s) new tensors that "
+            f"cannot take the shared buffer's place ({named}). megengine shares each buffer's "
+            "memory with torch, so a buffer rebound in forward (self.buf = ...) keeps its "
+            "shape, dtype and device; the old value was kept. Give the new value the old "
+            "buffer's shape, dtype and device, write it in place (self.buf.copy_(...)), or "
+            "register the buffer with persistent=False (megengine then neither holds nor "
+            "saves it)"
+        )
+
+
+def _described(t):
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
 
 
 def _join(path, name):

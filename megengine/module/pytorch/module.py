@@ -148,6 +148,8 @@ class PyTorchModule(Module):
         # (torch module, kind, name, value) of state that came into the torch module later
         # (_watch.py)
         self._added = _Hidden()
+        # (torch module, name, the tensor before) of mirrored buffers its forward rebound
+        self._rebound = _Hidden()
         _watch.watch(self, torch_module)
         self.train(torch_module.training)
 
@@ -192,6 +194,7 @@ class PyTorchModule(Module):
         self.__dict__.pop("_checkpointed", None)  # saved by an earlier version: relearned
         self.__dict__.setdefault("_learned", {})
         self.__dict__.setdefault("_added", _Hidden())
+        self.__dict__.setdefault("_rebound", _Hidden())
         _watch.watch(self, self._torch_module)
         self._device = loaded_device(self._device)
         where = _torch_device(self._device)
@@ -869,6 +872,8 @@ class _TorchCall(Op):
         else:
             with torch.set_grad_enabled(want_grad):
                 out = w._torch_module(*args, **kwargs)
+        if w._rebound.items:  # ``self.ema = self.ema * 0.9 + ...`` in forward (_watch.py)
+            _watch.adopt_rebound_buffers(w)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
         if param_versions is not None and [p._version for p in params] != param_versions:

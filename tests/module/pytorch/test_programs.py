@@ -1,7 +1,7 @@
 """Whole training programs with torch modules inside megengine networks (a BatchNorm backbone
 resumed from a checkpoint, an LSTM encoder, a frozen teacher, amp, MoCo, a GAN, a greedy
-decoder loop, traced steps, frozen and unattached parts, a GRU, fine-tuning), each against a
-pure-torch twin of the same network and data.
+decoder loop, traced steps, frozen and unattached parts, a GRU, fine-tuning, a DataLoader whose
+workers run torch), each against a pure-torch twin of the same network and data.
 
 The twins compute the megengine layers (Linear, Conv2d, cross_entropy, ...) with torch's, whose
 float32 rounding differs from megengine's numpy arithmetic, so losses and weights are compared
@@ -23,6 +23,9 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine import amp
 from megengine.autodiff import GradManager
+from megengine.data import DataLoader, SequentialSampler
+from megengine.data.dataset import ArrayDataset
+from megengine.data.transform import Transform
 from megengine.jit import trace
 from megengine.module.pytorch import PyTorchModule
 from devices import torch_device, torch_host
@@ -977,4 +980,62 @@ def test_fine_tuning_torch_weights_with_parameter_groups_and_a_whole_network_che
         ref_opt.step()
         np.testing.assert_allclose(loss.numpy(), torch_host(ref_loss), rtol=RTOL,
                                    err_msg=f"loss of step {step}")
+    _assert_torch_states_equal(net.backbone.torch_module, ref[0])
+
+
+# ----- a DataLoader whose worker processes run a torch module, feeding a hybrid network -----
+
+class _TorchSmoothing(Transform):
+    """Smooths each image with a fixed torch convolution, wrapped, on the CPU: torch and the
+    bridge's compiled operator run in the loader's forked workers."""
+
+    def __init__(self):
+        self.blur = PyTorchModule(_blur(), device="cpu0")
+
+    def apply(self, sample):
+        image, label = sample
+        return self.blur(mge.tensor(image[None], device="cpu0")).numpy()[0], label
+
+
+def _blur():
+    blur = nn.Conv2d(2, 2, 3, padding=1, groups=2, bias=False)
+    with torch.no_grad():
+        blur.weight.copy_(torch.arange(18.0).reshape(2, 1, 3, 3) / 36)
+    return blur.eval()
+
+
+def test_a_dataloader_with_workers_running_torch_feeds_a_hybrid_network_like_torch():
+    """Torch ran in this process (threads started, the operator loaded) before the loader
+    forks its two workers; batches come in order, so a twin reading the data itself trains
+    alike."""
+    _seed()
+    net = _FineTuned(_small_backbone())
+    ref = nn.Sequential(copy.deepcopy(net.backbone.torch_module), _torch_twin(net.head))
+    blur = _blur().to(torch_device())
+    rng = np.random.RandomState(0)
+    images = rng.randn(8, 2, 5, 5).astype("float32")
+    labels = rng.randint(0, 3, 8).astype("int32")
+    smoothing = _TorchSmoothing()
+    smoothing.apply((images[0], labels[0]))  # torch used in this process first
+    dataset = ArrayDataset(images, labels)
+    # (a worker stuck in torch after the fork fails the test by the timeout, never hangs it)
+    loader = DataLoader(dataset, SequentialSampler(dataset, batch_size=4), transform=smoothing,
+                        num_workers=2, timeout=60)
+    opt, ref_opt = optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    gm = GradManager().attach(net.parameters())
+    starts = []
+    for (x, y), start in zip(loader, (0, 4)):
+        with gm:
+            loss = F.nn.cross_entropy(net(mge.tensor(x)), mge.tensor(y))
+            gm.backward(loss)
+        opt.step().clear_grad()
+        with torch.no_grad():
+            smooth = blur(_tensor(images[start:start + 4]))
+        ref_opt.zero_grad()
+        ref_loss = tF.cross_entropy(ref(smooth), _tensor(labels[start:start + 4], torch.int64))
+        ref_loss.backward()
+        ref_opt.step()
+        np.testing.assert_allclose(loss.numpy(), torch_host(ref_loss), rtol=RTOL)
+        starts.append(start)
+    assert starts == [0, 4]
     _assert_torch_states_equal(net.backbone.torch_module, ref[0])

@@ -1649,6 +1649,10 @@ def test_parametrized_layers_train_like_torch(parametrize):
 
     tmod, reference = make(), make().to(torch_device())
     wrap = PyTorchModule(tmod)
+    # megengine trains and saves what torch does, under torch's names (``original0``/``1``)
+    assert [name for name, _ in wrap.named_parameters()] == sorted(
+        name for name, _ in reference.named_parameters())
+    assert sorted(wrap.state_dict()) == sorted(reference.state_dict())
     opt = optim.Adam(wrap.parameters(), lr=0.01)
     ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
     rng = np.random.RandomState(0)

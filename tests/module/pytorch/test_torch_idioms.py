@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as tF
 
 import megengine as mge
 import megengine.functional as F
@@ -479,10 +480,40 @@ class _Encoder(nn.Module):
         return self.encoder(x, src_key_padding_mask=padding)
 
 
+class _CausalAttention(nn.Module):
+    """Both masks at once, and the per-head weights returned too."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, dropout=0.2, batch_first=True)
+
+    def forward(self, x, padding):
+        causal = torch.triu(torch.ones(5, 5, dtype=torch.bool, device=x.device), 1)
+        return self.attn(x, x, x, key_padding_mask=padding, attn_mask=causal,
+                         average_attn_weights=False)
+
+
+class _ScaledDotProduct(nn.Module):
+    """torch's fused attention function on projections, with a mask made from the padding and
+    dropout while training."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x, padding):
+        q, k, v = (t.unflatten(-1, (2, 4)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        out = tF.scaled_dot_product_attention(
+            q, k, v, attn_mask=~padding[:, None, None, :], dropout_p=0.1 if self.training else 0.0)
+        return out.transpose(1, 2).flatten(2)
+
+
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True:UserWarning")
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("make", [_Attention, _Encoder, lambda: _Encoder(norm_first=True)],
-                         ids=["MultiheadAttention", "TransformerEncoder", "norm_first"])
+@pytest.mark.parametrize("make", [_Attention, _CausalAttention, _ScaledDotProduct, _Encoder,
+                                  lambda: _Encoder(norm_first=True)],
+                         ids=["MultiheadAttention", "causal_and_padding_masks",
+                              "scaled_dot_product_attention", "TransformerEncoder", "norm_first"])
 def test_attention_and_transformer_layers_train_like_torch(make, mode):
     """(SGD: attention's key bias has a zero gradient, whose rounding noise Adam would scale up
     to full steps on either side.)"""

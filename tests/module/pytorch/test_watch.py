@@ -172,3 +172,127 @@ def test_what_torch_refuses_or_what_leaves_the_tree_is_not_an_error():
     tmod[2].register_buffer("gone", torch.ones(1))
     del tmod[2].gone
     wrap(_x())
+
+
+class _RunningMean(nn.Module):
+    """Keeps running statistics by rebinding its buffers in forward, as much torch code does
+    (torch's own BatchNorm writes them in place); eval normalises with them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        self.register_buffer("mean", torch.zeros(3))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x):
+        y = self.lin(x)
+        if self.training:
+            self.mean = self.mean * 0.9 + 0.1 * y.mean(0)  # not detached: torch's own choice
+            self.mean = self.mean.detach()  # rebound twice in one call
+            self.steps = self.steps + 1
+            return y
+        return y - self.mean
+
+
+def test_buffers_rebound_in_forward_stay_shared_and_train_like_torch():
+    """Before: the wrapper's next call raised that 'mean' was replaced, and megengine's
+    state_dict kept the value from before the call."""
+    torch.manual_seed(0)
+    tmod = _RunningMean().to(torch_device())
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    mean_view, address = wrap.mean, tmod.mean.data_ptr()
+    opt, twin_opt = optim.SGD(wrap.parameters(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
+    gm = GradManager().attach(wrap.parameters())
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x = rng.randn(4, 5).astype("float32")
+        with gm:
+            gm.backward((wrap(mge.tensor(x)) ** 2).sum())
+        opt.step().clear_grad()
+        twin_opt.zero_grad()
+        (twin(torch.tensor(x, device=torch_device())) ** 2).sum().backward()
+        twin_opt.step()
+    assert tmod.mean.data_ptr() == address and wrap.mean is mean_view
+    state = wrap.state_dict()
+    for name, want in twin.state_dict().items():
+        np.testing.assert_allclose(state[name], torch_host(want), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+    assert int(state["steps"]) == 3
+    x = rng.randn(4, 5).astype("float32")
+    wrap.eval(), twin.eval()
+    np.testing.assert_allclose(wrap(mge.tensor(x)).numpy(),
+                               torch_host(twin(torch.tensor(x, device=torch_device()))),
+                               rtol=1e-6, atol=1e-6)
+
+
+class _GrowingQueue(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("queue", torch.zeros(2, 5))
+
+    def forward(self, x):
+        if self.training:
+            self.queue = torch.cat([self.queue, x.detach()])  # one more row each call
+        return x * 2
+
+
+def test_a_buffer_rebound_to_another_shape_in_forward_is_refused_and_kept():
+    tmod = _GrowingQueue()
+    wrap = PyTorchModule(tmod)
+    queue, address = tmod.queue, tmod.queue.data_ptr()
+    with pytest.raises(RuntimeError, match=r"'queue' was \(2, 5\) float32.*now \(6, 5\).*"
+                                           r"in place.*persistent=False"):
+        wrap(_x())
+    assert tmod.queue is queue and tmod.queue.data_ptr() == address
+    np.testing.assert_array_equal(wrap.queue.numpy(), np.zeros((2, 5)))
+    wrap.eval()  # the wrapper is whole: calls that keep the buffer run
+    np.testing.assert_array_equal(wrap(_x()).numpy(), _x().numpy() * 2)
+
+
+def test_a_functional_call_inside_forward_leaves_the_shared_buffers_as_they_were():
+    """torch.func.functional_call swaps buffers in and back by assignment: no rebinding to
+    adopt (adopting the swapped-in value would overwrite the buffer)."""
+    class Swaps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(5)
+
+        def forward(self, x):
+            stats = {"running_mean": torch.ones(5), "running_var": torch.full((5,), 4.0)}
+            return torch.func.functional_call(self.bn, stats, (x,))
+
+    tmod = Swaps().eval()
+    wrap = PyTorchModule(tmod)
+    x = _x()
+    np.testing.assert_allclose(wrap(x).numpy(), (x.numpy() - 1) / np.sqrt(4 + 1e-5), rtol=1e-6)
+    np.testing.assert_array_equal(torch_host(tmod.bn.running_mean), np.zeros(5))
+    np.testing.assert_array_equal(wrap.bn.running_var.numpy(), np.ones(5))
+
+
+class _CachesLast(nn.Module):
+    """Registers its cache empty (None) and fills it in forward: torch's state_dict has it from
+    then on."""
+
+    def __init__(self, persistent):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        self.register_buffer("last", None, persistent=persistent)
+
+    def forward(self, x):
+        self.last = x.detach().mean(0)
+        return self.lin(x)
+
+
+def test_a_buffer_registered_empty_and_set_in_forward_is_named_until_wrapped_after_it():
+    """Before: megengine's state_dict silently lacked 'last', which torch's had."""
+    tmod = _CachesLast(persistent=True)
+    with pytest.raises(RuntimeError, match="gained buffer 'last' after it was wrapped"):
+        PyTorchModule(tmod)(_x())
+    PyTorchModule(_CachesLast(persistent=False))(_x())  # not state megengine saves: fine
+    tmod = _CachesLast(persistent=True)
+    tmod(torch.zeros(1, 5, device=torch_device()))  # the fix: one torch forward, then wrap
+    wrap = PyTorchModule(tmod)
+    wrap(_x())  # rebinding it in forward is then taken into the shared memory
+    np.testing.assert_allclose(wrap.state_dict()["last"], _x().numpy().mean(0), rtol=1e-6)
+    assert wrap.state_dict().keys() == tmod.state_dict().keys()
