@@ -748,6 +748,11 @@ def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
 _nms_keep.data_shaped = True  # (how many boxes it keeps)
 
 
+class NMSShapeError(ValueError, AssertionError):
+    """``nms`` boxes that are not (N, 4) or scores that are not (N,). A ValueError is what the
+    mistake is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
+
+
 def nms(boxes, scores, iou_thresh, max_output=None):
     """Greedy non-maximum suppression: indices (int32) of the kept ``boxes`` (N, 4) = xyxy, by
     descending ``scores`` (N,); a box is dropped when its IoU with a kept, higher-scoring box
@@ -755,9 +760,9 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     """
     boxes, scores = _tensor(boxes), _tensor(scores)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
+        raise NMSShapeError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
+        raise NMSShapeError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
                          f"{scores.shape}")
     for t in (boxes, scores):
         if t.dtype.kind == "c":
