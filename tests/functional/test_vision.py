@@ -1056,6 +1056,8 @@ def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
 
 
 @pytest.mark.parametrize("call,upstream_type", [
+    (lambda b, s, x, r: F.warp_affine(x, F.zeros((1, 3, 3)), (4, 4)), RuntimeError),
+    (lambda b, s, x, r: F.warp_perspective(x, F.zeros((2, 3, 3)), (4, 4)), RuntimeError),
     (lambda b, s, x, r: F.vision.nms(b[:, :3], s, 0.5), AssertionError),
     (lambda b, s, x, r: F.vision.nms(b, s.reshape(2, 1), 0.5), AssertionError),
     (lambda b, s, x, r: F.vision.nms(b, s[:1], 0.5), AssertionError),
@@ -1065,8 +1067,9 @@ def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
     (lambda b, s, x, r: F.vision.roi_align(x, r, (2, 2), mode="min"), AssertionError),
     (lambda b, s, x, r: F.vision.roi_pooling(x, r, (2, 2), mode="min"), AssertionError),
 ])
-def test_detection_input_errors_are_valueerrors_and_upstreams_types(call, upstream_type):
-    # a detector's post-processing that catches upstream's error type (nms asserts in Python,
+def test_input_errors_are_valueerrors_and_upstreams_types(call, upstream_type):
+    # warp matrices of another shape or count fail megdnn's shape check too; a detector's
+    # post-processing that catches upstream's error type (nms asserts in Python,
     # megdnn's roi kernels fail a shape assertion: RuntimeError) catches ours too
     boxes = mge.tensor(np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32))
     scores = mge.tensor(np.array([0.9, 0.8], np.float32))
