@@ -222,7 +222,7 @@ def test_cumsum(axis):
 
 
 @pytest.mark.parametrize("descending", [False, True])
-@pytest.mark.parametrize("shape", [(7,), (3, 6)], ids=str)
+@pytest.mark.parametrize("shape", [(7,), (3, 6), (2, 3, 5)], ids=str)  # (3-d: upstream's 2-d at most)
 def test_sort_argsort(shape, descending):
     x = np.random.permutation(np.prod(shape)).reshape(shape).astype(np.float32)  # distinct
     check(lambda t: F.sort(t, descending)[0], lambda t: torch.sort(t, descending=descending)[0], x)
@@ -235,7 +235,7 @@ def test_sort_argsort(shape, descending):
 
 @pytest.mark.parametrize("no_sort", [False, True])
 @pytest.mark.parametrize("descending", [False, True])
-@pytest.mark.parametrize("shape,k", [((8,), 3), ((3, 6), 2), ((3, 6), 6)], ids=str)
+@pytest.mark.parametrize("shape,k", [((8,), 3), ((3, 6), 2), ((3, 6), 6), ((2, 3, 6), 4)], ids=str)
 def test_topk(shape, k, descending, no_sort):
     x = np.random.permutation(np.prod(shape)).reshape(shape).astype(np.float32)
     vals, idx = F.topk(mge.tensor(x), k, descending=descending, no_sort=no_sort)
