@@ -21,7 +21,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
-from ..core.ops import as_dtype, cast, xp_of
+from ..core.ops import ShapeError, as_dtype, cast, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _bias_widened, _tensor
@@ -467,7 +467,7 @@ class _Im2Col(Op):
 
     def forward(self, x):
         if x.ndim != 4:
-            raise ValueError(f"{self.what}: expected a 4-d input (N, C, H, W), got shape "
+            raise ShapeError(f"{self.what}: expected a 4-d input (N, C, H, W), got shape "
                              f"{x.shape}")
         n, c, h, w = x.shape
         oh, ow = (_conv_out(size, *args, self.what, axis) for size, args, axis in zip(
@@ -583,7 +583,7 @@ class _LocalConv2d(Op):
     def forward(self, x, w):
         what = self.what
         if x.ndim != 4:
-            raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
+            raise ShapeError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
         if w.ndim == 6:
             w7 = w.reshape((1,) + w.shape)
         elif w.ndim == 7:
@@ -794,7 +794,7 @@ class _DeformableConv2d(Op):
     def forward(self, x, w, offset, mask):
         what, g = self.what, self.groups
         if x.ndim != 4:
-            raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
+            raise ShapeError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
         wf = _flat_weight(w, g, 2, what, False)
         o, cg, kh, kw = wf.shape
         n, c, h, wd = x.shape

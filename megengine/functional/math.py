@@ -8,7 +8,7 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import (BINARY, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
+from ..core.ops import (BINARY, AxisError, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
                         half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
@@ -120,6 +120,12 @@ def _arg_reduce_fn(xp, x, fn, axes, keepdims):
     return x
 
 
+class ArgAxisError(AxisError, AssertionError):
+    """An ``argmax`` / ``argmin`` axis the input lacks: an AxisError as every reduction's (a
+    ValueError and a RuntimeError), and also the AssertionError that upstream's argmax and argmin
+    raise, so that either ``except`` catches it."""
+
+
 def _arg_reduce(inp, axis, keepdims, fn):
     inp = _tensor(inp)
     if inp.dtype.kind == "c":
@@ -128,10 +134,13 @@ def _arg_reduce(inp, axis, keepdims, fn):
         if keepdims:
             raise ValueError(f"{fn}: keepdims=True needs an axis, got axis=None")
         axes = None
-    elif inp.ndim == 0:  # (upstream asserts; _norm_axes takes axis 0 of a 0-d tensor)
-        raise ValueError(f"{fn}: a 0-d tensor has no axis {axis}; call {fn}(x) without an axis")
+    elif inp.ndim == 0:  # (_norm_axes takes axis 0 of a 0-d tensor)
+        raise ArgAxisError(f"{fn}: a 0-d tensor has no axis {axis}; call {fn}(x) without an axis")
     else:
-        axes = _norm_axes(axis, inp.ndim, fn)
+        try:
+            axes = _norm_axes(axis, inp.ndim, fn)
+        except AxisError as e:
+            raise ArgAxisError(str(e)) from None
     empty = [a for a in (range(inp.ndim) if axes is None else axes) if inp.shape[a] == 0]
     if empty:  # an empty tensor whose reduced axes are not empty has an (empty) answer
         raise ValueError(f"{fn}: cannot reduce over axis {empty[0]} of an empty tensor "

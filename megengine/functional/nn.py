@@ -14,7 +14,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
+from ..core.ops import (ShapeError, ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
                         gemm_dtype, grad_matmul, half_operands, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
@@ -444,7 +444,7 @@ def pixel_shuffle(inp, upscale_factor):
     inp = _tensor(inp)
     r = int(upscale_factor)
     if r < 1 or inp.ndim < 3 or inp.shape[-3] % (r * r):
-        raise ValueError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
+        raise ShapeError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
                          f"channels (dim -3) divisible by upscale_factor**2 = {r * r}")
     *lead, c, h, w = inp.shape
     # the engine's methods, not those of a Tensor subclass (a torch-style `transpose(d0, d1)`)

@@ -14,7 +14,7 @@ from ..core import _config
 from ..core._trace_option import is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
-from ..core.ops import cast
+from ..core.ops import ShapeError, cast
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _int_pair, _size, _tensor
@@ -65,7 +65,7 @@ class _Pool2d(Op):
             return self._quantized(x)
         what = self.what
         if x.ndim != 4:
-            raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
+            raise ShapeError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
             raise ValueError(f"{what}: kernel_size {self.kernel} and stride {self.stride} must be "

@@ -625,6 +625,11 @@ def _pad_width_argument(pad_width, pad_witdth, what):
         raise TypeError(f"{what}: missing pad_width, the (before, after) pairs to pad by")
     return pad_width
 
+class PadModeError(ValueError, AssertionError):
+    """A ``pad`` mode it does not know. A ValueError is what the mistake is; upstream asserts
+    (AssertionError): this is both, so either ``except`` catches it."""
+
+
 def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=None):
     """Pad ``src`` by ``pad_width``: ``(before, after)`` pairs for the leading dims (the rest are
     not padded). ``mode``: "constant" (with ``constant_value``), "edge"/"replicate", "reflect".
@@ -634,7 +639,7 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     src = _tensor(src)
     pad_width = _pad_width_argument(pad_width, pad_witdth, "pad")
     if mode.lower() not in _PAD_MODES:
-        raise ValueError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
+        raise PadModeError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
     mode = _PAD_MODES[mode.lower()]
     try:
         pairs = [(int(b), int(a)) for b, a in pad_width]

@@ -10,7 +10,7 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import LinearMap, acc_dtype, as_dtype, cast, xp_of
+from ..core.ops import LinearMap, ShapeError, acc_dtype, as_dtype, cast, xp_of
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
@@ -618,7 +618,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     border_mode, interp_mode = _check_modes(what, border_mode, interp_mode)
     format = _config._effective_conv_format(format, what)  # the global switch wins, as upstream
     if mat.ndim != 3 or mat.shape[1:] != (rows, 3):
-        raise ValueError(f"{what}: mat must be (B, {rows}, 3), got shape {mat.shape}")
+        raise ShapeError(f"{what}: mat must be (B, {rows}, 3), got shape {mat.shape}")
     n = inp.shape[0]
     batch = None
     if mat_idx is not None:
@@ -629,7 +629,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
                              f"({mat.shape[0]}), got {idx.tolist()}")
     elif mat.shape[0] != n:
-        raise ValueError(f"{what}: {mat.shape[0]} matrices for {n} images; give mat_idx to "
+        raise ShapeError(f"{what}: {mat.shape[0]} matrices for {n} images; give mat_idx to "
                          "pair them")
     if mat.dtype.kind != "f":
         mat = mat.astype(np.float32)
@@ -748,6 +748,11 @@ def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
 _nms_keep.data_shaped = True  # (how many boxes it keeps)
 
 
+class NMSShapeError(ValueError, AssertionError):
+    """``nms`` boxes that are not (N, 4) or scores that are not (N,). A ValueError is what the
+    mistake is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
+
+
 def nms(boxes, scores, iou_thresh, max_output=None):
     """Greedy non-maximum suppression: indices (int32) of the kept ``boxes`` (N, 4) = xyxy, by
     descending ``scores`` (N,); a box is dropped when its IoU with a kept, higher-scoring box
@@ -755,9 +760,9 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     """
     boxes, scores = _tensor(boxes), _tensor(scores)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
+        raise NMSShapeError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
+        raise NMSShapeError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
                          f"{scores.shape}")
     for t in (boxes, scores):
         if t.dtype.kind == "c":

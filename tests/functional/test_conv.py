@@ -836,3 +836,19 @@ def test_float16_conv_layer_sees_its_weights_written_in_place():
         w, b = (torch.tensor(p.numpy().astype(np.float32)) for p in (conv.weight, conv.bias))
         want = TF.conv2d(torch.tensor(x.astype(np.float32)), w, b.reshape(-1), padding=1)
         np.testing.assert_array_equal(conv(mge.tensor(x)).numpy(), want.half().numpy())
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.sliding_window(x, 3),
+    lambda x: F.local_conv2d(x, mge.tensor(np.zeros((6, 6, 2, 3, 3, 2), np.float32))),
+    lambda x: F.deformable_conv2d(x, mge.tensor(np.zeros((2, 2, 3, 3), np.float32)),
+                                  mge.tensor(np.zeros((1, 18, 6, 6), np.float32)),
+                                  mge.tensor(np.zeros((1, 9, 6, 6), np.float32))),
+])
+def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(call):
+    # megdnn's shape assertion is a RuntimeError: code catching it catches ours too
+    x = mge.tensor(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="expected a 4-d input"):
+        call(x)
+    with pytest.raises(RuntimeError, match="expected a 4-d input"):
+        call(x)

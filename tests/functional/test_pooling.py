@@ -474,3 +474,13 @@ def test_float16_pooling_on_cpu_pools_in_float32_and_rounds_once(fn, torch_fn, k
     assert y.dtype == t.grad.dtype == np.float16
     np.testing.assert_array_equal(y.numpy(), ty.detach().half().numpy())
     np.testing.assert_array_equal(t.grad.numpy(), tx.grad.half().numpy())
+
+
+@pytest.mark.parametrize("pool", [F.nn.max_pool2d, F.nn.avg_pool2d])
+def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(pool):
+    # megdnn's shape assertion is a RuntimeError: code catching it catches ours too
+    x = mge.tensor(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="expected a 4-d input"):
+        pool(x, 2)
+    with pytest.raises(RuntimeError, match="expected a 4-d input"):
+        pool(x, 2)

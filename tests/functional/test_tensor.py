@@ -538,3 +538,10 @@ def test_stack_of_0d_tensors_counts_each_as_shape_1():
     with gm:
         gm.backward((F.stack(s) * mge.tensor([[1.0], [2.0], [5.0]])).sum())
     assert s[2].grad.shape == () and s[2].grad.item() == 5.0
+
+
+def test_pad_of_an_unknown_mode_is_a_valueerror_and_upstreams_assertionerror():
+    x = mge.tensor(np.zeros((2, 3), np.float32))
+    for error in (ValueError, AssertionError):  # upstream asserts the mode
+        with pytest.raises(error, match="mode must be one of"):
+            F.nn.pad(x, ((1, 1), (0, 0)), mode="wrap")

@@ -1055,6 +1055,32 @@ def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
     np.testing.assert_array_equal(x.grad.numpy(), np.full((1, 3, 8, 8), 2, np.float32))
 
 
+@pytest.mark.parametrize("call,upstream_type", [
+    (lambda b, s, x, r: F.warp_affine(x, F.zeros((1, 3, 3)), (4, 4)), RuntimeError),
+    (lambda b, s, x, r: F.warp_perspective(x, F.zeros((2, 3, 3)), (4, 4)), RuntimeError),
+    (lambda b, s, x, r: F.vision.nms(b[:, :3], s, 0.5), AssertionError),
+    (lambda b, s, x, r: F.vision.nms(b, s.reshape(2, 1), 0.5), AssertionError),
+    (lambda b, s, x, r: F.vision.nms(b, s[:1], 0.5), AssertionError),
+    (lambda b, s, x, r: F.vision.roi_align(x, b, (2, 2)), RuntimeError),
+    (lambda b, s, x, r: F.vision.roi_align(x[0], r, (2, 2)), RuntimeError),
+    (lambda b, s, x, r: F.vision.roi_pooling(x, b, (2, 2)), RuntimeError),
+    (lambda b, s, x, r: F.vision.roi_align(x, r, (2, 2), mode="min"), AssertionError),
+    (lambda b, s, x, r: F.vision.roi_pooling(x, r, (2, 2), mode="min"), AssertionError),
+])
+def test_input_errors_are_valueerrors_and_upstreams_types(call, upstream_type):
+    # warp matrices of another shape or count fail megdnn's shape check too; a detector's
+    # post-processing that catches upstream's error type (nms asserts in Python,
+    # megdnn's roi kernels fail a shape assertion: RuntimeError) catches ours too
+    boxes = mge.tensor(np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32))
+    scores = mge.tensor(np.array([0.9, 0.8], np.float32))
+    x = mge.tensor(np.zeros((1, 2, 8, 8), np.float32))
+    rois = mge.tensor(np.array([[0, 0, 0, 4, 4]], np.float32))
+    with pytest.raises(ValueError):
+        call(boxes, scores, x, rois)
+    with pytest.raises(upstream_type):
+        call(boxes, scores, x, rois)
+
+
 @pytest.mark.parametrize("mode,align", [("bilinear", False), ("bilinear", True),
                                         ("nearest", None), ("linear", False)])
 def test_interpolate_second_order(mode, align):
