@@ -159,6 +159,12 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
+class ArgumentError(ValueError, AssertionError):
+    """An argument out of its range or set of values (a dropout probability, a pad mode, a
+    negative learning rate, ...) where upstream asserts: a ValueError, which is what the mistake
+    is, and upstream's AssertionError, so that a program catching either catches it."""
+
+
 class ShapeOnly:
     """What an op keeps in place of an input array whose values its backward does not read
     (both operands of ``x + y``, the ``x`` of ``x * 0.5``): the shape its gradient takes. The

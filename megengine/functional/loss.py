@@ -7,7 +7,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, declare_fresh_gradient
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, no_order
-from ..core.ops import (BroadcastError, ShapeError, acc_dtype, acc_sum, div_count, t_unbroadcast,
+from ..core.ops import (ArgumentError, BroadcastError, ShapeError, acc_dtype, acc_sum, div_count, t_unbroadcast,
                         unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
@@ -785,11 +785,6 @@ class _CrossEntropy(Op):
         return grad * gk, None
 
 
-class LabelDimError(ValueError, AssertionError):
-    """A cross-entropy label whose dims are not pred's less one. A ValueError is what the mistake
-    is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
-
-
 def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reduction="mean"):
     """Multi-class cross entropy of ``pred`` (logits by default) and integer class ``label``.
 
@@ -801,7 +796,7 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     label = label if isinstance(label, Tensor) else Tensor(label)
     ndim = pred._data.ndim
     if ndim != label._data.ndim + 1:
-        raise LabelDimError(f"cross_entropy: label must have one dim less than pred, got pred "
+        raise ArgumentError(f"cross_entropy: label must have one dim less than pred, got pred "
                             f"of shape {pred.shape} and label of shape {label.shape}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"cross_entropy: axis {axis} is out of range for pred of shape "

@@ -14,7 +14,7 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (ShapeError, ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
+from ..core.ops import (ArgumentError, ShapeError, ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
                         gemm_dtype, grad_matmul, half_operands, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
@@ -336,18 +336,13 @@ def _uniform(xp, shape, dtype):
     return xp.random.random_sample(shape, dtype=dtype)
 
 
-class DropProbError(ValueError, AssertionError):
-    """A dropout probability outside [0, 1). A ValueError is what the mistake is; upstream
-    asserts (AssertionError): this is both, so either ``except`` catches it."""
-
-
 def dropout(inp, drop_prob, training=True):
     """Zero each element with probability ``drop_prob`` and scale the rest by 1/(1 - p).
 
     With ``training`` False (or p == 0) the input is returned as is.
     """
     if not 0 <= drop_prob < 1:
-        raise DropProbError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
+        raise ArgumentError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
     inp = _tensor(inp)
     if not training or drop_prob == 0:
         return inp

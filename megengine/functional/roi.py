@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core import _config
 from ..core.dispatch import Op, apply
-from ..core.ops import LinearMap, ShapeError, xp_of
+from ..core.ops import ArgumentError, LinearMap, ShapeError, xp_of
 from . import _aten
 from ._args import _astype_real, _int_pair, _tensor
 
@@ -14,11 +14,6 @@ __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
 # ----- region pooling: roi_align, roi_pooling -----
 # ``rois`` is (K, 5): (batch index, x1, y1, x2, y2) in input pixels before ``scale``.
-
-class PoolModeError(ValueError, AssertionError):
-    """A region pooling mode other than "max" and "average". A ValueError is what the mistake
-    is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
-
 
 def _check_rois(what, inp, rois):
     """Checked ``rois``: integer ones in float32 (a quantized tensor's values). Wrong shapes raise
@@ -168,7 +163,7 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     rois = _check_rois("roi_align", inp, rois)
     mode = str(mode).lower()
     if mode not in ("average", "max"):
-        raise PoolModeError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
+        raise ArgumentError(f"roi_align: mode must be 'average' or 'max', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_align")
     samples = _positive_pair(sample_points, "sample_points", "roi_align")
     # float64 computes in float64; float16 gives float16 as upstream's kernel does, sampled and
@@ -295,7 +290,7 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
     rois = _check_rois("roi_pooling", inp, rois)
     mode = str(mode).lower()
     if mode not in ("max", "average"):
-        raise PoolModeError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
+        raise ArgumentError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
     inp = inp if inp.dtype.kind == "f" else _astype_real(inp, np.float32, "roi_pooling")
     return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)

@@ -9,7 +9,7 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
+from ..core.ops import ArgumentError, AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _size
@@ -625,10 +625,6 @@ def _pad_width_argument(pad_width, pad_witdth, what):
         raise TypeError(f"{what}: missing pad_width, the (before, after) pairs to pad by")
     return pad_width
 
-class PadModeError(ValueError, AssertionError):
-    """A ``pad`` mode it does not know. A ValueError is what the mistake is; upstream asserts
-    (AssertionError): this is both, so either ``except`` catches it."""
-
 
 def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=None):
     """Pad ``src`` by ``pad_width``: ``(before, after)`` pairs for the leading dims (the rest are
@@ -639,7 +635,7 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     src = _tensor(src)
     pad_width = _pad_width_argument(pad_width, pad_witdth, "pad")
     if mode.lower() not in _PAD_MODES:
-        raise PadModeError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
+        raise ArgumentError(f"pad: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
     mode = _PAD_MODES[mode.lower()]
     try:
         pairs = [(int(b), int(a)) for b, a in pad_width]

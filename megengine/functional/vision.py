@@ -10,7 +10,7 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import LinearMap, ShapeError, acc_dtype, as_dtype, cast, xp_of
+from ..core.ops import ArgumentError, LinearMap, ShapeError, acc_dtype, as_dtype, cast, xp_of
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
@@ -748,11 +748,6 @@ def _nms_keep(xp, boxes, scores, iou_thresh, max_output):
 _nms_keep.data_shaped = True  # (how many boxes it keeps)
 
 
-class NMSShapeError(ValueError, AssertionError):
-    """``nms`` boxes that are not (N, 4) or scores that are not (N,). A ValueError is what the
-    mistake is; upstream asserts (AssertionError): this is both, so either ``except`` catches it."""
-
-
 def nms(boxes, scores, iou_thresh, max_output=None):
     """Greedy non-maximum suppression: indices (int32) of the kept ``boxes`` (N, 4) = xyxy, by
     descending ``scores`` (N,); a box is dropped when its IoU with a kept, higher-scoring box
@@ -760,9 +755,9 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     """
     boxes, scores = _tensor(boxes), _tensor(scores)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise NMSShapeError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
+        raise ArgumentError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
-        raise NMSShapeError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
+        raise ArgumentError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
                          f"{scores.shape}")
     for t in (boxes, scores):
         if t.dtype.kind == "c":

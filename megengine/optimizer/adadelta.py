@@ -2,8 +2,9 @@
 import numpy as np
 
 from ..core.fused import fused_kernel, use_fused
+from ..core.ops import ArgumentError
 from ..functional import _aten
-from .optimizer import HyperparameterError, Optimizer, passes_on_aten
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["Adadelta"]
 
@@ -24,7 +25,7 @@ class Adadelta(Optimizer):
         super()._check_group(group)
         rho = group["rho"]
         if not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
-            raise HyperparameterError(f"Adadelta: invalid rho {rho!r}; it must be in [0, 1]")
+            raise ArgumentError(f"Adadelta: invalid rho {rho!r}; it must be in [0, 1]")
 
     # the step count is not used, but kept as upstream's state has it
     _state_buffers = ("square_avg", "acc_delta")

@@ -3,8 +3,9 @@ import numpy as np
 
 from ..core.dispatch import xp_of
 from ..core.fused import fused_kernel, use_fused
+from ..core.ops import ArgumentError
 from ..functional import _aten
-from .optimizer import HyperparameterError, Optimizer, passes_on_aten
+from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["Adam"]
 
@@ -15,7 +16,7 @@ def _check_betas(group, name):
         raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
     for i, b in enumerate(betas):
         if not 0.0 <= b < 1.0:
-            raise HyperparameterError(
+            raise ArgumentError(
                 f"{name}: invalid beta at index {i}: {b}; it must be in [0, 1)")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..autodiff import GradManager
 from ..core import dispatch
+from ..core.ops import ArgumentError
 from ..core.tensor import Parameter, Tensor, _note_write, check_grad_is_tensor
 from ..device import get_array_module
 from ..functional import _aten
@@ -596,18 +597,11 @@ def passes_on_aten(data, grad, group):
             for k, v in group.items() if k != "params")
 
 
-class HyperparameterError(ValueError, AssertionError):
-    """A hyperparameter out of its range (a negative lr, momentum or eps, a beta of 1, ...). A
-    ValueError is what the mistake is; upstream's SGD, Adagrad and Adadelta assert
-    (AssertionError) where its Adam, AdamW and LAMB raise ValueError: this is both, so either
-    ``except`` catches it, whichever optimizer raised it."""
-
-
 def _check_non_negative(value, name):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if value < 0:
-        raise HyperparameterError(f"invalid {name}: {value}; it must be >= 0")
+        raise ArgumentError(f"invalid {name}: {value}; it must be >= 0")
 
 
 def _to_host(value):

@@ -1,7 +1,8 @@
 """`SGD`: stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
 from ..core.fused import fused_kernel, use_fused
+from ..core.ops import ArgumentError
 from ..functional import _aten
-from .optimizer import HyperparameterError, Optimizer, _check_non_negative, update_on_aten
+from .optimizer import Optimizer, _check_non_negative, update_on_aten
 
 __all__ = ["SGD"]
 
@@ -28,7 +29,7 @@ class SGD(Optimizer):
         super()._check_group(group)
         _check_non_negative(group["momentum"], "momentum")
         if self._nesterov(group) and group["momentum"] <= 0:
-            raise HyperparameterError("SGD: nesterov=True needs a momentum > 0")
+            raise ArgumentError("SGD: nesterov=True needs a momentum > 0")
 
     _state_buffers = ("momentum_buffer",)
 
