@@ -16,7 +16,7 @@ from ..core.ops import ShapeOnly, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
-from .elemwise import _Unary
+from .elemwise import _Unary, log1p_array
 
 __all__ = ["gelu", "hsigmoid", "hswish", "leaky_relu", "logsigmoid", "prelu", "relu", "relu6",
            "sigmoid", "silu", "softplus"]
@@ -163,7 +163,7 @@ def _sigmoid(xp, x):
 
 def _log1p_exp_neg_abs(xp, x):
     """log(1 + exp(-|x|)): the part of softplus that cannot overflow."""
-    return xp.log1p(xp.exp(-xp.abs(x)))
+    return log1p_array(xp, xp.exp(-xp.abs(x)))
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) = poly(t) * exp(-z^2), t = 1/(1 + p z), z >= 0; its
