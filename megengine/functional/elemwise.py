@@ -292,13 +292,13 @@ Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y,
 Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1),
                reads=("y",))
 Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
-# numpy's float32 log1p is not vectorised (float64's barely): from `LOG1P_ATEN_MIN` values
-# float32/float64 numpy arrays take ATen's ("log1p", `_aten.use_aten`), into a numpy-allocated
-# output. Measured with one thread, numpy against ATen: float32 1024 values 9.4 us against 4.8,
-# 8192 81 against 17, 64K 849 against 124, 512K 8-30 ms against 1.0-1.6; float64 1024 8.3
-# against 7.7, 64K 857 against 333. (exp and log measured 0.8-2x, tanh slower on ATen in
-# float32: they stay numpy's.) Both are within an ulp or so of the exact value; ATen's are
-# torch's.
+# numpy's float32 log1p is not vectorised (float64's takes 2.6x ATen's time at 64K values):
+# from `LOG1P_ATEN_MIN` values float32/float64 numpy arrays take ATen's ("log1p",
+# `_aten.use_aten`), into a numpy-allocated output. Measured with one thread, numpy against
+# ATen: float32 1024 values 9.4 us against 4.8, 8192 81 against 17, 64K 849 against 124, 512K
+# 8-30 ms against 1.0-1.6; float64 1024 8.3 against 7.7, 64K 857 against 333. (exp and log
+# measured 0.8-2x, tanh slower on ATen in float32: they stay numpy's.) Both are within an ulp
+# or so of the exact value; ATen's are torch's.
 LOG1P_ATEN_MIN = 1024
 
 
