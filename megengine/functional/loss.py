@@ -272,8 +272,8 @@ class _BinaryCrossEntropy(_PairLoss):
     21 us against 27, 1024 34 against 31, 8192 123 against 60, 512K 7.4-11.7 ms against 2.7-3.0;
     backward 8192 values 27 us against 18, 64K 157 against 91 (`bench_ops.py --case bce_logits`
     has the whole op's figures). The array code with ATen's log1p (`log1p_array`, what a
-    broadcast label takes) measured 3.0-3.3 ms at 512K values. Probabilities keep the array code (ATen's binary_cross_entropy
-    clamps its logs at -100, upstream's formula does not)."""
+    broadcast label takes) measured 3.0-3.3 ms at 512K values. Probabilities keep the array
+    code (ATen's binary_cross_entropy clamps its logs at -100, upstream's formula does not)."""
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
     aten_forward_min = 1024
     aten_backward_min = 0  # (ATen's sigmoid wins at any size the forward took ATen at)
