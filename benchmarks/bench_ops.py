@@ -192,6 +192,8 @@ CASES = [
     Case("sqrt", positive, lambda x: F.sqrt(x), lambda x: x.sqrt()),
     Case("exp", one_float, lambda x: F.exp(x), lambda x: x.exp()),
     Case("log", positive, lambda x: F.log(x), lambda x: x.log()),
+    Case("log1p", positive, lambda x: F.log1p(x), lambda x: x.log1p()),
+    Case("logsigmoid", one_float, lambda x: F.logsigmoid(x), lambda x: TF.logsigmoid(x)),
     Case("normalize", one_float, lambda x: F.normalize(x, axis=1),
          lambda x: TF.normalize(x, dim=1)),
     Case("concat", three_floats, lambda a, b, c: F.concat([a, b, c], axis=1),

@@ -225,7 +225,8 @@ _forced = set()
 # probabilities and float16 stay on the array code, or on ATen's general path when forced).
 # "pair_loss": squared error and smooth L1 of two float32/float64 arrays of one shape, ATen's
 # fused loss and backward: 512K values, forward 144 us against numpy's 267 (square), 148
-# against 531 (smooth L1).
+# against 531 (smooth L1); binary cross entropy with logits from 1024 values, its backward's
+# sigmoid too (`functional/loss.py` _BinaryCrossEntropy, where the measurements are).
 # "topk": F.topk of float32/float64 (not kth_only), ATen's topk instead of numpy's argpartition:
 # (256, 1000), k = 5, 0.47 ms against 3.0 ms.
 # "norm": the 2-norm of F.norm / F.normalize, ATen's linalg_vector_norm: (512, 1024) over axis 1
@@ -252,9 +253,11 @@ _forced = set()
 # measurements are).
 # "index_add": the gradient of x[idx] of float arrays from 1024 values, ATen's index_add_
 # (float16: index_put_'s accumulation; `core/ops.py` IndexAdd, where the measurements are).
+# "log1p": log1p of float32/float64 arrays from 1024 values (`elemwise.log1p_array`, where the
+# measurements are): 64K float32 values 124 us against numpy's 849.
 _ON_CPU = frozenset({"gelu", "layer_norm", "softmax", "rnn", "group_norm", "activation",
                      "cross_entropy", "pair_loss", "topk", "norm", "reduce", "gather", "pow",
-                     "gemm", "update", "pool", "cast", "half", "index_add"})
+                     "gemm", "update", "pool", "cast", "half", "index_add", "log1p"})
 _avoided = set()
 _torch_cuda = None  # whether torch can run CUDA kernels: asked once, at the first CUDA array
 _torch_cpu = None  # whether torch and the bridge load: asked once, at the first CPU array

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..core import amp as _amp
 from ..core._trace_option import is_sym
-from ..core.dispatch import FLOAT16, Op, apply
+from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
@@ -292,7 +292,27 @@ Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y,
 Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1),
                reads=("y",))
 Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
-Log1p = _unary("Log1p", lambda xp, x: xp.log1p(x), lambda xp, x, y, g: g / (x + 1))
+# numpy's float32 log1p is not vectorised (float64's takes 2.6x ATen's time at 64K values):
+# from `LOG1P_ATEN_MIN` values float32/float64 numpy arrays take ATen's ("log1p",
+# `_aten.use_aten`), into a numpy-allocated output. Measured with one thread, numpy against
+# ATen: float32 1024 values 9.4 us against 4.8, 8192 81 against 17, 64K 849 against 124, 512K
+# 8-30 ms against 1.0-1.6; float64 1024 8.3 against 7.7, 64K 857 against 333. (exp and log
+# measured 0.8-2x, tanh slower on ATen in float32: they stay numpy's.) Both are within an ulp
+# or so of the exact value; ATen's are torch's.
+LOG1P_ATEN_MIN = 1024
+
+
+def log1p_array(xp, x):
+    """``log(1 + x)`` of engine array ``x``, on ATen where that pays (above)."""
+    if type(x) is np.ndarray and x.size >= LOG1P_ATEN_MIN and x.dtype in KERNEL_FLOATS \
+            and _aten.use_aten(x, "log1p"):
+        out = np.empty(x.shape, x.dtype)
+        _aten.ops.log1p(_aten.view(x), out=_aten.view(out))
+        return out
+    return xp.log1p(x)
+
+
+Log1p = _unary("Log1p", log1p_array, lambda xp, x, y, g: g / (x + 1))
 Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y),
               reads=("y",))
 Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False)

@@ -436,6 +436,7 @@ ATEN_ACTIVATIONS = {  # name: (megengine, torch, ATen's forward kernel)
     "hswish": (F.hswish, TF.hardswish, "hardswish"),
     "silu": (F.silu, TF.silu, "silu"),
     "softplus": (F.softplus, TF.softplus, "softplus"),
+    "logsigmoid": (F.logsigmoid, TF.logsigmoid, "log_sigmoid_forward"),
 }
 
 

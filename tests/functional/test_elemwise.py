@@ -10,6 +10,10 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 from megengine.optimizer import SGD, Adam
 
+from megengine.functional import _aten
+from megengine.functional import elemwise as elemwise_module
+
+from devices import host_default_device  # noqa: F401  (a fixture)
 from oracle import check_against_torch
 
 
@@ -42,6 +46,44 @@ def test_round_halves_go_away_from_zero():
     np.testing.assert_array_equal(F.round(mge.tensor(x)).numpy(), expect.astype(np.float32))
     # away from the halves it agrees with torch
     np.testing.assert_array_equal(F.round(mge.tensor(x[5:])).numpy(), torch.round(torch.tensor(x[5:])).numpy())
+
+
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fn,torch_fn,low,high", [
+    (F.log1p, torch.log1p, -0.999, 40),
+    (F.logsigmoid, torch.nn.functional.logsigmoid, -40, 40),
+    # (torch's softplus is x itself above 20: 2e-9 off the formula there)
+    (F.softplus, torch.nn.functional.softplus, -40, 19.5)],
+    ids=["log1p", "logsigmoid", "softplus_arrays"])
+def test_log1p_on_aten_and_array_code_matches_torch(monkeypatch, fn, torch_fn, low, high, dtype,
+                                                    path):
+    # from LOG1P_ATEN_MIN values float32/float64 log1p runs on ATen (numpy's float32 log1p is
+    # not vectorised), also inside logsigmoid and softplus's array code; "arrays": numpy's
+    # (what CuPy and a machine without torch run); odd sizes, a transposed input, values near
+    # log1p's pole and far out, an output gradient other than one; torch in float64 the oracle
+    views = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: views.append(a.dtype) or view(a))
+    rs = np.random.RandomState(4)
+    x = rs.uniform(low, high, (37, 29)).astype(dtype)  # 1073 values: above LOG1P_ATEN_MIN
+    x[0, :3] = (low, 0, 1e-7)
+    g = rs.randn(29, 37).astype(dtype)
+    w = mge.tensor(x, dtype=dtype)
+    with _aten.avoided("log1p", "activation") if path == "arrays" else \
+            _aten.avoided("activation"):  # (softplus's and logsigmoid's own ATen kernels: off)
+        with GradManager().attach(w) as gm:
+            y = fn(w.T)
+            gm.backward(y, mge.tensor(g, dtype=dtype))
+    assert bool(views) == (path == "aten") and x.size >= elemwise_module.LOG1P_ATEN_MIN
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    want = torch_fn(tx.T)
+    want.backward(torch.tensor(g.astype(np.float64)))
+    tol = dict(rtol=2e-6, atol=1e-7) if dtype == "float32" else dict(rtol=1e-13, atol=1e-15)
+    assert y.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(y.numpy(), want.detach().numpy(), **tol)
+    np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), **tol)
 
 
 ROUNDING = [("floor", torch.floor), ("ceil", torch.ceil), ("trunc", torch.trunc),

@@ -295,14 +295,20 @@ def test_binary_cross_entropy_logits(reduction):
           pred, label, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("aten_from", [0, None], ids=["aten", "default"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shapes", [((4, 5), (4, 5)), ((1, 5), (4, 5)), ((4, 5), (1, 5))],
                          ids=str)
 @pytest.mark.parametrize("label_grad", [False, True])
-def test_binary_cross_entropy_logits_gradient_at_extreme_logits(label_grad, shapes, dtype):
+def test_binary_cross_entropy_logits_gradient_at_extreme_logits(monkeypatch, label_grad, shapes,
+                                                                 dtype, aten_from):
     # logits far past exp's float32/float64 range on both sides (the sigmoid of the backward
     # goes through exp(-x) = inf there) and broadcasting either way; torch in float64 on the
-    # same values is the oracle
+    # same values is the oracle. "aten": operands of one shape take ATen's fused loss and
+    # sigmoid at any size (by default from 1024 values)
+    if aten_from is not None:
+        monkeypatch.setattr(loss_module._BinaryCrossEntropy, "aten_forward_min", aten_from)
     rs = np.random.RandomState(2)
     pred = rs.choice([-1e4, -800.0, -90.0, -3.0, 0.0, 2.5, 95.0, 900.0, 1e4], shapes[0])
     pred, label = pred.astype(dtype), rs.uniform(0, 1, shapes[1]).astype(dtype)
@@ -404,6 +410,8 @@ _PAIR_LOSSES = {
                   lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.5, reduction=r)),
     "smooth_l1_beta0": (lambda p, y, r: F.nn.smooth_l1_loss(p, y, beta=0.0, reduction=r),
                         lambda p, y, r: TF.smooth_l1_loss(p, y, beta=0.0, reduction=r)),
+    "bce_logits": (lambda p, y, r: F.nn.binary_cross_entropy(p, y, reduction=r),
+                   lambda p, y, r: TF.binary_cross_entropy_with_logits(p, y, reduction=r)),
 }
 
 
@@ -423,7 +431,7 @@ def test_pair_losses_on_aten_and_array_code_match_torch(monkeypatch, loss, reduc
     view = _aten.view
     monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
     if path == "aten":
-        for cls in (loss_module._Square, loss_module._SmoothL1):
+        for cls in (loss_module._Square, loss_module._SmoothL1, loss_module._BinaryCrossEntropy):
             monkeypatch.setattr(cls, "aten_forward_min", 0)
             monkeypatch.setattr(cls, "aten_backward_min", 0)
     ours, theirs = _PAIR_LOSSES[loss]
