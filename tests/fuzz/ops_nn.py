@@ -218,9 +218,18 @@ def _group_norm(rng):
     shp = (int(rng.integers(1, 3)), c) + shape(rng, 0, 2, zero=False)
     x = values(rng, shp, "float32")
     w, b = values(rng, (c,), "float32"), values(rng, (c,), "float32")
+    tol = (5e-4, 2e-4)
+    if c // g * int(np.prod(shp[2:])) <= 2:
+        # groups of one or two values normalise to 0 or about -1 and 1 whatever they are: x's
+        # exact gradient is 0 or what eps leaves of it, and ATen's closed-form backward (ours,
+        # torch's F.group_norm bit for bit) computes it as the residue of terms up to
+        # |dy * w| / sqrt(var + eps) (4 * 3 / 3.2e-3, about 3800) cancelling: a few float32
+        # ulps of those (2.4e-4 each), where the reference's autograd subtracts the mean
+        # exactly (seeds 50070: 1.1162 against 1.1172; 50093: 2.4e-4 against an exact 0)
+        tol = (5e-3, 2e-3)
     return Case(f"group_norm(x{shp}, {g})", [x, w, b],
                 lambda a, ww, bb: F.nn.group_norm(a, g, True, ww, bb),
-                lambda a, ww, bb: _group_norm_ref(a, g, ww, bb), tol=(5e-4, 2e-4), bcast=False)
+                lambda a, ww, bb: _group_norm_ref(a, g, ww, bb), tol=tol, bcast=False)
 
 
 def _group_norm_ref(x, g, w, b, eps=1e-5):
