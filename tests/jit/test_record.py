@@ -262,6 +262,20 @@ def test_device_parameters_are_not_searched_for_sizes(monkeypatch):
     assert asked and not [v for v in asked if isinstance(v, str)]
 
 
+def _assert_steps_equal(traced, step, xs, w):
+    """``traced`` (a trace of the training step ``step``) gives step's losses and ``w``'s
+    gradients bit for bit on each of ``xs``: all traced calls first, then the eager ones."""
+    def run(fn, x):
+        w.grad = None
+        return fn(x).numpy(), w.grad.numpy()
+
+    got = [run(traced, x) for x in xs]
+    want = [run(step, x) for x in xs]
+    for (a, ga), (b, gb) in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ga, gb)
+
+
 @pytest.mark.parametrize("symbolic", MODES)
 def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
     # as eager code and checked calls: an intermediate the function drops is freed at once, in
@@ -286,18 +300,10 @@ def test_the_recording_call_lets_go_of_values_the_function_drops(symbolic):
             gm.backward(loss)
         return loss
 
-    def run(fn, x):
-        w.grad = None
-        return fn(x).numpy(), w.grad.numpy()
-
     f = trace(step, symbolic=symbolic)
     xs = [mge.tensor(np.random.RandomState(i).rand(64, 64).astype("float32")) for i in (1, 2)]
-    got = [run(f, x) for x in xs]
-    want = [run(step, x) for x in xs]
+    _assert_steps_equal(f, step, xs, w)
     assert released == [True] * 4  # the recording call, a checked one, then eager's two
-    for (a, ga), (b, gb) in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(ga, gb)
     (prog,) = f._programs.values()
     assert "o_h" in prog.var_names.values()
 
@@ -331,19 +337,11 @@ def test_detached_values_are_let_go_of_after_their_last_use(symbolic):
         released.append([r() is None for r in refs])
         return loss
 
-    def run(fn, x):
-        w.grad = None
-        return fn(x).numpy(), w.grad.numpy()
-
     f = trace(step, symbolic=symbolic)
     xs = [mge.tensor(np.random.RandomState(i).rand(64, 64).astype("float32")) for i in (1, 2, 3)]
-    got = [run(f, x) for x in xs]
-    want = [run(step, x) for x in xs]
+    _assert_steps_equal(f, step, xs, w)
     # the four matmuls' outputs freed, the last tanh (x) still held by the loss's backward
     assert released == [[True] * 4 + [False]] * 6  # the record, two checked calls, eager's
-    for (a, ga), (b, gb) in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(ga, gb)
 
 
 @pytest.mark.parametrize("symbolic", MODES)
