@@ -154,6 +154,19 @@ class BroadcastError(ValueError, RuntimeError):
     numpy code expects ValueError: this is both, so either ``except`` catches it."""
 
 
+def raise_unbroadcastable(name, arrays, error):
+    """Called while numpy's (CuPy's) ValueError ``error`` from op ``name`` on ``arrays`` is
+    handled: a `BroadcastError` naming the op and the shapes where they do not broadcast; else
+    ``error`` again (CuPy's device errors are ValueErrors too)."""
+    shapes = [a.shape for a in arrays]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(map(str, shapes[:-1])) + f" and {shapes[-1]}"
+        raise BroadcastError(f"{name}: shapes {listed} do not broadcast ({error})") from None
+    raise error
+
+
 class ShapeError(ValueError, RuntimeError):
     """Shapes an op cannot take (reshape to another element count, matmul's inner dims).
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
@@ -235,13 +248,7 @@ class _Binary(Op):
         try:
             return self.compute(a, b)
         except ValueError as e:
-            try:  # only a shape error is one: CuPy's device errors are ValueErrors too
-                np.broadcast_shapes(a.shape, b.shape)
-            except ValueError:
-                raise BroadcastError(
-                    f"{type(self).__name__}: shapes {a.shape} and {b.shape} do not broadcast "
-                    f"({e})") from None
-            raise
+            raise_unbroadcastable(type(self).__name__, (a, b), e)
 
     def _quantized(self, a, b, dtype):
         how = self.quantized
@@ -749,7 +756,11 @@ class _Compare(Op):
             # float16 value: the same answers. One thread, (512, 512): x > 0 1.19 ms before,
             # 0.045 after, x == y 0.44 and 0.073 (float32 0.021 and 0.030)
             a, b, dtype = cast(a, np.float32), cast(b, np.float32), np.dtype(np.float32)
-        return getattr(xp_of(a), self.fn)(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+        try:
+            return getattr(xp_of(a), self.fn)(a.astype(dtype, copy=False),
+                                              b.astype(dtype, copy=False))
+        except ValueError as e:
+            raise_unbroadcastable(type(self).__name__, (a, b), e)
 
     def backward(self, g):
         return None, None

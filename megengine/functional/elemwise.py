@@ -8,7 +8,7 @@ from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
 from ..core.ops import (BINARY, UNARY, BroadcastError, ShapeOnly, _Binary, _product, cast,
-                        half_operands, t_unbroadcast, unbroadcast, xp_of)
+                        half_operands, raise_unbroadcastable, t_unbroadcast, unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -151,7 +151,12 @@ class _Logical(Op):
         if a.dtype.metadata is not None or (b is not None and b.dtype.metadata is not None):
             # (the truth of a stored integer is not its value's where there is a zero point)
             raise no_quantized_form(self.fn, a.dtype if a.dtype.metadata is not None else b.dtype)
-        return getattr(xp, self.fn)(a) if b is None else getattr(xp, self.fn)(a, b)
+        if b is None:
+            return getattr(xp, self.fn)(a)
+        try:
+            return getattr(xp, self.fn)(a, b)
+        except ValueError as e:
+            raise_unbroadcastable(type(self).__name__, (a, b), e)
 
     def backward(self, g):
         return (None,) * len(self.needs_input_grad)

@@ -5,7 +5,7 @@ import numpy as np
 from ..core import dtype as _qd
 from ..core import ops as _ops
 from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
-from ..core.ops import unbroadcast, xp_of
+from ..core.ops import raise_unbroadcastable, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _size
@@ -268,7 +268,10 @@ class Where(Op):
     def forward(self, mask, x, y):
         self.mask, self.x_shape, self.y_shape = mask, x.shape, y.shape
         dtype = promote_types(x.dtype, y.dtype)
-        out = xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+        try:
+            out = xp_of(x).where(mask, x.astype(dtype, copy=False), y.astype(dtype, copy=False))
+        except ValueError as e:
+            raise_unbroadcastable("Where", (mask, x, y), e)
         # (numpy's where drops the metadata a quantized dtype keeps its scale in)
         return out if dtype.metadata is None else out.view(dtype)
 

@@ -76,6 +76,17 @@ def test_a_1d_bool_index_of_another_length_selects_its_true_positions_as_upstrea
         t[..., mge.tensor(np.array([False] * 5 + [True]))]
 
 
+def test_an_integer_index_out_of_range_raises_index_error_as_torch():
+    # upstream 1.13 reads past the end on the first axis (x[2] of a (2, 3) tensor gives
+    # garbage) and reports an AsyncError at a later sync for other axes (measured)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for index, axis, size in (((2,), 0, 2), ((Ellipsis, 3), 1, 3), ((slice(None), -4), 1, 3)):
+        with pytest.raises(IndexError):
+            torch.tensor(a)[index]
+        with pytest.raises(IndexError, match=f"out of bounds for axis {axis} with size {size}"):
+            mge.tensor(a)[index]
+
+
 def test_a_tensor_slice_bound_is_read_where_a_trace_sees_it():
     import io
 

@@ -144,6 +144,30 @@ def test_the_negative_and_differences_of_bool_tensors_are_refused_with_what_to_u
     assert (Tensor(np.array([True])) - 1).tolist() == [0]  # (a Python int: int32)
 
 
+def test_the_sum_and_product_of_bool_tensors_are_torchs_or_and():
+    # upstream 1.13 refuses both (measured: RuntimeError "assertion `trait.allow_bool' failed");
+    # this fork keeps torch's (and numpy's) logical or and and, a documented difference
+    x, y = np.array([True, True, False, False]), np.array([True, False, True, False])
+    for op in (operator.add, operator.mul):
+        got, want = op(Tensor(x), Tensor(y)), op(torch.tensor(x), torch.tensor(y))
+        assert got.dtype == np.bool_ and got.numpy().tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("op", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
+                                operator.ge])
+def test_comparing_shapes_that_do_not_broadcast_raises_upstreams_type_naming_them(op):
+    # torch is the oracle for which shapes do not broadcast; upstream 1.13 raises RuntimeError
+    # ("bad input shape for polyadic operator"), numpy code catches ValueError. The error was
+    # numpy's bare ValueError, which a program catching upstream's type missed (Echo's SReLU
+    # compares a (4, 3, 5, 6) input with (3,) thresholds)
+    a, b = np.zeros((4, 3, 5, 6), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(RuntimeError):
+        op(torch.tensor(a), torch.tensor(b))
+    for cls in (RuntimeError, ValueError):
+        with pytest.raises(cls, match=r": shapes \(4, 3, 5, 6\) and \(3,\) do not broadcast"):
+            op(Tensor(a), Tensor(b))
+
+
 def test_an_int_out_of_every_integer_dtype_is_refused_clearly():
     for dtype, number in (("uint8", 2 ** 64), ("int32", 2 ** 63), ("int8", -2 ** 63 - 1)):
         with pytest.raises(OverflowError, match=f"{number} does not fit an integer dtype with "

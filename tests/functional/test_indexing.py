@@ -118,6 +118,18 @@ def test_where():
     assert [i.tolist() for i in idx] == [[0, 1], [0, 1]]
 
 
+def test_where_of_shapes_that_do_not_broadcast_raises_upstreams_type_naming_them():
+    # torch is the oracle for which shapes do not broadcast; upstream 1.13 raises RuntimeError,
+    # numpy code catches ValueError (the error was numpy's bare ValueError)
+    mask, x, y = np.ones((4, 3), bool), rand(4, 3), rand(4)
+    with pytest.raises(RuntimeError):
+        torch.where(torch.tensor(mask), torch.tensor(x), torch.tensor(y))
+    for cls in (RuntimeError, ValueError):
+        with pytest.raises(cls, match=r"Where: shapes \(4, 3\), \(4, 3\) and \(4,\) do not "
+                                      r"broadcast"):
+            F.where(mge.tensor(mask), mge.tensor(x), mge.tensor(y))
+
+
 @pytest.mark.parametrize("a, b, want", [
     # upstream 1.13 measured: where promotes by its own rule, not the elementwise ops' (where
     # int32 + float16 is float32): a float operand's dtype wins, integers and bools as numpy's
