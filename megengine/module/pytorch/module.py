@@ -863,17 +863,28 @@ class _TorchCall(Op):
         # have kept the old value for its backward, which must then raise, as torch's does
         params = w._torch_params.items
         param_versions = [p._version for p in params] if _dispatch._recording > 0 else None
-        if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
-            with torch.set_grad_enabled(want_grad), \
-                    _amp.torch_autocast(_torch_device(w._device).type):
+        try:
+            if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
+                with torch.set_grad_enabled(want_grad), \
+                        _amp.torch_autocast(_torch_device(w._device).type):
+                    out = w._torch_module(*args, **kwargs)
+            elif torch.is_grad_enabled() == want_grad:  # the usual case: no mode switch to pay for
                 out = w._torch_module(*args, **kwargs)
-        elif torch.is_grad_enabled() == want_grad:  # the usual case: no mode switch to pay for
-            out = w._torch_module(*args, **kwargs)
-        else:
-            with torch.set_grad_enabled(want_grad):
-                out = w._torch_module(*args, **kwargs)
+            else:
+                with torch.set_grad_enabled(want_grad):
+                    out = w._torch_module(*args, **kwargs)
+        except BaseException as e:
+            # a forward that raised after rebinding a buffer (or a parameter) leaves the new
+            # tensor under the name, as torch alone does; the shared one goes back (holding the
+            # buffer's new value) so that the next call runs, and the error is the module's
+            if w._rebound.items:
+                try:
+                    _watch.settle_rebound(w)
+                except RuntimeError as refused:
+                    e.add_note(f"PyTorchModule, after it: {refused}")
+            raise
         if w._rebound.items:  # ``self.ema = self.ema * 0.9 + ...`` in forward (_watch.py)
-            _watch.adopt_rebound_buffers(w)
+            _watch.settle_rebound(w)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
         if param_versions is not None and [p._version for p in params] != param_versions:

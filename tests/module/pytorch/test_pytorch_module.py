@@ -538,6 +538,22 @@ def test_train_and_eval_reach_the_torch_module():
     np.testing.assert_array_equal(running.numpy(), torch_host(tmod[1].running_mean))
 
 
+def test_torchs_seed_governs_random_numbers_in_the_torch_module_and_megengines_does_not():
+    # documented: dropout inside the torch module draws from torch's generator
+    wrap = PyTorchModule(nn.Dropout(0.5))
+    x = mge.tensor(np.ones(64, "float32"))
+    drawn = []
+    for torch_seed, mge_seed in [(3, 1), (3, 2), (4, 1)]:
+        torch.manual_seed(torch_seed)
+        mge.random.seed(mge_seed)
+        drawn.append(wrap(x).numpy())
+    torch.manual_seed(3)
+    want = nn.Dropout(0.5)(torch.ones(64, device=torch_device()))
+    np.testing.assert_array_equal(drawn[0], torch_host(want))
+    np.testing.assert_array_equal(drawn[1], drawn[0])
+    assert not np.array_equal(drawn[2], drawn[0])
+
+
 def test_guides_lenet_trains_on_real_digits_and_torch_keeps_the_weights():
     datasets = pytest.importorskip("sklearn.datasets")
     digits = datasets.load_digits()

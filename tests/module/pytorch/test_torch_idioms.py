@@ -206,6 +206,35 @@ def test_hooks_and_own_autograd_functions_train_like_torch(make, optimizer):
         assert net.wrap.b.calls.numpy() == 3  # the hook's buffer write reached megengine's mirror
 
 
+class _HooksItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        x.register_hook(lambda grad: grad * 3)
+        return self.fc(torch.tanh(x))
+
+
+def test_a_hook_on_an_input_scales_only_the_gradient_through_the_wrapped_module():
+    """A documented limit: in torch the hook gets the input's whole gradient, the residual's
+    part included; the wrapper's torch side only ever has the part through the module, so the
+    oracle is torch with the module called on a tensor of its own (``x * 1``)."""
+    torch.manual_seed(0)
+    tmod = _HooksItsInput().to(torch_device())
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    data = np.random.RandomState(0).randn(2, 3).astype("float32")
+    for _ in range(2):  # the first call (on a copy, while learning) and a later one (a view)
+        x = mge.Parameter(data)
+        gm = GradManager().attach([x])
+        with gm:
+            gm.backward(((x + wrap(x)) ** 2).sum())
+        tx = torch.tensor(data, device=torch_device(), requires_grad=True)
+        ((tx + twin(tx * 1)) ** 2).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), torch_host(tx.grad), rtol=1e-5, atol=1e-6)
+
+
 def test_hooks_on_gradient_accumulation_are_refused_as_they_would_never_run():
     """Before: wrapped, they silently never ran (torch's .grad is not where gradients go)."""
     tmod = nn.Sequential(nn.Linear(2, 2))
