@@ -829,6 +829,12 @@ class _TorchCall(Op):
                 "call this PyTorchModule outside the traced function")
 
     def forward(self, *arrays):
+        if torch.is_inference_mode_enabled():
+            # torch.inference_mode() around the call: megengine decides whether torch records
+            # a graph, as under torch.no_grad(), and tensors made in that mode have no version
+            # counters, which the checks for writes into inputs and parameters read
+            with torch.inference_mode(False):
+                return self.forward(*arrays)
         w = self.wrapper
         n = self.n_inputs
         need = self.needs_input_grad
@@ -976,10 +982,11 @@ class _TorchCall(Op):
                         "place. If the program wrote a parameter or buffer of the wrapped "
                         "module (set_value, +=, an optimizer's step, load_state_dict) after "
                         "the forward and before gm.backward, write it before `with gm:` or "
-                        "after the backward. If the torch module wrote it in its own forward "
-                        "after using it (nn.Embedding(max_norm=...) renormalises the rows it "
-                        "looks up), torch alone raises the same: use the value before the "
-                        f"write, or compute with a copy (torch: {e})"
+                        "after the backward. If the torch module wrote a tensor in its own "
+                        "forward after using it (an input: x.add_(1) after x * x; "
+                        "nn.Embedding(max_norm=...) renormalises the rows it looks up), torch "
+                        "alone raises the same: use the value before the write, or compute "
+                        f"with a copy (torch: {e})"
                     ) from e
                 raise
             # torch may return one tensor (or the incoming gradient itself) for several inputs,

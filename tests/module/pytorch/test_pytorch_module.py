@@ -730,6 +730,60 @@ def test_module_writing_its_input_in_place_trains_as_torch_on_a_copy(first):
             p.grad = None
 
 
+def test_module_writing_its_input_after_using_it_raises_where_torch_does():
+    # torch raises at backward (x * x saved x, then x.add_ wrote it); here the write goes into
+    # the copy the module gets, and the same error names the input case and the fix
+    class UsesThenWrites(nn.Module):
+        def forward(self, x):
+            y = x * x
+            x.add_(1)
+            return y + x
+
+    wrap = PyTorchModule(UsesThenWrites())
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager().attach([w])
+    tw = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        UsesThenWrites()(tw * 1).sum().backward()
+    with gm:
+        h = w * 1
+        y = wrap(h)
+        np.testing.assert_array_equal(h.numpy(), [1.0, 2.0])  # megengine's value is kept
+        with pytest.raises(RuntimeError, match=r"changed in place.*an input: x.add_\(1\) after "
+                                               r"x \* x.*compute with a copy"):
+            gm.backward(y.sum())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_torchs_grad_modes_around_a_call_neither_stop_megengines_gradients_nor_break_it(mode):
+    # megengine decides whether torch records a graph; torch.inference_mode() around the call
+    # raised "Inference tensors do not track version counter" (the views made in that mode
+    # have none, and the wrapper reads them to learn whether the module writes its inputs)
+    torch.manual_seed(0)
+    tmod = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 2), nn.BatchNorm1d(2))
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    gm = GradManager().attach(wrap.parameters())
+    data = np.random.RandomState(0).randn(4, 3).astype("float32")
+    for _ in range(2):  # the first call (on copies, learning) and a later one
+        with getattr(torch, mode)():
+            with gm:
+                x = mge.tensor(data)
+                y = wrap(x)
+                gm.backward((y ** 2).sum())
+        np.testing.assert_array_equal(x.numpy(), data)
+        twin.zero_grad()
+        ty = twin(torch.tensor(data))
+        (ty ** 2).sum().backward()
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+        for name, p in twin.named_parameters():
+            mine = wrap.get_param_by_name(name)
+            np.testing.assert_allclose(mine.grad.numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-6)
+            mine.grad = None
+    np.testing.assert_allclose(wrap.state_dict()["2.running_mean"],
+                               twin[2].running_mean.numpy(), rtol=1e-6)
+
+
 def test_size_one_strides_are_normalised_for_torch():
     class Flat(nn.Module):
         def __init__(self):

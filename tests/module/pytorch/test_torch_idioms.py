@@ -244,6 +244,30 @@ def test_hooks_on_gradient_accumulation_are_refused_as_they_would_never_run():
         PyTorchModule(tmod)
 
 
+class _PartlyUntracked(nn.Module):
+    """A target computed without a graph by one of torch's three ways, next to a tracked use of
+    the same layer."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "detach":
+            target = self.a(x).detach()
+        else:
+            with getattr(torch, self.how)():
+                target = self.a(x)
+            target = target.clone()  # (an inference tensor cannot be saved for backward)
+        return self.b(torch.tanh(self.a(x)) - target)
+
+
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "detach"])
+def test_parts_computed_without_a_graph_inside_forward_train_like_torch(how):
+    _train_like_torch(lambda: _PartlyUntracked(how), _batches((5, 4)))
+
+
 class _WithAuxiliaryLoss(nn.Module):
     """A mixture-of-experts style module returning its load-balancing loss next to its output
     (kept in an attribute instead, megengine could not differentiate it)."""
