@@ -888,6 +888,14 @@ class _TorchCall(Op):
                     _watch.settle_rebound(w)
                 except RuntimeError as refused:
                     e.add_note(f"PyTorchModule, after it: {refused}")
+            if not copy_inputs and "leaf Variable that requires grad" in str(e) \
+                    and any(t.requires_grad for t in given):
+                # (torch refused before writing: the input is as it was)
+                e.add_note(
+                    f"{self!r}: if the module wrote into an input in place, it did not on its "
+                    "first call in this mode, when the wrapper learned to pass its inputs "
+                    "without copies; avoid in-place ops on inputs, or make the module write "
+                    "on every call (it then gets copies, and the write is differentiated)")
             raise
         if w._rebound.items:  # ``self.ema = self.ema * 0.9 + ...`` in forward (_watch.py)
             _watch.settle_rebound(w)

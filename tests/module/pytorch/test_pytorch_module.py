@@ -730,6 +730,32 @@ def test_module_writing_its_input_in_place_trains_as_torch_on_a_copy(first):
             p.grad = None
 
 
+def test_module_writing_its_input_only_on_a_later_call_is_told_why_torch_refuses():
+    # the first call did not write, so later ones get views; torch refuses a write into the
+    # view that needs a gradient (a leaf) before making it, and the error says why
+    class WritesLater(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.write = False
+
+        def forward(self, x):
+            return x.clamp_(0, 1) if self.write else x * 1
+
+    tmod = WritesLater()
+    wrap = PyTorchModule(tmod)
+    w = mge.Parameter([2.0, -1.0])
+    gm = GradManager().attach([w])
+    with gm:
+        gm.backward(wrap(w * 1).sum())
+    tmod.write = True
+    with gm:
+        h = w * 1
+        with pytest.raises(RuntimeError, match="leaf Variable") as caught:
+            wrap(h)
+    assert "first call in this mode" in "".join(caught.value.__notes__)
+    np.testing.assert_array_equal(h.numpy(), [2.0, -1.0])
+
+
 def test_module_writing_its_input_after_using_it_raises_where_torch_does():
     # torch raises at backward (x * x saved x, then x.add_ wrote it); here the write goes into
     # the copy the module gets, and the same error names the input case and the fix
@@ -1177,7 +1203,8 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
         wrap.load_torch_state_dict(tmod.state_dict())
 
 
-@pytest.mark.parametrize("spoil", ["shape", "unexpected key", "missing key", "dtype"])
+@pytest.mark.parametrize("spoil", ["shape", "last key's shape", "unexpected key", "missing key",
+                                   "dtype"])
 def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     # torch 2.13 measured: nn.Module.load_state_dict copies every entry that fits, then raises
     # for a (9,) "1.weight" (or an unexpected "zzz"): the first layer had the new values.
@@ -1190,6 +1217,9 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     sd = {k: v + 100 for k, v in tmod.state_dict().items()}
     if spoil == "shape":
         sd["1.weight"] = torch.zeros(9)
+    elif spoil == "last key's shape":  # found after torch's copies of all the others
+        assert list(sd)[-1] == "2.num_batches_tracked"
+        sd["2.num_batches_tracked"] = torch.zeros(9, dtype=torch.int64)
     elif spoil == "unexpected key":
         sd["zzz"] = torch.zeros(1)
     elif spoil == "dtype":
@@ -1202,7 +1232,7 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
         np.testing.assert_array_equal(v, before[k])
     for k, v in tmod.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k])
-    if spoil not in ("shape", "dtype"):  # without strict the same dict loads, in place
+    if spoil not in ("shape", "last key's shape", "dtype"):  # without strict it loads, in place
         wrap.load_torch_state_dict(sd, strict=False)
         np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
         np.testing.assert_array_equal(tmod[0].weight.detach().numpy(), before["0.weight"] + 100)

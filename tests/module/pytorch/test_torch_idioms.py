@@ -1,7 +1,8 @@
 """PyTorchModule with modules written the way real torch code is (hooks, custom autograd
-Functions, frozen and unused parameters, embeddings that write their weight, other dtypes and
-layouts, attention, RNNs, compiled and traced modules), each trained inside a megengine network
-against the same network trained in pure torch."""
+Functions, parts computed without a graph, gradients accumulated over micro-batches, frozen and
+unused parameters, embeddings that write their weight, other dtypes and layouts, attention, RNNs,
+compiled and traced modules), each trained inside a megengine network against the same network
+trained in pure torch."""
 import copy
 import warnings
 
@@ -314,6 +315,41 @@ def test_an_auxiliary_loss_kept_in_an_attribute_is_refused_with_the_fix():
         gm.backward(loss + tmod.aux_loss.item())  # its value alone: allowed
 
 
+# ----- gradient accumulation -----
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_gradients_accumulated_over_micro_batches_train_like_torch(optimizer):
+    """Three backward passes (each its own ``with gm``, dropout drawing anew) add into
+    ``.grad`` before one step, as torch's backward() adds into its ``.grad``; clear_grad
+    empties them as torch's zero_grad() does."""
+    torch.manual_seed(0)
+    tmod = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Linear(4, 3)).to(torch_device())
+    ref = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    make_opt, make_ref_opt = OPTIMIZERS[optimizer]
+    opt, ref_opt = make_opt(wrap.parameters()), make_ref_opt(ref.parameters())
+    gm = GradManager().attach(wrap.parameters())
+    rng = np.random.RandomState(0)
+    for step in range(2):
+        for micro in range(3):
+            x = rng.randn(5, 4).astype("float32")
+            torch.manual_seed(10 * step + micro)
+            with gm:
+                gm.backward((wrap(mge.tensor(x)) ** 2).mean() / 3)
+            torch.manual_seed(10 * step + micro)
+            ((ref(torch.tensor(x, device=torch_device())) ** 2).mean() / 3).backward()
+        for name, p in ref.named_parameters():
+            np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(),
+                                       torch_host(p.grad), rtol=1e-5, atol=1e-7, err_msg=name)
+        opt.step().clear_grad()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert all(p.grad is None for p in wrap.parameters())
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).numpy(), torch_host(p),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # ----- frozen, unused and tied parameters -----
 
 class _PartlyFrozen(nn.Module):
@@ -507,6 +543,26 @@ def test_channels_last_and_non_contiguous_or_aliasing_outputs_train_like_torch(c
     make = _ChannelsLast if case == "channels_last" \
         else lambda: _ChannelsLast().to(memory_format=torch.channels_last)
     _train_like_torch(make, _batches((2, 3, 5, 5)), rtol=1e-4, atol=1e-5)
+
+
+class _StridedParameters(nn.Module):
+    """Parameters on memory laid out otherwise than contiguously: a transposed weight (as
+    tied or imported weights often are) and a bias viewing every other value of its storage."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4).t())
+        self.b = nn.Parameter(torch.randn(6)[::2])
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w) + self.b
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_non_contiguous_parameters_train_in_place_like_torch(optimizer):
+    net = _train_like_torch(_StridedParameters, _batches((5, 4)), optimizer)
+    tmod = net.wrap.torch_module
+    assert tmod.w.stride() == (1, 4) and tmod.b.stride() == (2,)  # updated in place
 
 
 # ----- attention, transformers, RNNs, batch norm -----
