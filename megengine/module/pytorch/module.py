@@ -493,6 +493,13 @@ def _fill(template, values):
     return template
 
 
+def _same_values(a, b):
+    """Whether ``a`` holds ``b``'s values (NaN where ``b`` has NaN)."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def _owns_its_storage(t):
     """Whether ``t`` is the only tensor on a storage that it spans whole: then nothing else
     (torch's graph, a parameter, another gradient, megengine's memory) can see its memory, and
@@ -918,8 +925,10 @@ class _TorchCall(Op):
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
             # the shared memory; such a module keeps getting copies, others get views. Learned
-            # per mode: train and eval often run different code.
-            w._copy_inputs[mode] = bool(written)
+            # per mode: train and eval often run different code. A write through ``x.data``
+            # bumps no version counter, so the copies' values are compared too, once.
+            w._copy_inputs[mode] = bool(written) or not all(
+                _same_values(given[i], inputs[i]) for i in range(n))
         elif written and not copy_inputs:
             raise RuntimeError(
                 f"{self!r} wrote into its input(s) {written} in place on this call, changing "
