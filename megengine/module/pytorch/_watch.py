@@ -180,6 +180,8 @@ def settle_rebound(wrapper):
                 overlaps = new.untyped_storage().data_ptr() == old.untyped_storage().data_ptr()
                 old.copy_(new.clone() if overlaps else new)
         table[name] = old
+    if not (parameters or refused):
+        return
     paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
     if parameters:
         named = ", ".join(repr(_join(paths.get(id(m), "?"), name)) for m, name in parameters)
