@@ -18,15 +18,19 @@ address check raises for those).
 
 A mirrored buffer that the torch module's own forward rebinds (``self.ema = self.ema * 0.9 +
 ...``, a common torch idiom for running statistics, where torch's BatchNorm writes in place) is
-the one replacement that is taken in: the same hook notes it, and after the forward
-`adopt_rebound_buffers` copies the new value into the shared memory and puts the shared tensor
-back under the name, so torch and megengine go on seeing one tensor with the value torch gave it.
+the one replacement that is taken in: the same hook notes it, and after the forward (also one
+that raised: torch's module keeps the new value then too) `settle_rebound` copies the new value
+into the shared memory and puts the shared tensor back under the name, so torch and megengine go
+on seeing one tensor with the value torch gave it. A mirrored parameter rebound in forward
+(``self.w = nn.Parameter(...)``) cannot be taken in: megengine's optimizers hold the old one, and
+torch's graph leads to the new one, so neither would be trained. `settle_rebound` puts the old
+one back and raises, before megengine records the call.
 """
 import weakref
 
 import torch
 
-__all__ = ["watch", "has_state", "refuse_added_state", "adopt_rebound_buffers"]
+__all__ = ["watch", "has_state", "refuse_added_state", "settle_rebound"]
 
 # torch module -> the wrappers whose torch tree holds it
 _watched = weakref.WeakKeyDictionary()
@@ -71,8 +75,13 @@ def _only_mirrored(wrapper, kind, value):
 
 
 def _on_parameter(module, name, param):
-    if module in _watched and param is not None and name not in module._parameters:
+    if module not in _watched or param is None:
+        return
+    params = module._parameters
+    if name not in params:
         _note(module, "parameter", name, param)
+    elif type(params) is dict and params[name] is not None and params[name] is not param:
+        _note_rebinding(module, name, params[name])
 
 
 def _on_buffer(module, name, buffer):
@@ -86,12 +95,16 @@ def _on_buffer(module, name, buffer):
         if old is None:  # registered empty, so not mirrored: state that came later
             _note(module, "buffer", name, buffer)
         elif old is not buffer:
-            # a rebinding: the hook runs before torch stores the new tensor, so the table still
-            # holds the old one (the shared one, on the first rebinding of a call)
-            for wrapper in _watched[module]:
-                noted = wrapper._rebound.items
-                if not any(m is module and n == name for m, n, _ in noted):
-                    noted.append((module, name, old))
+            _note_rebinding(module, name, old)
+
+
+def _note_rebinding(module, name, old):
+    # the hooks run before torch stores the new tensor, so the table still holds the old one
+    # (the shared one, on the first rebinding of a call)
+    for wrapper in _watched[module]:
+        noted = wrapper._rebound.items
+        if not any(m is module and n == name for m, n, _ in noted):
+            noted.append((module, name, old))
 
 
 def _on_module(module, name, submodule):
@@ -139,31 +152,50 @@ def refuse_added_state(wrapper):
     )
 
 
-def adopt_rebound_buffers(wrapper):
-    """After a forward of ``wrapper``'s torch module that rebound mirrored buffers (noted in
-    ``wrapper._rebound.items``), copy each new value into the shared tensor and put that back
-    under its name. A new value of another shape, dtype or device cannot live in the shared
-    memory: the old tensor is put back (the torch module stays whole and usable) and
-    ``RuntimeError`` says what to do. Notes about tensors that are shared again by now (a
-    ``functional_call`` swaps buffers and swaps them back) are dropped."""
+def settle_rebound(wrapper):
+    """After a forward of ``wrapper``'s torch module that rebound mirrored buffers or parameters
+    (noted in ``wrapper._rebound.items``), put the shared tensors back under their names, so the
+    torch module stays whole and usable. A buffer's new value is copied into the shared tensor
+    first; one of another shape, dtype or device cannot live in the shared memory, and a new
+    parameter would never be trained (megengine's optimizers hold the shared one): the old
+    tensor is kept and ``RuntimeError`` says what to do. Notes about tensors that are shared
+    again by now (a ``functional_call`` swaps tensors and swaps them back) are dropped."""
     noted, wrapper._rebound.items = wrapper._rebound.items, []
     addresses = {(id(m), name): address for m, name, address in wrapper._shared.items}
-    refused = []
+    refused, parameters = [], []
     for module, name, old in noted:
-        new = module._buffers.get(name)
-        if addresses.get((id(module), name)) != old.data_ptr() or new is None \
-                or new.data_ptr() == old.data_ptr():
+        table = module._parameters if name in module._parameters else module._buffers
+        new = table.get(name)
+        if addresses.get((id(module), name)) != old.data_ptr() or new is None or new is old:
             continue
-        if new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+        if isinstance(old, torch.nn.Parameter):
+            # (even on the same memory, nn.Parameter(self.w.data): torch's graph leads to the
+            # new tensor, and the gradient of the one megengine trains would be missing)
+            parameters.append((module, name))
+        elif new.shape != old.shape or new.dtype != old.dtype or new.device != old.device:
+            refused.append((module, name, old, new))
+        elif new.data_ptr() != old.data_ptr():
             with torch.no_grad():
                 # (a view of the old memory, ``self.buf.t()``, is read whole before the write)
                 overlaps = new.untyped_storage().data_ptr() == old.untyped_storage().data_ptr()
                 old.copy_(new.clone() if overlaps else new)
-        else:
-            refused.append((module, name, old, new))
-        module._buffers[name] = old
+        table[name] = old
+    if not (parameters or refused):
+        return
+    paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
+    if parameters:
+        named = ", ".join(repr(_join(paths.get(id(m), "?"), name)) for m, name in parameters)
+        raise RuntimeError(
+            f"PyTorchModule: the torch module's parameter(s) {named} were assigned a new "
+            "nn.Parameter (self.w = nn.Parameter(...) in forward, or since the last call). "
+            "megengine's optimizers and GradManagers hold the parameter that was "
+            "there when the module was wrapped (it shares its memory with torch), so the new "
+            "one would never be trained, nor the old one reached by a gradient; the old "
+            "parameter was kept. To change its value, write it in place (with torch.no_grad(): "
+            "self.w.copy_(...)); to compute with a value derived from it, use a plain tensor in "
+            "forward (w = self.w * 2)"
+        )
     if refused:
-        paths = {id(m): path for path, m in wrapper.torch_module.named_modules()}
         named = "; ".join(
             f"{_join(paths.get(id(m), '?'), name)!r} was {_described(old)}, is now "
             f"{_described(new)}" for m, name, old, new in refused)

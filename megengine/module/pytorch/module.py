@@ -493,6 +493,13 @@ def _fill(template, values):
     return template
 
 
+def _same_values(a, b):
+    """Whether ``a`` holds ``b``'s values (NaN where ``b`` has NaN)."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def _owns_its_storage(t):
     """Whether ``t`` is the only tensor on a storage that it spans whole: then nothing else
     (torch's graph, a parameter, another gradient, megengine's memory) can see its memory, and
@@ -829,6 +836,12 @@ class _TorchCall(Op):
                 "call this PyTorchModule outside the traced function")
 
     def forward(self, *arrays):
+        if torch.is_inference_mode_enabled():
+            # torch.inference_mode() around the call: megengine decides whether torch records
+            # a graph, as under torch.no_grad(), and tensors made in that mode have no version
+            # counters, which the checks for writes into inputs and parameters read
+            with torch.inference_mode(False):
+                return self.forward(*arrays)
         w = self.wrapper
         n = self.n_inputs
         need = self.needs_input_grad
@@ -863,17 +876,36 @@ class _TorchCall(Op):
         # have kept the old value for its backward, which must then raise, as torch's does
         params = w._torch_params.items
         param_versions = [p._version for p in params] if _dispatch._recording > 0 else None
-        if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
-            with torch.set_grad_enabled(want_grad), \
-                    _amp.torch_autocast(_torch_device(w._device).type):
+        try:
+            if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
+                with torch.set_grad_enabled(want_grad), \
+                        _amp.torch_autocast(_torch_device(w._device).type):
+                    out = w._torch_module(*args, **kwargs)
+            elif torch.is_grad_enabled() == want_grad:  # the usual case: no mode switch to pay for
                 out = w._torch_module(*args, **kwargs)
-        elif torch.is_grad_enabled() == want_grad:  # the usual case: no mode switch to pay for
-            out = w._torch_module(*args, **kwargs)
-        else:
-            with torch.set_grad_enabled(want_grad):
-                out = w._torch_module(*args, **kwargs)
+            else:
+                with torch.set_grad_enabled(want_grad):
+                    out = w._torch_module(*args, **kwargs)
+        except BaseException as e:
+            # a forward that raised after rebinding a buffer (or a parameter) leaves the new
+            # tensor under the name, as torch alone does; the shared one goes back (holding the
+            # buffer's new value) so that the next call runs, and the error is the module's
+            if w._rebound.items:
+                try:
+                    _watch.settle_rebound(w)
+                except RuntimeError as refused:
+                    e.add_note(f"PyTorchModule, after it: {refused}")
+            if not copy_inputs and "leaf Variable that requires grad" in str(e) \
+                    and any(t.requires_grad for t in given):
+                # (torch refused before writing: the input is as it was)
+                e.add_note(
+                    f"{self!r}: if the module wrote into an input in place, it did not on its "
+                    "first call in this mode, when the wrapper learned to pass its inputs "
+                    "without copies; avoid in-place ops on inputs, or make the module write "
+                    "on every call (it then gets copies, and the write is differentiated)")
+            raise
         if w._rebound.items:  # ``self.ema = self.ema * 0.9 + ...`` in forward (_watch.py)
-            _watch.adopt_rebound_buffers(w)
+            _watch.settle_rebound(w)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
         if param_versions is not None and [p._version for p in params] != param_versions:
@@ -893,8 +925,10 @@ class _TorchCall(Op):
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
             # the shared memory; such a module keeps getting copies, others get views. Learned
-            # per mode: train and eval often run different code.
-            w._copy_inputs[mode] = bool(written)
+            # per mode: train and eval often run different code. A write through ``x.data``
+            # bumps no version counter, so the copies' values are compared too, once.
+            w._copy_inputs[mode] = bool(written) or not all(
+                _same_values(given[i], inputs[i]) for i in range(n))
         elif written and not copy_inputs:
             raise RuntimeError(
                 f"{self!r} wrote into its input(s) {written} in place on this call, changing "
@@ -965,10 +999,11 @@ class _TorchCall(Op):
                         "place. If the program wrote a parameter or buffer of the wrapped "
                         "module (set_value, +=, an optimizer's step, load_state_dict) after "
                         "the forward and before gm.backward, write it before `with gm:` or "
-                        "after the backward. If the torch module wrote it in its own forward "
-                        "after using it (nn.Embedding(max_norm=...) renormalises the rows it "
-                        "looks up), torch alone raises the same: use the value before the "
-                        f"write, or compute with a copy (torch: {e})"
+                        "after the backward. If the torch module wrote a tensor in its own "
+                        "forward after using it (an input: x.add_(1) after x * x; "
+                        "nn.Embedding(max_norm=...) renormalises the rows it looks up), torch "
+                        "alone raises the same: use the value before the write, or compute "
+                        f"with a copy (torch: {e})"
                     ) from e
                 raise
             # torch may return one tensor (or the incoming gradient itself) for several inputs,

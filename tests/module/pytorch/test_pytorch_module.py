@@ -538,6 +538,22 @@ def test_train_and_eval_reach_the_torch_module():
     np.testing.assert_array_equal(running.numpy(), torch_host(tmod[1].running_mean))
 
 
+def test_torchs_seed_governs_random_numbers_in_the_torch_module_and_megengines_does_not():
+    # documented: dropout inside the torch module draws from torch's generator
+    wrap = PyTorchModule(nn.Dropout(0.5))
+    x = mge.tensor(np.ones(64, "float32"))
+    drawn = []
+    for torch_seed, mge_seed in [(3, 1), (3, 2), (4, 1)]:
+        torch.manual_seed(torch_seed)
+        mge.random.seed(mge_seed)
+        drawn.append(wrap(x).numpy())
+    torch.manual_seed(3)
+    want = nn.Dropout(0.5)(torch.ones(64, device=torch_device()))
+    np.testing.assert_array_equal(drawn[0], torch_host(want))
+    np.testing.assert_array_equal(drawn[1], drawn[0])
+    assert not np.array_equal(drawn[2], drawn[0])
+
+
 def test_guides_lenet_trains_on_real_digits_and_torch_keeps_the_weights():
     datasets = pytest.importorskip("sklearn.datasets")
     digits = datasets.load_digits()
@@ -653,18 +669,30 @@ def test_deleting_either_side_first_is_safe():
         np.testing.assert_allclose(torch_host(tmod(ones)), expected, rtol=1e-6)
 
 
-def test_module_that_writes_its_input_in_place_does_not_corrupt_megengine_tensors():
+@pytest.mark.parametrize("write", ["add_", ".data", "nan .data"])
+def test_module_that_writes_its_input_in_place_does_not_corrupt_megengine_tensors(write):
+    # a write through x.data bumps no version counter: before, the first call (on a copy)
+    # learned "no writes", and the later ones wrote into megengine's tensor
     class AddsInPlace(nn.Module):
         def forward(self, x):
-            x.add_(1.0)
+            (x if write == "add_" else x.data).add_(1.0)
             return x * 2
 
     wrap = PyTorchModule(AddsInPlace())
+    data = [np.nan, 2.0] if write == "nan .data" else [1.0, 2.0]  # NaN stays NaN: a write seen
     for _ in range(3):  # the first call and the later ones
-        x = mge.tensor([1.0, 2.0])
+        x = mge.tensor(data)
         y = wrap(x)
-        np.testing.assert_allclose(x.numpy(), [1.0, 2.0])
-        np.testing.assert_allclose(y.numpy(), [4.0, 6.0])
+        np.testing.assert_allclose(x.numpy(), data)
+        np.testing.assert_allclose(y.numpy(), (np.array(data) + 1) * 2)
+
+
+def test_module_that_writes_no_input_gets_views_after_its_first_call():
+    # the values compared on the first call (for writes through x.data) are equal, NaN too
+    wrap = PyTorchModule(nn.Identity())
+    x = mge.tensor([np.nan, 1.0])
+    wrap(x)
+    assert address(wrap(x)) == address(x)
 
 
 @pytest.mark.parametrize("first", ["relu_inplace", "div_"])
@@ -712,6 +740,86 @@ def test_module_writing_its_input_in_place_trains_as_torch_on_a_copy(first):
         w.grad = None
         for p in wrap.parameters():
             p.grad = None
+
+
+def test_module_writing_its_input_only_on_a_later_call_is_told_why_torch_refuses():
+    # the first call did not write, so later ones get views; torch refuses a write into the
+    # view that needs a gradient (a leaf) before making it, and the error says why
+    class WritesLater(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.write = False
+
+        def forward(self, x):
+            return x.clamp_(0, 1) if self.write else x * 1
+
+    tmod = WritesLater()
+    wrap = PyTorchModule(tmod)
+    w = mge.Parameter([2.0, -1.0])
+    gm = GradManager().attach([w])
+    with gm:
+        gm.backward(wrap(w * 1).sum())
+    tmod.write = True
+    with gm:
+        h = w * 1
+        with pytest.raises(RuntimeError, match="leaf Variable") as caught:
+            wrap(h)
+    assert "first call in this mode" in "".join(caught.value.__notes__)
+    np.testing.assert_array_equal(h.numpy(), [2.0, -1.0])
+
+
+def test_module_writing_its_input_after_using_it_raises_where_torch_does():
+    # torch raises at backward (x * x saved x, then x.add_ wrote it); here the write goes into
+    # the copy the module gets, and the same error names the input case and the fix
+    class UsesThenWrites(nn.Module):
+        def forward(self, x):
+            y = x * x
+            x.add_(1)
+            return y + x
+
+    wrap = PyTorchModule(UsesThenWrites())
+    w = mge.Parameter([1.0, 2.0])
+    gm = GradManager().attach([w])
+    tw = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        UsesThenWrites()(tw * 1).sum().backward()
+    with gm:
+        h = w * 1
+        y = wrap(h)
+        np.testing.assert_array_equal(h.numpy(), [1.0, 2.0])  # megengine's value is kept
+        with pytest.raises(RuntimeError, match=r"changed in place.*an input: x.add_\(1\) after "
+                                               r"x \* x.*compute with a copy"):
+            gm.backward(y.sum())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_torchs_grad_modes_around_a_call_neither_stop_megengines_gradients_nor_break_it(mode):
+    # megengine decides whether torch records a graph; torch.inference_mode() around the call
+    # raised "Inference tensors do not track version counter" (the views made in that mode
+    # have none, and the wrapper reads them to learn whether the module writes its inputs)
+    torch.manual_seed(0)
+    tmod = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 2), nn.BatchNorm1d(2))
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    gm = GradManager().attach(wrap.parameters())
+    data = np.random.RandomState(0).randn(4, 3).astype("float32")
+    for _ in range(2):  # the first call (on copies, learning) and a later one
+        with getattr(torch, mode)():
+            with gm:
+                x = mge.tensor(data)
+                y = wrap(x)
+                gm.backward((y ** 2).sum())
+        np.testing.assert_array_equal(x.numpy(), data)
+        twin.zero_grad()
+        ty = twin(torch.tensor(data))
+        (ty ** 2).sum().backward()
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+        for name, p in twin.named_parameters():
+            mine = wrap.get_param_by_name(name)
+            np.testing.assert_allclose(mine.grad.numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-6)
+            mine.grad = None
+    np.testing.assert_allclose(wrap.state_dict()["2.running_mean"],
+                               twin[2].running_mean.numpy(), rtol=1e-6)
 
 
 def test_size_one_strides_are_normalised_for_torch():
@@ -1107,7 +1215,8 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
         wrap.load_torch_state_dict(tmod.state_dict())
 
 
-@pytest.mark.parametrize("spoil", ["shape", "unexpected key", "missing key", "dtype"])
+@pytest.mark.parametrize("spoil", ["shape", "last key's shape", "unexpected key", "missing key",
+                                   "dtype"])
 def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     # torch 2.13 measured: nn.Module.load_state_dict copies every entry that fits, then raises
     # for a (9,) "1.weight" (or an unexpected "zzz"): the first layer had the new values.
@@ -1120,6 +1229,9 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     sd = {k: v + 100 for k, v in tmod.state_dict().items()}
     if spoil == "shape":
         sd["1.weight"] = torch.zeros(9)
+    elif spoil == "last key's shape":  # found after torch's copies of all the others
+        assert list(sd)[-1] == "2.num_batches_tracked"
+        sd["2.num_batches_tracked"] = torch.zeros(9, dtype=torch.int64)
     elif spoil == "unexpected key":
         sd["zzz"] = torch.zeros(1)
     elif spoil == "dtype":
@@ -1132,7 +1244,7 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
         np.testing.assert_array_equal(v, before[k])
     for k, v in tmod.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k])
-    if spoil not in ("shape", "dtype"):  # without strict the same dict loads, in place
+    if spoil not in ("shape", "last key's shape", "dtype"):  # without strict it loads, in place
         wrap.load_torch_state_dict(sd, strict=False)
         np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
         np.testing.assert_array_equal(tmod[0].weight.detach().numpy(), before["0.weight"] + 100)

@@ -1,7 +1,8 @@
 """PyTorchModule with modules written the way real torch code is (hooks, custom autograd
-Functions, frozen and unused parameters, embeddings that write their weight, other dtypes and
-layouts, attention, RNNs, compiled and traced modules), each trained inside a megengine network
-against the same network trained in pure torch."""
+Functions, parts computed without a graph, gradients accumulated over micro-batches, frozen and
+unused parameters, embeddings that write their weight, other dtypes and layouts, attention, RNNs,
+compiled and traced modules), each trained inside a megengine network against the same network
+trained in pure torch."""
 import copy
 import warnings
 
@@ -206,6 +207,35 @@ def test_hooks_and_own_autograd_functions_train_like_torch(make, optimizer):
         assert net.wrap.b.calls.numpy() == 3  # the hook's buffer write reached megengine's mirror
 
 
+class _HooksItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        x.register_hook(lambda grad: grad * 3)
+        return self.fc(torch.tanh(x))
+
+
+def test_a_hook_on_an_input_scales_only_the_gradient_through_the_wrapped_module():
+    """A documented limit: in torch the hook gets the input's whole gradient, the residual's
+    part included; the wrapper's torch side only ever has the part through the module, so the
+    oracle is torch with the module called on a tensor of its own (``x * 1``)."""
+    torch.manual_seed(0)
+    tmod = _HooksItsInput().to(torch_device())
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    data = np.random.RandomState(0).randn(2, 3).astype("float32")
+    for _ in range(2):  # the first call (on a copy, while learning) and a later one (a view)
+        x = mge.Parameter(data)
+        gm = GradManager().attach([x])
+        with gm:
+            gm.backward(((x + wrap(x)) ** 2).sum())
+        tx = torch.tensor(data, device=torch_device(), requires_grad=True)
+        ((tx + twin(tx * 1)) ** 2).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), torch_host(tx.grad), rtol=1e-5, atol=1e-6)
+
+
 def test_hooks_on_gradient_accumulation_are_refused_as_they_would_never_run():
     """Before: wrapped, they silently never ran (torch's .grad is not where gradients go)."""
     tmod = nn.Sequential(nn.Linear(2, 2))
@@ -213,6 +243,30 @@ def test_hooks_on_gradient_accumulation_are_refused_as_they_would_never_run():
     with pytest.raises(ValueError, match=r"\['0.weight'\] have hooks that run after torch "
                                          r"accumulates.*register_hook.*callbacks"):
         PyTorchModule(tmod)
+
+
+class _PartlyUntracked(nn.Module):
+    """A target computed without a graph by one of torch's three ways, next to a tracked use of
+    the same layer."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "detach":
+            target = self.a(x).detach()
+        else:
+            with getattr(torch, self.how)():
+                target = self.a(x)
+            target = target.clone()  # (an inference tensor cannot be saved for backward)
+        return self.b(torch.tanh(self.a(x)) - target)
+
+
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "detach"])
+def test_parts_computed_without_a_graph_inside_forward_train_like_torch(how):
+    _train_like_torch(lambda: _PartlyUntracked(how), _batches((5, 4)))
 
 
 class _WithAuxiliaryLoss(nn.Module):
@@ -259,6 +313,41 @@ def test_an_auxiliary_loss_kept_in_an_attribute_is_refused_with_the_fix():
                                                 "PyTorchModule"):
                 use()
         gm.backward(loss + tmod.aux_loss.item())  # its value alone: allowed
+
+
+# ----- gradient accumulation -----
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_gradients_accumulated_over_micro_batches_train_like_torch(optimizer):
+    """Three backward passes (each its own ``with gm``, dropout drawing anew) add into
+    ``.grad`` before one step, as torch's backward() adds into its ``.grad``; clear_grad
+    empties them as torch's zero_grad() does."""
+    torch.manual_seed(0)
+    tmod = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Linear(4, 3)).to(torch_device())
+    ref = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    make_opt, make_ref_opt = OPTIMIZERS[optimizer]
+    opt, ref_opt = make_opt(wrap.parameters()), make_ref_opt(ref.parameters())
+    gm = GradManager().attach(wrap.parameters())
+    rng = np.random.RandomState(0)
+    for step in range(2):
+        for micro in range(3):
+            x = rng.randn(5, 4).astype("float32")
+            torch.manual_seed(10 * step + micro)
+            with gm:
+                gm.backward((wrap(mge.tensor(x)) ** 2).mean() / 3)
+            torch.manual_seed(10 * step + micro)
+            ((ref(torch.tensor(x, device=torch_device())) ** 2).mean() / 3).backward()
+        for name, p in ref.named_parameters():
+            np.testing.assert_allclose(wrap.get_param_by_name(name).grad.numpy(),
+                                       torch_host(p.grad), rtol=1e-5, atol=1e-7, err_msg=name)
+        opt.step().clear_grad()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert all(p.grad is None for p in wrap.parameters())
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(wrap.get_param_by_name(name).numpy(), torch_host(p),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 # ----- frozen, unused and tied parameters -----
@@ -454,6 +543,26 @@ def test_channels_last_and_non_contiguous_or_aliasing_outputs_train_like_torch(c
     make = _ChannelsLast if case == "channels_last" \
         else lambda: _ChannelsLast().to(memory_format=torch.channels_last)
     _train_like_torch(make, _batches((2, 3, 5, 5)), rtol=1e-4, atol=1e-5)
+
+
+class _StridedParameters(nn.Module):
+    """Parameters on memory laid out otherwise than contiguously: a transposed weight (as
+    tied or imported weights often are) and a bias viewing every other value of its storage."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4).t())
+        self.b = nn.Parameter(torch.randn(6)[::2])
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w) + self.b
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_non_contiguous_parameters_train_in_place_like_torch(optimizer):
+    net = _train_like_torch(_StridedParameters, _batches((5, 4)), optimizer)
+    tmod = net.wrap.torch_module
+    assert tmod.w.stride() == (1, 4) and tmod.b.stride() == (2,)  # updated in place
 
 
 # ----- attention, transformers, RNNs, batch norm -----

@@ -250,6 +250,92 @@ def test_a_buffer_rebound_to_another_shape_in_forward_is_refused_and_kept():
     np.testing.assert_array_equal(wrap(_x()).numpy(), _x().numpy() * 2)
 
 
+class _FailsAfterRebinding(nn.Module):
+    """Rebinds its running mean, then raises on a bad batch (a check after the statistics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        self.register_buffer("mean", torch.zeros(5))
+
+    def forward(self, x):
+        self.mean = self.mean * 0.5 + x.detach().mean(0)
+        if not torch.isfinite(x).all():
+            raise ValueError("a batch with nan")
+        return self.lin(x)
+
+
+def test_a_forward_raising_after_rebinding_a_buffer_leaves_the_wrapper_whole():
+    """Before: the buffer stayed rebound to torch's new tensor, megengine's kept the old value,
+    and every later call raised that 'mean' was replaced."""
+    torch.manual_seed(0)
+    tmod = _FailsAfterRebinding().to(torch_device())
+    twin = copy.deepcopy(tmod)
+    wrap = PyTorchModule(tmod)
+    mean, address = tmod.mean, tmod.mean.data_ptr()
+    bad = np.full((4, 5), np.nan, "float32")
+    bad[0] = 1.0
+    with pytest.raises(ValueError, match="a batch with nan"):
+        wrap(mge.tensor(bad))
+    with pytest.raises(ValueError, match="a batch with nan"):
+        twin(torch.tensor(bad, device=torch_device()))
+    assert tmod.mean is mean and tmod.mean.data_ptr() == address
+    # the value torch gave the buffer before raising, on both sides, as in torch alone
+    np.testing.assert_array_equal(wrap.mean.numpy(), torch_host(twin.mean))
+    x = _x()
+    np.testing.assert_allclose(wrap(x).numpy(), torch_host(twin(torch.tensor(
+        x.numpy(), device=torch_device()))), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(wrap.state_dict()["mean"], torch_host(twin.mean))
+
+
+def test_a_forward_raising_after_rebinding_a_buffer_to_another_shape_keeps_its_error():
+    class Fails(_GrowingQueue):
+        def forward(self, x):
+            super().forward(x)
+            raise ValueError("the module's own error")
+
+    tmod = Fails()
+    wrap = PyTorchModule(tmod)
+    queue = tmod.queue
+    with pytest.raises(ValueError, match="the module's own error") as caught:
+        wrap(_x())
+    assert "'queue' was (2, 5) float32" in "".join(caught.value.__notes__)
+    assert tmod.queue is queue
+
+
+class _RebindsItsParameter(nn.Module):
+    def __init__(self, same_memory):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(5))
+        self.same_memory = same_memory
+
+    def forward(self, x):
+        if self.training:  # e.g. a weight clipped by building a new parameter
+            self.w = nn.Parameter(self.w.data if self.same_memory else self.w.clamp(0, 0.5))
+        return x * self.w
+
+
+@pytest.mark.parametrize("same_memory", [False, True])
+def test_a_parameter_rebound_in_forward_is_refused_with_the_fix_and_kept(same_memory):
+    """Before: that call trained nothing (the gradient went to the new torch parameter, the
+    megengine one got none) and the next call raised that 'w' was replaced, without saying
+    what to do; on the same memory (nn.Parameter(self.w.data)) no call ever raised."""
+    tmod = _RebindsItsParameter(same_memory)
+    wrap = PyTorchModule(tmod)
+    w = tmod.w
+    gm = GradManager().attach(wrap.parameters())
+    with pytest.raises(RuntimeError, match=r"parameter\(s\) 'w' were assigned a new "
+                                           r"nn.Parameter.*never be trained.*kept.*in place"):
+        with gm:
+            gm.backward(wrap(_x()).sum())
+    assert tmod.w is w and wrap.w.grad is None
+    np.testing.assert_array_equal(wrap.w.numpy(), np.ones(5))
+    wrap.eval()  # the wrapper is whole: a forward that keeps its parameter trains it
+    with gm:
+        gm.backward(wrap(_x()).sum())
+    np.testing.assert_allclose(wrap.w.grad.numpy(), _x().numpy().sum(0), rtol=1e-6)
+
+
 def test_a_functional_call_inside_forward_leaves_the_shared_buffers_as_they_were():
     """torch.func.functional_call swaps buffers in and back by assignment: no rebinding to
     adopt (adopting the swapped-in value would overwrite the buffer)."""
