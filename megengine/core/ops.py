@@ -1421,11 +1421,6 @@ class AxisError(ValueError, RuntimeError):
     what upstream raises (its C++ shape check) and its users catch."""
 
 
-class DuplicateAxisError(ValueError, AssertionError):
-    """An axis named twice. numpy raises ValueError, upstream asserts (AssertionError): this is
-    both, so either ``except`` catches it."""
-
-
 def names_an_axis(axis):
     """Whether ``axis`` names at least one axis (None and ``()`` name none)."""
     return is_int(axis) or is_dim(axis) or bool(axis)
@@ -1434,7 +1429,7 @@ def names_an_axis(axis):
 def _norm_axes(axis, ndim, what):
     """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
     non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
-    `DuplicateAxisError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
+    `ArgumentError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
     (upstream reduces a 0-d tensor as one of shape (1,))."""
     if axis is None:
         return tuple(range(ndim))
@@ -1451,7 +1446,7 @@ def _norm_axes(axis, ndim, what):
             raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
-        raise DuplicateAxisError(f"{what}: axis {axis} names the same dim twice")
+        raise ArgumentError(f"{what}: axis {axis} names the same dim twice")
     return tuple(sorted(out))
 
 
