@@ -159,10 +159,12 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
-class ArgumentError(ValueError, AssertionError):
+class ArgumentError(ValueError, AssertionError, RuntimeError):
     """An argument out of its range or set of values (a dropout probability, a pad mode, a
-    negative learning rate, ...) where upstream asserts: a ValueError, which is what the mistake
-    is, and upstream's AssertionError, so that a program catching either catches it."""
+    negative size, an axis named twice, ...): a ValueError, which is what the mistake is, and
+    what upstream raises for it, which depends on where it checks: AssertionError (its Python
+    asserts), RuntimeError (its C++ ops' parameter checks, and pybind's "Unable to cast" for an
+    unknown mode string), sometimes ValueError. A program catching any of them catches it."""
 
 
 class ShapeOnly:
@@ -1133,7 +1135,7 @@ class Transpose(Op):
             return x.transpose(self.axes)
         except ValueError:  # (numpy's AxisError, an axis out of range, is one too)
             pass
-        raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
+        raise ShapeError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
                          f"dims of a tensor of shape {x.shape}")
 
     def backward(self, g):
