@@ -231,9 +231,10 @@ class _Recorder(_Hook):
     def _register_by_tensor(self, t, slot):
         """Note ``t``, the detach() of an external, at ``slot``: known by the tensor only (its
         array is the external's, kept out of ``by_array``). A large one is held weakly, as
-        `_register` holds values: held to the end of the call, the function's ``w.detach()``
-        kept the array a Parameter had before a write gave it a new one (0.x's updates
-        ``w._reset(w.detach() * a + x)``), one parameter's worth of memory per update."""
+        `_register` holds values: held to the end of the call, each ``w.detach()`` kept the
+        array the Parameter had then, after a write gave it a new one (0.x's updates
+        ``w._reset(w.detach() * a + x)``): a parameter's worth of memory per update but the
+        first (whose array the external's slot keeps, ``info.const``, until the call ends)."""
         arr = t._data
         if arr.nbytes >= FREE_BYTES:
             try:
