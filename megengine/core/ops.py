@@ -172,10 +172,12 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
-class ArgumentError(ValueError, AssertionError):
+class ArgumentError(ValueError, AssertionError, RuntimeError):
     """An argument out of its range or set of values (a dropout probability, a pad mode, a
-    negative learning rate, ...) where upstream asserts: a ValueError, which is what the mistake
-    is, and upstream's AssertionError, so that a program catching either catches it."""
+    negative size, an axis named twice, ...): a ValueError, which is what the mistake is, and
+    what upstream raises for it, which depends on where it checks: AssertionError (its Python
+    asserts), RuntimeError (its C++ ops' parameter checks, and pybind's "Unable to cast" for an
+    unknown mode string), sometimes ValueError. A program catching any of them catches it."""
 
 
 class ShapeOnly:
@@ -1144,7 +1146,7 @@ class Transpose(Op):
             return x.transpose(self.axes)
         except ValueError:  # (numpy's AxisError, an axis out of range, is one too)
             pass
-        raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
+        raise ShapeError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
                          f"dims of a tensor of shape {x.shape}")
 
     def backward(self, g):
@@ -1432,11 +1434,6 @@ class AxisError(ValueError, RuntimeError):
     what upstream raises (its C++ shape check) and its users catch."""
 
 
-class DuplicateAxisError(ValueError, AssertionError):
-    """An axis named twice. numpy raises ValueError, upstream asserts (AssertionError): this is
-    both, so either ``except`` catches it."""
-
-
 def names_an_axis(axis):
     """Whether ``axis`` names at least one axis (None and ``()`` name none)."""
     return is_int(axis) or is_dim(axis) or bool(axis)
@@ -1445,7 +1442,7 @@ def names_an_axis(axis):
 def _norm_axes(axis, ndim, what):
     """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
     non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
-    `DuplicateAxisError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
+    `ArgumentError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
     (upstream reduces a 0-d tensor as one of shape (1,))."""
     if axis is None:
         return tuple(range(ndim))
@@ -1462,7 +1459,7 @@ def _norm_axes(axis, ndim, what):
             raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
-        raise DuplicateAxisError(f"{what}: axis {axis} names the same dim twice")
+        raise ArgumentError(f"{what}: axis {axis} names the same dim twice")
     return tuple(sorted(out))
 
 

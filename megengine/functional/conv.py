@@ -21,7 +21,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
-from ..core.ops import ShapeError, as_dtype, cast, xp_of
+from ..core.ops import ArgumentError, ShapeError, as_dtype, cast, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _bias_widened, _tensor
@@ -96,7 +96,7 @@ def _flat_weight(w, groups, nd, what, transposed):
 
 def _conv_out(size, k, s, p, d, what, axis):
     if s < 1:  # (a stride of 0 would otherwise end in a ZeroDivisionError)
-        raise ValueError(f"{what}: stride must be a positive int, got {s} along {axis}")
+        raise ArgumentError(f"{what}: stride must be a positive int, got {s} along {axis}")
     out = (size + 2 * p - d * (k - 1) - 1) // s + 1
     if out < 1:
         raise ValueError(f"{what}: the input is too small along {axis} ({size}, padding {p}) "
@@ -137,7 +137,7 @@ class _Convolution(Op):
         else:
             expect, out = wf.shape[1] * g, wf.shape[0]
         if c != expect:
-            raise ValueError(
+            raise ShapeError(
                 f"{what}: input of shape {x.shape} has {c} channels but the weight of shape "
                 f"{w.shape} expects {expect} (groups={g} x {expect // g} in-channels per group)")
         k = wf.shape[2:]
@@ -338,7 +338,7 @@ def _check_conv_mode(conv_mode, compute_mode, what):
         raise ValueError(f"{what}: conv_mode must be 'cross_correlation', got {conv_mode!r}")
     cmode = str(getattr(compute_mode, "name", compute_mode)).lower()
     if cmode not in ("default", "float32"):
-        raise ValueError(f"{what}: compute_mode must be 'default' or 'float32', "
+        raise ArgumentError(f"{what}: compute_mode must be 'default' or 'float32', "
                          f"got {compute_mode!r}")
 
 
@@ -355,6 +355,10 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
         made = (_ntuple(stride, nd, "stride", what), _ntuple(padding, nd, "padding", what),
                 _ntuple(dilation, nd, "dilation", what),
                 _ntuple(output_padding, nd, "output_padding", what), int(groups))
+        if min(made[1] + made[3]) < 0:  # (torch's "negative padding is not supported" said
+            # neither which nor what to pass; a stride below 1 is `_conv_out`'s)
+            raise ArgumentError(f"{what}: padding {made[1]} and output_padding {made[3]} must "
+                                "be non-negative")
         op = _Convolution(nd, transposed, *made, what)
         if views is not None and all(
                 type(a) is int or (type(a) is tuple and all(type(v) is int for v in a))
@@ -454,8 +458,8 @@ def _window_args(kernel_size, padding, stride, dilation, what):
     s = _ntuple(stride, 2, "stride", what)
     d = _ntuple(dilation, 2, "dilation", what)
     if min(k + s + d) < 1 or min(p) < 0:
-        raise ValueError(f"{what}: kernel_size {k}, stride {s} and dilation {d} must be positive "
-                         f"and padding {p} non-negative")
+        raise ArgumentError(f"{what}: kernel_size {k}, stride {s} and dilation {d} must be "
+                            f"positive and padding {p} non-negative")
     return k, p, s, d
 
 
@@ -799,7 +803,7 @@ class _DeformableConv2d(Op):
         o, cg, kh, kw = wf.shape
         n, c, h, wd = x.shape
         if c != g * cg:
-            raise ValueError(
+            raise ShapeError(
                 f"{what}: input of shape {x.shape} has {c} channels but the weight of shape "
                 f"{w.shape} expects {g * cg} (groups={g} x {cg} in-channels per group)")
         oh, ow = (_conv_out(size, *args, what, axis) for size, args, axis in zip(

@@ -5,6 +5,7 @@ import numpy as np
 from .. import device as _device
 from ..core import dtype as _qd
 from ..core import ops as _ops
+from ..core.ops import ArgumentError
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.dtype_rules import is_complex_data, complex_error
@@ -89,7 +90,7 @@ def _shape_arg(shape, what):
 def _shape(shape, what):
     shape = _shape_arg(shape, what)
     if any(s < 0 for s in shape):
-        raise ValueError(f"{what}: shape {shape} has a negative dimension")
+        raise ArgumentError(f"{what}: shape {shape} has a negative dimension")
     return shape
 
 
@@ -184,7 +185,7 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
         return _from_tensors(_ArangeOf, (start, stop, step), dtype, device)
     start, stop, step = _num(start), _num(stop), _num(step)
     if step == 0:
-        raise ValueError("arange: step must not be 0")
+        raise ArgumentError("arange: step must not be 0")
     dev, xp = _place(device)
     if any(map(is_sym, (start, stop, step))) and all(
             isinstance(v, (int, float, np.integer, np.floating)) or is_sym(v)
@@ -265,7 +266,7 @@ class _FromTensors(Op):
 class _ArangeOf(_FromTensors):
     def values(self, xp, start, stop, step):
         if step == 0:
-            raise ValueError("arange: step must not be 0")
+            raise ArgumentError("arange: step must not be 0")
         return _arange_values(xp, start, stop, step, self.dtype)
 
 
@@ -284,7 +285,7 @@ def _from_tensors(op_type, args, dtype, device):
 def _count(num):
     num = num if is_dim(num) else int(num)
     if num < 0:
-        raise ValueError(f"linspace: num must be >= 0, got {num}")
+        raise ArgumentError(f"linspace: num must be >= 0, got {num}")
     return num
 
 

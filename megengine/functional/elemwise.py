@@ -7,8 +7,9 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import (BINARY, UNARY, BroadcastError, ShapeOnly, _Binary, _product, cast,
-                        half_operands, raise_unbroadcastable, t_unbroadcast, unbroadcast, xp_of)
+from ..core.ops import (BINARY, UNARY, ArgumentError, BroadcastError, ShapeOnly, _Binary,
+                        _product, cast, half_operands, raise_unbroadcastable, t_unbroadcast,
+                        unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -541,7 +542,7 @@ def clip(x, lower=None, upper=None):
     and a numpy scalar bound (``np.int16(3)``) promotes ``x`` as ``x + bound`` does.
     """
     if lower is None and upper is None:
-        raise ValueError("clip: at least one of lower and upper must be given, got both None")
+        raise ArgumentError("clip: at least one of lower and upper must be given, got both None")
     x = _tensor(x)
     if type(lower) in _PLAIN_BOUND and type(upper) in _PLAIN_BOUND and x._data.dtype.kind == "f":
         # the common call, F.clip(x, 0, 6) on a float tensor: the checks below would all pass

@@ -5,7 +5,7 @@ import numpy as np
 from ..core import dtype as _qd
 from ..core import ops as _ops
 from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
-from ..core.ops import raise_unbroadcastable, unbroadcast, xp_of
+from ..core.ops import ArgumentError, ShapeError, raise_unbroadcastable, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _size
@@ -214,7 +214,7 @@ def indexing_one_hot(src, index, axis=1, keepdims=False):
     index = _int_index(index, "indexing_one_hot")
     axis = _axis(axis, src.ndim, "indexing_one_hot")
     if index.shape != src.shape[:axis] + src.shape[axis + 1:]:
-        raise ValueError(
+        raise ShapeError(
             f"indexing_one_hot: index shape {index.shape} must be src shape {src.shape} without "
             f"axis {axis}"
         )
@@ -259,6 +259,8 @@ def one_hot(inp, num_classes):
     # expression: Compute keeps it as an op parameter, which a dumped program computes at the
     # shapes it runs at)
     num_classes = _size(num_classes)
+    if type(num_classes) is int and num_classes < 0:
+        raise ArgumentError(f"one_hot: num_classes must be >= 0, got {num_classes}")
     return apply(Compute(_one_hot, num_classes), _int_index(inp, "one_hot"))
 
 
@@ -364,7 +366,7 @@ def cond_take(mask, x):
     if mask.dtype != np.bool_:
         raise ValueError(f"cond_take: mask must be bool, got dtype {mask.dtype}")
     if mask.shape != x.shape:
-        raise ValueError(f"cond_take: mask shape {mask.shape} must equal x shape {x.shape}")
+        raise ShapeError(f"cond_take: mask shape {mask.shape} must equal x shape {x.shape}")
     return apply(CondTake(), mask, x)
 
 

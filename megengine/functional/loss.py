@@ -865,7 +865,7 @@ def hinge_loss(pred, label, norm="L1", reduction="mean"):
     _check_reduction(reduction, "hinge_loss")
     norm = str(norm).upper()
     if norm not in ("L1", "L2"):
-        raise ValueError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
+        raise ArgumentError(f"hinge_loss: norm must be 'L1' or 'L2', got {norm!r}")
     pred, label = (t.astype(np.float32) if t.dtype.metadata is not None else t  # (quantized:
                    for t in _pred_label(pred, label))  # the values; q * label mixed dtypes)
     for t in (pred, label):

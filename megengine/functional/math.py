@@ -8,8 +8,8 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import (BINARY, AxisError, IndexAdd, _norm_axes, acc_dtype, acc_sum, as_dtype, cast,
-                        half_operands, names_an_axis, xp_of)
+from ..core.ops import (BINARY, AxisError, IndexAdd, ShapeError, _norm_axes, acc_dtype, acc_sum,
+                        as_dtype, cast, half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
@@ -660,7 +660,11 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     _check_sortable(inp, "topk")
     # (a k from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression, TopK's parameter; its sign and its comparison with the row length are guards)
-    k, n = _size(k), inp.shape[-1]
+    try:
+        k, n = _size(k), inp.shape[-1]
+    except TypeError:  # (int()'s own message names no argument; upstream's TypeError too)
+        raise TypeError(f"topk: k must be an int or a one-element integer tensor, got "
+                        f"{k!r}") from None
     if k == 0:
         raise TopKZeroError("topk: k must not be 0")
     if k < 0:
@@ -728,7 +732,7 @@ class MatInv(Op):
     def forward(self, x):
         _no_float16(x, "matinv")
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
+            raise ShapeError(f"matinv: input must be square matrices (..., n, n), got {x.shape}")
         xp = xp_of(x)
         if x.dtype.kind not in "fc":  # integers in float32 (numpy's inv gave float64), a
             x = float_value(x)  # quantized tensor's values
@@ -832,7 +836,7 @@ class SVD(Op):
         _no_float16(x, "svd")
         xp = xp_of(x)
         if x.ndim < 2:
-            raise ValueError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
+            raise ShapeError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
         x = _as_float(x, "svd")
         self.m, self.n = x.shape[-2:]
         full = self.full_matrices and self.compute_uv

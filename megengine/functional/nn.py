@@ -186,7 +186,7 @@ class _Linear(Op):
 
     def forward(self, x, w, b=None):
         if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
-            raise ValueError(
+            raise ShapeError(
                 f"linear: input of shape {x.shape} does not match weight of shape {w.shape}; "
                 "expected input (..., in_features) and weight (out_features, in_features)"
             )
@@ -216,7 +216,7 @@ class _Linear(Op):
             if b.dtype.metadata is not None:  # a quantized bias next to float input: refused,
                 promote_types(y.dtype, b.dtype)  # as x + b is (it was added as integers)
             if b.size != w.shape[0]:
-                raise ValueError(f"linear: bias of shape {b.shape} does not match "
+                raise ShapeError(f"linear: bias of shape {b.shape} does not match "
                                  f"{w.shape[0]} out_features")
             self.b_shape = b.shape
             # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
@@ -381,7 +381,7 @@ class _Embedding(Op):
         if idx.dtype.kind not in "iu":
             raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
         if w.ndim != 2:
-            raise ValueError(f"embedding: weight must be 2-d (num_embeddings, dim), "
+            raise ShapeError(f"embedding: weight must be 2-d (num_embeddings, dim), "
                              f"got shape {w.shape}")
         if _out_of_range(idx, w.shape[0]):
             raise ValueError(f"embedding: indices must be in [0, {w.shape[0]}), got values in "

@@ -7,7 +7,8 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
-from ..core.ops import acc_dtype, all_ints, half_operands, unbroadcast, xp_of
+from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_operands,
+                        unbroadcast, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size, _tensor
@@ -470,7 +471,7 @@ def _normalize(op, inp, weight, bias):
 
 def _check_param(t, channels, what, name):
     if t is not None and _tensor(t).size != channels:
-        raise ValueError(f"{what}: {name} of shape {_tensor(t).shape} does not match "
+        raise ShapeError(f"{what}: {name} of shape {_tensor(t).shape} does not match "
                          f"{channels} channels")
 
 
@@ -822,7 +823,7 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
     if kernel_size % 2 == 0:
         # upstream's LRN asserts an odd window (megdnn: kernel_size // 2 channels on each
         # side of the centre); an even size has no centred window
-        raise ValueError(f"local_response_norm: kernel_size must be odd (a window of "
+        raise ArgumentError(f"local_response_norm: kernel_size must be odd (a window of "
                          f"kernel_size // 2 channels on each side, as upstream's), got "
                          f"{kernel_size}")
     half = kernel_size // 2

@@ -14,7 +14,7 @@ from ..core import _config
 from ..core._trace_option import is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
-from ..core.ops import ShapeError, cast
+from ..core.ops import ArgumentError, ShapeError, cast
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _int_pair, _size, _tensor
@@ -68,8 +68,8 @@ class _Pool2d(Op):
             raise ShapeError(f"{what}: expected a 4-d input (N, C, H, W), got shape {x.shape}")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
-            raise ValueError(f"{what}: kernel_size {self.kernel} and stride {self.stride} must be "
-                             f"positive and padding {self.padding} non-negative")
+            raise ArgumentError(f"{what}: kernel_size {self.kernel} and stride {self.stride} "
+                                f"must be positive and padding {self.padding} non-negative")
         n, c, h, w = x.shape
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if oh < 1 or ow < 1:
@@ -387,7 +387,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
     """
     m = str(getattr(mode, "name", mode)).lower()
     if m not in _AVG_MODES:
-        raise ValueError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
+        raise ArgumentError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
     _config._effective_conv_format("NCHW", "avg_pool2d", supported=("NCHW",))
     kernel = _int_pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = kernel if stride is None else _int_pair(stride, "stride", "avg_pool2d")
@@ -414,11 +414,11 @@ def _adaptive(inp, oshp, mode, what):
     _config._effective_conv_format("NCHW", what, supported=("NCHW",))
     inp = _tensor(inp)
     if inp.ndim != 4:
-        raise ValueError(f"{what}: expected a 4-d input (N, C, H, W), got shape {inp.shape}")
+        raise ShapeError(f"{what}: expected a 4-d input (N, C, H, W), got shape {inp.shape}")
     oh, ow = _size_pair(oshp, what)
     h, w = inp.shape[2:]
     if not (1 <= oh <= h and 1 <= ow <= w):
-        raise ValueError(f"{what}: output size {(oh, ow)} must be between 1 and the input's "
+        raise ArgumentError(f"{what}: output size {(oh, ow)} must be between 1 and the input's "
                          f"spatial size {(h, w)}")
     # upstream's rule: stride = in // out, window = in - (out - 1) * stride, no padding
     sh, sw = h // oh, w // ow

@@ -9,7 +9,8 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import ArgumentError, AxisError, BroadcastError, int_tuple, unbroadcast, xp_of  # noqa: F401
+from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  # noqa: F401
+                        int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _size
@@ -140,7 +141,7 @@ def squeeze(inp, axis=None):
         axes = _axes(axis, inp.ndim, "squeeze")
         bad = [a for a in axes if inp.shape[a] != 1]
         if bad:
-            raise ValueError(
+            raise ShapeError(
                 f"squeeze: axis {bad[0]} of shape {inp.shape} has size {inp.shape[bad[0]]}, not 1"
             )
     # upstream's RemoveAxis removes one axis after another: each position counts the removals
@@ -279,7 +280,7 @@ class Concat(Op):
             if out is None:
                 out = xp_of(xs[0]).concatenate(xs, axis=self.axis)
         except ValueError:
-            raise ValueError(
+            raise ShapeError(
                 f"concat: shapes {[x.shape for x in xs]} differ outside axis {self.axis}"
             ) from None
         # numpy drops a quantized dtype's scale (its metadata) when it joins arrays
@@ -329,7 +330,7 @@ class Stack(Op):
         shape = xs[0].shape
         for x in xs:
             if x.shape != shape:
-                raise ValueError(
+                raise ShapeError(
                     f"stack: tensors must have one shape, got {[x.shape for x in xs]}")
         # one concatenate: numpy's stack is that behind ~1.5 us of Python (its dispatcher,
         # expand_dims per array). Joined along an existing axis, the result is the stack with
@@ -432,7 +433,7 @@ def repeat(inp, repeats, axis=None):
     # expression: the broadcast and reshape below carry it)
     repeats = _size(repeats)
     if repeats < 1:
-        raise ValueError(f"repeat: repeats must be >= 1, got {repeats}")
+        raise ArgumentError(f"repeat: repeats must be >= 1, got {repeats}")
     if axis is None:
         inp, axis = inp.reshape(-1), 0
     axis = _axis(axis, inp.ndim, "repeat")
@@ -447,7 +448,7 @@ def tile(inp, reps):
     inp = _tensor(inp)
     reps = int_tuple(reps, "tile")
     if any(r < 1 for r in reps):
-        raise ValueError(f"tile: reps must be >= 1, got {reps}")
+        raise ArgumentError(f"tile: reps must be >= 1, got {reps}")
     nd = max(len(reps), inp.ndim)
     reps = (1,) * (nd - len(reps)) + reps
     shape = (1,) * (nd - inp.ndim) + inp.shape
@@ -551,7 +552,7 @@ def diag(inp, k=0):
     """1-D input: a matrix with it on diagonal ``k``; 2-D input: its diagonal ``k``."""
     inp = _tensor(inp)
     if inp.ndim not in (1, 2):
-        raise ValueError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
+        raise ShapeError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
     return apply(Diag(int(k)), inp)
 
 

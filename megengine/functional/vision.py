@@ -223,7 +223,7 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
         align_corners = False
     spatial = {"linear": 1, "trilinear": 3}.get(mode, 2)
     if inp.ndim != spatial + 2:
-        raise ValueError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "
+        raise ArgumentError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "
                          f"got shape {inp.shape}")
     in_sizes = inp.shape[2:]
     if (size is None) == (scale_factor is None):
@@ -521,9 +521,9 @@ def _cv_perspective_points(xp, u, v, d, interp):
 def _check_modes(what, border_mode, interp_mode, interps=("linear", "nearest")):
     border_mode, interp_mode = str(border_mode).lower(), str(interp_mode).lower()
     if border_mode not in _BORDERS:
-        raise ValueError(f"{what}: border_mode must be one of {_BORDERS}, got {border_mode!r}")
+        raise ArgumentError(f"{what}: border_mode must be one of {_BORDERS}, got {border_mode!r}")
     if interp_mode not in interps:
-        raise ValueError(f"{what}: interp_mode must be one of {interps}, got {interp_mode!r}")
+        raise ArgumentError(f"{what}: interp_mode must be one of {interps}, got {interp_mode!r}")
     return border_mode, interp_mode
 
 
@@ -947,7 +947,7 @@ def cvt_color(inp, mode=""):
         refuse_quantized("cvt_color", inp)
     modes = _FLOAT_MODES if floating else _UINT8_MODES
     if mode not in modes:
-        raise ValueError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "
+        raise ArgumentError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "
                          f"supported: {list(modes)}")
     want = _IN_CHANNELS.get(mode, 1 if mode.startswith(("YUV2GRAY", "YUV2RGB_", "YUV2BGR_",
                                                         "YCrCb", "BT601")) else 3)
@@ -991,7 +991,7 @@ def nvof(src, precision=1):
     does, then refuses with what to do instead."""
     src = _tensor(src)
     if src.ndim != 5 or src.shape[4] != 4:
-        raise ValueError(f"nvof: src must be (n, t, h, w, 4), got shape {src.shape}")
+        raise ArgumentError(f"nvof: src must be (n, t, h, w, 4), got shape {src.shape}")
     raise RuntimeError("megengine.functional.vision.nvof: NVIDIA's Optical Flow SDK runs inside "
                        "MegEngine's C++ core on a GPU's optical-flow unit, which this fork does "
                        "not have; compute the flow with the SDK or OpenCV's CUDA module "

@@ -503,6 +503,13 @@ class _Checker(_Hook):
         for f in slots:
             t = values[f]
             a = arrays[f]
+            if a is None and t is not None and self.prog.slots[f].kind == "alias":
+                # the detach() of an external (`check_source`), known by the tensor through
+                # ``detached_from``: its array is the external's, not ours to let go, but held
+                # to the end of the call it kept the array a Parameter had before a write gave
+                # it a new one (0.x's ``w._reset(w.detach() * a + x)``)
+                values[f] = None
+                continue
             if t is None or a is None or a.nbytes < FREE_BYTES:
                 continue  # (an external: not ours to let go; a small value: kept, cheaper
                 # than letting go, ~0.5 us)

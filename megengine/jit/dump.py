@@ -136,6 +136,26 @@ def dump_program(prog, file, **options):
                     [c["name"] for c in consts if "name" in c])
 
 
+def _refuse_captured_write(prog, step):
+    """Raise for ``step``, an event, if it writes into a tensor that capture_as_const captured
+    (``w._reset(v)``, ``w[...] = v``, ``w += v`` on a Parameter), saying what to do instead.
+    Upstream's dump keeps such a write as dataflow within one run (later reads of ``w`` in the
+    run see ``v``) and starts every run from the captured value; here the write is an event on
+    the live Parameter, so the file is refused rather than written without it."""
+    args = step.args if type(step.args) is tuple else ()
+    if not args or type(args[0]) is not _Ref:
+        return
+    info = prog.slots[args[0].slot]
+    if info.kind != "const" or info.tensor is None:
+        return
+    raise DumpError(f"dump: the traced function writes into {prog.describe(args[0].slot)} "
+                    f"({step.name}()); a dumped program holds no state between runs, so it "
+                    "cannot keep the write. Compute the new value without writing it "
+                    "(y = w + x instead of w[...] = w + x), or dump a function that does not "
+                    "write its parameters and buffers (modules in eval mode: batch norm in "
+                    "training mode writes its running statistics)")
+
+
 def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
                  enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
                  maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
@@ -227,6 +247,7 @@ def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
             steps.append({"alias": step.ins[0], "out": step.outs[0]})
             continue
         if t is not _OpStep:
+            _refuse_captured_write(prog, step)
             raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
                             "in-place write, run on live Python objects), which a file cannot "
                             "hold. Dump an inference function")

@@ -228,6 +228,28 @@ class _Recorder(_Hook):
         node = t._node  # (its autodiff node and output index)
         self.slot_node[slot] = None if node is None else (weakref.ref(node[0]), node[1])
 
+    def _register_by_tensor(self, t, slot):
+        """Note ``t``, the detach() of an external, at ``slot``: known by the tensor only (its
+        array is the external's, kept out of ``by_array``). A large one is held weakly, as
+        `_register` holds values: held to the end of the call, each ``w.detach()`` kept the
+        array the Parameter had then, after a write gave it a new one (0.x's updates
+        ``w._reset(w.detach() * a + x)``): a parameter's worth of memory per update but the
+        first (whose array the external's slot keeps, ``info.const``, until the call ends)."""
+        arr = t._data
+        if arr.nbytes >= FREE_BYTES:
+            try:
+                ra = weakref.ref(arr)
+                rt = weakref.ref(t, functools.partial(self._tensor_gone, id(t)))
+            except TypeError:  # (an array module whose arrays take no weak references)
+                pass
+            else:
+                self.watched.append(rt)
+                self.by_tensor[id(t)] = (slot, ra)
+                self.slot_tensor[slot] = rt
+                return
+        self.by_tensor[id(t)] = (slot, arr)
+        self.slot_tensor[slot] = t  # (small: kept, its id stays its own to the end of the call)
+
     def _array_gone(self, key, _ref):
         self.by_array.pop(key, None)
 
@@ -367,8 +389,7 @@ class _Recorder(_Hook):
         if s in self.dyn:
             self.dyn.add(out)
         if external:
-            self.by_tensor[id(t)] = (out, t._data)
-            self.slot_tensor[out] = t
+            self._register_by_tensor(t, out)
         else:
             self._register(t, out)
         return out
@@ -401,9 +422,11 @@ class _Recorder(_Hook):
         if s is not None:
             return s
         owner = self.detached_from.get(id(t), (None,))[0]
+        e = self.by_tensor.get(id(t)) if owner is not None else None
         if (owner is not None and owner._data is t._data
                 and self._outside_parameter(owner) is not None
-                and self.by_tensor.get(id(t), (None, None))[1] is not t._data):
+                and (e is None or (e[1]() if type(e[1]) is weakref.ref else e[1])
+                     is not t._data)):
             # (its first use: the detach() of such a Parameter is known by the tensor, as
             # below, also where a write gave the Parameter the array of a value of this call)
             return self._alias(self.source(owner), t, external=True)

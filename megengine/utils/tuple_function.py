@@ -3,25 +3,24 @@ or as n ints, made an n-tuple of ints (upstream's ``megengine.utils.tuple_functi
 import collections.abc
 import functools
 
+from ..core.ops import ArgumentError
+
 __all__ = ["get_ndtuple"]
-
-
-class NdTupleError(ValueError, AssertionError):
-    """A size argument of the wrong length or range (upstream asserted, hence AssertionError)."""
 
 
 def get_ndtuple(value, *, n, allow_zero=True):
     """``value`` as an ``n``-tuple of ints: an int is repeated, an iterable must have ``n``
-    items; every item must be >= 0 (>= 1 when ``allow_zero`` is False)."""
+    items; every item must be >= 0 (>= 1 when ``allow_zero`` is False). A wrong length or
+    value raises `ArgumentError` (upstream asserts)."""
     if not isinstance(value, collections.abc.Iterable):
         value = (int(value),) * n
     else:
         value = tuple(int(v) for v in value)
         if len(value) != n:
-            raise NdTupleError(f"expected one int or {n} ints, got {len(value)}: {value}")
+            raise ArgumentError(f"expected one int or {n} ints, got {len(value)}: {value}")
     least = 0 if allow_zero else 1
     if n and min(value) < least:
-        raise NdTupleError(f"every value must be >= {least}, got {value}")
+        raise ArgumentError(f"every value must be >= {least}, got {value}")
     return value
 
 

@@ -1,7 +1,6 @@
 """Upstream keeps `get_ndtuple` and its shorthands under this name too
 (``megengine.utils.types``); they are `megengine.utils.tuple_function`'s."""
 from .tuple_function import (  # noqa: F401
-    NdTupleError,
     _pair,
     _pair_nonzero,
     _quadruple,

@@ -852,3 +852,31 @@ def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(call):
         call(x)
     with pytest.raises(RuntimeError, match="expected a 4-d input"):
         call(x)
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((3, 3, 3, 3), "float32"))),
+                 RuntimeError, "has 2 channels but the weight of shape", id="conv2d-channels"),
+    pytest.param(lambda x: F.conv_transpose2d(x, mge.tensor(np.ones((3, 3, 3, 3), "float32"))),
+                 RuntimeError, "has 2 channels but the weight of shape", id="deconv-channels"),
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")), padding=-1),
+                 RuntimeError, r"padding \(-1, -1\) and output_padding \(0, 0\) must be "
+                 "non-negative",
+                 id="conv2d-negative-padding"),
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")), stride=0),
+                 RuntimeError, "stride must be a positive int, got 0 along H",
+                 id="conv2d-zero-stride"),
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")),
+                                    compute_mode="bogus"),
+                 RuntimeError, "compute_mode must be 'default' or 'float32'", id="compute_mode"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: channel counts that do not match fail in its C++ checks
+    # (RuntimeError), a negative padding or an unknown compute_mode in pybind's "Unable to cast"
+    # (RuntimeError; torch's "negative padding is not supported" came out here before); earlier
+    # versions of this fork raised a plain ValueError. The error is also a ValueError (what
+    # the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(1, 2, 5, 5).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

@@ -139,3 +139,23 @@ def test_a_tensor_fill_value_gives_its_number_on_any_device():
     assert F.full((2,), v).tolist() == [3.5, 3.5] and F.full((2,), v).dtype == np.float32
     assert F.full_like(mge.tensor([1, 2]), v).tolist() == [3, 3]
     assert F.full((1,), mge.tensor(2.5, dtype="float16")).dtype == np.float16
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.linspace(0, 1, -1), RuntimeError, "num must be >= 0, got -1",
+                 id="linspace"),
+    pytest.param(lambda x: F.arange(0, 5, 0), RuntimeError, "step must not be 0", id="arange"),
+    pytest.param(lambda x: F.ones((-1, 2)), RuntimeError, "has a negative dimension", id="ones"),
+    pytest.param(lambda x: F.zeros((2, -3)), RuntimeError, "has a negative dimension",
+                 id="zeros"),
+    pytest.param(lambda x: F.eye(-1), RuntimeError, "has a negative dimension", id="eye"),
+    pytest.param(lambda x: F.full((-2,), 1.0), ValueError, "has a negative dimension", id="full"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ checks (arange's "can not convert
+    # float value inf to int"), ValueError from full's Python check; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

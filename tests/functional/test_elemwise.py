@@ -748,3 +748,16 @@ def test_float16_functions_on_cpu_round_once(name):
     if name != "floor":  # (piecewise constant: no gradient)
         assert t.grad.dtype == np.float16
         assert _float16_steps(t.grad.numpy(), tx.grad.numpy()).max() <= 4
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.clip(x), AssertionError,
+                 "at least one of lower and upper must be given", id="clip"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: AssertionError from its Python assert; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

@@ -339,3 +339,26 @@ def test_one_hot_refuses_a_class_out_of_range():
         with pytest.raises(IndexError, match=rf"one_hot: index values must be in \[0, 3\), "
                                              rf"got min {lo} and max {hi}"):
             F.one_hot(mge.tensor(bad), 3)
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.where(mge.tensor([True, False]), x, x),
+                 RuntimeError, r"Where: shapes \(2,\), \(3, 4\) and \(3, 4\) do not broadcast",
+                 id="where"),
+    pytest.param(lambda x: F.one_hot(mge.tensor([0, 1]), -1),
+                 RuntimeError, "num_classes must be >= 0, got -1", id="one_hot"),
+    pytest.param(lambda x: F.cond_take(mge.tensor([True]), x),
+                 RuntimeError, r"mask shape \(1,\) must equal x shape \(3, 4\)", id="cond_take"),
+    pytest.param(lambda x: F.indexing_one_hot(x, mge.tensor([0, 1]), 1),
+                 RuntimeError, r"index shape \(2,\) must be src shape \(3, 4\) without axis 1",
+                 id="indexing_one_hot"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ checks (numpy's "operands could not be
+    # broadcast" came out of where, and an IndexError "index values must be in [0, -1)" out of
+    # one_hot); earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

@@ -943,3 +943,16 @@ def test_float16_pair_losses_compute_in_float32_rounded_once(monkeypatch, fn, to
     within_a_float16_step(p.grad.numpy(), tp.grad.numpy(), 1.5 if fn is F.nn.binary_cross_entropy
                           else 1)
     within_a_float16_step(y.grad.numpy(), ty.grad.numpy())
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.nn.hinge_loss(x, F.ones((3, 4)), norm="L3"),
+                 AssertionError, "norm must be 'L1' or 'L2', got 'L3'", id="hinge_loss"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: AssertionError from its Python assert; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

@@ -992,3 +992,26 @@ def test_large_float16_cumsum_is_the_float32_scan_rounded_once():
                                   .astype(np.float16))
     np.testing.assert_array_equal(mx.grad.numpy(), np.cumsum(
         g[:, ::-1].astype(np.float32), 1)[:, ::-1].astype(np.float16))
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.svd(x[0]), RuntimeError, r"must be \(\.\.\., M, N\) matrices",
+                 id="svd"),
+    pytest.param(lambda x: F.matinv(x), RuntimeError, "must be square matrices", id="matinv"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ shape checks; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)
+
+
+def test_topk_k_that_is_no_int_says_what_to_pass():
+    # upstream 1.13 raises TypeError too ("bad operand type for unary -: 'list'"); ours named
+    # no argument (int()'s own message)
+    x = mge.tensor(np.arange(12, dtype="float32").reshape(3, 4))
+    with pytest.raises(TypeError, match=r"topk: k must be an int or a one-element integer "
+                                        r"tensor, got \[1, 2\]"):
+        F.topk(x, [1, 2])

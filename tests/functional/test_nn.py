@@ -705,3 +705,18 @@ def test_nn_module_concat_and_sum_as_an_aliased_program_calls_them():
     out = nn_module.concat([mge.tensor(a), mge.tensor(b)], 1)
     np.testing.assert_array_equal(out.numpy(), np.concatenate([a, b], 1))
     np.testing.assert_array_equal(nn_module.sum(out, axis=1).numpy(), np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.linear(x, F.ones((4, 3))),
+                 RuntimeError, r"input of shape \(3, 4\) does not match weight", id="linear"),
+    pytest.param(lambda x: F.nn.embedding(mge.tensor([0, 1]), x[0]),
+                 RuntimeError, "weight must be 2-d", id="embedding"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ shape checks; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

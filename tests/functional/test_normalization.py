@@ -922,3 +922,19 @@ def test_batch_norm_training_on_one_value_per_channel_is_refused_as_torch(shape)
     expect = TF.batch_norm(torch.tensor(two), None, None, training=True).numpy()
     np.testing.assert_allclose(F.batch_norm(mge.tensor(two), training=True).numpy(), expect,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.nn.batch_norm(x, F.zeros((1, 3, 1, 1)), F.ones((1, 3, 1, 1))),
+                 RuntimeError, r"running_mean of shape \(1, 3, 1, 1\) does not match 2 channels",
+                 id="batch_norm"),
+    pytest.param(lambda x: F.nn.local_response_norm(x, kernel_size=2),
+                 RuntimeError, "kernel_size must be odd", id="local_response_norm"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ checks; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(1, 2, 5, 5).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

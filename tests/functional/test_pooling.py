@@ -484,3 +484,29 @@ def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(pool):
         pool(x, 2)
     with pytest.raises(RuntimeError, match="expected a 4-d input"):
         pool(x, 2)
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.adaptive_avg_pool2d(x[0], (2, 2)),
+                 RuntimeError, r"expected a 4-d input \(N, C, H, W\)", id="adaptive_avg-3d"),
+    pytest.param(lambda x: F.adaptive_max_pool2d(x[0], (2, 2)),
+                 RuntimeError, r"expected a 4-d input \(N, C, H, W\)", id="adaptive_max-3d"),
+    pytest.param(lambda x: F.adaptive_avg_pool2d(x, (-1, 2)),
+                 RuntimeError, "must be between 1 and the input's spatial size", id="adaptive-neg"),
+    pytest.param(lambda x: F.adaptive_max_pool2d(x, 0),
+                 RuntimeError, "must be between 1 and the input's spatial size", id="adaptive-0"),
+    pytest.param(lambda x: F.max_pool2d(x, -2),
+                 RuntimeError, "must be positive and padding", id="max_pool2d-negative"),
+    pytest.param(lambda x: F.avg_pool2d(x, 2, mode="bogus"),
+                 RuntimeError, "mode must be one of", id="avg_pool2d-mode"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: a 3-d input and a bad output size fail in its C++ checks
+    # (RuntimeError; an output size 0 crashed the process), a negative window or an unknown
+    # mode in pybind's "Unable to cast" (RuntimeError); earlier
+    # versions of this fork raised a plain ValueError. The error is also a ValueError (what
+    # the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(1, 2, 5, 5).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

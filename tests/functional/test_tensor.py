@@ -545,3 +545,29 @@ def test_pad_of_an_unknown_mode_is_a_valueerror_and_upstreams_assertionerror():
     for error in (ValueError, AssertionError):  # upstream asserts the mode
         with pytest.raises(error, match="mode must be one of"):
             F.nn.pad(x, ((1, 1), (0, 0)), mode="wrap")
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.concat([x, F.ones((3, 5))]),
+                 RuntimeError, r"shapes \[\(3, 4\), \(3, 5\)\] differ outside axis 0", id="concat"),
+    pytest.param(lambda x: F.stack([x, F.ones((3, 5))]),
+                 RuntimeError, "tensors must have one shape", id="stack"),
+    pytest.param(lambda x: F.squeeze(x, 0),
+                 RuntimeError, r"axis 0 of shape \(3, 4\) has size 3, not 1", id="squeeze"),
+    pytest.param(lambda x: F.transpose(x, (0, 0)),
+                 RuntimeError, r"axes \(0, 0\) are not a permutation", id="transpose"),
+    pytest.param(lambda x: F.tile(x, (-1, 2)),
+                 RuntimeError, r"reps must be >= 1, got \(-1, 2\)", id="tile"),
+    pytest.param(lambda x: F.repeat(x, -1),
+                 AssertionError, "repeats must be >= 1, got -1", id="repeat"),
+    pytest.param(lambda x: F.diag(F.expand_dims(x, 0)),
+                 RuntimeError, "input must be 1-D or 2-D", id="diag"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError from its C++ shape checks, AssertionError from
+    # repeat's Python assert; earlier versions of this fork raised a plain ValueError.
+    # The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(3, 4).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)

@@ -1181,3 +1181,41 @@ def test_warps_refuse_bool_images(call):
     with pytest.raises(TypeError, match=r"bool images are not supported; convert with "
                                         r"\.astype\('uint8'\)"):
         call(x)
+
+
+
+_AFFINE = np.eye(2, 3, dtype="float32")[None]
+_PERSPECTIVE = np.eye(3, dtype="float32")[None]
+_MAP = np.zeros((1, 5, 5, 2), "float32")
+
+
+@pytest.mark.parametrize("call, upstream, match", [
+    pytest.param(lambda x: F.warp_affine(x, mge.tensor(_AFFINE), (5, 5), border_mode="bogus"),
+                 RuntimeError, "border_mode must be one of", id="warp_affine-border"),
+    pytest.param(lambda x: F.warp_affine(x, mge.tensor(_AFFINE), (5, 5), interp_mode="bogus"),
+                 RuntimeError, "interp_mode must be one of", id="warp_affine-interp"),
+    pytest.param(lambda x: F.warp_perspective(x, mge.tensor(_PERSPECTIVE), (5, 5),
+                                              border_mode="bogus"),
+                 RuntimeError, "border_mode must be one of", id="warp_perspective-border"),
+    pytest.param(lambda x: F.warp_perspective(x, mge.tensor(_PERSPECTIVE), (5, 5),
+                                              interp_mode="bogus"),
+                 RuntimeError, "interp_mode must be one of", id="warp_perspective-interp"),
+    pytest.param(lambda x: F.remap(x, mge.tensor(_MAP), border_mode="bogus"),
+                 RuntimeError, "border_mode must be one of", id="remap-border"),
+    pytest.param(lambda x: F.remap(x, mge.tensor(_MAP), interp_mode="bogus"),
+                 RuntimeError, "interp_mode must be one of", id="remap-interp"),
+    pytest.param(lambda x: F.vision.interpolate(x, scale_factor=2, mode="linear"),
+                 AssertionError, "mode 'linear' expects a 3-d input", id="interpolate-linear-4d"),
+    pytest.param(lambda x: F.vision.cvt_color(x.transpose(0, 2, 3, 1)[..., :1], mode="bogus"),
+                 AssertionError, "mode 'BOGUS' is not supported", id="cvt_color-mode"),
+    pytest.param(lambda x: F.vision.nvof(x),
+                 AssertionError, r"src must be \(n, t, h, w, 4\)", id="nvof-shape"),
+])
+def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
+    # upstream 1.13 measured: RuntimeError for an unknown mode string (pybind's "Unable to
+    # cast"; earlier versions of this fork raised a plain ValueError), AssertionError for the
+    # others. The error is also a ValueError (what the mistake is) and says what was wrong
+    x = mge.tensor(np.random.RandomState(0).rand(1, 2, 5, 5).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)
