@@ -273,7 +273,9 @@ class LogSumExp(Op):
         m = x.max(axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) rows: no shift, no NaN from inf-inf
         # (exp_array, log_array: F.exp's and F.log's, ATen's from a size where numpy's take
-        # longer; (256, 1000) float32 over axis 1, forward and backward: benchmarks/README.md)
+        # longer; bench_ops.py --case logsumexp, (256, 1000) float32 over axis 1, megengine /
+        # torch, before and after, alternated: forward 1.33-1.80x -> 1.17-1.37x, forward +
+        # backward 1.03-1.17x -> 0.92-1.03x)
         self.out = out = log_array(xp, acc_sum(exp_array(xp, x - m), axes, keepdims=True)) + m
         return out.reshape(_out_shape(x.shape, axes, self.keepdims))
 
