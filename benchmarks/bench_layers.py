@@ -10,7 +10,9 @@ CPU, one thread, random inputs fixed in advance. Cases (``--case``, repeatable; 
   ``lstm_infer``, ``lstm_small_infer``, ``lstm_bidir_infer``: the ``lstm``, ``lstm_small``
   and ``lstm_bidir`` networks' forward without gradients, in eval mode (<= 1.10x);
   ``lstm_tiny_infer``: ``LSTM(8, 8)`` over seq 2, batch 1, where a call's fixed cost is most of
-  it (<= 1.10x).
+  it (<= 1.10x); ``lstm_cell_infer``, ``lstm_cell_small_infer``: ``M.LSTMCell(128, 128)``
+  stepped 16 times at batch 16, ``LSTMCell(64, 64)`` at batch 4, without gradients, in eval
+  mode (<= 1.10x).
 * ``groupnorm``: ``Conv2d(64, 64, 3) -> GroupNorm(8, 64) -> SiLU`` on 16x64x32x32, SGD
   (<= 1.10x); ``instancenorm``: the same with ``InstanceNorm(64)`` (torch: ``GroupNorm(64,
   64)``, the same maths) (<= 1.10x).
@@ -170,6 +172,28 @@ def cell_steppers(m, t, x):
     return mge_step, torch_step
 
 
+def cell_infer_steppers(m, t, x):
+    """LSTMCell stepped over x's first axis (state carried) without gradients, in eval mode."""
+    m.eval()
+    t.eval()
+    xm, xt = [mge.tensor(a) for a in x], list(torch.from_numpy(x))
+
+    def mge_step():
+        state = None
+        for a in xm:
+            state = m(a, state)
+        return float(state[0].numpy()[0, 0])
+
+    def torch_step():
+        with torch.no_grad():
+            state = None
+            for a in xt:
+                state = t(a, state)
+            return state[0][0, 0].item()
+
+    return mge_step, torch_step
+
+
 def infer_steppers(m, t, x):
     m.eval()
     t.eval()
@@ -251,14 +275,20 @@ def _rnn(p=None):
     return train_steppers(*rnn_nets("RNN", 256, 256), x, out_of=lambda o: o[0])
 
 
-def _cell(p=None):
-    m, t = M.LSTMCell(128, 128), tnn.LSTMCell(128, 128)
+def _cell(p=None, steppers=cell_steppers, size=128, batch=16):
+    m, t = M.LSTMCell(size, size), tnn.LSTMCell(size, size)
     tparams = dict(t.named_parameters())  # the same names on both sides
     with torch.no_grad():
         for name, p in m.named_parameters():
             tparams[name].copy_(torch.from_numpy(p.numpy()))
-    x = np.random.RandomState(0).randn(16, 16, 128).astype(np.float32)
-    return cell_steppers(m, t, x)
+    x = np.random.RandomState(0).randn(16, batch, size).astype(np.float32)
+    return steppers(m, t, x)
+
+
+def _cell_infer(size, batch):
+    def make(p=None):
+        return _cell(steppers=cell_infer_steppers, size=size, batch=batch)
+    return make
 
 
 def _infer(i, h, seq, batch, **kw):
@@ -290,6 +320,8 @@ CASES = {  # name: (maker(p) -> (mge_step, torch_step), aim or None, steps facto
     "lstm_small_infer": (_infer(64, 64, 8, 4), 1.10, 30),
     "lstm_bidir_infer": (_infer(128, 128, 16, 8, num_layers=2, bidirectional=True), 1.10, 6),
     "lstm_tiny_infer": (_infer(8, 8, 2, 1), 1.10, 60),
+    "lstm_cell_infer": (_cell_infer(128, 16), 1.10, 3),
+    "lstm_cell_small_infer": (_cell_infer(64, 4), 1.10, 10),
     "groupnorm": (_norm("group"), 1.10, 1),
     "instancenorm": (_norm("instance"), 1.10, 1),
     "mlp": (_mlp, None, 4),

@@ -293,30 +293,53 @@ def _round_half_away(xp, x):
     return xp.where(xp.abs(x - t) >= 0.5, t + xp.sign(x), t)
 
 
-Exp = _unary("Exp", lambda xp, x: xp.exp(x), lambda xp, x, y, g: g * y,
-             reads=("y",))
+def _on_aten(name, family, min_values):
+    """The array function ``xp.<name>`` of one engine array, taking ATen's kernel instead for
+    float32/float64 numpy arrays from ``min_values[dtype]`` values (while ``family`` runs on
+    ATen: `_aten.use_aten`), into a numpy-allocated output."""
+    def compute(xp, x):
+        if type(x) is np.ndarray and x.dtype in KERNEL_FLOATS \
+                and x.size >= min_values[x.dtype] and _aten.use_aten(x, family):
+            out = np.empty(x.shape, x.dtype)
+            _aten.op(name)(_aten.view(x), out=_aten.view(out))
+            return out
+        return getattr(xp, name)(x)
+
+    compute.__name__ = compute.__qualname__ = f"{name}_array"
+    compute.__doc__ = f"``{name}`` of engine array ``x``, on ATen where that pays."
+    return compute
+
+
+# numpy's float32 exp and log take longer than ATen's vectorised ones from a few 10K values
+# (float64 from a few thousand): from `EXP_LOG_ATEN_MIN` values float32/float64 numpy arrays
+# take ATen's ("exp_log", `_aten.use_aten`). Measured with one thread, CPU time of the calling
+# thread (the machine shared), numpy against ATen, output allocated by numpy either way:
+# float32 4096 values 7.1 us against 8.1 (exp) and 8.6 against 11.2 (log), 16384 24.6 against
+# 23.6 and 33.8 against 36.7, 65536 92 against 85 and 143 against 107, 262144 560 against 386
+# and 632 against 411, 1M 3.3 ms against 1.3 and 3.8 against 1.7; float64 1024 6.4 against
+# 6.3 and 5.7 against 7.3, 4096 28 against 23 and 41 against 22, 65536 464 against 180 and
+# 355 against 303. The values are torch's: within an ulp or so of numpy's (the backward,
+# ``g * y`` and ``g / x``, stays numpy's). CuPy arrays keep CuPy's kernels. bench_ops.py
+# ``--case exp --case log --size medium`` ((512, 1024) float32), megengine / torch, before and
+# after, alternated twice (the machine shared): exp forward 1.66-1.97x -> 1.03-1.04x, forward +
+# backward 1.41-1.71x -> 0.87-0.98x; log (once) 1.7-4.4x -> 1.04x and 1.56x -> 0.96x.
+EXP_LOG_ATEN_MIN = {np.dtype(np.float32): 65536, np.dtype(np.float64): 4096}
+exp_array = _on_aten("exp", "exp_log", EXP_LOG_ATEN_MIN)
+log_array = _on_aten("log", "exp_log", EXP_LOG_ATEN_MIN)
+
+Exp = _unary("Exp", exp_array, lambda xp, x, y, g: g * y, reads=("y",))
 Expm1 = _unary("Expm1", lambda xp, x: xp.expm1(x), lambda xp, x, y, g: g * (y + 1),
                reads=("y",))
-Log = _unary("Log", lambda xp, x: xp.log(x), lambda xp, x, y, g: g / x)
+Log = _unary("Log", log_array, lambda xp, x, y, g: g / x)
 # numpy's float32 log1p is not vectorised (float64's takes 2.6x ATen's time at 64K values):
 # from `LOG1P_ATEN_MIN` values float32/float64 numpy arrays take ATen's ("log1p",
 # `_aten.use_aten`), into a numpy-allocated output. Measured with one thread, numpy against
 # ATen: float32 1024 values 9.4 us against 4.8, 8192 81 against 17, 64K 849 against 124, 512K
-# 8-30 ms against 1.0-1.6; float64 1024 8.3 against 7.7, 64K 857 against 333. (exp and log
-# measured 0.8-2x, tanh slower on ATen in float32: they stay numpy's.) Both are within an ulp
-# or so of the exact value; ATen's are torch's.
+# 8-30 ms against 1.0-1.6; float64 1024 8.3 against 7.7, 64K 857 against 333. (tanh is
+# slower on ATen in float32: it stays numpy's.) Both are within an ulp or so of the exact
+# value; ATen's are torch's.
 LOG1P_ATEN_MIN = 1024
-
-
-def log1p_array(xp, x):
-    """``log(1 + x)`` of engine array ``x``, on ATen where that pays (above)."""
-    if type(x) is np.ndarray and x.size >= LOG1P_ATEN_MIN and x.dtype in KERNEL_FLOATS \
-            and _aten.use_aten(x, "log1p"):
-        out = np.empty(x.shape, x.dtype)
-        _aten.ops.log1p(_aten.view(x), out=_aten.view(out))
-        return out
-    return xp.log1p(x)
-
+log1p_array = _on_aten("log1p", "log1p", dict.fromkeys(KERNEL_FLOATS, LOG1P_ATEN_MIN))
 
 Log1p = _unary("Log1p", log1p_array, lambda xp, x, y, g: g / (x + 1))
 Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y),

@@ -9,9 +9,9 @@ is one loop of the same size plus three gemms for the weights (back-propagation 
 written out). Values and gradients follow torch's ``nn.LSTM`` / ``nn.RNN``.
 
 On the CPU a float32 LSTM layer runs oneDNN's LSTM kernels instead (what torch's own
-``nn.LSTM`` runs) where they are faster: without gradients always, in training from 16 steps
-on (`_onednn_trains`); the step loop serves shorter sequences, cells, float64, the Elman RNN,
-CUDA (CuPy) and a machine without torch.
+``nn.LSTM`` runs) where they are faster: without gradients from 4 steps on, in training from 16
+(`_on_onednn`); the step loop serves shorter sequences, cells, float64, the Elman RNN, CUDA
+(CuPy) and a machine without torch.
 
 `rnn_stack` runs a whole stack of layers (both directions, all layers) as one op: the modules'
 call without dropout between layers. Without gradients a float32 LSTM stack on the CPU is one
@@ -84,7 +84,7 @@ class _RecurrentLayer(Op):
         steps, n = x.shape[:2]
         hidden = w_hh.shape[1]
         if lstm and type(x) is np.ndarray and dtype == np.float32 and _aten.use_aten(x, "rnn") \
-                and (not any(self.needs_input_grad) or _onednn_trains(steps)):
+                and _on_onednn(steps, any(self.needs_input_grad)):
             y, h_n, c_n = self._lstm_onednn(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             return (y.reshape(n, hidden) if self.cell else y), h_n, c_n
         bias = (b_ih.astype(dtype, copy=False) + b_hh.astype(dtype, copy=False)).reshape(-1)
@@ -196,7 +196,7 @@ class _RecurrentLayer(Op):
         """The layer by oneDNN's LSTM kernels (``mkldnn_rnn_layer`` and its backward, what
         torch's own ``nn.LSTM`` runs on the CPU; float32 only), which fuse each step's gemm and
         gate passes. One thread, forward without gradients at seq 32, batch 16, hidden 256:
-        5.8 ms against 8.4 ms for the step loop here; training: see `_onednn_trains`.
+        5.8 ms against 8.4 ms for the step loop here; training: see `_on_onednn`.
         Only a training forward keeps oneDNN's workspace for the backward."""
         view, c = _aten.view, np.ascontiguousarray
         hidden = w_hh.shape[1]
@@ -570,17 +570,27 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
 _lent = threading.local()
 
 
-def _onednn_trains(steps):
-    """Whether a float32 LSTM layer trains on oneDNN's kernels rather than the step loop here:
-    oneDNN's forward + backward carry a fixed cost per call (its workspace) that pays from ~16
-    steps on. Measured with one thread, forward + backward of one layer, oneDNN / step loop:
-    seq 8 batch 4 hidden 64 1.30; seq 16: batch 8 hidden 128 0.97, batch 16 hidden 256 0.93;
-    seq 24 batch 8 hidden 128 0.72; seq 32: batch 16 hidden 256 0.85, batch 4 hidden 64 0.58;
-    seq 64 batch 4 hidden 32 0.35; one step (a cell) 2.3."""
-    return steps >= _ONEDNN_MIN_STEPS
+def _on_onednn(steps, train):
+    """Whether a float32 LSTM layer of ``steps`` steps runs on oneDNN's kernels rather than the
+    step loop here, training (``train``) or not: oneDNN's calls carry a fixed cost (~0.1 ms
+    forward, its workspace too when training) that pays from ~16 steps on in training, from
+    ~4 in inference. Measured with one thread, oneDNN / step loop: forward + backward of one
+    layer, seq 8 batch 4 hidden 64 1.30; seq 16: batch 8 hidden 128 0.97, batch 16 hidden 256
+    0.93; seq 24 batch 8 hidden 128 0.72; seq 32: batch 16 hidden 256 0.85, batch 4 hidden 64
+    0.58; seq 64 batch 4 hidden 32 0.35; one step (a cell) 2.3. Forward without gradients (CPU
+    time of the calling thread, the machine shared), at (batch, hidden) (1, 8), (4, 64),
+    (16, 128) and (16, 256): one step (an ``LSTMCell``) 5.7, 3.9, 1.4, 1.2; two steps 2.7,
+    1.7, 1.2, 1.0; four 1.8, 0.95, 0.87, 0.73; eight 0.82, 0.63, 0.73, 0.83; sixteen 0.45-0.81.
+    (Earlier versions ran every forward without gradients on oneDNN: an ``LSTMCell`` called
+    without gradients took 1.4-5.7x the step loop's time at these sizes; bench_layers.py
+    ``--case lstm_cell_infer``, megengine / torch, base and head alternated twice: 1.88-2.30x
+    -> 1.44-1.56x at batch 16, hidden 128; ``lstm_cell_small_infer`` (4, 64) 2.61x and more
+    -> 1.13-1.16x.)"""
+    return steps >= (_ONEDNN_MIN_STEPS if train else _ONEDNN_INFER_MIN_STEPS)
 
 
 _ONEDNN_MIN_STEPS = 16
+_ONEDNN_INFER_MIN_STEPS = 4
 _constants = {}
 
 

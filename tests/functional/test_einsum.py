@@ -172,6 +172,25 @@ def test_einsum_bad_input_says_what_is_wrong(eq, shapes, match):
         F.einsum(eq, *[mge.tensor(np.zeros(s, np.float32)) for s in shapes])
 
 
+@pytest.mark.parametrize("equation", [["ij->ji"], 3, None], ids=["list", "int", "none"])
+def test_einsum_equation_that_is_not_a_str_says_so(equation):
+    with pytest.raises(TypeError, match="equation must be a str"):
+        F.einsum(equation, mge.tensor(np.zeros((2, 3), np.float32)))
+
+
+def test_einsum_plans_follow_the_shapes_of_each_call():
+    # the plans are kept per equation and shapes: one equation over operands of other shapes
+    # (a size-1 batch broadcast, a larger product, a smaller one again) recomputes none stale
+    rs = np.random.RandomState(7)
+    for shapes in [((4, 32, 64), (4, 64, 48)), ((1, 32, 64), (4, 64, 48)),
+                   ((4, 8, 16), (4, 16, 8)), ((4, 32, 64), (4, 64, 48)),
+                   ((6, 40, 64), (6, 64, 48))]:
+        arrays = [rs.randn(*s).astype(np.float32) for s in shapes]
+        check_against_torch(lambda *xs: F.einsum("bij,bjk->bik", *xs),
+                            lambda *ts: torch.einsum("bij,bjk->bik", *ts), *arrays,
+                            rtol=1e-4, atol=1e-4)
+
+
 # numpy's einsum of two operands adds float16 in float16: a contraction over 5000 ones stopped
 # at 2048; torch's kernels add in float32 and round once (the gradients' cases: long labels
 # that a gradient sums over)

@@ -1,4 +1,5 @@
 """Tests of megengine/functional/elemwise.py: values, dtypes and gradients against torch."""
+import contextlib
 from functools import partial
 
 import numpy as np
@@ -84,6 +85,53 @@ def test_log1p_on_aten_and_array_code_matches_torch(monkeypatch, fn, torch_fn, l
     assert y.dtype == np.dtype(dtype)
     np.testing.assert_allclose(y.numpy(), want.detach().numpy(), **tol)
     np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), **tol)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fn,torch_fn,low,high", [
+    (F.exp, torch.exp, -80, 80), (F.log, torch.log, 1e-30, 1e30)], ids=["exp", "log"])
+def test_exp_and_log_on_aten_and_array_code_match_torch(monkeypatch, fn, torch_fn, low, high,
+                                                        dtype, path):
+    # from EXP_LOG_ATEN_MIN values exp and log of float32/float64 run on ATen (numpy's take
+    # longer there); "arrays": numpy's (what CuPy and a machine without torch run), a size
+    # below the threshold too; a transposed input, exp near its overflow and underflow, log of
+    # 0 and of a negative number, an output gradient other than one; torch in float64 the
+    # oracle, its results rounded to the dtype
+    views = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: views.append(a.dtype) or view(a))
+    least = elemwise_module.EXP_LOG_ATEN_MIN[np.dtype(dtype)]
+    rows = -(-least // 64)  # (rows, 64): the threshold's size or just above
+    rs = np.random.RandomState(5)
+    if fn is F.log:  # spread over the exponents
+        x = np.exp(rs.uniform(np.log(low), np.log(high), (rows, 64)))
+        x[0, :3] = (0, -1, 1)
+    else:
+        x = rs.uniform(low, high, (rows, 64))
+        x[0, :3] = (-1000, 0, 700 if dtype == "float64" else 88.5)  # (float32's largest: 88.72)
+    x = x.astype(dtype)
+    g = rs.randn(64, rows).astype(dtype)
+    for n in (rows, rows // 2):  # at or above the threshold, then below it
+        views.clear()
+        w = mge.tensor(x[:n], dtype=dtype)
+        with _aten.avoided("exp_log") if path == "arrays" else contextlib.nullcontext():
+            with GradManager().attach(w) as gm:
+                y = fn(w.T)
+                gm.backward(y, mge.tensor(g[:, :n], dtype=dtype))
+        assert bool(views) == (path == "aten" and n == rows)
+        tx = torch.tensor(x[:n].astype(np.float64), requires_grad=True)
+        want = torch_fn(tx.T)
+        want.backward(torch.tensor(g[:, :n].astype(np.float64)))
+        tol = dict(rtol=2e-6, atol=1e-30) if dtype == "float32" else \
+            dict(rtol=1e-13, atol=1e-300)
+        assert y.dtype == np.dtype(dtype)
+        want_y, want_g = want.detach().numpy(), tx.grad.numpy()
+        if dtype == "float32":
+            want_y, want_g = (a.astype(np.float32).astype(np.float64) for a in (want_y, want_g))
+        np.testing.assert_allclose(y.numpy(), want_y, **tol)
+        np.testing.assert_allclose(w.grad.numpy(), want_g, **tol)
 
 
 ROUNDING = [("floor", torch.floor), ("ceil", torch.ceil), ("trunc", torch.trunc),

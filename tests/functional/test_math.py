@@ -544,6 +544,37 @@ def test_logsumexp(axis, keepdims):
     np.testing.assert_allclose(F.logsumexp(big, 1).numpy(), [1000 + np.log(2), -1000 + np.log(2)])
 
 
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("path", ["aten", "arrays"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_logsumexp_of_many_values_matches_torch(monkeypatch, dtype, path):
+    # (256, 300) float32: its exps, forward and backward, reach EXP_LOG_ATEN_MIN and run on
+    # ATen's exp; "arrays": numpy's, what CuPy runs; a row of -inf and one with an inf;
+    # torch in float64 the oracle
+    from megengine.functional import _aten, elemwise
+
+    assert 256 * 300 >= elemwise.EXP_LOG_ATEN_MIN[np.dtype(dtype)]
+    views = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: views.append(a.dtype) or view(a))
+    rs = np.random.RandomState(6)
+    x = rs.uniform(-30, 30, (256, 300)).astype(dtype)
+    x[0], x[1, 5] = -np.inf, np.inf
+    g = rs.randn(256).astype(dtype)
+    w = mge.tensor(x, dtype=dtype)
+    with _aten.avoided("exp_log") if path == "arrays" else contextlib.nullcontext():
+        with GradManager().attach(w) as gm:
+            y = F.logsumexp(w, 1)
+            gm.backward(y, mge.tensor(g, dtype=dtype))
+    assert bool(views) == (path == "aten")
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    want = torch.logsumexp(tx, 1)
+    want.backward(torch.tensor(g.astype(np.float64)))
+    tol = dict(rtol=2e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(y.numpy(), want.detach().numpy(), **tol)
+    np.testing.assert_allclose(w.grad.numpy(), tx.grad.numpy(), **tol)
+
+
 def test_isnan_isinf_sign():
     x = np.array([1.0, np.nan, -np.inf, 0.0, -2.0], np.float32)
     assert F.isnan(mge.tensor(x)).dtype == np.bool_

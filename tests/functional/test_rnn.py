@@ -189,14 +189,17 @@ def test_without_torch_the_layer_runs_on_numpy():
     assert out.stdout.split() == ["(5,", "2,", "4)", "True", "True"]
 
 
+@pytest.mark.parametrize("steps", [1, 3, 4, 7])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_lstm_inference_on_onednn_and_on_the_step_loop(reverse, monkeypatch):
-    """Without gradients a float32 LSTM layer runs oneDNN's kernel (torch's own CPU LSTM);
-    the step loop serves with "rnn" avoided: both equal torch's nn.LSTM."""
+def test_lstm_inference_on_onednn_and_on_the_step_loop(reverse, steps, monkeypatch):
+    """Without gradients a float32 LSTM layer of 4 steps or more runs oneDNN's kernel (torch's
+    own CPU LSTM), a shorter one (a cell: one step) the step loop, as does any with "rnn"
+    avoided: all equal torch's nn.LSTM."""
     from devices import record_aten_kernels
+    from megengine.functional import rnn as rnn_module
 
     rs = np.random.RandomState(6)
-    x = rs.randn(7, 3, 5).astype(np.float32)
+    x = rs.randn(steps, 3, 5).astype(np.float32)
     h0, c0 = rs.randn(3, 4).astype(np.float32), rs.randn(3, 4).astype(np.float32)
     ws = [rs.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((16, 5), (16, 4), (16,), (16,))]
     layer = torch.nn.LSTM(5, 4)
@@ -211,6 +214,8 @@ def test_lstm_inference_on_onednn_and_on_the_step_loop(reverse, monkeypatch):
         used = record_aten_kernels(monkeypatch)
         with _aten.avoided(*avoid):
             y, h, c = rnn_layer("lstm", x, h0, c0, *ws, reverse=reverse)
-        assert ("mkldnn_rnn_layer" in used) == (not avoid and type(y._data) is np.ndarray)
+        assert ("mkldnn_rnn_layer" in used) == (
+            not avoid and type(y._data) is np.ndarray
+            and steps >= rnn_module._ONEDNN_INFER_MIN_STEPS)
         for a, b in ((y, ty), (h, th[0]), (c, tc[0])):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
