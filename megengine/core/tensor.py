@@ -162,15 +162,6 @@ class _QParamsDict(MutableMapping):
         return len(QParams.__slots__)
 
 
-def _traced_copy(t):
-    """``Tensor(t)`` while a jit.trace records: upstream's new tensor shares ``t``'s value, so a
-    traced program computes it from ``t``; here a copy made by an op the trace sees (a new
-    tensor made outside the ops was captured as a constant: a dumped program returned the
-    traced value). The new tensor takes the copy's array only, so it stays a new leaf for
-    autodiff, as ``Tensor(t)`` is in eager code."""
-    return dispatch.apply(_ops.Identity(), t)
-
-
 class _TensorType(type):
     """Tensor's metaclass, for one name: ``Tensor.dtype`` on the class is the module of
     quantized dtypes. ``megengine.core.tensor`` is the Tensor class (the 0.x name), so
@@ -289,10 +280,13 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         made = None  # Tensor(x.shape) in a dumpable trace: made by an op, from the shapes a
         if _trace_option._dim_source is not None:  # dumped program runs at
             made = _trace_option.sizes_tensor(data, dtype, self._device)
-        if (made is None and dispatch._trace_hook is not None and isinstance(data, Tensor)
-                and (dtype is None or np.dtype(dtype) == data.dtype)
-                and self._device == data._device):
-            made = _traced_copy(data)
+        if (made is None and isinstance(data, Tensor) and not is_const
+                and (dispatch._trace_hook is not None or data._node is not None)):
+            # upstream's new tensor is t itself under a new name: its gradient reaches t, as
+            # an Identity op's does (CLIP's encode_text trains its token embedding through
+            # mge.tensor(embedding(text), dtype=...)); a traced program computes it from t
+            made = dispatch.apply(_ops.Identity(), data)
+            self._node = made._node
         self._data = as_array(data, dtype, self._device) if made is None else made._data
         self.grad = None
         self._name = name

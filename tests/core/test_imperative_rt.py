@@ -8,7 +8,8 @@ import pytest
 
 import megengine as mge
 from megengine.core._imperative_rt import CompNode, Logger, TensorAttr, imperative
-from megengine.core._imperative_rt.core2 import Tensor, TensorWeakRef, apply, sync
+from megengine.core._imperative_rt.core2 import (Tensor, TensorWeakRef, apply, pop_scope,
+                                                 push_scope, sync)
 from megengine.core.ops.builtin import Elemwise
 
 
@@ -202,3 +203,26 @@ def test_runtime_options_are_reachable_from_core2():
         assert get_option("record_computing_path") == 1 == core2.get_option("record_computing_path")
     finally:
         core2.set_option("record_computing_path", before)
+
+
+def test_push_and_pop_scope_nest_and_show_in_the_profile(tmp_path):
+    # End-to-end-ASR-Transformer's clip_grad_norm wraps its work in push_scope / pop_scope
+    from megengine.utils.profiler import Profiler
+
+    with Profiler(str(tmp_path)) as prof:
+        push_scope("clip")
+        push_scope("inner")
+        y = mge.tensor([1.0, 2.0]) * 2
+        pop_scope("inner")
+        pop_scope("clip")
+    names = [(e["ph"], e["name"]) for e in prof.trace_events() if e["name"] in ("clip", "inner")]
+    assert names == [("B", "clip"), ("B", "inner"), ("E", "inner"), ("E", "clip")]
+    assert y.tolist() == [2.0, 4.0]
+    push_scope("a")
+    with pytest.raises(RuntimeError, match=r"pop_scope\('b'\): the innermost open scope is 'a'"):
+        pop_scope("b")
+    pop_scope("a")  # the failed pop left "a" open
+    with pytest.raises(RuntimeError, match="is none"):
+        pop_scope("a")
+    with pytest.raises(TypeError, match="must be a str"):
+        push_scope(1)

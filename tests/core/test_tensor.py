@@ -66,6 +66,33 @@ def test_a_tensor_made_from_a_tensor_keeps_its_dtype_and_device():
         Tensor(q, dtype=qint8(0.25))
 
 
+def test_a_tensor_made_from_a_tensor_passes_the_gradient_to_it():
+    # upstream's Tensor(t) is t under a new name (the same graph value), so a program that
+    # writes mge.tensor(embedding(text), dtype=...) (CLIP's encode_text) trains the embedding;
+    # the gradient is the identity's: d sum(w * Tensor(2 p)) / dp = 2 w, and the same reaching
+    # an attached tensor through Tensor(p) directly. The value is still a copy.
+    w = np.array([1.0, 10.0, 100.0], np.float32)
+    for make in (Tensor, partial(Tensor, dtype="float32"), Parameter, mge.tensor):
+        p = Parameter([1.0, 2.0, 3.0])
+        gm = GradManager().attach([p])
+        with gm:
+            y = make(p * 2)
+            z = make(p)
+            gm.backward((y * Tensor(w)).sum() + (z * z).sum())
+        np.testing.assert_allclose(host(p.grad), 2 * w + 2 * host(p))
+    x = Tensor([1.0, 2.0])
+    y = Tensor(x)
+    y[0] = 5.0
+    x += 1
+    assert x.tolist() == [2.0, 3.0] and y.tolist() == [5.0, 2.0]
+    # is_const=True (taken here, refused upstream) makes a constant: no gradient
+    p = Parameter([1.0, 2.0])
+    gm = GradManager().attach([p])
+    with gm:
+        gm.backward((Tensor(p * 2, is_const=True) * p).sum())
+    np.testing.assert_allclose(host(p.grad), [2.0, 4.0])
+
+
 # ----- properties -----
 
 def test_properties():

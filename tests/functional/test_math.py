@@ -700,6 +700,20 @@ def test_sort_takes_its_scalar_parameters_as_tensors():
     np.testing.assert_array_equal(i.numpy(), np.argsort(-x, axis=0, kind="stable"))
 
 
+
+def test_sort_argsort_and_topk_put_nan_last_in_both_orders():
+    # upstream 1.13's sort of NaN is no order at all (docs/compatibility.rst); this fork's is
+    # numpy's: NaN after every number, ascending and descending (torch puts it first when
+    # descending), ties and NaNs in their input order. Hand-computed
+    x = mge.tensor(np.array([3.0, np.nan, 1.0, np.nan, 2.0, -np.inf, np.inf], np.float32))
+    order = {False: [5, 2, 4, 0, 6, 1, 3], True: [6, 0, 4, 2, 5, 1, 3]}
+    for descending, want in order.items():
+        v, i = F.sort(x, descending=descending)
+        assert i.tolist() == want and F.argsort(x, descending=descending).tolist() == want
+        np.testing.assert_array_equal(v.numpy(), x.numpy()[want])
+        v, i = F.topk(x, 6, descending=descending)  # the six: five numbers, then a NaN
+        assert i.tolist()[:5] == want[:5] and i.tolist()[5] in (1, 3) and np.isnan(v.numpy()[5])
+
 def test_reduction_with_a_repeated_axis_raises_valueerror_and_assertionerror():
     x = mge.tensor(np.ones((2, 3), np.float32))
     with pytest.raises(ValueError):  # numpy's answer to the same request

@@ -11,7 +11,8 @@ from ..amp import (_get_amp_dtype_autocast, _get_amp_high_prec_dtype,  # noqa: F
                    _set_amp_high_prec_dtype, _set_amp_low_prec_dtype)
 
 __all__ = ["apply", "sync", "full_sync", "Tensor", "TensorWeakRef", "create_complex",
-           "config_async_level", "get_async_level", "get_option", "set_option"]
+           "config_async_level", "get_async_level", "get_option", "set_option", "push_scope",
+           "pop_scope"]
 
 
 _OpDef = None
@@ -117,6 +118,38 @@ def get_async_level():
     from .. import _config
 
     return _config._get_async_level(None)
+
+
+# Upstream's named scopes around ops (training scripts wrap gradient clipping in them): a stack
+# of names, shown as spans in a running `megengine.utils.profiler.Profiler`'s trace
+_scopes = []
+
+
+def _profiler_scope(phase, name):
+    import sys  # the profiler sits above core: reached only if a program loaded it
+
+    profiler = getattr(sys.modules.get("megengine.utils.profiler"), "_running", None)
+    if profiler is not None:
+        profiler._scope(phase, name)
+
+
+def push_scope(name):
+    """Open the scope ``name`` (upstream's ``push_scope(arg0: str)``): a span in the profile."""
+    if not isinstance(name, str):
+        raise TypeError(f"push_scope(name): name must be a str, got {type(name).__name__}")
+    _scopes.append(name)
+    _profiler_scope("B", name)
+
+
+def pop_scope(name):
+    """Close the innermost scope, which must be ``name``; otherwise RuntimeError (as upstream's
+    assertion), leaving the scopes as they were."""
+    if not _scopes or _scopes[-1] != name:
+        open_ = repr(_scopes[-1]) if _scopes else "none"
+        raise RuntimeError(f"pop_scope({name!r}): the innermost open scope is {open_}; close "
+                           "scopes in the reverse order of push_scope")
+    _scopes.pop()
+    _profiler_scope("E", name)
 
 
 # Upstream's switches for dynamic tensor rematerialization (`_drop`) and host swapping
