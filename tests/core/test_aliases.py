@@ -61,8 +61,8 @@ PRODUCERS = {  # name -> a Tensor (or a list of Tensors) with x's value or a par
     "split into one": lambda x: F.split(x, 1),
     "saved and loaded": _saved_and_loaded,
 }
-# (upstream's astype to the tensor's own dtype and dropout in eval return x itself, so a write
-# into either is a write into both: test_the_same_tensor_comes_back_where_upstream_returns_it)
+# (upstream's astype to the tensor's own dtype, +x and dropout in eval return x itself, so a
+# write into either is a write into both: test_the_same_tensor_comes_back_where_upstream_returns_it)
 
 
 def _sgd_step(t):
@@ -181,11 +181,13 @@ def test_a_write_while_recording_leaves_the_recorded_values_alone(producer):
 
 
 def test_the_same_tensor_comes_back_where_upstream_returns_it():
-    # upstream's astype to the tensor's dtype and dropout outside training return the tensor
-    # itself (not a view), so a write into one is a write into the other: the same object
+    # upstream's astype to the tensor's dtype, unary plus and dropout outside training (or
+    # dropping nothing) return the tensor itself (not a view), so a write into one is a write
+    # into the other: the same object
     x = Tensor(np.ones(3, np.float32))
-    assert x.astype("float32") is x
-    assert F.nn.dropout(x, 0.5, training=False) is x
+    for same in (x.astype("float32"), +x, F.nn.dropout(x, 0.5, training=False),
+                 F.nn.dropout(x, 0.0)):
+        assert same is x
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
@@ -289,6 +291,24 @@ def test_zero_grad_leaves_a_view_of_the_gradient_alone():
     opt.backward((p * 3).sum())
     opt.step()
     np.testing.assert_allclose(host(p), [0.7, 0.7, 0.7], rtol=1e-6)
+
+
+def test_zero_grad_leaves_the_tensor_a_gradient_was_set_to_a_view_of_alone():
+    # (upstream's zero_grad gives .grad a new value; a gradient set to the tensor itself is
+    # that tensor, zeroed as upstream's)
+    p = Parameter(np.ones((2, 2), np.float32))
+    opt = optim.SGD([p], lr=0.1)
+    with pytest.warns(DeprecationWarning):
+        for view in (lambda s: s.reshape(2, 2), lambda s: s.reshape(2, 2).T,
+                     lambda s: F.broadcast_to(s[:1].reshape(1, 1), (2, 2))):
+            source = Tensor(np.arange(4, dtype=np.float32) + 1)
+            p.grad = view(source)
+            opt.zero_grad()
+            np.testing.assert_array_equal(host(p.grad), np.zeros((2, 2)))
+            np.testing.assert_array_equal(host(source), [1.0, 2.0, 3.0, 4.0])
+        p.grad = source
+        opt.zero_grad()
+    assert p.grad is source and (host(source) == 0).all()
 
 
 def test_a_training_step_writes_parameters_in_place_when_nothing_else_holds_them():
