@@ -20,6 +20,7 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine import Parameter, Tensor
+from megengine.amp import GradScaler
 from megengine.autodiff import GradManager
 from megengine.functional.inplace import _inplace_add_
 from megengine.jit import trace
@@ -293,21 +294,42 @@ def test_zero_grad_leaves_a_view_of_the_gradient_alone():
     np.testing.assert_allclose(host(p), [0.7, 0.7, 0.7], rtol=1e-6)
 
 
-def test_zero_grad_leaves_the_tensor_a_gradient_was_set_to_a_view_of_alone():
-    # (upstream's zero_grad gives .grad a new value; a gradient set to the tensor itself is
-    # that tensor, zeroed as upstream's)
-    p = Parameter(np.ones((2, 2), np.float32))
-    opt = optim.SGD([p], lr=0.1)
+def _zero_grad(p):
     with pytest.warns(DeprecationWarning):
-        for view in (lambda s: s.reshape(2, 2), lambda s: s.reshape(2, 2).T,
-                     lambda s: F.broadcast_to(s[:1].reshape(1, 1), (2, 2))):
-            source = Tensor(np.arange(4, dtype=np.float32) + 1)
-            p.grad = view(source)
-            opt.zero_grad()
-            np.testing.assert_array_equal(host(p.grad), np.zeros((2, 2)))
-            np.testing.assert_array_equal(host(source), [1.0, 2.0, 3.0, 4.0])
-        p.grad = source
-        opt.zero_grad()
+        optim.SGD([p], lr=0.1).zero_grad()
+
+
+GRAD_WRITES = {  # name -> (write into p.grad, its value after it from its value g)
+    "zero_grad": (_zero_grad, lambda g: np.zeros_like(g)),
+    "clip_grad_value": (lambda p: optim.clip_grad_value([p], -1.5, 1.5),
+                        lambda g: np.clip(g, -1.5, 1.5)),
+    "clip_grad_norm": (lambda p: optim.clip_grad_norm([p], 1.0),
+                       lambda g: g / np.sqrt((g * g).sum())),
+    "GradScaler.unscale": (lambda p: GradScaler(init_scale=4.0).unscale([p]), lambda g: g / 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_WRITES))
+def test_a_gradient_written_leaves_the_tensor_it_was_set_to_a_view_of_alone(name):
+    # (upstream gives .grad a new value; earlier versions of this fork zeroed the other tensor)
+    for view in (lambda s: s.reshape(2, 2), lambda s: s.reshape(2, 2).T,
+                 lambda s: F.broadcast_to(s[:1].reshape(1, 1), (2, 2))):
+        p = Parameter(np.ones((2, 2), np.float32))
+        source = Tensor(np.arange(4, dtype=np.float32) + 1)
+        p.grad = view(source)
+        before = host(p.grad)
+        write, after = GRAD_WRITES[name]
+        write(p)
+        np.testing.assert_allclose(host(p.grad), after(before), rtol=1e-6)
+        np.testing.assert_array_equal(host(source), [1.0, 2.0, 3.0, 4.0])
+
+
+def test_zero_grad_zeroes_the_tensor_a_gradient_was_set_to():
+    # upstream: .grad is that tensor, so zeroing it zeroes the tensor (the same object)
+    p = Parameter(np.ones((2, 2), np.float32))
+    source = Tensor(np.ones((2, 2), np.float32))
+    p.grad = source
+    _zero_grad(p)
     assert p.grad is source and (host(source) == 0).all()
 
 
