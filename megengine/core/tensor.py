@@ -814,6 +814,14 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             return False
         return not dispatch.release_cached(self._data) or _refs(self) > _ALONE
 
+    def _aliased(self):
+        """Whether a write into this tensor's array in place could change another tensor or
+        fail: the array is a view of another one (`_views_another_array`: ``p.grad = g.reshape(
+        ...)``), read-only (a broadcast), or `_shared`. Engine code about to write in place
+        (``zero_grad``, ``bcast_list_``) gives the tensor a new array instead."""
+        return (_views_another_array(self._data) or not _writeable(self._data)
+                or self._shared())
+
     def _wrote_pinned(self):
         """Hook: this tensor's pinned storage was written while a recorded op may hold it."""
 

@@ -147,7 +147,7 @@ def bcast_list_(inps: list, group: Group = WORLD):
     for t in tensors:
         if not isinstance(t, Tensor):
             raise TypeError(f"bcast_list_: expected Tensors, got {type(t).__name__}")
-        if not t._pinned_storage and t._shared():  # a view or alias keeps the old value
+        if not t._pinned_storage and t._aliased():  # a view, its source, an alias keep values
             t._unshare()
         data = t._data if t._data.flags.c_contiguous else xp_of(t._data).ascontiguousarray(t._data)
         # the tensor's own storage is the receive buffer: Parameters shared with torch modules

@@ -320,7 +320,7 @@ class Optimizer:
                 if not getattr(g._data.flags, "writeable", True):
                     p.grad = Tensor._wrap(get_array_module(p._device).zeros_like(g._data),
                                           p._device)
-                elif g._shared():  # a view or detached alias keeps the old gradient
+                elif g._aliased():  # a view, its source or a detached alias keeps its value
                     g._data = get_array_module(p._device).zeros_like(g._data)
                 else:
                     g._data[...] = 0

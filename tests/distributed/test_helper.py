@@ -47,6 +47,14 @@ def _helper_checks():
     storage = address(a)
     dist.bcast_list_([a, b])
     out["bcast"] = (a.numpy(), b.numpy(), address(a) == storage)
+    # ... and a view keeps its source's value, as a view of a source written keeps its own
+    source = mge.tensor(np.full((2, 3), rank + 1.0, np.float32))
+    view = source.reshape(-1)
+    dist.bcast_list_([view])
+    written = mge.tensor(np.full((2, 3), rank + 1.0, np.float32))
+    kept = written.T
+    dist.bcast_list_([written])
+    out["bcast views"] = (source.numpy(), view.numpy(), written.numpy(), kept.numpy())
 
     @dist.synchronized
     def slow_on_rank_1():
@@ -102,6 +110,15 @@ def test_bcast_list_overwrites_in_place_with_the_roots_values(helper_results):
         np.testing.assert_array_equal(a, np.ones((2, 3)))
         np.testing.assert_array_equal(b, np.arange(4))
         assert same_storage
+
+
+def test_bcast_list_leaves_views_and_their_sources_their_values(helper_results):
+    for rank in range(2):
+        source, view, written, kept = helper_results[rank]["bcast views"]
+        np.testing.assert_array_equal(source, np.full((2, 3), rank + 1.0))
+        np.testing.assert_array_equal(view, np.ones(6))
+        np.testing.assert_array_equal(written, np.ones((2, 3)))
+        np.testing.assert_array_equal(kept, np.full((3, 2), rank + 1.0))
 
 
 def test_synchronized_waits_for_every_rank(helper_results):
