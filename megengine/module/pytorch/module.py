@@ -276,8 +276,7 @@ class PyTorchModule(Module):
         storage) per shared tensor: what the end of each call checks. ``self.w.data = new`` in
         a torch forward keeps the tensor object (no registration hook runs) and moves only its
         storage; the alias keeps the shared storage at hand to put back."""
-        held = self.__dict__.get("_held") or _Hidden()
-        held.items = []
+        held = _Hidden()
         for tmod, name, address in self._shared.items:
             # (the tables, as _watch.py reads them: getattr may run a parametrization)
             t = tmod._parameters[name] if name in tmod._parameters else tmod._buffers[name]
