@@ -145,6 +145,7 @@ class PyTorchModule(Module):
         # call checks, so a replaced tensor can never silently stop the sharing
         self._shared = _Hidden()
         self._build_mirror(self, torch_module, set())
+        self._collect_held()
         # (torch module, kind, name, value) of state that came into the torch module later
         # (_watch.py)
         self._added = _Hidden()
@@ -208,6 +209,7 @@ class PyTorchModule(Module):
                 )
         self._shared.items = [(tmod, name, getattr(tmod, name).data_ptr())
                               for tmod, name, _ in self._shared.items]
+        self._collect_held()
         for mp, tp in zip(self._mge_params, self._torch_params):
             if mp.torch_tensor is not tp:
                 raise RuntimeError(
@@ -269,6 +271,31 @@ class PyTorchModule(Module):
         """The wrapped module's state as a plain torch ``state_dict`` (for ``torch.save``)."""
         return self._torch_module.state_dict()
 
+    def _collect_held(self):
+        """(torch module, name, tensor, the address megengine views, a detached alias of its
+        storage) per shared tensor: what the end of each call checks. ``self.w.data = new`` in
+        a torch forward keeps the tensor object (no registration hook runs) and moves only its
+        storage; the alias keeps the shared storage at hand to put back."""
+        held = _Hidden()
+        for tmod, name, address in self._shared.items:
+            # (the tables, as _watch.py reads them: getattr may run a parametrization)
+            t = tmod._parameters[name] if name in tmod._parameters else tmod._buffers[name]
+            held.items.append((tmod, name, t, address, t.detach()))
+        self._held = held
+
+    def _check_not_moved(self):
+        """After the torch forward: raise when it moved a shared tensor to new memory
+        (``self.w.data = ...``, ``set_``), having put the shared memory, with its value from
+        before, back. Else megengine's optimizer would update memory torch no longer reads,
+        and this call's gradient would belong to the new memory. One address per tensor."""
+        moved = [(tmod, name, t, alias) for tmod, name, t, address, alias in self._held.items
+                 if t.data_ptr() != address]
+        for _, _, t, alias in moved:
+            t.data = alias  # (the same tensor object: megengine's mirror views it again)
+        if moved:
+            tmod, name, _, _ = moved[0]
+            raise _moved_error(tmod, name, in_forward=True)
+
     def _check_shared(self):
         if self._added.items:
             _watch.refuse_added_state(self)
@@ -285,22 +312,7 @@ class PyTorchModule(Module):
                 if current is None:
                     current = getattr(tmod, name, None)
             if not isinstance(current, torch.Tensor) or current.data_ptr() != address:
-                if isinstance(tmod, torch.nn.RNNBase) and isinstance(current, torch.Tensor):
-                    # on a GPU, flatten_parameters() copies the weights into new memory on
-                    # every call (ATen's _cudnn_rnn_flatten_weight, then set_)
-                    raise RuntimeError(
-                        f"PyTorchModule: the weight {name!r} of torch {type(tmod).__name__} "
-                        "moved to new memory, as flatten_parameters() does on a GPU on every "
-                        "call, so it no longer shares memory with megengine. Call "
-                        "flatten_parameters() once, on the GPU, before wrapping the module, "
-                        "not in forward; then wrap the module again"
-                    )
-                raise RuntimeError(
-                    f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new "
-                    "tensor (assigned anew, or moved by .to()/.half()), so it no longer shares "
-                    "memory with megengine; update tensors in place (param.data.copy_(...)) or "
-                    "wrap the module again"
-                )
+                raise _moved_error(tmod, name, rnn=isinstance(current, torch.Tensor))
 
     def forward(self, *args, **kwargs):
         self._check_shared()
@@ -400,6 +412,33 @@ class PyTorchModule(Module):
 
 _MIRRORED_DTYPES = frozenset((torch.float16, torch.float32, torch.float64, torch.int8, torch.int16,
                               torch.int32, torch.int64, torch.uint8, torch.bool))  # numpy's too
+
+
+def _moved_error(tmod, name, rnn=True, in_forward=False):
+    """The error for a shared tensor ``name`` of torch module ``tmod`` found in new memory (by
+    the end of a call that moved it, or at the start of the next one)."""
+    if rnn and isinstance(tmod, torch.nn.RNNBase):
+        # on a GPU, flatten_parameters() copies the weights into new memory on every call
+        # (ATen's _cudnn_rnn_flatten_weight, then set_)
+        return RuntimeError(
+            f"PyTorchModule: the weight {name!r} of torch {type(tmod).__name__} moved to new "
+            "memory, as flatten_parameters() does on a GPU on every call, so it no longer "
+            "shares memory with megengine. Call flatten_parameters() once, on the GPU, before "
+            "wrapping the module, not in forward; then wrap the module again"
+        )
+    if in_forward:
+        return RuntimeError(
+            f"PyTorchModule: the torch module's forward moved its parameter or buffer {name!r} "
+            "to new memory (self.w.data = ..., or set_), which megengine does not share: its "
+            "optimizer would go on updating the old memory while torch computes with the new. "
+            "The shared memory, holding the value from before the call, was put back. Write "
+            "the new value in place instead (with torch.no_grad(): self.w.copy_(...))"
+        )
+    return RuntimeError(
+        f"PyTorchModule: the torch parameter or buffer {name!r} was replaced by a new tensor "
+        "(assigned anew, or moved by .to()/.half()), so it no longer shares memory with "
+        "megengine; update tensors in place (param.data.copy_(...)) or wrap the module again"
+    )
 
 
 def _refuse_unsupported(torch_module):
@@ -895,6 +934,10 @@ class _TorchCall(Op):
                     _watch.settle_rebound(w)
                 except RuntimeError as refused:
                     e.add_note(f"PyTorchModule, after it: {refused}")
+            try:
+                w._check_not_moved()
+            except RuntimeError as moved:
+                e.add_note(f"PyTorchModule, after it: {moved}")
             if not copy_inputs and "leaf Variable that requires grad" in str(e) \
                     and any(t.requires_grad for t in given):
                 # (torch refused before writing: the input is as it was)
@@ -908,6 +951,7 @@ class _TorchCall(Op):
             _watch.settle_rebound(w)
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
+        w._check_not_moved()
         if param_versions is not None and [p._version for p in params] != param_versions:
             for mp, p, version in zip(w._mge_params.items, params, param_versions):
                 if p._version != version:

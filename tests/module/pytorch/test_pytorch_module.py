@@ -1332,6 +1332,50 @@ def test_a_call_after_a_torch_tensor_was_replaced_is_an_error_not_a_silent_split
         wrap(x)
 
 
+class _MovesItsTensor(nn.Module):
+    """A forward that gives a parameter or buffer new memory through ``.data`` (the tensor
+    object stays: no registration hook sees it), then raises or not."""
+
+    def __init__(self, what, then_raise=False):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.register_buffer("seen", torch.zeros(2))
+        self.what, self.then_raise = what, then_raise
+
+    def forward(self, x):
+        if self.what is not None:
+            t = self.fc.weight if self.what == "weight" else self.seen
+            t.data = t.data * 2 + 1  # (new memory; torch's own steps would now update that)
+        if self.then_raise:
+            raise ValueError("after the move")
+        return self.fc(x) + self.seen
+
+
+@pytest.mark.parametrize("then_raise", [False, True])
+@pytest.mark.parametrize("what", ["weight", "seen"])
+def test_a_forward_moving_a_shared_tensor_through_data_is_caught_in_that_call(what, then_raise):
+    tmod = _MovesItsTensor(what, then_raise)
+    wrap = PyTorchModule(tmod)
+    shared = getattr(wrap.fc, what) if what == "weight" else wrap.seen
+    before = shared.numpy().copy()
+    tensor = getattr(tmod.fc, what) if what == "weight" else tmod.seen
+    x = mge.tensor(np.ones((1, 2), "float32"))
+    gm = GradManager().attach(wrap.parameters())
+    with pytest.raises((RuntimeError, ValueError)) as raised:
+        with gm:
+            gm.backward(wrap(x).sum())
+    text = str(raised.value) + " ".join(getattr(raised.value, "__notes__", []))
+    assert f"moved its parameter or buffer {what!r} to new memory" in text
+    assert "self.w.copy_" in text
+    # the shared memory is back under the name, holding the value from before the call
+    assert tensor.data_ptr() == address(shared)
+    np.testing.assert_array_equal(torch_host(tensor), before)
+    np.testing.assert_array_equal(shared.numpy(), before)
+    assert all(p.grad is None for p in wrap.parameters())  # nothing was recorded
+    tmod.what = tmod.then_raise = None  # a forward that leaves its tensors alone runs on
+    np.testing.assert_allclose(wrap(x).numpy(), torch_host(tmod(torch.ones(1, 2))), rtol=1e-6)
+
+
 def test_a_call_without_tensor_inputs_on_a_parameterless_module_runs_on_its_device():
     class Constant(nn.Module):
         def forward(self, n):

@@ -18,7 +18,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
-from devices import torch_device, torch_host
+from devices import address, torch_device, torch_host
 
 OPTIMIZERS = {
     "sgd momentum": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
@@ -699,11 +699,12 @@ def test_an_rnn_whose_weights_flatten_parameters_moved_is_named_with_the_fix(mon
     monkeypatch.setattr(nn.LSTM, "flatten_parameters", flatten_into_new_memory)
     wrap = PyTorchModule(_Recurrent(nn.LSTM), output_cnt=None)
     x = mge.tensor(np.zeros((2, 5, 4), "float32"))
-    wrap(x)  # this call moves them
     moved = ("weight 'weight_ih_l0' of torch LSTM moved to new memory"
              ".*flatten_parameters\\(\\) once.*before wrapping")
     with pytest.raises(RuntimeError, match=moved):
-        wrap(x)
+        wrap(x)  # caught at the end of the call that moved them
+    rnn = wrap.torch_module.rnn
+    assert rnn.weight_ih_l0.data_ptr() == address(wrap.rnn.weight_ih_l0)  # (put back)
 
 
 @pytest.mark.parametrize("momentum", [None, 0.3])
