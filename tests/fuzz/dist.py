@@ -14,8 +14,8 @@ of all ranks; called as ``F.distributed.op(x, group)``, ``dist.functional.op(x, 
 or ``collective_comm(x, CollectiveComm.Mode.OP, group, None)``. After them (drawn from their own
 stream): batched exchanges (each member of a ring of ranks sends to the next and receives from
 the one before, every send posted between ``dist.group_start()`` and ``dist.group_end()``,
-maybe nested, before any receive) and ``F.nn.sync_batch_norm`` over a group whose members'
-batches differ in size (eps_mode additive or max, with or without affine parameters, maybe
+maybe nested, before any receive; differentiated, the backward pass batched too) and
+``F.nn.sync_batch_norm`` over a group whose members' batches differ in size (eps_mode additive or max, with or without affine parameters, maybe
 differentiated), against a float64 batch norm of the concatenated batches through torch's
 autograd in this process. Every rank's ``dist.backend`` must say "gloo". Each rank's input is
 drawn from (seed, step, rank), so this process computes every rank's expected output with
@@ -192,7 +192,10 @@ def _draw_newer_steps(seed, n, groups, first):
                                 "int64", "bool"]))
         if rng.random() < 0.5:
             size = int(rng.integers(2, n + 1))
-            steps.append(dict(op="exchange", group="world", dtype=dtype, grad=False,
+            # (differentiated: the gradients go back around the ring, the backward pass also
+            # batched; its own stream keeps the draws below as they were)
+            grad = dtype.startswith("float") and np.random.default_rng([seed, 12, i]).random() < 0.5
+            steps.append(dict(op="exchange", group="world", dtype=dtype, grad=bool(grad),
                               ring=[int(r) for r in rng.permutation(n)[:size]],
                               shape=tuple(int(d) for d in rng.integers(0, 4, rng.integers(4))),
                               nested=bool(rng.random() < 0.3),
@@ -398,15 +401,30 @@ def _run_exchange(seed, i, step, rank, group):
     k = ring.index(rank)
     x = mge.tensor(_input(seed, i, rank, step, None), dtype=step["dtype"])
     depth = 2 if step["nested"] else 1
-    for _ in range(depth):
-        dist.group_start()
-    FD.remote_send(x, ring[(k + 1) % len(ring)])
-    src = ring[k - 1]
-    got = FD.remote_recv(src, step["shape"], np.dtype(step["dtype"])) if step["older"] else \
-        FD.remote_recv(src)
-    for _ in range(depth):
-        dist.group_end()
-    return got.numpy(), None
+
+    def batched(func, *args):
+        for _ in range(depth):
+            dist.group_start()
+        out = func(*args)
+        for _ in range(depth):
+            dist.group_end()
+        return out
+
+    def exchange():
+        FD.remote_send(x, ring[(k + 1) % len(ring)])
+        src = ring[k - 1]
+        return FD.remote_recv(src, step["shape"], np.dtype(step["dtype"])) if step["older"] \
+            else FD.remote_recv(src)
+
+    if not step["grad"]:
+        return batched(exchange).numpy(), None
+    gm = GradManager().attach([x])
+    with gm:
+        got = batched(exchange)
+        w = _weight(seed, i, rank, got.shape, step["dtype"])
+        # (each backward sends its gradient back before it receives its own: batched too)
+        batched(gm.backward, (got * mge.tensor(w, dtype=w.dtype)).sum())
+    return got.numpy(), x.grad.numpy()
 
 
 def _sync_bn_arrays(seed, i, step, k):
@@ -556,6 +574,8 @@ def _adjoint(step, members, ws, k, xs, outs):
     op, n, r, root = step["op"], len(members), members[k], members[0]
     if op == "remote":
         return ws[step["dst"]] if r == step["src"] else None
+    if op == "exchange":  # (members: the ring) its input went to the next member
+        return ws[members[(k + 1) % n]]
     if op in ("all_reduce_max", "all_reduce_min"):  # to the ranks holding the result (as the
         # fork documents; upstream does not say), summed over the output gradients
         return (xs[r] == outs[r]) * sum(ws[s] for s in members)

@@ -102,5 +102,6 @@ def test_draws_cover_the_distributed_api():
              "transposed_loss=True", "trace=None", "trace=False", "trace=True",
              "accumulate=True", "trained by 2 of 3", "unused by a member", "mixed=True",
              "call=dist.functional", "call=collective_comm", "exchange", "nested=True",
-             "sync_bn", "grad sync_bn", "eps_mode=max", "affine=False", "backend named=True"}
+             "grad exchange", "sync_bn", "grad sync_bn", "eps_mode=max", "affine=False",
+             "backend named=True"}
     assert want <= set(seen), want - set(seen)
