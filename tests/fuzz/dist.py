@@ -15,8 +15,8 @@ or ``collective_comm(x, CollectiveComm.Mode.OP, group, None)``. After them (draw
 stream): batched exchanges (each member of a ring of ranks sends to the next and receives from
 the one before, every send posted between ``dist.group_start()`` and ``dist.group_end()``,
 maybe nested, before any receive; differentiated, the backward pass batched too) and
-``F.nn.sync_batch_norm`` over a group whose members' batches differ in size (eps_mode additive or max, with or without affine parameters, maybe
-differentiated), against a float64 batch norm of the concatenated batches through torch's
+``F.nn.sync_batch_norm`` over a group whose members' batches differ in size (eps_mode
+additive or max, with or without affine parameters, maybe differentiated), against a float64 batch norm of the concatenated batches through torch's
 autograd in this process. Every rank's ``dist.backend`` must say "gloo". Each rank's input is
 drawn from (seed, step, rank), so this process computes every rank's expected output with
 numpy; where the result is everywhere the same it must be bitwise so (upstream's promise). The
