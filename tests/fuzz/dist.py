@@ -7,50 +7,48 @@ on PYTHONPATH.
 Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` ops
 (all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
 all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
-int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty
-where the op allows them; some transposed or strided views), over WORLD, over groups made by
-``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list
-of all ranks; called as ``F.distributed.op(x, group)``, ``dist.functional.op(x, group=...)``
-or ``collective_comm(x, CollectiveComm.Mode.OP, group, None)``. After them (drawn from their own
-stream): batched exchanges (each member of a ring of ranks sends to the next and receives from
-the one before, every send posted between ``dist.group_start()`` and ``dist.group_end()``,
-maybe nested, before any receive; differentiated, the backward pass batched too) and
-``F.nn.sync_batch_norm`` over a group whose members' batches differ in size (eps_mode
-additive or max, with or without affine parameters, maybe differentiated), against a float64 batch norm of the concatenated batches through torch's
-autograd in this process. Every rank's ``dist.backend`` must say "gloo". Each rank's input is
-drawn from (seed, step, rank), so this process computes every rank's expected output with
-numpy; where the result is everywhere the same it must be bitwise so (upstream's promise). The
-non-roots of
+int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty where
+the op allows them; some transposed or strided views), over WORLD, over groups made by
+``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list of
+all ranks; called as ``F.distributed.op(x, group)``, ``dist.functional.op(x, group=...)`` or
+``collective_comm(x, CollectiveComm.Mode.OP, group, None)``. After them (drawn from their own
+stream): batched exchanges (each member of a ring of ranks sends to the next and receives from the
+one before, every send posted between ``dist.group_start()`` and ``dist.group_end()``, maybe nested,
+before any receive; differentiated, the backward pass batched too) and ``F.nn.sync_batch_norm`` over
+a group whose members' batches differ in size (eps_mode additive or max, with or without affine
+parameters, maybe differentiated), against a float64 batch norm of the concatenated batches through
+torch's autograd in this process. Every rank's ``dist.backend`` must say "gloo". Each rank's input
+is drawn from (seed, step, rank), so this process computes every rank's expected output with numpy;
+where the result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
 broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
-root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
-own ``w`` (possibly through a transpose, so that the gradient arrives strided; one member's
-loss may leave the output out and call ``gm.backward()`` without one), and the input's
-gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
-(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, for a max or min the sum to
-the ranks holding the result, as the fork documents), also through a second collective applied
-to the first one's output. Between them come bad calls that every rank can
-tell are wrong on its own (a non-member calling a group's collective, a list of some ranks that
-is not a group, a shape that does not split, an axis out of range, a bad peer or reduce method,
-a bad new_group): each must raise its error, and the collectives after it must still work.
-Every ``MISMATCH_EVERY``-th seed also runs a program whose ranks give differently sized inputs
-to one collective (upstream requires equal shapes and checks nothing; neither rank can tell
-alone): it must fail with `WorkerError`/`TimeoutError` within its timeouts, not hang and not
-return.
+root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its own
+``w`` (possibly through a transpose, so that the gradient arrives strided; one member's loss may
+leave the output out and call ``gm.backward()`` without one), and the input's gradient from
+``GradManager.backward`` is checked against the hand-derived adjoint collective (all_reduce_sum of
+the ``w``s, the root's ``w`` split for gather, for a max or min the sum to the ranks holding the
+result, as the fork documents), also through a second collective applied to the first one's output.
+Between them come bad calls that every rank can tell are wrong on its own (a non-member calling a
+group's collective, a list of some ranks that is not a group, a shape that does not split, an axis
+out of range, a bad peer or reduce method, a bad new_group): each must raise its error, and the
+collectives after it must still work. Every ``MISMATCH_EVERY``-th seed also runs a program whose
+ranks give differently sized inputs to one collective (upstream requires equal shapes and checks
+nothing; neither rank can tell alone): it must fail with `WorkerError`/`TimeoutError` within its
+timeouts, not hang and not return.
 
 Training (`draw_training`, 2-3 ranks): a small network of Linear, Conv2d, SyncBatchNorm (plain
-BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD; or float64 with
-a float32 last layer, so that the gradients fill a bucket of each dtype), trained by all
-ranks or by a group of two of three, started from different weights on every rank and made
-equal with ``dist.bcast_list_``;
-``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
-calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
-under ``jit.trace`` (symbolic or not) or with two backward passes each (gradients accumulated),
-whose per-rank batches may be uneven at the end (the loss is then scaled so that the reduced
-gradient is the whole batch's mean). The oracle is the same network trained in this process on
-the concatenated batches with a mean loss: after every step each rank's parameters and buffers
-match it, all ranks hold identical bytes, and the ranks' losses together are its loss; at the
-end, so are the eval-mode outputs. (A float32 rank may be off the one process by twice the one
-process's own error against the same training in float64: `_compare_training`.)
+BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD; or float64 with a
+float32 last layer, so that the gradients fill a bucket of each dtype), trained by all ranks or by a
+group of two of three, started from different weights on every rank and made equal with
+``dist.bcast_list_``; ``make_allreduce_cb("mean" or "sum")`` (maybe naming ``backend=dist.backend``)
+with random bucket sizes over one or several ``attach`` calls, one callback shared or one each; SGD
+(momentum, weight decay) or Adam; a few steps, maybe under ``jit.trace`` (symbolic or not) or with
+two backward passes each (gradients accumulated), whose per-rank batches may be uneven at the end
+(the loss is then scaled so that the reduced gradient is the whole batch's mean). The oracle is the
+same network trained in this process on the concatenated batches with a mean loss: after every step
+each rank's parameters and buffers match it, all ranks hold identical bytes, and the ranks' losses
+together are its loss; at the end, so are the eval-mode outputs. (A float32 rank may be off the one
+process by twice the one process's own error against the same training in float64:
+`_compare_training`.)
 
 A seed's failures are printed with its plan; ``--only collectives|training`` runs one half."""
 import argparse
