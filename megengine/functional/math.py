@@ -191,7 +191,11 @@ class Var(Op):
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
             self.d = x
             return xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
-        self.d = d = x - x.mean(axis=axes, keepdims=True)
+        d = x - x.mean(axis=axes, keepdims=True)
+        # the deviations' own mean (zero in exact arithmetic) taken out: a rounded mean of equal
+        # values (three float32 0.94708097 average to another float32) left them an ulp apart
+        # from it, a std of 6e-8 whose gradient was +-1 where torch's (exactly 0) gives 0
+        self.d = d = d - d.mean(axis=axes, keepdims=True)
         return (d * d).mean(axis=axes, keepdims=True)
 
     def _rounded(self, out):

@@ -784,6 +784,29 @@ def test_std_gradient_is_zero_where_std_is_zero():
     np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
 
 
+def test_std_of_equal_values_whose_rounded_mean_differs_is_zero_with_a_zero_gradient():
+    # the float32 mean of three 0.94708097 is not 0.94708097 (fuzz seed 70172, a broadcast
+    # input): the deviations from it were an ulp, std 6e-8 with a gradient of +-1; torch's
+    # std is exactly 0 there and its gradient 0
+    import torch
+
+    v = np.float32(0.94708097)
+    assert np.full(3, v).mean() != v  # (the case this test is about)
+    a = np.full((2, 3), v, np.float32)
+    x = mge.tensor(a)
+    gm = GradManager().attach([x])
+    with gm:
+        s = F.std(x, axis=1)
+        gm.backward(s.sum())
+    t = torch.tensor(a, requires_grad=True)
+    ts = torch.std(t, dim=1, correction=0)
+    ts.sum().backward()
+    np.testing.assert_array_equal(s.numpy(), ts.detach().numpy())
+    np.testing.assert_array_equal(s.numpy(), 0)
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+    np.testing.assert_array_equal(F.var(x, axis=1).numpy(), 0)
+
+
 def test_topk_tie_check_tells_a_row_boundary_from_a_tie():
     # the flattened first pass sees 2 == 2 across rows 0 and 1: not a tie within a row
     from megengine.functional.math import _has_equal_neighbours

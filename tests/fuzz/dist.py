@@ -7,41 +7,48 @@ on PYTHONPATH.
 Collectives (`draw_program`, 2-4 ranks): a random sequence of ``F.distributed`` ops
 (all_reduce_sum/max/min, all_gather, reduce_scatter_sum, broadcast, reduce_sum, gather, scatter,
 all_to_all, remote_send/remote_recv in upstream's newer and older forms) on float32, float64 and
-int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty
-where the op allows them; some transposed or strided views), over WORLD, over groups made by
-``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list
-of all ranks. Each rank's input is drawn from
-(seed, step, rank), so this process computes every rank's expected output with numpy; where the
-result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
+int32 inputs, sometimes float16, int8, uint8, int64 or bool, of random shapes (0-d and empty where
+the op allows them; some transposed or strided views), over WORLD, over groups made by
+``dist.new_group`` (any subset, any order: the first rank is the root) and over a permuted list of
+all ranks; called as ``F.distributed.op(x, group)``, ``dist.functional.op(x, group=...)`` or
+``collective_comm(x, CollectiveComm.Mode.OP, group, None)``. After them (drawn from their own
+stream): batched exchanges (each member of a ring of ranks sends to the next and receives from the
+one before, every send posted between ``dist.group_start()`` and ``dist.group_end()``, maybe nested,
+before any receive; differentiated, the backward pass batched too) and ``F.nn.sync_batch_norm`` over
+a group whose members' batches differ in size (eps_mode additive or max, with or without affine
+parameters, maybe differentiated), against a float64 batch norm of the concatenated batches through
+torch's autograd in this process. Every rank's ``dist.backend`` must say "gloo". Each rank's input
+is drawn from (seed, step, rank), so this process computes every rank's expected output with numpy;
+where the result is everywhere the same it must be bitwise so (upstream's promise). The non-roots of
 broadcast and scatter may pass a dummy of another shape and dtype (upstream takes both from the
-root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its
-own ``w`` (possibly through a transpose, so that the gradient arrives strided; one member's
-loss may leave the output out and call ``gm.backward()`` without one), and the input's
-gradient from ``GradManager.backward`` is checked against the hand-derived adjoint collective
-(all_reduce_sum of the ``w``s, the root's ``w`` split for gather, for a max or min the sum to
-the ranks holding the result, as the fork documents), also through a second collective applied
-to the first one's output. Between them come bad calls that every rank can
-tell are wrong on its own (a non-member calling a group's collective, a list of some ranks that
-is not a group, a shape that does not split, an axis out of range, a bad peer or reduce method,
-a bad new_group): each must raise its error, and the collectives after it must still work.
-Every ``MISMATCH_EVERY``-th seed also runs a program whose ranks give differently sized inputs
-to one collective (upstream requires equal shapes and checks nothing; neither rank can tell
-alone): it must fail with `WorkerError`/`TimeoutError` within its timeouts, not hang and not
-return.
+root). Float steps may also be differentiated: each rank's loss is ``(out * w).sum()`` with its own
+``w`` (possibly through a transpose, so that the gradient arrives strided; one member's loss may
+leave the output out and call ``gm.backward()`` without one), and the input's gradient from
+``GradManager.backward`` is checked against the hand-derived adjoint collective (all_reduce_sum of
+the ``w``s, the root's ``w`` split for gather, for a max or min the sum to the ranks holding the
+result, as the fork documents), also through a second collective applied to the first one's output.
+Between them come bad calls that every rank can tell are wrong on its own (a non-member calling a
+group's collective, a list of some ranks that is not a group, a shape that does not split, an axis
+out of range, a bad peer or reduce method, a bad new_group): each must raise its error, and the
+collectives after it must still work. Every ``MISMATCH_EVERY``-th seed also runs a program whose
+ranks give differently sized inputs to one collective (upstream requires equal shapes and checks
+nothing; neither rank can tell alone): it must fail with `WorkerError`/`TimeoutError` within its
+timeouts, not hang and not return.
 
 Training (`draw_training`, 2-3 ranks): a small network of Linear, Conv2d, SyncBatchNorm (plain
-BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD; or float64 with
-a float32 last layer, so that the gradients fill a bucket of each dtype), trained by all
-ranks or by a group of two of three, started from different weights on every rank and made
-equal with ``dist.bcast_list_``;
-``make_allreduce_cb("mean" or "sum")`` with random bucket sizes over one or several ``attach``
-calls, one callback shared or one each; SGD (momentum, weight decay) or Adam; a few steps, maybe
-under ``jit.trace`` (symbolic or not) or with two backward passes each (gradients accumulated),
-whose per-rank batches may be uneven at the end (the loss is then scaled so that the reduced
-gradient is the whole batch's mean). The oracle is the same network trained in this process on
-the concatenated batches with a mean loss: after every step each rank's parameters and buffers
-match it, all ranks hold identical bytes, and the ranks' losses together are its loss; at the
-end, so are the eval-mode outputs.
+BatchNorm in the oracle) and a frozen BatchNorm, in float64 (float32 with SGD; or float64 with a
+float32 last layer, so that the gradients fill a bucket of each dtype), trained by all ranks or by a
+group of two of three, started from different weights on every rank and made equal with
+``dist.bcast_list_``; ``make_allreduce_cb("mean" or "sum")`` (maybe naming ``backend=dist.backend``)
+with random bucket sizes over one or several ``attach`` calls, one callback shared or one each; SGD
+(momentum, weight decay) or Adam; a few steps, maybe under ``jit.trace`` (symbolic or not) or with
+two backward passes each (gradients accumulated), whose per-rank batches may be uneven at the end
+(the loss is then scaled so that the reduced gradient is the whole batch's mean). The oracle is the
+same network trained in this process on the concatenated batches with a mean loss: after every step
+each rank's parameters and buffers match it, all ranks hold identical bytes, and the ranks' losses
+together are its loss; at the end, so are the eval-mode outputs. (A float32 rank may be off the one
+process by twice the one process's own error against the same training in float64:
+`_compare_training`.)
 
 A seed's failures are printed with its plan; ``--only collectives|training`` runs one half."""
 import argparse
@@ -57,6 +64,7 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
+from megengine.core.ops.builtin import CollectiveComm
 from megengine.jit import trace
 
 FD = F.distributed
@@ -158,12 +166,54 @@ def draw_program(seed, mismatch=False):
                 step["unused_by"] = int(other.choice(members))
         elif ndim and rng.random() < 0.3:
             step["layout"] = "transposed" if ndim > 1 and rng.random() < 0.5 else "strided"
+        if op != "remote" and other.random() < 0.4:  # upstream's other spellings of the call
+            step["call"] = str(other.choice(["dist.functional", "collective_comm"]))
         steps.append(step)
+    steps += _draw_newer_steps(seed, n, groups, len(steps))
     if mismatch:
         op = str(rng.choice(["all_reduce_sum", "all_gather", "reduce_scatter_sum"]))
         steps.append(dict(op=op, dtype="float32", group="world", shape=(n,), axis=0,
                           grad=False, mismatch=True))
     return n, groups, steps
+
+
+def _draw_newer_steps(seed, n, groups, first):
+    """Steps of the API added after the program's draws above (drawn from their own stream, so
+    that those stay as they were), appended as steps ``first``, ...: a batched exchange (each
+    member of a ring sends to the next and receives from the one before, all sends posted
+    between dist.group_start and dist.group_end before any receive, maybe nested) and
+    F.nn.sync_batch_norm over a group, the members' batches of different sizes."""
+    rng = np.random.default_rng([seed, 10])
+    steps = []
+    for i in range(first, first + int(rng.integers(0, 3))):
+        dtype = str(rng.choice(["float32", "float64", "int32", "float16", "int8", "uint8",
+                                "int64", "bool"]))
+        if rng.random() < 0.5:
+            size = int(rng.integers(2, n + 1))
+            # (differentiated: the gradients go back around the ring, the backward pass also
+            # batched; its own stream keeps the draws below as they were)
+            grad = dtype.startswith("float") and np.random.default_rng([seed, 12, i]).random() < 0.5
+            steps.append(dict(op="exchange", group="world", dtype=dtype, grad=bool(grad),
+                              ring=[int(r) for r in rng.permutation(n)[:size]],
+                              shape=tuple(int(d) for d in rng.integers(0, 4, rng.integers(4))),
+                              nested=bool(rng.random() < 0.3),
+                              older=bool(rng.random() < 0.3)))
+            continue
+        kinds = ["world", "perm"] + list(range(len(groups)))
+        group = kinds[int(rng.integers(len(kinds)))]
+        members = _members(group, n, groups, seed, i)
+        spatial = tuple(int(d) for d in rng.integers(1, 4, rng.integers(0, 3)))
+        batches = [int(b) for b in rng.integers(1 if spatial else 0, 4, len(members))]
+        if sum(batches) * int(np.prod(spatial)) < 2:  # (one value per channel: refused)
+            batches[0] += 2
+        steps.append(dict(op="sync_bn", group=group, dtype=str(rng.choice(["float32", "float64"])),
+                          grad=bool(rng.random() < 0.6), channels=int(rng.integers(1, 4)),
+                          batches=batches, spatial=spatial, affine=bool(rng.random() < 0.7),
+                          eps_mode=str(rng.choice(["additive", "max"])),
+                          eps=float(rng.choice([1e-5, 0.5])),
+                          scale=float(rng.choice([2.0, 0.1])),  # (0.1: var below eps 0.5)
+                          momentum=float(rng.choice([0.9, 0.5, 0.0]))))
+    return steps
 
 
 def _draw_error(rng, n, groups):
@@ -218,12 +268,17 @@ def _weight(seed, i, rank, shape, dtype):
 
 def _call(step, x, group):
     """The step's collective on this rank: its output (None where upstream returns None)."""
-    op = step["op"]
+    op, call = step["op"], step.get("call")
+    if call == "collective_comm" and step.get("axis", 0) in (0, -x.ndim) and \
+            step.get("concat_axis", 0) == 0:  # (it has no axis arguments: axis 0)
+        return FD.collective_comm(x, getattr(CollectiveComm.Mode, op.upper()), group, None)
+    module = dist.functional if call == "dist.functional" else FD
     if op in ("all_reduce_sum", "all_reduce_max", "all_reduce_min", "broadcast", "reduce_sum"):
-        return getattr(FD, op)(x, group)
+        return getattr(module, op)(x, group=group)
     if op == "all_to_all":
-        return FD.all_to_all(x, group, split_axis=step["axis"], concat_axis=step["concat_axis"])
-    return getattr(FD, op)(x, group, axis=step["axis"])
+        return module.all_to_all(x, group=group, split_axis=step["axis"],
+                                 concat_axis=step["concat_axis"])
+    return getattr(module, op)(x, group=group, axis=step["axis"])
 
 
 def _remote(step, x, rank):
@@ -322,14 +377,91 @@ def _program_rank(seed, mismatch):
         if step["op"] == "error":
             results[i] = _run_error(step, rank, n, group)
         elif rank in _step_members(step, n, groups, seed, i):
-            results[i] = _run_step(seed, i, step, rank, group)
+            run = {"exchange": _run_exchange, "sync_bn": _run_sync_bn}.get(step["op"], _run_step)
+            results[i] = run(seed, i, step, rank, group)
+    results["backend"] = (dist.backend, dist.get_backend())  # upstream's property and getter
     return results
 
 
 def _step_members(step, n, groups, seed, i):
     if step["op"] == "remote":
         return [step["src"], step["dst"]]
+    if step["op"] == "exchange":
+        return step["ring"]
     return _members(step["group"], n, groups, seed, i)
+
+
+def _run_exchange(seed, i, step, rank, group):
+    """Send this rank's input to the next member of the ring and receive the previous one's,
+    the send posted first inside group_start/group_end (without the batch every rank would
+    wait in its send for a receive that comes after it)."""
+    ring = step["ring"]
+    k = ring.index(rank)
+    x = mge.tensor(_input(seed, i, rank, step, None), dtype=step["dtype"])
+    depth = 2 if step["nested"] else 1
+
+    def batched(func, *args):
+        for _ in range(depth):
+            dist.group_start()
+        out = func(*args)
+        for _ in range(depth):
+            dist.group_end()
+        return out
+
+    def exchange():
+        FD.remote_send(x, ring[(k + 1) % len(ring)])
+        src = ring[k - 1]
+        return FD.remote_recv(src, step["shape"], np.dtype(step["dtype"])) if step["older"] \
+            else FD.remote_recv(src)
+
+    if not step["grad"]:
+        return batched(exchange).numpy(), None
+    gm = GradManager().attach([x])
+    with gm:
+        got = batched(exchange)
+        w = _weight(seed, i, rank, got.shape, step["dtype"])
+        # (each backward sends its gradient back before it receives its own: batched too)
+        batched(gm.backward, (got * mge.tensor(w, dtype=w.dtype)).sum())
+    return got.numpy(), x.grad.numpy()
+
+
+def _sync_bn_arrays(seed, i, step, k):
+    """Member ``k``'s input and output gradient of a sync_bn step, and the statistics and
+    affine parameters every member starts from."""
+    c = step["channels"]
+    rng = np.random.default_rng([seed, 3, i, k])
+    x = rng.standard_normal((step["batches"][k], c) + step["spatial"]) * step["scale"] + 1
+    w = rng.standard_normal(x.shape)
+    shared = np.random.default_rng([seed, 11, i])
+    stats = dict(mean=shared.standard_normal(c), var=shared.uniform(0.5, 2, c),
+                 weight=shared.standard_normal(c), bias=shared.standard_normal(c))
+    dtype = step["dtype"]
+    return x.astype(dtype), w.astype(dtype), {k: v.astype(dtype) for k, v in stats.items()}
+
+
+def _run_sync_bn(seed, i, step, rank, group):
+    """(output, running mean, running var) and the gradients of (input, weight, bias) of
+    F.nn.sync_batch_norm on this rank, as numpy (None where not differentiated)."""
+    members = group if isinstance(group, list) else group.proc_ranks or list(
+        range(dist.get_world_size()))
+    x, w, stats = _sync_bn_arrays(seed, i, step, members.index(rank))
+    shape = (1, step["channels"]) + (1,) * len(step["spatial"])
+    x = mge.tensor(x, dtype=step["dtype"])
+    mean, var = (mge.tensor(stats[s].reshape(shape), dtype=step["dtype"]) for s in ("mean", "var"))
+    weight, bias = (mge.Parameter(stats[s].reshape(shape), dtype=step["dtype"])
+                    for s in ("weight", "bias"))
+    gm = GradManager().attach([x, weight, bias] if step["affine"] else [x])
+    with gm:
+        out = F.nn.sync_batch_norm(
+            x, mean, var, weight if step["affine"] else None, bias if step["affine"] else None,
+            training=True, momentum=step["momentum"], eps=step["eps"],
+            eps_mode=step["eps_mode"], group=group)
+        if step["grad"]:
+            gm.backward((out * mge.tensor(w, dtype=step["dtype"])).sum())
+    grads = [None if t.grad is None else t.grad.numpy().reshape(-1 if t is not x else t.shape)
+             for t in ([x, weight, bias] if step["affine"] else [x])]
+    return (out.numpy(), mean.numpy().reshape(-1), var.numpy().reshape(-1)), \
+        (tuple(grads) if step["grad"] else None)
 
 
 # ----- collectives: the numpy oracle -----
@@ -366,6 +498,8 @@ def _forward(step, members, xs):
         return {step["src"]: None, step["dst"]: xs[step["src"]]}
     if op == "broadcast":
         return dict.fromkeys(members, xs[root])
+    if op == "exchange":  # members: the ring; each gets the one before's input
+        return {r: xs[members[k - 1]] for k, r in enumerate(members)}
     if op == "scatter":
         parts = _parts(xs[root], n, step["axis"])
         return {r: parts[k] for k, r in enumerate(members)}
@@ -389,6 +523,90 @@ def _forward(step, members, xs):
                               axis=step["concat_axis"]) for k, r in enumerate(members)}
 
 
+def expected_sync_bn(seed, i, step, members):
+    """{rank: (want, slack)} of a sync_bn step. ``want``: ((output, running mean, running
+    var), gradients of (input[, weight, bias]) or None), the batch norm of the members' batches
+    concatenated, in float64 through torch's autograd (each member's loss is its output times
+    its own ``w``; its weight and bias are its own copies, its input's gradient reaches it from
+    every member's loss). ``slack``, in the same layout: for a float32 step, how far the same
+    computation in float32 is off ``want`` (array by array, the largest difference). The
+    input's gradient ``(w/std) (g - mean(g) - xhat mean(g xhat))`` is a difference of terms
+    much larger than itself where the channel's values are few or its std is small (two values
+    per channel: exactly zero), so float32's rounding error there is set by those terms, not
+    by the result; the ranks sum in another order, with errors as large but not the same."""
+    arrays = [_sync_bn_arrays(seed, i, step, k) for k in range(len(members))]
+    want = _sync_bn_reference(step, arrays, "float64")
+    if step["dtype"] == "float64":
+        slack = [((0, 0, 0), None if g is None else (0,) * len(g)) for _, g in want]
+    else:
+        ref = _sync_bn_reference(step, arrays, step["dtype"])
+
+        def off(got, exact):
+            return float(np.abs(got - exact).max(initial=0))
+
+        # the input gradient's terms are bounded by |gamma| / std * max|g| * max(1, xhat^2),
+        # a sum of count of them rounds by count float32 ulps of that (with two values per
+        # channel the gradient is exactly zero: the reference may round to 0 where a rank
+        # does not, seed 70372)
+        whole = np.concatenate([x for x, _, _ in arrays]).astype(np.float64)
+        axes = (0,) + tuple(range(2, whole.ndim))
+        count = whole.size // step["channels"]
+        var = whole.var(axis=axes)
+        std = np.sqrt(var + step["eps"] if step["eps_mode"] == "additive" else
+                      np.maximum(var, step["eps"]))
+        xhat = (whole - whole.mean(axis=axes, keepdims=True)) / std.reshape(
+            (1, -1) + (1,) * len(step["spatial"]))
+        gamma = np.abs(arrays[0][2]["weight"]) if step["affine"] else 1.0
+        terms = float(np.max(gamma / std)) * max(float(np.abs(w).max(initial=0))
+                                                 for _, w, _ in arrays) * \
+            max(1.0, float(np.square(xhat).max(initial=0)))
+        rounding = count * float(np.finfo(step["dtype"]).eps) * terms
+        slack = [(tuple(map(off, ro, wo)), None if wg is None else
+                  (max(off(rg[0], wg[0]), rounding),) + tuple(map(off, rg[1:], wg[1:])))
+                 for (ro, rg), (wo, wg) in zip(ref, want)]
+    dtype = step["dtype"]
+    return {r: (((tuple(a.astype(dtype) for a in want[k][0]),
+                  None if want[k][1] is None else tuple(g.astype(dtype) for g in want[k][1]))),
+                slack[k]) for k, r in enumerate(members)}
+
+
+def _sync_bn_reference(step, arrays, dtype):
+    """Per member ((output, running mean, running var), gradients or None) as float64 numpy,
+    computed in torch in ``dtype`` from the members' ``arrays`` (`_sync_bn_arrays`)."""
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    stats = {name: torch.tensor(v, dtype=tdtype) for name, v in arrays[0][2].items()}
+    xs = [torch.tensor(x, dtype=tdtype, requires_grad=True) for x, _, _ in arrays]
+    shape = (1, step["channels"]) + (1,) * len(step["spatial"])
+    weights = [stats["weight"].reshape(shape).clone().requires_grad_() for _ in arrays]
+    biases = [stats["bias"].reshape(shape).clone().requires_grad_() for _ in arrays]
+    whole = torch.cat(xs)
+    axes = [0] + list(range(2, whole.ndim))
+    mean = whole.mean(axes, keepdim=True)
+    var = whole.var(axes, unbiased=False, keepdim=True)
+    # eps_mode "max": divided by sqrt(max(var, eps)) (upstream's eps_mode)
+    std = (var + step["eps"]).sqrt() if step["eps_mode"] == "additive" else \
+        var.clamp(min=step["eps"]).sqrt()
+    outs = [(x - mean) / std for x in xs]
+    if step["affine"]:
+        outs = [o * wt + b for o, wt, b in zip(outs, weights, biases)]
+    count = whole.numel() // step["channels"]
+    momentum = step["momentum"]
+    new_mean = stats["mean"] * momentum + mean.reshape(-1).detach() * (1 - momentum)
+    new_var = stats["var"] * momentum + var.reshape(-1).detach() * count / (count - 1) * (
+        1 - momentum)  # (the running variance is the unbiased one)
+    grads = [None] * len(arrays)
+    if step["grad"]:
+        sum(((o * torch.tensor(w, dtype=tdtype)).sum() for o, (_, w, _) in zip(outs, arrays)),
+            torch.zeros((), dtype=tdtype)).backward()
+        grads = [tuple(t.grad.double().numpy().reshape(-1 if t is not x else x.shape)
+                       for t in ([x, wt, b] if step["affine"] else [x]))
+                 for x, wt, b in zip(xs, weights, biases)]
+    return [((o.detach().double().numpy(), new_mean.double().numpy(), new_var.double().numpy()),
+             g) for o, g in zip(outs, grads)]
+
+
 def _adjoint(step, members, ws, k, xs, outs):
     """The gradient of member ``k``'s input (None: not checked): each op's adjoint collective
     applied by hand to the output gradients ``ws`` (``xs``, ``outs``: the op's inputs and
@@ -396,6 +614,8 @@ def _adjoint(step, members, ws, k, xs, outs):
     op, n, r, root = step["op"], len(members), members[k], members[0]
     if op == "remote":
         return ws[step["dst"]] if r == step["src"] else None
+    if op == "exchange":  # (members: the ring) its input went to the next member
+        return ws[members[(k + 1) % n]]
     if op in ("all_reduce_max", "all_reduce_min"):  # to the ranks holding the result (as the
         # fork documents; upstream does not say), summed over the output gradients
         return (xs[r] == outs[r]) * sum(ws[s] for s in members)
@@ -448,6 +668,9 @@ def check_program(seed, mismatch=False):
             continue
         members = _step_members(step, n, groups, seed, i)
         tolerance = TOLERANCES.get(step["dtype"], (0, 0))  # (integers and bool: exact)
+        if step["op"] == "sync_bn":
+            _check_sync_bn(seed, i, step, members, ranks)
+            continue
         for r, (out, grad) in expected(seed, i, step, members).items():
             got_out, got_grad = ranks[r][i]
             what = f"step {i} ({step['op']}) rank {r}"
@@ -466,7 +689,32 @@ def check_program(seed, mismatch=False):
                 if not np.array_equal(ranks[r][i][0], first):
                     raise DistMismatch(f"step {i} ({step['op']}): rank {r}'s output differs "
                                        f"from rank {members[0]}'s")
+    for r, got in enumerate(ranks):
+        if got["backend"] != ("gloo", "gloo"):
+            raise DistMismatch(f"rank {r}: (dist.backend, dist.get_backend()) is "
+                               f"{got['backend']}, want ('gloo', 'gloo') on CPU ranks")
     return n, len(steps)
+
+
+def _check_sync_bn(seed, i, step, members, ranks):
+    rtol, atol = TOLERANCES[step["dtype"]]
+    for r, ((outs, grads), (out_slack, grad_slack)) in expected_sync_bn(
+            seed, i, step, members).items():
+        got_outs, got_grads = ranks[r][i]
+        for name, got, want, slack in zip(("output", "running mean", "running var"), got_outs,
+                                          outs, out_slack):
+            # (a rank may be off by twice the float32 reference's own error, as in training)
+            _compare(f"step {i} (sync_bn) rank {r} {name}", got, want, (rtol, atol + 3 * slack))
+            if name != "output" and not np.array_equal(got, ranks[members[0]][i][0][1 + (
+                    name == "running var")]):
+                raise DistMismatch(f"step {i} (sync_bn): rank {r}'s {name} differs from rank "
+                                   f"{members[0]}'s")
+        for name, got, want, slack in zip(("input", "weight", "bias"), got_grads or (),
+                                          grads or (), grad_slack or ()):
+            if got is None:
+                raise DistMismatch(f"step {i} (sync_bn) rank {r}: the {name} got no gradient")
+            _compare(f"step {i} (sync_bn) rank {r} {name} gradient", got, want,
+                     (rtol, atol + 3 * slack))
 
 
 def _check_mismatch(seed):
@@ -539,6 +787,7 @@ def draw_training(seed):
         not any(spec[0] in ("syncbn", "syncbn1d") for spec in layers)
     # float64 with a float32 last layer: make_allreduce_cb packs a bucket per dtype
     plan["mixed"] = dtype == "float64" and opt != "adam" and other.random() < 0.25
+    plan["name_backend"] = bool(other.random() < 0.5)  # make_allreduce_cb(..., backend=...)
     return plan
 
 
@@ -662,8 +911,9 @@ def _train_rank(seed, init):
     params = list(net.parameters())
     gm = GradManager()
 
-    def callback():
-        return dist.make_allreduce_cb(plan["method"], group, bucket_size=plan["bucket"])
+    def callback():  # (backend=dist.backend: upstream's examples name it)
+        return dist.make_allreduce_cb(plan["method"], group, bucket_size=plan["bucket"],
+                                      backend=dist.backend if plan["name_backend"] else None)
 
     shared = callback()
     for part in np.array_split(np.arange(len(params)), plan["attach"]):
@@ -707,6 +957,47 @@ def _train_tolerance(plan):
     return TRAIN_TOLERANCES["float32" if plan["mixed"] else plan["dtype"]]
 
 
+def _train_one_process(plan, seed, init, dtype=None):
+    """The plan's network trained in this process on the whole batches with a mean loss:
+    (losses, states after each step, eval-mode output). ``dtype`` "float64": the same
+    training (the same float32 initial values and data, upcast) in float64 throughout."""
+    if dtype is not None:
+        init = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in init.items()}
+    arith = dict(plan, dtype=dtype, mixed=False) if dtype is not None else plan
+    net = Net(arith)
+    _set_state(net, init)
+    gm = GradManager().attach(net.parameters())
+    opt = _optimizer(plan, net.parameters())
+    net.train()
+    losses, states = [], []
+    for k in range(plan["steps"]):
+        x, y = (mge.tensor(a, dtype=arith["dtype"]) for a in _data(plan, seed, k))
+        with gm:
+            loss = F.mean((net(x) - y) ** 2)
+            gm.backward(loss)
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss.numpy()))
+        states.append(_state(net))
+    net.eval()
+    return losses, states, net(mge.tensor(_data(plan, seed, -1)[0], dtype=arith["dtype"])).numpy()
+
+
+def _compare_training(what, got, want, truth, plan):
+    """``got`` (a rank's) against ``want`` (one process's, in the plan's dtype). With a float32
+    plan, ``truth`` is the same training in float64: a rank sums its gradients in another order
+    than one process, so its rounding errors are as large but not the same; where a step is
+    ill-conditioned (a channel whose variance before a batch norm falls below its eps makes the
+    weight's gradient an amplified difference of nearly equal terms) both float32 runs are
+    off the float64 truth by more than the tolerance, and the rank may differ from the one
+    process by up to that much: the rank is allowed twice the one process's error (per array,
+    the largest), besides the tolerance."""
+    rtol, atol = _train_tolerance(plan)
+    if truth is not None:
+        atol += 3 * float(np.abs(np.asarray(want, np.float64) - truth).max(initial=0))
+    _compare(what, got, want, (rtol, atol))
+
+
 def check_training(seed):
     """Training plan ``seed`` on its ranks against one process on the whole batches."""
     plan = draw_training(seed)
@@ -717,39 +1008,30 @@ def check_training(seed):
     previous = mge.get_default_device()
     mge.set_default_device("cpu0")  # the ranks' arithmetic (a GPU machine: not cuDNN's)
     try:
-        net = Net(plan)
-        _set_state(net, init)
-        gm = GradManager().attach(net.parameters())
-        opt = _optimizer(plan, net.parameters())
-        net.train()
-        for k in range(plan["steps"]):
-            x, y = (mge.tensor(a, dtype=plan["dtype"]) for a in _data(plan, seed, k))
-            with gm:
-                loss = F.mean((net(x) - y) ** 2)
-                gm.backward(loss)
-            opt.step()
-            opt.clear_grad()
-            want = _state(net)
-            together = sum(losses[k] for losses, _, _ in ranks.values()) / (
-                len(ranks) if plan["method"] == "mean" else 1)
-            _compare(f"step {k}: the ranks' losses together", np.asarray(together),
-                     np.asarray(float(loss.numpy())), _train_tolerance(plan))
-            for r, (_, states, _) in ranks.items():
-                if set(states[k]) != set(want):
-                    raise DistMismatch(f"step {k} rank {r}: state keys {sorted(states[k])}")
-                for key in want:
-                    _compare(f"step {k} rank {r} {key}", states[k][key], want[key],
-                             _train_tolerance(plan))
-                    if not np.array_equal(states[k][key], ranks[first][1][k][key]):
-                        raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank "
-                                           f"{first}'s")
-        net.eval()
-        want = net(mge.tensor(_data(plan, seed, -1)[0], dtype=plan["dtype"])).numpy()
-        for r, (_, _, evaluated) in ranks.items():
-            _compare(f"rank {r}'s eval-mode output", evaluated, want,
-                     _train_tolerance(plan))
+        losses, want_states, want_eval = _train_one_process(plan, seed, init)
+        if plan["dtype"] == "float32" or plan["mixed"]:
+            true_losses, true_states, true_eval = _train_one_process(plan, seed, init, "float64")
+        else:
+            true_losses, true_states, true_eval = [None] * plan["steps"], None, None
     finally:
         mge.set_default_device(previous)
+    for k in range(plan["steps"]):
+        want = want_states[k]
+        together = sum(rank_losses[k] for rank_losses, _, _ in ranks.values()) / (
+            len(ranks) if plan["method"] == "mean" else 1)
+        _compare_training(f"step {k}: the ranks' losses together", np.asarray(together),
+                          np.asarray(losses[k]), true_losses[k], plan)
+        for r, (_, states, _) in ranks.items():
+            if set(states[k]) != set(want):
+                raise DistMismatch(f"step {k} rank {r}: state keys {sorted(states[k])}")
+            for key in want:
+                _compare_training(f"step {k} rank {r} {key}", states[k][key], want[key],
+                                  None if true_states is None else true_states[k][key], plan)
+                if not np.array_equal(states[k][key], ranks[first][1][k][key]):
+                    raise DistMismatch(f"step {k}: rank {r}'s {key} differs from rank "
+                                       f"{first}'s")
+    for r, (_, _, evaluated) in ranks.items():
+        _compare_training(f"rank {r}'s eval-mode output", evaluated, want_eval, true_eval, plan)
     return plan
 
 

@@ -437,8 +437,10 @@ def _pad(rng):
             idx = np.pad(np.arange(shp[ax]), (b, e), mode=np_mode)
             a = a.index_select(ax, torch.from_numpy(idx))
         return a
+    # (writes: the output is x's dtype, the fill cast into it: 1.5 pads a bool x with True and
+    # an integer one with 1, which torch's pad on the float values does not show)
     return Case(f"pad(x{shp}, {widths}, mode={mode}, constant_value={cval})", [x],
-                lambda a: F.nn.pad(a, widths, mode, cval), t)
+                lambda a: F.nn.pad(a, widths, mode, cval), t, writes=0)
 
 
 @op("one_hot", "indexing")

@@ -10,14 +10,17 @@ if not torch.distributed.is_available():
     pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
 
 import megengine.distributed as megengine_dist  # noqa: E402
+import megengine.functional as F  # noqa: E402
 import megengine.functional.distributed as fd  # noqa: E402
 
 from . import dist  # noqa: E402
 
 # programs on 2 and 4 ranks, together holding differentiated collectives of every kind, one
 # collective applied to another's output, sub-groups, 0-d, empty and strided inputs, dummy
-# inputs off the root, and bad calls (test_draws_cover_the_distributed_api: the first 100)
-PROGRAMS = (5, 7, 10, 36)
+# inputs off the root, bad calls, collectives called through dist.functional and
+# collective_comm, batched exchanges around rings and sync_batch_norm over groups of 1, 2 and 4
+# ranks (test_draws_cover_the_distributed_api: the first 100)
+PROGRAMS = (5, 7, 10, 13, 36)
 
 
 @pytest.mark.parametrize("seed", PROGRAMS)
@@ -44,6 +47,17 @@ def test_a_wrong_adjoint_is_caught(monkeypatch):
         dist.check_program(8)  # (differentiates all_reduce_sum on 4 ranks)
 
 
+def test_a_sync_batch_norm_on_local_statistics_is_caught(monkeypatch):
+    def local(inp, running_mean, running_var, weight, bias, training, momentum, eps, eps_mode,
+              group):
+        return F.nn.batch_norm(inp, running_mean, running_var, weight, bias, training=training,
+                               momentum=momentum, eps=eps)
+
+    monkeypatch.setattr(F.nn, "sync_batch_norm", local)
+    with pytest.raises(dist.DistMismatch, match=r"\(sync_bn\) rank \d output"):
+        dist.check_program(20)  # (sync_batch_norm over WORLD, 2 ranks)
+
+
 def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
     monkeypatch.setattr(megengine_dist, "make_allreduce_cb",
                         lambda *args, **kwargs: lambda param, grad: grad)
@@ -60,7 +74,8 @@ def test_draws_cover_the_distributed_api():
         for step in steps:
             seen[step["op"] if step["op"] != "error" else step["kind"]] += 1
             seen.update(f"{key}={step.get(key)}" for key in ("dtype", "then", "older", "layout",
-                                                             "dummy", "transposed_loss"))
+                                                             "dummy", "transposed_loss", "call",
+                                                             "nested", "eps_mode", "affine"))
             seen[f"group {'subgroup' if isinstance(step['group'], int) else step['group']}"] += 1
             if step.get("grad"):
                 seen[f"grad {step['op']}"] += 1
@@ -72,7 +87,8 @@ def test_draws_cover_the_distributed_api():
                      f"attach={plan['attach']}", f"train dtype={plan['dtype']}",
                      "uneven" if len(set(plan["batches"][-1])) > 1 else "even",
                      f"trace={plan['trace']}", f"accumulate={plan['accumulate']}",
-                     f"mixed={plan['mixed']}", f"trained by {len(plan['members'])} of {plan['n']}"})
+                     f"mixed={plan['mixed']}", f"backend named={plan['name_backend']}",
+                     f"trained by {len(plan['members'])} of {plan['n']}"})
         seen.update(spec[0] for spec in plan["layers"])
     want = {f"world={n}" for n in (2, 3, 4)} | {f"group size {k}" for k in (1, 2, 3)}
     want |= set(dist.OPS) | set(dist.ERRORS) | {f"grad {op}" for op in dist.GRAD_OPS}
@@ -84,5 +100,8 @@ def test_draws_cover_the_distributed_api():
              "train dtype=float64", "uneven", "even", "conv", "syncbn", "syncbn1d", "frozen_bn",
              "linear", "layout=transposed", "layout=strided", "dummy=True",
              "transposed_loss=True", "trace=None", "trace=False", "trace=True",
-             "accumulate=True", "trained by 2 of 3", "unused by a member", "mixed=True"}
+             "accumulate=True", "trained by 2 of 3", "unused by a member", "mixed=True",
+             "call=dist.functional", "call=collective_comm", "exchange", "nested=True",
+             "grad exchange", "sync_bn", "grad sync_bn", "eps_mode=max", "affine=False",
+             "backend named=True"}
     assert want <= set(seen), want - set(seen)

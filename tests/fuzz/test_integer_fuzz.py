@@ -84,3 +84,13 @@ def test_integer_mode_casts_torchs_values_into_a_written_input():
         assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
     with pytest.raises(Mismatch, match="an integer result must be exact"):
         run_integer(case(None), np.random.default_rng(0))
+
+
+def test_pad_fills_a_bool_tensor_with_its_constant_cast_to_bool():
+    # seed 70081 pads a bool x with constant_value=1.5: torch's pad of a bool tensor and
+    # megengine's store True; torch's pad on the float values shows 1.5 (its oracle in this
+    # mode), which the case's ``writes`` casts into x's dtype
+    x = mge.tensor([True])
+    assert F.nn.pad(x, [(0, 1)], constant_value=1.5).numpy().tolist() == \
+        torch.nn.functional.pad(torch.tensor([True]), (0, 1), value=1.5).tolist()
+    assert run_seed("pad", 70081, "int") == "ok"
