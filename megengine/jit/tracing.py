@@ -300,7 +300,7 @@ class trace:
         self._busy = True
         try:
             while len(self._programs) > n:
-                self._programs.popitem(last=False)
+                self._drop_oldest()
         finally:
             self._done()
 
@@ -434,9 +434,18 @@ class trace:
                         "logged values inside exclude_from_trace(), or raise "
                         "trace(max_programs=...)", name, self._max_programs)
                 while len(programs) > self._max_programs:
-                    programs.popitem(last=False)
+                    self._drop_oldest()
         finally:
             self._done()
+
+    def _drop_oldest(self):
+        """Drop the least recently used program, and what its signature's arguments' values
+        were read for when no other program keeps that signature (a signature seen once would
+        otherwise stay in ``_read_args`` for good: a trace called with ever new shapes grew)."""
+        key, _ = self._programs.popitem(last=False)
+        base = key[:2]
+        if base in self._read_args and not any(k[:2] == base for k in self._programs):
+            del self._read_args[base]
 
     def _done(self):
         """End a change of the cache: drop the programs of instances that died meanwhile."""

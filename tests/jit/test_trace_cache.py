@@ -87,6 +87,26 @@ def test_a_full_cache_warns_once(monkeypatch):
     assert "max_programs" in warned[0]
 
 
+def test_what_a_dropped_signature_read_goes_with_its_program():
+    # a function that reads an argument's value keys its programs by that value too; called with
+    # ever new shapes, the note of which arguments each signature read grew without bound while
+    # the programs themselves stayed at max_programs
+    ran = []
+
+    @trace(symbolic=True, max_programs=2)
+    def f(x, k):
+        ran.append(x.shape[0])
+        return x * int(k.item())
+
+    for n in range(1, 11):
+        assert f(mge.tensor(np.ones(n, "float32")), mge.tensor(3)).numpy().tolist() == [3.0] * n
+    assert len(f._programs) == 2 and len(f._read_args) == 2
+    # a dropped signature is learned again when it comes back, and still keys by the value
+    assert f(mge.tensor(np.ones(1, "float32")), mge.tensor(5)).numpy().tolist() == [5.0]
+    assert f(mge.tensor(np.ones(1, "float32")), mge.tensor(3)).numpy().tolist() == [3.0]
+    assert len(f._read_args) <= 2 and ran[-2:] == [1, 1]
+
+
 # ----- a traced method and its instances -----
 
 class Model(M.Module):
