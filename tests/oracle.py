@@ -198,3 +198,13 @@ def check_recorded_clip_grad_norm(devices, max_norm=0.1, ord=2.0):
         np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(w.grad.numpy(), tgw.numpy(), rtol=1e-4, atol=1e-6)
     return xs, ws
+
+
+def raises_as_upstream(call, shape, upstream, match):
+    """``call(x)``, x a float32 tensor of ``shape``, raises an error of ``upstream``'s type (what
+    upstream 1.13 raises there, measured) whose message matches ``match``, and that error is a
+    ValueError too (what the mistake is): the tables of bad arguments in tests/functional."""
+    x = mge.tensor(np.random.RandomState(0).rand(*shape).astype("float32"))
+    with pytest.raises(upstream, match=match) as e:
+        call(x)
+    assert isinstance(e.value, ValueError)
