@@ -100,10 +100,12 @@ class _Backbone(nn.Module):
 
 
 class _Classifier(M.Module):
-    def __init__(self, backbone):
+    """A wrapped torch backbone and a megengine head of ``features`` -> ``classes``."""
+
+    def __init__(self, backbone, features=8, classes=5):
         super().__init__()
         self.backbone = PyTorchModule(backbone)
-        self.head = M.Linear(8, 5)
+        self.head = M.Linear(features, classes)
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -378,16 +380,6 @@ class _NormBlock(nn.Module):
         return tF.gelu(self.norm(h))
 
 
-class _AmpNet(M.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = PyTorchModule(block)
-        self.head = M.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.block(x))
-
-
 def _feature_batches(steps):
     rng = np.random.RandomState(0)
     return [(rng.randn(4, 8).astype("float32"), rng.randint(0, 3, 4).astype("int32"))
@@ -399,7 +391,7 @@ def test_autocast_and_grad_scaler_around_a_torch_block_skip_and_scale_like_torch
     skipped and the scale backs off and grows (every 2 clean steps) through the same values."""
     _seed()
     block = _NormBlock().to(torch_device())
-    net = _AmpNet(block)
+    net = _Classifier(block, 16, 3)
     ref = nn.Sequential(copy.deepcopy(block), _torch_twin(net.head))
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -707,7 +699,7 @@ def _lstm_program(step_fn_of):
 
 def _amp_program(step_fn_of):
     """The amp network, whose scaler skips, backs off and grows between traced calls."""
-    net = _AmpNet(_NormBlock().to(torch_device()))
+    net = _Classifier(_NormBlock().to(torch_device()), 16, 3)
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     scaler = amp.GradScaler(init_scale=2.0 ** 18, growth_interval=2)
@@ -924,16 +916,6 @@ def _small_backbone():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(torch_device())
 
 
-class _FineTuned(M.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = PyTorchModule(backbone)
-        self.head = M.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
 def _groups(net):
     return optim.SGD([{"params": net.backbone.parameters(), "lr": 0.01},
                       {"params": net.head.parameters()}], lr=0.1, momentum=0.9)
@@ -951,7 +933,7 @@ def test_fine_tuning_torch_weights_with_parameter_groups_and_a_whole_network_che
     weights = io.BytesIO()
     torch.save(pretrained.state_dict(), weights)
     weights.seek(0)
-    net = _FineTuned(_small_backbone())
+    net = _Classifier(_small_backbone(), 4, 3)
     net.backbone.load_torch_state_dict(torch.load(weights))
     ref = nn.Sequential(copy.deepcopy(pretrained), _torch_twin(net.head))
     ref_opt = torch.optim.SGD([{"params": ref[0].parameters(), "lr": 0.01},
@@ -1009,7 +991,7 @@ def test_a_dataloader_with_workers_running_torch_feeds_a_hybrid_network_like_tor
     forks its two workers; batches come in order, so a twin reading the data itself trains
     alike."""
     _seed()
-    net = _FineTuned(_small_backbone())
+    net = _Classifier(_small_backbone(), 4, 3)
     ref = nn.Sequential(copy.deepcopy(net.backbone.torch_module), _torch_twin(net.head))
     blur = _blur().to(torch_device())
     rng = np.random.RandomState(0)
