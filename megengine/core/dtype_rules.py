@@ -76,6 +76,17 @@ def _torch_data(t):
         raise TypeError(f"cannot make a tensor from {type(t).__name__}: {e}") from None
 
 
+def _none_at(value):
+    """Where a list or tuple holds None, the words saying so: numpy's own message (an
+    "inhomogeneous shape", an object dtype) hides it. Programs get there by passing a module's
+    ``(output, state)`` result, its state None, where the output was meant."""
+    if type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            if v is None:
+                return f"its element {i} is None"
+    return ""
+
+
 def _as_array(value, dtype, device, copy):
     if type(value).__module__.startswith("torch"):
         value = _torch_data(value)
@@ -110,13 +121,17 @@ def _as_array(value, dtype, device, copy):
     try:
         arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
     except (ValueError, TypeError) as e:
-        raise TypeError(f"cannot make a tensor from {type(value).__name__}: {e}") from None
+        none = _none_at(value)
+        raise TypeError(f"cannot make a tensor from {type(value).__name__}"
+                        f"{f' ({none})' if none else ''}: {e}") from None
     narrow = _NARROW.get(arr.dtype)
     if narrow is not None:
         arr = arr.astype(narrow)
     elif arr.dtype.kind not in _SUPPORTED_KINDS:
+        none = _none_at(value)
         raise TypeError(
-            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}); "
+            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}"
+            f"{'; ' + none if none else ''}); "
             "give numbers, nested lists of numbers or a numeric array"
         )
     return _with_tensor_scale(arr)

@@ -34,6 +34,18 @@ def test_creation_rejects_non_numbers():
         Tensor([object()])
 
 
+def test_creation_names_a_none_element():
+    # MegEngine/MegRL's DQNNet.inference hands a module's (logits, None) result to F.argmax:
+    # numpy's own words ("inhomogeneous shape", "dtype object") do not say the None is the fault
+    pair = (Tensor([[1.0, 2.0]]), None)
+    with pytest.raises(TypeError, match=r"from tuple \(its element 1 is None\)"):
+        Tensor(pair)
+    with pytest.raises(TypeError, match=r"dtype object \(list; its element 1 is None\)"):
+        Tensor([1.0, None])
+    with pytest.raises(TypeError, match=r"from list: setting an array element"):
+        Tensor([[1, 2], [3]])  # ragged without a None: numpy's reason alone, as before
+
+
 def test_creation_copies_its_input():
     a = np.zeros(3, np.float32)
     t = Tensor(a)
