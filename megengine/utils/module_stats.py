@@ -474,7 +474,7 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         # watcher's sight: a called wrapper counts all of its own (those of counted torch
         # layers are counted already, in call order, as megengine layers' are)
         if cal_params:
-            for mirror_name, mirror in wrapper.named_modules(prefix=name):
+            for mirror_name, mirror in wrapper.named_modules(prefix=name or None):
                 for attr, p in mirror.named_parameters(recursive=False):
                     note_param(mirror, attr, p, module_name=mirror_name)
 

@@ -122,6 +122,25 @@ def test_module_stats_count_a_parameter_once_across_the_two_sides():
     assert total.param_dims == 9 + 3 + 3
 
 
+def test_module_stats_of_a_wrapper_alone_count_every_torch_parameter():
+    class Seq(nn.Module):  # an LSTM has no formula: its parameters count, its FLOPs do not
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(4)
+            self.rnn = nn.LSTM(4, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(self.norm(x))[0]
+
+    tmod = Seq()
+    total, details = module_stats(PyTorchModule(tmod), input_shapes=[(2, 3, 4)],
+                                  logging_to_stdout=False)
+    assert total.param_dims == sum(p.numel() for p in tmod.parameters())
+    want = ["norm-w", "norm-b"] + sorted("rnn-" + n for n, _ in tmod.rnn.named_parameters())
+    assert [r["name"] for r in details.params[:-1]] == want
+    assert [(r["name"], r["flops_num"]) for r in details.flops[:-1]] == [("norm", 2 * 3 * 4 * 7)]
+
+
 def test_stats_put_back_the_torch_layers_own_modes():
     body = _TorchBody()
     net = _Hybrid(PyTorchModule(body))
