@@ -3,6 +3,7 @@ quantization, deepcopy, modes, hub, dtr, the module walk), each against an indep
 the same network with the torch part ported to megengine layers by hand, or the network itself
 before the tool ran."""
 import copy
+import io
 import pickle
 
 import numpy as np
@@ -63,6 +64,7 @@ class _Hybrid(M.Module):
 
 
 def _hybrid():
+    torch.manual_seed(0)  # (torch's initialisers draw from torch's generator, not megengine's)
     return _Hybrid(PyTorchModule(_TorchBody()))
 
 
@@ -185,8 +187,9 @@ def test_quantize_qat_converts_the_megengine_layers_and_keeps_the_torch_part_flo
 
         def forward(self, x):
             h = self.body(self.dequant(self.pre(self.quant(x))))
-            return self.dequant2(self.head(self.quant2(F.relu(h))))
+            return self.dequant2(self.head(self.quant2(h)))
 
+    torch.manual_seed(0)
     net, x = Net(), _input()
     float_net = copy.deepcopy(net)
     qat = Q.quantize_qat(net)
@@ -204,24 +207,38 @@ def test_quantize_qat_converts_the_megengine_layers_and_keeps_the_torch_part_flo
 
     Q.enable_observer(qat)
     Q.enable_fake_quant(qat)
-    qat(x)  # observe the ranges
+    trained = host(qat.body.get_param_by_name("conv.weight")).copy()
+    _train(qat, x, steps=1)  # fake-quantized training reaches the torch part too
+    assert not np.array_equal(host(qat.body.get_param_by_name("conv.weight")), trained)
     qat.eval()
     fake = host(qat(x))
     quantized = Q.quantize(qat, inplace=False)
     assert type(quantized.body) is PyTorchModule
     assert isinstance(quantized.head, M.quantized.Linear)
-    # the quantized layers compute what their fake-quantized twins did, to one quantum
-    quantum = float(np.abs(fake).max()) / 127  # (int8 steps over the output's range)
-    np.testing.assert_allclose(host(quantized(x)), fake, atol=2 * quantum)
+    # the quantized layers compute what their fake-quantized twins did, to a rounding step of
+    # the head's output
+    step = float(host(qat.head.get_activation_qparams().scale))
+    np.testing.assert_allclose(host(quantized(x)), fake, rtol=0, atol=1.01 * step)
 
 
-def test_deepcopy_then_training_the_copy_leaves_the_original_untouched():
+def _saved_and_loaded(net):
+    buffer = io.BytesIO()
+    mge.save(net, buffer)
+    buffer.seek(0)
+    return mge.load(buffer)
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda net: pickle.loads(pickle.dumps(net)),
+                                    _saved_and_loaded], ids=["deepcopy", "pickle", "mge.save"])
+def test_training_a_copy_leaves_the_original_untouched(copier):
     net, x = _hybrid(), _input()
-    _train(net, x, steps=1)  # momentum state and moved batch-norm statistics
+    net.tied = net.body.get_param_by_name("fc.bias")  # a wrapped parameter held twice
+    _train(net, x, steps=1)  # moved batch-norm statistics
     before = _state(net)
     torch_before = {k: v.clone() for k, v in net.body.torch_module.state_dict().items()}
-    twin = copy.deepcopy(net)
+    twin = copier(net)
     assert twin.body.torch_module is not net.body.torch_module
+    assert twin.tied is twin.body.get_param_by_name("fc.bias")  # the tie is kept, in the copy
     _train(twin, x, steps=2)
     _assert_states_equal(_state(net), before)
     for k, v in net.body.torch_module.state_dict().items():
@@ -259,6 +276,10 @@ def test_named_parameters_of_a_wrapper_take_prefixes_as_torch_names():
     seen = []
     _Hybrid(wrap).apply(lambda m: seen.append(type(m).__name__))
     assert seen.count("PyTorchModule") == 1
+    # an initialiser applied over the tree writes into torch's memory
+    wrap.apply(lambda m: M.init.fill_(m.weight, 0.5) if "weight" in vars(m) else None)
+    assert torch.equal(tmod[0].weight, torch.full((3, 2), 0.5))
+    assert torch.equal(tmod[1].weight, torch.full((3,), 0.5))
 
 
 def test_hub_load_of_a_local_hubconf_building_a_hybrid_net(tmp_path):
