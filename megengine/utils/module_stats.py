@@ -457,7 +457,9 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         add_rows(module, inps, outs_list, name, type(module).__name__, _flops_fn(module))
 
     def torch_layer_hook(tmod, inps, outs, name, formula, device, mirrors):
-        from ..core.torch_bridge import from_torch  # (torch is loaded: a PyTorchModule ran)
+        import torch  # (loaded already: a PyTorchModule ran)
+
+        from ..core.torch_bridge import from_torch
 
         if cal_params:
             for attr in ("weight", "bias"):
@@ -465,9 +467,16 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 if value is not None:
                     note_param(tmod, attr, mirrors.get(id(value)), module_name=name)
         outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        first = Tensor._wrap(from_torch(outs_list[0].detach()), device)
+        first = outs_list[0].detach()
+        # a torch part under autocast(low_prec_dtype="bfloat16") computes in a dtype numpy
+        # lacks: its statistics are taken in float32, its row keeps bfloat16's name and size
+        bfloat16 = first.dtype == torch.bfloat16
+        first = Tensor._wrap(from_torch(first.float() if bfloat16 else first), device)
         add_rows(tmod, inps, [first] + outs_list[1:], name, "torch " + type(tmod).__name__,
                  formula)
+        if bfloat16 and cal_activations:
+            row = activations[-1]
+            row["dtype"], row["nbits"], row["size"] = "bfloat16", 16, row["act_dim"] * 2
 
     def wrapper_hook(wrapper, inps, outs, name=""):
         # torch's forward reads the parameters through torch's attributes, out of the

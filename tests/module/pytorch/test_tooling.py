@@ -143,6 +143,27 @@ def test_module_stats_of_a_wrapper_alone_count_every_torch_parameter():
     assert [(r["name"], r["flops_num"]) for r in details.flops[:-1]] == [("norm", 2 * 3 * 4 * 7)]
 
 
+def test_module_stats_of_a_torch_part_under_bfloat16_autocast_show_torch_dtypes():
+    tmod = _TorchBody()
+    wrap = PyTorchModule(tmod)
+    x = np.random.rand(2, 3, 4, 4).astype("float32")
+    with mge.amp.autocast(low_prec_dtype="bfloat16"):
+        total, details = module_stats(wrap, inputs=(x,), logging_to_stdout=False)
+    # the oracle: the dtypes the same layers return under torch's own autocast
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.dtype))
+               for n, m in tmod.named_children()]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        tmod.eval()(torch.from_numpy(x).to(tmod.conv.weight.device))
+    for h in handles:
+        h.remove()
+    rows = details.activations[:-1]
+    assert [(r["name"], str(r["dtype"])) for r in rows] == \
+        [(n, str(d).replace("torch.", "")) for n, d in seen.items()]
+    assert total.act_size == sum(r["act_dim"] * r["nbits"] // 8 for r in rows)
+    assert "bfloat16" in [str(r["dtype"]) for r in rows]
+
+
 def test_stats_put_back_the_torch_layers_own_modes():
     body = _TorchBody()
     net = _Hybrid(PyTorchModule(body))
