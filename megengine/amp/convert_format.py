@@ -14,10 +14,10 @@ convert the torch module itself with ``module.to(memory_format=torch.channels_la
 wrapping it. Converted inputs reach a PyTorchModule C-contiguous (see `megengine.core.format`).
 """
 import copy
-import sys
 
 from ..core import format as _fmt
 from ..core.tensor import Tensor
+from ..utils.module_utils import pytorch_modules
 
 
 def _is_nchw_format(t):
@@ -48,12 +48,8 @@ def convert_module_format(module, inplace: bool = True):
     the module."""
     if not inplace:
         module = copy.deepcopy(module)
-    torch_owned = set()
-    pytorch = sys.modules.get("megengine.module.pytorch")  # loaded iff a PyTorchModule exists
-    if pytorch is not None:
-        for m in module.modules():
-            if isinstance(m, pytorch.PyTorchModule):
-                torch_owned.update(id(t) for _, t in m.named_tensors())
+    torch_owned = {id(t) for _, wrapper in pytorch_modules(module)
+                   for _, t in wrapper.named_tensors()}
     for _, t in module.named_tensors():
         if id(t) not in torch_owned:
             convert_tensor_format(t, inplace=True)

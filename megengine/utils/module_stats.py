@@ -10,8 +10,15 @@ layer's ``weight`` and ``bias`` are counted once however often they are used, al
 forward reads them without calling the layer (``self.conv.calc_conv(x, self.conv.weight, ...)``);
 an activation is a hooked layer's (first) output.
 
-Layers of other types (activations, elementwise ops, a `PyTorchModule`) are not counted, as
-upstream; `register_hook_module` and `register_flops` add types.
+Layers of other types (activations, elementwise ops) are not counted, as upstream;
+`register_hook_module` and `register_flops` add types.
+
+A `PyTorchModule` (a fork's addition) is counted by the same rules: every parameter of a called
+wrapper is a row (its torch name under the wrapper's, ``body.conv-w``), and the torch layers
+inside whose megengine counterparts have a formula (``torch.nn`` convolutions, ``Linear``,
+normalizations, 2-d pooling) are FLOPs and activation rows, class ``torch Conv2d``, with that
+formula. The rest of the torch forward (``torch.relu``, a bare ``x @ w``) counts nothing, as
+functional calls in a megengine forward count nothing.
 
 The steps `module_stats` takes are public, as upstream's: `get_op_stats`, `get_param_stats` and
 `get_activation_stats` make one row, `sum_op_stats`, `sum_param_stats` and
@@ -29,7 +36,7 @@ from .. import module as M
 from ..core.dtype import get_dtype_bit
 from ..core.tensor import Tensor
 from ..logger import _WHOLE, get_logger
-from .module_utils import set_module_mode_safe
+from .module_utils import pytorch_modules, set_module_mode_safe
 
 __all__ = ["module_stats", "sizeof_fmt", "register_flops", "register_hook_module", "hook_modules",
            "get_param_stats", "get_activation_stats", "total_stats", "stats_details",
@@ -165,6 +172,22 @@ def _flops_fn(module):
     return None
 
 
+def _torch_layer_formulas():
+    """The ``torch.nn`` layer types counted inside a PyTorchModule, each with the formula of its
+    megengine counterpart (their attributes have the same names). Called only for a model that
+    holds a PyTorchModule, so torch is already imported."""
+    import torch.nn as tnn
+
+    return {
+        tnn.Conv1d: flops_convNd, tnn.Conv2d: flops_convNd, tnn.Conv3d: flops_convNd,
+        tnn.ConvTranspose2d: flops_convNdTranspose, tnn.Linear: flops_linear,
+        tnn.modules.batchnorm._BatchNorm: flops_norm, tnn.GroupNorm: flops_norm,
+        tnn.LayerNorm: flops_norm, tnn.modules.instancenorm._InstanceNorm: flops_norm,
+        tnn.MaxPool2d: flops_pool, tnn.AvgPool2d: flops_pool,
+        tnn.AdaptiveAvgPool2d: flops_adaptivePool, tnn.AdaptiveMaxPool2d: flops_adaptivePool,
+    }
+
+
 def sizeof_fmt(num, suffix="B"):
     """``num`` with a binary prefix for bytes (``"1.500 KiB"``), a decimal one otherwise
     (``sizeof_fmt(2e9, suffix="OPs")`` is ``"2.000 GOPs"``)."""
@@ -246,6 +269,10 @@ def get_op_stats(module, inputs, outputs):
     fn = _flops_fn(module)
     if fn is None:
         return None
+    return _op_row(fn, module, inputs, outputs)
+
+
+def _op_row(fn, module, inputs, outputs):
     outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
     # upstream's key order (printing a row shows it)
     return {"input_shapes": [tuple(i.shape) for i in inputs],
@@ -403,29 +430,62 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
     recorded = set()  # ids of counted parameters: a shared one is counted once
     names = {}  # id(hooked module) -> its dotted name
 
-    def note_param(module, attr, value):
+    def note_param(module, attr, value, module_name=None):
         if value is None or id(value) in recorded or not isinstance(value, Tensor):
             return
         recorded.add(id(value))
         row = get_param_stats(value)
-        row["name"] = names[id(module)] + ("-w" if attr == "weight" else "-b")
+        suffix = {"weight": "-w", "bias": "-b"}.get(attr, "-" + attr)
+        row["name"] = (names[id(module)] if module_name is None else module_name) + suffix
         params.append(row)
 
-    def hook(module, inps, outs, name=""):
-        class_name = type(module).__name__
-        outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        if cal_flops:
-            row = get_op_stats(module, inps, outs_list)
-            if row is not None:
-                row["name"], row["class_name"] = name, class_name
-                flops.append(row)
-        if cal_params:
-            for attr in ("weight", "bias"):
-                note_param(module, attr, getattr(module, attr, None))
+    def add_rows(module, inps, outs_list, name, class_name, formula):
+        if cal_flops and formula is not None:
+            row = _op_row(formula, module, inps, outs_list)
+            row["name"], row["class_name"] = name, class_name
+            flops.append(row)
         if cal_activations:
             row = get_activation_stats(outs_list[0], has_inputs)
             row["name"], row["class_name"] = name, class_name
             activations.append(row)
+
+    def hook(module, inps, outs, name=""):
+        outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        if cal_params:
+            for attr in ("weight", "bias"):
+                note_param(module, attr, getattr(module, attr, None))
+        add_rows(module, inps, outs_list, name, type(module).__name__, _flops_fn(module))
+
+    def torch_layer_hook(tmod, inps, outs, name, formula, device, mirrors):
+        import torch  # (loaded already: a PyTorchModule ran)
+
+        from ..core.torch_bridge import from_torch
+
+        if cal_params:
+            for attr in ("weight", "bias"):
+                value = getattr(tmod, attr, None)
+                if value is not None:
+                    note_param(tmod, attr, mirrors.get(id(value)), module_name=name)
+        outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        first = outs_list[0].detach()
+        # a torch part under autocast(low_prec_dtype="bfloat16") computes in a dtype numpy
+        # lacks: its statistics are taken in float32, its row keeps bfloat16's name and size
+        bfloat16 = first.dtype == torch.bfloat16
+        first = Tensor._wrap(from_torch(first.float() if bfloat16 else first), device)
+        add_rows(tmod, inps, [first] + outs_list[1:], name, "torch " + type(tmod).__name__,
+                 formula)
+        if bfloat16 and cal_activations:
+            row = activations[-1]
+            row["dtype"], row["nbits"], row["size"] = "bfloat16", 16, row["act_dim"] * 2
+
+    def wrapper_hook(wrapper, inps, outs, name=""):
+        # torch's forward reads the parameters through torch's attributes, out of the
+        # watcher's sight: a called wrapper counts all of its own (those of counted torch
+        # layers are counted already, in call order, as megengine layers' are)
+        if cal_params:
+            for mirror_name, mirror in wrapper.named_modules(prefix=name or None):
+                for attr, p in mirror.named_parameters(recursive=False):
+                    note_param(mirror, attr, p, module_name=mirror_name)
 
     handles = []
     types = tuple(hook_modules)
@@ -433,6 +493,19 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         if isinstance(module, types) and id(module) not in names:
             names[id(module)] = name
             handles.append(module.register_forward_hook(functools.partial(hook, name=name)))
+    wrappers = pytorch_modules(model)
+    torch_formulas = _torch_layer_formulas() if wrappers else {}
+    for name, wrapper in wrappers:
+        mirrors = {id(p.torch_tensor): p for p in wrapper.parameters()}  # torch's -> megengine's
+        handles.append(wrapper.register_forward_hook(functools.partial(wrapper_hook, name=name)))
+        for torch_name, tmod in wrapper.torch_module.named_modules():
+            formula = next((torch_formulas[c] for c in type(tmod).__mro__
+                            if c in torch_formulas), None)
+            if formula is not None and id(tmod) not in names:  # (one torch layer wrapped twice)
+                names[id(tmod)] = ".".join(filter(None, (name, torch_name)))
+                handles.append(tmod.register_forward_hook(functools.partial(
+                    torch_layer_hook, name=names[id(tmod)], formula=formula,
+                    device=wrapper._device, mirrors=mirrors)))
 
     # A forward may read a layer's weight without calling the layer (``conv.calc_conv(x,
     # conv.weight, conv.bias)``); upstream counts those too, so reads of ``weight``/``bias`` on

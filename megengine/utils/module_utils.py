@@ -1,6 +1,7 @@
-"""Helpers over a Module tree: read or replace the object at a dotted ``named_*`` key, and
-switch a tree's train/eval mode for the span of a ``with`` block."""
+"""Helpers over a Module tree: read or replace the object at a dotted ``named_*`` key, switch a
+tree's train/eval mode for the span of a ``with`` block, and find the PyTorchModules in it."""
 import contextlib
+import sys
 
 from ..module.module import Module, _access_structure
 
@@ -37,6 +38,11 @@ def set_module_mode_safe(module: Module, training: bool = False):
     """Within the block every module of ``module``'s tree has ``training`` set to the given
     mode; on leaving (also by an exception) each gets back the mode it had."""
     saved = [(m, m.training) for m in module.modules()]
+    # A PyTorchModule's train() sets its whole torch module, whose submodules may have had modes
+    # of their own (a frozen BatchNorm in eval inside a training backbone): torch's are put back
+    # one by one too, else the block would leave every torch layer in the block's mode.
+    saved_torch = [(t, t.training) for _, wrapper in pytorch_modules(module)
+                   for t in wrapper.torch_module.modules()]
     for m, _ in saved:
         m.train(training, recursive=False)
     try:
@@ -44,3 +50,16 @@ def set_module_mode_safe(module: Module, training: bool = False):
     finally:
         for m, mode in saved:
             m.training = mode
+        for t, mode in saved_torch:
+            t.training = mode
+
+
+def pytorch_modules(module: Module):
+    """``(name, wrapper)`` for every `~megengine.module.pytorch.PyTorchModule` in ``module``'s
+    tree (``named_modules`` order), without importing torch: a tree can hold one only once
+    ``megengine.module.pytorch`` has been imported."""
+    pytorch = sys.modules.get("megengine.module.pytorch")
+    if pytorch is None:
+        return []
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, pytorch.PyTorchModule)]

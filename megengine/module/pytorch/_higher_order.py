@@ -52,6 +52,35 @@ def _dense(g):
     return g.to_dense() if g is not None and g.layout != torch.strided else g
 
 
+# The nodes torch puts in a gradient's graph where no second derivative exists: a
+# torch.autograd.Function's backward marked @once_differentiable (DelayedError) and an op whose
+# double backward torch lacks. They hang off stand-in leaves, so torch.autograd.grad(inputs=...)
+# never runs them and returns the gradient without their part (None for an input reached only
+# through them); torch's backward() runs them and raises.
+_NO_SECOND_DERIVATIVE = frozenset(("torch::autograd::Error", "torch::autograd::NotImplemented"))
+
+
+def _refuse_once_differentiable(call, ys):
+    """Raise if torch's graph of the first-order gradients ``ys`` holds a node that has no
+    derivative, instead of a second-order gradient missing that node's part."""
+    stack, seen = [y.grad_fn for y in ys], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() in _NO_SECOND_DERIVATIVE:
+            raise RuntimeError(
+                f"{call!r}: a second-order gradient through this module passes through a "
+                "torch.autograd.Function whose backward is marked @once_differentiable (or a "
+                "torch op without a double backward), which has none; torch's backward raises "
+                "'trying to differentiate twice' there too. Write that backward with "
+                "differentiable torch operations (without @once_differentiable), or keep "
+                "the module out of the higher-order gradient"
+            )
+        stack.extend(next_node for next_node, _ in node.next_functions)
+
+
 class TorchGrad(Op):
     """Inputs: the call's inputs and parameters, then one gradient per call output. Outputs:
     the gradients of the wanted inputs/parameters, computed by torch with a kept graph."""
@@ -113,6 +142,7 @@ class TorchGrad(Op):
                 dys.append(_bridge.to_torch(gg))
         result = [None] * len(self.needs_input_grad)
         if ys and targets:
+            _refuse_once_differentiable(self.call, ys)
             # retain: the call's own backward may still run through the forward graph
             got = torch.autograd.grad(ys, [t for _, t in targets], dys, allow_unused=True,
                                       retain_graph=True)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.autograd.function import once_differentiable
 
 import megengine as mge
 import megengine.functional as F
@@ -125,3 +126,60 @@ def test_higher_order_through_a_reentrant_checkpoint_is_refused_naming_the_fix()
         with gm_p:
             with gm_x:
                 gm_x.backward(m(x).sum())
+
+
+def _square(once):
+    """x * x as a torch.autograd.Function, its backward marked @once_differentiable or not."""
+
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return 2 * x * g
+
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+    Square.backward = staticmethod(once_differentiable(backward) if once else backward)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return Square.apply(self.lin(x))
+
+    torch.manual_seed(0)
+    return Net()
+
+
+def _second_order(net, xa):
+    """MegEngine's x.grad of (d/dx sum(net(x) ** 2)).sum() through nested GradManagers."""
+    wrap, x = PyTorchModule(net), mge.tensor(xa)
+    outer, inner = GradManager().attach(x), GradManager().attach(x)
+    with outer:
+        with inner:
+            inner.backward((wrap(x) ** 2).sum())
+        first = x.grad
+        x.grad = None
+        outer.backward(first.sum())
+    return x.grad
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_second_order_through_a_once_differentiable_function_raises_where_torch_does(once):
+    net = _square(once)
+    xa = np.random.randn(2, 3).astype(np.float32)
+    tx = torch.tensor(xa, requires_grad=True)
+    g, = torch.autograd.grad((net(tx) ** 2).sum(), tx, create_graph=True)
+    if not once:
+        np.testing.assert_allclose(_second_order(net, xa).numpy(),
+                                   torch.autograd.grad(g.sum(), tx)[0].numpy(), rtol=1e-5)
+        return
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()  # torch's own backward
+    # earlier versions of this fork gave x.grad None: the function's part left out
+    with pytest.raises(RuntimeError, match="PyTorchModule\\(Net\\).*@once_differentiable"):
+        _second_order(net, xa)
