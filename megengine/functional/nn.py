@@ -47,44 +47,57 @@ def _shift(x, axes):
 
 
 def _aten_softmax(x, axes, needs_input_grad):
-    """Whether softmax / log_softmax of ``x`` along ``axes`` takes ATen's kernels: over one axis,
-    on CUDA always; on the CPU over the last axis of rows of 32 or more and 4096 values or more,
-    where ATen was measured faster than numpy (see `_aten`; over short rows it is slower), and
-    without a gradient (the op's ``needs_input_grad``) over fewer values too, where the calls'
-    fixed costs decide: rows of 16 or more, or 256 values or fewer (forward, one thread:
-    (1, 1000) 5.0 us against numpy's 8.4, (8, 10) 5.9 against 8.0, (128, 16) 7.3 against 19.6;
-    (64, 10) 15.7 against 12.7). With a gradient numpy's few-pass backward of a small input is
-    the faster. float16 always: numpy's float16 loops are not vectorised here, and ATen's
-    kernels compute in float32 and round once, as torch (numpy's rounds each pass, up to twice
-    the error). One thread, forward and backward: (8, 10) 7.7 and 6.1 us against 1.9 and 2.0;
-    (2, 3, 197, 197) 15.6 and 24.4 ms against 0.21 and 0.06."""
+    """Whether softmax / log_softmax of ``x`` along ``axes`` takes ATen's forward kernel: over
+    one axis, on CUDA always; on the CPU over the last axis (float32, float64) without a
+    gradient (the op's ``needs_input_grad``) whatever the size, with one from 2048 values; and
+    float16 always (numpy's float16 loops are not vectorised here, and ATen's kernels compute
+    in float32 and round once, as torch; numpy's rounds each pass, up to twice the error).
+    Measured on 2 shared cores, one thread: forward alone, us per call, ATen against numpy's
+    five passes: (8, 10) 14 against 23, (64, 10) 18 against 30, (1024, 10) 79 against 150,
+    (64, 32) 21 against 40 (log_softmax alike). In a training step (forward, then backward by
+    `_aten_softmax_backward`'s rule, paired) the ATen forward cost 3-7 % more up to 640 values
+    ((8, 10), (64, 10)), the same at 1280-2048 ((128, 10), (64, 32), (32, 64), (16, 128)),
+    7-18 % less from 2560 ((256, 10), (512, 10)). float16, one thread, forward and backward:
+    (8, 10) 7.7 and 6.1 us on numpy against 1.9 and 2.0 on ATen; (2, 3, 197, 197) 15.6 and
+    24.4 ms against 0.21 and 0.06."""
     if len(axes) != 1 or not x.ndim:
         return False
     if x.dtype is FLOAT16:
         return _aten.use_aten(x, "softmax")
-    axis = axes[0]
-    row, size = x.shape[axis], x.size
     grad = not needs_input_grad or needs_input_grad[0]  # (unknown outside dispatch: wanted)
-    return _aten.use_aten(x, "softmax", cpu_worth=axis == x.ndim - 1 and x.dtype in KERNEL_FLOATS
-                          and (row >= 32 and size >= 4096
-                               or not grad and size < 4096 and (row >= 16 or size <= 256)))
+    return _aten.use_aten(x, "softmax", cpu_worth=axes[0] == x.ndim - 1
+                          and x.dtype in KERNEL_FLOATS and (not grad or x.size >= 2048))
+
+
+def _aten_softmax_backward(y, axes):
+    """Whether the backward of a softmax / log_softmax whose forward ran ATen's kernel (output
+    ``y``) takes ATen's backward kernel too: on CUDA, for float16 and when forced (tests)
+    always; on the CPU for rows of 32 or more and 4096 values or more. Below that numpy's
+    three-pass formula on ``y`` is the faster, ATen's call costing ~15 us more: one thread, us
+    per call, ATen against numpy: (8, 10) 27 against 11, (64, 10) 29 against 15, (256, 10) 39
+    against 25, (64, 32) 34 against 19; (1024, 10) 58 against 60 (log_softmax alike)."""
+    if type(y) is not np.ndarray or y.dtype is FLOAT16 or _aten.is_forced("softmax"):
+        return True
+    return y.shape[axes[0]] >= 32 and y.size >= 4096
 
 
 class _Softmax(Op):
-    """Softmax along ``axes``. Over one axis on CUDA, and over long rows (or float16) on the
-    CPU: ATen's kernels (`_aten_softmax`); else array code (numpy on the CPU, the faster for
-    short rows)."""
+    """Softmax along ``axes``. Over one axis on CUDA, and over the last axis (or float16) on
+    the CPU: ATen's forward kernel (`_aten_softmax`), and its backward kernel where
+    `_aten_softmax_backward` says; else array code."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
         self.axes = axes
-        self.ty = None  # ATen's output, when the ATen path ran
+        self.ty = None  # ATen's output, when the backward takes ATen's kernel
 
     def forward(self, x):
         x = _as_float(x, self)
         if _aten_softmax(x, self.axes, self.needs_input_grad):
-            self.ty = _aten.ops._softmax(_aten.view(x), self.axes[0], False)
-            self.y = _aten.array(self.ty)
+            ty = _aten.ops._softmax(_aten.view(x), self.axes[0], False)
+            self.y = _aten.array(ty)
+            if _aten_softmax_backward(self.y, self.axes):
+                self.ty = ty
             return self.y
         e = xp_of(x).exp(x - _shift(x, self.axes))
         e /= acc_sum(e, self.axes, keepdims=True)
@@ -106,19 +119,21 @@ class _Softmax(Op):
 
 class _LogSoftmax(Op):
     """``x - logsumexp(x)`` along ``axes``; ATen's kernels where softmax takes them
-    (`_aten_softmax`)."""
+    (`_aten_softmax`, `_aten_softmax_backward`)."""
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
 
     def __init__(self, axes):
         self.axes = axes
-        self.ty = None  # ATen's output, when the ATen path ran
+        self.ty = None  # ATen's output, when the backward takes ATen's kernel
 
     def forward(self, x):
         x = _as_float(x, self)
         if _aten_softmax(x, self.axes, self.needs_input_grad):
-            self.ty = _aten.ops._log_softmax(_aten.view(x), self.axes[0], False)
-            self.y = _aten.array(self.ty)
+            ty = _aten.ops._log_softmax(_aten.view(x), self.axes[0], False)
+            self.y = _aten.array(ty)
+            if _aten_softmax_backward(self.y, self.axes):
+                self.ty = ty
             return self.y
         xp = xp_of(x)
         shifted = x - _shift(x, self.axes)

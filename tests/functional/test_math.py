@@ -331,11 +331,14 @@ def _topk_reference(x, k, descending):
 @pytest.mark.parametrize("path", ["aten", "arrays"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("nan", [True, False], ids=["nan", "numbers"])
 def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, host_default_device,
-                                                              descending, dtype, path):
-    # float rows with ties inside the top k (integer values) and NaNs, an odd row length, a
-    # transposed input; "arrays": the numpy code CuPy also runs. Indices among equal values
-    # come in index order on both paths; a NaN is never picked before a number.
+                                                              descending, dtype, path, nan):
+    # float rows with ties inside the top k (integer values) and NaNs (or none: on the CPU
+    # ATen's largest first serves a descending call, NaNs send it to the smallest of -x), an
+    # odd row length, a transposed input; "arrays": the numpy code CuPy also runs. Indices
+    # among equal values come in index order on both paths; a NaN is never picked before a
+    # number.
     from megengine.functional import _aten
 
     ran = []
@@ -344,7 +347,7 @@ def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, hos
     rs = np.random.RandomState(4)
     # the 6 smallest and the 6 largest of each row hold ties, but not at the 6th place (which
     # of several equal values there is picked is unspecified, as with upstream's kernel)
-    row = [0, 0, 1, 1, 1, 3, 97, 98, 98, 99, 99, 99, np.nan] + list(range(10, 18))
+    row = [0, 0, 1, 1, 1, 3, 97, 98, 98, 99, 99, 99, np.nan if nan else 50] + list(range(10, 18))
     x = np.stack([rs.permutation(row) for _ in range(7)]).astype(dtype)  # (7, 21)
     stored = np.ascontiguousarray(x.T)  # used as stored.T: a transposed input
     def avoid():

@@ -52,31 +52,43 @@ def softmax_path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("shape,axis,on_aten,on_aten_without_grad", [
-    ((2, 2, 32, 32), -1, True, True), ((2, 2, 32, 32), 2, False, False),
-    ((410, 10), -1, False, False), ((64, 10), -1, False, False), ((8, 32), -1, False, True),
-    ((8, 10), -1, False, True), ((128, 16), -1, False, True),
+@pytest.mark.parametrize("shape,axis,forward_on_aten,backward_on_aten", [
+    ((2, 2, 32, 32), -1, (True, True), True), ((2, 2, 32, 32), 2, (False, False), False),
+    ((410, 10), -1, (True, True), False), ((64, 32), -1, (True, True), False),
+    ((64, 10), -1, (False, True), False), ((8, 32), -1, (False, True), False),
+    ((8, 10), -1, (False, True), False), ((128, 32), -1, (True, True), True),
+    ((1, 1), -1, (False, True), False),
 ], ids=str)
-def test_softmax_on_cpu_takes_aten_for_long_rows_and_small_inference(
-        monkeypatch, log, shape, axis, on_aten, on_aten_without_grad):
-    # measured (see megengine/functional/nn.py's _aten_softmax): ATen is faster for rows of 32
-    # or more in inputs of 4096 values or more, numpy for short rows; without a gradient also
-    # ATen's kernel for inputs under 4096 values of rows of 16 or more, or of 256 values or
-    # fewer (its fixed cost is the lower); every path gives torch's values
+def test_softmax_on_cpu_takes_aten_over_the_last_axis_where_measured_faster(
+        monkeypatch, log, shape, axis, forward_on_aten, backward_on_aten):
+    # measured (see megengine/functional/nn.py's _aten_softmax and _aten_softmax_backward):
+    # over the last axis ATen's forward kernel is faster than numpy's passes at every size
+    # without a gradient, from 2048 values in a training step; its backward kernel only for
+    # rows of 32 or more in inputs of 4096 values or more (numpy's formula on ATen's output
+    # below); other axes stay on numpy. ``forward_on_aten``: (with a gradient, without). Every
+    # mix gives torch's values and gradients.
     used = record_aten_kernels(monkeypatch)
     x = rand(*shape, low=-5, high=5)
+    w = rand(*shape)
     ours, theirs = (F.logsoftmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
+    name = "_log_softmax" if log else "_softmax"
 
     check(lambda t: ours(t, axis), lambda t: theirs(t, axis), x)  # on the default device
-    name = "_log_softmax" if log else "_softmax"
-    for grad, expect in ((True, on_aten), (False, on_aten_without_grad)):
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt, axis)
+    (yt * torch.from_numpy(w)).sum().backward()
+    for grad in (True, False):
         used.clear()
         t = mge.tensor(x, device="cpu0")  # the path a CPU array takes
-        with GradManager().attach([t] if grad else []):
+        with GradManager().attach([t] if grad else []) as gm:
             y = ours(t, axis)
-        assert (name in used) == expect
-        np.testing.assert_allclose(y.numpy(), theirs(torch.tensor(x), axis).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+            if grad:
+                gm.backward((y * mge.tensor(w, device="cpu0")).sum())
+        assert (name in used) == forward_on_aten[0 if grad else 1]
+        assert (name + "_backward_data" in used) == (grad and backward_on_aten)
+        np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+        if grad:
+            np.testing.assert_allclose(t.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.usefixtures("softmax_path")
