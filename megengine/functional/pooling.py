@@ -8,6 +8,8 @@ measured choices on the CPU: max pooling of non-overlapping windows is faster as
 (see `_Pool2d._disjoint_max`), of overlapping ones on ATen's channels-last kernel
 (`_Pool2d._max_channels_last`).
 """
+import math
+
 import numpy as np
 
 from ..core import _config
@@ -25,7 +27,10 @@ __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool
 
 
 def _has_nan(x):
-    return x.dtype.kind == "f" and bool(np.isnan(np.min(x)))
+    """Whether a numpy array holds a NaN: its min, a reduction NaN propagates through. The
+    ufunc's own reduce, not ``np.min`` (whose Python wrapper and ``np.isnan`` of the scalar
+    cost more than the pass on a small input: (2, 4, 8, 8) float32 15 us a call against 3.6)."""
+    return x.dtype.kind == "f" and math.isnan(np.minimum.reduce(x, axis=None))
 
 
 class _Pool2d(Op):
