@@ -372,27 +372,28 @@ class _Normalize(Op):
     def _backward_aten(self, g):
         if self.family == "group_norm":
             return self._backward_aten_group(g)
-        needs = self.needs_input_grad
-        mask = [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
+        mask = self._aten_grad_mask()
         tg = _aten.view(g.astype(self.x_dtype, copy=False).reshape(-1, self.m))
-        grads = _aten.aten().native_layer_norm_backward(tg, self.tx, [self.m], self.mean,
-                                                         self.rstd, self.tw, self.tb, mask)
-        gx, gw, gb = grads  # ATen's, in (x, weight, bias) order; None where mask is False
-        out = [_fresh(gx, self.x_shape) if mask[0] else None]
-        if self.has_weight:
-            out.append(_fresh(gw, self.param_shapes[0]) if mask[1] else None)
-        if self.has_bias:
-            out.append(_fresh(gb, self.param_shapes[-1]) if mask[2] else None)
-        return tuple(out)
+        return self._aten_grads(mask, _aten.aten().native_layer_norm_backward(
+            tg, self.tx, [self.m], self.mean, self.rstd, self.tw, self.tb, mask))
 
     def _backward_aten_group(self, g):
-        needs = self.needs_input_grad
         n, c = self.x_shape[:2]
-        mask = [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
+        mask = self._aten_grad_mask()
         xp = xp_of(g)
         tg = _aten.view(xp.ascontiguousarray(g, dtype=self.x_dtype).reshape(n, c, self.m))
-        gx, gw, gb = _aten.aten().native_group_norm_backward(
-            tg, self.tx, self.mean, self.rstd, self.tw, n, c, self.m, self.view[1], mask)
+        return self._aten_grads(mask, _aten.aten().native_group_norm_backward(
+            tg, self.tx, self.mean, self.rstd, self.tw, n, c, self.m, self.view[1], mask))
+
+    def _aten_grad_mask(self):
+        """ATen's output mask: which of (x, weight, bias) get a gradient."""
+        needs = self.needs_input_grad
+        return [needs[0], self.has_weight and needs[1], self.has_bias and needs[-1]]
+
+    def _aten_grads(self, mask, grads):
+        """This op's gradients from ATen's (x, weight, bias) ones (None where ``mask`` is
+        False), one per input."""
+        gx, gw, gb = grads
         out = [_fresh(gx, self.x_shape) if mask[0] else None]
         if self.has_weight:
             out.append(_fresh(gw, self.param_shapes[0]) if mask[1] else None)

@@ -32,7 +32,19 @@ def _check_rois(what, inp, rois):
     return rois
 
 
-class _ROIAlign(Op):
+class _RegionPooling(Op):
+    """roi_align and roi_pooling: linear in the image once forward has fixed where each bin
+    reads (``resample(img)`` applies that map, ``image_grad(g)`` its transpose), with no
+    gradient for the rois; the gradient's own graph is the `LinearMap` of the two."""
+
+    def grad_graph(self, inputs, outputs, grads):
+        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
+
+    def backward(self, g):
+        return self.image_grad(g), None
+
+
+class _ROIAlign(_RegionPooling):
     """Bilinear samples on a (sample_h, sample_w) grid in each of (ph, pw) bins of every roi,
     averaged or maxed per bin.
 
@@ -113,12 +125,6 @@ class _ROIAlign(Op):
             out[idx] = _aten.array(pooled).reshape(c, kb, ph, pw).transpose(1, 0, 2, 3)
         return out
 
-    def grad_graph(self, inputs, outputs, grads):
-        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
-
-    def backward(self, g):
-        return self.image_grad(g), None
-
     def image_grad(self, g):
         xp = xp_of(g)
         c = g.shape[1]
@@ -180,7 +186,7 @@ def _round_half_away(xp, x):
     return xp.sign(x) * xp.floor(xp.abs(x) + 0.5)
 
 
-class _ROIPooling(Op):
+class _ROIPooling(_RegionPooling):
     """Caffe/megdnn RoI pooling: integer roi corners, bins from floor/ceil of the bin size,
     max or average over each bin's pixels (an empty bin gives 0)."""
 
@@ -248,12 +254,6 @@ class _ROIPooling(Op):
             batch, ys, xs, has = self.index
             out = img[batch.reshape(-1, 1, 1, 1), xp.arange(c), ys, xs] * has
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(img.dtype)
-
-    def grad_graph(self, inputs, outputs, grads):
-        return (apply(LinearMap(self.image_grad, self.resample), grads[0]), None)
-
-    def backward(self, g):
-        return self.image_grad(g), None
 
     def image_grad(self, g):
         xp = xp_of(g)

@@ -215,16 +215,11 @@ class _Recorder(_Hook):
         arr = t._data
         if arr.nbytes < FREE_BYTES or self.prog.slots[slot].kind not in _COMPUTED:
             return super()._register(t, slot)  # (small values: kept, cheaper than watched)
-        try:
-            ra = weakref.ref(arr, functools.partial(self._array_gone, id(arr)))
-            rt = weakref.ref(t, functools.partial(self._tensor_gone, id(t)))
-        except TypeError:  # (an array module whose arrays take no weak references)
+        ra = self._hold_weakly(t, slot, functools.partial(self._array_gone, id(arr)))
+        if ra is None:
             return super()._register(t, slot)
         self.watched.append(ra)
-        self.watched.append(rt)
-        self.by_tensor[id(t)] = (slot, ra)
         self.by_array[id(arr)] = slot
-        self.slot_tensor[slot] = rt
         node = t._node  # (its autodiff node and output index)
         self.slot_node[slot] = None if node is None else (weakref.ref(node[0]), node[1])
 
@@ -236,19 +231,24 @@ class _Recorder(_Hook):
         ``w._reset(w.detach() * a + x)``): a parameter's worth of memory per update but the
         first (whose array the external's slot keeps, ``info.const``, until the call ends)."""
         arr = t._data
-        if arr.nbytes >= FREE_BYTES:
-            try:
-                ra = weakref.ref(arr)
-                rt = weakref.ref(t, functools.partial(self._tensor_gone, id(t)))
-            except TypeError:  # (an array module whose arrays take no weak references)
-                pass
-            else:
-                self.watched.append(rt)
-                self.by_tensor[id(t)] = (slot, ra)
-                self.slot_tensor[slot] = rt
-                return
+        if arr.nbytes >= FREE_BYTES and self._hold_weakly(t, slot) is not None:
+            return
         self.by_tensor[id(t)] = (slot, arr)
         self.slot_tensor[slot] = t  # (small: kept, its id stays its own to the end of the call)
+
+    def _hold_weakly(self, t, slot, array_gone=None):
+        """Note ``t`` at ``slot`` by weak references (``by_tensor``, ``slot_tensor``; its id
+        is forgotten when it dies) and return its array's (``array_gone``: that one's
+        callback); None, nothing noted, where the array takes no weak reference."""
+        try:
+            ra = weakref.ref(t._data, array_gone)
+            rt = weakref.ref(t, functools.partial(self._tensor_gone, id(t)))
+        except TypeError:  # (an array module whose arrays take no weak references)
+            return None
+        self.watched.append(rt)
+        self.by_tensor[id(t)] = (slot, ra)
+        self.slot_tensor[slot] = rt
+        return ra
 
     def _array_gone(self, key, _ref):
         self.by_array.pop(key, None)

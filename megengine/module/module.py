@@ -213,7 +213,8 @@ class Module:
 
     def forward(self, *inputs, **kwargs):
         # Upstream makes this abstract (no instance without forward); here a forward-less
-        # Module (a state holder, a test's container) may exist and fails only when called.
+        # Module may exist and fails only when called: a PyTorchModule's mirror of a torch
+        # submodule is one (it holds that submodule's tensors and is never called).
         raise NotImplementedError(
             f"{type(self).__name__} has no forward(): define forward(self, ...) to call it"
         )

@@ -18,7 +18,9 @@ wrapper is a row (its torch name under the wrapper's, ``body.conv-w``), and the 
 inside whose megengine counterparts have a formula (``torch.nn`` convolutions, ``Linear``,
 normalizations, 2-d pooling) are FLOPs and activation rows, class ``torch Conv2d``, with that
 formula. The rest of the torch forward (``torch.relu``, a bare ``x @ w``) counts nothing, as
-functional calls in a megengine forward count nothing.
+functional calls in a megengine forward count nothing. A torch layer's activation row is read
+off the torch tensor (shape, element size, dtype name), so outputs in dtypes numpy or megengine
+cannot hold (bfloat16, float8, complex) are counted as they are.
 
 The steps `module_stats` takes are public, as upstream's: `get_op_stats`, `get_param_stats` and
 `get_activation_stats` make one row, `sum_op_stats`, `sum_param_stats` and
@@ -203,8 +205,10 @@ def _nbits(dtype):
     return get_dtype_bit(np.dtype(dtype).name)  # (as upstream: a bool is 1 bit)
 
 
-def _mean_std(t):
-    a = np.asarray(t.numpy(), dtype=np.float32)
+def _mean_std(values):
+    """The mean and standard deviation of a host array, in float32 (complex64 for complex
+    values, whose mean is complex), formatted as upstream's table shows them."""
+    a = np.asarray(values, dtype=np.complex64 if np.iscomplexobj(values) else np.float32)
     # float32 statistics of huge values overflow to inf or nan: upstream shows them so,
     # without a warning (models with random weights reach such values)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -215,7 +219,7 @@ def get_param_stats(param: Tensor):
     """One parameter's row: dtype, shape, mean, std, param_dim (elements), nbits, size (bytes)."""
     nbits = _nbits(param.dtype)
     dim = _numel(param.shape)
-    mean, std = _mean_std(param)
+    mean, std = _mean_std(param.numpy())
     return {"dtype": np.dtype(param.dtype), "shape": tuple(param.shape), "mean": mean, "std": std,
             "param_dim": dim, "nbits": nbits, "size": dim * nbits // 8}
 
@@ -227,7 +231,28 @@ def get_activation_stats(output: Tensor, has_input=False):
     row = {"dtype": np.dtype(output.dtype), "shape": tuple(output.shape), "act_dim": dim,
            "nbits": nbits, "size": dim * nbits // 8}
     if has_input:  # statistics of zeros made from input_shapes would say nothing
-        row["mean"], row["std"] = _mean_std(output)
+        row["mean"], row["std"] = _mean_std(output.numpy())
+    return row
+
+
+def _torch_activation_stats(output, has_input=False):
+    """`get_activation_stats` of a torch layer's output, counted from the torch tensor: its
+    shape and element size need no values, and torch holds dtypes that numpy (bfloat16,
+    float8) or megengine (complex) cannot, so nothing is converted but the statistics."""
+    import torch  # (loaded already: a PyTorchModule ran)
+
+    name = str(output.dtype).replace("torch.", "")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:  # no numpy dtype of that name: the row shows torch's
+        dtype = name
+    nbits = 1 if output.dtype == torch.bool else output.element_size() * 8  # (as _nbits)
+    dim = output.numel()
+    row = {"dtype": dtype, "shape": tuple(output.shape), "act_dim": dim, "nbits": nbits,
+           "size": dim * nbits // 8}
+    if has_input:
+        wide = torch.complex64 if output.is_complex() else torch.float32
+        row["mean"], row["std"] = _mean_std(output.detach().to("cpu", wide).numpy())
     return row
 
 
@@ -439,13 +464,14 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         row["name"] = (names[id(module)] if module_name is None else module_name) + suffix
         params.append(row)
 
-    def add_rows(module, inps, outs_list, name, class_name, formula):
+    def add_rows(module, inps, outs_list, name, class_name, formula,
+                 activation_stats=get_activation_stats):
         if cal_flops and formula is not None:
             row = _op_row(formula, module, inps, outs_list)
             row["name"], row["class_name"] = name, class_name
             flops.append(row)
         if cal_activations:
-            row = get_activation_stats(outs_list[0], has_inputs)
+            row = activation_stats(outs_list[0], has_inputs)
             row["name"], row["class_name"] = name, class_name
             activations.append(row)
 
@@ -456,27 +482,15 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 note_param(module, attr, getattr(module, attr, None))
         add_rows(module, inps, outs_list, name, type(module).__name__, _flops_fn(module))
 
-    def torch_layer_hook(tmod, inps, outs, name, formula, device, mirrors):
-        import torch  # (loaded already: a PyTorchModule ran)
-
-        from ..core.torch_bridge import from_torch
-
+    def torch_layer_hook(tmod, inps, outs, name, formula, mirrors):
         if cal_params:
             for attr in ("weight", "bias"):
                 value = getattr(tmod, attr, None)
                 if value is not None:
                     note_param(tmod, attr, mirrors.get(id(value)), module_name=name)
         outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        first = outs_list[0].detach()
-        # a torch part under autocast(low_prec_dtype="bfloat16") computes in a dtype numpy
-        # lacks: its statistics are taken in float32, its row keeps bfloat16's name and size
-        bfloat16 = first.dtype == torch.bfloat16
-        first = Tensor._wrap(from_torch(first.float() if bfloat16 else first), device)
-        add_rows(tmod, inps, [first] + outs_list[1:], name, "torch " + type(tmod).__name__,
-                 formula)
-        if bfloat16 and cal_activations:
-            row = activations[-1]
-            row["dtype"], row["nbits"], row["size"] = "bfloat16", 16, row["act_dim"] * 2
+        add_rows(tmod, inps, outs_list, name, "torch " + type(tmod).__name__, formula,
+                 _torch_activation_stats)
 
     def wrapper_hook(wrapper, inps, outs, name=""):
         # torch's forward reads the parameters through torch's attributes, out of the
@@ -505,7 +519,7 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
                 names[id(tmod)] = ".".join(filter(None, (name, torch_name)))
                 handles.append(tmod.register_forward_hook(functools.partial(
                     torch_layer_hook, name=names[id(tmod)], formula=formula,
-                    device=wrapper._device, mirrors=mirrors)))
+                    mirrors=mirrors)))
 
     # A forward may read a layer's weight without calling the layer (``conv.calc_conv(x,
     # conv.weight, conv.bias)``); upstream counts those too, so reads of ``weight``/``bias`` on

@@ -3,6 +3,9 @@
 While a `Profiler` runs, ``megengine.core.dispatch._profile_hook`` is set and each
 ``apply(op, *tensors)`` goes through it: the op is timed (host wall time, ``perf_counter_ns``)
 and noted with its name, thread, device, input and output shapes and its simple parameters.
+The name is the op's class, followed by what the op says of the call where it has a
+``profile_label()``: a `PyTorchModule` call names the module that ran,
+``TorchCall(net.body: Linear)``.
 When an op is recorded for autodiff, its ``backward`` is wrapped on that op instance so the
 backward pass appears too (as ``<Op>Backward``). Without a running profiler the engine pays one
 global read per op and nothing else.
@@ -60,6 +63,15 @@ def _attrs(op):
     out = {k: v for k, v in d.items()
            if k[0] != "_" and k != "needs_input_grad" and type(v) in _SIMPLE}
     return out or None
+
+
+def _op_name(op, suffix=""):
+    """An op's event name: its class (and ``suffix``), followed by what the op says of this
+    call when it has a ``profile_label()`` (a `PyTorchModule` call names the module that ran:
+    ``TorchCall(net.body: Linear)``, ``TorchCallBackward(net.body: Linear)``)."""
+    name = type(op).__name__.lstrip("_") + suffix
+    label = getattr(type(op), "profile_label", None)
+    return name if label is None else f"{name}({label(op)})"
 
 
 def _shapes(tensors):
@@ -211,7 +223,7 @@ class Profiler(ContextDecorator):
         attrs = _attrs(op)
         if attrs:
             args["params"] = attrs
-        name = type(op).__name__.lstrip("_")
+        name = _op_name(op)
         self._records.append(("op", name, threading.get_ident(), start, end, args))
         if self._watch_memory:
             for t in outs:
@@ -243,7 +255,7 @@ class Profiler(ContextDecorator):
         except TypeError:
             return  # an op without weak references: its backward is not shown
         backward = type(op).backward
-        name = type(op).__name__.lstrip("_") + "Backward"
+        name = _op_name(op, "Backward")
         profiler = self
 
         def timed_backward(*grads):

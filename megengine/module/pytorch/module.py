@@ -864,6 +864,18 @@ class _TorchCall(Op):
     def __repr__(self):
         return f"PyTorchModule({type(self.wrapper._torch_module).__name__})"
 
+    def profile_label(self):
+        """Which module ran, for this call's events in a `megengine.utils.profiler` trace
+        (``TorchCall(net.body: Linear)``): the torch module's class, after the wrapper's name
+        in the network once it has one, so that several wrappers' calls can be told apart.
+        Only the profiler asks, so calls without one pay nothing for it."""
+        w = self.wrapper
+        tmod = w._torch_module
+        # (a scripted module's class is RecursiveScriptModule; original_name is the user's)
+        label = getattr(tmod, "original_name", None) or type(tmod).__name__
+        where = w.name if w.name is not None else w._name
+        return f"{where}: {label}" if where else label
+
     def output_count_advice(self, recorded, now):
         """What a trace says when this call gave ``now`` tensors where it recorded ``recorded``
         (`megengine.jit.record.count_mismatch_text`)."""

@@ -1,9 +1,11 @@
-"""MegEngine's own tools over a network holding a PyTorchModule (module_stats, traced_module,
-quantization, deepcopy, modes, hub, dtr, the module walk), each against an independent oracle:
+"""MegEngine's own tools over a network holding a PyTorchModule (module_stats, the profiler,
+traced_module, quantization, deepcopy, modes, hub, dtr, the module walk), each against an independent oracle:
 the same network with the torch part ported to megengine layers by hand, or the network itself
 before the tool ran."""
 import copy
 import io
+import json
+import os
 import pickle
 
 import numpy as np
@@ -21,6 +23,7 @@ from megengine.module.pytorch import PyTorchModule
 from megengine.traced_module import trace_module
 from megengine.utils.module_stats import module_stats
 from megengine.utils.module_utils import set_module_mode_safe
+from megengine.utils.profiler import Profiler
 from devices import host, torch_host
 
 
@@ -162,6 +165,115 @@ def test_module_stats_of_a_torch_part_under_bfloat16_autocast_show_torch_dtypes(
         [(n, str(d).replace("torch.", "")) for n, d in seen.items()]
     assert total.act_size == sum(r["act_dim"] * r["nbits"] // 8 for r in rows)
     assert "bfloat16" in [str(r["dtype"]) for r in rows]
+
+
+class _Bf16Conv(nn.Conv2d):
+    """A float32 convolution that hands on bfloat16 (its parameters cannot be bfloat16: the
+    wrapper mirrors them in numpy)."""
+
+    def forward(self, x):
+        return super().forward(x).to(torch.bfloat16)
+
+
+class _Fp8Linear(nn.Linear):
+    """A linear layer that stores its result in float8, as an FP8 pipeline's layers do."""
+
+    def forward(self, x):
+        return super().forward(x).to(torch.float8_e4m3fn)
+
+
+class _SpectrumPool(nn.AdaptiveAvgPool2d):
+    """Pools the complex spectrum of its input."""
+
+    def forward(self, x):
+        return super().forward(torch.fft.fft2(x))
+
+
+class _OddDtypes(nn.Module):
+    """Counted layers whose outputs numpy (bfloat16, float8) or megengine (complex) cannot
+    hold; the module returns float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _Bf16Conv(3, 4, 1)
+        self.pool = _SpectrumPool(1)  # (torch pools complex values to one per plane only)
+        self.fc = _Fp8Linear(4, 5)
+
+    def forward(self, x):
+        spectrum = self.pool(self.conv(x).float())
+        return self.fc(spectrum.abs().flatten(1)).float()
+
+
+def test_module_stats_count_torch_outputs_numpy_cannot_hold_from_their_sizes():
+    torch.manual_seed(0)
+    tmod = _OddDtypes()
+    wrap = PyTorchModule(tmod)
+    x = np.random.rand(2, 3, 4, 4).astype("float32")
+    total, details = module_stats(wrap, inputs=(x,), logging_to_stdout=False)
+    rows = details.activations[:-1]
+    # conv: 2*4*4*4 bfloat16 (2 bytes); pool: 2*4*1*1 complex64 (8 bytes); fc: 2*5 float8
+    assert [(r["name"], str(r["dtype"]), r["shape"], r["act_dim"], r["nbits"])
+            for r in rows] == [("conv", "bfloat16", (2, 4, 4, 4), 128, 16),
+                               ("pool", "complex64", (2, 4, 1, 1), 8, 64),
+                               ("fc", "float8_e4m3fn", (2, 5), 10, 8)]
+    assert total.act_size == 256 + 64 + 10 and total.act_dims == 128 + 8 + 10
+    # statistics of the values torch computed (float32 / complex64), as for megengine layers
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+               for n, m in tmod.named_children()]
+    with torch.no_grad():
+        tmod.eval()(torch.from_numpy(x).to(tmod.conv.weight.device))
+    for h in handles:
+        h.remove()
+    for r in rows:
+        values = seen[r["name"]].to(torch.complex64 if r["name"] == "pool" else torch.float32)
+        assert r["mean"] == f"{values.mean().item():.3g}", r["name"]
+        assert r["std"] == f"{values.std(correction=0).item():.3g}", r["name"]
+    assert [r["flops_num"] for r in details.flops[:-1]] == [
+        2 * 4 * 4 * 4 * (3 + 1), 2 * 4 * 1 * 1, 2 * 5 * 4 + 5]  # (upstream's adaptive window: 1)
+
+
+class _TwoWrappers(M.Module):
+    """Two wrapped torch modules: one under an attribute, one in a list, around a megengine
+    layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = PyTorchModule(_TorchBody())
+        self.mid = M.Linear(8, 8)
+        self.heads = [PyTorchModule(torch.jit.script(nn.Linear(8, 5)))]
+
+    def forward(self, x):
+        return self.heads[0](self.mid(self.body(x)))
+
+
+def _torch_call_events(profiler):
+    with open(os.path.join(profiler.directory, f"{os.getpid()}.chrome_timeline.json")) as f:
+        events = json.load(f)["traceEvents"]
+    return [(e["cat"], e["name"]) for e in events
+            if e.get("ph") == "X" and e["name"].startswith("TorchCall")]
+
+
+def test_profiler_events_name_the_torch_module_each_call_ran(tmp_path):
+    torch.manual_seed(0)
+    net = _TwoWrappers()
+    alone = PyTorchModule(nn.Tanh())  # in no network: its torch class only
+    x = mge.tensor(np.random.rand(2, 3, 4, 4).astype("float32"))
+    gm = GradManager().attach(net.parameters())
+    profiler = Profiler(str(tmp_path))
+    with profiler:
+        with gm:
+            gm.backward(alone(net(x)).sum())
+    # the wrapper's place in the network, then the torch class (a scripted module's own name)
+    assert _torch_call_events(profiler) == [
+        ("op", "TorchCall(body: _TorchBody)"), ("op", "TorchCall(heads.0: Linear)"),
+        ("op", "TorchCall(Tanh)"),
+        ("backward", "TorchCallBackward(Tanh)"), ("backward", "TorchCallBackward(heads.0: Linear)"),
+        ("backward", "TorchCallBackward(body: _TorchBody)")]
+    net.body.name = "backbone"  # a name the user gives wins over the attribute path
+    with profiler:
+        net(x)
+    assert _torch_call_events(profiler)[0] == ("op", "TorchCall(backbone: _TorchBody)")
 
 
 def test_stats_put_back_the_torch_layers_own_modes():
