@@ -37,7 +37,9 @@ checked calls the outputs of the ops they check on their slow path (batch norm's
 freed values as eager code does: resnet50_trace 3209 / 1832 (1.75x) -> 1720 / 1897 (0.91x);
 the recording call alone freeing them gave 2467 / 1822 (1.35x). Step times after, paired:
 resnet50 0.95x (load 1), resnet50_amp 1.03x, transformer 1.04x, lstm 1.01x, unet 1.09x,
-resnet50_trace 1.16x (load 4-7). A full run took ~16 minutes at load 4-7. The script prints
+resnet50_trace 1.16x (load 4-7; traced / eager in thread time, paired: 1.06x at batch 16,
+its spread 0.91-1.21x, and benchmarks/README.md "Traced ResNet-50 step" on where the time and
+the first call's memory go). A full run took ~16 minutes at load 4-7. The script prints
 which checkout's ``megengine`` it imported (put one first on PYTHONPATH to measure it).
 """
 import os
