@@ -73,6 +73,7 @@ TIMEOUT = 240  # seconds for one launch: only a hang comes near it
 COLLECTIVE_TIMEOUT = 60  # seconds a rank waits in a collective for its peers
 TOLERANCES = {"float16": (1e-2, 1e-2), "float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}
 TRAIN_TOLERANCES = {"float32": (1e-4, 1e-6), "float64": (1e-9, 1e-12)}
+ADAM_LR, ADAM_EPS = 0.01, 1e-4  # (see `_optimizer` and `_train_tolerance`)
 
 
 class DistMismatch(AssertionError):
@@ -887,7 +888,7 @@ def _optimizer(plan, params):
         # eps well above rounding: a gradient that is zero in exact arithmetic (a bias before a
         # batch norm) is a rounding error in floats, which Adam's default eps would scale up
         # to a step of lr, differently on the ranks and in the oracle
-        return optim.Adam(params, lr=0.01, eps=1e-4)
+        return optim.Adam(params, lr=ADAM_LR, eps=ADAM_EPS)
     return optim.SGD(params, lr=0.05, momentum=0.9 if plan["opt"] == "sgd_momentum" else 0.0,
                      weight_decay=1e-3)
 
@@ -954,7 +955,16 @@ def _train_rank(seed, init):
 
 
 def _train_tolerance(plan):
-    return TRAIN_TOLERANCES["float32" if plan["mixed"] else plan["dtype"]]
+    rtol, atol = TRAIN_TOLERANCES["float32" if plan["mixed"] else plan["dtype"]]
+    if plan["opt"] == "adam":
+        # a conv or linear bias feeding a batch norm has a zero gradient in exact arithmetic;
+        # what the float64 ranks and the one process compute for it is the rounding of a sum
+        # of N*H*W cancelling terms (up to 2e-14, differently in each: seed 70418), and Adam's
+        # first steps turn a gradient g far below eps into a step of lr * g / eps: ~2e-12, and
+        # the batch norm's running mean follows that bias (only atol grows: rtol still
+        # governs the O(1) values)
+        atol *= ADAM_LR / ADAM_EPS
+    return rtol, atol
 
 
 def _train_one_process(plan, seed, init, dtype=None):

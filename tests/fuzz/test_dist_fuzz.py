@@ -39,6 +39,29 @@ def test_drawn_networks_train_data_parallel_like_one_process_on_the_whole_batch(
     dist.check_training(seed)
 
 
+def test_the_adam_tolerance_covers_the_step_of_a_zero_gradients_rounding():
+    # seed 70418 (float64, Adam): the bias of the conv before a SyncBatchNorm has a zero
+    # gradient in exact arithmetic; its rounding in one process, scaled by Adam's first step
+    # to lr * g / eps, moved that bias (and the norm's running mean) by more than float64's
+    # plain atol, and the ranks round differently
+    import megengine as mge
+    from megengine.autodiff import GradManager
+
+    plan = dist.draw_training(70418)
+    assert plan["opt"] == "adam" and plan["layers"][3:5] == [("conv", 3, 4, 2), ("syncbn", 4)]
+    net = dist.Net(plan)  # (one process: BatchNorm2d for the SyncBatchNorm)
+    dist._set_state(net, dist._initial_state(plan, 70418))
+    net.train()
+    x, y = (mge.tensor(a, dtype="float64") for a in dist._data(plan, 70418, 0))
+    gm = GradManager().attach(net.parameters())
+    with gm:
+        gm.backward(F.mean((net(x) - y) ** 2))
+    noise = abs(net.layers[3].bias.grad.numpy()).max()
+    step = dist.ADAM_LR * noise / dist.ADAM_EPS  # (Adam's first step for |g| << eps)
+    rtol, atol = dist._train_tolerance(plan)
+    assert 0 < noise < 1e-12 and step * plan["steps"] < atol
+
+
 def test_a_wrong_adjoint_is_caught(monkeypatch):
     # all_reduce_sum's backward handing back the rank's own output gradient (not their sum);
     # the launcher forks, so the patch reaches the ranks
