@@ -337,12 +337,16 @@ def _mha_masks(rng):
     bs = [values(rng, (e,), "float32", -0.5, 0.5) for _ in range(4)]
     packed = np.concatenate([w.ravel() for w in ws] + [b_ for b_, f in zip(bs, flags) if f])
 
+    def mask_of(mask, q):  # (a float mask in the query's dtype: the float modes' too)
+        if mask is None or mask.dtype != np.bool_:
+            return None if mask is None else like(mask, q)
+        return torch.tensor(mask) if isinstance(q, torch.Tensor) else mge.tensor(mask)
+
     def m(q, k, v, iw):
         out, wts = F.nn.multi_head_attention(
             q, k, v, e, heads, 0.0, 0.0, iw, qbias=flags[0], kbias=flags[1], vbias=flags[2],
-            obias=flags[3], key_padding_mask=None if kpm is None else mge.tensor(kpm),
-            attn_mask=None if amask is None else mge.tensor(amask), need_weights=need,
-            reslink=reslink)
+            obias=flags[3], key_padding_mask=mask_of(kpm, q), attn_mask=mask_of(amask, q),
+            need_weights=need, reslink=reslink)
         return (out, wts) if need else out
 
     def t(q, k, v, iw):
@@ -354,8 +358,7 @@ def _mha_masks(rng):
         out, wts = TF.multi_head_attention_forward(
             q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), e, heads, None,
             torch.cat(biases[:3]), None, None, False, 0.0, parts[3], biases[3], training=False,
-            key_padding_mask=None if kpm is None else torch.tensor(kpm), need_weights=need,
-            attn_mask=None if amask is None else torch.tensor(amask),
+            key_padding_mask=mask_of(kpm, q), need_weights=need, attn_mask=mask_of(amask, q),
             use_separate_proj_weight=True, q_proj_weight=parts[0], k_proj_weight=parts[1],
             v_proj_weight=parts[2], average_attn_weights=False)
         out = out.transpose(0, 1) + (q if reslink else 0)
