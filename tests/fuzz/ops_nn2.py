@@ -326,8 +326,9 @@ def _mha_masks(rng):
                           pick(rng, ["bool", "float", "float"]))
     if rng.random() < 0.5:
         kpm = draw_mask((n, k_len), pick(rng, ["bool", "float"]))
-    if amask is not None and kpm is not None and amask.dtype != kpm.dtype:
-        kpm = kpm if kpm.dtype == np.bool_ else kpm == -np.inf  # (torch wants one kind)
+    if amask is not None and kpm is not None and amask.dtype != kpm.dtype:  # (torch wants one
+        kpm = np.where(kpm, -np.inf, 0).astype(np.float32) if kpm.dtype == np.bool_ else \
+            kpm == -np.inf  # kind: the key padding mask takes the attention mask's)
     reslink = bool(rng.random() < 0.4)
     need = bool(rng.random() < 0.5)
     xs = [values(rng, (n, q_len, e), "float32", -1, 1),
