@@ -338,11 +338,12 @@ def _training_loop(rng):
                 torch.nn.BatchNorm2d(3, momentum=1 - mom), torch.nn.ReLU(), torch.nn.Flatten(),
                 torch.nn.Linear(3 * hw * hw, classes)).to(dtype)
 
-        # a float64 twin from the same float32 values: a weight gradient that is a difference of
-        # nearly equal terms (~3e-7 from terms ~1e-1), which Adam with a small eps normalises to
-        # a step of ~lr, puts torch's float32 run as far off the exact training as the
-        # tolerance (seed 70129: 1.9e-3 at step 1, megengine 5.2e-4); megengine may be off
-        # torch float32 by twice torch's own error, besides the tolerance
+        # a float64 twin from the same float32 values: a tiny weight gradient carries a large
+        # relative rounding error (seed 70129 at step 1: -3.12e-7 exactly, torch float32
+        # -3.38e-7, megengine -3.19e-7), and Adam with eps 1e-8 keeps that relative error in a
+        # step of ~lr, putting torch's float32 run 1.9e-3 off the exact training (megengine
+        # 5.2e-4): megengine may be off torch float32 by twice torch's own error, besides the
+        # tolerance
         tnet, exact = torch_net(torch.float32), torch_net(torch.float64)
         conv, bn = M.Conv2d(c, 3, 3, padding=1, bias=False), M.BatchNorm2d(3, momentum=mom)
         fc = M.Linear(3 * hw * hw, classes)
