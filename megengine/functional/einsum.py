@@ -87,14 +87,21 @@ def _parse(equation, shapes):
         out = ell + "".join(sorted(c for c in set(joined) if c not in ell and joined.count(c) == 1))
     sizes = {}
     for term, shape in zip(subs, shapes):
+        own = {}
         for c, n in zip(term, shape):
-            have = sizes.get(c, 1)
-            if have != 1 and n != 1 and have != n:
+            if own.setdefault(c, n) != n:  # (a diagonal is square: no broadcast within one)
+                raise ValueError(
+                    f"einsum: label {c!r} repeats in one operand with sizes {own[c]} and {n} "
+                    f"({equation!r} with shapes {list(shapes)}); a diagonal needs equal sizes"
+                )
+            have = sizes.get(c)
+            if have is not None and have != 1 and n != 1 and have != n:
                 raise ValueError(
                     f"einsum: label {c!r} has size {have} in one operand and {n} in another "
                     f"({equation!r} with shapes {list(shapes)})"
                 )
-            sizes[c] = max(have, n)
+            # a size-1 dimension broadcasts to the other's size, 0 included (as numpy's)
+            sizes[c] = n if have is None or have == 1 else have
     return subs, out, sizes
 
 
@@ -319,7 +326,9 @@ def einsum(equation, *operands):
 
     Subscripts are letters; ``...`` stands for broadcast dimensions; a label repeated within
     one operand takes its diagonal; without ``->`` the output holds the labels seen once, in
-    alphabetical order (after the ``...`` dimensions). Differentiable in every operand.
+    alphabetical order (after the ``...`` dimensions). A label's size-1 dimensions broadcast
+    to its size in the other operands (0 included); a label repeated within one operand needs
+    the same size at each place. Differentiable in every operand.
     """
     if not operands:
         raise ValueError("einsum: give at least one operand after the equation")

@@ -27,6 +27,8 @@ CASES = [
     ("ik,jkl,il->ij", [(2, 3), (4, 3, 5), (2, 5)]),    # three operands
     ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
     ("i j , j k -> i k", [(2, 3), (3, 2)]),            # spaces are ignored
+    ("bde,e", [(0, 4, 4), (4,)]),                      # an empty label (fuzz seed 78)
+    ("ebcd,cabd", [(1, 0, 4, 1), (4, 3, 0, 1)]),       # size 1 broadcast to 0 (fuzz seed 39)
 ]
 
 
@@ -166,6 +168,7 @@ def test_einsum_grad_only_for_attached_operand():
     ("ij->k", [(2, 3)], "appear in no input"),
     ("i1->i", [(2, 3)], "bad subscripts"),
     ("ij->ii", [(2, 3)], "repeat a label"),
+    ("cb,bacb->", [(1, 4), (4, 2, 1, 1)], "label 'b' repeats in one operand with sizes 4 and 1"),
 ])
 def test_einsum_bad_input_says_what_is_wrong(eq, shapes, match):
     with pytest.raises(ValueError, match=match):

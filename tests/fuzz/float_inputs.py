@@ -32,6 +32,7 @@ _F16_ULP = 2.0 ** -10  # (float16's ulp at 1, relative)
 class _Float(Mode):
     errors = (TypeError, ValueError)  # (a refusal that says the op takes float32 only)
     triage = False  # (the float32 path is not the reference)
+    non_finite = True  # (sorting NaN, exp of inf: the float dtypes' own paths)
     oracle_dtype = np.float64
 
     def __init__(self, dtype):

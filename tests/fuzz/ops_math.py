@@ -7,7 +7,7 @@ import torch
 
 import megengine.functional as F
 
-from .gen import Case, axis_arg, broadcast_partner, pick, registry, shape, values
+from .gen import Case, axis_arg, broadcast_partner, dim, pick, registry, shape, values
 
 OPS, op = registry()
 
@@ -322,6 +322,32 @@ for _n in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp"):
     op(_n, "reduction")(_reduce_gen(_n))
 
 
+@op("var_std_equal", "reduction")
+def _var_std_equal(rng):
+    # F.var and F.std of slices whose values are all equal (a float32 value repeated, whose
+    # rounded mean used to leave deviations an ulp apart): exactly 0, std's gradient 0 as torch's
+    # (its slope is infinite there); maybe one slice of distinct values beside them
+    name = pick(rng, ["var", "std"])
+    shp = shape(rng, 1, 3, zero=False, max_dim=5)
+    axis = axis_arg(rng, len(shp))
+    ax = _torch_axes(axis, len(shp))
+    keep = bool(rng.random() < 0.5)
+    reduced = [d % len(shp) for d in ax]
+    level = tuple(1 if i in reduced else n for i, n in enumerate(shp))
+    x = np.broadcast_to(values(rng, level, "float32"), shp).copy()
+    if rng.random() < 0.5:  # the slice of the first element: other values
+        x.flat[0] = values(rng, (), "float32")
+    # torch in float64: the sum of n equal float32 values is exact there, and so is its mean;
+    # torch's float32 mean of three -1.9727595 is rounded, giving a std of 1.2e-7 and a gradient
+    # of 1/3 each where the exact ones are 0
+    fn = torch.var if name == "var" else torch.std
+    return Case(f"{name}(x{shp} equal along axis={axis}, keepdims={keep})", [x],
+                lambda a: getattr(F, name)(a, axis=axis, keepdims=keep),
+                lambda a: fn(a.double(), dim=ax, keepdim=keep, correction=0).to(a.dtype),
+                tol=(2e-4, 2e-5),
+                bcast=False)
+
+
 def _arg_gen(name):
     def gen(rng):
         shp = shape(rng, 0, 4)
@@ -427,3 +453,74 @@ def _dot(rng):
     n = int(rng.integers(0, 6))
     a, b = values(rng, (n,), "float32"), values(rng, (n,), "float32")
     return Case(f"dot(a({n},), b({n},))", [a, b], F.dot, torch.dot, tol=(2e-4, 2e-5))
+
+
+@op("einsum", "matmul")
+def _einsum(rng):
+    # 1-3 operands over up to 5 labels: permuted subsets, a label repeated within an operand (its
+    # diagonal), size-1 dimensions broadcast against a label's size, '...' batch dimensions,
+    # explicit or implicit output; sizes above F.einsum's thresholds (65536 label combinations:
+    # a batched matrix product for two operands) as often as small ones
+    labels = "abcde"[:int(rng.integers(2, 6))]
+    big = rng.random() < 0.4
+    sizes = {c: int(rng.integers(8, 33)) if big else dim(rng, hi=4) for c in labels}
+    n_ops = int(pick(rng, [1, 2, 2, 2, 3]))
+    ell = shape(rng, 1, 2, zero=False, max_dim=3) if rng.random() < 0.25 else None
+    terms, shapes, lead = [], [], []
+    for _ in range(n_ops):
+        term = "".join(rng.permutation(list(labels))[:int(rng.integers(1, len(labels) + 1))])
+        if rng.random() < 0.1 and not big:
+            term += term[int(rng.integers(len(term)))]  # a repeated label: the diagonal
+        shp = [1 if rng.random() < 0.1 else sizes[c] for c in term]
+        if ell is not None:
+            cut = int(rng.integers(len(ell) + 1))  # (fewer '...' dims broadcast as numpy's)
+            term, shp = "..." + term, list(ell[cut:]) + shp
+        lead.append(ell[cut:] if ell is not None else ())
+        terms.append(term)
+        shapes.append(tuple(shp))
+    seen = sorted(set("".join(terms).replace(".", "")))
+    eq = ",".join(terms)
+    if rng.random() < 0.7:
+        out = "".join(rng.permutation(seen)[:int(rng.integers(0, len(seen) + 1))])
+        eq += "->" + ("..." if ell is not None else "") + out
+    arrays = [values(rng, s, "float32", -1, 1) for s in shapes]
+    # operands in [-1, 1] and the runner's output gradient N(0, 1) (its 4 sigma below): a
+    # float32 sum of n products rounds by a few n ulps of 1, n the most terms one element
+    # sums: in the forward, the combinations of the labels it drops; in an
+    # operand's gradient, of the labels (and '...' dimensions) the operand lacks or broadcasts
+    # (seed 90150: 114576 terms, megengine 1.1e-3 and torch 3.1e-4 off float64 at 219)
+    total = int(np.prod([sizes[c] for c in seen])) * int(np.prod(ell or ()))
+    joined = "".join(terms)
+    out = eq.partition("->")[2] if "->" in eq else [c for c in seen if joined.count(c) == 1]
+    kept = [int(np.prod([sizes[c] for c in out if c in sizes])) * int(np.prod(ell or ()))]
+    for term, shp, dims in zip(terms, shapes, lead):
+        own = dict(zip(term.replace("...", ""), shp[len(dims):]))
+        kept.append(int(np.prod(list(own.values()))) * int(np.prod(dims)))
+    summed = max(total // k for k in kept if k) if total else 1
+    return Case(f"einsum({eq!r}, {', '.join(map(str, shapes))})", arrays,
+                lambda *xs: F.einsum(eq, *xs), lambda *xs: torch.einsum(eq, *xs),
+                tol=(2e-4, 1e-5 + 4 * summed * 2.0 ** -24))
+
+
+@op("exp_log_large", "elemwise")
+def _exp_log_large(rng):
+    # F.exp, F.log and F.logsumexp run on ATen from 65536 float32 values (4096 float64): sizes
+    # around that threshold, now and then with inf, NaN, 0 or a negative number (whose results
+    # and the order they come in must not change with the kernel)
+    name = pick(rng, ["exp", "log", "logsumexp"])
+    n = int(rng.integers(60000, 70000))
+    shp = (n,) if rng.random() < 0.5 else (int(rng.integers(2, 9)), n // 4)
+    x = values(rng, shp, "float32", *((0.05, 4) if name == "log" else (-3, 3)))
+    special = rng.random() < 0.3
+    if special:
+        flat = x.reshape(-1)
+        where = rng.integers(0, flat.size, size=8)
+        flat[where] = rng.choice(np.array([np.inf, -np.inf, np.nan, 0.0, -1.0, 90.0], "float32"),
+                                 size=8)
+    axis = int(rng.integers(len(shp)))
+    if name == "logsumexp":
+        m, t = (lambda a: F.logsumexp(a, axis)), (lambda a: torch.logsumexp(a, axis))
+    else:
+        m, t = getattr(F, name), getattr(torch, name)
+    return Case(f"{name}(x{shp}{' with inf/NaN/0/-1' if special else ''})", [x], m, t,
+                diff=[] if special else None, tol=(2e-4, 2e-5))

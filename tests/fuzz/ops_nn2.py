@@ -300,3 +300,71 @@ def _mha(rng):
     return Case(desc, xs + [packed] + bias_kv, m, t,
                 diff=[0, 1, 2, 3] + ([4, 5] if extra_kv else []), tol=(5e-4, 5e-4),
                 bcast=False)
+
+
+@op("multi_head_attention_masks", "matmul")
+def _mha_masks(rng):
+    # the masks `_mha` leaves out: float (additive, with -inf hiding a key) attention and key
+    # padding masks, per-batch-and-head (N * heads, L, S) attention masks, a float mask beside a
+    # boolean one; and reslink (the query added to the output)
+    heads = int(rng.integers(1, 4))
+    e = heads * int(rng.integers(1, 3))
+    n, q_len, k_len = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    flags = [bool(rng.random() < 0.5) for _ in range(4)]
+
+    def draw_mask(shp, kind):
+        if kind == "bool":
+            mask = rng.random(shp) < 0.4
+            mask[..., 0] = False  # (key 0 stays visible to every query)
+            return mask
+        mask = values(rng, shp, "float32", -2, 2)
+        mask[(rng.random(shp) < 0.3) & (np.arange(shp[-1]) > 0)] = -np.inf
+        return mask
+    amask = kpm = None
+    if rng.random() < 0.8:
+        amask = draw_mask((n * heads, q_len, k_len) if rng.random() < 0.5 else (q_len, k_len),
+                          pick(rng, ["bool", "float", "float"]))
+    if rng.random() < 0.5:
+        kpm = draw_mask((n, k_len), pick(rng, ["bool", "float"]))
+    if amask is not None and kpm is not None and amask.dtype != kpm.dtype:  # (torch wants one
+        kpm = np.where(kpm, -np.inf, 0).astype(np.float32) if kpm.dtype == np.bool_ else \
+            kpm == -np.inf  # kind: the key padding mask takes the attention mask's)
+    reslink = bool(rng.random() < 0.4)
+    need = bool(rng.random() < 0.5)
+    xs = [values(rng, (n, q_len, e), "float32", -1, 1),
+          values(rng, (n, k_len, e), "float32", -1, 1),
+          values(rng, (n, k_len, e), "float32", -1, 1)]
+    ws = [values(rng, (e, e), "float32", -0.6, 0.6) for _ in range(4)]  # upstream's (in, out)
+    bs = [values(rng, (e,), "float32", -0.5, 0.5) for _ in range(4)]
+    packed = np.concatenate([w.ravel() for w in ws] + [b_ for b_, f in zip(bs, flags) if f])
+
+    def mask_of(mask, q):  # (a float mask in the query's dtype: the float modes' too)
+        if mask is None or mask.dtype != np.bool_:
+            return None if mask is None else like(mask, q)
+        return torch.tensor(mask) if isinstance(q, torch.Tensor) else mge.tensor(mask)
+
+    def m(q, k, v, iw):
+        out, wts = F.nn.multi_head_attention(
+            q, k, v, e, heads, 0.0, 0.0, iw, qbias=flags[0], kbias=flags[1], vbias=flags[2],
+            obias=flags[3], key_padding_mask=mask_of(kpm, q), attn_mask=mask_of(amask, q),
+            need_weights=need, reslink=reslink)
+        return (out, wts) if need else out
+
+    def t(q, k, v, iw):
+        parts = [iw[i * e * e:(i + 1) * e * e].reshape(e, e).t() for i in range(4)]
+        at, biases = 4 * e * e, []
+        for f in flags:
+            biases.append(iw[at:at + e] if f else torch.zeros(e, dtype=iw.dtype))
+            at += e if f else 0
+        out, wts = TF.multi_head_attention_forward(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), e, heads, None,
+            torch.cat(biases[:3]), None, None, False, 0.0, parts[3], biases[3], training=False,
+            key_padding_mask=mask_of(kpm, q), need_weights=need, attn_mask=mask_of(amask, q),
+            use_separate_proj_weight=True, q_proj_weight=parts[0], k_proj_weight=parts[1],
+            v_proj_weight=parts[2], average_attn_weights=False)
+        out = out.transpose(0, 1) + (q if reslink else 0)
+        return (out, wts.reshape(-1, *wts.shape[2:])) if need else out
+    desc = (f"multi_head_attention(q{xs[0].shape}, k{xs[1].shape}, heads={heads}, biases={flags}, "
+            f"attn_mask={None if amask is None else (amask.dtype, amask.shape)}, key_padding_mask="
+            f"{None if kpm is None else kpm.dtype}, reslink={reslink}, need_weights={need})")
+    return Case(desc, xs + [packed], m, t, tol=(5e-4, 5e-4), bcast=False)

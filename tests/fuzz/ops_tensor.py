@@ -228,7 +228,8 @@ def _scatter(rng):
     k = int(rng.integers(1, n + 1))
     ishp = list(shp)
     ishp[axis] = k
-    # unique positions along the axis: torch's result with duplicates is unspecified
+    # unique positions along the axis: torch's result with duplicates is unspecified (so no
+    # broadcast layout either: its repeats are duplicates; int8 seed 90015 took another write)
     idx = np.moveaxis(np.stack([rng.permutation(n)[:k] for _ in range(int(np.prod(
         [d for i, d in enumerate(ishp) if i != axis % len(shp)], dtype=int)))]).reshape(
         [d for i, d in enumerate(ishp) if i != axis % len(shp)] + [k]), -1, axis % len(shp))
@@ -236,7 +237,8 @@ def _scatter(rng):
     x, src = values(rng, shp, "float32"), values(rng, tuple(ishp), "float32")
     return Case(f"scatter(x{shp}, axis={axis}, index{tuple(ishp)})", [x, idx, src],
                 lambda a, i, s: F.scatter(a, axis, i, s),
-                lambda a, i, s: torch.scatter(a, axis, i.long(), s), diff=[0, 2], writes=0)
+                lambda a, i, s: torch.scatter(a, axis, i.long(), s), diff=[0, 2], writes=0,
+                bcast=False)
 
 
 @op("where", "indexing")
@@ -301,6 +303,58 @@ def _topk(rng):
     return Case(f"topk(x{shp}, {k}, descending={desc}, kth_only={kth})", [x],
                 lambda a: F.topk(a, k, descending=desc, kth_only=kth), t,
                 dtypes=["float32", "int32"], bcast=False)
+
+
+@op("sort_nan", "sorting")
+def _sort_nan(rng):
+    # F.sort, F.argsort and F.topk put NaN after every number in both orders (numpy's order,
+    # documented; torch's descending puts NaN first, so the oracle sorts -x ascending): rows of
+    # distinct numbers with NaNs, maybe an inf and a -inf. The order among NaNs is unspecified,
+    # so the indices are compared through the values they pick; gradients only where a row holds
+    # at most one NaN (which NaN receives a gradient is that order)
+    shp = shape(rng, 1, 2, zero=False, max_dim=6)
+    x = _distinct(rng, shp, "float32")
+    rows = x.reshape(-1, shp[-1])
+    most = 0
+    for row in rows:
+        k = int(rng.integers(0, min(3, row.size) + 1))
+        picked = rng.permutation(row.size)[:k + 2]
+        row[picked[:k]] = np.nan
+        for v, at in zip((np.inf, -np.inf), picked[k:]):
+            if rng.random() < 0.3:
+                row[at] = v
+        most = max(most, k)
+    name = pick(rng, ["sort", "argsort", "topk"])
+    desc = bool(rng.random() < 0.5)
+    k = int(rng.integers(1, shp[-1] + 1))
+    kth = bool(rng.random() < 0.25) and name == "topk"
+
+    def t_fn(a):
+        b = -a if desc else a  # (torch's ascending order puts NaN last)
+        if name == "topk":
+            v, i = torch.topk(b, k, largest=False, sorted=True)
+            v, i = (v[..., -1:], i[..., -1:]) if kth else (v, i)
+        else:
+            v, i = torch.sort(b, stable=True)
+        v = -v if desc else v
+        picked = torch.gather(a, -1, i).detach()
+        return picked if name == "argsort" else (v.reshape(v.shape[:-1]) if kth else v, picked)
+
+    def m_fn(a):
+        if name == "topk":
+            v, i = F.topk(a, k, descending=desc, kth_only=kth)
+            if kth:
+                return v, F.gather(a, -1, F.expand_dims(i, -1)).detach()
+        elif name == "sort":
+            v, i = F.sort(a, desc)
+        else:
+            i = F.argsort(a, desc)
+        picked = F.gather(a, -1, i).detach()
+        return picked if name == "argsort" else (v, picked)
+
+    return Case(f"{name}(x{shp} with NaN{', k=' + str(k) if name == 'topk' else ''}, "
+                f"descending={desc}{', kth_only' if kth else ''})", [x],
+                m_fn, t_fn, diff=None if most <= 1 else [], bcast=False)
 
 
 # ----- shape functions -----

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
+import megengine as mge
 import megengine.functional as F
 
 from .gen import Case, pick, registry, values
@@ -230,6 +231,17 @@ def _ctc_oracle(prob, pred_len, labels, lab_len, blank, reduction):
 
 @op("ctc_loss", "loss")
 def _ctc(rng):
+    return _ctc_case(rng, concat=False)
+
+
+@op("ctc_loss_concat", "loss")
+def _ctc_concat(rng):
+    # the labels as upstream's other form: one (sum of label_lengths,) concatenation, with the
+    # lengths given as int32 tensors
+    return _ctc_case(rng, concat=True)
+
+
+def _ctc_case(rng, concat):
     n, c = int(rng.integers(1, 4)), int(rng.integers(2, 5))
     blank = int(rng.integers(0, c))
     lab_len = rng.integers(1, 4, size=n)
@@ -246,9 +258,15 @@ def _ctc(rng):
     prob = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
     reduction = pick(rng, ["mean", "sum", "none"])
     pl, ll_ = pred_len.astype(np.int32), lab_len.astype(np.int32)
-    return Case(f"ctc_loss(pred{prob.shape}, pred_len={pl}, labels={labels.tolist()}, "
-                f"blank={blank}, {reduction})", [prob],
-                lambda p: F.nn.ctc_loss(p, pl, labels, ll_, blank=blank, reduction=reduction),
+    given = labels
+    if concat:
+        given = np.concatenate([labels[i, :ll] for i, ll in enumerate(lab_len)])
+
+    def m(p):
+        lengths = (mge.tensor(pl), mge.tensor(ll_)) if concat else (pl, ll_)
+        return F.nn.ctc_loss(p, lengths[0], given, lengths[1], blank=blank, reduction=reduction)
+    return Case(f"ctc_loss(pred{prob.shape}, pred_len={pl}, labels={given.tolist()}, "
+                f"label_len={ll_}, blank={blank}, {reduction})", [prob], m,
                 lambda p: _ctc_oracle(p, pl, labels, ll_, blank, reduction),
                 tol=(5e-4, 5e-4), bcast=False)
 

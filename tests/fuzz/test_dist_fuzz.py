@@ -3,15 +3,18 @@ a few drawn collective programs and data-parallel trainings against their oracle
 that the comparisons catch what they must."""
 import collections
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
 
+import megengine as mge  # noqa: E402
 import megengine.distributed as megengine_dist  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.functional.distributed as fd  # noqa: E402
+from megengine.autodiff import GradManager  # noqa: E402
 
 from . import dist  # noqa: E402
 
@@ -37,6 +40,39 @@ def test_ranks_giving_differently_sized_inputs_fail_instead_of_hanging():
 @pytest.mark.parametrize("seed", (0, 3, 4, 6, 20))
 def test_drawn_networks_train_data_parallel_like_one_process_on_the_whole_batch(seed):
     dist.check_training(seed)
+
+
+def test_the_adam_tolerance_covers_the_step_of_a_zero_gradients_rounding():
+    # seed 70418 (float64, Adam): the bias of the conv before a SyncBatchNorm has a zero
+    # gradient in exact arithmetic; its rounding in one process, scaled by Adam's first step
+    # to lr * g / eps, moved that bias (and the norm's running mean) by more than float64's
+    # plain atol, and the ranks round differently
+    plan = dist.draw_training(70418)
+    assert plan["opt"] == "adam" and plan["layers"][3:5] == [("conv", 3, 4, 2), ("syncbn", 4)]
+    net = dist.Net(plan)  # (one process: BatchNorm2d for the SyncBatchNorm)
+    dist._set_state(net, dist._initial_state(plan, 70418))
+    net.train()
+    x, y = (mge.tensor(a, dtype="float64") for a in dist._data(plan, 70418, 0))
+    gm = GradManager().attach(net.parameters())
+    with gm:
+        gm.backward(F.mean((net(x) - y) ** 2))
+    noise = abs(net.layers[3].bias.grad.numpy()).max()
+    step = dist.ADAM_LR * noise / dist.ADAM_EPS  # (Adam's first step for |g| << eps)
+    rtol, atol = dist._train_tolerance(plan)
+    assert 0 < noise < 1e-12 and step * plan["steps"] < atol
+
+
+def test_the_sync_bn_oracle_allows_its_own_rounding_of_a_zero_gradient():
+    # seed 90201, step 8: float64, two values per channel (x near 1, std near 0.01), so the
+    # input's gradient is exactly zero; the float64 reference rounds it to 3.4e-12 (x - mean
+    # keeps ulps of |x|, 100 times the deviation's), and a rank, rounding otherwise, may differ
+    # from it by as much
+    _, groups, steps = dist.draw_program(90201)
+    step = steps[8]
+    assert step["op"] == "sync_bn" and step["dtype"] == "float64" and sum(step["batches"]) == 2
+    for (_, grads), (_, grad_slack) in dist.expected_sync_bn(90201, 8, step, groups[0]).values():
+        if grads[0].size:
+            assert 1e-12 < np.abs(grads[0]).max() < 3 * grad_slack[0]
 
 
 def test_a_wrong_adjoint_is_caught(monkeypatch):

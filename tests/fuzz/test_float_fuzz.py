@@ -72,3 +72,12 @@ def test_float16_mode_takes_complex64_for_a_complex_result():
     # float16 and a complex scalar: complex64 (there is no complex32; torch's CPU kernels for
     # it are few), which the mode accepts where torch has none to compare
     assert _run(run_float16, lambda x: x / -1.5j, lambda v: v / -1.5j) == "ok"
+
+
+def test_float_modes_rerun_cases_holding_nan_and_infinity():
+    # (the integer and quantized modes skip them: no integer form)
+    x = np.array([[1.0, np.nan, -np.inf], [np.inf, 0.5, np.nan]], np.float32)
+    for run in (run_float64, run_float16):
+        assert _run(run, F.exp, torch.exp, x) == "ok"
+        with pytest.raises(Mismatch, match="NaN"):  # a NaN lost on the way
+            _run(run, lambda a: F.exp(F.where(F.isnan(a), F.zeros_like(a), a)), torch.exp, x)

@@ -157,6 +157,21 @@ def test_optimizer_runner_catches_a_state_lost_in_the_round_trip():
                    groups, 4, {})
 
 
+def test_training_loop_allows_twice_torch_float32s_own_error():
+    # seed 70129: Adam (eps 1e-8) normalises a weight gradient of 3e-7 whose float32 rounding
+    # is a few percent of it; torch float32 is 1.9e-3 off the float64 training, megengine 5.2e-4
+    assert run_seed("training_loop", 70129) == "ok"
+
+
+def test_training_loop_catches_torchs_momentum_convention(monkeypatch):
+    import megengine.module as M
+
+    bn = M.BatchNorm2d
+    monkeypatch.setattr(M, "BatchNorm2d", lambda c, momentum: bn(c, momentum=1 - momentum))
+    with pytest.raises(Mismatch, match="running_mean"):
+        run_seed("training_loop", 70129)
+
+
 def test_second_order_runner_catches_a_wrong_hessian():
     from . import grad2
 
