@@ -11,7 +11,6 @@ write first; this measures its price per forward call at batch 8 and 64 (paired 
 round, see _timing.py). Before timing, the guard is checked to refuse ``x.relu_()`` on an input.
 Thread counts are pinned to 1.
 """
-import importlib.util
 import os
 import sys
 
@@ -29,15 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "lenet_example", os.path.join(ROOT, "examples", "lenet_pytorch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# the guide's extractor: the example's class, as bench_pytorch_module.py times it
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples"))
+from lenet_pytorch import LeNet_Extract  # noqa: E402
 
 
 class InputWriteGuard(TorchFunctionMode):
@@ -71,7 +64,7 @@ def main():
     args = _timing.parse_args(__doc__, steps=50, repeats=15, quick_steps=10, quick_repeats=3)
     print(_timing.machine_line())
     _check_the_guard_refuses_a_write()
-    wrap = PyTorchModule(_example().LeNet_Extract())
+    wrap = PyTorchModule(LeNet_Extract())
     wrap.eval()
     for batch in (8, 64):
         x = mge.tensor(np.random.rand(batch, 1, 32, 32).astype("float32"))
