@@ -13,9 +13,11 @@ import time
 
 
 def _install_simcuda():
+    # tests/ on the path as pytest's pythonpath puts it: simcuda and the shared oracles
+    # (tests/quantized_oracle.py)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     # before megengine loads, as tests/conftest.py does for the suite
     if os.environ.get("MGE_SIM_CUDA", "").strip() not in ("", "0"):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         import simcuda
 
         if not simcuda.installed():  # (the suite's conftest may have installed it already)

@@ -1,7 +1,9 @@
 """Fuzz generators for quantization: fake_quant_tensor, TQT and LSQ (values and gradients)
 against float oracles of upstream's formulas; the observers' statistics and qparams; and whole
 QAT networks (quantize_qat, a few calibration batches, eval) against numpy fake quantization
-layer by layer, then `quantize` against the QAT network."""
+layer by layer, then `quantize` against the QAT network; and the quantized layers no network
+case builds (Elemwise, Concat, BatchMatMulActivation, the transposed convolutions, LinearBn1d)
+against their QAT layers (tests/quantized_oracle.py)."""
 import numpy as np
 import torch
 
@@ -268,9 +270,12 @@ def _qat_network(rng):
     return _on_host(lambda: _qat_network_case(rng))()
 
 
+# the layers qat_network quantizes within a network
+QAT_NETWORK_KINDS = ["Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvBn2d", "ConvBnRelu2d"]
+
+
 def _qat_network_case(rng):
-    kind = pick(rng, ["Linear", "LinearRelu", "Conv2d", "ConvRelu2d", "ConvBn2d",
-                      "ConvBnRelu2d"])
+    kind = pick(rng, QAT_NETWORK_KINDS)
     ema = rng.random() < 0.5
     qconfig = ema_fakequant_qconfig if ema else min_max_fakequant_qconfig
     n, cin, cout = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
@@ -610,3 +615,117 @@ def _batch_conv_bias_activation(rng):
         _check_ints(y, want, 0, desc)
         return "ok"
     return Check(desc, _on_host(fn))
+
+
+# ----- megengine.module.quantized layers against their QAT layers (tests/quantized_oracle) -----
+
+# Elemwise methods by input count (the float modes' quantized forms; TRUE_DIV left out: a zero
+# divisor gives infinities that are no case of the quantized grid)
+_ELEMWISE_METHODS = {1: ["RELU", "ABS", "NEGATE", "H_SWISH", "SIGMOID", "TANH"],
+                     2: ["ADD", "SUB", "MUL", "MIN", "MAX", "FUSE_ADD_RELU",
+                         "FUSE_ADD_H_SWISH"],
+                     3: ["FUSE_MUL_ADD3"]}
+
+
+class _ConcatAlong:
+    """A Concat layer called as check_against_qat calls layers: the inputs as arguments."""
+
+    def __init__(self, layer, axis):
+        self.layer, self.axis = layer, axis
+
+    def __call__(self, *inps):
+        return self.layer(list(inps), axis=self.axis)
+
+    def get_activation_dtype(self):
+        return self.layer.get_activation_dtype()
+
+
+def _qat_layer(rng, kind):
+    """(the QAT layer ``kind`` with random sizes and parameters, its input shapes)."""
+    if kind == "Elemwise":
+        arity = int(pick(rng, [1, 2, 3]))
+        shp = shape(rng, 1, 4, zero=False)
+        return QAT.Elemwise(pick(rng, _ELEMWISE_METHODS[arity])), [shp] * arity
+    if kind == "Concat":
+        shp = list(shape(rng, 1, 3, zero=False))
+        axis = int(rng.integers(0, len(shp)))
+        shapes = []
+        for _ in range(int(rng.integers(1, 4))):
+            shp[axis] = int(rng.integers(1, 4))
+            shapes.append(tuple(shp))
+        return _ConcatAlong(QAT.Concat(), axis), shapes
+    if kind == "BatchMatMulActivation":
+        b, i, o, n = (int(v) for v in rng.integers(1, 5, size=4))
+        return (QAT.BatchMatMulActivation(b, i, o, bias=bool(rng.random() < 0.7),
+                                          nonlinear_mode=pick(rng, ["identity", "relu"])),
+                [(b, i, n)])
+    if kind.startswith("Linear"):
+        n, i, o = (int(v) for v in rng.integers(1, 5, size=3))
+        return getattr(QAT, kind)(i, o, bias=bool(rng.random() < 0.7)), [(n, i)]
+    groups = int(rng.integers(1, 3))
+    cin, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+    k, stride, dil = (int(v) for v in rng.integers(1, 4, size=3))
+    stride, dil = min(stride, 2), min(dil, 2)
+    pad = int(rng.integers(0, (dil * (k - 1)) // 2 + 1))
+    layer = getattr(QAT, kind)(cin, cout, k, stride=stride, padding=pad,
+                               output_padding=int(rng.integers(0, stride)), dilation=dil,
+                               groups=groups, bias=bool(rng.random() < 0.7))
+    return layer, [(int(rng.integers(1, 3)), cin, int(rng.integers(1, 5)),
+                    int(rng.integers(1, 5)))]
+
+
+# the quantized layers quantized_module builds alone (the others: QAT_NETWORK_KINDS)
+QUANTIZED_MODULE_KINDS = ["Elemwise", "Concat", "BatchMatMulActivation", "ConvTranspose2d",
+                          "ConvTransposeRelu2d", "ConvTransposeBn2d", "ConvTransposeBnRelu2d",
+                          "LinearBn1d", "LinearBnRelu1d"]
+
+
+@op("quantized_module")
+def _quantized_module(rng):
+    from quantized_oracle import check_against_qat, fixed_qat, quantized_input
+
+    from megengine.module import quantized as Q
+
+    kind = pick(rng, QUANTIZED_MODULE_KINDS)
+    # the observers' fixed ranges and the inputs' scales
+    w_range = (-float(rng.uniform(0.2, 2)), float(rng.uniform(0.2, 2)))
+    act_range = (-float(rng.uniform(0.5, 6)), float(rng.uniform(0.5, 6)))
+    in_scales = [float(np.float32(rng.uniform(0.005, 0.1))) for _ in range(3)]
+    seeds = [int(s) for s in rng.integers(0, 2 ** 31, size=3)]
+    state = rng.integers(0, 2 ** 31)
+
+    def fn():
+        layer, shapes = _qat_layer(np.random.default_rng(state), kind)
+        inner = getattr(layer, "layer", layer)
+        prng = np.random.default_rng(state + 1)
+        for name, p in inner.named_parameters():
+            lo, hi = (0.5, 1.5) if name == "bn.weight" else (-1, 1)
+            p._reset(values(prng, p.shape, "float32", lo, hi))
+        bn = getattr(inner, "bn", None)
+        if bn is not None:
+            bn.running_mean._reset(values(prng, bn.running_mean.shape, "float32", -0.5, 0.5))
+            bn.running_var._reset(values(prng, bn.running_var.shape, "float32", 0.3, 2))
+        weight, weight_range = getattr(inner, "weight", None), w_range
+        if bn is not None:  # (the weight the layers quantize: BatchNorm folded in)
+            weight = inner._folded(bn.running_mean, bn.running_var)[1]
+        if weight is not None:
+            # the observer's range covers the weight, as after calibration: a weight beyond
+            # it is -128 in the quantized layer (qint8) but -127 in the QAT layer's
+            # fake quantization (qint8_narrow), in upstream 1.13 too
+            w = weight.numpy()
+            weight_range = (min(w_range[0], float(w.min())), max(w_range[1], float(w.max())))
+        fixed_qat(inner, weight_range, act_range)
+        desc = (f"quantized.{kind}.from_qat_module({inner}) on x{shapes}, input scales "
+                f"{in_scales[:len(shapes)]}, weight range {weight_range}, activation range "
+                f"{act_range}")
+        q = getattr(Q, kind).from_qat_module(inner)
+        q.eval()
+        q_layer = _ConcatAlong(q, layer.axis) if kind == "Concat" else q
+        inputs = [quantized_input(s, seed, scale) for s, seed, scale
+                  in zip(shapes, seeds, in_scales)]
+        try:
+            check_against_qat(layer, q_layer, *inputs)
+        except AssertionError as e:
+            raise Mismatch(f"{desc}: {e}") from None
+        return "ok"
+    return Check(f"quantized_module({kind})", _on_host(fn))

@@ -352,3 +352,31 @@ def test_a_refused_case_keeps_the_values_it_is_refused_for():
     case = Case("probe", [np.arange(4.0, dtype=np.float32)], F.abs, torch.abs, refuse="why")
     names = {lay.name for _ in range(200) for lay in case_layouts(rng, case, case.inputs)}
     assert names and not any(n.startswith("broadcast") for n in names)
+
+
+def test_every_quantized_module_is_drawn():
+    from megengine.module import quantized as Q
+
+    from . import quant
+
+    layers = set(Q.__all__) - {"QuantizedModule", "QuantStub", "DequantStub"}
+    drawn = set(quant.QAT_NETWORK_KINDS) | set(quant.QUANTIZED_MODULE_KINDS)
+    assert layers <= drawn, f"no fuzz case draws quantized.{sorted(layers - drawn)}"
+
+
+def test_quantized_module_check_catches_a_truncating_quantized_kernel(monkeypatch):
+    from megengine.core.tensor import dtype as mdtype
+
+    from . import quant
+
+    # the quantized layers truncating instead of rounding (halves away from zero), the QAT
+    # layers' fake quantization unchanged
+    monkeypatch.setattr(mdtype, "round_half_away", lambda xp, x: xp.trunc(x))
+    bad = 0
+    for seed in range(10):
+        try:
+            quant.OPS["quantized_module"][1](np.random.default_rng([seed, 2])).fn()
+        except Mismatch as e:
+            assert "from_qat_module" in str(e)
+            bad += 1
+    assert bad >= 5
