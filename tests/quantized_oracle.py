@@ -35,6 +35,20 @@ def quantized_input(shape, seed=0, scale=IN_SCALE):
     return x, mge.tensor(ints, dtype=dtype.qint8(scale))
 
 
+class ConcatAlong:
+    """A (QAT or quantized) Concat layer called as :func:`check_against_qat` calls layers: the
+    inputs as arguments, concatenated along ``axis``."""
+
+    def __init__(self, layer, axis):
+        self.layer, self.axis = layer, axis
+
+    def __call__(self, *inps):
+        return self.layer(list(inps), axis=self.axis)
+
+    def get_activation_dtype(self):
+        return self.layer.get_activation_dtype()
+
+
 def check_against_qat(qat_module, q_module, *inputs):
     """The quantized layer's output, dequantized, equals the QAT layer's (fake-quantized) output
     within one step of the output scale, and mostly exactly; returns the quantized output."""

@@ -23,6 +23,7 @@ from megengine.quantization import (
     quantize_qat,
 )
 from megengine.quantization.utils import lsq_forward, tqt_forward
+from quantized_oracle import ConcatAlong, check_against_qat, fixed_qat, quantized_input
 
 from .gen import Case, Check, Mismatch, close, pick, registry, shape, values
 
@@ -627,19 +628,6 @@ _ELEMWISE_METHODS = {1: ["RELU", "ABS", "NEGATE", "H_SWISH", "SIGMOID", "TANH"],
                      3: ["FUSE_MUL_ADD3"]}
 
 
-class _ConcatAlong:
-    """A Concat layer called as check_against_qat calls layers: the inputs as arguments."""
-
-    def __init__(self, layer, axis):
-        self.layer, self.axis = layer, axis
-
-    def __call__(self, *inps):
-        return self.layer(list(inps), axis=self.axis)
-
-    def get_activation_dtype(self):
-        return self.layer.get_activation_dtype()
-
-
 def _qat_layer(rng, kind):
     """(the QAT layer ``kind`` with random sizes and parameters, its input shapes)."""
     if kind == "Elemwise":
@@ -653,7 +641,7 @@ def _qat_layer(rng, kind):
         for _ in range(int(rng.integers(1, 4))):
             shp[axis] = int(rng.integers(1, 4))
             shapes.append(tuple(shp))
-        return _ConcatAlong(QAT.Concat(), axis), shapes
+        return ConcatAlong(QAT.Concat(), axis), shapes
     if kind == "BatchMatMulActivation":
         b, i, o, n = (int(v) for v in rng.integers(1, 5, size=4))
         return (QAT.BatchMatMulActivation(b, i, o, bias=bool(rng.random() < 0.7),
@@ -682,8 +670,6 @@ QUANTIZED_MODULE_KINDS = ["Elemwise", "Concat", "BatchMatMulActivation", "ConvTr
 
 @op("quantized_module")
 def _quantized_module(rng):
-    from quantized_oracle import check_against_qat, fixed_qat, quantized_input
-
     from megengine.module import quantized as Q
 
     kind = pick(rng, QUANTIZED_MODULE_KINDS)
@@ -720,7 +706,7 @@ def _quantized_module(rng):
                 f"{act_range}")
         q = getattr(Q, kind).from_qat_module(inner)
         q.eval()
-        q_layer = _ConcatAlong(q, layer.axis) if kind == "Concat" else q
+        q_layer = ConcatAlong(q, layer.axis) if kind == "Concat" else q
         inputs = [quantized_input(s, seed, scale) for s, seed, scale
                   in zip(shapes, seeds, in_scales)]
         try:

@@ -45,6 +45,21 @@ def test_quantized_linear_bn_matches_the_qat_layer(name):
     check_against_qat(qat, q, quantized_input((5, 6)))
 
 
+def test_a_weight_below_its_range_is_minus_127_in_qat_but_minus_128_quantized():
+    # as upstream 1.13 (docs/api/quantization.rst): the QAT layer fake-quantizes the weight to
+    # qint8_narrow, [-127, 127], while from_qat_module casts it to qint8, which saturates at
+    # -128; above the range both give 127
+    qat = fixed_qat(QAT.Linear(3, 2, bias=False), weight_range=(-0.2, 0.5))
+    qat.weight._reset(np.array([[-1.0, 0.3, 0.8], [0.1, -0.1, 0.0]], np.float32))
+    scale = 0.5 / 127  # symmetric: max(|min|, |max|) / 127
+    assert dtype.get_scale(qat.get_weight_dtype()) == pytest.approx(scale, rel=1e-6)
+    # in steps: -1.0 / scale = -254 (clipped), 0.3 / scale = 76.2, 0.8 / scale = 203.2 (clipped)
+    fake = qat.apply_quant_weight(qat.weight).numpy() / scale
+    np.testing.assert_allclose(fake, [[-127, 76, 127], [25, -25, 0]], rtol=0, atol=1e-4)
+    q = Q.Linear.from_qat_module(qat)
+    np.testing.assert_array_equal(q.weight.numpy(), [[-128, 76, 127], [25, -25, 0]])
+
+
 def _half_away(v):
     return np.trunc(v + np.copysign(0.5, v))
 
