@@ -232,21 +232,27 @@ def test_transform_statistics_catch_a_biased_flip():
     assert caught >= 3
 
 
-def test_qat_network_check_catches_a_truncating_quantized_kernel(monkeypatch):
+@pytest.mark.parametrize("case, stream, words, seeds, least", [
+    ("qat_network", 1, "quantize() against the QAT network", 6, 4),
+    ("quantized_module", 2, "from_qat_module", 10, 5),
+])
+def test_quantized_checks_catch_a_truncating_quantized_kernel(monkeypatch, case, stream, words,
+                                                              seeds, least):
     from megengine.core.tensor import dtype as mdtype
 
     from . import quant
 
-    # quantize()'s integer layers truncating instead of rounding (halves away from zero)
+    # the quantized layers' integer arithmetic truncating instead of rounding (halves away
+    # from zero), the QAT layers' fake quantization unchanged
     monkeypatch.setattr(mdtype, "round_half_away", lambda xp, x: xp.trunc(x))
     bad = 0
-    for seed in range(6):
+    for seed in range(seeds):
         try:
-            quant.OPS["qat_network"][1](np.random.default_rng([seed, 1])).fn()
+            quant.OPS[case][1](np.random.default_rng([seed, stream])).fn()
         except Mismatch as e:
-            assert "quantize() against the QAT network" in str(e)
+            assert words in str(e)
             bad += 1
-    assert bad >= 4
+    assert bad >= least
 
 
 # ----- the random family's statistics must fail where megengine's sampler is wrong -----
@@ -362,21 +368,3 @@ def test_every_quantized_module_is_drawn():
     layers = set(Q.__all__) - {"QuantizedModule", "QuantStub", "DequantStub"}
     drawn = set(quant.QAT_NETWORK_KINDS) | set(quant.QUANTIZED_MODULE_KINDS)
     assert layers <= drawn, f"no fuzz case draws quantized.{sorted(layers - drawn)}"
-
-
-def test_quantized_module_check_catches_a_truncating_quantized_kernel(monkeypatch):
-    from megengine.core.tensor import dtype as mdtype
-
-    from . import quant
-
-    # the quantized layers truncating instead of rounding (halves away from zero), the QAT
-    # layers' fake quantization unchanged
-    monkeypatch.setattr(mdtype, "round_half_away", lambda xp, x: xp.trunc(x))
-    bad = 0
-    for seed in range(10):
-        try:
-            quant.OPS["quantized_module"][1](np.random.default_rng([seed, 2])).fn()
-        except Mismatch as e:
-            assert "from_qat_module" in str(e)
-            bad += 1
-    assert bad >= 5
