@@ -695,9 +695,10 @@ def _quantized_module(rng):
         if bn is not None:  # (the weight the layers quantize: BatchNorm folded in)
             weight = inner._folded(bn.running_mean, bn.running_var)[1]
         if weight is not None:
-            # the observer's range covers the weight, as after calibration: a weight beyond
-            # it is -128 in the quantized layer (qint8) but -127 in the QAT layer's
-            # fake quantization (qint8_narrow), in upstream 1.13 too
+            # the observer's range covers the weight, as after calibration: a weight below
+            # it is -128 in a quantized layer without BatchNorm (qint8) but -127 in the QAT
+            # layer's fake quantization (qint8_narrow), in upstream 1.13 too (the BatchNorm
+            # layers cast the fake-quantized folded weight: -127 both; docs/api/quantization)
             w = weight.numpy()
             weight_range = (min(w_range[0], float(w.min())), max(w_range[1], float(w.max())))
         fixed_qat(inner, weight_range, act_range)
