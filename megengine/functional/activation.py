@@ -16,7 +16,7 @@ from ..core.ops import ShapeOnly, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
-from .elemwise import _Unary, log1p_array
+from .elemwise import _Unary, any_nan_array, log1p_array
 
 __all__ = ["gelu", "hsigmoid", "hswish", "leaky_relu", "logsigmoid", "prelu", "relu", "relu6",
            "sigmoid", "silu", "softplus"]
@@ -323,7 +323,7 @@ class _Gelu(_Activation):
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
         # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
         # runs there. Finite inputs keep their results.
-        if xp is not np or (y.size and _any_nan(y)):
+        if xp is not np or (y.size and any_nan_array(y)):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y
 
@@ -527,18 +527,6 @@ def hsigmoid(x):
 def hswish(x):
     """Element-wise ``x * relu6(x + 3) / 6``."""
     return apply(_HSwish(), _tensor(x))
-
-
-def _any_nan(y):
-    """Whether a numpy array of one or more values holds a NaN: its min, a fast reduction NaN
-    propagates through; float16's on ATen, as numpy's float16 min converts one element at a
-    time ((512, 512): 1.8 ms against 0.05; a float16 gelu's forward and backward took 2.8-3.1
-    ms for float32's 0.7-0.9, now 0.95). The ufunc's own reduce, not ``np.min``: its Python
-    wrapper and ``np.isnan`` of the numpy scalar cost more than the pass itself at 64K values
-    (one thread, 2 shared cores: 22 us a call against 9)."""
-    if y.dtype is FLOAT16 and _aten.use_aten(y, "half"):
-        return bool(_aten.view(y).amin().isnan())
-    return math.isnan(np.minimum.reduce(y, axis=None))
 
 
 def gelu(x):

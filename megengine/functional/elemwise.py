@@ -1,4 +1,6 @@
 """Element-wise math functions (F.add, F.exp, F.clip, ...): thin wrappers over elemwise ops."""
+import math
+
 import numpy as np
 
 from ..core import amp as _amp
@@ -339,6 +341,18 @@ Log = _unary("Log", log_array, lambda xp, x, y, g: g / x)
 # slower on ATen in float32: it stays numpy's.) Both are within an ulp or so of the exact
 # value; ATen's are torch's.
 LOG1P_ATEN_MIN = 1024
+def any_nan_array(a):
+    """Whether a numpy array of one or more values holds a NaN: its min, a fast reduction NaN
+    propagates through; float16's on ATen, as numpy's float16 min converts one element at a
+    time ((512, 512): 1.8 ms against 0.05; a float16 gelu's forward and backward took 2.8-3.1
+    ms for float32's 0.7-0.9, now 0.95). The ufunc's own reduce, not ``np.min``: its Python
+    wrapper and ``np.isnan`` of the numpy scalar cost more than the pass itself (64K values,
+    one thread, 2 shared cores: 22 us a call against 9; (2, 4, 8, 8): 15 against 3.6)."""
+    if a.dtype is FLOAT16 and _aten.use_aten(a, "half"):
+        return bool(_aten.view(a).amin().isnan())
+    return math.isnan(np.minimum.reduce(a, axis=None))
+
+
 log1p_array = _on_aten("log1p", "log1p", dict.fromkeys(KERNEL_FLOATS, LOG1P_ATEN_MIN))
 
 Log1p = _unary("Log1p", log1p_array, lambda xp, x, y, g: g / (x + 1))

@@ -13,7 +13,7 @@ from ..core.ops import (BINARY, AxisError, IndexAdd, ShapeError, _norm_axes, acc
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _size
-from .elemwise import _operands, _tensor, clip, exp_array, log_array, sqrt
+from .elemwise import _operands, _tensor, any_nan_array, clip, exp_array, log_array, sqrt
 from .tensor import Compute, _axis, _grid_index, concat, put_back, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
 # megengine.functional.math:Cumsum still load
@@ -632,7 +632,7 @@ class TopK(_PickLast):
         if self.descending and xp is np:  # (on a GPU the NaN test would wait for the kernel)
             values, idx = _aten.op("topk")(_aten.view(_contiguous(xp, x)), self.k, -1, True, sort)
             values, idx = _aten.array(values), _aten.array(idx)
-            if _pymath.isnan(np.minimum.reduce(values, axis=None)):
+            if any_nan_array(values):
                 values = None  # a NaN picked first: the key's order instead
         if values is None:
             key = -x if self.descending else x

@@ -25,7 +25,7 @@ from ._args import _as_float, _bias_widened, _out_of_range, _tensor
 from .activation import (  # noqa: F401
     _AS_A, _AS_P, _ATEN_HALF_FLOATS, _RELU_GRAD, _Activation, _Gelu, _GeluGrad,
     _HSigmoid, _HSwish, _LeakyRelu, _LogSigmoid, _PRelu, _Relu, _Relu6, _Sigmoid, _Silu,
-    _Softplus, _any_nan, _aten_gelu, _float_t, _gelu_derivative, _log1p_exp_neg_abs, _mask,
+    _Softplus, _aten_gelu, _float_t, _gelu_derivative, _log1p_exp_neg_abs, _mask,
     _normal_cdf, _relu_grad_kernel, _sigmoid, _use_relu_kernel, gelu, hsigmoid, hswish,
     leaky_relu, logsigmoid, prelu, relu, relu6, sigmoid, silu, softplus)
 

@@ -8,8 +8,6 @@ measured choices on the CPU: max pooling of non-overlapping windows is faster as
 (see `_Pool2d._disjoint_max`), of overlapping ones on ATen's channels-last kernel
 (`_Pool2d._max_channels_last`).
 """
-import math
-
 import numpy as np
 
 from ..core import _config
@@ -20,17 +18,11 @@ from ..core.ops import ArgumentError, ShapeError, cast
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _int_pair, _size, _tensor
+from .elemwise import any_nan_array
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
 
 
-
-
-def _has_nan(x):
-    """Whether a numpy array holds a NaN: its min, a reduction NaN propagates through. The
-    ufunc's own reduce, not ``np.min`` (whose Python wrapper and ``np.isnan`` of the scalar
-    cost more than the pass on a small input: (2, 4, 8, 8) float32 15 us a call against 3.6)."""
-    return x.dtype.kind == "f" and math.isnan(np.minimum.reduce(x, axis=None))
 
 
 class _Pool2d(Op):
@@ -104,7 +96,8 @@ class _Pool2d(Op):
             # windows that do not overlap give their gradient to every tied maximum, as
             # upstream's kernel does; overlapping ones to the first maximum (see the class)
             self.tied = kh <= sh and kw <= sw
-            if self.tied and not (ph or pw) and type(x) is np.ndarray and not _has_nan(x):
+            if self.tied and not (ph or pw) and type(x) is np.ndarray and not (
+                    x.dtype.kind == "f" and any_nan_array(x)):
                 return self._disjoint_max(x, oh, ow)
             if type(x) is np.ndarray and x.dtype in KERNEL_FLOATS:
                 y = self._max_channels_last(tx)
