@@ -19,23 +19,30 @@ def _pair():
     return PyTorchModule(tm), ref
 
 
-def test_second_derivative_wrt_input():
-    m, ref = _pair()
-    xa = np.random.randn(3, 4).astype(np.float32)
-    v = np.random.randn(3, 4).astype(np.float32)
+def _second_order(wrap, xa, v=None):
+    """g = d/dx sum(wrap(x) ** 2) and d/dx sum(g * v) (v all ones by default) at x = xa, from
+    nested GradManagers."""
     x = mge.tensor(xa)
     outer, inner = GradManager().attach(x), GradManager().attach(x)
     with outer:
         with inner:
-            inner.backward((m(x) ** 2).sum())
+            inner.backward((wrap(x) ** 2).sum())
         first = x.grad
         x.grad = None
-        outer.backward((first * mge.tensor(v)).sum())
+        outer.backward((first if v is None else first * mge.tensor(v)).sum())
+    return first, x.grad
+
+
+def test_second_derivative_wrt_input():
+    m, ref = _pair()
+    xa = np.random.randn(3, 4).astype(np.float32)
+    v = np.random.randn(3, 4).astype(np.float32)
+    first, second = _second_order(m, xa, v)
     tx = torch.tensor(xa, requires_grad=True)
     g, = torch.autograd.grad((ref(tx) ** 2).sum(), tx, create_graph=True)
     h, = torch.autograd.grad((g * torch.tensor(v)).sum(), tx)
     np.testing.assert_allclose(first.numpy(), g.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(x.grad.numpy(), h.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(second.numpy(), h.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_gradient_penalty_trains_the_torch_parameters():
@@ -155,19 +162,6 @@ def _square(once):
     return Net()
 
 
-def _second_order(net, xa):
-    """MegEngine's x.grad of (d/dx sum(net(x) ** 2)).sum() through nested GradManagers."""
-    wrap, x = PyTorchModule(net), mge.tensor(xa)
-    outer, inner = GradManager().attach(x), GradManager().attach(x)
-    with outer:
-        with inner:
-            inner.backward((wrap(x) ** 2).sum())
-        first = x.grad
-        x.grad = None
-        outer.backward(first.sum())
-    return x.grad
-
-
 @pytest.mark.parametrize("once", [False, True])
 def test_second_order_through_a_once_differentiable_function_raises_where_torch_does(once):
     net = _square(once)
@@ -175,11 +169,11 @@ def test_second_order_through_a_once_differentiable_function_raises_where_torch_
     tx = torch.tensor(xa, requires_grad=True)
     g, = torch.autograd.grad((net(tx) ** 2).sum(), tx, create_graph=True)
     if not once:
-        np.testing.assert_allclose(_second_order(net, xa).numpy(),
+        np.testing.assert_allclose(_second_order(PyTorchModule(net), xa)[1].numpy(),
                                    torch.autograd.grad(g.sum(), tx)[0].numpy(), rtol=1e-5)
         return
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()  # torch's own backward
     # earlier versions of this fork gave x.grad None: the function's part left out
     with pytest.raises(RuntimeError, match="PyTorchModule\\(Net\\).*@once_differentiable"):
-        _second_order(net, xa)
+        _second_order(PyTorchModule(net), xa)
