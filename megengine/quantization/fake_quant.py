@@ -15,11 +15,10 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
+    _dtype_with_narrow_range,
     create_qparams,
     fake_quant_tensor,
-    get_quant_dtype_meta,
     lsq_forward,
-    narrow_quant_dtype_meta,
     tqt_forward,
 )
 
@@ -32,10 +31,7 @@ class _FakeQuantize(Module):
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enable: bool = True, **kwargs):
-        # upstream 1.2-1.3's narrow_range=True means qmin = -qmax (see the observers' note)
-        meta = get_quant_dtype_meta(dtype, type(self).__name__)
-        if kwargs.pop("narrow_range", False):
-            meta = narrow_quant_dtype_meta(meta, type(self).__name__)
+        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
         super().__init__(**kwargs)
         self.dtype = meta
         self.qmin = self.dtype.qmin

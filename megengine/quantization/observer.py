@@ -14,28 +14,14 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
+    _dtype_with_narrow_range,
     create_qparams,
-    get_quant_dtype_meta,
-    narrow_quant_dtype_meta,
 )
 
 __all__ = [
     "Observer", "MinMaxObserver", "SyncMinMaxObserver", "ExponentialMovingAverageObserver",
     "SyncExponentialMovingAverageObserver", "HistogramObserver", "PassiveObserver",
 ]
-
-
-def _dtype_with_narrow_range(dtype, kwargs, what):
-    """The dtype meta, narrowed when ``kwargs`` has upstream 1.2-1.3's ``narrow_range=True``.
-
-    Upstream 1.4+ moved the narrow range into the dtype (``"qint8_narrow"``) and ignores the
-    flag with a warning; honouring it keeps what older programs ask for (weights in [-127,
-    127]) instead of silently quantizing them to [-128, 127].
-    """
-    meta = get_quant_dtype_meta(dtype, what)
-    if kwargs.pop("narrow_range", False):
-        meta = narrow_quant_dtype_meta(meta, what)
-    return meta
 
 
 class Observer(Module, QParamsModuleMixin):
