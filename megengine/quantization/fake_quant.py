@@ -15,7 +15,7 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
-    _dtype_with_narrow_range,
+    _QuantDtypeMixin,
     create_qparams,
     fake_quant_tensor,
     lsq_forward,
@@ -25,24 +25,13 @@ from .utils import (
 __all__ = ["FakeQuantize", "TQT", "LSQ"]
 
 
-class _FakeQuantize(Module):
+class _FakeQuantize(_QuantDtypeMixin, Module):
     """Base of fake quantizers: ``forward(inp, qparams)`` runs ``fake_quant_forward`` when
     enabled and ``normal_forward`` (the identity) when not. ``dtype`` is a name such as
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enable: bool = True, **kwargs):
-        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
-        super().__init__(**kwargs)
-        self.dtype = meta
-        self.qmin = self.dtype.qmin
-        self.qmax = self.dtype.qmax
-        self.enabled = enable
-
-    def enable(self):
-        self.enabled = True
-
-    def disable(self):
-        self.enabled = False
+        super().__init__(dtype, enable, **kwargs)
 
     def fake_quant_forward(self, inp, qparams: QParams = None):
         raise NotImplementedError(f"{type(self).__name__} must define fake_quant_forward")

@@ -14,7 +14,7 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
-    _dtype_with_narrow_range,
+    _QuantDtypeMixin,
     create_qparams,
 )
 
@@ -24,24 +24,13 @@ __all__ = [
 ]
 
 
-class Observer(Module, QParamsModuleMixin):
+class Observer(_QuantDtypeMixin, Module, QParamsModuleMixin):
     """Base of observers: records statistics of its input in ``forward`` (returning the input
     unchanged) and turns them into QParams in ``get_qparams``. ``dtype`` is a name such as
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`. ``train()`` enables it, ``eval()`` disables it."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], **kwargs):
-        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
-        super().__init__(**kwargs)
-        self.dtype = meta
-        self.qmin = self.dtype.qmin
-        self.qmax = self.dtype.qmax
-        self.enabled = True
-
-    def enable(self):
-        self.enabled = True
-
-    def disable(self):
-        self.enabled = False
+        super().__init__(dtype, True, **kwargs)
 
     def train(self, mode: bool = True, recursive: bool = True) -> None:
         super().train(mode, recursive)

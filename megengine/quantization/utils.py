@@ -106,6 +106,27 @@ class QParamsModuleMixin(abc.ABC):
         """The current quantization parameters."""
 
 
+class _QuantDtypeMixin:
+    """What observers and fake quantizers both hold: ``dtype`` (a QuantDtypeMeta, narrowed by
+    upstream 1.2-1.3's ``narrow_range=True``), its ``qmin``/``qmax``, and the ``enabled``
+    switch. Listed before ``Module`` among the bases, so that ``Module`` gets the other
+    keyword arguments."""
+
+    def __init__(self, dtype: Union[str, QuantDtypeMeta], enabled: bool, **kwargs):
+        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
+        super().__init__(**kwargs)
+        self.dtype = meta
+        self.qmin = self.dtype.qmin
+        self.qmax = self.dtype.qmax
+        self.enabled = enabled
+
+    def enable(self):
+        self.enabled = True
+
+    def disable(self):
+        self.enabled = False
+
+
 _builtin_qparams = {
     QuantMode.SYMMERTIC: partial(QParams, mode=QuantMode.SYMMERTIC),
     QuantMode.ASYMMERTIC: partial(QParams, mode=QuantMode.ASYMMERTIC),
