@@ -36,7 +36,8 @@ def test_every_switch_has_upstreams_default_and_is_shared(name):
 
 
 @pytest.mark.parametrize("name,bad", [
-    ("benchmark_kernel", "yes"), ("deterministic_kernel", 2), ("async_level", 3),
+    ("benchmark_kernel", "yes"), ("deterministic_kernel", 2), ("benchmark_with_subprocess", "no"),
+    ("async_level", 3),
     ("async_level", -1), ("async_level", True), ("_compute_mode", "float16"),
     ("_bn_format", "nhwc"), ("disable_memory_forwarding", None), ("_auto_format_convert", "x"),
     ("_bn_format", "dim_111c"),  # upstream semantics we lack

@@ -78,36 +78,40 @@ def _sync_torch_backends(torch=None):
         cudnn.deterministic = _deterministic_kernel
 
 
-def _get_benchmark_kernel(mod):
-    """Try the candidate algorithms on the device and keep the fastest (default False)."""
-    return _benchmark_kernel
+def _bool_switch(name, doc, then=None):
+    """The getter and setter of the True/False switch ``name``, kept in the module global
+    ``_<name>``; ``doc`` is the getter's (the property's) docstring, ``then`` runs after each
+    set."""
+    key = "_" + name
+
+    def getter(mod):
+        return globals()[key]
+
+    def setter(mod, option):
+        globals()[key] = _check_bool(name, option)
+        if then is not None:
+            then()
+
+    getter.__name__, setter.__name__ = f"_get{key}", f"_set{key}"
+    getter.__qualname__, setter.__qualname__ = getter.__name__, setter.__name__
+    getter.__doc__ = doc
+    return getter, setter
 
 
-def _set_benchmark_kernel(mod, option):
-    global _benchmark_kernel
-    _benchmark_kernel = _check_bool("benchmark_kernel", option)
-    _sync_torch_backends()
-
-
-def _get_deterministic_kernel(mod):
-    """Use only algorithms that give bit-identical results run to run (default False)."""
-    return _deterministic_kernel
-
-
-def _set_deterministic_kernel(mod, option):
-    global _deterministic_kernel
-    _deterministic_kernel = _check_bool("deterministic_kernel", option)
-    _sync_torch_backends()
-
-
-def _get_benchmark_with_subprocess(mod):
-    """Run algorithm benchmarks in a child process (upstream's C++ runtime only)."""
-    return _benchmark_with_subprocess
-
-
-def _set_benchmark_with_subprocess(mod, option):
-    global _benchmark_with_subprocess
-    _benchmark_with_subprocess = _check_bool("benchmark_with_subprocess", option)
+_get_benchmark_kernel, _set_benchmark_kernel = _bool_switch(
+    "benchmark_kernel",
+    "Try the candidate algorithms on the device and keep the fastest (default False).",
+    _sync_torch_backends)
+_get_deterministic_kernel, _set_deterministic_kernel = _bool_switch(
+    "deterministic_kernel",
+    "Use only algorithms that give bit-identical results run to run (default False).",
+    _sync_torch_backends)
+_get_benchmark_with_subprocess, _set_benchmark_with_subprocess = _bool_switch(
+    "benchmark_with_subprocess",
+    "Run algorithm benchmarks in a child process (upstream's C++ runtime only).")
+_get_disable_memory_forwarding, _set_disable_memory_forwarding = _bool_switch(
+    "disable_memory_forwarding",
+    "Forbid tensors to share storage (upstream's runtime optimisation; default False).")
 
 
 def _get_async_level(mod):
@@ -120,16 +124,6 @@ def _set_async_level(mod, level):
     if isinstance(level, bool) or level not in (0, 1, 2):
         raise ValueError(f"megengine.config.async_level must be 0, 1 or 2, got {level!r}")
     _async_level = int(level)
-
-
-def _get_disable_memory_forwarding(mod):
-    """Forbid tensors to share storage (upstream's runtime optimisation; default False)."""
-    return _disable_memory_forwarding
-
-
-def _set_disable_memory_forwarding(mod, disable):
-    global _disable_memory_forwarding
-    _disable_memory_forwarding = _check_bool("disable_memory_forwarding", disable)
 
 
 def _get_compute_mode(mod):

@@ -661,33 +661,6 @@ class ShapeArray:
             return fn(other, mine) if reverse else fn(mine, other)
         return ShapeArray(fn(b, a) if reverse else fn(a, b) for a, b in pairs)
 
-    def __add__(self, o):
-        return self._elementwise(o, operator.add, False)
-
-    def __radd__(self, o):
-        return self._elementwise(o, operator.add, True)
-
-    def __sub__(self, o):
-        return self._elementwise(o, operator.sub, False)
-
-    def __rsub__(self, o):
-        return self._elementwise(o, operator.sub, True)
-
-    def __mul__(self, o):
-        return self._elementwise(o, operator.mul, False)
-
-    def __rmul__(self, o):
-        return self._elementwise(o, operator.mul, True)
-
-    def __floordiv__(self, o):
-        return self._elementwise(o, operator.floordiv, False)
-
-    def __rfloordiv__(self, o):
-        return self._elementwise(o, operator.floordiv, True)
-
-    def __mod__(self, o):
-        return self._elementwise(o, operator.mod, False)
-
     __hash__ = None  # (as an ndarray)
 
     def __getattr__(self, name):  # every other ndarray attribute: of the numbers, guarded
@@ -699,6 +672,11 @@ class ShapeArray:
         return repr(np.asarray(self))
 
     __str__ = __repr__
+
+
+def _sizes_operator(name, reverse):
+    fn = getattr(operator, f"__{name}__")
+    return lambda self, other: self._elementwise(other, fn, reverse)
 
 
 def _numbers_operator(name):
@@ -715,6 +693,11 @@ def _reflected_operator(name):
     return lambda self, other: fn(other, np.asarray(self))
 
 
+# + - * // % keep sizes (`ShapeArray._elementwise`); a reflected % does not (below)
+for _name in ("add", "sub", "mul", "floordiv", "mod"):
+    setattr(ShapeArray, f"__{_name}__", _sizes_operator(_name, False))
+for _name in ("add", "sub", "mul", "floordiv"):
+    setattr(ShapeArray, f"__r{_name}__", _sizes_operator(_name, True))
 # what the ShapeArray does not keep as sizes computes on the numbers (guarded), as an ndarray
 for _name in ("eq", "ne", "lt", "le", "gt", "ge", "truediv", "pow", "neg", "pos", "abs",
               "invert", "and", "or", "xor", "lshift", "rshift", "matmul"):

@@ -39,6 +39,18 @@ def _single(value, what, allow_zero):
     return int(value)
 
 
+def _geometry(what, n, kernel_size, stride, padding, dilation):
+    """Layer ``what``'s ``kernel_size, stride, padding, dilation``, checked: each an int (``n``
+    1, as upstream's Conv1d keeps them) or an n-tuple; padding may be 0, the others >= 1."""
+    def checked(value, name, allow_zero):
+        if n == 1:
+            return _single(value, f"{what} {name}", allow_zero)
+        return _sizes(value, n, f"{what} {name}", allow_zero)
+
+    return (checked(kernel_size, "kernel_size", False), checked(stride, "stride", False),
+            checked(padding, "padding", True), checked(dilation, "dilation", False))
+
+
 class _ConvNd(Module):
     """Shared parameters and initialization of the convolution layers.
 
@@ -139,10 +151,9 @@ class Conv1d(_ConvNd):
                  conv_mode: str = "cross_correlation", compute_mode: str = "default",
                  padding_mode: str = "zeros", **kwargs):
         super().__init__(
-            in_channels, out_channels, _single(kernel_size, "Conv1d kernel_size", False),
-            _single(stride, "Conv1d stride", False), _single(padding, "Conv1d padding", True),
-            _single(dilation, "Conv1d dilation", False), groups, bias, conv_mode, compute_mode,
-            **kwargs,
+            in_channels, out_channels,
+            *_geometry("Conv1d", 1, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, compute_mode, **kwargs,
         )
         self._set_padding_mode(padding_mode)
 
@@ -171,10 +182,9 @@ class Conv2d(_ConvNd):
                  conv_mode: str = "cross_correlation", compute_mode: str = "default",
                  padding_mode: str = "zeros", **kwargs):
         super().__init__(
-            in_channels, out_channels, _sizes(kernel_size, 2, "Conv2d kernel_size", False),
-            _sizes(stride, 2, "Conv2d stride", False), _sizes(padding, 2, "Conv2d padding", True),
-            _sizes(dilation, 2, "Conv2d dilation", False), groups, bias, conv_mode, compute_mode,
-            **kwargs,
+            in_channels, out_channels,
+            *_geometry("Conv2d", 2, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, compute_mode, **kwargs,
         )
         self._set_padding_mode(padding_mode)
 
@@ -215,11 +225,9 @@ class ConvTranspose2d(_ConvNd):
                  conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
         self.output_padding = _sizes(output_padding, 2, "ConvTranspose2d output_padding", True)
         super().__init__(
-            in_channels, out_channels, _sizes(kernel_size, 2, "ConvTranspose2d kernel_size", False),
-            _sizes(stride, 2, "ConvTranspose2d stride", False),
-            _sizes(padding, 2, "ConvTranspose2d padding", True),
-            _sizes(dilation, 2, "ConvTranspose2d dilation", False), groups, bias, conv_mode,
-            compute_mode, **kwargs,
+            in_channels, out_channels,
+            *_geometry("ConvTranspose2d", 2, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, compute_mode, **kwargs,
         )
 
     def forward(self, inp):
@@ -241,10 +249,9 @@ class Conv3d(_ConvNd):
                  dilation: Union[int, Tuple[int, int, int]] = 1, groups: int = 1,
                  bias: bool = True, conv_mode: str = "cross_correlation", **kwargs):
         super().__init__(
-            in_channels, out_channels, _sizes(kernel_size, 3, "Conv3d kernel_size", False),
-            _sizes(stride, 3, "Conv3d stride", False), _sizes(padding, 3, "Conv3d padding", True),
-            _sizes(dilation, 3, "Conv3d dilation", False), groups, bias, conv_mode, "default",
-            **kwargs,
+            in_channels, out_channels,
+            *_geometry("Conv3d", 3, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, "default", **kwargs,
         )
 
     def calc_conv(self, inp, weight, bias):
@@ -272,11 +279,9 @@ class ConvTranspose3d(_ConvNd):
                  bias: bool = True, **kwargs):
         self.output_padding = _sizes(output_padding, 3, "ConvTranspose3d output_padding", True)
         super().__init__(
-            in_channels, out_channels, _sizes(kernel_size, 3, "ConvTranspose3d kernel_size", False),
-            _sizes(stride, 3, "ConvTranspose3d stride", False),
-            _sizes(padding, 3, "ConvTranspose3d padding", True),
-            _sizes(dilation, 3, "ConvTranspose3d dilation", False), groups, bias,
-            "cross_correlation", "default", **kwargs,
+            in_channels, out_channels,
+            *_geometry("ConvTranspose3d", 3, kernel_size, stride, padding, dilation),
+            groups, bias, "cross_correlation", "default", **kwargs,
         )
 
     def _get_fanin(self):
@@ -304,11 +309,9 @@ class LocalConv2d(_ConvNd):
                  conv_mode: str = "cross_correlation", **kwargs):
         self.input_height, self.input_width = int(input_height), int(input_width)
         super().__init__(
-            in_channels, out_channels, _sizes(kernel_size, 2, "LocalConv2d kernel_size", False),
-            _sizes(stride, 2, "LocalConv2d stride", False),
-            _sizes(padding, 2, "LocalConv2d padding", True),
-            _sizes(dilation, 2, "LocalConv2d dilation", False), groups, False, conv_mode, "default",
-            **kwargs,
+            in_channels, out_channels,
+            *_geometry("LocalConv2d", 2, kernel_size, stride, padding, dilation),
+            groups, False, conv_mode, "default", **kwargs,
         )
 
     def _infer_weight_shape(self):
@@ -348,11 +351,8 @@ class DeformableConv2d(_ConvNd):
                  conv_mode: str = "cross_correlation", compute_mode: str = "default", **kwargs):
         super().__init__(
             in_channels, out_channels,
-            _sizes(kernel_size, 2, "DeformableConv2d kernel_size", False),
-            _sizes(stride, 2, "DeformableConv2d stride", False),
-            _sizes(padding, 2, "DeformableConv2d padding", True),
-            _sizes(dilation, 2, "DeformableConv2d dilation", False), groups, bias, conv_mode,
-            compute_mode, **kwargs,
+            *_geometry("DeformableConv2d", 2, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, compute_mode, **kwargs,
         )
 
     def forward(self, inp, offset, mask):
@@ -384,11 +384,8 @@ class RegionRestrictedConv(_ConvNd):
         self.padding_mode = padding_mode
         super().__init__(
             in_channels, out_channels,
-            _sizes(kernel_size, 2, "RegionRestrictedConv kernel_size", False),
-            _sizes(stride, 2, "RegionRestrictedConv stride", False),
-            _sizes(padding, 2, "RegionRestrictedConv padding", True),
-            _sizes(dilation, 2, "RegionRestrictedConv dilation", False), groups, bias, conv_mode,
-            compute_mode, **kwargs,
+            *_geometry("RegionRestrictedConv", 2, kernel_size, stride, padding, dilation),
+            groups, bias, conv_mode, compute_mode, **kwargs,
         )
 
     def _infer_weight_shape(self):

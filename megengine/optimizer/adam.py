@@ -67,18 +67,23 @@ class Adam(Optimizer):
 
     _state_buffers = ("exp_avg", "exp_avg_sq")
     _counts_steps = True
+    _decoupled = False  # where the weight decay joins: the gradient here, the step in AdamW
 
     def _update(self, param, grad, state, group):
         data = param._data
+        decoupled = self._decoupled
         if use_fused(data, grad):  # CUDA: one kernel per parameter
-            adam_fused(param, grad, state, group, decoupled=False)
+            adam_fused(param, grad, state, group, decoupled=decoupled)
             return
         if passes_on_aten(data, grad, group):
-            adam_aten(param, grad, state, group, decoupled=False)
+            adam_aten(param, grad, state, group, decoupled=decoupled)
             return
-        if group["weight_decay"] != 0:
-            grad = grad + group["weight_decay"] * data
-        step = adam_direction(grad, state, group, param)
+        weight_decay = group["weight_decay"]
+        if weight_decay != 0 and not decoupled:
+            grad = grad + weight_decay * data
+        step = adam_direction(grad, state, group, param)  # a fresh array: changed in place
+        if weight_decay != 0 and decoupled:
+            step += weight_decay * data
         step *= group["lr"]
         data -= step
 
@@ -98,8 +103,8 @@ def adam_fused(param, grad, state, group, decoupled):
 def adam_aten(param, grad, state, group, decoupled):
     """Adam's (``decoupled``: AdamW's) update of one numpy parameter as ATen's ops on torch
     views of the arrays, on torch's thread pool (`passes_on_aten`): the numpy code's operations
-    (`Adam._update`, `adam_direction`, `AdamW._update`) one by one in its order, so the same
-    results bit for bit."""
+    (`Adam._update`, `adam_direction`) one by one in its order, so the same results bit for
+    bit."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
     data = param._data
@@ -130,9 +135,9 @@ def adam_aten(param, grad, state, group, decoupled):
     p.sub_(d)
 
 
-# The same update as the array code of `Adam._update` / `AdamW._update` (with `adam_direction`):
-# L2 decay joins the gradient (Adam) or the step (AdamW, ``decoupled``); eps is added after the
-# square root of the bias-corrected second moment, as upstream.
+# The same update as the array code of `Adam._update` (with `adam_direction`): L2 decay joins
+# the gradient (Adam) or the step (AdamW, ``decoupled``); eps is added after the square root of
+# the bias-corrected second moment, as upstream.
 _adam_kernel = fused_kernel(
     "T grad, T lr, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T bias1, T bias2, "
     "T eps, T weight_decay, bool decoupled",

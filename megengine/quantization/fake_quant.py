@@ -15,38 +15,23 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
+    _QuantDtypeMixin,
     create_qparams,
     fake_quant_tensor,
-    get_quant_dtype_meta,
     lsq_forward,
-    narrow_quant_dtype_meta,
     tqt_forward,
 )
 
 __all__ = ["FakeQuantize", "TQT", "LSQ"]
 
 
-class _FakeQuantize(Module):
+class _FakeQuantize(_QuantDtypeMixin, Module):
     """Base of fake quantizers: ``forward(inp, qparams)`` runs ``fake_quant_forward`` when
     enabled and ``normal_forward`` (the identity) when not. ``dtype`` is a name such as
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enable: bool = True, **kwargs):
-        # upstream 1.2-1.3's narrow_range=True means qmin = -qmax (see the observers' note)
-        meta = get_quant_dtype_meta(dtype, type(self).__name__)
-        if kwargs.pop("narrow_range", False):
-            meta = narrow_quant_dtype_meta(meta, type(self).__name__)
-        super().__init__(**kwargs)
-        self.dtype = meta
-        self.qmin = self.dtype.qmin
-        self.qmax = self.dtype.qmax
-        self.enabled = enable
-
-    def enable(self):
-        self.enabled = True
-
-    def disable(self):
-        self.enabled = False
+        super().__init__(dtype, enable, **kwargs)
 
     def fake_quant_forward(self, inp, qparams: QParams = None):
         raise NotImplementedError(f"{type(self).__name__} must define fake_quant_forward")

@@ -14,9 +14,8 @@ from .utils import (
     QParamsModuleMixin,
     QuantDtypeMeta,
     QuantMode,
+    _QuantDtypeMixin,
     create_qparams,
-    get_quant_dtype_meta,
-    narrow_quant_dtype_meta,
 )
 
 __all__ = [
@@ -25,37 +24,13 @@ __all__ = [
 ]
 
 
-def _dtype_with_narrow_range(dtype, kwargs, what):
-    """The dtype meta, narrowed when ``kwargs`` has upstream 1.2-1.3's ``narrow_range=True``.
-
-    Upstream 1.4+ moved the narrow range into the dtype (``"qint8_narrow"``) and ignores the
-    flag with a warning; honouring it keeps what older programs ask for (weights in [-127,
-    127]) instead of silently quantizing them to [-128, 127].
-    """
-    meta = get_quant_dtype_meta(dtype, what)
-    if kwargs.pop("narrow_range", False):
-        meta = narrow_quant_dtype_meta(meta, what)
-    return meta
-
-
-class Observer(Module, QParamsModuleMixin):
+class Observer(_QuantDtypeMixin, Module, QParamsModuleMixin):
     """Base of observers: records statistics of its input in ``forward`` (returning the input
     unchanged) and turns them into QParams in ``get_qparams``. ``dtype`` is a name such as
     ``"qint8"`` or a :class:`~.QuantDtypeMeta`. ``train()`` enables it, ``eval()`` disables it."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], **kwargs):
-        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
-        super().__init__(**kwargs)
-        self.dtype = meta
-        self.qmin = self.dtype.qmin
-        self.qmax = self.dtype.qmax
-        self.enabled = True
-
-    def enable(self):
-        self.enabled = True
-
-    def disable(self):
-        self.enabled = False
+        super().__init__(dtype, True, **kwargs)
 
     def train(self, mode: bool = True, recursive: bool = True) -> None:
         super().train(mode, recursive)

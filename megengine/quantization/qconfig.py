@@ -6,7 +6,7 @@ from functools import partial
 
 from ..module import Module
 from .fake_quant import TQT, FakeQuantize
-from .utils import get_quant_dtype_meta, narrow_quant_dtype_meta
+from .utils import _dtype_with_narrow_range
 from .observer import (
     ExponentialMovingAverageObserver,
     HistogramObserver,
@@ -37,12 +37,9 @@ def _canonical_keywords(factory: partial) -> dict:
         except (TypeError, ValueError, KeyError):
             return keywords
     try:
-        meta = get_quant_dtype_meta(dtype, "QConfig")
-        if keywords.pop("narrow_range", False):
-            meta = narrow_quant_dtype_meta(meta, "QConfig")
+        keywords["dtype"] = _dtype_with_narrow_range(dtype, keywords, "QConfig")
     except (TypeError, ValueError):
         return dict(factory.keywords)  # not a dtype we know: compare as written
-    keywords["dtype"] = meta
     return keywords
 
 

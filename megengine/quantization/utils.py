@@ -66,6 +66,20 @@ def narrow_quant_dtype_meta(meta: QuantDtypeMeta, what: str) -> QuantDtypeMeta:
                           meta.qmax, meta.is_unsigned)
 
 
+def _dtype_with_narrow_range(dtype, kwargs, what):
+    """The dtype meta, narrowed when ``kwargs`` has upstream 1.2-1.3's ``narrow_range=True``
+    (which is popped from it).
+
+    Upstream 1.4+ moved the narrow range into the dtype (``"qint8_narrow"``) and ignores the
+    flag with a warning; honouring it keeps what older programs ask for (weights in [-127,
+    127]) instead of silently quantizing them to [-128, 127].
+    """
+    meta = get_quant_dtype_meta(dtype, what)
+    if kwargs.pop("narrow_range", False):
+        meta = narrow_quant_dtype_meta(meta, what)
+    return meta
+
+
 class LSQParams(QParams):
     """QParams of :class:`~.LSQ`, with the gradient scale of its step size."""
 
@@ -90,6 +104,27 @@ class QParamsModuleMixin(abc.ABC):
     @abc.abstractmethod
     def get_qparams(self) -> QParams:
         """The current quantization parameters."""
+
+
+class _QuantDtypeMixin:
+    """What observers and fake quantizers both hold: ``dtype`` (a QuantDtypeMeta, narrowed by
+    upstream 1.2-1.3's ``narrow_range=True``), its ``qmin``/``qmax``, and the ``enabled``
+    switch. Listed before ``Module`` among the bases, so that ``Module`` gets the other
+    keyword arguments."""
+
+    def __init__(self, dtype: Union[str, QuantDtypeMeta], enabled: bool, **kwargs):
+        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
+        super().__init__(**kwargs)
+        self.dtype = meta
+        self.qmin = self.dtype.qmin
+        self.qmax = self.dtype.qmax
+        self.enabled = enabled
+
+    def enable(self):
+        self.enabled = True
+
+    def disable(self):
+        self.enabled = False
 
 
 _builtin_qparams = {

@@ -1,19 +1,27 @@
 """What the command-line tools share: reading a dumped program with errors a user can act on
-(`ToolError`), running a tool's body so that those errors end the command the way argparse
-ends it (`run_tool`), options that only mean something to upstream's C++ runtime
-(`add_unsupported`), and plain-text tables (`format_table`)."""
+(`ToolError`), a tool's argument parser (`tool_parser`), running a tool's body so that those
+errors end the command the way argparse ends it (`run_tool`), options that only mean something
+to upstream's C++ runtime (`add_unsupported`), and plain-text tables (`format_table`)."""
 import argparse
 import io
 import os
 import sys
 
-__all__ = ["ToolError", "run_tool", "load_program", "load_network", "add_unsupported",
-           "reject_unsupported", "format_table", "print_out", "positive_int"]
+__all__ = ["ToolError", "tool_parser", "run_tool", "load_program", "load_network",
+           "add_unsupported", "reject_unsupported", "format_table", "print_out", "positive_int"]
 
 
 class ToolError(Exception):
     """A problem with what the user gave a tool (a file, an option's value); its message says
     what was wrong and what to do. `run_tool` prints it as argparse prints usage errors."""
+
+
+def tool_parser(name, description):
+    """The argument parser of ``python3 -m megengine.tools.<name>``, its ``--help`` showing
+    each option's default."""
+    return argparse.ArgumentParser(prog=f"python3 -m megengine.tools.{name}",
+                                   description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def run_tool(parser, body, argv):

@@ -10,14 +10,13 @@ Upstream's tool reads the JSON of its C++ graph (``Graph._to_json``); this one r
 file `megengine.jit.trace.dump` wrote, whose vars and operators are numbered as
 `megengine.utils.network.Network` numbers them (``--dest-nodes`` takes those var ids, or names).
 """
-import argparse
 import os
 import shutil
 import subprocess
 
 import numpy as np
 
-from ._common import ToolError, load_network, print_out, run_tool
+from ._common import ToolError, load_network, print_out, run_tool, tool_parser
 
 __all__ = ["to_dot", "main"]
 
@@ -139,11 +138,8 @@ def _dest_vars(net, spec):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python3 -m megengine.tools.draw_graph",
-        description="write a Graphviz .dot picture of a program dumped by "
-                    "megengine.jit.trace.dump",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser("draw_graph", "write a Graphviz .dot picture of a program dumped by "
+                                       "megengine.jit.trace.dump")
     parser.add_argument("-i", "--input", required=True, help="the dumped program")
     parser.add_argument("-o", "--output", required=True, help="the .dot file to write")
     parser.add_argument("-d", "--dest-nodes",

@@ -11,14 +11,13 @@ are replaced. ``--enable-io16xc32`` / ``--enable-ioc16`` write the float16 progr
 cases it computes), as upstream; the other options of upstream's C++ graph optimizer and binary
 format are refused.
 """
-import argparse
 import os
 import tempfile
 
 import numpy as np
 
 from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
-                      load_program, print_out, reject_unsupported, run_tool)
+                      load_program, print_out, reject_unsupported, run_tool, tool_parser)
 from .load_network_and_run import UNSUPPORTED as _RUN_UNSUPPORTED
 
 _OPTIMIZER = ["--optimize-for-inference", "--enable-hwcd4", "--enable-nchw4", "--enable-nchw88",
@@ -77,11 +76,9 @@ def _describe(k, v):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python3 -m megengine.tools.dump_with_testcase_mge",
-        description="pack a dumped program, input values and the output values computed "
-                    "from them into one file, for checking correctness elsewhere",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser("dump_with_testcase_mge",
+                         "pack a dumped program, input values and the output values computed "
+                         "from them into one file, for checking correctness elsewhere")
     parser.add_argument("input", help="the program dumped by megengine.jit.trace.dump")
     parser.add_argument("-o", "--output", required=True, help="the file to write")
     parser.add_argument("-d", "--data", action="append", required=True,

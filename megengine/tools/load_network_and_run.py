@@ -11,7 +11,6 @@ kernels for the same values, are accepted with a note that they have nothing to 
 options of upstream's C++ graph runtime (the ``--enable-*`` layout and fusion passes,
 ``--dump-cpp-model``, ...) are refused with the reason, never ignored.
 """
-import argparse
 import io
 import os
 import shutil
@@ -23,8 +22,8 @@ import numpy as np
 
 from ..jit.dump_testcases import parse_rand
 from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
-                      format_table, load_network, load_program, print_out, positive_int,
-                      reject_unsupported, run_tool)
+                      format_table, load_network, load_program, positive_int, print_out,
+                      reject_unsupported, run_tool, tool_parser)
 
 _CPP_OPTIMIZER = "a pass of upstream's C++ graph optimizer, which this fork does not have"
 # Upstream's options that only choose which MegDNN kernel computes the same values. Scripts pass
@@ -61,11 +60,9 @@ UNSUPPORTED = {
 }
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python3 -m megengine.tools.load_network_and_run",
-        description="load a network dumped by megengine.jit.trace.dump and run inference on "
-                    "given data, random data or the test cases the file stores",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser("load_network_and_run",
+                         "load a network dumped by megengine.jit.trace.dump and run inference on "
+                         "given data, random data or the test cases the file stores")
     parser.add_argument("net", help="the dumped program (trace.dump's file)")
     parser.add_argument("--device", "-d", help="run there, like 'cpu0', 'gpu0' or 'xpux' "
                         "(default: where each value was recorded, xpux as the default device)")

@@ -13,13 +13,12 @@ and, as upstream's tool, a matrix product ``numel(out) * K`` and an elementwise 
 parameters and buffers such as batch norm's running statistics, and numbers the program uses);
 an activation is each computing operator's first output.
 """
-import argparse
 import re
 
 import numpy as np
 
-from ._common import (ToolError, format_table, load_network, positive_int, print_out,
-                      run_tool)
+from ._common import (ToolError, format_table, load_network, positive_int, print_out, run_tool,
+                      tool_parser)
 
 __all__ = ["op_flops", "visualize", "main"]
 
@@ -204,11 +203,9 @@ def visualize(model_path, log_path=None, bar_length_max=20, log_params=True, log
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python3 -m megengine.tools.network_visualize",
-        description="print the parameters, FLOPs and activations of a program dumped by "
-                    "megengine.jit.trace.dump, and write its graph for TensorBoard",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser("network_visualize",
+                         "print the parameters, FLOPs and activations of a program dumped by "
+                         "megengine.jit.trace.dump, and write its graph for TensorBoard")
     parser.add_argument("model_path", help="the dumped program")
     parser.add_argument("--log_path", help="write the graph as a TensorBoard log here (needs "
                         "tensorboard, and tensorboardX or torch's writer)")

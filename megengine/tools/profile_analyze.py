@@ -13,7 +13,6 @@ start to the last op's end; upstream's separate host and device tables (``--show
 ``--print-only host``, ``--top-end-key kern``) and per-input dtypes (``--input-dtype``) have no
 data here and are refused.
 """
-import argparse
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import textwrap
 
 import numpy as np
 
-from ._common import ToolError, format_table, print_out, run_tool
+from ._common import ToolError, format_table, print_out, run_tool, tool_parser
 
 __all__ = ["Record", "read_profile", "select", "main"]
 
@@ -191,10 +190,8 @@ def details_table(records, tot_time, args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python3 -m megengine.tools.profile_analyze",
-        description="analyze a profile written by megengine.utils.profiler.Profiler",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser("profile_analyze",
+                         "analyze a profile written by megengine.utils.profiler.Profiler")
     parser.add_argument("dump", help="the profile (a *.chrome_timeline.json file, or the "
                                      "directory holding one)")
     parser.add_argument("-t", "--top", type=int, default=3,

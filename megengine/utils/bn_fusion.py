@@ -112,6 +112,37 @@ def _check_optional(what, **args):
                             f"{type(value).__name__}")
 
 
+def _check_bn_follows(what, layer, layer_name, out_name, bn):
+    """``bn`` must be in ``layer``'s train/eval mode and normalise its ``out_name`` outputs."""
+    if layer.training != bn.training:
+        raise ValueError(f"{what}: {layer_name} and bn must both be in training or both in eval "
+                         "mode (call .train() or .eval() on both)")
+    outputs = getattr(layer, out_name)
+    if bn.num_features != outputs:
+        raise ValueError(f"{what}: bn.num_features ({bn.num_features}) must equal "
+                         f"{layer_name}.{out_name} ({outputs})")
+
+
+def _load_fused(fused, target, layer, bn, bias_shape, transpose=False):
+    """Finish ``fused``: ``target`` (``fused`` or its conv/linear child) gets copies of
+    ``layer``'s weight and bias, with ``bn`` folded in when the layer is in eval mode, else
+    ``fused`` keeps a copy of ``bn``; ``fused`` takes ``layer``'s mode. Returns ``fused``."""
+    folding = bn is not None and not layer.training
+    if folding:
+        weight, bias = fold_weight_bias(layer.weight, layer.bias, bn.weight, bn.bias,
+                                        bn.running_mean, bn.running_var, bn.eps,
+                                        transpose=transpose)
+    else:
+        weight, bias = layer.weight, layer.bias
+    target.weight = Parameter(weight.numpy().copy(), device=weight._device)
+    if bias is not None:
+        target.bias = Parameter(bias.numpy().copy().reshape(bias_shape), device=bias._device)
+    if bn is not None and not folding:
+        fused.bn = deepcopy(bn)
+    fused.train(layer.training)
+    return fused
+
+
 def fuse_conv_bn_relu_module(conv, bn, relu):
     """One module computing ``relu(bn(conv(x)))`` (``bn`` or ``relu`` may be None).
 
@@ -130,12 +161,7 @@ def fuse_conv_bn_relu_module(conv, bn, relu):
         fused_type = (ConvTransposeRelu2d if kind is ConvTranspose2d else ConvRelu2d) if relu \
             else kind
     else:
-        if conv.training != bn.training:
-            raise ValueError("fuse_conv_bn_relu_module: conv and bn must both be in training "
-                             "or both in eval mode (call .train() or .eval() on both)")
-        if bn.num_features != conv.out_channels:
-            raise ValueError(f"fuse_conv_bn_relu_module: bn.num_features ({bn.num_features}) "
-                             f"must equal conv.out_channels ({conv.out_channels})")
+        _check_bn_follows("fuse_conv_bn_relu_module", conv, "conv", "out_channels", bn)
         fused_type = _FUSED[(kind, True, relu is not None, conv.training)]
     options = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
                    kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
@@ -152,21 +178,8 @@ def fuse_conv_bn_relu_module(conv, bn, relu):
         new_conv = fused.conv_transpose2d if kind is ConvTranspose2d else fused.conv
     if hasattr(conv, "padding_mode"):
         new_conv.padding_mode = conv.padding_mode
-    if folding:
-        weight, bias = fold_weight_bias(conv.weight, conv.bias, bn.weight, bn.bias,
-                                        bn.running_mean, bn.running_var, bn.eps,
-                                        transpose=kind is ConvTranspose2d)
-    else:
-        weight = conv.weight
-        bias = conv.bias
-    new_conv.weight = Parameter(weight.numpy().copy(), device=weight._device)
-    if bias is not None:
-        new_conv.bias = Parameter(bias.numpy().copy().reshape(1, conv.out_channels, 1, 1),
-                                  device=bias._device)
-    if bn is not None and not folding:
-        fused.bn = deepcopy(bn)
-    fused.train(conv.training)
-    return fused
+    return _load_fused(fused, new_conv, conv, bn, (1, conv.out_channels, 1, 1),
+                       transpose=kind is ConvTranspose2d)
 
 
 def fuse_linear_bn_relu_module(linear, bn, relu):
@@ -184,28 +197,11 @@ def fuse_linear_bn_relu_module(linear, bn, relu):
     if bn is None:
         fused_type = LinearRelu if relu is not None else Linear
     else:
-        if linear.training != bn.training:
-            raise ValueError("fuse_linear_bn_relu_module: linear and bn must both be in "
-                             "training or both in eval mode (call .train() or .eval() on both)")
-        if bn.num_features != linear.out_features:
-            raise ValueError(f"fuse_linear_bn_relu_module: bn.num_features ({bn.num_features})"
-                             f" must equal linear.out_features ({linear.out_features})")
+        _check_bn_follows("fuse_linear_bn_relu_module", linear, "linear", "out_features", bn)
         fused_type = _FUSED[(Linear, True, relu is not None, linear.training)]
     folding = bn is not None and not linear.training
     fused = fused_type(in_features=linear.in_features, out_features=linear.out_features,
                        bias=linear.bias is not None or folding,
                        compute_mode=linear.compute_mode, name=linear.name)
     new_linear = fused if bn is None or folding else fused.linear
-    if folding:
-        weight, bias = fold_weight_bias(linear.weight, linear.bias, bn.weight, bn.bias,
-                                        bn.running_mean, bn.running_var, bn.eps)
-    else:
-        weight, bias = linear.weight, linear.bias
-    new_linear.weight = Parameter(weight.numpy().copy(), device=weight._device)
-    if bias is not None:
-        new_linear.bias = Parameter(bias.numpy().copy().reshape(linear.out_features),
-                                    device=bias._device)
-    if bn is not None and not folding:
-        fused.bn = deepcopy(bn)
-    fused.train(linear.training)
-    return fused
+    return _load_fused(fused, new_linear, linear, bn, linear.out_features)

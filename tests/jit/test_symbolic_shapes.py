@@ -399,6 +399,13 @@ def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
     assert type(b) is opt.ShapeArray and [type(v) for v in b.tolist()] == [SymDim, SymDim]
     assert [v.value for v in b] == [7, 9] and type(a[0]) is SymDim and type(np.prod(a)) is SymDim
     assert type(a.astype("int64")) is opt.ShapeArray
+    # + - * // % with ints and ShapeArrays keep sizes, either side (a reflected %: below)
+    for got, want in ((a + 1, [3, 4, 5]), (1 + a, [3, 4, 5]), (a - 1, [1, 2, 3]),
+                      (10 - a, [8, 7, 6]), (a * 3, [6, 9, 12]), (3 * a, [6, 9, 12]),
+                      (a // 2, [1, 1, 2]), (9 // a, [4, 3, 2]), (a % 3, [2, 0, 1]),
+                      (a + a, [4, 6, 8]), (a - a, [0, 0, 0])):
+        assert type(got) is opt.ShapeArray and all(type(v) is SymDim for v in got.tolist())
+        assert [v.value for v in got] == want
     assert src.guards == []  # none of that read a number
     n = np.asarray(a)
     assert n.tolist() == [2, 3, 4] and n.dtype == np.int32
@@ -407,6 +414,7 @@ def test_shape_array_keeps_sizes_for_shapes_and_guards_numbers(monkeypatch):
     # every other ndarray use computes on the numbers (and guards them), as an ndarray would
     assert a.max() == 4 and (a / 2).tolist() == [1.0, 1.5, 2.0] and (-a).tolist() == [-2, -3, -4]
     assert (a > 2).tolist() == [False, True, True] and (12 // a[0]) == 6 and (1 / a)[0] == 0.5
+    assert type(7 % a) is np.ndarray and (7 % a).tolist() == [1, 1, 3]
 
 
 def _branch(x):

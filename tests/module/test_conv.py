@@ -168,3 +168,29 @@ def test_region_restricted_conv_layer():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="padding_mode='zeros'"):
         M.RegionRestrictedConv(2, 2, 3, 2, padding_mode="reflect")
+
+
+@pytest.mark.parametrize("layer, dims, make", [
+    ("Conv1d", 1, lambda **g: M.Conv1d(2, 2, **g)),
+    ("Conv2d", 2, lambda **g: M.Conv2d(2, 2, **g)),
+    ("ConvTranspose2d", 2, lambda **g: M.ConvTranspose2d(2, 2, **g)),
+    ("Conv3d", 3, lambda **g: M.Conv3d(2, 2, **g)),
+    ("ConvTranspose3d", 3, lambda **g: M.ConvTranspose3d(2, 2, **g)),
+    ("LocalConv2d", 2, lambda **g: M.LocalConv2d(2, 2, 8, 8, **g)),
+    ("DeformableConv2d", 2, lambda **g: M.DeformableConv2d(2, 2, **g)),
+    ("RegionRestrictedConv", 2, lambda **g: M.RegionRestrictedConv(2, 2, groups=2, **g)),
+])
+def test_geometry_is_checked_and_kept_per_layer(layer, dims, make):
+    """kernel_size, stride, padding and dilation: an int becomes an n-tuple (stays an int for
+    Conv1d, as upstream); a value below 1 (padding: below 0) is refused naming the layer and
+    the argument."""
+    m = make(kernel_size=3, stride=2, padding=1, dilation=1)
+    as_kept = (lambda v: v) if dims == 1 else (lambda v: (v,) * dims)
+    assert (m.kernel_size, m.stride, m.padding, m.dilation) == \
+        (as_kept(3), as_kept(2), as_kept(1), as_kept(1))
+    m = make(kernel_size=3, padding=0)
+    assert m.padding == as_kept(0)
+    for name, bad in (("kernel_size", 0), ("stride", 0), ("padding", -1), ("dilation", 0)):
+        lowest = 0 if name == "padding" else 1
+        with pytest.raises(ValueError, match=rf"^{layer} {name} must be an int >= {lowest}"):
+            make(**{"kernel_size": 3, name: bad})
