@@ -1448,6 +1448,8 @@ def _norm_axes(axis, ndim, what):
     (upstream reduces a 0-d tensor as one of shape (1,))."""
     if axis is None:
         return tuple(range(ndim))
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case (0.3 us; the general
+        return (axis % ndim,)  # path below took 3 us, a sixth of a small softmax call)
     try:
         axes = (axis,) if is_int(axis) or is_dim(axis) else tuple(axis)
     except TypeError:  # (not iterable)
