@@ -1448,6 +1448,10 @@ def _norm_axes(axis, ndim, what):
     (upstream reduces a 0-d tensor as one of shape (1,))."""
     if axis is None:
         return tuple(range(ndim))
+    # one int in range, the common case: 0.3 us, where the general path below takes 3 (a
+    # sixth of a (64, 10) softmax call)
+    if type(axis) is int and -ndim <= axis < ndim:
+        return (axis % ndim,)
     try:
         axes = (axis,) if is_int(axis) or is_dim(axis) else tuple(axis)
     except TypeError:  # (not iterable)

@@ -46,10 +46,10 @@ def _shift(x, axes):
     return x.max(axes, keepdims=True) if x.size else x.sum(axes, keepdims=True)
 
 
-def _aten_softmax(x, axes, needs_input_grad):
+def _aten_softmax(x, axes, grad):
     """Whether softmax / log_softmax of ``x`` along ``axes`` takes ATen's forward kernel: over
     one axis, on CUDA always; on the CPU over the last axis (float32, float64) without a
-    gradient (the op's ``needs_input_grad``) whatever the size, with one from 2048 values; and
+    gradient (``grad``: `_grad_wanted`) whatever the size, with one from 2048 values; and
     float16 always (numpy's float16 loops are not vectorised here, and ATen's kernels compute
     in float32 and round once, as torch; numpy's rounds each pass, up to twice the error).
     Measured on 2 shared cores, one thread: forward alone, us per call, ATen against numpy's
@@ -64,9 +64,15 @@ def _aten_softmax(x, axes, needs_input_grad):
         return False
     if x.dtype is FLOAT16:
         return _aten.use_aten(x, "softmax")
-    grad = not needs_input_grad or needs_input_grad[0]  # (unknown outside dispatch: wanted)
     return _aten.use_aten(x, "softmax", cpu_worth=axes[0] == x.ndim - 1
                           and x.dtype in KERNEL_FLOATS and (not grad or x.size >= 2048))
+
+
+def _grad_wanted(op):
+    """Whether the input gradient of softmax / log_softmax op ``op`` is wanted: its
+    ``needs_input_grad``, which is empty outside the dispatcher (then it is)."""
+    needs = op.needs_input_grad
+    return not needs or needs[0]
 
 
 def _aten_softmax_backward(y, axes):
@@ -93,10 +99,11 @@ class _Softmax(Op):
 
     def forward(self, x):
         x = _as_float(x, self)
-        if _aten_softmax(x, self.axes, self.needs_input_grad):
+        grad = _grad_wanted(self)
+        if _aten_softmax(x, self.axes, grad):
             ty = _aten.ops._softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(ty)
-            if _aten_softmax_backward(self.y, self.axes):
+            if grad and _aten_softmax_backward(self.y, self.axes):  # (no backward: no test)
                 self.ty = ty
             return self.y
         e = xp_of(x).exp(x - _shift(x, self.axes))
@@ -129,10 +136,11 @@ class _LogSoftmax(Op):
 
     def forward(self, x):
         x = _as_float(x, self)
-        if _aten_softmax(x, self.axes, self.needs_input_grad):
+        grad = _grad_wanted(self)
+        if _aten_softmax(x, self.axes, grad):
             ty = _aten.ops._log_softmax(_aten.view(x), self.axes[0], False)
             self.y = _aten.array(ty)
-            if _aten_softmax_backward(self.y, self.axes):
+            if grad and _aten_softmax_backward(self.y, self.axes):  # (no backward: no test)
                 self.ty = ty
             return self.y
         xp = xp_of(x)
@@ -172,16 +180,17 @@ def _softmax_input(inp, axis, what):
     logsoftmax asserts; a 0-d input is taken as one of shape (1,) (upstream 1.13 measured:
     ``F.softmax(tensor(2.0))`` is ``[1.]``, its logsoftmax ``[0.]``)."""
     inp = _tensor(inp)
-    if inp.ndim == 0:
-        inp = inp.reshape(1)
-    return inp, _norm_axes(axis, inp.ndim, what)
+    ndim = inp._data.ndim
+    if ndim == 0:
+        inp, ndim = inp.reshape(1), 1
+    return inp, _norm_axes(axis, ndim, what)
 
 
 def softmax(inp, axis=None):
     """``exp(x) / sum(exp(x))`` along ``axis`` (default: 0 for 0/1/3-d input, else 1)."""
     inp = _tensor(inp)
     if axis is None:
-        axis = _get_softmax_axis(inp.ndim)
+        axis = _get_softmax_axis(inp._data.ndim)
     inp, axes = _softmax_input(inp, axis, "softmax")
     return apply(_Softmax(axes), inp)
 

@@ -127,13 +127,14 @@ class _RecurrentLayer(Op):
         # ones per step (per-call overhead dominates there); large ones per step (below)
         whole = train and gates.size <= _WHOLE_SEQUENCE_FACTORS
         if train:
+            e = xp.empty((steps, n, 4, hidden), dtype)
+            k = xp.empty((steps, n, hidden), dtype)
+        if train and not whole:
             # What backward multiplies dc (gates i, f, g) and dh (gate o) by, per step, made
             # here while the step's values are in cache (a third of the time the same products
             # took as whole-sequence passes in backward): e[t] = (g i', c_(t-1) f', i g',
             # tanh(c) o') with each gate's derivative from its value (sigmoid: a (1 - a),
             # tanh: (1 + a)(1 - a)), and k[t] = o (1 - tanh(c)^2), through which dh reaches dc.
-            e = xp.empty((steps, n, 4, hidden), dtype)
-            k = xp.empty((steps, n, hidden), dtype)
             d = xp.empty((n, 4 * hidden), dtype)
             d4 = d.reshape(n, 4, hidden)
             d_minus = xp.empty((n, 4 * hidden), dtype)
@@ -172,23 +173,23 @@ class _RecurrentLayer(Op):
             self._factors_at_once(xp, gates, cells, tanh_c, c0, lower, e, k, steps, n, hidden)
         if train:
             self.gates, self.e, self.k, self.y = gates, e, k, y
-        return y, y[prev].copy(), c.copy()
+        # (one step: c is all of ``cells``, which nothing else keeps, so it needs no copy)
+        return y, y[prev].copy(), c if steps == 1 else c.copy()
 
     def _factors_at_once(self, xp, gates, cells, tanh_c, c0, lower, e, k, steps, n, hidden):
         """``e`` and ``k`` of `_lstm_forward` for all steps in whole-sequence passes."""
         a4 = gates.reshape(steps, n, 4, hidden)
-        d = (gates - lower) * (1 - gates)
+        d = gates - lower
+        d *= 1 - gates
         d4 = d.reshape(steps, n, 4, hidden)
-        c_prev = xp.empty_like(cells)  # c_(t-1) of each step: c0 for the first step run
-        if self.reverse:
-            c_prev[:-1], c_prev[-1] = cells[1:], c0
-        else:
-            c_prev[1:], c_prev[0] = cells[:-1], c0
+        c_prev = _previous(xp, cells, c0, self.reverse)
         xp.multiply(a4[:, :, 2], d4[:, :, 0], out=e[:, :, 0])
         xp.multiply(c_prev, d4[:, :, 1], out=e[:, :, 1])
         xp.multiply(a4[:, :, 0], d4[:, :, 2], out=e[:, :, 2])
         xp.multiply(tanh_c, d4[:, :, 3], out=e[:, :, 3])
-        xp.multiply(a4[:, :, 3], 1 - tanh_c * tanh_c, out=k)
+        square = tanh_c * tanh_c
+        xp.subtract(1, square, out=square)
+        xp.multiply(a4[:, :, 3], square, out=k)
 
     onednn = None  # oneDNN's tensors for its backward, when the oneDNN path trained
 
@@ -269,12 +270,7 @@ class _RecurrentLayer(Op):
         gw_ih = _matmul(dg2.T, x.reshape(steps * n, -1)) if needs[k] else None
         gw_hh = None
         if needs[k + 1]:
-            # h_(t-1) of each step: h0 for the first step run, y of the step run before
-            h_prev = xp.empty_like(y)
-            if self.reverse:
-                h_prev[:-1], h_prev[-1] = y[1:], self.h0
-            else:
-                h_prev[1:], h_prev[0] = y[:-1], self.h0
+            h_prev = _previous(xp, y, self.h0, self.reverse)
             gw_hh = _matmul(dg2.T, h_prev.reshape(steps * n, hidden))
         # both biases enter every step's gates as a sum: each gets the same gradient (a copy
         # for the second, as no two gradients may share memory)
@@ -290,7 +286,10 @@ class _RecurrentLayer(Op):
         e, k = self.e, self.k
         dtype = e.dtype
         dg = xp.empty((steps, n, 4, hidden), dtype)
-        dh = xp.zeros((n, hidden), dtype) if gh is None else gh.astype(dtype, copy=True)
+        # (dh is written in place by a later step's gemm and by y's gradient: one step without
+        # y's gradient, a cell's backward, reads gh as it is)
+        written = steps > 1 or gy is not None
+        dh = xp.zeros((n, hidden), dtype) if gh is None else gh.astype(dtype, copy=written)
         dc = xp.zeros((n, hidden), dtype) if gc is None else gc.astype(dtype, copy=True)
         tmp = xp.empty((n, hidden), dtype)
         w_hh = self.w_hh
@@ -568,6 +567,19 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
 # The WeightViews that the running `rnn_stack` call was given (None: views made per call, as
 # when a traced program replays the op without its module)
 _lent = threading.local()
+
+
+def _previous(xp, states, first, reverse):
+    """Each step's previous state, ``states`` (steps, ...) shifted by one in the order the
+    steps ran, ``first`` (h0 or c0) for the first step run: one step's is ``first`` itself."""
+    if len(states) == 1:
+        return first.reshape(states.shape)
+    prev = xp.empty_like(states)
+    if reverse:
+        prev[:-1], prev[-1] = states[1:], first
+    else:
+        prev[1:], prev[0] = states[:-1], first
+    return prev
 
 
 def _on_onednn(steps, train):

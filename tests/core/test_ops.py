@@ -1,4 +1,5 @@
 """Tests of megengine/core/ops.py: the elemwise op classes behind the Tensor operators."""
+import re
 import warnings
 
 import numpy as np
@@ -222,6 +223,21 @@ def test_an_axis_that_is_no_int_is_refused_with_what_to_pass(axis):
     # is not iterable"; upstream 1.13 measured: "Unable to cast Python instance to C++ type"
     with pytest.raises(TypeError, match="axis must be an int or a sequence of ints"):
         F.sum(mge.tensor(_X), axis=axis)
+
+
+@pytest.mark.parametrize("ndim", [0, 1, 3])
+def test_a_plain_int_axis_is_normalized_as_any_other_int(ndim):
+    # a Python int takes a shortcut; numpy ints and one-element sequences take the general
+    # path: every axis gives the same tuple, and an axis out of range the same error
+    for axis in range(-ndim - 2, ndim + 2):
+        try:
+            expected = ops._norm_axes((np.int64(axis),), ndim, "f")
+        except ops.AxisError as exc:
+            with pytest.raises(ops.AxisError, match=re.escape(str(exc))):
+                ops._norm_axes(axis, ndim, "f")
+        else:
+            assert ops._norm_axes(axis, ndim, "f") == expected
+            assert expected == ((axis % max(ndim, 1)),)  # (0-d: axis 0 or -1 as axis 0)
 
 
 def test_axis_sequences_of_any_kind_keep_working():

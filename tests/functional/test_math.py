@@ -828,6 +828,31 @@ def test_topk_tie_check_tells_a_row_boundary_from_a_tie():
     np.testing.assert_array_equal(indices.numpy(), [[0, 2], [3, 0]])
 
 
+@pytest.mark.parametrize("descending", [False, True])
+def test_topk_one_order_test_finds_ties_and_nans_but_not_row_boundaries(descending):
+    # a descending call's shortcut: true only for rows strictly in order (no tie, no NaN);
+    # what straddles two rows is no tie, and a NaN anywhere (first, last, alone) is found
+    from megengine.functional.math import _strictly_ordered
+
+    def ordered(rows):
+        a = np.array(rows, np.float32)
+        return _strictly_ordered(a[:, ::-1].copy() if descending else a, descending)
+
+    nan, inf = np.nan, np.inf
+    assert ordered([[1, 2, 3], [3, 4, 5], [-inf, 0, inf]])  # 3, 3 across rows 0 and 1
+    assert ordered([[0, 1]])
+    assert not ordered([[1, 2, 3], [3, 3, 5]])
+    assert not ordered([[1, 2, inf], [0, inf, inf]])  # (inf - inf is no order either)
+    for row in ([nan, 1, 2], [1, 2, nan], [1, nan, 2], [nan, nan, nan]):
+        assert not ordered([[1, 2, 3], row])
+    assert not _strictly_ordered(np.array([[3.0, 2.0], [5.0, 4.0]]).T, descending)  # strided
+    # through F.topk: a NaN among a row's largest, and a tie, each still found
+    x = np.array([[1.0, np.nan, 3.0, 2.0], [5.0, 5.0, 1.0, 7.0]], np.float32)
+    values, indices = F.topk(mge.tensor(x), 3, descending=True)
+    np.testing.assert_array_equal(values.numpy(), [[3.0, 2.0, 1.0], [7.0, 5.0, 5.0]])
+    np.testing.assert_array_equal(indices.numpy(), [[2, 3, 0], [3, 0, 1]])
+
+
 # numpy adds float16 in float16: along a strided axis a sum of 100,000 values in [0, 1) stopped
 # growing at 2048 (exact: ~50,000), and a mean's gradient divided by the count read as float16
 # (inf from 65505) was 0; torch's and upstream's kernels add in float32 and round once

@@ -91,6 +91,23 @@ def test_softmax_on_cpu_takes_aten_over_the_last_axis_where_measured_faster(
             np.testing.assert_allclose(t.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("op_class", [nn_module._Softmax, nn_module._LogSoftmax])
+def test_softmax_without_a_gradient_keeps_no_aten_output_for_a_backward(op_class):
+    # (128, 32) is large enough for ATen's backward kernel (see the test above): a recorded
+    # call keeps ATen's output for it, a call nobody differentiates lets it go at once
+    x = mge.tensor(rand(128, 32), device="cpu0")
+    with _aten.forced("softmax"):
+        free = op_class((1,))
+        y = mge.core.dispatch.apply(free, x)
+        with GradManager().attach(x):
+            kept = op_class((1,))
+            mge.core.dispatch.apply(kept, x)
+    assert free.ty is None and kept.ty is not None
+    np.testing.assert_allclose(y.numpy(), (torch.log_softmax if op_class is nn_module._LogSoftmax
+                                           else torch.softmax)(torch.from_numpy(x.numpy()), 1),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.usefixtures("softmax_path")
 @pytest.mark.parametrize("shape,axis,torch_dim", [
     ((4, 7), None, 1), ((5,), None, 0), ((3, 4, 5), None, 0), ((2, 3, 4, 5), None, 1),

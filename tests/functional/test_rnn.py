@@ -169,6 +169,31 @@ def test_one_step_cell_form_and_inference_without_grad():
         rnn_layer("gru", x, h, c, w_ih, w_hh, b, b)
 
 
+def test_one_step_backward_reads_the_state_gradients_without_writing_them():
+    # a cell's backward takes h0 / c0 as the previous states and h_n's gradient uncopied:
+    # the gradients it is handed stay as they were, and its own match torch's LSTMCell
+    from megengine.functional.rnn import _RecurrentLayer
+
+    rs = np.random.RandomState(5)
+    x, h, c, gh, gc = (rs.randn(3, 4).astype(np.float32) for _ in range(5))
+    w_ih, w_hh = rs.randn(16, 4).astype(np.float32), rs.randn(16, 4).astype(np.float32)
+    b_ih, b_hh = rs.randn(16).astype(np.float32), rs.randn(16).astype(np.float32)
+    op = _RecurrentLayer("lstm", False)
+    op.needs_input_grad = (True,) * 7
+    _, hn, cn = op.forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    given = gh.copy(), gc.copy()
+    grads = op.backward(None, gh, gc)
+    np.testing.assert_array_equal(gh, given[0])
+    np.testing.assert_array_equal(gc, given[1])
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    th, tc = torch.lstm_cell(ts[0], (ts[1], ts[2]), *ts[3:])
+    torch.autograd.backward((th, tc), (torch.from_numpy(gh), torch.from_numpy(gc)))
+    np.testing.assert_allclose(hn, th.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cn, tc.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for ours, t in zip(grads, ts):
+        np.testing.assert_allclose(ours, t.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_without_torch_the_layer_runs_on_numpy():
     code = ("import sys, numpy as np\n"
             "sys.modules['torch'] = None\n"
