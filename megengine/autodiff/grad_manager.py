@@ -645,12 +645,10 @@ def _claim_bytes(view, owner, held, claimed):
         first, held = held, _ClaimedBytes()
         held.owner = owner
         span = dispatch._extent(first)
-        if span[0] != span[1]:  # (an empty range shares no byte: not kept, so that the
+        if span[0] != span[1]:  # (an empty first view shares no byte: not kept, so that the
             held.append(span)  # neighbours of a range are the ones that can overlap it)
         claimed[id(owner)] = held
-    lo, hi = span = dispatch._extent(view)
-    if lo == hi:
-        return True
+    lo, hi = span = dispatch._extent(view)  # (not empty: _exclusive compares large views)
     i = bisect.bisect(held, span)
     if (i and held[i - 1][1] > lo) or (i < len(held) and held[i][0] < hi):
         return False

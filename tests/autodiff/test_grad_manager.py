@@ -1228,6 +1228,9 @@ def test_exclusive_keeps_views_of_one_buffer_that_share_no_byte():
     first, second = small[:4], small[4:]
     assert _exclusive(first, claimed) is first  # the first view of an owner: nothing to compare
     assert _exclusive(second, claimed) is not second  # 16 bytes: copied, not compared
+    fresh = np.arange(2 * unit, dtype=np.float32)
+    empty, rest = fresh[:0], fresh[unit:]  # an empty first view shares no byte with the rest
+    assert _exclusive(empty, claimed) is empty and _exclusive(rest, claimed) is rest
     strided = np.arange(8 * unit, dtype=np.float32)[::2]
     assert _exclusive(strided, claimed) is not strided
     dy = np.arange(6 * unit, dtype=np.float32)
@@ -1297,7 +1300,7 @@ def test_slices_of_one_gradient_are_grads_of_their_own(join, copies, monkeypatch
         topt.zero_grad()
 
 
-def test_stacks_grads_from_the_callers_output_gradient_are_copies():
+def test_stack_grads_from_the_callers_output_gradient_are_copies():
     # a .grad never shares memory with the output gradient the caller gave (torch's .grad
     # would be a view of it here); hand-computed: each .grad is its slice of dy
     ps = [Parameter(rand(2, 3)) for _ in range(3)]
