@@ -13,7 +13,8 @@ from megengine.core.dispatch import on_device
 from megengine import Parameter, Tensor
 from megengine.autodiff import Function, GradManager
 
-from devices import host_default_device, record_aten_matmuls  # noqa: F401  (a fixture)
+from devices import host_default_device, record_aten_matmuls, shares_memory  # noqa: F401
+# (host_default_device: a fixture)
 
 
 def rand(*shape):
@@ -1017,6 +1018,23 @@ def test_callbacks_see_parameters_in_torchs_gradient_order():
 
 # ----- ATen's gradient buffers go to .grad as they are -----
 
+def record_grad_copies(monkeypatch):
+    """A list that grows with the shape of each gradient the GradManager copies before it hands
+    it to .grad (`grad_manager._exclusive` wrapped for the test)."""
+    import megengine.autodiff.grad_manager as gm_module
+
+    copied, real = [], gm_module._exclusive
+
+    def exclusive(g, claimed):
+        out = real(g, claimed)
+        if out is not g:
+            copied.append(g.shape)
+        return out
+
+    monkeypatch.setattr(gm_module, "_exclusive", exclusive)
+    return copied
+
+
 @pytest.mark.usefixtures("host_default_device")
 def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
     """Convolution, batch norm and a linear layer large enough for ATen's matrix product
@@ -1026,19 +1044,9 @@ def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
     checked against torch."""
     import torch.nn.functional as TF
 
-    import megengine.autodiff.grad_manager as gm_module
     import megengine.module as M
 
-    copied = []
-    real = gm_module._exclusive
-
-    def exclusive(g, claimed):
-        out = real(g, claimed)
-        if out is not g:
-            copied.append(g.shape)
-        return out
-
-    monkeypatch.setattr(gm_module, "_exclusive", exclusive)
+    copied = record_grad_copies(monkeypatch)
     products = record_aten_matmuls(monkeypatch)
     rng = np.random.RandomState(0)
     xs = [rng.randn(8, 3, 12, 12).astype(np.float32) for _ in range(2)]
@@ -1188,3 +1196,150 @@ def test_a_backward_refusing_its_arguments_keeps_the_recording(bad_dy, error, ma
     (tw * tv).backward(torch.tensor([1.0, 2.0, 3.0]))
     np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
     np.testing.assert_array_equal(v.grad.numpy(), tv.grad.numpy())
+
+
+# ----- slices of one gradient buffer (stack, concat, split): judged by their bytes -----
+
+def test_exclusive_keeps_views_of_one_buffer_that_share_no_byte():
+    """Hand-made views of one fresh buffer, in an order that meets both neighbours of a range:
+    a view is kept unless it shares a byte with one kept before (np.shares_memory is the oracle),
+    and the buffer itself, a strided view, a small second view (copying costs less than
+    comparing) and views of a claimed output gradient are copied."""
+    from megengine.autodiff.grad_manager import _COMPARED_FROM, _claim, _exclusive
+
+    unit = _COMPARED_FROM // 4  # float32 values: a view of one unit is worth comparing
+    buf = np.arange(12 * unit, dtype=np.float32)
+    claimed, kept, spans = {}, [], []
+    for lo, hi in [(8, 12), (0, 4), (3, 9), (4, 8), (7, 8), (2, 3)]:
+        view = buf[lo * unit:hi * unit]
+        overlaps = any(np.shares_memory(view, k) for k in kept)
+        out = _exclusive(view, claimed)
+        assert (out is not view) == overlaps, (lo, hi)
+        if out is view:
+            kept.append(view)
+            spans.append((lo, hi))
+        np.testing.assert_array_equal(out, np.arange(lo * unit, hi * unit))
+    assert spans == [(8, 12), (0, 4), (4, 8)]
+    assert _exclusive(buf, claimed) is not buf  # all of it: it meets every kept view
+    other = np.arange(6 * unit, dtype=np.float32)
+    assert _exclusive(other, claimed) is other  # the owner itself, first: all of it claimed
+    assert _exclusive(other[3 * unit:], claimed) is not other[3 * unit:]
+    small = np.arange(8, dtype=np.float32)
+    first, second = small[:4], small[4:]
+    assert _exclusive(first, claimed) is first  # the first view of an owner: nothing to compare
+    assert _exclusive(second, claimed) is not second  # 16 bytes: copied, not compared
+    fresh = np.arange(2 * unit, dtype=np.float32)
+    empty, rest = fresh[:0], fresh[unit:]  # an empty first view shares no byte with the rest
+    assert _exclusive(empty, claimed) is empty and _exclusive(rest, claimed) is rest
+    strided = np.arange(8 * unit, dtype=np.float32)[::2]
+    assert _exclusive(strided, claimed) is not strided
+    dy = np.arange(6 * unit, dtype=np.float32)
+    _claim(dy[:unit], claimed)  # an output gradient the caller gave: all of its owner's memory
+    assert _exclusive(dy[4 * unit:], claimed) is not dy[4 * unit:]
+
+
+def _stack0(xs, m):
+    return m.stack(xs, 0)
+
+
+def _stack1(xs, m):  # slices along a later axis are strided: copied (torch clones them too)
+    return m.stack(xs, 1)
+
+
+def _concat0(xs, m):
+    return (F.concat if m is F else torch.cat)(xs, 0)
+
+
+def _concat1(xs, m):
+    return (F.concat if m is F else torch.cat)(xs, 1)
+
+
+def _split_of_concat(xs, m):
+    joined = _concat0(xs, m)
+    parts = F.split(joined, 3, 0) if m is F else torch.split(joined, joined.shape[0] // 3, 0)
+    return _concat0([p * (i + 1.0) for i, p in enumerate(parts)], m)
+
+
+@pytest.mark.parametrize("join, copies", [(_stack0, 0), (_stack1, 3), (_concat0, 0),
+                                          (_concat1, 3), (_split_of_concat, 0)])
+def test_slices_of_one_gradient_are_grads_of_their_own(join, copies, monkeypatch):
+    """Stack's and concat's input gradients are slices of the output's gradient, made inside
+    the backward: contiguous ones become .grad uncopied, yet no two .grad share a byte, so
+    in-place edits (clip_grad_norm, an SGD step with momentum and weight decay) and a second
+    backward accumulating into .grad give torch's values."""
+    from megengine.optimizer import SGD, clip_grad_norm
+
+    copied = record_grad_copies(monkeypatch)
+    rng = np.random.RandomState(42)
+    values = [rng.randn(128, 130).astype(np.float32) for _ in range(3)]  # 65 KB: compared
+    weights = [rng.randn(*join([torch.tensor(v) for v in values], torch).shape)
+               .astype(np.float32) for _ in range(2)]
+    ps = [Parameter(v) for v in values]
+    ts = [torch.tensor(v, requires_grad=True) for v in values]
+    gm = GradManager().attach(ps)
+    opt = SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)
+    topt = torch.optim.SGD(ts, lr=0.1, momentum=0.9, weight_decay=0.01)
+    for step in range(2):
+        for w in weights:  # two backward passes accumulate into .grad
+            with gm:
+                gm.backward((join(ps, F) * Tensor(w)).sum())
+            (join(ts, torch) * torch.tensor(w)).sum().backward()
+        if step == 0:
+            assert len(copied) == 2 * copies  # (two backward passes)
+            for i, p in enumerate(ps):
+                assert not any(shares_memory(p.grad, q.grad) for q in ps[i + 1:])
+        clip_grad_norm(ps, max_norm=1.0)
+        torch.nn.utils.clip_grad_norm_(ts, max_norm=1.0)
+        for p, t in zip(ps, ts):
+            np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=1e-4, atol=1e-6)
+        opt.step()
+        topt.step()
+        for p, t in zip(ps, ts):
+            np.testing.assert_allclose(p.numpy(), t.detach().numpy(), rtol=1e-4, atol=1e-6)
+        opt.clear_grad()
+        topt.zero_grad()
+
+
+def test_stack_grads_from_the_callers_output_gradient_are_copies():
+    # a .grad never shares memory with the output gradient the caller gave (torch's .grad
+    # would be a view of it here); hand-computed: each .grad is its slice of dy
+    ps = [Parameter(rand(2, 3)) for _ in range(3)]
+    dy = Tensor(rand(3, 2, 3))
+    expected = dy.numpy()
+    gm = GradManager().attach(ps)
+    with gm:
+        gm.backward(F.stack(ps, 0), dy)
+    for i, p in enumerate(ps):
+        assert not shares_memory(p.grad, dy)
+        assert not any(shares_memory(p.grad, q.grad) for q in ps[i + 1:])
+        np.testing.assert_array_equal(p.grad.numpy(), expected[i])
+        with on_device(p.grad.device):  # (raw array code runs on the current GPU)
+            p.grad._data *= 0  # an in-place grad edit must not change the caller's tensor
+    np.testing.assert_array_equal(dy.numpy(), expected)
+
+
+def test_a_gradient_handed_whole_and_in_slices_is_copied_where_they_meet():
+    """``(concat([a, b]) + p) * w``: the sum's one gradient reaches p whole and a and b in
+    slices. A callback scaling each gradient in place (callbacks see arrays no other gradient
+    shares) gives torch's values, as does a second backward that accumulates."""
+    rng = np.random.RandomState(7)
+    va, vb, vp, vw = (rng.randn(n, 100).astype(np.float32)  # 80 KB and more: compared
+                      for n in (200, 400, 600, 600))
+    a, b, p = Parameter(va), Parameter(vb), Parameter(vp)
+
+    def triple(_, g):
+        with on_device(g.device):
+            g._data *= 3
+        return g
+
+    gm = GradManager().attach([a, b, p], callbacks=triple)
+    ta, tb, tp = (torch.tensor(v, requires_grad=True) for v in (va, vb, vp))
+    for t in (ta, tb, tp):
+        t.register_hook(lambda g: g * 3)
+    for _ in range(2):
+        with gm:
+            gm.backward(((F.concat([a, b], 0) + p) * Tensor(vw)).sum())
+        ((torch.cat([ta, tb], 0) + tp) * torch.tensor(vw)).sum().backward()
+        assert not any(shares_memory(x.grad, y.grad) for x, y in ((a, b), (a, p), (b, p)))
+        for x, t in zip((a, b, p), (ta, tb, tp)):
+            np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6)
